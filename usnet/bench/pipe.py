@@ -1,0 +1,168 @@
+"""`usnet bench pipe`: a user pipe between two processes against Python's sockets and queues.
+
+The embedded domain and the sender run in this process; the receiver is a
+second process that reaches the domain over a SEQPACKET control socket. Both
+ends belong to one owner, so packets cross by index through shared memory
+with no third process. Each side does what the issue prescribes: the sender
+puts a prepared payload into a packet, the receiver gets a view of the packet
+and reads its first and last byte. The alternatives in `baselines` do the same
+through their own APIs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from usnet.channel.channel import Channel
+from usnet.client import Client
+from usnet.nexus.domain import Domain
+from usnet.pool.umd import UMD_WORDS
+
+SIZES = (64, 1500, 9000, 65536)
+BATCH = 256
+
+
+def schema_for(size: int) -> tuple[str, dict[str, int]]:
+    """Packets big enough for `size` in one buffer: the bulk schema for jumbo sizes."""
+    if size <= 2048:
+        return "default", {"ring_size": 2048, "packets": 4096}
+    if size <= 16384:
+        return "bulk", {"buf_size": 16384, "buflets": 1, "packets": 2048, "ring_size": 1024}
+    return "bulk", {"buf_size": 16384, "buflets": 4, "packets": 1024, "ring_size": 512}
+
+
+def send_loop(ch: Channel, size: int, count: int) -> None:
+    payload = b"\xa5" * size
+    buf, umd, stride = ch.buf, ch.umd, ch.stride
+    sent = 0
+    while sent < count:
+        pkts = ch.alloc(min(BATCH, count - sent))
+        for p in pkts:
+            o = p * stride
+            buf[o : o + size] = payload
+            umd[p * UMD_WORDS] = size
+        ch.send(pkts)
+        sent += len(pkts)
+
+
+def recv_loop(ch: Channel, count: int) -> float:
+    """Receive `count` packets; returns messages/s from the first to the last."""
+    buf, umd, stride = ch.buf, ch.umd, ch.stride
+    got = 0
+    first = ch.recv(BATCH)
+    t0 = time.perf_counter()
+    pkts = first
+    total = 0
+    while True:
+        for p in pkts:
+            o = p * stride
+            n = umd[p * UMD_WORDS]
+            if n > stride:
+                raise ValueError("bad length")
+            v = buf[o : o + n]
+            total += v[0] + v[-1]
+        ch.free(pkts)
+        got += len(pkts)
+        if got >= count:
+            break
+        pkts = ch.recv(BATCH)
+    dt = time.perf_counter() - t0
+    return (got - len(first)) / dt if dt > 0 else float("nan")
+
+
+def _peer_main(fd: int, result_fd: int, name: str, count: int) -> None:
+    client = Client.from_socket(socket.socket(fileno=fd))
+    ch = client.open_pipe(name)
+    rate = recv_loop(ch, count)
+    os.write(result_fd, repr(rate).encode())
+    ch.close()
+
+
+def usnet_mps(size: int, count: int, domain: Domain | None = None) -> float:
+    """Messages/s through a user pipe from this process to a receiving child process."""
+    own = domain is None
+    dom = domain or Domain()
+    name = f"bench-{os.getpid()}-{size}-{time.monotonic_ns()}"
+    schema, attrs = schema_for(size)
+    local = Client.local(dom)
+    tx = local.open_pipe(name, schema, **attrs)
+    sock = dom.socketpair_session()
+    r, w = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "usnet.bench.pipe", "--peer", str(sock.fileno()), str(w), name, str(count)],
+        pass_fds=(sock.fileno(), w),
+    )
+    sock.close()
+    os.close(w)
+    try:
+        send_loop(tx, size, count)
+        data = b""
+        while chunk := os.read(r, 100):
+            data += chunk
+        if child.wait(60) != 0 or not data:
+            raise RuntimeError("pipe bench receiver failed")
+        return float(data)
+    finally:
+        os.close(r)
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        tx.close()
+        if own:
+            dom.stop()
+
+
+def self_pps(size: int, count: int) -> float:
+    """Packets/s of one process sending to itself through a pipe: the per-packet cost alone."""
+    with Domain() as dom:
+        c = Client.local(dom)
+        schema, attrs = schema_for(size)
+        a = c.open_pipe("self", schema, **attrs)
+        b = c.open_pipe("self")
+        payload = b"\xa5" * size
+        buf, umd, stride = a.buf, a.umd, a.stride
+        rbuf = b.buf
+        t0 = time.perf_counter()
+        done = 0
+        while done < count:
+            pkts = a.alloc(BATCH)
+            for p in pkts:
+                o = p * stride
+                buf[o : o + size] = payload
+                umd[p * UMD_WORDS] = size
+            a.send(pkts)
+            got = b.recv(BATCH)
+            for p in got:
+                o = p * stride
+                v = rbuf[o : o + umd[p * UMD_WORDS]]
+                v[0], v[-1]
+            b.free(got)
+            done += len(got)
+        dt = time.perf_counter() - t0
+        a.close()
+        b.close()
+        return done / dt
+
+
+def memory_per_channel(size: int = 64) -> dict[str, int]:
+    """Bytes a freshly opened pipe's arena holds, per channel (two channels a pipe)."""
+    with Domain() as dom:
+        c = Client.local(dom)
+        schema, attrs = schema_for(size)
+        a = c.open_pipe("mem", schema, **attrs)
+        b = c.open_pipe("mem")
+        pipe = dom.pipes["mem"]
+        touched = pipe.arena.allocated_bytes()
+        reserved = pipe.arena.shared_size + pipe.arena.ro_size
+        a.close()
+        b.close()
+        return {"touched_bytes": touched // 2, "reserved_bytes": reserved // 2}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--peer":
+        _peer_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))

@@ -1,0 +1,113 @@
+"""The channel EVENT ring: what the nexus tells a channel (DESIGN §6, docs/abi.md).
+
+The ring header is the one of `usnet.channel.ring`; each slot is a 32-byte record:
+
+    offset  0  u16 type      an EventType
+    offset  2  u16 code      a detail: a RefusalReason, a DefunctReason, ...
+    offset  4  u32 packet    packet index concerned, or 0xFFFFFFFF
+    offset  8  u64 time_ns   CLOCK_MONOTONIC when the nexus posted it
+    offset 16  u64 value     a count or an argument
+    offset 24  u64 aux       a second argument
+
+The nexus is the only producer. A full ring never blocks it: the event is
+dropped and counted in the channel's STATS (`events_dropped`), which the client
+can read.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import time
+from typing import Iterator, NamedTuple
+
+from usnet.channel.ring import CONS, HEADER, PROD, RingCorrupt
+
+RECORD = struct.Struct("<HHIQQQ")
+RECORD_SIZE = RECORD.size  # 32
+NO_PACKET = 0xFFFFFFFF
+
+
+class EventType(enum.IntEnum):
+    REFUSED = 1  # the nexus refused something the client wrote (code: RefusalReason)
+    DEFUNCT = 2  # the channel is defunct (code: DefunctReason)
+    RESIZED = 3  # ring or pool size changed (value: ring limit, aux: packets)
+    PEER_CLOSED = 4  # the other end of a user pipe closed cleanly
+
+
+class RefusalReason(enum.IntEnum):
+    OUT_OF_RANGE = 1
+    NOT_OWNED = 2  # free in the pool, or owned by another channel group
+    DUPLICATE = 3  # handed back twice
+    IN_ALLOC_RING = 4  # handed back before the client took it
+    BAD_COUNTER = 5  # a ring counter that cannot be true
+
+
+class DefunctReason(enum.IntEnum):
+    CLOSED = 1
+    OWNER_GONE = 2  # the channel's own process went away
+    PEER_GONE = 3  # the other end of the pipe went away
+    ABUSE = 4  # repeated invalid input
+    DOMAIN_SHUTDOWN = 5
+
+
+class Event(NamedTuple):
+    type: EventType | int
+    code: int
+    packet: int
+    time_ns: int
+    value: int
+    aux: int
+
+
+class EventProducer:
+    """Nexus side: post records, dropping (and counting) when the ring is full."""
+
+    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+        self.mem = mem
+        self.offset = offset
+        self.capacity = capacity
+        hdr = mem[offset : offset + HEADER]
+        self.q = hdr.cast("Q")
+        self.prod = self.q[PROD]
+        self.dropped = 0
+
+    def post(self, type_: int, code: int = 0, packet: int = NO_PACKET, value: int = 0, aux: int = 0) -> bool:
+        cons = self.q[CONS]
+        used = self.prod - cons
+        if used < 0 or used >= self.capacity:
+            # full, or a client wrote nonsense into its consumer counter: either way, drop
+            self.dropped += 1
+            return False
+        slot = self.offset + HEADER + (self.prod % self.capacity) * RECORD_SIZE
+        RECORD.pack_into(self.mem, slot, type_, code, packet & 0xFFFFFFFF, time.monotonic_ns(), value, aux)
+        self.prod += 1
+        self.q[PROD] = self.prod
+        return True
+
+
+class EventConsumer:
+    """Client side: a typed iterator over the records the nexus posted."""
+
+    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+        self.mem = mem
+        self.offset = offset
+        self.capacity = capacity
+        self.q = mem[offset : offset + HEADER].cast("Q")
+        self.cons = self.q[CONS]
+
+    def drain(self) -> Iterator[Event]:
+        prod = self.q[PROD]
+        avail = prod - self.cons
+        if avail < 0 or avail > self.capacity:
+            raise RingCorrupt(f"event producer counter {prod} impossible against {self.cons}")
+        for _ in range(avail):
+            slot = self.offset + HEADER + (self.cons % self.capacity) * RECORD_SIZE
+            t, code, pkt, ts, value, aux = RECORD.unpack_from(self.mem, slot)
+            try:
+                t = EventType(t)
+            except ValueError:
+                pass
+            self.cons += 1
+            self.q[CONS] = self.cons
+            yield Event(t, code, pkt, ts, value, aux)

@@ -1,0 +1,171 @@
+"""Single-producer single-consumer rings in shared memory (DESIGN §4, docs/abi.md).
+
+Ring layout (all little-endian, the ring starts 64-byte aligned):
+
+    offset   0  u64 producer   free-running count of slots published
+    offset  64  u64 consumer   free-running count of slots consumed
+    offset 128  u32 flags      bit 0 NEED_WAKEUP: the consumer sleeps, ring its doorbell
+    offset 192  slots[capacity]   u32 packet index each (EVENT rings: 32-byte records)
+
+Producer and consumer counters sit on separate cache lines. Each side caches
+the other's counter and reads the shared one only when its cache runs out, so
+work moves in batches. The reader of a counter written by the other side
+checks `0 <= prod - cons <= capacity` and raises RingCorrupt otherwise.
+
+Ordering: a producer stores slot contents before the counter. CPython writes a
+memoryview item with one plain store and x86-64 keeps store order (TSO), so a
+consumer that sees the counter sees the slots. The one store-load race of
+NEED_WAKEUP (each side stores, then loads the other's word) needs a full
+fence, which `fence()` provides with a locked instruction; waits also carry a
+timeout, so even a missed doorbell delays and never hangs. Supported: x86-64
+Linux (see docs/abi.md for others).
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+
+HEADER = 192
+PROD = 0  # u64 index of the producer counter in the header viewed as 'Q'
+CONS = 8  # u64 index (byte 64)
+FLAGS = 32  # u32 index (byte 128)
+NEED_WAKEUP = 1
+SLOT = 4
+
+
+def ring_bytes(capacity: int, slot_size: int = SLOT) -> int:
+    """Bytes one ring takes, rounded to a cache line."""
+    return (HEADER + capacity * slot_size + 63) // 64 * 64
+
+
+class RingCorrupt(OSError):
+    """The other side of a ring wrote counters that cannot be true."""
+
+
+_fence_lock = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: an uncontended lock is a locked read-modify-write."""
+    _fence_lock.acquire()
+    _fence_lock.release()
+
+
+class _Ring:
+    __slots__ = ("q", "w", "slots", "capacity", "mask")
+
+    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+        if capacity <= 0 or capacity & (capacity - 1):
+            raise ValueError(f"ring capacity {capacity} is not a power of two")
+        hdr = mem[offset : offset + HEADER]
+        self.q = hdr.cast("Q")
+        self.w = hdr.cast("I")
+        self.slots = mem[offset + HEADER : offset + HEADER + capacity * SLOT].cast("I")
+        self.capacity = capacity
+        self.mask = capacity - 1
+
+    def need_wakeup(self) -> bool:
+        return bool(self.w[FLAGS] & NEED_WAKEUP)
+
+    def release(self) -> None:
+        for v in (self.q, self.w, self.slots):
+            v.release()
+
+
+class Producer(_Ring):
+    """The producing end: publishes batches of u32 slots."""
+
+    __slots__ = ("prod", "cons_cache", "limit")
+
+    def __init__(self, mem: memoryview, offset: int, capacity: int, limit: int | None = None) -> None:
+        super().__init__(mem, offset, capacity)
+        self.prod = self.q[PROD]
+        self.cons_cache = self.q[CONS]
+        self.limit = capacity if limit is None else min(limit, capacity)
+
+    def space(self, need: int = 1) -> int:
+        """Free slots, re-reading the consumer counter only if the cache shows fewer than `need`."""
+        free = self.limit - (self.prod - self.cons_cache)
+        if free < need:
+            cons = self.q[CONS]
+            used = self.prod - cons
+            if used < 0 or used > self.capacity:
+                raise RingCorrupt(f"consumer counter {cons} impossible against producer {self.prod}")
+            self.cons_cache = cons
+            free = self.limit - used
+        return max(free, 0)
+
+    def push(self, items: list[int] | array) -> int:
+        """Publish as many of `items` as fit; returns how many."""
+        n = len(items)
+        if n == 0:
+            return 0
+        free = self.space(n)
+        if free < n:
+            n = free
+            if n == 0:
+                return 0
+            items = items[:n]
+        start = self.prod & self.mask
+        first = self.capacity - start
+        data = items if isinstance(items, array) else array("I", items)
+        if n <= first:
+            self.slots[start : start + n] = data
+        else:
+            self.slots[start:] = data[:first]
+            self.slots[: n - first] = data[first:]
+        self.prod += n
+        self.q[PROD] = self.prod
+        return n
+
+    def published_unconsumed(self) -> int:
+        return self.prod - self.q[CONS]
+
+
+class Consumer(_Ring):
+    """The consuming end: takes batches of u32 slots."""
+
+    __slots__ = ("cons", "prod_cache")
+
+    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+        super().__init__(mem, offset, capacity)
+        self.cons = self.q[CONS]
+        self.prod_cache = self.q[PROD]
+
+    def refresh(self) -> int:
+        """Re-read the producer counter; returns slots available."""
+        prod = self.q[PROD]
+        avail = prod - self.cons
+        if avail < 0 or avail > self.capacity:
+            raise RingCorrupt(f"producer counter {prod} impossible against consumer {self.cons}")
+        self.prod_cache = prod
+        return avail
+
+    def available(self) -> int:
+        avail = self.prod_cache - self.cons
+        return avail if avail else self.refresh()
+
+    def pop(self, max_n: int) -> list[int]:
+        """Take up to `max_n` slots and publish their consumption."""
+        avail = self.prod_cache - self.cons
+        if avail <= 0:
+            avail = self.refresh()
+            if avail == 0:
+                return []
+        n = avail if avail < max_n else max_n
+        start = self.cons & self.mask
+        end = start + n
+        if end <= self.capacity:
+            out = self.slots[start:end].tolist()
+        else:
+            out = self.slots[start:].tolist() + self.slots[: end - self.capacity].tolist()
+        self.cons += n
+        self.q[CONS] = self.cons
+        return out
+
+    def set_need_wakeup(self) -> None:
+        self.w[FLAGS] = self.w[FLAGS] | NEED_WAKEUP
+
+    def clear_need_wakeup(self) -> None:
+        self.w[FLAGS] = self.w[FLAGS] & ~NEED_WAKEUP

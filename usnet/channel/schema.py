@@ -1,0 +1,209 @@
+"""Channel schemas: named presets, their attributes, and the SCHEMA region layout.
+
+A client maps a channel knowing nothing but the SCHEMA region at offset 0 of
+the read-only memfd: it names every ring, the pool's geometry and the
+per-channel state words. The byte layout is defined here and only here
+(docs/abi.md mirrors it).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, fields, replace
+
+MAGIC = 0x544E5355  # "USNT" little-endian
+ABI_VERSION = 1
+
+# u32 magic, u16 abi, u16 nrings, u32 buf_size, u32 buflets, u32 max_packets,
+# u32 active_packets, u64 shared_size, u64 ro_size, u64 umd_offset,
+# u64 buf_offset, u64 stats_offset, u32 umd_size, u32 generation
+HEADER = struct.Struct("<IHHIIIIQQQQQII")
+STATE_OFFSET = 72  # u32 state[2], reason[2], ring_limit[2], sync[2]: one per role
+RING_TABLE = 128
+RING_ENTRY = struct.Struct("<BBHIQ")  # kind, role, reserved, capacity, offset
+SCHEMA_BYTES = RING_TABLE + 16 * RING_ENTRY.size
+
+# u32 indices into the SCHEMA region viewed as 'I'
+W_ACTIVE = 5
+W_GENERATION = 17
+W_STATE = STATE_OFFSET // 4  # + role
+W_REASON = W_STATE + 2  # + role
+W_LIMIT = W_STATE + 4  # + role: the TX fill limit (ring resize)
+W_SYNC = W_STATE + 6  # + role: bumped each time the nexus answers a kick
+
+
+class ChannelState(enum.IntEnum):
+    OPEN = 0
+    DEFUNCT = 1
+
+
+class RingKind(enum.IntEnum):
+    PIPE = 1  # the TX ring of `role`, which is the RX ring of the other role
+    ALLOC = 2
+    FREE = 3
+    EVENT = 4
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The geometry of a channel group; presets below, attributes override."""
+
+    name: str
+    ring_size: int  # TX/RX slots, a power of two
+    packets: int  # packets in the pool when it opens
+    max_packets: int  # the most the pool may grow to
+    buf_size: int  # bytes per buflet
+    buflets: int  # buflets per packet: the largest packet is buf_size * buflets
+    event_ring: int  # EVENT ring records
+    quota: int  # most packets one channel may hold at once
+
+    @property
+    def packet_bytes(self) -> int:
+        return self.buf_size * self.buflets
+
+    def with_attrs(self, attrs: dict[str, int]) -> "Schema":
+        """A copy with attributes changed, checked so that nonsense is refused early."""
+        known = {f.name for f in fields(self)} - {"name"}
+        bad = set(attrs) - known
+        if bad:
+            raise ValueError(f"unknown schema attributes: {sorted(bad)}")
+        for k, v in attrs.items():
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"schema attribute {k} must be an integer")
+        s = replace(self, **attrs)
+        if "quota" not in attrs and s.quota > s.max_packets:
+            s = replace(s, quota=s.max_packets)
+        if "max_packets" not in attrs and s.max_packets < s.packets:
+            s = replace(s, max_packets=s.packets)
+        s.check()
+        return s
+
+    def check(self) -> None:
+        def pow2(n: int) -> bool:
+            return n > 0 and not n & (n - 1)
+
+        if not pow2(self.ring_size) or not 8 <= self.ring_size <= 65536:
+            raise ValueError("ring_size must be a power of two from 8 to 65536")
+        if not pow2(self.event_ring) or not 8 <= self.event_ring <= 65536:
+            raise ValueError("event_ring must be a power of two from 8 to 65536")
+        if not 64 <= self.buf_size <= 65536 or self.buf_size % 64:
+            raise ValueError("buf_size must be a multiple of 64 from 64 to 65536")
+        if not 1 <= self.buflets <= 64:
+            raise ValueError("buflets must be from 1 to 64")
+        if self.packet_bytes > 1 << 20:
+            raise ValueError("a packet may not exceed 1 MiB")
+        if not 1 <= self.packets <= self.max_packets <= 1 << 20:
+            raise ValueError("need 1 <= packets <= max_packets <= 1048576")
+        if self.max_packets * self.packet_bytes > 1 << 30:
+            raise ValueError("a pool may not exceed 1 GiB")
+        if not 1 <= self.quota <= self.max_packets:
+            raise ValueError("quota must be from 1 to max_packets")
+
+    @property
+    def alloc_ring(self) -> int:
+        return self.ring_size
+
+    @property
+    def free_ring(self) -> int:
+        """Big enough for every packet of the pool, so honest frees never wait."""
+        n = 8
+        while n < self.max_packets:
+            n <<= 1
+        return n
+
+
+PRESETS: dict[str, Schema] = {
+    s.name: s
+    for s in (
+        Schema("default", ring_size=1024, packets=2048, max_packets=8192, buf_size=2048,
+               buflets=1, event_ring=256, quota=8192),
+        Schema("bulk", ring_size=1024, packets=1024, max_packets=4096, buf_size=16384,
+               buflets=4, event_ring=256, quota=4096),
+        Schema("low-latency", ring_size=64, packets=256, max_packets=1024, buf_size=2048,
+               buflets=1, event_ring=1024, quota=1024),
+    )
+}
+
+
+def resolve(name: str, attrs: dict[str, int] | None = None) -> Schema:
+    """A preset by name, tuned by attributes; ValueError for anything unknown."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown schema {name!r}; presets: {sorted(PRESETS)}") from None
+    base.check()
+    return base.with_attrs(attrs or {})
+
+
+@dataclass(frozen=True)
+class RingInfo:
+    kind: RingKind
+    role: int
+    capacity: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the SCHEMA region says: enough for a client to map everything."""
+
+    buf_size: int
+    buflets: int
+    max_packets: int
+    active_packets: int
+    shared_size: int
+    ro_size: int
+    umd_offset: int
+    buf_offset: int
+    stats_offset: int
+    umd_size: int
+    generation: int
+    rings: tuple[RingInfo, ...]
+
+    def ring(self, kind: RingKind, role: int) -> RingInfo:
+        for r in self.rings:
+            if r.kind == kind and r.role == role:
+                return r
+        raise KeyError((kind, role))
+
+    def write(self, mem: memoryview) -> None:
+        HEADER.pack_into(
+            mem, 0, MAGIC, ABI_VERSION, len(self.rings), self.buf_size, self.buflets,
+            self.max_packets, self.active_packets, self.shared_size, self.ro_size,
+            self.umd_offset, self.buf_offset, self.stats_offset, self.umd_size, self.generation,
+        )
+        for i, r in enumerate(self.rings):
+            RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, 0, r.capacity, r.offset)
+
+    @classmethod
+    def read(cls, mem: memoryview | bytes) -> "Layout":
+        (magic, abi, nrings, buf_size, buflets, max_packets, active, shared_size, ro_size,
+         umd_offset, buf_offset, stats_offset, umd_size, generation) = HEADER.unpack_from(mem, 0)
+        if magic != MAGIC:
+            raise ValueError(f"not a usnet schema (magic {magic:#x})")
+        if abi != ABI_VERSION:
+            raise ValueError(f"schema ABI {abi}, this library speaks {ABI_VERSION}")
+        if nrings > 16:
+            raise ValueError("schema names too many rings")
+        rings = []
+        for i in range(nrings):
+            kind, role, _, cap, off = RING_ENTRY.unpack_from(mem, RING_TABLE + i * RING_ENTRY.size)
+            rings.append(RingInfo(RingKind(kind), role, cap, off))
+        return cls(buf_size, buflets, max_packets, active, shared_size, ro_size, umd_offset,
+                   buf_offset, stats_offset, umd_size, generation, tuple(rings))
+
+
+class Stat(enum.IntEnum):
+    """u64 counters per role in the STATS region (nexus-written, client-readable)."""
+
+    ALLOCATED = 0  # packets handed out on the ALLOC ring
+    FREED = 1  # packets taken back from the FREE ring
+    REFUSED = 2  # indices refused on the FREE ring
+    BAD_COUNTER = 3  # impossible ring counters seen
+    EVENTS_DROPPED = 4  # events lost to a full EVENT ring
+    HELD = 5  # packets this channel holds now
+    QUOTA = 6
+
+
+STATS_PER_ROLE = 16  # u64 words

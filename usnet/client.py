@@ -1,0 +1,115 @@
+"""The client library: one API whether the domain is embedded or is usnetd.
+
+`Client.local(domain)` talks to an in-process Domain by method calls;
+`Client.connect(path)` or `Client.from_socket(sock)` talks to usnetd, or to an
+embedded domain in a parent process, over SOCK_SEQPACKET. Both return the
+same `Channel` objects; only the control path differs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING, Callable
+
+from usnet.channel.channel import Channel
+from usnet.daemon import protocol as P
+from usnet.daemon.transport import ControlClient, connect_seqpacket
+
+if TYPE_CHECKING:
+    from usnet.nexus.domain import Domain, Session
+
+DEFAULT_SOCKET = os.environ.get("USNET_SOCKET", "/run/usnet/usnetd.sock")
+
+
+class Client:
+    def __init__(self, request: Callable[[P.Request], tuple[P.Reply, list[int]]],
+                 kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]]) -> None:
+        self._request = request
+        self._kick_for = kick_for
+        self.channels: dict[int, Channel] = {}
+        welcome, _ = self._call(P.Hello(P.PROTOCOL_VERSION, os.path.basename(sys.argv[0] or "python")))
+        assert isinstance(welcome, P.Welcome)
+        self.session = welcome.session
+        self.uid = welcome.uid
+
+    # -- constructors -------------------------------------------------------------
+
+    @classmethod
+    def local(cls, domain: "Domain") -> "Client":
+        """An in-process client: control requests are method calls, kicks too."""
+        session: Session = domain.new_session(os.getuid(), os.getpid())
+
+        def request(req: P.Request) -> tuple[P.Reply, list[int]]:
+            reply, fds = domain.handle(session, req)
+            return reply, [os.dup(fd) for fd in fds]
+
+        def kick_for(cid: int, kick_fd: int) -> tuple[Callable[[], None], int | None]:
+            os.close(kick_fd)
+            return (lambda: domain.kick_channel(cid)), None
+
+        return cls(request, kick_for)
+
+    @classmethod
+    def from_socket(cls, sock: socket.socket) -> "Client":
+        """A client over a connected SEQPACKET socket (usnetd, or a parent's embedded domain)."""
+        ctl = ControlClient(sock)
+
+        def kick_for(cid: int, kick_fd: int) -> tuple[Callable[[], None], int | None]:
+            def kick() -> None:
+                try:
+                    os.eventfd_write(kick_fd, 1)
+                except OSError:
+                    pass
+            return kick, kick_fd
+
+        return cls(ctl.request, kick_for)
+
+    @classmethod
+    def connect(cls, path: str = DEFAULT_SOCKET) -> "Client":
+        return cls.from_socket(connect_seqpacket(path))
+
+    # -- requests ------------------------------------------------------------------
+
+    def _call(self, req: P.Request) -> tuple[P.Reply, list[int]]:
+        reply, fds = self._request(req)
+        if isinstance(reply, P.Error):
+            for fd in fds:
+                os.close(fd)
+            raise P.ControlError(reply.code, reply.message)
+        return reply, fds
+
+    def open_pipe(self, name: str, schema: str = "default", **attrs: int) -> Channel:
+        """Open one end of the named user pipe (created by the first opener)."""
+        reply, fds = self._call(P.OpenPipe(name, schema, attrs))
+        if not isinstance(reply, P.ChannelOpened) or len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            raise P.ProtocolError("OpenPipe answered without a channel and its five descriptors")
+        shared, ro, bell, peer_bell, kick_fd = fds
+        kick, keep_fd = self._kick_for(reply.channel, kick_fd)
+        ch = Channel(
+            channel_id=reply.channel, role=reply.role, shared_fd=shared, ro_fd=ro,
+            bell_fd=bell, peer_bell_fd=peer_bell, kick=kick, control=self,
+        )
+        if keep_fd is not None:
+            ch._fds.append(keep_fd)
+        self.channels[ch.id] = ch
+        return ch
+
+    def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:
+        self._call(P.Resize(channel, ring_size, packets))
+
+    def close_channel(self, channel: int) -> None:
+        self.channels.pop(channel, None)
+        self._call(P.CloseChannel(channel))
+
+    def status(self) -> dict:
+        reply, _ = self._call(P.Status())
+        assert isinstance(reply, P.StatusReply)
+        return reply.info
+
+    def close(self) -> None:
+        for ch in list(self.channels.values()):
+            ch.close()

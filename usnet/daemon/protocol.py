@@ -1,0 +1,192 @@
+"""Control messages between a client and the nexus domain (DESIGN.md §1).
+
+The control path is the only place where an untrusted client talks to the
+nexus domain with structured data, so every message is a typed, versioned
+``msgspec.Struct`` and every decode is validated: a malformed, oversize or
+wrong-direction message becomes one exception type, :class:`ProtocolError`,
+which the domain turns into an ``EPROTO`` reply or a dropped session instead
+of a crash.
+
+Wire format: one msgpack map per SOCK_SEQPACKET message, tagged by field
+``"t"`` with the class name.  Unknown fields are ignored so a later protocol
+version can add optional fields; incompatible changes bump
+:data:`PROTOCOL_VERSION`, which the client announces in :class:`Hello`.
+File descriptors never appear in a message: they travel beside it as
+SCM_RIGHTS (see :mod:`usnet.daemon.transport`).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Annotated, Any, get_args
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+#: Largest encoded control message (bytes).  Bounds what one client can make
+#: the domain allocate and parse per message.
+MAX_MESSAGE = 65536
+
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
+PosU32 = Annotated[int, msgspec.Meta(ge=1, le=0xFFFF_FFFF)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+ErrCode = Annotated[str, msgspec.Meta(pattern=r"^E[A-Z0-9]{1,31}$")]
+
+
+class ProtocolError(ValueError):
+    """A control message was malformed, oversize, truncated or of the wrong kind."""
+
+
+class ControlError(OSError):
+    """The domain refused a request with an ``Error`` reply.
+
+    Subclasses OSError so callers can handle it like the system call it stands
+    in for: ``errno`` is set from ``code`` when the ``errno`` module knows the
+    name (domain-specific codes leave it ``None``).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        num = getattr(_errno, code, None) if code.startswith("E") and code.isupper() else None
+        if isinstance(num, int):
+            super().__init__(num, f"{code}: {message}")
+        else:
+            super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep (code, message) across pickling
+        return (type(self), (self.code, self.message))
+
+
+class _Msg(msgspec.Struct, frozen=True, tag=True, tag_field="t", omit_defaults=True):
+    """Base of every control message: tagged map, immutable once built."""
+
+
+# ---- requests: client -> domain -------------------------------------------------
+
+
+class Hello(_Msg, frozen=True):
+    """First message of a session; the domain answers Welcome or Error(EPROTO)."""
+
+    version: U32
+    program: Annotated[str, msgspec.Meta(max_length=255)] = ""
+
+
+class OpenPipe(_Msg, frozen=True):
+    """Open one end of the named user pipe: first opener creates it, second attaches."""
+
+    name: Name
+    schema: Name = "default"
+    attrs: dict[Name, int] = {}
+
+
+class Resize(_Msg, frozen=True):
+    """Grow or shrink a channel's rings and/or packet pool without closing it."""
+
+    channel: U32
+    ring_size: PosU32 | None = None
+    packets: PosU32 | None = None
+
+
+class CloseChannel(_Msg, frozen=True):
+    channel: U32
+
+
+class Kick(_Msg, frozen=True):
+    """Data-path nudge for a client that has no eventfd doorbell."""
+
+    channel: U32
+
+
+class Status(_Msg, frozen=True):
+    pass
+
+
+# ---- replies: domain -> client --------------------------------------------------
+
+
+class Welcome(_Msg, frozen=True):
+    """Accepts a Hello; uid/pid are what SO_PEERCRED said, not what the client claimed."""
+
+    version: U32
+    session: U32
+    uid: U32
+    pid: U32
+
+
+class ChannelOpened(_Msg, frozen=True):
+    """A channel is ready; its memfds/eventfds arrive as SCM_RIGHTS with this message."""
+
+    channel: U32
+    role: U32
+    schema: str
+    layout: bytes
+
+
+class Done(_Msg, frozen=True):
+    pass
+
+
+class StatusReply(_Msg, frozen=True):
+    info: dict[str, Any]
+
+
+class Error(_Msg, frozen=True):
+    """A refusal: ``code`` is an errno-style name ("EINVAL", "EBUSY", ...)."""
+
+    code: ErrCode
+    message: str = ""
+
+
+Request = Hello | OpenPipe | Resize | CloseChannel | Kick | Status
+Reply = Welcome | ChannelOpened | Done | StatusReply | Error
+
+REQUEST_TYPES: tuple[type, ...] = get_args(Request)
+REPLY_TYPES: tuple[type, ...] = get_args(Reply)
+
+_encoder = msgspec.msgpack.Encoder()
+# Separate decoders: a reply tag is simply not a valid request, and vice versa.
+_request_decoder = msgspec.msgpack.Decoder(Request)
+_reply_decoder = msgspec.msgpack.Decoder(Reply)
+
+
+def encode(msg: Request | Reply) -> bytes:
+    """Encode one message; refuses non-messages and anything the peer would reject as oversize."""
+    if not isinstance(msg, REQUEST_TYPES + REPLY_TYPES):
+        raise TypeError(f"not a control message: {type(msg).__name__}")
+    data = _encoder.encode(msg)
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"{type(msg).__name__} encodes to {len(data)} bytes > {MAX_MESSAGE}")
+    return data
+
+
+def _decode(decoder: msgspec.msgpack.Decoder, data: bytes | bytearray | memoryview, what: str) -> Any:
+    if len(data) > MAX_MESSAGE:
+        raise ProtocolError(f"{what} of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as e:  # ValidationError is a subclass
+        raise ProtocolError(f"bad {what}: {e}") from None
+    except RecursionError:  # absurdly nested StatusReply.info
+        raise ProtocolError(f"bad {what}: nested too deeply") from None
+
+
+def decode_request(data: bytes | bytearray | memoryview) -> Request:
+    """Decode a client message; anything but a valid Request raises ProtocolError."""
+    return _decode(_request_decoder, data, "request")
+
+
+def decode_reply(data: bytes | bytearray | memoryview) -> Reply:
+    """Decode a domain message; anything but a valid Reply raises ProtocolError."""
+    return _decode(_reply_decoder, data, "reply")
+
+
+def error_reply(exc: BaseException) -> Error:
+    """Map an exception raised while serving a request to the Error reply to send back."""
+    if isinstance(exc, ControlError):
+        return Error(exc.code, exc.message)
+    if isinstance(exc, ProtocolError):
+        return Error("EPROTO", str(exc))
+    if isinstance(exc, OSError) and exc.errno in _errno.errorcode:
+        return Error(_errno.errorcode[exc.errno], exc.strerror or str(exc))
+    return Error("EINVAL", str(exc) or type(exc).__name__)

@@ -1,0 +1,78 @@
+"""memfd creation, sealing and page reclaim: the OS primitives the arenas stand on.
+
+Access rules are enforced by the kernel, not by convention (DESIGN §2):
+a memory a client may only read is sealed with F_SEAL_FUTURE_WRITE after the
+nexus has mapped it, so no process can map it writable again; every memfd a
+client can reach is sealed against shrinking, so no client can truncate it and
+make the nexus fault with SIGBUS.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+
+PAGE = mmap.PAGESIZE
+
+F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
+F_SEAL_SEAL = 0x0001
+F_SEAL_SHRINK = 0x0002
+F_SEAL_GROW = 0x0004
+F_SEAL_WRITE = 0x0008
+F_SEAL_FUTURE_WRITE = 0x0010
+
+MADV_REMOVE = getattr(mmap, "MADV_REMOVE", 9)
+
+
+def page_round(n: int) -> int:
+    """Round up to a whole number of pages."""
+    return (n + PAGE - 1) // PAGE * PAGE
+
+
+def create(name: str, size: int) -> int:
+    """A sparse memfd of `size` bytes: pages cost memory only once touched."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def add_seals(fd: int, seals: int) -> None:
+    fcntl.fcntl(fd, F_ADD_SEALS, seals)
+
+
+def get_seals(fd: int) -> int:
+    return fcntl.fcntl(fd, F_GET_SEALS)
+
+
+def seal_shared(fd: int) -> None:
+    """Seal a client-writable memfd: it may not shrink, and nobody may add seals."""
+    add_seals(fd, F_SEAL_SHRINK | F_SEAL_SEAL)
+
+
+def seal_readonly(fd: int) -> None:
+    """Seal a nexus-written, client-read memfd: no new writable mapping or write() ever.
+
+    Must be called after the nexus mapped it writable: F_SEAL_FUTURE_WRITE keeps
+    existing writable mappings working and refuses every later one.
+    """
+    add_seals(fd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL)
+
+
+def remove_pages(m: mmap.mmap, offset: int, length: int) -> None:
+    """Give the pages behind [offset, offset+length) back to the system.
+
+    MADV_REMOVE on a shared mapping punches a hole in the memfd: every process
+    mapping it now reads zeros there, and the memory is freed.
+    """
+    if length <= 0:
+        return
+    if offset % PAGE:
+        raise ValueError(f"offset {offset} is not page aligned")
+    m.madvise(MADV_REMOVE, offset, page_round(length))
+
+
+def allocated_bytes(fd: int) -> int:
+    """Bytes of memory the memfd holds now (512-byte blocks from fstat)."""
+    return os.fstat(fd).st_blocks * 512

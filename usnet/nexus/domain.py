@@ -1,0 +1,352 @@
+"""The nexus domain: sessions, nexus instances, and the loop that serves them.
+
+The same Domain runs embedded (`usnet.Domain()`, no daemon, no root) or inside
+`usnetd`. Control requests arrive either as method calls (an in-process
+client) or as typed messages on an AF_UNIX SOCK_SEQPACKET socket (a client in
+another process); both end in `handle()`. A client's identity is the uid the
+kernel reports for its socket (SO_PEERCRED), never what it says.
+
+The service loop waits on every session socket and every channel's kick
+eventfd. A session whose socket closes (its process exited or was killed) has
+its channels defuncted and its packets reclaimed at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import selectors
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from usnet.channel import schema as schemamod
+from usnet.channel.events import DefunctReason
+from usnet.daemon import protocol as P
+from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
+from usnet.nexus.userpipe import UserPipe
+
+log = logging.getLogger("usnet.domain")
+
+
+@dataclass
+class Session:
+    id: int
+    uid: int
+    pid: int
+    program: str = ""
+    sock: socket.socket | None = None
+    channels: set[int] = field(default_factory=set)
+    refused: int = 0  # malformed or invalid control messages
+
+
+@dataclass
+class ChannelRef:
+    pipe: UserPipe
+    role: int
+    session: Session
+
+
+class Domain:
+    """The trusted side: owns arenas, pools and nexus instances."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pipes: dict[str, UserPipe] = {}
+        self.channels: dict[int, ChannelRef] = {}
+        self.sessions: dict[int, Session] = {}
+        self._ids = itertools.count(1)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.control_errors = 0
+
+    # -- sessions -----------------------------------------------------------------
+
+    def new_session(self, uid: int, pid: int, sock: socket.socket | None = None) -> Session:
+        with self.lock:
+            s = Session(next(self._ids), uid, pid, sock=sock)
+            self.sessions[s.id] = s
+        return s
+
+    def end_session(self, session: Session, crashed: bool) -> None:
+        """The client went away: close what it closed, defunct what it left open."""
+        with self.lock:
+            if self.sessions.pop(session.id, None) is None:
+                return
+            for cid in sorted(session.channels):
+                ref = self.channels.pop(cid, None)
+                if ref is None:
+                    continue
+                if crashed:
+                    ref.pipe.defunct(DefunctReason.OWNER_GONE, culprit=ref.role)
+                ref.pipe.close_end(ref.role)
+            session.channels.clear()
+            if session.sock is not None:
+                try:
+                    self._sel.unregister(session.sock)
+                except (KeyError, ValueError):
+                    pass
+                session.sock.close()
+                session.sock = None
+        log.info("session %d (pid %d) ended%s", session.id, session.pid, " abruptly" if crashed else "")
+
+    # -- control --------------------------------------------------------------------
+
+    def handle(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
+        """Serve one control request; errors become an Error reply, never an exception."""
+        try:
+            with self.lock:
+                return self._dispatch(session, req)
+        except (ValueError, OSError, KeyError, P.ProtocolError) as e:
+            session.refused += 1
+            self.control_errors += 1
+            return P.error_reply(e), []
+
+    def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
+        if isinstance(req, P.Hello):
+            if req.version != P.PROTOCOL_VERSION:
+                raise P.ProtocolError(f"protocol version {req.version} unsupported (speak {P.PROTOCOL_VERSION})")
+            session.program = req.program
+            return P.Welcome(P.PROTOCOL_VERSION, session.id, session.uid, session.pid), []
+        if isinstance(req, P.OpenPipe):
+            cid, role, fds = self.open_pipe(session, req.name, req.schema, dict(req.attrs))
+            ref = self.channels[cid]
+            return P.ChannelOpened(cid, role, ref.pipe.schema.name, b""), fds
+        if isinstance(req, P.Resize):
+            ref = self._own(session, req.channel)
+            with ref.pipe.lock:
+                ref.pipe.resize(ref.role, req.ring_size, req.packets)
+            return P.Done(), []
+        if isinstance(req, P.CloseChannel):
+            self.close_channel(session, req.channel)
+            return P.Done(), []
+        if isinstance(req, P.Kick):
+            self.kick(self._own(session, req.channel))
+            return P.Done(), []
+        if isinstance(req, P.Status):
+            return P.StatusReply(self.status()), []
+        raise P.ProtocolError(f"unexpected request {type(req).__name__}")
+
+    def _own(self, session: Session, cid: int) -> ChannelRef:
+        ref = self.channels.get(cid)
+        if ref is None or ref.session is not session:
+            raise OSError(errno.ENOENT, f"no channel {cid} in this session")
+        return ref
+
+    def open_pipe(self, session: Session, name: str, schema: str, attrs: dict[str, int]) -> tuple[int, int, list[int]]:
+        """Open one end of a named user pipe; returns (channel id, role, fds to hand over).
+
+        The first opener creates the pipe and its pool; the second attaches.
+        Both must be the same uid: a user pipe is zero-copy, so it only ever
+        joins one owner's channels.
+        """
+        with self.lock:
+            pipe = self.pipes.get(name)
+            if pipe is None:
+                sch = schemamod.resolve(schema, attrs)
+                pipe = UserPipe(name, sch, session.uid)
+                pipe.on_destroy = self._forget_pipe
+                self.pipes[name] = pipe
+                role = 0
+            else:
+                if pipe.uid != session.uid:
+                    raise OSError(errno.EPERM, f"pipe {name!r} belongs to uid {pipe.uid}")
+                if pipe.ends[1].attached or pipe.defunct_reason is not None:
+                    raise OSError(errno.EADDRINUSE, f"pipe {name!r} already has both ends")
+                role = 1
+            end = pipe.ends[role]
+            cid = next(self._ids)
+            end.channel_id = cid
+            end.attached = True
+            self.channels[cid] = ChannelRef(pipe, role, session)
+            session.channels.add(cid)
+            self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
+            self._wake()
+            peer = pipe.ends[1 - role]
+            fds = [pipe.arena.shared_fd, pipe.arena.ro_fd, end.bell, peer.bell, end.kick]
+            return cid, role, fds
+
+    def _forget_pipe(self, pipe: UserPipe) -> None:
+        for end in pipe.ends:
+            try:
+                self._sel.unregister(end.kick)
+            except (KeyError, ValueError):
+                pass
+        if self.pipes.get(pipe.name) is pipe:
+            del self.pipes[pipe.name]
+
+    def close_channel(self, session: Session, cid: int) -> None:
+        with self.lock:
+            ref = self._own(session, cid)
+            self._unregister_kick(ref)
+            del self.channels[cid]
+            session.channels.discard(cid)
+            with ref.pipe.lock:
+                ref.pipe.sync(ref.role)  # take back what it freed on the way out
+                ref.pipe.close_end(ref.role)
+
+    def _unregister_kick(self, ref: ChannelRef) -> None:
+        try:
+            self._sel.unregister(ref.pipe.ends[ref.role].kick)
+        except (KeyError, ValueError):
+            pass
+
+    def kick(self, ref: ChannelRef) -> None:
+        with ref.pipe.lock:
+            ref.pipe.sync(ref.role)
+
+    def kick_channel(self, cid: int) -> None:
+        """The data-path nudge of an in-process channel: a method call, no system call."""
+        ref = self.channels.get(cid)
+        if ref is not None:
+            self.kick(ref)
+
+    def status(self) -> dict:
+        with self.lock:
+            return {
+                "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
+                              "channels": sorted(s.channels), "refused": s.refused}
+                             for s in self.sessions.values()],
+                "pipes": [p.info() for p in self.pipes.values()],
+                "control_errors": self.control_errors,
+            }
+
+    def purge(self) -> int:
+        """Give back the pages of every all-free segment beyond each pool's opening size."""
+        with self.lock:
+            n = 0
+            for p in list(self.pipes.values()):
+                with p.lock:
+                    if p.defunct_reason is None:
+                        n += p.pool.purge(keep=p.schema.packets)
+            return n
+
+    # -- socket sessions and the service loop -------------------------------------------
+
+    def add_socket_session(self, sock: socket.socket) -> Session:
+        """Serve a connected SEQPACKET socket; identity from SO_PEERCRED."""
+        pid, uid, _ = peer_credentials(sock)
+        sock.setblocking(True)
+        s = self.new_session(uid, pid, sock)
+        with self.lock:
+            self._sel.register(sock, selectors.EVENT_READ, ("session", s))
+        self._wake()
+        return s
+
+    def socketpair_session(self) -> socket.socket:
+        """A control socket for a child process of this one (embedded mode across processes)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.add_socket_session(ours)
+        self.start()
+        return theirs
+
+    def listen(self, sock: socket.socket) -> None:
+        """Accept clients on a listening SEQPACKET socket (usnetd)."""
+        sock.setblocking(False)
+        with self.lock:
+            self._sel.register(sock, selectors.EVENT_READ, ("listen", sock))
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _serve_session(self, s: Session) -> None:
+        assert s.sock is not None
+        try:
+            data, fds = recv_msg(s.sock)
+        except P.ProtocolError as e:
+            s.refused += 1
+            self.control_errors += 1
+            self._reply(s, P.error_reply(e), [])
+            return
+        except OSError:
+            self.end_session(s, crashed=True)
+            return
+        if not data:
+            self.end_session(s, crashed=True)
+            return
+        for fd in fds:  # clients have no business sending us descriptors
+            os.close(fd)
+        try:
+            req = P.decode_request(data)
+        except P.ProtocolError as e:
+            s.refused += 1
+            self.control_errors += 1
+            self._reply(s, P.error_reply(e), [])
+            return
+        reply, out_fds = self.handle(s, req)
+        self._reply(s, reply, out_fds)
+
+    def _reply(self, s: Session, reply: P.Reply, fds: list[int]) -> None:
+        try:
+            if s.sock is not None:
+                send_msg(s.sock, P.encode(reply), fds)
+        except OSError:
+            self.end_session(s, crashed=True)
+
+    def serve_once(self, timeout: float | None = None) -> None:
+        for key, _ in self._sel.select(timeout):
+            kind, obj = key.data
+            if kind == "wake":
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif kind == "kick":
+                try:
+                    os.eventfd_read(key.fd)
+                except OSError:
+                    pass
+                ref = self.channels.get(obj)
+                if ref is not None:
+                    self.kick(ref)
+            elif kind == "session":
+                self._serve_session(obj)
+            elif kind == "listen":
+                try:
+                    conn, _ = obj.accept()
+                except OSError:
+                    continue
+                self.add_socket_session(conn)
+
+    def run(self) -> None:
+        """Serve until stop() (the body of usnetd, or of the embedded service thread)."""
+        while not self._stopping:
+            self.serve_once(0.5)
+
+    def start(self) -> None:
+        """Run the service loop in a daemon thread (embedded mode)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.run, name="usnet-domain", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving; defunct every channel so no client hangs, and free all memory."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        with self.lock:
+            for s in list(self.sessions.values()):
+                self.end_session(s, crashed=False)
+            for p in list(self.pipes.values()):
+                with p.lock:
+                    p.defunct(DefunctReason.DOMAIN_SHUTDOWN)
+                    p.destroy()
+        self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> "Domain":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
