@@ -276,12 +276,13 @@ def mpqueue_mps(size: int, count: int) -> float:
         q.join_thread()
 
 
-# Messages per second measured on the development machine, per function,
-# at 64 B and at 64 KiB; count_for interpolates on log(size) between them.
-_RATES: dict[str, tuple[float, float]] = {
-    "socketpair_mps": (1.1e6, 1.65e5),
-    "udp_mps": (3.0e5, 5.0e4),
-    "mpqueue_mps": (2.0e5, 5.0e4),
+# Messages per second measured on the development machine (2 CPUs, Linux),
+# per function, at these sizes; count_for interpolates on log(size).
+_SIZES = (64, 1500, 9000, 65536)
+_RATES: dict[str, tuple[float, ...]] = {
+    "socketpair_mps": (1.15e6, 9.5e5, 6.4e5, 1.6e5),
+    "udp_mps": (8.0e5, 6.8e5, 4.6e5, 1.6e5),
+    "mpqueue_mps": (3.1e5, 2.6e5, 2.0e5, 2.5e4),
 }
 
 
@@ -289,10 +290,15 @@ def count_for(size: int, quick: bool, fn: Callable[[int, int], float] = socketpa
     """A message count that makes ``fn(size, count)`` take ~1 s (quick) or ~3 s.
 
     Calibrated per function from rates measured on the development machine;
-    ``fn`` defaults to the fastest baseline (socketpair).
+    ``fn`` defaults to the fastest baseline (socketpair), which gives the
+    other baselines several times longer runs.
     """
-    lo, hi = _RATES.get(getattr(fn, "__name__", ""), _RATES["socketpair_mps"])
-    frac = min(max(math.log2(max(size, 64) / 64) / 10, 0.0), 1.0)  # 64 B -> 0, 64 KiB -> 1
-    rate = math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo)))
-    seconds = 1.0 if quick else 3.0
-    return max(1000, int(rate * seconds))
+    rates = _RATES.get(getattr(fn, "__name__", ""), _RATES["socketpair_mps"])
+    x = math.log(min(max(size, _SIZES[0]), _SIZES[-1]))
+    rate = rates[-1]
+    for (s0, r0), (s1, r1) in zip(zip(_SIZES, rates), zip(_SIZES[1:], rates[1:])):
+        if x <= math.log(s1):
+            f = (x - math.log(s0)) / (math.log(s1) - math.log(s0))
+            rate = math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0)))
+            break
+    return max(1000, round(rate * (1.0 if quick else 3.0)))

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from usnet.channel.channel import Channel
 from usnet.client import Client
@@ -35,10 +36,12 @@ def schema_for(size: int) -> tuple[str, dict[str, int]]:
     return "bulk", {"buf_size": 16384, "buflets": 4, "packets": 1024, "ring_size": 512}
 
 
-def send_loop(ch: Channel, size: int, count: int) -> None:
+def send_loop(ch: Channel, size: int, count: int, progress: Callable[[int], None] | None = None) -> None:
+    """Send `count` packets of `size` bytes; `progress(n)` is told every 64 batches."""
     payload = b"\xa5" * size
     buf, umd, stride = ch.buf, ch.umd, ch.stride
     sent = 0
+    batches = 0
     while sent < count:
         pkts = ch.alloc(min(BATCH, count - sent))
         for p in pkts:
@@ -47,6 +50,11 @@ def send_loop(ch: Channel, size: int, count: int) -> None:
             umd[p * UMD_WORDS] = size
         ch.send(pkts)
         sent += len(pkts)
+        batches += 1
+        if progress is not None and not batches & 63:
+            progress(sent)
+    if progress is not None:
+        progress(sent)
 
 
 def recv_loop(ch: Channel, count: int) -> float:
@@ -82,7 +90,8 @@ def _peer_main(fd: int, result_fd: int, name: str, count: int) -> None:
     ch.close()
 
 
-def usnet_mps(size: int, count: int, domain: Domain | None = None) -> float:
+def usnet_mps(size: int, count: int, domain: Domain | None = None,
+              progress: Callable[[int], None] | None = None) -> float:
     """Messages/s through a user pipe from this process to a receiving child process."""
     own = domain is None
     dom = domain or Domain()
@@ -99,7 +108,7 @@ def usnet_mps(size: int, count: int, domain: Domain | None = None) -> float:
     sock.close()
     os.close(w)
     try:
-        send_loop(tx, size, count)
+        send_loop(tx, size, count, progress)
         data = b""
         while chunk := os.read(r, 100):
             data += chunk

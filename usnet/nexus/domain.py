@@ -63,6 +63,7 @@ class Domain:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._stopped = False
         self.control_errors = 0
 
     # -- sessions -----------------------------------------------------------------
@@ -328,8 +329,16 @@ class Domain:
             self._thread = threading.Thread(target=self.run, name="usnet-domain", daemon=True)
             self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the service loop to end (safe from a signal handler)."""
+        self._stopping = True
+        self._wake()
+
     def stop(self) -> None:
         """Stop serving; defunct every channel so no client hangs, and free all memory."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stopping = True
         self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():

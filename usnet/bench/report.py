@@ -1,0 +1,41 @@
+"""Runs `usnet bench pipe`: usnet and the alternatives, in one run, with ratios."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import Progress
+
+from usnet.bench import baselines, pipe
+
+
+def run_pipe_bench(quick: bool, console: Console | None = None) -> dict:
+    """Measure every size; returns the issue's JSON shape plus an `extra` section."""
+    console = console or Console(stderr=True)
+    results = []
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("bench pipe", total=len(pipe.SIZES) * 4 + 2)
+        for size in pipe.SIZES:
+            base = baselines.count_for(size, quick)
+            row: dict = {"size": size}
+            prog.update(task, description=f"{size} B: usnet")
+            row["usnet_mps"] = pipe.usnet_mps(size, base * 2)
+            prog.advance(task)
+            for name, fn in (("socketpair_mps", baselines.socketpair_mps),
+                             ("udp_mps", baselines.udp_mps),
+                             ("mpqueue_mps", baselines.mpqueue_mps)):
+                prog.update(task, description=f"{size} B: {name.split('_')[0]}")
+                row[name] = fn(size, baselines.count_for(size, quick, fn))
+                prog.advance(task)
+            row["ratio_socketpair"] = row["usnet_mps"] / row["socketpair_mps"]
+            results.append(row)
+        prog.update(task, description="one process to itself")
+        self_pps = pipe.self_pps(64, 200_000 if quick else 1_000_000)
+        prog.advance(task)
+        mem = pipe.memory_per_channel()
+        prog.advance(task)
+    # JSON has no NaN: UDP cannot carry 64 KiB, say so with null
+    for row in results:
+        for k, v in row.items():
+            if isinstance(v, float) and v != v:
+                row[k] = None
+    return {"results": results, "extra": {"self_pps_64": self_pps, "memory_per_channel": mem}}

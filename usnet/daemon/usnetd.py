@@ -1,0 +1,61 @@
+"""usnetd: the nexus domain as a daemon, serving clients on a SEQPACKET socket.
+
+Clients connect with `usnet.Client.connect(path)`; their identity is the uid
+the kernel reports (SO_PEERCRED). SIGTERM and SIGINT stop it cleanly: every
+channel is defuncted, so no client hangs, and every packet is back in its pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from usnet.client import DEFAULT_SOCKET
+from usnet.daemon.transport import listen_seqpacket
+from usnet.nexus.domain import Domain
+
+log = logging.getLogger("usnetd")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="usnetd", description="the usnet nexus domain daemon")
+    ap.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket path (default %(default)s)")
+    ap.add_argument("--mode", type=lambda s: int(s, 8), default=0o666, help="socket file mode, octal")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s usnetd %(levelname)s %(message)s")
+    os.makedirs(os.path.dirname(os.path.abspath(args.socket)), exist_ok=True)
+    try:
+        sock = listen_seqpacket(args.socket, mode=args.mode)
+    except OSError as e:
+        log.error("cannot listen on %s: %s", args.socket, e)
+        return 1
+    domain = Domain()
+    domain.listen(sock)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        domain.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on %s (pid %d)", args.socket, os.getpid())
+    print(f"usnetd ready on {args.socket}", flush=True)
+    try:
+        domain.run()
+    finally:
+        domain.stop()
+        sock.close()
+        try:
+            os.unlink(args.socket)
+        except FileNotFoundError:
+            pass
+        log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
