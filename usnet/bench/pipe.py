@@ -39,14 +39,13 @@ def schema_for(size: int) -> tuple[str, dict[str, int]]:
 def send_loop(ch: Channel, size: int, count: int, progress: Callable[[int], None] | None = None) -> None:
     """Send `count` packets of `size` bytes; `progress(n)` is told every 64 batches."""
     payload = b"\xa5" * size
-    buf, umd, stride = ch.buf, ch.umd, ch.stride
+    views, umd = ch.packet_views(), ch.umd
     sent = 0
     batches = 0
     while sent < count:
         pkts = ch.alloc(min(BATCH, count - sent))
         for p in pkts:
-            o = p * stride
-            buf[o : o + size] = payload
+            views[p][:size] = payload
             umd[p * UMD_WORDS] = size
         ch.send(pkts)
         sent += len(pkts)
@@ -59,7 +58,7 @@ def send_loop(ch: Channel, size: int, count: int, progress: Callable[[int], None
 
 def recv_loop(ch: Channel, count: int) -> float:
     """Receive `count` packets; returns messages/s from the first to the last."""
-    buf, umd, stride = ch.buf, ch.umd, ch.stride
+    views, umd = ch.packet_views(), ch.umd
     got = 0
     first = ch.recv(BATCH)
     t0 = time.perf_counter()
@@ -67,11 +66,7 @@ def recv_loop(ch: Channel, count: int) -> float:
     total = 0
     while True:
         for p in pkts:
-            o = p * stride
-            n = umd[p * UMD_WORDS]
-            if n > stride:
-                raise ValueError("bad length")
-            v = buf[o : o + n]
+            v = views[p][: umd[p * UMD_WORDS]]  # cannot reach past the packet's buffer
             total += v[0] + v[-1]
         ch.free(pkts)
         got += len(pkts)
@@ -133,21 +128,19 @@ def self_pps(size: int, count: int) -> float:
         a = c.open_pipe("self", schema, **attrs)
         b = c.open_pipe("self")
         payload = b"\xa5" * size
-        buf, umd, stride = a.buf, a.umd, a.stride
-        rbuf = b.buf
+        views, umd = a.packet_views(), a.umd
+        rviews, rumd = b.packet_views(), b.umd
         t0 = time.perf_counter()
         done = 0
         while done < count:
             pkts = a.alloc(BATCH)
             for p in pkts:
-                o = p * stride
-                buf[o : o + size] = payload
+                views[p][:size] = payload
                 umd[p * UMD_WORDS] = size
             a.send(pkts)
             got = b.recv(BATCH)
             for p in got:
-                o = p * stride
-                v = rbuf[o : o + umd[p * UMD_WORDS]]
+                v = rviews[p][: rumd[p * UMD_WORDS]]
                 v[0], v[-1]
             b.free(got)
             done += len(got)

@@ -32,6 +32,7 @@ from usnet.channel.schema import (
 from usnet.pool.umd import UMD_WORDS
 
 SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
+YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
 
 
@@ -132,6 +133,7 @@ class Channel:
         self._buf_offset = lay.buf_offset
         self.buf = mem[lay.buf_offset : lay.buf_offset + lay.max_packets * self.stride]
         self.umd = mem[lay.umd_offset : lay.umd_offset + lay.max_packets * lay.umd_size].cast("I")
+        self._views: list[memoryview] | None = None
         self._cache: list[int] = []
         self._timeout: float | None = None
         self.closed = False
@@ -256,6 +258,19 @@ class Channel:
 
     # -- data -------------------------------------------------------------------------
 
+    def packet_views(self) -> list[memoryview]:
+        """One writable view per packet of its whole buffer, made once.
+
+        The fast path for loops over a batch: `views[p][:n]` is the packet's
+        data, and a slice can never reach past the packet's own buffer, so a
+        bad length read from shared memory cannot expose another packet.
+        """
+        if self._views is None:
+            s = self.stride
+            buf = self.buf
+            self._views = [buf[i * s : i * s + s] for i in range(self.max_packets)]
+        return self._views
+
     def buffer(self, pkt: int) -> memoryview:
         """The whole writable data area of a packet (all its buflets)."""
         o = pkt * self.stride
@@ -307,14 +322,28 @@ class Channel:
                     if done == 0:
                         raise BlockingIOError(errno.EAGAIN, "TX ring full")
                     break
-                for _ in range(SPIN):
-                    if tx.space():
-                        break
-                else:
-                    time.sleep(0.0001)
+                self._wait_room(tx, deadline)
                 done += tx.push(pkts[done:])
         self._ring_peer()
         return done
+
+    @staticmethod
+    def _wait_room(tx: Producer, deadline: float | None) -> None:
+        """Wait for the consumer to free TX slots: poll, then yield the CPU, then sleep.
+
+        There is no doorbell for room (as in AF_XDP): the consumer is awake
+        and working when the ring is full, so polling finds room soon.
+        """
+        for _ in range(SPIN):
+            if tx.space():
+                return
+        until = time.monotonic() + YIELD_FOR
+        while time.monotonic() < until:
+            os.sched_yield()
+            if tx.space():
+                return
+        if deadline is None or time.monotonic() < deadline:
+            time.sleep(0.0002)
 
     def _ring_peer(self) -> None:
         ringmod.fence()
@@ -346,6 +375,11 @@ class Channel:
         rx = self._rx
         while True:
             for _ in range(SPIN):
+                if rx.available():
+                    return self.recv(max_n, 0)
+            until = time.monotonic() + YIELD_FOR
+            while time.monotonic() < until:
+                os.sched_yield()
                 if rx.available():
                     return self.recv(max_n, 0)
             self._check_state()
@@ -430,6 +464,8 @@ class Channel:
             for v in (self._tx, self._rx, self._alloc, self._free):
                 v.release()
             self._events.q.release()
+            for v in self._views or ():
+                v.release()
             for v in (self.buf, self.umd, self._words, self._stats, self._mem):
                 v.release()
             for m in (self._shm, self._ro):

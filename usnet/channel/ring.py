@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 from array import array
+from typing import Sequence
 
 HEADER = 192
 PROD = 0  # u64 index of the producer counter in the header viewed as 'Q'
@@ -96,8 +97,12 @@ class Producer(_Ring):
             free = self.limit - used
         return max(free, 0)
 
-    def push(self, items: list[int] | array) -> int:
-        """Publish as many of `items` as fit; returns how many."""
+    def push(self, items: "list[int] | array | Sequence[int]") -> int:
+        """Publish as many of `items` as fit; returns how many.
+
+        `items` is a list of ints, or any sliceable buffer of native u32
+        (array('I'), a numpy uint32 array), copied into the slots in one go.
+        """
         n = len(items)
         if n == 0:
             return 0
@@ -109,7 +114,7 @@ class Producer(_Ring):
             items = items[:n]
         start = self.prod & self.mask
         first = self.capacity - start
-        data = items if isinstance(items, array) else array("I", items)
+        data = array("I", items) if isinstance(items, list) else items
         if n <= first:
             self.slots[start : start + n] = data
         else:

@@ -206,7 +206,7 @@ class UserPipe:
         start = end.alloc.prod
         pos = np.arange(start, start + len(got)) & (end.alloc.capacity - 1)
         end.alloc_mirror[pos] = got
-        end.alloc.push(got.astype(np.uint32).tolist())
+        end.alloc.push(got)
         self.stats[end.role * STATS_PER_ROLE + Stat.ALLOCATED] += len(got)
         self._publish_active()
 
