@@ -134,6 +134,7 @@ class Channel:
         self.buf = mem[lay.buf_offset : lay.buf_offset + lay.max_packets * self.stride]
         self.umd = mem[lay.umd_offset : lay.umd_offset + lay.max_packets * lay.umd_size].cast("I")
         self._views: list[memoryview] | None = None
+        self.sleeps = 0  # times this channel slept on its doorbell (diagnostics)
         self._cache: list[int] = []
         self._timeout: float | None = None
         self.closed = False
@@ -169,6 +170,7 @@ class Channel:
             if slice_ <= 0:
                 return False
             slice_ = min(slice_, WAIT_SLICE)
+        self.sleeps += 1
         r, _, _ = select.select([self._bell], [], [], slice_)
         if r:
             try:

@@ -1,0 +1,13 @@
+"""Drivers: the devices a netif moves frames through (DESIGN §5).
+
+Every driver moves whole Ethernet frames in batches and exposes a pollable
+`fileno()`; `timeout()` says when it needs service even if its fd stays quiet
+(a memwire frame still in flight). See `base.Driver`.
+"""
+
+from usnet.drivers.base import Driver, random_mac
+from usnet.drivers.memwire import MemWire
+from usnet.drivers.pcap import PcapTracer
+from usnet.drivers.fault import FaultInjector
+
+__all__ = ["Driver", "FaultInjector", "MemWire", "PcapTracer", "random_mac"]

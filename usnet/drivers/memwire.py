@@ -1,0 +1,185 @@
+"""memwire: two drivers joined in memory, with a link's rate, delay, jitter and faults.
+
+For tests and the demo: a link whose behaviour is seeded and reproducible.
+Rate is serialisation (a frame of n bytes occupies the link n*8/rate s),
+delay and jitter are propagation, and loss, duplication and reordering are
+drawn from one seeded random generator per direction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import random
+import time
+from typing import Callable, Sequence
+
+from usnet.drivers.base import DriverStats, Frame, random_mac
+
+
+class _Direction:
+    """One direction of the link: frames in flight, in arrival order."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.heap: list[tuple[float, int, bytes]] = []
+        self.seq = 0
+        self.link_free = 0.0  # when the transmitter finishes the last frame
+
+
+class MemWirePort:
+    """One end of a memwire: a Driver."""
+
+    def __init__(self, wire: "MemWire", side: int, name: str) -> None:
+        self.wire = wire
+        self.side = side
+        self.name = name
+        self.mtu = wire.mtu
+        self.mac = random_mac()
+        self.stats = DriverStats()
+        self._bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._bell
+
+    def send_batch(self, frames: Sequence[Frame]) -> int:
+        return self.wire._send(self.side, frames)
+
+    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+        try:
+            os.eventfd_read(self._bell)
+        except BlockingIOError:
+            pass
+        return self.wire._recv(self.side, max_n)
+
+    def timeout(self) -> float | None:
+        return self.wire._next_due(self.side)
+
+    def _ring(self) -> None:
+        try:
+            os.eventfd_write(self._bell, 1)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self._bell)
+
+
+class MemWire:
+    """A link in memory between `a` and `b`."""
+
+    def __init__(
+        self,
+        rate_bps: float = 0.0,
+        delay: float = 0.0,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        seed: int = 1,
+        mtu: int = 1500,
+        queue_limit: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        for name, p in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability, got {p}")
+        if rate_bps < 0 or delay < 0 or jitter < 0:
+            raise ValueError("rate, delay and jitter must not be negative")
+        self.rate_bps = rate_bps
+        self.delay = delay
+        self.jitter = jitter
+        self.loss = loss
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.mtu = mtu
+        self.queue_limit = queue_limit
+        self.clock = clock
+        self._dir = [_Direction(seed), _Direction(seed + 1)]  # index: receiving side
+        self.a = MemWirePort(self, 0, "memwire-a")
+        self.b = MemWirePort(self, 1, "memwire-b")
+        self.ports = (self.a, self.b)
+        self.dropped = 0
+
+    def _send(self, side: int, frames: Sequence[Frame]) -> int:
+        src = self.ports[side]
+        dst_side = 1 - side
+        d = self._dir[dst_side]
+        now = self.clock()
+        rng = d.rng
+        sent = 0
+        ready = False
+        simple = not (self.rate_bps or self.delay or self.jitter or self.loss or self.duplicate or self.reorder)
+        for f in frames:
+            n = len(f)
+            if n > self.mtu + 18:
+                src.stats.tx_errors += 1
+                sent += 1
+                continue
+            if len(d.heap) >= self.queue_limit:
+                src.stats.tx_dropped += 1
+                break  # the link's queue is full: the rest stay the caller's
+            sent += 1
+            src.stats.tx_frames += 1
+            src.stats.tx_bytes += n
+            data = bytes(f)
+            if simple:
+                d.seq += 1
+                d.heap.append((0.0, d.seq, data))  # all due at once: heap order is append order
+                ready = True
+                continue
+            if self.loss and rng.random() < self.loss:
+                self.dropped += 1
+                continue
+            copies = 2 if self.duplicate and rng.random() < self.duplicate else 1
+            if self.rate_bps:
+                d.link_free = max(d.link_free, now) + n * 8 / self.rate_bps
+                depart = d.link_free
+            else:
+                depart = now
+            for _ in range(copies):
+                arrive = depart + self.delay
+                if self.jitter:
+                    arrive += rng.uniform(0, self.jitter)
+                if self.reorder and rng.random() < self.reorder:
+                    arrive += max(self.delay, 0.001) + rng.uniform(0, 0.002)
+                d.seq += 1
+                heapq.heappush(d.heap, (arrive, d.seq, data))
+                ready = ready or arrive <= now
+        if ready or d.heap:
+            self.ports[dst_side]._ring()
+        return sent
+
+    def _recv(self, side: int, max_n: int) -> list[bytes]:
+        d = self._dir[side]
+        heap = d.heap
+        if not heap:
+            return []
+        port = self.ports[side]
+        if heap[0][0] == 0.0 and heap[-1][0] == 0.0:
+            # the fast path of an ideal link: everything is due, in order
+            out = [f for _, _, f in heap[:max_n]]
+            del heap[:max_n]
+        else:
+            now = self.clock()
+            out = []
+            while heap and len(out) < max_n and heap[0][0] <= now:
+                out.append(heapq.heappop(heap)[2])
+        port.stats.rx_frames += len(out)
+        port.stats.rx_bytes += sum(map(len, out))
+        if heap and heap[0][0] <= self.clock():
+            port._ring()
+        return out
+
+    def _next_due(self, side: int) -> float | None:
+        heap = self._dir[side].heap
+        if not heap:
+            return None
+        return max(0.0, heap[0][0] - self.clock())
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
