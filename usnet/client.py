@@ -19,6 +19,7 @@ from usnet.daemon.transport import ControlClient, connect_seqpacket
 
 if TYPE_CHECKING:
     from usnet.nexus.domain import Domain, Session
+    from usnet.stack.datagram import DatagramSocket
 
 DEFAULT_SOCKET = os.environ.get("USNET_SOCKET", "/run/usnet/usnetd.sock")
 
@@ -87,16 +88,39 @@ class Client:
             for fd in fds:
                 os.close(fd)
             raise P.ProtocolError("OpenPipe answered without a channel and its five descriptors")
+        return self._channel(reply.channel, reply.role, fds)
+
+    def _channel(self, cid: int, role: int, fds: list[int]) -> Channel:
         shared, ro, bell, peer_bell, kick_fd = fds
-        kick, keep_fd = self._kick_for(reply.channel, kick_fd)
+        kick, keep_fd = self._kick_for(cid, kick_fd)
         ch = Channel(
-            channel_id=reply.channel, role=reply.role, shared_fd=shared, ro_fd=ro,
+            channel_id=cid, role=role, shared_fd=shared, ro_fd=ro,
             bell_fd=bell, peer_bell_fd=peer_bell, kick=kick, control=self,
         )
         if keep_fd is not None:
             ch._fds.append(keep_fd)
         self.channels[ch.id] = ch
         return ch
+
+    def open_flow(self, netif: str, proto: int, local_port: int = 0,
+                  remote: tuple[str, int] | None = None, schema: str = "default",
+                  **attrs: int) -> tuple[Channel, P.FlowOpened]:
+        """Register a flow on a netif's flow switch; returns its channel and what the switch enforces."""
+        raddr, rport = remote if remote is not None else (None, None)
+        reply, fds = self._call(P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs))
+        if not isinstance(reply, P.FlowOpened) or len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            raise P.ProtocolError("OpenFlow answered without a channel and its five descriptors")
+        return self._channel(reply.channel, reply.role, fds), reply
+
+    def udp_socket(self, netif: str = "usnet0", port: int = 0,
+                   remote: tuple[str, int] | None = None, **attrs: int) -> "DatagramSocket":
+        """A UDP endpoint on a netif: the minimal datagram API over a flow channel."""
+        from usnet.stack.datagram import DatagramSocket
+
+        ch, info = self.open_flow(netif, 17, port, remote, **attrs)
+        return DatagramSocket(ch, info)
 
     def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:
         self._call(P.Resize(channel, ring_size, packets))

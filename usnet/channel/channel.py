@@ -26,8 +26,8 @@ from usnet.channel import ring as ringmod
 from usnet.channel.events import DefunctReason, Event, EventConsumer
 from usnet.channel.ring import Consumer, Producer, RingCorrupt
 from usnet.channel.schema import (
-    STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
-    ChannelState, Layout, RingKind, Stat,
+    FLOWADV, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
+    ChannelState, FlowState, Layout, RingKind, Stat,
 )
 from usnet.pool.umd import UMD_WORDS
 
@@ -113,6 +113,7 @@ class Channel:
         self.layout = lay = Layout.read(rov)
         self._words = rov[: 128].cast("I")
         self._stats = rov[lay.stats_offset : lay.stats_offset + 16 * 8 * 2].cast("Q")
+        self._flowadv = rov[lay.flowadv_offset : lay.flowadv_offset + 2 * FLOWADV.size]
         if os.fstat(shared_fd).st_size < lay.shared_size:
             raise ChannelError(errno.EINVAL, "shared memory smaller than its schema says")
         self._shm = mmap.mmap(shared_fd, lay.shared_size, mmap.MAP_SHARED)
@@ -252,7 +253,11 @@ class Channel:
         """Hand packets back to the pool (on the FREE ring, taken back in bulk)."""
         if not pkts:
             return
-        done = self._free.push(pkts)
+        try:
+            done = self._free.push(pkts)
+        except RingCorrupt:
+            self._check_state()
+            raise
         if done < len(pkts):
             # Cannot happen with honest use (the ring holds every packet of the pool).
             self._kick()
@@ -312,7 +317,11 @@ class Channel:
             self._check_state()
             raise PeerGone(DefunctReason.CLOSED)
         tx = self._tx
-        done = tx.push(pkts)
+        try:
+            done = tx.push(pkts)
+        except RingCorrupt:
+            self._check_state()  # a defunct channel reads zeros: say so, not "corrupt"
+            raise
         if done < len(pkts):
             deadline = self._deadline(timeout)
             while done < len(pkts):
@@ -374,6 +383,13 @@ class Channel:
         return self._recv_wait(max_n, self._deadline(timeout))
 
     def _recv_wait(self, max_n: int, deadline: float | None) -> list[int]:
+        try:
+            return self._recv_wait_inner(max_n, deadline)
+        except RingCorrupt:
+            self._check_state()
+            raise
+
+    def _recv_wait_inner(self, max_n: int, deadline: float | None) -> list[int]:
         rx = self._rx
         while True:
             for _ in range(SPIN):
@@ -427,11 +443,19 @@ class Channel:
 
     def events(self) -> Iterator[Event]:
         """What the nexus posted on this channel's EVENT ring since the last call."""
+        if self.defunct:
+            self._check_state()
         return self._events.drain()
 
     def stats(self) -> dict[str, int]:
         base = self.role * STATS_PER_ROLE
         return {s.name.lower(): self._stats[base + s] for s in Stat}
+
+    def flow_advisory(self) -> dict[str, int | bool]:
+        """The flow advisory the nexus publishes for this channel (read-only memory)."""
+        state, _, qp, qb, susp = FLOWADV.unpack_from(self._flowadv, self.role * FLOWADV.size)
+        return {"suspended": state == FlowState.SUSPENDED, "queued_packets": qp,
+                "queued_bytes": qb, "suspensions": susp}
 
     @property
     def active_packets(self) -> int:
@@ -468,7 +492,7 @@ class Channel:
             self._events.q.release()
             for v in self._views or ():
                 v.release()
-            for v in (self.buf, self.umd, self._words, self._stats, self._mem):
+            for v in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
                 v.release()
             for m in (self._shm, self._ro):
                 try:

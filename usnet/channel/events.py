@@ -33,6 +33,21 @@ class EventType(enum.IntEnum):
     DEFUNCT = 2  # the channel is defunct (code: DefunctReason)
     RESIZED = 3  # ring or pool size changed (value: ring limit, aux: packets)
     PEER_CLOSED = 4  # the other end of a user pipe closed cleanly
+    TX_DROPPED = 5  # the flow switch dropped a packet the client sent (code: TxDropReason)
+    FLOW_SUSPENDED = 6  # the flow's queue at the netif is full (value: packets, aux: bytes queued)
+    FLOW_RESUMED = 7
+
+
+class TxDropReason(enum.IntEnum):
+    """Why the flow switch refused to transmit a client's packet (validated on its copy)."""
+
+    MALFORMED = 1  # not a well-formed IPv4 packet (version, header length, total length)
+    NOT_IPV4 = 2  # e.g. an ARP frame: clients hand the switch IP packets only
+    WRONG_PROTOCOL = 3  # not the flow's protocol
+    SPOOFED_SOURCE = 4  # source address or port is not the flow's
+    WRONG_DESTINATION = 5  # a connected flow sending elsewhere
+    TOO_BIG = 6  # larger than the MTU
+    NO_ROUTE = 7
 
 
 class RefusalReason(enum.IntEnum):

@@ -19,7 +19,8 @@ ABI_VERSION = 1
 # u32 active_packets, u64 shared_size, u64 ro_size, u64 umd_offset,
 # u64 buf_offset, u64 stats_offset, u32 umd_size, u32 generation
 HEADER = struct.Struct("<IHHIIIIQQQQQII")
-STATE_OFFSET = 72  # u32 state[2], reason[2], ring_limit[2], sync[2]: one per role
+STATE_OFFSET = 72  # u32 state[2], reason[2], ring_limit[2], sync[2]: one per role (to byte 104)
+FLOWADV_AT = 104  # u64: offset of the FLOWADV region in the read-only memfd
 RING_TABLE = 128
 RING_ENTRY = struct.Struct("<BBHIQ")  # kind, role, reserved, capacity, offset
 SCHEMA_BYTES = RING_TABLE + 16 * RING_ENTRY.size
@@ -160,6 +161,7 @@ class Layout:
     umd_size: int
     generation: int
     rings: tuple[RingInfo, ...]
+    flowadv_offset: int = 0
 
     def ring(self, kind: RingKind, role: int) -> RingInfo:
         for r in self.rings:
@@ -173,6 +175,7 @@ class Layout:
             self.max_packets, self.active_packets, self.shared_size, self.ro_size,
             self.umd_offset, self.buf_offset, self.stats_offset, self.umd_size, self.generation,
         )
+        struct.pack_into("<Q", mem, FLOWADV_AT, self.flowadv_offset)
         for i, r in enumerate(self.rings):
             RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, 0, r.capacity, r.offset)
 
@@ -190,8 +193,19 @@ class Layout:
         for i in range(nrings):
             kind, role, _, cap, off = RING_ENTRY.unpack_from(mem, RING_TABLE + i * RING_ENTRY.size)
             rings.append(RingInfo(RingKind(kind), role, cap, off))
+        (flowadv,) = struct.unpack_from("<Q", mem, FLOWADV_AT)
         return cls(buf_size, buflets, max_packets, active, shared_size, ro_size, umd_offset,
-                   buf_offset, stats_offset, umd_size, generation, tuple(rings))
+                   buf_offset, stats_offset, umd_size, generation, tuple(rings), flowadv)
+
+
+# FLOWADV: one 32-byte record per role, written by the nexus:
+# u32 state (FlowState), u32 reserved, u64 queued packets, u64 queued bytes, u64 suspensions
+FLOWADV = struct.Struct("<IIQQQ")
+
+
+class FlowState(enum.IntEnum):
+    ACTIVE = 0
+    SUSPENDED = 1  # the flow's queue at the netif is full: the switch stops taking from its TX ring
 
 
 class Stat(enum.IntEnum):

@@ -80,6 +80,22 @@ class OpenPipe(_Msg, frozen=True):
     attrs: dict[Name, int] = {}
 
 
+class OpenFlow(_Msg, frozen=True):
+    """Register a flow on a netif's flow switch and open its channel.
+
+    A listener gives only the local port (0: an ephemeral one); a connected
+    flow also gives the remote address and port. proto: 17 UDP, 6 TCP.
+    """
+
+    netif: Name
+    proto: Annotated[int, msgspec.Meta(ge=0, le=255)]
+    local_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    remote_addr: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    remote_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    schema: Name = "default"
+    attrs: dict[Name, int] = {}
+
+
 class Resize(_Msg, frozen=True):
     """Grow or shrink a channel's rings and/or packet pool without closing it."""
 
@@ -123,6 +139,20 @@ class ChannelOpened(_Msg, frozen=True):
     layout: bytes
 
 
+class FlowOpened(_Msg, frozen=True):
+    """A flow channel is ready (fds as with ChannelOpened); the addresses the switch enforces."""
+
+    channel: U32
+    role: U32
+    schema: str
+    local_addr: str
+    local_port: int
+    remote_addr: str | None
+    remote_port: int | None
+    mtu: int
+    netif: str
+
+
 class Done(_Msg, frozen=True):
     pass
 
@@ -138,8 +168,8 @@ class Error(_Msg, frozen=True):
     message: str = ""
 
 
-Request = Hello | OpenPipe | Resize | CloseChannel | Kick | Status
-Reply = Welcome | ChannelOpened | Done | StatusReply | Error
+Request = Hello | OpenPipe | OpenFlow | Resize | CloseChannel | Kick | Status
+Reply = Welcome | ChannelOpened | FlowOpened | Done | StatusReply | Error
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)

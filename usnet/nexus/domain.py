@@ -26,7 +26,13 @@ from usnet.channel import schema as schemamod
 from usnet.channel.events import DefunctReason
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
+from usnet.nexus.flowport import NEXUS, FlowPort
+from usnet.nexus.flowswitch import Flow, FlowSwitch
+from usnet.nexus.netif import Netif
+from usnet.nexus.ports import PortSpace
 from usnet.nexus.userpipe import UserPipe
+from usnet.channel import ring as ringmod
+from usnet.wire.ipv4 import ip_bytes
 
 log = logging.getLogger("usnet.domain")
 
@@ -47,6 +53,8 @@ class ChannelRef:
     pipe: UserPipe
     role: int
     session: Session
+    switch: FlowSwitch | None = None
+    flow: Flow | None = None
 
 
 class Domain:
@@ -57,6 +65,8 @@ class Domain:
         self.pipes: dict[str, UserPipe] = {}
         self.channels: dict[int, ChannelRef] = {}
         self.sessions: dict[int, Session] = {}
+        self.switches: dict[str, FlowSwitch] = {}
+        self.ports = PortSpace()  # one namespace per protocol, shared by every netif
         self._ids = itertools.count(1)
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -83,9 +93,10 @@ class Domain:
                 ref = self.channels.pop(cid, None)
                 if ref is None:
                     continue
+                self._unregister_kick(ref)
                 if crashed:
                     ref.pipe.defunct(DefunctReason.OWNER_GONE, culprit=ref.role)
-                ref.pipe.close_end(ref.role)
+                self._close_ref(ref)
             session.channels.clear()
             if session.sock is not None:
                 try:
@@ -118,6 +129,8 @@ class Domain:
             cid, role, fds = self.open_pipe(session, req.name, req.schema, dict(req.attrs))
             ref = self.channels[cid]
             return P.ChannelOpened(cid, role, ref.pipe.schema.name, b""), fds
+        if isinstance(req, P.OpenFlow):
+            return self.open_flow(session, req)
         if isinstance(req, P.Resize):
             ref = self._own(session, req.channel)
             with ref.pipe.lock:
@@ -172,6 +185,94 @@ class Domain:
             fds = [pipe.arena.shared_fd, pipe.arena.ro_fd, end.bell, peer.bell, end.kick]
             return cid, role, fds
 
+    # -- netifs and flows ----------------------------------------------------------------
+
+    def add_netif(self, name: str, driver, address: str, gateway: str | None = None,
+                  mtu: int | None = None) -> FlowSwitch:
+        """Attach a device: a netif with its flow switch, served by the domain loop."""
+        with self.lock:
+            if name in self.switches:
+                raise OSError(errno.EEXIST, f"netif {name!r} exists")
+            sw = FlowSwitch(Netif(name, driver, address, gateway, mtu), self.ports)
+            self.switches[name] = sw
+            self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
+        self._wake()
+        return sw
+
+    def remove_netif(self, name: str) -> None:
+        with self.lock:
+            sw = self.switches.pop(name)
+            for cid, ref in list(self.channels.items()):
+                if ref.switch is sw:
+                    ref.pipe.defunct(DefunctReason.DOMAIN_SHUTDOWN)
+            try:
+                self._sel.unregister(sw.netif.driver.fileno())
+            except (KeyError, ValueError):
+                pass
+
+    def open_flow(self, session: Session, req: "P.OpenFlow") -> tuple[P.Reply, list[int]]:
+        """Register a flow on a netif and open the channel that carries it.
+
+        The channel's pool is the client's own; the flow switch is the other
+        end of its rings, and copies and checks everything it sends.
+        """
+        sw = self.switches.get(req.netif)
+        if sw is None:
+            raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
+        raddr = ip_bytes(req.remote_addr) if req.remote_addr else None
+        if (raddr is None) != (req.remote_port is None):
+            raise ValueError("a connected flow needs both remote_addr and remote_port")
+        sch = schemamod.resolve(req.schema, dict(req.attrs))
+        if sch.packet_bytes < sw.netif.mtu:
+            raise ValueError(f"packets of {sch.packet_bytes} bytes cannot carry the MTU {sw.netif.mtu}")
+        cid = next(self._ids)
+        pipe = UserPipe(f"flow:{cid}", sch, session.uid)
+        port = FlowPort(pipe)
+        try:
+            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid)
+        except BaseException:
+            pipe.destroy()
+            raise
+        pipe.on_destroy = self._forget_pipe
+        end = pipe.ends[0]
+        end.channel_id = cid
+        end.attached = True
+        self.channels[cid] = ChannelRef(pipe, 0, session, sw, flow)
+        session.channels.add(cid)
+        self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
+        self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
+        self._wake()
+        fds = [pipe.arena.shared_fd, pipe.arena.ro_fd, end.bell, port.bell, end.kick]
+        reply = P.FlowOpened(cid, 0, sch.name, sw.netif.ip_str, flow.lport, req.remote_addr,
+                             req.remote_port, sw.netif.mtu, sw.netif.name)
+        return reply, fds
+
+    def _service_switches(self) -> float | None:
+        """One round of data-path work on every flow switch; returns how long we may sleep."""
+        timeout: float | None = None
+        for sw in self.switches.values():
+            sw.service_timers()
+            for flow in list(sw.flows.values()):
+                if flow.port.tx_pending() and not flow.port.suspended:
+                    sw.service_tx(flow)
+            sw.flush()
+            t = sw.next_timeout()
+            if t is not None:
+                timeout = t if timeout is None else min(timeout, t)
+        return timeout
+
+    def _idle_flows(self) -> bool:
+        """Before sleeping: ask every client to ring us when it sends; True if one already did."""
+        ports = [f.port for sw in self.switches.values() for f in sw.flows.values() if not f.port.suspended]
+        for port in ports:
+            port.set_need_wakeup()
+        ringmod.fence()
+        if any(port.tx_pending() for port in ports):
+            for port in ports:
+                port.clear_need_wakeup()
+            return True
+        return False
+
     def _forget_pipe(self, pipe: UserPipe) -> None:
         for end in pipe.ends:
             try:
@@ -189,7 +290,18 @@ class Domain:
             session.channels.discard(cid)
             with ref.pipe.lock:
                 ref.pipe.sync(ref.role)  # take back what it freed on the way out
-                ref.pipe.close_end(ref.role)
+            self._close_ref(ref)
+
+    def _close_ref(self, ref: ChannelRef) -> None:
+        with ref.pipe.lock:
+            if ref.flow is not None and ref.switch is not None:
+                ref.switch.remove_flow(ref.flow)
+                try:
+                    self._sel.unregister(ref.flow.port.bell)
+                except (KeyError, ValueError):
+                    pass
+                ref.pipe.close_end(NEXUS)
+            ref.pipe.close_end(ref.role)
 
     def _unregister_kick(self, ref: ChannelRef) -> None:
         try:
@@ -214,6 +326,7 @@ class Domain:
                               "channels": sorted(s.channels), "refused": s.refused}
                              for s in self.sessions.values()],
                 "pipes": [p.info() for p in self.pipes.values()],
+                "netifs": [sw.info() for sw in self.switches.values()],
                 "control_errors": self.control_errors,
             }
 
@@ -294,6 +407,13 @@ class Domain:
             self.end_session(s, crashed=True)
 
     def serve_once(self, timeout: float | None = None) -> None:
+        if self.switches:
+            with self.lock:
+                t = self._service_switches()
+                if t is not None:
+                    timeout = t if timeout is None else min(timeout, t)
+                if timeout != 0 and self._idle_flows():
+                    timeout = 0
         for key, _ in self._sel.select(timeout):
             kind, obj = key.data
             if kind == "wake":
@@ -309,6 +429,21 @@ class Domain:
                 ref = self.channels.get(obj)
                 if ref is not None:
                     self.kick(ref)
+            elif kind == "netif":
+                with self.lock:
+                    for _ in range(8):
+                        if not obj.service_rx():
+                            break
+            elif kind == "flowtx":
+                try:
+                    os.eventfd_read(key.fd)
+                except OSError:
+                    pass
+                sw, flow = obj
+                with self.lock:
+                    flow.port.clear_need_wakeup()
+                    if flow.id in sw.flows:
+                        sw.service_tx(flow)
             elif kind == "session":
                 self._serve_session(obj)
             elif kind == "listen":

@@ -25,7 +25,7 @@ from usnet.channel.events import DefunctReason, EventProducer, EventType, Refusa
 from usnet.channel.events import RECORD_SIZE as EVENT_RECORD
 from usnet.channel.ring import Consumer, Producer, RingCorrupt
 from usnet.channel.schema import (
-    SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
+    FLOWADV, SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
     ChannelState, Layout, RingInfo, RingKind, Schema, Stat,
 )
 from usnet.mem.arena import Arena, RegionKind, RegionSpec
@@ -76,17 +76,19 @@ class PipeEnd:
         self.violations = 0
 
     def ring_bell(self) -> None:
+        if self.bell < 0:
+            return
         try:
             os.eventfd_write(self.bell, 1)
         except OSError:
             pass
 
     def close_fds(self) -> None:
+        """Close our eventfds once; their numbers may belong to someone else afterwards."""
         for fd in (self.bell, self.kick):
-            try:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
+        self.bell = self.kick = -1
 
 
 class UserPipe:
@@ -108,6 +110,7 @@ class UserPipe:
                            objs_per_segment=max(1, (256 * 1024) // schema.packet_bytes)),
                 RegionSpec(RegionKind.SCHEMA, 1, SCHEMA_BYTES),
                 RegionSpec(RegionKind.STATS, 8 * STATS_PER_ROLE, ROLES),
+                RegionSpec(RegionKind.FLOWADV, FLOWADV.size, ROLES),
             ],
         )
         self.shared_mv = memoryview(self.arena.shared)
@@ -124,7 +127,9 @@ class UserPipe:
             buf_offset=self.arena.region(RegionKind.BUF).offset,
             stats_offset=self.arena.region(RegionKind.STATS).offset,
             umd_size=UMD_SIZE, generation=0, rings=tuple(infos.values()),
+            flowadv_offset=self.arena.region(RegionKind.FLOWADV).offset,
         )
+        self.flowadv = self.arena.view(RegionKind.FLOWADV)
         self.schema_words = self.arena.view(RegionKind.SCHEMA).cast("I")
         self.layout.write(self.arena.view(RegionKind.SCHEMA))
         self.stats = self.arena.view(RegionKind.STATS).cast("Q")
@@ -135,6 +140,7 @@ class UserPipe:
             self.stats[role * STATS_PER_ROLE + Stat.QUOTA] = schema.quota
         self._publish_active()
         self.defunct_reason: DefunctReason | None = None
+        self.destroyed = False
         self.on_destroy: Callable[["UserPipe"], None] | None = None
 
     # -- the pool side of the data path ------------------------------------------
@@ -147,9 +153,13 @@ class UserPipe:
         """
         if self.defunct_reason is not None:
             return
-        for end in self.ends:
-            if end.attached and not end.closed:
-                self._collect(end)
+        live = [e for e in self.ends if e.attached and not e.closed]
+        # Every end's ALLOC takes first, then every FREE ring: a packet one end
+        # took may already have been freed by the other.
+        for e in live:
+            self._collect_taken(e)
+        for e in live:
+            self._collect_freed(e)
         end = self.ends[role]
         if end.attached and not end.closed and self.defunct_reason is None:
             self._refill(end)
@@ -166,7 +176,14 @@ class UserPipe:
             self.defunct(DefunctReason.ABUSE, culprit=end.role)
 
     def _collect(self, end: PipeEnd) -> None:
-        # 1. what the client took from its ALLOC ring (never trusting its counter)
+        """Account one end's takes and frees (after every end's takes, as sync does)."""
+        for e in self.ends:
+            if e.attached and not e.closed:
+                self._collect_taken(e)
+        self._collect_freed(end)
+
+    def _collect_taken(self, end: PipeEnd) -> None:
+        """What the client took from its ALLOC ring (never trusting its counter)."""
         cons = end.alloc.q[ringmod.CONS]
         if not end.taken <= cons <= end.alloc.prod:
             self._violation(end, RefusalReason.BAD_COUNTER)
@@ -175,7 +192,9 @@ class UserPipe:
             pos = np.arange(end.taken, cons) & (cap - 1)
             self.pool.take(end.alloc_mirror[pos])
             end.taken = cons
-        # 2. what it handed back on its FREE ring
+
+    def _collect_freed(self, end: PipeEnd) -> None:
+        """What the client handed back on its FREE ring."""
         try:
             freed = end.free.pop(end.free.capacity)
         except RingCorrupt:
@@ -291,6 +310,9 @@ class UserPipe:
         return reclaimed
 
     def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
         if self.defunct_reason is None:
             self.defunct(DefunctReason.CLOSED)
         if self.on_destroy is not None:

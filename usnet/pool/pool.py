@@ -156,16 +156,21 @@ class PacketPool:
         receiver of a user pipe frees what the sender allocated); the charge
         goes off the role that allocated it.
         """
+        return self.release_checked(items, role)[1]
+
+    def release_checked(self, items: Iterable[int] | list[int], role: int) -> tuple[list[int], list[tuple[int, RefusalReason]]]:
+        """As `release`, also returning the accepted indices in the order given."""
+        items = list(items)
         idx = np.array(items, dtype=np.int64)
         if idx.size == 0:
-            return []
+            return [], []
         if idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = np.arange(idx.size, dtype=np.int64)
             self.mark[idx] = order
             if np.array_equal(self.mark[idx], order):
                 self._accept(idx)
-                return []
+                return items, []
         refused: list[tuple[int, RefusalReason]] = []
         good: list[int] = []
         for i in idx.tolist():
@@ -187,7 +192,7 @@ class PacketPool:
             self.state[g] = HELD
             self._accept(g)
         self.refused[role] += len(refused)
-        return refused
+        return good, refused
 
     def _accept(self, idx: np.ndarray) -> None:
         owners = self.owner[idx]

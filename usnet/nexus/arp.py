@@ -1,0 +1,86 @@
+"""The ARP cache of a flow switch: resolved neighbours, and packets waiting for one.
+
+Sans-I/O: it is told the time and returns what to send. Entries live
+`ttl` seconds; an unresolved address is asked for every `retry` seconds up to
+`tries` times, after which its waiting packets are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Pending:
+    packets: deque = field(default_factory=deque)
+    asked_at: float = 0.0
+    tries: int = 0
+
+
+class ArpCache:
+    def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3, queue: int = 64,
+                 max_entries: int = 4096) -> None:
+        self.ttl, self.retry, self.tries, self.queue, self.max_entries = ttl, retry, tries, queue, max_entries
+        self.entries: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)
+        self.pending: dict[bytes, _Pending] = {}
+        self.dropped = 0
+
+    def lookup(self, ip: bytes, now: float) -> bytes | None:
+        e = self.entries.get(ip)
+        if e is None:
+            return None
+        if e[1] < now:
+            del self.entries[ip]
+            return None
+        return e[0]
+
+    def learn(self, ip: bytes, mac: bytes, now: float) -> list:
+        """Record a neighbour; returns the packets that were waiting for it."""
+        if len(self.entries) >= self.max_entries and ip not in self.entries:
+            self.expire(now)
+            if len(self.entries) >= self.max_entries:
+                return []  # a flood of made-up neighbours does not grow us without bound
+        self.entries[ip] = (mac, now + self.ttl)
+        p = self.pending.pop(ip, None)
+        return list(p.packets) if p else []
+
+    def wait(self, ip: bytes, packet: object, now: float) -> bool:
+        """Queue a packet for an unresolved address; True if an ARP request should go out now."""
+        p = self.pending.get(ip)
+        if p is None:
+            if len(self.pending) >= self.max_entries:
+                self.dropped += 1
+                return False
+            p = self.pending[ip] = _Pending(asked_at=now, tries=1)
+            p.packets.append(packet)
+            return True
+        if len(p.packets) >= self.queue:
+            p.packets.popleft()
+            self.dropped += 1
+        p.packets.append(packet)
+        return False
+
+    def due(self, now: float) -> list[bytes]:
+        """Addresses to ask again; gives up (dropping their packets) after `tries`."""
+        ask = []
+        for ip, p in list(self.pending.items()):
+            if now - p.asked_at < self.retry:
+                continue
+            if p.tries >= self.tries:
+                self.dropped += len(p.packets)
+                del self.pending[ip]
+                continue
+            p.tries += 1
+            p.asked_at = now
+            ask.append(ip)
+        return ask
+
+    def expire(self, now: float) -> None:
+        for ip in [ip for ip, (_, exp) in self.entries.items() if exp < now]:
+            del self.entries[ip]
+
+    def next_timer(self, now: float) -> float | None:
+        if not self.pending:
+            return None
+        return max(0.0, min(p.asked_at + self.retry for p in self.pending.values()) - now)

@@ -1,0 +1,319 @@
+"""The flow switch: the multiplexer between one netif and many applications (DESIGN §5).
+
+It owns the link layer for its clients: ARP (answers for its address,
+resolves neighbours), Ethernet framing, ICMP echo replies for its address.
+Clients hand it IP packets and receive IP packets.
+
+* Flows: a listener matches (protocol, local port); a connected flow matches
+  the full 5-tuple and wins over a listener.
+* Transmit: each packet is copied out of the client's pool once (FlowPort),
+  and the copy is checked against the flow entry: a well-formed IPv4 header,
+  the flow's protocol, source address and port, and for a connected flow its
+  destination. A packet that fails is dropped, counted by reason, and reported
+  on the client's event ring: no client can send as another.
+* Receive: classify, then copy into the owning channel's pool and ring its
+  doorbell. Anything malformed is counted and dropped; nothing from the wire
+  can raise out of here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from usnet.channel.events import EventType, TxDropReason
+from usnet.nexus.arp import ArpCache
+from usnet.nexus.flowport import CLIENT, FlowPort
+from usnet.nexus.netif import Netif
+from usnet.nexus.ports import PortSpace, host_owns
+from usnet.wire import arp as warp
+from usnet.wire import icmp as wicmp
+from usnet.wire.errors import WireError
+from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4
+from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, build_ipv4_header, ip_str, parse_ipv4
+
+_ETH = struct.Struct("!6s6sH")
+_PORTS = struct.Struct("!HH")
+_IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, protocol, src, dst
+ICMP, TCP, UDP = 1, 6, 17
+TX_BATCH = 256
+
+
+@dataclass(eq=False)
+class Flow:
+    id: int
+    proto: int
+    lport: int
+    raddr: bytes | None
+    rport: int | None
+    port: FlowPort
+    channel: int = 0
+    stats: Counter = field(default_factory=Counter)
+
+    def key(self) -> tuple:
+        if self.raddr is None:
+            return (self.proto, self.lport)
+        return (self.proto, self.lport, self.raddr, self.rport)
+
+    def describe(self) -> dict[str, Any]:
+        return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
+                "local_port": self.lport,
+                "remote": None if self.raddr is None else f"{ip_str(self.raddr)}:{self.rport}",
+                "suspended": self.port.suspended, "stats": dict(self.stats)}
+
+
+class FlowSwitch:
+    def __init__(self, netif: Netif, ports: PortSpace | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.netif = netif
+        self.ports = ports or PortSpace()
+        self.clock = clock
+        self.arp = ArpCache()
+        self.flows: dict[int, Flow] = {}
+        self.exact: dict[tuple, Flow] = {}
+        self.listeners: dict[tuple, Flow] = {}
+        self.drops: Counter = Counter()
+        self.counts: Counter = Counter()
+        self._ids = itertools.count(1)
+        self._ident = 0
+        self._host_addr = netif.ip_str if host_owns(netif.ip_str) else None
+
+    # -- flows ---------------------------------------------------------------------------
+
+    def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
+                 port: FlowPort, channel: int = 0) -> Flow:
+        """Register a flow; reserves its local port (PortInUse if taken)."""
+        if proto not in (TCP, UDP):
+            raise ValueError(f"flows carry TCP or UDP, not protocol {proto}")
+        if (raddr is None) != (rport is None):
+            raise ValueError("a connected flow needs both remote address and port")
+        fid = next(self._ids)
+        lport = self.ports.reserve(proto, lport, fid, self._host_addr)
+        flow = Flow(fid, proto, lport, raddr, rport, port, channel)
+        self.flows[fid] = flow
+        (self.exact if raddr is not None else self.listeners)[flow.key()] = flow
+        return flow
+
+    def remove_flow(self, flow: Flow) -> None:
+        if self.flows.pop(flow.id, None) is None:
+            return
+        table = self.exact if flow.raddr is not None else self.listeners
+        table.pop(flow.key(), None)
+        self.ports.release(flow.proto, flow.lport)
+        self.netif.drop_queue(flow.id)
+
+    # -- receive ---------------------------------------------------------------------------
+
+    def service_rx(self, max_frames: int = 256) -> int:
+        """Take frames from the device, answer what is ours, deliver the rest to flows."""
+        frames = self.netif.driver.recv_batch(max_frames)
+        if not frames:
+            return 0
+        now = self.clock()
+        netif = self.netif
+        netif.rx_frames += len(frames)
+        per_flow: dict[Flow, list[bytes]] = {}
+        for f in frames:
+            netif.rx_bytes += len(f)
+            try:
+                self._rx_frame(f, now, per_flow)
+            except (WireError, struct.error, ValueError, IndexError) as e:
+                self.drops["rx_malformed"] += 1
+                self.counts["last_error:" + type(e).__name__] = 1
+        for flow, pkts in per_flow.items():
+            n = flow.port.deliver(pkts)
+            flow.stats["rx_packets"] += n
+            if n < len(pkts):
+                flow.stats["rx_dropped"] += len(pkts) - n
+                self.drops["rx_client_full"] += len(pkts) - n
+        return len(frames)
+
+    def _rx_frame(self, f: bytes, now: float, per_flow: dict) -> None:
+        if len(f) < ETH_HLEN:
+            self.drops["rx_runt"] += 1
+            return
+        dst, src, etype = _ETH.unpack_from(f)
+        if dst != self.netif.mac and dst != BROADCAST:
+            self.drops["rx_not_our_mac"] += 1
+            return
+        if etype == ETHERTYPE_IPV4:
+            self._rx_ip(f, now, per_flow)
+        elif etype == ETHERTYPE_ARP:
+            self._rx_arp(f, src, now)
+        else:
+            self.drops["rx_ethertype"] += 1
+
+    def _rx_arp(self, f: bytes, src_mac: bytes, now: float) -> None:
+        op, sha, spa, tha, tpa = warp.parse_arp(f, ETH_HLEN)
+        if sha != src_mac or sha == BROADCAST or sha[0] & 1:
+            self.drops["arp_bogus_sender"] += 1
+            return
+        if tpa != self.netif.ip:
+            self.drops["arp_not_for_us"] += 1
+            return
+        self.counts["arp_rx"] += 1
+        for pkt in self.arp.learn(spa, sha, now):
+            key, packet = pkt
+            self._emit(key, sha, packet)
+        if op == warp.ARP_REQUEST:
+            self._send_frame(0, sha, ETHERTYPE_ARP,
+                             warp.build_arp(warp.ARP_REPLY, self.netif.mac, self.netif.ip, sha, spa))
+
+    def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
+        ihl, total, _ident, ff, _ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
+        netif = self.netif
+        if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
+            self.drops["rx_not_our_ip"] += 1
+            return
+        if ff & (IP_MF | IP_OFFMASK):
+            self.drops["rx_fragment"] += 1  # reassembly belongs to the client stack (next issue)
+            return
+        start = ETH_HLEN + ihl
+        end = ETH_HLEN + total
+        if proto == ICMP:
+            self._rx_icmp(f, start, end, src, dst)
+            return
+        if proto not in (UDP, TCP) or end - start < 4:
+            self.drops["rx_no_flow"] += 1
+            return
+        sport, dport = _PORTS.unpack_from(f, start)
+        flow = self.exact.get((proto, dport, src, sport)) or self.listeners.get((proto, dport))
+        if flow is None:
+            self.drops["rx_no_flow"] += 1
+            if proto == UDP and dst == netif.ip:
+                self._send_ip(0, src, ICMP, wicmp.build_dest_unreach(wicmp.PORT_UNREACH, f[ETH_HLEN:end]), now)
+            return
+        lst = per_flow.get(flow)
+        if lst is None:
+            lst = per_flow[flow] = []
+        lst.append(f[ETH_HLEN:end])
+
+    def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes) -> None:
+        typ, code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
+        if typ == wicmp.ECHO_REQUEST and dst == self.netif.ip:
+            self.counts["icmp_echo"] += 1
+            reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])
+            self._send_ip(0, src, ICMP, reply, self.clock())
+        else:
+            self.drops["rx_icmp_other"] += 1
+
+    # -- transmit ----------------------------------------------------------------------------
+
+    def service_tx(self, flow: Flow, max_packets: int = TX_BATCH) -> int:
+        """Take what a client sent, check each copy against its flow, queue frames."""
+        pkts = flow.port.pull(max_packets)
+        if not pkts:
+            return 0
+        netif = self.netif
+        now = self.clock()
+        mtu = netif.mtu
+        myip = netif.ip
+        ok = 0
+        for p in pkts:
+            n = len(p)
+            if n < 20:
+                self._tx_drop(flow, TxDropReason.MALFORMED, n)
+                continue
+            vihl, total, _ttl, proto, src, dst = _IPFIX.unpack_from(p)
+            if vihl >> 4 != 4:
+                self._tx_drop(flow, TxDropReason.NOT_IPV4, n)
+                continue
+            ihl = (vihl & 0xF) << 2
+            if ihl < 20 or total != n or n < ihl + 4:
+                self._tx_drop(flow, TxDropReason.MALFORMED, n)
+                continue
+            if proto != flow.proto:
+                self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
+                continue
+            sport, dport = _PORTS.unpack_from(p, ihl)
+            if src != myip or sport != flow.lport:
+                self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
+                continue
+            if flow.raddr is not None and (dst != flow.raddr or dport != flow.rport):
+                self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+                continue
+            if n > mtu:
+                self._tx_drop(flow, TxDropReason.TOO_BIG, n)
+                continue
+            if not self._route(flow.id, dst, p, now):
+                self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
+                continue
+            ok += 1
+        flow.stats["tx_packets"] += ok
+        self._advise(flow)
+        return len(pkts)
+
+    def _tx_drop(self, flow: Flow, reason: TxDropReason, length: int) -> None:
+        self.drops["tx_" + reason.name.lower()] += 1
+        flow.stats["tx_dropped"] += 1
+        flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, reason, value=length)
+
+    def _route(self, key: int, dst: bytes, packet: bytes, now: float) -> bool:
+        hop = self.netif.next_hop(dst)
+        if hop is None:
+            return False
+        if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
+            self._emit(key, BROADCAST, packet)
+            return True
+        mac = self.arp.lookup(hop, now)
+        if mac is not None:
+            self._emit(key, mac, packet)
+        elif self.arp.wait(hop, (key, packet), now):
+            self._arp_request(hop)
+        return True
+
+    def _emit(self, key: int, mac: bytes, packet: bytes) -> None:
+        self._send_frame(key, mac, ETHERTYPE_IPV4, packet)
+
+    def _send_frame(self, key: int, dst_mac: bytes, etype: int, payload: bytes) -> None:
+        self.netif.enqueue(key, _ETH.pack(dst_mac, self.netif.mac, etype) + payload)
+
+    def _send_ip(self, key: int, dst: bytes, proto: int, payload: bytes, now: float) -> None:
+        """A packet of the switch's own (ICMP): it builds the IP header itself."""
+        self._ident = (self._ident + 1) & 0xFFFF
+        hdr = build_ipv4_header(self.netif.ip, dst, proto, len(payload), ident=self._ident)
+        self._route(key, dst, hdr + payload, now)
+
+    def _arp_request(self, ip: bytes) -> None:
+        self.counts["arp_requests"] += 1
+        self._send_frame(0, BROADCAST, ETHERTYPE_ARP,
+                         warp.build_arp(warp.ARP_REQUEST, self.netif.mac, self.netif.ip, b"\x00" * 6, ip))
+
+    def _advise(self, flow: Flow) -> None:
+        qp, qb = self.netif.queued(flow.id)
+        port = flow.port
+        if not port.suspended and qp >= self.netif.high_water:
+            port.advise(True, qp, qb)
+            flow.stats["suspended"] += 1
+        elif port.suspended and qp <= self.netif.low_water:
+            port.advise(False, qp, qb)
+
+    # -- time and the device ----------------------------------------------------------------
+
+    def service_timers(self) -> None:
+        now = self.clock()
+        for ip in self.arp.due(now):
+            self._arp_request(ip)
+
+    def flush(self) -> int:
+        n = self.netif.flush()
+        for flow in self.flows.values():
+            if flow.port.suspended:
+                self._advise(flow)
+        return n
+
+    def next_timeout(self) -> float | None:
+        t = [x for x in (self.arp.next_timer(self.clock()), self.netif.driver.timeout()) if x is not None]
+        if self.netif.active:
+            t.append(0.0005)
+        return min(t) if t else None
+
+    def info(self) -> dict[str, Any]:
+        return {"netif": self.netif.info(), "flows": [f.describe() for f in self.flows.values()],
+                "drops": dict(self.drops), "counts": {k: v for k, v in self.counts.items() if ":" not in k},
+                "arp": {ip_str(k): v[0].hex(":") for k, v in self.arp.entries.items()}}
+
