@@ -49,6 +49,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Console(), packets=args.packets)
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from usnet.cli import updown
+
+    return updown.up(args.driver, args.ifname, args.address, args.host_address,
+                     args.run_dir or updown.RUN_DIR, pcap=args.pcap)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from usnet.cli import updown
+
+    return updown.down(args.run_dir or updown.RUN_DIR)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from usnet.client import Client
 
@@ -90,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
+    u = sub.add_parser("up", help="create the device, give the host its address, start usnetd")
+    u.add_argument("--driver", choices=["tap", "packet"], default="tap")
+    u.add_argument("--ifname", default="usnet0")
+    u.add_argument("--address", default="10.77.0.2/24", help="usnet's address (default %(default)s)")
+    u.add_argument("--host-address", default="10.77.0.1/24", help="the host's address (default %(default)s)")
+    u.add_argument("--pcap", help="trace every frame of the netif to this file")
+    u.add_argument("--run-dir", default=None)
+    u.set_defaults(fn=cmd_up)
+    dn = sub.add_parser("down", help="stop usnetd and remove what `usnet up` made")
+    dn.add_argument("--run-dir", default=None)
+    dn.set_defaults(fn=cmd_down)
     s = sub.add_parser("status", help="sessions, pipes and pools of a running usnetd")
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")

@@ -14,6 +14,7 @@ import signal
 import sys
 
 from usnet.client import DEFAULT_SOCKET
+from usnet.daemon import config
 from usnet.daemon.transport import listen_seqpacket
 from usnet.nexus.domain import Domain
 
@@ -22,11 +23,19 @@ log = logging.getLogger("usnetd")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="usnetd", description="the usnet nexus domain daemon")
-    ap.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket path (default %(default)s)")
+    ap.add_argument("--config", help="TOML config file (netifs, socket, log level)")
+    ap.add_argument("--socket", default=None, help=f"control socket path (default {DEFAULT_SOCKET})")
     ap.add_argument("--mode", type=lambda s: int(s, 8), default=0o666, help="socket file mode, octal")
-    ap.add_argument("--log-level", default="INFO")
+    ap.add_argument("--log-level", default=None)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s usnetd %(levelname)s %(message)s")
+    try:
+        cfg = config.load(args.config) if args.config else config.Config()
+    except (OSError, ValueError) as e:
+        print(f"usnetd: {e}", file=sys.stderr)
+        return 2
+    args.socket = args.socket or cfg.socket
+    logging.basicConfig(level=(args.log_level or cfg.log_level).upper(),
+                        format="%(asctime)s usnetd %(levelname)s %(message)s")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), exist_ok=True)
     try:
         sock = listen_seqpacket(args.socket, mode=args.mode)
@@ -34,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot listen on %s: %s", args.socket, e)
         return 1
     domain = Domain()
+    try:
+        for nc in cfg.netif:
+            drv = config.make_driver(nc)
+            domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu)
+            log.info("netif %s: %s driver on %s, address %s", nc.name, nc.driver, nc.ifname or nc.name, nc.address)
+    except OSError as e:
+        log.error("cannot open netif: %s", e)
+        domain.stop()
+        sock.close()
+        os.unlink(args.socket)
+        return 1
     domain.listen(sock)
 
     def stop(signum: int, _frame: object) -> None:

@@ -485,6 +485,9 @@ class Domain:
                 with p.lock:
                     p.defunct(DefunctReason.DOMAIN_SHUTDOWN)
                     p.destroy()
+            for sw in self.switches.values():
+                sw.netif.driver.close()
+            self.switches.clear()
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

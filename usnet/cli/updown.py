@@ -1,0 +1,122 @@
+"""`usnet up` and `usnet down`: the device, its host-side address, and usnetd.
+
+Devices and addresses are made through netlink (pyroute2). `up` records what
+it made in the run directory so that `down` undoes exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from usnet.daemon import config
+
+RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
+
+
+def _paths(run_dir: str) -> dict[str, str]:
+    return {k: os.path.join(run_dir, f) for k, f in
+            (("config", "usnetd.toml"), ("state", "state.json"), ("log", "usnetd.log"), ("socket", "usnetd.sock"))}
+
+
+def _make_device(driver: str, ifname: str, host_address: str) -> list[str]:
+    """Create the device and give the host its address; returns the links to delete later."""
+    from pyroute2 import IPRoute
+
+    addr, _, plen = host_address.partition("/")
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=ifname):
+            raise OSError(f"{ifname} exists already (usnet down first?)")
+        if driver == "tap":
+            ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
+            host_if, made = ifname, [ifname]
+        else:  # packet: a veth pair; usnet takes one end, the host keeps the other
+            host_if = f"{ifname}h"
+            ipr.link("add", ifname=ifname, kind="veth", peer=host_if)
+            made = [ifname]
+        for name in {ifname, host_if}:
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+        idx = ipr.link_lookup(ifname=host_if)[0]
+        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen or 24))
+    return made
+
+
+def _delete_links(names: list[str]) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for name in names:
+            for idx in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=idx)
+
+
+def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
+       pcap: str | None = None, timeout: float = 10.0) -> int:
+    if os.geteuid() != 0:
+        print("usnet up needs root (it creates a network device)", file=sys.stderr)
+        return 1
+    paths = _paths(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(paths["state"]):
+        print(f"usnet is up already ({paths['state']}); usnet down first", file=sys.stderr)
+        return 1
+    gateway = host_address.partition("/")[0]
+    cfg = config.Config(socket=paths["socket"], netif=[config.NetifConfig(
+        name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway, pcap=pcap)])
+    made = _make_device(driver, ifname, host_address)
+    with open(paths["config"], "w") as f:
+        f.write(config.dump(cfg))
+    log = open(paths["log"], "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "usnet.daemon.usnetd", "--config", paths["config"]],
+                            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    with open(paths["state"], "w") as f:
+        json.dump({"pid": proc.pid, "links": made, "socket": paths["socket"]}, f)
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline() if proc.stdout else b""
+    if b"ready" not in line or time.monotonic() > deadline:
+        print(f"usnetd did not start; see {paths['log']}", file=sys.stderr)
+        down(run_dir)
+        return 1
+    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}, "
+          f"usnetd pid {proc.pid}, socket {paths['socket']}")
+    return 0
+
+
+def down(run_dir: str = RUN_DIR, timeout: float = 10.0) -> int:
+    paths = _paths(run_dir)
+    try:
+        with open(paths["state"]) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        print("usnet is not up", file=sys.stderr)
+        return 1
+    pid = state["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:  # not our child: poll for it to go
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _delete_links(state.get("links", []))
+    for k in ("state", "config"):
+        try:
+            os.unlink(paths[k])
+        except FileNotFoundError:
+            pass
+    print("usnet down")
+    return 0

@@ -1,0 +1,90 @@
+"""usnetd's configuration file (TOML), typed and checked on load.
+
+    socket = "/run/usnet/usnetd.sock"
+    log_level = "INFO"
+
+    [[netif]]
+    name = "usnet0"          # the netif's name, as clients ask for it
+    driver = "tap"           # tap | packet
+    ifname = "usnet0"        # the device: TAP name, or the interface for packet
+    address = "10.77.0.2/24" # usnet's own address on it
+    gateway = "10.77.0.1"    # optional
+    pcap = "/tmp/usnet0.pcap"  # optional: trace every frame
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from typing import Literal
+
+import msgspec
+
+from usnet.client import DEFAULT_SOCKET
+
+
+class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    address: str
+    driver: Literal["tap", "packet"] = "tap"
+    ifname: str | None = None
+    gateway: str | None = None
+    mtu: int = 1500
+    pcap: str | None = None
+    vnet_hdr: bool = False
+
+    def __post_init__(self) -> None:
+        ipaddress.IPv4Interface(self.address)
+        if self.gateway:
+            ipaddress.IPv4Address(self.gateway)
+        if not 576 <= self.mtu <= 9000:
+            raise ValueError("mtu must be from 576 to 9000")
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    socket: str = DEFAULT_SOCKET
+    log_level: str = "INFO"
+    netif: list[NetifConfig] = []
+
+
+def load(path: str) -> Config:
+    """Read and check a config file; ValueError says what is wrong and where."""
+    with open(path, "rb") as f:
+        try:
+            raw = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: {e}") from None
+    try:
+        return msgspec.convert(raw, Config)
+    except (msgspec.ValidationError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def dump(cfg: Config) -> str:
+    """TOML text for a config (what `usnet up` writes for usnetd)."""
+    lines = [f'socket = "{cfg.socket}"', f'log_level = "{cfg.log_level}"']
+    for n in cfg.netif:
+        lines.append("\n[[netif]]")
+        for k in NetifConfig.__struct_fields__:
+            v = getattr(n, k)
+            if v is None:
+                continue
+            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else (v if isinstance(v, int) else repr(str(v)).replace(chr(39), chr(34)))}")
+    return "\n".join(lines) + "\n"
+
+
+def make_driver(nc: NetifConfig):
+    """Open the device a netif config names (and wrap it in a pcap tracer if asked)."""
+    if nc.driver == "tap":
+        from usnet.drivers.tap import TapDriver
+
+        drv = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, vnet_hdr=nc.vnet_hdr)
+    else:
+        from usnet.drivers.packet import PacketDriver
+
+        drv = PacketDriver(nc.ifname or nc.name, mtu=nc.mtu)
+    if nc.pcap:
+        from usnet.drivers.pcap import PcapTracer
+
+        drv = PcapTracer(drv, nc.pcap)
+    return drv
