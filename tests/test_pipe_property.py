@@ -36,6 +36,8 @@ class PipeMachine(RuleBasedStateMachine):
         self.dead = False
 
     def teardown(self) -> None:
+        for ch in self.ch:
+            ch.close()
         self.domain.stop()
 
     # -- the applications ----------------------------------------------------------

@@ -134,6 +134,8 @@ class Channel:
         self._buf_offset = lay.buf_offset
         self.buf = mem[lay.buf_offset : lay.buf_offset + lay.max_packets * self.stride]
         self.umd = mem[lay.umd_offset : lay.umd_offset + lay.max_packets * lay.umd_size].cast("I")
+        self._poll = select.poll()  # not select(): it fails on descriptors past 1023
+        self._poll.register(bell_fd, select.POLLIN)
         self._views: list[memoryview] | None = None
         self.sleeps = 0  # times this channel slept on its doorbell (diagnostics)
         self._cache: list[int] = []
@@ -172,8 +174,7 @@ class Channel:
                 return False
             slice_ = min(slice_, WAIT_SLICE)
         self.sleeps += 1
-        r, _, _ = select.select([self._bell], [], [], slice_)
-        if r:
+        if self._poll.poll(slice_ * 1000):
             try:
                 os.eventfd_read(self._bell)
             except BlockingIOError:
@@ -212,6 +213,8 @@ class Channel:
 
     def alloc(self, n: int, timeout: object = _UNSET) -> list[int]:
         """Up to `n` packets (at least one), from the local cache refilled in bulk."""
+        if self.closed or self._words[W_STATE + self.role] != ChannelState.OPEN:
+            self._check_state()  # the cache's packets went back to the pool with the channel
         cache = self._cache
         if len(cache) < n:
             self._refill(n - len(cache), self._deadline(timeout))
@@ -253,6 +256,8 @@ class Channel:
         """Hand packets back to the pool (on the FREE ring, taken back in bulk)."""
         if not pkts:
             return
+        if self.closed:
+            self._check_state()
         try:
             done = self._free.push(pkts)
         except RingCorrupt:
@@ -313,7 +318,7 @@ class Channel:
 
         Returns how many were sent; those not sent stay the caller's.
         """
-        if self._peer_closed():
+        if self.closed or self._peer_closed():
             self._check_state()
             raise PeerGone(DefunctReason.CLOSED)
         tx = self._tx
@@ -370,6 +375,10 @@ class Channel:
         Raises BlockingIOError when nothing arrives in time, PeerGone once the
         peer is gone and everything it sent has been read.
         """
+        if self.closed:
+            self._check_state()
+        if max_n <= 0:
+            return []
         rx = self._rx
         try:
             got = rx.pop(max_n)
@@ -377,6 +386,10 @@ class Channel:
             self._check_state()
             raise
         if got:
+            if rx.w[ringmod.FLAGS]:
+                rx.clear_need_wakeup()  # armed by an earlier empty non-blocking recv
+            if self._words[W_STATE + self.role] != ChannelState.OPEN:
+                self._check_state()  # what we popped may be the zeros of a defunct ring
             if max(got) >= self.max_packets:
                 raise BadPacket(f"peer sent packet index {max(got)} outside the pool")
             return got
@@ -392,14 +405,15 @@ class Channel:
     def _recv_wait_inner(self, max_n: int, deadline: float | None) -> list[int]:
         rx = self._rx
         while True:
-            for _ in range(SPIN):
-                if rx.available():
-                    return self.recv(max_n, 0)
-            until = time.monotonic() + YIELD_FOR
-            while time.monotonic() < until:
-                os.sched_yield()
-                if rx.available():
-                    return self.recv(max_n, 0)
+            if deadline is None or deadline > time.monotonic():  # a non-blocking call never spins
+                for _ in range(SPIN):
+                    if rx.available():
+                        return self.recv(max_n, 0)
+                until = time.monotonic() + YIELD_FOR
+                while time.monotonic() < until:
+                    os.sched_yield()
+                    if rx.available():
+                        return self.recv(max_n, 0)
             self._check_state()
             if self._peer_closed():
                 if rx.available():
@@ -411,7 +425,8 @@ class Channel:
                 rx.clear_need_wakeup()
                 continue
             if deadline is not None and deadline <= time.monotonic():
-                rx.clear_need_wakeup()
+                # Leave NEED_WAKEUP set: a non-blocking caller goes on to wait on
+                # fileno() (select, asyncio), and the peer must ring it.
                 raise BlockingIOError(errno.EAGAIN, "nothing received")
             self._sleep(deadline)
             rx.clear_need_wakeup()
@@ -486,24 +501,33 @@ class Channel:
                 except OSError:
                     pass
         finally:
-            self.closed = True
-            for v in (self._tx, self._rx, self._alloc, self._free):
-                v.release()
-            self._events.q.release()
-            for v in self._views or ():
-                v.release()
-            for v in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
-                v.release()
-            for m in (self._shm, self._ro):
-                try:
-                    m.close()
-                except BufferError:
-                    pass  # the application still holds a view; unmapped when it lets go
-            for fd in self._fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self._release()
+
+    def __del__(self) -> None:
+        # like a socket: an unclosed channel gives its descriptors back when collected
+        if not getattr(self, "closed", True):
+            self._release()
+
+    def _release(self) -> None:
+        """Unmap and close everything this process holds for the channel."""
+        self.closed = True
+        for v in (self._tx, self._rx, self._alloc, self._free):
+            v.release()
+        self._events.q.release()
+        for v in self._views or ():
+            v.release()
+        for v in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
+            v.release()
+        for m in (self._shm, self._ro):
+            try:
+                m.close()
+            except BufferError:
+                pass  # the application still holds a view; unmapped when it lets go
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self) -> "Channel":
         return self

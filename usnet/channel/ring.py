@@ -153,6 +153,8 @@ class Consumer(_Ring):
 
     def pop(self, max_n: int) -> list[int]:
         """Take up to `max_n` slots and publish their consumption."""
+        if max_n <= 0:
+            return []
         avail = self.prod_cache - self.cons
         if avail <= 0:
             avail = self.refresh()

@@ -288,8 +288,6 @@ class Domain:
             self._unregister_kick(ref)
             del self.channels[cid]
             session.channels.discard(cid)
-            with ref.pipe.lock:
-                ref.pipe.sync(ref.role)  # take back what it freed on the way out
             self._close_ref(ref)
 
     def _close_ref(self, ref: ChannelRef) -> None:

@@ -73,7 +73,7 @@ class FlowPort:
             pipe.stats[CLIENT * STATS_PER_ROLE + Stat.REFUSED] += len(refused)
             for pkt, reason in refused[:16]:
                 end.events.post(EventType.REFUSED, reason, pkt)
-            pipe._violation(end, refused[0][1], refused[0][0])
+            pipe._violation(end, refused[0][1], refused[0][0], posted=True)
         views, umd, stride = self.views, self.umd, self.stride
         # The packets are back in the pool but nothing reuses them before we return:
         # the domain is single-threaded, so this copy reads what the client wrote.

@@ -167,11 +167,15 @@ class UserPipe:
             end.ring_bell()
         self._publish_stats()
 
-    def _violation(self, end: PipeEnd, reason: RefusalReason, packet: int = 0xFFFFFFFF) -> None:
+    def _violation(self, end: PipeEnd, reason: RefusalReason, packet: int = 0xFFFFFFFF,
+                   posted: bool = False) -> None:
+        """Count one bad batch against an end (posting its event unless already posted)."""
         end.violations += 1
         if reason is RefusalReason.BAD_COUNTER:
             self.stats[end.role * STATS_PER_ROLE + Stat.BAD_COUNTER] += 1
-        end.events.post(EventType.REFUSED, reason, packet)
+        if not posted:
+            end.events.post(EventType.REFUSED, reason, packet)
+        end.ring_bell()
         if end.violations >= ABUSE_LIMIT:
             self.defunct(DefunctReason.ABUSE, culprit=end.role)
 
@@ -209,14 +213,13 @@ class UserPipe:
             self.stats[base + Stat.REFUSED] += len(refused)
             for pkt, reason in refused[:EVENTS_PER_BATCH]:
                 end.events.post(EventType.REFUSED, reason, pkt)
-            self._violation(end, refused[0][1], refused[0][0])
+            self._violation(end, refused[0][1], refused[0][0], posted=True)
 
     def _refill(self, end: PipeEnd) -> None:
-        try:
-            room = end.alloc.space()
-        except RingCorrupt:
-            self._violation(end, RefusalReason.BAD_COUNTER)
-            return
+        # Room counts from what we have accounted as taken, never from the live
+        # counter: a slot the client took since we looked must keep its mirror
+        # entry until _collect_taken has recorded it.
+        room = end.alloc.capacity - (end.alloc.prod - end.taken)
         if room <= 0:
             return
         got = self.pool.alloc(room, end.role)
@@ -269,11 +272,32 @@ class UserPipe:
             end.ring_bell()
         return limit, self.pool.active
 
+    def collect(self) -> None:
+        """Account every end's takes and frees, lending nothing new."""
+        if self.defunct_reason is not None:
+            return
+        live = [e for e in self.ends if e.attached and not e.closed]
+        for e in live:
+            self._collect_taken(e)
+        for e in live:
+            self._collect_freed(e)
+        self._publish_stats()
+
     def close_end(self, role: int) -> None:
-        """A clean close: the other end may still read what is on its RX ring."""
+        """A clean close: the other end may still read what is on its RX ring.
+
+        What sat on the closing end's ALLOC ring goes back to the pool; what it
+        sent stays with the peer, who frees it.
+        """
         end = self.ends[role]
         if end.closed:
             return
+        if self.defunct_reason is None and end.attached:
+            self.collect()
+            untaken = np.arange(end.taken, end.alloc.prod) & (end.alloc.capacity - 1)
+            if untaken.size:
+                self.pool.reclaim(end.alloc_mirror[untaken].astype(np.int64))
+            end.taken = end.alloc.prod
         end.closed = True
         self.schema_words[W_STATE + role] = ChannelState.DEFUNCT
         self.schema_words[W_REASON + role] = DefunctReason.CLOSED

@@ -209,6 +209,8 @@ class PacketPool:
         if idx is None:
             idx = np.flatnonzero((self.state == IN_ALLOC) | (self.state == HELD))
         else:
+            idx = np.unique(np.asarray(idx, dtype=np.int64))
+            idx = idx[(idx >= 0) & (idx < self.capacity)]
             idx = idx[(self.state[idx] == IN_ALLOC) | (self.state[idx] == HELD)]
         if idx.size:
             self._accept(idx.astype(np.int64))

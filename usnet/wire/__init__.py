@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from usnet.wire.arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, build_arp, parse_arp, write_arp
-from usnet.wire.checksum import ones_sum, pseudo_header_v4
+from usnet.wire.checksum import FOLD_MIN, mod_ffff, ones_sum, pseudo_header_v4
 from usnet.wire.errors import WireError
 from usnet.wire.ethernet import (
     BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, build_eth, mac_bytes,
@@ -70,7 +70,7 @@ def _udp_ipv4_fields(src_ip, dst_ip, sport, dport, payload, ident, ttl, df):
     if plen & 1:
         n <<= 8
     n += addrs + UDP + ulen + sport + dport + ulen
-    udp_csum = 0xFFFF - (n % 0xFFFF or 0xFFFF) or 0xFFFF
+    udp_csum = 0xFFFF - ((n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)) or 0xFFFF) or 0xFFFF
     return total, ff, ip_csum, ulen, udp_csum
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 
+from usnet.wire.checksum import FOLD_MIN, mod_ffff
 from usnet.wire.errors import WireError
 
 __all__ = [
@@ -69,18 +70,19 @@ def parse_icmp(
         if avail & 1:
             n <<= 8
         # Valid iff the sum is 0xFFFF: non-zero and a multiple of 0xFFFF.
-        if not n or n % 0xFFFF:
+        if not n or (n % 0xFFFF if avail < FOLD_MIN else mod_ffff(n)):
             raise WireError("ICMP: bad checksum")
     return typ, code, ident, seq, off + ICMP_HLEN
 
 
 def build_icmp(typ: int, code: int, hi: int, lo: int, payload=b"") -> bytes:
     """An ICMP message whose second word is ``(hi, lo)``, with its checksum."""
+    plen = len(payload)
     n = _from_bytes(payload, "big")
-    if len(payload) & 1:
+    if plen & 1:
         n <<= 8
     n += (typ << 8) + code + hi + lo
-    r = n % 0xFFFF
+    r = n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)
     csum = 0xFFFF - (r if r or not n else 0xFFFF)
     try:
         return _pack(typ, code, csum, hi, lo) + payload

@@ -155,7 +155,10 @@ def write_ipv4_header(
 
 
 def ip_bytes(s: str) -> bytes:
-    """``"10.0.0.1"`` -> ``b"\\n\\x00\\x00\\x01"``. Strict dotted quad: no leading zeros, no shorthand."""
+    """``"10.0.0.1"`` -> ``b"\\n\\x00\\x00\\x01"``.
+
+    Strict dotted quad: no leading zeros, no shorthand, ASCII digits only.
+    """
     parts = s.split(".")
     if len(parts) != 4:
         raise WireError(f"not an IPv4 address: {s!r}")

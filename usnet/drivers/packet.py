@@ -1,0 +1,463 @@
+"""The AF_PACKET driver: TPACKET_V3 mmap rings on a real interface or a veth.
+
+usnet acts as a separate host on the wire: the driver uses its own MAC (a
+random locally administered one unless told otherwise), not the interface's,
+and puts the interface into promiscuous mode (PACKET_MR_PROMISC membership,
+dropped by the kernel when the socket closes) so frames addressed to that MAC
+reach us. The host's own stack keeps working on the same interface.
+
+Socket: AF_PACKET/SOCK_RAW, created with protocol 0 so nothing is queued
+before the rings exist, then bound to the interface with ETH_P_ALL: only
+that interface's frames arrive. PACKET_IGNORE_OUTGOING keeps frames going
+out of the interface (ours and the host's) out of the RX ring. The socket is
+non-blocking and `fileno()` is the socket itself: it polls readable when the
+kernel has handed a block to us.
+
+One mapping holds both rings (RX first, then TX), as the kernel lays them out.
+
+RX ring (TPACKET_V3): `block_count` blocks of `block_size` bytes. The kernel
+fills a block with variable-sized packets and hands it over
+(block_status & TP_STATUS_USER) when it is full or when `block_timeout_ms`
+passes; each packet is a tpacket3_hdr followed by the frame at tp_mac,
+chained by tp_next_offset. We copy frames out as bytes and give the block
+back (block_status = TP_STATUS_KERNEL) once all its packets are copied, so a
+small `max_n` can leave a block half read between calls. The latency of V3
+is the block timeout: a lone frame waits up to `block_timeout_ms` (>= 1 ms,
+the unit is ms) before poll() reports it.
+
+TX ring (TPACKET_V3): V3 has no block transmit; the TX ring is a ring of
+fixed `frame_size` slots, each a tpacket3_hdr (tp_next_offset must be 0)
+with the frame at offset TPACKET_ALIGN(sizeof(tpacket3_hdr)) = 48. We fill
+slots (tp_len, then tp_status = TP_STATUS_SEND_REQUEST) and kick the kernel
+once per batch with send(b"", MSG_DONTWAIT); the kernel turns the slot back
+to TP_STATUS_AVAILABLE when the skb is freed. A full ring (no AVAILABLE slot
+after a kick) ends the batch: send_batch returns how many it took. If a kick
+cannot finish (sndbuf full: EAGAIN/ENOBUFS), the requested slots stay in the
+ring, `timeout()` returns 0 and the next recv_batch/send_batch kicks again.
+Set `tx_ring=False` to use a plain send() per frame instead.
+
+Checksums: a packet the host stack sent through a veth (or any device with
+TX checksum offload) reaches us as CHECKSUM_PARTIAL, flagged
+TP_STATUS_CSUMNOTREADY: its TCP/UDP checksum field only holds the
+pseudo-header sum. With `fix_checksums` (the default) the driver completes
+it in software for TCP and UDP over IPv4 and IPv6, so the stack above sees
+valid frames.
+
+GRO: on a real NIC with GRO enabled the kernel may hand us aggregated TCP
+packets larger than the MTU (up to 64 KiB); `ethtool -K IF gro off` if the
+stack above must not see them. Blocks are sized to hold them whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import socket
+import struct
+from typing import Sequence
+
+from usnet.drivers.base import DriverStats, Frame, random_mac
+from usnet.wire.checksum import acc, finish
+
+# linux/if_ether.h
+ETH_P_ALL = 0x0003
+# linux/socket.h
+SOL_PACKET = 263
+# linux/if_packet.h: socket options
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
+PACKET_VERSION = 10
+PACKET_TX_RING = 13
+PACKET_LOSS = 14
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+PACKET_MR_PROMISC = 1
+TPACKET_V3 = 2  # enum tpacket_versions {TPACKET_V1, TPACKET_V2, TPACKET_V3}
+# RX status bits
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 1 << 0
+TP_STATUS_COPY = 1 << 1
+TP_STATUS_LOSING = 1 << 2
+TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_CSUM_VALID = 1 << 7
+# TX status values
+TP_STATUS_AVAILABLE = 0
+TP_STATUS_SEND_REQUEST = 1 << 0
+TP_STATUS_SENDING = 1 << 1
+TP_STATUS_WRONG_FORMAT = 1 << 2
+
+TPACKET_ALIGNMENT = 16
+SIOCGIFMTU = 0x8921
+
+
+def tpacket_align(x: int) -> int:
+    return (x + TPACKET_ALIGNMENT - 1) & ~(TPACKET_ALIGNMENT - 1)
+
+
+# struct tpacket_req3: 7 x unsigned int
+_REQ3 = struct.Struct("=7I")
+# struct packet_mreq {int mr_ifindex; u16 mr_type; u16 mr_alen; u8 mr_address[8]}
+_MREQ = struct.Struct("=iHH8s")
+# struct tpacket_stats_v3 {u32 tp_packets, tp_drops, tp_freeze_q_cnt}
+_STATS3 = struct.Struct("=III")
+# struct tpacket_block_desc {u32 version; u32 offset_to_priv; struct tpacket_hdr_v1 {
+#   u32 block_status @8; u32 num_pkts @12; u32 offset_to_first_pkt @16; u32 blk_len @20;
+#   aligned_u64 seq_num @24; tpacket_bd_ts ts_first_pkt @32, ts_last_pkt @40}}  (48 bytes)
+_BD = struct.Struct("=8xIII")          # block_status, num_pkts, offset_to_first_pkt
+_BD_STATUS_OFF = 8
+_U32 = struct.Struct("=I")
+# struct tpacket3_hdr {u32 tp_next_offset @0, tp_sec @4, tp_nsec @8, tp_snaplen @12, tp_len @16,
+#   tp_status @20; u16 tp_mac @24, tp_net @26; hv1 {u32 rxhash, u32 vlan_tci, u16 vlan_tpid,
+#   u16 pad} @28; u8 tp_padding[8] @40}  (48 bytes)
+TPACKET3_HDR_SIZE = 48
+_PH = struct.Struct("=I8xIIIH")        # next_offset, snaplen, len, status, mac
+# TX slot: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len (status written last)
+_TXH = struct.Struct("=IIIII")
+_TX_STATUS_OFF = 20
+TX_DATA_OFF = tpacket_align(TPACKET3_HDR_SIZE)  # TPACKET3_HDRLEN - sizeof(sockaddr_ll)
+_SOCKADDR_LL_SIZE = 20
+TPACKET3_HDRLEN = tpacket_align(TPACKET3_HDR_SIZE) + _SOCKADDR_LL_SIZE
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+class PacketDriver:
+    """An AF_PACKET interface driver with TPACKET_V3 RX and TX rings (see module doc)."""
+
+    def __init__(
+        self,
+        ifname: str,
+        mtu: int | None = None,
+        mac: bytes | None = None,
+        block_size: int = 1 << 17,
+        block_count: int = 64,
+        frame_size: int | None = None,
+        tx_frames: int = 512,
+        block_timeout_ms: int = 1,
+        promisc: bool = True,
+        tx_ring: bool = True,
+        fix_checksums: bool = True,
+        qdisc_bypass: bool = False,
+    ) -> None:
+        if mac is not None and len(mac) != 6:
+            raise ValueError("a MAC is 6 bytes")
+        if block_count < 1 or tx_frames < 1:
+            raise ValueError("block_count and tx_frames must be positive")
+        if block_timeout_ms < 1:
+            raise ValueError("block_timeout_ms must be at least 1")
+        self.name = ifname
+        self.mac = bytes(mac) if mac is not None else random_mac()
+        self.stats = DriverStats()
+        self.fix_checksums = fix_checksums
+        self.kernel_drops = 0      # from PACKET_STATISTICS, see ring_stats()
+        self.kernel_freezes = 0
+        self.ifindex = socket.if_nametoindex(ifname)  # OSError if there is no such interface
+        self._mm: mmap.mmap | None = None
+        # protocol 0: no frame is queued before bind() below
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self._setup(mtu, block_size, block_count, frame_size, tx_frames, block_timeout_ms,
+                        promisc, tx_ring, qdisc_bypass)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setup -------------------------------------------------------------
+
+    def _setup(self, mtu, block_size, block_count, frame_size, tx_frames, tov, promisc, tx_ring,
+               qdisc_bypass) -> None:
+        s = self.sock
+        if mtu is None:
+            ifr = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si20x", self.name.encode(), 0))
+            mtu = struct.unpack_from("i", ifr, 16)[0]
+        self.mtu = mtu
+        page = mmap.PAGESIZE
+        max_frame = mtu + 18  # Ethernet header and one VLAN tag
+        need = TX_DATA_OFF + max_frame
+        if frame_size is None:
+            frame_size = max(2048, _pow2_at_least(need))
+        if frame_size % TPACKET_ALIGNMENT or frame_size < TPACKET3_HDRLEN:
+            raise ValueError(f"frame_size must be a multiple of {TPACKET_ALIGNMENT} and >= {TPACKET3_HDRLEN}")
+        # a block holds at least one frame (GRO packets on RX, a slot on TX), in whole pages
+        block_size = max(block_size, frame_size, page)
+        block_size = (block_size + page - 1) // page * page
+        self.block_size = block_size
+        self.block_count = block_count
+        self.frame_size = frame_size
+        self._tx_max = min(max_frame, frame_size - TX_DATA_OFF)
+
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        if qdisc_bypass:
+            s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        fpb = block_size // frame_size
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING, _REQ3.pack(
+            block_size, block_count, frame_size, fpb * block_count, tov, 0, 0))
+        rx_len = block_size * block_count
+        self._use_tx_ring = tx_ring
+        tx_len = 0
+        if tx_ring:
+            # V3 TX: fixed frame slots; retire_blk_tov, sizeof_priv, feature_req_word must be 0
+            tx_blocks = -(-tx_frames // fpb)
+            s.setsockopt(SOL_PACKET, PACKET_TX_RING, _REQ3.pack(
+                block_size, tx_blocks, frame_size, tx_blocks * fpb, 0, 0, 0))
+            tx_len = block_size * tx_blocks
+            self._tx_n = tx_blocks * fpb
+            self._tx_fpb = fpb
+            # enough send buffer for every slot in flight, so a kick is not cut short
+            try:
+                s.setsockopt(socket.SOL_SOCKET, 32, self._tx_n * (frame_size + 1024))  # SO_SNDBUFFORCE
+            except OSError:
+                pass
+        self._mm = mmap.mmap(s.fileno(), rx_len + tx_len, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE)
+        self._rx_len = rx_len
+        self._rx_blk = 0      # next block we expect the kernel to hand over
+        self._rx_left = 0     # packets of the current block not yet copied out
+        self._rx_off = 0      # offset (in the mapping) of the next packet
+        self._tx_head = 0     # next TX slot we fill
+        self._tx_slot = [rx_len + (i // fpb) * block_size + (i % fpb) * frame_size
+                         for i in range(self._tx_n)] if tx_ring else []
+        self._kick_needed = False
+        s.bind((self.name, ETH_P_ALL))
+        if socket.if_nametoindex(self.name) != self.ifindex:
+            raise OSError(errno.ENODEV, f"interface {self.name} changed while opening it")
+        if promisc:
+            s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                         _MREQ.pack(self.ifindex, PACKET_MR_PROMISC, 0, b""))
+        s.setblocking(False)
+
+    # -- Driver ------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def timeout(self) -> float | None:
+        return 0.0 if self._kick_needed else None
+
+    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+        if self._kick_needed:
+            self._kick()
+        mm = self._mm
+        if mm is None:
+            return []
+        out: list[bytes] = []
+        bd = _BD.unpack_from
+        ph = _PH.unpack_from
+        left = self._rx_left
+        off = self._rx_off
+        nbytes = 0
+        errors = 0
+        fix = self.fix_checksums
+        while len(out) < max_n:
+            if not left:
+                base = self._rx_blk * self.block_size
+                status, num, first = bd(mm, base)
+                if not status & TP_STATUS_USER:
+                    break
+                if not num:  # a block retired empty
+                    self._release_block()
+                    continue
+                left = num
+                off = base + first
+            nxt, snap, ln, st, mac = ph(mm, off)
+            start = off + mac
+            if snap < ln:
+                errors += 1  # truncated: the block was too small for it
+            elif fix and st & TP_STATUS_CSUMNOTREADY:
+                f = _complete_checksum(bytearray(mm[start:start + snap]))
+                out.append(f)
+                nbytes += snap
+            else:
+                out.append(mm[start:start + snap])
+                nbytes += snap
+            left -= 1
+            off += nxt
+            if not left:
+                self._release_block()
+        self._rx_left = left
+        self._rx_off = off
+        st_ = self.stats
+        st_.rx_frames += len(out)
+        st_.rx_bytes += nbytes
+        st_.rx_errors += errors
+        return out
+
+    def _release_block(self) -> None:
+        _U32.pack_into(self._mm, self._rx_blk * self.block_size + _BD_STATUS_OFF, TP_STATUS_KERNEL)
+        self._rx_blk += 1
+        if self._rx_blk == self.block_count:
+            self._rx_blk = 0
+
+    def send_batch(self, frames: Sequence[Frame]) -> int:
+        if self._mm is None:
+            return 0
+        if not self._use_tx_ring:
+            return self._send_plain(frames)
+        mm = self._mm
+        st = self.stats
+        slots = self._tx_slot
+        n = self._tx_n
+        head = self._tx_head
+        txmax = self._tx_max
+        status_of = _U32.unpack_from
+        put_hdr = _TXH.pack_into
+        put_u32 = _U32.pack_into
+        sent = 0
+        queued = 0
+        for f in frames:
+            ln = len(f)
+            if ln < 14 or ln > txmax:
+                st.tx_errors += 1  # malformed: consumed, not sent
+                sent += 1
+                continue
+            slot = slots[head]
+            status = status_of(mm, slot + _TX_STATUS_OFF)[0]
+            if status != TP_STATUS_AVAILABLE:
+                if status != TP_STATUS_WRONG_FORMAT and (queued or self._kick_needed):
+                    self._kick()  # the kernel may free slots as it sends
+                    queued = 0
+                    status = status_of(mm, slot + _TX_STATUS_OFF)[0]
+                if status == TP_STATUS_WRONG_FORMAT:
+                    self._rejected()
+                elif status != TP_STATUS_AVAILABLE:
+                    break  # ring full: the rest stay the caller's
+            mm[slot + TX_DATA_OFF:slot + TX_DATA_OFF + ln] = f
+            put_hdr(mm, slot, 0, 0, 0, ln, ln)
+            put_u32(mm, slot + _TX_STATUS_OFF, TP_STATUS_SEND_REQUEST)
+            head += 1
+            if head == n:
+                head = 0
+            queued += 1
+            sent += 1
+            st.tx_frames += 1
+            st.tx_bytes += ln
+        self._tx_head = head
+        if queued or self._kick_needed:
+            self._kick()
+        return sent
+
+    def _kick(self) -> None:
+        """Have the kernel send every slot marked SEND_REQUEST, without waiting."""
+        for _ in range(4):
+            try:
+                self.sock.send(b"", socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                self._kick_needed = True
+                return
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self._kick_needed = True
+                    return
+                if e.errno in (errno.EINVAL, errno.EMSGSIZE):
+                    self._reclaim_bad_slots()  # then kick again for the slots behind them
+                    continue
+                if e.errno in (errno.ENETDOWN, errno.ENXIO, errno.ENODEV):
+                    self._drop_requested()
+                    self._kick_needed = False
+                    return
+                raise
+            else:
+                self._kick_needed = False
+                return
+        self._kick_needed = True
+
+    def _reclaim_bad_slots(self) -> None:
+        mm = self._mm
+        for slot in self._tx_slot:
+            if _U32.unpack_from(mm, slot + _TX_STATUS_OFF)[0] == TP_STATUS_WRONG_FORMAT:
+                _U32.pack_into(mm, slot + _TX_STATUS_OFF, TP_STATUS_AVAILABLE)
+                self._rejected()
+
+    def _rejected(self) -> None:
+        # a frame counted as sent when queued that the kernel refused
+        self.stats.tx_errors += 1
+        self.stats.tx_frames -= 1
+
+    def _drop_requested(self) -> None:
+        """The interface is down: forget frames waiting in the ring (they would go out stale)."""
+        mm = self._mm
+        for slot in self._tx_slot:
+            if _U32.unpack_from(mm, slot + _TX_STATUS_OFF)[0] == TP_STATUS_SEND_REQUEST:
+                _U32.pack_into(mm, slot + _TX_STATUS_OFF, TP_STATUS_AVAILABLE)
+                self.stats.tx_dropped += 1
+                self.stats.tx_frames -= 1
+
+    def _send_plain(self, frames: Sequence[Frame]) -> int:
+        sent = 0
+        send = self.sock.send
+        st = self.stats
+        for f in frames:
+            try:
+                send(f)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    break
+                if e.errno not in (errno.EINVAL, errno.EMSGSIZE, errno.ENETDOWN, errno.ENXIO):
+                    raise
+                st.tx_errors += 1
+            else:
+                st.tx_frames += 1
+                st.tx_bytes += len(f)
+            sent += 1
+        return sent
+
+    def ring_stats(self) -> dict[str, int]:
+        """Kernel RX counters (PACKET_STATISTICS, which resets them; we accumulate)."""
+        if self._mm is not None:
+            packets, drops, freezes = _STATS3.unpack(
+                self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size))
+            self.kernel_drops += drops
+            self.kernel_freezes += freezes
+        return {"kernel_drops": self.kernel_drops, "kernel_freezes": self.kernel_freezes}
+
+    def close(self) -> None:
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            mm.close()
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+
+
+def _complete_checksum(f: bytearray) -> bytes:
+    """Finish the TCP/UDP checksum of a CHECKSUM_PARTIAL frame (field holds the pseudo sum)."""
+    n = len(f)
+    off = 12
+    et = int.from_bytes(f[12:14], "big") if n >= 14 else 0
+    while et in (0x8100, 0x88A8) and n >= off + 6:
+        off += 4
+        et = int.from_bytes(f[off:off + 2], "big")
+    off += 2
+    if et == 0x0800 and n >= off + 20:
+        ihl = (f[off] & 0x0F) * 4
+        total = int.from_bytes(f[off + 2:off + 4], "big")
+        if f[off + 6] & 0x1F or f[off + 7]:  # a non-first fragment carries no L4 header
+            return bytes(f)
+        proto = f[off + 9]
+        l4 = off + ihl
+        end = min(n, off + total)
+    elif et == 0x86DD and n >= off + 40:
+        proto = f[off + 6]
+        l4 = off + 40
+        end = min(n, l4 + int.from_bytes(f[off + 4:off + 6], "big"))
+    else:
+        return bytes(f)
+    if proto == 6:
+        pos = l4 + 16
+    elif proto == 17:
+        pos = l4 + 6
+    else:
+        return bytes(f)
+    if pos + 2 > end:
+        return bytes(f)
+    c = finish(acc(memoryview(f)[l4:end]))
+    if proto == 17 and c == 0:
+        c = 0xFFFF
+    f[pos:pos + 2] = c.to_bytes(2, "big")
+    return bytes(f)
