@@ -81,7 +81,18 @@ class FlowPort:
         for p in good:
             n = umd[p * UMD_WORDS]
             out.append(bytes(views[p][: n if n <= stride else stride]))
+        self._top_up()
         return out
+
+    def _top_up(self) -> None:
+        """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.
+
+        A client that keeps sending then never has to kick us for buffers.
+        """
+        pipe = self.pipe
+        end = pipe.ends[CLIENT]
+        if end.alloc.prod - end.taken <= end.alloc.capacity // 2:
+            pipe._refill(end)
 
     def deliver(self, payloads: list[bytes]) -> int:
         """Copy received packets into the client's pool and publish them on its RX ring.
