@@ -90,6 +90,7 @@ TP_STATUS_WRONG_FORMAT = 1 << 2
 
 TPACKET_ALIGNMENT = 16
 SIOCGIFMTU = 0x8921
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
 def tpacket_align(x: int) -> int:
@@ -155,6 +156,7 @@ class PacketDriver:
         self.fix_checksums = fix_checksums
         self.kernel_drops = 0      # from PACKET_STATISTICS, see ring_stats()
         self.kernel_freezes = 0
+        self.rx_csum_completed = 0  # CHECKSUM_PARTIAL frames finished in software
         self.ifindex = socket.if_nametoindex(ifname)  # OSError if there is no such interface
         self._mm: mmap.mmap | None = None
         # protocol 0: no frame is queued before bind() below
@@ -199,6 +201,7 @@ class PacketDriver:
             block_size, block_count, frame_size, fpb * block_count, tov, 0, 0))
         rx_len = block_size * block_count
         self._use_tx_ring = tx_ring
+        self._tx_n = 0
         tx_len = 0
         if tx_ring:
             # V3 TX: fixed frame slots; retire_blk_tov, sizeof_priv, feature_req_word must be 0
@@ -207,10 +210,9 @@ class PacketDriver:
                 block_size, tx_blocks, frame_size, tx_blocks * fpb, 0, 0, 0))
             tx_len = block_size * tx_blocks
             self._tx_n = tx_blocks * fpb
-            self._tx_fpb = fpb
             # enough send buffer for every slot in flight, so a kick is not cut short
             try:
-                s.setsockopt(socket.SOL_SOCKET, 32, self._tx_n * (frame_size + 1024))  # SO_SNDBUFFORCE
+                s.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, self._tx_n * (frame_size + 1024))
             except OSError:
                 pass
         self._mm = mmap.mmap(s.fileno(), rx_len + tx_len, mmap.MAP_SHARED,
@@ -237,7 +239,7 @@ class PacketDriver:
         return self.sock.fileno()
 
     def timeout(self) -> float | None:
-        return 0.0 if self._kick_needed else None
+        return 0.001 if self._kick_needed else None  # retry the kick from recv_batch
 
     def recv_batch(self, max_n: int = 64) -> list[bytes]:
         if self._kick_needed:
@@ -269,8 +271,8 @@ class PacketDriver:
             if snap < ln:
                 errors += 1  # truncated: the block was too small for it
             elif fix and st & TP_STATUS_CSUMNOTREADY:
-                f = _complete_checksum(bytearray(mm[start:start + snap]))
-                out.append(f)
+                out.append(_complete_checksum(bytearray(mm[start:start + snap])))
+                self.rx_csum_completed += 1
                 nbytes += snap
             else:
                 out.append(mm[start:start + snap])

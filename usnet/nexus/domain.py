@@ -293,7 +293,12 @@ class Domain:
     def _close_ref(self, ref: ChannelRef) -> None:
         with ref.pipe.lock:
             if ref.flow is not None and ref.switch is not None:
-                ref.switch.remove_flow(ref.flow)
+                if ref.pipe.defunct_reason is None:
+                    # what it sent before closing still goes out, as with a kernel socket
+                    for _ in range(64):
+                        if not ref.switch.service_tx(ref.flow):
+                            break
+                ref.switch.remove_flow(ref.flow, keep_queued=True)
                 try:
                     self._sel.unregister(ref.flow.port.bell)
                 except (KeyError, ValueError):

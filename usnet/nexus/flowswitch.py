@@ -98,13 +98,15 @@ class FlowSwitch:
         (self.exact if raddr is not None else self.listeners)[flow.key()] = flow
         return flow
 
-    def remove_flow(self, flow: Flow) -> None:
+    def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
+        """Unregister a flow and free its port; its queued frames still leave if `keep_queued`."""
         if self.flows.pop(flow.id, None) is None:
             return
         table = self.exact if flow.raddr is not None else self.listeners
         table.pop(flow.key(), None)
         self.ports.release(flow.proto, flow.lport)
-        self.netif.drop_queue(flow.id)
+        if not keep_queued:
+            self.netif.drop_queue(flow.id)
 
     # -- receive ---------------------------------------------------------------------------
 
