@@ -114,6 +114,15 @@ class Client:
             raise P.ProtocolError("OpenFlow answered without a channel and its five descriptors")
         return self._channel(reply.channel, reply.role, fds), reply
 
+    def open_monitor(self, netif: str) -> Channel:
+        """A read-only channel with a copy of every frame the netif sends and receives."""
+        reply, fds = self._call(P.OpenMonitor(netif))
+        if not isinstance(reply, P.ChannelOpened) or len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            raise P.ProtocolError("OpenMonitor answered without a channel and its five descriptors")
+        return self._channel(reply.channel, reply.role, fds)
+
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
                    remote: tuple[str, int] | None = None, **attrs: int) -> "DatagramSocket":
         """A UDP endpoint on a netif: the minimal datagram API over a flow channel."""

@@ -49,6 +49,97 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Console(), packets=args.packets)
 
 
+def _connect(path: str):
+    from usnet.client import Client
+
+    try:
+        return Client.connect(path)
+    except OSError as e:
+        print(f"usnet: cannot reach usnetd at {path}: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    info = client.status()
+    if args.json:
+        print(json.dumps(info["netifs"], default=str))
+        return 0
+    t = Table(title="flows")
+    for c in ("netif", "proto", "local", "remote", "channel", "tx", "rx", "dropped", "state"):
+        t.add_column(c)
+    for nif in info["netifs"]:
+        ip = nif["netif"]["address"].split("/")[0]
+        for f in nif["flows"]:
+            st = f["stats"]
+            t.add_row(nif["netif"]["name"], f["proto"], f"{ip}:{f['local_port']}", f["remote"] or "*:*",
+                      str(f["channel"]), str(st.get("tx_packets", 0)), str(st.get("rx_packets", 0)),
+                      str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)),
+                      "suspended" if f["suspended"] else ("connected" if f["remote"] else "listening"))
+    Console().print(t)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    info = client.status()
+    if args.json:
+        print(json.dumps({n["netif"]["name"]: {"netif": n["netif"], "drops": n["drops"], "counts": n["counts"]}
+                          for n in info["netifs"]}, default=str))
+        return 0
+    con = Console()
+    for n in info["netifs"]:
+        nif = n["netif"]
+        t = Table(title=f"{nif['name']} ({nif['driver']}, {nif['address']}, mac {nif['mac']})")
+        t.add_column("counter")
+        t.add_column("value", justify="right")
+        for k in ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "queued"):
+            t.add_row(k, f"{nif[k]:,}")
+        for k, v in sorted(n["counts"].items()):
+            t.add_row(k, f"{v:,}")
+        for k, v in sorted(n["drops"].items()):
+            t.add_row(f"drop: {k}", f"{v:,}")
+        con.print(t)
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    import time
+
+    from usnet.drivers.pcap import PcapWriter
+
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    ch = client.open_monitor(args.netif)
+    out = PcapWriter(args.write)
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    try:
+        while args.count is None or out.frames < args.count:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                pkts = ch.recv(256, timeout=left if left is not None else 1.0)
+            except BlockingIOError:
+                continue
+            for p in pkts:
+                if args.count is None or out.frames < args.count:
+                    out.write(ch.view(p))
+            ch.free(pkts)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.close()
+        ch.close()
+    print(f"captured {out.frames} frames to {args.write}", file=sys.stderr)
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from usnet.cli import updown
 
@@ -99,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe"])
+    b.add_argument("what", choices=["pipe", "udp"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
@@ -114,6 +205,21 @@ def main(argv: list[str] | None = None) -> int:
     dn = sub.add_parser("down", help="stop usnetd and remove what `usnet up` made")
     dn.add_argument("--run-dir", default=None)
     dn.set_defaults(fn=cmd_down)
+    fl = sub.add_parser("flows", help="flows on every netif, like ss")
+    fl.add_argument("--socket", default=DEFAULT_SOCKET)
+    fl.add_argument("--json", action="store_true")
+    fl.set_defaults(fn=cmd_flows)
+    stt = sub.add_parser("stats", help="netif counters and drops by reason")
+    stt.add_argument("--socket", default=DEFAULT_SOCKET)
+    stt.add_argument("--json", action="store_true")
+    stt.set_defaults(fn=cmd_stats)
+    cp = sub.add_parser("capture", help="write a netif's frames to a pcap file")
+    cp.add_argument("-w", "--write", required=True, help="pcap file to write")
+    cp.add_argument("-i", "--netif", default="usnet0")
+    cp.add_argument("-c", "--count", type=int, default=None, help="stop after this many frames")
+    cp.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    cp.add_argument("--socket", default=DEFAULT_SOCKET)
+    cp.set_defaults(fn=cmd_capture)
     s = sub.add_parser("status", help="sessions, pipes and pools of a running usnetd")
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")

@@ -39,7 +39,8 @@ def _make_device(driver: str, ifname: str, host_address: str) -> list[str]:
             ipr.link("add", ifname=ifname, kind="veth", peer=host_if)
             made = [ifname]
         for name in {ifname, host_if}:
-            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+            # a deep host-side queue: usnet reads in batches, the kernel should not drop meanwhile
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up", txqlen=10000)
         idx = ipr.link_lookup(ifname=host_if)[0]
         ipr.addr("add", index=idx, address=addr, prefixlen=int(plen or 24))
     return made

@@ -96,6 +96,12 @@ class OpenFlow(_Msg, frozen=True):
     attrs: dict[Name, int] = {}
 
 
+class OpenMonitor(_Msg, frozen=True):
+    """A read-only channel that receives a copy of every frame a netif sends and receives."""
+
+    netif: Name
+
+
 class Resize(_Msg, frozen=True):
     """Grow or shrink a channel's rings and/or packet pool without closing it."""
 
@@ -168,7 +174,7 @@ class Error(_Msg, frozen=True):
     message: str = ""
 
 
-Request = Hello | OpenPipe | OpenFlow | Resize | CloseChannel | Kick | Status
+Request = Hello | OpenPipe | OpenFlow | OpenMonitor | Resize | CloseChannel | Kick | Status
 Reply = Welcome | ChannelOpened | FlowOpened | Done | StatusReply | Error
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)

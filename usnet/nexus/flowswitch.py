@@ -118,6 +118,8 @@ class FlowSwitch:
         now = self.clock()
         netif = self.netif
         netif.rx_frames += len(frames)
+        for m in netif.monitors:
+            m.deliver(frames)
         per_flow: dict[Flow, list[bytes]] = {}
         for f in frames:
             netif.rx_bytes += len(f)

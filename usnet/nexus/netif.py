@@ -38,6 +38,7 @@ class Netif:
         self.queued_bytes: dict[int, int] = {}
         self.active: deque[int] = deque()  # queue keys with frames, round-robin order
         self.tx_frames = self.tx_bytes = self.rx_frames = self.rx_bytes = 0
+        self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
 
     def on_link(self, ip: bytes) -> bool:
         return int.from_bytes(ip, "big") & self._mask == self._net
@@ -81,6 +82,8 @@ class Netif:
                 if q:
                     active.append(key)
             sent = self.driver.send_batch(batch)
+            for m in self.monitors:
+                m.deliver(batch[:sent])
             for f, k in zip(batch[:sent], keys[:sent]):
                 self.queued_bytes[k] -= len(f)
                 self.tx_bytes += len(f)
