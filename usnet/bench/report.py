@@ -39,3 +39,24 @@ def run_pipe_bench(quick: bool, console: Console | None = None) -> dict:
             if isinstance(v, float) and v != v:
                 row[k] = None
     return {"results": results, "extra": {"self_pps_64": self_pps, "memory_per_channel": mem}}
+
+
+def run_udp_bench(quick: bool, console: Console | None = None) -> dict:
+    """usnet through two flow switches against two processes on kernel UDP loopback."""
+    from usnet.bench import udp
+
+    console = console or Console(stderr=True)
+    results = []
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("bench udp", total=4)
+        for size in (64, 1400):
+            count = 100_000 if quick else 400_000
+            prog.update(task, description=f"{size} B: usnet")
+            dps, got = udp.usnet_dps(size, count)
+            prog.advance(task)
+            prog.update(task, description=f"{size} B: kernel")
+            kdps = baselines.udp_mps(size, count)
+            prog.advance(task)
+            results.append({"size": size, "usnet_dps": dps, "kernel_dps": kdps, "ratio": dps / kdps,
+                            "usnet_delivered": got, "sent": count})
+    return {"results": results}

@@ -64,8 +64,11 @@ def _receiver(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
     s.close()
 
 
-def usnet_dps(size: int, count: int) -> tuple[float, int]:
-    """Datagrams/s from one usnet application to another through two flow switches."""
+def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[float, int]:
+    """Datagrams/s from one usnet application to another through two flow switches.
+
+    With `snapshot` (a list), the flow table is appended to it while both flows are open.
+    """
     dom, wire = topology()
     dom.start()
     procs = []
@@ -86,6 +89,14 @@ def usnet_dps(size: int, count: int) -> tuple[float, int]:
             [sys.executable, "-m", "usnet.bench.udp", "send", str(ss.fileno()), str(count), str(size)],
             pass_fds=(ss.fileno(),)))
         ss.close()
+        if snapshot is not None:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                table = flow_table(dom)
+                if len(table) >= 2:
+                    snapshot.append(table)
+                    break
+                time.sleep(0.005)  # polling the table for display, not synchronising data
         data = b""
         while chunk := os.read(r, 200):
             data += chunk

@@ -20,9 +20,22 @@ def _fmt(x: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from usnet.bench.report import run_pipe_bench
+    from usnet.bench.report import run_pipe_bench, run_udp_bench
 
     console = Console(stderr=True, quiet=args.json)
+    if args.what == "udp":
+        result = run_udp_bench(quick=args.quick, console=console)
+        if args.json:
+            print(json.dumps(result))
+            return 0
+        table = Table(title="usnet bench udp: datagrams/s, one application to another")
+        for col in ("size", "usnet (flow switch, memwire)", "kernel UDP loopback", "ratio", "delivered"):
+            table.add_column(col, justify="right")
+        for r in result["results"]:
+            table.add_row(str(r["size"]), _fmt(r["usnet_dps"]), _fmt(r["kernel_dps"]), f"{r['ratio']:.2f}",
+                          f"{r['usnet_delivered']:,}/{r['sent']:,}")
+        Console().print(table)
+        return 0
     result = run_pipe_bench(quick=args.quick, console=console)
     if args.json:
         print(json.dumps(result))
