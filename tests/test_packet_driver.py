@@ -274,7 +274,7 @@ def test_send_batch_of_1000(veth, driver_factory, opts):
     """1000 frames through send_batch: all counted, all on the wire, none looped back to us."""
     d = driver_factory(veth.host, **opts)
     if opts.get("tx_frames") == 1:
-        assert d._tx_n < 1000  # one block of slots: the batch has to wrap the ring
+        assert d.tx_slots < 1000  # one block of slots: the batch has to wrap the ring
     head = b"\xff" * 6 + d.mac + EXPERIMENTAL_ETHERTYPE.to_bytes(2, "big")
     frames = [head + i.to_bytes(4, "big") + bytes(42) for i in range(1000)]
     before = veth.peer_rx_packets()
@@ -305,7 +305,7 @@ def test_full_tx_ring_leaves_the_rest_to_the_caller(veth, driver_factory):
     """Behind a 2 Mbit/s tbf the TX slots stay in use: send_batch takes what fits, then the rest."""
     veth.ipr.tc("add", "tbf", index=veth.host_idx, rate="2mbit", burst=2000, latency="1s")
     d = driver_factory(veth.host, tx_frames=1)
-    slots = d._tx_n
+    slots = d.tx_slots
     head = b"\xff" * 6 + d.mac + EXPERIMENTAL_ETHERTYPE.to_bytes(2, "big")
     frames = [head + i.to_bytes(4, "big") + bytes(42) for i in range(1000)]
     before = veth.peer_rx_packets()
@@ -326,6 +326,33 @@ def test_full_tx_ring_leaves_the_rest_to_the_caller(veth, driver_factory):
     while veth.peer_rx_packets() - before < 1000:
         assert time.monotonic() < deadline, "the peer did not see all frames"
         select.select([], [], [], 0.005)
+
+
+@pytest.mark.privileged
+def test_link_flap(veth, driver_factory):
+    """Down: queued frames are dropped, not sent late; the socket's ENETDOWN does not spin
+    the poll loop; up again: frames flow."""
+    d = driver_factory(veth.host)
+    head = b"\xff" * 6 + d.mac + EXPERIMENTAL_ETHERTYPE.to_bytes(2, "big")
+    veth.ipr.link("set", index=veth.host_idx, state="down")
+    assert d.send_batch([head + bytes(46)] * 5) == 5
+    assert d.stats.tx_dropped == 5 and d.stats.tx_frames == 0
+    veth.ipr.link("set", index=veth.host_idx, state="up")
+    wakeups = 0
+    deadline = time.monotonic() + 0.1
+    while time.monotonic() < deadline:
+        if select.select([d], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            wakeups += 1
+            d.recv_batch()
+    assert wakeups < 100, "the fd kept polling readable after the flap"
+    before = veth.peer_rx_packets()
+    assert d.send_batch([head + i.to_bytes(4, "big") + bytes(42) for i in range(5)]) == 5
+    assert d.stats.tx_frames == 5 and d.stats.tx_dropped == 5
+    deadline = time.monotonic() + 2.0
+    while veth.peer_rx_packets() - before < 5:
+        assert time.monotonic() < deadline, "frames did not flow after the link came back"
+        select.select([], [], [], 0.005)
+    assert d.socket_errors >= 1
 
 
 @pytest.mark.privileged
@@ -383,9 +410,18 @@ def test_promiscuous_while_open_and_close(veth, driver_factory):
     d = driver_factory(veth.host)
     assert veth.host_promiscuity() == base + 1
     assert d.fileno() >= 0
-    # malformed frames are consumed and counted, not sent
-    assert d.send_batch([b"\x00" * 10, b"\x00" * 3000]) == 2
-    assert d.stats.tx_errors == 2 and d.stats.tx_frames == 0
+    # malformed frames are consumed and counted, not sent: too short, too long, too long
+    # untagged; a VLAN-tagged frame may be 4 bytes longer
+    head = b"\xff" * 6 + d.mac
+    bad = [b"\x00" * 10, b"\x00" * 3000, head + b"\x88\xb5" + bytes(1501)]
+    assert d.send_batch(bad) == 3
+    assert d.stats.tx_errors == 3 and d.stats.tx_frames == 0
+    tagged = head + b"\x81\x00\x00\x05\x88\xb5" + bytes(1500)
+    assert len(tagged) == d.mtu + 18
+    assert d.send_batch([memoryview(tagged)]) == 1
+    assert d.stats.tx_errors == 3 and d.stats.tx_frames == 1
+    with pytest.raises(ValueError):
+        driver_factory(veth.host, mtu=d.mtu + 1)  # more than the interface carries
     d.close()
     d.close()  # idempotent
     assert d.fileno() == -1

@@ -252,6 +252,10 @@ class Channel:
             self._sleep(time.monotonic() + backoff if deadline is None else min(deadline, time.monotonic() + backoff))
             backoff = min(backoff * 2, 0.02)
 
+    def give_back(self, pkts: list[int]) -> None:
+        """Return allocated but unused packets to this channel's local cache (no ring traffic)."""
+        self._cache.extend(pkts)
+
     def free(self, pkts: list[int]) -> None:
         """Hand packets back to the pool (on the FREE ring, taken back in bulk)."""
         if not pkts:

@@ -48,6 +48,7 @@ class TxDropReason(enum.IntEnum):
     WRONG_DESTINATION = 5  # a connected flow sending elsewhere
     TOO_BIG = 6  # larger than the MTU
     NO_ROUTE = 7
+    NEIGHBOUR_UNRESOLVED = 8  # ARP got no answer, or too many packets waited for one
 
 
 class RefusalReason(enum.IntEnum):

@@ -9,5 +9,6 @@ from usnet.drivers.base import Driver, random_mac
 from usnet.drivers.memwire import MemWire
 from usnet.drivers.pcap import PcapTracer
 from usnet.drivers.fault import FaultInjector
+from usnet.drivers.packet import PacketDriver
 
-__all__ = ["Driver", "FaultInjector", "MemWire", "PcapTracer", "random_mac"]
+__all__ = ["Driver", "FaultInjector", "MemWire", "PacketDriver", "PcapTracer", "random_mac"]

@@ -45,36 +45,43 @@ class ArpCache:
         p = self.pending.pop(ip, None)
         return list(p.packets) if p else []
 
-    def wait(self, ip: bytes, packet: object, now: float) -> bool:
-        """Queue a packet for an unresolved address; True if an ARP request should go out now."""
+    def wait(self, ip: bytes, packet: object, now: float) -> tuple[bool, object | None]:
+        """Queue a packet for an unresolved address.
+
+        Returns (ask now?, the packet pushed out of a full queue, or None); the
+        caller accounts for the dropped one.
+        """
         p = self.pending.get(ip)
         if p is None:
             if len(self.pending) >= self.max_entries:
                 self.dropped += 1
-                return False
+                return False, packet
             p = self.pending[ip] = _Pending(asked_at=now, tries=1)
             p.packets.append(packet)
-            return True
+            return True, None
+        dropped = None
         if len(p.packets) >= self.queue:
-            p.packets.popleft()
+            dropped = p.packets.popleft()
             self.dropped += 1
         p.packets.append(packet)
-        return False
+        return False, dropped
 
-    def due(self, now: float) -> list[bytes]:
-        """Addresses to ask again; gives up (dropping their packets) after `tries`."""
+    def due(self, now: float) -> tuple[list[bytes], list]:
+        """(addresses to ask again, packets given up on after `tries` unanswered requests)."""
         ask = []
+        gave_up: list = []
         for ip, p in list(self.pending.items()):
             if now - p.asked_at < self.retry:
                 continue
             if p.tries >= self.tries:
                 self.dropped += len(p.packets)
+                gave_up.extend(p.packets)
                 del self.pending[ip]
                 continue
             p.tries += 1
             p.asked_at = now
             ask.append(ip)
-        return ask
+        return ask, gave_up
 
     def expire(self, now: float) -> None:
         for ip in [ip for ip, (_, exp) in self.entries.items() if exp < now]:

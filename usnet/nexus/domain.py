@@ -277,6 +277,10 @@ class Domain:
         timeout: float | None = None
         for sw in self.switches.values():
             sw.service_timers()
+            if sw.netif.driver.timeout() is not None:
+                # the device has something due without ringing its fd: frames in flight
+                # on a memwire, a packet-ring kick to retry
+                sw.service_rx()
             for flow in list(sw.flows.values()):
                 if flow.port.tx_pending() and not flow.port.suspended:
                     sw.service_tx(flow)

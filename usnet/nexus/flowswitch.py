@@ -266,9 +266,24 @@ class FlowSwitch:
         mac = self.arp.lookup(hop, now)
         if mac is not None:
             self._emit(key, mac, packet)
-        elif self.arp.wait(hop, (key, packet), now):
+            return True
+        ask, dropped = self.arp.wait(hop, (key, packet), now)
+        if ask:
             self._arp_request(hop)
+        if dropped is not None:
+            self._unresolved(dropped)
         return True
+
+    def _unresolved(self, item: tuple[int, bytes]) -> None:
+        """A packet that waited for a neighbour in vain: counted, and told to its flow."""
+        key, packet = item
+        self.drops["tx_neighbour_unresolved"] += 1
+        flow = self.flows.get(key)
+        if flow is not None:
+            flow.stats["tx_dropped"] += 1
+            flow.stats["tx_packets"] -= 1  # counted as sent when it was queued for ARP
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED,
+                                                    value=len(packet))
 
     def _emit(self, key: int, mac: bytes, packet: bytes) -> None:
         self._send_frame(key, mac, ETHERTYPE_IPV4, packet)
@@ -300,8 +315,11 @@ class FlowSwitch:
 
     def service_timers(self) -> None:
         now = self.clock()
-        for ip in self.arp.due(now):
+        ask, gave_up = self.arp.due(now)
+        for ip in ask:
             self._arp_request(ip)
+        for item in gave_up:
+            self._unresolved(item)
 
     def flush(self) -> int:
         n = self.netif.flush()

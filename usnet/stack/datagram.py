@@ -91,7 +91,17 @@ class DatagramSocket:
                 write_ipv4_header(v, 0, src, dst, 17, UDP_HLEN + n, ident=self._ident)
                 write_udp(v, IPV4_HLEN, sport, dport, n, src, dst, data)
                 umd[pkt * UMD_WORDS] = HEADERS + n
-            sent += ch.send(pkts)
+            try:
+                done = ch.send(pkts)
+            except BlockingIOError:
+                ch.give_back(pkts)  # not sent: back to the channel's cache, not leaked
+                if sent:
+                    return sent
+                raise
+            if done < len(pkts):
+                ch.give_back(pkts[done:])
+                return sent + done
+            sent += done
         return sent
 
     def recv_many(self, max_n: int = 64, timeout: object = _UNSET) -> list[tuple[bytes, Address]]:
