@@ -41,8 +41,8 @@ class EventType(enum.IntEnum):
 class TxDropReason(enum.IntEnum):
     """Why the flow switch refused to transmit a client's packet (validated on its copy)."""
 
-    MALFORMED = 1  # not a well-formed IPv4 packet (version, header length, total length)
-    NOT_IPV4 = 2  # e.g. an ARP frame: clients hand the switch IP packets only
+    MALFORMED = 1  # not a well-formed IPv4 packet (header length, total length, header checksum)
+    NOT_IPV4 = 2  # version is not 4 (an ARP frame, say: clients hand the switch IP packets only)
     WRONG_PROTOCOL = 3  # not the flow's protocol
     SPOOFED_SOURCE = 4  # source address or port is not the flow's
     WRONG_DESTINATION = 5  # a connected flow sending elsewhere

@@ -227,7 +227,8 @@ class FlowSwitch:
                 self._tx_drop(flow, TxDropReason.NOT_IPV4, n)
                 continue
             ihl = (vihl & 0xF) << 2
-            if ihl < 20 or total != n or n < ihl + 4:
+            if ihl < 20 or total != n or n < ihl + 4 or int.from_bytes(p[:ihl], "big") % 0xFFFF:
+                # (a valid header sums to a multiple of 0xFFFF: one's complement checksum)
                 self._tx_drop(flow, TxDropReason.MALFORMED, n)
                 continue
             if proto != flow.proto:
