@@ -153,13 +153,7 @@ class UserPipe:
         """
         if self.defunct_reason is not None:
             return
-        live = [e for e in self.ends if e.attached and not e.closed]
-        # Every end's ALLOC takes first, then every FREE ring: a packet one end
-        # took may already have been freed by the other.
-        for e in live:
-            self._collect_taken(e)
-        for e in live:
-            self._collect_freed(e)
+        self.collect()
         end = self.ends[role]
         if end.attached and not end.closed and self.defunct_reason is None:
             self._refill(end)
@@ -277,6 +271,8 @@ class UserPipe:
         if self.defunct_reason is not None:
             return
         live = [e for e in self.ends if e.attached and not e.closed]
+        # Every end's ALLOC takes first, then every FREE ring: a packet one end
+        # took may already have been freed by the other.
         for e in live:
             self._collect_taken(e)
         for e in live:
