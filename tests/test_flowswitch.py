@@ -892,3 +892,63 @@ def test_pcap_trace_is_read_back_well_formed(make_net, tmp_path):
     text = (r.stdout + r.stderr).lower()
     assert "malformed" not in text and "incorrect" not in text and "bad checksum" not in text
     assert len(r.stdout.splitlines()) == written
+
+
+def test_datagram_headers_match_the_wire_builders_and_scapy():
+    import usnet
+
+    """The datagram socket's arithmetic checksums equal what wire/ and scapy compute."""
+    from scapy.all import IP, UDP, raw
+
+    from usnet.wire import build_udp_ipv4_packet
+    from usnet.wire.ipv4 import ip_bytes
+
+    d = usnet.Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, "10.9.0.1/24")
+    d.add_netif("b", w.b, "10.9.0.2/24")
+    c = usnet.Client.local(d)
+    s = c.udp_socket("a", 5000)
+    try:
+        payloads = [b"", b"x", b"\xff" * 7, bytes(range(256)) * 5, b"\x00" * 64]
+        s.send_many(payloads, ("10.9.0.2", 6000))
+        ch = s.channel
+        pkts = ch._tx.slots[: len(payloads)].tolist()
+        for i, (pkt, data) in enumerate(zip(pkts, payloads)):
+            ours = bytes(ch.view(pkt))
+            want = build_udp_ipv4_packet(ip_bytes("10.9.0.1"), ip_bytes("10.9.0.2"), 5000, 6000, data, ident=i + 1)
+            assert ours == want
+            p = IP(ours)
+            del p.chksum
+            del p[UDP].chksum
+            assert raw(p) == ours
+    finally:
+        s.close()
+        d.stop()
+
+
+def test_datagram_with_a_bad_udp_checksum_is_counted_not_delivered():
+    """The switch checks IP; the receiving application checks UDP, and refuses a bad sum."""
+    import usnet
+    from scapy.all import IP, UDP, Ether, raw
+
+    d = usnet.Domain()
+    w = MemWire()
+    fb = FaultInjector(w.b)
+    d.add_netif("a", w.a, "10.9.0.1/24")
+    sw_b = d.add_netif("b", fb, "10.9.0.2/24")
+    c = usnet.Client.local(d)
+    sb = c.udp_socket("b", 6000)
+    try:
+        good = raw(Ether(dst=sw_b.netif.mac, src=b"\x02\x00\x00\x00\x00\x01") / IP(src="10.9.0.1", dst="10.9.0.2")
+                   / UDP(sport=5000, dport=6000) / b"payload!")
+        bad = bytearray(good)
+        bad[-1] ^= 0x01  # payload changed after the checksum was computed
+        fb.inject([bytes(bad), good])
+        sw_b.service_rx()
+        got = sb.recv_many(8, timeout=0)
+        assert got == [(b"payload!", ("10.9.0.1", 5000))]
+        assert sb.rx_bad == 1
+    finally:
+        sb.close()
+        d.stop()

@@ -217,6 +217,9 @@ class FlowSwitch:
         mtu = netif.mtu
         myip = netif.ip
         ok = 0
+        frames: list[bytes] = []  # resolved neighbours: framed here, queued once at the end
+        last_dst = None
+        last_hdr = b""
         for p in pkts:
             n = len(p)
             if n < 20:
@@ -244,10 +247,19 @@ class FlowSwitch:
             if n > mtu:
                 self._tx_drop(flow, TxDropReason.TOO_BIG, n)
                 continue
-            if not self._route(flow.id, dst, p, now):
-                self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
-                continue
             ok += 1
+            if dst == last_dst:
+                frames.append(last_hdr + p)
+                continue
+            hdr = self._resolved_header(dst, now)
+            if hdr is not None:
+                last_dst, last_hdr = dst, hdr
+                frames.append(hdr + p)
+            elif not self._route(flow.id, dst, p, now):
+                ok -= 1
+                self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
+        if frames:
+            netif.enqueue_many(flow.id, frames)
         flow.stats["tx_packets"] += ok
         self._advise(flow)
         return len(pkts)
@@ -256,6 +268,19 @@ class FlowSwitch:
         self.drops["tx_" + reason.name.lower()] += 1
         flow.stats["tx_dropped"] += 1
         flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, reason, value=length)
+
+    def _resolved_header(self, dst: bytes, now: float) -> bytes | None:
+        """The Ethernet header for `dst` if its next hop is known now, else None."""
+        hop = self.netif.next_hop(dst)
+        if hop is None:
+            return None
+        if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
+            mac = BROADCAST
+        else:
+            mac = self.arp.lookup(hop, now)
+            if mac is None:
+                return None
+        return _ETH.pack(mac, self.netif.mac, ETHERTYPE_IPV4)
 
     def _route(self, key: int, dst: bytes, packet: bytes, now: float) -> bool:
         hop = self.netif.next_hop(dst)

@@ -61,6 +61,18 @@ class Netif:
         self.queued_bytes[key] += len(frame)
         return len(q)
 
+    def enqueue_many(self, key: int, frames: list[bytes]) -> int:
+        """Queue a batch of frames for flow `key`; returns that queue's length."""
+        q = self.queues.get(key)
+        if q is None:
+            q = self.queues[key] = deque()
+            self.queued_bytes[key] = 0
+        if not q:
+            self.active.append(key)
+        q.extend(frames)
+        self.queued_bytes[key] += sum(map(len, frames))
+        return len(q)
+
     def queued(self, key: int) -> tuple[int, int]:
         q = self.queues.get(key)
         return (len(q), self.queued_bytes[key]) if q else (0, 0)
