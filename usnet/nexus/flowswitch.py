@@ -38,6 +38,8 @@ from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, build_ipv4_header, ip_str, parse_
 
 _ETH = struct.Struct("!6s6sH")
 _PORTS = struct.Struct("!HH")
+# Ethernet dst, src, type; IPv4 version/ihl, total length, flags/fragment, protocol, src, dst; ports
+_FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
 _IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, protocol, src, dst
 ICMP, TCP, UDP = 1, 6, 17
 TX_BATCH = 256
@@ -121,8 +123,26 @@ class FlowSwitch:
         for m in netif.monitors:
             m.deliver(frames)
         per_flow: dict[Flow, list[bytes]] = {}
+        mymac, myip = netif.mac, netif.ip
+        exact, listeners = self.exact, self.listeners
+        unpack, from_bytes = _FAST.unpack_from, int.from_bytes
         for f in frames:
-            netif.rx_bytes += len(f)
+            n = len(f)
+            netif.rx_bytes += n
+            if n >= 38:
+                # The common case in one unpack: to us, IPv4 without options, not a
+                # fragment, UDP or TCP to a flow, header checksum good.
+                dmac, _s, etype, vihl, total, ff, proto, sip, dip, sport, dport = unpack(f)
+                if (etype == ETHERTYPE_IPV4 and vihl == 0x45 and dmac == mymac and dip == myip
+                        and not ff & (IP_MF | IP_OFFMASK) and (proto == UDP or proto == TCP)
+                        and 24 <= total <= n - ETH_HLEN and not from_bytes(f[14:34], "big") % 0xFFFF):
+                    flow = exact.get((proto, dport, sip, sport)) or listeners.get((proto, dport))
+                    if flow is not None:
+                        lst = per_flow.get(flow)
+                        if lst is None:
+                            lst = per_flow[flow] = []
+                        lst.append(f[ETH_HLEN : ETH_HLEN + total])
+                        continue
             try:
                 self._rx_frame(f, now, per_flow)
             except (WireError, struct.error, ValueError, IndexError) as e:
