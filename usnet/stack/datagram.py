@@ -16,6 +16,7 @@ from usnet.channel.channel import Channel, _UNSET
 from usnet.channel.events import Event
 from usnet.daemon.protocol import FlowOpened
 from usnet.pool.umd import UMD_WORDS
+from usnet.wire.checksum import FOLD_MIN, mod_ffff
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.wire.udp import UDP_HLEN, parse_udp
@@ -102,7 +103,8 @@ class DatagramSocket:
                 r = (ip_base + total + ident) % 0xFFFF
                 ip_csum = 0xFFFF - (r or 0xFFFF)
                 body = from_bytes(data, "big") << 8 if n & 1 else from_bytes(data, "big")
-                r = (udp_base + 2 * ulen + body) % 0xFFFF
+                r = (udp_base + 2 * ulen + body)
+                r = r % 0xFFFF if n < FOLD_MIN else mod_ffff(r)
                 udp_csum = 0xFFFF - (r or 0xFFFF) or 0xFFFF
                 pack(v, 0, 0x45, 0, total, ident, 0x4000, 64, 17, ip_csum, src, dst,
                      sport, dport, ulen, udp_csum)
@@ -147,7 +149,8 @@ class DatagramSocket:
                         body = from_bytes(v[IPV4_HLEN : IPV4_HLEN + ulen], "big")
                         if ulen & 1:
                             body <<= 8
-                        if (body + from_bytes(src, "big") + from_bytes(dst, "big") + 17 + ulen) % 0xFFFF:
+                        total_sum = body + from_bytes(src, "big") + from_bytes(dst, "big") + 17 + ulen
+                        if (total_sum % 0xFFFF if ulen < FOLD_MIN else mod_ffff(total_sum)):
                             self.rx_bad += 1
                             continue
                     off, n = HEADERS, ulen - UDP_HLEN
