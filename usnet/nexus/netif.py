@@ -51,15 +51,7 @@ class Netif:
 
     def enqueue(self, key: int, frame: bytes) -> int:
         """Queue a frame for flow `key` (0: the switch's own); returns that queue's length."""
-        q = self.queues.get(key)
-        if q is None:
-            q = self.queues[key] = deque()
-            self.queued_bytes[key] = 0
-        if not q:
-            self.active.append(key)
-        q.append(frame)
-        self.queued_bytes[key] += len(frame)
-        return len(q)
+        return self.enqueue_many(key, [frame])
 
     def enqueue_many(self, key: int, frames: list[bytes]) -> int:
         """Queue a batch of frames for flow `key`; returns that queue's length."""
