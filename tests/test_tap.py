@@ -265,7 +265,7 @@ def _check_ipv4_frame(p) -> str:
 
 
 def test_usnetd_pcap_is_read_back_well_formed(up):
-    from scapy.all import ARP, ICMP, IP, UDP, Ether, rdpcap
+    from scapy.all import ARP, ICMP, IP, Ether, rdpcap
 
     from usnet.client import Client
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from usnet.channel.channel import Channel
 from usnet.daemon import protocol as P
@@ -83,45 +83,36 @@ class Client:
 
     def open_pipe(self, name: str, schema: str = "default", **attrs: int) -> Channel:
         """Open one end of the named user pipe (created by the first opener)."""
-        reply, fds = self._call(P.OpenPipe(name, schema, attrs))
-        if not isinstance(reply, P.ChannelOpened) or len(fds) != 5:
-            for fd in fds:
-                os.close(fd)
-            raise P.ProtocolError("OpenPipe answered without a channel and its five descriptors")
-        return self._channel(reply.channel, reply.role, fds)
-
-    def _channel(self, cid: int, role: int, fds: list[int]) -> Channel:
-        shared, ro, bell, peer_bell, kick_fd = fds
-        kick, keep_fd = self._kick_for(cid, kick_fd)
-        ch = Channel(
-            channel_id=cid, role=role, shared_fd=shared, ro_fd=ro,
-            bell_fd=bell, peer_bell_fd=peer_bell, kick=kick, control=self,
-        )
-        if keep_fd is not None:
-            ch._fds.append(keep_fd)
-        self.channels[ch.id] = ch
-        return ch
+        return self._open(P.OpenPipe(name, schema, attrs), P.ChannelOpened)[0]
 
     def open_flow(self, netif: str, proto: int, local_port: int = 0,
                   remote: tuple[str, int] | None = None, schema: str = "default",
                   **attrs: int) -> tuple[Channel, P.FlowOpened]:
         """Register a flow on a netif's flow switch; returns its channel and what the switch enforces."""
         raddr, rport = remote if remote is not None else (None, None)
-        reply, fds = self._call(P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs))
-        if not isinstance(reply, P.FlowOpened) or len(fds) != 5:
-            for fd in fds:
-                os.close(fd)
-            raise P.ProtocolError("OpenFlow answered without a channel and its five descriptors")
-        return self._channel(reply.channel, reply.role, fds), reply
+        return self._open(P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs), P.FlowOpened)
 
     def open_monitor(self, netif: str) -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives."""
-        reply, fds = self._call(P.OpenMonitor(netif))
-        if not isinstance(reply, P.ChannelOpened) or len(fds) != 5:
+        return self._open(P.OpenMonitor(netif), P.ChannelOpened)[0]
+
+    def _open(self, req: P.Request, expect: type) -> tuple[Channel, Any]:
+        """Send an open request; build the channel from the reply and its five descriptors."""
+        reply, fds = self._call(req)
+        if not isinstance(reply, expect) or len(fds) != 5:
             for fd in fds:
                 os.close(fd)
-            raise P.ProtocolError("OpenMonitor answered without a channel and its five descriptors")
-        return self._channel(reply.channel, reply.role, fds)
+            raise P.ProtocolError(f"{type(req).__name__} answered without a channel and its five descriptors")
+        shared, ro, bell, peer_bell, kick_fd = fds
+        kick, keep_fd = self._kick_for(reply.channel, kick_fd)
+        ch = Channel(
+            channel_id=reply.channel, role=reply.role, shared_fd=shared, ro_fd=ro,
+            bell_fd=bell, peer_bell_fd=peer_bell, kick=kick, control=self,
+        )
+        if keep_fd is not None:
+            ch._fds.append(keep_fd)
+        self.channels[ch.id] = ch
+        return ch, reply
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
                    remote: tuple[str, int] | None = None, **attrs: int) -> "DatagramSocket":

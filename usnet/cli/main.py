@@ -167,12 +167,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from usnet.client import Client
-
-    try:
-        client = Client.connect(args.socket)
-    except OSError as e:
-        print(f"usnet: cannot reach usnetd at {args.socket}: {e}", file=sys.stderr)
+    client = _connect(args.socket)
+    if client is None:
         return 1
     info = client.status()
     if args.json:

@@ -177,17 +177,20 @@ class Domain:
                 if pipe.ends[1].attached or pipe.defunct_reason is not None:
                     raise OSError(errno.EADDRINUSE, f"pipe {name!r} already has both ends")
                 role = 1
-            end = pipe.ends[role]
             cid = next(self._ids)
-            end.channel_id = cid
-            end.attached = True
-            self.channels[cid] = ChannelRef(pipe, role, session)
-            session.channels.add(cid)
-            self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
-            self._wake()
-            peer = pipe.ends[1 - role]
-            fds = [pipe.arena.shared_fd, pipe.arena.ro_fd, end.bell, peer.bell, end.kick]
+            fds = self._attach(cid, ChannelRef(pipe, role, session), pipe.ends[1 - role].bell)
             return cid, role, fds
+
+    def _attach(self, cid: int, ref: ChannelRef, peer_bell: int) -> list[int]:
+        """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
+        end = ref.pipe.ends[ref.role]
+        end.channel_id = cid
+        end.attached = True
+        self.channels[cid] = ref
+        ref.session.channels.add(cid)
+        self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
+        self._wake()
+        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell, peer_bell, end.kick]
 
     # -- netifs and flows ----------------------------------------------------------------
 
@@ -238,15 +241,8 @@ class Domain:
             pipe.destroy()
             raise
         pipe.on_destroy = self._forget_pipe
-        end = pipe.ends[0]
-        end.channel_id = cid
-        end.attached = True
-        self.channels[cid] = ChannelRef(pipe, 0, session, sw, flow)
-        session.channels.add(cid)
-        self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
         self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
-        self._wake()
-        fds = [pipe.arena.shared_fd, pipe.arena.ro_fd, end.bell, port.bell, end.kick]
+        fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow), port.bell)
         reply = P.FlowOpened(cid, 0, sch.name, sw.netif.ip_str, flow.lport, req.remote_addr,
                              req.remote_port, sw.netif.mtu, sw.netif.name)
         return reply, fds
@@ -262,15 +258,8 @@ class Domain:
         pipe = UserPipe(f"monitor:{cid}", schemamod.resolve("default", {"ring_size": 4096}), session.uid)
         port = FlowPort(pipe)
         pipe.on_destroy = self._forget_pipe
-        end = pipe.ends[0]
-        end.channel_id = cid
-        end.attached = True
         sw.netif.monitors.append(port)
-        self.channels[cid] = ChannelRef(pipe, 0, session, sw, None, monitor=port)
-        session.channels.add(cid)
-        self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
-        self._wake()
-        return cid, [pipe.arena.shared_fd, pipe.arena.ro_fd, end.bell, port.bell, end.kick]
+        return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port), port.bell)
 
     def _service_switches(self) -> float | None:
         """One round of data-path work on every flow switch; returns how long we may sleep."""

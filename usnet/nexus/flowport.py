@@ -109,7 +109,7 @@ class FlowPort:
             return 0
         got = pipe.pool.alloc(want, NEXUS)
         if len(got) < want:
-            pipe._collect(pipe.ends[CLIENT])  # take back what the client freed, then retry
+            pipe.collect()  # take back what the client freed, then retry
             more = pipe.pool.alloc(want - len(got), NEXUS)
             if len(more):
                 got = np.concatenate([got, more])

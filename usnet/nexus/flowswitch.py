@@ -271,11 +271,13 @@ class FlowSwitch:
             if dst == last_dst:
                 frames.append(last_hdr + p)
                 continue
-            hdr = self._resolved_header(dst, now)
-            if hdr is not None:
-                last_dst, last_hdr = dst, hdr
-                frames.append(hdr + p)
-            elif not self._route(flow.id, dst, p, now):
+            hop, mac = self._neighbour(dst, now)
+            if mac is not None:
+                last_dst, last_hdr = dst, _ETH.pack(mac, netif.mac, ETHERTYPE_IPV4)
+                frames.append(last_hdr + p)
+            elif hop is not None:
+                self._await_neighbour(flow.id, hop, p, now)
+            else:
                 ok -= 1
                 self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
         if frames:
@@ -289,36 +291,32 @@ class FlowSwitch:
         flow.stats["tx_dropped"] += 1
         flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, reason, value=length)
 
-    def _resolved_header(self, dst: bytes, now: float) -> bytes | None:
-        """The Ethernet header for `dst` if its next hop is known now, else None."""
+    def _neighbour(self, dst: bytes, now: float) -> tuple[bytes | None, bytes | None]:
+        """(next hop or None if no route, its MAC or None while unresolved) for `dst`."""
         hop = self.netif.next_hop(dst)
         if hop is None:
-            return None
+            return None, None
         if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
-            mac = BROADCAST
-        else:
-            mac = self.arp.lookup(hop, now)
-            if mac is None:
-                return None
-        return _ETH.pack(mac, self.netif.mac, ETHERTYPE_IPV4)
+            return hop, BROADCAST
+        return hop, self.arp.lookup(hop, now)
 
     def _route(self, key: int, dst: bytes, packet: bytes, now: float) -> bool:
-        hop = self.netif.next_hop(dst)
+        """Frame and queue `packet`, or park it until its neighbour answers; False if no route."""
+        hop, mac = self._neighbour(dst, now)
         if hop is None:
             return False
-        if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
-            self._emit(key, BROADCAST, packet)
-            return True
-        mac = self.arp.lookup(hop, now)
         if mac is not None:
             self._emit(key, mac, packet)
-            return True
+        else:
+            self._await_neighbour(key, hop, packet, now)
+        return True
+
+    def _await_neighbour(self, key: int, hop: bytes, packet: bytes, now: float) -> None:
         ask, dropped = self.arp.wait(hop, (key, packet), now)
         if ask:
             self._arp_request(hop)
         if dropped is not None:
             self._unresolved(dropped)
-        return True
 
     def _unresolved(self, item: tuple[int, bytes]) -> None:
         """A packet that waited for a neighbour in vain: counted, and told to its flow."""

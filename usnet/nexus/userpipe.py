@@ -173,13 +173,6 @@ class UserPipe:
         if end.violations >= ABUSE_LIMIT:
             self.defunct(DefunctReason.ABUSE, culprit=end.role)
 
-    def _collect(self, end: PipeEnd) -> None:
-        """Account one end's takes and frees (after every end's takes, as sync does)."""
-        for e in self.ends:
-            if e.attached and not e.closed:
-                self._collect_taken(e)
-        self._collect_freed(end)
-
     def _collect_taken(self, end: PipeEnd) -> None:
         """What the client took from its ALLOC ring (never trusting its counter)."""
         cons = end.alloc.q[ringmod.CONS]
@@ -254,9 +247,7 @@ class UserPipe:
             if packets > self.pool.active:
                 self.pool.grow_to(packets)
             else:
-                for end in self.ends:
-                    if end.attached and not end.closed:
-                        self._collect(end)
+                self.collect()
                 self.pool.purge(keep=packets)
         self._publish_active()
         self.schema_words[W_GENERATION] = (self.schema_words[W_GENERATION] + 1) & 0xFFFFFFFF
