@@ -746,12 +746,9 @@ def test_rate_limited_memwire_in_real_time_with_the_domain_thread(make_net):
     assert total_drops(n.swa) == 0 and total_drops(n.swb) == 0
 
 
-def test_burst_to_an_unresolved_neighbour_is_delivered_or_accounted(make_net):
-    """200 datagrams before ARP answers: the ARP queue keeps 64, the rest are counted and told."""
-    n = make_net(start=False)
+def _burst_before_arp(n, count: int) -> tuple[list[bytes], list]:
     sa = n.c.udp_socket("a", 5000)
     sb = n.c.udp_socket("b", 6000)
-    count = 200
     sent = [b"%d" % i for i in range(count)]
     assert sa.send_many(sent, (B_IP, 6000)) == count
     got: list = []
@@ -763,12 +760,29 @@ def test_burst_to_an_unresolved_neighbour_is_delivered_or_accounted(make_net):
             pass
         if len(got) + total_drops(n.swa) >= count:
             break
-    payloads = [p for p, _ in got]
+    return sent, [p for p, _ in got], list(sa.events())
+
+
+def test_burst_to_an_unresolved_neighbour_waits_for_it(make_net):
+    """1000 datagrams before ARP answers: the flow is not served while a batch waits, so none is lost."""
+    n = make_net(start=False)
+    sent, payloads, events = _burst_before_arp(n, 1000)
+    assert payloads == sent
+    assert total_drops(n.swa) == 0 and not [e for e in events if e.type == EventType.TX_DROPPED]
+    (f,) = n.flows("a")
+    assert f["stats"]["tx_packets"] == 1000 and f["stats"].get("tx_dropped", 0) == 0
+
+
+def test_burst_past_the_arp_queue_is_delivered_or_accounted(make_net):
+    """A waiting batch larger than the ARP queue (64 here): 64 go out in order, the rest are counted and told."""
+    n = make_net(start=False)
+    n.swa.arp.queue = 64
+    count = 200
+    sent, payloads, events = _burst_before_arp(n, count)
     assert len(payloads) == n.swa.arp.queue  # what waited for the answer went out, in order
     assert payloads == [p for p in sent if p in set(payloads)]
     dropped = count - len(payloads)
     assert n.swa.drops == {"tx_neighbour_unresolved": dropped}
-    events = list(sa.events())
     assert [(e.type, e.code) for e in events] == \
         [(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED)] * dropped
     (f,) = n.flows("a")

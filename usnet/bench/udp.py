@@ -24,7 +24,8 @@ from usnet.nexus.domain import Domain
 
 A_ADDR, B_ADDR = "10.99.0.1", "10.99.0.2"
 PORT_A, PORT_B = 4000, 5000
-BATCH = 64
+BATCH = 512
+RX_RING = 16384  # the receive ring: as the kernel baseline asks for a large SO_RCVBUF
 
 
 def topology() -> tuple[Domain, MemWire]:
@@ -47,7 +48,7 @@ def _sender(client: Client, size: int, count: int) -> None:
 
 
 def _receiver(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
-    s = client.udp_socket("b", PORT_B, ring_size=4096, packets=8192)
+    s = client.udp_socket("b", PORT_B, ring_size=RX_RING, packets=2 * RX_RING)
     os.write(ready_fd, b"R")
     first = s.recv_many(BATCH)
     t0 = t_last = time.perf_counter()
@@ -55,7 +56,7 @@ def _receiver(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
     s.settimeout(1.0)
     try:
         while got < count:
-            got += len(s.recv_many(256))
+            got += len(s.recv_many(BATCH))
             t_last = time.perf_counter()
     except BlockingIOError:
         pass  # the rest was lost: the rate counts what arrived, until the last one did

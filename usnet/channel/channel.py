@@ -22,6 +22,8 @@ import select
 import time
 from typing import Callable, Iterator, Protocol
 
+import numpy as np
+
 from usnet.channel import ring as ringmod
 from usnet.channel.events import DefunctReason, Event, EventConsumer
 from usnet.channel.ring import Consumer, Producer, RingCorrupt
@@ -137,6 +139,7 @@ class Channel:
         self._poll = select.poll()  # not select(): it fails on descriptors past 1023
         self._poll.register(bell_fd, select.POLLIN)
         self._views: list[memoryview] | None = None
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self.sleeps = 0  # times this channel slept on its doorbell (diagnostics)
         self._cache: list[int] = []
         self._timeout: float | None = None
@@ -286,6 +289,22 @@ class Channel:
             buf = self.buf
             self._views = [buf[i * s : i * s + s] for i in range(self.max_packets)]
         return self._views
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(packets, umd): numpy views for batch gathers and scatters, made once.
+
+        packets[p] is packet p's whole buffer (stride bytes); umd[p * UMD_WORDS]
+        is its length word. Lengths read from here are the peer's to write:
+        clip them to the stride before use.
+        """
+        if self._arrays is None:
+            lay = self.layout
+            self._arrays = (
+                np.frombuffer(self._shm, np.uint8, lay.max_packets * self.stride, lay.buf_offset).reshape(
+                    lay.max_packets, self.stride),
+                np.frombuffer(self._shm, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset),
+            )
+        return self._arrays
 
     def buffer(self, pkt: int) -> memoryview:
         """The whole writable data area of a packet (all its buflets)."""
@@ -520,6 +539,7 @@ class Channel:
         self._events.q.release()
         for v in self._views or ():
             v.release()
+        self._arrays = None
         for v in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
             v.release()
         for m in (self._shm, self._ro):

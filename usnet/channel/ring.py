@@ -27,12 +27,16 @@ import threading
 from array import array
 from typing import Sequence
 
+import numpy as np
+
 HEADER = 192
 PROD = 0  # u64 index of the producer counter in the header viewed as 'Q'
 CONS = 8  # u64 index (byte 64)
 FLAGS = 32  # u32 index (byte 128)
 NEED_WAKEUP = 1
 SLOT = 4
+_EMPTY = np.empty(0, np.uint32)
+_EMPTY.flags.writeable = False
 
 
 def ring_bytes(capacity: int, slot_size: int = SLOT) -> int:
@@ -153,23 +157,47 @@ class Consumer(_Ring):
 
     def pop(self, max_n: int) -> list[int]:
         """Take up to `max_n` slots and publish their consumption."""
-        if max_n <= 0:
+        n = self._claim(max_n)
+        if not n:
             return []
-        avail = self.prod_cache - self.cons
-        if avail <= 0:
-            avail = self.refresh()
-            if avail == 0:
-                return []
-        n = avail if avail < max_n else max_n
-        start = self.cons & self.mask
+        start = (self.cons - n) & self.mask
         end = start + n
         if end <= self.capacity:
             out = self.slots[start:end].tolist()
         else:
             out = self.slots[start:].tolist() + self.slots[: end - self.capacity].tolist()
-        self.cons += n
         self.q[CONS] = self.cons
         return out
+
+    def pop_array(self, max_n: int) -> np.ndarray:
+        """As `pop`, into a uint32 array: the entry of the numpy batch paths."""
+        n = self._claim(max_n)
+        if not n:
+            return _EMPTY
+        start = (self.cons - n) & self.mask
+        end = start + n
+        out = np.empty(n, np.uint32)
+        if end <= self.capacity:
+            out[:] = self.slots[start:end]
+        else:
+            first = self.capacity - start
+            out[:first] = self.slots[start:]
+            out[first:] = self.slots[: n - first]
+        self.q[CONS] = self.cons
+        return out
+
+    def _claim(self, max_n: int) -> int:
+        """Reserve up to `max_n` available slots (the caller publishes the counter)."""
+        if max_n <= 0:
+            return 0
+        avail = self.prod_cache - self.cons
+        if avail <= 0:
+            avail = self.refresh()
+            if avail == 0:
+                return 0
+        n = avail if avail < max_n else max_n
+        self.cons += n
+        return n
 
     def set_need_wakeup(self) -> None:
         self.w[FLAGS] = self.w[FLAGS] | NEED_WAKEUP

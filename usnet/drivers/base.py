@@ -15,6 +15,11 @@ class Driver(Protocol):
     `recv_batch` returns frames the caller owns (bytes); `send_batch` takes
     frames and returns how many the device accepted (the rest stay the
     caller's, as with a full socket buffer).
+
+    A driver whose `takes_blocks` is true also takes FrameBlocks
+    (usnet.drivers.block) among the frames, counts each of their frames in
+    what it returns (it may take the head of a block and leave the tail),
+    and its `recv_batch` may return the blocks its peer sent.
     """
 
     name: str

@@ -10,10 +10,13 @@ import random
 from collections import deque
 from typing import Sequence
 
+from usnet.drivers import block
 from usnet.drivers.base import Driver, Frame
 
 
 class FaultInjector:
+
+    takes_blocks = False  # frames one by one: the netif opens FrameBlocks for us
     def __init__(
         self,
         inner: Driver,
@@ -78,7 +81,7 @@ class FaultInjector:
         while self.injected and len(out) < max_n:
             out.append(self.injected.popleft())
         if len(out) < max_n:
-            got = self.inner.recv_batch(max_n - len(out))
+            got = block.expand(self.inner.recv_batch(max_n - len(out)))
             out += self._mangle(got) if self.direction in ("rx", "both") else got
         return out
 

@@ -14,7 +14,9 @@ import random
 import time
 from typing import Callable, Sequence
 
+from usnet.drivers import block
 from usnet.drivers.base import DriverStats, Frame, random_mac
+from usnet.drivers.block import FrameBlock
 
 
 class _Direction:
@@ -23,12 +25,15 @@ class _Direction:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.heap: list[tuple[float, int, bytes]] = []
+        self.frames = 0  # in the heap, counting each frame of a FrameBlock
         self.seq = 0
         self.link_free = 0.0  # when the transmitter finishes the last frame
 
 
 class MemWirePort:
     """One end of a memwire: a Driver."""
+
+    takes_blocks = True  # FrameBlocks cross the wire whole; see usnet.drivers.block
 
     def __init__(self, wire: "MemWire", side: int, name: str) -> None:
         self.wire = wire
@@ -46,7 +51,8 @@ class MemWirePort:
     def send_batch(self, frames: Sequence[Frame]) -> int:
         return self.wire._send(self.side, frames)
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+    def recv_batch(self, max_n: int = 64) -> list:
+        """Frames, and FrameBlocks where the sender sent blocks; `max_n` counts items."""
         try:
             os.eventfd_read(self._bell)
         except BlockingIOError:
@@ -113,13 +119,38 @@ class MemWire:
         sent = 0
         ready = False
         simple = not (self.rate_bps or self.delay or self.jitter or self.loss or self.duplicate or self.reorder)
+        if not simple and any(type(f) is FrameBlock for f in frames):
+            # every frame meets the link's rate and faults on its own
+            return self._send_expanded(side, frames)
+        full = False
         for f in frames:
+            if type(f) is FrameBlock:
+                room = self.queue_limit - d.frames
+                if room <= 0:
+                    src.stats.tx_dropped += 1
+                    break
+                if room < len(f):
+                    f = f.rows(slice(0, room))  # the link's queue takes the head; the rest stay the caller's
+                    src.stats.tx_dropped += 1
+                    full = True
+                sent += len(f)
+                if int(f.lens.max()) > self.mtu + 18:
+                    f = self._fit(f, src)
+                src.stats.tx_frames += len(f)
+                src.stats.tx_bytes += f.nbytes()
+                d.seq += 1
+                d.frames += len(f)
+                d.heap.append((0.0, d.seq, f))
+                ready = True
+                if full:
+                    break
+                continue
             n = len(f)
             if n > self.mtu + 18:
                 src.stats.tx_errors += 1
                 sent += 1
                 continue
-            if len(d.heap) >= self.queue_limit:
+            if d.frames >= self.queue_limit:
                 src.stats.tx_dropped += 1
                 break  # the link's queue is full: the rest stay the caller's
             sent += 1
@@ -128,6 +159,7 @@ class MemWire:
             data = bytes(f)
             if simple:
                 d.seq += 1
+                d.frames += 1
                 d.heap.append((0.0, d.seq, data))  # all due at once: heap order is append order
                 ready = True
                 continue
@@ -147,13 +179,31 @@ class MemWire:
                 if self.reorder and rng.random() < self.reorder:
                     arrive += max(self.delay, 0.001) + rng.uniform(0, 0.002)
                 d.seq += 1
+                d.frames += 1
                 heapq.heappush(d.heap, (arrive, d.seq, data))
                 ready = ready or arrive <= now
         if ready or d.heap:
             self.ports[dst_side]._ring()
         return sent
 
-    def _recv(self, side: int, max_n: int) -> list[bytes]:
+    def _send_expanded(self, side: int, items: Sequence) -> int:
+        """Send blocks frame by frame, as an impaired link needs; returns frames taken."""
+        taken = 0
+        for item in items:
+            frames = item.frames() if type(item) is FrameBlock else [item]
+            done = self._send(side, frames)
+            taken += done
+            if done < len(frames):
+                break
+        return taken
+
+    def _fit(self, f: FrameBlock, src: MemWirePort) -> FrameBlock:
+        """Drop the frames of a block that exceed the MTU, as the device would."""
+        ok = f.lens <= self.mtu + 18
+        src.stats.tx_errors += int(len(ok) - ok.sum())
+        return f.rows(ok)
+
+    def _recv(self, side: int, max_n: int) -> list:
         d = self._dir[side]
         heap = d.heap
         if not heap:
@@ -168,8 +218,9 @@ class MemWire:
             out = []
             while heap and len(out) < max_n and heap[0][0] <= now:
                 out.append(heapq.heappop(heap)[2])
-        port.stats.rx_frames += len(out)
-        port.stats.rx_bytes += sum(map(len, out))
+        d.frames -= block.count(out)
+        port.stats.rx_frames += block.count(out)
+        port.stats.rx_bytes += sum(map(block.size, out))
         if heap and heap[0][0] <= self.clock():
             port._ring()
         return out

@@ -11,6 +11,7 @@ import struct
 import time
 from typing import BinaryIO, Sequence
 
+from usnet.drivers import block
 from usnet.drivers.base import Driver, Frame
 
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
@@ -51,6 +52,8 @@ class PcapWriter:
 class PcapTracer:
     """A driver wrapper that records what passes through it."""
 
+    takes_blocks = False  # frames one by one: the netif opens FrameBlocks for us
+
     def __init__(self, inner: Driver, out: BinaryIO | str) -> None:
         self.inner = inner
         self.name = f"pcap({inner.name})"
@@ -67,7 +70,7 @@ class PcapTracer:
         return self.inner.timeout()
 
     def recv_batch(self, max_n: int = 64) -> list[bytes]:
-        frames = self.inner.recv_batch(max_n)
+        frames = block.expand(self.inner.recv_batch(max_n))
         for f in frames:
             self.writer.write(f)
         return frames

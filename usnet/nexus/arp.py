@@ -19,7 +19,7 @@ class _Pending:
 
 
 class ArpCache:
-    def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3, queue: int = 64,
+    def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3, queue: int = 512,
                  max_entries: int = 4096) -> None:
         self.ttl, self.retry, self.tries, self.queue, self.max_entries = ttl, retry, tries, queue, max_entries
         self.entries: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)

@@ -271,7 +271,7 @@ class Domain:
                 # on a memwire, a packet-ring kick to retry
                 sw.service_rx()
             for flow in list(sw.flows.values()):
-                if flow.port.tx_pending() and not flow.port.suspended:
+                if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
                     sw.service_tx(flow)
             sw.flush()
             t = sw.next_timeout()
@@ -281,7 +281,8 @@ class Domain:
 
     def _idle_flows(self) -> bool:
         """Before sleeping: ask every client to ring us when it sends; True if one already did."""
-        ports = [f.port for sw in self.switches.values() for f in sw.flows.values() if not f.port.suspended]
+        ports = [f.port for sw in self.switches.values() for f in sw.flows.values()
+                 if not f.port.suspended and not f.parked]
         for port in ports:
             port.set_need_wakeup()
         ringmod.fence()
@@ -313,8 +314,9 @@ class Domain:
             if ref.flow is not None and ref.switch is not None:
                 if ref.pipe.defunct_reason is None:
                     # what it sent before closing still goes out, as with a kernel socket
-                    for _ in range(64):
-                        if not ref.switch.service_tx(ref.flow):
+                    # (bounded: a client may not keep us here by sending while it closes)
+                    for _ in range(ref.flow.port.tx.capacity // 64 + 1):
+                        if not ref.switch.service_tx(ref.flow, draining=True):
                             break
                 ref.switch.remove_flow(ref.flow, keep_queued=True)
                 try:

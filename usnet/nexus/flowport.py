@@ -25,6 +25,8 @@ from usnet.pool.pool import HELD
 from usnet.pool.umd import UMD_WORDS
 
 CLIENT, NEXUS = 0, 1
+_NO_ROWS = np.empty((0, 0), np.uint8)
+_NO_LENS = np.empty(0, np.uint32)
 
 
 class FlowPort:
@@ -38,9 +40,11 @@ class FlowPort:
         self.rx = Producer(mem, rx.offset, rx.capacity, pipe.schema.ring_size)
         stride = pipe.schema.packet_bytes
         self.stride = stride
-        buf = mem[lay.buf_offset : lay.buf_offset + lay.max_packets * stride]
-        self.views = [buf[i * stride : (i + 1) * stride] for i in range(lay.max_packets)]
-        self.umd = mem[lay.umd_offset : lay.umd_offset + lay.max_packets * lay.umd_size].cast("I")
+        shared = pipe.arena.shared
+        # numpy views of the pool, for batch gathers and scatters (packet i is buf[i])
+        self.buf = np.frombuffer(shared, np.uint8, lay.max_packets * stride, lay.buf_offset).reshape(
+            lay.max_packets, stride)
+        self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
         self.client_bell = pipe.ends[CLIENT].bell
         self.bell = pipe.ends[NEXUS].bell  # the client rings this when it sends
         pipe.ends[NEXUS].attached = True
@@ -53,18 +57,25 @@ class FlowPort:
     def pool(self):
         return self.pipe.pool
 
-    def pull(self, max_n: int) -> list[bytes]:
-        """Take up to `max_n` packets the client sent: copies, ownership checked, packets freed."""
+    def pull(self, max_n: int, headroom: int = 0, draining: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Take up to `max_n` packets the client sent: copied, ownership checked, freed.
+
+        Returns (rows, lens): packet i's copy is rows[i, headroom:headroom + lens[i]],
+        gathered out of the pool in one numpy copy into memory only the nexus
+        can reach; the lengths are read once from the UMD. `headroom` leaves
+        room in front of each row for the link header. A suspended flow gives
+        nothing unless `draining` (its channel is closing: what it sent goes out).
+        """
         pipe = self.pipe
-        if pipe.defunct_reason is not None or self.suspended:
-            return []
+        if pipe.defunct_reason is not None or (self.suspended and not draining):
+            return _NO_ROWS, _NO_LENS
         try:
-            idx = self.tx.pop(max_n)
+            idx = self.tx.pop_array(max_n)
         except RingCorrupt:
             pipe._violation(pipe.ends[CLIENT], RefusalReason.BAD_COUNTER)
-            return []
-        if not idx:
-            return []
+            return _NO_ROWS, _NO_LENS
+        if not len(idx):
+            return _NO_ROWS, _NO_LENS
         pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
         good, refused = pipe.pool.release_checked(idx, NEXUS)
         if refused:
@@ -74,15 +85,17 @@ class FlowPort:
             for pkt, reason in refused[:16]:
                 end.events.post(EventType.REFUSED, reason, pkt)
             pipe._violation(end, refused[0][1], refused[0][0], posted=True)
-        views, umd, stride = self.views, self.umd, self.stride
+        if not len(good):
+            return _NO_ROWS, _NO_LENS
         # The packets are back in the pool but nothing reuses them before we return:
         # the domain is single-threaded, so this copy reads what the client wrote.
-        out = []
-        for p in good:
-            n = umd[p * UMD_WORDS]
-            out.append(bytes(views[p][: n if n <= stride else stride]))
+        lens = self.umd_np[good * UMD_WORDS]
+        np.minimum(lens, self.stride, out=lens)
+        w = int(lens.max())
+        rows = np.empty((len(good), headroom + w), np.uint8)
+        rows[:, headroom:] = self.buf[good, :w]
         self._top_up()
-        return out
+        return rows, lens
 
     def _top_up(self) -> None:
         """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.
@@ -97,15 +110,34 @@ class FlowPort:
     def deliver(self, payloads: list[bytes]) -> int:
         """Copy received packets into the client's pool and publish them on its RX ring.
 
-        Returns how many were delivered; the rest are dropped (pool exhausted
-        or RX ring full) and counted, as a NIC drops when its ring is full.
+        Returns how many were delivered; the rest are dropped (pool exhausted,
+        RX ring full, or bigger than a packet buffer) and counted, as a NIC
+        drops when its ring is full.
         """
-        pipe = self.pipe
-        if pipe.defunct_reason is not None or not payloads:
+        if not payloads:
             return 0
-        want = min(len(payloads), self.rx.space(len(payloads)))
+        lens = np.fromiter(map(len, payloads), np.uint32, len(payloads))
+        rows = np.zeros((len(payloads), int(lens.max())), np.uint8)
+        for i, p in enumerate(payloads):
+            rows[i, : len(p)] = np.frombuffer(p, np.uint8)
+        return self.deliver_rows(rows, 0, lens)
+
+    def deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
+        """As `deliver`, for packets in rows[i, col:col + lens[i]]: one scatter into the pool."""
+        pipe = self.pipe
+        n = len(lens)
+        if pipe.defunct_reason is not None or not n:
+            return 0
+        if int(lens.max()) > self.stride:
+            fits = lens <= self.stride
+            self.rx_dropped += n - int(fits.sum())
+            rows, lens = rows[fits], lens[fits]
+            n = len(lens)
+            if not n:
+                return 0
+        want = min(n, self.rx.space(n))
         if want <= 0:
-            self.rx_dropped += len(payloads)
+            self.rx_dropped += n
             return 0
         got = pipe.pool.alloc(want, NEXUS)
         if len(got) < want:
@@ -113,25 +145,21 @@ class FlowPort:
             more = pipe.pool.alloc(want - len(got), NEXUS)
             if len(more):
                 got = np.concatenate([got, more])
-        pipe.pool.take(got)
-        pkts = got.tolist()
-        views, umd, stride = self.views, self.umd, self.stride
-        for p, data in zip(pkts, payloads):
-            n = len(data)
-            if n > stride:
-                n = stride
-                data = data[:stride]
-            views[p][:n] = data
-            umd[p * UMD_WORDS] = n
-        self.rx.push(got)
-        self.rx_dropped += len(payloads) - len(pkts)
+        k = len(got)
+        if k:
+            pipe.pool.take(got)
+            w = int(lens[:k].max())
+            self.buf[got, :w] = rows[:k, col : col + w]
+            self.umd_np[got * UMD_WORDS] = lens[:k]
+            self.rx.push(got)
+        self.rx_dropped += n - k
         ringmod.fence()
         if self.rx.need_wakeup():
             try:
                 os.eventfd_write(self.client_bell, 1)
             except OSError:
                 pass
-        return len(pkts)
+        return k
 
     def tx_pending(self) -> int:
         try:

@@ -18,7 +18,7 @@ precisely. Nothing here does I/O except the MADV_REMOVE of a purged segment.
 from __future__ import annotations
 
 import errno
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -158,19 +158,26 @@ class PacketPool:
         """
         return self.release_checked(items, role)[1]
 
-    def release_checked(self, items: Iterable[int] | list[int], role: int) -> tuple[list[int], list[tuple[int, RefusalReason]]]:
-        """As `release`, also returning the accepted indices in the order given."""
-        items = list(items)
-        idx = np.array(items, dtype=np.int64)
+    def release_checked(self, items: Iterable[int] | np.ndarray, role: int) -> tuple[Any, list[tuple[int, RefusalReason]]]:
+        """As `release`, also returning the accepted indices in the order given.
+
+        Given a numpy array, the accepted indices come back as one (int64).
+        """
+        as_array = isinstance(items, np.ndarray)
+        if as_array:
+            idx = items.astype(np.int64)
+        else:
+            items = list(items)
+            idx = np.array(items, dtype=np.int64)
         if idx.size == 0:
-            return [], []
+            return (idx if as_array else []), []
         if idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = np.arange(idx.size, dtype=np.int64)
             self.mark[idx] = order
             if np.array_equal(self.mark[idx], order):
                 self._accept(idx)
-                return items, []
+                return (idx if as_array else items), []
         refused: list[tuple[int, RefusalReason]] = []
         good: list[int] = []
         for i in idx.tolist():
@@ -192,7 +199,7 @@ class PacketPool:
             self.state[g] = HELD
             self._accept(g)
         self.refused[role] += len(refused)
-        return good, refused
+        return (np.array(good, dtype=np.int64) if as_array else good), refused
 
     def _accept(self, idx: np.ndarray) -> None:
         owners = self.owner[idx]

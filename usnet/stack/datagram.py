@@ -12,18 +12,41 @@ import errno
 import struct
 from typing import Iterator
 
+import numpy as np
+
 from usnet.channel.channel import Channel, _UNSET
 from usnet.channel.events import Event
 from usnet.daemon.protocol import FlowOpened
 from usnet.pool.umd import UMD_WORDS
-from usnet.wire.checksum import FOLD_MIN, mod_ffff
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
+from usnet.wire.rowsum import padded_width, row_sums
 from usnet.wire.udp import UDP_HLEN, parse_udp
 
 HEADERS = IPV4_HLEN + UDP_HLEN
 _HEADERS = struct.Struct("!BBHHHBBH4s4sHHHH")  # the IPv4 header (no options) and the UDP header
 Address = tuple[str, int]
+
+
+def _u32(cols: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(cols).view(">u4")[:, 0]
+
+
+def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
+    """The payloads as rows of one array, zero-padded to a width `row_sums` takes."""
+    n = len(payloads)
+    width = padded_width(big)
+    if int(lens.min()) == big:
+        joined = np.frombuffer(b"".join(payloads), np.uint8).reshape(n, big)
+        if big == width:
+            return joined
+        rows = np.zeros((n, width), np.uint8)
+        rows[:, :big] = joined
+        return rows
+    rows = np.zeros((n, width), np.uint8)
+    for i, p in enumerate(payloads):
+        rows[i, : len(p)] = np.frombuffer(p, np.uint8)
+    return rows
 
 
 class DatagramSocket:
@@ -38,6 +61,7 @@ class DatagramSocket:
         self._ident = 0
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
         self.max_payload = min(info.mtu, channel.stride) - HEADERS
+        self._names: dict[int, str] = {}  # sender addresses as strings, made once each
 
     # -- sockets-like surface ---------------------------------------------------------
 
@@ -74,102 +98,150 @@ class DatagramSocket:
     # -- batches ---------------------------------------------------------------------
 
     def send_many(self, payloads: list, addr: Address) -> int:
-        """Build and send one datagram per payload to `addr`; returns how many were sent."""
+        """Build and send one datagram per payload to `addr`; returns how many were sent.
+
+        The whole batch is built column-wise: payloads gathered into one array,
+        both checksums summed per row by numpy, headers written as columns, and
+        one scatter into the packet buffers.
+        """
+        if not payloads:
+            return 0
+        lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        big = int(lens.max())
+        if big > self.max_payload:
+            raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
         ch = self.channel
-        dst = ip_bytes(addr[0])
-        dport = addr[1]
-        src, sport = self._src, self.local[1]
-        for p in payloads:
-            if len(p) > self.max_payload:
-                raise OSError(errno.EMSGSIZE, f"{len(p)} bytes exceed the {self.max_payload}-byte datagram limit")
-        views, umd = ch.packet_views(), ch.umd
-        # Both checksums from sums that do not change within the batch: a 16-bit
-        # one's complement sum is the big-endian integer modulo 0xFFFF.
-        addr_sum = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
-        ip_base = 0x4500 + 0x4000 + (64 << 8 | 17) + addr_sum
-        udp_base = addr_sum + 17 + sport + dport
-        pack = _HEADERS.pack_into
-        from_bytes = int.from_bytes
-        ident = self._ident
+        rows = _payload_rows(payloads, lens, big)
+        hdr = self._headers(rows, lens, ip_bytes(addr[0]), addr[1])
+        packets, umd = ch.arrays()
+        totals = lens + HEADERS
         sent = 0
         while sent < len(payloads):
             pkts = ch.alloc(len(payloads) - sent)
-            for pkt, data in zip(pkts, payloads[sent:]):
-                v = views[pkt]
-                n = len(data)
-                ident = (ident + 1) & 0xFFFF
-                total = HEADERS + n
-                ulen = UDP_HLEN + n
-                r = (ip_base + total + ident) % 0xFFFF
-                ip_csum = 0xFFFF - (r or 0xFFFF)
-                body = from_bytes(data, "big") << 8 if n & 1 else from_bytes(data, "big")
-                r = (udp_base + 2 * ulen + body)
-                r = r % 0xFFFF if n < FOLD_MIN else mod_ffff(r)
-                udp_csum = 0xFFFF - (r or 0xFFFF) or 0xFFFF
-                pack(v, 0, 0x45, 0, total, ident, 0x4000, 64, 17, ip_csum, src, dst,
-                     sport, dport, ulen, udp_csum)
-                v[HEADERS : total] = data
-                umd[pkt * UMD_WORDS] = total
-            self._ident = ident
+            idx = np.array(pkts, np.int64)
+            end = sent + len(pkts)
+            packets[idx, :HEADERS] = hdr[sent:end]
+            if big:
+                packets[idx, HEADERS : HEADERS + big] = rows[sent:end, :big]
+            umd[idx * UMD_WORDS] = totals[sent:end]
             try:
                 done = ch.send(pkts)
             except BlockingIOError:
                 ch.give_back(pkts)  # not sent: back to the channel's cache, not leaked
                 if sent:
-                    return sent
+                    break
                 raise
             if done < len(pkts):
                 ch.give_back(pkts[done:])
-                return sent + done
+                sent += done
+                break
             sent += done
+        self._ident = (self._ident + sent) & 0xFFFF
         return sent
 
+    def _headers(self, rows: np.ndarray, lens: np.ndarray, dst: bytes, dport: int) -> np.ndarray:
+        """The IPv4 and UDP headers of a batch, one row each, checksums included."""
+        n = len(lens)
+        sport = self.local[1]
+        src = self._src
+        hdr = np.empty((n, HEADERS), np.uint8)
+        hdr[:] = np.frombuffer(_HEADERS.pack(0x45, 0, 0, 0, 0x4000, 64, 17, 0, src, dst, sport, dport, 0, 0), np.uint8)
+        total = lens + HEADERS
+        ulen = lens + UDP_HLEN
+        ident = (np.arange(1, n + 1, dtype=np.int64) + self._ident) & 0xFFFF
+        # Both checksums from sums: a 16-bit one's complement sum is the sum of the
+        # words modulo 0xFFFF, with 0 standing for 0xFFFF (the sums here are never 0).
+        addr_sum = sum(int.from_bytes(a[i : i + 2], "big") for a in (src, dst) for i in (0, 2))
+        ip_sum = (0x4500 + 0x4000 + (64 << 8 | 17) + addr_sum + total + ident) % 0xFFFF
+        ip_csum = 0xFFFF - np.where(ip_sum == 0, 0xFFFF, ip_sum)
+        body = row_sums(rows) if rows.shape[1] else 0
+        udp_sum = (addr_sum + 17 + sport + dport + 2 * ulen + body) % 0xFFFF
+        udp_csum = 0xFFFF - np.where(udp_sum == 0, 0xFFFF, udp_sum)
+        udp_csum[udp_csum == 0] = 0xFFFF  # 0 means "no checksum" in UDP
+        for col, v in ((2, total), (4, ident), (10, ip_csum), (24, ulen), (26, udp_csum)):
+            hdr[:, col] = v >> 8
+            hdr[:, col + 1] = v & 0xFF
+        return hdr
+
     def recv_many(self, max_n: int = 64, timeout: object = _UNSET) -> list[tuple[bytes, Address]]:
-        """Up to `max_n` datagrams as (payload, (address, port)); bad ones are counted and skipped."""
+        """Up to `max_n` datagrams as (payload, (address, port)); bad ones are counted and skipped.
+
+        The batch is copied out of the pool in one gather and checked on the
+        copy, column-wise: the UDP checksum is ours to verify (the switch
+        checked the IP header and never trusts a payload).
+        """
         ch = self.channel
         pkts = ch.recv(max_n, timeout)
-        out = []
-        views, umd = ch.packet_views(), ch.umd
-        unpack = _HEADERS.unpack_from
-        from_bytes = int.from_bytes
-        names: dict[bytes, str] = {}
         try:
-            for pkt in pkts:
-                length = umd[pkt * UMD_WORDS]
-                v = views[pkt][:length]
-                if length >= HEADERS and v[0] == 0x45:
-                    # the common case: no IP options. The switch checked the IP header;
-                    # the UDP checksum is ours to check.
-                    (_v, _tos, total, _id, _ff, _ttl, proto, _c, src, dst,
-                     sport, _dport, ulen, csum) = unpack(v)
-                    if proto != 17 or ulen < UDP_HLEN or IPV4_HLEN + ulen > min(total, length):
-                        self.rx_bad += 1
-                        continue
-                    if csum:
-                        body = from_bytes(v[IPV4_HLEN : IPV4_HLEN + ulen], "big")
-                        if ulen & 1:
-                            body <<= 8
-                        total_sum = body + from_bytes(src, "big") + from_bytes(dst, "big") + 17 + ulen
-                        if (total_sum % 0xFFFF if ulen < FOLD_MIN else mod_ffff(total_sum)):
-                            self.rx_bad += 1
-                            continue
-                    off, n = HEADERS, ulen - UDP_HLEN
-                else:
-                    try:
-                        ihl, total, _i, _f, _t, proto, src, dst = parse_ipv4(v, 0, verify_checksum=False)
-                        if proto != 17:
-                            raise WireError("not UDP")
-                        sport, _dport, off, n = parse_udp(v, ihl, total - ihl, src, dst)
-                    except (WireError, struct.error):
-                        self.rx_bad += 1
-                        continue
-                name = names.get(src)
-                if name is None:
-                    name = names[src] = ip_str(src)
-                out.append((bytes(v[off : off + n]), (name, sport)))
+            packets, umd = ch.arrays()
+            idx = np.array(pkts, np.int64)
+            lens = np.minimum(umd[idx * UMD_WORDS], ch.stride).astype(np.int64)
+            big = int(lens.max())
+            width = padded_width(max(big, HEADERS))
+            if width <= ch.stride:
+                rows = packets[idx, :width]  # one gather; what lies past a datagram is zeroed below
+            else:
+                rows = np.zeros((len(pkts), width), np.uint8)
+                rows[:, :big] = packets[idx, :big]
         finally:
             ch.free(pkts)
+        total = rows[:, 2].astype(np.int64) << 8 | rows[:, 3]
+        ulen = rows[:, 24].astype(np.int64) << 8 | rows[:, 25]
+        fast = ((rows[:, 0] == 0x45) & (rows[:, 9] == 17) & (ulen >= UDP_HLEN)
+                & (IPV4_HLEN + ulen <= np.minimum(total, lens)))
+        end = np.where(fast, IPV4_HLEN + ulen, lens)
+        e0 = int(end[0])
+        if (end == e0).all():
+            rows[:, e0:] = 0  # what lies past the datagrams, for the checksum
+        else:
+            rows[np.arange(rows.shape[1]) >= end[:, None]] = 0
+        words = row_sums(rows[:, 12:])  # addresses, UDP header, payload
+        has_sum = (rows[:, 26] | rows[:, 27]) != 0
+        fast &= ~has_sum | ((words + 17 + ulen) % 0xFFFF == 0)
+        return self._datagrams(rows, lens, fast, ulen)
+
+    def _datagrams(self, rows: np.ndarray, lens: np.ndarray, fast: np.ndarray, ulen: np.ndarray) -> list:
+        """The payloads and senders of a checked batch; rows that failed get the full parse."""
+        width = rows.shape[1]
+        raw = rows.tobytes()
+        src = _u32(rows[:, 12:16])
+        sport = rows[:, 20].astype(np.int64) << 8 | rows[:, 21]
+        starts = np.arange(len(lens), dtype=np.int64) * width
+        ends = (starts + IPV4_HLEN + ulen).tolist()
+        starts = (starts + HEADERS).tolist()
+        if fast.all() and (src == src[0]).all() and (sport == sport[0]).all():
+            # one sender (the common case of a batch): one address tuple shared by every datagram
+            addr = (self._name(int(src[0])), int(sport[0]))
+            return [(raw[a:b], addr) for a, b in zip(starts, ends)]
+        out = []
+        for i, (ok, ip, sp) in enumerate(zip(fast.tolist(), src.tolist(), sport.tolist())):
+            if ok:
+                out.append((raw[starts[i] : ends[i]], (self._name(ip), sp)))
+                continue
+            o = i * width
+            got = self._parse_slow(raw[o : o + int(lens[i])])
+            if got is None:
+                self.rx_bad += 1
+            else:
+                out.append(got)
         return out
+
+    def _name(self, ip: int) -> str:
+        name = self._names.get(ip)
+        if name is None:
+            name = self._names[ip] = ip_str(ip.to_bytes(4, "big"))
+        return name
+
+    def _parse_slow(self, v: bytes) -> tuple[bytes, Address] | None:
+        """A datagram that is not the common case (IP options, bad checksum, not UDP)."""
+        try:
+            ihl, total, _i, _f, _t, proto, src, dst = parse_ipv4(v, 0, verify_checksum=False)
+            if proto != 17:
+                return None
+            sport, _dport, off, n = parse_udp(v, ihl, total - ihl, src, dst)
+        except (WireError, struct.error):
+            return None
+        return bytes(v[off : off + n]), (ip_str(src), sport)
 
     def events(self) -> Iterator[Event]:
         return self.channel.events()
