@@ -721,3 +721,18 @@ def test_wire_imports_no_nexus_or_channel():
             for name in names:
                 assert not name.startswith(("usnet.nexus", "usnet.channel", "socket", "time")), (
                     path.name, name)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=200), min_size=1, max_size=20))
+def test_row_sums_equal_the_one_s_complement_sum_of_each_row(bufs):
+    """The numpy batch sum (32-bit little-endian words, times 256) against the integer one."""
+    import numpy as np
+
+    from usnet.wire.rowsum import padded_width, row_sums
+
+    width = padded_width(max(map(len, bufs)))
+    rows = np.zeros((len(bufs), width), np.uint8)
+    for i, b in enumerate(bufs):
+        rows[i, : len(b)] = np.frombuffer(b, np.uint8)
+    want = [int.from_bytes(b + b"\0" * (len(b) & 1), "big") % 0xFFFF for b in bufs]
+    assert row_sums(rows).tolist() == want
