@@ -1034,6 +1034,8 @@ def test_what_a_flow_sent_before_closing_still_goes_out(make_net):
     n = make_net()
     sb = n.c.udp_socket("b", 6000, ring_size=8192, packets=8192)
     sa = n.c.udp_socket("a", 5000, ring_size=8192, packets=8192)
+    sa.sendto(b"neighbour", (B_IP, 6000))  # resolved first: an unresolved one holds a bounded queue
+    assert recv_n(sb, 1) == [(b"neighbour", (A_IP, 5000))]
     data = [i.to_bytes(4, "big") for i in range(5000)]
     assert sa.send_many(data, (B_IP, 6000)) == 5000
     sa.close()

@@ -48,7 +48,7 @@ RUNS = 3
 
 def run_udp_bench(quick: bool, console: Console | None = None) -> dict:
     """usnet through two flow switches against two processes on kernel UDP loopback."""
-    from usnet.bench import udp
+    from usnet.bench import tap, udp
 
     console = console or Console(stderr=True)
     results = []
@@ -67,4 +67,9 @@ def run_udp_bench(quick: bool, console: Console | None = None) -> dict:
             prog.advance(task)
             results.append({"size": size, "usnet_dps": dps, "kernel_dps": kdps, "ratio": dps / kdps,
                             "usnet_delivered": got, "sent": count})
-    return {"results": results}
+        if tap.available():
+            prog.update(task, description="TAP, each way")
+            tap_figures = tap.tap_fps(100_000 if quick else 300_000)
+        else:
+            tap_figures = {"skipped": "needs root and /dev/net/tun"}
+    return {"results": results, "tap": tap_figures}

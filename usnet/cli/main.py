@@ -35,6 +35,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             table.add_row(str(r["size"]), _fmt(r["usnet_dps"]), _fmt(r["kernel_dps"]), f"{r['ratio']:.2f}",
                           f"{r['usnet_delivered']:,}/{r['sent']:,}")
         Console().print(table)
+        t = result["tap"]
+        if "skipped" in t:
+            Console().print(f"TAP frames/s: skipped ({t['skipped']})")
+        else:
+            Console().print(f"TAP frames/s (64 B, host kernel as peer): usnet → kernel "
+                            f"{_fmt(t['usnet_to_kernel_fps'])}, kernel → usnet {_fmt(t['kernel_to_usnet_fps'])}")
         return 0
     result = run_pipe_bench(quick=args.quick, console=console)
     if args.json:

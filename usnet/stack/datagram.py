@@ -25,6 +25,10 @@ from usnet.wire.udp import UDP_HLEN, parse_udp
 
 HEADERS = IPV4_HLEN + UDP_HLEN
 _HEADERS = struct.Struct("!BBHHHBBH4s4sHHHH")  # the IPv4 header (no options) and the UDP header
+# The same 28 bytes as a numpy record, so a batch's headers are written a field (column) at a time.
+_HDR_DTYPE = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("ident", ">u2"), ("ff", ">u2"),
+                       ("ttl", "u1"), ("proto", "u1"), ("csum", ">u2"), ("src", "S4"), ("dst", "S4"),
+                       ("sport", ">u2"), ("dport", ">u2"), ("ulen", ">u2"), ("ucsum", ">u2")])
 Address = tuple[str, int]
 
 
@@ -62,6 +66,7 @@ class DatagramSocket:
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
         self.max_payload = min(info.mtu, channel.stride) - HEADERS
         self._names: dict[int, str] = {}  # sender addresses as strings, made once each
+        self._templates: dict[tuple[bytes, int], tuple[np.ndarray, tuple[int, int]]] = {}
 
     # -- sockets-like surface ---------------------------------------------------------
 
@@ -142,26 +147,38 @@ class DatagramSocket:
     def _headers(self, rows: np.ndarray, lens: np.ndarray, dst: bytes, dport: int) -> np.ndarray:
         """The IPv4 and UDP headers of a batch, one row each, checksums included."""
         n = len(lens)
-        sport = self.local[1]
-        src = self._src
-        hdr = np.empty((n, HEADERS), np.uint8)
-        hdr[:] = np.frombuffer(_HEADERS.pack(0x45, 0, 0, 0, 0x4000, 64, 17, 0, src, dst, sport, dport, 0, 0), np.uint8)
+        template, base_sum = self._template(dst, dport)
+        hdr = np.empty(n, _HDR_DTYPE)
+        hdr[:] = template
         total = lens + HEADERS
         ulen = lens + UDP_HLEN
         ident = (np.arange(1, n + 1, dtype=np.int64) + self._ident) & 0xFFFF
         # Both checksums from sums: a 16-bit one's complement sum is the sum of the
         # words modulo 0xFFFF, with 0 standing for 0xFFFF (the sums here are never 0).
-        addr_sum = sum(int.from_bytes(a[i : i + 2], "big") for a in (src, dst) for i in (0, 2))
-        ip_sum = (0x4500 + 0x4000 + (64 << 8 | 17) + addr_sum + total + ident) % 0xFFFF
-        ip_csum = 0xFFFF - np.where(ip_sum == 0, 0xFFFF, ip_sum)
-        body = row_sums(rows) if rows.shape[1] else 0
-        udp_sum = (addr_sum + 17 + sport + dport + 2 * ulen + body) % 0xFFFF
+        ip_sum = (base_sum[0] + total + ident) % 0xFFFF
+        udp_sum = (base_sum[1] + 2 * ulen + (row_sums(rows) if rows.shape[1] else 0)) % 0xFFFF
+        hdr["total"] = total
+        hdr["ident"] = ident
+        hdr["csum"] = 0xFFFF - np.where(ip_sum == 0, 0xFFFF, ip_sum)
+        hdr["ulen"] = ulen
         udp_csum = 0xFFFF - np.where(udp_sum == 0, 0xFFFF, udp_sum)
-        udp_csum[udp_csum == 0] = 0xFFFF  # 0 means "no checksum" in UDP
-        for col, v in ((2, total), (4, ident), (10, ip_csum), (24, ulen), (26, udp_csum)):
-            hdr[:, col] = v >> 8
-            hdr[:, col + 1] = v & 0xFF
-        return hdr
+        hdr["ucsum"] = np.where(udp_csum == 0, 0xFFFF, udp_csum)  # 0 means "no checksum" in UDP
+        return hdr.view(np.uint8).reshape(n, HEADERS)
+
+    def _template(self, dst: bytes, dport: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The fixed fields of datagrams to (dst, dport), and the sums they contribute; made once."""
+        key = (dst, dport)
+        t = self._templates.get(key)
+        if t is None:
+            src, sport = self._src, self.local[1]
+            fixed = np.frombuffer(_HEADERS.pack(0x45, 0, 0, 0, 0x4000, 64, 17, 0, src, dst, sport, dport, 0, 0),
+                                  _HDR_DTYPE)[0]
+            addr_sum = sum(int.from_bytes(a[i : i + 2], "big") for a in (src, dst) for i in (0, 2))
+            t = (fixed, (0x4500 + 0x4000 + (64 << 8 | 17) + addr_sum, addr_sum + 17 + sport + dport))
+            if len(self._templates) > 64:
+                self._templates.clear()
+            self._templates[key] = t
+        return t
 
     def recv_many(self, max_n: int = 64, timeout: object = _UNSET) -> list[tuple[bytes, Address]]:
         """Up to `max_n` datagrams as (payload, (address, port)); bad ones are counted and skipped.

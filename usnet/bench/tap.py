@@ -1,0 +1,136 @@
+"""`usnet bench udp`'s TAP figures: frames/s through the TAP driver, each way.
+
+The real deployment: `usnet up` (a TAP, the host's address, usnetd in its own
+process), a usnet application in this process, and the host kernel's UDP
+socket as the peer in a forked child. Each direction sends `count` 64-byte
+datagrams as fast as the sender can and counts, at the receiver, what arrived
+between the first and the last arrival. Needs root and /dev/net/tun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import sys
+import tempfile
+import time
+
+from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
+from usnet.client import Client
+
+SIZE = 64
+BATCH = 512
+_IDLE = 0.5  # seconds without a datagram: the sender is done
+
+
+def available() -> bool:
+    return os.geteuid() == 0 and os.path.exists("/dev/net/tun")
+
+
+def _free_subnet() -> int:
+    """x of a 10.x.0.0/24 no interface of this host uses."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        used = [ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+                for a in ipr.get_addr(family=socket.AF_INET)]
+    for x in range(231, 255):
+        if not any(ipaddress.IPv4Network(f"10.{x}.0.0/24").overlaps(n) for n in used):
+            return x
+    raise OSError("no free 10.x.0.0/24 for the benchmark's TAP")
+
+
+def tap_fps(count: int) -> dict[str, float]:
+    """{"usnet_to_kernel_fps", "kernel_to_usnet_fps", and how many arrived of `count`, each way}."""
+    from usnet.cli import updown
+
+    x = _free_subnet()
+    us_ip, host_ip = f"10.{x}.0.2", f"10.{x}.0.1"
+    with tempfile.TemporaryDirectory(prefix="usnet-bench-") as run_dir:
+        ifname = f"usb{os.getpid() % 100000}"
+        with contextlib.redirect_stdout(sys.stderr):  # stdout may be carrying --json
+            rc = updown.up("tap", ifname, f"{us_ip}/24", f"{host_ip}/24", run_dir=run_dir)
+        if rc != 0:
+            raise OSError("usnet up failed for the TAP benchmark")
+        try:
+            client = Client.connect(os.path.join(run_dir, "usnetd.sock"))
+            us = client.udp_socket(ifname, 7000, ring_size=8192, packets=16384)
+            k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            k.bind((host_ip, 0))
+            try:
+                _warm(us, k, (us_ip, 7000))
+                out = _usnet_to_kernel(us, k, count)
+                out.update(_kernel_to_usnet(us, k, (us_ip, 7000), count))
+            finally:
+                k.close()
+                us.close()
+                client.close()
+        finally:
+            with contextlib.redirect_stdout(sys.stderr):
+                updown.down(run_dir)
+    return out
+
+
+def _warm(us, k: socket.socket, us_addr: tuple[str, int]) -> None:
+    """One datagram each way, so both sides have resolved the other's MAC."""
+    k.settimeout(5)
+    us.sendto(b"hello", k.getsockname())
+    k.recvfrom(100)
+    k.sendto(b"hello", us_addr)
+    us.recvfrom(timeout=5)
+
+
+def _usnet_to_kernel(us, k: socket.socket, count: int) -> dict[str, float]:
+    r, w = os.pipe()
+
+    def receive() -> None:
+        os.close(r)
+        _rcvtimeo(k, _IDLE)
+        got, t0, t1 = 0, 0.0, 0.0
+        buf = bytearray(2048)
+        try:
+            while got < count:
+                k.recv_into(buf)
+                t1 = time.perf_counter()
+                if not got:
+                    t0 = t1
+                got += 1
+        except (BlockingIOError, TimeoutError):
+            pass
+        os.write(w, f"{got} {_rate(got, t0, t1)}".encode())
+
+    pid = _fork(receive)
+    os.close(w)
+    payload = [bytes(SIZE)] * BATCH
+    dst = k.getsockname()
+    sent = 0
+    while sent < count:
+        sent += us.send_many(payload[: min(BATCH, count - sent)], dst)
+    got, rate = os.read(r, 100).split()
+    os.close(r)
+    _reap(pid, True)
+    return {"usnet_to_kernel_fps": float(rate), "usnet_to_kernel_arrived": int(got)}
+
+
+def _kernel_to_usnet(us, k: socket.socket, us_addr: tuple[str, int], count: int) -> dict[str, float]:
+    def send() -> None:
+        payload = bytes(SIZE)
+        for _ in range(count):
+            k.sendto(payload, us_addr)
+
+    pid = _fork(send)
+    first = len(us.recv_many(BATCH, timeout=5))
+    t0 = t1 = time.perf_counter()
+    got = first
+    try:
+        while got < count:
+            got += len(us.recv_many(BATCH, timeout=_IDLE))
+            t1 = time.perf_counter()
+    except BlockingIOError:
+        pass
+    _reap(pid, True)
+    rate = (got - first) / (t1 - t0) if t1 > t0 else float("nan")  # the clock starts after the first batch
+    return {"kernel_to_usnet_fps": rate, "kernel_to_usnet_arrived": got}
