@@ -1,0 +1,212 @@
+"""The engine: the sans-I/O stack (usnet.stack) driven over flow channels.
+
+Why a thread: TCP has to answer in time (ACKs, retransmissions, window
+updates, keep-alives) whether or not the application is inside a socket call,
+as the kernel does. One runner thread per process services every engine: it
+sleeps on the channels' doorbells and on the earliest protocol deadline,
+and applications' socket calls take the engine's lock, change the
+connection's buffers, and wake the runner to send what became due.
+
+One engine is one flow channel (a TCP listener, or one connection) with its
+own IP layer and TCP endpoint; the flow switch only ever sees IP packets
+that match the flow it registered.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import threading
+import time
+from typing import Any
+
+from usnet.channel.channel import ChannelError, NoBuffers, PeerGone
+from usnet.client import Client
+from usnet.stack.ip import Datagram, IcmpError, IpLayer, Transmit
+from usnet.stack.tcp import TcpEndpoint, TcpState
+from usnet.wire.ipv4 import ip_bytes
+
+TCP = 6
+RX_BATCH = 256
+
+
+class FlowEngine:
+    """One flow channel and the stack above it."""
+
+    def __init__(self, client: Client, netif: str, local_port: int = 0,
+                 remote: tuple[str, int] | None = None, **tcp_options: Any) -> None:
+        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, ring_size=1024, packets=4096)
+        self.ch.setblocking(False)
+        self.local = ip_bytes(self.info.local_addr)
+        self.ip = IpLayer([self.local], mtu=self.info.mtu)
+        port = self.info.local_port
+        self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # notified after every pump
+        self._backlog: list[bytes] = []  # IP packets the TX ring had no room for
+        self.icmp_errors: list[IcmpError] = []
+        self.closed = False
+        self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
+        self.watchers: set = set()  # usnet sockets to signal after each pump
+        self.release_when_idle = False  # its sockets closed: go once the connections have
+
+    def idle(self) -> bool:
+        """Nothing left to do: every connection closed (or waiting out TIME-WAIT), nothing queued."""
+        return not self._backlog and not self.tcp.listeners and all(
+            c.state in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in self.tcp.connections.values())
+
+    def fileno(self) -> int:
+        return self.ch.fileno()
+
+    def pump(self, now: float) -> None:
+        """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
+        if self.closed or self.error is not None:
+            return
+        try:
+            self._receive(now)
+            t = self.tcp.timeout(now)
+            if t is not None and t <= now:
+                self.tcp.on_timer(now)
+            t = self.ip.next_timeout(now)
+            if t is not None and t <= now:
+                self._ip_events(self.ip.timeout(now), now)
+            self._transmit(now)
+        except (ChannelError, PeerGone) as e:
+            self.error = e
+        for w in self.watchers:
+            w._signal()
+        self.changed.notify_all()
+
+    def _receive(self, now: float) -> None:
+        ch = self.ch
+        while True:
+            try:
+                pkts = ch.recv(RX_BATCH, 0)
+            except BlockingIOError:
+                return
+            try:
+                for p in pkts:
+                    self._ip_events(self.ip.input(bytes(ch.view(p)), now), now)
+            finally:
+                ch.free(pkts)
+            if len(pkts) < RX_BATCH:
+                return
+
+    def _ip_events(self, events: list, now: float) -> None:
+        for ev in events:
+            if type(ev) is Datagram:
+                if ev.proto == TCP:
+                    self.tcp.input(ev.src, ev.dst, ev.payload, now)
+            elif type(ev) is Transmit:
+                self._backlog.append(ev.packet)
+            elif type(ev) is IcmpError:
+                self.icmp_errors.append(ev)
+
+    def _transmit(self, now: float) -> None:
+        out = self._backlog
+        for dst, seg in self.tcp.outgoing(now):
+            out += self.ip.output(TCP, self.local, dst, seg, now)
+        if not out:
+            return
+        ch = self.ch
+        sent = 0
+        while sent < len(out):
+            try:
+                pkts = ch.alloc(len(out) - sent, 0)
+            except (BlockingIOError, NoBuffers):
+                break  # no buffers now: the rest waits for the next pump
+            for p, data in zip(pkts, out[sent:]):
+                ch.write(p, data)
+            try:
+                done = ch.send(pkts, 0)
+            except BlockingIOError:
+                done = 0
+            if done < len(pkts):
+                ch.give_back(pkts[done:])
+            sent += done
+            if done < len(pkts):
+                break
+        self._backlog = out[sent:]
+
+    def deadline(self, now: float) -> float | None:
+        """When this engine next needs the runner, absent traffic."""
+        if self._backlog:
+            return now + 0.0005
+        ts = [t for t in (self.tcp.timeout(now), self.ip.next_timeout(now)) if t is not None]
+        return min(ts) if ts else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.changed.notify_all()
+        self.ch.close()
+
+
+class Runner:
+    """The process's stack thread: services every engine, sleeps on doorbells and deadlines."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sel.register(self._wake, selectors.EVENT_READ, None)
+        self.engines: set[FlowEngine] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="usnet-stack", daemon=True)
+        self._thread.start()
+
+    def add(self, engine: FlowEngine) -> None:
+        with self._lock:
+            self.engines.add(engine)
+            self._sel.register(engine.fileno(), selectors.EVENT_READ, engine)
+        self.wake()
+
+    def remove(self, engine: FlowEngine) -> None:
+        with self._lock:
+            if engine in self.engines:
+                self.engines.discard(engine)
+                try:
+                    self._sel.unregister(engine.fileno())
+                except (KeyError, ValueError):
+                    pass
+
+    def wake(self) -> None:
+        os.eventfd_write(self._wake, 1)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                engines = list(self.engines)
+            timeout = None
+            for e in engines:
+                with e.lock:
+                    e.pump(now)
+                    d = e.deadline(now)
+                    done = e.release_when_idle and (e.idle() or e.error is not None)
+                if done:
+                    self.remove(e)
+                    e.close()
+                    continue
+                if d is not None:
+                    t = max(0.0, d - time.monotonic())
+                    timeout = t if timeout is None else min(timeout, t)
+            for key, _ in self._sel.select(timeout):
+                if key.data is None:
+                    try:
+                        os.eventfd_read(self._wake)
+                    except BlockingIOError:
+                        pass
+                else:
+                    key.data.ch.drain_doorbell()
+
+
+_runner: Runner | None = None
+_runner_lock = threading.Lock()
+
+
+def runner() -> Runner:
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            _runner = Runner()
+        return _runner

@@ -1,0 +1,403 @@
+"""`usnet.socket`: TCP over usnet, shaped like the standard `socket` module.
+
+An ordinary program swaps ``import socket`` for ``from usnet import socket``.
+Which usnet to use comes from `configure(client, netif)`, or else from the
+environment: ``USNET_SOCKET`` (usnetd's control socket, default
+/run/usnet/usnetd.sock) and ``USNET_NETIF`` (default usnet0).
+
+Each listening or connecting socket is one flow channel served by the
+process's stack thread (usnet.engine); accepted connections share their
+listener's channel. Blocking, timeouts (TimeoutError), non-blocking
+(BlockingIOError) and `fileno()` for selectors behave as in the standard
+module; errors are the standard library's (ConnectionRefusedError,
+ConnectionResetError, TimeoutError, BrokenPipeError).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import ipaddress
+import os
+import socket as _std
+import threading
+import time
+from typing import Any
+
+from usnet.client import DEFAULT_SOCKET, Client
+from usnet.engine import FlowEngine, runner
+from usnet.stack.tcp.connection import CLOSED, ESTABLISHED, SYN_SENT, TIME_WAIT
+from usnet.wire.ipv4 import ip_bytes, ip_str
+
+AF_INET = _std.AF_INET
+SOCK_STREAM = _std.SOCK_STREAM
+SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
+IPPROTO_TCP, TCP_NODELAY = _std.IPPROTO_TCP, _std.TCP_NODELAY
+SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
+error, timeout, gaierror = OSError, TimeoutError, _std.gaierror
+_GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT
+
+_default: dict[str, Any] = {"client": None, "netif": None, "timeout": None}
+_default_lock = threading.Lock()
+
+
+def configure(client: Client | None = None, netif: str | None = None) -> None:
+    """Which usnet domain and netif new sockets use (default: from the environment)."""
+    _default["client"], _default["netif"] = client, netif
+
+
+def _target() -> tuple[Client, str]:
+    with _default_lock:
+        if _default["client"] is None:
+            _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
+        return _default["client"], _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
+
+
+def getdefaulttimeout() -> float | None:
+    return _default["timeout"]
+
+
+def setdefaulttimeout(t: float | None) -> None:
+    _default["timeout"] = t
+
+
+def getaddrinfo(host: str | None, port: int | str | None, family: int = 0, type: int = 0,
+                proto: int = 0, flags: int = 0) -> list[tuple]:
+    """Literal IPv4 addresses only: usnet has no resolver of its own."""
+    try:
+        addr = str(ipaddress.IPv4Address(host or "0.0.0.0"))
+    except ValueError:
+        raise gaierror(_std.EAI_NONAME, f"usnet resolves literal addresses only, not {host!r}") from None
+    p = int(port or 0)
+    return [(AF_INET, SOCK_STREAM, _std.IPPROTO_TCP, "", (addr, p))]
+
+
+def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
+                      source_address: tuple[str, int] | None = None, **where: Any) -> "socket":
+    s = socket(**where)
+    if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
+        s.settimeout(timeout)  # type: ignore[arg-type]
+    if source_address is not None:
+        s.bind(source_address)
+    try:
+        s.connect(address)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class socket:
+    """A TCP socket over usnet (AF_INET, SOCK_STREAM)."""
+
+    def __init__(self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0,
+                 fileno: int | None = None, *, client: Client | None = None, netif: str | None = None) -> None:
+        if family != AF_INET or type & 0xF != SOCK_STREAM or fileno is not None:
+            raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET SOCK_STREAM")
+        self.family, self.type, self.proto = family, SOCK_STREAM, proto
+        self._timeout: float | None = getdefaulttimeout()
+        self._port = 0
+        self._engine: FlowEngine | None = None
+        self._conn = None
+        self._listening = False
+        self._owns_engine = False
+        self._closed = False
+        self._io_refs = 0
+        self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # for selectors: readable data
+        self._nodelay = False
+        self._where = (client, netif)  # None: `configure` or the environment decides
+
+    def _target(self) -> tuple[Client, str]:
+        client, netif = self._where
+        if client is None or netif is None:
+            dc, dn = _target()
+            client, netif = client or dc, netif or dn
+        return client, netif
+
+    # -- the standard surface -------------------------------------------------------
+
+    def settimeout(self, t: float | None) -> None:
+        if t is not None and t < 0:
+            raise ValueError("Timeout value out of range")
+        self._timeout = t
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
+    def fileno(self) -> int:
+        """Readable when recv/accept would not block (an eventfd the stack thread signals)."""
+        return self._ready
+
+    def bind(self, address: tuple[str, int]) -> None:
+        self._port = int(address[1])
+
+    def listen(self, backlog: int = 128) -> None:
+        client, netif = self._target()
+        eng = FlowEngine(client, netif, self._port)
+        self._port = eng.info.local_port
+        with eng.lock:
+            eng.tcp.listen(self._port, backlog=max(1, backlog))
+        self._attach(eng, owns=True)
+        self._listening = True
+
+    def accept(self) -> tuple["socket", tuple[str, int]]:
+        eng = self._need_engine()
+        conn = self._wait(lambda: eng.tcp.accept(self._port), "accept")
+        child = socket(client=self._where[0], netif=self._where[1])
+        child._timeout = self._timeout
+        child._port = self._port
+        child._attach(eng, owns=False, conn=conn)
+        return child, (ip_str(conn.remote_addr), conn.remote_port)
+
+    def connect(self, address: tuple[str, int]) -> None:
+        err = self.connect_ex(address)
+        if err:
+            raise OSError(err, os.strerror(err))
+
+    def connect_ex(self, address: tuple[str, int]) -> int:
+        host, port = getaddrinfo(address[0], address[1])[0][4]
+        client, netif = self._target()
+        if self._engine is None:
+            eng = FlowEngine(client, netif, self._port, remote=(host, port))
+            with eng.lock:
+                self._conn = eng.tcp.connect(ip_bytes(host), port, time.monotonic(),
+                                             local_port=eng.info.local_port)
+                self._conn.nodelay = self._nodelay
+            self._attach(eng, owns=True, conn=self._conn)
+        conn = self._conn
+        try:
+            self._wait(lambda: conn.state is not SYN_SENT or conn.error is not None or None, "connect")
+        except BlockingIOError:
+            return errno.EINPROGRESS
+        if conn.error is not None:
+            raise conn.error
+        if conn.state is CLOSED:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        return 0
+
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        conn = self._need_conn()
+        eng = self._engine
+        n = self._wait(lambda: conn.send(data) or (self._raise_if_dead(conn) or None), "send")
+        runner().wake()
+        return n
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
+        mv = memoryview(data).cast("B")
+        while mv:
+            n = self.send(mv)
+            mv = mv[n:]
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        conn = self._need_conn()
+        data = self._wait(lambda: self._read(conn, bufsize), "recv")
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        conn = self._need_conn()
+        mv = memoryview(buffer).cast("B")
+        if nbytes:
+            mv = mv[:nbytes]
+        return self._wait(lambda: self._read_into(conn, mv), "recv")
+
+    def shutdown(self, how: int) -> None:
+        conn = self._need_conn()
+        if how in (SHUT_WR, SHUT_RDWR):
+            with self._engine.lock:  # type: ignore[union-attr]
+                conn.shutdown_write(time.monotonic())
+            runner().wake()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        eng = self._engine
+        if eng is not None:
+            with eng.lock:
+                now = time.monotonic()
+                if self._conn is not None:
+                    self._conn.close(now)
+                if self._listening:
+                    eng.tcp.unlisten(self._port, now)
+                if self._owns_engine:
+                    eng.release_when_idle = True
+                eng.watchers.discard(self)
+            runner().wake()
+        os.close(self._ready)
+
+    def detach(self) -> int:
+        raise OSError(errno.EOPNOTSUPP, "a usnet socket has no kernel descriptor to detach")
+
+    def getsockname(self) -> tuple[str, int]:
+        if self._engine is None:
+            return ("0.0.0.0", self._port)
+        return (self._engine.info.local_addr, self._port)
+
+    def getpeername(self) -> tuple[str, int]:
+        conn = self._need_conn()
+        return (ip_str(conn.remote_addr), conn.remote_port)
+
+    def setsockopt(self, level: int, opt: int, value: Any) -> None:
+        if level == IPPROTO_TCP and opt == TCP_NODELAY:
+            self._nodelay = bool(value)
+            if self._conn is not None:
+                self._conn.nodelay = bool(value)
+        elif level == SOL_SOCKET and opt == SO_KEEPALIVE and self._conn is not None:
+            with self._engine.lock:  # type: ignore[union-attr]
+                self._conn.set_keepalive(time.monotonic(), bool(value))
+        # SO_REUSEADDR and the rest: nothing to do in usnet
+
+    def getsockopt(self, level: int, opt: int, buflen: int = 0) -> int:
+        if level == IPPROTO_TCP and opt == TCP_NODELAY:
+            return int(self._nodelay)
+        if level == SOL_SOCKET and opt == _std.SO_ERROR:
+            conn = self._conn
+            return conn.error.errno if conn is not None and conn.error is not None else 0
+        return 0
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, *, encoding: str | None = None,
+                 errors: str | None = None, newline: str | None = None) -> Any:
+        """As the standard socket.makefile: a SocketIO in a buffer (and a text wrapper)."""
+        rw = "".join(c for c in mode if c in "rw")
+        raw = _std.SocketIO(self, rw)  # type: ignore[arg-type]
+        self._io_refs += 1
+        if buffering is None:
+            buffering = -1
+        if buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if "b" not in mode:
+                raise ValueError("unbuffered streams must be binary")
+            return raw
+        if "r" in rw and "w" in rw:
+            buf: Any = io.BufferedRWPair(raw, raw, buffering)
+        elif "r" in rw:
+            buf = io.BufferedReader(raw, buffering)
+        else:
+            buf = io.BufferedWriter(raw, buffering)
+        if "b" in mode:
+            return buf
+        text = io.TextIOWrapper(buf, encoding, errors, newline)
+        text.mode = mode
+        return text
+
+    def _decref_socketios(self) -> None:
+        self._io_refs -= 1
+
+    def _checkClosed(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    @property
+    def _closed_flag(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "socket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<usnet.socket fd={self._ready} laddr={self.getsockname()}>"
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _attach(self, eng: FlowEngine, owns: bool, conn: Any = None) -> None:
+        self._engine = eng
+        self._owns_engine = owns
+        self._conn = conn
+        eng.watchers.add(self)
+        if owns:
+            runner().add(eng)
+
+    def _need_engine(self) -> FlowEngine:
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if self._engine is None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return self._engine
+
+    def _need_conn(self) -> Any:
+        self._need_engine()
+        if self._conn is None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return self._conn
+
+    @staticmethod
+    def _raise_if_dead(conn: Any) -> None:
+        if conn.error is not None:
+            raise conn.error
+        if conn.state is CLOSED or conn.send_space == 0 and conn.state not in (ESTABLISHED, SYN_SENT) \
+                and conn.state is not TIME_WAIT and conn.pending == 0:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    @staticmethod
+    def _read(conn: Any, n: int) -> bytes | None:
+        if conn.rcv_queued:
+            return conn.recv(n)
+        if conn.error is not None:
+            raise conn.error
+        if conn.eof or conn.state is CLOSED:
+            return b""
+        return None
+
+    @staticmethod
+    def _read_into(conn: Any, mv: memoryview) -> int | None:
+        if conn.rcv_queued:
+            return conn.recv_into(mv)
+        if conn.error is not None:
+            raise conn.error
+        if conn.eof or conn.state is CLOSED:
+            return 0
+        return None
+
+    def _wait(self, attempt: Any, what: str) -> Any:
+        """Run `attempt` under the engine lock until it returns non-None, within the timeout."""
+        eng = self._need_engine()
+        if eng.error is not None:
+            raise eng.error
+        t = self._timeout
+        deadline = None if t is None else time.monotonic() + t
+        with eng.lock:
+            while True:
+                got = attempt()
+                if got is not None:
+                    if self._conn is not None and self._conn.readable is False:
+                        self._unready()
+                    return got
+                if eng.error is not None:
+                    raise eng.error
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        if t == 0:
+                            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                        raise TimeoutError("timed out")
+                else:
+                    left = None
+                runner().wake()
+                eng.changed.wait(left)
+
+    def _unready(self) -> None:
+        try:
+            os.eventfd_read(self._ready)
+        except BlockingIOError:
+            pass
+
+    def _signal(self) -> None:
+        """Called by the engine after each pump, with its lock held."""
+        if self._closed:
+            return
+        conn = self._conn
+        ready = (conn.readable if conn is not None
+                 else self._listening and bool(self._engine.tcp.listeners.get(self._port)
+                                               and self._engine.tcp.listeners[self._port].accept_queue))
+        if ready:
+            os.eventfd_write(self._ready, 1)
