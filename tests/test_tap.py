@@ -21,6 +21,8 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -395,3 +397,122 @@ def test_in_process_tap_device_goes_with_the_domain():
     finally:
         d.stop()
     assert _links(ifname) == []
+
+
+# -- TCP with the host kernel as the peer (usnet.socket) ---------------------------------------
+
+
+def test_usnet_client_fetches_from_the_host_s_http_server(tap_domain, tmp_path):
+    """Python's http.server on the host (kernel TCP); a usnet socket fetches 2 MB, digest-checked."""
+    import hashlib
+
+    from usnet import socket as us
+    from usnet.client import Client
+
+    d, ifname, usnet_ip, host_ip = tap_domain
+    body = os.urandom(2_000_000)
+    (tmp_path / "blob").write_bytes(body)
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", host_ip,
+                            "--directory", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        line = srv.stdout.readline().decode()  # "Serving HTTP on <ip> port <n> ..."
+        port = int(line.split(" port ")[1].split()[0])
+        c = Client.local(d)
+        s = us.create_connection((host_ip, port), timeout=20, client=c, netif=ifname)
+        s.sendall(f"GET /blob HTTP/1.0\r\nHost: {host_ip}\r\n\r\n".encode())
+        got = bytearray()
+        while chunk := s.recv(65536):
+            got += chunk
+        s.close()
+    finally:
+        srv.kill()
+        srv.wait()
+    head, _, content = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert hashlib.sha256(content).digest() == hashlib.sha256(body).digest()
+
+
+def test_curl_fetches_from_a_usnet_server(tap_domain, tmp_path):
+    """A usnet socket serves one HTTP response; the host's curl (kernel TCP) fetches it."""
+    import hashlib
+
+    from usnet import socket as us
+    from usnet.client import Client
+
+    d, ifname, usnet_ip, host_ip = tap_domain
+    if shutil.which("curl") is None:
+        pytest.fail("curl is missing (scripts/test-deps.sh installs it)")
+    body = os.urandom(1_000_000)
+    srv = us.socket(client=Client.local(d), netif=ifname)
+    srv.bind(("0.0.0.0", 8080))
+    srv.listen()
+    srv.settimeout(20)
+    out_file = tmp_path / "fetched"  # a file, not a pipe nobody reads while we send
+    curl = subprocess.Popen(["curl", "-sS", "--max-time", "20", "-o", str(out_file), f"http://{usnet_ip}:8080/x"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        conn, addr = srv.accept()
+        conn.settimeout(20)
+        with conn.makefile("rb") as r:
+            while r.readline() not in (b"\r\n", b""):
+                pass
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        conn.close()
+        _, err = curl.communicate(timeout=30)
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+        srv.close()
+    assert curl.returncode == 0, err
+    assert addr[0] == host_ip
+    assert hashlib.sha256(out_file.read_bytes()).digest() == hashlib.sha256(body).digest()
+
+
+def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
+    """usnet → kernel and kernel → usnet, 50 MB each, digest-checked at the receiver."""
+    import hashlib
+
+    from usnet import socket as us
+    from usnet.client import Client
+
+    d, ifname, usnet_ip, host_ip = tap_domain
+    size = 50_000_000
+    up, down = os.urandom(size), os.urandom(size)
+    ls = socket.socket()
+    ls.bind((host_ip, 0))
+    ls.listen()
+    ls.settimeout(30)
+    result: dict = {}
+
+    def kernel_side() -> None:
+        k, _ = ls.accept()
+        k.settimeout(60)
+        h = hashlib.sha256()
+        n = 0
+        while n < size:
+            b = k.recv(1 << 20)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+        result["digest"] = h.digest()
+        k.sendall(down)
+        k.close()
+
+    t = threading.Thread(target=kernel_side, daemon=True)
+    t.start()
+    s = us.create_connection(ls.getsockname(), timeout=60, client=Client.local(d), netif=ifname)
+    s.sendall(up)
+    h = hashlib.sha256()
+    n = 0
+    while n < size:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+        n += len(b)
+    s.close()
+    t.join(60)
+    ls.close()
+    assert result.get("digest") == hashlib.sha256(up).digest()
+    assert n == size and h.digest() == hashlib.sha256(down).digest()

@@ -14,6 +14,8 @@ that match the flow it registered.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import selectors
 import threading
@@ -26,6 +28,7 @@ from usnet.stack.ip import Datagram, IcmpError, IpLayer, Transmit
 from usnet.stack.tcp import TcpEndpoint, TcpState
 from usnet.wire.ipv4 import ip_bytes
 
+log = logging.getLogger(__name__)
 TCP = 6
 RX_BATCH = 256
 
@@ -139,7 +142,10 @@ class FlowEngine:
         with self.lock:
             self.closed = True
             self.changed.notify_all()
-        self.ch.close()
+        try:
+            self.ch.close()
+        except OSError:
+            pass  # the domain is gone already: nothing left to tell it
 
 
 class Runner:
@@ -157,7 +163,12 @@ class Runner:
     def add(self, engine: FlowEngine) -> None:
         with self._lock:
             self.engines.add(engine)
-            self._sel.register(engine.fileno(), selectors.EVENT_READ, engine)
+            fd = engine.fileno()
+            stale = self._sel.get_map().get(fd)
+            if stale is not None:  # a closed engine's number, reused by the kernel
+                self.engines.discard(stale.data)
+                self._sel.unregister(fd)
+            self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake()
 
     def remove(self, engine: FlowEngine) -> None:
@@ -179,13 +190,21 @@ class Runner:
                 engines = list(self.engines)
             timeout = None
             for e in engines:
-                with e.lock:
-                    e.pump(now)
-                    d = e.deadline(now)
-                    done = e.release_when_idle and (e.idle() or e.error is not None)
-                if done:
+                try:
+                    with e.lock:
+                        e.pump(now)
+                        d = e.deadline(now)
+                        done = e.release_when_idle and (e.idle() or e.error is not None)
+                    if done:
+                        self.remove(e)
+                        e.close()
+                        continue
+                except Exception as exc:  # one broken engine must not stop the others
+                    log.warning("stack engine failed: %r", exc)
                     self.remove(e)
-                    e.close()
+                    with e.lock:
+                        e.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+                        e.changed.notify_all()
                     continue
                 if d is not None:
                     t = max(0.0, d - time.monotonic())

@@ -34,12 +34,14 @@ from usnet.nexus.arp import ArpCache
 from usnet.nexus.flowport import CLIENT, FlowPort
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace, host_owns
+from usnet.stack.tcp.connection import rst_reply
 from usnet.wire import arp as warp
 from usnet.wire import icmp as wicmp
+from usnet.wire import tcp as wtcp
 from usnet.wire.errors import WireError
 from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4
-from usnet.wire.rowsum import row_sums
 from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, build_ipv4_header, ip_str, parse_ipv4
+from usnet.wire.rowsum import row_sums
 
 _ETH = struct.Struct("!6s6sH")
 _PORTS = struct.Struct("!HH")
@@ -313,13 +315,27 @@ class FlowSwitch:
         flow = self.exact.get((proto, dport, src, sport)) or self.listeners.get((proto, dport))
         if flow is None:
             self.drops["rx_no_flow"] += 1
-            if proto == UDP and dst == netif.ip:
-                self._send_ip(0, src, ICMP, wicmp.build_dest_unreach(wicmp.PORT_UNREACH, f[ETH_HLEN:end]), now)
+            if dst == netif.ip:
+                self._no_socket(proto, f, start, end, src, now)
             return
         lst = per_flow.get(flow)
         if lst is None:
             lst = per_flow[flow] = []
         lst.append(f[ETH_HLEN:end])
+
+    def _no_socket(self, proto: int, f: bytes, start: int, end: int, src: bytes, now: float) -> None:
+        """Nobody has this port: answer as a host does (UDP: port unreachable, TCP: RST)."""
+        if proto == UDP:
+            self._send_ip(0, src, ICMP, wicmp.build_dest_unreach(wicmp.PORT_UNREACH, f[ETH_HLEN:end]), now)
+            return
+        try:
+            seg = wtcp.parse_tcp(f, start, end - start, src, self.netif.ip)
+        except WireError:
+            return  # a bad segment earns no answer
+        rst = rst_reply(wtcp.pseudo_sum(self.netif.ip, src), seg)
+        if rst is not None:
+            self.counts["tcp_rst_sent"] += 1
+            self._send_ip(0, src, TCP, rst, now)
 
     def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes) -> None:
         typ, code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
