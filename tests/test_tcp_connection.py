@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import heapq
 import random
 from dataclasses import replace
@@ -288,6 +289,23 @@ def test_time_wait_reacks_a_repeated_fin():
     fins = net.sent_by(B, lambda x: x.flags & FIN)
     assert len(fins) == 2  # B retransmitted its FIN and A, in TIME-WAIT, answered it
     assert s.error is None
+
+
+def test_syn_to_a_time_wait_entry_opens_a_new_incarnation():
+    net = Net(time_wait=60.0)
+    c, s = net.pair()
+    s.shutdown_write(net.now)  # the server closes first, so it holds TIME-WAIT
+    net.run(lambda: c.state is TcpState.CLOSE_WAIT, limit=5)
+    c.shutdown_write(net.now)
+    net.run(lambda: s.state is TcpState.TIME_WAIT and c.state is CLOSED, limit=5)
+    net.now += 1.0  # a later ISN (RFC 6528 clock) lies above the old sequence space
+    c2 = net.a.connect(B, 80, net.now, local_port=c.local_port)
+    net.run(lambda: c2.state is ESTABLISHED and net.b.listeners[80].accept_queue, limit=5)
+    s2 = net.b.accept(80)
+    assert s2 is not s and net.b.stats.time_wait_reused == 1
+    c2.send(b"again")
+    net.run(lambda: s2.rcv_queued, limit=5)
+    assert s2.recv() == b"again"
 
 
 def test_simultaneous_open():
@@ -807,3 +825,37 @@ def test_random_arrival_orders_reassemble_the_stream(data):
     assert not s._reasm and s.rcv_nxt == 1 + len(stream)
     if any(a > 0 for a, _ in order[:1]):
         assert sacks_seen  # data beyond a hole was announced with SACK
+
+
+@settings(max_examples=int(os.environ.get("TCP_FUZZ_EXAMPLES", "60")), deadline=None)
+@given(st.data())
+def test_hostile_segments_never_raise_and_keep_invariants(data):
+    """Random flags, numbers near and far from the windows, SACK blocks and timestamps."""
+    net = Net(seed=data.draw(st.integers(0, 9)))
+    c, s = net.pair()
+    c.send(b"q" * 5000)
+    s.send(b"r" * 5000)
+    net.run_for(0.002)  # data in flight both ways
+    near = lambda base: st.one_of(st.integers(0, MASK), st.integers(-70000, 70000).map(lambda d: (base + d) & MASK))
+    for i in range(data.draw(st.integers(1, 15))):
+        flags = data.draw(st.integers(0, 0x3F))
+        seq = data.draw(near(wire_seq(s)))
+        ack = data.draw(near(wire_ack(s)))
+        sacks = data.draw(st.one_of(st.none(), st.lists(st.tuples(near(wire_ack(s)), near(wire_ack(s))), min_size=1, max_size=3)))
+        tsval = data.draw(st.one_of(st.none(), near(s.ts_recent)))
+        seg = TcpSegment(c.local_port, s.local_port, seq, ack, flags, data.draw(st.integers(0, 0xFFFF)),
+                         data.draw(st.binary(max_size=3000)), sacks=tuple(sacks) if sacks else None,
+                         tsval=tsval, tsecr=data.draw(st.one_of(st.none(), st.integers(0, MASK))))
+        una, rcv = s.snd_una, s.rcv_nxt
+        s.on_segment(seg, net.now)
+        for x in s.outgoing(net.now):
+            parse_tcp(x, 0, None, B, A)
+        s.on_timer(net.now + data.draw(st.floats(0, 100)))
+        s.outgoing(net.now)
+        if s.state is CLOSED:
+            assert s.error is None or isinstance(s.error, (ConnectionResetError, TimeoutError))
+            break
+        assert s.snd_una >= una and s.snd_una <= s.snd_nxt and s.rcv_nxt >= rcv
+        assert s.sb.sacked == sum(e - b for b, e in zip(s.sb.starts, s.sb.ends))
+        assert all(b >= s.snd_una and e <= s.snd_nxt for b, e in zip(s.sb.starts, s.sb.ends))
+        assert s._reasm.nbytes <= s.rcvbuf_cap + (1 << s.rcv_wscale)
