@@ -22,11 +22,11 @@ import os
 import socket as _std
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from usnet.client import DEFAULT_SOCKET, Client
 from usnet.engine import FlowEngine, runner
-from usnet.stack.tcp.connection import CLOSED, ESTABLISHED, SYN_SENT, TIME_WAIT
+from usnet.stack.tcp.connection import CLOSED, SYN_SENT
 from usnet.wire.ipv4 import ip_bytes, ip_str
 
 AF_INET = _std.AF_INET
@@ -183,8 +183,10 @@ class socket:
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         conn = self._need_conn()
-        eng = self._engine
-        n = self._wait(lambda: conn.send(data) or (self._raise_if_dead(conn) or None), "send")
+        if not len(data):
+            return 0
+        # conn.send raises once the connection can no longer send; 0 means its buffer is full
+        n = self._wait(lambda: conn.send(data) or None, "send")
         runner().wake()
         return n
 
@@ -196,15 +198,14 @@ class socket:
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         conn = self._need_conn()
-        data = self._wait(lambda: self._read(conn, bufsize), "recv")
-        return data
+        return self._wait(lambda: self._read(conn, lambda: conn.recv(bufsize), b""), "recv")
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         conn = self._need_conn()
         mv = memoryview(buffer).cast("B")
         if nbytes:
             mv = mv[:nbytes]
-        return self._wait(lambda: self._read_into(conn, mv), "recv")
+        return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv")
 
     def shutdown(self, how: int) -> None:
         conn = self._need_conn()
@@ -294,10 +295,6 @@ class socket:
         if self._closed:
             raise OSError(errno.EBADF, "Bad file descriptor")
 
-    @property
-    def _closed_flag(self) -> bool:
-        return self._closed
-
     def __enter__(self) -> "socket":
         return self
 
@@ -331,31 +328,14 @@ class socket:
         return self._conn
 
     @staticmethod
-    def _raise_if_dead(conn: Any) -> None:
-        if conn.error is not None:
-            raise conn.error
-        if conn.state is CLOSED or conn.send_space == 0 and conn.state not in (ESTABLISHED, SYN_SENT) \
-                and conn.state is not TIME_WAIT and conn.pending == 0:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-    @staticmethod
-    def _read(conn: Any, n: int) -> bytes | None:
+    def _read(conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
+        """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
         if conn.rcv_queued:
-            return conn.recv(n)
+            return take()
         if conn.error is not None:
             raise conn.error
         if conn.eof or conn.state is CLOSED:
-            return b""
-        return None
-
-    @staticmethod
-    def _read_into(conn: Any, mv: memoryview) -> int | None:
-        if conn.rcv_queued:
-            return conn.recv_into(mv)
-        if conn.error is not None:
-            raise conn.error
-        if conn.eof or conn.state is CLOSED:
-            return 0
+            return at_eof
         return None
 
     def _wait(self, attempt: Any, what: str) -> Any:
