@@ -66,6 +66,10 @@ class FlowPort:
         room in front of each row for the link header. A suspended flow gives
         nothing unless `draining` (its channel is closing: what it sent goes out).
         """
+        with self.pipe.lock:  # an in-process client's kick serves this pipe from its own thread
+            return self._pull(max_n, headroom, draining)
+
+    def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray]:
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
             return _NO_ROWS, _NO_LENS
@@ -124,6 +128,10 @@ class FlowPort:
 
     def deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
         """As `deliver`, for packets in rows[i, col:col + lens[i]]: one scatter into the pool."""
+        with self.pipe.lock:  # as in `pull`
+            return self._deliver_rows(rows, col, lens)
+
+    def _deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
         pipe = self.pipe
         n = len(lens)
         if pipe.defunct_reason is not None or not n:
