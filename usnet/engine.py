@@ -107,8 +107,12 @@ class FlowEngine:
 
     def _transmit(self, now: float) -> None:
         out = self._backlog
-        for dst, seg in self.tcp.outgoing(now):
-            out += self.ip.output(TCP, self.local, dst, seg, now)
+        if not out:
+            # Ask TCP for more only once the channel took the last burst: what waits
+            # here has left TCP's books as sent, so a queue here would read as path
+            # delay (RTT, RTO) and retransmit into itself. Held back, it waits in TCP.
+            for dst, seg in self.tcp.outgoing(now):
+                out += self.ip.output(TCP, self.local, dst, seg, now)
         if not out:
             return
         ch = self.ch
