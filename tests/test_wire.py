@@ -728,7 +728,7 @@ def test_row_sums_equal_the_one_s_complement_sum_of_each_row(bufs):
     """The numpy batch sum (32-bit little-endian words, times 256) against the integer one."""
     import numpy as np
 
-    from usnet.wire.rowsum import padded_width, row_sums
+    from usnet.wire.rows import padded_width, row_sums
 
     width = padded_width(max(map(len, bufs)))
     rows = np.zeros((len(bufs), width), np.uint8)

@@ -41,7 +41,7 @@ from usnet.wire import tcp as wtcp
 from usnet.wire.errors import WireError
 from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4
 from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, build_ipv4_header, ip_str, parse_ipv4
-from usnet.wire.rowsum import row_sums
+from usnet.wire.rows import be_u16, be_u32, row_sums
 
 _ETH = struct.Struct("!6s6sH")
 _PORTS = struct.Struct("!HH")
@@ -56,16 +56,6 @@ TX_BATCH = 512
 # version/IHL, flags/fragment offset with DF masked out, destination address.
 _RX_SIG_COLS = np.r_[0:6, 12:15, 20:22, 30:34]
 _RX_SIG_MASK = np.array([0xFF] * 9 + [0xBF, 0xFF] + [0xFF] * 4, np.uint8)
-
-
-def _u32(cols: np.ndarray) -> np.ndarray:
-    """Big-endian u32 per row of an (n, 4) byte slice."""
-    return np.ascontiguousarray(cols).view(">u4")[:, 0]
-
-
-def _u16(cols: np.ndarray) -> np.ndarray:
-    """Big-endian u16 per row of an (n, 2) byte slice."""
-    return np.ascontiguousarray(cols).view(">u2")[:, 0]
 
 
 @dataclass(eq=False)
@@ -222,14 +212,14 @@ class FlowSwitch:
         if d.shape[1] < ETH_HLEN + 24:
             ok = np.zeros(len(lens), bool)
         else:
-            total = d[:, 16].astype(np.uint32) << 8 | d[:, 17]
+            total = be_u16(d[:, 16:18])
             proto = d[:, 23]
             # our MAC, IPv4, version/IHL 0x45, not a fragment, our address: one comparison
             ok = (d[:, _RX_SIG_COLS] & _RX_SIG_MASK == self._rx_sig).all(axis=1)
             ok &= ((proto == UDP) | (proto == TCP)) & (total >= 24) & (total + ETH_HLEN <= lens)
             ok &= row_sums(d[:, 14:34]) == 0
             # source address and both ports in one word per row, grouped per protocol
-            key = _u32(d[:, 26:30]).astype(np.uint64) << 32 | _u32(d[:, 34:38])
+            key = be_u32(d[:, 26:30]).astype(np.uint64) << 32 | be_u32(d[:, 34:38])
             for pr in (UDP, TCP):
                 m = ok & (proto == pr)
                 if not m.any():
@@ -381,14 +371,14 @@ class FlowSwitch:
         h = rows[:, ETH_HLEN : ETH_HLEN + 24]
         cols, want = flow.tx_signature(self.netif.ip)
         ok = (h[:, cols] == want).all(axis=1)  # version/ihl, protocol, source, ports
-        total = h[:, 2].astype(np.uint32) << 8 | h[:, 3]
+        total = be_u16(h[:, 2:4])
         ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
         ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
         return ok
 
     def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float) -> int:
         """Frame checked rows by destination and queue them; returns how many were dropped."""
-        dst = _u32(rows[:, ETH_HLEN + 16 : ETH_HLEN + 20])
+        dst = be_u32(rows[:, ETH_HLEN + 16 : ETH_HLEN + 20])
         first = dst[0]
         if (dst == first).all():
             groups = [(int(first), rows, lens)]

@@ -20,7 +20,7 @@ from usnet.daemon.protocol import FlowOpened
 from usnet.pool.umd import UMD_WORDS
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
-from usnet.wire.rowsum import padded_width, row_sums
+from usnet.wire.rows import be_u16, be_u32, padded_width, row_sums
 from usnet.wire.udp import UDP_HLEN, parse_udp
 
 HEADERS = IPV4_HLEN + UDP_HLEN
@@ -30,10 +30,6 @@ _HDR_DTYPE = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("ident"
                        ("ttl", "u1"), ("proto", "u1"), ("csum", ">u2"), ("src", "S4"), ("dst", "S4"),
                        ("sport", ">u2"), ("dport", ">u2"), ("ulen", ">u2"), ("ucsum", ">u2")])
 Address = tuple[str, int]
-
-
-def _u32(cols: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(cols).view(">u4")[:, 0]
 
 
 def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
@@ -202,8 +198,8 @@ class DatagramSocket:
                 rows[:, :big] = packets[idx, :big]
         finally:
             ch.free(pkts)
-        total = rows[:, 2].astype(np.int64) << 8 | rows[:, 3]
-        ulen = rows[:, 24].astype(np.int64) << 8 | rows[:, 25]
+        total = be_u16(rows[:, 2:4])
+        ulen = be_u16(rows[:, 24:26])
         fast = ((rows[:, 0] == 0x45) & (rows[:, 9] == 17) & (ulen >= UDP_HLEN)
                 & (IPV4_HLEN + ulen <= np.minimum(total, lens)))
         end = np.where(fast, IPV4_HLEN + ulen, lens)
@@ -221,8 +217,8 @@ class DatagramSocket:
         """The payloads and senders of a checked batch; rows that failed get the full parse."""
         width = rows.shape[1]
         raw = rows.tobytes()
-        src = _u32(rows[:, 12:16])
-        sport = rows[:, 20].astype(np.int64) << 8 | rows[:, 21]
+        src = be_u32(rows[:, 12:16])
+        sport = be_u16(rows[:, 20:22])
         starts = np.arange(len(lens), dtype=np.int64) * width
         ends = (starts + IPV4_HLEN + ulen).tolist()
         starts = (starts + HEADERS).tolist()

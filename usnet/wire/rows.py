@@ -1,8 +1,9 @@
-"""One's complement sums of many packets at once: a row per packet in a numpy array.
+"""Many packets at once: a row per packet in a numpy uint8 array.
 
 The per-batch data paths (flow switch, datagram sockets) keep a batch of
-packets as the rows of one uint8 array and need a checksum per row. Why this
-shape: numpy sums native 32-bit words fastest, and no byte swapping is needed,
+packets as the rows of one array and read header fields as columns
+(`be_u16`, `be_u32`) and checksums per row (`row_sums`). Why the sums take
+this shape: numpy sums native 32-bit words fastest, and no byte swapping is needed,
 because modulo 0xFFFF
 
 * a 32-bit word hi * 2**16 + lo is congruent to hi + lo (2**16 == 1), so the
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["row_sums", "padded_width"]
+__all__ = ["be_u16", "be_u32", "padded_width", "row_sums"]
 
 
 def padded_width(n: int) -> int:
@@ -31,3 +32,13 @@ def row_sums(rows: np.ndarray) -> np.ndarray:
     """Per row of uint8 `rows` (width a multiple of 4), the big-endian 16-bit word sum mod 0xFFFF (int64)."""
     le = rows.view("<u4").sum(axis=1, dtype=np.uint64) % 0xFFFF
     return (le.astype(np.int64) << 8) % 0xFFFF
+
+
+def be_u16(cols: np.ndarray) -> np.ndarray:
+    """The big-endian 16-bit field in an (n, 2) column slice, per row, as int64 (room for arithmetic)."""
+    return np.ascontiguousarray(cols).view(">u2")[:, 0].astype(np.int64)
+
+
+def be_u32(cols: np.ndarray) -> np.ndarray:
+    """The big-endian 32-bit field in an (n, 4) column slice, per row."""
+    return np.ascontiguousarray(cols).view(">u4")[:, 0]
