@@ -484,18 +484,19 @@ def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
     ls.settimeout(30)
     result: dict = {}
 
+    def digest_of(sock, n: int) -> tuple[int, bytes]:
+        """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes."""
+        h = hashlib.sha256()
+        got = 0
+        while got < n and (b := sock.recv(1 << 20)):
+            h.update(b)
+            got += len(b)
+        return got, h.digest()
+
     def kernel_side() -> None:
         k, _ = ls.accept()
         k.settimeout(60)
-        h = hashlib.sha256()
-        n = 0
-        while n < size:
-            b = k.recv(1 << 20)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-        result["digest"] = h.digest()
+        result["digest"] = digest_of(k, size)[1]
         k.sendall(down)
         k.close()
 
@@ -503,16 +504,9 @@ def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
     t.start()
     s = us.create_connection(ls.getsockname(), timeout=60, client=Client.local(d), netif=ifname)
     s.sendall(up)
-    h = hashlib.sha256()
-    n = 0
-    while n < size:
-        b = s.recv(1 << 20)
-        if not b:
-            break
-        h.update(b)
-        n += len(b)
+    n, digest = digest_of(s, size)
     s.close()
     t.join(60)
     ls.close()
     assert result.get("digest") == hashlib.sha256(up).digest()
-    assert n == size and h.digest() == hashlib.sha256(down).digest()
+    assert n == size and digest == hashlib.sha256(down).digest()

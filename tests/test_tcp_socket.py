@@ -40,18 +40,20 @@ def net():
         d.stop()
 
 
+def _read_to_eof(sock: us.socket) -> bytes:
+    got = bytearray()
+    while b := sock.recv(65536):
+        got += b
+    return bytes(got)
+
+
 def _serve(srv: us.socket, payload: bytes, results: list) -> None:
     try:
         conn, addr = srv.accept()
         with conn:
-            got = bytearray()
-            while True:
-                b = conn.recv(65536)
-                if not b:
-                    break
-                got += b
+            got = _read_to_eof(conn)
             conn.sendall(hashlib.sha256(got).digest() + payload)
-            results.append((addr, bytes(got)))
+            results.append((addr, got))
     except Exception as e:  # reported by the test thread
         results.append(e)
 
@@ -66,18 +68,13 @@ def _exchange(c: Client, up: bytes, down: bytes, timeout: float = 30) -> tuple[b
     cl = us.create_connection((B_IP, 8080), timeout=timeout, client=c, netif="a")
     cl.sendall(up)
     cl.shutdown(us.SHUT_WR)
-    got = bytearray()
-    while True:
-        b = cl.recv(65536)
-        if not b:
-            break
-        got += b
+    got = _read_to_eof(cl)
     cl.close()
     t.join(timeout)
     srv.close()
     assert not t.is_alive()
     assert results and not isinstance(results[0], Exception), results
-    return bytes(got), results
+    return got, results
 
 
 def test_both_ways_digest_checked(net):
