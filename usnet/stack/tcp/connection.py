@@ -260,13 +260,7 @@ class TcpConnection:
         """Passive open from a listener's SYN: enter SYN-RECEIVED, SYN-ACK on next `outgoing`."""
         self.passive = True
         self.state = SYN_RECEIVED
-        self._negotiate(seg)
-        self.irs = seg.seq
-        self.rcv_nxt = 1
-        self.rcv_adv = 1 + self._syn_window
-        self._last_ack_sent = 1
-        if self.ts_ok:
-            self.ts_recent = seg.tsval
+        self._take_syn(seg)
         self.snd_wnd = self.max_snd_wnd = seg.window  # never scaled in a SYN
         self._syn_pending = True
         self._syn_time = now
@@ -610,6 +604,16 @@ class TcpConnection:
         else:
             self._rx(seg, now)
 
+    def _take_syn(self, seg: TcpSegment) -> None:
+        """The peer's SYN, passive or active: its options, its ISN, our first window."""
+        self._negotiate(seg)
+        self.irs = seg.seq
+        self.rcv_nxt = 1
+        self.rcv_adv = 1 + self._syn_window
+        self._last_ack_sent = 1
+        if self.ts_ok:
+            self.ts_recent = seg.tsval
+
     def _negotiate(self, seg: TcpSegment) -> None:
         cfg = self.cfg
         v4 = len(self.local_addr) == 4
@@ -651,13 +655,7 @@ class TcpConnection:
             return
         if not fl & SYN:
             return
-        self._negotiate(seg)
-        self.irs = seg.seq
-        self.rcv_nxt = 1
-        self.rcv_adv = 1 + self._syn_window
-        self._last_ack_sent = 1
-        if self.ts_ok:
-            self.ts_recent = seg.tsval
+        self._take_syn(seg)
         self._last_rx = now
         if not ack_ok:
             # Simultaneous open: answer with SYN-ACK, our SYN sequence number again.
