@@ -131,6 +131,27 @@ def total_drops(sw) -> int:
     return sum(sw.drops.values())
 
 
+def drive(n: "Net", sock, done: Callable[[list], bool], rounds: int = 2000, batch: int = 256,
+          step: Callable[[], None] | None = None) -> list:
+    """Run the domain loop by hand, collecting what `sock` receives, until `done(got)` or `rounds`.
+
+    Every step runs at once (nothing to wait for); `step` runs after each round
+    (advance a simulated clock, watch the advisory).
+    """
+    got: list = []
+    for _ in range(rounds):
+        n.d.serve_once(0)
+        if step is not None:
+            step()
+        try:
+            got += sock.recv_many(batch, timeout=0)
+        except BlockingIOError:
+            pass
+        if done(got):
+            break
+    return got
+
+
 # -- UDP both ways ---------------------------------------------------------------------------
 
 
@@ -604,18 +625,8 @@ def test_flow_suspended_and_resumed_without_losing_a_packet(make_net):
     sb = n.c.udp_socket("b", 6000, ring_size=2048, packets=2048)
 
     def pump(want: int, sock, watch=None) -> list:
-        got: list = []
-        for _ in range(20_000):
-            n.d.serve_once(0)
-            if watch is not None:
-                watch.append(sa.channel.flow_advisory()["suspended"])
-            try:
-                got += sock.recv_many(256, timeout=0)
-            except BlockingIOError:
-                pass
-            if len(got) >= want:
-                break
-        return got
+        step = None if watch is None else lambda: watch.append(sa.channel.flow_advisory()["suspended"])
+        return drive(n, sock, lambda got: len(got) >= want, rounds=20_000, step=step)
 
     sa.sendto(b"resolve", (B_IP, 6000))
     assert pump(1, sb) == [(b"resolve", (A_IP, 5000))]
@@ -662,16 +673,11 @@ def test_frame_in_flight_on_a_slow_memwire_is_delivered(make_net, wire):
     sa = n.c.udp_socket("a", 5000)
     sb = n.c.udp_socket("b", 6000)
     sa.sendto(b"hello", (B_IP, 6000))
-    got: list = []
-    for _ in range(200):  # 200 simulated ms: far beyond the link's delay or serialisation time
-        n.d.serve_once(0)
+    def tick() -> None:
         clock.now += 0.001
-        try:
-            got += sb.recv_many(1, timeout=0)
-        except BlockingIOError:
-            pass
-        if got:
-            break
+
+    # 200 simulated ms: far beyond the link's delay or serialisation time
+    got = drive(n, sb, bool, rounds=200, batch=1, step=tick)
     assert got == [(b"hello", (A_IP, 5000))]
 
 
@@ -684,19 +690,13 @@ def test_flow_over_a_rate_limited_memwire_is_suspended_and_resumed_losing_nothin
     sb = n.c.udp_socket("b", 6000)
 
     def pump(want: int, watch: list | None = None) -> list:
-        got: list = []
-        for _ in range(5000):  # 5 simulated seconds: 300 frames of 242 bytes take 0.6 s at 1 Mbit/s
-            n.d.serve_once(0)
+        def step() -> None:
             clock.now += 0.001
             if watch is not None:
                 watch.append(sa.channel.flow_advisory()["suspended"])
-            try:
-                got += sb.recv_many(256, timeout=0)
-            except BlockingIOError:
-                pass
-            if len(got) >= want:
-                break
-        return got
+
+        # 5 simulated seconds: 300 frames of 242 bytes take 0.6 s at 1 Mbit/s
+        return drive(n, sb, lambda got: len(got) >= want, rounds=5000, step=step)
 
     sa.sendto(b"resolve", (B_IP, 6000))
     assert pump(1) == [(b"resolve", (A_IP, 5000))]
@@ -751,15 +751,7 @@ def _burst_before_arp(n, count: int) -> tuple[list[bytes], list]:
     sb = n.c.udp_socket("b", 6000)
     sent = [b"%d" % i for i in range(count)]
     assert sa.send_many(sent, (B_IP, 6000)) == count
-    got: list = []
-    for _ in range(2000):  # the loop is ours: every step runs at once, nothing to wait for
-        n.d.serve_once(0)
-        try:
-            got += sb.recv_many(256, timeout=0)
-        except BlockingIOError:
-            pass
-        if len(got) + total_drops(n.swa) >= count:
-            break
+    got = drive(n, sb, lambda got: len(got) + total_drops(n.swa) >= count)
     return sent, [p for p, _ in got], list(sa.events())
 
 
@@ -822,15 +814,7 @@ def test_nonblocking_sender_on_a_stalled_flow_gets_eagain_without_leaking(make_n
     for _ in range(50):  # more than the pool holds, were anything kept per attempt
         with pytest.raises(BlockingIOError):
             sa.send_many([b"more"] * 10, (B_IP, 6000))
-    got: list = []
-    for _ in range(2000):
-        n.d.serve_once(0)
-        try:
-            got += sb.recv_many(256, timeout=0)
-        except BlockingIOError:
-            pass
-        if len(got) >= first:
-            break
+    got = drive(n, sb, lambda got: len(got) >= first)
     assert [p for p, _ in got] == [b"%d" % i for i in range(first)]
     assert sa.send_many([b"again"], (B_IP, 6000)) == 1  # the ring drained: sending works again
 
@@ -1006,9 +990,7 @@ def test_corrupted_datagram_in_a_batch_is_counted_and_the_rest_delivered(make_ne
     sb = n.c.udp_socket("b", 6000)
     good = [b"%03d" % i * 10 for i in range(20)]
     assert sa.send_many(good[:1], (B_IP, 6000)) == 1  # resolve the neighbour first
-    for _ in range(50):
-        n.d.serve_once(0)
-    assert recv_n(sb, 1, timeout=1) == [(good[0], (A_IP, 5000))]
+    assert drive(n, sb, bool, rounds=50) == [(good[0], (A_IP, 5000))]
     assert sa.send_many(good, (B_IP, 6000)) == 20
     # flip a payload byte of the 7th datagram while it sits in the TX ring
     ch = sa.channel
@@ -1016,15 +998,7 @@ def test_corrupted_datagram_in_a_batch_is_counted_and_the_rest_delivered(make_ne
     pkt = tx.slots[(tx.prod - 20 + 6) & tx.mask]
     packets, _umd = ch.arrays()
     packets[pkt, 40] ^= 0xFF
-    got: list = []
-    for _ in range(200):
-        n.d.serve_once(0)
-        try:
-            got += sb.recv_many(64, timeout=0)
-        except BlockingIOError:
-            pass
-        if len(got) >= 19:
-            break
+    got = drive(n, sb, lambda got: len(got) >= 19, rounds=200, batch=64)
     assert [p for p, _ in got] == good[:6] + good[7:]
     assert sb.rx_bad == 1
 
