@@ -14,7 +14,6 @@ usnet channel's own blocking receive with a deadline, or a child's exit.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import json
 import os
 import select
@@ -27,60 +26,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_subnet_or_fail, tap_name
+
+from usnet.hostnet import delete_links, link_exists, used_networks
 
 pytestmark = pytest.mark.privileged
 
-_seq = itertools.count()
-
-
 # -- devices and subnets -----------------------------------------------------------------------
-
-
-def _used_networks() -> list[ipaddress.IPv4Network]:
-    from pyroute2 import IPRoute
-
-    nets = []
-    with IPRoute() as ipr:
-        for r in ipr.get_routes(family=socket.AF_INET, table=254) + ipr.get_routes(family=socket.AF_INET, table=255):
-            dst = r.get_attr("RTA_DST")
-            if dst and r["dst_len"]:
-                nets.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
-        for a in ipr.get_addr(family=socket.AF_INET):
-            nets.append(ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False))
-    return nets
-
-
-def _free_subnet() -> int:
-    """A second octet X such that 10.X.0.0/24 overlaps nothing on the host."""
-    used = _used_networks()
-    start = (os.getpid() * 7 + next(_seq) * 13) % 140
-    for i in range(140):
-        x = 100 + (start + i) % 140
-        net = ipaddress.IPv4Network(f"10.{x}.0.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return x
-    pytest.fail("no free 10.x.0.0/24 on this host")
-
-
-def _ifname() -> str:
-    name = f"ust{os.getpid() % 100000}x{next(_seq)}"
-    assert len(name) <= 15
-    return name
-
-
-def _links(ifname: str) -> list[int]:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return ipr.link_lookup(ifname=ifname)
-
-
-def _delete_link(ifname: str) -> None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        for idx in ipr.link_lookup(ifname=ifname):
-            ipr.link("del", index=idx)
 
 
 def _ping(ip: str, count: int = 3) -> subprocess.CompletedProcess:
@@ -97,9 +49,9 @@ class Up:
     def __init__(self, run_dir: Path, pcap: bool = False) -> None:
         from usnet.cli import updown
 
-        x = _free_subnet()
+        x = free_subnet_or_fail()
         self.updown = updown
-        self.ifname = _ifname()
+        self.ifname = tap_name()
         self.usnet_ip, self.host_ip = f"10.{x}.0.2", f"10.{x}.0.1"
         self.run_dir = str(run_dir)
         self.socket = os.path.join(self.run_dir, "usnetd.sock")
@@ -127,7 +79,7 @@ class Up:
     def cleanup(self) -> None:
         if self.is_up:
             self.down()
-        _delete_link(self.ifname)  # whatever happened, the device goes
+        delete_links([self.ifname])  # whatever happened, the device goes
 
 
 @pytest.fixture
@@ -322,46 +274,20 @@ def k_port(pkts, host_ip: str) -> int:
 
 def test_usnet_down_removes_the_device_and_the_socket(up):
     u = up()
-    assert _links(u.ifname) and os.path.exists(u.socket)
+    assert link_exists(u.ifname) and os.path.exists(u.socket)
     os.kill(u.pid, 0)  # usnetd runs
     assert u.down() == 0
-    assert _links(u.ifname) == []
+    assert not link_exists(u.ifname)
     assert not os.path.exists(u.socket)
     assert not os.path.exists(os.path.join(u.run_dir, "state.json"))
     with pytest.raises(ProcessLookupError):
         os.kill(u.pid, 0)  # gone and reaped
     net = ipaddress.IPv4Network(f"{u.host_ip}/24", strict=False)
-    assert not any(net.overlaps(n) for n in _used_networks())  # the host's address and route went too
+    assert not any(net.overlaps(n) for n in used_networks())  # the host's address and route went too
     assert u.updown.down(u.run_dir) == 1  # down again: nothing is up
 
 
-# -- an in-process domain on a TAP, host side through pyroute2 ---------------------------------
-
-
-@pytest.fixture
-def tap_domain():
-    from pyroute2 import IPRoute
-
-    from usnet.drivers.tap import TapDriver
-    from usnet.nexus.domain import Domain
-
-    x = _free_subnet()
-    ifname = _ifname()
-    drv = TapDriver(ifname)  # creates the device; it lives as long as the fd
-    d = Domain()
-    try:
-        with IPRoute() as ipr:
-            (idx,) = ipr.link_lookup(ifname=ifname)
-            ipr.link("set", index=idx, state="up")
-            ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
-        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1")
-        d.start()
-        yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
-    finally:
-        d.stop()  # closes the TAP: the kernel removes the device
-        if _links(ifname):
-            drv.close()
-            _delete_link(ifname)
+# -- an in-process domain on a TAP (the tap_domain fixture: conftest.py) ----------------------
 
 
 def test_in_process_domain_on_tap_answers_ping_and_udp(tap_domain):
@@ -387,7 +313,7 @@ def test_in_process_tap_device_goes_with_the_domain():
     from usnet.drivers.tap import TapDriver
     from usnet.nexus.domain import Domain
 
-    ifname = _ifname()
+    ifname = tap_name()
     d = Domain()
     try:
         d.add_netif(ifname, TapDriver(ifname), "10.254.254.2/24")
@@ -396,7 +322,7 @@ def test_in_process_tap_device_goes_with_the_domain():
             assert ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
     finally:
         d.stop()
-    assert _links(ifname) == []
+    assert not link_exists(ifname)
 
 
 # -- TCP with the host kernel as the peer (usnet.socket) ---------------------------------------

@@ -10,7 +10,6 @@ between the first and the last arrival. Needs root and /dev/net/tun.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import socket
 import sys
@@ -19,6 +18,7 @@ import time
 
 from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
 from usnet.client import Client
+from usnet.hostnet import free_subnet
 
 SIZE = 64
 BATCH = 512
@@ -29,24 +29,11 @@ def available() -> bool:
     return os.geteuid() == 0 and os.path.exists("/dev/net/tun")
 
 
-def _free_subnet() -> int:
-    """x of a 10.x.0.0/24 no interface of this host uses."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        used = [ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
-                for a in ipr.get_addr(family=socket.AF_INET)]
-    for x in range(231, 255):
-        if not any(ipaddress.IPv4Network(f"10.{x}.0.0/24").overlaps(n) for n in used):
-            return x
-    raise OSError("no free 10.x.0.0/24 for the benchmark's TAP")
-
-
 def tap_fps(count: int) -> dict[str, float]:
     """{"usnet_to_kernel_fps", "kernel_to_usnet_fps", and how many arrived of `count`, each way}."""
     from usnet.cli import updown
 
-    x = _free_subnet()
+    x = free_subnet(first=231, count=24)
     us_ip, host_ip = f"10.{x}.0.2", f"10.{x}.0.1"
     with tempfile.TemporaryDirectory(prefix="usnet-bench-") as run_dir:
         ifname = f"usb{os.getpid() % 100000}"

@@ -14,6 +14,7 @@ import sys
 import time
 
 from usnet.daemon import config
+from usnet.hostnet import delete_links
 
 RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
 
@@ -44,15 +45,6 @@ def _make_device(driver: str, ifname: str, host_address: str) -> list[str]:
         idx = ipr.link_lookup(ifname=host_if)[0]
         ipr.addr("add", index=idx, address=addr, prefixlen=int(plen or 24))
     return made
-
-
-def _delete_links(names: list[str]) -> None:
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        for name in names:
-            for idx in ipr.link_lookup(ifname=name):
-                ipr.link("del", index=idx)
 
 
 def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
@@ -113,7 +105,7 @@ def down(run_dir: str = RUN_DIR, timeout: float = 10.0) -> int:
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    _delete_links(state.get("links", []))
+    delete_links(state.get("links", []))
     for k in ("state", "config"):
         try:
             os.unlink(paths[k])
