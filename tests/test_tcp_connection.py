@@ -425,6 +425,20 @@ def test_peer_vanishing_times_out_after_rto_backoff():
     assert c.stats.retransmits == 5 and c.stats.rto_timeouts == 5
 
 
+def test_user_timeout_gives_up_before_max_retries():
+    """TCP_USER_TIMEOUT (RFC 5482): the clock, not the retry count, ends the wait."""
+    net = Net(rto_min=0.2, max_retries=15, rto_max=60.0, user_timeout=1.0)
+    c, s = net.pair()
+    c.send(b"x" * 100)
+    net.blackhole.add(B)
+    t0 = net.now
+    net.run(lambda: c.state is CLOSED, limit=60)
+    assert isinstance(c.error, TimeoutError) and c.error.errno == errno.ETIMEDOUT
+    # sent at t0, retransmitted at +0.2, +0.6 (and +1.4 would be past the second)
+    assert 1.0 <= net.now - t0 < 1.5
+    assert c.stats.retransmits == 2
+
+
 def test_syn_retries_then_timeout():
     net = Net(syn_retries=3, rto_initial=1.0)
     net.blackhole.add(B)

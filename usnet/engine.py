@@ -204,7 +204,7 @@ class Runner:
                         e.close()
                         continue
                 except Exception as exc:  # one broken engine must not stop the others
-                    log.warning("stack engine failed: %r", exc)
+                    log.warning("stack engine failed: %r", exc, exc_info=True)
                     self.remove(e)
                     with e.lock:
                         e.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))

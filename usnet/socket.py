@@ -20,6 +20,7 @@ import io
 import ipaddress
 import os
 import socket as _std
+import struct
 import threading
 import time
 from typing import Any, Callable
@@ -32,7 +33,8 @@ from usnet.wire.ipv4 import ip_bytes, ip_str
 AF_INET = _std.AF_INET
 SOCK_STREAM = _std.SOCK_STREAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
-IPPROTO_TCP, TCP_NODELAY = _std.IPPROTO_TCP, _std.TCP_NODELAY
+IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
+SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror = OSError, TimeoutError, _std.gaierror
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT
@@ -105,6 +107,8 @@ class socket:
         self._io_refs = 0
         self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # for selectors: readable data
         self._nodelay = False
+        self._user_timeout = 0.0  # seconds (TCP_USER_TIMEOUT is set in milliseconds)
+        self._abort_on_close = False  # SO_LINGER on with a zero timeout: close sends RST
         self._where = (client, netif)  # None: `configure` or the environment decides
 
     def _target(self) -> tuple[Client, str]:
@@ -152,6 +156,9 @@ class socket:
         child = socket(client=self._where[0], netif=self._where[1])
         child._timeout = self._timeout
         child._port = self._port
+        child._nodelay, child._user_timeout = self._nodelay, self._user_timeout  # inherited, as in Linux
+        with eng.lock:
+            child._apply_options(conn)
         child._attach(eng, owns=False, conn=conn)
         return child, (ip_str(conn.remote_addr), conn.remote_port)
 
@@ -168,7 +175,7 @@ class socket:
             with eng.lock:
                 self._conn = eng.tcp.connect(ip_bytes(host), port, time.monotonic(),
                                              local_port=eng.info.local_port)
-                self._conn.nodelay = self._nodelay
+                self._apply_options(self._conn)
             self._attach(eng, owns=True, conn=self._conn)
         conn = self._conn
         try:
@@ -223,7 +230,10 @@ class socket:
             with eng.lock:
                 now = time.monotonic()
                 if self._conn is not None:
-                    self._conn.close(now)
+                    if self._abort_on_close:
+                        self._conn.abort(now)
+                    else:
+                        self._conn.close(now)
                 if self._listening:
                     eng.tcp.unlisten(self._port, now)
                 if self._owns_engine:
@@ -249,6 +259,13 @@ class socket:
             self._nodelay = bool(value)
             if self._conn is not None:
                 self._conn.nodelay = bool(value)
+        elif level == IPPROTO_TCP and opt == TCP_USER_TIMEOUT:
+            self._user_timeout = int(value) / 1000
+            if self._conn is not None:
+                self._conn.cfg.user_timeout = self._user_timeout
+        elif level == SOL_SOCKET and opt == SO_LINGER:
+            onoff, linger = struct.unpack("ii", value)
+            self._abort_on_close = bool(onoff) and linger == 0  # a lingering close: not modelled
         elif level == SOL_SOCKET and opt == SO_KEEPALIVE and self._conn is not None:
             with self._engine.lock:  # type: ignore[union-attr]
                 self._conn.set_keepalive(time.monotonic(), bool(value))
@@ -257,6 +274,8 @@ class socket:
     def getsockopt(self, level: int, opt: int, buflen: int = 0) -> int:
         if level == IPPROTO_TCP and opt == TCP_NODELAY:
             return int(self._nodelay)
+        if level == IPPROTO_TCP and opt == TCP_USER_TIMEOUT:
+            return int(self._user_timeout * 1000)
         if level == SOL_SOCKET and opt == _std.SO_ERROR:
             conn = self._conn
             return conn.error.errno if conn is not None and conn.error is not None else 0
@@ -313,6 +332,10 @@ class socket:
         eng.watchers.add(self)
         if owns:
             runner().add(eng)
+
+    def _apply_options(self, conn: Any) -> None:
+        conn.nodelay = self._nodelay
+        conn.cfg.user_timeout = self._user_timeout
 
     def _need_engine(self) -> FlowEngine:
         if self._closed:

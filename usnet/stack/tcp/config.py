@@ -79,6 +79,9 @@ class TcpConfig:
     rto_min: float = 0.2
     rto_max: float = 60.0
     max_retries: int = 15
+    # TCP_USER_TIMEOUT (RFC 5482): seconds data may stay unacknowledged before the
+    # connection fails with ETIMEDOUT; 0 leaves it to max_retries
+    user_timeout: float = 0.0
     syn_retries: int = 6
     synack_retries: int = 5
     time_wait: float = 60.0  # 2*MSL

@@ -136,7 +136,7 @@ class TcpConnection:
         "_fin_sent", "irs", "rcv_nxt", "rcv_adv", "_last_ack_sent", "_rcvq", "_reasm",
         "rcvbuf_cap", "_fin_rcvd", "_rx_fin_at", "_rcv_mss", "_rcv_unacked", "_ack_now",
         "_probe_now", "_syn_pending", "_syn_time", "_syn_rtx", "_t_rtx", "_t_delack", "_t_ka",
-        "_t_tw", "_t_persist", "_retries", "_rtt_seq", "_rtt_time", "_persist_backoff",
+        "_t_tw", "_t_persist", "_retries", "_rtx_since", "_rtt_seq", "_rtt_time", "_persist_backoff",
         "_probes", "_ka_probes", "_recovery", "_recover", "_high_rxt", "_lost_limit",
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
@@ -219,6 +219,7 @@ class TcpConnection:
         self._syn_rtx = False
         self._t_rtx = self._t_delack = self._t_ka = self._t_tw = self._t_persist = INF
         self._retries = 0
+        self._rtx_since = now  # when the oldest unacknowledged data went out (first RTO's estimate)
         self._rtt_seq: int | None = None
         self._rtt_time = 0.0
         self._persist_backoff = 0
@@ -508,8 +509,11 @@ class TcpConnection:
             return
         # A receiver that closed its window is alive (Linux tcp_retransmit_timer).
         if not (self.snd_wnd == 0 and now - self._last_rx < cfg.rto_max):
+            if self._retries == 0:
+                self._rtx_since = now - self.rto.rto
             self._retries += 1
-            if self._retries > cfg.max_retries:
+            if self._retries > cfg.max_retries or (
+                    cfg.user_timeout and now - self._rtx_since >= cfg.user_timeout):
                 self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
                 return
         self.stats.rto_timeouts += 1
