@@ -74,3 +74,39 @@ def tap_domain():
         if link_exists(ifname):
             drv.close()
             delete_links([ifname])
+
+
+@pytest.fixture
+def tap_domain6():
+    """As tap_domain, with IPv6 too: the host at fd00:x::1/64, usnet at fd00:x::2/64 (and 10.x.0.1/.2).
+
+    The host's address is added with IFA_F_NODAD, so the kernel uses it at
+    once instead of after duplicate address detection. Yields (domain,
+    ifname, usnet_ip6, host_ip6).
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    from usnet.drivers.tap import TapDriver
+    from usnet.hostnet import delete_links, link_exists
+    from usnet.nexus.domain import Domain
+
+    x = free_subnet_or_fail()
+    ifname = tap_name()
+    drv = TapDriver(ifname)
+    d = Domain()
+    try:
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=ifname)
+            ipr.link("set", index=idx, state="up")
+            ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
+            ipr.addr("add", index=idx, address=f"fd00:{x}::1", prefixlen=64, flags=IFA_F_NODAD)
+        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1",
+                    address6=f"fd00:{x}::2/64", gateway6=f"fd00:{x}::1")
+        d.start()
+        yield d, ifname, f"fd00:{x}::2", f"fd00:{x}::1"
+    finally:
+        d.stop()
+        if link_exists(ifname):
+            drv.close()
+            delete_links([ifname])

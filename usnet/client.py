@@ -87,10 +87,15 @@ class Client:
 
     def open_flow(self, netif: str, proto: int, local_port: int = 0,
                   remote: tuple[str, int] | None = None, schema: str = "default",
-                  **attrs: int) -> tuple[Channel, P.FlowOpened]:
-        """Register a flow on a netif's flow switch; returns its channel and what the switch enforces."""
-        raddr, rport = remote if remote is not None else (None, None)
-        return self._open(P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs), P.FlowOpened)
+                  family: int = 0, **attrs: int) -> tuple[Channel, P.FlowOpened]:
+        """Register a flow on a netif's flow switch; returns its channel and what the switch enforces.
+
+        `family` 4 or 6 picks the IP version; 0 takes the remote address's
+        (IPv4 for a listener). `remote` may be a socket-style 4-tuple.
+        """
+        raddr, rport = (remote[0], remote[1]) if remote is not None else (None, None)
+        req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family)
+        return self._open(req, P.FlowOpened)
 
     def open_monitor(self, netif: str) -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives."""
@@ -115,11 +120,14 @@ class Client:
         return ch, reply
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
-                   remote: tuple[str, int] | None = None, **attrs: int) -> "DatagramSocket":
-        """A UDP endpoint on a netif: the minimal datagram API over a flow channel."""
+                   remote: tuple[str, int] | None = None, family: int = 0, **attrs: int) -> "DatagramSocket":
+        """A UDP endpoint on a netif: the minimal datagram API over a flow channel.
+
+        `family` 6 (or an IPv6 `remote`) makes it IPv6.
+        """
         from usnet.stack.datagram import DatagramSocket
 
-        ch, info = self.open_flow(netif, 17, port, remote, **attrs)
+        ch, info = self.open_flow(netif, 17, port, remote, family=family, **attrs)
         return DatagramSocket(ch, info)
 
     def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:

@@ -9,12 +9,14 @@ connection's buffers, and wake the runner to send what became due.
 
 One engine is one flow channel (a TCP listener, or one connection) with its
 own IP layer and TCP endpoint; the flow switch only ever sees IP packets
-that match the flow it registered.
+that match the flow it registered. A flow is IPv4 or IPv6: the engine's
+local address is then 4 or 16 bytes, and the IP layer and TCP follow it.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import selectors
@@ -26,7 +28,6 @@ from usnet.channel.channel import ChannelError, NoBuffers, PeerGone
 from usnet.client import Client
 from usnet.stack.ip import Datagram, IcmpError, IpLayer, Transmit
 from usnet.stack.tcp import TcpEndpoint, TcpState
-from usnet.wire.ipv4 import ip_bytes
 
 log = logging.getLogger(__name__)
 TCP = 6
@@ -37,10 +38,13 @@ class FlowEngine:
     """One flow channel and the stack above it."""
 
     def __init__(self, client: Client, netif: str, local_port: int = 0,
-                 remote: tuple[str, int] | None = None, **tcp_options: Any) -> None:
-        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, ring_size=1024, packets=4096)
+                 remote: tuple[str, int] | None = None, family: int = 0, **tcp_options: Any) -> None:
+        """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
+        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
+                                              ring_size=1024, packets=4096)
         self.ch.setblocking(False)
-        self.local = ip_bytes(self.info.local_addr)
+        self.family = self.info.family
+        self.local = ipaddress.ip_address(self.info.local_addr).packed
         self.ip = IpLayer([self.local], mtu=self.info.mtu)
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)

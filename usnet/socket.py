@@ -7,7 +7,9 @@ environment: ``USNET_SOCKET`` (usnetd's control socket, default
 
 Each listening or connecting socket is one flow channel served by the
 process's stack thread (usnet.engine); accepted connections share their
-listener's channel. Blocking, timeouts (TimeoutError), non-blocking
+listener's channel. AF_INET and AF_INET6 both work: an AF_INET6 socket is
+an IPv6 flow (addresses are 4-tuples, as in the standard module) and takes
+no IPv4 traffic (as with IPV6_V6ONLY). Blocking, timeouts (TimeoutError), non-blocking
 (BlockingIOError) and `fileno()` for selectors behave as in the standard
 module; errors are the standard library's (ConnectionRefusedError,
 ConnectionResetError, TimeoutError, BrokenPipeError).
@@ -28,9 +30,8 @@ from typing import Any, Callable
 from usnet.client import DEFAULT_SOCKET, Client
 from usnet.engine import FlowEngine, runner
 from usnet.stack.tcp.connection import CLOSED, SYN_SENT
-from usnet.wire.ipv4 import ip_bytes, ip_str
 
-AF_INET = _std.AF_INET
+AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM = _std.SOCK_STREAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
@@ -65,18 +66,38 @@ def setdefaulttimeout(t: float | None) -> None:
 
 def getaddrinfo(host: str | None, port: int | str | None, family: int = 0, type: int = 0,
                 proto: int = 0, flags: int = 0) -> list[tuple]:
-    """Literal IPv4 addresses only: usnet has no resolver of its own."""
+    """Literal IPv4 and IPv6 addresses only: usnet has no resolver of its own.
+
+    An IPv6 address gives an AF_INET6 entry with a 4-tuple (address, port,
+    flowinfo 0, scope id 0); `family` filters as in the standard module.
+    """
+    if family not in (0, AF_INET, AF_INET6):
+        raise gaierror(_std.EAI_FAMILY, "ai_family not supported")
+    if host is None:
+        host = "::" if family == AF_INET6 else "0.0.0.0"
     try:
-        addr = str(ipaddress.IPv4Address(host or "0.0.0.0"))
+        ip = ipaddress.ip_address(host)
     except ValueError:
         raise gaierror(_std.EAI_NONAME, f"usnet resolves literal addresses only, not {host!r}") from None
+    af = AF_INET6 if ip.version == 6 else AF_INET
+    if family and family != af:
+        raise gaierror(_std.EAI_ADDRFAMILY, "Address family for hostname not supported")
     p = int(port or 0)
-    return [(AF_INET, SOCK_STREAM, _std.IPPROTO_TCP, "", (addr, p))]
+    sockaddr = (str(ip), p, 0, 0) if af == AF_INET6 else (str(ip), p)
+    return [(af, SOCK_STREAM, _std.IPPROTO_TCP, "", sockaddr)]
+
+
+def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
+    """The standard module's address tuple: (host, port), or (host, port, 0, 0) for AF_INET6."""
+    host = str(ipaddress.ip_address(addr))
+    return (host, port, 0, 0) if family == AF_INET6 else (host, port)
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
                       source_address: tuple[str, int] | None = None, **where: Any) -> "socket":
-    s = socket(**where)
+    """As the standard create_connection; the family is the address's."""
+    family = getaddrinfo(address[0], address[1])[0][0]
+    s = socket(family, **where)
     if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
         s.settimeout(timeout)  # type: ignore[arg-type]
     if source_address is not None:
@@ -90,12 +111,12 @@ def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAUL
 
 
 class socket:
-    """A TCP socket over usnet (AF_INET, SOCK_STREAM)."""
+    """A TCP socket over usnet (AF_INET or AF_INET6, SOCK_STREAM)."""
 
     def __init__(self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0,
                  fileno: int | None = None, *, client: Client | None = None, netif: str | None = None) -> None:
-        if family != AF_INET or type & 0xF != SOCK_STREAM or fileno is not None:
-            raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET SOCK_STREAM")
+        if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_STREAM or fileno is not None:
+            raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6 SOCK_STREAM")
         self.family, self.type, self.proto = family, SOCK_STREAM, proto
         self._timeout: float | None = getdefaulttimeout()
         self._port = 0
@@ -143,7 +164,7 @@ class socket:
 
     def listen(self, backlog: int = 128) -> None:
         client, netif = self._target()
-        eng = FlowEngine(client, netif, self._port)
+        eng = FlowEngine(client, netif, self._port, family=self._ip_version)
         self._port = eng.info.local_port
         with eng.lock:
             eng.tcp.listen(self._port, backlog=max(1, backlog))
@@ -153,14 +174,14 @@ class socket:
     def accept(self) -> tuple["socket", tuple[str, int]]:
         eng = self._need_engine()
         conn = self._wait(lambda: eng.tcp.accept(self._port), "accept")
-        child = socket(client=self._where[0], netif=self._where[1])
+        child = socket(self.family, client=self._where[0], netif=self._where[1])
         child._timeout = self._timeout
         child._port = self._port
         child._nodelay, child._user_timeout = self._nodelay, self._user_timeout  # inherited, as in Linux
         with eng.lock:
             child._apply_options(conn)
         child._attach(eng, owns=False, conn=conn)
-        return child, (ip_str(conn.remote_addr), conn.remote_port)
+        return child, _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
     def connect(self, address: tuple[str, int]) -> None:
         err = self.connect_ex(address)
@@ -168,12 +189,13 @@ class socket:
             raise OSError(err, os.strerror(err))
 
     def connect_ex(self, address: tuple[str, int]) -> int:
-        host, port = getaddrinfo(address[0], address[1])[0][4]
+        host, port = getaddrinfo(address[0], address[1], self.family)[0][4][:2]
         client, netif = self._target()
         if self._engine is None:
-            eng = FlowEngine(client, netif, self._port, remote=(host, port))
+            eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
+            self._port = eng.info.local_port  # the ephemeral port the switch chose, for getsockname
             with eng.lock:
-                self._conn = eng.tcp.connect(ip_bytes(host), port, time.monotonic(),
+                self._conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
                                              local_port=eng.info.local_port)
                 self._apply_options(self._conn)
             self._attach(eng, owns=True, conn=self._conn)
@@ -245,14 +267,14 @@ class socket:
     def detach(self) -> int:
         raise OSError(errno.EOPNOTSUPP, "a usnet socket has no kernel descriptor to detach")
 
-    def getsockname(self) -> tuple[str, int]:
+    def getsockname(self) -> tuple:
         if self._engine is None:
-            return ("0.0.0.0", self._port)
-        return (self._engine.info.local_addr, self._port)
+            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", self._port)
+        return _sockaddr(self.family, self._engine.info.local_addr, self._port)
 
-    def getpeername(self) -> tuple[str, int]:
+    def getpeername(self) -> tuple:
         conn = self._need_conn()
-        return (ip_str(conn.remote_addr), conn.remote_port)
+        return _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
     def setsockopt(self, level: int, opt: int, value: Any) -> None:
         if level == IPPROTO_TCP and opt == TCP_NODELAY:
@@ -323,13 +345,31 @@ class socket:
     def __repr__(self) -> str:
         return f"<usnet.socket fd={self._ready} laddr={self.getsockname()}>"
 
+    # -- for faces that drive the connection themselves (usnet.aio) ---------------------------
+
+    @property
+    def engine(self) -> FlowEngine | None:
+        """The engine serving this socket (None before listen/connect): its lock guards the connection."""
+        return self._engine
+
+    @property
+    def connection(self) -> Any:
+        """The TCP connection (usnet.stack.tcp.TcpConnection), None until connect/accept."""
+        return self._conn
+
     # -- plumbing -----------------------------------------------------------------------
+
+    @property
+    def _ip_version(self) -> int:
+        """What the flow switch calls the family: 4 or 6."""
+        return 6 if self.family == AF_INET6 else 4
 
     def _attach(self, eng: FlowEngine, owns: bool, conn: Any = None) -> None:
         self._engine = eng
         self._owns_engine = owns
         self._conn = conn
-        eng.watchers.add(self)
+        with eng.lock:  # the stack thread iterates `watchers` while it pumps
+            eng.watchers.add(self)
         if owns:
             runner().add(eng)
 

@@ -91,9 +91,11 @@ def cmd_flows(args: argparse.Namespace) -> int:
         t.add_column(c)
     for nif in info["netifs"]:
         ip = nif["netif"]["address"].split("/")[0]
+        ip6 = f"[{(nif['netif'].get('address6') or '').split('/')[0]}]"
         for f in nif["flows"]:
             st = f["stats"]
-            t.add_row(nif["netif"]["name"], f["proto"], f"{ip}:{f['local_port']}", f["remote"] or "*:*",
+            local = f"{ip6 if f.get('family') == 6 else ip}:{f['local_port']}"
+            t.add_row(nif["netif"]["name"], f["proto"], local, f["remote"] or "*:*",
                       str(f["channel"]), str(st.get("tx_packets", 0)), str(st.get("rx_packets", 0)),
                       str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)),
                       "suspended" if f["suspended"] else ("connected" if f["remote"] else "listening"))
@@ -163,7 +165,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from usnet.cli import updown
 
     return updown.up(args.driver, args.ifname, args.address, args.host_address,
-                     args.run_dir or updown.RUN_DIR, pcap=args.pcap)
+                     args.run_dir or updown.RUN_DIR, pcap=args.pcap, address6=args.address6,
+                     host_address6=args.host_address6)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--ifname", default="usnet0")
     u.add_argument("--address", default="10.77.0.2/24", help="usnet's address (default %(default)s)")
     u.add_argument("--host-address", default="10.77.0.1/24", help="the host's address (default %(default)s)")
+    u.add_argument("--address6", help="usnet's IPv6 address too, e.g. fd00:77::2/64 (default: IPv4 only)")
+    u.add_argument("--host-address6", help="the host's IPv6 address (default: ::1 of usnet's prefix)")
     u.add_argument("--pcap", help="trace every frame of the netif to this file")
     u.add_argument("--run-dir", default=None)
     u.set_defaults(fn=cmd_up)

@@ -2,10 +2,15 @@
 
 Devices and addresses are made through netlink (pyroute2). `up` records what
 it made in the run directory so that `down` undoes exactly that.
+
+IPv6 is optional (`--address6`): the host's IPv6 address is added with
+IFA_F_NODAD, so it is usable at once instead of after duplicate address
+detection (a second or so during which the kernel would not use it).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -24,9 +29,10 @@ def _paths(run_dir: str) -> dict[str, str]:
             (("config", "usnetd.toml"), ("state", "state.json"), ("log", "usnetd.log"), ("socket", "usnetd.sock"))}
 
 
-def _make_device(driver: str, ifname: str, host_address: str) -> list[str]:
-    """Create the device and give the host its address; returns the links to delete later."""
+def _make_device(driver: str, ifname: str, host_address: str, host_address6: str | None = None) -> list[str]:
+    """Create the device and give the host its addresses; returns the links to delete later."""
     from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     addr, _, plen = host_address.partition("/")
     with IPRoute() as ipr:
@@ -44,11 +50,28 @@ def _make_device(driver: str, ifname: str, host_address: str) -> list[str]:
             ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up", txqlen=10000)
         idx = ipr.link_lookup(ifname=host_if)[0]
         ipr.addr("add", index=idx, address=addr, prefixlen=int(plen or 24))
+        if host_address6:
+            h6 = ipaddress.IPv6Interface(host_address6)
+            ipr.addr("add", index=idx, address=str(h6.ip), prefixlen=h6.network.prefixlen, flags=IFA_F_NODAD)
     return made
 
 
+def host_address6_for(address6: str) -> str:
+    """The host's default IPv6 address beside usnet's: the first of the prefix (::1), or the second."""
+    iface = ipaddress.IPv6Interface(address6)
+    first = iface.network.network_address + 1
+    host = first if first != iface.ip else first + 1
+    return f"{host}/{iface.network.prefixlen}"
+
+
 def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
-       pcap: str | None = None, timeout: float = 10.0) -> int:
+       pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
+       host_address6: str | None = None) -> int:
+    """Make the device, give the host its addresses, start usnetd on it.
+
+    `address6`/`host_address6` add IPv6 (the host's defaults to ::1 of
+    usnet's prefix); the host's IPv6 address is usnet's IPv6 gateway.
+    """
     if os.geteuid() != 0:
         print("usnet up needs root (it creates a network device)", file=sys.stderr)
         return 1
@@ -58,9 +81,20 @@ def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str =
         print(f"usnet is up already ({paths['state']}); usnet down first", file=sys.stderr)
         return 1
     gateway = host_address.partition("/")[0]
-    cfg = config.Config(socket=paths["socket"], netif=[config.NetifConfig(
-        name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway, pcap=pcap)])
-    made = _make_device(driver, ifname, host_address)
+    if address6 and not host_address6:
+        host_address6 = host_address6_for(address6)
+    if host_address6 and not address6:
+        print("--host-address6 needs --address6", file=sys.stderr)
+        return 1
+    gateway6 = host_address6.partition("/")[0] if host_address6 else None
+    try:
+        nc = config.NetifConfig(name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway,
+                                pcap=pcap, address6=address6, gateway6=gateway6)
+    except ValueError as e:
+        print(f"usnet up: {e}", file=sys.stderr)
+        return 1
+    cfg = config.Config(socket=paths["socket"], netif=[nc])
+    made = _make_device(driver, ifname, host_address, host_address6)
     with open(paths["config"], "w") as f:
         f.write(config.dump(cfg))
     log = open(paths["log"], "ab")
@@ -74,7 +108,8 @@ def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str =
         print(f"usnetd did not start; see {paths['log']}", file=sys.stderr)
         down(run_dir)
         return 1
-    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}, "
+    v6 = f" and {address6}, host at {host_address6}" if address6 else ""
+    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}, "
           f"usnetd pid {proc.pid}, socket {paths['socket']}")
     return 0
 

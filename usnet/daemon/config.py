@@ -9,6 +9,8 @@
     ifname = "usnet0"        # the device: TAP name, or the interface for packet
     address = "10.77.0.2/24" # usnet's own address on it
     gateway = "10.77.0.1"    # optional
+    address6 = "fd00:77::2/64"  # optional: IPv6 too (and the link-local address from the MAC)
+    gateway6 = "fd00:77::1"  # optional
     pcap = "/tmp/usnet0.pcap"  # optional: trace every frame
 """
 
@@ -32,6 +34,8 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     mtu: int = 1500
     pcap: str | None = None
     vnet_hdr: bool = False
+    address6: str | None = None
+    gateway6: str | None = None
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)
@@ -39,6 +43,14 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             ipaddress.IPv4Address(self.gateway)
         if not 576 <= self.mtu <= 9000:
             raise ValueError("mtu must be from 576 to 9000")
+        if self.address6:
+            ipaddress.IPv6Interface(self.address6)
+            if self.mtu < 1280:
+                raise ValueError("IPv6 needs an mtu of at least 1280")
+        if self.gateway6:
+            if not self.address6:
+                raise ValueError("gateway6 needs address6")
+            ipaddress.IPv6Address(self.gateway6)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

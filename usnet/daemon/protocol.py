@@ -18,7 +18,7 @@ SCM_RIGHTS (see :mod:`usnet.daemon.transport`).
 from __future__ import annotations
 
 import errno as _errno
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -85,6 +85,9 @@ class OpenFlow(_Msg, frozen=True):
 
     A listener gives only the local port (0: an ephemeral one); a connected
     flow also gives the remote address and port. proto: 17 UDP, 6 TCP.
+    family: 4 (IPv4) or 6 (IPv6); 0, the default, means the remote address's
+    family, or IPv4 for a listener. A family that contradicts the remote
+    address is EINVAL.
     """
 
     netif: Name
@@ -94,6 +97,7 @@ class OpenFlow(_Msg, frozen=True):
     remote_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     schema: Name = "default"
     attrs: dict[Name, int] = {}
+    family: Literal[0, 4, 6] = 0
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -146,7 +150,11 @@ class ChannelOpened(_Msg, frozen=True):
 
 
 class FlowOpened(_Msg, frozen=True):
-    """A flow channel is ready (fds as with ChannelOpened); the addresses the switch enforces."""
+    """A flow channel is ready (fds as with ChannelOpened); the addresses the switch enforces.
+
+    family is the flow's IP version (4 or 6); local_addr is the netif's
+    address of that family.
+    """
 
     channel: U32
     role: U32
@@ -157,6 +165,7 @@ class FlowOpened(_Msg, frozen=True):
     remote_port: int | None
     mtu: int
     netif: str
+    family: Literal[4, 6] = 4
 
 
 class Done(_Msg, frozen=True):

@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for nc in cfg.netif:
             drv = config.make_driver(nc)
-            domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu)
-            log.info("netif %s: %s driver on %s, address %s", nc.name, nc.driver, nc.ifname or nc.name, nc.address)
+            domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu, address6=nc.address6,
+                             gateway6=nc.gateway6)
+            log.info("netif %s: %s driver on %s, address %s%s", nc.name, nc.driver, nc.ifname or nc.name,
+                     nc.address, f", {nc.address6}" if nc.address6 else "")
     except OSError as e:
         log.error("cannot open netif: %s", e)
         domain.stop()

@@ -14,6 +14,7 @@ its channels defuncted and its packets reclaimed at once.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import itertools
 import logging
 import os
@@ -56,6 +57,27 @@ class ChannelRef:
     switch: FlowSwitch | None = None
     flow: Flow | None = None
     monitor: FlowPort | None = None
+
+
+def _flow_family(req: "P.OpenFlow") -> tuple[int, bytes | None]:
+    """(4 or 6, the remote address's bytes or None) of a flow request.
+
+    The family is the request's, else the remote address's, else IPv4; a
+    request whose family and remote address disagree is refused.
+    """
+    if not req.remote_addr:
+        return req.family or 4, None
+    try:
+        addr = ipaddress.ip_address(req.remote_addr)
+    except ValueError:
+        raise ValueError(f"remote_addr {req.remote_addr!r} is not an IP address") from None
+    if getattr(addr, "scope_id", None):
+        raise ValueError(f"remote_addr {req.remote_addr!r}: zones are not supported")
+    if req.family and req.family != addr.version:
+        raise ValueError(f"remote_addr {req.remote_addr!r} is not IPv{req.family}")
+    if addr.version == 4:
+        return 4, ip_bytes(req.remote_addr)  # strict dotted quad, as before
+    return 6, addr.packed
 
 
 class Domain:
@@ -195,12 +217,18 @@ class Domain:
     # -- netifs and flows ----------------------------------------------------------------
 
     def add_netif(self, name: str, driver, address: str, gateway: str | None = None,
-                  mtu: int | None = None) -> FlowSwitch:
-        """Attach a device: a netif with its flow switch, served by the domain loop."""
+                  mtu: int | None = None, *, address6: str | None = None,
+                  gateway6: str | None = None) -> FlowSwitch:
+        """Attach a device: a netif with its flow switch, served by the domain loop.
+
+        `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
+        link-local address derived from the MAC.
+        """
         with self.lock:
             if name in self.switches:
                 raise OSError(errno.EEXIST, f"netif {name!r} exists")
-            sw = FlowSwitch(Netif(name, driver, address, gateway, mtu), self.ports)
+            netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6)
+            sw = FlowSwitch(netif, self.ports)
             self.switches[name] = sw
             self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
         self._wake()
@@ -226,7 +254,7 @@ class Domain:
         sw = self.switches.get(req.netif)
         if sw is None:
             raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
-        raddr = ip_bytes(req.remote_addr) if req.remote_addr else None
+        family, raddr = _flow_family(req)
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
         sch = schemamod.resolve(req.schema, dict(req.attrs))
@@ -236,15 +264,17 @@ class Domain:
         pipe = UserPipe(f"flow:{cid}", sch, session.uid)
         port = FlowPort(pipe)
         try:
-            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid)
+            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
         except BaseException:
             pipe.destroy()
             raise
         pipe.on_destroy = self._forget_pipe
         self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
         fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow), port.bell)
-        reply = P.FlowOpened(cid, 0, sch.name, sw.netif.ip_str, flow.lport, req.remote_addr,
-                             req.remote_port, sw.netif.mtu, sw.netif.name)
+        local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
+        remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
+        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
+                             sw.netif.mtu, sw.netif.name, family)
         return reply, fds
 
     def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:

@@ -1,8 +1,9 @@
 """The flow switch: the multiplexer between one netif and many applications (DESIGN §5).
 
-It owns the link layer for its clients: ARP (answers for its address,
-resolves neighbours), Ethernet framing, ICMP echo replies for its address.
-Clients hand it IP packets and receive IP packets.
+It owns the link layer for its clients: ARP and IPv6 Neighbour Discovery
+(answers for its addresses, resolves neighbours; one NeighbourCache class,
+an instance per family), Ethernet framing, ICMP and ICMPv6 echo replies for
+its addresses. Clients hand it IP packets and receive IP packets.
 
 * Flows: a listener matches (protocol, local port); a connected flow matches
   the full 5-tuple and wins over a listener.
@@ -14,10 +15,18 @@ Clients hand it IP packets and receive IP packets.
 * Receive: classify, then copy into the owning channel's pool and ring its
   doorbell. Anything malformed is counted and dropped; nothing from the wire
   can raise out of here.
+* IPv6 (a netif with `address6`): flows carry a family; an IPv6 flow's
+  packets are checked one at a time (`_tx_one6`: version 6, payload length,
+  next header = the flow's protocol, so no extension header can be
+  smuggled past the port check, source address and port, destination), and
+  received IPv6 frames take the per-frame path (`_rx_ip6`). The numpy batch
+  paths (`_tx_fast_ok`, `_tx_rows`, `_rx_block`) are IPv4 only, so IPv4
+  pays nothing for IPv6.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import struct
 import time
@@ -30,17 +39,22 @@ import numpy as np
 from usnet.channel.events import EventType, TxDropReason
 from usnet.drivers import block
 from usnet.drivers.block import FrameBlock
-from usnet.nexus.arp import ArpCache
+from usnet.nexus.neighbours import NeighbourCache
 from usnet.nexus.flowport import CLIENT, FlowPort
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace, host_owns
 from usnet.stack.tcp.connection import rst_reply
 from usnet.wire import arp as warp
 from usnet.wire import icmp as wicmp
+from usnet.wire import icmpv6 as wicmp6
 from usnet.wire import tcp as wtcp
 from usnet.wire.errors import WireError
-from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4
+from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, build_ipv4_header, ip_str, parse_ipv4
+from usnet.wire.ipv6 import (
+    ALL_NODES, ICMPV6, IPV6_HLEN, UNSPECIFIED, build_ipv6_header, ip6_str, multicast_mac, parse_ipv6,
+    skip_ext_headers, solicited_node,
+)
 from usnet.wire.rows import be_u16, be_u32, row_sums
 
 _ETH = struct.Struct("!6s6sH")
@@ -48,6 +62,7 @@ _PORTS = struct.Struct("!HH")
 # Ethernet dst, src, type; IPv4 version/ihl, total length, flags/fragment, protocol, src, dst; ports
 _FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
 _IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, protocol, src, dst
+_IP6FIX = struct.Struct("!4xHBx16s16s")  # payload length, next header, src, dst
 ICMP, TCP, UDP = 1, 6, 17
 TX_BATCH = 512
 
@@ -70,6 +85,7 @@ class Flow:
     stats: Counter = field(default_factory=Counter)
     parked: int = 0  # packets waiting for a neighbour: the flow is not served meanwhile
     raddr_int: int = 0
+    family: int = 4  # 4 or 6: which address the flow sends from, and which listener table has it
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
@@ -98,9 +114,14 @@ class Flow:
         return (self.proto, self.lport, self.raddr, self.rport)
 
     def describe(self) -> dict[str, Any]:
+        if self.raddr is None:
+            remote = None
+        elif self.family == 6:
+            remote = f"[{ip6_str(self.raddr)}]:{self.rport}"
+        else:
+            remote = f"{ip_str(self.raddr)}:{self.rport}"
         return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
-                "local_port": self.lport,
-                "remote": None if self.raddr is None else f"{ip_str(self.raddr)}:{self.rport}",
+                "family": self.family, "local_port": self.lport, "remote": remote,
                 "suspended": self.port.suspended, "stats": dict(self.stats)}
 
 
@@ -110,41 +131,56 @@ class FlowSwitch:
         self.netif = netif
         self.ports = ports or PortSpace()
         self.clock = clock
-        self.arp = ArpCache()
+        self.arp = NeighbourCache()  # IPv4 neighbours, asked for with ARP
+        self.nd = NeighbourCache()  # IPv6 neighbours, asked for with Neighbour Solicitations
         self.flows: dict[int, Flow] = {}
-        self.exact: dict[tuple, Flow] = {}
+        self.exact: dict[tuple, Flow] = {}  # both families: the remote address's length tells them apart
         self.listeners: dict[tuple, Flow] = {}
+        self.listeners6: dict[tuple, Flow] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
         self._ids = itertools.count(1)
         self._ident = 0
         self._host_addr = netif.ip_str if host_owns(netif.ip_str) else None
+        self._host_addr6 = netif.ip6_str if netif.ip6_str and host_owns(netif.ip6_str) else None
+        # the multicast MACs of the groups we are in (all-nodes, our solicited-node groups)
+        self._macs6 = frozenset(multicast_mac(g) for g in netif.groups6)
         self._rx_sig = np.frombuffer(netif.mac + b"\x08\x00\x45\x00\x00" + netif.ip, np.uint8)
         self._src_and_type = np.frombuffer(netif.mac + ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
 
     # -- flows ---------------------------------------------------------------------------
 
     def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
-                 port: FlowPort, channel: int = 0) -> Flow:
-        """Register a flow; reserves its local port (PortInUse if taken)."""
+                 port: FlowPort, channel: int = 0, family: int = 4) -> Flow:
+        """Register a flow of `family` (4 or 6); reserves its local port (PortInUse if taken)."""
         if proto not in (TCP, UDP):
             raise ValueError(f"flows carry TCP or UDP, not protocol {proto}")
         if (raddr is None) != (rport is None):
             raise ValueError("a connected flow needs both remote address and port")
+        if family not in (4, 6) or (raddr is not None and len(raddr) != (4 if family == 4 else 16)):
+            raise ValueError(f"a remote address of {len(raddr or b'')} bytes is not IPv{family}")
+        if family == 6 and self.netif.ip6 is None:
+            raise OSError(errno.EADDRNOTAVAIL, f"netif {self.netif.name!r} has no IPv6 address")
         fid = next(self._ids)
-        lport = self.ports.reserve(proto, lport, fid, self._host_addr)
-        flow = Flow(fid, proto, lport, raddr, rport, port, channel)
+        lport = self.ports.reserve(proto, lport, fid, self._host_addr6 if family == 6 else self._host_addr,
+                                   family=family)
+        flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family)
         self.flows[fid] = flow
-        (self.exact if raddr is not None else self.listeners)[flow.key()] = flow
+        self._table(flow)[flow.key()] = flow
         return flow
+
+    def _table(self, flow: Flow) -> dict[tuple, Flow]:
+        """Where a flow is looked up: the 5-tuples, or its family's listeners."""
+        if flow.raddr is not None:
+            return self.exact
+        return self.listeners6 if flow.family == 6 else self.listeners
 
     def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
         """Unregister a flow and free its port; its queued frames still leave if `keep_queued`."""
         if self.flows.pop(flow.id, None) is None:
             return
-        table = self.exact if flow.raddr is not None else self.listeners
-        table.pop(flow.key(), None)
-        self.ports.release(flow.proto, flow.lport)
+        self._table(flow).pop(flow.key(), None)
+        self.ports.release(flow.proto, flow.lport, family=flow.family)
         if not keep_queued:
             self.netif.drop_queue(flow.id)
 
@@ -256,13 +292,15 @@ class FlowSwitch:
             self.drops["rx_runt"] += 1
             return
         dst, src, etype = _ETH.unpack_from(f)
-        if dst != self.netif.mac and dst != BROADCAST:
+        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6:
             self.drops["rx_not_our_mac"] += 1
             return
         if etype == ETHERTYPE_IPV4:
             self._rx_ip(f, now, per_flow)
         elif etype == ETHERTYPE_ARP:
             self._rx_arp(f, src, now)
+        elif etype == ETHERTYPE_IPV6 and self.netif.ip6 is not None:
+            self._rx_ip6(f, src, now, per_flow)
         else:
             self.drops["rx_ethertype"] += 1
 
@@ -275,14 +313,18 @@ class FlowSwitch:
             self.drops["arp_not_for_us"] += 1
             return
         self.counts["arp_rx"] += 1
-        for key, packet in self.arp.learn(spa, sha, now):
-            flow = self.flows.get(key)
-            if flow is not None:
-                flow.parked -= 1
-            self._emit(key, sha, packet)
+        self._learn(self.arp, spa, sha, now)
         if op == warp.ARP_REQUEST:
             self._send_frame(0, sha, ETHERTYPE_ARP,
                              warp.build_arp(warp.ARP_REPLY, self.netif.mac, self.netif.ip, sha, spa))
+
+    def _learn(self, cache: NeighbourCache, addr: bytes, mac: bytes, now: float) -> None:
+        """A neighbour's link-layer address: remember it, and send what waited for it."""
+        for key, packet in cache.learn(addr, mac, now):
+            flow = self.flows.get(key)
+            if flow is not None:
+                flow.parked -= 1
+            self._emit(key, mac, packet)
 
     def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
         ihl, total, _ident, ff, _ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
@@ -336,6 +378,128 @@ class FlowSwitch:
         else:
             self.drops["rx_icmp_other"] += 1
 
+    # -- receive, IPv6 ------------------------------------------------------------------------
+
+    def _rx_ip6(self, f: bytes, src_mac: bytes, now: float, per_flow: dict) -> None:
+        """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows."""
+        _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
+        netif = self.netif
+        if dst not in netif.addrs6 and dst not in netif.groups6:
+            self.drops["rx_not_our_ip"] += 1
+            return
+        if src[0] == 0xFF:
+            self.drops["rx_bad_source"] += 1
+            return
+        end = ETH_HLEN + IPV6_HLEN + plen
+        proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, nh)
+        if frag is not None:
+            self.drops["rx_fragment"] += 1  # reassembly belongs to the client stack, as for IPv4
+            return
+        if proto == ICMPV6:
+            self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now)
+            return
+        if proto not in (UDP, TCP) or end - start < 4 or dst[0] == 0xFF or src == UNSPECIFIED:
+            self.drops["rx_no_flow"] += 1
+            return
+        sport, dport = _PORTS.unpack_from(f, start)
+        flow = None
+        if dst == netif.ip6:  # flows have the global address; the link-local one has no ports
+            flow = self.exact.get((proto, dport, src, sport)) or self.listeners6.get((proto, dport))
+        if flow is None:
+            self.drops["rx_no_flow"] += 1
+            self._no_socket6(proto, f, start, end, src, dst, now)
+            return
+        lst = per_flow.get(flow)
+        if lst is None:
+            lst = per_flow[flow] = []
+        lst.append(f[ETH_HLEN:end])
+
+    def _no_socket6(self, proto: int, f: bytes, start: int, end: int, src: bytes, dst: bytes,
+                    now: float) -> None:
+        """Nobody has this port: ICMPv6 port unreachable for UDP, RST for TCP, from the address asked."""
+        if proto == UDP:
+            self.counts["icmp6_unreach_sent"] += 1
+            msg = wicmp6.build_error6(wicmp6.DEST_UNREACH, wicmp6.PORT_UNREACH, f[ETH_HLEN:end], dst, src)
+            self._send_ip6(0, dst, src, ICMPV6, msg, now)
+            return
+        try:
+            seg = wtcp.parse_tcp(f, start, end - start, src, dst)
+        except WireError:
+            return  # a bad segment earns no answer
+        rst = rst_reply(wtcp.pseudo_sum(dst, src), seg)
+        if rst is not None:
+            self.counts["tcp_rst_sent"] += 1
+            self._send_ip6(0, dst, src, TCP, rst, now)
+
+    def _rx_icmp6(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+                  src_mac: bytes, now: float) -> None:
+        typ, _code, ident, seq, body = wicmp6.parse_icmpv6(f, start, end - start, src, dst)  # checksum too
+        if typ == wicmp6.NEIGHBOR_SOLICIT:
+            self._rx_ns(f, start, end, src, dst, hop, src_mac, now)
+        elif typ == wicmp6.NEIGHBOR_ADVERT:
+            self._rx_na(f, start, end, dst, hop, now)
+        elif typ == wicmp6.ECHO_REQUEST and dst in self.netif.addrs6 and src != UNSPECIFIED:
+            self.counts["icmp6_echo"] += 1
+            reply = wicmp6.build_echo6(wicmp6.ECHO_REPLY, ident, seq, f[body:end], dst, src)
+            self._send_ip6(0, dst, src, ICMPV6, reply, now)
+        else:
+            self.drops["rx_icmp6_other"] += 1  # router discovery, MLD, errors: nobody here wants them
+
+    def _rx_ns(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+               src_mac: bytes, now: float) -> None:
+        """A Neighbour Solicitation: learn the asker (as from an ARP request) and advertise ourselves."""
+        if hop != 255:
+            self.drops["nd_bad"] += 1  # RFC 4861 §7.1.1: only from this link
+            return
+        target, opts = wicmp6.parse_ns(f, start, end - start)
+        netif = self.netif
+        if target not in netif.addrs6:
+            self.drops["nd_not_for_us"] += 1
+            return
+        slla = wicmp6.find_option(opts, wicmp6.OPT_SOURCE_LLADDR)
+        if src == UNSPECIFIED:  # duplicate address detection: someone wants our address
+            if slla is not None or dst != solicited_node(target):
+                self.drops["nd_bad"] += 1
+                return
+            self.counts["nd_dad_defended"] += 1
+            self._advertise(target, ALL_NODES, multicast_mac(ALL_NODES), wicmp6.NA_OVERRIDE)
+            return
+        if src_mac[0] & 1 or (slla is not None and (slla != src_mac)):
+            self.drops["nd_bogus_sender"] += 1
+            return
+        self.counts["nd_rx"] += 1
+        if slla is not None:
+            self._learn(self.nd, src, slla, now)
+        self._advertise(target, src, src_mac, wicmp6.NA_SOLICITED | wicmp6.NA_OVERRIDE)
+
+    def _advertise(self, target: bytes, dst: bytes, dst_mac: bytes, flags: int) -> None:
+        """A Neighbour Advertisement for one of our addresses, straight to the asker's MAC."""
+        na = wicmp6.build_na(target, dst, target, flags, self.netif.mac)
+        self.counts["nd_na_sent"] += 1
+        self._send_frame(0, dst_mac, ETHERTYPE_IPV6, build_ipv6_header(target, dst, ICMPV6, len(na), 255) + na)
+
+    def _rx_na(self, f: bytes, start: int, end: int, dst: bytes, hop: int, now: float) -> None:
+        """A Neighbour Advertisement: believed only for an address we have or are asking for."""
+        if hop != 255:
+            self.drops["nd_bad"] += 1
+            return
+        flags, target, opts = wicmp6.parse_na(f, start, end - start)
+        if dst[0] == 0xFF and flags & wicmp6.NA_SOLICITED:
+            self.drops["nd_bad"] += 1
+            return
+        if target in self.netif.addrs6:
+            self.drops["nd_dup_addr"] += 1  # someone else claims our address: keep it
+            return
+        tlla = wicmp6.find_option(opts, wicmp6.OPT_TARGET_LLADDR)
+        if tlla is None or tlla[0] & 1:
+            self.drops["nd_no_lladdr"] += 1
+            return
+        if not self.nd.knows(target):
+            self.drops["nd_unsolicited"] += 1
+            return
+        self.counts["nd_rx"] += 1
+        self._learn(self.nd, target, tlla, now)
+
     # -- transmit ----------------------------------------------------------------------------
 
     def service_tx(self, flow: Flow, max_packets: int = TX_BATCH, draining: bool = False) -> int:
@@ -352,11 +516,14 @@ class FlowSwitch:
         if not n:
             return 0
         now = self.clock()
-        ok = self._tx_fast_ok(flow, rows, lens)
+        if flow.family == 6:
+            ok, tx_one = np.zeros(n, bool), self._tx_one6  # IPv6: packet by packet
+        else:
+            ok, tx_one = self._tx_fast_ok(flow, rows, lens), self._tx_one
         sent = int(ok.sum())
         if sent < n:
             for i in np.flatnonzero(~ok).tolist():
-                sent += self._tx_one(flow, bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])]), now)
+                sent += tx_one(flow, bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])]), now)
             rows, lens = rows[ok], lens[ok]
         if len(lens):
             sent -= self._tx_rows(flow, rows, lens, now)
@@ -432,16 +599,56 @@ class FlowSwitch:
             return 0
         return 1
 
+    def _tx_one6(self, flow: Flow, p: bytes, now: float) -> int:
+        """Check one packet of an IPv6 flow; queue it (1) or drop it with its reason (0).
+
+        The next header must be the flow's protocol itself: a packet with
+        extension headers is refused, so the ports checked are the ports sent.
+        """
+        n = len(p)
+        if n and p[0] >> 4 != 6:
+            self._tx_drop(flow, TxDropReason.NOT_IPV4, n)  # code 2: not the flow's IP version
+            return 0
+        if n < IPV6_HLEN:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        plen, nh, src, dst = _IP6FIX.unpack_from(p)
+        if IPV6_HLEN + plen != n:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        if nh != flow.proto:
+            self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
+            return 0
+        if plen < 4:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        sport, dport = _PORTS.unpack_from(p, IPV6_HLEN)
+        if src != self.netif.ip6 or sport != flow.lport:
+            self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
+            return 0
+        if flow.raddr is not None and (dst != flow.raddr or dport != flow.rport):
+            self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+            return 0
+        if n > self.netif.mtu:
+            self._tx_drop(flow, TxDropReason.TOO_BIG, n)
+            return 0
+        if not self._route(flow.id, dst, p, now):
+            self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
+            return 0
+        return 1
+
     def _tx_drop(self, flow: Flow, reason: TxDropReason, length: int) -> None:
         self.drops["tx_" + reason.name.lower()] += 1
         flow.stats["tx_dropped"] += 1
         flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, reason, value=length)
 
     def _neighbour(self, dst: bytes, now: float) -> tuple[bytes | None, bytes | None]:
-        """(next hop or None if no route, its MAC or None while unresolved) for `dst`."""
+        """(next hop or None if no route, its MAC or None while unresolved) for `dst` (4 or 16 bytes)."""
         hop = self.netif.next_hop(dst)
         if hop is None:
             return None, None
+        if len(hop) == 16:
+            return hop, multicast_mac(hop) if hop[0] == 0xFF else self.nd.lookup(hop, now)
         if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
             return hop, BROADCAST
         return hop, self.arp.lookup(hop, now)
@@ -461,9 +668,12 @@ class FlowSwitch:
         flow = self.flows.get(key)
         if flow is not None:
             flow.parked += 1
-        ask, dropped = self.arp.wait(hop, (key, packet), now)
-        if ask:
+        ipv4 = len(hop) == 4
+        ask, dropped = (self.arp if ipv4 else self.nd).wait(hop, (key, packet), now)
+        if ask and ipv4:
             self._arp_request(hop)
+        elif ask:
+            self._solicit(hop)
         if dropped is not None:
             self._unresolved(dropped)
 
@@ -480,7 +690,7 @@ class FlowSwitch:
                                                     value=len(packet))
 
     def _emit(self, key: int, mac: bytes, packet: bytes) -> None:
-        self._send_frame(key, mac, ETHERTYPE_IPV4, packet)
+        self._send_frame(key, mac, ETHERTYPE_IPV6 if packet[0] >> 4 == 6 else ETHERTYPE_IPV4, packet)
 
     def _send_frame(self, key: int, dst_mac: bytes, etype: int, payload: bytes) -> None:
         self.netif.enqueue(key, _ETH.pack(dst_mac, self.netif.mac, etype) + payload)
@@ -490,6 +700,22 @@ class FlowSwitch:
         self._ident = (self._ident + 1) & 0xFFFF
         hdr = build_ipv4_header(self.netif.ip, dst, proto, len(payload), ident=self._ident)
         self._route(key, dst, hdr + payload, now)
+
+    def _send_ip6(self, key: int, src: bytes, dst: bytes, nh: int, payload: bytes, now: float) -> None:
+        """An IPv6 packet of the switch's own (echo reply, port unreachable, RST)."""
+        self._route(key, dst, build_ipv6_header(src, dst, nh, len(payload)) + payload, now)
+
+    def _solicit(self, target: bytes) -> None:
+        """Ask for `target`'s MAC: a Neighbour Solicitation to its solicited-node group.
+
+        From our link-local address, which every neighbour can answer whatever its prefix.
+        """
+        src, group = self.netif.ll6, solicited_node(target)
+        assert src is not None
+        ns = wicmp6.build_ns(src, group, target, self.netif.mac)
+        self.counts["nd_solicits"] += 1
+        self._send_frame(0, multicast_mac(group), ETHERTYPE_IPV6,
+                         build_ipv6_header(src, group, ICMPV6, len(ns), 255) + ns)
 
     def _arp_request(self, ip: bytes) -> None:
         self.counts["arp_requests"] += 1
@@ -509,11 +735,14 @@ class FlowSwitch:
 
     def service_timers(self) -> None:
         now = self.clock()
-        ask, gave_up = self.arp.due(now)
-        for ip in ask:
-            self._arp_request(ip)
-        for item in gave_up:
-            self._unresolved(item)
+        for cache, ask_for in ((self.arp, self._arp_request), (self.nd, self._solicit)):
+            if not cache.pending:
+                continue
+            ask, gave_up = cache.due(now)
+            for ip in ask:
+                ask_for(ip)
+            for item in gave_up:
+                self._unresolved(item)
 
     def flush(self) -> int:
         n = self.netif.flush()
@@ -523,7 +752,9 @@ class FlowSwitch:
         return n
 
     def next_timeout(self) -> float | None:
-        t = [x for x in (self.arp.next_timer(self.clock()), self.netif.driver.timeout()) if x is not None]
+        now = self.clock()
+        t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout())
+             if x is not None]
         if self.netif.active:
             t.append(0.0005)
         return min(t) if t else None
@@ -531,5 +762,6 @@ class FlowSwitch:
     def info(self) -> dict[str, Any]:
         return {"netif": self.netif.info(), "flows": [f.describe() for f in self.flows.values()],
                 "drops": dict(self.drops), "counts": {k: v for k, v in self.counts.items() if ":" not in k},
-                "arp": {ip_str(k): v[0].hex(":") for k, v in self.arp.entries.items()}}
+                "arp": {ip_str(k): v[0].hex(":") for k, v in self.arp.entries.items()},
+                "nd": {ip6_str(k): v[0].hex(":") for k, v in self.nd.entries.items()}}
 

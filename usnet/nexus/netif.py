@@ -4,6 +4,11 @@ Transmit queues are per flow and served round-robin, so one busy flow cannot
 starve another; a flow whose queue passes `high_water` is suspended by the
 flow switch (it stops taking from that flow's TX ring: back-pressure, not
 loss) and resumed below `low_water`.
+
+Addresses: one IPv4 address (with its network and an optional gateway),
+and optionally one IPv6 address (`address6`, with an optional `gateway6`).
+A netif with an IPv6 address also has the link-local address derived from
+its MAC (modified EUI-64): Neighbour Discovery and routers speak to it.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from usnet.drivers import block
 from usnet.drivers.base import Driver, random_mac
 from usnet.drivers.block import FrameBlock
 from usnet.wire.ipv4 import ip_bytes
+from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
 
 
 class Netif:
     def __init__(self, name: str, driver: Driver, address: str, gateway: str | None = None,
                  mtu: int | None = None, mac: bytes | None = None, high_water: int = 1024,
-                 low_water: int = 256) -> None:
+                 low_water: int = 256, address6: str | None = None, gateway6: str | None = None) -> None:
         iface = ipaddress.IPv4Interface(address)
         self.name = name
         self.driver = driver
@@ -35,6 +41,7 @@ class Netif:
         self._mask = int(iface.network.netmask)
         self.broadcast = iface.network.broadcast_address.packed
         self.gateway = ip_bytes(gateway) if gateway else None
+        self._init_ipv6(address6, gateway6)
         self.high_water, self.low_water = high_water, low_water
         self.queues: dict[int, deque[bytes]] = {}
         self.queued_bytes: dict[int, int] = {}
@@ -43,14 +50,56 @@ class Netif:
         self.tx_frames = self.tx_bytes = self.rx_frames = self.rx_bytes = 0
         self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
 
+    def _init_ipv6(self, address6: str | None, gateway6: str | None) -> None:
+        """IPv6 is on only with an address: then the netif has it and its link-local address."""
+        self.ip6: bytes | None = None
+        self.ll6: bytes | None = None
+        self.address6: ipaddress.IPv6Interface | None = None
+        self.gateway6: bytes | None = None
+        self.addrs6: frozenset[bytes] = frozenset()  # unicast addresses we answer for
+        self.groups6: frozenset[bytes] = frozenset()  # multicast groups we listen to
+        if address6 is None:
+            if gateway6:
+                raise ValueError("gateway6 without address6")
+            return
+        iface = ipaddress.IPv6Interface(address6)
+        if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
+            raise ValueError(f"{address6} cannot be an interface address")
+        if self.mtu < 1280:
+            raise ValueError(f"IPv6 needs an MTU of at least 1280, not {self.mtu}")
+        self.address6 = iface
+        self.ip6 = iface.ip.packed
+        self.ll6 = link_local_from_mac(self.mac)
+        self._net6 = int(iface.network.network_address)
+        self._mask6 = int(iface.network.netmask)
+        self.gateway6 = ip6_bytes(gateway6) if gateway6 else None
+        self.addrs6 = frozenset((self.ip6, self.ll6))
+        self.groups6 = frozenset({ALL_NODES} | {solicited_node(a) for a in self.addrs6})
+
+    @property
+    def ip6_str(self) -> str | None:
+        return None if self.ip6 is None else ip6_str(self.ip6)
+
     def on_link(self, ip: bytes) -> bool:
+        if len(ip) == 16:
+            return self.ip6 is not None and (
+                int.from_bytes(ip, "big") & self._mask6 == self._net6 or is_link_local6(ip))
         return int.from_bytes(ip, "big") & self._mask == self._net
 
     def next_hop(self, dst: bytes) -> bytes | None:
-        """The neighbour to hand a packet for `dst` to, or None if there is no route."""
+        """The neighbour to hand a packet for `dst` (4 or 16 bytes) to, or None if there is no route."""
+        if len(dst) == 16:
+            return self._next_hop6(dst)
         if self.on_link(dst) or dst == b"\xff\xff\xff\xff":
             return dst
         return self.gateway
+
+    def _next_hop6(self, dst: bytes) -> bytes | None:
+        if self.ip6 is None or dst == bytes(16) or dst == bytes(15) + b"\x01":
+            return None  # no IPv6 here; the unspecified and loopback addresses never leave
+        if dst[0] == 0xFF or self.on_link(dst):
+            return dst  # multicast maps to its MAC; on-link neighbours are asked for
+        return self.gateway6
 
     def enqueue(self, key: int, frame: bytes) -> int:
         """Queue a frame for flow `key` (0: the switch's own); returns that queue's length."""
@@ -159,6 +208,9 @@ class Netif:
         return {"name": self.name, "driver": self.driver.name, "mac": self.mac.hex(":"),
                 "address": str(self.address), "mtu": self.mtu,
                 "gateway": None if self.gateway is None else ".".join(map(str, self.gateway)),
+                "address6": None if self.address6 is None else str(self.address6),
+                "link_local6": None if self.ll6 is None else ip6_str(self.ll6),
+                "gateway6": None if self.gateway6 is None else ip6_str(self.gateway6),
                 "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
                 "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes,
                 "queued": sum(self.queued_frames.values()),

@@ -4,17 +4,22 @@ A port taken by usnet on an address the host also owns is reserved in the host
 kernel too, by binding a real socket to it, so that neither stack hands out
 the other's port. On an address only usnet owns (the far side of a TAP) the
 host is not involved.
+
+IPv4 and IPv6 have separate namespaces, as in the kernel with IPV6_V6ONLY:
+a server may listen on the same port in both families (two flows).
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import random
 import socket
 
 EPHEMERAL = range(49152, 65536)
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 _SOCK_TYPE = {6: socket.SOCK_STREAM, 17: socket.SOCK_DGRAM}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 class PortInUse(OSError):
@@ -24,46 +29,49 @@ class PortInUse(OSError):
 
 class PortSpace:
     def __init__(self, seed: int | None = None) -> None:
-        self.used: dict[tuple[int, int], object] = {}  # (proto, port) -> owner
-        self.host_sockets: dict[tuple[int, int], socket.socket] = {}
+        self.used: dict[tuple[int, int, int], object] = {}  # (family, proto, port) -> owner
+        self.host_sockets: dict[tuple[int, int, int], socket.socket] = {}
         self.rng = random.Random(seed)
 
-    def reserve(self, proto: int, port: int, owner: object, host_addr: str | None = None) -> int:
-        """Take `port` (0: an ephemeral one) for `owner`; PortInUse if anyone has it.
+    def reserve(self, proto: int, port: int, owner: object, host_addr: str | None = None,
+                family: int = 4) -> int:
+        """Take `port` (0: an ephemeral one) of `family` (4 or 6) for `owner`; PortInUse if anyone has it.
 
         `host_addr`: the local address when the host owns it too; the port is
         then also bound in the host kernel for as long as usnet holds it.
         """
         if proto not in _SOCK_TYPE:
             raise OSError(errno.EPROTONOSUPPORT, f"protocol {proto} has no ports")
+        if family not in _AF:
+            raise OSError(errno.EAFNOSUPPORT, f"address family IPv{family}")
         if port == 0:
-            return self._ephemeral(proto, owner, host_addr)
+            return self._ephemeral(family, proto, owner, host_addr)
         if not 1 <= port <= 65535:
             raise OSError(errno.EINVAL, f"port {port} out of range")
-        if (proto, port) in self.used:
+        if (family, proto, port) in self.used:
             raise PortInUse(proto, port)
         if host_addr is not None:
-            self._bind_host(proto, port, host_addr)
-        self.used[proto, port] = owner
+            self._bind_host(family, proto, port, host_addr)
+        self.used[family, proto, port] = owner
         return port
 
-    def _ephemeral(self, proto: int, owner: object, host_addr: str | None) -> int:
+    def _ephemeral(self, family: int, proto: int, owner: object, host_addr: str | None) -> int:
         start = self.rng.randrange(len(EPHEMERAL))
         for i in range(len(EPHEMERAL)):
             port = EPHEMERAL[(start + i) % len(EPHEMERAL)]
-            if (proto, port) in self.used:
+            if (family, proto, port) in self.used:
                 continue
             try:
                 if host_addr is not None:
-                    self._bind_host(proto, port, host_addr)
+                    self._bind_host(family, proto, port, host_addr)
             except PortInUse:
                 continue
-            self.used[proto, port] = owner
+            self.used[family, proto, port] = owner
             return port
         raise OSError(errno.EADDRNOTAVAIL, "no ephemeral port left")
 
-    def _bind_host(self, proto: int, port: int, addr: str) -> None:
-        s = socket.socket(socket.AF_INET, _SOCK_TYPE[proto])
+    def _bind_host(self, family: int, proto: int, port: int, addr: str) -> None:
+        s = socket.socket(_AF[family], _SOCK_TYPE[proto])
         try:
             s.bind((addr, port))
         except OSError as e:
@@ -71,21 +79,22 @@ class PortSpace:
             if e.errno == errno.EADDRINUSE:
                 raise PortInUse(proto, port, " (the host's stack has it)") from None
             raise
-        self.host_sockets[proto, port] = s
+        self.host_sockets[family, proto, port] = s
 
-    def release(self, proto: int, port: int) -> None:
-        self.used.pop((proto, port), None)
-        s = self.host_sockets.pop((proto, port), None)
+    def release(self, proto: int, port: int, family: int = 4) -> None:
+        self.used.pop((family, proto, port), None)
+        s = self.host_sockets.pop((family, proto, port), None)
         if s is not None:
             s.close()
 
-    def owner(self, proto: int, port: int) -> object | None:
-        return self.used.get((proto, port))
+    def owner(self, proto: int, port: int, family: int = 4) -> object | None:
+        return self.used.get((family, proto, port))
 
 
 def host_owns(addr: str) -> bool:
-    """True if the host kernel has `addr` on one of its interfaces."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """True if the host kernel has `addr` (IPv4 or IPv6) on one of its interfaces."""
+    af = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_DGRAM)
     try:
         s.bind((addr, 0))
         return True

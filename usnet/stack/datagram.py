@@ -4,6 +4,11 @@ The application's process builds the IPv4 and UDP headers itself, straight
 into the packet buffer (`wire.write_*`), and the flow switch only checks them.
 Receive verifies the UDP checksum here, in the user domain: the switch
 classifies but never trusts or fixes a payload.
+
+IPv6 flows (`FlowOpened.family == 6`) build and check one datagram at a
+time (`_send_many6`, `_recv6`): the column-wise batch code is IPv4's. The
+IPv6 UDP checksum is mandatory, so a datagram that arrives without one is
+dropped. Addresses are (host, port) pairs in both families.
 """
 
 from __future__ import annotations
@@ -21,9 +26,14 @@ from usnet.pool.umd import UMD_WORDS
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.wire.rows import be_u16, be_u32, padded_width, row_sums
+from usnet.wire.ipv6 import (
+    IPV6_HLEN, build_ipv6_header, ip6_bytes, ip6_str, parse_ipv6, upper_checksum_v6, verify_upper_v6,
+)
 from usnet.wire.udp import UDP_HLEN, parse_udp
 
 HEADERS = IPV4_HLEN + UDP_HLEN
+HEADERS6 = IPV6_HLEN + UDP_HLEN
+_UDP = struct.Struct("!HHHH")
 _HEADERS = struct.Struct("!BBHHHBBH4s4sHHHH")  # the IPv4 header (no options) and the UDP header
 # The same 28 bytes as a numpy record, so a batch's headers are written a field (column) at a time.
 _HDR_DTYPE = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("ident", ">u2"), ("ff", ">u2"),
@@ -57,10 +67,11 @@ class DatagramSocket:
         self.local = (info.local_addr, info.local_port)
         self.remote: Address | None = (info.remote_addr, info.remote_port) if info.remote_addr else None
         self.mtu = info.mtu
-        self._src = ip_bytes(info.local_addr)
+        self._v6 = getattr(info, "family", 4) == 6
+        self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
         self._ident = 0
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
-        self.max_payload = min(info.mtu, channel.stride) - HEADERS
+        self.max_payload = min(info.mtu, channel.stride) - (HEADERS6 if self._v6 else HEADERS)
         self._names: dict[int, str] = {}  # sender addresses as strings, made once each
         self._templates: dict[tuple[bytes, int], tuple[np.ndarray, tuple[int, int]]] = {}
 
@@ -107,6 +118,8 @@ class DatagramSocket:
         """
         if not payloads:
             return 0
+        if self._v6:
+            return self._send_many6(payloads, addr)
         lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
         big = int(lens.max())
         if big > self.max_payload:
@@ -138,6 +151,38 @@ class DatagramSocket:
                 break
             sent += done
         self._ident = (self._ident + sent) & 0xFFFF
+        return sent
+
+    def _send_many6(self, payloads: list, addr: Address) -> int:
+        """IPv6: each datagram built on its own (header, UDP checksum over the pseudo-header)."""
+        big = max(map(len, payloads))
+        if big > self.max_payload:
+            raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
+        src, dst, sport, dport = self._src, ip6_bytes(addr[0]), self.local[1], addr[1]
+        packets = []
+        for p in payloads:
+            ulen = UDP_HLEN + len(p)
+            seg = _UDP.pack(sport, dport, ulen, 0) + bytes(p)
+            csum = upper_checksum_v6(src, dst, 17, seg)
+            packets.append(build_ipv6_header(src, dst, 17, ulen) + seg[:6] + csum.to_bytes(2, "big") + seg[8:])
+        ch = self.channel
+        sent = 0
+        while sent < len(packets):
+            pkts = ch.alloc(len(packets) - sent)
+            for p, data in zip(pkts, packets[sent:]):
+                ch.write(p, data)
+            try:
+                done = ch.send(pkts)
+            except BlockingIOError:
+                ch.give_back(pkts)
+                if sent:
+                    break
+                raise
+            if done < len(pkts):
+                ch.give_back(pkts[done:])
+                sent += done
+                break
+            sent += done
         return sent
 
     def _headers(self, rows: np.ndarray, lens: np.ndarray, dst: bytes, dport: int) -> np.ndarray:
@@ -185,6 +230,8 @@ class DatagramSocket:
         """
         ch = self.channel
         pkts = ch.recv(max_n, timeout)
+        if self._v6:
+            return self._recv6(pkts)
         try:
             packets, umd = ch.arrays()
             idx = np.array(pkts, np.int64)
@@ -238,6 +285,37 @@ class DatagramSocket:
             else:
                 out.append(got)
         return out
+
+    def _recv6(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
+        """IPv6: copy each packet out of the pool, then check it on the copy."""
+        ch = self.channel
+        try:
+            copies = [bytes(ch.view(p)) for p in pkts]
+        finally:
+            ch.free(pkts)
+        out = []
+        for v in copies:
+            got = self._parse6(v)
+            if got is None:
+                self.rx_bad += 1
+            else:
+                out.append(got)
+        return out
+
+    @staticmethod
+    def _parse6(v: bytes) -> tuple[bytes, Address] | None:
+        """(payload, sender) of an IPv6 UDP datagram with a good checksum, else None."""
+        try:
+            _tc, _fl, plen, nh, _hop, src, dst = parse_ipv6(v)
+            if nh != 17:  # the switch delivered extension headers: not worth the walk here
+                return None
+            sport, _dport, off, n = parse_udp(v, IPV6_HLEN, plen, None, None, verify=False)
+            if v[IPV6_HLEN + 6 : IPV6_HLEN + 8] == b"\0\0" or not verify_upper_v6(
+                    v, IPV6_HLEN, n + UDP_HLEN, src, dst, 17):
+                return None  # IPv6 has no checksum-less UDP (RFC 8200 §8.1)
+        except (WireError, struct.error):
+            return None
+        return v[off : off + n], (ip6_str(src), sport)
 
     def _name(self, ip: int) -> str:
         name = self._names.get(ip)

@@ -1,6 +1,12 @@
-"""The ARP cache of a flow switch: resolved neighbours, and packets waiting for one.
+"""A flow switch's neighbour cache: resolved neighbours, and packets waiting for one.
 
-Sans-I/O: it is told the time and returns what to send. Entries live
+One class serves ARP (4-byte IPv4 keys) and IPv6 Neighbour Discovery
+(16-byte keys): what differs between the two is only how the switch asks
+(an ARP request or a Neighbour Solicitation) and what it learns from, so
+the queue discipline that parks flows while their next hop is unknown is
+written once. The switch keeps one instance per family.
+
+Sans-I/O: it is told the time and returns what to ask for. Entries live
 `ttl` seconds; an unresolved address is asked for every `retry` seconds up to
 `tries` times, after which its waiting packets are dropped and counted.
 """
@@ -18,11 +24,13 @@ class _Pending:
     tries: int = 0
 
 
-class ArpCache:
+class NeighbourCache:
+    """Link-layer addresses by IP address (4 or 16 bytes), and packets waiting for them."""
+
     def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3, queue: int = 512,
                  max_entries: int = 4096) -> None:
         self.ttl, self.retry, self.tries, self.queue, self.max_entries = ttl, retry, tries, queue, max_entries
-        self.entries: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)
+        self.entries: dict[bytes, tuple[bytes, float]] = {}  # address -> (mac, expires)
         self.pending: dict[bytes, _Pending] = {}
         self.dropped = 0
 
@@ -34,6 +42,15 @@ class ArpCache:
             del self.entries[ip]
             return None
         return e[0]
+
+    def knows(self, ip: bytes) -> bool:
+        """True if `ip` has an entry or is being asked for.
+
+        Why: an unsolicited advertisement about an address nobody asked for
+        is not believed (RFC 4861 §7.2.5), so a neighbour cannot fill the
+        table with addresses of its choosing.
+        """
+        return ip in self.entries or ip in self.pending
 
     def learn(self, ip: bytes, mac: bytes, now: float) -> list:
         """Record a neighbour; returns the packets that were waiting for it."""
