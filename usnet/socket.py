@@ -172,6 +172,7 @@ class socket:
         client, netif = self._target()
         if self._engine is None:
             eng = FlowEngine(client, netif, self._port, remote=(host, port))
+            self._port = eng.info.local_port
             with eng.lock:
                 self._conn = eng.tcp.connect(ip_bytes(host), port, time.monotonic(),
                                              local_port=eng.info.local_port)
