@@ -92,8 +92,9 @@ class FlowEngine:
                     self._ip_events(self.ip.input(bytes(ch.view(p)), now), now)
             finally:
                 ch.free(pkts)
-            if len(pkts) < RX_BATCH:
-                return
+            # No early return on a short batch: only the empty recv that ends this loop
+            # arms NEED_WAKEUP, and without it the domain would not ring the doorbell the
+            # runner is about to sleep on (a lost wake-up whenever no timer is pending).
 
     def _ip_events(self, events: list, now: float) -> None:
         for ev in events:
