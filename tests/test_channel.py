@@ -220,6 +220,31 @@ def test_nonblocking_recv_raises(client):
         b.recv_bytes()
 
 
+def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(client):
+    """The race a busy receiver meets: the ring was empty when popped, full when the bell is armed.
+
+    The peer's send is made to land exactly in that window (from inside
+    set_need_wakeup); the non-blocking recv must return it, not spin.
+    """
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+
+    class PeerSendsWhileArming:
+        def __init__(self, rx) -> None:
+            self.rx, self.sent = rx, False
+
+        def __getattr__(self, name: str):
+            return getattr(self.rx, name)
+
+        def set_need_wakeup(self) -> None:
+            if not self.sent:
+                self.sent = True
+                a.send_bytes(b"just in time")
+            self.rx.set_need_wakeup()
+
+    b._rx = PeerSendsWhileArming(b._rx)
+    assert b.recv_bytes(timeout=0) == b"just in time"
+
+
 def test_timeout_recv_raises_after_timeout(client):
     a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
     with pytest.raises(BlockingIOError) as ei:

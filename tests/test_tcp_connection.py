@@ -873,3 +873,28 @@ def test_hostile_segments_never_raise_and_keep_invariants(data):
         assert s.sb.sacked == sum(e - b for b, e in zip(s.sb.starts, s.sb.ends))
         assert all(b >= s.snd_una and e <= s.snd_nxt for b, e in zip(s.sb.starts, s.sb.ends))
         assert s._reasm.nbytes <= s.rcvbuf_cap + (1 << s.rcv_wscale)
+
+
+@settings(max_examples=int(os.environ.get("TCP_FUZZ_EXAMPLES", "60")), deadline=None)
+@given(st.data())
+def test_hostile_segments_at_the_endpoint_never_raise_and_are_counted(data):
+    """Any ports (0 too), flags and lengths, valid checksums, at a listener and a live connection."""
+    net = Net(seed=data.draw(st.integers(0, 9)))
+    c, s = net.pair()
+    ep = net.eps[B]
+    ports = st.one_of(st.sampled_from([0, c.local_port, s.local_port, 80]), st.integers(0, 0xFFFF))
+    for _ in range(data.draw(st.integers(1, 20))):
+        sport, dport = data.draw(ports), data.draw(ports)
+        seg = build_tcp(A, B, sport, dport, data.draw(st.integers(0, MASK)), data.draw(st.integers(0, MASK)),
+                        data.draw(st.integers(0, 0xFF)), data.draw(st.integers(0, 0xFFFF)),
+                        data.draw(st.binary(max_size=200)), 0, b"")
+        cut = data.draw(st.integers(0, len(seg)))
+        before = ep.stats.segs_in
+        ep.input(A, B, seg[:cut] if data.draw(st.booleans()) else seg, net.now)
+        assert ep.stats.segs_in == before + 1
+        if sport == 0 or dport == 0:
+            assert ep.stats.bad_header + ep.stats.bad_checksum >= 1
+        for dst, x in ep.outgoing(net.now):
+            parse_tcp(x, 0, None, B, dst)  # whatever we answer is well-formed
+        net.run_for(0.01)
+    assert all(k[1] and k[2] for k in ep.connections)  # no connection was made for port 0

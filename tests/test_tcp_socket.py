@@ -222,12 +222,14 @@ def test_a_peer_that_resets_raises_connection_reset(net):
 
 
 def _segment(lk: Link, cport: int, flags: str, seq: int, ack: int, payload: bytes = b"",
-             chksum: int | None = None) -> bytes:
+             chksum: int | None = None, ts: int | None = None) -> bytes:
     """A TCP segment from the client's address and port to the server, built by scapy."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Ether
 
-    tcp = TCP(sport=cport, dport=8092, flags=flags, seq=seq, ack=ack, window=4000)
+    opts = [("Timestamp", (ts, 0))] if ts is not None else []
+    tcp = TCP(sport=cport, dport=8092, flags=flags, seq=seq % 2**32, ack=ack % 2**32, window=4000,
+              options=opts)
     if chksum is not None:
         tcp.chksum = chksum
     return bytes(Ether(src=lk.wire.a.mac, dst=lk.wire.b.mac) / IP(src=A_IP, dst=B_IP) / tcp / payload)
@@ -248,15 +250,15 @@ def test_injected_rst_syn_and_bad_segments_do_not_break_a_connection(link):
     server = conn._conn
     eng = conn._engine
     cport = cl.getsockname()[1]
-    with eng.lock:
-        nxt, una = server.rcv_nxt, server.snd_nxt
-    ok = bytes(_segment(lk, cport, "PA", nxt, una, b"X"))
+    with eng.lock:  # the numbers on the wire: the connection keeps them relative to irs and iss
+        nxt, una, ts = server.irs + server.rcv_nxt, server.iss + server.snd_nxt, server.ts_recent + 1
+    ok = bytes(_segment(lk, cport, "PA", nxt, una, b"X", ts=ts))
     lk.b_rx.inject([
         _segment(lk, cport, "R", nxt + 100, 0),  # in the window, not exact: challenge ACK
         _segment(lk, cport, "R", nxt + 2**30, 0),  # far outside: dropped
-        _segment(lk, cport, "S", nxt + 10, 0),  # SYN in a synchronised state: challenge ACK
-        _segment(lk, cport, "PA", nxt + 2**30, una, b"Y" * 100),  # data outside the window
-        _segment(lk, cport, "PA", nxt, una, b"Z" * 100, chksum=0x1234),  # bad checksum
+        _segment(lk, cport, "S", nxt + 10, 0, ts=ts),  # SYN in a synchronised state: challenge ACK
+        _segment(lk, cport, "PA", nxt + 2**30, una, b"Y" * 100, ts=ts),  # data outside the window
+        _segment(lk, cport, "PA", nxt, una, b"Z" * 100, chksum=0x1234, ts=ts),  # bad checksum
         ok[:14 + 20 + 10],  # a truncated TCP header
         ok[:14] + os.urandom(60),  # garbage where the IP header should be
     ])
@@ -274,7 +276,7 @@ def test_injected_rst_syn_and_bad_segments_do_not_break_a_connection(link):
     conn.sendall(b"still here")
     assert cl.recv(100) == b"still here"
     with eng.lock:
-        nxt = server.rcv_nxt
+        nxt = server.irs + server.rcv_nxt
     lk.b_rx.inject([_segment(lk, cport, "R", nxt, 0)])  # exact: the connection is reset
     cl.sendall(b"wake")  # may itself be what the RST overtakes: its bytes need not arrive
     with pytest.raises(ConnectionResetError):

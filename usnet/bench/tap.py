@@ -15,6 +15,8 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Iterator
 
 from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
 from usnet.client import Client
@@ -29,8 +31,19 @@ def available() -> bool:
     return os.geteuid() == 0 and os.path.exists("/dev/net/tun")
 
 
-def tap_fps(count: int) -> dict[str, float]:
-    """{"usnet_to_kernel_fps", "kernel_to_usnet_fps", and how many arrived of `count`, each way}."""
+@dataclass
+class UsnetUp:
+    """What `usnet up` made for a benchmark: the netif, both addresses, and a client of its usnetd."""
+
+    client: Client
+    ifname: str
+    usnet_ip: str
+    host_ip: str
+
+
+@contextlib.contextmanager
+def usnet_up() -> Iterator[UsnetUp]:
+    """`usnet up` on a fresh TAP in a temporary run directory; `usnet down` afterwards, whatever happens."""
     from usnet.cli import updown
 
     x = free_subnet(first=231, count=24)
@@ -43,21 +56,29 @@ def tap_fps(count: int) -> dict[str, float]:
             raise OSError("usnet up failed for the TAP benchmark")
         try:
             client = Client.connect(os.path.join(run_dir, "usnetd.sock"))
-            us = client.udp_socket(ifname, 7000, ring_size=8192, packets=16384)
-            k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-            k.bind((host_ip, 0))
             try:
-                _warm(us, k, (us_ip, 7000))
-                out = _usnet_to_kernel(us, k, count)
-                out.update(_kernel_to_usnet(us, k, (us_ip, 7000), count))
+                yield UsnetUp(client, ifname, us_ip, host_ip)
             finally:
-                k.close()
-                us.close()
                 client.close()
         finally:
             with contextlib.redirect_stdout(sys.stderr):
                 updown.down(run_dir)
+
+
+def tap_fps(count: int) -> dict[str, float]:
+    """{"usnet_to_kernel_fps", "kernel_to_usnet_fps", and how many arrived of `count`, each way}."""
+    with usnet_up() as up:
+        us = up.client.udp_socket(up.ifname, 7000, ring_size=8192, packets=16384)
+        k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        k.bind((up.host_ip, 0))
+        try:
+            _warm(us, k, (up.usnet_ip, 7000))
+            out = _usnet_to_kernel(us, k, count)
+            out.update(_kernel_to_usnet(us, k, (up.usnet_ip, 7000), count))
+        finally:
+            k.close()
+            us.close()
     return out
 
 

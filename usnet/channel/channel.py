@@ -444,9 +444,9 @@ class Channel:
                 raise PeerGone(DefunctReason.CLOSED)
             rx.set_need_wakeup()
             ringmod.fence()
-            if rx.available():
-                rx.clear_need_wakeup()
-                continue
+            if rx.available():  # it arrived while we armed the bell: take it now (a
+                rx.clear_need_wakeup()  # `continue` would never pop past an expired deadline)
+                return self.recv(max_n, 0)
             if deadline is not None and deadline <= time.monotonic():
                 # Leave NEED_WAKEUP set: a non-blocking caller goes on to wait on
                 # fileno() (select, asyncio), and the peer must ring it.

@@ -20,28 +20,60 @@ def _fmt(x: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from usnet.bench.report import run_pipe_bench, run_udp_bench
-
     console = Console(stderr=True, quiet=args.json)
-    if args.what == "udp":
-        result = run_udp_bench(quick=args.quick, console=console)
-        if args.json:
-            print(json.dumps(result))
-            return 0
-        table = Table(title="usnet bench udp: datagrams/s, one application to another")
-        for col in ("size", "usnet (flow switch, memwire)", "kernel UDP loopback", "ratio", "delivered"):
-            table.add_column(col, justify="right")
-        for r in result["results"]:
-            table.add_row(str(r["size"]), _fmt(r["usnet_dps"]), _fmt(r["kernel_dps"]), f"{r['ratio']:.2f}",
-                          f"{r['usnet_delivered']:,}/{r['sent']:,}")
-        Console().print(table)
-        t = result["tap"]
-        if "skipped" in t:
-            Console().print(f"TAP frames/s: skipped ({t['skipped']})")
-        else:
-            Console().print(f"TAP frames/s (64 B, host kernel as peer): usnet → kernel "
-                            f"{_fmt(t['usnet_to_kernel_fps'])}, kernel → usnet {_fmt(t['kernel_to_usnet_fps'])}")
+    return {"pipe": _bench_pipe, "udp": _bench_udp, "tcp": _bench_tcp}[args.what](args, console)
+
+
+def _bench_udp(args: argparse.Namespace, console: Console) -> int:
+    from usnet.bench.report import run_udp_bench
+
+    result = run_udp_bench(quick=args.quick, console=console)
+    if args.json:
+        print(json.dumps(result))
         return 0
+    table = Table(title="usnet bench udp: datagrams/s, one application to another")
+    for col in ("size", "usnet (flow switch, memwire)", "kernel UDP loopback", "ratio", "delivered"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        table.add_row(str(r["size"]), _fmt(r["usnet_dps"]), _fmt(r["kernel_dps"]), f"{r['ratio']:.2f}",
+                      f"{r['usnet_delivered']:,}/{r['sent']:,}")
+    Console().print(table)
+    t = result["tap"]
+    if "skipped" in t:
+        Console().print(f"TAP frames/s: skipped ({t['skipped']})")
+    else:
+        Console().print(f"TAP frames/s (64 B, host kernel as peer): usnet → kernel "
+                        f"{_fmt(t['usnet_to_kernel_fps'])}, kernel → usnet {_fmt(t['kernel_to_usnet_fps'])}")
+    return 0
+
+
+def _bench_tcp(args: argparse.Namespace, console: Console) -> int:
+    from usnet.bench import tap, tcp
+
+    if not tap.available():
+        print("usnet bench tcp needs root and /dev/net/tun (it makes a TAP device)", file=sys.stderr)
+        return 1
+    with console.status("bench tcp") as status:
+        result = tcp.run(args.quick, progress=lambda what: status.update(what))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    table = Table(title=f"usnet bench tcp: usnet over TAP (host kernel as peer) against kernel TCP loopback; "
+                        f"{result['bytes'] // 1_000_000} MB each way, {result['connections']:,} connections")
+    for col in ("test", "usnet", "kernel loopback", "ratio"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        unit = "MBps" if "usnet_MBps" in r else "cps"
+        us, k = r[f"usnet_{unit}"], r[f"kernel_{unit}"]
+        label = "MB/s" if unit == "MBps" else "connections/s"
+        table.add_row(r["test"], f"{us:,.1f} {label}", f"{k:,.1f} {label}", f"{us / k:.2f}")
+    Console().print(table)
+    return 0
+
+
+def _bench_pipe(args: argparse.Namespace, console: Console) -> int:
+    from usnet.bench.report import run_pipe_bench
+
     result = run_pipe_bench(quick=args.quick, console=console)
     if args.json:
         print(json.dumps(result))
@@ -208,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)

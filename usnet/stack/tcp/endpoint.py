@@ -176,6 +176,9 @@ class TcpEndpoint:
         if dst != self.local_addr:
             stats.wrong_address += 1
             return None
+        if not seg.sport or not seg.dport:  # port 0 names no connection (RFC 9293 §3.1)
+            stats.bad_header += 1
+            return None
         src = bytes(src)
         key = (src, seg.sport, seg.dport)
         conn = self.connections.get(key)

@@ -1,0 +1,168 @@
+"""`usnet bench tcp`: bulk transfer each way and connections per second.
+
+The usnet side is a `usnet.socket` in this process, over the TAP of a
+`usnet up` (usnetd in its own process); the peer is the host kernel's TCP in
+a forked child, as a real server would be. The reference is the same
+program with a kernel socket in place of the usnet one, over loopback. Both
+run in one invocation so that the ratio compares like with like on a
+machine whose speed drifts from run to run.
+
+Each figure is timed by the side that runs the program: from before the
+connect until the peer confirms it has everything (bulk_tx), until EOF
+(bulk_rx), or until the last of `n` connections has been opened, seen closed
+by the server, and closed (connect_rate; the server closes first, as an
+HTTP/1.0 server does, so that TIME-WAIT stays with the peer).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from typing import Any, Callable
+
+from usnet.bench.baselines import _fork, _reap
+
+CHUNK = 1 << 20
+Connect = Callable[[tuple[str, int]], Any]  # (host, port) -> a connected socket-like object
+
+
+def _listener(host: str) -> socket.socket:
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((host, 0))
+    ls.listen(1024)
+    return ls
+
+
+def _read_all(s: Any, buf: memoryview) -> int:
+    got = 0
+    while n := s.recv_into(buf):
+        got += n
+    return got
+
+
+def bulk_tx(connect: Connect, host: str, size: int) -> float:
+    """MB/s from this program to a kernel receiver that counts and confirms."""
+    ls = _listener(host)
+
+    def receive() -> None:
+        k, _ = ls.accept()
+        n = _read_all(k, memoryview(bytearray(CHUNK)))
+        k.sendall(struct.pack("!Q", n))
+        k.close()
+
+    pid = _fork(receive)
+    ok = False
+    try:
+        data = memoryview(os.urandom(CHUNK))
+        t0 = time.perf_counter()
+        s = connect(ls.getsockname())
+        left = size
+        while left > 0:
+            s.sendall(data[:min(left, CHUNK)])
+            left -= CHUNK
+        s.shutdown(socket.SHUT_WR)
+        confirm = b""
+        while len(confirm) < 8 and (b := s.recv(8 - len(confirm))):
+            confirm += b
+        t1 = time.perf_counter()
+        s.close()
+        if len(confirm) != 8 or struct.unpack("!Q", confirm)[0] != size:
+            raise OSError(f"the receiver confirmed {confirm!r}, not {size} bytes")
+        ok = True
+    finally:
+        ls.close()
+        _reap(pid, ok)
+    return size / (t1 - t0) / 1e6
+
+
+def bulk_rx(connect: Connect, host: str, size: int) -> float:
+    """MB/s from a kernel sender to this program, counted to EOF."""
+    ls = _listener(host)
+
+    def send() -> None:
+        k, _ = ls.accept()
+        data = memoryview(os.urandom(CHUNK))
+        left = size
+        while left > 0:
+            k.sendall(data[:min(left, CHUNK)])
+            left -= CHUNK
+        k.close()
+
+    pid = _fork(send)
+    ok = False
+    try:
+        buf = memoryview(bytearray(CHUNK))
+        t0 = time.perf_counter()
+        s = connect(ls.getsockname())
+        got = _read_all(s, buf)
+        t1 = time.perf_counter()
+        s.close()
+        if got != size:
+            raise OSError(f"received {got} bytes of {size}")
+        ok = True
+    finally:
+        ls.close()
+        _reap(pid, ok)
+    return size / (t1 - t0) / 1e6
+
+
+def connect_rate(connect: Connect, host: str, n: int) -> float:
+    """Connections per second: connect, see the server's close, close; `n` times in a row."""
+    ls = _listener(host)
+
+    def serve() -> None:
+        for _ in range(n):
+            k, _ = ls.accept()
+            k.close()
+
+    pid = _fork(serve)
+    ok = False
+    try:
+        addr = ls.getsockname()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            s = connect(addr)
+            if s.recv(1) != b"":
+                raise OSError("the server sent data; it should only close")
+            s.close()
+        t1 = time.perf_counter()
+        ok = True
+    finally:
+        ls.close()
+        _reap(pid, ok)
+    return n / (t1 - t0)
+
+
+def _kernel_connect(addr: tuple[str, int]) -> socket.socket:
+    return socket.create_connection(addr, timeout=30)
+
+
+def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dict:
+    """The JSON document of `usnet bench tcp --json` (needs root: it makes a TAP)."""
+    from usnet import socket as us
+    from usnet.bench import tap
+
+    size = (20 if quick else 100) * 1_000_000
+    n = 200 if quick else 1000
+    tests = (("bulk_tx", bulk_tx, size), ("bulk_rx", bulk_rx, size), ("connect_rate", connect_rate, n))
+    figures: dict[str, dict[str, float]] = {name: {} for name, _, _ in tests}
+    with tap.usnet_up() as up:
+        def usnet_connect(addr: tuple[str, int]) -> Any:
+            return us.create_connection(addr, timeout=30, client=up.client, netif=up.ifname)
+
+        for name, fn, amount in tests:
+            progress(f"{name}: usnet over TAP")
+            figures[name]["usnet"] = fn(usnet_connect, up.host_ip, amount)
+    for name, fn, amount in tests:
+        progress(f"{name}: kernel loopback")
+        figures[name]["kernel"] = fn(_kernel_connect, "127.0.0.1", amount)
+    unit = {"bulk_tx": "MBps", "bulk_rx": "MBps", "connect_rate": "cps"}
+    return {
+        "results": [{"test": name, f"usnet_{unit[name]}": f["usnet"], f"kernel_{unit[name]}": f["kernel"]}
+                    for name, f in figures.items()],
+        "bytes": size,
+        "connections": n,
+    }
