@@ -284,3 +284,25 @@ def test_injected_rst_syn_and_bad_segments_do_not_break_a_connection(link):
             pass
     for s in (cl, conn, srv):
         s.close()
+
+
+def test_an_engine_that_breaks_wakes_its_selectors_and_fails_its_calls(net):
+    """A bug in the stack must not leave a socket waiting forever: selectors wake, calls raise."""
+    c = net()
+    srv, cl, conn = _pair(c, 8093)
+    eng = conn._engine
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in the stack")
+
+    with eng.lock:
+        eng.tcp.input = broken  # the next segment the listener's engine takes raises
+    sel = selectors.DefaultSelector()
+    sel.register(conn.fileno(), selectors.EVENT_READ)
+    cl.sendall(b"trigger")
+    assert sel.select(10), "the socket's fileno never became readable"
+    with pytest.raises(OSError) as e:
+        conn.recv(100)
+    assert e.value.errno == errno.EIO
+    for s in (cl, conn, srv):
+        s.close()

@@ -80,6 +80,10 @@ class FlowEngine:
             self._transmit(now)
         except (ChannelError, PeerGone) as e:
             self.error = e
+        self.notify()
+
+    def notify(self) -> None:
+        """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held."""
         for w in self.watchers:
             w._signal()
         self.changed.notify_all()
@@ -213,7 +217,7 @@ class Runner:
                     self.remove(e)
                     with e.lock:
                         e.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
-                        e.changed.notify_all()
+                        e.notify()
                     continue
                 if d is not None:
                     t = max(0.0, d - time.monotonic())

@@ -408,6 +408,7 @@ class socket:
             raise eng.error
         t = self._timeout
         deadline = None if t is None else time.monotonic() + t
+        woken = False
         with eng.lock:
             while True:
                 got = attempt()
@@ -425,7 +426,12 @@ class socket:
                         raise TimeoutError("timed out")
                 else:
                     left = None
-                runner().wake()
+                if not woken:
+                    # Once, so the stack sends what earlier calls queued (data, a window
+                    # update). After that only the network makes progress; waking the
+                    # runner on every pump would spin both threads while we wait.
+                    runner().wake()
+                    woken = True
                 eng.changed.wait(left)
 
     def _unready(self) -> None:
@@ -438,9 +444,13 @@ class socket:
         """Called by the engine after each pump, with its lock held."""
         if self._closed:
             return
-        conn = self._conn
-        ready = (conn.readable if conn is not None
-                 else self._listening and bool(self._engine.tcp.listeners.get(self._port)
-                                               and self._engine.tcp.listeners[self._port].accept_queue))
+        conn, eng = self._conn, self._engine
+        if eng.error is not None:
+            ready = True  # recv and accept raise at once
+        elif conn is not None:
+            ready = conn.readable
+        else:
+            lst = eng.tcp.listeners.get(self._port) if self._listening else None
+            ready = bool(lst and lst.accept_queue)
         if ready:
             os.eventfd_write(self._ready, 1)
