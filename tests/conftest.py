@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 
@@ -45,44 +46,14 @@ def free_subnet_or_fail() -> int:
         pytest.fail(str(e))
 
 
-@pytest.fixture
-def tap_domain():
-    """An in-process Domain on a fresh TAP; the host side (10.x.0.1/24) made through pyroute2.
+@contextlib.contextmanager
+def _domain_on_tap(ipv6: bool):
+    """An in-process Domain on a fresh TAP, the host side made through pyroute2.
 
-    Yields (domain, ifname, usnet_ip, host_ip); the device goes with the domain.
-    """
-    from pyroute2 import IPRoute
-
-    from usnet.drivers.tap import TapDriver
-    from usnet.hostnet import delete_links, link_exists
-    from usnet.nexus.domain import Domain
-
-    x = free_subnet_or_fail()
-    ifname = tap_name()
-    drv = TapDriver(ifname)  # creates the device; it lives as long as the fd
-    d = Domain()
-    try:
-        with IPRoute() as ipr:
-            (idx,) = ipr.link_lookup(ifname=ifname)
-            ipr.link("set", index=idx, state="up")
-            ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
-        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1")
-        d.start()
-        yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
-    finally:
-        d.stop()  # closes the TAP: the kernel removes the device
-        if link_exists(ifname):
-            drv.close()
-            delete_links([ifname])
-
-
-@pytest.fixture
-def tap_domain6():
-    """As tap_domain, with IPv6 too: the host at fd00:x::1/64, usnet at fd00:x::2/64 (and 10.x.0.1/.2).
-
-    The host's address is added with IFA_F_NODAD, so the kernel uses it at
-    once instead of after duplicate address detection. Yields (domain,
-    ifname, usnet_ip6, host_ip6).
+    The host is 10.x.0.1/24 (and fd00:x::1/64 with `ipv6`), usnet .2 / ::2.
+    The host's IPv6 address is added with IFA_F_NODAD, so the kernel uses it
+    at once instead of after duplicate address detection. Yields (domain,
+    ifname, x); the device goes with the domain.
     """
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
@@ -93,20 +64,35 @@ def tap_domain6():
 
     x = free_subnet_or_fail()
     ifname = tap_name()
-    drv = TapDriver(ifname)
+    drv = TapDriver(ifname)  # creates the device; it lives as long as the fd
     d = Domain()
+    v6 = {"address6": f"fd00:{x}::2/64", "gateway6": f"fd00:{x}::1"} if ipv6 else {}
     try:
         with IPRoute() as ipr:
             (idx,) = ipr.link_lookup(ifname=ifname)
             ipr.link("set", index=idx, state="up")
             ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
-            ipr.addr("add", index=idx, address=f"fd00:{x}::1", prefixlen=64, flags=IFA_F_NODAD)
-        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1",
-                    address6=f"fd00:{x}::2/64", gateway6=f"fd00:{x}::1")
+            if ipv6:
+                ipr.addr("add", index=idx, address=f"fd00:{x}::1", prefixlen=64, flags=IFA_F_NODAD)
+        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", **v6)
         d.start()
-        yield d, ifname, f"fd00:{x}::2", f"fd00:{x}::1"
+        yield d, ifname, x
     finally:
-        d.stop()
+        d.stop()  # closes the TAP: the kernel removes the device
         if link_exists(ifname):
             drv.close()
             delete_links([ifname])
+
+
+@pytest.fixture
+def tap_domain():
+    """(domain, ifname, usnet_ip, host_ip) on a fresh TAP: see _domain_on_tap."""
+    with _domain_on_tap(ipv6=False) as (d, ifname, x):
+        yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
+
+
+@pytest.fixture
+def tap_domain6():
+    """(domain, ifname, usnet_ip6, host_ip6) on a fresh TAP with IPv4 and IPv6: see _domain_on_tap."""
+    with _domain_on_tap(ipv6=True) as (d, ifname, x):
+        yield d, ifname, f"fd00:{x}::2", f"fd00:{x}::1"

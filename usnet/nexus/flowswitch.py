@@ -584,20 +584,7 @@ class FlowSwitch:
         if proto != flow.proto:
             self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
             return 0
-        sport, dport = _PORTS.unpack_from(p, ihl)
-        if src != self.netif.ip or sport != flow.lport:
-            self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
-            return 0
-        if flow.raddr is not None and (dst != flow.raddr or dport != flow.rport):
-            self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
-            return 0
-        if n > self.netif.mtu:
-            self._tx_drop(flow, TxDropReason.TOO_BIG, n)
-            return 0
-        if not self._route(flow.id, dst, p, now):
-            self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
-            return 0
-        return 1
+        return self._tx_addressed(flow, p, ihl, src, self.netif.ip, dst, now)
 
     def _tx_one6(self, flow: Flow, p: bytes, now: float) -> int:
         """Check one packet of an IPv6 flow; queue it (1) or drop it with its reason (0).
@@ -622,8 +609,14 @@ class FlowSwitch:
         if plen < 4:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
-        sport, dport = _PORTS.unpack_from(p, IPV6_HLEN)
-        if src != self.netif.ip6 or sport != flow.lport:
+        return self._tx_addressed(flow, p, IPV6_HLEN, src, self.netif.ip6, dst, now)
+
+    def _tx_addressed(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
+                      now: float) -> int:
+        """The checks both families share, once the IP header is sound: who sends, to whom, how big."""
+        n = len(p)
+        sport, dport = _PORTS.unpack_from(p, l4)
+        if src != local or sport != flow.lport:
             self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
             return 0
         if flow.raddr is not None and (dst != flow.raddr or dport != flow.rport):
