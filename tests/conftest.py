@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import ssl
 
 import pytest
 
@@ -96,3 +97,27 @@ def tap_domain6():
     """(domain, ifname, usnet_ip6, host_ip6) on a fresh TAP with IPv4 and IPv6: see _domain_on_tap."""
     with _domain_on_tap(ipv6=True) as (d, ifname, x):
         yield d, ifname, f"fd00:{x}::2", f"fd00:{x}::1"
+
+
+# -- TLS: a throwaway CA per test module (trustme) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca():
+    import trustme
+
+    return trustme.CA()
+
+
+def server_context(ca, *names: str) -> ssl.SSLContext:
+    """A server context with a certificate from `ca` for `names` (IP addresses become IP SANs)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(ctx)
+    return ctx
+
+
+def client_context(ca) -> ssl.SSLContext:
+    """A client context that trusts `ca` and checks hostnames, as the standard library does."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx

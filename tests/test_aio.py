@@ -14,6 +14,7 @@ import os
 import ssl
 
 import pytest
+from conftest import client_context, server_context
 import trustme
 
 from usnet import aio
@@ -39,23 +40,6 @@ def net():
 
 def run(coro) -> object:
     return asyncio.run(asyncio.wait_for(coro, LIMIT))
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
-
-
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
 
 
 def digest_server(down: bytes, seen: list):

@@ -15,11 +15,10 @@ import hashlib
 import os
 import shutil
 import socket
-import ssl
 import threading
 
 import pytest
-import trustme
+from conftest import client_context, server_context
 
 from usnet import aio, tls
 from usnet import socket as us
@@ -116,14 +115,10 @@ def test_a_usnet_asyncio_server_hears_a_host_client_that_speaks_only_after_accep
     assert asyncio.run(asyncio.wait_for(main(), 20)) == (b"echo hello\n", (usnet_ip, 7007))
 
 
-def test_usnet_tls_client_with_a_host_python_ssl_server(tap_domain):
+def test_usnet_tls_client_with_a_host_python_ssl_server(tap_domain, ca):
     """usnet.tls (blocking) ↔ ssl.SSLSocket on the host kernel: handshake, certificate, data both ways."""
     d, ifname, usnet_ip, host_ip = tap_domain
-    ca = trustme.CA()
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(host_ip).configure_cert(sctx)
-    cctx = ssl.create_default_context()
-    ca.configure_trust(cctx)
+    sctx, cctx = server_context(ca, host_ip), client_context(ca)
     up, down = os.urandom(1_000_000), os.urandom(1_500_000)
     ls = socket.socket()
     ls.bind((host_ip, 0))
@@ -168,14 +163,12 @@ def test_usnet_tls_client_with_a_host_python_ssl_server(tap_domain):
     assert got[:32] == hashlib.sha256(up).digest() and bytes(got[32:]) == down
 
 
-def test_curl_over_https_to_a_usnet_asyncio_tls_server(tap_domain, tmp_path):
+def test_curl_over_https_to_a_usnet_asyncio_tls_server(tap_domain, tmp_path, ca):
     """curl --cacert (the host's OpenSSL) POSTs 1 MB to a usnet.aio server with ssl= and gets 2 MB back."""
     d, ifname, usnet_ip, host_ip = tap_domain
     need_curl()
-    ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(usnet_ip).configure_cert(sctx)
+    sctx = server_context(ca, usnet_ip)
     up, down = os.urandom(1_000_000), os.urandom(2_000_000)
     (tmp_path / "up").write_bytes(up)
     out = tmp_path / "fetched"
@@ -197,14 +190,12 @@ def test_curl_over_https_to_a_usnet_asyncio_tls_server(tap_domain, tmp_path):
     assert fetched[:32] == hashlib.sha256(up).digest() and fetched[32:] == down
 
 
-def test_curl_refuses_a_usnet_tls_server_with_a_certificate_for_another_address(tap_domain, tmp_path):
+def test_curl_refuses_a_usnet_tls_server_with_a_certificate_for_another_address(tap_domain, tmp_path, ca):
     """The same server with a certificate for the host's address: curl's own check fails it."""
     d, ifname, usnet_ip, host_ip = tap_domain
     need_curl()
-    ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(host_ip).configure_cert(sctx)
+    sctx = server_context(ca, host_ip)
     seen: list = []
 
     async def main() -> tuple[int, bytes]:

@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 import pytest
+from conftest import client_context, server_context
 import trustme
 
 from usnet import socket as us
@@ -35,23 +36,6 @@ def net():
     d.start()
     yield Client.local(d)
     d.stop()
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
-
-
-def client_context(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx
 
 
 def read_to_eof(s) -> bytes:

@@ -16,11 +16,12 @@ HTTP/1.0 server does, so that TIME-WAIT stays with the peer).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from usnet.bench.baselines import _fork, _reap
 
@@ -43,26 +44,40 @@ def _read_all(s: Any, buf: memoryview) -> int:
     return got
 
 
+@contextlib.contextmanager
+def _kernel_peer(host: str, serve: Callable[[socket.socket], None]) -> Iterator[tuple[str, int]]:
+    """A kernel listener on `host` served by `serve(listener)` in a forked child; yields its address."""
+    ls = _listener(host)
+    pid = _fork(lambda: serve(ls))
+    ok = False
+    try:
+        yield ls.getsockname()
+        ok = True
+    finally:
+        ls.close()
+        _reap(pid, ok)  # on failure the child is killed, not waited for
+
+
+def _send_all(s: Any, size: int) -> None:
+    data = memoryview(os.urandom(CHUNK))
+    left = size
+    while left > 0:
+        s.sendall(data[:min(left, CHUNK)])
+        left -= CHUNK
+
+
 def bulk_tx(connect: Connect, host: str, size: int) -> float:
     """MB/s from this program to a kernel receiver that counts and confirms."""
-    ls = _listener(host)
-
-    def receive() -> None:
+    def receive(ls: socket.socket) -> None:
         k, _ = ls.accept()
         n = _read_all(k, memoryview(bytearray(CHUNK)))
         k.sendall(struct.pack("!Q", n))
         k.close()
 
-    pid = _fork(receive)
-    ok = False
-    try:
-        data = memoryview(os.urandom(CHUNK))
+    with _kernel_peer(host, receive) as addr:
         t0 = time.perf_counter()
-        s = connect(ls.getsockname())
-        left = size
-        while left > 0:
-            s.sendall(data[:min(left, CHUNK)])
-            left -= CHUNK
+        s = connect(addr)
+        _send_all(s, size)
         s.shutdown(socket.SHUT_WR)
         confirm = b""
         while len(confirm) < 8 and (b := s.recv(8 - len(confirm))):
@@ -71,57 +86,36 @@ def bulk_tx(connect: Connect, host: str, size: int) -> float:
         s.close()
         if len(confirm) != 8 or struct.unpack("!Q", confirm)[0] != size:
             raise OSError(f"the receiver confirmed {confirm!r}, not {size} bytes")
-        ok = True
-    finally:
-        ls.close()
-        _reap(pid, ok)
     return size / (t1 - t0) / 1e6
 
 
 def bulk_rx(connect: Connect, host: str, size: int) -> float:
     """MB/s from a kernel sender to this program, counted to EOF."""
-    ls = _listener(host)
-
-    def send() -> None:
+    def send(ls: socket.socket) -> None:
         k, _ = ls.accept()
-        data = memoryview(os.urandom(CHUNK))
-        left = size
-        while left > 0:
-            k.sendall(data[:min(left, CHUNK)])
-            left -= CHUNK
+        _send_all(k, size)
         k.close()
 
-    pid = _fork(send)
-    ok = False
-    try:
+    with _kernel_peer(host, send) as addr:
         buf = memoryview(bytearray(CHUNK))
         t0 = time.perf_counter()
-        s = connect(ls.getsockname())
+        s = connect(addr)
         got = _read_all(s, buf)
         t1 = time.perf_counter()
         s.close()
         if got != size:
             raise OSError(f"received {got} bytes of {size}")
-        ok = True
-    finally:
-        ls.close()
-        _reap(pid, ok)
     return size / (t1 - t0) / 1e6
 
 
 def connect_rate(connect: Connect, host: str, n: int) -> float:
     """Connections per second: connect, see the server's close, close; `n` times in a row."""
-    ls = _listener(host)
-
-    def serve() -> None:
+    def serve(ls: socket.socket) -> None:
         for _ in range(n):
             k, _ = ls.accept()
             k.close()
 
-    pid = _fork(serve)
-    ok = False
-    try:
-        addr = ls.getsockname()
+    with _kernel_peer(host, serve) as addr:
         t0 = time.perf_counter()
         for _ in range(n):
             s = connect(addr)
@@ -129,10 +123,6 @@ def connect_rate(connect: Connect, host: str, n: int) -> float:
                 raise OSError("the server sent data; it should only close")
             s.close()
         t1 = time.perf_counter()
-        ok = True
-    finally:
-        ls.close()
-        _reap(pid, ok)
     return n / (t1 - t0)
 
 
