@@ -92,7 +92,10 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
         ss.close()
         if snapshot is not None:
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+            sender = procs[-1]
+            # until both flows show, or the sender is done (a short run may open and
+            # close its flow between two looks)
+            while time.monotonic() < deadline and sender.poll() is None:
                 table = flow_table(dom)
                 if len(table) >= 2:
                     snapshot.append(table)

@@ -236,7 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="usnet", description="user-space networking stack")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="two processes through a user pipe, beside a socketpair")
+    d = sub.add_parser("demo", help="a user pipe beside a socketpair, UDP through the flow switch, "
+                                          "HTTP over a lossy link on usnet's TCP")
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
