@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import ssl
@@ -23,6 +24,16 @@ def require_privileges(what: str = "root and /dev/net/tun") -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("privileged"):
         require_privileges()
+
+
+def digest_of(sock, n: int) -> tuple[int, bytes]:
+    """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes (any socket-like)."""
+    h = hashlib.sha256()
+    got = 0
+    while got < n and (b := sock.recv(1 << 20)):
+        h.update(b)
+        got += len(b)
+    return got, h.digest()
 
 
 # -- TAP devices for the privileged tests -----------------------------------------------------------

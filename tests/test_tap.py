@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_subnet_or_fail, tap_name
+from conftest import digest_of, free_subnet_or_fail, tap_name
 
 from usnet.hostnet import delete_links, link_exists, used_networks
 
@@ -409,15 +409,6 @@ def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
     ls.listen()
     ls.settimeout(30)
     result: dict = {}
-
-    def digest_of(sock, n: int) -> tuple[int, bytes]:
-        """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes."""
-        h = hashlib.sha256()
-        got = 0
-        while got < n and (b := sock.recv(1 << 20)):
-            h.update(b)
-            got += len(b)
-        return got, h.digest()
 
     def kernel_side() -> None:
         k, _ = ls.accept()

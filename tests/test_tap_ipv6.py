@@ -19,6 +19,7 @@ import subprocess
 import threading
 
 import pytest
+from conftest import digest_of
 from conftest import free_subnet_or_fail, tap_name
 
 from usnet.hostnet import delete_links
@@ -29,16 +30,6 @@ pytestmark = pytest.mark.privileged
 def _ping6(addr: str, count: int = 3) -> subprocess.CompletedProcess:
     return subprocess.run(["ping", "-6", "-c", str(count), "-W", "2", "-i", "0.2", addr],
                           capture_output=True, text=True, timeout=30)
-
-
-def _digest_of(sock, n: int) -> tuple[int, bytes]:
-    """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes."""
-    h = hashlib.sha256()
-    got = 0
-    while got < n and (b := sock.recv(1 << 20)):
-        h.update(b)
-        got += len(b)
-    return got, h.digest()
 
 
 def test_ping6_from_the_host_is_answered_by_the_flow_switch(tap_domain6):
@@ -75,7 +66,7 @@ def test_usnet_socket_and_kernel_tcp_socket_exchange_4_mb_each_way_over_ipv6(tap
         k, addr = ls.accept()
         result["peer"] = addr
         k.settimeout(20)
-        result["digest"] = _digest_of(k, size)[1]
+        result["digest"] = digest_of(k, size)[1]
         k.sendall(down)
         k.close()
 
@@ -84,7 +75,7 @@ def test_usnet_socket_and_kernel_tcp_socket_exchange_4_mb_each_way_over_ipv6(tap
     s = us.create_connection(ls.getsockname()[:2], timeout=20, client=Client.local(d), netif=ifname)
     assert s.family == us.AF_INET6 and s.getpeername() == (host_ip6, ls.getsockname()[1], 0, 0)
     s.sendall(up)
-    n, digest = _digest_of(s, size)
+    n, digest = digest_of(s, size)
     name = s.getsockname()
     s.close()
     t.join(20)
@@ -124,7 +115,7 @@ def test_kernel_tcp_client_connects_to_a_usnet_listener_over_ipv6(tap_domain6):
     t.start()
     conn, addr = srv.accept()
     conn.settimeout(20)
-    n, digest = _digest_of(conn, len(up) + 1)
+    n, digest = digest_of(conn, len(up) + 1)
     conn.sendall(digest + down)
     conn.close()
     t.join(20)

@@ -138,18 +138,10 @@ class DatagramSocket:
             if big:
                 packets[idx, HEADERS : HEADERS + big] = rows[sent:end, :big]
             umd[idx * UMD_WORDS] = totals[sent:end]
-            try:
-                done = ch.send(pkts)
-            except BlockingIOError:
-                ch.give_back(pkts)  # not sent: back to the channel's cache, not leaked
-                if sent:
-                    break
-                raise
-            if done < len(pkts):
-                ch.give_back(pkts[done:])
-                sent += done
-                break
+            done, full = self._push(pkts, sent)
             sent += done
+            if full:
+                break
         self._ident = (self._ident + sent) & 0xFFFF
         return sent
 
@@ -171,19 +163,30 @@ class DatagramSocket:
             pkts = ch.alloc(len(packets) - sent)
             for p, data in zip(pkts, packets[sent:]):
                 ch.write(p, data)
-            try:
-                done = ch.send(pkts)
-            except BlockingIOError:
-                ch.give_back(pkts)
-                if sent:
-                    break
-                raise
-            if done < len(pkts):
-                ch.give_back(pkts[done:])
-                sent += done
-                break
+            done, full = self._push(pkts, sent)
             sent += done
+            if full:
+                break
         return sent
+
+    def _push(self, pkts: list[int], sent: int) -> tuple[int, bool]:
+        """Send written packets: (how many went, whether the ring is full).
+
+        What the ring did not take goes back to the channel's cache, not
+        leaked; a full ring before anything went raises BlockingIOError.
+        """
+        ch = self.channel
+        try:
+            done = ch.send(pkts)
+        except BlockingIOError:
+            ch.give_back(pkts)
+            if sent:
+                return 0, True
+            raise
+        if done < len(pkts):
+            ch.give_back(pkts[done:])
+            return done, True
+        return done, False
 
     def _headers(self, rows: np.ndarray, lens: np.ndarray, dst: bytes, dport: int) -> np.ndarray:
         """The IPv4 and UDP headers of a batch, one row each, checksums included."""
