@@ -19,7 +19,7 @@ from usnet.daemon.transport import ControlClient, connect_seqpacket
 
 if TYPE_CHECKING:
     from usnet.nexus.domain import Domain, Session
-    from usnet.stack.datagram import DatagramSocket
+    from usnet.datagram import DatagramSocket
 
 DEFAULT_SOCKET = os.environ.get("USNET_SOCKET", "/run/usnet/usnetd.sock")
 
@@ -125,7 +125,7 @@ class Client:
 
         `family` 6 (or an IPv6 `remote`) makes it IPv6.
         """
-        from usnet.stack.datagram import DatagramSocket
+        from usnet.datagram import DatagramSocket
 
         ch, info = self.open_flow(netif, 17, port, remote, family=family, **attrs)
         return DatagramSocket(ch, info)

@@ -1,4 +1,7 @@
-"""A minimal UDP endpoint over a flow channel, before the full stack exists.
+"""The UDP endpoint: datagrams over a flow channel (`Client.udp_socket`).
+
+It lives beside `usnet.socket`, not in `usnet.stack`, because it does I/O
+on its channel; the stack's modules are sans-I/O.
 
 The application's process builds the IPv4 and UDP headers itself, straight
 into the packet buffer (`wire.write_*`), and the flow switch only checks them.
