@@ -12,17 +12,27 @@
     address6 = "fd00:77::2/64"  # optional: IPv6 too (and the link-local address from the MAC)
     gateway6 = "fd00:77::1"  # optional
     pcap = "/tmp/usnet0.pcap"  # optional: trace every frame
+    link_rate = 50e6         # optional: pace transmit to this many bits/s, so the
+                             # queue forms in usnet and not in the kernel
+    ll_share = 0.2           # optional, needs link_rate: share of the time slots
+                             # reserved for the low-latency class (0 to 0.9; default 0.2)
+    work_conserving = true   # optional, needs link_rate: idle LL slots carry general
+                             # traffic and the reverse (default); false: they stay idle
+
+See docs/design-notes.md, "The transmit multiplexer".
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from typing import Literal
 
 import msgspec
 
 from usnet.client import DEFAULT_SOCKET
+from usnet.nexus import txsched
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -36,6 +46,9 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     vnet_hdr: bool = False
     address6: str | None = None
     gateway6: str | None = None
+    link_rate: float | None = None
+    ll_share: float | None = None
+    work_conserving: bool | None = None
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)
@@ -51,6 +64,12 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             if not self.address6:
                 raise ValueError("gateway6 needs address6")
             ipaddress.IPv6Address(self.gateway6)
+        if self.link_rate is None:
+            if self.ll_share is not None or self.work_conserving is not None:
+                raise ValueError("ll_share and work_conserving need link_rate (the rate to pace to, bits/s)")
+        else:
+            txsched.check_params(self.link_rate, 0.2 if self.ll_share is None else self.ll_share,
+                                 True if self.work_conserving is None else self.work_conserving)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -81,8 +100,18 @@ def dump(cfg: Config) -> str:
             v = getattr(n, k)
             if v is None:
                 continue
-            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else (v if isinstance(v, int) else repr(str(v)).replace(chr(39), chr(34)))}")
+            lines.append(f"{k} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float) and math.isfinite(v):
+        return repr(v)  # 50000000.0, 1e+20: both TOML floats
+    return repr(str(v)).replace(chr(39), chr(34))
 
 
 def make_driver(nc: NetifConfig):

@@ -47,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         for nc in cfg.netif:
             drv = config.make_driver(nc)
             domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu, address6=nc.address6,
-                             gateway6=nc.gateway6)
-            log.info("netif %s: %s driver on %s, address %s%s", nc.name, nc.driver, nc.ifname or nc.name,
-                     nc.address, f", {nc.address6}" if nc.address6 else "")
-    except OSError as e:
+                             gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
+                             work_conserving=nc.work_conserving)
+            log.info("netif %s: %s driver on %s, address %s%s%s", nc.name, nc.driver, nc.ifname or nc.name,
+                     nc.address, f", {nc.address6}" if nc.address6 else "",
+                     f", paced to {nc.link_rate:g} bit/s" if nc.link_rate else "")
+    except (OSError, ValueError) as e:
         log.error("cannot open netif: %s", e)
         domain.stop()
         sock.close()

@@ -218,21 +218,48 @@ class Domain:
 
     def add_netif(self, name: str, driver, address: str, gateway: str | None = None,
                   mtu: int | None = None, *, address6: str | None = None,
-                  gateway6: str | None = None) -> FlowSwitch:
+                  gateway6: str | None = None, link_rate: float | None = None,
+                  ll_share: float | None = None, work_conserving: bool | None = None) -> FlowSwitch:
         """Attach a device: a netif with its flow switch, served by the domain loop.
 
         `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
         link-local address derived from the MAC.
+
+        `link_rate` (bits/s) paces the netif's transmit to that rate through
+        the slot multiplexer (usnet.nexus.txsched), so the queue forms in
+        usnet and not in the device; `ll_share` (0 to 0.9, default 0.2) of
+        its slots are reserved for the low-latency class (`set_flow_class`),
+        lent to general traffic when idle unless `work_conserving` is False.
+        Without `link_rate` the netif is not paced and has no LL class.
         """
         with self.lock:
             if name in self.switches:
                 raise OSError(errno.EEXIST, f"netif {name!r} exists")
-            netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6)
+            netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6,
+                          link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving)
             sw = FlowSwitch(netif, self.ports)
             self.switches[name] = sw
             self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
         self._wake()
         return sw
+
+    def set_flow_class(self, netif_name: str, flow_id: int, cls: str) -> None:
+        """Serve flow `flow_id` (its id on the switch, its netif queue key) in class "ll" or "general".
+
+        The hook the low-latency agent calls when it grants or revokes a
+        lease. Frames the flow has queued move with it, in order; none is
+        lost. "ll" needs a netif with a `link_rate` and a non-zero `ll_share`.
+        """
+        if cls not in ("ll", "general"):
+            raise ValueError(f"traffic class must be 'll' or 'general', not {cls!r}")
+        with self.lock:
+            sw = self.switches.get(netif_name)
+            if sw is None:
+                raise OSError(errno.ENODEV, f"no netif {netif_name!r}")
+            if flow_id not in sw.flows:
+                raise OSError(errno.ENOENT, f"no flow {flow_id} on netif {netif_name!r}")
+            sw.netif.set_class(flow_id, cls == "ll")
+        self._wake()
 
     def remove_netif(self, name: str) -> None:
         with self.lock:

@@ -746,10 +746,8 @@ class FlowSwitch:
 
     def next_timeout(self) -> float | None:
         now = self.clock()
-        t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout())
-             if x is not None]
-        if self.netif.active:
-            t.append(0.0005)
+        t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout(),
+                         self.netif.next_timeout()) if x is not None]  # the netif: queued frames, pacing
         return min(t) if t else None
 
     def info(self) -> dict[str, Any]:

@@ -9,17 +9,32 @@ Addresses: one IPv4 address (with its network and an optional gateway),
 and optionally one IPv6 address (`address6`, with an optional `gateway6`).
 A netif with an IPv6 address also has the link-local address derived from
 its MAC (modified EUI-64): Neighbour Discovery and routers speak to it.
+
+Pacing and the low-latency class: a netif given a `link_rate` (bits/s)
+sends no faster than that, through a `SlotScheduler` (usnet.nexus.txsched:
+a frame of time slots, a share `ll_share` of them reserved for the
+low-latency class, work-conserving or strict). The queue then forms here,
+where flows are suspended and resumed, and not in the kernel or the device.
+The queues of the keys in `ll_keys` are the LL class, served round-robin in
+LL slots; all others are the general class, served round-robin in general
+slots. Without `link_rate` there is no scheduler and `flush` is the plain
+round-robin it always was.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from usnet.drivers import block
 from usnet.drivers.base import Driver, random_mac
 from usnet.drivers.block import FrameBlock
+from usnet.nexus import txsched
+from usnet.nexus.txsched import LL, SlotScheduler
 from usnet.wire.ipv4 import ip_bytes
 from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
 
@@ -27,7 +42,10 @@ from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_
 class Netif:
     def __init__(self, name: str, driver: Driver, address: str, gateway: str | None = None,
                  mtu: int | None = None, mac: bytes | None = None, high_water: int = 1024,
-                 low_water: int = 256, address6: str | None = None, gateway6: str | None = None) -> None:
+                 low_water: int = 256, address6: str | None = None, gateway6: str | None = None,
+                 link_rate: float | None = None, ll_share: float | None = None,
+                 work_conserving: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         iface = ipaddress.IPv4Interface(address)
         self.name = name
         self.driver = driver
@@ -49,6 +67,30 @@ class Netif:
         self.active: deque[int] = deque()  # queue keys with frames, round-robin order
         self.tx_frames = self.tx_bytes = self.rx_frames = self.rx_bytes = 0
         self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
+        self._init_sched(link_rate, ll_share, work_conserving, clock)
+
+    def _init_sched(self, link_rate: float | None, ll_share: float | None,
+                    work_conserving: bool | None, clock: Callable[[], float]) -> None:
+        """A slot scheduler if there is a link rate; without one, the plain round-robin."""
+        self.clock = clock
+        self.ll_keys: set[int] = set()  # queue keys (flow ids) of the low-latency class
+        self.active_ll: deque[int] = deque()  # LL keys with frames, when paced (else unused)
+        self.sched: SlotScheduler | None = None
+        self._stalled = False  # the device refused frames at the last paced flush
+        self._ll_seen: set[int] = set()  # ll_keys as the active deques last reflected them
+        if link_rate is None:
+            if ll_share is not None or work_conserving is not None:
+                raise ValueError("ll_share and work_conserving need a link_rate")
+            return
+        share = 0.2 if ll_share is None else ll_share
+        wc = True if work_conserving is None else work_conserving
+        txsched.check_params(link_rate, share, wc)
+        self.sched = SlotScheduler(link_rate, ll_share=share, work_conserving=wc,
+                                   slot_bytes=self.mtu + 14, start=clock())
+
+    def _is_ll(self, key: int) -> bool:
+        """Whether queue `key` is served as LL (never without LL slots: it would starve)."""
+        return key in self.ll_keys and self.sched is not None and self.sched.ll_slots > 0
 
     def _init_ipv6(self, address6: str | None, gateway6: str | None) -> None:
         """IPv6 is on only with an address: then the netif has it and its link-local address."""
@@ -113,7 +155,10 @@ class Netif:
             self.queued_bytes[key] = 0
             self.queued_frames[key] = 0
         if not q:
-            self.active.append(key)
+            if self.sched is not None and self._is_ll(key):
+                self.active_ll.append(key)
+            else:
+                self.active.append(key)
         q.extend(items)
         self.queued_bytes[key] += sum(map(block.size, items))
         self.queued_frames[key] += block.count(items)
@@ -128,7 +173,10 @@ class Netif:
 
         Each turn takes up to 32 frames, or one whole FrameBlock, from a flow.
         A device that does not carry blocks gets them opened into frames.
+        With a link rate, the slot scheduler decides who sends and how much.
         """
+        if self.sched is not None:
+            return self._flush_paced(budget)
         sent_total = 0
         active, queues = self.active, self.queues
         takes_blocks = getattr(self.driver, "takes_blocks", False)
@@ -184,13 +232,161 @@ class Netif:
                 break
         return sent_total
 
-    def _account(self, key: int, item) -> None:
+    # -- paced transmit (a link rate and the slot scheduler) -----------------------------------
+
+    def set_class(self, key: int, ll: bool) -> None:
+        """Put queue `key` in the LL class (True) or the general class; frames queued move with it."""
+        if ll:
+            if self.sched is None or self.sched.ll_slots == 0:
+                raise ValueError(f"netif {self.name!r} has no LL slots (it needs a link_rate and an ll_share)")
+            self.ll_keys.add(key)
+        else:
+            self.ll_keys.discard(key)
+        if self.sched is not None:
+            self._reclass()
+
+    def _reclass(self) -> None:
+        """Move active keys whose class changed (ll_keys may also be edited directly)."""
+        self._ll_seen = set(self.ll_keys)
+        ll = self._is_ll
+        if any(ll(k) for k in self.active) or not all(ll(k) for k in self.active_ll):
+            keys = list(self.active_ll) + list(self.active)
+            self.active_ll = deque(k for k in keys if ll(k))
+            self.active = deque(k for k in keys if not ll(k))
+
+    def next_timeout(self) -> float | None:
+        """Seconds until the netif has transmit work to do; None if it has none.
+
+        Unpaced: a short poll while frames wait (the device was full), as the
+        flow switch has always done. Paced: when the scheduler's next grant
+        is due, so the domain sleeps until then.
+        """
+        if self.sched is None:
+            return 0.0005 if self.active else None
+        if not (self.active or self.active_ll):
+            return None
+        if self._stalled:
+            return 0.0005
+        now = self.clock()
+        t = self.sched.next_time(now, bool(self.active_ll), bool(self.active))
+        return None if t is None else max(0.0, t - now)
+
+    def _flush_paced(self, budget: int) -> int:
+        """Serve the LL queues in LL slots and the general queues in general slots, paced."""
+        sched = self.sched
+        assert sched is not None
+        if self.ll_keys != self._ll_seen:
+            self._reclass()
+        now = self.clock()
+        self._stalled = False
+        sent_total = 0
+        while sent_total < budget:
+            cls, nbytes = sched.grant(now, bool(self.active_ll), bool(self.active))
+            if cls is None:
+                break
+            batch, keys = self._take(self.active_ll if cls == LL else self.active, nbytes, budget - sent_total)
+            if not batch:
+                break  # cannot happen (a waiting class has frames); never spin if it does
+            frames, sent_bytes, done = self._send(batch, keys)
+            sched.charge(cls, sent_bytes, now, frames)
+            sent_total += frames
+            if not done:
+                self._stalled = True
+                break
+        return sent_total
+
+    def _take(self, active: deque, nbytes: int, max_frames: int) -> tuple[list, list[int]]:
+        """Up to `nbytes` (the last frame may pass it) from the class's queues, round-robin.
+
+        Each key gives up to 32 frames, or one FrameBlock, a turn; a block is
+        split at the byte budget and its tail stays at the front of its queue.
+        """
+        queues = self.queues
+        takes_blocks = getattr(self.driver, "takes_blocks", False)
+        batch: list = []
+        keys: list[int] = []
+        left, room = nbytes, max_frames
+        while active and left > 0 and room > 0:
+            key = active.popleft()
+            q = queues[key]
+            take = 0
+            while q and take < 32 and left > 0 and room > 0:
+                item = q[0]
+                if type(item) is FrameBlock:
+                    cum = np.cumsum(item.lens)
+                    n = min(int(np.searchsorted(cum, left)) + 1, len(item), room)
+                    take = 32  # a block is a turn
+                    if n < len(item):
+                        q[0] = item.rows(slice(n, None))
+                        item = item.rows(slice(0, n))
+                    else:
+                        q.popleft()
+                    left -= int(cum[n - 1])
+                    if takes_blocks:
+                        batch.append(item)
+                        keys.append(key)
+                    else:
+                        batch.extend(item.frames())
+                        keys.extend([key] * n)
+                else:
+                    q.popleft()
+                    left -= len(item)
+                    n = 1
+                    take += 1
+                    batch.append(item)
+                    keys.append(key)
+                room -= n
+            if q:
+                active.append(key)
+        return batch, keys
+
+    def _send(self, batch: list, keys: list[int]) -> tuple[int, int, bool]:
+        """Hand a batch to the device; (frames taken, bytes taken, whether it took them all).
+
+        What the device did not take goes back to the front of its queues, in order.
+        """
+        if not batch:
+            return 0, 0, True
+        sent = self.driver.send_batch(batch)
+        left = sent
+        done = 0
+        nbytes = 0
+        for item, k in zip(batch, keys):
+            n = len(item) if type(item) is FrameBlock else 1
+            if left < n:
+                if left:  # the device took the head of a block: the tail waits
+                    batch[done] = item.rows(slice(left, None))
+                    item = item.rows(slice(0, left))
+                    nbytes += self._account(k, item)
+                    batch.insert(done, item)
+                    keys.insert(done, k)
+                    done += 1
+                break
+            left -= n
+            nbytes += self._account(k, item)
+            done += 1
+        if self.monitors:
+            frames = block.expand(batch[:done])
+            for m in self.monitors:
+                m.deliver(frames)
+        if done == len(batch):
+            return sent, nbytes, True
+        for item, k in zip(reversed(batch[done:]), reversed(keys[done:])):
+            q = self.queues[k]
+            active = self.active_ll if self._is_ll(k) else self.active
+            if not q and k not in active:
+                active.appendleft(k)
+            q.appendleft(item)
+        return sent, nbytes, False
+
+    def _account(self, key: int, item) -> int:
         """A frame or block the device took off queue `key`."""
         n, b = (len(item), item.nbytes()) if type(item) is FrameBlock else (1, len(item))
         self.queued_frames[key] -= n
         self.queued_bytes[key] -= b
         self.tx_bytes += b
         self.tx_frames += n
+        return b
 
     def drop_queue(self, key: int) -> int:
         q = self.queues.pop(key, None)
@@ -198,10 +394,12 @@ class Netif:
         frames = self.queued_frames.pop(key, 0)
         if q is None:
             return 0
-        try:
-            self.active.remove(key)
-        except ValueError:
-            pass
+        self.ll_keys.discard(key)
+        for active in (self.active, self.active_ll):
+            try:
+                active.remove(key)
+            except ValueError:
+                pass
         return frames
 
     def info(self) -> dict[str, Any]:
@@ -214,4 +412,12 @@ class Netif:
                 "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
                 "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes,
                 "queued": sum(self.queued_frames.values()),
-                "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)()}
+                "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)(),
+                **({} if self.sched is None else {"txsched": self._sched_info()})}
+
+    def _sched_info(self) -> dict[str, Any]:
+        assert self.sched is not None
+        ll = [k for k in self.queues if k in self.ll_keys]
+        return {**self.sched.stats(), "ll_flows": sorted(self.ll_keys),
+                "queued_ll": sum(self.queued_frames[k] for k in ll),
+                "queued_general": sum(self.queued_frames.values()) - sum(self.queued_frames[k] for k in ll)}

@@ -1,0 +1,303 @@
+"""The transmit multiplexer of a netif: a frame of time slots, paced to the link rate.
+
+Sans-I/O: no device, no clock of its own. The netif keeps its queues and
+asks, with the time it read from its own clock:
+
+- ``grant(now, ll_waiting, general_waiting)`` -> ``(cls, budget)``: which
+  class may start frames now (``LL``, ``GENERAL``, or None) and how many
+  bytes it may start;
+- ``charge(cls, nbytes, now, frames)``: what that class really sent;
+- ``next_time(now, ll_waiting, general_waiting)``: when a grant will next be
+  worth asking for (None: nothing waits, nothing to wake for).
+
+The model (docs/design-notes.md, "The transmit multiplexer"):
+
+- **Slots.** The link is divided into slots of ``slot_bytes`` (by default
+  one MTU-sized Ethernet frame), each lasting ``slot_bytes * 8 / link_rate``
+  seconds when carried. A *frame* of ``frame_slots`` slots repeats; a share
+  ``ll_share`` of them (rounded to whole slots, at least one if the share is
+  not zero) belongs to the low-latency class and the rest to the general
+  class. The LL slots are spread evenly through the frame (Bresenham), so
+  the longest run of general slots is ``ceil((N - k) / k)``: 0.2 of 100
+  slots is every fifth slot.
+- **A slot is a byte quantum, owned by the class that starts frames in it.**
+  The owner may start frames while the slot has bytes left; the last frame
+  may run past the end of the slot (frames are never cut, and one frame may
+  span several slots). What it runs over is that class's *debt*, taken off
+  its next slot (deficit round-robin with the slot as quantum). So over any
+  stretch in which a class is backlogged it gets its slots' bytes, give or
+  take one frame, however its frame sizes fall against the slot size, and
+  the other class's slots are never shortened by it.
+- **Pacing.** ``vt`` is when the link will have finished everything it was
+  given. Sending ``n`` bytes moves it on by ``n * 8 / link_rate``; an idle
+  link does not bank credit (``vt`` is never behind ``now``: idle time
+  passes through the slots, which count as idle). A grant is given only
+  while ``vt < now + horizon``, so at most ``horizon`` seconds of traffic
+  (plus one frame) sit in the device ahead of real time and the queue forms
+  in usnet. The horizon must cover the loop's wake-up jitter (epoll sleeps
+  in whole milliseconds), or the link idles between wake-ups; by default it
+  is two slots or 2 ms, whichever is longer, and ``next_time`` asks to be
+  woken when half of it has drained: each wake-up hands the device half a
+  horizon of frames, and one late by up to half a horizon costs nothing.
+- **Work-conserving** (the default): a slot whose owner has nothing to send
+  is lent to the other class for as long as the owner has nothing (the
+  owner takes it back at the next grant), so the link is never idle while
+  anything waits. **Strict**: a slot whose owner has nothing stays idle;
+  its time passes (committed like a transmission, within the horizon) and
+  the other class waits for its own slot.
+
+Counters: bytes and frames sent per class, slots used per class (the owner
+started a frame in it), slots lent per owner class (only the other class
+used it), idle slots, and bytes each class sent in the other's slots.
+"""
+
+from __future__ import annotations
+
+import math
+
+LL = "ll"
+GENERAL = "general"
+CLASSES = (LL, GENERAL)
+_OTHER = {LL: GENERAL, GENERAL: LL}
+MAX_LL_SHARE = 0.9
+
+
+def ll_pattern(frame_slots: int, ll_slots: int) -> tuple[str, ...]:
+    """The owner of each slot of a frame: `ll_slots` LL slots spread evenly, the last slot LL."""
+    return tuple(LL if ((i + 1) * ll_slots) // frame_slots > (i * ll_slots) // frame_slots else GENERAL
+                 for i in range(frame_slots))
+
+
+def check_params(link_rate: object, ll_share: object = 0.2, work_conserving: object = True) -> None:
+    """ValueError naming the first nonsense parameter (shared with the netif and the config)."""
+    if isinstance(link_rate, bool) or not isinstance(link_rate, (int, float)):
+        raise ValueError(f"link_rate must be a number of bits per second, not {link_rate!r}")
+    if not math.isfinite(link_rate) or link_rate <= 0:
+        raise ValueError(f"link_rate must be a positive, finite number of bits per second, not {link_rate!r}")
+    if isinstance(ll_share, bool) or not isinstance(ll_share, (int, float)):
+        raise ValueError(f"ll_share must be a number from 0 to {MAX_LL_SHARE}, not {ll_share!r}")
+    if not 0.0 <= ll_share <= MAX_LL_SHARE:  # NaN fails this too
+        raise ValueError(f"ll_share must be from 0 to {MAX_LL_SHARE}, not {ll_share!r}")
+    if not isinstance(work_conserving, bool):
+        raise ValueError(f"work_conserving must be true or false, not {work_conserving!r}")
+
+
+class SlotScheduler:
+    """One netif's slot multiplexer and pacer (see the module docstring)."""
+
+    def __init__(self, link_rate: float, *, ll_share: float = 0.2, work_conserving: bool = True,
+                 slot_bytes: int = 1514, frame_slots: int = 100, horizon: float | None = None,
+                 start: float = 0.0) -> None:
+        check_params(link_rate, ll_share, work_conserving)
+        if not isinstance(slot_bytes, int) or slot_bytes < 64:
+            raise ValueError(f"slot_bytes must be an integer of at least 64, not {slot_bytes!r}")
+        if not isinstance(frame_slots, int) or not 1 <= frame_slots <= 10_000:
+            raise ValueError(f"frame_slots must be an integer from 1 to 10000, not {frame_slots!r}")
+        self.link_rate = float(link_rate)
+        self.ll_share = float(ll_share)
+        self.work_conserving = work_conserving
+        self.slot_bytes = slot_bytes
+        self.frame_slots = frame_slots
+        self.byte_time = 8.0 / self.link_rate  # seconds per byte
+        self.slot_time = slot_bytes * self.byte_time
+        k = 0 if ll_share == 0 else min(frame_slots - 1, max(1, round(ll_share * frame_slots)))
+        if frame_slots == 1 and ll_share:
+            raise ValueError("an LL share needs a frame of at least 2 slots")
+        self.ll_slots = k
+        self.pattern = ll_pattern(frame_slots, k)
+        if horizon is None:
+            horizon = max(2 * self.slot_time, 0.002)
+        if not (isinstance(horizon, (int, float)) and math.isfinite(horizon) and horizon > 0):
+            raise ValueError(f"horizon must be a positive number of seconds, not {horizon!r}")
+        self.horizon = float(horizon)
+        self._wake_lead = self.horizon / 2  # wake while this much is still queued ahead
+        self.vt = float(start)  # when the link finishes what it was given
+        self.slot = 0  # index in the frame of the current slot
+        self.credit = float(slot_bytes)  # bytes left in the current slot
+        self.debt = {LL: 0.0, GENERAL: 0.0}  # overrun each class owes its next slot
+        self._used = {LL: 0.0, GENERAL: 0.0}  # bytes sent in the current slot, by class
+        self._span_cls: str | None = None  # the last grant's class and how many slots
+        self._span = 0  # after the current one it may run on into
+        # counters
+        self.bytes_sent = {LL: 0, GENERAL: 0}
+        self.frames_sent = {LL: 0, GENERAL: 0}
+        self.slots_used = {LL: 0, GENERAL: 0}  # slots of each class in which it started a frame
+        self.slots_lent = {LL: 0, GENERAL: 0}  # slots of each class only the other class used
+        self.slots_idle = 0  # slots nobody used
+        self.borrowed_bytes = {LL: 0.0, GENERAL: 0.0}  # bytes each class sent in the other's slots
+        self.idle_bytes = 0.0  # link capacity that passed unused, in bytes
+
+    # -- the slot cursor --------------------------------------------------------------
+
+    def owner(self) -> str:
+        """The class that owns the current slot."""
+        return self.pattern[self.slot]
+
+    def _end_slot(self) -> None:
+        """Close the current slot (count it) and open the next, paying off its owner's debt."""
+        owner = self.pattern[self.slot]
+        used = self._used
+        if used[owner]:
+            self.slots_used[owner] += 1
+        elif used[_OTHER[owner]]:
+            self.slots_lent[owner] += 1
+        else:
+            self.slots_idle += 1
+        used[LL] = used[GENERAL] = 0.0
+        while True:
+            self.slot = (self.slot + 1) % self.frame_slots
+            owner = self.pattern[self.slot]
+            credit = self.slot_bytes - self.debt[owner]
+            if credit >= 0.5:
+                self.credit = credit
+                self.debt[owner] = 0.0
+                return
+            # the owner's overrun already took this whole slot's bytes
+            self.debt[owner] = -credit
+            self.slots_used[owner] += 1
+
+    def _advance(self, now: float) -> None:
+        """Let the time since the link went idle pass through the slots, unused."""
+        if now <= self.vt:
+            return
+        idle = (now - self.vt) / self.byte_time
+        self.vt = now
+        self.idle_bytes += idle
+        whole = self.frame_slots * self.slot_bytes
+        if idle > 2 * whole:  # a long silence: skip whole frames (and forgive old debts)
+            skip = int(idle // whole) - 1
+            idle -= skip * whole
+            self.slots_idle += skip * self.frame_slots
+            self.debt[LL] = self.debt[GENERAL] = 0.0
+        while idle >= self.credit:
+            idle -= self.credit
+            self._end_slot()
+        self.credit -= idle
+        if self.credit < 0.5:
+            self._end_slot()
+
+    # -- the netif's questions ----------------------------------------------------------
+
+    def grant(self, now: float, ll_waiting: bool, general_waiting: bool) -> tuple[str | None, int]:
+        """(class, bytes it may start now), or (None, 0) if nobody may send now.
+
+        The class may start frames while it has sent fewer than `budget`
+        bytes in this grant: the last frame may run past it (at least one
+        frame, however large). Then it reports what it sent with `charge`.
+        The budget is the rest of the current slot and of the slots after it
+        that the class would also get (its own, and in work-conserving mode
+        the other class's while that has nothing waiting), up to the horizon:
+        one grant, one batch for the device.
+        """
+        self._advance(now)
+        if not (ll_waiting or general_waiting):
+            return None, 0
+        limit = now + self.horizon
+        while self.vt < limit:
+            owner = self.pattern[self.slot]
+            if ll_waiting if owner == LL else general_waiting:
+                cls = owner
+            elif self.work_conserving:
+                cls = _OTHER[owner]
+            else:
+                # strict: the owner's slot stays idle; its time passes, committed like a frame
+                self.vt += self.credit * self.byte_time
+                self.idle_bytes += self.credit
+                self._end_slot()
+                continue
+            room = (limit - self.vt) / self.byte_time
+            budget, span = self.credit, 0
+            if budget < room:
+                # run on through the following slots the same class would get, up to the horizon
+                others_wait = general_waiting if cls == LL else ll_waiting
+                for owner, credit in self._upcoming():
+                    if owner != cls and (others_wait or not self.work_conserving):
+                        break
+                    budget += credit
+                    span += 1
+                    if budget >= room or span >= self.frame_slots:
+                        break
+            self._span_cls, self._span = cls, span
+            return cls, max(1, math.ceil(min(budget, room)))
+        return None, 0
+
+    def _upcoming(self):
+        """(owner, bytes) of the slots after the current one, as `_end_slot` will open them."""
+        debt = dict(self.debt)
+        slot = self.slot
+        while True:
+            slot = (slot + 1) % self.frame_slots
+            owner = self.pattern[slot]
+            credit = self.slot_bytes - debt[owner]
+            if credit >= 0.5:
+                debt[owner] = 0.0
+                yield owner, credit
+            else:
+                debt[owner] = -credit
+
+    def charge(self, cls: str, nbytes: int, now: float, frames: int = 1) -> None:
+        """`cls` started `frames` frames of `nbytes` bytes in all, at `now` (after a grant)."""
+        if cls not in _OTHER:
+            raise ValueError(f"no traffic class {cls!r}")
+        if nbytes < 0 or frames < 0:
+            raise ValueError("a charge cannot be negative")
+        self._advance(now)
+        self.vt += nbytes * self.byte_time
+        self.bytes_sent[cls] += nbytes
+        self.frames_sent[cls] += frames
+        span = self._span if self._span_cls == cls else 0  # slots the last grant ran on into
+        self._span_cls, self._span = None, 0
+        left = float(nbytes)
+        while left > 0:
+            take = min(left, self.credit)
+            left -= take
+            self.credit -= take
+            self._used[cls] += take
+            if cls != self.pattern[self.slot]:
+                self.borrowed_bytes[cls] += take
+            if self.credit >= 0.5:
+                break
+            if left > 0 and span > 0:
+                span -= 1
+            else:
+                # past what was granted (the last frame ran over): the class's next slot pays
+                self.debt[cls] += left
+                left = 0
+            self._end_slot()
+
+    def next_time(self, now: float, ll_waiting: bool = True, general_waiting: bool = True) -> float | None:
+        """When to ask for a grant again (at least `now`); None if nothing waits.
+
+        Under pacing that is when half the horizon has drained (half is still
+        queued ahead of real time, so a wake-up a millisecond late does not
+        leave the link idle). In strict mode a class waiting for its own slot
+        is woken when that slot comes within the horizon.
+        """
+        self._advance(now)
+        if not (ll_waiting or general_waiting):
+            return None
+        ahead = 0.0  # bytes of idle slots before one a waiting class may use
+        owner = self.pattern[self.slot]
+        if not self.work_conserving and not (ll_waiting if owner == LL else general_waiting):
+            ahead = self.credit
+            for n, (owner, credit) in enumerate(self._upcoming()):
+                if (ll_waiting if owner == LL else general_waiting) or n > self.frame_slots:
+                    break
+                ahead += credit
+        return max(now, self.vt + ahead * self.byte_time - self._wake_lead)
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def effective_ll_share(self) -> float:
+        return self.ll_slots / self.frame_slots
+
+    def stats(self) -> dict:
+        return {
+            "link_rate": self.link_rate, "ll_share": self.effective_ll_share(),
+            "work_conserving": self.work_conserving, "slot_bytes": self.slot_bytes,
+            "frame_slots": self.frame_slots, "slot_time": self.slot_time, "horizon": self.horizon,
+            "bytes": dict(self.bytes_sent), "frames": dict(self.frames_sent),
+            "slots_used": dict(self.slots_used), "slots_lent": dict(self.slots_lent),
+            "slots_idle": self.slots_idle,
+            "borrowed_bytes": {k: round(v) for k, v in self.borrowed_bytes.items()},
+        }
