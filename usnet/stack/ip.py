@@ -905,17 +905,8 @@ class IpLayer:
             c["icmp4_bad"] += 1
             return
         if typ == _i4.ECHO_REQUEST:
-            if dst not in self._local4:
-                c["icmp4_echo_not_unicast"] += 1
-                return
             reply = _i4.build_echo(_i4.ECHO_REPLY, hi, lo, payload[8:])
-            try:
-                out = self.output(ICMP, dst, src, reply, now)
-            except (OSError, WireError):
-                c["icmp4_echo_dropped"] += 1
-                return
-            c["icmp4_echo_replied"] += 1
-            ev.extend(Transmit(p) for p in out)
+            self._answer_echo("icmp4", ICMP, self._local4, src, dst, reply, now, ev)
             return
         if typ in (_i4.DEST_UNREACH, _i4.TIME_EXCEEDED, _ICMP4_PARAM_PROBLEM):
             self._icmp4_error(typ, code, lo, src, payload, now, ev)
@@ -926,16 +917,37 @@ class IpLayer:
         c["icmp4_delivered"] += 1
         ev.append(Datagram(ICMP, src, dst, payload, pkt, ttl))
 
+    def _answer_echo(self, fam: str, proto: int, local, src, dst, reply: bytes, now, ev) -> None:
+        """An echo request to one of our unicast addresses gets `reply`; counted under `fam`."""
+        c = self.counters
+        if dst not in local:
+            c[f"{fam}_echo_not_unicast"] += 1
+            return
+        try:
+            out = self.output(proto, dst, src, reply, now)
+        except (OSError, WireError):
+            c[f"{fam}_echo_dropped"] += 1
+            return
+        c[f"{fam}_echo_replied"] += 1
+        ev.extend(Transmit(p) for p in out)
+
+    def _quoted(self, fam: str, parse, local, payload):
+        """The quote of an ICMP error, if it parses and names a packet we sent; else counted."""
+        q = parse(payload, 8)
+        if q is None:
+            self.counters[f"{fam}_bad_quote"] += 1
+            return None
+        if q[1] not in local:  # the quoted source is not ours: a forged error
+            self.counters[f"{fam}_bogus_quote"] += 1
+            return None
+        return q
+
     def _icmp4_error(self, typ, code, lo, reporter, payload, now, ev) -> None:
         c = self.counters
-        q = _quote4(payload, 8)
+        q = self._quoted("icmp4", _quote4, self._local4, payload)
         if q is None:
-            c["icmp4_bad_quote"] += 1
             return
         proto, qsrc, qdst, sport, dport, qtotal, quote = q
-        if qsrc not in self._local4:
-            c["icmp4_bogus_quote"] += 1
-            return
         mtu = 0
         if typ == _i4.DEST_UNREACH:
             err = _UNREACH4_ERRNO.get(code, _errno.EHOSTUNREACH)
@@ -964,17 +976,8 @@ class IpLayer:
             c["icmp6_bad"] += 1
             return
         if typ == _i6.ECHO_REQUEST:
-            if dst not in self._local6:
-                c["icmp6_echo_not_unicast"] += 1
-                return
             reply = _i6.build_echo6(_i6.ECHO_REPLY, hi, lo, payload[8:], dst, src)
-            try:
-                out = self.output(ICMPV6, dst, src, reply, now)
-            except (OSError, WireError):
-                c["icmp6_echo_dropped"] += 1
-                return
-            c["icmp6_echo_replied"] += 1
-            ev.extend(Transmit(p) for p in out)
+            self._answer_echo("icmp6", ICMPV6, self._local6, src, dst, reply, now, ev)
             return
         if typ < 128:
             if typ <= _i6.PARAM_PROBLEM and typ:
@@ -999,14 +1002,10 @@ class IpLayer:
 
     def _icmp6_error(self, typ, code, param, reporter, payload, now, ev) -> None:
         c = self.counters
-        q = _quote6(payload, 8)
+        q = self._quoted("icmp6", _quote6, self._local6, payload)
         if q is None:
-            c["icmp6_bad_quote"] += 1
             return
         proto, qsrc, qdst, sport, dport, qtotal, quote = q
-        if qsrc not in self._local6:
-            c["icmp6_bogus_quote"] += 1
-            return
         mtu = 0
         if typ == _i6.PACKET_TOO_BIG:
             if param >= qtotal:
