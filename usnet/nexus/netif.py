@@ -200,35 +200,9 @@ class Netif:
                     take += 1 if type(item) is not FrameBlock else len(item)
                 if q:
                     active.append(key)
-            sent = self.driver.send_batch(batch)  # in frames, a block's frames each counted
-            left = sent
-            done = 0
-            for item, k in zip(batch, keys):
-                n = len(item) if type(item) is FrameBlock else 1
-                if left < n:
-                    if left:  # the device took the head of a block: the tail waits
-                        batch[done] = item.rows(slice(left, None))
-                        item = item.rows(slice(0, left))
-                        self._account(k, item)
-                        batch.insert(done, item)
-                        keys.insert(done, k)
-                        done += 1
-                    break
-                left -= n
-                self._account(k, item)
-                done += 1
+            sent, _, all_taken = self._send(batch, keys)
             sent_total += sent
-            if self.monitors:
-                frames = block.expand(batch[:done])
-                for m in self.monitors:
-                    m.deliver(frames)
-            if done < len(batch):
-                # the device is full: put the rest back at the front, in order
-                for item, k in zip(reversed(batch[done:]), reversed(keys[done:])):
-                    q = queues[k]
-                    if not q and k not in active:
-                        active.appendleft(k)
-                    q.appendleft(item)
+            if not all_taken:  # the device is full: the rest went back to the front of its queues
                 break
         return sent_total
 
@@ -342,6 +316,8 @@ class Netif:
 
     def _send(self, batch: list, keys: list[int]) -> tuple[int, int, bool]:
         """Hand a batch to the device; (frames taken, bytes taken, whether it took them all).
+
+        Frames are counted as the device counts them: each frame of a block.
 
         What the device did not take goes back to the front of its queues, in order.
         """
