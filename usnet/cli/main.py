@@ -20,44 +20,51 @@ def _fmt(x: float) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    console = Console(stderr=True, quiet=args.json)
-    return {"pipe": _bench_pipe, "udp": _bench_udp, "tcp": _bench_tcp}[args.what](args, console)
-
-
-def _bench_udp(args: argparse.Namespace, console: Console) -> int:
-    from usnet.bench.report import run_udp_bench
-
-    result = run_udp_bench(quick=args.quick, console=console)
+    """Measure (progress on stderr), then print one JSON object or the tables."""
+    measure, show = _BENCHES[args.what]
+    result = measure(args, Console(stderr=True, quiet=args.json))
+    if result is None:
+        return 1
     if args.json:
         print(json.dumps(result))
-        return 0
+    else:
+        show(result, Console())
+    return 0
+
+
+def _measure_udp(args: argparse.Namespace, console: Console) -> dict:
+    from usnet.bench.report import run_udp_bench
+
+    return run_udp_bench(quick=args.quick, console=console)
+
+
+def _show_udp(result: dict, out: Console) -> None:
     table = Table(title="usnet bench udp: datagrams/s, one application to another")
     for col in ("size", "usnet (flow switch, memwire)", "kernel UDP loopback", "ratio", "delivered"):
         table.add_column(col, justify="right")
     for r in result["results"]:
         table.add_row(str(r["size"]), _fmt(r["usnet_dps"]), _fmt(r["kernel_dps"]), f"{r['ratio']:.2f}",
                       f"{r['usnet_delivered']:,}/{r['sent']:,}")
-    Console().print(table)
+    out.print(table)
     t = result["tap"]
     if "skipped" in t:
-        Console().print(f"TAP frames/s: skipped ({t['skipped']})")
+        out.print(f"TAP frames/s: skipped ({t['skipped']})")
     else:
-        Console().print(f"TAP frames/s (64 B, host kernel as peer): usnet → kernel "
-                        f"{_fmt(t['usnet_to_kernel_fps'])}, kernel → usnet {_fmt(t['kernel_to_usnet_fps'])}")
-    return 0
+        out.print(f"TAP frames/s (64 B, host kernel as peer): usnet → kernel "
+                  f"{_fmt(t['usnet_to_kernel_fps'])}, kernel → usnet {_fmt(t['kernel_to_usnet_fps'])}")
 
 
-def _bench_tcp(args: argparse.Namespace, console: Console) -> int:
+def _measure_tcp(args: argparse.Namespace, console: Console) -> dict | None:
     from usnet.bench import tap, tcp
 
     if not tap.available():
         print("usnet bench tcp needs root and /dev/net/tun (it makes a TAP device)", file=sys.stderr)
-        return 1
+        return None
     with console.status("bench tcp") as status:
-        result = tcp.run(args.quick, progress=lambda what: status.update(what))
-    if args.json:
-        print(json.dumps(result))
-        return 0
+        return tcp.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_tcp(result: dict, out: Console) -> None:
     table = Table(title=f"usnet bench tcp: usnet over TAP (host kernel as peer) against kernel TCP loopback; "
                         f"{result['bytes'] // 1_000_000} MB each way, {result['connections']:,} connections")
     for col in ("test", "usnet", "kernel loopback", "ratio"):
@@ -67,31 +74,31 @@ def _bench_tcp(args: argparse.Namespace, console: Console) -> int:
         us, k = r[f"usnet_{unit}"], r[f"kernel_{unit}"]
         label = "MB/s" if unit == "MBps" else "connections/s"
         table.add_row(r["test"], f"{us:,.1f} {label}", f"{k:,.1f} {label}", f"{us / k:.2f}")
-    Console().print(table)
-    return 0
+    out.print(table)
 
 
-def _bench_pipe(args: argparse.Namespace, console: Console) -> int:
+def _measure_pipe(args: argparse.Namespace, console: Console) -> dict:
     from usnet.bench.report import run_pipe_bench
 
-    result = run_pipe_bench(quick=args.quick, console=console)
-    if args.json:
-        print(json.dumps(result))
-        return 0
+    return run_pipe_bench(quick=args.quick, console=console)
+
+
+def _show_pipe(result: dict, out: Console) -> None:
     table = Table(title="usnet bench pipe: messages/s, one process to another")
     for col in ("size", "usnet", "socketpair", "udp", "mp.Queue", "× socketpair"):
         table.add_column(col, justify="right")
     for r in result["results"]:
         table.add_row(str(r["size"]), _fmt(r["usnet_mps"]), _fmt(r["socketpair_mps"]),
                       _fmt(r["udp_mps"]), _fmt(r["mpqueue_mps"]), f"{r['ratio_socketpair']:.2f}")
-    out = Console()
     out.print(table)
     extra = result["extra"]
     out.print(f"one process sending to itself through a pipe: {_fmt(extra['self_pps_64'])} packets/s at 64 B "
               f"(per-packet cost without a context switch)")
     out.print(f"memory per channel: {extra['memory_per_channel']['touched_bytes']:,} bytes touched at open, "
               f"{extra['memory_per_channel']['reserved_bytes']:,} bytes reserved (sparse)")
-    return 0
+
+
+_BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
