@@ -26,6 +26,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_privileges()
 
 
+def send_raw(ch, packets: list[bytes]) -> None:
+    """What a hostile client does: write bytes of its choosing into packets and send them."""
+    pkts: list[int] = []
+    while len(pkts) < len(packets):
+        pkts += ch.alloc(len(packets) - len(pkts))
+    for p, data in zip(pkts, packets):
+        ch.write(p, data)
+        ch.set_length(p, len(data))
+    assert ch.send(pkts) == len(pkts)
+
+
 def digest_of(sock, n: int) -> tuple[int, bytes]:
     """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes (any socket-like)."""
     h = hashlib.sha256()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from conftest import send_raw
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 
 from usnet.channel.events import DefunctReason, EventType, TxDropReason
@@ -107,18 +108,6 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.002)
-
-
-def send_raw(sock, packets: list[bytes]) -> None:
-    """What a hostile client does: write bytes of its choosing into packets and send them."""
-    ch = sock.channel
-    pkts: list[int] = []
-    while len(pkts) < len(packets):
-        pkts += ch.alloc(len(packets) - len(pkts))
-    for p, data in zip(pkts, packets):
-        ch.write(p, data)
-        ch.set_length(p, len(data))
-    assert ch.send(pkts) == len(pkts)
 
 
 def payload(i: int) -> bytes:
@@ -309,7 +298,7 @@ def test_spoofed_or_malformed_packet_is_dropped_counted_and_reported(spoof_net, 
     assert list(sock.events()) == []
     before = _snapshot(n)
 
-    send_raw(sock, [bad])
+    send_raw(sock.channel, [bad])
     # A good datagram behind it on the same TX ring: once it arrives, the bad one was judged.
     sock.sendto(b"marker", (B_IP, 6000))
     assert recv_n(n.sb, 1) == [(b"marker", (A_IP, sock.getsockname()[1]))]
@@ -344,7 +333,7 @@ def test_bad_packets_in_one_batch_only_good_ones_leave_in_order(spoof_net):
         batch.append(g)
         batch += bad[i::5]
     before = _snapshot(n)
-    send_raw(sock, batch)
+    send_raw(sock.channel, batch)
     got = recv_n(n.sb, len(good))
     assert [p for p, _ in got] == [b"good %d" % i for i in range(5)]
     assert total_drops(n.swa) == sum(before["drops"].values()) + len(bad)

@@ -22,6 +22,7 @@ import socket
 import threading
 
 import pytest
+from conftest import send_raw
 from scapy.all import IP, TCP, UDP, Ether, raw
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS,
@@ -116,17 +117,6 @@ def w6():
     w = Wire6()
     yield w
     w.stop()
-
-
-def send_raw(ch, packets: list[bytes]) -> None:
-    """What a hostile client does: write bytes of its choosing into packets and send them."""
-    pkts: list[int] = []
-    while len(pkts) < len(packets):
-        pkts += ch.alloc(len(packets) - len(pkts))
-    for p, data in zip(pkts, packets):
-        ch.write(p, data)
-        ch.set_length(p, len(data))
-    assert ch.send(pkts) == len(pkts)
 
 
 def recv_raw(ch) -> list[bytes]:
