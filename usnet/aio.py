@@ -47,6 +47,16 @@ _ACCEPT_MAX = 128  # per callback, likewise for a listener with a full accept qu
 _LOG_LOST_WRITES = 5  # as asyncio: warn about writes to a lost connection after this many
 
 
+_FAILED = object()  # what _protocol_call returns when the protocol raised
+
+
+def _usable_buffer(proto: asyncio.BufferedProtocol) -> Any:
+    buf = proto.get_buffer(-1)
+    if not len(buf):
+        raise RuntimeError("get_buffer() returned an empty buffer")
+    return buf
+
+
 class _Watcher:
     """Carries "this flow changed" from the stack thread to the event loop.
 
@@ -211,27 +221,14 @@ class UsnetTransport(asyncio.Transport):
             with eng.lock:
                 queued = c.rcv_queued
             if queued:
-                try:
-                    buf = proto.get_buffer(-1)
-                    if not len(buf):
-                        raise RuntimeError("get_buffer() returned an empty buffer")
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                buf = self._protocol_call("get_buffer", _usable_buffer, proto)
+                if buf is _FAILED:
                     return
                 with eng.lock:
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
                 runner().wake()  # the window opened: let the stack say so
-                try:
-                    proto.buffer_updated(n)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
-                    return
-                if more:
+                if self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED and more:
                     self._watcher.kick()
                 return
         else:
@@ -240,29 +237,26 @@ class UsnetTransport(asyncio.Transport):
                 more = c.rcv_queued > 0
             if data:
                 runner().wake()
-                try:
-                    proto.data_received(data)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-                    return
-                if more:
+                if self._protocol_call("data_received", proto.data_received, data) is not _FAILED and more:
                     self._watcher.kick()
                 return
         with eng.lock:
             end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
         if end:
             self._eof_seen = True
-            try:
-                keep_open = proto.eof_received()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-                return
-            if not keep_open:
+            keep_open = self._protocol_call("eof_received", proto.eof_received)
+            if keep_open is not _FAILED and not keep_open:
                 self.close()
+
+    def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the protocol's code; if it raises, that is a fatal error of this transport (as in asyncio)."""
+        try:
+            return fn(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, f"Fatal error: protocol.{what}() call failed.")
+            return _FAILED
 
     def _shutdown_write(self) -> None:
         with self._eng.lock:
