@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 
 from usnet.wire.checksum import FOLD_MIN, mod_ffff
-from usnet.wire.errors import WireError
+from usnet.wire.errors import WireError, readable
 
 __all__ = [
     "DEST_UNREACH", "ECHO_REPLY", "ECHO_REQUEST", "FRAG_NEEDED", "HOST_UNREACH", "ICMP_HLEN",
@@ -55,13 +55,7 @@ def parse_icmp(
     Returns ``(type, code, ident, seq, payload_offset)``, with
     ``payload_offset`` an absolute offset into ``buf`` (``off + 8``).
     """
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError("ICMP: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < ICMP_HLEN:
-        raise WireError("ICMP: truncated header")
+    avail = readable(buf, off, length, ICMP_HLEN, "ICMP")
     typ, code, _csum, ident, seq = _unpack(buf, off)
     if verify:
         end = off + avail

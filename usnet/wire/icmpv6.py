@@ -50,7 +50,7 @@ from __future__ import annotations
 import struct
 
 from usnet.wire.checksum import FOLD_MIN, mod_ffff
-from usnet.wire.errors import WireError
+from usnet.wire.errors import WireError, readable
 from usnet.wire.ipv6 import ICMPV6, IPV6_HLEN, IPV6_MIN_MTU
 
 __all__ = [
@@ -142,13 +142,7 @@ def parse_icmpv6(
     Returns ``(type, code, hi, lo, body_offset)``, ``body_offset`` absolute in
     ``buf`` (``off + 8``). Verifying needs the IPv6 ``src`` and ``dst``.
     """
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError("ICMPv6: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < ICMPV6_HLEN:
-        raise WireError("ICMPv6: truncated header")
+    avail = readable(buf, off, length, ICMPV6_HLEN, "ICMPv6")
     typ, code, _csum, hi, lo = _unpack(buf, off)
     if verify:
         if src is None or dst is None:
@@ -249,13 +243,7 @@ def find_option(options, typ: int, size: int | None = 6) -> bytes | None:
 
 
 def _nd_bounds(buf, off: int, length: int | None, minimum: int, what: str) -> int:
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError(f"{what}: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < minimum:
-        raise WireError(f"{what}: message shorter than {minimum} bytes")
+    avail = readable(buf, off, length, minimum, what, f"message shorter than {minimum} bytes")
     if buf[off + 1] != 0:
         raise WireError(f"{what}: code {buf[off + 1]} is not 0")
     return off + avail

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.wire.errors import WireError
+from usnet.wire.errors import WireError, readable
 
 __all__ = [
     "ICMP", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
@@ -60,13 +60,7 @@ def parse_ipv4(
     allowed. Returns ``(ihl_bytes, total_length, ident, flags_frag, ttl,
     proto, src, dst)``: the payload is ``buf[off + ihl_bytes : off + total_length]``.
     """
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError("IPv4: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < IPV4_HLEN:
-        raise WireError("IPv4: truncated header")
+    avail = readable(buf, off, length, IPV4_HLEN, "IPv4")
     vihl, _tos, total, ident, ff, ttl, proto, _csum, src, dst = _unpack(buf, off)
     if vihl >> 4 != 4:
         raise WireError(f"IPv4: version {vihl >> 4}")

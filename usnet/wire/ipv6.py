@@ -45,7 +45,7 @@ import ipaddress
 import struct
 
 from usnet.wire.checksum import FOLD_MIN, mod_ffff
-from usnet.wire.errors import WireError
+from usnet.wire.errors import WireError, readable
 
 __all__ = [
     "ALL_NODES", "ALL_ROUTERS", "DSTOPTS", "FRAG_HLEN", "FRAGMENT", "HOPOPTS", "ICMPV6",
@@ -96,13 +96,7 @@ def parse_ipv6(
     Returns ``(tclass, flow_label, payload_len, next_header, hop_limit, src,
     dst)``; the payload is ``buf[off + 40 : off + 40 + payload_len]``.
     """
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError("IPv6: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < IPV6_HLEN:
-        raise WireError("IPv6: truncated header")
+    avail = readable(buf, off, length, IPV6_HLEN, "IPv6")
     vtf, plen, nh, hop, src, dst = _unpack(buf, off)
     if vtf >> 28 != 6:
         raise WireError(f"IPv6: version {vtf >> 28}")

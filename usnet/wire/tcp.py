@@ -41,7 +41,7 @@ from __future__ import annotations
 import struct
 
 from usnet.wire.checksum import FOLD_MIN, mod_ffff
-from usnet.wire.errors import WireError
+from usnet.wire.errors import WireError, readable
 
 __all__ = [
     "ACK", "CWR", "ECE", "FIN", "MAX_OPTIONS", "OPT_EOL", "OPT_MSS", "OPT_NOP", "OPT_SACK",
@@ -194,13 +194,7 @@ def parse_tcp(
     family), needed only when ``verify``. A bad checksum raises
     `TcpChecksumError`, anything else malformed `WireError`.
     """
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError("TCP: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < TCP_HLEN:
-        raise WireError("TCP: truncated header")
+    avail = readable(buf, off, length, TCP_HLEN, "TCP")
     sport, dport, seq, ack, offflags, window, _csum, urg = _unpack(buf, off)
     hlen = (offflags >> 12) << 2
     if hlen < TCP_HLEN:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from usnet.wire.checksum import FOLD_MIN, mod_ffff
-from usnet.wire.errors import WireError
+from usnet.wire.errors import WireError, readable
 
 __all__ = ["UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
 
@@ -44,13 +44,7 @@ def parse_udp(
     absolute in ``buf``. Bytes beyond the UDP length field are ignored.
     ``src_ip``/``dst_ip`` (4 bytes each) are needed only when ``verify``.
     """
-    avail = len(buf) - off
-    if length is not None:
-        if length < 0 or length > avail:
-            raise WireError("UDP: length runs past the buffer")
-        avail = length
-    if off < 0 or avail < UDP_HLEN:
-        raise WireError("UDP: truncated header")
+    avail = readable(buf, off, length, UDP_HLEN, "UDP")
     sport, dport, ulen, csum = _unpack(buf, off)
     if ulen < UDP_HLEN:
         raise WireError(f"UDP: length field {ulen} < 8")
