@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import os
 import ssl
+import time
 
 import pytest
 
@@ -35,6 +36,21 @@ def send_raw(ch, packets: list[bytes]) -> None:
         ch.write(p, data)
         ch.set_length(p, len(data))
     assert ch.send(pkts) == len(pkts)
+
+
+def recv_n(sock, n: int, timeout: float = 5.0) -> list:
+    """Up to `n` datagrams, waiting on the socket until they come or the deadline passes."""
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            out += sock.recv_many(n - len(out), timeout=left)
+        except BlockingIOError:
+            break
+    return out
 
 
 def digest_of(sock, n: int) -> tuple[int, bytes]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import send_raw
+from conftest import recv_n, send_raw
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 
 from usnet.channel.events import DefunctReason, EventType, TxDropReason
@@ -84,21 +84,6 @@ def make_net():
 @pytest.fixture
 def net(make_net) -> Net:
     return make_net()
-
-
-def recv_n(sock, n: int, timeout: float = 5.0) -> list:
-    """Up to `n` datagrams, waiting on the socket until they come or the deadline passes."""
-    out: list = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            out += sock.recv_many(n - len(out), timeout=left)
-        except BlockingIOError:
-            break
-    return out
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:

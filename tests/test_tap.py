@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import digest_of, free_subnet_or_fail, tap_name
+from conftest import digest_of, free_subnet_or_fail, recv_n, tap_name
 
 from usnet.hostnet import delete_links, link_exists, used_networks
 
@@ -125,20 +125,6 @@ def _recv_kernel(k: socket.socket, n: int, timeout: float = 5.0) -> list[tuple[b
     return out
 
 
-def _recv_usnet(s, n: int, timeout: float = 5.0) -> list:
-    out: list = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            out += s.recv_many(n - len(out), timeout=left)
-        except BlockingIOError:
-            break
-    return out
-
-
 def _msg(direction: bytes, i: int) -> bytes:
     size = (i * 131) % 1400
     return direction + i.to_bytes(4, "big") + bytes((i * 3 + j) & 0xFF for j in range(size))
@@ -158,7 +144,7 @@ def _exchange(us, us_addr: tuple[str, int], k: socket.socket, count: int, window
         for i in idx:
             k.sendto(_msg(b"K", i), us_addr)
         assert us.send_many([_msg(b"U", i) for i in idx], k_addr) == len(idx)
-        r_us = _recv_usnet(us, len(idx))
+        r_us = recv_n(us, len(idx))
         r_k = _recv_kernel(k, len(idx))
         assert len(r_us) == len(idx), f"usnet received {len(r_us)} of datagrams {idx}"
         assert len(r_k) == len(idx), f"kernel received {len(r_k)} of datagrams {idx}"
