@@ -27,13 +27,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_privileges()
 
 
-def send_raw(ch, packets: list[bytes]) -> None:
-    """What a hostile client does: write bytes of its choosing into packets and send them."""
+def send_raw(ch, packets: list[bytes], gso: list[int] | None = None) -> None:
+    """What a hostile client does: write bytes of its choosing into packets and send them.
+
+    `gso`: the UMD gso_size of each packet (a super-segment for the device to cut).
+    """
     pkts: list[int] = []
     while len(pkts) < len(packets):
         pkts += ch.alloc(len(packets) - len(pkts))
-    for p, data in zip(pkts, packets):
-        ch.write(p, data)
+    for p, data, g in zip(pkts, packets, gso or [0] * len(packets)):
+        ch.write(p, data, g)
         ch.set_length(p, len(data))
     assert ch.send(pkts) == len(pkts)
 
@@ -86,8 +89,10 @@ def free_subnet_or_fail() -> int:
 
 
 @contextlib.contextmanager
-def _domain_on_tap(ipv6: bool):
+def _domain_on_tap(ipv6: bool, offload: bool = True):
     """An in-process Domain on a fresh TAP, the host side made through pyroute2.
+
+    `offload`: the TAP's checksum and segmentation offload (the default), or plain frames.
 
     The host is 10.x.0.1/24 (and fd00:x::1/64 with `ipv6`), usnet .2 / ::2.
     The host's IPv6 address is added with IFA_F_NODAD, so the kernel uses it
@@ -103,7 +108,7 @@ def _domain_on_tap(ipv6: bool):
 
     x = free_subnet_or_fail()
     ifname = tap_name()
-    drv = TapDriver(ifname)  # creates the device; it lives as long as the fd
+    drv = TapDriver(ifname, offload=offload)  # creates the device; it lives as long as the fd
     d = Domain()
     v6 = {"address6": f"fd00:{x}::2/64", "gateway6": f"fd00:{x}::1"} if ipv6 else {}
     try:
@@ -124,9 +129,12 @@ def _domain_on_tap(ipv6: bool):
 
 
 @pytest.fixture
-def tap_domain():
-    """(domain, ifname, usnet_ip, host_ip) on a fresh TAP: see _domain_on_tap."""
-    with _domain_on_tap(ipv6=False) as (d, ifname, x):
+def tap_domain(request):
+    """(domain, ifname, usnet_ip, host_ip) on a fresh TAP: see _domain_on_tap.
+
+    Parametrize it indirectly with False for a TAP without offload (plain frames).
+    """
+    with _domain_on_tap(ipv6=False, offload=getattr(request, "param", True)) as (d, ifname, x):
         yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
 
 

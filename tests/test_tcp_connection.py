@@ -88,7 +88,7 @@ class Net:
 
     def flush(self):
         for src, ep in self.eps.items():
-            for dst, data in ep.outgoing(self.now):
+            for dst, data, _ in ep.outgoing(self.now):
                 self.transmit(src, dst, data)
 
     def step(self) -> bool:
@@ -218,7 +218,7 @@ def inject(net, src_conn, dst_conn, flags, seq, ack, payload=b"", window=1000, t
     data = build_tcp(src, dst, src_conn.local_port, dst_conn.local_port, seq, ack, flags, window,
                      payload, 0, opts)
     net.eps[dst].input(src, dst, data, net.now)
-    return [parse_tcp(x, 0, None, dst, src) for d, x in net.eps[dst].outgoing(net.now)]
+    return [parse_tcp(x, 0, None, dst, src) for d, x, _ in net.eps[dst].outgoing(net.now)]
 
 
 # --------------------------------------------------------------------------- handshake and data
@@ -574,7 +574,7 @@ def test_nagle_holds_small_segments_until_acked_and_nodelay_does_not():
         c, s = net.pair()
         for ch in (b"a", b"b", b"c"):
             c.send(ch)
-            for dst, data in net.a.outgoing(net.now):
+            for dst, data, _ in net.a.outgoing(net.now):
                 net.transmit(A, dst, data)
         sent = net.sent_by(A, data_seg)
         assert len(sent) == expected
@@ -894,7 +894,7 @@ def test_hostile_segments_at_the_endpoint_never_raise_and_are_counted(data):
         assert ep.stats.segs_in == before + 1
         if sport == 0 or dport == 0:
             assert ep.stats.bad_header + ep.stats.bad_checksum >= 1
-        for dst, x in ep.outgoing(net.now):
+        for dst, x, _ in ep.outgoing(net.now):
             parse_tcp(x, 0, None, B, dst)  # whatever we answer is well-formed
         net.run_for(0.01)
     assert all(k[1] and k[2] for k in ep.connections)  # no connection was made for port 0

@@ -46,11 +46,14 @@ class FlowEngine:
         self.family = self.info.family
         self.local = ipaddress.ip_address(self.info.local_addr).packed
         self.ip = IpLayer([self.local], mtu=self.info.mtu)
+        if self.info.gso_max:  # the netif segments: TCP may hand it super-segments
+            tcp_options.setdefault("gso_max", self.info.gso_max - (20 if len(self.local) == 4 else 40))
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)  # notified after every pump
-        self._backlog: list[bytes] = []  # IP packets the TX ring had no room for
+        # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
+        self._backlog: list[tuple[bytes, int]] = []
         self.icmp_errors: list[IcmpError] = []
         self.closed = False
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
@@ -110,7 +113,7 @@ class FlowEngine:
                 if ev.proto == TCP:
                     self.tcp.input(ev.src, ev.dst, ev.payload, now)
             elif type(ev) is Transmit:
-                self._backlog.append(ev.packet)
+                self._backlog.append((ev.packet, 0))
             elif type(ev) is IcmpError:
                 self.icmp_errors.append(ev)
 
@@ -120,8 +123,13 @@ class FlowEngine:
             # Ask TCP for more only once the channel took the last burst: what waits
             # here has left TCP's books as sent, so a queue here would read as path
             # delay (RTT, RTO) and retransmit into itself. Held back, it waits in TCP.
-            for dst, seg in self.tcp.outgoing(now):
-                out += self.ip.output(TCP, self.local, dst, seg, now)
+            output, local = self.ip.output, self.local
+            for dst, seg, cut in self.tcp.outgoing(now):
+                if cut:
+                    out.append((output(TCP, local, dst, seg, now, segmented=True)[0], cut))
+                else:
+                    for pkt in output(TCP, local, dst, seg, now):
+                        out.append((pkt, 0))
         if not out:
             return
         ch = self.ch
@@ -131,8 +139,8 @@ class FlowEngine:
                 pkts = ch.alloc(len(out) - sent, 0)
             except (BlockingIOError, NoBuffers):
                 break  # no buffers now: the rest waits for the next pump
-            for p, data in zip(pkts, out[sent:]):
-                ch.write(p, data)
+            for p, (data, cut) in zip(pkts, out[sent:]):
+                ch.write(p, data, cut)
             try:
                 done = ch.send(pkts, 0)
             except BlockingIOError:

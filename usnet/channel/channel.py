@@ -319,14 +319,16 @@ class Channel:
     def length(self, pkt: int) -> int:
         return self.umd[pkt * UMD_WORDS]
 
-    def write(self, pkt: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy `data` into a packet and set its length."""
+    def write(self, pkt: int, data: bytes | bytearray | memoryview, gso_size: int = 0) -> None:
+        """Copy `data` into a packet and set its length (and its UMD gso_size, docs/abi.md)."""
         n = len(data)
         if n > self.stride:
             raise ValueError(f"{n} bytes do not fit a {self.stride}-byte packet")
         o = pkt * self.stride
         self.buf[o : o + n] = data
-        self.umd[pkt * UMD_WORDS] = n
+        w = pkt * UMD_WORDS
+        self.umd[w] = n
+        self.umd[w + 1] = gso_size << 16  # headroom 0; a stale gso_size must not survive reuse
 
     def view(self, pkt: int) -> memoryview:
         """A zero-copy view of a received packet's data."""

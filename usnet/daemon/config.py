@@ -12,6 +12,8 @@
     address6 = "fd00:77::2/64"  # optional: IPv6 too (and the link-local address from the MAC)
     gateway6 = "fd00:77::1"  # optional
     pcap = "/tmp/usnet0.pcap"  # optional: trace every frame
+    offload = true           # tap: checksum and TCP segmentation offload through
+                             # IFF_VNET_HDR (default); false: plain 1,500-byte frames
     link_rate = 50e6         # optional: pace transmit to this many bits/s, so the
                              # queue forms in usnet and not in the kernel
     ll_share = 0.2           # optional, needs link_rate: share of the time slots
@@ -43,7 +45,7 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gateway: str | None = None
     mtu: int = 1500
     pcap: str | None = None
-    vnet_hdr: bool = False
+    offload: bool = True
     address6: str | None = None
     gateway6: str | None = None
     link_rate: float | None = None
@@ -119,7 +121,7 @@ def make_driver(nc: NetifConfig):
     if nc.driver == "tap":
         from usnet.drivers.tap import TapDriver
 
-        drv = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, vnet_hdr=nc.vnet_hdr)
+        drv = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
     else:
         from usnet.drivers.packet import PacketDriver
 

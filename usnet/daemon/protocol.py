@@ -153,7 +153,9 @@ class FlowOpened(_Msg, frozen=True):
     """A flow channel is ready (fds as with ChannelOpened); the addresses the switch enforces.
 
     family is the flow's IP version (4 or 6); local_addr is the netif's
-    address of that family.
+    address of that family. gso_max, when not 0, is the largest IP packet
+    the flow may send as a TCP super-segment (UMD gso_size) for the device to
+    cut, and the largest it may receive: the netif segments in its device.
     """
 
     channel: U32
@@ -166,6 +168,7 @@ class FlowOpened(_Msg, frozen=True):
     mtu: int
     netif: str
     family: Literal[4, 6] = 4
+    gso_max: int = 0
 
 
 class Done(_Msg, frozen=True):

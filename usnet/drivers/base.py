@@ -8,6 +8,22 @@ from typing import Protocol, Sequence, runtime_checkable
 Frame = bytes | bytearray | memoryview
 
 
+class SegmentedFrame(bytes):
+    """A frame holding one TCP super-segment, for a device that segments (TSO).
+
+    The flow switch makes one only after validating the packet and only for
+    a netif whose driver has a `gso_max`; `gso_size` is the payload of each
+    segment the device cuts it into. To everything else it is plain bytes.
+    """
+
+    gso_size: int
+
+    def __new__(cls, data: Frame, gso_size: int) -> "SegmentedFrame":
+        self = super().__new__(cls, data)
+        self.gso_size = gso_size
+        return self
+
+
 @runtime_checkable
 class Driver(Protocol):
     """A device that moves Ethernet frames in batches.
@@ -15,6 +31,10 @@ class Driver(Protocol):
     `recv_batch` returns frames the caller owns (bytes); `send_batch` takes
     frames and returns how many the device accepted (the rest stay the
     caller's, as with a full socket buffer).
+
+    A driver with a non-zero `gso_max` (optional attribute) takes
+    SegmentedFrames up to that many IP bytes and may return frames that
+    large; one without it is never handed one.
 
     A driver whose `takes_blocks` is true also takes FrameBlocks
     (usnet.drivers.block) among the frames, counts each of their frames in
@@ -42,7 +62,10 @@ def random_mac() -> bytes:
 class DriverStats:
     """Counters kept by every driver (read by `usnet stats`)."""
 
-    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "rx_errors", "tx_errors", "tx_dropped")
+    # *_gso_frames: TCP super-segments (segmentation offload) among the frames;
+    # rx_csum_completed: partial checksums the driver finished (checksum offload).
+    __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "rx_errors", "tx_errors", "tx_dropped",
+                 "tx_gso_frames", "rx_gso_frames", "rx_csum_completed")
 
     def __init__(self) -> None:
         for k in self.__slots__:

@@ -36,6 +36,9 @@ from usnet.channel import ring as ringmod
 from usnet.wire.ipv4 import ip_bytes
 
 log = logging.getLogger("usnet.domain")
+# Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
+# packets, so the kernel's super-segments fit whole, unless the client chose its own.
+_SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 
 
 @dataclass
@@ -284,7 +287,13 @@ class Domain:
         family, raddr = _flow_family(req)
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
-        sch = schemamod.resolve(req.schema, dict(req.attrs))
+        attrs = dict(req.attrs)
+        gso_max = sw.netif.gso_max
+        if gso_max and "buf_size" not in attrs and "buflets" not in attrs:
+            attrs.update(_SUPER_PACKETS)  # the device hands over 64 KB super-segments
+        sch = schemamod.resolve(req.schema, attrs)
+        if sch.packet_bytes < gso_max:
+            gso_max = 0  # the client chose small packets: it sends no super-segments
         if sch.packet_bytes < sw.netif.mtu:
             raise ValueError(f"packets of {sch.packet_bytes} bytes cannot carry the MTU {sw.netif.mtu}")
         cid = next(self._ids)
@@ -301,7 +310,7 @@ class Domain:
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
         reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
-                             sw.netif.mtu, sw.netif.name, family)
+                             sw.netif.mtu, sw.netif.name, family, gso_max)
         return reply, fds
 
     def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:

@@ -57,29 +57,32 @@ class FlowPort:
     def pool(self):
         return self.pipe.pool
 
-    def pull(self, max_n: int, headroom: int = 0, draining: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def pull(self, max_n: int, headroom: int = 0,
+             draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Take up to `max_n` packets the client sent: copied, ownership checked, freed.
 
-        Returns (rows, lens): packet i's copy is rows[i, headroom:headroom + lens[i]],
+        Returns (rows, lens, gso): packet i's copy is rows[i, headroom:headroom + lens[i]],
         gathered out of the pool in one numpy copy into memory only the nexus
-        can reach; the lengths are read once from the UMD. `headroom` leaves
-        room in front of each row for the link header. A suspended flow gives
-        nothing unless `draining` (its channel is closing: what it sent goes out).
+        can reach; the lengths and gso sizes (UMD: 0, or the segment payload a
+        TCP super-segment asks to be cut at) are read once from the UMD.
+        `headroom` leaves room in front of each row for the link header. A
+        suspended flow gives nothing unless `draining` (its channel is closing:
+        what it sent goes out).
         """
         with self.pipe.lock:  # an in-process client's kick serves this pipe from its own thread
             return self._pull(max_n, headroom, draining)
 
-    def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
-            return _NO_ROWS, _NO_LENS
+            return _NO_ROWS, _NO_LENS, _NO_LENS
         try:
             idx = self.tx.pop_array(max_n)
         except RingCorrupt:
             pipe._violation(pipe.ends[CLIENT], RefusalReason.BAD_COUNTER)
-            return _NO_ROWS, _NO_LENS
+            return _NO_ROWS, _NO_LENS, _NO_LENS
         if not len(idx):
-            return _NO_ROWS, _NO_LENS
+            return _NO_ROWS, _NO_LENS, _NO_LENS
         pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
         good, refused = pipe.pool.release_checked(idx, NEXUS)
         if refused:
@@ -90,16 +93,18 @@ class FlowPort:
                 end.events.post(EventType.REFUSED, reason, pkt)
             pipe._violation(end, refused[0][1], refused[0][0], posted=True)
         if not len(good):
-            return _NO_ROWS, _NO_LENS
+            return _NO_ROWS, _NO_LENS, _NO_LENS
         # The packets are back in the pool but nothing reuses them before we return:
         # the domain is single-threaded, so this copy reads what the client wrote.
-        lens = self.umd_np[good * UMD_WORDS]
+        at = good * UMD_WORDS
+        lens = self.umd_np[at]
         np.minimum(lens, self.stride, out=lens)
+        gso = self.umd_np[at + 1] >> 16
         w = int(lens.max())
         rows = np.empty((len(good), headroom + w), np.uint8)
         rows[:, headroom:] = self.buf[good, :w]
         self._top_up()
-        return rows, lens
+        return rows, lens, gso
 
     def _top_up(self) -> None:
         """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.
@@ -111,63 +116,75 @@ class FlowPort:
         if end.alloc.prod - end.taken <= end.alloc.capacity // 2:
             pipe._refill(end)
 
-    def deliver(self, payloads: list[bytes]) -> int:
+    def deliver(self, payloads: list) -> int:
         """Copy received packets into the client's pool and publish them on its RX ring.
 
         Returns how many were delivered; the rest are dropped (pool exhausted,
         RX ring full, or bigger than a packet buffer) and counted, as a NIC
-        drops when its ring is full.
+        drops when its ring is full. Each packet is copied straight into its
+        buffer: with 64 KB super-segments a staging array would cost more.
         """
         if not payloads:
             return 0
-        lens = np.fromiter(map(len, payloads), np.uint32, len(payloads))
-        rows = np.zeros((len(payloads), int(lens.max())), np.uint8)
-        for i, p in enumerate(payloads):
-            rows[i, : len(p)] = np.frombuffer(p, np.uint8)
-        return self.deliver_rows(rows, 0, lens)
+        n = len(payloads)
+        lens = np.fromiter(map(len, payloads), np.uint32, n)
+        if int(lens.max()) > self.stride:
+            fits = lens <= self.stride
+            payloads = [p for p, ok in zip(payloads, fits.tolist()) if ok]
+            lens = lens[fits]
+        with self.pipe.lock:  # as in `pull`
+            got = self._reserve(len(payloads), n)
+            if len(got):
+                buf = self.buf
+                for i, p in zip(got.tolist(), payloads):
+                    buf[i, : len(p)] = np.frombuffer(p, np.uint8)
+                self._publish(got, lens[: len(got)])
+            return len(got)
 
     def deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
         """As `deliver`, for packets in rows[i, col:col + lens[i]]: one scatter into the pool."""
-        with self.pipe.lock:  # as in `pull`
-            return self._deliver_rows(rows, col, lens)
-
-    def _deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
-        pipe = self.pipe
         n = len(lens)
-        if pipe.defunct_reason is not None or not n:
-            return 0
-        if int(lens.max()) > self.stride:
+        if n and int(lens.max()) > self.stride:
             fits = lens <= self.stride
-            self.rx_dropped += n - int(fits.sum())
             rows, lens = rows[fits], lens[fits]
-            n = len(lens)
-            if not n:
-                return 0
-        want = min(n, self.rx.space(n))
-        if want <= 0:
-            self.rx_dropped += n
-            return 0
-        got = pipe.pool.alloc(want, NEXUS)
-        if len(got) < want:
-            pipe.collect()  # take back what the client freed, then retry
-            more = pipe.pool.alloc(want - len(got), NEXUS)
-            if len(more):
-                got = np.concatenate([got, more])
-        k = len(got)
-        if k:
-            pipe.pool.take(got)
-            w = int(lens[:k].max())
-            self.buf[got, :w] = rows[:k, col : col + w]
-            self.umd_np[got * UMD_WORDS] = lens[:k]
-            self.rx.push(got)
-        self.rx_dropped += n - k
+        with self.pipe.lock:  # as in `pull`
+            got = self._reserve(len(lens), n)
+            k = len(got)
+            if k:
+                w = int(lens[:k].max())
+                self.buf[got, :w] = rows[:k, col : col + w]
+                self._publish(got, lens[:k])
+            return k
+
+    def _reserve(self, want: int, offered: int) -> np.ndarray:
+        """Pool packets for up to `want` of `offered` arrivals; the rest are counted as dropped."""
+        pipe = self.pipe
+        got = _NO_LENS
+        if pipe.defunct_reason is None and want:
+            want = min(want, self.rx.space(want))
+            if want > 0:
+                got = pipe.pool.alloc(want, NEXUS)
+                if len(got) < want:
+                    pipe.collect()  # take back what the client freed, then retry
+                    more = pipe.pool.alloc(want - len(got), NEXUS)
+                    if len(more):
+                        got = np.concatenate([got, more])
+                if len(got):
+                    pipe.pool.take(got)
+        if pipe.defunct_reason is None:
+            self.rx_dropped += offered - len(got)
+        return got
+
+    def _publish(self, got: np.ndarray, lens: np.ndarray) -> None:
+        """Set the lengths, push the packets on the RX ring, ring the client if it sleeps."""
+        self.umd_np[got * UMD_WORDS] = lens
+        self.rx.push(got)
         ringmod.fence()
         if self.rx.need_wakeup():
             try:
                 os.eventfd_write(self.client_bell, 1)
             except OSError:
                 pass
-        return k
 
     def tx_pending(self) -> int:
         try:

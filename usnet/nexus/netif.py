@@ -51,6 +51,8 @@ class Netif:
         self.driver = driver
         self.mac = mac or getattr(driver, "mac", None) or random_mac()
         self.mtu = mtu or driver.mtu
+        # The largest IP packet the device segments itself (TSO through IFF_VNET_HDR); 0: none.
+        self.gso_max: int = getattr(driver, "gso_max", 0)
         self.address = iface
         self.ip = iface.ip.packed
         self.ip_str = str(iface.ip)

@@ -4,7 +4,7 @@ One 16-byte record per packet, at `umd_offset + 16 * index` in the shared memfd:
 
     offset 0  u32 length     bytes of data in the packet
     offset 4  u16 headroom   where the data starts, from the start of the packet's buffer
-    offset 6  u16 flags      reserved, 0
+    offset 6  u16 gso_size   0, or (flow TX) a TCP super-segment's segment payload for the device
     offset 8  u64 tag        the application's own (a timestamp, a sequence number)
 
 A packet's buflets are fixed and contiguous: packet i's data area is

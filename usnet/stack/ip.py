@@ -1174,14 +1174,18 @@ class IpLayer:
         return src
 
     def output(self, proto: int, src: bytes | None, dst: bytes, payload, now: float, *,
-               ttl: int | None = None, tos: int = 0, df: bool | None = None) -> list[bytes]:
+               ttl: int | None = None, tos: int = 0, df: bool | None = None,
+               segmented: bool = False) -> list[bytes]:
         """Whole IP packets carrying ``payload`` (upper-layer checksums already set).
 
         ``src`` None picks one of our addresses. IPv4: ``df`` None sets DF when
         the packet fits the path MTU and fragments otherwise; False never sets
         DF; True raises ``OSError(EMSGSIZE)`` rather than fragment. A PMTU
         locked at the floor clears DF. IPv6 (``ttl`` is the hop limit, ``tos``
-        the traffic class) raises EMSGSIZE above the path MTU.
+        the traffic class) raises EMSGSIZE above the path MTU. ``segmented``: a
+        TCP super-segment the device cuts itself (segmentation offload), one
+        packet whatever its size, and its segments are TCP's to keep within
+        the path MTU.
         """
         dst = bytes(dst)
         plen = len(payload)
@@ -1192,7 +1196,7 @@ class IpLayer:
             t = self.ttl if ttl is None else ttl
             ident = self._ident
             self._ident = (ident + 1) & 0xFFFF
-            if IPV4_HLEN + plen <= pmtu:
+            if IPV4_HLEN + plen <= pmtu or segmented:
                 c["tx"] += 1
                 hdr = build_ipv4_header(
                     src, dst, proto, plen, ident, t, df is not False and not locked, tos)
@@ -1219,7 +1223,7 @@ class IpLayer:
         if len(dst) == 16:
             src = self._src6(src, dst)
             pmtu = self._pmtu_entry(dst, now)[0]
-            if IPV6_HLEN + plen > pmtu:
+            if IPV6_HLEN + plen > pmtu and not segmented:
                 raise OSError(_errno.EMSGSIZE,
                               f"packet of {IPV6_HLEN + plen} bytes exceeds the path MTU {pmtu}")
             c["tx"] += 1

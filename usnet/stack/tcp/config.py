@@ -63,6 +63,10 @@ class TcpConfig:
     """Per-connection tunables; every field may be overridden by keyword at construction."""
 
     mss: int | None = None  # clamp below what the MTU allows
+    # Segmentation offload: the largest TCP segment (header and payload) the layer
+    # below takes and cuts into MSS-sized segments itself; 0: none. With it, bulk
+    # data goes out in super-segments of whole MSS multiples (see `segment_cut`).
+    gso_max: int = 0
     rcvbuf: int = 128 * 1024  # initial receive buffer (and window)
     rcvbuf_max: int = 6 * 1024 * 1024  # auto-tuning ceiling; sets the window scale
     sndbuf: int = 64 * 1024

@@ -72,7 +72,7 @@ from usnet.stack.tcp.reassembly import Reassembly
 from usnet.stack.tcp.rto import RtoEstimator
 from usnet.stack.tcp.scoreboard import Scoreboard
 from usnet.wire.tcp import (
-    ACK, FIN, PSH, RST, SYN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
+    ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
 )
 
 __all__ = [
@@ -95,6 +95,7 @@ _LOSS = 2  # after a retransmission timeout
 
 _TSOPT = struct.Struct("!III")
 _TS_MARK = 0x0101080A
+_MAX_TCP_HLEN = 60  # header with 40 bytes of options: what a super-segment must leave room for
 
 
 def _err(cls: type[OSError], code: int, msg: str) -> OSError:
@@ -174,7 +175,7 @@ class TcpConnection:
         self.mss_local = mss  # what we advertise
         self._mss_base = mss  # min(ours, peer's), before options
         self.mss = mss  # payload of a full-sized segment with our usual options
-        self.max_segment = mss  # may be raised by the owner for segmentation offload
+        self.max_segment = mss  # the most payload in one segment we build (`_size_segments`)
         self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd)
         self.sb = Scoreboard()
         self.ts_ok = self.sack_ok = self.ws_ok = False
@@ -386,12 +387,26 @@ class TcpConnection:
             base = 64
         if base >= self._mss_base:
             return
-        old = self.mss
         self._mss_base = base
         self.mss = base - (12 if self.ts_ok else 0)
-        if self.max_segment <= old:
-            self.max_segment = self.mss
+        self._size_segments()
         self.cc.mss = self.mss
+
+    def _size_segments(self) -> None:
+        """One MSS per segment, or with segmentation offload as many whole MSS as fit."""
+        mss = self.mss
+        room = self.cfg.gso_max - _MAX_TCP_HLEN
+        self.max_segment = room // mss * mss if room >= 2 * mss else mss
+
+    def segment_cut(self, segment) -> int:
+        """0 for a segment the wire carries as is; for a super-segment, its pieces' payload.
+
+        Each piece repeats the super-segment's header, options included, so a
+        piece carries the negotiated MSS less the options (RFC 6691).
+        """
+        hlen = (segment[12] >> 4) << 2
+        cut = self._mss_base + TCP_HLEN - hlen
+        return cut if len(segment) - hlen > cut else 0
 
     @property
     def nodelay(self) -> bool:
@@ -633,10 +648,8 @@ class TcpConnection:
             self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = cfg.sack and seg.sack_ok
         self.ts_ok = cfg.timestamps and seg.tsval is not None
-        old = self.mss
         self.mss = base - (12 if self.ts_ok else 0)
-        if self.max_segment <= old:
-            self.max_segment = self.mss
+        self._size_segments()
         self.cc.set_mss(self.mss, cfg.initial_cwnd)
         if self._rcv_mss > self.mss:
             self._rcv_mss = self.mss

@@ -90,7 +90,7 @@ class TcpEndpoint:
         self.connections: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
-        self._out: list[tuple[bytes, bytes]] = []
+        self._out: list[tuple[bytes, bytes, int]] = []
 
     # ------------------------------------------------------------------ user calls
 
@@ -206,7 +206,7 @@ class TcpEndpoint:
             r = rst_reply(pseudo_sum(self.local_addr, src), seg)
             if r is not None:
                 stats.resets_sent += 1
-                self._out.append((src, r))
+                self._out.append((src, r, 0))
             return None
         stats.syn_received += 1
         if len(lst.syn_queue) >= lst.syn_backlog:
@@ -239,8 +239,12 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ output and timers
 
-    def outgoing(self, now: float) -> list[tuple[bytes, bytes]]:
-        """Every segment due now, as ``(destination address, TCP segment)``."""
+    def outgoing(self, now: float) -> list[tuple[bytes, bytes, int]]:
+        """Every segment due now, as ``(destination address, TCP segment, cut)``.
+
+        ``cut`` is 0, or for a super-segment (``TcpConfig.gso_max``) the payload
+        of each segment the layer below must cut it into.
+        """
         out = self._out
         self._out = []
         dead = []
@@ -248,8 +252,13 @@ class TcpEndpoint:
             segs = conn.outgoing(now)
             if segs:
                 dst = conn.remote_addr
-                for s in segs:
-                    out.append((dst, s))
+                if conn.max_segment > conn.mss:
+                    cut = conn.segment_cut
+                    for s in segs:
+                        out.append((dst, s, cut(s)))
+                else:
+                    for s in segs:
+                        out.append((dst, s, 0))
             if conn.state is CLOSED:
                 dead.append(key)
         for key in dead:
