@@ -25,8 +25,9 @@ def test_bench_tcp_quick_json_reports_every_test_for_both_stacks():
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     by_test = {row["test"]: row for row in doc["results"]}
-    assert set(by_test) == {"bulk_tx", "bulk_rx", "connect_rate"}
-    for name, unit in (("bulk_tx", "MBps"), ("bulk_rx", "MBps"), ("connect_rate", "cps")):
+    assert set(by_test) == {"bulk_tx", "bulk_rx", "connect_rate", "connect_out_rate"}
+    for name, unit in (("bulk_tx", "MBps"), ("bulk_rx", "MBps"), ("connect_rate", "cps"),
+                       ("connect_out_rate", "cps")):
         for side in ("usnet", "kernel"):
             v = by_test[name][f"{side}_{unit}"]
             assert math.isfinite(v) and v > 0, (name, side, v)

@@ -9,9 +9,14 @@ machine whose speed drifts from run to run.
 
 Each figure is timed by the side that runs the program: from before the
 connect until the peer confirms it has everything (bulk_tx), until EOF
-(bulk_rx), or until the last of `n` connections has been opened, seen closed
-by the server, and closed (connect_rate; the server closes first, as an
-HTTP/1.0 server does, so that TIME-WAIT stays with the peer).
+(bulk_rx). Connections are counted both ways round, the server closing
+first each time, as an HTTP/1.0 server does:
+
+* connect_rate: the program is the server, and `CONCURRENCY` kernel clients
+  (threads of the forked peer) connect, see the close and close, `n` in
+  all; timed until the last is accepted and closed and the clients are done;
+* connect_out_rate: the program is the client, opening `n` connections one
+  after another to a kernel server (each a flow channel of its own on usnet).
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ import contextlib
 import os
 import socket
 import struct
+import threading
 import time
 from typing import Any, Callable, Iterator
 
 from usnet.bench.baselines import _fork, _reap
 
 CHUNK = 1 << 20
+CONCURRENCY = 8  # kernel clients connecting at once in connect_rate
 Connect = Callable[[tuple[str, int]], Any]  # (host, port) -> a connected socket-like object
+Listen = Callable[[str], Any]  # host -> a listening socket-like object on it
 
 
 def _listener(host: str) -> socket.socket:
@@ -108,8 +116,41 @@ def bulk_rx(connect: Connect, host: str, size: int) -> float:
     return size / (t1 - t0) / 1e6
 
 
-def connect_rate(connect: Connect, host: str, n: int) -> float:
-    """Connections per second: connect, see the server's close, close; `n` times in a row."""
+def connect_rate(listen: Listen, host: str, n: int) -> float:
+    """Connections per second this program accepts from `CONCURRENCY` kernel clients at once."""
+    ls = listen(host)
+    addr = ls.getsockname()[:2]
+    each = n // CONCURRENCY
+
+    def clients() -> None:
+        def one_client() -> None:
+            for _ in range(each):
+                k = socket.create_connection(addr, timeout=30)
+                if k.recv(1) != b"":
+                    raise OSError("the server sent data; it should only close")
+                k.close()
+        ts = [threading.Thread(target=one_client) for _ in range(CONCURRENCY)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    t0 = time.perf_counter()
+    pid = _fork(clients)
+    ok = False
+    try:
+        for _ in range(each * CONCURRENCY):
+            s, _ = ls.accept()
+            s.close()
+        ok = True
+    finally:
+        ls.close()
+        _reap(pid, ok)
+    return each * CONCURRENCY / (time.perf_counter() - t0)
+
+
+def connect_out_rate(connect: Connect, host: str, n: int) -> float:
+    """Connections per second this program opens: connect, see the server's close, close; in a row."""
     def serve(ls: socket.socket) -> None:
         for _ in range(n):
             k, _ = ls.accept()
@@ -130,6 +171,12 @@ def _kernel_connect(addr: tuple[str, int]) -> socket.socket:
     return socket.create_connection(addr, timeout=30)
 
 
+def _kernel_listen(host: str) -> socket.socket:
+    ls = _listener(host)
+    ls.settimeout(30)
+    return ls
+
+
 def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dict:
     """The JSON document of `usnet bench tcp --json` (needs root: it makes a TAP)."""
     from usnet import socket as us
@@ -137,22 +184,34 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
 
     size = (20 if quick else 100) * 1_000_000
     n = 200 if quick else 1000
-    tests = (("bulk_tx", bulk_tx, size), ("bulk_rx", bulk_rx, size), ("connect_rate", connect_rate, n))
-    figures: dict[str, dict[str, float]] = {name: {} for name, _, _ in tests}
+    tests = (("bulk_tx", bulk_tx, size, "connect"), ("bulk_rx", bulk_rx, size, "connect"),
+             ("connect_rate", connect_rate, n, "listen"), ("connect_out_rate", connect_out_rate, n, "connect"))
+    figures: dict[str, dict[str, float]] = {name: {} for name, *_ in tests}
     with tap.usnet_up() as up:
         def usnet_connect(addr: tuple[str, int]) -> Any:
             return us.create_connection(addr, timeout=30, client=up.client, netif=up.ifname)
 
-        for name, fn, amount in tests:
+        def usnet_listen(host: str) -> Any:
+            ls = us.socket(client=up.client, netif=up.ifname)
+            ls.settimeout(30)
+            ls.bind((host, 0))
+            ls.listen(1024)
+            return ls
+
+        usnet_side = {"connect": usnet_connect, "listen": usnet_listen}
+        for name, fn, amount, side in tests:
             progress(f"{name}: usnet over TAP")
-            figures[name]["usnet"] = fn(usnet_connect, up.host_ip, amount)
-    for name, fn, amount in tests:
+            figures[name]["usnet"] = fn(usnet_side[side], up.usnet_ip if side == "listen" else up.host_ip,
+                                        amount)
+    kernel_side = {"connect": _kernel_connect, "listen": _kernel_listen}
+    for name, fn, amount, side in tests:
         progress(f"{name}: kernel loopback")
-        figures[name]["kernel"] = fn(_kernel_connect, "127.0.0.1", amount)
-    unit = {"bulk_tx": "MBps", "bulk_rx": "MBps", "connect_rate": "cps"}
+        figures[name]["kernel"] = fn(kernel_side[side], "127.0.0.1", amount)
+    unit = {"bulk_tx": "MBps", "bulk_rx": "MBps", "connect_rate": "cps", "connect_out_rate": "cps"}
     return {
         "results": [{"test": name, f"usnet_{unit[name]}": f["usnet"], f"kernel_{unit[name]}": f["kernel"]}
                     for name, f in figures.items()],
         "bytes": size,
         "connections": n,
+        "concurrency": CONCURRENCY,
     }

@@ -66,7 +66,9 @@ def _measure_tcp(args: argparse.Namespace, console: Console) -> dict | None:
 
 def _show_tcp(result: dict, out: Console) -> None:
     table = Table(title=f"usnet bench tcp: usnet over TAP (host kernel as peer) against kernel TCP loopback; "
-                        f"{result['bytes'] // 1_000_000} MB each way, {result['connections']:,} connections")
+                        f"{result['bytes'] // 1_000_000} MB each way; {result['connections']:,} connections "
+                        f"accepted ({result['concurrency']} clients at once) and {result['connections']:,} "
+                        f"opened one by one")
     for col in ("test", "usnet", "kernel loopback", "ratio"):
         table.add_column(col, justify="right")
     for r in result["results"]:
