@@ -315,10 +315,11 @@ def general_block(seq: int, n: int, size: int = 1514) -> FrameBlock:
 
 
 def run_link(netif: Netif, wire: MemWire, clock: FakeClock, seconds: float, ll_key: int | None,
-             ll_every: float = 0.005, ll_size: int = 200, floods: int = 1) -> dict:
+             ll_every: float = 0.005, ll_size: int = 200, floods: int = 1, tick: float = 0.0) -> dict:
     """`floods` general flows (keys 100...) keep their queues full of 1514-byte frames; a small
-    flow (key `ll_key`, else 2) sends one 200-byte frame every `ll_every` s. Returns what
-    arrived and when."""
+    flow (key `ll_key`, else 2) sends one 200-byte frame every `ll_every` s, as the switch
+    queues it: a one-row FrameBlock. `tick`: the netif is flushed at most that often (a busy
+    domain loop), so one flush sends several slots' worth. Returns what arrived and when."""
     LLK = ll_key if ll_key is not None else 2
     sent_at: dict[int, float] = {}
     waits: list[float] = []
@@ -332,7 +333,8 @@ def run_link(netif: Netif, wire: MemWire, clock: FakeClock, seconds: float, ll_k
                 netif.enqueue_many(key, [general_block(gen_seq, 64)])
                 gen_seq += 64
         if clock.now >= next_ll:
-            netif.enqueue(LLK, frame(2, ll_seq, ll_size))
+            f = np.frombuffer(frame(2, ll_seq, ll_size), np.uint8).reshape(1, ll_size)
+            netif.enqueue_many(LLK, [FrameBlock(f, np.array([ll_size]))])
             sent_at[ll_seq] = clock.now
             ll_seq += 1
             next_ll += ll_every
@@ -347,7 +349,7 @@ def run_link(netif: Netif, wire: MemWire, clock: FakeClock, seconds: float, ll_k
                     gen_bytes += len(f)
         t = netif.next_timeout()
         assert t is None or t > 0 or netif._stalled is False
-        clock.now = min(next_ll, clock.now + (t if t is not None else 1.0))
+        clock.now = min(next_ll, clock.now + max(tick, t if t is not None else 1.0))
     return {"waits": waits, "gen_bytes": gen_bytes, "ll_bytes": ll_bytes, "lost": len(sent_at)}
 
 
@@ -388,6 +390,19 @@ def test_among_twenty_floods_only_the_ll_class_keeps_its_bound(ll):
         assert max(r["waits"]) <= bound
     else:
         assert p50 > 1.5 * bound  # ~21 frames of 1.2 ms each
+
+
+def test_a_light_general_flow_waits_one_round_of_the_floods_not_their_backlog():
+    """Each turn is worth a frame's bytes, not a block: found by `usnet bench lowlat`, where a
+    200 B flow got one frame a turn while bulk flows got a whole flush's worth, and waited seconds."""
+    clock = FakeClock()
+    wire = MemWire(clock=clock)
+    netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=10e6, ll_share=0.2, clock=clock)
+    r = run_link(netif, wire, clock, 1.0, ll_key=None, floods=8, tick=0.004)
+    s = netif.sched
+    one_round = (8 + 1) * 1514 * s.byte_time
+    assert r["lost"] <= 1 and len(r["waits"]) >= 190
+    assert max(r["waits"]) <= one_round + 0.004 + s.horizon + s.frame_slots * s.slot_time
 
 
 def test_strict_netif_keeps_general_to_its_share_and_ll_still_gets_through():

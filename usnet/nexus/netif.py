@@ -272,32 +272,36 @@ class Netif:
         return sent_total
 
     def _take(self, active: deque, nbytes: int, max_frames: int) -> tuple[list, list[int]]:
-        """Up to `nbytes` (the last frame may pass it) from the class's queues, round-robin.
+        """Up to `nbytes` (the last frame may pass it) from the class's queues, round-robin by bytes.
 
-        Each key gives up to 32 frames, or one FrameBlock, a turn; a block is
-        split at the byte budget and its tail stays at the front of its queue.
+        Each key's turn is worth `quantum` bytes (one full frame), as in
+        deficit round robin without the carried deficit: a flow of small
+        packets gets a packet a turn while a bulk flow gets a frame's worth,
+        so a light flow's wait is one round of the busy ones, not their
+        backlog. A FrameBlock is split at the turn's bytes and its tail stays
+        at the front of its queue.
         """
         queues = self.queues
         takes_blocks = getattr(self.driver, "takes_blocks", False)
+        quantum = self.mtu + 14
         batch: list = []
         keys: list[int] = []
         left, room = nbytes, max_frames
         while active and left > 0 and room > 0:
             key = active.popleft()
             q = queues[key]
-            take = 0
-            while q and take < 32 and left > 0 and room > 0:
+            turn = min(left, quantum)
+            while q and turn > 0 and room > 0:
                 item = q[0]
                 if type(item) is FrameBlock:
                     cum = np.cumsum(item.lens)
-                    n = min(int(np.searchsorted(cum, left)) + 1, len(item), room)
-                    take = 32  # a block is a turn
+                    n = min(int(np.searchsorted(cum, turn)) + 1, len(item), room)
                     if n < len(item):
                         q[0] = item.rows(slice(n, None))
                         item = item.rows(slice(0, n))
                     else:
                         q.popleft()
-                    left -= int(cum[n - 1])
+                    took = int(cum[n - 1])
                     if takes_blocks:
                         batch.append(item)
                         keys.append(key)
@@ -306,11 +310,12 @@ class Netif:
                         keys.extend([key] * n)
                 else:
                     q.popleft()
-                    left -= len(item)
+                    took = len(item)
                     n = 1
-                    take += 1
                     batch.append(item)
                     keys.append(key)
+                turn -= took
+                left -= took
                 room -= n
             if q:
                 active.append(key)
