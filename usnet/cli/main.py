@@ -100,7 +100,36 @@ def _show_pipe(result: dict, out: Console) -> None:
               f"{extra['memory_per_channel']['reserved_bytes']:,} bytes reserved (sparse)")
 
 
-_BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp)}
+def _measure_lowlat(args: argparse.Namespace, console: Console) -> dict:
+    from usnet.bench import lowlat
+
+    with console.status("bench lowlat") as status:
+        return lowlat.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_lowlat(result: dict, out: Console) -> None:
+    table = Table(title=f"usnet bench lowlat: a {result['ll_packets']}-datagram LL flow (200 B every 5 ms) beside "
+                        f"{result['bulk_flows']} bulk flows on a {result['link_rate_bps'] / 1e6:g} Mbit/s memwire, "
+                        f"{result['ll_share']:.0%} of the slots reserved for LL")
+    for col in ("figure", "value", "target"):
+        table.add_column(col, justify="right")
+    idle, ll99, gen99 = result["idle_p99_ms"], result["ll_p99_ms"], result["general_p99_ms"]
+    rows = [
+        ("idle p99", f"{idle:.2f} ms", ""),
+        ("LL p50 (granted)", f"{result['ll_p50_ms']:.2f} ms", ""),
+        ("LL p99 (granted)", f"{ll99:.2f} ms", f"<= {min(2 * idle, gen99 / 10):.2f} ms"),
+        ("general p50", f"{result['general_p50_ms']:.2f} ms", ""),
+        ("general p99", f"{gen99:.2f} ms", ""),
+        ("bulk share of the general capacity", f"{result['bulk_share']:.2f}", ">= 0.90"),
+        ("LL datagrams lost", str(result["ll_lost"]), "0"),
+    ]
+    for r in rows:
+        table.add_row(*r)
+    out.print(table)
+
+
+_BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp),
+            "lowlat": (_measure_lowlat, _show_lowlat)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -250,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp", "tcp"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp", "lowlat"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
