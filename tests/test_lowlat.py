@@ -1,22 +1,40 @@
-"""The low-latency agent (issue 5): policy, admission, leases and the policer, on simulated time.
+"""The low-latency agent (issue 5): policy, admission, leases, policing, and the domain's wiring.
 
-The agent and the policer are sans-I/O and property-tested with hypothesis.
+The agent and the policer are sans-I/O and property-tested on simulated
+time. The domain tests run a real Domain with a paced memwire netif and
+in-process clients; where it matters when a lease expires, the domain is
+given a lease clock the test holds. Anything awaited is awaited on the
+channel's EVENT ring, the wire, or the domain's state, with a deadline.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import select
+import socket
+import time
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.daemon.protocol import LeaseRefusal
+from usnet.channel.events import Event, EventType, RevokeReason, TxDropReason
+from usnet.client import Client
+from usnet.daemon import protocol as P
+from usnet.daemon.protocol import ControlError, LeaseRefusal
+from usnet.drivers import MemWire
+from usnet.drivers.block import FrameBlock
+from usnet.lease import LeaseRefused
 from usnet.lowlat.agent import Agent, Lease, LLLink, Refusal, burst_of
 from usnet.lowlat.policer import Policer
 from usnet.lowlat.policy import SERVICE_CLASSES, Policy, PolicyEntry, Who
-from usnet.nexus.txsched import SlotScheduler
+from usnet.nexus.domain import Domain
+from usnet.nexus.netif import Netif
+from usnet.nexus.txsched import GENERAL, LL, SlotScheduler
+
+ME = os.getuid()
 
 
 # -- the policer -------------------------------------------------------------------------------------
@@ -214,3 +232,370 @@ def test_policy_entries_refuse_nonsense(kw, msg):
 def test_a_netif_without_ll_slots_has_no_ll_link():
     assert LLLink.of_scheduler(None, 1500) is None
     assert LLLink.of_scheduler(SlotScheduler(1e9, ll_share=0.0), 1500) is None
+
+
+# -- the netif: a class change moves queued frames -----------------------------------------------------
+
+
+class Stalled:
+    """A device that takes frames only when told to."""
+
+    takes_blocks = False
+    name = "stalled"
+    mtu = 1500
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.room = 0
+
+    def send_batch(self, frames) -> int:
+        n = min(len(frames), self.room)
+        self.got += [bytes(f) for f in frames[:n]]
+        self.room -= n
+        return n
+
+    def fileno(self) -> int:
+        return -1
+
+    def timeout(self):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("to_ll", [False, True], ids=["ll-to-general", "general-to-ll"])
+def test_a_class_change_moves_queued_frames_in_order_and_loses_none(to_ll):
+    now = [500.0]
+    dev = Stalled()
+    netif = Netif("a", dev, "10.0.0.1/24", link_rate=1e8, ll_share=0.2, clock=lambda: now[0])
+    netif.set_class(7, not to_ll)
+    frames = [bytes(14) + i.to_bytes(4, "big") + bytes(300) for i in range(64)]
+    rows = np.frombuffer(b"".join(frames), np.uint8).reshape(64, -1)
+    netif.enqueue_many(7, [frames[0], FrameBlock(rows[1:40].copy(), np.full(39, 318)), *frames[40:]])
+    netif.enqueue(9, bytes(100))  # another flow, general
+    dev.room = 5
+    netif.flush()  # the device takes a few, then refuses: the rest wait in usnet
+    assert netif.queued(7)[0] > 40
+    netif.set_class(7, to_ll)
+    assert (7 in netif.active_ll) == to_ll and (7 in netif.active) != to_ll
+    dev.room = 10**6
+    for _ in range(1000):
+        if netif.next_timeout() is None:
+            break
+        netif.flush()
+        now[0] += max(netif.next_timeout() or 0.0, 0.0005)
+    mine = [int.from_bytes(f[14:18], "big") for f in dev.got if len(f) == 318]
+    assert mine == list(range(64)) and netif.queued(7) == (0, 0)
+    sent = netif.sched.frames_sent
+    assert sent[LL] + sent[GENERAL] == 65 and (sent[LL] > 0) and (sent[GENERAL] > 1)
+
+
+# -- over a real domain -----------------------------------------------------------------------------------
+
+POLICY = Policy([
+    PolicyEntry(frozenset({"voice", "interactive"}), 2e8, 1200, uid=ME),
+    PolicyEntry(frozenset({"video"}), 1e8, 1200, uid=ME, program="vip"),
+])
+BCAST = ("10.9.0.255", 6000)  # the switch frames it without asking ARP
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Net:
+    """Netif a (1 Gbit/s, 20 % LL) in a running domain; netif b too, or the wire's b end for the test to read."""
+
+    def __init__(self, policy: Policy = POLICY, *, b: bool = True, **kw) -> None:
+        self.wire = MemWire(queue_limit=kw.pop("queue_limit", 10_000))
+        self.d = Domain(policy=policy, **kw)
+        self.d.add_netif("a", self.wire.a, "10.9.0.1/24", link_rate=1e9, ll_share=0.2)
+        if b:
+            self.d.add_netif("b", self.wire.b, "10.9.0.2/24")
+        self.d.start()
+        self.c = Client.local(self.d)
+
+    def txsched(self) -> dict:
+        (a,) = [n for n in self.d.status()["netifs"] if n["netif"]["name"] == "a"]
+        return a["netif"]["txsched"]
+
+    def flow_id(self, sock) -> int:
+        return self.d.channels[sock.channel.id].flow.id
+
+    def leases(self) -> dict:
+        return {l.id: (l.flow, l.rate, l.expires, l.policer) for l in self.d.leases.agent.leases.values()}
+
+    def wire_frames(self, n: int, timeout: float = 10.0) -> list[bytes]:
+        """Up to `n` frames off the wire's b end (not a netif here), waiting on its bell until a deadline."""
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n and (left := deadline - time.monotonic()) > 0:
+            for item in self.wire.b.recv_batch(1 << 16):
+                out += item.frames() if isinstance(item, FrameBlock) else [bytes(item)]
+            if len(out) < n:
+                select.select([self.wire.b.fileno()], [], [], min(left, 0.05))
+        return out
+
+
+@pytest.fixture
+def net():
+    n = Net()
+    try:
+        yield n
+    finally:
+        n.d.stop()
+
+
+def wait_until(pred, timeout: float, what: str) -> None:
+    """Bounded polling of a condition (domain state), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)
+
+
+def wait_event(ch, etype: EventType, timeout: float = 10.0) -> list[Event]:
+    """The channel's events up to the first of type `etype`, waiting on its bell until a deadline."""
+    seen: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        seen += ch.events()
+        if any(e.type == etype for e in seen):
+            return seen
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"no {etype.name} within {timeout} s; saw {seen}")
+        select.select([ch.fileno()], [], [], min(left, 0.05))
+        ch.drain_doorbell()
+
+
+def recv_all(sock, n: int, timeout: float = 10.0) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n and (left := deadline - time.monotonic()) > 0:
+        try:
+            out += [p for p, _ in sock.recv_many(n - len(out), timeout=left)]
+        except BlockingIOError:
+            break
+    return out
+
+
+def test_a_grant_puts_the_flow_in_the_ll_class_until_it_is_released(net):
+    c = net.c
+    sa, sb = c.udp_socket("a", 5000), c.udp_socket("b", 6000)
+    lease = c.request_lease(sa.channel, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
+    assert (lease.service_class, lease.rate, lease.max_packet, lease.latency_target) == ("voice", 1e6, 1200, 0.05)
+    assert lease.channel == sa.channel.id and lease.ttl == 30.0 and lease.burst == burst_of(1e6, 1200)
+    assert 29 < lease.expires - time.monotonic() <= 30
+    assert net.txsched()["ll_flows"] == [net.flow_id(sa)]
+    (ev,) = wait_event(sa.channel, EventType.LEASE_GRANTED)
+    assert (ev.code, ev.value, ev.aux) == (0, lease.id, 1_000_000)
+    first = lease.expires
+    lease.renew()
+    assert lease.expires >= first
+    # its datagrams go out in the LL class
+    sa.sendto(b"resolve", ("10.9.0.2", 6000))
+    assert recv_all(sb, 1) == [b"resolve"]
+    assert net.txsched()["frames"]["ll"] >= 1
+    lease.release()
+    assert net.txsched()["ll_flows"] == [] and net.leases() == {}
+    (ev,) = wait_event(sa.channel, EventType.LEASE_REVOKED)
+    assert (ev.code, ev.value) == (RevokeReason.RELEASED, lease.id)
+    with pytest.raises(LeaseRefused) as e:
+        lease.renew()
+    assert e.value.reason is LeaseRefusal.UNKNOWN_LEASE
+    sa.sendto(b"general again", ("10.9.0.2", 6000))
+    assert recv_all(sb, 1) == [b"general again"]
+    lowlat = net.d.status()["lowlat"]
+    assert (lowlat["granted"], lowlat["renewed"], lowlat["ended"]) == (1, 1, {"RELEASED": 1})
+
+
+def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
+    d, c = net.d, net.c
+    sa, sa2, sb = c.udp_socket("a", 5000), c.udp_socket("a", 5001), c.udp_socket("b", 6000)
+    held = c.request_lease(sa.channel, rate=1.5e8, max_packet=1200, latency_target=0.05)
+    before, ll_before = net.leases(), net.txsched()["ll_flows"]
+
+    def refused(reason: LeaseRefusal, ask) -> None:
+        with pytest.raises(LeaseRefused) as e:
+            ask()
+        assert e.value.reason is reason and e.value.message, e.value
+        assert net.leases() == before and net.txsched()["ll_flows"] == ll_before
+
+    ok = {"rate": 1e6, "max_packet": 1200, "latency_target": 0.05}
+    refused(LeaseRefusal.OVER_SUBSCRIBED, lambda: c.request_lease(sa2.channel, **{**ok, "rate": 1e8}))
+    refused(LeaseRefusal.ALREADY_LEASED, lambda: c.request_lease(sa.channel, **ok))
+    refused(LeaseRefusal.NO_LL_CAPACITY, lambda: c.request_lease(sb.channel, **ok))
+    refused(LeaseRefusal.LATENCY_UNACHIEVABLE, lambda: c.request_lease(sa2.channel, **{**ok, "latency_target": 1e-4}))
+    refused(LeaseRefusal.ABOVE_ENTITLEMENT, lambda: c.request_lease(sa2.channel, **{**ok, "max_packet": 1400}))
+    refused(LeaseRefusal.NOT_ENTITLED, lambda: c.request_lease(sa2.channel, service_class="video", **ok))
+    # nonsense, in process (no decoder between): the agent's own checks
+    for bad in ({"rate": float("nan")}, {"rate": float("inf")}, {"rate": -1}, {"rate": 0}, {"rate": 1e13},
+                {"max_packet": 0}, {"max_packet": 10**9}, {"max_packet": 1501}, {"latency_target": 0},
+                {"latency_target": float("nan")}, {"latency_target": 3600}, {"service_class": "gold"}):
+        refused(LeaseRefusal.BAD_PARAMETERS, lambda: c.request_lease(sa2.channel, **{**ok, **bad}))
+    # channels that are not this session's flows
+    other = Client.local(d)
+    theirs = other.udp_socket("a", 5002)
+    pipe = c.open_pipe("not-a-flow")
+    for cid in (theirs.channel.id, pipe.id, 99999):
+        refused(LeaseRefusal.UNKNOWN_FLOW, lambda: c.request_lease(cid, **ok))
+    # a program the policy does not name, and a uid it does not name
+    named = Client.local(d, program="nobody")
+    refused(LeaseRefusal.NOT_ENTITLED, lambda: named.request_lease(named.udp_socket("a", 5003).channel,
+                                                                    service_class="video", **ok))
+    stranger = d.new_session(ME + 4242, os.getpid())
+    opened, _ = d.handle(stranger, P.OpenFlow("a", 17, 5004))  # the domain's own fds: not ours to close
+    reply, _ = d.handle(stranger, P.RequestLease(opened.channel, "voice", 1e6, 200, 0.05))
+    assert isinstance(reply, P.LeaseRefused) and reply.reason == "NOT_ENTITLED"
+    assert f"uid {ME + 4242}" in reply.message
+    # someone else's lease cannot be renewed or released
+    reply, _ = d.handle(stranger, P.RenewLease(held.id))
+    assert isinstance(reply, P.LeaseRefused) and reply.reason == "UNKNOWN_LEASE"
+    reply, _ = d.handle(stranger, P.ReleaseLease(held.id))
+    assert isinstance(reply, P.LeaseRefused) and reply.reason == "UNKNOWN_LEASE"
+    assert net.leases() == before
+    # and the entitled program gets its class
+    vip = Client.local(d, program="vip")
+    got = vip.request_lease(vip.udp_socket("a", 5005).channel, service_class="video", rate=1e7, max_packet=1200,
+                            latency_target=0.05)
+    assert got.service_class == "video"
+    refused_counts = d.status()["lowlat"]["refused"]
+    assert refused_counts["BAD_PARAMETERS"] == 12 and refused_counts["UNKNOWN_FLOW"] == 3
+
+
+def test_nonsense_over_a_socket_is_a_malformed_request_and_changes_nothing(net):
+    """As for every request: out-of-bounds fields fail decoding (EPROTO); the session carries on."""
+    sock = net.d.socketpair_session()
+    c = Client.from_socket(sock)
+    s = c.udp_socket("a", 5000)
+    for bad in ({"rate": float("nan")}, {"rate": -1.0}, {"rate": float("inf")}, {"max_packet": 0},
+                {"max_packet": 70000}, {"latency_target": 0.0}, {"latency_target": float("nan")}):
+        args = {"rate": 1e6, "max_packet": 1200, "latency_target": 0.05, **bad}
+        with pytest.raises(ControlError) as e:
+            c.request_lease(s, **args)
+        assert e.value.code == "EPROTO"
+    assert net.leases() == {}
+    with pytest.raises(LeaseRefused) as r:  # in bounds for the decoder, not for the agent
+        c.request_lease(s, service_class="gold", rate=1e6, max_packet=1200, latency_target=0.05)
+    assert r.value.reason is LeaseRefusal.BAD_PARAMETERS
+    lease = c.request_lease(s, rate=1e6, max_packet=1200, latency_target=0.05)
+    assert net.txsched()["ll_flows"] == [net.flow_id(s)]
+    sock.shutdown(socket.SHUT_RDWR)  # the session ends: its lease goes with it
+    wait_until(lambda: net.leases() == {}, 10, "the lease of an ended session to go")
+    assert net.txsched()["ll_flows"] == [] and net.d.status()["lowlat"]["ended"] == {"CLOSED": 1}
+    assert lease.id == 1
+
+
+def test_a_short_ttl_expires_and_the_channel_hears_it():
+    net = Net(lease_ttl=0.2)
+    try:
+        c = net.c
+        sa, sb = c.udp_socket("a", 5000), c.udp_socket("b", 6000)
+        lease = c.request_lease(sa.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+        seen = wait_event(sa.channel, EventType.LEASE_REVOKED)
+        assert [e.type for e in seen] == [EventType.LEASE_GRANTED, EventType.LEASE_REVOKED]
+        assert (seen[-1].code, seen[-1].value) == (RevokeReason.EXPIRED, lease.id)
+        assert net.txsched()["ll_flows"] == [] and net.leases() == {}
+        with pytest.raises(LeaseRefused) as e:
+            lease.renew()
+        assert e.value.reason is LeaseRefusal.UNKNOWN_LEASE
+        sa.sendto(b"after", ("10.9.0.2", 6000))
+        assert recv_all(sb, 1) == [b"after"]
+    finally:
+        net.d.stop()
+
+
+def test_expiry_moves_the_queued_packets_to_the_general_class_and_all_go_out():
+    """The wire holds 8 frames and the test reads it only after the lease is gone: the rest wait in usnet."""
+    clock = FakeClock()
+    net = Net(b=False, queue_limit=8, lease_clock=clock)
+    try:
+        sa = net.c.udp_socket("a", 5000)
+        lease = net.c.request_lease(sa.channel, rate=1e8, max_packet=1200, latency_target=0.05)
+        n = 50  # 50 frames of 542 bytes: within the lease's burst, so none is policed
+        assert sa.send_many([i.to_bytes(4, "big") + bytes(496) for i in range(n)], BCAST) == n
+        wait_until(lambda: net.txsched()["queued_ll"] == n - 8, 10, "the LL queue to hold what the wire refused")
+        clock.now += 30.0  # the lease's time is up
+        net.d.call_soon(lambda: None)  # and the loop looks at once
+        ev = wait_event(sa.channel, EventType.LEASE_REVOKED)[-1]
+        assert (ev.code, ev.value, ev.aux) == (RevokeReason.EXPIRED, lease.id, n - 8)  # aux: the frames moved
+        info = net.txsched()
+        assert info["ll_flows"] == [] and info["queued_ll"] == 0 and info["queued_general"] == n - 8
+        frames = net.wire_frames(n)
+        assert [int.from_bytes(f[42:46], "big") for f in frames] == list(range(n))  # all, in order
+    finally:
+        net.d.stop()
+
+
+def test_policy_reload_revokes_only_what_it_no_longer_entitles(net):
+    d = net.d
+    keep_c, lose_c = Client.local(d, program="vip"), net.c
+    keep, lose, sb = keep_c.udp_socket("a", 5000), lose_c.udp_socket("a", 5001), lose_c.udp_socket("b", 6000)
+    kept = keep_c.request_lease(keep, service_class="video", rate=1e7, max_packet=1200, latency_target=0.05)
+    lost = lose_c.request_lease(lose, service_class="voice", rate=1e7, max_packet=1200, latency_target=0.05)
+    kept_state = net.leases()[kept.id]
+    gone = d.set_policy(Policy([POLICY.entries[1]]))  # only the vip entry is left
+    assert [l.id for l in gone] == [lost.id]
+    ev = wait_event(lose.channel, EventType.LEASE_REVOKED)[-1]
+    assert (ev.code, ev.value) == (RevokeReason.POLICY, lost.id)
+    assert [e.type for e in keep.channel.events()] == [EventType.LEASE_GRANTED]  # untouched, not told
+    assert net.leases() == {kept.id: kept_state}
+    assert net.txsched()["ll_flows"] == [net.flow_id(keep)]
+    kept.renew()
+    with pytest.raises(LeaseRefused) as e:
+        lose_c.request_lease(lose, service_class="voice", rate=1e7, max_packet=1200, latency_target=0.05)
+    assert e.value.reason is LeaseRefusal.NOT_ENTITLED
+    lose.sendto(b"still carried", ("10.9.0.2", 6000))
+    assert recv_all(sb, 1) == [b"still carried"]
+
+
+def test_closing_a_channel_ends_its_lease_and_its_queued_packets_still_go(net):
+    sa = net.c.udp_socket("a", 5000)
+    sb = net.c.udp_socket("b", 6000)
+    net.c.request_lease(sa.channel, rate=1e8, max_packet=1200, latency_target=0.05)
+    sa.sendto(b"resolve", ("10.9.0.2", 6000))
+    assert recv_all(sb, 1) == [b"resolve"]
+    assert sa.send_many([b"%d" % i for i in range(40)], ("10.9.0.2", 6000)) == 40
+    sa.channel.close()
+    assert net.leases() == {} and net.txsched()["ll_flows"] == []
+    assert recv_all(sb, 40) == [b"%d" % i for i in range(40)]
+    assert net.d.status()["lowlat"]["ended"] == {"CLOSED": 1}
+
+
+def test_an_ll_flow_past_its_rate_is_policed_and_the_general_class_is_unaffected(net):
+    c = net.c
+    ll, gen = c.udp_socket("a", 5000), c.udp_socket("a", 5001)
+    sb, sb2 = c.udp_socket("b", 6000), c.udp_socket("b", 6001)
+    gen.sendto(b"resolve", ("10.9.0.2", 6001))
+    assert recv_all(sb2, 1) == [b"resolve"]
+    rate = 80e3  # 10 kB/s; the burst is two 1214-byte frames
+    lease = c.request_lease(ll.channel, rate=rate, max_packet=1200, latency_target=0.05)
+    (ll_lease,) = net.d.leases.agent.leases.values()
+    payloads = [i.to_bytes(4, "big") + bytes(968) for i in range(100)]  # IP packets of 1000 bytes
+    start = time.monotonic()
+    assert ll.send_many(payloads, ("10.9.0.2", 6000)) == 100
+    assert gen.send_many(payloads, ("10.9.0.2", 6001)) == 100
+    pol = ll_lease.policer
+    wait_until(lambda: pol.passed + pol.dropped == 100, 10, "the switch to take all 100 LL datagrams")
+    elapsed = time.monotonic() - start
+    assert pol.dropped > 0 and pol.passed_bytes <= lease.burst + rate / 8 * elapsed
+    seqs = [int.from_bytes(p[:4], "big") for p in recv_all(sb, pol.passed)]
+    assert len(seqs) == pol.passed and seqs == sorted(set(seqs))  # what conformed went out, in order
+    assert seqs[:2] == [0, 1]  # a full bucket: the burst, then the rest of that batch is dropped
+    assert recv_all(sb2, 100) == payloads  # the general flow beside it lost nothing
+    drops = [e for e in ll.channel.events() if e.type == EventType.TX_DROPPED]
+    assert {e.code for e in drops} == {TxDropReason.RATE_EXCEEDED}
+    assert sum(e.value for e in drops) == pol.dropped and sum(e.aux for e in drops) == 1000 * pol.dropped
+    (a,) = [n for n in net.d.status()["netifs"] if n["netif"]["name"] == "a"]
+    assert a["drops"]["tx_rate_exceeded"] == pol.dropped
+    (flow,) = [f for f in a["flows"] if f["local_port"] == 5000]
+    assert flow["stats"]["tx_dropped"] == pol.dropped
+    (info,) = net.d.status()["lowlat"]["leases"]
+    assert info["policer"]["dropped"] == pol.dropped

@@ -86,6 +86,7 @@ class Flow:
     parked: int = 0  # packets waiting for a neighbour: the flow is not served meanwhile
     raddr_int: int = 0
     family: int = 4  # 4 or 6: which address the flow sends from, and which listener table has it
+    policer: Any = None  # an LL lease's usnet.lowlat.policer.Policer, while the flow holds one
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
@@ -512,6 +513,8 @@ class FlowSwitch:
         it, or sends the packet on its own.
         """
         rows, lens = flow.port.pull(max_packets, ETH_HLEN, draining)
+        if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
+            rows, lens = self._police(flow, rows, lens)
         n = len(lens)
         if not n:
             return 0
@@ -629,6 +632,18 @@ class FlowSwitch:
             self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
             return 0
         return 1
+
+    def _police(self, flow: Flow, rows: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The head of the batch within the flow's lease rate; the rest dropped, counted, reported once."""
+        k = flow.policer.admit(lens, self.clock(), ETH_HLEN)
+        if k < len(lens):
+            over = len(lens) - k
+            self.drops["tx_rate_exceeded"] += over
+            flow.stats["tx_dropped"] += over
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.RATE_EXCEEDED,
+                                                    value=over, aux=int(lens[k:].sum()))
+            rows, lens = rows[:k], lens[:k]
+        return rows, lens
 
     def _tx_drop(self, flow: Flow, reason: TxDropReason, length: int) -> None:
         self.drops["tx_" + reason.name.lower()] += 1
