@@ -5,6 +5,8 @@ time. The domain tests run a real Domain with a paced memwire netif and
 in-process clients; where it matters when a lease expires, the domain is
 given a lease clock the test holds. Anything awaited is awaited on the
 channel's EVENT ring, the wire, or the domain's state, with a deadline.
+The usnetd test (privileged: its netif is a TAP) reloads a real daemon's
+policy with SIGHUP.
 """
 
 from __future__ import annotations
@@ -12,16 +14,24 @@ from __future__ import annotations
 import math
 import os
 import select
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tap_name
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.channel.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.client import Client
+from usnet.daemon import config
 from usnet.daemon import protocol as P
 from usnet.daemon.protocol import ControlError, LeaseRefusal
 from usnet.drivers import MemWire
@@ -599,3 +609,91 @@ def test_an_ll_flow_past_its_rate_is_policed_and_the_general_class_is_unaffected
     assert flow["stats"]["tx_dropped"] == pol.dropped
     (info,) = net.d.status()["lowlat"]["leases"]
     assert info["policer"]["dropped"] == pol.dropped
+
+
+# -- config and usnetd -----------------------------------------------------------------------------------
+
+
+def test_config_policy_loads_checks_and_survives_dump(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('lease_ttl = 5.0\n[[policy]]\nuid = 1000\nclasses = ["voice"]\nmax_rate = 2e6\n'
+                 'max_packet = 1200\n[[policy]]\nprogram = "vip"\nuid = 0\nclasses = ["video", "control"]\n'
+                 'max_rate = 1e8\nmax_packet = 1500\n')
+    cfg = config.load(str(p))
+    assert cfg.lease_ttl == 5.0 and len(cfg.agent_policy()) == 2
+    assert cfg.agent_policy().check(Who(1000, "x"), "voice", 2e6, 1200) is None
+    p.write_text(config.dump(cfg))
+    assert config.load(str(p)) == cfg
+
+
+@pytest.mark.parametrize("text, msg", [
+    ('[[policy]]\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200', "uid or a program"),
+    ('[[policy]]\nuid = 1\nclasses = ["gold"]\nmax_rate = 1e6\nmax_packet = 200', "classes"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = -1.0\nmax_packet = 200', "max_rate"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = nan\nmax_packet = 200', "max_rate"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 99999', "max_packet"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6', "max_packet"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200\ncolour = "red"', "colour"),
+    ("lease_ttl = 0", "lease_ttl"), ("lease_ttl = inf", "lease_ttl"),
+])
+def test_config_refuses_nonsense_policy(tmp_path, text, msg):
+    p = tmp_path / "c.toml"
+    p.write_text(text + "\n")
+    with pytest.raises(ValueError, match=msg):
+        config.load(str(p))
+
+
+def policy_toml(ifname: str, entries: str) -> str:
+    return (f'lease_ttl = 60.0\n\n[[netif]]\nname = "ll0"\ndriver = "tap"\nifname = "{ifname}"\n'
+            f'address = "10.213.0.2/24"\nlink_rate = 1e8\nll_share = 0.2\n{entries}')
+
+
+KEEPER = '\n[[policy]]\nuid = 0\nprogram = "keeper"\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 1200\n'
+LOSER = '\n[[policy]]\nuid = 0\nprogram = "loser"\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 1200\n'
+
+
+@pytest.mark.privileged
+def test_usnetd_reloads_its_policy_on_sighup_and_revokes_what_it_no_longer_entitles(tmp_path):
+    ifname = tap_name()
+    sockdir = Path(tempfile.mkdtemp(prefix="usll"))  # short: AF_UNIX paths stop at 108 bytes
+    path, log = str(sockdir / "s.sock"), tmp_path / "usnetd.log"
+    cfg = tmp_path / "usnetd.toml"
+    cfg.write_text(policy_toml(ifname, KEEPER + LOSER))
+    with open(log, "ab") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "usnet.daemon.usnetd", "--config", str(cfg), "--socket", path,
+                                 "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=err)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 15)
+        assert ready and proc.stdout.readline().startswith(b"usnetd ready"), log.read_text()
+        keeper, loser = Client.connect(path, program="keeper"), Client.connect(path, program="loser")
+        ks, ls = keeper.udp_socket("ll0", 5000), loser.udp_socket("ll0", 5001)
+        kept = keeper.request_lease(ks, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
+        lost = loser.request_lease(ls, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
+        # a config that does not load changes nothing, and says so
+        cfg.write_text(policy_toml(ifname, KEEPER) + "\n[[policy]]\nuid = \n")
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "keeping the old policy" in log.read_text(), 15, "usnetd to log the bad config")
+        assert len(keeper.status()["lowlat"]["leases"]) == 2
+        # a policy without the loser's entry revokes the loser's lease, and only that
+        cfg.write_text(policy_toml(ifname, KEEPER))
+        proc.send_signal(signal.SIGHUP)
+        ev = wait_event(ls.channel, EventType.LEASE_REVOKED, timeout=15)[-1]
+        assert (ev.code, ev.value) == (RevokeReason.POLICY, lost.id)
+        assert [e.type for e in ks.channel.events()] == [EventType.LEASE_GRANTED]
+        lowlat = keeper.status()["lowlat"]
+        assert [l["id"] for l in lowlat["leases"]] == [kept.id] and lowlat["policy_entries"] == 1
+        kept.renew()
+        with pytest.raises(LeaseRefused) as e:
+            loser.request_lease(ls, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
+        assert e.value.reason is LeaseRefusal.NOT_ENTITLED
+        assert "policy reloaded: 1 entries" in log.read_text()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert proc.returncode == 0, log.read_text()
