@@ -579,6 +579,18 @@ def test_closing_a_channel_ends_its_lease_and_its_queued_packets_still_go(net):
     assert net.d.status()["lowlat"]["ended"] == {"CLOSED": 1}
 
 
+def test_a_netif_going_away_ends_its_leases(net):
+    sa = net.c.udp_socket("a", 5000)
+    net.c.request_lease(sa.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+    net.d.remove_netif("a")
+    assert net.leases() == {} and "a" not in net.d.leases.agent.links
+    assert net.d.status()["lowlat"]["ended"] == {"CLOSED": 1}
+    sb = net.c.udp_socket("b", 6000)
+    with pytest.raises(LeaseRefused) as e:
+        net.c.request_lease(sb.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+    assert e.value.reason is LeaseRefusal.NO_LL_CAPACITY
+
+
 def test_an_ll_flow_past_its_rate_is_policed_and_the_general_class_is_unaffected(net):
     c = net.c
     ll, gen = c.udp_socket("a", 5000), c.udp_socket("a", 5001)

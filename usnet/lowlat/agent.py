@@ -94,7 +94,7 @@ class Lease:
     owner: Hashable  # who may renew and release it (the domain's session)
     who: Who
     netif: str
-    flow: Hashable
+    flow: Hashable  # the domain's key for the flow: its channel id
     service_class: str
     rate: float
     max_packet: int
@@ -104,7 +104,7 @@ class Lease:
     policer: Policer
 
     def info(self, now: float) -> dict[str, Any]:
-        return {"id": self.id, "netif": self.netif, "flow": self.flow, "uid": self.who.uid,
+        return {"id": self.id, "netif": self.netif, "channel": self.flow, "uid": self.who.uid,
                 "program": self.who.program, "service_class": self.service_class, "rate": self.rate,
                 "max_packet": self.max_packet, "latency_target": self.latency_target, "burst": self.burst,
                 "expires_in": round(self.expires - now, 3), "policer": self.policer.info()}
