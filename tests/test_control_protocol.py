@@ -24,9 +24,14 @@ from usnet.daemon.protocol import (
     Error,
     Hello,
     Kick,
+    LeaseGranted,
+    LeaseRefused,
     OpenPipe,
     ProtocolError,
     REQUEST_TYPES,
+    ReleaseLease,
+    RenewLease,
+    RequestLease,
     Resize,
     Status,
     StatusReply,
@@ -56,6 +61,10 @@ REQUESTS = [
     CloseChannel(7),
     Kick(0),
     Status(),
+    RequestLease(3, "voice", 64e3, 200, 0.02),
+    RequestLease(3, "interactive", 1e12, 65535, 60.0),
+    RenewLease(9),
+    ReleaseLease(9),
 ]
 REPLIES = [
     Welcome(version=1, session=42, uid=os.getuid(), pid=os.getpid()),
@@ -63,6 +72,9 @@ REPLIES = [
     Done(),
     StatusReply({"pipes": [{"name": "p0", "ends": 2}], "load": 0.5, "n": -3, "s": "x", "e": {}}),
     Error("EADDRINUSE", "pipe p0 already has two ends"),
+    LeaseGranted(lease=9, channel=3, service_class="voice", rate=64e3, max_packet=200, latency_target=0.02,
+                 expires=1234.5, ttl=30.0, burst=428),
+    LeaseRefused("OVER_SUBSCRIBED", "1e+08 bit/s does not fit"),
 ]
 
 
@@ -129,6 +141,17 @@ def test_direction_is_enforced():
         msgspec.msgpack.encode({"t": "Hello"}),  # missing field
         msgspec.msgpack.encode({"t": "OpenPipe", "name": "p", "attrs": {"a": "b"}}),
         msgspec.msgpack.encode({"t": "OpenPipe", "name": ""}),
+        # lease parameters no lease can have: malformed, as any out-of-bounds field is
+        *(msgspec.msgpack.encode({"t": "RequestLease", "channel": 1, "service_class": "voice", "rate": 1e6,
+                                  "max_packet": 200, "latency_target": 0.01, **bad})
+          for bad in ({"rate": float("nan")}, {"rate": float("inf")}, {"rate": -1.0}, {"rate": 0},
+                      {"rate": 2e12}, {"rate": "fast"}, {"rate": True}, {"max_packet": 0},
+                      {"max_packet": 19}, {"max_packet": 65536}, {"max_packet": 1.5},
+                      {"latency_target": 0.0}, {"latency_target": float("nan")},
+                      {"latency_target": float("inf")}, {"latency_target": 61.0}, {"service_class": ""},
+                      {"service_class": "x" * 33}, {"channel": -1})),
+        msgspec.msgpack.encode({"t": "RenewLease", "lease": -1}),
+        msgspec.msgpack.encode({"t": "ReleaseLease"}),
         b"\x90" * (MAX_MESSAGE + 1),  # oversize
     ],
 )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from usnet.channel.channel import Channel
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import ControlClient, connect_seqpacket
+from usnet.lease import Lease, LeaseRefused
 
 if TYPE_CHECKING:
     from usnet.nexus.domain import Domain, Session
@@ -26,11 +27,15 @@ DEFAULT_SOCKET = os.environ.get("USNET_SOCKET", "/run/usnet/usnetd.sock")
 
 class Client:
     def __init__(self, request: Callable[[P.Request], tuple[P.Reply, list[int]]],
-                 kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]]) -> None:
+                 kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]],
+                 program: str | None = None) -> None:
+        """`program` is the name given in Hello (default: this script's); the LL policy may match it."""
         self._request = request
         self._kick_for = kick_for
         self.channels: dict[int, Channel] = {}
-        welcome, _ = self._call(P.Hello(P.PROTOCOL_VERSION, os.path.basename(sys.argv[0] or "python")))
+        if program is None:
+            program = os.path.basename(sys.argv[0] or "python")
+        welcome, _ = self._call(P.Hello(P.PROTOCOL_VERSION, program))
         assert isinstance(welcome, P.Welcome)
         self.session = welcome.session
         self.uid = welcome.uid
@@ -38,7 +43,7 @@ class Client:
     # -- constructors -------------------------------------------------------------
 
     @classmethod
-    def local(cls, domain: "Domain") -> "Client":
+    def local(cls, domain: "Domain", program: str | None = None) -> "Client":
         """An in-process client: control requests are method calls, kicks too."""
         session: Session = domain.new_session(os.getuid(), os.getpid())
 
@@ -50,10 +55,10 @@ class Client:
             os.close(kick_fd)
             return (lambda: domain.kick_channel(cid)), None
 
-        return cls(request, kick_for)
+        return cls(request, kick_for, program)
 
     @classmethod
-    def from_socket(cls, sock: socket.socket) -> "Client":
+    def from_socket(cls, sock: socket.socket, program: str | None = None) -> "Client":
         """A client over a connected SEQPACKET socket (usnetd, or a parent's embedded domain)."""
         ctl = ControlClient(sock)
 
@@ -65,11 +70,11 @@ class Client:
                     pass
             return kick, kick_fd
 
-        return cls(ctl.request, kick_for)
+        return cls(ctl.request, kick_for, program)
 
     @classmethod
-    def connect(cls, path: str = DEFAULT_SOCKET) -> "Client":
-        return cls.from_socket(connect_seqpacket(path))
+    def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> "Client":
+        return cls.from_socket(connect_seqpacket(path), program)
 
     # -- requests ------------------------------------------------------------------
 
@@ -136,6 +141,29 @@ class Client:
     def close_channel(self, channel: int) -> None:
         self.channels.pop(channel, None)
         self._call(P.CloseChannel(channel))
+
+    def request_lease(self, channel: "Channel | DatagramSocket | int", *, service_class: str = "interactive",
+                      rate: float, max_packet: int, latency_target: float) -> Lease:
+        """Ask for low-latency service for a flow channel of this client; LeaseRefused says why not.
+
+        `channel` is a flow Channel, a socket over one, or a channel id.
+        `rate` is bit/s at the link (Ethernet headers count), `max_packet`
+        the largest IP packet, `latency_target` seconds. Packets past the
+        rate are dropped and reported (TX_DROPPED, RATE_EXCEEDED); the grant
+        and its end arrive on the channel's EVENT ring too.
+        """
+        cid = channel if isinstance(channel, int) else getattr(channel, "channel", channel).id
+        reply = self._lease_call(P.RequestLease(cid, service_class, rate, max_packet, latency_target))
+        assert isinstance(reply, P.LeaseGranted)
+        return Lease(self, reply)
+
+    def _lease_call(self, req: P.Request) -> P.Reply:
+        reply, _ = self._call(req)
+        if isinstance(reply, P.LeaseRefused):
+            raise LeaseRefused(reply.reason, reply.message)
+        if not isinstance(reply, (P.LeaseGranted, P.Done)):
+            raise P.ProtocolError(f"{type(req).__name__} answered with {type(reply).__name__}")
+        return reply
 
     def status(self) -> dict:
         reply, _ = self._call(P.Status())

@@ -36,6 +36,8 @@ class EventType(enum.IntEnum):
     TX_DROPPED = 5  # the flow switch dropped a packet the client sent (code: TxDropReason)
     FLOW_SUSPENDED = 6  # the flow's queue at the netif is full (value: packets, aux: bytes queued)
     FLOW_RESUMED = 7
+    LEASE_GRANTED = 9  # the flow is in the low-latency class (value: lease id, aux: granted rate, bit/s)
+    LEASE_REVOKED = 10  # back in the general class (code: RevokeReason, value: lease id, aux: frames moved)
 
 
 class TxDropReason(enum.IntEnum):
@@ -49,6 +51,7 @@ class TxDropReason(enum.IntEnum):
     TOO_BIG = 6  # larger than the MTU
     NO_ROUTE = 7
     NEIGHBOUR_UNRESOLVED = 8  # ARP got no answer, or too many packets waited for one
+    RATE_EXCEEDED = 9  # past its LL lease's rate (one event per batch: value packets, aux bytes)
 
 
 class RefusalReason(enum.IntEnum):
@@ -57,6 +60,15 @@ class RefusalReason(enum.IntEnum):
     DUPLICATE = 3  # handed back twice
     IN_ALLOC_RING = 4  # handed back before the client took it
     BAD_COUNTER = 5  # a ring counter that cannot be true
+
+
+class RevokeReason(enum.IntEnum):
+    """Why a low-latency lease ended (the code of LEASE_REVOKED)."""
+
+    RELEASED = 1  # the client released it
+    EXPIRED = 2  # its time ran out without a renewal
+    POLICY = 3  # the policy was reloaded and no longer entitles it
+    CLOSED = 4  # its channel closed or its netif went away (never posted: nobody is left to read it)
 
 
 class DefunctReason(enum.IntEnum):

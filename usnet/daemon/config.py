@@ -21,7 +21,23 @@
     work_conserving = true   # optional, needs link_rate: idle LL slots carry general
                              # traffic and the reverse (default); false: they stay idle
 
-See docs/design-notes.md, "The transmit multiplexer".
+    lease_ttl = 30.0         # seconds a low-latency lease lasts unless renewed (default 30)
+
+    [[policy]]               # who may lease the LL class; none: nobody (default deny)
+    uid = 1000               # the client's uid (SO_PEERCRED) ...
+    program = "voipd"        # ... and/or the program it names in Hello (a label, not
+                             # a credential: pair it with uid where that matters)
+    classes = ["voice", "interactive"]  # of voice, video, interactive, control
+    max_rate = 2e6           # the most bit/s one lease may have (at the link)
+    max_packet = 1200        # the largest IP packet one lease may send (20 to 65535)
+
+A request is entitled if any entry matching its uid and program covers its
+class, rate and packet size. SIGHUP re-reads the file and applies its
+`[[policy]]` and `lease_ttl`: leases the new policy no longer entitles are
+revoked, the others are untouched; a file that does not load changes nothing
+(usnetd logs why). Other keys take effect at the next start.
+
+See docs/design-notes.md, "The transmit multiplexer" and "The agent".
 """
 
 from __future__ import annotations
@@ -34,6 +50,8 @@ from typing import Literal
 import msgspec
 
 from usnet.client import DEFAULT_SOCKET
+from usnet.lowlat.agent import DEFAULT_TTL, check_ttl
+from usnet.lowlat.policy import Policy, PolicyEntry
 from usnet.nexus import txsched
 
 
@@ -74,10 +92,35 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                                  True if self.work_conserving is None else self.work_conserving)
 
 
+class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One `[[policy]]` entry (usnet.lowlat.policy.PolicyEntry checks it)."""
+
+    classes: list[str]
+    max_rate: float
+    max_packet: int
+    uid: int | None = None
+    program: str | None = None
+
+    def __post_init__(self) -> None:
+        self.entry()
+
+    def entry(self) -> PolicyEntry:
+        return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket: str = DEFAULT_SOCKET
     log_level: str = "INFO"
+    lease_ttl: float = DEFAULT_TTL
     netif: list[NetifConfig] = []
+    policy: list[PolicyConfig] = []
+
+    def __post_init__(self) -> None:
+        check_ttl(self.lease_ttl)
+
+    def agent_policy(self) -> Policy:
+        """The low-latency agent's policy from the `[[policy]]` entries."""
+        return Policy(p.entry() for p in self.policy)
 
 
 def load(path: str) -> Config:
@@ -96,19 +139,24 @@ def load(path: str) -> Config:
 def dump(cfg: Config) -> str:
     """TOML text for a config (what `usnet up` writes for usnetd)."""
     lines = [f'socket = "{cfg.socket}"', f'log_level = "{cfg.log_level}"']
-    for n in cfg.netif:
-        lines.append("\n[[netif]]")
-        for k in NetifConfig.__struct_fields__:
-            v = getattr(n, k)
-            if v is None:
-                continue
-            lines.append(f"{k} = {_toml_value(v)}")
+    if cfg.lease_ttl != DEFAULT_TTL:
+        lines.append(f"lease_ttl = {_toml_value(cfg.lease_ttl)}")
+    for table, items in (("netif", cfg.netif), ("policy", cfg.policy)):
+        for item in items:
+            lines.append(f"\n[[{table}]]")
+            for k in type(item).__struct_fields__:
+                v = getattr(item, k)
+                if v is None:
+                    continue
+                lines.append(f"{k} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"
 
 
 def _toml_value(v: object) -> str:
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_toml_value, v)) + "]"
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float) and math.isfinite(v):

@@ -17,6 +17,7 @@ SCM_RIGHTS (see :mod:`usnet.daemon.transport`).
 
 from __future__ import annotations
 
+import enum
 import errno as _errno
 from typing import Annotated, Any, Literal, get_args
 
@@ -31,6 +32,26 @@ U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFF_FFFF)]
 PosU32 = Annotated[int, msgspec.Meta(ge=1, le=0xFFFF_FFFF)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 ErrCode = Annotated[str, msgspec.Meta(pattern=r"^E[A-Z0-9]{1,31}$")]
+
+
+#: Low-latency lease parameters (usnet.lowlat.policy holds the same bounds, for in-process requests).
+Rate = Annotated[float, msgspec.Meta(gt=0, le=1e12)]  # bit/s; NaN and inf fail these bounds too
+PacketSize = Annotated[int, msgspec.Meta(ge=20, le=65535)]
+Latency = Annotated[float, msgspec.Meta(gt=0, le=60.0)]  # seconds
+
+
+class LeaseRefusal(enum.StrEnum):
+    """Why the low-latency agent refused a lease request, renewal or release (LeaseRefused.reason)."""
+
+    BAD_PARAMETERS = "BAD_PARAMETERS"  # a value no lease can have (a packet past the MTU, an unknown class, ...)
+    NOT_ENTITLED = "NOT_ENTITLED"  # no policy entry gives this uid/program this service class
+    ABOVE_ENTITLEMENT = "ABOVE_ENTITLEMENT"  # entitled to the class, but to less rate or smaller packets
+    OVER_SUBSCRIBED = "OVER_SUBSCRIBED"  # the LL share of the netif cannot carry it beside the grants it has
+    NO_LL_CAPACITY = "NO_LL_CAPACITY"  # the netif has no LL slots (no link_rate, or ll_share 0)
+    LATENCY_UNACHIEVABLE = "LATENCY_UNACHIEVABLE"  # the netif cannot bound the LL wait that low
+    UNKNOWN_FLOW = "UNKNOWN_FLOW"  # the channel is not a flow channel of this session
+    ALREADY_LEASED = "ALREADY_LEASED"  # the flow holds a lease: renew it, or release it first
+    UNKNOWN_LEASE = "UNKNOWN_LEASE"  # no such lease of this session (never granted, released, or expired)
 
 
 class ProtocolError(ValueError):
@@ -128,6 +149,33 @@ class Status(_Msg, frozen=True):
     pass
 
 
+class RequestLease(_Msg, frozen=True):
+    """Ask the low-latency agent to serve a flow channel of this session in the LL class.
+
+    rate: bit/s at the link (Ethernet headers count); max_packet: the largest
+    IP packet; latency_target: seconds, the longest a packet may wait in the
+    domain before the device has it. Granted: LeaseGranted; refused: LeaseRefused.
+    """
+
+    channel: U32
+    service_class: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    rate: Rate
+    max_packet: PacketSize
+    latency_target: Latency
+
+
+class RenewLease(_Msg, frozen=True):
+    """Extend a lease by its time to live, from now: LeaseGranted, or LeaseRefused(UNKNOWN_LEASE)."""
+
+    lease: U32
+
+
+class ReleaseLease(_Msg, frozen=True):
+    """Give a lease back: the flow returns to the general class. Done, or LeaseRefused(UNKNOWN_LEASE)."""
+
+    lease: U32
+
+
 # ---- replies: domain -> client --------------------------------------------------
 
 
@@ -179,6 +227,32 @@ class StatusReply(_Msg, frozen=True):
     info: dict[str, Any]
 
 
+class LeaseGranted(_Msg, frozen=True):
+    """A lease (or its renewal): what was granted and until when.
+
+    expires is CLOCK_MONOTONIC seconds (time.monotonic(), the clock of event
+    time_ns); ttl is how long a grant or renewal lasts; burst is the bytes the
+    policer lets through at once.
+    """
+
+    lease: U32
+    channel: U32
+    service_class: str
+    rate: float
+    max_packet: int
+    latency_target: float
+    expires: float
+    ttl: float
+    burst: int
+
+
+class LeaseRefused(_Msg, frozen=True):
+    """The agent said no: reason is a LeaseRefusal name, message says why in words."""
+
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z_]{0,31}$")]
+    message: str = ""
+
+
 class Error(_Msg, frozen=True):
     """A refusal: ``code`` is an errno-style name ("EINVAL", "EBUSY", ...)."""
 
@@ -186,10 +260,12 @@ class Error(_Msg, frozen=True):
     message: str = ""
 
 
-Request = Hello | OpenPipe | OpenFlow | OpenMonitor | Resize | CloseChannel | Kick | Status
-Reply = Welcome | ChannelOpened | FlowOpened | Done | StatusReply | Error
+Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | Resize | CloseChannel | Kick | Status
+           | RequestLease | RenewLease | ReleaseLease)
+Reply = Welcome | ChannelOpened | FlowOpened | Done | StatusReply | LeaseGranted | LeaseRefused | Error
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
+LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)
 
 _encoder = msgspec.msgpack.Encoder()

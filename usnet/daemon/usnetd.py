@@ -3,6 +3,9 @@
 Clients connect with `usnet.Client.connect(path)`; their identity is the uid
 the kernel reports (SO_PEERCRED). SIGTERM and SIGINT stop it cleanly: every
 channel is defuncted, so no client hangs, and every packet is back in its pool.
+SIGHUP re-reads the config file and applies its low-latency policy
+(`[[policy]]`, `lease_ttl`): leases it no longer entitles are revoked; a file
+that does not load leaves the old policy in force, and the log says why.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s: %s", args.socket, e)
         return 1
-    domain = Domain()
+    domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl)
     try:
         for nc in cfg.netif:
             drv = config.make_driver(nc)
@@ -64,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("signal %d: shutting down", signum)
         domain.request_stop()
 
+    def hangup(_signum: int, _frame: object) -> None:
+        domain.call_soon(lambda: reload_policy(args.config, domain))  # in the loop, not in the handler
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hangup)
+    if cfg.policy:
+        log.info("low-latency policy: %d entries, leases last %g s", len(cfg.policy), cfg.lease_ttl)
     log.info("listening on %s (pid %d)", args.socket, os.getpid())
     print(f"usnetd ready on {args.socket}", flush=True)
     try:
@@ -79,6 +88,21 @@ def main(argv: list[str] | None = None) -> int:
             pass
         log.info("stopped")
     return 0
+
+
+def reload_policy(path: str | None, domain: Domain) -> None:
+    """SIGHUP: the config file's policy and lease TTL, or, if it does not load, no change at all."""
+    if path is None:
+        log.warning("SIGHUP: started without --config, nothing to reload")
+        return
+    try:
+        cfg = config.load(path)
+    except (OSError, ValueError) as e:
+        log.error("SIGHUP: keeping the old policy, the config does not load: %s", e)
+        return
+    revoked = domain.set_policy(cfg.agent_policy(), cfg.lease_ttl)
+    log.info("SIGHUP: policy reloaded: %d entries, leases last %g s, %d leases revoked%s", len(cfg.policy),
+             cfg.lease_ttl, len(revoked), "".join(f" ({l.id}: uid {l.who.uid})" for l in revoked))
 
 
 if __name__ == "__main__":

@@ -21,14 +21,20 @@ import os
 import selectors
 import socket
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from usnet.channel import schema as schemamod
 from usnet.channel.events import DefunctReason
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
+from usnet.lowlat.agent import DEFAULT_TTL, Agent
+from usnet.lowlat.policy import Policy
 from usnet.nexus.flowport import NEXUS, FlowPort
 from usnet.nexus.flowswitch import Flow, FlowSwitch
+from usnet.nexus.leases import LeaseDesk
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace
 from usnet.nexus.userpipe import UserPipe
@@ -84,9 +90,16 @@ def _flow_family(req: "P.OpenFlow") -> tuple[int, bytes | None]:
 
 
 class Domain:
-    """The trusted side: owns arenas, pools and nexus instances."""
+    """The trusted side: owns arenas, pools and nexus instances.
 
-    def __init__(self) -> None:
+    `policy` says who may have low-latency leases (usnet.lowlat.policy; by
+    default nobody), `lease_ttl` how long a grant or renewal lasts, and
+    `lease_clock` the time leases are granted and expire by (tests pass one
+    they control).
+    """
+
+    def __init__(self, *, policy: Policy | None = None, lease_ttl: float = DEFAULT_TTL,
+                 lease_clock: Callable[[], float] = time.monotonic) -> None:
         self.lock = threading.RLock()
         self.pipes: dict[str, UserPipe] = {}
         self.channels: dict[int, ChannelRef] = {}
@@ -101,6 +114,8 @@ class Domain:
         self._stopping = False
         self._stopped = False
         self.control_errors = 0
+        self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
+        self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
 
     # -- sessions -----------------------------------------------------------------
 
@@ -173,6 +188,8 @@ class Domain:
             return P.Done(), []
         if isinstance(req, P.Status):
             return P.StatusReply(self.status()), []
+        if isinstance(req, P.LEASE_REQUESTS):
+            return self.leases.handle(session, req), []
         raise P.ProtocolError(f"unexpected request {type(req).__name__}")
 
     def _own(self, session: Session, cid: int) -> ChannelRef:
@@ -242,6 +259,7 @@ class Domain:
                           link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving)
             sw = FlowSwitch(netif, self.ports)
             self.switches[name] = sw
+            self.leases.add_netif(sw)
             self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
         self._wake()
         return sw
@@ -264,8 +282,19 @@ class Domain:
             sw.netif.set_class(flow_id, cls == "ll")
         self._wake()
 
+    def set_policy(self, policy: Policy, lease_ttl: float | None = None) -> list:
+        """A new low-latency policy (usnetd's SIGHUP): leases it no longer entitles are revoked.
+
+        Their flows go back to the general class with what they have queued,
+        and their channels get LEASE_REVOKED (POLICY); other leases are untouched.
+        Returns the leases revoked.
+        """
+        with self.lock:
+            return self.leases.set_policy(policy, lease_ttl)
+
     def remove_netif(self, name: str) -> None:
         with self.lock:
+            self.leases.remove_netif(name)
             sw = self.switches.pop(name)
             for cid, ref in list(self.channels.items()):
                 if ref.switch is sw:
@@ -376,6 +405,7 @@ class Domain:
             self._close_ref(ref)
 
     def _close_ref(self, ref: ChannelRef) -> None:
+        self.leases.channel_closing(ref)  # first: what it sent before closing leaves unpoliced, as general
         with ref.pipe.lock:
             if ref.flow is not None and ref.switch is not None:
                 if ref.pipe.defunct_reason is None:
@@ -421,6 +451,7 @@ class Domain:
                 "pipes": [p.info() for p in self.pipes.values()],
                 "netifs": [sw.info() for sw in self.switches.values()],
                 "control_errors": self.control_errors,
+                "lowlat": self.leases.info(),
             }
 
     def purge(self) -> int:
@@ -458,6 +489,25 @@ class Domain:
         with self.lock:
             self._sel.register(sock, selectors.EVENT_READ, ("listen", sock))
         self._wake()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in the service loop, under the domain lock, before it next waits.
+
+        Safe from a signal handler (usnetd's SIGHUP) or another thread: the
+        handler only queues and wakes the loop, and the work runs where the
+        domain's state is not half-changed.
+        """
+        self._soon.append(fn)
+        self._wake()
+
+    def _run_soon(self) -> None:
+        while self._soon:
+            fn = self._soon.popleft()
+            try:
+                with self.lock:
+                    fn()
+            except Exception:
+                log.exception("deferred call %r failed", fn)
 
     def _wake(self) -> None:
         try:
@@ -500,6 +550,11 @@ class Domain:
             self.end_session(s, crashed=True)
 
     def serve_once(self, timeout: float | None = None) -> None:
+        self._run_soon()
+        with self.lock:
+            t = self.leases.tick()  # expire leases; sleep no later than the next expiry
+        if t is not None:
+            timeout = t if timeout is None else min(timeout, t)
         if self.switches:
             with self.lock:
                 t = self._service_switches()

@@ -89,6 +89,7 @@ class Flow:
     parked: int = 0  # packets waiting for a neighbour: the flow is not served meanwhile
     raddr_int: int = 0
     family: int = 4  # 4 or 6: which address the flow sends from, and which listener table has it
+    policer: Any = None  # an LL lease's usnet.lowlat.policer.Policer, while the flow holds one
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
@@ -518,6 +519,8 @@ class FlowSwitch:
         # bites: the copy stays a few MB, not 32 MB of fresh pages per call.
         max_packets = min(max_packets, _PULL_BYTES // flow.port.stride or 1)
         rows, lens, gso = flow.port.pull(max_packets, ETH_HLEN, draining)
+        if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
+            rows, lens, gso = self._police(flow, rows, lens, gso)
         n = len(lens)
         if not n:
             return 0
@@ -654,6 +657,19 @@ class FlowSwitch:
             return False
         thl = (p[l4 + 12] >> 4) << 2
         return thl >= 20 and l4 + thl < len(p) and _MIN_GSO <= gso <= self.netif.mtu - l4 - thl
+
+    def _police(self, flow: Flow, rows: np.ndarray, lens: np.ndarray,
+                gso: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The head of the batch within the flow's lease rate; the rest dropped, counted, reported once."""
+        k = flow.policer.admit(lens, self.clock(), ETH_HLEN)
+        if k < len(lens):
+            over = len(lens) - k
+            self.drops["tx_rate_exceeded"] += over
+            flow.stats["tx_dropped"] += over
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.RATE_EXCEEDED,
+                                                    value=over, aux=int(lens[k:].sum()))
+            rows, lens, gso = rows[:k], lens[:k], gso[:k]
+        return rows, lens, gso
 
     def _tx_drop(self, flow: Flow, reason: TxDropReason, length: int) -> None:
         self.drops["tx_" + reason.name.lower()] += 1
