@@ -1,9 +1,10 @@
-"""The interface advisory (NEXUSADV, DESIGN §6, issue 5 item 5): its layout and sequence lock.
+"""The interface advisory (NEXUSADV, DESIGN §6, issue 5 item 5): its layout, sequence lock and rules.
 
-A reader interleaved at any point of a writer's stores never keeps a torn
-record (the steps are interleaved one by one, in one thread, by
-hypothesis); a record left odd makes the reader give up with a clear error;
-across processes, every snapshot is one publication.
+- The sequence lock: a reader interleaved at any point of a writer's stores
+  never keeps a torn record (the steps are interleaved one by one, in one
+  thread, by hypothesis); a record left odd makes the reader give up with a
+  clear error; across processes, every snapshot is one publication.
+- The estimator's rules (Little's law, the trend rule).
 
 No test sleeps, and no assertion depends on the wall clock.
 """
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usnet.lowlat import estimate
 from usnet.lowlat.advisory import (
     BODY,
     SIZE,
@@ -171,3 +173,40 @@ def test_snapshots_across_processes_are_whole_publications():
     assert proc.exitcode == 0 and max(seen) == n
     r.close()
     w.close()
+
+
+# -- the estimator ----------------------------------------------------------------------------------
+
+
+@given(st.floats(0, 10), st.floats(0, 10), st.floats(1e-4, 1), st.floats(0, 1e10), st.sampled_from([0.0, 1e6, 1e9]))
+def test_the_trend_is_down_exactly_above_the_target_and_up_only_with_room(delay, prev, target, thr, link):
+    t = estimate.suggest(delay, prev, target, thr, link)
+    assert (t == Trend.DOWN) == (delay > target)
+    if t == Trend.UP:
+        assert delay <= target / 2 and delay <= prev and (link == 0 or thr < 0.9 * link)
+    if delay <= target / 2 and delay <= prev and (link == 0 or thr < 0.9 * link):
+        assert t == Trend.UP
+
+
+def test_queueing_delay_is_little_s_law_on_the_drain_rate():
+    assert estimate.queue_delay(0, 1e6, 1e7) == 0.0
+    assert estimate.queue_delay(125_000, 1e6, 1e7) == 1.0  # measured rate first
+    assert estimate.queue_delay(125_000, 0.0, 1e7) == 0.1  # then the link's
+    assert estimate.queue_delay(125_000, 0.0, 0.0) == 0.0  # no rate known: no evidence of delay
+    assert estimate.queue_delay(10**12, 1e-30, 0.0) == estimate.MAX_DELAY
+
+
+def test_rate_meter_seeds_on_a_full_interval_and_follows_a_steady_rate_exactly():
+    m = estimate.RateMeter()
+    assert m.update(0.0, 0) == 0 and m.rate == 0.0
+    assert m.update(0.0, 500) == 500 and m.rate == 0.0  # no time passed: kept for the next reading
+    m.update(0.005, 1000)
+    assert m.rate == pytest.approx(200_000)
+    for i in range(2, 50):
+        m.update(0.005 * i, 1000 * i)
+    assert m.rate == pytest.approx(200_000)
+    m.update(10.0, 10**6, restart=True)  # the end of a silence: a new baseline, not a sample
+    assert m.rate == pytest.approx(200_000)
+    m.reset()
+    m.update(10.005, 10**6 + 50)
+    assert m.rate == pytest.approx(10_000)
