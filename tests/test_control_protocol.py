@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from usnet.daemon.protocol import (
     MAX_MESSAGE,
     PROTOCOL_VERSION,
+    AdvisoryOpened,
     ChannelOpened,
     CloseChannel,
     ControlError,
@@ -24,6 +25,7 @@ from usnet.daemon.protocol import (
     Error,
     Hello,
     Kick,
+    OpenAdvisory,
     OpenPipe,
     ProtocolError,
     REQUEST_TYPES,
@@ -56,11 +58,13 @@ REQUESTS = [
     CloseChannel(7),
     Kick(0),
     Status(),
+    OpenAdvisory("usnet0"),
 ]
 REPLIES = [
     Welcome(version=1, session=42, uid=os.getuid(), pid=os.getpid()),
     ChannelOpened(channel=1, role=0, schema="default", layout=b"\x00\x01\xffabc"),
     Done(),
+    AdvisoryOpened(netif="usnet0", size=320),
     StatusReply({"pipes": [{"name": "p0", "ends": 2}], "load": 0.5, "n": -3, "s": "x", "e": {}}),
     Error("EADDRINUSE", "pipe p0 already has two ends"),
 ]
@@ -129,6 +133,8 @@ def test_direction_is_enforced():
         msgspec.msgpack.encode({"t": "Hello"}),  # missing field
         msgspec.msgpack.encode({"t": "OpenPipe", "name": "p", "attrs": {"a": "b"}}),
         msgspec.msgpack.encode({"t": "OpenPipe", "name": ""}),
+        msgspec.msgpack.encode({"t": "OpenAdvisory", "netif": ""}),
+        msgspec.msgpack.encode({"t": "OpenAdvisory"}),
         b"\x90" * (MAX_MESSAGE + 1),  # oversize
     ],
 )

@@ -36,6 +36,7 @@ class EventType(enum.IntEnum):
     TX_DROPPED = 5  # the flow switch dropped a packet the client sent (code: TxDropReason)
     FLOW_SUSPENDED = 6  # the flow's queue at the netif is full (value: packets, aux: bytes queued)
     FLOW_RESUMED = 7
+    ADVISORY_UPDATED = 8  # the netif's rate-trend suggestion changed (code: direction, value: Trend, aux: seq)
 
 
 class TxDropReason(enum.IntEnum):

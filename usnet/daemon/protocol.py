@@ -106,6 +106,12 @@ class OpenMonitor(_Msg, frozen=True):
     netif: Name
 
 
+class OpenAdvisory(_Msg, frozen=True):
+    """Map a netif's interface advisory (NEXUSADV): the reply carries its read-only memfd."""
+
+    netif: Name
+
+
 class Resize(_Msg, frozen=True):
     """Grow or shrink a channel's rings and/or packet pool without closing it."""
 
@@ -168,6 +174,17 @@ class FlowOpened(_Msg, frozen=True):
     family: Literal[4, 6] = 4
 
 
+class AdvisoryOpened(_Msg, frozen=True):
+    """A netif's advisory memfd arrives as the one SCM_RIGHTS fd with this message.
+
+    The client maps `size` bytes of it PROT_READ (usnet.lowlat.advisory); the
+    memfd is sealed, so nothing else is possible.
+    """
+
+    netif: str
+    size: U32
+
+
 class Done(_Msg, frozen=True):
     pass
 
@@ -183,8 +200,8 @@ class Error(_Msg, frozen=True):
     message: str = ""
 
 
-Request = Hello | OpenPipe | OpenFlow | OpenMonitor | Resize | CloseChannel | Kick | Status
-Reply = Welcome | ChannelOpened | FlowOpened | Done | StatusReply | Error
+Request = Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | Status
+Reply = Welcome | ChannelOpened | FlowOpened | AdvisoryOpened | Done | StatusReply | Error
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)
