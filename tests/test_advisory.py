@@ -10,7 +10,8 @@
   backlog and zero after, the trend is DOWN exactly while the delay is over
   the target, and each trend change is one ADVISORY_UPDATED event on the
   netif's flow channels.
-- The control request and the memfd's seals.
+- The control request, the memfd's seals, and `usnet advisory` against a
+  real usnetd.
 
 No test sleeps, and no assertion depends on the wall clock.
 """
@@ -19,9 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import mmap
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -47,6 +51,9 @@ from usnet.lowlat.advisory import (
     write_steps,
 )
 from usnet.nexus.domain import Domain
+
+from conftest import tap_name
+from test_usnetd import Daemon
 
 START = 1000.0
 U64 = st.integers(0, 2**64 - 1)
@@ -435,3 +442,33 @@ def test_open_advisory_hands_over_a_memfd_no_client_can_write():
             assert d.status()["sessions"][0]["refused"] == 1
         finally:
             ctl.close()
+
+
+# -- `usnet advisory` against usnetd ------------------------------------------------------------------
+
+
+@pytest.mark.privileged
+def test_cli_prints_one_json_snapshot_and_a_table_from_a_real_usnetd(tmp_path):
+    ifname = tap_name()
+    cfg = tmp_path / "usnetd.toml"
+    cfg.write_text(f'[[netif]]\nname = "adv0"\ndriver = "tap"\nifname = "{ifname}"\n'
+                   f'address = "10.251.0.2/24"\nlink_rate = 25e6\n')
+    sock = str(tmp_path / "s.sock")
+    daemon = Daemon(sock, tmp_path / "usnetd.log", "--config", str(cfg))
+    cli = [sys.executable, "-m", "usnet.cli.main", "advisory", "--socket", sock]
+    try:
+        out = subprocess.run(cli + ["adv0", "--once", "--json"], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        snap = json.loads(out.stdout)["adv0"]
+        fields = set(Record.__dataclass_fields__) | {"paced", "gone", "idle"}
+        assert set(snap["tx"]) == fields and set(snap["rx"]) == fields
+        assert (snap["tx"]["direction"], snap["rx"]["direction"]) == ("TX", "RX")
+        assert snap["tx"]["max_bandwidth"] == 25_000_000 and snap["tx"]["paced"] is True
+        assert snap["tx"]["trend"] in ("UP", "HOLD", "DOWN") and snap["seq"] % 2 == 0
+        table = subprocess.run(cli + ["--once"], capture_output=True, text=True, timeout=60)
+        assert table.returncode == 0 and "adv0: interface advisory" in table.stdout
+        assert "rate trend" in table.stdout and "25.0 Mbit/s" in table.stdout
+        bad = subprocess.run(cli + ["nope", "--json"], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and "no netif 'nope'" in bad.stderr
+    finally:
+        assert daemon.stop() == 0, daemon.log_text()
