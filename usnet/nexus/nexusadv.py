@@ -25,7 +25,8 @@ asleep on its channel hears of it. Not on every publication.
 from __future__ import annotations
 
 from usnet.channel.events import EventType
-from usnet.lowlat.advisory import FLAG_GONE, FLAG_IDLE, FLAG_PACED, SIZE, U64_MAX, AdvisoryWriter, Direction, Record, Trend
+from usnet.lowlat.advisory import (FLAG_GONE, FLAG_IDLE, FLAG_PACED, SIZE, U64_MAX, AdvisoryWriter, Direction,
+                                   Record, Trend)
 from usnet.lowlat.estimate import TAU, RateMeter, ShareMeter, queue_delay, suggest
 from usnet.nexus.flowport import CLIENT
 from usnet.nexus.flowswitch import FlowSwitch
@@ -125,8 +126,8 @@ class NetifAdvisory:
         delay = queue_delay(ll_bytes + gen_bytes, self.tx_rate.rate, link)
         trend = suggest(delay, self.delay, self.target, self.tx_rate.rate, link)
         self.delay = delay
-        common = {"flags": self.flags | (FLAG_IDLE if self.idle else 0), "timestamp_ns": _ns(now), "max_bandwidth": _u64(link),
-                  "target_delay_ns": _ns(self.target)}
+        common = {"flags": self.flags | (FLAG_IDLE if self.idle else 0), "timestamp_ns": _ns(now),
+                  "max_bandwidth": _u64(link), "target_delay_ns": _ns(self.target)}
         tx = Record(Direction.TX, trend, throughput=_u64(self.tx_rate.rate), bytes=n.tx_bytes,
                     packets=n.tx_frames, ll_queued_packets=ll_frames, ll_queued_bytes=ll_bytes,
                     general_queued_packets=gen_frames, general_queued_bytes=gen_bytes,
