@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from usnet.daemon.protocol import (
     MAX_MESSAGE,
     PROTOCOL_VERSION,
+    AdvisoryOpened,
     ChannelOpened,
     CloseChannel,
     ControlError,
@@ -26,6 +27,7 @@ from usnet.daemon.protocol import (
     Kick,
     LeaseGranted,
     LeaseRefused,
+    OpenAdvisory,
     OpenPipe,
     ProtocolError,
     REQUEST_TYPES,
@@ -65,11 +67,13 @@ REQUESTS = [
     RequestLease(3, "interactive", 1e12, 65535, 60.0),
     RenewLease(9),
     ReleaseLease(9),
+    OpenAdvisory("usnet0"),
 ]
 REPLIES = [
     Welcome(version=1, session=42, uid=os.getuid(), pid=os.getpid()),
     ChannelOpened(channel=1, role=0, schema="default", layout=b"\x00\x01\xffabc"),
     Done(),
+    AdvisoryOpened(netif="usnet0", size=320),
     StatusReply({"pipes": [{"name": "p0", "ends": 2}], "load": 0.5, "n": -3, "s": "x", "e": {}}),
     Error("EADDRINUSE", "pipe p0 already has two ends"),
     LeaseGranted(lease=9, channel=3, service_class="voice", rate=64e3, max_packet=200, latency_target=0.02,
@@ -152,6 +156,8 @@ def test_direction_is_enforced():
                       {"service_class": "x" * 33}, {"channel": -1})),
         msgspec.msgpack.encode({"t": "RenewLease", "lease": -1}),
         msgspec.msgpack.encode({"t": "ReleaseLease"}),
+        msgspec.msgpack.encode({"t": "OpenAdvisory", "netif": ""}),
+        msgspec.msgpack.encode({"t": "OpenAdvisory"}),
         b"\x90" * (MAX_MESSAGE + 1),  # oversize
     ],
 )

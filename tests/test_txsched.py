@@ -113,6 +113,14 @@ def assert_paced(sim: Sim) -> None:
     assert (lhs <= rhs + allowance).all(), float((lhs - rhs).max() - allowance)
 
 
+def assert_slots_add_up(s: SlotScheduler) -> None:
+    """Every slot that passed was used, lent or idle, and was its owner's (the advisory's denominator)."""
+    total = sum(s.slots_used.values()) + sum(s.slots_lent.values()) + s.slots_idle
+    assert sum(s.slots_passed.values()) == total
+    for cls in (LL, GENERAL):
+        assert s.slots_passed[cls] >= s.slots_used[cls] + s.slots_lent[cls]
+
+
 # -- hypothesis strategies --------------------------------------------------------------------------
 
 rates = st.sampled_from([1e6, 10e6, 50e6, 1e9, 10e9])
@@ -191,6 +199,7 @@ def test_rate_never_exceeds_the_link_rate_over_any_arrivals(rate, share, wc, slo
     assert_paced(sim)
     assert sim.refused_then_now == 0  # a refusal always names a later time: no busy loop
     assert sim.sent(LL) == s.bytes_sent[LL] and sim.sent(GENERAL) == s.bytes_sent[GENERAL]
+    assert_slots_add_up(s)
     if backlog:  # and the link is used: over the run it carried what its rate allows, near enough
         capacity = (START + 300 * s.slot_time - START) * rate / 8
         if wc or backlog == (LL, GENERAL):
@@ -289,6 +298,17 @@ def test_an_idle_link_banks_no_credit():
     assert burst > 0
     assert burst <= s.horizon * 10e6 / 8 + 1514  # the first wake-up after the silence: the horizon, no more
     assert s.slots_idle > 8000
+    assert_slots_add_up(s)  # the silence skipped whole frames: each class's slots passed with them
+    assert s.slots_passed[LL] * 4 in range(s.slots_passed[GENERAL] - 4, s.slots_passed[GENERAL] + 5)
+
+
+def test_catch_up_lets_an_idle_link_s_slots_pass_and_changes_no_grant():
+    a, b = make(10e6, 0.2, True, 1514, 100), make(10e6, 0.2, True, 1514, 100)
+    later = START + 100 * a.slot_time
+    a.catch_up(later)
+    assert a.slots_passed == {LL: 20, GENERAL: 80} and a.slots_idle == 100
+    assert a.grant(later, True, True) == b.grant(later, True, True)
+    assert b.slots_passed == a.slots_passed
 
 
 # -- the netif ------------------------------------------------------------------------------------

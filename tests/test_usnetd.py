@@ -27,11 +27,12 @@ DAEMON = [sys.executable, "-m", "usnet.daemon.usnetd"]
 
 
 class Daemon:
-    def __init__(self, path: str, log: Path) -> None:
+    def __init__(self, path: str, log: Path, *extra: str) -> None:
+        """usnetd on socket `path`, logging to `log`; `extra` are more arguments (--config ...)."""
         self.path = path
         self.log = log
         with open(log, "ab") as err:
-            self.proc = subprocess.Popen(DAEMON + ["--socket", path, "--log-level", "INFO"],
+            self.proc = subprocess.Popen(DAEMON + ["--socket", path, "--log-level", "INFO", *extra],
                                          stdout=subprocess.PIPE, stderr=err)
         r, _, _ = select.select([self.proc.stdout], [], [], 15)
         line = self.proc.stdout.readline().decode() if r else ""

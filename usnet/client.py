@@ -17,6 +17,7 @@ from usnet.channel.channel import Channel
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import ControlClient, connect_seqpacket
 from usnet.lease import Lease, LeaseRefused
+from usnet.lowlat.advisory import AdvisoryReader
 
 if TYPE_CHECKING:
     from usnet.nexus.domain import Domain, Session
@@ -105,6 +106,21 @@ class Client:
     def open_monitor(self, netif: str) -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives."""
         return self._open(P.OpenMonitor(netif), P.ChannelOpened)[0]
+
+    def advisory(self, netif: str) -> AdvisoryReader:
+        """A netif's interface advisory, mapped read-only: `.snapshot()` gives both directions.
+
+        Close it when done (it is a context manager). ENODEV for an unknown netif.
+        """
+        reply, fds = self._call(P.OpenAdvisory(netif))
+        if not isinstance(reply, P.AdvisoryOpened) or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise P.ProtocolError("OpenAdvisory answered without an advisory and its one descriptor")
+        try:
+            return AdvisoryReader.from_fd(fds[0], reply.netif)
+        finally:
+            os.close(fds[0])
 
     def _open(self, req: P.Request, expect: type) -> tuple[Channel, Any]:
         """Send an open request; build the channel from the reply and its five descriptors."""

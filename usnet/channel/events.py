@@ -36,6 +36,7 @@ class EventType(enum.IntEnum):
     TX_DROPPED = 5  # the flow switch dropped a packet the client sent (code: TxDropReason)
     FLOW_SUSPENDED = 6  # the flow's queue at the netif is full (value: packets, aux: bytes queued)
     FLOW_RESUMED = 7
+    ADVISORY_UPDATED = 8  # the netif's rate-trend suggestion changed (code: direction, value: Trend, aux: seq)
     LEASE_GRANTED = 9  # the flow is in the low-latency class (value: lease id, aux: granted rate, bit/s)
     LEASE_REVOKED = 10  # back in the general class (code: RevokeReason, value: lease id, aux: frames moved)
 

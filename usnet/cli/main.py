@@ -1,4 +1,4 @@
-"""The `usnet` command: demo, bench, status."""
+"""The `usnet` command: demo, bench, status, flows, stats, advisory, capture, up and down."""
 
 from __future__ import annotations
 
@@ -198,6 +198,77 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(bps: int) -> str:
+    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:,.1f} {unit}"
+    return f"{bps} bit/s"
+
+
+def _advisory_table(a) -> Table:
+    """One netif's advisory (a consistent snapshot, usnet.lowlat.advisory): fields down, TX and RX across."""
+    import time
+
+    t = Table(title=f"{a.netif}: interface advisory (seq {a.seq})")
+    for c in ("", "TX", "RX"):
+        t.add_column(c, justify="left" if not c else "right")
+    now = time.monotonic_ns()
+    tx, rx = a.tx, a.rx
+    colour = {"DOWN": "[red]DOWN[/]", "UP": "[green]UP[/]"}
+    t.add_row("rate trend", *(colour.get(n, n) for n in (tx.as_dict()["trend"], rx.as_dict()["trend"])))
+    t.add_row("throughput", _rate(tx.throughput), _rate(rx.throughput))
+    t.add_row("max bandwidth", *(_rate(r.max_bandwidth) if r.max_bandwidth else "unknown" for r in (tx, rx)))
+    t.add_row("bytes", f"{tx.bytes:,}", f"{rx.bytes:,}")
+    t.add_row("packets", f"{tx.packets:,}", f"{rx.packets:,}")
+    t.add_row("LL queue", f"{tx.ll_queued_packets:,} pkts, {tx.ll_queued_bytes:,} B", "")
+    t.add_row("general queue", f"{tx.general_queued_packets:,} pkts, {tx.general_queued_bytes:,} B", "")
+    t.add_row("queueing delay", f"{tx.queue_delay_ns / 1e6:,.2f} ms (target {tx.target_delay_ns / 1e6:g})", "")
+    t.add_row("LL slot use", f"{tx.ll_slot_use_ppm / 1e4:.1f} %" if tx.paced else "not paced", "")
+    t.add_row("published", *("netif gone" if r.gone else f"{max(0, now - r.timestamp_ns) / 1e9:.1f} s ago"
+                             + (" (idle)" if r.idle else "") for r in (tx, rx)))
+    return t
+
+
+def cmd_advisory(args: argparse.Namespace) -> int:
+    """Read the advisories straight from their read-only memory; the daemon is asked only for the fds."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    names = [args.netif] if args.netif else [n["netif"]["name"] for n in client.status()["netifs"]]
+    readers = []
+    try:
+        for name in names:
+            try:
+                readers.append(client.advisory(name))
+            except OSError as e:
+                print(f"usnet: {getattr(e, 'message', None) or e}", file=sys.stderr)
+                return 1
+        if args.json:
+            print(json.dumps({r.netif: r.snapshot().as_dict() for r in readers}))
+            return 0
+        if args.once:
+            Console().print(*(_advisory_table(r.snapshot()) for r in readers))
+            return 0
+        try:
+            with Live(refresh_per_second=4) as live:
+                while True:
+                    snaps = [r.snapshot() for r in readers]
+                    live.update(Group(*map(_advisory_table, snaps)))
+                    if snaps and all(a.tx.gone for a in snaps):
+                        return 0  # every netif went away: nothing more will come
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0
+    finally:
+        for r in readers:
+            r.close()
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     import time
 
@@ -304,6 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     stt.add_argument("--socket", default=DEFAULT_SOCKET)
     stt.add_argument("--json", action="store_true")
     stt.set_defaults(fn=cmd_stats)
+    ad = sub.add_parser("advisory", help="the interface advisory of every netif (or one), live")
+    ad.add_argument("netif", nargs="?", help="only this netif")
+    ad.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    ad.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    ad.add_argument("--socket", default=DEFAULT_SOCKET)
+    ad.set_defaults(fn=cmd_advisory)
     cp = sub.add_parser("capture", help="write a netif's frames to a pcap file")
     cp.add_argument("-w", "--write", required=True, help="pcap file to write")
     cp.add_argument("-i", "--netif", default="usnet0")

@@ -127,6 +127,12 @@ class OpenMonitor(_Msg, frozen=True):
     netif: Name
 
 
+class OpenAdvisory(_Msg, frozen=True):
+    """Map a netif's interface advisory (NEXUSADV): the reply carries its read-only memfd."""
+
+    netif: Name
+
+
 class Resize(_Msg, frozen=True):
     """Grow or shrink a channel's rings and/or packet pool without closing it."""
 
@@ -219,6 +225,17 @@ class FlowOpened(_Msg, frozen=True):
     gso_max: int = 0
 
 
+class AdvisoryOpened(_Msg, frozen=True):
+    """A netif's advisory memfd arrives as the one SCM_RIGHTS fd with this message.
+
+    The client maps `size` bytes of it PROT_READ (usnet.lowlat.advisory); the
+    memfd is sealed, so nothing else is possible.
+    """
+
+    netif: str
+    size: U32
+
+
 class Done(_Msg, frozen=True):
     pass
 
@@ -260,9 +277,10 @@ class Error(_Msg, frozen=True):
     message: str = ""
 
 
-Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | Resize | CloseChannel | Kick | Status
+Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | Status
            | RequestLease | RenewLease | ReleaseLease)
-Reply = Welcome | ChannelOpened | FlowOpened | Done | StatusReply | LeaseGranted | LeaseRefused | Error
+Reply = (Welcome | ChannelOpened | FlowOpened | AdvisoryOpened | Done | StatusReply | LeaseGranted | LeaseRefused
+         | Error)
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)

@@ -8,7 +8,9 @@ kernel reports for its socket (SO_PEERCRED), never what it says.
 
 The service loop waits on every session socket and every channel's kick
 eventfd. A session whose socket closes (its process exited or was killed) has
-its channels defuncted and its packets reclaimed at once.
+its channels defuncted and its packets reclaimed at once. The same loop
+publishes each netif's interface advisory (usnet.nexus.nexusadv): the next
+publication is one more deadline folded into its wait, not a thread.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import errno
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import selectors
 import socket
@@ -36,6 +39,7 @@ from usnet.nexus.flowport import NEXUS, FlowPort
 from usnet.nexus.flowswitch import Flow, FlowSwitch
 from usnet.nexus.leases import LeaseDesk
 from usnet.nexus.netif import Netif
+from usnet.nexus.nexusadv import NetifAdvisory
 from usnet.nexus.ports import PortSpace
 from usnet.nexus.userpipe import UserPipe
 from usnet.channel import ring as ringmod
@@ -96,10 +100,21 @@ class Domain:
     default nobody), `lease_ttl` how long a grant or renewal lasts, and
     `lease_clock` the time leases are granted and expire by (tests pass one
     they control).
+
+    `advisory_interval` (seconds, default 5 ms) is how often an active
+    netif's interface advisory is republished; `delay_target` (seconds,
+    default 5 ms) is the queueing delay above which it suggests DOWN.
     """
 
     def __init__(self, *, policy: Policy | None = None, lease_ttl: float = DEFAULT_TTL,
-                 lease_clock: Callable[[], float] = time.monotonic) -> None:
+                 lease_clock: Callable[[], float] = time.monotonic,
+                 advisory_interval: float = 0.005, delay_target: float = 0.005) -> None:
+        for what, v in (("advisory_interval", advisory_interval), ("delay_target", delay_target)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
+        self.advisory_interval = float(advisory_interval)
+        self.delay_target = float(delay_target)
+        self.advisories: dict[str, NetifAdvisory] = {}
         self.lock = threading.RLock()
         self.pipes: dict[str, UserPipe] = {}
         self.channels: dict[int, ChannelRef] = {}
@@ -175,6 +190,11 @@ class Domain:
         if isinstance(req, P.OpenMonitor):
             cid, fds = self.open_monitor(session, req.netif)
             return P.ChannelOpened(cid, 0, "default", b""), fds
+        if isinstance(req, P.OpenAdvisory):
+            adv = self.advisories.get(req.netif)
+            if adv is None:
+                raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
+            return P.AdvisoryOpened(req.netif, adv.size), [adv.fd]
         if isinstance(req, P.Resize):
             ref = self._own(session, req.channel)
             with ref.pipe.lock:
@@ -239,7 +259,8 @@ class Domain:
     def add_netif(self, name: str, driver, address: str, gateway: str | None = None,
                   mtu: int | None = None, *, address6: str | None = None,
                   gateway6: str | None = None, link_rate: float | None = None,
-                  ll_share: float | None = None, work_conserving: bool | None = None) -> FlowSwitch:
+                  ll_share: float | None = None, work_conserving: bool | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> FlowSwitch:
         """Attach a device: a netif with its flow switch, served by the domain loop.
 
         `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
@@ -251,13 +272,18 @@ class Domain:
         its slots are reserved for the low-latency class (`set_flow_class`),
         lent to general traffic when idle unless `work_conserving` is False.
         Without `link_rate` the netif is not paced and has no LL class.
+
+        Each netif gets its interface advisory (OpenAdvisory). `clock` is the
+        netif's and its switch's time (seconds, monotonic); tests pass their own.
         """
         with self.lock:
             if name in self.switches:
                 raise OSError(errno.EEXIST, f"netif {name!r} exists")
             netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6,
-                          link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving)
-            sw = FlowSwitch(netif, self.ports)
+                          link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving,
+                          clock=clock)
+            sw = FlowSwitch(netif, self.ports, clock=clock)
+            self.advisories[name] = NetifAdvisory(sw, self.advisory_interval, self.delay_target)
             self.switches[name] = sw
             self.leases.add_netif(sw)
             self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
@@ -303,6 +329,7 @@ class Domain:
                 self._sel.unregister(sw.netif.driver.fileno())
             except (KeyError, ValueError):
                 pass
+            self.advisories.pop(name).close()
 
     def open_flow(self, session: Session, req: "P.OpenFlow") -> tuple[P.Reply, list[int]]:
         """Register a flow on a netif and open the channel that carries it.
@@ -370,6 +397,15 @@ class Domain:
                     sw.service_tx(flow)
             sw.flush()
             t = sw.next_timeout()
+            if t is not None:
+                timeout = t if timeout is None else min(timeout, t)
+        return timeout
+
+    def _publish_advisories(self) -> float | None:
+        """Publish the interface advisories that are due; returns how long we may sleep."""
+        timeout: float | None = None
+        for adv in self.advisories.values():
+            t = adv.poll(adv.netif.clock())
             if t is not None:
                 timeout = t if timeout is None else min(timeout, t)
         return timeout
@@ -557,9 +593,9 @@ class Domain:
             timeout = t if timeout is None else min(timeout, t)
         if self.switches:
             with self.lock:
-                t = self._service_switches()
-                if t is not None:
-                    timeout = t if timeout is None else min(timeout, t)
+                for t in (self._service_switches(), self._publish_advisories()):
+                    if t is not None:
+                        timeout = t if timeout is None else min(timeout, t)
                 if timeout != 0 and self._idle_flows():
                     timeout = 0
         for key, _ in self._sel.select(timeout):
@@ -636,6 +672,9 @@ class Domain:
             for sw in self.switches.values():
                 sw.netif.driver.close()
             self.switches.clear()
+            for adv in self.advisories.values():
+                adv.close()
+            self.advisories.clear()
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)

@@ -398,9 +398,22 @@ class Netif:
                 "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)(),
                 **({} if self.sched is None else {"txsched": self._sched_info()})}
 
+    def queue_totals(self) -> tuple[int, int, int, int]:
+        """(LL frames, LL bytes, general frames, general bytes) queued now, by the class each key is served in.
+
+        For reports (the interface advisory, Status), not the data path: it
+        walks the few LL keys and sums the per-key counts at C speed.
+        """
+        ll_frames = ll_bytes = 0
+        for k in self.ll_keys:
+            if k in self.queued_frames and self._is_ll(k):
+                ll_frames += self.queued_frames[k]
+                ll_bytes += self.queued_bytes[k]
+        return (ll_frames, ll_bytes, sum(self.queued_frames.values()) - ll_frames,
+                sum(self.queued_bytes.values()) - ll_bytes)
+
     def _sched_info(self) -> dict[str, Any]:
         assert self.sched is not None
-        ll = [k for k in self.queues if k in self.ll_keys]
+        ll_frames, _, general_frames, _ = self.queue_totals()
         return {**self.sched.stats(), "ll_flows": sorted(self.ll_keys),
-                "queued_ll": sum(self.queued_frames[k] for k in ll),
-                "queued_general": sum(self.queued_frames.values()) - sum(self.queued_frames[k] for k in ll)}
+                "queued_ll": ll_frames, "queued_general": general_frames}

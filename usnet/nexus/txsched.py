@@ -48,7 +48,10 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
 
 Counters: bytes and frames sent per class, slots used per class (the owner
 started a frame in it), slots lent per owner class (only the other class
-used it), idle slots, and bytes each class sent in the other's slots.
+used it), idle slots, slots passed per owner class (used, lent or idle:
+the denominator of the interface advisory's LL slot use), and bytes each
+class sent in the other's slots. The counters move only when the netif
+calls in; `catch_up(now)` lets the time since then pass first.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ class SlotScheduler:
         self.slots_used = {LL: 0, GENERAL: 0}  # slots of each class in which it started a frame
         self.slots_lent = {LL: 0, GENERAL: 0}  # slots of each class only the other class used
         self.slots_idle = 0  # slots nobody used
+        self.slots_passed = {LL: 0, GENERAL: 0}  # slots of each class that have ended, whoever used them
         self.borrowed_bytes = {LL: 0.0, GENERAL: 0.0}  # bytes each class sent in the other's slots
         self.idle_bytes = 0.0  # link capacity that passed unused, in bytes
 
@@ -136,6 +140,7 @@ class SlotScheduler:
     def _end_slot(self) -> None:
         """Close the current slot (count it) and open the next, paying off its owner's debt."""
         owner = self.pattern[self.slot]
+        self.slots_passed[owner] += 1
         used = self._used
         if used[owner]:
             self.slots_used[owner] += 1
@@ -155,6 +160,7 @@ class SlotScheduler:
             # the owner's overrun already took this whole slot's bytes
             self.debt[owner] = -credit
             self.slots_used[owner] += 1
+            self.slots_passed[owner] += 1
 
     def _advance(self, now: float) -> None:
         """Let the time since the link went idle pass through the slots, unused."""
@@ -168,6 +174,8 @@ class SlotScheduler:
             skip = int(idle // whole) - 1
             idle -= skip * whole
             self.slots_idle += skip * self.frame_slots
+            self.slots_passed[LL] += skip * self.ll_slots
+            self.slots_passed[GENERAL] += skip * (self.frame_slots - self.ll_slots)
             self.debt[LL] = self.debt[GENERAL] = 0.0
         while idle >= self.credit:
             idle -= self.credit
@@ -175,6 +183,15 @@ class SlotScheduler:
         self.credit -= idle
         if self.credit < 0.5:
             self._end_slot()
+
+    def catch_up(self, now: float) -> None:
+        """Let the time up to `now` pass through the slots, so the counters are current.
+
+        An idle netif asks nothing, so its slots stop passing; a reader of the
+        counters (the interface advisory) calls this first. It changes no
+        decision: every grant begins with the same step.
+        """
+        self._advance(now)
 
     # -- the netif's questions ----------------------------------------------------------
 
@@ -298,6 +315,6 @@ class SlotScheduler:
             "frame_slots": self.frame_slots, "slot_time": self.slot_time, "horizon": self.horizon,
             "bytes": dict(self.bytes_sent), "frames": dict(self.frames_sent),
             "slots_used": dict(self.slots_used), "slots_lent": dict(self.slots_lent),
-            "slots_idle": self.slots_idle,
+            "slots_idle": self.slots_idle, "slots_passed": dict(self.slots_passed),
             "borrowed_bytes": {k: round(v) for k, v in self.borrowed_bytes.items()},
         }
