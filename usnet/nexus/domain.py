@@ -51,6 +51,11 @@ log = logging.getLogger("usnet.domain")
 _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 
 
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The shorter of two waits, where None is no deadline (as `select` takes it)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
 @dataclass
 class Session:
     id: int
@@ -396,18 +401,14 @@ class Domain:
                 if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
                     sw.service_tx(flow)
             sw.flush()
-            t = sw.next_timeout()
-            if t is not None:
-                timeout = t if timeout is None else min(timeout, t)
+            timeout = _sooner(timeout, sw.next_timeout())
         return timeout
 
     def _publish_advisories(self) -> float | None:
         """Publish the interface advisories that are due; returns how long we may sleep."""
         timeout: float | None = None
         for adv in self.advisories.values():
-            t = adv.poll(adv.netif.clock())
-            if t is not None:
-                timeout = t if timeout is None else min(timeout, t)
+            timeout = _sooner(timeout, adv.poll(adv.netif.clock()))
         return timeout
 
     def _idle_flows(self) -> bool:
@@ -588,14 +589,11 @@ class Domain:
     def serve_once(self, timeout: float | None = None) -> None:
         self._run_soon()
         with self.lock:
-            t = self.leases.tick()  # expire leases; sleep no later than the next expiry
-        if t is not None:
-            timeout = t if timeout is None else min(timeout, t)
+            timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
         if self.switches:
             with self.lock:
-                for t in (self._service_switches(), self._publish_advisories()):
-                    if t is not None:
-                        timeout = t if timeout is None else min(timeout, t)
+                timeout = _sooner(timeout, self._service_switches())
+                timeout = _sooner(timeout, self._publish_advisories())
                 if timeout != 0 and self._idle_flows():
                     timeout = 0
         for key, _ in self._sel.select(timeout):
