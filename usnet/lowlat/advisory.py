@@ -294,7 +294,23 @@ def _check_header(mem: memoryview) -> None:
         raise AdvisoryFormatError(f"unexpected advisory geometry: {records} records of {rsize} bytes at {roff}")
 
 
-class AdvisoryWriter:
+class _Mapped:
+    """What both ends hold: views of the advisory memory and, if they mapped it, the mapping."""
+
+    mem: memoryview
+    words: memoryview
+    _map: mmap.mmap | None
+
+    def _unmap(self) -> None:
+        """Release the views, then the mapping (a mapping with live views cannot close)."""
+        self.words.release()
+        self.mem.release()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
+class AdvisoryWriter(_Mapped):
     """The nexus end: the header, then publications of both records under their sequence locks.
 
     Over any writable buffer of at least SIZE bytes; `AdvisoryWriter.memfd`
@@ -334,17 +350,13 @@ class AdvisoryWriter:
 
     def close(self) -> None:
         """Unmap and close the memfd; readers that mapped it keep their mapping."""
-        self.words.release()
-        self.mem.release()
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._unmap()
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
 
 
-class AdvisoryReader:
+class AdvisoryReader(_Mapped):
     """The client end: consistent snapshots of a netif's advisory, from read-only memory.
 
     `AdvisoryReader.from_fd` maps the memfd the domain hands over (`OpenAdvisory`)
@@ -388,11 +400,7 @@ class AdvisoryReader:
         raise AdvisoryBusy(Direction.RX, tries, seq)
 
     def close(self) -> None:
-        self.words.release()
-        self.mem.release()
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._unmap()
 
     def __enter__(self) -> "AdvisoryReader":
         return self
