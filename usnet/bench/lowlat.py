@@ -31,6 +31,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from usnet.bench.apps import spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
 from usnet.nexus.domain import Domain
@@ -129,11 +130,8 @@ class _Run:
         self.dom.start()
         self.procs: list[subprocess.Popen] = []
 
-    def spawn(self, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
-        s = self.dom.socketpair_session()
-        p = subprocess.Popen([sys.executable, "-m", "usnet.bench.lowlat", args[0], str(s.fileno()), *args[1:]],
-                             pass_fds=(s.fileno(), *keep))
-        s.close()
+    def spawn(self, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
+        p = spawn_app(self.dom, "usnet.bench.lowlat", role, *args, keep=keep)
         self.procs.append(p)
         return p
 

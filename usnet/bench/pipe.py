@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from typing import Callable
 
 from usnet.channel.channel import Channel
+from usnet.bench.apps import spawn_app
 from usnet.client import Client
 from usnet.nexus.domain import Domain
 from usnet.pool.umd import UMD_WORDS
@@ -94,13 +94,8 @@ def usnet_mps(size: int, count: int, domain: Domain | None = None,
     schema, attrs = schema_for(size)
     local = Client.local(dom)
     tx = local.open_pipe(name, schema, **attrs)
-    sock = dom.socketpair_session()
     r, w = os.pipe()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "usnet.bench.pipe", "--peer", str(sock.fileno()), str(w), name, str(count)],
-        pass_fds=(sock.fileno(), w),
-    )
-    sock.close()
+    child = spawn_app(dom, "usnet.bench.pipe", "--peer", str(w), name, str(count), keep=(w,))
     os.close(w)
     try:
         send_loop(tx, size, count, progress)

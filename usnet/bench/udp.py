@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
 
+from usnet.bench.apps import spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
 from usnet.nexus.domain import Domain
@@ -76,20 +76,12 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
     r, w = os.pipe()
     ready_r, ready_w = os.pipe()
     try:
-        rs = dom.socketpair_session()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "usnet.bench.udp", "recv", str(rs.fileno()), str(count), str(w), str(ready_w)],
-            pass_fds=(rs.fileno(), w, ready_w)))
-        rs.close()
+        procs.append(spawn_app(dom, "usnet.bench.udp", "recv", str(count), str(w), str(ready_w), keep=(w, ready_w)))
         os.close(w)
         os.close(ready_w)
         if os.read(ready_r, 1) != b"R":
             raise RuntimeError("receiver failed to start")
-        ss = dom.socketpair_session()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "usnet.bench.udp", "send", str(ss.fileno()), str(count), str(size)],
-            pass_fds=(ss.fileno(),)))
-        ss.close()
+        procs.append(spawn_app(dom, "usnet.bench.udp", "send", str(count), str(size)))
         if snapshot is not None:
             deadline = time.monotonic() + 10
             sender = procs[-1]

@@ -1,0 +1,25 @@
+"""Benchmark applications as processes of their own, each on a control session of an embedded domain.
+
+Why processes: a benchmark that puts sender, receiver and domain in one
+interpreter measures the GIL, not the channels. Each child is
+`python -m MODULE ROLE FD ARGS...`, where FD is its end of a SEQPACKET
+session (`Domain.socketpair_session`); it builds its client with
+`Client.from_socket(socket.socket(fileno=FD))`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from usnet.nexus.domain import Domain
+
+
+def spawn_app(dom: Domain, module: str, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
+    """Start `python -m module role FD args...` on a new session of `dom`; `keep`: more fds it inherits."""
+    s = dom.socketpair_session()
+    try:
+        return subprocess.Popen([sys.executable, "-m", module, role, str(s.fileno()), *args],
+                                pass_fds=(s.fileno(), *keep))
+    finally:
+        s.close()  # the child has its own copy
