@@ -22,7 +22,7 @@ from scapy.layers.inet6 import (  # noqa: E402
     HBHOptUnknown, ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA,
     ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptMTU,
     ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN,
+    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN, in6_chksum,
 )
 from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid  # noqa: E402
 
@@ -279,7 +279,9 @@ def test_packet_too_big_scapy_decodes(mtu, orig):
     assert len(pkt) <= 1280
     p = IPv6(pkt)
     assert p[ICMPv6PacketTooBig].mtu == mtu
-    assert recomputed(p, ICMPv6PacketTooBig) == pkt
+    # scapy's checksum over the bytes as sent; not `recomputed`: rebuilding re-encodes a
+    # quote that is not a valid IPv6 packet (all zeros: a Hop-by-Hop header) differently
+    assert in6_chksum(58, p, msg[:2] + b"\0\0" + msg[4:]) == int.from_bytes(msg[2:4], "big")
     assert msg[8:] == orig[:1232]
     typ, code, hi, lo, off = I6.parse_icmpv6(pkt, 40, None, G, A)
     assert (typ, code, (hi << 16) | lo, off) == (2, 0, mtu, 48)
