@@ -39,6 +39,16 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
   is two slots or 2 ms, whichever is longer, and ``next_time`` asks to be
   woken when half of it has drained: each wake-up hands the device half a
   horizon of frames, and one late by up to half a horizon costs nothing.
+- **The LL class goes first.** An LL frame need not wait for an LL slot
+  to come round, nor behind the general frames already handed to the
+  device: while the class is less than ``ll_burst`` bytes (one slot) ahead
+  of its reserved slots, it may start frames at once. What it sends that way
+  moves ``vt`` on as any frame does and is taken, as debt, off its own next
+  slots, so each class still gets its slots' bytes over a frame of slots,
+  and the general class loses nothing it was reserved. Past the burst, the
+  class waits for its slots like any other. This is what keeps an LL flow's
+  latency flat beside saturating bulk traffic: its wait is a slot in
+  progress at most, not a horizon plus a run of general slots.
 - **Work-conserving** (the default): a slot whose owner has nothing to send
   is lent to the other class for as long as the owner has nothing (the
   owner takes it back at the next grant), so the link is never idle while
@@ -49,8 +59,9 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
 Counters: bytes and frames sent per class, slots used per class (the owner
 started a frame in it), slots lent per owner class (only the other class
 used it), idle slots, slots passed per owner class (used, lent or idle:
-the denominator of the interface advisory's LL slot use), and bytes each
-class sent in the other's slots. The counters move only when the netif
+the denominator of the interface advisory's LL slot use), bytes each
+class sent in the other's slots, and bytes the LL class sent ahead of its
+slots (``ll_ahead_bytes``). The counters move only when the netif
 calls in; `catch_up(now)` lets the time since then pass first.
 """
 
@@ -118,6 +129,8 @@ class SlotScheduler:
         self.slot = 0  # index in the frame of the current slot
         self.credit = float(slot_bytes)  # bytes left in the current slot
         self.debt = {LL: 0.0, GENERAL: 0.0}  # overrun each class owes its next slot
+        self.ll_burst = float(slot_bytes) if k else 0.0  # how far the LL class may run ahead of its slots
+        self._ahead = False  # the last grant let the LL class go ahead of its slots
         self._used = {LL: 0.0, GENERAL: 0.0}  # bytes sent in the current slot, by class
         self._span_cls: str | None = None  # the last grant's class and how many slots
         self._span = 0  # after the current one it may run on into
@@ -130,6 +143,7 @@ class SlotScheduler:
         self.slots_passed = {LL: 0, GENERAL: 0}  # slots of each class that have ended, whoever used them
         self.borrowed_bytes = {LL: 0.0, GENERAL: 0.0}  # bytes each class sent in the other's slots
         self.idle_bytes = 0.0  # link capacity that passed unused, in bytes
+        self.ll_ahead_bytes = 0  # LL bytes sent ahead of the LL slots (paid by those slots)
 
     # -- the slot cursor --------------------------------------------------------------
 
@@ -207,9 +221,12 @@ class SlotScheduler:
         one grant, one batch for the device.
         """
         self._advance(now)
+        self._ahead = False
         if not (ll_waiting or general_waiting):
             return None, 0
         limit = now + self.horizon
+        if ll_waiting and self._may_go_ahead(limit):
+            return self._go_ahead()
         while self.vt < limit:
             owner = self.pattern[self.slot]
             if ll_waiting if owner == LL else general_waiting:
@@ -236,7 +253,23 @@ class SlotScheduler:
                         break
             self._span_cls, self._span = cls, span
             return cls, max(1, math.ceil(min(budget, room)))
+        if ll_waiting and self._may_go_ahead(limit):  # idle slots that passed paid off its debt
+            return self._go_ahead()
         return None, 0
+
+    def _go_ahead(self) -> tuple[str, int]:
+        self._ahead = True
+        return LL, max(1, math.ceil(self.ll_burst - self.debt[LL]))
+
+    def _may_go_ahead(self, limit: float) -> bool:
+        """Whether the LL class may start a frame now, ahead of its slots (see the module docstring).
+
+        Not when its own slot is current and within the horizon: then the
+        slot itself carries it.
+        """
+        if self.debt[LL] >= self.ll_burst:
+            return False
+        return not (self.pattern[self.slot] == LL and self.vt < limit)
 
     def _upcoming(self):
         """(owner, bytes) of the slots after the current one, as `_end_slot` will open them."""
@@ -262,6 +295,13 @@ class SlotScheduler:
         self.vt += nbytes * self.byte_time
         self.bytes_sent[cls] += nbytes
         self.frames_sent[cls] += frames
+        if self._ahead and cls == LL:
+            # ahead of its slots: its own next slots pay (debt), nobody else's
+            self._ahead = False
+            self.debt[LL] += nbytes
+            self.ll_ahead_bytes += nbytes
+            return
+        self._ahead = False
         span = self._span if self._span_cls == cls else 0  # slots the last grant ran on into
         self._span_cls, self._span = None, 0
         left = float(nbytes)
@@ -293,6 +333,8 @@ class SlotScheduler:
         self._advance(now)
         if not (ll_waiting or general_waiting):
             return None
+        if ll_waiting and self._may_go_ahead(now + self.horizon):
+            return now
         ahead = 0.0  # bytes of idle slots before one a waiting class may use
         owner = self.pattern[self.slot]
         if not self.work_conserving and not (ll_waiting if owner == LL else general_waiting):
@@ -317,4 +359,5 @@ class SlotScheduler:
             "slots_used": dict(self.slots_used), "slots_lent": dict(self.slots_lent),
             "slots_idle": self.slots_idle, "slots_passed": dict(self.slots_passed),
             "borrowed_bytes": {k: round(v) for k, v in self.borrowed_bytes.items()},
+            "ll_ahead_bytes": self.ll_ahead_bytes,
         }
