@@ -368,13 +368,19 @@ class Channel:
         self._ring_peer()
         return done
 
-    @staticmethod
-    def _wait_room(tx: Producer, deadline: float | None) -> None:
+    def _wait_room(self, tx: Producer, deadline: float | None) -> None:
         """Wait for the consumer to free TX slots: poll, then yield the CPU, then sleep.
 
         There is no doorbell for room (as in AF_XDP): the consumer is awake
-        and working when the ring is full, so polling finds room soon.
+        and working when the ring is full, so polling finds room soon. Except
+        for a flow the switch suspended (its queue at the netif is full): no
+        room comes until the link drains it, so sleep on the doorbell, which
+        the nexus rings when it resumes the flow, instead of burning the CPU
+        the domain and other applications need.
         """
+        if FLOWADV.unpack_from(self._flowadv, self.role * FLOWADV.size)[0] == FlowState.SUSPENDED:
+            self._sleep(deadline)
+            return
         for _ in range(SPIN):
             if tx.space():
                 return
