@@ -89,10 +89,11 @@ def free_subnet_or_fail() -> int:
 
 
 @contextlib.contextmanager
-def _domain_on_tap(ipv6: bool, offload: bool = True):
+def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
     """An in-process Domain on a fresh TAP, the host side made through pyroute2.
 
     `offload`: the TAP's checksum and segmentation offload (the default), or plain frames.
+    `netif_kw`: more for `Domain.add_netif` (a link_rate, say).
 
     The host is 10.x.0.1/24 (and fd00:x::1/64 with `ipv6`), usnet .2 / ::2.
     The host's IPv6 address is added with IFA_F_NODAD, so the kernel uses it
@@ -118,7 +119,7 @@ def _domain_on_tap(ipv6: bool, offload: bool = True):
             ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
             if ipv6:
                 ipr.addr("add", index=idx, address=f"fd00:{x}::1", prefixlen=64, flags=IFA_F_NODAD)
-        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", **v6)
+        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", **v6, **netif_kw)
         d.start()
         yield d, ifname, x
     finally:
@@ -135,6 +136,13 @@ def tap_domain(request):
     Parametrize it indirectly with False for a TAP without offload (plain frames).
     """
     with _domain_on_tap(ipv6=False, offload=getattr(request, "param", True)) as (d, ifname, x):
+        yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
+
+
+@pytest.fixture
+def tap_domain_paced():
+    """As tap_domain, the netif paced to 100 Mbit/s with 20 % of its slots for the LL class."""
+    with _domain_on_tap(ipv6=False, link_rate=100e6, ll_share=0.2) as (d, ifname, x):
         yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
 
 

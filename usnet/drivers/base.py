@@ -24,6 +24,31 @@ class SegmentedFrame(bytes):
         return self
 
 
+class GatherFrame:
+    """A frame in two pieces, for the low-latency path's zero-copy transmit.
+
+    `head` is private memory: the Ethernet header and the copy of the IP and
+    transport headers that the flow switch checked. `body` is the payload,
+    a view of the sender's packet buffer, never copied into the nexus. A
+    device with `takes_gather` writes both pieces straight out (writev,
+    a TX ring); to anything else the netif hands `bytes(frame)`. A
+    GatherFrame lives for one `send_batch` call only: the packet buffer
+    goes back to its pool after it, so nothing may keep one.
+    """
+
+    __slots__ = ("head", "body")
+
+    def __init__(self, head: bytes, body: memoryview) -> None:
+        self.head = head
+        self.body = body
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.body)
+
+    def __bytes__(self) -> bytes:
+        return self.head + bytes(self.body)
+
+
 @runtime_checkable
 class Driver(Protocol):
     """A device that moves Ethernet frames in batches.
@@ -35,6 +60,9 @@ class Driver(Protocol):
     A driver with a non-zero `gso_max` (optional attribute) takes
     SegmentedFrames up to that many IP bytes and may return frames that
     large; one without it is never handed one.
+
+    A driver whose `takes_gather` is true also takes GatherFrames (written
+    out piece by piece, the payload straight from the sender's buffer).
 
     A driver whose `takes_blocks` is true also takes FrameBlocks
     (usnet.drivers.block) among the frames, counts each of their frames in

@@ -34,6 +34,7 @@ class MemWirePort:
     """One end of a memwire: a Driver."""
 
     takes_blocks = True  # FrameBlocks cross the wire whole; see usnet.drivers.block
+    takes_gather = True  # a GatherFrame is joined as it crosses: the wire is memory
 
     def __init__(self, wire: "MemWire", side: int, name: str) -> None:
         self.wire = wire
@@ -156,7 +157,7 @@ class MemWire:
             sent += 1
             src.stats.tx_frames += 1
             src.stats.tx_bytes += n
-            data = bytes(f)
+            data = bytes(f)  # a GatherFrame too: joined here, the one copy a wire of memory makes
             if simple:
                 d.seq += 1
                 d.frames += 1

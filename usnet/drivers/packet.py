@@ -81,7 +81,7 @@ import socket
 import struct
 from typing import Sequence
 
-from usnet.drivers.base import DriverStats, Frame, random_mac
+from usnet.drivers.base import DriverStats, Frame, GatherFrame, random_mac
 from usnet.wire.checksum import acc, finish
 
 # linux/if_ether.h
@@ -157,6 +157,8 @@ def _pow2_at_least(n: int) -> int:
 
 
 class PacketDriver:
+    takes_gather = True  # a GatherFrame's pieces are copied into the TX ring slot (or sent with sendmsg)
+
     """An AF_PACKET interface driver with TPACKET_V3 RX and TX rings (see module doc)."""
 
     def __init__(
@@ -380,6 +382,8 @@ class PacketDriver:
         for f in frames:
             ln = len(f)
             if ln > txmax or ln < 14:
+                if type(f) is GatherFrame:
+                    f = bytes(f)
                 if not (14 <= ln <= txmax + 4 and f[12:14] in _VLAN_TPIDS):
                     st.tx_errors += 1  # malformed: consumed, not sent
                     sent += 1
@@ -391,7 +395,13 @@ class PacketDriver:
                     queued = 0
                 if status_of(mm, slot + _TX_STATUS_OFF)[0] != TP_STATUS_AVAILABLE:
                     break  # ring full: the rest stay the caller's
-            mm[slot + TX_DATA_OFF:slot + TX_DATA_OFF + ln] = f
+            at = slot + TX_DATA_OFF
+            if type(f) is GatherFrame:
+                h = len(f.head)
+                mm[at:at + h] = f.head
+                mm[at + h:at + ln] = f.body
+            else:
+                mm[at:at + ln] = f
             put_hdr(mm, slot + _TXH_OFF, ln, ln)
             put_u32(mm, slot + _TX_STATUS_OFF, TP_STATUS_SEND_REQUEST)
             head += 1
@@ -466,7 +476,10 @@ class PacketDriver:
         st = self.stats
         for f in frames:
             try:
-                send(f)
+                if type(f) is GatherFrame:
+                    self.sock.sendmsg((f.head, f.body))
+                else:
+                    send(f)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:

@@ -24,7 +24,7 @@ import os
 import struct
 from typing import Sequence
 
-from usnet.drivers.base import DriverStats, Frame, SegmentedFrame, random_mac
+from usnet.drivers.base import DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
 from usnet.wire.checksum import finish, acc
 
 TUNSETIFF = 0x400454CA
@@ -46,6 +46,8 @@ GSO_MAX = 65535  # the largest IP packet (IPv4 total length) the device takes to
 
 
 class TapDriver:
+    takes_gather = True  # GatherFrames go out with one writev, the payload from the sender's buffer
+
     def __init__(self, ifname: str = "usnet0", mtu: int = 1500, mac: bytes | None = None,
                  offload: bool = True) -> None:
         """`offload` False: plain frames, no virtio_net_hdr, the kernel segments nothing for us."""
@@ -128,7 +130,9 @@ class TapDriver:
         nbytes = 0
         for f in frames:
             try:
-                if not vnet:
+                if type(f) is GatherFrame:
+                    os.writev(fd, (_ZERO_VNET, f.head, f.body) if vnet else (f.head, f.body))
+                elif not vnet:
                     os.write(fd, f)
                 elif type(f) is SegmentedFrame:
                     os.writev(fd, (self._gso_header(f), f))

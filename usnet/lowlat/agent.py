@@ -187,7 +187,7 @@ class Agent:
                                 f"granting it would raise the LL wait on {netif!r} to {bound * 1e3:.3g} ms, "
                                 f"past lease {hurt[0].id}'s target of {hurt[0].latency_target * 1e3:.3g} ms")
         lease = Lease(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
-                      float(latency_target), burst, now + self.ttl, Policer(rate_bps, burst))
+                      float(latency_target), burst, now + self.ttl, Policer(rate_bps, burst, max_packet))
         self.leases[lease.id] = lease
         self._by_flow[(netif, flow)] = lease
         self.granted += 1

@@ -15,6 +15,9 @@ counted on. The test is on a prefix of the batch: once one packet does
 not fit, the packets behind it are dropped too, so the flow's packets that
 do go out keep their order with no gaps filled in from later.
 
+It also carries the lease's largest packet (`max_packet`), which the LL
+path's header check holds each packet to.
+
 Sans-I/O: the time is passed in; a clock that steps back refills nothing.
 """
 
@@ -26,12 +29,14 @@ import numpy as np
 class Policer:
     """A token bucket of `burst` bytes filling at `rate_bps` bits per second (see the module docstring)."""
 
-    __slots__ = ("rate", "burst", "tokens", "last", "passed", "passed_bytes", "dropped", "dropped_bytes")
+    __slots__ = ("rate", "burst", "tokens", "last", "passed", "passed_bytes", "dropped", "dropped_bytes",
+                 "max_packet")
 
-    def __init__(self, rate_bps: float, burst: int) -> None:
+    def __init__(self, rate_bps: float, burst: int, max_packet: int = 65535) -> None:
         if not (rate_bps > 0 and burst > 0):
             raise ValueError(f"a policer needs a positive rate and burst, not {rate_bps!r}, {burst!r}")
         self.rate = rate_bps / 8.0  # bytes per second
+        self.max_packet = max_packet  # the largest IP packet the lease allows
         self.burst = float(burst)
         self.tokens = float(burst)
         self.last: float | None = None  # the time of the last batch

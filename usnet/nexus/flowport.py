@@ -44,6 +44,7 @@ class FlowPort:
         # numpy views of the pool, for batch gathers and scatters (packet i is buf[i])
         self.buf = np.frombuffer(shared, np.uint8, lay.max_packets * stride, lay.buf_offset).reshape(
             lay.max_packets, stride)
+        self.buf_mv = memoryview(self.buf).cast("B")  # flat, for views of a packet's bytes (the LL path)
         self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
         self.client_bell = pipe.ends[CLIENT].bell
         self.bell = pipe.ends[NEXUS].bell  # the client rings this when it sends
@@ -73,16 +74,33 @@ class FlowPort:
             return self._pull(max_n, headroom, draining)
 
     def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        good, lens, gso = self.take(max_n, draining)
+        if not len(good):
+            return _NO_ROWS, _NO_LENS, _NO_LENS
+        w = int(lens.max())
+        rows = np.empty((len(good), headroom + w), np.uint8)
+        rows[:, headroom:] = self.buf[good, :w]
+        self.top_up()
+        return rows, lens, gso
+
+    def take(self, max_n: int, draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indices, lengths, gso sizes) of up to `max_n` packets the client sent, ownership checked, freed.
+
+        Nothing is copied: the caller reads the buffers before it returns to
+        the loop (the LL path sends from them), then calls `top_up`, which
+        is what may hand them to the client again. Hold `pipe.lock` across
+        all of it: an in-process client's kick serves this pipe from its own thread.
+        """
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
-            return _NO_ROWS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS
         try:
             idx = self.tx.pop_array(max_n)
         except RingCorrupt:
             pipe._violation(pipe.ends[CLIENT], RefusalReason.BAD_COUNTER)
-            return _NO_ROWS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS
         if not len(idx):
-            return _NO_ROWS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS
         pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
         good, refused = pipe.pool.release_checked(idx, NEXUS)
         if refused:
@@ -93,20 +111,15 @@ class FlowPort:
                 end.events.post(EventType.REFUSED, reason, pkt)
             pipe._violation(end, refused[0][1], refused[0][0], posted=True)
         if not len(good):
-            return _NO_ROWS, _NO_LENS, _NO_LENS
-        # The packets are back in the pool but nothing reuses them before we return:
-        # the domain is single-threaded, so this copy reads what the client wrote.
+            return _NO_LENS, _NO_LENS, _NO_LENS
+        # The packets are back in the pool but nothing reuses them before `top_up`:
+        # the domain is single-threaded, so the caller reads what the client wrote.
         at = good * UMD_WORDS
         lens = self.umd_np[at]
         np.minimum(lens, self.stride, out=lens)
-        gso = self.umd_np[at + 1] >> 16
-        w = int(lens.max())
-        rows = np.empty((len(good), headroom + w), np.uint8)
-        rows[:, headroom:] = self.buf[good, :w]
-        self._top_up()
-        return rows, lens, gso
+        return good, lens, self.umd_np[at + 1] >> 16
 
-    def _top_up(self) -> None:
+    def top_up(self) -> None:
         """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.
 
         A client that keeps sending then never has to kick us for buffers.

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from usnet.drivers import block
-from usnet.drivers.base import Driver, random_mac
+from usnet.drivers.base import Driver, GatherFrame, random_mac
 from usnet.drivers.block import FrameBlock
 from usnet.nexus import txsched
 from usnet.nexus.txsched import LL, SlotScheduler
@@ -90,7 +90,7 @@ class Netif:
         self.sched = SlotScheduler(link_rate, ll_share=share, work_conserving=wc,
                                    slot_bytes=self.mtu + 14, start=clock())
 
-    def _is_ll(self, key: int) -> bool:
+    def serves_ll(self, key: int) -> bool:
         """Whether queue `key` is served as LL (never without LL slots: it would starve)."""
         return key in self.ll_keys and self.sched is not None and self.sched.ll_slots > 0
 
@@ -157,7 +157,7 @@ class Netif:
             self.queued_bytes[key] = 0
             self.queued_frames[key] = 0
         if not q:
-            if self.sched is not None and self._is_ll(key):
+            if self.sched is not None and self.serves_ll(key):
                 self.active_ll.append(key)
             else:
                 self.active.append(key)
@@ -224,7 +224,7 @@ class Netif:
     def _reclass(self) -> None:
         """Move active keys whose class changed (ll_keys may also be edited directly)."""
         self._ll_seen = set(self.ll_keys)
-        ll = self._is_ll
+        ll = self.serves_ll
         if any(ll(k) for k in self.active) or not all(ll(k) for k in self.active_ll):
             keys = list(self.active_ll) + list(self.active)
             self.active_ll = deque(k for k in keys if ll(k))
@@ -270,6 +270,42 @@ class Netif:
                 self._stalled = True
                 break
         return sent_total
+
+    def transmit_now(self, key: int, frames: list) -> int:
+        """The low-latency path: hand an LL flow's frames to the device at once; returns how many went.
+
+        Only while the LL class may send now (txsched: ahead of its slots, or
+        in its own) and the flow has nothing queued that they would overtake.
+        The frames may be GatherFrames, whose payload is the sender's buffer:
+        they go out in this call or not at all, and the caller queues a copy
+        of the rest. The sent ones are charged to the LL class as any are.
+        """
+        sched = self.sched
+        if sched is None or not frames or self.queues.get(key) or not self.serves_ll(key):
+            return 0
+        now = self.clock()
+        cls, budget = sched.grant(now, True, bool(self.active))
+        if cls != LL:
+            return 0
+        n = nbytes = 0
+        while n < len(frames) and nbytes < budget:  # the last frame may pass the budget
+            nbytes += len(frames[n])
+            n += 1
+        batch = frames[:n]
+        if not getattr(self.driver, "takes_gather", False):
+            batch = [bytes(f) if type(f) is GatherFrame else f for f in batch]
+        sent = self.driver.send_batch(batch)
+        nbytes = sum(map(len, batch[:sent]))
+        self.tx_frames += sent
+        self.tx_bytes += nbytes
+        sched.charge(LL, nbytes, now, sent)
+        if self.monitors and sent:
+            copies = [bytes(f) for f in batch[:sent]]
+            for m in self.monitors:
+                m.deliver(copies)
+        if sent < n:
+            self._stalled = True
+        return sent
 
     def _take(self, active: deque, nbytes: int, max_frames: int) -> tuple[list, list[int]]:
         """Up to `nbytes` (the last frame may pass it) from the class's queues, round-robin by bytes.
@@ -356,7 +392,7 @@ class Netif:
             return sent, nbytes, True
         for item, k in zip(reversed(batch[done:]), reversed(keys[done:])):
             q = self.queues[k]
-            active = self.active_ll if self._is_ll(k) else self.active
+            active = self.active_ll if self.serves_ll(k) else self.active
             if not q and k not in active:
                 active.appendleft(k)
             q.appendleft(item)
@@ -406,7 +442,7 @@ class Netif:
         """
         ll_frames = ll_bytes = 0
         for k in self.ll_keys:
-            if k in self.queued_frames and self._is_ll(k):
+            if k in self.queued_frames and self.serves_ll(k):
                 ll_frames += self.queued_frames[k]
                 ll_bytes += self.queued_bytes[k]
         return (ll_frames, ll_bytes, sum(self.queued_frames.values()) - ll_frames,
