@@ -22,6 +22,7 @@ import usnet
 from usnet import ChannelDefunct, ChannelError, NoBuffers, PeerGone
 from usnet.channel.events import DefunctReason, EventType, RefusalReason
 from usnet.channel.schema import PRESETS
+from usnet.pool.umd import UMD_WORDS
 from usnet.daemon.protocol import ControlError
 
 _names = itertools.count()
@@ -143,7 +144,7 @@ def test_bad_length_from_peer_is_refused(client):
     a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
     (p,) = a.alloc(1)
     a.write(p, b"ok")
-    a.umd[p * 4] = a.stride + 1  # the sender lies about the length in shared memory
+    a.umd[p * UMD_WORDS] = a.stride + 1  # the sender lies about the length in shared memory
     a.send([p])
     (q,) = b.recv(1, timeout=2)
     with pytest.raises(ChannelError) as ei:

@@ -24,7 +24,8 @@ from conftest import send_raw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_lowlat import POLICY, Net, recv_all, wait_until
+from test_lowlat import POLICY, FakeClock, Net, recv_all, wait_until
+from usnet.drivers import MemWire
 from usnet.channel.events import EventType, TxDropReason
 from usnet.client import Client
 from usnet.nexus.llcheck import GENERAL_PATH, check_ll_header
@@ -165,18 +166,35 @@ def test_a_header_not_matching_the_grant_is_dropped_counted_reported_and_general
 
 
 def test_what_the_ll_class_cannot_send_at_once_is_queued_and_keeps_its_order():
-    """A burst past the class's one slot ahead waits for LL slots: copied, queued, in order."""
+    """On a netif whose clock stands still, the class may go one slot ahead and no further:
+    the rest of a burst is copied into its queue, and goes, in order, once time moves."""
+    clock = FakeClock()
     net = Net(policy=POLICY)
+    wire = MemWire()
+    net.d.add_netif("c", wire.a, "10.7.0.1/24", link_rate=10e6, ll_share=0.2, clock=clock)
+    net.d.add_netif("d", wire.b, "10.7.0.2/24")
     try:
-        sb = net.c.udp_socket("b", 6000)
-        ll, _ = granted(net)
-        ll.sendto(b"resolve", (B, 6000))
-        assert recv_all(sb, 1) == [b"resolve"]
-        payloads = [i.to_bytes(4, "big") + bytes(1100) for i in range(60)]  # within the lease's burst
-        assert ll.send_many(payloads, (B, 6000)) == 60
-        assert recv_all(sb, 60) == payloads
-        sw = net.d.switches["a"]
-        assert sw.counts["tx_ll_queued"] > 0  # one slot ahead is about one of these
+        sink = net.c.udp_socket("d", 6300)
+        ll = net.c.udp_socket("c", 5300)
+        sw = net.d.switches["c"]
+        net.d.set_flow_class("c", net.d.channels[ll.channel.id].flow.id, "ll")
+        ll.sendto(b"resolve", ("10.7.0.2", 6300))
+        clock.now += 1.0  # let the ARP exchange and the first datagram through
+        net.d._wake()
+        assert recv_all(sink, 1) == [b"resolve"]
+        payloads = [i.to_bytes(4, "big") + bytes(1100) for i in range(20)]
+        assert ll.send_many(payloads, ("10.7.0.2", 6300)) == 20
+        wait_until(lambda: sw.counts["tx_ll_zero_copy"] + sw.counts["tx_ll_queued"] == 20, 5,
+                   "the switch to take the burst")
+        assert sw.counts["tx_ll_zero_copy"] <= 2 and sw.counts["tx_ll_queued"] >= 18  # one slot ahead
+        got: list[bytes] = []
+        for _ in range(400):  # time moves: 5 ms of link time a step, as long as it takes
+            clock.now += 0.005
+            net.d._wake()
+            got += recv_all(sink, 20 - len(got), timeout=0.02)
+            if len(got) == 20:
+                break
+        assert got == payloads
     finally:
         net.d.stop()
 

@@ -25,7 +25,7 @@ import numpy as np
 from usnet.channel.channel import Channel, _UNSET
 from usnet.channel.events import Event
 from usnet.daemon.protocol import FlowOpened
-from usnet.pool.umd import UMD_WORDS
+from usnet.pool.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.wire.rows import be_u16, be_u32, padded_width, row_sums
@@ -62,6 +62,16 @@ def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
     return rows
 
 
+def _mark_rows(umd: np.ndarray, idx: np.ndarray, marks: tuple, start: int, end: int) -> None:
+    """Write the tag, deadline and report flag of packets idx (payloads start..end) into their UMD."""
+    tags, deadline_ns, report = marks
+    at = idx * UMD_WORDS
+    u64 = umd.view(np.uint64)
+    u64[(at + W_TAG) // 2] = np.asarray(tags[start:end], np.uint64)
+    u64[(at + W_DEADLINE) // 2] = deadline_ns
+    umd[at + W_FLAGS] = TX_REPORT if report else 0
+
+
 class DatagramSocket:
     """sendto/recvfrom over a flow channel; batches on the `*_many` calls."""
 
@@ -92,8 +102,10 @@ class DatagramSocket:
     def getsockname(self) -> Address:
         return self.local
 
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Address) -> int:
-        self.send_many([data], addr)
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Address, *, tag: int | None = None,
+               deadline: float | None = None, report: bool = False) -> int:
+        """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
+        self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
         return len(data)
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
@@ -112,17 +124,28 @@ class DatagramSocket:
 
     # -- batches ---------------------------------------------------------------------
 
-    def send_many(self, payloads: list, addr: Address) -> int:
+    def send_many(self, payloads: list, addr: Address, *, tags: list[int] | None = None,
+                  deadline: float | None = None, report: bool = False) -> int:
         """Build and send one datagram per payload to `addr`; returns how many were sent.
 
         The whole batch is built column-wise: payloads gathered into one array,
         both checksums summed per row by numpy, headers written as columns, and
         one scatter into the packet buffers.
+
+        `deadline` (seconds of `time.monotonic()`): a datagram still unsent
+        then is not sent, and a TX_STATUS EXPIRED event on the channel says
+        so. `report`: a TX_STATUS event for each (SENT, DROPPED, EXPIRED or
+        FLUSHED), with its tag (`tags`, one per payload; default 0).
         """
         if not payloads:
             return 0
+        marks = None
+        if tags is not None or deadline is not None or report:
+            if tags is not None and len(tags) != len(payloads):
+                raise ValueError("one tag per payload")
+            marks = (tags or [0] * len(payloads), 0 if deadline is None else max(1, int(deadline * 1e9)), report)
         if self._v6:
-            return self._send_many6(payloads, addr)
+            return self._send_many6(payloads, addr, marks)
         lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
         big = int(lens.max())
         if big > self.max_payload:
@@ -141,14 +164,16 @@ class DatagramSocket:
             if big:
                 packets[idx, HEADERS : HEADERS + big] = rows[sent:end, :big]
             umd[idx * UMD_WORDS] = totals[sent:end]
-            done, full = self._push(pkts, sent)
+            if marks is not None:
+                _mark_rows(umd, idx, marks, sent, end)
+            done, full = self._push(pkts, sent, marked=marks is not None)
             sent += done
             if full:
                 break
         self._ident = (self._ident + sent) & 0xFFFF
         return sent
 
-    def _send_many6(self, payloads: list, addr: Address) -> int:
+    def _send_many6(self, payloads: list, addr: Address, marks: tuple | None) -> int:
         """IPv6: each datagram built on its own (header, UDP checksum over the pseudo-header)."""
         big = max(map(len, payloads))
         if big > self.max_payload:
@@ -164,32 +189,41 @@ class DatagramSocket:
         sent = 0
         while sent < len(packets):
             pkts = ch.alloc(len(packets) - sent)
-            for p, data in zip(pkts, packets[sent:]):
+            for i, (p, data) in enumerate(zip(pkts, packets[sent:])):
                 ch.write(p, data)
-            done, full = self._push(pkts, sent)
+                if marks is not None:
+                    ch.mark(p, tag=marks[0][sent + i], deadline_ns=marks[1], report=marks[2])
+            done, full = self._push(pkts, sent, marked=marks is not None)
             sent += done
             if full:
                 break
         return sent
 
-    def _push(self, pkts: list[int], sent: int) -> tuple[int, bool]:
+    def _push(self, pkts: list[int], sent: int, marked: bool = False) -> tuple[int, bool]:
         """Send written packets: (how many went, whether the ring is full).
 
         What the ring did not take goes back to the channel's cache, not
-        leaked; a full ring before anything went raises BlockingIOError.
+        leaked (its marks cleared, so no later send inherits a deadline); a
+        full ring before anything went raises BlockingIOError.
         """
         ch = self.channel
         try:
             done = ch.send(pkts)
         except BlockingIOError:
-            ch.give_back(pkts)
-            if sent:
-                return 0, True
-            raise
+            done = 0
+            if not sent:
+                self._give_back(pkts, marked)
+                raise
         if done < len(pkts):
-            ch.give_back(pkts[done:])
+            self._give_back(pkts[done:], marked)
             return done, True
         return done, False
+
+    def _give_back(self, pkts: list[int], marked: bool) -> None:
+        if marked:
+            for p in pkts:
+                self.channel.mark(p)
+        self.channel.give_back(pkts)
 
     def _headers(self, rows: np.ndarray, lens: np.ndarray, dst: bytes, dport: int) -> np.ndarray:
         """The IPv4 and UDP headers of a batch, one row each, checksums included."""

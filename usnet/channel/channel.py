@@ -31,7 +31,7 @@ from usnet.channel.schema import (
     FLOWADV, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
     ChannelState, FlowState, Layout, RingKind, Stat,
 )
-from usnet.pool.umd import UMD_WORDS
+from usnet.pool.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
 
 SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
@@ -329,6 +329,28 @@ class Channel:
         w = pkt * UMD_WORDS
         self.umd[w] = n
         self.umd[w + 1] = gso_size << 16  # headroom 0; a stale gso_size must not survive reuse
+
+    def mark(self, pkt: int, *, tag: int = 0, deadline_ns: int = 0, report: bool = False) -> None:
+        """Give a packet to send its id, a deadline, and whether to report its fate (flow channels).
+
+        `deadline_ns` is CLOCK_MONOTONIC (`time.monotonic_ns()`): past it the
+        packet is not sent and a TX_STATUS EXPIRED event says so. `report`
+        asks for a TX_STATUS event whatever happens to it (SENT, DROPPED,
+        EXPIRED, FLUSHED), carrying `tag`. The nexus clears all of it when it
+        hands the packet out again (docs/abi.md section 8).
+        """
+        if not (0 <= tag < 1 << 64 and 0 <= deadline_ns < 1 << 64):
+            raise ValueError("tag and deadline_ns are unsigned 64-bit integers")
+        w = pkt * UMD_WORDS
+        u = self.umd
+        u[w + W_TAG], u[w + W_TAG + 1] = tag & 0xFFFFFFFF, tag >> 32
+        u[w + W_DEADLINE], u[w + W_DEADLINE + 1] = deadline_ns & 0xFFFFFFFF, deadline_ns >> 32
+        u[w + W_FLAGS] = TX_REPORT if report else 0
+
+    @property
+    def events_lost(self) -> int:
+        """Events the nexus could not post because the EVENT ring was full (0: none lost)."""
+        return self._stats[self.role * STATS_PER_ROLE + Stat.EVENTS_DROPPED]
 
     def view(self, pkt: int) -> memoryview:
         """A zero-copy view of a received packet's data."""

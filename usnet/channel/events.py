@@ -10,8 +10,8 @@ The ring header is the one of `usnet.channel.ring`; each slot is a 32-byte recor
     offset 24  u64 aux       a second argument
 
 The nexus is the only producer. A full ring never blocks it: the event is
-dropped and counted in the channel's STATS (`events_dropped`), which the client
-can read.
+dropped and counted in the channel's STATS (`events_dropped`, published at
+the drop), which the client reads as `Channel.events_lost`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,16 @@ class EventType(enum.IntEnum):
     ADVISORY_UPDATED = 8  # the netif's rate-trend suggestion changed (code: direction, value: Trend, aux: seq)
     LEASE_GRANTED = 9  # the flow is in the low-latency class (value: lease id, aux: granted rate, bit/s)
     LEASE_REVOKED = 10  # back in the general class (code: RevokeReason, value: lease id, aux: frames moved)
+    TX_STATUS = 11  # one packet's fate (code: TxStatus | TxDropReason << 8, value: tag, aux: taken_ns)
+
+
+class TxStatus(enum.IntEnum):
+    """What became of a packet that asked for a report (UMD TX_REPORT) or carried a deadline."""
+
+    SENT = 1  # handed to the device (time_ns: when)
+    DROPPED = 2  # refused or lost before the device (the code's high byte: its TxDropReason)
+    EXPIRED = 3  # its deadline passed before it could be sent: not sent
+    FLUSHED = 4  # still queued when its flow went away: not sent
 
 
 class TxDropReason(enum.IntEnum):
@@ -88,11 +98,37 @@ class Event(NamedTuple):
     value: int
     aux: int
 
+    # TX_STATUS records, read by name
+    @property
+    def status(self) -> TxStatus | None:
+        """A TX_STATUS event's TxStatus (None for other events)."""
+        return TxStatus(self.code & 0xFF) if self.type == EventType.TX_STATUS else None
+
+    @property
+    def reason(self) -> TxDropReason | None:
+        """Why a TX_STATUS DROPPED packet was dropped, or a TX_DROPPED event's reason."""
+        if self.type == EventType.TX_DROPPED:
+            return TxDropReason(self.code)
+        if self.type == EventType.TX_STATUS and self.code >> 8:
+            return TxDropReason(self.code >> 8)
+        return None
+
+    @property
+    def tag(self) -> int:
+        """A TX_STATUS event's packet tag (the UMD tag the sender set)."""
+        return self.value
+
+    @property
+    def taken_ns(self) -> int:
+        """A TX_STATUS event's CLOCK_MONOTONIC ns when the nexus took the packet off the TX ring."""
+        return self.aux
+
 
 class EventProducer:
     """Nexus side: post records, dropping (and counting) when the ring is full."""
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+    def __init__(self, mem: memoryview, offset: int, capacity: int,
+                 counter: tuple[memoryview, int] | None = None) -> None:
         self.mem = mem
         self.offset = offset
         self.capacity = capacity
@@ -100,6 +136,7 @@ class EventProducer:
         self.q = hdr.cast("Q")
         self.prod = self.q[PROD]
         self.dropped = 0
+        self._counter = counter  # (u64 words, index) where each drop is published at once
 
     def post(self, type_: int, code: int = 0, packet: int = NO_PACKET, value: int = 0, aux: int = 0) -> bool:
         cons = self.q[CONS]
@@ -107,6 +144,9 @@ class EventProducer:
         if used < 0 or used >= self.capacity:
             # full, or a client wrote nonsense into its consumer counter: either way, drop
             self.dropped += 1
+            if self._counter is not None:
+                words, i = self._counter
+                words[i] = self.dropped
             return False
         slot = self.offset + HEADER + (self.prod % self.capacity) * RECORD_SIZE
         RECORD.pack_into(self.mem, slot, type_, code, packet & 0xFFFFFFFF, time.monotonic_ns(), value, aux)

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, fields, replace
 
 MAGIC = 0x544E5355  # "USNT" little-endian
-ABI_VERSION = 1
+ABI_VERSION = 2  # 2: 32-byte UMD records with a deadline and flags
 
 # u32 magic, u16 abi, u16 nrings, u32 buf_size, u32 buflets, u32 max_packets,
 # u32 active_packets, u64 shared_size, u64 ro_size, u64 umd_offset,

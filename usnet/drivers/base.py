@@ -23,6 +23,30 @@ class SegmentedFrame(bytes):
         self.gso_size = gso_size
         return self
 
+    def rewrap(self, data: Frame) -> "SegmentedFrame":
+        """The same frame attributes on new bytes (the packet, framed)."""
+        f = type(self)(data, self.gso_size)
+        f.__dict__.update(self.__dict__)
+        return f
+
+
+class TrackedFrame(SegmentedFrame):
+    """A frame whose fate its sender asked to hear of, or that has a deadline.
+
+    To the device it is plain bytes (or a super-segment, if `gso_size`).
+    The netif checks its deadline when it takes it off the queue (past it,
+    the frame is dropped: EXPIRED) and tells `Netif.on_status` what became
+    of it: sent, expired, or flushed with its queue. Only packets that ask
+    for it become one, so the bulk of traffic, in FrameBlocks, pays nothing.
+    """
+
+    key: int  # its queue (flow id)
+    tag: int  # the sender's id for it (UMD tag)
+    deadline_ns: int  # CLOCK_MONOTONIC ns; 0: none
+    taken_ns: int  # when the nexus took it off the client's TX ring
+    report: bool  # post its fate even when it is simply sent
+    index: int  # its packet index in the client's pool (for the record only)
+
 
 class GatherFrame:
     """A frame in two pieces, for the low-latency path's zero-copy transmit.

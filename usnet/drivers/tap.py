@@ -134,7 +134,7 @@ class TapDriver:
                     os.writev(fd, (_ZERO_VNET, f.head, f.body) if vnet else (f.head, f.body))
                 elif not vnet:
                     os.write(fd, f)
-                elif type(f) is SegmentedFrame:
+                elif type(f) is not bytes and getattr(f, "gso_size", 0):  # a SegmentedFrame, tracked or not
                     os.writev(fd, (self._gso_header(f), f))
                     self.stats.tx_gso_frames += 1
                 else:

@@ -13,6 +13,8 @@ validation happens on that copy, never on the client-writable original.
 from __future__ import annotations
 
 import os
+import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,11 +24,22 @@ from usnet.channel.ring import Consumer, Producer, RingCorrupt
 from usnet.channel.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
 from usnet.nexus.userpipe import UserPipe
 from usnet.pool.pool import HELD
-from usnet.pool.umd import UMD_WORDS
+from usnet.pool.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
 
 CLIENT, NEXUS = 0, 1
 _NO_ROWS = np.empty((0, 0), np.uint8)
 _NO_LENS = np.empty(0, np.uint32)
+
+
+class TxMeta(NamedTuple):
+    """The packets of a transmit batch that carry a deadline or ask for a report.
+
+    `marks` maps a position in the batch to (tag, deadline_ns, report, packet
+    index); `taken_ns` is when the batch came off the TX ring.
+    """
+
+    marks: dict[int, tuple[int, int, bool, int]]
+    taken_ns: int
 
 
 class FlowPort:
@@ -59,13 +72,14 @@ class FlowPort:
         return self.pipe.pool
 
     def pull(self, max_n: int, headroom: int = 0,
-             draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+             draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None]:
         """Take up to `max_n` packets the client sent: copied, ownership checked, freed.
 
-        Returns (rows, lens, gso): packet i's copy is rows[i, headroom:headroom + lens[i]],
+        Returns (rows, lens, gso, meta): packet i's copy is rows[i, headroom:headroom + lens[i]],
         gathered out of the pool in one numpy copy into memory only the nexus
         can reach; the lengths and gso sizes (UMD: 0, or the segment payload a
-        TCP super-segment asks to be cut at) are read once from the UMD.
+        TCP super-segment asks to be cut at) are read once from the UMD, and
+        so are the deadlines and report flags of the few that have them (`meta`).
         `headroom` leaves room in front of each row for the link header. A
         suspended flow gives nothing unless `draining` (its channel is closing:
         what it sent goes out).
@@ -73,18 +87,21 @@ class FlowPort:
         with self.pipe.lock:  # an in-process client's kick serves this pipe from its own thread
             return self._pull(max_n, headroom, draining)
 
-    def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        good, lens, gso = self.take(max_n, draining)
+    def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                       TxMeta | None]:
+        good, lens, gso, meta = self.take(max_n, draining)
         if not len(good):
-            return _NO_ROWS, _NO_LENS, _NO_LENS
+            return _NO_ROWS, _NO_LENS, _NO_LENS, None
         w = int(lens.max())
         rows = np.empty((len(good), headroom + w), np.uint8)
         rows[:, headroom:] = self.buf[good, :w]
         self.top_up()
-        return rows, lens, gso
+        return rows, lens, gso, meta
 
-    def take(self, max_n: int, draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(indices, lengths, gso sizes) of up to `max_n` packets the client sent, ownership checked, freed.
+    def take(self, max_n: int, draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                 TxMeta | None]:
+        """(indices, lengths, gso sizes, TxMeta or None) of up to `max_n` packets the client sent,
+        ownership checked, freed.
 
         Nothing is copied: the caller reads the buffers before it returns to
         the loop (the LL path sends from them), then calls `top_up`, which
@@ -93,14 +110,14 @@ class FlowPort:
         """
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
-            return _NO_LENS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
         try:
             idx = self.tx.pop_array(max_n)
         except RingCorrupt:
             pipe._violation(pipe.ends[CLIENT], RefusalReason.BAD_COUNTER)
-            return _NO_LENS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
         if not len(idx):
-            return _NO_LENS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
         pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
         good, refused = pipe.pool.release_checked(idx, NEXUS)
         if refused:
@@ -111,13 +128,24 @@ class FlowPort:
                 end.events.post(EventType.REFUSED, reason, pkt)
             pipe._violation(end, refused[0][1], refused[0][0], posted=True)
         if not len(good):
-            return _NO_LENS, _NO_LENS, _NO_LENS
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
         # The packets are back in the pool but nothing reuses them before `top_up`:
         # the domain is single-threaded, so the caller reads what the client wrote.
         at = good * UMD_WORDS
-        lens = self.umd_np[at]
+        umd = self.umd_np
+        lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
-        return good, lens, self.umd_np[at + 1] >> 16
+        marked = umd[at + W_FLAGS] | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
+        return good, lens, umd[at + W_GSO] >> 16, self._meta(good, at, marked) if marked.any() else None
+
+    def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
+        """What the marked packets of a batch asked for: read once, like the lengths."""
+        pos = np.flatnonzero(marked)
+        u64 = self.umd_np.view(np.uint64)  # tag and deadline are 8-byte aligned u64 words
+        at = at[pos]
+        return TxMeta({p: (t, d, bool(f & TX_REPORT), i) for p, t, d, f, i in zip(
+            pos.tolist(), u64[(at + W_TAG) // 2].tolist(), u64[(at + W_DEADLINE) // 2].tolist(),
+            self.umd_np[at + W_FLAGS].tolist(), good[pos].tolist())}, time.monotonic_ns())
 
     def top_up(self) -> None:
         """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.

@@ -36,13 +36,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from usnet.channel.events import EventType, TxDropReason
+from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.drivers import block
-from usnet.drivers.base import GatherFrame, SegmentedFrame
+from usnet.drivers.base import GatherFrame, SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.nexus.llcheck import GENERAL_PATH, SNAPSHOT, check_ll_header
 from usnet.nexus.neighbours import NeighbourCache
-from usnet.nexus.flowport import CLIENT, FlowPort
+from usnet.nexus.flowport import CLIENT, FlowPort, TxMeta
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace, host_owns
 from usnet.stack.tcp.connection import rst_reply
@@ -151,6 +151,8 @@ class FlowSwitch:
         # the multicast MACs of the groups we are in (all-nodes, our solicited-node groups)
         self._macs6 = frozenset(multicast_mac(g) for g in netif.groups6)
         self._rx_sig = np.frombuffer(netif.mac + b"\x08\x00\x45\x00\x00" + netif.ip, np.uint8)
+        netif.on_status = self._frame_status
+        self._last_drop = 0  # the reason of the last _tx_drop, for a tracked packet's status
         self._src_and_type = np.frombuffer(netif.mac + ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
 
     # -- flows ---------------------------------------------------------------------------
@@ -182,12 +184,13 @@ class FlowSwitch:
 
     def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
         """Unregister a flow and free its port; its queued frames still leave if `keep_queued`."""
-        if self.flows.pop(flow.id, None) is None:
+        if flow.id not in self.flows:
             return
+        if not keep_queued:
+            self.netif.drop_queue(flow.id)  # first: its tracked frames are reported FLUSHED to it
+        del self.flows[flow.id]
         self._table(flow).pop(flow.key(), None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)
-        if not keep_queued:
-            self.netif.drop_queue(flow.id)
 
     # -- receive ---------------------------------------------------------------------------
 
@@ -211,6 +214,8 @@ class FlowSwitch:
         for f in frames:
             if type(f) is FrameBlock:
                 netif.rx_bytes += f.nbytes()
+                if per_flow:  # frames before the block go first: a flow's packets keep their order
+                    self._deliver(per_flow)
                 self._rx_block(f, now, per_flow)
                 continue
             n = len(f)
@@ -234,13 +239,18 @@ class FlowSwitch:
             except (WireError, struct.error, ValueError, IndexError) as e:
                 self.drops["rx_malformed"] += 1
                 self.counts["last_error:" + type(e).__name__] = 1
+        self._deliver(per_flow)
+        return total_frames
+
+    def _deliver(self, per_flow: dict) -> None:
+        """Hand each flow the packets gathered for it, and forget them."""
         for flow, pkts in per_flow.items():
             n = flow.port.deliver(pkts)
             flow.stats["rx_packets"] += n
             if n < len(pkts):
                 flow.stats["rx_dropped"] += len(pkts) - n
                 self.drops["rx_client_full"] += len(pkts) - n
-        return total_frames
+        per_flow.clear()
 
     def _rx_block(self, blk: FrameBlock, now: float, per_flow: dict) -> None:
         """A FrameBlock from the wire: the common case column-wise, straight into pools.
@@ -521,9 +531,9 @@ class FlowSwitch:
         max_packets = min(max_packets, _PULL_BYTES // flow.port.stride or 1)
         if not draining and self.netif.serves_ll(flow.id) and not flow.parked:
             return self._service_ll(flow, max_packets)
-        rows, lens, gso = flow.port.pull(max_packets, ETH_HLEN, draining)
+        rows, lens, gso, meta = flow.port.pull(max_packets, ETH_HLEN, draining)
         if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
-            rows, lens, gso = self._police(flow, rows, lens, gso)
+            rows, lens, gso = self._police(flow, rows, lens, gso, meta)
         n = len(lens)
         if not n:
             return 0
@@ -532,13 +542,25 @@ class FlowSwitch:
             ok, tx_one = np.zeros(n, bool), self._tx_one6  # IPv6: packet by packet
         else:
             ok, tx_one = self._tx_fast_ok(flow, rows, lens), self._tx_one
+        if meta is not None:  # a deadline or a report: packet by packet, tracked
+            ok[[i for i in meta.marks if i < n]] = False
         sent = int(ok.sum())
-        if sent < n:
-            for i in np.flatnonzero(~ok).tolist():
-                sent += tx_one(flow, bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])]), now, int(gso[i]))
-            rows, lens = rows[ok], lens[ok]
-        if len(lens):
+        if sent == n:
             sent -= self._tx_rows(flow, rows, lens, now)
+        else:  # in order: runs of checked rows as blocks, the others one by one between them
+            start = 0
+            for i in np.flatnonzero(~ok).tolist() + [n]:
+                if i > start:
+                    sent -= self._tx_rows(flow, rows[start:i], lens[start:i], now)
+                if i == n:
+                    break
+                start = i + 1
+                p = bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])])
+                mark = None if meta is None else meta.marks.get(i)
+                if mark is None:
+                    sent += tx_one(flow, p, now, int(gso[i]))
+                else:
+                    sent += self._tx_marked(flow, p, now, int(gso[i]), mark, meta.taken_ns, tx_one)
         flow.stats["tx_packets"] += sent
         self._advise(flow)
         return n
@@ -563,16 +585,21 @@ class FlowSwitch:
         mv, stride = port.buf_mv, port.stride
         sent = 0
         with port.pipe.lock:  # until top_up: the buffers are read until the device has them
-            idx, lens, gso = port.take(max_packets)
+            idx, lens, gso, meta = port.take(max_packets)
             n = len(idx)
             if not n:
                 return 0
             if flow.policer is not None:
-                idx, lens, gso = self._police(flow, idx, lens, gso)
+                idx, lens, gso = self._police(flow, idx, lens, gso, meta)
             now = self.clock()
             frames: list[GatherFrame] = []
-            for i, ln, g in zip(idx.tolist(), lens.tolist(), gso.tolist()):
+            marks: list = []  # per frame: its TxMeta mark or None
+            for pos, (i, ln, g) in enumerate(zip(idx.tolist(), lens.tolist(), gso.tolist())):
                 at = i * stride
+                mark = None if meta is None else meta.marks.get(pos)
+                if mark is not None and mark[1] and mark[1] < time.monotonic_ns():
+                    self._expire(flow, mark, meta.taken_ns)
+                    continue
                 snap = bytes(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
                 got = GENERAL_PATH if g else check_ll_header(
                     snap, ln, proto=flow.proto, lport=flow.lport, raddr=flow.raddr, rport=flow.rport,
@@ -582,29 +609,83 @@ class FlowSwitch:
                     mac = self._neighbour(got[1], now)[1]
                 elif got != GENERAL_PATH:
                     self._tx_drop(flow, TxDropReason(got), ln)
+                    if mark is not None:
+                        self._post_status(flow, TxStatus.DROPPED, mark, meta.taken_ns, got)
                     continue
                 if mac is None:  # the general path's check, neighbour wait or refusal, in order
-                    sent += self._ll_emit(flow, frames) + tx_one(flow, bytes(mv[at : at + ln]), now, g)
-                    frames = []
+                    sent += self._ll_emit(flow, frames, marks, meta)
+                    p = bytes(mv[at : at + ln])
+                    sent += (tx_one(flow, p, now, g) if mark is None
+                             else self._tx_marked(flow, p, now, g, mark, meta.taken_ns, tx_one))
+                    frames, marks = [], []
                     continue
                 hdr = got[0]
                 frames.append(GatherFrame(_ETH.pack(mac, netif.mac, etype) + snap[:hdr], mv[at + hdr : at + ln]))
-            sent += self._ll_emit(flow, frames)
+                marks.append(mark)
+            sent += self._ll_emit(flow, frames, marks, meta)
             port.top_up()
         flow.stats["tx_packets"] += sent
         self._advise(flow)
         return n
 
-    def _ll_emit(self, flow: Flow, frames: list[GatherFrame]) -> int:
+    def _ll_emit(self, flow: Flow, frames: list[GatherFrame], marks: list, meta: TxMeta | None) -> int:
         """Send checked LL frames now; queue a copy of what the class cannot send yet. Returns len(frames)."""
         if not frames:
             return 0
         k = self.netif.transmit_now(flow.id, frames)
+        if meta is not None:
+            for mark in marks[:k]:
+                if mark is not None and mark[2]:
+                    self._post_status(flow, TxStatus.SENT, mark, meta.taken_ns)
         if k < len(frames):
-            self.netif.enqueue_many(flow.id, [bytes(f) for f in frames[k:]])
+            rest: list = [bytes(f) for f in frames[k:]]
+            if meta is not None:
+                rest = [f if m is None else self._tracked(flow, f, m, meta.taken_ns)
+                        for f, m in zip(rest, marks[k:])]
+            self.netif.enqueue_many(flow.id, rest)
         self.counts["tx_ll_zero_copy"] += k
         self.counts["tx_ll_queued"] += len(frames) - k
         return len(frames)
+
+    # -- packets that carry a deadline or ask for a report (UMD, docs/abi.md section 8) -----------
+
+    def _tx_marked(self, flow: Flow, p: bytes, now: float, gso: int, mark: tuple, taken_ns: int,
+                   tx_one: Callable) -> int:
+        """A marked packet on the per-packet path: expired, or checked and queued as a TrackedFrame."""
+        if mark[1] and mark[1] < time.monotonic_ns():
+            self._expire(flow, mark, taken_ns)
+            return 0
+        self._last_drop = 0
+        took = tx_one(flow, self._tracked(flow, p, mark, taken_ns), now, gso)
+        if not took:
+            self._post_status(flow, TxStatus.DROPPED, mark, taken_ns, self._last_drop)
+        return took
+
+    @staticmethod
+    def _tracked(flow: Flow, p: bytes, mark: tuple, taken_ns: int) -> TrackedFrame:
+        f = TrackedFrame(p, 0)
+        f.key, f.tag, f.deadline_ns, f.report, f.index = flow.id, mark[0], mark[1], mark[2], mark[3]
+        f.taken_ns = taken_ns
+        return f
+
+    def _expire(self, flow: Flow, mark: tuple, taken_ns: int) -> None:
+        self.drops["tx_expired"] += 1
+        flow.stats["tx_expired"] += 1
+        self._post_status(flow, TxStatus.EXPIRED, mark, taken_ns)
+
+    def _post_status(self, flow: Flow, status: TxStatus, mark: tuple, taken_ns: int, reason: int = 0) -> None:
+        flow.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark[3],
+                                                value=mark[0], aux=taken_ns)
+
+    def _frame_status(self, f: TrackedFrame, status: int) -> None:
+        """The netif's word on a queued TrackedFrame: sent, expired at the head of its queue, or flushed."""
+        flow = self.flows.get(f.key)
+        if flow is None or (status == TxStatus.SENT and not f.report):
+            return  # its flow is gone (nobody to tell), or it asked only for a deadline
+        if status == TxStatus.EXPIRED:
+            self.drops["tx_expired"] += 1
+            flow.stats["tx_expired"] += 1
+        self._post_status(flow, TxStatus(status), (f.tag, f.deadline_ns, f.report, f.index), f.taken_ns)
 
     def serve_ll(self) -> int:
         """Serve the flows of the netif's low-latency class and hand their frames to the device now."""
@@ -716,7 +797,10 @@ class FlowSwitch:
             if not gso or not self._segmentable(flow, p, l4, gso):
                 self._tx_drop(flow, TxDropReason.TOO_BIG, n)
                 return 0
-            p = SegmentedFrame(p, gso)
+            if type(p) is TrackedFrame:
+                p.gso_size = gso
+            else:
+                p = SegmentedFrame(p, gso)
             self.counts["tx_segmented"] += 1
         if not self._route(flow.id, dst, p, now):
             self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
@@ -736,9 +820,10 @@ class FlowSwitch:
         thl = (p[l4 + 12] >> 4) << 2
         return thl >= 20 and l4 + thl < len(p) and _MIN_GSO <= gso <= self.netif.mtu - l4 - thl
 
-    def _police(self, flow: Flow, rows: np.ndarray, lens: np.ndarray,
-                gso: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The head of the batch within the flow's lease rate; the rest dropped, counted, reported once."""
+    def _police(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, gso: np.ndarray,
+                meta: TxMeta | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The head of the batch within the flow's lease rate; the rest dropped, counted, reported once
+        (and each marked packet among them on its own)."""
         k = flow.policer.admit(lens, self.clock(), ETH_HLEN)
         if k < len(lens):
             over = len(lens) - k
@@ -746,10 +831,16 @@ class FlowSwitch:
             flow.stats["tx_dropped"] += over
             flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.RATE_EXCEEDED,
                                                     value=over, aux=int(lens[k:].sum()))
+            if meta is not None:
+                for pos in sorted(meta.marks):
+                    if pos >= k:
+                        self._post_status(flow, TxStatus.DROPPED, meta.marks[pos], meta.taken_ns,
+                                          TxDropReason.RATE_EXCEEDED)
             rows, lens, gso = rows[:k], lens[:k], gso[:k]
         return rows, lens, gso
 
     def _tx_drop(self, flow: Flow, reason: TxDropReason, length: int) -> None:
+        self._last_drop = reason
         self.drops["tx_" + reason.name.lower()] += 1
         flow.stats["tx_dropped"] += 1
         flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, reason, value=length)
@@ -800,14 +891,17 @@ class FlowSwitch:
             flow.stats["tx_packets"] -= 1  # counted as sent when it was queued for ARP
             flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED,
                                                     value=len(packet))
+            if type(packet) is TrackedFrame:
+                self._post_status(flow, TxStatus.DROPPED, (packet.tag, 0, True, packet.index), packet.taken_ns,
+                                  TxDropReason.NEIGHBOUR_UNRESOLVED)
 
     def _emit(self, key: int, mac: bytes, packet: bytes) -> None:
         self._send_frame(key, mac, ETHERTYPE_IPV6 if packet[0] >> 4 == 6 else ETHERTYPE_IPV4, packet)
 
     def _send_frame(self, key: int, dst_mac: bytes, etype: int, payload: bytes) -> None:
         frame = _ETH.pack(dst_mac, self.netif.mac, etype) + payload
-        if type(payload) is SegmentedFrame:
-            frame = SegmentedFrame(frame, payload.gso_size)
+        if isinstance(payload, SegmentedFrame):  # a super-segment, a tracked frame: keep what it carries
+            frame = payload.rewrap(frame)
         self.netif.enqueue(key, frame)
 
     def _send_ip(self, key: int, dst: bytes, proto: int, payload: bytes, now: float) -> None:

@@ -31,12 +31,15 @@ from typing import Any, Callable
 import numpy as np
 
 from usnet.drivers import block
-from usnet.drivers.base import Driver, GatherFrame, random_mac
+from usnet.drivers.base import Driver, GatherFrame, TrackedFrame, random_mac
 from usnet.drivers.block import FrameBlock
 from usnet.nexus import txsched
 from usnet.nexus.txsched import LL, SlotScheduler
 from usnet.wire.ipv4 import ip_bytes
 from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
+
+
+SENT, EXPIRED, FLUSHED = 1, 3, 4  # TxStatus values, as the netif reports them to on_status
 
 
 class Netif:
@@ -68,7 +71,10 @@ class Netif:
         self.queued_frames: dict[int, int] = {}
         self.active: deque[int] = deque()  # queue keys with frames, round-robin order
         self.tx_frames = self.tx_bytes = self.rx_frames = self.rx_bytes = 0
+        self.tx_expired = 0  # frames dropped at the queue's head, past their deadline
         self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
+        self.tracked = 0  # TrackedFrames queued: while 0, nothing looks for them
+        self.on_status: Callable[[TrackedFrame, int], None] | None = None  # the switch tells the flow
         self._init_sched(link_rate, ll_share, work_conserving, clock)
 
     def _init_sched(self, link_rate: float | None, ll_share: float | None,
@@ -162,6 +168,9 @@ class Netif:
             else:
                 self.active.append(key)
         q.extend(items)
+        for item in items:
+            if type(item) is TrackedFrame:
+                self.tracked += 1
         self.queued_bytes[key] += sum(map(block.size, items))
         self.queued_frames[key] += block.count(items)
         return self.queued_frames[key]
@@ -191,6 +200,8 @@ class Netif:
                 take = 0
                 while q and take < 32:
                     item = q.popleft()
+                    if self.tracked and type(item) is TrackedFrame and self._expired(key, item):
+                        continue
                     if type(item) is FrameBlock and not takes_blocks:
                         frames = item.frames()
                         batch.extend(frames)
@@ -347,6 +358,8 @@ class Netif:
                 else:
                     q.popleft()
                     took = len(item)
+                    if self.tracked and type(item) is TrackedFrame and self._expired(key, item):
+                        continue
                     n = 1
                     batch.append(item)
                     keys.append(key)
@@ -388,6 +401,10 @@ class Netif:
             frames = block.expand(batch[:done])
             for m in self.monitors:
                 m.deliver(frames)
+        if self.tracked:
+            for item in batch[:done]:
+                if type(item) is TrackedFrame:
+                    self._settle(item, SENT)
         if done == len(batch):
             return sent, nbytes, True
         for item, k in zip(reversed(batch[done:]), reversed(keys[done:])):
@@ -407,12 +424,31 @@ class Netif:
         self.tx_frames += n
         return b
 
+    def _expired(self, key: int, item: TrackedFrame) -> bool:
+        """Whether a frame just taken off queue `key` is past its deadline: then it is dropped and told."""
+        if not item.deadline_ns or item.deadline_ns >= time.monotonic_ns():
+            return False
+        self.queued_frames[key] -= 1
+        self.queued_bytes[key] -= len(item)
+        self.tx_expired += 1
+        self._settle(item, EXPIRED)
+        return True
+
+    def _settle(self, item: TrackedFrame, status: int) -> None:
+        self.tracked -= 1
+        if self.on_status is not None:
+            self.on_status(item, status)
+
     def drop_queue(self, key: int) -> int:
         q = self.queues.pop(key, None)
         self.queued_bytes.pop(key, None)
         frames = self.queued_frames.pop(key, 0)
         if q is None:
             return 0
+        if self.tracked:
+            for item in q:
+                if type(item) is TrackedFrame:
+                    self._settle(item, FLUSHED)
         self.ll_keys.discard(key)
         for active in (self.active, self.active_ll):
             try:
@@ -429,7 +465,7 @@ class Netif:
                 "link_local6": None if self.ll6 is None else ip6_str(self.ll6),
                 "gateway6": None if self.gateway6 is None else ip6_str(self.gateway6),
                 "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
-                "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes,
+                "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes, "tx_expired": self.tx_expired,
                 "queued": sum(self.queued_frames.values()),
                 "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)(),
                 **({} if self.sched is None else {"txsched": self._sched_info()})}

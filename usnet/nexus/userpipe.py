@@ -30,7 +30,7 @@ from usnet.channel.schema import (
 )
 from usnet.mem.arena import Arena, RegionKind, RegionSpec
 from usnet.pool.pool import PacketPool
-from usnet.pool.umd import UMD_SIZE
+from usnet.pool.umd import UMD_SIZE, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO
 
 ROLES = 2
 ABUSE_LIMIT = 8  # bad batches tolerated before the group is defuncted
@@ -67,7 +67,9 @@ class PipeEnd:
         self.alloc_mirror = np.zeros(a.capacity, dtype=np.uint32)  # what we put in each slot
         self.taken = 0  # ALLOC slots the client has consumed, as far as we believe
         self.free = Consumer(mem, f.offset, f.capacity)
-        self.events = EventProducer(mem, e.offset, e.capacity)
+        # a dropped event is counted where the client sees it at once (STATS events_dropped)
+        self.events = EventProducer(mem, e.offset, e.capacity,
+                                    (pipe.stats, role * STATS_PER_ROLE + Stat.EVENTS_DROPPED))
         self.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung for the client
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung by the client
         self.channel_id = 0
@@ -133,6 +135,8 @@ class UserPipe:
         self.schema_words = self.arena.view(RegionKind.SCHEMA).cast("I")
         self.layout.write(self.arena.view(RegionKind.SCHEMA))
         self.stats = self.arena.view(RegionKind.STATS).cast("Q")
+        self.umd_words = np.frombuffer(self.arena.shared, np.uint32, schema.max_packets * UMD_WORDS,
+                                       self.layout.umd_offset)
         self.pool = PacketPool(self.arena, schema.max_packets, schema.packets, ROLES, schema.quota)
         self.ends = [PipeEnd(self, role, infos) for role in range(ROLES)]
         for role in range(ROLES):
@@ -212,6 +216,12 @@ class UserPipe:
         got = self.pool.alloc(room, end.role)
         if len(got) == 0:
             return
+        at = got.astype(np.int64) * UMD_WORDS  # a clean record: no stale gso_size, deadline or flag
+        umd = self.umd_words
+        umd[at + W_GSO] = 0
+        umd[at + W_DEADLINE] = 0
+        umd[at + W_DEADLINE + 1] = 0
+        umd[at + W_FLAGS] = 0
         start = end.alloc.prod
         pos = np.arange(start, start + len(got)) & (end.alloc.capacity - 1)
         end.alloc_mirror[pos] = got
