@@ -10,7 +10,7 @@ ringing. docs/design-notes.md, "Receive mitigation", explains it.
 The rule, per flow port:
 
 * The packet rate is estimated from the arrivals: `score` is the packets
-  published, exponentially weighted with time constant `tau` (10 ms), so
+  published, exponentially weighted with time constant `tau` (2 ms), so
   `score / tau` is the recent rate in packets per second.
 * At the measured rate, a hold of `hold` (250 us) would gather
   `rate * hold` packets. Below two (under 8,000 packets/s with the
@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 HOLD = 250e-6  # seconds: the longest a bell is held past the first unrung packet
-TAU = 0.010  # seconds: time constant of the rate estimate
+TAU = 0.002  # seconds: time constant of the rate estimate
 MIN_FRAMES = 2  # a hold that would not gather this many packets is not worth its latency
 
 
