@@ -120,7 +120,7 @@ def run_once(mode: str, count: int, rx_mitigation: bool) -> dict:
 
 def run(quick: bool, progress: Callable[[str], None] | None = None, runs: int = 3) -> dict:
     """Each mode with mitigation off and on, the median of `runs` runs by throughput."""
-    counts = {"flood": 100_000 if quick else 300_000, "stream": 50_000 if quick else 150_000}
+    counts = {"flood": 100_000 if quick else 300_000, "stream": 30_000 if quick else 150_000}
     results = []
     for mode, count in counts.items():
         for on in (False, True):

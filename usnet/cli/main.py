@@ -136,9 +136,9 @@ def _measure_rxmit(args: argparse.Namespace, console: Console) -> dict:
 
 
 def _show_rxmit(result: dict, out: Console) -> None:
-    table = Table(title=f"usnet bench rxmit: {result['size']}-byte datagrams to a client that sleeps on its bell "
-                        f"(median of {result['runs']} runs)")
-    for col in ("sender", "rx mitigation", "datagrams/s", "delivered", "wake-ups / 1k", "bells / 1k"):
+    table = Table(title=f"usnet bench rxmit: {result['size']} B datagrams to a client asleep on its bell; "
+                        f"wake-ups and bells per 1,000 received (median of {result['runs']} runs)")
+    for col in ("sender", "mitigation", "datagrams/s", "delivered", "wake-ups/1k", "bells/1k"):
         table.add_column(col, justify="right")
     for r in result["results"]:
         table.add_row(r["mode"], "on" if r["rx_mitigation"] else "off", _fmt(r["dps"]),
