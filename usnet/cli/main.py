@@ -128,8 +128,26 @@ def _show_lowlat(result: dict, out: Console) -> None:
     out.print(table)
 
 
+def _measure_rxmit(args: argparse.Namespace, console: Console) -> dict:
+    from usnet.bench import rxmit
+
+    with console.status("bench rxmit") as status:
+        return rxmit.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_rxmit(result: dict, out: Console) -> None:
+    table = Table(title=f"usnet bench rxmit: {result['size']} B datagrams to a client asleep on its bell; "
+                        f"wake-ups and bells per 1,000 received (median of {result['runs']} runs)")
+    for col in ("sender", "mitigation", "datagrams/s", "delivered", "wake-ups/1k", "bells/1k"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        table.add_row(r["mode"], "on" if r["rx_mitigation"] else "off", _fmt(r["dps"]),
+                      f"{r['got']:,}/{r['sent']:,}", f"{r['wakeups_per_1k']:.1f}", f"{r['bells_per_1k']:.1f}")
+    out.print(table)
+
+
 _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp),
-            "lowlat": (_measure_lowlat, _show_lowlat)}
+            "lowlat": (_measure_lowlat, _show_lowlat), "rxmit": (_measure_rxmit, _show_rxmit)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -350,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp", "tcp", "lowlat"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp", "lowlat", "rxmit"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)

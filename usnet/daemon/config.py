@@ -2,6 +2,8 @@
 
     socket = "/run/usnet/usnetd.sock"
     log_level = "INFO"
+    rx_mitigation = true     # coalesce the receive doorbells of fast general-class flows
+                             # (default); false: ring a sleeping client on every batch
 
     [[netif]]
     name = "usnet0"          # the netif's name, as clients ask for it
@@ -20,6 +22,7 @@
                              # reserved for the low-latency class (0 to 0.9; default 0.2)
     work_conserving = true   # optional, needs link_rate: idle LL slots carry general
                              # traffic and the reverse (default); false: they stay idle
+    rx_mitigation = false    # optional: this netif's own choice (default: the top-level key)
 
     lease_ttl = 30.0         # seconds a low-latency lease lasts unless renewed (default 30)
 
@@ -37,7 +40,8 @@ class, rate and packet size. SIGHUP re-reads the file and applies its
 revoked, the others are untouched; a file that does not load changes nothing
 (usnetd logs why). Other keys take effect at the next start.
 
-See docs/design-notes.md, "The transmit multiplexer" and "The agent".
+See docs/design-notes.md, "The transmit multiplexer", "The agent" and
+"Receive mitigation".
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     link_rate: float | None = None
     ll_share: float | None = None
     work_conserving: bool | None = None
+    rx_mitigation: bool | None = None  # None: the file's top-level rx_mitigation
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)
@@ -112,6 +117,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket: str = DEFAULT_SOCKET
     log_level: str = "INFO"
     lease_ttl: float = DEFAULT_TTL
+    rx_mitigation: bool = True
     netif: list[NetifConfig] = []
     policy: list[PolicyConfig] = []
 
@@ -141,6 +147,8 @@ def dump(cfg: Config) -> str:
     lines = [f'socket = "{cfg.socket}"', f'log_level = "{cfg.log_level}"']
     if cfg.lease_ttl != DEFAULT_TTL:
         lines.append(f"lease_ttl = {_toml_value(cfg.lease_ttl)}")
+    if not cfg.rx_mitigation:
+        lines.append("rx_mitigation = false")
     for table, items in (("netif", cfg.netif), ("policy", cfg.policy)):
         for item in items:
             lines.append(f"\n[[{table}]]")

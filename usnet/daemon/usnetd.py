@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s: %s", args.socket, e)
         return 1
-    domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl)
+    domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation)
     try:
         for nc in cfg.netif:
             drv = config.make_driver(nc)
             domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu, address6=nc.address6,
                              gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
-                             work_conserving=nc.work_conserving)
+                             work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation)
             log.info("netif %s: %s driver on %s, address %s%s%s", nc.name, nc.driver, nc.ifname or nc.name,
                      nc.address, f", {nc.address6}" if nc.address6 else "",
                      f", paced to {nc.link_rate:g} bit/s" if nc.link_rate else "")

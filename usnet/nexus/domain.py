@@ -115,15 +115,21 @@ class Domain:
     `advisory_interval` (seconds, default 5 ms) is how often an active
     netif's interface advisory is republished; `delay_target` (seconds,
     default 5 ms) is the queueing delay above which it suggests DOWN.
+
+    `rx_mitigation` is the default of `add_netif`'s: whether a netif
+    coalesces the receive doorbells of its general-class flows
+    (usnet.nexus.mitigation).
     """
 
     def __init__(self, *, policy: Policy | None = None, lease_ttl: float = DEFAULT_TTL,
                  lease_clock: Callable[[], float] = time.monotonic,
-                 advisory_interval: float = 0.005, delay_target: float = 0.005) -> None:
+                 advisory_interval: float = 0.005, delay_target: float = 0.005,
+                 rx_mitigation: bool = True) -> None:
         for what, v in (("advisory_interval", advisory_interval), ("delay_target", delay_target)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
         self.advisory_interval = float(advisory_interval)
+        self.rx_mitigation = bool(rx_mitigation)
         self.delay_target = float(delay_target)
         self.advisories: dict[str, NetifAdvisory] = {}
         self.lock = threading.RLock()
@@ -271,7 +277,8 @@ class Domain:
                   mtu: int | None = None, *, address6: str | None = None,
                   gateway6: str | None = None, link_rate: float | None = None,
                   ll_share: float | None = None, work_conserving: bool | None = None,
-                  clock: Callable[[], float] = time.monotonic) -> FlowSwitch:
+                  clock: Callable[[], float] = time.monotonic,
+                  rx_mitigation: bool | None = None) -> FlowSwitch:
         """Attach a device: a netif with its flow switch, served by the domain loop.
 
         `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
@@ -286,6 +293,9 @@ class Domain:
 
         Each netif gets its interface advisory (OpenAdvisory). `clock` is the
         netif's and its switch's time (seconds, monotonic); tests pass their own.
+
+        `rx_mitigation` (default: the domain's) coalesces the receive
+        doorbells of the netif's general-class flows (usnet.nexus.mitigation).
         """
         with self.lock:
             if name in self.switches:
@@ -293,7 +303,8 @@ class Domain:
             netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6,
                           link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving,
                           clock=clock)
-            sw = FlowSwitch(netif, self.ports, clock=clock)
+            sw = FlowSwitch(netif, self.ports, clock=clock,
+                            rx_mitigation=self.rx_mitigation if rx_mitigation is None else rx_mitigation)
             self.advisories[name] = NetifAdvisory(sw, self.advisory_interval, self.delay_target)
             self.switches[name] = sw
             self.leases.add_netif(sw)
@@ -419,6 +430,7 @@ class Domain:
                 if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
                     sw.service_tx(flow)
             sw.flush()
+            timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
             timeout = _sooner(timeout, sw.next_timeout())
         return timeout
 

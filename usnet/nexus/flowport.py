@@ -8,13 +8,18 @@ puts sent packets back.
 Transmit copies each packet out of the client's pool exactly once, into
 memory only the nexus can reach, after the packet's ownership is checked;
 validation happens on that copy, never on the client-writable original.
+
+Receive rings the client's bell when it sleeps (NEED_WAKEUP): at once, or,
+on a netif with receive mitigation and for a flow outside the low-latency
+class, when the rule of usnet.nexus.mitigation says so; a held bell is
+listed with the switch, whose loop rings it when its deadline comes.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -22,6 +27,7 @@ from usnet.channel import ring as ringmod
 from usnet.channel.events import EventType, RefusalReason
 from usnet.channel.ring import Consumer, Producer, RingCorrupt
 from usnet.channel.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
+from usnet.nexus.mitigation import MIN_FRAMES, RxMitigation
 from usnet.nexus.userpipe import UserPipe
 from usnet.pool.pool import HELD
 from usnet.pool.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
@@ -66,6 +72,42 @@ class FlowPort:
         self.suspensions = 0
         self.rx_dropped = 0
         self.refused = 0
+        # Receive mitigation (enable_mitigation): its state, whether it applies now (not while the
+        # flow is in the low-latency class), the clock, and where a held bell is listed.
+        self.mitigation: RxMitigation | None = None
+        self.mitigate = False
+        self.clock: Callable[[], float] | None = None
+        self.held_bells: dict | None = None
+        self.rx_bells = 0  # bells rung for received packets
+        self.rx_bells_held = 0  # publications that found the client asleep and did not ring at once
+        self.rx_bells_late = 0  # held bells rung when their deadline came
+
+    def enable_mitigation(self, clock: Callable[[], float], held_bells: dict, **params) -> None:
+        """Coalesce this port's receive bells (usnet.nexus.mitigation); `held_bells` lists ports holding one.
+
+        At most a quarter of the RX ring waits for a bell, whatever the rate.
+        """
+        self.mitigation = RxMitigation(max(MIN_FRAMES, self.rx.limit // 4), **params)
+        self.mitigate = True
+        self.clock = clock
+        self.held_bells = held_bells
+
+    def set_low_latency(self, ll: bool) -> None:
+        """The low-latency class skips receive mitigation: the hook of a lease's grant and end."""
+        mit = self.mitigation
+        self.mitigate = mit is not None and not ll
+        if ll and mit is not None and mit.deadline is not None:
+            mit.cancel()
+            self.ring_held()
+
+    def ring_held(self) -> None:
+        """A held bell's time has come: ring it if the client still sleeps with packets waiting."""
+        if self.pipe.defunct_reason is None and self.rx.need_wakeup() and self.rx.published_unconsumed() > 0:
+            self.rx_bells_late += 1
+            self._ring_client()
+
+    def bell_stats(self) -> dict[str, int]:
+        return {"rx_bells": self.rx_bells, "rx_bells_held": self.rx_bells_held, "rx_bells_late": self.rx_bells_late}
 
     @property
     def pool(self):
@@ -221,11 +263,21 @@ class FlowPort:
         self.umd_np[got * UMD_WORDS] = lens
         self.rx.push(got)
         ringmod.fence()
-        if self.rx.need_wakeup():
-            try:
-                os.eventfd_write(self.client_bell, 1)
-            except OSError:
-                pass
+        if not self.mitigate:
+            if self.rx.need_wakeup():
+                self._ring_client()
+        elif self.mitigation.arrive(self.clock(), len(got), self.rx.need_wakeup()):
+            self._ring_client()
+        elif self.mitigation.deadline is not None:
+            self.rx_bells_held += 1
+            self.held_bells[self] = None  # the switch rings it when it is due
+
+    def _ring_client(self) -> None:
+        self.rx_bells += 1
+        try:
+            os.eventfd_write(self.client_bell, 1)
+        except OSError:
+            pass
 
     def tx_pending(self) -> int:
         try:

@@ -14,7 +14,9 @@ its addresses. Clients hand it IP packets and receive IP packets.
   on the client's event ring: no client can send as another.
 * Receive: classify, then copy into the owning channel's pool and ring its
   doorbell. Anything malformed is counted and dropped; nothing from the wire
-  can raise out of here.
+  can raise out of here. With `rx_mitigation`, a general-class flow's bell
+  may be held (usnet.nexus.mitigation); `ring_held` rings the held bells
+  that are due and says when the next one is.
 * IPv6 (a netif with `address6`): flows carry a family; an IPv6 flow's
   packets are checked one at a time (`_tx_one6`: version 6, payload length,
   next header = the flow's protocol, so no extension header can be
@@ -127,13 +129,16 @@ class Flow:
             remote = f"{ip_str(self.raddr)}:{self.rport}"
         return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
                 "family": self.family, "local_port": self.lport, "remote": remote,
-                "suspended": self.port.suspended, "stats": dict(self.stats)}
+                "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
+                "stats": {**self.stats, **self.port.bell_stats()}}
 
 
 class FlowSwitch:
     def __init__(self, netif: Netif, ports: PortSpace | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, rx_mitigation: bool = False) -> None:
         self.netif = netif
+        self.rx_mitigation = rx_mitigation  # coalesce the receive bells of new flows (usnet.nexus.mitigation)
+        self._held_bells: dict[FlowPort, None] = {}  # ports holding a receive bell: an ordered set
         self.ports = ports or PortSpace()
         self.clock = clock
         self.arp = NeighbourCache()  # IPv4 neighbours, asked for with ARP
@@ -172,6 +177,8 @@ class FlowSwitch:
         lport = self.ports.reserve(proto, lport, fid, self._host_addr6 if family == 6 else self._host_addr,
                                    family=family)
         flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family)
+        if self.rx_mitigation:
+            port.enable_mitigation(self.clock, self._held_bells)
         self.flows[fid] = flow
         self._table(flow)[flow.key()] = flow
         return flow
@@ -190,6 +197,7 @@ class FlowSwitch:
             self.netif.drop_queue(flow.id)  # first: its tracked frames are reported FLUSHED to it
         del self.flows[flow.id]
         self._table(flow).pop(flow.key(), None)
+        self._held_bells.pop(flow.port, None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)
 
     # -- receive ---------------------------------------------------------------------------
@@ -301,6 +309,27 @@ class FlowSwitch:
                 except (WireError, struct.error, ValueError, IndexError) as e:
                     self.drops["rx_malformed"] += 1
                     self.counts["last_error:" + type(e).__name__] = 1
+
+    def ring_held(self) -> float | None:
+        """Ring the held receive bells that are due; seconds until the next one is (None: none held).
+
+        The domain loop calls this on every pass and sleeps no longer than it says.
+        """
+        held = self._held_bells
+        if not held:
+            return None
+        now = self.clock()
+        nxt: float | None = None
+        for port in list(held):
+            mit = port.mitigation
+            if mit.deadline is None:  # rung as packets came, or the client woke up on its own
+                del held[port]
+            elif mit.due(now):
+                del held[port]
+                port.ring_held()
+            elif nxt is None or mit.deadline < nxt:
+                nxt = mit.deadline
+        return None if nxt is None else max(0.0, nxt - now)
 
     def _rx_frame(self, f: bytes, now: float, per_flow: dict) -> None:
         if len(f) < ETH_HLEN:
