@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from usnet.cli.tables import fmt_rate as _rate
 from usnet.client import DEFAULT_SOCKET
 
 
@@ -135,7 +136,27 @@ _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp
 def cmd_demo(args: argparse.Namespace) -> int:
     from usnet.bench.demo import run_demo
 
-    return run_demo(Console(), packets=args.packets)
+    if args.plot:
+        from usnet.bench.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()  # before measuring: a missing matplotlib should cost one line, not a demo
+        except PlotUnavailable as e:
+            print(f"usnet demo: {e}", file=sys.stderr)
+            return 2
+    return run_demo(Console(), packets=args.packets, phase=args.phase, plot=args.plot)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds, at most an hour."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(v) and 0 < v <= 3600):
+        raise argparse.ArgumentTypeError(f"must be seconds above 0 and at most 3600, not {text!r}")
+    return v
+
 
 
 def _connect(path: str):
@@ -196,13 +217,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
             t.add_row(f"drop: {k}", f"{v:,}")
         con.print(t)
     return 0
-
-
-def _rate(bps: int) -> str:
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:,.1f} {unit}"
-    return f"{bps} bit/s"
 
 
 def _advisory_table(a) -> Table:
@@ -346,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="usnet", description="user-space networking stack")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="a user pipe beside a socketpair, UDP through the flow switch, "
-                                          "HTTP over a lossy link on usnet's TCP")
+                                          "HTTP over a lossy link on usnet's TCP, low latency beside bulk "
+                                          "traffic and a sender that adapts to the interface advisory")
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
+    d.add_argument("--phase", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="length of each low-latency phase (default %(default)s)")
+    d.add_argument("--plot", metavar="FILE", help="write the low-latency series to this PNG "
+                                                  "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
     b.add_argument("what", choices=["pipe", "udp", "tcp", "lowlat"])
