@@ -158,6 +158,19 @@ def _seconds(text: str) -> float:
     return v
 
 
+def _bits(text: str) -> float:
+    """An argparse type: bits per second, as a number ("50e6") or with a k, M or G suffix ("50M").
+
+    Only the syntax is checked here; whether the value makes sense is the
+    config's check (usnet.daemon.config, txsched.check_params), so that the
+    flag and the config file refuse the same values with the same words.
+    """
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}.get(text[-1:], 1.0)
+    try:
+        return float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate in bits/s (e.g. 50e6 or 50M): {text!r}") from None
+
 
 def _connect(path: str):
     from usnet.client import Client
@@ -321,7 +334,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     return updown.up(args.driver, args.ifname, args.address, args.host_address,
                      args.run_dir or updown.RUN_DIR, pcap=args.pcap, address6=args.address6,
-                     host_address6=args.host_address6)
+                     host_address6=args.host_address6, link_rate=args.link_rate, ll_share=args.ll_share,
+                     strict=args.strict)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -381,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--address6", help="usnet's IPv6 address too, e.g. fd00:77::2/64 (default: IPv4 only)")
     u.add_argument("--host-address6", help="the host's IPv6 address (default: ::1 of usnet's prefix)")
     u.add_argument("--pcap", help="trace every frame of the netif to this file")
+    u.add_argument("--link-rate", type=_bits, metavar="BITS",
+                   help="pace transmit to this many bits/s, e.g. 50e6 or 50M (usnetd's link_rate)")
+    u.add_argument("--ll-share", type=float, metavar="F",
+                   help="share of the time slots reserved for the low-latency class, 0 to 0.9 "
+                        "(default 0.2; needs --link-rate)")
+    u.add_argument("--strict", action="store_true",
+                   help="idle low-latency slots stay idle instead of carrying general traffic "
+                        "(work_conserving = false; needs --link-rate)")
     u.add_argument("--run-dir", default=None)
     u.set_defaults(fn=cmd_up)
     dn = sub.add_parser("down", help="stop usnetd and remove what `usnet up` made")
