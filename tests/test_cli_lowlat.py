@@ -113,3 +113,74 @@ def test_link_rate_takes_numbers_and_suffixes_and_refuses_words(capsys):
     with pytest.raises(SystemExit) as e:
         main(["up", "--link-rate", "fast"])
     assert e.value.code == 2 and "--link-rate" in capsys.readouterr().err
+
+
+# -- usnetd's advisory_interval and delay_target ---------------------------------------------------------
+
+
+def test_advisory_keys_load_reach_the_domain_and_survive_dump(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('advisory_interval = 0.02\ndelay_target = 1\n[[netif]]\nname = "u0"\naddress = "10.1.0.2/24"\n')
+    cfg = config.load(str(p))
+    assert (cfg.advisory_interval, cfg.delay_target) == (0.02, 1.0)
+    assert cfg.domain_kwargs() == {"advisory_interval": 0.02, "delay_target": 1.0}
+    with Domain(**cfg.domain_kwargs()) as d:
+        assert (d.advisory_interval, d.delay_target) == (0.02, 1.0)
+    p.write_text(config.dump(cfg))
+    assert config.load(str(p)) == cfg
+    # unset: absent from the file and from the domain's arguments, so the domain's defaults hold
+    p.write_text('[[netif]]\nname = "u0"\naddress = "10.1.0.2/24"\n')
+    cfg = config.load(str(p))
+    assert cfg.domain_kwargs() == {} and "advisory" not in config.dump(cfg) and "delay" not in config.dump(cfg)
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("advisory_interval = 0", "advisory_interval must be a positive number of seconds"),
+    ("advisory_interval = -0.5", "advisory_interval must be a positive number of seconds"),
+    ("advisory_interval = inf", "advisory_interval must be a positive number of seconds"),
+    ("delay_target = nan", "delay_target must be a positive number of seconds"),
+    ("delay_target = -1", "delay_target must be a positive number of seconds"),
+    ('delay_target = "5ms"', "delay_target"),
+    ("delay_target = true", "delay_target"),
+])
+def test_config_refuses_nonsense_advisory_keys_by_name(tmp_path, text, msg):
+    p = tmp_path / "c.toml"
+    p.write_text(text + "\n")
+    with pytest.raises(ValueError, match=msg):
+        config.load(str(p))
+
+
+def test_usnetd_builds_its_domain_with_the_advisory_keys(sockdir):
+    cfg = sockdir / "c.toml"
+    cfg.write_text("advisory_interval = 0.02\ndelay_target = 0.015\n")
+    d = Daemon(str(sockdir / "s.sock"), sockdir / "usnetd.log", "--config", str(cfg))
+    try:
+        assert "interface advisories: published every 0.02 s, delay target 0.015 s" in d.log_text()
+    finally:
+        assert d.stop() == 0
+
+
+def test_usnetd_refuses_a_config_with_a_nonsense_advisory_key(sockdir):
+    import subprocess
+    import sys
+
+    cfg = sockdir / "c.toml"
+    cfg.write_text("delay_target = 0\n")
+    p = subprocess.run([sys.executable, "-m", "usnet.daemon.usnetd", "--config", str(cfg), "--socket",
+                        str(sockdir / "s.sock")], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "delay_target must be a positive number of seconds" in p.stderr
+
+
+@pytest.mark.privileged
+def test_a_client_reads_the_configured_delay_target_in_the_advisory(sockdir):
+    cfg = sockdir / "c.toml"
+    cfg.write_text(f'delay_target = 0.02\nadvisory_interval = 0.01\n\n[[netif]]\nname = "adv1"\ndriver = "tap"\n'
+                   f'ifname = "{tap_name()}"\naddress = "10.252.0.2/24"\nlink_rate = 25e6\n')
+    d = Daemon(str(sockdir / "s.sock"), sockdir / "usnetd.log", "--config", str(cfg))
+    try:
+        c = Client.connect(d.path)
+        with c.advisory("adv1") as adv:
+            assert adv.snapshot().tx.target_delay_ns == 20_000_000
+        c.close()
+    finally:
+        assert d.stop() == 0, d.log_text()
