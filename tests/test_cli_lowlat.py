@@ -184,3 +184,40 @@ def test_a_client_reads_the_configured_delay_target_in_the_advisory(sockdir):
         c.close()
     finally:
         assert d.stop() == 0, d.log_text()
+
+
+# -- usnet status: the lease table ---------------------------------------------------------------------
+
+
+def test_status_lists_a_granted_lease(sockdir, capsys, monkeypatch):
+    wire = MemWire()
+    policy = Policy([PolicyEntry(frozenset({"voice"}), 2e6, 1200, uid=ME)])
+    path = str(sockdir / "s.sock")
+    with Domain(policy=policy) as d:
+        d.add_netif("a", wire.a, "10.9.0.1/24", link_rate=1e9, ll_share=0.2)
+        d.add_netif("b", wire.b, "10.9.0.2/24")
+        d.listen(listen_seqpacket(path))
+        d.start()
+        c = Client.local(d, program="voipd")
+        s = c.udp_socket("a", 5000)
+        lease = c.request_lease(s, service_class="voice", rate=1.5e6, max_packet=1200, latency_target=0.05)
+
+        monkeypatch.setenv("COLUMNS", "250")  # rich wraps at 80 columns when not on a terminal
+        assert main(["status", "--socket", path]) == 0
+        out = capsys.readouterr().out
+        assert "low-latency leases (policy: 1 entry; a grant or renewal lasts 30 s)" in out
+        (row,) = [line for line in out.splitlines() if "voipd" in line and "voice" in line]
+        cells = re.split(r"\s{2,}", row.strip())
+        assert cells[:7] == [str(lease.id), f"a ch {s.channel.id}", f"{ME} voipd", "voice", "1.5 Mbit/s",
+                             "1,200 B", "50 ms"]
+        assert cells[8] == "0/0"  # nothing sent yet: the policer passed and dropped nothing
+        assert "a: 1.5 Mbit/s of 200.0 Mbit/s granted" in out and "Granted 1" in out
+
+        assert main(["status", "--socket", path, "--json"]) == 0
+        (got,) = json.loads(capsys.readouterr().out)["lowlat"]["leases"]
+        assert (got["id"], got["program"], got["rate"]) == (lease.id, "voipd", 1.5e6)
+
+        lease.release()
+        assert main(["status", "--socket", path]) == 0
+        out = capsys.readouterr().out
+        assert "voice" not in out.split("low-latency leases")[1] and "ended RELEASED 1" in out

@@ -367,6 +367,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         t.add_row(p["name"], p["schema"], str(p["uid"]), str(pool["free"]), str(pool["in_alloc"]),
                   str(pool["held"]), str(pool["purged"]), f"{p['memory_bytes']:,}", str(p["defunct"] or ""))
     con.print(t)
+    if "lowlat" in info:  # a usnetd from before issue 5 has no low-latency agent
+        from usnet.cli.tables import lease_table
+
+        con.print(lease_table(info["lowlat"]))
     return 0
 
 
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--seconds", type=float, default=None, help="stop after this long")
     cp.add_argument("--socket", default=DEFAULT_SOCKET)
     cp.set_defaults(fn=cmd_capture)
-    s = sub.add_parser("status", help="sessions, pipes and pools of a running usnetd")
+    s = sub.add_parser("status", help="sessions, pipes, pools and low-latency leases of a running usnetd")
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
