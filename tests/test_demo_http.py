@@ -61,5 +61,5 @@ def test_usnet_demo_runs_end_to_end_without_matplotlib_and_prints_every_part(tmp
     assert "with its lease (LL class)" in out and "without (general class)" in out
     assert "low-latency leases" in out and "voice" in out
     assert "bulk throughput beside the leased flow" in out
-    assert "first DOWN at" in out and "first UP after it at" in out
+    assert "(the first DOWN)" in out and "(the first UP after it)" in out
     assert "the adaptive sender's rate over time" in out

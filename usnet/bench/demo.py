@@ -166,9 +166,11 @@ def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) 
     if r.granted.lowlat:
         console.print(lease_table(r.granted.lowlat))
     bulk = r.granted.bulk_bps * 8
+    g99, l99 = r.general.p(99), r.granted.p(99)
+    verdict = (f"the lease cut the LL flow's p99 from {_ms(g99)} to {_ms(l99)}" if l99 < g99 else
+               f"the lease did not help the LL flow's p99 on this run ({_ms(l99)} with it, {_ms(g99)} without)")
     console.print(f"bulk throughput beside the leased flow: {_mbit(bulk)}, {bulk / lowlat.LINK_RATE:.0%} of the "
-                  f"link (work-conserving: LL slots the flow leaves idle carry bulk traffic); the lease cut the "
-                  f"LL flow's p99 from {_ms(r.general.p(99))} to {_ms(r.granted.p(99))}.")
+                  f"link (work-conserving: LL slots the flow leaves idle carry bulk traffic); {verdict}.")
     _adaptive_report(console, r.adaptive)
     if plot:
         from usnet.bench.plot import write_demo_plot
@@ -189,14 +191,21 @@ def _adaptive_report(console: Console, a: "AdaptiveResult") -> None:
                   "quarter, HOLD keeps it; a trend that persists acts again after 50 ms. It starts at "
                   f"{_mbit(a.start_rate)}, above the link's {_mbit(a.link_rate)}; the advisory says DOWN while "
                   f"the queueing delay is above {a.delay_target_ms:g} ms.")
-    first_down = next((c for c in a.changes if c.trend == "DOWN"), None)
-    if first_down is not None:
-        console.print(f"  first DOWN at {first_down.t:.3f} s, queueing delay {_ms(first_down.queue_delay_ms)}: "
-                      f"{_mbit(first_down.rate_before)} -> {_mbit(first_down.rate_after)}")
-        up = next((c for c in a.changes if c.trend == "UP" and c.t >= first_down.t), None)
-        if up is not None:
-            console.print(f"  first UP after it at {up.t:.3f} s, queueing delay {_ms(up.queue_delay_ms)}: "
-                          f"{_mbit(up.rate_before)} -> {_mbit(up.rate_after)}")
+    # its first changes, up to the first UP after the first DOWN: how it reacted, both ways
+    down = next((i for i, c in enumerate(a.changes) if c.trend == "DOWN"), None)
+    up = None if down is None else next((i for i in range(down, len(a.changes)) if a.changes[i].trend == "UP"), None)
+    last = len(a.changes) - 1 if up is None else up
+    for i, c in enumerate(a.changes[:min(last + 1, 8)]):
+        if i == down:
+            what = "the first DOWN"
+        elif i == up:
+            what = "the first UP after it"
+        elif down is None or i < down:
+            what = "nothing queued yet"  # an idle link has room: the advisory starts at UP
+        else:
+            what = "still DOWN 50 ms later"  # between the first DOWN and the first UP every change is a cut
+        console.print(f"  {c.t:.3f} s  {c.trend:<4}  queueing delay {_ms(c.queue_delay_ms):>9}:  "
+                      f"{_mbit(c.rate_before)} -> {_mbit(c.rate_after)}  ({what})")
     t = Table(title="the adaptive sender's rate over time")
     for c in ("time", "advisory trend", "queueing delay", "sending rate", "achieved"):
         t.add_column(c, justify="right")
