@@ -97,6 +97,16 @@ def test_both_phases_give_percentiles_and_the_lease_carried_the_flow(demo_result
     assert r.general.lowlat is None  # no lease was ever seen in the general phase
 
 
+def test_the_adaptive_sender_cannot_settle_before_it_has_been_raised_after_a_cut():
+    # every rate it can hold before then is above the link (the queue builds: DOWN) or below the
+    # share of the link under which the advisory says UP; none sits in the HOLD band between them
+    from usnet.lowlat.estimate import UP_HEADROOM
+
+    start, ceiling, link = lowlat.ADAPT_START, lowlat.ADAPT_CEILING, lowlat.LINK_RATE
+    assert link < start <= ceiling  # raised from the start, it stays above the link
+    assert ceiling * RateAdapter(start, floor=1, ceiling=ceiling).down < UP_HEADROOM * link  # cut, below
+
+
 def test_the_adaptive_sender_changes_its_rate_the_way_the_advisory_says(demo_result):
     a = demo_result.adaptive
     assert a.link_rate == lowlat.LINK_RATE and a.start_rate == lowlat.ADAPT_START

@@ -64,8 +64,12 @@ LL_FRAME = LL_SIZE + 8 + 20 + 14  # one LL datagram on the link
 LEASE = {"service_class": "voice", "rate": 2e6, "max_packet": LL_SIZE + 28, "latency_target": 0.02}
 #: The policy of a `LowLatRun` that grants by lease: this uid may lease voice up to 2 Mbit/s.
 LEASE_POLICY = Policy([PolicyEntry(frozenset({"voice"}), 2e6, 1500, uid=os.getuid())])
-# The adaptive sender: starts well above the link rate, so the queue must build and the advisory say DOWN.
-ADAPT_START, ADAPT_FLOOR, ADAPT_CEILING = 1.6 * LINK_RATE, 0.04 * LINK_RATE, 2 * LINK_RATE
+# The adaptive sender starts well above the link rate, so the queue must build and the advisory say
+# DOWN. Before its first raise after a cut it can only be at the start rate or the ceiling (the idle
+# link's advisory says UP), both above the link, or at half of one of them or less: below the 90 % of
+# the link under which the advisory says UP again (usnet.lowlat.estimate.UP_HEADROOM). A rate between
+# those (the link rate itself, say) could sit in the advisory's HOLD band and never be raised.
+ADAPT_START, ADAPT_FLOOR, ADAPT_CEILING = 1.4 * LINK_RATE, 0.04 * LINK_RATE, 1.75 * LINK_RATE
 
 
 def percentile(xs: list[float], p: float) -> float:
@@ -194,13 +198,23 @@ class LowLatRun:
         self.procs.append(p)
         return p
 
-    def ll_flow_id(self) -> int | None:
+    def flow_ids(self, netif: str, ports: range) -> list[int]:
+        """The ids of the flows on `netif` whose local port is in `ports` (those that exist yet)."""
         for nif in self.dom.status()["netifs"]:
-            if nif["netif"]["name"] == "a":
-                for f in nif["flows"]:
-                    if f["local_port"] == LL_PORT:
-                        return f["id"]
-        return None
+            if nif["netif"]["name"] == netif:
+                return [f["id"] for f in nif["flows"] if f["local_port"] in ports]
+        return []
+
+    def ll_flow_id(self) -> int | None:
+        return next(iter(self.flow_ids("a", range(LL_PORT, LL_PORT + 1))), None)
+
+    def _wait_for_bulk(self, timeout: float = 30.0) -> None:
+        """Until every bulk flow is open: the warm-up then starts when they do, not when their process does."""
+        deadline = time.monotonic() + timeout
+        while len(self.flow_ids("a", range(BULK_PORT, BULK_PORT + BULK_FLOWS))) < BULK_FLOWS:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("the bulk flows did not open")
+            time.sleep(0.005)
 
     def rx_bytes_b(self) -> int:
         return self.dom.switches["b"].netif.rx_bytes
@@ -242,7 +256,8 @@ class LowLatRun:
         ready_r, ready_w = os.pipe()
         try:
             if bulk:
-                stop_w = self._background(seconds + warmup + 30, bulk=True)
+                stop_w = self._background(seconds + warmup + 60, bulk=True)
+                self._wait_for_bulk()
                 time.sleep(warmup)  # let the bulk flows fill their queues at the netif
             self.spawn("llrecv", str(count), str(w), str(ready_w), keep=(w, ready_w))
             os.close(w)
