@@ -207,7 +207,8 @@ def _adaptive_report(console: Console, a: "AdaptiveResult") -> None:
         console.print(f"  {c.t:.3f} s  {c.trend:<4}  queueing delay {_ms(c.queue_delay_ms):>9}:  "
                       f"{_mbit(c.rate_before)} -> {_mbit(c.rate_after)}  ({what})")
     t = Table(title="the adaptive sender's rate over time")
-    for c in ("time", "advisory trend", "queueing delay", "sending rate", "achieved"):
+    # "sent": what it put on its ring over the last sample (above the link while its queue builds)
+    for c in ("time", "advisory trend", "queueing delay", "sending rate", "sent"):
         t.add_column(c, justify="right")
     step = max(1, len(a.samples) // 8)
     for s in a.samples[::step]:
@@ -219,6 +220,6 @@ def _adaptive_report(console: Console, a: "AdaptiveResult") -> None:
         mean_delay = sum(s[2] for s in later) / len(later)
         console.print(f"over {a.seconds:.1f} s: {sum(c.trend == 'DOWN' for c in a.changes)} cuts, "
                       f"{sum(c.trend == 'UP' for c in a.changes)} raises, {a.events} ADVISORY_UPDATED events; "
-                      f"after the first third it got {_mbit(mean_rate)} through "
+                      f"after the first third it sent {_mbit(mean_rate)} on average "
                       f"({mean_rate / a.link_rate:.0%} of the link) at a mean queueing delay of {_ms(mean_delay)} "
                       f"(max {_ms(max(s[2] for s in later))}).")

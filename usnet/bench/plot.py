@@ -61,7 +61,7 @@ def write_demo_plot(path: str, result: "DemoResult") -> None:
     a = result.adaptive
     t = [s[0] for s in a.samples]
     bottom.step(t, [s[1] / 1e6 for s in a.samples], where="post", color="tab:green", label="sending rate")
-    bottom.plot(t[1:], [s[4] / 1e6 for s in a.samples[1:]], color="tab:olive", alpha=0.6, label="achieved")
+    bottom.plot(t[1:], [s[4] / 1e6 for s in a.samples[1:]], color="tab:olive", alpha=0.6, label="sent")
     bottom.axhline(a.link_rate / 1e6, color="grey", linestyle="--", linewidth=1, label="link rate")
     bottom.set_xlabel("time (s)")
     bottom.set_ylabel("Mbit/s")
