@@ -39,11 +39,15 @@ def test_a_megabyte_over_http_with_one_percent_loss_arrives_intact_after_retrans
     assert server["segs_out"] >= 1_000_000 // server["mss"]
 
 
-def test_usnet_demo_runs_end_to_end_and_prints_the_http_part():
+def test_usnet_demo_runs_end_to_end_without_matplotlib_and_prints_every_part(tmp_path):
     # --packets 20000 rather than 2000: with 2000 the UDP part's flow-table snapshot
     # (usnet/bench/udp.py) can miss the sender's short-lived flow and then polls for 10 s.
-    env = dict(os.environ, COLUMNS="200")  # rich wraps at 80 columns when not on a terminal
-    p = subprocess.run([sys.executable, "-m", "usnet.cli.main", "demo", "--packets", "20000"],
+    # A matplotlib that cannot be imported stands first on the path: the demo without --plot
+    # must never import it (it is an optional dependency).
+    (tmp_path / "matplotlib.py").write_text("raise ImportError('usnet demo imported matplotlib without --plot')\n")
+    env = dict(os.environ, COLUMNS="200",  # rich wraps at 80 columns when not on a terminal
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    p = subprocess.run([sys.executable, "-m", "usnet.cli.main", "demo", "--packets", "20000", "--phase", "0.3"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     out = p.stdout
@@ -52,3 +56,10 @@ def test_usnet_demo_runs_end_to_end_and_prints_the_http_part():
     assert "retransmitted segments" in out and "smoothed RTT" in out and "cwnd" in out
     assert "HTTP 200: 4,000,000 bytes" in out
     assert "SHA-256 digest ok" in out
+    # the low-latency part (its figures are checked in tests/test_demo_lowlat.py)
+    assert "Low latency on a shared link" in out
+    assert "with its lease (LL class)" in out and "without (general class)" in out
+    assert "low-latency leases" in out and "voice" in out
+    assert "bulk throughput beside the leased flow" in out
+    assert "(the first DOWN)" in out and "(the first UP after it)" in out
+    assert "the adaptive sender's rate over time" in out

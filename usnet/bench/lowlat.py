@@ -7,33 +7,44 @@ process on a SEQPACKET session, as in `usnet bench udp`:
 
 * llsend: one UDP flow on "a" sending `LL_SIZE`-byte datagrams every
   `LL_PERIOD`, each carrying its sequence number and CLOCK_MONOTONIC send time;
+  asked to, it first requests a low-latency lease for its flow (`LEASE`);
 * llrecv: its receiver on "b", which takes one-way latency per datagram
   (one machine, one monotonic clock);
 * bulk: `BULK_FLOWS` UDP flows on "a" sending 1,400-byte datagrams as fast as
   the link takes them (their queues at the netif fill; the switch suspends
-  them, so they never lose a datagram to the queue), and a sink on "b".
+  them, so they never lose a datagram to the queue), and a sink on "b";
+* adapt: a sender on "a" that follows the netif's interface advisory
+  (usnet.bench.adaptive), and the same sink.
 
-Three phases in one run: the LL flow alone (idle), beside the bulk flows with
-the LL class granted (`Domain.set_flow_class`, the agent's hook), and beside
-them as a plain general-class flow. Bulk throughput is the bytes netif "b"
-received during the granted phase, less the LL flow's, over the capacity the
-LL class does not reserve.
+`LowLatRun` is that domain, run one phase (one set of processes) at a time.
+`usnet bench lowlat` (`run`) and the low-latency part of `usnet demo`
+(`demo_run`) are two sequences of its phases.
+
+The bench has three phases: the LL flow alone (idle), beside the bulk flows
+with the LL class granted (`Domain.set_flow_class`, the agent's hook), and
+beside them as a plain general-class flow. Bulk throughput is the bytes
+netif "b" received during the granted phase, less the LL flow's, over the
+capacity the LL class does not reserve.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from usnet.bench import adaptive
 from usnet.bench.apps import spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
+from usnet.lowlat.policy import Policy, PolicyEntry
 from usnet.nexus.domain import Domain
 
 A_ADDR, B_ADDR = "10.98.0.1", "10.98.0.2"
@@ -42,22 +53,44 @@ LL_SHARE = 0.2
 LL_SIZE = 200
 LL_PERIOD = 0.005
 # One port space serves every netif of a domain: senders and receivers take distinct ports.
-LL_PORT, LL_SINK, BULK_PORT, BULK_SINK = 7000, 7001, 7100, 7200
+LL_PORT, LL_SINK, BULK_PORT, BULK_SINK, ADAPT_PORT = 7000, 7001, 7100, 7200, 7300
 BULK_FLOWS = 8
 BULK_SIZE = 1400
 _STAMP = struct.Struct("!QQ")  # sequence number, send time (ns)
+LL_FRAME = LL_SIZE + 8 + 20 + 14  # one LL datagram on the link
+#: What the LL sender asks the agent for: voice, for its 387 kbit/s (200 B every 5 ms, framed). The
+#: headroom is for catching up: a sender held up for a few periods sends the datagrams it owes back to
+#: back, and the policer's burst (docs/abi.md §15: 5 ms at the rate, here 1,250 B) must let them through.
+LEASE = {"service_class": "voice", "rate": 2e6, "max_packet": LL_SIZE + 28, "latency_target": 0.02}
+#: The policy of a `LowLatRun` that grants by lease: this uid may lease voice up to 2 Mbit/s.
+LEASE_POLICY = Policy([PolicyEntry(frozenset({"voice"}), 2e6, 1500, uid=os.getuid())])
+# The adaptive sender starts well above the link rate, so the queue must build and the advisory say
+# DOWN. Before its first raise after a cut it can only be at the start rate or the ceiling (the idle
+# link's advisory says UP), both above the link, or at half of one of them or less: below the 90 % of
+# the link under which the advisory says UP again (usnet.lowlat.estimate.UP_HEADROOM). A rate between
+# those (the link rate itself, say) could sit in the advisory's HOLD band and never be raised.
+ADAPT_START, ADAPT_FLOOR, ADAPT_CEILING = 1.4 * LINK_RATE, 0.04 * LINK_RATE, 1.75 * LINK_RATE
 
 
-def _percentile(xs: list[float], p: float) -> float:
+def percentile(xs: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank, 0 to 100) of `xs`; NaN if it is empty."""
     s = sorted(xs)
     return s[min(len(s) - 1, int(p / 100 * len(s)))] if s else float("nan")
+
 
 
 # -- the applications (each a process of its own) -------------------------------------------
 
 
-def _llsend(client: Client, count: int) -> None:
+def _stop_requested(fd: int) -> bool:
+    """The parent closes its end of the stop pipe when the phase is over (or it died)."""
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _llsend(client: Client, count: int, lease: bool) -> None:
     s = client.udp_socket("a", LL_PORT)
+    if lease:
+        client.request_lease(s, **LEASE)  # before the first datagram: every one goes in the LL class
     pad = bytes(LL_SIZE - _STAMP.size)
     t = time.monotonic()
     for i in range(count):
@@ -65,7 +98,7 @@ def _llsend(client: Client, count: int) -> None:
         while (left := t - time.monotonic()) > 0:
             time.sleep(left)  # the sender's own period, not synchronisation
         s.sendto(_STAMP.pack(i, time.monotonic_ns()) + pad, (B_ADDR, LL_SINK))
-    s.close()
+    s.close()  # a lease ends with its channel
 
 
 def _llrecv(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
@@ -82,17 +115,17 @@ def _llrecv(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
         for data, _ in got:
             seq, sent = _STAMP.unpack_from(data)
             lat[seq] = (now - sent) / 1e6
-    os.write(out_fd, json.dumps(list(lat.values())).encode())
+    os.write(out_fd, json.dumps(sorted(lat.items())).encode())
     s.close()
 
 
-def _bulk(client: Client, seconds: float) -> None:
+def _bulk(client: Client, seconds: float, stop_fd: int) -> None:
     socks = [client.udp_socket("a", BULK_PORT + i, ring_size=1024, packets=2048) for i in range(BULK_FLOWS)]
     for s in socks:
         s.settimeout(0.05)
     batch = [bytes(BULK_SIZE)] * 64
     end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while time.monotonic() < end and not _stop_requested(stop_fd):
         for i, s in enumerate(socks):
             try:
                 s.send_many(batch, (B_ADDR, BULK_SINK + i))
@@ -102,7 +135,7 @@ def _bulk(client: Client, seconds: float) -> None:
         s.close()
 
 
-def _sink(client: Client, seconds: float) -> None:
+def _sink(client: Client, seconds: float, stop_fd: int) -> None:
     socks = [client.udp_socket("b", BULK_SINK + i, ring_size=1024, packets=2048) for i in range(BULK_FLOWS)]
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -111,7 +144,9 @@ def _sink(client: Client, seconds: float) -> None:
                 s.recv_many(256, timeout=0)
             except (BlockingIOError, TimeoutError):
                 pass
-        time.sleep(0.001)  # a slow reader is fine: the link, not the sink, is the bottleneck
+        # a slow reader is fine: the link, not the sink, is the bottleneck; this waits 1 ms or for the stop
+        if select.select([stop_fd], [], [], 0.001)[0]:
+            break
     for s in socks:
         s.close()
 
@@ -119,50 +154,119 @@ def _sink(client: Client, seconds: float) -> None:
 # -- the run -------------------------------------------------------------------------------------
 
 
-class _Run:
-    """One domain, the processes of one phase at a time."""
+@dataclass
+class Phase:
+    """What one phase measured."""
 
-    def __init__(self) -> None:
-        self.dom = Domain()
+    sent: int  # LL datagrams sent
+    seqs: list[int]  # the sequence numbers of those received, in order (the missing ones were lost)
+    latencies_ms: list[float]  # their one-way latencies, in the same order
+    bulk_bps: float  # frame bytes/s netif "b" received while the LL flow ran, less the LL flow's
+    lowlat: dict[str, Any] | None = None  # the domain's `lowlat` status, last seen while the LL lease held
+
+    @property
+    def lost(self) -> int:
+        return self.sent - len(self.latencies_ms)
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies_ms, q)
+
+
+class LowLatRun:
+    """One domain with the paced link, and the processes of one phase at a time.
+
+    `policy`: who may lease the LL class (a phase with `grant="lease"` needs
+    one that entitles this uid: `LEASE_POLICY`).
+    """
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.dom = Domain(policy=policy)
         self.wire = MemWire(queue_limit=100_000)
         self.dom.add_netif("a", self.wire.a, f"{A_ADDR}/24", link_rate=LINK_RATE, ll_share=LL_SHARE)
         self.dom.add_netif("b", self.wire.b, f"{B_ADDR}/24")
         self.dom.start()
         self.procs: list[subprocess.Popen] = []
 
+    def __enter__(self) -> "LowLatRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def spawn(self, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
         p = spawn_app(self.dom, "usnet.bench.lowlat", role, *args, keep=keep)
         self.procs.append(p)
         return p
 
-    def ll_flow_id(self) -> int | None:
+    def flow_ids(self, netif: str, ports: range) -> list[int]:
+        """The ids of the flows on `netif` whose local port is in `ports` (those that exist yet)."""
         for nif in self.dom.status()["netifs"]:
-            if nif["netif"]["name"] == "a":
-                for f in nif["flows"]:
-                    if f["local_port"] == LL_PORT:
-                        return f["id"]
-        return None
+            if nif["netif"]["name"] == netif:
+                return [f["id"] for f in nif["flows"] if f["local_port"] in ports]
+        return []
+
+    def ll_flow_id(self) -> int | None:
+        return next(iter(self.flow_ids("a", range(LL_PORT, LL_PORT + 1))), None)
+
+    def _wait_for_bulk(self, timeout: float = 30.0) -> None:
+        """Until every bulk flow is open: the warm-up then starts when they do, not when their process does."""
+        deadline = time.monotonic() + timeout
+        while len(self.flow_ids("a", range(BULK_PORT, BULK_PORT + BULK_FLOWS))) < BULK_FLOWS:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("the bulk flows did not open")
+            time.sleep(0.005)
 
     def rx_bytes_b(self) -> int:
         return self.dom.switches["b"].netif.rx_bytes
 
-    def phase(self, count: int, bulk: bool, grant: bool, warmup: float) -> tuple[list[float], float]:
-        """LL latencies (ms) and bulk frame bytes/s, for one phase."""
+    def _background(self, seconds: float, bulk: bool) -> int:
+        """Start the sink (and the bulk senders); returns the stop pipe's write end: close it to stop them."""
+        stop_r, stop_w = os.pipe()
+        try:
+            self.spawn("sink", str(seconds), str(stop_r), keep=(stop_r,))
+            if bulk:
+                self.spawn("bulk", str(seconds), str(stop_r), keep=(stop_r,))
+        finally:
+            os.close(stop_r)
+        return stop_w
+
+    def _reap(self, stop_w: int | None) -> None:
+        if stop_w is not None:
+            os.close(stop_w)
+        for p in self.procs:
+            p.wait(30)
+        failed = [p.args[3] for p in self.procs if p.returncode]
+        self.procs.clear()
+        if failed:
+            raise RuntimeError(f"benchmark applications failed: {', '.join(failed)}")
+
+    def phase(self, count: int, bulk: bool, grant: bool | str | None, warmup: float) -> Phase:
+        """`count` LL datagrams (one every LL_PERIOD), beside the bulk flows if `bulk`.
+
+        `grant`: None or False, the LL flow is a general-class flow; "class"
+        (or True), the domain puts it in the LL class (`set_flow_class`);
+        "lease", the sender asks the agent for a lease (`LEASE`) first.
+        """
+        grant = "class" if grant is True else (grant or None)
+        if grant not in (None, "class", "lease"):
+            raise ValueError(f"grant must be None, 'class' or 'lease', not {grant!r}")
         seconds = count * LL_PERIOD
-        if bulk:
-            self.spawn("sink", str(seconds + warmup + 2))
-            self.spawn("bulk", str(seconds + warmup + 1))
-            time.sleep(warmup)  # let the bulk flows fill their queues at the netif
+        stop_w = None
         r, w = os.pipe()
         ready_r, ready_w = os.pipe()
         try:
+            if bulk:
+                stop_w = self._background(seconds + warmup + 60, bulk=True)
+                self._wait_for_bulk()
+                time.sleep(warmup)  # let the bulk flows fill their queues at the netif
             self.spawn("llrecv", str(count), str(w), str(ready_w), keep=(w, ready_w))
             os.close(w)
             os.close(ready_w)
+            w = ready_w = -1
             if os.read(ready_r, 1) != b"R":
                 raise RuntimeError("the LL receiver did not start")
-            sender = self.spawn("llsend", str(count))
-            if grant:
+            sender = self.spawn("llsend", str(count), "lease" if grant == "lease" else "")
+            if grant == "class":
                 deadline = time.monotonic() + 5
                 while (fid := self.ll_flow_id()) is None and time.monotonic() < deadline:
                     time.sleep(0.001)  # until the sender's flow exists, to grant it
@@ -170,52 +274,87 @@ class _Run:
                     raise RuntimeError("the LL flow never appeared")
                 self.dom.set_flow_class("a", fid, "ll")
             rx0, t0 = self.rx_bytes_b(), time.monotonic()
-            sender.wait(seconds + 30)
+            lowlat = None
+            deadline = time.monotonic() + seconds + 30
+            while True:
+                try:
+                    sender.wait(0.05 if grant == "lease" else max(0.0, deadline - time.monotonic()))
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        raise
+                    if (ll := self.dom.status()["lowlat"])["leases"]:
+                        lowlat = ll  # the last look while the lease held (it ends with the sender's channel)
             rx1, t1 = self.rx_bytes_b(), time.monotonic()
+            if sender.returncode:
+                raise RuntimeError(f"the LL sender failed (exit status {sender.returncode})")
             data = b""
             while chunk := os.read(r, 65536):
                 data += chunk
-            lat = json.loads(data)
+            pairs = json.loads(data)
+        finally:
+            for fd in (r, ready_r, w, ready_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._reap(stop_w)
+        ll_bytes = len(pairs) * LL_FRAME
+        return Phase(count, [s for s, _ in pairs], [ms for _, ms in pairs],
+                     max(0.0, (rx1 - rx0 - ll_bytes) / (t1 - t0)), lowlat)
+
+    def adaptive(self, seconds: float, max_seconds: float = 10.0) -> adaptive.AdaptiveResult:
+        """The adaptive sender alone on the link, from `ADAPT_START`, for `seconds`.
+
+        It goes on past `seconds` (to `max_seconds` at most) until it has cut
+        its rate and raised it again, so that both directions are shown.
+        """
+        r, w = os.pipe()
+        stop_w = None
+        try:
+            stop_w = self._background(max_seconds + 30, bulk=False)
+            self.spawn("adapt", "a", str(ADAPT_PORT), B_ADDR, str(BULK_SINK), repr(ADAPT_START), repr(seconds),
+                       repr(max_seconds), repr(ADAPT_FLOOR), repr(ADAPT_CEILING), str(w), keep=(w,))
+            os.close(w)
+            w = -1
+            data = b""
+            while chunk := os.read(r, 65536):  # EOF when the sender is done (or died)
+                data += chunk
         finally:
             os.close(r)
-            os.close(ready_r)
-            for p in self.procs:
-                p.wait(30)
-            self.procs.clear()
-        ll_bytes = len(lat) * (LL_SIZE + 8 + 20 + 14)
-        return lat, max(0.0, (rx1 - rx0 - ll_bytes) / (t1 - t0))
+            if w >= 0:
+                os.close(w)
+            self._reap(stop_w)
+        return adaptive.AdaptiveResult.from_json(data)
 
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        self.procs.clear()
         self.dom.stop()
+
 
 
 def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
     """The JSON document of `usnet bench lowlat --json`."""
     count = 400 if quick else 2000  # 2 s or 10 s of LL traffic per phase
     warmup = 0.5 if quick else 1.0
-    run_ = _Run()
-    try:
+    with LowLatRun() as run_:
         progress("idle: the LL flow alone")
-        idle, _ = run_.phase(count, bulk=False, grant=False, warmup=warmup)
+        idle = run_.phase(count, bulk=False, grant=None, warmup=warmup)
         progress("granted: LL class beside the bulk flows")
-        granted, bulk_bps = run_.phase(count, bulk=True, grant=True, warmup=warmup)
+        granted = run_.phase(count, bulk=True, grant="class", warmup=warmup)
         progress("general: the same flow without its grant")
-        general, _ = run_.phase(count, bulk=True, grant=False, warmup=warmup)
-    finally:
-        run_.close()
+        general = run_.phase(count, bulk=True, grant=None, warmup=warmup)
     return {
-        "idle_p99_ms": _percentile(idle, 99),
-        "ll_p50_ms": _percentile(granted, 50),
-        "ll_p99_ms": _percentile(granted, 99),
-        "general_p50_ms": _percentile(general, 50),
-        "general_p99_ms": _percentile(general, 99),
-        "bulk_share": bulk_bps * 8 / (LINK_RATE * (1 - LL_SHARE)),
-        "ll_lost": count - len(granted),
-        "general_lost": count - len(general),
+        "idle_p99_ms": idle.p(99),
+        "ll_p50_ms": granted.p(50),
+        "ll_p99_ms": granted.p(99),
+        "general_p50_ms": general.p(50),
+        "general_p99_ms": general.p(99),
+        "bulk_share": granted.bulk_bps * 8 / (LINK_RATE * (1 - LL_SHARE)),
+        "ll_lost": granted.lost,
+        "general_lost": general.lost,
         "link_rate_bps": LINK_RATE,
         "ll_share": LL_SHARE,
         "bulk_flows": BULK_FLOWS,
@@ -223,17 +362,45 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
     }
 
 
+@dataclass
+class DemoResult:
+    """The low-latency part of `usnet demo`: one LL flow with its lease and without, and the adaptive sender."""
+
+    granted: Phase
+    general: Phase
+    adaptive: adaptive.AdaptiveResult
+
+
+def demo_run(phase_seconds: float = 1.0, warmup: float = 0.5, adaptive_seconds: float = 1.5,
+             progress: Callable[[str], None] = lambda what: None) -> DemoResult:
+    """`usnet demo`'s low-latency part: the LL flow beside the bulk flows with a lease and without, then
+    the adaptive sender alone on the link. Phase lengths are parameters so that tests can run short ones."""
+    count = max(1, round(phase_seconds / LL_PERIOD))
+    with LowLatRun(policy=LEASE_POLICY) as run_:
+        # The adaptive sender first, on an empty link: the bulk flows' queued frames outlive their
+        # processes by seconds (they all still go out), and it would find the queue full.
+        progress("an adaptive sender following the interface advisory")
+        adapt = run_.adaptive(adaptive_seconds)
+        progress("the LL flow with its lease, beside the bulk flows")
+        granted = run_.phase(count, bulk=True, grant="lease", warmup=warmup)
+        progress("the same flow without a lease (general class), beside the bulk flows")
+        general = run_.phase(count, bulk=True, grant=None, warmup=warmup)
+    return DemoResult(granted, general, adapt)
+
+
 def main(argv: list[str]) -> None:
     role, fd = argv[0], int(argv[1])
     client = Client.from_socket(socket.socket(fileno=fd))
     if role == "llsend":
-        _llsend(client, int(argv[2]))
+        _llsend(client, int(argv[2]), argv[3:4] == ["lease"])
     elif role == "llrecv":
         _llrecv(client, int(argv[2]), int(argv[3]), int(argv[4]))
     elif role == "bulk":
-        _bulk(client, float(argv[2]))
+        _bulk(client, float(argv[2]), int(argv[3]))
     elif role == "sink":
-        _sink(client, float(argv[2]))
+        _sink(client, float(argv[2]), int(argv[3]))
+    elif role == "adapt":
+        adaptive.main_role(client, argv[2:])
     else:
         raise SystemExit(f"unknown role {role!r}")
 

@@ -10,6 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from usnet.cli.tables import fmt_rate as _rate
 from usnet.client import DEFAULT_SOCKET
 
 
@@ -153,7 +154,40 @@ _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp
 def cmd_demo(args: argparse.Namespace) -> int:
     from usnet.bench.demo import run_demo
 
-    return run_demo(Console(), packets=args.packets)
+    if args.plot:
+        from usnet.bench.plot import PlotUnavailable, require_matplotlib
+
+        try:
+            require_matplotlib()  # before measuring: a missing matplotlib should cost one line, not a demo
+        except PlotUnavailable as e:
+            print(f"usnet demo: {e}", file=sys.stderr)
+            return 2
+    return run_demo(Console(), packets=args.packets, phase=args.phase, plot=args.plot)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds, at most an hour."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(v) and 0 < v <= 3600):
+        raise argparse.ArgumentTypeError(f"must be seconds above 0 and at most 3600, not {text!r}")
+    return v
+
+
+def _bits(text: str) -> float:
+    """An argparse type: bits per second, as a number ("50e6") or with a k, M or G suffix ("50M").
+
+    Only the syntax is checked here; whether the value makes sense is the
+    config's check (usnet.daemon.config, txsched.check_params), so that the
+    flag and the config file refuse the same values with the same words.
+    """
+    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}.get(text[-1:], 1.0)
+    try:
+        return float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a rate in bits/s (e.g. 50e6 or 50M): {text!r}") from None
 
 
 def _connect(path: str):
@@ -214,13 +248,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
             t.add_row(f"drop: {k}", f"{v:,}")
         con.print(t)
     return 0
-
-
-def _rate(bps: int) -> str:
-    for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:,.1f} {unit}"
-    return f"{bps} bit/s"
 
 
 def _advisory_table(a) -> Table:
@@ -325,7 +352,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     return updown.up(args.driver, args.ifname, args.address, args.host_address,
                      args.run_dir or updown.RUN_DIR, pcap=args.pcap, address6=args.address6,
-                     host_address6=args.host_address6)
+                     host_address6=args.host_address6, link_rate=args.link_rate, ll_share=args.ll_share,
+                     strict=args.strict)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -357,6 +385,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         t.add_row(p["name"], p["schema"], str(p["uid"]), str(pool["free"]), str(pool["in_alloc"]),
                   str(pool["held"]), str(pool["purged"]), f"{p['memory_bytes']:,}", str(p["defunct"] or ""))
     con.print(t)
+    if "lowlat" in info:  # a usnetd from before issue 5 has no low-latency agent
+        from usnet.cli.tables import lease_table
+
+        con.print(lease_table(info["lowlat"]))
     return 0
 
 
@@ -364,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="usnet", description="user-space networking stack")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="a user pipe beside a socketpair, UDP through the flow switch, "
-                                          "HTTP over a lossy link on usnet's TCP")
+                                          "HTTP over a lossy link on usnet's TCP, low latency beside bulk "
+                                          "traffic and a sender that adapts to the interface advisory")
     d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
+    d.add_argument("--phase", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="length of each low-latency phase (default %(default)s)")
+    d.add_argument("--plot", metavar="FILE", help="write the low-latency series to this PNG "
+                                                  "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
     b.add_argument("what", choices=["pipe", "udp", "tcp", "lowlat", "rxmit"])
@@ -380,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--address6", help="usnet's IPv6 address too, e.g. fd00:77::2/64 (default: IPv4 only)")
     u.add_argument("--host-address6", help="the host's IPv6 address (default: ::1 of usnet's prefix)")
     u.add_argument("--pcap", help="trace every frame of the netif to this file")
+    u.add_argument("--link-rate", type=_bits, metavar="BITS",
+                   help="pace transmit to this many bits/s, e.g. 50e6 or 50M (usnetd's link_rate)")
+    u.add_argument("--ll-share", type=float, metavar="F",
+                   help="share of the time slots reserved for the low-latency class, 0 to 0.9 "
+                        "(default 0.2; needs --link-rate)")
+    u.add_argument("--strict", action="store_true",
+                   help="idle low-latency slots stay idle instead of carrying general traffic "
+                        "(work_conserving = false; needs --link-rate)")
     u.add_argument("--run-dir", default=None)
     u.set_defaults(fn=cmd_up)
     dn = sub.add_parser("down", help="stop usnetd and remove what `usnet up` made")
@@ -406,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--seconds", type=float, default=None, help="stop after this long")
     cp.add_argument("--socket", default=DEFAULT_SOCKET)
     cp.set_defaults(fn=cmd_capture)
-    s = sub.add_parser("status", help="sessions, pipes and pools of a running usnetd")
+    s = sub.add_parser("status", help="sessions, pipes, pools and low-latency leases of a running usnetd")
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)

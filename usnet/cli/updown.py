@@ -6,6 +6,10 @@ it made in the run directory so that `down` undoes exactly that.
 IPv6 is optional (`--address6`): the host's IPv6 address is added with
 IFA_F_NODAD, so it is usable at once instead of after duplicate address
 detection (a second or so during which the kernel would not use it).
+
+Pacing is optional too: `--link-rate`, `--ll-share` and `--strict` become
+the netif's `link_rate`, `ll_share` and `work_conserving = false` in the
+usnetd config `up` writes (`build_config`), and are checked as that config is.
 """
 
 from __future__ import annotations
@@ -64,36 +68,55 @@ def host_address6_for(address6: str) -> str:
     return f"{host}/{iface.network.prefixlen}"
 
 
+def build_config(driver: str, ifname: str, address: str, host_address: str, socket_path: str,
+                 pcap: str | None = None, address6: str | None = None, host_address6: str | None = None,
+                 link_rate: float | None = None, ll_share: float | None = None,
+                 strict: bool = False) -> config.Config:
+    """The usnetd config `usnet up` writes, from its flags; ValueError names what is wrong.
+
+    Every check is the config's own (usnet.daemon.config, which hands the
+    pacing keys to txsched.check_params): a flag is refused exactly when the
+    same key in a config file would be. `strict` is `work_conserving =
+    false`; without it the key is left out (the default, true).
+    """
+    if host_address6 and not address6:
+        raise ValueError("--host-address6 needs --address6")
+    gateway = host_address.partition("/")[0]
+    gateway6 = host_address6.partition("/")[0] if host_address6 else None
+    nc = config.NetifConfig(name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway,
+                            pcap=pcap, address6=address6, gateway6=gateway6, link_rate=link_rate,
+                            ll_share=ll_share, work_conserving=False if strict else None)
+    return config.Config(socket=socket_path, netif=[nc])
+
+
 def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
        pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
-       host_address6: str | None = None) -> int:
+       host_address6: str | None = None, link_rate: float | None = None, ll_share: float | None = None,
+       strict: bool = False) -> int:
     """Make the device, give the host its addresses, start usnetd on it.
 
     `address6`/`host_address6` add IPv6 (the host's defaults to ::1 of
     usnet's prefix); the host's IPv6 address is usnet's IPv6 gateway.
+    `link_rate` (bits/s), `ll_share` and `strict` pace the netif and size
+    its low-latency class (build_config). The flags are checked first, so
+    nonsense is refused before anything is made, and without needing root.
     """
+    paths = _paths(run_dir)
+    if address6 and not host_address6:
+        host_address6 = host_address6_for(address6)
+    try:
+        cfg = build_config(driver, ifname, address, host_address, paths["socket"], pcap=pcap, address6=address6,
+                           host_address6=host_address6, link_rate=link_rate, ll_share=ll_share, strict=strict)
+    except ValueError as e:
+        print(f"usnet up: {e}", file=sys.stderr)
+        return 1
     if os.geteuid() != 0:
         print("usnet up needs root (it creates a network device)", file=sys.stderr)
         return 1
-    paths = _paths(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     if os.path.exists(paths["state"]):
         print(f"usnet is up already ({paths['state']}); usnet down first", file=sys.stderr)
         return 1
-    gateway = host_address.partition("/")[0]
-    if address6 and not host_address6:
-        host_address6 = host_address6_for(address6)
-    if host_address6 and not address6:
-        print("--host-address6 needs --address6", file=sys.stderr)
-        return 1
-    gateway6 = host_address6.partition("/")[0] if host_address6 else None
-    try:
-        nc = config.NetifConfig(name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway,
-                                pcap=pcap, address6=address6, gateway6=gateway6)
-    except ValueError as e:
-        print(f"usnet up: {e}", file=sys.stderr)
-        return 1
-    cfg = config.Config(socket=paths["socket"], netif=[nc])
     made = _make_device(driver, ifname, host_address, host_address6)
     with open(paths["config"], "w") as f:
         f.write(config.dump(cfg))
@@ -109,7 +132,11 @@ def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str =
         down(run_dir)
         return 1
     v6 = f" and {address6}, host at {host_address6}" if address6 else ""
-    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}, "
+    nc = cfg.netif[0]
+    paced = "" if nc.link_rate is None else (
+        f", paced to {nc.link_rate:g} bit/s with {0.2 if nc.ll_share is None else nc.ll_share:g} of the slots "
+        f"for low latency{' (strict)' if nc.work_conserving is False else ''}")
+    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}{paced}, "
           f"usnetd pid {proc.pid}, socket {paths['socket']}")
     return 0
 

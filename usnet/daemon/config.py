@@ -4,6 +4,11 @@
     log_level = "INFO"
     rx_mitigation = true     # coalesce the receive doorbells of fast general-class flows
                              # (default); false: ring a sleeping client on every batch
+    lease_ttl = 30.0         # seconds a low-latency lease lasts unless renewed (default 30)
+    advisory_interval = 0.005  # optional: seconds between republications of an active
+                             # netif's interface advisory (default 5 ms)
+    delay_target = 0.005     # optional: the transmit queueing delay (seconds) above which
+                             # the advisory suggests DOWN (default 5 ms)
 
     [[netif]]
     name = "usnet0"          # the netif's name, as clients ask for it
@@ -24,8 +29,6 @@
                              # traffic and the reverse (default); false: they stay idle
     rx_mitigation = false    # optional: this netif's own choice (default: the top-level key)
 
-    lease_ttl = 30.0         # seconds a low-latency lease lasts unless renewed (default 30)
-
     [[policy]]               # who may lease the LL class; none: nobody (default deny)
     uid = 1000               # the client's uid (SO_PEERCRED) ...
     program = "voipd"        # ... and/or the program it names in Hello (a label, not
@@ -39,6 +42,13 @@ class, rate and packet size. SIGHUP re-reads the file and applies its
 `[[policy]]` and `lease_ttl`: leases the new policy no longer entitles are
 revoked, the others are untouched; a file that does not load changes nothing
 (usnetd logs why). Other keys take effect at the next start.
+
+Top-level keys go before the first `[[netif]]` or `[[policy]]` table (TOML
+puts anything after a table header into that table). `advisory_interval`
+and `delay_target` are handed to the domain (`Domain(advisory_interval=,
+delay_target=)`, docs/abi.md §16): every netif's advisory is published that
+often and judged against that delay. A value that is not a positive, finite
+number of seconds is refused by name.
 
 See docs/design-notes.md, "The transmit multiplexer", "The agent" and
 "Receive mitigation".
@@ -113,16 +123,32 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program)
 
 
+def check_seconds(what: str, v: object) -> float:
+    """`v` as seconds if it is a positive, finite number (not a bool); else ValueError naming `what`."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
+    return float(v)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket: str = DEFAULT_SOCKET
     log_level: str = "INFO"
     lease_ttl: float = DEFAULT_TTL
     rx_mitigation: bool = True
+    advisory_interval: float | None = None
+    delay_target: float | None = None
     netif: list[NetifConfig] = []
     policy: list[PolicyConfig] = []
 
     def __post_init__(self) -> None:
         check_ttl(self.lease_ttl)
+        for what in ("advisory_interval", "delay_target"):
+            if (v := getattr(self, what)) is not None:
+                check_seconds(what, v)
+
+    def domain_kwargs(self) -> dict[str, float]:
+        """The advisory keys that are set, as `Domain(...)` keyword arguments (unset: the domain's defaults)."""
+        return {k: v for k in ("advisory_interval", "delay_target") if (v := getattr(self, k)) is not None}
 
     def agent_policy(self) -> Policy:
         """The low-latency agent's policy from the `[[policy]]` entries."""
@@ -149,6 +175,8 @@ def dump(cfg: Config) -> str:
         lines.append(f"lease_ttl = {_toml_value(cfg.lease_ttl)}")
     if not cfg.rx_mitigation:
         lines.append("rx_mitigation = false")
+    for k, v in cfg.domain_kwargs().items():
+        lines.append(f"{k} = {_toml_value(v)}")
     for table, items in (("netif", cfg.netif), ("policy", cfg.policy)):
         for item in items:
             lines.append(f"\n[[{table}]]")

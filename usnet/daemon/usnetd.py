@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s: %s", args.socket, e)
         return 1
-    domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation)
+    domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation,
+                    **cfg.domain_kwargs())
     try:
         for nc in cfg.netif:
             drv = config.make_driver(nc)
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, hangup)
     if cfg.policy:
         log.info("low-latency policy: %d entries, leases last %g s", len(cfg.policy), cfg.lease_ttl)
+    log.info("interface advisories: published every %g s, delay target %g s", domain.advisory_interval,
+             domain.delay_target)
     log.info("listening on %s (pid %d)", args.socket, os.getpid())
     print(f"usnetd ready on {args.socket}", flush=True)
     try:
