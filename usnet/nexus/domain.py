@@ -317,7 +317,8 @@ class Domain:
 
         The hook the low-latency agent calls when it grants or revokes a
         lease. Frames the flow has queued move with it, in order; none is
-        lost. "ll" needs a netif with a `link_rate` and a non-zero `ll_share`.
+        lost. In the LL class its transmit takes the LL path and its receive
+        is not mitigated. "ll" needs a netif with a `link_rate` and a non-zero `ll_share`.
         """
         if cls not in ("ll", "general"):
             raise ValueError(f"traffic class must be 'll' or 'general', not {cls!r}")
@@ -328,6 +329,7 @@ class Domain:
             if flow_id not in sw.flows:
                 raise OSError(errno.ENOENT, f"no flow {flow_id} on netif {netif_name!r}")
             sw.netif.set_class(flow_id, cls == "ll")
+            sw.flows[flow_id].port.set_low_latency(cls == "ll")  # the LL class skips receive mitigation
         self._wake()
 
     def set_policy(self, policy: Policy, lease_ttl: float | None = None) -> list:

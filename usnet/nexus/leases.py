@@ -70,7 +70,6 @@ class LeaseDesk:
                 return _refused(got)
             self.domain.set_flow_class(got.netif, ref.flow.id, "ll")
             ref.flow.policer = got.policer
-            ref.flow.port.set_low_latency(True)  # no receive mitigation for the LL class
             _post(ref, EventType.LEASE_GRANTED, 0, got.id, int(got.rate))
             log.info("lease %d: %s %g bit/s for channel %d of uid %d (%s) on %s", got.id, got.service_class,
                      got.rate, req.channel, session.uid, session.program or "-", got.netif)
@@ -121,7 +120,6 @@ class LeaseDesk:
             return
         flow = ref.flow
         flow.policer = None
-        flow.port.set_low_latency(False)
         moved = 0
         if ref.switch.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is ref.switch:
             moved = ref.switch.netif.queued(flow.id)[0]
