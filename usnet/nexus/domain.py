@@ -422,6 +422,7 @@ class Domain:
         """One round of data-path work on every flow switch; returns how long we may sleep."""
         timeout: float | None = None
         self._serve_ll()
+        ll = any(sw.netif.ll_keys for sw in self.switches.values())
         for sw in self.switches.values():
             sw.service_timers()
             if sw.netif.driver.timeout() is not None:
@@ -431,6 +432,8 @@ class Domain:
             for flow in list(sw.flows.values()):
                 if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
                     sw.service_tx(flow)
+                    if ll:
+                        self._serve_ll()  # a bulk batch is the longest an LL packet waits
             sw.flush()
             timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
             timeout = _sooner(timeout, sw.next_timeout())
