@@ -16,8 +16,6 @@
 from __future__ import annotations
 
 import socket
-import struct
-import time
 
 import pytest
 from conftest import send_raw

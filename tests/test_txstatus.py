@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import send_raw
 
 from test_llpath import udp_packet
 from test_lowlat import POLICY, Net, recv_all, wait_until

@@ -9,6 +9,7 @@ session (`Domain.socketpair_session`); it builds its client with
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -23,3 +24,19 @@ def spawn_app(dom: Domain, module: str, role: str, *args: str, keep: tuple[int, 
                                 pass_fds=(s.fileno(), *keep))
     finally:
         s.close()  # the child has its own copy
+
+
+def read_all(fd: int) -> bytes:
+    """Everything written to a pipe until every writer closed it (a child's result)."""
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    return data
+
+
+def kill_all(procs: list[subprocess.Popen]) -> None:
+    """Kill and reap the children still running (a benchmark that failed half-way)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

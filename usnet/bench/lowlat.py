@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from usnet.bench import adaptive
-from usnet.bench.apps import spawn_app
+from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
 from usnet.lowlat.policy import Policy, PolicyEntry
@@ -288,10 +288,7 @@ class LowLatRun:
             rx1, t1 = self.rx_bytes_b(), time.monotonic()
             if sender.returncode:
                 raise RuntimeError(f"the LL sender failed (exit status {sender.returncode})")
-            data = b""
-            while chunk := os.read(r, 65536):
-                data += chunk
-            pairs = json.loads(data)
+            pairs = json.loads(read_all(r))
         finally:
             for fd in (r, ready_r, w, ready_w):
                 if fd >= 0:
@@ -315,9 +312,7 @@ class LowLatRun:
                        repr(max_seconds), repr(ADAPT_FLOOR), repr(ADAPT_CEILING), str(w), keep=(w,))
             os.close(w)
             w = -1
-            data = b""
-            while chunk := os.read(r, 65536):  # EOF when the sender is done (or died)
-                data += chunk
+            data = read_all(r)  # EOF when the sender is done (or died)
         finally:
             os.close(r)
             if w >= 0:
@@ -326,10 +321,7 @@ class LowLatRun:
         return adaptive.AdaptiveResult.from_json(data)
 
     def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(self.procs)
         self.procs.clear()
         self.dom.stop()
 

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from usnet.channel.channel import Channel
-from usnet.bench.apps import spawn_app
+from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
 from usnet.nexus.domain import Domain
 from usnet.pool.umd import UMD_WORDS
@@ -99,17 +99,13 @@ def usnet_mps(size: int, count: int, domain: Domain | None = None,
     os.close(w)
     try:
         send_loop(tx, size, count, progress)
-        data = b""
-        while chunk := os.read(r, 100):
-            data += chunk
+        data = read_all(r)
         if child.wait(60) != 0 or not data:
             raise RuntimeError("pipe bench receiver failed")
         return float(data)
     finally:
         os.close(r)
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        kill_all([child])
         tx.close()
         if own:
             dom.stop()

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Callable
 
-from usnet.bench.apps import spawn_app
+from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
 from usnet.nexus.domain import Domain
@@ -102,19 +102,14 @@ def run_once(mode: str, count: int, rx_mitigation: bool) -> dict:
         if os.read(ready_r, 1) != b"R":
             raise RuntimeError("receiver failed to start")
         procs.append(spawn_app(dom, "usnet.bench.rxmit", "send", str(count), mode))
-        data = b""
-        while chunk := os.read(r, 4096):
-            data += chunk
+        data = read_all(r)
         for p in procs:
             p.wait(60)
         return json.loads(data)
     finally:
         os.close(r)
         os.close(ready_r)
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         dom.stop()
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from usnet.bench.apps import spawn_app
+from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
 from usnet.nexus.domain import Domain
@@ -93,9 +93,7 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
                     snapshot.append(table)
                     break
                 time.sleep(0.005)  # polling the table for display, not synchronising data
-        data = b""
-        while chunk := os.read(r, 200):
-            data += chunk
+        data = read_all(r)
         for p in procs:
             p.wait(60)
         rate, got = json.loads(data)
@@ -103,10 +101,7 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
     finally:
         os.close(r)
         os.close(ready_r)
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_all(procs)
         dom.stop()
 
 
