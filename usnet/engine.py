@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from usnet import gil
 from usnet.channel.channel import ChannelError, NoBuffers, PeerGone
 from usnet.client import Client
 from usnet.stack.ip import Datagram, IcmpError, IpLayer, Transmit
@@ -173,6 +174,7 @@ class Runner:
     """The process's stack thread: services every engine, sleeps on doorbells and deadlines."""
 
     def __init__(self) -> None:
+        gil.short_switch_interval()  # the stack thread shares the GIL with the application's
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)

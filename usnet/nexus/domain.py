@@ -31,6 +31,7 @@ from typing import Callable
 
 from usnet.channel import schema as schemamod
 from usnet.channel.events import DefunctReason
+from usnet import gil
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
 from usnet.lowlat.agent import DEFAULT_TTL, Agent
@@ -679,7 +680,13 @@ class Domain:
             self.serve_once(0.5)
 
     def start(self) -> None:
-        """Run the service loop in a daemon thread (embedded mode)."""
+        """Run the service loop in a daemon thread (embedded mode).
+
+        It also shortens the interpreter's GIL switch interval (see
+        `usnet.gil`): the loop makes a system call per frame on some devices,
+        and beside a busy thread each one would wait up to 5 ms for the GIL.
+        """
+        gil.short_switch_interval()
         if self._thread is None:
             self._thread = threading.Thread(target=self.run, name="usnet-domain", daemon=True)
             self._thread.start()
