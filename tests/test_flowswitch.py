@@ -29,6 +29,8 @@ from typing import Callable
 
 import pytest
 from conftest import recv_n, send_raw
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 
 from usnet.channel.events import DefunctReason, EventType, TxDropReason
@@ -899,8 +901,40 @@ def test_datagram_headers_match_the_wire_builders_and_scapy():
         d.stop()
 
 
-def test_datagram_with_a_bad_udp_checksum_is_counted_not_delivered():
-    """The switch checks IP; the receiving application checks UDP, and refuses a bad sum."""
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(max_size=1472), min_size=1, max_size=6))
+def test_sendto_builds_what_send_many_and_scapy_build(payloads):
+    """`sendto`'s one-datagram path (no numpy) gives the bytes of the batch path, checksums and all."""
+    import usnet
+    from scapy.all import IP, UDP, raw
+
+    from usnet.wire import build_udp_ipv4_packet
+    from usnet.wire.ipv4 import ip_bytes
+
+    d = usnet.Domain()  # not started: the packets stay on the TX ring for us to read
+    d.add_netif("a", MemWire().a, "10.9.0.1/24")
+    s = usnet.Client.local(d).udp_socket("a", 5000)
+    try:
+        for data in payloads:
+            s.sendto(data, ("10.9.0.2", 6000))
+        ch = s.channel
+        for i, (pkt, data) in enumerate(zip(ch._tx.slots[: len(payloads)].tolist(), payloads)):
+            ours = bytes(ch.view(pkt))
+            assert ours == build_udp_ipv4_packet(ip_bytes("10.9.0.1"), ip_bytes("10.9.0.2"), 5000, 6000, data,
+                                                 ident=i + 1)
+            p = IP(ours)
+            del p.chksum
+            del p[UDP].chksum
+            assert raw(p) == ours
+    finally:
+        s.close()
+        d.stop()
+
+
+@pytest.mark.parametrize("per_call", [8, 1], ids=["batch", "one-by-one"])
+def test_datagram_with_a_bad_udp_checksum_is_counted_not_delivered(per_call):
+    """The switch checks IP; the receiving application checks UDP, and refuses a bad sum
+    (both receive paths: the column-wise batch, and one datagram without numpy)."""
     import usnet
     from scapy.all import IP, UDP, Ether, raw
 
@@ -916,10 +950,17 @@ def test_datagram_with_a_bad_udp_checksum_is_counted_not_delivered():
                    / UDP(sport=5000, dport=6000) / b"payload!")
         bad = bytearray(good)
         bad[-1] ^= 0x01  # payload changed after the checksum was computed
-        fb.inject([bytes(bad), good])
+        odd = raw(Ether(dst=sw_b.netif.mac, src=b"\x02\x00\x00\x00\x00\x01") / IP(src="10.9.0.1", dst="10.9.0.2")
+                  / UDP(sport=5001, dport=6000) / b"odd")
+        fb.inject([bytes(bad), good, odd])
         sw_b.service_rx()
-        got = sb.recv_many(8, timeout=0)
-        assert got == [(b"payload!", ("10.9.0.1", 5000))]
+        got: list = []
+        while True:
+            try:
+                got += sb.recv_many(per_call, timeout=0)
+            except BlockingIOError:
+                break
+        assert got == [(b"payload!", ("10.9.0.1", 5000)), (b"odd", ("10.9.0.1", 5001))]
         assert sb.rx_bad == 1
     finally:
         sb.close()
