@@ -424,12 +424,13 @@ class Domain:
         timeout: float | None = None
         self._serve_ll()
         ll = any(sw.netif.ll_keys for sw in self.switches.values())
-        for sw in self.switches.values():
+        for sw in self.switches.values():  # receive first: a frame in hand waits for no bulk batch
             sw.service_timers()
             if sw.netif.driver.timeout() is not None:
                 # the device has something due without ringing its fd: frames in flight
                 # on a memwire, a packet-ring kick to retry
                 sw.service_rx()
+        for sw in self.switches.values():
             for flow in list(sw.flows.values()):
                 if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
                     sw.service_tx(flow)
