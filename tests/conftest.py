@@ -41,6 +41,55 @@ def send_raw(ch, packets: list[bytes], gso: list[int] | None = None) -> None:
     assert ch.send(pkts) == len(pkts)
 
 
+class FakeClock:
+    """Simulated time (seconds) for a netif, a memwire or a lease desk: the test moves `now`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ControlledDevice:
+    """A device the test controls: it keeps the frames it takes, at most `room` of them
+    in each `send_batch` call (`per_call`), or in all until the test sets `room` again."""
+
+    takes_blocks = False
+    mtu = 1500
+
+    def __init__(self, name: str, room: int, per_call: bool) -> None:
+        self.name = name
+        self.room = room
+        self.per_call = per_call
+        self.got: list[bytes] = []
+
+    def send_batch(self, frames) -> int:
+        n = min(len(frames), self.room)
+        self.got += [bytes(f) for f in frames[:n]]
+        if not self.per_call:
+            self.room -= n
+        return n
+
+    def fileno(self) -> int:
+        return -1
+
+    def timeout(self):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def wait_until(pred, timeout: float, what: str) -> None:
+    """Bounded polling of a condition (domain state), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)
+
+
 def recv_n(sock, n: int, timeout: float = 5.0) -> list:
     """Up to `n` datagrams, waiting on the socket until they come or the deadline passes."""
     out: list = []

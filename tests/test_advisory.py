@@ -52,7 +52,7 @@ from usnet.lowlat.advisory import (
 )
 from usnet.nexus.domain import Domain
 
-from conftest import tap_name
+from conftest import FakeClock, tap_name
 from test_usnetd import Daemon
 
 START = 1000.0
@@ -238,14 +238,6 @@ def test_rate_meter_seeds_on_a_full_interval_and_follows_a_steady_rate_exactly()
 # -- a domain on a memwire, on a fake clock --------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def take(sock) -> list:
     try:
         return sock.recv_many(256, timeout=0)
@@ -260,7 +252,7 @@ def link():
     Yields (domain, clock, a's sender socket, b's receiver socket, a's advisory, b's advisory),
     with the neighbours already resolved.
     """
-    clock = FakeClock()
+    clock = FakeClock(START)
     wire = MemWire(clock=clock)
     d = Domain()
     try:

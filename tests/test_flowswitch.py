@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import recv_n, send_raw
+from conftest import FakeClock, recv_n, send_raw, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
@@ -86,15 +86,6 @@ def make_net():
 @pytest.fixture
 def net(make_net) -> Net:
     return make_net()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    """Bounded polling of a condition (domain state), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
 
 
 def payload(i: int) -> bytes:
@@ -629,16 +620,6 @@ def test_flow_suspended_and_resumed_without_losing_a_packet(make_net):
     assert n.w.a.stats.tx_dropped > 0  # the link really was full, again and again
     (f,) = n.flows("a")
     assert f["stats"]["tx_packets"] == count + 1 and f["stats"]["suspended"] == adv["suspensions"]
-
-
-class FakeClock:
-    """Simulated time for a memwire: the test decides when a frame in flight is due."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("wire", [{"delay": 0.005}, {"rate_bps": 1e6}], ids=["delay", "rate"])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tap_name
+from conftest import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -247,37 +247,10 @@ def test_a_netif_without_ll_slots_has_no_ll_link():
 # -- the netif: a class change moves queued frames -----------------------------------------------------
 
 
-class Stalled:
-    """A device that takes frames only when told to."""
-
-    takes_blocks = False
-    name = "stalled"
-    mtu = 1500
-
-    def __init__(self) -> None:
-        self.got: list[bytes] = []
-        self.room = 0
-
-    def send_batch(self, frames) -> int:
-        n = min(len(frames), self.room)
-        self.got += [bytes(f) for f in frames[:n]]
-        self.room -= n
-        return n
-
-    def fileno(self) -> int:
-        return -1
-
-    def timeout(self):
-        return None
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize("to_ll", [False, True], ids=["ll-to-general", "general-to-ll"])
 def test_a_class_change_moves_queued_frames_in_order_and_loses_none(to_ll):
     now = [500.0]
-    dev = Stalled()
+    dev = ControlledDevice("stalled", 0, per_call=False)  # takes frames only when told to
     netif = Netif("a", dev, "10.0.0.1/24", link_rate=1e8, ll_share=0.2, clock=lambda: now[0])
     netif.set_class(7, not to_ll)
     frames = [bytes(14) + i.to_bytes(4, "big") + bytes(300) for i in range(64)]
@@ -308,14 +281,6 @@ POLICY = Policy([
     PolicyEntry(frozenset({"video"}), 1e8, 1200, uid=ME, program="vip"),
 ])
 BCAST = ("10.9.0.255", 6000)  # the switch frames it without asking ARP
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Net:
@@ -361,15 +326,6 @@ def net():
         n.d.stop()
 
 
-def wait_until(pred, timeout: float, what: str) -> None:
-    """Bounded polling of a condition (domain state), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
-
 def wait_event(ch, etype: EventType, timeout: float = 10.0) -> list[Event]:
     """The channel's events up to the first of type `etype`, waiting on its bell until a deadline."""
     seen: list[Event] = []
@@ -386,14 +342,8 @@ def wait_event(ch, etype: EventType, timeout: float = 10.0) -> list[Event]:
 
 
 def recv_all(sock, n: int, timeout: float = 10.0) -> list[bytes]:
-    out: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n and (left := deadline - time.monotonic()) > 0:
-        try:
-            out += [p for p, _ in sock.recv_many(n - len(out), timeout=left)]
-        except BlockingIOError:
-            break
-    return out
+    """Up to `n` datagrams' payloads, waiting until they come or the deadline passes."""
+    return [p for p, _ in recv_n(sock, n, timeout)]
 
 
 def test_a_grant_puts_the_flow_in_the_ll_class_until_it_is_released(net):

@@ -17,6 +17,7 @@ import select
 import threading
 
 import pytest
+from conftest import FakeClock
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -183,14 +184,6 @@ def test_a_low_rate_flow_is_rung_on_every_batch(arrivals):
 
 
 # -- a real domain, driven by hand on a clock the test holds -------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 POLICY = Policy([PolicyEntry(frozenset({"interactive"}), 2e8, 1500, uid=ME)])

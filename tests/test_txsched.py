@@ -17,6 +17,7 @@ from collections import deque
 
 import numpy as np
 import pytest
+from conftest import ControlledDevice, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -317,14 +318,6 @@ def test_catch_up_lets_an_idle_link_s_slots_pass_and_changes_no_grant():
 # -- the netif ------------------------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def frame(kind: int, seq: int, size: int) -> bytes:
     """An Ethernet-sized frame whose bytes 14..19 say which flow and which one it is."""
     return bytes(14) + kind.to_bytes(1, "big") + seq.to_bytes(4, "big") + bytes(size - 19)
@@ -378,7 +371,7 @@ def run_link(netif: Netif, wire: MemWire, clock: FakeClock, seconds: float, ll_k
 
 def test_ll_flow_goes_at_once_while_general_floods_and_general_gets_the_rest():
     """The LL class goes ahead of its slots and of the horizon of general frames (within its burst)."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     wire = MemWire(clock=clock)  # the wire itself is unlimited: the netif paces
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=10e6, ll_share=0.2, clock=clock)
     netif.set_class(2, True)
@@ -402,7 +395,7 @@ def test_ll_flow_goes_at_once_while_general_floods_and_general_gets_the_rest():
 @pytest.mark.parametrize("ll", [True, False], ids=["ll", "general"])
 def test_among_twenty_floods_only_the_ll_class_keeps_its_bound(ll):
     """Round-robin gives a small general flow one turn in 21; the LL class one slot in five."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     wire = MemWire(clock=clock)
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=10e6, ll_share=0.2, clock=clock)
     if ll:
@@ -421,7 +414,7 @@ def test_among_twenty_floods_only_the_ll_class_keeps_its_bound(ll):
 def test_a_light_general_flow_waits_one_round_of_the_floods_not_their_backlog():
     """Each turn is worth a frame's bytes, not a block: found by `usnet bench lowlat`, where a
     200 B flow got one frame a turn while bulk flows got a whole flush's worth, and waited seconds."""
-    clock = FakeClock()
+    clock = FakeClock(START)
     wire = MemWire(clock=clock)
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=10e6, ll_share=0.2, clock=clock)
     r = run_link(netif, wire, clock, 1.0, ll_key=None, floods=8, tick=0.004)
@@ -432,7 +425,7 @@ def test_a_light_general_flow_waits_one_round_of_the_floods_not_their_backlog():
 
 
 def test_strict_netif_keeps_general_to_its_share_and_ll_still_gets_through():
-    clock = FakeClock()
+    clock = FakeClock(START)
     wire = MemWire(clock=clock)
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=10e6, ll_share=0.2, work_conserving=False,
                   clock=clock)
@@ -446,35 +439,9 @@ def test_strict_netif_keeps_general_to_its_share_and_ll_still_gets_through():
     assert s.borrowed_bytes == {LL: 0, GENERAL: 0}
 
 
-class Fussy:
-    """A device that takes frames one by one, and sometimes only some of them."""
-
-    takes_blocks = False
-    name = "fussy"
-    mtu = 1500
-
-    def __init__(self) -> None:
-        self.got: list[bytes] = []
-        self.room = 10**9
-
-    def send_batch(self, frames) -> int:
-        n = min(len(frames), self.room)
-        self.got += [bytes(f) for f in frames[:n]]
-        return n
-
-    def fileno(self) -> int:
-        return -1
-
-    def timeout(self):
-        return None
-
-    def close(self) -> None:
-        pass
-
-
 def test_paced_netif_splits_blocks_keeps_order_and_requeues_what_the_device_refused():
-    clock = FakeClock()
-    dev = Fussy()
+    clock = FakeClock(START)
+    dev = ControlledDevice("fussy", 10**9, per_call=True)
     netif = Netif("a", dev, "10.0.0.1/24", link_rate=1e6, clock=clock, mac=b"\x02" * 6)
     netif.enqueue_many(1, [general_block(0, 100, 300), frame(1, 100, 300), general_block(101, 50, 300)])
     total = 151
@@ -499,7 +466,7 @@ def test_paced_netif_splits_blocks_keeps_order_and_requeues_what_the_device_refu
 
 
 def test_without_link_rate_nothing_changes():
-    clock = FakeClock()
+    clock = FakeClock(START)
     wire = MemWire(clock=clock)
     netif = Netif("a", wire.a, "10.0.0.1/24", clock=clock)
     assert netif.sched is None and "txsched" not in netif.info()
@@ -594,8 +561,8 @@ def test_set_flow_class_over_a_running_domain_carries_every_datagram():
 
 
 def test_without_ll_slots_an_ll_key_is_served_as_general_and_never_starves():
-    clock = FakeClock()
-    dev = Fussy()
+    clock = FakeClock(START)
+    dev = ControlledDevice("fussy", 10**9, per_call=True)
     netif = Netif("a", dev, "10.0.0.1/24", link_rate=10e6, ll_share=0.0, work_conserving=False, clock=clock)
     with pytest.raises(ValueError, match="LL slots"):
         netif.set_class(2, True)

@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 from test_llpath import udp_packet
-from test_lowlat import POLICY, Net, recv_all, wait_until
+from test_lowlat import POLICY, Net, recv_all
 from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.drivers import MemWire
 from usnet.drivers.base import TrackedFrame
