@@ -143,11 +143,11 @@ def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed(
     wire = MemWire()
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=1e6)
     told: list = []
-    netif.on_status = lambda f, status: told.append((f.tag, status))
+    netif.on_status = lambda f, status: told.append((f.mark[0], status))
     frames = []
     for i in range(3):
         f = TrackedFrame(bytes(100), 0)
-        f.key, f.tag, f.deadline_ns, f.report, f.index, f.taken_ns = 7, i, 0, True, i, 0
+        f.key, f.mark, f.taken_ns = 7, (i, 0, True, i), 0
         frames.append(f)
     netif.enqueue_many(7, [bytes(1500)] * 5 + frames)  # behind five frames at 1 Mbit/s: not sent yet
     netif.flush()

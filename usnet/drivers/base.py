@@ -41,11 +41,13 @@ class TrackedFrame(SegmentedFrame):
     """
 
     key: int  # its queue (flow id)
-    tag: int  # the sender's id for it (UMD tag)
-    deadline_ns: int  # CLOCK_MONOTONIC ns; 0: none
+    mark: tuple[int, int, bool, int]  # (tag, deadline_ns, report, packet index), as usnet.nexus.flowport.TxMeta
     taken_ns: int  # when the nexus took it off the client's TX ring
-    report: bool  # post its fate even when it is simply sent
-    index: int  # its packet index in the client's pool (for the record only)
+
+    @property
+    def deadline_ns(self) -> int:
+        """CLOCK_MONOTONIC ns past which it must not be sent; 0: none."""
+        return self.mark[1]
 
 
 class GatherFrame:

@@ -79,6 +79,11 @@ _RX_SIG_COLS = np.r_[0:6, 12:15, 20:22, 30:34]
 _RX_SIG_MASK = np.array([0xFF] * 9 + [0xBF, 0xFF] + [0xFF] * 4, np.uint8)
 
 
+def _past(mark: tuple) -> bool:
+    """Whether a marked packet's deadline (TxMeta: tag, deadline_ns, report, index) has passed."""
+    return bool(mark[1]) and mark[1] < time.monotonic_ns()
+
+
 @dataclass(eq=False)
 class Flow:
     id: int
@@ -626,7 +631,7 @@ class FlowSwitch:
             for pos, (i, ln, g) in enumerate(zip(idx.tolist(), lens.tolist(), gso.tolist())):
                 at = i * stride
                 mark = None if meta is None else meta.marks.get(pos)
-                if mark is not None and mark[1] and mark[1] < time.monotonic_ns():
+                if mark is not None and _past(mark):
                     self._expire(flow, mark, meta.taken_ns)
                     continue
                 snap = bytes(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
@@ -664,7 +669,7 @@ class FlowSwitch:
         k = self.netif.transmit_now(flow.id, frames)
         if meta is not None:
             for mark in marks[:k]:
-                if mark is not None and mark[2]:
+                if mark is not None:
                     self._post_status(flow, TxStatus.SENT, mark, meta.taken_ns)
         if k < len(frames):
             rest: list = [bytes(f) for f in frames[k:]]
@@ -681,7 +686,7 @@ class FlowSwitch:
     def _tx_marked(self, flow: Flow, p: bytes, now: float, gso: int, mark: tuple, taken_ns: int,
                    tx_one: Callable) -> int:
         """A marked packet on the per-packet path: expired, or checked and queued as a TrackedFrame."""
-        if mark[1] and mark[1] < time.monotonic_ns():
+        if _past(mark):
             self._expire(flow, mark, taken_ns)
             return 0
         self._last_drop = 0
@@ -693,8 +698,7 @@ class FlowSwitch:
     @staticmethod
     def _tracked(flow: Flow, p: bytes, mark: tuple, taken_ns: int) -> TrackedFrame:
         f = TrackedFrame(p, 0)
-        f.key, f.tag, f.deadline_ns, f.report, f.index = flow.id, mark[0], mark[1], mark[2], mark[3]
-        f.taken_ns = taken_ns
+        f.key, f.mark, f.taken_ns = flow.id, mark, taken_ns
         return f
 
     def _expire(self, flow: Flow, mark: tuple, taken_ns: int) -> None:
@@ -703,18 +707,21 @@ class FlowSwitch:
         self._post_status(flow, TxStatus.EXPIRED, mark, taken_ns)
 
     def _post_status(self, flow: Flow, status: TxStatus, mark: tuple, taken_ns: int, reason: int = 0) -> None:
+        """One packet's TX_STATUS; SENT only if it asked for reports (a deadline alone asks for the rest)."""
+        if status == TxStatus.SENT and not mark[2]:
+            return
         flow.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark[3],
                                                 value=mark[0], aux=taken_ns)
 
-    def _frame_status(self, f: TrackedFrame, status: int) -> None:
+    def _frame_status(self, f: TrackedFrame, status: TxStatus) -> None:
         """The netif's word on a queued TrackedFrame: sent, expired at the head of its queue, or flushed."""
         flow = self.flows.get(f.key)
-        if flow is None or (status == TxStatus.SENT and not f.report):
-            return  # its flow is gone (nobody to tell), or it asked only for a deadline
+        if flow is None:
+            return  # its flow is gone: nobody to tell
         if status == TxStatus.EXPIRED:
-            self.drops["tx_expired"] += 1
-            flow.stats["tx_expired"] += 1
-        self._post_status(flow, TxStatus(status), (f.tag, f.deadline_ns, f.report, f.index), f.taken_ns)
+            self._expire(flow, f.mark, f.taken_ns)
+        else:
+            self._post_status(flow, status, f.mark, f.taken_ns)
 
     def serve_ll(self) -> int:
         """Serve the flows of the netif's low-latency class and hand their frames to the device now."""
@@ -921,7 +928,7 @@ class FlowSwitch:
             flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED,
                                                     value=len(packet))
             if type(packet) is TrackedFrame:
-                self._post_status(flow, TxStatus.DROPPED, (packet.tag, 0, True, packet.index), packet.taken_ns,
+                self._post_status(flow, TxStatus.DROPPED, packet.mark, packet.taken_ns,
                                   TxDropReason.NEIGHBOUR_UNRESOLVED)
 
     def _emit(self, key: int, mac: bytes, packet: bytes) -> None:

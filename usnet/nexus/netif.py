@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from usnet.channel.events import TxStatus
 from usnet.drivers import block
 from usnet.drivers.base import Driver, GatherFrame, TrackedFrame, random_mac
 from usnet.drivers.block import FrameBlock
@@ -37,9 +38,6 @@ from usnet.nexus import txsched
 from usnet.nexus.txsched import LL, SlotScheduler
 from usnet.wire.ipv4 import ip_bytes
 from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
-
-
-SENT, EXPIRED, FLUSHED = 1, 3, 4  # TxStatus values, as the netif reports them to on_status
 
 
 class Netif:
@@ -74,7 +72,7 @@ class Netif:
         self.tx_expired = 0  # frames dropped at the queue's head, past their deadline
         self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
         self.tracked = 0  # TrackedFrames queued: while 0, nothing looks for them
-        self.on_status: Callable[[TrackedFrame, int], None] | None = None  # the switch tells the flow
+        self.on_status: Callable[[TrackedFrame, TxStatus], None] | None = None  # the switch tells the flow
         self._init_sched(link_rate, ll_share, work_conserving, clock)
 
     def _init_sched(self, link_rate: float | None, ll_share: float | None,
@@ -404,7 +402,7 @@ class Netif:
         if self.tracked:
             for item in batch[:done]:
                 if type(item) is TrackedFrame:
-                    self._settle(item, SENT)
+                    self._settle(item, TxStatus.SENT)
         if done == len(batch):
             return sent, nbytes, True
         for item, k in zip(reversed(batch[done:]), reversed(keys[done:])):
@@ -431,10 +429,10 @@ class Netif:
         self.queued_frames[key] -= 1
         self.queued_bytes[key] -= len(item)
         self.tx_expired += 1
-        self._settle(item, EXPIRED)
+        self._settle(item, TxStatus.EXPIRED)
         return True
 
-    def _settle(self, item: TrackedFrame, status: int) -> None:
+    def _settle(self, item: TrackedFrame, status: TxStatus) -> None:
         self.tracked -= 1
         if self.on_status is not None:
             self.on_status(item, status)
@@ -448,7 +446,7 @@ class Netif:
         if self.tracked:
             for item in q:
                 if type(item) is TrackedFrame:
-                    self._settle(item, FLUSHED)
+                    self._settle(item, TxStatus.FLUSHED)
         self.ll_keys.discard(key)
         for active in (self.active, self.active_ll):
             try:
