@@ -64,7 +64,7 @@ from typing import Literal
 import msgspec
 
 from usnet.client import DEFAULT_SOCKET
-from usnet.lowlat.agent import DEFAULT_TTL, check_ttl
+from usnet.lowlat.agent import DEFAULT_TTL, check_seconds, check_ttl
 from usnet.lowlat.policy import Policy, PolicyEntry
 from usnet.nexus import txsched
 
@@ -121,13 +121,6 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     def entry(self) -> PolicyEntry:
         return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program)
-
-
-def check_seconds(what: str, v: object) -> float:
-    """`v` as seconds if it is a positive, finite number (not a bool); else ValueError naming `what`."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
-    return float(v)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

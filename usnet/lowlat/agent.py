@@ -261,10 +261,15 @@ class Agent:
                 "refused": dict(self.refused), "ended": dict(self.ended)}
 
 
+def check_seconds(what: str, v: object) -> float:
+    """`v` as seconds if it is a positive, finite number (not a bool); else ValueError naming `what`."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
+    return float(v)
+
+
 def check_ttl(ttl: object) -> float:
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl > 0):
-        raise ValueError(f"lease_ttl must be a positive number of seconds, not {ttl!r}")
-    return float(ttl)
+    return check_seconds("lease_ttl", ttl)
 
 
 def _bad_parameters(service_class: object, rate: object, max_packet: object, latency: object) -> str | None:

@@ -19,7 +19,6 @@ import errno
 import ipaddress
 import itertools
 import logging
-import math
 import os
 import selectors
 import socket
@@ -29,12 +28,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from usnet import gil
 from usnet.channel import schema as schemamod
 from usnet.channel.events import DefunctReason
-from usnet import gil
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
-from usnet.lowlat.agent import DEFAULT_TTL, Agent
+from usnet.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
 from usnet.lowlat.policy import Policy
 from usnet.nexus.flowport import NEXUS, FlowPort
 from usnet.nexus.flowswitch import Flow, FlowSwitch
@@ -126,12 +125,9 @@ class Domain:
                  lease_clock: Callable[[], float] = time.monotonic,
                  advisory_interval: float = 0.005, delay_target: float = 0.005,
                  rx_mitigation: bool = True) -> None:
-        for what, v in (("advisory_interval", advisory_interval), ("delay_target", delay_target)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
-                raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
-        self.advisory_interval = float(advisory_interval)
+        self.advisory_interval = check_seconds("advisory_interval", advisory_interval)
+        self.delay_target = check_seconds("delay_target", delay_target)
         self.rx_mitigation = bool(rx_mitigation)
-        self.delay_target = float(delay_target)
         self.advisories: dict[str, NetifAdvisory] = {}
         self.lock = threading.RLock()
         self.pipes: dict[str, UserPipe] = {}
