@@ -25,7 +25,7 @@ import numpy as np
 from usnet.channel.channel import Channel, _UNSET
 from usnet.channel.events import Event
 from usnet.daemon.protocol import FlowOpened
-from usnet.pool.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
+from usnet.pool.umd import UMD_WORDS
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.wire.rows import be_u16, be_u32, padded_width, row_sums
@@ -60,16 +60,6 @@ def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
     for i, p in enumerate(payloads):
         rows[i, : len(p)] = np.frombuffer(p, np.uint8)
     return rows
-
-
-def _mark_rows(umd: np.ndarray, idx: np.ndarray, marks: tuple, start: int, end: int) -> None:
-    """Write the tag, deadline and report flag of packets idx (payloads start..end) into their UMD."""
-    tags, deadline_ns, report = marks
-    at = idx * UMD_WORDS
-    u64 = umd.view(np.uint64)
-    u64[(at + W_TAG) // 2] = np.asarray(tags[start:end], np.uint64)
-    u64[(at + W_DEADLINE) // 2] = deadline_ns
-    umd[at + W_FLAGS] = TX_REPORT if report else 0
 
 
 class DatagramSocket:
@@ -194,7 +184,7 @@ class DatagramSocket:
                 packets[idx, HEADERS : HEADERS + big] = rows[sent:end, :big]
             umd[idx * UMD_WORDS] = totals[sent:end]
             if marks is not None:
-                _mark_rows(umd, idx, marks, sent, end)
+                ch.mark_many(idx, marks[0][sent:end], deadline_ns=marks[1], report=marks[2])
             done, full = self._push(pkts, sent, marked=marks is not None)
             sent += done
             if full:

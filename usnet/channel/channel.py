@@ -349,6 +349,15 @@ class Channel:
         u[w + W_DEADLINE], u[w + W_DEADLINE + 1] = deadline_ns & 0xFFFFFFFF, deadline_ns >> 32
         u[w + W_FLAGS] = TX_REPORT if report else 0
 
+    def mark_many(self, pkts: np.ndarray, tags: list[int], *, deadline_ns: int = 0, report: bool = False) -> None:
+        """`mark` for a batch (an index array): tags one per packet, one deadline and flag for all."""
+        _, umd = self.arrays()
+        at = pkts * UMD_WORDS
+        u64 = umd.view(np.uint64)  # tag and deadline are 8-byte aligned u64 words
+        u64[(at + W_TAG) // 2] = np.asarray(tags, np.uint64)
+        u64[(at + W_DEADLINE) // 2] = deadline_ns
+        umd[at + W_FLAGS] = TX_REPORT if report else 0
+
     @property
     def events_lost(self) -> int:
         """Events the nexus could not post because the EVENT ring was full (0: none lost)."""
