@@ -235,8 +235,7 @@ class UserPipe:
     def _publish_stats(self) -> None:
         for end in self.ends:
             base = end.role * STATS_PER_ROLE
-            self.stats[base + Stat.HELD] = self.pool.held[end.role]
-            self.stats[base + Stat.EVENTS_DROPPED] = end.events.dropped
+            self.stats[base + Stat.HELD] = self.pool.held[end.role]  # (events_dropped: at each drop)
 
     # -- control ----------------------------------------------------------------------
 
