@@ -291,19 +291,17 @@ class SlotScheduler:
             raise ValueError(f"no traffic class {cls!r}")
         if nbytes < 0 or frames < 0:
             raise ValueError("a charge cannot be negative")
+        ahead, self._ahead = self._ahead and cls == LL, False  # what the last grant allowed, used once
+        span = self._span if self._span_cls == cls else 0  # slots the last grant ran on into
+        self._span_cls, self._span = None, 0
         self._advance(now)
         self.vt += nbytes * self.byte_time
         self.bytes_sent[cls] += nbytes
         self.frames_sent[cls] += frames
-        if self._ahead and cls == LL:
-            # ahead of its slots: its own next slots pay (debt), nobody else's
-            self._ahead = False
+        if ahead:  # ahead of its slots: its own next slots pay (debt), nobody else's
             self.debt[LL] += nbytes
             self.ll_ahead_bytes += nbytes
             return
-        self._ahead = False
-        span = self._span if self._span_cls == cls else 0  # slots the last grant ran on into
-        self._span_cls, self._span = None, 0
         left = float(nbytes)
         while left > 0:
             take = min(left, self.credit)
