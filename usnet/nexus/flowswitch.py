@@ -590,11 +590,7 @@ class FlowSwitch:
                     break
                 start = i + 1
                 p = bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])])
-                mark = None if meta is None else meta.marks.get(i)
-                if mark is None:
-                    sent += tx_one(flow, p, now, int(gso[i]))
-                else:
-                    sent += self._tx_marked(flow, p, now, int(gso[i]), mark, meta.taken_ns, tx_one)
+                sent += self._tx_marked(flow, p, now, int(gso[i]), tx_one, meta, i)
         flow.stats["tx_packets"] += sent
         self._advise(flow)
         return n
@@ -648,9 +644,7 @@ class FlowSwitch:
                     continue
                 if mac is None:  # the general path's check, neighbour wait or refusal, in order
                     sent += self._ll_emit(flow, frames, marks, meta)
-                    p = bytes(mv[at : at + ln])
-                    sent += (tx_one(flow, p, now, g) if mark is None
-                             else self._tx_marked(flow, p, now, g, mark, meta.taken_ns, tx_one))
+                    sent += self._tx_marked(flow, bytes(mv[at : at + ln]), now, g, tx_one, meta, pos)
                     frames, marks = [], []
                     continue
                 hdr = got[0]
@@ -683,9 +677,14 @@ class FlowSwitch:
 
     # -- packets that carry a deadline or ask for a report (UMD, docs/abi.md section 8) -----------
 
-    def _tx_marked(self, flow: Flow, p: bytes, now: float, gso: int, mark: tuple, taken_ns: int,
-                   tx_one: Callable) -> int:
-        """A marked packet on the per-packet path: expired, or checked and queued as a TrackedFrame."""
+    def _tx_marked(self, flow: Flow, p: bytes, now: float, gso: int, tx_one: Callable,
+                   meta: TxMeta | None, pos: int) -> int:
+        """Packet `pos` of a batch on the per-packet path (`tx_one`); if it is marked (`meta`):
+        expired, or checked and queued as a TrackedFrame, its drop reported."""
+        mark = None if meta is None else meta.marks.get(pos)
+        if mark is None:
+            return tx_one(flow, p, now, gso)
+        taken_ns = meta.taken_ns
         if _past(mark):
             self._expire(flow, mark, taken_ns)
             return 0
