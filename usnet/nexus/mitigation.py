@@ -82,28 +82,25 @@ class RxMitigation:
             self.last = now
         if not asleep:
             # it will see them before it sleeps (it checks the ring after setting NEED_WAKEUP)
-            self.held = 0
-            self.deadline = None
+            self.cancel()
             return False
         if self.deadline is None:
             self.deadline = now + self.hold
         self.held += k
         frames = self.frames()
         if frames == 0 or self.held >= frames or now >= self.deadline:
-            self.held = 0
-            self.deadline = None
+            self.cancel()
             return True
         return False
 
     def due(self, now: float) -> bool:
         """At a pass of the loop: True if a held bell's time has come (it is then no longer held)."""
         if self.deadline is not None and now >= self.deadline:
-            self.held = 0
-            self.deadline = None
+            self.cancel()
             return True
         return False
 
     def cancel(self) -> None:
-        """Forget a held bell (it was rung another way)."""
+        """Forget a held bell (rung now, or another way, or not needed)."""
         self.held = 0
         self.deadline = None
