@@ -660,8 +660,8 @@ class Domain:
                     flow.port.clear_need_wakeup()
                     if flow.id in sw.flows:
                         sw.service_tx(flow)
-                        if flow.id in sw.netif.ll_keys:
-                            sw.netif.flush()  # served first: to the device now, not next round
+                        if flow.id in sw.netif.ll_keys and sw.netif.active_ll:
+                            sw.netif.flush()  # what the LL path queued: to the device now, not next round
             elif kind == "session":
                 self._serve_session(obj)
             elif kind == "listen":

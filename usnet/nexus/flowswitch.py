@@ -730,8 +730,8 @@ class FlowSwitch:
             flow = flows.get(fid)
             if flow is not None and not flow.parked and flow.port.tx_pending() and not flow.port.suspended:
                 served += self.service_tx(flow)
-        if served:
-            self.netif.flush()
+        if served and self.netif.active_ll:
+            self.netif.flush()  # what the LL class queued: the rest went to the device in service_tx
         return served
 
     def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
