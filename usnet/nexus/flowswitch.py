@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import numpy.ma  # noqa: F401  np.unique imports it on first use (numpy 2.x): a 6-13 ms stall of
+# the service loop the first time a batch holds two flows or a channel closes; here it is paid at import
 
 from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.drivers import block
