@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from usnet import sched
 from usnet.bench import adaptive
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
@@ -88,6 +89,7 @@ def _stop_requested(fd: int) -> bool:
 
 
 def _llsend(client: Client, count: int, lease: bool) -> None:
+    sched.set_slice()  # a latency-sensitive thread, in every phase: only the grant differs
     s = client.udp_socket("a", LL_PORT)
     if lease:
         client.request_lease(s, **LEASE)  # before the first datagram: every one goes in the LL class
@@ -102,6 +104,7 @@ def _llsend(client: Client, count: int, lease: bool) -> None:
 
 
 def _llrecv(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
+    sched.set_slice()
     s = client.udp_socket("b", LL_SINK)
     os.write(ready_fd, b"R")
     lat: dict[int, float] = {}
