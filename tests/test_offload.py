@@ -19,7 +19,7 @@ from conftest import send_raw
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from usnet.channel.events import EventType, TxDropReason
+from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.client import Client
 from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
 from usnet.wire.tcp import ACK, build_tcp
@@ -104,3 +104,30 @@ def test_super_segments_are_checked_and_the_good_one_reaches_the_kernel_whole(ta
         tap.close()
         ch.close()
         udp.close()
+
+
+def test_a_reported_super_segment_has_one_status_and_an_expired_one_never_leaves(tap_domain):
+    """A super-segment is one packet to its client: one TX_STATUS however many segments the device cuts."""
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    ch, info = client.open_flow(ifname, 6, 0, (host_ip, 9))
+    drv = d.switches[ifname].netif.driver
+    try:
+        big = bytes(range(256)) * 40  # 10,240 bytes: 8 segments of 1,460
+        pkts: list[int] = []
+        while len(pkts) < 2:
+            pkts += ch.alloc(2 - len(pkts))
+        for p in pkts:
+            data = _segment(usnet_ip, info.local_port, host_ip, 9, big)
+            ch.write(p, data, 1460)
+            ch.set_length(p, len(data))
+        ch.mark(pkts[0], tag=41, report=True)
+        ch.mark(pkts[1], tag=42, deadline_ns=time.monotonic_ns() - 1, report=True)
+        before = drv.stats.tx_gso_frames
+        assert ch.send(pkts) == 2
+        got = sorted((e.tag, e.status) for e in _events(ch, 2) if e.type == EventType.TX_STATUS)
+        assert got == [(41, TxStatus.SENT), (42, TxStatus.EXPIRED)]
+        assert list(ch.events()) == []  # and nothing more: one status per packet, not per segment
+        assert drv.stats.tx_gso_frames == before + 1
+    finally:
+        ch.close()
