@@ -19,6 +19,8 @@ from conftest import wait_until
 from test_llpath import udp_packet
 from test_lowlat import POLICY, Net, recv_all
 from usnet.channel.events import EventType, TxDropReason, TxStatus
+from usnet.client import Client
+from usnet.daemon.protocol import ControlError
 from usnet.drivers import MemWire
 from usnet.drivers.base import TrackedFrame
 from usnet.nexus.netif import Netif
@@ -139,9 +141,11 @@ def test_reported_packets_past_the_lease_rate_are_each_reported_dropped(net):
     assert lease.burst < 10 * 1042
 
 
-def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed():
+@pytest.mark.parametrize("how", ["flush_queue", "drop_queue"])
+def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed(how):
     wire = MemWire()
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=1e6)
+    netif.set_class(7, True)
     told: list = []
     netif.on_status = lambda f, status: told.append((f.mark[0], status))
     frames = []
@@ -152,9 +156,45 @@ def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed(
     netif.enqueue_many(7, [bytes(1500)] * 5 + frames)  # behind five frames at 1 Mbit/s: not sent yet
     netif.flush()
     assert told == [] and netif.tracked == 3
-    netif.drop_queue(7)
+    assert getattr(netif, how)(7) == 8 - netif.tx_frames
     assert told == [(0, TxStatus.FLUSHED), (1, TxStatus.FLUSHED), (2, TxStatus.FLUSHED)]
-    assert netif.tracked == 0
+    assert netif.tracked == 0 and netif.queued(7) == (0, 0)
+    assert (7 in netif.ll_keys) == (how == "flush_queue")  # a flush keeps the queue's class; a drop ends it
+
+
+def test_a_client_flushes_its_queued_datagrams_and_hears_of_each(net):
+    """FlushQueue: what waits at a 1 Mbit/s netif is dropped and reported FLUSHED; the rest is sent."""
+    wire = MemWire()
+    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2)
+    net.d.add_netif("sink", wire.b, "10.8.0.2/24")
+    s, sink = net.c.udp_socket("slow", 5100), net.c.udp_socket("sink", 6100)
+    s.sendto(b"resolve", ("10.8.0.2", 6100))
+    assert recv_all(sink, 1) == [b"resolve"]
+    netif, flow = net.d.switches["slow"].netif, net.d.channels[s.channel.id].flow
+    payloads = [b"%d" % i + bytes(1200) for i in range(40)]
+    assert s.send_many(payloads, ("10.8.0.2", 6100), tags=list(range(40)), report=True) == 40
+    wait_until(lambda: netif.queued(flow.id)[0] >= 20, 5, "the datagrams to queue at the slow netif")
+    k = net.c.flush_queue(s)
+    assert k >= 1 and netif.queued(flow.id) == (0, 0)
+    got = statuses(s.channel, 40, timeout=10)
+    flushed = [e.tag for e in got if e.status == TxStatus.FLUSHED]
+    sent = [e.tag for e in got if e.status == TxStatus.SENT]
+    assert len(flushed) == k and sorted(flushed + sent) == list(range(40))
+    assert recv_all(sink, 40 - k, timeout=5) == [payloads[t] for t in sorted(sent)]
+    assert flow.stats["tx_flushed"] == k
+
+
+def test_flush_queue_refuses_what_is_not_the_callers_flow(net):
+    s = net.c.udp_socket("a", 5000)
+    pipe = net.c.open_pipe("p")
+    other = Client.local(net.d)
+    with pytest.raises(ControlError) as e:
+        other.flush_queue(s)  # another session's channel
+    assert e.value.code == "ENOENT"
+    with pytest.raises(ControlError) as e:
+        net.c.flush_queue(pipe)
+    assert e.value.code == "EINVAL"
+    assert net.c.flush_queue(s) == 0  # nothing queued: nothing to drop
 
 
 def test_a_full_event_ring_loses_events_not_packets_and_the_client_sees_how_many(net):

@@ -158,6 +158,18 @@ class Client:
         self.channels.pop(channel, None)
         self._call(P.CloseChannel(channel))
 
+    def flush_queue(self, channel: "Channel | DatagramSocket | int") -> int:
+        """Drop what a flow channel sent that still waits in its netif's queue; returns how many.
+
+        For data that went stale while it waited (a sender that changes its
+        rate, a frame superseded by the next): each reported packet among
+        them gets TX_STATUS FLUSHED. What is still on the TX ring is not touched.
+        """
+        reply, _ = self._call(P.FlushQueue(_channel_id(channel)))
+        if not isinstance(reply, P.Flushed):
+            raise P.ProtocolError(f"FlushQueue answered with {type(reply).__name__}")
+        return reply.packets
+
     def request_lease(self, channel: "Channel | DatagramSocket | int", *, service_class: str = "interactive",
                       rate: float, max_packet: int, latency_target: float) -> Lease:
         """Ask for low-latency service for a flow channel of this client; LeaseRefused says why not.
@@ -168,8 +180,7 @@ class Client:
         rate are dropped and reported (TX_DROPPED, RATE_EXCEEDED); the grant
         and its end arrive on the channel's EVENT ring too.
         """
-        cid = channel if isinstance(channel, int) else getattr(channel, "channel", channel).id
-        reply = self._lease_call(P.RequestLease(cid, service_class, rate, max_packet, latency_target))
+        reply = self._lease_call(P.RequestLease(_channel_id(channel), service_class, rate, max_packet, latency_target))
         assert isinstance(reply, P.LeaseGranted)
         return Lease(self, reply)
 
@@ -189,3 +200,8 @@ class Client:
     def close(self) -> None:
         for ch in list(self.channels.values()):
             ch.close()
+
+
+def _channel_id(channel: "Channel | DatagramSocket | int") -> int:
+    """The id of a flow Channel, of the channel under a socket, or an id as given."""
+    return channel if isinstance(channel, int) else getattr(channel, "channel", channel).id

@@ -151,6 +151,15 @@ class Kick(_Msg, frozen=True):
     channel: U32
 
 
+class FlushQueue(_Msg, frozen=True):
+    """Drop what a flow channel sent that still waits in its netif's queue (stale media, say).
+
+    Packets the nexus has not taken from the TX ring yet are not touched.
+    """
+
+    channel: U32
+
+
 class Status(_Msg, frozen=True):
     pass
 
@@ -240,6 +249,12 @@ class Done(_Msg, frozen=True):
     pass
 
 
+class Flushed(_Msg, frozen=True):
+    """The reply to FlushQueue: how many packets were dropped from the queue."""
+
+    packets: U32
+
+
 class StatusReply(_Msg, frozen=True):
     info: dict[str, Any]
 
@@ -277,10 +292,10 @@ class Error(_Msg, frozen=True):
     message: str = ""
 
 
-Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | Status
-           | RequestLease | RenewLease | ReleaseLease)
-Reply = (Welcome | ChannelOpened | FlowOpened | AdvisoryOpened | Done | StatusReply | LeaseGranted | LeaseRefused
-         | Error)
+Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
+           | Status | RequestLease | RenewLease | ReleaseLease)
+Reply = (Welcome | ChannelOpened | FlowOpened | AdvisoryOpened | Done | Flushed | StatusReply | LeaseGranted
+         | LeaseRefused | Error)
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)

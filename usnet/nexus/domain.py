@@ -220,6 +220,11 @@ class Domain:
         if isinstance(req, P.Kick):
             self.kick(self._own(session, req.channel))
             return P.Done(), []
+        if isinstance(req, P.FlushQueue):
+            ref = self._own(session, req.channel)
+            if ref.flow is None or ref.switch is None:
+                raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
+            return P.Flushed(ref.switch.flush_flow(ref.flow)), []
         if isinstance(req, P.Status):
             return P.StatusReply(self.status()), []
         if isinstance(req, P.LEASE_REQUESTS):

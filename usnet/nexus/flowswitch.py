@@ -207,6 +207,18 @@ class FlowSwitch:
         self._held_bells.pop(flow.port, None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)
 
+    def flush_flow(self, flow: Flow) -> int:
+        """Drop what `flow` has queued at the netif (the client asked: FlushQueue); returns how many.
+
+        Its reported packets get TX_STATUS FLUSHED; a flow suspended for its
+        full queue resumes.
+        """
+        n = self.netif.flush_queue(flow.id)
+        flow.stats["tx_flushed"] += n
+        self.counts["tx_flushed"] += n
+        self._advise(flow)
+        return n
+
     # -- receive ---------------------------------------------------------------------------
 
     def service_rx(self, max_frames: int = 256) -> int:

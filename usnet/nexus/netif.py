@@ -437,7 +437,8 @@ class Netif:
         if self.on_status is not None:
             self.on_status(item, status)
 
-    def drop_queue(self, key: int) -> int:
+    def flush_queue(self, key: int) -> int:
+        """Drop the frames queue `key` holds (its tracked ones reported FLUSHED); returns how many."""
         q = self.queues.pop(key, None)
         self.queued_bytes.pop(key, None)
         frames = self.queued_frames.pop(key, 0)
@@ -447,13 +448,17 @@ class Netif:
             for item in q:
                 if type(item) is TrackedFrame:
                     self._settle(item, TxStatus.FLUSHED)
-        self.ll_keys.discard(key)
         for active in (self.active, self.active_ll):
             try:
                 active.remove(key)
             except ValueError:
                 pass
         return frames
+
+    def drop_queue(self, key: int) -> int:
+        """`flush_queue` for a queue that is going away: its class goes with it."""
+        self.ll_keys.discard(key)
+        return self.flush_queue(key)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "driver": self.driver.name, "mac": self.mac.hex(":"),
