@@ -171,7 +171,16 @@ class PacketPool:
             idx = np.array(items, dtype=np.int64)
         if idx.size == 0:
             return (idx if as_array else []), []
-        if idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
+        if idx.size == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
+            i = int(idx[0])
+            if 0 <= i < self.capacity and self.state[i] == HELD:
+                self.held[int(self.owner[i])] -= 1
+                self.state[i] = FREE
+                self.owner[i] = NO_OWNER
+                self.stack[self.nfree] = i
+                self.nfree += 1
+                return (idx if as_array else items), []
+        elif idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = np.arange(idx.size, dtype=np.int64)
             self.mark[idx] = order
