@@ -256,7 +256,7 @@ def link():
     wire = MemWire(clock=clock)
     d = Domain()
     try:
-        d.add_netif("a", wire.a, "10.9.0.1/24", link_rate=10e6, ll_share=0.2, clock=clock)
+        d.add_netif("a", wire.a, "10.9.0.1/24", link_rate=10e6, ll_share=0.2, aqm=False, clock=clock)
         d.add_netif("b", wire.b, "10.9.0.2/24", clock=clock)
         c = Client.local(d)
         sa, sb = c.udp_socket("a", 5000), c.udp_socket("b", 6000)

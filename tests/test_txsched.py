@@ -442,7 +442,7 @@ def test_strict_netif_keeps_general_to_its_share_and_ll_still_gets_through():
 def test_paced_netif_splits_blocks_keeps_order_and_requeues_what_the_device_refused():
     clock = FakeClock(START)
     dev = ControlledDevice("fussy", 10**9, per_call=True)
-    netif = Netif("a", dev, "10.0.0.1/24", link_rate=1e6, clock=clock, mac=b"\x02" * 6)
+    netif = Netif("a", dev, "10.0.0.1/24", link_rate=1e6, aqm=False, clock=clock, mac=b"\x02" * 6)
     netif.enqueue_many(1, [general_block(0, 100, 300), frame(1, 100, 300), general_block(101, 50, 300)])
     total = 151
     steps = 0

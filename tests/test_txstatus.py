@@ -96,7 +96,7 @@ def test_a_datagram_past_its_deadline_is_not_sent_and_is_reported_expired(net, l
 def test_a_deadline_that_passes_in_the_netif_queue_drops_the_datagram_there(net):
     """At 1 Mbit/s the flood ahead takes a second to drain; the marked datagram behind it has 20 ms."""
     wire = MemWire()
-    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2)
+    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2, aqm=False)  # no AQM drops
     net.d.add_netif("sink", wire.b, "10.8.0.2/24")
     s, sink = net.c.udp_socket("slow", 5100), net.c.udp_socket("sink", 6100)
     s.sendto(b"resolve", ("10.8.0.2", 6100))
@@ -147,7 +147,7 @@ def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed(
     netif = Netif("a", wire.a, "10.0.0.1/24", link_rate=1e6)
     netif.set_class(7, True)
     told: list = []
-    netif.on_status = lambda f, status: told.append((f.mark[0], status))
+    netif.on_status = lambda f, status, reason: told.append((f.mark[0], status))
     frames = []
     for i in range(3):
         f = TrackedFrame(bytes(100), 0)
@@ -165,7 +165,7 @@ def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed(
 def test_a_client_flushes_its_queued_datagrams_and_hears_of_each(net):
     """FlushQueue: what waits at a 1 Mbit/s netif is dropped and reported FLUSHED; the rest is sent."""
     wire = MemWire()
-    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2)
+    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2, aqm=False)  # no AQM drops
     net.d.add_netif("sink", wire.b, "10.8.0.2/24")
     s, sink = net.c.udp_socket("slow", 5100), net.c.udp_socket("sink", 6100)
     s.sendto(b"resolve", ("10.8.0.2", 6100))

@@ -11,8 +11,9 @@ process on a SEQPACKET session, as in `usnet bench udp`:
 * llrecv: its receiver on "b", which takes one-way latency per datagram
   (one machine, one monotonic clock);
 * bulk: `BULK_FLOWS` UDP flows on "a" sending 1,400-byte datagrams as fast as
-  the link takes them (their queues at the netif fill; the switch suspends
-  them, so they never lose a datagram to the queue), and a sink on "b";
+  the link takes them (their queues at the netif fill, the switch suspends
+  them, and the netif's AQM drops from the head of their standing queues),
+  and a sink on "b";
 * adapt: a sender on "a" that follows the netif's interface advisory
   (usnet.bench.adaptive), and the same sink.
 

@@ -63,6 +63,7 @@ class TxDropReason(enum.IntEnum):
     NO_ROUTE = 7
     NEIGHBOUR_UNRESOLVED = 8  # ARP got no answer, or too many packets waited for one
     RATE_EXCEEDED = 9  # past its LL lease's rate (one event per batch: value packets, aux bytes)
+    QUEUE_DELAY = 10  # dropped by the netif's AQM (CoDel): its queue stood too long (one event per flush: value packets, aux bytes)
 
 
 class RefusalReason(enum.IntEnum):

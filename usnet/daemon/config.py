@@ -28,6 +28,8 @@
     work_conserving = true   # optional, needs link_rate: idle LL slots carry general
                              # traffic and the reverse (default); false: they stay idle
     rx_mitigation = false    # optional: this netif's own choice (default: the top-level key)
+    aqm = true               # optional: CoDel on the general class's queues (default: on
+                             # with link_rate, where the queue forms in usnet; off without)
 
     [[policy]]               # who may lease the LL class; none: nobody (default deny)
     uid = 1000               # the client's uid (SO_PEERCRED) ...
@@ -84,6 +86,7 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ll_share: float | None = None
     work_conserving: bool | None = None
     rx_mitigation: bool | None = None  # None: the file's top-level rx_mitigation
+    aqm: bool | None = None  # None: on with link_rate
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             drv = config.make_driver(nc)
             domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu, address6=nc.address6,
                              gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
-                             work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation)
+                             work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation,
+                             aqm=nc.aqm)
             log.info("netif %s: %s driver on %s, address %s%s%s", nc.name, nc.driver, nc.ifname or nc.name,
                      nc.address, f", {nc.address6}" if nc.address6 else "",
                      f", paced to {nc.link_rate:g} bit/s" if nc.link_rate else "")

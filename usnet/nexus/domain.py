@@ -280,7 +280,7 @@ class Domain:
                   gateway6: str | None = None, link_rate: float | None = None,
                   ll_share: float | None = None, work_conserving: bool | None = None,
                   clock: Callable[[], float] = time.monotonic,
-                  rx_mitigation: bool | None = None) -> FlowSwitch:
+                  rx_mitigation: bool | None = None, aqm: bool | None = None) -> FlowSwitch:
         """Attach a device: a netif with its flow switch, served by the domain loop.
 
         `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
@@ -298,13 +298,15 @@ class Domain:
 
         `rx_mitigation` (default: the domain's) coalesces the receive
         doorbells of the netif's general-class flows (usnet.nexus.mitigation).
+        `aqm` (default: on where `link_rate` paces the netif) runs CoDel on
+        the general class's queues (usnet.nexus.aqm).
         """
         with self.lock:
             if name in self.switches:
                 raise OSError(errno.EEXIST, f"netif {name!r} exists")
             netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6,
                           link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving,
-                          clock=clock)
+                          aqm=aqm, clock=clock)
             sw = FlowSwitch(netif, self.ports, clock=clock,
                             rx_mitigation=self.rx_mitigation if rx_mitigation is None else rx_mitigation)
             self.advisories[name] = NetifAdvisory(sw, self.advisory_interval, self.delay_target)

@@ -726,15 +726,16 @@ class FlowSwitch:
         flow.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark[3],
                                                 value=mark[0], aux=taken_ns)
 
-    def _frame_status(self, f: TrackedFrame, status: TxStatus) -> None:
-        """The netif's word on a queued TrackedFrame: sent, expired at the head of its queue, or flushed."""
+    def _frame_status(self, f: TrackedFrame, status: TxStatus, reason: int = 0) -> None:
+        """The netif's word on a queued TrackedFrame: sent, expired at the head of its queue, dropped
+        there by its AQM (`reason`), or flushed."""
         flow = self.flows.get(f.key)
         if flow is None:
             return  # its flow is gone: nobody to tell
         if status == TxStatus.EXPIRED:
             self._expire(flow, f.mark, f.taken_ns)
         else:
-            self._post_status(flow, status, f.mark, f.taken_ns)
+            self._post_status(flow, status, f.mark, f.taken_ns, reason)
 
     def serve_ll(self) -> int:
         """Serve the flows of the netif's low-latency class and hand their frames to the device now."""
@@ -1007,7 +1008,21 @@ class FlowSwitch:
         for flow in self.flows.values():
             if flow.port.suspended:
                 self._advise(flow)
+        if self.netif.aqm_drops:
+            self._report_aqm_drops()
         return n
+
+    def _report_aqm_drops(self) -> None:
+        """What the netif's AQM dropped since the last report: one TX_DROPPED (QUEUE_DELAY) per flow."""
+        drops, self.netif.aqm_drops = self.netif.aqm_drops, {}
+        for key, (frames, nbytes) in drops.items():
+            self.drops["tx_queue_delay"] += frames
+            flow = self.flows.get(key)
+            if flow is None:
+                continue  # the switch's own frames (ARP, ICMP replies), or a flow gone since
+            flow.stats["tx_dropped"] += frames
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.QUEUE_DELAY,
+                                                    value=frames, aux=nbytes)
 
     def next_timeout(self) -> float | None:
         now = self.clock()

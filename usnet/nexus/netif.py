@@ -30,11 +30,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from usnet.channel.events import TxStatus
+from usnet.channel.events import TxDropReason, TxStatus
 from usnet.drivers import block
 from usnet.drivers.base import Driver, GatherFrame, TrackedFrame, random_mac
 from usnet.drivers.block import FrameBlock
 from usnet.nexus import txsched
+from usnet.nexus.aqm import CoDel
 from usnet.nexus.txsched import LL, SlotScheduler
 from usnet.wire.ipv4 import ip_bytes
 from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
@@ -45,7 +46,7 @@ class Netif:
                  mtu: int | None = None, mac: bytes | None = None, high_water: int = 1024,
                  low_water: int = 256, address6: str | None = None, gateway6: str | None = None,
                  link_rate: float | None = None, ll_share: float | None = None,
-                 work_conserving: bool | None = None,
+                 work_conserving: bool | None = None, aqm: bool | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         iface = ipaddress.IPv4Interface(address)
         self.name = name
@@ -72,8 +73,10 @@ class Netif:
         self.tx_expired = 0  # frames dropped at the queue's head, past their deadline
         self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
         self.tracked = 0  # TrackedFrames queued: while 0, nothing looks for them
-        self.on_status: Callable[[TrackedFrame, TxStatus], None] | None = None  # the switch tells the flow
+        # the switch tells the flow: (frame, status, TxDropReason or 0)
+        self.on_status: Callable[[TrackedFrame, TxStatus, int], None] | None = None
         self._init_sched(link_rate, ll_share, work_conserving, clock)
+        self._init_aqm(link_rate is not None if aqm is None else aqm)
 
     def _init_sched(self, link_rate: float | None, ll_share: float | None,
                     work_conserving: bool | None, clock: Callable[[], float]) -> None:
@@ -93,6 +96,20 @@ class Netif:
         txsched.check_params(link_rate, share, wc)
         self.sched = SlotScheduler(link_rate, ll_share=share, work_conserving=wc,
                                    slot_bytes=self.mtu + 14, start=clock())
+
+    def _init_aqm(self, on: bool) -> None:
+        """CoDel on the general class's queues (usnet.nexus.aqm); by default where a link rate paces them.
+
+        A queue's sojourn is read from byte positions, not per-frame stamps:
+        each enqueue call records (bytes ever queued after it, when), and the
+        head's bytes are those ever queued less those still queued. Blocks
+        split and frames put back keep it true without touching the stamps.
+        """
+        self.aqm: dict[int, CoDel] | None = {} if on else None
+        self._enq_total: dict[int, int] = {}
+        self._enq_marks: dict[int, deque[tuple[int, float]]] = {}
+        self.aqm_dropped = 0  # frames CoDel dropped, all queues
+        self.aqm_drops: dict[int, list[int]] = {}  # per key: [frames, bytes] not yet told to the switch
 
     def serves_ll(self, key: int) -> bool:
         """Whether queue `key` is served as LL (never without LL slots: it would starve)."""
@@ -169,9 +186,46 @@ class Netif:
         for item in items:
             if type(item) is TrackedFrame:
                 self.tracked += 1
-        self.queued_bytes[key] += sum(map(block.size, items))
+        nbytes = sum(map(block.size, items))
+        self.queued_bytes[key] += nbytes
         self.queued_frames[key] += block.count(items)
+        if self.aqm is not None:
+            total = self._enq_total[key] = self._enq_total.get(key, 0) + nbytes
+            if not self.serves_ll(key):  # the LL class has no AQM: no stamps to keep
+                marks = self._enq_marks.get(key)
+                if marks is None:
+                    marks = self._enq_marks[key] = deque()
+                marks.append((total, self.clock()))
         return self.queued_frames[key]
+
+    def _aqm(self, key: int, q: deque, now: float) -> None:
+        """CoDel at the head of a general-class queue: drop from the head while it says so."""
+        codel = self.aqm.get(key)
+        if codel is None:
+            codel = self.aqm[key] = CoDel()
+        marks = self._enq_marks.get(key)
+        if not marks:
+            return  # its frames were queued in the LL class (revoked since): no stamps, no drops
+        while q:
+            left = self._enq_total[key] - self.queued_bytes[key]  # bytes that have left the queue
+            while len(marks) > 1 and marks[0][0] <= left:
+                marks.popleft()
+            head = q[0]
+            size = int(head.lens[0]) if type(head) is FrameBlock else len(head)
+            if not codel.drop(now - marks[0][1], now, self.queued_bytes[key] - size, self.mtu):
+                return
+            if type(head) is FrameBlock and len(head) > 1:
+                q[0] = head.rows(slice(1, None))
+            else:
+                q.popleft()
+            self.queued_frames[key] -= 1
+            self.queued_bytes[key] -= size
+            self.aqm_dropped += 1
+            told = self.aqm_drops.setdefault(key, [0, 0])
+            told[0] += 1
+            told[1] += size
+            if type(head) is TrackedFrame:
+                self._settle(head, TxStatus.DROPPED, TxDropReason.QUEUE_DELAY)
 
     def queued(self, key: int) -> tuple[int, int]:
         q = self.queues.get(key)
@@ -189,12 +243,16 @@ class Netif:
         sent_total = 0
         active, queues = self.active, self.queues
         takes_blocks = getattr(self.driver, "takes_blocks", False)
+        aqm = self.aqm
+        now = self.clock() if aqm is not None else 0.0
         while active and sent_total < budget:
             batch: list = []
             keys: list[int] = []
             for _ in range(min(len(active), 64)):
                 key = active.popleft()
                 q = queues[key]
+                if aqm is not None:
+                    self._aqm(key, q, now)
                 take = 0
                 while q and take < 32:
                     item = q.popleft()
@@ -269,7 +327,8 @@ class Netif:
             cls, nbytes = sched.grant(now, bool(self.active_ll), bool(self.active))
             if cls is None:
                 break
-            batch, keys = self._take(self.active_ll if cls == LL else self.active, nbytes, budget - sent_total)
+            batch, keys = self._take(self.active_ll if cls == LL else self.active, nbytes, budget - sent_total,
+                                     now if cls != LL and self.aqm is not None else None)
             if not batch:
                 break  # cannot happen (a waiting class has frames); never spin if it does
             frames, sent_bytes, done = self._send(batch, keys)
@@ -316,7 +375,8 @@ class Netif:
             self._stalled = True
         return sent
 
-    def _take(self, active: deque, nbytes: int, max_frames: int) -> tuple[list, list[int]]:
+    def _take(self, active: deque, nbytes: int, max_frames: int,
+              aqm_now: float | None = None) -> tuple[list, list[int]]:
         """Up to `nbytes` (the last frame may pass it) from the class's queues, round-robin by bytes.
 
         Each key's turn is worth `quantum` bytes (one full frame), as in
@@ -324,7 +384,8 @@ class Netif:
         packets gets a packet a turn while a bulk flow gets a frame's worth,
         so a light flow's wait is one round of the busy ones, not their
         backlog. A FrameBlock is split at the turn's bytes and its tail stays
-        at the front of its queue.
+        at the front of its queue. With `aqm_now` (the general class on a
+        netif with AQM), CoDel judges each queue's head at its turn.
         """
         queues = self.queues
         takes_blocks = getattr(self.driver, "takes_blocks", False)
@@ -335,6 +396,8 @@ class Netif:
         while active and left > 0 and room > 0:
             key = active.popleft()
             q = queues[key]
+            if aqm_now is not None:
+                self._aqm(key, q, aqm_now)
             turn = min(left, quantum)
             while q and turn > 0 and room > 0:
                 item = q[0]
@@ -432,16 +495,18 @@ class Netif:
         self._settle(item, TxStatus.EXPIRED)
         return True
 
-    def _settle(self, item: TrackedFrame, status: TxStatus) -> None:
+    def _settle(self, item: TrackedFrame, status: TxStatus, reason: int = 0) -> None:
         self.tracked -= 1
         if self.on_status is not None:
-            self.on_status(item, status)
+            self.on_status(item, status, reason)
 
     def flush_queue(self, key: int) -> int:
         """Drop the frames queue `key` holds (its tracked ones reported FLUSHED); returns how many."""
         q = self.queues.pop(key, None)
         self.queued_bytes.pop(key, None)
         frames = self.queued_frames.pop(key, 0)
+        self._enq_total.pop(key, None)
+        self._enq_marks.pop(key, None)
         if q is None:
             return 0
         if self.tracked:
@@ -456,8 +521,11 @@ class Netif:
         return frames
 
     def drop_queue(self, key: int) -> int:
-        """`flush_queue` for a queue that is going away: its class goes with it."""
+        """`flush_queue` for a queue that is going away: its class and its AQM state go with it."""
         self.ll_keys.discard(key)
+        if self.aqm is not None:
+            self.aqm.pop(key, None)
+        self.aqm_drops.pop(key, None)
         return self.flush_queue(key)
 
     def info(self) -> dict[str, Any]:
@@ -470,6 +538,7 @@ class Netif:
                 "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
                 "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes, "tx_expired": self.tx_expired,
                 "queued": sum(self.queued_frames.values()),
+                "aqm": None if self.aqm is None else {"dropped": self.aqm_dropped},
                 "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)(),
                 **({} if self.sched is None else {"txsched": self._sched_info()})}
 
