@@ -173,8 +173,13 @@ class FlowPort:
             return _NO_LENS, _NO_LENS, _NO_LENS, None
         # The packets are back in the pool but nothing reuses them before `top_up`:
         # the domain is single-threaded, so the caller reads what the client wrote.
-        at = good * UMD_WORDS
         umd = self.umd_np
+        if len(good) == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
+            w = int(good[0]) * UMD_WORDS
+            if not (umd[w + W_FLAGS] or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
+                return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
+                        np.array([int(umd[w + W_GSO]) >> 16], umd.dtype), None)
+        at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
         marked = umd[at + W_FLAGS] | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
