@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from usnet import sched
 from usnet.bench import adaptive
-from usnet.bench.apps import kill_all, read_all, spawn_app
+from usnet.bench.apps import kill_all, read_all, spawn_app, wait_exit
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
 from usnet.lowlat.policy import Policy, PolicyEntry
@@ -280,15 +280,11 @@ class LowLatRun:
             rx0, t0 = self.rx_bytes_b(), time.monotonic()
             lowlat = None
             deadline = time.monotonic() + seconds + 30
-            while True:
-                try:
-                    sender.wait(0.05 if grant == "lease" else max(0.0, deadline - time.monotonic()))
-                    break
-                except subprocess.TimeoutExpired:
-                    if time.monotonic() > deadline:
-                        raise
-                    if (ll := self.dom.status()["lowlat"])["leases"]:
-                        lowlat = ll  # the last look while the lease held (it ends with the sender's channel)
+            while not wait_exit(sender, 0.05 if grant == "lease" else max(0.0, deadline - time.monotonic())):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the LL sender did not finish")
+                if (ll := self.dom.status()["lowlat"])["leases"]:
+                    lowlat = ll  # the last look while the lease held (it ends with the sender's channel)
             rx1, t1 = self.rx_bytes_b(), time.monotonic()
             if sender.returncode:
                 raise RuntimeError(f"the LL sender failed (exit status {sender.returncode})")
