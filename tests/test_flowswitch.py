@@ -821,7 +821,7 @@ def test_pcap_trace_is_read_back_well_formed(make_net, tmp_path):
     sb.send_many(back, (A_IP, 5000))
     assert [p for p, _ in recv_n(sa, 60)] == back
     sa.sendto(b"nobody listens", (B_IP, 7777))  # b answers with an ICMP port unreachable
-    wait_until(lambda: n.swa.drops["rx_icmp_other"] == 1, 2, "the port unreachable to come back")
+    wait_until(lambda: n.swa.counts["rx_icmp_error"] == 1, 2, "the port unreachable to come back to sa's flow")
     written = n.drv_a.writer.frames
     n.d.stop()  # closes the device, which flushes and closes the trace
 

@@ -17,6 +17,7 @@ dropped. Addresses are (host, port) pairs in both families.
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from typing import Iterator
 
@@ -26,6 +27,7 @@ from usnet.channel.channel import Channel, _UNSET
 from usnet.channel.events import Event
 from usnet.daemon.protocol import FlowOpened
 from usnet.pool.umd import UMD_WORDS
+from usnet.stack.ip import icmp4_error
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.wire.rows import be_u16, be_u32, padded_width, row_sums
@@ -62,6 +64,9 @@ def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
     return rows
 
 
+_ICMP = object()  # what `_parse_slow` returns for an ICMP error: no datagram, not a bad one
+
+
 class DatagramSocket:
     """sendto/recvfrom over a flow channel; batches on the `*_many` calls."""
 
@@ -74,6 +79,9 @@ class DatagramSocket:
         self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
         self._ident = 0
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
+        # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
+        # raised by the next call, as a kernel socket's pending error (SO_ERROR) is.
+        self.pending_error: int | None = None
         self.max_payload = min(info.mtu, channel.stride) - (HEADERS6 if self._v6 else HEADERS)
         self._names: dict[int, str] = {}  # sender addresses as strings, made once each
         self._templates: dict[tuple[bytes, int], tuple[np.ndarray, tuple[int, int]]] = {}
@@ -95,6 +103,8 @@ class DatagramSocket:
     def sendto(self, data: bytes | bytearray | memoryview, addr: Address, *, tag: int | None = None,
                deadline: float | None = None, report: bool = False) -> int:
         """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
+        if self.pending_error is not None:
+            self._raise_pending()
         if self._v6 or tag is not None or deadline is not None or report:
             self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
         else:
@@ -156,6 +166,8 @@ class DatagramSocket:
         so. `report`: a TX_STATUS event for each (SENT, DROPPED, EXPIRED or
         FLUSHED), with its tag (`tags`, one per payload; default 0).
         """
+        if self.pending_error is not None:
+            self._raise_pending()
         if not payloads:
             return 0
         marks = None
@@ -287,12 +299,17 @@ class DatagramSocket:
         copy, column-wise: the UDP checksum is ours to verify (the switch
         checked the IP header and never trusts a payload).
         """
+        if self.pending_error is not None:
+            self._raise_pending()
         ch = self.channel
         pkts = ch.recv(max_n, timeout)
         if self._v6:
             return self._recv6(pkts)
         if len(pkts) == 1:
-            return self._recv_one(pkts[0])
+            got = self._recv_one(pkts[0])
+            if not got and self.pending_error is not None:
+                self._raise_pending()  # the one packet was the error itself
+            return got
         try:
             packets, umd = ch.arrays()
             idx = np.array(pkts, np.int64)
@@ -319,7 +336,14 @@ class DatagramSocket:
         words = row_sums(rows[:, 12:])  # addresses, UDP header, payload
         has_sum = (rows[:, 26] | rows[:, 27]) != 0
         fast &= ~has_sum | ((words + 17 + ulen) % 0xFFFF == 0)
-        return self._datagrams(rows, lens, fast, ulen)
+        got = self._datagrams(rows, lens, fast, ulen)
+        if not got and self.pending_error is not None:
+            self._raise_pending()
+        return got
+
+    def _raise_pending(self) -> None:
+        err, self.pending_error = self.pending_error, None
+        raise OSError(err, os.strerror(err))  # ConnectionRefusedError for ECONNREFUSED
 
     def _recv_one(self, pkt: int) -> list[tuple[bytes, Address]]:
         """One datagram without numpy (a voice flow's receive): the checks of the batch path."""
@@ -342,7 +366,7 @@ class DatagramSocket:
         if got is None:
             self.rx_bad += 1
             return []
-        return [got]
+        return [] if got is _ICMP else [got]
 
     def _datagrams(self, rows: np.ndarray, lens: np.ndarray, fast: np.ndarray, ulen: np.ndarray) -> list:
         """The payloads and senders of a checked batch; rows that failed get the full parse."""
@@ -366,7 +390,7 @@ class DatagramSocket:
             got = self._parse_slow(raw[o : o + int(lens[i])])
             if got is None:
                 self.rx_bad += 1
-            else:
+            elif got is not _ICMP:
                 out.append(got)
         return out
 
@@ -407,16 +431,31 @@ class DatagramSocket:
             name = self._names[ip] = ip_str(ip.to_bytes(4, "big"))
         return name
 
-    def _parse_slow(self, v: bytes) -> tuple[bytes, Address] | None:
-        """A datagram that is not the common case (IP options, bad checksum, not UDP)."""
+    def _parse_slow(self, v: bytes) -> tuple[bytes, Address] | object | None:
+        """A datagram that is not the common case (IP options, bad checksum, not UDP), or `_ICMP`:
+        an ICMP error the switch passed on, which may leave this socket a pending error."""
         try:
             ihl, total, _i, _f, _t, proto, src, dst = parse_ipv4(v, 0, verify_checksum=False)
+            if proto == 1:
+                return self._icmp_error(v)
             if proto != 17:
                 return None
             sport, _dport, off, n = parse_udp(v, ihl, total - ihl, src, dst)
         except (WireError, struct.error):
             return None
         return bytes(v[off : off + n]), (ip_str(src), sport)
+
+    def _icmp_error(self, v: bytes) -> object | None:
+        """An ICMP error quoting a datagram of ours: pending for a connected socket that sent it to
+        its peer (as Linux reports it: unconnected sockets are not told). None if it is malformed."""
+        err = icmp4_error(v)
+        if err is None:
+            return None
+        errno_, proto, qsrc, sport, qdst, dport = err
+        if (self.remote is not None and proto == 17 and qsrc == self._src and sport == self.local[1]
+                and (ip_str(qdst), dport) == self.remote):
+            self.pending_error = errno_
+        return _ICMP
 
     def events(self) -> Iterator[Event]:
         return self.channel.events()

@@ -56,7 +56,7 @@ from usnet.wire import icmpv6 as wicmp6
 from usnet.wire import tcp as wtcp
 from usnet.wire.errors import WireError
 from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
-from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, build_ipv4_header, ip_str, parse_ipv4
+from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, ip_str, parse_ipv4
 from usnet.wire.ipv6 import (
     ALL_NODES, ICMPV6, IPV6_HLEN, UNSPECIFIED, build_ipv6_header, ip6_str, multicast_mac, parse_ipv6,
     skip_ext_headers, solicited_node,
@@ -70,6 +70,7 @@ _FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
 _IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, protocol, src, dst
 _IP6FIX = struct.Struct("!4xHBx16s16s")  # payload length, next header, src, dst
 ICMP, TCP, UDP = 1, 6, 17
+_ICMP_ERRORS = frozenset((3, 4, 11, 12))  # unreachable, source quench, time exceeded, parameter problem
 TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
@@ -401,7 +402,7 @@ class FlowSwitch:
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
         if proto == ICMP:
-            self._rx_icmp(f, start, end, src, dst)
+            self._rx_icmp(f, start, end, src, dst, per_flow)
             return
         if proto not in (UDP, TCP) or end - start < 4:
             self.drops["rx_no_flow"] += 1
@@ -432,14 +433,39 @@ class FlowSwitch:
             self.counts["tcp_rst_sent"] += 1
             self._send_ip(0, src, TCP, rst, now)
 
-    def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes) -> None:
+    def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
         typ, code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
         if typ == wicmp.ECHO_REQUEST and dst == self.netif.ip:
             self.counts["icmp_echo"] += 1
             reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])
             self._send_ip(0, src, ICMP, reply, self.clock())
+        elif typ in _ICMP_ERRORS and dst == self.netif.ip:
+            flow = self._quoted_flow(f, poff, end)
+            if flow is None:
+                self.drops["rx_icmp_unmatched"] += 1
+                return
+            self.counts["rx_icmp_error"] += 1  # the flow's stack judges it (a TCP sequence, a connected peer)
+            per_flow.setdefault(flow, []).append(f[ETH_HLEN:end])
         else:
             self.drops["rx_icmp_other"] += 1
+
+    def _quoted_flow(self, f: bytes, q: int, end: int) -> Flow | None:
+        """The flow that sent the packet an ICMP error quotes: from our address, its protocol and ports.
+
+        Only that flow hears of it; an error quoting anything else (another
+        source, a port nobody holds, a quote too short to name the ports) goes nowhere.
+        """
+        if end - q < IPV4_HLEN + 4:
+            return None
+        vihl = f[q]
+        ihl = (vihl & 0xF) << 2
+        proto = f[q + 9]
+        if vihl >> 4 != 4 or ihl < IPV4_HLEN or end - q < ihl + 4 or proto not in (UDP, TCP):
+            return None
+        if f[q + 12 : q + 16] != self.netif.ip:
+            return None
+        sport, dport = _PORTS.unpack_from(f, q + ihl)
+        return self.exact.get((proto, sport, bytes(f[q + 16 : q + 20]), dport)) or self.listeners.get((proto, sport))
 
     # -- receive, IPv6 ------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ nd_na_unsolicited, nd_na_no_lladdr; tx, tx_fragments.
 from __future__ import annotations
 
 import errno as _errno
+import struct
 from bisect import bisect_right
 from collections import Counter, deque
 from typing import Iterable, NamedTuple
@@ -90,7 +91,7 @@ from usnet.wire.ipv6 import (
 )
 
 __all__ = [
-    "INCOMPLETE", "REACHABLE", "STALE", "Datagram", "IcmpError", "IpLayer", "NeighborCache",
+    "INCOMPLETE", "REACHABLE", "STALE", "Datagram", "IcmpError", "IpLayer", "icmp4_error", "NeighborCache",
     "NeighborResolved", "Reassembler", "Transmit",
 ]
 
@@ -613,6 +614,28 @@ def _quote4(buf, off: int):
     t = buf[off + ihl : end]
     sport, dport = (None, None) if ff & IP_OFFMASK else _ports(proto, t)
     return proto, src, dst, sport, dport, total, t
+
+
+def icmp4_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None:
+    """(errno, protocol, quoted source, source port, quoted destination, destination port) of an
+    IPv4 ICMP error (unreachable, time exceeded, parameter problem) in `packet`; None if it is not
+    one, or its checksum or quote is bad. For a socket without an IpLayer (usnet.datagram)."""
+    try:
+        ihl, total, _i, _f, _t, proto, _s, _d = parse_ipv4(packet, 0, verify_checksum=False)
+        if proto != ICMP:
+            return None
+        typ, code, _id, _seq, q = _i4.parse_icmp(packet, ihl, total - ihl)
+    except (WireError, struct.error):
+        return None
+    if typ not in (_i4.DEST_UNREACH, _i4.TIME_EXCEEDED, _ICMP4_PARAM_PROBLEM):
+        return None
+    quoted = _quote4(packet[:total], q)
+    if quoted is None or quoted[3] is None:
+        return None
+    qproto, qsrc, qdst, sport, dport = quoted[:5]
+    err = (_UNREACH4_ERRNO.get(code, _errno.EHOSTUNREACH) if typ == _i4.DEST_UNREACH
+           else _errno.EHOSTUNREACH if typ == _i4.TIME_EXCEEDED else _errno.EPROTO)
+    return err, qproto, qsrc, sport, qdst, dport
 
 
 def _quote6(buf, off: int):

@@ -1,0 +1,117 @@
+"""ICMP errors from the wire reach the flow whose packet they quote, and only that flow.
+
+* a connected UDP socket that sends to a port nobody holds (usnet's own
+  netif answers port unreachable, as a host does) gets ConnectionRefusedError
+  from its next call, once, as a kernel socket does; an unconnected one is
+  not told (Linux without IP_RECVERR);
+* an error quoting a packet that is not ours (another source, a port nobody
+  holds, a connected flow's port but another peer, a quote too short to name
+  the ports) or with a bad checksum reaches no flow, and is counted;
+* over a real TAP, the kernel's own port unreachable does the same.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from conftest import wait_until
+
+from test_lowlat import POLICY, Net
+from usnet.client import Client
+from usnet.wire import icmp as wicmp
+from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.wire.udp import build_udp
+
+A, B = "10.9.0.1", "10.9.0.2"
+
+
+@pytest.fixture
+def net():
+    n = Net(policy=POLICY)
+    try:
+        yield n
+    finally:
+        n.d.stop()
+
+
+@pytest.fixture
+def half():
+    """Netif a only: the test writes the frames that arrive from the wire's b end."""
+    n = Net(policy=POLICY, b=False)
+    try:
+        yield n
+    finally:
+        n.d.stop()
+
+
+def test_a_connected_socket_hears_port_unreachable_once(net):
+    s = net.c.udp_socket("a", 5000, remote=(B, 6999))  # nothing listens on B:6999
+    s.send(b"anyone?")
+    with pytest.raises(ConnectionRefusedError):
+        s.recv(timeout=5)
+    with pytest.raises(BlockingIOError):  # told once, as SO_ERROR is
+        s.recv(timeout=0)
+    assert net.d.switches["a"].counts["rx_icmp_error"] == 1
+    s.send(b"again?")  # and the next send goes, and is refused again
+    with pytest.raises(ConnectionRefusedError):
+        s.recv(timeout=5)
+
+
+def test_an_unconnected_socket_is_not_told(net):
+    s = net.c.udp_socket("a", 5000)
+    s.sendto(b"anyone?", (B, 6999))
+    wait_until(lambda: net.d.switches["a"].counts["rx_icmp_error"] == 1, 5, "the error to reach the flow")
+    with pytest.raises(BlockingIOError):
+        s.recv(timeout=0)
+    assert s.pending_error is None and s.rx_bad == 0
+
+
+def icmp_error_frame(net: Net, quoted: bytes, *, typ: int = 3, code: int = 3, bad_sum: bool = False) -> bytes:
+    msg = bytearray(wicmp.build_icmp(typ, code, 0, 0, quoted))
+    if bad_sum:
+        msg[2] ^= 0xFF
+    ip = build_ipv4_header(ip_bytes(B), ip_bytes(A), 1, len(msg)) + bytes(msg)
+    return net.d.switches["a"].netif.mac + b"\x02\x00\x00\x00\x00\x09" + b"\x08\x00" + ip
+
+
+def sent_by(src: str, sport: int, dst: str, dport: int) -> bytes:
+    seg = build_udp(sport, dport, b"x" * 8, ip_bytes(src), ip_bytes(dst))
+    return build_ipv4_header(ip_bytes(src), ip_bytes(dst), 17, len(seg)) + seg
+
+
+def test_errors_quoting_what_no_flow_sent_reach_nobody(half):
+    s = half.c.udp_socket("a", 5000, remote=(B, 6000))
+    sw = half.d.switches["a"]
+    forged = [
+        sent_by("10.9.0.77", 5000, B, 6000),  # another source
+        sent_by(A, 5999, B, 6000),  # a port nobody holds
+        sent_by(A, 5000, B, 6001),  # the connected flow's port, another peer
+        sent_by(A, 5000, B, 6000)[:22],  # too short to name both ports
+    ]
+    half.wire.b.send_batch([icmp_error_frame(half, q) for q in forged])
+    wait_until(lambda: sw.drops["rx_icmp_unmatched"] == len(forged), 5, "the forged errors to be counted")
+    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), bad_sum=True)])
+    wait_until(lambda: sw.drops["rx_malformed"] == 1, 5, "the bad checksum to be counted")
+    assert sw.counts["rx_icmp_error"] == 0
+    with pytest.raises(BlockingIOError):
+        s.recv(timeout=0)
+    assert s.pending_error is None
+    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), typ=11, code=0)])  # the real one
+    with pytest.raises(OSError) as e:
+        s.recv(timeout=5)
+    assert e.value.errno == errno.EHOSTUNREACH  # time exceeded, as Linux maps it
+
+
+@pytest.mark.privileged
+def test_the_kernels_port_unreachable_reaches_the_connected_socket(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    c = Client.local(d)
+    s = c.udp_socket(ifname, 0, remote=(host_ip, 9))  # the discard port: nothing listens on the host
+    try:
+        s.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError):
+            s.recv(timeout=5)
+        assert d.switches[ifname].counts["rx_icmp_error"] == 1
+    finally:
+        s.close()
