@@ -22,7 +22,8 @@ from conftest import FakeClock, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_lowlat import POLICY, Net, recv_all
+import test_lowlat
+from test_lowlat import recv_all
 from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.daemon import config
 from usnet.drivers import MemWire
@@ -142,13 +143,7 @@ def test_a_sparse_queue_and_the_ll_class_are_never_dropped():
 # -- through the domain --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def net():
-    n = Net(policy=POLICY)
-    try:
-        yield n
-    finally:
-        n.d.stop()
+net = test_lowlat.net  # the same fixture: netifs a and b over a memwire in a running domain
 
 
 def test_a_flood_on_a_slow_link_hears_of_its_drops_and_a_sparse_flow_loses_nothing(net):

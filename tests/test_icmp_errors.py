@@ -17,7 +17,8 @@ import errno
 import pytest
 from conftest import wait_until
 
-from test_lowlat import POLICY, Net
+import test_lowlat
+from test_lowlat import Net
 from usnet.client import Client
 from usnet.wire import icmp as wicmp
 from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
@@ -26,19 +27,13 @@ from usnet.wire.udp import build_udp
 A, B = "10.9.0.1", "10.9.0.2"
 
 
-@pytest.fixture
-def net():
-    n = Net(policy=POLICY)
-    try:
-        yield n
-    finally:
-        n.d.stop()
+net = test_lowlat.net  # the same fixture: netifs a and b over a memwire in a running domain
 
 
 @pytest.fixture
 def half():
     """Netif a only: the test writes the frames that arrive from the wire's b end."""
-    n = Net(policy=POLICY, b=False)
+    n = Net(b=False)
     try:
         yield n
     finally:

@@ -17,7 +17,8 @@ import pytest
 from conftest import wait_until
 
 from test_llpath import udp_packet
-from test_lowlat import POLICY, Net, recv_all
+import test_lowlat
+from test_lowlat import Net, recv_all
 from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.client import Client
 from usnet.daemon.protocol import ControlError
@@ -39,13 +40,7 @@ def statuses(ch, n: int, timeout: float = 5.0) -> list:
     return out
 
 
-@pytest.fixture
-def net():
-    n = Net(policy=POLICY)
-    try:
-        yield n
-    finally:
-        n.d.stop()
+net = test_lowlat.net  # the same fixture: netifs a and b over a memwire in a running domain
 
 
 def resolved(net: Net, sock, sink) -> None:
@@ -93,14 +88,20 @@ def test_a_datagram_past_its_deadline_is_not_sent_and_is_reported_expired(net, l
     assert recv_all(sink, 40) == [b"%d" % i for i in range(40)]
 
 
-def test_a_deadline_that_passes_in_the_netif_queue_drops_the_datagram_there(net):
-    """At 1 Mbit/s the flood ahead takes a second to drain; the marked datagram behind it has 20 ms."""
+def slow_link(net: Net) -> tuple:
+    """A sender on a 1 Mbit/s netif "slow" (no AQM: every datagram is counted) and its sink on "sink"."""
     wire = MemWire()
-    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2, aqm=False)  # no AQM drops
+    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2, aqm=False)
     net.d.add_netif("sink", wire.b, "10.8.0.2/24")
     s, sink = net.c.udp_socket("slow", 5100), net.c.udp_socket("sink", 6100)
     s.sendto(b"resolve", ("10.8.0.2", 6100))
     assert recv_all(sink, 1) == [b"resolve"]
+    return s, sink
+
+
+def test_a_deadline_that_passes_in_the_netif_queue_drops_the_datagram_there(net):
+    """At 1 Mbit/s the flood ahead takes a second to drain; the marked datagram behind it has 20 ms."""
+    s, sink = slow_link(net)
     assert s.send_many([bytes(1200)] * 100, ("10.8.0.2", 6100)) == 100
     s.send_many([b"stale"], ("10.8.0.2", 6100), tags=[42], deadline=time.monotonic() + 0.02, report=True)
     (e,) = statuses(s.channel, 1, timeout=10)
@@ -164,12 +165,7 @@ def test_tracked_frames_still_queued_when_their_queue_goes_are_reported_flushed(
 
 def test_a_client_flushes_its_queued_datagrams_and_hears_of_each(net):
     """FlushQueue: what waits at a 1 Mbit/s netif is dropped and reported FLUSHED; the rest is sent."""
-    wire = MemWire()
-    net.d.add_netif("slow", wire.a, "10.8.0.1/24", link_rate=1e6, ll_share=0.2, aqm=False)  # no AQM drops
-    net.d.add_netif("sink", wire.b, "10.8.0.2/24")
-    s, sink = net.c.udp_socket("slow", 5100), net.c.udp_socket("sink", 6100)
-    s.sendto(b"resolve", ("10.8.0.2", 6100))
-    assert recv_all(sink, 1) == [b"resolve"]
+    s, sink = slow_link(net)
     netif, flow = net.d.switches["slow"].netif, net.d.channels[s.channel.id].flow
     payloads = [b"%d" % i + bytes(1200) for i in range(40)]
     assert s.send_many(payloads, ("10.8.0.2", 6100), tags=list(range(40)), report=True) == 40
