@@ -49,6 +49,7 @@ from usnet.nexus.neighbours import NeighbourCache
 from usnet.nexus.flowport import CLIENT, FlowPort, TxMeta
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace, host_owns
+from usnet.stack.ip import Reassembler
 from usnet.stack.tcp.connection import rst_reply
 from usnet.wire import arp as warp
 from usnet.wire import icmp as wicmp
@@ -157,6 +158,10 @@ class FlowSwitch:
         self.listeners6: dict[tuple, Flow] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
+        # IPv4 fragments to us, put back together before classification (a fragment past the
+        # first names no ports); bounded memory, per-source limits (usnet.stack.ip.Reassembler)
+        self.frags: Counter = Counter()
+        self.reasm = Reassembler(self.frags)
         self._ids = itertools.count(1)
         self._ident = 0
         self._host_addr = netif.ip_str if host_owns(netif.ip_str) else None
@@ -391,14 +396,24 @@ class FlowSwitch:
             self._emit(key, mac, packet)
 
     def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
-        ihl, total, _ident, ff, _ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
+        ihl, total, ident, ff, ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
         netif = self.netif
         if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
             self.drops["rx_not_our_ip"] += 1
             return
         if ff & (IP_MF | IP_OFFMASK):
-            self.drops["rx_fragment"] += 1  # reassembly belongs to the client stack (next issue)
-            return
+            if dst != netif.ip:
+                self.drops["rx_fragment"] += 1  # a broadcast in pieces: nobody's
+                return
+            r = self.reasm.add((src, proto, ident), src, (ff & IP_OFFMASK) << 3, f[ETH_HLEN + ihl : ETH_HLEN + total],
+                               bool(ff & IP_MF), now, False, 0xFFFF - IPV4_HLEN)
+            if r is None:
+                return  # a piece kept, or refused (the reassembler counts which, in `frags`)
+            pieces, part = r
+            # the whole datagram behind a header without options, as the sender's stack built it
+            f = b"".join([f[:ETH_HLEN], build_ipv4_header(src, dst, proto, part.total, ident, ttl, False,
+                                                          f[ETH_HLEN + 1]), *pieces])
+            ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
         if proto == ICMP:
@@ -482,7 +497,7 @@ class FlowSwitch:
         end = ETH_HLEN + IPV6_HLEN + plen
         proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, nh)
         if frag is not None:
-            self.drops["rx_fragment"] += 1  # reassembly belongs to the client stack, as for IPv4
+            self.drops["rx_fragment"] += 1  # IPv6 fragments are not reassembled here yet (IPv4: _rx_ip)
             return
         if proto == ICMPV6:
             self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now)
@@ -1020,6 +1035,8 @@ class FlowSwitch:
 
     def service_timers(self) -> None:
         now = self.clock()
+        if self.reasm.table:
+            self.reasm.expire(now)  # counted as frag_timeout
         for cache, ask_for in ((self.arp, self._arp_request), (self.nd, self._solicit)):
             if not cache.pending:
                 continue
@@ -1052,13 +1069,16 @@ class FlowSwitch:
 
     def next_timeout(self) -> float | None:
         now = self.clock()
+        frag = self.reasm.next_deadline()
         t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout(),
-                         self.netif.next_timeout()) if x is not None]  # the netif: queued frames, pacing
+                         self.netif.next_timeout(), None if frag is None else max(0.0, frag - now))
+             if x is not None]  # the netif: queued frames, pacing
         return min(t) if t else None
 
     def info(self) -> dict[str, Any]:
         return {"netif": self.netif.info(), "flows": [f.describe() for f in self.flows.values()],
                 "drops": dict(self.drops), "counts": {k: v for k, v in self.counts.items() if ":" not in k},
+                "fragments": dict(self.frags),
                 "arp": {ip_str(k): v[0].hex(":") for k, v in self.arp.entries.items()},
                 "nd": {ip6_str(k): v[0].hex(":") for k, v in self.nd.entries.items()}}
 

@@ -1,0 +1,105 @@
+"""IPv4 fragments to a flow are put back together by the flow switch (RFC 791, RFC 815).
+
+A fragment past the first names no ports, so the switch reassembles before it
+classifies, with the bounded reassembler of usnet.stack.ip: per-datagram and
+total memory budgets, a limit per source, overlaps that disagree dropped.
+
+* a datagram sent in three fragments, out of order and with one repeated,
+  reaches the flow whole, with its checksum good;
+* a flood of first pieces that never complete stays within its source's
+  slots, a piece past the largest datagram is refused, both counted, and a
+  real datagram beside them still arrives;
+* over a real TAP, the kernel fragments a 3,072-byte datagram at the MTU and
+  the usnet socket receives it whole.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from test_lowlat import Net
+from usnet.client import Client
+from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.wire.udp import build_udp
+
+A, B = "10.9.0.1", "10.9.0.2"
+
+
+@pytest.fixture
+def half():
+    """Netif a only: the test writes the frames that arrive from the wire's b end."""
+    n = Net(b=False)
+    try:
+        yield n
+    finally:
+        n.d.stop()
+
+
+def fragments(payload: bytes, ident: int, sizes: list[int], src: str = B) -> list[bytes]:
+    """A UDP datagram from src:7000 to A:5000 as IPv4 fragments carrying `sizes` bytes each (the last: the rest)."""
+    seg = build_udp(7000, 5000, payload, ip_bytes(src), ip_bytes(A))
+    out, off = [], 0
+    for n in sizes + [len(seg)]:
+        piece = seg[off : off + n]
+        more = off + len(piece) < len(seg)
+        out.append(build_ipv4_header(ip_bytes(src), ip_bytes(A), 17, len(piece), ident, df=False, mf=more,
+                                     frag_off=off) + piece)
+        off += len(piece)
+        if not more:
+            return out
+    raise AssertionError("sizes cover more than the datagram")
+
+
+def framed(net: Net, packets: list[bytes]) -> list[bytes]:
+    mac = net.d.switches["a"].netif.mac
+    return [mac + b"\x02\x00\x00\x00\x00\x09\x08\x00" + p for p in packets]
+
+
+def test_a_datagram_in_fragments_out_of_order_arrives_whole(half):
+    s = half.c.udp_socket("a", 5000, buf_size=4096)
+    payload = bytes(range(256)) * 12  # 3,072 bytes: three fragments at a 1,500-byte MTU
+    f1, f2, f3 = fragments(payload, 0x1234, [1480, 1480])
+    half.wire.b.send_batch(framed(half, [f3, f1, f1, f2]))  # the last first, the first twice
+    assert s.recvfrom(timeout=5) == (payload, (B, 7000))
+    frags = half.d.switches["a"].frags
+    assert frags["frag_reassembled"] == 1 and frags["frag_dup"] == 1 and s.rx_bad == 0
+    assert not half.d.switches["a"].reasm.table  # nothing left in progress
+
+
+def test_a_flood_of_pieces_stays_bounded_and_a_real_datagram_still_arrives(half):
+    s = half.c.udp_socket("a", 5000, buf_size=4096)
+    sw = half.d.switches["a"]
+    flood = []
+    for ident in range(100):  # first pieces of datagrams that never complete, from one source
+        flood.append(fragments(bytes(3000), ident, [1480, 1480], src="10.9.0.3")[0])
+    too_big = build_ipv4_header(ip_bytes(B), ip_bytes(A), 17, 1480, 7, df=False, mf=True,
+                                frag_off=64800) + bytes(1480)  # would end past 65,535 bytes
+    half.wire.b.send_batch(framed(half, flood[:50]))
+    half.wire.b.send_batch(framed(half, flood[50:] + [too_big]))
+    payload = bytes(range(256)) * 12
+    half.wire.b.send_batch(framed(half, fragments(payload, 0x99, [1480, 1480])))
+    assert s.recvfrom(timeout=5) == (payload, (B, 7000))
+    assert sw.frags["frag_too_big"] == 1
+    assert len(sw.reasm.table) <= sw.reasm.per_source  # the flood only churned its own source's slots
+    assert sw.frags["frag_evicted"] >= 100 - sw.reasm.per_source
+    with pytest.raises(BlockingIOError):
+        s.recv(timeout=0)  # and nothing else was delivered
+
+
+@pytest.mark.privileged
+def test_the_kernel_fragments_a_big_datagram_and_the_socket_gets_it_whole(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    c = Client.local(d)
+    s = c.udp_socket(ifname, 0, buf_size=4096)
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        payload = bytes(range(256)) * 12
+        k.sendto(payload, (usnet_ip, s.getsockname()[1]))
+        got, (addr, _port) = s.recvfrom(timeout=5)
+        assert got == payload and addr == host_ip
+        assert d.switches[ifname].frags["frag_reassembled"] == 1
+    finally:
+        k.close()
+        s.close()
