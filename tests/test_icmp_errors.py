@@ -7,7 +7,10 @@
 * an error quoting a packet that is not ours (another source, a port nobody
   holds, a connected flow's port but another peer, a quote too short to name
   the ports) or with a bad checksum reaches no flow, and is counted;
-* over a real TAP, the kernel's own port unreachable does the same.
+* over a real TAP, the kernel's own port unreachable does the same;
+* a usnet TCP connect that gets port unreachable for its SYN fails at once
+  (ConnectionRefusedError), but not for an error quoting a sequence number
+  it never sent (RFC 5927).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from conftest import wait_until
 
 import test_lowlat
 from test_lowlat import Net
+from usnet import socket as us
 from usnet.client import Client
+from usnet.wire.arp import ARP_REPLY, build_arp
 from usnet.wire import icmp as wicmp
 from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
 from usnet.wire.udp import build_udp
@@ -110,3 +115,41 @@ def test_the_kernels_port_unreachable_reaches_the_connected_socket(tap_domain):
         assert d.switches[ifname].counts["rx_icmp_error"] == 1
     finally:
         s.close()
+
+
+def answer_arp(net: Net, frame: bytes) -> None:
+    """Answer netif a's ARP request for B from the wire's b end, with a made-up MAC."""
+    assert frame[12:14] == b"\x08\x06"
+    net.wire.b.send_batch([frame[6:12] + PEER_MAC + b"\x08\x06"
+                           + build_arp(ARP_REPLY, PEER_MAC, ip_bytes(B), frame[6:12], ip_bytes(A))])
+
+
+PEER_MAC = b"\x02\x00\x00\x00\x00\x09"
+
+
+def syn_from_a(net: Net) -> bytes:
+    """The SYN a usnet TCP connect to B puts on the wire (after ARP), as an IP packet."""
+    (arp,) = net.wire_frames(1)
+    answer_arp(net, arp)
+    (syn,) = net.wire_frames(1)
+    assert syn[12:14] == b"\x08\x00" and syn[14 + 9] == 6
+    return syn[14:]
+
+
+def test_a_tcp_connect_refused_by_icmp_fails_at_once_and_a_forged_one_does_not_count(half):
+    s = us.socket(client=half.c, netif="a")
+    s.setblocking(False)
+    assert s.connect_ex((B, 80)) == errno.EINPROGRESS
+    syn = syn_from_a(half)
+    wrong = bytearray(syn)
+    wrong[24:28] = ((int.from_bytes(syn[24:28], "big") + 1000) & 0xFFFFFFFF).to_bytes(4, "big")  # off-window seq
+    half.wire.b.send_batch([icmp_error_frame(half, bytes(wrong)[:28])])
+    sw = half.d.switches["a"]
+    wait_until(lambda: sw.counts["rx_icmp_error"] == 1, 5, "the forged error to reach the flow")
+    assert s.connect_ex((B, 80)) == errno.EINPROGRESS  # still connecting: the forged error guessed wrong
+    half.wire.b.send_batch([icmp_error_frame(half, syn[:28])])  # port unreachable, quoting the SYN
+    s.setblocking(True)
+    s.settimeout(5)
+    with pytest.raises(ConnectionRefusedError):
+        s.connect((B, 80))
+    s.close()

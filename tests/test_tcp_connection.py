@@ -898,3 +898,17 @@ def test_hostile_segments_at_the_endpoint_never_raise_and_are_counted(data):
             parse_tcp(x, 0, None, B, dst)  # whatever we answer is well-formed
         net.run_for(0.01)
     assert all(k[1] and k[2] for k in ep.connections)  # no connection was made for port 0
+
+
+def test_an_icmp_error_never_ends_an_established_connection_and_needs_a_sequence_in_flight():
+    net = Net()
+    c, s = net.pair()
+    c.send(b"x" * 3000)
+    net.flush()  # on the wire, not yet acknowledged: [una, nxt) is in flight
+    in_flight = (c.iss + c.snd_una) & MASK
+    assert c.snd_nxt > c.snd_una
+    assert not c.icmp_error(errno.ECONNREFUSED, (c.iss + c.snd_nxt + 5000) & MASK)  # never sent
+    assert c.soft_error is None
+    assert c.icmp_error(errno.ECONNREFUSED, in_flight)  # a hard error, but established: kept, not fatal
+    assert c.state is ESTABLISHED and c.error is None and c.soft_error == errno.ECONNREFUSED
+    net.run(lambda: s.rcv_queued == 3000, limit=5)  # and the data still goes

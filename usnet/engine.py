@@ -55,7 +55,6 @@ class FlowEngine:
         self.changed = threading.Condition(self.lock)  # notified after every pump
         # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
         self._backlog: list[tuple[bytes, int]] = []
-        self.icmp_errors: list[IcmpError] = []
         self.closed = False
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set()  # usnet sockets to signal after each pump
@@ -115,8 +114,10 @@ class FlowEngine:
                     self.tcp.input(ev.src, ev.dst, ev.payload, now)
             elif type(ev) is Transmit:
                 self._backlog.append((ev.packet, 0))
-            elif type(ev) is IcmpError:
-                self.icmp_errors.append(ev)
+            elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= 8:
+                conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
+                if conn is not None:
+                    conn.icmp_error(ev.errno, int.from_bytes(ev.quote[4:8], "big"))
 
     def _transmit(self, now: float) -> None:
         out = self._backlog

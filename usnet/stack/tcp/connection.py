@@ -129,7 +129,7 @@ class TcpConnection:
     """
 
     __slots__ = (
-        "local_addr", "local_port", "remote_addr", "remote_port", "cfg", "state", "error",
+        "local_addr", "local_port", "remote_addr", "remote_port", "cfg", "state", "error", "soft_error",
         "events", "suspended", "passive", "stats", "rto", "cc", "sb", "mss_local", "mss",
         "max_segment", "_mss_base", "ts_ok", "sack_ok", "ws_ok", "snd_wscale", "rcv_wscale",
         "_ts_off", "ts_recent", "_psum", "iss", "snd_una", "snd_nxt", "snd_wnd", "max_snd_wnd",
@@ -161,6 +161,7 @@ class TcpConnection:
         self.context = None  # free for the owner (endpoint, socket layer)
         self.state = CLOSED
         self.error: OSError | None = None
+        self.soft_error: int | None = None  # the last ICMP error that did not end the connection (errno)
         self.events = 0
         self.suspended = False
         self.passive = False
@@ -354,6 +355,23 @@ class TcpConnection:
                 0, RST, 0))
         if st is not CLOSED:
             self._close()
+
+    def icmp_error(self, err: int, seq: int) -> bool:
+        """An ICMP error quoting our segment with sequence number `seq`; True if it was taken.
+
+        Only for a sequence number in flight (RFC 5927 section 4.1): a forged
+        error must guess it. A hard error (port or protocol unreachable) ends
+        a connection still in SYN-SENT, as Linux does; any other error is kept
+        as `soft_error` and never ends a connection (RFC 5461).
+        """
+        rel = (seq - self.iss) & MASK
+        if not self.snd_una <= rel < max(self.snd_nxt, self.snd_una + 1):
+            return False
+        if self.state is SYN_SENT and err in (errno.ECONNREFUSED, errno.ENOPROTOOPT):
+            self._fail(OSError(err, errno.errorcode.get(err, "ICMP error")))  # ConnectionRefusedError
+        else:
+            self.soft_error = err
+        return True
 
     def pause(self) -> None:
         """Flow advisory "suspended": hold data (ACKs still go), keep everything queued."""
