@@ -24,6 +24,8 @@ import test_lowlat
 from test_lowlat import Net
 from usnet import socket as us
 from usnet.client import Client
+from usnet.drivers import MemWire
+from usnet.nexus.domain import Domain
 from usnet.wire.arp import ARP_REPLY, build_arp
 from usnet.wire import icmp as wicmp
 from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
@@ -153,3 +155,26 @@ def test_a_tcp_connect_refused_by_icmp_fails_at_once_and_a_forged_one_does_not_c
     with pytest.raises(ConnectionRefusedError):
         s.connect((B, 80))
     s.close()
+
+
+def test_a_connected_ipv6_socket_hears_port_unreachable_too():
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, "10.9.0.1/24", address6="fd00:9::1/64")
+    d.add_netif("b", w.b, "10.9.0.2/24", address6="fd00:9::2/64")
+    d.start()
+    try:
+        c = Client.local(d)
+        s = c.udp_socket("a", 5000, remote=("fd00:9::2", 6999))
+        s.send(b"anyone?")
+        with pytest.raises(ConnectionRefusedError):
+            s.recv(timeout=5)
+        assert d.switches["a"].counts["rx_icmp_error"] == 1
+        u = c.udp_socket("a", 5001, family=6)  # unconnected: not told
+        u.sendto(b"anyone?", ("fd00:9::2", 6999))
+        wait_until(lambda: d.switches["a"].counts["rx_icmp_error"] == 2, 5, "the second error to reach its flow")
+        with pytest.raises(BlockingIOError):
+            u.recv(timeout=0)
+        assert u.rx_bad == 0
+    finally:
+        d.stop()

@@ -27,7 +27,7 @@ from usnet.channel.channel import Channel, _UNSET
 from usnet.channel.events import Event
 from usnet.daemon.protocol import FlowOpened
 from usnet.pool.umd import UMD_WORDS
-from usnet.stack.ip import icmp4_error
+from usnet.stack.ip import icmp4_error, icmp6_error
 from usnet.wire.errors import WireError
 from usnet.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.wire.rows import be_u16, be_u32, padded_width, row_sums
@@ -406,15 +406,19 @@ class DatagramSocket:
             got = self._parse6(v)
             if got is None:
                 self.rx_bad += 1
-            else:
+            elif got is not _ICMP:
                 out.append(got)
+        if not out and self.pending_error is not None:
+            self._raise_pending()
         return out
 
-    @staticmethod
-    def _parse6(v: bytes) -> tuple[bytes, Address] | None:
-        """(payload, sender) of an IPv6 UDP datagram with a good checksum, else None."""
+    def _parse6(self, v: bytes) -> tuple[bytes, Address] | object | None:
+        """(payload, sender) of an IPv6 UDP datagram with a good checksum, `_ICMP` for an ICMPv6
+        error (see `_icmp_error`), else None."""
         try:
             _tc, _fl, plen, nh, _hop, src, dst = parse_ipv6(v)
+            if nh == 58:
+                return self._icmp_error(v)
             if nh != 17:  # the switch delivered extension headers: not worth the walk here
                 return None
             sport, _dport, off, n = parse_udp(v, IPV6_HLEN, plen, None, None, verify=False)
@@ -448,12 +452,13 @@ class DatagramSocket:
     def _icmp_error(self, v: bytes) -> object | None:
         """An ICMP error quoting a datagram of ours: pending for a connected socket that sent it to
         its peer (as Linux reports it: unconnected sockets are not told). None if it is malformed."""
-        err = icmp4_error(v)
+        err = icmp6_error(v) if self._v6 else icmp4_error(v)
         if err is None:
             return None
         errno_, proto, qsrc, sport, qdst, dport = err
+        name = ip6_str(qdst) if self._v6 else ip_str(qdst)
         if (self.remote is not None and proto == 17 and qsrc == self._src and sport == self.local[1]
-                and (ip_str(qdst), dport) == self.remote):
+                and (name, dport) == self.remote):
             self.pending_error = errno_
         return _ICMP
 

@@ -72,6 +72,7 @@ _IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, prot
 _IP6FIX = struct.Struct("!4xHBx16s16s")  # payload length, next header, src, dst
 ICMP, TCP, UDP = 1, 6, 17
 _ICMP_ERRORS = frozenset((3, 4, 11, 12))  # unreachable, source quench, time exceeded, parameter problem
+_ICMP6_ERRORS = frozenset((1, 2, 3, 4))  # unreachable, packet too big, time exceeded, parameter problem
 TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
@@ -500,7 +501,7 @@ class FlowSwitch:
             self.drops["rx_fragment"] += 1  # IPv6 fragments are not reassembled here yet (IPv4: _rx_ip)
             return
         if proto == ICMPV6:
-            self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now)
+            self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now, per_flow)
             return
         if proto not in (UDP, TCP) or end - start < 4 or dst[0] == 0xFF or src == UNSPECIFIED:
             self.drops["rx_no_flow"] += 1
@@ -536,7 +537,7 @@ class FlowSwitch:
             self._send_ip6(0, dst, src, TCP, rst, now)
 
     def _rx_icmp6(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
-                  src_mac: bytes, now: float) -> None:
+                  src_mac: bytes, now: float, per_flow: dict) -> None:
         typ, _code, ident, seq, body = wicmp6.parse_icmpv6(f, start, end - start, src, dst)  # checksum too
         if typ == wicmp6.NEIGHBOR_SOLICIT:
             self._rx_ns(f, start, end, src, dst, hop, src_mac, now)
@@ -546,8 +547,28 @@ class FlowSwitch:
             self.counts["icmp6_echo"] += 1
             reply = wicmp6.build_echo6(wicmp6.ECHO_REPLY, ident, seq, f[body:end], dst, src)
             self._send_ip6(0, dst, src, ICMPV6, reply, now)
+        elif typ in _ICMP6_ERRORS and dst == self.netif.ip6:
+            flow = self._quoted_flow6(f, body, end)
+            if flow is None:
+                self.drops["rx_icmp_unmatched"] += 1
+                return
+            self.counts["rx_icmp_error"] += 1
+            per_flow.setdefault(flow, []).append(f[ETH_HLEN:end])
         else:
-            self.drops["rx_icmp6_other"] += 1  # router discovery, MLD, errors: nobody here wants them
+            self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them
+
+    def _quoted_flow6(self, f: bytes, q: int, end: int) -> Flow | None:
+        """`_quoted_flow` for an ICMPv6 error: a quote from the netif's global address (flows have it)."""
+        if end - q < IPV6_HLEN + 4 or f[q] >> 4 != 6 or f[q + 8 : q + 24] != self.netif.ip6:
+            return None
+        try:
+            proto, start, frag = skip_ext_headers(f, q + IPV6_HLEN, end, f[q + 6])
+        except WireError:
+            return None
+        if frag is not None or proto not in (UDP, TCP) or end - start < 4:
+            return None
+        sport, dport = _PORTS.unpack_from(f, start)
+        return self.exact.get((proto, sport, bytes(f[q + 24 : q + 40]), dport)) or self.listeners6.get((proto, sport))
 
     def _rx_ns(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
                src_mac: bytes, now: float) -> None:

@@ -91,7 +91,7 @@ from usnet.wire.ipv6 import (
 )
 
 __all__ = [
-    "INCOMPLETE", "REACHABLE", "STALE", "Datagram", "IcmpError", "IpLayer", "icmp4_error", "NeighborCache",
+    "INCOMPLETE", "REACHABLE", "STALE", "Datagram", "IcmpError", "IpLayer", "icmp4_error", "icmp6_error", "NeighborCache",
     "NeighborResolved", "Reassembler", "Transmit",
 ]
 
@@ -660,6 +660,33 @@ def _quote6(buf, off: int):
         return nh, src, dst, None, None, total, buf[t0:end]
     sport, dport = _ports(proto, buf[t:end])
     return proto, src, dst, sport, dport, total, buf[t:end]
+
+
+def icmp6_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None:
+    """`icmp4_error` for an IPv6 packet: an ICMPv6 error (unreachable, packet too big, time
+    exceeded, parameter problem) with a good checksum, whose quote names the ports; else None."""
+    try:
+        _tc, _fl, plen, nh, _hop, src, dst = parse_ipv6(packet, 0)
+        if nh != ICMPV6:
+            return None
+        typ, code, _hi, _lo, q = _i6.parse_icmpv6(packet, IPV6_HLEN, plen, src, dst)
+    except (WireError, struct.error):
+        return None
+    if typ == _i6.DEST_UNREACH:
+        err = _UNREACH6_ERRNO.get(code, _errno.EHOSTUNREACH)
+    elif typ == _i6.PACKET_TOO_BIG:
+        err = _errno.EMSGSIZE
+    elif typ == _i6.TIME_EXCEEDED:
+        err = _errno.EHOSTUNREACH
+    elif typ == _i6.PARAM_PROBLEM:
+        err = _errno.EPROTO
+    else:
+        return None
+    quoted = _quote6(packet[: IPV6_HLEN + plen], q)
+    if quoted is None or quoted[3] is None:
+        return None
+    qproto, qsrc, qdst, sport, dport = quoted[:5]
+    return err, qproto, qsrc, sport, qdst, dport
 
 
 # --------------------------------------------------------------------------- the layer
