@@ -10,18 +10,25 @@ total memory budgets, a limit per source, overlaps that disagree dropped.
   slots, a piece past the largest datagram is refused, both counted, and a
   real datagram beside them still arrives;
 * over a real TAP, the kernel fragments a 3,072-byte datagram at the MTU and
-  the usnet socket receives it whole.
+  the usnet socket receives it whole;
+* IPv6 fragments are reassembled too, and pieces that overlap drop their
+  datagram (RFC 5722).
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 
 import pytest
+from conftest import wait_until
 
 from test_lowlat import Net
 from usnet.client import Client
+from usnet.drivers import MemWire
+from usnet.nexus.domain import Domain
 from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.wire.ipv6 import build_frag_header, build_ipv6_header, ip6_bytes, upper_checksum_v6
 from usnet.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
@@ -99,6 +106,68 @@ def test_the_kernel_fragments_a_big_datagram_and_the_socket_gets_it_whole(tap_do
         k.sendto(payload, (usnet_ip, s.getsockname()[1]))
         got, (addr, _port) = s.recvfrom(timeout=5)
         assert got == payload and addr == host_ip
+        assert d.switches[ifname].frags["frag_reassembled"] == 1
+    finally:
+        k.close()
+        s.close()
+
+
+A6, B6 = "fd00:9::1", "fd00:9::2"
+
+
+def fragments6(payload: bytes, ident: int, sizes: list[int]) -> list[bytes]:
+    """A UDP datagram from B6:7000 to A6:5000 as IPv6 fragments of `sizes` bytes (the last: the rest)."""
+    src, dst = ip6_bytes(B6), ip6_bytes(A6)
+    seg = bytearray(struct.pack("!HHHH", 7000, 5000, 8 + len(payload), 0) + payload)
+    seg[6:8] = upper_checksum_v6(src, dst, 17, bytes(seg)).to_bytes(2, "big")
+    out, off = [], 0
+    for n in sizes + [len(seg)]:
+        piece = bytes(seg[off : off + n])
+        more = off + len(piece) < len(seg)
+        body = build_frag_header(17, off, more, ident) + piece
+        out.append(build_ipv6_header(src, dst, 44, len(body)) + body)
+        off += len(piece)
+        if not more:
+            return out
+    raise AssertionError("sizes cover more than the datagram")
+
+
+def test_ipv6_fragments_arrive_whole_and_overlapping_ones_do_not():
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, "10.9.0.1/24", address6=f"{A6}/64")
+    d.start()
+    try:
+        s = Client.local(d).udp_socket("a", 5000, family=6, buf_size=4096)
+        mac = d.switches["a"].netif.mac
+        frame = lambda p: mac + b"\x02\x00\x00\x00\x00\x09\x86\xdd" + p  # noqa: E731
+        payload = bytes(range(256)) * 12
+        f1, f2, f3 = fragments6(payload, 0x1234, [1448, 1448])
+        w.b.send_batch([frame(p) for p in (f3, f1, f2)])
+        assert s.recvfrom(timeout=5) == (payload, (B6, 7000))
+        # RFC 5722: a piece that overlaps another drops the whole datagram
+        g1, g2, g3 = fragments6(payload, 0x5678, [1448, 1448])
+        overlap = fragments6(payload, 0x5678, [1440, 1448])[1]  # starts 8 bytes inside g1
+        w.b.send_batch([frame(p) for p in (g1, overlap, g2, g3)])
+        sw = d.switches["a"]
+        wait_until(lambda: sw.frags["frag_conflict"] == 1, 5, "the overlap to be judged")
+        with pytest.raises(BlockingIOError):
+            s.recv(timeout=0)
+        assert sw.frags["frag_reassembled"] == 1
+    finally:
+        d.stop()
+
+
+@pytest.mark.privileged
+def test_the_kernels_ipv6_fragments_arrive_whole(tap_domain6):
+    d, ifname, usnet_ip6, host_ip6 = tap_domain6
+    s = Client.local(d).udp_socket(ifname, 0, family=6, buf_size=4096)
+    k = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        payload = bytes(range(256)) * 12
+        k.sendto(payload, (usnet_ip6, s.getsockname()[1]))
+        got, (addr, _port) = s.recvfrom(timeout=5)
+        assert got == payload and addr == host_ip6
         assert d.switches[ifname].frags["frag_reassembled"] == 1
     finally:
         k.close()

@@ -498,8 +498,26 @@ class FlowSwitch:
         end = ETH_HLEN + IPV6_HLEN + plen
         proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, nh)
         if frag is not None:
-            self.drops["rx_fragment"] += 1  # IPv6 fragments are not reassembled here yet (IPv4: _rx_ip)
-            return
+            _, foff, more, ident = frag
+            if foff or more:  # an atomic fragment (RFC 6946) is whole already
+                if dst != netif.ip6:
+                    self.drops["rx_fragment"] += 1  # to a group or the link-local address: no flow has it
+                    return
+                # strict: pieces that overlap at all drop the datagram (RFC 5722)
+                r = self.reasm.add((6, src, ident), src, foff, f[start:end], more, now, True, 0xFFFF,
+                                   first=b"" if foff == 0 else None, meta=proto)
+                if r is None:
+                    return
+                pieces, part = r
+                if part.meta is None:  # cannot happen: fragment zero was kept with its next header
+                    self.drops["rx_fragment"] += 1
+                    return
+                f = b"".join([f[:ETH_HLEN], build_ipv6_header(src, dst, part.meta, part.total, hop), *pieces])
+                end = len(f)
+                proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, part.meta, first=False)
+                if frag is not None:
+                    self.drops["rx_fragment"] += 1  # a fragment inside a fragment
+                    return
         if proto == ICMPV6:
             self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now, per_flow)
             return
