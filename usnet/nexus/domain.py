@@ -422,6 +422,13 @@ class Domain:
             if sw.netif.ll_keys:
                 sw.serve_ll()
 
+    def _receive_due(self) -> None:
+        """Receive now what a device already holds for us without its fd having been seen (a memwire's
+        frames in flight): after an LL send, the frame it may have made due waits for no round."""
+        for sw in self.switches.values():
+            if sw.netif.driver.timeout() == 0:
+                sw.service_rx()
+
     def _service_switches(self) -> float | None:
         """One round of data-path work on every flow switch; returns how long we may sleep."""
         timeout: float | None = None
@@ -667,8 +674,10 @@ class Domain:
                     flow.port.clear_need_wakeup()
                     if flow.id in sw.flows:
                         sw.service_tx(flow)
-                        if flow.id in sw.netif.ll_keys and sw.netif.active_ll:
-                            sw.netif.flush()  # what the LL path queued: to the device now, not next round
+                        if flow.id in sw.netif.ll_keys:
+                            if sw.netif.active_ll:
+                                sw.netif.flush()  # what the LL path queued: to the device now, not next round
+                            self._receive_due()
             elif kind == "session":
                 self._serve_session(obj)
             elif kind == "listen":
