@@ -23,6 +23,7 @@ import struct
 import pytest
 from conftest import wait_until
 
+import test_lowlat
 from test_lowlat import Net
 from usnet.client import Client
 from usnet.drivers import MemWire
@@ -34,14 +35,7 @@ from usnet.wire.udp import build_udp
 A, B = "10.9.0.1", "10.9.0.2"
 
 
-@pytest.fixture
-def half():
-    """Netif a only: the test writes the frames that arrive from the wire's b end."""
-    n = Net(b=False)
-    try:
-        yield n
-    finally:
-        n.d.stop()
+half = test_lowlat.half  # netif a only: the test writes what arrives from the wire's b end
 
 
 def fragments(payload: bytes, ident: int, sizes: list[int], src: str = B) -> list[bytes]:
@@ -96,11 +90,11 @@ def test_a_flood_of_pieces_stays_bounded_and_a_real_datagram_still_arrives(half)
 
 
 @pytest.mark.privileged
-def test_the_kernel_fragments_a_big_datagram_and_the_socket_gets_it_whole(tap_domain):
-    d, ifname, usnet_ip, host_ip = tap_domain
-    c = Client.local(d)
-    s = c.udp_socket(ifname, 0, buf_size=4096)
-    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_kernel_fragments_a_big_datagram_and_the_socket_gets_it_whole(request, family):
+    d, ifname, usnet_ip, host_ip = request.getfixturevalue("tap_domain" if family == 4 else "tap_domain6")
+    s = Client.local(d).udp_socket(ifname, 0, family=family, buf_size=4096)
+    k = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
     try:
         payload = bytes(range(256)) * 12
         k.sendto(payload, (usnet_ip, s.getsockname()[1]))
@@ -156,19 +150,3 @@ def test_ipv6_fragments_arrive_whole_and_overlapping_ones_do_not():
         assert sw.frags["frag_reassembled"] == 1
     finally:
         d.stop()
-
-
-@pytest.mark.privileged
-def test_the_kernels_ipv6_fragments_arrive_whole(tap_domain6):
-    d, ifname, usnet_ip6, host_ip6 = tap_domain6
-    s = Client.local(d).udp_socket(ifname, 0, family=6, buf_size=4096)
-    k = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    try:
-        payload = bytes(range(256)) * 12
-        k.sendto(payload, (usnet_ip6, s.getsockname()[1]))
-        got, (addr, _port) = s.recvfrom(timeout=5)
-        assert got == payload and addr == host_ip6
-        assert d.switches[ifname].frags["frag_reassembled"] == 1
-    finally:
-        k.close()
-        s.close()

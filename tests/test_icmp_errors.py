@@ -37,14 +37,7 @@ A, B = "10.9.0.1", "10.9.0.2"
 net = test_lowlat.net  # the same fixture: netifs a and b over a memwire in a running domain
 
 
-@pytest.fixture
-def half():
-    """Netif a only: the test writes the frames that arrive from the wire's b end."""
-    n = Net(b=False)
-    try:
-        yield n
-    finally:
-        n.d.stop()
+half = test_lowlat.half  # netif a only: the test writes what arrives from the wire's b end
 
 
 def test_a_connected_socket_hears_port_unreachable_once(net):

@@ -326,6 +326,16 @@ def net():
         n.d.stop()
 
 
+@pytest.fixture
+def half():
+    """Netif a only: the test writes the frames that arrive from the wire's b end."""
+    n = Net(b=False)
+    try:
+        yield n
+    finally:
+        n.d.stop()
+
+
 def wait_event(ch, etype: EventType, timeout: float = 10.0) -> list[Event]:
     """The channel's events up to the first of type `etype`, waiting on its bell until a deadline."""
     seen: list[Event] = []
