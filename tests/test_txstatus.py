@@ -233,3 +233,21 @@ def test_the_nexus_hands_out_packets_with_clean_marks(net):
         at = np.array(got, np.int64) * 8
         assert not umd[at + 4].any() and not umd[at + 5].any() and not umd[at + 6].any()
         ch.free(got)
+
+
+def test_a_closed_channel_s_queued_datagrams_still_go_and_then_the_netif_forgets_it(net):
+    s, sink = slow_link(net)
+    netif = net.d.switches["slow"].netif
+    key = net.d.channels[s.channel.id].flow.id
+    assert s.send_many([b"%d" % i + bytes(1200) for i in range(20)], ("10.8.0.2", 6100)) == 20
+    wait_until(lambda: netif.queued(key)[0] > 0, 5, "the datagrams to queue at the slow netif")
+    s.close()
+    assert len(recv_all(sink, 20, timeout=5)) == 20  # sent, as a kernel socket's would be
+    wait_until(lambda: key not in netif.queues, 5, "the netif to forget the closed flow's queue")
+    assert key not in netif.queued_frames and key not in netif.queued_bytes and key not in netif._enq_total
+    for i in range(30):  # and channels closed with nothing queued leave nothing either
+        u = net.c.udp_socket("slow", 5200 + i)
+        u.sendto(b"x", ("10.8.0.2", 6100))
+        u.close()
+    assert len(recv_all(sink, 30, timeout=5)) == 30
+    wait_until(lambda: set(netif.queues) <= {0}, 5, "the closed flows' queues to go")  # 0: the switch's own (ARP)

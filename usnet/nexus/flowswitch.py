@@ -207,7 +207,9 @@ class FlowSwitch:
         """Unregister a flow and free its port; its queued frames still leave if `keep_queued`."""
         if flow.id not in self.flows:
             return
-        if not keep_queued:
+        if keep_queued:
+            self.netif.retire(flow.id)  # its frames go, then the netif forgets the key
+        else:
             self.netif.drop_queue(flow.id)  # first: its tracked frames are reported FLUSHED to it
         del self.flows[flow.id]
         self._table(flow).pop(flow.key(), None)

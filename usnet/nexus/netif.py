@@ -77,6 +77,7 @@ class Netif:
         self.on_status: Callable[[TrackedFrame, TxStatus, int], None] | None = None
         self._init_sched(link_rate, ll_share, work_conserving, clock)
         self._init_aqm(link_rate is not None if aqm is None else aqm)
+        self._retiring: set[int] = set()  # keys of flows gone whose queued frames still leave
 
     def _init_sched(self, link_rate: float | None, ll_share: float | None,
                     work_conserving: bool | None, clock: Callable[[], float]) -> None:
@@ -238,6 +239,8 @@ class Netif:
         A device that does not carry blocks gets them opened into frames.
         With a link rate, the slot scheduler decides who sends and how much.
         """
+        if self._retiring:
+            self._forget_drained()
         if self.sched is not None:
             return self._flush_paced(budget)
         sent_total = 0
@@ -507,6 +510,7 @@ class Netif:
         frames = self.queued_frames.pop(key, 0)
         self._enq_total.pop(key, None)
         self._enq_marks.pop(key, None)
+        self._retiring.discard(key)
         if q is None:
             return 0
         if self.tracked:
@@ -519,6 +523,22 @@ class Netif:
             except ValueError:
                 pass
         return frames
+
+    def retire(self, key: int) -> None:
+        """Queue `key`'s flow is gone but its frames still leave: forget the key once they have.
+
+        Keys are never reused, so without this every closed channel would
+        leave its empty queue and counters behind.
+        """
+        if self.queues.get(key):
+            self._retiring.add(key)
+        else:
+            self.drop_queue(key)
+
+    def _forget_drained(self) -> None:
+        for key in [k for k in self._retiring if not self.queues.get(k)]:
+            self._retiring.discard(key)
+            self.drop_queue(key)
 
     def drop_queue(self, key: int) -> int:
         """`flush_queue` for a queue that is going away: its class and its AQM state go with it."""
