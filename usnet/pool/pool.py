@@ -65,26 +65,33 @@ class PacketPool:
         lo = seg * self.per_segment
         return range(lo, min(lo + self.per_segment, self.capacity))
 
-    def _activate(self, seg: int) -> None:
-        r = self._segment_range(seg)
-        self.seg_active[seg] = True
-        self.state[r.start : r.stop] = FREE
-        self.owner[r.start : r.stop] = NO_OWNER
-        # push in reverse so the lowest index pops first
-        n = len(r)
-        self.stack[self.nfree : self.nfree + n] = np.arange(r.stop - 1, r.start - 1, -1, dtype=np.uint32)
+    def _activate(self, segs: np.ndarray) -> None:
+        """Bring segments into use: their packets become FREE, each segment pushed in reverse
+        so its lowest index pops first. One set of array operations for all of them: a flow
+        channel's pool opens with a hundred or more segments."""
+        self.seg_active[segs] = True
+        per = self.per_segment
+        idx = (segs[:, None] * per + np.arange(per - 1, -1, -1)[None, :]).ravel()
+        idx = idx[idx < self.capacity]  # the last segment may be short
+        self.state[idx] = FREE
+        self.owner[idx] = NO_OWNER
+        n = len(idx)
+        self.stack[self.nfree : self.nfree + n] = idx
         self.nfree += n
 
     def grow_to(self, packets: int) -> int:
         """Activate segments until at least `packets` are active; returns the active count."""
         packets = min(packets, self.capacity)
         active = self.active
-        for seg in range(self.nsegments):
+        if active >= packets:
+            return active
+        segs = []
+        for seg in np.flatnonzero(~self.seg_active).tolist():
+            segs.append(seg)
+            active += len(self._segment_range(seg))
             if active >= packets:
                 break
-            if not self.seg_active[seg]:
-                self._activate(seg)
-                active += len(self._segment_range(seg))
+        self._activate(np.array(segs, dtype=np.int64))
         return active
 
     def purge(self, keep: int = 0) -> int:
