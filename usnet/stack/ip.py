@@ -633,9 +633,14 @@ def icmp4_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None
     if quoted is None or quoted[3] is None:
         return None
     qproto, qsrc, qdst, sport, dport = quoted[:5]
-    err = (_UNREACH4_ERRNO.get(code, _errno.EHOSTUNREACH) if typ == _i4.DEST_UNREACH
-           else _errno.EHOSTUNREACH if typ == _i4.TIME_EXCEEDED else _errno.EPROTO)
-    return err, qproto, qsrc, sport, qdst, dport
+    return _icmp4_errno(typ, code), qproto, qsrc, sport, qdst, dport
+
+
+def _icmp4_errno(typ: int, code: int) -> int:
+    """The errno of an ICMPv4 error, as Linux maps it (destination unreachable by code)."""
+    if typ == _i4.DEST_UNREACH:
+        return _UNREACH4_ERRNO.get(code, _errno.EHOSTUNREACH)
+    return _errno.EHOSTUNREACH if typ == _i4.TIME_EXCEEDED else _errno.EPROTO
 
 
 def _quote6(buf, off: int):
@@ -672,21 +677,22 @@ def icmp6_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None
         typ, code, _hi, _lo, q = _i6.parse_icmpv6(packet, IPV6_HLEN, plen, src, dst)
     except (WireError, struct.error):
         return None
-    if typ == _i6.DEST_UNREACH:
-        err = _UNREACH6_ERRNO.get(code, _errno.EHOSTUNREACH)
-    elif typ == _i6.PACKET_TOO_BIG:
-        err = _errno.EMSGSIZE
-    elif typ == _i6.TIME_EXCEEDED:
-        err = _errno.EHOSTUNREACH
-    elif typ == _i6.PARAM_PROBLEM:
-        err = _errno.EPROTO
-    else:
+    if typ not in (_i6.DEST_UNREACH, _i6.PACKET_TOO_BIG, _i6.TIME_EXCEEDED, _i6.PARAM_PROBLEM):
         return None
     quoted = _quote6(packet[: IPV6_HLEN + plen], q)
     if quoted is None or quoted[3] is None:
         return None
     qproto, qsrc, qdst, sport, dport = quoted[:5]
-    return err, qproto, qsrc, sport, qdst, dport
+    return _icmp6_errno(typ, code), qproto, qsrc, sport, qdst, dport
+
+
+def _icmp6_errno(typ: int, code: int) -> int:
+    """The errno of an ICMPv6 error, as Linux maps it (destination unreachable by code)."""
+    if typ == _i6.DEST_UNREACH:
+        return _UNREACH6_ERRNO.get(code, _errno.EHOSTUNREACH)
+    if typ == _i6.PACKET_TOO_BIG:
+        return _errno.EMSGSIZE
+    return _errno.EHOSTUNREACH if typ == _i6.TIME_EXCEEDED else _errno.EPROTO
 
 
 # --------------------------------------------------------------------------- the layer
@@ -999,20 +1005,15 @@ class IpLayer:
             return
         proto, qsrc, qdst, sport, dport, qtotal, quote = q
         mtu = 0
-        if typ == _i4.DEST_UNREACH:
-            err = _UNREACH4_ERRNO.get(code, _errno.EHOSTUNREACH)
-            if code == _i4.FRAG_NEEDED:
-                reported = lo
-                if not reported:  # pre-RFC 1191 router: guess from the plateau table
-                    reported = next((p for p in _PLATEAUS if p < qtotal), IPV4_MIN_MTU)
-                if reported >= qtotal:
-                    c["pmtu_bogus"] += 1
-                    return
-                mtu = self._lower_pmtu(qdst, reported, now, False)
-        elif typ == _i4.TIME_EXCEEDED:
-            err = _errno.EHOSTUNREACH
-        else:
-            err = _errno.EPROTO
+        err = _icmp4_errno(typ, code)
+        if typ == _i4.DEST_UNREACH and code == _i4.FRAG_NEEDED:
+            reported = lo
+            if not reported:  # pre-RFC 1191 router: guess from the plateau table
+                reported = next((p for p in _PLATEAUS if p < qtotal), IPV4_MIN_MTU)
+            if reported >= qtotal:
+                c["pmtu_bogus"] += 1
+                return
+            mtu = self._lower_pmtu(qdst, reported, now, False)
         c["icmp4_error"] += 1
         ev.append(IcmpError(proto, qsrc, sport, qdst, dport, err, typ, code, mtu, reporter, quote))
 
@@ -1057,18 +1058,12 @@ class IpLayer:
             return
         proto, qsrc, qdst, sport, dport, qtotal, quote = q
         mtu = 0
+        err = _icmp6_errno(typ, code)
         if typ == _i6.PACKET_TOO_BIG:
             if param >= qtotal:
                 c["pmtu_bogus"] += 1
                 return
-            err = _errno.EMSGSIZE
             mtu = self._lower_pmtu(qdst, param, now, True)
-        elif typ == _i6.DEST_UNREACH:
-            err = _UNREACH6_ERRNO.get(code, _errno.EHOSTUNREACH)
-        elif typ == _i6.TIME_EXCEEDED:
-            err = _errno.EHOSTUNREACH
-        else:
-            err = _errno.EPROTO
         c["icmp6_error"] += 1
         ev.append(IcmpError(proto, qsrc, sport, qdst, dport, err, typ, code, mtu, reporter, quote))
 
