@@ -159,8 +159,8 @@ class FlowSwitch:
         self.listeners6: dict[tuple, Flow] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
-        # IPv4 fragments to us, put back together before classification (a fragment past the
-        # first names no ports); bounded memory, per-source limits (usnet.stack.ip.Reassembler)
+        # fragments to us (IPv4 and IPv6), put back together before classification (a fragment past
+        # the first names no ports); bounded memory, per-source limits (usnet.stack.ip.Reassembler)
         self.frags: Counter = Counter()
         self.reasm = Reassembler(self.frags)
         self._ids = itertools.count(1)
@@ -458,14 +458,18 @@ class FlowSwitch:
             reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])
             self._send_ip(0, src, ICMP, reply, self.clock())
         elif typ in _ICMP_ERRORS and dst == self.netif.ip:
-            flow = self._quoted_flow(f, poff, end)
-            if flow is None:
-                self.drops["rx_icmp_unmatched"] += 1
-                return
-            self.counts["rx_icmp_error"] += 1  # the flow's stack judges it (a TCP sequence, a connected peer)
-            per_flow.setdefault(flow, []).append(f[ETH_HLEN:end])
+            self._icmp_error_to(self._quoted_flow(f, poff, end), f[ETH_HLEN:end], per_flow)
         else:
             self.drops["rx_icmp_other"] += 1
+
+    def _icmp_error_to(self, flow: Flow | None, packet: bytes, per_flow: dict) -> None:
+        """Pass an ICMP(v6) error, the whole IP packet, to the flow whose packet it quotes (None: nobody's).
+        The flow's stack judges it further (a TCP sequence in flight, a connected peer)."""
+        if flow is None:
+            self.drops["rx_icmp_unmatched"] += 1
+            return
+        self.counts["rx_icmp_error"] += 1
+        per_flow.setdefault(flow, []).append(packet)
 
     def _quoted_flow(self, f: bytes, q: int, end: int) -> Flow | None:
         """The flow that sent the packet an ICMP error quotes: from our address, its protocol and ports.
@@ -568,12 +572,7 @@ class FlowSwitch:
             reply = wicmp6.build_echo6(wicmp6.ECHO_REPLY, ident, seq, f[body:end], dst, src)
             self._send_ip6(0, dst, src, ICMPV6, reply, now)
         elif typ in _ICMP6_ERRORS and dst == self.netif.ip6:
-            flow = self._quoted_flow6(f, body, end)
-            if flow is None:
-                self.drops["rx_icmp_unmatched"] += 1
-                return
-            self.counts["rx_icmp_error"] += 1
-            per_flow.setdefault(flow, []).append(f[ETH_HLEN:end])
+            self._icmp_error_to(self._quoted_flow6(f, body, end), f[ETH_HLEN:end], per_flow)
         else:
             self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them
 
