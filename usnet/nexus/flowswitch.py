@@ -49,6 +49,7 @@ from usnet.nexus.neighbours import NeighbourCache
 from usnet.nexus.flowport import CLIENT, FlowPort, TxMeta
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace, host_owns
+from usnet.pool.umd import deadline_passed
 from usnet.stack.ip import Reassembler
 from usnet.stack.tcp.connection import rst_reply
 from usnet.wire import arp as warp
@@ -82,11 +83,6 @@ _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
 # version/IHL, flags/fragment offset with DF masked out, destination address.
 _RX_SIG_COLS = np.r_[0:6, 12:15, 20:22, 30:34]
 _RX_SIG_MASK = np.array([0xFF] * 9 + [0xBF, 0xFF] + [0xFF] * 4, np.uint8)
-
-
-def _past(mark: tuple) -> bool:
-    """Whether a marked packet's deadline (TxMeta: tag, deadline_ns, report, index) has passed."""
-    return bool(mark[1]) and mark[1] < time.monotonic_ns()
 
 
 @dataclass(eq=False)
@@ -722,7 +718,7 @@ class FlowSwitch:
             for pos, (i, ln, g) in enumerate(zip(idx.tolist(), lens.tolist(), gso.tolist())):
                 at = i * stride
                 mark = None if meta is None else meta.marks.get(pos)
-                if mark is not None and _past(mark):
+                if mark is not None and deadline_passed(mark[1]):
                     self._expire(flow, mark, meta.taken_ns)
                     continue
                 snap = bytes(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
@@ -780,7 +776,7 @@ class FlowSwitch:
         if mark is None:
             return tx_one(flow, p, now, gso)
         taken_ns = meta.taken_ns
-        if _past(mark):
+        if deadline_passed(mark[1]):
             self._expire(flow, mark, taken_ns)
             return 0
         self._last_drop = 0

@@ -37,6 +37,7 @@ from usnet.drivers.block import FrameBlock
 from usnet.nexus import txsched
 from usnet.nexus.aqm import CoDel
 from usnet.nexus.txsched import LL, SlotScheduler
+from usnet.pool.umd import deadline_passed
 from usnet.wire.ipv4 import ip_bytes
 from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
 
@@ -490,7 +491,7 @@ class Netif:
 
     def _expired(self, key: int, item: TrackedFrame) -> bool:
         """Whether a frame just taken off queue `key` is past its deadline: then it is dropped and told."""
-        if not item.deadline_ns or item.deadline_ns >= time.monotonic_ns():
+        if not deadline_passed(item.deadline_ns):
             return False
         self.queued_frames[key] -= 1
         self.queued_bytes[key] -= len(item)

@@ -22,6 +22,8 @@ therefore spans `ceil(length / buf_size)` consecutive buflets and reads as
 one memoryview. The nexus never trusts a UMD record: it is client-writable memory.
 """
 
+import time
+
 UMD_SIZE = 32
 UMD_WORDS = UMD_SIZE // 4  # u32 words per record
 # u32 word indices within a record
@@ -31,3 +33,8 @@ W_TAG = 2  # u64: words 2 and 3
 W_DEADLINE = 4  # u64: words 4 and 5
 W_FLAGS = 6
 TX_REPORT = 1  # flags bit: report this packet's fate on the EVENT ring
+
+
+def deadline_passed(deadline_ns: int) -> bool:
+    """Whether a packet's `deadline_ns` (0: none) is behind CLOCK_MONOTONIC: it must not be sent."""
+    return bool(deadline_ns) and deadline_ns < time.monotonic_ns()
