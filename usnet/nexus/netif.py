@@ -538,8 +538,7 @@ class Netif:
 
     def _forget_drained(self) -> None:
         for key in [k for k in self._retiring if not self.queues.get(k)]:
-            self._retiring.discard(key)
-            self.drop_queue(key)
+            self.drop_queue(key)  # which takes it off _retiring
 
     def drop_queue(self, key: int) -> int:
         """`flush_queue` for a queue that is going away: its class and its AQM state go with it."""
