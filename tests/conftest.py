@@ -6,8 +6,11 @@ import contextlib
 import hashlib
 import itertools
 import os
+import shutil
 import ssl
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +28,35 @@ def require_privileges(what: str = "root and /dev/net/tun") -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("privileged"):
         require_privileges()
+
+
+@pytest.fixture
+def sockdir():
+    """A fresh directory for AF_UNIX sockets, short enough for them (sun_path stops at 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="usn", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def net_factory(cls):
+    """A `make_net` fixture for a test module's `Net` class: `make_net(**kw)` builds one, and every
+    one built is stopped (its domain) after the test."""
+    @pytest.fixture
+    def make_net():
+        nets: list = []
+
+        def make(**kw):
+            n = cls(**kw)
+            nets.append(n)
+            return n
+
+        yield make
+        for n in nets:
+            n.d.stop()
+
+    return make_net
 
 
 def send_raw(ch, packets: list[bytes], gso: list[int] | None = None) -> None:

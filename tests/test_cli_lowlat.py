@@ -14,9 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 from conftest import tap_name
@@ -36,15 +33,6 @@ ME = os.getuid()
 
 def build(**kw) -> config.Config:
     return updown.build_config("tap", "usnet0", "10.77.0.2/24", "10.77.0.1/24", "/tmp/x.sock", **kw)
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="uscl")  # short: AF_UNIX paths stop at 108 bytes
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 # -- usnet up --link-rate / --ll-share / --strict -------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import shutil
 import socket
-import tempfile
 
 import msgspec
 import pytest
@@ -96,13 +94,6 @@ def pair():
     yield a, b
     a.close()
     b.close()
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="usn", dir="/tmp")  # short: sun_path is 108 bytes
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- messages --------------------------------------------------------------------

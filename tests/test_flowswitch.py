@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import FakeClock, recv_n, send_raw, wait_until
+from conftest import FakeClock, net_factory, recv_n, send_raw, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
@@ -69,18 +69,7 @@ class Net:
         raise KeyError(netif)
 
 
-@pytest.fixture
-def make_net():
-    nets: list[Net] = []
-
-    def make(**kw) -> Net:
-        n = Net(**kw)
-        nets.append(n)
-        return n
-
-    yield make
-    for n in nets:
-        n.d.stop()
+make_net = net_factory(Net)
 
 
 @pytest.fixture

@@ -14,14 +14,9 @@ from __future__ import annotations
 import math
 import os
 import select
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +24,7 @@ from conftest import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from test_usnetd import Daemon
 from usnet.channel.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.client import Client
 from usnet.daemon import config
@@ -625,30 +621,25 @@ LOSER = '\n[[policy]]\nuid = 0\nprogram = "loser"\nclasses = ["voice"]\nmax_rate
 
 
 @pytest.mark.privileged
-def test_usnetd_reloads_its_policy_on_sighup_and_revokes_what_it_no_longer_entitles(tmp_path):
+def test_usnetd_reloads_its_policy_on_sighup_and_revokes_what_it_no_longer_entitles(tmp_path, sockdir):
     ifname = tap_name()
-    sockdir = Path(tempfile.mkdtemp(prefix="usll"))  # short: AF_UNIX paths stop at 108 bytes
     path, log = str(sockdir / "s.sock"), tmp_path / "usnetd.log"
     cfg = tmp_path / "usnetd.toml"
     cfg.write_text(policy_toml(ifname, KEEPER + LOSER))
-    with open(log, "ab") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "usnet.daemon.usnetd", "--config", str(cfg), "--socket", path,
-                                 "--log-level", "INFO"], stdout=subprocess.PIPE, stderr=err)
+    d = Daemon(path, log, "--config", str(cfg))
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        assert ready and proc.stdout.readline().startswith(b"usnetd ready"), log.read_text()
         keeper, loser = Client.connect(path, program="keeper"), Client.connect(path, program="loser")
         ks, ls = keeper.udp_socket("ll0", 5000), loser.udp_socket("ll0", 5001)
         kept = keeper.request_lease(ks, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
         lost = loser.request_lease(ls, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
         # a config that does not load changes nothing, and says so
         cfg.write_text(policy_toml(ifname, KEEPER) + "\n[[policy]]\nuid = \n")
-        proc.send_signal(signal.SIGHUP)
+        d.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: "keeping the old policy" in log.read_text(), 15, "usnetd to log the bad config")
         assert len(keeper.status()["lowlat"]["leases"]) == 2
         # a policy without the loser's entry revokes the loser's lease, and only that
         cfg.write_text(policy_toml(ifname, KEEPER))
-        proc.send_signal(signal.SIGHUP)
+        d.proc.send_signal(signal.SIGHUP)
         ev = wait_event(ls.channel, EventType.LEASE_REVOKED, timeout=15)[-1]
         assert (ev.code, ev.value) == (RevokeReason.POLICY, lost.id)
         assert [e.type for e in ks.channel.events()] == [EventType.LEASE_GRANTED]
@@ -660,12 +651,5 @@ def test_usnetd_reloads_its_policy_on_sighup_and_revokes_what_it_no_longer_entit
         assert e.value.reason is LeaseRefusal.NOT_ENTITLED
         assert "policy reloaded: 1 entries" in log.read_text()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        shutil.rmtree(sockdir, ignore_errors=True)
-    assert proc.returncode == 0, log.read_text()
+        returncode = d.stop()
+    assert returncode == 0, d.log_text()

@@ -17,7 +17,7 @@ import select
 import threading
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, net_factory
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -208,18 +208,7 @@ class Net:
         raise KeyError(sock.channel.id)
 
 
-@pytest.fixture
-def make_net():
-    nets: list[Net] = []
-
-    def make(**kw) -> Net:
-        n = Net(**kw)
-        nets.append(n)
-        return n
-
-    yield make
-    for n in nets:
-        n.d.stop()
+make_net = net_factory(Net)
 
 
 class Sleeper:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import errno
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,15 +54,6 @@ class Daemon:
                 self.proc.wait()
         self.proc.stdout.close()
         return self.proc.returncode
-
-
-@pytest.fixture
-def sockdir():
-    d = tempfile.mkdtemp(prefix="usnd")  # short: AF_UNIX paths stop at 108 bytes
-    try:
-        yield Path(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
