@@ -48,12 +48,18 @@ def resolved(net: Net, sock, sink) -> None:
     assert recv_all(sink, 1) == [b"resolve"]
 
 
-@pytest.mark.parametrize("ll", [False, True], ids=["general", "ll"])
-def test_every_reported_datagram_is_sent_and_says_so_with_its_tag(net, ll):
+def sender_and_sink(net: Net, ll: bool = False) -> tuple:
+    """A sender on netif a (with an LL lease if `ll`) and its sink on b, the neighbour resolved."""
     s, sink = net.c.udp_socket("a", 5000), net.c.udp_socket("b", 6000)
     if ll:
         net.c.request_lease(s.channel, rate=100e6, max_packet=1200, latency_target=0.05)
     resolved(net, s, sink)
+    return s, sink
+
+
+@pytest.mark.parametrize("ll", [False, True], ids=["general", "ll"])
+def test_every_reported_datagram_is_sent_and_says_so_with_its_tag(net, ll):
+    s, sink = sender_and_sink(net, ll)
     before = time.monotonic_ns()
     tags = [1000 + i for i in range(20)]
     assert s.send_many([b"%d" % t for t in tags], (B, 6000), tags=tags, report=True) == 20
@@ -69,10 +75,7 @@ def test_every_reported_datagram_is_sent_and_says_so_with_its_tag(net, ll):
 
 @pytest.mark.parametrize("ll", [False, True], ids=["general", "ll"])
 def test_a_datagram_past_its_deadline_is_not_sent_and_is_reported_expired(net, ll):
-    s, sink = net.c.udp_socket("a", 5000), net.c.udp_socket("b", 6000)
-    if ll:
-        net.c.request_lease(s.channel, rate=100e6, max_packet=1200, latency_target=0.05)
-    resolved(net, s, sink)
+    s, sink = sender_and_sink(net, ll)
     past = time.monotonic() - 1
     s.send_many([b"late1", b"late2"], (B, 6000), tags=[7, 8], deadline=past)  # expired: always reported
     s.send_many([b"on time"], (B, 6000), deadline=time.monotonic() + 60)
@@ -112,8 +115,7 @@ def test_a_deadline_that_passes_in_the_netif_queue_drops_the_datagram_there(net)
 
 
 def test_a_reported_packet_the_switch_refuses_is_reported_dropped_with_its_reason(net):
-    s, sink = net.c.udp_socket("a", 5000), net.c.udp_socket("b", 6000)
-    resolved(net, s, sink)
+    s, sink = sender_and_sink(net)
     ch = s.channel
     pkts = ch.alloc(2)
     ch.write(pkts[0], udp_packet(b"spoof", src="10.9.0.9"))
