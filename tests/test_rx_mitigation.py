@@ -35,6 +35,22 @@ ME = os.getuid()
 # -- the rule, on simulated time ---------------------------------------------------------------------
 
 
+def feed(m: RxMitigation, n: int, gap: float, t: float = 100.0) -> float:
+    """`n` one-packet arrivals `gap` seconds apart, the client asleep; returns the last one's time."""
+    for _ in range(n):
+        t += gap
+        m.arrive(t, 1, asleep=True)
+    return t
+
+
+def hold_one(m: RxMitigation, t: float, gap: float) -> float:
+    """If the last arrival rang, one more, which must be held; returns the time of the last arrival."""
+    if m.deadline is None:
+        t += gap
+        assert not m.arrive(t, 1, asleep=True)
+    return t
+
+
 def test_a_sparse_flow_rings_on_every_batch():
     m = RxMitigation()
     t = 100.0
@@ -58,11 +74,7 @@ def test_a_fast_flow_rings_once_per_hold_and_never_later():
 
 def test_the_deadline_rings_a_flow_that_stops():
     m = RxMitigation()
-    t = 100.0
-    for _ in range(200):
-        t += 10e-6
-        m.arrive(t, 1, asleep=True)
-    t += 10e-6
+    t = feed(m, 200, 10e-6) + 10e-6
     assert not m.arrive(t, 1, asleep=True) and m.held >= 1
     due = m.deadline
     assert t < due <= t + HOLD
@@ -73,13 +85,7 @@ def test_the_deadline_rings_a_flow_that_stops():
 
 def test_an_arrival_past_the_deadline_rings_even_if_the_loop_was_late():
     m = RxMitigation()
-    t = 100.0
-    for _ in range(400):
-        t += 5e-6
-        m.arrive(t, 1, asleep=True)
-    if m.deadline is None:
-        t += 5e-6
-        assert not m.arrive(t, 1, asleep=True)
+    hold_one(m, feed(m, 400, 5e-6), 5e-6)
     late = m.deadline + 1e-6  # no pass of the loop came in time
     assert m.frames() > m.held + 1
     assert m.arrive(late, 1, asleep=True) and m.deadline is None
@@ -98,13 +104,7 @@ def test_a_burst_in_one_batch_rings_at_once_and_max_frames_caps_the_wait():
 
 def test_an_awake_client_needs_no_bell_and_drops_what_was_held():
     m = RxMitigation()
-    t = 100.0
-    for _ in range(300):
-        t += 5e-6
-        m.arrive(t, 1, asleep=True)
-    if m.deadline is None:  # that one rang: hold the next
-        t += 5e-6
-        assert not m.arrive(t, 1, asleep=True)
+    t = hold_one(m, feed(m, 300, 5e-6), 5e-6)
     assert m.held >= 1 and m.deadline is not None
     assert not m.arrive(t + 1e-6, 3, asleep=False)
     assert m.deadline is None and m.held == 0
