@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 from conftest import FakeClock, net_factory, recv_n, send_raw, wait_until
 from hypothesis import given, settings
@@ -36,7 +37,9 @@ from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 from usnet.channel.events import DefunctReason, EventType, TxDropReason
 from usnet.client import Client
 from usnet.daemon.protocol import ControlError
-from usnet.drivers import FaultInjector, MemWire, PcapTracer
+from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
+from usnet.drivers.block import FrameBlock
+from usnet.nexus import flowswitch
 from usnet.nexus.domain import Domain
 from usnet.nexus.ports import EPHEMERAL
 
@@ -998,3 +1001,56 @@ def test_blocks_meet_every_impairment_of_the_link_frame_by_frame(make_net):
     lost = wire.dropped - before
     assert 0 < lost < 1000 and len(got) == 1000 - lost
     assert got == [p for p in data if p in set(got)]  # in order, none duplicated
+
+
+@st.composite
+def frames_and_blocks(draw) -> list:
+    """A receive batch as a memwire hands it over: frames, and blocks of 1 to 12 frames."""
+    items: list = []
+    for _ in range(draw(st.integers(0, 6))):
+        if draw(st.booleans()):
+            items.append(draw(st.binary(min_size=1, max_size=40)))
+        else:
+            lens = draw(st.lists(st.integers(1, 40), min_size=1, max_size=12))
+            data = np.frombuffer(draw(st.binary(min_size=40 * len(lens), max_size=40 * len(lens))),
+                                 np.uint8).reshape(len(lens), 40).copy()
+            items.append(FrameBlock(data, np.array(lens, np.uint32)))
+    return items
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_and_blocks(), st.integers(0, 13))
+def test_opening_small_blocks_keeps_every_frame_in_order_and_only_small_blocks_open(items, max_rows):
+    out = block.open_small(items, max_rows)
+    assert block.expand(out) == block.expand(items)
+    assert all(len(x) > max_rows for x in out if type(x) is FrameBlock)
+    big = [x for x in items if type(x) is FrameBlock and len(x) > max_rows]
+    assert [x for x in out if type(x) is FrameBlock] == big  # the large ones pass through untouched
+    if not any(type(x) is FrameBlock and len(x) <= max_rows for x in items):
+        assert out is items
+
+
+def test_a_small_block_from_the_wire_is_delivered_and_checked_as_its_frames_would_be(make_net):
+    """Row by row (block.open_small) or column-wise, the switch's verdicts are the same."""
+    n = make_net(start=False)
+    sb = n.c.udp_socket("b", 6000)
+    good = [bytes(Ether(dst=n.swb.netif.mac, src=n.swa.netif.mac) / IP(src=A_IP, dst=B_IP)
+                  / UDP(sport=5000, dport=6000) / (b"%d" % i)) for i in range(3)]
+    to_no_flow = bytes(Ether(dst=n.swb.netif.mac, src=n.swa.netif.mac) / IP(src=A_IP, dst=B_IP)
+                       / UDP(sport=5000, dport=6001) / b"nobody")
+    bad_sum = bytearray(good[0])
+    bad_sum[24] ^= 0xFF  # the IP header checksum no longer holds
+    frames = [good[0], to_no_flow, good[1], bytes(bad_sum), good[2]]
+    width = max(map(len, frames))
+    data = np.zeros((len(frames), width), np.uint8)
+    for i, f in enumerate(frames):
+        data[i, : len(f)] = np.frombuffer(f, np.uint8)
+    blk = FrameBlock(data, np.array([len(f) for f in frames], np.uint32))
+    assert len(blk) <= flowswitch.ROWWISE_MAX
+    for batch in ([blk], frames):
+        before = dict(n.swb.drops)
+        n.swb.netif.driver.recv_batch = lambda max_n, batch=batch: list(batch)
+        assert n.swb.service_rx() == 5
+        assert [p for p, _ in sb.recv_many(8, timeout=0)] == [b"0", b"1", b"2"]
+        assert {k: v - before.get(k, 0) for k, v in n.swb.drops.items() if v != before.get(k, 0)} == \
+            {"rx_no_flow": 1, "rx_malformed": 1}
