@@ -26,6 +26,7 @@ from test_lowlat import POLICY, Net, recv_all
 from usnet.drivers import MemWire
 from usnet.channel.events import EventType, TxDropReason
 from usnet.client import Client
+from usnet.nexus.domain import LL_BITE, Domain
 from usnet.nexus.llcheck import GENERAL_PATH, check_ll_header
 from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
 from usnet.wire.udp import build_udp
@@ -223,3 +224,59 @@ def test_over_a_tap_the_ll_path_writes_header_copy_and_payload_to_a_kernel_socke
         assert sw.counts["tx_ll_zero_copy"] >= 40  # the first may wait for ARP
     finally:
         kernel.close()
+
+
+# -- how long an LL packet waits in the domain's loop ------------------------------------------------------
+
+
+def test_an_ll_datagram_waits_for_one_bite_of_a_general_backlog_and_is_received_at_once():
+    """The loop takes a general flow's backlog in bites (`LL_BITE`) while LL flows are served, with
+    the LL class after each bite; an LL frame for a netif of the same domain is taken off the wire
+    then and there. Driven by hand: the LL sender writes after the first bite."""
+    d = Domain()
+    wire = MemWire(queue_limit=10_000)
+    d.add_netif("a", wire.a, f"{A}/24", link_rate=1e9, ll_share=0.2)
+    d.add_netif("b", wire.b, f"{B}/24")
+    c = Client.local(d)
+    try:
+        sink, gsink = c.udp_socket("b", 6000), c.udp_socket("b", 6001, ring_size=1024, packets=2048)
+        ll = c.udp_socket("a", 5000)
+        gen = c.udp_socket("a", 5001, ring_size=1024, packets=2048)
+        sw = d.switches["a"]
+        gflow = d.channels[gen.channel.id].flow
+        d.set_flow_class("a", d.channels[ll.channel.id].flow.id, "ll")
+        ll.sendto(b"resolve", (B, 6000))
+        for _ in range(20):  # ARP, and the first datagram
+            d.serve_once(0)
+        assert sink.recv_many(8, timeout=0) == [(b"resolve", (A, 5000))]
+        backlog = [i.to_bytes(4, "big") + bytes(600) for i in range(300)]
+        assert gen.send_many(backlog, (B, 6001)) == 300
+        taken_when_ll_left: list[int] = []
+        service_tx, service_ll = sw.service_tx, sw._service_ll
+
+        def first_bite_then_ll(flow, *args, **kw):
+            n = service_tx(flow, *args, **kw)
+            if flow is gflow and not taken_when_ll_left:
+                ll.sendto(b"now", (B, 6000))
+            return n
+
+        def ll_leaves(flow, max_packets):
+            taken_when_ll_left.append(gflow.stats["tx_packets"])
+            return service_ll(flow, max_packets)
+
+        sw.service_tx, sw._service_ll = first_bite_then_ll, ll_leaves
+        d._service_switches()  # one round
+        assert taken_when_ll_left == [LL_BITE]  # it waited for one bite, not the whole batch
+        assert sink.recv_many(8, timeout=0) == [(b"now", (A, 5000))]  # and was received in that round
+        got: list[bytes] = []
+        for _ in range(200):
+            d.serve_once(0)
+            try:
+                got += [p for p, _ in gsink.recv_many(512, timeout=0)]
+            except BlockingIOError:
+                pass
+            if len(got) == 300:
+                break
+        assert got == backlog  # the bites lost and reordered nothing
+    finally:
+        d.stop()

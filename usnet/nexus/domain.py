@@ -36,7 +36,7 @@ from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
 from usnet.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
 from usnet.lowlat.policy import Policy
 from usnet.nexus.flowport import NEXUS, FlowPort
-from usnet.nexus.flowswitch import Flow, FlowSwitch
+from usnet.nexus.flowswitch import TX_BATCH, Flow, FlowSwitch
 from usnet.nexus.leases import LeaseDesk
 from usnet.nexus.netif import Netif
 from usnet.nexus.nexusadv import NetifAdvisory
@@ -49,6 +49,7 @@ log = logging.getLogger("usnet.domain")
 # Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
 # packets, so the kernel's super-segments fit whole, unless the client chose its own.
 _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
+LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
@@ -418,9 +419,12 @@ class Domain:
         receive burst), so an LL packet waits for at most one such piece,
         never for a whole loop of bulk traffic.
         """
+        served = 0
         for sw in self.switches.values():
             if sw.netif.ll_keys:
-                sw.serve_ll()
+                served += sw.serve_ll()
+        if served:
+            self._receive_due()  # an LL frame to a netif of ours (memwire) is taken off the wire now
 
     def _receive_due(self) -> None:
         """Receive now what a device already holds for us without its fd having been seen (a memwire's
@@ -443,13 +447,29 @@ class Domain:
         for sw in self.switches.values():
             for flow in list(sw.flows.values()):
                 if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
-                    sw.service_tx(flow)
-                    if ll:
-                        self._serve_ll()  # a bulk batch is the longest an LL packet waits
+                    self._service_tx(sw, flow, ll)
             sw.flush()
             timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
             timeout = _sooner(timeout, sw.next_timeout())
         return timeout
+
+    def _service_tx(self, sw: FlowSwitch, flow: Flow, ll: bool) -> None:
+        """What `flow` sent, into its switch; beside LL flows (`ll`) in bites, the LL class served after each.
+
+        A bite (`LL_BITE` packets, about 0.1 ms of copying and checking) is
+        then the longest an LL packet waits for general traffic; a flow still
+        gets up to a whole batch (`TX_BATCH`) a round.
+        """
+        if not ll or sw.netif.serves_ll(flow.id):
+            sw.service_tx(flow)
+            return
+        left = TX_BATCH
+        while left > 0:
+            n = sw.service_tx(flow, min(LL_BITE, left))
+            self._serve_ll()
+            if n < LL_BITE or flow.port.suspended:
+                return
+            left -= n
 
     def _publish_advisories(self) -> float | None:
         """Publish the interface advisories that are due; returns how long we may sleep."""
@@ -673,7 +693,7 @@ class Domain:
                 with self.lock:
                     flow.port.clear_need_wakeup()
                     if flow.id in sw.flows:
-                        sw.service_tx(flow)
+                        self._service_tx(sw, flow, bool(sw.netif.ll_keys))
                         if flow.id in sw.netif.ll_keys:
                             if sw.netif.active_ll:
                                 sw.netif.flush()  # what the LL path queued: to the device now, not next round
