@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import digest_of, free_subnet_or_fail, recv_n, tap_name
+from conftest import digest_of, free_subnet_or_fail, recv_n, tap_name, wait_until
 
 from usnet.hostnet import delete_links, link_exists, used_networks
 
@@ -312,6 +312,54 @@ def test_in_process_tap_device_goes_with_the_domain():
 
 
 # -- TCP with the host kernel as the peer (usnet.socket) ---------------------------------------
+
+
+def _kernel_tcp_state(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The host's state for one IPv4 TCP 4-tuple, from /proc/net/tcp (6: TIME_WAIT), or None."""
+    def hexaddr(a: tuple[str, int]) -> str:
+        return f"{int.from_bytes(ipaddress.IPv4Address(a[0]).packed, 'little'):08X}:{a[1]:04X}"
+
+    want = (hexaddr(local), hexaddr(remote))
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return int(fields[3], 16)
+    return None
+
+
+@pytest.mark.privileged
+def test_a_4_tuple_the_host_holds_in_time_wait_connects_again_without_a_retry(tap_domain):
+    """The host closes first, so it keeps each connection's 4-tuple in TIME_WAIT. Eight connections
+    in a row from one local port: each SYN must be taken (RFC 6191: a later ISN and a later TSval
+    than the old connection's), not answered with the old connection's ACK and sent again a second
+    later. Before the ISN and timestamp keys were one per process, about half of them were."""
+    from usnet import socket as us
+    from usnet.client import Client
+
+    d, ifname, usnet_ip, host_ip = tap_domain
+    c = Client.local(d)
+    ls = socket.socket()
+    ls.bind((host_ip, 0))
+    ls.listen()
+    ls.settimeout(30)
+    server = ls.getsockname()
+    port = 0
+    for i in range(8):
+        s = us.socket(client=c, netif=ifname)
+        s.settimeout(30)
+        s.bind((usnet_ip, port))
+        s.connect(server)
+        port = s.getsockname()[1]
+        k, _ = ls.accept()
+        k.close()
+        assert s.recv(1) == b""
+        assert (s._conn.stats.retransmits, s._conn.stats.rto_timeouts) == (0, 0), f"connection {i}"
+        s.close()
+        wait_until(lambda: _kernel_tcp_state(server, (usnet_ip, port)) == 6, 10, "the host's TIME_WAIT")
+        wait_until(lambda: not any(f["local_port"] == port for n in d.status()["netifs"] for f in n["flows"]),
+                   10, "the flow to let its port go")
+    ls.close()
 
 
 def test_usnet_client_fetches_from_the_host_s_http_server(tap_domain, tmp_path):

@@ -405,6 +405,28 @@ def test_port_chooser_callback_and_ephemeral_ports():
         ep2.connect(B, 80, 0.0)
 
 
+
+def _syn(ep: TcpEndpoint, now: float) -> TcpSegment:
+    ((dst, data, _),) = ep.outgoing(now)
+    return parse_tcp(data, 0, None, ep.local_addr, dst)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0, 1e5), st.floats(0.001, 120), st.integers(1, 0xFFFF))
+def test_a_later_connection_on_the_same_4_tuple_has_a_later_isn_and_tsval(t1, gap, port):
+    """Each usnet socket has an endpoint of its own (usnet.engine); a connection on a 4-tuple the
+    peer may still hold in TIME_WAIT must still start after the last one in sequence space and
+    in timestamps, or the peer refuses its SYN (RFC 6191): the keys are the process's."""
+    first = TcpEndpoint(A, port_chooser=lambda addr, p: port)
+    second = TcpEndpoint(A, port_chooser=lambda addr, p: port)
+    first.connect(B, 80, t1)
+    a = _syn(first, t1)
+    second.connect(B, 80, t1 + gap)
+    b = _syn(second, t1 + gap)
+    assert 2 < (b.seq - a.seq) % 2**32 < 2**31  # past the old one's SYN and FIN
+    assert a.tsval is not None and 0 <= (b.tsval - a.tsval) % 2**32 < 2**31
+
+
 # --------------------------------------------------------------------------- timeouts
 
 

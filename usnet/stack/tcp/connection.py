@@ -146,7 +146,7 @@ class TcpConnection:
     def __init__(
         self, local_addr: bytes, local_port: int, remote_addr: bytes, remote_port: int, *,
         now: float, mtu: int = 1500, iss: int | None = None, config: TcpConfig | None = None,
-        **options,
+        ts_offset: int | None = None, **options,
     ) -> None:
         if len(local_addr) not in (4, 16) or len(remote_addr) != len(local_addr):
             raise ValueError("addresses must both be 4 (IPv4) or both 16 (IPv6) bytes")
@@ -186,7 +186,9 @@ class TcpConnection:
             while ws < 14 and (cfg.rcvbuf_max >> ws) > 0xFFFF:
                 ws += 1
         self.rcv_wscale = ws
-        self._ts_off = random.getrandbits(32)
+        # What TSval adds to the millisecond clock. The endpoint gives one per address pair, so a new
+        # connection's timestamps follow the last one's and a peer's TIME_WAIT takes its SYN (RFC 6191).
+        self._ts_off = random.getrandbits(32) if ts_offset is None else ts_offset & MASK
         self.ts_recent = 0
         self._psum = pseudo_sum(self.local_addr, self.remote_addr)
         self.iss = random.getrandbits(32) if iss is None else iss & MASK

@@ -18,6 +18,7 @@ Malformed segments are counted, never raised: they come from the network.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections import deque
 from dataclasses import replace
@@ -68,6 +69,13 @@ class Listener:
         self.accept_queue: deque[TcpConnection] = deque()
 
 
+#: The key of the ISN and timestamp-offset hashes, one per process as a kernel has one per boot. An
+#: application's connections each have their own endpoint (one flow channel each, usnet.engine); with
+#: a key per endpoint, a new connection on a 4-tuple a peer still holds in TIME_WAIT would get a random
+#: ISN and TSval against the old one's, and half the time have its SYN refused for a second (RFC 6191).
+_SECRET = os.urandom(16)
+
+
 class TcpEndpoint:
     """All TCP connections and listeners of one local address (4 or 16 bytes)."""
 
@@ -86,7 +94,7 @@ class TcpEndpoint:
         self.ephemeral = ephemeral
         self.verify = verify_checksum
         self._isn = isn
-        self._secret = random.getrandbits(128).to_bytes(16, "big")
+        self._secret = _SECRET
         self.connections: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
@@ -134,7 +142,8 @@ class TcpEndpoint:
         cfg = replace(config or self.config, **options)
         conn = TcpConnection(
             self.local_addr, local_port, remote_addr, remote_port, now=now, mtu=self.mtu,
-            iss=self._make_isn(remote_addr, remote_port, local_port, now), config=cfg)
+            iss=self._make_isn(remote_addr, remote_port, local_port, now), config=cfg,
+            ts_offset=self._ts_offset(remote_addr))
         self.connections[key] = conn
         conn.connect(now)
         return conn
@@ -158,6 +167,20 @@ class TcpEndpoint:
             raddr + rport.to_bytes(2, "big") + lport.to_bytes(2, "big"),
             key=self._secret, digest_size=4).digest()
         return (int(now * 250_000) + int.from_bytes(h, "big")) & MASK  # RFC 6528: 4 us clock
+
+    def _ts_offset(self, raddr: bytes) -> int:
+        """The timestamp clock's offset towards `raddr`: secret, and the same for every connection to it.
+
+        Random per connection, a new connection's TSval would be older than
+        the last one's half the time; a peer holding that 4-tuple in
+        TIME_WAIT then rejects the SYN (PAWS) and answers with an ACK of the
+        old connection, and the connect waits a second for its SYN's retry.
+        One offset per address pair (as Linux keeps) keeps TSval rising
+        across connections, and still tells a peer nothing of our clock
+        (RFC 7323 section 7.1).
+        """
+        h = hashlib.blake2b(b"tsval" + self.local_addr + raddr, key=self._secret, digest_size=4).digest()
+        return int.from_bytes(h, "big")
 
     # ------------------------------------------------------------------ input
 
@@ -217,7 +240,8 @@ class TcpEndpoint:
             return None
         conn = TcpConnection(
             self.local_addr, seg.dport, src, seg.sport, now=now, mtu=self.mtu,
-            iss=self._make_isn(src, seg.sport, seg.dport, now), config=replace(lst.config))
+            iss=self._make_isn(src, seg.sport, seg.dport, now), config=replace(lst.config),
+            ts_offset=self._ts_offset(src))
         conn.accept_syn(seg, now)
         self.connections[key] = conn
         lst.syn_queue[key] = conn
