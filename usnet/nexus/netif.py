@@ -32,12 +32,14 @@ import numpy as np
 
 from usnet.channel.events import TxDropReason, TxStatus
 from usnet.drivers import block
-from usnet.drivers.base import Driver, GatherFrame, TrackedFrame, random_mac
+from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame, random_mac
 from usnet.drivers.block import FrameBlock
 from usnet.nexus import txsched
 from usnet.nexus.aqm import CoDel
 from usnet.nexus.txsched import LL, SlotScheduler
 from usnet.pool.umd import deadline_passed
+from usnet.wire import ecn
+from usnet.wire.ethernet import ETH_HLEN
 from usnet.wire.ipv4 import ip_bytes
 from usnet.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
 
@@ -111,6 +113,7 @@ class Netif:
         self._enq_total: dict[int, int] = {}
         self._enq_marks: dict[int, deque[tuple[int, float]]] = {}
         self.aqm_dropped = 0  # frames CoDel dropped, all queues
+        self.aqm_marked = 0  # ECN-capable frames CoDel marked CE instead
         self.aqm_drops: dict[int, list[int]] = {}  # per key: [frames, bytes] not yet told to the switch
 
     def serves_ll(self, key: int) -> bool:
@@ -216,6 +219,9 @@ class Netif:
             size = int(head.lens[0]) if type(head) is FrameBlock else len(head)
             if not codel.drop(now - marks[0][1], now, self.queued_bytes[key] - size, self.mtu):
                 return
+            if self._mark_ce(q, head):  # ECN-capable: told by a mark, and it still goes (RFC 3168)
+                self.aqm_marked += 1
+                return
             if type(head) is FrameBlock and len(head) > 1:
                 q[0] = head.rows(slice(1, None))
             else:
@@ -228,6 +234,17 @@ class Netif:
             told[1] += size
             if type(head) is TrackedFrame:
                 self._settle(head, TxStatus.DROPPED, TxDropReason.QUEUE_DELAY)
+
+    @staticmethod
+    def _mark_ce(q: deque, head) -> bool:
+        """Mark the frame at the head of `q` CE if its packet is ECN-capable; False if it is not."""
+        if type(head) is FrameBlock:
+            return ecn.mark_ce(head.data[0], ETH_HLEN)  # the block owns its array
+        buf = bytearray(head)
+        if not ecn.mark_ce(buf, ETH_HLEN):
+            return False
+        q[0] = head.rewrap(buf) if isinstance(head, SegmentedFrame) else bytes(buf)
+        return True
 
     def queued(self, key: int) -> tuple[int, int]:
         q = self.queues.get(key)
@@ -558,7 +575,7 @@ class Netif:
                 "rx_frames": self.rx_frames, "rx_bytes": self.rx_bytes,
                 "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes, "tx_expired": self.tx_expired,
                 "queued": sum(self.queued_frames.values()),
-                "aqm": None if self.aqm is None else {"dropped": self.aqm_dropped},
+                "aqm": None if self.aqm is None else {"dropped": self.aqm_dropped, "marked": self.aqm_marked},
                 "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)(),
                 **({} if self.sched is None else {"txsched": self._sched_info()})}
 
