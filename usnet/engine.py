@@ -29,6 +29,7 @@ from usnet.channel.channel import ChannelError, NoBuffers, PeerGone
 from usnet.client import Client
 from usnet.stack.ip import Datagram, IcmpError, IpLayer, Transmit
 from usnet.stack.tcp import TcpEndpoint, TcpState
+from usnet.wire import ecn
 
 log = logging.getLogger(__name__)
 TCP = 6
@@ -111,7 +112,7 @@ class FlowEngine:
         for ev in events:
             if type(ev) is Datagram:
                 if ev.proto == TCP:
-                    self.tcp.input(ev.src, ev.dst, ev.payload, now)
+                    self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
             elif type(ev) is Transmit:
                 self._backlog.append((ev.packet, 0))
             elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= 8:
@@ -126,11 +127,11 @@ class FlowEngine:
             # here has left TCP's books as sent, so a queue here would read as path
             # delay (RTT, RTO) and retransmit into itself. Held back, it waits in TCP.
             output, local = self.ip.output, self.local
-            for dst, seg, cut in self.tcp.outgoing(now):
+            for dst, seg, cut, ect in self.tcp.outgoing(now):
                 if cut:
-                    out.append((output(TCP, local, dst, seg, now, segmented=True)[0], cut))
+                    out.append((output(TCP, local, dst, seg, now, tos=ect, segmented=True)[0], cut))
                 else:
-                    for pkt in output(TCP, local, dst, seg, now):
+                    for pkt in output(TCP, local, dst, seg, now, tos=ect):
                         out.append((pkt, 0))
         if not out:
             return

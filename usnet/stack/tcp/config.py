@@ -94,6 +94,9 @@ class TcpConfig:
     sack: bool = True
     timestamps: bool = True
     window_scaling: bool = True
+    # RFC 3168 ECN: ask for it when connecting, grant it when a peer's SYN asks (Linux's tcp_ecn=1).
+    # A congested queue that marks (usnet's CoDel does) then slows the sender without a loss.
+    ecn: bool = True
     dupthresh: int = 3
     challenge_ack_limit: int = 100  # per second
 
@@ -107,6 +110,7 @@ class TcpStats:
         "rto_timeouts", "dup_acks", "challenge_acks", "challenge_acks_suppressed",
         "bad_segments", "out_of_window", "paws_rejected", "bad_acks", "ooo_segments",
         "dup_segments", "keepalive_probes", "window_probes", "sack_reneges",
+        "ce_received", "ecn_reductions",
     )
 
     def __init__(self, conn: TcpConnection) -> None:

@@ -72,7 +72,7 @@ from usnet.stack.tcp.reassembly import Reassembly
 from usnet.stack.tcp.rto import RtoEstimator
 from usnet.stack.tcp.scoreboard import Scoreboard
 from usnet.wire.tcp import (
-    ACK, FIN, PSH, RST, SYN, TCP_HLEN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
+    ACK, CWR, ECE, FIN, PSH, RST, SYN, TCP_HLEN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
 )
 
 __all__ = [
@@ -141,6 +141,7 @@ class TcpConnection:
         "_probes", "_ka_probes", "_recovery", "_recover", "_high_rxt", "_lost_limit",
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
+        "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from",
     )
 
     def __init__(
@@ -180,6 +181,11 @@ class TcpConnection:
         self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd)
         self.sb = Scoreboard()
         self.ts_ok = self.sack_ok = self.ws_ok = False
+        self.ecn_ok = False  # RFC 3168 ECN agreed in the handshake
+        self._ece = False  # a CE came: set ECE on what we send until the peer's CWR
+        self._cwr = False  # we slowed down for an ECE: set CWR on the next new data
+        self._ecn_high = 0  # snd_nxt at that slowdown: one a window of data
+        self._new_from = 0  # snd_nxt when `outgoing` began: segments at or past it carry new data
         self.snd_wscale = 0
         ws = 0
         if cfg.window_scaling:
@@ -266,6 +272,7 @@ class TcpConnection:
         self.passive = True
         self.state = SYN_RECEIVED
         self._take_syn(seg)
+        self.ecn_ok = self.cfg.ecn and seg.flags & (ECE | CWR) == ECE | CWR  # an ECN-setup SYN
         self.snd_wnd = self.max_snd_wnd = seg.window  # never scaled in a SYN
         self._syn_pending = True
         self._syn_time = now
@@ -417,6 +424,17 @@ class TcpConnection:
         mss = self.mss
         room = self.cfg.gso_max - _MAX_TCP_HLEN
         self.max_segment = room // mss * mss if room >= 2 * mss else mss
+
+    def ect(self, segment) -> bool:
+        """Whether `segment`, from the last `outgoing`, goes as ECN-capable (ECT(0) in its IP header).
+
+        New data only (RFC 3168 6.1.4-6.1.5): not SYNs, pure ACKs, window
+        probes or retransmissions, whose loss or mark could not be told
+        from the congestion they would report.
+        """
+        if not self.ecn_ok or len(segment) <= (segment[12] >> 4) << 2:
+            return False
+        return ((int.from_bytes(segment[4:8], "big") - self.iss - self._new_from) & MASK) < HALF
 
     def segment_cut(self, segment) -> int:
         """0 for a segment the wire carries as is; for a super-segment, its pieces' payload.
@@ -630,10 +648,21 @@ class TcpConnection:
 
     # ------------------------------------------------------------------ input
 
-    def on_segment(self, seg: TcpSegment, now: float) -> None:
-        """Process one received segment (already parsed and checksum-verified)."""
+    def on_segment(self, seg: TcpSegment, now: float, ce: bool = False) -> None:
+        """Process one received segment (already parsed and checksum-verified).
+
+        `ce`: its IP header carried ECN's Congestion Experienced mark.
+        """
         self.stats.segs_in += 1
         st = self.state
+        if self.ecn_ok and st is not SYN_SENT:
+            if seg.flags & CWR:
+                self._ece = False  # the sender slowed down (a CE in the same segment sets it again)
+            if ce:
+                self.stats.ce_received += 1
+                if not self._ece:
+                    self._ece = True
+                    self._ack_now = True  # tell the sender now, not after a delayed ACK
         if st is SYN_SENT:
             self._rx_syn_sent(seg, now)
         elif st is CLOSED or st is LISTEN:
@@ -704,6 +733,7 @@ class TcpConnection:
         self.snd_wnd = self.max_snd_wnd = seg.window  # never scaled in a SYN
         self.snd_wl1 = 0
         self.snd_wl2 = 1
+        self.ecn_ok = self.cfg.ecn and fl & (ECE | CWR) == ECE  # an ECN-setup SYN-ACK
         self._rtt_sample_syn(seg, now)
         self._t_rtx = INF
         self._established(now)
@@ -837,6 +867,13 @@ class TcpConnection:
         if (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
                 and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
             self._enter_recovery(now)
+        if fl & ECE and self.ecn_ok and self._recovery == _OPEN and self.snd_una > self._ecn_high:
+            # RFC 3168 6.1.2: a mark is a loss without the loss: the window halves, once a window
+            # of data (ECEs about data sent before the cut are the same news again)
+            self.cc.on_congestion(now, self.snd_nxt - self.snd_una)
+            self._ecn_high = self.snd_nxt
+            self._cwr = True
+            stats.ecn_reductions += 1
         # Window update (RFC 9293 §3.10.7.4, SND.WL1/WL2 guard against old segments).
         if self.snd_wl1 < s or (self.snd_wl1 == s and self.snd_wl2 <= a):
             self.snd_wnd = w
@@ -1074,6 +1111,7 @@ class TcpConnection:
 
     def outgoing(self, now: float) -> list[bytes]:
         """Every segment due now: whole TCP segments (header + payload, checksummed)."""
+        self._new_from = self.snd_nxt
         out = self._out
         if out:
             self._out = []
@@ -1135,6 +1173,8 @@ class TcpConnection:
 
     def _segment(self, flags: int, seq: int, payload, now: float) -> bytes:
         """Build an ACK-bearing segment at unwrapped ``seq`` with the current options."""
+        if self._ece:
+            flags |= ECE
         win = self._window_field()
         if self.ts_ok:
             opts = _TSOPT.pack(_TS_MARK, (int(now * 1000) + self._ts_off) & MASK, self.ts_recent)
@@ -1161,13 +1201,13 @@ class TcpConnection:
         cfg = self.cfg
         st = self.state
         if st is SYN_SENT:
-            flags = SYN
+            flags = SYN | ECE | CWR if cfg.ecn else SYN  # an ECN-setup SYN asks for ECN
             ack = 0
             ws = self.rcv_wscale if cfg.window_scaling else None
             sack_ok = cfg.sack
             ts = (self._ts_now(now), 0) if cfg.timestamps else None
         else:
-            flags = SYN | ACK
+            flags = SYN | ACK | ECE if self.ecn_ok else SYN | ACK  # and an ECN-setup SYN-ACK grants it
             ack = (self.irs + 1) & MASK
             ws = self.rcv_wscale if self.ws_ok else None
             sack_ok = self.sack_ok
@@ -1283,6 +1323,9 @@ class TcpConnection:
         if plen > 0:
             if pend == dend:
                 flags |= PSH
+            if self._cwr and not rtx:
+                flags |= CWR  # the first new data after a slowdown for ECE says so
+                self._cwr = False
             payload = memoryview(buf)[start - base : pend - base]
         else:
             plen = 0

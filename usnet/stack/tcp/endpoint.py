@@ -27,6 +27,7 @@ from typing import Callable
 from usnet.stack.tcp.connection import (
     CLOSED, SYN_RECEIVED, TIME_WAIT, TcpConfig, TcpConnection, rst_reply,
 )
+from usnet.wire.ecn import ECT0, NOT_ECT
 from usnet.wire.errors import WireError
 from usnet.wire.tcp import ACK, RST, SYN, TcpChecksumError, parse_tcp, pseudo_sum
 
@@ -98,7 +99,7 @@ class TcpEndpoint:
         self.connections: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
-        self._out: list[tuple[bytes, bytes, int]] = []
+        self._out: list[tuple[bytes, bytes, int, int]] = []
 
     # ------------------------------------------------------------------ user calls
 
@@ -184,8 +185,11 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ input
 
-    def input(self, src: bytes, dst: bytes, data, now: float) -> TcpConnection | None:
-        """One segment from the IP layer; returns the connection it went to, if any."""
+    def input(self, src: bytes, dst: bytes, data, now: float, ce: bool = False) -> TcpConnection | None:
+        """One segment from the IP layer; returns the connection it went to, if any.
+
+        `ce`: its IP header was marked Congestion Experienced (usnet.wire.ecn).
+        """
         stats = self.stats
         stats.segs_in += 1
         try:
@@ -216,7 +220,7 @@ class TcpEndpoint:
                 stats.time_wait_reused += 1
                 del self.connections[key]
             elif st is not CLOSED:
-                conn.on_segment(seg, now)
+                conn.on_segment(seg, now, ce)
                 if conn.passive:
                     self._promote(conn, key, now)
                 return conn
@@ -229,7 +233,7 @@ class TcpEndpoint:
             r = rst_reply(pseudo_sum(self.local_addr, src), seg)
             if r is not None:
                 stats.resets_sent += 1
-                self._out.append((src, r, 0))
+                self._out.append((src, r, 0, NOT_ECT))
             return None
         stats.syn_received += 1
         if len(lst.syn_queue) >= lst.syn_backlog:
@@ -263,11 +267,13 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ output and timers
 
-    def outgoing(self, now: float) -> list[tuple[bytes, bytes, int]]:
-        """Every segment due now, as ``(destination address, TCP segment, cut)``.
+    def outgoing(self, now: float) -> list[tuple[bytes, bytes, int, int]]:
+        """Every segment due now, as ``(destination address, TCP segment, cut, ecn)``.
 
         ``cut`` is 0, or for a super-segment (``TcpConfig.gso_max``) the payload
-        of each segment the layer below must cut it into.
+        of each segment the layer below must cut it into. ``ecn`` is the
+        codepoint for its IP header: ECT(0) for new data on a connection that
+        agreed to ECN, else NOT_ECT (usnet.wire.ecn).
         """
         out = self._out
         self._out = []
@@ -276,13 +282,10 @@ class TcpEndpoint:
             segs = conn.outgoing(now)
             if segs:
                 dst = conn.remote_addr
-                if conn.max_segment > conn.mss:
-                    cut = conn.segment_cut
-                    for s in segs:
-                        out.append((dst, s, cut(s)))
-                else:
-                    for s in segs:
-                        out.append((dst, s, 0))
+                cut = conn.segment_cut if conn.max_segment > conn.mss else None
+                ect = conn.ect if conn.ecn_ok else None
+                for s in segs:
+                    out.append((dst, s, cut(s) if cut else 0, ECT0 if ect and ect(s) else NOT_ECT))
             if conn.state is CLOSED:
                 dead.append(key)
         for key in dead:
