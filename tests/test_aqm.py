@@ -27,9 +27,12 @@ from test_lowlat import recv_all
 from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.daemon import config
 from usnet.drivers import MemWire
+from usnet.drivers.base import SegmentedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.nexus.aqm import INTERVAL, TARGET, CoDel
 from usnet.nexus.netif import Netif
+from usnet.wire import ecn
+from usnet.wire.checksum import checksum
 
 MTU = 1500
 
@@ -83,10 +86,12 @@ class Sink:
 
     def __init__(self) -> None:
         self.frames = 0
+        self.kept: list = []  # what it was given, as given
 
     def send_batch(self, frames) -> int:
         n = sum(len(f) if type(f) is FrameBlock else 1 for f in frames)  # a block counts its frames
         self.frames += n
+        self.kept += frames
         return n
 
     def fileno(self) -> int:
@@ -126,6 +131,36 @@ def test_blocks_lose_single_frames_from_their_head():
     assert netif.aqm_dropped > 0
     assert dev.frames + netif.aqm_dropped + netif.queued(1)[0] == 150
     assert netif.queued(1)[1] == 1000 * netif.queued(1)[0]
+
+
+@pytest.mark.parametrize("shape", ["frames", "block", "super-segments"])
+def test_ecn_capable_frames_are_marked_ce_instead_of_dropped_and_still_verify(shape):
+    from scapy.all import IP, UDP, Ether, raw
+
+    netif, clock, dev = paced()
+    frame = raw(Ether(dst="02:00:00:00:00:02", src=netif.mac) / IP(src="10.0.0.1", dst="10.0.0.2", tos=0x28 | ecn.ECT0)
+                / UDP(sport=5000, dport=6000) / bytes(958))
+    if shape == "block":
+        items = [FrameBlock(np.frombuffer(frame * 200, np.uint8).reshape(200, len(frame)).copy(),
+                            np.full(200, len(frame)))]
+    elif shape == "super-segments":
+        items = [SegmentedFrame(frame, 500) for _ in range(200)]
+    else:
+        items = [frame] * 200
+    netif.enqueue_many(1, items)
+    run_for(netif, clock, 0.5)
+    assert netif.aqm_marked > 0 and netif.aqm_dropped == 0 and not netif.aqm_drops  # told, not cut
+    assert dev.frames + netif.queued(1)[0] == 200
+    if shape == "super-segments":
+        assert all(type(f) is SegmentedFrame and f.gso_size == 500 for f in dev.kept)
+    sent = [bytes(f) for item in dev.kept for f in (item.frames() if type(item) is FrameBlock else [item])]
+    marked = [Ether(f) for f in sent if Ether(f)[IP].tos & 3 == ecn.CE]
+    assert len(marked) == netif.aqm_marked
+    for p in marked:
+        assert p[IP].tos >> 2 == 0x28 >> 2  # DSCP untouched
+        again = p.copy()
+        del again[IP].chksum
+        assert Ether(raw(again))[IP].chksum == p[IP].chksum  # scapy's checksum of the marked header
 
 
 def test_a_sparse_queue_and_the_ll_class_are_never_dropped():
@@ -171,7 +206,7 @@ def test_a_flood_on_a_slow_link_hears_of_its_drops_and_a_sparse_flow_loses_nothi
     assert status.tag == 7 and (status.status, status.reason) in [(TxStatus.SENT, None),
                                                                   (TxStatus.DROPPED, TxDropReason.QUEUE_DELAY)]
     (info,) = [i["netif"] for i in net.d.status()["netifs"] if i["netif"]["name"] == "slow"]
-    assert info["aqm"] == {"dropped": drops}
+    assert info["aqm"] == {"dropped": drops, "marked": 0}  # UDP datagrams are not ECN-capable
 
 
 def test_aqm_is_on_where_a_link_rate_paces_the_netif_unless_configured(tmp_path):
@@ -188,3 +223,74 @@ def test_aqm_is_on_where_a_link_rate_paces_the_netif_unless_configured(tmp_path)
     p.write_text('[[netif]]\nname = "x"\naddress = "10.9.3.1/24"\naqm = "yes"\n')
     with pytest.raises(ValueError):
         config.load(str(p))
+
+
+# -- ECN: marked, not dropped ------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=20, max_size=20), st.sampled_from([4, 6]))
+def test_marking_ce_keeps_the_ipv4_checksum_right_and_leaves_not_ect_alone(header, version):
+    buf = bytearray(header)
+    if version == 4:
+        buf[0] = 0x45
+        buf[10:12] = b"\0\0"
+        buf[10:12] = checksum(bytes(buf)).to_bytes(2, "big")
+    else:
+        buf[0] = 0x60 | buf[0] & 0x0F
+    before = bytes(buf)
+    was = ecn.ecn(buf)
+    assert ecn.mark_ce(buf) == (was != ecn.NOT_ECT)
+    if was == ecn.NOT_ECT:
+        assert bytes(buf) == before  # a router drops it instead
+        return
+    assert ecn.ecn(buf) == ecn.CE
+    changed = [i for i in range(20) if buf[i] != before[i]]
+    if version == 4:
+        assert checksum(bytes(buf)) == 0  # the header still verifies
+        assert set(changed) <= {1, 10, 11} and buf[1] >> 2 == before[1] >> 2  # DSCP untouched
+    else:
+        assert changed == ([1] if was != ecn.CE else []) and buf[1] & 0xCF == before[1] & 0xCF
+
+
+@pytest.mark.privileged
+def test_over_a_paced_tap_codel_marks_usnet_tcp_and_the_kernel_s_echo_slows_it_without_a_loss(tap_domain_paced):
+    """usnet TCP asks the host for ECN (the host grants it: net.ipv4.tcp_ecn=2); 20 MB through the
+    netif paced to 100 Mbit/s builds a standing queue, and CoDel marks instead of dropping."""
+    import hashlib
+    import socket
+    import threading
+
+    from conftest import digest_of
+    from usnet import socket as us
+    from usnet.client import Client
+
+    d, ifname, usnet_ip, host_ip = tap_domain_paced
+    netif = d.switches[ifname].netif
+    size = 20_000_000
+    data = np.random.default_rng(3).bytes(size)
+    ls = socket.socket()
+    ls.bind((host_ip, 0))
+    ls.listen()
+    ls.settimeout(30)
+    got: dict = {}
+
+    def kernel_side() -> None:
+        k, _ = ls.accept()
+        k.settimeout(60)
+        got["n"], got["digest"] = digest_of(k, size)
+        k.close()
+
+    t = threading.Thread(target=kernel_side, daemon=True)
+    t.start()
+    s = us.create_connection(ls.getsockname(), timeout=60, client=Client.local(d), netif=ifname)
+    s.sendall(data)
+    stats = s._conn.stats
+    ecn_ok = s._conn.ecn_ok
+    t.join(60)
+    s.close()
+    ls.close()
+    assert got.get("digest") == hashlib.sha256(data).digest() and got["n"] == size
+    assert ecn_ok
+    assert netif.aqm_marked > 0 and netif.aqm_dropped == 0
+    assert stats.ecn_reductions > 0 and stats.retransmits == 0

@@ -32,7 +32,8 @@ from usnet.stack.tcp import (
     EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR, EV_READABLE, TcpConnection, TcpEndpoint,
     TcpState,
 )
-from usnet.wire.tcp import ACK, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp, tcp_options
+from usnet.wire import ecn
+from usnet.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp, tcp_options
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
@@ -61,13 +62,17 @@ class Net:
         self.heap = []
         self.n = 0
         self.drop = None  # drop(src, seg: TcpSegment) -> bool, for targeted losses
+        self.mark = None  # mark(src, seg) -> bool: an ECN-capable segment arrives marked CE
+        self.ecn_log = []  # (src, TcpSegment, ECN codepoint it was sent with) of every segment
         self.blackhole: set[bytes] = set()  # addresses whose traffic vanishes (both ways)
         self.log = []  # (time, src, TcpSegment) of every segment sent
         self.apps = []  # callables run after every step
 
-    def transmit(self, src, dst, data):
+    def transmit(self, src, dst, data, ect=0):
         seg = parse_tcp(data, 0, None, src, dst)  # our checksum must always be right
         self.log.append((self.now, src, seg))
+        self.ecn_log.append((src, seg, ect))
+        ce = bool(ect) and self.mark is not None and self.mark(src, seg)
         if src in self.blackhole or dst in self.blackhole:
             return
         if self.drop is not None and self.drop(src, seg):
@@ -84,12 +89,12 @@ class Net:
             if r.random() < self.reorder:
                 t += r.random() * 3 * self.delay
             self.n += 1
-            heapq.heappush(self.heap, (t, self.n, src, dst, bytes(data)))
+            heapq.heappush(self.heap, (t, self.n, src, dst, bytes(data), ce))
 
     def flush(self):
         for src, ep in self.eps.items():
-            for dst, data, _ in ep.outgoing(self.now):
-                self.transmit(src, dst, data)
+            for dst, data, _, ect in ep.outgoing(self.now):
+                self.transmit(src, dst, data, ect)
 
     def step(self) -> bool:
         for app in self.apps:
@@ -101,8 +106,8 @@ class Net:
             return False
         self.now = max(self.now, min(ts))
         while self.heap and self.heap[0][0] <= self.now:
-            _, _, src, dst, data = heapq.heappop(self.heap)
-            self.eps[dst].input(src, dst, data, self.now)
+            _, _, src, dst, data, ce = heapq.heappop(self.heap)
+            self.eps[dst].input(src, dst, data, self.now, ce)
         for ep in self.eps.values():
             ep.on_timer(self.now)
         for app in self.apps:
@@ -218,7 +223,13 @@ def inject(net, src_conn, dst_conn, flags, seq, ack, payload=b"", window=1000, t
     data = build_tcp(src, dst, src_conn.local_port, dst_conn.local_port, seq, ack, flags, window,
                      payload, 0, opts)
     net.eps[dst].input(src, dst, data, net.now)
-    return [parse_tcp(x, 0, None, dst, src) for d, x, _ in net.eps[dst].outgoing(net.now)]
+    return [parse_tcp(x, 0, None, dst, src) for d, x, _, _ in net.eps[dst].outgoing(net.now)]
+
+
+
+def base(flags: int) -> int:
+    """The flags less ECN's (a handshake asks for ECN by default: TcpConfig.ecn)."""
+    return flags & ~(ECE | CWR)
 
 
 # --------------------------------------------------------------------------- handshake and data
@@ -230,9 +241,11 @@ def test_handshake_and_data_both_ways():
     assert c.state is ESTABLISHED and s.state is ESTABLISHED
     assert c.take_events() & EV_CONNECTED and s.take_events() & EV_CONNECTED
     assert c.ts_ok and c.sack_ok and c.ws_ok and s.ts_ok and s.sack_ok
-    syn = net.sent_by(A, lambda x: x.flags == SYN)[0][1]
-    synack = net.sent_by(B, lambda x: x.flags == SYN | ACK)[0][1]
+    syn = net.sent_by(A, lambda x: base(x.flags) == SYN)[0][1]
+    synack = net.sent_by(B, lambda x: base(x.flags) == SYN | ACK)[0][1]
     assert syn.mss == 1460 and syn.sack_ok and syn.wscale is not None and syn.tsval is not None
+    assert syn.flags & (ECE | CWR) == ECE | CWR and synack.flags & (ECE | CWR) == ECE  # ECN asked, granted
+    assert c.ecn_ok and s.ecn_ok
     assert synack.ack == (syn.seq + 1) & MASK and synack.mss == 1460
     c.send(b"hello from a")
     s.send(b"hello from b")
@@ -315,8 +328,9 @@ def test_simultaneous_open():
     net.run(lambda: c.state is ESTABLISHED and d.state is ESTABLISHED, limit=10)
     # each side sent a SYN, then a SYN-ACK carrying its own SYN again
     for src in (A, B):
-        flags = [x.flags for _, x in net.sent_by(src) if x.flags & SYN]
+        flags = [base(x.flags) for _, x in net.sent_by(src) if x.flags & SYN]
         assert flags[:2] == [SYN, SYN | ACK]
+    assert not c.ecn_ok and not d.ecn_ok  # RFC 3168 sets ECN up in a SYN and its SYN-ACK only
     c.send(b"ping")
     d.send(b"pong")
     net.run(lambda: c.rcv_queued and d.rcv_queued, limit=5)
@@ -362,7 +376,7 @@ def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue():
         net.flush()
     net.blackhole.clear()
     for (t, src, seg) in list(net.log):
-        if src == A and seg.flags == SYN:
+        if src == A and base(seg.flags) == SYN:
             data = build_tcp(A, B, seg.sport, seg.dport, seg.seq, 0, SYN, 1000, b"", 0,
                              tcp_options(mss=1460))
             net.b.input(A, B, data, net.now)
@@ -372,9 +386,9 @@ def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue():
 def test_lost_synack_is_sent_again():
     net = Net()
     lost = []
-    net.drop = lambda src, seg: seg.flags == SYN | ACK and not lost and not lost.append(1)
+    net.drop = lambda src, seg: base(seg.flags) == SYN | ACK and not lost and not lost.append(1)
     c, s = net.pair()
-    assert lost and len(net.sent_by(B, lambda x: x.flags == SYN | ACK)) == 2
+    assert lost and len(net.sent_by(B, lambda x: base(x.flags) == SYN | ACK)) == 2
     assert net.now == pytest.approx(1.0, abs=0.05)  # one initial RTO
     assert s.state is ESTABLISHED and c.stats.srtt is not None
 
@@ -407,7 +421,7 @@ def test_port_chooser_callback_and_ephemeral_ports():
 
 
 def _syn(ep: TcpEndpoint, now: float) -> TcpSegment:
-    ((dst, data, _),) = ep.outgoing(now)
+    ((dst, data, _, _),) = ep.outgoing(now)
     return parse_tcp(data, 0, None, ep.local_addr, dst)
 
 
@@ -425,6 +439,83 @@ def test_a_later_connection_on_the_same_4_tuple_has_a_later_isn_and_tsval(t1, ga
     b = _syn(second, t1 + gap)
     assert 2 < (b.seq - a.seq) % 2**32 < 2**31  # past the old one's SYN and FIN
     assert a.tsval is not None and 0 <= (b.tsval - a.tsval) % 2**32 < 2**31
+
+
+
+# --------------------------------------------------------------------------- ECN (RFC 3168)
+
+
+def marked_transfer(mark_at: list[int], size: int = 2_000_000, **kw):
+    """`size` bytes from a to b at 12.5 MB/s; the i-th ECN-capable data segment a sends, for i in
+    `mark_at`, arrives marked CE. Returns the net, both connections and what b read."""
+    net = Net(delay=0.01, rate=12.5e6, **kw)
+    c, s = net.pair()
+    ect_sent = []
+
+    def mark(src, seg):
+        if src != net.A or not len(seg.payload):
+            return False
+        ect_sent.append(seg)
+        return len(ect_sent) - 1 in mark_at
+
+    net.mark = mark
+    data = random.Random(5).randbytes(size)
+    _, sink = transfer(net, c, s, data)
+    net.run(lambda: len(sink.buf) == size and c.state is not ESTABLISHED, limit=60)
+    assert bytes(sink.buf) == data
+    return net, c, s
+
+
+def test_a_ce_mark_halves_the_window_once_a_window_and_loses_nothing():
+    net, c, s = marked_transfer([200, 201, 202, 203])  # four marks in one window
+    assert s.stats.ce_received == 4
+    assert c.stats.ecn_reductions == 1  # the same news four times: one cut
+    assert c.stats.retransmits == 0 and c.stats.rto_timeouts == 0  # and nothing was lost for it
+    net, c, s = marked_transfer([200, 900])  # windows apart: two cuts
+    assert c.stats.ecn_reductions == 2 and c.stats.retransmits == 0
+
+
+def test_ece_is_echoed_until_the_sender_s_cwr_and_only_new_data_is_ecn_capable():
+    net, c, s = marked_transfer([300])
+    log = net.ecn_log
+    # the sender: SYN, pure ACKs and the FIN-only segment go NOT_ECT, every data segment ECT(0)
+    assert all(ect == ecn.ECT0 for src, seg, ect in log if src == net.A and len(seg.payload))
+    assert all(ect == ecn.NOT_ECT for src, seg, ect in log if not len(seg.payload))
+    # the receiver's ACKs carry ECE from the mark until the first data segment with CWR arrives
+    sent = [(i, seg) for i, (src, seg, _) in enumerate(log) if src == net.A and len(seg.payload)]
+    (cwr,) = [i for i, seg in sent if seg.flags & CWR]
+    marked_at = sent[300][0]
+    assert cwr > marked_at
+    acks = [(i, bool(seg.flags & ECE)) for i, (src, seg, _) in enumerate(log) if src == net.B and not seg.flags & SYN]
+    run = [k for k, (_, ece) in enumerate(acks) if ece]
+    assert run and acks[run[0]][0] > marked_at  # from the first ACK after the mark
+    assert run == list(range(run[0], run[-1] + 1))  # on every ACK, in one run
+    assert acks[run[-1]][0] > cwr and not acks[-1][1]  # until the CWR (on its way meanwhile), and no longer
+
+
+def test_retransmissions_are_never_ecn_capable():
+    net = Net(delay=0.01, rate=12.5e6, loss=0.02, seed=9)
+    c, s = net.pair()
+    data = random.Random(6).randbytes(500_000)
+    _, sink = transfer(net, c, s, data)
+    net.run(lambda: len(sink.buf) == len(data), limit=120)
+    assert c.stats.retransmits > 0
+    seen: set[int] = set()
+    for src, seg, ect in net.ecn_log:
+        if src == net.A and len(seg.payload):
+            assert ect == (ecn.NOT_ECT if seg.seq in seen else ecn.ECT0)
+            seen.add(seg.seq)
+
+
+@pytest.mark.parametrize("a_ecn, b_ecn", [(True, False), (False, True), (False, False)])
+def test_ecn_is_used_only_when_both_ends_agree(a_ecn, b_ecn):
+    net = Net(a_opts={"ecn": a_ecn}, b_opts={"ecn": b_ecn})
+    c, s = net.pair()
+    assert not c.ecn_ok and not s.ecn_ok
+    c.send(b"x" * 5000)
+    net.run(lambda: s.rcv_queued == 5000, limit=5)
+    assert all(ect == ecn.NOT_ECT for _, _, ect in net.ecn_log)
+    assert not any(seg.flags & (ECE | CWR) for _, seg, _ in net.ecn_log if not seg.flags & SYN)
 
 
 # --------------------------------------------------------------------------- timeouts
@@ -467,7 +558,7 @@ def test_syn_retries_then_timeout():
     c = net.a.connect(B, 80, 0.0)
     net.run(lambda: c.state is CLOSED, limit=60)
     assert isinstance(c.error, TimeoutError)
-    times = [t for t, seg in net.sent_by(A, lambda x: x.flags == SYN)]
+    times = [t for t, seg in net.sent_by(A, lambda x: base(x.flags) == SYN)]
     assert times == pytest.approx([0, 1, 3, 7])
     assert net.now == pytest.approx(15)
 
@@ -596,7 +687,7 @@ def test_nagle_holds_small_segments_until_acked_and_nodelay_does_not():
         c, s = net.pair()
         for ch in (b"a", b"b", b"c"):
             c.send(ch)
-            for dst, data, _ in net.a.outgoing(net.now):
+            for dst, data, _, _ in net.a.outgoing(net.now):
                 net.transmit(A, dst, data)
         sent = net.sent_by(A, data_seg)
         assert len(sent) == expected
@@ -831,7 +922,7 @@ def _established_server(rcvbuf=1 << 20):
     irs = 0xFFFFF000  # close to the wrap, so the stream crosses it
     s.accept_syn(TcpSegment(4321, 80, irs, 0, SYN, 65535, mss=1460, wscale=7, sack_ok=True), 0.0)
     synack = parse_tcp(s.outgoing(0.0)[0], 0, None, B, A)
-    assert synack.flags == SYN | ACK
+    assert base(synack.flags) == SYN | ACK
     s.on_segment(TcpSegment(4321, 80, (irs + 1) & MASK, (synack.seq + 1) & MASK, ACK, 512), 0.01)
     assert s.state is ESTABLISHED
     return s, (irs + 1) & MASK
@@ -916,7 +1007,7 @@ def test_hostile_segments_at_the_endpoint_never_raise_and_are_counted(data):
         assert ep.stats.segs_in == before + 1
         if sport == 0 or dport == 0:
             assert ep.stats.bad_header + ep.stats.bad_checksum >= 1
-        for dst, x, _ in ep.outgoing(net.now):
+        for dst, x, _, _ in ep.outgoing(net.now):
             parse_tcp(x, 0, None, B, dst)  # whatever we answer is well-formed
         net.run_for(0.01)
     assert all(k[1] and k[2] for k in ep.connections)  # no connection was made for port 0
