@@ -426,6 +426,10 @@ class Domain:
         if served:
             self._receive_due()  # an LL frame to a netif of ours (memwire) is taken off the wire now
 
+    def _serves_ll(self) -> bool:
+        """Whether any netif has LL flows: `_serve_ll` serves them all, from any point of the loop."""
+        return any(sw.netif.ll_keys for sw in self.switches.values())
+
     def _receive_due(self) -> None:
         """Receive now what a device already holds for us without its fd having been seen (a memwire's
         frames in flight): after an LL send, the frame it may have made due waits for no round."""
@@ -437,7 +441,7 @@ class Domain:
         """One round of data-path work on every flow switch; returns how long we may sleep."""
         timeout: float | None = None
         self._serve_ll()
-        ll = any(sw.netif.ll_keys for sw in self.switches.values())
+        ll = self._serves_ll()
         for sw in self.switches.values():  # receive first: a frame in hand waits for no bulk batch
             sw.service_timers()
             if sw.netif.driver.timeout() is not None:
@@ -693,7 +697,7 @@ class Domain:
                 with self.lock:
                     flow.port.clear_need_wakeup()
                     if flow.id in sw.flows:
-                        self._service_tx(sw, flow, bool(sw.netif.ll_keys))
+                        self._service_tx(sw, flow, self._serves_ll())
                         if flow.id in sw.netif.ll_keys:
                             if sw.netif.active_ll:
                                 sw.netif.flush()  # what the LL path queued: to the device now, not next round
