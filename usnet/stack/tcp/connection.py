@@ -184,7 +184,7 @@ class TcpConnection:
         self.ecn_ok = False  # RFC 3168 ECN agreed in the handshake
         self._ece = False  # a CE came: set ECE on what we send until the peer's CWR
         self._cwr = False  # we slowed down for an ECE: set CWR on the next new data
-        self._ecn_high = 0  # snd_nxt at that slowdown: one a window of data
+        self._ecn_high = 0  # snd_nxt at that slowdown: at most one a window of data
         self._new_from = 0  # snd_nxt when `outgoing` began: segments at or past it carry new data
         self.snd_wscale = 0
         ws = 0
