@@ -147,6 +147,35 @@ def digest_of(sock, n: int) -> tuple[int, bytes]:
     return got, h.digest()
 
 
+@contextlib.contextmanager
+def kernel_server(host: str, serve, timeout: float = 60.0):
+    """The host kernel's TCP as the peer: a listener on `host` (IPv4 or IPv6) whose first accepted
+    connection `serve(sock, peer) -> dict` handles in a thread. Yields (address, result); on leaving
+    the block the thread is joined and `result` holds what `serve` returned."""
+    import socket
+    import threading
+
+    ls = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind((host, 0))
+    ls.listen()
+    ls.settimeout(timeout)
+    result: dict = {}
+
+    def run() -> None:
+        k, peer = ls.accept()
+        k.settimeout(timeout)
+        with k:
+            result.update(serve(k, peer))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()[:2], result
+        t.join(timeout)
+    finally:
+        ls.close()
+
+
 # -- TAP devices for the privileged tests -----------------------------------------------------------
 
 _seq = itertools.count()

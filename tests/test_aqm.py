@@ -258,10 +258,8 @@ def test_over_a_paced_tap_codel_marks_usnet_tcp_and_the_kernel_s_echo_slows_it_w
     """usnet TCP asks the host for ECN (the host grants it: net.ipv4.tcp_ecn=2); 20 MB through the
     netif paced to 100 Mbit/s builds a standing queue, and CoDel marks instead of dropping."""
     import hashlib
-    import socket
-    import threading
 
-    from conftest import digest_of
+    from conftest import digest_of, kernel_server
     from usnet import socket as us
     from usnet.client import Client
 
@@ -269,27 +267,11 @@ def test_over_a_paced_tap_codel_marks_usnet_tcp_and_the_kernel_s_echo_slows_it_w
     netif = d.switches[ifname].netif
     size = 20_000_000
     data = np.random.default_rng(3).bytes(size)
-    ls = socket.socket()
-    ls.bind((host_ip, 0))
-    ls.listen()
-    ls.settimeout(30)
-    got: dict = {}
-
-    def kernel_side() -> None:
-        k, _ = ls.accept()
-        k.settimeout(60)
-        got["n"], got["digest"] = digest_of(k, size)
-        k.close()
-
-    t = threading.Thread(target=kernel_side, daemon=True)
-    t.start()
-    s = us.create_connection(ls.getsockname(), timeout=60, client=Client.local(d), netif=ifname)
-    s.sendall(data)
-    stats = s._conn.stats
-    ecn_ok = s._conn.ecn_ok
-    t.join(60)
+    with kernel_server(host_ip, lambda k, _: dict(zip(("n", "digest"), digest_of(k, size)))) as (addr, got):
+        s = us.create_connection(addr, timeout=60, client=Client.local(d), netif=ifname)
+        s.sendall(data)
+        stats, ecn_ok = s._conn.stats, s._conn.ecn_ok
     s.close()
-    ls.close()
     assert got.get("digest") == hashlib.sha256(data).digest() and got["n"] == size
     assert ecn_ok
     assert netif.aqm_marked > 0 and netif.aqm_dropped == 0

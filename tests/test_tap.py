@@ -21,12 +21,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import digest_of, free_subnet_or_fail, recv_n, tap_name, wait_until
+from conftest import digest_of, free_subnet_or_fail, kernel_server, recv_n, tap_name, wait_until
 
 from usnet.hostnet import delete_links, link_exists, used_networks
 
@@ -444,27 +443,17 @@ def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
     d, ifname, usnet_ip, host_ip = tap_domain
     size = 50_000_000
     up, down = os.urandom(size), os.urandom(size)
-    ls = socket.socket()
-    ls.bind((host_ip, 0))
-    ls.listen()
-    ls.settimeout(30)
-    result: dict = {}
 
-    def kernel_side() -> None:
-        k, _ = ls.accept()
-        k.settimeout(60)
-        result["digest"] = digest_of(k, size)[1]
+    def kernel_side(k, _) -> dict:
+        digest = digest_of(k, size)[1]
         k.sendall(down)
-        k.close()
+        return {"digest": digest}
 
-    t = threading.Thread(target=kernel_side, daemon=True)
-    t.start()
-    s = us.create_connection(ls.getsockname(), timeout=60, client=Client.local(d), netif=ifname)
-    s.sendall(up)
-    n, digest = digest_of(s, size)
-    s.close()
-    t.join(60)
-    ls.close()
+    with kernel_server(host_ip, kernel_side) as (addr, result):
+        s = us.create_connection(addr, timeout=60, client=Client.local(d), netif=ifname)
+        s.sendall(up)
+        n, digest = digest_of(s, size)
+        s.close()
     assert result.get("digest") == hashlib.sha256(up).digest()
     assert n == size and digest == hashlib.sha256(down).digest()
     stats = d.switches[ifname].netif.driver.stats

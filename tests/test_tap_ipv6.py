@@ -19,7 +19,7 @@ import subprocess
 import threading
 
 import pytest
-from conftest import digest_of
+from conftest import digest_of, kernel_server
 from conftest import free_subnet_or_fail, tap_name
 
 from usnet.hostnet import delete_links
@@ -56,30 +56,19 @@ def test_usnet_socket_and_kernel_tcp_socket_exchange_4_mb_each_way_over_ipv6(tap
     d, ifname, usnet_ip6, host_ip6 = tap_domain6
     size = 4_000_000
     up, down = os.urandom(size), os.urandom(size)
-    ls = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    ls.bind((host_ip6, 0))
-    ls.listen()
-    ls.settimeout(20)
-    result: dict = {}
 
-    def kernel_side() -> None:
-        k, addr = ls.accept()
-        result["peer"] = addr
-        k.settimeout(20)
-        result["digest"] = digest_of(k, size)[1]
+    def kernel_side(k, peer) -> dict:
+        digest = digest_of(k, size)[1]
         k.sendall(down)
-        k.close()
+        return {"peer": peer, "digest": digest}
 
-    t = threading.Thread(target=kernel_side, daemon=True)
-    t.start()
-    s = us.create_connection(ls.getsockname()[:2], timeout=20, client=Client.local(d), netif=ifname)
-    assert s.family == us.AF_INET6 and s.getpeername() == (host_ip6, ls.getsockname()[1], 0, 0)
-    s.sendall(up)
-    n, digest = digest_of(s, size)
-    name = s.getsockname()
-    s.close()
-    t.join(20)
-    ls.close()
+    with kernel_server(host_ip6, kernel_side, timeout=20) as (addr, result):
+        s = us.create_connection(addr, timeout=20, client=Client.local(d), netif=ifname)
+        assert s.family == us.AF_INET6 and s.getpeername() == (host_ip6, addr[1], 0, 0)
+        s.sendall(up)
+        n, digest = digest_of(s, size)
+        name = s.getsockname()
+        s.close()
     assert result.get("digest") == hashlib.sha256(up).digest()
     assert n == size and digest == hashlib.sha256(down).digest()
     assert result["peer"][:2] == name[:2] == (usnet_ip6, name[1])
