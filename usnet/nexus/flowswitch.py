@@ -72,8 +72,8 @@ _FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
 _IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, protocol, src, dst
 _IP6FIX = struct.Struct("!4xHBx16s16s")  # payload length, next header, src, dst
 ICMP, TCP, UDP = 1, 6, 17
-_ICMP_ERRORS = frozenset((3, 4, 11, 12))  # unreachable, source quench, time exceeded, parameter problem
-_ICMP6_ERRORS = frozenset((1, 2, 3, 4))  # unreachable, packet too big, time exceeded, parameter problem
+# the ICMP errors passed on to the flow whose packet they quote (its stack judges them further)
+_ICMP_ERRORS = frozenset((wicmp.DEST_UNREACH, wicmp.SOURCE_QUENCH, wicmp.TIME_EXCEEDED, wicmp.PARAM_PROBLEM))
 TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
@@ -570,7 +570,7 @@ class FlowSwitch:
             self.counts["icmp6_echo"] += 1
             reply = wicmp6.build_echo6(wicmp6.ECHO_REPLY, ident, seq, f[body:end], dst, src)
             self._send_ip6(0, dst, src, ICMPV6, reply, now)
-        elif typ in _ICMP6_ERRORS and dst == self.netif.ip6:
+        elif typ in wicmp6.ERRORS and dst == self.netif.ip6:
             self._icmp_error_to(self._quoted_flow6(f, body, end), f[ETH_HLEN:end], per_flow)
         else:
             self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them

@@ -116,7 +116,7 @@ _UNREACH6_ERRNO = {
     0: _errno.ENETUNREACH, 1: _errno.EACCES, 2: _errno.EHOSTUNREACH, 3: _errno.EHOSTUNREACH,
     4: _errno.ECONNREFUSED, 5: _errno.EACCES, 6: _errno.EACCES,
 }
-_ICMP4_PARAM_PROBLEM = 12
+_ICMP4_ERRORS = (_i4.DEST_UNREACH, _i4.TIME_EXCEEDED, _i4.PARAM_PROBLEM)  # the ones a socket hears of
 _ICMP4_ERROR_TYPES = frozenset((3, 4, 5, 11, 12))
 _PORTED = frozenset((6, 17, 33, 132, 136))  # TCP, UDP, DCCP, SCTP, UDP-Lite: ports first
 
@@ -627,13 +627,18 @@ def icmp4_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None
         typ, code, _id, _seq, q = _i4.parse_icmp(packet, ihl, total - ihl)
     except (WireError, struct.error):
         return None
-    if typ not in (_i4.DEST_UNREACH, _i4.TIME_EXCEEDED, _ICMP4_PARAM_PROBLEM):
+    if typ not in _ICMP4_ERRORS:
         return None
-    quoted = _quote4(packet[:total], q)
+    return _quoted_error(_icmp4_errno(typ, code), _quote4(packet[:total], q))
+
+
+def _quoted_error(err: int, quoted) -> tuple[int, int, bytes, int, bytes, int] | None:
+    """`icmp4_error`'s answer from the errno and the quote (`_quote4`, `_quote6`): None if the
+    quote is bad or names no ports."""
     if quoted is None or quoted[3] is None:
         return None
     qproto, qsrc, qdst, sport, dport = quoted[:5]
-    return _icmp4_errno(typ, code), qproto, qsrc, sport, qdst, dport
+    return err, qproto, qsrc, sport, qdst, dport
 
 
 def _icmp4_errno(typ: int, code: int) -> int:
@@ -677,13 +682,9 @@ def icmp6_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None
         typ, code, _hi, _lo, q = _i6.parse_icmpv6(packet, IPV6_HLEN, plen, src, dst)
     except (WireError, struct.error):
         return None
-    if typ not in (_i6.DEST_UNREACH, _i6.PACKET_TOO_BIG, _i6.TIME_EXCEEDED, _i6.PARAM_PROBLEM):
+    if typ not in _i6.ERRORS:
         return None
-    quoted = _quote6(packet[: IPV6_HLEN + plen], q)
-    if quoted is None or quoted[3] is None:
-        return None
-    qproto, qsrc, qdst, sport, dport = quoted[:5]
-    return _icmp6_errno(typ, code), qproto, qsrc, sport, qdst, dport
+    return _quoted_error(_icmp6_errno(typ, code), _quote6(packet[: IPV6_HLEN + plen], q))
 
 
 def _icmp6_errno(typ: int, code: int) -> int:
@@ -964,7 +965,7 @@ class IpLayer:
             reply = _i4.build_echo(_i4.ECHO_REPLY, hi, lo, payload[8:])
             self._answer_echo("icmp4", ICMP, self._local4, src, dst, reply, now, ev)
             return
-        if typ in (_i4.DEST_UNREACH, _i4.TIME_EXCEEDED, _ICMP4_PARAM_PROBLEM):
+        if typ in _ICMP4_ERRORS:
             self._icmp4_error(typ, code, lo, src, payload, now, ev)
             return
         if typ in _ICMP4_ERROR_TYPES:  # source quench, redirect
@@ -1031,7 +1032,7 @@ class IpLayer:
             self._answer_echo("icmp6", ICMPV6, self._local6, src, dst, reply, now, ev)
             return
         if typ < 128:
-            if typ <= _i6.PARAM_PROBLEM and typ:
+            if typ in _i6.ERRORS:
                 self._icmp6_error(typ, code, (hi << 16) | lo, src, payload, now, ev)
             else:
                 c["icmp6_ignored"] += 1

@@ -23,16 +23,18 @@ from usnet.wire.errors import WireError, readable
 
 __all__ = [
     "DEST_UNREACH", "ECHO_REPLY", "ECHO_REQUEST", "FRAG_NEEDED", "HOST_UNREACH", "ICMP_HLEN",
-    "NET_UNREACH", "PORT_UNREACH", "PROTO_UNREACH", "TIME_EXCEEDED", "build_dest_unreach",
-    "build_echo", "build_icmp", "parse_icmp",
+    "NET_UNREACH", "PARAM_PROBLEM", "PORT_UNREACH", "PROTO_UNREACH", "SOURCE_QUENCH", "TIME_EXCEEDED",
+    "build_dest_unreach", "build_echo", "build_icmp", "parse_icmp",
 ]
 
 ICMP_HLEN = 8
 
 ECHO_REPLY = 0
 DEST_UNREACH = 3
+SOURCE_QUENCH = 4
 ECHO_REQUEST = 8
 TIME_EXCEEDED = 11
+PARAM_PROBLEM = 12
 
 # DEST_UNREACH codes
 NET_UNREACH = 0

@@ -57,7 +57,7 @@ __all__ = [
     "ADDR_UNREACH", "ADMIN_PROHIBITED", "DEST_UNREACH", "ECHO_REPLY", "ECHO_REQUEST",
     "ICMPV6_HLEN", "NA_OVERRIDE", "NA_ROUTER", "NA_SOLICITED", "NEIGHBOR_ADVERT",
     "NEIGHBOR_SOLICIT", "NO_ROUTE", "OPT_MTU", "OPT_PREFIX_INFO", "OPT_SOURCE_LLADDR",
-    "OPT_TARGET_LLADDR", "PACKET_TOO_BIG", "PARAM_PROBLEM", "PORT_UNREACH", "REDIRECT",
+    "ERRORS", "OPT_TARGET_LLADDR", "PACKET_TOO_BIG", "PARAM_PROBLEM", "PORT_UNREACH", "REDIRECT",
     "ROUTER_ADVERT", "ROUTER_SOLICIT", "TIME_EXCEEDED", "build_echo6", "build_error6",
     "build_icmpv6", "build_na", "build_nd_option", "build_ns", "build_packet_too_big",
     "build_ra", "build_rs", "find_option", "is_error6", "parse_icmpv6", "parse_mtu_option",
@@ -78,6 +78,7 @@ ROUTER_ADVERT = 134
 NEIGHBOR_SOLICIT = 135
 NEIGHBOR_ADVERT = 136
 REDIRECT = 137
+ERRORS = frozenset((DEST_UNREACH, PACKET_TOO_BIG, TIME_EXCEEDED, PARAM_PROBLEM))  # the error types RFC 4443 defines
 
 # DEST_UNREACH codes
 NO_ROUTE = 0
