@@ -563,7 +563,10 @@ class Domain:
         """Publish the interface advisories that are due; returns how long we may sleep."""
         timeout: float | None = None
         for adv in self.advisories.values():
-            timeout = _sooner(timeout, adv.poll(adv.netif.clock()))
+            try:
+                timeout = _sooner(timeout, adv.poll(adv.netif.clock()))
+            except Exception as e:
+                self._log_fault(f"advisory of {adv.netif.name}", e)
         return timeout
 
     def _idle_flows(self) -> bool:
@@ -625,8 +628,12 @@ class Domain:
             pass
 
     def kick(self, ref: ChannelRef) -> None:
+        """Serve one end's pool side; behind its barrier (an in-process client calls this itself)."""
         with ref.pipe.lock:
-            ref.pipe.sync(ref.role)
+            try:
+                ref.pipe.sync(ref.role)
+            except Exception as e:
+                self._fault_channel(ref.pipe, ref.role, "kick", e)
 
     def kick_channel(self, cid: int) -> None:
         """The data-path nudge of an in-process channel: a method call, no system call."""
@@ -944,7 +951,7 @@ class Domain:
             sw, flow = obj
             with self.lock:
                 flow.port.clear_need_wakeup()
-                if flow.id in sw.flows:
+                if flow.id in sw.flows and flow.port.pipe.defunct_reason is None:
                     self._service_tx(sw, flow, self._serves_ll())
                     if flow.id in sw.netif.ll_keys:
                         if sw.netif.active_ll:

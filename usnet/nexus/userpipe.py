@@ -336,8 +336,9 @@ class UserPipe:
                 self.pool.reclaim(end.alloc_mirror[untaken].astype(np.int64))
             end.taken = end.alloc.prod
         end.closed = True
-        self.schema_words[W_STATE + role] = ChannelState.DEFUNCT
-        self.schema_words[W_REASON + role] = DefunctReason.CLOSED
+        if self.schema_words[W_STATE + role] != ChannelState.DEFUNCT:  # a defunct end keeps its reason
+            self.schema_words[W_STATE + role] = ChannelState.DEFUNCT
+            self.schema_words[W_REASON + role] = DefunctReason.CLOSED
         other = self.ends[1 - role]
         if other.attached and not other.closed and self.defunct_reason is None:
             other.events.post(EventType.PEER_CLOSED)
