@@ -108,7 +108,7 @@ def test_sender_killed_mid_transfer(domain):
     x = c.open_pipe("bystander")
     y = c.open_pipe("bystander")
     rx = c.open_pipe("victim")
-    pipe = domain.pipes["victim"]
+    pipe = domain.pipe("victim")
     peer = Peer(domain, "sender", "victim")
     try:
         peer.wait_ready()
@@ -141,7 +141,7 @@ def test_receiver_killed_mid_transfer(domain):
     x = c.open_pipe("bystander")
     y = c.open_pipe("bystander")
     tx = c.open_pipe("victim")
-    pipe = domain.pipes["victim"]
+    pipe = domain.pipe("victim")
     peer = Peer(domain, "receiver", "victim")
     try:
         first = tx.alloc(64)
@@ -200,7 +200,7 @@ def test_new_pipe_after_crash_works(domain):
 def test_survivor_that_saw_more_than_it_took_gets_peergone(domain):
     c = Client.local(domain)
     rx = c.open_pipe("victim")
-    pipe = domain.pipes["victim"]
+    pipe = domain.pipe("victim")
     peer = Peer(domain, "sender-block", "victim")
     try:
         peer.wait_ready()

@@ -46,7 +46,7 @@ def domain():
 def open_pair(client: Client, domain: Domain, name: str, **attrs: int):
     a = client.open_pipe(name, **attrs)
     b = client.open_pipe(name)
-    return a, b, domain.pipes[name]
+    return a, b, domain.pipe(name)
 
 
 def roundtrip(tx, rx, data: bytes = b"still served") -> None:

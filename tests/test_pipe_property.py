@@ -27,7 +27,7 @@ class PipeMachine(RuleBasedStateMachine):
         self.client = usnet.Client.local(self.domain)
         self.ch = [self.client.open_pipe("prop", "default", packets=16, max_packets=64, ring_size=8, quota=40),
                    self.client.open_pipe("prop")]
-        self.pipe = self.domain.pipes["prop"]
+        self.pipe = self.domain.pipe("prop")
         self.hand: list[list[int]] = [[], []]  # allocated, not sent
         self.flight: list[deque[int]] = [deque(), deque()]  # sent by role r, not yet received
         self.got: list[list[int]] = [[], []]  # received, not freed

@@ -148,7 +148,7 @@ def memory_per_channel(size: int = 64) -> dict[str, int]:
         schema, attrs = schema_for(size)
         a = c.open_pipe("mem", schema, **attrs)
         b = c.open_pipe("mem")
-        pipe = dom.pipes["mem"]
+        pipe = dom.pipe("mem")
         touched = pipe.arena.allocated_bytes()
         reserved = pipe.arena.shared_size + pipe.arena.ro_size
         a.close()

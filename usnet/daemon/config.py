@@ -1,6 +1,11 @@
 """usnetd's configuration file (TOML), typed and checked on load.
 
     socket = "/run/usnet/usnetd.sock"
+    socket_group = "usnet"   # optional: the control socket's group (a name or a gid)
+    socket_mode = 0o660      # optional: its mode (default 0o660 with socket_group, else
+                             # 0o600: only root may connect). usnetd --mode overrides it
+    unprivileged_port_start = 1024  # local ports below this need uid 0 or an [[access]]
+                             # entry (Linux: net.ipv4.ip_unprivileged_port_start)
     log_level = "INFO"
     rx_mitigation = true     # coalesce the receive doorbells of fast general-class flows
                              # (default); false: ring a sleeping client on every batch
@@ -39,11 +44,41 @@
     max_rate = 2e6           # the most bit/s one lease may have (at the link)
     max_packet = 1200        # the largest IP packet one lease may send (20 to 65535)
 
+    [[access]]               # who may bind local ports below unprivileged_port_start
+    uid = 1000               # the client's uid (SO_PEERCRED) and/or ...
+    gid = "www"              # ... a group (name or gid) the uid is in (the group database);
+                             # one of them is needed
+    program = "httpd"        # optional: and the program it names in Hello (narrows only)
+    ports = "80,443"         # ports and ranges: "80,443,8000-8080"
+
+    [[share]]                # uids that trust each other with shared pipe names
+    uids = [1000, 1001]
+    prefix = "@media"        # the shared names it covers (they begin with "@"; default "@")
+
+    [limits]                 # per uid (all its sessions) and per session; uid 0 and
+    sessions_per_uid = 256   # usnetd's own uid are exempt. Defaults shown; 0: none at all
+    channels_per_uid = 4096
+    channels_per_session = 1024
+    flows_per_uid = 2048
+    flows_per_session = 1024
+    ephemeral_ports_per_uid = 4096
+    ephemeral_ports_per_session = 1024
+    pool_bytes_per_uid = 274877906944     # 256 GiB of arena (its full, sparse size)
+    pool_bytes_per_session = 137438953472 # 128 GiB
+
 A request is entitled if any entry matching its uid and program covers its
 class, rate and packet size. SIGHUP re-reads the file and applies its
 `[[policy]]` and `lease_ttl`: leases the new policy no longer entitles are
-revoked, the others are untouched; a file that does not load changes nothing
-(usnetd logs why). Other keys take effect at the next start.
+revoked, the others are untouched; and its `[limits]`, `[[access]]`,
+`[[share]]` and `unprivileged_port_start`, for what is opened from then on
+(nothing already open is taken back). A file that does not load changes
+nothing (usnetd logs why). Other keys take effect at the next start.
+
+A refusal by these rules is an Error reply that names the rule: EACCES for a
+low port or a shared pipe name, and for a limit its errno (EUSERS sessions,
+EMFILE channels and flows, EADDRNOTAVAIL ephemeral ports, ENOBUFS pool
+bytes) and "uid 1000 holds 64 flows (limit flows_per_uid = 64)". See
+usnet.nexus.limits and docs/design-notes.md, "Issue 14: privilege and limits".
 
 Top-level keys go before the first `[[netif]]` or `[[policy]]` table (TOML
 puts anything after a table header into that table). `advisory_interval`
@@ -58,8 +93,10 @@ See docs/design-notes.md, "The transmit multiplexer", "The agent" and
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
+import os
 import tomllib
 from typing import Literal
 
@@ -69,6 +106,7 @@ from usnet.client import DEFAULT_SOCKET
 from usnet.lowlat.agent import DEFAULT_TTL, check_seconds, check_ttl
 from usnet.lowlat.policy import Policy, PolicyEntry
 from usnet.nexus import txsched
+from usnet.nexus.limits import Access, AccessRule, Limits, Share, parse_ports
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -126,8 +164,50 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program)
 
 
+def group_id(group: str | int) -> int:
+    """A group given by name or number, as a gid; ValueError if there is no such group."""
+    if isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"no group {group!r}") from None
+
+
+class AccessConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One `[[access]]` entry (usnet.nexus.limits.AccessRule checks it)."""
+
+    ports: str | int
+    uid: int | None = None
+    gid: str | int | None = None
+    program: str | None = None
+
+    def __post_init__(self) -> None:
+        self.rule()
+
+    def rule(self) -> AccessRule:
+        return AccessRule(parse_ports(str(self.ports)), self.uid, None if self.gid is None else group_id(self.gid),
+                          self.program, str(self.ports))
+
+
+class ShareConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One `[[share]]` entry: uids that trust each other with the shared pipe names under `prefix`."""
+
+    uids: list[int]
+    prefix: str = "@"
+
+    def __post_init__(self) -> None:
+        self.share()
+
+    def share(self) -> Share:
+        return Share(frozenset(self.uids), self.prefix)
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket: str = DEFAULT_SOCKET
+    socket_mode: int | None = None  # None: 0o660 with socket_group, else 0o600
+    socket_group: str | int | None = None
+    unprivileged_port_start: int = 1024
     log_level: str = "INFO"
     lease_ttl: float = DEFAULT_TTL
     rx_mitigation: bool = True
@@ -135,9 +215,17 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     delay_target: float | None = None
     netif: list[NetifConfig] = []
     policy: list[PolicyConfig] = []
+    access: list[AccessConfig] = []
+    share: list[ShareConfig] = []
+    limits: dict[str, int] = {}
 
     def __post_init__(self) -> None:
         check_ttl(self.lease_ttl)
+        if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
+            raise ValueError(f"socket_mode must be a file mode from 0 to 0o777, not {self.socket_mode!r}")
+        if self.socket_group is not None:
+            group_id(self.socket_group)
+        self.privilege_kwargs()
         for what in ("advisory_interval", "delay_target"):
             if (v := getattr(self, what)) is not None:
                 check_seconds(what, v)
@@ -145,6 +233,23 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def domain_kwargs(self) -> dict[str, float]:
         """The advisory keys that are set, as `Domain(...)` keyword arguments (unset: the domain's defaults)."""
         return {k: v for k in ("advisory_interval", "delay_target") if (v := getattr(self, k)) is not None}
+
+    def socket_perms(self) -> tuple[int, int | None]:
+        """(mode, gid or None) of the control socket: 0o660 with a group, 0o600 without, unless set."""
+        gid = None if self.socket_group is None else group_id(self.socket_group)
+        mode = self.socket_mode if self.socket_mode is not None else (0o600 if gid is None else 0o660)
+        return mode, gid
+
+    def privilege_kwargs(self) -> dict:
+        """`limits`, `access` and `shares` as `Domain(...)` keyword arguments (usnet.nexus.limits)."""
+        try:
+            limits = Limits(**self.limits)
+        except TypeError:
+            unknown = sorted(set(self.limits) - set(Limits.__dataclass_fields__))
+            raise ValueError(f"unknown limits {unknown}; known: {sorted(Limits.__dataclass_fields__)}") from None
+        access = Access(tuple(a.rule() for a in self.access), self.unprivileged_port_start,
+                        frozenset({0, os.getuid()}))
+        return {"limits": limits, "access": access, "shares": tuple(s.share() for s in self.share)}
 
     def agent_policy(self) -> Policy:
         """The low-latency agent's policy from the `[[policy]]` entries."""
@@ -167,13 +272,22 @@ def load(path: str) -> Config:
 def dump(cfg: Config) -> str:
     """TOML text for a config (what `usnet up` writes for usnetd)."""
     lines = [f'socket = "{cfg.socket}"', f'log_level = "{cfg.log_level}"']
+    for k in ("socket_mode", "socket_group"):
+        if (v := getattr(cfg, k)) is not None:
+            lines.append(f"{k} = {_toml_value(v)}")
+    if cfg.unprivileged_port_start != 1024:
+        lines.append(f"unprivileged_port_start = {cfg.unprivileged_port_start}")
     if cfg.lease_ttl != DEFAULT_TTL:
         lines.append(f"lease_ttl = {_toml_value(cfg.lease_ttl)}")
     if not cfg.rx_mitigation:
         lines.append("rx_mitigation = false")
     for k, v in cfg.domain_kwargs().items():
         lines.append(f"{k} = {_toml_value(v)}")
-    for table, items in (("netif", cfg.netif), ("policy", cfg.policy)):
+    if cfg.limits:
+        lines.append("\n[limits]")
+        lines += [f"{k} = {v}" for k, v in cfg.limits.items()]
+    for table, items in (("netif", cfg.netif), ("policy", cfg.policy), ("access", cfg.access),
+                         ("share", cfg.share)):
         for item in items:
             lines.append(f"\n[[{table}]]")
             for k in type(item).__struct_fields__:

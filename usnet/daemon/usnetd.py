@@ -4,8 +4,14 @@ Clients connect with `usnet.Client.connect(path)`; their identity is the uid
 the kernel reports (SO_PEERCRED). SIGTERM and SIGINT stop it cleanly: every
 channel is defuncted, so no client hangs, and every packet is back in its pool.
 SIGHUP re-reads the config file and applies its low-latency policy
-(`[[policy]]`, `lease_ttl`): leases it no longer entitles are revoked; a file
-that does not load leaves the old policy in force, and the log says why.
+(`[[policy]]`, `lease_ttl`): leases it no longer entitles are revoked; and
+its privilege rules (`[limits]`, `[[access]]`, `[[share]]`,
+`unprivileged_port_start`) for what is opened from then on. A file that does
+not load leaves the old rules in force, and the log says why.
+
+The control socket gets the config's `socket_mode` and `socket_group`
+(default 0o600, only root may connect; 0o660 with a group): who may connect
+at all is the first privilege.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="usnetd", description="the usnet nexus domain daemon")
     ap.add_argument("--config", help="TOML config file (netifs, socket, log level)")
     ap.add_argument("--socket", default=None, help=f"control socket path (default {DEFAULT_SOCKET})")
-    ap.add_argument("--mode", type=lambda s: int(s, 8), default=0o666, help="socket file mode, octal")
+    ap.add_argument("--mode", type=lambda s: int(s, 8), default=None,
+                    help="socket file mode, octal (default: the config's socket_mode; 0600, or 0660 with socket_group)")
     ap.add_argument("--log-level", default=None)
     args = ap.parse_args(argv)
     try:
@@ -40,13 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=(args.log_level or cfg.log_level).upper(),
                         format="%(asctime)s usnetd %(levelname)s %(message)s")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), exist_ok=True)
+    mode, gid = cfg.socket_perms()
     try:
-        sock = listen_seqpacket(args.socket, mode=args.mode)
+        sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)
+        if gid is not None:
+            os.chown(args.socket, -1, gid)  # after the mode: until then only root may connect
     except OSError as e:
         log.error("cannot listen on %s: %s", args.socket, e)
         return 1
     domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation,
-                    **cfg.domain_kwargs())
+                    **cfg.domain_kwargs(), **cfg.privilege_kwargs())
     try:
         for nc in cfg.netif:
             drv = config.make_driver(nc)
@@ -105,6 +115,7 @@ def reload_policy(path: str | None, domain: Domain) -> None:
         log.error("SIGHUP: keeping the old policy, the config does not load: %s", e)
         return
     revoked = domain.set_policy(cfg.agent_policy(), cfg.lease_ttl)
+    domain.set_privileges(**cfg.privilege_kwargs())
     log.info("SIGHUP: policy reloaded: %d entries, leases last %g s, %d leases revoked%s", len(cfg.policy),
              cfg.lease_ttl, len(revoked), "".join(f" ({l.id}: uid {l.who.uid})" for l in revoked))
 

@@ -10,6 +10,7 @@ make the nexus fault with SIGBUS.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import mmap
 import os
 
@@ -31,9 +32,27 @@ def page_round(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
 
+#: The longest memfd name the kernel takes, in bytes (NAME_MAX less its "memfd:" prefix, and the NUL).
+NAME_MAX = 249
+
+
+def memfd_name(name: str) -> str:
+    """`name` as a memfd may carry it: if longer than NAME_MAX bytes, its start and a digest of the whole.
+
+    The name only labels the memfd in /proc (what it belongs to); the object it
+    belongs to keeps its full name. Cut at a character, so it stays UTF-8.
+    """
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) <= NAME_MAX:
+        return name
+    tail = "~" + hashlib.blake2s(raw, digest_size=8).hexdigest()
+    head = raw[:NAME_MAX - len(tail)].decode("utf-8", "ignore")
+    return head + tail
+
+
 def create(name: str, size: int) -> int:
     """A sparse memfd of `size` bytes: pages cost memory only once touched."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fd = os.memfd_create(memfd_name(name), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, size)
     return fd
 

@@ -39,9 +39,10 @@ from usnet.nexus.barrier import log_fault
 from usnet.nexus.flowport import NEXUS, FlowPort
 from usnet.nexus.flowswitch import TX_BATCH, Flow, FlowSwitch
 from usnet.nexus.leases import LeaseDesk
+from usnet.nexus.limits import Access, Charge, Ledger, Limits, Share, check_share, is_shared, pipe_key
 from usnet.nexus.netif import Netif
 from usnet.nexus.nexusadv import NetifAdvisory
-from usnet.nexus.ports import PortSpace
+from usnet.nexus.ports import PROTO_NAMES, PortSpace
 from usnet.nexus.reaper import Reaper
 from usnet.nexus.userpipe import UserPipe
 from usnet.channel import ring as ringmod
@@ -82,6 +83,7 @@ class Session:
     # carries (the originals may close meanwhile); bounded by MAX_PENDING_REPLIES.
     pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
     status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
+    over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
 
 
 @dataclass
@@ -92,6 +94,7 @@ class ChannelRef:
     switch: FlowSwitch | None = None
     flow: Flow | None = None
     monitor: FlowPort | None = None
+    charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.nexus.limits)
 
 
 def _flow_family(req: "P.OpenFlow") -> tuple[int, bytes | None]:
@@ -130,18 +133,28 @@ class Domain:
     `rx_mitigation` is the default of `add_netif`'s: whether a netif
     coalesces the receive doorbells of its general-class flows
     (usnet.nexus.mitigation).
+
+    `limits` bound what each uid and session may hold, `access` who may bind
+    ports below 1024, `shares` which uids may share pipe names beginning
+    with "@" (usnet.nexus.limits). uid 0 and the domain's own uid are exempt
+    from limits and port rules.
     """
 
     def __init__(self, *, policy: Policy | None = None, lease_ttl: float = DEFAULT_TTL,
                  lease_clock: Callable[[], float] = time.monotonic,
                  advisory_interval: float = 0.005, delay_target: float = 0.005,
-                 rx_mitigation: bool = True) -> None:
+                 rx_mitigation: bool = True, limits: Limits | None = None, access: Access | None = None,
+                 shares: tuple[Share, ...] = ()) -> None:
         self.advisory_interval = check_seconds("advisory_interval", advisory_interval)
         self.delay_target = check_seconds("delay_target", delay_target)
         self.rx_mitigation = bool(rx_mitigation)
         self.advisories: dict[str, NetifAdvisory] = {}
         self.lock = threading.RLock()
-        self.pipes: dict[str, UserPipe] = {}
+        self.pipes: dict[tuple[int | None, str], UserPipe] = {}  # by limits.pipe_key: (uid or None if shared, name)
+        self.ledger = Ledger(limits or Limits(), exempt={0, os.getuid()})
+        self.access = access or Access(privileged_uids=frozenset({0, os.getuid()}))
+        self.shares = tuple(shares)
+        self._pool_charges: dict[UserPipe, Charge] = {}  # a pipe's arena, charged to its creator until destroyed
         self.channels: dict[int, ChannelRef] = {}
         self.sessions: dict[int, Session] = {}
         self.switches: dict[str, FlowSwitch] = {}
@@ -165,8 +178,15 @@ class Domain:
     # -- sessions -----------------------------------------------------------------
 
     def new_session(self, uid: int, pid: int, sock: socket.socket | None = None) -> Session:
+        """A session of `uid`. One past `sessions_per_uid` is still made, so that its first
+        request can be answered with the refusal; then it is ended (see `_dispatch`)."""
         with self.lock:
             s = Session(next(self._ids), uid, pid, sock=sock)
+            try:
+                self.ledger.check_session(uid, sum(1 for o in self.sessions.values()
+                                                   if o.uid == uid and o.over_limit is None))
+            except OSError as e:
+                s.over_limit = e
             self.sessions[s.id] = s
         return s
 
@@ -240,6 +260,9 @@ class Domain:
             return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
+        if session.over_limit is not None:  # refused at its start: say why, then end it (after this reply)
+            self.call_soon(lambda: self.end_session(session, None))
+            raise session.over_limit
         if isinstance(req, P.Hello):
             if req.version != P.PROTOCOL_VERSION:
                 raise P.ProtocolError(f"protocol version {req.version} unsupported (speak {P.PROTOCOL_VERSION})")
@@ -291,29 +314,40 @@ class Domain:
         """Open one end of a named user pipe; returns (channel id, role, fds to hand over).
 
         The first opener creates the pipe and its pool; the second attaches.
-        Both must be the same uid: a user pipe is zero-copy, so it only ever
-        joins one owner's channels.
+        A name is the opener's uid's own (another uid's pipe of the same name
+        is another pipe): a user pipe is zero-copy, so it only ever joins one
+        owner's channels. A name beginning with "@" is shared, between the
+        uids of a `[[share]]` entry that covers it (usnet.nexus.limits).
         """
         with self.lock:
-            pipe = self.pipes.get(name)
+            key = pipe_key(session.uid, name)
+            pipe = self.pipes.get(key)
             created = pipe is None
             if pipe is None:
+                if is_shared(name):
+                    check_share(self.shares, name, session.uid, None, self.ledger.exempt)
                 sch = schemamod.resolve(schema, attrs)
-                pipe = UserPipe(name, sch, session.uid)
-                pipe.on_destroy = self._forget_pipe
-                self.pipes[name] = pipe
+                charge = self.ledger.admit(Charge(session.uid, session.id))
+                try:
+                    pipe = self._new_pipe(name, sch, session)
+                except BaseException:
+                    self.ledger.release(charge)
+                    raise
+                self.pipes[key] = pipe
                 role = 0
             else:
-                if pipe.uid != session.uid:
-                    raise OSError(errno.EPERM, f"pipe {name!r} belongs to uid {pipe.uid}")
+                if is_shared(name):
+                    check_share(self.shares, name, session.uid, pipe.uid, self.ledger.exempt)
                 if pipe.ends[1].attached or pipe.defunct_reason is not None:
                     raise OSError(errno.EADDRINUSE, f"pipe {name!r} already has both ends")
+                charge = self.ledger.admit(Charge(session.uid, session.id))
                 role = 1
             cid = next(self._ids)
             try:
-                fds = self._attach(cid, ChannelRef(pipe, role, session), pipe.ends[1 - role].bell)
+                fds = self._attach(cid, ChannelRef(pipe, role, session, charge=charge), pipe.ends[1 - role].bell)
             except BaseException:
                 self._detach(cid, session)
+                self.ledger.release(charge)
                 if created:
                     pipe.destroy()
                 raise
@@ -327,6 +361,23 @@ class Domain:
             end = ref.pipe.ends[ref.role]
             end.attached = False
             self._unregister_kick(ref)
+
+    def _new_pipe(self, name: str, sch: schemamod.Schema, session: Session) -> UserPipe:
+        """A pipe whose arena is charged to its creator (pool_bytes) until it is destroyed."""
+        pipe = UserPipe(name, sch, session.uid)
+        try:
+            charge = self.ledger.admit(Charge(session.uid, session.id, channels=0,
+                                              pool_bytes=pipe.arena.shared_size + pipe.arena.ro_size))
+        except BaseException:
+            pipe.destroy()
+            raise
+        self._pool_charges[pipe] = charge
+        pipe.on_destroy = self._forget_pipe
+        return pipe
+
+    def pipe(self, name: str, uid: int | None = None) -> UserPipe:
+        """The user pipe `name` of `uid` (default: the domain's own uid); KeyError if there is none."""
+        return self.pipes[pipe_key(os.getuid() if uid is None else uid, name)]
 
     def _attach(self, cid: int, ref: ChannelRef, peer_bell: int) -> list[int]:
         """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
@@ -412,6 +463,14 @@ class Domain:
         with self.lock:
             return self.leases.set_policy(policy, lease_ttl)
 
+    def set_privileges(self, limits: Limits, access: Access, shares: tuple[Share, ...]) -> None:
+        """New limits, port rules and share groups (usnetd's SIGHUP), for what is opened from now on:
+        nothing already held is taken back."""
+        with self.lock:
+            self.ledger.limits = limits
+            self.access = access
+            self.shares = tuple(shares)
+
     def remove_netif(self, name: str) -> None:
         with self.lock:
             self.leases.remove_netif(name)
@@ -446,18 +505,27 @@ class Domain:
             gso_max = 0  # the client chose small packets: it sends no super-segments
         if sch.packet_bytes < sw.netif.mtu:
             raise ValueError(f"packets of {sch.packet_bytes} bytes cannot carry the MTU {sw.netif.mtu}")
+        self.access.check_port(session.uid, session.program, PROTO_NAMES.get(req.proto, str(req.proto)),
+                               req.local_port)
+        charge = self.ledger.admit(Charge(session.uid, session.id, flows=1,
+                                          ephemeral_ports=int(req.local_port == 0)))
         cid = next(self._ids)
-        pipe = UserPipe(f"flow:{cid}", sch, session.uid)
+        try:
+            pipe = self._new_pipe(f"flow:{cid}", sch, session)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
         port = FlowPort(pipe)
         try:
             flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
         except BaseException:
+            self.ledger.release(charge)
             pipe.destroy()
             raise
         pipe.on_destroy = self._forget_pipe
         try:
             self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
-            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow), port.bell)
+            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), port.bell)
         except BaseException:  # half made: the flow, its port reservation and the pipe all go
             self._detach(cid, session)
             try:
@@ -465,6 +533,7 @@ class Domain:
             except (KeyError, ValueError):
                 pass
             sw.remove_flow(flow)
+            self.ledger.release(charge)
             pipe.destroy()
             raise
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
@@ -480,12 +549,17 @@ class Domain:
             raise OSError(errno.ENODEV, f"no netif {netif!r}")
         if session.uid not in (0, os.getuid()):
             raise OSError(errno.EPERM, "monitoring a netif needs root")
+        charge = self.ledger.admit(Charge(session.uid, session.id))
         cid = next(self._ids)
-        pipe = UserPipe(f"monitor:{cid}", schemamod.resolve("default", {"ring_size": 4096}), session.uid)
+        try:
+            pipe = self._new_pipe(f"monitor:{cid}", schemamod.resolve("default", {"ring_size": 4096}), session)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
         port = FlowPort(pipe)
-        pipe.on_destroy = self._forget_pipe
         sw.netif.monitors.append(port)
-        return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port), port.bell)
+        return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port, charge=charge),
+                                 port.bell)
 
     def _serve_ll(self) -> None:
         """The low-latency class first: what its flows sent goes to the device now.
@@ -588,8 +662,10 @@ class Domain:
                 self._sel.unregister(end.kick)
             except (KeyError, ValueError):
                 pass
-        if self.pipes.get(pipe.name) is pipe:
-            del self.pipes[pipe.name]
+        self.ledger.release(self._pool_charges.pop(pipe, None))
+        key = pipe_key(pipe.uid, pipe.name)
+        if self.pipes.get(key) is pipe:
+            del self.pipes[key]
 
     def close_channel(self, session: Session, cid: int) -> None:
         with self.lock:
@@ -601,6 +677,7 @@ class Domain:
 
     def _close_ref(self, ref: ChannelRef) -> None:
         self.leases.channel_closing(ref)  # first: what it sent before closing leaves unpoliced, as general
+        self.ledger.release(ref.charge)  # its channel, flow and port count again for its uid (its pool: when destroyed)
         with ref.pipe.lock:
             if ref.flow is not None and ref.switch is not None:
                 if ref.pipe.defunct_reason is None:
@@ -649,25 +726,43 @@ class Domain:
         pieces always join into one consistent document.
         """
         if part == 0:
-            data = P.encode_status(self.status())
+            data = P.encode_status(self.status(session))
             step = P.STATUS_PART
             session.status_parts = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
         if not part < len(session.status_parts):
             raise ValueError(f"status part {part} out of range (the snapshot has {len(session.status_parts)})")
         return P.StatusReply(session.status_parts[part], part, len(session.status_parts))
 
-    def status(self) -> dict:
+    def status(self, viewer: Session | None = None) -> dict:
+        """The domain's state; a `viewer` other than root or the domain's own uid sees only its uid's
+        sessions, pipes, flows and leases (and its own usage of the limits)."""
         with self.lock:
+            uid = None if viewer is None or viewer.uid in (0, os.getuid()) else viewer.uid
+            netifs = [sw.info() for sw in self.switches.values()]
+            lowlat = self.leases.info()
+            if uid is not None:
+                for nif in netifs:
+                    nif["flows"] = [f for f in nif["flows"] if self._channel_uid(f["channel"]) == uid]
+                lowlat["leases"] = [l for l in lowlat["leases"] if l["uid"] == uid]
             return {
                 "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
                               "channels": sorted(s.channels), "refused": s.refused}
-                             for s in self.sessions.values()],
-                "pipes": [p.info() for p in self.pipes.values()],
-                "netifs": [sw.info() for sw in self.switches.values()],
+                             for s in self.sessions.values() if uid in (None, s.uid)],
+                "pipes": [p.info() for p in self.pipes.values() if uid is None or self._pipe_seen_by(p, uid)],
+                "netifs": netifs,
                 "control_errors": self.control_errors,
                 "faults": self.faults,
-                "lowlat": self.leases.info(),
+                "lowlat": lowlat,
+                "limits": self.ledger.info(uid),
             }
+
+    def _channel_uid(self, cid: int) -> int | None:
+        ref = self.channels.get(cid)
+        return None if ref is None else ref.session.uid
+
+    def _pipe_seen_by(self, pipe: UserPipe, uid: int) -> bool:
+        """A pipe is shown to its creator, and to a uid holding one of its ends (a shared pipe)."""
+        return pipe.uid == uid or any(self._channel_uid(e.channel_id) == uid for e in pipe.ends if e.attached)
 
     def purge(self) -> int:
         """Give back the pages of every all-free segment beyond each pool's opening size."""
