@@ -10,8 +10,12 @@ its addresses. Clients hand it IP packets and receive IP packets.
 * Transmit: each packet is copied out of the client's pool once (FlowPort),
   and the copy is checked against the flow entry: a well-formed IPv4 header,
   the flow's protocol, source address and port, and for a connected flow its
-  destination. A packet that fails is dropped, counted by reason, and reported
-  on the client's event ring: no client can send as another.
+  destination (an unconnected flow's: an address a peer can have,
+  `not_a_peer`), its TTL, options (no source route) and fragments (a later
+  fragment only of a datagram the flow began: usnet.nexus.txguard). A
+  packet that fails is dropped, counted by reason, and reported on the
+  client's event ring: no client can send as another. The DSCP is
+  overwritten with the flow's class (`Flow.dscp`); ECN stays the client's.
 * Receive: classify, then copy into the owning channel's pool and ring its
   doorbell. Anything malformed is counted and dropped; nothing from the wire
   can raise out of here. With `rx_mitigation`, a general-class flow's bell
@@ -19,8 +23,9 @@ its addresses. Clients hand it IP packets and receive IP packets.
   that are due and says when the next one is.
 * IPv6 (a netif with `address6`): flows carry a family; an IPv6 flow's
   packets are checked one at a time (`_tx_one6`: version 6, payload length,
-  next header = the flow's protocol, so no extension header can be
-  smuggled past the port check, source address and port, destination), and
+  next header = the flow's protocol or a Fragment header and then it, so
+  no other extension header can be smuggled past the port check, source
+  address and port, destination), and
   received IPv6 frames take the per-frame path (`_rx_ip6`). The numpy batch
   paths (`_tx_fast_ok`, `_tx_rows`, `_rx_block`) are IPv4 only, so IPv4
   pays nothing for IPv6.
