@@ -326,8 +326,8 @@ TX_CASES = [
      / ICMPv6ND_NA(tgt=PEER, O=1) / ICMPv6NDOptDstLLAddr(lladdr="02:00:00:00:00:66"), "WRONG_PROTOCOL"),
     ("hop_by_hop_header_before_udp", lambda: IPv6(**_SRC) / IPv6ExtHdrHopByHop() / UDP(sport=5001, dport=9),
      "WRONG_PROTOCOL"),
-    ("fragment_header_before_udp", lambda: IPv6(**_SRC) / IPv6ExtHdrFragment() / UDP(sport=5000, dport=9),
-     "WRONG_PROTOCOL"),
+    ("fragment_header_before_udp", lambda: IPv6(**_SRC) / IPv6ExtHdrFragment(nh=17, offset=1, m=1, id=7)
+     / UDP(sport=5000, dport=9), "FRAGMENT"),  # a later fragment of a datagram this flow never began
     ("ipv4_in_an_ipv6_flow", lambda: IP(src=ME4, dst="10.9.0.1") / UDP(sport=5000, dport=9), "NOT_IPV4"),
     ("payload_length_too_long", lambda: IPv6(plen=30, **_SRC) / UDP(sport=5000, dport=9) / b"x", "MALFORMED"),
     ("payload_length_too_short", lambda: IPv6(plen=8, **_SRC) / UDP(sport=5000, dport=9) / b"xyz",
@@ -337,7 +337,7 @@ TX_CASES = [
     ("larger_than_the_mtu", lambda: IPv6(**_SRC) / UDP(sport=5000, dport=9) / (b"x" * 1500), "TOO_BIG"),
     ("off_link_without_gateway", lambda: IPv6(src=ME, dst="2001:db8::1") / UDP(sport=5000, dport=9),
      "NO_ROUTE"),
-    ("loopback_destination", lambda: IPv6(src=ME, dst="::1") / UDP(sport=5000, dport=9), "NO_ROUTE"),
+    ("loopback_destination", lambda: IPv6(src=ME, dst="::1") / UDP(sport=5000, dport=9), "WRONG_DESTINATION"),
 ]
 
 

@@ -64,6 +64,10 @@ class TxDropReason(enum.IntEnum):
     NEIGHBOUR_UNRESOLVED = 8  # ARP got no answer, or too many packets waited for one
     RATE_EXCEEDED = 9  # past its LL lease's rate (one event per batch: value packets, aux bytes)
     QUEUE_DELAY = 10  # dropped by the netif's AQM (CoDel): its queue stood too long (one event per flush: value packets, aux bytes)
+    FRAGMENT = 11  # a fragment not of this flow's own datagram: a later one whose first the flow did not send, or a first without the whole L4 header
+    SOURCE_ROUTE = 12  # IPv4 LSRR/SSRR option or an IPv6 Routing header: it would take the packet past its checked destination
+    IP_OPTION = 13  # an IPv4 option other than EOL, NOP, record route, timestamp (Linux wants CAP_NET_RAW for the rest)
+    ZERO_TTL = 14  # IPv4 TTL or IPv6 hop limit 0: dead on arrival at the first hop (Linux never sends one)
 
 
 class RefusalReason(enum.IntEnum):

@@ -26,6 +26,12 @@ from usnet.daemon.protocol import LeaseRefusal
 
 #: The service classes a lease may ask for.
 SERVICE_CLASSES = ("voice", "video", "interactive", "control")
+#: The DSCP (RFC 2474) the flow switch writes into every packet of a flow holding a lease of each
+#: class; a flow without a lease sends best effort (0). Voice is Expedited Forwarding (RFC 3246),
+#: video AF41 (RFC 4594's multimedia conferencing); the other classes have no marking of their
+#: own: the LL scheduler is usnet's, and the network beyond owes them nothing more than best effort.
+SERVICE_DSCP = {"voice": 46, "video": 34, "interactive": 0, "control": 0}
+DSCP_BEST_EFFORT = 0
 #: Bounds on any lease's parameters, so nonsense never reaches admission.
 MAX_RATE = 1e12  # bit/s
 MIN_PACKET, MAX_PACKET = 20, 65535  # bytes: an IP header, the largest IP packet

@@ -10,8 +10,12 @@ its addresses. Clients hand it IP packets and receive IP packets.
 * Transmit: each packet is copied out of the client's pool once (FlowPort),
   and the copy is checked against the flow entry: a well-formed IPv4 header,
   the flow's protocol, source address and port, and for a connected flow its
-  destination. A packet that fails is dropped, counted by reason, and reported
-  on the client's event ring: no client can send as another.
+  destination (an unconnected flow's: an address a peer can have,
+  `not_a_peer`), its TTL, options (no source route) and fragments (a later
+  fragment only of a datagram the flow began: usnet.nexus.txguard). A
+  packet that fails is dropped, counted by reason, and reported on the
+  client's event ring: no client can send as another. The DSCP is
+  overwritten with the flow's class (`Flow.dscp`); ECN stays the client's.
 * Receive: classify, then copy into the owning channel's pool and ring its
   doorbell. Anything malformed is counted and dropped; nothing from the wire
   can raise out of here. With `rx_mitigation`, a general-class flow's bell
@@ -19,8 +23,9 @@ its addresses. Clients hand it IP packets and receive IP packets.
   that are due and says when the next one is.
 * IPv6 (a netif with `address6`): flows carry a family; an IPv6 flow's
   packets are checked one at a time (`_tx_one6`: version 6, payload length,
-  next header = the flow's protocol, so no extension header can be
-  smuggled past the port check, source address and port, destination), and
+  next header = the flow's protocol or a Fragment header and then it, so
+  no other extension header can be smuggled past the port check, source
+  address and port, destination), and
   received IPv6 frames take the per-frame path (`_rx_ip6`). The numpy batch
   paths (`_tx_fast_ok`, `_tx_rows`, `_rx_block`) are IPv4 only, so IPv4
   pays nothing for IPv6.
@@ -49,6 +54,7 @@ from usnet.nexus.neighbours import NeighbourCache
 from usnet.nexus.flowport import CLIENT, FlowPort, TxMeta
 from usnet.nexus.netif import Netif
 from usnet.nexus.ports import PortSpace, host_owns
+from usnet.nexus.txguard import SentFragments, ipv4_options, whole_l4_header
 from usnet.pool.umd import deadline_passed
 from usnet.stack.ip import Reassembler
 from usnet.stack.tcp.connection import rst_reply
@@ -58,10 +64,13 @@ from usnet.wire import icmpv6 as wicmp6
 from usnet.wire import tcp as wtcp
 from usnet.wire.errors import WireError
 from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
-from usnet.wire.ipv4 import IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, ip_str, parse_ipv4
+from usnet.wire import ecn
+from usnet.wire.ipv4 import (
+    IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, ip_str, not_unicast4, parse_ipv4,
+)
 from usnet.wire.ipv6 import (
-    ALL_NODES, ICMPV6, IPV6_HLEN, UNSPECIFIED, build_ipv6_header, ip6_str, multicast_mac, parse_ipv6,
-    skip_ext_headers, solicited_node,
+    ALL_NODES, FRAG_HLEN, FRAGMENT, ICMPV6, IPV6_HLEN, ROUTING, UNSPECIFIED, build_ipv6_header, ip6_str,
+    multicast_mac, not_unicast6, parse_frag_header, parse_ipv6, skip_ext_headers, solicited_node,
 )
 from usnet.wire.rows import be_u16, be_u32, row_sums
 
@@ -69,8 +78,8 @@ _ETH = struct.Struct("!6s6sH")
 _PORTS = struct.Struct("!HH")
 # Ethernet dst, src, type; IPv4 version/ihl, total length, flags/fragment, protocol, src, dst; ports
 _FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
-_IPFIX = struct.Struct("!BxH4xBB2x4s4s")  # version/ihl, total length, ttl, protocol, src, dst
-_IP6FIX = struct.Struct("!4xHBx16s16s")  # payload length, next header, src, dst
+_IPFIX = struct.Struct("!BxHHHBB2x4s4s")  # version/ihl, total length, ident, flags/offset, ttl, protocol, src, dst
+_IP6FIX = struct.Struct("!4xHBB16s16s")  # payload length, next header, hop limit, src, dst
 ICMP, TCP, UDP = 1, 6, 17
 # the ICMP errors passed on to the flow whose packet they quote (its stack judges them further)
 _ICMP_ERRORS = frozenset((wicmp.DEST_UNREACH, wicmp.SOURCE_QUENCH, wicmp.TIME_EXCEEDED, wicmp.PARAM_PROBLEM))
@@ -100,6 +109,8 @@ class Flow:
     raddr_int: int = 0
     family: int = 4  # 4 or 6: which address the flow sends from, and which listener table has it
     policer: Any = None  # an LL lease's usnet.lowlat.policer.Policer, while the flow holds one
+    dscp: int = 0  # written into every packet it sends: its lease's class (usnet.lowlat.policy.SERVICE_DSCP)
+    sent_frags: SentFragments | None = None  # datagrams it began in fragments (made at its first)
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
@@ -170,6 +181,10 @@ class FlowSwitch:
         netif.on_status = self._frame_status
         self._last_drop = 0  # the reason of the last _tx_drop, for a tracked packet's status
         self._src_and_type = np.frombuffer(netif.mac + ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
+        # the subnet's broadcast address (a /31 or /32 has none: both addresses of a /31 are hosts)
+        self._bcast = netif.broadcast if netif.network.prefixlen < 31 else None
+        self._bcast_int = -1 if self._bcast is None else int.from_bytes(self._bcast, "big")
+        self._ip_int = int.from_bytes(netif.ip, "big")
 
     # -- flows ---------------------------------------------------------------------------
 
@@ -184,6 +199,14 @@ class FlowSwitch:
             raise ValueError(f"a remote address of {len(raddr or b'')} bytes is not IPv{family}")
         if family == 6 and self.netif.ip6 is None:
             raise OSError(errno.EADDRNOTAVAIL, f"netif {self.netif.name!r} has no IPv6 address")
+        if raddr is not None:
+            why = self.not_a_peer(raddr)
+            if why is not None:
+                shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
+                raise OSError(errno.EADDRNOTAVAIL, f"a connected flow's remote address must be a unicast "
+                                                  f"address of a peer: {shown} is {why}")
+            if rport == 0:
+                raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
         fid = next(self._ids)
         lport = self.ports.reserve(proto, lport, fid, self._host_addr6 if family == 6 else self._host_addr,
                                    family=family)
@@ -193,6 +216,31 @@ class FlowSwitch:
         self.flows[fid] = flow
         self._table(flow)[flow.key()] = flow
         return flow
+
+    def not_a_peer(self, addr: bytes) -> str | None:
+        """Why no peer can have `addr` (4 or 16 bytes), or None for a unicast address not ours.
+
+        A flow may be connected to, and a client's packet may go to, only such
+        an address: not unspecified, loopback, multicast, broadcast (all-ones
+        or the subnet's), reserved (240/4), v4-mapped, nor the netif's own.
+        """
+        if len(addr) == 4:
+            a = int.from_bytes(addr, "big")
+            if a == self._ip_int:
+                return "this netif's own address"
+            if a == self._bcast_int:
+                return "the subnet's broadcast address"
+            if not_unicast4(a):
+                top = a >> 24
+                return {0: "unspecified (0.0.0.0/8)", 127: "loopback (127.0.0.0/8)"}.get(
+                    top, "multicast (224.0.0.0/4)" if top < 240 else "broadcast or reserved (240.0.0.0/4)")
+            return None
+        if addr in self.netif.addrs6:
+            return "this netif's own address"
+        if not_unicast6(addr):
+            return ("unspecified (::)" if addr == UNSPECIFIED else "multicast (ff00::/8)" if addr[0] == 0xFF
+                    else "loopback (::1)" if addr[:15] == bytes(15) else "v4-mapped (::ffff:0:0/96)")
+        return None
 
     def _table(self, flow: Flow) -> dict[tuple, Flow]:
         """Where a flow is looked up: the 5-tuples, or its family's listeners."""
@@ -665,6 +713,8 @@ class FlowSwitch:
         n = len(lens)
         if not n:
             return 0
+        if rows.shape[1] >= ETH_HLEN + 12:  # DSCP is the flow's class, ECN the client's: one column pass
+            ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, flow.family)
         now = self.clock()
         if flow.family == 6:
             ok, tx_one = np.zeros(n, bool), self._tx_one6  # IPv6: packet by packet
@@ -724,10 +774,10 @@ class FlowSwitch:
                 if mark is not None and deadline_passed(mark[1]):
                     self._expire(flow, mark, meta.taken_ns)
                     continue
-                snap = bytes(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
+                snap = bytearray(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
                 got = GENERAL_PATH if g else check_ll_header(
                     snap, ln, proto=flow.proto, lport=flow.lport, raddr=flow.raddr, rport=flow.rport,
-                    local=local, max_packet=limit)
+                    local=local, max_packet=limit, not_a_peer=self.not_a_peer)
                 mac = None
                 if type(got) is tuple:
                     mac = self._neighbour(got[1], now)[1]
@@ -738,10 +788,14 @@ class FlowSwitch:
                     continue
                 if mac is None:  # the general path's check, neighbour wait or refusal, in order
                     sent += self._ll_emit(flow, frames, marks, meta)
-                    sent += self._tx_marked(flow, bytes(mv[at : at + ln]), now, g, tx_one, meta, pos)
+                    whole = bytearray(mv[at : at + ln])
+                    if ln >= 20:
+                        ecn.set_dscp(whole, 0, flow.dscp)
+                    sent += self._tx_marked(flow, bytes(whole), now, g, tx_one, meta, pos)
                     frames, marks = [], []
                     continue
                 hdr = got[0]
+                ecn.set_dscp(snap, 0, flow.dscp)  # checked, so IPv4 or IPv6 with a sound header
                 frames.append(GatherFrame(_ETH.pack(mac, netif.mac, etype) + snap[:hdr], mv[at + hdr : at + ln]))
                 marks.append(mark)
             sent += self._ll_emit(flow, frames, marks, meta)
@@ -830,7 +884,12 @@ class FlowSwitch:
         return served
 
     def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """Rows that are, column-wise, a well-formed option-less IPv4 packet of this flow."""
+        """Rows that are, column-wise, a well-formed option-less IPv4 packet of this flow.
+
+        Not a fragment (DF alone is fine), a TTL above 0, and for an
+        unconnected flow a destination a peer can have (`not_a_peer`) and a
+        port other than 0. The rest go to `_tx_one`, which finds the reason.
+        """
         if rows.shape[1] < ETH_HLEN + 24:
             return np.zeros(len(lens), bool)
         h = rows[:, ETH_HLEN : ETH_HLEN + 24]
@@ -838,6 +897,11 @@ class FlowSwitch:
         ok = (h[:, cols] == want).all(axis=1)  # version/ihl, protocol, source, ports
         total = be_u16(h[:, 2:4])
         ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
+        ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
+        if flow.raddr is None:  # a connected flow's destination is in its signature
+            d = be_u32(h[:, 16:20]).astype(np.int64)
+            ok &= ~not_unicast4(d) & (d != self._ip_int) & (d != self._bcast_int)
+            ok &= (h[:, 22] | h[:, 23]) != 0
         ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
         return ok
 
@@ -869,29 +933,45 @@ class FlowSwitch:
         """Check one packet the slow way; queue it (1) or drop it with its reason (0).
 
         `gso` non-zero asks for a TCP super-segment to be cut at that payload size.
+        Options are parsed (usnet.nexus.txguard.ipv4_options) and fragments
+        judged (`_tx_fragment`) here only: the batch path leaves them to it.
         """
         n = len(p)
         if n < 20:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
-        vihl, total, _ttl, proto, src, dst = _IPFIX.unpack_from(p)
+        vihl, total, ident, ff, ttl, proto, src, dst = _IPFIX.unpack_from(p)
         if vihl >> 4 != 4:
             self._tx_drop(flow, TxDropReason.NOT_IPV4, n)
             return 0
         ihl = (vihl & 0xF) << 2
-        if ihl < 20 or total != n or n < ihl + 4 or int.from_bytes(p[:ihl], "big") % 0xFFFF:
+        if ihl < 20 or total != n or n < ihl or int.from_bytes(p[:ihl], "big") % 0xFFFF:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
         if proto != flow.proto:
             self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
+            return 0
+        why = ipv4_options(p, ihl) if ihl > 20 else 0
+        if not why and ttl == 0:
+            why = TxDropReason.ZERO_TTL
+        if why:
+            self._tx_drop(flow, TxDropReason(why), n)
+            return 0
+        if ff & (IP_MF | IP_OFFMASK):
+            return self._tx_fragment(flow, p, ihl, src, self.netif.ip, dst, ident, ff & IP_OFFMASK, now)
+        if n < ihl + 4:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
         return self._tx_addressed(flow, p, ihl, src, self.netif.ip, dst, now, gso)
 
     def _tx_one6(self, flow: Flow, p: bytes, now: float, gso: int = 0) -> int:
         """Check one packet of an IPv6 flow; queue it (1) or drop it with its reason (0).
 
-        The next header must be the flow's protocol itself: a packet with
-        extension headers is refused, so the ports checked are the ports sent.
+        The next header must be the flow's protocol itself, or a Fragment
+        header and then the flow's protocol (judged by `_tx_fragment`): any
+        other extension header is refused (a Routing header, RFC 5095's
+        type 0 or any other, as SOURCE_ROUTE), so the ports checked are the
+        ports sent.
         """
         n = len(p)
         if n and p[0] >> 4 != 6:
@@ -900,28 +980,74 @@ class FlowSwitch:
         if n < IPV6_HLEN:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
-        plen, nh, src, dst = _IP6FIX.unpack_from(p)
+        plen, nh, hops, src, dst = _IP6FIX.unpack_from(p)
         if IPV6_HLEN + plen != n:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        frag = None
+        if nh == FRAGMENT and plen >= FRAG_HLEN:
+            nh, foff, more, ident = parse_frag_header(p, IPV6_HLEN)
+            if foff or more:  # an atomic fragment (RFC 6946) is a whole packet
+                frag = (foff, ident)
+        if nh == ROUTING:
+            self._tx_drop(flow, TxDropReason.SOURCE_ROUTE, n)
             return 0
         if nh != flow.proto:
             self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
             return 0
-        if plen < 4:
+        if hops == 0:
+            self._tx_drop(flow, TxDropReason.ZERO_TTL, n)
+            return 0
+        l4 = IPV6_HLEN if p[6] != FRAGMENT else IPV6_HLEN + FRAG_HLEN
+        if frag is not None:
+            return self._tx_fragment(flow, p, l4, src, self.netif.ip6, dst, frag[1], frag[0], now)
+        if n < l4 + 4:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
-        return self._tx_addressed(flow, p, IPV6_HLEN, src, self.netif.ip6, dst, now, gso)
+        return self._tx_addressed(flow, p, l4, src, self.netif.ip6, dst, now, gso)
+
+    def _tx_fragment(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
+                     ident: int, offset: int, now: float) -> int:
+        """One fragment of either family (usnet.nexus.txguard): a first one with the flow's whole
+        transport header, checked as any packet; a later one only of a datagram the flow began."""
+        n = len(p)
+        if not offset:
+            if not whole_l4_header(p, l4, flow.proto):
+                self._tx_drop(flow, TxDropReason.FRAGMENT, n)
+                return 0
+            took = self._tx_addressed(flow, p, l4, src, local, dst, now)
+            if took:
+                if flow.sent_frags is None:
+                    flow.sent_frags = SentFragments()
+                flow.sent_frags.began(dst, ident, now)
+            return took
+        if flow.sent_frags is None or not flow.sent_frags.knows(dst, ident, now):
+            if src != local:  # the reason a packet of the flow would have had
+                self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
+            elif (dst != flow.raddr) if flow.raddr is not None else self.not_a_peer(dst) is not None:
+                self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+            else:
+                self._tx_drop(flow, TxDropReason.FRAGMENT, n)
+            return 0
+        return self._tx_addressed(flow, p, l4, src, local, dst, now, ports=False)
 
     def _tx_addressed(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
-                      now: float, gso: int = 0) -> int:
-        """The checks both families share, once the IP header is sound: who sends, to whom, how big."""
+                      now: float, gso: int = 0, ports: bool = True) -> int:
+        """The checks both families share, once the IP header is sound: who sends, to whom, how big.
+
+        `ports` False: a later fragment, whose transport header went in its first.
+        """
         n = len(p)
-        sport, dport = _PORTS.unpack_from(p, l4)
+        sport, dport = _PORTS.unpack_from(p, l4) if ports else (flow.lport, flow.rport)
         if src != local or sport != flow.lport:
             self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
             return 0
-        if flow.raddr is not None and (dst != flow.raddr or dport != flow.rport):
-            self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+        if flow.raddr is not None:
+            if dst != flow.raddr or dport != flow.rport:
+                self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+                return 0
+        elif dport == 0 or self.not_a_peer(dst) is not None:  # sendto: unicast to a peer, as Linux
+            self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)  # without SO_BROADCAST
             return 0
         if n > self.netif.mtu:
             if not gso or not self._segmentable(flow, p, l4, gso):

@@ -26,7 +26,7 @@ from usnet.channel.events import EventType, RevokeReason
 from usnet.daemon import protocol as P
 from usnet.daemon.protocol import LeaseRefusal
 from usnet.lowlat.agent import Agent, LLLink, Lease, Refusal
-from usnet.lowlat.policy import Policy, Who
+from usnet.lowlat.policy import DSCP_BEST_EFFORT, SERVICE_DSCP, Policy, Who
 
 if TYPE_CHECKING:
     from usnet.nexus.domain import ChannelRef, Domain, Session
@@ -70,6 +70,7 @@ class LeaseDesk:
                 return _refused(got)
             self.domain.set_flow_class(got.netif, ref.flow.id, "ll")
             ref.flow.policer = got.policer
+            ref.flow.dscp = SERVICE_DSCP[got.service_class]  # what the switch writes into its packets
             _post(ref, EventType.LEASE_GRANTED, 0, got.id, int(got.rate))
             log.info("lease %d: %s %g bit/s for channel %d of uid %d (%s) on %s", got.id, got.service_class,
                      got.rate, req.channel, session.uid, session.program or "-", got.netif)
@@ -120,6 +121,7 @@ class LeaseDesk:
             return
         flow = ref.flow
         flow.policer = None
+        flow.dscp = DSCP_BEST_EFFORT
         moved = 0
         if ref.switch.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is ref.switch:
             moved = ref.switch.netif.queued(flow.id)[0]

@@ -47,7 +47,7 @@ from usnet.wire.errors import WireError
 
 __all__ = [
     "FOLD_MIN", "acc", "checksum", "finish", "fold", "mod_ffff", "ones_sum", "pseudo_header_v4",
-    "pseudo_sum_v4",
+    "pseudo_sum_v4", "update16",
 ]
 
 _PSEUDO = struct.Struct("!4s4sxBH")
@@ -146,3 +146,18 @@ def pseudo_sum_v4(src: bytes, dst: bytes, proto: int, length: int) -> int:
     halves, so the address ints are added whole.
     """
     return _from_bytes(src, "big") + _from_bytes(dst, "big") + proto + length
+
+
+def update16(hc, old, new):
+    """The header checksum `hc` after one 16-bit word of what it covers changed from `old` to `new`.
+
+    RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'): a packet whose checksum was
+    right stays right, and one whose checksum was wrong stays wrong by as
+    much, so a check made after the rewrite says what it would have said
+    before. Works on ints and, element-wise, on int64 numpy arrays (a batch
+    of rows at once).
+    """
+    s = (~hc & 0xFFFF) + (~old & 0xFFFF) + new
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF

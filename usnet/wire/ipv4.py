@@ -29,7 +29,7 @@ from usnet.wire.errors import WireError, readable
 __all__ = [
     "ICMP", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
     "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "is_fragment", "make_flags_frag",
-    "more_fragments", "parse_ipv4", "write_ipv4_header",
+    "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
 ]
 
 IPV4_HLEN = 20
@@ -172,3 +172,15 @@ def ip_str(b: bytes) -> str:
     if len(b) != 4:
         raise WireError(f"IPv4 address must be 4 bytes, got {len(b)}")
     return "%d.%d.%d.%d" % tuple(b)
+
+
+def not_unicast4(a):
+    """Whether IPv4 address `a` (an int, or element-wise a numpy array of them) is one no peer can have.
+
+    "This network" 0.0.0.0/8 (0.0.0.0 included), loopback 127.0.0.0/8,
+    multicast 224.0.0.0/4 and the reserved 240.0.0.0/4 (255.255.255.255
+    included), as Linux's martian checks. The netif's own address and its
+    subnet broadcast depend on the netif: its owner checks those.
+    """
+    top = a >> 24
+    return (top == 0) | (top == 127) | (top >= 224)

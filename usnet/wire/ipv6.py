@@ -49,9 +49,9 @@ from usnet.wire.errors import WireError, readable
 
 __all__ = [
     "ALL_NODES", "ALL_ROUTERS", "DSTOPTS", "FRAG_HLEN", "FRAGMENT", "HOPOPTS", "ICMPV6",
-    "IPV6_HLEN", "IPV6_MIN_MTU", "NO_NEXT", "ROUTING", "UNSPECIFIED", "build_frag_header",
+    "IPV6_HLEN", "IPV6_MIN_MTU", "LOOPBACK6", "NO_NEXT", "ROUTING", "UNSPECIFIED", "build_frag_header",
     "build_ipv6_header", "ip6_bytes", "ip6_str", "is_link_local6", "is_multicast6",
-    "link_local_from_mac", "multicast_mac", "parse_frag_header", "parse_ipv6",
+    "link_local_from_mac", "multicast_mac", "not_unicast6", "parse_frag_header", "parse_ipv6",
     "pseudo_sum_v6", "skip_ext_headers", "solicited_node", "upper_checksum_v6",
     "verify_upper_v6", "write_ipv6_header",
 ]
@@ -281,6 +281,20 @@ def ip6_str(b: bytes) -> str:
 
 def is_multicast6(a: bytes) -> bool:
     return a[0] == 0xFF
+
+
+LOOPBACK6 = bytes(15) + b"\x01"
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def not_unicast6(a: bytes) -> bool:
+    """Whether IPv6 address `a` is one no peer can have: unspecified, loopback, multicast, v4-mapped.
+
+    A v4-mapped address (::ffff:0:0/96) is an IPv4 peer in an IPv6 socket's
+    clothes, never an address on the wire (RFC 4291 §2.5.5.2). The netif's
+    own addresses depend on the netif: its owner checks those.
+    """
+    return a == UNSPECIFIED or a == LOOPBACK6 or a[0] == 0xFF or a[:12] == _V4_MAPPED
 
 
 def is_link_local6(a: bytes) -> bool:
