@@ -21,7 +21,7 @@ import sys
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
 from usnet.channel import ring as ringmod
@@ -50,6 +50,16 @@ def pipe_info(st: dict, name: str) -> dict | None:
     return next((p for p in st["pipes"] if p["name"] == name), None)
 
 
+def sync(ch) -> None:
+    """Kick `ch` and wait (bounded) until usnetd has answered the kick."""
+    seq = ch._words[W_SYNC + ch.role]
+    ch._kick()
+    for _ in deadline_loop(ANSWER_S):
+        if ch._words[W_SYNC + ch.role] != seq:
+            return
+    pytest.fail("usnetd did not answer a kick")
+
+
 def assert_working_or_defunct(h: Harness, st: dict, name: str, what: str) -> None:
     """The attacker's pipe is either open with balanced books, or defunct with a reason."""
     p = pipe_info(st, name)
@@ -73,13 +83,7 @@ def test_impossible_consumer_counter_on_alloc(hostile):
             break
         taken += a.alloc(64 - len(taken), timeout=ANSWER_S)
     assert len(taken) == 64
-    seq = a._words[W_SYNC + a.role]
-    a._kick()  # usnetd accounts the 64 as taken (and has no quota left to refill with)
-    for _ in deadline_loop(ANSWER_S):
-        if a._words[W_SYNC + a.role] != seq:
-            break
-    else:
-        pytest.fail("usnetd did not answer a kick before the attack")
+    sync(a)  # usnetd accounts the 64 as taken (and has no quota left to refill with)
     a.free(taken[:10])
     a._alloc.q[ringmod.CONS] = 1 << 63
     a._kick()
@@ -112,19 +116,25 @@ def test_random_garbage_in_every_client_writable_field(hostile):
     @seed(1414)
     @settings(max_examples=40, deadline=None, database=None, derandomize=False,
               suppress_health_check=list(HealthCheck))
+    @example(writes=[("ring", 2, "cons", 0, 1 << 63)], traffic=True)  # the issue's reproducer, in short
     @given(writes=st.lists(st.one_of(ring_write, umd_write), min_size=1, max_size=12),
            traffic=st.booleans())
     def attack(writes, traffic):
         name = f"g{next(counter)}"
-        a = c.open_pipe(name, ring_size=64, packets=256)
+        a = c.open_pipe(name, ring_size=64, packets=64, quota=64)
         b = c.open_pipe(name)
-        if traffic:  # some packets in every place first: cached, on the ring, held
+        if traffic:  # packets in every place first (cached, on the ring, freed), the pool lent out
             with contextlib.suppress(OSError):
-                pkts = a.alloc(8, timeout=ANSWER_S)
-                for p in pkts:
+                pkts: list[int] = []
+                for _ in range(8):
+                    pkts += a.alloc(64, timeout=ANSWER_S)
+                    if len(pkts) == 64:
+                        break
+                for p in pkts[:4]:
                     a.write(p, b"x" * 100)
                 a.send(pkts[:4])
-                b.free(b.recv(2, timeout=ANSWER_S))
+                sync(a)  # usnetd accounts the whole pool as taken ...
+                b.free(b.recv(2, timeout=ANSWER_S))  # ... and two come back with the garbage
         lay = a.layout
         mem = a._mem
         what = f"garbage {writes}"

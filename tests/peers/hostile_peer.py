@@ -23,6 +23,7 @@ import sys
 import ctypes
 import fcntl
 import os
+import random
 import signal
 import socket
 import struct
@@ -51,23 +52,31 @@ def kick_steal(args: argparse.Namespace) -> object:
     target's kick from the shared, now blocking description waits forever: the decoys' sync
     words stop moving, and the attack is over (or it ends after a bounded number of rounds)."""
     c = Client.connect(args.path, program="kick-steal")
-    decoys = [c.open_pipe(f"{args.name}-{i}", ring_size=8, packets=8) for i in range(32)]
+    busy = connect_seqpacket(args.path, timeout=5)  # a session whose Status keeps usnetd busy a moment
+    send_msg(busy, P.encode(P.Hello(P.PROTOCOL_VERSION, "kick-steal")))
+    busy.recv(1 << 17)
+    status = P.encode(P.Status())
+    stolen = 0
+    rnd = random.Random(14)
+    decoys = [c.open_pipe(f"{args.name}-{i}", ring_size=8, packets=8) for i in range(64)]
     target = c.open_pipe(args.name, ring_size=8, packets=8)
     kick = target._fds[4]  # the kick eventfd usnetd watches (Client._open appends it)
     fcntl.fcntl(kick, fcntl.F_SETFL, fcntl.fcntl(kick, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     signal.signal(signal.SIGALRM, _late)
     poll = select.poll()
     poll.register(kick, select.POLLIN)
-    for n in range(300):
+    for n in range(500):
         seqs = [d._words[W_SYNC + d.role] for d in decoys]
+        send_msg(busy, status)  # usnetd answers this while we ring: the kicks come in one batch
         for d in decoys:
             os.eventfd_write(d._fds[4], 1)
         os.eventfd_write(kick, 1)
-        time.sleep((0.0001, 0.0003, 0.001, 0.002)[n % 4])
+        time.sleep(rnd.uniform(0, 0.003))  # somewhere in usnetd's batch
         if poll.poll(0):
             signal.setitimer(signal.ITIMER_REAL, 0.05)  # usnetd may take it first: do not wait for long
             try:
                 os.read(kick, 8)
+                stolen += 1
             except _Late:
                 pass
             finally:
@@ -75,10 +84,13 @@ def kick_steal(args: argparse.Namespace) -> object:
         end = time.monotonic() + 0.2
         while any(d._words[W_SYNC + d.role] == s for d, s in zip(decoys, seqs)):
             if time.monotonic() > end:
-                print(f"kick-steal: usnetd stopped serving after round {n}", file=sys.stderr)
-                return c, decoys, target
+                print(f"kick-steal: usnetd stopped serving after round {n} ({stolen} counts taken back)",
+                      file=sys.stderr)
+                return c, busy, decoys, target
             time.sleep(0.0005)
-    return c, decoys, target
+        busy.recv(1 << 17)
+    print(f"kick-steal: usnetd still serving after 500 rounds ({stolen} counts taken back)", file=sys.stderr)
+    return c, busy, decoys, target
 
 
 def linger_fd(args: argparse.Namespace) -> object:
