@@ -37,6 +37,8 @@ from usnet.daemon.protocol import (
     Resize,
     Status,
     StatusReply,
+    decode_status,
+    encode_status,
     Welcome,
     decode_reply,
     decode_request,
@@ -76,7 +78,8 @@ REPLIES = [
     Done(),
     Flushed(12),
     AdvisoryOpened(netif="usnet0", size=320),
-    StatusReply({"pipes": [{"name": "p0", "ends": 2}], "load": 0.5, "n": -3, "s": "x", "e": {}}),
+    StatusReply(b"\x81\xa1n\xfd", 0, 1),
+    StatusReply(b"", 2, 3),
     Error("EADDRINUSE", "pipe p0 already has two ends"),
     LeaseGranted(lease=9, channel=3, service_class="voice", rate=64e3, max_packet=200, latency_target=0.02,
                  expires=1234.5, ttl=30.0, burst=428),
@@ -162,8 +165,8 @@ def test_bad_requests_raise_protocol_error(raw):
 
 
 def test_bad_replies_raise_protocol_error():
-    deep = b"\x82\xa1t\xabStatusReply\xa4info" + b"\x81\xa1a" * 30000 + b"\xc0"
-    for raw in [deep, msgspec.msgpack.encode({"t": "Error", "code": "nope", "message": ""}),
+    for raw in [msgspec.msgpack.encode({"t": "StatusReply", "data": b"", "part": 0, "parts": 0}),
+                msgspec.msgpack.encode({"t": "Error", "code": "nope", "message": ""}),
                 msgspec.msgpack.encode({"t": "ChannelOpened", "channel": 1, "role": 0,
                                         "schema": "d", "layout": "not-bytes"})]:
         with pytest.raises(ProtocolError):
@@ -172,9 +175,18 @@ def test_bad_replies_raise_protocol_error():
 
 def test_encode_refuses_oversize_and_non_messages():
     with pytest.raises(ProtocolError):
-        encode(StatusReply({"blob": "x" * MAX_MESSAGE}))
+        encode(StatusReply(b"x" * MAX_MESSAGE, 0, 1))
     with pytest.raises(TypeError):
         encode({"t": "Status"})  # type: ignore[arg-type]
+
+
+def test_status_document_decodes_or_raises_protocol_error():
+    """The joined StatusReply parts: any document round-trips; garbage and deep nesting are refused."""
+    doc = {"pipes": [{"name": "p0", "ends": 2}], "load": 0.5, "n": -3, "s": "x", "e": {}}
+    assert decode_status(encode_status(doc)) == doc
+    for raw in [b"\xc1", b"\x81\xa1a" * 30000 + b"\xc0", b"\x91\x01"]:
+        with pytest.raises(ProtocolError):
+            decode_status(raw)
 
 
 def test_unknown_fields_are_ignored_for_forward_compat():
@@ -334,7 +346,7 @@ def test_control_client(pair):
     with pytest.raises(ControlError) as ei:
         client.request(Status())
     assert ei.value.errno == errno.EBUSY and fd_count() == before  # fds of an Error are closed
-    assert [decode_request(recv_msg(b)[0]) for _ in range(3)] == [Hello(1, "t"), OpenPipe("p"), Status()]
+    assert [decode_request(recv_msg(b)[0]) for _ in range(3)] == [Hello(PROTOCOL_VERSION, "t"), OpenPipe("p"), Status()]
     with pytest.raises(TypeError):
         client.request(Done())  # type: ignore[arg-type]
 

@@ -24,10 +24,12 @@ from usnet.channel.ring import CONS, PROD, RingCorrupt
 from usnet.client import Client
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import recv_msg, send_msg
-from usnet.nexus.domain import Domain
+from usnet.nexus.domain import REAPER_BACKLOG, Domain
 from usnet.nexus.userpipe import ABUSE_LIMIT
 from usnet.pool import pool as poolmod
 from usnet.pool.umd import UMD_WORDS
+
+from conftest import wait_until
 
 # ---------------------------------------------------------------- helpers
 
@@ -474,51 +476,45 @@ def test_wrong_protocol_version_gets_error_then_valid_client_works(domain, sessi
     assert st["pipes"] == []
 
 
-def test_scm_rights_descriptors_are_closed_not_leaked(domain, session):
+def test_scm_rights_descriptors_are_refused_and_closed_not_leaked(domain, session):
+    """Descriptors a client sends are refused (EPROTO) and closed by the reaper, off the loop."""
     assert isinstance(ask(session, P.encode(P.Hello(P.PROTOCOL_VERSION)))[0], P.Welcome)
     base = fd_count()
 
-    # a valid request with descriptors attached: served, descriptors dropped
-    r, w = os.pipe()
-    extra = [os.eventfd(0) for _ in range(3)]
-    reply, got = ask(session, P.encode(P.Status()), [w, *extra])
-    assert isinstance(reply, P.StatusReply) and got == []
-    os.close(w)
-    for fd in extra:
-        os.close(fd)
-    os.set_blocking(r, False)
-    assert os.read(r, 1) == b""  # EOF: no copy of the write end survives in the domain
-    os.close(r)
-    assert fd_count() == base
+    def sent_and_closed(payload: bytes, fds: list[int]) -> None:
+        r, w = os.pipe()
+        reply, got = ask(session, payload, [w, *fds])
+        assert isinstance(reply, P.Error) and reply.code == "EPROTO" and got == []
+        for fd in [w, *fds]:
+            os.close(fd)
+        assert domain.reaper.wait_idle(5), "the reaper did not close what was sent"
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""  # EOF: no copy of the write end survives in the domain
+        os.close(r)
+        assert fd_count() == base
 
-    # garbage with descriptors
-    r, w = os.pipe()
-    reply, got = ask(session, b"\xff\xfe garbage", [w])
-    assert isinstance(reply, P.Error) and reply.code == "EPROTO" and got == []
-    os.close(w)
-    os.set_blocking(r, False)
-    assert os.read(r, 1) == b""
-    os.close(r)
-    assert fd_count() == base
-
-    # more descriptors than the domain accepts: refused, none kept
-    r, w = os.pipe()
-    many = [w] + [os.dup(w) for _ in range(39)]
-    reply, got = ask(session, P.encode(P.Status()), many)
-    assert isinstance(reply, P.Error) and reply.code == "EPROTO" and got == []
-    for fd in many:
-        os.close(fd)
-    os.set_blocking(r, False)
-    assert os.read(r, 1) == b""
-    os.close(r)
-    assert fd_count() == base
-    assert domain.status()["control_errors"] == 2
-
+    sent_and_closed(P.encode(P.Status()), [os.eventfd(0) for _ in range(3)])  # a valid request
+    sent_and_closed(b"\xff\xfe garbage", [])
+    sent_and_closed(P.encode(P.Status()), [])
+    sent_and_closed(P.encode(P.Status()), [os.eventfd(0) for _ in range(50)])
+    assert domain.status()["control_errors"] == 4
     # and the session still opens channels normally
     reply, got = ask(session, P.encode(P.OpenPipe("after-fds")))
     assert isinstance(reply, P.ChannelOpened) and len(got) == 5
     for fd in got:
         os.close(fd)
+
+    # a flood of descriptors beyond what the reaper may hold: the session is ended (PROTOCOL)
+    flood = [os.eventfd(0) for _ in range(REAPER_BACKLOG + 1)]
+    send_msg(session, P.encode(P.Status()), flood)
+    for fd in flood:
+        os.close(fd)
+    assert recv_msg(session) == (b"", [])
+    assert domain.reaper.wait_idle(5)
+    # the session's pipe went with it, and the domain's end of the session (the loop lets go of
+    # the last references just after it closed the socket)
+    wait_until(lambda: fd_count() == base - 1, 5, "the domain to let go of the ended session")
+
 
 
 def test_third_opener_gets_eaddrinuse(domain, session):

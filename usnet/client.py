@@ -193,9 +193,16 @@ class Client:
         return reply
 
     def status(self) -> dict:
-        reply, _ = self._call(P.Status())
-        assert isinstance(reply, P.StatusReply)
-        return reply.info
+        """The domain's status document, joined from as many StatusReply parts as it takes."""
+        parts: list[bytes] = []
+        total = 1
+        while len(parts) < total:
+            reply, _ = self._call(P.Status(len(parts)))
+            if not isinstance(reply, P.StatusReply) or reply.part != len(parts) or (parts and reply.parts != total):
+                raise P.ProtocolError(f"Status part {len(parts)} answered with {reply!r:.80}")
+            total = reply.parts
+            parts.append(reply.data)
+        return P.decode_status(b"".join(parts))
 
     def close(self) -> None:
         for ch in list(self.channels.values()):

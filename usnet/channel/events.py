@@ -87,8 +87,10 @@ class DefunctReason(enum.IntEnum):
     CLOSED = 1
     OWNER_GONE = 2  # the channel's own process went away
     PEER_GONE = 3  # the other end of the pipe went away
-    ABUSE = 4  # repeated invalid input
+    ABUSE = 4  # repeated invalid input, or its memory made the domain fault (the fault barrier)
     DOMAIN_SHUTDOWN = 5
+    PROTOCOL = 6  # its session broke the control protocol and was ended
+    SLOW_CONSUMER = 7  # its session did not read its control replies and was ended
 
 
 class Event(NamedTuple):

@@ -10,7 +10,11 @@ Ring layout (all little-endian, the ring starts 64-byte aligned):
 Producer and consumer counters sit on separate cache lines. Each side caches
 the other's counter and reads the shared one only when its cache runs out, so
 work moves in batches. The reader of a counter written by the other side
-checks `0 <= prod - cons <= capacity` and raises RingCorrupt otherwise.
+checks `0 <= prod - cons <= capacity`; a violation raises RingCorrupt, unless
+the ring was made with `on_corrupt`, as every ring the domain reads is: then
+the callback turns it into a fault of the channel (docs/abi.md, "Hostile
+counters") and the ring reads as full (producer) or empty (consumer), so a
+client's counters can never raise inside the domain's loop.
 
 Ordering: a producer stores slot contents before the counter. CPython writes a
 memoryview item with one plain store and x86-64 keeps store order (TSO), so a
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import threading
 from array import array
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -58,9 +62,10 @@ def fence() -> None:
 
 
 class _Ring:
-    __slots__ = ("q", "w", "slots", "capacity", "mask")
+    __slots__ = ("q", "w", "slots", "capacity", "mask", "on_corrupt")
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+    def __init__(self, mem: memoryview, offset: int, capacity: int,
+                 on_corrupt: Callable[[str], None] | None = None) -> None:
         if capacity <= 0 or capacity & (capacity - 1):
             raise ValueError(f"ring capacity {capacity} is not a power of two")
         hdr = mem[offset : offset + HEADER]
@@ -69,6 +74,13 @@ class _Ring:
         self.slots = mem[offset + HEADER : offset + HEADER + capacity * SLOT].cast("I")
         self.capacity = capacity
         self.mask = capacity - 1
+        self.on_corrupt = on_corrupt
+
+    def _corrupt(self, what: str) -> None:
+        """The other side wrote an impossible counter: raise, or report it (the domain's rings)."""
+        if self.on_corrupt is None:
+            raise RingCorrupt(what)
+        self.on_corrupt(what)
 
     def need_wakeup(self) -> bool:
         return bool(self.w[FLAGS] & NEED_WAKEUP)
@@ -83,8 +95,9 @@ class Producer(_Ring):
 
     __slots__ = ("prod", "cons_cache", "limit")
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int, limit: int | None = None) -> None:
-        super().__init__(mem, offset, capacity)
+    def __init__(self, mem: memoryview, offset: int, capacity: int, limit: int | None = None,
+                 on_corrupt: Callable[[str], None] | None = None) -> None:
+        super().__init__(mem, offset, capacity, on_corrupt)
         self.prod = self.q[PROD]
         self.cons_cache = self.q[CONS]
         self.limit = capacity if limit is None else min(limit, capacity)
@@ -96,7 +109,8 @@ class Producer(_Ring):
             cons = self.q[CONS]
             used = self.prod - cons
             if used < 0 or used > self.capacity:
-                raise RingCorrupt(f"consumer counter {cons} impossible against producer {self.prod}")
+                self._corrupt(f"consumer counter {cons} impossible against producer {self.prod}")
+                return 0
             self.cons_cache = cons
             free = self.limit - used
         return max(free, 0)
@@ -129,7 +143,9 @@ class Producer(_Ring):
         return n
 
     def published_unconsumed(self) -> int:
-        return self.prod - self.q[CONS]
+        """Slots published and not yet consumed (0 when the consumer counter is impossible)."""
+        used = self.prod - self.q[CONS]
+        return used if 0 <= used <= self.capacity else 0
 
 
 class Consumer(_Ring):
@@ -137,8 +153,9 @@ class Consumer(_Ring):
 
     __slots__ = ("cons", "prod_cache")
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
-        super().__init__(mem, offset, capacity)
+    def __init__(self, mem: memoryview, offset: int, capacity: int,
+                 on_corrupt: Callable[[str], None] | None = None) -> None:
+        super().__init__(mem, offset, capacity, on_corrupt)
         self.cons = self.q[CONS]
         self.prod_cache = self.q[PROD]
 
@@ -147,7 +164,8 @@ class Consumer(_Ring):
         prod = self.q[PROD]
         avail = prod - self.cons
         if avail < 0 or avail > self.capacity:
-            raise RingCorrupt(f"producer counter {prod} impossible against consumer {self.cons}")
+            self._corrupt(f"producer counter {prod} impossible against consumer {self.cons}")
+            return 0
         self.prod_cache = prod
         return avail
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Status is paged (StatusReply parts)
 #: Largest encoded control message (bytes).  Bounds what one client can make
 #: the domain allocate and parse per message.
 MAX_MESSAGE = 65536
@@ -161,7 +161,9 @@ class FlushQueue(_Msg, frozen=True):
 
 
 class Status(_Msg, frozen=True):
-    pass
+    """Ask for part `part` of the domain's status; part 0 takes a new snapshot (StatusReply pages it)."""
+
+    part: U32 = 0
 
 
 class RequestLease(_Msg, frozen=True):
@@ -256,7 +258,11 @@ class Flushed(_Msg, frozen=True):
 
 
 class StatusReply(_Msg, frozen=True):
-    info: dict[str, Any]
+    """One piece of a status snapshot: join `data` of parts 0 .. parts-1, then `decode_status`."""
+
+    data: bytes
+    part: U32
+    parts: PosU32
 
 
 class LeaseGranted(_Msg, frozen=True):
@@ -326,6 +332,25 @@ def _decode(decoder: msgspec.msgpack.Decoder, data: bytes | bytearray | memoryvi
         raise ProtocolError(f"bad {what}: {e}") from None
     except RecursionError:  # absurdly nested StatusReply.info
         raise ProtocolError(f"bad {what}: nested too deeply") from None
+
+
+STATUS_PART = MAX_MESSAGE - 1024  # bytes of status snapshot per StatusReply: room for its framing
+_status_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def encode_status(info: dict[str, Any]) -> bytes:
+    """The whole status document, to be paged out in StatusReply parts."""
+    return _encoder.encode(info)
+
+
+def decode_status(data: bytes) -> dict[str, Any]:
+    """The status document joined from its parts; garbage raises ProtocolError."""
+    try:
+        return _status_decoder.decode(data)
+    except msgspec.DecodeError as e:
+        raise ProtocolError(f"bad status document: {e}") from None
+    except RecursionError:
+        raise ProtocolError("bad status document: nested too deeply") from None
 
 
 def decode_request(data: bytes | bytearray | memoryview) -> Request:

@@ -18,7 +18,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .protocol import (
     MAX_MESSAGE,
@@ -60,12 +60,15 @@ def send_msg(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
         raise ProtocolError(f"short send: {sent} of {len(data)} bytes")
 
 
-def recv_msg(sock: socket.socket, max_fds: int = 16) -> tuple[bytes, list[int]]:
+def recv_msg(sock: socket.socket, max_fds: int = 16,
+             close: Callable[[list[int]], None] | None = None) -> tuple[bytes, list[int]]:
     """Receive one message and its descriptors; ``(b"", [])`` on orderly EOF.
 
     A message longer than MAX_MESSAGE, or carrying more than ``max_fds``
     descriptors, raises ProtocolError after closing every descriptor that did
-    arrive (the kernel closes the ones that did not fit).
+    arrive (the kernel closes the ones that did not fit), with ``close`` if
+    given: the domain passes its reaper, since closing a descriptor a client
+    chose can wait.
     """
     data, anc, flags, _ = sock.recvmsg(
         MAX_MESSAGE + 1, socket.CMSG_SPACE(max_fds * _FD_SIZE), socket.MSG_CMSG_CLOEXEC
@@ -82,7 +85,7 @@ def recv_msg(sock: socket.socket, max_fds: int = 16) -> tuple[bytes, list[int]]:
     elif not data and fds:
         problem = "descriptors without a message"
     if problem:
-        _close_all(fds)
+        (close or _close_all)(fds)
         raise ProtocolError(problem)
     return data, fds
 

@@ -106,12 +106,22 @@ class Arena:
             cursor[ro] += region.size
         self.shared_size = max(cursor[False], memfd.PAGE)
         self.ro_size = max(cursor[True], memfd.PAGE)
-        self.shared_fd = memfd.create(f"usnet:{name}:shared", self.shared_size)
-        self.ro_fd = memfd.create(f"usnet:{name}:ro", self.ro_size)
-        self.shared = mmap.mmap(self.shared_fd, self.shared_size, mmap.MAP_SHARED)
-        self.ro = mmap.mmap(self.ro_fd, self.ro_size, mmap.MAP_SHARED)
-        memfd.seal_shared(self.shared_fd)
-        memfd.seal_readonly(self.ro_fd)
+        made: list = []  # what exists so far: released in reverse if a later step fails (EMFILE, ENOMEM)
+        try:
+            self.shared_fd = memfd.create(f"usnet:{name}:shared", self.shared_size)
+            made.append(self.shared_fd)
+            self.ro_fd = memfd.create(f"usnet:{name}:ro", self.ro_size)
+            made.append(self.ro_fd)
+            self.shared = mmap.mmap(self.shared_fd, self.shared_size, mmap.MAP_SHARED)
+            made.append(self.shared)
+            self.ro = mmap.mmap(self.ro_fd, self.ro_size, mmap.MAP_SHARED)
+            made.append(self.ro)
+            memfd.seal_shared(self.shared_fd)
+            memfd.seal_readonly(self.ro_fd)
+        except BaseException:
+            for thing in reversed(made):
+                thing.close() if isinstance(thing, mmap.mmap) else os.close(thing)
+            raise
         self.closed = False
 
     def region(self, kind: RegionKind) -> Region:

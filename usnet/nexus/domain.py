@@ -35,12 +35,14 @@ from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
 from usnet.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
 from usnet.lowlat.policy import Policy
+from usnet.nexus.barrier import log_fault
 from usnet.nexus.flowport import NEXUS, FlowPort
 from usnet.nexus.flowswitch import TX_BATCH, Flow, FlowSwitch
 from usnet.nexus.leases import LeaseDesk
 from usnet.nexus.netif import Netif
 from usnet.nexus.nexusadv import NetifAdvisory
 from usnet.nexus.ports import PortSpace
+from usnet.nexus.reaper import Reaper
 from usnet.nexus.userpipe import UserPipe
 from usnet.channel import ring as ringmod
 from usnet.wire.ipv4 import ip_bytes
@@ -50,6 +52,10 @@ log = logging.getLogger("usnet.domain")
 # packets, so the kernel's super-segments fit whole, unless the client chose its own.
 _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
+MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
+MAX_RECEIVED_FDS = 253  # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
+REAPER_BACKLOG = 64  # descriptors waiting to be closed beyond which a session sending more is ended
+ACCEPT_BACKOFF = (0.05, 1.0)  # first and longest pause of accept() after EMFILE/ENFILE
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
@@ -72,6 +78,10 @@ class Session:
     sock: socket.socket | None = None
     channels: set[int] = field(default_factory=set)
     refused: int = 0  # malformed or invalid control messages
+    # Replies the socket had no room for, each with its own duplicates of the descriptors it
+    # carries (the originals may close meanwhile); bounded by MAX_PENDING_REPLIES.
+    pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
+    status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
 
 
 @dataclass
@@ -144,6 +154,11 @@ class Domain:
         self._stopping = False
         self._stopped = False
         self.control_errors = 0
+        self.faults = 0  # exceptions stopped by a fault barrier (each also defuncts, ends or is logged)
+        self.reaper = Reaper()  # closes what clients send us, off the loop
+        self._accept_pause = 0.0  # the current EMFILE back-off of accept(), 0 when accepting
+        self._accept_resume: float | None = None  # monotonic time the listener is watched again
+        self._listeners: list[socket.socket] = []
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
 
@@ -155,8 +170,14 @@ class Domain:
             self.sessions[s.id] = s
         return s
 
-    def end_session(self, session: Session, crashed: bool) -> None:
-        """The client went away: close what it closed, defunct what it left open."""
+    def end_session(self, session: Session, reason: DefunctReason | None) -> None:
+        """The session is over: close what it closed, defunct what it left open, with `reason`.
+
+        `reason` None is a clean end (each channel closes as CloseChannel would);
+        otherwise every channel it still holds is defuncted with it: OWNER_GONE
+        when its process went away, PROTOCOL or SLOW_CONSUMER when we ended it,
+        DOMAIN_SHUTDOWN when the domain stops.
+        """
         with self.lock:
             if self.sessions.pop(session.id, None) is None:
                 return
@@ -165,10 +186,15 @@ class Domain:
                 if ref is None:
                     continue
                 self._unregister_kick(ref)
-                if crashed:
-                    ref.pipe.defunct(DefunctReason.OWNER_GONE, culprit=ref.role)
-                self._close_ref(ref)
+                try:
+                    if reason is not None:
+                        with ref.pipe.lock:
+                            ref.pipe.defunct(reason, culprit=ref.role)
+                    self._close_ref(ref)
+                except Exception as e:  # one channel's fault does not keep the others open
+                    self._fault_channel(ref.pipe, ref.role, "close", e)
             session.channels.clear()
+            self._drop_pending(session)
             if session.sock is not None:
                 try:
                     self._sel.unregister(session.sock)
@@ -176,12 +202,29 @@ class Domain:
                     pass
                 session.sock.close()
                 session.sock = None
-        log.info("session %d (pid %d) ended%s", session.id, session.pid, " abruptly" if crashed else "")
+        if reason in (None, DefunctReason.OWNER_GONE, DefunctReason.DOMAIN_SHUTDOWN):
+            log.info("session %d (pid %d) ended", session.id, session.pid)
+        else:
+            log.warning("session %d (uid %d, pid %d, %r) ended: %s", session.id, session.uid, session.pid,
+                        session.program, reason.name)
+
+    @staticmethod
+    def _drop_pending(session: Session) -> None:
+        for _, fds in session.pending:
+            for fd in fds:
+                os.close(fd)
+        session.pending.clear()
 
     # -- control --------------------------------------------------------------------
 
     def handle(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
-        """Serve one control request; errors become an Error reply, never an exception."""
+        """Serve one control request; errors become an Error reply, never an exception.
+
+        This is the barrier of the control path: whatever a request makes go
+        wrong, a refusal (ValueError, OSError, ...) or a fault of ours that the
+        request found (anything else, logged with its traceback), ends as an
+        Error reply to that session and nowhere else.
+        """
         try:
             with self.lock:
                 return self._dispatch(session, req)
@@ -189,6 +232,12 @@ class Domain:
             session.refused += 1
             self.control_errors += 1
             return P.error_reply(e), []
+        except Exception as e:
+            session.refused += 1
+            self.control_errors += 1
+            self.faults += 1
+            log.exception("session %d: %s failed", session.id, type(req).__name__)
+            return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         if isinstance(req, P.Hello):
@@ -227,7 +276,7 @@ class Domain:
                 raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
             return P.Flushed(ref.switch.flush_flow(ref.flow)), []
         if isinstance(req, P.Status):
-            return P.StatusReply(self.status()), []
+            return self._status_part(session, req.part), []
         if isinstance(req, P.LEASE_REQUESTS):
             return self.leases.handle(session, req), []
         raise P.ProtocolError(f"unexpected request {type(req).__name__}")
@@ -247,6 +296,7 @@ class Domain:
         """
         with self.lock:
             pipe = self.pipes.get(name)
+            created = pipe is None
             if pipe is None:
                 sch = schemamod.resolve(schema, attrs)
                 pipe = UserPipe(name, sch, session.uid)
@@ -260,8 +310,23 @@ class Domain:
                     raise OSError(errno.EADDRINUSE, f"pipe {name!r} already has both ends")
                 role = 1
             cid = next(self._ids)
-            fds = self._attach(cid, ChannelRef(pipe, role, session), pipe.ends[1 - role].bell)
+            try:
+                fds = self._attach(cid, ChannelRef(pipe, role, session), pipe.ends[1 - role].bell)
+            except BaseException:
+                self._detach(cid, session)
+                if created:
+                    pipe.destroy()
+                raise
             return cid, role, fds
+
+    def _detach(self, cid: int, session: Session) -> None:
+        """Undo a half-made `_attach` (the selector refused the kick fd, say)."""
+        ref = self.channels.pop(cid, None)
+        session.channels.discard(cid)
+        if ref is not None:
+            end = ref.pipe.ends[ref.role]
+            end.attached = False
+            self._unregister_kick(ref)
 
     def _attach(self, cid: int, ref: ChannelRef, peer_bell: int) -> list[int]:
         """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
@@ -390,8 +455,18 @@ class Domain:
             pipe.destroy()
             raise
         pipe.on_destroy = self._forget_pipe
-        self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
-        fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow), port.bell)
+        try:
+            self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
+            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow), port.bell)
+        except BaseException:  # half made: the flow, its port reservation and the pipe all go
+            self._detach(cid, session)
+            try:
+                self._sel.unregister(port.bell)
+            except (KeyError, ValueError):
+                pass
+            sw.remove_flow(flow)
+            pipe.destroy()
+            raise
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
         reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
@@ -443,18 +518,27 @@ class Domain:
         self._serve_ll()
         ll = self._serves_ll()
         for sw in self.switches.values():  # receive first: a frame in hand waits for no bulk batch
-            sw.service_timers()
-            if sw.netif.driver.timeout() is not None:
-                # the device has something due without ringing its fd: frames in flight
-                # on a memwire, a packet-ring kick to retry
-                sw.service_rx()
+            try:
+                sw.service_timers()
+                if sw.netif.driver.timeout() is not None:
+                    # the device has something due without ringing its fd: frames in flight
+                    # on a memwire, a packet-ring kick to retry
+                    sw.service_rx()
+            except Exception as e:
+                self._log_fault(f"netif {sw.netif.name}", e)
         for sw in self.switches.values():
             for flow in list(sw.flows.values()):
-                if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
-                    self._service_tx(sw, flow, ll)
-            sw.flush()
-            timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
-            timeout = _sooner(timeout, sw.next_timeout())
+                try:
+                    if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
+                        self._service_tx(sw, flow, ll)
+                except Exception as e:  # the barrier of one flow channel
+                    self._fault_channel(flow.port.pipe, 0, "transmit", e)
+            try:
+                sw.flush()
+                timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
+                timeout = _sooner(timeout, sw.next_timeout())
+            except Exception as e:
+                self._log_fault(f"netif {sw.netif.name}", e)
         return timeout
 
     def _service_tx(self, sw: FlowSwitch, flow: Flow, ll: bool) -> None:
@@ -550,6 +634,21 @@ class Domain:
         if ref is not None:
             self.kick(ref)
 
+    def _status_part(self, session: Session, part: int) -> P.StatusReply:
+        """Part `part` of a Status snapshot: any size of status fits, in as many replies as it takes.
+
+        Part 0 takes a new snapshot (its encoding cut into pieces that each fit
+        a control message); later parts page out that same snapshot, so the
+        pieces always join into one consistent document.
+        """
+        if part == 0:
+            data = P.encode_status(self.status())
+            step = P.STATUS_PART
+            session.status_parts = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
+        if not part < len(session.status_parts):
+            raise ValueError(f"status part {part} out of range (the snapshot has {len(session.status_parts)})")
+        return P.StatusReply(session.status_parts[part], part, len(session.status_parts))
+
     def status(self) -> dict:
         with self.lock:
             return {
@@ -559,6 +658,7 @@ class Domain:
                 "pipes": [p.info() for p in self.pipes.values()],
                 "netifs": [sw.info() for sw in self.switches.values()],
                 "control_errors": self.control_errors,
+                "faults": self.faults,
                 "lowlat": self.leases.info(),
             }
 
@@ -575,9 +675,13 @@ class Domain:
     # -- socket sessions and the service loop -------------------------------------------
 
     def add_socket_session(self, sock: socket.socket) -> Session:
-        """Serve a connected SEQPACKET socket; identity from SO_PEERCRED."""
+        """Serve a connected SEQPACKET socket; identity from SO_PEERCRED.
+
+        The socket is non-blocking: the loop never waits on a client, and a
+        reply the client has no room for waits in its session (`_reply`).
+        """
         pid, uid, _ = peer_credentials(sock)
-        sock.setblocking(True)
+        sock.setblocking(False)
         s = self.new_session(uid, pid, sock)
         with self.lock:
             self._sel.register(sock, selectors.EVENT_READ, ("session", s))
@@ -595,6 +699,7 @@ class Domain:
         """Accept clients on a listening SEQPACKET socket (usnetd)."""
         sock.setblocking(False)
         with self.lock:
+            self._listeners.append(sock)
             self._sel.register(sock, selectors.EVENT_READ, ("listen", sock))
         self._wake()
 
@@ -623,93 +728,235 @@ class Domain:
         except BlockingIOError:
             pass
 
+    # -- fault barriers -----------------------------------------------------------------
+
+    def _log_fault(self, where: str, exc: BaseException) -> None:
+        self.faults += 1
+        log_fault(where, exc)
+
+    def _fault_channel(self, pipe: UserPipe, role: int, where: str, exc: BaseException) -> None:
+        """The barrier of one channel: what its memory made go wrong defuncts it (ABUSE), nothing else."""
+        self.faults += 1
+        with pipe.lock:
+            pipe.fault(role, where, exc)
+
+    def _fault(self, kind: str, obj: object, exc: Exception) -> None:
+        """The loop's barrier: an exception from serving one object ends at that object's owner."""
+        if kind == "kick":
+            ref = self.channels.get(obj)  # type: ignore[arg-type]
+            if ref is not None:
+                self._fault_channel(ref.pipe, ref.role, "kick", exc)
+                return
+        elif kind == "flowtx":
+            _, flow = obj  # type: ignore[misc]
+            self._fault_channel(flow.port.pipe, 0, "transmit", exc)
+            return
+        elif kind == "session":
+            self._log_fault(f"session {obj.id}", exc)  # type: ignore[attr-defined]
+            self.end_session(obj, DefunctReason.PROTOCOL)  # type: ignore[arg-type]
+            return
+        self._log_fault(kind, exc)  # a netif, a listener, the wake pipe: logged, the loop goes on
+
+    # -- socket sessions ------------------------------------------------------------------
+
+    def _refuse(self, s: Session, reply: P.Error) -> None:
+        s.refused += 1
+        self.control_errors += 1
+        self._reply(s, reply, [])
+
     def _serve_session(self, s: Session) -> None:
-        assert s.sock is not None
+        """One request of a socket session: read, decode, serve, reply; nothing here can wait."""
+        if s.sock is None:
+            return
         try:
-            data, fds = recv_msg(s.sock)
+            data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
+        except (BlockingIOError, InterruptedError):
+            return
         except P.ProtocolError as e:
-            s.refused += 1
-            self.control_errors += 1
-            self._reply(s, P.error_reply(e), [])
+            self._refuse(s, P.error_reply(e))
             return
         except OSError:
-            self.end_session(s, crashed=True)
+            self.end_session(s, DefunctReason.OWNER_GONE)
             return
         if not data:
-            self.end_session(s, crashed=True)
+            self.end_session(s, DefunctReason.OWNER_GONE)
             return
-        for fd in fds:  # clients have no business sending us descriptors
-            os.close(fd)
+        if fds:  # clients have no business sending us descriptors: closed off the loop, refused
+            self.reaper.close_later(fds)
+            if self.reaper.backlog > REAPER_BACKLOG:
+                self.end_session(s, DefunctReason.PROTOCOL)
+            else:
+                self._refuse(s, P.Error("EPROTO", f"{len(fds)} descriptor(s) sent to the domain: "
+                                                  "clients may not send descriptors"))
+            return
         try:
             req = P.decode_request(data)
         except P.ProtocolError as e:
-            s.refused += 1
-            self.control_errors += 1
-            self._reply(s, P.error_reply(e), [])
+            self._refuse(s, P.error_reply(e))
             return
         reply, out_fds = self.handle(s, req)
         self._reply(s, reply, out_fds)
 
     def _reply(self, s: Session, reply: P.Reply, fds: list[int]) -> None:
+        """Send a reply without waiting: what the socket has no room for waits in the session.
+
+        A reply too large to encode becomes an Error the client can read.
+        """
+        if s.sock is None:
+            return
         try:
-            if s.sock is not None:
-                send_msg(s.sock, P.encode(reply), fds)
+            data = P.encode(reply)
+        except P.ProtocolError as e:
+            data, fds = P.encode(P.Error("EMSGSIZE", str(e))), []
+        if not s.pending:
+            try:
+                send_msg(s.sock, data, fds)
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                self.end_session(s, DefunctReason.OWNER_GONE)
+                return
+        self._queue_reply(s, data, fds)
+
+    def _queue_reply(self, s: Session, data: bytes, fds: list[int]) -> None:
+        """Keep a reply the client has not made room for; a session that lets them pile up is ended."""
+        if len(s.pending) >= MAX_PENDING_REPLIES:
+            self.end_session(s, DefunctReason.SLOW_CONSUMER)
+            return
+        copies: list[int] = []
+        try:
+            for fd in fds:  # its own copies: the channel may close before the reply leaves
+                copies.append(os.dup(fd))
         except OSError:
-            self.end_session(s, crashed=True)
+            for fd in copies:
+                os.close(fd)
+            self.end_session(s, DefunctReason.SLOW_CONSUMER)
+            return
+        s.pending.append((data, copies))
+        if len(s.pending) == 1 and s.sock is not None:
+            self._sel.modify(s.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("session", s))
+
+    def _send_pending(self, s: Session) -> None:
+        """The socket has room again: send what waited, in order."""
+        while s.pending and s.sock is not None:
+            data, fds = s.pending[0]
+            try:
+                send_msg(s.sock, data, fds)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.end_session(s, DefunctReason.OWNER_GONE)
+                return
+            s.pending.popleft()
+            for fd in fds:
+                os.close(fd)
+        if s.sock is not None:
+            self._sel.modify(s.sock, selectors.EVENT_READ, ("session", s))
+
+    def _accept(self, lsock: socket.socket) -> None:
+        """Take one client; out of descriptors, stop watching the listener for a while, doubling."""
+        try:
+            conn, _ = lsock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                first, longest = ACCEPT_BACKOFF
+                self._accept_pause = min(max(self._accept_pause * 2, first), longest)
+                self._accept_resume = time.monotonic() + self._accept_pause
+                for ls in self._listeners:
+                    self._sel.unregister(ls)
+                log.warning("accept: %s; not accepting for %.2f s (raise the descriptor limit, "
+                            "`ulimit -n`, or lower the session limits)", e.strerror, self._accept_pause)
+            return
+        self._accept_pause = 0.0
+        try:
+            self.add_socket_session(conn)
+        except OSError:  # gone before we could ask who it is
+            conn.close()
+
+    def _resume_accept(self) -> float | None:
+        """Watch the listeners again once the back-off is over; returns how long until then."""
+        if self._accept_resume is None:
+            return None
+        left = self._accept_resume - time.monotonic()
+        if left > 0:
+            return left
+        self._accept_resume = None
+        for ls in self._listeners:
+            self._sel.register(ls, selectors.EVENT_READ, ("listen", ls))
+        return None
+
+    # -- the service loop -------------------------------------------------------------------
 
     def serve_once(self, timeout: float | None = None) -> None:
+        """One turn of the loop: timers and data path, then wait for and serve what became ready.
+
+        Every object served is behind a barrier (`_fault`): whatever one
+        channel's memory or one session's messages contain ends at its owner.
+        """
         self._run_soon()
         with self.lock:
-            timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
+            try:
+                timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
+            except Exception as e:
+                self._log_fault("lease timers", e)
         if self.switches:
             with self.lock:
                 timeout = _sooner(timeout, self._service_switches())
                 timeout = _sooner(timeout, self._publish_advisories())
                 if timeout != 0 and self._idle_flows():
                     timeout = 0
-        for key, _ in sorted(self._sel.select(timeout), key=_ll_first):
+        timeout = _sooner(timeout, self._resume_accept())
+        for key, mask in sorted(self._sel.select(timeout), key=_ll_first):
             kind, obj = key.data
-            if kind == "wake":
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            elif kind == "kick":
-                try:
-                    os.eventfd_read(key.fd)
-                except OSError:
-                    pass
-                ref = self.channels.get(obj)
-                if ref is not None:
-                    self.kick(ref)
-            elif kind == "netif":
-                with self.lock:
-                    for _ in range(8):  # up to 2048 frames a round, then kicks and TX get a turn
-                        if not obj.service_rx():
-                            break
-                        self._serve_ll()
-            elif kind == "flowtx":
-                try:
-                    os.eventfd_read(key.fd)
-                except OSError:
-                    pass
-                sw, flow = obj
-                with self.lock:
-                    flow.port.clear_need_wakeup()
-                    if flow.id in sw.flows:
-                        self._service_tx(sw, flow, self._serves_ll())
-                        if flow.id in sw.netif.ll_keys:
-                            if sw.netif.active_ll:
-                                sw.netif.flush()  # what the LL path queued: to the device now, not next round
-                            self._receive_due()
-            elif kind == "session":
+            try:
+                self._serve_event(kind, obj, key.fd, mask)
+            except Exception as e:
+                self._fault(kind, obj, e)
+
+    def _serve_event(self, kind: str, obj, fd: int, mask: int) -> None:
+        if kind == "wake":
+            try:
+                os.read(self._wake_r, 4096)
+            except BlockingIOError:
+                pass
+        elif kind == "kick":
+            try:
+                os.eventfd_read(fd)
+            except OSError:
+                pass
+            ref = self.channels.get(obj)
+            if ref is not None:
+                self.kick(ref)
+        elif kind == "netif":
+            with self.lock:
+                for _ in range(8):  # up to 2048 frames a round, then kicks and TX get a turn
+                    if not obj.service_rx():
+                        break
+                    self._serve_ll()
+        elif kind == "flowtx":
+            try:
+                os.eventfd_read(fd)
+            except OSError:
+                pass
+            sw, flow = obj
+            with self.lock:
+                flow.port.clear_need_wakeup()
+                if flow.id in sw.flows:
+                    self._service_tx(sw, flow, self._serves_ll())
+                    if flow.id in sw.netif.ll_keys:
+                        if sw.netif.active_ll:
+                            sw.netif.flush()  # what the LL path queued: to the device now, not next round
+                        self._receive_due()
+        elif kind == "session":
+            if mask & selectors.EVENT_WRITE:
+                self._send_pending(obj)
+            if mask & selectors.EVENT_READ:
                 self._serve_session(obj)
-            elif kind == "listen":
-                try:
-                    conn, _ = obj.accept()
-                except OSError:
-                    continue
-                self.add_socket_session(conn)
+        elif kind == "listen":
+            self._accept(obj)
 
     def run(self) -> None:
         """Serve until stop() (the body of usnetd, or of the embedded service thread)."""
@@ -744,7 +991,7 @@ class Domain:
             self._thread.join(5)
         with self.lock:
             for s in list(self.sessions.values()):
-                self.end_session(s, crashed=False)
+                self.end_session(s, DefunctReason.DOMAIN_SHUTDOWN)
             for p in list(self.pipes.values()):
                 with p.lock:
                     p.defunct(DefunctReason.DOMAIN_SHUTDOWN)

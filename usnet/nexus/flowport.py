@@ -25,7 +25,7 @@ import numpy as np
 
 from usnet.channel import ring as ringmod
 from usnet.channel.events import EventType, RefusalReason
-from usnet.channel.ring import Consumer, Producer, RingCorrupt
+from usnet.channel.ring import Consumer, Producer
 from usnet.channel.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
 from usnet.nexus.mitigation import MIN_FRAMES, RxMitigation
 from usnet.nexus.userpipe import UserPipe
@@ -55,8 +55,13 @@ class FlowPort:
         mem = pipe.shared_mv
         tx = lay.ring(RingKind.PIPE, CLIENT)
         rx = lay.ring(RingKind.PIPE, NEXUS)
-        self.tx = Consumer(mem, tx.offset, tx.capacity)
-        self.rx = Producer(mem, rx.offset, rx.capacity, pipe.schema.ring_size)
+        client = pipe.ends[CLIENT]
+
+        def corrupt(what: str) -> None:  # the rings' validated reader found an impossible counter
+            pipe._violation(client, RefusalReason.BAD_COUNTER)
+
+        self.tx = Consumer(mem, tx.offset, tx.capacity, on_corrupt=corrupt)
+        self.rx = Producer(mem, rx.offset, rx.capacity, pipe.schema.ring_size, on_corrupt=corrupt)
         stride = pipe.schema.packet_bytes
         self.stride = stride
         shared = pipe.arena.shared
@@ -153,12 +158,8 @@ class FlowPort:
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
             return _NO_LENS, _NO_LENS, _NO_LENS, None
-        try:
-            idx = self.tx.pop_array(max_n)
-        except RingCorrupt:
-            pipe._violation(pipe.ends[CLIENT], RefusalReason.BAD_COUNTER)
-            return _NO_LENS, _NO_LENS, _NO_LENS, None
-        if not len(idx):
+        idx = self.tx.pop_array(max_n)
+        if not len(idx) or pipe.defunct_reason is not None:
             return _NO_LENS, _NO_LENS, _NO_LENS, None
         pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
         good, refused = pipe.pool.release_checked(idx, NEXUS)
@@ -221,13 +222,16 @@ class FlowPort:
             payloads = [p for p, ok in zip(payloads, fits.tolist()) if ok]
             lens = lens[fits]
         with self.pipe.lock:  # as in `pull`
-            got = self._reserve(len(payloads), n)
-            if len(got):
-                buf = self.buf
-                for i, p in zip(got.tolist(), payloads):
-                    buf[i, : len(p)] = np.frombuffer(p, np.uint8)
-                self._publish(got, lens[: len(got)])
-            return len(got)
+            try:
+                got = self._reserve(len(payloads), n)
+                if len(got):
+                    buf = self.buf
+                    for i, p in zip(got.tolist(), payloads):
+                        buf[i, : len(p)] = np.frombuffer(p, np.uint8)
+                    self._publish(got, lens[: len(got)])
+                return len(got)
+            except Exception as e:  # the channel's barrier: its fault never reaches the switch
+                return self._fault("receive", e, n)
 
     def deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
         """As `deliver`, for packets in rows[i, col:col + lens[i]]: one scatter into the pool."""
@@ -236,13 +240,22 @@ class FlowPort:
             fits = lens <= self.stride
             rows, lens = rows[fits], lens[fits]
         with self.pipe.lock:  # as in `pull`
-            got = self._reserve(len(lens), n)
-            k = len(got)
-            if k:
-                w = int(lens[:k].max())
-                self.buf[got, :w] = rows[:k, col : col + w]
-                self._publish(got, lens[:k])
-            return k
+            try:
+                got = self._reserve(len(lens), n)
+                k = len(got)
+                if k:
+                    w = int(lens[:k].max())
+                    self.buf[got, :w] = rows[:k, col : col + w]
+                    self._publish(got, lens[:k])
+                return k
+            except Exception as e:  # as in `deliver`
+                return self._fault("receive", e, n)
+
+    def _fault(self, where: str, exc: Exception, offered: int) -> int:
+        """A fault while delivering to this channel: defunct it; the batch counts as dropped here."""
+        self.rx_dropped += offered
+        self.pipe.fault(CLIENT, where, exc)
+        return 0
 
     def _reserve(self, want: int, offered: int) -> np.ndarray:
         """Pool packets for up to `want` of `offered` arrivals; the rest are counted as dropped."""
@@ -285,10 +298,7 @@ class FlowPort:
             pass
 
     def tx_pending(self) -> int:
-        try:
-            return self.tx.available()
-        except RingCorrupt:
-            return 0
+        return 0 if self.pipe.defunct_reason is not None else self.tx.available()
 
     def set_need_wakeup(self) -> None:
         """Going idle: ask the client to ring our bell when it sends."""

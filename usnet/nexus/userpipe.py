@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -23,11 +24,12 @@ import numpy as np
 from usnet.channel import ring as ringmod
 from usnet.channel.events import DefunctReason, EventProducer, EventType, RefusalReason
 from usnet.channel.events import RECORD_SIZE as EVENT_RECORD
-from usnet.channel.ring import Consumer, Producer, RingCorrupt
+from usnet.channel.ring import Consumer, Producer
 from usnet.channel.schema import (
     FLOWADV, SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
     ChannelState, Layout, RingInfo, RingKind, Schema, Stat,
 )
+from usnet.nexus.barrier import log_fault
 from usnet.mem.arena import Arena, RegionKind, RegionSpec
 from usnet.pool.pool import PacketPool
 from usnet.pool.umd import UMD_SIZE, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO
@@ -63,15 +65,30 @@ class PipeEnd:
         f = rings[RingKind.FREE, role]
         e = rings[RingKind.EVENT, role]
         self.role = role
-        self.alloc = Producer(mem, a.offset, a.capacity)
+        # Both counters the client writes here are read only through the rings' validated
+        # reader: an impossible one is a violation of this end, never an exception. (Weak
+        # references: a cycle through the rings would keep the arena's mappings, and their
+        # descriptors, alive after destroy until the garbage collector ran.)
+        wpipe, wend = weakref.ref(pipe), weakref.ref(self)
+
+        def corrupt(what: str) -> None:
+            p, e = wpipe(), wend()
+            if p is not None and e is not None:
+                p._violation(e, RefusalReason.BAD_COUNTER)
+
+        self.alloc = Producer(mem, a.offset, a.capacity, on_corrupt=corrupt)
         self.alloc_mirror = np.zeros(a.capacity, dtype=np.uint32)  # what we put in each slot
         self.taken = 0  # ALLOC slots the client has consumed, as far as we believe
-        self.free = Consumer(mem, f.offset, f.capacity)
+        self.free = Consumer(mem, f.offset, f.capacity, on_corrupt=corrupt)
         # a dropped event is counted where the client sees it at once (STATS events_dropped)
         self.events = EventProducer(mem, e.offset, e.capacity,
                                     (pipe.stats, role * STATS_PER_ROLE + Stat.EVENTS_DROPPED))
         self.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung for the client
-        self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung by the client
+        try:
+            self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung by the client
+        except BaseException:
+            os.close(self.bell)
+            raise
         self.channel_id = 0
         self.attached = False
         self.closed = False
@@ -115,6 +132,17 @@ class UserPipe:
                 RegionSpec(RegionKind.FLOWADV, FLOWADV.size, ROLES),
             ],
         )
+        self.ends: list[PipeEnd] = []
+        try:
+            self._build(schema, rings)
+        except BaseException:  # half made (out of descriptors, say): release all of it
+            for end in self.ends:
+                end.close_fds()
+            self.arena.close()
+            raise
+
+    def _build(self, schema: Schema, rings: list[tuple[RingKind, int, int, int]]) -> None:
+        """Everything of the pipe inside its arena: views, layout, pool and ends."""
         self.shared_mv = memoryview(self.arena.shared)
         ring_base = self.arena.region(RegionKind.RING).offset
         infos: dict[tuple[RingKind, int], RingInfo] = {}
@@ -138,12 +166,14 @@ class UserPipe:
         self.umd_words = np.frombuffer(self.arena.shared, np.uint32, schema.max_packets * UMD_WORDS,
                                        self.layout.umd_offset)
         self.pool = PacketPool(self.arena, schema.max_packets, schema.packets, ROLES, schema.quota)
-        self.ends = [PipeEnd(self, role, infos) for role in range(ROLES)]
+        for role in range(ROLES):
+            self.ends.append(PipeEnd(self, role, infos))
         for role in range(ROLES):
             self.schema_words[W_LIMIT + role] = schema.ring_size
             self.stats[role * STATS_PER_ROLE + Stat.QUOTA] = schema.quota
         self._publish_active()
         self.defunct_reason: DefunctReason | None = None
+        self.faults = 0  # exceptions its fault barrier stopped
         self.destroyed = False
         self.on_destroy: Callable[["UserPipe"], None] | None = None
 
@@ -168,6 +198,8 @@ class UserPipe:
     def _violation(self, end: PipeEnd, reason: RefusalReason, packet: int = 0xFFFFFFFF,
                    posted: bool = False) -> None:
         """Count one bad batch against an end (posting its event unless already posted)."""
+        if self.defunct_reason is not None:
+            return  # its memory is zeroed: nothing it reads there is the client's any more
         end.violations += 1
         if reason is RefusalReason.BAD_COUNTER:
             self.stats[end.role * STATS_PER_ROLE + Stat.BAD_COUNTER] += 1
@@ -176,6 +208,16 @@ class UserPipe:
         end.ring_bell()
         if end.violations >= ABUSE_LIMIT:
             self.defunct(DefunctReason.ABUSE, culprit=end.role)
+
+    def fault(self, role: int, where: str, exc: BaseException) -> None:
+        """The fault barrier of one end: an exception serving it defuncts its group (ABUSE), nothing else.
+
+        Defunct takes every packet back into the pool, so whatever the fault
+        interrupted leaves nothing unaccounted.
+        """
+        self.faults += 1
+        log_fault(f"{where} of {self.name} (end {role})", exc)
+        self.defunct(DefunctReason.ABUSE, culprit=role)
 
     def _collect_taken(self, end: PipeEnd) -> None:
         """What the client took from its ALLOC ring (never trusting its counter)."""
@@ -190,12 +232,8 @@ class UserPipe:
 
     def _collect_freed(self, end: PipeEnd) -> None:
         """What the client handed back on its FREE ring."""
-        try:
-            freed = end.free.pop(end.free.capacity)
-        except RingCorrupt:
-            self._violation(end, RefusalReason.BAD_COUNTER)
-            return
-        if not freed:
+        freed = end.free.pop(end.free.capacity)
+        if not freed or self.defunct_reason is not None:
             return
         refused = self.pool.release(freed, end.role)
         base = end.role * STATS_PER_ROLE
@@ -225,7 +263,10 @@ class UserPipe:
         start = end.alloc.prod
         pos = np.arange(start, start + len(got)) & (end.alloc.capacity - 1)
         end.alloc_mirror[pos] = got
-        end.alloc.push(got)
+        pushed = end.alloc.push(got)
+        if pushed < len(got):  # its consumer counter turned impossible: what did not fit goes back
+            self.pool.reclaim(got[pushed:].astype(np.int64))
+            got = got[:pushed]
         self.stats[end.role * STATS_PER_ROLE + Stat.ALLOCATED] += len(got)
         self._publish_active()
 
@@ -348,6 +389,7 @@ class UserPipe:
             "pool": self.pool.counts(), "active": self.pool.active,
             "memory_bytes": self.arena.allocated_bytes(),
             "defunct": None if self.defunct_reason is None else self.defunct_reason.name,
+            "faults": self.faults,
             "ends": [{"role": e.role, "channel": e.channel_id, "attached": e.attached,
                       "closed": e.closed, "held": self.pool.held[e.role],
                       "refused": self.pool.refused[e.role], "violations": e.violations}
