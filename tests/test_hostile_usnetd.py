@@ -230,7 +230,7 @@ def test_bell_made_blocking_and_filled(hostile):
 def test_kick_made_blocking_and_its_count_stolen(hostile):
     h = hostile
     atk = h.spawn(HOSTILE, "kick-steal", "--name", "steal")
-    what = "a kick made blocking, its counts stolen by readers"
+    what = "a kick made blocking, its counts taken back between select() and read()"
     h.assert_served(what)
     h.kill(atk)
     h.assert_recovered(what)
