@@ -25,13 +25,18 @@ DAEMON = [sys.executable, "-m", "usnet.daemon.usnetd"]
 
 
 class Daemon:
-    def __init__(self, path: str, log: Path, *extra: str) -> None:
-        """usnetd on socket `path`, logging to `log`; `extra` are more arguments (--config ...)."""
+    def __init__(self, path: str, log: Path, *extra: str, preexec_fn=None, grace: float = 10.0) -> None:
+        """usnetd on socket `path`, logging to `log`; `extra` are more arguments (--config ...).
+
+        `preexec_fn` runs in the child before usnetd starts (a lower RLIMIT_NOFILE, say);
+        `grace` is how long `stop` waits after SIGTERM before it sends SIGKILL.
+        """
         self.path = path
         self.log = log
+        self.grace = grace
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(DAEMON + ["--socket", path, "--log-level", "INFO", *extra],
-                                         stdout=subprocess.PIPE, stderr=err)
+                                         stdout=subprocess.PIPE, stderr=err, preexec_fn=preexec_fn)
         r, _, _ = select.select([self.proc.stdout], [], [], 15)
         line = self.proc.stdout.readline().decode() if r else ""
         if not line.startswith("usnetd ready"):
@@ -48,7 +53,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
