@@ -29,7 +29,7 @@ from usnet.wire.errors import WireError, readable
 __all__ = [
     "ICMP", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
     "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "is_fragment", "make_flags_frag",
-    "more_fragments", "parse_ipv4", "write_ipv4_header",
+    "martian_source4", "more_fragments", "parse_ipv4", "write_ipv4_header",
 ]
 
 IPV4_HLEN = 20
@@ -76,6 +76,24 @@ def parse_ipv4(
         # exactly 0xFFFF: a multiple of 0xFFFF.
         raise WireError("IPv4: bad header checksum")
     return ihl, total, ident, ff, ttl, proto, src, dst
+
+
+def martian_source4(src, local: int, bcast: int):
+    """Whether `src` cannot be the source of a packet from the wire, as Linux's ip_route_input judges.
+
+    `src` is the address as an int, or a uint32 array (one answer per row:
+    the flow switch's column-wise receive path); `local` is our address,
+    `bcast` the subnet broadcast (pass `local` again where the prefix has
+    none, /31 and /32). Martian: "this network" 0.0.0.0/8, loopback
+    127.0.0.0/8, multicast 224.0.0.0/4, the limited broadcast, the subnet
+    broadcast, and our own address (a LAND packet: Linux's
+    fib_validate_source finds the source local). Written with bitwise
+    operators only, so the per-frame and column-wise paths share this one
+    definition.
+    """
+    top = src >> 24
+    return ((top == 0) | (top == 127) | ((top & 0xF0) == 0xE0) | (src == 0xFFFFFFFF)
+            | (src == bcast) | (src == local))
 
 
 def make_flags_frag(df: bool = True, mf: bool = False, offset: int = 0) -> int:
