@@ -450,7 +450,7 @@ class Domain:
                 sw.service_rx()
         for sw in self.switches.values():
             for flow in list(sw.flows.values()):
-                if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
+                if flow.port.tx_pending() and not flow.port.suspended:
                     self._service_tx(sw, flow, ll)
             sw.flush()
             timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
@@ -485,7 +485,7 @@ class Domain:
     def _idle_flows(self) -> bool:
         """Before sleeping: ask every client to ring us when it sends; True if one already did."""
         ports = [f.port for sw in self.switches.values() for f in sw.flows.values()
-                 if not f.port.suspended and not f.parked]
+                 if not f.port.suspended]
         for port in ports:
             port.set_need_wakeup()
         ringmod.fence()
