@@ -41,6 +41,7 @@ from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
 from usnet.drivers.block import FrameBlock
 from usnet.nexus import flowswitch
 from usnet.nexus.domain import Domain
+from usnet.nexus.neighbours import SKB_OVERHEAD
 from usnet.nexus.ports import EPHEMERAL
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
@@ -700,29 +701,43 @@ def test_rate_limited_memwire_in_real_time_with_the_domain_thread(make_net):
 def _burst_before_arp(n, count: int) -> tuple[list[bytes], list]:
     sa = n.c.udp_socket("a", 5000)
     sb = n.c.udp_socket("b", 6000)
-    sent = [b"%d" % i for i in range(count)]
+    sent = [b"%03d" % i for i in range(count)]
     assert sa.send_many(sent, (B_IP, 6000)) == count
     got = drive(n, sb, lambda got: len(got) + total_drops(n.swa) >= count)
     return sent, [p for p, _ in got], list(sa.events())
 
 
-def test_burst_to_an_unresolved_neighbour_waits_for_it(make_net):
-    """1000 datagrams before ARP answers: the flow is not served while a batch waits, so none is lost."""
+def test_an_unresolved_neighbour_holds_back_only_its_own_packets(make_net):
+    """One flow sends to 10.9.0.77 (nobody answers) and to b: b's datagrams go at once, while
+    10.9.0.77 is still asked for; 10.9.0.77 holds no more than its own budget (unres_qlen_bytes),
+    the oldest pushed out and reported. The old switch parked the whole flow until ARP gave up."""
     n = make_net(start=False)
-    sent, payloads, events = _burst_before_arp(n, 1000)
-    assert payloads == sent
-    assert total_drops(n.swa) == 0 and not [e for e in events if e.type == EventType.TX_DROPPED]
-    (f,) = n.flows("a")
-    assert f["stats"]["tx_packets"] == 1000 and f["stats"].get("tx_dropped", 0) == 0
+    clock = FakeClock()
+    n.swa.clock = clock  # simulated time stands still: ARP never gives up during the test
+    charge = 14 + 28 + 8 + SKB_OVERHEAD  # each datagram: frame bytes and Linux's skb overhead
+    n.swa.arp.queue_bytes = 64 * charge
+    sa = n.c.udp_socket("a", 5000)
+    sb = n.c.udp_socket("b", 6000)
+    assert sa.send_many([b"lost %03d" % i for i in range(84)], ("10.9.0.77", 6000)) == 84
+    n.d.serve_once(0)
+    sent = [b"%d" % i for i in range(50)]  # within b's own budget while b is asked for
+    assert sa.send_many(sent, (B_IP, 6000)) == len(sent)
+    got = drive(n, sb, lambda got: len(got) >= len(sent), rounds=200)
+    assert [p for p, _ in got] == sent
+    pending = [item for _, item in n.swa.arp.pending[bytes([10, 9, 0, 77])].packets]
+    assert [p[-8:] for _, p in pending] == [b"lost %03d" % i for i in range(20, 84)]  # the newest, in order
+    assert n.swa.drops == {"tx_neighbour_unresolved": 20}
+    events = list(sa.events())
+    assert [(e.type, e.code) for e in events] == [(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED)] * 20
 
 
 def test_burst_past_the_arp_queue_is_delivered_or_accounted(make_net):
-    """A waiting batch larger than the ARP queue (64 here): 64 go out in order, the rest are counted and told."""
+    """A waiting batch larger than the neighbour's queue (64 here): 64 go out in order, the rest are counted and told."""
     n = make_net(start=False)
-    n.swa.arp.queue = 64
+    n.swa.arp.queue_bytes = 64 * (14 + 28 + 3 + SKB_OVERHEAD)
     count = 200
     sent, payloads, events = _burst_before_arp(n, count)
-    assert len(payloads) == n.swa.arp.queue  # what waited for the answer went out, in order
+    assert len(payloads) == 64  # what waited for the answer went out, in order
     assert payloads == [p for p in sent if p in set(payloads)]
     dropped = count - len(payloads)
     assert n.swa.drops == {"tx_neighbour_unresolved": dropped}
@@ -928,13 +943,15 @@ def test_mixed_batch_of_datagrams_arrives_intact_with_checksums_scapy_accepts(ma
     rng = random.Random(7)
     sizes = [0, 1, 2, 3, 4, 5, sa.max_payload, sa.max_payload - 1] + [rng.randrange(0, sa.max_payload) for _ in range(300)]
     data = [bytes(rng.getrandbits(8) for _ in range(s)) for s in sizes]
+    sa.sendto(b"arp first", (B_IP, 6000))  # a burst before ARP answers keeps only its neighbour's budget
+    assert recv_n(sb, 1)[0][0] == b"arp first"
     assert sa.send_many(data, (B_IP, 6000)) == len(data)
     got = recv_n(sb, len(data))
     assert [p for p, _ in got] == data
     assert {a for _, a in got} == {(A_IP, 5000)}
     assert sb.rx_bad == 0
     n.d.stop()
-    frames = [f for f in rdpcap(str(cap)) if UDP in f]
+    frames = [f for f in rdpcap(str(cap)) if UDP in f][1:]
     assert len(frames) == len(data)
     for f in frames:
         ip = f[IP]

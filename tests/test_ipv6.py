@@ -459,7 +459,7 @@ def test_garbage_ipv6_and_nd_frames_are_counted_and_nothing_is_answered_or_learn
     assert w6.sw.frags["frag_in"] > 0 and w6.sw.frags["frag_reassembled"] == 0
     assert w6.sw.info()["nd"] == {} and not w6.sw.nd.pending
     assert w6.sw.info()["counts"] == {}  # no echo answered, no advertisement sent, nothing learnt
-    for reason in ("rx_malformed", "rx_not_our_ip", "rx_not_our_mac", "rx_bad_source",
+    for reason in ("rx_malformed", "rx_not_our_ip", "rx_not_our_mac", "rx_martian_source",
                    "rx_no_flow", "rx_runt", "nd_no_lladdr"):
         assert w6.sw.drops[reason] > 0, reason
     # ... and it still works

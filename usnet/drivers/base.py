@@ -50,6 +50,19 @@ class TrackedFrame(SegmentedFrame):
         return self.mark[1]
 
 
+class Coalesced(bytearray):
+    """A received frame the kernel made of several (GRO, or a TAP's GSO super-segment).
+
+    Larger than the MTU by right: the device says so (virtio_net_hdr
+    gso_type, TP_STATUS_GSO_TCP), and only a driver that was told so makes
+    one. The flow switch drops any other frame longer than the MTU allows
+    (`rx_oversize`), so a host on the link cannot hand us jumbo frames the
+    netif never agreed to. To everything else it is a bytearray.
+    """
+
+    __slots__ = ()
+
+
 class GatherFrame:
     """A frame in two pieces, for the low-latency path's zero-copy transmit.
 
@@ -85,7 +98,9 @@ class Driver(Protocol):
 
     A driver with a non-zero `gso_max` (optional attribute) takes
     SegmentedFrames up to that many IP bytes and may return frames that
-    large; one without it is never handed one.
+    large; one without it is never handed one. A received frame longer than
+    the MTU is taken only as a `Coalesced` (the device says it was
+    aggregated); any other is dropped above as oversize.
 
     A driver whose `takes_gather` is true also takes GatherFrames (written
     out piece by piece, the payload straight from the sender's buffer).

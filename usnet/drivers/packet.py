@@ -69,7 +69,10 @@ valid frames.
 
 GRO: on a real NIC with GRO enabled the kernel may hand us aggregated TCP
 packets larger than the MTU (up to 64 KiB); `ethtool -K IF gro off` if the
-stack above must not see them. Blocks are sized to hold them whole.
+stack above must not see them. Blocks are sized to hold them whole. The
+kernel flags them TP_STATUS_GSO_TCP (Linux 6.3+) and they are returned as
+`Coalesced`: the flow switch drops any other frame longer than the MTU, so
+on an older kernel GRO must be off.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ import socket
 import struct
 from typing import Sequence
 
-from usnet.drivers.base import DriverStats, Frame, GatherFrame, random_mac
+from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, random_mac
 from usnet.wire.checksum import acc, finish
 
 # linux/if_ether.h
@@ -106,6 +109,7 @@ TP_STATUS_COPY = 1 << 1
 TP_STATUS_LOSING = 1 << 2
 TP_STATUS_CSUMNOTREADY = 1 << 3
 TP_STATUS_CSUM_VALID = 1 << 7
+TP_STATUS_GSO_TCP = 1 << 8  # Linux 6.3+: the frame is a GRO super-segment, longer than the MTU by right
 # TX status values
 TP_STATUS_AVAILABLE = 0
 TP_STATUS_SEND_REQUEST = 1 << 0
@@ -321,11 +325,12 @@ class PacketDriver:
             if snap < ln:
                 errors += 1  # truncated: the block was too small for it
             elif fix and st & TP_STATUS_CSUMNOTREADY:
-                out.append(_complete_checksum(bytearray(mm[start:start + snap])))
+                f = _complete_checksum(bytearray(mm[start:start + snap]))
+                out.append(Coalesced(f) if st & TP_STATUS_GSO_TCP else f)
                 self.rx_csum_completed += 1
                 nbytes += snap
             else:
-                out.append(mm[start:start + snap])
+                out.append(Coalesced(mm[start:start + snap]) if st & TP_STATUS_GSO_TCP else mm[start:start + snap])
                 nbytes += snap
             left -= 1
             off += nxt

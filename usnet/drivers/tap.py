@@ -24,7 +24,7 @@ import os
 import struct
 from typing import Sequence
 
-from usnet.drivers.base import DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
+from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
 from usnet.wire.checksum import finish, acc
 
 TUNSETIFF = 0x400454CA
@@ -108,11 +108,15 @@ class TapDriver:
             self.stats.rx_errors += 1
             return None
         flags, gso_type, _hl, _gs, start, offset, _nb = VNET_HDR.unpack_from(f)
-        if gso_type != GSO_NONE:
+        make: type = bytearray
+        if gso_type != GSO_NONE:  # a super-segment: marked, so the switch takes it past the MTU
             self.stats.rx_gso_frames += 1
-        if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            make = Coalesced
+        elif not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             return f[VNET_HDR_LEN:]
-        frame = bytearray(memoryview(f)[VNET_HDR_LEN:])
+        frame = make(memoryview(f)[VNET_HDR_LEN:])
+        if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            return frame
         at = start + offset
         if at + 2 > len(frame):
             self.stats.rx_errors += 1

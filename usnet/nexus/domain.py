@@ -603,7 +603,7 @@ class Domain:
         for sw in self.switches.values():
             for flow in list(sw.flows.values()):
                 try:
-                    if flow.port.tx_pending() and not flow.port.suspended and not flow.parked:
+                    if flow.port.tx_pending() and not flow.port.suspended:
                         self._service_tx(sw, flow, ll)
                 except Exception as e:  # the barrier of one flow channel
                     self._fault_channel(flow.port.pipe, 0, "transmit", e)
@@ -646,7 +646,7 @@ class Domain:
     def _idle_flows(self) -> bool:
         """Before sleeping: ask every client to ring us when it sends; True if one already did."""
         ports = [f.port for sw in self.switches.values() for f in sw.flows.values()
-                 if not f.port.suspended and not f.parked]
+                 if not f.port.suspended]
         for port in ports:
             port.set_need_wakeup()
         ringmod.fence()

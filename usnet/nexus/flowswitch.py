@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import struct
 import time
 from collections import Counter
@@ -47,7 +48,7 @@ import numpy.ma  # noqa: F401  np.unique imports it on first use (numpy 2.x): a 
 
 from usnet.channel.events import EventType, TxDropReason, TxStatus
 from usnet.drivers import block
-from usnet.drivers.base import GatherFrame, SegmentedFrame, TrackedFrame
+from usnet.drivers.base import Coalesced, GatherFrame, SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.nexus.llcheck import GENERAL_PATH, SNAPSHOT, check_ll_header
 from usnet.nexus.neighbours import NeighbourCache
@@ -66,13 +67,17 @@ from usnet.wire.errors import WireError
 from usnet.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.wire import ecn
 from usnet.wire.ipv4 import (
-    IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, ip_str, not_unicast4, parse_ipv4,
+    IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, ip_str, martian_source4, not_unicast4, parse_ipv4,
 )
 from usnet.wire.ipv6 import (
     ALL_NODES, FRAG_HLEN, FRAGMENT, ICMPV6, IPV6_HLEN, ROUTING, UNSPECIFIED, build_ipv6_header, ip6_str,
-    multicast_mac, not_unicast6, parse_frag_header, parse_ipv6, skip_ext_headers, solicited_node,
+    martian_source6, multicast_mac, not_unicast6, parse_frag_header, parse_ipv6, skip_ext_headers,
+    solicited_node, verify_upper_v6,
 )
 from usnet.wire.rows import be_u16, be_u32, row_sums
+from usnet.wire.udp import parse_udp
+
+log = logging.getLogger(__name__)
 
 _ETH = struct.Struct("!6s6sH")
 _PORTS = struct.Struct("!HH")
@@ -87,6 +92,7 @@ TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
 ROWWISE_MAX = 8  # received blocks of up to this many frames are classified row by row (block.open_small)
+DEFEND_INTERVAL = 10.0  # RFC 5227: at most one announcement defending our address per this many seconds
 
 
 # The frame bytes every row of the RX fast path has: destination MAC, EtherType,
@@ -105,7 +111,6 @@ class Flow:
     port: FlowPort
     channel: int = 0
     stats: Counter = field(default_factory=Counter)
-    parked: int = 0  # packets waiting for a neighbour: the flow is not served meanwhile
     raddr_int: int = 0
     family: int = 4  # 4 or 6: which address the flow sends from, and which listener table has it
     policer: Any = None  # an LL lease's usnet.lowlat.policer.Policer, while the flow holds one
@@ -184,7 +189,12 @@ class FlowSwitch:
         # the subnet's broadcast address (a /31 or /32 has none: both addresses of a /31 are hosts)
         self._bcast = netif.broadcast if netif.network.prefixlen < 31 else None
         self._bcast_int = -1 if self._bcast is None else int.from_bytes(self._bcast, "big")
-        self._ip_int = int.from_bytes(netif.ip, "big")
+        # what a received frame is held to: its length (a Coalesced frame excepted) and martian sources
+        self._rx_max = netif.mtu + ETH_HLEN
+        self._local4 = int.from_bytes(netif.ip, "big")
+        # Linux has a subnet broadcast only below /31; martian_source4 takes our address again otherwise
+        self._bcast4 = self._local4 if self._bcast is None else self._bcast_int
+        self._defended_at: float | None = None  # when we last announced our address against a conflict
 
     # -- flows ---------------------------------------------------------------------------
 
@@ -222,18 +232,18 @@ class FlowSwitch:
 
         A flow may be connected to, and a client's packet may go to, only such
         an address: not unspecified, loopback, multicast, broadcast (all-ones
-        or the subnet's), reserved (240/4), v4-mapped, nor the netif's own.
+        or the subnet's), v4-mapped, nor the netif's own.
         """
         if len(addr) == 4:
             a = int.from_bytes(addr, "big")
-            if a == self._ip_int:
+            if a == self._local4:
                 return "this netif's own address"
             if a == self._bcast_int:
                 return "the subnet's broadcast address"
             if not_unicast4(a):
                 top = a >> 24
                 return {0: "unspecified (0.0.0.0/8)", 127: "loopback (127.0.0.0/8)"}.get(
-                    top, "multicast (224.0.0.0/4)" if top < 240 else "broadcast or reserved (240.0.0.0/4)")
+                    top, "multicast (224.0.0.0/4)" if top < 240 else "the limited broadcast (255.255.255.255)")
             return None
         if addr in self.netif.addrs6:
             return "this netif's own address"
@@ -294,6 +304,7 @@ class FlowSwitch:
         mymac, myip = netif.mac, netif.ip
         exact, listeners = self.exact, self.listeners
         unpack, from_bytes = _FAST.unpack_from, int.from_bytes
+        rx_max, local4, bcast4 = self._rx_max, self._local4, self._bcast4
         for f in frames:
             if type(f) is FrameBlock:
                 netif.rx_bytes += f.nbytes()
@@ -305,11 +316,14 @@ class FlowSwitch:
             netif.rx_bytes += n
             if n >= 38:
                 # The common case in one unpack: to us, IPv4 without options, not a
-                # fragment, UDP or TCP to a flow, header checksum good.
-                dmac, _s, etype, vihl, total, ff, proto, sip, dip, sport, dport = unpack(f)
+                # fragment, UDP or TCP to a flow, header checksum good, from a unicast
+                # MAC and a source that is no martian, within the MTU.
+                dmac, smac, etype, vihl, total, ff, proto, sip, dip, sport, dport = unpack(f)
                 if (etype == ETHERTYPE_IPV4 and vihl == 0x45 and dmac == mymac and dip == myip
                         and not ff & (IP_MF | IP_OFFMASK) and (proto == UDP or proto == TCP)
-                        and 24 <= total <= n - ETH_HLEN and not from_bytes(f[14:34], "big") % 0xFFFF):
+                        and 24 <= total <= n - ETH_HLEN and not from_bytes(f[14:34], "big") % 0xFFFF
+                        and not smac[0] & 1 and not martian_source4(from_bytes(sip, "big"), local4, bcast4)
+                        and (n <= rx_max or type(f) is Coalesced)):
                     flow = exact.get((proto, dport, sip, sport)) or listeners.get((proto, dport))
                     if flow is not None:
                         lst = per_flow.get(flow)
@@ -352,6 +366,9 @@ class FlowSwitch:
             ok = (d[:, _RX_SIG_COLS] & _RX_SIG_MASK == self._rx_sig).all(axis=1)
             ok &= ((proto == UDP) | (proto == TCP)) & (total >= 24) & (total + ETH_HLEN <= lens)
             ok &= row_sums(d[:, 14:34]) == 0
+            # within the MTU, from a unicast MAC, from no martian: the per-frame path counts the rest
+            ok &= (lens <= self._rx_max) & (d[:, 6] & 1 == 0)
+            ok &= ~martian_source4(be_u32(d[:, 26:30]), self._local4, self._bcast4)
             # source address and both ports in one word per row, grouped per protocol
             key = be_u32(d[:, 26:30]).astype(np.uint64) << 32 | be_u32(d[:, 34:38])
             for pr in (UDP, TCP):
@@ -410,9 +427,15 @@ class FlowSwitch:
         if len(f) < ETH_HLEN:
             self.drops["rx_runt"] += 1
             return
+        if len(f) > self._rx_max and type(f) is not Coalesced:
+            self.drops["rx_oversize"] += 1  # longer than the MTU, and the device did not make it so
+            return
         dst, src, etype = _ETH.unpack_from(f)
         if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6:
             self.drops["rx_not_our_mac"] += 1
+            return
+        if src[0] & 1:
+            self.drops["rx_bad_mac_source"] += 1  # a group address never sends (IEEE 802.3)
             return
         if etype == ETHERTYPE_IPV4:
             self._rx_ip(f, now, per_flow)
@@ -424,25 +447,54 @@ class FlowSwitch:
             self.drops["rx_ethertype"] += 1
 
     def _rx_arp(self, f: bytes, src_mac: bytes, now: float) -> None:
+        """An ARP packet: conflicts on our address first (RFC 5227), then requests and replies for us.
+
+        Learnt only from a sender whose address could be a neighbour's: a
+        probe (sender 0.0.0.0, RFC 5227 §2.1.1) is answered as Linux does and
+        teaches nothing; a martian sender earns nothing.
+        """
         op, sha, spa, tha, tpa = warp.parse_arp(f, ETH_HLEN)
         if sha != src_mac or sha == BROADCAST or sha[0] & 1:
             self.drops["arp_bogus_sender"] += 1
             return
-        if tpa != self.netif.ip:
+        netif = self.netif
+        if spa == netif.ip:
+            self._arp_conflict(sha, now)
+            return
+        if tpa != netif.ip:
             self.drops["arp_not_for_us"] += 1
             return
-        self.counts["arp_rx"] += 1
-        self._learn(self.arp, spa, sha, now)
+        if spa == b"\x00\x00\x00\x00":
+            if op != warp.ARP_REQUEST:
+                self.drops["arp_martian"] += 1
+                return
+            self.counts["arp_probe_answered"] += 1  # our address is taken: we say so, learning nothing
+        elif martian_source4(int.from_bytes(spa, "big"), self._local4, self._bcast4):
+            self.drops["arp_martian"] += 1
+            return
+        else:
+            self.counts["arp_rx"] += 1
+            self._learn(self.arp, spa, sha, now)
         if op == warp.ARP_REQUEST:
-            self._send_frame(0, sha, ETHERTYPE_ARP,
-                             warp.build_arp(warp.ARP_REPLY, self.netif.mac, self.netif.ip, sha, spa))
+            self._send_frame(0, sha, ETHERTYPE_ARP, warp.build_arp(warp.ARP_REPLY, netif.mac, netif.ip, sha, spa))
+
+    def _arp_conflict(self, mac: bytes, now: float) -> None:
+        """Another MAC says it has our address (RFC 5227 §2.4): count it, never answer it or learn it,
+        and defend (§2.4 (b)): one announcement of ours, and one log line, per DEFEND_INTERVAL."""
+        self.drops["arp_conflict"] += 1
+        if self._defended_at is not None and now - self._defended_at < DEFEND_INTERVAL:
+            return
+        self._defended_at = now
+        self.counts["arp_defended"] += 1
+        netif = self.netif
+        log.warning("netif %s: %s claims our address %s; announcing ours (%s)", netif.name, mac.hex(":"),
+                    netif.ip_str, netif.mac.hex(":"))
+        self._send_frame(0, BROADCAST, ETHERTYPE_ARP,
+                         warp.build_arp(warp.ARP_REQUEST, netif.mac, netif.ip, b"\x00" * 6, netif.ip))
 
     def _learn(self, cache: NeighbourCache, addr: bytes, mac: bytes, now: float) -> None:
         """A neighbour's link-layer address: remember it, and send what waited for it."""
         for key, packet in cache.learn(addr, mac, now):
-            flow = self.flows.get(key)
-            if flow is not None:
-                flow.parked -= 1
             self._emit(key, mac, packet)
 
     def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
@@ -450,6 +502,9 @@ class FlowSwitch:
         netif = self.netif
         if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
             self.drops["rx_not_our_ip"] += 1
+            return
+        if martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
+            self.drops["rx_martian_source"] += 1  # answered, it would go to broadcast, loopback, us
             return
         if ff & (IP_MF | IP_OFFMASK):
             if dst != netif.ip:
@@ -472,9 +527,16 @@ class FlowSwitch:
         if proto not in (UDP, TCP) or end - start < 4:
             self.drops["rx_no_flow"] += 1
             return
+        if proto == TCP and dst != netif.ip:
+            self.drops["rx_tcp_not_unicast"] += 1  # TCP is unicast only (Linux: PACKET_HOST only)
+            return
         sport, dport = _PORTS.unpack_from(f, start)
         flow = self.exact.get((proto, dport, src, sport)) or self.listeners.get((proto, dport))
         if flow is None:
+            bad = self._bad_udp(f, start, end, src, dst) if proto == UDP else None
+            if bad is not None:
+                self.drops[bad] += 1  # nobody's, and damaged: no ICMP about it (as Linux)
+                return
             self.drops["rx_no_flow"] += 1
             if dst == netif.ip:
                 self._no_socket(proto, f, start, end, src, now)
@@ -483,6 +545,29 @@ class FlowSwitch:
         if lst is None:
             lst = per_flow[flow] = []
         lst.append(f[ETH_HLEN:end])
+
+    @staticmethod
+    def _bad_udp(f: bytes, start: int, end: int, src: bytes, dst: bytes) -> str | None:
+        """Why a UDP datagram nobody listens for is damaged (a drop reason), or None if it is sound.
+
+        As Linux's __udp4_lib_rcv / __udp6_lib_rcv before they send port
+        unreachable: a length field under 8 or past the IP payload is
+        `rx_udp_bad_length`; a wrong checksum, or none over IPv6 (RFC 8200
+        §8.1), is `rx_udp_csum_error` (Linux's InCsumErrors). Only a sound
+        datagram earns an ICMP error.
+        """
+        ulen = int.from_bytes(f[start + 4 : start + 6], "big") if end - start >= 8 else 0
+        if ulen < 8 or ulen > end - start:
+            return "rx_udp_bad_length"
+        if len(src) == 4:
+            try:
+                parse_udp(f, start, ulen, src, dst)
+            except WireError:
+                return "rx_udp_csum_error"
+            return None
+        if f[start + 6 : start + 8] == b"\x00\x00" or not verify_upper_v6(f, start, ulen, src, dst, UDP):
+            return "rx_udp_csum_error"
+        return None
 
     def _no_socket(self, proto: int, f: bytes, start: int, end: int, src: bytes, now: float) -> None:
         """Nobody has this port: answer as a host does (UDP: port unreachable, TCP: RST)."""
@@ -545,8 +630,8 @@ class FlowSwitch:
         if dst not in netif.addrs6 and dst not in netif.groups6:
             self.drops["rx_not_our_ip"] += 1
             return
-        if src[0] == 0xFF:
-            self.drops["rx_bad_source"] += 1
+        if martian_source6(src, netif.addrs6):
+            self.drops["rx_martian_source"] += 1
             return
         end = ETH_HLEN + IPV6_HLEN + plen
         proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, nh)
@@ -574,7 +659,10 @@ class FlowSwitch:
         if proto == ICMPV6:
             self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now, per_flow)
             return
-        if proto not in (UDP, TCP) or end - start < 4 or dst[0] == 0xFF or src == UNSPECIFIED:
+        if src == UNSPECIFIED:
+            self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
+            return
+        if proto not in (UDP, TCP) or end - start < 4 or dst[0] == 0xFF:
             self.drops["rx_no_flow"] += 1
             return
         sport, dport = _PORTS.unpack_from(f, start)
@@ -582,6 +670,10 @@ class FlowSwitch:
         if dst == netif.ip6:  # flows have the global address; the link-local one has no ports
             flow = self.exact.get((proto, dport, src, sport)) or self.listeners6.get((proto, dport))
         if flow is None:
+            bad = self._bad_udp(f, start, end, src, dst) if proto == UDP else None
+            if bad is not None:
+                self.drops[bad] += 1
+                return
             self.drops["rx_no_flow"] += 1
             self._no_socket6(proto, f, start, end, src, dst, now)
             return
@@ -705,7 +797,7 @@ class FlowSwitch:
         # A batch of 64 KB packets (a flow on an offload netif) is pulled in smaller
         # bites: the copy stays a few MB, not 32 MB of fresh pages per call.
         max_packets = min(max_packets, _PULL_BYTES // flow.port.stride or 1)
-        if not draining and self.netif.serves_ll(flow.id) and not flow.parked:
+        if not draining and self.netif.serves_ll(flow.id):
             return self._service_ll(flow, max_packets)
         rows, lens, gso, meta = flow.port.pull(max_packets, ETH_HLEN, draining)
         if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
@@ -877,7 +969,7 @@ class FlowSwitch:
         served = 0
         for fid in self.netif.ll_keys:
             flow = flows.get(fid)
-            if flow is not None and not flow.parked and flow.port.tx_pending() and not flow.port.suspended:
+            if flow is not None and flow.port.tx_pending() and not flow.port.suspended:
                 served += self.service_tx(flow)
         if served and self.netif.active_ll:
             self.netif.flush()  # what the LL class queued: the rest went to the device in service_tx
@@ -900,7 +992,7 @@ class FlowSwitch:
         ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
         if flow.raddr is None:  # a connected flow's destination is in its signature
             d = be_u32(h[:, 16:20]).astype(np.int64)
-            ok &= ~not_unicast4(d) & (d != self._ip_int) & (d != self._bcast_int)
+            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast_int)
             ok &= (h[:, 22] | h[:, 23]) != 0
         ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
         return ok
@@ -1124,17 +1216,15 @@ class FlowSwitch:
         return True
 
     def _await_neighbour(self, key: int, hop: bytes, packet: bytes, now: float) -> None:
-        flow = self.flows.get(key)
-        if flow is not None:
-            flow.parked += 1
+        """Hold `packet` for `hop` in that neighbour's own bounded queue: nothing else waits with it."""
         ipv4 = len(hop) == 4
-        ask, dropped = (self.arp if ipv4 else self.nd).wait(hop, (key, packet), now)
+        ask, dropped = (self.arp if ipv4 else self.nd).wait(hop, (key, packet), len(packet) + ETH_HLEN, now)
         if ask and ipv4:
             self._arp_request(hop)
         elif ask:
             self._solicit(hop)
-        if dropped is not None:
-            self._unresolved(dropped)
+        for item in dropped:
+            self._unresolved(item)
 
     def _unresolved(self, item: tuple[int, bytes]) -> None:
         """A packet that waited for a neighbour in vain: counted, and told to its flow."""
@@ -1142,7 +1232,6 @@ class FlowSwitch:
         self.drops["tx_neighbour_unresolved"] += 1
         flow = self.flows.get(key)
         if flow is not None:
-            flow.parked -= 1
             flow.stats["tx_dropped"] += 1
             flow.stats["tx_packets"] -= 1  # counted as sent when it was queued for ARP
             flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED,

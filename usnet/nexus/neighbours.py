@@ -3,8 +3,18 @@
 One class serves ARP (4-byte IPv4 keys) and IPv6 Neighbour Discovery
 (16-byte keys): what differs between the two is only how the switch asks
 (an ARP request or a Neighbour Solicitation) and what it learns from, so
-the queue discipline that parks flows while their next hop is unknown is
-written once. The switch keeps one instance per family.
+the queue discipline for packets whose next hop is unknown is written once.
+The switch keeps one instance per family.
+
+An unresolved neighbour holds back only the packets to it, in its own
+queue of at most `queue_bytes` (Linux's unres_qlen_bytes, SK_WMEM_MAX =
+212992), each packet charged its length plus Linux's sk_buff overhead
+(576 bytes), so 101 full-sized frames fit, Linux's unres_qlen. When full,
+the oldest are pushed out and the caller counts them (NEIGHBOUR_UNRESOLVED),
+as Linux's __neigh_event_send does. Nothing else waits: not the flow that
+sent it, not the port, not other neighbours. So a spoofed SYN from an
+on-link address nobody answers for costs one queued SYN-ACK and three ARP
+requests, and established connections on that port go on.
 
 Sans-I/O: it is told the time and returns what to ask for. Entries live
 `ttl` seconds; an unresolved address is asked for every `retry` seconds up to
@@ -17,19 +27,25 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+UNRES_QLEN_BYTES = 212992  # Linux's default unres_qlen_bytes (SK_WMEM_MAX)
+SKB_OVERHEAD = 576  # what Linux's truesize adds to a packet: sk_buff and skb_shared_info, aligned
+
+
 @dataclass
 class _Pending:
-    packets: deque = field(default_factory=deque)
+    packets: deque = field(default_factory=deque)  # (charge, item)
     asked_at: float = 0.0
     tries: int = 0
+    nbytes: int = 0  # charged for the packets held
 
 
 class NeighbourCache:
     """Link-layer addresses by IP address (4 or 16 bytes), and packets waiting for them."""
 
-    def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3, queue: int = 512,
-                 max_entries: int = 4096) -> None:
-        self.ttl, self.retry, self.tries, self.queue, self.max_entries = ttl, retry, tries, queue, max_entries
+    def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3,
+                 queue_bytes: int = UNRES_QLEN_BYTES, max_entries: int = 4096) -> None:
+        self.ttl, self.retry, self.tries, self.max_entries = ttl, retry, tries, max_entries
+        self.queue_bytes = queue_bytes
         self.entries: dict[bytes, tuple[bytes, float]] = {}  # address -> (mac, expires)
         self.pending: dict[bytes, _Pending] = {}
         self.dropped = 0
@@ -60,28 +76,34 @@ class NeighbourCache:
                 return []  # a flood of made-up neighbours does not grow us without bound
         self.entries[ip] = (mac, now + self.ttl)
         p = self.pending.pop(ip, None)
-        return list(p.packets) if p else []
+        return [item for _, item in p.packets] if p else []
 
-    def wait(self, ip: bytes, packet: object, now: float) -> tuple[bool, object | None]:
-        """Queue a packet for an unresolved address.
+    def wait(self, ip: bytes, packet: object, size: int, now: float) -> tuple[bool, list]:
+        """Queue a packet of `size` bytes for an unresolved address.
 
-        Returns (ask now?, the packet pushed out of a full queue, or None); the
-        caller accounts for the dropped one.
+        Returns (ask now?, the packets pushed out of a full queue, oldest
+        first: perhaps this one); the caller accounts for the dropped ones.
         """
+        charge = size + SKB_OVERHEAD
+        if charge > self.queue_bytes:
+            self.dropped += 1
+            return False, [packet]
         p = self.pending.get(ip)
+        ask = p is None
         if p is None:
             if len(self.pending) >= self.max_entries:
                 self.dropped += 1
-                return False, packet
+                return False, [packet]
             p = self.pending[ip] = _Pending(asked_at=now, tries=1)
-            p.packets.append(packet)
-            return True, None
-        dropped = None
-        if len(p.packets) >= self.queue:
-            dropped = p.packets.popleft()
-            self.dropped += 1
-        p.packets.append(packet)
-        return False, dropped
+        dropped = []
+        while p.nbytes + charge > self.queue_bytes:
+            c, old = p.packets.popleft()
+            p.nbytes -= c
+            dropped.append(old)
+        self.dropped += len(dropped)
+        p.packets.append((charge, packet))
+        p.nbytes += charge
+        return ask, dropped
 
     def due(self, now: float) -> tuple[list[bytes], list]:
         """(addresses to ask again, packets given up on after `tries` unanswered requests)."""
@@ -92,7 +114,7 @@ class NeighbourCache:
                 continue
             if p.tries >= self.tries:
                 self.dropped += len(p.packets)
-                gave_up.extend(p.packets)
+                gave_up.extend(item for _, item in p.packets)
                 del self.pending[ip]
                 continue
             p.tries += 1

@@ -199,17 +199,26 @@ class Reassembler:
     source (if that source is at its limit) or the oldest overall; global
     memory pressure evicts the oldest others. So a flood of distinct ids from
     one source only churns that source's slots.
+
+    Memory is bounded per source too (``source_bytes``, default a quarter of
+    ``max_bytes``, as Linux's ipfrag_high_thresh but per source): a piece that
+    would take its source past it evicts that source's oldest other datagram,
+    and if none is left the datagram it belongs to is dropped
+    (``frag_source_over_budget``). One source, however many ids it sends,
+    cannot take the memory other sources' datagrams need.
     """
 
     def __init__(self, counters: Counter, timeout: float = 30.0, max_bytes: int = 1 << 20,
                  datagram_bytes: int = 128 << 10, max_datagrams: int = 64,
-                 per_source: int = 16) -> None:
+                 per_source: int = 16, source_bytes: int | None = None) -> None:
         self.c = counters
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.datagram_bytes = datagram_bytes
         self.max_datagrams = max_datagrams
         self.per_source = per_source
+        self.source_bytes = max_bytes // 4 if source_bytes is None else source_bytes
+        self.src_bytes: Counter = Counter()  # bytes charged per source
         self.table: dict = {}  # key -> _Partial, in creation order (== deadline order)
         self.per_src: Counter = Counter()
         self.bytes = 0
@@ -218,6 +227,11 @@ class Reassembler:
         if self.table.pop(p.key, None) is None:
             return
         self.bytes -= p.nbytes
+        left = self.src_bytes[p.src] - p.nbytes
+        if left:
+            self.src_bytes[p.src] = left
+        else:
+            del self.src_bytes[p.src]
         n = self.per_src[p.src] - 1
         if n:
             self.per_src[p.src] = n
@@ -264,6 +278,7 @@ class Reassembler:
             self.table[key] = p
             self.per_src[src] += 1
             self.bytes += p.nbytes
+            self.src_bytes[src] += p.nbytes
         frags = p.frags
         if not more:
             if (p.total is not None and p.total != end) or (frags and frags[-1][1] > end):
@@ -287,12 +302,17 @@ class Reassembler:
             if p.nbytes + cost > self.datagram_bytes:
                 self._drop(p, "frag_over_budget")
                 return None
+            while self.src_bytes[src] + cost > self.source_bytes:
+                if not self._evict_oldest(src, keep=p):
+                    self._drop(p, "frag_source_over_budget")
+                    return None
             while self.bytes + cost > self.max_bytes:
                 if not self._evict_oldest(keep=p):
                     self._drop(p, "frag_no_memory")
                     return None
             p.nbytes += cost
             self.bytes += cost
+            self.src_bytes[src] += cost
         if keep_first:
             p.first = bytes(first)
             p.meta = meta

@@ -29,7 +29,7 @@ from usnet.wire.errors import WireError, readable
 __all__ = [
     "ICMP", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
     "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "is_fragment", "make_flags_frag",
-    "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
+    "martian_source4", "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
 ]
 
 IPV4_HLEN = 20
@@ -76,6 +76,21 @@ def parse_ipv4(
         # exactly 0xFFFF: a multiple of 0xFFFF.
         raise WireError("IPv4: bad header checksum")
     return ihl, total, ident, ff, ttl, proto, src, dst
+
+
+def martian_source4(src, local: int, bcast: int):
+    """Whether `src` cannot be the source of a packet from the wire, as Linux's ip_route_input judges.
+
+    `src` is the address as an int, or a uint32 array (one answer per row:
+    the flow switch's column-wise receive path); `local` is our address,
+    `bcast` the subnet broadcast (pass `local` again where the prefix has
+    none, /31 and /32). Martian: every address `not_unicast4` names (this
+    network, loopback, multicast and the limited broadcast), the subnet broadcast, and our own address (a LAND packet:
+    Linux's fib_validate_source finds the source local). Written with bitwise
+    operators only, so the per-frame and column-wise paths share this one
+    definition.
+    """
+    return not_unicast4(src) | (src == bcast) | (src == local)
 
 
 def make_flags_frag(df: bool = True, mf: bool = False, offset: int = 0) -> int:
@@ -178,9 +193,10 @@ def not_unicast4(a):
     """Whether IPv4 address `a` (an int, or element-wise a numpy array of them) is one no peer can have.
 
     "This network" 0.0.0.0/8 (0.0.0.0 included), loopback 127.0.0.0/8,
-    multicast 224.0.0.0/4 and the reserved 240.0.0.0/4 (255.255.255.255
-    included), as Linux's martian checks. The netif's own address and its
-    subnet broadcast depend on the netif: its owner checks those.
+    multicast 224.0.0.0/4 and the limited broadcast 255.255.255.255, as
+    Linux's martian checks (which let the rest of the reserved 240.0.0.0/4
+    through, as unicast). The netif's own address and its subnet broadcast
+    depend on the netif: its owner checks those.
     """
     top = a >> 24
-    return (top == 0) | (top == 127) | (top >= 224)
+    return (top == 0) | (top == 127) | ((top & 0xF0) == 0xE0) | (a == 0xFFFFFFFF)

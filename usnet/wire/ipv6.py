@@ -51,9 +51,9 @@ __all__ = [
     "ALL_NODES", "ALL_ROUTERS", "DSTOPTS", "FRAG_HLEN", "FRAGMENT", "HOPOPTS", "ICMPV6",
     "IPV6_HLEN", "IPV6_MIN_MTU", "LOOPBACK6", "NO_NEXT", "ROUTING", "UNSPECIFIED", "build_frag_header",
     "build_ipv6_header", "ip6_bytes", "ip6_str", "is_link_local6", "is_multicast6",
-    "link_local_from_mac", "multicast_mac", "not_unicast6", "parse_frag_header", "parse_ipv6",
+    "link_local_from_mac", "martian_source6", "multicast_mac", "not_unicast6", "parse_frag_header", "parse_ipv6",
     "pseudo_sum_v6", "skip_ext_headers", "solicited_node", "upper_checksum_v6",
-    "verify_upper_v6", "write_ipv6_header",
+    "V4_MAPPED_PREFIX", "verify_upper_v6", "write_ipv6_header",
 ]
 
 IPV6_HLEN = 40
@@ -279,12 +279,23 @@ def ip6_str(b: bytes) -> str:
     return ipaddress.IPv6Address(bytes(b)).compressed
 
 
+LOOPBACK6 = bytes(15) + b"\x01"
+V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+
+
+def martian_source6(src: bytes, own: frozenset[bytes] | set[bytes]) -> bool:
+    """Whether `src` cannot be the source of a packet from the wire (as Linux's ip6_rcv_core).
+
+    Multicast, loopback, an IPv4-mapped address (RFC 4291 §2.5.5.2: never on
+    the wire), or one of our own addresses `own` (a LAND packet). The
+    unspecified address is legitimate for Neighbour Discovery (duplicate
+    address detection) only; the caller judges it by protocol.
+    """
+    return (src != UNSPECIFIED and not_unicast6(src)) or src in own
+
+
 def is_multicast6(a: bytes) -> bool:
     return a[0] == 0xFF
-
-
-LOOPBACK6 = bytes(15) + b"\x01"
-_V4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 def not_unicast6(a: bytes) -> bool:
@@ -294,7 +305,7 @@ def not_unicast6(a: bytes) -> bool:
     clothes, never an address on the wire (RFC 4291 §2.5.5.2). The netif's
     own addresses depend on the netif: its owner checks those.
     """
-    return a == UNSPECIFIED or a == LOOPBACK6 or a[0] == 0xFF or a[:12] == _V4_MAPPED
+    return a == UNSPECIFIED or a == LOOPBACK6 or a[0] == 0xFF or a[:12] == V4_MAPPED_PREFIX
 
 
 def is_link_local6(a: bytes) -> bool:
