@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from usnet.channel import doorbell
 from usnet.client import Client
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
@@ -47,10 +48,7 @@ def quick_client(path: str, program: str = "hostile-test", timeout: float = ANSW
 
     def kick_for(cid: int, kick_fd: int):
         def kick() -> None:
-            try:
-                os.eventfd_write(kick_fd, 1)
-            except OSError:
-                pass
+            doorbell.ring(kick_fd)
         return kick, kick_fd
 
     try:

@@ -292,7 +292,7 @@ def test_blocking_recv_with_no_timeout(client):
 
 
 def test_doorbell_rings_when_receiver_asked(client):
-    """A sender makes the eventfd write exactly when the receiver set NEED_WAKEUP."""
+    """A sender rings the doorbell (a pipe write) exactly when the receiver set NEED_WAKEUP."""
     a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
     b.drain_doorbell()
     a.send_bytes(b"1")

@@ -583,7 +583,8 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
     assert pipe.defunct_reason == DefunctReason.ABUSE
     a.close()  # the group is destroyed: its fds are closed and their numbers free
     p, q, newer = open_pair(c, domain, "newer")  # takes those numbers
-    mine = [newer.arena.shared_fd, newer.arena.ro_fd] + [fd for e in newer.ends for fd in (e.bell, e.kick)]
+    mine = [newer.arena.shared_fd, newer.arena.ro_fd] + [
+        fd for e in newer.ends for bell in (e.bell, e.kick) for fd in (bell.wait_fd, bell.ring_fd, bell.own_ring_fd)]
     try:
         b.close()
         closed = []
@@ -603,10 +604,10 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
                 return False
 
         for e in newer.ends:
-            if not alive(e.bell):
-                e.bell = os.eventfd(0)
-            if not alive(e.kick):
-                e.kick = os.eventfd(0)
+            for bell in (e.bell, e.kick):
+                for name in ("wait_fd", "ring_fd", "own_ring_fd"):
+                    if not alive(getattr(bell, name)):
+                        setattr(bell, name, os.eventfd(0))
         p.close()
         q.close()
 

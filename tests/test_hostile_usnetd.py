@@ -206,19 +206,39 @@ def test_status_with_320_pipes_open(hostile):
 # ---------------------------------------------------------------- doorbells a client makes block
 
 
+def _fill(fd: int) -> int:
+    """Write into pipe `fd` until it is full; returns how many bytes it took."""
+    os.set_blocking(fd, False)
+    n = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            n += os.write(fd, b"\xff" * 4096)
+    return n
+
+
 def test_bell_made_blocking_and_filled(hostile):
-    """Clear O_NONBLOCK on the bell, fill its counter to 0xfffffffffffffffe, never read it, kick."""
+    """Every doorbell descriptor the client holds made blocking, and its bell and its peer's filled.
+
+    The doorbells are pipes (usnet.channel.doorbell): the client's bell (read end), its
+    peer's bell (write end) and the kick (write end) are descriptions the client may
+    change at will; usnetd rings through write ends of its own. So the client reopens a
+    write end of its own bell, fills both bells to the brim, clears O_NONBLOCK on
+    everything, and kicks: usnetd answers a kick by ringing the (full) bell.
+    """
     h = hostile
     c, ctl = quick_client(h.path, "bell-blocker")
     a = c.open_pipe("bell")
     b = c.open_pipe("bell")
-    bell = a.fileno()
-    fcntl.fcntl(bell, fcntl.F_SETFL, fcntl.fcntl(bell, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    os.eventfd_write(bell, 0xFFFFFFFFFFFFFFFE)
+    bell, peer_bell, kick = a._fds[2], a._fds[3], a._fds[4]
+    own_writer = os.open(f"/proc/self/fd/{bell}", os.O_WRONLY)
+    assert _fill(own_writer) > 0 and _fill(peer_bell) >= 0
+    for fd in (bell, peer_bell, kick, own_writer, b._fds[2], b._fds[3], b._fds[4]):
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     a._kick()  # usnetd answers a kick by ringing the bell
-    what = "a bell made blocking with a full counter"
+    b._kick()
+    what = "doorbells made blocking and filled"
     h.assert_served(what)
-    os.eventfd_read(bell)  # the attacker is done: let anything stuck go before cleaning up
+    os.close(own_writer)
     for ch in (a, b):
         with contextlib.suppress(OSError):
             ch.close()
@@ -299,8 +319,8 @@ NOFILE = 64
 def test_full_descriptor_table(sockdir):
     """usnetd with 64 descriptors: an OpenPipe short of descriptors leaks none; a full table
     does not make it spin on accept(), and it accepts again once the attacker leaves."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    h = Harness(sockdir, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, hard)))
+    # soft and hard: usnetd takes its whole allowance (the hard limit) when it starts
+    h = Harness(sockdir, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE)))
     try:
         _full_descriptor_table(h)
     finally:

@@ -13,6 +13,7 @@ import socket
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from usnet.channel import doorbell
 from usnet.channel.channel import Channel
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import ControlClient, connect_seqpacket
@@ -29,8 +30,14 @@ DEFAULT_SOCKET = os.environ.get("USNET_SOCKET", "/run/usnet/usnetd.sock")
 class Client:
     def __init__(self, request: Callable[[P.Request], tuple[P.Reply, list[int]]],
                  kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]],
-                 program: str | None = None) -> None:
-        """`program` is the name given in Hello (default: this script's); the LL policy may match it."""
+                 program: str | None = None, domain_fd: int | None = None) -> None:
+        """`program` is the name given in Hello (default: this script's); the LL policy may match it.
+
+        `domain_fd` is a descriptor of the control socket (ours to close) whose hang-up
+        tells a channel's sleeper that usnetd died; None in process, where the domain
+        cannot die apart from us.
+        """
+        self.domain_fd = domain_fd
         self._request = request
         self._kick_for = kick_for
         self.channels: dict[int, Channel] = {}
@@ -65,13 +72,10 @@ class Client:
 
         def kick_for(cid: int, kick_fd: int) -> tuple[Callable[[], None], int | None]:
             def kick() -> None:
-                try:
-                    os.eventfd_write(kick_fd, 1)
-                except OSError:
-                    pass
+                doorbell.ring(kick_fd)
             return kick, kick_fd
 
-        return cls(ctl.request, kick_for, program)
+        return cls(ctl.request, kick_for, program, domain_fd=os.dup(ctl.fileno()))
 
     @classmethod
     def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> "Client":
@@ -207,6 +211,9 @@ class Client:
     def close(self) -> None:
         for ch in list(self.channels.values()):
             ch.close()
+        if self.domain_fd is not None:
+            os.close(self.domain_fd)
+            self.domain_fd = None
 
 
 def _channel_id(channel: "Channel | DatagramSocket | int") -> int:

@@ -3,9 +3,10 @@
     python tests/peers/hostile_peer.py ROLE --path SOCK --ready FD [--name PIPE]
 
   kick-steal  opens pipe PIPE (and decoys), clears O_NONBLOCK on its kick
-              eventfd (one open file description with usnetd's copy) and
-              takes the count back between usnetd's select() and its read(),
-              which then blocks if the descriptor is usnetd's own.
+              doorbell, opens a blocking read end of that pipe of its own,
+              and takes the rings back between usnetd's poll and its read,
+              which would block if usnetd read through a description the
+              client can change (it has one of its own: usnet.channel.doorbell).
   linger-fd   in a network namespace of its own, connects a TCP socket to a
               listener that never reads, fills its send buffer, sets SO_LINGER
               (on, one hour), hands it to usnetd with SCM_RIGHTS in its Hello
@@ -29,6 +30,7 @@ import socket
 import struct
 import time
 
+from usnet.channel import doorbell
 from usnet.channel.schema import W_SYNC
 from usnet.client import Client
 from usnet.daemon import protocol as P
@@ -60,22 +62,24 @@ def kick_steal(args: argparse.Namespace) -> object:
     rnd = random.Random(14)
     decoys = [c.open_pipe(f"{args.name}-{i}", ring_size=8, packets=8) for i in range(64)]
     target = c.open_pipe(args.name, ring_size=8, packets=8)
-    kick = target._fds[4]  # the kick eventfd usnetd watches (Client._open appends it)
+    kick = target._fds[4]  # the write end of the kick doorbell usnetd sleeps on (Client._open appends it)
     fcntl.fcntl(kick, fcntl.F_SETFL, fcntl.fcntl(kick, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    # a read end of our own, blocking, to take the rings back between usnetd's poll and its read
+    thief = os.open(f"/proc/self/fd/{kick}", os.O_RDONLY)
     signal.signal(signal.SIGALRM, _late)
     poll = select.poll()
-    poll.register(kick, select.POLLIN)
+    poll.register(thief, select.POLLIN)
     for n in range(500):
         seqs = [d._words[W_SYNC + d.role] for d in decoys]
         send_msg(busy, status)  # usnetd answers this while we ring: the kicks come in one batch
         for d in decoys:
-            os.eventfd_write(d._fds[4], 1)
-        os.eventfd_write(kick, 1)
+            doorbell.ring(d._fds[4])
+        os.write(kick, b"\x01")
         time.sleep(rnd.uniform(0, 0.003))  # somewhere in usnetd's batch
         if poll.poll(0):
             signal.setitimer(signal.ITIMER_REAL, 0.05)  # usnetd may take it first: do not wait for long
             try:
-                os.read(kick, 8)
+                os.read(thief, 4096)
                 stolen += 1
             except _Late:
                 pass

@@ -1,13 +1,13 @@
 """The client-side Channel: rings, pool traffic and doorbells in the user domain.
 
-A Channel is built from file descriptors alone (two memfds, two doorbell
-eventfds) and the SCHEMA region; it never imports the nexus. Packets are
+A Channel is built from file descriptors alone (two memfds, two doorbells:
+pipes, see usnet.channel.doorbell) and the SCHEMA region; it never imports the nexus. Packets are
 plain integers (indices into the pool), so the hot path allocates no object
 per packet: `alloc` returns a list of indices, `view`/`buffer` give
 memoryviews of a packet's data, `send`/`recv`/`free` move whole batches.
 
 Waiting follows AF_XDP: a consumer about to sleep sets NEED_WAKEUP on its
-ring, and a producer makes the `eventfd_write` system call only when it sees
+ring, and a producer makes the doorbell's `write` system call only when it sees
 that flag, so nobody makes a system call while the other side is polling.
 `fileno()` is the channel's doorbell, pollable by select, selectors and
 asyncio's `add_reader`.
@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Protocol
 import numpy as np
 
 from usnet.channel import ring as ringmod
+from usnet.channel import doorbell
 from usnet.channel.events import DefunctReason, Event, EventConsumer
 from usnet.channel.ring import Consumer, Producer, RingCorrupt
 from usnet.channel.schema import (
@@ -139,6 +140,12 @@ class Channel:
         self.umd = mem[lay.umd_offset : lay.umd_offset + lay.max_packets * lay.umd_size].cast("I")
         self._poll = select.poll()  # not select(): it fails on descriptors past 1023
         self._poll.register(bell_fd, select.POLLIN)
+        # A usnetd killed outright writes no state word: its control socket's hang-up is all we
+        # hear, so a sleeper watches that too (events 0: poll reports only POLLHUP/POLLERR/POLLNVAL).
+        domain_fd = getattr(control, "domain_fd", None)
+        if domain_fd is not None:
+            self._poll.register(domain_fd, 0)
+        self._domain_gone = False
         self._views: list[memoryview] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self.sleeps = 0  # times this channel slept on its doorbell (diagnostics)
@@ -179,25 +186,27 @@ class Channel:
                 return False
             slice_ = min(slice_, WAIT_SLICE)
         self.sleeps += 1
-        if self._poll.poll(slice_ * 1000):
-            try:
-                os.eventfd_read(self._bell)
-            except BlockingIOError:
-                pass
+        for fd, _ in self._poll.poll(slice_ * 1000):
+            if fd == self._bell:
+                doorbell.drain(self._bell)
+            else:  # the domain's end of our control socket closed: usnetd died (SIGKILL, a crash)
+                self._domain_gone = True
+                raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN,
+                                     "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed")
         return True
 
     def drain_doorbell(self) -> None:
         """Reset the doorbell after select/asyncio reported it readable."""
-        try:
-            os.eventfd_read(self._bell)
-        except BlockingIOError:
-            pass
+        doorbell.drain(self._bell)
 
     # -- state ------------------------------------------------------------------------
 
     def _check_state(self) -> None:
         if self.closed:
             raise ChannelError(errno.EBADF, "channel is closed")
+        if self._domain_gone:
+            raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN,
+                                 "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed")
         if self._words[W_STATE + self.role] != ChannelState.OPEN:
             reason = self._words[W_REASON + self.role]
             if reason == DefunctReason.PEER_GONE:
@@ -428,10 +437,7 @@ class Channel:
     def _ring_peer(self) -> None:
         ringmod.fence()
         if self._tx.need_wakeup():
-            try:
-                os.eventfd_write(self._peer_bell, 1)
-            except OSError:
-                pass
+            doorbell.ring(self._peer_bell)
 
     def recv(self, max_n: int = 1 << 30, timeout: object = _UNSET) -> list[int]:
         """Up to `max_n` received packets; waits per the channel's timeout.

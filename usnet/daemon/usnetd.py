@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -28,6 +29,18 @@ from usnet.daemon.transport import listen_seqpacket
 from usnet.nexus.domain import Domain
 
 log = logging.getLogger("usnetd")
+
+
+def _raise_nofile() -> None:
+    """Take the whole descriptor allowance: every channel holds about a dozen (memfds, mappings,
+    doorbells), and the soft limit (1024 by default) would cap usnetd at some tens of clients.
+    The hard limit stays the operator's bound; past it accept() backs off (Domain._accept)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usnetd: {e}", file=sys.stderr)
         return 2
     args.socket = args.socket or cfg.socket
+    _raise_nofile()
     logging.basicConfig(level=(args.log_level or cfg.log_level).upper(),
                         format="%(asctime)s usnetd %(levelname)s %(message)s")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), exist_ok=True)

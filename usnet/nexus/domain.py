@@ -7,7 +7,7 @@ another process); both end in `handle()`. A client's identity is the uid the
 kernel reports for its socket (SO_PEERCRED), never what it says.
 
 The service loop waits on every session socket and every channel's kick
-eventfd. A session whose socket closes (its process exited or was killed) has
+doorbell. A session whose socket closes (its process exited or was killed) has
 its channels defuncted and its packets reclaimed at once. The same loop
 publishes each netif's interface advisory (usnet.nexus.nexusadv): the next
 publication is one more deadline folded into its wait, not a thread.
@@ -30,6 +30,7 @@ from typing import Callable
 
 from usnet import gil
 from usnet.channel import schema as schemamod
+from usnet.channel.doorbell import Doorbell, drain
 from usnet.channel.events import DefunctReason
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
@@ -379,16 +380,18 @@ class Domain:
         """The user pipe `name` of `uid` (default: the domain's own uid); KeyError if there is none."""
         return self.pipes[pipe_key(os.getuid() if uid is None else uid, name)]
 
-    def _attach(self, cid: int, ref: ChannelRef, peer_bell: int) -> list[int]:
+    def _attach(self, cid: int, ref: ChannelRef, peer_bell: Doorbell) -> list[int]:
         """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
         end = ref.pipe.ends[ref.role]
         end.channel_id = cid
         end.attached = True
         self.channels[cid] = ref
         ref.session.channels.add(cid)
-        self._sel.register(end.kick, selectors.EVENT_READ, ("kick", cid))
+        self._sel.register(end.kick.wait_fd, selectors.EVENT_READ, ("kick", cid))
         self._wake()
-        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell, peer_bell, end.kick]
+        # the client sleeps on its bell, rings its peer's, rings our kick (docs/abi.md, "Doorbells")
+        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell.wait_fd, peer_bell.ring_fd,
+                end.kick.ring_fd]
 
     # -- netifs and flows ----------------------------------------------------------------
 
@@ -525,7 +528,7 @@ class Domain:
         pipe.on_destroy = self._forget_pipe
         try:
             self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
-            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), port.bell)
+            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), pipe.ends[NEXUS].bell)
         except BaseException:  # half made: the flow, its port reservation and the pipe all go
             self._detach(cid, session)
             try:
@@ -559,7 +562,7 @@ class Domain:
         port = FlowPort(pipe)
         sw.netif.monitors.append(port)
         return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port, charge=charge),
-                                 port.bell)
+                                 pipe.ends[NEXUS].bell)
 
     def _serve_ll(self) -> None:
         """The low-latency class first: what its flows sent goes to the device now.
@@ -659,7 +662,7 @@ class Domain:
     def _forget_pipe(self, pipe: UserPipe) -> None:
         for end in pipe.ends:
             try:
-                self._sel.unregister(end.kick)
+                self._sel.unregister(end.kick.wait_fd)
             except (KeyError, ValueError):
                 pass
         self.ledger.release(self._pool_charges.pop(pipe, None))
@@ -700,7 +703,7 @@ class Domain:
 
     def _unregister_kick(self, ref: ChannelRef) -> None:
         try:
-            self._sel.unregister(ref.pipe.ends[ref.role].kick)
+            self._sel.unregister(ref.pipe.ends[ref.role].kick.wait_fd)
         except (KeyError, ValueError):
             pass
 
@@ -1025,10 +1028,7 @@ class Domain:
             except BlockingIOError:
                 pass
         elif kind == "kick":
-            try:
-                os.eventfd_read(fd)
-            except OSError:
-                pass
+            drain(fd)
             ref = self.channels.get(obj)
             if ref is not None:
                 self.kick(ref)
@@ -1039,10 +1039,7 @@ class Domain:
                         break
                     self._serve_ll()
         elif kind == "flowtx":
-            try:
-                os.eventfd_read(fd)
-            except OSError:
-                pass
+            drain(fd)
             sw, flow = obj
             with self.lock:
                 flow.port.clear_need_wakeup()

@@ -71,7 +71,7 @@ class FlowPort:
         self.buf_mv = memoryview(self.buf).cast("B")  # flat, for views of a packet's bytes (the LL path)
         self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
         self.client_bell = pipe.ends[CLIENT].bell
-        self.bell = pipe.ends[NEXUS].bell  # the client rings this when it sends
+        self.bell = pipe.ends[NEXUS].bell.wait_fd  # the client rings this when it sends; we sleep on it
         pipe.ends[NEXUS].attached = True
         self.suspended = False
         self.suspensions = 0
@@ -292,10 +292,7 @@ class FlowPort:
 
     def _ring_client(self) -> None:
         self.rx_bells += 1
-        try:
-            os.eventfd_write(self.client_bell, 1)
-        except OSError:
-            pass
+        self.client_bell.ring()
 
     def tx_pending(self) -> int:
         return 0 if self.pipe.defunct_reason is not None else self.tx.available()

@@ -1,6 +1,6 @@
 """Receive mitigation: when the flow switch rings a sleeping client's doorbell.
 
-Ringing a client's bell is an eventfd write, a system call, and a process
+Ringing a client's bell is a pipe write, a system call, and a process
 wake-up on the other side. A client that sleeps between small batches of a
 fast flow would be woken once per batch; NICs solve the same problem with
 interrupt moderation (ethtool's adaptive-rx). This is the rule, sans-I/O:

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from usnet.channel import ring as ringmod
+from usnet.channel.doorbell import Doorbell
 from usnet.channel.events import DefunctReason, EventProducer, EventType, RefusalReason
 from usnet.channel.events import RECORD_SIZE as EVENT_RECORD
 from usnet.channel.ring import Consumer, Producer
@@ -83,31 +84,28 @@ class PipeEnd:
         # a dropped event is counted where the client sees it at once (STATS events_dropped)
         self.events = EventProducer(mem, e.offset, e.capacity,
                                     (pipe.stats, role * STATS_PER_ROLE + Stat.EVENTS_DROPPED))
-        self.bell = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung for the client
+        self.bell = Doorbell()  # rung for the client (by us, or by the peer of a user pipe)
         try:
-            self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # rung by the client
+            self.kick = Doorbell()  # rung by the client
         except BaseException:
-            os.close(self.bell)
+            self.bell.close()
             raise
+        self.fds_closed = False
         self.channel_id = 0
         self.attached = False
         self.closed = False
         self.violations = 0
 
     def ring_bell(self) -> None:
-        if self.bell < 0:
-            return
-        try:
-            os.eventfd_write(self.bell, 1)
-        except OSError:
-            pass
+        if not self.fds_closed:
+            self.bell.ring()
 
     def close_fds(self) -> None:
-        """Close our eventfds once; their numbers may belong to someone else afterwards."""
-        for fd in (self.bell, self.kick):
-            if fd >= 0:
-                os.close(fd)
-        self.bell = self.kick = -1
+        """Close our doorbells once; their numbers may belong to someone else afterwards."""
+        if not self.fds_closed:
+            self.fds_closed = True
+            self.bell.close()
+            self.kick.close()
 
 
 class UserPipe:

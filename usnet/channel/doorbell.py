@@ -1,0 +1,74 @@
+"""Doorbells: a pipe each, so that the domain's side is its own open file description.
+
+A doorbell wakes whoever sleeps on a channel (docs/abi.md, "Doorbells"). It
+was an eventfd, one open file description shared by the domain and the
+client, and a client could clear O_NONBLOCK on it and fill its counter: the
+domain's next write then blocked forever (an eventfd cannot be reopened to
+get a description of one's own). A pipe can: the domain rings through a
+write end it reopened for itself (`/proc/self/fd/N`), so whatever flags a
+client sets on the ends it holds, the domain's stay non-blocking. Ringing
+writes one byte; a full pipe is already rung. Draining reads what is there.
+
+Who holds what (both sides use the functions below):
+
+- the sleeper holds the read end (`wait_fd`) and polls it; it drains it;
+- a ringer holds the write end (`ring_fd`): the peer client of a user pipe,
+  or the client of a flow channel, which rings the domain when it sends;
+- the domain rings the client's bells through `own_ring_fd`, and sleeps on
+  the read ends of the bells clients ring, which it never hands out.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["Doorbell", "drain", "ring"]
+
+_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
+_ONE = b"\x01"
+
+
+def ring(fd: int) -> None:
+    """Ring the doorbell whose write end is `fd`; a full pipe is already rung, a closed one is gone."""
+    try:
+        os.write(fd, _ONE)
+    except OSError:  # BlockingIOError (rung already), BrokenPipeError (nobody sleeps on it any more)
+        pass
+
+
+def drain(fd: int) -> None:
+    """Reset the doorbell whose read end is `fd`: take every ring waiting in it."""
+    try:
+        for _ in range(16):  # a full pipe is 64 KiB; bounded, so a ringer can never keep us here
+            if len(os.read(fd, 4096)) < 4096:
+                return
+    except OSError:  # BlockingIOError: nothing (more) to take
+        pass
+
+
+class Doorbell:
+    """One doorbell, as the domain makes it: a non-blocking pipe, and a write end of the domain's own."""
+
+    __slots__ = ("wait_fd", "ring_fd", "own_ring_fd")
+
+    def __init__(self) -> None:
+        self.wait_fd, self.ring_fd = os.pipe2(_FLAGS)
+        try:
+            self.own_ring_fd = os.open(f"/proc/self/fd/{self.ring_fd}", os.O_WRONLY | _FLAGS)
+        except BaseException:
+            os.close(self.wait_fd)
+            os.close(self.ring_fd)
+            raise
+
+    def ring(self) -> None:
+        """The domain rings: through its own description, whose flags no client can reach."""
+        ring(self.own_ring_fd)
+
+    def drain(self) -> None:
+        drain(self.wait_fd)
+
+    def close(self) -> None:
+        for fd in (self.wait_fd, self.ring_fd, self.own_ring_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.wait_fd = self.ring_fd = self.own_ring_fd = -1
