@@ -14,6 +14,8 @@
                              # netif's interface advisory (default 5 ms)
     delay_target = 0.005     # optional: the transmit queueing delay (seconds) above which
                              # the advisory suggests DOWN (default 5 ms)
+    purge_after = 30.0       # optional: seconds a pool must stay idle before its free
+                             # segments go back to the system (default 30)
 
     [[netif]]
     name = "usnet0"          # the netif's name, as clients ask for it
@@ -203,6 +205,9 @@ class ShareConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return Share(frozenset(self.uids), self.prefix)
 
 
+_DOMAIN_SECONDS = ("advisory_interval", "delay_target", "purge_after")  # Domain(...) keywords, in seconds
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket: str = DEFAULT_SOCKET
     socket_mode: int | None = None  # None: 0o660 with socket_group, else 0o600
@@ -213,6 +218,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     rx_mitigation: bool = True
     advisory_interval: float | None = None
     delay_target: float | None = None
+    purge_after: float | None = None
     netif: list[NetifConfig] = []
     policy: list[PolicyConfig] = []
     access: list[AccessConfig] = []
@@ -226,13 +232,13 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         if self.socket_group is not None:
             group_id(self.socket_group)
         self.privilege_kwargs()
-        for what in ("advisory_interval", "delay_target"):
+        for what in _DOMAIN_SECONDS:
             if (v := getattr(self, what)) is not None:
                 check_seconds(what, v)
 
     def domain_kwargs(self) -> dict[str, float]:
-        """The advisory keys that are set, as `Domain(...)` keyword arguments (unset: the domain's defaults)."""
-        return {k: v for k in ("advisory_interval", "delay_target") if (v := getattr(self, k)) is not None}
+        """The advisory and purge keys that are set, as `Domain(...)` keyword arguments (unset: the domain's defaults)."""
+        return {k: v for k in _DOMAIN_SECONDS if (v := getattr(self, k)) is not None}
 
     def socket_perms(self) -> tuple[int, int | None]:
         """(mode, gid or None) of the control socket: 0o660 with a group, 0o600 without, unless set."""

@@ -145,8 +145,12 @@ class Domain:
                  lease_clock: Callable[[], float] = time.monotonic,
                  advisory_interval: float = 0.005, delay_target: float = 0.005,
                  rx_mitigation: bool = True, limits: Limits | None = None, access: Access | None = None,
-                 shares: tuple[Share, ...] = ()) -> None:
+                 shares: tuple[Share, ...] = (), purge_after: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.advisory_interval = check_seconds("advisory_interval", advisory_interval)
+        self.purge_after = check_seconds("purge_after", purge_after)
+        self.clock = clock  # the time of the domain's housekeeping (idle purge); tests pass their own
+        self._purge_at = clock() + self.purge_after
         self.delay_target = check_seconds("delay_target", delay_target)
         self.rx_mitigation = bool(rx_mitigation)
         self.advisories: dict[str, NetifAdvisory] = {}
@@ -767,6 +771,24 @@ class Domain:
         """A pipe is shown to its creator, and to a uid holding one of its ends (a shared pipe)."""
         return pipe.uid == uid or any(self._channel_uid(e.channel_id) == uid for e in pipe.ends if e.attached)
 
+    def _purge_idle(self) -> float:
+        """Memory comes back by itself: every `purge_after` seconds, each pool that did not move
+        over the last period (no batch allocated or taken back between two ticks) gives back its
+        all-free segments beyond its opening size. Returns how long until the next tick."""
+        now = self.clock()
+        if now < self._purge_at:
+            return self._purge_at - now
+        self._purge_at = now + self.purge_after
+        for p in list(self.pipes.values()):
+            with p.lock:
+                if p.defunct_reason is not None:
+                    continue
+                if p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets:
+                    if p.pool.purge(keep=p.schema.packets):
+                        p.publish_pool()
+                p.idle_mark = p.pool.moves
+        return self.purge_after
+
     def purge(self) -> int:
         """Give back the pages of every all-free segment beyond each pool's opening size."""
         with self.lock:
@@ -1005,8 +1027,9 @@ class Domain:
         with self.lock:
             try:
                 timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
+                timeout = _sooner(timeout, self._purge_idle())
             except Exception as e:
-                self._log_fault("lease timers", e)
+                self._log_fault("timers", e)
         if self.switches:
             with self.lock:
                 timeout = _sooner(timeout, self._service_switches())

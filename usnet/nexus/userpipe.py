@@ -172,6 +172,7 @@ class UserPipe:
         self._publish_active()
         self.defunct_reason: DefunctReason | None = None
         self.faults = 0  # exceptions its fault barrier stopped
+        self.idle_mark = -1  # the pool's `moves` at the domain's last purge tick
         self.destroyed = False
         self.on_destroy: Callable[["UserPipe"], None] | None = None
 
@@ -267,6 +268,11 @@ class UserPipe:
             got = got[:pushed]
         self.stats[end.role * STATS_PER_ROLE + Stat.ALLOCATED] += len(got)
         self._publish_active()
+
+    def publish_pool(self) -> None:
+        """Tell the clients the pool's size changed (after a purge): SCHEMA active, a new generation."""
+        self._publish_active()
+        self.schema_words[W_GENERATION] = (self.schema_words[W_GENERATION] + 1) & 0xFFFFFFFF
 
     def _publish_active(self) -> None:
         self.schema_words[W_ACTIVE] = self.pool.active

@@ -50,6 +50,7 @@ class PacketPool:
         self.mark = np.empty(max_packets, dtype=np.int64)  # scratch for the duplicate check
         self.nfree = 0
         self.held = [0] * roles  # packets charged to each role (IN_ALLOC or HELD)
+        self.moves = 0  # batches allocated or taken back so far: the domain's idle purge watches it
         self.quota = quota
         self.refused = [0] * roles
         self.grow_to(initial)
@@ -78,6 +79,7 @@ class PacketPool:
         n = len(idx)
         self.stack[self.nfree : self.nfree + n] = idx
         self.nfree += n
+        self.moves += 1
 
     def grow_to(self, packets: int) -> int:
         """Activate segments until at least `packets` are active; returns the active count."""
@@ -138,6 +140,7 @@ class PacketPool:
         n = min(n, self.nfree)
         out = self.stack[self.nfree - n : self.nfree][::-1].copy()
         self.nfree -= n
+        self.moves += 1
         self.state[out] = IN_ALLOC
         self.owner[out] = role
         self.held[role] += n
@@ -226,6 +229,7 @@ class PacketPool:
         n = idx.size
         self.stack[self.nfree : self.nfree + n] = idx
         self.nfree += n
+        self.moves += 1
 
     def reclaim(self, idx: np.ndarray | None = None) -> int:
         """Force packets (default: every lent one) back to FREE; returns how many."""
