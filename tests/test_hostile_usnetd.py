@@ -68,6 +68,21 @@ def assert_working_or_defunct(h: Harness, st: dict, name: str, what: str) -> Non
     assert isinstance(p["defunct"], str) and p["defunct"], f"after {what}: defunct without a reason: {p}"
 
 
+
+def close_all(*channels) -> None:
+    """Close an attacker's channels, defunct or not."""
+    for ch in channels:
+        with contextlib.suppress(OSError):
+            ch.close()
+
+
+def leave(h: Harness, what: str, ctl, *channels) -> None:
+    """The attacker goes (its channels, then its session); usnetd must be back to its baseline."""
+    close_all(*channels)
+    ctl.close()
+    h.assert_recovered(what)
+    h.finish(what)
+
 # ---------------------------------------------------------------- impossible ring counters
 
 
@@ -90,12 +105,7 @@ def test_impossible_consumer_counter_on_alloc(hostile):
     what = "an ALLOC consumer counter of 1<<63"
     st = h.assert_served(what)
     assert_working_or_defunct(h, st, "atk", what)
-    for ch in (a, b):
-        with contextlib.suppress(OSError):
-            ch.close()
-    ctl.close()
-    h.assert_recovered(what)
-    h.finish(what)
+    leave(h, what, ctl, a, b)
 
 
 U64_EXTREMES = [0, 1, 63, 64, 65, 1 << 31, 1 << 32, 1 << 62, 1 << 63, (1 << 64) - 2, (1 << 64) - 1]
@@ -157,9 +167,7 @@ def test_random_garbage_in_every_client_writable_field(hostile):
         st_ = h.status(what)
         h.assert_books(st_, what)
         assert_working_or_defunct(h, st_, name, what)
-        for ch in (a, b):
-            with contextlib.suppress(OSError):
-                ch.close()
+        close_all(a, b)
 
     attack()
     h.assert_served("random garbage in the attacker's shared memory")
@@ -239,12 +247,7 @@ def test_bell_made_blocking_and_filled(hostile):
     what = "doorbells made blocking and filled"
     h.assert_served(what)
     os.close(own_writer)
-    for ch in (a, b):
-        with contextlib.suppress(OSError):
-            ch.close()
-    ctl.close()
-    h.assert_recovered(what)
-    h.finish(what)
+    leave(h, what, ctl, a, b)
 
 
 def test_kick_made_blocking_and_its_count_stolen(hostile):
