@@ -83,6 +83,7 @@ def leave(h: Harness, what: str, ctl, *channels) -> None:
     h.assert_recovered(what)
     h.finish(what)
 
+
 # ---------------------------------------------------------------- impossible ring counters
 
 

@@ -38,6 +38,7 @@ SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
+_DOMAIN_GONE = "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed"
 
 
 class ChannelError(OSError):
@@ -191,8 +192,7 @@ class Channel:
                 doorbell.drain(self._bell)
             else:  # the domain's end of our control socket closed: usnetd died (SIGKILL, a crash)
                 self._domain_gone = True
-                raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN,
-                                     "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed")
+                raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
         return True
 
     def drain_doorbell(self) -> None:
@@ -205,8 +205,7 @@ class Channel:
         if self.closed:
             raise ChannelError(errno.EBADF, "channel is closed")
         if self._domain_gone:
-            raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN,
-                                 "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed")
+            raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
         if self._words[W_STATE + self.role] != ChannelState.OPEN:
             reason = self._words[W_REASON + self.role]
             if reason == DefunctReason.PEER_GONE:

@@ -61,8 +61,9 @@ class Doorbell:
             raise
 
     def ring(self) -> None:
-        """The domain rings: through its own description, whose flags no client can reach."""
-        ring(self.own_ring_fd)
+        """The domain rings: through its own description, whose flags no client can reach (closed: nothing)."""
+        if self.own_ring_fd >= 0:
+            ring(self.own_ring_fd)
 
     def drain(self) -> None:
         drain(self.wait_fd)

@@ -12,8 +12,8 @@ the other's counter and reads the shared one only when its cache runs out, so
 work moves in batches. The reader of a counter written by the other side
 checks `0 <= prod - cons <= capacity`; a violation raises RingCorrupt, unless
 the ring was made with `on_corrupt`, as every ring the domain reads is: then
-the callback turns it into a fault of the channel (docs/abi.md, "Hostile
-counters") and the ring reads as full (producer) or empty (consumer), so a
+the callback turns it into a violation of the channel (docs/abi.md, section
+10, "What the nexus validates") and the ring reads as full (producer) or empty (consumer), so a
 client's counters can never raise inside the domain's loop.
 
 Ordering: a producer stores slot contents before the counter. CPython writes a

@@ -260,8 +260,7 @@ class Domain:
         except Exception as e:
             session.refused += 1
             self.control_errors += 1
-            self.faults += 1
-            log.exception("session %d: %s failed", session.id, type(req).__name__)
+            self._log_fault(f"session {session.id}: {type(req).__name__}", e)
             return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
@@ -529,7 +528,6 @@ class Domain:
             self.ledger.release(charge)
             pipe.destroy()
             raise
-        pipe.on_destroy = self._forget_pipe
         try:
             self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
             fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), pipe.ends[NEXUS].bell)

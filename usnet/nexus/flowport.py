@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from usnet.channel import ring as ringmod
-from usnet.channel.events import EventType, RefusalReason
+from usnet.channel.events import EventType
 from usnet.channel.ring import Consumer, Producer
 from usnet.channel.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
 from usnet.nexus.mitigation import MIN_FRAMES, RxMitigation
@@ -55,11 +55,7 @@ class FlowPort:
         mem = pipe.shared_mv
         tx = lay.ring(RingKind.PIPE, CLIENT)
         rx = lay.ring(RingKind.PIPE, NEXUS)
-        client = pipe.ends[CLIENT]
-
-        def corrupt(what: str) -> None:  # the rings' validated reader found an impossible counter
-            pipe._violation(client, RefusalReason.BAD_COUNTER)
-
+        corrupt = pipe.ends[CLIENT].on_corrupt  # an impossible counter is a violation of the client's end
         self.tx = Consumer(mem, tx.offset, tx.capacity, on_corrupt=corrupt)
         self.rx = Producer(mem, rx.offset, rx.capacity, pipe.schema.ring_size, on_corrupt=corrupt)
         stride = pipe.schema.packet_bytes

@@ -186,14 +186,13 @@ class FlowSwitch:
         netif.on_status = self._frame_status
         self._last_drop = 0  # the reason of the last _tx_drop, for a tracked packet's status
         self._src_and_type = np.frombuffer(netif.mac + ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
-        # the subnet's broadcast address (a /31 or /32 has none: both addresses of a /31 are hosts)
-        self._bcast = netif.broadcast if netif.network.prefixlen < 31 else None
-        self._bcast_int = -1 if self._bcast is None else int.from_bytes(self._bcast, "big")
         # what a received frame is held to: its length (a Coalesced frame excepted) and martian sources
         self._rx_max = netif.mtu + ETH_HLEN
         self._local4 = int.from_bytes(netif.ip, "big")
-        # Linux has a subnet broadcast only below /31; martian_source4 takes our address again otherwise
-        self._bcast4 = self._local4 if self._bcast is None else self._bcast_int
+        # The subnet's broadcast address. A /31 or /32 has none (both addresses of a /31 are
+        # hosts): there it is our own address again, which every check refuses first anyway.
+        self._bcast4 = (int.from_bytes(netif.broadcast, "big") if netif.network.prefixlen < 31
+                        else self._local4)
         self._defended_at: float | None = None  # when we last announced our address against a conflict
 
     # -- flows ---------------------------------------------------------------------------
@@ -238,7 +237,7 @@ class FlowSwitch:
             a = int.from_bytes(addr, "big")
             if a == self._local4:
                 return "this netif's own address"
-            if a == self._bcast_int:
+            if a == self._bcast4:
                 return "the subnet's broadcast address"
             if not_unicast4(a):
                 top = a >> 24
@@ -992,7 +991,7 @@ class FlowSwitch:
         ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
         if flow.raddr is None:  # a connected flow's destination is in its signature
             d = be_u32(h[:, 16:20]).astype(np.int64)
-            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast_int)
+            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
             ok &= (h[:, 22] | h[:, 23]) != 0
         ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
         return ok

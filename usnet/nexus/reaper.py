@@ -84,6 +84,6 @@ class Reaper:
                 self._cv.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait until every descriptor handed over is closed (tests, shutdown); False on timeout."""
+        """Wait until every descriptor handed over is closed (tests); False on timeout."""
         with self._cv:
             return self._cv.wait_for(lambda: not self._fds, timeout)

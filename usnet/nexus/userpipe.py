@@ -72,15 +72,16 @@ class PipeEnd:
         # descriptors, alive after destroy until the garbage collector ran.)
         wpipe, wend = weakref.ref(pipe), weakref.ref(self)
 
-        def corrupt(what: str) -> None:
+        def on_corrupt(what: str) -> None:
             p, e = wpipe(), wend()
             if p is not None and e is not None:
                 p._violation(e, RefusalReason.BAD_COUNTER)
 
-        self.alloc = Producer(mem, a.offset, a.capacity, on_corrupt=corrupt)
+        self.on_corrupt = on_corrupt  # also the flow switch's, for the PIPE rings it reads (FlowPort)
+        self.alloc = Producer(mem, a.offset, a.capacity, on_corrupt=on_corrupt)
         self.alloc_mirror = np.zeros(a.capacity, dtype=np.uint32)  # what we put in each slot
         self.taken = 0  # ALLOC slots the client has consumed, as far as we believe
-        self.free = Consumer(mem, f.offset, f.capacity, on_corrupt=corrupt)
+        self.free = Consumer(mem, f.offset, f.capacity, on_corrupt=on_corrupt)
         # a dropped event is counted where the client sees it at once (STATS events_dropped)
         self.events = EventProducer(mem, e.offset, e.capacity,
                                     (pipe.stats, role * STATS_PER_ROLE + Stat.EVENTS_DROPPED))
@@ -90,22 +91,18 @@ class PipeEnd:
         except BaseException:
             self.bell.close()
             raise
-        self.fds_closed = False
         self.channel_id = 0
         self.attached = False
         self.closed = False
         self.violations = 0
 
     def ring_bell(self) -> None:
-        if not self.fds_closed:
-            self.bell.ring()
+        self.bell.ring()  # a closed doorbell's ring is a no-op
 
     def close_fds(self) -> None:
-        """Close our doorbells once; their numbers may belong to someone else afterwards."""
-        if not self.fds_closed:
-            self.fds_closed = True
-            self.bell.close()
-            self.kick.close()
+        """Close our doorbells (once: a closed Doorbell forgets its numbers, which may be someone else's now)."""
+        self.bell.close()
+        self.kick.close()
 
 
 class UserPipe:
