@@ -642,6 +642,23 @@ def test_domain_stop_defuncts_channels():
     c.close()
 
 
+def test_a_read_that_races_a_defunct_raises_instead_of_returning_zeros(domain, client):
+    """The defunct zero-fills the pool under a reader that already popped packets: the data it
+    copies is zeros, and the free that ends every read says so instead of passing them on."""
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    pkts = alloc_all(a, 4)
+    for i, p in enumerate(pkts):
+        a.write(p, bytes([0x55 + i]) * 100)
+    a.send(pkts)
+    got = recv_all(b, 4)
+    next(iter(domain.pipes.values())).defunct(DefunctReason.ABUSE, culprit=1)
+    copies = [bytes(b.view(p)) for p in got]
+    assert all(c.count(0) == len(c) for c in copies)  # what the race reads: zeros
+    with pytest.raises(ChannelDefunct) as ei:
+        b.free(got)
+    assert ei.value.reason == DefunctReason.ABUSE
+
+
 # -- misbehaviour through the public API ---------------------------------------------------------
 
 

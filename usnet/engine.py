@@ -100,10 +100,11 @@ class FlowEngine:
             except BlockingIOError:
                 return
             try:
-                for p in pkts:
-                    self._ip_events(self.ip.input(bytes(ch.view(p)), now), now)
+                copies = [bytes(ch.view(p)) for p in pkts]
             finally:
-                ch.free(pkts)
+                ch.free(pkts)  # raises if the channel went defunct while we copied (zeros, not data)
+            for c in copies:
+                self._ip_events(self.ip.input(c, now), now)
             # No early return on a short batch: only the empty recv that ends this loop
             # arms NEED_WAKEUP, and without it the domain would not ring the doorbell the
             # runner is about to sleep on (a lost wake-up whenever no timer is pending).

@@ -270,7 +270,13 @@ class Channel:
         self._cache.extend(pkts)
 
     def free(self, pkts: list[int]) -> None:
-        """Hand packets back to the pool (on the FREE ring, taken back in bulk)."""
+        """Hand packets back to the pool (on the FREE ring, taken back in bulk).
+
+        Every reader copies a packet's data out and then frees it, so this is
+        where a read is confirmed: if the channel went defunct meanwhile, the
+        domain has zero-filled its memory and what was copied may be zeros, so
+        this raises ChannelDefunct instead of letting them pass as data.
+        """
         if not pkts:
             return
         if self.closed:
@@ -280,6 +286,8 @@ class Channel:
         except RingCorrupt:
             self._check_state()
             raise
+        if self._words[W_STATE + self.role] != ChannelState.OPEN:
+            self._check_state()  # the state word lives in read-only memory the defunct leaves alone
         if done < len(pkts):
             # Cannot happen with honest use (the ring holds every packet of the pool).
             self._kick()
