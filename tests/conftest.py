@@ -190,7 +190,7 @@ def tap_name() -> str:
 
 def free_subnet_or_fail() -> int:
     """x of a 10.x.0.0/24 nothing on the host uses (spread over the range by pid)."""
-    from usnet.hostnet import free_subnet
+    from usnet.drivers.hostnet import free_subnet
 
     try:
         return free_subnet(start=os.getpid() * 7 + next(_seq) * 13)
@@ -214,8 +214,8 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     from usnet.drivers.tap import TapDriver
-    from usnet.hostnet import delete_links, link_exists
-    from usnet.nexus.domain import Domain
+    from usnet.drivers.hostnet import delete_links, link_exists
+    from usnet.domain.loop import Domain
 
     x = free_subnet_or_fail()
     ifname = tap_name()

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from usnet.channel import doorbell
+from usnet.abi import doorbell
 from usnet.client import Client
-from usnet.daemon import protocol as P
-from usnet.daemon.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
+from usnet.abi import protocol as P
+from usnet.abi.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
 from test_usnetd import Daemon
 
 PEERS = Path(__file__).parent / "peers"

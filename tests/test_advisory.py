@@ -31,13 +31,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.channel.events import EventType
+from usnet.abi.events import EventType
 from usnet.client import Client
-from usnet.daemon import protocol as P
-from usnet.daemon.transport import ControlClient
+from usnet.abi import protocol as P
+from usnet.abi.transport import ControlClient
 from usnet.drivers import MemWire
-from usnet.lowlat import estimate
-from usnet.lowlat.advisory import (
+from usnet.domain.netif import estimate
+from usnet.abi.advisory import (
     BODY,
     SIZE,
     AdvisoryBusy,
@@ -50,7 +50,7 @@ from usnet.lowlat.advisory import (
     read_steps,
     write_steps,
 )
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 from conftest import FakeClock, tap_name
 from test_usnetd import Daemon

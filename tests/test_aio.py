@@ -20,7 +20,7 @@ import trustme
 from usnet import aio
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 A6, B6 = "fd00:9::1", "fd00:9::2"

@@ -24,15 +24,15 @@ from hypothesis import strategies as st
 
 import test_lowlat
 from test_lowlat import recv_all
-from usnet.channel.events import EventType, TxDropReason, TxStatus
-from usnet.daemon import config
+from usnet.abi.events import EventType, TxDropReason, TxStatus
+from usnet.domain import config
 from usnet.drivers import MemWire
 from usnet.drivers.base import SegmentedFrame
 from usnet.drivers.block import FrameBlock
-from usnet.nexus.aqm import INTERVAL, TARGET, CoDel
-from usnet.nexus.netif import Netif
-from usnet.wire import ecn
-from usnet.wire.checksum import checksum
+from usnet.domain.netif.aqm import INTERVAL, TARGET, CoDel
+from usnet.domain.netif.netif import Netif
+from usnet.proto.wire import ecn
+from usnet.proto.wire.checksum import checksum
 
 MTU = 1500
 

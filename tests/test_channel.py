@@ -20,10 +20,10 @@ import pytest
 
 import usnet
 from usnet import ChannelDefunct, ChannelError, NoBuffers, PeerGone
-from usnet.channel.events import DefunctReason, EventType, RefusalReason
-from usnet.channel.schema import PRESETS
-from usnet.pool.umd import UMD_WORDS
-from usnet.daemon.protocol import ControlError
+from usnet.abi.events import DefunctReason, EventType, RefusalReason
+from usnet.abi.schema import PRESETS
+from usnet.abi.umd import UMD_WORDS
+from usnet.abi.protocol import ControlError
 
 _names = itertools.count()
 

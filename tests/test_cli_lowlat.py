@@ -19,14 +19,14 @@ import pytest
 from conftest import tap_name
 from test_usnetd import Daemon
 
-from usnet.cli import updown
+from usnet.domain import launch as updown
 from usnet.cli.main import _bits, main
 from usnet.client import Client
-from usnet.daemon import config
-from usnet.daemon.transport import listen_seqpacket
+from usnet.domain import config
+from usnet.abi.transport import listen_seqpacket
 from usnet.drivers import MemWire
-from usnet.lowlat.policy import Policy, PolicyEntry
-from usnet.nexus.domain import Domain
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.domain.loop import Domain
 
 ME = os.getuid()
 
@@ -154,7 +154,7 @@ def test_usnetd_refuses_a_config_with_a_nonsense_advisory_key(sockdir):
 
     cfg = sockdir / "c.toml"
     cfg.write_text("delay_target = 0\n")
-    p = subprocess.run([sys.executable, "-m", "usnet.daemon.usnetd", "--config", str(cfg), "--socket",
+    p = subprocess.run([sys.executable, "-m", "usnet.domain.usnetd", "--config", str(cfg), "--socket",
                         str(sockdir / "s.sock")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "delay_target must be a positive number of seconds" in p.stderr
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.daemon.protocol import (
+from usnet.abi.protocol import (
     MAX_MESSAGE,
     PROTOCOL_VERSION,
     AdvisoryOpened,
@@ -45,7 +45,7 @@ from usnet.daemon.protocol import (
     encode,
     error_reply,
 )
-from usnet.daemon.transport import (
+from usnet.abi.transport import (
     ControlClient,
     connect_seqpacket,
     listen_seqpacket,

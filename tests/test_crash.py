@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from usnet.channel.channel import PeerGone
-from usnet.channel.events import DefunctReason
+from usnet.client.channel import PeerGone
+from usnet.abi.events import DefunctReason
 from usnet.client import Client
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 PEER = Path(__file__).parent / "peers" / "pipe_peer.py"
 
@@ -218,7 +218,7 @@ def test_survivor_that_saw_more_than_it_took_gets_peergone(domain):
 def test_survivor_blocked_in_recv_gets_peergone(domain):
     """Regression (was a bug): Channel._recv_wait calls rx.available() outside the
     RingCorrupt handler: a survivor asleep in recv() when its peer is killed gets
-    RingCorrupt, not PeerGone (usnet/channel/channel.py _recv_wait)
+    RingCorrupt, not PeerGone (usnet/client/channel.py _recv_wait)
     """
     c = Client.local(domain)
     rx = c.open_pipe("victim")

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from usnet.bench import adaptive, lowlat
 from usnet.bench.adaptive import RateAdapter
 from usnet.cli.main import main
-from usnet.lowlat.advisory import Trend
+from usnet.abi.advisory import Trend
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -100,7 +100,7 @@ def test_both_phases_give_percentiles_and_the_lease_carried_the_flow(demo_result
 def test_the_adaptive_sender_cannot_settle_before_it_has_been_raised_after_a_cut():
     # every rate it can hold before then is above the link (the queue builds: DOWN) or below the
     # share of the link under which the advisory says UP; none sits in the HOLD band between them
-    from usnet.lowlat.estimate import UP_HEADROOM
+    from usnet.domain.netif.estimate import UP_HEADROOM
 
     start, ceiling, link = lowlat.ADAPT_START, lowlat.ADAPT_CEILING, lowlat.LINK_RATE
     assert link < start <= ceiling  # raised from the start, it stays above the link

@@ -23,16 +23,16 @@ from conftest import net_factory, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usnet.channel.channel import ChannelDefunct
-from usnet.channel.events import DefunctReason
-from usnet.channel.ring import CONS, FLAGS, HEADER, PROD
-from usnet.channel.schema import RingKind
+from usnet.client.channel import ChannelDefunct
+from usnet.abi.events import DefunctReason
+from usnet.abi.ring import CONS, FLAGS, HEADER, PROD
+from usnet.abi.schema import RingKind
 from usnet.client import Client
-from usnet.daemon import protocol as P
-from usnet.daemon.transport import recv_msg, send_msg
+from usnet.abi import protocol as P
+from usnet.abi.transport import recv_msg, send_msg
 from usnet.drivers import MemWire
-from usnet.nexus.domain import Domain
-from usnet.nexus.flowport import FlowPort
+from usnet.domain.loop import Domain
+from usnet.domain.switch.port import FlowPort
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 

@@ -34,15 +34,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 
-from usnet.channel.events import DefunctReason, EventType, TxDropReason
+from usnet.abi.events import DefunctReason, EventType, TxDropReason
 from usnet.client import Client
-from usnet.daemon.protocol import ControlError
+from usnet.abi.protocol import ControlError
 from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
 from usnet.drivers.block import FrameBlock
-from usnet.nexus import flowswitch
-from usnet.nexus.domain import Domain
-from usnet.nexus.neighbours import SKB_OVERHEAD
-from usnet.nexus.ports import EPHEMERAL
+from usnet.domain.switch import flowswitch
+from usnet.domain.loop import Domain
+from usnet.domain.switch.neighbours import SKB_OVERHEAD
+from usnet.domain.switch.ports import EPHEMERAL
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 PEER = Path(__file__).parent / "peers" / "flow_peer.py"
@@ -318,7 +318,7 @@ def test_bad_packets_in_one_batch_only_good_ones_leave_in_order(spoof_net):
 
 
 def _ipv4_header(src: bytes, dst: bytes, proto: int, total: int, ident: int, ff: int, ihl: int = 5) -> bytes:
-    """An IPv4 header with a correct checksum (computed here, not by usnet.wire)."""
+    """An IPv4 header with a correct checksum (computed here, not by usnet.proto.wire)."""
     hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, ff, 64, proto, 0, src, dst))
     hdr += bytes(ihl * 4 - 20)
     s = sum(struct.unpack(f"!{len(hdr) // 2}H", hdr))
@@ -866,8 +866,8 @@ def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one
     import usnet
     from scapy.all import IP, UDP, raw
 
-    from usnet.wire import build_udp_ipv4_packet
-    from usnet.wire.ipv4 import ip_bytes
+    from usnet.proto.wire import build_udp_ipv4_packet
+    from usnet.proto.wire.ipv4 import ip_bytes
 
     d = usnet.Domain()  # not started: the packets stay on the TX ring for us to read
     d.add_netif("a", MemWire().a, "10.9.0.1/24")

@@ -1,7 +1,7 @@
 """IPv4 fragments to a flow are put back together by the flow switch (RFC 791, RFC 815).
 
 A fragment past the first names no ports, so the switch reassembles before it
-classifies, with the bounded reassembler of usnet.stack.ip: per-datagram and
+classifies, with the bounded reassembler of usnet.proto.ip: per-datagram and
 total memory budgets, a limit per source, overlaps that disagree dropped.
 
 * a datagram sent in three fragments, out of order and with one repeated,
@@ -27,10 +27,10 @@ import test_lowlat
 from test_lowlat import Net
 from usnet.client import Client
 from usnet.drivers import MemWire
-from usnet.nexus.domain import Domain
-from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
-from usnet.wire.ipv6 import build_frag_header, build_ipv6_header, ip6_bytes, upper_checksum_v6
-from usnet.wire.udp import build_udp
+from usnet.domain.loop import Domain
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.proto.wire.ipv6 import build_frag_header, build_ipv6_header, ip6_bytes, upper_checksum_v6
+from usnet.proto.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
 

@@ -18,16 +18,16 @@ import msgspec
 import numpy as np
 import pytest
 
-from usnet.channel.channel import BadPacket, ChannelDefunct, PeerGone
-from usnet.channel.events import DefunctReason, EventType, RefusalReason
-from usnet.channel.ring import CONS, PROD, RingCorrupt
+from usnet.client.channel import BadPacket, ChannelDefunct, PeerGone
+from usnet.abi.events import DefunctReason, EventType, RefusalReason
+from usnet.abi.ring import CONS, PROD, RingCorrupt
 from usnet.client import Client
-from usnet.daemon import protocol as P
-from usnet.daemon.transport import recv_msg, send_msg
-from usnet.nexus.domain import REAPER_BACKLOG, Domain
-from usnet.nexus.userpipe import ABUSE_LIMIT
-from usnet.pool import pool as poolmod
-from usnet.pool.umd import UMD_WORDS
+from usnet.abi import protocol as P
+from usnet.abi.transport import recv_msg, send_msg
+from usnet.domain.loop import REAPER_BACKLOG, Domain
+from usnet.domain.userpipe import ABUSE_LIMIT
+from usnet.domain.mem import pool as poolmod
+from usnet.abi.umd import UMD_WORDS
 
 from conftest import wait_until
 
@@ -573,7 +573,7 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
     """Regression (was a bug): UserPipe.destroy() runs twice when both ends close after a
     defunct (close_end calls destroy() whenever the other end is closed or the group is
     defunct) and PipeEnd.close_fds() closes the bell/kick numbers again: by then they
-    may belong to another pipe (usnet/nexus/userpipe.py close_end/destroy)
+    may belong to another pipe (usnet/domain/userpipe.py close_end/destroy)
     """
     c = Client.local(domain)
     a, b, pipe = open_pair(c, domain, "abuse")
@@ -616,7 +616,7 @@ def test_receiver_blocked_in_recv_gets_peergone_when_group_defuncted(domain):
     """Regression (was a bug): Channel._recv_wait calls rx.available() outside the
     RingCorrupt handler: when the group is defuncted while a receiver sleeps in recv()
     (shared memory zeroed, producer counter now 0 < its consumer), the receiver gets
-    RingCorrupt instead of PeerGone (usnet/channel/channel.py _recv_wait)
+    RingCorrupt instead of PeerGone (usnet/client/channel.py _recv_wait)
     """
     c = Client.local(domain)
     a, b, pipe = open_pair(c, domain, "abuse")

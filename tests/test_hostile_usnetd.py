@@ -24,11 +24,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
-from usnet.channel import ring as ringmod
-from usnet.channel.channel import ChannelDefunct
-from usnet.channel.schema import W_SYNC, RingKind
-from usnet.daemon import protocol as P
-from usnet.daemon.transport import connect_seqpacket, send_msg
+from usnet.abi import ring as ringmod
+from usnet.client.channel import ChannelDefunct
+from usnet.abi.schema import W_SYNC, RingKind
+from usnet.abi import protocol as P
+from usnet.abi.transport import connect_seqpacket, send_msg
 
 from hostile_harness import HOSTILE, PEERS, VICTIM, Harness, deadline_loop, quick_client, raw_session
 from test_usnetd import Daemon
@@ -228,7 +228,7 @@ def _fill(fd: int) -> int:
 def test_bell_made_blocking_and_filled(hostile):
     """Every doorbell descriptor the client holds made blocking, and its bell and its peer's filled.
 
-    The doorbells are pipes (usnet.channel.doorbell): the client's bell (read end), its
+    The doorbells are pipes (usnet.abi.doorbell): the client's bell (read end), its
     peer's bell (write end) and the kick (write end) are descriptions the client may
     change at will; usnetd rings through write ends of its own. So the client reopens a
     write end of its own bell, fills both bells to the brim, clears O_NONBLOCK on

@@ -25,11 +25,11 @@ from test_lowlat import Net
 from usnet import socket as us
 from usnet.client import Client
 from usnet.drivers import MemWire
-from usnet.nexus.domain import Domain
-from usnet.wire.arp import ARP_REPLY, build_arp
-from usnet.wire import icmp as wicmp
-from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
-from usnet.wire.udp import build_udp
+from usnet.domain.loop import Domain
+from usnet.proto.wire.arp import ARP_REPLY, build_arp
+from usnet.proto.wire import icmp as wicmp
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.proto.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
 

@@ -1,4 +1,4 @@
-"""usnet.stack.ip: the sans-I/O IP layer (IPv4, IPv6, ICMP, reassembly, PMTU, ND).
+"""usnet.proto.ip: the sans-I/O IP layer (IPv4, IPv6, ICMP, reassembly, PMTU, ND).
 
 A fake clock throughout (``now`` is a number the test picks), scapy as the
 independent peer: it builds what we receive (including its own `fragment()`
@@ -26,13 +26,13 @@ from scapy.layers.inet6 import (  # noqa: E402
     fragment6, in6_chksum,
 )
 
-from usnet.stack.ip import (  # noqa: E402
+from usnet.proto.ip import (  # noqa: E402
     INCOMPLETE, REACHABLE, STALE, Datagram, IcmpError, IpLayer, NeighborCache,
     NeighborResolved, Transmit,
 )
-from usnet.wire.ipv4 import ip_bytes  # noqa: E402
-from usnet.wire.ipv6 import ip6_bytes, solicited_node  # noqa: E402
-from usnet.wire.udp import build_udp  # noqa: E402
+from usnet.proto.wire.ipv4 import ip_bytes  # noqa: E402
+from usnet.proto.wire.ipv6 import ip6_bytes, solicited_node  # noqa: E402
+from usnet.proto.wire.udp import build_udp  # noqa: E402
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -31,12 +31,12 @@ from scapy.layers.inet6 import (
 from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid
 
 from usnet import socket as us
-from usnet.channel.events import EventType, TxDropReason
+from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
-from usnet.daemon import protocol as P
+from usnet.abi import protocol as P
 from usnet.drivers import block
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 ME, PEER, OTHER = "fd00:9::2", "fd00:9::1", "fd00:9::77"
 ME4 = "10.9.0.2"

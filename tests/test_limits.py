@@ -19,13 +19,13 @@ import tomllib
 import pytest
 
 from usnet.client import Client
-from usnet.daemon import config, protocol as P
-from usnet.daemon.protocol import ControlError
+from usnet.domain import config
+from usnet.abi import protocol as P
+from usnet.abi.protocol import ControlError
 from usnet.drivers import MemWire
-from usnet.nexus.domain import Domain
-from usnet.nexus.limits import Access, AccessRule, Limits, Share, parse_ports
-from usnet.mem import memfd
-
+from usnet.domain.loop import Domain
+from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
+from usnet.abi import memfd
 from conftest import wait_until
 from test_usnetd import Daemon
 

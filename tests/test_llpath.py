@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 
 from test_lowlat import POLICY, Net, recv_all
 from usnet.drivers import MemWire
-from usnet.channel.events import EventType, TxDropReason
+from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
-from usnet.nexus.domain import LL_BITE, Domain
-from usnet.nexus.llcheck import GENERAL_PATH, check_ll_header
-from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
-from usnet.wire.udp import build_udp
+from usnet.domain.loop import LL_BITE, Domain
+from usnet.domain.switch.llcheck import GENERAL_PATH, check_ll_header
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.proto.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
 

@@ -25,20 +25,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_usnetd import Daemon
-from usnet.channel.events import Event, EventType, RevokeReason, TxDropReason
+from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.client import Client
-from usnet.daemon import config
-from usnet.daemon import protocol as P
-from usnet.daemon.protocol import ControlError, LeaseRefusal
+from usnet.domain import config
+from usnet.abi import protocol as P
+from usnet.abi.protocol import ControlError, LeaseRefusal
 from usnet.drivers import MemWire
 from usnet.drivers.block import FrameBlock
-from usnet.lease import LeaseRefused
-from usnet.lowlat.agent import Agent, Lease, LLLink, Refusal, burst_of
-from usnet.lowlat.policer import Policer
-from usnet.lowlat.policy import SERVICE_CLASSES, Policy, PolicyEntry, Who
-from usnet.nexus.domain import Domain
-from usnet.nexus.netif import Netif
-from usnet.nexus.txsched import GENERAL, LL, SlotScheduler
+from usnet.client.lease import LeaseRefused
+from usnet.domain.lowlat.agent import Agent, Lease, LLLink, Refusal, burst_of
+from usnet.domain.lowlat.policer import Policer
+from usnet.domain.lowlat.policy import SERVICE_CLASSES, Policy, PolicyEntry, Who
+from usnet.domain.loop import Domain
+from usnet.domain.netif.netif import Netif
+from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler
 
 ME = os.getuid()
 

@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from usnet.mem import memfd
-from usnet.mem.arena import READ_ONLY_KINDS, Arena, RegionKind, RegionSpec
+from usnet.abi import memfd
+from usnet.domain.mem.arena import READ_ONLY_KINDS, Arena, RegionKind, RegionSpec
 
 PAGE = mmap.PAGESIZE
 PACKET_BYTES = 2048

@@ -19,10 +19,10 @@ from conftest import send_raw
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from usnet.channel.events import EventType, TxDropReason, TxStatus
+from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.client import Client
-from usnet.wire.ipv4 import build_ipv4_header, ip_bytes
-from usnet.wire.tcp import ACK, build_tcp
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.proto.wire.tcp import ACK, build_tcp
 
 pytestmark = pytest.mark.privileged
 ETH_P_ALL = 0x0003

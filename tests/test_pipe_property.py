@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import usnet
-from usnet.channel.channel import ChannelDefunct, NoBuffers
-from usnet.daemon.protocol import ControlError
-from usnet.pool.pool import FREE, HELD
+from usnet.client.channel import ChannelDefunct, NoBuffers
+from usnet.abi.protocol import ControlError
+from usnet.domain.mem.pool import FREE, HELD
 
 
 class PipeMachine(RuleBasedStateMachine):
@@ -135,7 +135,7 @@ class PipeMachine(RuleBasedStateMachine):
     @rule(r=st.integers(0, 1))
     def crash(self, r: int) -> None:
         """The owner of one end vanishes: both ends defunct, every packet reclaimed."""
-        from usnet.channel.events import DefunctReason
+        from usnet.abi.events import DefunctReason
 
         self.pipe.defunct(DefunctReason.OWNER_GONE, culprit=r)
         self.dead = True

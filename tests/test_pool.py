@@ -1,4 +1,4 @@
-"""Packet pools (DESIGN §3, usnet/pool/pool.py) on a real Arena.
+"""Packet pools (DESIGN §3, usnet/domain/mem/pool.py) on a real Arena.
 
 The pool is the nexus's ledger: every packet has exactly one owner, refused
 hand-backs disturb nothing, and all-free segments really give their pages
@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from usnet.channel.events import RefusalReason
-from usnet.mem.arena import Arena, RegionKind, RegionSpec
-from usnet.pool.pool import FREE, HELD, IN_ALLOC, NO_OWNER, PURGED, PacketPool, PoolExhausted
-from usnet.pool.umd import UMD_SIZE
+from usnet.abi.events import RefusalReason
+from usnet.domain.mem.arena import Arena, RegionKind, RegionSpec
+from usnet.domain.mem.pool import FREE, HELD, IN_ALLOC, NO_OWNER, PURGED, PacketPool, PoolExhausted
+from usnet.abi.umd import UMD_SIZE
 
 MAX = 64
 INITIAL = 16
@@ -32,7 +32,7 @@ ROLES = 2
 
 
 def make_arena(max_packets: int = MAX, per_seg: int = PER_SEG) -> Arena:
-    # the same regions a user pipe builds (usnet/nexus/userpipe.py), smaller
+    # the same regions a user pipe builds (usnet/domain/userpipe.py), smaller
     return Arena("test-pool", [
         RegionSpec(RegionKind.RING, 1, 4096),
         RegionSpec(RegionKind.UMD, UMD_SIZE, max_packets),

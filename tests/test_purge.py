@@ -11,7 +11,7 @@ from __future__ import annotations
 from conftest import FakeClock
 
 from usnet.client import Client
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 
 def _grown(d: Domain, c: Client, name: str):

@@ -1,4 +1,4 @@
-"""SPSC rings and the EVENT ring in shared memory (DESIGN §4, usnet/channel/ring.py).
+"""SPSC rings and the EVENT ring in shared memory (DESIGN §4, usnet/abi/ring.py).
 
 Rings are built on a bytearray with guard bytes around them, so every test
 also checks that no ring ever writes outside its header and slot array.
@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from usnet.channel import ring as R
-from usnet.channel.events import (
+from usnet.abi import ring as R
+from usnet.abi.events import (
     NO_PACKET, RECORD_SIZE, Event, EventConsumer, EventProducer, EventType, RefusalReason,
 )
-from usnet.channel.ring import Consumer, Producer, RingCorrupt
+from usnet.abi.ring import Consumer, Producer, RingCorrupt
 
 U64 = 2**64 - 1
 GUARD = 128  # bytes of canary before and after each ring

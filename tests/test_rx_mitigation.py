@@ -1,6 +1,6 @@
 """Receive mitigation (issue 5 item 3): coalescing a sleeping client's doorbells.
 
-The rule (usnet.nexus.mitigation) is sans-I/O and tested on simulated time,
+The rule (usnet.domain.netif.mitigation) is sans-I/O and tested on simulated time,
 with a hypothesis property over any arrival sequence. The domain tests run
 a real Domain over a MemWire with in-process clients; the ones that count
 bells drive the loop by hand (`serve_once(0)`) on a clock the test holds,
@@ -22,11 +22,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from usnet.client import Client
-from usnet.daemon import config
+from usnet.domain import config
 from usnet.drivers import MemWire
-from usnet.lowlat.policy import Policy, PolicyEntry
-from usnet.nexus.domain import Domain
-from usnet.nexus.mitigation import HOLD, MIN_FRAMES, TAU, RxMitigation
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.domain.loop import Domain
+from usnet.domain.netif.mitigation import HOLD, MIN_FRAMES, TAU, RxMitigation
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 ME = os.getuid()

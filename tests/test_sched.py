@@ -1,4 +1,4 @@
-"""usnet.sched: a thread asks the kernel for a short scheduling slice, and only that thread gets it."""
+"""usnet.runtime.sched: a thread asks the kernel for a short scheduling slice, and only that thread gets it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import threading
 
 import pytest
 
-from usnet import sched
-
+from usnet.runtime import sched
 pytestmark = pytest.mark.skipif(sched.get_slice() is None, reason="the kernel has no custom slices (before 6.12)")
 
 

@@ -1,6 +1,6 @@
 """usnet on a TAP device, with the host kernel as the other end of the wire (DESIGN §5).
 
-Two ways in: `usnet up` (usnet.cli.updown.up: a TAP made through netlink, the
+Two ways in: `usnet up` (usnet.domain.launch.up: a TAP made through netlink, the
 host's address on it, usnetd serving a control socket; clients connect with
 `Client.connect`) and an in-process Domain with a TapDriver whose host side
 the test configures through pyroute2. Every test makes its own device with a
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import digest_of, free_subnet_or_fail, kernel_server, recv_n, tap_name, wait_until
 
-from usnet.hostnet import delete_links, link_exists, used_networks
+from usnet.drivers.hostnet import delete_links, link_exists, used_networks
 
 pytestmark = pytest.mark.privileged
 
@@ -46,8 +46,7 @@ class Up:
     """What `usnet up` made: a TAP, the host's address on it, usnetd and its socket."""
 
     def __init__(self, run_dir: Path, pcap: bool = False) -> None:
-        from usnet.cli import updown
-
+        from usnet.domain import launch as updown
         x = free_subnet_or_fail()
         self.updown = updown
         self.ifname = tap_name()
@@ -296,7 +295,7 @@ def test_in_process_tap_device_goes_with_the_domain():
     from pyroute2 import IPRoute
 
     from usnet.drivers.tap import TapDriver
-    from usnet.nexus.domain import Domain
+    from usnet.domain.loop import Domain
 
     ifname = tap_name()
     d = Domain()

@@ -22,7 +22,7 @@ import pytest
 from conftest import digest_of, kernel_server
 from conftest import free_subnet_or_fail, tap_name
 
-from usnet.hostnet import delete_links
+from usnet.drivers.hostnet import delete_links
 
 pytestmark = pytest.mark.privileged
 
@@ -146,7 +146,7 @@ def test_kernel_udp_socket_and_usnet_udp_endpoint_exchange_over_ipv6(tap_domain6
 
 def test_usnet_up_with_address6_answers_ping6_at_once(tmp_path):
     """`usnet up --address6`: the host's address is usable without waiting for DAD, usnetd answers."""
-    from usnet.cli import updown
+    from usnet.domain import launch as updown
     from usnet.client import Client
 
     x = free_subnet_or_fail()

@@ -28,12 +28,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.stack.tcp import (
+from usnet.proto.tcp import (
     EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR, EV_READABLE, TcpConnection, TcpEndpoint,
     TcpState,
 )
-from usnet.wire import ecn
-from usnet.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp, tcp_options
+from usnet.proto.wire import ecn
+from usnet.proto.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp, tcp_options
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
@@ -428,7 +428,7 @@ def _syn(ep: TcpEndpoint, now: float) -> TcpSegment:
 @settings(max_examples=100, deadline=None)
 @given(st.floats(0, 1e5), st.floats(0.001, 120), st.integers(1, 0xFFFF))
 def test_a_later_connection_on_the_same_4_tuple_has_a_later_isn_and_tsval(t1, gap, port):
-    """Each usnet socket has an endpoint of its own (usnet.engine); a connection on a 4-tuple the
+    """Each usnet socket has an endpoint of its own (usnet.client.engine); a connection on a 4-tuple the
     peer may still hold in TIME_WAIT must still start after the last one in sequence space and
     in timestamps, or the peer refuses its SYN (RFC 6191): the keys are the process's."""
     first = TcpEndpoint(A, port_chooser=lambda addr, p: port)

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.stack.tcp import seq as S
-from usnet.stack.tcp.congestion import Cubic, NewReno, make_congestion
-from usnet.stack.tcp.reassembly import Reassembly
-from usnet.stack.tcp.rto import RtoEstimator
-from usnet.stack.tcp.scoreboard import Scoreboard
+from usnet.proto.tcp import seq as S
+from usnet.proto.tcp.congestion import Cubic, NewReno, make_congestion
+from usnet.proto.tcp.reassembly import Reassembly
+from usnet.proto.tcp.rto import RtoEstimator
+from usnet.proto.tcp.scoreboard import Scoreboard
 
 u32 = st.integers(0, S.MASK)
 dist = st.integers(-(2**31) + 1, 2**31 - 1)

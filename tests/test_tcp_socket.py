@@ -1,7 +1,7 @@
 """usnet.socket over the flow switch: TCP between two usnet stacks on a memwire, no root.
 
 Server and client are usnet sockets on netifs "b" and "a" of one embedded
-domain; the sans-I/O TCP (usnet.stack.tcp) runs in the process's stack
+domain; the sans-I/O TCP (usnet.proto.tcp) runs in the process's stack
 thread. Waiting is by blocking socket calls with timeouts, never sleeps.
 """
 
@@ -21,7 +21,7 @@ from usnet import socket as us
 from usnet.client import Client
 from usnet.drivers.fault import FaultInjector
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 

@@ -21,7 +21,7 @@ from usnet import socket as us
 from usnet import tls
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 TIMEOUT = 20

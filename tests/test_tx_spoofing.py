@@ -32,17 +32,17 @@ from test_ipv6 import ME, PEER, Wire6
 from test_lowlat import POLICY
 from test_lowlat import Net as LLNet
 
-from usnet.channel.events import EventType, TxDropReason
+from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
-from usnet.daemon.protocol import ControlError
+from usnet.abi.protocol import ControlError
 from usnet.drivers import MemWire, PcapTracer, block
-from usnet.lowlat.policy import SERVICE_DSCP
-from usnet.nexus import txguard
-from usnet.nexus.domain import Domain
-from usnet.nexus.txguard import SentFragments
-from usnet.wire.checksum import update16
-from usnet.wire.ecn import ECT0, set_dscp, set_dscp_rows
-from usnet.wire.ipv4 import not_unicast4
+from usnet.domain.lowlat.policy import SERVICE_DSCP
+from usnet.domain.switch import txguard
+from usnet.domain.loop import Domain
+from usnet.domain.switch.txguard import SentFragments
+from usnet.proto.wire.checksum import update16
+from usnet.proto.wire.ecn import ECT0, set_dscp, set_dscp_rows
+from usnet.proto.wire.ipv4 import not_unicast4
 
 
 # -- the forged packets, on memwire -------------------------------------------------------------

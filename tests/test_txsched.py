@@ -21,12 +21,12 @@ from conftest import ControlledDevice, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.daemon import config
+from usnet.domain import config
 from usnet.drivers import MemWire
 from usnet.drivers.block import FrameBlock
-from usnet.nexus.domain import Domain
-from usnet.nexus.netif import Netif
-from usnet.nexus.txsched import GENERAL, LL, SlotScheduler, ll_pattern
+from usnet.domain.loop import Domain
+from usnet.domain.netif.netif import Netif
+from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler, ll_pattern
 
 START = 1000.0
 

@@ -19,12 +19,12 @@ from conftest import wait_until
 from test_llpath import udp_packet
 import test_lowlat
 from test_lowlat import Net, recv_all
-from usnet.channel.events import EventType, TxDropReason, TxStatus
+from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.client import Client
-from usnet.daemon.protocol import ControlError
+from usnet.abi.protocol import ControlError
 from usnet.drivers import MemWire
 from usnet.drivers.base import TrackedFrame
-from usnet.nexus.netif import Netif
+from usnet.domain.netif.netif import Netif
 
 B = "10.9.0.2"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from usnet.channel.channel import ChannelDefunct, PeerGone
+from usnet.client.channel import ChannelDefunct, PeerGone
 from usnet.client import Client
 
 PEERS = Path(__file__).parent / "peers"
@@ -21,7 +21,7 @@ PEER = PEERS / "pipe_peer.py"
 sys.path.insert(0, str(PEERS))
 from pipe_peer import message  # noqa: E402
 
-DAEMON = [sys.executable, "-m", "usnet.daemon.usnetd"]
+DAEMON = [sys.executable, "-m", "usnet.domain.usnetd"]
 
 
 class Daemon:
@@ -236,7 +236,7 @@ def test_daemon_serves_everyone_after_a_crash_and_a_close(usnetd):
     """Regression (was a bug): after a client is killed its pipe is destroyed (fds
     closed); when the survivor then closes its channel UserPipe.destroy() runs again
     and closes the same fd numbers, which by then are other clients' session sockets in
-    usnetd (usnet/nexus/userpipe.py close_end/destroy)
+    usnetd (usnet/domain/userpipe.py close_end/destroy)
     """
     me = Client.connect(usnetd.path)
     ch = me.open_pipe("victim")

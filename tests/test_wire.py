@@ -1,4 +1,4 @@
-"""usnet.wire: packet formats and checksums (DESIGN §7).
+"""usnet.proto.wire: packet formats and checksums (DESIGN §7).
 
 Three kinds of evidence:
 
@@ -21,14 +21,14 @@ scapy_all = pytest.importorskip("scapy.all")
 from scapy.all import ARP, ICMP, IP, UDP, Ether, IPOption_NOP, IPOption_RR, raw  # noqa: E402
 from scapy.layers.inet import IPerror, UDPerror  # noqa: E402
 
-import usnet.wire as W  # noqa: E402
-from usnet.wire import arp as A  # noqa: E402
-from usnet.wire import checksum as C  # noqa: E402
-from usnet.wire import ethernet as E  # noqa: E402
-from usnet.wire import icmp as I  # noqa: E402
-from usnet.wire import ipv4 as V4  # noqa: E402
-from usnet.wire import udp as U  # noqa: E402
-from usnet.wire.errors import WireError  # noqa: E402
+import usnet.proto.wire as W  # noqa: E402
+from usnet.proto.wire import arp as A  # noqa: E402
+from usnet.proto.wire import checksum as C  # noqa: E402
+from usnet.proto.wire import ethernet as E  # noqa: E402
+from usnet.proto.wire import icmp as I  # noqa: E402
+from usnet.proto.wire import ipv4 as V4  # noqa: E402
+from usnet.proto.wire import udp as U  # noqa: E402
+from usnet.proto.wire.errors import WireError  # noqa: E402
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SCAPY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -719,7 +719,7 @@ def test_wire_imports_no_nexus_or_channel():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             for name in names:
-                assert not name.startswith(("usnet.nexus", "usnet.channel", "socket", "time")), (
+                assert not name.startswith(("usnet.domain", "usnet.client", "usnet.abi", "socket", "time")), (
                     path.name, name)
 
 
@@ -728,7 +728,7 @@ def test_row_sums_equal_the_one_s_complement_sum_of_each_row(bufs):
     """The numpy batch sum (32-bit little-endian words, times 256) against the integer one."""
     import numpy as np
 
-    from usnet.wire.rows import padded_width, row_sums
+    from usnet.proto.wire.rows import padded_width, row_sums
 
     width = padded_width(max(map(len, bufs)))
     rows = np.zeros((len(bufs), width), np.uint8)

@@ -33,9 +33,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.drivers.base import Coalesced
-from usnet.nexus.neighbours import SKB_OVERHEAD, NeighbourCache
-from usnet.wire.ipv4 import martian_source4
-from usnet.wire.ipv6 import martian_source6
+from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
+from usnet.proto.wire.ipv4 import martian_source4
+from usnet.proto.wire.ipv6 import martian_source6
 
 PEER4, US4, SUBNET_BCAST = "10.77.0.1", "10.77.0.2", "10.77.0.255"
 PEER6, US6 = "fd00:77::1", "fd00:77::2"
@@ -112,7 +112,7 @@ class Link:
             self.tx_peer = self._raw(self.ns_peer, self.if_peer)  # frames to usnet, and the capture
             self.tx_us = self._raw(self.ns_us, self.if_us)  # frames to the peer kernel
             from usnet.drivers.packet import PacketDriver
-            from usnet.nexus.domain import Domain
+            from usnet.domain.loop import Domain
 
             drv = _in_netns(self.ns_us, lambda: PacketDriver(self.if_us, mtu=mtu))
             self.d = Domain()
@@ -546,7 +546,7 @@ def test_a_coalesced_super_segment_is_taken_past_the_mtu():
 
     from usnet.client import Client
     from usnet.drivers import MemWire
-    from usnet.nexus.domain import Domain
+    from usnet.domain.loop import Domain
 
     d = Domain()
     try:

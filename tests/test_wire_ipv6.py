@@ -1,4 +1,4 @@
-"""usnet.wire.ipv6 and usnet.wire.icmpv6: IPv6, ICMPv6 and Neighbor Discovery formats.
+"""usnet.proto.wire.ipv6 and usnet.proto.wire.icmpv6: IPv6, ICMPv6 and Neighbor Discovery formats.
 
 Evidence, as in test_wire.py: cross-checks with scapy both ways (what we
 build, scapy decodes with the same fields and recomputes the very same
@@ -26,9 +26,9 @@ from scapy.layers.inet6 import (  # noqa: E402
 )
 from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid  # noqa: E402
 
-from usnet.wire import icmpv6 as I6  # noqa: E402
-from usnet.wire import ipv6 as V6  # noqa: E402
-from usnet.wire.errors import WireError  # noqa: E402
+from usnet.proto.wire import icmpv6 as I6  # noqa: E402
+from usnet.proto.wire import ipv6 as V6  # noqa: E402
+from usnet.proto.wire.errors import WireError  # noqa: E402
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

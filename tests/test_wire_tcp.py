@@ -1,4 +1,4 @@
-"""usnet.wire.tcp: TCP headers, options and checksums over IPv4 and IPv6.
+"""usnet.proto.wire.tcp: TCP headers, options and checksums over IPv4 and IPv6.
 
 Evidence, as for the other wire modules:
 
@@ -24,9 +24,9 @@ pytest.importorskip("scapy.all")
 from scapy.all import IP, TCP, Raw, raw  # noqa: E402
 from scapy.layers.inet6 import IPv6  # noqa: E402
 
-from usnet.wire import tcp as T  # noqa: E402
-from usnet.wire.errors import WireError  # noqa: E402
-from usnet.wire.ipv4 import build_ipv4_header  # noqa: E402
+from usnet.proto.wire import tcp as T  # noqa: E402
+from usnet.proto.wire.errors import WireError  # noqa: E402
+from usnet.proto.wire.ipv4 import build_ipv4_header  # noqa: E402
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

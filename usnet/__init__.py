@@ -1,11 +1,28 @@
-"""usnet: a user-space networking stack for Linux (see DESIGN.md and docs/)."""
+"""usnet: a user-space networking stack for Linux (docs/architecture.md).
 
-from usnet import sched
-from usnet.channel.channel import Channel, ChannelDefunct, ChannelError, NoBuffers, PeerGone
-from usnet.channel.events import Event, EventType, TxStatus
-from usnet.client import Client
-from usnet.nexus.domain import Domain
+What users reach from here: `Client`, the channel types and events, `sched`,
+and the faces `usnet.socket`, `usnet.aio` and `usnet.tls`. `Domain` (the
+trusted side, every driver and the agent) is imported only when it is first
+named, so `from usnet import socket` loads the client side alone.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from usnet.abi.events import Event, EventType, TxStatus
+from usnet.client.channel import Channel, ChannelDefunct, ChannelError, NoBuffers, PeerGone
+from usnet.client.session import Client
+from usnet.runtime import sched
+
+if TYPE_CHECKING:
+    from usnet.domain.loop import Domain
 
 __all__ = ["Channel", "ChannelDefunct", "ChannelError", "Client", "Domain", "Event", "EventType", "NoBuffers",
            "PeerGone", "TxStatus", "sched"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Domain":
+        from usnet.domain.loop import Domain
+        return Domain
+    raise AttributeError(f"module 'usnet' has no attribute {name!r}")

@@ -6,7 +6,7 @@
               doorbell, opens a blocking read end of that pipe of its own,
               and takes the rings back between usnetd's poll and its read,
               which would block if usnetd read through a description the
-              client can change (it has one of its own: usnet.channel.doorbell).
+              client can change (it has one of its own: usnet.abi.doorbell).
   linger-fd   in a network namespace of its own, connects a TCP socket to a
               listener that never reads, fills its send buffer, sets SO_LINGER
               (on, one hour), hands it to usnetd with SCM_RIGHTS in its Hello
@@ -30,11 +30,11 @@ import socket
 import struct
 import time
 
-from usnet.channel import doorbell
-from usnet.channel.schema import W_SYNC
+from usnet.abi import doorbell
+from usnet.abi.schema import W_SYNC
 from usnet.client import Client
-from usnet.daemon import protocol as P
-from usnet.daemon.transport import connect_seqpacket, send_msg
+from usnet.abi import protocol as P
+from usnet.abi.transport import connect_seqpacket, send_msg
 
 CLONE_NEWNET = 0x40000000
 

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from pipe_peer import message  # noqa: E402
 
-from usnet.channel.channel import ChannelDefunct, NoBuffers  # noqa: E402
+from usnet.client.channel import ChannelDefunct, NoBuffers  # noqa: E402
 from usnet.client import Client  # noqa: E402
 
 WINDOW = 32  # messages in flight at once (well under the ring and the pool)

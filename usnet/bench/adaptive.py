@@ -1,6 +1,6 @@
 """An adaptive sender: a UDP flow that paces itself and follows its netif's interface advisory.
 
-The interface advisory (docs/abi.md §16, usnet.lowlat.advisory) tells every
+The interface advisory (docs/abi.md §16, usnet.abi.advisory) tells every
 sender on a netif how long the transmit queue is in time and suggests a rate
 trend: DOWN while the queueing delay is above the domain's target, UP while it
 is well below it and the link has room, HOLD otherwise. A sender that cannot
@@ -27,9 +27,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from usnet.channel.events import EventType
+from usnet.abi.events import EventType
 from usnet.client import Client
-from usnet.lowlat.advisory import Trend
+from usnet.abi.advisory import Trend
 
 PAYLOAD = 1200  # bytes of UDP payload per datagram: a video-call-sized packet
 FRAME = PAYLOAD + 8 + 20 + 14  # what one datagram costs the link, as the advisory and link_rate count

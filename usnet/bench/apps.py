@@ -14,7 +14,7 @@ import select
 import subprocess
 import sys
 
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 
 def spawn_app(dom: Domain, module: str, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from usnet.bench import baselines, pipe
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 if TYPE_CHECKING:
     from usnet.bench.adaptive import AdaptiveResult
@@ -79,7 +79,7 @@ def _udp_part(console: Console, count: int) -> None:
 def _http_part(console: Console, size: int = 4_000_000) -> bool:
     """HTTP/1.1 between two usnet TCP stacks over a memwire with 1 % loss; True if the digest checked."""
     from usnet.bench import http_demo
-    from usnet.stack.tcp.config import TcpConfig
+    from usnet.proto.tcp.config import TcpConfig
 
     console.print()
     console.print(f"[bold]HTTP over usnet TCP[/]: Python's own http.server on one usnet stack (netif b, "

@@ -23,7 +23,7 @@ buffered reads are the standard library's.
 The body is `size` random bytes (4 MB by default) with its SHA-256 in a
 header; the client hashes what it read and checks it against both the header
 and the bytes the server served. The result holds the transfer's figures,
-both ends' TCP statistics (usnet.stack.tcp TcpStats, read under the engine
+both ends' TCP statistics (usnet.proto.tcp TcpStats, read under the engine
 lock) and the wire's own count of the frames it dropped, so losses on the
 wire can be set beside the sender's retransmissions.
 """
@@ -42,7 +42,7 @@ from typing import Any, Callable
 from usnet import socket as us
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 CLIENT_IP, SERVER_IP = "10.9.0.1", "10.9.0.2"
 PORT = 8080

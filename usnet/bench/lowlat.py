@@ -2,7 +2,7 @@
 
 Topology: one embedded domain, two netifs joined by a memwire; netif "a" is
 paced to `LINK_RATE` with `LL_SHARE` of its time slots reserved for the
-low-latency class (usnet.nexus.txsched). Every application is its own
+low-latency class (usnet.domain.netif.txsched). Every application is its own
 process on a SEQPACKET session, as in `usnet bench udp`:
 
 * llsend: one UDP flow on "a" sending `LL_SIZE`-byte datagrams every
@@ -41,13 +41,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from usnet import sched
+from usnet.runtime import sched
 from usnet.bench import adaptive
 from usnet.bench.apps import kill_all, read_all, spawn_app, wait_exit
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
-from usnet.lowlat.policy import Policy, PolicyEntry
-from usnet.nexus.domain import Domain
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.domain.loop import Domain
 
 A_ADDR, B_ADDR = "10.98.0.1", "10.98.0.2"
 LINK_RATE = 50e6
@@ -69,7 +69,7 @@ LEASE_POLICY = Policy([PolicyEntry(frozenset({"voice"}), 2e6, 1500, uid=os.getui
 # The adaptive sender starts well above the link rate, so the queue must build and the advisory say
 # DOWN. Before its first raise after a cut it can only be at the start rate or the ceiling (the idle
 # link's advisory says UP), both above the link, or at half of one of them or less: below the 90 % of
-# the link under which the advisory says UP again (usnet.lowlat.estimate.UP_HEADROOM). A rate between
+# the link under which the advisory says UP again (usnet.domain.netif.estimate.UP_HEADROOM). A rate between
 # those (the link rate itself, say) could sit in the advisory's HOLD band and never be raised.
 ADAPT_START, ADAPT_FLOOR, ADAPT_CEILING = 1.4 * LINK_RATE, 0.04 * LINK_RATE, 1.75 * LINK_RATE
 

@@ -17,11 +17,11 @@ import sys
 import time
 from typing import Callable
 
-from usnet.channel.channel import Channel
+from usnet.client.channel import Channel
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
-from usnet.nexus.domain import Domain
-from usnet.pool.umd import UMD_WORDS
+from usnet.domain.loop import Domain
+from usnet.abi.umd import UMD_WORDS
 
 SIZES = (64, 1500, 9000, 65536)
 BATCH = 256

@@ -32,7 +32,7 @@ from typing import Callable
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 A_ADDR, B_ADDR = "10.97.0.1", "10.97.0.2"
 PORT_A, PORT_B = 4100, 5100

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
 from usnet.client import Client
-from usnet.hostnet import free_subnet
+from usnet.drivers.hostnet import free_subnet
 
 SIZE = 64
 BATCH = 512
@@ -44,8 +44,7 @@ class UsnetUp:
 @contextlib.contextmanager
 def usnet_up() -> Iterator[UsnetUp]:
     """`usnet up` on a fresh TAP in a temporary run directory; `usnet down` afterwards, whatever happens."""
-    from usnet.cli import updown
-
+    from usnet.domain import launch as updown
     x = free_subnet(first=231, count=24)
     us_ip, host_ip = f"10.{x}.0.2", f"10.{x}.0.1"
     with tempfile.TemporaryDirectory(prefix="usnet-bench-") as run_dir:

@@ -20,7 +20,7 @@ from typing import Any
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
 from usnet.drivers.memwire import MemWire
-from usnet.nexus.domain import Domain
+from usnet.domain.loop import Domain
 
 A_ADDR, B_ADDR = "10.99.0.1", "10.99.0.2"
 PORT_A, PORT_B = 4000, 5000

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from usnet.cli.tables import fmt_rate as _rate
-from usnet.client import DEFAULT_SOCKET
+from usnet.abi.paths import DEFAULT_SOCKET
 
 
 def _fmt(x: float) -> str:
@@ -180,7 +180,7 @@ def _bits(text: str) -> float:
     """An argparse type: bits per second, as a number ("50e6") or with a k, M or G suffix ("50M").
 
     Only the syntax is checked here; whether the value makes sense is the
-    config's check (usnet.daemon.config, txsched.check_params), so that the
+    config's check (usnet.domain.config, txsched.check_params), so that the
     flag and the config file refuse the same values with the same words.
     """
     scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}.get(text[-1:], 1.0)
@@ -251,7 +251,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _advisory_table(a) -> Table:
-    """One netif's advisory (a consistent snapshot, usnet.lowlat.advisory): fields down, TX and RX across."""
+    """One netif's advisory (a consistent snapshot, usnet.abi.advisory): fields down, TX and RX across."""
     import time
 
     t = Table(title=f"{a.netif}: interface advisory (seq {a.seq})")
@@ -348,8 +348,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from usnet.cli import updown
-
+    from usnet.domain import launch as updown
     return updown.up(args.driver, args.ifname, args.address, args.host_address,
                      args.run_dir or updown.RUN_DIR, pcap=args.pcap, address6=args.address6,
                      host_address6=args.host_address6, link_rate=args.link_rate, ll_share=args.ll_share,
@@ -357,8 +356,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from usnet.cli import updown
-
+    from usnet.domain import launch as updown
     return updown.down(args.run_dir or updown.RUN_DIR)
 
 

@@ -21,7 +21,7 @@ def fmt_rate(bps: float) -> str:
 
 
 def lease_table(lowlat: dict[str, Any]) -> Table:
-    """The low-latency leases of `Status["lowlat"]` (usnet.lowlat.agent.Agent.info), one row each.
+    """The low-latency leases of `Status["lowlat"]` (usnet.domain.lowlat.agent.Agent.info), one row each.
 
     The caption carries what is per domain rather than per lease: each
     paced netif's LL capacity and how much of it is granted, and the

@@ -41,7 +41,7 @@ class TrackedFrame(SegmentedFrame):
     """
 
     key: int  # its queue (flow id)
-    mark: tuple[int, int, bool, int]  # (tag, deadline_ns, report, packet index), as usnet.nexus.flowport.TxMeta
+    mark: tuple[int, int, bool, int]  # (tag, deadline_ns, report, packet index), as usnet.domain.switch.port.TxMeta
     taken_ns: int  # when the nexus took it off the client's TX ring
 
     @property

@@ -85,7 +85,7 @@ import struct
 from typing import Sequence
 
 from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, random_mac
-from usnet.wire.checksum import acc, finish
+from usnet.proto.wire.checksum import acc, finish
 
 # linux/if_ether.h
 ETH_P_ALL = 0x0003

@@ -25,7 +25,7 @@ import struct
 from typing import Sequence
 
 from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
-from usnet.wire.checksum import finish, acc
+from usnet.proto.wire.checksum import finish, acc
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0

@@ -1,0 +1,797 @@
+"""`usnet.aio`: asyncio streams over usnet TCP, on the running event loop.
+
+    reader, writer = await usnet.aio.open_connection("10.9.0.2", 8080, client=c, netif="a")
+    server = await usnet.aio.start_server(handle, port=8080, client=c, netif="b")
+
+The streams are asyncio's own (StreamReader, StreamWriter,
+StreamReaderProtocol); only the transport is usnet's, so everything written
+against asyncio streams or protocols runs unchanged. TLS is asyncio's too:
+`loop.start_tls` puts its SSLProtocol (an `SSLContext.wrap_bio` over memory
+BIOs) on top of the usnet transport, so certificate and hostname checks are
+exactly the standard library's.
+
+The stack runs in usnet's stack thread (usnet.client.engine), not in the loop. The
+loop learns of new data, free send space, EOF and errors without polling:
+each transport registers a watcher with its engine; after every pump the
+stack thread asks the watcher whether the loop has anything to do and, if
+so, schedules one callback with `call_soon_threadsafe` (never more than one
+in flight). Sends and reads take the engine's lock, as the blocking
+`usnet.socket` calls do, and wake the stack thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket as _stdsocket
+import ssl as _ssl
+import time
+import weakref
+from typing import Any, Callable
+
+from usnet.client import socket as _us
+from usnet.client.engine import FlowEngine, runner
+from usnet.proto.tcp.connection import CLOSED, SYN_SENT
+
+__all__ = ["Server", "UsnetTransport", "create_connection", "create_server", "open_connection",
+           "start_server"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_LIMIT = 2 ** 16  # asyncio.streams' default line/read limit
+_HIGH_WATER = 64 * 1024  # asyncio's default write-buffer limits
+_READ_MAX = 256 * 1024  # per callback: one busy connection must not keep the loop to itself
+_ACCEPT_MAX = 128  # per callback, likewise for a listener with a full accept queue
+_LOG_LOST_WRITES = 5  # as asyncio: warn about writes to a lost connection after this many
+
+
+_FAILED = object()  # what _protocol_call returns when the protocol raised
+
+
+def _usable_buffer(proto: asyncio.BufferedProtocol) -> Any:
+    buf = proto.get_buffer(-1)
+    if not len(buf):
+        raise RuntimeError("get_buffer() returned an empty buffer")
+    return buf
+
+
+class _Watcher:
+    """Carries "this flow changed" from the stack thread to the event loop.
+
+    The engine calls `_signal` after every pump of its channel, with its lock
+    held, whether or not this connection was touched. `wants` (cheap, run
+    under that lock) decides whether the loop has work; the `pending` flag
+    keeps a busy stack from queueing more than one callback at a time. A
+    wake-up is never lost: the loop side changes what `wants` reads under
+    the same lock, and `fire` clears the flag before the callback runs.
+    """
+
+    __slots__ = ("loop", "wants", "callback", "pending", "dead")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wants: Callable[[], Any],
+                 callback: Callable[[], None]) -> None:
+        self.loop, self.wants, self.callback = loop, wants, callback
+        self.pending = False
+        self.dead = False
+
+    def _signal(self) -> None:
+        if self.pending or self.dead:
+            return
+        try:
+            if not self.wants():
+                return
+            self.pending = True
+            self.loop.call_soon_threadsafe(self.fire)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            self.dead = True
+        except Exception:  # an exception here would take the whole engine down
+            log.exception("usnet.aio watcher failed")
+            self.dead = True
+
+    def kick(self) -> None:
+        """From the loop: run the callback soon (as if the stack had signalled)."""
+        if not self.pending and not self.dead:
+            self.pending = True
+            self.loop.call_soon(self.fire)
+
+    def fire(self) -> None:
+        self.pending = False
+        if not self.dead:
+            self.callback()
+
+
+def _watch(eng: FlowEngine, w: _Watcher) -> None:
+    with eng.lock:  # the stack thread iterates `watchers` while pumping
+        eng.watchers.add(w)
+    w.kick()  # whatever happened before it was registered
+
+
+def _unwatch(eng: FlowEngine, w: _Watcher) -> None:
+    w.dead = True
+    with eng.lock:
+        eng.watchers.discard(w)
+
+
+class UsnetTransport(asyncio.Transport):
+    """An asyncio transport over one usnet TCP connection.
+
+    Behaves as asyncio's selector socket transport does (buffering, flow
+    control, half-close, close after flushing), so asyncio's streams and its
+    SSLProtocol (`loop.start_tls`) can sit on top unchanged.
+    """
+
+    _start_tls_compatible = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: _us.socket,
+                 protocol: asyncio.BaseProtocol | None, *, server: "Server | None" = None,
+                 waiter: asyncio.Future | None = None, notify: bool = True) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname(),
+                          "peername": sock.getpeername()})
+        eng, conn = sock.engine, sock.connection
+        assert eng is not None and conn is not None, "a connected usnet socket"
+        self._loop = loop
+        self._sock = sock
+        self._eng: FlowEngine = eng
+        self._conn = conn
+        self._protocol: Any = protocol
+        self._server = server
+        self._buffer = bytearray()  # what the TCP send buffer had no room for yet
+        self._high, self._low = _HIGH_WATER, _HIGH_WATER // 4
+        self._protocol_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self._eof_requested = False  # write_eof() asked; FIN once the buffer drains
+        self._eof_seen = False  # the peer's EOF was reported to the protocol
+        self._conn_lost = 0  # >0: connection_lost is scheduled; nothing more to report
+        self._abort = False
+        self._watcher = _Watcher(loop, self._wants, self._ready)
+        if server is not None:
+            server._attach(self)
+        if notify and protocol is not None:
+            loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start, waiter)  # after connection_made: no data before it
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<UsnetTransport {state} {self._extra['sockname']}->{self._extra['peername']}>"
+
+    def _start(self, waiter: asyncio.Future | None) -> None:
+        if not self._conn_lost:
+            _watch(self._eng, self._watcher)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- what the stack thread asks (engine lock held) ----------------------------------------
+
+    def _wants(self) -> bool:
+        if self._conn_lost:
+            return False
+        c = self._conn
+        if c.error is not None or self._eng.error is not None:
+            return True
+        if self._buffer and c.send_space:
+            return True
+        if self._reading_paused or self._eof_seen or self._closing:
+            return False
+        return bool(c.rcv_queued) or c.eof or c.state is CLOSED
+
+    # -- the loop side ------------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        if self._conn_lost:
+            return
+        err = self._conn.error or self._eng.error
+        if err is not None:
+            self._fatal_error(err, "Fatal error on usnet transport")
+            return
+        if self._buffer:
+            self._push()
+        if not (self._conn_lost or self._reading_paused or self._eof_seen or self._closing):
+            self._pull()
+
+    def _push(self) -> None:
+        """TCP freed send space: refill it, and finish the close or write_eof that waited for the buffer."""
+        with self._eng.lock:
+            try:
+                n = self._conn.send(self._buffer) if self._conn.send_space else 0
+            except OSError as e:
+                exc: OSError | None = e
+            else:
+                exc = None
+                del self._buffer[:n]
+        if exc is not None:
+            self._fatal_error(exc, "Fatal write error on usnet transport")
+            return
+        if n:
+            runner().wake()
+        self._maybe_resume_protocol()
+        if not self._buffer:
+            if self._closing:
+                self._lose(None)
+            elif self._eof_requested:
+                self._shutdown_write()
+
+    def _pull(self) -> None:
+        proto = self._protocol
+        eng, c = self._eng, self._conn
+        if isinstance(proto, asyncio.BufferedProtocol):
+            # get_buffer is the protocol's code: not under the lock the stack thread needs.
+            with eng.lock:
+                queued = c.rcv_queued
+            if queued:
+                buf = self._protocol_call("get_buffer", _usable_buffer, proto)
+                if buf is _FAILED:
+                    return
+                with eng.lock:
+                    n = c.recv_into(buf)
+                    more = c.rcv_queued > 0
+                runner().wake()  # the window opened: let the stack say so
+                if self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED and more:
+                    self._watcher.kick()
+                return
+        else:
+            with eng.lock:
+                data = c.recv(_READ_MAX) if c.rcv_queued else b""
+                more = c.rcv_queued > 0
+            if data:
+                runner().wake()
+                if self._protocol_call("data_received", proto.data_received, data) is not _FAILED and more:
+                    self._watcher.kick()
+                return
+        with eng.lock:
+            end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
+        if end:
+            self._eof_seen = True
+            keep_open = self._protocol_call("eof_received", proto.eof_received)
+            if keep_open is not _FAILED and not keep_open:
+                self.close()
+
+    def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the protocol's code; if it raises, that is a fatal error of this transport (as in asyncio)."""
+        try:
+            return fn(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, f"Fatal error: protocol.{what}() call failed.")
+            return _FAILED
+
+    def _shutdown_write(self) -> None:
+        with self._eng.lock:
+            self._conn.shutdown_write(time.monotonic())
+        runner().wake()
+
+    # -- asyncio.Transport ----------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof_requested:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _LOG_LOST_WRITES:
+                log.warning("usnet transport: write to a lost connection")
+            self._conn_lost += 1
+            return
+        mv = memoryview(data).cast("B")
+        sent = 0
+        exc: OSError | None = None
+        with self._eng.lock:  # the buffer, too: `_wants` reads it under this lock
+            if not self._buffer:
+                try:
+                    sent = self._conn.send(mv)
+                except OSError as e:
+                    exc = e
+            if exc is None and sent < len(mv):
+                self._buffer += mv[sent:]
+        if exc is not None:
+            self._fatal_error(exc, "Fatal write error on usnet transport")
+            return
+        if sent:
+            runner().wake()
+        self._maybe_pause_protocol()
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_requested:
+            return
+        self._eof_requested = True
+        if not self._buffer:
+            self._shutdown_write()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if not self._buffer:
+            self._lose(None)
+        # else: `_push` finishes the close once the buffer has drained
+
+    def abort(self) -> None:
+        self._abort = True
+        self._force_close(None)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not (self._closing or self._reading_paused)
+
+    def pause_reading(self) -> None:
+        if self._closing or self._reading_paused:
+            return
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._watcher.kick()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = _HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause_protocol()
+
+    # -- flow control and ending ------------------------------------------------------------------
+
+    def _maybe_pause_protocol(self) -> None:
+        if len(self._buffer) <= self._high or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed", "exception": exc,
+                "transport": self, "protocol": self._protocol})
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._protocol_paused or len(self._buffer) > self._low:
+            return
+        self._protocol_paused = False
+        try:
+            self._protocol.resume_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.resume_writing() failed", "exception": exc,
+                "transport": self, "protocol": self._protocol})
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if not isinstance(exc, OSError):  # as asyncio: I/O errors are the peer's business
+            self._loop.call_exception_handler({
+                "message": message, "exception": exc, "transport": self, "protocol": self._protocol})
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        with self._eng.lock:
+            self._buffer.clear()
+        self._closing = True
+        self._lose(exc)
+
+    def _lose(self, exc: BaseException | None) -> None:
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            if self._protocol is not None:
+                self._protocol.connection_lost(exc)
+        finally:
+            _unwatch(self._eng, self._watcher)
+            if self._abort:
+                with self._eng.lock:
+                    self._conn.abort(time.monotonic())
+            self._sock.close()  # FIN after what was sent (RST if unread data, as the kernel)
+            server, self._server = self._server, None
+            if server is not None:
+                server._detach(self)
+
+
+class _HandOver(asyncio.Protocol):
+    """Stands in for the application's protocol while `loop.start_tls` runs.
+
+    start_tls returns after the handshake, but by then SSLProtocol may have
+    passed on data that came with the peer's last handshake flight, or
+    even EOF. The application's protocol must see `connection_made` first,
+    as on asyncio's own ``ssl=`` path, so what arrives early is held and
+    replayed after it.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[tuple[str, tuple]] = []
+        self._target: Any = None
+
+    def _deliver(self, name: str, *args: Any) -> Any:
+        if self._target is None:
+            self._held.append((name, args))
+            return None
+        if name == "data_received":
+            return _feed(self._target, args[0])
+        return getattr(self._target, name)(*args)
+
+    def data_received(self, data: bytes) -> None:
+        self._deliver("data_received", data)
+
+    def eof_received(self) -> bool | None:
+        return self._deliver("eof_received")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deliver("connection_lost", exc)
+
+    def pause_writing(self) -> None:
+        self._deliver("pause_writing")
+
+    def resume_writing(self) -> None:
+        self._deliver("resume_writing")
+
+    def hand_over(self, transport: asyncio.Transport, protocol: asyncio.BaseProtocol) -> None:
+        transport.set_protocol(protocol)  # from now on SSLProtocol calls it directly
+        self._target = protocol
+        protocol.connection_made(transport)
+        held, self._held = self._held, []
+        for name, args in held:
+            self._deliver(name, *args)
+
+
+def _feed(protocol: Any, data: bytes) -> None:
+    if not isinstance(protocol, asyncio.BufferedProtocol):
+        protocol.data_received(data)
+        return
+    mv = memoryview(data)
+    while mv:
+        buf = protocol.get_buffer(len(mv))
+        n = min(len(buf), len(mv))
+        buf[:n] = mv[:n]
+        protocol.buffer_updated(n)
+        mv = mv[n:]
+
+
+async def _start_tls(loop: asyncio.AbstractEventLoop, sock: _us.socket, protocol: asyncio.BaseProtocol,
+                     context: _ssl.SSLContext, *, server_side: bool, server_hostname: str | None,
+                     server: "Server | None", handshake_timeout: float | None,
+                     shutdown_timeout: float | None) -> asyncio.Transport:
+    raw = UsnetTransport(loop, sock, None, server=server, notify=False)
+    stand_in = _HandOver()
+    tls = await loop.start_tls(raw, stand_in, context, server_side=server_side,
+                               server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout,
+                               ssl_shutdown_timeout=shutdown_timeout)
+    stand_in.hand_over(tls, protocol)
+    return tls
+
+
+def _client_context(ssl: Any, server_hostname: str | None,
+                    host: str) -> tuple[_ssl.SSLContext | None, str | None]:
+    """asyncio.open_connection's rules for ``ssl`` and ``server_hostname``."""
+    if server_hostname is not None and not ssl:
+        raise ValueError("server_hostname is only meaningful with ssl")
+    if not ssl:
+        return None, None
+    ctx = ssl if isinstance(ssl, _ssl.SSLContext) else _ssl.create_default_context()
+    return ctx, host if server_hostname is None else server_hostname
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client: Any, netif: str | None,
+                   local_port: int) -> _us.socket:
+    """A connected, non-blocking usnet socket; the wait for SYN-ACK is a watcher, not a thread."""
+    family = _us.getaddrinfo(host, port)[0][0]  # literal addresses: usnet has no resolver
+    sock = _us.socket(family, client=client, netif=netif)
+    try:
+        sock.setblocking(False)
+        if local_port:
+            sock.bind((host, local_port))  # only the port counts: the netif has one address
+        err = sock.connect_ex((host, port))
+        if err == errno.EINPROGRESS:
+            eng, conn = sock.engine, sock.connection
+            assert eng is not None and conn is not None
+            done = loop.create_future()
+
+            def settled() -> bool:
+                return conn.state is not SYN_SENT or conn.error is not None or eng.error is not None
+
+            def wake() -> None:
+                if settled() and not done.done():
+                    done.set_result(None)
+
+            w = _Watcher(loop, settled, wake)
+            _watch(eng, w)
+            try:
+                await done
+            finally:
+                _unwatch(eng, w)
+            err = sock.connect_ex((host, port))  # raises what the connection failed with
+        if err:
+            raise OSError(err, os.strerror(err))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def create_connection(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
+                            client: Any = None, netif: str | None = None, ssl: Any = None,
+                            server_hostname: str | None = None, ssl_handshake_timeout: float | None = None,
+                            ssl_shutdown_timeout: float | None = None,
+                            local_port: int = 0) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """As `loop.create_connection`, over usnet; `client`/`netif` as for `usnet.socket.socket`."""
+    loop = asyncio.get_running_loop()
+    ctx, hostname = _client_context(ssl, server_hostname, host)
+    sock = await _connect(loop, host, port, client, netif, local_port)
+    try:
+        protocol = protocol_factory()
+        if ctx is None:
+            waiter = loop.create_future()
+            transport: asyncio.Transport = UsnetTransport(loop, sock, protocol, waiter=waiter)
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                raise
+        else:
+            transport = await _start_tls(loop, sock, protocol, ctx, server_side=False,
+                                         server_hostname=hostname, server=None,
+                                         handshake_timeout=ssl_handshake_timeout,
+                                         shutdown_timeout=ssl_shutdown_timeout)
+    except BaseException:
+        sock.close()  # no-op if the transport closed it already
+        raise
+    return transport, protocol
+
+
+async def open_connection(host: str, port: int, *, client: Any = None, netif: str | None = None,
+                          ssl: Any = None, server_hostname: str | None = None, limit: int = _DEFAULT_LIMIT,
+                          **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """As `asyncio.open_connection`, over usnet: asyncio's own stream objects."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await create_connection(lambda: protocol, host, port, client=client, netif=netif,
+                                           ssl=ssl, server_hostname=server_hostname, **kwargs)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+class Server(asyncio.AbstractServer):
+    """A listening usnet socket serving protocols on the loop, as asyncio.Server.
+
+    `wait_closed` waits for the listener and every connection it accepted
+    (asyncio's behaviour since 3.12); `close_clients`/`abort_clients` end them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: _us.socket,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol], ssl: _ssl.SSLContext | None,
+                 ssl_handshake_timeout: float | None, ssl_shutdown_timeout: float | None) -> None:
+        self._loop = loop
+        self._sock: _us.socket | None = sock
+        self._eng: FlowEngine = sock.engine  # type: ignore[assignment]
+        self._port = sock.getsockname()[1]
+        self._factory = protocol_factory
+        self._ssl = ssl
+        self._timeouts = (ssl_handshake_timeout, ssl_shutdown_timeout)
+        self._serving = False
+        self._transports: weakref.WeakSet[UsnetTransport] = weakref.WeakSet()
+        self._active = 0
+        self._waiters: list[asyncio.Future] | None = []
+        self._handshakes: set[asyncio.Task] = set()
+        self._serving_forever_fut: asyncio.Future | None = None
+        self._watcher = _Watcher(loop, self._wants, self._accept_ready)
+
+    def __repr__(self) -> str:
+        return f"<usnet.aio.Server port={self._port} {'serving' if self._serving else 'idle'}>"
+
+    @property
+    def sockets(self) -> tuple[_us.socket, ...]:
+        return () if self._sock is None else (self._sock,)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def getsockname(self) -> tuple[str, int]:
+        if self._sock is None:
+            raise OSError(errno.EBADF, "server is closed")
+        return self._sock.getsockname()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    def _wants(self) -> bool:
+        lst = self._eng.tcp.listeners.get(self._port)
+        return self._serving and lst is not None and bool(lst.accept_queue)
+
+    def _start_serving(self) -> None:
+        if self._serving or self._sock is None:
+            return
+        self._serving = True
+        self._watcher.dead = False
+        _watch(self._eng, self._watcher)
+
+    async def start_serving(self) -> None:
+        self._start_serving()
+        await asyncio.sleep(0)
+
+    def _accept_ready(self) -> None:
+        for _ in range(_ACCEPT_MAX):
+            if not self._serving or self._sock is None:
+                return
+            try:
+                child, _addr = self._sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._loop.call_exception_handler({
+                    "message": "usnet accept failed", "exception": exc, "socket": self._sock})
+                return
+            child.setblocking(False)
+            self._new_connection(child)
+        self._watcher.kick()  # a full accept queue: the rest on the next turn
+
+    def _new_connection(self, child: _us.socket) -> None:
+        try:
+            protocol = self._factory()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({"message": "protocol factory failed", "exception": exc})
+            child.close()
+            return
+        if self._ssl is None:
+            UsnetTransport(self._loop, child, protocol, server=self)
+            return
+        task = self._loop.create_task(self._handshake(child, protocol))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, child: _us.socket, protocol: asyncio.BaseProtocol) -> None:
+        try:
+            await _start_tls(self._loop, child, protocol, self._ssl,  # type: ignore[arg-type]
+                             server_side=True, server_hostname=None, server=self,
+                             handshake_timeout=self._timeouts[0], shutdown_timeout=self._timeouts[1])
+        except (OSError, asyncio.TimeoutError) as exc:  # a failed handshake is the peer's problem
+            log.debug("usnet.aio: TLS handshake with %s failed: %r", _peer(child), exc)
+        except Exception as exc:
+            self._loop.call_exception_handler({"message": "TLS handshake failed", "exception": exc})
+
+    def _attach(self, transport: UsnetTransport) -> None:
+        self._active += 1
+        self._transports.add(transport)
+
+    def _detach(self, transport: UsnetTransport) -> None:
+        self._active -= 1
+        self._transports.discard(transport)
+        if self._active == 0 and self._sock is None:
+            self._wakeup()
+
+    def _wakeup(self) -> None:
+        waiters, self._waiters = self._waiters, None
+        for w in waiters or ():
+            if not w.done():
+                w.set_result(None)
+
+    def close(self) -> None:
+        """Stop listening; connections already accepted carry on (see close_clients)."""
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        self._serving = False
+        _unwatch(self._eng, self._watcher)
+        sock.close()
+        fut = self._serving_forever_fut
+        if fut is not None and not fut.done():
+            fut.cancel()
+            self._serving_forever_fut = None
+        if self._active == 0:
+            self._wakeup()
+
+    def close_clients(self) -> None:
+        for t in list(self._transports):
+            t.close()
+
+    def abort_clients(self) -> None:
+        for t in list(self._transports):
+            t.abort()
+
+    async def wait_closed(self) -> None:
+        if self._waiters is None:
+            return
+        fut = self._loop.create_future()
+        self._waiters.append(fut)
+        await fut
+
+    async def serve_forever(self) -> None:
+        if self._serving_forever_fut is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._sock is None:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start_serving()
+        self._serving_forever_fut = self._loop.create_future()
+        try:
+            await self._serving_forever_fut
+        except asyncio.CancelledError:
+            try:
+                self.close()  # the listener; accepted connections end on their own terms
+            finally:
+                raise
+        finally:
+            self._serving_forever_fut = None
+
+
+def _peer(sock: _us.socket) -> Any:
+    try:
+        return sock.getpeername()
+    except OSError:
+        return "?"
+
+
+async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
+                        port: int = 0, *, client: Any = None, netif: str | None = None,
+                        ssl: _ssl.SSLContext | None = None, backlog: int = 128,
+                        ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+                        start_serving: bool = True) -> Server:
+    """As `loop.create_server`, over usnet. A netif has one address per family: `host` picks the family."""
+    if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+        raise TypeError(f"ssl argument must be an SSLContext or None, got {ssl!r}")
+    if ssl is None and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
+        raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
+    loop = asyncio.get_running_loop()
+    family = _us.getaddrinfo(host, port)[0][0]
+    sock = _us.socket(family, client=client, netif=netif)
+    try:
+        sock.bind((host or ("::" if family == _stdsocket.AF_INET6 else "0.0.0.0"), port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    server = Server(loop, sock, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+    if start_serving:
+        await server.start_serving()
+    return server
+
+
+async def start_server(client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+                       host: str | None = None, port: int = 0, *, client: Any = None,
+                       netif: str | None = None,
+                       ssl: _ssl.SSLContext | None = None, backlog: int = 128, limit: int = _DEFAULT_LIMIT,
+                       **kwargs: Any) -> Server:
+    """As `asyncio.start_server`, over usnet: the callback gets asyncio's own streams."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+    return await create_server(factory, host, port, client=client, netif=netif, ssl=ssl, backlog=backlog,
+                               **kwargs)

@@ -1,0 +1,475 @@
+"""The UDP endpoint: datagrams over a flow channel (`Client.udp_socket`).
+
+It lives beside `usnet.socket`, not in `usnet.proto`, because it does I/O
+on its channel; the stack's modules are sans-I/O.
+
+The application's process builds the IPv4 and UDP headers itself, straight
+into the packet buffer (`wire.write_*`), and the flow switch only checks them.
+Receive verifies the UDP checksum here, in the user domain: the switch
+classifies but never trusts or fixes a payload.
+
+IPv6 flows (`FlowOpened.family == 6`) build and check one datagram at a
+time (`_send_many6`, `_recv6`): the column-wise batch code is IPv4's. The
+IPv6 UDP checksum is mandatory, so a datagram that arrives without one is
+dropped. Addresses are (host, port) pairs in both families.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import Iterator
+
+import numpy as np
+
+from usnet.client.channel import Channel, _UNSET
+from usnet.abi.events import Event
+from usnet.abi.protocol import FlowOpened
+from usnet.abi.umd import UMD_WORDS
+from usnet.proto.ip import icmp4_error, icmp6_error
+from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
+from usnet.proto.wire.rows import be_u16, be_u32, padded_width, row_sums
+from usnet.proto.wire.ipv6 import (
+    IPV6_HLEN, build_ipv6_header, ip6_bytes, ip6_str, parse_ipv6, upper_checksum_v6, verify_upper_v6,
+)
+from usnet.proto.wire.udp import UDP_HLEN, parse_udp
+
+HEADERS = IPV4_HLEN + UDP_HLEN
+HEADERS6 = IPV6_HLEN + UDP_HLEN
+_UDP = struct.Struct("!HHHH")
+_HEADERS = struct.Struct("!BBHHHBBH4s4sHHHH")  # the IPv4 header (no options) and the UDP header
+# The same 28 bytes as a numpy record, so a batch's headers are written a field (column) at a time.
+_HDR_DTYPE = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("ident", ">u2"), ("ff", ">u2"),
+                       ("ttl", "u1"), ("proto", "u1"), ("csum", ">u2"), ("src", "S4"), ("dst", "S4"),
+                       ("sport", ">u2"), ("dport", ">u2"), ("ulen", ">u2"), ("ucsum", ">u2")])
+Address = tuple[str, int]
+
+
+def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
+    """The payloads as rows of one array, zero-padded to a width `row_sums` takes."""
+    n = len(payloads)
+    width = padded_width(big)
+    if int(lens.min()) == big:
+        joined = np.frombuffer(b"".join(payloads), np.uint8).reshape(n, big)
+        if big == width:
+            return joined
+        rows = np.zeros((n, width), np.uint8)
+        rows[:, :big] = joined
+        return rows
+    rows = np.zeros((n, width), np.uint8)
+    for i, p in enumerate(payloads):
+        rows[i, : len(p)] = np.frombuffer(p, np.uint8)
+    return rows
+
+
+_ICMP = object()  # what `_parse_slow` returns for an ICMP error: no datagram, not a bad one
+
+
+class DatagramSocket:
+    """sendto/recvfrom over a flow channel; batches on the `*_many` calls."""
+
+    def __init__(self, channel: Channel, info: FlowOpened) -> None:
+        self.channel = channel
+        self.local = (info.local_addr, info.local_port)
+        self.remote: Address | None = (info.remote_addr, info.remote_port) if info.remote_addr else None
+        self.mtu = info.mtu
+        self._v6 = getattr(info, "family", 4) == 6
+        self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
+        self._ident = 0
+        self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
+        # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
+        # raised by the next call, as a kernel socket's pending error (SO_ERROR) is.
+        self.pending_error: int | None = None
+        self.max_payload = min(info.mtu, channel.stride) - (HEADERS6 if self._v6 else HEADERS)
+        self._names: dict[int, str] = {}  # sender addresses as strings, made once each
+        self._templates: dict[tuple[bytes, int], tuple[np.ndarray, tuple[int, int]]] = {}
+
+    # -- sockets-like surface ---------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def settimeout(self, t: float | None) -> None:
+        self.channel.settimeout(t)
+
+    def setblocking(self, flag: bool) -> None:
+        self.channel.setblocking(flag)
+
+    def getsockname(self) -> Address:
+        return self.local
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Address, *, tag: int | None = None,
+               deadline: float | None = None, report: bool = False) -> int:
+        """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
+        if self.pending_error is not None:
+            self._raise_pending()
+        if self._v6 or tag is not None or deadline is not None or report:
+            self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
+        else:
+            self._send_one(data, addr)
+        return len(data)
+
+    def _send_one(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        """One IPv4 datagram without numpy: a voice frame's path, where a batch's fixed costs
+        (the gather, the column arrays) would be most of the work. The same bytes as `send_many`."""
+        n = len(data)
+        if n > self.max_payload:
+            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
+        dst, dport = ip_bytes(addr[0]), addr[1]
+        ip_base, udp_base = self._template(dst, dport)[1]
+        total, ulen = n + HEADERS, n + UDP_HLEN
+        ident = (self._ident + 1) & 0xFFFF
+        # one's complement sums as in `_headers`: the big-endian value of even bytes mod 0xFFFF
+        ip_sum = (ip_base + total + ident) % 0xFFFF
+        pay = int.from_bytes(bytes(data) + b"\0" if n & 1 else data, "big") % 0xFFFF
+        udp_sum = (udp_base + 2 * ulen + pay) % 0xFFFF
+        ucsum = 0xFFFF - (udp_sum or 0xFFFF)
+        hdr = _HEADERS.pack(0x45, 0, total, ident, 0x4000, 64, 17, 0xFFFF - (ip_sum or 0xFFFF),
+                            self._src, dst, self.local[1], dport, ulen, ucsum or 0xFFFF)
+        ch = self.channel
+        (p,) = ch.alloc(1)
+        o = p * ch.stride
+        ch.buf[o : o + HEADERS] = hdr
+        ch.buf[o + HEADERS : o + total] = data
+        ch.set_length(p, total)
+        self._push([p], 0)
+        self._ident = ident
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        if self.remote is None:
+            raise OSError(errno.EDESTADDRREQ, "not connected: use sendto")
+        return self.sendto(data, self.remote)
+
+    def recvfrom(self, timeout: object = _UNSET) -> tuple[bytes, Address]:
+        while True:
+            got = self.recv_many(1, timeout)
+            if got:
+                return got[0]
+
+    def recv(self, timeout: object = _UNSET) -> bytes:
+        return self.recvfrom(timeout)[0]
+
+    # -- batches ---------------------------------------------------------------------
+
+    def send_many(self, payloads: list, addr: Address, *, tags: list[int] | None = None,
+                  deadline: float | None = None, report: bool = False) -> int:
+        """Build and send one datagram per payload to `addr`; returns how many were sent.
+
+        The whole batch is built column-wise: payloads gathered into one array,
+        both checksums summed per row by numpy, headers written as columns, and
+        one scatter into the packet buffers.
+
+        `deadline` (seconds of `time.monotonic()`): a datagram still unsent
+        then is not sent, and a TX_STATUS EXPIRED event on the channel says
+        so. `report`: a TX_STATUS event for each (SENT, DROPPED, EXPIRED or
+        FLUSHED), with its tag (`tags`, one per payload; default 0).
+        """
+        if self.pending_error is not None:
+            self._raise_pending()
+        if not payloads:
+            return 0
+        marks = None
+        if tags is not None or deadline is not None or report:
+            if tags is not None and len(tags) != len(payloads):
+                raise ValueError("one tag per payload")
+            marks = (tags or [0] * len(payloads), 0 if deadline is None else max(1, int(deadline * 1e9)), report)
+        if self._v6:
+            return self._send_many6(payloads, addr, marks)
+        lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        big = int(lens.max())
+        if big > self.max_payload:
+            raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
+        ch = self.channel
+        rows = _payload_rows(payloads, lens, big)
+        hdr = self._headers(rows, lens, ip_bytes(addr[0]), addr[1])
+        packets, umd = ch.arrays()
+        totals = lens + HEADERS
+        sent = 0
+        while sent < len(payloads):
+            pkts = ch.alloc(len(payloads) - sent)
+            idx = np.array(pkts, np.int64)
+            end = sent + len(pkts)
+            packets[idx, :HEADERS] = hdr[sent:end]
+            if big:
+                packets[idx, HEADERS : HEADERS + big] = rows[sent:end, :big]
+            umd[idx * UMD_WORDS] = totals[sent:end]
+            if marks is not None:
+                ch.mark_many(idx, marks[0][sent:end], deadline_ns=marks[1], report=marks[2])
+            done, full = self._push(pkts, sent, marked=marks is not None)
+            sent += done
+            if full:
+                break
+        self._ident = (self._ident + sent) & 0xFFFF
+        return sent
+
+    def _send_many6(self, payloads: list, addr: Address, marks: tuple | None) -> int:
+        """IPv6: each datagram built on its own (header, UDP checksum over the pseudo-header)."""
+        big = max(map(len, payloads))
+        if big > self.max_payload:
+            raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
+        src, dst, sport, dport = self._src, ip6_bytes(addr[0]), self.local[1], addr[1]
+        packets = []
+        for p in payloads:
+            ulen = UDP_HLEN + len(p)
+            seg = _UDP.pack(sport, dport, ulen, 0) + bytes(p)
+            csum = upper_checksum_v6(src, dst, 17, seg)
+            packets.append(build_ipv6_header(src, dst, 17, ulen) + seg[:6] + csum.to_bytes(2, "big") + seg[8:])
+        ch = self.channel
+        sent = 0
+        while sent < len(packets):
+            pkts = ch.alloc(len(packets) - sent)
+            for i, (p, data) in enumerate(zip(pkts, packets[sent:])):
+                ch.write(p, data)
+                if marks is not None:
+                    ch.mark(p, tag=marks[0][sent + i], deadline_ns=marks[1], report=marks[2])
+            done, full = self._push(pkts, sent, marked=marks is not None)
+            sent += done
+            if full:
+                break
+        return sent
+
+    def _push(self, pkts: list[int], sent: int, marked: bool = False) -> tuple[int, bool]:
+        """Send written packets: (how many went, whether the ring is full).
+
+        What the ring did not take goes back to the channel's cache, not
+        leaked (its marks cleared, so no later send inherits a deadline); a
+        full ring before anything went raises BlockingIOError.
+        """
+        ch = self.channel
+        try:
+            done = ch.send(pkts)
+        except BlockingIOError:
+            done = 0
+            if not sent:
+                self._give_back(pkts, marked)
+                raise
+        if done < len(pkts):
+            self._give_back(pkts[done:], marked)
+            return done, True
+        return done, False
+
+    def _give_back(self, pkts: list[int], marked: bool) -> None:
+        if marked:
+            for p in pkts:
+                self.channel.mark(p)
+        self.channel.give_back(pkts)
+
+    def _headers(self, rows: np.ndarray, lens: np.ndarray, dst: bytes, dport: int) -> np.ndarray:
+        """The IPv4 and UDP headers of a batch, one row each, checksums included."""
+        n = len(lens)
+        template, base_sum = self._template(dst, dport)
+        hdr = np.empty(n, _HDR_DTYPE)
+        hdr[:] = template
+        total = lens + HEADERS
+        ulen = lens + UDP_HLEN
+        ident = (np.arange(1, n + 1, dtype=np.int64) + self._ident) & 0xFFFF
+        # Both checksums from sums: a 16-bit one's complement sum is the sum of the
+        # words modulo 0xFFFF, with 0 standing for 0xFFFF (the sums here are never 0).
+        ip_sum = (base_sum[0] + total + ident) % 0xFFFF
+        udp_sum = (base_sum[1] + 2 * ulen + (row_sums(rows) if rows.shape[1] else 0)) % 0xFFFF
+        hdr["total"] = total
+        hdr["ident"] = ident
+        hdr["csum"] = 0xFFFF - np.where(ip_sum == 0, 0xFFFF, ip_sum)
+        hdr["ulen"] = ulen
+        udp_csum = 0xFFFF - np.where(udp_sum == 0, 0xFFFF, udp_sum)
+        hdr["ucsum"] = np.where(udp_csum == 0, 0xFFFF, udp_csum)  # 0 means "no checksum" in UDP
+        return hdr.view(np.uint8).reshape(n, HEADERS)
+
+    def _template(self, dst: bytes, dport: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The fixed fields of datagrams to (dst, dport), and the sums they contribute; made once."""
+        key = (dst, dport)
+        t = self._templates.get(key)
+        if t is None:
+            src, sport = self._src, self.local[1]
+            fixed = np.frombuffer(_HEADERS.pack(0x45, 0, 0, 0, 0x4000, 64, 17, 0, src, dst, sport, dport, 0, 0),
+                                  _HDR_DTYPE)[0]
+            addr_sum = sum(int.from_bytes(a[i : i + 2], "big") for a in (src, dst) for i in (0, 2))
+            t = (fixed, (0x4500 + 0x4000 + (64 << 8 | 17) + addr_sum, addr_sum + 17 + sport + dport))
+            if len(self._templates) > 64:
+                self._templates.clear()
+            self._templates[key] = t
+        return t
+
+    def recv_many(self, max_n: int = 64, timeout: object = _UNSET) -> list[tuple[bytes, Address]]:
+        """Up to `max_n` datagrams as (payload, (address, port)); bad ones are counted and skipped.
+
+        The batch is copied out of the pool in one gather and checked on the
+        copy, column-wise: the UDP checksum is ours to verify (the switch
+        checked the IP header and never trusts a payload).
+        """
+        if self.pending_error is not None:
+            self._raise_pending()
+        pkts = self.channel.recv(max_n, timeout)
+        if self._v6:
+            got = self._recv6(pkts)
+        elif len(pkts) == 1:
+            got = self._recv_one(pkts[0])
+        else:
+            got = self._recv_batch(pkts)
+        if not got and self.pending_error is not None:
+            self._raise_pending()  # what came was the ICMP error itself
+        return got
+
+    def _recv_batch(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
+        """IPv4 datagrams, checked column-wise on one gathered copy (see `recv_many`)."""
+        ch = self.channel
+        try:
+            packets, umd = ch.arrays()
+            idx = np.array(pkts, np.int64)
+            lens = np.minimum(umd[idx * UMD_WORDS], ch.stride).astype(np.int64)
+            big = int(lens.max())
+            width = padded_width(max(big, HEADERS))
+            if width <= ch.stride:
+                rows = packets[idx, :width]  # one gather; what lies past a datagram is zeroed below
+            else:
+                rows = np.zeros((len(pkts), width), np.uint8)
+                rows[:, :big] = packets[idx, :big]
+        finally:
+            ch.free(pkts)
+        total = be_u16(rows[:, 2:4])
+        ulen = be_u16(rows[:, 24:26])
+        fast = ((rows[:, 0] == 0x45) & (rows[:, 9] == 17) & (ulen >= UDP_HLEN)
+                & (IPV4_HLEN + ulen <= np.minimum(total, lens)))
+        end = np.where(fast, IPV4_HLEN + ulen, lens)
+        e0 = int(end[0])
+        if (end == e0).all():
+            rows[:, e0:] = 0  # what lies past the datagrams, for the checksum
+        else:
+            rows[np.arange(rows.shape[1]) >= end[:, None]] = 0
+        words = row_sums(rows[:, 12:])  # addresses, UDP header, payload
+        has_sum = (rows[:, 26] | rows[:, 27]) != 0
+        fast &= ~has_sum | ((words + 17 + ulen) % 0xFFFF == 0)
+        return self._datagrams(rows, lens, fast, ulen)
+
+    def _raise_pending(self) -> None:
+        err, self.pending_error = self.pending_error, None
+        raise OSError(err, os.strerror(err))  # ConnectionRefusedError for ECONNREFUSED
+
+    def _recv_one(self, pkt: int) -> list[tuple[bytes, Address]]:
+        """One datagram without numpy (a voice flow's receive): the checks of the batch path."""
+        ch = self.channel
+        try:
+            d = bytes(ch.view(pkt))
+        finally:
+            ch.free([pkt])
+        n = len(d)
+        if n >= HEADERS and d[0] == 0x45 and d[9] == 17:
+            total, ulen = int.from_bytes(d[2:4], "big"), int.from_bytes(d[24:26], "big")
+            end = IPV4_HLEN + ulen
+            if ulen >= UDP_HLEN and end <= min(total, n):
+                # the checksum over addresses, UDP header and payload, as the batch path sums it
+                covered = d[12:end] + b"\0" if end & 1 else d[12:end]
+                if not (d[26] | d[27]) or (int.from_bytes(covered, "big") + 17 + ulen) % 0xFFFF == 0:
+                    return [(d[HEADERS:end], (self._name(int.from_bytes(d[12:16], "big")),
+                                              int.from_bytes(d[20:22], "big")))]
+        got = self._parse_slow(d)
+        if got is None:
+            self.rx_bad += 1
+            return []
+        return [] if got is _ICMP else [got]
+
+    def _datagrams(self, rows: np.ndarray, lens: np.ndarray, fast: np.ndarray, ulen: np.ndarray) -> list:
+        """The payloads and senders of a checked batch; rows that failed get the full parse."""
+        width = rows.shape[1]
+        raw = rows.tobytes()
+        src = be_u32(rows[:, 12:16])
+        sport = be_u16(rows[:, 20:22])
+        starts = np.arange(len(lens), dtype=np.int64) * width
+        ends = (starts + IPV4_HLEN + ulen).tolist()
+        starts = (starts + HEADERS).tolist()
+        if fast.all() and (src == src[0]).all() and (sport == sport[0]).all():
+            # one sender (the common case of a batch): one address tuple shared by every datagram
+            addr = (self._name(int(src[0])), int(sport[0]))
+            return [(raw[a:b], addr) for a, b in zip(starts, ends)]
+        out = []
+        for i, (ok, ip, sp) in enumerate(zip(fast.tolist(), src.tolist(), sport.tolist())):
+            if ok:
+                out.append((raw[starts[i] : ends[i]], (self._name(ip), sp)))
+                continue
+            o = i * width
+            got = self._parse_slow(raw[o : o + int(lens[i])])
+            if got is None:
+                self.rx_bad += 1
+            elif got is not _ICMP:
+                out.append(got)
+        return out
+
+    def _recv6(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
+        """IPv6: copy each packet out of the pool, then check it on the copy."""
+        ch = self.channel
+        try:
+            copies = [bytes(ch.view(p)) for p in pkts]
+        finally:
+            ch.free(pkts)
+        out = []
+        for v in copies:
+            got = self._parse6(v)
+            if got is None:
+                self.rx_bad += 1
+            elif got is not _ICMP:
+                out.append(got)
+        return out
+
+    def _parse6(self, v: bytes) -> tuple[bytes, Address] | object | None:
+        """(payload, sender) of an IPv6 UDP datagram with a good checksum, `_ICMP` for an ICMPv6
+        error (see `_icmp_error`), else None."""
+        try:
+            _tc, _fl, plen, nh, _hop, src, dst = parse_ipv6(v)
+            if nh == 58:
+                return self._icmp_error(v)
+            if nh != 17:  # the switch delivered extension headers: not worth the walk here
+                return None
+            sport, _dport, off, n = parse_udp(v, IPV6_HLEN, plen, None, None, verify=False)
+            if v[IPV6_HLEN + 6 : IPV6_HLEN + 8] == b"\0\0" or not verify_upper_v6(
+                    v, IPV6_HLEN, n + UDP_HLEN, src, dst, 17):
+                return None  # IPv6 has no checksum-less UDP (RFC 8200 §8.1)
+        except (WireError, struct.error):
+            return None
+        return v[off : off + n], (ip6_str(src), sport)
+
+    def _name(self, ip: int) -> str:
+        name = self._names.get(ip)
+        if name is None:
+            name = self._names[ip] = ip_str(ip.to_bytes(4, "big"))
+        return name
+
+    def _parse_slow(self, v: bytes) -> tuple[bytes, Address] | object | None:
+        """A datagram that is not the common case (IP options, bad checksum, not UDP), or `_ICMP`:
+        an ICMP error the switch passed on, which may leave this socket a pending error."""
+        try:
+            ihl, total, _i, _f, _t, proto, src, dst = parse_ipv4(v, 0, verify_checksum=False)
+            if proto == 1:
+                return self._icmp_error(v)
+            if proto != 17:
+                return None
+            sport, _dport, off, n = parse_udp(v, ihl, total - ihl, src, dst)
+        except (WireError, struct.error):
+            return None
+        return bytes(v[off : off + n]), (ip_str(src), sport)
+
+    def _icmp_error(self, v: bytes) -> object | None:
+        """An ICMP error quoting a datagram of ours: pending for a connected socket that sent it to
+        its peer (as Linux reports it: unconnected sockets are not told). None if it is malformed."""
+        err = icmp6_error(v) if self._v6 else icmp4_error(v)
+        if err is None:
+            return None
+        errno_, proto, qsrc, sport, qdst, dport = err
+        name = ip6_str(qdst) if self._v6 else ip_str(qdst)
+        if (self.remote is not None and proto == 17 and qsrc == self._src and sport == self.local[1]
+                and (name, dport) == self.remote):
+            self.pending_error = errno_
+        return _ICMP
+
+    def events(self) -> Iterator[Event]:
+        return self.channel.events()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "DatagramSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

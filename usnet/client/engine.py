@@ -1,0 +1,257 @@
+"""The engine: the sans-I/O stack (usnet.proto) driven over flow channels.
+
+Why a thread: TCP has to answer in time (ACKs, retransmissions, window
+updates, keep-alives) whether or not the application is inside a socket call,
+as the kernel does. One runner thread per process services every engine: it
+sleeps on the channels' doorbells and on the earliest protocol deadline,
+and applications' socket calls take the engine's lock, change the
+connection's buffers, and wake the runner to send what became due.
+
+One engine is one flow channel (a TCP listener, or one connection) with its
+own IP layer and TCP endpoint; the flow switch only ever sees IP packets
+that match the flow it registered. A flow is IPv4 or IPv6: the engine's
+local address is then 4 or 16 bytes, and the IP layer and TCP follow it.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import selectors
+import threading
+import time
+from typing import Any
+
+from usnet.runtime import gil
+from usnet.client.channel import ChannelError, NoBuffers, PeerGone
+from usnet.client import Client
+from usnet.proto.ip import Datagram, IcmpError, IpLayer, Transmit
+from usnet.proto.tcp import TcpEndpoint, TcpState
+from usnet.proto.wire import ecn
+
+log = logging.getLogger(__name__)
+TCP = 6
+RX_BATCH = 256
+
+
+class FlowEngine:
+    """One flow channel and the stack above it."""
+
+    def __init__(self, client: Client, netif: str, local_port: int = 0,
+                 remote: tuple[str, int] | None = None, family: int = 0, **tcp_options: Any) -> None:
+        """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
+        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
+                                              ring_size=1024, packets=4096)
+        self.ch.setblocking(False)
+        self.family = self.info.family
+        self.local = ipaddress.ip_address(self.info.local_addr).packed
+        self.ip = IpLayer([self.local], mtu=self.info.mtu)
+        if self.info.gso_max:  # the netif segments: TCP may hand it super-segments
+            tcp_options.setdefault("gso_max", self.info.gso_max - (20 if len(self.local) == 4 else 40))
+        port = self.info.local_port
+        self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # notified after every pump
+        # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
+        self._backlog: list[tuple[bytes, int]] = []
+        self.closed = False
+        self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
+        self.watchers: set = set()  # usnet sockets to signal after each pump
+        self.release_when_idle = False  # its sockets closed: go once the connections have
+
+    def idle(self) -> bool:
+        """Nothing left to do: every connection closed (or waiting out TIME-WAIT), nothing queued."""
+        return not self._backlog and not self.tcp.listeners and all(
+            c.state in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in self.tcp.connections.values())
+
+    def fileno(self) -> int:
+        return self.ch.fileno()
+
+    def pump(self, now: float) -> None:
+        """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
+        if self.closed or self.error is not None:
+            return
+        try:
+            self._receive(now)
+            t = self.tcp.timeout(now)
+            if t is not None and t <= now:
+                self.tcp.on_timer(now)
+            t = self.ip.next_timeout(now)
+            if t is not None and t <= now:
+                self._ip_events(self.ip.timeout(now), now)
+            self._transmit(now)
+        except (ChannelError, PeerGone) as e:
+            self.error = e
+        self.notify()
+
+    def notify(self) -> None:
+        """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held."""
+        for w in self.watchers:
+            w._signal()
+        self.changed.notify_all()
+
+    def _receive(self, now: float) -> None:
+        ch = self.ch
+        while True:
+            try:
+                pkts = ch.recv(RX_BATCH, 0)
+            except BlockingIOError:
+                return
+            try:
+                copies = [bytes(ch.view(p)) for p in pkts]
+            finally:
+                ch.free(pkts)  # raises if the channel went defunct while we copied (zeros, not data)
+            for c in copies:
+                self._ip_events(self.ip.input(c, now), now)
+            # No early return on a short batch: only the empty recv that ends this loop
+            # arms NEED_WAKEUP, and without it the domain would not ring the doorbell the
+            # runner is about to sleep on (a lost wake-up whenever no timer is pending).
+
+    def _ip_events(self, events: list, now: float) -> None:
+        for ev in events:
+            if type(ev) is Datagram:
+                if ev.proto == TCP:
+                    self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
+            elif type(ev) is Transmit:
+                self._backlog.append((ev.packet, 0))
+            elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= 8:
+                conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
+                if conn is not None:
+                    conn.icmp_error(ev.errno, int.from_bytes(ev.quote[4:8], "big"))
+
+    def _transmit(self, now: float) -> None:
+        out = self._backlog
+        if not out:
+            # Ask TCP for more only once the channel took the last burst: what waits
+            # here has left TCP's books as sent, so a queue here would read as path
+            # delay (RTT, RTO) and retransmit into itself. Held back, it waits in TCP.
+            output, local = self.ip.output, self.local
+            for dst, seg, cut, ect in self.tcp.outgoing(now):
+                if cut:
+                    out.append((output(TCP, local, dst, seg, now, tos=ect, segmented=True)[0], cut))
+                else:
+                    for pkt in output(TCP, local, dst, seg, now, tos=ect):
+                        out.append((pkt, 0))
+        if not out:
+            return
+        ch = self.ch
+        sent = 0
+        while sent < len(out):
+            try:
+                pkts = ch.alloc(len(out) - sent, 0)
+            except (BlockingIOError, NoBuffers):
+                break  # no buffers now: the rest waits for the next pump
+            for p, (data, cut) in zip(pkts, out[sent:]):
+                ch.write(p, data, cut)
+            try:
+                done = ch.send(pkts, 0)
+            except BlockingIOError:
+                done = 0
+            if done < len(pkts):
+                ch.give_back(pkts[done:])
+            sent += done
+            if done < len(pkts):
+                break
+        self._backlog = out[sent:]
+
+    def deadline(self, now: float) -> float | None:
+        """When this engine next needs the runner, absent traffic."""
+        if self._backlog:
+            return now + 0.0005
+        ts = [t for t in (self.tcp.timeout(now), self.ip.next_timeout(now)) if t is not None]
+        return min(ts) if ts else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.changed.notify_all()
+        try:
+            self.ch.close()
+        except OSError:
+            pass  # the domain is gone already: nothing left to tell it
+
+
+class Runner:
+    """The process's stack thread: services every engine, sleeps on doorbells and deadlines."""
+
+    def __init__(self) -> None:
+        gil.short_switch_interval()  # the stack thread shares the GIL with the application's
+        self._sel = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._sel.register(self._wake, selectors.EVENT_READ, None)
+        self.engines: set[FlowEngine] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="usnet-stack", daemon=True)
+        self._thread.start()
+
+    def add(self, engine: FlowEngine) -> None:
+        with self._lock:
+            self.engines.add(engine)
+            fd = engine.fileno()
+            stale = self._sel.get_map().get(fd)
+            if stale is not None:  # a closed engine's number, reused by the kernel
+                self.engines.discard(stale.data)
+                self._sel.unregister(fd)
+            self._sel.register(fd, selectors.EVENT_READ, engine)
+        self.wake()
+
+    def remove(self, engine: FlowEngine) -> None:
+        with self._lock:
+            if engine in self.engines:
+                self.engines.discard(engine)
+                try:
+                    self._sel.unregister(engine.fileno())
+                except (KeyError, ValueError):
+                    pass
+
+    def wake(self) -> None:
+        os.eventfd_write(self._wake, 1)
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                engines = list(self.engines)
+            timeout = None
+            for e in engines:
+                try:
+                    with e.lock:
+                        e.pump(now)
+                        d = e.deadline(now)
+                        done = e.release_when_idle and (e.idle() or e.error is not None)
+                    if done:
+                        self.remove(e)
+                        e.close()
+                        continue
+                except Exception as exc:  # one broken engine must not stop the others
+                    log.warning("stack engine failed: %r", exc, exc_info=True)
+                    self.remove(e)
+                    with e.lock:
+                        e.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+                        e.notify()
+                    continue
+                if d is not None:
+                    t = max(0.0, d - time.monotonic())
+                    timeout = t if timeout is None else min(timeout, t)
+            for key, _ in self._sel.select(timeout):
+                if key.data is None:
+                    try:
+                        os.eventfd_read(self._wake)
+                    except BlockingIOError:
+                        pass
+                else:
+                    key.data.ch.drain_doorbell()
+
+
+_runner: Runner | None = None
+_runner_lock = threading.Lock()
+
+
+def runner() -> Runner:
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            _runner = Runner()
+        return _runner

@@ -1,0 +1,362 @@
+"""`usnet.tls`: TLS for blocking usnet sockets, shaped like `ssl.SSLSocket`.
+
+    s = usnet.tls.wrap_socket(ctx, usnet.socket.create_connection(...), server_hostname="10.9.0.2")
+
+`SSLContext.wrap_socket` needs a kernel descriptor for OpenSSL to read and
+write; a usnet socket has none. So OpenSSL runs over memory BIOs
+(`SSLContext.wrap_bio`): ciphertext goes from the outgoing BIO to the
+usnet socket and from the socket to the incoming BIO, and every TLS
+decision (certificates, hostname, alerts, close_notify) is still the ssl
+module's, with its exceptions. The asyncio face (`usnet.aio` with ``ssl=``)
+reaches the same `wrap_bio` through asyncio's SSLProtocol, so neither face
+reimplements TLS.
+
+Blocking, timeouts and non-blocking mode are the underlying socket's: a
+timeout raises TimeoutError as the ssl module does, and a non-blocking
+socket raises ssl.SSLWantReadError / ssl.SSLWantWriteError.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from typing import Any, Callable, TypeVar
+
+from usnet.client import socket as _us
+
+__all__ = ["TlsSocket", "wrap_socket"]
+
+T = TypeVar("T")
+_RECV = 256 * 1024  # ciphertext per read from the socket
+_SEND_MAX = 256 * 1024  # plaintext per send(): bounds what a non-blocking send buffers
+
+
+class TlsSocket:
+    """A TLS connection over a usnet socket (see the module docstring)."""
+
+    def __init__(self, sock: _us.socket, context: ssl.SSLContext, server_side: bool = False,
+                 server_hostname: str | None = None, do_handshake_on_connect: bool = True,
+                 suppress_ragged_eofs: bool = True, session: ssl.SSLSession | None = None) -> None:
+        if server_side and server_hostname:
+            raise ValueError("server_hostname can only be specified in client mode")
+        self._sock = sock
+        self.context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.do_handshake_on_connect = do_handshake_on_connect
+        self.suppress_ragged_eofs = suppress_ragged_eofs
+        self._session = session
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._obj: ssl.SSLObject | None = None
+        self._wbuf = bytearray()  # ciphertext the socket has not taken yet (non-blocking)
+        self._closed = False  # close() was called; open makefile()s may still use it
+        self._released = False  # the socket underneath is closed
+        self._io_refs = 0
+        if self._connected():
+            if do_handshake_on_connect and sock.gettimeout() == 0.0:
+                raise ValueError("do_handshake_on_connect should not be specified for non-blocking sockets")
+            self._wrap()
+            if do_handshake_on_connect:
+                self._handshake_or_close()
+
+    def _connected(self) -> bool:
+        try:
+            self._sock.getpeername()
+        except OSError:
+            return False
+        return True
+
+    def _wrap(self) -> None:
+        self._obj = self.context.wrap_bio(self._incoming, self._outgoing, server_side=self.server_side,
+                                          server_hostname=self.server_hostname, session=self._session)
+
+    def _handshake_or_close(self) -> None:
+        try:
+            self.do_handshake()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- moving ciphertext ---------------------------------------------------------------------
+
+    def _need(self) -> ssl.SSLObject:
+        if self._released:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if self._obj is None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return self._obj
+
+    def _flush(self) -> bool:
+        """Send what OpenSSL wrote; False if a non-blocking socket could not take it all."""
+        if self._outgoing.pending:
+            self._wbuf += self._outgoing.read()
+        while self._wbuf:
+            try:
+                n = self._sock.send(self._wbuf)
+            except BlockingIOError:
+                return False
+            del self._wbuf[:n]
+        return True
+
+    def _fill(self) -> None:
+        """Feed the incoming BIO from the socket (EOF included)."""
+        try:
+            data = self._sock.recv(_RECV)
+        except BlockingIOError:
+            raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
+                                       "The operation did not complete (read)") from None
+        except TimeoutError:
+            raise TimeoutError("The read operation timed out") from None
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+
+    def _run(self, op: Callable[[], T]) -> T:
+        """Retry `op` (an SSLObject call) while OpenSSL needs the network, as SSL_read does on a socket."""
+        while True:
+            try:
+                result = op()
+            except ssl.SSLWantReadError:
+                if not self._flush():
+                    raise ssl.SSLWantWriteError(ssl.SSL_ERROR_WANT_WRITE,
+                                                "The operation did not complete (write)") from None
+                self._fill()
+                continue
+            except ssl.SSLWantWriteError:  # not with memory BIOs, but harmless to honour
+                if not self._flush():
+                    raise
+                continue
+            except ssl.SSLError:
+                self._flush_quietly()  # the alert, so the peer learns why
+                raise
+            self._flush()
+            return result
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except OSError:
+            pass
+
+    # -- the ssl.SSLSocket surface -------------------------------------------------------------
+
+    def do_handshake(self) -> None:
+        obj = self._need()
+        self._run(obj.do_handshake)
+
+    def connect(self, address: tuple) -> None:
+        if self.server_side:
+            raise ValueError("can't connect in server-side mode")
+        if self._obj is not None:
+            raise ValueError("attempt to connect already-connected TlsSocket!")
+        self._sock.connect(address)
+        self._wrap()
+        if self.do_handshake_on_connect:
+            self._handshake_or_close()
+
+    def accept(self) -> tuple["TlsSocket", tuple]:
+        """For a wrapped listening socket: the accepted connection, server side."""
+        child, addr = self._sock.accept()
+        try:
+            wrapped = TlsSocket(child, self.context, server_side=True,
+                                do_handshake_on_connect=self.do_handshake_on_connect,
+                                suppress_ragged_eofs=self.suppress_ragged_eofs)
+        except BaseException:
+            child.close()
+            raise
+        return wrapped, addr
+
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to send() on TlsSocket")
+        obj = self._need()
+        if self._wbuf and not self._flush():  # one backlog at a time, as SSL_write retries
+            raise ssl.SSLWantWriteError(ssl.SSL_ERROR_WANT_WRITE, "The operation did not complete (write)")
+        mv = memoryview(data).cast("B")[:_SEND_MAX]
+        if not mv:
+            return 0
+        return self._run(lambda: obj.write(mv))
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to sendall() on TlsSocket")
+        mv = memoryview(data).cast("B")
+        while mv:
+            mv = mv[self.send(mv):]
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        return self.send(data)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to recv() on TlsSocket")
+        return self._read(buflen, None)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if flags:
+            raise ValueError("non-zero flags not allowed in calls to recv_into() on TlsSocket")
+        if not nbytes:
+            nbytes = len(buffer)
+        if not nbytes:
+            return 0
+        return self._read(nbytes, buffer)
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        return self._read(len, buffer)
+
+    def _read(self, n: int, buffer: Any) -> Any:
+        obj = self._need()
+        try:
+            if buffer is None:
+                return self._run(lambda: obj.read(n))
+            return self._run(lambda: obj.read(n, buffer))
+        except ssl.SSLZeroReturnError:
+            # close_notify after our own (shutdown(SHUT_WR)): OpenSSL reports it as an error
+            # once both directions are shut, but it is the peer's clean end of data.
+            return b"" if buffer is None else 0
+        except ssl.SSLEOFError:
+            if self.suppress_ragged_eofs:  # as SSLSocket.read: a TCP FIN without close_notify
+                return b"" if buffer is None else 0
+            raise
+
+    def pending(self) -> int:
+        """Decrypted bytes ready now: a selector on fileno() cannot see these."""
+        return 0 if self._obj is None else self._obj.pending()
+
+    def unwrap(self) -> _us.socket:
+        """close_notify both ways; the plain socket is the caller's again."""
+        obj = self._need()
+        self._run(obj.unwrap)
+        self._obj = None
+        return self._sock
+
+    def shutdown(self, how: int) -> None:
+        """Half-close: with SHUT_WR, close_notify first, so the peer sees a clean TLS EOF."""
+        if how in (_us.SHUT_WR, _us.SHUT_RDWR) and self._obj is not None and not self._released:
+            try:
+                self._obj.unwrap()  # writes close_notify; wants the peer's, which we don't wait for
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                pass  # the session is already broken: the TCP shutdown still tells the peer
+            self._flush_quietly()
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        """As SSLSocket.close: no close_notify (use shutdown or unwrap); open makefile()s keep it alive."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._io_refs <= 0:
+            self._real_close()
+
+    def _real_close(self) -> None:
+        self._released = True
+        self._obj = None
+        self._sock.close()
+
+    def _decref_socketios(self) -> None:
+        self._io_refs -= 1
+        if self._closed and self._io_refs <= 0:
+            self._real_close()
+
+    def _checkClosed(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+    # The same buffered SocketIO layering as usnet.socket, over TLS reads and writes.
+    makefile = _us.socket.makefile
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        obj = self._need()
+        return obj.getpeercert(binary_form)
+
+    def version(self) -> str | None:
+        return None if self._obj is None else self._obj.version()
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        return None if self._obj is None else self._obj.cipher()
+
+    def shared_ciphers(self) -> list | None:
+        return None if self._obj is None else self._obj.shared_ciphers()
+
+    def compression(self) -> str | None:
+        return None if self._obj is None else self._obj.compression()
+
+    def selected_alpn_protocol(self) -> str | None:
+        return None if self._obj is None else self._obj.selected_alpn_protocol()
+
+    def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
+        return None if self._obj is None else self._obj.get_channel_binding(cb_type)
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        return self._session if self._obj is None else self._obj.session
+
+    @property
+    def session_reused(self) -> bool | None:
+        return None if self._obj is None else self._obj.session_reused
+
+    # -- the socket underneath -------------------------------------------------------------------
+
+    def settimeout(self, t: float | None) -> None:
+        self._sock.settimeout(t)
+
+    def gettimeout(self) -> float | None:
+        return self._sock.gettimeout()
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def getblocking(self) -> bool:
+        return self._sock.getblocking()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def getpeername(self) -> tuple:
+        return self._sock.getpeername()
+
+    def getsockname(self) -> tuple:
+        return self._sock.getsockname()
+
+    def setsockopt(self, level: int, opt: int, value: Any) -> None:
+        self._sock.setsockopt(level, opt, value)
+
+    def getsockopt(self, level: int, opt: int, buflen: int = 0) -> int:
+        return self._sock.getsockopt(level, opt, buflen)
+
+    def bind(self, address: tuple) -> None:
+        self._sock.bind(address)
+
+    def listen(self, backlog: int = 128) -> None:
+        self._sock.listen(backlog)
+
+    @property
+    def family(self) -> int:
+        return self._sock.family
+
+    @property
+    def type(self) -> int:
+        return self._sock.type
+
+    def __enter__(self) -> "TlsSocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else (self.version() or "not connected")
+        return f"<usnet.tls.TlsSocket {state} {self._sock!r}>"
+
+
+def wrap_socket(context: ssl.SSLContext, sock: _us.socket, server_side: bool = False,
+                server_hostname: str | None = None, do_handshake_on_connect: bool = True,
+                suppress_ragged_eofs: bool = True, session: ssl.SSLSession | None = None) -> TlsSocket:
+    """As `context.wrap_socket(sock, ...)`, for a usnet socket (connected, listening or not yet either)."""
+    return TlsSocket(sock, context, server_side=server_side, server_hostname=server_hostname,
+                     do_handshake_on_connect=do_handshake_on_connect,
+                     suppress_ragged_eofs=suppress_ragged_eofs, session=session)

@@ -1,0 +1,177 @@
+"""`usnet up` and `usnet down`: the device, its host-side address, and usnetd.
+
+Devices and addresses are made through netlink (pyroute2). `up` records what
+it made in the run directory so that `down` undoes exactly that.
+
+IPv6 is optional (`--address6`): the host's IPv6 address is added with
+IFA_F_NODAD, so it is usable at once instead of after duplicate address
+detection (a second or so during which the kernel would not use it).
+
+Pacing is optional too: `--link-rate`, `--ll-share` and `--strict` become
+the netif's `link_rate`, `ll_share` and `work_conserving = false` in the
+usnetd config `up` writes (`build_config`), and are checked as that config is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from usnet.domain import config
+from usnet.drivers.hostnet import delete_links
+
+RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
+
+
+def _paths(run_dir: str) -> dict[str, str]:
+    return {k: os.path.join(run_dir, f) for k, f in
+            (("config", "usnetd.toml"), ("state", "state.json"), ("log", "usnetd.log"), ("socket", "usnetd.sock"))}
+
+
+def _make_device(driver: str, ifname: str, host_address: str, host_address6: str | None = None) -> list[str]:
+    """Create the device and give the host its addresses; returns the links to delete later."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    addr, _, plen = host_address.partition("/")
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=ifname):
+            raise OSError(f"{ifname} exists already (usnet down first?)")
+        if driver == "tap":
+            ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
+            host_if, made = ifname, [ifname]
+        else:  # packet: a veth pair; usnet takes one end, the host keeps the other
+            host_if = f"{ifname}h"
+            ipr.link("add", ifname=ifname, kind="veth", peer=host_if)
+            made = [ifname]
+        for name in {ifname, host_if}:
+            # a deep host-side queue: usnet reads in batches, the kernel should not drop meanwhile
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up", txqlen=10000)
+        idx = ipr.link_lookup(ifname=host_if)[0]
+        ipr.addr("add", index=idx, address=addr, prefixlen=int(plen or 24))
+        if host_address6:
+            h6 = ipaddress.IPv6Interface(host_address6)
+            ipr.addr("add", index=idx, address=str(h6.ip), prefixlen=h6.network.prefixlen, flags=IFA_F_NODAD)
+    return made
+
+
+def host_address6_for(address6: str) -> str:
+    """The host's default IPv6 address beside usnet's: the first of the prefix (::1), or the second."""
+    iface = ipaddress.IPv6Interface(address6)
+    first = iface.network.network_address + 1
+    host = first if first != iface.ip else first + 1
+    return f"{host}/{iface.network.prefixlen}"
+
+
+def build_config(driver: str, ifname: str, address: str, host_address: str, socket_path: str,
+                 pcap: str | None = None, address6: str | None = None, host_address6: str | None = None,
+                 link_rate: float | None = None, ll_share: float | None = None,
+                 strict: bool = False) -> config.Config:
+    """The usnetd config `usnet up` writes, from its flags; ValueError names what is wrong.
+
+    Every check is the config's own (usnet.domain.config, which hands the
+    pacing keys to txsched.check_params): a flag is refused exactly when the
+    same key in a config file would be. `strict` is `work_conserving =
+    false`; without it the key is left out (the default, true).
+    """
+    if host_address6 and not address6:
+        raise ValueError("--host-address6 needs --address6")
+    gateway = host_address.partition("/")[0]
+    gateway6 = host_address6.partition("/")[0] if host_address6 else None
+    nc = config.NetifConfig(name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway,
+                            pcap=pcap, address6=address6, gateway6=gateway6, link_rate=link_rate,
+                            ll_share=ll_share, work_conserving=False if strict else None)
+    return config.Config(socket=socket_path, netif=[nc])
+
+
+def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
+       pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
+       host_address6: str | None = None, link_rate: float | None = None, ll_share: float | None = None,
+       strict: bool = False) -> int:
+    """Make the device, give the host its addresses, start usnetd on it.
+
+    `address6`/`host_address6` add IPv6 (the host's defaults to ::1 of
+    usnet's prefix); the host's IPv6 address is usnet's IPv6 gateway.
+    `link_rate` (bits/s), `ll_share` and `strict` pace the netif and size
+    its low-latency class (build_config). The flags are checked first, so
+    nonsense is refused before anything is made, and without needing root.
+    """
+    paths = _paths(run_dir)
+    if address6 and not host_address6:
+        host_address6 = host_address6_for(address6)
+    try:
+        cfg = build_config(driver, ifname, address, host_address, paths["socket"], pcap=pcap, address6=address6,
+                           host_address6=host_address6, link_rate=link_rate, ll_share=ll_share, strict=strict)
+    except ValueError as e:
+        print(f"usnet up: {e}", file=sys.stderr)
+        return 1
+    if os.geteuid() != 0:
+        print("usnet up needs root (it creates a network device)", file=sys.stderr)
+        return 1
+    os.makedirs(run_dir, exist_ok=True)
+    if os.path.exists(paths["state"]):
+        print(f"usnet is up already ({paths['state']}); usnet down first", file=sys.stderr)
+        return 1
+    made = _make_device(driver, ifname, host_address, host_address6)
+    with open(paths["config"], "w") as f:
+        f.write(config.dump(cfg))
+    log = open(paths["log"], "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
+                            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    with open(paths["state"], "w") as f:
+        json.dump({"pid": proc.pid, "links": made, "socket": paths["socket"]}, f)
+    deadline = time.monotonic() + timeout
+    line = proc.stdout.readline() if proc.stdout else b""
+    if b"ready" not in line or time.monotonic() > deadline:
+        print(f"usnetd did not start; see {paths['log']}", file=sys.stderr)
+        down(run_dir)
+        return 1
+    v6 = f" and {address6}, host at {host_address6}" if address6 else ""
+    nc = cfg.netif[0]
+    paced = "" if nc.link_rate is None else (
+        f", paced to {nc.link_rate:g} bit/s with {0.2 if nc.ll_share is None else nc.ll_share:g} of the slots "
+        f"for low latency{' (strict)' if nc.work_conserving is False else ''}")
+    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}{paced}, "
+          f"usnetd pid {proc.pid}, socket {paths['socket']}")
+    return 0
+
+
+def down(run_dir: str = RUN_DIR, timeout: float = 10.0) -> int:
+    paths = _paths(run_dir)
+    try:
+        with open(paths["state"]) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        print("usnet is not up", file=sys.stderr)
+        return 1
+    pid = state["pid"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:  # not our child: poll for it to go
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    delete_links(state.get("links", []))
+    for k in ("state", "config"):
+        try:
+            os.unlink(paths[k])
+        except FileNotFoundError:
+            pass
+    print("usnet down")
+    return 0

@@ -1,0 +1,291 @@
+"""The low-latency agent: leases of the LL class, for flows (DESIGN §6, docs/design-notes.md "The agent").
+
+An application asks for LL access for one of its flows: a service class, a
+rate, a largest packet and a latency target. The agent
+
+1. checks the parameters (BAD_PARAMETERS: what no lease can have);
+2. checks the netif has LL capacity (NO_LL_CAPACITY): a link rate and LL slots;
+3. checks entitlement against the policy (NOT_ENTITLED, ABOVE_ENTITLEMENT);
+4. admits: the rates granted on the netif, this one included, must fit its
+   LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); and the LL wait
+   bound with this lease's burst added must stay within this lease's latency
+   target (LATENCY_UNACHIEVABLE) and every other lease's on the netif
+   (OVER_SUBSCRIBED: granting it would break theirs);
+5. grants a `Lease` with an id, an expiry `ttl` seconds ahead, and a
+   `Policer` that holds the flow to its rate.
+
+A refusal changes nothing. Leases end by release, by expiry (`expire(now)`),
+by a policy reload that no longer entitles them (`reload`), or when their
+flow or netif goes (`revoke_flow`, `drop_link`); each of these returns the
+leases it ended, for the domain to move their flows back to the general
+class and tell their channels.
+
+Sans-I/O: the time is passed in, nothing here touches a netif, a clock or a
+channel. Flows, owners and netifs are opaque keys to the agent; the domain
+checks that a flow is the asker's own before it asks.
+
+The wait bound (the latency target is checked against it): an LL frame
+with nothing ahead of it in its class waits at most `access`: a horizon of
+general frames already handed to the device, the longest run of general
+slots, the slot in progress and one frame (`LLLink.of_scheduler`). Policed
+flows whose rates sum to at most the LL capacity never have more than their
+bursts queued ahead of it, and the class drains those at its capacity, so
+the bound is `access + 8 * sum(bursts) / capacity` (the delay bound of a
+rate-latency server under token-bucket arrivals). It is the wait inside the
+domain, not the path's latency, and not the domain loop's own lateness.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+from usnet.abi.events import RevokeReason
+from usnet.abi.protocol import LeaseRefusal
+from usnet.domain.lowlat.policer import Policer
+from usnet.domain.lowlat.policy import (
+    MAX_LATENCY, MAX_PACKET, MAX_RATE, MIN_PACKET, SERVICE_CLASSES, Policy, Who, packet_ok, rate_ok,
+)
+
+ETH_OVERHEAD = 14  # the link carries an Ethernet header per packet: rates and bursts count it
+DEFAULT_TTL = 30.0  # seconds a grant or renewal lasts
+#: The burst a lease's policer allows: two of its largest frames, or what its rate
+#: carries in BURST_TIME, whichever is more. The domain takes a flow's packets when
+#: its loop wakes, so what a client sent at its rate over one wake-up arrives at once.
+BURST_FRAMES = 2
+BURST_TIME = 0.005
+
+
+@dataclass(frozen=True)
+class LLLink:
+    """What the agent needs of a netif: its LL capacity, its LL access wait, its MTU."""
+
+    capacity: float  # bit/s of the link reserved for the LL class
+    access: float  # seconds: the longest an LL frame waits with no LL frame ahead of it
+    mtu: int
+
+    @classmethod
+    def of_scheduler(cls, sched: Any, mtu: int) -> "LLLink | None":
+        """From a netif's SlotScheduler (usnet.domain.netif.txsched); None if it has no LL slots."""
+        if sched is None or not sched.ll_slots:
+            return None
+        n, k = sched.frame_slots, sched.ll_slots
+        gap = math.ceil((n - k) / k)  # the longest run of general slots
+        return cls(capacity=sched.link_rate * k / n, access=sched.horizon + (gap + 2) * sched.slot_time, mtu=mtu)
+
+
+def burst_of(rate: float, max_packet: int) -> int:
+    """The bytes a lease's policer lets through at once (see BURST_TIME)."""
+    return max(BURST_FRAMES * (max_packet + ETH_OVERHEAD), math.ceil(rate * BURST_TIME / 8))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: LeaseRefusal
+    message: str
+
+
+@dataclass(eq=False)
+class Lease:
+    id: int
+    owner: Hashable  # who may renew and release it (the domain's session)
+    who: Who
+    netif: str
+    flow: Hashable  # the domain's key for the flow: its channel id
+    service_class: str
+    rate: float
+    max_packet: int
+    latency_target: float
+    burst: int
+    expires: float
+    policer: Policer
+
+    def info(self, now: float) -> dict[str, Any]:
+        return {"id": self.id, "netif": self.netif, "channel": self.flow, "uid": self.who.uid,
+                "program": self.who.program, "service_class": self.service_class, "rate": self.rate,
+                "max_packet": self.max_packet, "latency_target": self.latency_target, "burst": self.burst,
+                "expires_in": round(self.expires - now, 3), "policer": self.policer.info()}
+
+
+class Agent:
+    """Leases of the LL class per netif, under a policy (see the module docstring)."""
+
+    def __init__(self, policy: Policy | None = None, ttl: float = DEFAULT_TTL) -> None:
+        self.policy = policy or Policy()
+        self.ttl = check_ttl(ttl)
+        self.links: dict[str, LLLink] = {}
+        self.leases: dict[int, Lease] = {}
+        self._by_flow: dict[tuple[str, Hashable], Lease] = {}
+        self._ids = itertools.count(1)
+        self.granted = 0
+        self.renewed = 0
+        self.refused: Counter = Counter()  # by LeaseRefusal
+        self.ended: Counter = Counter()  # by RevokeReason name
+
+    # -- netifs ---------------------------------------------------------------------------
+
+    def set_link(self, netif: str, link: LLLink | None) -> None:
+        """A netif and its LL capacity (None: it has none, and every request for it is refused)."""
+        if link is None:
+            self.links.pop(netif, None)
+        else:
+            self.links[netif] = link
+
+    def drop_link(self, netif: str) -> list[Lease]:
+        """The netif went away: its leases end."""
+        self.links.pop(netif, None)
+        return self._end([l for l in self.leases.values() if l.netif == netif], RevokeReason.CLOSED)
+
+    def granted_rate(self, netif: str) -> float:
+        return math.fsum(l.rate for l in self.leases.values() if l.netif == netif)
+
+    def wait_bound(self, netif: str, extra_burst: int = 0) -> float:
+        """The LL wait bound of a netif with its leases (and `extra_burst` more bytes of burst)."""
+        link = self.links[netif]
+        bursts = sum(l.burst for l in self.leases.values() if l.netif == netif) + extra_burst
+        return link.access + 8 * bursts / link.capacity
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(self, who: Who, netif: str, flow: Hashable, service_class: str, rate_bps: float,
+                max_packet: int, latency_target: float, now: float, owner: Hashable = None) -> Lease | Refusal:
+        """A lease for `flow` on `netif`, or the refusal that says why not (and changes nothing)."""
+        bad = _bad_parameters(service_class, rate_bps, max_packet, latency_target)
+        if bad:
+            return self.refuse(LeaseRefusal.BAD_PARAMETERS, bad)
+        link = self.links.get(netif)
+        if link is None:
+            return self.refuse(LeaseRefusal.NO_LL_CAPACITY,
+                                f"netif {netif!r} has no low-latency slots (it needs a link_rate and an ll_share)")
+        if max_packet > link.mtu:
+            return self.refuse(LeaseRefusal.BAD_PARAMETERS,
+                                f"max_packet {max_packet} is larger than the MTU of {netif!r} ({link.mtu})")
+        held = self._by_flow.get((netif, flow))
+        if held is not None:
+            return self.refuse(LeaseRefusal.ALREADY_LEASED, f"the flow holds lease {held.id}: renew or release it")
+        denied = self.policy.check(who, service_class, rate_bps, max_packet)
+        if denied:
+            return self.refuse(*denied)
+        rates = [l.rate for l in self.leases.values() if l.netif == netif]
+        if math.fsum([*rates, rate_bps]) > link.capacity:  # the sum the property test checks, exactly
+            used = math.fsum(rates)
+            return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
+                                f"{rate_bps:g} bit/s does not fit the LL share of {netif!r}: "
+                                f"{used:g} of {link.capacity:g} bit/s are granted")
+        burst = burst_of(rate_bps, max_packet)
+        bound = self.wait_bound(netif, burst)
+        if bound > latency_target:
+            return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
+                                f"the LL wait on {netif!r} can reach {bound * 1e3:.3g} ms with this lease, "
+                                f"above the target of {latency_target * 1e3:.3g} ms")
+        hurt = [l for l in self.leases.values() if l.netif == netif and l.latency_target < bound]
+        if hurt:
+            return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
+                                f"granting it would raise the LL wait on {netif!r} to {bound * 1e3:.3g} ms, "
+                                f"past lease {hurt[0].id}'s target of {hurt[0].latency_target * 1e3:.3g} ms")
+        lease = Lease(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
+                      float(latency_target), burst, now + self.ttl, Policer(rate_bps, burst, max_packet))
+        self.leases[lease.id] = lease
+        self._by_flow[(netif, flow)] = lease
+        self.granted += 1
+        return lease
+
+    def renew(self, lease_id: int, owner: Hashable, now: float) -> Lease | Refusal:
+        """Extend a live lease of `owner` to `ttl` seconds from now."""
+        lease = self.leases.get(lease_id)
+        if lease is None or lease.owner != owner:
+            return self.refuse(LeaseRefusal.UNKNOWN_LEASE, f"no lease {lease_id} of yours")
+        if lease.expires <= now:
+            return self.refuse(LeaseRefusal.UNKNOWN_LEASE, f"lease {lease_id} has expired")
+        lease.expires = now + self.ttl
+        self.renewed += 1
+        return lease
+
+    def release(self, lease_id: int, owner: Hashable) -> Lease | Refusal:
+        """End a lease of `owner` (the domain moves its flow back to the general class)."""
+        lease = self.leases.get(lease_id)
+        if lease is None or lease.owner != owner:
+            return self.refuse(LeaseRefusal.UNKNOWN_LEASE, f"no lease {lease_id} of yours")
+        return self._end([lease], RevokeReason.RELEASED)[0]
+
+    def revoke_flow(self, netif: str, flow: Hashable) -> Lease | None:
+        """The flow is closing: its lease, if it has one, ends."""
+        lease = self._by_flow.get((netif, flow))
+        return None if lease is None else self._end([lease], RevokeReason.CLOSED)[0]
+
+    # -- time and policy ------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Lease]:
+        """End the leases whose time is up; returns them."""
+        return self._end([l for l in self.leases.values() if l.expires <= now], RevokeReason.EXPIRED)
+
+    def next_expiry(self) -> float | None:
+        return min((l.expires for l in self.leases.values()), default=None)
+
+    def reload(self, policy: Policy, now: float, ttl: float | None = None) -> list[Lease]:
+        """A new policy (and TTL, for grants and renewals from now on); returns the leases it no longer entitles.
+
+        Leases it still entitles keep their expiry, rate and policer. Admission
+        is not redone: capacity has not changed, and a reload only removes.
+        """
+        self.policy = policy
+        if ttl is not None:
+            self.ttl = check_ttl(ttl)
+        gone = [l for l in self.leases.values()
+                if policy.check(l.who, l.service_class, l.rate, l.max_packet) is not None]
+        return self._end(gone, RevokeReason.POLICY)
+
+    # -- inside -----------------------------------------------------------------------------
+
+    def refuse(self, reason: LeaseRefusal, message: str) -> Refusal:
+        """A refusal, counted (the domain refuses UNKNOWN_FLOW itself, through here)."""
+        self.refused[reason.value] += 1
+        return Refusal(reason, message)
+
+    def _end(self, leases: list[Lease], reason: RevokeReason) -> list[Lease]:
+        for lease in leases:
+            del self.leases[lease.id]
+            del self._by_flow[(lease.netif, lease.flow)]
+            self.ended[reason.name] += 1
+        return leases
+
+    def info(self, now: float) -> dict[str, Any]:
+        return {"policy_entries": len(self.policy), "ttl": self.ttl,
+                "capacity": {n: l.capacity for n, l in self.links.items()},
+                "granted_rate": {n: self.granted_rate(n) for n in self.links},
+                "leases": [l.info(now) for l in self.leases.values()],
+                "granted": self.granted, "renewed": self.renewed,
+                "refused": dict(self.refused), "ended": dict(self.ended)}
+
+
+def check_seconds(what: str, v: object) -> float:
+    """`v` as seconds if it is a positive, finite number (not a bool); else ValueError naming `what`."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a positive number of seconds, not {v!r}")
+    return float(v)
+
+
+def check_ttl(ttl: object) -> float:
+    return check_seconds("lease_ttl", ttl)
+
+
+def _bad_parameters(service_class: object, rate: object, max_packet: object, latency: object) -> str | None:
+    """What is wrong with a request's parameters whatever the netif and policy, or None.
+
+    The control protocol's decoder holds requests from other processes to the
+    same bounds; these checks are for requests that arrive without decoding
+    (an in-process client) and for anyone calling the agent directly.
+    """
+    if not (isinstance(service_class, str) and service_class in SERVICE_CLASSES):
+        return f"service_class must be one of {', '.join(SERVICE_CLASSES)}, not {service_class!r}"
+    if not rate_ok(rate):
+        return f"rate must be bit/s above 0 and at most {MAX_RATE:g}, not {rate!r}"
+    if not packet_ok(max_packet):
+        return f"max_packet must be bytes from {MIN_PACKET} to {MAX_PACKET}, not {max_packet!r}"
+    if (isinstance(latency, bool) or not isinstance(latency, (int, float)) or not math.isfinite(latency)
+            or not 0 < latency <= MAX_LATENCY):
+        return f"latency_target must be seconds above 0 and at most {MAX_LATENCY:g}, not {latency!r}"
+    return None

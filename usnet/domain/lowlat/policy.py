@@ -1,0 +1,119 @@
+"""Who may have low-latency access, and how much: the agent's policy (DESIGN §6).
+
+A policy is a list of entries. An entry names whom it is for, by uid, by
+program, or both (then both must match), the service classes it allows,
+and the most each lease under it may have: a rate (bit/s, at the link, so
+Ethernet headers count) and a largest packet (bytes, the IP packet). A
+request is entitled if any entry that matches its sender covers its class,
+rate and packet size. Nothing matches: no LL access (default deny).
+
+The uid is the kernel's (SO_PEERCRED). The program is what the client said
+in `Hello`: a label, not a credential, since any process can say any name.
+An entry with only a program entitles every uid that claims it; pair it
+with a uid where that matters.
+
+Service classes name the kind of traffic so that a policy can give voice
+and not video; the scheduler itself has one LL class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from usnet.abi.protocol import LeaseRefusal
+
+#: The service classes a lease may ask for.
+SERVICE_CLASSES = ("voice", "video", "interactive", "control")
+#: The DSCP (RFC 2474) the flow switch writes into every packet of a flow holding a lease of each
+#: class; a flow without a lease sends best effort (0). Voice is Expedited Forwarding (RFC 3246),
+#: video AF41 (RFC 4594's multimedia conferencing); the other classes have no marking of their
+#: own: the LL scheduler is usnet's, and the network beyond owes them nothing more than best effort.
+SERVICE_DSCP = {"voice": 46, "video": 34, "interactive": 0, "control": 0}
+DSCP_BEST_EFFORT = 0
+#: Bounds on any lease's parameters, so nonsense never reaches admission.
+MAX_RATE = 1e12  # bit/s
+MIN_PACKET, MAX_PACKET = 20, 65535  # bytes: an IP header, the largest IP packet
+MAX_LATENCY = 60.0  # seconds
+
+
+@dataclass(frozen=True)
+class Who:
+    """Whom a request comes from: the kernel's uid and the program the client named."""
+
+    uid: int
+    program: str = ""
+
+
+def rate_ok(rate: object) -> bool:
+    return (isinstance(rate, (int, float)) and not isinstance(rate, bool) and math.isfinite(rate)
+            and 0 < rate <= MAX_RATE)
+
+
+def packet_ok(size: object) -> bool:
+    return isinstance(size, int) and not isinstance(size, bool) and MIN_PACKET <= size <= MAX_PACKET
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """One grant of LL access: for whom, which classes, the most per lease."""
+
+    classes: frozenset[str]
+    max_rate: float
+    max_packet: int
+    uid: int | None = None
+    program: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", frozenset(self.classes))
+        if self.uid is None and self.program is None:
+            raise ValueError("a policy entry needs a uid or a program (or both)")
+        if self.uid is not None and (isinstance(self.uid, bool) or not isinstance(self.uid, int)
+                                     or not 0 <= self.uid <= 0xFFFFFFFF):
+            raise ValueError(f"policy uid must be a uid, not {self.uid!r}")
+        if self.program is not None and not (isinstance(self.program, str) and 1 <= len(self.program) <= 255):
+            raise ValueError(f"policy program must be a name of 1 to 255 characters, not {self.program!r}")
+        if not self.classes or not self.classes <= set(SERVICE_CLASSES):
+            raise ValueError(f"policy classes must be some of {', '.join(SERVICE_CLASSES)}, "
+                             f"not {sorted(self.classes)!r}")
+        if not rate_ok(self.max_rate):
+            raise ValueError(f"policy max_rate must be bit/s from 0 to {MAX_RATE:g}, not {self.max_rate!r}")
+        if not packet_ok(self.max_packet):
+            raise ValueError(f"policy max_packet must be from {MIN_PACKET} to {MAX_PACKET}, "
+                             f"not {self.max_packet!r}")
+
+    def matches(self, who: Who) -> bool:
+        return ((self.uid is None or self.uid == who.uid)
+                and (self.program is None or self.program == who.program))
+
+    def covers(self, service_class: str, rate: float, max_packet: int) -> bool:
+        return service_class in self.classes and rate <= self.max_rate and max_packet <= self.max_packet
+
+
+class Policy:
+    """The entries, in order; `check` says whether a request is entitled, and if not why."""
+
+    def __init__(self, entries: Iterable[PolicyEntry] = ()) -> None:
+        self.entries = tuple(entries)
+
+    def check(self, who: Who, service_class: str, rate: float,
+              max_packet: int) -> tuple[LeaseRefusal, str] | None:
+        """None if entitled; else (NOT_ENTITLED or ABOVE_ENTITLEMENT, a message that says why)."""
+        mine = [e for e in self.entries if e.matches(who)]
+        if any(e.covers(service_class, rate, max_packet) for e in mine):
+            return None
+        named = f"uid {who.uid}" + (f" (program {who.program!r})" if who.program else "")
+        if not mine:
+            return LeaseRefusal.NOT_ENTITLED, f"{named} has no low-latency entitlement"
+        fits = [e for e in mine if service_class in e.classes]
+        if not fits:
+            allowed = sorted(set().union(*(e.classes for e in mine)))
+            return LeaseRefusal.NOT_ENTITLED, f"{named} may have {', '.join(allowed)}, not {service_class!r}"
+        rate_cap = max(e.max_rate for e in fits)
+        pkt_cap = max(e.max_packet for e in fits)
+        return (LeaseRefusal.ABOVE_ENTITLEMENT, f"{named} may have at most {rate_cap:g} bit/s and {pkt_cap}-byte "
+                f"packets of {service_class!r}, not {rate:g} bit/s and {max_packet}-byte packets")
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -1,0 +1,263 @@
+"""Packet pools with a kernel-private owner for every packet (DESIGN §3).
+
+A pool belongs to one entity (a trust group: the channels of one user pipe).
+Its packets live in the arena's UMD and BUF regions; who owns each packet is
+KMD, kept here in numpy arrays in the nexus process, out of every client's
+reach. A packet is in exactly one state at a time:
+
+    FREE      in the pool's free stack
+    PURGED    its segment's pages were returned to the system; not allocatable
+    IN_ALLOC  put on a channel's ALLOC ring, not yet taken by the client
+    HELD      taken by a channel of the group (in its hands or on a pipe ring)
+
+Batches are checked with numpy in one pass; only a batch that contains a bad
+index falls back to the per-packet path, which refuses and counts each bad one
+precisely. Nothing here does I/O except the MADV_REMOVE of a purged segment.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Iterable
+
+import numpy as np
+
+from usnet.abi.events import RefusalReason
+from usnet.domain.mem.arena import Arena, RegionKind
+
+FREE, PURGED, IN_ALLOC, HELD = 0, 1, 2, 3
+NO_OWNER = -1
+
+
+class PoolExhausted(OSError):
+    """No packet can be had: the pool is empty and at its size limit, or a quota is reached."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOBUFS, message)
+
+
+class PacketPool:
+    def __init__(self, arena: Arena, max_packets: int, initial: int, roles: int, quota: int) -> None:
+        self.arena = arena
+        self.capacity = max_packets
+        self.region = arena.region(RegionKind.BUF)
+        self.per_segment = self.region.objs_per_segment
+        self.nsegments = self.region.segments
+        self.state = np.full(max_packets, PURGED, dtype=np.uint8)
+        self.owner = np.full(max_packets, NO_OWNER, dtype=np.int16)
+        self.seg_active = np.zeros(self.nsegments, dtype=bool)
+        self.stack = np.empty(max_packets, dtype=np.uint32)
+        self.mark = np.empty(max_packets, dtype=np.int64)  # scratch for the duplicate check
+        self.nfree = 0
+        self.held = [0] * roles  # packets charged to each role (IN_ALLOC or HELD)
+        self.moves = 0  # batches allocated or taken back so far: the domain's idle purge watches it
+        self.quota = quota
+        self.refused = [0] * roles
+        self.grow_to(initial)
+
+    # -- size -------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Packets in active (not purged) segments."""
+        return int(np.count_nonzero(self.state != PURGED))
+
+    def _segment_range(self, seg: int) -> range:
+        lo = seg * self.per_segment
+        return range(lo, min(lo + self.per_segment, self.capacity))
+
+    def _activate(self, segs: np.ndarray) -> None:
+        """Bring segments into use: their packets become FREE, each segment pushed in reverse
+        so its lowest index pops first. One set of array operations for all of them: a flow
+        channel's pool opens with a hundred or more segments."""
+        self.seg_active[segs] = True
+        per = self.per_segment
+        idx = (segs[:, None] * per + np.arange(per - 1, -1, -1)[None, :]).ravel()
+        idx = idx[idx < self.capacity]  # the last segment may be short
+        self.state[idx] = FREE
+        self.owner[idx] = NO_OWNER
+        n = len(idx)
+        self.stack[self.nfree : self.nfree + n] = idx
+        self.nfree += n
+        self.moves += 1
+
+    def grow_to(self, packets: int) -> int:
+        """Activate segments until at least `packets` are active; returns the active count."""
+        packets = min(packets, self.capacity)
+        active = self.active
+        if active >= packets:
+            return active
+        segs = []
+        for seg in np.flatnonzero(~self.seg_active).tolist():
+            segs.append(seg)
+            active += len(self._segment_range(seg))
+            if active >= packets:
+                break
+        self._activate(np.array(segs, dtype=np.int64))
+        return active
+
+    def purge(self, keep: int = 0) -> int:
+        """Return the pages of all-free segments to the system, keeping `keep` packets active.
+
+        Returns the number of segments purged. Their packets leave the free
+        stack and come back, zero-filled, when the pool grows again.
+        """
+        purged = 0
+        active = self.active
+        for seg in range(self.nsegments - 1, -1, -1):
+            if not self.seg_active[seg]:
+                continue
+            r = self._segment_range(seg)
+            if active - len(r) < keep:
+                continue
+            if not np.all(self.state[r.start : r.stop] == FREE):
+                continue
+            self.state[r.start : r.stop] = PURGED
+            self.seg_active[seg] = False
+            self.arena.purge_segment(RegionKind.BUF, seg)
+            active -= len(r)
+            purged += 1
+        if purged:
+            live = self.stack[: self.nfree]
+            live = live[self.state[live] == FREE]
+            self.nfree = len(live)
+            self.stack[: self.nfree] = live
+        return purged
+
+    # -- allocation ---------------------------------------------------------------
+
+    def alloc(self, n: int, role: int) -> np.ndarray:
+        """Up to `n` packets for `role`, marked IN_ALLOC; grows the pool if it must.
+
+        Returns an empty array (never blocks) when the pool is exhausted or the
+        role's quota is reached; callers turn that into PoolExhausted.
+        """
+        n = min(n, self.quota - self.held[role])
+        if n <= 0:
+            return self.stack[:0]
+        if self.nfree < n:
+            self.grow_to(self.active + (n - self.nfree))
+        n = min(n, self.nfree)
+        out = self.stack[self.nfree - n : self.nfree][::-1].copy()
+        self.nfree -= n
+        self.moves += 1
+        self.state[out] = IN_ALLOC
+        self.owner[out] = role
+        self.held[role] += n
+        return out
+
+    def alloc_or_raise(self, n: int, role: int) -> np.ndarray:
+        out = self.alloc(n, role)
+        if len(out) == 0:
+            raise PoolExhausted(
+                f"pool exhausted: {self.nfree} free, {self.active}/{self.capacity} active, "
+                f"role {role} holds {self.held[role]} of quota {self.quota}"
+            )
+        return out
+
+    def take(self, idx: np.ndarray) -> None:
+        """The client took these from its ALLOC ring: IN_ALLOC -> HELD."""
+        self.state[idx] = HELD
+
+    def release(self, items: Iterable[int], role: int) -> list[tuple[int, RefusalReason]]:
+        """Take back packets handed back by `role`; returns the refused ones with reasons.
+
+        Any channel of the group may hand back a packet held by the group (the
+        receiver of a user pipe frees what the sender allocated); the charge
+        goes off the role that allocated it.
+        """
+        return self.release_checked(items, role)[1]
+
+    def release_checked(self, items: Iterable[int] | np.ndarray, role: int) -> tuple[Any, list[tuple[int, RefusalReason]]]:
+        """As `release`, also returning the accepted indices in the order given.
+
+        Given a numpy array, the accepted indices come back as one (int64).
+        """
+        as_array = isinstance(items, np.ndarray)
+        if as_array:
+            idx = items.astype(np.int64)
+        else:
+            items = list(items)
+            idx = np.array(items, dtype=np.int64)
+        if idx.size == 0:
+            return (idx if as_array else []), []
+        if idx.size == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
+            i = int(idx[0])
+            if 0 <= i < self.capacity and self.state[i] == HELD:
+                self.held[int(self.owner[i])] -= 1
+                self.state[i] = FREE
+                self.owner[i] = NO_OWNER
+                self.stack[self.nfree] = i
+                self.nfree += 1
+                return (idx if as_array else items), []
+        elif idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
+            # duplicates, in O(n): the last writer of each index wins the mark
+            order = np.arange(idx.size, dtype=np.int64)
+            self.mark[idx] = order
+            if np.array_equal(self.mark[idx], order):
+                self._accept(idx)
+                return (idx if as_array else items), []
+        refused: list[tuple[int, RefusalReason]] = []
+        good: list[int] = []
+        for i in idx.tolist():
+            if not 0 <= i < self.capacity:
+                refused.append((i, RefusalReason.OUT_OF_RANGE))
+                continue
+            st = self.state[i]
+            if st == HELD:
+                self.state[i] = FREE  # so a duplicate later in the batch is refused
+                good.append(i)
+            elif st == IN_ALLOC:
+                refused.append((i, RefusalReason.IN_ALLOC_RING))
+            elif st == FREE and i in good:
+                refused.append((i, RefusalReason.DUPLICATE))
+            else:
+                refused.append((i, RefusalReason.NOT_OWNED))
+        if good:
+            g = np.array(good, dtype=np.int64)
+            self.state[g] = HELD
+            self._accept(g)
+        self.refused[role] += len(refused)
+        return (np.array(good, dtype=np.int64) if as_array else good), refused
+
+    def _accept(self, idx: np.ndarray) -> None:
+        owners = self.owner[idx]
+        for role, count in enumerate(np.bincount(owners, minlength=len(self.held)).tolist()):
+            self.held[role] -= count
+        self.state[idx] = FREE
+        self.owner[idx] = NO_OWNER
+        n = idx.size
+        self.stack[self.nfree : self.nfree + n] = idx
+        self.nfree += n
+        self.moves += 1
+
+    def reclaim(self, idx: np.ndarray | None = None) -> int:
+        """Force packets (default: every lent one) back to FREE; returns how many."""
+        if idx is None:
+            idx = np.flatnonzero((self.state == IN_ALLOC) | (self.state == HELD))
+        else:
+            idx = np.unique(np.asarray(idx, dtype=np.int64))
+            idx = idx[(idx >= 0) & (idx < self.capacity)]
+            idx = idx[(self.state[idx] == IN_ALLOC) | (self.state[idx] == HELD)]
+        if idx.size:
+            self._accept(idx.astype(np.int64))
+        return int(idx.size)
+
+    # -- accounting ---------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        c = np.bincount(self.state, minlength=4).tolist()
+        return {"free": c[FREE], "purged": c[PURGED], "in_alloc": c[IN_ALLOC], "held": c[HELD],
+                "capacity": self.capacity}
+
+    def check(self) -> None:
+        """Assert the books balance: each packet in exactly one place (tests call this)."""
+        c = self.counts()
+        assert c["free"] + c["purged"] + c["in_alloc"] + c["held"] == self.capacity
+        stack = self.stack[: self.nfree]
+        assert stack.size == c["free"], (stack.size, c)
+        assert np.unique(stack).size == stack.size, "a packet is on the free stack twice"
+        assert np.all(self.state[stack] == FREE)
+        lent = (self.state == IN_ALLOC) | (self.state == HELD)
+        assert sum(self.held) == int(np.count_nonzero(lent))
+        assert np.all(self.owner[lent] >= 0)

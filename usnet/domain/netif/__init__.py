@@ -1,0 +1,1 @@
+"""A netif: its transmit multiplexer, AQM, receive mitigation and interface advisory."""

@@ -1,0 +1,1 @@
+"""The flow switch: flows, their ports to channels, and the checks of what clients send."""

@@ -1,0 +1,318 @@
+"""The nexus end of a flow-switch channel.
+
+A flow channel is a user pipe whose second end is the flow switch itself: the
+client's TX ring is consumed here and its RX ring produced here. The pool is
+the client's (one entity); the switch takes packets out of it for receive and
+puts sent packets back.
+
+Transmit copies each packet out of the client's pool exactly once, into
+memory only the nexus can reach, after the packet's ownership is checked;
+validation happens on that copy, never on the client-writable original.
+
+Receive rings the client's bell when it sleeps (NEED_WAKEUP): at once, or,
+on a netif with receive mitigation and for a flow outside the low-latency
+class, when the rule of usnet.domain.netif.mitigation says so; a held bell is
+listed with the switch, whose loop rings it when its deadline comes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from usnet.abi import ring as ringmod
+from usnet.abi.events import EventType
+from usnet.abi.ring import Consumer, Producer
+from usnet.abi.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
+from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
+from usnet.domain.userpipe import UserPipe
+from usnet.domain.mem.pool import HELD
+from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
+
+CLIENT, NEXUS = 0, 1
+_NO_ROWS = np.empty((0, 0), np.uint8)
+_NO_LENS = np.empty(0, np.uint32)
+
+
+class TxMeta(NamedTuple):
+    """The packets of a transmit batch that carry a deadline or ask for a report.
+
+    `marks` maps a position in the batch to (tag, deadline_ns, report, packet
+    index); `taken_ns` is when the batch came off the TX ring.
+    """
+
+    marks: dict[int, tuple[int, int, bool, int]]
+    taken_ns: int
+
+
+class FlowPort:
+    def __init__(self, pipe: UserPipe) -> None:
+        self.pipe = pipe
+        lay = pipe.layout
+        mem = pipe.shared_mv
+        tx = lay.ring(RingKind.PIPE, CLIENT)
+        rx = lay.ring(RingKind.PIPE, NEXUS)
+        corrupt = pipe.ends[CLIENT].on_corrupt  # an impossible counter is a violation of the client's end
+        self.tx = Consumer(mem, tx.offset, tx.capacity, on_corrupt=corrupt)
+        self.rx = Producer(mem, rx.offset, rx.capacity, pipe.schema.ring_size, on_corrupt=corrupt)
+        stride = pipe.schema.packet_bytes
+        self.stride = stride
+        shared = pipe.arena.shared
+        # numpy views of the pool, for batch gathers and scatters (packet i is buf[i])
+        self.buf = np.frombuffer(shared, np.uint8, lay.max_packets * stride, lay.buf_offset).reshape(
+            lay.max_packets, stride)
+        self.buf_mv = memoryview(self.buf).cast("B")  # flat, for views of a packet's bytes (the LL path)
+        self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
+        self.client_bell = pipe.ends[CLIENT].bell
+        self.bell = pipe.ends[NEXUS].bell.wait_fd  # the client rings this when it sends; we sleep on it
+        pipe.ends[NEXUS].attached = True
+        self.suspended = False
+        self.suspensions = 0
+        self.rx_dropped = 0
+        self.refused = 0
+        # Receive mitigation (enable_mitigation): its state, whether it applies now (not while the
+        # flow is in the low-latency class), the clock, and where a held bell is listed.
+        self.mitigation: RxMitigation | None = None
+        self.mitigate = False
+        self.clock: Callable[[], float] | None = None
+        self.held_bells: dict | None = None
+        self.rx_bells = 0  # bells rung for received packets
+        self.rx_bells_held = 0  # publications that found the client asleep and did not ring at once
+        self.rx_bells_late = 0  # held bells rung when their deadline came
+
+    def enable_mitigation(self, clock: Callable[[], float], held_bells: dict, **params) -> None:
+        """Coalesce this port's receive bells (usnet.domain.netif.mitigation); `held_bells` lists ports holding one.
+
+        At most a quarter of the RX ring waits for a bell, whatever the rate.
+        """
+        self.mitigation = RxMitigation(max(MIN_FRAMES, self.rx.limit // 4), **params)
+        self.mitigate = True
+        self.clock = clock
+        self.held_bells = held_bells
+
+    def set_low_latency(self, ll: bool) -> None:
+        """The low-latency class skips receive mitigation: the hook of a lease's grant and end."""
+        mit = self.mitigation
+        self.mitigate = mit is not None and not ll
+        if ll and mit is not None and mit.deadline is not None:
+            mit.cancel()
+            self.ring_held()
+
+    def ring_held(self) -> None:
+        """A held bell's time has come: ring it if the client still sleeps with packets waiting."""
+        if self.pipe.defunct_reason is None and self.rx.need_wakeup() and self.rx.published_unconsumed() > 0:
+            self.rx_bells_late += 1
+            self._ring_client()
+
+    def bell_stats(self) -> dict[str, int]:
+        return {"rx_bells": self.rx_bells, "rx_bells_held": self.rx_bells_held, "rx_bells_late": self.rx_bells_late}
+
+    @property
+    def pool(self):
+        return self.pipe.pool
+
+    def pull(self, max_n: int, headroom: int = 0,
+             draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None]:
+        """Take up to `max_n` packets the client sent: copied, ownership checked, freed.
+
+        Returns (rows, lens, gso, meta): packet i's copy is rows[i, headroom:headroom + lens[i]],
+        gathered out of the pool in one numpy copy into memory only the nexus
+        can reach; the lengths and gso sizes (UMD: 0, or the segment payload a
+        TCP super-segment asks to be cut at) are read once from the UMD, and
+        so are the deadlines and report flags of the few that have them (`meta`).
+        `headroom` leaves room in front of each row for the link header. A
+        suspended flow gives nothing unless `draining` (its channel is closing:
+        what it sent goes out).
+        """
+        with self.pipe.lock:  # an in-process client's kick serves this pipe from its own thread
+            return self._pull(max_n, headroom, draining)
+
+    def _pull(self, max_n: int, headroom: int, draining: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                       TxMeta | None]:
+        good, lens, gso, meta = self.take(max_n, draining)
+        if not len(good):
+            return _NO_ROWS, _NO_LENS, _NO_LENS, None
+        w = int(lens.max())
+        rows = np.empty((len(good), headroom + w), np.uint8)
+        rows[:, headroom:] = self.buf[good, :w]
+        self.top_up()
+        return rows, lens, gso, meta
+
+    def take(self, max_n: int, draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                 TxMeta | None]:
+        """(indices, lengths, gso sizes, TxMeta or None) of up to `max_n` packets the client sent,
+        ownership checked, freed.
+
+        Nothing is copied: the caller reads the buffers before it returns to
+        the loop (the LL path sends from them), then calls `top_up`, which
+        is what may hand them to the client again. Hold `pipe.lock` across
+        all of it: an in-process client's kick serves this pipe from its own thread.
+        """
+        pipe = self.pipe
+        if pipe.defunct_reason is not None or (self.suspended and not draining):
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
+        idx = self.tx.pop_array(max_n)
+        if not len(idx) or pipe.defunct_reason is not None:
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
+        pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
+        good, refused = pipe.pool.release_checked(idx, NEXUS)
+        if refused:
+            self.refused += len(refused)
+            end = pipe.ends[CLIENT]
+            pipe.stats[CLIENT * STATS_PER_ROLE + Stat.REFUSED] += len(refused)
+            for pkt, reason in refused[:16]:
+                end.events.post(EventType.REFUSED, reason, pkt)
+            pipe._violation(end, refused[0][1], refused[0][0], posted=True)
+        if not len(good):
+            return _NO_LENS, _NO_LENS, _NO_LENS, None
+        # The packets are back in the pool but nothing reuses them before `top_up`:
+        # the domain is single-threaded, so the caller reads what the client wrote.
+        umd = self.umd_np
+        if len(good) == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
+            w = int(good[0]) * UMD_WORDS
+            if not (umd[w + W_FLAGS] or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
+                return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
+                        np.array([int(umd[w + W_GSO]) >> 16], umd.dtype), None)
+        at = good * UMD_WORDS
+        lens = umd[at]
+        np.minimum(lens, self.stride, out=lens)
+        marked = umd[at + W_FLAGS] | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
+        return good, lens, umd[at + W_GSO] >> 16, self._meta(good, at, marked) if marked.any() else None
+
+    def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
+        """What the marked packets of a batch asked for: read once, like the lengths."""
+        pos = np.flatnonzero(marked)
+        u64 = self.umd_np.view(np.uint64)  # tag and deadline are 8-byte aligned u64 words
+        at = at[pos]
+        return TxMeta({p: (t, d, bool(f & TX_REPORT), i) for p, t, d, f, i in zip(
+            pos.tolist(), u64[(at + W_TAG) // 2].tolist(), u64[(at + W_DEADLINE) // 2].tolist(),
+            self.umd_np[at + W_FLAGS].tolist(), good[pos].tolist())}, time.monotonic_ns())
+
+    def top_up(self) -> None:
+        """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.
+
+        A client that keeps sending then never has to kick us for buffers.
+        """
+        pipe = self.pipe
+        end = pipe.ends[CLIENT]
+        if end.alloc.prod - end.taken <= end.alloc.capacity // 2:
+            pipe._refill(end)
+
+    def deliver(self, payloads: list) -> int:
+        """Copy received packets into the client's pool and publish them on its RX ring.
+
+        Returns how many were delivered; the rest are dropped (pool exhausted,
+        RX ring full, or bigger than a packet buffer) and counted, as a NIC
+        drops when its ring is full. Each packet is copied straight into its
+        buffer: with 64 KB super-segments a staging array would cost more.
+        """
+        if not payloads:
+            return 0
+        n = len(payloads)
+        lens = np.fromiter(map(len, payloads), np.uint32, n)
+        if int(lens.max()) > self.stride:
+            fits = lens <= self.stride
+            payloads = [p for p, ok in zip(payloads, fits.tolist()) if ok]
+            lens = lens[fits]
+        with self.pipe.lock:  # as in `pull`
+            try:
+                got = self._reserve(len(payloads), n)
+                if len(got):
+                    buf = self.buf
+                    for i, p in zip(got.tolist(), payloads):
+                        buf[i, : len(p)] = np.frombuffer(p, np.uint8)
+                    self._publish(got, lens[: len(got)])
+                return len(got)
+            except Exception as e:  # the channel's barrier: its fault never reaches the switch
+                return self._fault("receive", e, n)
+
+    def deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
+        """As `deliver`, for packets in rows[i, col:col + lens[i]]: one scatter into the pool."""
+        n = len(lens)
+        if n and int(lens.max()) > self.stride:
+            fits = lens <= self.stride
+            rows, lens = rows[fits], lens[fits]
+        with self.pipe.lock:  # as in `pull`
+            try:
+                got = self._reserve(len(lens), n)
+                k = len(got)
+                if k:
+                    w = int(lens[:k].max())
+                    self.buf[got, :w] = rows[:k, col : col + w]
+                    self._publish(got, lens[:k])
+                return k
+            except Exception as e:  # as in `deliver`
+                return self._fault("receive", e, n)
+
+    def _fault(self, where: str, exc: Exception, offered: int) -> int:
+        """A fault while delivering to this channel: defunct it; the batch counts as dropped here."""
+        self.rx_dropped += offered
+        self.pipe.fault(CLIENT, where, exc)
+        return 0
+
+    def _reserve(self, want: int, offered: int) -> np.ndarray:
+        """Pool packets for up to `want` of `offered` arrivals; the rest are counted as dropped."""
+        pipe = self.pipe
+        got = _NO_LENS
+        if pipe.defunct_reason is None and want:
+            want = min(want, self.rx.space(want))
+            if want > 0:
+                got = pipe.pool.alloc(want, NEXUS)
+                if len(got) < want:
+                    pipe.collect()  # take back what the client freed, then retry
+                    more = pipe.pool.alloc(want - len(got), NEXUS)
+                    if len(more):
+                        got = np.concatenate([got, more])
+                if len(got):
+                    pipe.pool.take(got)
+        if pipe.defunct_reason is None:
+            self.rx_dropped += offered - len(got)
+        return got
+
+    def _publish(self, got: np.ndarray, lens: np.ndarray) -> None:
+        """Set the lengths, push the packets on the RX ring, ring the client if it sleeps."""
+        self.umd_np[got * UMD_WORDS] = lens
+        self.rx.push(got)
+        ringmod.fence()
+        if not self.mitigate:
+            if self.rx.need_wakeup():
+                self._ring_client()
+        elif self.mitigation.arrive(self.clock(), len(got), self.rx.need_wakeup()):
+            self._ring_client()
+        elif self.mitigation.deadline is not None:
+            self.rx_bells_held += 1
+            self.held_bells[self] = None  # the switch rings it when it is due
+
+    def _ring_client(self) -> None:
+        self.rx_bells += 1
+        self.client_bell.ring()
+
+    def tx_pending(self) -> int:
+        return 0 if self.pipe.defunct_reason is not None else self.tx.available()
+
+    def set_need_wakeup(self) -> None:
+        """Going idle: ask the client to ring our bell when it sends."""
+        self.tx.set_need_wakeup()
+
+    def clear_need_wakeup(self) -> None:
+        self.tx.clear_need_wakeup()
+
+    def advise(self, suspended: bool, queued_packets: int, queued_bytes: int) -> None:
+        """Publish the flow advisory; on a change, tell the client on its event ring."""
+        if suspended != self.suspended:
+            self.suspended = suspended
+            if suspended:
+                self.suspensions += 1
+            end = self.pipe.ends[CLIENT]
+            end.events.post(EventType.FLOW_SUSPENDED if suspended else EventType.FLOW_RESUMED,
+                            value=queued_packets, aux=queued_bytes)
+            end.ring_bell()
+        FLOWADV.pack_into(self.pipe.flowadv, CLIENT * FLOWADV.size,
+                          FlowState.SUSPENDED if suspended else FlowState.ACTIVE, 0,
+                          queued_packets, queued_bytes, self.suspensions)
+
+    def held_by_client(self) -> int:
+        return int(np.count_nonzero((self.pool.state == HELD) & (self.pool.owner == CLIENT)))

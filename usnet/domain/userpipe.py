@@ -1,0 +1,399 @@
+"""The user pipe nexus: two channels of one owner, back to back (DESIGN §5).
+
+Both ends share one arena and one packet pool (one trust group). The TX ring
+of one end is the RX ring of the other, so packets move between the two
+processes by index, zero-copy, and no third process touches the data path.
+
+The nexus stays out of that path. It serves the pool side of each channel:
+it fills the ALLOC ring in batches, drains the FREE ring and checks every
+index handed back against its private owner table, checks every counter a
+client advances, and when an end goes away it defuncts the group and takes
+every packet back. That is where a hostile or crashing client meets the
+domain, and where the accounting is kept exact.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Callable
+
+import numpy as np
+
+from usnet.abi import ring as ringmod
+from usnet.abi.doorbell import Doorbell
+from usnet.abi.events import DefunctReason, EventProducer, EventType, RefusalReason
+from usnet.abi.events import RECORD_SIZE as EVENT_RECORD
+from usnet.abi.ring import Consumer, Producer
+from usnet.abi.schema import (
+    FLOWADV, SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
+    ChannelState, Layout, RingInfo, RingKind, Schema, Stat,
+)
+from usnet.domain.barrier import log_fault
+from usnet.domain.mem.arena import Arena, RegionKind, RegionSpec
+from usnet.domain.mem.pool import PacketPool
+from usnet.abi.umd import UMD_SIZE, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO
+
+ROLES = 2
+ABUSE_LIMIT = 8  # bad batches tolerated before the group is defuncted
+EVENTS_PER_BATCH = 16  # refusal events posted per sync, the rest only counted
+
+
+def pipe_ring_capacity(schema: Schema) -> int:
+    """Pipe rings are allocated for their largest size so a resize needs no quiescence."""
+    return max(schema.ring_size, 4096)
+
+
+def _layout_rings(schema: Schema) -> list[tuple[RingKind, int, int, int]]:
+    """(kind, role, capacity, slot size) of every ring of a pipe, in memory order."""
+    rings = []
+    for role in range(ROLES):
+        rings.append((RingKind.PIPE, role, pipe_ring_capacity(schema), ringmod.SLOT))
+    for role in range(ROLES):
+        rings.append((RingKind.ALLOC, role, schema.alloc_ring, ringmod.SLOT))
+        rings.append((RingKind.FREE, role, schema.free_ring, ringmod.SLOT))
+        rings.append((RingKind.EVENT, role, schema.event_ring, EVENT_RECORD))
+    return rings
+
+
+class PipeEnd:
+    """The nexus's side of one channel of a pipe."""
+
+    def __init__(self, pipe: "UserPipe", role: int, rings: dict[tuple[RingKind, int], RingInfo]) -> None:
+        mem = pipe.shared_mv
+        a = rings[RingKind.ALLOC, role]
+        f = rings[RingKind.FREE, role]
+        e = rings[RingKind.EVENT, role]
+        self.role = role
+        # Both counters the client writes here are read only through the rings' validated
+        # reader: an impossible one is a violation of this end, never an exception. (Weak
+        # references: a cycle through the rings would keep the arena's mappings, and their
+        # descriptors, alive after destroy until the garbage collector ran.)
+        wpipe, wend = weakref.ref(pipe), weakref.ref(self)
+
+        def on_corrupt(what: str) -> None:
+            p, e = wpipe(), wend()
+            if p is not None and e is not None:
+                p._violation(e, RefusalReason.BAD_COUNTER)
+
+        self.on_corrupt = on_corrupt  # also the flow switch's, for the PIPE rings it reads (FlowPort)
+        self.alloc = Producer(mem, a.offset, a.capacity, on_corrupt=on_corrupt)
+        self.alloc_mirror = np.zeros(a.capacity, dtype=np.uint32)  # what we put in each slot
+        self.taken = 0  # ALLOC slots the client has consumed, as far as we believe
+        self.free = Consumer(mem, f.offset, f.capacity, on_corrupt=on_corrupt)
+        # a dropped event is counted where the client sees it at once (STATS events_dropped)
+        self.events = EventProducer(mem, e.offset, e.capacity,
+                                    (pipe.stats, role * STATS_PER_ROLE + Stat.EVENTS_DROPPED))
+        self.bell = Doorbell()  # rung for the client (by us, or by the peer of a user pipe)
+        try:
+            self.kick = Doorbell()  # rung by the client
+        except BaseException:
+            self.bell.close()
+            raise
+        self.channel_id = 0
+        self.attached = False
+        self.closed = False
+        self.violations = 0
+
+    def ring_bell(self) -> None:
+        self.bell.ring()  # a closed doorbell's ring is a no-op
+
+    def close_fds(self) -> None:
+        """Close our doorbells (once: a closed Doorbell forgets its numbers, which may be someone else's now)."""
+        self.bell.close()
+        self.kick.close()
+
+
+class UserPipe:
+    """One user pipe: arena, pool, two ends. Callers hold `lock` around every method."""
+
+    def __init__(self, name: str, schema: Schema, uid: int) -> None:
+        self.name = name
+        self.schema = schema
+        self.uid = uid
+        self.lock = threading.RLock()
+        rings = _layout_rings(schema)
+        ring_bytes = sum(ringmod.ring_bytes(cap, slot) for _, _, cap, slot in rings)
+        self.arena = Arena(
+            f"pipe:{name}",
+            [
+                RegionSpec(RegionKind.RING, 1, ring_bytes),
+                RegionSpec(RegionKind.UMD, UMD_SIZE, schema.max_packets),
+                RegionSpec(RegionKind.BUF, schema.packet_bytes, schema.max_packets,
+                           objs_per_segment=max(1, (256 * 1024) // schema.packet_bytes)),
+                RegionSpec(RegionKind.SCHEMA, 1, SCHEMA_BYTES),
+                RegionSpec(RegionKind.STATS, 8 * STATS_PER_ROLE, ROLES),
+                RegionSpec(RegionKind.FLOWADV, FLOWADV.size, ROLES),
+            ],
+        )
+        self.ends: list[PipeEnd] = []
+        try:
+            self._build(schema, rings)
+        except BaseException:  # half made (out of descriptors, say): release all of it
+            for end in self.ends:
+                end.close_fds()
+            self.arena.close()
+            raise
+
+    def _build(self, schema: Schema, rings: list[tuple[RingKind, int, int, int]]) -> None:
+        """Everything of the pipe inside its arena: views, layout, pool and ends."""
+        self.shared_mv = memoryview(self.arena.shared)
+        ring_base = self.arena.region(RegionKind.RING).offset
+        infos: dict[tuple[RingKind, int], RingInfo] = {}
+        off = ring_base
+        for kind, role, cap, slot in rings:
+            infos[kind, role] = RingInfo(kind, role, cap, off)
+            off += ringmod.ring_bytes(cap, slot)
+        self.layout = Layout(
+            buf_size=schema.buf_size, buflets=schema.buflets, max_packets=schema.max_packets,
+            active_packets=0, shared_size=self.arena.shared_size, ro_size=self.arena.ro_size,
+            umd_offset=self.arena.region(RegionKind.UMD).offset,
+            buf_offset=self.arena.region(RegionKind.BUF).offset,
+            stats_offset=self.arena.region(RegionKind.STATS).offset,
+            umd_size=UMD_SIZE, generation=0, rings=tuple(infos.values()),
+            flowadv_offset=self.arena.region(RegionKind.FLOWADV).offset,
+        )
+        self.flowadv = self.arena.view(RegionKind.FLOWADV)
+        self.schema_words = self.arena.view(RegionKind.SCHEMA).cast("I")
+        self.layout.write(self.arena.view(RegionKind.SCHEMA))
+        self.stats = self.arena.view(RegionKind.STATS).cast("Q")
+        self.umd_words = np.frombuffer(self.arena.shared, np.uint32, schema.max_packets * UMD_WORDS,
+                                       self.layout.umd_offset)
+        self.pool = PacketPool(self.arena, schema.max_packets, schema.packets, ROLES, schema.quota)
+        for role in range(ROLES):
+            self.ends.append(PipeEnd(self, role, infos))
+        for role in range(ROLES):
+            self.schema_words[W_LIMIT + role] = schema.ring_size
+            self.stats[role * STATS_PER_ROLE + Stat.QUOTA] = schema.quota
+        self._publish_active()
+        self.defunct_reason: DefunctReason | None = None
+        self.faults = 0  # exceptions its fault barrier stopped
+        self.idle_mark = -1  # the pool's `moves` at the domain's last purge tick
+        self.destroyed = False
+        self.on_destroy: Callable[["UserPipe"], None] | None = None
+
+    # -- the pool side of the data path ------------------------------------------
+
+    def sync(self, role: int) -> None:
+        """Serve one end: account what it took, take back what it freed, refill its ALLOC ring.
+
+        The other end's FREE ring is drained too, since in a pipe the receiver
+        frees what the sender allocated.
+        """
+        if self.defunct_reason is not None:
+            return
+        self.collect()
+        end = self.ends[role]
+        if end.attached and not end.closed and self.defunct_reason is None:
+            self._refill(end)
+            self.schema_words[W_SYNC + role] = (self.schema_words[W_SYNC + role] + 1) & 0xFFFFFFFF
+            end.ring_bell()
+        self._publish_stats()
+
+    def _violation(self, end: PipeEnd, reason: RefusalReason, packet: int = 0xFFFFFFFF,
+                   posted: bool = False) -> None:
+        """Count one bad batch against an end (posting its event unless already posted)."""
+        if self.defunct_reason is not None:
+            return  # its memory is zeroed: nothing it reads there is the client's any more
+        end.violations += 1
+        if reason is RefusalReason.BAD_COUNTER:
+            self.stats[end.role * STATS_PER_ROLE + Stat.BAD_COUNTER] += 1
+        if not posted:
+            end.events.post(EventType.REFUSED, reason, packet)
+        end.ring_bell()
+        if end.violations >= ABUSE_LIMIT:
+            self.defunct(DefunctReason.ABUSE, culprit=end.role)
+
+    def fault(self, role: int, where: str, exc: BaseException) -> None:
+        """The fault barrier of one end: an exception serving it defuncts its group (ABUSE), nothing else.
+
+        Defunct takes every packet back into the pool, so whatever the fault
+        interrupted leaves nothing unaccounted.
+        """
+        self.faults += 1
+        log_fault(f"{where} of {self.name} (end {role})", exc)
+        self.defunct(DefunctReason.ABUSE, culprit=role)
+
+    def _collect_taken(self, end: PipeEnd) -> None:
+        """What the client took from its ALLOC ring (never trusting its counter)."""
+        cons = end.alloc.q[ringmod.CONS]
+        if not end.taken <= cons <= end.alloc.prod:
+            self._violation(end, RefusalReason.BAD_COUNTER)
+        elif cons != end.taken:
+            cap = end.alloc.capacity
+            pos = np.arange(end.taken, cons) & (cap - 1)
+            self.pool.take(end.alloc_mirror[pos])
+            end.taken = cons
+
+    def _collect_freed(self, end: PipeEnd) -> None:
+        """What the client handed back on its FREE ring."""
+        freed = end.free.pop(end.free.capacity)
+        if not freed or self.defunct_reason is not None:
+            return
+        refused = self.pool.release(freed, end.role)
+        base = end.role * STATS_PER_ROLE
+        self.stats[base + Stat.FREED] += len(freed) - len(refused)
+        if refused:
+            self.stats[base + Stat.REFUSED] += len(refused)
+            for pkt, reason in refused[:EVENTS_PER_BATCH]:
+                end.events.post(EventType.REFUSED, reason, pkt)
+            self._violation(end, refused[0][1], refused[0][0], posted=True)
+
+    def _refill(self, end: PipeEnd) -> None:
+        # Room counts from what we have accounted as taken, never from the live
+        # counter: a slot the client took since we looked must keep its mirror
+        # entry until _collect_taken has recorded it.
+        room = end.alloc.capacity - (end.alloc.prod - end.taken)
+        if room <= 0:
+            return
+        got = self.pool.alloc(room, end.role)
+        if len(got) == 0:
+            return
+        at = got.astype(np.int64) * UMD_WORDS  # a clean record: no stale gso_size, deadline or flag
+        umd = self.umd_words
+        umd[at + W_GSO] = 0
+        umd[at + W_DEADLINE] = 0
+        umd[at + W_DEADLINE + 1] = 0
+        umd[at + W_FLAGS] = 0
+        start = end.alloc.prod
+        pos = np.arange(start, start + len(got)) & (end.alloc.capacity - 1)
+        end.alloc_mirror[pos] = got
+        pushed = end.alloc.push(got)
+        if pushed < len(got):  # its consumer counter turned impossible: what did not fit goes back
+            self.pool.reclaim(got[pushed:].astype(np.int64))
+            got = got[:pushed]
+        self.stats[end.role * STATS_PER_ROLE + Stat.ALLOCATED] += len(got)
+        self._publish_active()
+
+    def publish_pool(self) -> None:
+        """Tell the clients the pool's size changed (after a purge): SCHEMA active, a new generation."""
+        self._publish_active()
+        self.schema_words[W_GENERATION] = (self.schema_words[W_GENERATION] + 1) & 0xFFFFFFFF
+
+    def _publish_active(self) -> None:
+        self.schema_words[W_ACTIVE] = self.pool.active
+
+    def _publish_stats(self) -> None:
+        for end in self.ends:
+            base = end.role * STATS_PER_ROLE
+            self.stats[base + Stat.HELD] = self.pool.held[end.role]  # (events_dropped: at each drop)
+
+    # -- control ----------------------------------------------------------------------
+
+    def resize(self, role: int, ring_size: int | None, packets: int | None) -> tuple[int, int]:
+        """Change a channel's TX ring limit and the pool's packet count, without closing.
+
+        Growing activates segments; shrinking purges the segments that are all
+        free, so the pool may stay larger than asked while packets are in use.
+        """
+        if ring_size is not None:
+            cap = pipe_ring_capacity(self.schema)
+            if ring_size < 8 or ring_size > cap or ring_size & (ring_size - 1):
+                raise ValueError(f"ring_size must be a power of two from 8 to {cap}")
+            self.schema_words[W_LIMIT + role] = ring_size
+        if packets is not None:
+            if not 1 <= packets <= self.schema.max_packets:
+                raise ValueError(f"packets must be from 1 to {self.schema.max_packets}")
+            if packets > self.pool.active:
+                self.pool.grow_to(packets)
+            else:
+                self.collect()
+                self.pool.purge(keep=packets)
+        self._publish_active()
+        self.schema_words[W_GENERATION] = (self.schema_words[W_GENERATION] + 1) & 0xFFFFFFFF
+        limit = self.schema_words[W_LIMIT + role]
+        for end in self.ends:
+            end.events.post(EventType.RESIZED, 0, value=limit, aux=self.pool.active)
+            end.ring_bell()
+        return limit, self.pool.active
+
+    def collect(self) -> None:
+        """Account every end's takes and frees, lending nothing new."""
+        if self.defunct_reason is not None:
+            return
+        live = [e for e in self.ends if e.attached and not e.closed]
+        # Every end's ALLOC takes first, then every FREE ring: a packet one end
+        # took may already have been freed by the other.
+        for e in live:
+            self._collect_taken(e)
+        for e in live:
+            self._collect_freed(e)
+        self._publish_stats()
+
+    def close_end(self, role: int) -> None:
+        """A clean close: the other end may still read what is on its RX ring.
+
+        What sat on the closing end's ALLOC ring goes back to the pool; what it
+        sent stays with the peer, who frees it.
+        """
+        end = self.ends[role]
+        if end.closed:
+            return
+        if self.defunct_reason is None and end.attached:
+            self.collect()
+            untaken = np.arange(end.taken, end.alloc.prod) & (end.alloc.capacity - 1)
+            if untaken.size:
+                self.pool.reclaim(end.alloc_mirror[untaken].astype(np.int64))
+            end.taken = end.alloc.prod
+        end.closed = True
+        if self.schema_words[W_STATE + role] != ChannelState.DEFUNCT:  # a defunct end keeps its reason
+            self.schema_words[W_STATE + role] = ChannelState.DEFUNCT
+            self.schema_words[W_REASON + role] = DefunctReason.CLOSED
+        other = self.ends[1 - role]
+        if other.attached and not other.closed and self.defunct_reason is None:
+            other.events.post(EventType.PEER_CLOSED)
+            other.ring_bell()
+        else:
+            self.destroy()
+
+    def defunct(self, reason: DefunctReason, culprit: int | None = None) -> int:
+        """Take the group back: zero its shared memory for every mapper, reclaim every packet.
+
+        The state words in the read-only region say why, so each client's next
+        call raises a clear error instead of reading zeros as data.
+        """
+        if self.defunct_reason is not None:
+            return 0
+        self.defunct_reason = reason
+        for end in self.ends:
+            if culprit is None or end.role == culprit:
+                why = reason
+            else:
+                why = DefunctReason.PEER_GONE
+            if self.schema_words[W_STATE + end.role] != ChannelState.DEFUNCT:
+                self.schema_words[W_REASON + end.role] = why
+                self.schema_words[W_STATE + end.role] = ChannelState.DEFUNCT
+        ringmod.fence()
+        self.arena.defunct()
+        reclaimed = self.pool.reclaim()
+        self._publish_stats()
+        for end in self.ends:
+            end.ring_bell()
+        return reclaimed
+
+    def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        if self.defunct_reason is None:
+            self.defunct(DefunctReason.CLOSED)
+        if self.on_destroy is not None:
+            self.on_destroy(self)  # the domain stops watching our kick fds before they close
+            self.on_destroy = None
+        for end in self.ends:
+            end.close_fds()
+        self.arena.close()
+
+    def info(self) -> dict:
+        return {
+            "name": self.name, "schema": self.schema.name, "uid": self.uid,
+            "pool": self.pool.counts(), "active": self.pool.active,
+            "memory_bytes": self.arena.allocated_bytes(),
+            "defunct": None if self.defunct_reason is None else self.defunct_reason.name,
+            "faults": self.faults,
+            "ends": [{"role": e.role, "channel": e.channel_id, "attached": e.attached,
+                      "closed": e.closed, "held": self.pool.held[e.role],
+                      "refused": self.pool.refused[e.role], "violations": e.violations}
+                     for e in self.ends],
+        }

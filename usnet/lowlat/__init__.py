@@ -1,1 +1,0 @@
-"""Low latency (DESIGN §6): the agent that grants LL access to flows, and its policer."""

@@ -1,0 +1,148 @@
+"""What a TCP connection exposes besides its methods: states, tunables, events, counters.
+
+Kept apart from the state machine so that a socket or asyncio layer can
+import the vocabulary (``TcpState``, ``TcpConfig``, the ``EV_*`` bits,
+``TcpStats``) without the machinery, and so that connection.py holds only
+protocol logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from usnet.proto.tcp.connection import TcpConnection
+
+__all__ = [
+    "CLOSED", "CLOSE_WAIT", "CLOSING", "ESTABLISHED", "EV_CLOSED", "EV_CONNECTED", "EV_EOF",
+    "EV_ERROR", "EV_READABLE", "EV_WRITABLE", "FIN_WAIT_1", "FIN_WAIT_2", "LAST_ACK", "LISTEN",
+    "SYN_RECEIVED", "SYN_SENT", "TIME_WAIT", "TcpConfig", "TcpState", "TcpStats",
+]
+
+
+class TcpState(IntEnum):
+    CLOSED = 0
+    LISTEN = 1
+    SYN_SENT = 2
+    SYN_RECEIVED = 3
+    ESTABLISHED = 4
+    FIN_WAIT_1 = 5
+    FIN_WAIT_2 = 6
+    CLOSE_WAIT = 7
+    CLOSING = 8
+    LAST_ACK = 9
+    TIME_WAIT = 10
+
+
+CLOSED = TcpState.CLOSED
+LISTEN = TcpState.LISTEN
+SYN_SENT = TcpState.SYN_SENT
+SYN_RECEIVED = TcpState.SYN_RECEIVED
+ESTABLISHED = TcpState.ESTABLISHED
+FIN_WAIT_1 = TcpState.FIN_WAIT_1
+FIN_WAIT_2 = TcpState.FIN_WAIT_2
+CLOSE_WAIT = TcpState.CLOSE_WAIT
+CLOSING = TcpState.CLOSING
+LAST_ACK = TcpState.LAST_ACK
+TIME_WAIT = TcpState.TIME_WAIT
+
+# Event bits (``TcpConnection.events``), for a socket layer to wake waiters.
+EV_CONNECTED = 0x01  # handshake completed
+EV_READABLE = 0x02  # data (or EOF, or an error) to read
+EV_WRITABLE = 0x04  # send-buffer space freed
+EV_EOF = 0x08  # the peer's FIN arrived
+EV_CLOSED = 0x10  # the connection reached CLOSED
+EV_ERROR = 0x20  # ``error`` was set
+
+
+
+@dataclass(slots=True)
+class TcpConfig:
+    """Per-connection tunables; every field may be overridden by keyword at construction."""
+
+    mss: int | None = None  # clamp below what the MTU allows
+    # Segmentation offload: the largest TCP segment (header and payload) the layer
+    # below takes and cuts into MSS-sized segments itself; 0: none. With it, bulk
+    # data goes out in super-segments of whole MSS multiples (see `segment_cut`).
+    gso_max: int = 0
+    rcvbuf: int = 128 * 1024  # initial receive buffer (and window)
+    rcvbuf_max: int = 6 * 1024 * 1024  # auto-tuning ceiling; sets the window scale
+    sndbuf: int = 64 * 1024
+    sndbuf_max: int = 4 * 1024 * 1024
+    autotune: bool = True
+    nodelay: bool = False
+    delack: float = 0.040
+    delack_segments: int = 2
+    keepalive: bool = False
+    keepalive_idle: float = 7200.0
+    keepalive_interval: float = 75.0
+    keepalive_count: int = 9
+    rto_initial: float = 1.0
+    rto_min: float = 0.2
+    rto_max: float = 60.0
+    max_retries: int = 15
+    # TCP_USER_TIMEOUT (RFC 5482): seconds data may stay unacknowledged before the
+    # connection fails with ETIMEDOUT; 0 leaves it to max_retries
+    user_timeout: float = 0.0
+    syn_retries: int = 6
+    synack_retries: int = 5
+    time_wait: float = 60.0  # 2*MSL
+    congestion: str = "cubic"
+    initial_cwnd: int = 10  # segments
+    sack: bool = True
+    timestamps: bool = True
+    window_scaling: bool = True
+    # RFC 3168 ECN: ask for it when connecting, grant it when a peer's SYN asks (Linux's tcp_ecn=1).
+    # A congested queue that marks (usnet's CoDel does) then slows the sender without a loss.
+    ecn: bool = True
+    dupthresh: int = 3
+    challenge_ack_limit: int = 100  # per second
+
+
+class TcpStats:
+    """Counters, plus live views of the estimator and congestion state."""
+
+    __slots__ = (
+        "_c", "segs_in", "segs_out", "bytes_in", "bytes_out", "bytes_acked", "bytes_read",
+        "bytes_written", "retransmits", "retransmitted_bytes", "fast_retransmits",
+        "rto_timeouts", "dup_acks", "challenge_acks", "challenge_acks_suppressed",
+        "bad_segments", "out_of_window", "paws_rejected", "bad_acks", "ooo_segments",
+        "dup_segments", "keepalive_probes", "window_probes", "sack_reneges",
+        "ce_received", "ecn_reductions",
+    )
+
+    def __init__(self, conn: TcpConnection) -> None:
+        self._c = conn
+        for name in self.__slots__[1:]:
+            setattr(self, name, 0)
+
+    @property
+    def srtt(self) -> float | None:
+        return self._c.rto.srtt
+
+    @property
+    def rttvar(self) -> float:
+        return self._c.rto.rttvar
+
+    @property
+    def rto(self) -> float:
+        return self._c.rto.rto
+
+    @property
+    def cwnd(self) -> int:
+        return self._c.cc.cwnd
+
+    @property
+    def ssthresh(self) -> int:
+        return self._c.cc.ssthresh
+
+    def as_dict(self) -> dict:
+        d = {n: getattr(self, n) for n in self.__slots__[1:]}
+        d.update(srtt=self.srtt, rttvar=self.rttvar, rto=self.rto, cwnd=self.cwnd,
+                 ssthresh=self.ssthresh)
+        return d
+
+    def __repr__(self) -> str:
+        return f"TcpStats({self.as_dict()})"

@@ -1,0 +1,1351 @@
+"""One TCP connection as a sans-I/O state machine (RFC 9293).
+
+The connection never touches a socket, a ring or a clock: the caller hands
+it parsed segments (`on_segment`) and the current time, asks it for the
+segments to send (`outgoing`), and drives its timers (`timeout`,
+`on_timer`). That keeps the protocol testable against a simulated link with
+a fake clock, and lets the same code run behind a channel, a socket facade
+or asyncio.
+
+Calling convention: after *any* call that can change state (`connect`,
+`on_segment`, `send`, `recv`, `shutdown_write`, `abort`, `on_timer`,
+`resume`), call ``outgoing(now)`` and transmit what it returns. Then wait
+until ``timeout()`` (or the next segment) and call ``on_timer(now)``.
+Wake-ups for a socket layer are bit flags in ``events`` (``EV_*``),
+drained with `take_events`.
+
+Sequence numbers are kept *unwrapped*: plain ints counted from ISS (send
+side) and IRS (receive side), so SYN is 0 and the first data byte 1. Only
+the wire conversion (``& MASK``) and `unwrap` see the modulo; everything
+else compares ints directly, which is both faster and harder to get wrong.
+
+What is implemented, and where the RFC allows a choice, which one:
+
+* Handshake incl. simultaneous open (RFC 9293 §3.5) and simultaneous close;
+  TIME-WAIT for ``time_wait`` seconds (2*MSL), re-ACKing a repeated FIN.
+* Retransmission timer per RFC 6298 (usnet.proto.tcp.rto) with Karn's rule,
+  exponential back-off, ``max_retries`` then ``TimeoutError``; SYN and
+  SYN-ACK retries separately counted.
+* Loss recovery: fast retransmit on 3 duplicate ACKs or on SACK evidence,
+  then RFC 6675-style "pipe" accounting with a scoreboard
+  (usnet.proto.tcp.scoreboard) so SACKed data is never resent; without
+  SACK, NewReno partial-ACK retransmission (RFC 6582). After an RTO, every
+  unSACKed byte is lost and is resent under slow start. Window arithmetic
+  is pluggable: NewReno or CUBIC (usnet.proto.tcp.congestion).
+* RFC 7323 window scaling and timestamps (RTT on every ACK of new data,
+  PAWS); RFC 2018 SACK blocks for out-of-order data, most recent first.
+* RFC 5961: an in-window RST not exactly at RCV.NXT, any SYN in a
+  synchronized state, and an ACK outside [SND.UNA - MAX.SND.WND, SND.NXT]
+  get a challenge ACK (rate-limited per second) instead of acting on them.
+* Sequence acceptability follows Linux rather than the letter of RFC 9293:
+  a segment is acceptable if it starts at most at the right window edge and
+  ends at or after the last ACK we sent. The strict rule throws away the
+  ACK fields of pure ACKs that a busy peer sends at its SND.NXT when that
+  is at our window edge, which stalls bidirectional bulk transfers.
+* Delayed ACK (every second full segment, else after ``delack``), immediate
+  ACK for out-of-order data and gap fills; Nagle unless ``nodelay``;
+  sender and receiver silly-window avoidance; the right window edge never
+  moves left.
+* Zero-window probing with a backed-off persist timer; keep-alive.
+* Buffers that grow: the send buffer to twice ``cwnd``, the receive buffer
+  (and so the advertised window) with the data delivered per RTT, each up
+  to its configured maximum.
+* ``pause()``/``resume()`` for flow advisories: while paused no data leaves
+  (ACKs still do), no retransmission is counted against the retry limit,
+  and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import struct
+from dataclasses import replace
+
+from usnet.proto.tcp.config import (
+    CLOSE_WAIT, CLOSED, CLOSING, ESTABLISHED, EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR,
+    EV_READABLE, EV_WRITABLE, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, LISTEN, SYN_RECEIVED, SYN_SENT,
+    TIME_WAIT, TcpConfig, TcpState, TcpStats,
+)
+from usnet.proto.tcp.congestion import CongestionControl, make_congestion
+from usnet.proto.tcp.reassembly import Reassembly
+from usnet.proto.tcp.rto import RtoEstimator
+from usnet.proto.tcp.scoreboard import Scoreboard
+from usnet.proto.wire.tcp import (
+    ACK, CWR, ECE, FIN, PSH, RST, SYN, TCP_HLEN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
+)
+
+__all__ = [
+    "EV_CLOSED", "EV_CONNECTED", "EV_EOF", "EV_ERROR", "EV_READABLE", "EV_WRITABLE",
+    "TcpConfig", "TcpConnection", "TcpState", "TcpStats", "rst_reply",
+]
+
+MASK = 0xFFFFFFFF
+HALF = 0x80000000
+INF = float("inf")
+
+_DATA_IN = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states that accept new data
+_CAN_SEND = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)
+_KEEPALIVE = (ESTABLISHED, CLOSE_WAIT, FIN_WAIT_2)
+
+# Loss-recovery phases
+_OPEN = 0
+_FAST = 1  # fast retransmit / fast recovery
+_LOSS = 2  # after a retransmission timeout
+
+_TSOPT = struct.Struct("!III")
+_TS_MARK = 0x0101080A
+_MAX_TCP_HLEN = 60  # header with 40 bytes of options: what a super-segment must leave room for
+
+
+def _err(cls: type[OSError], code: int, msg: str) -> OSError:
+    return cls(code, msg)
+
+
+def rst_reply(psum: int, seg: TcpSegment) -> bytes | None:
+    """The RST answering ``seg`` when no connection wants it (RFC 9293 §3.10.7.1).
+
+    ``psum`` is `usnet.proto.wire.tcp.pseudo_sum` of (our address, their address).
+    Never answer a RST; if the segment has an ACK, the RST takes its ACK
+    number as sequence number; otherwise it acknowledges everything the
+    segment occupied.
+    """
+    fl = seg.flags
+    if fl & RST:
+        return None
+    if fl & ACK:
+        return pack_segment(psum, seg.dport, seg.sport, seg.ack, 0, RST, 0)
+    seglen = len(seg.payload) + (1 if fl & SYN else 0) + (1 if fl & FIN else 0)
+    return pack_segment(psum, seg.dport, seg.sport, 0, (seg.seq + seglen) & MASK, RST | ACK, 0)
+
+
+class TcpConnection:
+    """A TCP connection between ``local_addr:local_port`` and ``remote_addr:remote_port``.
+
+    Addresses are 4 (IPv4) or 16 (IPv6) bytes; the family decides the MSS
+    derived from ``mtu`` and the pseudo-header of the checksum. Active open:
+    construct, then `connect`. Passive open: the endpoint constructs it and
+    calls `accept_syn` with the listener's SYN.
+    """
+
+    __slots__ = (
+        "local_addr", "local_port", "remote_addr", "remote_port", "cfg", "state", "error", "soft_error",
+        "events", "suspended", "passive", "stats", "rto", "cc", "sb", "mss_local", "mss",
+        "max_segment", "_mss_base", "ts_ok", "sack_ok", "ws_ok", "snd_wscale", "rcv_wscale",
+        "_ts_off", "ts_recent", "_psum", "iss", "snd_una", "snd_nxt", "snd_wnd", "max_snd_wnd",
+        "snd_wl1", "snd_wl2", "_sndbuf", "_snd_base", "sndbuf_cap", "_fin_queued", "_fin_seq",
+        "_fin_sent", "irs", "rcv_nxt", "rcv_adv", "_last_ack_sent", "_rcvq", "_reasm",
+        "rcvbuf_cap", "_fin_rcvd", "_rx_fin_at", "_rcv_mss", "_rcv_unacked", "_ack_now",
+        "_probe_now", "_syn_pending", "_syn_time", "_syn_rtx", "_t_rtx", "_t_delack", "_t_ka",
+        "_t_tw", "_t_persist", "_retries", "_rtx_since", "_rtt_seq", "_rtt_time", "_persist_backoff",
+        "_probes", "_ka_probes", "_recovery", "_recover", "_high_rxt", "_lost_limit",
+        "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
+        "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
+        "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from",
+    )
+
+    def __init__(
+        self, local_addr: bytes, local_port: int, remote_addr: bytes, remote_port: int, *,
+        now: float, mtu: int = 1500, iss: int | None = None, config: TcpConfig | None = None,
+        ts_offset: int | None = None, **options,
+    ) -> None:
+        if len(local_addr) not in (4, 16) or len(remote_addr) != len(local_addr):
+            raise ValueError("addresses must both be 4 (IPv4) or both 16 (IPv6) bytes")
+        if not (0 < local_port <= 0xFFFF and 0 < remote_port <= 0xFFFF):
+            raise ValueError("ports must be 1..65535")
+        cfg = replace(config, **options) if config is not None else TcpConfig(**options)
+        self.cfg = cfg
+        self.local_addr = bytes(local_addr)
+        self.local_port = local_port
+        self.remote_addr = bytes(remote_addr)
+        self.remote_port = remote_port
+        self.context = None  # free for the owner (endpoint, socket layer)
+        self.state = CLOSED
+        self.error: OSError | None = None
+        self.soft_error: int | None = None  # the last ICMP error that did not end the connection (errno)
+        self.events = 0
+        self.suspended = False
+        self.passive = False
+        self.stats = TcpStats(self)
+        self.rto = RtoEstimator(cfg.rto_initial, cfg.rto_min, cfg.rto_max)
+        ip_hdr = 20 if len(local_addr) == 4 else 40
+        mss = mtu - ip_hdr - 20
+        if cfg.mss:
+            mss = min(mss, cfg.mss)
+        if mss < 64:
+            raise ValueError(f"MTU {mtu} leaves no room for TCP segments")
+        self.mss_local = mss  # what we advertise
+        self._mss_base = mss  # min(ours, peer's), before options
+        self.mss = mss  # payload of a full-sized segment with our usual options
+        self.max_segment = mss  # the most payload in one segment we build (`_size_segments`)
+        self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd)
+        self.sb = Scoreboard()
+        self.ts_ok = self.sack_ok = self.ws_ok = False
+        self.ecn_ok = False  # RFC 3168 ECN agreed in the handshake
+        self._ece = False  # a CE came: set ECE on what we send until the peer's CWR
+        self._cwr = False  # we slowed down for an ECE: set CWR on the next new data
+        self._ecn_high = 0  # snd_nxt at that slowdown: at most one a window of data
+        self._new_from = 0  # snd_nxt when `outgoing` began: segments at or past it carry new data
+        self.snd_wscale = 0
+        ws = 0
+        if cfg.window_scaling:
+            while ws < 14 and (cfg.rcvbuf_max >> ws) > 0xFFFF:
+                ws += 1
+        self.rcv_wscale = ws
+        # What TSval adds to the millisecond clock. The endpoint gives one per address pair, so a new
+        # connection's timestamps follow the last one's and a peer's TIME_WAIT takes its SYN (RFC 6191).
+        self._ts_off = random.getrandbits(32) if ts_offset is None else ts_offset & MASK
+        self.ts_recent = 0
+        self._psum = pseudo_sum(self.local_addr, self.remote_addr)
+        self.iss = random.getrandbits(32) if iss is None else iss & MASK
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.snd_wnd = 0
+        self.max_snd_wnd = 0
+        self.snd_wl1 = 0
+        self.snd_wl2 = 0
+        self._sndbuf = bytearray()
+        self._snd_base = 1
+        self.sndbuf_cap = cfg.sndbuf
+        self._fin_queued = False
+        self._fin_seq = -1
+        self._fin_sent = False
+        self.irs = 0
+        self.rcv_nxt = 0
+        self.rcv_adv = 0
+        self._last_ack_sent = 0
+        self._rcvq = bytearray()
+        self._reasm = Reassembly()
+        self.rcvbuf_cap = cfg.rcvbuf
+        self._syn_window = min(cfg.rcvbuf, 0xFFFF)
+        self._fin_rcvd = False
+        self._rx_fin_at: int | None = None
+        self._rcv_mss = min(536, mss)
+        self._rcv_unacked = 0
+        self._ack_now = False
+        self._probe_now = False
+        self._syn_pending = False
+        self._syn_time = now
+        self._syn_rtx = False
+        self._t_rtx = self._t_delack = self._t_ka = self._t_tw = self._t_persist = INF
+        self._retries = 0
+        self._rtx_since = now  # when the oldest unacknowledged data went out (first RTO's estimate)
+        self._rtt_seq: int | None = None
+        self._rtt_time = 0.0
+        self._persist_backoff = 0
+        self._probes = 0
+        self._ka_probes = 0
+        self._recovery = _OPEN
+        self._recover = 0
+        self._high_rxt = 0
+        self._lost_limit = 0
+        self._dupacks = 0
+        self._dupack_est = 0
+        self._force_rtx = False
+        self._last_rx = now
+        self._last_send = now
+        self._ch_t = -INF
+        self._ch_n = 0
+        self._out: list[bytes] = []
+        self._rs_bytes = 0
+        self._rs_time = now
+        self._rcv_rtt: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<TcpConnection {self.local_port}->{self.remote_port} {self.state.name} "
+            f"una={self.snd_una} nxt={self.snd_nxt} rcv={self.rcv_nxt}>"
+        )
+
+    # ------------------------------------------------------------------ user calls
+
+    def connect(self, now: float) -> None:
+        """Active open: the SYN goes out on the next `outgoing`."""
+        if self.state is not CLOSED or self.error is not None:
+            raise OSError(errno.EISCONN, "connection already used")
+        self.state = SYN_SENT
+        self._syn_pending = True
+        self._syn_time = now
+
+    def accept_syn(self, seg: TcpSegment, now: float) -> None:
+        """Passive open from a listener's SYN: enter SYN-RECEIVED, SYN-ACK on next `outgoing`."""
+        self.passive = True
+        self.state = SYN_RECEIVED
+        self._take_syn(seg)
+        self.ecn_ok = self.cfg.ecn and seg.flags & (ECE | CWR) == ECE | CWR  # an ECN-setup SYN
+        self.snd_wnd = self.max_snd_wnd = seg.window  # never scaled in a SYN
+        self._syn_pending = True
+        self._syn_time = now
+        self._last_rx = now
+
+    def send(self, data) -> int:
+        """Queue bytes; returns how many fit in the send buffer (0 when full)."""
+        if self.error is not None:
+            raise _err(type(self.error), self.error.errno or 0, self.error.strerror or "")
+        if self._fin_queued or self.state not in _CAN_SEND:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        space = self.sndbuf_cap - len(self._sndbuf)
+        n = len(data)
+        if space <= 0 or not n:
+            return 0
+        if n > space:
+            self._sndbuf += memoryview(data)[:space]
+            n = space
+        else:
+            self._sndbuf += data
+        self.stats.bytes_written += n
+        return n
+
+    def recv(self, max_bytes: int = 1 << 20) -> bytes:
+        """Up to ``max_bytes`` of in-order data; ``b""`` when none (check ``eof``/``error``)."""
+        q = self._rcvq
+        n = len(q)
+        if not n or max_bytes <= 0:
+            return b""
+        if max_bytes >= n:
+            data = bytes(q)
+            q.clear()
+        else:
+            n = max_bytes
+            data = bytes(memoryview(q)[:n])
+            del q[:n]
+        self._consumed(n)
+        return data
+
+    def recv_into(self, buf) -> int:
+        """Copy in-order data into ``buf``; returns the byte count."""
+        q = self._rcvq
+        n = min(len(q), len(buf))
+        if not n:
+            return 0
+        memoryview(buf)[:n] = memoryview(q)[:n]
+        del q[:n]
+        self._consumed(n)
+        return n
+
+    def _consumed(self, n: int) -> None:
+        self.stats.bytes_read += n
+        if self.state in _DATA_IN and not self._fin_rcvd:
+            cap = self.rcvbuf_cap
+            inc = (cap - len(self._rcvq)) - (self.rcv_adv - self.rcv_nxt)
+            if inc >= min(cap >> 1, 2 * self._rcv_mss):
+                self._ack_now = True  # window update
+
+    def shutdown_write(self, now: float) -> None:
+        """Send FIN after the queued data (half-close)."""
+        st = self.state
+        if self._fin_queued or st in (CLOSED, LISTEN):
+            return
+        if st not in _CAN_SEND:
+            return
+        self._fin_queued = True
+        self._fin_seq = self._snd_base + len(self._sndbuf)
+        if st is ESTABLISHED:
+            self.state = FIN_WAIT_1
+        elif st is CLOSE_WAIT:
+            self.state = LAST_ACK
+        # SYN-SENT/SYN-RECEIVED: the transition happens on establishment.
+
+    def close(self, now: float) -> None:
+        """Application close: FIN, or RST if received data would be lost (RFC 2525 §2.17)."""
+        if self._rcvq and self.state not in (CLOSED, TIME_WAIT):
+            self.abort(now)
+        elif self.state in (SYN_SENT, LISTEN):
+            self._close()
+        else:
+            self.shutdown_write(now)
+
+    def abort(self, now: float) -> None:
+        """Drop the connection; the peer gets a RST if it knew about us."""
+        st = self.state
+        if st in (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
+            self._out.append(pack_segment(
+                self._psum, self.local_port, self.remote_port, (self.iss + self.snd_nxt) & MASK,
+                0, RST, 0))
+        if st is not CLOSED:
+            self._close()
+
+    def icmp_error(self, err: int, seq: int) -> bool:
+        """An ICMP error quoting our segment with sequence number `seq`; True if it was taken.
+
+        Only for a sequence number in flight (RFC 5927 section 4.1): a forged
+        error must guess it. A hard error (port or protocol unreachable) ends
+        a connection still in SYN-SENT, as Linux does; any other error is kept
+        as `soft_error` and never ends a connection (RFC 5461).
+        """
+        rel = (seq - self.iss) & MASK
+        if not self.snd_una <= rel < max(self.snd_nxt, self.snd_una + 1):
+            return False
+        if self.state is SYN_SENT and err in (errno.ECONNREFUSED, errno.ENOPROTOOPT):
+            self._fail(OSError(err, errno.errorcode.get(err, "ICMP error")))  # ConnectionRefusedError
+        else:
+            self.soft_error = err
+        return True
+
+    def pause(self) -> None:
+        """Flow advisory "suspended": hold data (ACKs still go), keep everything queued."""
+        self.suspended = True
+
+    def resume(self) -> None:
+        self.suspended = False
+
+    def set_keepalive(
+        self, now: float, enabled: bool, idle: float | None = None,
+        interval: float | None = None, count: int | None = None,
+    ) -> None:
+        cfg = self.cfg
+        cfg.keepalive = enabled
+        if idle is not None:
+            cfg.keepalive_idle = idle
+        if interval is not None:
+            cfg.keepalive_interval = interval
+        if count is not None:
+            cfg.keepalive_count = count
+        self._t_ka = self._last_rx + cfg.keepalive_idle if enabled and self.state in _KEEPALIVE else INF
+
+    def set_path_mtu(self, mtu: int) -> None:
+        """A smaller path MTU was learnt (ICMP "fragmentation needed", RFC 1191/8201).
+
+        Only ever shrinks the segment size; data already queued is cut to
+        the new size when it is (re)sent, so nothing has to be re-queued.
+        """
+        base = mtu - (20 if len(self.local_addr) == 4 else 40) - 20
+        if base < 64:
+            base = 64
+        if base >= self._mss_base:
+            return
+        self._mss_base = base
+        self.mss = base - (12 if self.ts_ok else 0)
+        self._size_segments()
+        self.cc.mss = self.mss
+
+    def _size_segments(self) -> None:
+        """One MSS per segment, or with segmentation offload as many whole MSS as fit."""
+        mss = self.mss
+        room = self.cfg.gso_max - _MAX_TCP_HLEN
+        self.max_segment = room // mss * mss if room >= 2 * mss else mss
+
+    def ect(self, segment) -> bool:
+        """Whether `segment`, from the last `outgoing`, goes as ECN-capable (ECT(0) in its IP header).
+
+        New data only (RFC 3168 6.1.4-6.1.5): not SYNs, pure ACKs, window
+        probes or retransmissions, whose loss or mark could not be told
+        from the congestion they would report.
+        """
+        if not self.ecn_ok or len(segment) <= (segment[12] >> 4) << 2:
+            return False
+        return ((int.from_bytes(segment[4:8], "big") - self.iss - self._new_from) & MASK) < HALF
+
+    def segment_cut(self, segment) -> int:
+        """0 for a segment the wire carries as is; for a super-segment, its pieces' payload.
+
+        Each piece repeats the super-segment's header, options included, so a
+        piece carries the negotiated MSS less the options (RFC 6691).
+        """
+        hlen = (segment[12] >> 4) << 2
+        cut = self._mss_base + TCP_HLEN - hlen
+        return cut if len(segment) - hlen > cut else 0
+
+    @property
+    def nodelay(self) -> bool:
+        return self.cfg.nodelay
+
+    @nodelay.setter
+    def nodelay(self, flag: bool) -> None:
+        self.cfg.nodelay = flag
+
+    def take_events(self) -> int:
+        """Return and clear the pending ``EV_*`` bits."""
+        ev = self.events
+        self.events = 0
+        return ev
+
+    @property
+    def readable(self) -> bool:
+        """True if `recv` has data, or will never have more (EOF or error)."""
+        return bool(self._rcvq) or self._fin_rcvd or self.error is not None
+
+    @property
+    def eof(self) -> bool:
+        """The peer's FIN arrived and every byte before it was read."""
+        return self._fin_rcvd and not self._rcvq
+
+    @property
+    def send_space(self) -> int:
+        if self._fin_queued or self.state not in _CAN_SEND:
+            return 0
+        n = self.sndbuf_cap - len(self._sndbuf)
+        return n if n > 0 else 0
+
+    @property
+    def writable(self) -> bool:
+        return self.error is not None or self.send_space > 0
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued but not yet sent once."""
+        return self._snd_base + len(self._sndbuf) - max(self.snd_nxt, self._snd_base)
+
+    @property
+    def in_flight(self) -> int:
+        return self.snd_nxt - self.snd_una
+
+    @property
+    def pending(self) -> int:
+        """Bytes in the send buffer not yet acknowledged."""
+        return len(self._sndbuf)
+
+    @property
+    def rcv_queued(self) -> int:
+        return len(self._rcvq)
+
+    @property
+    def rcv_window(self) -> int:
+        return self.rcv_adv - self.rcv_nxt
+
+    # ------------------------------------------------------------------ timers
+
+    def timeout(self, now: float | None = None) -> float | None:
+        """The next deadline (absolute, same clock as ``now``), or None."""
+        t = self._t_rtx
+        for x in (self._t_delack, self._t_persist, self._t_ka, self._t_tw):
+            if x < t:
+                t = x
+        return None if t == INF else t
+
+    def on_timer(self, now: float) -> None:
+        """Run every timer whose deadline is at or before ``now``."""
+        if self.state is CLOSED:
+            return
+        if now >= self._t_tw:
+            self._t_tw = INF
+            self._close()
+            return
+        if now >= self._t_rtx:
+            self._t_rtx = INF
+            self._on_rto(now)
+            if self.state is CLOSED:
+                return
+        if now >= self._t_persist:
+            self._t_persist = INF
+            self._on_persist(now)
+            if self.state is CLOSED:
+                return
+        if now >= self._t_delack:
+            self._t_delack = INF
+            self._ack_now = True
+        if now >= self._t_ka:
+            self._t_ka = INF
+            self._on_keepalive(now)
+
+    def _on_rto(self, now: float) -> None:
+        st = self.state
+        cfg = self.cfg
+        if st is SYN_SENT or st is SYN_RECEIVED:
+            self._retries += 1
+            limit = cfg.synack_retries if self.passive else cfg.syn_retries
+            if self._retries > limit:
+                self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
+                return
+            self.rto.backoff()
+            self._syn_pending = True
+            self._syn_rtx = True
+            self.stats.retransmits += 1
+            self._t_rtx = now + self.rto.rto
+            return
+        una = self.snd_una
+        if self.snd_nxt <= una:
+            return
+        if self.suspended:
+            # Our own queue is full: a timeout says nothing about the path.
+            self._t_rtx = now + self.rto.rto
+            return
+        # A receiver that closed its window is alive (Linux tcp_retransmit_timer).
+        if not (self.snd_wnd == 0 and now - self._last_rx < cfg.rto_max):
+            if self._retries == 0:
+                self._rtx_since = now - self.rto.rto
+            self._retries += 1
+            if self._retries > cfg.max_retries or (
+                    cfg.user_timeout and now - self._rtx_since >= cfg.user_timeout):
+                self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
+                return
+        self.stats.rto_timeouts += 1
+        first = self._recovery == _OPEN  # no second reduction for one episode (as Linux)
+        self.cc.on_rto(now, self.snd_nxt - una - self.sb.sacked, first)
+        self.rto.backoff()
+        self._recovery = _LOSS
+        self._recover = self.snd_nxt
+        self._high_rxt = una
+        self._lost_limit = self.snd_nxt
+        self._dupacks = 0
+        self._dupack_est = 0
+        self._force_rtx = True
+        self._rtt_seq = None
+        self._t_rtx = now + self.rto.rto
+
+    def _on_persist(self, now: float) -> None:
+        if self.snd_wnd or not self._has_unsent():
+            self._persist_backoff = 0
+            return
+        self._probes += 1
+        if self._probes > self.cfg.max_retries:
+            self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
+            return
+        self.stats.window_probes += 1
+        self._probe_now = True
+        self._persist_backoff += 1
+        self._t_persist = now + self._persist_interval()
+
+    def _persist_interval(self) -> float:
+        t = self.rto.rto * (1 << min(self._persist_backoff, 16))
+        return t if t < self.cfg.rto_max else self.cfg.rto_max
+
+    def _on_keepalive(self, now: float) -> None:
+        cfg = self.cfg
+        if not cfg.keepalive or self.state not in _KEEPALIVE:
+            return
+        if self.snd_nxt > self.snd_una or self._has_unsent():
+            self._t_ka = now + cfg.keepalive_idle  # the retransmission timer watches the peer
+            return
+        if self._ka_probes == 0 and now - self._last_rx < cfg.keepalive_idle:
+            self._t_ka = self._last_rx + cfg.keepalive_idle
+            return
+        if self._ka_probes >= cfg.keepalive_count:
+            self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
+            return
+        self._ka_probes += 1
+        self.stats.keepalive_probes += 1
+        self._probe_now = True
+        self._t_ka = now + cfg.keepalive_interval
+
+    # ------------------------------------------------------------------ closing
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self._t_rtx = self._t_delack = self._t_ka = self._t_tw = self._t_persist = INF
+        self._syn_pending = self._ack_now = self._probe_now = False
+        self.events |= EV_CLOSED | EV_READABLE | EV_WRITABLE
+
+    def _fail(self, err: OSError) -> None:
+        self.error = err
+        self._sndbuf.clear()
+        self._close()
+        self.events |= EV_ERROR
+
+    def _enter_time_wait(self, now: float) -> None:
+        self.state = TIME_WAIT
+        self._t_rtx = self._t_delack = self._t_ka = self._t_persist = INF
+        self._t_tw = now + self.cfg.time_wait
+
+    def _on_rst(self) -> None:
+        st = self.state
+        if st is SYN_RECEIVED:
+            self._fail(_err(ConnectionRefusedError, errno.ECONNREFUSED, "Connection refused"))
+        elif st in (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
+            self._fail(_err(ConnectionResetError, errno.ECONNRESET, "Connection reset by peer"))
+        else:
+            self._close()
+
+    # ------------------------------------------------------------------ input
+
+    def on_segment(self, seg: TcpSegment, now: float, ce: bool = False) -> None:
+        """Process one received segment (already parsed and checksum-verified).
+
+        `ce`: its IP header carried ECN's Congestion Experienced mark.
+        """
+        self.stats.segs_in += 1
+        st = self.state
+        if self.ecn_ok and st is not SYN_SENT:
+            if seg.flags & CWR:
+                self._ece = False  # the sender slowed down (a CE in the same segment sets it again)
+            if ce:
+                self.stats.ce_received += 1
+                if not self._ece:
+                    self._ece = True
+                    self._ack_now = True  # tell the sender now, not after a delayed ACK
+        if st is SYN_SENT:
+            self._rx_syn_sent(seg, now)
+        elif st is CLOSED or st is LISTEN:
+            r = rst_reply(self._psum, seg)
+            if r is not None:
+                self._out.append(r)
+        else:
+            self._rx(seg, now)
+
+    def _take_syn(self, seg: TcpSegment) -> None:
+        """The peer's SYN, passive or active: its options, its ISN, our first window."""
+        self._negotiate(seg)
+        self.irs = seg.seq
+        self.rcv_nxt = 1
+        self.rcv_adv = 1 + self._syn_window
+        self._last_ack_sent = 1
+        if self.ts_ok:
+            self.ts_recent = seg.tsval
+
+    def _negotiate(self, seg: TcpSegment) -> None:
+        cfg = self.cfg
+        v4 = len(self.local_addr) == 4
+        peer_mss = seg.mss if seg.mss else (536 if v4 else 1220)
+        base = min(self._mss_base, peer_mss)  # _mss_base: ours, or a path MTU learnt since
+        if base < 64:
+            base = 64
+        self._mss_base = base
+        self.ws_ok = cfg.window_scaling and seg.wscale is not None
+        if self.ws_ok:
+            self.snd_wscale = min(seg.wscale, 14)
+        else:
+            self.snd_wscale = self.rcv_wscale = 0
+        self.sack_ok = cfg.sack and seg.sack_ok
+        self.ts_ok = cfg.timestamps and seg.tsval is not None
+        self.mss = base - (12 if self.ts_ok else 0)
+        self._size_segments()
+        self.cc.set_mss(self.mss, cfg.initial_cwnd)
+        if self._rcv_mss > self.mss:
+            self._rcv_mss = self.mss
+
+    def _rx_syn_sent(self, seg: TcpSegment, now: float) -> None:
+        fl = seg.flags
+        ack_ok = False
+        if fl & ACK:
+            if (seg.ack - self.iss) & MASK != 1:  # must acknowledge exactly our SYN
+                if not fl & RST:
+                    self._out.append(pack_segment(
+                        self._psum, self.local_port, self.remote_port, seg.ack, 0, RST, 0))
+                self.stats.bad_segments += 1
+                self.stats.bad_acks += 1
+                return
+            ack_ok = True
+        if fl & RST:
+            if ack_ok:
+                self._fail(_err(ConnectionRefusedError, errno.ECONNREFUSED, "Connection refused"))
+            return
+        if not fl & SYN:
+            return
+        self._take_syn(seg)
+        self._last_rx = now
+        if not ack_ok:
+            # Simultaneous open: answer with SYN-ACK, our SYN sequence number again.
+            self.state = SYN_RECEIVED
+            self.snd_wnd = self.max_snd_wnd = seg.window
+            self._syn_pending = True
+            return
+        self.snd_una = 1
+        self.snd_wnd = self.max_snd_wnd = seg.window  # never scaled in a SYN
+        self.snd_wl1 = 0
+        self.snd_wl2 = 1
+        self.ecn_ok = self.cfg.ecn and fl & (ECE | CWR) == ECE  # an ECN-setup SYN-ACK
+        self._rtt_sample_syn(seg, now)
+        self._t_rtx = INF
+        self._established(now)
+        self._ack_now = True
+        if len(seg.payload) or fl & FIN:
+            self._rx_text(seg.payload, 1, len(seg.payload), fl & FIN, now)
+
+    def _rtt_sample_syn(self, seg: TcpSegment, now: float) -> None:
+        self._retries = 0
+        if self.ts_ok and seg.tsecr:
+            r = (self._ts_now(now) - seg.tsecr) & MASK
+            if r < HALF:
+                self.rto.sample(r / 1000.0)
+        elif not self._syn_rtx:
+            self.rto.sample(now - self._syn_time)
+
+    def _established(self, now: float) -> None:
+        self.state = ESTABLISHED
+        self.events |= EV_CONNECTED | EV_WRITABLE
+        self._syn_pending = False
+        if self._fin_queued:
+            self._fin_seq = self._snd_base + len(self._sndbuf)
+            self.state = FIN_WAIT_1
+        if self.cfg.keepalive:
+            self._t_ka = now + self.cfg.keepalive_idle
+
+    def _challenge_ack(self, now: float) -> None:
+        if now - self._ch_t >= 1.0:
+            self._ch_t = now
+            self._ch_n = 0
+        if self._ch_n >= self.cfg.challenge_ack_limit:
+            self.stats.challenge_acks_suppressed += 1
+            return
+        self._ch_n += 1
+        self.stats.challenge_acks += 1
+        self._ack_now = True
+
+    def _ts_now(self, now: float) -> int:
+        return (int(now * 1000) + self._ts_off) & MASK
+
+    def _rx(self, seg: TcpSegment, now: float) -> None:
+        """Synchronized states and SYN-RECEIVED (RFC 9293 §3.10.7.4)."""
+        fl = seg.flags
+        st = self.state
+        stats = self.stats
+        rcv_nxt = self.rcv_nxt
+        s = rcv_nxt + ((((seg.seq - self.irs - rcv_nxt) & MASK) + HALF) & MASK) - HALF
+        if fl & SYN and s == 0 and st is SYN_RECEIVED:
+            if not fl & ACK:
+                self._syn_pending = True  # the peer repeated its SYN: our SYN-ACK was lost
+                return
+            if (seg.ack - self.iss) & MASK == 1:
+                fl &= ~SYN  # simultaneous open: the peer's SYN-ACK, its SYN already counted
+                s = 1
+        payload = seg.payload
+        plen = len(payload)
+        seglen = plen + (1 if fl & SYN else 0) + (1 if fl & FIN else 0)
+        tsval = seg.tsval
+        ts_ok = self.ts_ok
+        # PAWS (RFC 7323 §5.3): an older timestamp than TS.Recent is an old duplicate.
+        if (ts_ok and tsval is not None and not fl & RST and (tsval - self.ts_recent) & MASK >= HALF
+                and not self._disordered_ack(seg, s, seglen, tsval)):
+            stats.paws_rejected += 1
+            stats.bad_segments += 1
+            self._ack_now = True
+            return
+        wnd = self.rcv_adv - rcv_nxt
+        if wnd < 0:
+            wnd = 0
+        if s > rcv_nxt + wnd or s + seglen < self._last_ack_sent:
+            stats.out_of_window += 1
+            stats.bad_segments += 1
+            if not fl & RST:
+                self._ack_now = True
+            return
+        if fl & RST:
+            if s == rcv_nxt:
+                self._on_rst()
+            else:
+                self._challenge_ack(now)  # RFC 5961 §3.2
+            return
+        if ts_ok and tsval is not None and s <= self._last_ack_sent and (tsval - self.ts_recent) & MASK < HALF:
+            self.ts_recent = tsval
+        if fl & SYN:
+            self._challenge_ack(now)  # RFC 5961 §4.2
+            return
+        if not fl & ACK:
+            return
+        una = self.snd_una
+        a = una + ((((seg.ack - self.iss - una) & MASK) + HALF) & MASK) - HALF
+        if st is SYN_RECEIVED:
+            if not 0 < a <= self.snd_nxt:
+                self._out.append(pack_segment(
+                    self._psum, self.local_port, self.remote_port, seg.ack, 0, RST, 0))
+                stats.bad_acks += 1
+                stats.bad_segments += 1
+                return
+            self.snd_wnd = seg.window << self.snd_wscale
+            if self.snd_wnd > self.max_snd_wnd:
+                self.max_snd_wnd = self.snd_wnd
+            self.snd_wl1 = s
+            self.snd_wl2 = a
+            self._retries = 0
+            if not ts_ok and not self._syn_rtx:  # with timestamps _ack_new samples
+                self.rto.sample(now - self._syn_time)
+            self._established(now)
+            st = self.state
+        elif a > self.snd_nxt or a < una - self.max_snd_wnd:
+            stats.bad_acks += 1
+            stats.bad_segments += 1
+            self._challenge_ack(now)  # RFC 5961 §5.2
+            return
+        self._last_rx = now
+        self._ka_probes = 0
+        self._probes = 0
+        w = seg.window << self.snd_wscale
+        if seg.sacks is not None and self.sack_ok:
+            self._rx_sacks(seg.sacks)
+        if a > una:
+            self._ack_new(seg, a, now)
+        elif (a == una and not plen and not fl & FIN and self.snd_nxt > una
+              and w == self.snd_wnd):
+            self._dupacks += 1
+            stats.dup_acks += 1
+            rec = self._recovery
+            if rec == _OPEN:
+                if self._dupacks >= self.cfg.dupthresh:
+                    self._enter_recovery(now)
+            elif rec == _FAST and not self.sack_ok:
+                self._dupack_est += self.mss
+        if (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
+                and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
+            self._enter_recovery(now)
+        if fl & ECE and self.ecn_ok and self._recovery == _OPEN and self.snd_una > self._ecn_high:
+            # RFC 3168 6.1.2: a mark is a loss without the loss: the window halves, once a window
+            # of data (ECEs about data sent before the cut are the same news again)
+            self.cc.on_congestion(now, self.snd_nxt - self.snd_una)
+            self._ecn_high = self.snd_nxt
+            self._cwr = True
+            stats.ecn_reductions += 1
+        # Window update (RFC 9293 §3.10.7.4, SND.WL1/WL2 guard against old segments).
+        if self.snd_wl1 < s or (self.snd_wl1 == s and self.snd_wl2 <= a):
+            self.snd_wnd = w
+            self.snd_wl1 = s
+            self.snd_wl2 = a
+            if w > self.max_snd_wnd:
+                self.max_snd_wnd = w
+        if self._fin_sent and self.snd_una > self._fin_seq:
+            if st is FIN_WAIT_1:
+                self.state = st = FIN_WAIT_2
+            elif st is CLOSING:
+                self._enter_time_wait(now)
+                return
+            elif st is LAST_ACK:
+                self._close()
+                return
+        if st in _DATA_IN:
+            if plen or fl & FIN:
+                self._rx_text(payload, s, plen, fl & FIN, now)
+            if ts_ok and plen and seg.tsecr:
+                r = (self._ts_now(now) - seg.tsecr) & MASK
+                if r < HALF:
+                    rr = self._rcv_rtt
+                    self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
+        elif plen or fl & FIN:
+            # Retransmitted data or FIN after the peer's FIN: re-ACK it.
+            self._ack_now = True
+            if st is TIME_WAIT and fl & FIN:
+                self._t_tw = now + self.cfg.time_wait
+
+    def _disordered_ack(self, seg: TcpSegment, s: int, seglen: int, tsval: int) -> bool:
+        """A pure ACK overtaken by a later one: exempt from PAWS (as Linux).
+
+        Reordered pure ACKs carry timestamps older than TS.Recent, and
+        rejecting them would answer each with a duplicate ACK for nothing.
+        They hold no data, repeat an old ACK number and are at most an RTO
+        old, so they cannot be old duplicates from a previous incarnation.
+        """
+        if seglen or s != self.rcv_nxt:
+            return False
+        una = self.snd_una
+        a = una + ((((seg.ack - self.iss - una) & MASK) + HALF) & MASK) - HALF
+        return a <= una and (self.ts_recent - tsval) & MASK <= self.rto.rto * 1000
+
+    def _rx_sacks(self, sacks) -> None:
+        una = self.snd_una
+        nxt = self.snd_nxt
+        base = self.iss
+        sb = self.sb
+        for l, r in sacks:
+            lo = una + ((((l - base - una) & MASK) + HALF) & MASK) - HALF
+            hi = lo + ((r - l) & MASK)
+            if lo <= una or hi > nxt or hi <= lo:
+                continue  # D-SACK, stale or bogus
+            sb.add(lo, hi)
+        if self._recovery == _FAST and sb.ends and sb.ends[-1] > self._lost_limit:
+            self._lost_limit = sb.ends[-1]
+
+    def _ack_new(self, seg: TcpSegment, a: int, now: float) -> None:
+        una = self.snd_una
+        acked = a - una
+        flight = self.snd_nxt - una
+        stats = self.stats
+        base = self._snd_base
+        buf = self._sndbuf
+        dend = base + len(buf)
+        upto = a if a < dend else dend
+        if upto > base:
+            n = upto - base
+            if n == len(buf):
+                buf.clear()
+            else:
+                del buf[:n]
+            self._snd_base = upto
+            stats.bytes_acked += n
+            self.events |= EV_WRITABLE
+        self.snd_una = a
+        if una == 0:
+            acked -= 1  # the SYN
+        sb = self.sb
+        if sb.starts and sb.advance(a):
+            stats.sack_reneges += 1
+            sb.clear()
+        # RTT: timestamps make every ACK of new data a sample; otherwise one timed segment.
+        rto = self.rto
+        tsecr = seg.tsecr
+        if self.ts_ok and tsecr:
+            r = (self._ts_now(now) - tsecr) & MASK
+            if r < HALF:
+                rto.sample(r / 1000.0)
+        elif self._rtt_seq is not None and a >= self._rtt_seq:
+            rto.sample(now - self._rtt_time)
+            self._rtt_seq = None
+        self._retries = 0
+        rec = self._recovery
+        if rec == _FAST:
+            if a >= self._recover:
+                self._recovery = _OPEN
+                self.cc.on_recovery_end(now)
+                self._dupacks = 0
+            else:
+                # Partial ACK (RFC 6582 §3.2 step 4): the next hole is lost too.
+                if self._high_rxt < a:
+                    self._high_rxt = a
+                if not self.sack_ok:
+                    self._high_rxt = a
+                    self._lost_limit = a + min(self.mss, self.snd_nxt - a)
+                    self._force_rtx = True
+                    est = self._dupack_est - acked + self.mss
+                    self._dupack_est = est if est > 0 else 0
+        else:
+            if rec == _LOSS:
+                if a >= self._recover:
+                    self._recovery = _OPEN
+                elif self._high_rxt < a:
+                    self._high_rxt = a
+            if acked > 0:
+                self.cc.on_ack(acked, rto.srtt, now, flight)
+            self._dupacks = 0
+        self._t_rtx = INF if a >= self.snd_nxt else now + rto.rto
+        if self.cfg.autotune:
+            want = 2 * self.cc.cwnd
+            if want > self.sndbuf_cap:
+                cap = self.cfg.sndbuf_max
+                self.sndbuf_cap = want if want < cap else cap
+
+    def _enter_recovery(self, now: float) -> None:
+        una = self.snd_una
+        nxt = self.snd_nxt
+        self._recovery = _FAST
+        self._recover = nxt
+        self.cc.on_congestion(now, nxt - una)
+        self._high_rxt = una
+        first = una + min(self.mss, nxt - una)
+        if self.sack_ok:
+            hi = self.sb.ends[-1] if self.sb.ends else 0
+            self._lost_limit = hi if hi > first else first
+        else:
+            self._lost_limit = first
+            self._dupack_est = self._dupacks * self.mss
+        self._force_rtx = True
+        self._rtt_seq = None
+        self.stats.fast_retransmits += 1
+
+    def _rx_text(self, payload, s: int, plen: int, fin: int, now: float) -> None:
+        """Data and FIN processing (RFC 9293 §3.10.7.4 steps 7 and 8)."""
+        rcv_nxt = self.rcv_nxt
+        fs = s + plen  # where a FIN would sit
+        if s < rcv_nxt:
+            cut = rcv_nxt - s
+            if cut >= plen:
+                if plen:
+                    self.stats.dup_segments += 1
+                    self._ack_now = True
+                plen = 0
+            else:
+                payload = payload[cut:]
+                plen -= cut
+            s = rcv_nxt
+        edge = self.rcv_adv
+        if s + plen > edge:
+            keep = edge - s
+            if keep < 0:
+                keep = 0
+            payload = payload[:keep]
+            plen = keep
+            fin = 0
+            self._ack_now = True
+        if plen:
+            if s == rcv_nxt:
+                self._rcvq += payload
+                rcv_nxt += plen
+                reasm = self._reasm
+                if reasm:
+                    data, nxt = reasm.pop_ready(rcv_nxt)
+                    if data is not None:
+                        self._rcvq += data
+                        rcv_nxt = nxt
+                    self._ack_now = True  # a gap (partly) filled: tell the sender at once
+                self.stats.bytes_in += rcv_nxt - self.rcv_nxt
+                self.rcv_nxt = rcv_nxt
+                self.events |= EV_READABLE
+                if not self._ack_now:
+                    if plen > self._rcv_mss:
+                        self._rcv_mss = plen if plen < self.mss_local else self.mss_local
+                    self._rcv_unacked += plen
+                    if self._rcv_unacked >= self.cfg.delack_segments * self._rcv_mss or not self.cfg.delack:
+                        self._ack_now = True
+                    elif self._t_delack == INF:
+                        self._t_delack = now + self.cfg.delack
+                if self.cfg.autotune:
+                    self._autotune_rcv(plen, now)
+            else:
+                self._reasm.add(s, payload)
+                self.stats.ooo_segments += 1
+                self._ack_now = True  # duplicate ACK with SACK blocks
+        if fin:
+            if fs == self.rcv_nxt:
+                self._rx_fin(now)
+            elif fs > self.rcv_nxt:
+                self._rx_fin_at = fs
+                self._ack_now = True
+            else:
+                self._ack_now = True  # repeated FIN
+        elif self._rx_fin_at is not None and self._rx_fin_at == self.rcv_nxt:
+            self._rx_fin(now)
+
+    def _rx_fin(self, now: float) -> None:
+        self.rcv_nxt += 1
+        self._rx_fin_at = None
+        self._fin_rcvd = True
+        self._ack_now = True
+        self.events |= EV_EOF | EV_READABLE
+        st = self.state
+        if st is ESTABLISHED:
+            self.state = CLOSE_WAIT
+        elif st is FIN_WAIT_1:
+            self.state = CLOSING
+        elif st is FIN_WAIT_2:
+            self._enter_time_wait(now)
+
+    def _autotune_rcv(self, n: int, now: float) -> None:
+        """Dynamic right-sizing: the buffer follows what arrives per round trip."""
+        self._rs_bytes += n
+        rtt = self._rcv_rtt or self.rto.srtt or 0.1
+        if now - self._rs_time >= rtt:
+            need = 4 * self._rs_bytes
+            cap = self.rcvbuf_cap
+            if need > cap and cap < self.cfg.rcvbuf_max:
+                self.rcvbuf_cap = need if need < self.cfg.rcvbuf_max else self.cfg.rcvbuf_max
+            self._rs_bytes = 0
+            self._rs_time = now
+
+    # ------------------------------------------------------------------ output
+
+    def outgoing(self, now: float) -> list[bytes]:
+        """Every segment due now: whole TCP segments (header + payload, checksummed)."""
+        self._new_from = self.snd_nxt
+        out = self._out
+        if out:
+            self._out = []
+        else:
+            out = []
+        st = self.state
+        if st is CLOSED or st is LISTEN:
+            return out
+        if self._syn_pending:
+            self._syn_pending = False
+            out.append(self._syn_segment(now))
+            self.stats.segs_out += len(out)
+            return out
+        if st is not SYN_SENT and st is not SYN_RECEIVED and st is not TIME_WAIT:
+            if not self.suspended:
+                self._send(now, out)
+            if self.snd_wnd == 0 and self.snd_nxt == self.snd_una and self._has_unsent():
+                if self._t_persist == INF:
+                    self._t_persist = now + self._persist_interval()
+            elif self._t_persist != INF:
+                self._t_persist = INF
+                self._persist_backoff = 0
+        if self._probe_now:
+            self._probe_now = False
+            out.append(self._segment(ACK, self.snd_una - 1, b"", now))
+        elif self._ack_now:
+            out.append(self._segment(ACK, self.snd_nxt, b"", now))
+        self.stats.segs_out += len(out)
+        return out
+
+    def _has_unsent(self) -> bool:
+        return (self._snd_base + len(self._sndbuf) > self.snd_nxt
+                or (self._fin_queued and not self._fin_sent))
+
+    def _window_field(self) -> int:
+        cap = self.rcvbuf_cap
+        free = cap - len(self._rcvq)
+        rcv_nxt = self.rcv_nxt
+        cur = self.rcv_adv - rcv_nxt
+        if cur < 0:
+            cur = 0
+        if free > cur:
+            thresh = cap >> 1
+            if self._rcv_mss < thresh:
+                thresh = self._rcv_mss
+            wnd = free if free - cur >= thresh else cur  # receiver SWS avoidance
+        else:
+            wnd = cur  # never shrink
+        sc = self.rcv_wscale
+        field = (wnd + (1 << sc) - 1) >> sc
+        if field > 0xFFFF:
+            field = 0xFFFF
+        self.rcv_adv = rcv_nxt + (field << sc)
+        self._last_ack_sent = rcv_nxt
+        self._ack_now = False
+        self._t_delack = INF
+        self._rcv_unacked = 0
+        return field
+
+    def _segment(self, flags: int, seq: int, payload, now: float) -> bytes:
+        """Build an ACK-bearing segment at unwrapped ``seq`` with the current options."""
+        if self._ece:
+            flags |= ECE
+        win = self._window_field()
+        if self.ts_ok:
+            opts = _TSOPT.pack(_TS_MARK, (int(now * 1000) + self._ts_off) & MASK, self.ts_recent)
+            if self.sack_ok and self._reasm:
+                opts += self._sack_option(3)
+        elif self.sack_ok and self._reasm:
+            opts = self._sack_option(4)
+        else:
+            opts = b""
+        return pack_segment(
+            self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
+            (self.irs + self.rcv_nxt) & MASK, flags, win, opts, payload)
+
+    def _sack_option(self, limit: int) -> bytes:
+        irs = self.irs
+        flat = []
+        for lo, hi in self._reasm.blocks(limit):
+            flat.append((irs + lo) & MASK)
+            flat.append((irs + hi) & MASK)
+        n = len(flat)
+        return struct.pack("!BBBB%dI" % n, 1, 1, 5, 2 + 4 * n, *flat)
+
+    def _syn_segment(self, now: float) -> bytes:
+        cfg = self.cfg
+        st = self.state
+        if st is SYN_SENT:
+            flags = SYN | ECE | CWR if cfg.ecn else SYN  # an ECN-setup SYN asks for ECN
+            ack = 0
+            ws = self.rcv_wscale if cfg.window_scaling else None
+            sack_ok = cfg.sack
+            ts = (self._ts_now(now), 0) if cfg.timestamps else None
+        else:
+            flags = SYN | ACK | ECE if self.ecn_ok else SYN | ACK  # and an ECN-setup SYN-ACK grants it
+            ack = (self.irs + 1) & MASK
+            ws = self.rcv_wscale if self.ws_ok else None
+            sack_ok = self.sack_ok
+            ts = (self._ts_now(now), self.ts_recent) if self.ts_ok else None
+            self._last_ack_sent = self.rcv_nxt
+            self._ack_now = False
+        opts = tcp_options(mss=self.mss_local, wscale=ws, sack_ok=sack_ok, ts=ts)
+        if self.snd_nxt < 1:
+            self.snd_nxt = 1
+        if self._t_rtx == INF:
+            self._t_rtx = now + self.rto.rto
+        self._last_send = now
+        return pack_segment(
+            self._psum, self.local_port, self.remote_port, self.iss, ack, flags,
+            self._syn_window, opts)
+
+    def _pipe(self) -> int:
+        """Bytes believed in the network (RFC 6675 "pipe")."""
+        sb = self.sb
+        una = self.snd_una
+        v = self.snd_nxt - una - sb.sacked
+        rec = self._recovery
+        if rec:
+            p = self._high_rxt if self._high_rxt > una else una
+            lim = self._lost_limit
+            if p < lim:
+                v -= (lim - p) - (sb.sacked_between(p, lim) if sb.sacked else 0)
+            if rec == _FAST and not self.sack_ok:
+                v -= self._dupack_est
+        return v if v > 0 else 0
+
+    def _send(self, now: float, out: list) -> None:
+        mss = self.mss
+        seg_max = self.max_segment if self.max_segment > mss else mss
+        cwnd = self.cc.cwnd
+        pipe = self._pipe()
+        # 1. Loss recovery: resend the holes below the loss limit, lowest first.
+        if self._recovery:
+            sb = self.sb
+            while True:
+                una = self.snd_una
+                p = self._high_rxt if self._high_rxt > una else una
+                lim = self._lost_limit
+                if p >= lim:
+                    break
+                hole = sb.next_hole(p, lim) if sb.starts else (p, lim)
+                if hole is None:
+                    self._high_rxt = lim
+                    self._force_rtx = False
+                    break
+                hs, he = hole
+                n = he - hs
+                if n > seg_max:
+                    n = seg_max
+                if self._force_rtx:
+                    self._force_rtx = False
+                else:
+                    room = cwnd - pipe
+                    if room < n:
+                        if room < mss:
+                            return  # cwnd full: no new data either
+                        n = room
+                self._emit(out, hs, hs + n, now, True)
+                self._high_rxt = hs + n
+                pipe += n
+        # 2. New data.
+        cfg = self.cfg
+        data_end = self._snd_base + len(self._sndbuf)
+        if self.snd_nxt == self.snd_una and now - self._last_send > self.rto.rto:
+            self.cc.restart_after_idle()
+            cwnd = self.cc.cwnd
+        while True:
+            nxt = self.snd_nxt
+            avail = data_end - nxt
+            fin_due = self._fin_queued and not self._fin_sent
+            if avail <= 0:
+                if fin_due:
+                    self._emit(out, nxt, nxt + 1, now, False)  # a bare FIN needs no window
+                return
+            n = avail if avail < seg_max else seg_max
+            wroom = self.snd_una + self.snd_wnd - nxt
+            if n > wroom:
+                n = wroom
+            room = cwnd - pipe
+            if n > room:
+                n = room
+            if n <= 0:
+                return
+            in_flight = nxt > self.snd_una
+            if n < avail and n < mss:
+                # Window- or cwnd-limited runt: wait for ACKs rather than send a sliver
+                # (sender SWS avoidance), unless nothing is in flight to bring ACKs.
+                if in_flight and n < (self.max_snd_wnd >> 1):
+                    return
+            elif n == avail and n < mss and in_flight and not fin_due and not cfg.nodelay:
+                return  # Nagle: one small segment outstanding at a time
+            end = nxt + n
+            if fin_due and end == self._fin_seq:
+                end += 1
+            self._emit(out, nxt, end, now, False)
+            pipe += n
+
+    def _emit(self, out: list, start: int, end: int, now: float, rtx: bool) -> None:
+        base = self._snd_base
+        buf = self._sndbuf
+        dend = base + len(buf)
+        flags = ACK
+        pend = end
+        if end > dend:  # the FIN is in this range
+            flags = ACK | FIN
+            pend = dend
+        plen = pend - start
+        if plen > 0:
+            if pend == dend:
+                flags |= PSH
+            if self._cwr and not rtx:
+                flags |= CWR  # the first new data after a slowdown for ECE says so
+                self._cwr = False
+            payload = memoryview(buf)[start - base : pend - base]
+        else:
+            plen = 0
+            payload = b""
+        out.append(self._segment(flags, start, payload, now))
+        payload = None  # release the view before the buffer can be resized
+        stats = self.stats
+        stats.bytes_out += plen
+        if end > self.snd_nxt:
+            self.snd_nxt = end
+        if flags & FIN:
+            self._fin_sent = True
+        if rtx:
+            stats.retransmits += 1
+            stats.retransmitted_bytes += plen
+            if self._rtt_seq is not None and start < self._rtt_seq:
+                self._rtt_seq = None  # Karn
+        elif self._rtt_seq is None and not self.ts_ok:
+            self._rtt_seq = end
+            self._rtt_time = now
+        if self._t_rtx == INF:
+            self._t_rtx = now + self.rto.rto
+        self._last_send = now

@@ -1,0 +1,138 @@
+"""The receiver's out-of-order queue (RFC 9293 §3.10.7.4 step 7, RFC 2018).
+
+Data that arrives beyond a hole is kept here until the hole fills. It is
+stored as *merged blocks*: each block is a contiguous run of bytes, and
+blocks never touch or overlap. That is exactly what SACK reports (one SACK
+block per run), so building the SACK option needs no extra pass, and the
+number of objects stays at the number of holes, not of segments.
+
+Memory is bounded by the caller: the connection only inserts bytes that lie
+inside the window it advertised, so the queue never exceeds the receive
+buffer. Sequence numbers here are unwrapped ints (see usnet.proto.tcp.seq).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+__all__ = ["Reassembly"]
+
+
+class Reassembly:
+    """Sorted, merged, non-adjacent blocks ``[start, start + len(data))``."""
+
+    __slots__ = ("starts", "datas", "nbytes", "recent")
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.datas: list[bytearray] = []
+        self.nbytes = 0
+        self.recent: list[int] = []  # starts of blocks, most recently changed first (for SACK order)
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def add(self, start: int, data) -> int:
+        """Insert bytes at ``start``; returns how many of them were new."""
+        n = len(data)
+        if not n:
+            return 0
+        end = start + n
+        starts, datas = self.starts, self.datas
+        i = bisect_right(starts, start) - 1
+        before = self.nbytes
+        if i >= 0 and starts[i] + len(datas[i]) >= start:
+            blk = datas[i]
+            bend = starts[i] + len(blk)
+            if bend >= end:
+                self._touch(starts[i])
+                return 0
+            blk += data[bend - start :]
+            self.nbytes += end - bend
+        else:
+            i += 1
+            starts.insert(i, start)
+            datas.insert(i, bytearray(data))
+            self.nbytes += n
+        # Swallow the following blocks that the new bytes reach.
+        blk = datas[i]
+        bend = starts[i] + len(blk)
+        j = i + 1
+        while j < len(starts) and starts[j] <= bend:
+            nxt_end = starts[j] + len(datas[j])
+            overlap = bend - starts[j]
+            if nxt_end > bend:
+                blk += datas[j][overlap:]
+                self.nbytes -= overlap
+                bend = nxt_end
+            else:
+                self.nbytes -= len(datas[j])
+            self._forget(starts[j])
+            del starts[j], datas[j]
+        self._touch(starts[i])
+        return self.nbytes - before
+
+    def _touch(self, start: int) -> None:
+        r = self.recent
+        if r and r[0] == start:
+            return
+        try:
+            r.remove(start)
+        except ValueError:
+            pass
+        r.insert(0, start)
+        if len(r) > 8:
+            del r[8:]
+
+    def _forget(self, start: int) -> None:
+        try:
+            self.recent.remove(start)
+        except ValueError:
+            pass
+
+    def pop_ready(self, nxt: int) -> tuple[bytearray | None, int]:
+        """Take the block that continues the stream at ``nxt``.
+
+        Returns ``(bytes beyond nxt, new nxt)`` or ``(None, nxt)``. Blocks
+        wholly below ``nxt`` (already delivered some other way) are dropped.
+        """
+        starts, datas = self.starts, self.datas
+        while starts and starts[0] <= nxt:
+            s = starts.pop(0)
+            d = datas.pop(0)
+            self.nbytes -= len(d)
+            self._forget(s)
+            end = s + len(d)
+            if end > nxt:
+                if s < nxt:
+                    del d[: nxt - s]
+                return d, end
+        return None, nxt
+
+    def blocks(self, limit: int) -> list[tuple[int, int]]:
+        """Up to ``limit`` SACK blocks, the most recently changed first (RFC 2018 §4)."""
+        out = []
+        starts, datas = self.starts, self.datas
+        for s in self.recent:
+            i = bisect_right(starts, s) - 1
+            if i >= 0 and starts[i] == s:
+                out.append((s, s + len(datas[i])))
+                if len(out) == limit:
+                    return out
+        if len(out) < limit:
+            have = {b[0] for b in out}
+            for s, d in zip(reversed(starts), reversed(datas)):
+                if s not in have:
+                    out.append((s, s + len(d)))
+                    if len(out) == limit:
+                        break
+        return out
+
+    def clear(self) -> None:
+        self.starts.clear()
+        self.datas.clear()
+        self.recent.clear()
+        self.nbytes = 0

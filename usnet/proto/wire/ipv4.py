@@ -1,0 +1,202 @@
+"""IPv4 headers (RFC 791).
+
+Every packet a client hands the flow switch is an IPv4 packet, and the
+switch validates the copy it made (DESIGN §3, §5), so `parse_ipv4` checks
+everything the rest of the stack relies on — version, header length, total
+length against the bytes actually present, and the header checksum — and
+says which check failed. Options are not interpreted; they are skipped by
+``ihl_bytes``.
+
+The builders compute the header checksum arithmetically from the field
+values (see usnet.proto.wire.checksum) and pack the header with a single
+precompiled struct call.
+
+Layout (20 bytes without options, big-endian):
+
+    0        1      2            4       6              8     9       10        12    16    20
+    | ver|ihl| tos  | total len  | ident | flags|fragoff | ttl | proto | checksum | src | dst |
+      4   5+                             |R|DF|MF|  13 bits, in 8-byte units
+
+``flags_frag`` below is the 16-bit word at offset 6.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from usnet.proto.wire.errors import WireError, readable
+
+__all__ = [
+    "ICMP", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
+    "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "is_fragment", "make_flags_frag",
+    "martian_source4", "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
+]
+
+IPV4_HLEN = 20
+IPV4_MAX_LEN = 0xFFFF
+
+ICMP = 1
+TCP = 6
+UDP = 17
+
+IP_DF = 0x4000
+IP_MF = 0x2000
+IP_OFFMASK = 0x1FFF
+
+_IP = struct.Struct("!BBHHHBBH4s4s")
+_unpack = _IP.unpack_from
+_pack = _IP.pack
+_pack_into = _IP.pack_into
+_from_bytes = int.from_bytes
+
+
+def parse_ipv4(
+    buf, off: int = 0, length: int | None = None, verify_checksum: bool = True
+) -> tuple[int, int, int, int, int, int, bytes, bytes]:
+    """Validate the IPv4 header at ``buf[off:]`` and return its fields.
+
+    ``length`` is the number of bytes available from ``off`` (default: to the
+    end of ``buf``); bytes beyond ``total_length`` (Ethernet padding) are
+    allowed. Returns ``(ihl_bytes, total_length, ident, flags_frag, ttl,
+    proto, src, dst)``: the payload is ``buf[off + ihl_bytes : off + total_length]``.
+    """
+    avail = readable(buf, off, length, IPV4_HLEN, "IPv4")
+    vihl, _tos, total, ident, ff, ttl, proto, _csum, src, dst = _unpack(buf, off)
+    if vihl >> 4 != 4:
+        raise WireError(f"IPv4: version {vihl >> 4}")
+    ihl = (vihl & 0xF) << 2
+    if ihl < IPV4_HLEN:
+        raise WireError(f"IPv4: header length {ihl} < 20")
+    if total > avail:
+        raise WireError(f"IPv4: total length {total} exceeds the {avail} bytes present")
+    if total < ihl:
+        raise WireError(f"IPv4: total length {total} < header length {ihl}")
+    if verify_checksum and _from_bytes(buf[off : off + ihl], "big") % 0xFFFF:
+        # The version nibble makes the sum non-zero, so a valid header sums to
+        # exactly 0xFFFF: a multiple of 0xFFFF.
+        raise WireError("IPv4: bad header checksum")
+    return ihl, total, ident, ff, ttl, proto, src, dst
+
+
+def martian_source4(src, local: int, bcast: int):
+    """Whether `src` cannot be the source of a packet from the wire, as Linux's ip_route_input judges.
+
+    `src` is the address as an int, or a uint32 array (one answer per row:
+    the flow switch's column-wise receive path); `local` is our address,
+    `bcast` the subnet broadcast (pass `local` again where the prefix has
+    none, /31 and /32). Martian: every address `not_unicast4` names (this
+    network, loopback, multicast and the limited broadcast), the subnet broadcast, and our own address (a LAND packet:
+    Linux's fib_validate_source finds the source local). Written with bitwise
+    operators only, so the per-frame and column-wise paths share this one
+    definition.
+    """
+    return not_unicast4(src) | (src == bcast) | (src == local)
+
+
+def make_flags_frag(df: bool = True, mf: bool = False, offset: int = 0) -> int:
+    """The flags/fragment-offset word; ``offset`` is in bytes (a multiple of 8)."""
+    if offset & 7 or not 0 <= offset <= IP_OFFMASK << 3:
+        raise WireError(f"IPv4: fragment offset {offset} is not a multiple of 8 in range")
+    return (IP_DF if df else 0) | (IP_MF if mf else 0) | (offset >> 3)
+
+
+def frag_offset(flags_frag: int) -> int:
+    """Fragment offset in bytes."""
+    return (flags_frag & IP_OFFMASK) << 3
+
+
+def more_fragments(flags_frag: int) -> bool:
+    return bool(flags_frag & IP_MF)
+
+
+def dont_fragment(flags_frag: int) -> bool:
+    return bool(flags_frag & IP_DF)
+
+
+def is_fragment(flags_frag: int) -> bool:
+    """True for any fragment of a fragmented datagram (MF set or non-zero offset)."""
+    return bool(flags_frag & (IP_MF | IP_OFFMASK))
+
+
+def _fields(src, dst, proto, payload_len, ident, ttl, df, tos, mf, frag_off):
+    if len(src) != 4 or len(dst) != 4:
+        raise WireError("IPv4 addresses must be 4 bytes")
+    total = IPV4_HLEN + payload_len
+    if payload_len < 0 or total > IPV4_MAX_LEN:
+        raise WireError(f"IPv4: payload length {payload_len} out of range")
+    ff = (IP_DF if df else 0) | (IP_MF if mf else 0)
+    if frag_off:
+        ff |= make_flags_frag(False, False, frag_off)
+    # Sum of the header's 16-bit words with a zero checksum field; never zero
+    # (0x4500), so the fold needs no zero fix-up.
+    r = (
+        0x4500 + tos + total + ident + ff + (ttl << 8) + proto
+        + _from_bytes(src, "big") + _from_bytes(dst, "big")
+    ) % 0xFFFF or 0xFFFF
+    return total, ff, 0xFFFF - r
+
+
+def build_ipv4_header(
+    src: bytes, dst: bytes, proto: int, payload_len: int, ident: int = 0, ttl: int = 64,
+    df: bool = True, tos: int = 0, mf: bool = False, frag_off: int = 0,
+) -> bytes:
+    """A 20-byte header (no options) with a correct checksum."""
+    total, ff, csum = _fields(src, dst, proto, payload_len, ident, ttl, df, tos, mf, frag_off)
+    try:
+        return _pack(0x45, tos, total, ident, ff, ttl, proto, csum, src, dst)
+    except struct.error as e:
+        raise WireError(f"IPv4: bad header field: {e}") from None
+
+
+def write_ipv4_header(
+    buf, off: int, src: bytes, dst: bytes, proto: int, payload_len: int, ident: int = 0,
+    ttl: int = 64, df: bool = True, tos: int = 0, mf: bool = False, frag_off: int = 0,
+) -> int:
+    """Write the 20-byte header into ``buf`` at ``off``; return the bytes written (20)."""
+    total, ff, csum = _fields(src, dst, proto, payload_len, ident, ttl, df, tos, mf, frag_off)
+    if off < 0 or len(buf) - off < IPV4_HLEN:
+        raise WireError("buffer too small for IPv4 header")
+    try:
+        _pack_into(buf, off, 0x45, tos, total, ident, ff, ttl, proto, csum, src, dst)
+    except struct.error as e:
+        raise WireError(f"IPv4: bad header field: {e}") from None
+    return IPV4_HLEN
+
+
+def ip_bytes(s: str) -> bytes:
+    """``"10.0.0.1"`` -> ``b"\\n\\x00\\x00\\x01"``.
+
+    Strict dotted quad: no leading zeros, no shorthand, ASCII digits only.
+    """
+    parts = s.split(".")
+    if len(parts) != 4:
+        raise WireError(f"not an IPv4 address: {s!r}")
+    out = bytearray(4)
+    for i, p in enumerate(parts):
+        if not (0 < len(p) <= 3 and p.isascii() and p.isdigit()) or (p[0] == "0" and len(p) > 1):
+            raise WireError(f"not an IPv4 address: {s!r}")
+        v = int(p)
+        if v > 255:
+            raise WireError(f"not an IPv4 address: {s!r}")
+        out[i] = v
+    return bytes(out)
+
+
+def ip_str(b: bytes) -> str:
+    """4 bytes -> ``"10.0.0.1"``."""
+    if len(b) != 4:
+        raise WireError(f"IPv4 address must be 4 bytes, got {len(b)}")
+    return "%d.%d.%d.%d" % tuple(b)
+
+
+def not_unicast4(a):
+    """Whether IPv4 address `a` (an int, or element-wise a numpy array of them) is one no peer can have.
+
+    "This network" 0.0.0.0/8 (0.0.0.0 included), loopback 127.0.0.0/8,
+    multicast 224.0.0.0/4 and the limited broadcast 255.255.255.255, as
+    Linux's martian checks (which let the rest of the reserved 240.0.0.0/4
+    through, as unicast). The netif's own address and its subnet broadcast
+    depend on the netif: its owner checks those.
+    """
+    top = a >> 24
+    return (top == 0) | (top == 127) | ((top & 0xF0) == 0xE0) | (a == 0xFFFFFFFF)

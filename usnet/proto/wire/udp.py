@@ -1,0 +1,125 @@
+"""UDP over IPv4 (RFC 768).
+
+Used by the stack's UDP sockets and by the flow switch when it validates a
+client's copy (DESIGN §5). `parse_udp` checks the length field against the
+bytes the IP layer delivered and the checksum over the pseudo-header; a
+checksum field of 0 means "none" on IPv4 and is accepted. Builders transmit
+a computed 0 as 0xFFFF.
+
+The checksum is computed from field values plus one ``int.from_bytes`` over
+the payload: no pseudo-header bytes and no concatenation are built.
+
+Layout (8 bytes, big-endian):
+
+    0       2       4                      6          8
+    | sport | dport | length (hdr+payload) | checksum | payload ...
+"""
+
+from __future__ import annotations
+
+import struct
+
+from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff
+from usnet.proto.wire.errors import WireError, readable
+
+__all__ = ["UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
+
+UDP_HLEN = 8
+_PROTO = 17
+
+_UDP = struct.Struct("!HHHH")
+_unpack = _UDP.unpack_from
+_pack = _UDP.pack
+_pack_into = _UDP.pack_into
+_from_bytes = int.from_bytes
+
+
+def parse_udp(
+    buf, off: int, length: int | None, src_ip: bytes | None, dst_ip: bytes | None,
+    verify: bool = True,
+) -> tuple[int, int, int, int]:
+    """Validate the UDP datagram at ``buf[off:]``, ``length`` bytes delivered by IP.
+
+    Returns ``(sport, dport, payload_off, payload_len)``, ``payload_off``
+    absolute in ``buf``. Bytes beyond the UDP length field are ignored.
+    ``src_ip``/``dst_ip`` (4 bytes each) are needed only when ``verify``.
+    """
+    avail = readable(buf, off, length, UDP_HLEN, "UDP")
+    sport, dport, ulen, csum = _unpack(buf, off)
+    if ulen < UDP_HLEN:
+        raise WireError(f"UDP: length field {ulen} < 8")
+    if ulen > avail:
+        raise WireError(f"UDP: length field {ulen} exceeds the {avail} bytes present")
+    if verify and csum:
+        if src_ip is None or dst_ip is None or len(src_ip) != 4 or len(dst_ip) != 4:
+            raise WireError("UDP: verifying needs 4-byte source and destination addresses")
+        end = off + ulen
+        seg = buf if (off == 0 and end == len(buf)) else memoryview(buf)[off:end]
+        n = _from_bytes(seg, "big")
+        if ulen & 1:
+            n <<= 8
+        # pseudo-header: addresses, protocol, length (never all zero)
+        n += _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen
+        if n % 0xFFFF if ulen < FOLD_MIN else mod_ffff(n):
+            raise WireError("UDP: bad checksum")
+    return sport, dport, off + UDP_HLEN, ulen - UDP_HLEN
+
+
+def udp_checksum(src_ip: bytes, dst_ip: bytes, sport: int, dport: int, payload) -> int:
+    """The checksum field for these values (0 is returned as 0xFFFF)."""
+    ulen = UDP_HLEN + len(payload)
+    n = _from_bytes(payload, "big")
+    if ulen & 1:
+        n <<= 8
+    n += (
+        _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen  # pseudo
+        + sport + dport + ulen  # header, checksum field 0
+    )
+    # n > 0 (proto), so the fold is 1..0xFFFF and the inverse 0..0xFFFE.
+    return 0xFFFF - ((n % 0xFFFF if ulen < FOLD_MIN else mod_ffff(n)) or 0xFFFF) or 0xFFFF
+
+
+def _check(src_ip, dst_ip, ulen) -> None:
+    if len(src_ip) != 4 or len(dst_ip) != 4:
+        raise WireError("IPv4 addresses must be 4 bytes")
+    if ulen > 0xFFFF:
+        raise WireError(f"UDP: datagram of {ulen} bytes does not fit the length field")
+
+
+def build_udp(sport: int, dport: int, payload, src_ip: bytes, dst_ip: bytes) -> bytes:
+    """Header plus payload, with the checksum over the IPv4 pseudo-header."""
+    ulen = UDP_HLEN + len(payload)
+    _check(src_ip, dst_ip, ulen)
+    csum = udp_checksum(src_ip, dst_ip, sport, dport, payload)
+    try:
+        return _pack(sport, dport, ulen, csum) + payload
+    except struct.error as e:
+        raise WireError(f"UDP: bad header field: {e}") from None
+
+
+def write_udp(
+    buf, off: int, sport: int, dport: int, payload_len: int, src_ip: bytes, dst_ip: bytes,
+    payload=None,
+) -> int:
+    """Write a UDP datagram into ``buf`` at ``off``; return its length.
+
+    With ``payload`` given, it is copied to ``off + 8``. Without it, the
+    ``payload_len`` bytes already at ``off + 8`` are the payload (zero-copy:
+    the application wrote them into the packet buffer) and are checksummed
+    in place.
+    """
+    if payload is not None:
+        payload_len = len(payload)
+    ulen = UDP_HLEN + payload_len
+    _check(src_ip, dst_ip, ulen)
+    if off < 0 or payload_len < 0 or len(buf) - off < ulen:
+        raise WireError("buffer too small for UDP datagram")
+    with memoryview(buf) as mv, mv[off + UDP_HLEN : off + ulen] as body:
+        if payload is not None:
+            body[:] = payload
+        csum = udp_checksum(src_ip, dst_ip, sport, dport, body)
+    try:
+        _pack_into(buf, off, sport, dport, ulen, csum)
+    except struct.error as e:
+        raise WireError(f"UDP: bad header field: {e}") from None
+    return ulen
