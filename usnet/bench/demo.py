@@ -141,7 +141,7 @@ def _mbit(bps: float) -> str:
 def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) -> "DemoResult":
     """An LL flow beside bulk flows with its lease and without, and an adaptive sender; returns the figures."""
     from usnet.bench import lowlat
-    from usnet.cli.tables import lease_table
+    from usnet.bench.tables import lease_table
 
     console.print()
     console.print(f"[bold]Low latency on a shared link[/]: netif a is paced to {_mbit(lowlat.LINK_RATE)} "

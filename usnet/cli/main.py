@@ -10,7 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from usnet.cli.tables import fmt_rate as _rate
+from usnet.bench.tables import fmt_rate as _rate
 from usnet.abi.paths import DEFAULT_SOCKET
 
 
@@ -384,7 +384,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                   str(pool["held"]), str(pool["purged"]), f"{p['memory_bytes']:,}", str(p["defunct"] or ""))
     con.print(t)
     if "lowlat" in info:  # a usnetd from before issue 5 has no low-latency agent
-        from usnet.cli.tables import lease_table
+        from usnet.bench.tables import lease_table
 
         con.print(lease_table(info["lowlat"]))
     return 0

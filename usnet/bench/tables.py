@@ -1,5 +1,7 @@
 """Rich tables that more than one command prints (`usnet status`, `usnet demo`).
 
+They live here, not in cli/, because nothing imports cli.
+
 They take the plain dicts of `Status` (docs/abi.md §13, §15), so the same
 table shows a daemon's state and an embedded domain's.
 """
