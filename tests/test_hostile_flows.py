@@ -1,0 +1,128 @@
+"""Hostile clients on flow-switch channels, against a real usnetd (issue 14, "How it must be shown").
+
+The user-pipe attacks of tests/test_hostile_usnetd.py, made through a UDP
+flow on a netif instead. usnetd owns a TAP whose kernel side lives in a
+network namespace the test makes (hostile_harness.TapNetns), with a UDP
+echo in it. The victim is another client's UDP flow on the same netif: it
+sends numbered, CRC-32-ended datagrams to the kernel's echo and checks every
+one that comes back, in order (victim_peer.py flow-stream).
+
+After each attack: usnetd answers Status, the victim's datagrams still move
+intact, every pool's books balance, usnetd's fault counter is 0 (what a
+client writes in its memory is handled by the validated reader, never by
+the fault barrier catching an exception), the attacker's channel ends
+defunct with its reason (ABUSE, or OWNER_GONE for a killed process), and
+once the attacker has left usnetd's descriptors and RSS are back near the
+baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+
+import pytest
+from hypothesis import HealthCheck, example, given, seed, settings
+from hypothesis import strategies as st
+
+from usnet.channel import ring as ringmod
+from usnet.channel.events import DefunctReason
+from usnet.channel.schema import W_REASON, W_STATE, W_SYNC, ChannelState, RingKind
+
+from conftest import require_privileges
+from hostile_harness import ANSWER, HOSTILE, Harness, TapNetns, deadline_loop, quick_client
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def flows(sockdir):
+    """usnetd with a TAP netif into a fresh namespace, and a victim flow talking to the kernel's echo."""
+    require_privileges()
+    net = TapNetns()
+    try:
+        h = Harness(sockdir, daemon_args=("--config", net.config(sockdir)), before_victim=net.take_tap,
+                    victim_argv=net.victim_argv())
+        h.net = net
+        try:
+            h.victim_pipe = victim_pipe(h)
+            yield h
+        finally:
+            h.close()
+    finally:
+        net.close()
+
+
+def victim_pipe(h: Harness) -> str:
+    """The name of the victim flow's pipe (flow:<its channel>)."""
+    st_ = h.status("start-up")
+    (s,) = [s for s in st_["sessions"] if s["program"] == "victim-flow"]
+    (cid,) = s["channels"]
+    return f"flow:{cid}"
+
+
+def pipe_info(st_: dict, name: str) -> dict | None:
+    return next((p for p in st_["pipes"] if p["name"] == name), None)
+
+
+def assert_no_faults(st_: dict, what: str) -> None:
+    """Nothing the attacker wrote reached usnetd's fault barriers: the validated reader took it."""
+    assert st_["faults"] == 0, f"after {what}: usnetd's fault barrier caught {st_['faults']} exception(s)"
+    bad = [(p["name"], p["faults"]) for p in st_["pipes"] if p["faults"]]
+    assert not bad, f"after {what}: channel barriers caught exceptions: {bad}"
+
+
+def assert_defunct(h: Harness, ch, reason: DefunctReason, what: str) -> None:
+    """The attacker's channel ends defunct with `reason`: in Status and in its own state words."""
+    name = f"flow:{ch.id}"
+    for _ in deadline_loop(ANSWER):
+        if ch._words[W_STATE + ch.role] == ChannelState.DEFUNCT:
+            break
+    else:
+        pytest.fail(f"after {what}: the attacker's channel is still {ChannelState(ch._words[W_STATE + ch.role])!r}")
+    got = DefunctReason(ch._words[W_REASON + ch.role])
+    assert got is reason, f"after {what}: the attacker's channel is defunct with {got.name}, not {reason.name}"
+    p = pipe_info(h.status(what), name)
+    assert p is not None and p["defunct"] == reason.name, f"after {what}: Status shows {p}"
+    assert p["pool"]["in_alloc"] == p["pool"]["held"] == 0, f"after {what}: defunct flow still lends: {p}"
+
+
+def attacker(h: Harness, program: str, **attrs: int):
+    """A client in this process with a UDP flow on the netif; returns (client, ctl, socket)."""
+    c, ctl = quick_client(h.path, program)
+    try:
+        return c, ctl, c.udp_socket(TapNetns.NETIF, 0, **attrs)
+    except BaseException:
+        ctl.close()
+        raise
+
+
+def echo_round(h: Harness, sock, n: int) -> None:
+    """`n` datagrams to the kernel's echo and back: the flow works before the attack."""
+    sock.send_many([b"before %d" % i for i in range(n)], h.net.echo_addr)
+    got: list = []
+    for _ in deadline_loop(ANSWER):
+        with contextlib.suppress(BlockingIOError):
+            got += sock.recv_many(n - len(got), timeout=0.2)
+        if len(got) == n:
+            break
+    assert sorted(d for d, _ in got) == sorted(b"before %d" % i for i in range(n)), got
+
+
+def leave(h: Harness, what: str, ctl, *socks) -> None:
+    """The attacker goes; usnetd is back to its baseline and the victim ends having lost nothing."""
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.close()
+    ctl.close()
+    h.assert_recovered(what)
+    h.finish(what, h.victim_pipe)
+
+
+def test_flow_victim_alone(flows):
+    """The control: with no attacker the victim's datagrams go round intact and nothing faults."""
+    h = flows
+    st_ = h.assert_served("nothing")
+    assert_no_faults(st_, "nothing")
+    h.finish("nothing", h.victim_pipe)
