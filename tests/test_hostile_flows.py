@@ -62,14 +62,26 @@ def victim_pipe(h: Harness) -> str:
     return f"flow:{cid}"
 
 
+def flow_pipes(st_: dict) -> list[dict]:
+    """The pipes of every flow channel (Status shows them with their flows, not under `pipes`)."""
+    return [f["pipe"] for nif in st_["netifs"] for f in nif["flows"]]
+
+
 def pipe_info(st_: dict, name: str) -> dict | None:
-    return next((p for p in st_["pipes"] if p["name"] == name), None)
+    return next((p for p in st_["pipes"] + flow_pipes(st_) if p["name"] == name), None)
+
+
+def served(h: Harness, what: str) -> dict:
+    """Harness.assert_served, and the books of every flow's pool balance too."""
+    st_ = h.assert_served(what)
+    h.assert_books({"pipes": flow_pipes(st_)}, what)
+    return st_
 
 
 def assert_no_faults(st_: dict, what: str) -> None:
     """Nothing the attacker wrote reached usnetd's fault barriers: the validated reader took it."""
     assert st_["faults"] == 0, f"after {what}: usnetd's fault barrier caught {st_['faults']} exception(s)"
-    bad = [(p["name"], p["faults"]) for p in st_["pipes"] if p["faults"]]
+    bad = [(p["name"], p["faults"]) for p in st_["pipes"] + flow_pipes(st_) if p["faults"]]
     assert not bad, f"after {what}: channel barriers caught exceptions: {bad}"
 
 
@@ -123,6 +135,40 @@ def leave(h: Harness, what: str, ctl, *socks) -> None:
 def test_flow_victim_alone(flows):
     """The control: with no attacker the victim's datagrams go round intact and nothing faults."""
     h = flows
-    st_ = h.assert_served("nothing")
+    st_ = served(h, "nothing")
     assert_no_faults(st_, "nothing")
     h.finish("nothing", h.victim_pipe)
+
+
+# ---------------------------------------------------------------- impossible ring counters
+
+
+def blast_until_defunct(h: Harness, sock, ch, what: str, batches: int = 200) -> None:
+    """Keep datagrams coming back to the attacker's flow (its own sends, echoed by the kernel)
+    until its channel is defunct; bounded in batches and time."""
+    for i, _ in zip(range(batches), deadline_loop(10)):
+        if ch._words[W_STATE + ch.role] != ChannelState.OPEN:
+            return
+        with contextlib.suppress(OSError):  # a defunct channel's send raises: that is the end we wait for
+            sock.send_many([b"blast %d" % i] * 16, h.net.echo_addr)
+    h.assert_alive(what)
+
+
+@pytest.mark.parametrize("cons", [(1 << 64) - 1, 1 << 62], ids=["2**64-1", "1<<62"])
+def test_impossible_consumer_counter_on_a_flows_rx_ring(flows, cons):
+    """The issue's first crash, through a flow: the RX ring's consumer counter set to `cons`
+    while the kernel's echoes keep arriving for it. Each delivery that finds it counts a
+    violation (BAD_COUNTER) through the validated reader; enough of them defunct it (ABUSE)."""
+    h = flows
+    c, ctl, sock = attacker(h, "rx-attacker", ring_size=64)
+    ch = sock.channel
+    echo_round(h, sock, 8)
+    ch._rx.q[ringmod.CONS] = cons
+    what = f"a flow's RX consumer counter of {cons:#x} with packets arriving"
+    blast_until_defunct(h, sock, ch, what)
+    st_ = served(h, what)
+    assert_no_faults(st_, what)
+    p = pipe_info(st_, f"flow:{ch.id}")
+    assert p is not None and p["ends"][0]["violations"] > 0, p
+    assert_defunct(h, ch, DefunctReason.ABUSE, what)
+    leave(h, what, ctl, sock)
