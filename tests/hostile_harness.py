@@ -190,6 +190,17 @@ class Harness:
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
+    def largest_mappings(self, n: int = 6) -> list[tuple[int, str]]:
+        """(Rss kB, mapping) of usnetd's `n` largest mappings: what to look at when RSS stays up."""
+        out, name = [], ""
+        for line in Path(f"/proc/{self.pid}/smaps").read_text().splitlines():
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and not head[0].endswith(":"):
+                name = f"{head[0]} {head[5] if len(head) > 5 else '[anon]'}"
+            elif head[0] == "Rss:":
+                out.append((int(head[1]), name))
+        return sorted(out, reverse=True)[:n]
+
     def cpu_seconds(self) -> float:
         stat = Path(f"/proc/{self.pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2:].split()
@@ -274,7 +285,8 @@ class Harness:
             if self.rss_kb() <= self.base_rss + RSS_SLACK_KB:
                 break
         else:
-            pytest.fail(f"after {what}: usnetd's RSS is {self.rss_kb()} kB, {self.base_rss} kB before")
+            pytest.fail(f"after {what}: usnetd's RSS is {self.rss_kb()} kB, {self.base_rss} kB before; "
+                        f"its largest mappings: {self.largest_mappings()}")
 
     def finish(self, what: str, victim_pipe: str = "victim") -> None:
         """The victim stops cleanly, having lost nothing; its pipe is gone with all its packets."""

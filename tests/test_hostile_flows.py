@@ -172,3 +172,52 @@ def test_impossible_consumer_counter_on_a_flows_rx_ring(flows, cons):
     assert p is not None and p["ends"][0]["violations"] > 0, p
     assert_defunct(h, ch, DefunctReason.ABUSE, what)
     leave(h, what, ctl, sock)
+
+
+def datagram(sock, to: tuple[str, int], payload: bytes) -> bytes:
+    """An IPv4/UDP datagram from the flow's address and port, made by scapy (not by usnet)."""
+    from scapy.layers.inet import IP, UDP
+
+    return bytes(IP(src=sock.local[0], dst=to[0], id=0, flags="DF") / UDP(sport=sock.local[1], dport=to[1])
+                 / payload)
+
+
+def test_impossible_consumer_counter_on_a_flows_alloc_ring(flows):
+    """The issue's ALLOC reproducer, through a flow: take the whole quota from ALLOC, set its
+    consumer to 1<<63, then send what was taken. Each transmit batch makes the switch account
+    what was taken (`_collect_taken`) and top the ring up (`FlowPort.top_up` -> `_refill`),
+    each kick makes the pipe sync: every one reads the impossible counter through the
+    validated reader (a violation), none raises; the channel ends defunct (ABUSE)."""
+    h = flows
+    c, ctl, sock = attacker(h, "alloc-attacker", ring_size=64, quota=64, packets=128)
+    ch = sock.channel
+    echo_round(h, sock, 4)
+    taken: list[int] = []
+    for _ in deadline_loop(ANSWER):
+        with contextlib.suppress(BlockingIOError, OSError):
+            taken += ch.alloc(64 - len(taken), timeout=0.1)
+        if len(taken) >= 64:
+            break
+    assert len(taken) == 64, f"took only {len(taken)} of the quota"
+    ch._alloc.q[ringmod.CONS] = 1 << 63
+    what = "an ALLOC consumer counter of 1<<63 on a flow, then sends"
+    for i, p in enumerate(taken):
+        if ch._words[W_STATE + ch.role] != ChannelState.OPEN:
+            break
+        data = datagram(sock, h.net.echo_addr, b"after %d" % i)
+        ch.write(p, data)
+        ch.set_length(p, len(data))
+        with contextlib.suppress(OSError):
+            ch.send([p])
+            ch._kick()
+        seq = ch._words[W_SYNC + ch.role]
+        for _ in deadline_loop(ANSWER):  # usnetd has served this send and kick
+            if ch._words[W_SYNC + ch.role] != seq or ch._words[W_STATE + ch.role] != ChannelState.OPEN:
+                break
+    h.assert_alive(what)
+    st_ = served(h, what)
+    assert_no_faults(st_, what)
+    p = pipe_info(st_, f"flow:{ch.id}")
+    assert p is not None and p["ends"][0]["violations"] > 0, p
+    assert_defunct(h, ch, DefunctReason.ABUSE, what)
+    leave(h, what, ctl, sock)
