@@ -221,3 +221,43 @@ def test_impossible_consumer_counter_on_a_flows_alloc_ring(flows):
     assert p is not None and p["ends"][0]["violations"] > 0, p
     assert_defunct(h, ch, DefunctReason.ABUSE, what)
     leave(h, what, ctl, sock)
+
+
+# ---------------------------------------------------------------- a client killed
+
+
+def test_attacker_flow_sigkilled_mid_transfer(flows):
+    """A process moving datagrams through its flow is SIGKILLed: its channel ends defunct with
+    OWNER_GONE (read from its read-only region, which outlives it), its flow and pool go, and
+    the victim's flow never notices."""
+    h = flows
+    report = h.sockdir / "sender.report"
+    atk = h.spawn(HOSTILE, "flow-sender", "--netif", TapNetns.NETIF,
+                  "--to", "%s:%d" % h.net.echo_addr, "--report", str(report))
+    cid, ro_fd = map(int, report.read_text().split())
+    fd = os.open(f"/proc/{atk.pid}/fd/{ro_fd}", os.O_RDONLY)
+    try:
+        ro = mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    words = memoryview(ro)[:128].cast("I")
+    try:
+        assert words[W_STATE] == ChannelState.OPEN
+        assert pipe_info(h.status("start"), f"flow:{cid}") is not None
+        h.kill(atk)
+        assert atk.returncode == -9
+        what = "a flow's process SIGKILLed mid-transfer"
+        for _ in deadline_loop(ANSWER):
+            if words[W_STATE] == ChannelState.DEFUNCT:
+                break
+        else:
+            pytest.fail(f"after {what}: its channel is not defunct")
+        assert DefunctReason(words[W_REASON]) is DefunctReason.OWNER_GONE
+        st_ = served(h, what)
+        assert_no_faults(st_, what)
+        assert pipe_info(st_, f"flow:{cid}") is None, "the dead process's flow outlived it"
+    finally:
+        words.release()
+        ro.close()
+    h.assert_recovered(what)
+    h.finish(what, h.victim_pipe)
