@@ -12,6 +12,7 @@ usnetd's descriptors and memory back near where they were.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import mmap
 import os
 import select
@@ -28,6 +29,7 @@ from usnet.client import Client
 from usnet.abi import protocol as P
 from usnet.abi.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
 from test_usnetd import Daemon
+from conftest import free_subnet_or_fail, tap_name
 
 PEERS = Path(__file__).parent / "peers"
 VICTIM = PEERS / "victim_peer.py"
@@ -86,7 +88,9 @@ def deadline_loop(timeout: float):
 class Victim:
     """The victim pair in a child process; `count` is how many messages it has checked."""
 
-    def __init__(self, path: str, sockdir: Path, name: str = "victim") -> None:
+    def __init__(self, path: str, sockdir: Path, name: str = "victim",
+                 argv: tuple[str, ...] | None = None) -> None:
+        """`argv`: the victim's role and its arguments (default: a `stream` over user pipe `name`)."""
         self.mfd = os.memfd_create("victim-progress")
         os.ftruncate(self.mfd, 8)
         self._map = mmap.mmap(self.mfd, 8)
@@ -94,7 +98,7 @@ class Victim:
         self.errlog = sockdir / "victim.err"
         with open(self.errlog, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(VICTIM), "stream", "--path", path, "--name", name,
+                [sys.executable, str(VICTIM), *(argv or ("stream", "--name", name)), "--path", path,
                  "--progress", str(self.mfd)],
                 pass_fds=(self.mfd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
 
@@ -146,13 +150,22 @@ class Victim:
 class Harness:
     """usnetd, the victim beside it, and usnetd's baseline (descriptors, RSS)."""
 
-    def __init__(self, sockdir: Path, preexec_fn=None) -> None:
+    def __init__(self, sockdir: Path, preexec_fn=None, daemon_args: tuple[str, ...] = (),
+                 before_victim=None, victim_argv: tuple[str, ...] | None = None) -> None:
+        """`daemon_args`: more for usnetd (--config ...); `before_victim(self)` runs once usnetd
+        is up (a network namespace for its TAP, say); `victim_argv`: see `Victim`."""
         self.sockdir = sockdir
         self.path = str(sockdir / "s.sock")
-        self.daemon = Daemon(self.path, sockdir / "usnetd.log", preexec_fn=preexec_fn, grace=3)
+        self.daemon = Daemon(self.path, sockdir / "usnetd.log", *daemon_args, preexec_fn=preexec_fn, grace=3)
         self.pid = self.daemon.proc.pid
         self.children: list[subprocess.Popen] = []
-        self.victim = Victim(self.path, sockdir)
+        try:
+            if before_victim is not None:
+                before_victim(self)
+            self.victim = Victim(self.path, sockdir, argv=victim_argv)
+        except BaseException:
+            self.daemon.stop()
+            raise
         self.victim.advances(256, 20, "start-up")
         self.base_fds = self._settled_fds()
         self.base_rss = self.rss_kb()
@@ -176,6 +189,17 @@ class Harness:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
+
+    def largest_mappings(self, n: int = 6) -> list[tuple[int, str]]:
+        """(Rss kB, mapping) of usnetd's `n` largest mappings: what to look at when RSS stays up."""
+        out, name = [], ""
+        for line in Path(f"/proc/{self.pid}/smaps").read_text().splitlines():
+            head = line.split(maxsplit=5)
+            if "-" in head[0] and not head[0].endswith(":"):
+                name = f"{head[0]} {head[5] if len(head) > 5 else '[anon]'}"
+            elif head[0] == "Rss:":
+                out.append((int(head[1]), name))
+        return sorted(out, reverse=True)[:n]
 
     def cpu_seconds(self) -> float:
         stat = Path(f"/proc/{self.pid}/stat").read_text()
@@ -261,16 +285,17 @@ class Harness:
             if self.rss_kb() <= self.base_rss + RSS_SLACK_KB:
                 break
         else:
-            pytest.fail(f"after {what}: usnetd's RSS is {self.rss_kb()} kB, {self.base_rss} kB before")
+            pytest.fail(f"after {what}: usnetd's RSS is {self.rss_kb()} kB, {self.base_rss} kB before; "
+                        f"its largest mappings: {self.largest_mappings()}")
 
-    def finish(self, what: str) -> None:
+    def finish(self, what: str, victim_pipe: str = "victim") -> None:
         """The victim stops cleanly, having lost nothing; its pipe is gone with all its packets."""
         count = self.victim.count
         rc, out = self.victim.stop()
         assert rc == 0, f"after {what}: the victim ended badly, {self.victim.why_dead()}"
         assert out.startswith("done ") and int(out.split()[1]) >= count, out
         st = self.status(what)
-        assert all(p["name"] != "victim" for p in st["pipes"]), "the victim's pipe outlived both its ends"
+        assert all(p["name"] != victim_pipe for p in st["pipes"]), "the victim's pipe outlived both its ends"
 
     # -- attackers in processes of their own ------------------------------------------------
 
@@ -300,3 +325,86 @@ class Harness:
             self.kill(p)
         self.victim.close()
         self.daemon.stop()
+
+
+# -- a netif for the flow variants (tests/test_hostile_flows.py) ------------------------------------
+
+_ns_seq = itertools.count()
+ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:  # until the test kills it
+    data, addr = s.recvfrom(65535)
+    s.sendto(data, addr)
+"""
+
+
+class TapNetns:
+    """The kernel side of a usnetd TAP netif, in a network namespace of the test's own.
+
+    usnetd makes the TAP (config `driver = "tap"`); `take_tap` moves it into
+    the fresh namespace (usnetd's descriptor stays attached), gives it
+    10.x.0.1/24 there and starts a UDP echo on ECHO_PORT: the kernel is the
+    peer of every flow. usnet is 10.x.0.2. Nothing is addressed in the host's
+    namespace; `close` kills the echo and removes the namespace (the TAP goes
+    with usnetd).
+    """
+
+    NETIF = "hf0"
+    ECHO_PORT = 7007
+
+    def __init__(self) -> None:
+        from pyroute2 import netns
+
+        self.x = free_subnet_or_fail()
+        self.ifname = tap_name()
+        self.ns = f"usnet-hf-{os.getpid()}-{next(_ns_seq)}"
+        self.peer_ip, self.usnet_ip = f"10.{self.x}.0.1", f"10.{self.x}.0.2"
+        self.echo: subprocess.Popen | None = None
+        netns.create(self.ns)
+
+    @property
+    def echo_addr(self) -> tuple[str, int]:
+        return self.peer_ip, self.ECHO_PORT
+
+    def config(self, sockdir: Path) -> str:
+        """usnetd's config file with the one TAP netif; returns its path."""
+        cfg = sockdir / "usnetd.toml"
+        cfg.write_text(f'[[netif]]\nname = "{self.NETIF}"\ndriver = "tap"\nifname = "{self.ifname}"\n'
+                       f'address = "{self.usnet_ip}/24"\ngateway = "{self.peer_ip}"\n')
+        return str(cfg)
+
+    def take_tap(self, _h: object = None) -> None:
+        """Move usnetd's TAP into the namespace, address it, start the echo (a Harness hook)."""
+        from pyroute2 import IPRoute, NetNS
+
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=self.ifname)
+            ipr.link("set", index=idx, net_ns_fd=self.ns)
+        with NetNS(self.ns) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+            (idx,) = ns.link_lookup(ifname=self.ifname)
+            ns.addr("add", index=idx, address=self.peer_ip, prefixlen=24)
+            ns.link("set", index=idx, state="up")
+        self.echo = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", ECHO,
+                                      self.peer_ip, str(self.ECHO_PORT)], stdout=subprocess.PIPE)
+        ok, _, _ = select.select([self.echo.stdout], [], [], 15)
+        assert ok and self.echo.stdout.readline() == b"ready\n", "the kernel's UDP echo never started"
+
+    def victim_argv(self) -> tuple[str, ...]:
+        return ("flow-stream", "--netif", self.NETIF, "--to", f"{self.peer_ip}:{self.ECHO_PORT}")
+
+    def close(self) -> None:
+        from pyroute2 import netns
+
+        if self.echo is not None:
+            if self.echo.poll() is None:
+                self.echo.kill()
+            self.echo.wait()
+            self.echo.stdout.close()
+            self.echo = None
+        with contextlib.suppress(OSError):
+            netns.remove(self.ns)

@@ -114,7 +114,9 @@ def test_flow_receive_fault_defuncts_only_that_flow(make_net):
     wait_until(lambda: n.port(att).pipe.defunct_reason is not None, 5, "the attacker's channel defunct")
     assert defunct_reason(att.channel) == DefunctReason.ABUSE
     assert n.port(att).rx_dropped == 1  # the datagram it was to get is counted
-    assert alive(n.d)
+    assert alive(n.d) and n.d.faults == 1  # counted where every fault is, and shown with its flow:
+    (flow,) = [f for nif in n.d.status()["netifs"] for f in nif["flows"] if f["channel"] == att.channel.id]
+    assert (flow["pipe"]["defunct"], flow["pipe"]["faults"]) == ("ABUSE", 1)
     n.victim_roundtrip()
 
 

@@ -12,7 +12,13 @@
               (on, one hour), hands it to usnetd with SCM_RIGHTS in its Hello
               and closes its own copy: usnetd now holds the last reference.
 
-Both signal readiness with one byte on --ready once the attack is made, then
+  flow-sender opens a UDP flow on --netif and keeps sending windows of
+              datagrams to --to HOST:PORT (the kernel's echo in the test's
+              namespace) and reading the echoes; after the first full round
+              it writes "CHANNEL RO_FD" into --report and signals readiness,
+              and goes on until killed (bounded: at most 100,000 windows).
+
+All signal readiness with one byte on --ready once the attack is made, then
 wait to be killed (the listener, the pipes must outlive the attack).
 """
 
@@ -124,13 +130,41 @@ def linger_fd(args: argparse.Namespace) -> object:
     return ls, ctl  # the listener and the session stay open
 
 
+def flow_sender(args: argparse.Namespace) -> None:
+    """Traffic through a flow until SIGKILL comes, mid-transfer (it never returns)."""
+    sock = Client.connect(args.path, program="flow-sender").udp_socket(args.netif, 0)
+    host, _, port = args.to.rpartition(":")
+    to = (host, int(port))
+    ch = sock.channel
+    for n in range(100000):
+        sock.send_many([b"sender %d %d" % (n, i) for i in range(32)], to)
+        got = 0
+        for _ in range(64):
+            try:
+                got += len(sock.recv_many(32 - got, timeout=0.5))
+            except BlockingIOError:
+                break
+            if got >= 32:
+                break
+        if n == 0:
+            with open(args.report, "w") as f:
+                f.write(f"{ch.id} {ch._fds[1]}\n")  # the read-only region: its state words outlive us
+            os.write(args.ready, b"R")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("role", choices=["kick-steal", "linger-fd"])
+    ap.add_argument("role", choices=["kick-steal", "linger-fd", "flow-sender"])
+    ap.add_argument("--netif")
+    ap.add_argument("--to")
+    ap.add_argument("--report")
     ap.add_argument("--path", required=True)
     ap.add_argument("--name", default="steal")
     ap.add_argument("--ready", type=int, required=True)
     args = ap.parse_args()
+    if args.role == "flow-sender":
+        flow_sender(args)
+        return 0
     keep = kick_steal(args) if args.role == "kick-steal" else linger_fd(args)
     os.write(args.ready, b"R")
     while keep is not None:  # until killed

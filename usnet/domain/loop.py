@@ -522,6 +522,7 @@ class Domain:
             self.ledger.release(charge)
             raise
         port = FlowPort(pipe)
+        port.on_fault = lambda where, exc: self._fault_channel(pipe, 0, where, exc)
         try:
             flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
         except BaseException:

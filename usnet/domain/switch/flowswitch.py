@@ -153,7 +153,10 @@ class Flow:
         return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
                 "family": self.family, "local_port": self.lport, "remote": remote,
                 "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
-                "stats": {**self.stats, **self.port.bell_stats()}}
+                "stats": {**self.stats, **self.port.bell_stats()},
+                # its channel's pool, defunct reason, faults and ends, as a user pipe shows them
+                # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
+                "pipe": self.port.pipe.info()}
 
 
 class FlowSwitch:

@@ -82,6 +82,9 @@ class FlowPort:
         self.rx_bells = 0  # bells rung for received packets
         self.rx_bells_held = 0  # publications that found the client asleep and did not ring at once
         self.rx_bells_late = 0  # held bells rung when their deadline came
+        # The receive barrier's fault goes where the domain counts every fault (its Status
+        # `faults`), and defuncts the channel; without a domain (a bare switch), the pipe's own.
+        self.on_fault: Callable[[str, Exception], None] = lambda where, exc: pipe.fault(CLIENT, where, exc)
 
     def enable_mitigation(self, clock: Callable[[], float], held_bells: dict, **params) -> None:
         """Coalesce this port's receive bells (usnet.domain.netif.mitigation); `held_bells` lists ports holding one.
@@ -250,7 +253,7 @@ class FlowPort:
     def _fault(self, where: str, exc: Exception, offered: int) -> int:
         """A fault while delivering to this channel: defunct it; the batch counts as dropped here."""
         self.rx_dropped += offered
-        self.pipe.fault(CLIENT, where, exc)
+        self.on_fault(where, exc)
         return 0
 
     def _reserve(self, want: int, offered: int) -> np.ndarray:
