@@ -34,7 +34,7 @@ from usnet.channel.doorbell import Doorbell, drain
 from usnet.channel.events import DefunctReason
 from usnet.daemon import protocol as P
 from usnet.daemon.transport import peer_credentials, recv_msg, send_msg
-from usnet.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
+from usnet.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
 from usnet.mem.memfd import available_memory
 from usnet.lowlat.policy import Policy
 from usnet.nexus.barrier import log_fault
@@ -59,18 +59,6 @@ MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ende
 MAX_RECEIVED_FDS = 253  # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
 REAPER_BACKLOG = 64  # descriptors waiting to be closed beyond which a session sending more is ended
 ACCEPT_BACKOFF = (0.05, 1.0)  # first and longest pause of accept() after EMFILE/ENFILE
-
-
-def check_seconds_or_off(what: str, v: object) -> float:
-    """`v` as seconds, or 0 (the feature is off); else ValueError naming `what`."""
-    return 0.0 if v == 0 and not isinstance(v, bool) else check_seconds(what, v)
-
-
-def check_megabytes(what: str, v: object) -> int:
-    """`v` as a whole number of MiB, 0 or more (0: off); else ValueError naming `what`."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ValueError(f"{what} must be a whole number of MiB, 0 or more, not {v!r}")
-    return v
 
 
 def _sooner(a: float | None, b: float | None) -> float | None:
