@@ -13,18 +13,35 @@ case a UDP pair across a memwire, as in tests/test_fault_barrier.py.
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import FakeClock
 
 from usnet.channel.channel import ChannelDefunct, PeerGone
 from usnet.channel.events import DefunctReason, EventType
+from usnet.cli.main import main
 from usnet.client import Client
+from usnet.daemon.transport import listen_seqpacket
 from usnet.drivers import MemWire
 from usnet.nexus.domain import Domain
 from usnet.pool.pool import FREE, HELD
 
 RING = 64
+
+
+@pytest.fixture
+def sockdir():
+    """A fresh directory for AF_UNIX sockets, short enough for them (sun_path stops at 108 bytes)."""
+    d = tempfile.mkdtemp(prefix="usn", dir="/tmp")
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _events(ch, kind: EventType) -> list:
@@ -256,5 +273,44 @@ def test_a_flow_that_stays_stalled_is_defunct_and_its_packets_come_back():
         _send(d, tx, 3, start=3000)
         assert d.channels[tx.channel.id].pipe.defunct_reason is None
         assert d.status()["memory"]["stall_after"] == 10.0
+    finally:
+        d.stop()
+
+
+def test_usnet_status_and_flows_show_what_stalled(sockdir, capsys, monkeypatch):
+    """Through a real control socket: `usnet status` names the stalled end and the stalled flow,
+    `usnet flows` says "stalled", and the JSON carries the counters."""
+    clock = FakeClock()
+    d, swb, tx, rx = _flow_pair(clock)
+    try:
+        c = Client.local(d)
+        a, b, pipe = _stalled_pipe(d, clock, c, "shown")
+        _send(d, tx, RING)
+        d.serve_once(0)
+        _tick(d, clock, 11.0)
+        _send(d, tx, 2, start=500)
+        path = str(sockdir / "s.sock")
+        d.listen(listen_seqpacket(path))
+        d.start()  # the loop serves the CLI now; its clock stands still, so nothing changes
+        monkeypatch.setenv("COLUMNS", "250")
+        assert main(["status", "--socket", path]) == 0
+        out = capsys.readouterr().out
+        rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
+        (row,) = [r for r in rows if r[0] == "shown"]
+        assert row[-2] == "end 1"
+        assert "flows that stopped reading" in out
+        (frow,) = [r for r in rows if r[:3] == ["b", str(rx.channel.id), "udp"]]
+        assert frow[-2:] == ["yes", "2"]
+        assert "channels stall after 10 s unread, defunct 60 s later" in out
+        assert main(["flows", "--socket", path]) == 0
+        out = capsys.readouterr().out
+        (frow,) = [line for line in out.splitlines() if ":6000" in line]
+        assert frow.rstrip(" │").endswith("stalled")
+        assert main(["status", "--socket", path, "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        (p,) = [p for p in info["pipes"] if p["name"] == "shown"]
+        assert [e["stalled"] for e in p["ends"]] == [False, True]
+        (f,) = [f for n in info["netifs"] for f in n["flows"] if f["channel"] == rx.channel.id]
+        assert f["stalled"] and f["stats"]["rx_dropped_stalled"] == 2
     finally:
         d.stop()
