@@ -93,7 +93,7 @@ def test_no_pressure_no_purge_and_zero_turns_the_check_off():
         d = Domain(purge_after=1e6, purge_below_mb=threshold, clock=clock)
         try:
             c = Client.local(d)
-            a, b, pipe = _grown(d, c, "calm")
+            _, _, pipe = _grown(d, c, "calm")
             for _ in range(3):
                 clock.now += d.housekeeping_interval
                 d.serve_once(0)

@@ -158,7 +158,7 @@ def test_stall_defunct_zero_keeps_a_stalled_pipe_open():
     d = Domain(stall_after=10.0, stall_defunct=0, purge_after=1e6, purge_below_mb=0, clock=clock)
     try:
         c = Client.local(d)
-        a, b, pipe = _stalled_pipe(d, clock, c, "forever")
+        _, b, pipe = _stalled_pipe(d, clock, c, "forever")
         _tick(d, clock, 200.0)
         assert b.stalled and pipe.defunct_reason is None
         assert len(b.recv(RING)) == RING
@@ -253,7 +253,7 @@ def test_a_flow_that_stops_reading_is_stalled_its_arrivals_dropped_and_counted()
 
 def test_a_flow_that_stays_stalled_is_defunct_and_its_packets_come_back():
     clock = FakeClock()
-    d, swb, tx, rx = _flow_pair(clock)
+    d, _, tx, rx = _flow_pair(clock)
     try:
         ref = d.channels[rx.channel.id]
         pipe = ref.pipe
@@ -281,10 +281,10 @@ def test_usnet_status_and_flows_show_what_stalled(sockdir, capsys, monkeypatch):
     """Through a real control socket: `usnet status` names the stalled end and the stalled flow,
     `usnet flows` says "stalled", and the JSON carries the counters."""
     clock = FakeClock()
-    d, swb, tx, rx = _flow_pair(clock)
+    d, _, tx, rx = _flow_pair(clock)
     try:
         c = Client.local(d)
-        a, b, pipe = _stalled_pipe(d, clock, c, "shown")
+        _stalled_pipe(d, clock, c, "shown")
         _send(d, tx, RING)
         d.serve_once(0)
         _tick(d, clock, 11.0)

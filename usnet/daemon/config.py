@@ -111,7 +111,13 @@ from typing import Literal
 import msgspec
 
 from usnet.client import DEFAULT_SOCKET
-from usnet.lowlat.agent import DEFAULT_TTL, check_megabytes, check_seconds, check_seconds_or_off, check_ttl
+from usnet.lowlat.agent import (
+    DEFAULT_TTL,
+    check_megabytes,
+    check_seconds,
+    check_seconds_or_off,
+    check_ttl,
+)
 from usnet.lowlat.policy import Policy, PolicyEntry
 from usnet.nexus import txsched
 from usnet.nexus.limits import Access, AccessRule, Limits, Share, parse_ports

@@ -46,7 +46,7 @@ from usnet.nexus.netif import Netif
 from usnet.nexus.nexusadv import NetifAdvisory
 from usnet.nexus.ports import PROTO_NAMES, PortSpace
 from usnet.nexus.reaper import Reaper
-from usnet.nexus.userpipe import UserPipe
+from usnet.nexus.userpipe import PipeEnd, UserPipe
 from usnet.channel import ring as ringmod
 from usnet.wire.ipv4 import ip_bytes
 
@@ -827,7 +827,7 @@ class Domain:
                 except Exception as e:  # one channel's memory ends at that channel
                     self._fault_channel(pipe, role, "stall check", e)
 
-    def _judge_reader(self, ref: ChannelRef, pipe: UserPipe, end, now: float) -> None:
+    def _judge_reader(self, ref: ChannelRef, pipe: UserPipe, end: PipeEnd, now: float) -> None:
         at = pipe.rx_backlog(end.role)
         if at is None:
             return
