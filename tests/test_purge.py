@@ -8,9 +8,14 @@ the pages go back to the system (the memfd's allocated bytes fall).
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from conftest import FakeClock
 
 from usnet.client import Client
+from usnet.domain import config
+from usnet.abi.memfd import available_memory
 from usnet.domain.loop import Domain
 
 
@@ -54,3 +59,62 @@ def test_an_idle_pool_purges_its_free_segments_and_a_busy_one_does_not():
         assert b.recv_bytes(timeout=5) == b"after the purge"
     finally:
         d.stop()
+
+
+def test_memory_pressure_purges_every_pool_at_the_next_tick_idle_or_not():
+    """The real /proc/meminfo: a threshold above this host's MemAvailable is pressure now."""
+    avail = available_memory()
+    assert avail is not None
+    clock = FakeClock()
+    d = Domain(purge_after=1e6, purge_below_mb=(avail >> 20) + (1 << 20), clock=clock)  # 1 TiB above it
+    try:
+        c = Client.local(d)
+        a, b, pipe = _grown(d, c, "pressed")
+        before = pipe.arena.allocated_bytes()
+        a.free(a.alloc(300))  # it moved since the last tick: an idle purge would keep it
+        d.kick_channel(a.id)
+        clock.now += d.housekeeping_interval
+        d.serve_once(0)
+        assert d.memory_pressure and d.status()["memory"]["pressure"]
+        assert d.pressure_purges > 0
+        assert pipe.pool.active < 4096 and pipe.arena.allocated_bytes() < before // 2
+        pipe.pool.check()
+        a.send_bytes(b"still works")
+        assert b.recv_bytes(timeout=5) == b"still works"
+    finally:
+        d.stop()
+
+
+def test_no_pressure_no_purge_and_zero_turns_the_check_off():
+    avail = available_memory()
+    assert avail is not None and avail > 64 << 20  # the host is not short of memory itself
+    clock = FakeClock()
+    for threshold in (0, 1):  # 0: off; 1 MiB: far below this host's MemAvailable
+        d = Domain(purge_after=1e6, purge_below_mb=threshold, clock=clock)
+        try:
+            c = Client.local(d)
+            _, _, pipe = _grown(d, c, "calm")
+            for _ in range(3):
+                clock.now += d.housekeeping_interval
+                d.serve_once(0)
+            assert not d.memory_pressure and d.pressure_purges == 0
+            assert pipe.pool.active == 4096
+        finally:
+            d.stop()
+
+
+def test_usnetd_config_keys_for_purge_and_stalls(tmp_path):
+    p = tmp_path / "usnetd.toml"
+    p.write_text("purge_below_mb = 512\nstall_after = 5\nstall_defunct = 0\n")
+    cfg = config.load(str(p))
+    assert cfg.domain_kwargs() == {"purge_below_mb": 512, "stall_after": 5.0, "stall_defunct": 0.0}
+    (tmp_path / "again.toml").write_text(config.dump(cfg))
+    assert config.load(str(tmp_path / "again.toml")) == cfg  # `usnet up` writes what usnetd reads
+    with Domain(**cfg.domain_kwargs()) as d:
+        assert (d.purge_below_mb, d.stall_after, d.stall_defunct) == (512, 5.0, 0.0)
+    for text, words in (("stall_defunct = -1", "stall_defunct must be 0 (never) or a positive number"),
+                        ("stall_after = 0", "stall_after must be a positive number of seconds"),
+                        ("purge_below_mb = -5", "purge_below_mb must be a whole number of MiB")):
+        p.write_text(text + "\n")
+        with pytest.raises(ValueError, match=re.escape(words)):
+            config.load(str(p))

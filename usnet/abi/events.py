@@ -40,6 +40,8 @@ class EventType(enum.IntEnum):
     LEASE_GRANTED = 9  # the flow is in the low-latency class (value: lease id, aux: granted rate, bit/s)
     LEASE_REVOKED = 10  # back in the general class (code: RevokeReason, value: lease id, aux: frames moved)
     TX_STATUS = 11  # one packet's fate (code: TxStatus | TxDropReason << 8, value: tag, aux: taken_ns)
+    RX_STALLED = 12  # the channel left its RX ring unread for `stall_after`: arrivals are dropped (value: packets waiting)
+    RX_RESUMED = 13  # it read again after RX_STALLED: deliveries resume (value: arrivals dropped meanwhile)
 
 
 class TxStatus(enum.IntEnum):
@@ -95,6 +97,7 @@ class DefunctReason(enum.IntEnum):
     DOMAIN_SHUTDOWN = 5
     PROTOCOL = 6  # its session broke the control protocol and was ended
     SLOW_CONSUMER = 7  # its session did not read its control replies and was ended
+    STALLED = 8  # it left its RX ring unread for `stall_after` + `stall_defunct` seconds (usnetd config)
 
 
 class Event(NamedTuple):

@@ -95,3 +95,16 @@ def remove_pages(m: mmap.mmap, offset: int, length: int) -> None:
 def allocated_bytes(fd: int) -> int:
     """Bytes of memory the memfd holds now (512-byte blocks from fstat)."""
     return os.fstat(fd).st_blocks * 512
+
+
+def available_memory(path: str = "/proc/meminfo") -> int | None:
+    """The host's MemAvailable in bytes (the kernel's estimate of what can be had without
+    swapping), or None where there is no such line: the domain's memory-pressure signal."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -21,6 +21,7 @@ ABI_VERSION = 2  # 2: 32-byte UMD records with a deadline and flags
 HEADER = struct.Struct("<IHHIIIIQQQQQII")
 STATE_OFFSET = 72  # u32 state[2], reason[2], ring_limit[2], sync[2]: one per role (to byte 104)
 FLOWADV_AT = 104  # u64: offset of the FLOWADV region in the read-only memfd
+STALLED_AT = 112  # u32 stalled[2]: 1 while the role's RX ring is judged stalled (to byte 120)
 RING_TABLE = 128
 RING_ENTRY = struct.Struct("<BBHIQ")  # kind, role, reserved, capacity, offset
 SCHEMA_BYTES = RING_TABLE + 16 * RING_ENTRY.size
@@ -32,6 +33,7 @@ W_STATE = STATE_OFFSET // 4  # + role
 W_REASON = W_STATE + 2  # + role
 W_LIMIT = W_STATE + 4  # + role: the TX fill limit (ring resize)
 W_SYNC = W_STATE + 6  # + role: bumped each time the nexus answers a kick
+W_STALLED = STALLED_AT // 4  # + role: the role stopped reading its RX ring (Domain stall_after)
 
 
 class ChannelState(enum.IntEnum):

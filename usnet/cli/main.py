@@ -220,7 +220,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
             t.add_row(nif["netif"]["name"], f["proto"], local, f["remote"] or "*:*",
                       str(f["channel"]), str(st.get("tx_packets", 0)), str(st.get("rx_packets", 0)),
                       str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)),
-                      "suspended" if f["suspended"] else ("connected" if f["remote"] else "listening"))
+                      "stalled" if f.get("stalled") else "suspended" if f["suspended"]
+                      else ("connected" if f["remote"] else "listening"))
     Console().print(t)
     return 0
 
@@ -376,13 +377,32 @@ def cmd_status(args: argparse.Namespace) -> int:
         t.add_row(str(s["id"]), str(s["uid"]), str(s["pid"]), s["program"], str(s["channels"]), str(s["refused"]))
     con.print(t)
     t = Table(title="user pipes")
-    for c in ("name", "schema", "uid", "free", "in alloc", "held", "purged", "memory", "defunct"):
+    for c in ("name", "schema", "uid", "free", "in alloc", "held", "purged", "memory", "stalled", "defunct"):
         t.add_column(c)
     for p in info["pipes"]:
         pool = p["pool"]
+        stalled = ", ".join(f"end {e['role']}" for e in p["ends"] if e.get("stalled"))
         t.add_row(p["name"], p["schema"], str(p["uid"]), str(pool["free"]), str(pool["in_alloc"]),
-                  str(pool["held"]), str(pool["purged"]), f"{p['memory_bytes']:,}", str(p["defunct"] or ""))
+                  str(pool["held"]), str(pool["purged"]), f"{p['memory_bytes']:,}", stalled,
+                  str(p["defunct"] or ""))
     con.print(t)
+    stalled_flows = [(n["netif"]["name"], f) for n in info.get("netifs", ()) for f in n["flows"]
+                     if f.get("stalled") or f["stats"].get("rx_dropped_stalled")]
+    if stalled_flows:
+        t = Table(title="flows that stopped reading")
+        for c in ("netif", "channel", "proto", "local port", "stalled", "dropped while stalled"):
+            t.add_column(c)
+        for name, f in stalled_flows:
+            t.add_row(name, str(f["channel"]), str(f["proto"]), str(f["local_port"]), "yes" if f["stalled"] else "no",
+                      f"{f['stats'].get('rx_dropped_stalled', 0):,}")
+        con.print(t)
+    if "memory" in info:  # a usnetd from before issue 14 reports none
+        m = info["memory"]
+        below = f"purge below {m['purge_below_mb']} MiB available" if m["purge_below_mb"] else "check off"
+        con.print(f"memory: {'[red]under pressure[/]' if m['pressure'] else 'no pressure'} "
+                  f"({below}; {m['pressure_purges']} segments given back under pressure); "
+                  f"channels stall after {m['stall_after']:g} s unread, "
+                  + (f"defunct {m['stall_defunct']:g} s later" if m["stall_defunct"] else "never defunct"))
     if "lowlat" in info:  # a usnetd from before issue 5 has no low-latency agent
         from usnet.bench.tables import lease_table
 

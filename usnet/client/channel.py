@@ -29,7 +29,7 @@ from usnet.abi import doorbell
 from usnet.abi.events import DefunctReason, Event, EventConsumer
 from usnet.abi.ring import Consumer, Producer, RingCorrupt
 from usnet.abi.schema import (
-    FLOWADV, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
+    FLOWADV, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED, W_STATE, W_SYNC,
     ChannelState, FlowState, Layout, RingKind, Stat,
 )
 from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
@@ -39,6 +39,10 @@ YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
 _DOMAIN_GONE = "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed"
+_MESSAGES = {
+    DefunctReason.STALLED: "channel defunct (STALLED): it left received packets unread longer than the "
+                           "domain allows (usnetd stall_after + stall_defunct); its packets were taken back",
+}
 
 
 class ChannelError(OSError):
@@ -150,6 +154,7 @@ class Channel:
         self._views: list[memoryview] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self.sleeps = 0  # times this channel slept on its doorbell (diagnostics)
+        self.tx_dropped_stalled = 0  # packets `send` dropped because the peer had stopped reading
         self._last_rx = 0.0  # when recv last found packets (monotonic s): is the flow busy?
         self._cache: list[int] = []
         self._timeout: float | None = None
@@ -210,7 +215,7 @@ class Channel:
             reason = self._words[W_REASON + self.role]
             if reason == DefunctReason.PEER_GONE:
                 raise PeerGone()
-            raise ChannelDefunct(reason)
+            raise ChannelDefunct(reason, _MESSAGES.get(reason))
         if self._words[W_GENERATION] != self._generation:
             self._generation = self._words[W_GENERATION]
             self._tx.limit = min(self._words[W_LIMIT + self.role], self._tx.capacity)
@@ -408,6 +413,8 @@ class Channel:
                 self._check_state()
                 if self._peer_closed():
                     raise PeerGone(DefunctReason.CLOSED)
+                if self._words[W_STALLED + 1 - self.role]:  # the peer stopped reading: no room will come
+                    return done + self._drop_stalled(pkts[done:])
                 if deadline is not None and time.monotonic() >= deadline:
                     if done == 0:
                         raise BlockingIOError(errno.EAGAIN, "TX ring full")
@@ -416,6 +423,23 @@ class Channel:
                 done += tx.push(pkts[done:])
         self._ring_peer()
         return done
+
+    def _drop_stalled(self, pkts: list[int]) -> int:
+        """The peer is stalled (its RX ring full and unread): what did not fit is dropped, as a
+        datagram to a full socket is, back to the pool and counted; returns how many."""
+        self.free(pkts)
+        self.tx_dropped_stalled += len(pkts)
+        return len(pkts)
+
+    @property
+    def peer_stalled(self) -> bool:
+        """The domain judged the other end stalled: it left its RX ring unread (RX_STALLED)."""
+        return bool(self._words[W_STALLED + 1 - self.role])
+
+    @property
+    def stalled(self) -> bool:
+        """The domain judged this end stalled: arrivals are dropped until it reads again."""
+        return bool(self._words[W_STALLED + self.role])
 
     def _wait_room(self, tx: Producer, deadline: float | None) -> None:
         """Wait for the consumer to free TX slots: poll, then yield the CPU, then sleep.

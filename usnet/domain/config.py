@@ -16,6 +16,12 @@
                              # the advisory suggests DOWN (default 5 ms)
     purge_after = 30.0       # optional: seconds a pool must stay idle before its free
                              # segments go back to the system (default 30)
+    purge_below_mb = 256     # optional: below this MemAvailable (MiB) every pool gives back
+                             # its free segments at once, idle or not (default 256; 0: never)
+    stall_after = 10.0       # optional: seconds a channel may leave packets unread on its RX
+                             # ring before it is stalled: arrivals dropped, RX_STALLED (default 10)
+    stall_defunct = 60.0     # optional: seconds more stalled before it is defunct with STALLED
+                             # (default 60; 0: never)
 
     [[netif]]
     name = "usnet0"          # the netif's name, as clients ask for it
@@ -105,7 +111,13 @@ from typing import Literal
 import msgspec
 
 from usnet.abi.paths import DEFAULT_SOCKET
-from usnet.domain.lowlat.agent import DEFAULT_TTL, check_seconds, check_ttl
+from usnet.domain.lowlat.agent import (
+    DEFAULT_TTL,
+    check_megabytes,
+    check_seconds,
+    check_seconds_or_off,
+    check_ttl,
+)
 from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.netif import txsched
 from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
@@ -205,7 +217,10 @@ class ShareConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return Share(frozenset(self.uids), self.prefix)
 
 
-_DOMAIN_SECONDS = ("advisory_interval", "delay_target", "purge_after")  # Domain(...) keywords, in seconds
+# Domain(...) keywords and their checks: seconds, seconds or 0 (off), MiB or 0 (off)
+_DOMAIN_KEYS = {"advisory_interval": check_seconds, "delay_target": check_seconds, "purge_after": check_seconds,
+                "stall_after": check_seconds, "stall_defunct": check_seconds_or_off,
+                "purge_below_mb": check_megabytes}
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -219,6 +234,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     advisory_interval: float | None = None
     delay_target: float | None = None
     purge_after: float | None = None
+    purge_below_mb: int | None = None
+    stall_after: float | None = None
+    stall_defunct: float | None = None
     netif: list[NetifConfig] = []
     policy: list[PolicyConfig] = []
     access: list[AccessConfig] = []
@@ -232,13 +250,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         if self.socket_group is not None:
             group_id(self.socket_group)
         self.privilege_kwargs()
-        for what in _DOMAIN_SECONDS:
+        for what, check in _DOMAIN_KEYS.items():
             if (v := getattr(self, what)) is not None:
-                check_seconds(what, v)
+                check(what, v)
 
     def domain_kwargs(self) -> dict[str, float]:
-        """The advisory and purge keys that are set, as `Domain(...)` keyword arguments (unset: the domain's defaults)."""
-        return {k: v for k in _DOMAIN_SECONDS if (v := getattr(self, k)) is not None}
+        """The advisory, purge and stall keys that are set, as `Domain(...)` keyword arguments
+        (unset: the domain's defaults)."""
+        return {k: v for k in _DOMAIN_KEYS if (v := getattr(self, k)) is not None}
 
     def socket_perms(self) -> tuple[int, int | None]:
         """(mode, gid or None) of the control socket: 0o660 with a group, 0o600 without, unless set."""

@@ -34,7 +34,8 @@ from usnet.abi.doorbell import Doorbell, drain
 from usnet.abi.events import DefunctReason
 from usnet.abi import protocol as P
 from usnet.abi.transport import peer_credentials, recv_msg, send_msg
-from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
+from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
+from usnet.abi.memfd import available_memory
 from usnet.domain.lowlat.policy import Policy
 from usnet.domain.barrier import log_fault
 from usnet.domain.switch.port import NEXUS, FlowPort
@@ -45,7 +46,7 @@ from usnet.domain.netif.netif import Netif
 from usnet.domain.netif.advisory import NetifAdvisory
 from usnet.domain.switch.ports import PROTO_NAMES, PortSpace
 from usnet.domain.reaper import Reaper
-from usnet.domain.userpipe import UserPipe
+from usnet.domain.userpipe import PipeEnd, UserPipe
 from usnet.abi import ring as ringmod
 from usnet.proto.wire.ipv4 import ip_bytes
 
@@ -139,6 +140,14 @@ class Domain:
     ports below 1024, `shares` which uids may share pipe names beginning
     with "@" (usnet.domain.limits). uid 0 and the domain's own uid are exempt
     from limits and port rules.
+
+    Memory comes back by itself (docs/design-notes.md, issue 14): a pool idle
+    for `purge_after` seconds gives back its free segments; so does every pool
+    when the host's MemAvailable falls below `purge_below_mb` (0: never). A
+    channel that leaves packets unread on its RX ring for `stall_after`
+    seconds is stalled (arrivals dropped, RX_STALLED posted, its pool
+    purged); still stalled `stall_defunct` seconds later (0: never), it is
+    defuncted with STALLED. `clock` is the time of all of it.
     """
 
     def __init__(self, *, policy: Policy | None = None, lease_ttl: float = DEFAULT_TTL,
@@ -146,11 +155,20 @@ class Domain:
                  advisory_interval: float = 0.005, delay_target: float = 0.005,
                  rx_mitigation: bool = True, limits: Limits | None = None, access: Access | None = None,
                  shares: tuple[Share, ...] = (), purge_after: float = 30.0,
+                 stall_after: float = 10.0, stall_defunct: float = 60.0, purge_below_mb: int = 256,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.advisory_interval = check_seconds("advisory_interval", advisory_interval)
         self.purge_after = check_seconds("purge_after", purge_after)
-        self.clock = clock  # the time of the domain's housekeeping (idle purge); tests pass their own
+        self.stall_after = check_seconds("stall_after", stall_after)
+        self.stall_defunct = check_seconds_or_off("stall_defunct", stall_defunct)
+        self.purge_below_mb = check_megabytes("purge_below_mb", purge_below_mb)
+        self.clock = clock  # the time of the domain's housekeeping (purges, stalls); tests pass their own
         self._purge_at = clock() + self.purge_after
+        # the stall watch and the memory-pressure check share one tick, a few per stall_after
+        self.housekeeping_interval = min(1.0, self.stall_after / 4)
+        self._housekeeping_at = clock()
+        self.memory_pressure = False  # MemAvailable was below purge_below_mb at the last tick
+        self.pressure_purges = 0  # segments given back because the host was short of memory
         self.delay_target = check_seconds("delay_target", delay_target)
         self.rx_mitigation = bool(rx_mitigation)
         self.advisories: dict[str, NetifAdvisory] = {}
@@ -758,6 +776,9 @@ class Domain:
                 "netifs": netifs,
                 "control_errors": self.control_errors,
                 "faults": self.faults,
+                "memory": {"pressure": self.memory_pressure, "purge_below_mb": self.purge_below_mb,
+                           "pressure_purges": self.pressure_purges, "stall_after": self.stall_after,
+                           "stall_defunct": self.stall_defunct},
                 "lowlat": lowlat,
                 "limits": self.ledger.info(uid),
             }
@@ -770,6 +791,100 @@ class Domain:
         """A pipe is shown to its creator, and to a uid holding one of its ends (a shared pipe)."""
         return pipe.uid == uid or any(self._channel_uid(e.channel_id) == uid for e in pipe.ends if e.attached)
 
+    def _all_pipes(self) -> list[UserPipe]:
+        """Every live pool's pipe: the named user pipes, and the pipes of flow and monitor channels."""
+        seen = dict.fromkeys(self.pipes.values())
+        for ref in self.channels.values():
+            seen.setdefault(ref.pipe)
+        return [p for p in seen if p.defunct_reason is None and not p.destroyed]
+
+    def _housekeeping(self) -> float:
+        """The stall watch and the memory-pressure check, every `housekeeping_interval` seconds
+        of the domain's clock; O(channels) a tick, nothing on the packet path. Returns how long
+        until the next tick."""
+        now = self.clock()
+        if now < self._housekeeping_at:
+            return self._housekeeping_at - now
+        self._housekeeping_at = now + self.housekeeping_interval
+        self._check_stalls(now)
+        self._check_memory()
+        return self.housekeeping_interval
+
+    def _check_stalls(self, now: float) -> None:
+        """Judge every channel's reading of its RX ring (docs/design-notes.md, "stalled channels").
+
+        A channel whose consumer counter has not moved for `stall_after` while
+        packets waited is stalled; one that moves it again is not; one still
+        stalled `stall_defunct` later is defuncted (STALLED), which takes every
+        packet of its group back.
+        """
+        for ref in list(self.channels.values()):
+            pipe, role = ref.pipe, ref.role
+            with pipe.lock:
+                if pipe.defunct_reason is not None:
+                    continue
+                try:
+                    self._judge_reader(ref, pipe, pipe.ends[role], now)
+                except Exception as e:  # one channel's memory ends at that channel
+                    self._fault_channel(pipe, role, "stall check", e)
+
+    def _judge_reader(self, ref: ChannelRef, pipe: UserPipe, end: PipeEnd, now: float) -> None:
+        at = pipe.rx_backlog(end.role)
+        if at is None:
+            return
+        cons, waiting = at
+        port = ref.flow.port if ref.flow is not None else ref.monitor
+        if waiting == 0 or cons != end.rx_mark:  # it reads (or has nothing to read)
+            end.rx_mark, end.rx_since = cons, now
+            if end.stalled_since is not None:
+                dropped = 0
+                if port is not None:
+                    port.stalled = False
+                    dropped = port.rx_dropped_stalled - end.dropped_mark
+                pipe.unstall(end.role, dropped)
+                log.info("channel %d (%s) reads again", end.channel_id, pipe.name)
+            return
+        if end.stalled_since is None:
+            if now - end.rx_since >= self.stall_after:
+                if port is not None:
+                    port.stalled = True
+                    end.dropped_mark = port.rx_dropped_stalled
+                purged = pipe.stall(end.role, now, waiting)
+                log.warning("channel %d (%s, uid %d): %d packets unread for %.0f s: stalled, "
+                            "arrivals dropped, %d free segments given back", end.channel_id, pipe.name,
+                            ref.session.uid, waiting, now - end.rx_since, purged)
+        elif self.stall_defunct and now - end.stalled_since >= self.stall_defunct:
+            log.warning("channel %d (%s, uid %d): stalled for %.0f s: defunct (STALLED)", end.channel_id,
+                        pipe.name, ref.session.uid, now - end.stalled_since)
+            if port is not None:
+                port.stalled = False  # defunct: the pipe's own state refuses arrivals from now on
+            pipe.defunct(DefunctReason.STALLED, culprit=end.role)
+
+    def _check_memory(self) -> None:
+        """Under memory pressure (MemAvailable below `purge_below_mb`), every pool gives back its
+        free segments beyond its opening size, idle or not; a pool that did not move since its
+        last such purge is not searched again."""
+        if not self.purge_below_mb:
+            return
+        avail = available_memory()
+        pressure = avail is not None and avail < self.purge_below_mb << 20
+        if pressure != self.memory_pressure:
+            self.memory_pressure = pressure
+            if pressure:
+                log.warning("MemAvailable %d MiB < purge_below_mb %d: purging every pool's free segments",
+                            avail >> 20, self.purge_below_mb)
+        if not pressure:
+            return
+        for p in self._all_pipes():
+            with p.lock:
+                if p.pressure_mark == p.pool.moves or p.defunct_reason is not None:
+                    continue
+                n = p.pool.purge(keep=p.schema.packets)
+                if n:
+                    p.publish_pool()
+                    self.pressure_purges += n
+                p.pressure_mark = p.pool.moves
+
     def _purge_idle(self) -> float:
         """Memory comes back by itself: every `purge_after` seconds, each pool that did not move
         over the last period (no batch allocated or taken back between two ticks) gives back its
@@ -778,7 +893,7 @@ class Domain:
         if now < self._purge_at:
             return self._purge_at - now
         self._purge_at = now + self.purge_after
-        for p in list(self.pipes.values()):
+        for p in self._all_pipes():
             with p.lock:
                 if p.defunct_reason is not None:
                     continue
@@ -792,10 +907,11 @@ class Domain:
         """Give back the pages of every all-free segment beyond each pool's opening size."""
         with self.lock:
             n = 0
-            for p in list(self.pipes.values()):
+            for p in self._all_pipes():
                 with p.lock:
-                    if p.defunct_reason is None:
-                        n += p.pool.purge(keep=p.schema.packets)
+                    if p.defunct_reason is None and (k := p.pool.purge(keep=p.schema.packets)):
+                        p.publish_pool()
+                        n += k
             return n
 
     # -- socket sessions and the service loop -------------------------------------------
@@ -1027,6 +1143,7 @@ class Domain:
             try:
                 timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
                 timeout = _sooner(timeout, self._purge_idle())
+                timeout = _sooner(timeout, self._housekeeping())
             except Exception as e:
                 self._log_fault("timers", e)
         if self.switches:

@@ -27,7 +27,7 @@ from usnet.abi.events import DefunctReason, EventProducer, EventType, RefusalRea
 from usnet.abi.events import RECORD_SIZE as EVENT_RECORD
 from usnet.abi.ring import Consumer, Producer
 from usnet.abi.schema import (
-    FLOWADV, SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
+    FLOWADV, SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED, W_STATE, W_SYNC,
     ChannelState, Layout, RingInfo, RingKind, Schema, Stat,
 )
 from usnet.domain.barrier import log_fault
@@ -95,6 +95,18 @@ class PipeEnd:
         self.attached = False
         self.closed = False
         self.violations = 0
+        # This end's RX ring is the other role's PIPE ring (the peer's TX ring, or the flow
+        # switch's). The domain reads its header only to see whether the end still reads
+        # (Domain._check_stalls); a flow's producer count is the domain's own (`rx_producer`).
+        rx = rings[RingKind.PIPE, 1 - role]
+        self.rx_q = mem[rx.offset : rx.offset + ringmod.HEADER].cast("Q")
+        self.rx_capacity = rx.capacity
+        self.rx_producer: Producer | None = None
+        self.rx_mark = -1  # its consumer counter at the domain's last look
+        self.rx_since = 0.0  # when that counter last moved, or the ring was last empty (the domain's clock)
+        self.stalled_since: float | None = None  # when it was judged stalled; None while it reads
+        self.stalls = 0  # times it was judged stalled
+        self.dropped_mark = 0  # a flow port's rx_dropped_stalled when it was stalled (RX_RESUMED's count)
 
     def ring_bell(self) -> None:
         self.bell.ring()  # a closed doorbell's ring is a no-op
@@ -170,6 +182,7 @@ class UserPipe:
         self.defunct_reason: DefunctReason | None = None
         self.faults = 0  # exceptions its fault barrier stopped
         self.idle_mark = -1  # the pool's `moves` at the domain's last purge tick
+        self.pressure_mark = -1  # the pool's `moves` after its last memory-pressure purge
         self.destroyed = False
         self.on_destroy: Callable[["UserPipe"], None] | None = None
 
@@ -273,6 +286,45 @@ class UserPipe:
 
     def _publish_active(self) -> None:
         self.schema_words[W_ACTIVE] = self.pool.active
+
+    # -- stalled readers (the domain's housekeeping tick: Domain._check_stalls) ------------
+
+    def rx_backlog(self, role: int) -> tuple[int, int] | None:
+        """(consumer counter, packets waiting) of end `role`'s RX ring; None when its counters
+        cannot be true (a client's nonsense is the validated reader's business, not judged here)."""
+        end = self.ends[role]
+        cons = end.rx_q[ringmod.CONS]
+        prod = end.rx_producer.prod if end.rx_producer is not None else end.rx_q[ringmod.PROD]
+        waiting = prod - cons
+        return (cons, waiting) if 0 <= waiting <= end.rx_capacity else None
+
+    def stall(self, role: int, now: float, waiting: int) -> int:
+        """End `role` stopped reading: flag it (SCHEMA stalled word), tell it (RX_STALLED), and
+        give back every all-free segment of the pool. Returns the segments purged.
+
+        What waits on its ring stays there: it may still read it. Arrivals are
+        refused from now on, by the flow switch (FlowPort.stalled) or by the
+        peer's `send`, which sees the word.
+        """
+        end = self.ends[role]
+        end.stalled_since = now
+        end.stalls += 1
+        self.schema_words[W_STALLED + role] = 1
+        end.events.post(EventType.RX_STALLED, value=waiting)
+        end.ring_bell()
+        self.collect()  # what was freed meanwhile makes its segment all-free
+        purged = self.pool.purge()
+        if purged:
+            self.publish_pool()
+        return purged
+
+    def unstall(self, role: int, dropped: int = 0) -> None:
+        """End `role` reads again: deliveries resume (RX_RESUMED, value: arrivals dropped meanwhile)."""
+        end = self.ends[role]
+        end.stalled_since = None
+        self.schema_words[W_STALLED + role] = 0
+        end.events.post(EventType.RX_RESUMED, value=dropped)
+        end.ring_bell()
 
     def _publish_stats(self) -> None:
         for end in self.ends:
@@ -394,6 +446,7 @@ class UserPipe:
             "faults": self.faults,
             "ends": [{"role": e.role, "channel": e.channel_id, "attached": e.attached,
                       "closed": e.closed, "held": self.pool.held[e.role],
-                      "refused": self.pool.refused[e.role], "violations": e.violations}
+                      "refused": self.pool.refused[e.role], "violations": e.violations,
+                      "stalled": e.stalled_since is not None, "stalls": e.stalls}
                      for e in self.ends],
         }

@@ -268,6 +268,23 @@ def check_seconds(what: str, v: object) -> float:
     return float(v)
 
 
+def check_seconds_or_off(what: str, v: object) -> float:
+    """`v` as seconds, or 0 (the feature is off); else ValueError naming `what`."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0:
+        return 0.0
+    try:
+        return check_seconds(what, v)
+    except ValueError:
+        raise ValueError(f"{what} must be 0 (never) or a positive number of seconds, not {v!r}") from None
+
+
+def check_megabytes(what: str, v: object) -> int:
+    """`v` as a whole number of MiB, 0 or more (0: off); else ValueError naming `what`."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{what} must be a whole number of MiB, 0 or more, not {v!r}")
+    return v
+
+
 def check_ttl(ttl: object) -> float:
     return check_seconds("lease_ttl", ttl)
 

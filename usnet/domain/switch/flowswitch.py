@@ -153,7 +153,8 @@ class Flow:
         return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
                 "family": self.family, "local_port": self.lport, "remote": remote,
                 "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
-                "stats": {**self.stats, **self.port.bell_stats()},
+                "stalled": self.port.stalled,
+                "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
                 # its channel's pool, defunct reason, faults and ends, as a user pipe shows them
                 # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
                 "pipe": self.port.pipe.info()}
@@ -348,7 +349,7 @@ class FlowSwitch:
             flow.stats["rx_packets"] += n
             if n < len(pkts):
                 flow.stats["rx_dropped"] += len(pkts) - n
-                self.drops["rx_client_full"] += len(pkts) - n
+                self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(pkts) - n
         per_flow.clear()
 
     def _rx_block(self, blk: FrameBlock, now: float, per_flow: dict) -> None:
@@ -395,7 +396,7 @@ class FlowSwitch:
                     flow.stats["rx_packets"] += got
                     if got < len(ln):
                         flow.stats["rx_dropped"] += len(ln) - got
-                        self.drops["rx_client_full"] += len(ln) - got
+                        self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(ln) - got
         if not ok.all():
             for i in np.flatnonzero(~ok).tolist():
                 try:

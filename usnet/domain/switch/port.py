@@ -58,6 +58,7 @@ class FlowPort:
         corrupt = pipe.ends[CLIENT].on_corrupt  # an impossible counter is a violation of the client's end
         self.tx = Consumer(mem, tx.offset, tx.capacity, on_corrupt=corrupt)
         self.rx = Producer(mem, rx.offset, rx.capacity, pipe.schema.ring_size, on_corrupt=corrupt)
+        pipe.ends[CLIENT].rx_producer = self.rx  # the stall watch trusts our count of what we published
         stride = pipe.schema.packet_bytes
         self.stride = stride
         shared = pipe.arena.shared
@@ -72,6 +73,8 @@ class FlowPort:
         self.suspended = False
         self.suspensions = 0
         self.rx_dropped = 0
+        self.stalled = False  # the client stopped reading its RX ring (Domain._check_stalls): arrivals are dropped
+        self.rx_dropped_stalled = 0  # of rx_dropped, those refused while stalled
         self.refused = 0
         # Receive mitigation (enable_mitigation): its state, whether it applies now (not while the
         # flow is in the low-latency class), the clock, and where a held bell is listed.
@@ -260,6 +263,10 @@ class FlowPort:
         """Pool packets for up to `want` of `offered` arrivals; the rest are counted as dropped."""
         pipe = self.pipe
         got = _NO_LENS
+        if self.stalled:  # it does not read: nothing more piles up for it
+            self.rx_dropped += offered
+            self.rx_dropped_stalled += offered
+            return got
         if pipe.defunct_reason is None and want:
             want = min(want, self.rx.space(want))
             if want > 0:
