@@ -27,7 +27,7 @@ from usnet.client.channel import Channel, _UNSET
 from usnet.abi.events import Event
 from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
-from usnet.proto.ip import icmp4_error, icmp6_error
+from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.proto.wire.rows import be_u16, be_u32, padded_width, row_sums

@@ -47,7 +47,7 @@ from usnet.proto.wire.errors import WireError
 
 __all__ = [
     "FOLD_MIN", "acc", "checksum", "finish", "fold", "mod_ffff", "ones_sum", "pseudo_header_v4",
-    "pseudo_sum_v4", "update16",
+    "pseudo_sum_v4", "update16", "verifies",
 ]
 
 _PSEUDO = struct.Struct("!4s4sxBH")
@@ -89,6 +89,14 @@ def finish(n: int) -> int:
     if r or not n:
         return 0xFFFF - r
     return 0
+
+
+def verifies(n: int) -> bool:
+    """True if an accumulator over data *with* its checksum field sums to 0xFFFF (the data checks).
+
+    An all-zero accumulator does not verify: its sum is 0, not 0xFFFF.
+    """
+    return n != 0 and mod_ffff(n) == 0
 
 
 def ones_sum(buf) -> int:
