@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from usnet.proto.wire.arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, build_arp, parse_arp, write_arp
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff, ones_sum, pseudo_header_v4
+from usnet.proto.wire.checksum import finish, ones_sum, pseudo_header_v4
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import (
     BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, build_eth, mac_bytes,
@@ -65,12 +65,12 @@ def _udp_ipv4_fields(src_ip, dst_ip, sport, dport, payload, ident, ttl, df):
         raise WireError(f"UDP/IPv4: payload of {plen} bytes does not fit one packet")
     addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
     ff = 0x4000 if df else 0
-    ip_csum = 0xFFFF - ((0x4500 + total + ident + ff + (ttl << 8) + UDP + addrs) % 0xFFFF or 0xFFFF)
+    ip_csum = finish(0x4500 + total + ident + ff + (ttl << 8) + UDP + addrs)
     n = _from_bytes(payload, "big")
     if plen & 1:
         n <<= 8
     n += addrs + UDP + ulen + sport + dport + ulen
-    udp_csum = 0xFFFF - ((n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)) or 0xFFFF) or 0xFFFF
+    udp_csum = finish(n) or 0xFFFF  # 0 means "no checksum" in UDP
     return total, ff, ip_csum, ulen, udp_csum
 
 

@@ -55,6 +55,7 @@ _from_bytes = int.from_bytes
 
 
 FOLD_MIN = 1024  # bytes; below this a plain ``% 0xFFFF`` is as fast as folding
+_FOLD_BITS = 8 * FOLD_MIN
 
 
 def mod_ffff(n: int) -> int:
@@ -77,15 +78,20 @@ def acc(buf) -> int:
 
 def fold(n: int) -> int:
     """One's-complement 16-bit sum (0..0xFFFF) of an accumulator."""
-    r = mod_ffff(n)
+    r = n % 0xFFFF if n.bit_length() < _FOLD_BITS else mod_ffff(n)
     if r or not n:
         return r
     return 0xFFFF
 
 
 def finish(n: int) -> int:
-    """Checksum field value (the inverted sum) of an accumulator."""
-    r = mod_ffff(n)
+    """Checksum field value (the inverted sum) of an accumulator.
+
+    The one final fold of the tree: every builder (IPv4, ICMP, ICMPv6, UDP,
+    TCP, the IPv6 upper-layer sum) ends with it. UDP then writes a computed
+    0 as 0xFFFF (``finish(n) or 0xFFFF``), 0 meaning "no checksum" there.
+    """
+    r = n % 0xFFFF if n.bit_length() < _FOLD_BITS else mod_ffff(n)
     if r or not n:
         return 0xFFFF - r
     return 0
@@ -96,7 +102,7 @@ def verifies(n: int) -> bool:
 
     An all-zero accumulator does not verify: its sum is 0, not 0xFFFF.
     """
-    return n != 0 and mod_ffff(n) == 0
+    return n != 0 and (n % 0xFFFF if n.bit_length() < _FOLD_BITS else mod_ffff(n)) == 0
 
 
 def ones_sum(buf) -> int:
