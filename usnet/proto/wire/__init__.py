@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from usnet.proto.wire.arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, build_arp, parse_arp, write_arp
-from usnet.proto.wire.checksum import finish, ones_sum, pseudo_header_v4
+from usnet.proto.wire.checksum import finish
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import (
     BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, build_eth, mac_bytes,
@@ -43,8 +43,8 @@ __all__ = [
     "build_arp", "build_dest_unreach", "build_echo", "build_eth", "build_icmp",
     "build_ipv4_header", "build_udp", "build_udp_ipv4_frame", "build_udp_ipv4_packet",
     "frag_offset", "ip_bytes", "ip_str", "is_fragment", "mac_bytes", "mac_str",
-    "more_fragments", "ones_sum", "parse_arp", "parse_eth", "parse_icmp", "parse_ipv4",
-    "parse_udp", "pseudo_header_v4", "udp_checksum", "write_arp", "write_eth",
+    "more_fragments", "parse_arp", "parse_eth", "parse_icmp", "parse_ipv4",
+    "parse_udp", "udp_checksum", "write_arp", "write_eth",
     "write_ipv4_header", "write_udp", "write_udp_ipv4_packet",
 ]
 
