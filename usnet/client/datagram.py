@@ -27,10 +27,11 @@ from usnet.client.channel import Channel, _UNSET
 from usnet.abi.events import Event
 from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
-from usnet.proto.ip import icmp4_error, icmp6_error
+from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
-from usnet.proto.wire.rows import be_u16, be_u32, padded_width, row_sums
+from usnet.proto.wire.checksum import acc, finish, verifies
+from usnet.proto.wire.rows import be_u16, be_u32, finish_rows, padded_width, row_sums
 from usnet.proto.wire.ipv6 import (
     IPV6_HLEN, build_ipv6_header, ip6_bytes, ip6_str, parse_ipv6, upper_checksum_v6, verify_upper_v6,
 )
@@ -121,13 +122,10 @@ class DatagramSocket:
         ip_base, udp_base = self._template(dst, dport)[1]
         total, ulen = n + HEADERS, n + UDP_HLEN
         ident = (self._ident + 1) & 0xFFFF
-        # one's complement sums as in `_headers`: the big-endian value of even bytes mod 0xFFFF
-        ip_sum = (ip_base + total + ident) % 0xFFFF
-        pay = int.from_bytes(bytes(data) + b"\0" if n & 1 else data, "big") % 0xFFFF
-        udp_sum = (udp_base + 2 * ulen + pay) % 0xFFFF
-        ucsum = 0xFFFF - (udp_sum or 0xFFFF)
-        hdr = _HEADERS.pack(0x45, 0, total, ident, 0x4000, 64, 17, 0xFFFF - (ip_sum or 0xFFFF),
-                            self._src, dst, self.local[1], dport, ulen, ucsum or 0xFFFF)
+        # the checksums from the template's sums, as in `_headers`
+        ucsum = finish(udp_base + 2 * ulen + acc(data)) or 0xFFFF  # 0 means "no checksum" in UDP
+        hdr = _HEADERS.pack(0x45, 0, total, ident, 0x4000, 64, 17, finish(ip_base + total + ident),
+                            self._src, dst, self.local[1], dport, ulen, ucsum)
         ch = self.channel
         (p,) = ch.alloc(1)
         o = p * ch.stride
@@ -271,9 +269,9 @@ class DatagramSocket:
         udp_sum = (base_sum[1] + 2 * ulen + (row_sums(rows) if rows.shape[1] else 0)) % 0xFFFF
         hdr["total"] = total
         hdr["ident"] = ident
-        hdr["csum"] = 0xFFFF - np.where(ip_sum == 0, 0xFFFF, ip_sum)
+        hdr["csum"] = finish_rows(ip_sum)
         hdr["ulen"] = ulen
-        udp_csum = 0xFFFF - np.where(udp_sum == 0, 0xFFFF, udp_sum)
+        udp_csum = finish_rows(udp_sum)
         hdr["ucsum"] = np.where(udp_csum == 0, 0xFFFF, udp_csum)  # 0 means "no checksum" in UDP
         return hdr.view(np.uint8).reshape(n, HEADERS)
 
@@ -360,8 +358,7 @@ class DatagramSocket:
             end = IPV4_HLEN + ulen
             if ulen >= UDP_HLEN and end <= min(total, n):
                 # the checksum over addresses, UDP header and payload, as the batch path sums it
-                covered = d[12:end] + b"\0" if end & 1 else d[12:end]
-                if not (d[26] | d[27]) or (int.from_bytes(covered, "big") + 17 + ulen) % 0xFFFF == 0:
+                if not (d[26] | d[27]) or verifies(acc(d[12:end]) + 17 + ulen):
                     return [(d[HEADERS:end], (self._name(int.from_bytes(d[12:16], "big")),
                                               int.from_bytes(d[20:22], "big")))]
         got = self._parse_slow(d)

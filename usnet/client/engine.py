@@ -27,7 +27,7 @@ from typing import Any
 from usnet.runtime import gil
 from usnet.client.channel import ChannelError, NoBuffers, PeerGone
 from usnet.client import Client
-from usnet.proto.ip import Datagram, IcmpError, IpLayer, Transmit
+from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
 
@@ -78,9 +78,6 @@ class FlowEngine:
             t = self.tcp.timeout(now)
             if t is not None and t <= now:
                 self.tcp.on_timer(now)
-            t = self.ip.next_timeout(now)
-            if t is not None and t <= now:
-                self._ip_events(self.ip.timeout(now), now)
             self._transmit(now)
         except (ChannelError, PeerGone) as e:
             self.error = e
@@ -114,8 +111,6 @@ class FlowEngine:
             if type(ev) is Datagram:
                 if ev.proto == TCP:
                     self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
-            elif type(ev) is Transmit:
-                self._backlog.append((ev.packet, 0))
             elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= 8:
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
@@ -160,8 +155,7 @@ class FlowEngine:
         """When this engine next needs the runner, absent traffic."""
         if self._backlog:
             return now + 0.0005
-        ts = [t for t in (self.tcp.timeout(now), self.ip.next_timeout(now)) if t is not None]
-        return min(ts) if ts else None
+        return self.tcp.timeout(now)  # the IP layer has no timers: the switch reassembles
 
     def close(self) -> None:
         with self.lock:

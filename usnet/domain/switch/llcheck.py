@@ -31,6 +31,7 @@ import struct
 from typing import Callable
 
 from usnet.abi.events import TxDropReason
+from usnet.proto.wire.checksum import verifies
 
 SNAPSHOT = 80  # IPv4 (20) and the longest TCP header (60); IPv6 (40) and a TCP header of up to 40
 TCP, UDP = 6, 17
@@ -62,7 +63,7 @@ def check_ll_header(snap: bytes, length: int, *, proto: int, lport: int, raddr: 
         if snap[0] != 0x45:
             return GENERAL_PATH  # options: the general path checks them
         _vihl, total, ff, hops, p, src, dst, sport, dport = _V4.unpack_from(snap) if length >= 24 else (0,) * 9
-        if total != length or length < 24 or int.from_bytes(snap[:20], "big") % 0xFFFF:
+        if total != length or length < 24 or not verifies(int.from_bytes(snap[:20], "big")):
             return TxDropReason.MALFORMED
         if p == proto and ff & _V4_FRAG:
             return GENERAL_PATH  # a fragment: judged against the flow's fragment table there

@@ -71,6 +71,7 @@ from usnet.proto.tcp.congestion import CongestionControl, make_congestion
 from usnet.proto.tcp.reassembly import Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import Scoreboard
+from usnet.proto.tcp.seq import MASK, seq_diff, seq_lt, unwrap
 from usnet.proto.wire.tcp import (
     ACK, CWR, ECE, FIN, PSH, RST, SYN, TCP_HLEN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
 )
@@ -80,8 +81,6 @@ __all__ = [
     "TcpConfig", "TcpConnection", "TcpState", "TcpStats", "rst_reply",
 ]
 
-MASK = 0xFFFFFFFF
-HALF = 0x80000000
 INF = float("inf")
 
 _DATA_IN = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states that accept new data
@@ -434,7 +433,7 @@ class TcpConnection:
         """
         if not self.ecn_ok or len(segment) <= (segment[12] >> 4) << 2:
             return False
-        return ((int.from_bytes(segment[4:8], "big") - self.iss - self._new_from) & MASK) < HALF
+        return seq_diff(int.from_bytes(segment[4:8], "big"), self.iss + self._new_from) >= 0
 
     def segment_cut(self, segment) -> int:
         """0 for a segment the wire carries as is; for a super-segment, its pieces' payload.
@@ -744,8 +743,8 @@ class TcpConnection:
     def _rtt_sample_syn(self, seg: TcpSegment, now: float) -> None:
         self._retries = 0
         if self.ts_ok and seg.tsecr:
-            r = (self._ts_now(now) - seg.tsecr) & MASK
-            if r < HALF:
+            r = seq_diff(self._ts_now(now), seg.tsecr)
+            if r >= 0:
                 self.rto.sample(r / 1000.0)
         elif not self._syn_rtx:
             self.rto.sample(now - self._syn_time)
@@ -780,7 +779,7 @@ class TcpConnection:
         st = self.state
         stats = self.stats
         rcv_nxt = self.rcv_nxt
-        s = rcv_nxt + ((((seg.seq - self.irs - rcv_nxt) & MASK) + HALF) & MASK) - HALF
+        s = unwrap(seg.seq, self.irs, rcv_nxt)
         if fl & SYN and s == 0 and st is SYN_RECEIVED:
             if not fl & ACK:
                 self._syn_pending = True  # the peer repeated its SYN: our SYN-ACK was lost
@@ -794,7 +793,7 @@ class TcpConnection:
         tsval = seg.tsval
         ts_ok = self.ts_ok
         # PAWS (RFC 7323 §5.3): an older timestamp than TS.Recent is an old duplicate.
-        if (ts_ok and tsval is not None and not fl & RST and (tsval - self.ts_recent) & MASK >= HALF
+        if (ts_ok and tsval is not None and not fl & RST and seq_lt(tsval, self.ts_recent)
                 and not self._disordered_ack(seg, s, seglen, tsval)):
             stats.paws_rejected += 1
             stats.bad_segments += 1
@@ -815,7 +814,7 @@ class TcpConnection:
             else:
                 self._challenge_ack(now)  # RFC 5961 §3.2
             return
-        if ts_ok and tsval is not None and s <= self._last_ack_sent and (tsval - self.ts_recent) & MASK < HALF:
+        if ts_ok and tsval is not None and s <= self._last_ack_sent and seq_diff(tsval, self.ts_recent) >= 0:
             self.ts_recent = tsval
         if fl & SYN:
             self._challenge_ack(now)  # RFC 5961 §4.2
@@ -823,7 +822,7 @@ class TcpConnection:
         if not fl & ACK:
             return
         una = self.snd_una
-        a = una + ((((seg.ack - self.iss - una) & MASK) + HALF) & MASK) - HALF
+        a = unwrap(seg.ack, self.iss, una)
         if st is SYN_RECEIVED:
             if not 0 < a <= self.snd_nxt:
                 self._out.append(pack_segment(
@@ -894,8 +893,8 @@ class TcpConnection:
             if plen or fl & FIN:
                 self._rx_text(payload, s, plen, fl & FIN, now)
             if ts_ok and plen and seg.tsecr:
-                r = (self._ts_now(now) - seg.tsecr) & MASK
-                if r < HALF:
+                r = seq_diff(self._ts_now(now), seg.tsecr)
+                if r >= 0:
                     rr = self._rcv_rtt
                     self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
         elif plen or fl & FIN:
@@ -915,7 +914,7 @@ class TcpConnection:
         if seglen or s != self.rcv_nxt:
             return False
         una = self.snd_una
-        a = una + ((((seg.ack - self.iss - una) & MASK) + HALF) & MASK) - HALF
+        a = unwrap(seg.ack, self.iss, una)
         return a <= una and (self.ts_recent - tsval) & MASK <= self.rto.rto * 1000
 
     def _rx_sacks(self, sacks) -> None:
@@ -924,7 +923,7 @@ class TcpConnection:
         base = self.iss
         sb = self.sb
         for l, r in sacks:
-            lo = una + ((((l - base - una) & MASK) + HALF) & MASK) - HALF
+            lo = unwrap(l, base, una)
             hi = lo + ((r - l) & MASK)
             if lo <= una or hi > nxt or hi <= lo:
                 continue  # D-SACK, stale or bogus
@@ -961,8 +960,8 @@ class TcpConnection:
         rto = self.rto
         tsecr = seg.tsecr
         if self.ts_ok and tsecr:
-            r = (self._ts_now(now) - tsecr) & MASK
-            if r < HALF:
+            r = seq_diff(self._ts_now(now), tsecr)
+            if r >= 0:
                 rto.sample(r / 1000.0)
         elif self._rtt_seq is not None and a >= self._rtt_seq:
             rto.sample(now - self._rtt_time)

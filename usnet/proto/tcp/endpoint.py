@@ -27,14 +27,12 @@ from typing import Callable
 from usnet.proto.tcp.connection import (
     CLOSED, SYN_RECEIVED, TIME_WAIT, TcpConfig, TcpConnection, rst_reply,
 )
+from usnet.proto.tcp.seq import MASK, seq_diff
 from usnet.proto.wire.ecn import ECT0, NOT_ECT
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.tcp import ACK, RST, SYN, TcpChecksumError, parse_tcp, pseudo_sum
 
 __all__ = ["EndpointStats", "Listener", "TcpEndpoint"]
-
-MASK = 0xFFFFFFFF
-HALF = 0x80000000
 
 Key = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
@@ -213,7 +211,7 @@ class TcpEndpoint:
         if conn is not None:
             st = conn.state
             if st is TIME_WAIT and fl & SYN and not fl & ACK and seg.dport in self.listeners \
-                    and (seg.seq - conn.irs - conn.rcv_nxt) & MASK < HALF \
+                    and seq_diff(seg.seq, conn.irs + conn.rcv_nxt) >= 0 \
                     and seg.seq != (conn.irs + conn.rcv_nxt - 1) & MASK:
                 # A new incarnation whose SYN is above the old one's sequence space
                 # may take over the 4-tuple (RFC 9293 §3.10.7.4, RFC 6191).

@@ -8,9 +8,11 @@ Linux macros, and callers never let a window get that large.
 
 The connection itself keeps *unwrapped* sequence numbers (plain Python ints
 counted from the initial sequence number), so its hot path compares ints
-directly and only `unwrap` and ``& MASK`` touch the wire form. These
-functions are the reference for that conversion and for code that works on
-wire values.
+directly and only `unwrap` and ``& MASK`` touch the wire form. This module is
+the one place that arithmetic is written: `usnet.proto.tcp.connection` and
+`usnet.proto.tcp.endpoint` call `unwrap`, `seq_diff` and `seq_lt` on wire
+values (sequence numbers, timestamps) and import `MASK` for the ``& MASK``
+that turns an unwrapped number back into its wire form.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 
 from usnet.proto.wire.arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, build_arp, parse_arp, write_arp
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff, ones_sum, pseudo_header_v4
+from usnet.proto.wire.checksum import finish
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import (
     BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, build_eth, mac_bytes,
@@ -43,8 +43,8 @@ __all__ = [
     "build_arp", "build_dest_unreach", "build_echo", "build_eth", "build_icmp",
     "build_ipv4_header", "build_udp", "build_udp_ipv4_frame", "build_udp_ipv4_packet",
     "frag_offset", "ip_bytes", "ip_str", "is_fragment", "mac_bytes", "mac_str",
-    "more_fragments", "ones_sum", "parse_arp", "parse_eth", "parse_icmp", "parse_ipv4",
-    "parse_udp", "pseudo_header_v4", "udp_checksum", "write_arp", "write_eth",
+    "more_fragments", "parse_arp", "parse_eth", "parse_icmp", "parse_ipv4",
+    "parse_udp", "udp_checksum", "write_arp", "write_eth",
     "write_ipv4_header", "write_udp", "write_udp_ipv4_packet",
 ]
 
@@ -65,12 +65,12 @@ def _udp_ipv4_fields(src_ip, dst_ip, sport, dport, payload, ident, ttl, df):
         raise WireError(f"UDP/IPv4: payload of {plen} bytes does not fit one packet")
     addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
     ff = 0x4000 if df else 0
-    ip_csum = 0xFFFF - ((0x4500 + total + ident + ff + (ttl << 8) + UDP + addrs) % 0xFFFF or 0xFFFF)
+    ip_csum = finish(0x4500 + total + ident + ff + (ttl << 8) + UDP + addrs)
     n = _from_bytes(payload, "big")
     if plen & 1:
         n <<= 8
     n += addrs + UDP + ulen + sport + dport + ulen
-    udp_csum = 0xFFFF - ((n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)) or 0xFFFF) or 0xFFFF
+    udp_csum = finish(n) or 0xFFFF  # 0 means "no checksum" in UDP
     return total, ff, ip_csum, ulen, udp_csum
 
 

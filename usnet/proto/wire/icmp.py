@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 
 __all__ = [
@@ -65,8 +65,7 @@ def parse_icmp(
         n = _from_bytes(seg, "big")
         if avail & 1:
             n <<= 8
-        # Valid iff the sum is 0xFFFF: non-zero and a multiple of 0xFFFF.
-        if not n or (n % 0xFFFF if avail < FOLD_MIN else mod_ffff(n)):
+        if not verifies(n):
             raise WireError("ICMP: bad checksum")
     return typ, code, ident, seq, off + ICMP_HLEN
 
@@ -78,8 +77,7 @@ def build_icmp(typ: int, code: int, hi: int, lo: int, payload=b"") -> bytes:
     if plen & 1:
         n <<= 8
     n += (typ << 8) + code + hi + lo
-    r = n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)
-    csum = 0xFFFF - (r if r or not n else 0xFFFF)
+    csum = finish(n)
     try:
         return _pack(typ, code, csum, hi, lo) + payload
     except struct.error as e:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, IPV6_MIN_MTU
 
@@ -154,7 +154,7 @@ def parse_icmpv6(
         if avail & 1:
             n <<= 8
         n += _pseudo(src, dst, avail)  # never zero: the next-header value is 58
-        if n % 0xFFFF if avail < FOLD_MIN else mod_ffff(n):
+        if not verifies(n):
             raise WireError("ICMPv6: bad checksum")
     return typ, code, hi, lo, off + ICMPV6_HLEN
 
@@ -167,9 +167,8 @@ def build_icmpv6(typ: int, code: int, hi: int, lo: int, payload, src: bytes, dst
     if plen & 1:
         n <<= 8
     n += (typ << 8) + code + hi + lo + _pseudo(src, dst, ln)
-    r = (n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)) or 0xFFFF
     try:
-        return _pack(typ, code, 0xFFFF - r, hi, lo) + payload
+        return _pack(typ, code, finish(n), hi, lo) + payload
     except struct.error as e:
         raise WireError(f"ICMPv6: bad header field: {e}") from None
 

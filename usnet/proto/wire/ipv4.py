@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 
 __all__ = [
@@ -71,7 +72,7 @@ def parse_ipv4(
         raise WireError(f"IPv4: total length {total} exceeds the {avail} bytes present")
     if total < ihl:
         raise WireError(f"IPv4: total length {total} < header length {ihl}")
-    if verify_checksum and _from_bytes(buf[off : off + ihl], "big") % 0xFFFF:
+    if verify_checksum and not verifies(_from_bytes(buf[off : off + ihl], "big")):
         # The version nibble makes the sum non-zero, so a valid header sums to
         # exactly 0xFFFF: a multiple of 0xFFFF.
         raise WireError("IPv4: bad header checksum")
@@ -127,13 +128,10 @@ def _fields(src, dst, proto, payload_len, ident, ttl, df, tos, mf, frag_off):
     ff = (IP_DF if df else 0) | (IP_MF if mf else 0)
     if frag_off:
         ff |= make_flags_frag(False, False, frag_off)
-    # Sum of the header's 16-bit words with a zero checksum field; never zero
-    # (0x4500), so the fold needs no zero fix-up.
-    r = (
+    # Accumulator of the header's 16-bit words with a zero checksum field.
+    return total, ff, finish(
         0x4500 + tos + total + ident + ff + (ttl << 8) + proto
-        + _from_bytes(src, "big") + _from_bytes(dst, "big")
-    ) % 0xFFFF or 0xFFFF
-    return total, ff, 0xFFFF - r
+        + _from_bytes(src, "big") + _from_bytes(dst, "big"))
 
 
 def build_ipv4_header(

@@ -44,7 +44,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 
 __all__ = [
@@ -241,8 +241,7 @@ def upper_checksum_v6(src: bytes, dst: bytes, next_header: int, segment) -> int:
     if ln & 1:
         n <<= 8
     n += pseudo_sum_v6(src, dst, ln, next_header)  # > 0: next_header or length is non-zero
-    r = (n % 0xFFFF if ln < FOLD_MIN else mod_ffff(n)) or 0xFFFF
-    return 0xFFFF - r or 0xFFFF
+    return finish(n) or 0xFFFF
 
 
 def verify_upper_v6(buf, off: int, length: int, src: bytes, dst: bytes, next_header: int) -> bool:
@@ -253,10 +252,7 @@ def verify_upper_v6(buf, off: int, length: int, src: bytes, dst: bytes, next_hea
     n = _from_bytes(seg, "big")
     if length & 1:
         n <<= 8
-    n += pseudo_sum_v6(src, dst, length, next_header)
-    if not n:
-        return False
-    return not (n % 0xFFFF if length < FOLD_MIN else mod_ffff(n))
+    return verifies(n + pseudo_sum_v6(src, dst, length, next_header))
 
 
 # --------------------------------------------------------------------------- addresses

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["be_u16", "be_u32", "padded_width", "row_sums"]
+__all__ = ["be_u16", "be_u32", "finish_rows", "padded_width", "row_sums"]
 
 
 def padded_width(n: int) -> int:
@@ -32,6 +32,13 @@ def row_sums(rows: np.ndarray) -> np.ndarray:
     """Per row of uint8 `rows` (width a multiple of 4), the big-endian 16-bit word sum mod 0xFFFF (int64)."""
     le = rows.view("<u4").sum(axis=1, dtype=np.uint64) % 0xFFFF
     return (le.astype(np.int64) << 8) % 0xFFFF
+
+
+def finish_rows(sums: np.ndarray) -> np.ndarray:
+    """Checksum field values of per-row sums modulo 0xFFFF (as `row_sums` gives), for rows
+    whose accumulator is never zero: the column twin of usnet.proto.wire.checksum.finish
+    (a sum of 0 there stands for 0xFFFF, whose checksum is 0)."""
+    return np.where(sums == 0, 0, 0xFFFF - sums)
 
 
 def be_u16(cols: np.ndarray) -> np.ndarray:

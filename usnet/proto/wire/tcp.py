@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 
 __all__ = [
@@ -210,8 +210,7 @@ def parse_tcp(
         if avail & 1:
             n <<= 8
         n += _from_bytes(src, "big") + _from_bytes(dst, "big") + TCP_PROTO + avail
-        # Valid iff the sum is 0xFFFF; n > 0 because of the protocol number.
-        if n % 0xFFFF if avail < FOLD_MIN else mod_ffff(n):
+        if not verifies(n):
             raise TcpChecksumError("TCP: bad checksum")
     seg = _new(TcpSegment)
     seg.sport = sport
@@ -304,7 +303,7 @@ def pack_segment(
         psum + tlen + sport + dport + seq + ack + offflags + window + urg
         + _from_bytes(options, "big")
     )
-    csum = 0xFFFF - ((n % 0xFFFF if plen < FOLD_MIN else mod_ffff(n)) or 0xFFFF)
+    csum = finish(n)
     try:
         hdr = _pack(sport, dport, seq, ack, offflags, window, csum, urg)
     except struct.error as e:
@@ -357,7 +356,7 @@ def write_tcp(
             n <<= 8
     offflags = (hlen << 10) | flags
     n += psum + tlen + sport + dport + seq + ack + offflags + window + urg + _from_bytes(options, "big")
-    csum = 0xFFFF - ((n % 0xFFFF if payload_len < FOLD_MIN else mod_ffff(n)) or 0xFFFF)
+    csum = finish(n)
     try:
         _pack_into(buf, off, sport, dport, seq, ack, offflags, window, csum, urg)
     except struct.error as e:
@@ -374,4 +373,4 @@ def tcp_checksum(src: bytes, dst: bytes, segment) -> int:
     if len(body) & 1:
         n <<= 8
     n += pseudo_sum(src, dst) + len(body)
-    return 0xFFFF - (mod_ffff(n) or 0xFFFF)
+    return finish(n)

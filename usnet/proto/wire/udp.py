@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import FOLD_MIN, mod_ffff
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 
 __all__ = ["UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
@@ -60,7 +60,7 @@ def parse_udp(
             n <<= 8
         # pseudo-header: addresses, protocol, length (never all zero)
         n += _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen
-        if n % 0xFFFF if ulen < FOLD_MIN else mod_ffff(n):
+        if not verifies(n):
             raise WireError("UDP: bad checksum")
     return sport, dport, off + UDP_HLEN, ulen - UDP_HLEN
 
@@ -75,8 +75,7 @@ def udp_checksum(src_ip: bytes, dst_ip: bytes, sport: int, dport: int, payload) 
         _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen  # pseudo
         + sport + dport + ulen  # header, checksum field 0
     )
-    # n > 0 (proto), so the fold is 1..0xFFFF and the inverse 0..0xFFFE.
-    return 0xFFFF - ((n % 0xFFFF if ulen < FOLD_MIN else mod_ffff(n)) or 0xFFFF) or 0xFFFF
+    return finish(n) or 0xFFFF
 
 
 def _check(src_ip, dst_ip, ulen) -> None:
