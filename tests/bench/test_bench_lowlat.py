@@ -14,7 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
 KEYS = {"idle_p99_ms", "ll_p50_ms", "ll_p99_ms", "general_p99_ms", "bulk_share", "ll_lost"}
 
 

@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from usnet.bench import http_demo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_megabyte_over_http_with_one_percent_loss_arrives_intact_after_retransmissions():
@@ -39,6 +41,7 @@ def test_a_megabyte_over_http_with_one_percent_loss_arrives_intact_after_retrans
     assert server["segs_out"] >= 1_000_000 // server["mss"]
 
 
+@pytest.mark.slow
 def test_usnet_demo_runs_end_to_end_without_matplotlib_and_prints_every_part(tmp_path):
     # --packets 20000 rather than 2000: with 2000 the UDP part's flow-table snapshot
     # (usnet/bench/udp.py) can miss the sender's short-lived flow and then polls for 10 s.

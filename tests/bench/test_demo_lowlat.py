@@ -80,6 +80,7 @@ def demo_result():
     return lowlat.demo_run(phase_seconds=0.3, warmup=0.3, adaptive_seconds=0.3)
 
 
+@pytest.mark.slow  # shares the module's demo run (seconds)
 def test_both_phases_give_percentiles_and_the_lease_carried_the_flow(demo_result):
     r = demo_result
     for phase in (r.granted, r.general):
@@ -107,6 +108,7 @@ def test_the_adaptive_sender_cannot_settle_before_it_has_been_raised_after_a_cut
     assert ceiling * RateAdapter(start, floor=1, ceiling=ceiling).down < UP_HEADROOM * link  # cut, below
 
 
+@pytest.mark.slow  # shares the module's demo run (seconds)
 def test_the_adaptive_sender_changes_its_rate_the_way_the_advisory_says(demo_result):
     a = demo_result.adaptive
     assert a.link_rate == lowlat.LINK_RATE and a.start_rate == lowlat.ADAPT_START
@@ -133,6 +135,7 @@ def test_the_adaptive_sender_changes_its_rate_the_way_the_advisory_says(demo_res
     assert all(lowlat.ADAPT_FLOOR <= s[1] <= lowlat.ADAPT_CEILING for s in a.samples)
 
 
+@pytest.mark.slow  # shares the module's demo run (seconds)
 def test_the_plot_is_a_png_of_the_promised_size(demo_result, tmp_path):
     pytest.importorskip("matplotlib")
     from usnet.bench import plot

@@ -105,6 +105,7 @@ def test_both_ways_digest_checked(net):
     assert got[:32] == hashlib.sha256(up).digest() and got[32:] == down
 
 
+@pytest.mark.slow
 def test_lossy_reordering_duplicating_link_delivers_20_mb_intact_and_closes_cleanly(net):
     """2 % loss, reordering and duplication: every byte, in order, and both sides see EOF."""
     c = net(loss=0.02, reorder=0.02, duplicate=0.02, delay=0.0005, seed=11)
@@ -187,6 +188,7 @@ def _pair(c: Client, port: int) -> tuple[us.socket, us.socket, us.socket]:
     return srv, cl, conn
 
 
+@pytest.mark.slow
 def test_a_peer_that_vanishes_times_out_with_etimedout(link):
     """The link goes dead mid-connection: RTO back-off, then TimeoutError (ETIMEDOUT) as Linux raises."""
     lk = link()

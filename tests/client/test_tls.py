@@ -14,7 +14,7 @@ import threading
 from typing import Callable
 
 import pytest
-from conftest import client_context, server_context
+from tests.helpers.util import client_context, server_context
 import trustme
 
 from usnet import socket as us

@@ -52,8 +52,8 @@ from usnet.abi.advisory import (
 )
 from usnet.domain.loop import Domain
 
-from conftest import FakeClock, tap_name
-from test_usnetd import Daemon
+from tests.helpers.util import FakeClock, tap_name
+from tests.helpers.usnetd import Daemon
 
 START = 1000.0
 U64 = st.integers(0, 2**64 - 1)
@@ -440,6 +440,7 @@ def test_open_advisory_hands_over_a_memfd_no_client_can_write():
 
 
 @pytest.mark.privileged
+@pytest.mark.slow
 def test_cli_prints_one_json_snapshot_and_a_table_from_a_real_usnetd(tmp_path):
     ifname = tap_name()
     cfg = tmp_path / "usnetd.toml"

@@ -18,12 +18,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FakeClock, wait_until
+from tests.helpers.util import FakeClock, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import test_lowlat
-from test_lowlat import recv_all
+from tests.domain import test_lowlat
+from tests.domain.test_lowlat import recv_all
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.domain import config
 from usnet.drivers import MemWire
@@ -259,7 +259,7 @@ def test_over_a_paced_tap_codel_marks_usnet_tcp_and_the_kernel_s_echo_slows_it_w
     netif paced to 100 Mbit/s builds a standing queue, and CoDel marks instead of dropping."""
     import hashlib
 
-    from conftest import digest_of, kernel_server
+    from tests.helpers.util import digest_of, kernel_server
     from usnet import socket as us
     from usnet.client import Client
 

@@ -16,8 +16,8 @@ import os
 import re
 
 import pytest
-from conftest import tap_name
-from test_usnetd import Daemon
+from tests.helpers.util import tap_name
+from tests.helpers.usnetd import Daemon
 
 from usnet.domain import launch as updown
 from usnet.cli.main import _bits, main

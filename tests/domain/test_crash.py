@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,9 @@ from usnet.abi.events import DefunctReason
 from usnet.client import Client
 from usnet.domain.loop import Domain
 
-PEER = Path(__file__).parent / "peers" / "pipe_peer.py"
+from tests.helpers import PEERS
+
+PEER = PEERS / "pipe_peer.py"
 
 
 @pytest.fixture

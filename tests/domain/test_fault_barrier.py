@@ -19,7 +19,7 @@ import socket
 
 import numpy as np
 import pytest
-from conftest import net_factory, wait_until
+from tests.helpers.util import net_factory, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -24,12 +24,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
-from conftest import FakeClock, net_factory, recv_n, send_raw, wait_until
+from tests.helpers.util import FakeClock, net_factory, recv_n, send_raw, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
@@ -44,8 +43,10 @@ from usnet.domain.loop import Domain
 from usnet.domain.switch.neighbours import SKB_OVERHEAD
 from usnet.domain.switch.ports import EPHEMERAL
 
+from tests.helpers import PEERS
+
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
-PEER = Path(__file__).parent / "peers" / "flow_peer.py"
+PEER = PEERS / "flow_peer.py"
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ import socket
 import struct
 
 import pytest
-from conftest import wait_until
+from tests.helpers.util import wait_until
 
-import test_lowlat
-from test_lowlat import Net
+from tests.domain import test_lowlat
+from tests.domain.test_lowlat import Net
 from usnet.client import Client
 from usnet.drivers import MemWire
 from usnet.domain.loop import Domain

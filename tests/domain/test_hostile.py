@@ -29,7 +29,7 @@ from usnet.domain.userpipe import ABUSE_LIMIT
 from usnet.domain.mem import pool as poolmod
 from usnet.abi.umd import UMD_WORDS
 
-from conftest import wait_until
+from tests.helpers.util import wait_until
 
 # ---------------------------------------------------------------- helpers
 

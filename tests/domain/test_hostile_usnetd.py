@@ -30,8 +30,8 @@ from usnet.abi.schema import W_SYNC, RingKind
 from usnet.abi import protocol as P
 from usnet.abi.transport import connect_seqpacket, send_msg
 
-from hostile_harness import HOSTILE, PEERS, VICTIM, Harness, deadline_loop, quick_client, raw_session
-from test_usnetd import Daemon
+from tests.helpers.hostile_harness import HOSTILE, PEERS, VICTIM, Harness, deadline_loop, quick_client, raw_session
+from tests.helpers.usnetd import Daemon
 
 
 ANSWER_S = 3.0  # seconds the attacker's own requests wait
@@ -251,6 +251,7 @@ def test_bell_made_blocking_and_filled(hostile):
     leave(h, what, ctl, a, b)
 
 
+@pytest.mark.slow
 def test_kick_made_blocking_and_its_count_stolen(hostile):
     h = hostile
     atk = h.spawn(HOSTILE, "kick-steal", "--name", "steal")

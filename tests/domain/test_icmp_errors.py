@@ -18,10 +18,10 @@ from __future__ import annotations
 import errno
 
 import pytest
-from conftest import wait_until
+from tests.helpers.util import wait_until
 
-import test_lowlat
-from test_lowlat import Net
+from tests.domain import test_lowlat
+from tests.domain.test_lowlat import Net
 from usnet import socket as us
 from usnet.client import Client
 from usnet.drivers import MemWire

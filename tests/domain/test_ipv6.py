@@ -22,7 +22,7 @@ import socket
 import threading
 
 import pytest
-from conftest import send_raw
+from tests.helpers.util import send_raw
 from scapy.all import IP, TCP, UDP, Ether, raw
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS,

@@ -26,8 +26,8 @@ from usnet.drivers import MemWire
 from usnet.domain.loop import Domain
 from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
 from usnet.abi import memfd
-from conftest import wait_until
-from test_usnetd import Daemon
+from tests.helpers.util import wait_until
+from tests.helpers.usnetd import Daemon
 
 NOBODY = 65534
 NETIF_ADDR = "10.9.0.1"

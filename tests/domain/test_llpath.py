@@ -18,11 +18,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import FakeClock, send_raw, wait_until
+from tests.helpers.util import FakeClock, send_raw, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_lowlat import POLICY, Net, recv_all
+from tests.domain.test_lowlat import POLICY, Net, recv_all
 from usnet.drivers import MemWire
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client

@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
+from tests.helpers.util import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_usnetd import Daemon
+from tests.helpers.usnetd import Daemon
 from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.client import Client
 from usnet.domain import config

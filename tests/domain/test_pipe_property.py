@@ -19,6 +19,8 @@ from usnet.client.channel import ChannelDefunct, NoBuffers
 from usnet.abi.protocol import ControlError
 from usnet.domain.mem.pool import FREE, HELD
 
+pytestmark = pytest.mark.slow
+
 
 class PipeMachine(RuleBasedStateMachine):
     def __init__(self) -> None:

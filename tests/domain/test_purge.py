@@ -8,7 +8,7 @@ the pages go back to the system (the memfd's allocated bytes fall).
 
 from __future__ import annotations
 
-from conftest import FakeClock
+from tests.helpers.util import FakeClock
 
 from usnet.client import Client
 from usnet.domain.loop import Domain

@@ -17,7 +17,7 @@ import select
 import threading
 
 import pytest
-from conftest import FakeClock, net_factory
+from tests.helpers.util import FakeClock, net_factory
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 

@@ -20,17 +20,17 @@ import struct
 import time
 
 import pytest
-from conftest import recv_n, require_privileges, send_raw, wait_until
+from tests.helpers.util import recv_n, require_privileges, send_raw, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import (
     IP, UDP, Ether, IPOption_LSRR, IPOption_Router_Alert, IPOption_RR, IPOption_SSRR, IPv6,
     IPv6ExtHdrFragment, IPv6ExtHdrRouting, fragment, raw, rdpcap,
 )
-from test_flowswitch import A_IP, B_IP, Net, _snapshot, total_drops
-from test_ipv6 import ME, PEER, Wire6
-from test_lowlat import POLICY
-from test_lowlat import Net as LLNet
+from tests.domain.test_flowswitch import A_IP, B_IP, Net, _snapshot, total_drops
+from tests.domain.test_ipv6 import ME, PEER, Wire6
+from tests.domain.test_lowlat import POLICY
+from tests.domain.test_lowlat import Net as LLNet
 
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
@@ -442,7 +442,7 @@ def test_random_header_mutations_never_leave_with_a_spoofed_field():
 @pytest.fixture
 def veth():
     require_privileges("root, veth and network namespaces")
-    from test_packet_driver import VethNS
+    from tests.interop.test_packet_driver import VethNS
 
     v = VethNS()
     yield v
@@ -486,7 +486,7 @@ print(json.dumps({{"frags": frags, "dgrams": dgrams}}), flush=True)
 
 @pytest.mark.privileged
 def test_the_namespace_kernel_reassembles_the_flows_datagram_and_never_sees_a_forged_fragment(veth):
-    from test_packet_driver import OUR_IP, PEER_IP, wait_ready
+    from tests.interop.test_packet_driver import OUR_IP, PEER_IP, wait_ready
 
     from usnet.drivers.packet import PacketDriver
 

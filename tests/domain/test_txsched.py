@@ -17,7 +17,7 @@ from collections import deque
 
 import numpy as np
 import pytest
-from conftest import ControlledDevice, FakeClock
+from tests.helpers.util import ControlledDevice, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

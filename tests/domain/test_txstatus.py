@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import wait_until
+from tests.helpers.util import wait_until
 
-from test_llpath import udp_packet
-import test_lowlat
-from test_lowlat import Net, recv_all
+from tests.domain.test_llpath import udp_packet
+from tests.domain import test_lowlat
+from tests.domain.test_lowlat import Net, recv_all
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.client import Client
 from usnet.abi.protocol import ControlError
@@ -102,6 +102,7 @@ def slow_link(net: Net) -> tuple:
     return s, sink
 
 
+@pytest.mark.slow
 def test_a_deadline_that_passes_in_the_netif_queue_drops_the_datagram_there(net):
     """At 1 Mbit/s the flood ahead takes a second to drain; the marked datagram behind it has 20 ms."""
     s, sink = slow_link(net)

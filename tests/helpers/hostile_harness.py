@@ -27,9 +27,9 @@ from usnet.abi import doorbell
 from usnet.client import Client
 from usnet.abi import protocol as P
 from usnet.abi.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
-from test_usnetd import Daemon
+from tests.helpers import PEERS
+from tests.helpers.usnetd import Daemon
 
-PEERS = Path(__file__).parent / "peers"
 VICTIM = PEERS / "victim_peer.py"
 HOSTILE = PEERS / "hostile_peer.py"
 ANSWER = 3.0  # seconds usnetd has to answer a control request before it counts as frozen

@@ -15,7 +15,7 @@ import socket
 import time
 
 import pytest
-from conftest import send_raw
+from tests.helpers.util import send_raw
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 

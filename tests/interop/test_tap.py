@@ -3,10 +3,11 @@
 Two ways in: `usnet up` (usnet.domain.launch.up: a TAP made through netlink, the
 host's address on it, usnetd serving a control socket; clients connect with
 `Client.connect`) and an in-process Domain with a TapDriver whose host side
-the test configures through pyroute2. Every test makes its own device with a
-unique name and a /24 in 10.x that nothing on the host uses, and removes it.
+the test configures through pyroute2. Every test runs in a network namespace
+of its own (the `netns` fixture: tests/conftest.py), makes its own device
+there and removes it.
 
-The peers are the host kernel's own: `ping` and ordinary UDP sockets; scapy
+The peers are the namespace kernel's own: `ping` and ordinary UDP sockets; scapy
 and tshark read the traces. No sleeps: waits are select() on sockets, the
 usnet channel's own blocking receive with a deadline, or a child's exit.
 """
@@ -25,9 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import digest_of, free_subnet_or_fail, kernel_server, recv_n, tap_name, wait_until
+from tests.helpers.util import (digest_of, fresh_subnet, kernel_server, recv_n, tap_name, used_networks,
+                                wait_until)
 
-from usnet.drivers.hostnet import delete_links, link_exists, used_networks
+from usnet.drivers.hostnet import delete_links, link_exists
 
 pytestmark = pytest.mark.privileged
 
@@ -47,7 +49,7 @@ class Up:
 
     def __init__(self, run_dir: Path, pcap: bool = False) -> None:
         from usnet.domain import launch as updown
-        x = free_subnet_or_fail()
+        x = fresh_subnet()
         self.updown = updown
         self.ifname = tap_name()
         self.usnet_ip, self.host_ip = f"10.{x}.0.2", f"10.{x}.0.1"

@@ -18,7 +18,7 @@ import socket
 import threading
 
 import pytest
-from conftest import client_context, server_context
+from tests.helpers.util import client_context, server_context
 
 from usnet import aio, tls
 from usnet import socket as us

@@ -19,8 +19,8 @@ import subprocess
 import threading
 
 import pytest
-from conftest import digest_of, kernel_server
-from conftest import free_subnet_or_fail, tap_name
+from tests.helpers.util import digest_of, kernel_server
+from tests.helpers.util import fresh_subnet, tap_name
 
 from usnet.drivers.hostnet import delete_links
 
@@ -149,7 +149,7 @@ def test_usnet_up_with_address6_answers_ping6_at_once(tmp_path):
     from usnet.domain import launch as updown
     from usnet.client import Client
 
-    x = free_subnet_or_fail()
+    x = fresh_subnet()
     ifname = tap_name()
     run_dir = str(tmp_path)
     rc = updown.up("tap", ifname, f"10.{x}.0.2/24", f"10.{x}.0.1/24", run_dir=run_dir,

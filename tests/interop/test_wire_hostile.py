@@ -17,22 +17,20 @@ hostile frames earned. The domain loop is driven by the test
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import os
 import select
 import socket
 import subprocess
-import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import require_privileges
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.drivers.base import Coalesced
+from usnet.drivers.hostnet import NetNs
 from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
 from usnet.proto.wire.ipv4 import martian_source4
 from usnet.proto.wire.ipv6 import martian_source6
@@ -41,33 +39,12 @@ PEER4, US4, SUBNET_BCAST = "10.77.0.1", "10.77.0.2", "10.77.0.255"
 PEER6, US6 = "fd00:77::1", "fd00:77::2"
 SILENT4 = "10.77.0.99"  # on-link, and nobody answers ARP for it
 _seq = itertools.count()
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
 
 
 def _in_netns(ns: str, fn):
     """Run `fn` in a thread that has entered netns `ns`: sockets it opens stay in that namespace."""
-    out: dict = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            out["r"] = fn()
-        except BaseException as e:  # handed to the caller
-            out["e"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join(10)
-    if "e" in out:
-        raise out["e"]
-    return out["r"]
+    return NetNs(ns).call(fn)
 
 
 def _mac(b: bytes) -> str:
@@ -196,8 +173,8 @@ class Link:
 
 
 @pytest.fixture
-def link(request):
-    require_privileges()
+def link(request, netns):
+    """Links made in the test's own namespace (`netns`), each between two namespaces of its own."""
     made: list[Link] = []
 
     def make(**kw) -> Link:
