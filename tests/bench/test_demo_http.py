@@ -59,7 +59,7 @@ def test_usnet_demo_runs_end_to_end_without_matplotlib_and_prints_every_part(tmp
     assert "retransmitted segments" in out and "smoothed RTT" in out and "cwnd" in out
     assert "HTTP 200: 4,000,000 bytes" in out
     assert "SHA-256 digest ok" in out
-    # the low-latency part (its figures are checked in tests/test_demo_lowlat.py)
+    # the low-latency part (its figures are checked in tests/bench/test_demo_lowlat.py)
     assert "Low latency on a shared link" in out
     assert "with its lease (LL class)" in out and "without (general class)" in out
     assert "low-latency leases" in out and "voice" in out

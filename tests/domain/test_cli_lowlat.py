@@ -6,7 +6,7 @@ and `usnet status`'s lease table.
 anything, so no device is created here. The advisory keys are tested in the
 config, in the usnetd it starts (its log; and, privileged, the advisory a
 client reads off a TAP netif), and `usnet status` against an embedded domain
-listening on a socket, with a lease granted as tests/test_lowlat.py grants them.
+listening on a socket, with a lease granted as tests/domain/test_lowlat.py grants them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Hostile clients against a real usnetd (issue 14, "How it must be shown").
 
 Each test runs one attack beside a victim pair that moves numbered,
-checksummed payloads through a user pipe (tests/hostile_harness.py). After
+checksummed payloads through a user pipe (tests/helpers/hostile_harness.py). After
 the attack: usnetd is alive and answers Status, the victim's traffic moves
 and nothing of it is lost or damaged, every pool's books balance, and once
 the attacker is gone usnetd's descriptors and RSS are back near the baseline.

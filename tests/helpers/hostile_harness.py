@@ -1,4 +1,4 @@
-"""The harness of the hostile-client suite (tests/test_hostile_usnetd.py).
+"""The harness of the hostile-client suite (tests/domain/test_hostile_usnetd.py).
 
 A real usnetd process, a victim pair beside it (tests/peers/victim_peer.py:
 numbered, checksummed payloads through a user pipe, checked one by one), and
