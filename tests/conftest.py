@@ -1,33 +1,96 @@
-"""Shared fixtures. Privileged tests (root, TAP, netns) fail rather than skip under CI=true."""
+"""Shared fixtures. Privileged tests (root, TAP, netns) fail rather than skip under CI=true.
+
+Every privileged test runs inside a network namespace of its own (the `netns` fixture): the
+devices it makes, their addresses, the kernel sockets and the programs it starts as peers live
+there, and go with it. The session checks that the host's own namespace gained no link and no
+address meanwhile (`_host_namespace_untouched`). Helpers that are not fixtures are in tests/helpers/.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import itertools
 import os
 import shutil
-import ssl
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-
-def require_privileges(what: str = "root and /dev/net/tun") -> None:
-    """Skip where the machine cannot give us devices; under CI a missing device is a failure."""
-    ok = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
-    if ok:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"privileged test cannot get {what} under CI")
-    pytest.skip(f"needs {what}")
+from tests.helpers.util import fresh_subnet, require_privileges, tap_name
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("privileged"):
         require_privileges()
+
+
+# -- network namespaces: device traffic never touches the host's ----------------------------------------
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace (usnet.drivers.hostnet.NetNs, loopback up) that the test runs in:
+    the test's thread enters it for the test and comes back after, and the namespace is removed
+    with everything left in it. Privileged tests get it without asking (`_privileged_in_netns`)."""
+    require_privileges("root and network namespaces")
+    from usnet.drivers.hostnet import NetNs
+
+    with NetNs() as ns, ns.entered():
+        yield ns
+
+
+@pytest.fixture(autouse=True)
+def _privileged_in_netns(request):
+    """A test marked privileged runs in its own namespace (see `netns`), set up before its other fixtures."""
+    if request.node.get_closest_marker("privileged") is None:
+        yield None
+    else:
+        yield request.getfixturevalue("netns")
+
+
+def _host_view(fd: int) -> set[tuple[str, ...]]:
+    """The links and addresses of the namespace open at `fd`, seen from a thread inside it."""
+    from pyroute2 import IPRoute
+
+    from usnet.drivers.hostnet import setns
+
+    out: set[tuple[str, ...]] = set()
+
+    def look() -> None:
+        setns(fd)
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            out.update(("link", n) for n in names.values())
+            out.update(("addr", names.get(a["index"], "?"), f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+                       for a in ipr.get_addr())
+
+    t = threading.Thread(target=look)
+    t.start()
+    t.join()
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _host_namespace_untouched():
+    """After the session the host's namespace has no link and no address it did not have before.
+
+    Another program on the machine may be adding and removing devices of its own meanwhile, so a
+    difference must last two seconds before it counts."""
+    if os.geteuid() != 0:
+        yield
+        return
+    fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        before = _host_view(fd)
+        yield
+        deadline = time.monotonic() + 2.0
+        while (new := _host_view(fd) - before) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling the host's namespace, which has no event to wait for here
+        assert not new, f"the tests left links or addresses in the host's namespace: {sorted(new)}"
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -40,167 +103,12 @@ def sockdir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-def net_factory(cls):
-    """A `make_net` fixture for a test module's `Net` class: `make_net(**kw)` builds one, and every
-    one built is stopped (its domain) after the test."""
-    @pytest.fixture
-    def make_net():
-        nets: list = []
-
-        def make(**kw):
-            n = cls(**kw)
-            nets.append(n)
-            return n
-
-        yield make
-        for n in nets:
-            n.d.stop()
-
-    return make_net
-
-
-def send_raw(ch, packets: list[bytes], gso: list[int] | None = None) -> None:
-    """What a hostile client does: write bytes of its choosing into packets and send them.
-
-    `gso`: the UMD gso_size of each packet (a super-segment for the device to cut).
-    """
-    pkts: list[int] = []
-    while len(pkts) < len(packets):
-        pkts += ch.alloc(len(packets) - len(pkts))
-    for p, data, g in zip(pkts, packets, gso or [0] * len(packets)):
-        ch.write(p, data, g)
-        ch.set_length(p, len(data))
-    assert ch.send(pkts) == len(pkts)
-
-
-class FakeClock:
-    """Simulated time (seconds) for a netif, a memwire or a lease desk: the test moves `now`."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class ControlledDevice:
-    """A device the test controls: it keeps the frames it takes, at most `room` of them
-    in each `send_batch` call (`per_call`), or in all until the test sets `room` again."""
-
-    takes_blocks = False
-    mtu = 1500
-
-    def __init__(self, name: str, room: int, per_call: bool) -> None:
-        self.name = name
-        self.room = room
-        self.per_call = per_call
-        self.got: list[bytes] = []
-
-    def send_batch(self, frames) -> int:
-        n = min(len(frames), self.room)
-        self.got += [bytes(f) for f in frames[:n]]
-        if not self.per_call:
-            self.room -= n
-        return n
-
-    def fileno(self) -> int:
-        return -1
-
-    def timeout(self):
-        return None
-
-    def close(self) -> None:
-        pass
-
-
-def wait_until(pred, timeout: float, what: str) -> None:
-    """Bounded polling of a condition (domain state), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
-
-
-def recv_n(sock, n: int, timeout: float = 5.0) -> list:
-    """Up to `n` datagrams, waiting on the socket until they come or the deadline passes."""
-    out: list = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        try:
-            out += sock.recv_many(n - len(out), timeout=left)
-        except BlockingIOError:
-            break
-    return out
-
-
-def digest_of(sock, n: int) -> tuple[int, bytes]:
-    """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes (any socket-like)."""
-    h = hashlib.sha256()
-    got = 0
-    while got < n and (b := sock.recv(1 << 20)):
-        h.update(b)
-        got += len(b)
-    return got, h.digest()
-
-
-@contextlib.contextmanager
-def kernel_server(host: str, serve, timeout: float = 60.0):
-    """The host kernel's TCP as the peer: a listener on `host` (IPv4 or IPv6) whose first accepted
-    connection `serve(sock, peer) -> dict` handles in a thread. Yields (address, result); on leaving
-    the block the thread is joined and `result` holds what `serve` returned."""
-    import socket
-    import threading
-
-    ls = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    ls.bind((host, 0))
-    ls.listen()
-    ls.settimeout(timeout)
-    result: dict = {}
-
-    def run() -> None:
-        k, peer = ls.accept()
-        k.settimeout(timeout)
-        with k:
-            result.update(serve(k, peer))
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    try:
-        yield ls.getsockname()[:2], result
-        t.join(timeout)
-    finally:
-        ls.close()
-
-
-# -- TAP devices for the privileged tests -----------------------------------------------------------
-
-_seq = itertools.count()
-
-
-def tap_name() -> str:
-    """A device name unique to this test process."""
-    name = f"ust{os.getpid() % 100000}x{next(_seq)}"
-    assert len(name) <= 15
-    return name
-
-
-def free_subnet_or_fail() -> int:
-    """x of a 10.x.0.0/24 nothing on the host uses (spread over the range by pid)."""
-    from usnet.drivers.hostnet import free_subnet
-
-    try:
-        return free_subnet(start=os.getpid() * 7 + next(_seq) * 13)
-    except OSError as e:
-        pytest.fail(str(e))
+# -- TAP devices for the privileged tests (each in the test's own namespace) ---------------------------
 
 
 @contextlib.contextmanager
 def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
-    """An in-process Domain on a fresh TAP, the host side made through pyroute2.
+    """An in-process Domain on a fresh TAP in the test's namespace, the host side made through pyroute2.
 
     `offload`: the TAP's checksum and segmentation offload (the default), or plain frames.
     `netif_kw`: more for `Domain.add_netif` (a link_rate, say).
@@ -217,7 +125,7 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
     from usnet.drivers.hostnet import delete_links, link_exists
     from usnet.domain.loop import Domain
 
-    x = free_subnet_or_fail()
+    x = fresh_subnet()
     ifname = tap_name()
     drv = TapDriver(ifname, offload=offload)  # creates the device; it lives as long as the fd
     d = Domain()
@@ -240,7 +148,7 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
 
 
 @pytest.fixture
-def tap_domain(request):
+def tap_domain(request, netns):
     """(domain, ifname, usnet_ip, host_ip) on a fresh TAP: see _domain_on_tap.
 
     Parametrize it indirectly with False for a TAP without offload (plain frames).
@@ -250,14 +158,14 @@ def tap_domain(request):
 
 
 @pytest.fixture
-def tap_domain_paced():
+def tap_domain_paced(netns):
     """As tap_domain, the netif paced to 100 Mbit/s with 20 % of its slots for the LL class."""
     with _domain_on_tap(ipv6=False, link_rate=100e6, ll_share=0.2) as (d, ifname, x):
         yield d, ifname, f"10.{x}.0.2", f"10.{x}.0.1"
 
 
 @pytest.fixture
-def tap_domain6():
+def tap_domain6(netns):
     """(domain, ifname, usnet_ip6, host_ip6) on a fresh TAP with IPv4 and IPv6: see _domain_on_tap."""
     with _domain_on_tap(ipv6=True) as (d, ifname, x):
         yield d, ifname, f"fd00:{x}::2", f"fd00:{x}::1"
@@ -273,15 +181,3 @@ def ca():
     return trustme.CA()
 
 
-def server_context(ca, *names: str) -> ssl.SSLContext:
-    """A server context with a certificate from `ca` for `names` (IP addresses become IP SANs)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
-
-
-def client_context(ca) -> ssl.SSLContext:
-    """A client context that trusts `ca` and checks hostnames, as the standard library does."""
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    return ctx

@@ -1,8 +1,9 @@
 """`usnet bench udp`'s TAP figures: frames/s through the TAP driver, each way.
 
-The real deployment: `usnet up` (a TAP, the host's address, usnetd in its own
-process), a usnet application in this process, and the host kernel's UDP
-socket as the peer in a forked child. Each direction sends `count` 64-byte
+The real deployment: `usnet up --netns` (a TAP whose host end and address are
+in a network namespace the benchmark makes and removes, usnetd in its own
+process), a usnet application in this process, and the kernel's UDP socket
+in that namespace as the peer, in a forked child. Each direction sends `count` 64-byte
 datagrams as fast as the sender can and counts, at the receiver, what arrived
 between the first and the last arrival. Needs root and /dev/net/tun.
 """
@@ -15,12 +16,12 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
 from usnet.client import Client
-from usnet.drivers.hostnet import free_subnet
+from usnet.drivers.hostnet import NetNs
 
 SIZE = 64
 BATCH = 512
@@ -33,30 +34,36 @@ def available() -> bool:
 
 @dataclass
 class UsnetUp:
-    """What `usnet up` made for a benchmark: the netif, both addresses, and a client of its usnetd."""
+    """What `usnet up` made for a benchmark: the netif, both addresses, a client of its usnetd, and
+    the namespace of the host end, where the kernel peer's sockets must be made (`NetNs.call`)."""
 
     client: Client
     ifname: str
     usnet_ip: str
     host_ip: str
+    netns: NetNs
 
 
 @contextlib.contextmanager
 def usnet_up() -> Iterator[UsnetUp]:
-    """`usnet up` on a fresh TAP in a temporary run directory; `usnet down` afterwards, whatever happens."""
+    """`usnet up --netns` on a fresh TAP, in a temporary run directory and a namespace of the
+    benchmark's own; `usnet down` and the namespace removed afterwards, whatever happens.
+
+    The host's own namespace gains nothing: the TAP's host end and its address are in the
+    benchmark's namespace (docs/architecture.md, "Devices and namespaces"), so any subnet will do.
+    """
     from usnet.domain import launch as updown
-    x = free_subnet(first=231, count=24)
-    us_ip, host_ip = f"10.{x}.0.2", f"10.{x}.0.1"
-    with tempfile.TemporaryDirectory(prefix="usnet-bench-") as run_dir:
+    us_ip, host_ip = "10.231.0.2", "10.231.0.1"
+    with tempfile.TemporaryDirectory(prefix="usnet-bench-") as run_dir, NetNs() as ns:
         ifname = f"usb{os.getpid() % 100000}"
         with contextlib.redirect_stdout(sys.stderr):  # stdout may be carrying --json
-            rc = updown.up("tap", ifname, f"{us_ip}/24", f"{host_ip}/24", run_dir=run_dir)
+            rc = updown.up("tap", ifname, f"{us_ip}/24", f"{host_ip}/24", run_dir=run_dir, netns=ns.name)
         if rc != 0:
             raise OSError("usnet up failed for the TAP benchmark")
         try:
             client = Client.connect(os.path.join(run_dir, "usnetd.sock"))
             try:
-                yield UsnetUp(client, ifname, us_ip, host_ip)
+                yield UsnetUp(client, ifname, us_ip, host_ip, ns)
             finally:
                 client.close()
         finally:
@@ -68,9 +75,7 @@ def tap_fps(count: int) -> dict[str, float]:
     """{"usnet_to_kernel_fps", "kernel_to_usnet_fps", and how many arrived of `count`, each way}."""
     with usnet_up() as up:
         us = up.client.udp_socket(up.ifname, 7000, ring_size=8192, packets=16384)
-        k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        k.bind((up.host_ip, 0))
+        k = up.netns.call(lambda: _kernel_socket(up.host_ip))
         try:
             _warm(us, k, (up.usnet_ip, 7000))
             out = _usnet_to_kernel(us, k, count)
@@ -79,6 +84,14 @@ def tap_fps(count: int) -> dict[str, float]:
             k.close()
             us.close()
     return out
+
+
+def _kernel_socket(host_ip: str) -> socket.socket:
+    """The kernel peer's UDP socket on `host_ip` (made inside the namespace: see tap_fps)."""
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    k.bind((host_ip, 0))
+    return k
 
 
 def _warm(us, k: socket.socket, us_addr: tuple[str, int]) -> None:

@@ -1,8 +1,9 @@
 """`usnet bench tcp`: bulk transfer each way and connections per second.
 
 The usnet side is a `usnet.socket` in this process, over the TAP of a
-`usnet up` (usnetd in its own process); the peer is the host kernel's TCP in
-a forked child, as a real server would be. The reference is the same
+`usnet up --netns` (usnetd in its own process); the peer is the kernel's TCP
+in a forked child, inside the namespace that holds the TAP's host end (made
+and removed by the benchmark: bench/tap.py), as a real server would be. The reference is the same
 program with a kernel socket in place of the usnet one, over loopback. Both
 run in one invocation so that the ratio compares like with like on a
 machine whose speed drifts from run to run.
@@ -27,9 +28,12 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from usnet.bench.baselines import _fork, _reap
+
+if TYPE_CHECKING:
+    from usnet.drivers.hostnet import NetNs
 
 CHUNK = 1 << 20
 CONCURRENCY = 8  # kernel clients connecting at once in connect_rate
@@ -52,11 +56,21 @@ def _read_all(s: Any, buf: memoryview) -> int:
     return got
 
 
+def _peer_fork(ns: NetNs | None, body: Callable[[], None]) -> int:
+    """`body` in a forked child: the kernel peer, inside namespace `ns` when one is given."""
+    def run() -> None:
+        if ns is not None:
+            ns.enter()
+        body()
+
+    return _fork(run)
+
+
 @contextlib.contextmanager
-def _kernel_peer(host: str, serve: Callable[[socket.socket], None]) -> Iterator[tuple[str, int]]:
-    """A kernel listener on `host` served by `serve(listener)` in a forked child; yields its address."""
-    ls = _listener(host)
-    pid = _fork(lambda: serve(ls))
+def _kernel_peer(host: str, serve: Callable[[socket.socket], None], ns: NetNs | None) -> Iterator[tuple[str, int]]:
+    """A kernel listener on `host` (in `ns`) served by `serve(listener)` in a forked child; yields its address."""
+    ls = _listener(host) if ns is None else ns.call(lambda: _listener(host))
+    pid = _peer_fork(ns, lambda: serve(ls))
     ok = False
     try:
         yield ls.getsockname()
@@ -74,7 +88,7 @@ def _send_all(s: Any, size: int) -> None:
         left -= CHUNK
 
 
-def bulk_tx(connect: Connect, host: str, size: int) -> float:
+def bulk_tx(connect: Connect, host: str, size: int, ns: NetNs | None = None) -> float:
     """MB/s from this program to a kernel receiver that counts and confirms."""
     def receive(ls: socket.socket) -> None:
         k, _ = ls.accept()
@@ -82,7 +96,7 @@ def bulk_tx(connect: Connect, host: str, size: int) -> float:
         k.sendall(struct.pack("!Q", n))
         k.close()
 
-    with _kernel_peer(host, receive) as addr:
+    with _kernel_peer(host, receive, ns) as addr:
         t0 = time.perf_counter()
         s = connect(addr)
         _send_all(s, size)
@@ -97,14 +111,14 @@ def bulk_tx(connect: Connect, host: str, size: int) -> float:
     return size / (t1 - t0) / 1e6
 
 
-def bulk_rx(connect: Connect, host: str, size: int) -> float:
+def bulk_rx(connect: Connect, host: str, size: int, ns: NetNs | None = None) -> float:
     """MB/s from a kernel sender to this program, counted to EOF."""
     def send(ls: socket.socket) -> None:
         k, _ = ls.accept()
         _send_all(k, size)
         k.close()
 
-    with _kernel_peer(host, send) as addr:
+    with _kernel_peer(host, send, ns) as addr:
         buf = memoryview(bytearray(CHUNK))
         t0 = time.perf_counter()
         s = connect(addr)
@@ -116,7 +130,7 @@ def bulk_rx(connect: Connect, host: str, size: int) -> float:
     return size / (t1 - t0) / 1e6
 
 
-def connect_rate(listen: Listen, host: str, n: int) -> float:
+def connect_rate(listen: Listen, host: str, n: int, ns: NetNs | None = None) -> float:
     """Connections per second this program accepts from `CONCURRENCY` kernel clients at once."""
     ls = listen(host)
     addr = ls.getsockname()[:2]
@@ -136,7 +150,7 @@ def connect_rate(listen: Listen, host: str, n: int) -> float:
             t.join()
 
     t0 = time.perf_counter()
-    pid = _fork(clients)
+    pid = _peer_fork(ns, clients)
     ok = False
     try:
         for _ in range(each * CONCURRENCY):
@@ -149,14 +163,14 @@ def connect_rate(listen: Listen, host: str, n: int) -> float:
     return each * CONCURRENCY / (time.perf_counter() - t0)
 
 
-def connect_out_rate(connect: Connect, host: str, n: int) -> float:
+def connect_out_rate(connect: Connect, host: str, n: int, ns: NetNs | None = None) -> float:
     """Connections per second this program opens: connect, see the server's close, close; in a row."""
     def serve(ls: socket.socket) -> None:
         for _ in range(n):
             k, _ = ls.accept()
             k.close()
 
-    with _kernel_peer(host, serve) as addr:
+    with _kernel_peer(host, serve, ns) as addr:
         t0 = time.perf_counter()
         for _ in range(n):
             s = connect(addr)
@@ -202,7 +216,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
         for name, fn, amount, side in tests:
             progress(f"{name}: usnet over TAP")
             figures[name]["usnet"] = fn(usnet_side[side], up.usnet_ip if side == "listen" else up.host_ip,
-                                        amount)
+                                        amount, up.netns)
     kernel_side = {"connect": _kernel_connect, "listen": _kernel_listen}
     for name, fn, amount, side in tests:
         progress(f"{name}: kernel loopback")

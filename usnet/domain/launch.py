@@ -21,9 +21,13 @@ import signal
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from usnet.domain import config
 from usnet.drivers.hostnet import delete_links
+
+if TYPE_CHECKING:
+    from usnet.drivers.hostnet import NetNs
 
 RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
 
@@ -33,23 +37,36 @@ def _paths(run_dir: str) -> dict[str, str]:
             (("config", "usnetd.toml"), ("state", "state.json"), ("log", "usnetd.log"), ("socket", "usnetd.sock"))}
 
 
-def _make_device(driver: str, ifname: str, host_address: str, host_address6: str | None = None) -> list[str]:
-    """Create the device and give the host its addresses; returns the links to delete later."""
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+def _make_device(driver: str, ifname: str, netns: str | None) -> tuple[str, list[str]]:
+    """Create the device; returns (the host end's name, the links to delete later).
 
-    addr, _, plen = host_address.partition("/")
+    The host end is configured by `_host_side`: with `netns`, only once usnetd holds the device
+    and the host end has moved into that namespace.
+    """
+    from pyroute2 import IPRoute
+
     with IPRoute() as ipr:
         if ipr.link_lookup(ifname=ifname):
             raise OSError(f"{ifname} exists already (usnet down first?)")
         if driver == "tap":
             ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
-            host_if, made = ifname, [ifname]
-        else:  # packet: a veth pair; usnet takes one end, the host keeps the other
-            host_if = f"{ifname}h"
-            ipr.link("add", ifname=ifname, kind="veth", peer=host_if)
-            made = [ifname]
-        for name in {ifname, host_if}:
+            return ifname, [ifname]
+        # packet: a veth pair; usnet takes one end, the host keeps the other
+        host_if = f"{ifname}h"
+        ipr.link("add", ifname=ifname, kind="veth", peer=host_if)
+        if netns is not None:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up", txqlen=10000)
+        return host_if, [ifname]
+
+
+def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6: str | None) -> None:
+    """Bring the links up and give the host end its addresses, in the caller's namespace."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    addr, _, plen = host_address.partition("/")
+    with IPRoute() as ipr:
+        for name in ifnames:
             # a deep host-side queue: usnet reads in batches, the kernel should not drop meanwhile
             ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up", txqlen=10000)
         idx = ipr.link_lookup(ifname=host_if)[0]
@@ -57,7 +74,18 @@ def _make_device(driver: str, ifname: str, host_address: str, host_address6: str
         if host_address6:
             h6 = ipaddress.IPv6Interface(host_address6)
             ipr.addr("add", index=idx, address=str(h6.ip), prefixlen=h6.network.prefixlen, flags=IFA_F_NODAD)
-    return made
+
+
+def _write_state(path: str, state: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(state, f)
+
+
+def _to_netns(ns: NetNs, host_if: str, host_address: str, host_address6: str | None) -> None:
+    """Move the host end into namespace `ns` and configure it there."""
+    ns.take(host_if)
+    with ns.entered():
+        _host_side({host_if}, host_if, host_address, host_address6)
 
 
 def host_address6_for(address6: str) -> str:
@@ -92,8 +120,15 @@ def build_config(driver: str, ifname: str, address: str, host_address: str, sock
 def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
        pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
        host_address6: str | None = None, link_rate: float | None = None, ll_share: float | None = None,
-       strict: bool = False) -> int:
+       strict: bool = False, netns: str | None = None) -> int:
     """Make the device, give the host its addresses, start usnetd on it.
+
+    `netns`: the host end of the device (the TAP's link, the veth's other end), its addresses
+    and so the kernel peer live in that network namespace (made if it does not exist, and then
+    removed by `down`), not in the host's own (docs/architecture.md, "Devices and namespaces").
+    usnetd stays where it was started, holding the TAP by its descriptor; a TAP's link moves
+    once usnetd has attached to it, as opening a TAP by name in a namespace where it is not
+    would make a new one.
 
     `address6`/`host_address6` add IPv6 (the host's defaults to ::1 of
     usnet's prefix); the host's IPv6 address is usnet's IPv6 gateway.
@@ -117,26 +152,41 @@ def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str =
     if os.path.exists(paths["state"]):
         print(f"usnet is up already ({paths['state']}); usnet down first", file=sys.stderr)
         return 1
-    made = _make_device(driver, ifname, host_address, host_address6)
+    host_if, made = _make_device(driver, ifname, netns)
+    ns = None
+    if netns is None:
+        _host_side({ifname, host_if}, host_if, host_address, host_address6)
+    else:
+        from usnet.drivers.hostnet import NetNs
+
+        ns = NetNs(netns)
+        if driver != "tap":  # the veth's host end goes now; the TAP once usnetd holds it
+            _to_netns(ns, host_if, host_address, host_address6)
     with open(paths["config"], "w") as f:
         f.write(config.dump(cfg))
     log = open(paths["log"], "ab")
     proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
                             stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-    with open(paths["state"], "w") as f:
-        json.dump({"pid": proc.pid, "links": made, "socket": paths["socket"]}, f)
+    state = {"pid": proc.pid, "links": made, "socket": paths["socket"]}
+    if ns is not None:
+        state.update(netns=ns.name, netns_owned=ns.owned, netns_links=[])
+    _write_state(paths["state"], state)
     deadline = time.monotonic() + timeout
     line = proc.stdout.readline() if proc.stdout else b""
     if b"ready" not in line or time.monotonic() > deadline:
         print(f"usnetd did not start; see {paths['log']}", file=sys.stderr)
         down(run_dir)
         return 1
+    if ns is not None and driver == "tap":
+        _to_netns(ns, host_if, host_address, host_address6)
+        _write_state(paths["state"], {**state, "links": [], "netns_links": [host_if]})
     v6 = f" and {address6}, host at {host_address6}" if address6 else ""
     nc = cfg.netif[0]
     paced = "" if nc.link_rate is None else (
         f", paced to {nc.link_rate:g} bit/s with {0.2 if nc.ll_share is None else nc.ll_share:g} of the slots "
         f"for low latency{' (strict)' if nc.work_conserving is False else ''}")
-    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}{paced}, "
+    where = "" if ns is None else f" in netns {ns.name}"
+    print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}{where}{paced}, "
           f"usnetd pid {proc.pid}, socket {paths['socket']}")
     return 0
 
@@ -168,6 +218,16 @@ def down(run_dir: str = RUN_DIR, timeout: float = 10.0) -> int:
     except ProcessLookupError:
         pass
     delete_links(state.get("links", []))
+    if "netns" in state:
+        from usnet.drivers.hostnet import NetNs, netns_exists
+
+        if netns_exists(state["netns"]):
+            ns = NetNs(state["netns"])
+            with ns.entered():
+                delete_links(state.get("netns_links", []))
+            if state.get("netns_owned"):
+                ns.owned = True
+                ns.close()
     for k in ("state", "config"):
         try:
             os.unlink(paths[k])

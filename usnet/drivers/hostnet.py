@@ -1,43 +1,22 @@
 """The host's side of usnet's devices, through netlink (pyroute2).
 
 Why one module: `usnet up/down`, the TAP benchmark and the privileged tests
-all need to find a subnet nothing on the host uses and to remove the links
-they made; each had its own copy.
+all need to remove the links they made and to keep a device's host end in a
+network namespace of its own (`NetNs`), where any subnet is free; each had
+its own copy.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
+import contextlib
+import ctypes
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-
-def used_networks() -> list[ipaddress.IPv4Network]:
-    """Every IPv4 network the host has a route to or an address in."""
-    from pyroute2 import IPRoute
-
-    nets = []
-    with IPRoute() as ipr:
-        for r in ipr.get_routes(family=socket.AF_INET, table=254) + ipr.get_routes(family=socket.AF_INET, table=255):
-            dst = r.get_attr("RTA_DST")
-            if dst and r["dst_len"]:
-                nets.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
-        for a in ipr.get_addr(family=socket.AF_INET):
-            nets.append(ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False))
-    return nets
-
-
-def free_subnet(first: int = 100, count: int = 140, start: int = 0) -> int:
-    """A second octet x in [first, first + count) such that 10.x.0.0/24 overlaps nothing on the host.
-
-    `start` spreads concurrent callers (tests in parallel) over the range.
-    """
-    used = used_networks()
-    for i in range(count):
-        x = first + (start + i) % count
-        net = ipaddress.IPv4Network(f"10.{x}.0.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return x
-    raise OSError(f"no free 10.x.0.0/24 with x in [{first}, {first + count})")
+T = TypeVar("T")
 
 
 def link_exists(ifname: str) -> bool:
@@ -55,3 +34,127 @@ def delete_links(names: list[str]) -> None:
         for name in names:
             for idx in ipr.link_lookup(ifname=name):
                 ipr.link("del", index=idx)
+
+
+# -- network namespaces: where a device's host end and its kernel peer live ---------------------------
+
+CLONE_NEWNET = 0x40000000
+_ns_seq = itertools.count()
+
+
+def setns(fd: int) -> None:
+    """The calling thread joins the network namespace open at `fd` (setns(2): per thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def netns_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_DIR, name))
+
+
+NETNS_DIR = "/run/netns"
+
+
+class NetNs:
+    """A named network namespace (as `ip netns` names them) for a device's host end and its kernel peer.
+
+    Why: a TAP or veth whose host end, addresses and routes live in the host's own namespace
+    changes the machine for everyone; in a namespace of its own the traffic stays between usnet
+    and the peers started there (docs/architecture.md, "Devices and namespaces"). The device's usnet end (the
+    TAP's file descriptor, the veth's AF_PACKET socket) may stay where usnetd runs: a TAP keeps
+    working through its descriptor after its link moves.
+
+    `name` None makes a fresh, unique one; an existing name is used as it is (and `close` leaves
+    it), a new one is created with its loopback up (and `close` removes it, with what is in it).
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"usn{os.getpid() % 100000}x{next(_ns_seq)}"
+        self.path = os.path.join(NETNS_DIR, self.name)
+        self.owned = not netns_exists(self.name)
+        if self.owned:
+            from pyroute2 import netns
+
+            netns.create(self.name)
+            try:
+                with self.entered():
+                    _set_up("lo")
+            except BaseException:
+                self.close()
+                raise
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[NetNs]:
+        """The calling thread in this namespace for the block: sockets, devices, threads and
+        processes it makes meanwhile belong to the namespace; afterwards it is back where it was."""
+        back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        try:
+            self.enter()
+            try:
+                yield self
+            finally:
+                setns(back)
+        finally:
+            os.close(back)
+
+    def enter(self) -> None:
+        """The calling thread joins the namespace for good (a forked child, say)."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            setns(fd)
+        finally:
+            os.close(fd)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """`fn()` run in a thread inside the namespace: a socket it opens stays in the namespace
+        while the caller, who stays outside, uses it."""
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self.enter()
+                out["r"] = fn()
+            except BaseException as e:  # handed to the caller
+                out["e"] = e
+
+        t = threading.Thread(target=run, name=f"netns-{self.name}")
+        t.start()
+        t.join()
+        if "e" in out:
+            raise out["e"]
+        return out["r"]
+
+    def exec_argv(self, argv: list[str]) -> list[str]:
+        """`argv` as a command run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def take(self, ifname: str) -> None:
+        """Move link `ifname` from the caller's namespace into this one (it arrives down, without addresses)."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=ifname)
+            ipr.link("set", index=idx, net_ns_fd=self.name)
+
+    def close(self) -> None:
+        """Remove the namespace if this object made it: its virtual links go with it."""
+        if self.owned and netns_exists(self.name):
+            from pyroute2 import netns
+
+            netns.remove(self.name)
+
+    def __enter__(self) -> NetNs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _set_up(ifname: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        (idx,) = ipr.link_lookup(ifname=ifname)
+        ipr.link("set", index=idx, state="up")

@@ -1,0 +1,302 @@
+"""usnet.aio: asyncio streams between two usnet stacks on a memwire, no root.
+
+Server and client run on one event loop; the stack runs in usnet's stack
+thread. Each test is one `asyncio.run` under a generous `wait_for`, so a
+missed wake-up fails the test instead of hanging it. TLS certificates come
+from a throwaway CA (trustme) with the usnet addresses as subjectAltName IPs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+
+import pytest
+from tests.helpers.util import client_context, server_context
+import trustme
+
+from usnet import aio
+from usnet.client import Client
+from usnet.drivers.memwire import MemWire
+from usnet.domain.loop import Domain
+
+A_IP, B_IP = "10.9.0.1", "10.9.0.2"
+A6, B6 = "fd00:9::1", "fd00:9::2"
+LIMIT = 30  # seconds for a whole test: only ever reached when something is broken
+
+
+@pytest.fixture
+def net():
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, f"{A_IP}/24", address6=f"{A6}/64")
+    d.add_netif("b", w.b, f"{B_IP}/24", address6=f"{B6}/64")
+    d.start()
+    yield Client.local(d)
+    d.stop()
+
+
+def run(coro) -> object:
+    return asyncio.run(asyncio.wait_for(coro, LIMIT))
+
+
+def digest_server(down: bytes, seen: list):
+    """A handler: read to EOF, answer SHA-256 of what came plus `down`, close."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            got = await reader.read()
+            seen.append((writer.get_extra_info("peername"), got))
+            writer.write(hashlib.sha256(got).digest())
+            writer.write(down)
+            await writer.drain()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    return handle
+
+
+async def upload(c: Client, up: bytes, port: int, **kw) -> bytes:
+    reader, writer = await aio.open_connection(B_IP, port, client=c, netif="a", **kw)
+    writer.write(up)
+    await writer.drain()
+    assert writer.can_write_eof()
+    writer.write_eof()
+    got = await reader.read()
+    assert reader.at_eof()
+    writer.close()
+    await writer.wait_closed()
+    return got
+
+
+def test_a_megabyte_each_way_digest_checked(net):
+    up, down = os.urandom(1_000_000), os.urandom(1_200_000)
+    seen: list = []
+
+    async def main() -> bytes:
+        async with await aio.start_server(digest_server(down, seen), port=8080, client=net, netif="b") as srv:
+            assert srv.is_serving() and srv.port == 8080
+            assert srv.sockets[0].getsockname() == (B_IP, 8080)
+            got = await upload(net, up, 8080)
+            srv.close()
+            await srv.wait_closed()
+        return got
+
+    got = run(main())
+    (peer, received), = seen
+    assert peer[0] == A_IP and received == up
+    assert got[:32] == hashlib.sha256(up).digest() and got[32:] == down
+
+
+def test_several_concurrent_clients(net):
+    seen: list = []
+    ups = [os.urandom(150_000 + 1000 * i) for i in range(8)]
+
+    async def main() -> list:
+        srv = await aio.start_server(digest_server(b"", seen), port=8081, client=net, netif="b")
+        async with srv:
+            return await asyncio.gather(*(upload(net, u, 8081) for u in ups))
+
+    answers = run(main())
+    assert answers == [hashlib.sha256(u).digest() for u in ups]
+    assert sorted(r for _, r in seen) == sorted(ups)
+    assert len({p for p, _ in seen}) == len(ups)  # eight distinct client ports
+
+
+def test_half_close_the_server_answers_after_eof(net):
+    """write_eof sends FIN; the server reads EOF, still writes, and the client reads that, then EOF."""
+    events: list = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        events.append(await reader.read())  # returns at the client's FIN
+        events.append(reader.at_eof())
+        writer.write(b"pong after your eof")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> tuple:
+        async with await aio.start_server(handle, port=8082, client=net, netif="b"):
+            reader, writer = await aio.open_connection(B_IP, 8082, client=net, netif="a")
+            writer.write(b"ping")
+            writer.write_eof()
+            with pytest.raises(RuntimeError):
+                writer.write(b"too late")
+            first = await reader.readexactly(len(b"pong after your eof"))
+            rest = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return first, rest, reader.at_eof()
+
+    assert run(main()) == (b"pong after your eof", b"", True)
+    assert events == [b"ping", True]
+
+
+def test_ipv6(net):
+    """The family follows the address: "::" listens on IPv6, a v6 literal connects over it."""
+    up = os.urandom(200_000)
+    seen: list = []
+
+    async def main() -> tuple:
+        async with await aio.start_server(digest_server(b"", seen), "::", 8086, client=net, netif="b") as srv:
+            assert srv.sockets[0].getsockname() == (B6, 8086, 0, 0)
+            reader, writer = await aio.open_connection(B6, 8086, client=net, netif="a")
+            peer = writer.get_extra_info("peername")
+            writer.write(up)
+            writer.write_eof()
+            got = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return got, peer
+
+    got, peer = run(main())
+    assert got == hashlib.sha256(up).digest() and peer == (B6, 8086, 0, 0)
+    (client_addr, received), = seen
+    assert client_addr[0] == A6 and received == up
+
+
+def test_connection_refused(net):
+    async def main() -> None:
+        await aio.open_connection(B_IP, 9, client=net, netif="a")
+
+    with pytest.raises(ConnectionRefusedError):
+        run(main())
+
+
+def test_a_reset_reaches_the_reader_as_connection_reset(net):
+    """The client aborts (RST); the server's pending read fails with ConnectionResetError."""
+
+    async def main() -> BaseException | None:
+        started = asyncio.Event()
+        outcome: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            started.set()
+            try:
+                await reader.read()
+                outcome.set_result(None)
+            except Exception as e:
+                outcome.set_result(e)
+            writer.close()
+
+        async with await aio.start_server(handle, port=8083, client=net, netif="b"):
+            reader, writer = await aio.open_connection(B_IP, 8083, client=net, netif="a")
+            writer.write(b"x")
+            await started.wait()
+            writer.transport.abort()
+            await writer.wait_closed()
+            return await outcome
+
+    assert isinstance(run(main()), ConnectionResetError)
+
+
+def test_write_flow_control_pauses_and_resumes(net):
+    """A writer far ahead of a paused reader sees drain() wait, then finish once the reader reads."""
+    big = os.urandom(2_000_000)
+
+    async def main() -> bytes:
+        go = asyncio.Event()
+        got = bytearray()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await go.wait()
+            got.extend(await reader.read())
+            writer.close()
+
+        async with await aio.start_server(handle, port=8084, client=net, netif="b", limit=4096):
+            reader, writer = await aio.open_connection(B_IP, 8084, client=net, netif="a")
+            writer.transport.set_write_buffer_limits(high=64 * 1024)
+            assert writer.transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
+            writer.write(big)  # more than TCP's buffers and the peer's window hold
+            assert writer.transport.get_write_buffer_size() > 64 * 1024
+            drain = asyncio.ensure_future(writer.drain())
+            await asyncio.sleep(0)
+            assert not drain.done()  # paused: the reader has not started
+            go.set()
+            await drain
+            writer.write_eof()
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
+            return bytes(got)
+
+    assert run(main()) == big
+
+
+def test_tls_between_two_usnet_stacks(net, ca):
+    """asyncio's TLS over the usnet transport: handshake, ALPN, certificate, data both ways.
+
+    asyncio has no half-close over TLS (can_write_eof() is False), so the
+    server reads a known length and answers, and the client reads to the
+    server's close_notify.
+    """
+    up, down = os.urandom(300_000), os.urandom(700_000)
+    seen: list = []
+    sctx = server_context(ca, B_IP)
+    cctx = client_context(ca)
+    for ctx in (sctx, cctx):
+        ctx.set_alpn_protocols(["usnet-test"])
+    info: dict = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            got = await reader.readexactly(len(up))
+            seen.append((writer.get_extra_info("peername"), got))
+            writer.write(hashlib.sha256(got).digest() + down)
+            await writer.drain()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def main() -> bytes:
+        async with await aio.start_server(handle, port=8443, client=net, netif="b", ssl=sctx):
+            reader, writer = await aio.open_connection(B_IP, 8443, client=net, netif="a", ssl=cctx)
+            assert not writer.can_write_eof()
+            tls = writer.get_extra_info("ssl_object")
+            info.update(version=tls.version(), alpn=tls.selected_alpn_protocol(),
+                        san=writer.get_extra_info("peercert")["subjectAltName"],
+                        peer=writer.get_extra_info("peername"))
+            writer.write(up)
+            await writer.drain()
+            got = await reader.read()  # to the server's close_notify
+            writer.close()
+            await writer.wait_closed()
+            return got
+
+    got = run(main())
+    assert info == {"version": "TLSv1.3", "alpn": "usnet-test", "san": (("IP Address", B_IP),),
+                    "peer": (B_IP, 8443)}
+    assert seen[0][0][0] == A_IP and seen[0][1] == up
+    assert got[:32] == hashlib.sha256(up).digest() and got[32:] == down
+
+
+def test_tls_hostname_mismatch_fails_verification(net, ca):
+    sctx = server_context(ca, "10.9.0.99")  # a certificate for some other address
+    served: list = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(writer)  # never reached: the handshake fails first
+        writer.close()
+
+    async def main() -> None:
+        async with await aio.start_server(handle, port=8444, client=net, netif="b", ssl=sctx):
+            await aio.open_connection(B_IP, 8444, client=net, netif="a", ssl=client_context(ca))
+
+    with pytest.raises(ssl.SSLCertVerificationError) as info:
+        run(main())
+    assert "IP address mismatch" in str(info.value)
+    assert not served
+
+
+def test_tls_untrusted_ca_fails_verification(net, ca):
+    sctx = server_context(trustme.CA(), B_IP)  # signed by a CA the client does not trust
+
+    async def main() -> None:
+        async with await aio.start_server(lambda r, w: w.close(), port=8445, client=net, netif="b",
+                                          ssl=sctx):
+            await aio.open_connection(B_IP, 8445, client=net, netif="a", ssl=client_context(ca))
+
+    with pytest.raises(ssl.SSLCertVerificationError):
+        run(main())

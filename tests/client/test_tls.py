@@ -1,0 +1,187 @@
+"""usnet.tls: blocking TLS between two usnet stacks on a memwire, no root.
+
+The server side runs in a thread with blocking usnet sockets; every socket
+has a timeout, so a lost wake-up fails a test instead of hanging it.
+Certificates come from a throwaway CA (trustme), subjectAltName = the IP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+import threading
+from typing import Callable
+
+import pytest
+from tests.helpers.util import client_context, server_context
+import trustme
+
+from usnet import socket as us
+from usnet import tls
+from usnet.client import Client
+from usnet.drivers.memwire import MemWire
+from usnet.domain.loop import Domain
+
+A_IP, B_IP = "10.9.0.1", "10.9.0.2"
+TIMEOUT = 20
+
+
+@pytest.fixture
+def net():
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, f"{A_IP}/24")
+    d.add_netif("b", w.b, f"{B_IP}/24")
+    d.start()
+    yield Client.local(d)
+    d.stop()
+
+
+def read_to_eof(s) -> bytes:
+    got = bytearray()
+    while chunk := s.recv(65536):
+        got += chunk
+    return bytes(got)
+
+
+class Server:
+    """One TLS connection served in a thread by `serve(tls_socket)`; its result or exception kept."""
+
+    def __init__(self, c: Client, port: int, ctx: ssl.SSLContext, serve: Callable) -> None:
+        self.listener = us.socket(client=c, netif="b")
+        self.listener.bind(("0.0.0.0", port))
+        self.listener.listen()
+        self.listener.settimeout(TIMEOUT)
+        self.ctx, self.serve = ctx, serve
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            # A wrapped listener, as with ssl: accept() hands back TLS sockets, handshake done.
+            listener = tls.wrap_socket(self.ctx, self.listener, server_side=True)
+            conn, _ = listener.accept()  # the timeout is the listener's, inherited
+            with conn as s:
+                self.result = self.serve(s)
+        except BaseException as e:
+            self.error = e
+
+    def join(self) -> object:
+        self.thread.join(TIMEOUT)
+        self.listener.close()
+        assert not self.thread.is_alive()
+        return self.result
+
+
+def connect(c: Client, port: int, ctx: ssl.SSLContext, hostname: str = B_IP) -> tls.TlsSocket:
+    raw = us.create_connection((B_IP, port), timeout=TIMEOUT, client=c, netif="a")
+    return tls.wrap_socket(ctx, raw, server_hostname=hostname)
+
+
+def test_both_ways_digest_checked(net, ca):
+    up, down = os.urandom(1_000_000), os.urandom(1_500_000)
+    sctx, cctx = server_context(ca, B_IP), client_context(ca)
+    for ctx in (sctx, cctx):
+        ctx.set_alpn_protocols(["usnet-test"])
+
+    def serve(s: tls.TlsSocket) -> tuple:
+        got = read_to_eof(s)  # ends at the client's close_notify (its shutdown(SHUT_WR))
+        s.sendall(hashlib.sha256(got).digest() + down)
+        s.shutdown(us.SHUT_WR)
+        return got, s.getpeername(), s.version()
+
+    srv = Server(net, 9443, sctx, serve)
+    with connect(net, 9443, cctx) as s:
+        assert s.version() == "TLSv1.3" and s.selected_alpn_protocol() == "usnet-test"
+        assert s.cipher()[1] == "TLSv1.3"
+        assert s.getpeercert()["subjectAltName"] == (("IP Address", B_IP),)
+        assert s.getpeername() == (B_IP, 9443)
+        s.sendall(up)
+        s.shutdown(us.SHUT_WR)  # close_notify, then FIN: a clean TLS end of data
+        got = read_to_eof(s)
+    received, peer, version = srv.join()
+    assert srv.error is None, srv.error
+    assert received == up and peer[0] == A_IP and version == "TLSv1.3"
+    assert got[:32] == hashlib.sha256(up).digest() and got[32:] == down
+
+
+def test_wrong_ca_fails_verification(net, ca):
+    srv = Server(net, 9444, server_context(trustme.CA(), B_IP), read_to_eof)  # another CA's cert
+    with pytest.raises(ssl.SSLCertVerificationError) as info:
+        connect(net, 9444, client_context(ca))
+    assert info.value.verify_message == "unable to get local issuer certificate"
+    srv.join()
+    assert isinstance(srv.error, ssl.SSLError)  # the client's alert: unknown CA
+    assert "UNKNOWN_CA" in str(srv.error)
+
+
+def test_hostname_mismatch_fails_verification(net, ca):
+    srv = Server(net, 9445, server_context(ca, B_IP), read_to_eof)
+    with pytest.raises(ssl.SSLCertVerificationError) as info:
+        connect(net, 9445, client_context(ca), hostname="10.9.0.77")
+    assert "IP address mismatch" in str(info.value)
+    srv.join()
+    assert isinstance(srv.error, ssl.SSLError)
+
+
+def test_makefile_over_tls(net, ca):
+    def serve(s: tls.TlsSocket) -> list:
+        with s.makefile("rb") as r, s.makefile("w", encoding="ascii", newline="") as w:
+            lines = [r.readline(), r.readline(), r.readline()]
+            w.write("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        return lines
+
+    srv = Server(net, 9446, server_context(ca, B_IP), serve)
+    s = connect(net, 9446, client_context(ca))
+    with s.makefile("wb") as w:
+        w.write(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+    r = s.makefile("rb")
+    s.close()  # as http.client does: the open file keeps the connection alive
+    assert r.readline() == b"HTTP/1.0 200 OK\r\n"
+    assert r.readline() == b"Content-Length: 5\r\n"
+    assert r.readline() == b"\r\n"
+    assert r.read(5) == b"hello"
+    r.close()
+    assert srv.join() == [b"GET / HTTP/1.0\r\n", b"Host: x\r\n", b"\r\n"]
+    assert srv.error is None, srv.error
+
+
+def test_unwrap_returns_the_plain_connection(net, ca):
+    """close_notify both ways, then plaintext on the same TCP connection."""
+
+    def serve(s: tls.TlsSocket) -> bytes:
+        assert s.recv(100) == b"secret"
+        assert s.recv(100) == b""  # the client's close_notify
+        plain = s.unwrap()
+        return plain.recv(100)
+
+    srv = Server(net, 9447, server_context(ca, B_IP), serve)
+    s = connect(net, 9447, client_context(ca))
+    s.sendall(b"secret")
+    plain = s.unwrap()
+    assert isinstance(plain, us.socket)
+    plain.sendall(b"in clear")
+    assert srv.join() == b"in clear"
+    assert srv.error is None, srv.error
+    plain.close()
+
+
+def test_non_blocking_reads_want_read(net, ca):
+    def serve(s: tls.TlsSocket) -> bytes:
+        s.sendall(b"late")
+        return read_to_eof(s)
+
+    srv = Server(net, 9448, server_context(ca, B_IP), serve)
+    s = connect(net, 9448, client_context(ca))
+    assert s.recv(10) == b"late"
+    s.setblocking(False)
+    with pytest.raises(ssl.SSLWantReadError):
+        s.recv(10)  # nothing more sent: a non-blocking read says so, as the ssl module does
+    s.setblocking(True)
+    s.shutdown(us.SHUT_WR)
+    s.close()
+    srv.join()
+    assert srv.error is None, srv.error

@@ -1,0 +1,215 @@
+"""Small helpers many test modules share: waits with deadlines, fake clocks and devices,
+a hostile client's raw send, the host kernel as a TCP peer, device names, TLS contexts.
+
+Plain functions and classes, imported as `from tests.helpers.util import ...`; the fixtures
+themselves are in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import itertools
+import os
+import socket
+import ssl
+import time
+
+import pytest
+
+
+def require_privileges(what: str = "root and /dev/net/tun") -> None:
+    """Skip where the machine cannot give us devices; under CI a missing device is a failure."""
+    ok = os.geteuid() == 0 and os.path.exists("/dev/net/tun")
+    if ok:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"privileged test cannot get {what} under CI")
+    pytest.skip(f"needs {what}")
+
+
+def net_factory(cls):
+    """A `make_net` fixture for a test module's `Net` class: `make_net(**kw)` builds one, and every
+    one built is stopped (its domain) after the test."""
+    @pytest.fixture
+    def make_net():
+        nets: list = []
+
+        def make(**kw):
+            n = cls(**kw)
+            nets.append(n)
+            return n
+
+        yield make
+        for n in nets:
+            n.d.stop()
+
+    return make_net
+
+
+def send_raw(ch, packets: list[bytes], gso: list[int] | None = None) -> None:
+    """What a hostile client does: write bytes of its choosing into packets and send them.
+
+    `gso`: the UMD gso_size of each packet (a super-segment for the device to cut).
+    """
+    pkts: list[int] = []
+    while len(pkts) < len(packets):
+        pkts += ch.alloc(len(packets) - len(pkts))
+    for p, data, g in zip(pkts, packets, gso or [0] * len(packets)):
+        ch.write(p, data, g)
+        ch.set_length(p, len(data))
+    assert ch.send(pkts) == len(pkts)
+
+
+class FakeClock:
+    """Simulated time (seconds) for a netif, a memwire or a lease desk: the test moves `now`."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ControlledDevice:
+    """A device the test controls: it keeps the frames it takes, at most `room` of them
+    in each `send_batch` call (`per_call`), or in all until the test sets `room` again."""
+
+    takes_blocks = False
+    mtu = 1500
+
+    def __init__(self, name: str, room: int, per_call: bool) -> None:
+        self.name = name
+        self.room = room
+        self.per_call = per_call
+        self.got: list[bytes] = []
+
+    def send_batch(self, frames) -> int:
+        n = min(len(frames), self.room)
+        self.got += [bytes(f) for f in frames[:n]]
+        if not self.per_call:
+            self.room -= n
+        return n
+
+    def fileno(self) -> int:
+        return -1
+
+    def timeout(self):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def wait_until(pred, timeout: float, what: str) -> None:
+    """Bounded polling of a condition (domain state), with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)
+
+
+def recv_n(sock, n: int, timeout: float = 5.0) -> list:
+    """Up to `n` datagrams, waiting on the socket until they come or the deadline passes."""
+    out: list = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            out += sock.recv_many(n - len(out), timeout=left)
+        except BlockingIOError:
+            break
+    return out
+
+
+def digest_of(sock, n: int) -> tuple[int, bytes]:
+    """(bytes read, their SHA-256): up to `n` bytes, or until the peer closes (any socket-like)."""
+    h = hashlib.sha256()
+    got = 0
+    while got < n and (b := sock.recv(1 << 20)):
+        h.update(b)
+        got += len(b)
+    return got, h.digest()
+
+
+@contextlib.contextmanager
+def kernel_server(host: str, serve, timeout: float = 60.0):
+    """The host kernel's TCP as the peer: a listener on `host` (IPv4 or IPv6) whose first accepted
+    connection `serve(sock, peer) -> dict` handles in a thread. Yields (address, result); on leaving
+    the block the thread is joined and `result` holds what `serve` returned."""
+    import socket
+    import threading
+
+    ls = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind((host, 0))
+    ls.listen()
+    ls.settimeout(timeout)
+    result: dict = {}
+
+    def run() -> None:
+        k, peer = ls.accept()
+        k.settimeout(timeout)
+        with k:
+            result.update(serve(k, peer))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()[:2], result
+        t.join(timeout)
+    finally:
+        ls.close()
+
+
+# -- device names and subnets for the privileged tests ------------------------------------------------
+
+_seq = itertools.count()
+
+
+def tap_name() -> str:
+    """A device name unique to this test process."""
+    name = f"ust{os.getpid() % 100000}x{next(_seq)}"
+    assert len(name) <= 15
+    return name
+
+
+def fresh_subnet() -> int:
+    """x of a 10.x.0.0/24 for a device: every privileged test has a network namespace of its own
+    (the `netns` fixture), where any is free; two in one test get two."""
+    return 100 + next(_seq) % 140
+
+
+def used_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network the caller's namespace has a route to or an address in."""
+    from pyroute2 import IPRoute
+
+    nets = []
+    with IPRoute() as ipr:
+        for r in ipr.get_routes(family=socket.AF_INET, table=254) + ipr.get_routes(family=socket.AF_INET, table=255):
+            dst = r.get_attr("RTA_DST")
+            if dst and r["dst_len"]:
+                nets.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
+        for a in ipr.get_addr(family=socket.AF_INET):
+            nets.append(ipaddress.IPv4Network(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}", strict=False))
+    return nets
+
+
+# -- TLS contexts from a throwaway CA (the `ca` fixture) -------------------------------------------------
+
+
+def server_context(ca, *names: str) -> ssl.SSLContext:
+    """A server context with a certificate from `ca` for `names` (IP addresses become IP SANs)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(ctx)
+    return ctx
+
+
+def client_context(ca) -> ssl.SSLContext:
+    """A client context that trusts `ca` and checks hostnames, as the standard library does."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
