@@ -39,7 +39,7 @@ from usnet.client import Client
 from usnet.abi.protocol import ControlError
 from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
 from usnet.drivers.block import FrameBlock
-from usnet.domain.switch import flowswitch
+from usnet.domain.switch import tx as flowswitch
 from usnet.domain.loop import Domain
 from usnet.domain.switch.neighbours import SKB_OVERHEAD
 from usnet.domain.switch.ports import EPHEMERAL
