@@ -38,7 +38,9 @@ from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
 from usnet.domain.lowlat.policy import Policy
 from usnet.domain.barrier import log_fault
 from usnet.domain.switch.port import NEXUS, FlowPort
-from usnet.domain.switch.tx import TX_BATCH, Flow, FlowSwitch
+from usnet.domain.switch.flowswitch import FlowSwitch
+from usnet.domain.switch.table import Flow
+from usnet.domain.switch.tx import TX_BATCH
 from usnet.domain.lowlat.leases import LeaseDesk
 from usnet.domain.limits import Access, Charge, Ledger, Limits, Share, check_share, is_shared, pipe_key
 from usnet.domain.netif.netif import Netif

@@ -30,7 +30,7 @@ from usnet.domain.lowlat.policy import DSCP_BEST_EFFORT, SERVICE_DSCP, Policy, W
 
 if TYPE_CHECKING:
     from usnet.domain.loop import ChannelRef, Domain, Session
-    from usnet.domain.switch.tx import FlowSwitch
+    from usnet.domain.switch.flowswitch import FlowSwitch
 
 log = logging.getLogger("usnet.domain.lowlat")
 

@@ -29,7 +29,7 @@ from usnet.abi.advisory import (FLAG_GONE, FLAG_IDLE, FLAG_PACED, SIZE, U64_MAX,
                                    Record, Trend)
 from usnet.domain.netif.estimate import TAU, RateMeter, ShareMeter, queue_delay, suggest
 from usnet.domain.switch.port import CLIENT
-from usnet.domain.switch.tx import FlowSwitch
+from usnet.domain.switch.flowswitch import FlowSwitch
 from usnet.domain.netif.txsched import LL
 
 IDLE_AFTER = 5 * TAU  # seconds without movement before an advisory stops being republished

@@ -1,0 +1,54 @@
+"""The flow switch: the multiplexer between one netif and many applications (docs/architecture.md).
+
+One FlowSwitch per netif, made of parts with one job each, in this package:
+
+* table   the flows, the tables that find a packet's flow, local ports (usnet.domain.switch.table);
+* host    the link and the host's duties: ARP and Neighbour Discovery, framing, echo, port
+          unreachable and RST for ports nobody holds, ICMP errors to the flow they quote;
+* rx      the receive path: classify what the netif brings and deliver it to flows;
+* tx      the general transmit path: pull a client's batch, check it against its flow
+          (usnet.domain.switch.txguard), hand it to the netif;
+* llpath  the low-latency transmit path, for the flows of the netif's LL class.
+
+The class below only joins them, and keeps the time-driven duties that span
+them (timers, the next deadline) and the status report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from usnet.domain.switch.llpath import LowLatencyPath
+from usnet.domain.switch.rx import ReceivePath
+from usnet.proto.wire.ipv4 import ip_str
+from usnet.proto.wire.ipv6 import ip6_str
+
+__all__ = ["FlowSwitch"]
+
+
+class FlowSwitch(ReceivePath, LowLatencyPath):
+    """FlowSwitch(netif, ports=None, clock=time.monotonic, rx_mitigation=False) (usnet.domain.switch.table)."""
+
+    def service_timers(self) -> None:
+        """What is due by the clock: fragments that waited too long, neighbours to ask again."""
+        now = self.clock()
+        if self.reasm.table:
+            self.reasm.expire(now)  # counted as frag_timeout
+        self.service_neighbours(now)
+
+    def next_timeout(self) -> float | None:
+        """Seconds until something of this switch is due: neighbours, the device, the netif's
+        queued frames and pacing, fragments; None if nothing is."""
+        now = self.clock()
+        frag = self.reasm.next_deadline()
+        t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout(),
+                         self.netif.next_timeout(), None if frag is None else max(0.0, frag - now))
+             if x is not None]
+        return min(t) if t else None
+
+    def info(self) -> dict[str, Any]:
+        return {"netif": self.netif.info(), "flows": [f.describe() for f in self.flows.values()],
+                "drops": dict(self.drops), "counts": {k: v for k, v in self.counts.items() if ":" not in k},
+                "fragments": dict(self.frags),
+                "arp": {ip_str(k): v[0].hex(":") for k, v in self.arp.entries.items()},
+                "nd": {ip6_str(k): v[0].hex(":") for k, v in self.nd.entries.items()}}
