@@ -38,7 +38,7 @@ from usnet.client import Client
 from usnet.abi.protocol import ControlError
 from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
 from usnet.drivers.block import FrameBlock
-from usnet.domain.switch import flowswitch
+from usnet.domain.switch import rx
 from usnet.domain.loop import Domain
 from usnet.domain.switch.neighbours import SKB_OVERHEAD
 from usnet.domain.switch.ports import EPHEMERAL
@@ -1064,7 +1064,7 @@ def test_a_small_block_from_the_wire_is_delivered_and_checked_as_its_frames_woul
     for i, f in enumerate(frames):
         data[i, : len(f)] = np.frombuffer(f, np.uint8)
     blk = FrameBlock(data, np.array([len(f) for f in frames], np.uint32))
-    assert len(blk) <= flowswitch.ROWWISE_MAX
+    assert len(blk) <= rx.ROWWISE_MAX
     for batch in ([blk], frames):
         before = dict(n.swb.drops)
         n.swb.netif.driver.recv_batch = lambda max_n, batch=batch: list(batch)

@@ -22,7 +22,8 @@ from usnet.client.lease import Lease, LeaseRefused
 from usnet.abi.advisory import AdvisoryReader
 
 if TYPE_CHECKING:
-    from usnet.domain.loop import Domain, Session
+    from usnet.domain.loop import Domain
+    from usnet.domain.sessions import Session
     from usnet.client.datagram import DatagramSocket
 
 

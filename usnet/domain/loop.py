@@ -1,10 +1,11 @@
-"""The nexus domain: sessions, nexus instances, and the loop that serves them.
+"""The domain: its netifs and switches, and the loop that serves them all.
 
 The same Domain runs embedded (`usnet.Domain()`, no daemon, no root) or inside
 `usnetd`. Control requests arrive either as method calls (an in-process
 client) or as typed messages on an AF_UNIX SOCK_SEQPACKET socket (a client in
-another process); both end in `handle()`. A client's identity is the uid the
-kernel reports for its socket (SO_PEERCRED), never what it says.
+another process); both end in `handle()` (usnet.domain.control). A client's
+identity is the uid the kernel reports for its socket (SO_PEERCRED), never
+what it says; its session and channels are kept by usnet.domain.sessions.
 
 The service loop waits on every session socket and every channel's kick
 doorbell. A session whose socket closes (its process exited or was killed) has
@@ -16,7 +17,6 @@ publication is one more deadline folded into its wait, not a thread.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import itertools
 import logging
 import os
@@ -25,35 +25,33 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
-from usnet.runtime import gil
-from usnet.abi import schema as schemamod
-from usnet.abi.doorbell import Doorbell, drain
-from usnet.abi.events import DefunctReason
 from usnet.abi import protocol as P
-from usnet.abi.transport import peer_credentials, recv_msg, send_msg
-from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
-from usnet.abi.memfd import available_memory
-from usnet.domain.lowlat.policy import Policy
-from usnet.domain.barrier import log_fault
-from usnet.domain.switch.port import NEXUS, FlowPort
-from usnet.domain.switch.flowswitch import TX_BATCH, Flow, FlowSwitch
-from usnet.domain.lowlat.leases import LeaseDesk
-from usnet.domain.limits import Access, Charge, Ledger, Limits, Share, check_share, is_shared, pipe_key
-from usnet.domain.netif.netif import Netif
-from usnet.domain.netif.advisory import NetifAdvisory
-from usnet.domain.switch.ports import PROTO_NAMES, PortSpace
-from usnet.domain.reaper import Reaper
-from usnet.domain.userpipe import PipeEnd, UserPipe
 from usnet.abi import ring as ringmod
-from usnet.proto.wire.ipv4 import ip_bytes
+from usnet.abi.doorbell import drain
+from usnet.abi.events import DefunctReason
+from usnet.abi.transport import peer_credentials, recv_msg, send_msg
+from usnet.domain.control import Control
+from usnet.domain.housekeeping import Housekeeping
+from usnet.domain.limits import Access, Charge, Ledger, Limits, Share
+from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
+from usnet.domain.lowlat.leases import LeaseDesk
+from usnet.domain.lowlat.policy import Policy
+from usnet.domain.netif.advisory import NetifAdvisory
+from usnet.domain.netif.netif import Netif
+from usnet.domain.reaper import Reaper
+from usnet.domain.sessions import ChannelRef, Session
+from usnet.domain.switch.flowswitch import FlowSwitch
+from usnet.domain.switch.ports import PortSpace
+from usnet.domain.switch.table import Flow
+from usnet.domain.switch.tx import TX_BATCH
+from usnet.domain.userpipe import UserPipe
+from usnet.runtime import gil
+
+__all__ = ["LL_BITE", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
 
 log = logging.getLogger("usnet.domain")
-# Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
-# packets, so the kernel's super-segments fit whole, unless the client chose its own.
-_SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
 MAX_RECEIVED_FDS = 253  # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
@@ -72,55 +70,7 @@ def _ll_first(event: tuple[selectors.SelectorKey, int]) -> bool:
     return not (kind == "flowtx" and obj[1].id in obj[0].netif.ll_keys)
 
 
-@dataclass
-class Session:
-    id: int
-    uid: int
-    pid: int
-    program: str = ""
-    sock: socket.socket | None = None
-    channels: set[int] = field(default_factory=set)
-    refused: int = 0  # malformed or invalid control messages
-    # Replies the socket had no room for, each with its own duplicates of the descriptors it
-    # carries (the originals may close meanwhile); bounded by MAX_PENDING_REPLIES.
-    pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
-    status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
-    over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
-
-
-@dataclass
-class ChannelRef:
-    pipe: UserPipe
-    role: int
-    session: Session
-    switch: FlowSwitch | None = None
-    flow: Flow | None = None
-    monitor: FlowPort | None = None
-    charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
-
-
-def _flow_family(req: "P.OpenFlow") -> tuple[int, bytes | None]:
-    """(4 or 6, the remote address's bytes or None) of a flow request.
-
-    The family is the request's, else the remote address's, else IPv4; a
-    request whose family and remote address disagree is refused.
-    """
-    if not req.remote_addr:
-        return req.family or 4, None
-    try:
-        addr = ipaddress.ip_address(req.remote_addr)
-    except ValueError:
-        raise ValueError(f"remote_addr {req.remote_addr!r} is not an IP address") from None
-    if getattr(addr, "scope_id", None):
-        raise ValueError(f"remote_addr {req.remote_addr!r}: zones are not supported")
-    if req.family and req.family != addr.version:
-        raise ValueError(f"remote_addr {req.remote_addr!r} is not IPv{req.family}")
-    if addr.version == 4:
-        return 4, ip_bytes(req.remote_addr)  # strict dotted quad, as before
-    return 6, addr.packed
-
-
-class Domain:
+class Domain(Control, Housekeeping):
     """The trusted side: owns arenas, pools and nexus instances.
 
     `policy` says who may have low-latency leases (usnet.domain.lowlat.policy; by
@@ -197,222 +147,6 @@ class Domain:
         self._listeners: list[socket.socket] = []
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
-
-    # -- sessions -----------------------------------------------------------------
-
-    def new_session(self, uid: int, pid: int, sock: socket.socket | None = None) -> Session:
-        """A session of `uid`. One past `sessions_per_uid` is still made, so that its first
-        request can be answered with the refusal; then it is ended (see `_dispatch`)."""
-        with self.lock:
-            s = Session(next(self._ids), uid, pid, sock=sock)
-            try:
-                self.ledger.check_session(uid, sum(1 for o in self.sessions.values()
-                                                   if o.uid == uid and o.over_limit is None))
-            except OSError as e:
-                s.over_limit = e
-            self.sessions[s.id] = s
-        return s
-
-    def end_session(self, session: Session, reason: DefunctReason | None) -> None:
-        """The session is over: close what it closed, defunct what it left open, with `reason`.
-
-        `reason` None is a clean end (each channel closes as CloseChannel would);
-        otherwise every channel it still holds is defuncted with it: OWNER_GONE
-        when its process went away, PROTOCOL or SLOW_CONSUMER when we ended it,
-        DOMAIN_SHUTDOWN when the domain stops.
-        """
-        with self.lock:
-            if self.sessions.pop(session.id, None) is None:
-                return
-            for cid in sorted(session.channels):
-                ref = self.channels.pop(cid, None)
-                if ref is None:
-                    continue
-                self._unregister_kick(ref)
-                try:
-                    if reason is not None:
-                        with ref.pipe.lock:
-                            ref.pipe.defunct(reason, culprit=ref.role)
-                    self._close_ref(ref)
-                except Exception as e:  # one channel's fault does not keep the others open
-                    self._fault_channel(ref.pipe, ref.role, "close", e)
-            session.channels.clear()
-            self._drop_pending(session)
-            if session.sock is not None:
-                try:
-                    self._sel.unregister(session.sock)
-                except (KeyError, ValueError):
-                    pass
-                session.sock.close()
-                session.sock = None
-        if reason in (None, DefunctReason.OWNER_GONE, DefunctReason.DOMAIN_SHUTDOWN):
-            log.info("session %d (pid %d) ended", session.id, session.pid)
-        else:
-            log.warning("session %d (uid %d, pid %d, %r) ended: %s", session.id, session.uid, session.pid,
-                        session.program, reason.name)
-
-    @staticmethod
-    def _drop_pending(session: Session) -> None:
-        for _, fds in session.pending:
-            for fd in fds:
-                os.close(fd)
-        session.pending.clear()
-
-    # -- control --------------------------------------------------------------------
-
-    def handle(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
-        """Serve one control request; errors become an Error reply, never an exception.
-
-        This is the barrier of the control path: whatever a request makes go
-        wrong, a refusal (ValueError, OSError, ...) or a fault of ours that the
-        request found (anything else, logged with its traceback), ends as an
-        Error reply to that session and nowhere else.
-        """
-        try:
-            with self.lock:
-                return self._dispatch(session, req)
-        except (ValueError, OSError, KeyError, P.ProtocolError) as e:
-            session.refused += 1
-            self.control_errors += 1
-            return P.error_reply(e), []
-        except Exception as e:
-            session.refused += 1
-            self.control_errors += 1
-            self._log_fault(f"session {session.id}: {type(req).__name__}", e)
-            return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
-
-    def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
-        if session.over_limit is not None:  # refused at its start: say why, then end it (after this reply)
-            self.call_soon(lambda: self.end_session(session, None))
-            raise session.over_limit
-        if isinstance(req, P.Hello):
-            if req.version != P.PROTOCOL_VERSION:
-                raise P.ProtocolError(f"protocol version {req.version} unsupported (speak {P.PROTOCOL_VERSION})")
-            session.program = req.program
-            return P.Welcome(P.PROTOCOL_VERSION, session.id, session.uid, session.pid), []
-        if isinstance(req, P.OpenPipe):
-            cid, role, fds = self.open_pipe(session, req.name, req.schema, dict(req.attrs))
-            ref = self.channels[cid]
-            return P.ChannelOpened(cid, role, ref.pipe.schema.name, b""), fds
-        if isinstance(req, P.OpenFlow):
-            return self.open_flow(session, req)
-        if isinstance(req, P.OpenMonitor):
-            cid, fds = self.open_monitor(session, req.netif)
-            return P.ChannelOpened(cid, 0, "default", b""), fds
-        if isinstance(req, P.OpenAdvisory):
-            adv = self.advisories.get(req.netif)
-            if adv is None:
-                raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
-            return P.AdvisoryOpened(req.netif, adv.size), [adv.fd]
-        if isinstance(req, P.Resize):
-            ref = self._own(session, req.channel)
-            with ref.pipe.lock:
-                ref.pipe.resize(ref.role, req.ring_size, req.packets)
-            return P.Done(), []
-        if isinstance(req, P.CloseChannel):
-            self.close_channel(session, req.channel)
-            return P.Done(), []
-        if isinstance(req, P.Kick):
-            self.kick(self._own(session, req.channel))
-            return P.Done(), []
-        if isinstance(req, P.FlushQueue):
-            ref = self._own(session, req.channel)
-            if ref.flow is None or ref.switch is None:
-                raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
-            return P.Flushed(ref.switch.flush_flow(ref.flow)), []
-        if isinstance(req, P.Status):
-            return self._status_part(session, req.part), []
-        if isinstance(req, P.LEASE_REQUESTS):
-            return self.leases.handle(session, req), []
-        raise P.ProtocolError(f"unexpected request {type(req).__name__}")
-
-    def _own(self, session: Session, cid: int) -> ChannelRef:
-        ref = self.channels.get(cid)
-        if ref is None or ref.session is not session:
-            raise OSError(errno.ENOENT, f"no channel {cid} in this session")
-        return ref
-
-    def open_pipe(self, session: Session, name: str, schema: str, attrs: dict[str, int]) -> tuple[int, int, list[int]]:
-        """Open one end of a named user pipe; returns (channel id, role, fds to hand over).
-
-        The first opener creates the pipe and its pool; the second attaches.
-        A name is the opener's uid's own (another uid's pipe of the same name
-        is another pipe): a user pipe is zero-copy, so it only ever joins one
-        owner's channels. A name beginning with "@" is shared, between the
-        uids of a `[[share]]` entry that covers it (usnet.domain.limits).
-        """
-        with self.lock:
-            key = pipe_key(session.uid, name)
-            pipe = self.pipes.get(key)
-            created = pipe is None
-            if pipe is None:
-                if is_shared(name):
-                    check_share(self.shares, name, session.uid, None, self.ledger.exempt)
-                sch = schemamod.resolve(schema, attrs)
-                charge = self.ledger.admit(Charge(session.uid, session.id))
-                try:
-                    pipe = self._new_pipe(name, sch, session)
-                except BaseException:
-                    self.ledger.release(charge)
-                    raise
-                self.pipes[key] = pipe
-                role = 0
-            else:
-                if is_shared(name):
-                    check_share(self.shares, name, session.uid, pipe.uid, self.ledger.exempt)
-                if pipe.ends[1].attached or pipe.defunct_reason is not None:
-                    raise OSError(errno.EADDRINUSE, f"pipe {name!r} already has both ends")
-                charge = self.ledger.admit(Charge(session.uid, session.id))
-                role = 1
-            cid = next(self._ids)
-            try:
-                fds = self._attach(cid, ChannelRef(pipe, role, session, charge=charge), pipe.ends[1 - role].bell)
-            except BaseException:
-                self._detach(cid, session)
-                self.ledger.release(charge)
-                if created:
-                    pipe.destroy()
-                raise
-            return cid, role, fds
-
-    def _detach(self, cid: int, session: Session) -> None:
-        """Undo a half-made `_attach` (the selector refused the kick fd, say)."""
-        ref = self.channels.pop(cid, None)
-        session.channels.discard(cid)
-        if ref is not None:
-            end = ref.pipe.ends[ref.role]
-            end.attached = False
-            self._unregister_kick(ref)
-
-    def _new_pipe(self, name: str, sch: schemamod.Schema, session: Session) -> UserPipe:
-        """A pipe whose arena is charged to its creator (pool_bytes) until it is destroyed."""
-        pipe = UserPipe(name, sch, session.uid)
-        try:
-            charge = self.ledger.admit(Charge(session.uid, session.id, channels=0,
-                                              pool_bytes=pipe.arena.shared_size + pipe.arena.ro_size))
-        except BaseException:
-            pipe.destroy()
-            raise
-        self._pool_charges[pipe] = charge
-        pipe.on_destroy = self._forget_pipe
-        return pipe
-
-    def pipe(self, name: str, uid: int | None = None) -> UserPipe:
-        """The user pipe `name` of `uid` (default: the domain's own uid); KeyError if there is none."""
-        return self.pipes[pipe_key(os.getuid() if uid is None else uid, name)]
-
-    def _attach(self, cid: int, ref: ChannelRef, peer_bell: Doorbell) -> list[int]:
-        """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
-        end = ref.pipe.ends[ref.role]
-        end.channel_id = cid
-        end.attached = True
-        self.channels[cid] = ref
-        ref.session.channels.add(cid)
-        self._sel.register(end.kick.wait_fd, selectors.EVENT_READ, ("kick", cid))
-        self._wake()
-        # the client sleeps on its bell, rings its peer's, rings our kick (docs/abi.md, "Doorbells")
-        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell.wait_fd, peer_bell.ring_fd,
-                end.kick.ring_fd]
 
     # -- netifs and flows ----------------------------------------------------------------
 
@@ -507,83 +241,6 @@ class Domain:
             except (KeyError, ValueError):
                 pass
             self.advisories.pop(name).close()
-
-    def open_flow(self, session: Session, req: "P.OpenFlow") -> tuple[P.Reply, list[int]]:
-        """Register a flow on a netif and open the channel that carries it.
-
-        The channel's pool is the client's own; the flow switch is the other
-        end of its rings, and copies and checks everything it sends.
-        """
-        sw = self.switches.get(req.netif)
-        if sw is None:
-            raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
-        family, raddr = _flow_family(req)
-        if (raddr is None) != (req.remote_port is None):
-            raise ValueError("a connected flow needs both remote_addr and remote_port")
-        attrs = dict(req.attrs)
-        gso_max = sw.netif.gso_max
-        if gso_max and "buf_size" not in attrs and "buflets" not in attrs:
-            attrs.update(_SUPER_PACKETS)  # the device hands over 64 KB super-segments
-        sch = schemamod.resolve(req.schema, attrs)
-        if sch.packet_bytes < gso_max:
-            gso_max = 0  # the client chose small packets: it sends no super-segments
-        if sch.packet_bytes < sw.netif.mtu:
-            raise ValueError(f"packets of {sch.packet_bytes} bytes cannot carry the MTU {sw.netif.mtu}")
-        self.access.check_port(session.uid, session.program, PROTO_NAMES.get(req.proto, str(req.proto)),
-                               req.local_port)
-        charge = self.ledger.admit(Charge(session.uid, session.id, flows=1,
-                                          ephemeral_ports=int(req.local_port == 0)))
-        cid = next(self._ids)
-        try:
-            pipe = self._new_pipe(f"flow:{cid}", sch, session)
-        except BaseException:
-            self.ledger.release(charge)
-            raise
-        port = FlowPort(pipe)
-        port.on_fault = lambda where, exc: self._fault_channel(pipe, 0, where, exc)
-        try:
-            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
-        except BaseException:
-            self.ledger.release(charge)
-            pipe.destroy()
-            raise
-        try:
-            self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
-            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), pipe.ends[NEXUS].bell)
-        except BaseException:  # half made: the flow, its port reservation and the pipe all go
-            self._detach(cid, session)
-            try:
-                self._sel.unregister(port.bell)
-            except (KeyError, ValueError):
-                pass
-            sw.remove_flow(flow)
-            self.ledger.release(charge)
-            pipe.destroy()
-            raise
-        local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
-        remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
-        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
-                             sw.netif.mtu, sw.netif.name, family, gso_max)
-        return reply, fds
-
-    def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:
-        """A channel that receives a copy of every frame of a netif: root or the domain's own uid only."""
-        sw = self.switches.get(netif)
-        if sw is None:
-            raise OSError(errno.ENODEV, f"no netif {netif!r}")
-        if session.uid not in (0, os.getuid()):
-            raise OSError(errno.EPERM, "monitoring a netif needs root")
-        charge = self.ledger.admit(Charge(session.uid, session.id))
-        cid = next(self._ids)
-        try:
-            pipe = self._new_pipe(f"monitor:{cid}", schemamod.resolve("default", {"ring_size": 4096}), session)
-        except BaseException:
-            self.ledger.release(charge)
-            raise
-        port = FlowPort(pipe)
-        sw.netif.monitors.append(port)
-        return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port, charge=charge),
-                                 pipe.ends[NEXUS].bell)
 
     def _serve_ll(self) -> None:
         """The low-latency class first: what its flows sent goes to the device now.
@@ -680,240 +337,6 @@ class Domain:
             return True
         return False
 
-    def _forget_pipe(self, pipe: UserPipe) -> None:
-        for end in pipe.ends:
-            try:
-                self._sel.unregister(end.kick.wait_fd)
-            except (KeyError, ValueError):
-                pass
-        self.ledger.release(self._pool_charges.pop(pipe, None))
-        key = pipe_key(pipe.uid, pipe.name)
-        if self.pipes.get(key) is pipe:
-            del self.pipes[key]
-
-    def close_channel(self, session: Session, cid: int) -> None:
-        with self.lock:
-            ref = self._own(session, cid)
-            self._unregister_kick(ref)
-            del self.channels[cid]
-            session.channels.discard(cid)
-            self._close_ref(ref)
-
-    def _close_ref(self, ref: ChannelRef) -> None:
-        self.leases.channel_closing(ref)  # first: what it sent before closing leaves unpoliced, as general
-        self.ledger.release(ref.charge)  # its channel, flow and port count again for its uid (its pool: when destroyed)
-        with ref.pipe.lock:
-            if ref.flow is not None and ref.switch is not None:
-                if ref.pipe.defunct_reason is None:
-                    # what it sent before closing still goes out, as with a kernel socket
-                    # (bounded: a client may not keep us here by sending while it closes)
-                    for _ in range(ref.flow.port.tx.capacity // 64 + 1):
-                        if not ref.switch.service_tx(ref.flow, draining=True):
-                            break
-                ref.switch.remove_flow(ref.flow, keep_queued=True)
-                try:
-                    self._sel.unregister(ref.flow.port.bell)
-                except (KeyError, ValueError):
-                    pass
-                ref.pipe.close_end(NEXUS)
-            if ref.monitor is not None and ref.switch is not None:
-                if ref.monitor in ref.switch.netif.monitors:
-                    ref.switch.netif.monitors.remove(ref.monitor)
-                ref.pipe.close_end(NEXUS)
-            ref.pipe.close_end(ref.role)
-
-    def _unregister_kick(self, ref: ChannelRef) -> None:
-        try:
-            self._sel.unregister(ref.pipe.ends[ref.role].kick.wait_fd)
-        except (KeyError, ValueError):
-            pass
-
-    def kick(self, ref: ChannelRef) -> None:
-        """Serve one end's pool side; behind its barrier (an in-process client calls this itself)."""
-        with ref.pipe.lock:
-            try:
-                ref.pipe.sync(ref.role)
-            except Exception as e:
-                self._fault_channel(ref.pipe, ref.role, "kick", e)
-
-    def kick_channel(self, cid: int) -> None:
-        """The data-path nudge of an in-process channel: a method call, no system call."""
-        ref = self.channels.get(cid)
-        if ref is not None:
-            self.kick(ref)
-
-    def _status_part(self, session: Session, part: int) -> P.StatusReply:
-        """Part `part` of a Status snapshot: any size of status fits, in as many replies as it takes.
-
-        Part 0 takes a new snapshot (its encoding cut into pieces that each fit
-        a control message); later parts page out that same snapshot, so the
-        pieces always join into one consistent document.
-        """
-        if part == 0:
-            data = P.encode_status(self.status(session))
-            step = P.STATUS_PART
-            session.status_parts = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
-        if not part < len(session.status_parts):
-            raise ValueError(f"status part {part} out of range (the snapshot has {len(session.status_parts)})")
-        return P.StatusReply(session.status_parts[part], part, len(session.status_parts))
-
-    def status(self, viewer: Session | None = None) -> dict:
-        """The domain's state; a `viewer` other than root or the domain's own uid sees only its uid's
-        sessions, pipes, flows and leases (and its own usage of the limits)."""
-        with self.lock:
-            uid = None if viewer is None or viewer.uid in (0, os.getuid()) else viewer.uid
-            netifs = [sw.info() for sw in self.switches.values()]
-            lowlat = self.leases.info()
-            if uid is not None:
-                for nif in netifs:
-                    nif["flows"] = [f for f in nif["flows"] if self._channel_uid(f["channel"]) == uid]
-                lowlat["leases"] = [l for l in lowlat["leases"] if l["uid"] == uid]
-            return {
-                "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
-                              "channels": sorted(s.channels), "refused": s.refused}
-                             for s in self.sessions.values() if uid in (None, s.uid)],
-                "pipes": [p.info() for p in self.pipes.values() if uid is None or self._pipe_seen_by(p, uid)],
-                "netifs": netifs,
-                "control_errors": self.control_errors,
-                "faults": self.faults,
-                "memory": {"pressure": self.memory_pressure, "purge_below_mb": self.purge_below_mb,
-                           "pressure_purges": self.pressure_purges, "stall_after": self.stall_after,
-                           "stall_defunct": self.stall_defunct},
-                "lowlat": lowlat,
-                "limits": self.ledger.info(uid),
-            }
-
-    def _channel_uid(self, cid: int) -> int | None:
-        ref = self.channels.get(cid)
-        return None if ref is None else ref.session.uid
-
-    def _pipe_seen_by(self, pipe: UserPipe, uid: int) -> bool:
-        """A pipe is shown to its creator, and to a uid holding one of its ends (a shared pipe)."""
-        return pipe.uid == uid or any(self._channel_uid(e.channel_id) == uid for e in pipe.ends if e.attached)
-
-    def _all_pipes(self) -> list[UserPipe]:
-        """Every live pool's pipe: the named user pipes, and the pipes of flow and monitor channels."""
-        seen = dict.fromkeys(self.pipes.values())
-        for ref in self.channels.values():
-            seen.setdefault(ref.pipe)
-        return [p for p in seen if p.defunct_reason is None and not p.destroyed]
-
-    def _housekeeping(self) -> float:
-        """The stall watch and the memory-pressure check, every `housekeeping_interval` seconds
-        of the domain's clock; O(channels) a tick, nothing on the packet path. Returns how long
-        until the next tick."""
-        now = self.clock()
-        if now < self._housekeeping_at:
-            return self._housekeeping_at - now
-        self._housekeeping_at = now + self.housekeeping_interval
-        self._check_stalls(now)
-        self._check_memory()
-        return self.housekeeping_interval
-
-    def _check_stalls(self, now: float) -> None:
-        """Judge every channel's reading of its RX ring (docs/design-notes.md, "stalled channels").
-
-        A channel whose consumer counter has not moved for `stall_after` while
-        packets waited is stalled; one that moves it again is not; one still
-        stalled `stall_defunct` later is defuncted (STALLED), which takes every
-        packet of its group back.
-        """
-        for ref in list(self.channels.values()):
-            pipe, role = ref.pipe, ref.role
-            with pipe.lock:
-                if pipe.defunct_reason is not None:
-                    continue
-                try:
-                    self._judge_reader(ref, pipe, pipe.ends[role], now)
-                except Exception as e:  # one channel's memory ends at that channel
-                    self._fault_channel(pipe, role, "stall check", e)
-
-    def _judge_reader(self, ref: ChannelRef, pipe: UserPipe, end: PipeEnd, now: float) -> None:
-        at = pipe.rx_backlog(end.role)
-        if at is None:
-            return
-        cons, waiting = at
-        port = ref.flow.port if ref.flow is not None else ref.monitor
-        if waiting == 0 or cons != end.rx_mark:  # it reads (or has nothing to read)
-            end.rx_mark, end.rx_since = cons, now
-            if end.stalled_since is not None:
-                dropped = 0
-                if port is not None:
-                    port.stalled = False
-                    dropped = port.rx_dropped_stalled - end.dropped_mark
-                pipe.unstall(end.role, dropped)
-                log.info("channel %d (%s) reads again", end.channel_id, pipe.name)
-            return
-        if end.stalled_since is None:
-            if now - end.rx_since >= self.stall_after:
-                if port is not None:
-                    port.stalled = True
-                    end.dropped_mark = port.rx_dropped_stalled
-                purged = pipe.stall(end.role, now, waiting)
-                log.warning("channel %d (%s, uid %d): %d packets unread for %.0f s: stalled, "
-                            "arrivals dropped, %d free segments given back", end.channel_id, pipe.name,
-                            ref.session.uid, waiting, now - end.rx_since, purged)
-        elif self.stall_defunct and now - end.stalled_since >= self.stall_defunct:
-            log.warning("channel %d (%s, uid %d): stalled for %.0f s: defunct (STALLED)", end.channel_id,
-                        pipe.name, ref.session.uid, now - end.stalled_since)
-            if port is not None:
-                port.stalled = False  # defunct: the pipe's own state refuses arrivals from now on
-            pipe.defunct(DefunctReason.STALLED, culprit=end.role)
-
-    def _check_memory(self) -> None:
-        """Under memory pressure (MemAvailable below `purge_below_mb`), every pool gives back its
-        free segments beyond its opening size, idle or not; a pool that did not move since its
-        last such purge is not searched again."""
-        if not self.purge_below_mb:
-            return
-        avail = available_memory()
-        pressure = avail is not None and avail < self.purge_below_mb << 20
-        if pressure != self.memory_pressure:
-            self.memory_pressure = pressure
-            if pressure:
-                log.warning("MemAvailable %d MiB < purge_below_mb %d: purging every pool's free segments",
-                            avail >> 20, self.purge_below_mb)
-        if not pressure:
-            return
-        for p in self._all_pipes():
-            with p.lock:
-                if p.pressure_mark == p.pool.moves or p.defunct_reason is not None:
-                    continue
-                n = p.pool.purge(keep=p.schema.packets)
-                if n:
-                    p.publish_pool()
-                    self.pressure_purges += n
-                p.pressure_mark = p.pool.moves
-
-    def _purge_idle(self) -> float:
-        """Memory comes back by itself: every `purge_after` seconds, each pool that did not move
-        over the last period (no batch allocated or taken back between two ticks) gives back its
-        all-free segments beyond its opening size. Returns how long until the next tick."""
-        now = self.clock()
-        if now < self._purge_at:
-            return self._purge_at - now
-        self._purge_at = now + self.purge_after
-        for p in self._all_pipes():
-            with p.lock:
-                if p.defunct_reason is not None:
-                    continue
-                if p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets:
-                    if p.pool.purge(keep=p.schema.packets):
-                        p.publish_pool()
-                p.idle_mark = p.pool.moves
-        return self.purge_after
-
-    def purge(self) -> int:
-        """Give back the pages of every all-free segment beyond each pool's opening size."""
-        with self.lock:
-            n = 0
-            for p in self._all_pipes():
-                with p.lock:
-                    if p.defunct_reason is None and (k := p.pool.purge(keep=p.schema.packets)):
-                        p.publish_pool()
-                        n += k
-            return n
-
     # -- socket sessions and the service loop -------------------------------------------
 
     def add_socket_session(self, sock: socket.socket) -> Session:
@@ -964,23 +387,7 @@ class Domain:
             except Exception:
                 log.exception("deferred call %r failed", fn)
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass
-
-    # -- fault barriers -----------------------------------------------------------------
-
-    def _log_fault(self, where: str, exc: BaseException) -> None:
-        self.faults += 1
-        log_fault(where, exc)
-
-    def _fault_channel(self, pipe: UserPipe, role: int, where: str, exc: BaseException) -> None:
-        """The barrier of one channel: what its memory made go wrong defuncts it (ABUSE), nothing else."""
-        self.faults += 1
-        with pipe.lock:
-            pipe.fault(role, where, exc)
+    # -- the loop's fault barrier -------------------------------------------------------
 
     def _fault(self, kind: str, obj: object, exc: Exception) -> None:
         """The loop's barrier: an exception from serving one object ends at that object's owner."""

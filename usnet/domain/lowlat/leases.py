@@ -29,7 +29,8 @@ from usnet.domain.lowlat.agent import Agent, LLLink, Lease, Refusal
 from usnet.domain.lowlat.policy import DSCP_BEST_EFFORT, SERVICE_DSCP, Policy, Who
 
 if TYPE_CHECKING:
-    from usnet.domain.loop import ChannelRef, Domain, Session
+    from usnet.domain.loop import Domain
+    from usnet.domain.sessions import ChannelRef, Session
     from usnet.domain.switch.flowswitch import FlowSwitch
 
 log = logging.getLogger("usnet.domain.lowlat")

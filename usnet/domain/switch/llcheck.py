@@ -1,6 +1,6 @@
 """The low-latency path's header check: a granted flow's packet, judged by a private copy of its headers.
 
-Sans-I/O. The LL path (usnet.domain.switch.flowswitch `_service_ll`) copies only the
+Sans-I/O. The LL path (usnet.domain.switch.llpath `_service_ll`) copies only the
 first `SNAPSHOT` bytes of a packet out of the client's buffer, checks that copy
 here against the flow it was granted for, and sends that copy as the frame's
 headers, with the payload straight from the client's buffer. The client can

@@ -1,7 +1,7 @@
 """The transmit checks beyond addresses and ports: IPv4 options and fragments (sans-I/O).
 
 Both transmit paths of the flow switch use these: the general path on its
-copy of each packet (`FlowSwitch._tx_one`, `_tx_one6`), the low-latency path
+copy of each packet (usnet.domain.switch.tx `_tx_one`, `_tx_one6`), the low-latency path
 by handing such packets to it (usnet.domain.switch.llcheck). Every rule here is
 about a field a client writes that could make a packet claim, or reach,
 what its flow does not own:

@@ -1,0 +1,425 @@
+"""The session registry: who is connected, which channels each holds, and the pipes behind them.
+
+A session is one client's control connection (a socket, or an in-process
+client's method calls); its identity is the uid the kernel reports for its
+socket (SO_PEERCRED), never what it says. Its channels are ends of user
+pipes, or flows and monitors on a netif's switch, each charged to its uid
+and session (usnet.domain.limits). A session that ends, cleanly or not,
+takes its channels with it: closed as CloseChannel would, or defuncted with
+the reason (docs/architecture.md, "Domains and the trust boundary"). Pools
+give idle memory back here too (`_purge_idle`).
+
+Domain (usnet.domain.loop) owns the state declared below; the control
+dispatch (usnet.domain.control) and the loop call these.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import itertools
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from usnet.abi import protocol as P
+from usnet.abi import schema as schemamod
+from usnet.abi.doorbell import Doorbell
+from usnet.abi.events import DefunctReason
+from usnet.domain.barrier import log_fault
+from usnet.domain.limits import Access, Charge, Ledger, Share, check_share, is_shared, pipe_key
+from usnet.domain.lowlat.leases import LeaseDesk
+from usnet.domain.switch.flowswitch import FlowSwitch
+from usnet.domain.switch.port import NEXUS, FlowPort
+from usnet.domain.switch.ports import PROTO_NAMES
+from usnet.domain.switch.table import Flow
+from usnet.domain.userpipe import UserPipe
+from usnet.proto.wire.ipv4 import ip_bytes
+
+__all__ = ["ChannelRef", "Session", "SessionRegistry"]
+
+log = logging.getLogger("usnet.domain")
+# Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
+# packets, so the kernel's super-segments fit whole, unless the client chose its own.
+_SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
+
+
+@dataclass
+class Session:
+    id: int
+    uid: int
+    pid: int
+    program: str = ""
+    sock: socket.socket | None = None
+    channels: set[int] = field(default_factory=set)
+    refused: int = 0  # malformed or invalid control messages
+    # Replies the socket had no room for, each with its own duplicates of the descriptors it
+    # carries (the originals may close meanwhile); bounded by MAX_PENDING_REPLIES.
+    pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
+    status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
+    over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
+
+
+@dataclass
+class ChannelRef:
+    pipe: UserPipe
+    role: int
+    session: Session
+    switch: FlowSwitch | None = None
+    flow: Flow | None = None
+    monitor: FlowPort | None = None
+    charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
+
+
+def _flow_family(req: P.OpenFlow) -> tuple[int, bytes | None]:
+    """(4 or 6, the remote address's bytes or None) of a flow request.
+
+    The family is the request's, else the remote address's, else IPv4; a
+    request whose family and remote address disagree is refused.
+    """
+    if not req.remote_addr:
+        return req.family or 4, None
+    try:
+        addr = ipaddress.ip_address(req.remote_addr)
+    except ValueError:
+        raise ValueError(f"remote_addr {req.remote_addr!r} is not an IP address") from None
+    if getattr(addr, "scope_id", None):
+        raise ValueError(f"remote_addr {req.remote_addr!r}: zones are not supported")
+    if req.family and req.family != addr.version:
+        raise ValueError(f"remote_addr {req.remote_addr!r} is not IPv{req.family}")
+    if addr.version == 4:
+        return 4, ip_bytes(req.remote_addr)  # strict dotted quad, as before
+    return 6, addr.packed
+
+
+class SessionRegistry:
+    """Sessions, their channels, and the pipes behind them: made, attached, closed, ended."""
+
+    lock: threading.RLock
+    sessions: dict[int, Session]
+    channels: dict[int, ChannelRef]
+    pipes: dict[tuple[int | None, str], UserPipe]  # by limits.pipe_key: (uid or None if shared, name)
+    switches: dict[str, FlowSwitch]
+    ledger: Ledger
+    access: Access
+    shares: tuple[Share, ...]
+    leases: LeaseDesk
+    clock: Callable[[], float]
+    faults: int
+    _pool_charges: dict[UserPipe, Charge]  # a pipe's arena, charged to its creator until destroyed
+    _ids: itertools.count
+    _sel: selectors.BaseSelector
+    _wake_w: int
+
+    def _wake(self) -> None:
+        """Wake the service loop from its wait (a new fd to watch, work queued)."""
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    # -- sessions -----------------------------------------------------------------
+
+    def new_session(self, uid: int, pid: int, sock: socket.socket | None = None) -> Session:
+        """A session of `uid`. One past `sessions_per_uid` is still made, so that its first
+        request can be answered with the refusal; then it is ended (see `_dispatch`)."""
+        with self.lock:
+            s = Session(next(self._ids), uid, pid, sock=sock)
+            try:
+                self.ledger.check_session(uid, sum(1 for o in self.sessions.values()
+                                                   if o.uid == uid and o.over_limit is None))
+            except OSError as e:
+                s.over_limit = e
+            self.sessions[s.id] = s
+        return s
+
+    def end_session(self, session: Session, reason: DefunctReason | None) -> None:
+        """The session is over: close what it closed, defunct what it left open, with `reason`.
+
+        `reason` None is a clean end (each channel closes as CloseChannel would);
+        otherwise every channel it still holds is defuncted with it: OWNER_GONE
+        when its process went away, PROTOCOL or SLOW_CONSUMER when we ended it,
+        DOMAIN_SHUTDOWN when the domain stops.
+        """
+        with self.lock:
+            if self.sessions.pop(session.id, None) is None:
+                return
+            for cid in sorted(session.channels):
+                ref = self.channels.pop(cid, None)
+                if ref is None:
+                    continue
+                self._unregister_kick(ref)
+                try:
+                    if reason is not None:
+                        with ref.pipe.lock:
+                            ref.pipe.defunct(reason, culprit=ref.role)
+                    self._close_ref(ref)
+                except Exception as e:  # one channel's fault does not keep the others open
+                    self._fault_channel(ref.pipe, ref.role, "close", e)
+            session.channels.clear()
+            self._drop_pending(session)
+            if session.sock is not None:
+                try:
+                    self._sel.unregister(session.sock)
+                except (KeyError, ValueError):
+                    pass
+                session.sock.close()
+                session.sock = None
+        if reason in (None, DefunctReason.OWNER_GONE, DefunctReason.DOMAIN_SHUTDOWN):
+            log.info("session %d (pid %d) ended", session.id, session.pid)
+        else:
+            log.warning("session %d (uid %d, pid %d, %r) ended: %s", session.id, session.uid, session.pid,
+                        session.program, reason.name)
+
+    @staticmethod
+    def _drop_pending(session: Session) -> None:
+        for _, fds in session.pending:
+            for fd in fds:
+                os.close(fd)
+        session.pending.clear()
+
+    def _own(self, session: Session, cid: int) -> ChannelRef:
+        ref = self.channels.get(cid)
+        if ref is None or ref.session is not session:
+            raise OSError(errno.ENOENT, f"no channel {cid} in this session")
+        return ref
+
+    # -- channels -----------------------------------------------------------------
+
+    def open_pipe(self, session: Session, name: str, schema: str, attrs: dict[str, int]) -> tuple[int, int, list[int]]:
+        """Open one end of a named user pipe; returns (channel id, role, fds to hand over).
+
+        The first opener creates the pipe and its pool; the second attaches.
+        A name is the opener's uid's own (another uid's pipe of the same name
+        is another pipe): a user pipe is zero-copy, so it only ever joins one
+        owner's channels. A name beginning with "@" is shared, between the
+        uids of a `[[share]]` entry that covers it (usnet.domain.limits).
+        """
+        with self.lock:
+            key = pipe_key(session.uid, name)
+            pipe = self.pipes.get(key)
+            created = pipe is None
+            if pipe is None:
+                if is_shared(name):
+                    check_share(self.shares, name, session.uid, None, self.ledger.exempt)
+                sch = schemamod.resolve(schema, attrs)
+                charge = self.ledger.admit(Charge(session.uid, session.id))
+                try:
+                    pipe = self._new_pipe(name, sch, session)
+                except BaseException:
+                    self.ledger.release(charge)
+                    raise
+                self.pipes[key] = pipe
+                role = 0
+            else:
+                if is_shared(name):
+                    check_share(self.shares, name, session.uid, pipe.uid, self.ledger.exempt)
+                if pipe.ends[1].attached or pipe.defunct_reason is not None:
+                    raise OSError(errno.EADDRINUSE, f"pipe {name!r} already has both ends")
+                charge = self.ledger.admit(Charge(session.uid, session.id))
+                role = 1
+            cid = next(self._ids)
+            try:
+                fds = self._attach(cid, ChannelRef(pipe, role, session, charge=charge), pipe.ends[1 - role].bell)
+            except BaseException:
+                self._detach(cid, session)
+                self.ledger.release(charge)
+                if created:
+                    pipe.destroy()
+                raise
+            return cid, role, fds
+
+    def _detach(self, cid: int, session: Session) -> None:
+        """Undo a half-made `_attach` (the selector refused the kick fd, say)."""
+        ref = self.channels.pop(cid, None)
+        session.channels.discard(cid)
+        if ref is not None:
+            end = ref.pipe.ends[ref.role]
+            end.attached = False
+            self._unregister_kick(ref)
+
+    def _new_pipe(self, name: str, sch: schemamod.Schema, session: Session) -> UserPipe:
+        """A pipe whose arena is charged to its creator (pool_bytes) until it is destroyed."""
+        pipe = UserPipe(name, sch, session.uid)
+        try:
+            charge = self.ledger.admit(Charge(session.uid, session.id, channels=0,
+                                              pool_bytes=pipe.arena.shared_size + pipe.arena.ro_size))
+        except BaseException:
+            pipe.destroy()
+            raise
+        self._pool_charges[pipe] = charge
+        pipe.on_destroy = self._forget_pipe
+        return pipe
+
+    def pipe(self, name: str, uid: int | None = None) -> UserPipe:
+        """The user pipe `name` of `uid` (default: the domain's own uid); KeyError if there is none."""
+        return self.pipes[pipe_key(os.getuid() if uid is None else uid, name)]
+
+    def _attach(self, cid: int, ref: ChannelRef, peer_bell: Doorbell) -> list[int]:
+        """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
+        end = ref.pipe.ends[ref.role]
+        end.channel_id = cid
+        end.attached = True
+        self.channels[cid] = ref
+        ref.session.channels.add(cid)
+        self._sel.register(end.kick.wait_fd, selectors.EVENT_READ, ("kick", cid))
+        self._wake()
+        # the client sleeps on its bell, rings its peer's, rings our kick (docs/abi.md, "Doorbells")
+        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell.wait_fd, peer_bell.ring_fd,
+                end.kick.ring_fd]
+
+    def open_flow(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
+        """Register a flow on a netif and open the channel that carries it.
+
+        The channel's pool is the client's own; the flow switch is the other
+        end of its rings, and copies and checks everything it sends.
+        """
+        sw = self.switches.get(req.netif)
+        if sw is None:
+            raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
+        family, raddr = _flow_family(req)
+        if (raddr is None) != (req.remote_port is None):
+            raise ValueError("a connected flow needs both remote_addr and remote_port")
+        attrs = dict(req.attrs)
+        gso_max = sw.netif.gso_max
+        if gso_max and "buf_size" not in attrs and "buflets" not in attrs:
+            attrs.update(_SUPER_PACKETS)  # the device hands over 64 KB super-segments
+        sch = schemamod.resolve(req.schema, attrs)
+        if sch.packet_bytes < gso_max:
+            gso_max = 0  # the client chose small packets: it sends no super-segments
+        if sch.packet_bytes < sw.netif.mtu:
+            raise ValueError(f"packets of {sch.packet_bytes} bytes cannot carry the MTU {sw.netif.mtu}")
+        self.access.check_port(session.uid, session.program, PROTO_NAMES.get(req.proto, str(req.proto)),
+                               req.local_port)
+        charge = self.ledger.admit(Charge(session.uid, session.id, flows=1,
+                                          ephemeral_ports=int(req.local_port == 0)))
+        cid = next(self._ids)
+        try:
+            pipe = self._new_pipe(f"flow:{cid}", sch, session)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
+        port = FlowPort(pipe)
+        port.on_fault = lambda where, exc: self._fault_channel(pipe, 0, where, exc)
+        try:
+            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
+        except BaseException:
+            self.ledger.release(charge)
+            pipe.destroy()
+            raise
+        try:
+            self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
+            fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), pipe.ends[NEXUS].bell)
+        except BaseException:  # half made: the flow, its port reservation and the pipe all go
+            self._detach(cid, session)
+            try:
+                self._sel.unregister(port.bell)
+            except (KeyError, ValueError):
+                pass
+            sw.remove_flow(flow)
+            self.ledger.release(charge)
+            pipe.destroy()
+            raise
+        local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
+        remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
+        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
+                             sw.netif.mtu, sw.netif.name, family, gso_max)
+        return reply, fds
+
+    def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:
+        """A channel that receives a copy of every frame of a netif: root or the domain's own uid only."""
+        sw = self.switches.get(netif)
+        if sw is None:
+            raise OSError(errno.ENODEV, f"no netif {netif!r}")
+        if session.uid not in (0, os.getuid()):
+            raise OSError(errno.EPERM, "monitoring a netif needs root")
+        charge = self.ledger.admit(Charge(session.uid, session.id))
+        cid = next(self._ids)
+        try:
+            pipe = self._new_pipe(f"monitor:{cid}", schemamod.resolve("default", {"ring_size": 4096}), session)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
+        port = FlowPort(pipe)
+        sw.netif.monitors.append(port)
+        return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port, charge=charge),
+                                 pipe.ends[NEXUS].bell)
+
+    def _forget_pipe(self, pipe: UserPipe) -> None:
+        for end in pipe.ends:
+            try:
+                self._sel.unregister(end.kick.wait_fd)
+            except (KeyError, ValueError):
+                pass
+        self.ledger.release(self._pool_charges.pop(pipe, None))
+        key = pipe_key(pipe.uid, pipe.name)
+        if self.pipes.get(key) is pipe:
+            del self.pipes[key]
+
+    def close_channel(self, session: Session, cid: int) -> None:
+        with self.lock:
+            ref = self._own(session, cid)
+            self._unregister_kick(ref)
+            del self.channels[cid]
+            session.channels.discard(cid)
+            self._close_ref(ref)
+
+    def _close_ref(self, ref: ChannelRef) -> None:
+        self.leases.channel_closing(ref)  # first: what it sent before closing leaves unpoliced, as general
+        self.ledger.release(ref.charge)  # its channel, flow and port count again for its uid (its pool: when destroyed)
+        with ref.pipe.lock:
+            if ref.flow is not None and ref.switch is not None:
+                if ref.pipe.defunct_reason is None:
+                    # what it sent before closing still goes out, as with a kernel socket
+                    # (bounded: a client may not keep us here by sending while it closes)
+                    for _ in range(ref.flow.port.tx.capacity // 64 + 1):
+                        if not ref.switch.service_tx(ref.flow, draining=True):
+                            break
+                ref.switch.remove_flow(ref.flow, keep_queued=True)
+                try:
+                    self._sel.unregister(ref.flow.port.bell)
+                except (KeyError, ValueError):
+                    pass
+                ref.pipe.close_end(NEXUS)
+            if ref.monitor is not None and ref.switch is not None:
+                if ref.monitor in ref.switch.netif.monitors:
+                    ref.switch.netif.monitors.remove(ref.monitor)
+                ref.pipe.close_end(NEXUS)
+            ref.pipe.close_end(ref.role)
+
+    def _unregister_kick(self, ref: ChannelRef) -> None:
+        try:
+            self._sel.unregister(ref.pipe.ends[ref.role].kick.wait_fd)
+        except (KeyError, ValueError):
+            pass
+
+    def kick(self, ref: ChannelRef) -> None:
+        """Serve one end's pool side; behind its barrier (an in-process client calls this itself)."""
+        with ref.pipe.lock:
+            try:
+                ref.pipe.sync(ref.role)
+            except Exception as e:
+                self._fault_channel(ref.pipe, ref.role, "kick", e)
+
+    def kick_channel(self, cid: int) -> None:
+        """The data-path nudge of an in-process channel: a method call, no system call."""
+        ref = self.channels.get(cid)
+        if ref is not None:
+            self.kick(ref)
+
+    # -- fault barriers -------------------------------------------------------------
+
+    def _log_fault(self, where: str, exc: BaseException) -> None:
+        self.faults += 1
+        log_fault(where, exc)
+
+    def _fault_channel(self, pipe: UserPipe, role: int, where: str, exc: BaseException) -> None:
+        """The barrier of one channel: what its memory made go wrong defuncts it (ABUSE), nothing else."""
+        self.faults += 1
+        with pipe.lock:
+            pipe.fault(role, where, exc)

@@ -1,0 +1,321 @@
+"""The host's duties on the link, which the switch does for all its flows (docs/architecture.md).
+
+Clients hand the switch IP packets and receive IP packets; the link layer is
+the switch's: ARP and IPv6 Neighbour Discovery (answers for its addresses,
+resolves neighbours; one NeighbourCache class, an instance per family, and a
+packet waits for its neighbour in that neighbour's own bounded queue),
+Ethernet framing, and what a host answers itself: ICMP and ICMPv6 echo,
+port unreachable or a RST for a port nobody holds. An ICMP error is passed to
+the flow whose packet it quotes.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+from usnet.abi.events import EventType, TxDropReason, TxStatus
+from usnet.domain.switch.neighbours import NeighbourCache
+from usnet.domain.switch.port import CLIENT
+from usnet.domain.switch.table import ICMP, TCP, UDP, Flow, FlowTable
+from usnet.drivers.base import SegmentedFrame, TrackedFrame
+from usnet.proto.tcp.connection import rst_reply
+from usnet.proto.wire import arp as warp
+from usnet.proto.wire import icmp as wicmp
+from usnet.proto.wire import icmpv6 as wicmp6
+from usnet.proto.wire import tcp as wtcp
+from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
+from usnet.proto.wire.ipv4 import build_ipv4_header, martian_source4
+from usnet.proto.wire.ipv6 import (
+    ALL_NODES,
+    ICMPV6,
+    UNSPECIFIED,
+    build_ipv6_header,
+    multicast_mac,
+    solicited_node,
+)
+
+__all__ = ["DEFEND_INTERVAL", "ETH", "HostDuties"]
+
+log = logging.getLogger(__name__)
+
+ETH = struct.Struct("!6s6sH")  # Ethernet destination, source, type
+# the ICMP errors passed on to the flow whose packet they quote (its stack judges them further)
+_ICMP_ERRORS = frozenset((wicmp.DEST_UNREACH, wicmp.SOURCE_QUENCH, wicmp.TIME_EXCEEDED, wicmp.PARAM_PROBLEM))
+DEFEND_INTERVAL = 10.0  # RFC 5227: at most one announcement defending our address per this many seconds
+
+
+class HostDuties(FlowTable):
+    """Neighbours (ARP, ND), framing and routing onto the link, and the host's own answers."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.arp = NeighbourCache()  # IPv4 neighbours, asked for with ARP
+        self.nd = NeighbourCache()  # IPv6 neighbours, asked for with Neighbour Solicitations
+        self._ident = 0  # the IPv4 ident of the switch's own packets
+        self._defended_at: float | None = None  # when we last announced our address against a conflict
+
+    # -- neighbours and the link ---------------------------------------------------------------
+
+    def _neighbour(self, dst: bytes, now: float) -> tuple[bytes | None, bytes | None]:
+        """(next hop or None if no route, its MAC or None while unresolved) for `dst` (4 or 16 bytes)."""
+        hop = self.netif.next_hop(dst)
+        if hop is None:
+            return None, None
+        if len(hop) == 16:
+            return hop, multicast_mac(hop) if hop[0] == 0xFF else self.nd.lookup(hop, now)
+        if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
+            return hop, BROADCAST
+        return hop, self.arp.lookup(hop, now)
+
+    def _route(self, key: int, dst: bytes, packet: bytes, now: float) -> bool:
+        """Frame and queue `packet`, or park it until its neighbour answers; False if no route."""
+        hop, mac = self._neighbour(dst, now)
+        if hop is None:
+            return False
+        if mac is not None:
+            self._emit(key, mac, packet)
+        else:
+            self._await_neighbour(key, hop, packet, now)
+        return True
+
+    def _await_neighbour(self, key: int, hop: bytes, packet: bytes, now: float) -> None:
+        """Hold `packet` for `hop` in that neighbour's own bounded queue: nothing else waits with it."""
+        ipv4 = len(hop) == 4
+        ask, dropped = (self.arp if ipv4 else self.nd).wait(hop, (key, packet), len(packet) + ETH_HLEN, now)
+        if ask and ipv4:
+            self._arp_request(hop)
+        elif ask:
+            self._solicit(hop)
+        for item in dropped:
+            self._unresolved(item)
+
+    def _unresolved(self, item: tuple[int, bytes]) -> None:
+        """A packet that waited for a neighbour in vain: counted, and told to its flow."""
+        key, packet = item
+        self.drops["tx_neighbour_unresolved"] += 1
+        flow = self.flows.get(key)
+        if flow is not None:
+            flow.stats["tx_dropped"] += 1
+            flow.stats["tx_packets"] -= 1  # counted as sent when it was queued for ARP
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.NEIGHBOUR_UNRESOLVED,
+                                                    value=len(packet))
+            if type(packet) is TrackedFrame:
+                flow.post_status(TxStatus.DROPPED, packet.mark, packet.taken_ns, TxDropReason.NEIGHBOUR_UNRESOLVED)
+
+    def _emit(self, key: int, mac: bytes, packet: bytes) -> None:
+        self._send_frame(key, mac, ETHERTYPE_IPV6 if packet[0] >> 4 == 6 else ETHERTYPE_IPV4, packet)
+
+    def _send_frame(self, key: int, dst_mac: bytes, etype: int, payload: bytes) -> None:
+        frame = ETH.pack(dst_mac, self.netif.mac, etype) + payload
+        if isinstance(payload, SegmentedFrame):  # a super-segment, a tracked frame: keep what it carries
+            frame = payload.rewrap(frame)
+        self.netif.enqueue(key, frame)
+
+    def _send_ip(self, key: int, src: bytes, dst: bytes, proto: int, payload: bytes, now: float) -> None:
+        """A packet of the switch's own (echo reply, port unreachable, RST) from `src` to `dst`, either
+        family (the addresses' length): it builds the IP header itself."""
+        if len(dst) == 4:
+            self._ident = (self._ident + 1) & 0xFFFF
+            hdr = build_ipv4_header(src, dst, proto, len(payload), ident=self._ident)
+        else:
+            hdr = build_ipv6_header(src, dst, proto, len(payload))
+        self._route(key, dst, hdr + payload, now)
+
+    def _solicit(self, target: bytes) -> None:
+        """Ask for `target`'s MAC: a Neighbour Solicitation to its solicited-node group.
+
+        From our link-local address, which every neighbour can answer whatever its prefix.
+        """
+        src, group = self.netif.ll6, solicited_node(target)
+        assert src is not None
+        ns = wicmp6.build_ns(src, group, target, self.netif.mac)
+        self.counts["nd_solicits"] += 1
+        self._send_frame(0, multicast_mac(group), ETHERTYPE_IPV6,
+                         build_ipv6_header(src, group, ICMPV6, len(ns), 255) + ns)
+
+    def _arp_request(self, ip: bytes) -> None:
+        self.counts["arp_requests"] += 1
+        self._send_frame(0, BROADCAST, ETHERTYPE_ARP,
+                         warp.build_arp(warp.ARP_REQUEST, self.netif.mac, self.netif.ip, b"\x00" * 6, ip))
+
+    def service_neighbours(self, now: float) -> None:
+        """Ask again for the neighbours still unresolved; drop, and report, what waited in vain."""
+        for cache, ask_for in ((self.arp, self._arp_request), (self.nd, self._solicit)):
+            if not cache.pending:
+                continue
+            ask, gave_up = cache.due(now)
+            for ip in ask:
+                ask_for(ip)
+            for item in gave_up:
+                self._unresolved(item)
+
+    # -- ARP and Neighbour Discovery -----------------------------------------------------------
+
+    def _rx_arp(self, f: bytes, src_mac: bytes, now: float) -> None:
+        """An ARP packet: conflicts on our address first (RFC 5227), then requests and replies for us.
+
+        Learnt only from a sender whose address could be a neighbour's: a
+        probe (sender 0.0.0.0, RFC 5227 §2.1.1) is answered as Linux does and
+        teaches nothing; a martian sender earns nothing.
+        """
+        op, sha, spa, tha, tpa = warp.parse_arp(f, ETH_HLEN)
+        if sha != src_mac or sha == BROADCAST or sha[0] & 1:
+            self.drops["arp_bogus_sender"] += 1
+            return
+        netif = self.netif
+        if spa == netif.ip:
+            self._arp_conflict(sha, now)
+            return
+        if tpa != netif.ip:
+            self.drops["arp_not_for_us"] += 1
+            return
+        if spa == b"\x00\x00\x00\x00":
+            if op != warp.ARP_REQUEST:
+                self.drops["arp_martian"] += 1
+                return
+            self.counts["arp_probe_answered"] += 1  # our address is taken: we say so, learning nothing
+        elif martian_source4(int.from_bytes(spa, "big"), self._local4, self._bcast4):
+            self.drops["arp_martian"] += 1
+            return
+        else:
+            self.counts["arp_rx"] += 1
+            self._learn(self.arp, spa, sha, now)
+        if op == warp.ARP_REQUEST:
+            self._send_frame(0, sha, ETHERTYPE_ARP, warp.build_arp(warp.ARP_REPLY, netif.mac, netif.ip, sha, spa))
+
+    def _arp_conflict(self, mac: bytes, now: float) -> None:
+        """Another MAC says it has our address (RFC 5227 §2.4): count it, never answer it or learn it,
+        and defend (§2.4 (b)): one announcement of ours, and one log line, per DEFEND_INTERVAL."""
+        self.drops["arp_conflict"] += 1
+        if self._defended_at is not None and now - self._defended_at < DEFEND_INTERVAL:
+            return
+        self._defended_at = now
+        self.counts["arp_defended"] += 1
+        netif = self.netif
+        log.warning("netif %s: %s claims our address %s; announcing ours (%s)", netif.name, mac.hex(":"),
+                    netif.ip_str, netif.mac.hex(":"))
+        self._send_frame(0, BROADCAST, ETHERTYPE_ARP,
+                         warp.build_arp(warp.ARP_REQUEST, netif.mac, netif.ip, b"\x00" * 6, netif.ip))
+
+    def _learn(self, cache: NeighbourCache, addr: bytes, mac: bytes, now: float) -> None:
+        """A neighbour's link-layer address: remember it, and send what waited for it."""
+        for key, packet in cache.learn(addr, mac, now):
+            self._emit(key, mac, packet)
+
+    def _rx_ns(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+               src_mac: bytes, now: float) -> None:
+        """A Neighbour Solicitation: learn the asker (as from an ARP request) and advertise ourselves."""
+        if hop != 255:
+            self.drops["nd_bad"] += 1  # RFC 4861 §7.1.1: only from this link
+            return
+        target, opts = wicmp6.parse_ns(f, start, end - start)
+        netif = self.netif
+        if target not in netif.addrs6:
+            self.drops["nd_not_for_us"] += 1
+            return
+        slla = wicmp6.find_option(opts, wicmp6.OPT_SOURCE_LLADDR)
+        if src == UNSPECIFIED:  # duplicate address detection: someone wants our address
+            if slla is not None or dst != solicited_node(target):
+                self.drops["nd_bad"] += 1
+                return
+            self.counts["nd_dad_defended"] += 1
+            self._advertise(target, ALL_NODES, multicast_mac(ALL_NODES), wicmp6.NA_OVERRIDE)
+            return
+        if src_mac[0] & 1 or (slla is not None and (slla != src_mac)):
+            self.drops["nd_bogus_sender"] += 1
+            return
+        self.counts["nd_rx"] += 1
+        if slla is not None:
+            self._learn(self.nd, src, slla, now)
+        self._advertise(target, src, src_mac, wicmp6.NA_SOLICITED | wicmp6.NA_OVERRIDE)
+
+    def _advertise(self, target: bytes, dst: bytes, dst_mac: bytes, flags: int) -> None:
+        """A Neighbour Advertisement for one of our addresses, straight to the asker's MAC."""
+        na = wicmp6.build_na(target, dst, target, flags, self.netif.mac)
+        self.counts["nd_na_sent"] += 1
+        self._send_frame(0, dst_mac, ETHERTYPE_IPV6, build_ipv6_header(target, dst, ICMPV6, len(na), 255) + na)
+
+    def _rx_na(self, f: bytes, start: int, end: int, dst: bytes, hop: int, now: float) -> None:
+        """A Neighbour Advertisement: believed only for an address we have or are asking for."""
+        if hop != 255:
+            self.drops["nd_bad"] += 1
+            return
+        flags, target, opts = wicmp6.parse_na(f, start, end - start)
+        if dst[0] == 0xFF and flags & wicmp6.NA_SOLICITED:
+            self.drops["nd_bad"] += 1
+            return
+        if target in self.netif.addrs6:
+            self.drops["nd_dup_addr"] += 1  # someone else claims our address: keep it
+            return
+        tlla = wicmp6.find_option(opts, wicmp6.OPT_TARGET_LLADDR)
+        if tlla is None or tlla[0] & 1:
+            self.drops["nd_no_lladdr"] += 1
+            return
+        if not self.nd.knows(target):
+            self.drops["nd_unsolicited"] += 1
+            return
+        self.counts["nd_rx"] += 1
+        self._learn(self.nd, target, tlla, now)
+
+    # -- ICMP, and ports nobody holds ----------------------------------------------------------
+
+    def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
+        typ, code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
+        if typ == wicmp.ECHO_REQUEST and dst == self.netif.ip:
+            self.counts["icmp_echo"] += 1
+            reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])
+            self._send_ip(0, dst, src, ICMP, reply, self.clock())
+        elif typ in _ICMP_ERRORS and dst == self.netif.ip:
+            self._icmp_error_to(self._quoted_flow(f, poff, end, 4), f[ETH_HLEN:end], per_flow)
+        else:
+            self.drops["rx_icmp_other"] += 1
+
+    def _rx_icmp6(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+                  src_mac: bytes, now: float, per_flow: dict) -> None:
+        typ, _code, ident, seq, body = wicmp6.parse_icmpv6(f, start, end - start, src, dst)  # checksum too
+        if typ == wicmp6.NEIGHBOR_SOLICIT:
+            self._rx_ns(f, start, end, src, dst, hop, src_mac, now)
+        elif typ == wicmp6.NEIGHBOR_ADVERT:
+            self._rx_na(f, start, end, dst, hop, now)
+        elif typ == wicmp6.ECHO_REQUEST and dst in self.netif.addrs6 and src != UNSPECIFIED:
+            self.counts["icmp6_echo"] += 1
+            reply = wicmp6.build_echo6(wicmp6.ECHO_REPLY, ident, seq, f[body:end], dst, src)
+            self._send_ip(0, dst, src, ICMPV6, reply, now)
+        elif typ in wicmp6.ERRORS and dst == self.netif.ip6:
+            self._icmp_error_to(self._quoted_flow(f, body, end, 6), f[ETH_HLEN:end], per_flow)
+        else:
+            self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them
+
+    def _icmp_error_to(self, flow: Flow | None, packet: bytes, per_flow: dict) -> None:
+        """Pass an ICMP(v6) error, the whole IP packet, to the flow whose packet it quotes (None: nobody's).
+        The flow's stack judges it further (a TCP sequence in flight, a connected peer)."""
+        if flow is None:
+            self.drops["rx_icmp_unmatched"] += 1
+            return
+        self.counts["rx_icmp_error"] += 1
+        per_flow.setdefault(flow, []).append(packet)
+
+    def _no_socket(self, proto: int, f: bytes, start: int, end: int, src: bytes, dst: bytes,
+                   now: float) -> None:
+        """Nobody has this port: answer as a host does, from the address asked (UDP: port
+        unreachable, ICMP or ICMPv6 by the family; TCP: RST)."""
+        if proto == UDP:
+            if len(src) == 4:
+                msg, nh = wicmp.build_dest_unreach(wicmp.PORT_UNREACH, f[ETH_HLEN:end]), ICMP
+            else:
+                self.counts["icmp6_unreach_sent"] += 1
+                msg = wicmp6.build_error6(wicmp6.DEST_UNREACH, wicmp6.PORT_UNREACH, f[ETH_HLEN:end], dst, src)
+                nh = ICMPV6
+            self._send_ip(0, dst, src, nh, msg, now)
+            return
+        try:
+            seg = wtcp.parse_tcp(f, start, end - start, src, dst)
+        except WireError:
+            return  # a bad segment earns no answer
+        rst = rst_reply(wtcp.pseudo_sum(dst, src), seg)
+        if rst is not None:
+            self.counts["tcp_rst_sent"] += 1
+            self._send_ip(0, dst, src, TCP, rst, now)

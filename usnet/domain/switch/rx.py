@@ -1,0 +1,366 @@
+"""The receive path of the flow switch: classify what the netif brings, deliver it to flows.
+
+Classify, then copy into the owning channel's pool and ring its doorbell.
+Anything malformed is counted and dropped; nothing from the wire can raise
+out of here. With `rx_mitigation`, a general-class flow's bell may be held
+(usnet.domain.netif.mitigation); `ring_held` rings the held bells that are
+due and says when the next one is.
+
+The common case (option-less, unfragmented IPv4 TCP or UDP to a flow) is
+taken in one unpack per frame, or column-wise for a FrameBlock
+(`_rx_block`); everything else, IPv6 included, takes the per-frame path
+(`_rx_frame`), so IPv4 pays nothing for IPv6. ARP, Neighbour Discovery,
+ICMP and ports nobody holds are the host's duties (usnet.domain.switch.host).
+Fragments to us (IPv4 and IPv6) are put back together before classification
+(a fragment past the first names no ports): bounded memory, per-source
+limits (usnet.proto.ip.Reassembler).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+# np.unique imports numpy.ma on first use (numpy 2.x): a 6-13 ms stall of the service loop the
+# first time a batch holds two flows or a channel closes; here it is paid at import
+import numpy.ma
+
+from usnet.domain.switch.host import ETH, HostDuties
+from usnet.domain.switch.table import ICMP, PORTS, TCP, UDP, Flow
+from usnet.drivers import block
+from usnet.drivers.base import Coalesced
+from usnet.drivers.block import FrameBlock
+from usnet.proto.ip import Reassembler
+from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
+from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, martian_source4, parse_ipv4
+from usnet.proto.wire.ipv6 import (
+    ICMPV6,
+    IPV6_HLEN,
+    UNSPECIFIED,
+    build_ipv6_header,
+    martian_source6,
+    multicast_mac,
+    parse_ipv6,
+    skip_ext_headers,
+    verify_upper_v6,
+)
+from usnet.proto.wire.rows import be_u16, be_u32, row_sums
+from usnet.proto.wire.udp import parse_udp
+
+__all__ = ["ROWWISE_MAX", "ReceivePath"]
+
+# Ethernet dst, src, type; IPv4 version/ihl, total length, flags/fragment, protocol, src, dst; ports
+_FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
+ROWWISE_MAX = 8  # received blocks of up to this many frames are classified row by row (block.open_small)
+
+# The frame bytes every row of the RX fast path has: destination MAC, EtherType,
+# version/IHL, flags/fragment offset with DF masked out, destination address.
+_RX_SIG_COLS = np.r_[0:6, 12:15, 20:22, 30:34]
+_RX_SIG_MASK = np.array([0xFF] * 9 + [0xBF, 0xFF] + [0xFF] * 4, np.uint8)
+
+
+class ReceivePath(HostDuties):
+    """Frames from the device to the flows they belong to, or to the host's duties."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        netif = self.netif
+        self.frags: Counter = Counter()  # the reassembler's counts
+        self.reasm = Reassembler(self.frags)
+        # the multicast MACs of the groups we are in (all-nodes, our solicited-node groups)
+        self._macs6 = frozenset(multicast_mac(g) for g in netif.groups6)
+        self._rx_sig = np.frombuffer(netif.mac + b"\x08\x00\x45\x00\x00" + netif.ip, np.uint8)
+        # what a received frame is held to: its length (a Coalesced frame excepted) and martian sources
+        self._rx_max = netif.mtu + ETH_HLEN
+
+    def service_rx(self, max_frames: int = 256) -> int:
+        """Take frames from the device, answer what is ours, deliver the rest to flows."""
+        netif = self.netif
+        frames = netif.driver.recv_batch(max_frames)
+        if not frames:
+            return 0
+        if getattr(netif.driver, "takes_blocks", False):  # only a wire that carries blocks brings them
+            frames = block.open_small(frames, ROWWISE_MAX)
+        now = self.clock()
+        total_frames = block.count(frames)
+        netif.rx_frames += total_frames
+        if netif.monitors:
+            copies = block.expand(frames)
+            for m in netif.monitors:
+                m.deliver(copies)
+        per_flow: dict[Flow, list[bytes]] = {}
+        mymac, myip = netif.mac, netif.ip
+        exact, listeners = self.exact, self.listeners
+        unpack, from_bytes = _FAST.unpack_from, int.from_bytes
+        rx_max, local4, bcast4 = self._rx_max, self._local4, self._bcast4
+        for f in frames:
+            if type(f) is FrameBlock:
+                netif.rx_bytes += f.nbytes()
+                if per_flow:  # frames before the block go first: a flow's packets keep their order
+                    self._deliver(per_flow)
+                self._rx_block(f, now, per_flow)
+                continue
+            n = len(f)
+            netif.rx_bytes += n
+            if n >= 38:
+                # The common case in one unpack: to us, IPv4 without options, not a
+                # fragment, UDP or TCP to a flow, header checksum good, from a unicast
+                # MAC and a source that is no martian, within the MTU.
+                dmac, smac, etype, vihl, total, ff, proto, sip, dip, sport, dport = unpack(f)
+                if (etype == ETHERTYPE_IPV4 and vihl == 0x45 and dmac == mymac and dip == myip
+                        and not ff & (IP_MF | IP_OFFMASK) and (proto == UDP or proto == TCP)
+                        and 24 <= total <= n - ETH_HLEN and not from_bytes(f[14:34], "big") % 0xFFFF
+                        and not smac[0] & 1 and not martian_source4(from_bytes(sip, "big"), local4, bcast4)
+                        and (n <= rx_max or type(f) is Coalesced)):
+                    flow = exact.get((proto, dport, sip, sport)) or listeners.get((proto, dport))
+                    if flow is not None:
+                        lst = per_flow.get(flow)
+                        if lst is None:
+                            lst = per_flow[flow] = []
+                        lst.append(f[ETH_HLEN : ETH_HLEN + total])
+                        continue
+            try:
+                self._rx_frame(f, now, per_flow)
+            except (WireError, struct.error, ValueError, IndexError) as e:
+                self.drops["rx_malformed"] += 1
+                self.counts["last_error:" + type(e).__name__] = 1
+        self._deliver(per_flow)
+        return total_frames
+
+    def _deliver(self, per_flow: dict) -> None:
+        """Hand each flow the packets gathered for it, and forget them."""
+        for flow, pkts in per_flow.items():
+            n = flow.port.deliver(pkts)
+            flow.stats["rx_packets"] += n
+            if n < len(pkts):
+                flow.stats["rx_dropped"] += len(pkts) - n
+                self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(pkts) - n
+        per_flow.clear()
+
+    def _rx_block(self, blk: FrameBlock, now: float, per_flow: dict) -> None:
+        """A FrameBlock from the wire: the common case column-wise, straight into pools.
+
+        Rows that are not an option-less, unfragmented IPv4 TCP/UDP packet to
+        us with a good header checksum, or that match no flow, take the
+        per-frame path (ARP, ICMP, errors, counters).
+        """
+        d, lens = blk.data, blk.lens
+        if d.shape[1] < ETH_HLEN + 24:
+            ok = np.zeros(len(lens), bool)
+        else:
+            total = be_u16(d[:, 16:18])
+            proto = d[:, 23]
+            # our MAC, IPv4, version/IHL 0x45, not a fragment, our address: one comparison
+            ok = (d[:, _RX_SIG_COLS] & _RX_SIG_MASK == self._rx_sig).all(axis=1)
+            ok &= ((proto == UDP) | (proto == TCP)) & (total >= 24) & (total + ETH_HLEN <= lens)
+            ok &= row_sums(d[:, 14:34]) == 0
+            # within the MTU, from a unicast MAC, from no martian: the per-frame path counts the rest
+            ok &= (lens <= self._rx_max) & (d[:, 6] & 1 == 0)
+            ok &= ~martian_source4(be_u32(d[:, 26:30]), self._local4, self._bcast4)
+            # source address and both ports in one word per row, grouped per protocol
+            key = be_u32(d[:, 26:30]).astype(np.uint64) << 32 | be_u32(d[:, 34:38])
+            for pr in (UDP, TCP):
+                m = ok & (proto == pr)
+                if not m.any():
+                    continue
+                ks = key[m]
+                uniq = [ks[0]] if (ks == ks[0]).all() else np.unique(ks)
+                for k in uniq:
+                    sel = m if len(uniq) == 1 else m & (key == k)
+                    k = int(k)
+                    flow = (self.exact.get((pr, k & 0xFFFF, (k >> 32).to_bytes(4, "big"), k >> 16 & 0xFFFF))
+                            or self.listeners.get((pr, k & 0xFFFF)))
+                    if flow is None:
+                        ok &= ~sel  # the per-frame path counts it and answers port unreachable
+                        continue
+                    if sel.all():
+                        rows, ln = d, total
+                    else:
+                        rows, ln = d[sel], total[sel]
+                    got = flow.port.deliver_rows(rows, ETH_HLEN, ln)
+                    flow.stats["rx_packets"] += got
+                    if got < len(ln):
+                        flow.stats["rx_dropped"] += len(ln) - got
+                        self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(ln) - got
+        if not ok.all():
+            for i in np.flatnonzero(~ok).tolist():
+                try:
+                    self._rx_frame(d[i, : int(lens[i])].tobytes(), now, per_flow)
+                except (WireError, struct.error, ValueError, IndexError) as e:
+                    self.drops["rx_malformed"] += 1
+                    self.counts["last_error:" + type(e).__name__] = 1
+
+    def ring_held(self) -> float | None:
+        """Ring the held receive bells that are due; seconds until the next one is (None: none held).
+
+        The domain loop calls this on every pass and sleeps no longer than it says.
+        """
+        held = self._held_bells
+        if not held:
+            return None
+        now = self.clock()
+        nxt: float | None = None
+        for port in list(held):
+            mit = port.mitigation
+            if mit.deadline is None:  # rung as packets came, or the client woke up on its own
+                del held[port]
+            elif mit.due(now):
+                del held[port]
+                port.ring_held()
+            elif nxt is None or mit.deadline < nxt:
+                nxt = mit.deadline
+        return None if nxt is None else max(0.0, nxt - now)
+
+    def _rx_frame(self, f: bytes, now: float, per_flow: dict) -> None:
+        if len(f) < ETH_HLEN:
+            self.drops["rx_runt"] += 1
+            return
+        if len(f) > self._rx_max and type(f) is not Coalesced:
+            self.drops["rx_oversize"] += 1  # longer than the MTU, and the device did not make it so
+            return
+        dst, src, etype = ETH.unpack_from(f)
+        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6:
+            self.drops["rx_not_our_mac"] += 1
+            return
+        if src[0] & 1:
+            self.drops["rx_bad_mac_source"] += 1  # a group address never sends (IEEE 802.3)
+            return
+        if etype == ETHERTYPE_IPV4:
+            self._rx_ip(f, now, per_flow)
+        elif etype == ETHERTYPE_ARP:
+            self._rx_arp(f, src, now)
+        elif etype == ETHERTYPE_IPV6 and self.netif.ip6 is not None:
+            self._rx_ip6(f, src, now, per_flow)
+        else:
+            self.drops["rx_ethertype"] += 1
+
+    def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
+        """An IPv4 frame the fast path did not take: fragments, ICMP, broadcasts, errors, counters."""
+        ihl, total, ident, ff, ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
+        netif = self.netif
+        if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
+            self.drops["rx_not_our_ip"] += 1
+            return
+        if martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
+            self.drops["rx_martian_source"] += 1  # answered, it would go to broadcast, loopback, us
+            return
+        if ff & (IP_MF | IP_OFFMASK):
+            if dst != netif.ip:
+                self.drops["rx_fragment"] += 1  # a broadcast in pieces: nobody's
+                return
+            r = self.reasm.add((src, proto, ident), src, (ff & IP_OFFMASK) << 3, f[ETH_HLEN + ihl : ETH_HLEN + total],
+                               bool(ff & IP_MF), now, False, 0xFFFF - IPV4_HLEN)
+            if r is None:
+                return  # a piece kept, or refused (the reassembler counts which, in `frags`)
+            pieces, part = r
+            # the whole datagram behind a header without options, as the sender's stack built it
+            f = b"".join([f[:ETH_HLEN], build_ipv4_header(src, dst, proto, part.total, ident, ttl, False,
+                                                          f[ETH_HLEN + 1]), *pieces])
+            ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
+        start = ETH_HLEN + ihl
+        end = ETH_HLEN + total
+        if proto == ICMP:
+            self._rx_icmp(f, start, end, src, dst, per_flow)
+            return
+        if proto not in (UDP, TCP) or end - start < 4:
+            self.drops["rx_no_flow"] += 1
+            return
+        if proto == TCP and dst != netif.ip:
+            self.drops["rx_tcp_not_unicast"] += 1  # TCP is unicast only (Linux: PACKET_HOST only)
+            return
+        sport, dport = PORTS.unpack_from(f, start)
+        flow = self.lookup(proto, dport, src, sport)
+        self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
+
+    def _rx_ip6(self, f: bytes, src_mac: bytes, now: float, per_flow: dict) -> None:
+        """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows."""
+        _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
+        netif = self.netif
+        if dst not in netif.addrs6 and dst not in netif.groups6:
+            self.drops["rx_not_our_ip"] += 1
+            return
+        if martian_source6(src, netif.addrs6):
+            self.drops["rx_martian_source"] += 1
+            return
+        end = ETH_HLEN + IPV6_HLEN + plen
+        proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, nh)
+        if frag is not None:
+            _, foff, more, ident = frag
+            if foff or more:  # an atomic fragment (RFC 6946) is whole already
+                if dst != netif.ip6:
+                    self.drops["rx_fragment"] += 1  # to a group or the link-local address: no flow has it
+                    return
+                # strict: pieces that overlap at all drop the datagram (RFC 5722)
+                r = self.reasm.add((6, src, ident), src, foff, f[start:end], more, now, True, 0xFFFF,
+                                   first=b"" if foff == 0 else None, meta=proto)
+                if r is None:
+                    return
+                pieces, part = r
+                if part.meta is None:  # cannot happen: fragment zero was kept with its next header
+                    self.drops["rx_fragment"] += 1
+                    return
+                f = b"".join([f[:ETH_HLEN], build_ipv6_header(src, dst, part.meta, part.total, hop), *pieces])
+                end = len(f)
+                proto, start, frag = skip_ext_headers(f, ETH_HLEN + IPV6_HLEN, end, part.meta, first=False)
+                if frag is not None:
+                    self.drops["rx_fragment"] += 1  # a fragment inside a fragment
+                    return
+        if proto == ICMPV6:
+            self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now, per_flow)
+            return
+        if src == UNSPECIFIED:
+            self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
+            return
+        if proto not in (UDP, TCP) or end - start < 4 or dst[0] == 0xFF:
+            self.drops["rx_no_flow"] += 1
+            return
+        sport, dport = PORTS.unpack_from(f, start)
+        flow = None
+        if dst == netif.ip6:  # flows have the global address; the link-local one has no ports
+            flow = self.lookup(proto, dport, src, sport)
+        self._to_flow(flow, proto, f, start, end, src, dst, True, now, per_flow)
+
+    def _to_flow(self, flow: Flow | None, proto: int, f: bytes, start: int, end: int, src: bytes, dst: bytes,
+                 answer: bool, now: float, per_flow: dict) -> None:
+        """The end of either family's per-frame path: the packet to its flow, or nobody's: counted,
+        and if `answer` (unicast to us), answered as a host does."""
+        if flow is None:
+            bad = self._bad_udp(f, start, end, src, dst) if proto == UDP else None
+            if bad is not None:
+                self.drops[bad] += 1  # nobody's, and damaged: no ICMP about it (as Linux)
+                return
+            self.drops["rx_no_flow"] += 1
+            if answer:
+                self._no_socket(proto, f, start, end, src, dst, now)
+            return
+        lst = per_flow.get(flow)
+        if lst is None:
+            lst = per_flow[flow] = []
+        lst.append(f[ETH_HLEN:end])
+
+    @staticmethod
+    def _bad_udp(f: bytes, start: int, end: int, src: bytes, dst: bytes) -> str | None:
+        """Why a UDP datagram nobody listens for is damaged (a drop reason), or None if it is sound.
+
+        As Linux's __udp4_lib_rcv / __udp6_lib_rcv before they send port
+        unreachable: a length field under 8 or past the IP payload is
+        `rx_udp_bad_length`; a wrong checksum, or none over IPv6 (RFC 8200
+        §8.1), is `rx_udp_csum_error` (Linux's InCsumErrors). Only a sound
+        datagram earns an ICMP error.
+        """
+        ulen = int.from_bytes(f[start + 4 : start + 6], "big") if end - start >= 8 else 0
+        if ulen < 8 or ulen > end - start:
+            return "rx_udp_bad_length"
+        if len(src) == 4:
+            try:
+                parse_udp(f, start, ulen, src, dst)
+            except WireError:
+                return "rx_udp_csum_error"
+            return None
+        if f[start + 6 : start + 8] == b"\x00\x00" or not verify_upper_v6(f, start, ulen, src, dst, UDP):
+            return "rx_udp_csum_error"
+        return None

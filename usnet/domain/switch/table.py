@@ -1,0 +1,243 @@
+"""The flow table: which flow a packet belongs to, and which flows may exist.
+
+A listener matches (protocol, local port); a connected flow matches the full
+5-tuple and wins over a listener. Both families' connected flows share one
+table (the remote address's length tells them apart); listeners have one
+table per family. Local ports are reserved in the domain's PortSpace
+(usnet.domain.switch.ports), one namespace per protocol shared by every netif.
+The receive and transmit paths (usnet.domain.switch.rx, .tx) read these
+tables directly on their hot paths; `lookup` is the same lookup for the
+per-packet paths (docs/architecture.md, "Data paths").
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from usnet.abi.events import EventType, TxStatus
+from usnet.domain.netif.netif import Netif
+from usnet.domain.switch.port import CLIENT, FlowPort
+from usnet.domain.switch.ports import PortSpace, host_owns
+from usnet.domain.switch.txguard import SentFragments
+from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_str, not_unicast4
+from usnet.proto.wire.ipv6 import IPV6_HLEN, UNSPECIFIED, ip6_str, not_unicast6, skip_ext_headers
+
+__all__ = ["ICMP", "PORTS", "TCP", "UDP", "Flow", "FlowTable"]
+
+ICMP, TCP, UDP = 1, 6, 17
+PORTS = struct.Struct("!HH")  # a transport header's source and destination ports
+
+
+@dataclass(eq=False)
+class Flow:
+    """One application's flow: what it may send and receive, its port (the far end of its channel), its counts."""
+
+    id: int
+    proto: int
+    lport: int
+    raddr: bytes | None
+    rport: int | None
+    port: FlowPort
+    channel: int = 0
+    stats: Counter = field(default_factory=Counter)
+    raddr_int: int = 0
+    family: int = 4  # 4 or 6: which address the flow sends from, and which listener table has it
+    policer: Any = None  # an LL lease's usnet.domain.lowlat.policer.Policer, while the flow holds one
+    dscp: int = 0  # written into every packet it sends: its lease's class (usnet.domain.lowlat.policy.SERVICE_DSCP)
+    sent_frags: SentFragments | None = None  # datagrams it began in fragments (made at its first)
+
+    def __post_init__(self) -> None:
+        if self.raddr is not None:
+            self.raddr_int = int.from_bytes(self.raddr, "big")
+        self._tx_sig: tuple[np.ndarray, np.ndarray] | None = None
+
+    def tx_signature(self, local_ip: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(columns, values) every packet of this flow has in its first 24 bytes.
+
+        Version/IHL 0x45, the flow's protocol, the local address and port, and
+        for a connected flow the remote address and port: what the switch
+        checks column-wise in one comparison.
+        """
+        if self._tx_sig is None:
+            sig = {0: 0x45, 9: self.proto, 20: self.lport >> 8, 21: self.lport & 0xFF}
+            sig.update({12 + i: b for i, b in enumerate(local_ip)})
+            if self.raddr is not None:
+                sig.update({16 + i: b for i, b in enumerate(self.raddr)})
+                sig.update({22: self.rport >> 8, 23: self.rport & 0xFF})
+            self._tx_sig = (np.array(list(sig), np.intp), np.array(list(sig.values()), np.uint8))
+        return self._tx_sig
+
+    def key(self) -> tuple:
+        if self.raddr is None:
+            return (self.proto, self.lport)
+        return (self.proto, self.lport, self.raddr, self.rport)
+
+    def describe(self) -> dict[str, Any]:
+        if self.raddr is None:
+            remote = None
+        elif self.family == 6:
+            remote = f"[{ip6_str(self.raddr)}]:{self.rport}"
+        else:
+            remote = f"{ip_str(self.raddr)}:{self.rport}"
+        return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
+                "family": self.family, "local_port": self.lport, "remote": remote,
+                "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
+                "stalled": self.port.stalled,
+                "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
+                # its channel's pool, defunct reason, faults and ends, as a user pipe shows them
+                # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
+                "pipe": self.port.pipe.info()}
+
+    def post_status(self, status: TxStatus, mark: tuple, taken_ns: int, reason: int = 0) -> None:
+        """One packet's TX_STATUS on the client's event ring; SENT only if it asked for reports
+        (a deadline alone asks for the rest)."""
+        if status == TxStatus.SENT and not mark[2]:
+            return
+        self.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark[3],
+                                                value=mark[0], aux=taken_ns)
+
+
+class FlowTable:
+    """The flows of one netif, the tables that find them, and the counters every part of the switch keeps."""
+
+    def __init__(self, netif: Netif, ports: PortSpace | None = None,
+                 clock: Callable[[], float] = time.monotonic, rx_mitigation: bool = False) -> None:
+        self.netif = netif
+        self.rx_mitigation = rx_mitigation  # coalesce the receive bells of new flows (usnet.domain.netif.mitigation)
+        self._held_bells: dict[FlowPort, None] = {}  # ports holding a receive bell: an ordered set
+        self.ports = ports or PortSpace()
+        self.clock = clock
+        self.flows: dict[int, Flow] = {}
+        self.exact: dict[tuple, Flow] = {}  # both families: the remote address's length tells them apart
+        self.listeners: dict[tuple, Flow] = {}
+        self.listeners6: dict[tuple, Flow] = {}
+        self.drops: Counter = Counter()
+        self.counts: Counter = Counter()
+        self._ids = itertools.count(1)
+        self._host_addr = netif.ip_str if host_owns(netif.ip_str) else None
+        self._host_addr6 = netif.ip6_str if netif.ip6_str and host_owns(netif.ip6_str) else None
+        self._local4 = int.from_bytes(netif.ip, "big")
+        # The subnet's broadcast address. A /31 or /32 has none (both addresses of a /31 are
+        # hosts): there it is our own address again, which every check refuses first anyway.
+        self._bcast4 = (int.from_bytes(netif.broadcast, "big") if netif.network.prefixlen < 31
+                        else self._local4)
+
+    def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
+                 port: FlowPort, channel: int = 0, family: int = 4) -> Flow:
+        """Register a flow of `family` (4 or 6); reserves its local port (PortInUse if taken)."""
+        if proto not in (TCP, UDP):
+            raise ValueError(f"flows carry TCP or UDP, not protocol {proto}")
+        if (raddr is None) != (rport is None):
+            raise ValueError("a connected flow needs both remote address and port")
+        if family not in (4, 6) or (raddr is not None and len(raddr) != (4 if family == 4 else 16)):
+            raise ValueError(f"a remote address of {len(raddr or b'')} bytes is not IPv{family}")
+        if family == 6 and self.netif.ip6 is None:
+            raise OSError(errno.EADDRNOTAVAIL, f"netif {self.netif.name!r} has no IPv6 address")
+        if raddr is not None:
+            why = self.not_a_peer(raddr)
+            if why is not None:
+                shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
+                raise OSError(errno.EADDRNOTAVAIL, f"a connected flow's remote address must be a unicast "
+                                                  f"address of a peer: {shown} is {why}")
+            if rport == 0:
+                raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
+        fid = next(self._ids)
+        lport = self.ports.reserve(proto, lport, fid, self._host_addr6 if family == 6 else self._host_addr,
+                                   family=family)
+        flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family)
+        if self.rx_mitigation:
+            port.enable_mitigation(self.clock, self._held_bells)
+        self.flows[fid] = flow
+        self._table(flow)[flow.key()] = flow
+        return flow
+
+    def not_a_peer(self, addr: bytes) -> str | None:
+        """Why no peer can have `addr` (4 or 16 bytes), or None for a unicast address not ours.
+
+        A flow may be connected to, and a client's packet may go to, only such
+        an address: not unspecified, loopback, multicast, broadcast (all-ones
+        or the subnet's), v4-mapped, nor the netif's own.
+        """
+        if len(addr) == 4:
+            a = int.from_bytes(addr, "big")
+            if a == self._local4:
+                return "this netif's own address"
+            if a == self._bcast4:
+                return "the subnet's broadcast address"
+            if not_unicast4(a):
+                top = a >> 24
+                return {0: "unspecified (0.0.0.0/8)", 127: "loopback (127.0.0.0/8)"}.get(
+                    top, "multicast (224.0.0.0/4)" if top < 240 else "the limited broadcast (255.255.255.255)")
+            return None
+        if addr in self.netif.addrs6:
+            return "this netif's own address"
+        if not_unicast6(addr):
+            return ("unspecified (::)" if addr == UNSPECIFIED else "multicast (ff00::/8)" if addr[0] == 0xFF
+                    else "loopback (::1)" if addr[:15] == bytes(15) else "v4-mapped (::ffff:0:0/96)")
+        return None
+
+    def _table(self, flow: Flow) -> dict[tuple, Flow]:
+        """Where a flow is looked up: the 5-tuples, or its family's listeners."""
+        if flow.raddr is not None:
+            return self.exact
+        return self.listeners6 if flow.family == 6 else self.listeners
+
+    def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
+        """Unregister a flow and free its port; its queued frames still leave if `keep_queued`."""
+        if flow.id not in self.flows:
+            return
+        if keep_queued:
+            self.netif.retire(flow.id)  # its frames go, then the netif forgets the key
+        else:
+            self.netif.drop_queue(flow.id)  # first: its tracked frames are reported FLUSHED to it
+        del self.flows[flow.id]
+        self._table(flow).pop(flow.key(), None)
+        self._held_bells.pop(flow.port, None)
+        self.ports.release(flow.proto, flow.lport, family=flow.family)
+
+    def lookup(self, proto: int, lport: int, raddr: bytes, rport: int) -> Flow | None:
+        """The flow a packet from (`raddr`, `rport`) to local port `lport` belongs to: its connected
+        flow, else its family's listener (the family is the address's length)."""
+        listeners = self.listeners if len(raddr) == 4 else self.listeners6
+        return self.exact.get((proto, lport, raddr, rport)) or listeners.get((proto, lport))
+
+    def _quoted_flow(self, f: bytes, q: int, end: int, family: int) -> Flow | None:
+        """The flow that sent the packet an ICMP (`family` 4) or ICMPv6 (6) error quotes at `q`:
+        from our address of that family, its protocol and ports.
+
+        Only that flow hears of it; an error quoting anything else (another
+        source, a port nobody holds, a quote too short to name the ports) goes
+        nowhere. An IPv6 quote is from the netif's global address (flows have it).
+        """
+        if family == 4:
+            if end - q < IPV4_HLEN + 4:
+                return None
+            vihl = f[q]
+            ihl = (vihl & 0xF) << 2
+            if vihl >> 4 != 4 or ihl < IPV4_HLEN or end - q < ihl + 4 or f[q + 12 : q + 16] != self.netif.ip:
+                return None
+            proto, start, raddr = f[q + 9], q + ihl, bytes(f[q + 16 : q + 20])
+        else:
+            if end - q < IPV6_HLEN + 4 or f[q] >> 4 != 6 or f[q + 8 : q + 24] != self.netif.ip6:
+                return None
+            try:
+                proto, start, frag = skip_ext_headers(f, q + IPV6_HLEN, end, f[q + 6])
+            except WireError:
+                return None
+            if frag is not None or end - start < 4:
+                return None
+            raddr = bytes(f[q + 24 : q + 40])
+        if proto not in (UDP, TCP):
+            return None
+        sport, dport = PORTS.unpack_from(f, start)
+        return self.lookup(proto, sport, raddr, dport)

@@ -1,0 +1,411 @@
+"""The transmit path of the flow switch: pull what a client sent, check it, hand it to the netif.
+
+Each packet is copied out of the client's pool once (FlowPort), and the copy
+is checked against the flow entry: a well-formed IPv4 header, the flow's
+protocol, source address and port, and for a connected flow its destination
+(an unconnected flow's: an address a peer can have, `not_a_peer`), its TTL,
+options (no source route) and fragments (a later fragment only of a datagram
+the flow began: usnet.domain.switch.txguard). A packet that fails is dropped,
+counted by reason, and reported on the client's event ring: no client can
+send as another. The DSCP is overwritten with the flow's class (`Flow.dscp`);
+ECN stays the client's.
+
+An IPv4 batch is checked column-wise (`_tx_fast_ok`) and queued as
+FrameBlocks (`_tx_rows`); the rows that fail, and every IPv6 packet, are
+checked one at a time (`_tx_one`, `_tx_one6`: version 6, payload length,
+next header = the flow's protocol or a Fragment header and then it, so no
+other extension header can be smuggled past the port check). Both families
+share the checks past the IP header (`_tx_addressed`, `_tx_fragment`).
+A flow in the netif's low-latency class takes usnet.domain.switch.llpath.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from usnet.abi.events import EventType, TxDropReason, TxStatus
+from usnet.abi.umd import deadline_passed
+from usnet.domain.switch.host import HostDuties
+from usnet.domain.switch.port import CLIENT, TxMeta
+from usnet.domain.switch.table import PORTS, TCP, Flow
+from usnet.domain.switch.txguard import SentFragments, ipv4_options, whole_l4_header
+from usnet.drivers.base import SegmentedFrame, TrackedFrame
+from usnet.drivers.block import FrameBlock
+from usnet.proto.wire import ecn
+from usnet.proto.wire.ethernet import ETH_HLEN, ETHERTYPE_IPV4
+from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, not_unicast4
+from usnet.proto.wire.ipv6 import FRAG_HLEN, FRAGMENT, IPV6_HLEN, ROUTING, parse_frag_header
+from usnet.proto.wire.rows import be_u16, be_u32, row_sums
+
+__all__ = ["TX_BATCH", "TransmitPath"]
+
+_IPFIX = struct.Struct("!BxHHHBB2x4s4s")  # version/ihl, total length, ident, flags/offset, ttl, protocol, src, dst
+_IP6FIX = struct.Struct("!4xHBB16s16s")  # payload length, next header, hop limit, src, dst
+TX_BATCH = 512
+_PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
+_MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
+
+
+class TransmitPath(HostDuties):
+    """The general transmit path, and what every transmit path reports to its flow."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.netif.on_status = self._frame_status
+        self._last_drop = 0  # the reason of the last _tx_drop, for a tracked packet's status
+        self._src_and_type = np.frombuffer(self.netif.mac + ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
+
+    @staticmethod
+    def _bite(flow: Flow, max_packets: int) -> int:
+        """At most `max_packets`, and no more than `_PULL_BYTES` of the flow's buffers: a batch of
+        64 KB packets (a flow on an offload netif) is pulled in smaller bites, so the copy stays a
+        few MB, not 32 MB of fresh pages per call."""
+        return min(max_packets, _PULL_BYTES // flow.port.stride or 1)
+
+    def service_tx(self, flow: Flow, max_packets: int = TX_BATCH, draining: bool = False) -> int:
+        """Take what a client sent, check each copy against its flow, queue frames.
+
+        The batch is copied out of the client's pool into one array with room
+        for the Ethernet header in front, checked column-wise, framed in place
+        and queued as one FrameBlock. Rows that fail the column-wise check (or
+        carry IP options) go through `_tx_one`, which finds the reason, reports
+        it, or sends the packet on its own.
+        """
+        rows, lens, gso, meta = flow.port.pull(self._bite(flow, max_packets), ETH_HLEN, draining)
+        if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
+            rows, lens, gso = self._police(flow, rows, lens, gso, meta)
+        n = len(lens)
+        if not n:
+            return 0
+        if rows.shape[1] >= ETH_HLEN + 12:  # DSCP is the flow's class, ECN the client's: one column pass
+            ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, flow.family)
+        now = self.clock()
+        if flow.family == 6:
+            ok, tx_one = np.zeros(n, bool), self._tx_one6  # IPv6: packet by packet
+        else:
+            ok, tx_one = self._tx_fast_ok(flow, rows, lens), self._tx_one
+        if meta is not None:  # a deadline or a report: packet by packet, tracked
+            ok[[i for i in meta.marks if i < n]] = False
+        sent = int(ok.sum())
+        if sent == n:
+            sent -= self._tx_rows(flow, rows, lens, now)
+        else:  # in order: runs of checked rows as blocks, the others one by one between them
+            start = 0
+            for i in np.flatnonzero(~ok).tolist() + [n]:
+                if i > start:
+                    sent -= self._tx_rows(flow, rows[start:i], lens[start:i], now)
+                if i == n:
+                    break
+                start = i + 1
+                p = bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])])
+                sent += self._tx_marked(flow, p, now, int(gso[i]), tx_one, meta, i)
+        flow.stats["tx_packets"] += sent
+        self._advise(flow)
+        return n
+
+    def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """Rows that are, column-wise, a well-formed option-less IPv4 packet of this flow.
+
+        Not a fragment (DF alone is fine), a TTL above 0, and for an
+        unconnected flow a destination a peer can have (`not_a_peer`) and a
+        port other than 0. The rest go to `_tx_one`, which finds the reason.
+        """
+        if rows.shape[1] < ETH_HLEN + 24:
+            return np.zeros(len(lens), bool)
+        h = rows[:, ETH_HLEN : ETH_HLEN + 24]
+        cols, want = flow.tx_signature(self.netif.ip)
+        ok = (h[:, cols] == want).all(axis=1)  # version/ihl, protocol, source, ports
+        total = be_u16(h[:, 2:4])
+        ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
+        ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
+        if flow.raddr is None:  # a connected flow's destination is in its signature
+            d = be_u32(h[:, 16:20]).astype(np.int64)
+            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
+            ok &= (h[:, 22] | h[:, 23]) != 0
+        ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
+        return ok
+
+    def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float) -> int:
+        """Frame checked rows by destination and queue them; returns how many were dropped."""
+        dst = be_u32(rows[:, ETH_HLEN + 16 : ETH_HLEN + 20])
+        first = dst[0]
+        if (dst == first).all():
+            groups = [(int(first), rows, lens)]
+        else:
+            groups = [(int(d), rows[dst == d], lens[dst == d]) for d in np.unique(dst)]
+        dropped = 0
+        for d, r, ln in groups:
+            hop, mac = self._neighbour(d.to_bytes(4, "big"), now)
+            if mac is not None:
+                r[:, 0:6] = np.frombuffer(mac, np.uint8)
+                r[:, 6:14] = self._src_and_type
+                self.netif.enqueue_many(flow.id, [FrameBlock(r, ln + ETH_HLEN)])
+            elif hop is not None:
+                for i, n in enumerate(ln.tolist()):
+                    self._await_neighbour(flow.id, hop, r[i, ETH_HLEN : ETH_HLEN + n].tobytes(), now)
+            else:
+                for n in ln.tolist():
+                    self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
+                dropped += len(ln)
+        return dropped
+
+    def _tx_one(self, flow: Flow, p: bytes, now: float, gso: int = 0) -> int:
+        """Check one packet the slow way; queue it (1) or drop it with its reason (0).
+
+        `gso` non-zero asks for a TCP super-segment to be cut at that payload size.
+        Options are parsed (usnet.domain.switch.txguard.ipv4_options) and fragments
+        judged (`_tx_fragment`) here only: the batch path leaves them to it.
+        """
+        n = len(p)
+        if n < 20:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        vihl, total, ident, ff, ttl, proto, src, dst = _IPFIX.unpack_from(p)
+        if vihl >> 4 != 4:
+            self._tx_drop(flow, TxDropReason.NOT_IPV4, n)
+            return 0
+        ihl = (vihl & 0xF) << 2
+        if ihl < 20 or total != n or n < ihl or int.from_bytes(p[:ihl], "big") % 0xFFFF:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        if proto != flow.proto:
+            self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
+            return 0
+        why = ipv4_options(p, ihl) if ihl > 20 else 0
+        if not why and ttl == 0:
+            why = TxDropReason.ZERO_TTL
+        if why:
+            self._tx_drop(flow, TxDropReason(why), n)
+            return 0
+        if ff & (IP_MF | IP_OFFMASK):
+            return self._tx_fragment(flow, p, ihl, src, self.netif.ip, dst, ident, ff & IP_OFFMASK, now)
+        if n < ihl + 4:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        return self._tx_addressed(flow, p, ihl, src, self.netif.ip, dst, now, gso)
+
+    def _tx_one6(self, flow: Flow, p: bytes, now: float, gso: int = 0) -> int:
+        """Check one packet of an IPv6 flow; queue it (1) or drop it with its reason (0).
+
+        The next header must be the flow's protocol itself, or a Fragment
+        header and then the flow's protocol (judged by `_tx_fragment`): any
+        other extension header is refused (a Routing header, RFC 5095's
+        type 0 or any other, as SOURCE_ROUTE), so the ports checked are the
+        ports sent.
+        """
+        n = len(p)
+        if n and p[0] >> 4 != 6:
+            self._tx_drop(flow, TxDropReason.NOT_IPV4, n)  # code 2: not the flow's IP version
+            return 0
+        if n < IPV6_HLEN:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        plen, nh, hops, src, dst = _IP6FIX.unpack_from(p)
+        if IPV6_HLEN + plen != n:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        frag = None
+        if nh == FRAGMENT and plen >= FRAG_HLEN:
+            nh, foff, more, ident = parse_frag_header(p, IPV6_HLEN)
+            if foff or more:  # an atomic fragment (RFC 6946) is a whole packet
+                frag = (foff, ident)
+        if nh == ROUTING:
+            self._tx_drop(flow, TxDropReason.SOURCE_ROUTE, n)
+            return 0
+        if nh != flow.proto:
+            self._tx_drop(flow, TxDropReason.WRONG_PROTOCOL, n)
+            return 0
+        if hops == 0:
+            self._tx_drop(flow, TxDropReason.ZERO_TTL, n)
+            return 0
+        l4 = IPV6_HLEN if p[6] != FRAGMENT else IPV6_HLEN + FRAG_HLEN
+        if frag is not None:
+            return self._tx_fragment(flow, p, l4, src, self.netif.ip6, dst, frag[1], frag[0], now)
+        if n < l4 + 4:
+            self._tx_drop(flow, TxDropReason.MALFORMED, n)
+            return 0
+        return self._tx_addressed(flow, p, l4, src, self.netif.ip6, dst, now, gso)
+
+    def _tx_fragment(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
+                     ident: int, offset: int, now: float) -> int:
+        """One fragment of either family (usnet.domain.switch.txguard): a first one with the flow's whole
+        transport header, checked as any packet; a later one only of a datagram the flow began."""
+        n = len(p)
+        if not offset:
+            if not whole_l4_header(p, l4, flow.proto):
+                self._tx_drop(flow, TxDropReason.FRAGMENT, n)
+                return 0
+            took = self._tx_addressed(flow, p, l4, src, local, dst, now)
+            if took:
+                if flow.sent_frags is None:
+                    flow.sent_frags = SentFragments()
+                flow.sent_frags.began(dst, ident, now)
+            return took
+        if flow.sent_frags is None or not flow.sent_frags.knows(dst, ident, now):
+            if src != local:  # the reason a packet of the flow would have had
+                self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
+            elif (dst != flow.raddr) if flow.raddr is not None else self.not_a_peer(dst) is not None:
+                self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+            else:
+                self._tx_drop(flow, TxDropReason.FRAGMENT, n)
+            return 0
+        return self._tx_addressed(flow, p, l4, src, local, dst, now, ports=False)
+
+    def _tx_addressed(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
+                      now: float, gso: int = 0, ports: bool = True) -> int:
+        """The checks both families share, once the IP header is sound: who sends, to whom, how big.
+
+        `ports` False: a later fragment, whose transport header went in its first.
+        """
+        n = len(p)
+        sport, dport = PORTS.unpack_from(p, l4) if ports else (flow.lport, flow.rport)
+        if src != local or sport != flow.lport:
+            self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
+            return 0
+        if flow.raddr is not None:
+            if dst != flow.raddr or dport != flow.rport:
+                self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
+                return 0
+        elif dport == 0 or self.not_a_peer(dst) is not None:  # sendto: unicast to a peer, as Linux
+            self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)  # without SO_BROADCAST
+            return 0
+        if n > self.netif.mtu:
+            if not gso or not self._segmentable(flow, p, l4, gso):
+                self._tx_drop(flow, TxDropReason.TOO_BIG, n)
+                return 0
+            if type(p) is TrackedFrame:
+                p.gso_size = gso
+            else:
+                p = SegmentedFrame(p, gso)
+            self.counts["tx_segmented"] += 1
+        if not self._route(flow.id, dst, p, now):
+            self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
+            return 0
+        return 1
+
+    def _segmentable(self, flow: Flow, p: bytes, l4: int, gso: int) -> bool:
+        """Whether the device may cut `p` into TCP segments of `gso` payload bytes.
+
+        Only a TCP flow on a netif whose device segments (`gso_max`), with a
+        whole TCP header, and a segment size that puts every piece within the
+        MTU and at least Linux's smallest MSS (88) apart: the device then only
+        ever emits what the flow could have sent segment by segment.
+        """
+        if flow.proto != TCP or len(p) > self.netif.gso_max or len(p) < l4 + 20:
+            return False
+        thl = (p[l4 + 12] >> 4) << 2
+        return thl >= 20 and l4 + thl < len(p) and _MIN_GSO <= gso <= self.netif.mtu - l4 - thl
+
+    def _police(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, gso: np.ndarray,
+                meta: TxMeta | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The head of the batch within the flow's lease rate; the rest dropped, counted, reported once
+        (and each marked packet among them on its own)."""
+        k = flow.policer.admit(lens, self.clock(), ETH_HLEN)
+        if k < len(lens):
+            over = len(lens) - k
+            self.drops["tx_rate_exceeded"] += over
+            flow.stats["tx_dropped"] += over
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.RATE_EXCEEDED,
+                                                    value=over, aux=int(lens[k:].sum()))
+            if meta is not None:
+                for pos in sorted(meta.marks):
+                    if pos >= k:
+                        flow.post_status(TxStatus.DROPPED, meta.marks[pos], meta.taken_ns,
+                                         TxDropReason.RATE_EXCEEDED)
+            rows, lens, gso = rows[:k], lens[:k], gso[:k]
+        return rows, lens, gso
+
+    # -- what a flow is told -------------------------------------------------------------------
+
+    def _tx_drop(self, flow: Flow, reason: TxDropReason, length: int) -> None:
+        self._last_drop = reason
+        self.drops["tx_" + reason.name.lower()] += 1
+        flow.stats["tx_dropped"] += 1
+        flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, reason, value=length)
+
+    def _tx_marked(self, flow: Flow, p: bytes, now: float, gso: int, tx_one: Callable,
+                   meta: TxMeta | None, pos: int) -> int:
+        """Packet `pos` of a batch on the per-packet path (`tx_one`); if it is marked (`meta`):
+        expired, or checked and queued as a TrackedFrame, its drop reported."""
+        mark = None if meta is None else meta.marks.get(pos)
+        if mark is None:
+            return tx_one(flow, p, now, gso)
+        taken_ns = meta.taken_ns
+        if deadline_passed(mark[1]):
+            self._expire(flow, mark, taken_ns)
+            return 0
+        self._last_drop = 0
+        took = tx_one(flow, self._tracked(flow, p, mark, taken_ns), now, gso)
+        if not took:
+            flow.post_status(TxStatus.DROPPED, mark, taken_ns, self._last_drop)
+        return took
+
+    @staticmethod
+    def _tracked(flow: Flow, p: bytes, mark: tuple, taken_ns: int) -> TrackedFrame:
+        f = TrackedFrame(p, 0)
+        f.key, f.mark, f.taken_ns = flow.id, mark, taken_ns
+        return f
+
+    def _expire(self, flow: Flow, mark: tuple, taken_ns: int) -> None:
+        self.drops["tx_expired"] += 1
+        flow.stats["tx_expired"] += 1
+        flow.post_status(TxStatus.EXPIRED, mark, taken_ns)
+
+    def _frame_status(self, f: TrackedFrame, status: TxStatus, reason: int = 0) -> None:
+        """The netif's word on a queued TrackedFrame: sent, expired at the head of its queue, dropped
+        there by its AQM (`reason`), or flushed."""
+        flow = self.flows.get(f.key)
+        if flow is None:
+            return  # its flow is gone: nobody to tell
+        if status == TxStatus.EXPIRED:
+            self._expire(flow, f.mark, f.taken_ns)
+        else:
+            flow.post_status(status, f.mark, f.taken_ns, reason)
+
+    # -- the queue at the netif ----------------------------------------------------------------
+
+    def _advise(self, flow: Flow) -> None:
+        qp, qb = self.netif.queued(flow.id)
+        port = flow.port
+        if not port.suspended and qp >= self.netif.high_water:
+            port.advise(True, qp, qb)
+            flow.stats["suspended"] += 1
+        elif port.suspended and qp <= self.netif.low_water:
+            port.advise(False, qp, qb)
+
+    def flush_flow(self, flow: Flow) -> int:
+        """Drop what `flow` has queued at the netif (the client asked: FlushQueue); returns how many.
+
+        Its reported packets get TX_STATUS FLUSHED; a flow suspended for its
+        full queue resumes.
+        """
+        n = self.netif.flush_queue(flow.id)
+        flow.stats["tx_flushed"] += n
+        self.counts["tx_flushed"] += n
+        self._advise(flow)
+        return n
+
+    def flush(self) -> int:
+        n = self.netif.flush()
+        for flow in self.flows.values():
+            if flow.port.suspended:
+                self._advise(flow)
+        if self.netif.aqm_drops:
+            self._report_aqm_drops()
+        return n
+
+    def _report_aqm_drops(self) -> None:
+        """What the netif's AQM dropped since the last report: one TX_DROPPED (QUEUE_DELAY) per flow."""
+        drops, self.netif.aqm_drops = self.netif.aqm_drops, {}
+        for key, (frames, nbytes) in drops.items():
+            self.drops["tx_queue_delay"] += frames
+            flow = self.flows.get(key)
+            if flow is None:
+                continue  # the switch's own frames (ARP, ICMP replies), or a flow gone since
+            flow.stats["tx_dropped"] += frames
+            flow.port.pipe.ends[CLIENT].events.post(EventType.TX_DROPPED, TxDropReason.QUEUE_DELAY,
+                                                    value=frames, aux=nbytes)
