@@ -2,7 +2,7 @@
 
 DESIGN §6: the nexus publishes each netif's advisory every few milliseconds
 and on change; a client maps it read-only and takes consistent snapshots.
-This module is the one place that knows the bytes (docs/abi.md §15). What
+This module is the one place that knows the bytes (docs/abi.md §16). What
 goes into a record is decided elsewhere (usnet.domain.netif.estimate, and
 usnet.domain.netif.advisory, which samples a netif).
 
