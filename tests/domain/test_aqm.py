@@ -27,7 +27,7 @@ from tests.domain.test_lowlat import recv_all
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.domain import config
 from usnet.drivers import MemWire
-from usnet.drivers.base import SegmentedFrame
+from usnet.drivers.base import Capabilities, DriverStats, SegmentedFrame, random_mac
 from usnet.drivers.block import FrameBlock
 from usnet.domain.netif.aqm import INTERVAL, TARGET, CoDel
 from usnet.domain.netif.netif import Netif
@@ -82,9 +82,11 @@ def test_codel_parameters_must_make_sense():
 class Sink:
     """A device that takes every frame."""
 
-    name, mtu, takes_blocks = "sink", MTU, True
+    name, mtu, caps = "sink", MTU, Capabilities(takes_blocks=True)
 
     def __init__(self) -> None:
+        self.mac = random_mac()
+        self.stats = DriverStats()
         self.frames = 0
         self.kept: list = []  # what it was given, as given
 

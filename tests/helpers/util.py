@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from usnet.drivers.base import PLAIN, DriverStats, random_mac
+
 
 def require_privileges(what: str = "root and /dev/net/tun") -> None:
     """Skip where the machine cannot give us devices; under CI a missing device is a failure."""
@@ -76,11 +78,13 @@ class ControlledDevice:
     """A device the test controls: it keeps the frames it takes, at most `room` of them
     in each `send_batch` call (`per_call`), or in all until the test sets `room` again."""
 
-    takes_blocks = False
+    caps = PLAIN
     mtu = 1500
 
     def __init__(self, name: str, room: int, per_call: bool) -> None:
         self.name = name
+        self.mac = random_mac()
+        self.stats = DriverStats()
         self.room = room
         self.per_call = per_call
         self.got: list[bytes] = []

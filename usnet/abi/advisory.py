@@ -2,43 +2,29 @@
 
 DESIGN §6: the nexus publishes each netif's advisory every few milliseconds
 and on change; a client maps it read-only and takes consistent snapshots.
-This module is the one place that knows the bytes (docs/abi.md §15). What
+This module is the one place that knows the bytes (docs/abi.md §16). What
 goes into a record is decided elsewhere (usnet.domain.netif.estimate, and
 usnet.domain.netif.advisory, which samples a netif).
 
 Memory: one page, in a memfd of its own per netif, sealed read-only like a
 channel's read-only memfd (usnet.abi.memfd.seal_readonly). Little-endian.
 
-Header, at offset 0, written once before the memfd is sealed::
+Header (`ADV_HEADER`, 64 bytes), at offset 0, written once before the memfd
+is sealed: magic 0x56444155 (bytes "UADV"), version 1, records 2 (one per
+direction), record_size 128, records_offset 64.
 
-    offset  0  u32 magic           0x56444155 (bytes "UADV")
-    offset  4  u16 version         1
-    offset  6  u16 records         2: one per direction
-    offset  8  u32 record_size     128
-    offset 12  u32 records_offset  64
-    offset 16..63  reserved
-
-Record `d` (Direction: 0 TX, 1 RX) at ``records_offset + d * record_size``::
-
-    offset   0  u64 seq              sequence lock: odd while the nexus writes the record
-    offset   8  u16 direction        Direction
-    offset  10  u16 trend            Trend: 0 HOLD, 1 UP, 2 DOWN (rate-trend suggestion)
-    offset  12  u32 flags            bit 0 PACED (max_bandwidth is the netif's link rate),
-                                     bit 1 GONE (the netif was removed: no more updates),
-                                     bit 2 IDLE (nothing moves: no update until something does)
-    offset  16  u64 timestamp_ns     CLOCK_MONOTONIC when the record was computed
-    offset  24  u64 max_bandwidth    bits/s; 0 if unknown
-    offset  32  u64 throughput       bits/s, average (EWMA) over the recent past
-    offset  40  u64 bytes            total bytes (Ethernet frames) since the netif was added
-    offset  48  u64 packets          total frames
-    offset  56  u64 ll_queued_packets       transmit queue of the low-latency class
-    offset  64  u64 ll_queued_bytes
-    offset  72  u64 general_queued_packets  transmit queue of the general class
-    offset  80  u64 general_queued_bytes
-    offset  88  u64 queue_delay_ns   average queueing delay (Little's law)
-    offset  96  u64 target_delay_ns  the delay the trend is judged against
-    offset 104  u32 ll_slot_use_ppm  share of LL slots the LL class used, parts per million
-    offset 108..127  reserved
+Record `d` (Direction: 0 TX, 1 RX; `ADV_RECORD`, 128 bytes) at
+``records_offset + d * record_size``: `seq` (the sequence lock: odd while the
+nexus writes the record), then the fields of `Record`, in its order:
+direction; trend (Trend: 0 HOLD, 1 UP, 2 DOWN, the rate-trend suggestion);
+flags (bit 0 PACED: max_bandwidth is the netif's link rate, bit 1 GONE: the
+netif was removed, no more updates, bit 2 IDLE: nothing moves, no update until
+something does); timestamp_ns (CLOCK_MONOTONIC when the record was computed);
+max_bandwidth (bits/s, 0 if unknown); throughput (bits/s, EWMA over the recent
+past); bytes and packets (Ethernet frames since the netif was added); the
+transmit queues of the low-latency and general classes (packets, bytes);
+queue_delay_ns (Little's law); target_delay_ns (what the trend is judged
+against); ll_slot_use_ppm (the share of LL slots the LL class used).
 
 The sequence lock, as Linux's seqcount: the writer makes `seq` odd, writes
 the fields, then makes `seq` even (two more than before). A reader loads
@@ -61,21 +47,35 @@ import enum
 import errno
 import mmap
 import os
-import struct
 from dataclasses import asdict, dataclass
 from typing import Any, Generator, Iterable, Iterator
 
-from usnet.abi.ring import fence
 from usnet.abi import memfd
+from usnet.abi.layout import RESERVED, Fields
+from usnet.abi.ring import fence
+
 MAGIC = 0x56444155  # b"UADV" read as a little-endian u32
 VERSION = 1
-HEADER = struct.Struct("<IHHII")  # magic, version, records, record_size, records_offset
-RECORDS_OFFSET = 64
-#: The fields after `seq` (record offset 8..127), in the order of `Record`; the
-#: last "I" and the padding are reserved.
-BODY = struct.Struct("<HHIQQQQQQQQQQQII16x")
-SEQ_SIZE = 8
-RECORD_SIZE = SEQ_SIZE + BODY.size  # 128
+ADV_HEADER = Fields(
+    "advisory header",
+    ("magic", "u32"), ("version", "u16"), ("records", "u16"), ("record_size", "u32"),
+    ("records_offset", "u32"), (RESERVED, 48),
+)
+ADV_RECORD = Fields(
+    "advisory record",
+    ("seq", "u64"), ("direction", "u16"), ("trend", "u16"), ("flags", "u32"), ("timestamp_ns", "u64"),
+    ("max_bandwidth", "u64"), ("throughput", "u64"), ("bytes", "u64"), ("packets", "u64"),
+    ("ll_queued_packets", "u64"), ("ll_queued_bytes", "u64"), ("general_queued_packets", "u64"),
+    ("general_queued_bytes", "u64"), ("queue_delay_ns", "u64"), ("target_delay_ns", "u64"),
+    ("ll_slot_use_ppm", "u32"), (RESERVED, 20),
+)
+HEADER = ADV_HEADER.struct()  # magic, version, records, record_size, records_offset
+RECORDS_OFFSET = ADV_HEADER.size
+#: The fields after `seq`, in the order of `Record` (whose fields are these names).
+BODY = ADV_RECORD.struct("direction")
+SEQ_SIZE = ADV_RECORD.offset("direction")
+_SEQ = ADV_RECORD.word("seq", 8)  # in a record viewed as 'Q'
+RECORD_SIZE = ADV_RECORD.size  # 128
 RECORDS = 2
 SIZE = RECORDS_OFFSET + RECORDS * RECORD_SIZE  # bytes in use; the memfd is one page
 #: Attempts a reader makes before it gives up on a record the writer keeps changing.
@@ -147,11 +147,11 @@ class Record:
         return bool(self.flags & FLAG_IDLE)
 
     def pack_into(self, buf: Any, offset: int) -> None:
-        BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS), 0)
+        BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS))
 
     @classmethod
     def unpack(cls, data: bytes) -> "Record":
-        values = list(BODY.unpack(data)[: len(_FIELDS)])
+        values = list(BODY.unpack(data))
         values[0] = _enum(Direction, values[0])
         values[1] = _enum(Trend, values[1])
         return cls(*values)
@@ -166,6 +166,8 @@ class Record:
 
 
 _FIELDS = tuple(Record.__dataclass_fields__)
+if _FIELDS != ADV_RECORD.names()[1:]:  # Record is the table's fields after seq, by name and in order
+    raise ImportError("advisory Record does not match ADV_RECORD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +219,7 @@ def write_steps(mem: memoryview, words: memoryview, direction: int, seq: int, re
     copy another CPU watches may land. Leaves the seq at `seq + 2`.
     """
     off = record_offset(direction)
-    w = off // 8
+    w = off // 8 + _SEQ
     body = bytearray(BODY.size)
     rec.pack_into(body, 0)
     words[w] = seq + 1  # odd: readers keep off
@@ -239,7 +241,7 @@ def read_steps(mem: memoryview, words: memoryview, direction: int,
     (that seq, None): the writer was at work, try again.
     """
     off = record_offset(direction)
-    w = off // 8
+    w = off // 8 + _SEQ
     s1 = words[w]
     fence()
     yield

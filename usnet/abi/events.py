@@ -1,13 +1,10 @@
 """The channel EVENT ring: what the nexus tells a channel (DESIGN §6, docs/abi.md).
 
-The ring header is the one of `usnet.abi.ring`; each slot is a 32-byte record:
-
-    offset  0  u16 type      an EventType
-    offset  2  u16 code      a detail: a RefusalReason, a DefunctReason, ...
-    offset  4  u32 packet    packet index concerned, or 0xFFFFFFFF
-    offset  8  u64 time_ns   CLOCK_MONOTONIC when the nexus posted it
-    offset 16  u64 value     a count or an argument
-    offset 24  u64 aux       a second argument
+The ring header is the one of `usnet.abi.ring`; each slot is an `EVENT`
+record (32 bytes): its type (an EventType), a code (a detail: a
+RefusalReason, a DefunctReason, ...), the packet index concerned or
+NO_PACKET, the CLOCK_MONOTONIC ns when the nexus posted it, a value (a
+count or an argument) and aux (a second argument).
 
 The nexus is the only producer. A full ring never blocks it: the event is
 dropped and counted in the channel's STATS (`events_dropped`, published at
@@ -17,14 +14,18 @@ the drop), which the client reads as `Channel.events_lost`.
 from __future__ import annotations
 
 import enum
-import struct
 import time
 from typing import Iterator, NamedTuple
 
+from usnet.abi.layout import Fields
 from usnet.abi.ring import CONS, HEADER, PROD, RingCorrupt
 
-RECORD = struct.Struct("<HHIQQQ")
-RECORD_SIZE = RECORD.size  # 32
+EVENT = Fields(
+    "EVENT record",
+    ("type", "u16"), ("code", "u16"), ("packet", "u32"), ("time_ns", "u64"), ("value", "u64"), ("aux", "u64"),
+)
+RECORD = EVENT.struct()
+RECORD_SIZE = EVENT.size
 NO_PACKET = 0xFFFFFFFF
 
 

@@ -1,11 +1,9 @@
 """Single-producer single-consumer rings in shared memory (DESIGN §4, docs/abi.md).
 
-Ring layout (all little-endian, the ring starts 64-byte aligned):
-
-    offset   0  u64 producer   free-running count of slots published
-    offset  64  u64 consumer   free-running count of slots consumed
-    offset 128  u32 flags      bit 0 NEED_WAKEUP: the consumer sleeps, ring its doorbell
-    offset 192  slots[capacity]   u32 packet index each (EVENT rings: 32-byte records)
+Ring layout (little-endian, the ring starts 64-byte aligned): the header
+`RING_HEADER` (producer counter at byte 0, consumer counter at 64, flags at
+128), then `slots[capacity]` at byte `HEADER` (192), a u32 packet index each
+(EVENT rings: 32-byte records).
 
 Producer and consumer counters sit on separate cache lines. Each side caches
 the other's counter and reads the shared one only when its cache runs out, so
@@ -33,10 +31,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-HEADER = 192
-PROD = 0  # u64 index of the producer counter in the header viewed as 'Q'
-CONS = 8  # u64 index (byte 64)
-FLAGS = 32  # u32 index (byte 128)
+from usnet.abi.layout import RESERVED, Fields
+
+#: A ring's header: the two counters on cache lines of their own, then the consumer's flags.
+RING_HEADER = Fields(
+    "ring header",
+    ("producer", "u64"), (RESERVED, 56),  # free-running count of slots published
+    ("consumer", "u64"), (RESERVED, 56),  # free-running count of slots consumed
+    ("flags", "u32"), (RESERVED, 60),  # NEED_WAKEUP: the consumer sleeps, ring its doorbell
+)
+HEADER = RING_HEADER.size  # the slots follow it
+PROD = RING_HEADER.word("producer", 8)  # index in the header viewed as 'Q'
+CONS = RING_HEADER.word("consumer", 8)  # index in the header viewed as 'Q'
+FLAGS = RING_HEADER.word("flags", 4)  # index in the header viewed as 'I'
 NEED_WAKEUP = 1
 SLOT = 4
 _EMPTY = np.empty(0, np.uint32)

@@ -9,31 +9,57 @@ per-channel state words. The byte layout is defined here and only here
 from __future__ import annotations
 
 import enum
-import struct
 from dataclasses import dataclass, fields, replace
+
+from usnet.abi.layout import RESERVED, Fields
 
 MAGIC = 0x544E5355  # "USNT" little-endian
 ABI_VERSION = 2  # 2: 32-byte UMD records with a deadline and flags
 
-# u32 magic, u16 abi, u16 nrings, u32 buf_size, u32 buflets, u32 max_packets,
-# u32 active_packets, u64 shared_size, u64 ro_size, u64 umd_offset,
-# u64 buf_offset, u64 stats_offset, u32 umd_size, u32 generation
-HEADER = struct.Struct("<IHHIIIIQQQQQII")
-STATE_OFFSET = 72  # u32 state[2], reason[2], ring_limit[2], sync[2]: one per role (to byte 104)
-FLOWADV_AT = 104  # u64: offset of the FLOWADV region in the read-only memfd
-STALLED_AT = 112  # u32 stalled[2]: 1 while the role's RX ring is judged stalled (to byte 120)
-RING_TABLE = 128
-RING_ENTRY = struct.Struct("<BBHIQ")  # kind, role, reserved, capacity, offset
-SCHEMA_BYTES = RING_TABLE + 16 * RING_ENTRY.size
+#: The SCHEMA region's header, packed with the ring table when the channel opens.
+SCHEMA_HEADER = Fields(
+    "SCHEMA header",
+    ("magic", "u32"), ("abi", "u16"), ("nrings", "u16"), ("buf_size", "u32"), ("buflets", "u32"),
+    ("max_packets", "u32"), ("active_packets", "u32"), ("shared_size", "u64"), ("ro_size", "u64"),
+    ("umd_offset", "u64"), ("buf_offset", "u64"), ("stats_offset", "u64"), ("umd_size", "u32"),
+    ("generation", "u32"),
+)
+#: One entry of the ring table.
+RING_ENTRY_FIELDS = Fields(
+    "ring table entry",
+    ("kind", "u8"), ("role", "u8"), (RESERVED, 2), ("capacity", "u32"), ("offset", "u64"),
+)
+MAX_RINGS = 16
+#: The whole SCHEMA region: the header, the per-role state words (one u32 per
+#: role, nexus-written), the FLOWADV region's offset, and the ring table.
+SCHEMA = Fields(
+    "SCHEMA region",
+    ("header", SCHEMA_HEADER, 1),
+    ("state", "u32", 2), ("reason", "u32", 2),
+    ("ring_limit", "u32", 2),  # the TX fill limit of each role's PIPE ring (ring resize)
+    ("sync", "u32", 2),  # bumped each time the nexus answers a kick
+    ("flowadv_offset", "u64"),
+    ("stalled", "u32", 2),  # 1 while the role's RX ring is judged stalled (Domain stall_after)
+    (RESERVED, 8),
+    ("rings", RING_ENTRY_FIELDS, MAX_RINGS),
+)
 
-# u32 indices into the SCHEMA region viewed as 'I'
-W_ACTIVE = 5
-W_GENERATION = 17
-W_STATE = STATE_OFFSET // 4  # + role
-W_REASON = W_STATE + 2  # + role
-W_LIMIT = W_STATE + 4  # + role: the TX fill limit (ring resize)
-W_SYNC = W_STATE + 6  # + role: bumped each time the nexus answers a kick
-W_STALLED = STALLED_AT // 4  # + role: the role stopped reading its RX ring (Domain stall_after)
+HEADER = SCHEMA_HEADER.struct()
+RING_ENTRY = RING_ENTRY_FIELDS.struct()
+STATE_OFFSET = SCHEMA.offset("state")
+FLOWADV_AT = SCHEMA.offset("flowadv_offset")
+RING_TABLE = SCHEMA.offset("rings")
+SCHEMA_BYTES = SCHEMA.size
+_FLOWADV_AT = SCHEMA.struct("flowadv_offset", "flowadv_offset")
+
+# u32 indices into the SCHEMA region viewed as 'I' (a state word: W_x + role)
+W_ACTIVE = SCHEMA_HEADER.word("active_packets")
+W_GENERATION = SCHEMA_HEADER.word("generation")
+W_STATE = SCHEMA.word("state")
+W_REASON = SCHEMA.word("reason")
+W_LIMIT = SCHEMA.word("ring_limit")
+W_SYNC = SCHEMA.word("sync")
+W_STALLED = SCHEMA.word("stalled")  # + role: the role stopped reading its RX ring
 
 
 class ChannelState(enum.IntEnum):
@@ -177,9 +203,9 @@ class Layout:
             self.max_packets, self.active_packets, self.shared_size, self.ro_size,
             self.umd_offset, self.buf_offset, self.stats_offset, self.umd_size, self.generation,
         )
-        struct.pack_into("<Q", mem, FLOWADV_AT, self.flowadv_offset)
+        _FLOWADV_AT.pack_into(mem, FLOWADV_AT, self.flowadv_offset)
         for i, r in enumerate(self.rings):
-            RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, 0, r.capacity, r.offset)
+            RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, r.capacity, r.offset)
 
     @classmethod
     def read(cls, mem: memoryview | bytes) -> "Layout":
@@ -189,20 +215,24 @@ class Layout:
             raise ValueError(f"not a usnet schema (magic {magic:#x})")
         if abi != ABI_VERSION:
             raise ValueError(f"schema ABI {abi}, this library speaks {ABI_VERSION}")
-        if nrings > 16:
+        if nrings > MAX_RINGS:
             raise ValueError("schema names too many rings")
         rings = []
         for i in range(nrings):
-            kind, role, _, cap, off = RING_ENTRY.unpack_from(mem, RING_TABLE + i * RING_ENTRY.size)
+            kind, role, cap, off = RING_ENTRY.unpack_from(mem, RING_TABLE + i * RING_ENTRY.size)
             rings.append(RingInfo(RingKind(kind), role, cap, off))
-        (flowadv,) = struct.unpack_from("<Q", mem, FLOWADV_AT)
+        (flowadv,) = _FLOWADV_AT.unpack_from(mem, FLOWADV_AT)
         return cls(buf_size, buflets, max_packets, active, shared_size, ro_size, umd_offset,
                    buf_offset, stats_offset, umd_size, generation, tuple(rings), flowadv)
 
 
-# FLOWADV: one 32-byte record per role, written by the nexus:
-# u32 state (FlowState), u32 reserved, u64 queued packets, u64 queued bytes, u64 suspensions
-FLOWADV = struct.Struct("<IIQQQ")
+#: FLOWADV: one record per role, written by the nexus (no sequence lock: independent words).
+FLOWADV_FIELDS = Fields(
+    "FLOWADV record",
+    ("state", "u32"),  # FlowState
+    (RESERVED, 4), ("queued_packets", "u64"), ("queued_bytes", "u64"), ("suspensions", "u64"),
+)
+FLOWADV = FLOWADV_FIELDS.struct()  # state, queued packets, queued bytes, suspensions
 
 
 class FlowState(enum.IntEnum):
@@ -210,16 +240,28 @@ class FlowState(enum.IntEnum):
     SUSPENDED = 1  # the flow's queue at the netif is full: the switch stops taking from its TX ring
 
 
+#: STATS: u64 counters per role (nexus-written, client-readable), role r's at `stats_offset + r * size`.
+STATS = Fields(
+    "STATS (one role)",
+    ("allocated", "u64"),  # packets handed out on the ALLOC ring
+    ("freed", "u64"),  # packets taken back from the FREE ring
+    ("refused", "u64"),  # indices refused on the FREE ring
+    ("bad_counter", "u64"),  # impossible ring counters seen
+    ("events_dropped", "u64"),  # events lost to a full EVENT ring
+    ("held", "u64"),  # packets this channel holds now
+    ("quota", "u64"),
+    (RESERVED, 72),
+)
+STATS_PER_ROLE = STATS.size // 8  # u64 words
+
+
 class Stat(enum.IntEnum):
-    """u64 counters per role in the STATS region (nexus-written, client-readable)."""
+    """The u64 word index of each STATS counter (the STATS table's fields, by name)."""
 
-    ALLOCATED = 0  # packets handed out on the ALLOC ring
-    FREED = 1  # packets taken back from the FREE ring
-    REFUSED = 2  # indices refused on the FREE ring
-    BAD_COUNTER = 3  # impossible ring counters seen
-    EVENTS_DROPPED = 4  # events lost to a full EVENT ring
-    HELD = 5  # packets this channel holds now
-    QUOTA = 6
-
-
-STATS_PER_ROLE = 16  # u64 words
+    ALLOCATED = STATS.word("allocated", 8)
+    FREED = STATS.word("freed", 8)
+    REFUSED = STATS.word("refused", 8)
+    BAD_COUNTER = STATS.word("bad_counter", 8)
+    EVENTS_DROPPED = STATS.word("events_dropped", 8)
+    HELD = STATS.word("held", 8)
+    QUOTA = STATS.word("quota", 8)

@@ -1,17 +1,20 @@
 """User packet metadata (UMD): the per-packet record a client reads and writes.
 
-One 32-byte record per packet, at `umd_offset + 32 * index` in the shared memfd:
+One record per packet (`UMD`, 32 bytes), at `umd_offset + UMD_SIZE * index`
+in the shared memfd:
 
-    offset  0  u32 length       bytes of data in the packet
-    offset  4  u16 headroom     where the data starts, from the start of the packet's buffer
-    offset  6  u16 gso_size     0, or (flow TX) a TCP super-segment's segment payload for the device
-    offset  8  u64 tag          the application's own: its id for the packet (a sequence number),
-                                echoed in the packet's TX_STATUS event
-    offset 16  u64 deadline_ns  (flow TX) 0, or CLOCK_MONOTONIC ns after which the packet must not
-                                be sent: it is dropped and reported EXPIRED instead
-    offset 24  u32 flags        (flow TX) TX_REPORT: post a TX_STATUS event when the packet is
-                                sent, dropped, expired or flushed
-    offset 28  u32 reserved
+    length       bytes of data in the packet
+    headroom     where the data starts, from the start of the packet's buffer
+    gso_size     0, or (flow TX) a TCP super-segment's segment payload for the device
+    tag          the application's own: its id for the packet (a sequence number),
+                 echoed in the packet's TX_STATUS event
+    deadline_ns  (flow TX) 0, or CLOCK_MONOTONIC ns after which the packet must not
+                 be sent: it is dropped and reported EXPIRED instead
+    flags        (flow TX) TX_REPORT: post a TX_STATUS event when the packet is
+                 sent, dropped, expired or flushed
+
+Both sides read and write records through u32 views of the UMD region, with
+the word indices below derived from the table.
 
 The nexus zeroes every field but `length` and `tag` when it hands a packet
 out on an ALLOC ring, so a deadline or a flag never outlives the send it
@@ -24,14 +27,23 @@ one memoryview. The nexus never trusts a UMD record: it is client-writable memor
 
 import time
 
-UMD_SIZE = 32
+from usnet.abi.layout import RESERVED, Fields
+
+UMD = Fields(
+    "UMD record",
+    ("length", "u32"), ("headroom", "u16"), ("gso_size", "u16"), ("tag", "u64"),
+    ("deadline_ns", "u64"), ("flags", "u32"), (RESERVED, 4),
+)
+UMD_SIZE = UMD.size
 UMD_WORDS = UMD_SIZE // 4  # u32 words per record
-# u32 word indices within a record
-W_LENGTH = 0
-W_GSO = 1  # headroom in the low half, gso_size in the high half
-W_TAG = 2  # u64: words 2 and 3
-W_DEADLINE = 4  # u64: words 4 and 5
-W_FLAGS = 6
+# u32 word indices within a record (a u64 field: its low word, the high one next)
+W_LENGTH = UMD.word("length")
+W_GSO, GSO_SHIFT = UMD.bit("gso_size")  # gso_size is `word >> GSO_SHIFT` (headroom the low half)
+W_TAG = UMD.word("tag")
+W_DEADLINE = UMD.word("deadline_ns")
+W_FLAGS = UMD.word("flags")
+if W_LENGTH != 0:  # the hot paths read a record's length as word `index * UMD_WORDS`
+    raise ImportError("the UMD length must be the record's first word")
 TX_REPORT = 1  # flags bit: report this packet's fate on the EVENT ring
 
 

@@ -29,10 +29,10 @@ from usnet.abi import doorbell
 from usnet.abi.events import DefunctReason, Event, EventConsumer
 from usnet.abi.ring import Consumer, Producer, RingCorrupt
 from usnet.abi.schema import (
-    FLOWADV, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED, W_STATE, W_SYNC,
-    ChannelState, FlowState, Layout, RingKind, Stat,
+    FLOWADV, RING_TABLE, STATS, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED,
+    W_STATE, W_SYNC, ChannelState, FlowState, Layout, RingKind, Stat,
 )
-from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
+from usnet.abi.umd import GSO_SHIFT, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
 
 SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
@@ -120,8 +120,8 @@ class Channel:
         self._ro = mmap.mmap(ro_fd, ro_size, mmap.MAP_SHARED, mmap.PROT_READ)
         rov = memoryview(self._ro)
         self.layout = lay = Layout.read(rov)
-        self._words = rov[: 128].cast("I")
-        self._stats = rov[lay.stats_offset : lay.stats_offset + 16 * 8 * 2].cast("Q")
+        self._words = rov[:RING_TABLE].cast("I")  # the header and the state words
+        self._stats = rov[lay.stats_offset : lay.stats_offset + 2 * STATS.size].cast("Q")
         self._flowadv = rov[lay.flowadv_offset : lay.flowadv_offset + 2 * FLOWADV.size]
         if os.fstat(shared_fd).st_size < lay.shared_size:
             raise ChannelError(errno.EINVAL, "shared memory smaller than its schema says")
@@ -351,7 +351,7 @@ class Channel:
         self.buf[o : o + n] = data
         w = pkt * UMD_WORDS
         self.umd[w] = n
-        self.umd[w + 1] = gso_size << 16  # headroom 0; a stale gso_size must not survive reuse
+        self.umd[w + W_GSO] = gso_size << GSO_SHIFT  # headroom 0; a stale gso_size must not survive reuse
 
     def mark(self, pkt: int, *, tag: int = 0, deadline_ns: int = 0, report: bool = False) -> None:
         """Give a packet to send its id, a deadline, and whether to report its fate (flow channels).
@@ -574,7 +574,7 @@ class Channel:
 
     def flow_advisory(self) -> dict[str, int | bool]:
         """The flow advisory the nexus publishes for this channel (read-only memory)."""
-        state, _, qp, qb, susp = FLOWADV.unpack_from(self._flowadv, self.role * FLOWADV.size)
+        state, qp, qb, susp = FLOWADV.unpack_from(self._flowadv, self.role * FLOWADV.size)
         return {"suspended": state == FlowState.SUSPENDED, "queued_packets": qp,
                 "queued_bytes": qb, "suspensions": susp}
 

@@ -29,22 +29,26 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.wire.errors import WireError
-from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.proto.wire.checksum import acc, finish, verifies
+from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.proto.wire.rows import be_u16, be_u32, finish_rows, padded_width, row_sums
 from usnet.proto.wire.ipv6 import (
     IPV6_HLEN, build_ipv6_header, ip6_bytes, ip6_str, parse_ipv6, upper_checksum_v6, verify_upper_v6,
 )
-from usnet.proto.wire.udp import UDP_HLEN, parse_udp
+from usnet.proto.wire.udp import UDP_HEADER, UDP_HLEN, parse_udp
 
 HEADERS = IPV4_HLEN + UDP_HLEN
 HEADERS6 = IPV6_HLEN + UDP_HLEN
-_UDP = struct.Struct("!HHHH")
-_HEADERS = struct.Struct("!BBHHHBBH4s4sHHHH")  # the IPv4 header (no options) and the UDP header
-# The same 28 bytes as a numpy record, so a batch's headers are written a field (column) at a time.
-_HDR_DTYPE = np.dtype([("vihl", "u1"), ("tos", "u1"), ("total", ">u2"), ("ident", ">u2"), ("ff", ">u2"),
-                       ("ttl", "u1"), ("proto", "u1"), ("csum", ">u2"), ("src", "S4"), ("dst", "S4"),
-                       ("sport", ">u2"), ("dport", ">u2"), ("ulen", ">u2"), ("ucsum", ">u2")])
+_UDP = UDP_HEADER.struct
+_UDP_CSUM = UDP_HEADER.off["checksum"]
+# The IPv4 header (no options) and the UDP header: one struct for a datagram, the same 28
+# bytes as a numpy record so a batch's headers are written a field (column) at a time, and
+# the offsets at which a batch's received headers are read as columns.
+_IP_UDP = IPV4_HEADER.then(UDP_HEADER, "udp_")
+_HEADERS = _IP_UDP.struct
+_HDR_DTYPE = _IP_UDP.dtype()
+_VER_IHL, _PROTO, _TOTAL, _SRC = (_IP_UDP.off[f] for f in ("ver_ihl", "proto", "total_length", "src"))
+_SPORT, _ULEN, _UCSUM = (_IP_UDP.off[f] for f in ("udp_sport", "udp_length", "udp_checksum"))
 Address = tuple[str, int]
 
 
@@ -213,7 +217,8 @@ class DatagramSocket:
             ulen = UDP_HLEN + len(p)
             seg = _UDP.pack(sport, dport, ulen, 0) + bytes(p)
             csum = upper_checksum_v6(src, dst, 17, seg)
-            packets.append(build_ipv6_header(src, dst, 17, ulen) + seg[:6] + csum.to_bytes(2, "big") + seg[8:])
+            packets.append(build_ipv6_header(src, dst, 17, ulen) + seg[:_UDP_CSUM] + csum.to_bytes(2, "big")
+                           + seg[_UDP_CSUM + 2 :])
         ch = self.channel
         sent = 0
         while sent < len(packets):
@@ -267,12 +272,12 @@ class DatagramSocket:
         # words modulo 0xFFFF, with 0 standing for 0xFFFF (the sums here are never 0).
         ip_sum = (base_sum[0] + total + ident) % 0xFFFF
         udp_sum = (base_sum[1] + 2 * ulen + (row_sums(rows) if rows.shape[1] else 0)) % 0xFFFF
-        hdr["total"] = total
+        hdr["total_length"] = total
         hdr["ident"] = ident
-        hdr["csum"] = finish_rows(ip_sum)
-        hdr["ulen"] = ulen
+        hdr["checksum"] = finish_rows(ip_sum)
+        hdr["udp_length"] = ulen
         udp_csum = finish_rows(udp_sum)
-        hdr["ucsum"] = np.where(udp_csum == 0, 0xFFFF, udp_csum)  # 0 means "no checksum" in UDP
+        hdr["udp_checksum"] = np.where(udp_csum == 0, 0xFFFF, udp_csum)  # 0 means "no checksum" in UDP
         return hdr.view(np.uint8).reshape(n, HEADERS)
 
     def _template(self, dst: bytes, dport: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -326,9 +331,9 @@ class DatagramSocket:
                 rows[:, :big] = packets[idx, :big]
         finally:
             ch.free(pkts)
-        total = be_u16(rows[:, 2:4])
-        ulen = be_u16(rows[:, 24:26])
-        fast = ((rows[:, 0] == 0x45) & (rows[:, 9] == 17) & (ulen >= UDP_HLEN)
+        total = be_u16(rows[:, _TOTAL : _TOTAL + 2])
+        ulen = be_u16(rows[:, _ULEN : _ULEN + 2])
+        fast = ((rows[:, _VER_IHL] == 0x45) & (rows[:, _PROTO] == 17) & (ulen >= UDP_HLEN)
                 & (IPV4_HLEN + ulen <= np.minimum(total, lens)))
         end = np.where(fast, IPV4_HLEN + ulen, lens)
         e0 = int(end[0])
@@ -336,8 +341,8 @@ class DatagramSocket:
             rows[:, e0:] = 0  # what lies past the datagrams, for the checksum
         else:
             rows[np.arange(rows.shape[1]) >= end[:, None]] = 0
-        words = row_sums(rows[:, 12:])  # addresses, UDP header, payload
-        has_sum = (rows[:, 26] | rows[:, 27]) != 0
+        words = row_sums(rows[:, _SRC:])  # addresses, UDP header, payload
+        has_sum = (rows[:, _UCSUM] | rows[:, _UCSUM + 1]) != 0
         fast &= ~has_sum | ((words + 17 + ulen) % 0xFFFF == 0)
         return self._datagrams(rows, lens, fast, ulen)
 
@@ -353,14 +358,15 @@ class DatagramSocket:
         finally:
             ch.free([pkt])
         n = len(d)
-        if n >= HEADERS and d[0] == 0x45 and d[9] == 17:
-            total, ulen = int.from_bytes(d[2:4], "big"), int.from_bytes(d[24:26], "big")
+        if n >= HEADERS and d[_VER_IHL] == 0x45 and d[_PROTO] == 17:
+            total = int.from_bytes(d[_TOTAL : _TOTAL + 2], "big")
+            ulen = int.from_bytes(d[_ULEN : _ULEN + 2], "big")
             end = IPV4_HLEN + ulen
             if ulen >= UDP_HLEN and end <= min(total, n):
                 # the checksum over addresses, UDP header and payload, as the batch path sums it
-                if not (d[26] | d[27]) or verifies(acc(d[12:end]) + 17 + ulen):
-                    return [(d[HEADERS:end], (self._name(int.from_bytes(d[12:16], "big")),
-                                              int.from_bytes(d[20:22], "big")))]
+                if not (d[_UCSUM] | d[_UCSUM + 1]) or verifies(acc(d[_SRC:end]) + 17 + ulen):
+                    return [(d[HEADERS:end], (self._name(int.from_bytes(d[_SRC : _SRC + 4], "big")),
+                                              int.from_bytes(d[_SPORT : _SPORT + 2], "big")))]
         got = self._parse_slow(d)
         if got is None:
             self.rx_bad += 1
@@ -371,8 +377,8 @@ class DatagramSocket:
         """The payloads and senders of a checked batch; rows that failed get the full parse."""
         width = rows.shape[1]
         raw = rows.tobytes()
-        src = be_u32(rows[:, 12:16])
-        sport = be_u16(rows[:, 20:22])
+        src = be_u32(rows[:, _SRC : _SRC + 4])
+        sport = be_u16(rows[:, _SPORT : _SPORT + 2])
         starts = np.arange(len(lens), dtype=np.int64) * width
         ends = (starts + IPV4_HLEN + ulen).tolist()
         starts = (starts + HEADERS).tolist()

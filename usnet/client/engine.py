@@ -30,6 +30,9 @@ from usnet.client import Client
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
+from usnet.proto.wire.tcp import TCP_HEADER
+
+_SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
 log = logging.getLogger(__name__)
 TCP = 6
@@ -111,10 +114,10 @@ class FlowEngine:
             if type(ev) is Datagram:
                 if ev.proto == TCP:
                     self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
-            elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= 8:
+            elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= _SEQ + 4:
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
-                    conn.icmp_error(ev.errno, int.from_bytes(ev.quote[4:8], "big"))
+                    conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
 
     def _transmit(self, now: float) -> None:
         out = self._backlog

@@ -27,7 +27,8 @@ from usnet.abi.events import DefunctReason, EventProducer, EventType, RefusalRea
 from usnet.abi.events import RECORD_SIZE as EVENT_RECORD
 from usnet.abi.ring import Consumer, Producer
 from usnet.abi.schema import (
-    FLOWADV, SCHEMA_BYTES, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED, W_STATE, W_SYNC,
+    FLOWADV, SCHEMA_BYTES, STATS, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED,
+    W_STATE, W_SYNC,
     ChannelState, Layout, RingInfo, RingKind, Schema, Stat,
 )
 from usnet.domain.barrier import log_fault
@@ -135,7 +136,7 @@ class UserPipe:
                 RegionSpec(RegionKind.BUF, schema.packet_bytes, schema.max_packets,
                            objs_per_segment=max(1, (256 * 1024) // schema.packet_bytes)),
                 RegionSpec(RegionKind.SCHEMA, 1, SCHEMA_BYTES),
-                RegionSpec(RegionKind.STATS, 8 * STATS_PER_ROLE, ROLES),
+                RegionSpec(RegionKind.STATS, STATS.size, ROLES),
                 RegionSpec(RegionKind.FLOWADV, FLOWADV.size, ROLES),
             ],
         )

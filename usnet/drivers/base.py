@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
 Frame = bytes | bytearray | memoryview
@@ -12,7 +13,7 @@ class SegmentedFrame(bytes):
     """A frame holding one TCP super-segment, for a device that segments (TSO).
 
     The flow switch makes one only after validating the packet and only for
-    a netif whose driver has a `gso_max`; `gso_size` is the payload of each
+    a netif whose driver's `caps.gso_max` is non-zero; `gso_size` is the payload of each
     segment the device cuts it into. To everything else it is plain bytes.
     """
 
@@ -69,7 +70,7 @@ class GatherFrame:
     `head` is private memory: the Ethernet header and the copy of the IP and
     transport headers that the flow switch checked. `body` is the payload,
     a view of the sender's packet buffer, never copied into the nexus. A
-    device with `takes_gather` writes both pieces straight out (writev,
+    device whose `caps.takes_gather` writes both pieces straight out (writev,
     a TX ring); to anything else the netif hands `bytes(frame)`. A
     GatherFrame lives for one `send_batch` call only: the packet buffer
     goes back to its pool after it, so nothing may keep one.
@@ -88,31 +89,50 @@ class GatherFrame:
         return self.head + bytes(self.body)
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a device takes beyond plain frames: the netif reads these fields and nothing else.
+
+    A driver declares its record as `caps`; a wrapper (a fault injector, a
+    pcap tracer) passes on its device's, less what it cannot carry.
+    """
+
+    #: The largest IP packet the device segments itself (TSO: a TAP with
+    #: IFF_VNET_HDR): it takes SegmentedFrames up to that size and may return
+    #: received frames that large (as `Coalesced`). 0: no segmentation offload,
+    #: and it is never handed a SegmentedFrame.
+    gso_max: int = 0
+    #: It takes GatherFrames, written out piece by piece, the payload straight
+    #: from the sender's buffer (writev, a TX ring slot); else the netif joins them.
+    takes_gather: bool = False
+    #: It takes FrameBlocks (usnet.drivers.block) among the frames, counts each
+    #: of their frames in what `send_batch` returns (it may take the head of a
+    #: block and leave the tail), and its `recv_batch` may return the blocks its
+    #: peer sent.
+    takes_blocks: bool = False
+
+
+#: A device that takes plain frames only.
+PLAIN = Capabilities()
+
+
 @runtime_checkable
 class Driver(Protocol):
     """A device that moves Ethernet frames in batches.
 
     `recv_batch` returns frames the caller owns (bytes); `send_batch` takes
     frames and returns how many the device accepted (the rest stay the
-    caller's, as with a full socket buffer).
-
-    A driver with a non-zero `gso_max` (optional attribute) takes
-    SegmentedFrames up to that many IP bytes and may return frames that
-    large; one without it is never handed one. A received frame longer than
-    the MTU is taken only as a `Coalesced` (the device says it was
-    aggregated); any other is dropped above as oversize.
-
-    A driver whose `takes_gather` is true also takes GatherFrames (written
-    out piece by piece, the payload straight from the sender's buffer).
-
-    A driver whose `takes_blocks` is true also takes FrameBlocks
-    (usnet.drivers.block) among the frames, counts each of their frames in
-    what it returns (it may take the head of a block and leave the tail),
-    and its `recv_batch` may return the blocks its peer sent.
+    caller's, as with a full socket buffer). What it takes beyond plain
+    frames is its `caps`. A received frame longer than the MTU is taken
+    only as a `Coalesced` (the device says it was aggregated); any other is
+    dropped above as oversize.
     """
 
     name: str
     mtu: int
+    mac: bytes
+    caps: Capabilities
+    stats: DriverStats
 
     def fileno(self) -> int: ...
     def recv_batch(self, max_n: int = 64) -> list[bytes]: ...

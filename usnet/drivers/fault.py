@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from dataclasses import replace
 from typing import Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import Driver, Frame
+from usnet.drivers.base import Capabilities, Driver, Frame
 
 
 class FaultInjector:
 
-    takes_blocks = False  # frames one by one: the netif opens FrameBlocks for us
+    takes_blocks = False  # TRANSITIONAL: flowswitch.service_rx still getattr()s it; it will read netif.caps
     def __init__(
         self,
         inner: Driver,
@@ -33,6 +34,10 @@ class FaultInjector:
         self.inner = inner
         self.name = f"fault({inner.name})"
         self.mtu = inner.mtu
+        self.mac = inner.mac
+        self.stats = inner.stats
+        # the device's, but frames one by one: the netif opens FrameBlocks for us
+        self.caps: Capabilities = replace(inner.caps, takes_blocks=False)
         self.drop, self.corrupt, self.truncate, self.duplicate = drop, corrupt, truncate, duplicate
         self.direction = direction
         self.rng = random.Random(seed)

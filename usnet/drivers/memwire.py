@@ -15,7 +15,7 @@ import time
 from typing import Callable, Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import DriverStats, Frame, random_mac
+from usnet.drivers.base import Capabilities, DriverStats, Frame, random_mac
 from usnet.drivers.block import FrameBlock
 
 
@@ -33,8 +33,10 @@ class _Direction:
 class MemWirePort:
     """One end of a memwire: a Driver."""
 
-    takes_blocks = True  # FrameBlocks cross the wire whole; see usnet.drivers.block
-    takes_gather = True  # a GatherFrame is joined as it crosses: the wire is memory
+    # FrameBlocks cross the wire whole (usnet.drivers.block); a GatherFrame is
+    # joined as it crosses: the wire is memory
+    caps = Capabilities(takes_blocks=True, takes_gather=True)
+    takes_blocks = True  # TRANSITIONAL: flowswitch.service_rx still getattr()s it; it will read netif.caps
 
     def __init__(self, wire: "MemWire", side: int, name: str) -> None:
         self.wire = wire

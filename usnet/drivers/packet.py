@@ -84,7 +84,7 @@ import socket
 import struct
 from typing import Sequence
 
-from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, random_mac
+from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, random_mac
 from usnet.proto.wire.checksum import acc, finish
 
 # linux/if_ether.h
@@ -161,7 +161,7 @@ def _pow2_at_least(n: int) -> int:
 
 
 class PacketDriver:
-    takes_gather = True  # a GatherFrame's pieces are copied into the TX ring slot (or sent with sendmsg)
+    caps = Capabilities(takes_gather=True)  # a GatherFrame's pieces are copied into the TX ring slot (or sendmsg)
 
     """An AF_PACKET interface driver with TPACKET_V3 RX and TX rings (see module doc)."""
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import struct
 import time
+from dataclasses import replace
 from typing import BinaryIO, Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import Driver, Frame
+from usnet.drivers.base import Capabilities, Driver, Frame
 
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
@@ -52,12 +53,16 @@ class PcapWriter:
 class PcapTracer:
     """A driver wrapper that records what passes through it."""
 
-    takes_blocks = False  # frames one by one: the netif opens FrameBlocks for us
+    takes_blocks = False  # TRANSITIONAL: flowswitch.service_rx still getattr()s it; it will read netif.caps
 
     def __init__(self, inner: Driver, out: BinaryIO | str) -> None:
         self.inner = inner
         self.name = f"pcap({inner.name})"
         self.mtu = inner.mtu
+        self.mac = inner.mac
+        self.stats = inner.stats
+        # the device's, but frames one by one: the netif opens FrameBlocks for us
+        self.caps: Capabilities = replace(inner.caps, takes_blocks=False)
         self.writer = PcapWriter(out)
 
     def __getattr__(self, attr: str):  # mac, stats and the like come from the device

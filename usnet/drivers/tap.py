@@ -24,7 +24,7 @@ import os
 import struct
 from typing import Sequence
 
-from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
+from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
 from usnet.proto.wire.checksum import finish, acc
 
 TUNSETIFF = 0x400454CA
@@ -46,7 +46,6 @@ GSO_MAX = 65535  # the largest IP packet (IPv4 total length) the device takes to
 
 
 class TapDriver:
-    takes_gather = True  # GatherFrames go out with one writev, the payload from the sender's buffer
 
     def __init__(self, ifname: str = "usnet0", mtu: int = 1500, mac: bytes | None = None,
                  offload: bool = True) -> None:
@@ -57,7 +56,9 @@ class TapDriver:
         self.mtu = mtu
         self.mac = mac or random_mac()  # our side's MAC; the host's side has its own
         self.vnet_hdr = offload
-        self.gso_max = GSO_MAX if offload else 0  # read by the netif: 0 means no segmentation offload
+        # GatherFrames go out with one writev, the payload from the sender's buffer; with
+        # offload the kernel segments TCP super-segments (and hands us coalesced ones)
+        self.caps = Capabilities(gso_max=GSO_MAX if offload else 0, takes_gather=True)
         self.stats = DriverStats()
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:

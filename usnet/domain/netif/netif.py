@@ -32,7 +32,7 @@ import numpy as np
 
 from usnet.abi.events import TxDropReason, TxStatus
 from usnet.drivers import block
-from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame, random_mac
+from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.domain.netif import txsched
 from usnet.domain.netif.aqm import CoDel
@@ -54,10 +54,11 @@ class Netif:
         iface = ipaddress.IPv4Interface(address)
         self.name = name
         self.driver = driver
-        self.mac = mac or getattr(driver, "mac", None) or random_mac()
+        self.mac = mac or driver.mac
         self.mtu = mtu or driver.mtu
+        self.caps = driver.caps  # what the device takes beyond plain frames
         # The largest IP packet the device segments itself (TSO through IFF_VNET_HDR); 0: none.
-        self.gso_max: int = getattr(driver, "gso_max", 0)
+        self.gso_max = self.caps.gso_max
         self.address = iface
         self.ip = iface.ip.packed
         self.ip_str = str(iface.ip)
@@ -263,7 +264,7 @@ class Netif:
             return self._flush_paced(budget)
         sent_total = 0
         active, queues = self.active, self.queues
-        takes_blocks = getattr(self.driver, "takes_blocks", False)
+        takes_blocks = self.caps.takes_blocks
         aqm = self.aqm
         now = self.clock() if aqm is not None else 0.0
         while active and sent_total < budget:
@@ -381,7 +382,7 @@ class Netif:
             nbytes += len(frames[n])
             n += 1
         batch = frames[:n]
-        if not getattr(self.driver, "takes_gather", False):
+        if not self.caps.takes_gather:
             batch = [bytes(f) if type(f) is GatherFrame else f for f in batch]
         sent = self.driver.send_batch(batch)
         nbytes = sum(map(len, batch[:sent]))
@@ -409,7 +410,7 @@ class Netif:
         netif with AQM), CoDel judges each queue's head at its turn.
         """
         queues = self.queues
-        takes_blocks = getattr(self.driver, "takes_blocks", False)
+        takes_blocks = self.caps.takes_blocks
         quantum = self.mtu + 14
         batch: list = []
         keys: list[int] = []
@@ -576,7 +577,7 @@ class Netif:
                 "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes, "tx_expired": self.tx_expired,
                 "queued": sum(self.queued_frames.values()),
                 "aqm": None if self.aqm is None else {"dropped": self.aqm_dropped, "marked": self.aqm_marked},
-                "driver_stats": getattr(getattr(self.driver, "stats", None), "as_dict", dict)(),
+                "driver_stats": self.driver.stats.as_dict(),
                 **({} if self.sched is None else {"txsched": self._sched_info()})}
 
     def queue_totals(self) -> tuple[int, int, int, int]:

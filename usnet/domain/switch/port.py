@@ -30,7 +30,7 @@ from usnet.abi.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
 from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
 from usnet.domain.userpipe import UserPipe
 from usnet.domain.mem.pool import HELD
-from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
+from usnet.abi.umd import GSO_SHIFT, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
 
 CLIENT, NEXUS = 0, 1
 _NO_ROWS = np.empty((0, 0), np.uint8)
@@ -181,12 +181,12 @@ class FlowPort:
             w = int(good[0]) * UMD_WORDS
             if not (umd[w + W_FLAGS] or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
                 return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
-                        np.array([int(umd[w + W_GSO]) >> 16], umd.dtype), None)
+                        np.array([int(umd[w + W_GSO]) >> GSO_SHIFT], umd.dtype), None)
         at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
         marked = umd[at + W_FLAGS] | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
-        return good, lens, umd[at + W_GSO] >> 16, self._meta(good, at, marked) if marked.any() else None
+        return good, lens, umd[at + W_GSO] >> GSO_SHIFT, self._meta(good, at, marked) if marked.any() else None
 
     def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
         """What the marked packets of a batch asked for: read once, like the lengths."""
@@ -321,7 +321,7 @@ class FlowPort:
                             value=queued_packets, aux=queued_bytes)
             end.ring_bell()
         FLOWADV.pack_into(self.pipe.flowadv, CLIENT * FLOWADV.size,
-                          FlowState.SUSPENDED if suspended else FlowState.ACTIVE, 0,
+                          FlowState.SUSPENDED if suspended else FlowState.ACTIVE,
                           queued_packets, queued_bytes, self.suspensions)
 
     def held_by_client(self) -> int:

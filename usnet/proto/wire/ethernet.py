@@ -15,8 +15,10 @@ from __future__ import annotations
 import struct
 
 from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.header import Header
 
 __all__ = [
+    "ETH_HEADER",
     "BROADCAST", "ETHERTYPE_ARP", "ETHERTYPE_IPV4", "ETHERTYPE_IPV6", "ETHERTYPE_VLAN",
     "ETH_HLEN", "ETH_ZERO", "build_eth", "is_multicast", "mac_bytes", "mac_str", "parse_eth",
     "write_eth",
@@ -30,7 +32,9 @@ ETHERTYPE_IPV6 = 0x86DD
 BROADCAST = b"\xff" * 6
 ETH_ZERO = b"\x00" * 6
 
-_ETH = struct.Struct("!6s6sH")
+#: The header, declared once: its struct and field offsets.
+ETH_HEADER = Header(("dst", "6s"), ("src", "6s"), ("ethertype", "H"))
+_ETH = ETH_HEADER.struct
 _unpack = _ETH.unpack_from
 _pack = _ETH.pack
 _pack_into = _ETH.pack_into

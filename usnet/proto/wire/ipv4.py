@@ -26,9 +26,10 @@ import struct
 
 from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
+from usnet.proto.wire.header import Header
 
 __all__ = [
-    "ICMP", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
+    "ICMP", "IPV4_HEADER", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
     "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "is_fragment", "make_flags_frag",
     "martian_source4", "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
 ]
@@ -44,7 +45,12 @@ IP_DF = 0x4000
 IP_MF = 0x2000
 IP_OFFMASK = 0x1FFF
 
-_IP = struct.Struct("!BBHHHBBH4s4s")
+#: The header without options, declared once: its struct, field offsets and numpy record.
+IPV4_HEADER = Header(
+    ("ver_ihl", "B"), ("tos", "B"), ("total_length", "H"), ("ident", "H"), ("flags_frag", "H"),
+    ("ttl", "B"), ("proto", "B"), ("checksum", "H"), ("src", "4s"), ("dst", "4s"),
+)
+_IP = IPV4_HEADER.struct
 _unpack = _IP.unpack_from
 _pack = _IP.pack
 _pack_into = _IP.pack_into

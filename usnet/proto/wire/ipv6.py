@@ -46,8 +46,10 @@ import struct
 
 from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
+from usnet.proto.wire.header import Header
 
 __all__ = [
+    "IPV6_HEADER",
     "ALL_NODES", "ALL_ROUTERS", "DSTOPTS", "FRAG_HLEN", "FRAGMENT", "HOPOPTS", "ICMPV6",
     "IPV6_HLEN", "IPV6_MIN_MTU", "LOOPBACK6", "NO_NEXT", "ROUTING", "UNSPECIFIED", "build_frag_header",
     "build_ipv6_header", "ip6_bytes", "ip6_str", "is_link_local6", "is_multicast6",
@@ -76,7 +78,12 @@ ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 ALL_ROUTERS = bytes.fromhex("ff020000000000000000000000000002")
 _SOLICITED_PREFIX = bytes.fromhex("ff0200000000000000000001ff")
 
-_IP6 = struct.Struct("!IHBB16s16s")
+#: The fixed header, declared once: its struct and field offsets.
+IPV6_HEADER = Header(
+    ("ver_tc_flow", "I"), ("payload_length", "H"), ("next_header", "B"), ("hop_limit", "B"),
+    ("src", "16s"), ("dst", "16s"),
+)
+_IP6 = IPV6_HEADER.struct
 _unpack = _IP6.unpack_from
 _pack = _IP6.pack
 _pack_into = _IP6.pack_into

@@ -42,10 +42,11 @@ import struct
 
 from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
+from usnet.proto.wire.header import Header
 
 __all__ = [
     "ACK", "CWR", "ECE", "FIN", "MAX_OPTIONS", "OPT_EOL", "OPT_MSS", "OPT_NOP", "OPT_SACK",
-    "OPT_SACK_OK", "OPT_TS", "OPT_WSCALE", "PSH", "RST", "SYN", "TCP_HLEN", "TCP_PROTO", "URG",
+    "OPT_SACK_OK", "OPT_TS", "OPT_WSCALE", "PSH", "RST", "SYN", "TCP_HEADER", "TCP_HLEN", "TCP_PROTO", "URG",
     "TcpChecksumError", "TcpSegment", "build_tcp", "pack_segment", "parse_tcp", "pseudo_sum",
     "tcp_checksum", "tcp_options", "write_tcp",
 ]
@@ -71,7 +72,12 @@ OPT_SACK_OK = 4
 OPT_SACK = 5
 OPT_TS = 8
 
-_HDR = struct.Struct("!HHIIHHHH")  # sport dport seq ack doff|flags window checksum urgent
+#: The fixed header, declared once: its struct and field offsets.
+TCP_HEADER = Header(
+    ("sport", "H"), ("dport", "H"), ("seq", "I"), ("ack", "I"), ("doff_flags", "H"), ("window", "H"),
+    ("checksum", "H"), ("urgent", "H"),
+)
+_HDR = TCP_HEADER.struct
 _unpack = _HDR.unpack_from
 _pack = _HDR.pack
 _pack_into = _HDR.pack_into

@@ -21,13 +21,16 @@ import struct
 
 from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError, readable
+from usnet.proto.wire.header import Header
 
-__all__ = ["UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
+__all__ = ["UDP_HEADER", "UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
 
 UDP_HLEN = 8
 _PROTO = 17
 
-_UDP = struct.Struct("!HHHH")
+#: The header, declared once: its struct, field offsets and numpy record.
+UDP_HEADER = Header(("sport", "H"), ("dport", "H"), ("length", "H"), ("checksum", "H"))
+_UDP = UDP_HEADER.struct
 _unpack = _UDP.unpack_from
 _pack = _UDP.pack
 _pack_into = _UDP.pack_into
