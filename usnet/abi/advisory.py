@@ -59,14 +59,17 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import mmap
 import os
 import struct
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Generator, Iterable, Iterator
+from typing import Any
 
-from usnet.abi.ring import fence
 from usnet.abi import memfd
+from usnet.abi.ring import fence
+
 MAGIC = 0x56444155  # b"UADV" read as a little-endian u32
 VERSION = 1
 HEADER = struct.Struct("<IHHII")  # magic, version, records, record_size, records_offset
@@ -150,7 +153,7 @@ class Record:
         BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS), 0)
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Record":
+    def unpack(cls, data: bytes) -> Record:
         values = list(BODY.unpack(data)[: len(_FIELDS)])
         values[0] = _enum(Direction, values[0])
         values[1] = _enum(Trend, values[1])
@@ -203,7 +206,7 @@ def _pieces(start: int, end: int, cuts: Iterable[int]) -> list[tuple[int, int]]:
     """[start, end) split at the cut points (relative to start) that fall inside it."""
     points = sorted({start + c for c in cuts if 0 < c < end - start})
     bounds = [start, *points, end]
-    return list(zip(bounds, bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 # -- the sequence lock, step by step (the tests interleave the steps) ---------------------------
@@ -327,7 +330,7 @@ class AdvisoryWriter(_Mapped):
         self._map: mmap.mmap | None = None
 
     @classmethod
-    def memfd(cls, name: str) -> "AdvisoryWriter":
+    def memfd(cls, name: str) -> AdvisoryWriter:
         """A one-page memfd, mapped here read-write, then sealed so nobody else can ever write it."""
         fd = memfd.create(f"usnet:nexusadv:{name}", memfd.page_round(SIZE))
         try:
@@ -370,7 +373,7 @@ class AdvisoryReader(_Mapped):
         self._map: mmap.mmap | None = None
 
     @classmethod
-    def from_fd(cls, fd: int, netif: str = "") -> "AdvisoryReader":
+    def from_fd(cls, fd: int, netif: str = "") -> AdvisoryReader:
         """Map an advisory memfd read-only (the fd stays the caller's to close)."""
         size = os.fstat(fd).st_size
         if size < SIZE:
@@ -401,7 +404,7 @@ class AdvisoryReader(_Mapped):
     def close(self) -> None:
         self._unmap()
 
-    def __enter__(self) -> "AdvisoryReader":
+    def __enter__(self) -> AdvisoryReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

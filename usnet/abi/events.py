@@ -19,7 +19,8 @@ from __future__ import annotations
 import enum
 import struct
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from usnet.abi.ring import CONS, HEADER, PROD, RingCorrupt
 
@@ -63,9 +64,13 @@ class TxDropReason(enum.IntEnum):
     NO_ROUTE = 7
     NEIGHBOUR_UNRESOLVED = 8  # ARP got no answer, or too many packets waited for one
     RATE_EXCEEDED = 9  # past its LL lease's rate (one event per batch: value packets, aux bytes)
-    QUEUE_DELAY = 10  # dropped by the netif's AQM (CoDel): its queue stood too long (one event per flush: value packets, aux bytes)
-    FRAGMENT = 11  # a fragment not of this flow's own datagram: a later one whose first the flow did not send, or a first without the whole L4 header
-    SOURCE_ROUTE = 12  # IPv4 LSRR/SSRR option or an IPv6 Routing header: it would take the packet past its checked destination
+    # dropped by the netif's AQM (CoDel): its queue stood too long (one event per flush: value packets, aux bytes)
+    QUEUE_DELAY = 10
+    # a fragment not of this flow's own datagram: a later one whose first the flow did not send, or a first
+    # without the whole L4 header
+    FRAGMENT = 11
+    # IPv4 LSRR/SSRR option or an IPv6 Routing header: it would take the packet past its checked destination
+    SOURCE_ROUTE = 12
     IP_OPTION = 13  # an IPv4 option other than EOL, NOP, record route, timestamp (Linux wants CAP_NET_RAW for the rest)
     ZERO_TTL = 14  # IPv4 TTL or IPv6 hop limit 0: dead on arrival at the first hop (Linux never sends one)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 from array import array
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -115,7 +115,7 @@ class Producer(_Ring):
             free = self.limit - used
         return max(free, 0)
 
-    def push(self, items: "list[int] | array | Sequence[int]") -> int:
+    def push(self, items: list[int] | array | Sequence[int]) -> int:
         """Publish as many of `items` as fit; returns how many.
 
         `items` is a list of ints, or any sliceable buffer of native u32

@@ -63,7 +63,7 @@ class Schema:
     def packet_bytes(self) -> int:
         return self.buf_size * self.buflets
 
-    def with_attrs(self, attrs: dict[str, int]) -> "Schema":
+    def with_attrs(self, attrs: dict[str, int]) -> Schema:
         """A copy with attributes changed, checked so that nonsense is refused early."""
         known = {f.name for f in fields(self)} - {"name"}
         bad = set(attrs) - known
@@ -180,7 +180,7 @@ class Layout:
             RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, 0, r.capacity, r.offset)
 
     @classmethod
-    def read(cls, mem: memoryview | bytes) -> "Layout":
+    def read(cls, mem: memoryview | bytes) -> Layout:
         (magic, abi, nrings, buf_size, buflets, max_packets, active, shared_size, ro_size,
          umd_offset, buf_offset, stats_offset, umd_size, generation) = HEADER.unpack_from(mem, 0)
         if magic != MAGIC:

@@ -138,7 +138,7 @@ def _mbit(bps: float) -> str:
     return f"{bps / 1e6:,.1f} Mbit/s"
 
 
-def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) -> "DemoResult":
+def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) -> DemoResult:
     """An LL flow beside bulk flows with its lease and without, and an adaptive sender; returns the figures."""
     from usnet.bench import lowlat
     from usnet.bench.tables import lease_table
@@ -180,7 +180,7 @@ def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) 
     return r
 
 
-def _adaptive_report(console: Console, a: "AdaptiveResult") -> None:
+def _adaptive_report(console: Console, a: AdaptiveResult) -> None:
     """The adaptive sender's story: where it started, its first cut and raise, its rate over time."""
     from usnet.bench import adaptive
 

@@ -37,12 +37,13 @@ import random
 import socketserver
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from usnet import socket as us
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
 from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
 
 CLIENT_IP, SERVER_IP = "10.9.0.1", "10.9.0.2"
 PORT = 8080
@@ -55,7 +56,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """GET /blob: the server's bytes, with Content-Length and their digest."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: the connection ends when the client closes it
-    server: "UsnetHTTPServer"
+    server: UsnetHTTPServer
 
     def setup(self) -> None:
         super().setup()

@@ -38,16 +38,17 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from usnet.runtime import sched
 from usnet.bench import adaptive
 from usnet.bench.apps import kill_all, read_all, spawn_app, wait_exit
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
-from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.loop import Domain
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.drivers.memwire import MemWire
+from usnet.runtime import sched
 
 A_ADDR, B_ADDR = "10.98.0.1", "10.98.0.2"
 LINK_RATE = 50e6
@@ -189,7 +190,7 @@ class LowLatRun:
         self.dom.start()
         self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "LowLatRun":
+    def __enter__(self) -> LowLatRun:
         return self
 
     def __exit__(self, *exc: object) -> None:

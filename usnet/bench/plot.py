@@ -34,7 +34,7 @@ def require_matplotlib() -> None:
         raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
 
 
-def write_demo_plot(path: str, result: "DemoResult") -> None:
+def write_demo_plot(path: str, result: DemoResult) -> None:
     """Two panels: the LL flow's one-way latency per datagram with its lease and without (top), and the
     adaptive sender's rate and the advisory's queueing delay over time (bottom)."""
     require_matplotlib()

@@ -15,8 +15,8 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
 from usnet.client import Client

@@ -27,7 +27,8 @@ import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from usnet.bench.baselines import _fork, _reap
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
 from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
 
 A_ADDR, B_ADDR = "10.99.0.1", "10.99.0.2"
 PORT_A, PORT_B = 4000, 5000
@@ -70,7 +70,7 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
 
     With `snapshot` (a list), the flow table is appended to it while both flows are open.
     """
-    dom, wire = topology()
+    dom, _wire = topology()
     dom.start()
     procs = []
     r, w = os.pipe()

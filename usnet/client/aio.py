@@ -29,7 +29,8 @@ import socket as _stdsocket
 import ssl as _ssl
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, runner
@@ -125,7 +126,7 @@ class UsnetTransport(asyncio.Transport):
     _start_tls_compatible = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _us.socket,
-                 protocol: asyncio.BaseProtocol | None, *, server: "Server | None" = None,
+                 protocol: asyncio.BaseProtocol | None, *, server: Server | None = None,
                  waiter: asyncio.Future | None = None, notify: bool = True) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname(),
                           "peername": sock.getpeername()})
@@ -478,7 +479,7 @@ def _feed(protocol: Any, data: bytes) -> None:
 
 async def _start_tls(loop: asyncio.AbstractEventLoop, sock: _us.socket, protocol: asyncio.BaseProtocol,
                      context: _ssl.SSLContext, *, server_side: bool, server_hostname: str | None,
-                     server: "Server | None", handshake_timeout: float | None,
+                     server: Server | None, handshake_timeout: float | None,
                      shutdown_timeout: float | None) -> asyncio.Transport:
     raw = UsnetTransport(loop, sock, None, server=server, notify=False)
     stand_in = _HandOver()
@@ -678,7 +679,7 @@ class Server(asyncio.AbstractServer):
             await _start_tls(self._loop, child, protocol, self._ssl,  # type: ignore[arg-type]
                              server_side=True, server_hostname=None, server=self,
                              handshake_timeout=self._timeouts[0], shutdown_timeout=self._timeouts[1])
-        except (OSError, asyncio.TimeoutError) as exc:  # a failed handshake is the peer's problem
+        except (TimeoutError, OSError) as exc:  # a failed handshake is the peer's problem
             log.debug("usnet.aio: TLS handshake with %s failed: %r", _peer(child), exc)
         except Exception as exc:
             self._loop.call_exception_handler({"message": "TLS handshake failed", "exception": exc})

@@ -20,17 +20,29 @@ import mmap
 import os
 import select
 import time
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 
-from usnet.abi import ring as ringmod
 from usnet.abi import doorbell
+from usnet.abi import ring as ringmod
 from usnet.abi.events import DefunctReason, Event, EventConsumer
 from usnet.abi.ring import Consumer, Producer, RingCorrupt
 from usnet.abi.schema import (
-    FLOWADV, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STATE, W_SYNC,
-    ChannelState, FlowState, Layout, RingKind, Stat,
+    FLOWADV,
+    STATS_PER_ROLE,
+    W_ACTIVE,
+    W_GENERATION,
+    W_LIMIT,
+    W_REASON,
+    W_STATE,
+    W_SYNC,
+    ChannelState,
+    FlowState,
+    Layout,
+    RingKind,
+    Stat,
 )
 from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
 
@@ -612,7 +624,7 @@ class Channel:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Channel":
+    def __enter__(self) -> Channel:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -19,21 +19,27 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from usnet.client.channel import Channel, _UNSET
 from usnet.abi.events import Event
 from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
+from usnet.client.channel import _UNSET, Channel
 from usnet.proto.ip import icmp4_error, icmp6_error
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
-from usnet.proto.wire.rows import be_u16, be_u32, padded_width, row_sums
 from usnet.proto.wire.ipv6 import (
-    IPV6_HLEN, build_ipv6_header, ip6_bytes, ip6_str, parse_ipv6, upper_checksum_v6, verify_upper_v6,
+    IPV6_HLEN,
+    build_ipv6_header,
+    ip6_bytes,
+    ip6_str,
+    parse_ipv6,
+    upper_checksum_v6,
+    verify_upper_v6,
 )
+from usnet.proto.wire.rows import be_u16, be_u32, padded_width, row_sums
 from usnet.proto.wire.udp import UDP_HLEN, parse_udp
 
 HEADERS = IPV4_HLEN + UDP_HLEN
@@ -468,7 +474,7 @@ class DatagramSocket:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "DatagramSocket":
+    def __enter__(self) -> DatagramSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:

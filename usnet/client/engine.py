@@ -24,12 +24,12 @@ import threading
 import time
 from typing import Any
 
-from usnet.runtime import gil
-from usnet.client.channel import ChannelError, NoBuffers, PeerGone
 from usnet.client import Client
+from usnet.client.channel import ChannelError, NoBuffers, PeerGone
 from usnet.proto.ip import Datagram, IcmpError, IpLayer, Transmit
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
+from usnet.runtime import gil
 
 log = logging.getLogger(__name__)
 TCP = 6

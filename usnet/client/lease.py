@@ -37,7 +37,7 @@ class LeaseRefused(Exception):
 class Lease:
     """LL access for one flow channel: what was granted, until when, and how to renew or release it."""
 
-    def __init__(self, client: "Client", granted: P.LeaseGranted) -> None:
+    def __init__(self, client: Client, granted: P.LeaseGranted) -> None:
         self._client = client
         self.id = granted.lease
         self.channel = granted.channel

@@ -11,19 +11,20 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from usnet.abi import doorbell
-from usnet.client.channel import Channel
 from usnet.abi import protocol as P
+from usnet.abi.advisory import AdvisoryReader
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.abi.transport import ControlClient, connect_seqpacket
+from usnet.client.channel import Channel
 from usnet.client.lease import Lease, LeaseRefused
-from usnet.abi.advisory import AdvisoryReader
 
 if TYPE_CHECKING:
-    from usnet.domain.loop import Domain, Session
     from usnet.client.datagram import DatagramSocket
+    from usnet.domain.loop import Domain, Session
 
 
 
@@ -51,7 +52,7 @@ class Client:
     # -- constructors -------------------------------------------------------------
 
     @classmethod
-    def local(cls, domain: "Domain", program: str | None = None) -> "Client":
+    def local(cls, domain: Domain, program: str | None = None) -> Client:
         """An in-process client: control requests are method calls, kicks too."""
         session: Session = domain.new_session(os.getuid(), os.getpid())
 
@@ -66,7 +67,7 @@ class Client:
         return cls(request, kick_for, program)
 
     @classmethod
-    def from_socket(cls, sock: socket.socket, program: str | None = None) -> "Client":
+    def from_socket(cls, sock: socket.socket, program: str | None = None) -> Client:
         """A client over a connected SEQPACKET socket (usnetd, or a parent's embedded domain)."""
         ctl = ControlClient(sock)
 
@@ -78,7 +79,7 @@ class Client:
         return cls(ctl.request, kick_for, program, domain_fd=os.dup(ctl.fileno()))
 
     @classmethod
-    def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> "Client":
+    def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> Client:
         return cls.from_socket(connect_seqpacket(path), program)
 
     # -- requests ------------------------------------------------------------------
@@ -145,7 +146,7 @@ class Client:
         return ch, reply
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
-                   remote: tuple[str, int] | None = None, family: int = 0, **attrs: int) -> "DatagramSocket":
+                   remote: tuple[str, int] | None = None, family: int = 0, **attrs: int) -> DatagramSocket:
         """A UDP endpoint on a netif: the minimal datagram API over a flow channel.
 
         `family` 6 (or an IPv6 `remote`) makes it IPv6.
@@ -162,7 +163,7 @@ class Client:
         self.channels.pop(channel, None)
         self._call(P.CloseChannel(channel))
 
-    def flush_queue(self, channel: "Channel | DatagramSocket | int") -> int:
+    def flush_queue(self, channel: Channel | DatagramSocket | int) -> int:
         """Drop what a flow channel sent that still waits in its netif's queue; returns how many.
 
         For data that went stale while it waited (a sender that changes its
@@ -174,7 +175,7 @@ class Client:
             raise P.ProtocolError(f"FlushQueue answered with {type(reply).__name__}")
         return reply.packets
 
-    def request_lease(self, channel: "Channel | DatagramSocket | int", *, service_class: str = "interactive",
+    def request_lease(self, channel: Channel | DatagramSocket | int, *, service_class: str = "interactive",
                       rate: float, max_packet: int, latency_target: float) -> Lease:
         """Ask for low-latency service for a flow channel of this client; LeaseRefused says why not.
 
@@ -216,6 +217,6 @@ class Client:
             self.domain_fd = None
 
 
-def _channel_id(channel: "Channel | DatagramSocket | int") -> int:
+def _channel_id(channel: Channel | DatagramSocket | int) -> int:
     """The id of a flow Channel, of the channel under a socket, or an id as given."""
     return channel if isinstance(channel, int) else getattr(channel, "channel", channel).id

@@ -25,11 +25,12 @@ import socket as _std
 import struct
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from usnet.abi.paths import DEFAULT_SOCKET
-from usnet.client.session import Client
 from usnet.client.engine import FlowEngine, runner
+from usnet.client.session import Client
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT
 
 AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
@@ -95,7 +96,7 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
-                      source_address: tuple[str, int] | None = None, **where: Any) -> "socket":
+                      source_address: tuple[str, int] | None = None, **where: Any) -> socket:
     """As the standard create_connection; the family is the address's."""
     family = getaddrinfo(address[0], address[1])[0][0]
     s = socket(family, **where)
@@ -172,7 +173,7 @@ class socket:
         self._attach(eng, owns=True)
         self._listening = True
 
-    def accept(self) -> tuple["socket", tuple[str, int]]:
+    def accept(self) -> tuple[socket, tuple[str, int]]:
         eng = self._need_engine()
         conn = self._wait(lambda: eng.tcp.accept(self._port), "accept")
         child = socket(self.family, client=self._where[0], netif=self._where[1])
@@ -337,7 +338,7 @@ class socket:
         if self._closed:
             raise OSError(errno.EBADF, "Bad file descriptor")
 
-    def __enter__(self) -> "socket":
+    def __enter__(self) -> socket:
         return self
 
     def __exit__(self, *exc: object) -> None:

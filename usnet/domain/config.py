@@ -105,10 +105,10 @@ from typing import Literal
 import msgspec
 
 from usnet.abi.paths import DEFAULT_SOCKET
+from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
 from usnet.domain.lowlat.agent import DEFAULT_TTL, check_seconds, check_ttl
 from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.netif import txsched
-from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -237,7 +237,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 check_seconds(what, v)
 
     def domain_kwargs(self) -> dict[str, float]:
-        """The advisory and purge keys that are set, as `Domain(...)` keyword arguments (unset: the domain's defaults)."""
+        """The advisory and purge keys that are set, as `Domain(...)` keyword arguments (unset: the
+        domain's defaults)."""
         return {k: v for k in _DOMAIN_SECONDS if (v := getattr(self, k)) is not None}
 
     def socket_perms(self) -> tuple[int, int | None]:

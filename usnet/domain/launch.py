@@ -120,9 +120,9 @@ def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str =
     made = _make_device(driver, ifname, host_address, host_address6)
     with open(paths["config"], "w") as f:
         f.write(config.dump(cfg))
-    log = open(paths["log"], "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
-                            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    with open(paths["log"], "ab") as log:  # the daemon's stderr is its own copy of this fd
+        proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
+                                stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     with open(paths["state"], "w") as f:
         json.dump({"pid": proc.pid, "links": made, "socket": paths["socket"]}, f)
     deadline = time.monotonic() + timeout

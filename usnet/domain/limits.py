@@ -28,8 +28,8 @@ from __future__ import annotations
 import errno
 import grp
 import pwd
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Iterable
 
 #: A pipe name that begins with this is shared between the uids of a `[[share]]` entry.
 SHARED_MARK = "@"

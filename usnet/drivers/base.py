@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 Frame = bytes | bytearray | memoryview
 
@@ -18,12 +19,12 @@ class SegmentedFrame(bytes):
 
     gso_size: int
 
-    def __new__(cls, data: Frame, gso_size: int) -> "SegmentedFrame":
+    def __new__(cls, data: Frame, gso_size: int) -> SegmentedFrame:
         self = super().__new__(cls, data)
         self.gso_size = gso_size
         return self
 
-    def rewrap(self, data: Frame) -> "SegmentedFrame":
+    def rewrap(self, data: Frame) -> SegmentedFrame:
         """The same frame attributes on new bytes (the packet, framed)."""
         f = type(self)(data, self.gso_size)
         f.__dict__.update(self.__dict__)

@@ -15,7 +15,7 @@ length are undefined. The block owns its array: nothing else writes it.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,11 +39,11 @@ class FrameBlock:
         raw = self.data.tobytes()
         return [raw[i * w : i * w + n] for i, n in enumerate(self.lens.tolist())]
 
-    def rows(self, sel: np.ndarray) -> "FrameBlock":
+    def rows(self, sel: np.ndarray) -> FrameBlock:
         return FrameBlock(self.data[sel], self.lens[sel])
 
 
-Item = Union[bytes, memoryview, FrameBlock]
+Item = bytes | memoryview | FrameBlock
 
 
 def count(items: Sequence[Item]) -> int:

@@ -12,7 +12,7 @@ import heapq
 import os
 import random
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from usnet.drivers import block
 from usnet.drivers.base import DriverStats, Frame, random_mac
@@ -36,7 +36,7 @@ class MemWirePort:
     takes_blocks = True  # FrameBlocks cross the wire whole; see usnet.drivers.block
     takes_gather = True  # a GatherFrame is joined as it crosses: the wire is memory
 
-    def __init__(self, wire: "MemWire", side: int, name: str) -> None:
+    def __init__(self, wire: MemWire, side: int, name: str) -> None:
         self.wire = wire
         self.side = side
         self.name = name

@@ -46,9 +46,10 @@ enough for every slot, so only an skb allocation failure gets there.
 Set `tx_ring=False` to use a plain send() per frame instead: in Python on a
 veth it is as fast (about 1.0-1.3 M 60-byte frames/s either way on this
 machine; filling a slot costs ~0.3 us of Python, about what a syscall
-saves; the kernel's own work per frame is ~0.45 us). PACKET_LOSS is set: a frame the kernel refuses is skipped rather than
-left as TP_STATUS_WRONG_FORMAT, which would park the kernel's TX head on that
-slot until we happened to refill it a whole ring later; we check lengths
+saves; the kernel's own work per frame is ~0.45 us). PACKET_LOSS is set: a
+frame the kernel refuses is skipped rather than left as TP_STATUS_WRONG_FORMAT,
+which would park the kernel's TX head on that slot until we happened to refill
+it a whole ring later; we check lengths
 ourselves (14..mtu+14, mtu+18 with a VLAN tag) so that should not happen.
 POLLOUT says nothing about TX ring room (datagram_poll reports it whenever
 the send buffer has space); a caller whose batch was cut short retries later.
@@ -82,7 +83,7 @@ import fcntl
 import mmap
 import socket
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, random_mac
 from usnet.proto.wire.checksum import acc, finish
@@ -502,7 +503,7 @@ class PacketDriver:
     def ring_stats(self) -> dict[str, int]:
         """Kernel RX counters (PACKET_STATISTICS, which resets them; we accumulate)."""
         if self._mm is not None:
-            packets, drops, freezes = _STATS3.unpack(
+            _packets, drops, freezes = _STATS3.unpack(
                 self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size))
             self.kernel_drops += drops
             self.kernel_freezes += freezes

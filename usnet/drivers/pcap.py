@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO
 
 from usnet.drivers import block
 from usnet.drivers.base import Driver, Frame
@@ -25,7 +26,8 @@ class PcapWriter:
 
     def __init__(self, out: BinaryIO | str, snaplen: int = 65535) -> None:
         self._own = isinstance(out, str)
-        self.f: BinaryIO = open(out, "wb") if isinstance(out, str) else out
+        # opened here, closed by close(): the writer outlives any with-block in __init__
+        self.f: BinaryIO = open(out, "wb") if isinstance(out, str) else out  # noqa: SIM115
         self.snaplen = snaplen
         self.f.write(GLOBAL_HEADER.pack(MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
         self.frames = 0

@@ -22,10 +22,10 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
 from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
-from usnet.proto.wire.checksum import finish, acc
+from usnet.proto.wire.checksum import acc, finish
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0

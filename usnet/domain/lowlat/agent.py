@@ -40,14 +40,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 from usnet.abi.events import RevokeReason
 from usnet.abi.protocol import LeaseRefusal
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import (
-    MAX_LATENCY, MAX_PACKET, MAX_RATE, MIN_PACKET, SERVICE_CLASSES, Policy, Who, packet_ok, rate_ok,
+    MAX_LATENCY,
+    MAX_PACKET,
+    MAX_RATE,
+    MIN_PACKET,
+    SERVICE_CLASSES,
+    Policy,
+    Who,
+    packet_ok,
+    rate_ok,
 )
 
 ETH_OVERHEAD = 14  # the link carries an Ethernet header per packet: rates and bursts count it
@@ -68,7 +77,7 @@ class LLLink:
     mtu: int
 
     @classmethod
-    def of_scheduler(cls, sched: Any, mtu: int) -> "LLLink | None":
+    def of_scheduler(cls, sched: Any, mtu: int) -> LLLink | None:
         """From a netif's SlotScheduler (usnet.domain.netif.txsched); None if it has no LL slots."""
         if sched is None or not sched.ll_slots:
             return None
@@ -137,15 +146,15 @@ class Agent:
     def drop_link(self, netif: str) -> list[Lease]:
         """The netif went away: its leases end."""
         self.links.pop(netif, None)
-        return self._end([l for l in self.leases.values() if l.netif == netif], RevokeReason.CLOSED)
+        return self._end([lease for lease in self.leases.values() if lease.netif == netif], RevokeReason.CLOSED)
 
     def granted_rate(self, netif: str) -> float:
-        return math.fsum(l.rate for l in self.leases.values() if l.netif == netif)
+        return math.fsum(lease.rate for lease in self.leases.values() if lease.netif == netif)
 
     def wait_bound(self, netif: str, extra_burst: int = 0) -> float:
         """The LL wait bound of a netif with its leases (and `extra_burst` more bytes of burst)."""
         link = self.links[netif]
-        bursts = sum(l.burst for l in self.leases.values() if l.netif == netif) + extra_burst
+        bursts = sum(lease.burst for lease in self.leases.values() if lease.netif == netif) + extra_burst
         return link.access + 8 * bursts / link.capacity
 
     # -- requests -------------------------------------------------------------------------
@@ -169,7 +178,7 @@ class Agent:
         denied = self.policy.check(who, service_class, rate_bps, max_packet)
         if denied:
             return self.refuse(*denied)
-        rates = [l.rate for l in self.leases.values() if l.netif == netif]
+        rates = [lease.rate for lease in self.leases.values() if lease.netif == netif]
         if math.fsum([*rates, rate_bps]) > link.capacity:  # the sum the property test checks, exactly
             used = math.fsum(rates)
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
@@ -181,7 +190,7 @@ class Agent:
             return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
                                 f"the LL wait on {netif!r} can reach {bound * 1e3:.3g} ms with this lease, "
                                 f"above the target of {latency_target * 1e3:.3g} ms")
-        hurt = [l for l in self.leases.values() if l.netif == netif and l.latency_target < bound]
+        hurt = [lease for lease in self.leases.values() if lease.netif == netif and lease.latency_target < bound]
         if hurt:
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
                                 f"granting it would raise the LL wait on {netif!r} to {bound * 1e3:.3g} ms, "
@@ -220,10 +229,10 @@ class Agent:
 
     def expire(self, now: float) -> list[Lease]:
         """End the leases whose time is up; returns them."""
-        return self._end([l for l in self.leases.values() if l.expires <= now], RevokeReason.EXPIRED)
+        return self._end([lease for lease in self.leases.values() if lease.expires <= now], RevokeReason.EXPIRED)
 
     def next_expiry(self) -> float | None:
-        return min((l.expires for l in self.leases.values()), default=None)
+        return min((lease.expires for lease in self.leases.values()), default=None)
 
     def reload(self, policy: Policy, now: float, ttl: float | None = None) -> list[Lease]:
         """A new policy (and TTL, for grants and renewals from now on); returns the leases it no longer entitles.
@@ -234,8 +243,8 @@ class Agent:
         self.policy = policy
         if ttl is not None:
             self.ttl = check_ttl(ttl)
-        gone = [l for l in self.leases.values()
-                if policy.check(l.who, l.service_class, l.rate, l.max_packet) is not None]
+        gone = [lease for lease in self.leases.values()
+                if policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet) is not None]
         return self._end(gone, RevokeReason.POLICY)
 
     # -- inside -----------------------------------------------------------------------------
@@ -254,9 +263,9 @@ class Agent:
 
     def info(self, now: float) -> dict[str, Any]:
         return {"policy_entries": len(self.policy), "ttl": self.ttl,
-                "capacity": {n: l.capacity for n, l in self.links.items()},
+                "capacity": {n: link.capacity for n, link in self.links.items()},
                 "granted_rate": {n: self.granted_rate(n) for n in self.links},
-                "leases": [l.info(now) for l in self.leases.values()],
+                "leases": [lease.info(now) for lease in self.leases.values()],
                 "granted": self.granted, "renewed": self.renewed,
                 "refused": dict(self.refused), "ended": dict(self.ended)}
 

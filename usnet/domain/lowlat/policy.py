@@ -19,8 +19,8 @@ and not video; the scheduler itself has one LL class.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from usnet.abi.protocol import LeaseRefusal
 

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass
 
 from usnet.abi import memfd
+
+
 class RegionKind(enum.IntEnum):
     SCHEMA = 1
     RING = 2

@@ -18,7 +18,8 @@ precisely. Nothing here does I/O except the MADV_REMOVE of a purged segment.
 from __future__ import annotations
 
 import errno
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,8 @@ class PacketPool:
         """
         return self.release_checked(items, role)[1]
 
-    def release_checked(self, items: Iterable[int] | np.ndarray, role: int) -> tuple[Any, list[tuple[int, RefusalReason]]]:
+    def release_checked(self, items: Iterable[int] | np.ndarray,
+                        role: int) -> tuple[Any, list[tuple[int, RefusalReason]]]:
         """As `release`, also returning the accepted indices in the order given.
 
         Given a numpy array, the accepted indices come back as one (int64).

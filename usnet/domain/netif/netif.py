@@ -26,18 +26,19 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from usnet.abi.events import TxDropReason, TxStatus
-from usnet.drivers import block
-from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame, random_mac
-from usnet.drivers.block import FrameBlock
+from usnet.abi.umd import deadline_passed
 from usnet.domain.netif import txsched
 from usnet.domain.netif.aqm import CoDel
 from usnet.domain.netif.txsched import LL, SlotScheduler
-from usnet.abi.umd import deadline_passed
+from usnet.drivers import block
+from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame, random_mac
+from usnet.drivers.block import FrameBlock
 from usnet.proto.wire import ecn
 from usnet.proto.wire.ethernet import ETH_HLEN
 from usnet.proto.wire.ipv4 import ip_bytes

@@ -27,8 +27,7 @@ copy (usnet.proto.wire.ecn.set_dscp), so what goes out is the class's.
 from __future__ import annotations
 
 import struct
-
-from typing import Callable
+from collections.abc import Callable
 
 from usnet.abi.events import TxDropReason
 
@@ -75,7 +74,7 @@ def check_ll_header(snap: bytes, length: int, *, proto: int, lport: int, raddr: 
         plen, p, hops, src, dst = _V6.unpack_from(snap)
         if plen + 40 != length:
             return TxDropReason.MALFORMED
-        if p == _V6_FRAGMENT or p == _V6_ROUTING:
+        if p == _V6_FRAGMENT or p == _V6_ROUTING:  # noqa: SIM109 (per packet: no tuple built)
             return GENERAL_PATH  # fragments and routing headers are judged there
         if p != proto:
             return TxDropReason.WRONG_PROTOCOL

@@ -17,9 +17,9 @@ listed with the switch, whose loop rings it when its deadline comes.
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,10 +27,10 @@ from usnet.abi import ring as ringmod
 from usnet.abi.events import EventType
 from usnet.abi.ring import Consumer, Producer
 from usnet.abi.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
+from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
+from usnet.domain.mem.pool import HELD
 from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
 from usnet.domain.userpipe import UserPipe
-from usnet.domain.mem.pool import HELD
-from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
 
 CLIENT, NEXUS = 0, 1
 _NO_ROWS = np.empty((0, 0), np.uint8)
