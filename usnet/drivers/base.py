@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from usnet.drivers.block import FrameBlock
 
 Frame = bytes | bytearray | memoryview
+Received = bytes | bytearray  # what a device hands up: bytes, or a Coalesced (a bytearray) made of several
 
 
 class SegmentedFrame(bytes):
@@ -116,7 +120,7 @@ class Driver(Protocol):
     mtu: int
 
     def fileno(self) -> int: ...
-    def recv_batch(self, max_n: int = 64) -> list[bytes]: ...
+    def recv_batch(self, max_n: int = 64) -> list[Received | FrameBlock]: ...
     def send_batch(self, frames: Sequence[Frame]) -> int: ...
     def timeout(self) -> float | None: ...
     def close(self) -> None: ...
@@ -136,6 +140,16 @@ class DriverStats:
     # rx_csum_completed: partial checksums the driver finished (checksum offload).
     __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "rx_errors", "tx_errors", "tx_dropped",
                  "tx_gso_frames", "rx_gso_frames", "rx_csum_completed")
+    rx_frames: int
+    rx_bytes: int
+    tx_frames: int
+    tx_bytes: int
+    rx_errors: int
+    tx_errors: int
+    tx_dropped: int
+    tx_gso_frames: int
+    rx_gso_frames: int
+    rx_csum_completed: int
 
     def __init__(self) -> None:
         for k in self.__slots__:

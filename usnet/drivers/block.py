@@ -16,10 +16,14 @@ length are undefined. The block owns its array: nothing else writes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import final
 
 import numpy as np
 
+from usnet.drivers.base import Frame
 
+
+@final  # `type(x) is FrameBlock` is how the hot paths tell a block from a frame
 class FrameBlock:
     __slots__ = ("data", "lens")
 
@@ -43,7 +47,7 @@ class FrameBlock:
         return FrameBlock(self.data[sel], self.lens[sel])
 
 
-Item = bytes | memoryview | FrameBlock
+Item = Frame | FrameBlock
 
 
 def count(items: Sequence[Item]) -> int:

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import Driver, Frame
+from usnet.drivers.base import Driver, Frame, Received
 
 
 class FaultInjector:
@@ -76,8 +76,8 @@ class FaultInjector:
                 self.counts["duplicated"] += 1
         return out
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
-        out: list[bytes] = []
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
+        out: list[Received] = []
         while self.injected and len(out) < max_n:
             out.append(self.injected.popleft())
         if len(out) < max_n:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import DriverStats, Frame, random_mac
+from usnet.drivers.base import DriverStats, Frame, Received, random_mac
 from usnet.drivers.block import FrameBlock
 
 
@@ -52,7 +52,7 @@ class MemWirePort:
     def send_batch(self, frames: Sequence[Frame]) -> int:
         return self.wire._send(self.side, frames)
 
-    def recv_batch(self, max_n: int = 64) -> list:
+    def recv_batch(self, max_n: int = 64) -> list[Received | FrameBlock]:
         """Frames, and FrameBlocks where the sender sent blocks; `max_n` counts items."""
         try:
             os.eventfd_read(self._bell)

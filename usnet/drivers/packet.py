@@ -85,7 +85,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, random_mac
+from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, Received, random_mac
 from usnet.proto.wire.checksum import acc, finish
 
 # linux/if_ether.h
@@ -296,13 +296,13 @@ class PacketDriver:
     def timeout(self) -> float | None:
         return 0.001 if self._kick_needed else None  # retry the kick from recv_batch
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
         if self._kick_needed:
             self._kick()
         mm = self._mm
         if mm is None:
             return []
-        out: list[bytes] = []
+        out: list[Received] = []
         bd = _BD.unpack_from
         ph = _PH.unpack_from
         left = self._rx_left
@@ -317,7 +317,7 @@ class PacketDriver:
                 if not status & TP_STATUS_USER:
                     break
                 if not num:  # a block retired empty
-                    self._release_block()
+                    self._release_block(mm)
                     continue
                 left = num
                 off = base + first
@@ -336,7 +336,7 @@ class PacketDriver:
             left -= 1
             off += nxt
             if not left:
-                self._release_block()
+                self._release_block(mm)
         self._rx_left = left
         self._rx_off = off
         if not out:
@@ -363,8 +363,8 @@ class PacketDriver:
             return False
         return bool(struct.unpack_from("H", ifr, 16)[0] & IFF_UP)
 
-    def _release_block(self) -> None:
-        _U32.pack_into(self._mm, self._rx_blk * self.block_size + _BD_STATUS_OFF, TP_STATUS_KERNEL)
+    def _release_block(self, mm: mmap.mmap) -> None:
+        _U32.pack_into(mm, self._rx_blk * self.block_size + _BD_STATUS_OFF, TP_STATUS_KERNEL)
         self._rx_blk += 1
         if self._rx_blk == self.block_count:
             self._rx_blk = 0
@@ -462,6 +462,8 @@ class PacketDriver:
         next frame goes where the kernel will look.
         """
         mm = self._mm
+        if mm is None:  # no ring, nothing waiting in it
+            return
         n = self._tx_n
         i = self._tx_head
         for _ in range(n):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from usnet.drivers import block
-from usnet.drivers.base import Driver, Frame
+from usnet.drivers.base import Driver, Frame, Received
 
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
@@ -71,7 +71,7 @@ class PcapTracer:
     def timeout(self) -> float | None:
         return self.inner.timeout()
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
         frames = block.expand(self.inner.recv_batch(max_n))
         for f in frames:
             self.writer.write(f)
