@@ -30,7 +30,7 @@ import ssl as _ssl
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, runner
@@ -49,10 +49,12 @@ _LOG_LOST_WRITES = 5  # as asyncio: warn about writes to a lost connection after
 
 
 _FAILED = object()  # what _protocol_call returns when the protocol raised
+_Writable = bytearray | memoryview  # what a BufferedProtocol's get_buffer hands us, as we use it
 
 
 def _usable_buffer(proto: asyncio.BufferedProtocol) -> Any:
-    buf = proto.get_buffer(-1)
+    # any buffer asyncio allows; sized and writable, as asyncio's own transports take it
+    buf = cast(_Writable, proto.get_buffer(-1))
     if not len(buf):
         raise RuntimeError("get_buffer() returned an empty buffer")
     return buf
@@ -156,7 +158,7 @@ class UsnetTransport(asyncio.Transport):
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
-        return f"<UsnetTransport {state} {self._extra['sockname']}->{self._extra['peername']}>"
+        return f"<UsnetTransport {state} {self.get_extra_info('sockname')}->{self.get_extra_info('peername')}>"
 
     def _start(self, waiter: asyncio.Future | None) -> None:
         if not self._conn_lost:
@@ -470,7 +472,7 @@ def _feed(protocol: Any, data: bytes) -> None:
         return
     mv = memoryview(data)
     while mv:
-        buf = protocol.get_buffer(len(mv))
+        buf = cast(_Writable, protocol.get_buffer(len(mv)))
         n = min(len(buf), len(mv))
         buf[:n] = mv[:n]
         protocol.buffer_updated(n)
@@ -486,6 +488,8 @@ async def _start_tls(loop: asyncio.AbstractEventLoop, sock: _us.socket, protocol
     tls = await loop.start_tls(raw, stand_in, context, server_side=server_side,
                                server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout,
                                ssl_shutdown_timeout=shutdown_timeout)
+    if tls is None:  # typeshed allows None; asyncio's start_tls always returns its SSL transport
+        raise RuntimeError("loop.start_tls returned no transport")
     stand_in.hand_over(tls, protocol)
     return tls
 

@@ -605,14 +605,14 @@ class Channel:
     def _release(self) -> None:
         """Unmap and close everything this process holds for the channel."""
         self.closed = True
-        for v in (self._tx, self._rx, self._alloc, self._free):
-            v.release()
+        for ring in (self._tx, self._rx, self._alloc, self._free):
+            ring.release()
         self._events.q.release()
-        for v in self._views or ():
-            v.release()
+        for view in self._views or ():
+            view.release()
         self._arrays = None
-        for v in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
-            v.release()
+        for view in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
+            view.release()
         for m in (self._shm, self._ro):
             try:
                 m.close()

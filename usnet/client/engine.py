@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import ChannelError, NoBuffers, PeerGone
 from usnet.proto.ip import Datagram, IcmpError, IpLayer, Transmit
@@ -40,7 +41,7 @@ class FlowEngine:
     """One flow channel and the stack above it."""
 
     def __init__(self, client: Client, netif: str, local_port: int = 0,
-                 remote: tuple[str, int] | None = None, family: int = 0, **tcp_options: Any) -> None:
+                 remote: tuple[str, int] | None = None, family: Family = 0, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
         self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
                                               ring_size=1024, packets=4096)
@@ -117,6 +118,8 @@ class FlowEngine:
             elif type(ev) is Transmit:
                 self._backlog.append((ev.packet, 0))
             elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= 8:
+                if ev.remote_port is None or ev.local_port is None:
+                    continue  # not from a first fragment: no connection to name
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
                     conn.icmp_error(ev.errno, int.from_bytes(ev.quote[4:8], "big"))

@@ -11,7 +11,7 @@ rate, a largest packet and a latency target. The agent
    bound with this lease's burst added must stay within this lease's latency
    target (LATENCY_UNACHIEVABLE) and every other lease's on the netif
    (OVER_SUBSCRIBED: granting it would break theirs);
-5. grants a `Lease` with an id, an expiry `ttl` seconds ahead, and a
+5. grants: a `Grant` (the agent's record of a lease) with an id, an expiry `ttl` seconds ahead, and a
    `Policer` that holds the flow to its rate.
 
 A refusal changes nothing. Leases end by release, by expiry (`expire(now)`),
@@ -98,7 +98,10 @@ class Refusal:
 
 
 @dataclass(eq=False)
-class Lease:
+class Grant:
+    """A lease as the agent keeps it: holder, flow, terms and policer. (The client's handle on
+    it is usnet.client.lease.Lease; the two are named apart because they live on different sides.)"""
+
     id: int
     owner: Hashable  # who may renew and release it (the domain's session)
     who: Who
@@ -126,8 +129,8 @@ class Agent:
         self.policy = policy or Policy()
         self.ttl = check_ttl(ttl)
         self.links: dict[str, LLLink] = {}
-        self.leases: dict[int, Lease] = {}
-        self._by_flow: dict[tuple[str, Hashable], Lease] = {}
+        self.leases: dict[int, Grant] = {}
+        self._by_flow: dict[tuple[str, Hashable], Grant] = {}
         self._ids = itertools.count(1)
         self.granted = 0
         self.renewed = 0
@@ -143,7 +146,7 @@ class Agent:
         else:
             self.links[netif] = link
 
-    def drop_link(self, netif: str) -> list[Lease]:
+    def drop_link(self, netif: str) -> list[Grant]:
         """The netif went away: its leases end."""
         self.links.pop(netif, None)
         return self._end([lease for lease in self.leases.values() if lease.netif == netif], RevokeReason.CLOSED)
@@ -160,7 +163,7 @@ class Agent:
     # -- requests -------------------------------------------------------------------------
 
     def request(self, who: Who, netif: str, flow: Hashable, service_class: str, rate_bps: float,
-                max_packet: int, latency_target: float, now: float, owner: Hashable = None) -> Lease | Refusal:
+                max_packet: int, latency_target: float, now: float, owner: Hashable = None) -> Grant | Refusal:
         """A lease for `flow` on `netif`, or the refusal that says why not (and changes nothing)."""
         bad = _bad_parameters(service_class, rate_bps, max_packet, latency_target)
         if bad:
@@ -195,14 +198,14 @@ class Agent:
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
                                 f"granting it would raise the LL wait on {netif!r} to {bound * 1e3:.3g} ms, "
                                 f"past lease {hurt[0].id}'s target of {hurt[0].latency_target * 1e3:.3g} ms")
-        lease = Lease(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
+        lease = Grant(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
                       float(latency_target), burst, now + self.ttl, Policer(rate_bps, burst, max_packet))
         self.leases[lease.id] = lease
         self._by_flow[(netif, flow)] = lease
         self.granted += 1
         return lease
 
-    def renew(self, lease_id: int, owner: Hashable, now: float) -> Lease | Refusal:
+    def renew(self, lease_id: int, owner: Hashable, now: float) -> Grant | Refusal:
         """Extend a live lease of `owner` to `ttl` seconds from now."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.owner != owner:
@@ -213,28 +216,28 @@ class Agent:
         self.renewed += 1
         return lease
 
-    def release(self, lease_id: int, owner: Hashable) -> Lease | Refusal:
+    def release(self, lease_id: int, owner: Hashable) -> Grant | Refusal:
         """End a lease of `owner` (the domain moves its flow back to the general class)."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.owner != owner:
             return self.refuse(LeaseRefusal.UNKNOWN_LEASE, f"no lease {lease_id} of yours")
         return self._end([lease], RevokeReason.RELEASED)[0]
 
-    def revoke_flow(self, netif: str, flow: Hashable) -> Lease | None:
+    def revoke_flow(self, netif: str, flow: Hashable) -> Grant | None:
         """The flow is closing: its lease, if it has one, ends."""
         lease = self._by_flow.get((netif, flow))
         return None if lease is None else self._end([lease], RevokeReason.CLOSED)[0]
 
     # -- time and policy ------------------------------------------------------------------
 
-    def expire(self, now: float) -> list[Lease]:
+    def expire(self, now: float) -> list[Grant]:
         """End the leases whose time is up; returns them."""
         return self._end([lease for lease in self.leases.values() if lease.expires <= now], RevokeReason.EXPIRED)
 
     def next_expiry(self) -> float | None:
         return min((lease.expires for lease in self.leases.values()), default=None)
 
-    def reload(self, policy: Policy, now: float, ttl: float | None = None) -> list[Lease]:
+    def reload(self, policy: Policy, now: float, ttl: float | None = None) -> list[Grant]:
         """A new policy (and TTL, for grants and renewals from now on); returns the leases it no longer entitles.
 
         Leases it still entitles keep their expiry, rate and policer. Admission
@@ -254,7 +257,7 @@ class Agent:
         self.refused[reason.value] += 1
         return Refusal(reason, message)
 
-    def _end(self, leases: list[Lease], reason: RevokeReason) -> list[Lease]:
+    def _end(self, leases: list[Grant], reason: RevokeReason) -> list[Grant]:
         for lease in leases:
             del self.leases[lease.id]
             del self._by_flow[(lease.netif, lease.flow)]

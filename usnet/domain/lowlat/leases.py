@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from usnet.abi import protocol as P
 from usnet.abi.events import EventType, RevokeReason
 from usnet.abi.protocol import LeaseRefusal
-from usnet.domain.lowlat.agent import Agent, Lease, LLLink, Refusal
+from usnet.domain.lowlat.agent import Agent, Grant, LLLink, Refusal
 from usnet.domain.lowlat.policy import DSCP_BEST_EFFORT, SERVICE_DSCP, Policy, Who
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class LeaseDesk:
             return P.Done()
         raise P.ProtocolError(f"not a lease request: {type(req).__name__}")
 
-    def _granted(self, lease: Lease, channel: Any) -> P.LeaseGranted:
+    def _granted(self, lease: Grant, channel: Any) -> P.LeaseGranted:
         return P.LeaseGranted(lease.id, channel, lease.service_class, lease.rate, lease.max_packet,
                               lease.latency_target, lease.expires, self.agent.ttl, lease.burst)
 
@@ -101,7 +101,7 @@ class LeaseDesk:
         due = self.agent.next_expiry()
         return None if due is None else max(0.0, due - now)
 
-    def set_policy(self, policy: Policy, ttl: float | None = None) -> list[Lease]:
+    def set_policy(self, policy: Policy, ttl: float | None = None) -> list[Grant]:
         """Apply a new policy: the leases it no longer entitles are revoked; returns them."""
         gone = self.agent.reload(policy, self.clock(), ttl)
         for lease in gone:
@@ -115,7 +115,7 @@ class LeaseDesk:
             if lease is not None:
                 self._fall_back(lease, RevokeReason.CLOSED, ref)
 
-    def _fall_back(self, lease: Lease, reason: RevokeReason, ref: ChannelRef | None = None) -> None:
+    def _fall_back(self, lease: Grant, reason: RevokeReason, ref: ChannelRef | None = None) -> None:
         """The lease's flow back to the general class, its queued frames with it; tell the channel."""
         ref = ref or self.domain.channels.get(lease.flow)
         if ref is None or ref.flow is None or ref.switch is None:
