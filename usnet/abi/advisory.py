@@ -57,13 +57,14 @@ operations each, a few times per publication.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import errno
 import itertools
 import mmap
 import os
 import struct
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -153,7 +154,7 @@ class Record:
         BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS), 0)
 
     @classmethod
-    def unpack(cls, data: bytes) -> Record:
+    def unpack(cls, data: builtins.bytes) -> Record:  # builtins: `bytes` is a field here
         values = list(BODY.unpack(data)[: len(_FIELDS)])
         values[0] = _enum(Direction, values[0])
         values[1] = _enum(Trend, values[1])
@@ -213,7 +214,7 @@ def _pieces(start: int, end: int, cuts: Iterable[int]) -> list[tuple[int, int]]:
 
 
 def write_steps(mem: memoryview, words: memoryview, direction: int, seq: int, rec: Record,
-                cuts: Iterable[int] = ()) -> Iterator[None]:
+                cuts: Iterable[int] = ()) -> Generator[None, None, None]:
     """Publish `rec` as record `direction`, whose seq is now `seq` (even); yields between stores.
 
     The body is stored in pieces split at `cuts` (bytes into the body), as a

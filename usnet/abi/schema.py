@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 MAGIC = 0x544E5355  # "USNT" little-endian
 ABI_VERSION = 2  # 2: 32-byte UMD records with a deadline and flags
@@ -72,7 +73,8 @@ class Schema:
         for k, v in attrs.items():
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ValueError(f"schema attribute {k} must be an integer")
-        s = replace(self, **attrs)
+        changes: dict[str, Any] = attrs  # ints, `name` refused above
+        s = replace(self, **changes)
         if "quota" not in attrs and s.quota > s.max_packets:
             s = replace(s, quota=s.max_packets)
         if "max_packets" not in attrs and s.max_packets < s.packets:

@@ -100,7 +100,7 @@ import ipaddress
 import math
 import os
 import tomllib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict, cast
 
 import msgspec
 
@@ -110,11 +110,16 @@ from usnet.domain.lowlat.agent import DEFAULT_TTL, check_seconds, check_ttl
 from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.netif import txsched
 
+if TYPE_CHECKING:
+    from usnet.drivers.base import Driver
+
+DriverName = Literal["tap", "packet"]
+
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     address: str
-    driver: Literal["tap", "packet"] = "tap"
+    driver: DriverName = "tap"
     ifname: str | None = None
     gateway: str | None = None
     mtu: int = 1500
@@ -205,7 +210,15 @@ class ShareConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return Share(frozenset(self.uids), self.prefix)
 
 
-_DOMAIN_SECONDS = ("advisory_interval", "delay_target", "purge_after")  # Domain(...) keywords, in seconds
+class DomainSeconds(TypedDict, total=False):
+    """The `Domain(...)` keywords in seconds that a config may set."""
+
+    advisory_interval: float
+    delay_target: float
+    purge_after: float
+
+
+_DOMAIN_SECONDS = tuple(DomainSeconds.__annotations__)
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -236,10 +249,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             if (v := getattr(self, what)) is not None:
                 check_seconds(what, v)
 
-    def domain_kwargs(self) -> dict[str, float]:
+    def domain_kwargs(self) -> DomainSeconds:
         """The advisory and purge keys that are set, as `Domain(...)` keyword arguments (unset: the
         domain's defaults)."""
-        return {k: v for k in _DOMAIN_SECONDS if (v := getattr(self, k)) is not None}
+        return cast(DomainSeconds, {k: v for k in _DOMAIN_SECONDS if (v := getattr(self, k)) is not None})
 
     def socket_perms(self) -> tuple[int, int | None]:
         """(mode, gid or None) of the control socket: 0o660 with a group, 0o600 without, unless set."""
@@ -317,12 +330,12 @@ def _toml_value(v: object) -> str:
     return repr(str(v)).replace(chr(39), chr(34))
 
 
-def make_driver(nc: NetifConfig):
+def make_driver(nc: NetifConfig) -> Driver:
     """Open the device a netif config names (and wrap it in a pcap tracer if asked)."""
     if nc.driver == "tap":
         from usnet.drivers.tap import TapDriver
 
-        drv = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
+        drv: Driver = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
     else:
         from usnet.drivers.packet import PacketDriver
 

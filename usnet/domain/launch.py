@@ -33,7 +33,8 @@ def _paths(run_dir: str) -> dict[str, str]:
             (("config", "usnetd.toml"), ("state", "state.json"), ("log", "usnetd.log"), ("socket", "usnetd.sock"))}
 
 
-def _make_device(driver: str, ifname: str, host_address: str, host_address6: str | None = None) -> list[str]:
+def _make_device(driver: config.DriverName, ifname: str, host_address: str,
+                 host_address6: str | None = None) -> list[str]:
     """Create the device and give the host its addresses; returns the links to delete later."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
@@ -68,7 +69,7 @@ def host_address6_for(address6: str) -> str:
     return f"{host}/{iface.network.prefixlen}"
 
 
-def build_config(driver: str, ifname: str, address: str, host_address: str, socket_path: str,
+def build_config(driver: config.DriverName, ifname: str, address: str, host_address: str, socket_path: str,
                  pcap: str | None = None, address6: str | None = None, host_address6: str | None = None,
                  link_rate: float | None = None, ll_share: float | None = None,
                  strict: bool = False) -> config.Config:
@@ -89,7 +90,7 @@ def build_config(driver: str, ifname: str, address: str, host_address: str, sock
     return config.Config(socket=socket_path, netif=[nc])
 
 
-def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
+def up(driver: config.DriverName, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
        pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
        host_address6: str | None = None, link_rate: float | None = None, ll_share: float | None = None,
        strict: bool = False) -> int:

@@ -43,7 +43,7 @@ class FrameBlock:
         raw = self.data.tobytes()
         return [raw[i * w : i * w + n] for i, n in enumerate(self.lens.tolist())]
 
-    def rows(self, sel: np.ndarray) -> FrameBlock:
+    def rows(self, sel: np.ndarray | slice) -> FrameBlock:
         return FrameBlock(self.data[sel], self.lens[sel])
 
 

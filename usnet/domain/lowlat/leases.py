@@ -117,15 +117,16 @@ class LeaseDesk:
 
     def _fall_back(self, lease: Grant, reason: RevokeReason, ref: ChannelRef | None = None) -> None:
         """The lease's flow back to the general class, its queued frames with it; tell the channel."""
-        ref = ref or self.domain.channels.get(lease.flow)
+        if ref is None and isinstance(lease.flow, int):  # the domain's key for a flow: its channel id
+            ref = self.domain.channels.get(lease.flow)
         if ref is None or ref.flow is None or ref.switch is None:
             return
-        flow = ref.flow
+        flow, sw = ref.flow, ref.switch
         flow.policer = None
         flow.dscp = DSCP_BEST_EFFORT
         moved = 0
-        if ref.switch.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is ref.switch:
-            moved = ref.switch.netif.queued(flow.id)[0]
+        if sw.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is sw:
+            moved = sw.netif.queued(flow.id)[0]
             self.domain.set_flow_class(lease.netif, flow.id, "general")
         if reason != RevokeReason.CLOSED:
             _post(ref, EventType.LEASE_REVOKED, reason, lease.id, moved)

@@ -175,8 +175,9 @@ class PacketPool:
 
         Given a numpy array, the accepted indices come back as one (int64).
         """
-        as_array = isinstance(items, np.ndarray)
-        if as_array:
+        as_array = False
+        if isinstance(items, np.ndarray):
+            as_array = True
             idx = items.astype(np.int64)
         else:
             items = list(items)

@@ -206,9 +206,12 @@ class Netif:
 
     def _aqm(self, key: int, q: deque, now: float) -> None:
         """CoDel at the head of a general-class queue: drop from the head while it says so."""
-        codel = self.aqm.get(key)
+        aqm = self.aqm
+        if aqm is None:
+            return
+        codel = aqm.get(key)
         if codel is None:
-            codel = self.aqm[key] = CoDel()
+            codel = aqm[key] = CoDel()
         marks = self._enq_marks.get(key)
         if not marks:
             return  # its frames were queued in the LL class (revoked since): no stamps, no drops

@@ -64,7 +64,7 @@ class FlowPort:
         # numpy views of the pool, for batch gathers and scatters (packet i is buf[i])
         self.buf = np.frombuffer(shared, np.uint8, lay.max_packets * stride, lay.buf_offset).reshape(
             lay.max_packets, stride)
-        self.buf_mv = memoryview(self.buf).cast("B")  # flat, for views of a packet's bytes (the LL path)
+        self.buf_mv = self.buf.data.cast("B")  # flat, for views of a packet's bytes (the LL path)
         self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
         self.client_bell = pipe.ends[CLIENT].bell
         self.bell = pipe.ends[NEXUS].bell.wait_fd  # the client rings this when it sends; we sleep on it
@@ -77,13 +77,14 @@ class FlowPort:
         # flow is in the low-latency class), the clock, and where a held bell is listed.
         self.mitigation: RxMitigation | None = None
         self.mitigate = False
-        self.clock: Callable[[], float] | None = None
-        self.held_bells: dict | None = None
+        self.clock: Callable[[], float] = time.monotonic
+        self.held_bells: dict[FlowPort, None] = {}  # the switch's own, once mitigation is enabled
         self.rx_bells = 0  # bells rung for received packets
         self.rx_bells_held = 0  # publications that found the client asleep and did not ring at once
         self.rx_bells_late = 0  # held bells rung when their deadline came
 
-    def enable_mitigation(self, clock: Callable[[], float], held_bells: dict, **params) -> None:
+    def enable_mitigation(self, clock: Callable[[], float], held_bells: dict[FlowPort, None],
+                          **params: float) -> None:
         """Coalesce this port's receive bells (usnet.domain.netif.mitigation); `held_bells` lists ports holding one.
 
         At most a quarter of the RX ring waits for a bell, whatever the rate.
@@ -277,12 +278,13 @@ class FlowPort:
         self.umd_np[got * UMD_WORDS] = lens
         self.rx.push(got)
         ringmod.fence()
-        if not self.mitigate:
+        mit = self.mitigation
+        if not self.mitigate or mit is None:
             if self.rx.need_wakeup():
                 self._ring_client()
-        elif self.mitigation.arrive(self.clock(), len(got), self.rx.need_wakeup()):
+        elif mit.arrive(self.clock(), len(got), self.rx.need_wakeup()):
             self._ring_client()
-        elif self.mitigation.deadline is not None:
+        elif mit.deadline is not None:
             self.rx_bells_held += 1
             self.held_bells[self] = None  # the switch rings it when it is due
 
