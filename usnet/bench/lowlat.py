@@ -40,7 +40,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from usnet.bench import adaptive
 from usnet.bench.apps import kill_all, read_all, spawn_app, wait_exit
@@ -64,7 +64,16 @@ LL_FRAME = LL_SIZE + 8 + 20 + 14  # one LL datagram on the link
 #: What the LL sender asks the agent for: voice, for its 387 kbit/s (200 B every 5 ms, framed). The
 #: headroom is for catching up: a sender held up for a few periods sends the datagrams it owes back to
 #: back, and the policer's burst (docs/abi.md §15: 5 ms at the rate, here 1,250 B) must let them through.
-LEASE = {"service_class": "voice", "rate": 2e6, "max_packet": LL_SIZE + 28, "latency_target": 0.02}
+class LeaseTerms(TypedDict):
+    """`Client.request_lease` keywords."""
+
+    service_class: str
+    rate: float
+    max_packet: int
+    latency_target: float
+
+
+LEASE: LeaseTerms = {"service_class": "voice", "rate": 2e6, "max_packet": LL_SIZE + 28, "latency_target": 0.02}
 #: The policy of a `LowLatRun` that grants by lease: this uid may lease voice up to 2 Mbit/s.
 LEASE_POLICY = Policy([PolicyEntry(frozenset({"voice"}), 2e6, 1500, uid=os.getuid())])
 # The adaptive sender starts well above the link rate, so the queue must build and the advisory say
@@ -188,7 +197,8 @@ class LowLatRun:
         self.dom.add_netif("a", self.wire.a, f"{A_ADDR}/24", link_rate=LINK_RATE, ll_share=LL_SHARE)
         self.dom.add_netif("b", self.wire.b, f"{B_ADDR}/24")
         self.dom.start()
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.roles: list[str] = []  # of each of procs
 
     def __enter__(self) -> LowLatRun:
         return self
@@ -199,6 +209,7 @@ class LowLatRun:
     def spawn(self, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
         p = spawn_app(self.dom, "usnet.bench.lowlat", role, *args, keep=keep)
         self.procs.append(p)
+        self.roles.append(role)
         return p
 
     def flow_ids(self, netif: str, ports: range) -> list[int]:
@@ -238,8 +249,9 @@ class LowLatRun:
             os.close(stop_w)
         for p in self.procs:
             p.wait(30)
-        failed = [p.args[3] for p in self.procs if p.returncode]
+        failed = [role for role, p in zip(self.roles, self.procs) if p.returncode]
         self.procs.clear()
+        self.roles.clear()
         if failed:
             raise RuntimeError(f"benchmark applications failed: {', '.join(failed)}")
 
@@ -322,6 +334,7 @@ class LowLatRun:
     def close(self) -> None:
         kill_all(self.procs)
         self.procs.clear()
+        self.roles.clear()
         self.dom.stop()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
@@ -69,7 +70,7 @@ def run_udp_bench(quick: bool, console: Console | None = None) -> dict:
                             "usnet_delivered": got, "sent": count})
         if tap.available():
             prog.update(task, description="TAP, each way")
-            tap_figures = tap.tap_fps(100_000 if quick else 300_000)
+            tap_figures: dict[str, Any] = tap.tap_fps(100_000 if quick else 300_000)
         else:
             tap_figures = {"skipped": "needs root and /dev/net/tun"}
     return {"results": results, "tap": tap_figures}
