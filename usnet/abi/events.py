@@ -24,6 +24,11 @@ from typing import NamedTuple
 
 from usnet.abi.ring import CONS, HEADER, PROD, RingCorrupt
 
+__all__ = [
+    "NO_PACKET", "RECORD", "RECORD_SIZE", "DefunctReason", "Event", "EventConsumer", "EventProducer", "EventType",
+    "RefusalReason", "RevokeReason", "TxDropReason", "TxStatus",
+]
+
 RECORD = struct.Struct("<HHIQQQ")
 RECORD_SIZE = RECORD.size  # 32
 NO_PACKET = 0xFFFFFFFF

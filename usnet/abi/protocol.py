@@ -23,6 +23,15 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+__all__ = [
+    "LEASE_REQUESTS", "MAX_MESSAGE", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART", "U32",
+    "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ControlError", "Done", "ErrCode", "Error", "Family",
+    "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal", "LeaseRefused",
+    "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "PosU32", "ProtocolError", "Rate",
+    "ReleaseLease", "RenewLease", "Reply", "Request", "RequestLease", "Resize", "Status", "StatusReply", "Welcome",
+    "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
+]
+
 PROTOCOL_VERSION = 2  # 2: Status is paged (StatusReply parts)
 #: Largest encoded control message (bytes).  Bounds what one client can make
 #: the domain allocate and parse per message.

@@ -34,6 +34,11 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "CONS", "FLAGS", "HEADER", "NEED_WAKEUP", "PROD", "SLOT", "Consumer", "Producer", "RingCorrupt", "fence",
+    "ring_bytes",
+]
+
 HEADER = 192
 PROD = 0  # u64 index of the producer counter in the header viewed as 'Q'
 CONS = 8  # u64 index (byte 64)

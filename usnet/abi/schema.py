@@ -13,6 +13,12 @@ import struct
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+__all__ = [
+    "ABI_VERSION", "FLOWADV", "FLOWADV_AT", "HEADER", "MAGIC", "PRESETS", "RING_ENTRY", "RING_TABLE", "SCHEMA_BYTES",
+    "STATE_OFFSET", "STATS_PER_ROLE", "W_ACTIVE", "W_GENERATION", "W_LIMIT", "W_REASON", "W_STATE", "W_SYNC",
+    "ChannelState", "FlowState", "Layout", "RingInfo", "RingKind", "Schema", "Stat", "resolve",
+]
+
 MAGIC = 0x544E5355  # "USNT" little-endian
 ABI_VERSION = 2  # 2: 32-byte UMD records with a deadline and flags
 

@@ -24,6 +24,10 @@ one memoryview. The nexus never trusts a UMD record: it is client-writable memor
 
 import time
 
+__all__ = [
+    "TX_REPORT", "UMD_SIZE", "UMD_WORDS", "W_DEADLINE", "W_FLAGS", "W_GSO", "W_LENGTH", "W_TAG", "deadline_passed",
+]
+
 UMD_SIZE = 32
 UMD_WORDS = UMD_SIZE // 4  # u32 words per record
 # u32 word indices within a record

@@ -31,6 +31,8 @@ from usnet.abi.advisory import Trend
 from usnet.abi.events import EventType
 from usnet.client import Client
 
+__all__ = ["PAYLOAD", "AdaptiveResult", "Change", "RateAdapter", "main_role", "sender"]
+
 PAYLOAD = 1200  # bytes of UDP payload per datagram: a video-call-sized packet
 FRAME = PAYLOAD + 8 + 20 + 14  # what one datagram costs the link, as the advisory and link_rate count
 LOOK = 0.01  # seconds between looks at the advisory when no event wakes the sender

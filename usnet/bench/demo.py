@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from usnet.bench.adaptive import AdaptiveResult
     from usnet.bench.lowlat import DemoResult
 
+__all__ = ["run_demo"]
+
 SIZES = (64, 1500, 9000)
 
 

@@ -45,6 +45,8 @@ from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers.memwire import MemWire
 
+__all__ = ["CLIENT_IP", "SERVER_IP", "UsnetHTTPConnection", "UsnetHTTPServer", "run", "tcp_figures"]
+
 CLIENT_IP, SERVER_IP = "10.9.0.1", "10.9.0.2"
 PORT = 8080
 PATH = "/blob"

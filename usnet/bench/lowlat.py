@@ -50,6 +50,11 @@ from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.drivers.memwire import MemWire
 from usnet.runtime import sched
 
+__all__ = [
+    "ADAPT_CEILING", "ADAPT_FLOOR", "ADAPT_START", "BULK_FLOWS", "LEASE", "LINK_RATE", "LL_PERIOD", "LL_SHARE",
+    "LL_SIZE", "DemoResult", "LeaseTerms", "LowLatRun", "Phase", "demo_run", "main", "run",
+]
+
 A_ADDR, B_ADDR = "10.98.0.1", "10.98.0.2"
 LINK_RATE = 50e6
 LL_SHARE = 0.2

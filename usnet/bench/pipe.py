@@ -23,6 +23,8 @@ from usnet.client import Client
 from usnet.client.channel import Channel
 from usnet.domain.loop import Domain
 
+__all__ = ["SIZES", "memory_per_channel", "self_pps", "usnet_mps"]
+
 SIZES = (64, 1500, 9000, 65536)
 BATCH = 256
 

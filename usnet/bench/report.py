@@ -10,6 +10,8 @@ from rich.progress import Progress
 
 from usnet.bench import baselines, pipe
 
+__all__ = ["run_pipe_bench", "run_udp_bench"]
+
 
 def run_pipe_bench(quick: bool, console: Console | None = None) -> dict:
     """Measure every size; returns the issue's JSON shape plus an `extra` section."""

@@ -34,6 +34,8 @@ from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers.memwire import MemWire
 
+__all__ = ["main", "run"]
+
 A_ADDR, B_ADDR = "10.97.0.1", "10.97.0.2"
 PORT_A, PORT_B = 4100, 5100
 BATCH = 512

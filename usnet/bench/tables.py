@@ -13,6 +13,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+__all__ = ["fmt_rate", "lease_table"]
+
 
 def fmt_rate(bps: float) -> str:
     """Bits per second in the largest unit that keeps the number at least 1."""

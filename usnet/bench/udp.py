@@ -22,6 +22,8 @@ from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers.memwire import MemWire
 
+__all__ = ["A_ADDR", "B_ADDR", "flow_table", "main", "topology", "usnet_dps"]
+
 A_ADDR, B_ADDR = "10.99.0.1", "10.99.0.2"
 PORT_A, PORT_B = 4000, 5000
 BATCH = 512

@@ -13,6 +13,8 @@ from rich.table import Table
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.bench.tables import fmt_rate as _rate
 
+__all__ = ["main"]
+
 
 def _fmt(x: float) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):

@@ -46,6 +46,8 @@ from usnet.abi.schema import (
 )
 from usnet.abi.umd import TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_TAG
 
+__all__ = ["BadPacket", "Channel", "ChannelDefunct", "ChannelError", "ControlPath", "NoBuffers", "PeerGone"]
+
 SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)

@@ -44,6 +44,8 @@ from usnet.proto.wire.ipv6 import (
 from usnet.proto.wire.rows import be_u16, be_u32, padded_width, row_sums
 from usnet.proto.wire.udp import UDP_HLEN, parse_udp
 
+__all__ = ["Address", "DatagramSocket"]
+
 HEADERS = IPV4_HLEN + UDP_HLEN
 HEADERS6 = IPV6_HLEN + UDP_HLEN
 _UDP = struct.Struct("!HHHH")

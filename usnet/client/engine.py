@@ -32,6 +32,8 @@ from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
 from usnet.runtime import gil
 
+__all__ = ["FlowEngine", "Runner", "runner"]
+
 log = logging.getLogger(__name__)
 TCP = 6
 RX_BATCH = 256

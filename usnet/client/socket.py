@@ -33,6 +33,12 @@ from usnet.client.engine import FlowEngine, runner
 from usnet.client.session import Client
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT, TcpConnection
 
+__all__ = [
+    "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_STREAM", "SOL_SOCKET",
+    "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "TCP_NODELAY", "TCP_USER_TIMEOUT", "configure", "create_connection",
+    "error", "gaierror", "getaddrinfo", "getdefaulttimeout", "setdefaulttimeout", "socket", "timeout",
+]
+
 AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM = _std.SOCK_STREAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE

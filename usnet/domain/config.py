@@ -113,6 +113,11 @@ from usnet.domain.netif import txsched
 if TYPE_CHECKING:
     from usnet.drivers.base import Driver
 
+__all__ = [
+    "AccessConfig", "Config", "DomainSeconds", "DriverName", "NetifConfig", "PolicyConfig", "ShareConfig", "dump",
+    "group_id", "load", "make_driver",
+]
+
 DriverName = Literal["tap", "packet"]
 
 

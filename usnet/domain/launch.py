@@ -25,6 +25,8 @@ import time
 from usnet.domain import config
 from usnet.drivers.hostnet import delete_links
 
+__all__ = ["RUN_DIR", "build_config", "down", "host_address6_for", "up"]
+
 RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
 
 

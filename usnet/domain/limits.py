@@ -31,6 +31,11 @@ import pwd
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
+__all__ = [
+    "SHARED_MARK", "Access", "AccessRule", "Charge", "Ledger", "Limits", "Share", "check_share", "groups_of",
+    "is_shared", "parse_ports", "pipe_key",
+]
+
 #: A pipe name that begins with this is shared between the uids of a `[[share]]` entry.
 SHARED_MARK = "@"
 

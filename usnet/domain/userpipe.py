@@ -47,6 +47,8 @@ from usnet.domain.barrier import log_fault
 from usnet.domain.mem.arena import Arena, RegionKind, RegionSpec
 from usnet.domain.mem.pool import PacketPool
 
+__all__ = ["ABUSE_LIMIT", "PipeEnd", "UserPipe", "pipe_ring_capacity"]
+
 ROLES = 2
 ABUSE_LIMIT = 8  # bad batches tolerated before the group is defuncted
 EVENTS_PER_BATCH = 16  # refusal events posted per sync, the rest only counted

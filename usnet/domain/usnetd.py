@@ -28,6 +28,8 @@ from usnet.abi.transport import listen_seqpacket
 from usnet.domain import config
 from usnet.domain.loop import Domain
 
+__all__ = ["main"]
+
 log = logging.getLogger("usnetd")
 
 

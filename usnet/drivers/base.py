@@ -9,6 +9,11 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from usnet.drivers.block import FrameBlock
 
+__all__ = [
+    "Coalesced", "Driver", "DriverStats", "Frame", "GatherFrame", "Received", "SegmentedFrame", "TrackedFrame",
+    "random_mac",
+]
+
 Frame = bytes | bytearray | memoryview
 Received = bytes | bytearray  # what a device hands up: bytes, or a Coalesced (a bytearray) made of several
 

@@ -22,6 +22,8 @@ import numpy as np
 
 from usnet.drivers.base import Frame
 
+__all__ = ["FrameBlock", "Item", "count", "expand", "open_small", "size"]
+
 
 @final  # `type(x) is FrameBlock` is how the hot paths tell a block from a frame
 class FrameBlock:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from usnet.drivers import block
 from usnet.drivers.base import Driver, Frame, Received
 
+__all__ = ["FaultInjector"]
+
 
 class FaultInjector:
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+__all__ = ["delete_links", "free_subnet", "link_exists", "used_networks"]
+
 
 def used_networks() -> list[ipaddress.IPv4Network]:
     """Every IPv4 network the host has a route to or an address in."""

@@ -18,6 +18,8 @@ from usnet.drivers import block
 from usnet.drivers.base import DriverStats, Frame, Received, random_mac
 from usnet.drivers.block import FrameBlock
 
+__all__ = ["MemWire", "MemWirePort"]
+
 
 class _Direction:
     """One direction of the link: frames in flight, in arrival order."""

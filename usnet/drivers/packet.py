@@ -88,6 +88,8 @@ from collections.abc import Sequence
 from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, Received, random_mac
 from usnet.proto.wire.checksum import acc, finish
 
+__all__ = ["PacketDriver"]
+
 # linux/if_ether.h
 ETH_P_ALL = 0x0003
 # linux/socket.h

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from usnet.drivers.base import Coalesced, DriverStats, Frame, GatherFrame, Received, SegmentedFrame, random_mac
 from usnet.proto.wire.checksum import acc, finish
 
+__all__ = ["TapDriver"]
+
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8

@@ -28,6 +28,8 @@ import ctypes
 import platform
 import struct
 
+__all__ = ["SHORT_SLICE", "get_slice", "set_slice"]
+
 SHORT_SLICE = 100e-6  # seconds: the shortest slice the kernel grants (it clamps to 0.1-100 ms)
 
 # struct sched_attr (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER1: size, policy, flags,

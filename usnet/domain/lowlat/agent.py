@@ -59,6 +59,8 @@ from usnet.domain.lowlat.policy import (
     rate_ok,
 )
 
+__all__ = ["DEFAULT_TTL", "Agent", "Grant", "LLLink", "Refusal", "burst_of", "check_seconds", "check_ttl"]
+
 ETH_OVERHEAD = 14  # the link carries an Ethernet header per packet: rates and bursts count it
 DEFAULT_TTL = 30.0  # seconds a grant or renewal lasts
 #: The burst a lease's policer allows: two of its largest frames, or what its rate

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from usnet.domain.loop import ChannelRef, Domain, Session
     from usnet.domain.switch.flowswitch import FlowSwitch
 
+__all__ = ["LeaseDesk"]
+
 log = logging.getLogger("usnet.domain.lowlat")
 
 

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 
 from usnet.abi.protocol import LeaseRefusal
 
+__all__ = [
+    "DSCP_BEST_EFFORT", "MAX_LATENCY", "MAX_PACKET", "MAX_RATE", "MIN_PACKET", "SERVICE_CLASSES", "SERVICE_DSCP",
+    "Policy", "PolicyEntry", "Who", "packet_ok", "rate_ok",
+]
+
 #: The service classes a lease may ask for.
 SERVICE_CLASSES = ("voice", "video", "interactive", "control")
 #: The DSCP (RFC 2474) the flow switch writes into every packet of a flow holding a lease of each

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from usnet.abi import memfd
 
+__all__ = ["READ_ONLY_KINDS", "Arena", "Region", "RegionKind", "RegionSpec"]
+
 
 class RegionKind(enum.IntEnum):
     SCHEMA = 1

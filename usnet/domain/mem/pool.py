@@ -26,6 +26,8 @@ import numpy as np
 from usnet.abi.events import RefusalReason
 from usnet.domain.mem.arena import Arena, RegionKind
 
+__all__ = ["FREE", "HELD", "IN_ALLOC", "NO_OWNER", "PURGED", "PacketPool", "PoolExhausted"]
+
 FREE, PURGED, IN_ALLOC, HELD = 0, 1, 2, 3
 NO_OWNER = -1
 

@@ -31,6 +31,8 @@ from usnet.domain.netif.txsched import LL
 from usnet.domain.switch.flowswitch import FlowSwitch
 from usnet.domain.switch.port import CLIENT
 
+__all__ = ["NetifAdvisory"]
+
 IDLE_AFTER = 5 * TAU  # seconds without movement before an advisory stops being republished
 
 

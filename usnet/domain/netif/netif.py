@@ -44,6 +44,8 @@ from usnet.proto.wire.ethernet import ETH_HLEN
 from usnet.proto.wire.ipv4 import ip_bytes
 from usnet.proto.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
 
+__all__ = ["Netif"]
+
 
 class Netif:
     def __init__(self, name: str, driver: Driver, address: str, gateway: str | None = None,

@@ -31,6 +31,8 @@ from collections.abc import Callable
 
 from usnet.abi.events import TxDropReason
 
+__all__ = ["GENERAL_PATH", "SNAPSHOT", "check_ll_header"]
+
 SNAPSHOT = 80  # IPv4 (20) and the longest TCP header (60); IPv6 (40) and a TCP header of up to 40
 TCP, UDP = 6, 17
 _V4 = struct.Struct("!BxH2xHBB2x4s4sHH")  # version/ihl, total length, flags/offset, ttl, protocol, src, dst, ports

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from usnet.abi.events import TxDropReason
 
+__all__ = ["FRAG_IDS", "FRAG_TTL", "SentFragments", "ipv4_options", "whole_l4_header"]
+
 FRAG_IDS = 64  # datagrams per flow whose later fragments may follow; the oldest is forgotten first
 FRAG_TTL = 30.0  # seconds: Linux's ipfrag_time and ip6frag_time
 TCP, UDP = 6, 17
