@@ -79,20 +79,31 @@ import errno as _errno
 import struct
 from bisect import bisect_right
 from collections import Counter, deque
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from usnet.proto.wire import icmp as _i4
 from usnet.proto.wire import icmpv6 as _i6
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import ICMP, IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, parse_ipv4
 from usnet.proto.wire.ipv6 import (
-    ALL_NODES, ICMPV6, IPV6_HLEN, IPV6_MIN_MTU, NO_NEXT, UNSPECIFIED, build_ipv6_header,
-    is_link_local6, multicast_mac, parse_ipv6, skip_ext_headers, solicited_node,
+    ALL_NODES,
+    ICMPV6,
+    IPV6_HLEN,
+    IPV6_MIN_MTU,
+    NO_NEXT,
+    UNSPECIFIED,
+    build_ipv6_header,
+    is_link_local6,
+    multicast_mac,
+    parse_ipv6,
+    skip_ext_headers,
+    solicited_node,
 )
 
 __all__ = [
-    "INCOMPLETE", "REACHABLE", "STALE", "Datagram", "IcmpError", "IpLayer", "icmp4_error", "icmp6_error", "NeighborCache",
-    "NeighborResolved", "Reassembler", "Transmit",
+    "INCOMPLETE", "REACHABLE", "STALE", "Datagram", "IcmpError", "IpLayer", "NeighborCache", "NeighborResolved",
+    "Reassembler", "Transmit", "icmp4_error", "icmp6_error",
 ]
 
 _from_bytes = int.from_bytes
@@ -611,9 +622,8 @@ def _ports(proto: int, t) -> tuple[int | None, int | None]:
     if proto in _PORTED:
         if len(t) >= 4:
             return (t[0] << 8) | t[1], (t[2] << 8) | t[3]
-    elif proto in (ICMP, ICMPV6):
-        if len(t) >= 6:
-            return (t[4] << 8) | t[5], 0
+    elif proto in (ICMP, ICMPV6) and len(t) >= 6:
+        return (t[4] << 8) | t[5], 0
     return None, None
 
 
