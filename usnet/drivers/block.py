@@ -16,7 +16,7 @@ length are undefined. The block owns its array: nothing else writes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import final
+from typing import TypeVar, final
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class FrameBlock:
 
 
 Item = Frame | FrameBlock
+_F = TypeVar("_F")  # a kind of frame, which comes through as it came
 
 
 def count(items: Sequence[Item]) -> int:
@@ -62,7 +63,7 @@ def size(item: Item) -> int:
     return item.nbytes() if type(item) is FrameBlock else len(item)
 
 
-def open_small(items: list, max_rows: int) -> list:
+def open_small(items: Sequence[_F | FrameBlock], max_rows: int) -> Sequence[_F | FrameBlock | bytes]:
     """`items` with every block of at most `max_rows` frames opened up, in order (`items` itself if none is).
 
     Why: classifying a block column-wise costs a fixed ~40 us of array calls
@@ -71,7 +72,7 @@ def open_small(items: list, max_rows: int) -> list:
     """
     if not any(type(x) is FrameBlock and len(x.lens) <= max_rows for x in items):
         return items
-    out: list = []
+    out: list[_F | FrameBlock | bytes] = []
     for x in items:
         if type(x) is FrameBlock and len(x.lens) <= max_rows:
             out.extend(x.frames())
