@@ -25,29 +25,30 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Literal
 
-from usnet.runtime import gil
+from usnet.abi import protocol as P
+from usnet.abi import ring as ringmod
 from usnet.abi import schema as schemamod
 from usnet.abi.doorbell import Doorbell, drain
 from usnet.abi.events import DefunctReason
-from usnet.abi import protocol as P
 from usnet.abi.transport import peer_credentials, recv_msg, send_msg
-from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
-from usnet.domain.lowlat.policy import Policy
 from usnet.domain.barrier import log_fault
-from usnet.domain.switch.port import NEXUS, FlowPort
-from usnet.domain.switch.flowswitch import TX_BATCH, Flow, FlowSwitch
-from usnet.domain.lowlat.leases import LeaseDesk
 from usnet.domain.limits import Access, Charge, Ledger, Limits, Share, check_share, is_shared, pipe_key
-from usnet.domain.netif.netif import Netif
+from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_seconds
+from usnet.domain.lowlat.leases import LeaseDesk
+from usnet.domain.lowlat.policy import Policy
 from usnet.domain.netif.advisory import NetifAdvisory
-from usnet.domain.switch.ports import PROTO_NAMES, PortSpace
+from usnet.domain.netif.netif import Netif
 from usnet.domain.reaper import Reaper
+from usnet.domain.switch.flowswitch import TX_BATCH, Flow, FlowSwitch
+from usnet.domain.switch.port import NEXUS, FlowPort
+from usnet.domain.switch.ports import PROTO_NAMES, PortSpace
 from usnet.domain.userpipe import UserPipe
-from usnet.abi import ring as ringmod
 from usnet.proto.wire.ipv4 import ip_bytes
+from usnet.runtime import gil
 
 log = logging.getLogger("usnet.domain")
 # Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
@@ -55,7 +56,8 @@ log = logging.getLogger("usnet.domain")
 _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
-MAX_RECEIVED_FDS = 253  # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
+# SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
+MAX_RECEIVED_FDS = 253
 REAPER_BACKLOG = 64  # descriptors waiting to be closed beyond which a session sending more is ended
 ACCEPT_BACKOFF = (0.05, 1.0)  # first and longest pause of accept() after EMFILE/ENFILE
 
@@ -98,7 +100,7 @@ class ChannelRef:
     charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
 
 
-def _flow_family(req: "P.OpenFlow") -> tuple[int, bytes | None]:
+def _flow_family(req: P.OpenFlow) -> tuple[Literal[4, 6], bytes | None]:
     """(4 or 6, the remote address's bytes or None) of a flow request.
 
     The family is the request's, else the remote address's, else IPv4; a
@@ -481,7 +483,7 @@ class Domain:
         with self.lock:
             self.leases.remove_netif(name)
             sw = self.switches.pop(name)
-            for cid, ref in list(self.channels.items()):
+            for ref in list(self.channels.values()):
                 if ref.switch is sw:
                     ref.pipe.defunct(DefunctReason.DOMAIN_SHUTDOWN)
             try:
@@ -490,7 +492,7 @@ class Domain:
                 pass
             self.advisories.pop(name).close()
 
-    def open_flow(self, session: Session, req: "P.OpenFlow") -> tuple[P.Reply, list[int]]:
+    def open_flow(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
         """Register a flow on a netif and open the channel that carries it.
 
         The channel's pool is the client's own; the flow switch is the other
@@ -542,6 +544,7 @@ class Domain:
             pipe.destroy()
             raise
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
+        assert local is not None  # add_flow refused IPv6 on a netif without an IPv6 address
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
         reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
                              sw.netif.mtu, sw.netif.name, family, gso_max)
@@ -748,7 +751,7 @@ class Domain:
             if uid is not None:
                 for nif in netifs:
                     nif["flows"] = [f for f in nif["flows"] if self._channel_uid(f["channel"]) == uid]
-                lowlat["leases"] = [l for l in lowlat["leases"] if l["uid"] == uid]
+                lowlat["leases"] = [lease for lease in lowlat["leases"] if lease["uid"] == uid]
             return {
                 "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
                               "channels": sorted(s.channels), "refused": s.refused}
@@ -781,9 +784,9 @@ class Domain:
             with p.lock:
                 if p.defunct_reason is not None:
                     continue
-                if p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets:
-                    if p.pool.purge(keep=p.schema.packets):
-                        p.publish_pool()
+                if (p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets
+                        and p.pool.purge(keep=p.schema.packets)):
+                    p.publish_pool()
                 p.idle_mark = p.pool.moves
         return self.purge_after
 
@@ -867,18 +870,18 @@ class Domain:
 
     def _fault(self, kind: str, obj: object, exc: Exception) -> None:
         """The loop's barrier: an exception from serving one object ends at that object's owner."""
-        if kind == "kick":
-            ref = self.channels.get(obj)  # type: ignore[arg-type]
+        if kind == "kick" and isinstance(obj, int):
+            ref = self.channels.get(obj)
             if ref is not None:
                 self._fault_channel(ref.pipe, ref.role, "kick", exc)
                 return
-        elif kind == "flowtx":
-            _, flow = obj  # type: ignore[misc]
+        elif kind == "flowtx" and isinstance(obj, tuple):
+            _, flow = obj
             self._fault_channel(flow.port.pipe, 0, "transmit", exc)
             return
-        elif kind == "session":
-            self._log_fault(f"session {obj.id}", exc)  # type: ignore[attr-defined]
-            self.end_session(obj, DefunctReason.PROTOCOL)  # type: ignore[arg-type]
+        elif kind == "session" and isinstance(obj, Session):
+            self._log_fault(f"session {obj.id}", exc)
+            self.end_session(obj, DefunctReason.PROTOCOL)
             return
         self._log_fault(kind, exc)  # a netif, a listener, the wake pipe: logged, the loop goes on
 
@@ -1126,7 +1129,7 @@ class Domain:
         os.close(self._wake_r)
         os.close(self._wake_w)
 
-    def __enter__(self) -> "Domain":
+    def __enter__(self) -> Domain:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -39,40 +39,64 @@ import logging
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import numpy.ma  # noqa: F401  np.unique imports it on first use (numpy 2.x): a 6-13 ms stall of
-# the service loop the first time a batch holds two flows or a channel closes; here it is paid at import
+
+# np.unique imports numpy.ma on first use (numpy 2.x): a 6-13 ms stall of the service loop the first
+# time a batch holds two flows or a channel closes; here it is paid at import
+import numpy.ma
 
 from usnet.abi.events import EventType, TxDropReason, TxStatus
-from usnet.drivers import block
-from usnet.drivers.base import Coalesced, GatherFrame, SegmentedFrame, TrackedFrame
-from usnet.drivers.block import FrameBlock
+from usnet.abi.umd import deadline_passed
+from usnet.domain.netif.netif import Netif
 from usnet.domain.switch.llcheck import GENERAL_PATH, SNAPSHOT, check_ll_header
 from usnet.domain.switch.neighbours import NeighbourCache
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMeta
-from usnet.domain.netif.netif import Netif
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments, ipv4_options, whole_l4_header
-from usnet.abi.umd import deadline_passed
+from usnet.drivers import block
+from usnet.drivers.base import Coalesced, GatherFrame, SegmentedFrame, TrackedFrame
+from usnet.drivers.block import FrameBlock
 from usnet.proto.ip import Reassembler
 from usnet.proto.tcp.connection import rst_reply
 from usnet.proto.wire import arp as warp
+from usnet.proto.wire import ecn
 from usnet.proto.wire import icmp as wicmp
 from usnet.proto.wire import icmpv6 as wicmp6
 from usnet.proto.wire import tcp as wtcp
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
-from usnet.proto.wire import ecn
 from usnet.proto.wire.ipv4 import (
-    IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, ip_str, martian_source4, not_unicast4, parse_ipv4,
+    IP_MF,
+    IP_OFFMASK,
+    IPV4_HLEN,
+    build_ipv4_header,
+    ip_str,
+    martian_source4,
+    not_unicast4,
+    parse_ipv4,
 )
 from usnet.proto.wire.ipv6 import (
-    ALL_NODES, FRAG_HLEN, FRAGMENT, ICMPV6, IPV6_HLEN, ROUTING, UNSPECIFIED, build_ipv6_header, ip6_str,
-    martian_source6, multicast_mac, not_unicast6, parse_frag_header, parse_ipv6, skip_ext_headers,
-    solicited_node, verify_upper_v6,
+    ALL_NODES,
+    FRAG_HLEN,
+    FRAGMENT,
+    ICMPV6,
+    IPV6_HLEN,
+    ROUTING,
+    UNSPECIFIED,
+    build_ipv6_header,
+    ip6_str,
+    martian_source6,
+    multicast_mac,
+    not_unicast6,
+    parse_frag_header,
+    parse_ipv6,
+    skip_ext_headers,
+    solicited_node,
+    verify_upper_v6,
 )
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
 from usnet.proto.wire.udp import parse_udp
@@ -132,7 +156,7 @@ class Flow:
         if self._tx_sig is None:
             sig = {0: 0x45, 9: self.proto, 20: self.lport >> 8, 21: self.lport & 0xFF}
             sig.update({12 + i: b for i, b in enumerate(local_ip)})
-            if self.raddr is not None:
+            if self.raddr is not None and self.rport is not None:  # connected: both, or neither
                 sig.update({16 + i: b for i, b in enumerate(self.raddr)})
                 sig.update({22: self.rport >> 8, 23: self.rport & 0xFF})
             self._tx_sig = (np.array(list(sig), np.intp), np.array(list(sig.values()), np.uint8))
@@ -299,7 +323,7 @@ class FlowSwitch:
             copies = block.expand(frames)
             for m in netif.monitors:
                 m.deliver(copies)
-        per_flow: dict[Flow, list[bytes]] = {}
+        per_flow: dict[Flow, list[bytes | bytearray]] = {}
         mymac, myip = netif.mac, netif.ip
         exact, listeners = self.exact, self.listeners
         unpack, from_bytes = _FAST.unpack_from, int.from_bytes
@@ -319,7 +343,7 @@ class FlowSwitch:
                 # MAC and a source that is no martian, within the MTU.
                 dmac, smac, etype, vihl, total, ff, proto, sip, dip, sport, dport = unpack(f)
                 if (etype == ETHERTYPE_IPV4 and vihl == 0x45 and dmac == mymac and dip == myip
-                        and not ff & (IP_MF | IP_OFFMASK) and (proto == UDP or proto == TCP)
+                        and not ff & (IP_MF | IP_OFFMASK) and (proto == UDP or proto == TCP)  # noqa: SIM109
                         and 24 <= total <= n - ETH_HLEN and not from_bytes(f[14:34], "big") % 0xFFFF
                         and not smac[0] & 1 and not martian_source4(from_bytes(sip, "big"), local4, bcast4)
                         and (n <= rx_max or type(f) is Coalesced)):
@@ -413,7 +437,7 @@ class FlowSwitch:
         nxt: float | None = None
         for port in list(held):
             mit = port.mitigation
-            if mit.deadline is None:  # rung as packets came, or the client woke up on its own
+            if mit is None or mit.deadline is None:  # rung as packets came, or the client woke up on its own
                 del held[port]
             elif mit.due(now):
                 del held[port]
@@ -422,7 +446,7 @@ class FlowSwitch:
                 nxt = mit.deadline
         return None if nxt is None else max(0.0, nxt - now)
 
-    def _rx_frame(self, f: bytes, now: float, per_flow: dict) -> None:
+    def _rx_frame(self, f: bytes | bytearray, now: float, per_flow: dict) -> None:
         if len(f) < ETH_HLEN:
             self.drops["rx_runt"] += 1
             return
@@ -445,14 +469,14 @@ class FlowSwitch:
         else:
             self.drops["rx_ethertype"] += 1
 
-    def _rx_arp(self, f: bytes, src_mac: bytes, now: float) -> None:
+    def _rx_arp(self, f: bytes | bytearray, src_mac: bytes, now: float) -> None:
         """An ARP packet: conflicts on our address first (RFC 5227), then requests and replies for us.
 
         Learnt only from a sender whose address could be a neighbour's: a
         probe (sender 0.0.0.0, RFC 5227 §2.1.1) is answered as Linux does and
         teaches nothing; a martian sender earns nothing.
         """
-        op, sha, spa, tha, tpa = warp.parse_arp(f, ETH_HLEN)
+        op, sha, spa, _tha, tpa = warp.parse_arp(f, ETH_HLEN)
         if sha != src_mac or sha == BROADCAST or sha[0] & 1:
             self.drops["arp_bogus_sender"] += 1
             return
@@ -496,7 +520,7 @@ class FlowSwitch:
         for key, packet in cache.learn(addr, mac, now):
             self._emit(key, mac, packet)
 
-    def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
+    def _rx_ip(self, f: bytes | bytearray, now: float, per_flow: dict) -> None:
         ihl, total, ident, ff, ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
         netif = self.netif
         if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
@@ -546,7 +570,7 @@ class FlowSwitch:
         lst.append(f[ETH_HLEN:end])
 
     @staticmethod
-    def _bad_udp(f: bytes, start: int, end: int, src: bytes, dst: bytes) -> str | None:
+    def _bad_udp(f: bytes | bytearray, start: int, end: int, src: bytes, dst: bytes) -> str | None:
         """Why a UDP datagram nobody listens for is damaged (a drop reason), or None if it is sound.
 
         As Linux's __udp4_lib_rcv / __udp6_lib_rcv before they send port
@@ -568,7 +592,7 @@ class FlowSwitch:
             return "rx_udp_csum_error"
         return None
 
-    def _no_socket(self, proto: int, f: bytes, start: int, end: int, src: bytes, now: float) -> None:
+    def _no_socket(self, proto: int, f: bytes | bytearray, start: int, end: int, src: bytes, now: float) -> None:
         """Nobody has this port: answer as a host does (UDP: port unreachable, TCP: RST)."""
         if proto == UDP:
             self._send_ip(0, src, ICMP, wicmp.build_dest_unreach(wicmp.PORT_UNREACH, f[ETH_HLEN:end]), now)
@@ -582,8 +606,8 @@ class FlowSwitch:
             self.counts["tcp_rst_sent"] += 1
             self._send_ip(0, src, TCP, rst, now)
 
-    def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
-        typ, code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
+    def _rx_icmp(self, f: bytes | bytearray, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
+        typ, _code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
         if typ == wicmp.ECHO_REQUEST and dst == self.netif.ip:
             self.counts["icmp_echo"] += 1
             reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])
@@ -593,7 +617,7 @@ class FlowSwitch:
         else:
             self.drops["rx_icmp_other"] += 1
 
-    def _icmp_error_to(self, flow: Flow | None, packet: bytes, per_flow: dict) -> None:
+    def _icmp_error_to(self, flow: Flow | None, packet: bytes | bytearray, per_flow: dict) -> None:
         """Pass an ICMP(v6) error, the whole IP packet, to the flow whose packet it quotes (None: nobody's).
         The flow's stack judges it further (a TCP sequence in flight, a connected peer)."""
         if flow is None:
@@ -602,7 +626,7 @@ class FlowSwitch:
         self.counts["rx_icmp_error"] += 1
         per_flow.setdefault(flow, []).append(packet)
 
-    def _quoted_flow(self, f: bytes, q: int, end: int) -> Flow | None:
+    def _quoted_flow(self, f: bytes | bytearray, q: int, end: int) -> Flow | None:
         """The flow that sent the packet an ICMP error quotes: from our address, its protocol and ports.
 
         Only that flow hears of it; an error quoting anything else (another
@@ -622,7 +646,7 @@ class FlowSwitch:
 
     # -- receive, IPv6 ------------------------------------------------------------------------
 
-    def _rx_ip6(self, f: bytes, src_mac: bytes, now: float, per_flow: dict) -> None:
+    def _rx_ip6(self, f: bytes | bytearray, src_mac: bytes, now: float, per_flow: dict) -> None:
         """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows."""
         _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
         netif = self.netif
@@ -681,7 +705,7 @@ class FlowSwitch:
             lst = per_flow[flow] = []
         lst.append(f[ETH_HLEN:end])
 
-    def _no_socket6(self, proto: int, f: bytes, start: int, end: int, src: bytes, dst: bytes,
+    def _no_socket6(self, proto: int, f: bytes | bytearray, start: int, end: int, src: bytes, dst: bytes,
                     now: float) -> None:
         """Nobody has this port: ICMPv6 port unreachable for UDP, RST for TCP, from the address asked."""
         if proto == UDP:
@@ -698,7 +722,7 @@ class FlowSwitch:
             self.counts["tcp_rst_sent"] += 1
             self._send_ip6(0, dst, src, TCP, rst, now)
 
-    def _rx_icmp6(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+    def _rx_icmp6(self, f: bytes | bytearray, start: int, end: int, src: bytes, dst: bytes, hop: int,
                   src_mac: bytes, now: float, per_flow: dict) -> None:
         typ, _code, ident, seq, body = wicmp6.parse_icmpv6(f, start, end - start, src, dst)  # checksum too
         if typ == wicmp6.NEIGHBOR_SOLICIT:
@@ -714,7 +738,7 @@ class FlowSwitch:
         else:
             self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them
 
-    def _quoted_flow6(self, f: bytes, q: int, end: int) -> Flow | None:
+    def _quoted_flow6(self, f: bytes | bytearray, q: int, end: int) -> Flow | None:
         """`_quoted_flow` for an ICMPv6 error: a quote from the netif's global address (flows have it)."""
         if end - q < IPV6_HLEN + 4 or f[q] >> 4 != 6 or f[q + 8 : q + 24] != self.netif.ip6:
             return None
@@ -727,7 +751,7 @@ class FlowSwitch:
         sport, dport = _PORTS.unpack_from(f, start)
         return self.exact.get((proto, sport, bytes(f[q + 24 : q + 40]), dport)) or self.listeners6.get((proto, sport))
 
-    def _rx_ns(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+    def _rx_ns(self, f: bytes | bytearray, start: int, end: int, src: bytes, dst: bytes, hop: int,
                src_mac: bytes, now: float) -> None:
         """A Neighbour Solicitation: learn the asker (as from an ARP request) and advertise ourselves."""
         if hop != 255:
@@ -760,7 +784,7 @@ class FlowSwitch:
         self.counts["nd_na_sent"] += 1
         self._send_frame(0, dst_mac, ETHERTYPE_IPV6, build_ipv6_header(target, dst, ICMPV6, len(na), 255) + na)
 
-    def _rx_na(self, f: bytes, start: int, end: int, dst: bytes, hop: int, now: float) -> None:
+    def _rx_na(self, f: bytes | bytearray, start: int, end: int, dst: bytes, hop: int, now: float) -> None:
         """A Neighbour Advertisement: believed only for an address we have or are asking for."""
         if hop != 255:
             self.drops["nd_bad"] += 1
@@ -818,7 +842,7 @@ class FlowSwitch:
             sent -= self._tx_rows(flow, rows, lens, now)
         else:  # in order: runs of checked rows as blocks, the others one by one between them
             start = 0
-            for i in np.flatnonzero(~ok).tolist() + [n]:
+            for i in [*np.flatnonzero(~ok).tolist(), n]:
                 if i > start:
                     sent -= self._tx_rows(flow, rows[start:i], lens[start:i], now)
                 if i == n:
@@ -844,6 +868,7 @@ class FlowSwitch:
         """
         port, netif = flow.port, self.netif
         local = netif.ip if flow.family == 4 else netif.ip6
+        assert local is not None  # a flow is of a family its netif has an address of (add_flow)
         etype = ETHERTYPE_IPV4 if flow.family == 4 else ETHERTYPE_IPV6
         tx_one = self._tx_one if flow.family == 4 else self._tx_one6
         limit = netif.mtu if flow.policer is None else min(netif.mtu, flow.policer.max_packet)
@@ -851,6 +876,7 @@ class FlowSwitch:
         sent = 0
         with port.pipe.lock:  # until top_up: the buffers are read until the device has them
             idx, lens, gso, meta = port.take(max_packets)
+            taken_ns = 0 if meta is None else meta.taken_ns
             n = len(idx)
             if not n:
                 return 0
@@ -863,19 +889,21 @@ class FlowSwitch:
                 at = i * stride
                 mark = None if meta is None else meta.marks.get(pos)
                 if mark is not None and deadline_passed(mark[1]):
-                    self._expire(flow, mark, meta.taken_ns)
+                    self._expire(flow, mark, taken_ns)
                     continue
                 snap = bytearray(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
                 got = GENERAL_PATH if g else check_ll_header(
                     snap, ln, proto=flow.proto, lport=flow.lport, raddr=flow.raddr, rport=flow.rport,
                     local=local, max_packet=limit, not_a_peer=self.not_a_peer)
                 mac = None
-                if type(got) is tuple:
-                    mac = self._neighbour(got[1], now)[1]
+                hdr = 0
+                if isinstance(got, tuple):
+                    hdr, dst = got
+                    mac = self._neighbour(dst, now)[1]
                 elif got != GENERAL_PATH:
                     self._tx_drop(flow, TxDropReason(got), ln)
                     if mark is not None:
-                        self._post_status(flow, TxStatus.DROPPED, mark, meta.taken_ns, got)
+                        self._post_status(flow, TxStatus.DROPPED, mark, taken_ns, got)
                     continue
                 if mac is None:  # the general path's check, neighbour wait or refusal, in order
                     sent += self._ll_emit(flow, frames, marks, meta)
@@ -885,7 +913,6 @@ class FlowSwitch:
                     sent += self._tx_marked(flow, bytes(whole), now, g, tx_one, meta, pos)
                     frames, marks = [], []
                     continue
-                hdr = got[0]
                 ecn.set_dscp(snap, 0, flow.dscp)  # checked, so IPv4 or IPv6 with a sound header
                 frames.append(GatherFrame(_ETH.pack(mac, netif.mac, etype) + snap[:hdr], mv[at + hdr : at + ln]))
                 marks.append(mark)
@@ -921,7 +948,7 @@ class FlowSwitch:
         """Packet `pos` of a batch on the per-packet path (`tx_one`); if it is marked (`meta`):
         expired, or checked and queued as a TrackedFrame, its drop reported."""
         mark = None if meta is None else meta.marks.get(pos)
-        if mark is None:
+        if mark is None or meta is None:
             return tx_one(flow, p, now, gso)
         taken_ns = meta.taken_ns
         if deadline_passed(mark[1]):
@@ -1097,7 +1124,7 @@ class FlowSwitch:
             return 0
         return self._tx_addressed(flow, p, l4, src, self.netif.ip6, dst, now, gso)
 
-    def _tx_fragment(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
+    def _tx_fragment(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes | None, dst: bytes,
                      ident: int, offset: int, now: float) -> int:
         """One fragment of either family (usnet.domain.switch.txguard): a first one with the flow's whole
         transport header, checked as any packet; a later one only of a datagram the flow began."""
@@ -1122,7 +1149,7 @@ class FlowSwitch:
             return 0
         return self._tx_addressed(flow, p, l4, src, local, dst, now, ports=False)
 
-    def _tx_addressed(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
+    def _tx_addressed(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes | None, dst: bytes,
                       now: float, gso: int = 0, ports: bool = True) -> int:
         """The checks both families share, once the IP header is sound: who sends, to whom, how big.
 

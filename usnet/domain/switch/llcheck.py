@@ -42,7 +42,7 @@ _V6_ROUTING, _V6_FRAGMENT = 43, 44
 GENERAL_PATH = 0  # not an LL-path packet: let the general path judge it
 
 
-def check_ll_header(snap: bytes, length: int, *, proto: int, lport: int, raddr: bytes | None,
+def check_ll_header(snap: bytes | bytearray, length: int, *, proto: int, lport: int, raddr: bytes | None,
                     rport: int | None, local: bytes, max_packet: int,
                     not_a_peer: Callable[[bytes], str | None] | None = None) -> tuple[int, bytes] | int:
     """(bytes of headers to send from `snap`, destination address), or a TxDropReason, or GENERAL_PATH.
