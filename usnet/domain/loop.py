@@ -50,6 +50,8 @@ from usnet.domain.userpipe import UserPipe
 from usnet.proto.wire.ipv4 import ip_bytes
 from usnet.runtime import gil
 
+__all__ = ["LL_BITE", "REAPER_BACKLOG", "ChannelRef", "Domain", "Session"]
+
 log = logging.getLogger("usnet.domain")
 # Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
 # packets, so the kernel's super-segments fit whole, unless the client chose its own.

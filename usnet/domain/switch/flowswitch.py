@@ -101,6 +101,8 @@ from usnet.proto.wire.ipv6 import (
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
 from usnet.proto.wire.udp import parse_udp
 
+__all__ = ["ROWWISE_MAX", "TX_BATCH", "Flow", "FlowSwitch"]
+
 log = logging.getLogger(__name__)
 
 _ETH = struct.Struct("!6s6sH")
