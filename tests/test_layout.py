@@ -3,6 +3,8 @@ import of `usnet.socket`, and ruff and mypy with zero findings on usnet/."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import os
 import shutil
 import subprocess
@@ -45,3 +47,44 @@ def test_the_socket_face_loads_no_trusted_code():
 def test_domain_is_still_where_users_find_it():
     got = run(sys.executable, "-c", "import usnet\nprint(usnet.Domain.__module__)")
     assert got.stdout.strip() == "usnet.domain.loop", got.stderr
+
+
+def test_ruff_finds_nothing():
+    got = run(tool("ruff"), "check", "--no-cache", "usnet")
+    assert got.returncode == 0, got.stdout[-6000:] + got.stderr[-2000:]
+
+
+def test_mypy_finds_nothing():
+    got = run(tool("mypy"), "--no-incremental", "--cache-dir", os.devnull, "usnet")
+    assert got.returncode == 0, got.stdout[-6000:] + got.stderr[-2000:]
+
+
+def _defines_all(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return any(isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in n.targets)
+               for n in tree.body)
+
+
+def _names_anything(path: Path) -> bool:
+    """A module that binds a name of its own (a package __init__ with only a docstring does not)."""
+    return any(not isinstance(n, ast.Expr) for n in ast.parse(path.read_text()).body)
+
+
+# Modules that replace themselves in sys.modules with the client module of the same name
+SHIMS = {"usnet/socket.py", "usnet/aio.py", "usnet/tls.py"}
+
+
+def test_public_modules_declare_all():
+    """Every module that names anything says which names are its API, and each of them exists."""
+    lacking, broken = [], []
+    for path in sorted((ROOT / "usnet").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in SHIMS or not _names_anything(path):
+            continue
+        if not _defines_all(path):
+            lacking.append(rel)
+            continue
+        module = importlib.import_module(rel.removesuffix(".py").replace("/", ".").removesuffix(".__init__"))
+        broken += [f"{rel}: {name}" for name in module.__all__ if not hasattr(module, name)]
+    assert lacking == [], f"modules without __all__: {lacking}"
+    assert broken == [], f"__all__ names that do not exist: {broken}"

@@ -5,7 +5,11 @@ patches here is what the implementation sees.
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from usnet.client import socket as _impl
+
+if TYPE_CHECKING:  # what a type checker should see here: the module's own names
+    from usnet.client.socket import *  # noqa: F403
 
 sys.modules[__name__] = _impl

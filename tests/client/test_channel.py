@@ -15,6 +15,7 @@ import os
 import select
 import selectors
 import threading
+import time
 
 import pytest
 
@@ -628,6 +629,35 @@ def test_blocked_receiver_woken_by_peer_close(client):
     t.join(10)
     assert not t.is_alive()
     assert len(result) == 1 and isinstance(result[0], PeerGone)
+
+
+# -- the control session ends with close() ------------------------------------------------------
+
+
+def test_client_close_ends_its_session_in_process(domain):
+    """A Client is a context manager, and close() ends its session: the domain forgets it at once
+    (it used to stay open until the process went)."""
+    with usnet.Client.local(domain) as c:
+        a = c.open_pipe("session-end", ring_size=64, packets=64, max_packets=64)
+        assert c.session in domain.sessions
+    assert c.session not in domain.sessions
+    assert a.closed and not domain.status()["pipes"]
+    with pytest.raises(ConnectionError):
+        c.status()  # a closed client says so, rather than speaking for a session that is gone
+    c.close()  # idempotent
+
+
+def test_client_close_ends_its_socket_session(domain):
+    """Over a socket the domain sees the hang-up: the session ends without the process exiting."""
+    c = usnet.Client.from_socket(domain.socketpair_session())
+    c.open_pipe("socket-session-end", ring_size=64, packets=64, max_packets=64)
+    assert c.session in domain.sessions
+    c.close()
+    deadline = time.monotonic() + 5
+    while c.session in domain.sessions:
+        assert time.monotonic() < deadline, "the domain never saw the session end"
+        time.sleep(0.01)
+    assert not domain.status()["pipes"]
 
 
 def test_domain_stop_defuncts_channels():

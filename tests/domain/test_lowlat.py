@@ -32,8 +32,8 @@ from usnet.abi import protocol as P
 from usnet.abi.protocol import ControlError, LeaseRefusal
 from usnet.drivers import MemWire
 from usnet.drivers.block import FrameBlock
-from usnet.client.lease import LeaseRefused
-from usnet.domain.lowlat.agent import Agent, Lease, LLLink, Refusal, burst_of
+from usnet.client.lease import LeaseRefusedError
+from usnet.domain.lowlat.agent import Agent, Grant, LLLink, Refusal, burst_of
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import SERVICE_CLASSES, Policy, PolicyEntry, Who
 from usnet.domain.loop import Domain
@@ -153,7 +153,7 @@ def test_agent_never_oversubscribes_and_a_refusal_changes_nothing(policy, ops):
                 elif netif == "none":
                     assert got.reason is LeaseRefusal.NO_LL_CAPACITY
             else:
-                assert isinstance(got, Lease) and got.expires == now + 30.0
+                assert isinstance(got, Grant) and got.expires == now + 30.0
                 assert snapshot(agent) == {**before, got.id: snapshot(agent)[got.id]}
         elif kind == "renew":
             got = agent.renew(op[1], op[2], now)
@@ -208,12 +208,12 @@ def test_agent_refusals_each_name_their_reason():
     assert LINKS["slow"].capacity == 5e6 and 0.006 < LINKS["slow"].access < 0.0062
     assert refused("slow", 1, "voice", 1e6, 200, 0.005)[0] is LeaseRefusal.LATENCY_UNACHIEVABLE
     first = agent.request(b, "slow", 1, "voice", 4e6, 1500, 0.05, 0.0, owner=b)
-    assert isinstance(first, Lease) and first.burst == burst_of(4e6, 1500) == 3028
+    assert isinstance(first, Grant) and first.burst == burst_of(4e6, 1500) == 3028
     assert refused("slow", 2, "voice", 2e6, 200, 0.05)[0] is LeaseRefusal.OVER_SUBSCRIBED
     assert refused("slow", 1, "voice", 1e3, 200, 0.05)[0] is LeaseRefusal.ALREADY_LEASED
     # a lease whose burst would push the wait past the first lease's target is refused too
     tight = agent.request(b, "fast", 1, "voice", 1e6, 200, 0.003, 0.0, owner=b)
-    assert isinstance(tight, Lease)
+    assert isinstance(tight, Grant)
     reason, msg = refused("fast", 2, "voice", 1e8, 1500, 0.05)
     assert reason is LeaseRefusal.OVER_SUBSCRIBED and f"lease {tight.id}'s target" in msg
     assert agent.renew(first.id, Who(1000, "c"), 1.0).reason is LeaseRefusal.UNKNOWN_LEASE  # not its owner
@@ -380,7 +380,7 @@ def test_a_grant_puts_the_flow_in_the_ll_class_until_it_is_released(net):
     assert net.txsched()["ll_flows"] == [] and net.leases() == {}
     (ev,) = wait_event(sa.channel, EventType.LEASE_REVOKED)
     assert (ev.code, ev.value) == (RevokeReason.RELEASED, lease.id)
-    with pytest.raises(LeaseRefused) as e:
+    with pytest.raises(LeaseRefusedError) as e:
         lease.renew()
     assert e.value.reason is LeaseRefusal.UNKNOWN_LEASE
     sa.sendto(b"general again", ("10.9.0.2", 6000))
@@ -396,7 +396,7 @@ def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
     before, ll_before = net.leases(), net.txsched()["ll_flows"]
 
     def refused(reason: LeaseRefusal, ask) -> None:
-        with pytest.raises(LeaseRefused) as e:
+        with pytest.raises(LeaseRefusedError) as e:
             ask()
         assert e.value.reason is reason and e.value.message, e.value
         assert net.leases() == before and net.txsched()["ll_flows"] == ll_before
@@ -455,7 +455,7 @@ def test_nonsense_over_a_socket_is_a_malformed_request_and_changes_nothing(net):
             c.request_lease(s, **args)
         assert e.value.code == "EPROTO"
     assert net.leases() == {}
-    with pytest.raises(LeaseRefused) as r:  # in bounds for the decoder, not for the agent
+    with pytest.raises(LeaseRefusedError) as r:  # in bounds for the decoder, not for the agent
         c.request_lease(s, service_class="gold", rate=1e6, max_packet=1200, latency_target=0.05)
     assert r.value.reason is LeaseRefusal.BAD_PARAMETERS
     lease = c.request_lease(s, rate=1e6, max_packet=1200, latency_target=0.05)
@@ -476,7 +476,7 @@ def test_a_short_ttl_expires_and_the_channel_hears_it():
         assert [e.type for e in seen] == [EventType.LEASE_GRANTED, EventType.LEASE_REVOKED]
         assert (seen[-1].code, seen[-1].value) == (RevokeReason.EXPIRED, lease.id)
         assert net.txsched()["ll_flows"] == [] and net.leases() == {}
-        with pytest.raises(LeaseRefused) as e:
+        with pytest.raises(LeaseRefusedError) as e:
             lease.renew()
         assert e.value.reason is LeaseRefusal.UNKNOWN_LEASE
         sa.sendto(b"after", ("10.9.0.2", 6000))
@@ -523,7 +523,7 @@ def test_policy_reload_revokes_only_what_it_no_longer_entitles(net):
     assert net.leases() == {kept.id: kept_state}
     assert net.txsched()["ll_flows"] == [net.flow_id(keep)]
     kept.renew()
-    with pytest.raises(LeaseRefused) as e:
+    with pytest.raises(LeaseRefusedError) as e:
         lose_c.request_lease(lose, service_class="voice", rate=1e7, max_packet=1200, latency_target=0.05)
     assert e.value.reason is LeaseRefusal.NOT_ENTITLED
     lose.sendto(b"still carried", ("10.9.0.2", 6000))
@@ -550,7 +550,7 @@ def test_a_netif_going_away_ends_its_leases(net):
     assert net.leases() == {} and "a" not in net.d.leases.agent.links
     assert net.d.status()["lowlat"]["ended"] == {"CLOSED": 1}
     sb = net.c.udp_socket("b", 6000)
-    with pytest.raises(LeaseRefused) as e:
+    with pytest.raises(LeaseRefusedError) as e:
         net.c.request_lease(sb.channel, rate=1e6, max_packet=1200, latency_target=0.05)
     assert e.value.reason is LeaseRefusal.NO_LL_CAPACITY
 
@@ -654,7 +654,7 @@ def test_usnetd_reloads_its_policy_on_sighup_and_revokes_what_it_no_longer_entit
         lowlat = keeper.status()["lowlat"]
         assert [l["id"] for l in lowlat["leases"]] == [kept.id] and lowlat["policy_entries"] == 1
         kept.renew()
-        with pytest.raises(LeaseRefused) as e:
+        with pytest.raises(LeaseRefusedError) as e:
             loser.request_lease(ls, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
         assert e.value.reason is LeaseRefusal.NOT_ENTITLED
         assert "policy reloaded: 1 entries" in log.read_text()

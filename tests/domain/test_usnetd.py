@@ -63,8 +63,8 @@ def reap(proc, r) -> None:
 
 
 def status(path: str) -> dict:
-    c = Client.connect(path)
-    return c.status()
+    with Client.connect(path) as c:
+        return c.status()
 
 
 def roundtrip(tx, rx, data: bytes = b"still served") -> None:
@@ -192,6 +192,20 @@ def test_sigkill_of_a_client_defuncts_its_pipe_within_a_second(usnetd):
         roundtrip(y, x)
     finally:
         reap(proc, r)
+
+
+def test_client_close_ends_its_session_in_usnetd(usnetd):
+    """close() ends the control session: usnetd forgets it and its pipe while the process lives on."""
+    with Client.connect(usnetd.path) as c:
+        c.open_pipe("closing")
+        sid = c.session
+        assert sid in {s["id"] for s in status(usnetd.path)["sessions"]}
+    deadline = time.monotonic() + 5
+    while (st := status(usnetd.path)) and sid in {s["id"] for s in st["sessions"]}:
+        assert time.monotonic() < deadline, "usnetd never saw the session end"
+        time.sleep(0.01)
+    assert not st["pipes"]
+    assert f"session {sid} " in usnetd.log_text()  # "session N (pid P) ended"
 
 
 def test_daemon_serves_everyone_after_a_crash_and_a_close(usnetd):

@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import mmap
 import os
+from collections.abc import Generator, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Generator, Iterable, Iterator
+from typing import Any
 
 from usnet.abi import memfd
 from usnet.abi.layout import RESERVED, Fields
@@ -150,7 +152,7 @@ class Record:
         BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS))
 
     @classmethod
-    def unpack(cls, data: bytes) -> "Record":
+    def unpack(cls, data: bytes) -> Record:
         values = list(BODY.unpack(data))
         values[0] = _enum(Direction, values[0])
         values[1] = _enum(Trend, values[1])
@@ -166,7 +168,7 @@ class Record:
 
 
 _FIELDS = tuple(Record.__dataclass_fields__)
-if _FIELDS != ADV_RECORD.names()[1:]:  # Record is the table's fields after seq, by name and in order
+if ADV_RECORD.names()[1:] != _FIELDS:  # Record is the table's fields after seq, by name and in order
     raise ImportError("advisory Record does not match ADV_RECORD")
 
 
@@ -205,14 +207,14 @@ def _pieces(start: int, end: int, cuts: Iterable[int]) -> list[tuple[int, int]]:
     """[start, end) split at the cut points (relative to start) that fall inside it."""
     points = sorted({start + c for c in cuts if 0 < c < end - start})
     bounds = [start, *points, end]
-    return list(zip(bounds, bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 # -- the sequence lock, step by step (the tests interleave the steps) ---------------------------
 
 
 def write_steps(mem: memoryview, words: memoryview, direction: int, seq: int, rec: Record,
-                cuts: Iterable[int] = ()) -> Iterator[None]:
+                cuts: Iterable[int] = ()) -> Generator[None, None, None]:
     """Publish `rec` as record `direction`, whose seq is now `seq` (even); yields between stores.
 
     The body is stored in pieces split at `cuts` (bytes into the body), as a
@@ -329,7 +331,7 @@ class AdvisoryWriter(_Mapped):
         self._map: mmap.mmap | None = None
 
     @classmethod
-    def memfd(cls, name: str) -> "AdvisoryWriter":
+    def memfd(cls, name: str) -> AdvisoryWriter:
         """A one-page memfd, mapped here read-write, then sealed so nobody else can ever write it."""
         fd = memfd.create(f"usnet:nexusadv:{name}", memfd.page_round(SIZE))
         try:
@@ -372,7 +374,7 @@ class AdvisoryReader(_Mapped):
         self._map: mmap.mmap | None = None
 
     @classmethod
-    def from_fd(cls, fd: int, netif: str = "") -> "AdvisoryReader":
+    def from_fd(cls, fd: int, netif: str = "") -> AdvisoryReader:
         """Map an advisory memfd read-only (the fd stays the caller's to close)."""
         size = os.fstat(fd).st_size
         if size < SIZE:
@@ -403,7 +405,7 @@ class AdvisoryReader(_Mapped):
     def close(self) -> None:
         self._unmap()
 
-    def __enter__(self) -> "AdvisoryReader":
+    def __enter__(self) -> AdvisoryReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from usnet.abi.layout import Fields
 from usnet.abi.ring import CONS, HEADER, PROD, RingCorrupt
@@ -41,7 +42,8 @@ class EventType(enum.IntEnum):
     LEASE_GRANTED = 9  # the flow is in the low-latency class (value: lease id, aux: granted rate, bit/s)
     LEASE_REVOKED = 10  # back in the general class (code: RevokeReason, value: lease id, aux: frames moved)
     TX_STATUS = 11  # one packet's fate (code: TxStatus | TxDropReason << 8, value: tag, aux: taken_ns)
-    RX_STALLED = 12  # the channel left its RX ring unread for `stall_after`: arrivals are dropped (value: packets waiting)
+    # the channel left its RX ring unread for `stall_after`: arrivals are dropped (value: packets waiting)
+    RX_STALLED = 12
     RX_RESUMED = 13  # it read again after RX_STALLED: deliveries resume (value: arrivals dropped meanwhile)
 
 
@@ -66,9 +68,13 @@ class TxDropReason(enum.IntEnum):
     NO_ROUTE = 7
     NEIGHBOUR_UNRESOLVED = 8  # ARP got no answer, or too many packets waited for one
     RATE_EXCEEDED = 9  # past its LL lease's rate (one event per batch: value packets, aux bytes)
-    QUEUE_DELAY = 10  # dropped by the netif's AQM (CoDel): its queue stood too long (one event per flush: value packets, aux bytes)
-    FRAGMENT = 11  # a fragment not of this flow's own datagram: a later one whose first the flow did not send, or a first without the whole L4 header
-    SOURCE_ROUTE = 12  # IPv4 LSRR/SSRR option or an IPv6 Routing header: it would take the packet past its checked destination
+    # dropped by the netif's AQM (CoDel): its queue stood too long (one event per flush: value packets, aux bytes)
+    QUEUE_DELAY = 10
+    # a fragment not of this flow's own datagram: a later one whose first the flow did not send, or a first
+    # without the whole L4 header
+    FRAGMENT = 11
+    # IPv4 LSRR/SSRR option or an IPv6 Routing header: it would take the packet past its checked destination
+    SOURCE_ROUTE = 12
     IP_OPTION = 13  # an IPv4 option other than EOL, NOP, record route, timestamp (Linux wants CAP_NET_RAW for the rest)
     ZERO_TTL = 14  # IPv4 TTL or IPv6 hop limit 0: dead on arrival at the first hop (Linux never sends one)
 

@@ -14,6 +14,12 @@ import hashlib
 import mmap
 import os
 
+__all__ = [
+    "F_ADD_SEALS", "F_GET_SEALS", "F_SEAL_FUTURE_WRITE", "F_SEAL_GROW", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_WRITE",
+    "MADV_REMOVE", "NAME_MAX", "PAGE", "add_seals", "allocated_bytes", "create", "get_seals", "memfd_name",
+    "page_round", "remove_pages", "seal_readonly", "seal_shared",
+]
+
 PAGE = mmap.PAGESIZE
 
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)

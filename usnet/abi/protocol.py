@@ -23,6 +23,15 @@ from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
+__all__ = [
+    "LEASE_REQUESTS", "MAX_MESSAGE", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART", "U32",
+    "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ControlError", "Done", "ErrCode", "Error", "Family",
+    "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal", "LeaseRefused",
+    "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "PosU32", "ProtocolError", "Rate",
+    "ReleaseLease", "RenewLease", "Reply", "Request", "RequestLease", "Resize", "Status", "StatusReply", "Welcome",
+    "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
+]
+
 PROTOCOL_VERSION = 2  # 2: Status is paged (StatusReply parts)
 #: Largest encoded control message (bytes).  Bounds what one client can make
 #: the domain allocate and parse per message.
@@ -38,6 +47,7 @@ ErrCode = Annotated[str, msgspec.Meta(pattern=r"^E[A-Z0-9]{1,31}$")]
 Rate = Annotated[float, msgspec.Meta(gt=0, le=1e12)]  # bit/s; NaN and inf fail these bounds too
 PacketSize = Annotated[int, msgspec.Meta(ge=20, le=65535)]
 Latency = Annotated[float, msgspec.Meta(gt=0, le=60.0)]  # seconds
+Family = Literal[0, 4, 6]  # a flow's IP version; 0: the remote address's, or IPv4 for a listener
 
 
 class LeaseRefusal(enum.StrEnum):
@@ -118,7 +128,7 @@ class OpenFlow(_Msg, frozen=True):
     remote_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     schema: Name = "default"
     attrs: dict[Name, int] = {}
-    family: Literal[0, 4, 6] = 0
+    family: Family = 0
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -369,6 +379,6 @@ def error_reply(exc: BaseException) -> Error:
         return Error(exc.code, exc.message)
     if isinstance(exc, ProtocolError):
         return Error("EPROTO", str(exc))
-    if isinstance(exc, OSError) and exc.errno in _errno.errorcode:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in _errno.errorcode:
         return Error(_errno.errorcode[exc.errno], exc.strerror or str(exc))
     return Error("EINVAL", str(exc) or type(exc).__name__)

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import threading
 from array import array
-from typing import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ class Producer(_Ring):
             free = self.limit - used
         return max(free, 0)
 
-    def push(self, items: "list[int] | array | Sequence[int]") -> int:
+    def push(self, items: list[int] | array[int] | np.ndarray) -> int:
         """Publish as many of `items` as fit; returns how many.
 
         `items` is a list of ints, or any sliceable buffer of native u32
@@ -139,7 +140,8 @@ class Producer(_Ring):
             items = items[:n]
         start = self.prod & self.mask
         first = self.capacity - start
-        data = array("I", items) if isinstance(items, list) else items
+        # Any: an ndarray is a buffer, but numpy's stubs say so only for Python 3.12+
+        data: Any = array("I", items) if isinstance(items, list) else items
         if n <= first:
             self.slots[start : start + n] = data
         else:

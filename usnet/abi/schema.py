@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = [
+    "ABI_VERSION", "FLOWADV", "FLOWADV_AT", "HEADER", "MAGIC", "PRESETS", "RING_ENTRY", "RING_TABLE", "SCHEMA_BYTES",
+    "STATE_OFFSET", "STATS_PER_ROLE", "W_ACTIVE", "W_GENERATION", "W_LIMIT", "W_REASON", "W_STATE", "W_SYNC",
+    "ChannelState", "FlowState", "Layout", "RingInfo", "RingKind", "Schema", "Stat", "resolve",
+]
 
 from usnet.abi.layout import RESERVED, Fields
 
@@ -91,7 +98,7 @@ class Schema:
     def packet_bytes(self) -> int:
         return self.buf_size * self.buflets
 
-    def with_attrs(self, attrs: dict[str, int]) -> "Schema":
+    def with_attrs(self, attrs: dict[str, int]) -> Schema:
         """A copy with attributes changed, checked so that nonsense is refused early."""
         known = {f.name for f in fields(self)} - {"name"}
         bad = set(attrs) - known
@@ -100,7 +107,8 @@ class Schema:
         for k, v in attrs.items():
             if not isinstance(v, int) or isinstance(v, bool):
                 raise ValueError(f"schema attribute {k} must be an integer")
-        s = replace(self, **attrs)
+        changes: dict[str, Any] = attrs  # ints, `name` refused above
+        s = replace(self, **changes)
         if "quota" not in attrs and s.quota > s.max_packets:
             s = replace(s, quota=s.max_packets)
         if "max_packets" not in attrs and s.max_packets < s.packets:
@@ -208,7 +216,7 @@ class Layout:
             RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, r.capacity, r.offset)
 
     @classmethod
-    def read(cls, mem: memoryview | bytes) -> "Layout":
+    def read(cls, mem: memoryview | bytes) -> Layout:
         (magic, abi, nrings, buf_size, buflets, max_packets, active, shared_size, ro_size,
          umd_offset, buf_offset, stats_offset, umd_size, generation) = HEADER.unpack_from(mem, 0)
         if magic != MAGIC:

@@ -32,6 +32,8 @@ from .protocol import (
     encode,
 )
 
+__all__ = ["ControlClient", "connect_seqpacket", "listen_seqpacket", "peer_credentials", "recv_msg", "send_msg"]
+
 _UCRED = struct.Struct("3i")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 _FD_SIZE = array.array("i").itemsize
 

@@ -27,9 +27,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from usnet.abi.advisory import Trend
 from usnet.abi.events import EventType
 from usnet.client import Client
-from usnet.abi.advisory import Trend
+
+__all__ = ["PAYLOAD", "AdaptiveResult", "Change", "RateAdapter", "main_role", "sender"]
 
 PAYLOAD = 1200  # bytes of UDP payload per datagram: a video-call-sized packet
 FRAME = PAYLOAD + 8 + 20 + 14  # what one datagram costs the link, as the advisory and link_rate count
@@ -116,7 +118,7 @@ class AdaptiveResult:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> "AdaptiveResult":
+    def from_json(cls, data: bytes | str) -> AdaptiveResult:
         d: dict[str, Any] = json.loads(data)
         d["changes"] = [Change(**c) for c in d["changes"]]
         d["samples"] = [tuple(s) for s in d["samples"]]

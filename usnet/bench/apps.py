@@ -16,6 +16,8 @@ import sys
 
 from usnet.domain.loop import Domain
 
+__all__ = ["kill_all", "read_all", "spawn_app", "wait_exit"]
+
 
 def spawn_app(dom: Domain, module: str, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
     """Start `python -m module role FD args...` on a new session of `dom`; `keep`: more fds it inherits."""

@@ -36,7 +36,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["socketpair_mps", "udp_mps", "mpqueue_mps", "count_for", "UDP_MAX_PAYLOAD"]
+__all__ = ["UDP_MAX_PAYLOAD", "count_for", "mpqueue_mps", "socketpair_mps", "udp_mps"]
 
 #: Largest UDP/IPv4 payload: 65535 - 20 (IP header) - 8 (UDP header).
 #: A 64 KiB (65536-byte) message cannot be one UDP datagram at all.
@@ -146,14 +146,16 @@ def socketpair_mps(size: int, count: int) -> float:
             n = 0
         if n:
             t0 = t1 = time.perf_counter()
-            mv[0]; mv[n - 1]  # noqa: B018  (touch the data)
+            mv[0]  # touch the data
+            mv[n - 1]
             received = 1
             _rcvtimeo(rx, 0)  # 0 = block forever; EOF ends the loop if the sender dies
             for _ in range(count - 1):
                 n = recv_into(mv)
                 if not n:
                     break
-                mv[0]; mv[n - 1]  # noqa: B018
+                mv[0]  # touch the data
+                mv[n - 1]
                 received += 1
             t1 = time.perf_counter()
         ok = True
@@ -208,13 +210,15 @@ def udp_mps(size: int, count: int) -> float:
         try:
             n = recv_into(mv)
             t0 = t1 = clock()
-            mv[0]; mv[n - 1]  # noqa: B018
+            mv[0]  # touch the data
+            mv[n - 1]
             received = 1
             _rcvtimeo(rx, _IDLE_TIMEOUT)
             while received < count:
                 n = recv_into(mv)
                 t1 = clock()
-                mv[0]; mv[n - 1]  # noqa: B018
+                mv[0]  # touch the data
+                mv[n - 1]
                 received += 1
         except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired: the rest was dropped
             pass
@@ -262,12 +266,14 @@ def mpqueue_mps(size: int, count: int) -> float:
         try:
             msg = q.get(timeout=_FIRST_TIMEOUT)
             t0 = time.perf_counter()
-            msg[0]; msg[-1]  # noqa: B018
+            msg[0]  # touch the data
+            msg[-1]
             received = 1
             get = q.get
             for _ in range(count - 1):
                 msg = get()
-                msg[0]; msg[-1]  # noqa: B018
+                msg[0]  # touch the data
+                msg[-1]
                 received += 1
             t1 = time.perf_counter()
         except (queue_mod.Empty, EOFError):  # the sender never started, or died

@@ -7,10 +7,11 @@ Nothing here imports matplotlib: only `--plot` does (usnet.bench.plot), so the d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from usnet.bench import baselines, pipe
@@ -20,7 +21,14 @@ if TYPE_CHECKING:
     from usnet.bench.adaptive import AdaptiveResult
     from usnet.bench.lowlat import DemoResult
 
+__all__ = ["run_demo"]
+
 SIZES = (64, 1500, 9000)
+
+
+def _progress(prog: Progress, task: TaskID) -> Callable[[int], None]:
+    """A callback that shows `n` packets done on `task`."""
+    return lambda n: prog.update(task, completed=n)
 
 
 def run_demo(console: Console, packets: int = 300_000, phase: float = 1.0, plot: str | None = None) -> int:
@@ -33,8 +41,7 @@ def run_demo(console: Console, packets: int = 300_000, phase: float = 1.0, plot:
                                    TimeElapsedColumn(), console=console) as prog:
         for size in SIZES:
             task = prog.add_task(f"{size:>5} B through the pipe", total=packets)
-            mps = pipe.usnet_mps(size, packets, domain=dom,
-                                 progress=lambda n, t=task: prog.update(t, completed=n))
+            mps = pipe.usnet_mps(size, packets, domain=dom, progress=_progress(prog, task))
             task2 = prog.add_task(f"{size:>5} B through a socketpair", total=1)
             sp = baselines.socketpair_mps(size, min(packets, 200_000))
             prog.update(task2, completed=1)
@@ -138,7 +145,7 @@ def _mbit(bps: float) -> str:
     return f"{bps / 1e6:,.1f} Mbit/s"
 
 
-def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) -> "DemoResult":
+def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) -> DemoResult:
     """An LL flow beside bulk flows with its lease and without, and an adaptive sender; returns the figures."""
     from usnet.bench import lowlat
     from usnet.bench.tables import lease_table
@@ -180,7 +187,7 @@ def _lowlat_part(console: Console, phase: float = 1.0, plot: str | None = None) 
     return r
 
 
-def _adaptive_report(console: Console, a: "AdaptiveResult") -> None:
+def _adaptive_report(console: Console, a: AdaptiveResult) -> None:
     """The adaptive sender's story: where it started, its first cut and raise, its rate over time."""
     from usnet.bench import adaptive
 
@@ -208,8 +215,8 @@ def _adaptive_report(console: Console, a: "AdaptiveResult") -> None:
                       f"{_mbit(c.rate_before)} -> {_mbit(c.rate_after)}  ({what})")
     t = Table(title="the adaptive sender's rate over time")
     # "sent": what it put on its ring over the last sample (above the link while its queue builds)
-    for c in ("time", "advisory trend", "queueing delay", "sending rate", "sent"):
-        t.add_column(c, justify="right")
+    for col in ("time", "advisory trend", "queueing delay", "sending rate", "sent"):
+        t.add_column(col, justify="right")
     step = max(1, len(a.samples) // 8)
     for s in a.samples[::step]:
         t.add_row(f"{s[0]:.2f} s", s[3], _ms(s[2]), _mbit(s[1]), _mbit(s[4]) if s[0] else "")

@@ -37,12 +37,15 @@ import random
 import socketserver
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from usnet import socket as us
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
 from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
+
+__all__ = ["CLIENT_IP", "SERVER_IP", "UsnetHTTPConnection", "UsnetHTTPServer", "run", "tcp_figures"]
 
 CLIENT_IP, SERVER_IP = "10.9.0.1", "10.9.0.2"
 PORT = 8080
@@ -55,7 +58,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """GET /blob: the server's bytes, with Content-Length and their digest."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: the connection ends when the client closes it
-    server: "UsnetHTTPServer"
+    server: UsnetHTTPServer
 
     def setup(self) -> None:
         super().setup()
@@ -83,7 +86,8 @@ class UsnetHTTPServer(http.server.HTTPServer):
     def __init__(self, address: tuple[str, int], client: Client, netif: str, body: bytes) -> None:
         super().__init__(address, _Handler, bind_and_activate=False)
         self.socket.close()  # the kernel socket socketserver made; ours is usnet's
-        self.socket = us.socket(self.address_family, self.socket_type, client=client, netif=netif)
+        # a usnet socket stands in for the kernel's: socketserver only calls its methods
+        self.socket = us.socket(self.address_family, self.socket_type, client=client, netif=netif)  # type: ignore[assignment]
         self.body = body
         self.digest = hashlib.sha256(body).hexdigest()
         self.connections: list[us.socket] = []
@@ -99,7 +103,7 @@ class UsnetHTTPServer(http.server.HTTPServer):
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
-        self.server_name = host  # not socket.getfqdn(host): see the module's docstring
+        self.server_name = str(host)  # not socket.getfqdn(host): see the module's docstring
         self.server_port = port
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -194,7 +198,7 @@ def run(size: int = 4_000_000, loss: float = 0.01, delay: float = 0.001, seed: i
                 if progress is not None:
                     progress(got)
             seconds = time.perf_counter() - start
-            client_tcp = tcp_figures(conn.sock)
+            client_tcp = tcp_figures(cast(us.socket, conn.sock))  # what _create_connection made
             conn.close()  # the server's handler sees EOF, ends, and shuts its side
             t.join(timeout)
             if t.is_alive():

@@ -38,16 +38,22 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, TypedDict
 
-from usnet.runtime import sched
 from usnet.bench import adaptive
 from usnet.bench.apps import kill_all, read_all, spawn_app, wait_exit
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
-from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.loop import Domain
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.drivers.memwire import MemWire
+from usnet.runtime import sched
+
+__all__ = [
+    "ADAPT_CEILING", "ADAPT_FLOOR", "ADAPT_START", "BULK_FLOWS", "LEASE", "LINK_RATE", "LL_PERIOD", "LL_SHARE",
+    "LL_SIZE", "DemoResult", "LeaseTerms", "LowLatRun", "Phase", "demo_run", "main", "run",
+]
 
 A_ADDR, B_ADDR = "10.98.0.1", "10.98.0.2"
 LINK_RATE = 50e6
@@ -63,7 +69,16 @@ LL_FRAME = LL_SIZE + 8 + 20 + 14  # one LL datagram on the link
 #: What the LL sender asks the agent for: voice, for its 387 kbit/s (200 B every 5 ms, framed). The
 #: headroom is for catching up: a sender held up for a few periods sends the datagrams it owes back to
 #: back, and the policer's burst (docs/abi.md §15: 5 ms at the rate, here 1,250 B) must let them through.
-LEASE = {"service_class": "voice", "rate": 2e6, "max_packet": LL_SIZE + 28, "latency_target": 0.02}
+class LeaseTerms(TypedDict):
+    """`Client.request_lease` keywords."""
+
+    service_class: str
+    rate: float
+    max_packet: int
+    latency_target: float
+
+
+LEASE: LeaseTerms = {"service_class": "voice", "rate": 2e6, "max_packet": LL_SIZE + 28, "latency_target": 0.02}
 #: The policy of a `LowLatRun` that grants by lease: this uid may lease voice up to 2 Mbit/s.
 LEASE_POLICY = Policy([PolicyEntry(frozenset({"voice"}), 2e6, 1500, uid=os.getuid())])
 # The adaptive sender starts well above the link rate, so the queue must build and the advisory say
@@ -187,9 +202,10 @@ class LowLatRun:
         self.dom.add_netif("a", self.wire.a, f"{A_ADDR}/24", link_rate=LINK_RATE, ll_share=LL_SHARE)
         self.dom.add_netif("b", self.wire.b, f"{B_ADDR}/24")
         self.dom.start()
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.roles: list[str] = []  # of each of procs
 
-    def __enter__(self) -> "LowLatRun":
+    def __enter__(self) -> LowLatRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -198,6 +214,7 @@ class LowLatRun:
     def spawn(self, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
         p = spawn_app(self.dom, "usnet.bench.lowlat", role, *args, keep=keep)
         self.procs.append(p)
+        self.roles.append(role)
         return p
 
     def flow_ids(self, netif: str, ports: range) -> list[int]:
@@ -237,8 +254,9 @@ class LowLatRun:
             os.close(stop_w)
         for p in self.procs:
             p.wait(30)
-        failed = [p.args[3] for p in self.procs if p.returncode]
+        failed = [role for role, p in zip(self.roles, self.procs) if p.returncode]
         self.procs.clear()
+        self.roles.clear()
         if failed:
             raise RuntimeError(f"benchmark applications failed: {', '.join(failed)}")
 
@@ -321,6 +339,7 @@ class LowLatRun:
     def close(self) -> None:
         kill_all(self.procs)
         self.procs.clear()
+        self.roles.clear()
         self.dom.stop()
 
 

@@ -15,13 +15,15 @@ import os
 import socket
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from usnet.client.channel import Channel
+from usnet.abi.umd import UMD_WORDS
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
+from usnet.client.channel import Channel
 from usnet.domain.loop import Domain
-from usnet.abi.umd import UMD_WORDS
+
+__all__ = ["SIZES", "memory_per_channel", "self_pps", "usnet_mps"]
 
 SIZES = (64, 1500, 9000, 65536)
 BATCH = 256

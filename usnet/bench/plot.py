@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from usnet.bench.lowlat import DemoResult
 
+__all__ = ["DPI", "HEIGHT_IN", "INSTALL_HINT", "WIDTH_IN", "PlotUnavailable", "require_matplotlib", "write_demo_plot"]
+
 INSTALL_HINT = "pip install 'usnet[plot]'"
 WIDTH_IN, HEIGHT_IN, DPI = 10.0, 7.0, 100  # the PNG is 1000 x 700 pixels
 
@@ -34,7 +36,7 @@ def require_matplotlib() -> None:
         raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
 
 
-def write_demo_plot(path: str, result: "DemoResult") -> None:
+def write_demo_plot(path: str, result: DemoResult) -> None:
     """Two panels: the LL flow's one-way latency per datagram with its lease and without (top), and the
     adaptive sender's rate and the advisory's queueing delay over time (bottom)."""
     require_matplotlib()

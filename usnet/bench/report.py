@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
 
 from usnet.bench import baselines, pipe
+
+__all__ = ["run_pipe_bench", "run_udp_bench"]
 
 
 def run_pipe_bench(quick: bool, console: Console | None = None) -> dict:
@@ -69,7 +72,7 @@ def run_udp_bench(quick: bool, console: Console | None = None) -> dict:
                             "usnet_delivered": got, "sent": count})
         if tap.available():
             prog.update(task, description="TAP, each way")
-            tap_figures = tap.tap_fps(100_000 if quick else 300_000)
+            tap_figures: dict[str, Any] = tap.tap_fps(100_000 if quick else 300_000)
         else:
             tap_figures = {"skipped": "needs root and /dev/net/tun"}
     return {"results": results, "tap": tap_figures}

@@ -27,12 +27,14 @@ import select
 import socket
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
 from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
+
+__all__ = ["main", "run"]
 
 A_ADDR, B_ADDR = "10.97.0.1", "10.97.0.2"
 PORT_A, PORT_B = 4100, 5100

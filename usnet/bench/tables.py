@@ -13,6 +13,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
+__all__ = ["fmt_rate", "lease_table"]
+
 
 def fmt_rate(bps: float) -> str:
     """Bits per second in the largest unit that keeps the number at least 1."""
@@ -37,11 +39,12 @@ def lease_table(lowlat: dict[str, Any]) -> Table:
     # from the rate and the packet size (docs/abi.md §15).
     for c in ("id", "flow", "uid program", "class", "rate", "max pkt", "target", "expires", "pass/drop"):
         t.add_column(c, justify="left" if c in ("flow", "uid program", "class") else "right")
-    for l in lowlat["leases"]:
-        pol = l["policer"]
-        t.add_row(str(l["id"]), f"{l['netif']} ch {l['channel']}", f"{l['uid']} {l['program'] or ''}".strip(),
-                  l["service_class"], fmt_rate(l["rate"]), f"{l['max_packet']:,} B",
-                  f"{l['latency_target'] * 1e3:g} ms", f"{l['expires_in']:.0f} s",
+    for lease in lowlat["leases"]:
+        pol = lease["policer"]
+        t.add_row(str(lease["id"]), f"{lease['netif']} ch {lease['channel']}",
+                  f"{lease['uid']} {lease['program'] or ''}".strip(),
+                  lease["service_class"], fmt_rate(lease["rate"]), f"{lease['max_packet']:,} B",
+                  f"{lease['latency_target'] * 1e3:g} ms", f"{lease['expires_in']:.0f} s",
                   f"{pol['passed']:,}/{pol['dropped']:,}")
     links = [f"{n}: {fmt_rate(lowlat['granted_rate'].get(n, 0.0)) if lowlat['granted_rate'].get(n) else 'none'} "
              f"of {fmt_rate(cap)} granted" for n, cap in sorted(lowlat["capacity"].items())]

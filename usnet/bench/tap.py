@@ -23,6 +23,8 @@ from usnet.bench.baselines import _fork, _rate, _rcvtimeo, _reap
 from usnet.client import Client
 from usnet.drivers.hostnet import NetNs
 
+__all__ = ["UsnetUp", "available", "tap_fps", "usnet_up"]
+
 SIZE = 64
 BATCH = 512
 _IDLE = 0.5  # seconds without a datagram: the sender is done

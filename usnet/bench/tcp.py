@@ -28,7 +28,8 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from usnet.bench.baselines import _fork, _reap
 
@@ -198,8 +199,10 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
 
     size = (20 if quick else 100) * 1_000_000
     n = 200 if quick else 1000
-    tests = (("bulk_tx", bulk_tx, size, "connect"), ("bulk_rx", bulk_rx, size, "connect"),
-             ("connect_rate", connect_rate, n, "listen"), ("connect_out_rate", connect_out_rate, n, "connect"))
+    # (name, test, amount, side): the test takes the side's Connect or Listen, by `side`
+    tests: tuple[tuple[str, Callable[[Any, str, int], float], int, str], ...] = (
+        ("bulk_tx", bulk_tx, size, "connect"), ("bulk_rx", bulk_rx, size, "connect"),
+        ("connect_rate", connect_rate, n, "listen"), ("connect_out_rate", connect_out_rate, n, "connect"))
     figures: dict[str, dict[str, float]] = {name: {} for name, *_ in tests}
     with tap.usnet_up() as up:
         def usnet_connect(addr: tuple[str, int]) -> Any:

@@ -19,8 +19,10 @@ from typing import Any
 
 from usnet.bench.apps import kill_all, read_all, spawn_app
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
 from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
+
+__all__ = ["A_ADDR", "B_ADDR", "flow_table", "main", "topology", "usnet_dps"]
 
 A_ADDR, B_ADDR = "10.99.0.1", "10.99.0.2"
 PORT_A, PORT_B = 4000, 5000
@@ -70,7 +72,7 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
 
     With `snapshot` (a list), the flow table is appended to it while both flows are open.
     """
-    dom, wire = topology()
+    dom, _wire = topology()
     dom.start()
     procs = []
     r, w = os.pipe()

@@ -10,8 +10,10 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from usnet.bench.tables import fmt_rate as _rate
 from usnet.abi.paths import DEFAULT_SOCKET
+from usnet.bench.tables import fmt_rate as _rate
+
+__all__ = ["main"]
 
 
 def _fmt(x: float) -> str:

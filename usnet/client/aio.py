@@ -29,7 +29,8 @@ import socket as _stdsocket
 import ssl as _ssl
 import time
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, runner
@@ -48,10 +49,12 @@ _LOG_LOST_WRITES = 5  # as asyncio: warn about writes to a lost connection after
 
 
 _FAILED = object()  # what _protocol_call returns when the protocol raised
+_Writable = bytearray | memoryview  # what a BufferedProtocol's get_buffer hands us, as we use it
 
 
 def _usable_buffer(proto: asyncio.BufferedProtocol) -> Any:
-    buf = proto.get_buffer(-1)
+    # any buffer asyncio allows; sized and writable, as asyncio's own transports take it
+    buf = cast(_Writable, proto.get_buffer(-1))
     if not len(buf):
         raise RuntimeError("get_buffer() returned an empty buffer")
     return buf
@@ -125,7 +128,7 @@ class UsnetTransport(asyncio.Transport):
     _start_tls_compatible = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _us.socket,
-                 protocol: asyncio.BaseProtocol | None, *, server: "Server | None" = None,
+                 protocol: asyncio.BaseProtocol | None, *, server: Server | None = None,
                  waiter: asyncio.Future | None = None, notify: bool = True) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname(),
                           "peername": sock.getpeername()})
@@ -155,7 +158,7 @@ class UsnetTransport(asyncio.Transport):
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
-        return f"<UsnetTransport {state} {self._extra['sockname']}->{self._extra['peername']}>"
+        return f"<UsnetTransport {state} {self.get_extra_info('sockname')}->{self.get_extra_info('peername')}>"
 
     def _start(self, waiter: asyncio.Future | None) -> None:
         if not self._conn_lost:
@@ -469,7 +472,7 @@ def _feed(protocol: Any, data: bytes) -> None:
         return
     mv = memoryview(data)
     while mv:
-        buf = protocol.get_buffer(len(mv))
+        buf = cast(_Writable, protocol.get_buffer(len(mv)))
         n = min(len(buf), len(mv))
         buf[:n] = mv[:n]
         protocol.buffer_updated(n)
@@ -478,13 +481,15 @@ def _feed(protocol: Any, data: bytes) -> None:
 
 async def _start_tls(loop: asyncio.AbstractEventLoop, sock: _us.socket, protocol: asyncio.BaseProtocol,
                      context: _ssl.SSLContext, *, server_side: bool, server_hostname: str | None,
-                     server: "Server | None", handshake_timeout: float | None,
+                     server: Server | None, handshake_timeout: float | None,
                      shutdown_timeout: float | None) -> asyncio.Transport:
     raw = UsnetTransport(loop, sock, None, server=server, notify=False)
     stand_in = _HandOver()
     tls = await loop.start_tls(raw, stand_in, context, server_side=server_side,
                                server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout,
                                ssl_shutdown_timeout=shutdown_timeout)
+    if tls is None:  # typeshed allows None; asyncio's start_tls always returns its SSL transport
+        raise RuntimeError("loop.start_tls returned no transport")
     stand_in.hand_over(tls, protocol)
     return tls
 
@@ -678,7 +683,7 @@ class Server(asyncio.AbstractServer):
             await _start_tls(self._loop, child, protocol, self._ssl,  # type: ignore[arg-type]
                              server_side=True, server_hostname=None, server=self,
                              handshake_timeout=self._timeouts[0], shutdown_timeout=self._timeouts[1])
-        except (OSError, asyncio.TimeoutError) as exc:  # a failed handshake is the peer's problem
+        except (TimeoutError, OSError) as exc:  # a failed handshake is the peer's problem
             log.debug("usnet.aio: TLS handshake with %s failed: %r", _peer(child), exc)
         except Exception as exc:
             self._loop.call_exception_handler({"message": "TLS handshake failed", "exception": exc})

@@ -20,19 +20,36 @@ import mmap
 import os
 import select
 import time
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 
-from usnet.abi import ring as ringmod
 from usnet.abi import doorbell
+from usnet.abi import ring as ringmod
 from usnet.abi.events import DefunctReason, Event, EventConsumer
 from usnet.abi.ring import Consumer, Producer, RingCorrupt
 from usnet.abi.schema import (
-    FLOWADV, RING_TABLE, STATS, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED,
-    W_STATE, W_SYNC, ChannelState, FlowState, Layout, RingKind, Stat,
+    FLOWADV,
+    RING_TABLE,
+    STATS,
+    STATS_PER_ROLE,
+    W_ACTIVE,
+    W_GENERATION,
+    W_LIMIT,
+    W_REASON,
+    W_STALLED,
+    W_STATE,
+    W_SYNC,
+    ChannelState,
+    FlowState,
+    Layout,
+    RingKind,
+    Stat,
 )
 from usnet.abi.umd import GSO_SHIFT, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
+
+__all__ = ["BadPacket", "Channel", "ChannelDefunct", "ChannelError", "ControlPath", "NoBuffers", "PeerGone"]
 
 SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
@@ -617,14 +634,14 @@ class Channel:
     def _release(self) -> None:
         """Unmap and close everything this process holds for the channel."""
         self.closed = True
-        for v in (self._tx, self._rx, self._alloc, self._free):
-            v.release()
+        for ring in (self._tx, self._rx, self._alloc, self._free):
+            ring.release()
         self._events.q.release()
-        for v in self._views or ():
-            v.release()
+        for view in self._views or ():
+            view.release()
         self._arrays = None
-        for v in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
-            v.release()
+        for view in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
+            view.release()
         for m in (self._shm, self._ro):
             try:
                 m.close()
@@ -636,7 +653,7 @@ class Channel:
             except OSError:
                 pass
 
-    def __enter__(self) -> "Channel":
+    def __enter__(self) -> Channel:
         return self
 
     def __exit__(self, *exc: object) -> None:

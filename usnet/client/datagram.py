@@ -16,26 +16,36 @@ dropped. Addresses are (host, port) pairs in both families.
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import struct
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Final, Literal, NoReturn
 
 import numpy as np
 
-from usnet.client.channel import Channel, _UNSET
 from usnet.abi.events import Event
 from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
+from usnet.client.channel import _UNSET, Channel
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
-from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.checksum import acc, finish, verifies
+from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
-from usnet.proto.wire.rows import be_u16, be_u32, finish_rows, padded_width, row_sums
 from usnet.proto.wire.ipv6 import (
-    IPV6_HLEN, build_ipv6_header, ip6_bytes, ip6_str, parse_ipv6, upper_checksum_v6, verify_upper_v6,
+    IPV6_HLEN,
+    build_ipv6_header,
+    ip6_bytes,
+    ip6_str,
+    parse_ipv6,
+    upper_checksum_v6,
+    verify_upper_v6,
 )
+from usnet.proto.wire.rows import be_u16, be_u32, finish_rows, padded_width, row_sums
 from usnet.proto.wire.udp import UDP_HEADER, UDP_HLEN, parse_udp
+
+__all__ = ["Address", "DatagramSocket"]
 
 HEADERS = IPV4_HLEN + UDP_HLEN
 HEADERS6 = IPV6_HLEN + UDP_HLEN
@@ -69,7 +79,12 @@ def _payload_rows(payloads: list, lens: np.ndarray, big: int) -> np.ndarray:
     return rows
 
 
-_ICMP = object()  # what `_parse_slow` returns for an ICMP error: no datagram, not a bad one
+class _Icmp(enum.Enum):
+    ERROR = 0
+
+
+_ICMP: Final = _Icmp.ERROR  # what `_parse_slow` returns for an ICMP error: no datagram, not a bad one
+_Parsed = tuple[bytes, Address] | Literal[_Icmp.ERROR] | None  # a datagram, _ICMP, or None: a bad one
 
 
 class DatagramSocket:
@@ -78,7 +93,9 @@ class DatagramSocket:
     def __init__(self, channel: Channel, info: FlowOpened) -> None:
         self.channel = channel
         self.local = (info.local_addr, info.local_port)
-        self.remote: Address | None = (info.remote_addr, info.remote_port) if info.remote_addr else None
+        self.remote: Address | None = None
+        if info.remote_addr and info.remote_port is not None:
+            self.remote = (info.remote_addr, info.remote_port)
         self.mtu = info.mtu
         self._v6 = getattr(info, "family", 4) == 6
         self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
@@ -109,7 +126,7 @@ class DatagramSocket:
                deadline: float | None = None, report: bool = False) -> int:
         """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
         if self.pending_error is not None:
-            self._raise_pending()
+            self._raise_pending(self.pending_error)
         if self._v6 or tag is not None or deadline is not None or report:
             self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
         else:
@@ -169,7 +186,7 @@ class DatagramSocket:
         FLUSHED), with its tag (`tags`, one per payload; default 0).
         """
         if self.pending_error is not None:
-            self._raise_pending()
+            self._raise_pending(self.pending_error)
         if not payloads:
             return 0
         marks = None
@@ -303,7 +320,7 @@ class DatagramSocket:
         checked the IP header and never trusts a payload).
         """
         if self.pending_error is not None:
-            self._raise_pending()
+            self._raise_pending(self.pending_error)
         pkts = self.channel.recv(max_n, timeout)
         if self._v6:
             got = self._recv6(pkts)
@@ -312,7 +329,7 @@ class DatagramSocket:
         else:
             got = self._recv_batch(pkts)
         if not got and self.pending_error is not None:
-            self._raise_pending()  # what came was the ICMP error itself
+            self._raise_pending(self.pending_error)  # what came was the ICMP error itself
         return got
 
     def _recv_batch(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
@@ -346,8 +363,8 @@ class DatagramSocket:
         fast &= ~has_sum | ((words + 17 + ulen) % 0xFFFF == 0)
         return self._datagrams(rows, lens, fast, ulen)
 
-    def _raise_pending(self) -> None:
-        err, self.pending_error = self.pending_error, None
+    def _raise_pending(self, err: int) -> NoReturn:
+        self.pending_error = None
         raise OSError(err, os.strerror(err))  # ConnectionRefusedError for ECONNREFUSED
 
     def _recv_one(self, pkt: int) -> list[tuple[bytes, Address]]:
@@ -362,9 +379,9 @@ class DatagramSocket:
             total = int.from_bytes(d[_TOTAL : _TOTAL + 2], "big")
             ulen = int.from_bytes(d[_ULEN : _ULEN + 2], "big")
             end = IPV4_HLEN + ulen
-            if ulen >= UDP_HLEN and end <= min(total, n):
-                # the checksum over addresses, UDP header and payload, as the batch path sums it
-                if not (d[_UCSUM] | d[_UCSUM + 1]) or verifies(acc(d[_SRC:end]) + 17 + ulen):
+            # the checksum over addresses, UDP header and payload, as the batch path sums it
+            if ulen >= UDP_HLEN and end <= min(total, n) and (
+                    not (d[_UCSUM] | d[_UCSUM + 1]) or verifies(acc(d[_SRC:end]) + 17 + ulen)):
                     return [(d[HEADERS:end], (self._name(int.from_bytes(d[_SRC : _SRC + 4], "big")),
                                               int.from_bytes(d[_SPORT : _SPORT + 2], "big")))]
         got = self._parse_slow(d)
@@ -415,7 +432,7 @@ class DatagramSocket:
                 out.append(got)
         return out
 
-    def _parse6(self, v: bytes) -> tuple[bytes, Address] | object | None:
+    def _parse6(self, v: bytes) -> _Parsed:
         """(payload, sender) of an IPv6 UDP datagram with a good checksum, `_ICMP` for an ICMPv6
         error (see `_icmp_error`), else None."""
         try:
@@ -438,7 +455,7 @@ class DatagramSocket:
             name = self._names[ip] = ip_str(ip.to_bytes(4, "big"))
         return name
 
-    def _parse_slow(self, v: bytes) -> tuple[bytes, Address] | object | None:
+    def _parse_slow(self, v: bytes) -> _Parsed:
         """A datagram that is not the common case (IP options, bad checksum, not UDP), or `_ICMP`:
         an ICMP error the switch passed on, which may leave this socket a pending error."""
         try:
@@ -452,7 +469,7 @@ class DatagramSocket:
             return None
         return bytes(v[off : off + n]), (ip_str(src), sport)
 
-    def _icmp_error(self, v: bytes) -> object | None:
+    def _icmp_error(self, v: bytes) -> Literal[_Icmp.ERROR] | None:
         """An ICMP error quoting a datagram of ours: pending for a connected socket that sent it to
         its peer (as Linux reports it: unconnected sockets are not told). None if it is malformed."""
         err = icmp6_error(v) if self._v6 else icmp4_error(v)
@@ -471,7 +488,7 @@ class DatagramSocket:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "DatagramSocket":
+    def __enter__(self) -> DatagramSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:

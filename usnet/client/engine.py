@@ -24,13 +24,14 @@ import threading
 import time
 from typing import Any
 
-from usnet.runtime import gil
-from usnet.client.channel import ChannelError, NoBuffers, PeerGone
+from usnet.abi.protocol import Family
 from usnet.client import Client
+from usnet.client.channel import ChannelError, NoBuffers, PeerGone
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
+from usnet.runtime import gil
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
@@ -43,7 +44,7 @@ class FlowEngine:
     """One flow channel and the stack above it."""
 
     def __init__(self, client: Client, netif: str, local_port: int = 0,
-                 remote: tuple[str, int] | None = None, family: int = 0, **tcp_options: Any) -> None:
+                 remote: tuple[str, int] | None = None, family: Family = 0, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
         self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
                                               ring_size=1024, packets=4096)

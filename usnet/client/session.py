@@ -4,6 +4,12 @@
 `Client.connect(path)` or `Client.from_socket(sock)` talks to usnetd, or to an
 embedded domain in a parent process, over SOCK_SEQPACKET. Both return the
 same `Channel` objects; only the control path differs.
+
+A Client is a context manager; `close()` closes its channels and ends its
+control session, so the domain forgets it at once rather than when the
+process exits. Every reply is checked for the kind its request expects: any
+other kind raises `ProtocolError` naming both (a check that `python -O`
+keeps, unlike an assert).
 """
 
 from __future__ import annotations
@@ -11,29 +17,42 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from usnet.abi import doorbell
-from usnet.client.channel import Channel
 from usnet.abi import protocol as P
+from usnet.abi.advisory import AdvisoryReader
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.abi.transport import ControlClient, connect_seqpacket
-from usnet.client.lease import Lease, LeaseRefused
-from usnet.abi.advisory import AdvisoryReader
+from usnet.client.channel import Channel
+from usnet.client.lease import Lease, LeaseRefusedError
 
 if TYPE_CHECKING:
+    from usnet.client.datagram import DatagramSocket
     from usnet.domain.loop import Domain
     from usnet.domain.sessions import Session
-    from usnet.client.datagram import DatagramSocket
 
+__all__ = ["Client", "OverChannel"]
+
+_R = TypeVar("_R", bound=P.Reply)
+_Opened = TypeVar("_Opened", P.ChannelOpened, P.FlowOpened)
+
+
+class OverChannel(Protocol):
+    """Anything that runs over one flow channel (a DatagramSocket, say): it names its channel."""
+
+    @property
+    def channel(self) -> Channel: ...
 
 
 class Client:
     def __init__(self, request: Callable[[P.Request], tuple[P.Reply, list[int]]],
                  kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]],
-                 program: str | None = None, domain_fd: int | None = None) -> None:
+                 end: Callable[[], None], program: str | None = None, domain_fd: int | None = None) -> None:
         """`program` is the name given in Hello (default: this script's); the LL policy may match it.
 
+        `end` ends the control session (the domain forgets it and everything it held).
         `domain_fd` is a descriptor of the control socket (ours to close) whose hang-up
         tells a channel's sleeper that usnetd died; None in process, where the domain
         cannot die apart from us.
@@ -41,18 +60,23 @@ class Client:
         self.domain_fd = domain_fd
         self._request = request
         self._kick_for = kick_for
+        self._end = end
+        self.closed = False
         self.channels: dict[int, Channel] = {}
         if program is None:
             program = os.path.basename(sys.argv[0] or "python")
-        welcome, _ = self._call(P.Hello(P.PROTOCOL_VERSION, program))
-        assert isinstance(welcome, P.Welcome)
+        try:
+            welcome = self._expect(P.Hello(P.PROTOCOL_VERSION, program), P.Welcome)[0]
+        except BaseException:
+            self.close()
+            raise
         self.session = welcome.session
         self.uid = welcome.uid
 
     # -- constructors -------------------------------------------------------------
 
     @classmethod
-    def local(cls, domain: "Domain", program: str | None = None) -> "Client":
+    def local(cls, domain: Domain, program: str | None = None) -> Client:
         """An in-process client: control requests are method calls, kicks too."""
         session: Session = domain.new_session(os.getuid(), os.getpid())
 
@@ -64,10 +88,10 @@ class Client:
             os.close(kick_fd)
             return (lambda: domain.kick_channel(cid)), None
 
-        return cls(request, kick_for, program)
+        return cls(request, kick_for, lambda: domain.end_session(session, None), program)
 
     @classmethod
-    def from_socket(cls, sock: socket.socket, program: str | None = None) -> "Client":
+    def from_socket(cls, sock: socket.socket, program: str | None = None) -> Client:
         """A client over a connected SEQPACKET socket (usnetd, or a parent's embedded domain)."""
         ctl = ControlClient(sock)
 
@@ -76,20 +100,30 @@ class Client:
                 doorbell.ring(kick_fd)
             return kick, kick_fd
 
-        return cls(ctl.request, kick_for, program, domain_fd=os.dup(ctl.fileno()))
+        return cls(ctl.request, kick_for, ctl.close, program, domain_fd=os.dup(ctl.fileno()))
 
     @classmethod
-    def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> "Client":
+    def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> Client:
         return cls.from_socket(connect_seqpacket(path), program)
 
     # -- requests ------------------------------------------------------------------
 
     def _call(self, req: P.Request) -> tuple[P.Reply, list[int]]:
+        if self.closed:
+            raise ConnectionError(f"{type(req).__name__} on a closed client: its control session has ended")
         reply, fds = self._request(req)
         if isinstance(reply, P.Error):
-            for fd in fds:
-                os.close(fd)
+            _close_all(fds)
             raise P.ControlError(reply.code, reply.message)
+        return reply, fds
+
+    def _expect(self, req: P.Request, kind: type[_R], nfds: int = 0) -> tuple[_R, list[int]]:
+        """The reply to `req`, which must be a `kind` with `nfds` descriptors; anything else is a ProtocolError."""
+        reply, fds = self._call(req)
+        if not isinstance(reply, kind) or len(fds) != nfds:
+            _close_all(fds)
+            raise P.ProtocolError(f"{type(req).__name__} expects {kind.__name__} and {nfds} descriptor(s), "
+                                  f"got {type(reply).__name__} and {len(fds)}")
         return reply, fds
 
     def open_pipe(self, name: str, schema: str = "default", **attrs: int) -> Channel:
@@ -98,12 +132,16 @@ class Client:
 
     def open_flow(self, netif: str, proto: int, local_port: int = 0,
                   remote: tuple[str, int] | None = None, schema: str = "default",
-                  family: int = 0, **attrs: int) -> tuple[Channel, P.FlowOpened]:
+                  family: P.Family = 0, **attrs: int) -> tuple[Channel, P.FlowOpened]:
         """Register a flow on a netif's flow switch; returns its channel and what the switch enforces.
 
         `family` 4 or 6 picks the IP version; 0 takes the remote address's
         (IPv4 for a listener). `remote` may be a socket-style 4-tuple.
         """
+        return self._open_flow(netif, proto, local_port, remote, schema, family, attrs)
+
+    def _open_flow(self, netif: str, proto: int, local_port: int, remote: tuple[str, int] | None, schema: str,
+                   family: P.Family, attrs: dict[str, int]) -> tuple[Channel, P.FlowOpened]:
         raddr, rport = (remote[0], remote[1]) if remote is not None else (None, None)
         req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family)
         return self._open(req, P.FlowOpened)
@@ -117,23 +155,15 @@ class Client:
 
         Close it when done (it is a context manager). ENODEV for an unknown netif.
         """
-        reply, fds = self._call(P.OpenAdvisory(netif))
-        if not isinstance(reply, P.AdvisoryOpened) or len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise P.ProtocolError("OpenAdvisory answered without an advisory and its one descriptor")
+        reply, fds = self._expect(P.OpenAdvisory(netif), P.AdvisoryOpened, 1)
         try:
             return AdvisoryReader.from_fd(fds[0], reply.netif)
         finally:
             os.close(fds[0])
 
-    def _open(self, req: P.Request, expect: type) -> tuple[Channel, Any]:
+    def _open(self, req: P.Request, expect: type[_Opened]) -> tuple[Channel, _Opened]:
         """Send an open request; build the channel from the reply and its five descriptors."""
-        reply, fds = self._call(req)
-        if not isinstance(reply, expect) or len(fds) != 5:
-            for fd in fds:
-                os.close(fd)
-            raise P.ProtocolError(f"{type(req).__name__} answered without a channel and its five descriptors")
+        reply, fds = self._expect(req, expect, 5)
         shared, ro, bell, peer_bell, kick_fd = fds
         kick, keep_fd = self._kick_for(reply.channel, kick_fd)
         ch = Channel(
@@ -146,14 +176,14 @@ class Client:
         return ch, reply
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
-                   remote: tuple[str, int] | None = None, family: int = 0, **attrs: int) -> "DatagramSocket":
+                   remote: tuple[str, int] | None = None, family: P.Family = 0, **attrs: int) -> DatagramSocket:
         """A UDP endpoint on a netif: the minimal datagram API over a flow channel.
 
         `family` 6 (or an IPv6 `remote`) makes it IPv6.
         """
         from usnet.client.datagram import DatagramSocket
 
-        ch, info = self.open_flow(netif, 17, port, remote, family=family, **attrs)
+        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs)
         return DatagramSocket(ch, info)
 
     def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:
@@ -163,21 +193,18 @@ class Client:
         self.channels.pop(channel, None)
         self._call(P.CloseChannel(channel))
 
-    def flush_queue(self, channel: "Channel | DatagramSocket | int") -> int:
+    def flush_queue(self, channel: Channel | OverChannel | int) -> int:
         """Drop what a flow channel sent that still waits in its netif's queue; returns how many.
 
         For data that went stale while it waited (a sender that changes its
         rate, a frame superseded by the next): each reported packet among
         them gets TX_STATUS FLUSHED. What is still on the TX ring is not touched.
         """
-        reply, _ = self._call(P.FlushQueue(_channel_id(channel)))
-        if not isinstance(reply, P.Flushed):
-            raise P.ProtocolError(f"FlushQueue answered with {type(reply).__name__}")
-        return reply.packets
+        return self._expect(P.FlushQueue(_channel_id(channel)), P.Flushed)[0].packets
 
-    def request_lease(self, channel: "Channel | DatagramSocket | int", *, service_class: str = "interactive",
+    def request_lease(self, channel: Channel | OverChannel | int, *, service_class: str = "interactive",
                       rate: float, max_packet: int, latency_target: float) -> Lease:
-        """Ask for low-latency service for a flow channel of this client; LeaseRefused says why not.
+        """Ask for low-latency service for a flow channel of this client; LeaseRefusedError says why not.
 
         `channel` is a flow Channel, a socket over one, or a channel id.
         `rate` is bit/s at the link (Ethernet headers count), `max_packet`
@@ -185,16 +212,18 @@ class Client:
         rate are dropped and reported (TX_DROPPED, RATE_EXCEEDED); the grant
         and its end arrive on the channel's EVENT ring too.
         """
-        reply = self._lease_call(P.RequestLease(_channel_id(channel), service_class, rate, max_packet, latency_target))
-        assert isinstance(reply, P.LeaseGranted)
-        return Lease(self, reply)
+        req = P.RequestLease(_channel_id(channel), service_class, rate, max_packet, latency_target)
+        return Lease(self, self._lease_call(req, P.LeaseGranted))
 
-    def _lease_call(self, req: P.Request) -> P.Reply:
-        reply, _ = self._call(req)
-        if isinstance(reply, P.LeaseRefused):
-            raise LeaseRefused(reply.reason, reply.message)
-        if not isinstance(reply, (P.LeaseGranted, P.Done)):
-            raise P.ProtocolError(f"{type(req).__name__} answered with {type(reply).__name__}")
+    def _lease_call(self, req: P.Request, kind: type[_R]) -> _R:
+        """A lease request's answer: a `kind`, or LeaseRefusedError with the agent's reason."""
+        reply, fds = self._call(req)
+        if isinstance(reply, P.LeaseRefused) and not fds:
+            raise LeaseRefusedError(reply.reason, reply.message)
+        if not isinstance(reply, kind) or fds:
+            _close_all(fds)
+            raise P.ProtocolError(f"{type(req).__name__} expects {kind.__name__} or LeaseRefused, "
+                                  f"got {type(reply).__name__} and {len(fds)} descriptor(s)")
         return reply
 
     def status(self) -> dict:
@@ -202,21 +231,49 @@ class Client:
         parts: list[bytes] = []
         total = 1
         while len(parts) < total:
-            reply, _ = self._call(P.Status(len(parts)))
-            if not isinstance(reply, P.StatusReply) or reply.part != len(parts) or (parts and reply.parts != total):
+            reply = self._expect(P.Status(len(parts)), P.StatusReply)[0]
+            if reply.part != len(parts) or (parts and reply.parts != total):
                 raise P.ProtocolError(f"Status part {len(parts)} answered with {reply!r:.80}")
             total = reply.parts
             parts.append(reply.data)
         return P.decode_status(b"".join(parts))
 
     def close(self) -> None:
-        for ch in list(self.channels.values()):
-            ch.close()
-        if self.domain_fd is not None:
-            os.close(self.domain_fd)
-            self.domain_fd = None
+        """Close every channel, then end the control session; idempotent.
+
+        The domain sees the session end now (a socket session: the hang-up),
+        not when the process exits.
+        """
+        if self.closed:
+            return
+        try:
+            for ch in list(self.channels.values()):
+                ch.close()
+        finally:
+            self.closed = True
+            try:
+                self._end()
+            finally:
+                if self.domain_fd is not None:
+                    os.close(self.domain_fd)
+                    self.domain_fd = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _channel_id(channel: "Channel | DatagramSocket | int") -> int:
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _channel_id(channel: Channel | OverChannel | int) -> int:
     """The id of a flow Channel, of the channel under a socket, or an id as given."""
-    return channel if isinstance(channel, int) else getattr(channel, "channel", channel).id
+    if isinstance(channel, int):
+        return channel
+    if isinstance(channel, Channel):
+        return channel.id
+    return channel.channel.id

@@ -25,12 +25,19 @@ import socket as _std
 import struct
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET
-from usnet.client.session import Client
 from usnet.client.engine import FlowEngine, runner
-from usnet.proto.tcp.connection import CLOSED, SYN_SENT
+from usnet.client.session import Client
+from usnet.proto.tcp.connection import CLOSED, SYN_SENT, TcpConnection
+
+__all__ = [
+    "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_STREAM", "SOL_SOCKET",
+    "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "TCP_NODELAY", "TCP_USER_TIMEOUT", "configure", "create_connection",
+    "error", "gaierror", "getaddrinfo", "getdefaulttimeout", "setdefaulttimeout", "socket", "timeout",
+]
 
 AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM = _std.SOCK_STREAM
@@ -39,7 +46,7 @@ IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY,
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror = OSError, TimeoutError, _std.gaierror
-_GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT
+_GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
 
 _default: dict[str, Any] = {"client": None, "netif": None, "timeout": None}
 _default_lock = threading.Lock()
@@ -95,7 +102,7 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
-                      source_address: tuple[str, int] | None = None, **where: Any) -> "socket":
+                      source_address: tuple[str, int] | None = None, **where: Any) -> socket:
     """As the standard create_connection; the family is the address's."""
     family = getaddrinfo(address[0], address[1])[0][0]
     s = socket(family, **where)
@@ -122,7 +129,7 @@ class socket:
         self._timeout: float | None = getdefaulttimeout()
         self._port = 0
         self._engine: FlowEngine | None = None
-        self._conn = None
+        self._conn: TcpConnection | None = None
         self._listening = False
         self._owns_engine = False
         self._closed = False
@@ -172,7 +179,7 @@ class socket:
         self._attach(eng, owns=True)
         self._listening = True
 
-    def accept(self) -> tuple["socket", tuple[str, int]]:
+    def accept(self) -> tuple[socket, tuple[str, int]]:
         eng = self._need_engine()
         conn = self._wait(lambda: eng.tcp.accept(self._port), "accept")
         child = socket(self.family, client=self._where[0], netif=self._where[1])
@@ -201,6 +208,8 @@ class socket:
                 self._apply_options(self._conn)
             self._attach(eng, owns=True, conn=self._conn)
         conn = self._conn
+        if conn is None:  # a listener
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
         try:
             self._wait(lambda: conn.state is not SYN_SENT or conn.error is not None or None, "connect")
         except BlockingIOError:
@@ -301,7 +310,7 @@ class socket:
             return int(self._user_timeout * 1000)
         if level == SOL_SOCKET and opt == _std.SO_ERROR:
             conn = self._conn
-            return conn.error.errno if conn is not None and conn.error is not None else 0
+            return (conn.error.errno or 0) if conn is not None and conn.error is not None else 0
         return 0
 
     def makefile(self, mode: str = "r", buffering: int | None = None, *, encoding: str | None = None,
@@ -327,7 +336,7 @@ class socket:
         if "b" in mode:
             return buf
         text = io.TextIOWrapper(buf, encoding, errors, newline)
-        text.mode = mode
+        text.mode = mode  # type: ignore[misc]  # as the stdlib's makefile: settable, though typeshed says not
         return text
 
     def _decref_socketios(self) -> None:
@@ -337,7 +346,7 @@ class socket:
         if self._closed:
             raise OSError(errno.EBADF, "Bad file descriptor")
 
-    def __enter__(self) -> "socket":
+    def __enter__(self) -> socket:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -361,7 +370,7 @@ class socket:
     # -- plumbing -----------------------------------------------------------------------
 
     @property
-    def _ip_version(self) -> int:
+    def _ip_version(self) -> Literal[4, 6]:
         """What the flow switch calls the family: 4 or 6."""
         return 6 if self.family == AF_INET6 else 4
 
@@ -443,9 +452,9 @@ class socket:
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
-        if self._closed:
-            return
         conn, eng = self._conn, self._engine
+        if self._closed or eng is None:
+            return
         if eng.error is not None:
             ready = True  # recv and accept raise at once
         elif conn is not None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import errno
 import ssl
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from usnet.client import socket as _us
 
@@ -156,7 +157,7 @@ class TlsSocket:
         if self.do_handshake_on_connect:
             self._handshake_or_close()
 
-    def accept(self) -> tuple["TlsSocket", tuple]:
+    def accept(self) -> tuple[TlsSocket, tuple]:
         """For a wrapped listening socket: the accepted connection, server side."""
         child, addr = self._sock.accept()
         try:
@@ -342,7 +343,7 @@ class TlsSocket:
     def type(self) -> int:
         return self._sock.type
 
-    def __enter__(self) -> "TlsSocket":
+    def __enter__(self) -> TlsSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:

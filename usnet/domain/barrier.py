@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
+__all__ = ["log_fault"]
+
 log = logging.getLogger("usnet.domain")
 _last_traceback = [0.0]
 

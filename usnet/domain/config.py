@@ -106,11 +106,12 @@ import ipaddress
 import math
 import os
 import tomllib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from usnet.abi.paths import DEFAULT_SOCKET
+from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
 from usnet.domain.lowlat.agent import (
     DEFAULT_TTL,
     check_megabytes,
@@ -120,13 +121,22 @@ from usnet.domain.lowlat.agent import (
 )
 from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.netif import txsched
-from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
+
+if TYPE_CHECKING:
+    from usnet.drivers.base import Driver
+
+__all__ = [
+    "AccessConfig", "Config", "DriverName", "NetifConfig", "PolicyConfig", "ShareConfig", "dump",
+    "group_id", "load", "make_driver",
+]
+
+DriverName = Literal["tap", "packet"]
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     name: str
     address: str
-    driver: Literal["tap", "packet"] = "tap"
+    driver: DriverName = "tap"
     ifname: str | None = None
     gateway: str | None = None
     mtu: int = 1500
@@ -335,12 +345,12 @@ def _toml_value(v: object) -> str:
     return repr(str(v)).replace(chr(39), chr(34))
 
 
-def make_driver(nc: NetifConfig):
+def make_driver(nc: NetifConfig) -> Driver:
     """Open the device a netif config names (and wrap it in a pcap tracer if asked)."""
     if nc.driver == "tap":
         from usnet.drivers.tap import TapDriver
 
-        drv = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
+        drv: Driver = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
     else:
         from usnet.drivers.packet import PacketDriver
 

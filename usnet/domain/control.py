@@ -167,7 +167,7 @@ class Control(SessionRegistry):
             if uid is not None:
                 for nif in netifs:
                     nif["flows"] = [f for f in nif["flows"] if self._channel_uid(f["channel"]) == uid]
-                lowlat["leases"] = [l for l in lowlat["leases"] if l["uid"] == uid]
+                lowlat["leases"] = [g for g in lowlat["leases"] if g["uid"] == uid]
             return {
                 "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
                               "channels": sorted(s.channels), "refused": s.refused}

@@ -147,9 +147,9 @@ class Housekeeping:
             with p.lock:
                 if p.defunct_reason is not None:
                     continue
-                if p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets:
-                    if p.pool.purge(keep=p.schema.packets):
-                        p.publish_pool()
+                if (p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets
+                        and p.pool.purge(keep=p.schema.packets)):
+                    p.publish_pool()
                 p.idle_mark = p.pool.moves
         return self.purge_after
 

@@ -96,7 +96,7 @@ def host_address6_for(address6: str) -> str:
     return f"{host}/{iface.network.prefixlen}"
 
 
-def build_config(driver: str, ifname: str, address: str, host_address: str, socket_path: str,
+def build_config(driver: config.DriverName, ifname: str, address: str, host_address: str, socket_path: str,
                  pcap: str | None = None, address6: str | None = None, host_address6: str | None = None,
                  link_rate: float | None = None, ll_share: float | None = None,
                  strict: bool = False) -> config.Config:
@@ -117,7 +117,7 @@ def build_config(driver: str, ifname: str, address: str, host_address: str, sock
     return config.Config(socket=socket_path, netif=[nc])
 
 
-def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
+def up(driver: config.DriverName, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
        pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
        host_address6: str | None = None, link_rate: float | None = None, ll_share: float | None = None,
        strict: bool = False, netns: str | None = None) -> int:
@@ -164,9 +164,9 @@ def up(driver: str, ifname: str, address: str, host_address: str, run_dir: str =
             _to_netns(ns, host_if, host_address, host_address6)
     with open(paths["config"], "w") as f:
         f.write(config.dump(cfg))
-    log = open(paths["log"], "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
-                            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    with open(paths["log"], "ab") as log:  # the daemon's stderr is its own copy of this fd
+        proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
+                                stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     state = {"pid": proc.pid, "links": made, "socket": paths["socket"]}
     if ns is not None:
         state.update(netns=ns.name, netns_owned=ns.owned, netns_links=[])

@@ -28,8 +28,13 @@ from __future__ import annotations
 import errno
 import grp
 import pwd
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Iterable
+
+__all__ = [
+    "SHARED_MARK", "Access", "AccessRule", "Charge", "Ledger", "Limits", "Share", "check_share", "groups_of",
+    "is_shared", "parse_ports", "pipe_key",
+]
 
 #: A pipe name that begins with this is shared between the uids of a `[[share]]` entry.
 SHARED_MARK = "@"

@@ -54,7 +54,8 @@ __all__ = ["LL_BITE", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
 log = logging.getLogger("usnet.domain")
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
-MAX_RECEIVED_FDS = 253  # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
+# SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
+MAX_RECEIVED_FDS = 253
 REAPER_BACKLOG = 64  # descriptors waiting to be closed beyond which a session sending more is ended
 ACCEPT_BACKOFF = (0.05, 1.0)  # first and longest pause of accept() after EMFILE/ENFILE
 
@@ -233,7 +234,7 @@ class Domain(Control, Housekeeping):
         with self.lock:
             self.leases.remove_netif(name)
             sw = self.switches.pop(name)
-            for cid, ref in list(self.channels.items()):
+            for ref in list(self.channels.values()):
                 if ref.switch is sw:
                     ref.pipe.defunct(DefunctReason.DOMAIN_SHUTDOWN)
             try:
@@ -391,18 +392,18 @@ class Domain(Control, Housekeeping):
 
     def _fault(self, kind: str, obj: object, exc: Exception) -> None:
         """The loop's barrier: an exception from serving one object ends at that object's owner."""
-        if kind == "kick":
-            ref = self.channels.get(obj)  # type: ignore[arg-type]
+        if kind == "kick" and isinstance(obj, int):
+            ref = self.channels.get(obj)
             if ref is not None:
                 self._fault_channel(ref.pipe, ref.role, "kick", exc)
                 return
-        elif kind == "flowtx":
-            _, flow = obj  # type: ignore[misc]
+        elif kind == "flowtx" and isinstance(obj, tuple):
+            _, flow = obj
             self._fault_channel(flow.port.pipe, 0, "transmit", exc)
             return
-        elif kind == "session":
-            self._log_fault(f"session {obj.id}", exc)  # type: ignore[attr-defined]
-            self.end_session(obj, DefunctReason.PROTOCOL)  # type: ignore[arg-type]
+        elif kind == "session" and isinstance(obj, Session):
+            self._log_fault(f"session {obj.id}", exc)
+            self.end_session(obj, DefunctReason.PROTOCOL)
             return
         self._log_fault(kind, exc)  # a netif, a listener, the wake pipe: logged, the loop goes on
 
@@ -651,7 +652,7 @@ class Domain(Control, Housekeeping):
         os.close(self._wake_r)
         os.close(self._wake_w)
 
-    def __enter__(self) -> "Domain":
+    def __enter__(self) -> Domain:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,6 +22,8 @@ import struct
 import threading
 from collections import deque
 
+__all__ = ["Reaper"]
+
 log = logging.getLogger("usnet.reaper")
 _NO_LINGER = struct.pack("ii", 1, 0)
 

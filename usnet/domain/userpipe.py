@@ -14,27 +14,42 @@ domain, and where the accounting is kept exact.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from usnet.abi import ring as ringmod
 from usnet.abi.doorbell import Doorbell
-from usnet.abi.events import DefunctReason, EventProducer, EventType, RefusalReason
 from usnet.abi.events import RECORD_SIZE as EVENT_RECORD
+from usnet.abi.events import DefunctReason, EventProducer, EventType, RefusalReason
 from usnet.abi.ring import Consumer, Producer
 from usnet.abi.schema import (
-    FLOWADV, SCHEMA_BYTES, STATS, STATS_PER_ROLE, W_ACTIVE, W_GENERATION, W_LIMIT, W_REASON, W_STALLED,
-    W_STATE, W_SYNC,
-    ChannelState, Layout, RingInfo, RingKind, Schema, Stat,
+    FLOWADV,
+    SCHEMA_BYTES,
+    STATS,
+    STATS_PER_ROLE,
+    W_ACTIVE,
+    W_GENERATION,
+    W_LIMIT,
+    W_REASON,
+    W_STALLED,
+    W_STATE,
+    W_SYNC,
+    ChannelState,
+    Layout,
+    RingInfo,
+    RingKind,
+    Schema,
+    Stat,
 )
+from usnet.abi.umd import UMD_SIZE, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO
 from usnet.domain.barrier import log_fault
 from usnet.domain.mem.arena import Arena, RegionKind, RegionSpec
 from usnet.domain.mem.pool import PacketPool
-from usnet.abi.umd import UMD_SIZE, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO
+
+__all__ = ["ABUSE_LIMIT", "PipeEnd", "UserPipe", "pipe_ring_capacity"]
 
 ROLES = 2
 ABUSE_LIMIT = 8  # bad batches tolerated before the group is defuncted
@@ -61,7 +76,7 @@ def _layout_rings(schema: Schema) -> list[tuple[RingKind, int, int, int]]:
 class PipeEnd:
     """The nexus's side of one channel of a pipe."""
 
-    def __init__(self, pipe: "UserPipe", role: int, rings: dict[tuple[RingKind, int], RingInfo]) -> None:
+    def __init__(self, pipe: UserPipe, role: int, rings: dict[tuple[RingKind, int], RingInfo]) -> None:
         mem = pipe.shared_mv
         a = rings[RingKind.ALLOC, role]
         f = rings[RingKind.FREE, role]
@@ -185,7 +200,7 @@ class UserPipe:
         self.idle_mark = -1  # the pool's `moves` at the domain's last purge tick
         self.pressure_mark = -1  # the pool's `moves` after its last memory-pressure purge
         self.destroyed = False
-        self.on_destroy: Callable[["UserPipe"], None] | None = None
+        self.on_destroy: Callable[[UserPipe], None] | None = None
 
     # -- the pool side of the data path ------------------------------------------
 

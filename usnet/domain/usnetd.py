@@ -24,9 +24,11 @@ import signal
 import sys
 
 from usnet.abi.paths import DEFAULT_SOCKET
-from usnet.domain import config
 from usnet.abi.transport import listen_seqpacket
+from usnet.domain import config
 from usnet.domain.loop import Domain
+
+__all__ = ["main"]
 
 log = logging.getLogger("usnetd")
 
@@ -131,7 +133,7 @@ def reload_policy(path: str | None, domain: Domain) -> None:
     revoked = domain.set_policy(cfg.agent_policy(), cfg.lease_ttl)
     domain.set_privileges(**cfg.privilege_kwargs())
     log.info("SIGHUP: policy reloaded: %d entries, leases last %g s, %d leases revoked%s", len(cfg.policy),
-             cfg.lease_ttl, len(revoked), "".join(f" ({l.id}: uid {l.who.uid})" for l in revoked))
+             cfg.lease_ttl, len(revoked), "".join(f" ({lease.id}: uid {lease.who.uid})" for lease in revoked))
 
 
 if __name__ == "__main__":

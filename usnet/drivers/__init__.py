@@ -6,9 +6,9 @@ Every driver moves whole Ethernet frames in batches and exposes a pollable
 """
 
 from usnet.drivers.base import Driver, random_mac
-from usnet.drivers.memwire import MemWire
-from usnet.drivers.pcap import PcapTracer
 from usnet.drivers.fault import FaultInjector
+from usnet.drivers.memwire import MemWire
 from usnet.drivers.packet import PacketDriver
+from usnet.drivers.pcap import PcapTracer
 
 __all__ = ["Driver", "FaultInjector", "MemWire", "PacketDriver", "PcapTracer", "random_mac"]

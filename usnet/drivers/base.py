@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from usnet.drivers.block import FrameBlock
 
 Frame = bytes | bytearray | memoryview
+Received = bytes | bytearray  # what a device hands up: bytes, or a Coalesced (a bytearray) made of several
 
 
 class SegmentedFrame(bytes):
@@ -19,12 +24,12 @@ class SegmentedFrame(bytes):
 
     gso_size: int
 
-    def __new__(cls, data: Frame, gso_size: int) -> "SegmentedFrame":
+    def __new__(cls, data: Frame, gso_size: int) -> SegmentedFrame:
         self = super().__new__(cls, data)
         self.gso_size = gso_size
         return self
 
-    def rewrap(self, data: Frame) -> "SegmentedFrame":
+    def rewrap(self, data: Frame) -> SegmentedFrame:
         """The same frame attributes on new bytes (the packet, framed)."""
         f = type(self)(data, self.gso_size)
         f.__dict__.update(self.__dict__)
@@ -135,7 +140,7 @@ class Driver(Protocol):
     stats: DriverStats
 
     def fileno(self) -> int: ...
-    def recv_batch(self, max_n: int = 64) -> list[bytes]: ...
+    def recv_batch(self, max_n: int = 64) -> Sequence[Received | FrameBlock]: ...
     def send_batch(self, frames: Sequence[Frame]) -> int: ...
     def timeout(self) -> float | None: ...
     def close(self) -> None: ...
@@ -155,6 +160,16 @@ class DriverStats:
     # rx_csum_completed: partial checksums the driver finished (checksum offload).
     __slots__ = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "rx_errors", "tx_errors", "tx_dropped",
                  "tx_gso_frames", "rx_gso_frames", "rx_csum_completed")
+    rx_frames: int
+    rx_bytes: int
+    tx_frames: int
+    tx_bytes: int
+    rx_errors: int
+    tx_errors: int
+    tx_dropped: int
+    tx_gso_frames: int
+    rx_gso_frames: int
+    rx_csum_completed: int
 
     def __init__(self) -> None:
         for k in self.__slots__:

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import Capabilities, Driver, Frame
+from usnet.drivers.base import Capabilities, Driver, Frame, Received
 
 
 class FaultInjector:
 
-    takes_blocks = False  # TRANSITIONAL: flowswitch.service_rx still getattr()s it; it will read netif.caps
     def __init__(
         self,
         inner: Driver,
@@ -81,8 +80,8 @@ class FaultInjector:
                 self.counts["duplicated"] += 1
         return out
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
-        out: list[bytes] = []
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
+        out: list[Received] = []
         while self.injected and len(out) < max_n:
             out.append(self.injected.popleft())
         if len(out) < max_n:

@@ -12,11 +12,13 @@ import heapq
 import os
 import random
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from usnet.drivers import block
-from usnet.drivers.base import Capabilities, DriverStats, Frame, random_mac
+from usnet.drivers.base import Capabilities, DriverStats, Frame, Received, random_mac
 from usnet.drivers.block import FrameBlock
+
+__all__ = ["MemWire", "MemWirePort"]
 
 
 class _Direction:
@@ -36,9 +38,8 @@ class MemWirePort:
     # FrameBlocks cross the wire whole (usnet.drivers.block); a GatherFrame is
     # joined as it crosses: the wire is memory
     caps = Capabilities(takes_blocks=True, takes_gather=True)
-    takes_blocks = True  # TRANSITIONAL: flowswitch.service_rx still getattr()s it; it will read netif.caps
 
-    def __init__(self, wire: "MemWire", side: int, name: str) -> None:
+    def __init__(self, wire: MemWire, side: int, name: str) -> None:
         self.wire = wire
         self.side = side
         self.name = name
@@ -54,7 +55,7 @@ class MemWirePort:
     def send_batch(self, frames: Sequence[Frame]) -> int:
         return self.wire._send(self.side, frames)
 
-    def recv_batch(self, max_n: int = 64) -> list:
+    def recv_batch(self, max_n: int = 64) -> list[Received | FrameBlock]:
         """Frames, and FrameBlocks where the sender sent blocks; `max_n` counts items."""
         try:
             os.eventfd_read(self._bell)

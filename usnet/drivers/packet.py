@@ -46,9 +46,10 @@ enough for every slot, so only an skb allocation failure gets there.
 Set `tx_ring=False` to use a plain send() per frame instead: in Python on a
 veth it is as fast (about 1.0-1.3 M 60-byte frames/s either way on this
 machine; filling a slot costs ~0.3 us of Python, about what a syscall
-saves; the kernel's own work per frame is ~0.45 us). PACKET_LOSS is set: a frame the kernel refuses is skipped rather than
-left as TP_STATUS_WRONG_FORMAT, which would park the kernel's TX head on that
-slot until we happened to refill it a whole ring later; we check lengths
+saves; the kernel's own work per frame is ~0.45 us). PACKET_LOSS is set: a
+frame the kernel refuses is skipped rather than left as TP_STATUS_WRONG_FORMAT,
+which would park the kernel's TX head on that slot until we happened to refill
+it a whole ring later; we check lengths
 ourselves (14..mtu+14, mtu+18 with a VLAN tag) so that should not happen.
 POLLOUT says nothing about TX ring room (datagram_poll reports it whenever
 the send buffer has space); a caller whose batch was cut short retries later.
@@ -82,10 +83,12 @@ import fcntl
 import mmap
 import socket
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
-from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, random_mac
+from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, Received, random_mac
 from usnet.proto.wire.checksum import acc, finish
+
+__all__ = ["PacketDriver"]
 
 # linux/if_ether.h
 ETH_P_ALL = 0x0003
@@ -295,13 +298,13 @@ class PacketDriver:
     def timeout(self) -> float | None:
         return 0.001 if self._kick_needed else None  # retry the kick from recv_batch
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
         if self._kick_needed:
             self._kick()
         mm = self._mm
         if mm is None:
             return []
-        out: list[bytes] = []
+        out: list[Received] = []
         bd = _BD.unpack_from
         ph = _PH.unpack_from
         left = self._rx_left
@@ -316,7 +319,7 @@ class PacketDriver:
                 if not status & TP_STATUS_USER:
                     break
                 if not num:  # a block retired empty
-                    self._release_block()
+                    self._release_block(mm)
                     continue
                 left = num
                 off = base + first
@@ -335,7 +338,7 @@ class PacketDriver:
             left -= 1
             off += nxt
             if not left:
-                self._release_block()
+                self._release_block(mm)
         self._rx_left = left
         self._rx_off = off
         if not out:
@@ -362,8 +365,8 @@ class PacketDriver:
             return False
         return bool(struct.unpack_from("H", ifr, 16)[0] & IFF_UP)
 
-    def _release_block(self) -> None:
-        _U32.pack_into(self._mm, self._rx_blk * self.block_size + _BD_STATUS_OFF, TP_STATUS_KERNEL)
+    def _release_block(self, mm: mmap.mmap) -> None:
+        _U32.pack_into(mm, self._rx_blk * self.block_size + _BD_STATUS_OFF, TP_STATUS_KERNEL)
         self._rx_blk += 1
         if self._rx_blk == self.block_count:
             self._rx_blk = 0
@@ -461,6 +464,8 @@ class PacketDriver:
         next frame goes where the kernel will look.
         """
         mm = self._mm
+        if mm is None:  # no ring, nothing waiting in it
+            return
         n = self._tx_n
         i = self._tx_head
         for _ in range(n):
@@ -502,7 +507,7 @@ class PacketDriver:
     def ring_stats(self) -> dict[str, int]:
         """Kernel RX counters (PACKET_STATISTICS, which resets them; we accumulate)."""
         if self._mm is not None:
-            packets, drops, freezes = _STATS3.unpack(
+            _packets, drops, freezes = _STATS3.unpack(
                 self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS3.size))
             self.kernel_drops += drops
             self.kernel_freezes += freezes

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 
 from usnet.drivers import block
-from usnet.drivers.base import Capabilities, Driver, Frame
+from usnet.drivers.base import Capabilities, Driver, Frame, Received
 
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
@@ -26,7 +27,8 @@ class PcapWriter:
 
     def __init__(self, out: BinaryIO | str, snaplen: int = 65535) -> None:
         self._own = isinstance(out, str)
-        self.f: BinaryIO = open(out, "wb") if isinstance(out, str) else out
+        # opened here, closed by close(): the writer outlives any with-block in __init__
+        self.f: BinaryIO = open(out, "wb") if isinstance(out, str) else out  # noqa: SIM115
         self.snaplen = snaplen
         self.f.write(GLOBAL_HEADER.pack(MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET))
         self.frames = 0
@@ -53,7 +55,6 @@ class PcapWriter:
 class PcapTracer:
     """A driver wrapper that records what passes through it."""
 
-    takes_blocks = False  # TRANSITIONAL: flowswitch.service_rx still getattr()s it; it will read netif.caps
 
     def __init__(self, inner: Driver, out: BinaryIO | str) -> None:
         self.inner = inner
@@ -74,7 +75,7 @@ class PcapTracer:
     def timeout(self) -> float | None:
         return self.inner.timeout()
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
         frames = block.expand(self.inner.recv_batch(max_n))
         for f in frames:
             self.writer.write(f)

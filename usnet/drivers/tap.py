@@ -22,10 +22,19 @@ import errno
 import fcntl
 import os
 import struct
-from typing import Sequence
+from collections.abc import Sequence
 
-from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, SegmentedFrame, random_mac
-from usnet.proto.wire.checksum import finish, acc
+from usnet.drivers.base import (
+    Capabilities,
+    Coalesced,
+    DriverStats,
+    Frame,
+    GatherFrame,
+    Received,
+    SegmentedFrame,
+    random_mac,
+)
+from usnet.proto.wire.checksum import acc, finish
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -78,25 +87,24 @@ class TapDriver:
     def timeout(self) -> float | None:
         return None
 
-    def recv_batch(self, max_n: int = 64) -> list[bytes]:
-        out: list[bytes] = []
+    def recv_batch(self, max_n: int = 64) -> list[Received]:
+        out: list[Received] = []
         read = os.read
         fd = self.fd
         vnet = self.vnet_hdr
         nbytes = 0
         while len(out) < max_n:
             try:
-                f = read(fd, self._bufsize)
+                raw = read(fd, self._bufsize)
             except BlockingIOError:
                 break
             except OSError as e:
                 if e.errno == errno.EIO:  # the interface is down
                     break
                 raise
-            if vnet:
-                f = self._unwrap(f)
-                if f is None:
-                    continue
+            f = self._unwrap(raw) if vnet else raw
+            if f is None:
+                continue
             nbytes += len(f)
             out.append(f)
         self.stats.rx_frames += len(out)
@@ -139,7 +147,7 @@ class TapDriver:
                     os.writev(fd, (_ZERO_VNET, f.head, f.body) if vnet else (f.head, f.body))
                 elif not vnet:
                     os.write(fd, f)
-                elif type(f) is not bytes and getattr(f, "gso_size", 0):  # a SegmentedFrame, tracked or not
+                elif isinstance(f, SegmentedFrame) and f.gso_size:  # tracked or not
                     os.writev(fd, (self._gso_header(f), f))
                     self.stats.tx_gso_frames += 1
                 else:

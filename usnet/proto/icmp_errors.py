@@ -49,9 +49,8 @@ def _ports(proto: int, t) -> tuple[int | None, int | None]:
     if proto in _PORTED:
         if len(t) >= 4:
             return (t[0] << 8) | t[1], (t[2] << 8) | t[3]
-    elif proto in (ICMP, ICMPV6):
-        if len(t) >= 6:
-            return (t[4] << 8) | t[5], 0
+    elif proto in (ICMP, ICMPV6) and len(t) >= 6:
+        return (t[4] << 8) | t[5], 0
     return None, None
 
 

@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import errno as _errno
 from collections import Counter
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from usnet.proto.icmp_errors import ICMP4_ERRORS, icmp4_errno, icmp6_errno, quote4, quote6
 from usnet.proto.pmtu import IPV4_MIN_MTU, PathMtuCache, frag_needed_mtu
@@ -62,7 +63,13 @@ from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import ICMP, IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, parse_ipv4
 from usnet.proto.wire.ipv6 import (
-    ICMPV6, IPV6_HLEN, IPV6_MIN_MTU, NO_NEXT, build_ipv6_header, is_link_local6, parse_ipv6,
+    ICMPV6,
+    IPV6_HLEN,
+    IPV6_MIN_MTU,
+    NO_NEXT,
+    build_ipv6_header,
+    is_link_local6,
+    parse_ipv6,
     skip_ext_headers,
 )
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import sys
 
+__all__ = ["SWITCH_INTERVAL", "short_switch_interval"]
+
 SWITCH_INTERVAL = 0.0005  # seconds
 
 

@@ -28,6 +28,8 @@ import ctypes
 import platform
 import struct
 
+__all__ = ["SHORT_SLICE", "get_slice", "set_slice"]
+
 SHORT_SLICE = 100e-6  # seconds: the shortest slice the kernel grants (it clamps to 0.1-100 ms)
 
 # struct sched_attr (include/uapi/linux/sched/types.h), SCHED_ATTR_SIZE_VER1: size, policy, flags,
@@ -39,8 +41,8 @@ _NR = _SYSCALLS.get(platform.machine())
 _libc = ctypes.CDLL(None, use_errno=True) if _NR is not None else None
 
 
-def _getattr(tid: int) -> tuple | None:
-    if _libc is None:
+def _getattr(tid: int) -> tuple[int, ...] | None:
+    if _libc is None or _NR is None:
         return None
     buf = ctypes.create_string_buffer(_ATTR.size)
     if _libc.syscall(_NR[1], tid, buf, _ATTR.size, 0) != 0:
@@ -66,7 +68,7 @@ def set_slice(seconds: float = SHORT_SLICE, tid: int = 0) -> float | None:
     if not 0 < seconds <= 1:
         raise ValueError(f"a scheduling slice is between 0 and 1 s, not {seconds!r}")
     attr = _getattr(tid)
-    if attr is None or attr[1] not in (_SCHED_OTHER, _SCHED_BATCH):
+    if attr is None or _libc is None or _NR is None or attr[1] not in (_SCHED_OTHER, _SCHED_BATCH):
         return None
     want = int(seconds * 1e9)
     new = _ATTR.pack(_ATTR.size, attr[1], 0, attr[3], 0, want, 0, 0, 0, 0)

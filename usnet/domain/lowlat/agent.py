@@ -11,7 +11,7 @@ rate, a largest packet and a latency target. The agent
    bound with this lease's burst added must stay within this lease's latency
    target (LATENCY_UNACHIEVABLE) and every other lease's on the netif
    (OVER_SUBSCRIBED: granting it would break theirs);
-5. grants a `Lease` with an id, an expiry `ttl` seconds ahead, and a
+5. grants: a `Grant` (the agent's record of a lease) with an id, an expiry `ttl` seconds ahead, and a
    `Policer` that holds the flow to its rate.
 
 A refusal changes nothing. Leases end by release, by expiry (`expire(now)`),
@@ -40,15 +40,26 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any
 
 from usnet.abi.events import RevokeReason
 from usnet.abi.protocol import LeaseRefusal
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import (
-    MAX_LATENCY, MAX_PACKET, MAX_RATE, MIN_PACKET, SERVICE_CLASSES, Policy, Who, packet_ok, rate_ok,
+    MAX_LATENCY,
+    MAX_PACKET,
+    MAX_RATE,
+    MIN_PACKET,
+    SERVICE_CLASSES,
+    Policy,
+    Who,
+    packet_ok,
+    rate_ok,
 )
+
+__all__ = ["DEFAULT_TTL", "Agent", "Grant", "LLLink", "Refusal", "burst_of", "check_seconds", "check_ttl"]
 
 ETH_OVERHEAD = 14  # the link carries an Ethernet header per packet: rates and bursts count it
 DEFAULT_TTL = 30.0  # seconds a grant or renewal lasts
@@ -68,7 +79,7 @@ class LLLink:
     mtu: int
 
     @classmethod
-    def of_scheduler(cls, sched: Any, mtu: int) -> "LLLink | None":
+    def of_scheduler(cls, sched: Any, mtu: int) -> LLLink | None:
         """From a netif's SlotScheduler (usnet.domain.netif.txsched); None if it has no LL slots."""
         if sched is None or not sched.ll_slots:
             return None
@@ -89,7 +100,10 @@ class Refusal:
 
 
 @dataclass(eq=False)
-class Lease:
+class Grant:
+    """A lease as the agent keeps it: holder, flow, terms and policer. (The client's handle on
+    it is usnet.client.lease.Lease; the two are named apart because they live on different sides.)"""
+
     id: int
     owner: Hashable  # who may renew and release it (the domain's session)
     who: Who
@@ -117,8 +131,8 @@ class Agent:
         self.policy = policy or Policy()
         self.ttl = check_ttl(ttl)
         self.links: dict[str, LLLink] = {}
-        self.leases: dict[int, Lease] = {}
-        self._by_flow: dict[tuple[str, Hashable], Lease] = {}
+        self.leases: dict[int, Grant] = {}
+        self._by_flow: dict[tuple[str, Hashable], Grant] = {}
         self._ids = itertools.count(1)
         self.granted = 0
         self.renewed = 0
@@ -134,24 +148,24 @@ class Agent:
         else:
             self.links[netif] = link
 
-    def drop_link(self, netif: str) -> list[Lease]:
+    def drop_link(self, netif: str) -> list[Grant]:
         """The netif went away: its leases end."""
         self.links.pop(netif, None)
-        return self._end([l for l in self.leases.values() if l.netif == netif], RevokeReason.CLOSED)
+        return self._end([lease for lease in self.leases.values() if lease.netif == netif], RevokeReason.CLOSED)
 
     def granted_rate(self, netif: str) -> float:
-        return math.fsum(l.rate for l in self.leases.values() if l.netif == netif)
+        return math.fsum(lease.rate for lease in self.leases.values() if lease.netif == netif)
 
     def wait_bound(self, netif: str, extra_burst: int = 0) -> float:
         """The LL wait bound of a netif with its leases (and `extra_burst` more bytes of burst)."""
         link = self.links[netif]
-        bursts = sum(l.burst for l in self.leases.values() if l.netif == netif) + extra_burst
+        bursts = sum(lease.burst for lease in self.leases.values() if lease.netif == netif) + extra_burst
         return link.access + 8 * bursts / link.capacity
 
     # -- requests -------------------------------------------------------------------------
 
     def request(self, who: Who, netif: str, flow: Hashable, service_class: str, rate_bps: float,
-                max_packet: int, latency_target: float, now: float, owner: Hashable = None) -> Lease | Refusal:
+                max_packet: int, latency_target: float, now: float, owner: Hashable = None) -> Grant | Refusal:
         """A lease for `flow` on `netif`, or the refusal that says why not (and changes nothing)."""
         bad = _bad_parameters(service_class, rate_bps, max_packet, latency_target)
         if bad:
@@ -169,7 +183,7 @@ class Agent:
         denied = self.policy.check(who, service_class, rate_bps, max_packet)
         if denied:
             return self.refuse(*denied)
-        rates = [l.rate for l in self.leases.values() if l.netif == netif]
+        rates = [lease.rate for lease in self.leases.values() if lease.netif == netif]
         if math.fsum([*rates, rate_bps]) > link.capacity:  # the sum the property test checks, exactly
             used = math.fsum(rates)
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
@@ -181,19 +195,19 @@ class Agent:
             return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
                                 f"the LL wait on {netif!r} can reach {bound * 1e3:.3g} ms with this lease, "
                                 f"above the target of {latency_target * 1e3:.3g} ms")
-        hurt = [l for l in self.leases.values() if l.netif == netif and l.latency_target < bound]
+        hurt = [lease for lease in self.leases.values() if lease.netif == netif and lease.latency_target < bound]
         if hurt:
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
                                 f"granting it would raise the LL wait on {netif!r} to {bound * 1e3:.3g} ms, "
                                 f"past lease {hurt[0].id}'s target of {hurt[0].latency_target * 1e3:.3g} ms")
-        lease = Lease(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
+        lease = Grant(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
                       float(latency_target), burst, now + self.ttl, Policer(rate_bps, burst, max_packet))
         self.leases[lease.id] = lease
         self._by_flow[(netif, flow)] = lease
         self.granted += 1
         return lease
 
-    def renew(self, lease_id: int, owner: Hashable, now: float) -> Lease | Refusal:
+    def renew(self, lease_id: int, owner: Hashable, now: float) -> Grant | Refusal:
         """Extend a live lease of `owner` to `ttl` seconds from now."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.owner != owner:
@@ -204,28 +218,28 @@ class Agent:
         self.renewed += 1
         return lease
 
-    def release(self, lease_id: int, owner: Hashable) -> Lease | Refusal:
+    def release(self, lease_id: int, owner: Hashable) -> Grant | Refusal:
         """End a lease of `owner` (the domain moves its flow back to the general class)."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.owner != owner:
             return self.refuse(LeaseRefusal.UNKNOWN_LEASE, f"no lease {lease_id} of yours")
         return self._end([lease], RevokeReason.RELEASED)[0]
 
-    def revoke_flow(self, netif: str, flow: Hashable) -> Lease | None:
+    def revoke_flow(self, netif: str, flow: Hashable) -> Grant | None:
         """The flow is closing: its lease, if it has one, ends."""
         lease = self._by_flow.get((netif, flow))
         return None if lease is None else self._end([lease], RevokeReason.CLOSED)[0]
 
     # -- time and policy ------------------------------------------------------------------
 
-    def expire(self, now: float) -> list[Lease]:
+    def expire(self, now: float) -> list[Grant]:
         """End the leases whose time is up; returns them."""
-        return self._end([l for l in self.leases.values() if l.expires <= now], RevokeReason.EXPIRED)
+        return self._end([lease for lease in self.leases.values() if lease.expires <= now], RevokeReason.EXPIRED)
 
     def next_expiry(self) -> float | None:
-        return min((l.expires for l in self.leases.values()), default=None)
+        return min((lease.expires for lease in self.leases.values()), default=None)
 
-    def reload(self, policy: Policy, now: float, ttl: float | None = None) -> list[Lease]:
+    def reload(self, policy: Policy, now: float, ttl: float | None = None) -> list[Grant]:
         """A new policy (and TTL, for grants and renewals from now on); returns the leases it no longer entitles.
 
         Leases it still entitles keep their expiry, rate and policer. Admission
@@ -234,8 +248,8 @@ class Agent:
         self.policy = policy
         if ttl is not None:
             self.ttl = check_ttl(ttl)
-        gone = [l for l in self.leases.values()
-                if policy.check(l.who, l.service_class, l.rate, l.max_packet) is not None]
+        gone = [lease for lease in self.leases.values()
+                if policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet) is not None]
         return self._end(gone, RevokeReason.POLICY)
 
     # -- inside -----------------------------------------------------------------------------
@@ -245,7 +259,7 @@ class Agent:
         self.refused[reason.value] += 1
         return Refusal(reason, message)
 
-    def _end(self, leases: list[Lease], reason: RevokeReason) -> list[Lease]:
+    def _end(self, leases: list[Grant], reason: RevokeReason) -> list[Grant]:
         for lease in leases:
             del self.leases[lease.id]
             del self._by_flow[(lease.netif, lease.flow)]
@@ -254,9 +268,9 @@ class Agent:
 
     def info(self, now: float) -> dict[str, Any]:
         return {"policy_entries": len(self.policy), "ttl": self.ttl,
-                "capacity": {n: l.capacity for n, l in self.links.items()},
+                "capacity": {n: link.capacity for n, link in self.links.items()},
                 "granted_rate": {n: self.granted_rate(n) for n in self.links},
-                "leases": [l.info(now) for l in self.leases.values()],
+                "leases": [lease.info(now) for lease in self.leases.values()],
                 "granted": self.granted, "renewed": self.renewed,
                 "refused": dict(self.refused), "ended": dict(self.ended)}
 

@@ -20,12 +20,13 @@ cut short for the next expiry: no timer thread.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from usnet.abi.events import EventType, RevokeReason
 from usnet.abi import protocol as P
+from usnet.abi.events import EventType, RevokeReason
 from usnet.abi.protocol import LeaseRefusal
-from usnet.domain.lowlat.agent import Agent, LLLink, Lease, Refusal
+from usnet.domain.lowlat.agent import Agent, Grant, LLLink, Refusal
 from usnet.domain.lowlat.policy import DSCP_BEST_EFFORT, SERVICE_DSCP, Policy, Who
 
 if TYPE_CHECKING:
@@ -33,20 +34,22 @@ if TYPE_CHECKING:
     from usnet.domain.sessions import ChannelRef, Session
     from usnet.domain.switch.flowswitch import FlowSwitch
 
+__all__ = ["LeaseDesk"]
+
 log = logging.getLogger("usnet.domain.lowlat")
 
 
 class LeaseDesk:
     """The agent, wired to one domain's flows and channels (see the module docstring)."""
 
-    def __init__(self, domain: "Domain", agent: Agent, clock: Callable[[], float]) -> None:
+    def __init__(self, domain: Domain, agent: Agent, clock: Callable[[], float]) -> None:
         self.domain = domain
         self.agent = agent
         self.clock = clock
 
     # -- netifs ------------------------------------------------------------------------------
 
-    def add_netif(self, sw: "FlowSwitch") -> None:
+    def add_netif(self, sw: FlowSwitch) -> None:
         self.agent.set_link(sw.netif.name, LLLink.of_scheduler(sw.netif.sched, sw.netif.mtu))
 
     def remove_netif(self, name: str) -> None:
@@ -55,7 +58,7 @@ class LeaseDesk:
 
     # -- control requests ----------------------------------------------------------------------
 
-    def handle(self, session: "Session", req: P.Request) -> P.Reply:
+    def handle(self, session: Session, req: P.Request) -> P.Reply:
         """RequestLease, RenewLease or ReleaseLease from `session`: a grant, Done, or a refusal."""
         self.tick()  # a lease whose time is up is gone before anyone renews it
         now = self.clock()
@@ -87,7 +90,7 @@ class LeaseDesk:
             return P.Done()
         raise P.ProtocolError(f"not a lease request: {type(req).__name__}")
 
-    def _granted(self, lease: Lease, channel: Any) -> P.LeaseGranted:
+    def _granted(self, lease: Grant, channel: Any) -> P.LeaseGranted:
         return P.LeaseGranted(lease.id, channel, lease.service_class, lease.rate, lease.max_packet,
                               lease.latency_target, lease.expires, self.agent.ttl, lease.burst)
 
@@ -101,31 +104,32 @@ class LeaseDesk:
         due = self.agent.next_expiry()
         return None if due is None else max(0.0, due - now)
 
-    def set_policy(self, policy: Policy, ttl: float | None = None) -> list[Lease]:
+    def set_policy(self, policy: Policy, ttl: float | None = None) -> list[Grant]:
         """Apply a new policy: the leases it no longer entitles are revoked; returns them."""
         gone = self.agent.reload(policy, self.clock(), ttl)
         for lease in gone:
             self._fall_back(lease, RevokeReason.POLICY)
         return gone
 
-    def channel_closing(self, ref: "ChannelRef") -> None:
+    def channel_closing(self, ref: ChannelRef) -> None:
         """A flow channel is closing (or its session ended): its lease ends with it, silently."""
         if ref.flow is not None and ref.switch is not None:
             lease = self.agent.revoke_flow(ref.switch.netif.name, ref.flow.channel)
             if lease is not None:
                 self._fall_back(lease, RevokeReason.CLOSED, ref)
 
-    def _fall_back(self, lease: Lease, reason: RevokeReason, ref: "ChannelRef | None" = None) -> None:
+    def _fall_back(self, lease: Grant, reason: RevokeReason, ref: ChannelRef | None = None) -> None:
         """The lease's flow back to the general class, its queued frames with it; tell the channel."""
-        ref = ref or self.domain.channels.get(lease.flow)
+        if ref is None and isinstance(lease.flow, int):  # the domain's key for a flow: its channel id
+            ref = self.domain.channels.get(lease.flow)
         if ref is None or ref.flow is None or ref.switch is None:
             return
-        flow = ref.flow
+        flow, sw = ref.flow, ref.switch
         flow.policer = None
         flow.dscp = DSCP_BEST_EFFORT
         moved = 0
-        if ref.switch.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is ref.switch:
-            moved = ref.switch.netif.queued(flow.id)[0]
+        if sw.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is sw:
+            moved = sw.netif.queued(flow.id)[0]
             self.domain.set_flow_class(lease.netif, flow.id, "general")
         if reason != RevokeReason.CLOSED:
             _post(ref, EventType.LEASE_REVOKED, reason, lease.id, moved)
@@ -140,7 +144,7 @@ def _refused(r: Refusal) -> P.LeaseRefused:
     return P.LeaseRefused(r.reason.value, r.message)
 
 
-def _post(ref: "ChannelRef", type_: int, code: int, value: int, aux: int) -> None:
+def _post(ref: ChannelRef, type_: int, code: int, value: int, aux: int) -> None:
     """An event on the flow channel's EVENT ring, and its bell.
 
     Under the pipe's lock: an in-process client's kick posts on the same ring from its own thread.

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["Policer"]
+
 
 class Policer:
     """A token bucket of `burst` bytes filling at `rate_bps` bits per second (see the module docstring)."""

@@ -19,10 +19,15 @@ and not video; the scheduler itself has one LL class.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from usnet.abi.protocol import LeaseRefusal
+
+__all__ = [
+    "DSCP_BEST_EFFORT", "MAX_LATENCY", "MAX_PACKET", "MAX_RATE", "MIN_PACKET", "SERVICE_CLASSES", "SERVICE_DSCP",
+    "Policy", "PolicyEntry", "Who", "packet_ok", "rate_ok",
+]
 
 #: The service classes a lease may ask for.
 SERVICE_CLASSES = ("voice", "video", "interactive", "control")

@@ -22,6 +22,10 @@ import os
 from dataclasses import dataclass
 
 from usnet.abi import memfd
+
+__all__ = ["READ_ONLY_KINDS", "Arena", "Region", "RegionKind", "RegionSpec"]
+
+
 class RegionKind(enum.IntEnum):
     SCHEMA = 1
     RING = 2

@@ -18,12 +18,15 @@ precisely. Nothing here does I/O except the MADV_REMOVE of a purged segment.
 from __future__ import annotations
 
 import errno
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from usnet.abi.events import RefusalReason
 from usnet.domain.mem.arena import Arena, RegionKind
+
+__all__ = ["FREE", "HELD", "IN_ALLOC", "NO_OWNER", "PURGED", "PacketPool", "PoolExhausted"]
 
 FREE, PURGED, IN_ALLOC, HELD = 0, 1, 2, 3
 NO_OWNER = -1
@@ -168,13 +171,15 @@ class PacketPool:
         """
         return self.release_checked(items, role)[1]
 
-    def release_checked(self, items: Iterable[int] | np.ndarray, role: int) -> tuple[Any, list[tuple[int, RefusalReason]]]:
+    def release_checked(self, items: Iterable[int] | np.ndarray,
+                        role: int) -> tuple[Any, list[tuple[int, RefusalReason]]]:
         """As `release`, also returning the accepted indices in the order given.
 
         Given a numpy array, the accepted indices come back as one (int64).
         """
-        as_array = isinstance(items, np.ndarray)
-        if as_array:
+        as_array = False
+        if isinstance(items, np.ndarray):
+            as_array = True
             idx = items.astype(np.int64)
         else:
             items = list(items)

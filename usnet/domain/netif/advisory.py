@@ -24,13 +24,14 @@ asleep on its channel hears of it. Not on every publication.
 
 from __future__ import annotations
 
+from usnet.abi.advisory import FLAG_GONE, FLAG_IDLE, FLAG_PACED, SIZE, U64_MAX, AdvisoryWriter, Direction, Record, Trend
 from usnet.abi.events import EventType
-from usnet.abi.advisory import (FLAG_GONE, FLAG_IDLE, FLAG_PACED, SIZE, U64_MAX, AdvisoryWriter, Direction,
-                                   Record, Trend)
 from usnet.domain.netif.estimate import TAU, RateMeter, ShareMeter, queue_delay, suggest
-from usnet.domain.switch.port import CLIENT
-from usnet.domain.switch.flowswitch import FlowSwitch
 from usnet.domain.netif.txsched import LL
+from usnet.domain.switch.flowswitch import FlowSwitch
+from usnet.domain.switch.port import CLIENT
+
+__all__ = ["NetifAdvisory"]
 
 IDLE_AFTER = 5 * TAU  # seconds without movement before an advisory stops being republished
 

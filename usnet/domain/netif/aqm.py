@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import math
 
+__all__ = ["INTERVAL", "TARGET", "CoDel"]
+
 TARGET = 0.005  # seconds: the sojourn CoDel lets a queue keep (RFC 8289's default)
 INTERVAL = 0.100  # seconds: how long it must stand above the target before the first drop
 

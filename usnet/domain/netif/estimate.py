@@ -31,6 +31,8 @@ import math
 
 from usnet.abi.advisory import Trend
 
+__all__ = ["MAX_DELAY", "TAU", "UP_HEADROOM", "RateMeter", "ShareMeter", "queue_delay", "suggest"]
+
 TAU = 0.1  # seconds: time constant of every average here
 UP_HEADROOM = 0.9  # UP only below this share of a known link rate
 MAX_DELAY = 3600.0  # seconds: a queue that does not drain saturates here

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 
+__all__ = ["HOLD", "MIN_FRAMES", "TAU", "RxMitigation"]
+
 HOLD = 250e-6  # seconds: the longest a bell is held past the first unrung packet
 TAU = 0.002  # seconds: time constant of the rate estimate
 MIN_FRAMES = 2  # a hold that would not gather this many packets is not worth its latency

@@ -26,22 +26,25 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from usnet.abi.events import TxDropReason, TxStatus
-from usnet.drivers import block
-from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame
-from usnet.drivers.block import FrameBlock
+from usnet.abi.umd import deadline_passed
 from usnet.domain.netif import txsched
 from usnet.domain.netif.aqm import CoDel
 from usnet.domain.netif.txsched import LL, SlotScheduler
-from usnet.abi.umd import deadline_passed
+from usnet.drivers import block
+from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame
+from usnet.drivers.block import FrameBlock
 from usnet.proto.wire import ecn
 from usnet.proto.wire.ethernet import ETH_HLEN
 from usnet.proto.wire.ipv4 import ip_bytes
 from usnet.proto.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
+
+__all__ = ["Netif"]
 
 
 class Netif:
@@ -206,9 +209,12 @@ class Netif:
 
     def _aqm(self, key: int, q: deque, now: float) -> None:
         """CoDel at the head of a general-class queue: drop from the head while it says so."""
-        codel = self.aqm.get(key)
+        aqm = self.aqm
+        if aqm is None:
+            return
+        codel = aqm.get(key)
         if codel is None:
-            codel = self.aqm[key] = CoDel()
+            codel = aqm[key] = CoDel()
         marks = self._enq_marks.get(key)
         if not marks:
             return  # its frames were queued in the LL class (revoked since): no stamps, no drops

@@ -69,6 +69,8 @@ from __future__ import annotations
 
 import math
 
+__all__ = ["GENERAL", "LL", "SlotScheduler", "check_params", "ll_pattern"]
+
 LL = "ll"
 GENERAL = "general"
 CLASSES = (LL, GENERAL)

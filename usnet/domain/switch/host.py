@@ -161,7 +161,7 @@ class HostDuties(FlowTable):
         probe (sender 0.0.0.0, RFC 5227 §2.1.1) is answered as Linux does and
         teaches nothing; a martian sender earns nothing.
         """
-        op, sha, spa, tha, tpa = warp.parse_arp(f, ETH_HLEN)
+        op, sha, spa, _tha, tpa = warp.parse_arp(f, ETH_HLEN)
         if sha != src_mac or sha == BROADCAST or sha[0] & 1:
             self.drops["arp_bogus_sender"] += 1
             return
@@ -263,7 +263,7 @@ class HostDuties(FlowTable):
     # -- ICMP, and ports nobody holds ----------------------------------------------------------
 
     def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
-        typ, code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
+        typ, _code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
         if typ == wicmp.ECHO_REQUEST and dst == self.netif.ip:
             self.counts["icmp_echo"] += 1
             reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])

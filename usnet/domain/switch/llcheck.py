@@ -27,11 +27,12 @@ copy (usnet.proto.wire.ecn.set_dscp), so what goes out is the class's.
 from __future__ import annotations
 
 import struct
-
-from typing import Callable
+from collections.abc import Callable
 
 from usnet.abi.events import TxDropReason
 from usnet.proto.wire.checksum import verifies
+
+__all__ = ["GENERAL_PATH", "SNAPSHOT", "check_ll_header"]
 
 SNAPSHOT = 80  # IPv4 (20) and the longest TCP header (60); IPv6 (40) and a TCP header of up to 40
 TCP, UDP = 6, 17
@@ -42,7 +43,7 @@ _V6_ROUTING, _V6_FRAGMENT = 43, 44
 GENERAL_PATH = 0  # not an LL-path packet: let the general path judge it
 
 
-def check_ll_header(snap: bytes, length: int, *, proto: int, lport: int, raddr: bytes | None,
+def check_ll_header(snap: bytes | bytearray, length: int, *, proto: int, lport: int, raddr: bytes | None,
                     rport: int | None, local: bytes, max_packet: int,
                     not_a_peer: Callable[[bytes], str | None] | None = None) -> tuple[int, bytes] | int:
     """(bytes of headers to send from `snap`, destination address), or a TxDropReason, or GENERAL_PATH.
@@ -76,7 +77,7 @@ def check_ll_header(snap: bytes, length: int, *, proto: int, lport: int, raddr: 
         plen, p, hops, src, dst = _V6.unpack_from(snap)
         if plen + 40 != length:
             return TxDropReason.MALFORMED
-        if p == _V6_FRAGMENT or p == _V6_ROUTING:
+        if p == _V6_FRAGMENT or p == _V6_ROUTING:  # noqa: SIM109 (per packet: no tuple built)
             return GENERAL_PATH  # fragments and routing headers are judged there
         if p != proto:
             return TxDropReason.WRONG_PROTOCOL

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+__all__ = ["SKB_OVERHEAD", "NeighbourCache"]
 
 UNRES_QLEN_BYTES = 212992  # Linux's default unres_qlen_bytes (SK_WMEM_MAX)
 SKB_OVERHEAD = 576  # what Linux's truesize adds to a packet: sk_buff and skb_shared_info, aligned

@@ -17,9 +17,9 @@ listed with the switch, whose loop rings it when its deadline comes.
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,10 +27,10 @@ from usnet.abi import ring as ringmod
 from usnet.abi.events import EventType
 from usnet.abi.ring import Consumer, Producer
 from usnet.abi.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
+from usnet.abi.umd import GSO_SHIFT, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
+from usnet.domain.mem.pool import HELD
 from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
 from usnet.domain.userpipe import UserPipe
-from usnet.domain.mem.pool import HELD
-from usnet.abi.umd import GSO_SHIFT, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
 
 CLIENT, NEXUS = 0, 1
 _NO_ROWS = np.empty((0, 0), np.uint8)
@@ -65,7 +65,7 @@ class FlowPort:
         # numpy views of the pool, for batch gathers and scatters (packet i is buf[i])
         self.buf = np.frombuffer(shared, np.uint8, lay.max_packets * stride, lay.buf_offset).reshape(
             lay.max_packets, stride)
-        self.buf_mv = memoryview(self.buf).cast("B")  # flat, for views of a packet's bytes (the LL path)
+        self.buf_mv = self.buf.data.cast("B")  # flat, for views of a packet's bytes (the LL path)
         self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
         self.client_bell = pipe.ends[CLIENT].bell
         self.bell = pipe.ends[NEXUS].bell.wait_fd  # the client rings this when it sends; we sleep on it
@@ -80,8 +80,8 @@ class FlowPort:
         # flow is in the low-latency class), the clock, and where a held bell is listed.
         self.mitigation: RxMitigation | None = None
         self.mitigate = False
-        self.clock: Callable[[], float] | None = None
-        self.held_bells: dict | None = None
+        self.clock: Callable[[], float] = time.monotonic
+        self.held_bells: dict[FlowPort, None] = {}  # the switch's own, once mitigation is enabled
         self.rx_bells = 0  # bells rung for received packets
         self.rx_bells_held = 0  # publications that found the client asleep and did not ring at once
         self.rx_bells_late = 0  # held bells rung when their deadline came
@@ -89,7 +89,8 @@ class FlowPort:
         # `faults`), and defuncts the channel; without a domain (a bare switch), the pipe's own.
         self.on_fault: Callable[[str, Exception], None] = lambda where, exc: pipe.fault(CLIENT, where, exc)
 
-    def enable_mitigation(self, clock: Callable[[], float], held_bells: dict, **params) -> None:
+    def enable_mitigation(self, clock: Callable[[], float], held_bells: dict[FlowPort, None],
+                          **params: float) -> None:
         """Coalesce this port's receive bells (usnet.domain.netif.mitigation); `held_bells` lists ports holding one.
 
         At most a quarter of the RX ring waits for a bell, whatever the rate.
@@ -287,12 +288,13 @@ class FlowPort:
         self.umd_np[got * UMD_WORDS] = lens
         self.rx.push(got)
         ringmod.fence()
-        if not self.mitigate:
+        mit = self.mitigation
+        if not self.mitigate or mit is None:
             if self.rx.need_wakeup():
                 self._ring_client()
-        elif self.mitigation.arrive(self.clock(), len(got), self.rx.need_wakeup()):
+        elif mit.arrive(self.clock(), len(got), self.rx.need_wakeup()):
             self._ring_client()
-        elif self.mitigation.deadline is not None:
+        elif mit.deadline is not None:
             self.rx_bells_held += 1
             self.held_bells[self] = None  # the switch rings it when it is due
 

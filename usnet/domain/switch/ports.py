@@ -16,6 +16,8 @@ import ipaddress
 import random
 import socket
 
+__all__ = ["EPHEMERAL", "PROTO_NAMES", "PortInUse", "PortSpace", "host_owns"]
+
 EPHEMERAL = range(49152, 65536)
 PROTO_NAMES = {6: "tcp", 17: "udp"}
 _SOCK_TYPE = {6: socket.SOCK_STREAM, 17: socket.SOCK_DGRAM}

@@ -36,6 +36,7 @@ from usnet.domain.switch.txguard import SentFragments, ipv4_options, whole_l4_he
 from usnet.drivers.base import SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.proto.wire import ecn
+from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.ethernet import ETH_HLEN, ETHERTYPE_IPV4
 from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, not_unicast4
 from usnet.proto.wire.ipv6 import FRAG_HLEN, FRAGMENT, IPV6_HLEN, ROUTING, parse_frag_header
@@ -95,7 +96,7 @@ class TransmitPath(HostDuties):
             sent -= self._tx_rows(flow, rows, lens, now)
         else:  # in order: runs of checked rows as blocks, the others one by one between them
             start = 0
-            for i in np.flatnonzero(~ok).tolist() + [n]:
+            for i in [*np.flatnonzero(~ok).tolist(), n]:
                 if i > start:
                     sent -= self._tx_rows(flow, rows[start:i], lens[start:i], now)
                 if i == n:
@@ -169,7 +170,7 @@ class TransmitPath(HostDuties):
             self._tx_drop(flow, TxDropReason.NOT_IPV4, n)
             return 0
         ihl = (vihl & 0xF) << 2
-        if ihl < 20 or total != n or n < ihl or int.from_bytes(p[:ihl], "big") % 0xFFFF:
+        if ihl < 20 or total != n or n < ihl or not verifies(int.from_bytes(p[:ihl], "big")):
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
         if proto != flow.proto:

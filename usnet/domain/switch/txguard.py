@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from usnet.abi.events import TxDropReason
 
+__all__ = ["FRAG_IDS", "FRAG_TTL", "SentFragments", "ipv4_options", "whole_l4_header"]
+
 FRAG_IDS = 64  # datagrams per flow whose later fragments may follow; the oldest is forgotten first
 FRAG_TTL = 30.0  # seconds: Linux's ipfrag_time and ip6frag_time
 TCP, UDP = 6, 17
@@ -46,7 +48,7 @@ def ipv4_options(p, ihl: int) -> int:
             continue
         if i + 1 >= ihl or p[i + 1] < 2 or i + p[i + 1] > ihl:
             return TxDropReason.MALFORMED
-        if t == _LSRR or t == _SSRR:
+        if t == _LSRR or t == _SSRR:  # noqa: SIM109 (per packet: no tuple built)
             return TxDropReason.SOURCE_ROUTE
         if t != _RR and t != _TS:
             return TxDropReason.IP_OPTION

@@ -15,11 +15,18 @@ Nothing here imports a socket, a clock or a thread: callers pass bytes and
 ``now`` in and take segments and events out.
 """
 
-from usnet.proto.tcp.congestion import CongestionControl, Cubic, NewReno, make_congestion
 from usnet.proto.tcp.config import (
-    EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR, EV_READABLE, EV_WRITABLE, TcpConfig, TcpState,
+    EV_CLOSED,
+    EV_CONNECTED,
+    EV_EOF,
+    EV_ERROR,
+    EV_READABLE,
+    EV_WRITABLE,
+    TcpConfig,
+    TcpState,
     TcpStats,
 )
+from usnet.proto.tcp.congestion import CongestionControl, Cubic, NewReno, make_congestion
 from usnet.proto.tcp.connection import TcpConnection, rst_reply
 from usnet.proto.tcp.endpoint import EndpointStats, Listener, TcpEndpoint
 from usnet.proto.tcp.reassembly import Reassembly

@@ -112,6 +112,31 @@ class TcpStats:
         "dup_segments", "keepalive_probes", "window_probes", "sack_reneges",
         "ce_received", "ecn_reductions",
     )
+    segs_in: int
+    segs_out: int
+    bytes_in: int
+    bytes_out: int
+    bytes_acked: int
+    bytes_read: int
+    bytes_written: int
+    retransmits: int
+    retransmitted_bytes: int
+    fast_retransmits: int
+    rto_timeouts: int
+    dup_acks: int
+    challenge_acks: int
+    challenge_acks_suppressed: int
+    bad_segments: int
+    out_of_window: int
+    paws_rejected: int
+    bad_acks: int
+    ooo_segments: int
+    dup_segments: int
+    keepalive_probes: int
+    window_probes: int
+    sack_reneges: int
+    ce_received: int
+    ecn_reductions: int
 
     def __init__(self, conn: TcpConnection) -> None:
         self._c = conn

@@ -63,9 +63,26 @@ import struct
 from dataclasses import replace
 
 from usnet.proto.tcp.config import (
-    CLOSE_WAIT, CLOSED, CLOSING, ESTABLISHED, EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR,
-    EV_READABLE, EV_WRITABLE, FIN_WAIT_1, FIN_WAIT_2, LAST_ACK, LISTEN, SYN_RECEIVED, SYN_SENT,
-    TIME_WAIT, TcpConfig, TcpState, TcpStats,
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    EV_CLOSED,
+    EV_CONNECTED,
+    EV_EOF,
+    EV_ERROR,
+    EV_READABLE,
+    EV_WRITABLE,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    LISTEN,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TIME_WAIT,
+    TcpConfig,
+    TcpState,
+    TcpStats,
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion
 from usnet.proto.tcp.reassembly import Reassembly
@@ -73,7 +90,18 @@ from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import Scoreboard
 from usnet.proto.tcp.seq import MASK, seq_diff, seq_lt, unwrap
 from usnet.proto.wire.tcp import (
-    ACK, CWR, ECE, FIN, PSH, RST, SYN, TCP_HLEN, TcpSegment, pack_segment, pseudo_sum, tcp_options,
+    ACK,
+    CWR,
+    ECE,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TCP_HLEN,
+    TcpSegment,
+    pack_segment,
+    pseudo_sum,
+    tcp_options,
 )
 
 __all__ = [
@@ -678,7 +706,7 @@ class TcpConnection:
         self.rcv_nxt = 1
         self.rcv_adv = 1 + self._syn_window
         self._last_ack_sent = 1
-        if self.ts_ok:
+        if self.ts_ok and seg.tsval is not None:  # ts_ok: the SYN had one
             self.ts_recent = seg.tsval
 
     def _negotiate(self, seg: TcpSegment) -> None:
@@ -689,9 +717,10 @@ class TcpConnection:
         if base < 64:
             base = 64
         self._mss_base = base
-        self.ws_ok = cfg.window_scaling and seg.wscale is not None
-        if self.ws_ok:
-            self.snd_wscale = min(seg.wscale, 14)
+        wscale = seg.wscale if cfg.window_scaling else None
+        self.ws_ok = wscale is not None
+        if wscale is not None:
+            self.snd_wscale = min(wscale, 14)
         else:
             self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = cfg.sack and seg.sack_ok
@@ -922,9 +951,9 @@ class TcpConnection:
         nxt = self.snd_nxt
         base = self.iss
         sb = self.sb
-        for l, r in sacks:
-            lo = unwrap(l, base, una)
-            hi = lo + ((r - l) & MASK)
+        for left, r in sacks:
+            lo = unwrap(left, base, una)
+            hi = lo + ((r - left) & MASK)
             if lo <= una or hi > nxt or hi <= lo:
                 continue  # D-SACK, stale or bogus
             sb.add(lo, hi)
@@ -1194,7 +1223,7 @@ class TcpConnection:
             flat.append((irs + lo) & MASK)
             flat.append((irs + hi) & MASK)
         n = len(flat)
-        return struct.pack("!BBBB%dI" % n, 1, 1, 5, 2 + 4 * n, *flat)
+        return struct.pack(f"!BBBB{n}I", 1, 1, 5, 2 + 4 * n, *flat)
 
     def _syn_segment(self, now: float) -> bytes:
         cfg = self.cfg
@@ -1325,7 +1354,7 @@ class TcpConnection:
             if self._cwr and not rtx:
                 flags |= CWR  # the first new data after a slowdown for ECE says so
                 self._cwr = False
-            payload = memoryview(buf)[start - base : pend - base]
+            payload: memoryview | bytes | None = memoryview(buf)[start - base : pend - base]
         else:
             plen = 0
             payload = b""

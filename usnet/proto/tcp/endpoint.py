@@ -21,11 +21,16 @@ import hashlib
 import os
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from usnet.proto.tcp.connection import (
-    CLOSED, SYN_RECEIVED, TIME_WAIT, TcpConfig, TcpConnection, rst_reply,
+    CLOSED,
+    SYN_RECEIVED,
+    TIME_WAIT,
+    TcpConfig,
+    TcpConnection,
+    rst_reply,
 )
 from usnet.proto.tcp.seq import MASK, seq_diff
 from usnet.proto.wire.ecn import ECT0, NOT_ECT
@@ -42,6 +47,17 @@ class EndpointStats:
         "segs_in", "bad_checksum", "bad_header", "wrong_address", "no_socket", "resets_sent",
         "syn_received", "syn_dropped", "listen_overflow", "accepted", "time_wait_reused",
     )
+    segs_in: int
+    bad_checksum: int
+    bad_header: int
+    wrong_address: int
+    no_socket: int
+    resets_sent: int
+    syn_received: int
+    syn_dropped: int
+    listen_overflow: int
+    accepted: int
+    time_wait_reused: int
 
     def __init__(self) -> None:
         for n in self.__slots__:

@@ -23,16 +23,41 @@ from usnet.proto.wire.arp import ARP_LEN, ARP_REPLY, ARP_REQUEST, build_arp, par
 from usnet.proto.wire.checksum import finish
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import (
-    BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, build_eth, mac_bytes,
-    mac_str, parse_eth, write_eth,
+    BROADCAST,
+    ETH_HLEN,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ETHERTYPE_IPV6,
+    build_eth,
+    mac_bytes,
+    mac_str,
+    parse_eth,
+    write_eth,
 )
 from usnet.proto.wire.icmp import (
-    DEST_UNREACH, ECHO_REPLY, ECHO_REQUEST, FRAG_NEEDED, PORT_UNREACH, build_dest_unreach,
-    build_echo, build_icmp, parse_icmp,
+    DEST_UNREACH,
+    ECHO_REPLY,
+    ECHO_REQUEST,
+    FRAG_NEEDED,
+    PORT_UNREACH,
+    build_dest_unreach,
+    build_echo,
+    build_icmp,
+    parse_icmp,
 )
 from usnet.proto.wire.ipv4 import (
-    ICMP, IPV4_HLEN, TCP, UDP, build_ipv4_header, frag_offset, ip_bytes, ip_str, is_fragment,
-    more_fragments, parse_ipv4, write_ipv4_header,
+    ICMP,
+    IPV4_HLEN,
+    TCP,
+    UDP,
+    build_ipv4_header,
+    frag_offset,
+    ip_bytes,
+    ip_str,
+    is_fragment,
+    more_fragments,
+    parse_ipv4,
+    write_ipv4_header,
 )
 from usnet.proto.wire.udp import UDP_HLEN, build_udp, parse_udp, udp_checksum, write_udp
 

@@ -18,6 +18,8 @@ import numpy as np
 
 from usnet.proto.wire.checksum import update16
 
+__all__ = ["CE", "ECT0", "ECT1", "NOT_ECT", "ecn", "mark_ce", "set_dscp", "set_dscp_rows"]
+
 NOT_ECT, ECT1, ECT0, CE = 0, 1, 2, 3  # the codepoints; ECT0 is what an ECN-capable sender sets
 
 

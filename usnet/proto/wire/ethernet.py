@@ -18,9 +18,19 @@ from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.header import Header
 
 __all__ = [
+    "BROADCAST",
+    "ETHERTYPE_ARP",
+    "ETHERTYPE_IPV4",
+    "ETHERTYPE_IPV6",
+    "ETHERTYPE_VLAN",
     "ETH_HEADER",
-    "BROADCAST", "ETHERTYPE_ARP", "ETHERTYPE_IPV4", "ETHERTYPE_IPV6", "ETHERTYPE_VLAN",
-    "ETH_HLEN", "ETH_ZERO", "build_eth", "is_multicast", "mac_bytes", "mac_str", "parse_eth",
+    "ETH_HLEN",
+    "ETH_ZERO",
+    "build_eth",
+    "is_multicast",
+    "mac_bytes",
+    "mac_str",
+    "parse_eth",
     "write_eth",
 ]
 

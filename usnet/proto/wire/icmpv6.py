@@ -54,14 +54,13 @@ from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, IPV6_MIN_MTU
 
 __all__ = [
-    "ADDR_UNREACH", "ADMIN_PROHIBITED", "DEST_UNREACH", "ECHO_REPLY", "ECHO_REQUEST",
-    "ICMPV6_HLEN", "NA_OVERRIDE", "NA_ROUTER", "NA_SOLICITED", "NEIGHBOR_ADVERT",
-    "NEIGHBOR_SOLICIT", "NO_ROUTE", "OPT_MTU", "OPT_PREFIX_INFO", "OPT_SOURCE_LLADDR",
-    "ERRORS", "OPT_TARGET_LLADDR", "PACKET_TOO_BIG", "PARAM_PROBLEM", "PORT_UNREACH", "REDIRECT",
-    "ROUTER_ADVERT", "ROUTER_SOLICIT", "TIME_EXCEEDED", "build_echo6", "build_error6",
-    "build_icmpv6", "build_na", "build_nd_option", "build_ns", "build_packet_too_big",
-    "build_ra", "build_rs", "find_option", "is_error6", "parse_icmpv6", "parse_mtu_option",
-    "parse_na", "parse_nd_options", "parse_ns", "parse_prefix_info", "parse_ra", "parse_rs",
+    "ADDR_UNREACH", "ADMIN_PROHIBITED", "DEST_UNREACH", "ECHO_REPLY", "ECHO_REQUEST", "ERRORS", "ICMPV6_HLEN",
+    "NA_OVERRIDE", "NA_ROUTER", "NA_SOLICITED", "NEIGHBOR_ADVERT", "NEIGHBOR_SOLICIT", "NO_ROUTE", "OPT_MTU",
+    "OPT_PREFIX_INFO", "OPT_SOURCE_LLADDR", "OPT_TARGET_LLADDR", "PACKET_TOO_BIG", "PARAM_PROBLEM", "PORT_UNREACH",
+    "REDIRECT", "ROUTER_ADVERT", "ROUTER_SOLICIT", "TIME_EXCEEDED", "build_echo6", "build_error6", "build_icmpv6",
+    "build_na", "build_nd_option", "build_ns", "build_packet_too_big", "build_ra", "build_rs", "find_option",
+    "is_error6", "parse_icmpv6", "parse_mtu_option", "parse_na", "parse_nd_options", "parse_ns", "parse_prefix_info",
+    "parse_ra", "parse_rs",
 ]
 
 ICMPV6_HLEN = 8

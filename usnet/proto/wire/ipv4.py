@@ -190,7 +190,7 @@ def ip_str(b: bytes) -> str:
     """4 bytes -> ``"10.0.0.1"``."""
     if len(b) != 4:
         raise WireError(f"IPv4 address must be 4 bytes, got {len(b)}")
-    return "%d.%d.%d.%d" % tuple(b)
+    return f"{b[0]}.{b[1]}.{b[2]}.{b[3]}"
 
 
 def not_unicast4(a):

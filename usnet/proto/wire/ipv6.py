@@ -49,13 +49,39 @@ from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
 
 __all__ = [
+    "ALL_NODES",
+    "ALL_ROUTERS",
+    "DSTOPTS",
+    "FRAGMENT",
+    "FRAG_HLEN",
+    "HOPOPTS",
+    "ICMPV6",
     "IPV6_HEADER",
-    "ALL_NODES", "ALL_ROUTERS", "DSTOPTS", "FRAG_HLEN", "FRAGMENT", "HOPOPTS", "ICMPV6",
-    "IPV6_HLEN", "IPV6_MIN_MTU", "LOOPBACK6", "NO_NEXT", "ROUTING", "UNSPECIFIED", "build_frag_header",
-    "build_ipv6_header", "ip6_bytes", "ip6_str", "is_link_local6", "is_multicast6",
-    "link_local_from_mac", "martian_source6", "multicast_mac", "not_unicast6", "parse_frag_header", "parse_ipv6",
-    "pseudo_sum_v6", "skip_ext_headers", "solicited_node", "upper_checksum_v6",
-    "V4_MAPPED_PREFIX", "verify_upper_v6", "write_ipv6_header",
+    "IPV6_HLEN",
+    "IPV6_MIN_MTU",
+    "LOOPBACK6",
+    "NO_NEXT",
+    "ROUTING",
+    "UNSPECIFIED",
+    "V4_MAPPED_PREFIX",
+    "build_frag_header",
+    "build_ipv6_header",
+    "ip6_bytes",
+    "ip6_str",
+    "is_link_local6",
+    "is_multicast6",
+    "link_local_from_mac",
+    "martian_source6",
+    "multicast_mac",
+    "not_unicast6",
+    "parse_frag_header",
+    "parse_ipv6",
+    "pseudo_sum_v6",
+    "skip_ext_headers",
+    "solicited_node",
+    "upper_checksum_v6",
+    "verify_upper_v6",
+    "write_ipv6_header",
 ]
 
 IPV6_HLEN = 40
@@ -284,6 +310,7 @@ def ip6_str(b: bytes) -> str:
 
 LOOPBACK6 = bytes(15) + b"\x01"
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+_NO_PEER = (UNSPECIFIED, LOOPBACK6)  # one tuple, not one per call
 
 
 def martian_source6(src: bytes, own: frozenset[bytes] | set[bytes]) -> bool:
@@ -308,7 +335,7 @@ def not_unicast6(a: bytes) -> bool:
     clothes, never an address on the wire (RFC 4291 §2.5.5.2). The netif's
     own addresses depend on the netif: its owner checks those.
     """
-    return a == UNSPECIFIED or a == LOOPBACK6 or a[0] == 0xFF or a[:12] == V4_MAPPED_PREFIX
+    return a in _NO_PEER or a[0] == 0xFF or a[:12] == V4_MAPPED_PREFIX
 
 
 def is_link_local6(a: bytes) -> bool:

@@ -172,7 +172,7 @@ def _parse_options(buf, i: int, end: int, seg: TcpSegment) -> None:
         elif kind == OPT_SACK:
             if ln < 10 or (ln - 2) & 7:
                 raise WireError(f"TCP: SACK option length {ln}")
-            vals = struct.unpack_from("!%dI" % ((ln - 2) >> 2), buf, i + 2)
+            vals = struct.unpack_from(f"!{(ln - 2) >> 2}I", buf, i + 2)
             seg.sacks = tuple(zip(vals[::2], vals[1::2]))
         elif kind == OPT_MSS:
             if ln != 4:
@@ -267,7 +267,7 @@ def tcp_options(
             parts.append(struct.pack("!BBBB", OPT_NOP, OPT_WSCALE, 3, wscale))
         if sacks:
             flat = [e for block in sacks for e in block]
-            parts.append(struct.pack("!BBBB%dI" % len(flat), 1, 1, OPT_SACK, 2 + 4 * len(flat), *flat))
+            parts.append(struct.pack(f"!BBBB{len(flat)}I", 1, 1, OPT_SACK, 2 + 4 * len(flat), *flat))
     except struct.error as e:
         raise WireError(f"TCP: bad option value: {e}") from None
     out = b"".join(parts)
