@@ -982,6 +982,26 @@ def test_corrupted_datagram_in_a_batch_is_counted_and_the_rest_delivered(make_ne
     assert sb.rx_bad == 1
 
 
+def test_a_busy_receivers_pool_takes_back_what_it_freed_instead_of_growing(net):
+    """Packets the client freed wait on its FREE ring until the domain collects them; receive
+    (and the ALLOC refill) collect them before the pool grows, so a receiver that never holds
+    more than its rings' worth keeps its opening pool however many datagrams pass (growing
+    instead walked the pool up to max_packets, a new page touched for each packet)."""
+    sb = net.c.udp_socket("b", 6000, ring_size=64, packets=256, max_packets=4096)
+    sa = net.c.udp_socket("a", 5000)
+    pipe = net.d.channels[sb.channel.id].pipe
+    sent: list[bytes] = []
+    for r in range(60):
+        batch = [b"%d.%d" % (r, i) for i in range(32)]
+        assert sa.send_many(batch, (B_IP, 6000)) == 32
+        sent += batch
+        assert [p for p, _ in recv_n(sb, 32)] == batch
+    assert len(sent) == 60 * 32 > pipe.schema.packets
+    with pipe.lock:  # the domain's thread serves the pool
+        assert pipe.pool.active == 256, f"the pool grew to {pipe.pool.active} packets"
+        pipe.pool.check()
+
+
 def test_what_a_flow_sent_before_closing_still_goes_out(make_net):
     """5000 datagrams, then close at once: the domain drains the TX ring before removing the flow."""
     n = make_net()

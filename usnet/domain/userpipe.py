@@ -269,14 +269,33 @@ class UserPipe:
                 end.events.post(EventType.REFUSED, reason, pkt)
             self._violation(end, refused[0][1], refused[0][0], posted=True)
 
+    def lend(self, n: int, role: int) -> np.ndarray:
+        """Up to `n` packets for `role` (IN_ALLOC): from the free stack, then from what the
+        clients freed since we last looked, and only then from new segments.
+
+        Growing while freed packets wait on a FREE ring would make a busy pool
+        walk all its segments up to `max_packets` (each packet's first page
+        touched by whoever writes it), although the clients never hold that
+        many: the pool must grow for packets in use, never for uncollected ones.
+        """
+        got = self.pool.alloc(n, role, grow=False)
+        if len(got) < n:
+            self.collect()
+            if self.defunct_reason is not None:  # collecting found abuse: defunct took back all, `got` too
+                return got[:0]
+            more = self.pool.alloc(n - len(got), role)
+            if len(more):
+                got = np.concatenate([got, more]) if len(got) else more
+        return got
+
     def _refill(self, end: PipeEnd) -> None:
         # Room counts from what we have accounted as taken, never from the live
         # counter: a slot the client took since we looked must keep its mirror
         # entry until _collect_taken has recorded it.
         room = end.alloc.capacity - (end.alloc.prod - end.taken)
-        if room <= 0:
+        if room <= 0 or self.defunct_reason is not None:
             return
-        got = self.pool.alloc(room, end.role)
+        got = self.lend(room, end.role)
         if len(got) == 0:
             return
         at = got.astype(np.int64) * UMD_WORDS  # a clean record: no stale gso_size, deadline or flag

@@ -129,16 +129,19 @@ class PacketPool:
 
     # -- allocation ---------------------------------------------------------------
 
-    def alloc(self, n: int, role: int) -> np.ndarray:
-        """Up to `n` packets for `role`, marked IN_ALLOC; grows the pool if it must.
+    def alloc(self, n: int, role: int, grow: bool = True) -> np.ndarray:
+        """Up to `n` packets for `role`, marked IN_ALLOC; grows the pool if it must and `grow`.
 
         Returns an empty array (never blocks) when the pool is exhausted or the
-        role's quota is reached; callers turn that into PoolExhausted.
+        role's quota is reached; callers turn that into PoolExhausted. A pipe
+        asks with `grow=False` first (UserPipe.lend): packets its clients freed
+        may be waiting on a FREE ring, and growing instead would touch new
+        memory every time the free stack runs dry.
         """
         n = min(n, self.quota - self.held[role])
         if n <= 0:
             return self.stack[:0]
-        if self.nfree < n:
+        if self.nfree < n and grow:
             self.grow_to(self.active + (n - self.nfree))
         n = min(n, self.nfree)
         out = self.stack[self.nfree - n : self.nfree][::-1].copy()

@@ -271,12 +271,7 @@ class FlowPort:
         if pipe.defunct_reason is None and want:
             want = min(want, self.rx.space(want))
             if want > 0:
-                got = pipe.pool.alloc(want, NEXUS)
-                if len(got) < want:
-                    pipe.collect()  # take back what the client freed, then retry
-                    more = pipe.pool.alloc(want - len(got), NEXUS)
-                    if len(more):
-                        got = np.concatenate([got, more])
+                got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
                 if len(got):
                     pipe.pool.take(got)
         if pipe.defunct_reason is None:
