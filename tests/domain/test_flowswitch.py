@@ -536,6 +536,7 @@ def test_sigkilled_client_loses_its_flows_ports_and_packets_within_a_second(net)
         with net.d.lock:
             pipe = net.d.channels[cid].pipe
             held = pipe.pool.counts()["held"] + pipe.pool.counts()["in_alloc"]
+            inodes = memfd_inodes(pipe)
         assert held >= 40  # what it keeps, at least
         with pytest.raises(ControlError) as e:
             net.c.udp_socket("a", 5000)
@@ -557,6 +558,8 @@ def test_sigkilled_client_loses_its_flows_ports_and_packets_within_a_second(net)
             assert counts["held"] == 0 and counts["in_alloc"] == 0, counts
             pipe.pool.check()
         assert cid not in net.d.channels
+        with net.d.lock:
+            assert_unmapped(pipe, inodes)
         # the port is free: another client binds it and is reached through it
         s = net.c.udp_socket("a", 5000)
         sb.sendto(b"after the kill", (A_IP, 5000))
@@ -980,6 +983,45 @@ def test_corrupted_datagram_in_a_batch_is_counted_and_the_rest_delivered(make_ne
     got = drive(n, sb, lambda got: len(got) >= 19, rounds=200, batch=64)
     assert [p for p, _ in got] == good[:6] + good[7:]
     assert sb.rx_bad == 1
+
+
+def memfd_inodes(pipe) -> set[int]:
+    """The inodes of a pipe's two memfds: how /proc/self/maps names its mappings, whatever the domain."""
+    return {os.fstat(fd).st_ino for fd in (pipe.arena.shared_fd, pipe.arena.ro_fd)}
+
+
+def mapped_inodes() -> set[int]:
+    return {int(line.split()[4]) for line in Path("/proc/self/maps").read_text().splitlines()
+            if "memfd:usnet:" in line}
+
+
+def assert_unmapped(pipe, inodes: set[int]) -> None:
+    """The destroyed pipe's arena is unmapped now, though the caller still references the pipe:
+    every view of it was released on destroy (mmap.close() refuses while one exists)."""
+    assert pipe.destroyed and pipe.arena.shared.closed and pipe.arena.ro.closed and not pipe.arena.lingering
+    assert not inodes & mapped_inodes(), "the destroyed pipe's memory is still mapped in this process"
+
+
+def test_a_closed_flows_memory_is_unmapped_at_once(net):
+    """Traffic both ways through a flow, then close: the domain's mapping of its pool goes with
+    it, not when the garbage collector finds the last object that reached its port."""
+    sa = net.c.udp_socket("a", 5000)
+    sb = net.c.udp_socket("b", 6000)
+    pipe = net.d.channels[sa.channel.id].pipe
+    with pipe.lock:
+        inodes = memfd_inodes(pipe)
+    assert inodes <= mapped_inodes()  # the domain's mapping and the (in-process) client's
+    sa.send_many([b"to b %d" % i for i in range(40)], (B_IP, 6000))
+    assert len(recv_n(sb, 40)) == 40
+    sb.send_many([b"to a %d" % i for i in range(40)], (A_IP, 5000))
+    assert len(recv_n(sa, 40)) == 40
+    sa.close()
+    wait_until(lambda: pipe.destroyed, 2.0, "the closed flow's pipe to be destroyed")
+    with pipe.lock:
+        assert_unmapped(pipe, inodes)
+    s2 = net.c.udp_socket("a", 5000)  # the port is free again; the other flow never noticed
+    s2.sendto(b"after the close", (B_IP, 6000))
+    assert recv_n(sb, 1) == [(b"after the close", (A_IP, 5000))]
 
 
 def test_a_busy_receivers_pool_takes_back_what_it_freed_instead_of_growing(net):

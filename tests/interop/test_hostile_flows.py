@@ -182,8 +182,6 @@ def datagram(sock, to: tuple[str, int], payload: bytes) -> bytes:
                  / payload)
 
 
-@pytest.mark.xfail(strict=False, reason="open: the flow's 33 MB shared mapping sometimes stays in usnetd "
-                   "after its descriptors are closed (RSS check); see design-notes, the hostile suite on flows")
 def test_impossible_consumer_counter_on_a_flows_alloc_ring(flows):
     """The issue's ALLOC reproducer, through a flow: take the whole quota from ALLOC, set its
     consumer to 1<<63, then send what was taken. Each transmit batch makes the switch account
@@ -228,8 +226,6 @@ def test_impossible_consumer_counter_on_a_flows_alloc_ring(flows):
 # ---------------------------------------------------------------- a client killed
 
 
-@pytest.mark.xfail(strict=False, reason="open: the killed flow's 33 MB shared mapping sometimes stays in usnetd "
-                   "after its descriptors are closed (RSS check); see design-notes, the hostile suite on flows")
 def test_attacker_flow_sigkilled_mid_transfer(flows):
     """A process moving datagrams through its flow is SIGKILLed: its channel ends defunct with
     OWNER_GONE (read from its read-only region, which outlives it), its flow and pool go, and

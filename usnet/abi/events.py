@@ -171,6 +171,11 @@ class EventProducer:
         self.q[PROD] = self.prod
         return True
 
+    def release(self) -> None:
+        """Let go of the ring's memory (its owner unmaps it next); posting after this raises."""
+        self.q.release()
+        self.mem = self._counter = None  # type: ignore[assignment]
+
 
 class EventConsumer:
     """Client side: a typed iterator over the records the nexus posted."""

@@ -127,6 +127,12 @@ class PipeEnd:
     def ring_bell(self) -> None:
         self.bell.ring()  # a closed doorbell's ring is a no-op
 
+    def release_views(self) -> None:
+        """Let go of every view of the arena this end holds (UserPipe.destroy, before the unmap)."""
+        for ring in (self.alloc, self.free):
+            ring.release()
+        self.events.release()
+
     def close_fds(self) -> None:
         """Close our doorbells (once: a closed Doorbell forgets its numbers, which may be someone else's now)."""
         self.bell.close()
@@ -201,6 +207,8 @@ class UserPipe:
         self.pressure_mark = -1  # the pool's `moves` after its last memory-pressure purge
         self.destroyed = False
         self.on_destroy: Callable[[UserPipe], None] | None = None
+        # Whoever else made views of the arena (a FlowPort) lets go of them here, before the unmap.
+        self.view_holders: list[Callable[[], None]] = []
 
     # -- the pool side of the data path ------------------------------------------
 
@@ -415,7 +423,8 @@ class UserPipe:
         sent stays with the peer, who frees it.
         """
         end = self.ends[role]
-        if end.closed:
+        if end.closed or self.destroyed:  # (destroyed: the other end's close took it all, memory too)
+            end.closed = True
             return
         if self.defunct_reason is None and end.attached:
             self.collect()
@@ -470,7 +479,24 @@ class UserPipe:
             self.on_destroy = None
         for end in self.ends:
             end.close_fds()
+        self._release_views()
         self.arena.close()
+
+    def _release_views(self) -> None:
+        """Let go of every view of the arena, ours and others', so its close really unmaps it.
+
+        mmap.close() refuses while any view exists; left to reference counting
+        and the garbage collector, a flow's whole mapping stayed in the domain
+        for as long as anything (a cycle, a kept traceback) reached its port.
+        """
+        for release in self.view_holders:
+            release()
+        self.view_holders.clear()
+        for end in self.ends:
+            end.release_views()
+        for v in (self.stats, self.schema_words, self.flowadv, self.shared_mv):
+            v.release()
+        self.umd_words = self.umd_words[:0].copy()
 
     def info(self) -> dict:
         return {

@@ -17,6 +17,7 @@ with MADV_REMOVE, which really returns the pages (see `allocated_bytes`).
 from __future__ import annotations
 
 import enum
+import logging
 import mmap
 import os
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from usnet.abi import memfd
 
 __all__ = ["READ_ONLY_KINDS", "Arena", "Region", "RegionKind", "RegionSpec"]
+
+log = logging.getLogger("usnet.domain")
 
 
 class RegionKind(enum.IntEnum):
@@ -125,6 +128,7 @@ class Arena:
                 thing.close() if isinstance(thing, mmap.mmap) else os.close(thing)
             raise
         self.closed = False
+        self.lingering = False  # closed while a view still existed: the unmap waits for that view
 
     def region(self, kind: RegionKind) -> Region:
         return self.regions[kind]
@@ -157,7 +161,9 @@ class Arena:
         for m in (self.shared, self.ro):
             try:
                 m.close()
-            except BufferError:
-                pass  # a view still exists; the mapping goes when it does
+            except BufferError:  # a view its owner did not release: the mapping goes when that view does
+                self.lingering = True
+                log.warning("arena %s: a view of its memory outlives it; unmapped only when that view goes",
+                            self.name)
         os.close(self.shared_fd)
         os.close(self.ro_fd)

@@ -67,6 +67,7 @@ class FlowPort:
             lay.max_packets, stride)
         self.buf_mv = self.buf.data.cast("B")  # flat, for views of a packet's bytes (the LL path)
         self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
+        pipe.view_holders.append(self._release_views)  # the pipe's destroy unmaps the arena: these go first
         self.client_bell = pipe.ends[CLIENT].bell
         self.bell = pipe.ends[NEXUS].bell.wait_fd  # the client rings this when it sends; we sleep on it
         pipe.ends[NEXUS].attached = True
@@ -88,6 +89,17 @@ class FlowPort:
         # The receive barrier's fault goes where the domain counts every fault (its Status
         # `faults`), and defuncts the channel; without a domain (a bare switch), the pipe's own.
         self.on_fault: Callable[[str, Exception], None] = lambda where, exc: pipe.fault(CLIENT, where, exc)
+
+    def _release_views(self) -> None:
+        """Drop every view of the pool's memory (the pipe is being destroyed: its arena is unmapped next).
+
+        The port is off the switch by then; empty arrays in their place make a
+        late use fail loudly instead of reaching unmapped memory.
+        """
+        self.tx.release()
+        self.rx.release()
+        self.buf_mv.release()
+        self.buf, self.umd_np = _NO_ROWS, _NO_LENS
 
     def enable_mitigation(self, clock: Callable[[], float], held_bells: dict[FlowPort, None],
                           **params: float) -> None:
