@@ -24,26 +24,26 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
-from tests.helpers.util import FakeClock, net_factory, recv_n, send_raw, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 
+from tests.helpers import PEERS
+from tests.helpers.util import FakeClock, net_factory, recv_n, send_raw, wait_until
 from usnet.abi.events import DefunctReason, EventType, TxDropReason
-from usnet.client import Client
 from usnet.abi.protocol import ControlError
-from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
-from usnet.drivers.block import FrameBlock
-from usnet.domain.switch import rx
+from usnet.client import Client
 from usnet.domain.loop import Domain
+from usnet.domain.switch import rx
 from usnet.domain.switch.neighbours import SKB_OVERHEAD
 from usnet.domain.switch.ports import EPHEMERAL
-
-from tests.helpers import PEERS
+from usnet.drivers import FaultInjector, MemWire, PcapTracer, block
+from usnet.drivers.block import FrameBlock
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 PEER = PEERS / "flow_peer.py"
@@ -867,9 +867,9 @@ def test_pcap_trace_is_read_back_well_formed(make_net, tmp_path):
 def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one):
     """The datagram socket's arithmetic checksums equal what wire/ and scapy compute, on the
     column-wise batch path (`send_many`) and the one-datagram path without numpy (`sendto`)."""
-    import usnet
     from scapy.all import IP, UDP, raw
 
+    import usnet
     from usnet.proto.wire import build_udp_ipv4_packet
     from usnet.proto.wire.ipv4 import ip_bytes
 
@@ -900,8 +900,9 @@ def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one
 def test_datagram_with_a_bad_udp_checksum_is_counted_not_delivered(per_call):
     """The switch checks IP; the receiving application checks UDP, and refuses a bad sum
     (both receive paths: the column-wise batch, and one datagram without numpy)."""
-    import usnet
     from scapy.all import IP, UDP, Ether, raw
+
+    import usnet
 
     d = usnet.Domain()
     w = MemWire()

@@ -132,6 +132,7 @@ class PipeEnd:
         for ring in (self.alloc, self.free):
             ring.release()
         self.events.release()
+        self.rx_q.release()
 
     def close_fds(self) -> None:
         """Close our doorbells (once: a closed Doorbell forgets its numbers, which may be someone else's now)."""
