@@ -1,4 +1,4 @@
-"""SPSC rings and the EVENT ring in shared memory (DESIGN §4, usnet/abi/ring.py).
+"""SPSC rings and the EVENT ring in shared memory (docs/architecture.md, "Channels and rings", usnet/abi/ring.py).
 
 Rings are built on a bytearray with guard bytes around them, so every test
 also checks that no ring ever writes outside its header and slot array.

@@ -1,4 +1,4 @@
-"""Channels through the public API, in one process (DESIGN §3, §4).
+"""Channels through the public API, in one process (docs/architecture.md, "Packet pools", "Channels and rings").
 
 `usnet.Domain()` embedded, `usnet.Client.local(domain)`, `client.open_pipe()`:
 the same data path a cross-process client uses, with method calls for the

@@ -1,4 +1,4 @@
-"""The interface advisory (NEXUSADV, DESIGN §6, issue 5 item 5).
+"""The interface advisory (NEXUSADV, docs/architecture.md, "Low latency", issue 5 item 5).
 
 - The sequence lock: a reader interleaved at any point of a writer's stores
   never keeps a torn record (the steps are interleaved one by one, in one

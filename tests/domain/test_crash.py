@@ -1,4 +1,4 @@
-"""A client killed (SIGKILL) while it holds packets and is mid-transfer (DESIGN §2, §3).
+"""A client killed (SIGKILL) while it holds packets and is mid-transfer (docs/architecture.md, "Memory", "Packet pools").
 
 The parent runs the embedded domain and one end of a pipe; the child
 (tests/peers/pipe_peer.py) reaches the domain over a socketpair session and

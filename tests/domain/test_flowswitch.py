@@ -1,4 +1,4 @@
-"""The flow switch over memwire (DESIGN §5): no root needed.
+"""The flow switch over memwire (docs/architecture.md, "Nexuses"): no root needed.
 
 Two netifs of one embedded domain are joined by a memwire; applications are
 usnet UDP sockets (`Client.udp_socket`). scapy is the independent decoder and

@@ -1,4 +1,4 @@
-"""A hostile client against an embedded domain (DESIGN §2-§4).
+"""A hostile client against an embedded domain (docs/architecture.md, "Memory", "Packet pools", "Channels and rings").
 
 The client side of a channel is untrusted: everything it can write (ring
 counters, ring slots, UMD records, control messages) is written here directly,

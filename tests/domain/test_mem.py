@@ -1,4 +1,4 @@
-"""Arenas and memfd helpers (DESIGN §2): OS-enforced access, seals, purge, defunct.
+"""Arenas and memfd helpers (docs/architecture.md, "Memory"): OS-enforced access, seals, purge, defunct.
 
 Every check here is one the kernel performs, so each test asserts that an
 operation a client could try actually fails (or that memory really goes back

@@ -1,4 +1,4 @@
-"""Packet pools (DESIGN §3, usnet/domain/mem/pool.py) on a real Arena.
+"""Packet pools (docs/architecture.md, "Packet pools", usnet/domain/mem/pool.py) on a real Arena.
 
 The pool is the nexus's ledger: every packet has exactly one owner, refused
 hand-backs disturb nothing, and all-free segments really give their pages

@@ -1,4 +1,4 @@
-"""The transmit multiplexer (DESIGN §6, issue 5): time slots, the LL share, pacing.
+"""The transmit multiplexer (docs/architecture.md, "Low latency", issue 5): time slots, the LL share, pacing.
 
 Everything runs on simulated time: the scheduler is sans-I/O and is handed
 `now`; the netif and its memwire take a fake clock. No test sleeps, and no

@@ -1,4 +1,4 @@
-"""usnet on a TAP device, with the host kernel as the other end of the wire (DESIGN §5).
+"""usnet on a TAP device, with the host kernel as the other end of the wire (docs/architecture.md, "Nexuses").
 
 Two ways in: `usnet up` (usnet.domain.launch.up: a TAP made through netlink, the
 host's address on it, usnetd serving a control socket; clients connect with

@@ -1,4 +1,4 @@
-"""usnet.proto.wire: packet formats and checksums (DESIGN §7).
+"""usnet.proto.wire: packet formats and checksums (docs/architecture.md, "The protocol stack").
 
 Three kinds of evidence:
 

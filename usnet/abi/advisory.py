@@ -1,6 +1,6 @@
 """The interface advisory (NEXUSADV): a netif's state, for clients to read, under a sequence lock.
 
-DESIGN §6: the nexus publishes each netif's advisory every few milliseconds
+docs/architecture.md, "Low latency": the nexus publishes each netif's advisory every few milliseconds
 and on change; a client maps it read-only and takes consistent snapshots.
 This module is the one place that knows the bytes (docs/abi.md §16). What
 goes into a record is decided elsewhere (usnet.domain.netif.estimate, and

@@ -1,4 +1,4 @@
-"""The channel EVENT ring: what the nexus tells a channel (DESIGN §6, docs/abi.md).
+"""The channel EVENT ring: what the nexus tells a channel (docs/architecture.md, "Low latency", docs/abi.md).
 
 The ring header is the one of `usnet.abi.ring`; each slot is an `EVENT`
 record (32 bytes): its type (an EventType), a code (a detail: a

@@ -1,6 +1,6 @@
 """memfd creation, sealing and page reclaim: the OS primitives the arenas stand on.
 
-Access rules are enforced by the kernel, not by convention (DESIGN §2):
+Access rules are enforced by the kernel, not by convention (docs/architecture.md, "Memory"):
 a memory a client may only read is sealed with F_SEAL_FUTURE_WRITE after the
 nexus has mapped it, so no process can map it writable again; every memfd a
 client can reach is sealed against shrinking, so no client can truncate it and

@@ -1,4 +1,4 @@
-"""Control messages between a client and the nexus domain (DESIGN.md §1).
+"""Control messages between a client and the nexus domain (docs/architecture.md, "Two domains").
 
 The control path is the only place where an untrusted client talks to the
 nexus domain with structured data, so every message is a typed, versioned

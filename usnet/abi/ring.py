@@ -1,4 +1,4 @@
-"""Single-producer single-consumer rings in shared memory (DESIGN §4, docs/abi.md).
+"""Single-producer single-consumer rings in shared memory (docs/architecture.md, "Channels and rings", docs/abi.md).
 
 Ring layout (little-endian, the ring starts 64-byte aligned): the header
 `RING_HEADER` (producer counter at byte 0, consumer counter at 64, flags at

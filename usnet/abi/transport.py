@@ -1,4 +1,4 @@
-"""AF_UNIX SOCK_SEQPACKET transport for control messages (DESIGN.md §1).
+"""AF_UNIX SOCK_SEQPACKET transport for control messages (docs/architecture.md, "Two domains").
 
 SEQPACKET keeps message boundaries (one recv = one control message, no
 framing to get wrong) and is connection-oriented (EOF tells the domain a

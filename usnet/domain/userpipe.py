@@ -1,4 +1,4 @@
-"""The user pipe nexus: two channels of one owner, back to back (DESIGN §5).
+"""The user pipe nexus: two channels of one owner, back to back (docs/architecture.md, "Nexuses").
 
 Both ends share one arena and one packet pool (one trust group). The TX ring
 of one end is the RX ring of the other, so packets move between the two

@@ -1,4 +1,4 @@
-"""Drivers: the devices a netif moves frames through (DESIGN §5).
+"""Drivers: the devices a netif moves frames through (docs/architecture.md, "Nexuses").
 
 Every driver moves whole Ethernet frames in batches and exposes a pollable
 `fileno()`; `timeout()` says when it needs service even if its fd stays quiet

@@ -1,4 +1,6 @@
-"""The low-latency agent: leases of the LL class, for flows (DESIGN §6, docs/design-notes.md "The agent").
+"""The low-latency agent: leases of the LL class, for flows.
+
+See docs/architecture.md, "Low latency", and docs/design-notes.md, "The agent".
 
 An application asks for LL access for one of its flows: a service class, a
 rate, a largest packet and a latency target. The agent

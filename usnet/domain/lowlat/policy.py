@@ -1,4 +1,4 @@
-"""Who may have low-latency access, and how much: the agent's policy (DESIGN §6).
+"""Who may have low-latency access, and how much: the agent's policy (docs/architecture.md, "Low latency").
 
 A policy is a list of entries. An entry names whom it is for, by uid, by
 program, or both (then both must match), the service classes it allows,

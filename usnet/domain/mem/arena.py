@@ -1,6 +1,6 @@
 """Arenas: the memory of one channel group, as page-aligned regions in two memfds.
 
-An arena splits its regions by who may write them (DESIGN §2):
+An arena splits its regions by who may write them (docs/architecture.md, "Memory"):
 
 * the *shared* memfd holds what a client writes: RING, UMD, BUF;
 * the *read-only* memfd holds what only the nexus writes: SCHEMA, FLOWADV,

@@ -1,4 +1,4 @@
-"""Packet pools with a kernel-private owner for every packet (DESIGN §3).
+"""Packet pools with a kernel-private owner for every packet (docs/architecture.md, "Packet pools").
 
 A pool belongs to one entity (a trust group: the channels of one user pipe).
 Its packets live in the arena's UMD and BUF regions; who owns each packet is

@@ -1,4 +1,4 @@
-"""TCP as sans-I/O state machines (RFC 9293; DESIGN §7).
+"""TCP as sans-I/O state machines (RFC 9293; docs/architecture.md, "The protocol stack").
 
 Modules, one job each:
 

@@ -1,4 +1,4 @@
-"""usnet.proto.wire: packet formats and checksums, with no I/O (DESIGN §7).
+"""usnet.proto.wire: packet formats and checksums, with no I/O (docs/architecture.md, "The protocol stack").
 
 Sans-I/O in the manner of h11 and smoltcp: these functions take bytes and
 return bytes or tuples; they never touch a socket, a ring or a clock, and

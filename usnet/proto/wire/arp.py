@@ -1,6 +1,6 @@
 """ARP for IPv4 over Ethernet (RFC 826).
 
-The flow switch resolves next hops with it (DESIGN §5). Only the one
+The flow switch resolves next hops with it (docs/architecture.md, "Nexuses"). Only the one
 combination used on Ethernet is accepted: any other hardware/protocol type
 or address length is a WireError, so callers never see odd-sized addresses.
 

@@ -1,6 +1,6 @@
 """Ethernet II framing.
 
-The flow switch owns L2 (DESIGN §5): it strips this header on receive and
+The flow switch owns L2 (docs/architecture.md, "Nexuses"): it strips this header on receive and
 writes it on transmit, so parse and write work on a buffer at an offset
 (zero-copy into a packet buffer) and return plain tuples.
 

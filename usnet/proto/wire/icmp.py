@@ -1,7 +1,7 @@
 """ICMP for IPv4 (RFC 792, RFC 1191): echo, destination unreachable.
 
 The flow switch answers echo for the interface address and the stack sends
-port-unreachable and fragmentation-needed errors (DESIGN §5, §7). Only the
+port-unreachable and fragmentation-needed errors (docs/architecture.md, "Nexuses", "The protocol stack"). Only the
 8-byte header is interpreted; for echo the second word is (ident, seq), for
 destination unreachable it is (unused, next-hop MTU), and `parse_icmp`
 returns it as two 16-bit halves either way.

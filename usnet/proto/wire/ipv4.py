@@ -1,7 +1,7 @@
 """IPv4 headers (RFC 791).
 
 Every packet a client hands the flow switch is an IPv4 packet, and the
-switch validates the copy it made (DESIGN §3, §5), so `parse_ipv4` checks
+switch validates the copy it made (docs/architecture.md, "Packet pools", "Nexuses"), so `parse_ipv4` checks
 everything the rest of the stack relies on — version, header length, total
 length against the bytes actually present, and the header checksum — and
 says which check failed. Options are not interpreted; they are skipped by

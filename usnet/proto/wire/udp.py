@@ -1,7 +1,7 @@
 """UDP over IPv4 (RFC 768).
 
 Used by the stack's UDP sockets and by the flow switch when it validates a
-client's copy (DESIGN §5). `parse_udp` checks the length field against the
+client's copy (docs/architecture.md, "Nexuses"). `parse_udp` checks the length field against the
 bytes the IP layer delivered and the checksum over the pseudo-header; a
 checksum field of 0 means "none" on IPv4 and is accepted. Builders transmit
 a computed 0 as 0xFFFF.
