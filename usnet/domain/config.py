@@ -86,7 +86,7 @@ A refusal by these rules is an Error reply that names the rule: EACCES for a
 low port or a shared pipe name, and for a limit its errno (EUSERS sessions,
 EMFILE channels and flows, EADDRNOTAVAIL ephemeral ports, ENOBUFS pool
 bytes) and "uid 1000 holds 64 flows (limit flows_per_uid = 64)". See
-usnet.domain.limits and docs/design-notes.md, "Issue 14: privilege and limits".
+usnet.domain.limits and docs/design-notes.md, "Privilege and limits".
 
 Top-level keys go before the first `[[netif]]` or `[[policy]]` table (TOML
 puts anything after a table header into that table). `advisory_interval`

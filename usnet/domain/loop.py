@@ -92,7 +92,7 @@ class Domain(Control, Housekeeping):
     with "@" (usnet.domain.limits). uid 0 and the domain's own uid are exempt
     from limits and port rules.
 
-    Memory comes back by itself (docs/design-notes.md, issue 14): a pool idle
+    Memory comes back by itself (docs/design-notes.md, "Stalled channels and memory pressure"): a pool idle
     for `purge_after` seconds gives back its free segments; so does every pool
     when the host's MemAvailable falls below `purge_below_mb` (0: never). A
     channel that leaves packets unread on its RX ring for `stall_after`
