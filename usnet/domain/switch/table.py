@@ -25,7 +25,7 @@ import numpy as np
 
 from usnet.abi.events import EventType, TxStatus
 from usnet.domain.netif.netif import Netif
-from usnet.domain.switch.port import CLIENT, FlowPort
+from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments
 from usnet.proto.wire.errors import WireError
@@ -98,13 +98,13 @@ class Flow:
                 # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
                 "pipe": self.port.pipe.info()}
 
-    def post_status(self, status: TxStatus, mark: tuple, taken_ns: int, reason: int = 0) -> None:
+    def post_status(self, status: TxStatus, mark: TxMark, taken_ns: int, reason: int = 0) -> None:
         """One packet's TX_STATUS on the client's event ring; SENT only if it asked for reports
         (a deadline alone asks for the rest)."""
-        if status == TxStatus.SENT and not mark[2]:
+        if status == TxStatus.SENT and not mark.report:
             return
-        self.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark[3],
-                                                value=mark[0], aux=taken_ns)
+        self.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark.packet,
+                                                value=mark.tag, aux=taken_ns)
 
 
 class FlowTable:
