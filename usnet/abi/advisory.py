@@ -43,6 +43,7 @@ operations each, a few times per publication.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import errno
 import itertools
@@ -152,7 +153,7 @@ class Record:
         BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS))
 
     @classmethod
-    def unpack(cls, data: bytes) -> Record:
+    def unpack(cls, data: builtins.bytes) -> Record:  # `bytes` here is the field
         values = list(BODY.unpack(data))
         values[0] = _enum(Direction, values[0])
         values[1] = _enum(Trend, values[1])
