@@ -57,6 +57,13 @@ from usnet.abi import memfd
 from usnet.abi.layout import RESERVED, Fields
 from usnet.abi.ring import fence
 
+__all__ = [
+    "ADV_HEADER", "ADV_RECORD", "BODY", "FLAG_GONE", "FLAG_IDLE", "FLAG_PACED", "HEADER", "MAGIC", "RECORDS",
+    "RECORDS_OFFSET", "RECORD_SIZE", "SEQ_SIZE", "SIZE", "TRIES", "U64_MAX", "VERSION", "Advisory", "AdvisoryBusy",
+    "AdvisoryFormatError", "AdvisoryReader", "AdvisoryWriter", "Direction", "Record", "Trend", "read_record",
+    "read_steps", "record_offset", "write_steps",
+]
+
 MAGIC = 0x56444155  # b"UADV" read as a little-endian u32
 VERSION = 1
 ADV_HEADER = Fields(

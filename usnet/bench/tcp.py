@@ -36,6 +36,8 @@ from usnet.bench.baselines import _fork, _reap
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
 
+__all__ = ["Connect", "Listen", "bulk_rx", "bulk_tx", "connect_out_rate", "connect_rate", "run"]
+
 CHUNK = 1 << 20
 CONCURRENCY = 8  # kernel clients connecting at once in connect_rate
 Connect = Callable[[tuple[str, int]], Any]  # (host, port) -> a connected socket-like object

@@ -33,6 +33,8 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
+__all__ = ["FlowEngine", "Runner", "runner"]
+
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from usnet.domain.switch.port import TxMark
     from usnet.drivers.block import FrameBlock
 
+__all__ = [
+    "Coalesced", "Driver", "DriverStats", "Frame", "GatherFrame", "Received", "SegmentedFrame", "TrackedFrame",
+    "random_mac",
+]
+
 Frame = bytes | bytearray | memoryview
 Received = bytes | bytearray  # what a device hands up: bytes, or a Coalesced (a bytearray) made of several
 

@@ -32,6 +32,8 @@ from usnet.domain.mem.pool import HELD
 from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
 from usnet.domain.userpipe import UserPipe
 
+__all__ = ["CLIENT", "NEXUS", "FlowPort", "TxMark", "TxMeta"]
+
 CLIENT, NEXUS = 0, 1
 _NO_ROWS = np.empty((0, 0), np.uint8)
 _NO_LENS = np.empty(0, np.uint32)
