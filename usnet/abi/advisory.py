@@ -43,6 +43,7 @@ operations each, a few times per publication.
 
 from __future__ import annotations
 
+import builtins
 import enum
 import errno
 import itertools
@@ -55,6 +56,13 @@ from typing import Any
 from usnet.abi import memfd
 from usnet.abi.layout import RESERVED, Fields
 from usnet.abi.ring import fence
+
+__all__ = [
+    "ADV_HEADER", "ADV_RECORD", "BODY", "FLAG_GONE", "FLAG_IDLE", "FLAG_PACED", "HEADER", "MAGIC", "RECORDS",
+    "RECORDS_OFFSET", "RECORD_SIZE", "SEQ_SIZE", "SIZE", "TRIES", "U64_MAX", "VERSION", "Advisory", "AdvisoryBusy",
+    "AdvisoryFormatError", "AdvisoryReader", "AdvisoryWriter", "Direction", "Record", "Trend", "read_record",
+    "read_steps", "record_offset", "write_steps",
+]
 
 MAGIC = 0x56444155  # b"UADV" read as a little-endian u32
 VERSION = 1
@@ -152,7 +160,7 @@ class Record:
         BODY.pack_into(buf, offset, *(getattr(self, f) for f in _FIELDS))
 
     @classmethod
-    def unpack(cls, data: bytes) -> Record:
+    def unpack(cls, data: builtins.bytes) -> Record:  # `bytes` here is the field
         values = list(BODY.unpack(data))
         values[0] = _enum(Direction, values[0])
         values[1] = _enum(Trend, values[1])

@@ -21,6 +21,11 @@ from typing import NamedTuple
 from usnet.abi.layout import Fields
 from usnet.abi.ring import CONS, HEADER, PROD, RingCorrupt
 
+__all__ = [
+    "EVENT", "NO_PACKET", "RECORD", "RECORD_SIZE", "DefunctReason", "Event", "EventConsumer", "EventProducer",
+    "EventType", "RefusalReason", "RevokeReason", "TxDropReason", "TxStatus",
+]
+
 EVENT = Fields(
     "EVENT record",
     ("type", "u16"), ("code", "u16"), ("packet", "u32"), ("time_ns", "u64"), ("value", "u64"), ("aux", "u64"),

@@ -34,6 +34,11 @@ import numpy as np
 
 from usnet.abi.layout import RESERVED, Fields
 
+__all__ = [
+    "CONS", "FLAGS", "HEADER", "NEED_WAKEUP", "PROD", "RING_HEADER", "SLOT", "Consumer", "Producer", "RingCorrupt",
+    "fence", "ring_bytes",
+]
+
 #: A ring's header: the two counters on cache lines of their own, then the consumer's flags.
 RING_HEADER = Fields(
     "ring header",

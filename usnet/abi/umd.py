@@ -29,6 +29,11 @@ import time
 
 from usnet.abi.layout import RESERVED, Fields
 
+__all__ = [
+    "GSO_SHIFT", "TX_REPORT", "UMD", "UMD_SIZE", "UMD_WORDS", "W_DEADLINE", "W_FLAGS", "W_GSO", "W_LENGTH", "W_TAG",
+    "deadline_passed",
+]
+
 UMD = Fields(
     "UMD record",
     ("length", "u32"), ("headroom", "u16"), ("gso_size", "u16"), ("tag", "u64"),

@@ -36,6 +36,8 @@ from usnet.bench.baselines import _fork, _reap
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
 
+__all__ = ["Connect", "Listen", "bulk_rx", "bulk_tx", "connect_out_rate", "connect_rate", "run"]
+
 CHUNK = 1 << 20
 CONCURRENCY = 8  # kernel clients connecting at once in connect_rate
 Connect = Callable[[tuple[str, int]], Any]  # (host, port) -> a connected socket-like object
@@ -200,7 +202,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
     size = (20 if quick else 100) * 1_000_000
     n = 200 if quick else 1000
     # (name, test, amount, side): the test takes the side's Connect or Listen, by `side`
-    tests: tuple[tuple[str, Callable[[Any, str, int], float], int, str], ...] = (
+    tests: tuple[tuple[str, Callable[[Any, str, int, NetNs | None], float], int, str], ...] = (
         ("bulk_tx", bulk_tx, size, "connect"), ("bulk_rx", bulk_rx, size, "connect"),
         ("connect_rate", connect_rate, n, "listen"), ("connect_out_rate", connect_out_rate, n, "connect"))
     figures: dict[str, dict[str, float]] = {name: {} for name, *_ in tests}
@@ -223,7 +225,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
     kernel_side = {"connect": _kernel_connect, "listen": _kernel_listen}
     for name, fn, amount, side in tests:
         progress(f"{name}: kernel loopback")
-        figures[name]["kernel"] = fn(kernel_side[side], "127.0.0.1", amount)
+        figures[name]["kernel"] = fn(kernel_side[side], "127.0.0.1", amount, None)  # the host's own loopback
     unit = {"bulk_tx": "MBps", "bulk_rx": "MBps", "connect_rate": "cps", "connect_out_rate": "cps"}
     return {
         "results": [{"test": name, f"usnet_{unit[name]}": f["usnet"], f"kernel_{unit[name]}": f["kernel"]}

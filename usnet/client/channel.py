@@ -56,7 +56,7 @@ YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
 _DOMAIN_GONE = "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed"
-_MESSAGES = {
+_MESSAGES: dict[int, str] = {  # by the raw reason word: it may be one this code does not know
     DefunctReason.STALLED: "channel defunct (STALLED): it left received packets unread longer than the "
                            "domain allows (usnetd stall_after + stall_defunct); its packets were taken back",
 }

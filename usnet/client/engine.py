@@ -33,6 +33,8 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
+__all__ = ["FlowEngine", "Runner", "runner"]
+
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,8 @@ class FlowEngine:
             if type(ev) is Datagram:
                 if ev.proto == TCP:
                     self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
-            elif type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= _SEQ + 4:
+            elif (type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= _SEQ + 4
+                  and ev.remote_port is not None and ev.local_port is not None):  # None: no ports quoted
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
                     conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))

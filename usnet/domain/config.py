@@ -106,7 +106,8 @@ import ipaddress
 import math
 import os
 import tomllib
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import msgspec
 
@@ -126,8 +127,8 @@ if TYPE_CHECKING:
     from usnet.drivers.base import Driver
 
 __all__ = [
-    "AccessConfig", "Config", "DriverName", "NetifConfig", "PolicyConfig", "ShareConfig", "dump",
-    "group_id", "load", "make_driver",
+    "AccessConfig", "Config", "DomainKwargs", "DriverName", "NetifConfig", "PolicyConfig", "PrivilegeKwargs",
+    "ShareConfig", "dump", "group_id", "load", "make_driver",
 ]
 
 DriverName = Literal["tap", "packet"]
@@ -227,10 +228,33 @@ class ShareConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return Share(frozenset(self.uids), self.prefix)
 
 
+class DomainKwargs(TypedDict, total=False):
+    """The `Domain(...)` keywords a config may set, those it sets (`Config.domain_kwargs`): unset
+    ones are absent and keep the domain's defaults."""
+
+    advisory_interval: float
+    delay_target: float
+    purge_after: float
+    stall_after: float
+    stall_defunct: float
+    purge_below_mb: int
+
+
+class PrivilegeKwargs(TypedDict):
+    """`Domain(...)`'s and `Domain.set_privileges`'s privilege keywords (`Config.privilege_kwargs`)."""
+
+    limits: Limits
+    access: Access
+    shares: tuple[Share, ...]
+
+
+DomainKey = Literal["advisory_interval", "delay_target", "purge_after", "stall_after", "stall_defunct",
+                    "purge_below_mb"]  # the keys of DomainKwargs, so mypy checks `domain_kwargs` by name
+
 # Domain(...) keywords and their checks: seconds, seconds or 0 (off), MiB or 0 (off)
-_DOMAIN_KEYS = {"advisory_interval": check_seconds, "delay_target": check_seconds, "purge_after": check_seconds,
-                "stall_after": check_seconds, "stall_defunct": check_seconds_or_off,
-                "purge_below_mb": check_megabytes}
+_DOMAIN_KEYS: dict[DomainKey, Callable[[str, Any], Any]] = {
+    "advisory_interval": check_seconds, "delay_target": check_seconds, "purge_after": check_seconds,
+    "stall_after": check_seconds, "stall_defunct": check_seconds_or_off, "purge_below_mb": check_megabytes}
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -264,10 +288,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             if (v := getattr(self, what)) is not None:
                 check(what, v)
 
-    def domain_kwargs(self) -> dict[str, float]:
+    def domain_kwargs(self) -> DomainKwargs:
         """The advisory, purge and stall keys that are set, as `Domain(...)` keyword arguments
         (unset: the domain's defaults)."""
-        return {k: v for k in _DOMAIN_KEYS if (v := getattr(self, k)) is not None}
+        kw = DomainKwargs()
+        for k in _DOMAIN_KEYS:
+            if (v := getattr(self, k)) is not None:
+                kw[k] = v
+        return kw
 
     def socket_perms(self) -> tuple[int, int | None]:
         """(mode, gid or None) of the control socket: 0o660 with a group, 0o600 without, unless set."""
@@ -275,7 +303,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         mode = self.socket_mode if self.socket_mode is not None else (0o600 if gid is None else 0o660)
         return mode, gid
 
-    def privilege_kwargs(self) -> dict:
+    def privilege_kwargs(self) -> PrivilegeKwargs:
         """`limits`, `access` and `shares` as `Domain(...)` keyword arguments (usnet.domain.limits)."""
         try:
             limits = Limits(**self.limits)
@@ -284,7 +312,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"unknown limits {unknown}; known: {sorted(Limits.__dataclass_fields__)}") from None
         access = Access(tuple(a.rule() for a in self.access), self.unprivileged_port_start,
                         frozenset({0, os.getuid()}))
-        return {"limits": limits, "access": access, "shares": tuple(s.share() for s in self.share)}
+        return PrivilegeKwargs(limits=limits, access=access, shares=tuple(s.share() for s in self.share))
 
     def agent_policy(self) -> Policy:
         """The low-latency agent's policy from the `[[policy]]` entries."""

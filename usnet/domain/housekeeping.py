@@ -116,11 +116,11 @@ class Housekeeping:
         last such purge is not searched again."""
         if not self.purge_below_mb:
             return
-        avail = available_memory()
+        avail = available_memory()  # None: the host does not say, which is no pressure
         pressure = avail is not None and avail < self.purge_below_mb << 20
         if pressure != self.memory_pressure:
             self.memory_pressure = pressure
-            if pressure:
+            if pressure and avail is not None:  # pressure implies a figure: said for the type checker
                 log.warning("MemAvailable %d MiB < purge_below_mb %d: purging every pool's free segments",
                             avail >> 20, self.purge_below_mb)
         if not pressure:

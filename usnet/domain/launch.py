@@ -29,6 +29,8 @@ from usnet.drivers.hostnet import delete_links
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
 
+__all__ = ["RUN_DIR", "build_config", "down", "host_address6_for", "up"]
+
 RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
 
 

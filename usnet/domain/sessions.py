@@ -26,6 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from usnet.abi import protocol as P
 from usnet.abi import schema as schemamod
@@ -76,7 +77,7 @@ class ChannelRef:
     charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
 
 
-def _flow_family(req: P.OpenFlow) -> tuple[int, bytes | None]:
+def _flow_family(req: P.OpenFlow) -> tuple[Literal[4, 6], bytes | None]:
     """(4 or 6, the remote address's bytes or None) of a flow request.
 
     The family is the request's, else the remote address's, else IPv4; a
@@ -326,6 +327,7 @@ class SessionRegistry:
             pipe.destroy()
             raise
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
+        assert local is not None, "add_flow refuses an IPv6 flow on a netif without an IPv6 address"
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
         reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
                              sw.netif.mtu, sw.netif.name, family, gso_max)

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from usnet.domain.switch.port import TxMark
     from usnet.drivers.block import FrameBlock
+
+__all__ = [
+    "Coalesced", "Driver", "DriverStats", "Frame", "GatherFrame", "Received", "SegmentedFrame", "TrackedFrame",
+    "random_mac",
+]
 
 Frame = bytes | bytearray | memoryview
 Received = bytes | bytearray  # what a device hands up: bytes, or a Coalesced (a bytearray) made of several
@@ -47,13 +53,13 @@ class TrackedFrame(SegmentedFrame):
     """
 
     key: int  # its queue (flow id)
-    mark: tuple[int, int, bool, int]  # (tag, deadline_ns, report, packet index), as usnet.domain.switch.port.TxMeta
+    mark: TxMark  # what its packet asked for (the flow switch's)
     taken_ns: int  # when the nexus took it off the client's TX ring
 
     @property
     def deadline_ns(self) -> int:
         """CLOCK_MONOTONIC ns past which it must not be sent; 0: none."""
-        return self.mark[1]
+        return self.mark.deadline_ns
 
 
 class Coalesced(bytearray):

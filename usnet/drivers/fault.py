@@ -14,6 +14,8 @@ from dataclasses import replace
 from usnet.drivers import block
 from usnet.drivers.base import Capabilities, Driver, Frame, Received
 
+__all__ = ["FaultInjector"]
+
 
 class FaultInjector:
 

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+__all__ = ["NETNS_DIR", "NetNs", "delete_links", "link_exists", "netns_exists", "setns"]
+
 T = TypeVar("T")
 
 

@@ -16,6 +16,8 @@ from typing import BinaryIO
 from usnet.drivers import block
 from usnet.drivers.base import Capabilities, Driver, Frame, Received
 
+__all__ = ["PcapTracer", "PcapWriter"]
+
 GLOBAL_HEADER = struct.Struct("<IHHiIII")
 RECORD_HEADER = struct.Struct("<IIII")
 MAGIC = 0xA1B2C3D4

@@ -36,6 +36,8 @@ from usnet.drivers.base import (
 )
 from usnet.proto.wire.checksum import acc, finish
 
+__all__ = ["TapDriver"]
+
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8

@@ -19,7 +19,7 @@ from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.domain.switch.neighbours import NeighbourCache
 from usnet.domain.switch.port import CLIENT
 from usnet.domain.switch.table import ICMP, TCP, UDP, Flow, FlowTable
-from usnet.drivers.base import SegmentedFrame, TrackedFrame
+from usnet.drivers.base import Received, SegmentedFrame, TrackedFrame
 from usnet.proto.tcp.connection import rst_reply
 from usnet.proto.wire import arp as warp
 from usnet.proto.wire import icmp as wicmp
@@ -154,7 +154,7 @@ class HostDuties(FlowTable):
 
     # -- ARP and Neighbour Discovery -----------------------------------------------------------
 
-    def _rx_arp(self, f: bytes, src_mac: bytes, now: float) -> None:
+    def _rx_arp(self, f: Received, src_mac: bytes, now: float) -> None:
         """An ARP packet: conflicts on our address first (RFC 5227), then requests and replies for us.
 
         Learnt only from a sender whose address could be a neighbour's: a
@@ -205,7 +205,7 @@ class HostDuties(FlowTable):
         for key, packet in cache.learn(addr, mac, now):
             self._emit(key, mac, packet)
 
-    def _rx_ns(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+    def _rx_ns(self, f: Received, start: int, end: int, src: bytes, dst: bytes, hop: int,
                src_mac: bytes, now: float) -> None:
         """A Neighbour Solicitation: learn the asker (as from an ARP request) and advertise ourselves."""
         if hop != 255:
@@ -238,7 +238,7 @@ class HostDuties(FlowTable):
         self.counts["nd_na_sent"] += 1
         self._send_frame(0, dst_mac, ETHERTYPE_IPV6, build_ipv6_header(target, dst, ICMPV6, len(na), 255) + na)
 
-    def _rx_na(self, f: bytes, start: int, end: int, dst: bytes, hop: int, now: float) -> None:
+    def _rx_na(self, f: Received, start: int, end: int, dst: bytes, hop: int, now: float) -> None:
         """A Neighbour Advertisement: believed only for an address we have or are asking for."""
         if hop != 255:
             self.drops["nd_bad"] += 1
@@ -262,7 +262,7 @@ class HostDuties(FlowTable):
 
     # -- ICMP, and ports nobody holds ----------------------------------------------------------
 
-    def _rx_icmp(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
+    def _rx_icmp(self, f: Received, start: int, end: int, src: bytes, dst: bytes, per_flow: dict) -> None:
         typ, _code, ident, seq, poff = wicmp.parse_icmp(f, start, end - start)
         if typ == wicmp.ECHO_REQUEST and dst == self.netif.ip:
             self.counts["icmp_echo"] += 1
@@ -273,7 +273,7 @@ class HostDuties(FlowTable):
         else:
             self.drops["rx_icmp_other"] += 1
 
-    def _rx_icmp6(self, f: bytes, start: int, end: int, src: bytes, dst: bytes, hop: int,
+    def _rx_icmp6(self, f: Received, start: int, end: int, src: bytes, dst: bytes, hop: int,
                   src_mac: bytes, now: float, per_flow: dict) -> None:
         typ, _code, ident, seq, body = wicmp6.parse_icmpv6(f, start, end - start, src, dst)  # checksum too
         if typ == wicmp6.NEIGHBOR_SOLICIT:
@@ -289,7 +289,7 @@ class HostDuties(FlowTable):
         else:
             self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them
 
-    def _icmp_error_to(self, flow: Flow | None, packet: bytes, per_flow: dict) -> None:
+    def _icmp_error_to(self, flow: Flow | None, packet: Received, per_flow: dict) -> None:
         """Pass an ICMP(v6) error, the whole IP packet, to the flow whose packet it quotes (None: nobody's).
         The flow's stack judges it further (a TCP sequence in flight, a connected peer)."""
         if flow is None:
@@ -298,7 +298,7 @@ class HostDuties(FlowTable):
         self.counts["rx_icmp_error"] += 1
         per_flow.setdefault(flow, []).append(packet)
 
-    def _no_socket(self, proto: int, f: bytes, start: int, end: int, src: bytes, dst: bytes,
+    def _no_socket(self, proto: int, f: Received, start: int, end: int, src: bytes, dst: bytes,
                    now: float) -> None:
         """Nobody has this port: answer as a host does, from the address asked (UDP: port
         unreachable, ICMP or ICMPv6 by the family; TCP: RST)."""

@@ -14,7 +14,7 @@ from usnet.abi.events import TxDropReason, TxStatus
 from usnet.abi.umd import deadline_passed
 from usnet.domain.switch.host import ETH
 from usnet.domain.switch.llcheck import GENERAL_PATH, SNAPSHOT, check_ll_header
-from usnet.domain.switch.port import TxMeta
+from usnet.domain.switch.port import TxMark, TxMeta
 from usnet.domain.switch.table import Flow
 from usnet.domain.switch.tx import TX_BATCH, TransmitPath
 from usnet.drivers.base import GatherFrame
@@ -60,6 +60,7 @@ class LowLatencyPath(TransmitPath):
         """
         port, netif = flow.port, self.netif
         local = netif.ip if flow.family == 4 else netif.ip6
+        assert local is not None, "add_flow refuses an IPv6 flow on a netif without an IPv6 address"
         etype = ETHERTYPE_IPV4 if flow.family == 4 else ETHERTYPE_IPV6
         tx_one = self._tx_one if flow.family == 4 else self._tx_one6
         limit = netif.mtu if flow.policer is None else min(netif.mtu, flow.policer.max_packet)
@@ -73,25 +74,27 @@ class LowLatencyPath(TransmitPath):
             if flow.policer is not None:
                 idx, lens, gso = self._police(flow, idx, lens, gso, meta)
             now = self.clock()
+            taken_ns = 0 if meta is None else meta.taken_ns
             frames: list[GatherFrame] = []
-            marks: list = []  # per frame: its TxMeta mark or None
+            marks: list[TxMark | None] = []  # per frame: its mark or None
             for pos, (i, ln, g) in enumerate(zip(idx.tolist(), lens.tolist(), gso.tolist())):
                 at = i * stride
                 mark = None if meta is None else meta.marks.get(pos)
-                if mark is not None and deadline_passed(mark[1]):
-                    self._expire(flow, mark, meta.taken_ns)
+                if mark is not None and deadline_passed(mark.deadline_ns):
+                    self._expire(flow, mark, taken_ns)
                     continue
                 snap = bytearray(mv[at : at + min(ln, SNAPSHOT)])  # private: what is checked is what is sent
                 got = GENERAL_PATH if g else check_ll_header(
                     snap, ln, proto=flow.proto, lport=flow.lport, raddr=flow.raddr, rport=flow.rport,
                     local=local, max_packet=limit, not_a_peer=self.not_a_peer)
                 mac = None
-                if type(got) is tuple:
-                    mac = self._neighbour(got[1], now)[1]
+                if isinstance(got, tuple):  # checked: (bytes of headers to send, destination)
+                    hdr, dst = got
+                    mac = self._neighbour(dst, now)[1]
                 elif got != GENERAL_PATH:
                     self._tx_drop(flow, TxDropReason(got), ln)
                     if mark is not None:
-                        flow.post_status(TxStatus.DROPPED, mark, meta.taken_ns, got)
+                        flow.post_status(TxStatus.DROPPED, mark, taken_ns, got)
                     continue
                 if mac is None:  # the general path's check, neighbour wait or refusal, in order
                     sent += self._ll_emit(flow, frames, marks, meta)
@@ -101,7 +104,6 @@ class LowLatencyPath(TransmitPath):
                     sent += self._tx_marked(flow, bytes(whole), now, g, tx_one, meta, pos)
                     frames, marks = [], []
                     continue
-                hdr = got[0]
                 ecn.set_dscp(snap, 0, flow.dscp)  # checked, so IPv4 or IPv6 with a sound header
                 frames.append(GatherFrame(ETH.pack(mac, netif.mac, etype) + snap[:hdr], mv[at + hdr : at + ln]))
                 marks.append(mark)
@@ -111,7 +113,8 @@ class LowLatencyPath(TransmitPath):
         self._advise(flow)
         return n
 
-    def _ll_emit(self, flow: Flow, frames: list[GatherFrame], marks: list, meta: TxMeta | None) -> int:
+    def _ll_emit(self, flow: Flow, frames: list[GatherFrame], marks: list[TxMark | None],
+                 meta: TxMeta | None) -> int:
         """Send checked LL frames now; queue a copy of what the class cannot send yet. Returns len(frames)."""
         if not frames:
             return 0

@@ -32,19 +32,36 @@ from usnet.domain.mem.pool import HELD
 from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
 from usnet.domain.userpipe import UserPipe
 
+__all__ = ["CLIENT", "NEXUS", "FlowPort", "TxMark", "TxMeta"]
+
 CLIENT, NEXUS = 0, 1
 _NO_ROWS = np.empty((0, 0), np.uint8)
 _NO_LENS = np.empty(0, np.uint32)
 
 
+class TxMark(NamedTuple):
+    """What one marked packet asked for, read once from its UMD (docs/abi.md, UMD).
+
+    `tag` is echoed in its TX_STATUS, `deadline_ns` (CLOCK_MONOTONIC, 0:
+    none) is when it must no longer be sent, `report` asks for SENT too, and
+    `packet` is its pool index (the TX_STATUS's packet). Made only for the few
+    packets that carry a mark, so the bulk of a batch pays nothing.
+    """
+
+    tag: int
+    deadline_ns: int
+    report: bool
+    packet: int
+
+
 class TxMeta(NamedTuple):
     """The packets of a transmit batch that carry a deadline or ask for a report.
 
-    `marks` maps a position in the batch to (tag, deadline_ns, report, packet
-    index); `taken_ns` is when the batch came off the TX ring.
+    `marks` maps a position in the batch to its TxMark; `taken_ns` is when
+    the batch came off the TX ring.
     """
 
-    marks: dict[int, tuple[int, int, bool, int]]
+    marks: dict[int, TxMark]
     taken_ns: int
 
 
@@ -206,7 +223,7 @@ class FlowPort:
         pos = np.flatnonzero(marked)
         u64 = self.umd_np.view(np.uint64)  # tag and deadline are 8-byte aligned u64 words
         at = at[pos]
-        return TxMeta({p: (t, d, bool(f & TX_REPORT), i) for p, t, d, f, i in zip(
+        return TxMeta({p: TxMark(t, d, bool(f & TX_REPORT), i) for p, t, d, f, i in zip(
             pos.tolist(), u64[(at + W_TAG) // 2].tolist(), u64[(at + W_DEADLINE) // 2].tolist(),
             self.umd_np[at + W_FLAGS].tolist(), good[pos].tolist())}, time.monotonic_ns())
 

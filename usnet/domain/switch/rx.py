@@ -31,7 +31,7 @@ import numpy.ma
 from usnet.domain.switch.host import ETH, HostDuties
 from usnet.domain.switch.table import ICMP, PORTS, TCP, UDP, Flow
 from usnet.drivers import block
-from usnet.drivers.base import Coalesced
+from usnet.drivers.base import Coalesced, Received
 from usnet.drivers.block import FrameBlock
 from usnet.proto.reassembly import Reassembler
 from usnet.proto.wire.checksum import verifies
@@ -93,7 +93,7 @@ class ReceivePath(HostDuties):
             copies = block.expand(frames)
             for m in netif.monitors:
                 m.deliver(copies)
-        per_flow: dict[Flow, list[bytes]] = {}
+        per_flow: dict[Flow, list[Received]] = {}  # a Coalesced frame's packet is a bytearray
         mymac, myip = netif.mac, netif.ip
         exact, listeners = self.exact, self.listeners
         unpack, from_bytes = _FAST.unpack_from, int.from_bytes
@@ -132,7 +132,7 @@ class ReceivePath(HostDuties):
         self._deliver(per_flow)
         return total_frames
 
-    def _deliver(self, per_flow: dict) -> None:
+    def _deliver(self, per_flow: dict[Flow, list[Received]]) -> None:
         """Hand each flow the packets gathered for it, and forget them."""
         for flow, pkts in per_flow.items():
             n = flow.port.deliver(pkts)
@@ -206,8 +206,8 @@ class ReceivePath(HostDuties):
         now = self.clock()
         nxt: float | None = None
         for port in list(held):
-            mit = port.mitigation
-            if mit.deadline is None:  # rung as packets came, or the client woke up on its own
+            mit = port.mitigation  # a port is listed only once enable_mitigation gave it one
+            if mit is None or mit.deadline is None:  # rung as packets came, or the client woke up on its own
                 del held[port]
             elif mit.due(now):
                 del held[port]
@@ -216,7 +216,7 @@ class ReceivePath(HostDuties):
                 nxt = mit.deadline
         return None if nxt is None else max(0.0, nxt - now)
 
-    def _rx_frame(self, f: bytes, now: float, per_flow: dict) -> None:
+    def _rx_frame(self, f: Received, now: float, per_flow: dict) -> None:
         if len(f) < ETH_HLEN:
             self.drops["rx_runt"] += 1
             return
@@ -239,7 +239,7 @@ class ReceivePath(HostDuties):
         else:
             self.drops["rx_ethertype"] += 1
 
-    def _rx_ip(self, f: bytes, now: float, per_flow: dict) -> None:
+    def _rx_ip(self, f: Received, now: float, per_flow: dict) -> None:
         """An IPv4 frame the fast path did not take: fragments, ICMP, broadcasts, errors, counters."""
         ihl, total, ident, ff, ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
         netif = self.netif
@@ -277,7 +277,7 @@ class ReceivePath(HostDuties):
         flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
 
-    def _rx_ip6(self, f: bytes, src_mac: bytes, now: float, per_flow: dict) -> None:
+    def _rx_ip6(self, f: Received, src_mac: bytes, now: float, per_flow: dict) -> None:
         """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows."""
         _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
         netif = self.netif
@@ -325,7 +325,7 @@ class ReceivePath(HostDuties):
             flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, True, now, per_flow)
 
-    def _to_flow(self, flow: Flow | None, proto: int, f: bytes, start: int, end: int, src: bytes, dst: bytes,
+    def _to_flow(self, flow: Flow | None, proto: int, f: Received, start: int, end: int, src: bytes, dst: bytes,
                  answer: bool, now: float, per_flow: dict) -> None:
         """The end of either family's per-frame path: the packet to its flow, or nobody's: counted,
         and if `answer` (unicast to us), answered as a host does."""
@@ -344,7 +344,7 @@ class ReceivePath(HostDuties):
         lst.append(f[ETH_HLEN:end])
 
     @staticmethod
-    def _bad_udp(f: bytes, start: int, end: int, src: bytes, dst: bytes) -> str | None:
+    def _bad_udp(f: Received, start: int, end: int, src: bytes, dst: bytes) -> str | None:
         """Why a UDP datagram nobody listens for is damaged (a drop reason), or None if it is sound.
 
         As Linux's __udp4_lib_rcv / __udp6_lib_rcv before they send port

@@ -25,9 +25,10 @@ import numpy as np
 
 from usnet.abi.events import EventType, TxStatus
 from usnet.domain.netif.netif import Netif
-from usnet.domain.switch.port import CLIENT, FlowPort
+from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments
+from usnet.drivers.base import Received
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_str, not_unicast4
 from usnet.proto.wire.ipv6 import IPV6_HLEN, UNSPECIFIED, ip6_str, not_unicast6, skip_ext_headers
@@ -71,9 +72,10 @@ class Flow:
         if self._tx_sig is None:
             sig = {0: 0x45, 9: self.proto, 20: self.lport >> 8, 21: self.lport & 0xFF}
             sig.update({12 + i: b for i, b in enumerate(local_ip)})
-            if self.raddr is not None:
-                sig.update({16 + i: b for i, b in enumerate(self.raddr)})
-                sig.update({22: self.rport >> 8, 23: self.rport & 0xFF})
+            raddr, rport = self.raddr, self.rport
+            if raddr is not None and rport is not None:  # connected: add_flow gives a flow both or neither
+                sig.update({16 + i: b for i, b in enumerate(raddr)})
+                sig.update({22: rport >> 8, 23: rport & 0xFF})
             self._tx_sig = (np.array(list(sig), np.intp), np.array(list(sig.values()), np.uint8))
         return self._tx_sig
 
@@ -98,13 +100,13 @@ class Flow:
                 # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
                 "pipe": self.port.pipe.info()}
 
-    def post_status(self, status: TxStatus, mark: tuple, taken_ns: int, reason: int = 0) -> None:
+    def post_status(self, status: TxStatus, mark: TxMark, taken_ns: int, reason: int = 0) -> None:
         """One packet's TX_STATUS on the client's event ring; SENT only if it asked for reports
         (a deadline alone asks for the rest)."""
-        if status == TxStatus.SENT and not mark[2]:
+        if status == TxStatus.SENT and not mark.report:
             return
-        self.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark[3],
-                                                value=mark[0], aux=taken_ns)
+        self.port.pipe.ends[CLIENT].events.post(EventType.TX_STATUS, status | reason << 8, mark.packet,
+                                                value=mark.tag, aux=taken_ns)
 
 
 class FlowTable:
@@ -211,7 +213,7 @@ class FlowTable:
         listeners = self.listeners if len(raddr) == 4 else self.listeners6
         return self.exact.get((proto, lport, raddr, rport)) or listeners.get((proto, lport))
 
-    def _quoted_flow(self, f: bytes, q: int, end: int, family: int) -> Flow | None:
+    def _quoted_flow(self, f: Received, q: int, end: int, family: int) -> Flow | None:
         """The flow that sent the packet an ICMP (`family` 4) or ICMPv6 (6) error quotes at `q`:
         from our address of that family, its protocol and ports.
 

@@ -30,7 +30,7 @@ import numpy as np
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.abi.umd import deadline_passed
 from usnet.domain.switch.host import HostDuties
-from usnet.domain.switch.port import CLIENT, TxMeta
+from usnet.domain.switch.port import CLIENT, TxMark, TxMeta
 from usnet.domain.switch.table import PORTS, TCP, Flow
 from usnet.domain.switch.txguard import SentFragments, ipv4_options, whole_l4_header
 from usnet.drivers.base import SegmentedFrame, TrackedFrame
@@ -224,12 +224,14 @@ class TransmitPath(HostDuties):
             self._tx_drop(flow, TxDropReason.ZERO_TTL, n)
             return 0
         l4 = IPV6_HLEN if p[6] != FRAGMENT else IPV6_HLEN + FRAG_HLEN
+        local = self.netif.ip6
+        assert local is not None, "add_flow refuses an IPv6 flow on a netif without an IPv6 address"
         if frag is not None:
-            return self._tx_fragment(flow, p, l4, src, self.netif.ip6, dst, frag[1], frag[0], now)
+            return self._tx_fragment(flow, p, l4, src, local, dst, frag[1], frag[0], now)
         if n < l4 + 4:
             self._tx_drop(flow, TxDropReason.MALFORMED, n)
             return 0
-        return self._tx_addressed(flow, p, l4, src, self.netif.ip6, dst, now, gso)
+        return self._tx_addressed(flow, p, l4, src, local, dst, now, gso)
 
     def _tx_fragment(self, flow: Flow, p: bytes, l4: int, src: bytes, local: bytes, dst: bytes,
                      ident: int, offset: int, now: float) -> int:
@@ -332,11 +334,10 @@ class TransmitPath(HostDuties):
                    meta: TxMeta | None, pos: int) -> int:
         """Packet `pos` of a batch on the per-packet path (`tx_one`); if it is marked (`meta`):
         expired, or checked and queued as a TrackedFrame, its drop reported."""
-        mark = None if meta is None else meta.marks.get(pos)
-        if mark is None:
+        if meta is None or (mark := meta.marks.get(pos)) is None:
             return tx_one(flow, p, now, gso)
         taken_ns = meta.taken_ns
-        if deadline_passed(mark[1]):
+        if deadline_passed(mark.deadline_ns):
             self._expire(flow, mark, taken_ns)
             return 0
         self._last_drop = 0
@@ -346,12 +347,12 @@ class TransmitPath(HostDuties):
         return took
 
     @staticmethod
-    def _tracked(flow: Flow, p: bytes, mark: tuple, taken_ns: int) -> TrackedFrame:
+    def _tracked(flow: Flow, p: bytes, mark: TxMark, taken_ns: int) -> TrackedFrame:
         f = TrackedFrame(p, 0)
         f.key, f.mark, f.taken_ns = flow.id, mark, taken_ns
         return f
 
-    def _expire(self, flow: Flow, mark: tuple, taken_ns: int) -> None:
+    def _expire(self, flow: Flow, mark: TxMark, taken_ns: int) -> None:
         self.drops["tx_expired"] += 1
         flow.stats["tx_expired"] += 1
         flow.post_status(TxStatus.EXPIRED, mark, taken_ns)
