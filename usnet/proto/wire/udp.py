@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import finish, verifies
+from usnet.proto.wire.checksum import acc, finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
+from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN
 
 __all__ = ["UDP_HEADER", "UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
 
@@ -125,3 +126,46 @@ def write_udp(
     except struct.error as e:
         raise WireError(f"UDP: bad header field: {e}") from None
     return ulen
+
+
+#: An IPv4 header (no options) and a UDP header, the 28 bytes in front of a datagram's payload.
+UDP_IPV4_HEADER = IPV4_HEADER.then(UDP_HEADER, "udp_")
+_IP_UDP_PACK = UDP_IPV4_HEADER.struct.pack
+_TTL, _DF = 64, 0x4000
+
+
+def udp_ipv4_sums(src_ip: bytes, dst_ip: bytes, sport: int, dport: int) -> tuple[int, int]:
+    """The accumulators of the header fields every datagram of a flow shares: (IPv4, UDP).
+
+    The IPv4 one covers version, DF, TTL, protocol and addresses; the UDP one
+    the pseudo-header's addresses and protocol and the ports. A datagram adds
+    its own total length and ident (IPv4), twice its UDP length (header and
+    pseudo-header) and its payload (UDP). Shared by `udp_ipv4_headers` and the
+    client's column-wise batch builder (usnet.client.datagram), which keeps
+    them per destination.
+    """
+    addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
+    return 0x4500 + _DF + (_TTL << 8) + _PROTO + addrs, addrs + _PROTO + sport + dport
+
+
+def udp_ipv4_headers(
+    src_ip: bytes, dst_ip: bytes, sport: int, dport: int, payload, ident: int = 0,
+) -> bytes:
+    """The 28 header bytes of a UDP/IPv4 packet carrying ``payload``, both checksums set.
+
+    TTL 64, Don't Fragment set (docs/architecture.md, "Nexuses": a flow sends
+    datagrams that fit its MTU). The caller writes the payload after them.
+    """
+    if len(src_ip) != 4 or len(dst_ip) != 4:
+        raise WireError("IPv4 addresses must be 4 bytes")
+    ulen = UDP_HLEN + len(payload)
+    total = IPV4_HLEN + ulen
+    if total > 0xFFFF:
+        raise WireError(f"UDP/IPv4: payload of {len(payload)} bytes does not fit one packet")
+    ip_base, udp_base = udp_ipv4_sums(src_ip, dst_ip, sport, dport)
+    try:
+        return _IP_UDP_PACK(
+            0x45, 0, total, ident, _DF, _TTL, _PROTO, finish(ip_base + total + ident), src_ip, dst_ip,
+            sport, dport, ulen, finish(udp_base + 2 * ulen + acc(payload)) or 0xFFFF)  # 0: "no checksum"
+    except struct.error as e:
+        raise WireError(f"UDP/IPv4: bad header field: {e}") from None
