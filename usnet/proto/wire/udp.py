@@ -3,8 +3,11 @@
 Used by the stack's UDP sockets and by the flow switch when it validates a
 client's copy (docs/architecture.md, "Nexuses"). `parse_udp` checks the length field against the
 bytes the IP layer delivered and the checksum over the pseudo-header; a
-checksum field of 0 means "none" on IPv4 and is accepted. Builders transmit
-a computed 0 as 0xFFFF.
+checksum field of 0 means "none" on IPv4 and is accepted. The one builder,
+`udp_ipv4_headers` (the datagram socket's send path, usnet.client.datagram),
+writes the IPv4 and UDP headers together and transmits a computed 0 as
+0xFFFF; the socket's column-wise batch builder starts from the same
+`udp_ipv4_sums`.
 
 The checksum is computed from field values plus one ``int.from_bytes`` over
 the payload: no pseudo-header bytes and no concatenation are built.
@@ -24,7 +27,9 @@ from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
 from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN
 
-__all__ = ["UDP_HEADER", "UDP_HLEN", "build_udp", "parse_udp", "udp_checksum", "write_udp"]
+__all__ = [
+    "UDP_HEADER", "UDP_HLEN", "UDP_IPV4_HEADER", "parse_udp", "udp_ipv4_headers", "udp_ipv4_sums",
+]
 
 UDP_HLEN = 8
 _PROTO = 17
@@ -33,8 +38,6 @@ _PROTO = 17
 UDP_HEADER = Header(("sport", "H"), ("dport", "H"), ("length", "H"), ("checksum", "H"))
 _UDP = UDP_HEADER.struct
 _unpack = _UDP.unpack_from
-_pack = _UDP.pack
-_pack_into = _UDP.pack_into
 _from_bytes = int.from_bytes
 
 
@@ -67,65 +70,6 @@ def parse_udp(
         if not verifies(n):
             raise WireError("UDP: bad checksum")
     return sport, dport, off + UDP_HLEN, ulen - UDP_HLEN
-
-
-def udp_checksum(src_ip: bytes, dst_ip: bytes, sport: int, dport: int, payload) -> int:
-    """The checksum field for these values (0 is returned as 0xFFFF)."""
-    ulen = UDP_HLEN + len(payload)
-    n = _from_bytes(payload, "big")
-    if ulen & 1:
-        n <<= 8
-    n += (
-        _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen  # pseudo
-        + sport + dport + ulen  # header, checksum field 0
-    )
-    return finish(n) or 0xFFFF
-
-
-def _check(src_ip, dst_ip, ulen) -> None:
-    if len(src_ip) != 4 or len(dst_ip) != 4:
-        raise WireError("IPv4 addresses must be 4 bytes")
-    if ulen > 0xFFFF:
-        raise WireError(f"UDP: datagram of {ulen} bytes does not fit the length field")
-
-
-def build_udp(sport: int, dport: int, payload, src_ip: bytes, dst_ip: bytes) -> bytes:
-    """Header plus payload, with the checksum over the IPv4 pseudo-header."""
-    ulen = UDP_HLEN + len(payload)
-    _check(src_ip, dst_ip, ulen)
-    csum = udp_checksum(src_ip, dst_ip, sport, dport, payload)
-    try:
-        return _pack(sport, dport, ulen, csum) + payload
-    except struct.error as e:
-        raise WireError(f"UDP: bad header field: {e}") from None
-
-
-def write_udp(
-    buf, off: int, sport: int, dport: int, payload_len: int, src_ip: bytes, dst_ip: bytes,
-    payload=None,
-) -> int:
-    """Write a UDP datagram into ``buf`` at ``off``; return its length.
-
-    With ``payload`` given, it is copied to ``off + 8``. Without it, the
-    ``payload_len`` bytes already at ``off + 8`` are the payload (zero-copy:
-    the application wrote them into the packet buffer) and are checksummed
-    in place.
-    """
-    if payload is not None:
-        payload_len = len(payload)
-    ulen = UDP_HLEN + payload_len
-    _check(src_ip, dst_ip, ulen)
-    if off < 0 or payload_len < 0 or len(buf) - off < ulen:
-        raise WireError("buffer too small for UDP datagram")
-    with memoryview(buf) as mv, mv[off + UDP_HLEN : off + ulen] as body:
-        if payload is not None:
-            body[:] = payload
-        csum = udp_checksum(src_ip, dst_ip, sport, dport, body)
-    try:
-        _pack_into(buf, off, sport, dport, ulen, csum)
-    except struct.error as e:
-        raise WireError(f"UDP: bad header field: {e}") from None
-    return ulen
 
 
 #: An IPv4 header (no options) and a UDP header, the 28 bytes in front of a datagram's payload.
