@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import acc, finish, verifies
+from usnet.proto.wire.checksum import acc, acc_at, finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
 from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN
@@ -60,13 +60,8 @@ def parse_udp(
     if verify and csum:
         if src_ip is None or dst_ip is None or len(src_ip) != 4 or len(dst_ip) != 4:
             raise WireError("UDP: verifying needs 4-byte source and destination addresses")
-        end = off + ulen
-        seg = buf if (off == 0 and end == len(buf)) else memoryview(buf)[off:end]
-        n = _from_bytes(seg, "big")
-        if ulen & 1:
-            n <<= 8
         # pseudo-header: addresses, protocol, length (never all zero)
-        n += _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen
+        n = acc_at(buf, off, off + ulen) + _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big") + _PROTO + ulen
         if not verifies(n):
             raise WireError("UDP: bad checksum")
     return sport, dport, off + UDP_HLEN, ulen - UDP_HLEN
