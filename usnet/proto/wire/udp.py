@@ -71,6 +71,7 @@ def parse_udp(
 UDP_IPV4_HEADER = IPV4_HEADER.then(UDP_HEADER, "udp_")
 _IP_UDP_PACK = UDP_IPV4_HEADER.struct.pack
 _TTL, _DF = 64, 0x4000
+_IP_FIXED = 0x4500 + _DF + (_TTL << 8) + _PROTO  # version and IHL, DF, TTL, protocol
 
 
 def udp_ipv4_sums(src_ip: bytes, dst_ip: bytes, sport: int, dport: int) -> tuple[int, int]:
@@ -79,12 +80,12 @@ def udp_ipv4_sums(src_ip: bytes, dst_ip: bytes, sport: int, dport: int) -> tuple
     The IPv4 one covers version, DF, TTL, protocol and addresses; the UDP one
     the pseudo-header's addresses and protocol and the ports. A datagram adds
     its own total length and ident (IPv4), twice its UDP length (header and
-    pseudo-header) and its payload (UDP). Shared by `udp_ipv4_headers` and the
-    client's column-wise batch builder (usnet.client.datagram), which keeps
-    them per destination.
+    pseudo-header) and its payload (UDP), as `udp_ipv4_headers` does. The
+    client's column-wise batch builder (usnet.client.datagram) keeps them per
+    destination.
     """
     addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
-    return 0x4500 + _DF + (_TTL << 8) + _PROTO + addrs, addrs + _PROTO + sport + dport
+    return _IP_FIXED + addrs, addrs + _PROTO + sport + dport
 
 
 def udp_ipv4_headers(
@@ -94,6 +95,8 @@ def udp_ipv4_headers(
 
     TTL 64, Don't Fragment set (docs/architecture.md, "Nexuses": a flow sends
     datagrams that fit its MTU). The caller writes the payload after them.
+    The sums are `udp_ipv4_sums`' written out: this is the per-datagram path
+    of `sendto`, where a call more is a tenth of the cost.
     """
     if len(src_ip) != 4 or len(dst_ip) != 4:
         raise WireError("IPv4 addresses must be 4 bytes")
@@ -101,10 +104,11 @@ def udp_ipv4_headers(
     total = IPV4_HLEN + ulen
     if total > 0xFFFF:
         raise WireError(f"UDP/IPv4: payload of {len(payload)} bytes does not fit one packet")
-    ip_base, udp_base = udp_ipv4_sums(src_ip, dst_ip, sport, dport)
+    addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
     try:
         return _IP_UDP_PACK(
-            0x45, 0, total, ident, _DF, _TTL, _PROTO, finish(ip_base + total + ident), src_ip, dst_ip,
-            sport, dport, ulen, finish(udp_base + 2 * ulen + acc(payload)) or 0xFFFF)  # 0: "no checksum"
+            0x45, 0, total, ident, _DF, _TTL, _PROTO, finish(_IP_FIXED + addrs + total + ident), src_ip, dst_ip,
+            sport, dport, ulen,
+            finish(addrs + _PROTO + sport + dport + 2 * ulen + acc(payload)) or 0xFFFF)  # 0: "no checksum"
     except struct.error as e:
         raise WireError(f"UDP/IPv4: bad header field: {e}") from None
