@@ -3,8 +3,9 @@
 It lives beside `usnet.socket`, not in `usnet.proto`, because it does I/O
 on its channel; the stack's modules are sans-I/O.
 
-The application's process builds the IPv4 and UDP headers itself, straight
-into the packet buffer (`wire.write_*`), and the flow switch only checks them.
+The application's process builds the IPv4 and UDP headers itself, into the
+packet buffer (one datagram: `wire.udp.udp_ipv4_headers`; a batch: column-wise from
+the same `udp_ipv4_sums`), and the flow switch only checks them.
 Receive verifies the UDP checksum here, in the user domain: the switch
 classifies but never trusts or fixes a payload.
 
