@@ -866,12 +866,13 @@ def test_pcap_trace_is_read_back_well_formed(make_net, tmp_path):
 @given(st.lists(st.binary(max_size=1472), min_size=1, max_size=6), st.booleans())
 def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one):
     """The datagram socket's arithmetic checksums equal what wire/ and scapy compute, on the
-    column-wise batch path (`send_many`) and the one-datagram path without numpy (`sendto`)."""
+    column-wise batch path (`send_many`) and the one-datagram path without numpy (`sendto`):
+    scapy forges the same packet, and recomputes the same checksums."""
     from scapy.all import IP, UDP, raw
 
     import usnet
-    from usnet.proto.wire import build_udp_ipv4_packet
     from usnet.proto.wire.ipv4 import ip_bytes
+    from usnet.proto.wire.udp import udp_ipv4_headers
 
     d = usnet.Domain()  # not started: the packets stay on the TX ring for us to read
     d.add_netif("a", MemWire().a, "10.9.0.1/24")
@@ -885,8 +886,10 @@ def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one
         ch = s.channel
         for i, (pkt, data) in enumerate(zip(ch._tx.slots[: len(payloads)].tolist(), payloads)):
             ours = bytes(ch.view(pkt))
-            assert ours == build_udp_ipv4_packet(ip_bytes("10.9.0.1"), ip_bytes("10.9.0.2"), 5000, 6000, data,
-                                                 ident=i + 1)
+            assert ours == udp_ipv4_headers(ip_bytes("10.9.0.1"), ip_bytes("10.9.0.2"), 5000, 6000, data,
+                                            ident=i + 1) + data
+            assert ours == raw(IP(src="10.9.0.1", dst="10.9.0.2", id=i + 1, flags="DF")
+                               / UDP(sport=5000, dport=6000) / data)
             p = IP(ours)
             del p.chksum
             del p[UDP].chksum

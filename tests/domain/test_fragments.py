@@ -21,7 +21,7 @@ import socket
 import struct
 
 import pytest
-from tests.helpers.util import wait_until
+from tests.helpers.util import udp_segment, wait_until
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import Net
@@ -30,7 +30,6 @@ from usnet.drivers import MemWire
 from usnet.domain.loop import Domain
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 from usnet.proto.wire.ipv6 import build_frag_header, build_ipv6_header, ip6_bytes, upper_checksum_v6
-from usnet.proto.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
 
@@ -40,7 +39,7 @@ half = test_lowlat.half  # netif a only: the test writes what arrives from the w
 
 def fragments(payload: bytes, ident: int, sizes: list[int], src: str = B) -> list[bytes]:
     """A UDP datagram from src:7000 to A:5000 as IPv4 fragments carrying `sizes` bytes each (the last: the rest)."""
-    seg = build_udp(7000, 5000, payload, ip_bytes(src), ip_bytes(A))
+    seg = udp_segment(7000, 5000, payload, ip_bytes(src), ip_bytes(A))
     out, off = [], 0
     for n in sizes + [len(seg)]:
         piece = seg[off : off + n]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tests.helpers.util import wait_until
+from tests.helpers.util import udp_segment, wait_until
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import Net
@@ -29,7 +29,6 @@ from usnet.domain.loop import Domain
 from usnet.proto.wire.arp import ARP_REPLY, build_arp
 from usnet.proto.wire import icmp as wicmp
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
-from usnet.proto.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
 
@@ -71,7 +70,7 @@ def icmp_error_frame(net: Net, quoted: bytes, *, typ: int = 3, code: int = 3, ba
 
 
 def sent_by(src: str, sport: int, dst: str, dport: int) -> bytes:
-    seg = build_udp(sport, dport, b"x" * 8, ip_bytes(src), ip_bytes(dst))
+    seg = udp_segment(sport, dport, b"x" * 8, ip_bytes(src), ip_bytes(dst))
     return build_ipv4_header(ip_bytes(src), ip_bytes(dst), 17, len(seg)) + seg
 
 

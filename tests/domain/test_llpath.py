@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tests.helpers.util import FakeClock, send_raw, wait_until
+from tests.helpers.util import FakeClock, send_raw, udp_segment, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,14 +29,13 @@ from usnet.client import Client
 from usnet.domain.loop import LL_BITE, Domain
 from usnet.domain.switch.llcheck import GENERAL_PATH, check_ll_header
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
-from usnet.proto.wire.udp import build_udp
 
 A, B = "10.9.0.1", "10.9.0.2"
 
 
 def udp_packet(payload: bytes, src: str = A, sport: int = 5000, dst: str = B, dport: int = 6000,
                proto: int = 17) -> bytes:
-    seg = build_udp(sport, dport, payload, ip_bytes(src), ip_bytes(dst))
+    seg = udp_segment(sport, dport, payload, ip_bytes(src), ip_bytes(dst))
     return build_ipv4_header(ip_bytes(src), ip_bytes(dst), proto, len(seg)) + seg
 
 

@@ -19,6 +19,14 @@ import time
 import pytest
 
 from usnet.drivers.base import PLAIN, DriverStats, random_mac
+from usnet.proto.wire.ipv4 import IPV4_HLEN
+from usnet.proto.wire.udp import udp_ipv4_headers
+
+
+def udp_segment(sport: int, dport: int, payload: bytes, src: bytes, dst: bytes) -> bytes:
+    """A UDP header and payload, checksummed over the IPv4 pseudo-header of src and dst: the
+    production builder's (`udp_ipv4_headers`) UDP part, for tests that frame it themselves."""
+    return udp_ipv4_headers(src, dst, sport, dport, payload)[IPV4_HLEN:] + payload
 
 
 def require_privileges(what: str = "root and /dev/net/tun") -> None:

@@ -27,10 +27,10 @@ from scapy.layers.inet6 import (  # noqa: E402
     IPv6ExtHdrHopByHop, fragment6,
 )
 
+from tests.helpers.util import udp_segment  # noqa: E402
 from usnet.proto.ip import Datagram, IcmpError, IpLayer  # noqa: E402
 from usnet.proto.wire.ipv4 import ip_bytes  # noqa: E402
 from usnet.proto.wire.ipv6 import ip6_bytes, solicited_node  # noqa: E402
-from usnet.proto.wire.udp import build_udp  # noqa: E402
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,7 +144,7 @@ def test_random_bytes_never_raise(data, version):
 
 
 def _corpus() -> list[bytes]:
-    ours = IpLayer([A4]).output(17, A4, B4, build_udp(5000, 53, b"q" * 20, A4, B4), 0)[0]
+    ours = IpLayer([A4]).output(17, A4, B4, udp_segment(5000, 53, b"q" * 20, A4, B4), 0)[0]
     big = IP(src=B4s, dst=A4s, id=77) / UDP(sport=1, dport=2) / bytes(300)
     v6big = IPv6(src=B6s, dst=A6s) / IPv6ExtHdrFragment(id=9) / UDP() / bytes(300)
     return [
@@ -211,7 +211,7 @@ def test_mutated_packets_never_raise(which, flips, cut, tail, fix):
 def test_fragmentation_output_defragmented_by_scapy(size, mtu):
     ip = IpLayer([A4], mtu, pmtu_floor=68, ident=1000)
     payload = random.Random(size).randbytes(size)
-    udp = build_udp(1000, 2000, payload, A4, B4)
+    udp = udp_segment(1000, 2000, payload, A4, B4)
     pkts = ip.output(17, None, B4, udp, 0.0)
     assert all(len(p) <= mtu for p in pkts)
     if 28 + size <= mtu:
@@ -251,7 +251,7 @@ def test_output_errors():
 
 
 def _ours_udp(ip: IpLayer, size=20, sport=5555, dport=53) -> bytes:
-    [p] = ip.output(17, A4, B4, build_udp(sport, dport, bytes(size), A4, B4), 0.0)
+    [p] = ip.output(17, A4, B4, udp_segment(sport, dport, bytes(size), A4, B4), 0.0)
     return p
 
 
@@ -288,7 +288,7 @@ def test_frag_needed_lowers_pmtu():
     [e] = errors(ip.input(raw(err), 1.0))
     assert (e.errno, e.mtu, e.local_port, e.remote) == (errno.EMSGSIZE, 1000, 5555, B4)
     assert ip.pmtus.get(B4, 1.0)[0] == 1000 and ip.pmtus.get(C4, 1.0)[0] == 1500
-    pkts = ip.output(17, A4, B4, build_udp(1, 2, bytes(1400), A4, B4), 2.0)
+    pkts = ip.output(17, A4, B4, udp_segment(1, 2, bytes(1400), A4, B4), 2.0)
     assert len(pkts) == 2 and all(len(p) <= 1000 for p in pkts)
     with pytest.raises(OSError):
         ip.output(17, A4, B4, bytes(1000), 2.0, df=True)

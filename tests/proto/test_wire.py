@@ -53,6 +53,11 @@ u16 = st.integers(0, 0xFFFF)
 payloads = st.binary(max_size=200)
 
 
+def udp_packet(src: bytes, dst: bytes, sport: int, dport: int, payload, ident: int = 0) -> bytes:
+    """A UDP/IPv4 packet from the one production builder (`udp_ipv4_headers`) and its payload."""
+    return U.udp_ipv4_headers(src, dst, sport, dport, payload, ident) + bytes(payload)
+
+
 # --------------------------------------------------------------------------- checksum
 
 
@@ -447,7 +452,7 @@ def test_icmp_all_zero_message_and_bad_checksums():
 
 
 def test_icmp_port_unreachable_quotes_original():
-    orig = W.build_udp_ipv4_packet(IP_B, IP_A, 5555, 9, b"payload that is longer than 8")
+    orig = udp_packet(IP_B, IP_A, 5555, 9, b"payload that is longer than 8")
     msg = I.build_dest_unreach(I.PORT_UNREACH, orig)
     assert len(msg) == 8 + 20 + 8
     pkt = V4.build_ipv4_header(IP_A, IP_B, V4.ICMP, len(msg)) + msg
@@ -462,7 +467,7 @@ def test_icmp_port_unreachable_quotes_original():
 
 
 def test_icmp_frag_needed_carries_mtu():
-    orig = W.build_udp_ipv4_packet(IP_B, IP_A, 1, 2, bytes(1500))
+    orig = udp_packet(IP_B, IP_A, 1, 2, bytes(1500))
     msg = I.build_dest_unreach(I.FRAG_NEEDED, orig, mtu=1400)
     p = ICMP(msg)
     assert (p.type, p.code, p.nexthopmtu) == (3, 4, 1400)
@@ -480,17 +485,18 @@ def test_icmp_frag_needed_carries_mtu():
 
 
 @SCAPY
-@given(ip4, ip4, port, port, payloads | st.binary(min_size=1000, max_size=3000))
-def test_udp_build_matches_scapy(src, dst, sport, dport, payload):
-    seg = U.build_udp(sport, dport, payload, src, dst)
-    pkt = V4.build_ipv4_header(src, dst, V4.UDP, len(seg)) + seg
+@given(ip4, ip4, port, port, payloads | st.binary(min_size=1000, max_size=3000), u16)
+def test_udp_ipv4_headers_match_scapy(src, dst, sport, dport, payload, ident):
+    pkt = udp_packet(src, dst, sport, dport, payload, ident)
     p = IP(pkt)
+    assert (p.src, p.dst, p.id, p.ttl, p.flags, p.proto) == (V4.ip_str(src), V4.ip_str(dst), ident, 64, "DF", 17)
     u = p[UDP]
     assert (u.sport, u.dport, u.len, bytes(u.payload)) == (sport, dport, 8 + len(payload), payload)
     del p.chksum
     del p[UDP].chksum
-    assert raw(p) == pkt
-    assert U.parse_udp(seg, 0, len(seg), src, dst) == (sport, dport, 8, len(payload))
+    assert raw(p) == pkt  # scapy computes the same checksums
+    assert pkt[:20] == V4.build_ipv4_header(src, dst, V4.UDP, 8 + len(payload), ident=ident)
+    assert U.parse_udp(pkt, 20, len(pkt) - 20, src, dst) == (sport, dport, 28, len(payload))
 
 
 @pytest.mark.parametrize("kind", BUFTYPES)
@@ -511,23 +517,22 @@ def test_udp_parse_scapy_frame(kind, payload):
 
 
 def test_udp_zero_checksum_means_none_and_zero_result_sent_as_ffff():
-    seg = bytearray(U.build_udp(1, 2, b"abc", IP_A, IP_B))
+    seg = bytearray(raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=2) / b"abc")[20:])
     seg[6:8] = b"\x00\x00"
     assert U.parse_udp(seg, 0, len(seg), IP_A, IP_B) == (1, 2, 8, 3)
     # Choose a payload word that makes the computed sum 0xFFFF, i.e. the checksum 0.
-    c = U.udp_checksum(IP_A, IP_B, 1000, 2000, b"\x00\x00")
-    payload = c.to_bytes(2, "big")
-    seg = U.build_udp(1000, 2000, payload, IP_A, IP_B)
-    assert seg[6:8] == b"\xff\xff"
-    assert U.parse_udp(seg, 0, len(seg), IP_A, IP_B)[3] == 2
-    p = IP(V4.build_ipv4_header(IP_A, IP_B, 17, len(seg)) + seg)
+    c = udp_packet(IP_A, IP_B, 1000, 2000, b"\x00\x00")[26:28]
+    pkt = udp_packet(IP_A, IP_B, 1000, 2000, c)
+    assert pkt[26:28] == b"\xff\xff"
+    assert U.parse_udp(pkt, 20, len(pkt) - 20, IP_A, IP_B)[3] == 2
+    p = IP(pkt)
     assert p[UDP].chksum == 0xFFFF
     del p[UDP].chksum
-    assert raw(p)[20:] == seg  # scapy, too, sends 0xFFFF for a computed 0
+    assert raw(p) == pkt  # scapy, too, sends 0xFFFF for a computed 0
 
 
 def test_udp_errors():
-    seg = U.build_udp(7, 8, b"hello!", IP_A, IP_B)
+    seg = raw(IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=7, dport=8) / b"hello!")[20:]
     for n in range(8):
         with pytest.raises(WireError, match="truncated"):
             U.parse_udp(seg[:n], 0, n, IP_A, IP_B)
@@ -550,33 +555,24 @@ def test_udp_errors():
         U.parse_udp(seg, 0, len(seg) + 1, IP_A, IP_B)
     # trailing bytes past the UDP length are ignored
     assert U.parse_udp(seg + b"\x00\x00", 0, len(seg) + 2, IP_A, IP_B) == (7, 8, 8, 6)
-    with pytest.raises(WireError):
-        U.build_udp(70000, 1, b"", IP_A, IP_B)
-    with pytest.raises(WireError):
-        U.build_udp(1, 1, bytes(65528), IP_A, IP_B)
-    with pytest.raises(WireError):
-        U.build_udp(1, 1, b"", IP_A, b"\x00")
-    with pytest.raises(WireError):
-        U.write_udp(bytearray(10), 0, 1, 2, 3, IP_A, IP_B)
 
 
-@FAST
-@given(port, port, payloads, st.integers(0, 5))
-def test_write_udp_copy_and_in_place(sport, dport, payload, off):
-    want = U.build_udp(sport, dport, payload, IP_A, IP_B)
-    buf = bytearray(off + len(want) + 3)
-    assert U.write_udp(buf, off, sport, dport, 0, IP_A, IP_B, payload=payload) == len(want)
-    assert bytes(buf[off : off + len(want)]) == want
-    buf2 = bytearray(len(buf))
-    buf2[off + 8 : off + 8 + len(payload)] = payload
-    assert U.write_udp(memoryview(buf2), off, sport, dport, len(payload), IP_A, IP_B) == len(want)
-    assert buf2 == buf
+def test_udp_ipv4_headers_errors():
+    with pytest.raises(WireError):
+        U.udp_ipv4_headers(IP_A, IP_B, 70000, 1, b"")
+    with pytest.raises(WireError):
+        U.udp_ipv4_headers(IP_A, IP_B, 1, 2, b"", ident=1 << 16)
+    with pytest.raises(WireError):
+        U.udp_ipv4_headers(IP_A, IP_B, 1, 2, bytes(65508))
+    with pytest.raises(WireError):
+        U.udp_ipv4_headers(IP_A, b"\x00", 1, 1, b"")
+    assert len(udp_packet(IP_A, IP_B, 1, 2, bytes(65507))) == 65535
 
 
 @FAST
 @given(ip4, ip4, port, port, st.binary(max_size=40), st.integers(0, 1000))
 def test_udp_checksum_any_bit_flip_caught(src, dst, sport, dport, payload, which):
-    seg = bytearray(U.build_udp(sport, dport, payload, src, dst))
+    seg = bytearray(udp_packet(src, dst, sport, dport, payload)[20:])
     i = which % len(seg)
     if i in (6, 7):
         i = 0  # flipping the checksum field itself could produce the "no checksum" 0
@@ -587,55 +583,9 @@ def test_udp_checksum_any_bit_flip_caught(src, dst, sport, dport, payload, which
         U.parse_udp(seg, 0, len(seg), src, dst)
 
 
-# --------------------------------------------------------------------------- one-shot builders
-
-
-@SCAPY
-@given(mac, mac, ip4, ip4, port, port, payloads | st.binary(min_size=1000, max_size=3000), u16)
-def test_udp_ipv4_frame_matches_scapy(smac, dmac, src, dst, sport, dport, payload, ident):
-    frame = W.build_udp_ipv4_frame(smac, dmac, src, dst, sport, dport, payload, ident=ident)
-    p = Ether(frame)
-    assert (p.src, p.dst, p.type) == (E.mac_str(smac), E.mac_str(dmac), 0x0800)
-    assert (p[IP].src, p[IP].dst, p[IP].id, p[IP].proto) == (
-        V4.ip_str(src), V4.ip_str(dst), ident, 17)
-    assert (p[UDP].sport, p[UDP].dport, bytes(p[UDP].payload)) == (sport, dport, payload)
-    del p[IP].chksum
-    del p[UDP].chksum
-    assert raw(p) == frame
-    assert frame[14:] == W.build_udp_ipv4_packet(src, dst, sport, dport, payload, ident=ident)
-    assert frame[14:] == (V4.build_ipv4_header(src, dst, 17, 8 + len(payload), ident=ident)
-                          + U.build_udp(sport, dport, payload, src, dst))
-
-
-def test_udp_ipv4_packet_scapy_and_in_place():
-    payload = b"The quick brown fox"
-    pkt = W.build_udp_ipv4_packet(IP_A, IP_B, 5000, 6000, payload, ident=3)
-    p = IP(pkt)
-    del p.chksum
-    del p[UDP].chksum
-    assert raw(p) == pkt
-    buf = bytearray(2 + len(pkt))
-    buf[2 + 28 :] = payload
-    n = W.write_udp_ipv4_packet(buf, 2, IP_A, IP_B, 5000, 6000, len(payload), ident=3)
-    assert n == len(pkt)
-    assert bytes(buf[2:]) == pkt
-    buf.extend(b"ok")  # no export left behind: the buffer can still be resized
-    with pytest.raises(WireError):
-        W.write_udp_ipv4_packet(bytearray(27), 0, IP_A, IP_B, 1, 2, 0)
-    with pytest.raises(WireError):
-        W.build_udp_ipv4_packet(IP_A, IP_B, 1, 2, bytes(65508))
-    with pytest.raises(WireError):
-        W.build_udp_ipv4_frame(MAC_A[:5], MAC_B, IP_A, IP_B, 1, 2, b"")
-    with pytest.raises(WireError):
-        W.build_udp_ipv4_packet(IP_A, IP_B, 1, 2, b"", ident=1 << 16)
-    assert len(W.build_udp_ipv4_packet(IP_A, IP_B, 1, 2, bytes(65507))) == 65535
-
-
 def test_payload_may_be_a_memoryview():
     payload = memoryview(bytearray(b"zero-copy payload"))[5:]
-    pkt = W.build_udp_ipv4_packet(IP_A, IP_B, 1, 2, payload)
-    assert pkt == W.build_udp_ipv4_packet(IP_A, IP_B, 1, 2, bytes(payload))
-    assert U.build_udp(1, 2, payload, IP_A, IP_B) == U.build_udp(1, 2, bytes(payload), IP_A, IP_B)
+    assert U.udp_ipv4_headers(IP_A, IP_B, 1, 2, payload) == U.udp_ipv4_headers(IP_A, IP_B, 1, 2, bytes(payload))
     assert I.build_echo(8, 1, 2, payload) == I.build_echo(8, 1, 2, bytes(payload))
 
 
@@ -656,9 +606,9 @@ def _parsers(buf, off, length):
 
 _VALID = [
     A.build_arp(1, MAC_A, IP_A, MAC_B, IP_B),
-    W.build_udp_ipv4_packet(IP_A, IP_B, 1, 2, b"abcde"),
+    udp_packet(IP_A, IP_B, 1, 2, b"abcde"),
     V4.build_ipv4_header(IP_A, IP_B, 1, 12) + I.build_echo(8, 1, 2, b"ping"),
-    U.build_udp(1, 2, b"xyz", IP_A, IP_B),
+    udp_packet(IP_A, IP_B, 1, 2, b"xyz")[20:],
     I.build_echo(0, 3, 4, b""),
 ]
 

@@ -3,8 +3,9 @@
 It lives beside `usnet.socket`, not in `usnet.proto`, because it does I/O
 on its channel; the stack's modules are sans-I/O.
 
-The application's process builds the IPv4 and UDP headers itself, straight
-into the packet buffer (`wire.write_*`), and the flow switch only checks them.
+The application's process builds the IPv4 and UDP headers itself, into the
+packet buffer (one datagram: `wire.udp.udp_ipv4_headers`; a batch: column-wise from
+the same `udp_ipv4_sums`), and the flow switch only checks them.
 Receive verifies the UDP checksum here, in the user domain: the switch
 classifies but never trusts or fixes a payload.
 
@@ -30,9 +31,9 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
 from usnet.client.channel import _UNSET, Channel
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
-from usnet.proto.wire.checksum import acc, finish, verifies
+from usnet.proto.wire.checksum import acc, verifies
 from usnet.proto.wire.errors import WireError
-from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
+from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.proto.wire.ipv6 import (
     IPV6_HLEN,
     build_ipv6_header,
@@ -43,7 +44,14 @@ from usnet.proto.wire.ipv6 import (
     verify_upper_v6,
 )
 from usnet.proto.wire.rows import be_u16, be_u32, finish_rows, padded_width, row_sums
-from usnet.proto.wire.udp import UDP_HEADER, UDP_HLEN, parse_udp
+from usnet.proto.wire.udp import (
+    UDP_HEADER,
+    UDP_HLEN,
+    UDP_IPV4_HEADER,
+    parse_udp,
+    udp_ipv4_headers,
+    udp_ipv4_sums,
+)
 
 __all__ = ["Address", "DatagramSocket"]
 
@@ -51,11 +59,10 @@ HEADERS = IPV4_HLEN + UDP_HLEN
 HEADERS6 = IPV6_HLEN + UDP_HLEN
 _UDP = UDP_HEADER.struct
 _UDP_CSUM = UDP_HEADER.off["checksum"]
-# The IPv4 header (no options) and the UDP header: one struct for a datagram, the same 28
-# bytes as a numpy record so a batch's headers are written a field (column) at a time, and
-# the offsets at which a batch's received headers are read as columns.
-_IP_UDP = IPV4_HEADER.then(UDP_HEADER, "udp_")
-_HEADERS = _IP_UDP.struct
+# The IPv4 header (no options) and the UDP header as a numpy record, so a batch's headers
+# are written a field (column) at a time, and the offsets at which a batch's received
+# headers are read as columns.
+_IP_UDP = UDP_IPV4_HEADER
 _HDR_DTYPE = _IP_UDP.dtype()
 _VER_IHL, _PROTO, _TOTAL, _SRC = (_IP_UDP.off[f] for f in ("ver_ihl", "proto", "total_length", "src"))
 _SPORT, _ULEN, _UCSUM = (_IP_UDP.off[f] for f in ("udp_sport", "udp_length", "udp_checksum"))
@@ -139,17 +146,12 @@ class DatagramSocket:
         n = len(data)
         if n > self.max_payload:
             raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
-        dst, dport = ip_bytes(addr[0]), addr[1]
-        ip_base, udp_base = self._template(dst, dport)[1]
-        total, ulen = n + HEADERS, n + UDP_HLEN
         ident = (self._ident + 1) & 0xFFFF
-        # the checksums from the template's sums, as in `_headers`
-        ucsum = finish(udp_base + 2 * ulen + acc(data)) or 0xFFFF  # 0 means "no checksum" in UDP
-        hdr = _HEADERS.pack(0x45, 0, total, ident, 0x4000, 64, 17, finish(ip_base + total + ident),
-                            self._src, dst, self.local[1], dport, ulen, ucsum)
+        hdr = udp_ipv4_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident)
         ch = self.channel
         (p,) = ch.alloc(1)
         o = p * ch.stride
+        total = n + HEADERS
         ch.buf[o : o + HEADERS] = hdr
         ch.buf[o + HEADERS : o + total] = data
         ch.set_length(p, total)
@@ -303,10 +305,9 @@ class DatagramSocket:
         t = self._templates.get(key)
         if t is None:
             src, sport = self._src, self.local[1]
-            fixed = np.frombuffer(_HEADERS.pack(0x45, 0, 0, 0, 0x4000, 64, 17, 0, src, dst, sport, dport, 0, 0),
-                                  _HDR_DTYPE)[0]
-            addr_sum = sum(int.from_bytes(a[i : i + 2], "big") for a in (src, dst) for i in (0, 2))
-            t = (fixed, (0x4500 + 0x4000 + (64 << 8 | 17) + addr_sum, addr_sum + 17 + sport + dport))
+            # the variable fields (lengths, ident, checksums) are overwritten per datagram
+            fixed = np.frombuffer(udp_ipv4_headers(src, dst, sport, dport, b""), _HDR_DTYPE)[0]
+            t = (fixed, udp_ipv4_sums(src, dst, sport, dport))
             if len(self._templates) > 64:
                 self._templates.clear()
             self._templates[key] = t

@@ -42,7 +42,7 @@ src (4) dst (4) zero (1) proto (1) length (2); its accumulator is
 
 from __future__ import annotations
 
-__all__ = ["FOLD_MIN", "acc", "finish", "fold", "mod_ffff", "update16", "verifies"]
+__all__ = ["FOLD_MIN", "acc", "acc_at", "finish", "fold", "mod_ffff", "update16", "verifies"]
 
 _from_bytes = int.from_bytes
 
@@ -65,6 +65,18 @@ def acc(buf) -> int:
     """Accumulator of ``buf`` (any bytes-like object) as if it starts at an even offset."""
     n = _from_bytes(buf, "big")
     if len(buf) & 1:
+        n <<= 8
+    return n
+
+
+def acc_at(buf, off: int, end: int) -> int:
+    """Accumulator of ``buf[off:end]`` (starting at an even offset), read in place.
+
+    What every parser that verifies a checksum sums: the whole buffer as it
+    is, a part of it through a memoryview rather than a sliced copy.
+    """
+    n = _from_bytes(buf if (off == 0 and end == len(buf)) else memoryview(buf)[off:end], "big")
+    if (end - off) & 1:
         n <<= 8
     return n
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import finish, verifies
+from usnet.proto.wire.checksum import acc, acc_at, finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 
 __all__ = [
@@ -46,7 +46,6 @@ FRAG_NEEDED = 4
 _ICMP = struct.Struct("!BBHHH")
 _unpack = _ICMP.unpack_from
 _pack = _ICMP.pack
-_from_bytes = int.from_bytes
 
 
 def parse_icmp(
@@ -59,25 +58,14 @@ def parse_icmp(
     """
     avail = readable(buf, off, length, ICMP_HLEN, "ICMP")
     typ, code, _csum, ident, seq = _unpack(buf, off)
-    if verify:
-        end = off + avail
-        seg = buf if (off == 0 and end == len(buf)) else memoryview(buf)[off:end]
-        n = _from_bytes(seg, "big")
-        if avail & 1:
-            n <<= 8
-        if not verifies(n):
-            raise WireError("ICMP: bad checksum")
+    if verify and not verifies(acc_at(buf, off, off + avail)):
+        raise WireError("ICMP: bad checksum")
     return typ, code, ident, seq, off + ICMP_HLEN
 
 
 def build_icmp(typ: int, code: int, hi: int, lo: int, payload=b"") -> bytes:
     """An ICMP message whose second word is ``(hi, lo)``, with its checksum."""
-    plen = len(payload)
-    n = _from_bytes(payload, "big")
-    if plen & 1:
-        n <<= 8
-    n += (typ << 8) + code + hi + lo
-    csum = finish(n)
+    csum = finish(acc(payload) + (typ << 8) + code + hi + lo)
     try:
         return _pack(typ, code, csum, hi, lo) + payload
     except struct.error as e:

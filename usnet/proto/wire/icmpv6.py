@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import finish, verifies
+from usnet.proto.wire.checksum import acc, acc_at, finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, IPV6_MIN_MTU
 
@@ -147,25 +147,15 @@ def parse_icmpv6(
     if verify:
         if src is None or dst is None:
             raise WireError("ICMPv6: verifying needs the source and destination addresses")
-        end = off + avail
-        seg = buf if (off == 0 and end == len(buf)) else memoryview(buf)[off:end]
-        n = _from_bytes(seg, "big")
-        if avail & 1:
-            n <<= 8
-        n += _pseudo(src, dst, avail)  # never zero: the next-header value is 58
-        if not verifies(n):
+        # the pseudo-header's sum is never zero: the next-header value is 58
+        if not verifies(acc_at(buf, off, off + avail) + _pseudo(src, dst, avail)):
             raise WireError("ICMPv6: bad checksum")
     return typ, code, hi, lo, off + ICMPV6_HLEN
 
 
 def build_icmpv6(typ: int, code: int, hi: int, lo: int, payload, src: bytes, dst: bytes) -> bytes:
     """An ICMPv6 message whose second word is ``(hi, lo)``, with its checksum."""
-    plen = len(payload)
-    ln = ICMPV6_HLEN + plen
-    n = _from_bytes(payload, "big")
-    if plen & 1:
-        n <<= 8
-    n += (typ << 8) + code + hi + lo + _pseudo(src, dst, ln)
+    n = acc(payload) + (typ << 8) + code + hi + lo + _pseudo(src, dst, ICMPV6_HLEN + len(payload))
     try:
         return _pack(typ, code, finish(n), hi, lo) + payload
     except struct.error as e:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from usnet.proto.wire.checksum import finish, verifies
+from usnet.proto.wire.checksum import acc, acc_at, finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
 
@@ -269,11 +269,7 @@ def upper_checksum_v6(src: bytes, dst: bytes, next_header: int, segment) -> int:
     A computed 0 is returned as 0xFFFF (required for UDP, harmless elsewhere:
     both are zero in one's complement).
     """
-    ln = len(segment)
-    n = _from_bytes(segment, "big")
-    if ln & 1:
-        n <<= 8
-    n += pseudo_sum_v6(src, dst, ln, next_header)  # > 0: next_header or length is non-zero
+    n = acc(segment) + pseudo_sum_v6(src, dst, len(segment), next_header)  # > 0: next_header or length is non-zero
     return finish(n) or 0xFFFF
 
 
@@ -281,11 +277,7 @@ def verify_upper_v6(buf, off: int, length: int, src: bytes, dst: bytes, next_hea
     """True if the upper-layer segment ``buf[off:off+length]`` carries a valid checksum."""
     if off < 0 or length < 0 or off + length > len(buf):
         raise WireError("IPv6: segment runs past the buffer")
-    seg = buf if (off == 0 and length == len(buf)) else memoryview(buf)[off : off + length]
-    n = _from_bytes(seg, "big")
-    if length & 1:
-        n <<= 8
-    return verifies(n + pseudo_sum_v6(src, dst, length, next_header))
+    return verifies(acc_at(buf, off, off + length) + pseudo_sum_v6(src, dst, length, next_header))
 
 
 # --------------------------------------------------------------------------- addresses

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import struct
 
-from usnet.proto.wire.checksum import finish, verifies
+from usnet.proto.wire.checksum import acc, acc_at, finish, verifies
 from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
 
@@ -211,11 +211,7 @@ def parse_tcp(
     if verify:
         if src is None or dst is None or len(src) != len(dst) or len(src) not in (4, 16):
             raise WireError("TCP: verifying needs 4- or 16-byte source and destination addresses")
-        end = off + avail
-        n = _from_bytes(buf if (off == 0 and end == len(buf)) else mv[off:end], "big")
-        if avail & 1:
-            n <<= 8
-        n += _from_bytes(src, "big") + _from_bytes(dst, "big") + TCP_PROTO + avail
+        n = acc_at(buf, off, off + avail) + _from_bytes(src, "big") + _from_bytes(dst, "big") + TCP_PROTO + avail
         if not verifies(n):
             raise TcpChecksumError("TCP: bad checksum")
     seg = _new(TcpSegment)
@@ -302,10 +298,7 @@ def pack_segment(
     hlen = TCP_HLEN + olen
     tlen = hlen + plen
     offflags = (hlen << 10) | flags
-    n = _from_bytes(payload, "big")
-    if plen & 1:
-        n <<= 8
-    n += (
+    n = acc(payload) + (
         psum + tlen + sport + dport + seq + ack + offflags + window + urg
         + _from_bytes(options, "big")
     )
@@ -357,9 +350,7 @@ def write_tcp(
             body[:] = payload
         if options:
             mv[off + TCP_HLEN : off + hlen] = options
-        n = _from_bytes(body, "big")
-        if payload_len & 1:
-            n <<= 8
+        n = acc(body)
     offflags = (hlen << 10) | flags
     n += psum + tlen + sport + dport + seq + ack + offflags + window + urg + _from_bytes(options, "big")
     csum = finish(n)
@@ -375,8 +366,5 @@ def tcp_checksum(src: bytes, dst: bytes, segment) -> int:
     if len(segment) < TCP_HLEN:
         raise WireError("TCP: truncated header")
     body = bytes(segment[:16]) + b"\0\0" + bytes(segment[18:])
-    n = _from_bytes(body, "big")
-    if len(body) & 1:
-        n <<= 8
-    n += pseudo_sum(src, dst) + len(body)
+    n = acc(body) + pseudo_sum(src, dst) + len(body)
     return finish(n)
