@@ -199,7 +199,9 @@ def _connect(path: str):
     try:
         return Client.connect(path)
     except OSError as e:
-        print(f"usnet: cannot reach usnetd at {path}: {e}", file=sys.stderr)
+        why = e.strerror or str(e)
+        print(f"usnet: cannot reach usnetd at {path} ({why}): start it with `usnet up`, "
+              "or name its socket with --socket", file=sys.stderr)
         return None
 
 
