@@ -244,3 +244,14 @@ def test_daemon_serves_everyone_after_a_crash_and_a_close(usnetd):
         assert usnetd.proc.poll() is None
     finally:
         reap(proc, r)
+
+
+def test_cli_without_a_daemon_says_what_to_do_in_one_line(tmp_path, capsys):
+    """No usnetd at the socket: one line on stderr naming the path and `usnet up`, no traceback."""
+    from usnet.cli.main import main
+
+    path = str(tmp_path / "none.sock")
+    for cmd in (["status"], ["flows"]):
+        assert main([*cmd, "--socket", path]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and path in err and "usnet up" in err and "Traceback" not in err
