@@ -73,7 +73,7 @@ class FlowEngine:
             c.state in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in self.tcp.connections.values())
 
     def fileno(self) -> int:
-        return self.ch.fileno()
+        return self.ch.doorbell_fd
 
     def pump(self, now: float) -> None:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""

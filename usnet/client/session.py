@@ -14,9 +14,11 @@ keeps, unlike an assert).
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import sys
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -72,6 +74,7 @@ class Client:
             raise
         self.session = welcome.session
         self.uid = welcome.uid
+        _live.add(self)
 
     # -- constructors -------------------------------------------------------------
 
@@ -263,6 +266,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_live: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close every client still open when the interpreter exits normally, as the kernel closes
+    a process's sockets: its pipe ends close cleanly (the survivor drains what was sent,
+    where a hang-up would defunct the pipe and zero what it held), its flows are closed
+    rather than found abandoned. Registered at import, so it runs after the stack's own
+    drain (usnet.client.engine), which atexit registers later and so runs first."""
+    for c in list(_live):
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001 (at exit: a domain already gone must not stop the others)
+            pass
 
 
 def _close_all(fds: list[int]) -> None:
