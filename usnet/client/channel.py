@@ -55,6 +55,7 @@ SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
+HUP_CHECK = 0.2  # a sender looks at most this often whether usnetd hung up (a poll system call)
 _DOMAIN_GONE = "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed"
 _MESSAGES: dict[int, str] = {  # by the raw reason word: it may be one this code does not know
     DefunctReason.STALLED: "channel defunct (STALLED): it left received packets unread longer than the "
@@ -76,7 +77,9 @@ class ChannelDefunct(ChannelError):
             pass
         self.reason = reason
         name = getattr(reason, "name", str(reason))
-        super().__init__(errno.ENOTCONN, message or f"channel defunct ({name})")
+        # the domain itself went down (usnetd stopped or died): ENETDOWN, as for a downed interface
+        code = errno.ENETDOWN if reason == DefunctReason.DOMAIN_SHUTDOWN else errno.ENOTCONN
+        super().__init__(code, message or f"channel defunct ({name})")
 
 
 class PeerGone(ChannelDefunct):
@@ -165,8 +168,12 @@ class Channel:
         # A usnetd killed outright writes no state word: its control socket's hang-up is all we
         # hear, so a sleeper watches that too (events 0: poll reports only POLLHUP/POLLERR/POLLNVAL).
         domain_fd = getattr(control, "domain_fd", None)
+        self._hup: select.poll | None = None  # the control socket alone, for senders that never sleep
+        self._hup_next = 0.0
         if domain_fd is not None:
             self._poll.register(domain_fd, 0)
+            self._hup = select.poll()
+            self._hup.register(domain_fd, 0)
         self._domain_gone = False
         self._views: list[memoryview] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
@@ -446,6 +453,15 @@ class Channel:
         if self.closed or self._peer_closed():
             self._check_state()
             raise PeerGone(DefunctReason.CLOSED)
+        if self._hup is not None:
+            # A killed usnetd writes no state word, and a sender that finds room never sleeps
+            # where it would hear the hang-up: look now and then, so sends fail, not vanish.
+            now = time.monotonic()
+            if now >= self._hup_next:
+                self._hup_next = now + HUP_CHECK
+                if self._hup.poll(0):
+                    self._domain_gone = True
+                    raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
         tx = self._tx
         try:
             done = tx.push(pkts)

@@ -20,6 +20,7 @@ import errno
 import ipaddress
 import logging
 import os
+import select
 import selectors
 import threading
 import time
@@ -57,6 +58,7 @@ class FlowEngine:
     def __init__(self, client: Client, netif: str, local_port: int = 0,
                  remote: tuple[str, int] | None = None, family: Family = 0, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
+        self.client = client
         self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
                                               ring_size=1024, packets=4096)
         self.ch.setblocking(False)
@@ -211,6 +213,12 @@ class Runner:
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)
+        # The control sockets of the clients our engines use, watched for a hang-up only
+        # (mask 0: EPOLLHUP/EPOLLERR): a killed usnetd says nothing else, and its doorbells
+        # then read as always ready, so its engines must fail and leave at once.
+        self._hup = select.epoll()
+        self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
+        self._watched: dict[int, Client] = {}  # domain_fd -> client
         self.engines: set[FlowEngine] = set()
         self._lock = threading.Lock()
         self._stopping = False
@@ -256,6 +264,14 @@ class Runner:
 
     def add(self, engine: FlowEngine) -> None:
         with self._lock:
+            fd = engine.client.domain_fd
+            if fd is not None and self._watched.get(fd) is not engine.client:
+                try:  # a number a closed client had (its entry went with its descriptor, or not)
+                    self._hup.unregister(fd)
+                except OSError:
+                    pass
+                self._hup.register(fd, 0)
+                self._watched[fd] = engine.client
             self.engines.add(engine)
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
@@ -276,6 +292,25 @@ class Runner:
 
     def wake(self) -> None:
         os.eventfd_write(self._wake, 1)
+
+    def _domain_gone(self) -> None:
+        """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
+        and leaves the runner, and the client is forgotten here."""
+        for fd, _ in self._hup.poll(0):
+            self._hup.unregister(fd)
+            client = self._watched.pop(fd, None)
+            with self._lock:
+                gone = [e for e in self.engines if e.client is client]
+            where = f" at {client.path}" if client is not None and client.path else ""
+            for e in gone:
+                self.remove(e)
+                with e.lock:
+                    if e.error is None:
+                        e.error = ConnectionAbortedError(
+                            errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
+                            "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
+                    e.notify()
+                e.close()  # its memory and descriptors go now, not when its sockets are collected
 
     def _run(self) -> None:
         while not self._stopping:
@@ -304,7 +339,9 @@ class Runner:
                     t = max(0.0, d - time.monotonic())
                     timeout = t if timeout is None else min(timeout, t)
             for key, _ in self._sel.select(timeout):
-                if key.data is None:
+                if key.data == "hup":
+                    self._domain_gone()
+                elif key.data is None:
                     try:
                         os.eventfd_read(self._wake)
                     except BlockingIOError:

@@ -15,7 +15,9 @@ keeps, unlike an assert).
 from __future__ import annotations
 
 import atexit
+import errno
 import os
+import select
 import socket
 import sys
 import weakref
@@ -35,10 +37,25 @@ if TYPE_CHECKING:
     from usnet.domain.loop import Domain
     from usnet.domain.sessions import Session
 
-__all__ = ["Client", "OverChannel"]
+__all__ = ["Client", "DomainGone", "OverChannel", "not_running"]
 
 _R = TypeVar("_R", bound=P.Reply)
 _Opened = TypeVar("_Opened", P.ChannelOpened, P.FlowOpened)
+
+
+class DomainGone(ConnectionAbortedError):
+    """usnetd went away (stopped, killed, crashed) while this client was connected to it."""
+
+
+def not_running(path: str, why: OSError | None = None) -> OSError:
+    """The error for a control socket nobody serves: it names the path and the way out.
+
+    ENETDOWN, not "refused" or "no such file": the remote peer refused
+    nothing, the domain that would carry the traffic is not there.
+    """
+    detail = f" ({why.strerror or why})" if why is not None else ""
+    return OSError(errno.ENETDOWN, f"usnetd is not running at {path}{detail}: start it with `usnet up` "
+                                   "(or point USNET_SOCKET at the socket of a running usnetd)")
 
 
 class OverChannel(Protocol):
@@ -60,6 +77,7 @@ class Client:
         cannot die apart from us.
         """
         self.domain_fd = domain_fd
+        self.path: str | None = None  # the control socket's path, for Client.connect's clients
         self._request = request
         self._kick_for = kick_for
         self._end = end
@@ -107,14 +125,39 @@ class Client:
 
     @classmethod
     def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> Client:
-        return cls.from_socket(connect_seqpacket(path), program)
+        """A client of the usnetd serving `path`; ENETDOWN naming the path if none does."""
+        try:
+            sock = connect_seqpacket(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise not_running(path, e) from None
+        c = cls.from_socket(sock, program)
+        c.path = path
+        return c
+
+    @property
+    def gone(self) -> bool:
+        """usnetd hung up on this client (it stopped or died); False in process."""
+        if self.closed:
+            return True
+        if self.domain_fd is None:
+            return False
+        p = select.poll()
+        p.register(self.domain_fd, 0)  # 0: only POLLHUP/POLLERR/POLLNVAL are reported
+        return bool(p.poll(0))
 
     # -- requests ------------------------------------------------------------------
 
     def _call(self, req: P.Request) -> tuple[P.Reply, list[int]]:
         if self.closed:
             raise ConnectionError(f"{type(req).__name__} on a closed client: its control session has ended")
-        reply, fds = self._request(req)
+        try:
+            reply, fds = self._request(req)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
+            if self.domain_fd is None:
+                raise
+            raise DomainGone(errno.ECONNABORTED, f"usnetd went away{f' (at {self.path})' if self.path else ''}: "
+                                                 f"its control socket closed ({e.strerror or e}); start it again "
+                                                 "with `usnet up`, then make new sockets") from None
         if isinstance(reply, P.Error):
             _close_all(fds)
             raise P.ControlError(reply.code, reply.message)

@@ -58,10 +58,22 @@ def configure(client: Client | None = None, netif: str | None = None) -> None:
 
 
 def _target() -> tuple[Client, str]:
+    """The client and netif new sockets use. A client of a usnetd that went away is replaced
+    by a new connection to the same socket path, so a program outlives a usnetd restart
+    (`usnet down`/`up`): its old connections failed, its new sockets work."""
     with _default_lock:
-        if _default["client"] is None:
-            _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
-        return _default["client"], _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
+        c = _default["client"]
+        if c is not None and c.path is not None and c.gone:
+            _default["client"] = None
+            try:
+                c.close()
+            except OSError:
+                pass  # its control socket is dead already
+            c = Client.connect(c.path)
+            _default["client"] = c
+        if c is None:
+            c = _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
+        return c, _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
 
 
 def getdefaulttimeout() -> float | None:
