@@ -295,15 +295,16 @@ def test_blocking_recv_with_no_timeout(client):
 def test_doorbell_rings_when_receiver_asked(client):
     """A sender rings the doorbell (a pipe write) exactly when the receiver set NEED_WAKEUP."""
     a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    bell = b.doorbell_fd  # not fileno(): that puts the channel in select mode (armed whenever idle)
     b.drain_doorbell()
     a.send_bytes(b"1")
-    assert select.select([b], [], [], 0) == ([], [], [])  # peer polling: no system call made
+    assert select.select([bell], [], [], 0) == ([], [], [])  # peer polling: no system call made
     assert b.recv_bytes(timeout=0) == b"1"
     b._rx.set_need_wakeup()  # what a receiver about to sleep does (Channel._recv_wait)
     a.send_bytes(b"2")
-    assert select.select([b], [], [], 0)[0] == [b]
+    assert select.select([bell], [], [], 0)[0] == [bell]
     b.drain_doorbell()
-    assert select.select([b], [], [], 0)[0] == []
+    assert select.select([bell], [], [], 0)[0] == []
     b._rx.clear_need_wakeup()
     assert b.recv_bytes(timeout=0) == b"2"
 
@@ -400,6 +401,41 @@ def test_fileno_asyncio_reader_loop_many_messages(client):
         return got
 
     assert asyncio.run(main()) == msgs
+
+
+def test_select_wakes_for_the_first_packet_without_a_prior_recv(client):
+    """Issue 16: select() on a fresh channel's fileno() wakes for data; no recv(timeout=0) first."""
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    assert select.select([b], [], [], 0)[0] == []  # nothing yet: not readable
+    t = threading.Thread(target=a.send_bytes, args=(b"first",))
+    t.start()
+    r, _, _ = select.select([b], [], [], 5)
+    t.join(5)
+    assert r == [b]
+    assert b.recv_bytes(timeout=0) == b"first"
+
+
+def test_select_readiness_follows_the_ring_one_message_at_a_time(client):
+    """select, recv one, select: readable exactly while a message waits, as a socket is."""
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    assert select.select([b], [], [], 0)[0] == []
+    for i in range(20):
+        a.send_bytes(b"m%d" % i)
+        if i % 2:
+            a.send_bytes(b"n%d" % i)  # two waiting: still readable after the first is taken
+        assert select.select([b], [], [], 5)[0] == [b]
+        assert b.recv_bytes(timeout=0) == b"m%d" % i
+        if i % 2:
+            assert select.select([b], [], [], 0)[0] == [b]
+            assert b.recv_bytes(timeout=0) == b"n%d" % i
+        assert select.select([b], [], [], 0)[0] == []  # everything taken: not readable
+
+
+def test_select_sees_packets_that_were_sent_before_fileno_was_asked_for(client):
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    a.send_bytes(b"early")  # the receiver had not armed NEED_WAKEUP: no doorbell
+    assert select.select([b], [], [], 5)[0] == [b]
+    assert b.recv_bytes(timeout=0) == b"early"
 
 
 def test_fileno_is_registrable(client):

@@ -41,12 +41,12 @@ def domain():
 class Peer:
     """A pipe_peer.py child on a socketpair session of `domain`."""
 
-    def __init__(self, domain: Domain, role: str, name: str) -> None:
+    def __init__(self, domain: Domain, role: str, name: str, *extra: str) -> None:
         sock = domain.socketpair_session()
         self.ready_r, w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, str(PEER), role, "--fd", str(sock.fileno()), "--ready", str(w), "--name", name],
+                [sys.executable, str(PEER), role, "--fd", str(sock.fileno()), "--ready", str(w), "--name", name, *extra],
                 pass_fds=(sock.fileno(), w),
             )
         finally:
@@ -249,3 +249,25 @@ def _catch(fn):
         return fn()
     except BaseException as e:  # noqa: BLE001 - the test inspects it
         return e
+
+
+def test_sender_that_exits_normally_leaves_its_messages_to_the_reader(domain):
+    """Issue 16: a sender that exits (no close) before its messages are read must not lose them.
+
+    The interpreter's exit closes its client (usnet.client.session), so its pipe end closes
+    cleanly: the reader drains every message, then hears PeerGone, as it would after a close.
+    """
+    from tests.peers.pipe_peer import message
+
+    c = Client.local(domain)
+    rx = c.open_pipe("exit-sender", ring_size=256, packets=512)
+    peer = Peer(domain, "send-exit", "exit-sender", "--count", "100")
+    try:
+        assert peer.proc.wait(10) == 0
+        for i in range(100):
+            assert rx.recv_bytes(timeout=2) == message(i)
+        with pytest.raises(PeerGone):
+            rx.recv(timeout=1)
+        assert domain.pipe("exit-sender").defunct_reason is None  # closed cleanly, not taken back
+    finally:
+        peer.cleanup()

@@ -14,6 +14,8 @@ It reaches the domain either over an inherited SEQPACKET control socket
             (nothing more on the ring) until killed
   receiver  receives some packets and keeps them, signals readiness, then keeps
             receiving and freeing until killed
+  send-exit sends --count messages made by `message(i)`, then returns from main
+            without closing anything: a normal interpreter exit
   echo      checks --count messages made by `message(i)` and sends each back;
             exits 0 when all were right, 3 on a payload mismatch
 
@@ -59,7 +61,7 @@ def fill(ch, pkts: list[int], tag: int) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("role", choices=["sender", "sender-block", "receiver", "echo"])
+    ap.add_argument("role", choices=["sender", "sender-block", "receiver", "send-exit", "echo"])
     ap.add_argument("--fd", type=int)
     ap.add_argument("--path")
     ap.add_argument("--name", required=True)
@@ -98,6 +100,12 @@ def main() -> int:
         ready(args)
         while True:
             ch.free(ch.recv())
+
+    if args.role == "send-exit":
+        for i in range(args.count):
+            ch.send_bytes(message(i))
+        ready(args)
+        return 0  # the channel and the client are left open: exit closes them
 
     # echo
     ready(args)

@@ -55,6 +55,7 @@ SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
+HUP_CHECK = 0.2  # a sender looks at most this often whether usnetd hung up (a poll system call)
 _DOMAIN_GONE = "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed"
 _MESSAGES: dict[int, str] = {  # by the raw reason word: it may be one this code does not know
     DefunctReason.STALLED: "channel defunct (STALLED): it left received packets unread longer than the "
@@ -76,7 +77,9 @@ class ChannelDefunct(ChannelError):
             pass
         self.reason = reason
         name = getattr(reason, "name", str(reason))
-        super().__init__(errno.ENOTCONN, message or f"channel defunct ({name})")
+        # the domain itself went down (usnetd stopped or died): ENETDOWN, as for a downed interface
+        code = errno.ENETDOWN if reason == DefunctReason.DOMAIN_SHUTDOWN else errno.ENOTCONN
+        super().__init__(code, message or f"channel defunct ({name})")
 
 
 class PeerGone(ChannelDefunct):
@@ -165,8 +168,12 @@ class Channel:
         # A usnetd killed outright writes no state word: its control socket's hang-up is all we
         # hear, so a sleeper watches that too (events 0: poll reports only POLLHUP/POLLERR/POLLNVAL).
         domain_fd = getattr(control, "domain_fd", None)
+        self._hup: select.poll | None = None  # the control socket alone, for senders that never sleep
+        self._hup_next = 0.0
         if domain_fd is not None:
             self._poll.register(domain_fd, 0)
+            self._hup = select.poll()
+            self._hup.register(domain_fd, 0)
         self._domain_gone = False
         self._views: list[memoryview] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
@@ -175,13 +182,42 @@ class Channel:
         self._last_rx = 0.0  # when recv last found packets (monotonic s): is the flow busy?
         self._cache: list[int] = []
         self._timeout: float | None = None
+        self._self_bell: int | None = None  # a write end of our own bell, once fileno() was asked for
         self.closed = False
 
     # -- waiting -----------------------------------------------------------------
 
     def fileno(self) -> int:
-        """The doorbell: readable when packets, pool refills or events may have arrived."""
+        """The doorbell: readable when packets, pool refills or events may have arrived.
+
+        Asking for it puts the channel in "select mode": from then on the RX
+        ring keeps NEED_WAKEUP armed whenever a `recv` leaves it empty, and a
+        `recv` that finds nothing leaves the bell drained, so select, poll
+        and asyncio wake for the next packet without a prior `recv(timeout=0)`
+        and do not stay readable for packets already taken. A channel nobody
+        selects on keeps the AF_XDP economy (no doorbell while it polls).
+        """
+        if self._self_bell is None and not self.closed:
+            # Linux: opening a pipe's /proc entry for writing gives a write end of that pipe,
+            # so we can ring our own bell when a packet slipped in before NEED_WAKEUP was armed.
+            self._self_bell = os.open(f"/proc/self/fd/{self._bell}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._fds.append(self._self_bell)
+            self._arm_select()
         return self._bell
+
+    @property
+    def doorbell_fd(self) -> int:
+        """The doorbell for a loop that drains the ring until empty itself (the stack's runner):
+        unlike `fileno()`, it leaves the channel out of select mode."""
+        return self._bell
+
+    def _arm_select(self) -> None:
+        """Select mode: arm NEED_WAKEUP; if packets wait already, make sure the bell says so."""
+        rx = self._rx
+        rx.set_need_wakeup()
+        ringmod.fence()
+        if rx.available() and self._self_bell is not None:
+            doorbell.ring(self._self_bell)
 
     def settimeout(self, timeout: float | None) -> None:
         """None blocks, 0 never waits (raises BlockingIOError / NoBuffers), t waits up to t s."""
@@ -417,6 +453,15 @@ class Channel:
         if self.closed or self._peer_closed():
             self._check_state()
             raise PeerGone(DefunctReason.CLOSED)
+        if self._hup is not None:
+            # A killed usnetd writes no state word, and a sender that finds room never sleeps
+            # where it would hear the hang-up: look now and then, so sends fail, not vanish.
+            now = time.monotonic()
+            if now >= self._hup_next:
+                self._hup_next = now + HUP_CHECK
+                if self._hup.poll(0):
+                    self._domain_gone = True
+                    raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
         tx = self._tx
         try:
             done = tx.push(pkts)
@@ -505,7 +550,13 @@ class Channel:
             raise
         if got:
             self._last_rx = time.monotonic()
-            if rx.w[ringmod.FLAGS]:
+            if self._self_bell is not None:
+                if rx.available():
+                    doorbell.ring(self._self_bell)  # packets left: select() must still see them
+                else:  # select() must hear the next packet, and not the ones taken
+                    doorbell.drain(self._bell)
+                    self._arm_select()
+            elif rx.w[ringmod.FLAGS]:
                 rx.clear_need_wakeup()  # armed by an earlier empty non-blocking recv
             if self._words[W_STATE + self.role] != ChannelState.OPEN:
                 self._check_state()  # what we popped may be the zeros of a defunct ring
@@ -550,9 +601,17 @@ class Channel:
             if deadline is not None and deadline <= time.monotonic():
                 # Leave NEED_WAKEUP set: a non-blocking caller goes on to wait on
                 # fileno() (select, asyncio), and the peer must ring it.
+                if self._self_bell is not None:
+                    # and the bell drained, so select does not report this empty ring
+                    # readable again; a packet that came meanwhile rings it anew
+                    doorbell.drain(self._bell)
+                    self._arm_select()
+                    if rx.available():
+                        return self.recv(max_n, 0)
                 raise BlockingIOError(errno.EAGAIN, "nothing received")
             self._sleep(deadline)
-            rx.clear_need_wakeup()
+            if self._self_bell is None:
+                rx.clear_need_wakeup()
 
     def poll(self) -> int:
         """Packets waiting on the RX ring, without blocking."""

@@ -15,10 +15,12 @@ local address is then 4 or 16 bytes, and the IP layer and TCP follow it.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import ipaddress
 import logging
 import os
+import select
 import selectors
 import threading
 import time
@@ -33,13 +35,21 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
-__all__ = ["FlowEngine", "Runner", "runner"]
+__all__ = ["EXIT_LINGER", "FlowEngine", "Runner", "delivered", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
 log = logging.getLogger(__name__)
 TCP = 6
 RX_BATCH = 256
+EXIT_LINGER = 10.0  # seconds a normal interpreter exit waits for queued data and FINs to be acknowledged
+# A connection whose FIN (and so every byte before it) the peer acknowledged, or that is over
+_DELIVERED = (TcpState.CLOSED, TcpState.TIME_WAIT, TcpState.FIN_WAIT_2)
+
+
+def delivered(conn: Any) -> bool:
+    """Whether nothing of `conn` waits any more: its data and FIN are acknowledged, or it failed."""
+    return conn.state in _DELIVERED or conn.error is not None
 
 
 class FlowEngine:
@@ -48,6 +58,7 @@ class FlowEngine:
     def __init__(self, client: Client, netif: str, local_port: int = 0,
                  remote: tuple[str, int] | None = None, family: Family = 0, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
+        self.client = client
         self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
                                               ring_size=1024, packets=4096)
         self.ch.setblocking(False)
@@ -67,13 +78,33 @@ class FlowEngine:
         self.watchers: set = set()  # usnet sockets to signal after each pump
         self.release_when_idle = False  # its sockets closed: go once the connections have
 
+    def delivered(self) -> bool:
+        """Every connection has its data and FIN acknowledged (or is over), nothing waits to go."""
+        return self.error is not None or (
+            not self._backlog and all(delivered(c) for c in self.tcp.connections.values()))
+
+    def close_all(self, now: float) -> None:
+        """What the kernel does to a process's sockets when it exits: listeners stop (their
+        unaccepted connections are reset), each connection closes (FIN after its data; RST
+        if received data is left unread, or if its socket asked for that with SO_LINGER 0).
+        With the lock held."""
+        for w in list(self.watchers):
+            conn = getattr(w, "connection", None)
+            if conn is not None and getattr(w, "abort_on_close", False):
+                conn.abort(now)
+        for port in list(self.tcp.listeners):
+            self.tcp.unlisten(port, now)
+        for c in list(self.tcp.connections.values()):
+            c.close(now)
+        self.release_when_idle = True
+
     def idle(self) -> bool:
         """Nothing left to do: every connection closed (or waiting out TIME-WAIT), nothing queued."""
         return not self._backlog and not self.tcp.listeners and all(
             c.state in (TcpState.CLOSED, TcpState.TIME_WAIT) for c in self.tcp.connections.values())
 
     def fileno(self) -> int:
-        return self.ch.fileno()
+        return self.ch.doorbell_fd
 
     def pump(self, now: float) -> None:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
@@ -182,13 +213,65 @@ class Runner:
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)
+        # The control sockets of the clients our engines use, watched for a hang-up only
+        # (mask 0: EPOLLHUP/EPOLLERR): a killed usnetd says nothing else, and its doorbells
+        # then read as always ready, so its engines must fail and leave at once.
+        self._hup = select.epoll()
+        self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
+        self._watched: dict[int, Client] = {}  # domain_fd -> client
         self.engines: set[FlowEngine] = set()
         self._lock = threading.Lock()
+        self._stopping = False
+        # A daemon thread, so that a connection that cannot finish never keeps the process
+        # alive; a normal exit drains first instead (`drain`, run by atexit).
         self._thread = threading.Thread(target=self._run, name="usnet-stack", daemon=True)
         self._thread.start()
 
+    def drain(self, linger: float = EXIT_LINGER) -> bool:
+        """At interpreter exit: close every connection the program left open, as the kernel
+        closes a process's sockets, and wait up to `linger` seconds in all until each one's
+        queued data and FIN are acknowledged. What is left then is reset (the peer gets a RST,
+        never silence), and the stack stops. True if everything was delivered in time.
+        """
+        until = time.monotonic() + linger
+        with self._lock:
+            engines = list(self.engines)
+        for e in engines:
+            with e.lock:
+                e.close_all(time.monotonic())
+        self.wake()
+        ok = True
+        for e in engines:
+            with e.lock:
+                while not e.delivered():
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        ok = False
+                        break
+                    e.changed.wait(min(left, 0.1))
+        if not ok:
+            for e in engines:
+                with e.lock:
+                    now = time.monotonic()
+                    for c in list(e.tcp.connections.values()):
+                        if not delivered(c):
+                            c.abort(now)
+                    e.pump(now)  # the RSTs go now: the runner may not get another turn
+        self._stopping = True
+        self.wake()
+        self._thread.join(1.0)
+        return ok
+
     def add(self, engine: FlowEngine) -> None:
         with self._lock:
+            fd = engine.client.domain_fd
+            if fd is not None and self._watched.get(fd) is not engine.client:
+                try:  # a number a closed client had (its entry went with its descriptor, or not)
+                    self._hup.unregister(fd)
+                except OSError:
+                    pass
+                self._hup.register(fd, 0)
+                self._watched[fd] = engine.client
             self.engines.add(engine)
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
@@ -210,8 +293,27 @@ class Runner:
     def wake(self) -> None:
         os.eventfd_write(self._wake, 1)
 
+    def _domain_gone(self) -> None:
+        """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
+        and leaves the runner, and the client is forgotten here."""
+        for fd, _ in self._hup.poll(0):
+            self._hup.unregister(fd)
+            client = self._watched.pop(fd, None)
+            with self._lock:
+                gone = [e for e in self.engines if e.client is client]
+            where = f" at {client.path}" if client is not None and client.path else ""
+            for e in gone:
+                self.remove(e)
+                with e.lock:
+                    if e.error is None:
+                        e.error = ConnectionAbortedError(
+                            errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
+                            "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
+                    e.notify()
+                e.close()  # its memory and descriptors go now, not when its sockets are collected
+
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             now = time.monotonic()
             with self._lock:
                 engines = list(self.engines)
@@ -237,7 +339,9 @@ class Runner:
                     t = max(0.0, d - time.monotonic())
                     timeout = t if timeout is None else min(timeout, t)
             for key, _ in self._sel.select(timeout):
-                if key.data is None:
+                if key.data == "hup":
+                    self._domain_gone()
+                elif key.data is None:
                     try:
                         os.eventfd_read(self._wake)
                     except BlockingIOError:
@@ -255,4 +359,17 @@ def runner() -> Runner:
     with _runner_lock:
         if _runner is None:
             _runner = Runner()
+            # after usnet.client.session's own hook (registered at import), so it runs first:
+            # the connections drain before the clients close their channels
+            atexit.register(_drain_at_exit)
         return _runner
+
+
+def _drain_at_exit() -> None:
+    r = _runner
+    if r is None or r._stopping:
+        return
+    try:
+        r.drain(EXIT_LINGER)
+    except Exception as exc:  # at exit: report, never raise
+        log.warning("usnet: draining at exit failed: %r", exc)

@@ -14,9 +14,13 @@ keeps, unlike an assert).
 
 from __future__ import annotations
 
+import atexit
+import errno
 import os
+import select
 import socket
 import sys
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -33,10 +37,25 @@ if TYPE_CHECKING:
     from usnet.domain.loop import Domain
     from usnet.domain.sessions import Session
 
-__all__ = ["Client", "OverChannel"]
+__all__ = ["Client", "DomainGone", "OverChannel", "not_running"]
 
 _R = TypeVar("_R", bound=P.Reply)
 _Opened = TypeVar("_Opened", P.ChannelOpened, P.FlowOpened)
+
+
+class DomainGone(ConnectionAbortedError):
+    """usnetd went away (stopped, killed, crashed) while this client was connected to it."""
+
+
+def not_running(path: str, why: OSError | None = None) -> OSError:
+    """The error for a control socket nobody serves: it names the path and the way out.
+
+    ENETDOWN, not "refused" or "no such file": the remote peer refused
+    nothing, the domain that would carry the traffic is not there.
+    """
+    detail = f" ({why.strerror or why})" if why is not None else ""
+    return OSError(errno.ENETDOWN, f"usnetd is not running at {path}{detail}: start it with `usnet up` "
+                                   "(or point USNET_SOCKET at the socket of a running usnetd)")
 
 
 class OverChannel(Protocol):
@@ -58,6 +77,7 @@ class Client:
         cannot die apart from us.
         """
         self.domain_fd = domain_fd
+        self.path: str | None = None  # the control socket's path, for Client.connect's clients
         self._request = request
         self._kick_for = kick_for
         self._end = end
@@ -72,6 +92,7 @@ class Client:
             raise
         self.session = welcome.session
         self.uid = welcome.uid
+        _live.add(self)
 
     # -- constructors -------------------------------------------------------------
 
@@ -104,14 +125,39 @@ class Client:
 
     @classmethod
     def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> Client:
-        return cls.from_socket(connect_seqpacket(path), program)
+        """A client of the usnetd serving `path`; ENETDOWN naming the path if none does."""
+        try:
+            sock = connect_seqpacket(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise not_running(path, e) from None
+        c = cls.from_socket(sock, program)
+        c.path = path
+        return c
+
+    @property
+    def gone(self) -> bool:
+        """usnetd hung up on this client (it stopped or died); False in process."""
+        if self.closed:
+            return True
+        if self.domain_fd is None:
+            return False
+        p = select.poll()
+        p.register(self.domain_fd, 0)  # 0: only POLLHUP/POLLERR/POLLNVAL are reported
+        return bool(p.poll(0))
 
     # -- requests ------------------------------------------------------------------
 
     def _call(self, req: P.Request) -> tuple[P.Reply, list[int]]:
         if self.closed:
             raise ConnectionError(f"{type(req).__name__} on a closed client: its control session has ended")
-        reply, fds = self._request(req)
+        try:
+            reply, fds = self._request(req)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
+            if self.domain_fd is None:
+                raise
+            raise DomainGone(errno.ECONNABORTED, f"usnetd went away{f' (at {self.path})' if self.path else ''}: "
+                                                 f"its control socket closed ({e.strerror or e}); start it again "
+                                                 "with `usnet up`, then make new sockets") from None
         if isinstance(reply, P.Error):
             _close_all(fds)
             raise P.ControlError(reply.code, reply.message)
@@ -263,6 +309,23 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_live: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close every client still open when the interpreter exits normally, as the kernel closes
+    a process's sockets: its pipe ends close cleanly (the survivor drains what was sent,
+    where a hang-up would defunct the pipe and zero what it held), its flows are closed
+    rather than found abandoned. Registered at import, so it runs after the stack's own
+    drain (usnet.client.engine), which atexit registers later and so runs first."""
+    for c in list(_live):
+        try:
+            c.close()
+        except Exception:  # at exit: a domain already gone must not stop the others
+            pass
 
 
 def _close_all(fds: list[int]) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET
-from usnet.client.engine import FlowEngine, runner
+from usnet.client.engine import FlowEngine, delivered, runner
 from usnet.client.session import Client
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT, TcpConnection
 
@@ -58,10 +58,22 @@ def configure(client: Client | None = None, netif: str | None = None) -> None:
 
 
 def _target() -> tuple[Client, str]:
+    """The client and netif new sockets use. A client of a usnetd that went away is replaced
+    by a new connection to the same socket path, so a program outlives a usnetd restart
+    (`usnet down`/`up`): its old connections failed, its new sockets work."""
     with _default_lock:
-        if _default["client"] is None:
-            _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
-        return _default["client"], _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
+        c = _default["client"]
+        if c is not None and c.path is not None and c.gone:
+            _default["client"] = None
+            try:
+                c.close()
+            except OSError:
+                pass  # its control socket is dead already
+            c = Client.connect(c.path)
+            _default["client"] = c
+        if c is None:
+            c = _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
+        return c, _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
 
 
 def getdefaulttimeout() -> float | None:
@@ -138,6 +150,7 @@ class socket:
         self._nodelay = False
         self._user_timeout = 0.0  # seconds (TCP_USER_TIMEOUT is set in milliseconds)
         self._abort_on_close = False  # SO_LINGER on with a zero timeout: close sends RST
+        self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
         self._where = (client, netif)  # None: `configure` or the environment decides
 
     def _target(self) -> tuple[Client, str]:
@@ -272,7 +285,27 @@ class socket:
                     eng.release_when_idle = True
                 eng.watchers.discard(self)
             runner().wake()
+            if self._linger and self._conn is not None and not self._abort_on_close:
+                self._linger_close(eng, self._conn, self._linger)
         os.close(self._ready)
+
+    @staticmethod
+    def _linger_close(eng: FlowEngine, conn: TcpConnection, linger: float) -> None:
+        """SO_LINGER on: wait until the data and FIN are acknowledged, or `linger` seconds
+        pass, as Linux's close does (whatever the socket's blocking mode). After that
+        the connection goes on finishing in the background, as the kernel's does."""
+        until = time.monotonic() + linger
+        with eng.lock:
+            while not delivered(conn) and eng.error is None:
+                left = until - time.monotonic()
+                if left <= 0:
+                    return
+                eng.changed.wait(left)
+
+    @property
+    def abort_on_close(self) -> bool:
+        """SO_LINGER is on with a zero timeout: closing sends a RST (the stack's exit drain asks)."""
+        return self._abort_on_close
 
     def detach(self) -> int:
         raise OSError(errno.EOPNOTSUPP, "a usnet socket has no kernel descriptor to detach")
@@ -297,7 +330,8 @@ class socket:
                 self._conn.cfg.user_timeout = self._user_timeout
         elif level == SOL_SOCKET and opt == SO_LINGER:
             onoff, linger = struct.unpack("ii", value)
-            self._abort_on_close = bool(onoff) and linger == 0  # a lingering close: not modelled
+            self._abort_on_close = bool(onoff) and linger == 0
+            self._linger = max(0, linger) if onoff else None
         elif level == SOL_SOCKET and opt == SO_KEEPALIVE and self._conn is not None:
             with self._engine.lock:  # type: ignore[union-attr]
                 self._conn.set_keepalive(time.monotonic(), bool(value))
@@ -308,6 +342,9 @@ class socket:
             return int(self._nodelay)
         if level == IPPROTO_TCP and opt == TCP_USER_TIMEOUT:
             return int(self._user_timeout * 1000)
+        if level == SOL_SOCKET and opt == SO_LINGER:
+            on, secs = (0, 0) if self._linger is None else (1, self._linger)
+            return struct.pack("ii", on, secs) if buflen else on  # type: ignore[return-value]
         if level == SOL_SOCKET and opt == _std.SO_ERROR:
             conn = self._conn
             return (conn.error.errno or 0) if conn is not None and conn.error is not None else 0

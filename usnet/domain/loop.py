@@ -643,6 +643,10 @@ class Domain(Control, Housekeeping):
                     p.defunct(DefunctReason.DOMAIN_SHUTDOWN)
                     p.destroy()
             for sw in self.switches.values():
+                try:
+                    sw.flush()  # what the ended sessions left queued (their peers' RSTs) goes out first
+                except Exception as e:
+                    self._log_fault(f"netif {sw.netif.name}: flush at stop", e)
                 sw.netif.driver.close()
             self.switches.clear()
             for adv in self.advisories.values():

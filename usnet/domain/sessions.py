@@ -382,6 +382,10 @@ class SessionRegistry:
                     for _ in range(ref.flow.port.tx.capacity // 64 + 1):
                         if not ref.switch.service_tx(ref.flow, draining=True):
                             break
+                else:
+                    # its stack died with it (SIGKILL, a crash) or was cut off: its TCP peers
+                    # hear a RST from the sequence state the switch last validated
+                    ref.switch.reset_peers(ref.flow)
                 ref.switch.remove_flow(ref.flow, keep_queued=True)
                 try:
                     self._sel.unregister(ref.flow.port.bell)

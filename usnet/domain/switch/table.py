@@ -27,7 +27,7 @@ from usnet.abi.events import EventType, TxStatus
 from usnet.domain.netif.netif import Netif
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
-from usnet.domain.switch.txguard import SentFragments
+from usnet.domain.switch.txguard import SentFragments, TcpSeen
 from usnet.drivers.base import Received
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_str, not_unicast4
@@ -56,6 +56,7 @@ class Flow:
     policer: Any = None  # an LL lease's usnet.domain.lowlat.policer.Policer, while the flow holds one
     dscp: int = 0  # written into every packet it sends: its lease's class (usnet.domain.lowlat.policy.SERVICE_DSCP)
     sent_frags: SentFragments | None = None  # datagrams it began in fragments (made at its first)
+    tcp_seen: TcpSeen | None = None  # TCP: sequence state per remote end, for resets when its owner dies
 
     def __post_init__(self) -> None:
         if self.raddr is not None:

@@ -32,7 +32,7 @@ from usnet.abi.umd import deadline_passed
 from usnet.domain.switch.host import HostDuties
 from usnet.domain.switch.port import CLIENT, TxMark, TxMeta
 from usnet.domain.switch.table import PORTS, TCP, Flow
-from usnet.domain.switch.txguard import SentFragments, ipv4_options, whole_l4_header
+from usnet.domain.switch.txguard import SentFragments, TcpSeen, ipv4_options, whole_l4_header
 from usnet.drivers.base import SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.proto.wire import ecn
@@ -41,6 +41,7 @@ from usnet.proto.wire.ethernet import ETH_HLEN, ETHERTYPE_IPV4
 from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, not_unicast4
 from usnet.proto.wire.ipv6 import FRAG_HLEN, FRAGMENT, IPV6_HLEN, ROUTING, parse_frag_header
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
+from usnet.proto.wire.tcp import pack_segment, pseudo_sum
 
 __all__ = ["TX_BATCH", "TransmitPath"]
 
@@ -49,6 +50,7 @@ _IP6FIX = struct.Struct("!4xHBB16s16s")  # payload length, next header, hop limi
 TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
+_RST, _RST_ACK = 0x04, 0x14
 
 
 class TransmitPath(HostDuties):
@@ -103,7 +105,13 @@ class TransmitPath(HostDuties):
                     break
                 start = i + 1
                 p = bytes(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])])
-                sent += self._tx_marked(flow, p, now, int(gso[i]), tx_one, meta, i)
+                took = self._tx_marked(flow, p, now, int(gso[i]), tx_one, meta, i)
+                sent += took
+                ok[i] = took  # for the TCP state below: what passed the checks, either way
+        if flow.proto == TCP:  # the sequence state a reset would start from (txguard.TcpSeen)
+            if flow.tcp_seen is None:
+                flow.tcp_seen = TcpSeen()
+            flow.tcp_seen.note_rows(rows, lens, np.flatnonzero(ok), ETH_HLEN, flow.family, flow.raddr is not None)
         flow.stats["tx_packets"] += sent
         self._advise(flow)
         return n
@@ -321,6 +329,23 @@ class TransmitPath(HostDuties):
                                          TxDropReason.RATE_EXCEEDED)
             rows, lens, gso = rows[:k], lens[:k], gso[:k]
         return rows, lens, gso
+
+    def reset_peers(self, flow: Flow) -> int:
+        """The flow's owner is gone without closing: send each remote end it talked TCP with
+        a RST|ACK from the last sequence state it validated (TcpSeen), so no peer stays
+        ESTABLISHED with a dead process. Queued under the flow, before it is removed
+        (`remove_flow(keep_queued=True)` lets them go out). Returns how many."""
+        seen, flow.tcp_seen = flow.tcp_seen, None
+        local = self.netif.ip if flow.family == 4 else self.netif.ip6
+        if not seen or local is None:
+            return 0
+        now = self.clock()
+        for (dst, dport), (nxt, ack) in seen.ends.items():
+            flags = _RST_ACK if ack is not None else _RST
+            seg = pack_segment(pseudo_sum(local, dst), flow.lport, dport, nxt, ack or 0, flags, 0)
+            self._send_ip(flow.id, local, dst, TCP, seg, now)
+        self.counts["tcp_rst_owner_gone"] += len(seen)
+        return len(seen)
 
     # -- what a flow is told -------------------------------------------------------------------
 

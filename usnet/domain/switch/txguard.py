@@ -22,16 +22,34 @@ what its flow does not own:
   the time we do). A first fragment (offset 0, more to come) must carry
   the flow's whole transport header, and is then checked as any packet.
   An atomic fragment (offset 0, no more; or IPv4's DF) is a whole packet.
+* TCP sequence state (`TcpSeen`). The switch sees every segment a TCP
+  flow sends; per remote end it keeps the sequence number after the
+  last validated segment (snd_nxt) and the last acknowledgement, so that
+  when the flow's owner dies without closing (SIGKILL, a crash), the
+  domain can reset each connection from that state (RFC 9293's reset
+  is accepted when its sequence number is the receiver's next one): no
+  peer stays ESTABLISHED with a dead process. Kept per batch, from the
+  last valid segment of each remote end in it; bounded (TCP_SEEN_MAX).
 """
 
 from __future__ import annotations
 
-from usnet.abi.events import TxDropReason
+import struct
 
-__all__ = ["FRAG_IDS", "FRAG_TTL", "SentFragments", "ipv4_options", "whole_l4_header"]
+import numpy as np
+
+from usnet.abi.events import TxDropReason
+from usnet.proto.wire.rows import be_u16, be_u32
+
+__all__ = ["FRAG_IDS", "FRAG_TTL", "TCP_SEEN_MAX", "SentFragments", "TcpSeen", "ipv4_options",
+           "whole_l4_header"]
 
 FRAG_IDS = 64  # datagrams per flow whose later fragments may follow; the oldest is forgotten first
 FRAG_TTL = 30.0  # seconds: Linux's ipfrag_time and ip6frag_time
+TCP_SEEN_MAX = 4096  # remote ends per flow whose sequence state is kept; the least recently seen goes first
+_TCPFIX = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
+_MASK = 0xFFFFFFFF
 TCP, UDP = 6, 17
 _EOL, _NOP, _RR, _TS, _LSRR, _SSRR = 0, 1, 7, 0x44, 0x83, 0x89
 
@@ -99,3 +117,87 @@ class SentFragments:
             del self._until[(dst, ident)]
             return False
         return True
+
+
+class TcpSeen:
+    """Per remote end (address, port) of one TCP flow: [snd_nxt, ack or None] after its last
+    validated segment, for the resets the domain sends when the flow's owner dies.
+
+    `note_rows` takes a transmit batch (rows of IP packets at offset `base`) and
+    the indices of the rows that passed the checks; only the last such row of
+    each remote end is parsed. A RST the client sent itself ends that entry;
+    a SYN without ACK (a new connection on the 4-tuple) starts it afresh.
+    """
+
+    __slots__ = ("ends",)
+
+    def __init__(self) -> None:
+        self.ends: dict[tuple[bytes, int], list] = {}
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def note_rows(self, rows: np.ndarray, lens: np.ndarray, idx: np.ndarray, base: int, family: int,
+                  connected: bool) -> None:
+        if not len(idx):
+            return
+        if connected:  # one remote end: the batch's last valid segment
+            last = [int(idx[-1])]
+        elif family == 4:
+            sel = rows[idx]
+            ihl = (sel[:, base] & 0xF).astype(np.int64) << 2
+            if (ihl == 20).all():  # the usual case: the remote's address and port at fixed columns
+                key = (be_u32(sel[:, base + 16 : base + 20]).astype(np.int64) << 16) | be_u16(
+                    sel[:, base + 22 : base + 24])
+                _, first_rev = np.unique(key[::-1], return_index=True)
+                last = sorted(int(idx[len(idx) - 1 - i]) for i in first_rev.tolist())
+            else:
+                last = self._last_per_end(rows, idx, base, 4)
+        else:
+            last = self._last_per_end(rows, idx, base, 6)
+        for i in last:
+            self.note(rows[i, base : base + int(lens[i])].tobytes(), family)
+
+    @staticmethod
+    def _last_per_end(rows: np.ndarray, idx: np.ndarray, base: int, family: int) -> list[int]:
+        """The last row of each remote end, parsed one by one (IPv6, or IPv4 with options)."""
+        by_end: dict[bytes, int] = {}
+        for i in idx.tolist():
+            r = rows[i]
+            if family == 4:
+                l4 = base + ((int(r[base]) & 0xF) << 2)
+                end = r[base + 16 : base + 20].tobytes() + r[l4 + 2 : l4 + 4].tobytes()
+            else:
+                end = r[base + 24 : base + 40].tobytes() + r[base + 42 : base + 44].tobytes()
+            by_end.pop(end, None)
+            by_end[end] = i
+        return sorted(by_end.values())
+
+    def note(self, p: bytes, family: int) -> None:
+        """One validated IP packet `p` of the flow (IPv6: no extension header, else ignored)."""
+        if family == 4:
+            l4 = (p[0] & 0xF) << 2
+            dst = p[16:20]
+        else:
+            if p[6] != 6:  # a fragment header: the stack never sends TCP that way
+                return
+            l4, dst = 40, p[24:40]
+        if len(p) < l4 + 20:
+            return
+        _, dport, seq, ack, off, flags = _TCPFIX.unpack_from(p, l4)
+        key = (dst, dport)
+        ends = self.ends
+        if flags & _RST:
+            ends.pop(key, None)  # the client reset it itself: nothing left to tell
+            return
+        nxt = (seq + len(p) - l4 - ((off >> 4) << 2) + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _MASK
+        ack = ack if flags & _ACK else None
+        old = ends.pop(key, None)
+        if old is not None and not (flags & _SYN and not flags & _ACK):
+            if ((old[0] - nxt) & _MASK) < 0x80000000:  # a retransmission: what went before reaches further
+                nxt = old[0]
+            if ack is None or (old[1] is not None and ((old[1] - ack) & _MASK) < 0x80000000):
+                ack = old[1]
+        ends[key] = [nxt, ack]
+        if len(ends) > TCP_SEEN_MAX:
+            del ends[next(iter(ends))]
