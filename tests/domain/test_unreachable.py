@@ -123,3 +123,22 @@ def test_usnet_fails_as_the_kernel_does_over_a_tap(tap_domain):
         d2.stop()
     assert kerr == errno.ENETUNREACH and ktook < AT_ONCE
     assert uerr == kerr and utook < AT_ONCE
+
+
+def test_an_ipv6_neighbour_that_never_answers_is_ehostunreach_too():
+    """Neighbour Discovery gives up as ARP does: ICMPv6 address unreachable, EHOSTUNREACH."""
+    d = Domain()
+    try:
+        d.add_netif("a", MemWire().a, f"{A}/24", address6="fd00:9::1/64")
+        d.start()
+        s = us.socket(us.AF_INET6, client=Client.local(d), netif="a")
+        s.settimeout(30)
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as e:
+            s.connect(("fd00:9::77", 80, 0, 0))
+        took = time.monotonic() - t0
+        s.close()
+        assert e.value.errno == errno.EHOSTUNREACH and 2.0 < took < HOST_UNREACH_WITHIN
+        assert d.switches["a"].counts["nd_solicits"] == 3
+    finally:
+        d.stop()
