@@ -91,10 +91,17 @@ def test_errors_quoting_what_no_flow_sent_reach_nobody(half):
     with pytest.raises(BlockingIOError):
         s.recv(timeout=0)
     assert s.pending_error is None
-    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), typ=11, code=0)])  # the real one
+    # the real one, soft: time exceeded is not told to a UDP socket (Linux without IP_RECVERR)
+    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), typ=11, code=0)])
+    wait_until(lambda: sw.counts["rx_icmp_error"] == 1, 5, "the time exceeded to reach the flow")
+    with pytest.raises(BlockingIOError):
+        s.recv(timeout=0)
+    assert s.pending_error is None
+    # and a fatal one: communication administratively prohibited (code 13), EHOSTUNREACH as Linux maps it
+    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), typ=3, code=13)])
     with pytest.raises(OSError) as e:
         s.recv(timeout=5)
-    assert e.value.errno == errno.EHOSTUNREACH  # time exceeded, as Linux maps it
+    assert e.value.errno == errno.EHOSTUNREACH
 
 
 @pytest.mark.privileged

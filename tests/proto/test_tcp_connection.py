@@ -43,6 +43,7 @@ MASK = 0xFFFFFFFF
 
 ESTABLISHED = TcpState.ESTABLISHED
 CLOSED = TcpState.CLOSED
+SYN_SENT = TcpState.SYN_SENT
 
 
 class Net:
@@ -1025,3 +1026,21 @@ def test_an_icmp_error_never_ends_an_established_connection_and_needs_a_sequence
     assert c.icmp_error(errno.ECONNREFUSED, in_flight)  # a hard error, but established: kept, not fatal
     assert c.state is ESTABLISHED and c.error is None and c.soft_error == errno.ECONNREFUSED
     net.run(lambda: s.rcv_queued == 3000, limit=5)  # and the data still goes
+
+
+@pytest.mark.parametrize("err", [errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPROTO,
+                                 errno.ECONNREFUSED])
+def test_any_icmp_error_ends_a_connect_in_syn_sent_as_linux_does(err):
+    """tcp_v4_err/tcp_v6_err: in SYN-SENT every error but "fragmentation needed" ends the connect with
+    its errno (a neighbour that never answered: EHOSTUNREACH), only for the SYN's sequence number."""
+    net = Net()
+    net.blackhole.add(B)
+    c = net.a.connect(B, 80, 0.0)
+    net.run_for(0.1)
+    assert not c.icmp_error(err, (c.iss + 5000) & MASK)  # not our SYN: nothing happens
+    assert c.state is SYN_SENT and c.error is None
+    assert c.icmp_error(errno.EMSGSIZE, c.iss)  # "fragmentation needed": a path MTU, no failure
+    assert c.state is SYN_SENT and c.error is None
+    assert c.icmp_error(err, c.iss)
+    assert c.state is CLOSED and c.error is not None and c.error.errno == err
+    assert c.error.strerror == os.strerror(err)

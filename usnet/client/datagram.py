@@ -472,13 +472,15 @@ class DatagramSocket:
 
     def _icmp_error(self, v: bytes) -> Literal[_Icmp.ERROR] | None:
         """An ICMP error quoting a datagram of ours: pending for a connected socket that sent it to
-        its peer (as Linux reports it: unconnected sockets are not told). None if it is malformed."""
+        its peer, if Linux calls it fatal (as Linux reports it without IP_RECVERR: unconnected
+        sockets, and soft errors such as host unreachable or time exceeded, are not told).
+        None if it is malformed."""
         err = icmp6_error(v) if self._v6 else icmp4_error(v)
         if err is None:
             return None
-        errno_, proto, qsrc, sport, qdst, dport = err
+        errno_, proto, qsrc, sport, qdst, dport, fatal = err
         name = ip6_str(qdst) if self._v6 else ip_str(qdst)
-        if (self.remote is not None and proto == 17 and qsrc == self._src and sport == self.local[1]
+        if (fatal and self.remote is not None and proto == 17 and qsrc == self._src and sport == self.local[1]
                 and (name, dport) == self.remote):
             self.pending_error = errno_
         return _ICMP

@@ -29,6 +29,7 @@ from typing import Any
 from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import ChannelError, NoBuffers, PeerGone
+from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
@@ -149,7 +150,8 @@ class FlowEngine:
                 if ev.proto == TCP:
                     self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
             elif (type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= _SEQ + 4
-                  and ev.remote_port is not None and ev.local_port is not None):  # None: no ports quoted
+                  and ev.remote_port is not None and ev.local_port is not None  # None: no ports quoted
+                  and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
                     conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))

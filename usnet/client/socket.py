@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from usnet.abi.paths import DEFAULT_SOCKET
+from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client.engine import FlowEngine, delivered, runner
 from usnet.client.session import Client
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT, TcpConnection
@@ -107,6 +107,14 @@ def getaddrinfo(host: str | None, port: int | str | None, family: int = 0, type:
     return [(af, SOCK_STREAM, _std.IPPROTO_TCP, "", sockaddr)]
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether `host` is a literal loopback address (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     """The standard module's address tuple: (host, port), or (host, port, 0, 0) for AF_INET6."""
     host = str(ipaddress.ip_address(addr))
@@ -152,12 +160,16 @@ class socket:
         self._abort_on_close = False  # SO_LINGER on with a zero timeout: close sends RST
         self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
         self._where = (client, netif)  # None: `configure` or the environment decides
+        self._bound_host: str | None = None  # bind()'s address: a loopback one listens on the loopback netif
 
-    def _target(self) -> tuple[Client, str]:
+    def _target(self, host: str | None = None) -> tuple[Client, str]:
+        """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
         client, netif = self._where
         if client is None or netif is None:
             dc, dn = _target()
             client, netif = client or dc, netif or dn
+        if host is not None and _is_loopback(host):
+            netif = LOOPBACK_NETIF
         return client, netif
 
     # -- the standard surface -------------------------------------------------------
@@ -182,9 +194,10 @@ class socket:
 
     def bind(self, address: tuple[str, int]) -> None:
         self._port = int(address[1])
+        self._bound_host = address[0]
 
     def listen(self, backlog: int = 128) -> None:
-        client, netif = self._target()
+        client, netif = self._target(self._bound_host)
         eng = FlowEngine(client, netif, self._port, family=self._ip_version)
         self._port = eng.info.local_port
         with eng.lock:
@@ -211,7 +224,7 @@ class socket:
 
     def connect_ex(self, address: tuple[str, int]) -> int:
         host, port = getaddrinfo(address[0], address[1], self.family)[0][4][:2]
-        client, netif = self._target()
+        client, netif = self._target(host)
         if self._engine is None:
             eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
             self._port = eng.info.local_port  # the ephemeral port the switch chose, for getsockname

@@ -265,6 +265,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     log_level: str = "INFO"
     lease_ttl: float = DEFAULT_TTL
     rx_mitigation: bool = True
+    loopback: bool = True  # the loopback netif "lo" (127.0.0.1/8, ::1): Domain.add_loopback
     advisory_interval: float | None = None
     delay_target: float | None = None
     purge_after: float | None = None

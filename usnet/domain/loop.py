@@ -31,6 +31,7 @@ from usnet.abi import protocol as P
 from usnet.abi import ring as ringmod
 from usnet.abi.doorbell import drain
 from usnet.abi.events import DefunctReason
+from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.abi.transport import peer_credentials, recv_msg, send_msg
 from usnet.domain.control import Control
 from usnet.domain.housekeeping import Housekeeping
@@ -47,11 +48,13 @@ from usnet.domain.switch.ports import PortSpace
 from usnet.domain.switch.table import Flow
 from usnet.domain.switch.tx import TX_BATCH
 from usnet.domain.userpipe import UserPipe
+from usnet.drivers.loopback import LoopbackDriver
 from usnet.runtime import gil
 
-__all__ = ["LL_BITE", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
+__all__ = ["LL_BITE", "LOOPBACK", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
 
 log = logging.getLogger("usnet.domain")
+LOOPBACK = LOOPBACK_NETIF  # the name of the domain's loopback netif (Domain.add_loopback)
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
 # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
@@ -156,7 +159,8 @@ class Domain(Control, Housekeeping):
                   gateway6: str | None = None, link_rate: float | None = None,
                   ll_share: float | None = None, work_conserving: bool | None = None,
                   clock: Callable[[], float] = time.monotonic,
-                  rx_mitigation: bool | None = None, aqm: bool | None = None) -> FlowSwitch:
+                  rx_mitigation: bool | None = None, aqm: bool | None = None,
+                  loopback: bool = False) -> FlowSwitch:
         """Attach a device: a netif with its flow switch, served by the domain loop.
 
         `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
@@ -182,7 +186,7 @@ class Domain(Control, Housekeeping):
                 raise OSError(errno.EEXIST, f"netif {name!r} exists")
             netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6,
                           link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving,
-                          aqm=aqm, clock=clock)
+                          aqm=aqm, clock=clock, loopback=loopback)
             sw = FlowSwitch(netif, self.ports, clock=clock,
                             rx_mitigation=self.rx_mitigation if rx_mitigation is None else rx_mitigation)
             self.advisories[name] = NetifAdvisory(sw, self.advisory_interval, self.delay_target)
@@ -191,6 +195,14 @@ class Domain(Control, Housekeeping):
             self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
         self._wake()
         return sw
+
+    def add_loopback(self, name: str = LOOPBACK, mtu: int = 1500) -> FlowSwitch:
+        """The domain's loopback netif: 127.0.0.1/8 and ::1 on a device with no wire
+        (usnet.drivers.loopback). Everything sent on it is delivered to the flow that owns its
+        destination (usnet.domain.switch.local), or answered at once (RST, port unreachable);
+        `usnet.socket` routes 127.0.0.0/8 and ::1 to it."""
+        return self.add_netif(name, LoopbackDriver(name, mtu), "127.0.0.1/8", address6="::1/128",
+                              loopback=True)
 
     def set_flow_class(self, netif_name: str, flow_id: int, cls: str) -> None:
         """Serve flow `flow_id` (its id on the switch, its netif queue key) in class "ll" or "general".

@@ -26,7 +26,7 @@ import sys
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.abi.transport import listen_seqpacket
 from usnet.domain import config
-from usnet.domain.loop import Domain
+from usnet.domain.loop import LOOPBACK, Domain
 
 __all__ = ["main"]
 
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("netif %s: %s driver on %s, address %s%s%s", nc.name, nc.driver, nc.ifname or nc.name,
                      nc.address, f", {nc.address6}" if nc.address6 else "",
                      f", paced to {nc.link_rate:g} bit/s" if nc.link_rate else "")
+        if cfg.loopback and all(nc.name != LOOPBACK for nc in cfg.netif):
+            domain.add_loopback()  # local applications reach each other at 127.0.0.1 and ::1
     except (OSError, ValueError) as e:
         log.error("cannot open netif: %s", e)
         domain.stop()

@@ -9,7 +9,14 @@ The flow switch passes each error to the flow whose packet it quotes
 side: `usnet.proto.ip.IpLayer` for TCP, `icmp4_error`/`icmp6_error` for a
 datagram socket without an IP layer (usnet.client.datagram).
 
-Errnos are Linux's mapping of the types and codes.
+Errnos are Linux's mapping of the types and codes (icmp_err_convert in
+net/ipv4/icmp.c, icmpv6_err_convert in net/ipv6/icmp.c), and so is which
+of them are "fatal": the only ones a UDP socket without IP_RECVERR is told
+of, and then only when connected (`icmp4_fatal`, `icmp6_fatal`). A TCP
+connection in SYN-SENT is ended by any of them but "fragmentation needed"
+and "packet too big", which only lower the path MTU (tcp_v4_err, tcp_v6_err);
+and an IPv4 unreachable code past 15 is no error to TCP at all
+(`icmp4_tcp_ignores`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import ICMP, IP_OFFMASK, IPV4_HLEN, parse_ipv4
 from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, parse_ipv6, skip_ext_headers
 
-__all__ = ["ICMP4_ERRORS", "Quote", "icmp4_errno", "icmp4_error", "icmp6_errno", "icmp6_error", "quote4", "quote6"]
+__all__ = [
+    "ICMP4_ERRORS", "Quote", "icmp4_errno", "icmp4_error", "icmp4_fatal", "icmp4_tcp_ignores", "icmp6_errno",
+    "icmp6_error", "icmp6_fatal", "quote4", "quote6",
+]
 
 # (proto, our address, peer address, our port, peer port, quoted total length, transport bytes):
 # the ports are None when the quote cannot name them (too short, a later fragment).
@@ -37,10 +47,15 @@ _UNREACH4_ERRNO = {
     12: _errno.EHOSTUNREACH, 13: _errno.EHOSTUNREACH, 14: _errno.EHOSTUNREACH,
     15: _errno.EHOSTUNREACH,
 }
+# icmp_err_convert's "fatal" column: the codes a UDP socket without IP_RECVERR hears of
+# (net and host unreachable, and their TOS variants, are soft: a route may come back)
+_FATAL4 = frozenset((2, 3, 6, 7, 8, 9, 10, 13, 14, 15))
+NR_ICMP_UNREACH = 15  # Linux's last unreachable code; TCP ignores any past it
 _UNREACH6_ERRNO = {
     0: _errno.ENETUNREACH, 1: _errno.EACCES, 2: _errno.EHOSTUNREACH, 3: _errno.EHOSTUNREACH,
     4: _errno.ECONNREFUSED, 5: _errno.EACCES, 6: _errno.EACCES,
 }
+_FATAL6 = frozenset((1, 4, 5, 6))  # icmpv6_err_convert's tab_unreach; codes past it are fatal (EPROTO)
 ICMP4_ERRORS = (_i4.DEST_UNREACH, _i4.TIME_EXCEEDED, _i4.PARAM_PROBLEM)  # the ones a socket hears of
 _PORTED = frozenset((6, 17, 33, 132, 136))  # TCP, UDP, DCCP, SCTP, UDP-Lite: ports first
 
@@ -73,10 +88,10 @@ def quote4(buf, off: int) -> Quote | None:
     return proto, src, dst, sport, dport, total, t
 
 
-def icmp4_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None:
-    """(errno, protocol, quoted source, source port, quoted destination, destination port) of an
-    IPv4 ICMP error (unreachable, time exceeded, parameter problem) in `packet`; None if it is not
-    one, or its checksum or quote is bad. For a socket without an IpLayer (usnet.client.datagram)."""
+def icmp4_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int, bool] | None:
+    """(errno, protocol, quoted source, source port, quoted destination, destination port, fatal)
+    of an IPv4 ICMP error (unreachable, time exceeded, parameter problem) in `packet`; None if it is
+    not one, or its checksum or quote is bad. For a socket without an IpLayer (usnet.client.datagram)."""
     try:
         ihl, total, _i, _f, _t, proto, _s, _d = parse_ipv4(packet, 0, verify_checksum=False)
         if proto != ICMP:
@@ -86,16 +101,16 @@ def icmp4_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None
         return None
     if typ not in ICMP4_ERRORS:
         return None
-    return _quoted_error(icmp4_errno(typ, code), quote4(packet[:total], q))
+    return _quoted_error(icmp4_errno(typ, code), icmp4_fatal(typ, code), quote4(packet[:total], q))
 
 
-def _quoted_error(err: int, quoted) -> tuple[int, int, bytes, int, bytes, int] | None:
-    """`icmp4_error`'s answer from the errno and the quote (`quote4`, `quote6`): None if the
-    quote is bad or names no ports."""
+def _quoted_error(err: int, fatal: bool, quoted) -> tuple[int, int, bytes, int, bytes, int, bool] | None:
+    """`icmp4_error`'s answer from the errno, whether it is fatal, and the quote (`quote4`,
+    `quote6`): None if the quote is bad or names no ports."""
     if quoted is None or quoted[3] is None:
         return None
     qproto, qsrc, qdst, sport, dport = quoted[:5]
-    return err, qproto, qsrc, sport, qdst, dport
+    return err, qproto, qsrc, sport, qdst, dport, fatal
 
 
 def icmp4_errno(typ: int, code: int) -> int:
@@ -103,6 +118,20 @@ def icmp4_errno(typ: int, code: int) -> int:
     if typ == _i4.DEST_UNREACH:
         return _UNREACH4_ERRNO.get(code, _errno.EHOSTUNREACH)
     return _errno.EHOSTUNREACH if typ == _i4.TIME_EXCEEDED else _errno.EPROTO
+
+
+def icmp4_fatal(typ: int, code: int) -> bool:
+    """Whether Linux tells a (connected) UDP socket without IP_RECVERR of this ICMPv4 error
+    (__udp4_lib_err): parameter problem, "fragmentation needed" (path MTU discovery is on by
+    default), and the unreachable codes icmp_err_convert marks fatal; never time exceeded."""
+    if typ == _i4.DEST_UNREACH:
+        return code == _i4.FRAG_NEEDED or code in _FATAL4
+    return typ == _i4.PARAM_PROBLEM
+
+
+def icmp4_tcp_ignores(typ: int, code: int) -> bool:
+    """Whether TCP takes no notice of this ICMPv4 error (tcp_v4_err): an unreachable code past 15."""
+    return typ == _i4.DEST_UNREACH and code > NR_ICMP_UNREACH
 
 
 def quote6(buf, off: int) -> Quote | None:
@@ -131,7 +160,7 @@ def quote6(buf, off: int) -> Quote | None:
     return proto, src, dst, sport, dport, total, buf[t:end]
 
 
-def icmp6_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None:
+def icmp6_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int, bool] | None:
     """`icmp4_error` for an IPv6 packet: an ICMPv6 error (unreachable, packet too big, time
     exceeded, parameter problem) with a good checksum, whose quote names the ports; else None."""
     try:
@@ -143,13 +172,23 @@ def icmp6_error(packet: bytes) -> tuple[int, int, bytes, int, bytes, int] | None
         return None
     if typ not in _i6.ERRORS:
         return None
-    return _quoted_error(icmp6_errno(typ, code), quote6(packet[: IPV6_HLEN + plen], q))
+    return _quoted_error(icmp6_errno(typ, code), icmp6_fatal(typ, code), quote6(packet[: IPV6_HLEN + plen], q))
 
 
 def icmp6_errno(typ: int, code: int) -> int:
     """The errno of an ICMPv6 error, as Linux maps it (destination unreachable by code)."""
     if typ == _i6.DEST_UNREACH:
-        return _UNREACH6_ERRNO.get(code, _errno.EHOSTUNREACH)
+        return _UNREACH6_ERRNO.get(code, _errno.EPROTO)
     if typ == _i6.PACKET_TOO_BIG:
         return _errno.EMSGSIZE
     return _errno.EHOSTUNREACH if typ == _i6.TIME_EXCEEDED else _errno.EPROTO
+
+
+def icmp6_fatal(typ: int, code: int) -> bool:
+    """Whether Linux tells a (connected) UDP socket without IPV6_RECVERR of this ICMPv6 error
+    (__udp6_lib_err): packet too big (path MTU discovery is on by default), parameter problem,
+    and the unreachable codes icmpv6_err_convert marks fatal (admin prohibited, port unreachable,
+    policy, reject route, and unknown codes); never time exceeded."""
+    if typ == _i6.DEST_UNREACH:
+        return code in _FATAL6 or code not in _UNREACH6_ERRNO
+    return typ in (_i6.PACKET_TOO_BIG, _i6.PARAM_PROBLEM)

@@ -53,9 +53,12 @@ class Netif:
                  low_water: int = 256, address6: str | None = None, gateway6: str | None = None,
                  link_rate: float | None = None, ll_share: float | None = None,
                  work_conserving: bool | None = None, aqm: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, loopback: bool = False) -> None:
         iface = ipaddress.IPv4Interface(address)
         self.name = name
+        # the domain's loopback netif (Domain.add_loopback): every address on it is the domain's own,
+        # so its flow switch delivers all it carries locally (usnet.domain.switch.local)
+        self.loopback = loopback
         self.driver = driver
         self.mac = mac or driver.mac
         self.mtu = mtu or driver.mtu
@@ -137,17 +140,19 @@ class Netif:
                 raise ValueError("gateway6 without address6")
             return
         iface = ipaddress.IPv6Interface(address6)
-        if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback:
-            raise ValueError(f"{address6} cannot be an interface address")
+        if iface.ip.is_multicast or iface.ip.is_unspecified or iface.ip.is_loopback != self.loopback:
+            raise ValueError(f"{address6} cannot be an interface address"
+                             + (" of the loopback netif" if self.loopback else ""))
         if self.mtu < 1280:
             raise ValueError(f"IPv6 needs an MTU of at least 1280, not {self.mtu}")
         self.address6 = iface
         self.ip6 = iface.ip.packed
-        self.ll6 = link_local_from_mac(self.mac)
+        # a loopback netif has no link, so no link-local address (as the kernel's lo)
+        self.ll6 = None if self.loopback else link_local_from_mac(self.mac)
         self._net6 = int(iface.network.network_address)
         self._mask6 = int(iface.network.netmask)
         self.gateway6 = ip6_bytes(gateway6) if gateway6 else None
-        self.addrs6 = frozenset((self.ip6, self.ll6))
+        self.addrs6 = frozenset(a for a in (self.ip6, self.ll6) if a is not None)
         self.groups6 = frozenset({ALL_NODES} | {solicited_node(a) for a in self.addrs6})
 
     @property

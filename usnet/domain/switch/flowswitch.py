@@ -8,7 +8,8 @@ One FlowSwitch per netif, made of parts with one job each, in this package:
 * rx      the receive path: classify what the netif brings and deliver it to flows;
 * tx      the general transmit path: pull a client's batch, check it against its flow
           (usnet.domain.switch.txguard), hand it to the netif;
-* llpath  the low-latency transmit path, for the flows of the netif's LL class.
+* llpath  the low-latency transmit path, for the flows of the netif's LL class;
+* local   packets to the netif's own addresses, from the transmit path straight to the receive path.
 
 The class below only joins them, and keeps the time-driven duties that span
 them (timers, the next deadline) and the status report.
@@ -18,15 +19,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from usnet.domain.switch.llpath import LowLatencyPath
-from usnet.domain.switch.rx import ReceivePath
+from usnet.domain.switch.local import LocalPath
 from usnet.proto.wire.ipv4 import ip_str
 from usnet.proto.wire.ipv6 import ip6_str
 
 __all__ = ["FlowSwitch"]
 
 
-class FlowSwitch(ReceivePath, LowLatencyPath):
+class FlowSwitch(LocalPath):
     """FlowSwitch(netif, ports=None, clock=time.monotonic, rx_mitigation=False) (usnet.domain.switch.table)."""
 
     def service_timers(self) -> None:
@@ -39,6 +39,8 @@ class FlowSwitch(ReceivePath, LowLatencyPath):
     def next_timeout(self) -> float | None:
         """Seconds until something of this switch is due: neighbours, the device, the netif's
         queued frames and pacing, fragments; None if nothing is."""
+        if self.local_queue:
+            return 0.0  # local deliveries left over from the last flush
         now = self.clock()
         frag = self.reasm.next_deadline()
         t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout(),

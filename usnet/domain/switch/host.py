@@ -151,6 +151,34 @@ class HostDuties(FlowTable):
                 ask_for(ip)
             for item in gave_up:
                 self._unresolved(item)
+            if gave_up:
+                self._link_failure(gave_up)
+
+    def _link_failure(self, gave_up: list[tuple[int, bytes]]) -> None:
+        """Tell each flow whose packets waited for a neighbour in vain that its destination is
+        unreachable, as Linux's dst_link_failure does: an ICMP host unreachable (ICMPv6 address
+        unreachable) from our own address, quoting the flow's last such packet, handed to the flow
+        as any ICMP error. Its stack judges it: a TCP connect fails with EHOSTUNREACH (about 3 s
+        after the first packet: `tries` requests `retry` apart, Linux's 3 and 1 s), a UDP socket
+        is not told (a soft error, usnet.proto.icmp_errors). Once per flow and give-up."""
+        last: dict[int, bytes] = {}
+        for key, packet in gave_up:
+            if key:  # 0: the switch's own packets
+                last[key] = packet
+        netif = self.netif
+        for key, packet in last.items():
+            flow = self.flows.get(key)
+            if flow is None:
+                continue
+            if packet[0] >> 4 == 6 and netif.ip6 is not None:
+                msg = wicmp6.build_error6(wicmp6.DEST_UNREACH, wicmp6.ADDR_UNREACH, packet, netif.ip6, netif.ip6)
+                err = build_ipv6_header(netif.ip6, netif.ip6, ICMPV6, len(msg)) + msg
+            else:
+                msg = wicmp.build_dest_unreach(wicmp.HOST_UNREACH, packet)
+                self._ident = (self._ident + 1) & 0xFFFF
+                err = build_ipv4_header(netif.ip, netif.ip, ICMP, len(msg), ident=self._ident) + msg
+            self.counts["tx_link_failure"] += 1
+            flow.port.deliver([err])
 
     # -- ARP and Neighbour Discovery -----------------------------------------------------------
 

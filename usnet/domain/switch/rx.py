@@ -239,14 +239,18 @@ class ReceivePath(HostDuties):
         else:
             self.drops["rx_ethertype"] += 1
 
-    def _rx_ip(self, f: Received, now: float, per_flow: dict) -> None:
-        """An IPv4 frame the fast path did not take: fragments, ICMP, broadcasts, errors, counters."""
+    def _rx_ip(self, f: Received, now: float, per_flow: dict, wire: bool = True) -> None:
+        """An IPv4 frame the fast path did not take: fragments, ICMP, broadcasts, errors, counters.
+
+        `wire` False: a packet of this domain's own, to one of our addresses
+        (usnet.domain.switch.local), whose source is ours by right.
+        """
         ihl, total, ident, ff, ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
         netif = self.netif
         if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
             self.drops["rx_not_our_ip"] += 1
             return
-        if martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
+        if wire and martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
             self.drops["rx_martian_source"] += 1  # answered, it would go to broadcast, loopback, us
             return
         if ff & (IP_MF | IP_OFFMASK):
@@ -277,14 +281,14 @@ class ReceivePath(HostDuties):
         flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
 
-    def _rx_ip6(self, f: Received, src_mac: bytes, now: float, per_flow: dict) -> None:
-        """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows."""
+    def _rx_ip6(self, f: Received, src_mac: bytes, now: float, per_flow: dict, wire: bool = True) -> None:
+        """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows (`wire`: as `_rx_ip`)."""
         _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
         netif = self.netif
         if dst not in netif.addrs6 and dst not in netif.groups6:
             self.drops["rx_not_our_ip"] += 1
             return
-        if martian_source6(src, netif.addrs6):
+        if wire and martian_source6(src, netif.addrs6):
             self.drops["rx_martian_source"] += 1
             return
         end = ETH_HLEN + IPV6_HLEN + plen

@@ -127,8 +127,10 @@ class FlowTable:
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
         self._ids = itertools.count(1)
-        self._host_addr = netif.ip_str if host_owns(netif.ip_str) else None
-        self._host_addr6 = netif.ip6_str if netif.ip6_str and host_owns(netif.ip6_str) else None
+        # the loopback netif's addresses are the domain's own, not the host's: its ports are usnet's alone
+        self._host_addr = netif.ip_str if not netif.loopback and host_owns(netif.ip_str) else None
+        self._host_addr6 = (netif.ip6_str if not netif.loopback and netif.ip6_str and host_owns(netif.ip6_str)
+                            else None)
         self._local4 = int.from_bytes(netif.ip, "big")
         # The subnet's broadcast address. A /31 or /32 has none (both addresses of a /31 are
         # hosts): there it is our own address again, which every check refuses first anyway.
@@ -154,6 +156,11 @@ class FlowTable:
                                                   f"address of a peer: {shown} is {why}")
             if rport == 0:
                 raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
+            if raddr != self.netif.ip and raddr not in self.netif.addrs6 and self.netif.next_hop(raddr) is None:
+                # as the kernel's connect: no route is known at once, not after the handshake times out
+                shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
+                raise OSError(errno.ENETUNREACH, f"Network is unreachable: netif {self.netif.name!r} "
+                                                 f"has no route to {shown}")
         fid = next(self._ids)
         lport = self.ports.reserve(proto, lport, fid, self._host_addr6 if family == 6 else self._host_addr,
                                    family=family)
@@ -169,12 +176,15 @@ class FlowTable:
 
         A flow may be connected to, and a client's packet may go to, only such
         an address: not unspecified, loopback, multicast, broadcast (all-ones
-        or the subnet's), v4-mapped, nor the netif's own.
+        or the subnet's), nor v4-mapped. The netif's own addresses are peers
+        too: another application of the domain may hold them, and the switch
+        delivers to it locally (usnet.domain.switch.local); on the loopback
+        netif those are 127.0.0.1 and ::1.
         """
         if len(addr) == 4:
             a = int.from_bytes(addr, "big")
             if a == self._local4:
-                return "this netif's own address"
+                return None
             if a == self._bcast4:
                 return "the subnet's broadcast address"
             if not_unicast4(a):
@@ -183,7 +193,7 @@ class FlowTable:
                     top, "multicast (224.0.0.0/4)" if top < 240 else "the limited broadcast (255.255.255.255)")
             return None
         if addr in self.netif.addrs6:
-            return "this netif's own address"
+            return None
         if not_unicast6(addr):
             return ("unspecified (::)" if addr == UNSPECIFIED else "multicast (ff00::/8)" if addr[0] == 0xFF
                     else "loopback (::1)" if addr[:15] == bytes(15) else "v4-mapped (::ffff:0:0/96)")

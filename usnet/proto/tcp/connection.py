@@ -58,6 +58,7 @@ What is implemented, and where the RFC allows a choice, which one:
 from __future__ import annotations
 
 import errno
+import os
 import random
 import struct
 from dataclasses import replace
@@ -396,15 +397,18 @@ class TcpConnection:
         """An ICMP error quoting our segment with sequence number `seq`; True if it was taken.
 
         Only for a sequence number in flight (RFC 5927 section 4.1): a forged
-        error must guess it. A hard error (port or protocol unreachable) ends
-        a connection still in SYN-SENT, as Linux does; any other error is kept
-        as `soft_error` and never ends a connection (RFC 5461).
+        error must guess it. In SYN-SENT any error ends the connection with its
+        errno, as Linux's tcp_v4_err/tcp_v6_err do (EHOSTUNREACH for a
+        neighbour that never answered, ECONNREFUSED for a closed port), except
+        EMSGSIZE, which only lowers the path MTU. Once synchronised an error is
+        kept as `soft_error` and never ends a connection (RFC 5461; Linux
+        without IP_RECVERR).
         """
         rel = (seq - self.iss) & MASK
         if not self.snd_una <= rel < max(self.snd_nxt, self.snd_una + 1):
             return False
-        if self.state is SYN_SENT and err in (errno.ECONNREFUSED, errno.ENOPROTOOPT):
-            self._fail(OSError(err, errno.errorcode.get(err, "ICMP error")))  # ConnectionRefusedError
+        if self.state is SYN_SENT and err != errno.EMSGSIZE:
+            self._fail(OSError(err, os.strerror(err)))  # ECONNREFUSED makes a ConnectionRefusedError
         else:
             self.soft_error = err
         return True
