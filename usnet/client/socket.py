@@ -3,7 +3,7 @@
 An ordinary program swaps ``import socket`` for ``from usnet import socket``.
 Which usnet to use comes from `configure(client, netif)`, or else from the
 environment: ``USNET_SOCKET`` (usnetd's control socket, default
-/run/usnet/usnetd.sock) and ``USNET_NETIF`` (default usnet0).
+/run/usnet/usnetd.sock) and ``USNET_NETIF`` (default: the domain's first netif, usnet0 after `usnet up`).
 
 Each listening or connecting socket is one flow channel served by the
 process's stack thread (usnet.client.engine); accepted connections share their
@@ -61,7 +61,17 @@ def _target() -> tuple[Client, str]:
     with _default_lock:
         if _default["client"] is None:
             _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
-        return _default["client"], _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
+        if not (_default["netif"] or os.environ.get("USNET_NETIF")):
+            _default["netif"] = _first_netif(_default["client"])  # asked once, then kept as if configured
+        return _default["client"], _default["netif"] or os.environ["USNET_NETIF"]
+
+
+def _first_netif(client: Client) -> str:
+    """The domain's first netif: what a program uses when neither `configure` nor USNET_NETIF names one."""
+    netifs = client.status()["netifs"]
+    if not netifs:
+        raise OSError(errno.ENETDOWN, "the usnet domain has no netif (usnetd's config names none)")
+    return str(netifs[0]["netif"]["name"])
 
 
 def getdefaulttimeout() -> float | None:
