@@ -1,0 +1,7 @@
+"""`python -m usnet ...`: the `usnet` command (usnet.cli.main), e.g. `python -m usnet run app.py`."""
+
+import sys
+
+from usnet.cli.main import main
+
+sys.exit(main())
