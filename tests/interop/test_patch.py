@@ -387,3 +387,48 @@ def test_transport_readiness_clears_once_its_data_is_taken(policy):
     idle, idle_again, at_eof = asyncio.run(asyncio.wait_for(main(), LIMIT))
     assert not idle and not idle_again
     assert at_eof  # EOF is readable, as on the kernel: recv would return b"" at once
+
+
+@pytest.mark.privileged
+def test_policy_datagram_endpoint_with_a_kernel_udp_peer(policy):
+    """create_datagram_endpoint on usnet: an echo of a kernel UDP socket's datagrams, both ways."""
+    usnet_ip, host_ip = policy
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple) -> None:
+            self.transport.sendto(data.upper(), addr)  # type: ignore[attr-defined]
+
+    async def main() -> list[tuple[bytes, tuple]]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=(usnet_ip, 0))
+        port = transport.get_extra_info("sockname")[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:  # unpatched: the kernel's
+            k.bind((host_ip, 0))
+            k.setblocking(False)
+            got = []
+            for i in range(5):
+                await loop.sock_sendto(k, b"ping %d" % i, (usnet_ip, port))
+                got.append(await loop.sock_recvfrom(k, 100))
+            # and a connected endpoint of ours, sending first
+            received: asyncio.Queue = asyncio.Queue()
+
+            class Client_(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: tuple) -> None:
+                    received.put_nowait((data, addr))
+
+            t2, _ = await loop.create_datagram_endpoint(Client_, remote_addr=k.getsockname())
+            t2.sendto(b"hello")
+            data, addr = await loop.sock_recvfrom(k, 100)
+            await loop.sock_sendto(k, data[::-1], addr)
+            got.append(await received.get())
+            t2.close()
+        transport.close()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), LIMIT))
+    assert [d for d, _ in got[:5]] == [b"PING %d" % i for i in range(5)]
+    assert {addr[0] for _, addr in got[:5]} == {usnet_ip}
+    assert got[5] == (b"olleh", (host_ip, got[5][1][1]))

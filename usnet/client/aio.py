@@ -986,6 +986,37 @@ class EventLoop(asyncio.SelectorEventLoop):
         return await _transport(self, sock, protocol_factory, ssl, None, ssl_handshake_timeout,
                                 ssl_shutdown_timeout, server_side=True)
 
+    # -- datagrams ---------------------------------------------------------------------------------------
+
+    async def create_datagram_endpoint(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], local_addr: Any = None,
+            remote_addr: Any = None, *, family: int = 0, proto: int = 0, flags: int = 0,
+            reuse_port: bool | None = None, allow_broadcast: bool | None = None,
+            sock: Any = None) -> tuple[asyncio.DatagramTransport, asyncio.BaseProtocol]:
+        """As asyncio's, on a usnet UDP flow (`Client.udp_socket`); AF_UNIX and a kernel ``sock`` are asyncio's."""
+        if sock is not None or family == _stdsocket.AF_UNIX:
+            base: Any = super()
+            return await base.create_datagram_endpoint(
+                protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
+                reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock)
+        remote = None
+        if remote_addr is not None:
+            infos = await self._usnet_resolve(remote_addr[0], remote_addr[1], family, _stdsocket.SOCK_DGRAM)
+            family, remote = infos[0][0], tuple(infos[0][4][:2])
+        port = 0
+        if local_addr is not None:
+            infos = await self._usnet_resolve(local_addr[0], local_addr[1], family, _stdsocket.SOCK_DGRAM)
+            family, port = infos[0][0], int(infos[0][4][1])  # only the port counts: one address per family
+        client, netif = self._usnet_where
+        if client is None or netif is None:
+            dc, dn = _us._target()
+            client, netif = client or dc, netif or dn
+        ds = client.udp_socket(netif, port, remote=remote, family=6 if family == _stdsocket.AF_INET6 else 0)
+        ds.setblocking(False)
+        protocol = protocol_factory()
+        transport = _DatagramTransport(self, ds, protocol, remote)
+        return transport, protocol
+
     # -- sock_*: a watcher says when to retry, never a busy descriptor -------------------------------------
 
     async def sock_connect(self, sock: Any, address: Any) -> None:
@@ -1050,6 +1081,77 @@ class EventLoop(asyncio.SelectorEventLoop):
         if isinstance(sock, _us.socket):  # no kernel descriptor for os.sendfile: asyncio falls back
             raise asyncio.SendfileNotAvailableError("usnet sockets have no kernel descriptor")
         return await super()._sock_sendfile_native(sock, file, offset, count)  # type: ignore[misc]
+
+
+class _DatagramTransport(asyncio.DatagramTransport):
+    """An asyncio datagram transport over a usnet UDP flow: the loop reads its channel's doorbell.
+
+    A datagram the pool has no buffer for is dropped and reported to `error_received`, as a kernel
+    socket's ENOBUFS would be; an ICMP error about what was sent comes there too.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ds: Any, protocol: Any, remote: tuple | None) -> None:
+        super().__init__({"socket": ds, "sockname": ds.getsockname(), "peername": remote})
+        self._loop, self._ds, self._protocol, self._remote = loop, ds, protocol, remote
+        self._closing = False
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start)  # after connection_made: no datagram before it
+
+    def _start(self) -> None:
+        if not self._closing:
+            self._loop.add_reader(self._ds.fileno(), self._read_ready)
+            self._read_ready()  # what came before the reader, and arm the doorbell
+
+    def _read_ready(self) -> None:
+        for _ in range(_ACCEPT_MAX):  # bounded, as asyncio reads one datagram per callback
+            if self._closing:
+                return
+            try:
+                got = self._ds.recv_many(64, 0)
+            except BlockingIOError:
+                return  # the empty receive armed the doorbell for the next datagram
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                continue
+            for data, addr in got:
+                self._protocol.datagram_received(data, addr)
+        self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        if addr is None:
+            addr = self._remote
+            if addr is None:
+                raise ValueError("Invalid address: must be None or a (host, port) pair")
+        elif self._remote is not None and tuple(addr[:2]) != self._remote:
+            raise ValueError(f"Invalid address: must be None or {self._remote}")
+        try:
+            self._ds.sendto(bytes(data), tuple(addr[:2]))
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # sent straight into the channel, never buffered here
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._ds.fileno())
+        self._loop.call_soon(self._lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def _lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._ds.close()
 
 
 def _settled(eng: FlowEngine, conn: Any, what: str) -> Callable[[], bool]:
