@@ -1,7 +1,8 @@
 """usnet: a user-space networking stack for Linux (docs/architecture.md).
 
 What users reach from here: `Client`, the channel types and events, `sched`,
-and the faces `usnet.socket`, `usnet.aio` and `usnet.tls`. `Domain` (the
+and the faces `usnet.socket`, `usnet.aio` and `usnet.tls`; `usnet.patch()` puts an unmodified
+program's sockets, names, TLS and asyncio on usnet (usnet.client.patch). `Domain` (the
 trusted side, every driver and the agent) is imported only when it is first
 named, so `from usnet import socket` loads the client side alone.
 """
@@ -17,8 +18,15 @@ if TYPE_CHECKING:
     from usnet.domain.loop import Domain
 
 __all__ = ["Channel", "ChannelDefunct", "ChannelError", "Client", "Domain", "Event", "EventType", "NoBuffers",
-           "PeerGone", "TxStatus", "sched"]
+           "PeerGone", "TxStatus", "patch", "sched"]
 __version__ = "0.1.0"
+
+
+def patch(client: Client | None = None, netif: str | None = None) -> None:
+    """Run this program on usnet from here on: see usnet.client.patch (loaded only when called)."""
+    from usnet.client.patch import patch as _patch
+
+    _patch(client, netif)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The `usnet` command: demo, bench, status, flows, stats, advisory, capture, up and down."""
+"""The `usnet` command: demo, bench, status, flows, stats, advisory, capture, up, down and run."""
 
 from __future__ import annotations
 
@@ -415,6 +415,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """A program on usnet, unmodified: in this process (a script or -m), or a command patched at its start."""
+    import os
+
+    from usnet.client.patch import child_environment, run_in_process
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if args.socket:
+        os.environ["USNET_SOCKET"] = args.socket
+    if args.netif:
+        os.environ["USNET_NETIF"] = args.netif
+    if args.module is not None:
+        run_in_process(command, module=args.module)
+        return 0
+    if not command:
+        print("usnet run: what to run? a script (app.py), -m MODULE, or -- COMMAND ...", file=sys.stderr)
+        return 2
+    if command[0].endswith(".py"):
+        run_in_process(command)
+        return 0
+    try:
+        os.execvpe(command[0], command, child_environment())
+    except OSError as e:
+        print(f"usnet run: cannot run {command[0]}: {e.strerror}", file=sys.stderr)
+        return 127
+    return 0  # not reached: exec replaced this process
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="usnet", description="user-space networking stack")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -482,6 +512,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
+    rn = sub.add_parser("run", help="run an unmodified program on usnet: its sockets, names, TLS and asyncio",
+                        description="usnet run app.py ARGS | usnet run -m MODULE ARGS (in this process) | "
+                                    "usnet run -- COMMAND ARGS (every Python program it starts is patched)")
+    rn.add_argument("--socket", help=f"usnetd's socket (default {DEFAULT_SOCKET})")
+    rn.add_argument("--netif", help="the netif (default: USNET_NETIF or usnetd's first)")
+    rn.add_argument("-m", dest="module", metavar="MODULE", help="run a module as `python -m` does")
+    rn.add_argument("command", nargs=argparse.REMAINDER, help="a script and its arguments, or -- COMMAND ...")
+    rn.set_defaults(fn=cmd_run)
     args = ap.parse_args(argv)
     return args.fn(args)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import ipaddress
 import logging
 import os
 import socket as _stdsocket
@@ -30,14 +32,14 @@ import ssl as _ssl
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, runner
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT
 
-__all__ = ["Server", "UsnetTransport", "create_connection", "create_server", "open_connection",
-           "start_server"]
+__all__ = ["EventLoop", "EventLoopPolicy", "Server", "UsnetTransport", "create_connection", "create_server",
+           "install", "new_event_loop", "open_connection", "start_server"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ _ACCEPT_MAX = 128  # per callback, likewise for a listener with a full accept qu
 _LOG_LOST_WRITES = 5  # as asyncio: warn about writes to a lost connection after this many
 
 
+T = TypeVar("T")
 _FAILED = object()  # what _protocol_call returns when the protocol raised
 _Writable = bytearray | memoryview  # what a BufferedProtocol's get_buffer hands us, as we use it
 
@@ -230,6 +233,7 @@ class UsnetTransport(asyncio.Transport):
                 with eng.lock:
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
+                    self._taken()
                 runner().wake()  # the window opened: let the stack say so
                 if self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED and more:
                     self._watcher.kick()
@@ -238,6 +242,7 @@ class UsnetTransport(asyncio.Transport):
             with eng.lock:
                 data = c.recv(_READ_MAX) if c.rcv_queued else b""
                 more = c.rcv_queued > 0
+                self._taken()
             if data:
                 runner().wake()
                 if self._protocol_call("data_received", proto.data_received, data) is not _FAILED and more:
@@ -250,6 +255,13 @@ class UsnetTransport(asyncio.Transport):
             keep_open = self._protocol_call("eof_received", proto.eof_received)
             if keep_open is not _FAILED and not keep_open:
                 self.close()
+
+    def _taken(self) -> None:
+        """After a read, with the engine lock held: the socket stops looking readable once its data
+        is gone. A pool that probes an idle connection with select() for a drop (readable with
+        nothing to read means EOF) would otherwise discard every connection it kept."""
+        if not self._conn.readable:
+            self._sock._unready()
 
     def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run the protocol's code; if it raises, that is a fatal error of this transport (as in asyncio)."""
@@ -505,52 +517,64 @@ def _client_context(ssl: Any, server_hostname: str | None,
     return ctx, host if server_hostname is None else server_hostname
 
 
+async def _until(loop: asyncio.AbstractEventLoop, eng: FlowEngine, ready: Callable[[], Any]) -> None:
+    """Wait on the loop, without a thread or polling, until `ready()` (run under the engine lock) holds.
+
+    `ready` must also hold once the engine has failed (`eng.error`), or the wait would not end.
+    """
+    with eng.lock:
+        if ready():
+            return
+    done = loop.create_future()
+
+    def wake() -> None:
+        with eng.lock:
+            now = ready()
+        if now and not done.done():
+            done.set_result(None)
+
+    w = _Watcher(loop, ready, wake)
+    _watch(eng, w)
+    try:
+        await done
+    finally:
+        _unwatch(eng, w)
+
+
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client: Any, netif: str | None,
                    local_port: int) -> _us.socket:
     """A connected, non-blocking usnet socket; the wait for SYN-ACK is a watcher, not a thread."""
-    family = _us.getaddrinfo(host, port)[0][0]  # literal addresses: usnet has no resolver
+    family = _us.getaddrinfo(host, port)[0][0]
     sock = _us.socket(family, client=client, netif=netif)
     try:
         sock.setblocking(False)
         if local_port:
             sock.bind((host, local_port))  # only the port counts: the netif has one address
-        err = sock.connect_ex((host, port))
-        if err == errno.EINPROGRESS:
-            eng, conn = sock.engine, sock.connection
-            assert eng is not None and conn is not None
-            done = loop.create_future()
-
-            def settled() -> bool:
-                return conn.state is not SYN_SENT or conn.error is not None or eng.error is not None
-
-            def wake() -> None:
-                if settled() and not done.done():
-                    done.set_result(None)
-
-            w = _Watcher(loop, settled, wake)
-            _watch(eng, w)
-            try:
-                await done
-            finally:
-                _unwatch(eng, w)
-            err = sock.connect_ex((host, port))  # raises what the connection failed with
-        if err:
-            raise OSError(err, os.strerror(err))
+        await _sock_connect(loop, sock, (host, port))
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-async def create_connection(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
-                            client: Any = None, netif: str | None = None, ssl: Any = None,
-                            server_hostname: str | None = None, ssl_handshake_timeout: float | None = None,
-                            ssl_shutdown_timeout: float | None = None,
-                            local_port: int = 0) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
-    """As `loop.create_connection`, over usnet; `client`/`netif` as for `usnet.socket.socket`."""
-    loop = asyncio.get_running_loop()
-    ctx, hostname = _client_context(ssl, server_hostname, host)
-    sock = await _connect(loop, host, port, client, netif, local_port)
+async def _sock_connect(loop: asyncio.AbstractEventLoop, sock: _us.socket, address: tuple) -> None:
+    """Connect a non-blocking usnet socket to a literal address; raise what the handshake failed with."""
+    err = sock.connect_ex(address)
+    if err == errno.EINPROGRESS:
+        eng, conn = sock.engine, sock.connection
+        assert eng is not None and conn is not None
+        await _until(loop, eng, lambda: conn.state is not SYN_SENT or conn.error is not None
+                     or eng.error is not None)
+        err = sock.connect_ex(address)  # raises what the connection failed with
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+async def _transport(loop: asyncio.AbstractEventLoop, sock: _us.socket,
+                     protocol_factory: Callable[[], asyncio.BaseProtocol], ctx: _ssl.SSLContext | None,
+                     hostname: str | None, handshake_timeout: float | None, shutdown_timeout: float | None,
+                     server_side: bool = False) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """A connected usnet socket under a transport (TLS if `ctx`), its protocol made and connected."""
     try:
         protocol = protocol_factory()
         if ctx is None:
@@ -562,14 +586,26 @@ async def create_connection(protocol_factory: Callable[[], asyncio.BaseProtocol]
                 transport.close()
                 raise
         else:
-            transport = await _start_tls(loop, sock, protocol, ctx, server_side=False,
+            transport = await _start_tls(loop, sock, protocol, ctx, server_side=server_side,
                                          server_hostname=hostname, server=None,
-                                         handshake_timeout=ssl_handshake_timeout,
-                                         shutdown_timeout=ssl_shutdown_timeout)
+                                         handshake_timeout=handshake_timeout, shutdown_timeout=shutdown_timeout)
     except BaseException:
         sock.close()  # no-op if the transport closed it already
         raise
     return transport, protocol
+
+
+async def create_connection(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
+                            client: Any = None, netif: str | None = None, ssl: Any = None,
+                            server_hostname: str | None = None, ssl_handshake_timeout: float | None = None,
+                            ssl_shutdown_timeout: float | None = None,
+                            local_port: int = 0) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+    """As `loop.create_connection`, over usnet; `client`/`netif` as for `usnet.socket.socket`."""
+    loop = asyncio.get_running_loop()
+    ctx, hostname = _client_context(ssl, server_hostname, host)
+    sock = await _connect(loop, host, port, client, netif, local_port)
+    return await _transport(loop, sock, protocol_factory, ctx, hostname, ssl_handshake_timeout,
+                            ssl_shutdown_timeout)
 
 
 async def open_connection(host: str, port: int, *, client: Any = None, netif: str | None = None,
@@ -800,3 +836,356 @@ async def start_server(client_connected_cb: Callable[[asyncio.StreamReader, asyn
 
     return await create_server(factory, host, port, client=client, netif=netif, ssl=ssl, backlog=backlog,
                                **kwargs)
+
+
+# -- an event loop whose network calls use usnet: `install()`, as uvloop.install() ------------------------
+
+
+def _is_literal(host: Any) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class EventLoop(asyncio.SelectorEventLoop):
+    """asyncio's own selector loop, with its TCP calls on usnet.
+
+    `create_connection`, `create_server`, `connect_accepted_socket`, `create_datagram_endpoint`,
+    `sock_connect`/`sock_accept`/`sock_recv`/`sock_recv_into`/`sock_sendall` and `getaddrinfo` use
+    usnet; given a kernel socket (``sock=``), each is asyncio's. Everything else is the selector loop
+    unchanged: AF_UNIX, pipes, subprocesses, signals and the loop's own self-pipe stay on the kernel,
+    and `add_reader` works on a usnet socket's `fileno()` as on any descriptor.
+    """
+
+    def __init__(self, selector: Any = None, *, client: Any = None, netif: str | None = None) -> None:
+        super().__init__(selector)
+        self._usnet_where = (client, netif)  # None: `usnet.socket.configure` or the environment decides
+
+    def _usnet_socket(self, family: int) -> _us.socket:
+        client, netif = self._usnet_where
+        return _us.socket(family, client=client, netif=netif)
+
+    async def _usnet_resolve(self, host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0,
+                             flags: int = 0) -> list[tuple]:
+        """usnet's getaddrinfo: literal addresses at once, names in the executor (a resolver may wait)."""
+        if host is None or _is_literal(host):
+            return _us.getaddrinfo(host, port, family, type, proto, flags)
+        return await self.run_in_executor(None, _us.getaddrinfo, host, port, family, type, proto, flags)
+
+    async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0,
+                          flags: int = 0) -> list[tuple]:
+        return await self._usnet_resolve(host, port, family, type, proto, flags)
+
+    # -- streams ------------------------------------------------------------------------------------------
+
+    async def create_connection(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
+            port: int | None = None, *, ssl: Any = None, family: int = 0, proto: int = 0, flags: int = 0,
+            sock: Any = None, local_addr: tuple[str, int] | None = None, server_hostname: str | None = None,
+            ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
+            happy_eyeballs_delay: float | None = None,
+            interleave: int | None = None) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        if sock is not None and not isinstance(sock, _us.socket):
+            base: Any = super()  # asyncio's overloads, which this method's one signature covers
+            return await base.create_connection(
+                protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
+                local_addr=local_addr, server_hostname=server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
+                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
+        # asyncio's argument rules, with its messages
+        if server_hostname is not None and not ssl:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is None and ssl:
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
+        if (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None) and not ssl:
+            raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
+        ctx = None if not ssl else ssl if isinstance(ssl, _ssl.SSLContext) else _ssl.create_default_context()
+        if sock is not None:
+            if host is not None or port is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sock.setblocking(False)
+        else:
+            if host is None and port is None:
+                raise ValueError("host and port was not specified and no sock specified")
+            infos = await self._usnet_resolve(host, port, family, _stdsocket.SOCK_STREAM, proto, flags)
+            local_port = int(local_addr[1]) if local_addr else 0  # the netif has one address per family
+            sock = await self._connect_first(infos, local_port)
+        return await _transport(self, sock, protocol_factory, ctx, server_hostname, ssl_handshake_timeout,
+                                ssl_shutdown_timeout)
+
+    async def _connect_first(self, infos: list[tuple], local_port: int) -> _us.socket:
+        """Each address in turn, as asyncio does without happy eyeballs; its errors if none answers."""
+        client, netif = self._usnet_where
+        errors: list[OSError] = []
+        for info in infos:
+            addr = info[4]
+            try:
+                return await _connect(self, addr[0], addr[1], client, netif, local_port)
+            except OSError as exc:
+                errors.append(exc)
+        if not errors:
+            raise OSError("getaddrinfo() returned empty list")
+        if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+            raise errors[0]
+        raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
+
+    async def create_server(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: Any = None,
+            port: int | None = None, *, family: int = _stdsocket.AF_UNSPEC,
+            flags: int = _stdsocket.AI_PASSIVE, sock: Any = None, backlog: int = 100,
+            ssl: _ssl.SSLContext | None = None, reuse_address: bool | None = None,
+            reuse_port: bool | None = None, ssl_handshake_timeout: float | None = None,
+            ssl_shutdown_timeout: float | None = None, start_serving: bool = True) -> asyncio.AbstractServer:
+        """As asyncio's; a netif has one address per family, so one listening socket: the first
+        address `host` (or the first of a list of hosts) resolves to; no host means 0.0.0.0."""
+        if sock is not None and not isinstance(sock, _us.socket):
+            return await super().create_server(
+                protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog, ssl=ssl,
+                reuse_address=reuse_address, reuse_port=reuse_port, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout, start_serving=start_serving)
+        if isinstance(ssl, bool) or (ssl is not None and not isinstance(ssl, _ssl.SSLContext)):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl is None and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
+            raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
+        if sock is not None:
+            if host is not None or port is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            if sock.engine is None:  # bound, not yet listening: asyncio listens for it
+                sock.listen(backlog)
+        else:
+            if host is not None and not isinstance(host, str):
+                host = next(iter(host), None)
+            infos = await self._usnet_resolve(host, port or 0, family, _stdsocket.SOCK_STREAM, 0, flags)
+            af, addr = infos[0][0], infos[0][4]
+            sock = self._usnet_socket(af)
+            try:
+                sock.bind(addr)
+                sock.listen(backlog)
+            except BaseException:
+                sock.close()
+                raise
+        sock.setblocking(False)
+        server = Server(self, sock, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if start_serving:
+            await server.start_serving()
+        return server
+
+    async def connect_accepted_socket(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], sock: Any, *,
+            ssl: _ssl.SSLContext | None = None, ssl_handshake_timeout: float | None = None,
+            ssl_shutdown_timeout: float | None = None) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        if not isinstance(sock, _us.socket):
+            return await super().connect_accepted_socket(
+                protocol_factory, sock, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
+        sock.setblocking(False)
+        return await _transport(self, sock, protocol_factory, ssl, None, ssl_handshake_timeout,
+                                ssl_shutdown_timeout, server_side=True)
+
+    # -- datagrams ---------------------------------------------------------------------------------------
+
+    async def create_datagram_endpoint(  # type: ignore[override]
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], local_addr: Any = None,
+            remote_addr: Any = None, *, family: int = 0, proto: int = 0, flags: int = 0,
+            reuse_port: bool | None = None, allow_broadcast: bool | None = None,
+            sock: Any = None) -> tuple[asyncio.DatagramTransport, asyncio.BaseProtocol]:
+        """As asyncio's, on a usnet UDP flow (`Client.udp_socket`); AF_UNIX and a kernel ``sock`` are asyncio's."""
+        if sock is not None or family == _stdsocket.AF_UNIX:
+            base: Any = super()
+            return await base.create_datagram_endpoint(
+                protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
+                reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock)
+        remote = None
+        if remote_addr is not None:
+            infos = await self._usnet_resolve(remote_addr[0], remote_addr[1], family, _stdsocket.SOCK_DGRAM)
+            family, remote = infos[0][0], tuple(infos[0][4][:2])
+        port = 0
+        if local_addr is not None:
+            infos = await self._usnet_resolve(local_addr[0], local_addr[1], family, _stdsocket.SOCK_DGRAM)
+            family, port = infos[0][0], int(infos[0][4][1])  # only the port counts: one address per family
+        client, netif = self._usnet_where
+        if client is None or netif is None:
+            dc, dn = _us._target()
+            client, netif = client or dc, netif or dn
+        ds = client.udp_socket(netif, port, remote=remote, family=6 if family == _stdsocket.AF_INET6 else 0)
+        ds.setblocking(False)
+        protocol = protocol_factory()
+        transport = _DatagramTransport(self, ds, protocol, remote)
+        return transport, protocol
+
+    # -- sock_*: a watcher says when to retry, never a busy descriptor -------------------------------------
+
+    async def sock_connect(self, sock: Any, address: Any) -> None:
+        if not isinstance(sock, _us.socket):
+            return await super().sock_connect(sock, address)
+        host, port = address[:2]
+        if not _is_literal(host):
+            infos = await self._usnet_resolve(host, port, sock.family, _stdsocket.SOCK_STREAM)
+            host, port = infos[0][4][:2]
+        await _sock_connect(self, sock, (host, port))
+
+    async def sock_accept(self, sock: Any) -> tuple[Any, Any]:
+        if not isinstance(sock, _us.socket):
+            return await super().sock_accept(sock)
+        eng, port = sock.engine, sock.getsockname()[1]
+        if eng is None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        while True:
+            try:
+                child, addr = _nonblocking(sock, sock.accept)
+            except BlockingIOError:
+                await _until(self, eng, lambda: eng.error is not None or not (
+                    (lst := eng.tcp.listeners.get(port)) is not None and not lst.accept_queue))
+                continue
+            child.setblocking(False)
+            return child, addr
+
+    async def sock_recv(self, sock: Any, n: int) -> bytes:
+        if not isinstance(sock, _us.socket):
+            return await super().sock_recv(sock, n)
+        return await self._usnet_read(sock, lambda: sock.recv(n))
+
+    async def sock_recv_into(self, sock: Any, buf: Any) -> int:
+        if not isinstance(sock, _us.socket):
+            return await super().sock_recv_into(sock, buf)
+        return await self._usnet_read(sock, lambda: sock.recv_into(buf))
+
+    async def _usnet_read(self, sock: _us.socket, take: Callable[[], T]) -> T:
+        while True:
+            try:
+                return _nonblocking(sock, take)
+            except BlockingIOError:
+                eng, conn = sock.engine, sock.connection
+                assert eng is not None and conn is not None  # recv got past its checks
+                await _until(self, eng, _settled(eng, conn, "readable"))
+
+    async def sock_sendall(self, sock: Any, data: Any) -> None:
+        if not isinstance(sock, _us.socket):
+            return await super().sock_sendall(sock, data)
+        mv = memoryview(data).cast("B")
+        while mv:
+            try:
+                n = _nonblocking(sock, functools.partial(sock.send, mv))
+            except BlockingIOError:
+                eng, conn = sock.engine, sock.connection
+                assert eng is not None and conn is not None
+                await _until(self, eng, _settled(eng, conn, "writable"))
+                continue
+            mv = mv[n:]
+
+    async def _sock_sendfile_native(self, sock: Any, file: Any, offset: int, count: int | None) -> int:
+        if isinstance(sock, _us.socket):  # no kernel descriptor for os.sendfile: asyncio falls back
+            raise asyncio.SendfileNotAvailableError("usnet sockets have no kernel descriptor")
+        return await super()._sock_sendfile_native(sock, file, offset, count)  # type: ignore[misc]
+
+
+class _DatagramTransport(asyncio.DatagramTransport):
+    """An asyncio datagram transport over a usnet UDP flow: the loop reads its channel's doorbell.
+
+    A datagram the pool has no buffer for is dropped and reported to `error_received`, as a kernel
+    socket's ENOBUFS would be; an ICMP error about what was sent comes there too.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ds: Any, protocol: Any, remote: tuple | None) -> None:
+        super().__init__({"socket": ds, "sockname": ds.getsockname(), "peername": remote})
+        self._loop, self._ds, self._protocol, self._remote = loop, ds, protocol, remote
+        self._closing = False
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start)  # after connection_made: no datagram before it
+
+    def _start(self) -> None:
+        if not self._closing:
+            self._loop.add_reader(self._ds.fileno(), self._read_ready)
+            self._read_ready()  # what came before the reader, and arm the doorbell
+
+    def _read_ready(self) -> None:
+        for _ in range(_ACCEPT_MAX):  # bounded, as asyncio reads one datagram per callback
+            if self._closing:
+                return
+            try:
+                got = self._ds.recv_many(64, 0)
+            except BlockingIOError:
+                return  # the empty receive armed the doorbell for the next datagram
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                continue
+            for data, addr in got:
+                self._protocol.datagram_received(data, addr)
+        self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        if addr is None:
+            addr = self._remote
+            if addr is None:
+                raise ValueError("Invalid address: must be None or a (host, port) pair")
+        elif self._remote is not None and tuple(addr[:2]) != self._remote:
+            raise ValueError(f"Invalid address: must be None or {self._remote}")
+        try:
+            self._ds.sendto(bytes(data), tuple(addr[:2]))
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # sent straight into the channel, never buffered here
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._ds.fileno())
+        self._loop.call_soon(self._lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def _lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._ds.close()
+
+
+def _settled(eng: FlowEngine, conn: Any, what: str) -> Callable[[], bool]:
+    """A `_until` condition: the connection is `what` ("readable"/"writable"), closed, or the engine failed."""
+    return lambda: getattr(conn, what) or conn.state is CLOSED or eng.error is not None
+
+
+def _nonblocking(sock: _us.socket, op: Callable[[], T]) -> T:
+    """`op` on the socket as a non-blocking call: the loop must never wait in the socket's own wait."""
+    t = sock.gettimeout()
+    if t == 0.0:
+        return op()
+    sock.settimeout(0.0)
+    try:
+        return op()
+    finally:
+        sock.settimeout(t)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """asyncio's default policy whose loops are `EventLoop`s (usnet's TCP), as uvloop's policy is uvloop's."""
+
+    def _loop_factory(self) -> EventLoop:
+        return EventLoop()
+
+
+def new_event_loop() -> EventLoop:
+    """A new `EventLoop` (usnet's TCP on asyncio's selector loop)."""
+    return EventLoop()
+
+
+def install() -> None:
+    """Make every new event loop an `EventLoop`: `asyncio.run(main())` then runs on usnet.
+
+    The same as `asyncio.set_event_loop_policy(usnet.aio.EventLoopPolicy())`, as `uvloop.install()` is.
+    """
+    asyncio.set_event_loop_policy(EventLoopPolicy())

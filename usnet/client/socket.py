@@ -3,7 +3,7 @@
 An ordinary program swaps ``import socket`` for ``from usnet import socket``.
 Which usnet to use comes from `configure(client, netif)`, or else from the
 environment: ``USNET_SOCKET`` (usnetd's control socket, default
-/run/usnet/usnetd.sock) and ``USNET_NETIF`` (default usnet0).
+/run/usnet/usnetd.sock) and ``USNET_NETIF`` (default: the domain's first netif, usnet0 after `usnet up`).
 
 Each listening or connecting socket is one flow channel served by the
 process's stack thread (usnet.client.engine); accepted connections share their
@@ -73,7 +73,19 @@ def _target() -> tuple[Client, str]:
             _default["client"] = c
         if c is None:
             c = _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
-        return c, _default["netif"] or os.environ.get("USNET_NETIF", "usnet0")
+        if not (_default["netif"] or os.environ.get("USNET_NETIF")):
+            _default["netif"] = _first_netif(c)  # asked once, then kept as if configured
+        return c, _default["netif"] or os.environ["USNET_NETIF"]
+
+
+def _first_netif(client: Client) -> str:
+    """The domain's first netif other than its loopback: what a program uses when neither
+    `configure` nor USNET_NETIF names one."""
+    names = [str(n["netif"]["name"]) for n in client.status()["netifs"]]
+    names = [n for n in names if n != LOOPBACK_NETIF]
+    if not names:
+        raise OSError(errno.ENETDOWN, "the usnet domain has no netif (usnetd's config names none)")
+    return names[0]
 
 
 def getdefaulttimeout() -> float | None:
