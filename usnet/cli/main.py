@@ -98,7 +98,7 @@ def _show_http(result: dict, out: Console) -> None:
     table = Table(title=f"usnet bench http: one HTTP/1.1 keep-alive asyncio server under wrk, "
                         f"{result['seconds']:g} s a point; usnet over TAP against kernel loopback "
                         f"(wrk and the kernel server in a namespace of the bench's own)")
-    for col in ("connections", "usnet req/s", "kernel req/s", "ratio", "usnet p99", "kernel p99", "ratio"):
+    for col in ("conns", "usnet req/s", "kernel req/s", "ratio", "usnet p99", "kernel p99", "ratio"):
         table.add_column(col, justify="right")
     for r in result["results"]:
         table.add_row(str(r["connections"]), _fmt(r["usnet_rps"]), _fmt(r["kernel_rps"]), f"{r['ratio_rps']:.2f}",
