@@ -37,13 +37,15 @@ def available() -> bool:
 @dataclass
 class UsnetUp:
     """What `usnet up` made for a benchmark: the netif, both addresses, a client of its usnetd, and
-    the namespace of the host end, where the kernel peer's sockets must be made (`NetNs.call`)."""
+    the namespace of the host end, where the kernel peer's sockets must be made (`NetNs.call`);
+    `socket_path` is usnetd's, for a program in another process to connect to."""
 
     client: Client
     ifname: str
     usnet_ip: str
     host_ip: str
     netns: NetNs
+    socket_path: str
 
 
 @contextlib.contextmanager
@@ -63,9 +65,10 @@ def usnet_up() -> Iterator[UsnetUp]:
         if rc != 0:
             raise OSError("usnet up failed for the TAP benchmark")
         try:
-            client = Client.connect(os.path.join(run_dir, "usnetd.sock"))
+            path = os.path.join(run_dir, "usnetd.sock")
+            client = Client.connect(path)
             try:
-                yield UsnetUp(client, ifname, us_ip, host_ip, ns)
+                yield UsnetUp(client, ifname, us_ip, host_ip, ns, path)
             finally:
                 client.close()
         finally:

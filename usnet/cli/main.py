@@ -83,6 +83,37 @@ def _show_tcp(result: dict, out: Console) -> None:
     out.print(table)
 
 
+def _measure_http(args: argparse.Namespace, console: Console) -> dict | None:
+    from usnet.bench import http_bench
+
+    lack = http_bench.available()
+    if lack is not None:
+        print(f"usnet bench http {lack}", file=sys.stderr)
+        return None
+    with console.status("bench http") as status:
+        return http_bench.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_http(result: dict, out: Console) -> None:
+    table = Table(title=f"usnet bench http: one HTTP/1.1 keep-alive asyncio server under wrk, "
+                        f"{result['seconds']:g} s a point; usnet over TAP against kernel loopback "
+                        f"(wrk and the kernel server in a namespace of the bench's own)")
+    for col in ("conns", "usnet req/s", "kernel req/s", "ratio", "usnet p99", "kernel p99", "ratio"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        table.add_row(str(r["connections"]), _fmt(r["usnet_rps"]), _fmt(r["kernel_rps"]), f"{r['ratio_rps']:.2f}",
+                      f"{r['usnet_p99_ms']:.2f} ms", f"{r['kernel_p99_ms']:.2f} ms", f"{r['ratio_p99']:.2f}")
+    out.print(table)
+    t = result["target"]
+    out.print(f"target at 10 connections: usnet ≥ {t['ratio_rps_at_10']:g}× kernel requests/s and p99 ≤ "
+              f"{t['ratio_p99_at_10']:g}× kernel's: {'met' if t['met'] else 'not met'}")
+    bad = [f"{r['connections']} conn {side}: {r[side]['socket_errors']}, non-2xx {r[side]['non_2xx']}"
+           for r in result["results"] for side in ("usnet", "kernel")
+           if any(r[side]["socket_errors"].values()) or r[side]["non_2xx"]]
+    if bad:
+        out.print("[red]wrk saw errors:[/red] " + "; ".join(bad))
+
+
 def _measure_pipe(args: argparse.Namespace, console: Console) -> dict:
     from usnet.bench.report import run_pipe_bench
 
@@ -151,7 +182,8 @@ def _show_rxmit(result: dict, out: Console) -> None:
 
 
 _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp),
-            "lowlat": (_measure_lowlat, _show_lowlat), "rxmit": (_measure_rxmit, _show_rxmit)}
+            "http": (_measure_http, _show_http), "lowlat": (_measure_lowlat, _show_lowlat),
+            "rxmit": (_measure_rxmit, _show_rxmit)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -458,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp", "tcp", "lowlat", "rxmit"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
