@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import selectors
+import socket
 import threading
 import time
 from typing import Any
@@ -33,13 +34,76 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
-__all__ = ["FlowEngine", "Runner", "runner"]
+__all__ = ["FlowEngine", "Readiness", "Runner", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
 log = logging.getLogger(__name__)
 TCP = 6
 RX_BATCH = 256
+
+
+_FILL = bytes(4096)  # more than a quarter of the least SO_SNDBUF: one send makes the descriptor unwritable
+
+
+class Readiness:
+    """A kernel descriptor whose poll state the stack sets: readable and writable, each on its own.
+
+    A usnet socket has no kernel socket of its own, yet select, poll, epoll,
+    selectors and asyncio all need a descriptor whose readiness is exactly the
+    socket's: readable when recv/accept will not block, writable when send
+    will not block, and neither while a connect is in progress. An eventfd
+    cannot be "neither" (it is writable whenever it is not full), so this is
+    one end (`fileno`) of an AF_UNIX stream pair: one byte from the other end
+    makes it readable; a few kilobytes it sent and the other end has not read
+    make it unwritable (Linux: writable while a quarter of SO_SNDBUF is free,
+    and SO_SNDBUF is set to the least it takes). System calls happen only on
+    a change, never per pump. Call `set` with the owner's lock held.
+    """
+
+    __slots__ = ("_a", "_b", "readable", "writable")
+
+    def __init__(self, readable: bool = False, writable: bool = False) -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        a.setblocking(False)
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel makes it its least (4608)
+        self._a, self._b = a, b
+        self.readable, self.writable = False, True
+        self.set(readable, writable)
+
+    def fileno(self) -> int:
+        return self._a.fileno()
+
+    def set(self, readable: bool, writable: bool) -> None:
+        if readable != self.readable:
+            if readable:
+                self._b.send(b"r")
+            else:
+                self._drain(self._a)
+            self.readable = readable
+        if writable != self.writable:
+            if writable:
+                self._drain(self._b)
+            else:
+                try:
+                    self._a.send(_FILL)
+                except BlockingIOError:
+                    pass  # already full
+            self.writable = writable
+
+    @staticmethod
+    def _drain(s: socket.socket) -> None:
+        for _ in range(64):  # bounded: there are at most a few kilobytes
+            try:
+                if not s.recv(65536):
+                    return
+            except BlockingIOError:
+                return
+
+    def close(self) -> None:
+        self._a.close()
+        self._b.close()
 
 
 class FlowEngine:
