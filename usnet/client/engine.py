@@ -23,7 +23,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
 from usnet.client import Client
@@ -34,7 +34,7 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
-__all__ = ["FlowEngine", "Readiness", "Runner", "runner"]
+__all__ = ["FlowEngine", "Readiness", "Runner", "Served", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
@@ -238,6 +238,22 @@ class FlowEngine:
             pass  # the domain is gone already: nothing left to tell it
 
 
+class Served(Protocol):
+    """What the stack thread serves: a FlowEngine, or a UDP socket's flow (usnet.client.dgram)."""
+
+    lock: Any
+    error: OSError | None
+    release_when_idle: bool
+    ch: Any  # its channel: the runner drains the doorbell it sleeps on
+
+    def pump(self, now: float) -> None: ...
+    def deadline(self, now: float) -> float | None: ...
+    def idle(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def notify(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Runner:
     """The process's stack thread: services every engine, sleeps on doorbells and deadlines."""
 
@@ -246,12 +262,12 @@ class Runner:
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sel.register(self._wake, selectors.EVENT_READ, None)
-        self.engines: set[FlowEngine] = set()
+        self.engines: set[Served] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="usnet-stack", daemon=True)
         self._thread.start()
 
-    def add(self, engine: FlowEngine) -> None:
+    def add(self, engine: Served) -> None:
         with self._lock:
             self.engines.add(engine)
             fd = engine.fileno()
@@ -262,7 +278,7 @@ class Runner:
             self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake()
 
-    def remove(self, engine: FlowEngine) -> None:
+    def remove(self, engine: Served) -> None:
         with self._lock:
             if engine in self.engines:
                 self.engines.discard(engine)

@@ -57,12 +57,13 @@ _MAKES_SOCKETS = frozenset({"socket", "SocketType", "socketpair", "fromfd", "cre
 _STANDARD = [n for n in _std.__all__ if n not in _MAKES_SOCKETS]
 globals().update((n, getattr(_std, n)) for n in _STANDARD)
 
-__all__ = sorted({*_STANDARD,
+__all__ = [
     "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_DGRAM", "SOCK_STREAM",
-    "SOL_SOCKET", "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "SocketType", "TCP_NODELAY", "TCP_USER_TIMEOUT",
+    "SOL_SOCKET", "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "TCP_NODELAY", "TCP_USER_TIMEOUT", "SocketType",
     "configure", "create_connection", "create_server", "error", "gaierror", "getaddrinfo", "getdefaulttimeout",
     "has_dualstack_ipv6", "setdefaulttimeout", "socket", "timeout",
-})
+]
+__all__ += [n for n in _STANDARD if n not in __all__]
 
 AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM, SOCK_DGRAM = _std.SOCK_STREAM, _std.SOCK_DGRAM
@@ -470,7 +471,7 @@ class socket:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             take = partial(conn.recv, bufsize - len(got))
             try:
-                chunk = self._wait(lambda t=take: self._read(conn, t, b""), "recv", left)  # type: ignore[misc]
+                chunk = self._wait(lambda t=take: self._read(conn, t, b""), "recv", left)
             except (BlockingIOError, TimeoutError):
                 if got:
                     break
@@ -497,11 +498,11 @@ class socket:
             return 0
         return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv", self._call_timeout(flags))
 
-    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, None]:
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         """A stream socket names no sender: (data, None), as Linux gives."""
         return self.recv(bufsize, flags), None
 
-    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, None]:
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, None]:
