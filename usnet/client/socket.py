@@ -464,7 +464,7 @@ class socket:
 
     def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
         """MSG_WAITALL: until `bufsize` bytes, EOF or an error; what came when the timeout ends it."""
-        t = self._call_timeout(flags)
+        t = 0.0 if flags & MSG_DONTWAIT else self._timeout
         deadline = None if t is None else time.monotonic() + t
         got = bytearray()
         while len(got) < bufsize:
