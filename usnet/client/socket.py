@@ -385,6 +385,8 @@ class socket:
                                        local_port=eng.info.local_port, **self._buffer_options())
                 self._apply_options(conn)
             self._attach(eng, owns=True, conn=conn)
+            if self._timeout == 0.0:
+                return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True
         else:
             conn, first = self._conn, False
