@@ -261,7 +261,7 @@ class UsnetTransport(asyncio.Transport):
         is gone. A pool that probes an idle connection with select() for a drop (readable with
         nothing to read means EOF) would otherwise discard every connection it kept."""
         if not self._conn.readable:
-            self._sock._unready()
+            self._sock._update()
 
     def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run the protocol's code; if it raises, that is a fatal error of this transport (as in asyncio)."""

@@ -22,9 +22,10 @@ import logging
 import os
 import select
 import selectors
+import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
 from usnet.client import Client
@@ -36,7 +37,7 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
-__all__ = ["EXIT_LINGER", "FlowEngine", "Runner", "delivered", "runner"]
+__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "delivered", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
@@ -51,6 +52,69 @@ _DELIVERED = (TcpState.CLOSED, TcpState.TIME_WAIT, TcpState.FIN_WAIT_2)
 def delivered(conn: Any) -> bool:
     """Whether nothing of `conn` waits any more: its data and FIN are acknowledged, or it failed."""
     return conn.state in _DELIVERED or conn.error is not None
+
+
+_FILL = bytes(4096)  # more than a quarter of the least SO_SNDBUF: one send makes the descriptor unwritable
+
+
+class Readiness:
+    """A kernel descriptor whose poll state the stack sets: readable and writable, each on its own.
+
+    A usnet socket has no kernel socket of its own, yet select, poll, epoll,
+    selectors and asyncio all need a descriptor whose readiness is exactly the
+    socket's: readable when recv/accept will not block, writable when send
+    will not block, and neither while a connect is in progress. An eventfd
+    cannot be "neither" (it is writable whenever it is not full), so this is
+    one end (`fileno`) of an AF_UNIX stream pair: one byte from the other end
+    makes it readable; a few kilobytes it sent and the other end has not read
+    make it unwritable (Linux: writable while a quarter of SO_SNDBUF is free,
+    and SO_SNDBUF is set to the least it takes). System calls happen only on
+    a change, never per pump. Call `set` with the owner's lock held.
+    """
+
+    __slots__ = ("_a", "_b", "readable", "writable")
+
+    def __init__(self, readable: bool = False, writable: bool = False) -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        a.setblocking(False)
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel makes it its least (4608)
+        self._a, self._b = a, b
+        self.readable, self.writable = False, True
+        self.set(readable, writable)
+
+    def fileno(self) -> int:
+        return self._a.fileno()
+
+    def set(self, readable: bool, writable: bool) -> None:
+        if readable != self.readable:
+            if readable:
+                self._b.send(b"r")
+            else:
+                self._drain(self._a)
+            self.readable = readable
+        if writable != self.writable:
+            if writable:
+                self._drain(self._b)
+            else:
+                try:
+                    self._a.send(_FILL)
+                except BlockingIOError:
+                    pass  # already full
+            self.writable = writable
+
+    @staticmethod
+    def _drain(s: socket.socket) -> None:
+        for _ in range(64):  # bounded: there are at most a few kilobytes
+            try:
+                if not s.recv(65536):
+                    return
+            except BlockingIOError:
+                return
+
+    def close(self) -> None:
+        self._a.close()
+        self._b.close()
 
 
 class FlowEngine:
@@ -207,6 +271,23 @@ class FlowEngine:
             pass  # the domain is gone already: nothing left to tell it
 
 
+class Served(Protocol):
+    """What the stack thread serves: a FlowEngine, or a UDP socket's flow (usnet.client.dgram)."""
+
+    lock: Any
+    client: Any  # its Client: a hang-up of that client's control socket fails it
+    error: OSError | None
+    release_when_idle: bool
+    ch: Any  # its channel: the runner drains the doorbell it sleeps on
+
+    def pump(self, now: float) -> None: ...
+    def deadline(self, now: float) -> float | None: ...
+    def idle(self) -> bool: ...
+    def fileno(self) -> int: ...
+    def notify(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class Runner:
     """The process's stack thread: services every engine, sleeps on doorbells and deadlines."""
 
@@ -221,7 +302,7 @@ class Runner:
         self._hup = select.epoll()
         self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
-        self.engines: set[FlowEngine] = set()
+        self.engines: set[Served] = set()
         self._lock = threading.Lock()
         self._stopping = False
         # A daemon thread, so that a connection that cannot finish never keeps the process
@@ -237,7 +318,7 @@ class Runner:
         """
         until = time.monotonic() + linger
         with self._lock:
-            engines = list(self.engines)
+            engines = [e for e in self.engines if isinstance(e, FlowEngine)]  # TCP: datagrams need no drain
         for e in engines:
             with e.lock:
                 e.close_all(time.monotonic())
@@ -264,7 +345,7 @@ class Runner:
         self._thread.join(1.0)
         return ok
 
-    def add(self, engine: FlowEngine) -> None:
+    def add(self, engine: Served) -> None:
         with self._lock:
             fd = engine.client.domain_fd
             if fd is not None and self._watched.get(fd) is not engine.client:
@@ -283,7 +364,7 @@ class Runner:
             self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake()
 
-    def remove(self, engine: FlowEngine) -> None:
+    def remove(self, engine: Served) -> None:
         with self._lock:
             if engine in self.engines:
                 self.engines.discard(engine)

@@ -1,18 +1,25 @@
-"""`usnet.socket`: TCP over usnet, shaped like the standard `socket` module.
+"""`usnet.socket`: TCP and UDP over usnet, shaped like the standard `socket` module.
 
 An ordinary program swaps ``import socket`` for ``from usnet import socket``.
 Which usnet to use comes from `configure(client, netif)`, or else from the
 environment: ``USNET_SOCKET`` (usnetd's control socket, default
 /run/usnet/usnetd.sock) and ``USNET_NETIF`` (default: the domain's first netif, usnet0 after `usnet up`).
 
-Each listening or connecting socket is one flow channel served by the
+Each bound, listening or connecting TCP socket is one flow channel served by the
 process's stack thread (usnet.client.engine); accepted connections share their
-listener's channel. AF_INET and AF_INET6 both work: an AF_INET6 socket is
-an IPv6 flow (addresses are 4-tuples, as in the standard module) and takes
-no IPv4 traffic (as with IPV6_V6ONLY). Blocking, timeouts (TimeoutError), non-blocking
-(BlockingIOError) and `fileno()` for selectors behave as in the standard
-module; errors are the standard library's (ConnectionRefusedError,
-ConnectionResetError, TimeoutError, BrokenPipeError).
+listener's channel. A SOCK_DGRAM socket is a UDP flow (`usnet.client.dgram`).
+AF_INET and AF_INET6 both work: an AF_INET6 socket is an IPv6 flow (addresses
+are 4-tuples, as in the standard module) and takes no IPv4 traffic (as with
+IPV6_V6ONLY). Blocking, timeouts (TimeoutError), non-blocking (BlockingIOError)
+and errors are the standard module's.
+
+`fileno()` is a kernel descriptor whose readiness is the socket's, exactly
+(`engine.Readiness`): select, poll, epoll, selectors and asyncio see a
+listener readable only while a connection waits, a connection readable when
+recv will not block and writable when send will not block, and a connecting
+socket neither until the handshake completes or fails (SO_ERROR then says
+which). The module's other names (constants, exceptions, functions that make
+no socket) are the standard module's own.
 """
 
 from __future__ import annotations
@@ -26,26 +33,47 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
-from usnet.client.engine import FlowEngine, delivered, runner
+from usnet.client.engine import FlowEngine, Readiness, delivered, runner
 from usnet.client.session import Client
-from usnet.proto.tcp.connection import CLOSED, SYN_SENT, TcpConnection
+from usnet.proto.tcp.connection import (
+    CLOSE_WAIT,
+    CLOSED,
+    ESTABLISHED,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TcpConnection,
+)
+
+# The standard module's names that make no socket are its own objects here, so that
+# `from usnet import socket` is a drop-in; what makes sockets (and the resolver's
+# entry points, whose usnet versions follow) is defined below.
+_MAKES_SOCKETS = frozenset({"socket", "SocketType", "socketpair", "fromfd", "create_connection",
+                            "create_server", "has_dualstack_ipv6"})
+_STANDARD = [n for n in _std.__all__ if n not in _MAKES_SOCKETS]
+globals().update((n, getattr(_std, n)) for n in _STANDARD)
 
 __all__ = [
-    "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_STREAM", "SOL_SOCKET",
-    "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "TCP_NODELAY", "TCP_USER_TIMEOUT", "configure", "create_connection",
-    "error", "gaierror", "getaddrinfo", "getdefaulttimeout", "setdefaulttimeout", "socket", "timeout",
+    "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_DGRAM", "SOCK_STREAM",
+    "SOL_SOCKET", "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "TCP_NODELAY", "TCP_USER_TIMEOUT", "SocketType",
+    "configure", "create_connection", "create_server", "error", "gaierror", "getaddrinfo", "getdefaulttimeout",
+    "has_dualstack_ipv6", "setdefaulttimeout", "socket", "timeout",
 ]
+__all__ += [n for n in _STANDARD if n not in __all__]
 
 AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
-SOCK_STREAM = _std.SOCK_STREAM
+SOCK_STREAM, SOCK_DGRAM = _std.SOCK_STREAM, _std.SOCK_DGRAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror = OSError, TimeoutError, _std.gaierror
+MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL
+SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
 
 _default: dict[str, Any] = {"client": None, "netif": None, "timeout": None}
@@ -134,45 +162,124 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
-                      source_address: tuple[str, int] | None = None, **where: Any) -> socket:
-    """As the standard create_connection; the family is the address's."""
-    family = getaddrinfo(address[0], address[1])[0][0]
-    s = socket(family, **where)
-    if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
-        s.settimeout(timeout)  # type: ignore[arg-type]
-    if source_address is not None:
-        s.bind(source_address)
+                      source_address: tuple[str, int] | None = None, *, all_errors: bool = False,
+                      **where: Any) -> socket:
+    """As the standard create_connection: each address `getaddrinfo` gives, in turn.
+
+    `where`: `client=` and `netif=`, as for `socket`.
+    """
+    host, port = address[0], address[1]
+    exceptions: list[Exception] = []
+    for af, socktype, proto, _canon, sa in getaddrinfo(host, port, 0, SOCK_STREAM):
+        sock = None
+        try:
+            sock = socket(af, socktype, proto, **where)
+            if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)  # type: ignore[arg-type]
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sa)
+            exceptions.clear()  # no reference cycle through the tracebacks
+            return sock
+        except OSError as exc:
+            if not all_errors:
+                exceptions.clear()
+            exceptions.append(exc)
+            if sock is not None:
+                sock.close()
+    if not exceptions:
+        raise OSError("getaddrinfo returns an empty list")
     try:
-        s.connect(address)
-    except BaseException:
-        s.close()
-        raise
-    return s
+        if not all_errors:
+            raise exceptions[0]
+        raise ExceptionGroup("create_connection failed", exceptions)
+    finally:
+        exceptions.clear()
+
+
+def has_dualstack_ipv6() -> bool:
+    """False: an AF_INET6 usnet socket is an IPv6 flow only (IPV6_V6ONLY)."""
+    return False
+
+
+def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None = None, reuse_port: bool = False,
+                  dualstack_ipv6: bool = False, **where: Any) -> socket:
+    """As the standard create_server: a listening TCP socket bound to `address`."""
+    if dualstack_ipv6:
+        raise ValueError("dualstack_ipv6 not supported on this platform")
+    sock = socket(family, SOCK_STREAM, **where)
+    try:
+        sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(SOL_SOCKET, _std.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if backlog is None:
+            sock.listen()
+        else:
+            sock.listen(backlog)
+        return sock
+    except OSError as err:
+        sock.close()
+        raise OSError(err.errno, f"{err.strerror} (while attempting to bind on address {address!r})") from None
+
+
+_UNSET: Any = object()
+_SOMAXCONN = 4096
+_detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
+
+
+def _sysctl(path: str, default: int) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return default
+
+
+# SO_RCVBUF/SO_SNDBUF as Linux takes them: clamped to the maximum, doubled for bookkeeping
+# overhead (what getsockopt reads back), never below the least; usnet's buffer is the half.
+_BUF_LIMITS = {SO_RCVBUF: ("/proc/sys/net/core/rmem_max", 2304), SO_SNDBUF: ("/proc/sys/net/core/wmem_max", 4608)}
 
 
 class socket:
-    """A TCP socket over usnet (AF_INET or AF_INET6, SOCK_STREAM)."""
+    """A usnet socket: TCP (SOCK_STREAM) here; SOCK_DGRAM makes a `usnet.client.dgram.DatagramFace`."""
+
+    def __new__(cls, family: int = AF_INET, type: int = SOCK_STREAM, *args: Any, **kwargs: Any) -> Any:
+        if cls is socket and type & 0xF == SOCK_DGRAM:
+            from usnet.client.dgram import DatagramFace
+
+            cls = DatagramFace
+        return object.__new__(cls)
 
     def __init__(self, family: int = AF_INET, type: int = SOCK_STREAM, proto: int = 0,
                  fileno: int | None = None, *, client: Client | None = None, netif: str | None = None) -> None:
-        if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_STREAM or fileno is not None:
-            raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6 SOCK_STREAM")
-        self.family, self.type, self.proto = family, SOCK_STREAM, proto
-        self._timeout: float | None = getdefaulttimeout()
+        if fileno is not None:
+            self._adopt(fileno)
+            return
+        if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_STREAM or proto not in (0, _std.IPPROTO_TCP):
+            raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM")
+        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SOCK_STREAM, proto
+        self._timeout: float | None = 0.0 if type & _std.SOCK_NONBLOCK else getdefaulttimeout()
         self._port = 0
         self._engine: FlowEngine | None = None
         self._conn: TcpConnection | None = None
         self._listening = False
         self._owns_engine = False
-        self._closed = False
+        self._closed = False  # close() was called (the connection may live on in a makefile)
+        self._dead = False  # really closed: no file refers to it any more
         self._io_refs = 0
-        self._ready = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # for selectors: readable data
+        self._ready = Readiness(True, True)  # unconnected: POLLHUP | POLLOUT, as Linux says
+        self._fd = self._ready.fileno()
+        self._share = [1]  # how many socket objects (dup) share this connection
+        self._opts: dict[tuple[int, int], Any] = {}  # what setsockopt was given, for getsockopt
         self._nodelay = False
         self._user_timeout = 0.0  # seconds (TCP_USER_TIMEOUT is set in milliseconds)
         self._abort_on_close = False  # SO_LINGER on with a zero timeout: close sends RST
         self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
+        self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
+        self._connected = False  # connect reported success (a later connect gives EISCONN)
+        self._shut_rd = False
         self._where = (client, netif)  # None: `configure` or the environment decides
-        self._bound_host: str | None = None  # bind()'s address: a loopback one listens on the loopback netif
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -186,10 +293,14 @@ class socket:
 
     # -- the standard surface -------------------------------------------------------
 
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
+
     def settimeout(self, t: float | None) -> None:
         if t is not None and t < 0:
             raise ValueError("Timeout value out of range")
-        self._timeout = t
+        self._timeout = None if t is None else float(t)
 
     def gettimeout(self) -> float | None:
         return self._timeout
@@ -201,118 +312,301 @@ class socket:
         return self._timeout != 0.0
 
     def fileno(self) -> int:
-        """Readable when recv/accept would not block (an eventfd the stack thread signals)."""
-        return self._ready
+        """A descriptor whose readiness is this socket's (see the module docstring); -1 once closed."""
+        return -1 if self._dead else self._fd
 
-    def bind(self, address: tuple[str, int]) -> None:
-        self._port = int(address[1])
-        self._bound_host = address[0]
-
-    def listen(self, backlog: int = 128) -> None:
-        client, netif = self._target(self._bound_host)
-        eng = FlowEngine(client, netif, self._port, family=self._ip_version)
+    def bind(self, address: tuple) -> None:
+        """Take the port now, as the kernel does (EADDRINUSE here, getsockname says which);
+        an address other than the netif's (or the wildcard) is EADDRNOTAVAIL."""
+        self._need_open()
+        if self._engine is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        host, port = self._bind_args(address)
+        client, netif = self._target(None if host is None else str(host))
+        eng = FlowEngine(client, netif, port, family=self._ip_version)
+        if host is not None and ipaddress.ip_address(eng.info.local_addr) != host:
+            eng.close()
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         self._port = eng.info.local_port
-        with eng.lock:
-            eng.tcp.listen(self._port, backlog=max(1, backlog))
         self._attach(eng, owns=True)
-        self._listening = True
 
-    def accept(self) -> tuple[socket, tuple[str, int]]:
+    def _bind_args(self, address: Any) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
+        """(the address, None for the wildcard; the port) of a bind address of this family."""
+        if not isinstance(address, tuple) or len(address) not in ((2,) if self.family == AF_INET else (2, 3, 4)):
+            raise TypeError(f"{_std.AddressFamily(self.family).name} address must be a tuple (host, port)")
+        host, port = address[0], address[1]
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise OverflowError("bind(): port must be 0-65535.")
+        if host in ("", "0.0.0.0", "::", None):
+            return None, port
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = ipaddress.ip_address(getaddrinfo(host, port, self.family, SOCK_STREAM)[0][4][0])
+        if ip.version != self._ip_version:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return (None if ip.is_unspecified else ip), port
+
+    def listen(self, backlog: int = min(_std.SOMAXCONN, 128)) -> None:
+        """Listen; again on a listening socket, set the backlog (as Linux does)."""
+        self._need_open()
+        if self._conn is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        backlog = min(max(1, backlog), _SOMAXCONN)
+        if self._listening:
+            eng = self._engine
+            assert eng is not None
+            with eng.lock:
+                lst = eng.tcp.listeners.get(self._port)
+                if lst is not None:
+                    lst.backlog = backlog
+            return
+        if self._engine is None:
+            self.bind(("", 0))
+        eng = self._engine
+        assert eng is not None
+        with eng.lock:
+            eng.tcp.listen(self._port, backlog=backlog, config=replace(eng.tcp.config, **self._buffer_options()))
+            self._listening = True
+            self._update()
+
+    def accept(self) -> tuple[socket, tuple]:
         eng = self._need_engine()
+        if not self._listening:
+            raise OSError(errno.EINVAL, "Invalid argument")
         conn = self._wait(lambda: eng.tcp.accept(self._port), "accept")
         child = socket(self.family, client=self._where[0], netif=self._where[1])
-        child._timeout = self._timeout
+        child._timeout = self._timeout if self._timeout != 0.0 else getdefaulttimeout()  # as accept(2): blocking
         child._port = self._port
         child._nodelay, child._user_timeout = self._nodelay, self._user_timeout  # inherited, as in Linux
+        child._opts = dict(self._opts)
         with eng.lock:
             child._apply_options(conn)
         child._attach(eng, owns=False, conn=conn)
         return child, _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
-    def connect(self, address: tuple[str, int]) -> None:
-        err = self.connect_ex(address)
+    def connect(self, address: tuple) -> None:
+        """As the standard connect: BlockingIOError (EINPROGRESS) at once when non-blocking."""
+        err = self._connect(address)
         if err:
             raise OSError(err, os.strerror(err))
 
-    def connect_ex(self, address: tuple[str, int]) -> int:
-        host, port = getaddrinfo(address[0], address[1], self.family)[0][4][:2]
-        client, netif = self._target(host)
-        if self._engine is None:
+    def connect_ex(self, address: tuple) -> int:
+        """As connect, but the error's number is returned (0: connected) instead of raised."""
+        try:
+            return self._connect(address)
+        except _std.gaierror:
+            raise
+        except TimeoutError as e:
+            return e.errno or errno.EAGAIN
+        except OSError as e:
+            if e.errno is None:
+                raise
+            return e.errno
+
+    def _connect(self, address: tuple) -> int:
+        """0 once connected; EINPROGRESS/EALREADY for a non-blocking call; raises what failed."""
+        self._need_open()
+        if self._listening or self._connected:
+            return errno.EISCONN
+        if self._conn is None:
+            host, port = getaddrinfo(address[0], address[1], self.family, SOCK_STREAM)[0][4][:2]
+            client, netif = self._target(host)
+            if self._engine is not None:  # bound: the port goes over to the connected flow
+                self._drop_engine()
             eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
             self._port = eng.info.local_port  # the ephemeral port the switch chose, for getsockname
             with eng.lock:
-                self._conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
-                                             local_port=eng.info.local_port)
-                self._apply_options(self._conn)
-            self._attach(eng, owns=True, conn=self._conn)
-        conn = self._conn
-        if conn is None:  # a listener
-            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+                conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
+                                       local_port=eng.info.local_port, **self._buffer_options())
+                self._apply_options(conn)
+            self._attach(eng, owns=True, conn=conn)
+            if self._timeout == 0.0:
+                return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
+            first = True
+        else:
+            conn, first = self._conn, False
         try:
             self._wait(lambda: conn.state is not SYN_SENT or conn.error is not None or None, "connect")
         except BlockingIOError:
-            return errno.EINPROGRESS
-        if conn.error is not None:
-            raise conn.error
+            return errno.EINPROGRESS if first else errno.EALREADY
+        err = conn.error or (self._engine.error if self._engine is not None else None)
+        if err is not None:
+            if err is self._reported:  # SO_ERROR told it already: Linux's connect says ECONNABORTED
+                return errno.ECONNABORTED
+            self._reported = err
+            raise err
         if conn.state is CLOSED:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        self._connected = True
         return 0
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        conn = self._need_conn()
+        conn = self._need_conn(errno.EPIPE)
         if not len(data):
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
-        n = self._wait(lambda: conn.send(data) or None, "send")
+        n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
         runner().wake()
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
         mv = memoryview(data).cast("B")
         while mv:
-            n = self.send(mv)
+            n = self.send(mv, flags)
             mv = mv[n:]
 
+    def sendto(self, data: bytes | bytearray | memoryview, flags_or_address: Any, address: Any = None) -> int:
+        """TCP ignores the address, as Linux does for a connected stream socket."""
+        return self.send(data, flags_or_address if address is not None else 0)
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        if ancdata:
+            raise OSError(errno.EOPNOTSUPP, "usnet sockets carry no ancillary data")
+        return self.send(b"".join(bytes(memoryview(b).cast("B")) for b in buffers), flags)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """As the standard sendfile (its send() fallback): `file` from `offset`, `count` bytes or to EOF."""
+        if "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+        if count is not None and (not isinstance(count, int) or count <= 0):
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+        if offset:
+            file.seek(offset)
+        total = 0
+        try:
+            while count is None or total < count:
+                data = file.read(65536 if count is None else min(65536, count - total))
+                if not data:
+                    break
+                self.sendall(data)
+                total += len(data)
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset + total)
+        return total
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """As the standard recv, with MSG_PEEK (data stays queued), MSG_DONTWAIT and MSG_WAITALL."""
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
         conn = self._need_conn()
-        return self._wait(lambda: self._read(conn, lambda: conn.recv(bufsize), b""), "recv")
+        if bufsize == 0:
+            return b""
+        if flags & MSG_WAITALL and not flags & MSG_PEEK:
+            return self._recv_all(conn, bufsize, flags)
+        take = (lambda: conn.peek(bufsize)) if flags & MSG_PEEK else (lambda: conn.recv(bufsize))
+        return self._wait(lambda: self._read(conn, take, b""), "recv", self._call_timeout(flags))
+
+    def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
+        """MSG_WAITALL: until `bufsize` bytes, EOF or an error; what came when the timeout ends it."""
+        t = 0.0 if flags & MSG_DONTWAIT else self._timeout
+        deadline = None if t is None else time.monotonic() + t
+        got = bytearray()
+        while len(got) < bufsize:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            take = partial(conn.recv, bufsize - len(got))
+            try:
+                chunk = self._wait(lambda t=take: self._read(conn, t, b""), "recv", left)
+            except (BlockingIOError, TimeoutError):
+                if got:
+                    break
+                raise
+            if not chunk:
+                break
+            got += chunk
+        return bytes(got)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        conn = self._need_conn()
         mv = memoryview(buffer).cast("B")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        if nbytes > len(mv):
+            raise ValueError("buffer too small for requested bytes")
         if nbytes:
             mv = mv[:nbytes]
-        return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv")
+        if flags & (MSG_PEEK | MSG_WAITALL):
+            data = self.recv(len(mv), flags)
+            mv[: len(data)] = data
+            return len(data)
+        conn = self._need_conn()
+        if not len(mv):
+            return 0
+        return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv", self._call_timeout(flags))
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
+        """A stream socket names no sender: (data, None), as Linux gives."""
+        return self.recv(bufsize, flags), None
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
+        return self.recv_into(buffer, nbytes, flags), None
+
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, None]:
+        return self.recv(bufsize, flags), [], 0, None
 
     def shutdown(self, how: int) -> None:
+        if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
+            raise OSError(errno.EINVAL, "Invalid argument")
         conn = self._need_conn()
-        if how in (SHUT_WR, SHUT_RDWR):
-            with self._engine.lock:  # type: ignore[union-attr]
+        eng = self._engine
+        assert eng is not None
+        with eng.lock:
+            if how in (SHUT_RD, SHUT_RDWR):
+                self._shut_rd = True
+            if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
-            runner().wake()
+            self._update()
+        runner().wake()
 
     def close(self) -> None:
-        if self._closed:
-            return
+        """As the standard close: the connection lives on while a makefile() refers to it."""
         self._closed = True
+        if self._io_refs <= 0:
+            self._real_close()
+
+    def _real_close(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        self._share[0] -= 1
+        last = self._share[0] == 0
         eng = self._engine
         if eng is not None:
             with eng.lock:
-                now = time.monotonic()
-                if self._conn is not None:
-                    if self._abort_on_close:
-                        self._conn.abort(now)
-                    else:
-                        self._conn.close(now)
-                if self._listening:
-                    eng.tcp.unlisten(self._port, now)
-                if self._owns_engine:
-                    eng.release_when_idle = True
                 eng.watchers.discard(self)
+                if last:
+                    now = time.monotonic()
+                    if self._conn is not None:
+                        if self._abort_on_close:
+                            self._conn.abort(now)
+                        else:
+                            self._conn.close(now)
+                    if self._listening:
+                        eng.tcp.unlisten(self._port, now)
+                    if self._owns_engine:
+                        eng.release_when_idle = True
             runner().wake()
-            if self._linger and self._conn is not None and not self._abort_on_close:
+            if last and self._linger and self._conn is not None and not self._abort_on_close:
                 self._linger_close(eng, self._conn, self._linger)
-        os.close(self._ready)
+        if self._fd != self._ready.fileno():
+            os.close(self._fd)  # a dup's own descriptor
+        if last:
+            self._ready.close()
+
+    def dup(self) -> socket:
+        """Another socket object for the same connection; it ends when the last of them closes."""
+        self._need_open()
+        d = object.__new__(type(self))
+        d.__dict__.update(self.__dict__)
+        d._fd = os.dup(self._ready.fileno())
+        d._closed, d._io_refs = False, 0
+        self._share[0] += 1
+        if self._engine is not None:
+            with self._engine.lock:
+                self._engine.watchers.add(d)
+        return d
 
     @staticmethod
     def _linger_close(eng: FlowEngine, conn: TcpConnection, linger: float) -> None:
@@ -333,7 +627,27 @@ class socket:
         return self._abort_on_close
 
     def detach(self) -> int:
-        raise OSError(errno.EOPNOTSUPP, "a usnet socket has no kernel descriptor to detach")
+        """Close this object, not the connection: `socket(fileno=n)` takes the returned n back."""
+        self._need_open()
+        fd = self._fd
+        if self._engine is not None:
+            with self._engine.lock:
+                self._engine.watchers.discard(self)
+        _detached[fd] = self
+        self._closed = self._dead = True
+        return fd
+
+    def _adopt(self, fd: int) -> None:
+        src = _detached.pop(fd, None)
+        if src is None:
+            raise OSError(errno.EAFNOSUPPORT, f"descriptor {fd} is no detached usnet socket")
+        self.__dict__.update(src.__dict__)
+        self._closed = self._dead = False
+        self._io_refs = 0
+        if self._engine is not None:
+            with self._engine.lock:
+                self._engine.watchers.add(self)
+                self._update()
 
     def getsockname(self) -> tuple:
         if self._engine is None:
@@ -344,41 +658,89 @@ class socket:
         conn = self._need_conn()
         return _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
-    def setsockopt(self, level: int, opt: int, value: Any) -> None:
-        if level == IPPROTO_TCP and opt == TCP_NODELAY:
+    def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
+        self._need_open()
+        conn, eng = self._conn, self._engine
+        if level == SOL_SOCKET and opt in _BUF_LIMITS:
+            path, least = _BUF_LIMITS[opt]
+            value = max(2 * min(int(value), _sysctl(path, 212992)), least)  # what Linux keeps
+            if conn is not None and eng is not None:
+                with eng.lock:
+                    self._apply_buffer(conn, opt, value // 2)
+        elif level == IPPROTO_TCP and opt == TCP_NODELAY:
             self._nodelay = bool(value)
-            if self._conn is not None:
-                self._conn.nodelay = bool(value)
+            if conn is not None:
+                conn.nodelay = bool(value)
         elif level == IPPROTO_TCP and opt == TCP_USER_TIMEOUT:
             self._user_timeout = int(value) / 1000
-            if self._conn is not None:
-                self._conn.cfg.user_timeout = self._user_timeout
+            if conn is not None:
+                conn.cfg.user_timeout = self._user_timeout
         elif level == SOL_SOCKET and opt == SO_LINGER:
             onoff, linger = struct.unpack("ii", value)
             self._abort_on_close = bool(onoff) and linger == 0
             self._linger = max(0, linger) if onoff else None
-        elif level == SOL_SOCKET and opt == SO_KEEPALIVE and self._conn is not None:
-            with self._engine.lock:  # type: ignore[union-attr]
-                self._conn.set_keepalive(time.monotonic(), bool(value))
-        # SO_REUSEADDR and the rest: nothing to do in usnet
+        elif level == SOL_SOCKET and opt == SO_KEEPALIVE and conn is not None and eng is not None:
+            with eng.lock:
+                conn.set_keepalive(time.monotonic(), bool(value))
+        # SO_REUSEADDR and the rest: nothing to do in usnet beyond reading them back
+        self._opts[level, opt] = value
 
-    def getsockopt(self, level: int, opt: int, buflen: int = 0) -> int:
-        if level == IPPROTO_TCP and opt == TCP_NODELAY:
-            return int(self._nodelay)
-        if level == IPPROTO_TCP and opt == TCP_USER_TIMEOUT:
-            return int(self._user_timeout * 1000)
-        if level == SOL_SOCKET and opt == SO_LINGER:
-            on, secs = (0, 0) if self._linger is None else (1, self._linger)
-            return struct.pack("ii", on, secs) if buflen else on  # type: ignore[return-value]
-        if level == SOL_SOCKET and opt == _std.SO_ERROR:
-            conn = self._conn
-            return (conn.error.errno or 0) if conn is not None and conn.error is not None else 0
-        return 0
+    def getsockopt(self, level: int, opt: int, buflen: int = 0) -> Any:
+        """What was set, or the real value (SO_TYPE, SO_ERROR, buffer sizes, TCP_MAXSEG, ...)."""
+        self._need_open()
+        value = self._option(level, opt)
+        if buflen:
+            if isinstance(value, (bytes, bytearray)):
+                return bytes(value[:buflen])
+            return struct.pack("i", int(value))[:buflen].ljust(buflen, b"\0")
+        if isinstance(value, (bytes, bytearray)):  # an option set as bytes (SO_LINGER): its first int
+            return struct.unpack_from("i", bytes(value).ljust(4, b"\0"))[0]
+        return int(value)
+
+    def _option(self, level: int, opt: int) -> Any:
+        conn = self._conn
+        if level == SOL_SOCKET:
+            if opt == SO_ERROR:
+                return self._take_error()
+            if opt == _std.SO_TYPE:
+                return int(self.type)
+            if opt == _std.SO_DOMAIN:
+                return int(self.family)
+            if opt == _std.SO_PROTOCOL:
+                return _std.IPPROTO_TCP
+            if opt == _std.SO_ACCEPTCONN:
+                return int(self._listening)
+            if opt in _BUF_LIMITS and (level, opt) not in self._opts:
+                cfg = conn.cfg if conn is not None else None
+                if opt == SO_RCVBUF:
+                    return conn.rcvbuf_cap if conn is not None else (cfg or _tcp_defaults()).rcvbuf
+                return conn.sndbuf_cap if conn is not None else (cfg or _tcp_defaults()).sndbuf
+            if opt == SO_LINGER and (level, opt) not in self._opts:
+                return struct.pack("ii", 0, 0)
+        if level == IPPROTO_TCP:
+            if opt == TCP_NODELAY:
+                return int(self._nodelay)
+            if opt == TCP_USER_TIMEOUT:
+                return int(self._user_timeout * 1000)
+            if opt == _std.TCP_MAXSEG:
+                return conn.mss if conn is not None and conn.state is not SYN_SENT else 536
+        return self._opts.get((level, opt), 0)
+
+    def _take_error(self) -> int:
+        """SO_ERROR: the pending error, once (as Linux clears sk_err when it is read)."""
+        eng = self._engine
+        err = (self._conn.error if self._conn is not None else None) or (eng.error if eng is not None else None)
+        if err is None or err is self._reported:
+            return 0
+        self._reported = err
+        return err.errno or errno.EIO
 
     def makefile(self, mode: str = "r", buffering: int | None = None, *, encoding: str | None = None,
                  errors: str | None = None, newline: str | None = None) -> Any:
         """As the standard socket.makefile: a SocketIO in a buffer (and a text wrapper)."""
-        rw = "".join(c for c in mode if c in "rw")
+        if not set(mode) <= {"r", "w", "b"}:
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
+        rw = "".join(c for c in mode if c in "rw") or "r"
         raw = _std.SocketIO(self, rw)  # type: ignore[arg-type]
         self._io_refs += 1
         if buffering is None:
@@ -402,10 +764,14 @@ class socket:
         return text
 
     def _decref_socketios(self) -> None:
-        self._io_refs -= 1
+        """A makefile() file closed (SocketIO.close): the last one ends a closed socket."""
+        if self._io_refs > 0:
+            self._io_refs -= 1
+        if self._closed:
+            self.close()
 
     def _checkClosed(self) -> None:
-        if self._closed:
+        if self._dead:
             raise OSError(errno.EBADF, "Bad file descriptor")
 
     def __enter__(self) -> socket:
@@ -415,13 +781,18 @@ class socket:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<usnet.socket fd={self._ready} laddr={self.getsockname()}>"
+        where = "" if self._dead else f", laddr={self.getsockname()}"
+        return (f"<usnet.socket fd={self.fileno()}, family={self.family!s}, type={_std.SocketKind(self.type)!s}, "
+                f"proto={self.proto}{where}>")
+
+    def __getstate__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
     # -- for faces that drive the connection themselves (usnet.aio) ---------------------------
 
     @property
     def engine(self) -> FlowEngine | None:
-        """The engine serving this socket (None before listen/connect): its lock guards the connection."""
+        """The engine serving this socket (None before bind/listen/connect): its lock guards the connection."""
         return self._engine
 
     @property
@@ -442,51 +813,87 @@ class socket:
         self._conn = conn
         with eng.lock:  # the stack thread iterates `watchers` while it pumps
             eng.watchers.add(self)
+            self._update()
         if owns:
             runner().add(eng)
+
+    def _drop_engine(self) -> None:
+        """Give back a bound socket's flow at once (its port goes to the flow that follows)."""
+        eng = self._engine
+        assert eng is not None
+        runner().remove(eng)
+        with eng.lock:
+            eng.watchers.discard(self)
+        eng.close()
+        self._engine = None
+
+    def _buffer_options(self) -> dict[str, Any]:
+        """TcpConfig fields for the SO_RCVBUF/SO_SNDBUF that were set (none: auto-tuned)."""
+        out: dict[str, Any] = {}
+        if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
+            out["rcvbuf"] = out["rcvbuf_max"] = v // 2
+        if (v := self._opts.get((SOL_SOCKET, SO_SNDBUF))) is not None:
+            out["sndbuf"] = out["sndbuf_max"] = v // 2
+        return out
+
+    @staticmethod
+    def _apply_buffer(conn: TcpConnection, opt: int, size: int) -> None:
+        """A buffer size set on a live connection; auto-tuning stops at it (Linux locks it)."""
+        if opt == SO_RCVBUF:
+            conn.rcvbuf_cap = conn.cfg.rcvbuf_max = size
+        else:
+            conn.sndbuf_cap = conn.cfg.sndbuf_max = size
 
     def _apply_options(self, conn: Any) -> None:
         conn.nodelay = self._nodelay
         conn.cfg.user_timeout = self._user_timeout
+        for opt in _BUF_LIMITS:
+            if (v := self._opts.get((SOL_SOCKET, opt))) is not None:
+                self._apply_buffer(conn, opt, v // 2)
+
+    def _need_open(self) -> None:
+        if self._dead:
+            raise OSError(errno.EBADF, "Bad file descriptor")
 
     def _need_engine(self) -> FlowEngine:
-        if self._closed:
-            raise OSError(errno.EBADF, "Bad file descriptor")
+        self._need_open()
         if self._engine is None:
             raise OSError(errno.EINVAL, "Invalid argument")
         return self._engine
 
-    def _need_conn(self) -> Any:
-        self._need_engine()
-        if self._conn is None:
-            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    def _need_conn(self, err: int = errno.ENOTCONN) -> Any:
+        """The connection; `err` if there is none (Linux: ENOTCONN for recv, EPIPE for send)."""
+        self._need_open()
+        if self._conn is None or self._engine is None:
+            raise OSError(err, os.strerror(err))
         return self._conn
 
-    @staticmethod
-    def _read(conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
+    def _call_timeout(self, flags: int) -> Any:
+        return 0.0 if flags & MSG_DONTWAIT else _UNSET
+
+    def _read(self, conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
         if conn.rcv_queued:
             return take()
         if conn.error is not None:
             raise conn.error
-        if conn.eof or conn.state is CLOSED:
+        if conn.eof or conn.state is CLOSED or self._shut_rd:
             return at_eof
         return None
 
-    def _wait(self, attempt: Any, what: str) -> Any:
+    def _wait(self, attempt: Any, what: str, timeout: Any = _UNSET) -> Any:
         """Run `attempt` under the engine lock until it returns non-None, within the timeout."""
         eng = self._need_engine()
         if eng.error is not None:
             raise eng.error
-        t = self._timeout
+        t = self._timeout if timeout is _UNSET else timeout
         deadline = None if t is None else time.monotonic() + t
         woken = False
         with eng.lock:
             while True:
                 got = attempt()
                 if got is not None:
-                    if self._conn is not None and self._conn.readable is False:
-                        self._unready()
+                    self._update()
                     return got
                 if eng.error is not None:
                     raise eng.error
@@ -506,23 +913,43 @@ class socket:
                     woken = True
                 eng.changed.wait(left)
 
-    def _unready(self) -> None:
-        try:
-            os.eventfd_read(self._ready)
-        except BlockingIOError:
-            pass
+    def _poll_state(self) -> tuple[bool, bool]:
+        """(readable, writable) as Linux's tcp_poll would say. With the engine's lock held."""
+        eng = self._engine
+        if eng is None or eng.error is not None:
+            return True, True  # unconnected (POLLHUP | POLLOUT), or every call fails at once
+        conn = self._conn
+        if conn is None:
+            if not self._listening:
+                return True, True  # bound only
+            lst = eng.tcp.listeners.get(self._port)
+            return lst is not None and bool(lst.accept_queue), False
+        st = conn.state
+        if conn.error is not None or st is CLOSED:
+            return True, True
+        if st is SYN_SENT or st is SYN_RECEIVED:
+            return False, False  # the handshake decides
+        readable = conn.readable or self._shut_rd
+        if st is ESTABLISHED or st is CLOSE_WAIT:
+            space = conn.send_space  # writable as Linux: a third of the buffer free (space >= queued / 2)
+            return readable, space > 0 and 2 * space >= conn.pending
+        return readable, True  # our FIN is queued: send fails at once (EPIPE)
+
+    def _update(self) -> None:
+        """Set the descriptor's readiness to the socket's. With the engine's lock held."""
+        if not self._dead:
+            r, w = self._poll_state()
+            self._ready.set(r, w)
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
-        conn, eng = self._conn, self._engine
-        if self._closed or eng is None:
-            return
-        if eng.error is not None:
-            ready = True  # recv and accept raise at once
-        elif conn is not None:
-            ready = conn.readable
-        else:
-            lst = eng.tcp.listeners.get(self._port) if self._listening else None
-            ready = bool(lst and lst.accept_queue)
-        if ready:
-            os.eventfd_write(self._ready, 1)
+        self._update()
+
+
+SocketType = socket
+
+
+def _tcp_defaults() -> Any:
+    from usnet.proto.tcp.config import TcpConfig
+
+    return TcpConfig()

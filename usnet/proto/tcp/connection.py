@@ -340,6 +340,10 @@ class TcpConnection:
         self._consumed(n)
         return data
 
+    def peek(self, max_bytes: int = 1 << 20) -> bytes:
+        """Up to ``max_bytes`` of in-order data, left queued (a socket's MSG_PEEK)."""
+        return bytes(memoryview(self._rcvq)[:max_bytes]) if max_bytes > 0 else b""
+
     def recv_into(self, buf) -> int:
         """Copy in-order data into ``buf``; returns the byte count."""
         q = self._rcvq

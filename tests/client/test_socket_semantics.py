@@ -1,0 +1,309 @@
+"""The standard socket semantics of usnet.socket between two usnet stacks on a memwire (no root).
+
+Readiness through select, poll, epoll and selectors; makefile keeping the connection;
+recv flags; dup, detach, sendfile; create_connection/create_server; getsockopt;
+re-listen; bind; UDP. The same checks against kernel peers are in
+tests/interop/test_socket_semantics.py. Waits are select/poll calls with timeouts.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import selectors
+import socket as std
+import struct
+
+import pytest
+
+from usnet import socket as us
+from usnet.client import Client
+from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
+
+A_IP, B_IP = "10.9.0.1", "10.9.0.2"
+
+
+@pytest.fixture
+def c():
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, f"{A_IP}/24")
+    d.add_netif("b", w.b, f"{B_IP}/24")
+    d.start()
+    try:
+        yield Client.local(d)
+    finally:
+        d.stop()
+
+
+def _listener(c: Client, port: int, backlog: int = 16) -> us.socket:
+    srv = us.socket(client=c, netif="b")
+    srv.bind(("", port))
+    srv.listen(backlog)
+    return srv
+
+
+def _pair(c: Client, port: int) -> tuple[us.socket, us.socket, us.socket]:
+    srv = _listener(c, port)
+    srv.settimeout(10)
+    cl = us.create_connection((B_IP, port), timeout=10, client=c, netif="a")
+    conn, _ = srv.accept()
+    conn.settimeout(10)
+    return srv, cl, conn
+
+
+def _ready(s: us.socket) -> tuple[bool, bool]:
+    r, w, _ = select.select([s], [s], [], 0)
+    return bool(r), bool(w)
+
+
+def test_a_listener_is_readable_only_while_a_connection_waits(c):
+    srv = _listener(c, 8100)
+    srv.setblocking(False)
+    assert _ready(srv) == (False, False)
+    clients = [us.create_connection((B_IP, 8100), timeout=10, client=c, netif="a") for _ in range(3)]
+    accepted = []
+    for _ in range(10):  # each select either finds a connection or times out: never a spin
+        if len(accepted) == 3 or not select.select([srv], [], [], 10)[0]:
+            break
+        accepted.append(srv.accept()[0])  # readable: accept does not block
+    assert len(accepted) == 3
+    assert _ready(srv) == (False, False)
+    with pytest.raises(BlockingIOError):
+        srv.accept()
+    for s in (*clients, *accepted, srv):
+        s.close()
+
+
+def test_poll_epoll_and_selectors_see_a_connection_as_select_does(c):
+    srv, cl, conn = _pair(c, 8101)
+    ep = select.epoll()
+    ep.register(conn.fileno(), select.EPOLLIN | select.EPOLLOUT)
+    po = select.poll()
+    po.register(conn.fileno(), select.POLLIN | select.POLLOUT)
+    sel = selectors.DefaultSelector()
+    sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    assert dict(ep.poll(0)) == {conn.fileno(): select.EPOLLOUT}
+    assert dict(po.poll(0)) == {conn.fileno(): select.POLLOUT}
+    assert [ev for _, ev in sel.select(0)] == [selectors.EVENT_WRITE]
+    cl.sendall(b"x")
+    assert select.select([conn], [], [], 10)[0]
+    assert dict(ep.poll(0)) == {conn.fileno(): select.EPOLLIN | select.EPOLLOUT}
+    assert [ev for _, ev in sel.select(0)] == [selectors.EVENT_READ | selectors.EVENT_WRITE]
+    assert conn.recv(10) == b"x"
+    assert dict(po.poll(0)) == {conn.fileno(): select.POLLOUT}
+    ep.close()
+    sel.close()
+    for s in (cl, conn, srv):
+        s.close()
+
+
+def test_writable_means_send_will_not_block(c):
+    srv, cl, conn = _pair(c, 8102)
+    cl.setblocking(False)
+    sent = 0
+    for _ in range(10_000):  # fill the send buffer while it says writable
+        if not _ready(cl)[1]:
+            break
+        sent += cl.send(b"x" * 65536)  # never BlockingIOError: writable means it takes bytes
+    assert not _ready(cl)[1], "the send buffer never filled"
+    got = 0
+    while got < sent:
+        assert select.select([conn], [], [], 10)[0]
+        got += len(conn.recv(1 << 20))
+    assert select.select([], [cl], [], 10)[1], "writable again once the peer read"
+    for s in (cl, conn, srv):
+        s.close()
+
+
+def test_a_connecting_socket_is_neither_until_the_handshake_settles(c):
+    srv = _listener(c, 8103)
+    cl = us.socket(client=c, netif="a")
+    cl.setblocking(False)
+    assert cl.connect_ex((B_IP, 8103)) == errno.EINPROGRESS
+    assert cl.connect_ex((B_IP, 8103)) in (errno.EALREADY, 0)
+    assert select.select([], [cl], [], 10)[1]
+    assert cl.getsockopt(us.SOL_SOCKET, us.SO_ERROR) == 0
+    assert cl.connect_ex((B_IP, 8103)) in (0, errno.EISCONN)
+    refused = us.socket(client=c, netif="a")
+    refused.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        refused.connect((B_IP, 9))
+    assert _ready(refused) == (False, False)
+    assert select.select([], [refused], [], 10)[1]
+    assert refused.getsockopt(us.SOL_SOCKET, us.SO_ERROR) == errno.ECONNREFUSED
+    assert refused.getsockopt(us.SOL_SOCKET, us.SO_ERROR) == 0  # read once, as Linux clears it
+    for s in (cl, refused, srv):
+        s.close()
+
+
+def test_close_with_a_makefile_open_keeps_the_connection_until_the_file_closes(c):
+    srv, cl, conn = _pair(c, 8104)
+    f = conn.makefile("rwb")
+    conn.close()  # as http.client does with a response still being read
+    assert conn.fileno() != -1
+    cl.sendall(b"line one\nline two\n")
+    assert f.readline() == b"line one\n"
+    f.write(b"reply\n")
+    f.flush()
+    assert cl.recv(100) == b"reply\n"
+    assert f.readline() == b"line two\n"
+    f.close()  # the last reference: now the connection closes
+    assert conn.fileno() == -1
+    assert cl.recv(100) == b""  # the peer sees our FIN
+    with pytest.raises(OSError) as e:
+        conn.recv(1)
+    assert e.value.errno == errno.EBADF
+    cl.close()
+    srv.close()
+
+
+def test_recv_flags_peek_dontwait_waitall_and_the_into_calls(c):
+    srv, cl, conn = _pair(c, 8105)
+    with pytest.raises(BlockingIOError):
+        conn.recv(10, us.MSG_DONTWAIT)  # a blocking socket, one call that does not wait
+    cl.sendall(b"hello world")
+    assert select.select([conn], [], [], 10)[0]
+    assert conn.recv(5, us.MSG_PEEK) == b"hello"
+    assert conn.recv(5, us.MSG_PEEK) == b"hello"  # not consumed
+    buf = bytearray(5)
+    assert conn.recv_into(buf, 0, us.MSG_PEEK) == 5 and buf == b"hello"
+    assert conn.recvfrom_into(buf) == (5, None) and buf == b"hello"
+    assert conn.recvfrom(100) == (b" world", None)
+    assert _ready(conn)[0] is False
+    cl.sendall(b"abc")
+    cl.sendall(b"def")
+    assert conn.recv(6, us.MSG_WAITALL) == b"abcdef"
+    cl.close()
+    assert conn.recv(10, us.MSG_WAITALL) == b""
+    conn.close()
+    srv.close()
+
+
+def test_dup_detach_and_sendfile(c, tmp_path):
+    srv, cl, conn = _pair(c, 8106)
+    twin = conn.dup()
+    assert twin.fileno() != conn.fileno()
+    conn.close()  # the twin still holds the connection
+    cl.sendall(b"to the twin")
+    assert select.select([twin], [], [], 10)[0]
+    assert twin.recv(100) == b"to the twin"
+    fd = twin.detach()
+    assert twin.fileno() == -1
+    back = us.socket(fileno=fd)
+    assert back.fileno() == fd and back.getpeername() == cl.getsockname()
+    f = tmp_path / "blob"
+    f.write_bytes(bytes(range(256)) * 1000)
+    with f.open("rb") as fh:
+        assert back.sendfile(fh, 1000, 50_000) == 50_000
+        assert fh.tell() == 51_000
+    got = b""
+    while len(got) < 50_000:
+        got += cl.recv(65536)
+    assert got == f.read_bytes()[1000:51_000]
+    back.close()
+    assert cl.recv(10) == b""  # the last of them closed
+    cl.close()
+    srv.close()
+
+
+def test_getsockopt_returns_what_was_set_and_real_values(c):
+    srv, cl, conn = _pair(c, 8107)
+    kernel = std.socket()
+    try:
+        for s in (cl, kernel):
+            assert s.getsockopt(us.SOL_SOCKET, us.SO_TYPE) == std.SOCK_STREAM
+            assert s.getsockopt(us.SOL_SOCKET, std.SO_PROTOCOL) == std.IPPROTO_TCP
+            s.setsockopt(us.SOL_SOCKET, us.SO_RCVBUF, 65536)
+            s.setsockopt(us.SOL_SOCKET, us.SO_SNDBUF, 32768)
+            s.setsockopt(us.IPPROTO_TCP, us.TCP_NODELAY, 1)
+            s.setsockopt(us.SOL_SOCKET, us.SO_KEEPALIVE, 1)
+            s.setsockopt(us.SOL_SOCKET, us.SO_LINGER, struct.pack("ii", 1, 5))
+        for opt in ((us.SOL_SOCKET, us.SO_RCVBUF), (us.SOL_SOCKET, us.SO_SNDBUF), (us.IPPROTO_TCP, us.TCP_NODELAY),
+                    (us.SOL_SOCKET, us.SO_KEEPALIVE), (us.SOL_SOCKET, std.SO_ACCEPTCONN)):
+            assert cl.getsockopt(*opt) == kernel.getsockopt(*opt), opt
+        assert cl.getsockopt(us.SOL_SOCKET, us.SO_LINGER, 8) == kernel.getsockopt(us.SOL_SOCKET, us.SO_LINGER, 8)
+    finally:
+        kernel.close()
+    assert cl.connection.rcvbuf_cap == 65536 and cl.connection.sndbuf_cap == 32768  # honoured
+    assert srv.getsockopt(us.SOL_SOCKET, std.SO_ACCEPTCONN) == 1
+    assert 500 < cl.getsockopt(us.IPPROTO_TCP, std.TCP_MAXSEG) <= 1460
+    for s in (cl, conn, srv):
+        s.close()
+
+
+def test_re_listen_sets_the_backlog_and_bind_checks_the_address(c):
+    srv = _listener(c, 8108, backlog=1)
+    srv.listen(64)  # as asyncio.start_server(sock=...) does: no EADDRINUSE
+    with srv.engine.lock:
+        assert srv.engine.tcp.listeners[8108].backlog == 64
+    other = us.socket(client=c, netif="b")
+    with pytest.raises(OSError) as e:
+        other.bind(("10.9.0.77", 8109))
+    assert e.value.errno == errno.EADDRNOTAVAIL
+    with pytest.raises(OSError) as e:
+        other.bind((B_IP, 8108))
+    assert e.value.errno == errno.EADDRINUSE
+    other.bind((B_IP, 0))  # the netif's own address; the port is taken at bind, as Linux does
+    assert other.getsockname()[0] == B_IP and other.getsockname()[1] != 0
+    other.close()
+    srv.close()
+
+
+def test_create_server_and_create_connection_have_the_standard_signatures(c):
+    srv = us.create_server(("", 8110), backlog=4, client=c, netif="b")
+    with pytest.raises(ValueError):
+        us.create_server(("", 8111), family=us.AF_INET6, dualstack_ipv6=True, client=c, netif="b")
+    cl = us.create_connection((B_IP, 8110), 10, None, all_errors=True, client=c, netif="a")
+    srv.settimeout(10)
+    conn, addr = srv.accept()
+    assert addr == cl.getsockname()
+    with pytest.raises(ExceptionGroup):
+        us.create_connection((B_IP, 9), 10, all_errors=True, client=c, netif="a")
+    for s in (cl, conn, srv):
+        s.close()
+
+
+def test_the_module_has_the_standard_names():
+    missing = {n for n in std.__all__ if not hasattr(us, n)}
+    assert missing == {"fromfd", "socketpair"}  # kernel sockets (AF_UNIX, descriptors): the standard module's
+    assert us.SOCK_DGRAM == std.SOCK_DGRAM and us.inet_aton is std.inet_aton and us.herror is std.herror
+    assert us.SocketType is us.socket
+
+
+def test_udp_through_usnet_socket(c):
+    b = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="b")
+    a = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a")
+    b.bind(("", 7100))
+    assert _ready(b) == (False, True)
+    a.sendto(b"one", (B_IP, 7100))
+    assert select.select([b], [], [], 10)[0]
+    assert b.recvfrom(100, us.MSG_PEEK) == (b"one", a.getsockname())
+    assert b.recvfrom(2) == (b"on", a.getsockname())  # cut to the buffer; the rest is lost, as Linux
+    assert _ready(b) == (False, True)
+    with pytest.raises(BlockingIOError):
+        b.recv(10, us.MSG_DONTWAIT)
+    b.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        b.recv(10)
+    with pytest.raises(OSError) as e:
+        a.send(b"x")
+    assert e.value.errno == errno.EDESTADDRREQ
+    a.connect((B_IP, 7100))
+    assert a.getpeername() == (B_IP, 7100)
+    a.send(b"two")
+    buf = bytearray(10)
+    b.settimeout(10)
+    assert b.recvfrom_into(buf) == (3, a.getsockname()) and buf[:3] == b"two"
+    b.sendto(b"back", a.getsockname())
+    assert a.recv(10) == b"back"
+    assert a.getsockopt(us.SOL_SOCKET, us.SO_TYPE) == us.SOCK_DGRAM
+    dead = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a")
+    dead.connect((B_IP, 7999))  # nobody there: the switch answers port unreachable
+    dead.send(b"?")
+    assert select.select([dead], [], [], 10)[0]
+    with pytest.raises(ConnectionRefusedError):
+        dead.recv(10)
+    for s in (a, b, dead):
+        s.close()

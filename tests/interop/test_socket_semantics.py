@@ -1,0 +1,273 @@
+"""Unmodified standard-library programs on usnet.socket against the kernel's peers, over a TAP (root).
+
+usnet runs in this process on a fresh TAP in the test's own namespace (`tap_domain`); the
+peers are kernel sockets, socketserver, http.server and http.client. Where a behaviour can be
+compared, the same function runs once on kernel sockets and once on usnet, and the two
+transcripts must agree. Waits are select calls, joins and socket timeouts with deadlines.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import http.client
+import http.server
+import select
+import socket
+import socketserver
+import threading
+import time
+
+import pytest
+
+from usnet import socket as us
+from usnet.client import Client
+
+pytestmark = pytest.mark.privileged
+LIMIT = 20  # seconds for any single wait: only reached when something is broken
+
+
+@pytest.fixture
+def net(tap_domain):
+    """(client, ifname, usnet_ip, host_ip), with usnet.socket configured to use them."""
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    us.configure(client, ifname)
+    try:
+        yield client, ifname, usnet_ip, host_ip
+    finally:
+        us.configure(None, None)
+
+
+def _chat_server(lst, rounds: dict) -> None:
+    """A select()-based chat server, as written for the standard socket module: every line a
+    client sends goes to every other client. Runs until the listener is closed by a "quit" line."""
+    lst.setblocking(False)
+    clients: list = []
+    while True:
+        rounds["n"] += 1
+        readable, _, _ = select.select([lst, *clients], [], [], LIMIT)
+        if not readable:
+            return
+        for s in readable:
+            if s is lst:
+                conn, _ = lst.accept()  # readable: it does not block (and does not raise)
+                conn.setblocking(False)
+                conn.sendall(b"welcome\n")
+                clients.append(conn)
+                continue
+            data = s.recv(4096)
+            if not data or data == b"quit\n":
+                for c in clients:
+                    c.close()
+                return
+            for c in clients:
+                if c is not s:
+                    c.sendall(data)
+
+
+def test_a_select_chat_server_on_usnet_with_kernel_clients(net):
+    _client, _ifname, usnet_ip, _host_ip = net
+    lst = us.socket()
+    lst.bind((usnet_ip, 0))
+    lst.listen()
+    port = lst.getsockname()[1]
+    rounds = {"n": 0}
+    t = threading.Thread(target=_chat_server, args=(lst, rounds), daemon=True)
+    t.start()
+    peers = [socket.create_connection((usnet_ip, port), timeout=LIMIT) for _ in range(4)]
+    for p in peers:  # each one accepted: it hears every line from here on
+        assert p.recv(8, socket.MSG_WAITALL) == b"welcome\n"
+    for i, p in enumerate(peers):
+        p.sendall(b"hello from %d\n" % i)
+        for j, q in enumerate(peers):
+            if j != i:
+                got = b""
+                while not got.endswith(b"\n"):
+                    got += q.recv(100)
+                assert got == b"hello from %d\n" % i
+    peers[0].sendall(b"quit\n")
+    t.join(LIMIT)
+    assert not t.is_alive()
+    assert rounds["n"] < 100, f"select returned {rounds['n']} times for 4 connections and 4 lines: a spin"
+    for p in peers:
+        p.close()
+    lst.close()
+
+
+class _Echo(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+
+
+def test_socketserver_threading_tcp_server_serves_and_shuts_down(net, monkeypatch):
+    _client, _ifname, usnet_ip, _host_ip = net
+    monkeypatch.setattr(socketserver, "socket", us)  # the module socketserver builds its sockets from
+    server = socketserver.ThreadingTCPServer((usnet_ip, 0), _Echo)
+    assert isinstance(server.socket, us.socket)
+    port = server.server_address[1]
+    assert port != 0  # bound at bind(), as on the kernel
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    t.start()
+    with socket.create_connection((usnet_ip, port), timeout=LIMIT) as k:
+        k.sendall(b"one\ntwo\n")
+        with k.makefile("rb") as f:  # closed before k, or k's close would wait for it (as usnet's does)
+            assert f.readline() == b"ONE\n" and f.readline() == b"TWO\n"
+    stopper = threading.Thread(target=server.shutdown, daemon=True)
+    stopper.start()
+    stopper.join(LIMIT)
+    assert not stopper.is_alive(), "shutdown() did not return"
+    t.join(LIMIT)
+    server.server_close()
+
+
+def test_http_client_two_requests_on_one_kept_alive_connection_to_a_kernel_http_server(net):
+    client, ifname, _usnet_ip, host_ip = net
+    peers: list = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            peers.append(self.client_address)
+            body = (self.path * 1000).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((host_ip, 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection(host_ip, server.server_address[1], timeout=LIMIT)
+        conn._create_connection = functools.partial(us.create_connection, client=client, netif=ifname)
+        bodies = []
+        for path in ("/first", "/second"):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.status == 200 and not resp.will_close
+            bodies.append(resp.read())
+        assert isinstance(conn.sock, us.socket)
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert bodies == [b"/first" * 1000, b"/second" * 1000]
+    assert len(peers) == 2 and peers[0] == peers[1]  # one connection carried both
+
+
+def _connect_refused(make: callable, addr: tuple) -> tuple:
+    """A non-blocking connect to a closed port: what select and SO_ERROR say, as a transcript."""
+    s = make()
+    s.setblocking(False)
+    first = s.connect_ex(addr)
+    deadline = time.monotonic() + LIMIT
+    seen = []
+    while time.monotonic() < deadline:
+        _, w, _ = select.select([], [s], [], LIMIT)
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        seen.append((bool(w), err))
+        if w:
+            break
+    after = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    s.close()
+    return first, seen[-1], after, all(e == 0 for _, e in seen[:-1])
+
+
+def test_non_blocking_connect_to_a_closed_kernel_port_reports_econnrefused_through_so_error(net):
+    _client, _ifname, _usnet_ip, host_ip = net
+    closed = socket.socket()
+    closed.bind((host_ip, 0))  # a port nobody listens on
+    port = closed.getsockname()[1]
+    try:
+        on_usnet = _connect_refused(us.socket, (host_ip, port))
+        on_kernel = _connect_refused(socket.socket, (host_ip, port))
+    finally:
+        closed.close()
+    assert on_usnet == on_kernel == (errno.EINPROGRESS, (True, errno.ECONNREFUSED), 0, True)
+
+
+def _peek_dontwait(receiver, sender) -> list:
+    """recv flags on a connected pair, as a transcript of what each call gave."""
+    out = []
+
+    def call(*args: int) -> None:
+        try:
+            out.append(receiver.recv(*args))
+        except BlockingIOError:
+            out.append("EAGAIN")
+
+    receiver.setblocking(True)  # with a timeout, CPython polls before every recv, MSG_DONTWAIT or not
+    call(10, socket.MSG_DONTWAIT)
+    sender.sendall(b"hello world")
+    out.append(bool(select.select([receiver], [], [], LIMIT)[0]))
+    call(5, socket.MSG_PEEK)
+    call(5, socket.MSG_PEEK)
+    call(5)
+    while receiver.recv(100, socket.MSG_PEEK) != b" world":  # the rest may come in a second segment
+        select.select([receiver], [], [], LIMIT)
+    call(100)
+    out.append(bool(select.select([receiver], [], [], 0)[0]))
+    call(10, socket.MSG_DONTWAIT)
+    sender.sendall(b"abc")
+    sender.sendall(b"def")
+    call(6, socket.MSG_WAITALL)
+    buf = bytearray(4)
+    sender.sendall(b"wxyz")
+    out.append(receiver.recv_into(buf, 0, socket.MSG_WAITALL))
+    out.append(bytes(buf))
+    sender.close()
+    call(10, socket.MSG_WAITALL)
+    return out
+
+
+def test_recv_flags_behave_as_on_a_kernel_socket(net):
+    _client, _ifname, usnet_ip, host_ip = net
+    with socket.create_server((host_ip, 0)) as ks:  # the kernel pair, inside the namespace
+        a = socket.create_connection(ks.getsockname(), timeout=LIMIT)
+        b, _ = ks.accept()
+        on_kernel = _peek_dontwait(b, a)
+        b.close()
+    with us.create_server((usnet_ip, 0)) as srv:  # usnet receives, the kernel sends
+        srv.settimeout(LIMIT)
+        a = socket.create_connection(srv.getsockname(), timeout=LIMIT)
+        b, _ = srv.accept()
+        on_usnet = _peek_dontwait(b, a)
+        b.close()
+    assert on_usnet == on_kernel
+    assert on_kernel[:3] == ["EAGAIN", True, b"hello"]
+
+
+def test_udp_through_usnet_socket_with_a_kernel_peer(net):
+    _client, _ifname, usnet_ip, host_ip = net
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind((host_ip, 0))
+    k.settimeout(LIMIT)
+    u = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    u.bind((usnet_ip, 0))
+    u.setblocking(False)
+    assert select.select([u], [u], [], 0)[:2] == ([], [u])
+    k.sendto(b"ping", u.getsockname())
+    assert select.select([u], [], [], LIMIT)[0] == [u]
+    data, addr = u.recvfrom(100)
+    assert (data, addr) == (b"ping", k.getsockname())
+    with pytest.raises(BlockingIOError):
+        u.recvfrom(100)
+    u.connect(addr)
+    u.send(b"pong")
+    assert k.recvfrom(100) == (b"pong", u.getsockname())
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind((host_ip, 0))
+    gone = closed.getsockname()
+    closed.close()
+    u.connect(gone)  # the kernel answers port unreachable; a connected socket hears it
+    u.send(b"anyone?")
+    assert select.select([u], [], [], LIMIT)[0] == [u]
+    with pytest.raises(ConnectionRefusedError):
+        u.recv(100)
+    u.close()
+    k.close()

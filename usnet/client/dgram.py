@@ -1,0 +1,401 @@
+"""UDP through `usnet.socket`: ``socket(AF_INET, SOCK_DGRAM)`` on the flow path of `Client.udp_socket`.
+
+The datagrams are built, sent, received and checked by `usnet.client.datagram.DatagramSocket`,
+as for `Client.udp_socket`; this module puts the standard socket face on it (bind, connect,
+sendto, recvfrom, send, recv, the `*_into` calls, MSG_PEEK and MSG_DONTWAIT, timeouts and
+non-blocking calls) and makes its `fileno()` exact for select, poll, epoll and asyncio.
+
+Why the stack thread serves a UDP flow too: readiness must change when a datagram arrives,
+while the application is elsewhere (in select). `DatagramEngine` is one more thing the
+runner serves: woken by the channel's doorbell, it moves what arrived into the socket's
+receive queue, sets the descriptor readable and wakes blocked calls. The application's calls
+take from that queue first and from the ring themselves when it is empty (no thread hop
+while datagrams keep coming); both run under the engine's lock. The queue is bounded as
+Linux bounds a socket's by SO_RCVBUF: past it, datagrams wait in the channel's ring, and
+what the ring cannot hold the domain drops.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from usnet.client.channel import ChannelError, PeerGone
+from usnet.client.datagram import DatagramSocket
+from usnet.client.engine import Readiness, runner
+from usnet.client.session import Client
+from usnet.client.socket import (
+    AF_INET,
+    AF_INET6,
+    MSG_DONTWAIT,
+    MSG_PEEK,
+    SO_ERROR,
+    SO_RCVBUF,
+    SO_SNDBUF,
+    SOCK_DGRAM,
+    SOL_SOCKET,
+    _sockaddr,
+    getaddrinfo,
+    getdefaulttimeout,
+    socket,
+)
+
+__all__ = ["DatagramEngine", "DatagramFace"]
+
+RX_BATCH = 64
+RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
+_OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
+
+
+class DatagramEngine:
+    """A UDP flow served by the stack thread (see the module docstring); `Runner` serves it."""
+
+    def __init__(self, dsock: DatagramSocket, client: Client) -> None:
+        self.d = dsock
+        self.client = client  # whose control socket's hang-up fails this flow (Runner._domain_gone)
+        self.ch = dsock.channel
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.rxq: deque[tuple[bytes, tuple[str, int]]] = deque()
+        self.rx_bytes = 0  # what rxq holds, charged as Linux charges SO_RCVBUF
+        self.rcvbuf = RCVBUF
+        self.remote: tuple[str, int] | None = None  # connect(): only its datagrams are taken
+        self.pending: OSError | None = None  # an ICMP error for the connected peer (SO_ERROR)
+        self.error: OSError | None = None  # the channel failed
+        self.closed = False
+        self.release_when_idle = False
+        self.watchers: set = set()
+
+    def fileno(self) -> int:
+        return self.ch.fileno()
+
+    def idle(self) -> bool:
+        return True  # nothing of its own to finish: it goes once its socket closed
+
+    def deadline(self, now: float) -> float | None:
+        return None
+
+    def pump(self, now: float) -> None:
+        """Take what arrived (up to the receive bound); then tell the sockets. With the lock held."""
+        if self.closed or self.error is not None:
+            return
+        self.take()
+        self.notify()
+
+    def take(self) -> None:
+        """Move datagrams from the ring into the queue while there is room. With the lock held.
+
+        An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
+        it), so the domain rings the doorbell the runner sleeps on for the next one.
+        """
+        while self.rx_bytes < self.rcvbuf:
+            try:
+                got = self.d.recv_many(RX_BATCH, 0)
+            except BlockingIOError:
+                return
+            except (ChannelError, PeerGone) as e:
+                self.error = e
+                return
+            except OSError as e:  # the connected peer's ICMP error: pending, as sk_err
+                self.pending = e
+                continue
+            remote = self.remote
+            for dg in got:
+                if remote is None or dg[1] == remote:
+                    self.rxq.append(dg)
+                    self.rx_bytes += len(dg[0]) + _OVERHEAD
+
+    def pop(self, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram, or None. With the lock held."""
+        if not self.rxq:
+            self.take()
+            if not self.rxq:
+                return None
+        if peek:
+            return self.rxq[0]
+        dg = self.rxq.popleft()
+        self.rx_bytes -= len(dg[0]) + _OVERHEAD
+        return dg
+
+    def notify(self) -> None:
+        for w in self.watchers:
+            w._signal()
+        self.changed.notify_all()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.changed.notify_all()
+        try:
+            self.d.close()
+        except OSError:
+            pass  # the domain is gone already
+
+
+class DatagramFace(socket):
+    """A UDP socket over usnet (AF_INET or AF_INET6, SOCK_DGRAM): what ``socket(..., SOCK_DGRAM)`` makes."""
+
+    def __init__(self, family: int = AF_INET, type: int = SOCK_DGRAM, proto: int = 0,
+                 fileno: int | None = None, *, client: Any = None, netif: str | None = None) -> None:
+        if fileno is not None:
+            self._adopt(fileno)
+            return
+        if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_DGRAM or proto not in (0, 17):
+            raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM")
+        import socket as _std
+
+        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SOCK_DGRAM, proto
+        self._timeout = 0.0 if type & _std.SOCK_NONBLOCK else getdefaulttimeout()
+        self._port = 0
+        self._engine: DatagramEngine | None = None  # type: ignore[assignment]
+        self._conn = None
+        self._listening = False
+        self._owns_engine = True
+        self._closed = self._dead = False
+        self._io_refs = 0
+        self._ready = Readiness(False, True)  # as Linux: an idle UDP socket is writable
+        self._fd = self._ready.fileno()
+        self._share = [1]
+        self._opts: dict[tuple[int, int], Any] = {}
+        self._reported: OSError | None = None
+        self._where = (client, netif)
+
+    # -- addresses ------------------------------------------------------------------------
+
+    def _resolve(self, address: Any) -> tuple[str, int]:
+        if not isinstance(address, tuple) or len(address) < 2:
+            raise TypeError(f"{self.family.name} address must be a tuple (host, port)")
+        host, port = getaddrinfo(address[0], address[1], self.family, SOCK_DGRAM)[0][4][:2]
+        return str(ipaddress.ip_address(host)), int(port)
+
+    def _open(self, port: int = 0) -> DatagramEngine:
+        client, netif = self._target()
+        eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version), client)
+        eng.d.setblocking(self._timeout != 0.0)
+        if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
+            eng.rcvbuf = v
+        self._port = eng.d.local[1]
+        self._engine = eng
+        with eng.lock:
+            eng.watchers.add(self)
+            self._update()
+        runner().add(eng)
+        return eng
+
+    def _eng(self) -> DatagramEngine:
+        """The flow, opened (an ephemeral port) on first use, as Linux binds on first send."""
+        self._need_open()
+        eng = self._engine
+        return eng if eng is not None else self._open()
+
+    def bind(self, address: tuple) -> None:
+        self._need_open()
+        if self._engine is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        host, port = self._bind_args(address)
+        eng = self._open(port)
+        if host is not None and ipaddress.ip_address(eng.d.local[0]) != host:
+            self._real_close()
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+
+    def connect(self, address: tuple) -> None:
+        """Set the default destination and take datagrams only from it, as Linux does."""
+        remote = self._resolve(address)
+        eng = self._eng()
+        with eng.lock:
+            eng.remote = eng.d.remote = remote
+            kept = [dg for dg in eng.rxq if dg[1] == remote]
+            eng.rxq.clear()
+            eng.rxq.extend(kept)
+            eng.rx_bytes = sum(len(dg[0]) + _OVERHEAD for dg in kept)
+            self._update()
+
+    def connect_ex(self, address: tuple) -> int:
+        try:
+            self.connect(address)
+        except OSError as e:
+            if e.errno is None:
+                raise
+            return e.errno
+        return 0
+
+    def listen(self, backlog: int = 0) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    def accept(self) -> Any:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    def getsockname(self) -> tuple:
+        eng = self._engine
+        if eng is None:
+            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", 0)
+        return _sockaddr(self.family, eng.d.local[0], eng.d.local[1])
+
+    def getpeername(self) -> tuple:
+        self._need_open()
+        eng = self._engine
+        if eng is None or eng.remote is None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return _sockaddr(self.family, *eng.remote)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def sendto(self, data: Any, flags_or_address: Any, address: Any = None) -> int:
+        flags, addr = (0, flags_or_address) if address is None else (flags_or_address, address)
+        return self._send(data, flags, self._resolve(addr))
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        eng = self._engine
+        if eng is None or eng.remote is None:
+            self._need_open()
+            raise OSError(errno.EDESTADDRREQ, "Destination address required")
+        return self._send(data, flags, eng.remote)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self.send(data, flags)
+
+    def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
+        eng = self._eng()
+        with eng.lock:
+            self._raise_pending(eng)
+            eng.d.settimeout(0.0 if flags & MSG_DONTWAIT else self._timeout)
+            try:
+                return eng.d.sendto(data, addr)
+            except OSError as e:
+                if e.errno in (errno.ENOBUFS, errno.EAGAIN) and not isinstance(e, BlockingIOError):
+                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
+                raise
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple]:
+        """One datagram, cut to `bufsize` (the rest is lost, as on Linux), and its sender."""
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recvfrom")
+        data, addr = self._recv(flags)
+        return data[:bufsize], _sockaddr(self.family, *addr)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        return self.recvfrom(bufsize, flags)[0]
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, tuple]:
+        mv = memoryview(buffer).cast("B")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recvfrom_into")
+        if nbytes > len(mv):
+            raise ValueError("nbytes is greater than the length of the buffer")
+        data, addr = self.recvfrom(nbytes or len(mv), flags)
+        mv[: len(data)] = data
+        return len(data), addr
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        return self.recvfrom_into(buffer, nbytes, flags)[0]
+
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> Any:
+        data, addr = self.recvfrom(bufsize, flags)
+        return data, [], 0, addr
+
+    def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
+        eng = self._eng()
+        t = 0.0 if flags & MSG_DONTWAIT else self._timeout
+        deadline = None if t is None else time.monotonic() + t
+        with eng.lock:
+            while True:
+                self._raise_pending(eng)
+                if eng.error is not None:
+                    raise eng.error
+                if eng.closed:
+                    raise OSError(errno.EBADF, "Bad file descriptor")
+                dg = eng.pop(bool(flags & MSG_PEEK))
+                if dg is not None:
+                    self._update()
+                    return dg
+                self._update()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    if t == 0:
+                        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                    raise TimeoutError("timed out")
+                eng.changed.wait(left)
+
+    def _raise_pending(self, eng: DatagramEngine) -> None:
+        err = eng.pending
+        if err is not None:
+            eng.pending = None
+            self._update()
+            raise err
+
+    # -- options, readiness, close ------------------------------------------------------------
+
+    def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
+        self._need_open()
+        if level == SOL_SOCKET and opt in (SO_RCVBUF, SO_SNDBUF):
+            value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
+            if opt == SO_RCVBUF and self._engine is not None:
+                self._engine.rcvbuf = value
+        self._opts[level, opt] = value
+
+    def _option(self, level: int, opt: int) -> Any:
+        import socket as _std
+
+        if level == SOL_SOCKET:
+            if opt == SO_ERROR:
+                eng = self._engine
+                err = None if eng is None else eng.pending or eng.error
+                if eng is not None and eng.pending is not None:
+                    eng.pending = None
+                    self._update()
+                return 0 if err is None else err.errno or errno.EIO
+            if opt == _std.SO_TYPE:
+                return SOCK_DGRAM
+            if opt == _std.SO_PROTOCOL:
+                return _std.IPPROTO_UDP
+            if opt == _std.SO_DOMAIN:
+                return int(self.family)
+            if opt in (SO_RCVBUF, SO_SNDBUF) and (level, opt) not in self._opts:
+                return RCVBUF
+        return self._opts.get((level, opt), 0)
+
+    def shutdown(self, how: int) -> None:
+        self._need_open()
+        eng = self._engine
+        if eng is None or eng.remote is None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def _poll_state(self) -> tuple[bool, bool]:
+        eng: DatagramEngine | None = self._engine
+        if eng is None:
+            return False, True
+        if eng.error is not None or eng.pending is not None:
+            return True, True
+        return bool(eng.rxq), True
+
+    def _real_close(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        self._share[0] -= 1
+        last = self._share[0] == 0
+        eng = self._engine
+        if eng is not None:
+            with eng.lock:
+                eng.watchers.discard(self)
+                if last:
+                    eng.release_when_idle = True
+            runner().wake()
+        if self._fd != self._ready.fileno():
+            os.close(self._fd)
+        if last:
+            self._ready.close()
+
+    def __repr__(self) -> str:
+        where = "" if self._dead else f", laddr={self.getsockname()}"
+        return f"<usnet.socket fd={self.fileno()}, family={self.family!s}, type=2, proto={self.proto}{where}>"
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        raise ValueError("only SOCK_STREAM type sockets are supported")
