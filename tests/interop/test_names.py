@@ -69,8 +69,8 @@ class World:
         self.resolv.write_text(f"nameserver {self.host_ip}\nsearch usnet.test\noptions timeout:2 attempts:2\n")
         records = [f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)]
         self.proc = subprocess.Popen(
-            [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--bogus-priv",
-             "--user=root", "--bind-interfaces", f"--listen-address={self.host_ip}", "--port=53",
+            [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
+             "--bogus-priv", "--user=root", "--bind-interfaces", f"--listen-address={self.host_ip}", "--port=53",
              f"--address=/example.test/10.{x}.0.1", "--address=/nx.test/",
              f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7", f"--host-record=v6only.usnet.test,fd00:{x}::8",
              "--cname=alias.usnet.test,www.usnet.test", f"--host-record=hosted.test,10.{x}.0.99",

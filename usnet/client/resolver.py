@@ -744,6 +744,17 @@ _PRECEDENCE = [  # RFC 6724 §2.1's default policy table: (prefix, precedence)
 ]
 
 
+def _kind(addr: str) -> int:
+    """Which of `Resolver.families` decides whether an address is usable: 0 IPv4 (or v4-mapped),
+    1 IPv6, 2 IPv6 link-local; 3 loopback, always usable."""
+    ip = ipaddress.ip_address(addr)
+    if ip.is_loopback:
+        return 3
+    if ip.version == 4 or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None):
+        return 0
+    return 2 if ip.is_link_local else 1
+
+
 def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool]) -> tuple[int, int, int]:
     """RFC 6724's destination rules as they apply to usnet: 1 (a family the netif has no address
     of is unusable), 6 (precedence), 8 (smaller scope first)."""
@@ -752,8 +763,8 @@ def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool]) -> tuple[int, 
     assert isinstance(v6, ipaddress.IPv6Address)
     prec = next((p for net, p in _PRECEDENCE if v6 in net), 40)
     link = ip.is_loopback or ip.is_link_local
-    four = ip.version == 4 or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None)
-    usable = ip.is_loopback or (have[0] if four else have[2] if ip.is_link_local else have[1])
+    kind = _kind(addr)
+    usable = kind == 3 or have[kind]
     return (0 if usable else 1, -prec, 2 if link else 14)
 
 
@@ -812,8 +823,8 @@ def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family
             canon = found.canonical
             addrs = [(f, a, 0) for f, a in found.addresses]
             if len({a[:2] for a in addrs}) > 1:
-                have = resolver.families() if len({_sort_key(a[0], a[1], (True,) * 3) for a in addrs}) > 1 \
-                    else (True, True, True)  # no rule could change the order: no need to ask usnet
+                # usnet's families are asked only when rule 1 could tell the addresses apart
+                have = resolver.families() if len({_kind(a[1]) for a in addrs}) > 1 else (True, True, True)
                 addrs.sort(key=lambda a: _sort_key(a[0], a[1], have))
     if flags & AI_CANONNAME and flags & AI_CANONIDN and canon:
         with contextlib.suppress(UnicodeError):
