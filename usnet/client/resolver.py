@@ -399,7 +399,7 @@ class Resolver:
         try:
             return self._search(name, qtypes)
         except _Failed as e:
-            raise _gai(e.code) from None
+            raise _gai(e.code) from e.__cause__
 
     def _search(self, name: str, qtypes: list[int]) -> Found:
         """glibc's res_nsearch: the name as it is first when it has `ndots` dots (or ends in one: then
@@ -414,6 +414,7 @@ class Resolver:
         trailing = name.endswith(".")
         saved: int | None = None
         last = _std.EAI_NONAME
+        cause: BaseException | None = None  # why usnet could not ask, if that was why
         if trailing or name.count(".") >= conf.ndots:
             try:
                 return self._ask(name, qtypes, conf)
@@ -421,12 +422,14 @@ class Resolver:
                 if trailing:
                     raise
                 saved = last = e.code
+                cause = e.__cause__
         nodata = False
         for domain in conf.search:
             try:
                 return self._ask(f"{name}.{domain}", qtypes, conf)
             except _Failed as e:
                 last = e.code
+                cause = cause or e.__cause__
                 if e.code == EAI_NODATA:
                     nodata = True
                 elif e.code != _std.EAI_NONAME:
@@ -436,7 +439,8 @@ class Resolver:
                 return self._ask(name, qtypes, conf)
             except _Failed as e:
                 last = e.code
-        raise _Failed(saved if saved is not None else EAI_NODATA if nodata else last)
+                cause = e.__cause__
+        raise _Failed(saved if saved is not None else EAI_NODATA if nodata else last) from cause
 
     def _ask(self, qname: str, qtypes: list[int], conf: ResolvConf) -> Found:
         """One name, A and/or AAAA, over DNS: the addresses of the answers, following CNAMEs."""
@@ -474,7 +478,10 @@ class Resolver:
     def _exchange(self, qname: str, qtypes: list[int], conf: ResolvConf) -> dict[int, dns.Message]:
         """Ask every server in turn, `attempts` rounds, for each qtype; the answers (NOERROR or
         NXDOMAIN) by qtype. A qtype missing from the result had no usable answer."""
-        client, netif = self._where()
+        try:
+            client, netif = self._where()
+        except OSError as e:  # no usnetd: as glibc with no nameserver in reach, the cause chained
+            raise _Failed(_std.EAI_AGAIN) from e
         servers = list(conf.nameservers)
         if conf.rotate and len(servers) > 1:
             k = secrets.randbelow(len(servers))
