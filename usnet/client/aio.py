@@ -508,7 +508,7 @@ def _client_context(ssl: Any, server_hostname: str | None,
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client: Any, netif: str | None,
                    local_port: int) -> _us.socket:
     """A connected, non-blocking usnet socket; the wait for SYN-ACK is a watcher, not a thread."""
-    family = _us.getaddrinfo(host, port)[0][0]  # literal addresses: usnet has no resolver
+    family = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, client=client, netif=netif)[0][0]
     sock = _us.socket(family, client=client, netif=netif)
     try:
         sock.setblocking(False)
@@ -771,7 +771,8 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ho
     if ssl is None and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
         raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
     loop = asyncio.get_running_loop()
-    family = _us.getaddrinfo(host, port)[0][0]
+    family = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE, client=client,
+                             netif=netif)[0][0]  # no host: IPv4's any address first, as for the standard module
     sock = _us.socket(family, client=client, netif=netif)
     try:
         sock.bind((host or ("::" if family == _stdsocket.AF_INET6 else "0.0.0.0"), port))

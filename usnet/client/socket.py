@@ -120,7 +120,7 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
                       source_address: tuple[str, int] | None = None, **where: Any) -> socket:
     """As the standard create_connection; the family is the address's."""
-    family = getaddrinfo(address[0], address[1])[0][0]
+    family = getaddrinfo(address[0], address[1], type=SOCK_STREAM, **where)[0][0]
     s = socket(family, **where)
     if timeout is not _GLOBAL_DEFAULT_TIMEOUT:
         s.settimeout(timeout)  # type: ignore[arg-type]
