@@ -631,10 +631,11 @@ def test_udp_over_ipv6_between_two_usnet_endpoints(dual):
 
 
 def test_getaddrinfo_takes_ipv6_literals():
-    ((fam, typ, proto, _, sa),) = us.getaddrinfo("fd00::1", 80)
+    ((fam, typ, proto, _, sa),) = us.getaddrinfo("fd00::1", 80, type=us.SOCK_STREAM)
     assert (fam, typ, proto, sa) == (us.AF_INET6, us.SOCK_STREAM, 6, ("fd00::1", 80, 0, 0))
     assert us.getaddrinfo("FD00:0::1", "443")[0][4] == ("fd00::1", 443, 0, 0)
-    assert us.getaddrinfo(None, 80, us.AF_INET6)[0][4] == ("::", 80, 0, 0)
+    assert us.getaddrinfo(None, 80, us.AF_INET6, flags=socket.AI_PASSIVE)[0][4] == ("::", 80, 0, 0)
+    assert us.getaddrinfo(None, 80, us.AF_INET6)[0][4] == ("::1", 80, 0, 0)  # as the standard module
     assert us.getaddrinfo("10.1.2.3", 80)[0][:1] == (us.AF_INET,)
     with pytest.raises(us.gaierror):
         us.getaddrinfo("fd00::1", 80, us.AF_INET)

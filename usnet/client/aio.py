@@ -544,7 +544,7 @@ async def _until(loop: asyncio.AbstractEventLoop, eng: FlowEngine, ready: Callab
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client: Any, netif: str | None,
                    local_port: int) -> _us.socket:
     """A connected, non-blocking usnet socket; the wait for SYN-ACK is a watcher, not a thread."""
-    family = _us.getaddrinfo(host, port)[0][0]
+    family = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, client=client, netif=netif)[0][0]
     sock = _us.socket(family, client=client, netif=netif)
     try:
         sock.setblocking(False)
@@ -807,7 +807,8 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ho
     if ssl is None and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
         raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
     loop = asyncio.get_running_loop()
-    family = _us.getaddrinfo(host, port)[0][0]
+    family = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE, client=client,
+                             netif=netif)[0][0]  # no host: IPv4's any address first, as for the standard module
     sock = _us.socket(family, client=client, netif=netif)
     try:
         sock.bind((host or ("::" if family == _stdsocket.AF_INET6 else "0.0.0.0"), port))

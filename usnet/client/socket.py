@@ -38,6 +38,7 @@ from functools import partial
 from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
+from usnet.client import resolver as _names
 from usnet.client.engine import FlowEngine, Readiness, delivered, runner
 from usnet.client.session import Client
 from usnet.proto.tcp.connection import (
@@ -61,7 +62,8 @@ __all__ = [
     "AF_INET", "AF_INET6", "IPPROTO_TCP", "SHUT_RD", "SHUT_RDWR", "SHUT_WR", "SOCK_DGRAM", "SOCK_STREAM",
     "SOL_SOCKET", "SO_KEEPALIVE", "SO_LINGER", "SO_REUSEADDR", "TCP_NODELAY", "TCP_USER_TIMEOUT", "SocketType",
     "configure", "create_connection", "create_server", "error", "gaierror", "getaddrinfo", "getdefaulttimeout",
-    "has_dualstack_ipv6", "setdefaulttimeout", "socket", "timeout",
+    "gethostbyaddr", "gethostbyname", "gethostbyname_ex", "getnameinfo", "has_dualstack_ipv6", "herror",
+    "setdefaulttimeout", "socket", "timeout",
 ]
 __all__ += [n for n in _STANDARD if n not in __all__]
 
@@ -71,7 +73,7 @@ SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _st
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
-error, timeout, gaierror = OSError, TimeoutError, _std.gaierror
+error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
 MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
@@ -124,27 +126,41 @@ def setdefaulttimeout(t: float | None) -> None:
     _default["timeout"] = t
 
 
-def getaddrinfo(host: str | None, port: int | str | None, family: int = 0, type: int = 0,
-                proto: int = 0, flags: int = 0) -> list[tuple]:
-    """Literal IPv4 and IPv6 addresses only: usnet has no resolver of its own.
+def _resolver(client: Client | None = None, netif: str | None = None) -> _names.Resolver:
+    """Names resolved through this client and netif (default: `configure`, then the environment)."""
+    def where() -> tuple[Client, str]:
+        if client is not None and netif is not None:
+            return client, netif
+        dc, dn = _target()
+        return client or dc, netif or dn
+    return _names.Resolver(where)
 
-    An IPv6 address gives an AF_INET6 entry with a 4-tuple (address, port,
-    flowinfo 0, scope id 0); `family` filters as in the standard module.
-    """
-    if family not in (0, AF_INET, AF_INET6):
-        raise gaierror(_std.EAI_FAMILY, "ai_family not supported")
-    if host is None:
-        host = "::" if family == AF_INET6 else "0.0.0.0"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise gaierror(_std.EAI_NONAME, f"usnet resolves literal addresses only, not {host!r}") from None
-    af = AF_INET6 if ip.version == 6 else AF_INET
-    if family and family != af:
-        raise gaierror(_std.EAI_ADDRFAMILY, "Address family for hostname not supported")
-    p = int(port or 0)
-    sockaddr = (str(ip), p, 0, 0) if af == AF_INET6 else (str(ip), p)
-    return [(af, SOCK_STREAM, _std.IPPROTO_TCP, "", sockaddr)]
+
+def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family: int = 0, type: int = 0,
+                proto: int = 0, flags: int = 0, *, client: Client | None = None,
+                netif: str | None = None) -> list[tuple]:
+    """As the standard getaddrinfo: numeric addresses, the hosts file, localhost, then DNS over usnet
+    (usnet.client.resolver; its `configure` says which nameservers and hosts file)."""
+    return _names.getaddrinfo(host, port, family, type, proto, flags, resolver=_resolver(client, netif))
+
+
+def gethostbyname(hostname: str | bytes, *, client: Client | None = None, netif: str | None = None) -> str:
+    return _names.gethostbyname(hostname, resolver=_resolver(client, netif))
+
+
+def gethostbyname_ex(hostname: str | bytes, *, client: Client | None = None,
+                     netif: str | None = None) -> tuple[str, list[str], list[str]]:
+    return _names.gethostbyname_ex(hostname, resolver=_resolver(client, netif))
+
+
+def gethostbyaddr(ip_address: str | bytes, *, client: Client | None = None,
+                  netif: str | None = None) -> tuple[str, list[str], list[str]]:
+    return _names.gethostbyaddr(ip_address, resolver=_resolver(client, netif))
+
+
+def getnameinfo(sockaddr: tuple, flags: int, *, client: Client | None = None,
+                netif: str | None = None) -> tuple[str, str]:
+    return _names.getnameinfo(sockaddr, flags, resolver=_resolver(client, netif))
 
 
 def _is_loopback(host: str) -> bool:
@@ -170,7 +186,7 @@ def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAUL
     """
     host, port = address[0], address[1]
     exceptions: list[Exception] = []
-    for af, socktype, proto, _canon, sa in getaddrinfo(host, port, 0, SOCK_STREAM):
+    for af, socktype, proto, _canon, sa in getaddrinfo(host, port, 0, SOCK_STREAM, **where):
         sock = None
         try:
             sock = socket(af, socktype, proto, **where)
@@ -410,7 +426,8 @@ class socket:
         if self._listening or self._connected:
             return errno.EISCONN
         if self._conn is None:
-            host, port = getaddrinfo(address[0], address[1], self.family, SOCK_STREAM)[0][4][:2]
+            host, port = getaddrinfo(address[0], address[1], self.family, SOCK_STREAM,
+                                     client=self._where[0], netif=self._where[1])[0][4][:2]
             client, netif = self._target(host)
             if self._engine is not None:  # bound: the port goes over to the connected flow
                 self._drop_engine()

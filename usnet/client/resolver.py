@@ -1,0 +1,981 @@
+"""Names for usnet's socket face, resolved as the host's resolver (glibc) would, over usnet.
+
+`getaddrinfo`, `gethostbyname`, `gethostbyname_ex`, `gethostbyaddr` and
+`getnameinfo` here are what `usnet.socket` exports under the same names. The
+order of sources is glibc's with ``hosts: files dns``:
+
+1. numeric addresses, parsed as glibc parses them (``inet_aton`` for IPv4,
+   so ``"1.2"`` is 1.0.0.2; IPv6 with a ``%scope``), with no lookup at all;
+2. the hosts file (/etc/hosts, or `configure(hosts=...)` / ``USNET_HOSTS``),
+   every matching line (``multi on``), the first name on the first line as
+   the canonical name;
+3. ``localhost`` and names under ``.localhost`` (RFC 6761), which never go
+   to DNS, as with systemd's nss-myhostname;
+4. DNS, over usnet's own UDP (`Client.udp_socket`) to the resolvers of
+   /etc/resolv.conf (its ``search``, ``ndots``, ``timeout``, ``attempts`` and
+   ``rotate``), or to those of `configure(nameservers=...)` or
+   ``USNET_RESOLVER`` (``"10.0.0.53,[fd00::53]:5353"``). A and AAAA go out
+   together; each server is tried in turn, ``attempts`` rounds; an answer
+   with TC set is asked again over usnet TCP. Answers are accepted only from
+   the server asked (the flow is connected to it), with the id and the
+   question we sent.
+
+The DNS messages themselves are usnet.proto.dns (sans-I/O). Errors are the
+standard module's `socket.gaierror` with glibc's EAI codes and messages;
+the result has the standard module's shape (5-tuples, `AddressFamily` and
+`SocketKind` members) and order: glibc's socket-type table decides which
+(type, protocol) pairs a service yields, and several addresses are sorted
+by RFC 6724's rules as they apply to usnet (an address family the netif
+lacks comes last; then precedence, then the smaller scope).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import secrets
+import socket as _std
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from usnet.proto import dns
+
+if TYPE_CHECKING:
+    from usnet.client.datagram import DatagramSocket
+    from usnet.client.session import Client
+
+__all__ = [
+    "Resolver", "configure", "getaddrinfo", "gethostbyaddr", "gethostbyname", "gethostbyname_ex", "getnameinfo",
+]
+
+AF_INET, AF_INET6, AF_UNSPEC = int(_std.AF_INET), int(_std.AF_INET6), int(_std.AF_UNSPEC)
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET = 1, 2, 3, 5
+SOCK_DCCP = 6
+AI_PASSIVE, AI_CANONNAME, AI_NUMERICHOST, AI_V4MAPPED, AI_ALL, AI_ADDRCONFIG, AI_NUMERICSERV = (
+    0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x400)  # glibc's values, as the standard module has them
+AI_IDN, AI_CANONIDN = 0x40, 0x80  # glibc's; the standard module does not name them
+_AI_DEPRECATED_IDN = 0x100 | 0x200  # AI_IDN_ALLOW_UNASSIGNED, AI_IDN_USE_STD3_ASCII_RULES: accepted, ignored
+_AI_ALLOWED = (AI_PASSIVE | AI_CANONNAME | AI_NUMERICHOST | AI_ADDRCONFIG | AI_V4MAPPED | AI_IDN | AI_CANONIDN
+               | AI_NUMERICSERV | AI_ALL | _AI_DEPRECATED_IDN)
+NI_NUMERICHOST, NI_NUMERICSERV, NI_NOFQDN, NI_NAMEREQD, NI_DGRAM = (
+    _std.NI_NUMERICHOST, _std.NI_NUMERICSERV, _std.NI_NOFQDN, _std.NI_NAMEREQD, _std.NI_DGRAM)
+_NI_ALLOWED = 0xFF  # the above, NI_IDN and its two deprecated companions, as glibc accepts
+_NI_NUMERICSCOPE = 0x100
+
+# glibc's messages (gai_strerror), which the standard module's gaierror carries.
+_EAI_TEXT = {
+    _std.EAI_BADFLAGS: "Bad value for ai_flags",
+    _std.EAI_NONAME: "Name or service not known",
+    _std.EAI_AGAIN: "Temporary failure in name resolution",
+    _std.EAI_FAIL: "Non-recoverable failure in name resolution",
+    _std.EAI_NODATA: "No address associated with hostname",
+    _std.EAI_FAMILY: "ai_family not supported",
+    _std.EAI_SOCKTYPE: "ai_socktype not supported",
+    _std.EAI_SERVICE: "Servname not supported for ai_socktype",
+    _std.EAI_ADDRFAMILY: "Address family for hostname not supported",
+    _std.EAI_MEMORY: "Memory allocation failure",
+    _std.EAI_SYSTEM: "System error",
+}
+EAI_NODATA: int = _std.EAI_NODATA
+EAI_ADDRFAMILY: int = _std.EAI_ADDRFAMILY
+
+
+def _gai(code: int) -> _std.gaierror:
+    return _std.gaierror(code, _EAI_TEXT.get(code, "Unknown error"))
+
+
+# glibc's table of socket types and protocols (sysdeps/posix/getaddrinfo.c, gaih_inet_typeproto):
+# (socktype, protocol, any protocol, no service, returned by default, protocol name for getservbyname).
+_TYPEPROTO = (
+    (SOCK_STREAM, 6, False, False, True, "tcp"),
+    (SOCK_DGRAM, 17, False, False, True, "udp"),
+    (SOCK_DCCP, 33, False, False, False, "dccp"),
+    (SOCK_DGRAM, 136, False, False, False, "udplite"),
+    (SOCK_STREAM, 132, False, False, False, "sctp"),
+    (SOCK_SEQPACKET, 132, False, False, False, "sctp"),
+    (SOCK_RAW, 0, True, True, True, "raw"),
+)
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Settings:
+    """What `configure` set; None: the environment, then the system's files."""
+
+    nameservers: list[tuple[str, int]] | None = None
+    hosts: str | None = None
+    resolv_conf: str | None = None
+    timeout: float | None = None
+    attempts: int | None = None
+
+
+_settings = _Settings()
+
+
+def configure(nameservers: list[str] | str | None = None, hosts: str | None = None, resolv_conf: str | None = None,
+              timeout: float | None = None, attempts: int | None = None) -> None:
+    """Where names are looked up, for every later call (None: the default for each).
+
+    `nameservers`: ``"addr"``, ``"addr#port"``, ``"addr:port"`` (IPv4) or ``"[addr]:port"``,
+    as a list or comma-separated, instead of resolv.conf's (default: ``USNET_RESOLVER``, then
+    resolv.conf). `hosts`: the hosts file (default ``USNET_HOSTS``, then /etc/hosts).
+    `resolv_conf`: default /etc/resolv.conf. `timeout` (seconds per try) and `attempts`
+    (rounds over the servers) override resolv.conf's options.
+    """
+    global _settings
+    servers = None if nameservers is None else _parse_servers(nameservers)
+    _settings = _Settings(servers, hosts, resolv_conf, timeout, attempts)
+
+
+def _parse_servers(spec: list[str] | str) -> list[tuple[str, int]]:
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    return [_parse_server(s.strip()) for s in items if s.strip()]
+
+
+def _parse_server(s: str) -> tuple[str, int]:
+    """("addr", port) of a nameserver written as dnsmasq, bind or a URL would write it."""
+    port = 53
+    if s.startswith("["):
+        host, _, rest = s[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif "#" in s:
+        host, _, p = s.partition("#")
+        port = int(p)
+    elif s.count(":") == 1:
+        host, _, p = s.partition(":")
+        port = int(p)
+    else:
+        host = s
+    ip = ipaddress.ip_address(host.split("%")[0])
+    if not 0 < port < 65536:
+        raise ValueError(f"nameserver port out of range: {s!r}")
+    return str(ip), port
+
+
+@dataclass
+class ResolvConf:
+    """The parts of resolv.conf(5) that a stub resolver acts on, with glibc's defaults."""
+
+    nameservers: list[tuple[str, int]] = field(default_factory=list)
+    search: list[str] = field(default_factory=list)
+    ndots: int = 1
+    timeout: float = 5.0
+    attempts: int = 2
+    rotate: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> ResolvConf:
+        conf = cls()
+        for raw in text.splitlines():
+            words = raw.split("#")[0].split(";")[0].split()
+            if not words:
+                continue
+            key, args = words[0], words[1:]
+            if key == "nameserver" and args and len(conf.nameservers) < 3:  # glibc's MAXNS
+                try:
+                    conf.nameservers.append((str(ipaddress.ip_address(args[0].split("%")[0])), 53))
+                except ValueError:
+                    pass
+            elif key in ("search", "domain") and args:
+                conf.search = [a.rstrip(".") for a in args if a != "."][:6] if key == "search" else [args[0]]
+            elif key == "options":
+                for opt in args:
+                    name, _, value = opt.partition(":")
+                    with contextlib.suppress(ValueError):
+                        if name == "ndots":
+                            conf.ndots = min(max(int(value), 0), 15)
+                        elif name == "timeout":
+                            conf.timeout = float(min(max(int(value), 1), 30))
+                        elif name == "attempts":
+                            conf.attempts = min(max(int(value), 1), 5)
+                        elif name == "rotate":
+                            conf.rotate = True
+        if not conf.nameservers:
+            conf.nameservers = [("127.0.0.1", 53)]  # glibc's default with none listed
+        return conf
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+_file_cache: dict[str, tuple[tuple[int, int, int], Any]] = {}
+_file_lock = threading.Lock()
+
+
+def _cached(path: str, parse: Callable[[str], Any]) -> Any:
+    """`parse` of a file's text, parsed again when the file changes (as glibc rereads resolv.conf)."""
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    except OSError:
+        stamp = (0, 0, 0)
+    with _file_lock:
+        hit = _file_cache.get(path)
+        if hit is not None and hit[0] == stamp and stamp != (0, 0, 0):
+            return hit[1]
+    value = parse(_read_text(path))
+    with _file_lock:
+        _file_cache[path] = (stamp, value)
+    return value
+
+
+@dataclass(frozen=True)
+class HostsEntry:
+    family: int
+    address: str
+    canonical: str
+    aliases: tuple[str, ...]
+
+
+class Hosts:
+    """A hosts file (hosts(5)): address, canonical name, aliases; `#` starts a comment."""
+
+    def __init__(self, entries: list[HostsEntry]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def parse(cls, text: str) -> Hosts:
+        entries = []
+        for raw in text.splitlines():
+            words = raw.split("#")[0].split()
+            if len(words) < 2:
+                continue
+            addr = words[0]
+            try:
+                entries.append(HostsEntry(AF_INET, _std.inet_ntop(AF_INET, _std.inet_pton(AF_INET, addr)),
+                                          words[1], tuple(words[2:])))
+                continue
+            except OSError:
+                pass
+            try:
+                entries.append(HostsEntry(AF_INET6, _std.inet_ntop(AF_INET6, _std.inet_pton(AF_INET6, addr)),
+                                          words[1], tuple(words[2:])))
+            except OSError:
+                continue  # not an address: glibc skips the line
+        return cls(entries)
+
+    def by_name(self, name: str, family: int) -> list[HostsEntry]:
+        """Every line that names `name` (any case), of `family` (0: both), in file order. For
+        AF_INET, as glibc's files backend reads it, an IPv6 line of ::1 stands for 127.0.0.1 and a
+        v4-mapped address for its IPv4 address; other IPv6 lines do not count."""
+        key = name.lower()
+        out = []
+        for e in self.entries:
+            if e.canonical.lower() != key and all(a.lower() != key for a in e.aliases):
+                continue
+            if family == AF_INET and e.family == AF_INET6:
+                ip = ipaddress.IPv6Address(e.address)
+                v4 = "127.0.0.1" if ip == ipaddress.IPv6Address("::1") else ip.ipv4_mapped
+                if v4 is None:
+                    continue
+                e = HostsEntry(AF_INET, str(v4), e.canonical, e.aliases)
+            if family in (0, e.family):
+                out.append(e)
+        return out
+
+    def by_address(self, address: str) -> HostsEntry | None:
+        for e in self.entries:
+            if e.address == address:
+                return e
+        return None
+
+
+# -- lookups -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """What a name lookup found: the canonical name, the aliases that led to it, the addresses."""
+
+    canonical: str
+    aliases: list[str]
+    addresses: list[tuple[int, str]]  # (family, address text)
+
+
+class _Failed(Exception):
+    """A DNS lookup found nothing: `code` is the EAI code it comes to."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+_QTYPE_FAMILY = {dns.TYPE_A: AF_INET, dns.TYPE_AAAA: AF_INET6}
+_families_cache: dict[tuple[int, str], tuple[float, tuple[bool, bool, bool]]] = {}
+
+
+class Resolver:
+    """Name lookups through one usnet client and netif; `where()` gives them, asked only when DNS or
+    the netif's addresses are needed (numeric names and the hosts file need no usnet at all).
+
+    `nameservers`, `hosts`, `resolv_conf`, `timeout`, `attempts`: as for `configure`, for this
+    resolver only. `tcp_connect(server, timeout)`: a connected TCP socket to a nameserver, for
+    truncated answers (default: a usnet.socket on the same client and netif).
+    """
+
+    def __init__(self, where: Callable[[], tuple[Client, str]], *, nameservers: list[str] | str | None = None,
+                 hosts: str | None = None, resolv_conf: str | None = None, timeout: float | None = None,
+                 attempts: int | None = None, tcp_connect: Callable[[tuple[str, int], float], Any] | None = None,
+                 ) -> None:
+        self._where = where
+        self._servers = None if nameservers is None else _parse_servers(nameservers)
+        self._hosts_path = hosts
+        self._resolv_path = resolv_conf
+        self._timeout = timeout
+        self._attempts = attempts
+        self._tcp_connect = tcp_connect or self._usnet_tcp
+
+    # -- configuration, as of this call --
+
+    def hosts(self) -> Hosts:
+        path = self._hosts_path or _settings.hosts or os.environ.get("USNET_HOSTS") or "/etc/hosts"
+        hosts: Hosts = _cached(path, Hosts.parse)
+        return hosts
+
+    def conf(self) -> ResolvConf:
+        path = self._resolv_path or _settings.resolv_conf or "/etc/resolv.conf"
+        base: ResolvConf = _cached(path, ResolvConf.parse)
+        servers = self._servers or _settings.nameservers
+        env = os.environ.get("USNET_RESOLVER")
+        if servers is None and env:
+            servers = _parse_servers(env)
+        return ResolvConf(servers or base.nameservers, base.search, base.ndots,
+                          self._timeout or _settings.timeout or base.timeout,
+                          self._attempts or _settings.attempts or base.attempts, base.rotate)
+
+    def families(self) -> tuple[bool, bool, bool]:
+        """(IPv4, IPv6, IPv6 link-local) addresses on the netif, none of them loopback, as
+        AI_ADDRCONFIG and the sorting rules ask of the host's interfaces; (True, True, True) when
+        usnet cannot say."""
+        try:
+            client, netif = self._where()
+        except OSError:
+            return True, True, True
+        key = (id(client), netif)
+        now = time.monotonic()
+        hit = _families_cache.get(key)
+        if hit is not None and now - hit[0] < 2.0:
+            return hit[1]
+        try:
+            info = next(n["netif"] for n in client.status()["netifs"] if n["netif"]["name"] == netif)
+        except (OSError, StopIteration, KeyError, ValueError):
+            return True, True, True
+        got = (info.get("address") not in (None, "None"), info.get("address6") not in (None, "None"),
+               info.get("link_local6") not in (None, "None"))
+        _families_cache[key] = (now, got)
+        return got
+
+    # -- forward --
+
+    def lookup(self, name: str, family: int) -> Found:
+        """The addresses of a name (not numeric) of `family` (0: both): hosts file, localhost, DNS.
+        Raises gaierror."""
+        entries = self.hosts().by_name(name, family)
+        if entries:
+            # glibc's merge of several lines: the first line's aliases, then each later line's
+            # aliases and its own name, leaving out the first line's name
+            canonical = entries[0].canonical
+            aliases = list(entries[0].aliases)
+            for e in entries[1:]:
+                aliases += [a for a in (*e.aliases, e.canonical) if a != canonical and a not in aliases]
+            return Found(canonical, aliases, [(e.family, e.address) for e in entries])
+        key = name.lower().rstrip(".")
+        if key == "localhost" or key.endswith(".localhost"):
+            local = [(AF_INET6, "::1"), (AF_INET, "127.0.0.1")]
+            return Found("localhost", [], [a for a in local if family in (0, a[0])])
+        qtypes = {AF_INET: [dns.TYPE_A], AF_INET6: [dns.TYPE_AAAA]}.get(family, [dns.TYPE_A, dns.TYPE_AAAA])
+        try:
+            return self._search(name, qtypes)
+        except _Failed as e:
+            raise _gai(e.code) from e.__cause__
+
+    def _search(self, name: str, qtypes: list[int]) -> Found:
+        """glibc's res_nsearch: the name as it is first when it has `ndots` dots (or ends in one: then
+        only that); then with each search domain, on through "no such name" and "no data"; then as
+        it is, if not yet asked. The error is the first as-is answer's, else "no data" if a search
+        name had no data, else the last one's."""
+        conf = self.conf()
+        try:
+            dns.encode_name(name)
+        except dns.DnsError:
+            raise _Failed(_std.EAI_NONAME) from None
+        trailing = name.endswith(".")
+        saved: int | None = None
+        last = _std.EAI_NONAME
+        cause: BaseException | None = None  # why usnet could not ask, if that was why
+        if trailing or name.count(".") >= conf.ndots:
+            try:
+                return self._ask(name, qtypes, conf)
+            except _Failed as e:
+                if trailing:
+                    raise
+                saved = last = e.code
+                cause = e.__cause__
+        nodata = False
+        for domain in conf.search:
+            try:
+                return self._ask(f"{name}.{domain}", qtypes, conf)
+            except _Failed as e:
+                last = e.code
+                cause = cause or e.__cause__
+                if e.code == EAI_NODATA:
+                    nodata = True
+                elif e.code != _std.EAI_NONAME:
+                    break  # a server failure: glibc stops searching
+        if saved is None:
+            try:
+                return self._ask(name, qtypes, conf)
+            except _Failed as e:
+                last = e.code
+                cause = e.__cause__
+        raise _Failed(saved if saved is not None else EAI_NODATA if nodata else last) from cause
+
+    def _ask(self, qname: str, qtypes: list[int], conf: ResolvConf) -> Found:
+        """One name, A and/or AAAA, over DNS: the addresses of the answers, following CNAMEs."""
+        answers = self._exchange(qname, qtypes, conf)
+        canonical, aliases = qname.rstrip(".") or ".", []
+        addresses: list[tuple[int, str]] = []
+        nxdomain = True
+        for qt in qtypes:
+            msg = answers.get(qt)
+            if msg is None:
+                continue
+            if msg.header.rcode == dns.NOERROR:
+                nxdomain = False
+            cur, chain = qname, []
+            for _ in range(16):  # a CNAME chain longer than this is a loop
+                step = next((r for r in msg.answers if r.rtype == dns.TYPE_CNAME
+                             and dns.name_key(r.name) == dns.name_key(cur)), None)
+                if step is None or step.value is None:
+                    break
+                chain.append(cur.rstrip("."))
+                cur = step.value
+            got = [(_QTYPE_FAMILY[qt], r.value) for r in msg.answers if r.rtype == qt and r.rclass == dns.CLASS_IN
+                   and r.value is not None and dns.name_key(r.name) == dns.name_key(cur)]
+            if got and not addresses:
+                canonical, aliases = cur.rstrip("."), chain
+            addresses += got
+        if addresses:
+            return Found(canonical, aliases, addresses)
+        if len(answers) < len(qtypes):
+            raise _Failed(_std.EAI_AGAIN)  # a server failed or none answered (glibc: TRY_AGAIN)
+        raise _Failed(_std.EAI_NONAME if nxdomain else EAI_NODATA)
+
+    # -- the wire --
+
+    def _exchange(self, qname: str, qtypes: list[int], conf: ResolvConf) -> dict[int, dns.Message]:
+        """Ask every server in turn, `attempts` rounds, for each qtype; the answers (NOERROR or
+        NXDOMAIN) by qtype. A qtype missing from the result had no usable answer."""
+        try:
+            client, netif = self._where()
+        except OSError as e:  # no usnetd: as glibc with no nameserver in reach, the cause chained
+            raise _Failed(_std.EAI_AGAIN) from e
+        servers = list(conf.nameservers)
+        if conf.rotate and len(servers) > 1:
+            k = secrets.randbelow(len(servers))
+            servers = servers[k:] + servers[:k]
+        answers: dict[int, dns.Message] = {}
+        sent: dict[int, int] = {}  # query id -> qtype
+        socks: dict[tuple[str, int], DatagramSocket] = {}
+        try:
+            for _round in range(conf.attempts):
+                for server in servers:
+                    pending = [qt for qt in qtypes if qt not in answers]
+                    if not pending:
+                        return answers
+                    try:
+                        sock = socks.get(server)
+                        if sock is None:
+                            ver = ipaddress.ip_address(server[0]).version
+                            sock = socks[server] = client.udp_socket(netif, 0, remote=server, family=ver)
+                        for qt in pending:
+                            ident = secrets.randbits(16)
+                            while ident in sent:
+                                ident = secrets.randbits(16)
+                            sent[ident] = qt
+                            sock.sendto(dns.query(ident, qname, qt), server)
+                        self._collect(sock, server, qname, sent, answers, pending, conf.timeout)
+                    except OSError:
+                        continue  # refused (ICMP port unreachable), no route: the next server
+            return answers
+        finally:
+            for s in socks.values():
+                with contextlib.suppress(Exception):
+                    s.close()
+
+    def _collect(self, sock: DatagramSocket, server: tuple[str, int], qname: str, sent: dict[int, int],
+                 answers: dict[int, dns.Message], pending: list[int], timeout: float) -> None:
+        """Read answers from one server until it has answered or failed every pending qtype, or
+        `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        want = dns.name_key(qname)
+        waiting = set(pending)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                got = sock.recv_many(16, left)
+            except BlockingIOError:
+                return
+            for data, src in got:
+                if (src[0], src[1]) != server:
+                    continue
+                try:
+                    msg = dns.parse_message(data)
+                except dns.DnsError:
+                    continue
+                qt = sent.get(msg.header.id)
+                if (qt not in waiting or not msg.header.qr or len(msg.questions) != 1
+                        or dns.name_key(msg.questions[0].name) != want or msg.questions[0].qtype != qt):
+                    continue  # not an answer to what we asked here (a late one, or forged)
+                if msg.header.tc:
+                    full = self._over_tcp(server, qname, qt, timeout)
+                    if full is None:
+                        waiting.discard(qt)
+                        continue
+                    msg = full
+                waiting.discard(qt)
+                if msg.header.rcode in (dns.NOERROR, dns.NXDOMAIN):
+                    answers[qt] = msg
+                # else SERVFAIL, REFUSED, ...: not from this server; the next one is asked
+
+    def _over_tcp(self, server: tuple[str, int], qname: str, qtype: int, timeout: float) -> dns.Message | None:
+        """Ask again over TCP (a truncated answer); None if that fails."""
+        ident = secrets.randbits(16)
+        q = dns.query(ident, qname, qtype)
+        deadline = time.monotonic() + timeout
+        try:
+            s = self._tcp_connect(server, timeout)
+        except OSError:
+            return None
+        try:
+            s.sendall(len(q).to_bytes(2, "big") + q)
+            buf = b""
+            need = 2
+            while len(buf) < need:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                s.settimeout(left)
+                chunk = s.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+                if need == 2 and len(buf) >= 2:
+                    need = 2 + int.from_bytes(buf[:2], "big")
+            msg = dns.parse_message(buf[2:need])
+        except (OSError, dns.DnsError):
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                s.close()
+        if (msg.header.id != ident or not msg.header.qr or len(msg.questions) != 1
+                or dns.name_key(msg.questions[0].name) != dns.name_key(qname) or msg.questions[0].qtype != qtype):
+            return None
+        return msg
+
+    def _usnet_tcp(self, server: tuple[str, int], timeout: float) -> Any:
+        from usnet.client import socket as us  # here, not at the top: usnet.client.socket imports this module
+
+        client, netif = self._where()
+        fam = AF_INET6 if ipaddress.ip_address(server[0]).version == 6 else AF_INET
+        s = us.socket(fam, SOCK_STREAM, client=client, netif=netif)
+        s.settimeout(timeout)
+        try:
+            s.connect(server)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    # -- reverse --
+
+    def reverse(self, address: str) -> tuple[str, list[str]] | None:
+        """(name, aliases) of an address: the hosts file, then a DNS PTR query; None if neither knows."""
+        e = self.hosts().by_address(address)
+        if e is not None:
+            return e.canonical, list(e.aliases)
+        ip = ipaddress.ip_address(address)
+        if ip.is_loopback:
+            return "localhost", []
+        conf = self.conf()
+        try:
+            msg = self._exchange(dns.reverse_name(address), [dns.TYPE_PTR], conf).get(dns.TYPE_PTR)
+        except OSError:
+            return None
+        if msg is None:
+            raise _Failed(_std.EAI_AGAIN)
+        for r in msg.answers:
+            if r.rtype == dns.TYPE_PTR and r.value:
+                return r.value.rstrip("."), []
+        return None
+
+
+# -- the standard module's functions -----------------------------------------------------------------
+
+
+def _host_bytes(host: object, what: str) -> str | None:
+    """The host as the standard module passes it to C: IDNA for text, bytes as given."""
+    if host is None:
+        return None
+    if isinstance(host, str):
+        try:
+            return host.encode("idna").decode("ascii")
+        except UnicodeError:
+            if host.isascii():
+                return host
+            raise
+    if isinstance(host, (bytes, bytearray)):
+        return bytes(host).decode("latin-1")
+    raise TypeError(f"{what} argument 1 must be string or None")
+
+
+def _service_text(port: object) -> str | None:
+    if port is None:
+        return None
+    if isinstance(port, bool) or not isinstance(port, (int, str, bytes, bytearray)):
+        if isinstance(port, bool):
+            return str(int(port))
+        raise OSError("Int or String expected")
+    if isinstance(port, int):
+        return str(port)
+    if isinstance(port, (bytes, bytearray)):
+        return bytes(port).decode("latin-1")
+    return port
+
+
+def _strtoul_int(s: str) -> int | None:
+    """glibc's ``(int) strtoul(s, &end, 10)`` when all of `s` is used, else None: what decides
+    whether a service is a number (so "+80" and " 80" are, "80 " is not, and "-1" is not)."""
+    t = s.lstrip(" \t\n\v\f\r")
+    neg = t.startswith("-")
+    if t[:1] in "+-" and t:
+        t = t[1:]
+    if not t or not t.isascii() or not t.isdigit():
+        return None
+    v = int(t)
+    v = 0xFFFFFFFFFFFFFFFF if v > 0xFFFFFFFFFFFFFFFF else (-v if neg else v) & 0xFFFFFFFFFFFFFFFF
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def _service_number(service: str | None, flags: int) -> int | None:
+    """The port of a numeric service; None for a name (or none). getaddrinfo itself decides this,
+    before it looks at the socket type; a number that is negative as a C int is then looked up as
+    a name (and so never found), as glibc does."""
+    if not service:
+        return None  # none, or "": glibc skips an empty service here
+    num = _strtoul_int(service)
+    if num is None and flags & AI_NUMERICSERV:
+        raise _gai(_std.EAI_NONAME)
+    return None if num is None or num < 0 else num
+
+
+def _servtuples(service: str | None, num: int | None, socktype: int, proto: int) -> list[tuple[int, int, int]]:
+    """(socktype, protocol, port) to return, as glibc's gaih_inet works them out."""
+    table = _TYPEPROTO
+    chosen = None
+    if proto or socktype:
+        chosen = next((t for t in table if (not socktype or socktype == t[0])
+                       and (not proto or t[2] or proto == t[1])), None)
+        if chosen is None:
+            raise _gai(_std.EAI_SOCKTYPE if socktype else _std.EAI_SERVICE)
+    if service is not None:
+        if chosen is not None and chosen[3]:
+            raise _gai(_std.EAI_SERVICE)
+        if num is None:
+            out = []
+            for t in table if chosen is None else (chosen,):
+                if t[3] or (socktype and socktype != t[0]) or (proto and not t[2] and proto != t[1]):
+                    continue
+                try:
+                    port = _std.getservbyname(service, t[5])
+                except OSError:
+                    if chosen is not None:
+                        raise _gai(_std.EAI_SERVICE) from None
+                    continue
+                out.append((t[0], proto if t[2] else t[1], port))
+            if not out:
+                raise _gai(_std.EAI_SERVICE)
+            return out
+    port = (num or 0) & 0xFFFF
+    if chosen is not None:
+        return [(chosen[0], proto if chosen[2] else chosen[1], port)]
+    return [(t[0], t[1], port) for t in table if t[4]]
+
+
+def _numeric(host: str) -> tuple[int, str, int] | None:
+    """(family, address, scope id) if `host` is a numeric address as glibc reads one, else None."""
+    if host and not any(c.isspace() for c in host):
+        try:
+            return AF_INET, _std.inet_ntoa(_std.inet_aton(host)), 0  # inet_aton: "1.2", "0x7f.1", "01.2.3.4"
+        except OSError:
+            pass
+    addr, pct, scope = host.partition("%")
+    try:
+        packed = _std.inet_pton(AF_INET6, addr)
+    except OSError:
+        return None
+    scope_id = 0
+    if pct:
+        if scope.isdigit():
+            scope_id = int(scope)
+        else:
+            try:
+                scope_id = _std.if_nametoindex(scope)
+            except OSError:
+                return None
+        if scope_id > 0xFFFFFFFF:
+            return None
+    return AF_INET6, _std.inet_ntop(AF_INET6, packed), scope_id
+
+
+_PRECEDENCE = [  # RFC 6724 §2.1's default policy table: (prefix, precedence)
+    (ipaddress.ip_network("::1/128"), 50), (ipaddress.ip_network("::ffff:0:0/96"), 35),
+    (ipaddress.ip_network("2002::/16"), 30), (ipaddress.ip_network("2001::/32"), 5),
+    (ipaddress.ip_network("fc00::/7"), 3), (ipaddress.ip_network("::/96"), 1),
+    (ipaddress.ip_network("fec0::/10"), 1), (ipaddress.ip_network("3ffe::/16"), 1),
+]
+
+
+def _kind(addr: str) -> int:
+    """Which of `Resolver.families` decides whether an address is usable: 0 IPv4 (or v4-mapped),
+    1 IPv6, 2 IPv6 link-local; 3 loopback, always usable."""
+    ip = ipaddress.ip_address(addr)
+    if ip.is_loopback:
+        return 3
+    if ip.version == 4 or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None):
+        return 0
+    return 2 if ip.is_link_local else 1
+
+
+def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool]) -> tuple[int, int, int]:
+    """RFC 6724's destination rules as they apply to usnet: 1 (a family the netif has no address
+    of is unusable), 6 (precedence), 8 (smaller scope first)."""
+    ip = ipaddress.ip_address(addr)
+    v6 = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip
+    assert isinstance(v6, ipaddress.IPv6Address)
+    prec = next((p for net, p in _PRECEDENCE if v6 in net), 40)
+    link = ip.is_loopback or ip.is_link_local
+    kind = _kind(addr)
+    usable = kind == 3 or have[kind]
+    return (0 if usable else 1, -prec, 2 if link else 14)
+
+
+def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family: int = 0, type: int = 0,
+                proto: int = 0, flags: int = 0, *, resolver: Resolver) -> list[tuple[Any, Any, int, str, tuple]]:
+    """The standard `socket.getaddrinfo`, resolved by `resolver` (see the module's docstring)."""
+    name = _host_bytes(host, "getaddrinfo()")
+    service = _service_text(port)
+    family, type, proto, flags = int(family), int(type), int(proto), int(flags)
+    if name == "*":
+        name = None
+    if service == "*":
+        service = None
+    if name is None and service is None:
+        raise _gai(_std.EAI_NONAME)
+    if flags & ~_AI_ALLOWED or (flags & AI_CANONNAME and name is None):
+        raise _gai(_std.EAI_BADFLAGS)
+    if family not in (AF_UNSPEC, AF_INET, AF_INET6):
+        raise _gai(_std.EAI_FAMILY)
+    num = _service_number(service, flags)
+    if service == "":
+        service = None  # glibc: an empty service is none (but it did count as given, above)
+    if flags & AI_ADDRCONFIG:
+        v4, v6, _ll = resolver.families()
+        if family == AF_UNSPEC and v4 != v6:
+            family = AF_INET if v4 else AF_INET6
+        elif (family == AF_INET and not v4) or (family == AF_INET6 and not v6):
+            raise _gai(_std.EAI_NONAME)
+    serv = _servtuples(service, num, type, proto)
+    canon = ""
+    addrs: list[tuple[int, str, int]]
+    if name is None:
+        if flags & AI_PASSIVE:
+            addrs = [(AF_INET, "0.0.0.0", 0), (AF_INET6, "::", 0)]
+        else:
+            addrs = [(AF_INET6, "::1", 0), (AF_INET, "127.0.0.1", 0)]
+        addrs = [a for a in addrs if family in (0, a[0])]
+    else:
+        literal = _numeric(name)
+        if literal is not None:
+            canon = name
+            nfam, naddr, _scope = literal
+            if family in (0, nfam):
+                addrs = [literal]
+            elif family == AF_INET6 and flags & AI_V4MAPPED:
+                addrs = [(AF_INET6, "::ffff:" + naddr, 0)]
+            elif family == AF_INET and ipaddress.ip_address(naddr).version == 6 and \
+                    (m := ipaddress.IPv6Address(naddr).ipv4_mapped) is not None:
+                addrs = [(AF_INET, str(m), 0)]
+            else:
+                raise _gai(EAI_ADDRFAMILY)
+        elif flags & AI_NUMERICHOST or not name:
+            raise _gai(_std.EAI_NONAME)
+        else:
+            found = _lookup_for(resolver, name, family, flags)
+            canon = found.canonical
+            addrs = [(f, a, 0) for f, a in found.addresses]
+            if len({a[:2] for a in addrs}) > 1:
+                # usnet's families are asked only when rule 1 could tell the addresses apart
+                have = resolver.families() if len({_kind(a[1]) for a in addrs}) > 1 else (True, True, True)
+                addrs.sort(key=lambda a: _sort_key(a[0], a[1], have))
+    if flags & AI_CANONNAME and flags & AI_CANONIDN and canon:
+        with contextlib.suppress(UnicodeError):
+            canon = canon.encode("ascii").decode("idna")
+    out: list[tuple[Any, Any, int, str, tuple]] = []
+    for fam, addr, scope in addrs:
+        for socktype, protocol, p in serv:
+            sockaddr = (addr, p, 0, scope) if fam == AF_INET6 else (addr, p)
+            out.append((_std.AddressFamily(fam), _as_kind(socktype), protocol,
+                        canon if flags & AI_CANONNAME and not out else "", sockaddr))
+    return out
+
+
+def _as_kind(t: int) -> Any:
+    try:
+        return _std.SocketKind(t)
+    except ValueError:
+        return t
+
+
+def _lookup_for(resolver: Resolver, name: str, family: int, flags: int) -> Found:
+    """`resolver.lookup`, with AI_V4MAPPED and AI_ALL for an AF_INET6 query as glibc applies them."""
+    if family != AF_INET6 or not flags & AI_V4MAPPED:
+        return resolver.lookup(name, family)
+    try:
+        six: Found | None = resolver.lookup(name, AF_INET6)
+    except _std.gaierror:
+        six = None
+    if six is not None and six.addresses and not flags & AI_ALL:
+        return six
+    try:
+        four = resolver.lookup(name, AF_INET)
+    except _std.gaierror:
+        if six is None:
+            raise
+        return six
+    mapped = [(AF_INET6, "::ffff:" + a) for _f, a in four.addresses]
+    if six is None:
+        return Found(four.canonical, four.aliases, mapped)
+    return Found(six.canonical, six.aliases, six.addresses + mapped)
+
+
+def gethostbyname(hostname: str | bytes, *, resolver: Resolver) -> str:
+    """The standard `socket.gethostbyname`: one IPv4 address."""
+    name = _host_bytes(hostname, "gethostbyname()")
+    assert name is not None
+    return _ipv4_of(name, resolver)
+
+
+def _ipv4_of(name: str, resolver: Resolver) -> str:
+    """CPython's setipaddr for AF_INET: "" is INADDR_ANY, "<broadcast>" the broadcast address, a
+    dotted quad itself, anything else the first IPv4 answer of getaddrinfo."""
+    if name == "":
+        return "0.0.0.0"
+    if name in ("<broadcast>", "255.255.255.255"):
+        return "255.255.255.255"
+    try:
+        return _std.inet_ntop(AF_INET, _std.inet_pton(AF_INET, name))
+    except OSError:
+        pass
+    return str(getaddrinfo(name, None, AF_INET, resolver=resolver)[0][4][0])
+
+
+def gethostbyname_ex(hostname: str | bytes, *, resolver: Resolver) -> tuple[str, list[str], list[str]]:
+    """The standard `socket.gethostbyname_ex`: (canonical name, aliases, IPv4 addresses)."""
+    name = _host_bytes(hostname, "gethostbyname_ex()")
+    assert name is not None
+    first = _ipv4_of(name, resolver)
+    num = _numeric(name)
+    if (num is not None and num[0] == AF_INET) or name in ("", "<broadcast>"):
+        return name, [], [first]
+    found = resolver.lookup(name, AF_INET)
+    return found.canonical, found.aliases, [a for f, a in found.addresses if f == AF_INET]
+
+
+def gethostbyaddr(ip_address: str | bytes, *, resolver: Resolver) -> tuple[str, list[str], list[str]]:
+    """The standard `socket.gethostbyaddr`: (name, aliases, [address]); a name is resolved first."""
+    name = _host_bytes(ip_address, "gethostbyaddr()")
+    assert name is not None
+    num = _numeric(name)
+    addr = num[1] if num is not None else str(getaddrinfo(name, None, resolver=resolver)[0][4][0])
+    try:
+        got = resolver.reverse(addr)
+    except _Failed:
+        raise _std.herror(2, "Host name lookup failure") from None
+    if got is None:
+        raise _std.herror(1, "Unknown host")
+    return got[0], got[1], [addr]
+
+
+def getnameinfo(sockaddr: tuple, flags: int, *, resolver: Resolver) -> tuple[str, str]:
+    """The standard `socket.getnameinfo`: (host, service) of a numeric address and port."""
+    if not isinstance(sockaddr, tuple):
+        raise TypeError("getnameinfo() argument 1 must be a tuple")
+    if not 2 <= len(sockaddr) <= 4:
+        raise TypeError("getnameinfo(): illegal sockaddr argument")
+    host, port = sockaddr[0], sockaddr[1]
+    flowinfo = int(sockaddr[2]) if len(sockaddr) > 2 else 0
+    scope_id = int(sockaddr[3]) if len(sockaddr) > 3 else 0
+    if not isinstance(port, int):
+        raise TypeError("'str' object cannot be interpreted as an integer")
+    if not 0 <= flowinfo <= 0xFFFFF:
+        raise OverflowError("getnameinfo(): flowinfo must be 0-1048575.")
+    res = getaddrinfo(host, str(port), AF_UNSPEC, SOCK_DGRAM, 0, AI_NUMERICHOST, resolver=resolver)
+    if len(res) != 1:
+        raise OSError("sockaddr resolved to multiple addresses")
+    fam, addr = int(res[0][0]), res[0][4][0]
+    if fam == AF_INET and len(sockaddr) != 2:
+        raise OSError("IPv4 sockaddr must be 2 tuple")
+    flags = int(flags)
+    if flags & ~(_NI_ALLOWED | _NI_NUMERICSCOPE):
+        raise _gai(_std.EAI_BADFLAGS)
+    name: str | None = None
+    if not flags & NI_NUMERICHOST:
+        try:
+            got = resolver.reverse(addr)
+        except _Failed as e:
+            raise _gai(e.code) from None  # no server answered: glibc does not fall back to the number
+        if got is not None:
+            name = got[0]
+            if flags & NI_NOFQDN:
+                name = _strip_local_domain(name)
+    if name is None:
+        if flags & NI_NAMEREQD:
+            raise _gai(_std.EAI_NONAME)
+        name = addr
+        if fam == AF_INET6 and scope_id:
+            ip = ipaddress.IPv6Address(addr)
+            scope = str(scope_id)
+            if (ip.is_link_local or ip.is_multicast) and not flags & _NI_NUMERICSCOPE:
+                with contextlib.suppress(OSError):
+                    scope = _std.if_indextoname(scope_id)
+            name = f"{addr}%{scope}"
+    p = port & 0xFFFF
+    service = str(p)
+    if not flags & NI_NUMERICSERV:
+        with contextlib.suppress(OSError):
+            service = _std.getservbyport(p, "udp" if flags & NI_DGRAM else "tcp")
+    return name, service
+
+
+def _strip_local_domain(name: str) -> str:
+    """NI_NOFQDN: a name in this host's own domain without that domain, as glibc shortens it."""
+    own = _std.gethostname().partition(".")[2]
+    if own and name.lower().endswith("." + own.lower()):
+        return name[: -len(own) - 1]
+    return name
