@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import threading
 import time
 from collections import deque
@@ -154,6 +153,7 @@ class DatagramFace(socket):
         self._port = 0
         self._engine: DatagramEngine | None = None  # type: ignore[assignment]
         self._conn = None
+        self._linger = None  # SO_LINGER means nothing to a datagram socket
         self._listening = False
         self._owns_engine = True
         self._closed = self._dead = False
@@ -375,23 +375,8 @@ class DatagramFace(socket):
             return True, True
         return bool(eng.rxq), True
 
-    def _real_close(self) -> None:
-        if self._dead:
-            return
-        self._dead = True
-        self._share[0] -= 1
-        last = self._share[0] == 0
-        eng = self._engine
-        if eng is not None:
-            with eng.lock:
-                eng.watchers.discard(self)
-                if last:
-                    eng.release_when_idle = True
-            runner().wake()
-        if self._fd != self._ready.fileno():
-            os.close(self._fd)
-        if last:
-            self._ready.close()
+    def _last_close(self, eng: Any) -> None:
+        eng.release_when_idle = True  # a datagram flow has nothing to finish: it goes once idle
 
     def __repr__(self) -> str:
         where = "" if self._dead else f", laddr={self.getsockname()}"

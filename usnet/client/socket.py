@@ -594,16 +594,7 @@ class socket:
             with eng.lock:
                 eng.watchers.discard(self)
                 if last:
-                    now = time.monotonic()
-                    if self._conn is not None:
-                        if self._abort_on_close:
-                            self._conn.abort(now)
-                        else:
-                            self._conn.close(now)
-                    if self._listening:
-                        eng.tcp.unlisten(self._port, now)
-                    if self._owns_engine:
-                        eng.release_when_idle = True
+                    self._last_close(eng)
             runner().wake()
             if last and self._linger and self._conn is not None and not self._abort_on_close:
                 self._linger_close(eng, self._conn, self._linger)
@@ -611,6 +602,19 @@ class socket:
             os.close(self._fd)  # a dup's own descriptor
         if last:
             self._ready.close()
+
+    def _last_close(self, eng: Any) -> None:
+        """The last socket object of this connection closed: end it (with the engine's lock held)."""
+        now = time.monotonic()
+        if self._conn is not None:
+            if self._abort_on_close:
+                self._conn.abort(now)
+            else:
+                self._conn.close(now)
+        if self._listening:
+            eng.tcp.unlisten(self._port, now)
+        if self._owns_engine:
+            eng.release_when_idle = True
 
     def dup(self) -> socket:
         """Another socket object for the same connection; it ends when the last of them closes."""
