@@ -152,6 +152,7 @@ class UsnetTransport(asyncio.Transport):
         self._eof_seen = False  # the peer's EOF was reported to the protocol
         self._conn_lost = 0  # >0: connection_lost is scheduled; nothing more to report
         self._abort = False
+        self._wrote = False  # write() woke the stack since `_pull` began: `_pull` need not
         self._watcher = _Watcher(loop, self._wants, self._ready)
         if server is not None:
             server._attach(self)
@@ -165,6 +166,11 @@ class UsnetTransport(asyncio.Transport):
 
     def _start(self, waiter: asyncio.Future | None) -> None:
         if not self._conn_lost:
+            with self._eng.lock:
+                # The transport owns the socket: nobody polls its descriptor per pump, so the
+                # stack stops setting its readiness after every pump (two system calls per
+                # request); `_taken` and the end of the stream set it when it matters.
+                self._eng.watchers.discard(self._sock)
             _watch(self._eng, self._watcher)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -234,8 +240,11 @@ class UsnetTransport(asyncio.Transport):
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
                     self._taken()
-                runner().wake()  # the window opened: let the stack say so
-                if self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED and more:
+                self._wrote = False
+                ok = self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED
+                if not self._wrote:  # the window opened: let the stack say so (a reply's write did)
+                    runner().wake()
+                if ok and more:
                     self._watcher.kick()
                 return
         else:
@@ -244,12 +253,17 @@ class UsnetTransport(asyncio.Transport):
                 more = c.rcv_queued > 0
                 self._taken()
             if data:
-                runner().wake()
-                if self._protocol_call("data_received", proto.data_received, data) is not _FAILED and more:
+                self._wrote = False
+                ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
+                if not self._wrote:  # as above: one wake per request, not one for the read and one for the reply
+                    runner().wake()
+                if ok and more:
                     self._watcher.kick()
                 return
         with eng.lock:
             end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
+            if end:
+                self._sock._update()  # readable at EOF, as the kernel's (recv returns b"" at once)
         if end:
             self._eof_seen = True
             keep_open = self._protocol_call("eof_received", proto.eof_received)
@@ -308,6 +322,7 @@ class UsnetTransport(asyncio.Transport):
             return
         if sent:
             runner().wake()
+            self._wrote = True
         self._maybe_pause_protocol()
 
     def write_eof(self) -> None:

@@ -295,6 +295,7 @@ class Runner:
         gil.short_switch_interval()  # the stack thread shares the GIL with the application's
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poked = False  # the eventfd was written since the runner's pass began: no need again
         self._sel.register(self._wake, selectors.EVENT_READ, None)
         # The control sockets of the clients our engines use, watched for a hang-up only
         # (mask 0: EPOLLHUP/EPOLLERR): a killed usnetd says nothing else, and its doorbells
@@ -374,7 +375,11 @@ class Runner:
                     pass
 
     def wake(self) -> None:
-        os.eventfd_write(self._wake, 1)
+        """Make the runner pump every engine soon. One eventfd write per runner pass at most:
+        `_run` clears `_poked` before it pumps, so a wake after that always reaches it."""
+        if not self._poked:
+            self._poked = True
+            os.eventfd_write(self._wake, 1)
 
     def _domain_gone(self) -> None:
         """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
@@ -397,6 +402,7 @@ class Runner:
 
     def _run(self) -> None:
         while not self._stopping:
+            self._poked = False
             now = time.monotonic()
             with self._lock:
                 engines = list(self.engines)
