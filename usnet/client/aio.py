@@ -10,7 +10,10 @@ against asyncio streams or protocols runs unchanged. TLS is asyncio's too:
 BIOs) on top of the usnet transport, so certificate and hostname checks are
 exactly the standard library's.
 
-The stack runs in usnet's stack thread (usnet.client.engine), not in the loop. The
+Under usnet's own event loop (`EventLoop`, `install()`) the loop pumps the engines of
+its connections itself (`_LoopDriver`: doorbells are loop readers, TCP's timers
+`call_at`), so a request crosses no thread in the client. Otherwise the stack runs
+in usnet's stack thread (usnet.client.engine), not in the loop, and the
 loop learns of new data, free send space, EOF and errors without polling:
 each transport registers a watcher with its engine; after every pump the
 stack thread asks the watcher whether the loop has anything to do and, if
@@ -29,6 +32,7 @@ import logging
 import os
 import socket as _stdsocket
 import ssl as _ssl
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -89,7 +93,10 @@ class _Watcher:
             if not self.wants():
                 return
             self.pending = True
-            self.loop.call_soon_threadsafe(self.fire)
+            if getattr(self.loop, "_thread_id", None) == threading.get_ident():
+                self.loop.call_soon(self.fire)  # the loop pumps this engine itself: no self-pipe
+            else:
+                self.loop.call_soon_threadsafe(self.fire)
         except RuntimeError:  # the loop is closed: nobody is left to tell
             self.dead = True
         except Exception:  # an exception here would take the whole engine down
@@ -108,7 +115,157 @@ class _Watcher:
             self.callback()
 
 
+class _LoopDriver:
+    """Pumps engines in an `EventLoop`'s own thread, instead of usnet's stack thread.
+
+    Under the stack thread a request crossed threads twice in the client (stack thread to
+    the loop by `call_soon_threadsafe`, and back by the runner's eventfd), with a GIL
+    hand-over each time. Here each engine's doorbell is a loop reader: a ring drains it and
+    pumps the engine at once; what the loop's callbacks queue (writes, window updates) marks
+    the engine and one `call_soon` pumps every marked engine once per loop iteration; TCP's
+    timers are `call_at`. The runner still watches the client's hang-up (`Runner.lend`).
+
+    An engine goes back to the stack thread for good (`_return`) when a socket call would
+    block on it (a blocked caller needs a pump whatever the loop does), when it is woken
+    while the loop is not running, and when the loop closes.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.engines: set[FlowEngine] = set()
+        self._dirty: dict[FlowEngine, None] = {}  # in order; one pump each per iteration
+        self._scheduled = False
+        self._timers: dict[FlowEngine, asyncio.TimerHandle] = {}
+
+    def adopt(self, eng: FlowEngine) -> None:
+        """Pump `eng` in this loop from now on (from the loop's thread; not one that already went back)."""
+        if eng.driver is not None or eng.closed or eng.error is not None or eng.pinned:
+            return
+        runner().lend(eng)
+        eng.driver = self
+        self.engines.add(eng)
+        self.loop.add_reader(eng.fileno(), self._bell, eng)
+        self._mark(eng)  # whatever rang before the reader was there
+
+    def wake(self, eng: FlowEngine, wait: bool = False) -> None:
+        loop = self.loop
+        if getattr(loop, "_thread_id", None) == threading.get_ident() and not wait:
+            self._mark(eng)
+        elif wait or not loop.is_running():
+            self._return(eng)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._mark, eng)
+            except RuntimeError:  # closed meanwhile
+                self._return(eng)
+
+    def _mark(self, eng: FlowEngine) -> None:
+        self._dirty[eng] = None
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for eng in dirty:
+            self._pump(eng)
+
+    def _bell(self, eng: FlowEngine) -> None:
+        eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
+        self._pump(eng)
+
+    def _timer(self, eng: FlowEngine) -> None:
+        self._timers.pop(eng, None)
+        self._pump(eng)
+
+    def _pump(self, eng: FlowEngine) -> None:
+        if eng.driver is not self:
+            return
+        now = time.monotonic()
+        try:
+            with eng.lock:
+                eng.pump(now)
+                d = eng.deadline(now)
+                done = eng.release_when_idle and (eng.idle() or eng.error is not None)
+        except Exception as exc:  # as the runner: one broken engine must not stop the loop
+            log.warning("stack engine failed: %r", exc, exc_info=True)
+            with eng.lock:
+                eng.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+                eng.notify()
+            self._drop(eng)
+            runner().remove(eng)
+            return
+        if done:
+            self._drop(eng)
+            runner().remove(eng)
+            eng.close()
+            return
+        if d is not None:
+            h = self._timers.get(eng)
+            if h is None or h.when() > d:  # an earlier timer that finds nothing due just re-arms
+                if h is not None:
+                    h.cancel()
+                self._timers[eng] = self.loop.call_at(d, self._timer, eng)
+
+    def _drop(self, eng: FlowEngine) -> None:
+        """Stop pumping `eng` here (in the loop's thread, or with the loop not running)."""
+        self.engines.discard(eng)
+        self._dirty.pop(eng, None)
+        h = self._timers.pop(eng, None)
+        if h is not None:
+            h.cancel()
+        if eng.driver is self:
+            eng.driver = None
+        try:
+            self.loop.remove_reader(eng.fileno())
+        except (ValueError, OSError, RuntimeError):  # closed loop or descriptor
+            pass
+
+    def _return(self, eng: FlowEngine) -> None:
+        """Give `eng` back to the stack thread for good; the loop forgets it in its own thread."""
+        if eng.driver is not self:
+            return
+        eng.driver = None
+        eng.pinned = True
+        runner().add(eng)  # wakes the runner
+        if getattr(self.loop, "_thread_id", None) == threading.get_ident() or not self.loop.is_running():
+            self._drop(eng)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._drop, eng)
+            except RuntimeError:
+                pass
+
+    def gone(self, eng: FlowEngine) -> None:
+        """From the stack thread: `eng`'s domain went away; drop and close it in the loop's thread."""
+        def close() -> None:
+            self._drop(eng)
+            eng.close()
+        try:
+            self.loop.call_soon_threadsafe(close)
+        except RuntimeError:
+            close()
+
+    def close(self) -> None:
+        """The loop closes: its engines go back to the stack thread."""
+        for eng in list(self.engines):
+            if eng.driver is self:
+                eng.driver = None
+                self._drop(eng)
+                if not eng.closed:
+                    runner().add(eng)
+
+
+def _drive(loop: asyncio.AbstractEventLoop, eng: FlowEngine) -> None:
+    """Under usnet's event loop, the loop pumps `eng` itself (`_LoopDriver`)."""
+    d = getattr(loop, "_usnet_driver", None)
+    if d is not None:
+        d.adopt(eng)
+
+
 def _watch(eng: FlowEngine, w: _Watcher) -> None:
+    _drive(w.loop, eng)
     with eng.lock:  # the stack thread iterates `watchers` while pumping
         eng.watchers.add(w)
     w.kick()  # whatever happened before it was registered
@@ -217,7 +374,7 @@ class UsnetTransport(asyncio.Transport):
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
         if n:
-            runner().wake()
+            self._eng.wake()
         self._maybe_resume_protocol()
         if not self._buffer:
             if self._closing:
@@ -243,7 +400,7 @@ class UsnetTransport(asyncio.Transport):
                 self._wrote = False
                 ok = self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED
                 if not self._wrote:  # the window opened: let the stack say so (a reply's write did)
-                    runner().wake()
+                    self._eng.wake()
                 if ok and more:
                     self._watcher.kick()
                 return
@@ -256,7 +413,7 @@ class UsnetTransport(asyncio.Transport):
                 self._wrote = False
                 ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
                 if not self._wrote:  # as above: one wake per request, not one for the read and one for the reply
-                    runner().wake()
+                    self._eng.wake()
                 if ok and more:
                     self._watcher.kick()
                 return
@@ -290,7 +447,7 @@ class UsnetTransport(asyncio.Transport):
     def _shutdown_write(self) -> None:
         with self._eng.lock:
             self._conn.shutdown_write(time.monotonic())
-        runner().wake()
+        self._eng.wake()
 
     # -- asyncio.Transport ----------------------------------------------------------------------
 
@@ -321,7 +478,7 @@ class UsnetTransport(asyncio.Transport):
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
         if sent:
-            runner().wake()
+            self._eng.wake()
             self._wrote = True
         self._maybe_pause_protocol()
 
@@ -877,6 +1034,12 @@ class EventLoop(asyncio.SelectorEventLoop):
     def __init__(self, selector: Any = None, *, client: Any = None, netif: str | None = None) -> None:
         super().__init__(selector)
         self._usnet_where = (client, netif)  # None: `usnet.socket.configure` or the environment decides
+        self._usnet_driver = _LoopDriver(self)  # the loop pumps its usnet engines itself
+
+    def close(self) -> None:
+        if not self.is_running() and not self.is_closed():
+            self._usnet_driver.close()
+        super().close()
 
     def _usnet_socket(self, family: int) -> _us.socket:
         client, netif = self._usnet_where

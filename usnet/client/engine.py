@@ -142,6 +142,20 @@ class FlowEngine:
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set()  # usnet sockets to signal after each pump
         self.release_when_idle = False  # its sockets closed: go once the connections have
+        # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio), which
+        # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
+        self.driver: Any = None
+        self.pinned = False  # went back to the stack thread for good (a blocking call used it)
+
+    def wake(self, wait: bool = False) -> None:
+        """Have what a socket call queued (data, a FIN, a window update) sent soon, by whoever pumps
+        this engine. `wait`: the caller is about to block on `changed`; only the stack thread serves
+        a blocked caller whatever the loops do, so such an engine goes back to it for good."""
+        d = self.driver
+        if d is None:
+            runner().wake()
+        else:
+            d.wake(self, wait)
 
     def delivered(self) -> bool:
         """Every connection has its data and FIN acknowledged (or is over), nothing waits to go."""
@@ -304,6 +318,8 @@ class Runner:
         self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
         self.engines: set[Served] = set()
+        # engines an event loop pumps (FlowEngine.driver): the runner only watches their client's hang-up
+        self.lent: set[FlowEngine] = set()
         self._lock = threading.Lock()
         self._stopping = False
         # A daemon thread, so that a connection that cannot finish never keeps the process
@@ -318,6 +334,11 @@ class Runner:
         never silence), and the stack stops. True if everything was delivered in time.
         """
         until = time.monotonic() + linger
+        with self._lock:
+            lent = list(self.lent)
+        for e in lent:  # at exit no loop runs: the runner takes them back to finish them
+            e.driver = None
+            self.add(e)
         with self._lock:
             engines = [e for e in self.engines if isinstance(e, FlowEngine)]  # TCP: datagrams need no drain
         for e in engines:
@@ -357,6 +378,8 @@ class Runner:
                 self._hup.register(fd, 0)
                 self._watched[fd] = engine.client
             self.engines.add(engine)
+            if engine in self.lent:
+                self.lent.discard(engine)
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
             if stale is not None:  # a closed engine's number, reused by the kernel
@@ -365,8 +388,16 @@ class Runner:
             self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake()
 
+    def lend(self, engine: FlowEngine) -> None:
+        """An event loop pumps `engine` from now on (usnet.aio): the runner stops pumping it and
+        sleeping on its doorbell, and watches only its client's hang-up (`_domain_gone`)."""
+        self.remove(engine)
+        with self._lock:
+            self.lent.add(engine)
+
     def remove(self, engine: Served) -> None:
         with self._lock:
+            self.lent.discard(engine)
             if engine in self.engines:
                 self.engines.discard(engine)
                 try:
@@ -389,7 +420,21 @@ class Runner:
             client = self._watched.pop(fd, None)
             with self._lock:
                 gone = [e for e in self.engines if e.client is client]
+                lent = [e for e in self.lent if e.client is client]
             where = f" at {client.path}" if client is not None and client.path else ""
+            for le in lent:
+                self.remove(le)
+                with le.lock:
+                    if le.error is None:
+                        le.error = ConnectionAbortedError(
+                            errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
+                            "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
+                    le.notify()
+                d = le.driver
+                if d is not None:
+                    d.gone(le)  # its loop closes it, in its own thread: the loop watches its doorbell
+                else:
+                    le.close()
             for e in gone:
                 self.remove(e)
                 with e.lock:

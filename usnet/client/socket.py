@@ -447,7 +447,7 @@ class socket:
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
-        runner().wake()
+        self._engine.wake()  # type: ignore[union-attr]  # _wait had it
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
@@ -558,7 +558,7 @@ class socket:
             if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
             self._update()
-        runner().wake()
+        eng.wake()
 
     def close(self) -> None:
         """As the standard close: the connection lives on while a makefile() refers to it."""
@@ -587,7 +587,7 @@ class socket:
                         eng.tcp.unlisten(self._port, now)
                     if self._owns_engine:
                         eng.release_when_idle = True
-            runner().wake()
+            eng.wake()
             if last and self._linger and self._conn is not None and not self._abort_on_close:
                 self._linger_close(eng, self._conn, self._linger)
         if self._fd != self._ready.fileno():
@@ -909,7 +909,7 @@ class socket:
                     # Once, so the stack sends what earlier calls queued (data, a window
                     # update). After that only the network makes progress; waking the
                     # runner on every pump would spin both threads while we wait.
-                    runner().wake()
+                    eng.wake(wait=True)
                     woken = True
                 eng.changed.wait(left)
 
