@@ -264,17 +264,26 @@ def _drive(loop: asyncio.AbstractEventLoop, eng: FlowEngine) -> None:
         d.adopt(eng)
 
 
-def _watch(eng: FlowEngine, w: _Watcher) -> None:
+def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
+    """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that connection."""
     _drive(w.loop, eng)
     with eng.lock:  # the stack thread iterates `watchers` while pumping
-        eng.watchers.add(w)
+        if conn is None:
+            eng.watchers.add(w)
+        else:
+            eng.conn_watchers.setdefault(conn, set()).add(w)
     w.kick()  # whatever happened before it was registered
 
 
-def _unwatch(eng: FlowEngine, w: _Watcher) -> None:
+def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
     w.dead = True
     with eng.lock:
-        eng.watchers.discard(w)
+        if conn is None:
+            eng.watchers.discard(w)
+        elif (ws := eng.conn_watchers.get(conn)) is not None:
+            ws.discard(w)
+            if not ws:
+                del eng.conn_watchers[conn]
 
 
 class UsnetTransport(asyncio.Transport):
@@ -328,7 +337,7 @@ class UsnetTransport(asyncio.Transport):
                 # stack stops setting its readiness after every pump (two system calls per
                 # request); `_taken` and the end of the stream set it when it matters.
                 self._eng.watchers.discard(self._sock)
-            _watch(self._eng, self._watcher)
+            _watch(self._eng, self._watcher, self._conn)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -359,6 +368,14 @@ class UsnetTransport(asyncio.Transport):
             self._push()
         if not (self._conn_lost or self._reading_paused or self._eof_seen or self._closing):
             self._pull()
+        if not self._conn_lost:
+            # The stack signals a connection's watcher only after a pump that reached it
+            # (FlowEngine.conn_watchers): what is still to do now (an EOF behind the data
+            # just read, say) will not be signalled again, so look once more.
+            with self._eng.lock:
+                again = self._wants()
+            if again:
+                self._watcher.kick()
 
     def _push(self) -> None:
         """TCP freed send space: refill it, and finish the close or write_eof that waited for the buffer."""
@@ -594,7 +611,7 @@ class UsnetTransport(asyncio.Transport):
             if self._protocol is not None:
                 self._protocol.connection_lost(exc)
         finally:
-            _unwatch(self._eng, self._watcher)
+            _unwatch(self._eng, self._watcher, self._conn)
             if self._abort:
                 with self._eng.lock:
                     self._conn.abort(time.monotonic())

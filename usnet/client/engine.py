@@ -141,6 +141,10 @@ class FlowEngine:
         self.closed = False
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set()  # usnet sockets to signal after each pump
+        # watchers of one connection each (usnet.aio's transports): signalled after a pump only if
+        # a segment reached that connection, or if something may have changed any (a timer, an error)
+        self.conn_watchers: dict[Any, set] = {}
+        self._touched: set | None = set()  # the connections this pump's segments reached; None: any
         self.release_when_idle = False  # its sockets closed: go once the connections have
         # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio), which
         # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
@@ -189,20 +193,35 @@ class FlowEngine:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
         if self.closed or self.error is not None:
             return
+        self._touched = set() if self.conn_watchers else None
         try:
             self._receive(now)
             t = self.tcp.timeout(now)
             if t is not None and t <= now:
                 self.tcp.on_timer(now)
+                self._touched = None
             self._transmit(now)
         except (ChannelError, PeerGone) as e:
             self.error = e
-        self.notify()
+            self._touched = None
+        touched, self._touched = self._touched, None
+        self.notify(touched)
 
-    def notify(self) -> None:
-        """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held."""
+    def notify(self, touched: set | None = None) -> None:
+        """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held.
+        `touched`: only these connections' own watchers (`conn_watchers`) can have news; None: any."""
         for w in self.watchers:
             w._signal()
+        cw = self.conn_watchers
+        if cw:
+            if touched is None:
+                for ws in cw.values():
+                    for w in ws:
+                        w._signal()
+            else:
+                for c in touched:
+                    for w in cw.get(c, ()):
+                        w._signal()
         self.changed.notify_all()
 
     def _receive(self, now: float) -> None:
@@ -226,13 +245,17 @@ class FlowEngine:
         for ev in events:
             if type(ev) is Datagram:
                 if ev.proto == TCP:
-                    self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
+                    c = self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
+                    if c is not None and self._touched is not None:
+                        self._touched.add(c)
             elif (type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= _SEQ + 4
                   and ev.remote_port is not None and ev.local_port is not None  # None: no ports quoted
                   and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
                     conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
+                    if self._touched is not None:
+                        self._touched.add(conn)
 
     def _transmit(self, now: float) -> None:
         out = self._backlog
