@@ -94,7 +94,11 @@ class _Watcher:
                 return
             self.pending = True
             if getattr(self.loop, "_thread_id", None) == threading.get_ident():
-                self.loop.call_soon(self.fire)  # the loop pumps this engine itself: no self-pipe
+                d = getattr(self.loop, "_usnet_driver", None)
+                if d is not None and d.collect is not None:
+                    d.collect.append(self)  # the loop's own pump: run right after it (`_LoopDriver._serve`)
+                else:
+                    self.loop.call_soon(self.fire)  # no self-pipe: we are in the loop's thread
             else:
                 self.loop.call_soon_threadsafe(self.fire)
         except RuntimeError:  # the loop is closed: nobody is left to tell
@@ -136,6 +140,9 @@ class _LoopDriver:
         self._dirty: dict[FlowEngine, None] = {}  # in order; one pump each per iteration
         self._scheduled = False
         self._timers: dict[FlowEngine, asyncio.TimerHandle] = {}
+        # while `_serve` pumps: the watchers the pump signalled, run as soon as it is done
+        self.collect: list[_Watcher] | None = None
+        self._serving = False
 
     def adopt(self, eng: FlowEngine) -> None:
         """Pump `eng` in this loop from now on (from the loop's thread; not one that already went back)."""
@@ -161,7 +168,7 @@ class _LoopDriver:
 
     def _mark(self, eng: FlowEngine) -> None:
         self._dirty[eng] = None
-        if not self._scheduled:
+        if not self._scheduled and not self._serving:  # `_serve` flushes at its end
             self._scheduled = True
             self.loop.call_soon(self._flush)
 
@@ -173,11 +180,36 @@ class _LoopDriver:
 
     def _bell(self, eng: FlowEngine) -> None:
         eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
-        self._pump(eng)
+        self._serve(eng)
 
     def _timer(self, eng: FlowEngine) -> None:
         self._timers.pop(eng, None)
-        self._pump(eng)
+        self._serve(eng)
+
+    def _serve(self, eng: FlowEngine) -> None:
+        """Pump `eng`, run the callbacks of the watchers it signalled at once (the protocols get
+        their data), then pump what they wrote: a request and its answer in one loop callback,
+        as asyncio's own transports call `data_received` from their reader, instead of three
+        loop iterations (pump, callbacks, pump), each with its `select`."""
+        if self._serving:  # not re-entered: a callback of ours that ran the loop's machinery
+            self._pump(eng)
+            return
+        self._serving = True
+        self.collect = []
+        try:
+            self._pump(eng)
+            fired, self.collect = self.collect, None
+            for w in fired:
+                try:
+                    w.fire()
+                except Exception as exc:  # as the loop would report a failed callback; the rest still run
+                    self.loop.call_exception_handler({"message": "usnet.aio watcher callback failed",
+                                                      "exception": exc})
+        finally:
+            self.collect = None
+            self._serving = False
+        if self._dirty and not self._scheduled:
+            self._flush()
 
     def _pump(self, eng: FlowEngine) -> None:
         if eng.driver is not self:
