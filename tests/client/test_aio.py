@@ -375,3 +375,41 @@ def test_a_blocking_call_takes_the_engine_back_to_the_stack_thread(net):
         return answer
 
     assert _loop_run(main()) == b"world"
+
+
+def test_a_lingering_close_in_the_loop_is_served_by_the_stack_thread(net):
+    """SO_LINGER on a loop-pumped connection: the close (in the loop's thread, from the transport)
+    waits for delivery as Linux's does, and the stack thread delivers it, since the blocked loop
+    cannot pump: the close ends with the data acknowledged, well before the linger's 10 s."""
+    import socket as std
+    import struct
+    import time
+
+    async def main() -> tuple[bytes, float, bool]:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(await reader.read())
+            writer.close()
+
+        server = await aio.start_server(handle, B_IP, 0, client=net, netif="b")
+        reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(std.SOL_SOCKET, std.SO_LINGER, struct.pack("ii", 1, 10))
+        eng = sock.engine
+        writer.write(b"x" * 200_000)
+        await writer.drain()
+        t = time.monotonic()
+        writer.close()
+        await writer.wait_closed()  # the socket's close runs in the loop's thread here
+        took = time.monotonic() - t
+        data = await got
+        server.close()
+        await server.wait_closed()
+        return data, took, eng.pinned
+
+    data, took, pinned = _loop_run(main())
+    assert data == b"x" * 200_000
+    assert pinned  # the close went back to the stack thread
+    assert took < 3.0  # not the linger's 10 s: nothing waited for a pump that could not come

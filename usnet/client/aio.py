@@ -130,8 +130,9 @@ class _LoopDriver:
     timers are `call_at`. The runner still watches the client's hang-up (`Runner.lend`).
 
     An engine goes back to the stack thread for good (`_return`) when a socket call would
-    block on it (a blocked caller needs a pump whatever the loop does), when it is woken
-    while the loop is not running, and when the loop closes.
+    block on it (a blocked caller needs a pump whatever the loop does; every engine of the
+    loop when the call blocks the loop's own thread), when it is woken while the loop is not
+    running, and when the loop closes.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -156,8 +157,16 @@ class _LoopDriver:
 
     def wake(self, eng: FlowEngine, wait: bool = False) -> None:
         loop = self.loop
-        if getattr(loop, "_thread_id", None) == threading.get_ident() and not wait:
+        here = getattr(loop, "_thread_id", None) == threading.get_ident()
+        if here and not wait:
             self._mark(eng)
+        elif here:
+            # A blocking call in the loop's own thread: the loop pumps nothing until it returns,
+            # and what it waits for may need another of its connections (a peer in this very
+            # process must acknowledge): every engine of the loop goes back to the stack thread.
+            for e in list(self.engines):
+                self._return(e)
+            self._return(eng)
         elif wait or not loop.is_running():
             self._return(eng)
         else:

@@ -443,11 +443,13 @@ class socket:
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         conn = self._need_conn(errno.EPIPE)
+        eng = self._engine
+        assert eng is not None  # _need_conn checked it
         if not len(data):
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
-        self._engine.wake()  # type: ignore[union-attr]  # _wait had it
+        eng.wake()
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
@@ -587,9 +589,10 @@ class socket:
                         eng.tcp.unlisten(self._port, now)
                     if self._owns_engine:
                         eng.release_when_idle = True
-            eng.wake()
-            if last and self._linger and self._conn is not None and not self._abort_on_close:
-                self._linger_close(eng, self._conn, self._linger)
+            lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
+            eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it
+            if lingers:
+                self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
         if self._fd != self._ready.fileno():
             os.close(self._fd)  # a dup's own descriptor
         if last:
