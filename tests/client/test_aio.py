@@ -300,3 +300,116 @@ def test_tls_untrusted_ca_fails_verification(net, ca):
 
     with pytest.raises(ssl.SSLCertVerificationError):
         run(main())
+
+
+def _loop_run(coro) -> object:
+    """As `run`, on usnet's own event loop (`aio.EventLoop`), whose loop pumps its engines."""
+    loop = aio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro, LIMIT))
+    finally:
+        loop.close()
+
+
+def test_the_event_loop_pumps_its_engines_itself(net):
+    """Under aio.EventLoop the server's and the client's engines are pumped by the loop (their
+    `driver`), not the stack thread; a megabyte each way still arrives, checked, and once the
+    loop closes, the engines that are left are the stack thread's again."""
+    up, down = os.urandom(1 << 20), os.urandom(1 << 20)
+    seen: list = []
+    engines: list = []
+
+    async def main() -> bytes:
+        server = await aio.start_server(digest_server(down, seen), B_IP, 0, client=net, netif="b")
+        engines.append(server._eng)
+        reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
+        eng = writer.get_extra_info("socket").engine
+        engines.append(eng)
+        drivers = {server._eng.driver, eng.driver}
+        writer.write(up)
+        writer.write_eof()
+        got = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        assert drivers == {asyncio.get_running_loop()._usnet_driver}
+        return got
+
+    got = _loop_run(main())
+    assert got == hashlib.sha256(up).digest() + down
+    assert seen and seen[0][1] == up
+    assert all(e.driver is None for e in engines)
+
+
+def test_a_blocking_call_takes_the_engine_back_to_the_stack_thread(net):
+    """A socket of a loop-pumped connection used with a blocking call from another thread (the
+    executor) goes back to the stack thread for good, and the call completes."""
+
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(await reader.readexactly(5))
+            writer.write(b"world")
+            await writer.drain()
+            writer.close()
+
+        server = await aio.start_server(handle, B_IP, 0, client=net, netif="b")
+        s = aio._us.socket(client=net, netif="a")
+        s.setblocking(False)
+        await loop.sock_connect(s, (B_IP, server.port))
+        assert s.engine.driver is loop._usnet_driver
+        s.settimeout(0.05)  # nothing to read yet: recv waits, and times out
+        with pytest.raises(TimeoutError):
+            await loop.run_in_executor(None, s.recv, 5)
+        assert s.engine.driver is None and s.engine.pinned
+        s.settimeout(LIMIT)
+        await loop.run_in_executor(None, s.sendall, b"hello")
+        answer = await loop.run_in_executor(None, s.recv, 5)  # the stack thread brings it
+        assert await got == b"hello"
+        s.close()
+        server.close()
+        await server.wait_closed()
+        return answer
+
+    assert _loop_run(main()) == b"world"
+
+
+def test_a_lingering_close_in_the_loop_is_served_by_the_stack_thread(net):
+    """SO_LINGER on a loop-pumped connection: the close (in the loop's thread, from the transport)
+    waits for delivery as Linux's does, and the stack thread delivers it, since the blocked loop
+    cannot pump: the close ends with the data acknowledged, well before the linger's 10 s."""
+    import socket as std
+    import struct
+    import time
+
+    async def main() -> tuple[bytes, float, bool]:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(await reader.read())
+            writer.close()
+
+        server = await aio.start_server(handle, B_IP, 0, client=net, netif="b")
+        reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(std.SOL_SOCKET, std.SO_LINGER, struct.pack("ii", 1, 10))
+        eng = sock.engine
+        writer.write(b"x" * 200_000)
+        await writer.drain()
+        t = time.monotonic()
+        writer.close()
+        await writer.wait_closed()  # the socket's close runs in the loop's thread here
+        took = time.monotonic() - t
+        data = await got
+        server.close()
+        await server.wait_closed()
+        return data, took, eng.pinned
+
+    data, took, pinned = _loop_run(main())
+    assert data == b"x" * 200_000
+    assert pinned  # the close went back to the stack thread
+    assert took < 3.0  # not the linger's 10 s: nothing waited for a pump that could not come

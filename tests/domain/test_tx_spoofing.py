@@ -37,7 +37,7 @@ from usnet.client import Client
 from usnet.abi.protocol import ControlError
 from usnet.drivers import MemWire, PcapTracer, block
 from usnet.domain.lowlat.policy import SERVICE_DSCP
-from usnet.domain.switch import txguard
+from usnet.domain.switch import tx, txguard
 from usnet.domain.loop import Domain
 from usnet.domain.switch.txguard import SentFragments
 from usnet.proto.wire.checksum import update16
@@ -367,10 +367,14 @@ def test_dscp_rewrite_keeps_ecn_and_the_checksums_verdict(hdr, dscp, v6):
 # -- property: a mutated packet is sent with the flow's own fields, or dropped with a reason -------------
 
 
-def test_random_header_mutations_never_leave_with_a_spoofed_field():
+@pytest.mark.parametrize("path", ["few", "batch"])
+def test_random_header_mutations_never_leave_with_a_spoofed_field(path, monkeypatch):
     """Random bytes of a valid packet's IP and UDP headers changed (the header checksum fixed up or
     not, the packet cut short or not): what leaves has the flow's source, port, protocol and a peer's
-    destination (the connected flow's own); what does not leave is dropped with a reason."""
+    destination (the connected flow's own); what does not leave is dropped with a reason. Each packet
+    is a batch of one: checked one by one (`_tx_few`), and again by the column-wise batch path."""
+    if path == "batch":
+        monkeypatch.setattr(tx, "_SCALAR_MAX", 0)
     d = Domain()
     w = MemWire()
     try:

@@ -10,7 +10,10 @@ against asyncio streams or protocols runs unchanged. TLS is asyncio's too:
 BIOs) on top of the usnet transport, so certificate and hostname checks are
 exactly the standard library's.
 
-The stack runs in usnet's stack thread (usnet.client.engine), not in the loop. The
+Under usnet's own event loop (`EventLoop`, `install()`) the loop pumps the engines of
+its connections itself (`_LoopDriver`: doorbells are loop readers, TCP's timers
+`call_at`), so a request crosses no thread in the client. Otherwise the stack runs
+in usnet's stack thread (usnet.client.engine), not in the loop, and the
 loop learns of new data, free send space, EOF and errors without polling:
 each transport registers a watcher with its engine; after every pump the
 stack thread asks the watcher whether the loop has anything to do and, if
@@ -29,6 +32,7 @@ import logging
 import os
 import socket as _stdsocket
 import ssl as _ssl
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -89,7 +93,14 @@ class _Watcher:
             if not self.wants():
                 return
             self.pending = True
-            self.loop.call_soon_threadsafe(self.fire)
+            if getattr(self.loop, "_thread_id", None) == threading.get_ident():
+                d = getattr(self.loop, "_usnet_driver", None)
+                if d is not None and d.collect is not None:
+                    d.collect.append(self)  # the loop's own pump: run right after it (`_LoopDriver._serve`)
+                else:
+                    self.loop.call_soon(self.fire)  # no self-pipe: we are in the loop's thread
+            else:
+                self.loop.call_soon_threadsafe(self.fire)
         except RuntimeError:  # the loop is closed: nobody is left to tell
             self.dead = True
         except Exception:  # an exception here would take the whole engine down
@@ -108,16 +119,212 @@ class _Watcher:
             self.callback()
 
 
-def _watch(eng: FlowEngine, w: _Watcher) -> None:
+class _LoopDriver:
+    """Pumps engines in an `EventLoop`'s own thread, instead of usnet's stack thread.
+
+    Under the stack thread a request crossed threads twice in the client (stack thread to
+    the loop by `call_soon_threadsafe`, and back by the runner's eventfd), with a GIL
+    hand-over each time. Here each engine's doorbell is a loop reader: a ring drains it and
+    pumps the engine at once; what the loop's callbacks queue (writes, window updates) marks
+    the engine and one `call_soon` pumps every marked engine once per loop iteration; TCP's
+    timers are `call_at`. The runner still watches the client's hang-up (`Runner.lend`).
+
+    An engine goes back to the stack thread for good (`_return`) when a socket call would
+    block on it (a blocked caller needs a pump whatever the loop does; every engine of the
+    loop when the call blocks the loop's own thread), when it is woken while the loop is not
+    running, and when the loop closes.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.engines: set[FlowEngine] = set()
+        self._dirty: dict[FlowEngine, None] = {}  # in order; one pump each per iteration
+        self._scheduled = False
+        self._timers: dict[FlowEngine, asyncio.TimerHandle] = {}
+        # while `_serve` pumps: the watchers the pump signalled, run as soon as it is done
+        self.collect: list[_Watcher] | None = None
+        self._serving = False
+
+    def adopt(self, eng: FlowEngine) -> None:
+        """Pump `eng` in this loop from now on (from the loop's thread; not one that already went back)."""
+        if eng.driver is not None or eng.closed or eng.error is not None or eng.pinned:
+            return
+        runner().lend(eng)
+        eng.driver = self
+        self.engines.add(eng)
+        self.loop.add_reader(eng.fileno(), self._bell, eng)
+        self._mark(eng)  # whatever rang before the reader was there
+
+    def wake(self, eng: FlowEngine, wait: bool = False) -> None:
+        loop = self.loop
+        here = getattr(loop, "_thread_id", None) == threading.get_ident()
+        if here and not wait:
+            self._mark(eng)
+        elif here:
+            # A blocking call in the loop's own thread: the loop pumps nothing until it returns,
+            # and what it waits for may need another of its connections (a peer in this very
+            # process must acknowledge): every engine of the loop goes back to the stack thread.
+            for e in list(self.engines):
+                self._return(e)
+            self._return(eng)
+        elif wait or not loop.is_running():
+            self._return(eng)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._mark, eng)
+            except RuntimeError:  # closed meanwhile
+                self._return(eng)
+
+    def _mark(self, eng: FlowEngine) -> None:
+        self._dirty[eng] = None
+        if not self._scheduled and not self._serving:  # `_serve` flushes at its end
+            self._scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for eng in dirty:
+            self._pump(eng)
+
+    def _bell(self, eng: FlowEngine) -> None:
+        eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
+        self._serve(eng)
+
+    def _timer(self, eng: FlowEngine) -> None:
+        self._timers.pop(eng, None)
+        self._serve(eng)
+
+    def _serve(self, eng: FlowEngine) -> None:
+        """Pump `eng`, run the callbacks of the watchers it signalled at once (the protocols get
+        their data), then pump what they wrote: a request and its answer in one loop callback,
+        as asyncio's own transports call `data_received` from their reader, instead of three
+        loop iterations (pump, callbacks, pump), each with its `select`."""
+        if self._serving:  # not re-entered: a callback of ours that ran the loop's machinery
+            self._pump(eng)
+            return
+        self._serving = True
+        self.collect = []
+        try:
+            self._pump(eng)
+            fired, self.collect = self.collect, None
+            for w in fired:
+                try:
+                    w.fire()
+                except Exception as exc:  # as the loop would report a failed callback; the rest still run
+                    self.loop.call_exception_handler({"message": "usnet.aio watcher callback failed",
+                                                      "exception": exc})
+        finally:
+            self.collect = None
+            self._serving = False
+        if self._dirty and not self._scheduled:
+            self._flush()
+
+    def _pump(self, eng: FlowEngine) -> None:
+        if eng.driver is not self:
+            return
+        now = time.monotonic()
+        try:
+            with eng.lock:
+                eng.pump(now)
+                d = eng.deadline(now)
+                done = eng.release_when_idle and (eng.idle() or eng.error is not None)
+        except Exception as exc:  # as the runner: one broken engine must not stop the loop
+            log.warning("stack engine failed: %r", exc, exc_info=True)
+            with eng.lock:
+                eng.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+                eng.notify()
+            self._drop(eng)
+            runner().remove(eng)
+            return
+        if done:
+            self._drop(eng)
+            runner().remove(eng)
+            eng.close()
+            return
+        if d is not None:
+            h = self._timers.get(eng)
+            if h is None or h.when() > d:  # an earlier timer that finds nothing due just re-arms
+                if h is not None:
+                    h.cancel()
+                self._timers[eng] = self.loop.call_at(d, self._timer, eng)
+
+    def _drop(self, eng: FlowEngine) -> None:
+        """Stop pumping `eng` here (in the loop's thread, or with the loop not running)."""
+        self.engines.discard(eng)
+        self._dirty.pop(eng, None)
+        h = self._timers.pop(eng, None)
+        if h is not None:
+            h.cancel()
+        if eng.driver is self:
+            eng.driver = None
+        try:
+            self.loop.remove_reader(eng.fileno())
+        except (ValueError, OSError, RuntimeError):  # closed loop or descriptor
+            pass
+
+    def _return(self, eng: FlowEngine) -> None:
+        """Give `eng` back to the stack thread for good; the loop forgets it in its own thread."""
+        if eng.driver is not self:
+            return
+        eng.driver = None
+        eng.pinned = True
+        runner().add(eng)  # wakes the runner
+        if getattr(self.loop, "_thread_id", None) == threading.get_ident() or not self.loop.is_running():
+            self._drop(eng)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._drop, eng)
+            except RuntimeError:
+                pass
+
+    def gone(self, eng: FlowEngine) -> None:
+        """From the stack thread: `eng`'s domain went away; drop and close it in the loop's thread."""
+        def close() -> None:
+            self._drop(eng)
+            eng.close()
+        try:
+            self.loop.call_soon_threadsafe(close)
+        except RuntimeError:
+            close()
+
+    def close(self) -> None:
+        """The loop closes: its engines go back to the stack thread."""
+        for eng in list(self.engines):
+            if eng.driver is self:
+                eng.driver = None
+                self._drop(eng)
+                if not eng.closed:
+                    runner().add(eng)
+
+
+def _drive(loop: asyncio.AbstractEventLoop, eng: FlowEngine) -> None:
+    """Under usnet's event loop, the loop pumps `eng` itself (`_LoopDriver`)."""
+    d = getattr(loop, "_usnet_driver", None)
+    if d is not None:
+        d.adopt(eng)
+
+
+def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
+    """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that connection."""
+    _drive(w.loop, eng)
     with eng.lock:  # the stack thread iterates `watchers` while pumping
-        eng.watchers.add(w)
+        if conn is None:
+            eng.watchers.add(w)
+        else:
+            eng.conn_watchers.setdefault(conn, set()).add(w)
     w.kick()  # whatever happened before it was registered
 
 
-def _unwatch(eng: FlowEngine, w: _Watcher) -> None:
+def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
     w.dead = True
     with eng.lock:
-        eng.watchers.discard(w)
+        if conn is None:
+            eng.watchers.discard(w)
+        elif (ws := eng.conn_watchers.get(conn)) is not None:
+            ws.discard(w)
+            if not ws:
+                del eng.conn_watchers[conn]
 
 
 class UsnetTransport(asyncio.Transport):
@@ -152,6 +359,7 @@ class UsnetTransport(asyncio.Transport):
         self._eof_seen = False  # the peer's EOF was reported to the protocol
         self._conn_lost = 0  # >0: connection_lost is scheduled; nothing more to report
         self._abort = False
+        self._wrote = False  # write() woke the stack since `_pull` began: `_pull` need not
         self._watcher = _Watcher(loop, self._wants, self._ready)
         if server is not None:
             server._attach(self)
@@ -165,7 +373,12 @@ class UsnetTransport(asyncio.Transport):
 
     def _start(self, waiter: asyncio.Future | None) -> None:
         if not self._conn_lost:
-            _watch(self._eng, self._watcher)
+            with self._eng.lock:
+                # The transport owns the socket: nobody polls its descriptor per pump, so the
+                # stack stops setting its readiness after every pump (two system calls per
+                # request); `_taken` and the end of the stream set it when it matters.
+                self._eng.watchers.discard(self._sock)
+            _watch(self._eng, self._watcher, self._conn)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -196,6 +409,14 @@ class UsnetTransport(asyncio.Transport):
             self._push()
         if not (self._conn_lost or self._reading_paused or self._eof_seen or self._closing):
             self._pull()
+        if not self._conn_lost:
+            # The stack signals a connection's watcher only after a pump that reached it
+            # (FlowEngine.conn_watchers): what is still to do now (an EOF behind the data
+            # just read, say) will not be signalled again, so look once more.
+            with self._eng.lock:
+                again = self._wants()
+            if again:
+                self._watcher.kick()
 
     def _push(self) -> None:
         """TCP freed send space: refill it, and finish the close or write_eof that waited for the buffer."""
@@ -211,7 +432,7 @@ class UsnetTransport(asyncio.Transport):
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
         if n:
-            runner().wake()
+            self._eng.wake()
         self._maybe_resume_protocol()
         if not self._buffer:
             if self._closing:
@@ -234,8 +455,11 @@ class UsnetTransport(asyncio.Transport):
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
                     self._taken()
-                runner().wake()  # the window opened: let the stack say so
-                if self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED and more:
+                self._wrote = False
+                ok = self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED
+                if not self._wrote:  # the window opened: let the stack say so (a reply's write did)
+                    self._eng.wake()
+                if ok and more:
                     self._watcher.kick()
                 return
         else:
@@ -244,12 +468,17 @@ class UsnetTransport(asyncio.Transport):
                 more = c.rcv_queued > 0
                 self._taken()
             if data:
-                runner().wake()
-                if self._protocol_call("data_received", proto.data_received, data) is not _FAILED and more:
+                self._wrote = False
+                ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
+                if not self._wrote:  # as above: one wake per request, not one for the read and one for the reply
+                    self._eng.wake()
+                if ok and more:
                     self._watcher.kick()
                 return
         with eng.lock:
             end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
+            if end:
+                self._sock._update()  # readable at EOF, as the kernel's (recv returns b"" at once)
         if end:
             self._eof_seen = True
             keep_open = self._protocol_call("eof_received", proto.eof_received)
@@ -276,7 +505,7 @@ class UsnetTransport(asyncio.Transport):
     def _shutdown_write(self) -> None:
         with self._eng.lock:
             self._conn.shutdown_write(time.monotonic())
-        runner().wake()
+        self._eng.wake()
 
     # -- asyncio.Transport ----------------------------------------------------------------------
 
@@ -307,7 +536,8 @@ class UsnetTransport(asyncio.Transport):
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
         if sent:
-            runner().wake()
+            self._eng.wake()
+            self._wrote = True
         self._maybe_pause_protocol()
 
     def write_eof(self) -> None:
@@ -422,7 +652,7 @@ class UsnetTransport(asyncio.Transport):
             if self._protocol is not None:
                 self._protocol.connection_lost(exc)
         finally:
-            _unwatch(self._eng, self._watcher)
+            _unwatch(self._eng, self._watcher, self._conn)
             if self._abort:
                 with self._eng.lock:
                     self._conn.abort(time.monotonic())
@@ -863,6 +1093,12 @@ class EventLoop(asyncio.SelectorEventLoop):
     def __init__(self, selector: Any = None, *, client: Any = None, netif: str | None = None) -> None:
         super().__init__(selector)
         self._usnet_where = (client, netif)  # None: `usnet.socket.configure` or the environment decides
+        self._usnet_driver = _LoopDriver(self)  # the loop pumps its usnet engines itself
+
+    def close(self) -> None:
+        if not self.is_running() and not self.is_closed():
+            self._usnet_driver.close()
+        super().close()
 
     def _usnet_socket(self, family: int) -> _us.socket:
         client, netif = self._usnet_where

@@ -73,6 +73,10 @@ class DatagramEngine:
     def fileno(self) -> int:
         return self.ch.fileno()
 
+    def wake(self, wait: bool = False) -> None:
+        """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
+        runner().wake()
+
     def idle(self) -> bool:
         return True  # nothing of its own to finish: it goes once its socket closed
 

@@ -141,7 +141,25 @@ class FlowEngine:
         self.closed = False
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set()  # usnet sockets to signal after each pump
+        # watchers of one connection each (usnet.aio's transports): signalled after a pump only if
+        # a segment reached that connection, or if something may have changed any (a timer, an error)
+        self.conn_watchers: dict[Any, set] = {}
+        self._touched: set | None = set()  # the connections this pump's segments reached; None: any
         self.release_when_idle = False  # its sockets closed: go once the connections have
+        # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio), which
+        # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
+        self.driver: Any = None
+        self.pinned = False  # went back to the stack thread for good (a blocking call used it)
+
+    def wake(self, wait: bool = False) -> None:
+        """Have what a socket call queued (data, a FIN, a window update) sent soon, by whoever pumps
+        this engine. `wait`: the caller is about to block on `changed`; only the stack thread serves
+        a blocked caller whatever the loops do, so such an engine goes back to it for good."""
+        d = self.driver
+        if d is None:
+            runner().wake()
+        else:
+            d.wake(self, wait)
 
     def delivered(self) -> bool:
         """Every connection has its data and FIN acknowledged (or is over), nothing waits to go."""
@@ -175,20 +193,35 @@ class FlowEngine:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
         if self.closed or self.error is not None:
             return
+        self._touched = set() if self.conn_watchers else None
         try:
             self._receive(now)
             t = self.tcp.timeout(now)
             if t is not None and t <= now:
                 self.tcp.on_timer(now)
+                self._touched = None
             self._transmit(now)
         except (ChannelError, PeerGone) as e:
             self.error = e
-        self.notify()
+            self._touched = None
+        touched, self._touched = self._touched, None
+        self.notify(touched)
 
-    def notify(self) -> None:
-        """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held."""
+    def notify(self, touched: set | None = None) -> None:
+        """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held.
+        `touched`: only these connections' own watchers (`conn_watchers`) can have news; None: any."""
         for w in self.watchers:
             w._signal()
+        cw = self.conn_watchers
+        if cw:
+            if touched is None:
+                for ws in cw.values():
+                    for w in ws:
+                        w._signal()
+            else:
+                for c in touched:
+                    for w in cw.get(c, ()):
+                        w._signal()
         self.changed.notify_all()
 
     def _receive(self, now: float) -> None:
@@ -212,13 +245,17 @@ class FlowEngine:
         for ev in events:
             if type(ev) is Datagram:
                 if ev.proto == TCP:
-                    self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
+                    c = self.tcp.input(ev.src, ev.dst, ev.payload, now, ecn.ecn(ev.packet) == ecn.CE)
+                    if c is not None and self._touched is not None:
+                        self._touched.add(c)
             elif (type(ev) is IcmpError and ev.proto == TCP and len(ev.quote) >= _SEQ + 4
                   and ev.remote_port is not None and ev.local_port is not None  # None: no ports quoted
                   and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
                     conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
+                    if self._touched is not None:
+                        self._touched.add(conn)
 
     def _transmit(self, now: float) -> None:
         out = self._backlog
@@ -295,6 +332,7 @@ class Runner:
         gil.short_switch_interval()  # the stack thread shares the GIL with the application's
         self._sel = selectors.DefaultSelector()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poked = False  # the eventfd was written since the runner's pass began: no need again
         self._sel.register(self._wake, selectors.EVENT_READ, None)
         # The control sockets of the clients our engines use, watched for a hang-up only
         # (mask 0: EPOLLHUP/EPOLLERR): a killed usnetd says nothing else, and its doorbells
@@ -303,6 +341,8 @@ class Runner:
         self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
         self.engines: set[Served] = set()
+        # engines an event loop pumps (FlowEngine.driver): the runner only watches their client's hang-up
+        self.lent: set[FlowEngine] = set()
         self._lock = threading.Lock()
         self._stopping = False
         # A daemon thread, so that a connection that cannot finish never keeps the process
@@ -317,6 +357,11 @@ class Runner:
         never silence), and the stack stops. True if everything was delivered in time.
         """
         until = time.monotonic() + linger
+        with self._lock:
+            lent = list(self.lent)
+        for e in lent:  # at exit no loop runs: the runner takes them back to finish them
+            e.driver = None
+            self.add(e)
         with self._lock:
             engines = [e for e in self.engines if isinstance(e, FlowEngine)]  # TCP: datagrams need no drain
         for e in engines:
@@ -356,6 +401,8 @@ class Runner:
                 self._hup.register(fd, 0)
                 self._watched[fd] = engine.client
             self.engines.add(engine)
+            if engine in self.lent:
+                self.lent.discard(engine)
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
             if stale is not None:  # a closed engine's number, reused by the kernel
@@ -364,8 +411,16 @@ class Runner:
             self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake()
 
+    def lend(self, engine: FlowEngine) -> None:
+        """An event loop pumps `engine` from now on (usnet.aio): the runner stops pumping it and
+        sleeping on its doorbell, and watches only its client's hang-up (`_domain_gone`)."""
+        self.remove(engine)
+        with self._lock:
+            self.lent.add(engine)
+
     def remove(self, engine: Served) -> None:
         with self._lock:
+            self.lent.discard(engine)
             if engine in self.engines:
                 self.engines.discard(engine)
                 try:
@@ -374,7 +429,11 @@ class Runner:
                     pass
 
     def wake(self) -> None:
-        os.eventfd_write(self._wake, 1)
+        """Make the runner pump every engine soon. One eventfd write per runner pass at most:
+        `_run` clears `_poked` before it pumps, so a wake after that always reaches it."""
+        if not self._poked:
+            self._poked = True
+            os.eventfd_write(self._wake, 1)
 
     def _domain_gone(self) -> None:
         """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
@@ -384,7 +443,21 @@ class Runner:
             client = self._watched.pop(fd, None)
             with self._lock:
                 gone = [e for e in self.engines if e.client is client]
+                lent = [e for e in self.lent if e.client is client]
             where = f" at {client.path}" if client is not None and client.path else ""
+            for le in lent:
+                self.remove(le)
+                with le.lock:
+                    if le.error is None:
+                        le.error = ConnectionAbortedError(
+                            errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
+                            "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
+                    le.notify()
+                d = le.driver
+                if d is not None:
+                    d.gone(le)  # its loop closes it, in its own thread: the loop watches its doorbell
+                else:
+                    le.close()
             for e in gone:
                 self.remove(e)
                 with e.lock:
@@ -397,6 +470,7 @@ class Runner:
 
     def _run(self) -> None:
         while not self._stopping:
+            self._poked = False
             now = time.monotonic()
             with self._lock:
                 engines = list(self.engines)

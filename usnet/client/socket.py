@@ -460,11 +460,13 @@ class socket:
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         conn = self._need_conn(errno.EPIPE)
+        eng = self._engine
+        assert eng is not None  # _need_conn checked it
         if not len(data):
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
-        runner().wake()
+        eng.wake()
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
@@ -575,7 +577,7 @@ class socket:
             if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
             self._update()
-        runner().wake()
+        eng.wake()
 
     def close(self) -> None:
         """As the standard close: the connection lives on while a makefile() refers to it."""
@@ -595,9 +597,10 @@ class socket:
                 eng.watchers.discard(self)
                 if last:
                     self._last_close(eng)
-            runner().wake()
-            if last and self._linger and self._conn is not None and not self._abort_on_close:
-                self._linger_close(eng, self._conn, self._linger)
+            lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
+            eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it
+            if lingers:
+                self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
         if self._fd != self._ready.fileno():
             os.close(self._fd)  # a dup's own descriptor
         if last:
@@ -930,7 +933,7 @@ class socket:
                     # Once, so the stack sends what earlier calls queued (data, a window
                     # update). After that only the network makes progress; waking the
                     # runner on every pump would spin both threads while we wait.
-                    runner().wake()
+                    eng.wake(wait=True)
                     woken = True
                 eng.changed.wait(left)
 

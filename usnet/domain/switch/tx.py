@@ -51,6 +51,10 @@ TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
 _RST, _RST_ACK = 0x04, 0x14
+# A batch of at most this many packets is checked packet by packet (`_tx_few`): the column-wise
+# pass costs a dozen numpy calls of a few microseconds each whatever the batch's size, most of
+# what one request's answer costs the domain, and request/response traffic sends one or two.
+_SCALAR_MAX = 2
 
 
 class TransmitPath(HostDuties):
@@ -84,6 +88,8 @@ class TransmitPath(HostDuties):
         n = len(lens)
         if not n:
             return 0
+        if n <= _SCALAR_MAX:
+            return self._tx_few(flow, rows, lens, gso, meta)
         if rows.shape[1] >= ETH_HLEN + 12:  # DSCP is the flow's class, ECN the client's: one column pass
             ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, flow.family)
         now = self.clock()
@@ -115,6 +121,46 @@ class TransmitPath(HostDuties):
         flow.stats["tx_packets"] += sent
         self._advise(flow)
         return n
+
+    def _tx_few(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, gso: np.ndarray,
+                meta: TxMeta | None) -> int:
+        """`service_tx` for a batch of a few packets: the same DSCP rewrite and the same checks, one
+        packet at a time by `_tx_one`/`_tx_one6` (which decide every packet the column-wise pass
+        does not accept, so they accept exactly what the batch path sends), and the same TCP state:
+        the last packet that passed, per remote end."""
+        now = self.clock()
+        family, dscp = flow.family, flow.dscp
+        tx_one = self._tx_one6 if family == 6 else self._tx_one
+        wide = rows.shape[1] >= ETH_HLEN + 12  # as the batch path's condition for the DSCP pass
+        sent = 0
+        passed: list[bytes] = []
+        for i, ln in enumerate(lens.tolist()):
+            p = bytearray(rows[i, ETH_HLEN : ETH_HLEN + ln])
+            if wide and ln and p[0] >> 4 == family:
+                ecn.set_dscp(p, 0, dscp)
+            pb = bytes(p)
+            took = self._tx_marked(flow, pb, now, int(gso[i]), tx_one, meta, i)
+            sent += took
+            if took:
+                passed.append(pb)
+        if flow.proto == TCP and passed:  # as TcpSeen.note_rows: the last of each remote end
+            if flow.tcp_seen is None:
+                flow.tcp_seen = TcpSeen()
+            if len(passed) > 1 and len({self._remote_end(q, family) for q in passed}) == 1:
+                passed = passed[-1:]
+            for q in passed:
+                flow.tcp_seen.note(q, family)
+        flow.stats["tx_packets"] += sent
+        self._advise(flow)
+        return len(lens)
+
+    @staticmethod
+    def _remote_end(p: bytes, family: int) -> bytes:
+        """The remote address and port of a checked packet, as TcpSeen tells remote ends apart."""
+        if family == 4:
+            l4 = (p[0] & 0xF) << 2
+            return p[16:20] + p[l4 + 2 : l4 + 4]
+        return p[24:40] + p[42:44]
 
     def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
         """Rows that are, column-wise, a well-formed option-less IPv4 packet of this flow.
