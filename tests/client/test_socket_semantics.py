@@ -307,3 +307,25 @@ def test_udp_through_usnet_socket(c):
         dead.recv(10)
     for s in (a, b, dead):
         s.close()
+
+
+def test_tcp_info_reports_the_connections_state_and_counters(c):
+    """TCP_INFO's counterpart under a usnet name: what moved is counted, both ends agree."""
+    srv, cl, conn = _pair(c, 7300)
+    data = bytes(range(256)) * 400  # 100 KB
+    cl.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        got += conn.recv(65536)
+    assert got == data
+    tx, rx = cl.tcp_info(), conn.tcp_info()
+    assert tx["state"] == rx["state"] == "ESTABLISHED"
+    assert tx["bytes_written"] == len(data) and rx["bytes_read"] == len(data)
+    assert tx["cwnd"] > 0 and tx["mss"] > 0 and tx["segs_out"] > 0 and rx["segs_in"] > 0
+    fresh = us.socket(client=c, netif="a")
+    with pytest.raises(OSError) as e:
+        fresh.tcp_info()
+    assert e.value.errno == errno.ENOTCONN
+    fresh.close()
+    for s in (cl, conn, srv):
+        s.close()

@@ -709,6 +709,21 @@ class socket:
         # SO_REUSEADDR and the rest: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
 
+    def tcp_info(self) -> dict[str, Any]:
+        """The connection's TCP statistics, as Linux's TCP_INFO gives them, under a usnet name:
+        its state, the RTT estimate (srtt, rttvar, rto), the congestion window and ssthresh, and
+        the counters of usnet.proto.tcp.config.TcpStats (segments, bytes, retransmissions, ...).
+
+        A name of its own because Linux's `struct tcp_info` is a kernel ABI whose fields usnet
+        does not all have; a dict names what it does have.
+        """
+        self._need_open()
+        conn, eng = self._conn, self._engine
+        if conn is None or eng is None:
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        with eng.lock:
+            return {"state": conn.state.name, "mss": conn.mss, **conn.stats.as_dict()}
+
     def getsockopt(self, level: int, opt: int, buflen: int = 0) -> Any:
         """What was set, or the real value (SO_TYPE, SO_ERROR, buffer sizes, TCP_MAXSEG, ...)."""
         self._need_open()
