@@ -446,27 +446,25 @@ class Runner:
                 lent = [e for e in self.lent if e.client is client]
             where = f" at {client.path}" if client is not None and client.path else ""
             for le in lent:
-                self.remove(le)
-                with le.lock:
-                    if le.error is None:
-                        le.error = ConnectionAbortedError(
-                            errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
-                            "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
-                    le.notify()
+                self._abort(le, where)
                 d = le.driver
                 if d is not None:
                     d.gone(le)  # its loop closes it, in its own thread: the loop watches its doorbell
                 else:
                     le.close()
             for e in gone:
-                self.remove(e)
-                with e.lock:
-                    if e.error is None:
-                        e.error = ConnectionAbortedError(
-                            errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
-                            "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
-                    e.notify()
+                self._abort(e, where)
                 e.close()  # its memory and descriptors go now, not when its sockets are collected
+
+    def _abort(self, e: Served, where: str) -> None:
+        """An engine of a usnetd that went away: out of the runner, its socket calls raise at once."""
+        self.remove(e)
+        with e.lock:
+            if e.error is None:
+                e.error = ConnectionAbortedError(
+                    errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
+                    "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
+            e.notify()
 
     def _run(self) -> None:
         while not self._stopping:

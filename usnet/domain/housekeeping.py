@@ -129,10 +129,7 @@ class Housekeeping:
             with p.lock:
                 if p.pressure_mark == p.pool.moves or p.defunct_reason is not None:
                     continue
-                n = p.pool.purge(keep=p.schema.packets)
-                if n:
-                    p.publish_pool()
-                    self.pressure_purges += n
+                self.pressure_purges += p.give_back(p.schema.packets)
                 p.pressure_mark = p.pool.moves
 
     def _purge_idle(self) -> float:
@@ -147,9 +144,8 @@ class Housekeeping:
             with p.lock:
                 if p.defunct_reason is not None:
                     continue
-                if (p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets
-                        and p.pool.purge(keep=p.schema.packets)):
-                    p.publish_pool()
+                if p.idle_mark == p.pool.moves and p.pool.active > p.schema.packets:
+                    p.give_back(p.schema.packets)
                 p.idle_mark = p.pool.moves
         return self.purge_after
 
@@ -159,7 +155,6 @@ class Housekeeping:
             n = 0
             for p in self._all_pipes():
                 with p.lock:
-                    if p.defunct_reason is None and (k := p.pool.purge(keep=p.schema.packets)):
-                        p.publish_pool()
-                        n += k
+                    if p.defunct_reason is None:
+                        n += p.give_back(p.schema.packets)
             return n

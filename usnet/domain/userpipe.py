@@ -323,8 +323,16 @@ class UserPipe:
         self.stats[end.role * STATS_PER_ROLE + Stat.ALLOCATED] += len(got)
         self._publish_active()
 
+    def give_back(self, keep: int) -> int:
+        """Return the pages of every all-free segment beyond `keep` packets, and tell the clients
+        the pool's new size; how many segments went."""
+        n = self.pool.purge(keep=keep)
+        if n:
+            self.publish_pool()
+        return n
+
     def publish_pool(self) -> None:
-        """Tell the clients the pool's size changed (after a purge): SCHEMA active, a new generation."""
+        """Tell the clients the pool's size changed (a purge, a resize): SCHEMA active, a new generation."""
         self._publish_active()
         self.schema_words[W_GENERATION] = (self.schema_words[W_GENERATION] + 1) & 0xFFFFFFFF
 
@@ -357,10 +365,7 @@ class UserPipe:
         end.events.post(EventType.RX_STALLED, value=waiting)
         end.ring_bell()
         self.collect()  # what was freed meanwhile makes its segment all-free
-        purged = self.pool.purge()
-        if purged:
-            self.publish_pool()
-        return purged
+        return self.give_back(0)
 
     def unstall(self, role: int, dropped: int = 0) -> None:
         """End `role` reads again: deliveries resume (RX_RESUMED, value: arrivals dropped meanwhile)."""
@@ -396,8 +401,7 @@ class UserPipe:
             else:
                 self.collect()
                 self.pool.purge(keep=packets)
-        self._publish_active()
-        self.schema_words[W_GENERATION] = (self.schema_words[W_GENERATION] + 1) & 0xFFFFFFFF
+        self.publish_pool()
         limit = self.schema_words[W_LIMIT + role]
         for end in self.ends:
             end.events.post(EventType.RESIZED, 0, value=limit, aux=self.pool.active)
