@@ -40,7 +40,6 @@ from usnet.client.socket import (
     SOL_SOCKET,
     _sockaddr,
     getaddrinfo,
-    getdefaulttimeout,
     socket,
 )
 
@@ -150,24 +149,10 @@ class DatagramFace(socket):
             return
         if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_DGRAM or proto not in (0, 17):
             raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM")
-        import socket as _std
-
-        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SOCK_DGRAM, proto
-        self._timeout = 0.0 if type & _std.SOCK_NONBLOCK else getdefaulttimeout()
-        self._port = 0
+        # as Linux: an idle UDP socket is writable
+        self._init_face(family, SOCK_DGRAM, proto, type, Readiness(False, True), client, netif)
         self._engine: DatagramEngine | None = None  # type: ignore[assignment]
-        self._conn = None
-        self._linger = None  # SO_LINGER means nothing to a datagram socket
-        self._listening = False
         self._owns_engine = True
-        self._closed = self._dead = False
-        self._io_refs = 0
-        self._ready = Readiness(False, True)  # as Linux: an idle UDP socket is writable
-        self._fd = self._ready.fileno()
-        self._share = [1]
-        self._opts: dict[tuple[int, int], Any] = {}
-        self._reported: OSError | None = None
-        self._where = (client, netif)
 
     # -- addresses ------------------------------------------------------------------------
 

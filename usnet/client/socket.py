@@ -274,27 +274,33 @@ class socket:
             return
         if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_STREAM or proto not in (0, _std.IPPROTO_TCP):
             raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM")
-        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SOCK_STREAM, proto
-        self._timeout: float | None = 0.0 if type & _std.SOCK_NONBLOCK else getdefaulttimeout()
-        self._port = 0
+        # unconnected: POLLHUP | POLLOUT, as Linux says
+        self._init_face(family, _std.SOCK_STREAM, proto, type, Readiness(True, True), client, netif)
         self._engine: FlowEngine | None = None
-        self._conn: TcpConnection | None = None
-        self._listening = False
         self._owns_engine = False
-        self._closed = False  # close() was called (the connection may live on in a makefile)
-        self._dead = False  # really closed: no file refers to it any more
-        self._io_refs = 0
-        self._ready = Readiness(True, True)  # unconnected: POLLHUP | POLLOUT, as Linux says
-        self._fd = self._ready.fileno()
-        self._share = [1]  # how many socket objects (dup) share this connection
-        self._opts: dict[tuple[int, int], Any] = {}  # what setsockopt was given, for getsockopt
         self._nodelay = False
         self._user_timeout = 0.0  # seconds (TCP_USER_TIMEOUT is set in milliseconds)
         self._abort_on_close = False  # SO_LINGER on with a zero timeout: close sends RST
-        self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
-        self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
         self._connected = False  # connect reported success (a later connect gives EISCONN)
         self._shut_rd = False
+
+    def _init_face(self, family: int, kind: int, proto: int, flags: int, ready: Readiness,
+                   client: Client | None, netif: str | None) -> None:
+        """What every usnet socket object holds, stream or datagram (DatagramFace calls it too)."""
+        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SocketKind(kind), proto
+        self._timeout: float | None = 0.0 if flags & _std.SOCK_NONBLOCK else getdefaulttimeout()
+        self._port = 0
+        self._conn: TcpConnection | None = None
+        self._listening = False
+        self._closed = False  # close() was called (the connection may live on in a makefile)
+        self._dead = False  # really closed: no file refers to it any more
+        self._io_refs = 0
+        self._ready = ready
+        self._fd = ready.fileno()
+        self._share = [1]  # how many socket objects (dup) share this connection
+        self._opts: dict[tuple[int, int], Any] = {}  # what setsockopt was given, for getsockopt
+        self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
+        self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
         self._where = (client, netif)  # None: `configure` or the environment decides
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
