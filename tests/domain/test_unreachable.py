@@ -140,6 +140,8 @@ def test_an_ipv6_neighbour_that_never_answers_is_ehostunreach_too():
         took = time.monotonic() - t0
         s.close()
         assert e.value.errno == errno.EHOSTUNREACH and 2.0 < took < HOST_UNREACH_WITHIN
-        assert d.switches["a"].counts["nd_solicits"] == 3
+        # three solicitations before the failure (a SYN retransmitted as it comes may ask once more),
+        # as for ARP above
+        assert d.switches["a"].counts["nd_solicits"] >= 3 and d.switches["a"].counts["tx_link_failure"] >= 1
     finally:
         d.stop()
