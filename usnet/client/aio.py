@@ -309,22 +309,14 @@ def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
     """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that connection."""
     _drive(w.loop, eng)
     with eng.lock:  # the stack thread iterates `watchers` while pumping
-        if conn is None:
-            eng.watchers.add(w)
-        else:
-            eng.conn_watchers.setdefault(conn, set()).add(w)
+        eng.watch(w, conn)
     w.kick()  # whatever happened before it was registered
 
 
 def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
     w.dead = True
     with eng.lock:
-        if conn is None:
-            eng.watchers.discard(w)
-        elif (ws := eng.conn_watchers.get(conn)) is not None:
-            ws.discard(w)
-            if not ws:
-                del eng.conn_watchers[conn]
+        eng.unwatch(w, conn)
 
 
 class UsnetTransport(asyncio.Transport):
@@ -377,7 +369,7 @@ class UsnetTransport(asyncio.Transport):
                 # The transport owns the socket: nobody polls its descriptor per pump, so the
                 # stack stops setting its readiness after every pump (two system calls per
                 # request); `_taken` and the end of the stream set it when it matters.
-                self._eng.watchers.discard(self._sock)
+                self._eng.unwatch(self._sock, self._conn)
             _watch(self._eng, self._watcher, self._conn)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -124,6 +124,13 @@ class DatagramEngine:
         self.rx_bytes -= len(dg[0]) + _OVERHEAD
         return dg
 
+    def watch(self, w: Any, conn: Any = None) -> None:
+        """As FlowEngine.watch; a datagram socket has no connection to narrow it to."""
+        self.watchers.add(w)
+
+    def unwatch(self, w: Any, conn: Any = None) -> None:
+        self.watchers.discard(w)
+
     def notify(self) -> None:
         for w in self.watchers:
             w._signal()
@@ -171,7 +178,7 @@ class DatagramFace(socket):
         self._port = eng.d.local[1]
         self._engine = eng
         with eng.lock:
-            eng.watchers.add(self)
+            eng.watch(self)
             self._update()
         runner().add(eng)
         return eng

@@ -151,6 +151,23 @@ class FlowEngine:
         self.driver: Any = None
         self.pinned = False  # went back to the stack thread for good (a blocking call used it)
 
+    def watch(self, w: Any, conn: Any = None) -> None:
+        """Signal `w` after every pump, or (`conn`) after the pumps that reached that connection:
+        a pump costs the connections it touched, not every socket. With the lock held."""
+        if conn is None:
+            self.watchers.add(w)
+        else:
+            self.conn_watchers.setdefault(conn, set()).add(w)
+
+    def unwatch(self, w: Any, conn: Any = None) -> None:
+        """Undo `watch` (the same `conn`). With the lock held."""
+        if conn is None:
+            self.watchers.discard(w)
+        elif (ws := self.conn_watchers.get(conn)) is not None:
+            ws.discard(w)
+            if not ws:
+                del self.conn_watchers[conn]
+
     def wake(self, wait: bool = False) -> None:
         """Have what a socket call queued (data, a FIN, a window update) sent soon, by whoever pumps
         this engine. `wait`: the caller is about to block on `changed`; only the stack thread serves
@@ -193,13 +210,14 @@ class FlowEngine:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
         if self.closed or self.error is not None:
             return
-        self._touched = set() if self.conn_watchers else None
+        touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
         try:
             self._receive(now)
             t = self.tcp.timeout(now)
             if t is not None and t <= now:
-                self.tcp.on_timer(now)
-                self._touched = None
+                fired = self.tcp.on_timer(now)
+                if touched is not None:
+                    touched.update(fired)
             self._transmit(now)
         except (ChannelError, PeerGone) as e:
             self.error = e

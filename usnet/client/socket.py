@@ -600,7 +600,7 @@ class socket:
         eng = self._engine
         if eng is not None:
             with eng.lock:
-                eng.watchers.discard(self)
+                eng.unwatch(self, self._conn)
                 if last:
                     self._last_close(eng)
             lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
@@ -635,7 +635,7 @@ class socket:
         self._share[0] += 1
         if self._engine is not None:
             with self._engine.lock:
-                self._engine.watchers.add(d)
+                self._engine.watch(d, d._conn)
         return d
 
     @staticmethod
@@ -662,7 +662,7 @@ class socket:
         fd = self._fd
         if self._engine is not None:
             with self._engine.lock:
-                self._engine.watchers.discard(self)
+                self._engine.unwatch(self, self._conn)
         _detached[fd] = self
         self._closed = self._dead = True
         return fd
@@ -676,7 +676,7 @@ class socket:
         self._io_refs = 0
         if self._engine is not None:
             with self._engine.lock:
-                self._engine.watchers.add(self)
+                self._engine.watch(self, self._conn)
                 self._update()
 
     def getsockname(self) -> tuple:
@@ -857,7 +857,7 @@ class socket:
         self._owns_engine = owns
         self._conn = conn
         with eng.lock:  # the stack thread iterates `watchers` while it pumps
-            eng.watchers.add(self)
+            eng.watch(self, conn)
             self._update()
         if owns:
             runner().add(eng)
@@ -868,7 +868,7 @@ class socket:
         assert eng is not None
         runner().remove(eng)
         with eng.lock:
-            eng.watchers.discard(self)
+            eng.unwatch(self, self._conn)
         eng.close()
         self._engine = None
 

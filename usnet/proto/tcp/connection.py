@@ -169,7 +169,7 @@ class TcpConnection:
         "_probes", "_ka_probes", "_recovery", "_recover", "_high_rxt", "_lost_limit",
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
-        "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from",
+        "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "due", "timer_at",
     )
 
     def __init__(
@@ -188,6 +188,11 @@ class TcpConnection:
         self.remote_addr = bytes(remote_addr)
         self.remote_port = remote_port
         self.context = None  # free for the owner (endpoint, socket layer)
+        # The owner's schedule (TcpEndpoint): `due` is the set a user call adds this connection
+        # to, because it may have something to send or a timer to move (`_touch`); `timer_at`
+        # is the deadline the owner's timer heap holds for it. None/None: nobody schedules it.
+        self.due: dict | None = None
+        self.timer_at: float | None = None
         self.state = CLOSED
         self.error: OSError | None = None
         self.soft_error: int | None = None  # the last ICMP error that did not end the connection (errno)
@@ -285,6 +290,16 @@ class TcpConnection:
             f"una={self.snd_una} nxt={self.snd_nxt} rcv={self.rcv_nxt}>"
         )
 
+    def _touch(self) -> None:
+        """Tell the owner that this connection may have output or a new deadline (see `due`).
+
+        Every user call that can change either calls it, so the owner visits only the
+        connections something happened to, not every connection on every event.
+        """
+        due = self.due
+        if due is not None:
+            due[self] = None
+
     # ------------------------------------------------------------------ user calls
 
     def connect(self, now: float) -> None:
@@ -294,6 +309,7 @@ class TcpConnection:
         self.state = SYN_SENT
         self._syn_pending = True
         self._syn_time = now
+        self._touch()
 
     def accept_syn(self, seg: TcpSegment, now: float) -> None:
         """Passive open from a listener's SYN: enter SYN-RECEIVED, SYN-ACK on next `outgoing`."""
@@ -305,6 +321,7 @@ class TcpConnection:
         self._syn_pending = True
         self._syn_time = now
         self._last_rx = now
+        self._touch()
 
     def send(self, data) -> int:
         """Queue bytes; returns how many fit in the send buffer (0 when full)."""
@@ -322,6 +339,7 @@ class TcpConnection:
         else:
             self._sndbuf += data
         self.stats.bytes_written += n
+        self._touch()
         return n
 
     def recv(self, max_bytes: int = 1 << 20) -> bytes:
@@ -362,6 +380,7 @@ class TcpConnection:
             inc = (cap - len(self._rcvq)) - (self.rcv_adv - self.rcv_nxt)
             if inc >= min(cap >> 1, 2 * self._rcv_mss):
                 self._ack_now = True  # window update
+                self._touch()
 
     def shutdown_write(self, now: float) -> None:
         """Send FIN after the queued data (half-close)."""
@@ -372,6 +391,7 @@ class TcpConnection:
             return
         self._fin_queued = True
         self._fin_seq = self._snd_base + len(self._sndbuf)
+        self._touch()
         if st is ESTABLISHED:
             self.state = FIN_WAIT_1
         elif st is CLOSE_WAIT:
@@ -396,6 +416,7 @@ class TcpConnection:
                 0, RST, 0))
         if st is not CLOSED:
             self._close()
+        self._touch()
 
     def icmp_error(self, err: int, seq: int) -> bool:
         """An ICMP error quoting our segment with sequence number `seq`; True if it was taken.
@@ -415,6 +436,7 @@ class TcpConnection:
             self._fail(OSError(err, os.strerror(err)))  # ECONNREFUSED makes a ConnectionRefusedError
         else:
             self.soft_error = err
+        self._touch()
         return True
 
     def pause(self) -> None:
@@ -423,6 +445,7 @@ class TcpConnection:
 
     def resume(self) -> None:
         self.suspended = False
+        self._touch()
 
     def set_keepalive(
         self, now: float, enabled: bool, idle: float | None = None,
@@ -437,6 +460,7 @@ class TcpConnection:
         if count is not None:
             cfg.keepalive_count = count
         self._t_ka = self._last_rx + cfg.keepalive_idle if enabled and self.state in _KEEPALIVE else INF
+        self._touch()
 
     def set_path_mtu(self, mtu: int) -> None:
         """A smaller path MTU was learnt (ICMP "fragmentation needed", RFC 1191/8201).
@@ -453,6 +477,7 @@ class TcpConnection:
         self.mss = base - (12 if self.ts_ok else 0)
         self._size_segments()
         self.cc.mss = self.mss
+        self._touch()
 
     def _size_segments(self) -> None:
         """One MSS per segment, or with segmentation offload as many whole MSS as fit."""
@@ -488,6 +513,7 @@ class TcpConnection:
     @nodelay.setter
     def nodelay(self, flag: bool) -> None:
         self.cfg.nodelay = flag
+        self._touch()
 
     def take_events(self) -> int:
         """Return and clear the pending ``EV_*`` bits."""

@@ -18,6 +18,8 @@ Malformed segments are counted, never raised: they come from the network.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import os
 import random
 from collections import deque
@@ -114,6 +116,13 @@ class TcpEndpoint:
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
         self._out: list[tuple[bytes, bytes, int, int]] = []
+        # The schedule: connections something happened to since `outgoing` last visited them
+        # (insertion-ordered, a set), and a heap of (deadline, tie, connection) whose stale
+        # entries (timer_at moved on) are skipped. Nothing per event walks every connection.
+        self.due: dict[TcpConnection, None] = {}
+        self._timers: list[tuple[float, int, TcpConnection]] = []
+        self._tie = itertools.count()
+        self.visits = 0  # connections visited by outgoing/timeout/on_timer: what the scale test counts
 
     # ------------------------------------------------------------------ user calls
 
@@ -159,7 +168,7 @@ class TcpEndpoint:
             self.local_addr, local_port, remote_addr, remote_port, now=now, mtu=self.mtu,
             iss=self._make_isn(remote_addr, remote_port, local_port, now), config=cfg,
             ts_offset=self._ts_offset(remote_addr))
-        self.connections[key] = conn
+        self._adopt(key, conn)
         conn.connect(now)
         return conn
 
@@ -232,14 +241,15 @@ class TcpEndpoint:
                 # A new incarnation whose SYN is above the old one's sequence space
                 # may take over the 4-tuple (RFC 9293 §3.10.7.4, RFC 6191).
                 stats.time_wait_reused += 1
-                del self.connections[key]
+                self._forget(conn)
             elif st is not CLOSED:
                 conn.on_segment(seg, now, ce)
+                self.due[conn] = None
                 if conn.passive:
                     self._promote(conn, key, now)
                 return conn
             else:
-                del self.connections[key]
+                self._forget(conn)
         lst = self.listeners.get(seg.dport)
         if lst is None or fl & (RST | ACK) or not fl & SYN:
             if lst is None:
@@ -260,10 +270,15 @@ class TcpEndpoint:
             self.local_addr, seg.dport, src, seg.sport, now=now, mtu=self.mtu,
             iss=self._make_isn(src, seg.sport, seg.dport, now), config=replace(lst.config),
             ts_offset=self._ts_offset(src))
+        self._adopt(key, conn)
         conn.accept_syn(seg, now)
-        self.connections[key] = conn
         lst.syn_queue[key] = conn
         return conn
+
+    def _adopt(self, key: Key, conn: TcpConnection) -> None:
+        """`conn` joins the table and the schedule (it touches `_due` from now on)."""
+        self.connections[key] = conn
+        conn.due = self.due
 
     def _promote(self, conn: TcpConnection, key: Key, now: float) -> None:
         """Move a passive connection from the SYN queue once it is established (or gone)."""
@@ -291,8 +306,13 @@ class TcpEndpoint:
         """
         out = self._out
         self._out = []
-        dead = []
-        for key, conn in self.connections.items():
+        due = self.due
+        if not due:
+            return out
+        self.visits += len(due)
+        todo = list(due)
+        due.clear()
+        for conn in todo:
             segs = conn.outgoing(now)
             if segs:
                 dst = conn.remote_addr
@@ -301,27 +321,69 @@ class TcpEndpoint:
                 for s in segs:
                     out.append((dst, s, cut(s) if cut else 0, ECT0 if ect and ect(s) else NOT_ECT))
             if conn.state is CLOSED:
-                dead.append(key)
-        for key in dead:
-            conn = self.connections.pop(key)
-            lst = self.listeners.get(conn.local_port)
-            if lst is not None:
-                lst.syn_queue.pop(key, None)
+                self._forget(conn)
+            else:
+                self._schedule(conn)
         return out
+
+    def _forget(self, conn: TcpConnection) -> None:
+        """A closed connection leaves the table, its listener's SYN queue and the schedule."""
+        key = (conn.remote_addr, conn.remote_port, conn.local_port)
+        if self.connections.get(key) is conn:
+            del self.connections[key]
+        lst = self.listeners.get(conn.local_port)
+        if lst is not None and lst.syn_queue.get(key) is conn:
+            del lst.syn_queue[key]
+        conn.due = None
+        conn.timer_at = None
+        self.due.pop(conn, None)
+
+    def _schedule(self, conn: TcpConnection) -> None:
+        """Put `conn`'s deadline on the heap if it moved (the old entry goes stale)."""
+        t = conn.timeout()
+        if t != conn.timer_at:
+            conn.timer_at = t
+            if t is not None:
+                heapq.heappush(self._timers, (t, next(self._tie), conn))
+                if len(self._timers) > 2 * len(self.connections) + 64:
+                    self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stale heap entries (each connection keeps one live entry at most)."""
+        self._timers = [e for e in self._timers if e[2].timer_at == e[0] and e[2].due is not None]
+        heapq.heapify(self._timers)
 
     def timeout(self, now: float | None = None) -> float | None:
         """The earliest deadline of any connection, or None."""
-        best = None
-        for conn in self.connections.values():
-            t = conn.timeout()
-            if t is not None and (best is None or t < best):
-                best = t
-        return best
+        for conn in self.due:  # what happened since may have moved a deadline
+            self._schedule(conn)
+        self.visits += len(self.due)
+        h = self._timers
+        while h:
+            t, _, conn = h[0]
+            if conn.timer_at == t and conn.due is not None:
+                return t
+            heapq.heappop(h)  # stale: the connection moved on or left
+        return None
 
-    def on_timer(self, now: float) -> None:
-        for key, conn in list(self.connections.items()):
+    def on_timer(self, now: float) -> list[TcpConnection]:
+        """Run the timers of the connections whose deadline has come (and only theirs); returns them."""
+        for conn in self.due:
+            self._schedule(conn)
+        h = self._timers
+        fired = []
+        while h and h[0][0] <= now:
+            t, _, conn = heapq.heappop(h)
+            if conn.timer_at != t or conn.due is None:
+                continue
+            conn.timer_at = None
+            fired.append(conn)
+        self.visits += len(fired)
+        for conn in fired:
             t = conn.timeout()
             if t is not None and t <= now:
                 conn.on_timer(now)
                 if conn.passive:
-                    self._promote(conn, key, now)
+                    self._promote(conn, (conn.remote_addr, conn.remote_port, conn.local_port), now)
+            self.due[conn] = None  # its output and its next deadline: at the next `outgoing`
+        return fired
