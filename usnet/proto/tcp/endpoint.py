@@ -380,8 +380,8 @@ class TcpEndpoint:
             fired.append(conn)
         self.visits += len(fired)
         for conn in fired:
-            t = conn.timeout()
-            if t is not None and t <= now:
+            due_at = conn.timeout()
+            if due_at is not None and due_at <= now:
                 conn.on_timer(now)
                 if conn.passive:
                     self._promote(conn, (conn.remote_addr, conn.remote_port, conn.local_port), now)
