@@ -264,7 +264,7 @@ def test_an_ll_datagram_waits_for_one_bite_of_a_general_backlog_and_is_received_
             return service_ll(flow, max_packets)
 
         sw.service_tx, sw._service_ll = first_bite_then_ll, ll_leaves
-        d._service_switches()  # one round
+        d.serve_once(0)  # one round: gen's bell (it sent while parked) has the loop serve it
         assert taken_when_ll_left == [LL_BITE]  # it waited for one bite, not the whole batch
         assert sink.recv_many(8, timeout=0) == [(b"now", (A, 5000))]  # and was received in that round
         got: list[bytes] = []

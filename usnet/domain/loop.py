@@ -148,6 +148,7 @@ class Domain(Control, Housekeeping):
         self.reaper = Reaper()  # closes what clients send us, off the loop
         self._accept_pause = 0.0  # the current EMFILE back-off of accept(), 0 when accepting
         self._accept_resume: float | None = None  # monotonic time the listener is watched again
+        self.polls = 0  # flows the loop looked at for transmits (a work count: tests/domain/test_scale.py)
         self._listeners: list[socket.socket] = []
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
@@ -295,12 +296,20 @@ class Domain(Control, Housekeeping):
             except Exception as e:
                 self._log_fault(f"netif {sw.netif.name}", e)
         for sw in self.switches.values():
-            for flow in list(sw.flows.values()):
+            idle = []
+            self.polls += len(sw.polled)
+            for flow in list(sw.polled):
                 try:
-                    if flow.port.tx_pending() and not flow.port.suspended:
+                    if flow.port.suspended:
+                        continue
+                    if flow.port.tx_pending():
                         self._service_tx(sw, flow, ll)
+                    else:
+                        idle.append(flow)
                 except Exception as e:  # the barrier of one flow channel
                     self._fault_channel(flow.port.pipe, 0, "transmit", e)
+            if idle:
+                self._park(sw, idle)
             try:
                 sw.flush()
                 timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
@@ -338,17 +347,31 @@ class Domain(Control, Housekeeping):
         return timeout
 
     def _idle_flows(self) -> bool:
-        """Before sleeping: ask every client to ring us when it sends; True if one already did."""
-        ports = [f.port for sw in self.switches.values() for f in sw.flows.values()
-                 if not f.port.suspended]
-        for port in ports:
-            port.set_need_wakeup()
+        """Before sleeping: ask the polled flows' clients to ring us when they send; True if one
+        already did (those stay polled and the loop must not sleep)."""
+        busy = False
+        for sw in self.switches.values():
+            self.polls += len(sw.polled)
+            if sw.polled:
+                busy |= self._park(sw, [f for f in sw.polled if not f.port.suspended])
+        return busy
+
+    @staticmethod
+    def _park(sw: FlowSwitch, flows: list[Flow]) -> bool:
+        """Stop polling `flows`, which had nothing to send: each sets NEED_WAKEUP, so its client
+        rings the flow's bell when it sends (the "flowtx" event polls it again). One that sent
+        meanwhile stays polled; True if any did. As a NIC's interrupt and poll modes (NAPI)."""
+        for f in flows:
+            f.port.set_need_wakeup()
         ringmod.fence()
-        if any(port.tx_pending() for port in ports):
-            for port in ports:
-                port.clear_need_wakeup()
-            return True
-        return False
+        busy = False
+        for f in flows:
+            if f.port.tx_pending():
+                f.port.clear_need_wakeup()
+                busy = True
+            else:
+                sw.polled.pop(f, None)
+        return busy
 
     # -- socket sessions and the service loop -------------------------------------------
 
@@ -603,11 +626,14 @@ class Domain(Control, Housekeeping):
             with self.lock:
                 flow.port.clear_need_wakeup()
                 if flow.id in sw.flows and flow.port.pipe.defunct_reason is None:
+                    sw.polled[flow] = None  # polled again until it falls idle
                     self._service_tx(sw, flow, self._serves_ll())
                     if flow.id in sw.netif.ll_keys:
                         if sw.netif.active_ll:
                             sw.netif.flush()  # what the LL path queued: to the device now, not next round
                         self._receive_due()
+                    else:
+                        sw.flush()  # a parked flow's first packets leave in this turn, as a polled flow's do
         elif kind == "session":
             if mask & selectors.EVENT_WRITE:
                 self._send_pending(obj)

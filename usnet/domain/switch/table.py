@@ -121,6 +121,10 @@ class FlowTable:
         self.ports = ports or PortSpace()
         self.clock = clock
         self.flows: dict[int, Flow] = {}
+        # The flows the loop polls for transmits, an ordered set: those that sent lately. The
+        # others sleep with NEED_WAKEUP set and ring their bell when they send (the domain loop's
+        # `_park`), so a turn costs the flows at work, not every flow (docs/architecture.md).
+        self.polled: dict[Flow, None] = {}
         self.exact: dict[tuple, Flow] = {}  # both families: the remote address's length tells them apart
         self.listeners: dict[tuple, Flow] = {}
         self.listeners6: dict[tuple, Flow] = {}
@@ -168,6 +172,7 @@ class FlowTable:
         if self.rx_mitigation:
             port.enable_mitigation(self.clock, self._held_bells)
         self.flows[fid] = flow
+        self.polled[flow] = None
         self._table(flow)[flow.key()] = flow
         return flow
 
@@ -214,6 +219,7 @@ class FlowTable:
         else:
             self.netif.drop_queue(flow.id)  # first: its tracked frames are reported FLUSHED to it
         del self.flows[flow.id]
+        self.polled.pop(flow, None)
         self._table(flow).pop(flow.key(), None)
         self._held_bells.pop(flow.port, None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)

@@ -464,7 +464,7 @@ class TransmitPath(HostDuties):
 
     def flush(self) -> int:
         n = self.netif.flush()
-        for flow in self.flows.values():
+        for flow in self.polled:  # a suspended flow stays polled until it resumes (`Domain._park`)
             if flow.port.suspended:
                 self._advise(flow)
         if self.netif.aqm_drops:
