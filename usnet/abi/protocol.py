@@ -231,6 +231,10 @@ class FlowOpened(_Msg, frozen=True):
     address of that family. gso_max, when not 0, is the largest IP packet
     the flow may send as a TCP super-segment (UMD gso_size) for the device to
     cut, and the largest it may receive: the netif segments in its device.
+    prefix and gateway are the netif's routes of that family (its connected
+    prefix length, its default gateway or None): the client decides with them
+    that a destination has no route (usnet.proto.route), as the switch does;
+    prefix -1 says nothing is known (every destination is left to the switch).
     """
 
     channel: U32
@@ -244,6 +248,8 @@ class FlowOpened(_Msg, frozen=True):
     netif: str
     family: Literal[4, 6] = 4
     gso_max: int = 0
+    prefix: int = -1
+    gateway: str | None = None
 
 
 class AdvisoryOpened(_Msg, frozen=True):

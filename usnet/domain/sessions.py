@@ -329,8 +329,11 @@ class SessionRegistry:
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
         assert local is not None, "add_flow refuses an IPv6 flow on a netif without an IPv6 address"
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
-        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
-                             sw.netif.mtu, sw.netif.name, family, gso_max)
+        net = sw.netif
+        prefix = net.address6.network.prefixlen if family == 6 and net.address6 is not None else net.network.prefixlen
+        gw = net.gateway6 if family == 6 else net.gateway
+        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port, net.mtu, net.name,
+                             family, gso_max, prefix, None if gw is None else str(ipaddress.ip_address(gw)))
         return reply, fds
 
     def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:

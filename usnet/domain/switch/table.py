@@ -156,7 +156,7 @@ class FlowTable:
                                                   f"address of a peer: {shown} is {why}")
             if rport == 0:
                 raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
-            if raddr != self.netif.ip and raddr not in self.netif.addrs6 and self.netif.next_hop(raddr) is None:
+            if not self.netif.routes.reaches(raddr):  # usnet.proto.route: the clients ask it too
                 # as the kernel's connect: no route is known at once, not after the handshake times out
                 shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
                 raise OSError(errno.ENETUNREACH, f"Network is unreachable: netif {self.netif.name!r} "
