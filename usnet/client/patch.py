@@ -134,9 +134,9 @@ def _rebind_early(replacements: dict[int, tuple[Any, Any]]) -> list[tuple[types.
     replacement). Returns (module, name, original, replacement) for each name rebound, for `unpatch`."""
     done = []
     for modname, mod in list(sys.modules.items()):
-        if (not isinstance(mod, types.ModuleType) or mod is _socket
+        if (not isinstance(mod, types.ModuleType) or mod is _socket or modname == "_socket"
                 or modname == "usnet" or modname.startswith("usnet.")):
-            continue  # usnet keeps the kernel's class where it needs it (`_KERNEL` here)
+            continue  # the C layer is the kernel's; usnet keeps the kernel's class where it needs it (`_KERNEL`)
         try:
             items = list(vars(mod).items())
         except TypeError:
