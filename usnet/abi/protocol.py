@@ -119,6 +119,10 @@ class OpenFlow(_Msg, frozen=True):
     family: 4 (IPv4) or 6 (IPv6); 0, the default, means the remote address's
     family, or IPv4 for a listener. A family that contradicts the remote
     address is EINVAL.
+    with_channel, when not 0, is a flow channel of the same session whose
+    port this listener shares on another netif: a socket bound to the
+    wildcard address listens on the loopback netif too, as Linux's does,
+    though ports are one namespace per domain.
     """
 
     netif: Name
@@ -129,6 +133,7 @@ class OpenFlow(_Msg, frozen=True):
     schema: Name = "default"
     attrs: dict[Name, int] = {}
     family: Family = 0
+    with_channel: U32 = 0
 
 
 class OpenMonitor(_Msg, frozen=True):

@@ -286,6 +286,12 @@ class SessionRegistry:
         family, raddr = _flow_family(req)
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
+        share = None
+        if req.with_channel:  # a wildcard listener's second netif: the port of a flow of this session
+            sib = self.channels.get(req.with_channel)
+            if sib is None or sib.session is not session or sib.flow is None or sib.switch is sw:
+                raise OSError(errno.EINVAL, f"channel {req.with_channel} is no flow of this session on another netif")
+            share = sib.flow
         attrs = dict(req.attrs)
         gso_max = sw.netif.gso_max
         if gso_max and "buf_size" not in attrs and "buflets" not in attrs:
@@ -308,7 +314,7 @@ class SessionRegistry:
         port = FlowPort(pipe)
         port.on_fault = lambda where, exc: self._fault_channel(pipe, 0, where, exc)
         try:
-            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
+            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share)
         except BaseException:
             self.ledger.release(charge)
             pipe.destroy()
