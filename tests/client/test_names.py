@@ -22,6 +22,8 @@ import random
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from usnet import socket as us
 from usnet.client import resolver as R
@@ -316,3 +318,108 @@ def test_a_name_that_cannot_be_a_dns_name_is_not_sent(tmp_path):
     with pytest.raises(socket.gaierror) as e:
         R.getaddrinfo("a" * 64 + ".test", 80, resolver=r)
     assert e.value.errno == socket.EAI_NONAME and world.asked == []
+
+
+# -- nsswitch.conf: the order of the sources ----------------------------------------------------------
+
+_STATUSES = ["success", "notfound", "unavail", "tryagain"]
+
+
+def _model_sources(spec: list) -> list:
+    """What glibc makes of a parsed line: (source, statuses after which it returns)."""
+    out = []
+    for name, items in spec:
+        returns = {"success"}
+        for neg, status, action in items:
+            for one in ([x for x in _STATUSES if x != status] if neg else [status]):
+                (returns.add if action == "return" else returns.discard)(one)
+        out.append((name, frozenset(returns)))
+    return out
+
+
+_item = st.tuples(st.booleans(), st.sampled_from(_STATUSES), st.sampled_from(["return", "continue", "merge"]))
+_spec = st.lists(st.tuples(st.sampled_from(["files", "dns", "mdns4_minimal", "myhostname", "resolve"]),
+                           st.lists(st.lists(_item, min_size=1, max_size=3), max_size=2)), min_size=1, max_size=5)
+
+
+@given(_spec, st.booleans(), st.sampled_from(["hosts", "HOSTS", "Hosts"]))
+def test_nsswitch_lines_parse_as_glibc_reads_them(spec, upper, db):
+    """Any line of sources and [STATUS=action] items (each item group after its source, several
+    groups in a row, `!` negation, any case, comments around) parses as glibc's model says."""
+    words = []
+    flat = []
+    for name, groups in spec:
+        words.append(name.upper() if upper else name)
+        merged = []
+        for group in groups:
+            words.append("[" + " ".join(f"{'!' if n else ''}{s.upper() if upper else s}={a}"
+                                         for n, s, a in group) + "]")
+            merged += [(n, s, "continue" if a == "merge" else a) for n, s, a in group]
+        flat.append((name, merged))
+    text = f"# hosts: dns\npasswd: files\n{db}:\t{' '.join(words)}  # a comment\nhosts: dns\n"
+    got = [(s.name, s.returns) for s in R.parse_nsswitch(text)]
+    assert got == _model_sources(flat)
+
+
+def test_nsswitch_examples_defaults_and_malformed_lines():
+    def parse(text):
+        return [(s.name, sorted(s.returns)) for s in R.parse_nsswitch(text)]
+
+    assert parse("hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname") == [
+        ("files", ["success"]), ("mdns4_minimal", ["notfound", "success"]), ("dns", ["success"]),
+        ("myhostname", ["success"])]
+    default = [("dns", ["notfound", "success", "tryagain"]), ("files", ["success"])]
+    assert parse("") == parse("passwd: files\n") == default == parse(R.NSS_DEFAULT)  # glibc's default
+    assert parse("hosts:files[NOTFOUND=return]dns") == [("files", ["notfound", "success"]), ("dns", ["success"])]
+    assert parse("hosts: files [SUCCESS=continue] dns") == [("files", []), ("dns", ["success"])]
+    # a malformed item ends the line there; an item before any source too
+    assert parse("hosts: files [BOGUS=return] dns") == [("files", ["success"])]
+    assert parse("hosts: files [NOTFOUND=return dns") == [("files", ["success"])]
+    assert parse("hosts: [NOTFOUND=return] files") == []
+
+
+def _nss_resolver(world, tmp_path, nsswitch: str, hosts: str) -> R.Resolver:
+    (tmp_path / "nsswitch.conf").write_text(nsswitch)
+    (tmp_path / "hosts").write_text(hosts)
+    r = resolver_for(world, tmp_path, nsswitch=str(tmp_path / "nsswitch.conf"))
+    r._hosts_path = str(tmp_path / "hosts")
+    return r
+
+
+def test_hosts_dns_files_asks_dns_first_and_files_dns_the_file_first(tmp_path):
+    zone = {"both.test": [dns.address_record("both.test", "10.7.7.7")]}
+    hosts = "10.8.8.8 both.test\n10.8.8.9 fileonly.test\n"
+    world = FakeWorld({S1: zone})
+    first_files = _nss_resolver(world, tmp_path, "hosts: files dns\n", hosts)
+    assert R.gethostbyname("both.test", resolver=first_files) == "10.8.8.8" and world.asked == []
+    (tmp_path / "nsswitch.conf").write_text("hosts:  dns files\n")  # reread when it changes, as glibc does
+    assert R.gethostbyname("both.test", resolver=first_files) == "10.7.7.7"
+    assert [a[1] for a in world.asked] == ["both.test"]
+    assert R.gethostbyname("fileonly.test", resolver=first_files) == "10.8.8.9"  # DNS: not found, files next
+    assert R.gethostbyaddr("10.8.8.9", resolver=first_files)[0] == "fileonly.test"
+    world.asked.clear()
+    (tmp_path / "nsswitch.conf").write_text("hosts: dns [NOTFOUND=return] files\n")
+    with pytest.raises(socket.gaierror) as e:
+        R.gethostbyname("fileonly.test", resolver=first_files)
+    assert e.value.errno == socket.EAI_NONAME and [a[1] for a in world.asked] == ["fileonly.test"]
+
+
+def test_sources_usnet_lacks_are_unavailable_so_their_notfound_return_does_not_stop_dns(tmp_path):
+    """Debian's default line: mdns4_minimal is not usnet's, so it is UNAVAIL (as a module glibc
+    cannot load) and its [NOTFOUND=return] does not apply; DNS is asked. myhostname answers localhost."""
+    world = FakeWorld({S1: {"www.test": [dns.address_record("www.test", "10.1.1.1")]}})
+    r = _nss_resolver(world, tmp_path, "hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n", "")
+    assert R.gethostbyname("www.test", resolver=r) == "10.1.1.1"
+    r = _nss_resolver(world, tmp_path, "hosts: files [NOTFOUND=return] dns\n", "")
+    with pytest.raises(socket.gaierror) as e:
+        R.gethostbyname("www.test", resolver=r)
+    assert e.value.errno == socket.EAI_NONAME
+    r = _nss_resolver(world, tmp_path, "hosts: files mdns4_minimal [UNAVAIL=return] dns\n", "")
+    with pytest.raises(socket.gaierror):
+        R.gethostbyname("www.test", resolver=r)
+    world.asked.clear()
+    r = _nss_resolver(world, tmp_path, "hosts: files myhostname dns\n", "")
+    assert R.gethostbyname("localhost", resolver=r) == "127.0.0.1" and world.asked == []
+    r = _nss_resolver(world, tmp_path, "hosts: files\n", "")  # neither dns nor myhostname: no localhost
+    with pytest.raises(socket.gaierror):
+        R.gethostbyname("localhost", resolver=r)

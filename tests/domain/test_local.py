@@ -13,6 +13,7 @@ its own stack (`usnet.socket` with client= and netif=, `Client.udp_socket`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import threading
 import time
@@ -161,3 +162,121 @@ def test_the_loopback_netif_carries_nothing_but_its_own(local):
     assert e.value.code == "EADDRNOTAVAIL"
     assert local.lo.netif.driver.stats.tx_frames == 0
     assert not local.lo.drops
+
+
+WILD = [(us.AF_INET, "0.0.0.0", "127.0.0.1", A4), (us.AF_INET6, "::", "::1", A6)]
+
+
+@pytest.mark.parametrize("family,wild,loop,own", WILD, ids=["0.0.0.0", "::"])
+def test_a_wildcard_listener_is_reached_through_loopback_as_on_linux(local, family, wild, loop, own):
+    """Bound to 0.0.0.0 (::), a listener takes connections to 127.0.0.1 (::1) as well as to its
+    netif's address, as Linux's does: one accept and one readiness for both; its port is the
+    domain's for as long as it lives, on both netifs, and free on both once it is closed."""
+    import select
+
+    from tests.helpers.util import wait_until
+
+    def addr(a: str, p: int) -> tuple:
+        return (a, p) if family == us.AF_INET else (a, p, 0, 0)
+
+    ls = us.socket(family, client=local.server, netif="a")
+    ls.bind(addr(wild, 0))
+    ls.listen()
+    port = ls.getsockname()[1]
+    assert select.select([ls], [], [], 0)[0] == []
+    for dst in (loop, own, loop):
+        cs = us.socket(family, client=local.client, netif="a")
+        cs.settimeout(5)
+        cs.connect(addr(dst, port))
+        assert select.select([ls], [], [], 5)[0] == [ls]  # readable: accept will not block
+        conn, peer = ls.accept()
+        assert conn.getsockname()[:2] == (dst, port) and peer[:2] == cs.getsockname()[:2]
+        conn.sendall(dst.encode())
+        assert cs.recv(100) == dst.encode()
+        assert select.select([ls], [], [], 0)[0] == []
+        for s in (cs, conn):
+            s.close()
+    other = us.socket(family, client=local.client, netif="a")
+    with pytest.raises(OSError) as e:  # the port is taken on the loopback netif too
+        other.bind(addr(loop, port))
+    assert e.value.errno == errno.EADDRINUSE
+    other.close()
+    ls.close()
+    wait_until(lambda: not local.d.ports.used and not local.d.ports.sharers, 5, "the port given back")
+    again = us.socket(family, client=local.server, netif="a")
+    again.bind(addr(loop, port))  # free on both netifs once the last holder closed
+    again.close()
+
+
+def test_a_listener_bound_to_its_netifs_address_is_not_reached_through_loopback(local):
+    """As Linux: only the wildcard address takes every address's connections."""
+    ls = us.socket(us.AF_INET, client=local.server, netif="a")
+    ls.bind((A4, 0))
+    ls.listen()
+    cs = us.socket(us.AF_INET, client=local.client, netif="a")
+    cs.settimeout(5)
+    with pytest.raises(ConnectionRefusedError):
+        cs.connect(("127.0.0.1", ls.getsockname()[1]))
+    cs.close()
+    ls.close()
+
+
+def test_a_port_is_shared_only_with_the_sessions_own_listener_on_another_netif(local):
+    """OpenFlow.with_channel: a flow of another session, a connected one, or one on the same netif is refused."""
+    lsn, _info = local.server.open_flow("a", 6, 0)
+    port = _info.local_port
+    with pytest.raises(ControlError) as e:
+        local.client.open_flow("lo", 6, port, with_channel=lsn.id)  # not the client's channel
+    assert e.value.code == "EINVAL"
+    with pytest.raises(ControlError):
+        local.server.open_flow("a", 6, port, with_channel=lsn.id)  # the same netif
+    with pytest.raises(ControlError):
+        local.server.open_flow("lo", 6, port + 1 if port < 65535 else port - 1, with_channel=lsn.id)  # another port
+    ok, _ = local.server.open_flow("lo", 6, port, with_channel=lsn.id)
+    ok.close()
+    lsn.close()
+
+
+def test_an_asyncio_server_on_0_0_0_0_is_reached_through_127_0_0_1(local):
+    """usnet.aio's server and sock_accept take the loopback half's connections too."""
+    import asyncio
+
+    from usnet import aio
+
+    async def main() -> list[bytes]:
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.write(await r.readexactly(4))
+            await w.drain()
+            w.close()
+
+        srv = await asyncio.start_server(echo, "0.0.0.0", 0)
+        port = srv.sockets[0].getsockname()[1]
+        got = []
+        async with srv:
+            for host in ("127.0.0.1", A4):
+                r, w = await asyncio.open_connection(host, port)
+                w.write(b"ping")
+                got.append(await r.readexactly(4))
+                w.close()
+        loop = asyncio.get_running_loop()
+        ls = us.socket(us.AF_INET)
+        ls.bind(("0.0.0.0", 0))
+        ls.listen()
+        ls.setblocking(False)
+        c = us.socket(us.AF_INET)
+        c.setblocking(False)
+        await loop.sock_connect(c, ("127.0.0.1", ls.getsockname()[1]))
+        conn, _ = await asyncio.wait_for(loop.sock_accept(ls), 5)
+        got.append(conn.getsockname()[0].encode())
+        for s in (conn, c, ls):
+            s.close()
+        return got
+
+    us.configure(local.server, "a")
+    before = asyncio.get_event_loop_policy()
+    aio.install()
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 10)) == [b"ping", b"ping", b"127.0.0.1"]
+    finally:
+        asyncio.set_event_loop_policy(before)
+        us.configure(None, None)

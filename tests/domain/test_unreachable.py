@@ -4,7 +4,9 @@
   its SYN (ARP: 3 requests 1 s apart; the switch then hands the flow an ICMP
   host unreachable of its own, as Linux's dst_link_failure does), not after
   the SYN retries (123 s); a UDP socket is not told (a soft error);
-* no route (off-link, no gateway): ENETUNREACH at once, for TCP and UDP;
+* no route (off-link, no gateway): ENETUNREACH at once, for TCP and UDP, and for an
+  unconnected UDP sendto and a UDP socket's connect too: the client decides with its netif's
+  routes (FlowOpened's prefix and gateway, usnet.proto.route), not the switch after the fact;
 * over a real TAP, the same programs on kernel sockets in the test's
   namespace get the same errnos in about the same time.
 """
@@ -90,6 +92,59 @@ def test_no_route_is_enetunreach_at_once(alone):
     assert e.value.code == "ENETUNREACH"
 
 
+def _udp_no_route(s, off_link: tuple, on_link: tuple) -> list:
+    """What a UDP socket's calls give (an errno, or 0): sendto and connect off-link, sendto on-link."""
+    out = []
+    for call in (lambda: s.sendto(b"x", off_link), lambda: s.connect(off_link), lambda: s.sendto(b"y", on_link)):
+        try:
+            call()
+            out.append(0)
+        except OSError as e:
+            out.append(e.errno)
+    s.close()
+    return out
+
+
+def test_an_unconnected_udp_sendto_with_no_route_is_enetunreach_at_once(alone):
+    """As Linux's: the socket call fails, nothing is handed to the switch to drop (NO_ROUTE)."""
+    t0 = time.monotonic()
+    got = _udp_no_route(us.socket(us.AF_INET, us.SOCK_DGRAM, client=alone.c, netif="a"),
+                        (OFF_LINK, 9), (NOBODY, 9))
+    assert got == [errno.ENETUNREACH, errno.ENETUNREACH, 0] and time.monotonic() - t0 < AT_ONCE
+    assert alone.d.switches["a"].drops["tx_no_route"] == 0
+    d = alone.c.udp_socket("a", 0)  # Client.udp_socket's own sendto, the same
+    with pytest.raises(OSError) as e:
+        d.sendto(b"x", (OFF_LINK, 9))
+    assert e.value.errno == errno.ENETUNREACH
+    with pytest.raises(OSError) as e:
+        d.send_many([b"x", b"y"], (OFF_LINK, 9))
+    assert e.value.errno == errno.ENETUNREACH
+    d.close()
+
+
+def test_an_ipv6_udp_sendto_with_no_route_is_enetunreach_and_link_local_is_on_link():
+    d = Domain()
+    try:
+        d.add_netif("a", MemWire().a, f"{A}/24", address6="fd00:9::1/64")
+        d.start()
+        s = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=Client.local(d), netif="a")
+        got = _udp_no_route(s, ("fd00:200::1", 9, 0, 0), ("fe80::77", 9, 0, 0))
+        assert got == [errno.ENETUNREACH, errno.ENETUNREACH, 0]
+    finally:
+        d.stop()
+
+
+def test_a_gateway_routes_every_udp_destination():
+    d = Domain()
+    try:
+        d.add_netif("a", MemWire().a, f"{A}/24", gateway="10.9.0.254")
+        d.start()
+        s = us.socket(us.AF_INET, us.SOCK_DGRAM, client=Client.local(d), netif="a")
+        assert _udp_no_route(s, (OFF_LINK, 9), (NOBODY, 9)) == [0, 0, 0]
+    finally:
+        d.stop()
+
+
 @pytest.mark.privileged
 def test_usnet_fails_as_the_kernel_does_over_a_tap(tap_domain):
     """The same connects, on usnet over the TAP and on kernel sockets in the test's namespace
@@ -124,6 +179,19 @@ def test_usnet_fails_as_the_kernel_does_over_a_tap(tap_domain):
         d2.stop()
     assert kerr == errno.ENETUNREACH and ktook < AT_ONCE
     assert uerr == kerr and utook < AT_ONCE
+    # UDP: an unconnected sendto and a connect, off-link (no route) and on-link, on both stacks
+    on_link_addr = (f"10.{x}.0.79", 9)
+    kernel = _udp_no_route(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), (OFF_LINK, 9), on_link_addr)
+    d3 = Domain()
+    try:
+        d3.add_netif("m", MemWire().a, f"10.{x}.0.2/24")
+        d3.start()
+        on_usnet = _udp_no_route(us.socket(us.AF_INET, us.SOCK_DGRAM, client=Client.local(d3), netif="m"),
+                                 (OFF_LINK, 9), on_link_addr)
+    finally:
+        d3.stop()
+    assert kernel == [errno.ENETUNREACH, errno.ENETUNREACH, 0]
+    assert on_usnet == kernel
 
 
 def test_an_ipv6_neighbour_that_never_answers_is_ehostunreach_too():

@@ -183,6 +183,63 @@ def test_patch_https_through_urllib_with_a_trustme_ca(patched, site, ca, tmp_pat
         stop(server)
 
 
+_EARLY = """
+import http.client
+from socket import AF_INET, AF_UNIX, SOCK_STREAM, create_connection, getaddrinfo, gethostbyname, socket
+
+conn = None
+
+
+def make_connection(host, port):  # an HTTPConnection made before the patch holds create_connection
+    global conn
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+"""
+
+
+@pytest.mark.privileged
+def test_names_a_module_bound_before_the_patch_are_usnets_after_it(tap_domain, site, tmp_path, monkeypatch):
+    """`from socket import socket, getaddrinfo, ...` and an http.client connection made before
+    patch(): after it, the module's names are the patched ones (its AF_INET sockets usnet's, AF_UNIX
+    still the kernel's), its early create_connection and HTTPConnection fetch over usnet; unpatch
+    puts the names back."""
+    d, ifname, _usnet_ip, host_ip = tap_domain
+    (tmp_path / "early_app.py").write_text(_EARLY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import early_app
+
+    early_app.make_connection(host_ip, 0)  # the port comes later: only its create_connection matters
+    kernel_class, kernel_gai = early_app.socket, early_app.getaddrinfo
+    assert kernel_class is patching._KERNEL and kernel_gai is socket.getaddrinfo
+    server, port = kernel_http_server(site, host_ip)
+    patching.patch(Client.local(d), ifname)
+    try:
+        assert early_app.socket is socket.socket and early_app.getaddrinfo is socket.getaddrinfo
+        assert early_app.gethostbyname is socket.gethostbyname
+        with early_app.socket(early_app.AF_INET, early_app.SOCK_STREAM) as s:
+            assert isinstance(s, us.socket)
+        with early_app.socket(early_app.AF_UNIX, early_app.SOCK_STREAM) as u:
+            assert type(u) is patching._KERNEL
+        assert early_app.getaddrinfo("localhost", 80, early_app.AF_INET)[0][4] == ("127.0.0.1", 80)
+        with early_app.create_connection((host_ip, port), timeout=LIMIT) as c:  # the standard function
+            assert isinstance(c, us.socket)
+            c.sendall(b"GET /f.bin HTTP/1.0\r\n\r\n")
+            assert c.makefile("rb").read().endswith(BODY)
+        conn = early_app.conn
+        conn.port = port
+        for _ in range(2):  # two requests on the connection made before the patch, over usnet
+            conn.request("GET", "/f.bin")
+            r = conn.getresponse()
+            assert r.read() == BODY
+            assert isinstance(conn.sock, us.socket)
+        conn.close()
+    finally:
+        patching.unpatch()
+        us.configure(None, None)
+        stop(server)
+        sys.modules.pop("early_app", None)
+    assert early_app.socket is kernel_class and early_app.getaddrinfo is kernel_gai
+
+
 def test_patch_keeps_kernel_sockets_af_unix_socketpair_and_fd_built(sockdir):
     """Under the patch, what usnet does not carry is the kernel's, exactly as before; no usnetd needed."""
     patching.patch()

@@ -29,8 +29,10 @@ LIMIT = 20  # seconds for any single wait: only reached when something is broken
 
 @pytest.fixture
 def net(tap_domain):
-    """(client, ifname, usnet_ip, host_ip), with usnet.socket configured to use them."""
+    """(client, ifname, usnet_ip, host_ip), with usnet.socket configured to use them; the domain
+    has its loopback netif too, as usnetd's has."""
     d, ifname, usnet_ip, host_ip = tap_domain
+    d.add_loopback()
     client = Client.local(d)
     us.configure(client, ifname)
     try:
@@ -271,3 +273,47 @@ def test_udp_through_usnet_socket_with_a_kernel_peer(net):
         u.recv(100)
     u.close()
     k.close()
+
+
+def _wildcard_server_answers(make_server, make_client, addrs: list[str]) -> list[bytes]:
+    """A server bound to 0.0.0.0 answers one connection per address in `addrs` with the address
+    the client connected to (its getsockname); what each client read."""
+    ls = make_server()
+    ls.bind(("0.0.0.0", 0))
+    ls.listen()
+    port = ls.getsockname()[1]
+    got = []
+
+    def serve() -> None:
+        for _ in addrs:
+            conn, _peer = ls.accept()
+            with conn:
+                conn.sendall(conn.getsockname()[0].encode())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    for a in addrs:
+        c = make_client(a)
+        c.settimeout(LIMIT)
+        c.connect((a, port))
+        got.append(c.recv(100))
+        c.close()
+    t.join(LIMIT)
+    ls.close()
+    return got
+
+
+def test_a_server_on_0_0_0_0_is_reached_through_127_0_0_1_as_on_the_kernel(net):
+    """The same program on both stacks: a server on 0.0.0.0, clients to 127.0.0.1 and to the
+    server's link address. On usnet the loopback client is a usnet one (127.0.0.1 is the domain's
+    loopback netif) and the link one a kernel client in the namespace, to the TAP address."""
+    _client, _ifname, usnet_ip, host_ip = net
+    kernel = _wildcard_server_answers(
+        lambda: socket.socket(), lambda a: socket.socket(), ["127.0.0.1", host_ip])
+    assert kernel == [b"127.0.0.1", host_ip.encode()]
+
+    def usnet_or_kernel_client(a: str):
+        return us.socket() if a == "127.0.0.1" else socket.socket()
+
+    on_usnet = _wildcard_server_answers(lambda: us.socket(), usnet_or_kernel_client, ["127.0.0.1", usnet_ip])
+    assert on_usnet == [b"127.0.0.1", usnet_ip.encode()]

@@ -119,6 +119,10 @@ class OpenFlow(_Msg, frozen=True):
     family: 4 (IPv4) or 6 (IPv6); 0, the default, means the remote address's
     family, or IPv4 for a listener. A family that contradicts the remote
     address is EINVAL.
+    with_channel, when not 0, is a flow channel of the same session whose
+    port this listener shares on another netif: a socket bound to the
+    wildcard address listens on the loopback netif too, as Linux's does,
+    though ports are one namespace per domain.
     """
 
     netif: Name
@@ -129,6 +133,7 @@ class OpenFlow(_Msg, frozen=True):
     schema: Name = "default"
     attrs: dict[Name, int] = {}
     family: Family = 0
+    with_channel: U32 = 0
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -231,6 +236,10 @@ class FlowOpened(_Msg, frozen=True):
     address of that family. gso_max, when not 0, is the largest IP packet
     the flow may send as a TCP super-segment (UMD gso_size) for the device to
     cut, and the largest it may receive: the netif segments in its device.
+    prefix and gateway are the netif's routes of that family (its connected
+    prefix length, its default gateway or None): the client decides with them
+    that a destination has no route (usnet.proto.route), as the switch does;
+    prefix -1 says nothing is known (every destination is left to the switch).
     """
 
     channel: U32
@@ -244,6 +253,8 @@ class FlowOpened(_Msg, frozen=True):
     netif: str
     family: Literal[4, 6] = 4
     gso_max: int = 0
+    prefix: int = -1
+    gateway: str | None = None
 
 
 class AdvisoryOpened(_Msg, frozen=True):

@@ -305,6 +305,15 @@ def _drive(loop: asyncio.AbstractEventLoop, eng: FlowEngine) -> None:
         d.adopt(eng)
 
 
+def _accept_waits(engines: tuple[FlowEngine, ...], port: int) -> bool:
+    """Whether a connection waits to be accepted on `port` of any of a listener's engines (lock held)."""
+    for e in engines:
+        lst = e.tcp.listeners.get(port)
+        if lst is not None and lst.accept_queue:
+            return True
+    return False
+
+
 def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
     """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that connection."""
     _drive(w.loop, eng)
@@ -855,6 +864,8 @@ class Server(asyncio.AbstractServer):
         self._loop = loop
         self._sock: _us.socket | None = sock
         self._eng: FlowEngine = sock.engine  # type: ignore[assignment]
+        # with the loopback half of a wildcard listener (same lock and watchers as _eng)
+        self._engines = sock.listening_engines or (self._eng,)
         self._port = sock.getsockname()[1]
         self._factory = protocol_factory
         self._ssl = ssl
@@ -890,8 +901,7 @@ class Server(asyncio.AbstractServer):
         return self._serving
 
     def _wants(self) -> bool:
-        lst = self._eng.tcp.listeners.get(self._port)
-        return self._serving and lst is not None and bool(lst.accept_queue)
+        return self._serving and _accept_waits(self._engines, self._port)
 
     def _start_serving(self) -> None:
         if self._serving or self._sock is None:
@@ -1263,12 +1273,13 @@ class EventLoop(asyncio.SelectorEventLoop):
         eng, port = sock.engine, sock.getsockname()[1]
         if eng is None:
             raise OSError(errno.EINVAL, "Invalid argument")
+        engines = sock.listening_engines or (eng,)
         while True:
             try:
                 child, addr = _nonblocking(sock, sock.accept)
             except BlockingIOError:
-                await _until(self, eng, lambda: eng.error is not None or not (
-                    (lst := eng.tcp.listeners.get(port)) is not None and not lst.accept_queue))
+                await _until(self, eng, lambda: eng.error is not None or eng.tcp.listeners.get(port) is None
+                             or _accept_waits(engines, port))
                 continue
             child.setblocking(False)
             return child, addr

@@ -31,6 +31,7 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
 from usnet.client.channel import _UNSET, Channel
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
+from usnet.proto.route import Routes
 from usnet.proto.wire.checksum import acc, verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
@@ -114,6 +115,11 @@ class DatagramSocket:
         self.max_payload = min(info.mtu, channel.stride) - (HEADERS6 if self._v6 else HEADERS)
         self._names: dict[int, str] = {}  # sender addresses as strings, made once each
         self._templates: dict[tuple[bytes, int], tuple[np.ndarray, tuple[int, int]]] = {}
+        # The netif's routes of our family (usnet.proto.route, the switch's own decision): a
+        # destination with none fails at once with ENETUNREACH, as on Linux. With a default
+        # route every destination has one, and nothing is checked per datagram.
+        self.routes = Routes.for_flow(info.local_addr, getattr(info, "prefix", -1), getattr(info, "gateway", None))
+        self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
 
     # -- sockets-like surface ---------------------------------------------------------
 
@@ -129,11 +135,19 @@ class DatagramSocket:
     def getsockname(self) -> Address:
         return self.local
 
+    def need_route(self, addr: Address) -> None:
+        """ENETUNREACH if the netif has no route to `addr`'s host, as Linux's sendto and connect say."""
+        if self._routed_all:
+            return
+        if not self.routes.reaches(ip6_bytes(addr[0]) if self._v6 else ip_bytes(addr[0])):
+            raise OSError(errno.ENETUNREACH, f"Network is unreachable: no route to {addr[0]}")
+
     def sendto(self, data: bytes | bytearray | memoryview, addr: Address, *, tag: int | None = None,
                deadline: float | None = None, report: bool = False) -> int:
         """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
         if self.pending_error is not None:
             self._raise_pending(self.pending_error)
+        self.need_route(addr)
         if self._v6 or tag is not None or deadline is not None or report:
             self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
         else:
@@ -191,6 +205,7 @@ class DatagramSocket:
             self._raise_pending(self.pending_error)
         if not payloads:
             return 0
+        self.need_route(addr)
         marks = None
         if tags is not None or deadline is not None or report:
             if tags is not None and len(tags) != len(payloads):

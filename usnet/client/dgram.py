@@ -203,6 +203,7 @@ class DatagramFace(socket):
         """Set the default destination and take datagrams only from it, as Linux does."""
         remote = self._resolve(address)
         eng = self._eng()
+        eng.d.need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
         with eng.lock:
             eng.remote = eng.d.remote = remote
             kept = [dg for dg in eng.rxq if dg[1] == remote]

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
 from usnet.client import Client
-from usnet.client.channel import ChannelError, NoBuffers, PeerGone
+from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
@@ -120,11 +120,18 @@ class Readiness:
 class FlowEngine:
     """One flow channel and the stack above it."""
 
+    ch: Channel
+
     def __init__(self, client: Client, netif: str, local_port: int = 0,
-                 remote: tuple[str, int] | None = None, family: Family = 0, **tcp_options: Any) -> None:
-        """`family` 4 or 6 (0: the remote address's, IPv4 for a listener)."""
+                 remote: tuple[str, int] | None = None, family: Family = 0, share: FlowEngine | None = None,
+                 **tcp_options: Any) -> None:
+        """`family` 4 or 6 (0: the remote address's, IPv4 for a listener). `share`: a listener's
+        engine on another netif whose port this one holds too, and whose lock, condition and
+        watchers it uses, so one wait and one readiness serve both (a wildcard listener's
+        loopback half, usnet.client.socket)."""
         self.client = client
-        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
+        sibling: int = 0 if share is None else share.ch.id
+        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family, with_channel=sibling,
                                               ring_size=1024, packets=4096)
         self.ch.setblocking(False)
         self.family = self.info.family
@@ -134,13 +141,14 @@ class FlowEngine:
             tcp_options.setdefault("gso_max", self.info.gso_max - (20 if len(self.local) == 4 else 40))
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
-        self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)  # notified after every pump
+        self.lock: Any = threading.RLock() if share is None else share.lock
+        self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
+                                             else share.changed)  # notified after every pump
         # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
         self._backlog: list[tuple[bytes, int]] = []
         self.closed = False
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
-        self.watchers: set = set()  # usnet sockets to signal after each pump
+        self.watchers: set = set() if share is None else share.watchers  # usnet sockets to signal after each pump
         # watchers of one connection each (usnet.aio's transports): signalled after a pump only if
         # a segment reached that connection, or if something may have changed any (a timer, an error)
         self.conn_watchers: dict[Any, set] = {}

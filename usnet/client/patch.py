@@ -21,8 +21,19 @@ After `patch()`:
 
 Which usnet: `usnet.socket.configure(client, netif)` (patch's own arguments), else usnetd at
 ``USNET_SOCKET`` (default /run/usnet/usnetd.sock) and ``USNET_NETIF`` (default: its first netif),
-reached when the first socket needs it, not at patch time. What a module bound before the patch
-(``from socket import socket``) keeps the kernel's; `usnet run` patches before the program starts.
+reached when the first socket needs it, not at patch time.
+
+Names bound before the patch: a module that did ``from socket import socket`` (or
+``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``) before `patch()` holds the standard
+objects themselves, so `patch()` also looks through the modules already imported (`sys.modules`,
+usnet's own left out) for module-level names that are exactly those objects, and rebinds each
+to its patched counterpart (`unpatch()` puts back those it rebound). The standard
+`create_connection`, `create_server`, `socketpair` and `fromfd` need nothing: they find
+``socket`` and ``getaddrinfo`` in the socket module's globals at each call, which the patch
+replaced, so an early reference (``http.client``'s ``self._create_connection``, ``from socket
+import create_connection``) already makes usnet sockets, and socketpair and fromfd stay the
+kernel's. A copy held elsewhere than at module level (a class attribute, a closure, a default
+argument) is not found; `usnet run` patches before the program starts, so nothing is early.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import socket as _socket
 import ssl as _ssl
+import sys
 import threading
+import types
 from typing import Any
 
 from usnet.client import aio as _aio
@@ -115,6 +128,27 @@ def _late(name: str) -> Any:
     return call
 
 
+def _rebind_early(replacements: dict[int, tuple[Any, Any]]) -> list[tuple[types.ModuleType, str, Any, Any]]:
+    """Rebind module-level names that are exactly an original (``from socket import socket``
+    before the patch) to its replacement; `replacements` maps id(original) -> (original,
+    replacement). Returns (module, name, original, replacement) for each name rebound, for `unpatch`."""
+    done = []
+    for modname, mod in list(sys.modules.items()):
+        if (not isinstance(mod, types.ModuleType) or mod is _socket or modname == "_socket"
+                or modname == "usnet" or modname.startswith("usnet.")):
+            continue  # the C layer is the kernel's; usnet keeps the kernel's class where it needs it (`_KERNEL`)
+        try:
+            items = list(vars(mod).items())
+        except TypeError:
+            continue
+        for name, value in items:
+            hit = replacements.get(id(value))
+            if hit is not None and hit[0] is value and not name.startswith("__"):
+                setattr(mod, name, hit[1])
+                done.append((mod, name, value, hit[1]))
+    return done
+
+
 def patch(client: Client | None = None, netif: str | None = None) -> None:
     """Put the program's sockets, names, TLS and asyncio on usnet (see the module docstring).
 
@@ -136,6 +170,9 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
                 setattr(_socket, name, _late(name))
         _ssl.SSLContext.wrap_socket = _wrap_socket  # type: ignore[method-assign,assignment]
         _aio.install()
+        early = {id(_saved["socket"]): (_saved["socket"], Socket)}
+        early.update((id(_saved[n]), (_saved[n], getattr(_socket, n))) for n in _NAMES if n in _saved)
+        _saved["rebound"] = _rebind_early(early)
 
 
 def unpatch() -> None:
@@ -149,6 +186,9 @@ def unpatch() -> None:
         for name in _NAMES:
             if name in _saved:
                 setattr(_socket, name, _saved.pop(name))
+        for mod, name, original, ours in _saved.pop("rebound", []):
+            if getattr(mod, name, None) is ours:  # unless the module rebound it since
+                setattr(mod, name, original)
 
 
 def is_patched() -> bool:

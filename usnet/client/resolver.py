@@ -1,8 +1,15 @@
 """Names for usnet's socket face, resolved as the host's resolver (glibc) would, over usnet.
 
 `getaddrinfo`, `gethostbyname`, `gethostbyname_ex`, `gethostbyaddr` and
-`getnameinfo` here are what `usnet.socket` exports under the same names. The
-order of sources is glibc's with ``hosts: files dns``:
+`getnameinfo` here are what `usnet.socket` exports under the same names.
+Numeric addresses come first, always; then the sources of the ``hosts:`` line
+of /etc/nsswitch.conf (`configure(nsswitch=...)` / ``USNET_NSSWITCH``), in
+its order and with its ``[STATUS=action]`` items, as glibc follows them
+(`NssSource`): ``files`` and ``dns`` are done here; ``myhostname`` answers
+``localhost`` (as systemd's nss-myhostname does); any other source
+(``mdns4_minimal``, ``resolve``, ...) is one usnet does not have, so it is
+UNAVAIL, as a module glibc cannot load. With no such line, glibc's default
+``dns [!UNAVAIL=return] files``. With the usual ``hosts: files dns``:
 
 1. numeric addresses, parsed as glibc parses them (``inet_aton`` for IPv4,
    so ``"1.2"`` is 1.0.0.2; IPv6 with a ``%scope``), with no lookup at all;
@@ -10,7 +17,7 @@ order of sources is glibc's with ``hosts: files dns``:
    every matching line (``multi on``), the first name on the first line as
    the canonical name;
 3. ``localhost`` and names under ``.localhost`` (RFC 6761), which never go
-   to DNS, as with systemd's nss-myhostname;
+   to DNS: the ``dns`` source answers them itself with the loopback addresses;
 4. DNS, over usnet's own UDP (`Client.udp_socket`) to the resolvers of
    /etc/resolv.conf (its ``search``, ``ndots``, ``timeout``, ``attempts`` and
    ``rotate``), or to those of `configure(nameservers=...)` or
@@ -49,7 +56,8 @@ if TYPE_CHECKING:
     from usnet.client.session import Client
 
 __all__ = [
-    "Resolver", "configure", "getaddrinfo", "gethostbyaddr", "gethostbyname", "gethostbyname_ex", "getnameinfo",
+    "NSS_DEFAULT", "NssSource", "Resolver", "configure", "getaddrinfo", "gethostbyaddr", "gethostbyname",
+    "gethostbyname_ex", "getnameinfo", "parse_nsswitch",
 ]
 
 AF_INET, AF_INET6, AF_UNSPEC = int(_std.AF_INET), int(_std.AF_INET6), int(_std.AF_UNSPEC)
@@ -113,24 +121,26 @@ class _Settings:
     resolv_conf: str | None = None
     timeout: float | None = None
     attempts: int | None = None
+    nsswitch: str | None = None
 
 
 _settings = _Settings()
 
 
 def configure(nameservers: list[str] | str | None = None, hosts: str | None = None, resolv_conf: str | None = None,
-              timeout: float | None = None, attempts: int | None = None) -> None:
+              timeout: float | None = None, attempts: int | None = None, nsswitch: str | None = None) -> None:
     """Where names are looked up, for every later call (None: the default for each).
 
     `nameservers`: ``"addr"``, ``"addr#port"``, ``"addr:port"`` (IPv4) or ``"[addr]:port"``,
     as a list or comma-separated, instead of resolv.conf's (default: ``USNET_RESOLVER``, then
     resolv.conf). `hosts`: the hosts file (default ``USNET_HOSTS``, then /etc/hosts).
     `resolv_conf`: default /etc/resolv.conf. `timeout` (seconds per try) and `attempts`
-    (rounds over the servers) override resolv.conf's options.
+    (rounds over the servers) override resolv.conf's options. `nsswitch`: whose ``hosts:``
+    line orders the sources (default ``USNET_NSSWITCH``, then /etc/nsswitch.conf).
     """
     global _settings
     servers = None if nameservers is None else _parse_servers(nameservers)
-    _settings = _Settings(servers, hosts, resolv_conf, timeout, attempts)
+    _settings = _Settings(servers, hosts, resolv_conf, timeout, attempts, nsswitch)
 
 
 def _parse_servers(spec: list[str] | str) -> list[tuple[str, int]]:
@@ -200,6 +210,73 @@ class ResolvConf:
         if not conf.nameservers:
             conf.nameservers = [("127.0.0.1", 53)]  # glibc's default with none listed
         return conf
+
+
+SUCCESS, NOTFOUND, UNAVAIL, TRYAGAIN = "success", "notfound", "unavail", "tryagain"  # glibc's NSS statuses
+_STATUSES = (SUCCESS, NOTFOUND, UNAVAIL, TRYAGAIN)
+_ACTIONS = {"return": "return", "continue": "continue", "merge": "continue"}  # merge: of groups only
+
+
+@dataclass(frozen=True)
+class NssSource:
+    """One source of an nsswitch.conf line and what to do after it, per status (nsswitch.conf(5)):
+    by default return on SUCCESS and go on to the next source otherwise."""
+
+    name: str
+    returns: frozenset[str] = frozenset({SUCCESS})  # the statuses after which the lookup stops
+
+    def stops(self, status: str) -> bool:
+        return status in self.returns
+
+
+#: glibc's sources when nsswitch.conf has no ``hosts:`` line (or there is no file)
+NSS_DEFAULT = "dns [!UNAVAIL=return] files"
+
+
+def parse_nsswitch(text: str, database: str = "hosts") -> list[NssSource]:
+    """The sources of `database`'s line, as glibc reads nsswitch.conf: the first line for it
+    counts (names compared without case), ``#`` starts a comment, ``[STATUS=action ...]`` items
+    (``!STATUS``: every other status) change the source before them. A malformed item ends the
+    list there, as glibc stops reading a line at a syntax error. No line: `NSS_DEFAULT`."""
+    for raw in text.splitlines():
+        line = raw.split("#")[0]
+        db, colon, rest = line.partition(":")
+        if colon and db.strip().lower() == database.lower():
+            return _parse_sources(rest)
+    return _parse_sources(NSS_DEFAULT)
+
+
+def _parse_sources(spec: str) -> list[NssSource]:
+    out: list[NssSource] = []
+    words = spec.replace("[", " [ ").replace("]", " ] ").split()
+    i = 0
+    while i < len(words):
+        w = words[i]
+        if w != "[":
+            out.append(NssSource(w.lower()))
+            i += 1
+            continue
+        end = words.index("]", i) if "]" in words[i:] else -1
+        if end < 0 or not out:
+            break  # an unclosed item, or one with no source before it: the rest is ignored
+        returns = set(out[-1].returns)
+        ok = end > i + 1
+        for item in words[i + 1 : end]:
+            neg = item.startswith("!")
+            status, eq, action = item.lstrip("!").lower().partition("=")
+            if not eq or status not in _STATUSES or action not in _ACTIONS:
+                ok = False
+                break
+            for st in ([x for x in _STATUSES if x != status] if neg else [status]):
+                if _ACTIONS[action] == "return":
+                    returns.add(st)
+                else:
+                    returns.discard(st)
+        if not ok:
+            break
+        out[-1] = NssSource(out[-1].name, frozenset(returns))
+        i = end + 1
+    return out
 
 
 def _read_text(path: str) -> str:
@@ -320,7 +397,7 @@ class Resolver:
     """Name lookups through one usnet client and netif; `where()` gives them, asked only when DNS or
     the netif's addresses are needed (numeric names and the hosts file need no usnet at all).
 
-    `nameservers`, `hosts`, `resolv_conf`, `timeout`, `attempts`: as for `configure`, for this
+    `nameservers`, `hosts`, `resolv_conf`, `timeout`, `attempts`, `nsswitch`: as for `configure`, for this
     resolver only. `tcp_connect(server, timeout)`: a connected TCP socket to a nameserver, for
     truncated answers (default: a usnet.socket on the same client and netif).
     """
@@ -328,8 +405,9 @@ class Resolver:
     def __init__(self, where: Callable[[], tuple[Client, str]], *, nameservers: list[str] | str | None = None,
                  hosts: str | None = None, resolv_conf: str | None = None, timeout: float | None = None,
                  attempts: int | None = None, tcp_connect: Callable[[tuple[str, int], float], Any] | None = None,
-                 ) -> None:
+                 nsswitch: str | None = None) -> None:
         self._where = where
+        self._nss_path = nsswitch
         self._servers = None if nameservers is None else _parse_servers(nameservers)
         self._hosts_path = hosts
         self._resolv_path = resolv_conf
@@ -343,6 +421,12 @@ class Resolver:
         path = self._hosts_path or _settings.hosts or os.environ.get("USNET_HOSTS") or "/etc/hosts"
         hosts: Hosts = _cached(path, Hosts.parse)
         return hosts
+
+    def sources(self) -> list[NssSource]:
+        """The ``hosts:`` sources of nsswitch.conf, in order (reread when the file changes)."""
+        path = self._nss_path or _settings.nsswitch or os.environ.get("USNET_NSSWITCH") or "/etc/nsswitch.conf"
+        got: list[NssSource] = _cached(path, parse_nsswitch)
+        return got
 
     def conf(self) -> ResolvConf:
         path = self._resolv_path or _settings.resolv_conf or "/etc/resolv.conf"
@@ -380,26 +464,47 @@ class Resolver:
     # -- forward --
 
     def lookup(self, name: str, family: int) -> Found:
-        """The addresses of a name (not numeric) of `family` (0: both): hosts file, localhost, DNS.
-        Raises gaierror."""
+        """The addresses of a name (not numeric) of `family` (0: both), from the sources of
+        nsswitch.conf's ``hosts:`` line in order (`sources`). Raises gaierror: DNS's error if DNS
+        was asked and failed, else "not known"."""
+        failed: _Failed | None = None
+        for src in self.sources():
+            found: Found | None = None
+            if src.name == "files":
+                found, status = self._from_files(name, family), SUCCESS
+            elif src.name in ("dns", "myhostname"):
+                found, status = _localhost(name, family), SUCCESS
+                if found is None and src.name == "dns":  # localhost names never go to DNS (RFC 6761)
+                    qtypes = {AF_INET: [dns.TYPE_A], AF_INET6: [dns.TYPE_AAAA]}.get(
+                        family, [dns.TYPE_A, dns.TYPE_AAAA])
+                    try:
+                        found = self._search(name, qtypes)
+                    except _Failed as e:
+                        failed, status = e, _nss_status(e.code)
+            else:
+                status = UNAVAIL  # a source usnet does not have: as a module glibc cannot load
+            if found is None and status == SUCCESS:
+                status = NOTFOUND
+            if found is not None:
+                return found  # SUCCESS=continue is for merging groups; a host's answer is final
+            if src.stops(status):
+                break
+        if failed is not None:
+            raise _gai(failed.code) from failed.__cause__
+        raise _gai(_std.EAI_NONAME)
+
+    def _from_files(self, name: str, family: int) -> Found | None:
+        """The hosts file's answer, or None."""
         entries = self.hosts().by_name(name, family)
-        if entries:
-            # glibc's merge of several lines: the first line's aliases, then each later line's
-            # aliases and its own name, leaving out the first line's name
-            canonical = entries[0].canonical
-            aliases = list(entries[0].aliases)
-            for e in entries[1:]:
-                aliases += [a for a in (*e.aliases, e.canonical) if a != canonical and a not in aliases]
-            return Found(canonical, aliases, [(e.family, e.address) for e in entries])
-        key = name.lower().rstrip(".")
-        if key == "localhost" or key.endswith(".localhost"):
-            local = [(AF_INET6, "::1"), (AF_INET, "127.0.0.1")]
-            return Found("localhost", [], [a for a in local if family in (0, a[0])])
-        qtypes = {AF_INET: [dns.TYPE_A], AF_INET6: [dns.TYPE_AAAA]}.get(family, [dns.TYPE_A, dns.TYPE_AAAA])
-        try:
-            return self._search(name, qtypes)
-        except _Failed as e:
-            raise _gai(e.code) from e.__cause__
+        if not entries:
+            return None
+        # glibc's merge of several lines: the first line's aliases, then each later line's
+        # aliases and its own name, leaving out the first line's name
+        canonical = entries[0].canonical
+        aliases = list(entries[0].aliases)
+        for e in entries[1:]:
+            aliases += [a for a in (*e.aliases, e.canonical) if a != canonical and a not in aliases]
+        return Found(canonical, aliases, [(e.family, e.address) for e in entries])
 
     def _search(self, name: str, qtypes: list[int]) -> Found:
         """glibc's res_nsearch: the name as it is first when it has `ndots` dots (or ends in one: then
@@ -604,13 +709,37 @@ class Resolver:
     # -- reverse --
 
     def reverse(self, address: str) -> tuple[str, list[str]] | None:
-        """(name, aliases) of an address: the hosts file, then a DNS PTR query; None if neither knows."""
-        e = self.hosts().by_address(address)
-        if e is not None:
-            return e.canonical, list(e.aliases)
-        ip = ipaddress.ip_address(address)
-        if ip.is_loopback:
-            return "localhost", []
+        """(name, aliases) of an address, from the sources of nsswitch.conf's ``hosts:`` line in
+        order (the hosts file, a DNS PTR query); None if none knows; _Failed if DNS gave no answer."""
+        failed: _Failed | None = None
+        for src in self.sources():
+            got: tuple[str, list[str]] | None = None
+            status = SUCCESS
+            if src.name == "files":
+                e = self.hosts().by_address(address)
+                got = None if e is None else (e.canonical, list(e.aliases))
+            elif src.name in ("dns", "myhostname"):
+                if ipaddress.ip_address(address).is_loopback:
+                    got = ("localhost", [])
+                elif src.name == "dns":
+                    try:
+                        got = self._ptr(address)
+                    except _Failed as e:
+                        failed, status = e, _nss_status(e.code)
+            else:
+                status = UNAVAIL
+            if got is not None:
+                return got
+            if status == SUCCESS:
+                status = NOTFOUND
+            if src.stops(status):
+                break
+        if failed is not None:
+            raise failed
+        return None
+
+    def _ptr(self, address: str) -> tuple[str, list[str]] | None:
+        """A DNS PTR query's name; None if DNS has none (or usnet cannot ask); _Failed if no answer."""
         conf = self.conf()
         try:
             msg = self._exchange(dns.reverse_name(address), [dns.TYPE_PTR], conf).get(dns.TYPE_PTR)
@@ -622,6 +751,23 @@ class Resolver:
             if r.rtype == dns.TYPE_PTR and r.value:
                 return r.value.rstrip("."), []
         return None
+
+
+def _localhost(name: str, family: int) -> Found | None:
+    """``localhost`` and names under ``.localhost`` (RFC 6761): the loopback addresses, never DNS."""
+    key = name.lower().rstrip(".")
+    if key != "localhost" and not key.endswith(".localhost"):
+        return None
+    local = [(AF_INET6, "::1"), (AF_INET, "127.0.0.1")]
+    return Found("localhost", [], [a for a in local if family in (0, a[0])])
+
+
+def _nss_status(code: int) -> str:
+    """The NSS status of a DNS failure, as glibc's nss_dns gives it: no such name or no data is
+    NOTFOUND, no answer (EAI_AGAIN) TRYAGAIN, anything else (a server failure) UNAVAIL."""
+    if code in (_std.EAI_NONAME, EAI_NODATA):
+        return NOTFOUND
+    return TRYAGAIN if code == _std.EAI_AGAIN else UNAVAIL
 
 
 # -- the standard module's functions -----------------------------------------------------------------

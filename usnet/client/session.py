@@ -178,18 +178,20 @@ class Client:
 
     def open_flow(self, netif: str, proto: int, local_port: int = 0,
                   remote: tuple[str, int] | None = None, schema: str = "default",
-                  family: P.Family = 0, **attrs: int) -> tuple[Channel, P.FlowOpened]:
+                  family: P.Family = 0, with_channel: int = 0, **attrs: int) -> tuple[Channel, P.FlowOpened]:
         """Register a flow on a netif's flow switch; returns its channel and what the switch enforces.
 
         `family` 4 or 6 picks the IP version; 0 takes the remote address's
         (IPv4 for a listener). `remote` may be a socket-style 4-tuple.
+        `with_channel`: an unconnected flow channel of this client on another netif whose
+        port (`local_port`) this unconnected flow shares (a wildcard listener's loopback half).
         """
-        return self._open_flow(netif, proto, local_port, remote, schema, family, attrs)
+        return self._open_flow(netif, proto, local_port, remote, schema, family, attrs, with_channel)
 
     def _open_flow(self, netif: str, proto: int, local_port: int, remote: tuple[str, int] | None, schema: str,
-                   family: P.Family, attrs: dict[str, int]) -> tuple[Channel, P.FlowOpened]:
+                   family: P.Family, attrs: dict[str, int], with_channel: int = 0) -> tuple[Channel, P.FlowOpened]:
         raddr, rport = (remote[0], remote[1]) if remote is not None else (None, None)
-        req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family)
+        req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family, with_channel)
         return self._open(req, P.FlowOpened)
 
     def open_monitor(self, netif: str) -> Channel:

@@ -302,6 +302,8 @@ class socket:
         self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
         self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
         self._where = (client, netif)  # None: `configure` or the environment decides
+        self._wildcard = False  # bound to 0.0.0.0 or ::
+        self._lo: FlowEngine | None = None  # a wildcard listener's second flow, on the loopback netif
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -350,6 +352,7 @@ class socket:
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         self._port = eng.info.local_port
+        self._wildcard = host is None
         self._attach(eng, owns=True)
 
     def _bind_args(self, address: Any) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
@@ -379,24 +382,45 @@ class socket:
             eng = self._engine
             assert eng is not None
             with eng.lock:
-                lst = eng.tcp.listeners.get(self._port)
-                if lst is not None:
-                    lst.backlog = backlog
+                for e in (eng, self._lo):
+                    lst = None if e is None else e.tcp.listeners.get(self._port)
+                    if lst is not None:
+                        lst.backlog = backlog
             return
         if self._engine is None:
             self.bind(("", 0))
         eng = self._engine
         assert eng is not None
+        lo = self._loopback_half(eng)
         with eng.lock:
-            eng.tcp.listen(self._port, backlog=backlog, config=replace(eng.tcp.config, **self._buffer_options()))
+            config = replace(eng.tcp.config, **self._buffer_options())
+            eng.tcp.listen(self._port, backlog=backlog, config=config)
+            if lo is not None:
+                lo.tcp.listen(self._port, backlog=backlog, config=config)
+                self._lo = lo  # its watchers are the engine's: this socket hears both
             self._listening = True
             self._update()
+        if lo is not None:
+            runner().add(lo)
+
+    def _loopback_half(self, eng: FlowEngine) -> FlowEngine | None:
+        """A listener bound to the wildcard address listens on the domain's loopback netif too, as
+        Linux's 0.0.0.0 (::) takes connections to 127.0.0.1 (::1): a second flow there, sharing the
+        port and the engine's lock, so one accept (and one readiness) serves both. None where that
+        cannot be (bound to an address, on the loopback netif already, or a domain without one)."""
+        client, netif = self._target()
+        if not self._wildcard or netif == LOOPBACK_NETIF:
+            return None
+        try:
+            return FlowEngine(client, LOOPBACK_NETIF, self._port, family=self._ip_version, share=eng)
+        except OSError:  # no loopback netif (ENODEV), or it cannot take the port: the netif's own only
+            return None
 
     def accept(self) -> tuple[socket, tuple]:
         eng = self._need_engine()
         if not self._listening:
             raise OSError(errno.EINVAL, "Invalid argument")
-        conn = self._wait(lambda: eng.tcp.accept(self._port), "accept")
+        conn, on = self._wait(lambda: self._accepted(eng), "accept")
         child = socket(self.family, client=self._where[0], netif=self._where[1])
         child._timeout = self._timeout if self._timeout != 0.0 else getdefaulttimeout()  # as accept(2): blocking
         child._port = self._port
@@ -404,8 +428,17 @@ class socket:
         child._opts = dict(self._opts)
         with eng.lock:
             child._apply_options(conn)
-        child._attach(eng, owns=False, conn=conn)
+        child._attach(on, owns=False, conn=conn)
         return child, _sockaddr(self.family, conn.remote_addr, conn.remote_port)
+
+    def _accepted(self, eng: FlowEngine) -> tuple[TcpConnection, FlowEngine] | None:
+        """The next connection to accept and its engine: the netif's, then the loopback half's."""
+        conn = eng.tcp.accept(self._port)
+        if conn is not None:
+            return conn, eng
+        lo = self._lo
+        conn = None if lo is None else lo.tcp.accept(self._port)
+        return None if conn is None or lo is None else (conn, lo)
 
     def connect(self, address: tuple) -> None:
         """As the standard connect: BlockingIOError (EINPROGRESS) at once when non-blocking."""
@@ -622,6 +655,9 @@ class socket:
                 self._conn.close(now)
         if self._listening:
             eng.tcp.unlisten(self._port, now)
+            if self._lo is not None:
+                self._lo.tcp.unlisten(self._port, now)
+                self._lo.release_when_idle = True
         if self._owns_engine:
             eng.release_when_idle = True
 
@@ -841,6 +877,12 @@ class socket:
         return self._engine
 
     @property
+    def listening_engines(self) -> tuple[FlowEngine, ...]:
+        """The engines whose accept queues a listener takes from: its netif's, and for one bound to
+        the wildcard address the loopback netif's too (they share one lock and one set of watchers)."""
+        return tuple(e for e in (self._engine, self._lo) if e is not None) if self._listening else ()
+
+    @property
     def connection(self) -> Any:
         """The TCP connection (usnet.proto.tcp.TcpConnection), None until connect/accept."""
         return self._conn
@@ -968,6 +1010,9 @@ class socket:
             if not self._listening:
                 return True, True  # bound only
             lst = eng.tcp.listeners.get(self._port)
+            if lst is not None and lst.accept_queue:
+                return True, False
+            lst = None if self._lo is None else self._lo.tcp.listeners.get(self._port)
             return lst is not None and bool(lst.accept_queue), False
         st = conn.state
         if conn.error is not None or st is CLOSED:

@@ -286,6 +286,12 @@ class SessionRegistry:
         family, raddr = _flow_family(req)
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
+        share = None
+        if req.with_channel:  # a wildcard listener's second netif: the port of a flow of this session
+            sib = self.channels.get(req.with_channel)
+            if sib is None or sib.session is not session or sib.flow is None or sib.switch is sw:
+                raise OSError(errno.EINVAL, f"channel {req.with_channel} is no flow of this session on another netif")
+            share = sib.flow
         attrs = dict(req.attrs)
         gso_max = sw.netif.gso_max
         if gso_max and "buf_size" not in attrs and "buflets" not in attrs:
@@ -308,7 +314,7 @@ class SessionRegistry:
         port = FlowPort(pipe)
         port.on_fault = lambda where, exc: self._fault_channel(pipe, 0, where, exc)
         try:
-            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family)
+            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share)
         except BaseException:
             self.ledger.release(charge)
             pipe.destroy()
@@ -329,8 +335,11 @@ class SessionRegistry:
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
         assert local is not None, "add_flow refuses an IPv6 flow on a netif without an IPv6 address"
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text
-        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port,
-                             sw.netif.mtu, sw.netif.name, family, gso_max)
+        net = sw.netif
+        prefix = net.address6.network.prefixlen if family == 6 and net.address6 is not None else net.network.prefixlen
+        gw = net.gateway6 if family == 6 else net.gateway
+        reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port, net.mtu, net.name,
+                             family, gso_max, prefix, None if gw is None else str(ipaddress.ip_address(gw)))
         return reply, fds
 
     def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:

@@ -39,10 +39,11 @@ from usnet.domain.netif.txsched import LL, SlotScheduler
 from usnet.drivers import block
 from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
+from usnet.proto.route import Routes
 from usnet.proto.wire import ecn
 from usnet.proto.wire.ethernet import ETH_HLEN
 from usnet.proto.wire.ipv4 import ip_bytes
-from usnet.proto.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, is_link_local6, link_local_from_mac, solicited_node
+from usnet.proto.wire.ipv6 import ALL_NODES, ip6_bytes, ip6_str, link_local_from_mac, solicited_node
 
 __all__ = ["Netif"]
 
@@ -69,11 +70,15 @@ class Netif:
         self.ip = iface.ip.packed
         self.ip_str = str(iface.ip)
         self.network = iface.network
-        self._net = int(iface.network.network_address)
-        self._mask = int(iface.network.netmask)
         self.broadcast = iface.network.broadcast_address.packed
         self.gateway = ip_bytes(gateway) if gateway else None
         self._init_ipv6(address6, gateway6)
+        # the route decision, one for the switch and the clients (usnet.proto.route): per packet,
+        # so the bound methods themselves, not a method of ours that calls them
+        self.routes = Routes(str(iface), self.gateway, None if self.address6 is None else str(self.address6),
+                             self.gateway6, () if self.ll6 is None else (self.ll6,))
+        self.on_link: Callable[[bytes], bool] = self.routes.on_link
+        self.next_hop: Callable[[bytes], bytes | None] = self.routes.next_hop
         self.high_water, self.low_water = high_water, low_water
         self.queues: dict[int, deque[bytes]] = {}
         self.queued_bytes: dict[int, int] = {}
@@ -149,8 +154,6 @@ class Netif:
         self.ip6 = iface.ip.packed
         # a loopback netif has no link, so no link-local address (as the kernel's lo)
         self.ll6 = None if self.loopback else link_local_from_mac(self.mac)
-        self._net6 = int(iface.network.network_address)
-        self._mask6 = int(iface.network.netmask)
         self.gateway6 = ip6_bytes(gateway6) if gateway6 else None
         self.addrs6 = frozenset(a for a in (self.ip6, self.ll6) if a is not None)
         self.groups6 = frozenset({ALL_NODES} | {solicited_node(a) for a in self.addrs6})
@@ -158,27 +161,6 @@ class Netif:
     @property
     def ip6_str(self) -> str | None:
         return None if self.ip6 is None else ip6_str(self.ip6)
-
-    def on_link(self, ip: bytes) -> bool:
-        if len(ip) == 16:
-            return self.ip6 is not None and (
-                int.from_bytes(ip, "big") & self._mask6 == self._net6 or is_link_local6(ip))
-        return int.from_bytes(ip, "big") & self._mask == self._net
-
-    def next_hop(self, dst: bytes) -> bytes | None:
-        """The neighbour to hand a packet for `dst` (4 or 16 bytes) to, or None if there is no route."""
-        if len(dst) == 16:
-            return self._next_hop6(dst)
-        if self.on_link(dst) or dst == b"\xff\xff\xff\xff":
-            return dst
-        return self.gateway
-
-    def _next_hop6(self, dst: bytes) -> bytes | None:
-        if self.ip6 is None or dst == bytes(16) or dst == bytes(15) + b"\x01":
-            return None  # no IPv6 here; the unspecified and loopback addresses never leave
-        if dst[0] == 0xFF or self.on_link(dst):
-            return dst  # multicast maps to its MAC; on-link neighbours are asked for
-        return self.gateway6
 
     def enqueue(self, key: int, frame: bytes) -> int:
         """Queue a frame for flow `key` (0: the switch's own); returns that queue's length."""

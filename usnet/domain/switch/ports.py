@@ -7,6 +7,11 @@ host is not involved.
 
 IPv4 and IPv6 have separate namespaces, as in the kernel with IPV6_V6ONLY:
 a server may listen on the same port in both families (two flows).
+
+A port is one namespace for the whole domain, every netif; a listener bound
+to the wildcard address holds its port on a second netif (the loopback one)
+as a second flow that shares the first one's reservation (`reserve`'s
+`share`): the port is free again when the last of them releases it.
 """
 
 from __future__ import annotations
@@ -32,20 +37,29 @@ class PortInUse(OSError):
 class PortSpace:
     def __init__(self, seed: int | None = None) -> None:
         self.used: dict[tuple[int, int, int], object] = {}  # (family, proto, port) -> owner
+        self.sharers: dict[tuple[int, int, int], int] = {}  # further holders of a shared port
         self.host_sockets: dict[tuple[int, int, int], socket.socket] = {}
         self.rng = random.Random(seed)
 
     def reserve(self, proto: int, port: int, owner: object, host_addr: str | None = None,
-                family: int = 4) -> int:
+                family: int = 4, share: object = None) -> int:
         """Take `port` (0: an ephemeral one) of `family` (4 or 6) for `owner`; PortInUse if anyone has it.
 
         `host_addr`: the local address when the host owns it too; the port is
         then also bound in the host kernel for as long as usnet holds it.
+        `share`: the owner already holding `port`, whose reservation this one
+        joins (EINVAL if it does not hold it).
         """
         if proto not in _SOCK_TYPE:
             raise OSError(errno.EPROTONOSUPPORT, f"protocol {proto} has no ports")
         if family not in _AF:
             raise OSError(errno.EAFNOSUPPORT, f"address family IPv{family}")
+        if share is not None:
+            key = (family, proto, port)
+            if port == 0 or self.used.get(key) != share:
+                raise OSError(errno.EINVAL, f"port {port} is not held by the flow whose port is to be shared")
+            self.sharers[key] = self.sharers.get(key, 0) + 1
+            return port
         if port == 0:
             return self._ephemeral(family, proto, owner, host_addr)
         if not 1 <= port <= 65535:
@@ -84,7 +98,15 @@ class PortSpace:
         self.host_sockets[family, proto, port] = s
 
     def release(self, proto: int, port: int, family: int = 4) -> None:
-        self.used.pop((family, proto, port), None)
+        key = (family, proto, port)
+        n = self.sharers.get(key, 0)
+        if n:  # one of a shared port's holders: the others keep it
+            if n == 1:
+                del self.sharers[key]
+            else:
+                self.sharers[key] = n - 1
+            return
+        self.used.pop(key, None)
         s = self.host_sockets.pop((family, proto, port), None)
         if s is not None:
             s.close()

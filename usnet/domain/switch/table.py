@@ -57,6 +57,7 @@ class Flow:
     dscp: int = 0  # written into every packet it sends: its lease's class (usnet.domain.lowlat.policy.SERVICE_DSCP)
     sent_frags: SentFragments | None = None  # datagrams it began in fragments (made at its first)
     tcp_seen: TcpSeen | None = None  # TCP: sequence state per remote end, for resets when its owner dies
+    owner: Any = None  # whose reservation of the port it holds (PortSpace): its own, or the flow's it shares
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
@@ -142,8 +143,12 @@ class FlowTable:
                         else self._local4)
 
     def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
-                 port: FlowPort, channel: int = 0, family: int = 4) -> Flow:
-        """Register a flow of `family` (4 or 6); reserves its local port (PortInUse if taken)."""
+                 port: FlowPort, channel: int = 0, family: int = 4, share: Flow | None = None) -> Flow:
+        """Register a flow of `family` (4 or 6); reserves its local port (PortInUse if taken).
+
+        `share`: an unconnected flow of another netif whose port this unconnected flow
+        holds too (a wildcard listener's on the loopback netif; `PortSpace.reserve`).
+        """
         if proto not in (TCP, UDP):
             raise ValueError(f"flows carry TCP or UDP, not protocol {proto}")
         if (raddr is None) != (rport is None):
@@ -160,15 +165,22 @@ class FlowTable:
                                                   f"address of a peer: {shown} is {why}")
             if rport == 0:
                 raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
-            if raddr != self.netif.ip and raddr not in self.netif.addrs6 and self.netif.next_hop(raddr) is None:
+            if not self.netif.routes.reaches(raddr):  # usnet.proto.route: the clients ask it too
                 # as the kernel's connect: no route is known at once, not after the handshake times out
                 shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
                 raise OSError(errno.ENETUNREACH, f"Network is unreachable: netif {self.netif.name!r} "
                                                  f"has no route to {shown}")
+        if share is not None and (raddr is not None or share.raddr is not None or share.proto != proto
+                                  or share.family != family or share.lport != lport):
+            raise OSError(errno.EINVAL, "only an unconnected flow of the same protocol, family and port "
+                                        "may share an unconnected flow's port")
         fid = next(self._ids)
-        lport = self.ports.reserve(proto, lport, fid, self._host_addr6 if family == 6 else self._host_addr,
-                                   family=family)
+        # the owner names the netif too: flow ids are per netif, the port space is the domain's
+        lport = self.ports.reserve(proto, lport, (self.netif.name, fid),
+                                   self._host_addr6 if family == 6 else self._host_addr, family=family,
+                                   share=None if share is None else share.owner)
         flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family)
+        flow.owner = (self.netif.name, fid) if share is None else share.owner
         if self.rx_mitigation:
             port.enable_mitigation(self.clock, self._held_bells)
         self.flows[fid] = flow
