@@ -13,12 +13,12 @@ import threading
 
 import pytest
 
+from tests.helpers.util import wait_until
 from usnet import socket as us
 from usnet.client import Client
+from usnet.domain.loop import Domain
 from usnet.drivers.fault import FaultInjector
 from usnet.drivers.memwire import MemWire
-from usnet.domain.loop import Domain
-from tests.helpers.util import wait_until
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.proto.test_tcp_connection import Net
 from usnet.proto.ip import IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.tcp.syncookie import (
@@ -26,7 +27,6 @@ from usnet.proto.tcp.syncookie import (
     ts_encode,
 )
 from usnet.proto.wire.ipv4 import IPOPT_BAD, IPOPT_SRR, ipv4_source_route
-from tests.proto.test_tcp_connection import Net
 
 A = bytes([10, 0, 0, 1])
 B = bytes([10, 0, 0, 2])
