@@ -80,8 +80,8 @@ def test_a_cookie_for_something_else_or_forged_is_refused(laddr, raddr, lport, r
         args[what] = (args[what] + delta) % 65535 + 1
         if args[what] == (rport if what == "rport" else lport):
             return
-    elif what == "isn":
-        args["peer_isn"] = (isn + delta) & MASK
+    elif what == "isn":  # added into the cookie as Linux does: past the MSS index, as for "cookie"
+        args["peer_isn"] = (isn + 4 + delta % ((1 << 24) - 12)) & MASK
     elif what == "secret":
         checker = SynCookies(b"another key")
     else:  # past the MSS index: a small change there would only name another table entry (as Linux)
