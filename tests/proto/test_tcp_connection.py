@@ -365,8 +365,10 @@ def test_rst_to_closed_port_refuses():
         c.send(b"x")
 
 
-def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue():
-    net = Net()
+@pytest.mark.parametrize("cookies", [0, 1])
+def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue(cookies):
+    """Past the SYN queue's bound a SYN gets a cookie, or with syncookies=0 is dropped."""
+    net = Net(b_opts={"syncookies": cookies})
     net.b.listen(80, syn_backlog=2)
     out = inject(net, TcpConnection(A, 5555, B, 80, now=0), TcpConnection(B, 80, A, 5555, now=0),
                  ACK, 1000, 777)
@@ -381,7 +383,9 @@ def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue():
             data = build_tcp(A, B, seg.sport, seg.dport, seg.seq, 0, SYN, 1000, b"", 0,
                              tcp_options(mss=1460))
             net.b.input(A, B, data, net.now)
-    assert len(net.b.listeners[80].syn_queue) == 2 and net.b.stats.syn_dropped == 2
+    assert len(net.b.listeners[80].syn_queue) == 2
+    assert (net.b.stats.syn_dropped, net.b.stats.syncookies_sent) == ((0, 2) if cookies else (2, 0))
+    assert net.b.stats.listen_drops == (0 if cookies else 2)
 
 
 def test_lost_synack_is_sent_again():

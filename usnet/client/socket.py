@@ -377,7 +377,7 @@ class socket:
         self._need_open()
         if self._conn is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
-        backlog = min(max(1, backlog), _SOMAXCONN)
+        backlog = _SOMAXCONN if backlog < 0 else min(backlog, _SOMAXCONN)  # as Linux: 0 lets one wait
         if self._listening:
             eng = self._engine
             assert eng is not None
@@ -758,9 +758,20 @@ class socket:
 
         A name of its own because Linux's `struct tcp_info` is a kernel ABI whose fields usnet
         does not all have; a dict names what it does have.
+
+        On a listening socket: state LISTEN, the accept and SYN queues' lengths and bounds (Linux
+        gives the first two as tcpi_unacked and tcpi_sacked), and the listener's counters of
+        usnet.proto.tcp.endpoint.EndpointStats (listen_overflows, listen_drops, syncookies_*).
         """
         self._need_open()
         conn, eng = self._conn, self._engine
+        if self._listening and eng is not None:
+            with eng.lock:
+                lst = eng.tcp.listeners.get(self._port)
+                if lst is not None:
+                    return {"state": "LISTEN", "accept_queue": len(lst.accept_queue), "backlog": lst.backlog,
+                            "syn_queue": len(lst.syn_queue), "syn_backlog": lst.syn_backlog,
+                            **eng.tcp.stats.as_dict()}
         if conn is None or eng is None:
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
         with eng.lock:

@@ -61,7 +61,16 @@ from usnet.proto.wire import icmp as _i4
 from usnet.proto.wire import icmpv6 as _i6
 from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.errors import WireError
-from usnet.proto.wire.ipv4 import ICMP, IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, parse_ipv4
+from usnet.proto.wire.ipv4 import (
+    ICMP,
+    IP_MF,
+    IP_OFFMASK,
+    IPOPT_SRR,
+    IPV4_HLEN,
+    build_ipv4_header,
+    ipv4_source_route,
+    parse_ipv4,
+)
 from usnet.proto.wire.ipv6 import (
     ICMPV6,
     IPV6_HLEN,
@@ -187,6 +196,11 @@ class IpLayer:
         if ff & (IP_MF | IP_OFFMASK):
             c["ip4_fragment"] += 1  # the switch hands over whole datagrams only
             return
+        if ihl > IPV4_HLEN:
+            why = ipv4_source_route(mv, 0, ihl)
+            if why:  # as Linux with accept_source_route=0: never delivered, never answered
+                c["ip4_source_route" if why == IPOPT_SRR else "ip4_bad_options"] += 1
+                return
         pkt = mv[:total]
         payload = pkt[ihl:]
         if proto == ICMP:

@@ -37,7 +37,16 @@ from usnet.proto.reassembly import Reassembler
 from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
-from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, IPV4_HLEN, build_ipv4_header, martian_source4, parse_ipv4
+from usnet.proto.wire.ipv4 import (
+    IP_MF,
+    IP_OFFMASK,
+    IPOPT_SRR,
+    IPV4_HLEN,
+    build_ipv4_header,
+    ipv4_source_route,
+    martian_source4,
+    parse_ipv4,
+)
 from usnet.proto.wire.ipv6 import (
     ICMPV6,
     IPV6_HLEN,
@@ -253,6 +262,11 @@ class ReceivePath(HostDuties):
         if wire and martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
             self.drops["rx_martian_source"] += 1  # answered, it would go to broadcast, loopback, us
             return
+        if ihl > IPV4_HLEN:
+            why = ipv4_source_route(f, ETH_HLEN, ihl)
+            if why:  # as a Linux host (accept_source_route=0): a source route, or options that do not parse
+                self.drops["rx_source_route" if why == IPOPT_SRR else "rx_bad_ip_options"] += 1
+                return
         if ff & (IP_MF | IP_OFFMASK):
             if dst != netif.ip:
                 self.drops["rx_fragment"] += 1  # a broadcast in pieces: nobody's

@@ -311,16 +311,23 @@ class TcpConnection:
         self._syn_time = now
         self._touch()
 
-    def accept_syn(self, seg: TcpSegment, now: float) -> None:
-        """Passive open from a listener's SYN: enter SYN-RECEIVED, SYN-ACK on next `outgoing`."""
+    def accept_syn(self, seg: TcpSegment, now: float, synack_sent: bool = False) -> None:
+        """Passive open from a listener's SYN: enter SYN-RECEIVED, SYN-ACK on next `outgoing`.
+
+        `synack_sent`: the SYN as rebuilt from a SYN cookie (usnet.proto.tcp.syncookie), whose
+        SYN-ACK the endpoint already sent; the ACK that returned the cookie follows.
+        """
         self.passive = True
         self.state = SYN_RECEIVED
         self._take_syn(seg)
         self.ecn_ok = self.cfg.ecn and seg.flags & (ECE | CWR) == ECE | CWR  # an ECN-setup SYN
         self.snd_wnd = self.max_snd_wnd = seg.window  # never scaled in a SYN
-        self._syn_pending = True
+        self._syn_pending = not synack_sent
         self._syn_time = now
         self._last_rx = now
+        if synack_sent:
+            self.snd_nxt = 1
+            self._syn_rtx = True  # when it went is unknown: no RTT sample from the handshake's timing
         self._touch()
 
     def send(self, data) -> int:

@@ -13,6 +13,22 @@ the bounded SYN and accept queues, the choice of a free ephemeral port and
 of an initial sequence number (RFC 6528: a clock plus a keyed hash of the
 4-tuple, so sequence numbers are neither guessable nor reused too soon).
 Malformed segments are counted, never raised: they come from the network.
+
+Listeners behave as Linux's under floods and full queues:
+
+* the SYN queue (half-open connections) has its own bound, `syn_backlog`;
+  when it is full, a SYN is answered with a SYN cookie
+  (usnet.proto.tcp.syncookie; ``syncookies=1``, Linux's default) and the
+  ACK that returns the cookie rebuilds the connection;
+* the accept queue is full when it holds more than `backlog` (Linux's
+  ``sk_acceptq_is_full``): a SYN is then dropped, and so is the ACK that
+  would complete a handshake (no RST: the peer's retransmitted ACK or data
+  gets in once the application accepts);
+* segments to a listener with neither SYN, ACK nor RST (NULL, FIN, XMAS
+  scans) and SYN+FIN are discarded silently (RFC 9293 §3.10.7.2, as Linux);
+  an ACK without a connection or a good cookie is answered with a RST.
+
+Each drop has its counter in `EndpointStats` under Linux's TcpExt name.
 """
 
 from __future__ import annotations
@@ -35,9 +51,23 @@ from usnet.proto.tcp.connection import (
     rst_reply,
 )
 from usnet.proto.tcp.seq import MASK, seq_diff
+from usnet.proto.tcp.syncookie import SynCookies, ts_decode, ts_encode
 from usnet.proto.wire.ecn import ECT0, NOT_ECT
 from usnet.proto.wire.errors import WireError
-from usnet.proto.wire.tcp import ACK, RST, SYN, TcpChecksumError, parse_tcp, pseudo_sum
+from usnet.proto.wire.tcp import (
+    ACK,
+    CWR,
+    ECE,
+    FIN,
+    RST,
+    SYN,
+    TcpChecksumError,
+    TcpSegment,
+    pack_segment,
+    parse_tcp,
+    pseudo_sum,
+    tcp_options,
+)
 
 __all__ = ["EndpointStats", "Listener", "TcpEndpoint"]
 
@@ -45,9 +75,23 @@ Key = tuple[bytes, int, int]  # (remote address, remote port, local port)
 
 
 class EndpointStats:
+    """The endpoint's counters; the listener ones carry the names of Linux's TcpExt counters.
+
+    ``listen_overflows``: a SYN or a handshake's last ACK dropped because the
+    accept queue was full (ListenOverflows). ``listen_drops``: every SYN or
+    last ACK a listener dropped, overflows included (ListenDrops).
+    ``syn_dropped``: a SYN dropped because the SYN queue was full and SYN
+    cookies are off. ``syncookies_sent`` / ``_recv`` / ``_failed``: cookie
+    SYN-ACKs sent, cookie ACKs that rebuilt (or would have rebuilt) a
+    connection, ACKs whose cookie did not check (SyncookiesSent/Recv/Failed).
+    ``bad_flags``: segments to a listener with no SYN, ACK or RST, or
+    SYN+FIN, discarded.
+    """
+
     __slots__ = (
         "segs_in", "bad_checksum", "bad_header", "wrong_address", "no_socket", "resets_sent",
-        "syn_received", "syn_dropped", "listen_overflow", "accepted", "time_wait_reused",
+        "syn_received", "syn_dropped", "listen_overflows", "listen_drops", "syncookies_sent",
+        "syncookies_recv", "syncookies_failed", "bad_flags", "accepted", "time_wait_reused",
     )
     segs_in: int
     bad_checksum: int
@@ -57,7 +101,12 @@ class EndpointStats:
     resets_sent: int
     syn_received: int
     syn_dropped: int
-    listen_overflow: int
+    listen_overflows: int
+    listen_drops: int
+    syncookies_sent: int
+    syncookies_recv: int
+    syncookies_failed: int
+    bad_flags: int
     accepted: int
     time_wait_reused: int
 
@@ -72,10 +121,20 @@ class EndpointStats:
         return f"EndpointStats({self.as_dict()})"
 
 
-class Listener:
-    """A listening port: half-open connections and established ones awaiting accept."""
+#: Seconds after the SYN queue last overflowed during which ACKs are checked for cookies (Linux's
+#: TCP_SYNCOOKIE_VALID): before any overflow, and long after, a stray ACK is only a stray ACK.
+COOKIE_VALID = 120.0
 
-    __slots__ = ("port", "backlog", "syn_backlog", "config", "syn_queue", "accept_queue")
+
+class Listener:
+    """A listening port: half-open connections and established ones awaiting accept.
+
+    `backlog` bounds the accept queue as Linux's listen(2) backlog does (full
+    when it holds *more* than `backlog`); `syn_backlog` bounds the SYN queue
+    (half-open connections), past which SYNs get cookies.
+    """
+
+    __slots__ = ("port", "backlog", "syn_backlog", "config", "syn_queue", "accept_queue", "overflowed_at")
 
     def __init__(self, port: int, backlog: int, syn_backlog: int, config: TcpConfig) -> None:
         self.port = port
@@ -84,6 +143,11 @@ class Listener:
         self.config = config
         self.syn_queue: dict[Key, TcpConnection] = {}
         self.accept_queue: deque[TcpConnection] = deque()
+        self.overflowed_at: float | None = None  # when a SYN last found the SYN queue full
+
+    def accept_full(self) -> bool:
+        """As Linux's sk_acceptq_is_full: more waiting than the backlog (listen(0) takes one)."""
+        return len(self.accept_queue) > self.backlog
 
 
 #: The key of the ISN and timestamp-offset hashes, one per process as a kernel has one per boot. An
@@ -93,6 +157,14 @@ class Listener:
 _SECRET = os.urandom(16)
 
 
+def _rcv_wscale(cfg: TcpConfig) -> int:
+    """The window scale a connection with `cfg` offers (as TcpConnection computes it)."""
+    ws = 0
+    while ws < 14 and (cfg.rcvbuf_max >> ws) > 0xFFFF:
+        ws += 1
+    return ws
+
+
 class TcpEndpoint:
     """All TCP connections and listeners of one local address (4 or 16 bytes)."""
 
@@ -100,8 +172,11 @@ class TcpEndpoint:
         self, local_addr: bytes, *, mtu: int = 1500, config: TcpConfig | None = None,
         port_chooser: Callable[[bytes, int], int] | None = None,
         ephemeral: tuple[int, int] = (49152, 65535), verify_checksum: bool = True,
-        isn: Callable[[bytes, int, int, float], int] | None = None, **options,
+        isn: Callable[[bytes, int, int, float], int] | None = None, syncookies: int = 1,
+        cookie_secret: bytes | None = None, **options,
     ) -> None:
+        """`syncookies` as Linux's net.ipv4.tcp_syncookies: 0 never (a full SYN queue drops SYNs),
+        1 when a listener's SYN queue is full, 2 always. `cookie_secret`: a fixed key (tests)."""
         if len(local_addr) not in (4, 16):
             raise ValueError("local address must be 4 or 16 bytes")
         self.local_addr = bytes(local_addr)
@@ -112,6 +187,8 @@ class TcpEndpoint:
         self.verify = verify_checksum
         self._isn = isn
         self._secret = _SECRET
+        self.syncookies = syncookies
+        self._cookies = SynCookies(cookie_secret)
         self.connections: dict[Key, TcpConnection] = {}
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
@@ -130,6 +207,8 @@ class TcpEndpoint:
         self, port: int, backlog: int = 128, syn_backlog: int = 256,
         config: TcpConfig | None = None,
     ) -> Listener:
+        """Listen on `port`: `backlog` bounds the accept queue, `syn_backlog` the SYN queue
+        (half-open connections; past it SYNs get cookies, see the module docstring)."""
         if port in self.listeners:
             raise OSError(98, f"port {port} already listening")  # EADDRINUSE
         lst = Listener(port, backlog, syn_backlog, config or self.config)
@@ -243,6 +322,13 @@ class TcpEndpoint:
                 stats.time_wait_reused += 1
                 self._forget(conn)
             elif st is not CLOSED:
+                if st is SYN_RECEIVED and conn.passive and fl & ACK and not fl & (SYN | RST) \
+                        and (seg.ack - conn.iss) & MASK == 1 and self._accept_full(conn.local_port):
+                    # The handshake's last ACK while the accept queue is full: dropped, not reset
+                    # (Linux with tcp_abort_on_overflow=0); the SYN-ACK goes again, the peer acks again.
+                    stats.listen_overflows += 1
+                    stats.listen_drops += 1
+                    return None
                 conn.on_segment(seg, now, ce)
                 self.due[conn] = None
                 if conn.passive:
@@ -251,20 +337,52 @@ class TcpEndpoint:
             else:
                 self._forget(conn)
         lst = self.listeners.get(seg.dport)
-        if lst is None or fl & (RST | ACK) or not fl & SYN:
-            if lst is None:
-                stats.no_socket += 1
-            r = rst_reply(pseudo_sum(self.local_addr, src), seg)
-            if r is not None:
-                stats.resets_sent += 1
-                self._out.append((src, r, 0, NOT_ECT))
+        if lst is None:
+            stats.no_socket += 1
+            self._reset(src, seg)
+            return None
+        return self._to_listener(lst, key, src, seg, now, ce)
+
+    def _reset(self, src: bytes, seg: TcpSegment) -> None:
+        r = rst_reply(pseudo_sum(self.local_addr, src), seg)
+        if r is not None:
+            self.stats.resets_sent += 1
+            self._out.append((src, r, 0, NOT_ECT))
+
+    def _to_listener(
+        self, lst: Listener, key: Key, src: bytes, seg: TcpSegment, now: float, ce: bool,
+    ) -> TcpConnection | None:
+        """A segment for a listener and no connection: RFC 9293 §3.10.7.2 in Linux's order."""
+        stats = self.stats
+        fl = seg.flags
+        if fl & ACK:
+            if not fl & (SYN | RST) and self.syncookies and lst.overflowed_at is not None \
+                    and now - lst.overflowed_at < COOKIE_VALID:
+                conn = self._cookie_ack(lst, key, src, seg, now, ce)
+                if conn is not False:
+                    return conn  # type: ignore[return-value]  # rebuilt, or dropped (None)
+            self._reset(src, seg)  # an ACK to a listener: RST (never one for a RST)
+            return None
+        if fl & RST or not fl & SYN or fl & FIN:
+            stats.bad_flags += 1  # RST, NULL, FIN, XMAS, SYN+FIN: discarded, as Linux does
             return None
         stats.syn_received += 1
+        want_cookie = self.syncookies == 2
         if len(lst.syn_queue) >= lst.syn_backlog:
-            stats.syn_dropped += 1
+            lst.overflowed_at = now
+            if not self.syncookies:
+                stats.syn_dropped += 1
+                stats.listen_drops += 1
+                return None
+            want_cookie = True
+        if lst.accept_full():
+            stats.listen_overflows += 1  # as Linux: drop the SYN, the client retries
+            stats.listen_drops += 1
             return None
-        if len(lst.accept_queue) >= lst.backlog:
-            stats.listen_overflow += 1  # as Linux: drop the SYN, the client retries
+        if want_cookie:
+            if self.syncookies == 2:
+                lst.overflowed_at = now
+            self._cookie_synack(lst, src, seg, now)
             return None
         conn = TcpConnection(
             self.local_addr, seg.dport, src, seg.sport, now=now, mtu=self.mtu,
@@ -276,9 +394,80 @@ class TcpEndpoint:
         return conn
 
     def _adopt(self, key: Key, conn: TcpConnection) -> None:
-        """`conn` joins the table and the schedule (it touches `_due` from now on)."""
+        """`conn` joins the table and the schedule (it touches `due` from now on)."""
         self.connections[key] = conn
         conn.due = self.due
+
+    def _cookie_synack(self, lst: Listener, src: bytes, seg: TcpSegment, now: float) -> None:
+        """Answer a SYN with a cookie SYN-ACK and keep nothing (usnet.proto.tcp.syncookie).
+
+        The SYN-ACK is the one a connection would send (usnet.proto.tcp.connection
+        `_syn_segment`): our MSS, window and window scale, with SACK and
+        the window scale only if timestamps can carry them back.
+        """
+        cfg = lst.config
+        v4 = len(src) == 4
+        peer_mss = seg.mss if seg.mss else (536 if v4 else 1220)
+        iss, _mss = self._cookies.make(self.local_addr, seg.dport, src, seg.sport, seg.seq, peer_mss, now)
+        ecn = bool(cfg.ecn and seg.flags & (ECE | CWR) == ECE | CWR)
+        ts = None
+        ws = None
+        sack = False
+        if cfg.timestamps and seg.tsval is not None:
+            ws = _rcv_wscale(cfg) if cfg.window_scaling and seg.wscale is not None else None
+            sack = bool(cfg.sack and seg.sack_ok)
+            peer_ws = min(seg.wscale, 14) if ws is not None and seg.wscale is not None else None
+            ts_now = (int(now * 1000) + self._ts_offset(src)) & MASK  # the connection's own clock
+            ts = (ts_encode(ts_now, peer_ws, sack, ecn), seg.tsval)
+        mss_local = self.mtu - (20 if v4 else 40) - 20
+        if cfg.mss:
+            mss_local = min(mss_local, cfg.mss)
+        seg_out = pack_segment(
+            pseudo_sum(self.local_addr, src), seg.dport, seg.sport, iss, (seg.seq + 1) & MASK,
+            SYN | ACK | ECE if ecn else SYN | ACK, min(cfg.rcvbuf, 0xFFFF),
+            tcp_options(mss=mss_local, wscale=ws, sack_ok=sack, ts=ts))
+        self.stats.syncookies_sent += 1
+        self._out.append((src, seg_out, 0, NOT_ECT))
+
+    def _cookie_ack(
+        self, lst: Listener, key: Key, src: bytes, seg: TcpSegment, now: float, ce: bool,
+    ) -> TcpConnection | bool | None:
+        """An ACK that may return a cookie: the rebuilt connection, None if dropped (accept queue
+        full), False if the cookie does not check (the caller answers with a RST)."""
+        stats = self.stats
+        cfg = lst.config
+        peer_isn = (seg.seq - 1) & MASK
+        mss = self._cookies.check(self.local_addr, seg.dport, src, seg.sport, peer_isn, (seg.ack - 1) & MASK, now)
+        ws = None
+        sack = ecn = False
+        if mss and seg.tsval is not None and seg.tsecr is not None:  # Linux's cookie_timestamp_decode
+            ws, sack, ecn = ts_decode(seg.tsecr)
+            if not cfg.timestamps or (sack and not cfg.sack) or (ws is not None and not cfg.window_scaling):
+                mss = 0
+        if not mss:
+            stats.syncookies_failed += 1
+            return False
+        stats.syncookies_recv += 1
+        if lst.accept_full():
+            stats.listen_overflows += 1  # as for a half-open connection: drop, the peer sends again
+            stats.listen_drops += 1
+            return None
+        conn = TcpConnection(
+            self.local_addr, seg.dport, src, seg.sport, now=now, mtu=self.mtu,
+            iss=(seg.ack - 1) & MASK, config=replace(cfg), ts_offset=self._ts_offset(src))
+        syn = TcpSegment(seg.sport, seg.dport, peer_isn, 0, SYN | (ECE | CWR if ecn else 0), seg.window,
+                         mss=mss, wscale=ws, sack_ok=sack,
+                         tsval=seg.tsval if seg.tsecr is not None else None)
+        self._adopt(key, conn)
+        conn.accept_syn(syn, now, synack_sent=True)
+        lst.syn_queue[key] = conn
+        conn.on_segment(seg, now, ce)
+        self._promote(conn, key, now)
+        return conn
+
+    def _accept_full(self, port: int) -> bool:
+        lst = self.listeners.get(port)
+        return lst is not None and lst.accept_full()
 
     def _promote(self, conn: TcpConnection, key: Key, now: float) -> None:
         """Move a passive connection from the SYN queue once it is established (or gone)."""
@@ -288,10 +477,8 @@ class TcpEndpoint:
         del lst.syn_queue[key]
         if conn.state is CLOSED:
             return
-        if len(lst.accept_queue) >= lst.backlog:
-            self.stats.listen_overflow += 1
-            conn.abort(now)
-            return
+        # No bound here: `input` dropped the last ACK of the handshake while the accept queue was
+        # full, so one that got this far has room.
         lst.accept_queue.append(conn)
 
     # ------------------------------------------------------------------ output and timers

@@ -4,8 +4,8 @@ Every packet a client hands the flow switch is an IPv4 packet, and the
 switch validates the copy it made (docs/architecture.md, "Packet pools", "Nexuses"), so `parse_ipv4` checks
 everything the rest of the stack relies on — version, header length, total
 length against the bytes actually present, and the header checksum — and
-says which check failed. Options are not interpreted; they are skipped by
-``ihl_bytes``.
+says which check failed. Options are skipped by ``ihl_bytes``; `ipv4_source_route`
+looks for the source routes a host drops.
 
 The builders compute the header checksum arithmetically from the field
 values (see usnet.proto.wire.checksum) and pack the header with a single
@@ -29,9 +29,9 @@ from usnet.proto.wire.errors import WireError, readable
 from usnet.proto.wire.header import Header
 
 __all__ = [
-    "ICMP", "IPV4_HEADER", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP", "build_ipv4_header",
-    "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "is_fragment", "make_flags_frag",
-    "martian_source4", "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
+    "ICMP", "IPOPT_BAD", "IPOPT_SRR", "IPV4_HEADER", "IPV4_HLEN", "IP_DF", "IP_MF", "IP_OFFMASK", "TCP", "UDP",
+    "build_ipv4_header", "dont_fragment", "frag_offset", "ip_bytes", "ip_str", "ipv4_source_route", "is_fragment",
+    "make_flags_frag", "martian_source4", "more_fragments", "not_unicast4", "parse_ipv4", "write_ipv4_header",
 ]
 
 IPV4_HLEN = 20
@@ -83,6 +83,44 @@ def parse_ipv4(
         # exactly 0xFFFF: a multiple of 0xFFFF.
         raise WireError("IPv4: bad header checksum")
     return ihl, total, ident, ff, ttl, proto, src, dst
+
+
+IPOPT_SRR = 1  # `ipv4_source_route`: a loose or strict source route
+IPOPT_BAD = 2  # `ipv4_source_route`: options that do not parse
+_OPT_EOL, _OPT_NOP, _OPT_LSRR, _OPT_SSRR = 0, 1, 0x83, 0x89
+
+
+def ipv4_source_route(buf, off: int, ihl: int) -> int:
+    """0, IPOPT_SRR or IPOPT_BAD for the options of the IPv4 header at ``buf[off:off + ihl]``.
+
+    A host drops what the receiving end of Linux drops with its default
+    ``accept_source_route=0`` (ip_rcv_options): every packet with a loose or
+    strict source route (RFC 7126 §4.3, §4.4), whether hops are left (the
+    packet asks to be forwarded, and an answer would go out on a route the
+    sender chose) or not; and a packet whose options do not parse
+    (ip_options_compile fails: a length under 2 or past the header, or a
+    source route whose pointer is under 4).
+    """
+    i = off + IPV4_HLEN
+    end = off + ihl
+    while i < end:
+        t = buf[i]
+        if t == _OPT_EOL:
+            return 0
+        if t == _OPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= end:
+            return IPOPT_BAD
+        n = buf[i + 1]
+        if n < 2 or i + n > end:
+            return IPOPT_BAD
+        if t == _OPT_LSRR or t == _OPT_SSRR:  # noqa: SIM109 (per packet: no tuple built)
+            if n < 3 or buf[i + 2] < 4:
+                return IPOPT_BAD
+            return IPOPT_SRR
+        i += n
+    return 0
 
 
 def martian_source4(src, local: int, bcast: int):
