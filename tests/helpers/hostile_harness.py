@@ -299,7 +299,7 @@ class Harness:
 
     # -- attackers in processes of their own ------------------------------------------------
 
-    def spawn(self, script: Path, *args: str, timeout: float = 15) -> subprocess.Popen:
+    def spawn(self, script: Path, *args: str, timeout: float = 30) -> subprocess.Popen:
         """A child attacker; returns once it has signalled readiness (one byte on a pipe)."""
         r, w = os.pipe()
         try:
