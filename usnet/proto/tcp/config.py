@@ -115,7 +115,7 @@ class TcpStats:
         "bad_segments", "out_of_window", "paws_rejected", "bad_acks", "ooo_segments",
         "dup_segments", "keepalive_probes", "window_probes", "sack_reneges",
         "ce_received", "ecn_reductions", "rack_losses", "tlp_probes", "tlp_recoveries",
-        "dsacks", "dsacks_sent",
+        "dsacks", "dsacks_sent", "recovery_undos",
     )
     segs_in: int
     segs_out: int
@@ -147,6 +147,7 @@ class TcpStats:
     tlp_recoveries: int  # probes that repaired a loss themselves (Linux's TCPLossProbeRecovery)
     dsacks: int  # D-SACKs received: a segment arrived twice (RFC 2883)
     dsacks_sent: int  # D-SACKs sent
+    recovery_undos: int  # recoveries found spurious (timestamps or D-SACKs) and undone
 
     def __init__(self, conn: TcpConnection) -> None:
         self._c = conn

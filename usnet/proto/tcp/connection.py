@@ -1019,12 +1019,12 @@ class TcpConnection:
                 prev = (lo, hi)
                 if hi <= una and lo < hi:
                     prev = None
-                    self._rx_dsack()  # below the cumulative ACK: a duplicate (RFC 2883 §4)
+                    self._rx_dsack(lo, hi)  # below the cumulative ACK: a duplicate (RFC 2883 §4)
                     continue
             elif prev is not None:
                 p, prev = prev, None
                 if lo <= p[0] and p[1] <= hi and p[0] < p[1]:
-                    self._rx_dsack()  # the first block inside the second: a duplicate
+                    self._rx_dsack(p[0], p[1])  # the first block inside the second: a duplicate
             if lo <= una or hi > nxt or hi <= lo:
                 continue  # D-SACK, stale or bogus
             if rack is not None:
@@ -1034,9 +1034,9 @@ class TcpConnection:
         if self._recovery == _FAST and sb.ends and sb.ends[-1] > self._lost_limit:
             self._lost_limit = sb.ends[-1]
 
-    def _rx_dsack(self) -> None:
+    def _rx_dsack(self, lo: int, hi: int) -> None:
         if self.rack is not None:
-            self.rack.dsack()
+            self.rack.dsack(lo, hi)
         else:
             self.stats.dsacks += 1
 

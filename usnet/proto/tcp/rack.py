@@ -85,6 +85,7 @@ class Rack:
         "fack", "_fack0", "min_rtt", "reordering_seen", "reo_wnd_mult", "reo_wnd_persist",
         "dsack_round", "t_reo", "t_pto", "tlp", "tlp_end", "tlp_rtx", "tlp_now", "rearm",
         "sample", "prr", "_una0", "_sacked0", "_echo_ms", "_in_rec", "_dsack",
+        "undo_marker", "undo_retrans", "retrans_stamp", "prior_cwnd", "prior_ssthresh",
     )
 
     def __init__(self, tlp: bool = True) -> None:
@@ -118,6 +119,13 @@ class Rack:
         self._echo_ms: int | None = None
         self._in_rec = False
         self._dsack = False
+        # Undo of a recovery that was not needed (Linux's undo_marker and friends; RFC 3522's
+        # Eifel detection with timestamps, RFC 3708's with D-SACKs)
+        self.undo_marker: int | None = None  # snd_una when the episode began; None: nothing to undo
+        self.undo_retrans = 0  # retransmissions of the episode not yet reported duplicate
+        self.retrans_stamp: float | None = None  # the episode's first retransmission
+        self.prior_cwnd = 0
+        self.prior_ssthresh = 0
 
     # ------------------------------------------------------------------ sending
 
@@ -213,6 +221,10 @@ class Rack:
                 p = y
             self._resent(rec, now)
             pipe += need if need > 0 else 0
+            if self.undo_marker is not None:
+                self.undo_retrans += 1
+                if self.retrans_stamp is None:
+                    self.retrans_stamp = now
         return pipe
 
     # ------------------------------------------------------------------ ACK processing
@@ -263,9 +275,12 @@ class Rack:
                     self.lost_bytes -= r.lost_n
                 self._delivered(r, now)
 
-    def dsack(self) -> None:
-        """The ACK reported a duplicate (RFC 2883)."""
+    def dsack(self, lo: int, hi: int) -> None:
+        """The ACK reported ``[lo, hi)`` arrived twice (RFC 2883)."""
         self._dsack = True
+        m = self.undo_marker
+        if m is not None and lo >= m and self.undo_retrans > 0:
+            self.undo_retrans -= 1  # one retransmission of the episode was not needed
 
     def cum_ack(self, una: int, now: float) -> None:
         """The cumulative ACK reached ``una``: deliver and forget the records below it."""
@@ -302,8 +317,9 @@ class Rack:
         rtt = now - r.xmit
         if r.rtx:
             # Which copy was delivered? Ignore it if it could be the original's (§6.2 step 2).
-            echo = self._echo_ms
-            if rtt < self.min_rtt or (echo is not None and echo < int(r.xmit * 1000)):
+            # Only by min_RTT, as Linux's tcp_rack_advance: the TSecr of an ACK for data out
+            # of order echoes the last in-order segment (RFC 7323 §4.3), older than any copy.
+            if rtt < self.min_rtt:
                 return
         else:
             if r.end < self._fack0:
@@ -340,8 +356,11 @@ class Rack:
         lost = None
         for r in self.tsorted:  # oldest first
             t = r.xmit
-            if t > rx or (t == rx and r.end >= re):
-                break  # this and the rest went out after the newest delivered segment
+            if t >= rx:
+                if t > rx:
+                    break  # this and the rest went out after the newest delivered segment
+                if r.end >= re:
+                    continue  # sent in the same instant, and after it in sequence
             remaining = t + rtt + reo - now
             if remaining <= 0:
                 if lost is None:
@@ -385,6 +404,13 @@ class Rack:
                 self.reo_wnd_persist = _PERSIST
         if self.sample is not None and a == self._una0:
             conn.rto.sample(self.sample)  # a SACK-only ACK times the newest segment it delivered
+        if self.undo_marker is not None and (conn._recovery == _FAST or self._in_rec):
+            echo = self._echo_ms
+            rs = self.retrans_stamp
+            if self._dsack and not self.undo_retrans and rs is not None:
+                self.undo(conn)  # every retransmission came back as a duplicate
+            elif not conn._recovery and echo is not None and rs is not None and echo < int(rs * 1000):
+                self.undo(conn)  # the ACK ending recovery echoes a copy sent before it began
         te = self.tlp_end
         if te is not None and a >= te:
             self.tlp_end = None
@@ -413,15 +439,39 @@ class Rack:
         """RACK found a loss while the connection was open: fast recovery, paced by PRR."""
         cc = conn.cc
         prior = cc.cwnd
+        self.prior_ssthresh = cc.ssthresh
         conn._recovery = _FAST
         conn._recover = conn.snd_nxt
         cc.on_congestion(now, conn.snd_nxt - conn.snd_una)
         self.prr.start(prior)
         self._in_rec = True
+        self.undo_marker = conn.snd_una
+        self.undo_retrans = 0
+        self.retrans_stamp = None
+        self.prior_cwnd = prior
         self.tlp_end = None
         self.t_pto = INF
         conn._rtt_seq = None
         conn.stats.fast_retransmits += 1
+
+    def undo(self, conn: TcpConnection) -> None:
+        """The recovery was spurious (reordering, not loss): the window it took back is returned.
+
+        As Linux's tcp_undo_cwnd_reduction: cwnd back to at least what it was,
+        ssthresh to what it was, and recovery ends; what is still marked lost
+        is resent under the restored window. A spurious recovery is also
+        reordering seen, so the reordering window applies from now on.
+        """
+        cc = conn.cc
+        if cc.cwnd < self.prior_cwnd:
+            cc.cwnd = self.prior_cwnd
+        if cc.ssthresh < self.prior_ssthresh:
+            cc.ssthresh = self.prior_ssthresh
+        self.undo_marker = None
+        self.reordering_seen = True
+        if conn._recovery == _FAST:
+            conn._recovery = 0
+        conn.stats.recovery_undos += 1
 
     def renege(self) -> None:
         """The receiver dropped data it had SACKed: nothing counts as SACKed any more."""
