@@ -915,8 +915,10 @@ class TcpConnection:
         self._probes = 0
         w = seg.window << self.snd_wscale
         rack = self.rack
-        if rack is not None:
-            rack.begin_ack(self, seg.tsecr, now)
+        if rack is not None and (self.snd_nxt > una or seg.sacks is not None):
+            rack.begin_ack(self, seg.tsecr)
+        else:
+            rack = None  # nothing of ours in flight: nothing for RACK to learn (a pure receiver)
         if seg.sacks is not None and self.sack_ok:
             self._rx_sacks(seg.sacks, now)
         if a > una:

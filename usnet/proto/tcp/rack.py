@@ -84,7 +84,7 @@ class Rack:
         "segs", "starts", "tsorted", "lost_q", "lost_bytes", "_n", "xmit_ts", "end_seq", "rtt",
         "fack", "_fack0", "min_rtt", "reordering_seen", "reo_wnd_mult", "reo_wnd_persist",
         "dsack_round", "t_reo", "t_pto", "tlp", "tlp_end", "tlp_rtx", "tlp_now", "rearm",
-        "sample", "prr", "_una0", "_sacked0", "_echo_ms", "_in_rec", "_dsack",
+        "sample", "prr", "_una0", "_sacked0", "_echo", "_in_rec", "_dsack",
         "undo_marker", "undo_retrans", "retrans_stamp", "prior_cwnd", "prior_ssthresh",
     )
 
@@ -116,7 +116,7 @@ class Rack:
         self.prr = Prr()
         self._una0 = 0
         self._sacked0 = 0
-        self._echo_ms: int | None = None
+        self._echo: int | None = None  # the ACK's TSecr
         self._in_rec = False
         self._dsack = False
         # Undo of a recovery that was not needed (Linux's undo_marker and friends; RFC 3522's
@@ -229,17 +229,14 @@ class Rack:
 
     # ------------------------------------------------------------------ ACK processing
 
-    def begin_ack(self, conn: TcpConnection, tsecr: int | None, now: float) -> None:
+    def begin_ack(self, conn: TcpConnection, tsecr: int | None) -> None:
         """Snapshot what one ACK's processing compares against."""
         self._una0 = conn.snd_una
         self._sacked0 = conn.sb.sacked
         self._fack0 = self.fack
         self.sample = None
         self._dsack = False
-        if conn.ts_ok and tsecr:
-            self._echo_ms = int(now * 1000) - seq_diff(conn._ts_now(now), tsecr)
-        else:
-            self._echo_ms = None
+        self._echo = tsecr if conn.ts_ok else None
 
     def sack(self, lo: int, hi: int, sb: Scoreboard, now: float) -> None:
         """Record the SACK block ``[lo, hi)`` in ``sb`` and deliver the records it completes."""
@@ -405,11 +402,12 @@ class Rack:
         if self.sample is not None and a == self._una0:
             conn.rto.sample(self.sample)  # a SACK-only ACK times the newest segment it delivered
         if self.undo_marker is not None and (conn._recovery == _FAST or self._in_rec):
-            echo = self._echo_ms
+            echo = self._echo
             rs = self.retrans_stamp
             if self._dsack and not self.undo_retrans and rs is not None:
                 self.undo(conn)  # every retransmission came back as a duplicate
-            elif not conn._recovery and echo is not None and rs is not None and echo < int(rs * 1000):
+            elif (not conn._recovery and echo and rs is not None
+                  and seq_diff(echo, conn._ts_now(rs)) < 0):
                 self.undo(conn)  # the ACK ending recovery echoes a copy sent before it began
         te = self.tlp_end
         if te is not None and a >= te:
