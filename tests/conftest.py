@@ -107,10 +107,11 @@ def sockdir():
 
 
 @contextlib.contextmanager
-def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
+def _domain_on_tap(ipv6: bool, offload: bool = True, wrap=None, **netif_kw):
     """An in-process Domain on a fresh TAP in the test's namespace, the host side made through pyroute2.
 
     `offload`: the TAP's checksum and segmentation offload (the default), or plain frames.
+    `wrap`: called with the TapDriver, returns the driver the netif gets (a FaultInjector, say).
     `netif_kw`: more for `Domain.add_netif` (a link_rate, say).
 
     The host is 10.x.0.1/24 (and fd00:x::1/64 with `ipv6`), usnet .2 / ::2.
@@ -137,7 +138,7 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, **netif_kw):
             ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
             if ipv6:
                 ipr.addr("add", index=idx, address=f"fd00:{x}::1", prefixlen=64, flags=IFA_F_NODAD)
-        d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", **v6, **netif_kw)
+        d.add_netif(ifname, wrap(drv) if wrap else drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", **v6, **netif_kw)
         d.start()
         yield d, ifname, x
     finally:

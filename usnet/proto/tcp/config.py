@@ -98,6 +98,10 @@ class TcpConfig:
     # A congested queue that marks (usnet's CoDel does) then slows the sender without a loss.
     ecn: bool = True
     dupthresh: int = 3
+    # RFC 8985 loss detection by time with SACK (Linux's tcp_recovery=1), and its tail
+    # loss probe (tcp_early_retrans=3); without them SACK recovery counts dupthresh
+    rack: bool = True
+    tlp: bool = True
     challenge_ack_limit: int = 100  # per second
 
 
@@ -110,7 +114,8 @@ class TcpStats:
         "rto_timeouts", "dup_acks", "challenge_acks", "challenge_acks_suppressed",
         "bad_segments", "out_of_window", "paws_rejected", "bad_acks", "ooo_segments",
         "dup_segments", "keepalive_probes", "window_probes", "sack_reneges",
-        "ce_received", "ecn_reductions",
+        "ce_received", "ecn_reductions", "rack_losses", "tlp_probes", "tlp_recoveries",
+        "dsacks", "dsacks_sent", "recovery_undos",
     )
     segs_in: int
     segs_out: int
@@ -137,6 +142,12 @@ class TcpStats:
     sack_reneges: int
     ce_received: int
     ecn_reductions: int
+    rack_losses: int  # segments RACK marked lost (RFC 8985), the RTO's not counted
+    tlp_probes: int  # tail loss probes sent
+    tlp_recoveries: int  # probes that repaired a loss themselves (Linux's TCPLossProbeRecovery)
+    dsacks: int  # D-SACKs received: a segment arrived twice (RFC 2883)
+    dsacks_sent: int  # D-SACKs sent
+    recovery_undos: int  # recoveries found spurious (timestamps or D-SACKs) and undone
 
     def __init__(self, conn: TcpConnection) -> None:
         self._c = conn

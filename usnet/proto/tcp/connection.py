@@ -86,6 +86,7 @@ from usnet.proto.tcp.config import (
     TcpStats,
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion
+from usnet.proto.tcp.rack import Rack
 from usnet.proto.tcp.reassembly import Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import Scoreboard
@@ -169,7 +170,7 @@ class TcpConnection:
         "_probes", "_ka_probes", "_recovery", "_recover", "_high_rxt", "_lost_limit",
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
-        "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "due", "timer_at",
+        "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
     )
 
     def __init__(
@@ -213,6 +214,9 @@ class TcpConnection:
         self.max_segment = mss  # the most payload in one segment we build (`_size_segments`)
         self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd)
         self.sb = Scoreboard()
+        self.rack: Rack | None = None  # RACK-TLP (usnet.proto.tcp.rack), once SACK is agreed
+        self._dsack: tuple[int, int] | None = None  # a duplicate to report in the next SACK option
+        self._rx_tsecr = 0  # TSecr of the last segment a receiver timed (one sample per echo)
         self.ts_ok = self.sack_ok = self.ws_ok = False
         self.ecn_ok = False  # RFC 3168 ECN agreed in the handshake
         self._ece = False  # a CE came: set ECE on what we send until the peer's CWR
@@ -579,6 +583,12 @@ class TcpConnection:
         for x in (self._t_delack, self._t_persist, self._t_ka, self._t_tw):
             if x < t:
                 t = x
+        rack = self.rack
+        if rack is not None:
+            if rack.t_reo < t:
+                t = rack.t_reo
+            if rack.t_pto < t:
+                t = rack.t_pto
         return None if t == INF else t
 
     def on_timer(self, now: float) -> None:
@@ -589,6 +599,9 @@ class TcpConnection:
             self._t_tw = INF
             self._close()
             return
+        rack = self.rack
+        if rack is not None and (now >= rack.t_reo or now >= rack.t_pto):
+            rack.on_timer(self, now)  # before the RTO: a probe due with it puts it off
         if now >= self._t_rtx:
             self._t_rtx = INF
             self._on_rto(now)
@@ -631,10 +644,12 @@ class TcpConnection:
         # A receiver that closed its window is alive (Linux tcp_retransmit_timer).
         if not (self.snd_wnd == 0 and now - self._last_rx < cfg.rto_max):
             if self._retries == 0:
-                self._rtx_since = now - self.rto.rto
+                rack = self.rack
+                # when the oldest data went out: known with RACK's records, else the RTO's estimate
+                self._rtx_since = rack.segs[0].first if rack is not None and rack.segs else now - self.rto.rto
             self._retries += 1
             if self._retries > cfg.max_retries or (
-                    cfg.user_timeout and now - self._rtx_since >= cfg.user_timeout):
+                    cfg.user_timeout and now - self._rtx_since >= cfg.user_timeout - 1e-6):
                 self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
                 return
         self.stats.rto_timeouts += 1
@@ -650,6 +665,13 @@ class TcpConnection:
         self._force_rtx = True
         self._rtt_seq = None
         self._t_rtx = now + self.rto.rto
+        if cfg.user_timeout:
+            # no later than the user timeout (Linux's tcp_clamp_rto_to_user_timeout)
+            left = self._rtx_since + cfg.user_timeout - now
+            if left < self.rto.rto:
+                self._t_rtx = now + (left if left > 0.001 else 0.001)
+        if self.rack is not None:
+            self.rack.on_rto(self.sb)
 
     def _on_persist(self, now: float) -> None:
         if self.snd_wnd or not self._has_unsent():
@@ -691,6 +713,8 @@ class TcpConnection:
     def _close(self) -> None:
         self.state = CLOSED
         self._t_rtx = self._t_delack = self._t_ka = self._t_tw = self._t_persist = INF
+        if self.rack is not None:
+            self.rack.stop()
         self._syn_pending = self._ack_now = self._probe_now = False
         self.events |= EV_CLOSED | EV_READABLE | EV_WRITABLE
 
@@ -704,6 +728,8 @@ class TcpConnection:
         self.state = TIME_WAIT
         self._t_rtx = self._t_delack = self._t_ka = self._t_persist = INF
         self._t_tw = now + self.cfg.time_wait
+        if self.rack is not None:
+            self.rack.stop()
 
     def _on_rst(self) -> None:
         st = self.state
@@ -765,6 +791,7 @@ class TcpConnection:
         else:
             self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = cfg.sack and seg.sack_ok
+        self.rack = Rack(cfg.tlp) if self.sack_ok and cfg.rack else None
         self.ts_ok = cfg.timestamps and seg.tsval is not None
         self.mss = base - (12 if self.ts_ok else 0)
         self._size_segments()
@@ -915,12 +942,18 @@ class TcpConnection:
             stats.bad_segments += 1
             self._challenge_ack(now)  # RFC 5961 §5.2
             return
+        prev_rx = self._last_rx
         self._last_rx = now
         self._ka_probes = 0
         self._probes = 0
         w = seg.window << self.snd_wscale
+        rack = self.rack
+        if rack is not None and (self.snd_nxt > una or seg.sacks is not None):
+            rack.begin_ack(self, seg.tsecr)
+        else:
+            rack = None  # nothing of ours in flight: nothing for RACK to learn (a pure receiver)
         if seg.sacks is not None and self.sack_ok:
-            self._rx_sacks(seg.sacks)
+            self._rx_sacks(seg.sacks, now)
         if a > una:
             self._ack_new(seg, a, now)
         elif (a == una and not plen and not fl & FIN and self.snd_nxt > una
@@ -929,11 +962,13 @@ class TcpConnection:
             stats.dup_acks += 1
             rec = self._recovery
             if rec == _OPEN:
-                if self._dupacks >= self.cfg.dupthresh:
+                if self._dupacks >= self.cfg.dupthresh and rack is None:
                     self._enter_recovery(now)
             elif rec == _FAST and not self.sack_ok:
                 self._dupack_est += self.mss
-        if (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
+        if rack is not None:
+            rack.end_ack(self, now)  # RACK replaces the duplicate-ACK threshold (RFC 8985 §6)
+        elif (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
                 and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
             self._enter_recovery(now)
         if fl & ECE and self.ecn_ok and self._recovery == _OPEN and self.snd_una > self._ecn_high:
@@ -967,6 +1002,8 @@ class TcpConnection:
                 if r >= 0:
                     rr = self._rcv_rtt
                     self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
+                    if self.snd_nxt <= self.snd_una:
+                        self._rx_rtt_sample(seg.tsecr, r / 1000.0, plen, now - prev_rx)
         elif plen or fl & FIN:
             # Retransmitted data or FIN after the peer's FIN: re-ACK it.
             self._ack_now = True
@@ -987,19 +1024,56 @@ class TcpConnection:
         a = unwrap(seg.ack, self.iss, una)
         return a <= una and (self.ts_recent - tsval) & MASK <= self.rto.rto * 1000
 
-    def _rx_sacks(self, sacks) -> None:
+    def _rx_rtt_sample(self, tsecr: int, r: float, plen: int, gap: float) -> None:
+        """A pure receiver times the data it gets (Linux's tcp_rcv_rtt_measure_ts).
+
+        With nothing of its own in flight no ACK ever times anything, so the
+        srtt of the handshake (1 s after a retransmitted SYN-ACK) would stay.
+        The TSecr of a full-sized segment echoes the ACK that let it go; one
+        sample per echoed value, and none when the sender was idle (the echo
+        then answers the segment before the pause, and the pause is not RTT).
+        """
+        if tsecr == self._rx_tsecr or plen < self._rcv_mss or gap > r / 2:
+            return
+        self._rx_tsecr = tsecr
+        self.rto.sample(r)
+
+    def _rx_sacks(self, sacks, now: float) -> None:
         una = self.snd_una
         nxt = self.snd_nxt
         base = self.iss
         sb = self.sb
+        rack = self.rack
+        first = True
+        prev = None
         for left, r in sacks:
             lo = unwrap(left, base, una)
             hi = lo + ((r - left) & MASK)
+            if first:
+                first = False
+                prev = (lo, hi)
+                if hi <= una and lo < hi:
+                    prev = None
+                    self._rx_dsack(lo, hi)  # below the cumulative ACK: a duplicate (RFC 2883 §4)
+                    continue
+            elif prev is not None:
+                p, prev = prev, None
+                if lo <= p[0] and p[1] <= hi and p[0] < p[1]:
+                    self._rx_dsack(p[0], p[1])  # the first block inside the second: a duplicate
             if lo <= una or hi > nxt or hi <= lo:
                 continue  # D-SACK, stale or bogus
-            sb.add(lo, hi)
+            if rack is not None:
+                rack.sack(lo, hi, sb, now)
+            else:
+                sb.add(lo, hi)
         if self._recovery == _FAST and sb.ends and sb.ends[-1] > self._lost_limit:
             self._lost_limit = sb.ends[-1]
+
+    def _rx_dsack(self, lo: int, hi: int) -> None:
+        if self.rack is not None:
+            self.rack.dsack(lo, hi)
+        else:
+            self.stats.dsacks += 1
 
     def _ack_new(self, seg: TcpSegment, a: int, now: float) -> None:
         una = self.snd_una
@@ -1023,9 +1097,14 @@ class TcpConnection:
         if una == 0:
             acked -= 1  # the SYN
         sb = self.sb
+        rack = self.rack
+        if rack is not None:
+            rack.cum_ack(a, now)
         if sb.starts and sb.advance(a):
             stats.sack_reneges += 1
             sb.clear()
+            if rack is not None:
+                rack.renege()
         # RTT: timestamps make every ACK of new data a sample; otherwise one timed segment.
         rto = self.rto
         tsecr = seg.tsecr
@@ -1043,7 +1122,7 @@ class TcpConnection:
                 self._recovery = _OPEN
                 self.cc.on_recovery_end(now)
                 self._dupacks = 0
-            else:
+            elif rack is None:
                 # Partial ACK (RFC 6582 §3.2 step 4): the next hole is lost too.
                 if self._high_rxt < a:
                     self._high_rxt = a
@@ -1093,6 +1172,8 @@ class TcpConnection:
         fs = s + plen  # where a FIN would sit
         if s < rcv_nxt:
             cut = rcv_nxt - s
+            if plen and self.sack_ok:
+                self._dsack = (s, s + (cut if cut < plen else plen))  # RFC 2883: report the duplicate
             if cut >= plen:
                 if plen:
                     self.stats.dup_segments += 1
@@ -1197,6 +1278,9 @@ class TcpConnection:
         if st is not SYN_SENT and st is not SYN_RECEIVED and st is not TIME_WAIT:
             if not self.suspended:
                 self._send(now, out)
+            rack = self.rack
+            if rack is not None and rack.rearm:
+                rack.arm_pto(self, now)
             if self.snd_wnd == 0 and self.snd_nxt == self.snd_una and self._has_unsent():
                 if self._t_persist == INF:
                     self._t_persist = now + self._persist_interval()
@@ -1247,9 +1331,9 @@ class TcpConnection:
         win = self._window_field()
         if self.ts_ok:
             opts = _TSOPT.pack(_TS_MARK, (int(now * 1000) + self._ts_off) & MASK, self.ts_recent)
-            if self.sack_ok and self._reasm:
+            if self.sack_ok and (self._reasm or self._dsack):
                 opts += self._sack_option(3)
-        elif self.sack_ok and self._reasm:
+        elif self.sack_ok and (self._reasm or self._dsack):
             opts = self._sack_option(4)
         else:
             opts = b""
@@ -1260,6 +1344,13 @@ class TcpConnection:
     def _sack_option(self, limit: int) -> bytes:
         irs = self.irs
         flat = []
+        d = self._dsack
+        if d is not None:
+            self._dsack = None
+            flat.append((irs + d[0]) & MASK)
+            flat.append((irs + d[1]) & MASK)
+            limit -= 1
+            self.stats.dsacks_sent += 1
         for lo, hi in self._reasm.blocks(limit):
             flat.append((irs + lo) & MASK)
             flat.append((irs + hi) & MASK)
@@ -1298,6 +1389,9 @@ class TcpConnection:
         sb = self.sb
         una = self.snd_una
         v = self.snd_nxt - una - sb.sacked
+        if self.rack is not None:
+            v -= self.rack.lost_bytes  # lost and not yet resent (RFC 6675's pipe, RACK's marks)
+            return v if v > 0 else 0
         rec = self._recovery
         if rec:
             p = self._high_rxt if self._high_rxt > una else una
@@ -1314,7 +1408,16 @@ class TcpConnection:
         cwnd = self.cc.cwnd
         pipe = self._pipe()
         # 1. Loss recovery: resend the holes below the loss limit, lowest first.
-        if self._recovery:
+        rack = self.rack
+        if rack is not None:
+            if rack.tlp_now:
+                rack.probe(self, now, out)
+                pipe = self._pipe()
+            if rack.lost_q:
+                pipe = rack.retransmit(self, now, out, pipe, cwnd)
+                if pipe < 0:
+                    return
+        elif self._recovery:
             sb = self.sb
             while True:
                 una = self.snd_una
@@ -1415,6 +1518,12 @@ class TcpConnection:
         elif self._rtt_seq is None and not self.ts_ok:
             self._rtt_seq = end
             self._rtt_time = now
+        rack = self.rack
+        if rack is not None:
+            if not rtx:
+                rack.sent(start, end, now)
+            if self._recovery == _FAST:
+                rack.prr.out += end - start
         if self._t_rtx == INF:
             self._t_rtx = now + self.rto.rto
         self._last_send = now
