@@ -25,20 +25,25 @@ The program, for each packet at the hook (r6 holds the context, `struct __sk_buf
 Thresholds are probabilities scaled to 2**32 and compared as unsigned 32-bit values (JMP32).
 Each draw is its own `bpf_get_prandom_u32`, so the three are independent; none is seeded, so
 a run is not reproducible packet for packet (memwire's seeded impairment is the deterministic
-one, for tests).
+one, for tests). The verifier refuses unreachable code, so a verdict a program cannot reach
+(no drop, say) is left out.
+
+Where it sits: on the *ingress* hook of the receiving end of a veth (`impair`), with TSO,
+GSO and transmit checksumming off on the sending end (`no_offloads`). The egress hook runs
+before the kernel segments a GSO/TSO super-packet (64 KB from a TCP socket, or from usnetd's
+TAP, which takes TSO frames), and before it fills in a checksum left to the device; the peer's
+ingress sees one checksummed segment per packet, as a wire would deliver it.
 
 Reordering needs a delay, and without netem, fq or etf the kernel has no qdisc that holds a
 packet for a time (a token bucket lets the first packet of an idle class through at once).
-So a held packet goes to a device of its own (`Hold`: an ifb, nothing else on it), where
-a process of ours (`Holder`, forked: not on the measured program's interpreter) reads it
-with an AF_PACKET socket, keeps it for `delay` seconds and sends it out of the impaired
-device with SO_MARK = MARK, which the program lets through. Later packets overtake it: the
-reordering of netem's `delay` with `reorder`, the other way round (the few are late, not
-early). Only IPv4 is held and sent back.
-
-What is impaired: everything the hook sees, which is why the benchmark turns off GSO and TSO
-on the device (`no_offloads`): otherwise a 64 KB TSO super-packet would be one "packet" at
-the egress hook and dropping it would drop forty-odd segments at once.
+So a held packet goes to the ingress of a veth pair of its own (`<dev>h`, its peer `<dev>r`),
+where a process of ours (`Holder`, forked: not on the measured program's interpreter) reads it
+with an AF_PACKET socket, keeps it for `delay` seconds and sends it back out of `<dev>h` with
+SO_MARK = MARK. It arrives at `<dev>r`, whose ingress program (`return_program`) hands it,
+marked, to the ingress of the impaired device, where the impairment lets it through. Later
+packets overtake it: netem's `delay` with `reorder`, the other way round (the few are late,
+not early). Only IPv4 is held and sent back; the mark survives because every hop of this
+detour stays in one namespace (the kernel clears marks only when a packet changes namespace).
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
 
-__all__ = ["BPF_PROG_TYPE_SCHED_CLS", "EGRESS", "INGRESS", "MARK", "HoldPort", "Holder", "Impairment", "Insn",
-           "assemble", "attach", "hold_port", "impair", "impaired_veth", "load", "no_offloads", "program",
-           "threshold"]
+__all__ = ["BPF_PROG_TYPE_SCHED_CLS", "EGRESS", "INGRESS", "MARK", "Holder", "Impairment", "Insn",
+           "assemble", "attach", "hold_socket", "impair", "impaired_veth", "load", "no_offloads", "program",
+           "return_program", "threshold"]
 
 # -- the instruction encoding (linux/bpf.h, linux/bpf_common.h) ---------------------------------------
 
@@ -159,8 +164,8 @@ def program(imp: Impairment, self_ifindex: int, hold_ifindex: int = 0, *, ingres
     """The program of the module docstring for a hook on device `self_ifindex` (a duplicate goes
     back to the same hook: to egress, or with BPF_F_INGRESS to ingress); held packets go to the
     ingress of `hold_ifindex` (0: no reordering)."""
-    if imp.reorder and (not hold_ifindex or ingress):
-        raise ValueError("reordering needs a holding device, and an egress hook (a held packet goes back out)")
+    if imp.reorder and not hold_ifindex:
+        raise ValueError("reordering needs a holding device")
     body: list[Insn | tuple[Insn, str]] = []
 
     def jump(insn: Insn, label: str) -> None:
@@ -206,6 +211,13 @@ def program(imp: Impairment, self_ifindex: int, hold_ifindex: int = 0, *, ingres
         else:
             out.append(item)
     return out
+
+
+def return_program(target_ifindex: int) -> list[Insn]:
+    """The holding pair's way back: a packet the Holder sent (marked) goes to the ingress of
+    the impaired device `target_ifindex`; anything else (the pair's own chatter) is dropped."""
+    return [load_w(2, 1, SKB_MARK), Insn(JMP | JEQ | K, 2, 0, 2, MARK), mov_imm(0, TC_ACT_SHOT), exit_(),
+            mov_imm(1, target_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
 
 
 def assemble(insns: Sequence[Insn]) -> bytes:
@@ -260,14 +272,15 @@ def attach(ifindex: int, fd: int, parent: str, name: str = "usnet_impair") -> No
 
 
 _SIOCETHTOOL = 0x8946
-_ETHTOOL_STSO, _ETHTOOL_SGSO = 0x1F, 0x24
+_ETHTOOL_STXCSUM, _ETHTOOL_STSO, _ETHTOOL_SGSO, _ETHTOOL_SGRO = 0x17, 0x1F, 0x24, 0x2C
 
 
 def no_offloads(ifname: str) -> None:
-    """TSO and GSO off on the device (in the calling thread's namespace), so that its hooks see
-    one packet per segment, as a wire would."""
+    """Transmit checksumming, TSO and GSO off on the device, and GRO (in the calling thread's
+    namespace): what it sends is segmented and checksummed before it leaves, and what it
+    receives is not merged before its ingress hook, so that hook sees what a wire carries."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for cmd in (_ETHTOOL_STSO, _ETHTOOL_SGSO):
+        for cmd in (_ETHTOOL_STXCSUM, _ETHTOOL_STSO, _ETHTOOL_SGSO, _ETHTOOL_SGRO):
             value = ctypes.create_string_buffer(struct.pack("<II", cmd, 0))
             ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(value)).ljust(40, b"\0")
             fcntl.ioctl(s.fileno(), _SIOCETHTOOL, ifreq)
@@ -278,33 +291,25 @@ def no_offloads(ifname: str) -> None:
 ETH_P_ALL = 0x0003
 
 
-@dataclass
-class HoldPort:
-    """One impaired hook's holding: frames read from the ifb `hold` are sent out of `out` after the delay."""
-
-    recv: socket.socket  # AF_PACKET on the holding device
-    send: socket.socket  # AF_PACKET on the impaired device, SO_MARK = MARK
-
-
-def hold_port(hold_ifname: str, out_ifname: str) -> HoldPort:
-    """The two packet sockets of a holding (in the calling thread's namespace: both devices are there)."""
-    r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    r.bind((hold_ifname, ETH_P_ALL))
-    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    r.setblocking(False)
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+def hold_socket(hold_ifname: str) -> socket.socket:
+    """The Holder's AF_PACKET socket on the holding device (made in the calling thread's
+    namespace): it reads what the impairment held and sends it back, marked, after the delay."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((hold_ifname, ETH_P_ALL))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
-    s.bind((out_ifname, 0))
-    return HoldPort(r, s)
+    s.setblocking(False)
+    return s
 
 
 class Holder:
     """A forked process that keeps each frame arriving on a holding device for `delay` seconds,
-    then sends it out of the impaired device (see the module docstring). Stopped by `close`
-    (its pipe closes; it exits)."""
+    then sends it back (see the module docstring). Stopped by `close` (its pipe closes; it exits).
 
-    def __init__(self, ports: list[HoldPort], delay: float) -> None:
-        self.ports, self.delay = ports, delay
+    A process, not a thread: the benchmark's usnet sender runs in the parent's interpreter."""
+
+    def __init__(self, socks: list[socket.socket], delay: float) -> None:
+        self.socks, self.delay = socks, delay
         r, w = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:
@@ -318,15 +323,14 @@ class Holder:
                 os._exit(code)
         os.close(r)
         self._stop = w
-        for p in ports:  # the child has its own copies
-            p.recv.close()
-            p.send.close()
+        for s in socks:  # the child has its own copies
+            s.close()
 
     def _run(self, stop: int) -> None:
         """Read what arrived, send what is due; sleep until the next is due or a frame arrives."""
         heap: list[tuple[float, int, int, bytes]] = []
         seq = 0
-        fds = {p.recv.fileno(): i for i, p in enumerate(self.ports)}
+        fds = {s.fileno(): i for i, s in enumerate(self.socks)}
         while True:
             timeout = max(0.0, heap[0][0] - time.monotonic()) if heap else None
             ready, _, _ = select.select([stop, *fds], [], [], timeout)
@@ -334,22 +338,22 @@ class Holder:
                 return
             now = time.monotonic()
             for fd in ready:
-                port = fds[fd]
-                sock = self.ports[port].recv
+                i = fds[fd]
+                sock = self.socks[i]
                 for _ in range(256):  # bounded: what arrived meanwhile waits for the next round
                     try:
                         frame, addr = sock.recvfrom(65536)
                     except BlockingIOError:
                         break
                     if addr[2] == socket.PACKET_OUTGOING or frame[12:14] != b"\x08\x00":
-                        continue  # only IPv4 is held; the holding device's own chatter is not
-                    heapq.heappush(heap, (now + self.delay, seq, port, frame))
+                        continue  # our own sends, and the holding device's own chatter
+                    heapq.heappush(heap, (now + self.delay, seq, i, frame))
                     seq += 1
             now = time.monotonic()
             while heap and heap[0][0] <= now:
-                _, _, port, frame = heapq.heappop(heap)
+                _, _, i, frame = heapq.heappop(heap)
                 with contextlib.suppress(OSError):  # a full queue drops, as a wire would
-                    self.ports[port].send.send(frame)
+                    self.socks[i].send(frame)
 
     def close(self) -> None:
         if self._stop >= 0:
@@ -364,35 +368,42 @@ class Holder:
         self.close()
 
 
-def impair(ifname: str, imp: Impairment, parent: str = EGRESS, hold_ifname: str | None = None) -> None:
-    """Put the impairment on `ifname`'s hook `parent` (in the calling thread's namespace);
-    `hold_ifname` (an ifb made here if missing) receives the held packets."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        (idx,) = ipr.link_lookup(ifname=ifname)
-        hold = 0
-        if imp.reorder:
-            if hold_ifname is None:
-                raise ValueError("reordering needs a holding device name")
-            if not ipr.link_lookup(ifname=hold_ifname):
-                ipr.link("add", ifname=hold_ifname, kind="ifb")
-            (hold,) = ipr.link_lookup(ifname=hold_ifname)
-            ipr.link("set", index=hold, state="up")
-    fd = load(program(imp, idx, hold, ingress=parent == INGRESS))
+def _load_attach(ifindex: int, insns: list[Insn], parent: str) -> None:
+    fd = load(insns)
     try:
-        attach(idx, fd, parent)
+        attach(ifindex, fd, parent)
     finally:
         os.close(fd)
 
 
+def impair(ifname: str, imp: Impairment) -> socket.socket | None:
+    """Put the impairment on `ifname`'s ingress (in the calling thread's namespace); when it
+    reorders, make its holding pair `<ifname>h`/`<ifname>r` and return the Holder's socket."""
+    from pyroute2 import IPRoute
+
+    hold_name, back_name = f"{ifname}h", f"{ifname}r"
+    with IPRoute() as ipr:
+        (idx,) = ipr.link_lookup(ifname=ifname)
+        hold = back = 0
+        if imp.reorder:
+            ipr.link("add", ifname=hold_name, kind="veth", peer=back_name)
+            (hold,) = ipr.link_lookup(ifname=hold_name)
+            (back,) = ipr.link_lookup(ifname=back_name)
+            for i in (hold, back):
+                ipr.link("set", index=i, state="up")
+    if imp.reorder:
+        _load_attach(back, return_program(idx), INGRESS)
+    _load_attach(idx, program(imp, idx, hold, ingress=True), INGRESS)
+    return hold_socket(hold_name) if imp.reorder else None
+
+
 @contextlib.contextmanager
-def holding(ports: list[HoldPort], delay: float) -> Iterator[Holder | None]:
-    """A Holder for `ports` for the block (None when nothing is held)."""
-    if not ports:
+def holding(socks: list[socket.socket], delay: float) -> Iterator[Holder | None]:
+    """A Holder for `socks` for the block (None when nothing is held)."""
+    if not socks:
         yield None
         return
-    with Holder(ports, delay) as h:
+    with Holder(socks, delay) as h:
         yield h
 
 
@@ -400,7 +411,7 @@ def holding(ports: list[HoldPort], delay: float) -> Iterator[Holder | None]:
 def impaired_veth(near: NetNs, far: NetNs, near_cidr: str, far_cidr: str, imp: Impairment,
                   delay: float = 0.002, names: tuple[str, str] = ("lossa", "lossb")) -> Iterator[None]:
     """A veth from namespace `near` (address `near_cidr`) to `far` (`far_cidr`), impaired alike
-    on both egress hooks (data and ACKs each way), offloads off, with the Holder of its held
+    at both ends' ingress (data and ACKs each way), offloads off, with the Holder of its held
     packets running for the block. The devices go with their namespaces; the Holder is stopped here."""
     from pyroute2 import IPRoute
 
@@ -412,18 +423,17 @@ def impaired_veth(near: NetNs, far: NetNs, near_cidr: str, far_cidr: str, imp: I
             (ib,) = ipr.link_lookup(ifname=b)
             ipr.link("set", index=ib, net_ns_fd=far.name)
 
-    def setup(ifname: str, cidr: str) -> HoldPort | None:
+    def setup(ifname: str, cidr: str) -> socket.socket | None:
         addr, _, plen = cidr.partition("/")
         with IPRoute() as ipr:
             (idx,) = ipr.link_lookup(ifname=ifname)
             ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
             ipr.link("set", index=idx, state="up")
         no_offloads(ifname)
-        impair(ifname, imp, EGRESS, f"{ifname}h")
-        return hold_port(f"{ifname}h", ifname) if imp.reorder else None
+        return impair(ifname, imp)
 
     near.call(make)
-    ports = [p for p in (near.call(lambda: setup(a, near_cidr)), far.call(lambda: setup(b, far_cidr)))
-             if p is not None]
-    with holding(ports, delay):
+    socks = [s for s in (near.call(lambda: setup(a, near_cidr)), far.call(lambda: setup(b, far_cidr)))
+             if s is not None]
+    with holding(socks, delay):
         yield
