@@ -114,6 +114,38 @@ def _show_http(result: dict, out: Console) -> None:
         out.print("[red]wrk saw errors:[/red] " + "; ".join(bad))
 
 
+def _measure_lossy(args: argparse.Namespace, console: Console) -> dict | None:
+    from usnet.bench import lossy, tap
+
+    if not tap.available():
+        print("usnet bench lossy needs root and /dev/net/tun (it makes a TAP, a veth and namespaces)",
+              file=sys.stderr)
+        return None
+    with console.status("bench lossy") as status:
+        return lossy.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_lossy(result: dict, out: Console) -> None:
+    imp = result["impairment"]
+    table = Table(title=f"usnet bench lossy: {result['bytes'] // 1_000_000} MB each way "
+                        f"(median of {result['rounds']}) over one veth that drops "
+                        f"{imp['drop']:.0%}, duplicates {imp['duplicate']:.0%} and holds back "
+                        f"{imp['reorder']:.0%} for {imp['reorder_delay_ms']:g} ms (tc BPF, both ways); "
+                        f"usnet through its TAP, the kernel between the veth's namespaces")
+    for col in ("direction", "MB/s", "sender's RTOs", "RTOs per 20 MB", "retransmitted segments"):
+        table.add_column(col, justify="right")
+    from usnet.bench.lossy import LABELS
+
+    for r in result["results"]:
+        table.add_row(LABELS[r["test"]], f"{r['MBps']:,.1f}", str(r["rto"]), f"{r['rto_per_20MB']:.1f}",
+                      f"{r['retrans']:,}")
+    out.print(table)
+    t = result["target"]
+    out.print(f"usnet/kernel throughput: sending {result['ratio_tx']:.2f}, receiving {result['ratio_rx']:.2f}")
+    out.print(f"target: usnet ≥ {t['ratio']:g}× the kernel's throughput each way and ≤ {t['rto_per_20MB']:g} RTO "
+              f"per 20 MB as a sender: {'met' if t['met'] else 'not met'}")
+
+
 def _measure_pipe(args: argparse.Namespace, console: Console) -> dict:
     from usnet.bench.report import run_pipe_bench
 
@@ -183,7 +215,7 @@ def _show_rxmit(result: dict, out: Console) -> None:
 
 _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp),
             "http": (_measure_http, _show_http), "lowlat": (_measure_lowlat, _show_lowlat),
-            "rxmit": (_measure_rxmit, _show_rxmit)}
+            "rxmit": (_measure_rxmit, _show_rxmit), "lossy": (_measure_lossy, _show_lossy)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -490,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit", "lossy"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
