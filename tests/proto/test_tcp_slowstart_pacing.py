@@ -227,7 +227,7 @@ def test_pacing_spreads_bursts_so_a_shallow_queue_drops_far_fewer():
 def test_a_paced_connection_wakes_for_its_next_burst():
     """Sans-I/O: held data is one more deadline in timeout(), and nothing leaves before it."""
     net = WireNet(rate_bps=0.0, delay=0.010)
-    c, s = net.pair()
+    c, _ = net.pair()
     assert c.pacer is not None and c.stats.srtt is not None
     c.send(bytes(200_000))
     first = c.outgoing(net.now)

@@ -15,8 +15,15 @@ paces for it:
   below half of ssthresh (slow start: the window will double within the
   RTT, so the rate must run ahead of it) and 120 % otherwise;
 * a burst (Linux: one TSO packet) of about 1 ms worth at that rate, at
-  least two segments and at most 64 KB, may leave at once; after it the
-  next may leave ``burst / rate`` later.
+  least two segments and at most 64 KB, may leave at once.
+
+Linux stamps each packet with its departure time; here the same schedule is
+a token bucket of one burst: credit accrues at the rate, a send may start
+while there is credit (a whole segment leaves even if it overdraws it), and
+held data waits until half a burst has accrued. Small writes at one instant
+(TCP_NODELAY) therefore pass as the bucket allows instead of each waiting
+a few microseconds, and a wake-up that comes late (the scheduler's slack)
+loses no rate as long as it is late by less than half a burst.
 
 No RTT estimate yet (the handshake's first data): no pacing, as Linux.
 
@@ -38,17 +45,19 @@ _BURST_TIME = 1 / 1024  # Linux: sk_pacing_shift 10, about a millisecond worth
 
 
 class Pacer:
-    """The pacing rate and the earliest time the next burst may leave."""
+    """The pacing rate and the credit of bytes that may leave now."""
 
-    __slots__ = ("ss_ratio", "ca_ratio", "rate", "next_time", "holds", "held")
+    __slots__ = ("ss_ratio", "ca_ratio", "rate", "credit", "stamp", "next_time", "holds", "held")
 
     def __init__(self, ss_ratio: int = 200, ca_ratio: int = 120) -> None:
         self.ss_ratio = ss_ratio  # percent, as net.ipv4.tcp_pacing_ss_ratio
         self.ca_ratio = ca_ratio  # percent, as net.ipv4.tcp_pacing_ca_ratio
         self.rate = 0.0  # bytes per second; 0: not paced (no RTT yet)
-        self.next_time = 0.0
+        self.credit = 0.0  # bytes that may leave now; negative: overdrawn by the last segment
+        self.stamp = 0.0  # when `credit` was last brought up to date
+        self.next_time = 0.0  # when held data may go (valid while `held`)
         self.holds = 0  # times new data was held back to keep the rate (for TcpStats)
-        self.held = False  # the last send stopped for the rate: a timer runs the schedule
+        self.held = False
 
     def update(self, cwnd: int, ssthresh: int, flight: int, srtt: float | None) -> float:
         """Recompute the rate from the window (Linux tcp_update_pacing_rate); returns it."""
@@ -68,27 +77,32 @@ class Pacer:
         return b if b > 2 * mss else 2 * mss
 
     def begin(self, now: float, mss: int) -> int:
-        """Bytes that may leave now: a burst, or 0 before ``next_time``, or `UNPACED`."""
-        if not self.rate:
+        """Bytes that may leave now (a segment may overdraw them), 0 if none, or `UNPACED`."""
+        rate = self.rate
+        if not rate:
             return UNPACED
-        if now < self.next_time:
-            return 0
-        return self.burst(mss)
+        c = self.credit + (now - self.stamp) * rate
+        cap = self.burst(mss)
+        self.credit = c = c if c < cap else cap
+        self.stamp = now
+        return int(c) if c >= 1 else 0
 
     def end(self, now: float, sent: int, mss: int, held: bool) -> None:
-        """``sent`` bytes (new and retransmitted) left at ``now``: push ``next_time`` on.
+        """``sent`` bytes (new and retransmitted) left at ``now``; ``held``: new data waits.
 
-        ``held``: new data waits for ``next_time``. A wake-up by that timer
-        which comes late (the scheduler's slack) may catch up at most one
-        burst, so lateness does not lower the rate; any other send (after
-        idle, or when the window had been full) starts the schedule at
-        ``now``, so no larger burst is saved up.
+        Held data waits until half a burst (at least a segment) has accrued:
+        `next_time`, which the connection makes a timer deadline.
         """
         rate = self.rate
-        if sent and rate:
-            floor = now - self.burst(mss) / rate if self.held else now
-            t = self.next_time
-            self.next_time = (t if t > floor else floor) + sent / rate
-        if held and not self.held:
-            self.holds += 1
+        if not rate:
+            self.held = False
+            return
+        self.credit -= sent
+        if held:
+            want = self.burst(mss) >> 1
+            if want < mss:
+                want = mss
+            self.next_time = now + (want - self.credit) / rate
+            if not self.held:
+                self.holds += 1
         self.held = held
