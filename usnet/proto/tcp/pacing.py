@@ -15,7 +15,11 @@ paces for it:
   below half of ssthresh (slow start: the window will double within the
   RTT, so the rate must run ahead of it) and 120 % otherwise;
 * a burst (Linux: one TSO packet) of about 1 ms worth at that rate, at
-  least two segments and at most 64 KB, may leave at once.
+  least two segments, may leave at once. Linux caps a TSO packet at 64 KB
+  and sends the next one len/rate later, with a timer precise to
+  microseconds; a Python stack wakes about once a millisecond at best, so
+  the burst here is the 1 ms worth itself, uncapped: a cap below it would
+  make the scheduler's wake-up rate, not the pacing rate, the limit.
 
 Linux stamps each packet with its departure time; here the same schedule is
 a token bucket of one burst: credit accrues at the rate, a send may start
@@ -40,7 +44,6 @@ from __future__ import annotations
 __all__ = ["UNPACED", "Pacer"]
 
 UNPACED = 1 << 62  # "as much as the window allows"
-_MAX_BURST = 65536  # GSO/TSO's ceiling in Linux
 _BURST_TIME = 1 / 1024  # Linux: sk_pacing_shift 10, about a millisecond worth
 
 
@@ -70,10 +73,8 @@ class Pacer:
         return self.rate
 
     def burst(self, mss: int) -> int:
-        """Bytes one burst may hold: ~1 ms at the rate, two segments at least, 64 KB at most."""
+        """Bytes one burst may hold: ~1 ms at the rate, two segments at least."""
         b = int(self.rate * _BURST_TIME)
-        if b > _MAX_BURST:
-            b = _MAX_BURST
         return b if b > 2 * mss else 2 * mss
 
     def begin(self, now: float, mss: int) -> int:
