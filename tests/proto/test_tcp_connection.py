@@ -734,7 +734,9 @@ def test_zero_window_persist_probes_and_lost_window_update():
     pump = Pump(net, c, data, fin=False)
     net.apps.append(pump)
     net.run(lambda: c.stats.window_probes >= 4, limit=30)
-    assert c.snd_wnd == 0 and s.rcv_window == 0 and 16384 <= s.rcv_queued < 16384 + 128
+    # Never shrinking a scaled window rounds its edge up (as Linux ALIGNs the current window), up
+    # to 127 bytes an ACK; paced segments draw more ACKs, so less than a segment more may fit.
+    assert c.snd_wnd == 0 and s.rcv_window == 0 and 16384 <= s.rcv_queued < 16384 + c.mss
     probes = [t for t, x in net.sent_by(A, lambda x: pure_ack(x) and x.seq == wire_ack(c, c.snd_una - 1))]
     gaps = [b - a for a, b in zip(probes, probes[1:])]
     assert all(g2 > g1 * 1.5 for g1, g2 in zip(gaps, gaps[1:]))  # persist back-off

@@ -4,6 +4,14 @@ For tests and the demo: a link whose behaviour is seeded and reproducible.
 Rate is serialisation (a frame of n bytes occupies the link n*8/rate s),
 delay and jitter are propagation, and loss, duplication and reordering are
 drawn from one seeded random generator per direction.
+
+Two different limits bound what a direction holds. ``queue_limit`` is the
+memory of the wire (every frame in flight, propagating or not): past it the
+sender keeps its frames, as a full device ring pushes back. ``bottleneck``
+is a router's queue in front of a rate-limited link: frames still waiting
+for the transmitter (serialisation not finished); past it a frame is tail
+dropped and counted in ``tail_drops``, the deep or shallow buffer TCP's
+slow start and pacing are judged against. Its default, 0, is no such queue.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import heapq
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from usnet.drivers import block
@@ -30,6 +39,7 @@ class _Direction:
         self.frames = 0  # in the heap, counting each frame of a FrameBlock
         self.seq = 0
         self.link_free = 0.0  # when the transmitter finishes the last frame
+        self.backlog: deque[float] = deque()  # departure times of frames queued at the bottleneck
 
 
 class MemWirePort:
@@ -92,13 +102,14 @@ class MemWire:
         seed: int = 1,
         mtu: int = 1500,
         queue_limit: int = 10_000,
+        bottleneck: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         for name, p in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability, got {p}")
-        if rate_bps < 0 or delay < 0 or jitter < 0:
-            raise ValueError("rate, delay and jitter must not be negative")
+        if rate_bps < 0 or delay < 0 or jitter < 0 or bottleneck < 0:
+            raise ValueError("rate, delay, jitter and bottleneck must not be negative")
         self.rate_bps = rate_bps
         self.delay = delay
         self.jitter = jitter
@@ -107,12 +118,14 @@ class MemWire:
         self.reorder = reorder
         self.mtu = mtu
         self.queue_limit = queue_limit
+        self.bottleneck = bottleneck  # frames waiting for a rate-limited transmitter; 0: unbounded
         self.clock = clock
         self._dir = [_Direction(seed), _Direction(seed + 1)]  # index: receiving side
         self.a = MemWirePort(self, 0, "memwire-a")
         self.b = MemWirePort(self, 1, "memwire-b")
         self.ports = (self.a, self.b)
-        self.dropped = 0
+        self.dropped = 0  # random loss
+        self.tail_drops = 0  # frames that found the bottleneck queue full
 
     def _send(self, side: int, frames: Sequence[Frame]) -> int:
         src = self.ports[side]
@@ -172,8 +185,17 @@ class MemWire:
                 continue
             copies = 2 if self.duplicate and rng.random() < self.duplicate else 1
             if self.rate_bps:
+                if self.bottleneck:
+                    q = d.backlog
+                    while q and q[0] <= now:
+                        q.popleft()
+                    if len(q) >= self.bottleneck:
+                        self.tail_drops += 1  # a router's tail drop: the sender never hears of it
+                        continue
                 d.link_free = max(d.link_free, now) + n * 8 / self.rate_bps
                 depart = d.link_free
+                if self.bottleneck:
+                    d.backlog.append(depart)
             else:
                 depart = now
             for _ in range(copies):

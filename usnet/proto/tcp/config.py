@@ -91,6 +91,13 @@ class TcpConfig:
     time_wait: float = 60.0  # 2*MSL
     congestion: str = "cubic"
     initial_cwnd: int = 10  # segments
+    # HyStart++ (RFC 9406): the initial slow start ends when the RTT rises, not only on loss
+    hystart: bool = True
+    # Linux's internal pacing: new data leaves at (cwnd / srtt) x pacing_ss_ratio % in slow start
+    # (cwnd below half of ssthresh), x pacing_ca_ratio % after, in bursts of about 1 ms
+    pacing: bool = True
+    pacing_ss_ratio: int = 200
+    pacing_ca_ratio: int = 120
     sack: bool = True
     timestamps: bool = True
     window_scaling: bool = True
@@ -174,10 +181,42 @@ class TcpStats:
     def ssthresh(self) -> int:
         return self._c.cc.ssthresh
 
+    @property
+    def pacing_rate(self) -> int:
+        """Bytes per second new data is paced at (Linux's tcpi_pacing_rate); 0: not paced."""
+        p = self._c.pacer
+        return int(p.rate) if p is not None else 0
+
+    @property
+    def pacing_holds(self) -> int:
+        """Times new data waited for the pacing rate."""
+        p = self._c.pacer
+        return p.holds if p is not None else 0
+
+    @property
+    def hystart_exits(self) -> int:
+        """1 if HyStart++ ended the initial slow start on rising delay (RFC 9406)."""
+        h = self._c.cc.hystart
+        return h.exits if h is not None else 0
+
+    @property
+    def css_entries(self) -> int:
+        """Times HyStart++'s delay test sent slow start into Conservative Slow Start."""
+        h = self._c.cc.hystart
+        return h.css_entries if h is not None else 0
+
+    @property
+    def css_rounds(self) -> int:
+        """Rounds spent in Conservative Slow Start."""
+        h = self._c.cc.hystart
+        return h.css_rounds if h is not None else 0
+
     def as_dict(self) -> dict:
         d = {n: getattr(self, n) for n in self.__slots__[1:]}
         d.update(srtt=self.srtt, rttvar=self.rttvar, rto=self.rto, cwnd=self.cwnd,
-                 ssthresh=self.ssthresh)
+                 ssthresh=self.ssthresh, pacing_rate=self.pacing_rate, pacing_holds=self.pacing_holds,
+                 hystart_exits=self.hystart_exits, css_entries=self.css_entries,
+                 css_rounds=self.css_rounds)
         return d
 
     def __repr__(self) -> str:

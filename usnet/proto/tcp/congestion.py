@@ -12,9 +12,16 @@ windows are in bytes.
 Growth happens only while the sender is using its window (``flight`` at
 least half of ``cwnd``): an application-limited sender must not build up a
 window it has never tested (RFC 7661's concern, in its simplest form).
+
+The initial slow start of either algorithm ends on rising delay as well as
+on loss: HyStart++ (RFC 9406, usnet.proto.tcp.hystart) watches each round's
+minimum RTT (`hystart_ack`) and slows the growth to a quarter, then leaves
+for congestion avoidance, before a deep buffer fills.
 """
 
 from __future__ import annotations
+
+from usnet.proto.tcp.hystart import CSS, HyStart
 
 __all__ = ["CongestionControl", "Cubic", "NewReno", "make_congestion"]
 
@@ -25,10 +32,11 @@ class CongestionControl:
     """Slow start and the shared state; subclasses define the loss responses and avoidance."""
 
     name = "base"
-    __slots__ = ("mss", "cwnd", "ssthresh", "initial_window")
+    __slots__ = ("mss", "cwnd", "ssthresh", "initial_window", "hystart")
 
-    def __init__(self, mss: int, initial_segments: int = 10) -> None:
+    def __init__(self, mss: int, initial_segments: int = 10, hystart: bool = True) -> None:
         self.mss = mss
+        self.hystart: HyStart | None = HyStart() if hystart else None
         # RFC 6928: min(10*MSS, max(2*MSS, 14600)) for 10 segments.
         iw = min(initial_segments * mss, max(2 * mss, 14600)) if initial_segments >= 10 else (
             initial_segments * mss)
@@ -38,7 +46,24 @@ class CongestionControl:
 
     def set_mss(self, mss: int, initial_segments: int = 10) -> None:
         """Re-derive the initial window when the MSS is learnt (before any data flows)."""
+        hs = self.hystart
         self.__init__(mss, initial_segments)  # type: ignore[misc]
+        self.hystart = hs
+
+    def hystart_ack(self, ack: int, snd_nxt: int, rtt: float | None) -> None:
+        """Every ACK of new data, with its RTT sample if it gave one: HyStart++'s rounds.
+
+        Only the initial slow start (``ssthresh`` still unset): a loss or an
+        ECN mark sets ``ssthresh`` and ends HyStart++'s say for good, as the
+        RFC recommends.
+        """
+        hs = self.hystart
+        if hs is None:
+            return
+        if self.ssthresh < _INFINITE:
+            hs.stop()
+        elif hs.on_ack(ack, snd_nxt, rtt):
+            self.ssthresh = self.cwnd  # RFC 9406 section 4.2: on to congestion avoidance
 
     def on_ack(self, acked: int, rtt: float | None, now: float, flight: int) -> None:
         """New data acked outside fast recovery; ``flight`` is what was out before the ACK."""
@@ -46,6 +71,10 @@ class CongestionControl:
             return  # application-limited
         cwnd = self.cwnd
         if cwnd < self.ssthresh:
+            hs = self.hystart
+            if hs is not None and hs.phase == CSS:
+                self.cwnd = cwnd + hs.growth(acked)  # conservative slow start: a quarter
+                return
             # Slow start, byte counting as Linux does (one MSS per MSS acked).
             room = self.ssthresh - cwnd
             if acked <= room:
@@ -79,6 +108,8 @@ class CongestionControl:
         """RFC 5681 §4.1: after an idle period longer than the RTO, start from the initial window."""
         if self.cwnd > self.initial_window:
             self.cwnd = self.initial_window
+        if self.hystart is not None:
+            self.hystart.restart()
 
 
 class NewReno(CongestionControl):
@@ -87,8 +118,8 @@ class NewReno(CongestionControl):
     name = "newreno"
     __slots__ = ("_acc",)
 
-    def __init__(self, mss: int, initial_segments: int = 10) -> None:
-        super().__init__(mss, initial_segments)
+    def __init__(self, mss: int, initial_segments: int = 10, hystart: bool = True) -> None:
+        super().__init__(mss, initial_segments, hystart)
         self._acc = 0
 
     def _avoid(self, acked: int, rtt: float | None, now: float) -> None:
@@ -125,8 +156,10 @@ class Cubic(CongestionControl):
     ALPHA = 3 * (1 - BETA) / (1 + BETA)
     __slots__ = ("w_max", "k", "epoch", "origin", "w_est", "_rem", "fast_convergence")
 
-    def __init__(self, mss: int, initial_segments: int = 10, fast_convergence: bool = True) -> None:
-        super().__init__(mss, initial_segments)
+    def __init__(
+        self, mss: int, initial_segments: int = 10, hystart: bool = True, fast_convergence: bool = True,
+    ) -> None:
+        super().__init__(mss, initial_segments, hystart)
         self.w_max = 0.0
         self.k = 0.0
         self.epoch: float | None = None
@@ -188,11 +221,13 @@ class Cubic(CongestionControl):
             self.cwnd += whole
 
 
-def make_congestion(name: str, mss: int, initial_segments: int = 10) -> CongestionControl:
-    """``"cubic"`` or ``"newreno"`` (``"reno"`` accepted)."""
+def make_congestion(
+    name: str, mss: int, initial_segments: int = 10, hystart: bool = True,
+) -> CongestionControl:
+    """``"cubic"`` or ``"newreno"`` (``"reno"`` accepted); ``hystart``: HyStart++ in slow start."""
     key = name.lower()
     if key == "cubic":
-        return Cubic(mss, initial_segments)
+        return Cubic(mss, initial_segments, hystart)
     if key in ("newreno", "reno"):
-        return NewReno(mss, initial_segments)
+        return NewReno(mss, initial_segments, hystart)
     raise ValueError(f"unknown congestion control {name!r}")

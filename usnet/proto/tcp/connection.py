@@ -31,7 +31,10 @@ What is implemented, and where the RFC allows a choice, which one:
   (usnet.proto.tcp.scoreboard) so SACKed data is never resent; without
   SACK, NewReno partial-ACK retransmission (RFC 6582). After an RTO, every
   unSACKed byte is lost and is resent under slow start. Window arithmetic
-  is pluggable: NewReno or CUBIC (usnet.proto.tcp.congestion).
+  is pluggable: NewReno or CUBIC (usnet.proto.tcp.congestion), whose initial
+  slow start ends on rising delay (HyStart++, usnet.proto.tcp.hystart).
+* Pacing of new data at a rate derived from cwnd/srtt, as Linux's internal
+  pacing (usnet.proto.tcp.pacing): a held send is one more timer deadline.
 * RFC 7323 window scaling and timestamps (RTT on every ACK of new data,
   PAWS); RFC 2018 SACK blocks for out-of-order data, most recent first.
 * RFC 5961: an in-window RST not exactly at RCV.NXT, any SYN in a
@@ -86,6 +89,7 @@ from usnet.proto.tcp.config import (
     TcpStats,
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion
+from usnet.proto.tcp.pacing import UNPACED, Pacer
 from usnet.proto.tcp.rack import Rack
 from usnet.proto.tcp.reassembly import Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
@@ -171,6 +175,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
+        "pacer", "_t_pace", "_pace_left", "_pace_held",
     )
 
     def __init__(
@@ -212,7 +217,11 @@ class TcpConnection:
         self._mss_base = mss  # min(ours, peer's), before options
         self.mss = mss  # payload of a full-sized segment with our usual options
         self.max_segment = mss  # the most payload in one segment we build (`_size_segments`)
-        self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd)
+        self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd, cfg.hystart)
+        self.pacer = Pacer(cfg.pacing_ss_ratio, cfg.pacing_ca_ratio) if cfg.pacing else None
+        self._t_pace = INF  # pacing held new data back until then
+        self._pace_left = UNPACED  # bytes the pacer lets `_send` put out in this call
+        self._pace_held = False  # `_send` stopped for the pacer, not for a window
         self.sb = Scoreboard()
         self.rack: Rack | None = None  # RACK-TLP (usnet.proto.tcp.rack), once SACK is agreed
         self._dsack: tuple[int, int] | None = None  # a duplicate to report in the next SACK option
@@ -580,7 +589,7 @@ class TcpConnection:
     def timeout(self, now: float | None = None) -> float | None:
         """The next deadline (absolute, same clock as ``now``), or None."""
         t = self._t_rtx
-        for x in (self._t_delack, self._t_persist, self._t_ka, self._t_tw):
+        for x in (self._t_delack, self._t_persist, self._t_ka, self._t_tw, self._t_pace):
             if x < t:
                 t = x
         rack = self.rack
@@ -615,6 +624,8 @@ class TcpConnection:
         if now >= self._t_delack:
             self._t_delack = INF
             self._ack_now = True
+        if now >= self._t_pace:
+            self._t_pace = INF  # the next `outgoing` sends the next burst
         if now >= self._t_ka:
             self._t_ka = INF
             self._on_keepalive(now)
@@ -712,7 +723,7 @@ class TcpConnection:
 
     def _close(self) -> None:
         self.state = CLOSED
-        self._t_rtx = self._t_delack = self._t_ka = self._t_tw = self._t_persist = INF
+        self._t_rtx = self._t_delack = self._t_ka = self._t_tw = self._t_persist = self._t_pace = INF
         if self.rack is not None:
             self.rack.stop()
         self._syn_pending = self._ack_now = self._probe_now = False
@@ -726,7 +737,7 @@ class TcpConnection:
 
     def _enter_time_wait(self, now: float) -> None:
         self.state = TIME_WAIT
-        self._t_rtx = self._t_delack = self._t_ka = self._t_persist = INF
+        self._t_rtx = self._t_delack = self._t_ka = self._t_persist = self._t_pace = INF
         self._t_tw = now + self.cfg.time_wait
         if self.rack is not None:
             self.rack.stop()
@@ -1108,13 +1119,17 @@ class TcpConnection:
         # RTT: timestamps make every ACK of new data a sample; otherwise one timed segment.
         rto = self.rto
         tsecr = seg.tsecr
+        rtt = None
         if self.ts_ok and tsecr:
             r = seq_diff(self._ts_now(now), tsecr)
             if r >= 0:
-                rto.sample(r / 1000.0)
+                rtt = r / 1000.0
+                rto.sample(rtt)
         elif self._rtt_seq is not None and a >= self._rtt_seq:
-            rto.sample(now - self._rtt_time)
+            rtt = now - self._rtt_time
+            rto.sample(rtt)
             self._rtt_seq = None
+        self.cc.hystart_ack(a, self.snd_nxt, rtt)
         self._retries = 0
         rec = self._recovery
         if rec == _FAST:
@@ -1277,7 +1292,11 @@ class TcpConnection:
             return out
         if st is not SYN_SENT and st is not SYN_RECEIVED and st is not TIME_WAIT:
             if not self.suspended:
-                self._send(now, out)
+                pacer = self.pacer
+                if pacer is None:
+                    self._send(now, out)
+                else:
+                    self._paced_send(pacer, now, out)
             rack = self.rack
             if rack is not None and rack.rearm:
                 rack.arm_pto(self, now)
@@ -1294,6 +1313,19 @@ class TcpConnection:
             out.append(self._segment(ACK, self.snd_nxt, b"", now))
         self.stats.segs_out += len(out)
         return out
+
+    def _paced_send(self, pacer: Pacer, now: float, out: list) -> None:
+        """`_send` within what the pacer lets out now; a deadline for the rest (usnet.proto.tcp.pacing)."""
+        mss = self.mss
+        pacer.update(self.cc.cwnd, self.cc.ssthresh, self.snd_nxt - self.snd_una, self.rto.srtt)
+        self._pace_left = pacer.begin(now, mss)
+        before = self.stats.bytes_out
+        self._pace_held = False
+        self._send(now, out)
+        held = self._pace_held
+        pacer.end(now, self.stats.bytes_out - before, mss, held)
+        self._pace_left = UNPACED
+        self._t_pace = pacer.next_time if held else INF
 
     def _has_unsent(self) -> bool:
         return (self._snd_base + len(self._sndbuf) > self.snd_nxt
@@ -1468,6 +1500,13 @@ class TcpConnection:
                 n = room
             if n <= 0:
                 return
+            pace = self._pace_left
+            if n > pace:  # pacing: this much now, the rest at `_t_pace`
+                if pace <= 0:
+                    self._pace_held = True
+                    return
+                if pace >= mss:
+                    n = pace - pace % mss
             in_flight = nxt > self.snd_una
             if n < avail and n < mss:
                 # Window- or cwnd-limited runt: wait for ACKs rather than send a sliver
@@ -1481,6 +1520,7 @@ class TcpConnection:
                 end += 1
             self._emit(out, nxt, end, now, False)
             pipe += n
+            self._pace_left -= n
 
     def _emit(self, out: list, start: int, end: int, now: float, rtx: bool) -> None:
         base = self._snd_base
