@@ -24,12 +24,18 @@ How the clients are driven: one forked child in the namespace holds every
 client socket; the bench tells it over a pipe "open n", it opens them with at
 most `WINDOW` handshakes in flight (so the listener's queues never overflow and
 no SYN waits for a retransmission timer) and says when all n are connected.
-The accept figure is timed by the listener, from the order to the n-th accept.
+The accept figure is timed by the listener, from the order to the n-th accept;
+the accepted sockets it times are closed as they come (and the clients reset
+them), so the count open stays at the level.
 Client sockets close with SO_LINGER 0 (a reset) at the end, so that tearing
 10,000 connections down does not take longer than the bench.
 
-The namespace gets `tcp_tw_reuse`, the whole ephemeral port range, and the
-bench raises its RLIMIT_NOFILE soft limit to the hard one (the children inherit it).
+The namespace gets `tcp_tw_reuse`, most of the port range as ephemeral ports
+and somaxconn 4096. Each usnet socket holds two descriptors (a socketpair for
+its readiness), so the bench raises its RLIMIT_NOFILE to what the top level
+needs: past the hard limit when it may (CAP_SYS_RESOURCE; the children
+inherit it). When it may not, the top level is capped at what the limit leaves
+room for, and the document's `levels` and `open` say so.
 """
 
 from __future__ import annotations
@@ -61,12 +67,22 @@ WINDOW = 64  # client handshakes in flight at once
 BATCH = 32  # datagrams a sending flow hands over in one turn
 PORT_RX = 5000
 _BACKLOG = 4096
+_FD_SPARE = 1200  # descriptors beside the held sockets: the accepts being timed, channels, files
 _RESET = 1 << 31  # in an order to the clients: reset the connections once connected
 
 
 def _raise_nofile(need: int) -> int:
-    """Raise this process's soft RLIMIT_NOFILE towards the hard limit; returns the soft limit now."""
+    """Raise this process's RLIMIT_NOFILE to at least `need` if it can; returns the soft limit now.
+
+    Each usnet socket holds two descriptors (its Readiness socketpair, usnet/client/engine.py), so
+    10,000 accepted connections need more than 20,000. The soft limit goes up to the hard one; root
+    (CAP_SYS_RESOURCE) may raise the hard one too, up to fs.nr_open.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            soft, hard = need, need
     want = hard if hard != resource.RLIM_INFINITY else max(soft, need)
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
@@ -206,7 +222,7 @@ def _levels(listen: Callable[[], Any], connect: Callable[[tuple[str, int]], Any]
                 take(step)
                 fill -= step
             progress(f"{side}: {k:,} accepts at {level:,} open")
-            dt = take(k)
+            dt = take(k, keep=False)  # accepted and closed: the count open stays at the level
             progress(f"{side}: {k_out:,} outgoing connections at {level:,} open")
             out = connect_out_rate(connect, out_host, k_out, ns)
             rows.append({"open": level, "accept_cps": k / dt, "accept_seconds": dt, "connect_cps": out})
@@ -337,11 +353,13 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
     from usnet.bench import tap
     from usnet.bench.tcp import _kernel_connect
 
-    levels = QUICK_LEVELS if quick else LEVELS
+    levels: tuple[int, ...] = QUICK_LEVELS if quick else LEVELS
     k = 500 if quick else 1000
     k_out = 100 if quick else 500
     udp_count = 100_000 if quick else 400_000
-    nofile = _raise_nofile(2 * max(levels) + 2 * k * len(levels) + 1000)
+    nofile = _raise_nofile(2 * max(levels) + _FD_SPARE)  # two fds a usnet socket
+    # Without CAP_SYS_RESOURCE the hard limit holds: the top level is what it leaves room for.
+    levels = tuple(min(level, (nofile - _FD_SPARE) // 2) for level in levels)
 
     with tap.usnet_up() as up:
         _tune_netns(up.netns)
