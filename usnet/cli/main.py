@@ -213,9 +213,59 @@ def _show_rxmit(result: dict, out: Console) -> None:
     out.print(table)
 
 
+def _measure_scale(args: argparse.Namespace, console: Console) -> dict | None:
+    from usnet.bench import tap
+
+    if not tap.available():
+        print("usnet bench scale needs root and /dev/net/tun (it makes a TAP device)", file=sys.stderr)
+        return None
+    from usnet.bench import scale
+
+    with console.status("bench scale") as status:
+        return scale.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_scale(result: dict, out: Console) -> None:
+    table = Table(title=f"usnet bench scale: the next {result['accepts_per_point']:,} accepts and "
+                        f"{result['connects_per_point']:,} outgoing connections with N already open; "
+                        f"usnet over TAP against kernel loopback (kernel clients and servers in a "
+                        f"namespace of the bench's own)")
+    for col in ("open", "usnet accept/s", "kernel accept/s", "ratio", "usnet connect/s", "kernel connect/s",
+                "ratio"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        table.add_row(f"{r['open']:,}", _fmt(r["usnet_accept_cps"]), _fmt(r["kernel_accept_cps"]),
+                      f"{r['ratio_accept']:.2f}", _fmt(r["usnet_connect_cps"]), _fmt(r["kernel_connect_cps"]),
+                      f"{r['ratio_connect']:.2f}")
+    out.print(table)
+    udp = Table(title=f"UDP datagrams/s through the flow switch (embedded domain, memwire), 64 B, "
+                      f"N flows of one application taking turns ({result['udp_batch']} a turn) to one flow")
+    for col in ("flows", "datagrams/s", "× 1 flow", "delivered"):
+        udp.add_column(col, justify="right")
+    for r in result["udp"]:
+        udp.add_row(f"{r['flows']:,}", _fmt(r["dps"]), f"{r['ratio_to_1']:.2f}", f"{r['delivered']:,}/{r['sent']:,}")
+    out.print(udp)
+    m = result["memory"]
+    usnetd = m["usnetd_bytes_per_conn"]
+    out.print(f"memory per open connection ({m['connections']:,} held): application RSS "
+              f"{m['app_bytes_per_conn'] / 1024:,.1f} KiB, usnetd RSS "
+              f"{'n/a' if usnetd is None else f'{usnetd / 1024:,.1f} KiB'}")
+    out.print(f"RLIMIT_NOFILE {result['nofile']:,}: a usnet socket holds two descriptors, so the top count of "
+              f"open connections is at most what the limit leaves room for")
+    t = result["target"]
+    top = result["levels"][-1]
+    out.print(f"target: accept ≥ {t['accept_cps_at_top']:,.0f}/s at {top:,} open and within 20 % of the rate at 0 "
+              f"({_fmt(t['accept_at_top'])}/s, {t['accept_ratio']:.2f}×): {'met' if t['accept_met'] else 'not met'}")
+    out.print(f"target: outgoing connect ≥ {t['connect_cps']:,.0f}/s at every count: "
+              f"{'met' if t['connect_met'] else 'not met'}")
+    out.print(f"target: UDP at {result['udp'][-1]['flows']:,} flows within 20 % of 1 flow ({t['udp_ratio']:.2f}×): "
+              f"{'met' if t['udp_met'] else 'not met'}")
+
+
 _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp),
             "http": (_measure_http, _show_http), "lowlat": (_measure_lowlat, _show_lowlat),
-            "rxmit": (_measure_rxmit, _show_rxmit), "lossy": (_measure_lossy, _show_lossy)}
+            "rxmit": (_measure_rxmit, _show_rxmit), "lossy": (_measure_lossy, _show_lossy),
+            "scale": (_measure_scale, _show_scale)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -522,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit", "lossy"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit", "lossy", "scale"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
