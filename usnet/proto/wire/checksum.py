@@ -31,6 +31,14 @@ lo): shifts, masks and adds are linear and cheap, and the final division
 runs on a few hundred bits only. That roughly halves the cost for
 MTU-sized packets and more for jumbo ones.
 
+Large buffers: from `NP_MIN` bytes, `acc` sums the buffer as little-endian
+32-bit words in numpy instead (one vectorised pass, about 8 us for 64 KB
+against 115 us for the integer and its fold). 2**32 == 1 (mod 0xFFFF) too,
+so the word sum is congruent to the 16-bit little-endian sum, and a sum in
+one byte order is the byte swap of the sum in the other (RFC 1071, 2.(B)):
+the folded sum is swapped to big-endian. A 1-3 byte tail is added as an
+integer, as `acc` would.
+
 Verifying: a header or segment that carries a correct checksum sums to
 0xFFFF, i.e. its accumulator is non-zero and divisible by 0xFFFF.
 
@@ -42,7 +50,9 @@ src (4) dst (4) zero (1) proto (1) length (2); its accumulator is
 
 from __future__ import annotations
 
-__all__ = ["FOLD_MIN", "acc", "acc_at", "finish", "fold", "mod_ffff", "update16", "verifies"]
+import numpy as np
+
+__all__ = ["FOLD_MIN", "NP_MIN", "acc", "acc_at", "finish", "fold", "mod_ffff", "update16", "verifies"]
 
 _from_bytes = int.from_bytes
 
@@ -61,12 +71,36 @@ def mod_ffff(n: int) -> int:
     return n % 0xFFFF
 
 
+NP_MIN = 1024  # bytes; from here numpy's word sum beats the integer (see module docstring)
+_LE32 = np.dtype("<u4")
+
+
 def acc(buf) -> int:
     """Accumulator of ``buf`` (any bytes-like object) as if it starts at an even offset."""
+    if len(buf) >= NP_MIN:
+        return _acc_words(buf, 0, len(buf))
     n = _from_bytes(buf, "big")
     if len(buf) & 1:
         n <<= 8
     return n
+
+
+def _acc_words(buf, off: int, end: int) -> int:
+    """The accumulator of buf[off:end] from numpy's sum of its little-endian 32-bit words.
+
+    Non-zero exactly when a byte is (the sum is folded to 1..0xFFFF, never 0, when it is not 0).
+    """
+    n = end - off
+    words = n >> 2
+    s = int(np.frombuffer(buf, _LE32, words, off).sum())
+    r = s % 0xFFFF
+    if not r and s:
+        r = 0xFFFF
+    r = (r & 0xFF) << 8 | r >> 8  # the little-endian sum, as the big-endian one
+    if n & 3:
+        tail = _from_bytes(memoryview(buf)[off + 4 * words : end], "big")
+        r += tail << 8 if n & 1 else tail
+    return r
 
 
 def acc_at(buf, off: int, end: int) -> int:
@@ -75,6 +109,8 @@ def acc_at(buf, off: int, end: int) -> int:
     What every parser that verifies a checksum sums: the whole buffer as it
     is, a part of it through a memoryview rather than a sliced copy.
     """
+    if end - off >= NP_MIN:
+        return _acc_words(buf, off, end)
     n = _from_bytes(buf if (off == 0 and end == len(buf)) else memoryview(buf)[off:end], "big")
     if (end - off) & 1:
         n <<= 8
