@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import resolver as _names
-from usnet.client.engine import FlowEngine, Readiness, delivered, runner
+from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
 from usnet.client.session import Client
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
@@ -470,13 +470,25 @@ class socket:
             client, netif = self._target(host)
             if self._engine is not None:  # bound: the port goes over to the connected flow
                 self._drop_engine()
-            eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
-            self._port = eng.info.local_port  # the ephemeral port the switch chose, for getsockname
-            with eng.lock:
-                conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
-                                       local_port=eng.info.local_port, **self._buffer_options())
-                self._apply_options(conn)
-            self._attach(eng, owns=True, conn=conn)
+                eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
+                self._port = eng.info.local_port
+                owns = True
+            else:  # the process's connector on this netif carries it: one channel for all of them
+                eng = connector(client, netif, self._ip_version)
+                self._port = eng.add_connection(host, port)  # the ephemeral port the switch chose
+                owns = False
+            try:
+                with eng.lock:
+                    conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
+                                           local_port=self._port, **self._buffer_options())
+                    self._apply_options(conn)
+            except BaseException:
+                if not owns:
+                    eng.give_back(self._port)
+                raise
+            self._attach(eng, owns=owns, conn=conn)
+            if not owns:
+                eng.wake()  # its SYN goes now
             if self._timeout == 0.0:
                 return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True

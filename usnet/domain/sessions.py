@@ -378,7 +378,14 @@ class SessionRegistry:
         ref = self._own(session, req.channel)
         if ref.flow is None or ref.switch is None or ref.flow.conns is None:
             raise OSError(errno.EINVAL, f"channel {req.channel} is not a connector")
-        ref.switch.remove_conn(ref.flow, req.local_port)
+        with ref.pipe.lock:
+            if ref.pipe.defunct_reason is None:
+                # what it sent before (the connection's last ACK or RST) still goes out, as
+                # `_close_ref` drains a closing channel: the ring is serviced before the 4-tuple goes
+                for _ in range(ref.flow.port.tx.capacity // 64 + 1):
+                    if not ref.switch.service_tx(ref.flow, draining=True):
+                        break
+            ref.switch.remove_conn(ref.flow, req.local_port)
         self.ledger.release(ref.conn_charges.pop(req.local_port, None))
 
     def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:
