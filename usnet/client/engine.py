@@ -148,7 +148,9 @@ class FlowEngine:
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
         self.is_connector = is_connector
-        self._gone_ports: list[int] = []  # a connector's connections that left TCP's table: their ports go back
+        self._gone_ports: list[int] = []  # a connector's connections that are over: their ports go back
+        self._registered: set[int] = set()  # a connector's local ports the domain holds for it
+        self._closing: set = set()  # a connector's connections whose sockets closed (`closed_conn`)
         if is_connector:
             self.tcp.on_forget = lambda c: self._gone_ports.append(c.local_port)
         self.lock: Any = threading.RLock() if share is None else share.lock
@@ -241,24 +243,40 @@ class FlowEngine:
             self.error = e
             self._touched = None
         touched, self._touched = self._touched, None
+        if self._closing:
+            for c in [c for c in self._closing if c.state in (TcpState.CLOSED, TcpState.TIME_WAIT)]:
+                self._closing.discard(c)
+                self._gone_ports.append(c.local_port)
         if self._gone_ports:
             self._give_back_ports()
         self.notify(touched)
 
+    def closed_conn(self, conn: Any) -> None:
+        """A connector's connection whose socket closed: once it is CLOSED or in TIME-WAIT its port
+        goes back, as a per-connection flow's did when its engine went idle. With the lock held."""
+        if self.is_connector:
+            self._closing.add(conn)
+
     def add_connection(self, host: str, port: int, local_port: int = 0) -> int:
         """A connector's: register the connection to (`host`, `port`) with the domain before its
         SYN (the switch sends and delivers only registered 4-tuples); returns its local port."""
-        return self.client.add_connection(self.ch.id, (host, port), local_port)
+        p = self.client.add_connection(self.ch.id, (host, port), local_port)
+        with self.lock:
+            self._registered.add(p)
+        return p
 
     def _give_back_ports(self) -> None:
         """A connector's connections that are over (CLOSED, or TIME-WAIT ended): their 4-tuples and
         ports go back to the domain, as the kernel frees a port when its connection ends."""
         gone, self._gone_ports = self._gone_ports, []
         for p in gone:
-            self.give_back(p)
+            if p in self._registered:  # once: a connection in TIME-WAIT is forgotten later too
+                self.give_back(p)
 
     def give_back(self, local_port: int) -> None:
         """Unregister the connector's connection on `local_port` (an error: the domain has it no more)."""
+        with self.lock:
+            self._registered.discard(local_port)
         try:
             self.client.remove_connection(self.ch.id, local_port)
         except OSError:
