@@ -25,10 +25,12 @@ import msgspec
 
 __all__ = [
     "LEASE_REQUESTS", "MAX_MESSAGE", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART", "U32",
-    "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ControlError", "Done", "ErrCode", "Error", "Family",
+    "AddConnection", "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ConnectionAdded", "ControlError", "Done",
+    "ErrCode", "Error", "Family",
     "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal", "LeaseRefused",
     "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "PosU32", "ProtocolError", "Rate",
-    "ReleaseLease", "RenewLease", "Reply", "Request", "RequestLease", "Resize", "Status", "StatusReply", "Welcome",
+    "ReleaseLease", "RemoveConnection", "RenewLease", "Reply", "Request", "RequestLease", "Resize", "Status",
+    "StatusReply", "Welcome",
     "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
 ]
 
@@ -134,6 +136,26 @@ class OpenFlow(_Msg, frozen=True):
     attrs: dict[Name, int] = {}
     family: Family = 0
     with_channel: U32 = 0
+    connector: bool = False
+
+
+class AddConnection(_Msg, frozen=True):
+    """Register an outgoing TCP connection on a connector channel of this session (an OpenFlow
+    with connector set): its local port (0: an ephemeral one) is reserved and its 4-tuple
+    added to the switch, which from then on sends and delivers it on that channel. Answered
+    with ConnectionAdded. The connections of a process share one channel, as a listener's do."""
+
+    channel: U32
+    remote_addr: Annotated[str, msgspec.Meta(max_length=64)]
+    remote_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    local_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+
+
+class RemoveConnection(_Msg, frozen=True):
+    """The connection on `local_port` of a connector channel is over: its 4-tuple and port go. Done."""
+
+    channel: U32
+    local_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -257,6 +279,13 @@ class FlowOpened(_Msg, frozen=True):
     gateway: str | None = None
 
 
+class ConnectionAdded(_Msg, frozen=True):
+    """AddConnection's answer: the local port the connection sends from."""
+
+    channel: U32
+    local_port: int
+
+
 class AdvisoryOpened(_Msg, frozen=True):
     """A netif's advisory memfd arrives as the one SCM_RIGHTS fd with this message.
 
@@ -320,9 +349,9 @@ class Error(_Msg, frozen=True):
 
 
 Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
-           | Status | RequestLease | RenewLease | ReleaseLease)
-Reply = (Welcome | ChannelOpened | FlowOpened | AdvisoryOpened | Done | Flushed | StatusReply | LeaseGranted
-         | LeaseRefused | Error)
+           | Status | RequestLease | RenewLease | ReleaseLease | AddConnection | RemoveConnection)
+Reply = (Welcome | ChannelOpened | FlowOpened | ConnectionAdded | AdvisoryOpened | Done | Flushed | StatusReply
+         | LeaseGranted | LeaseRefused | Error)
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)

@@ -7,9 +7,11 @@ sleeps on the channels' doorbells and on the earliest protocol deadline,
 and applications' socket calls take the engine's lock, change the
 connection's buffers, and wake the runner to send what became due.
 
-One engine is one flow channel (a TCP listener, or one connection) with its
-own IP layer and TCP endpoint; the flow switch only ever sees IP packets
-that match the flow it registered. A flow is IPv4 or IPv6: the engine's
+One engine is one flow channel (a TCP listener, a bound socket's connection,
+or a connector: every outgoing connection of the process on one netif and
+family, `connector()`) with its own IP layer and TCP endpoint; the flow
+switch only ever sees IP packets that match the flow, or the connector's
+4-tuples, it registered. A flow is IPv4 or IPv6: the engine's
 local address is then 4 or 16 bytes, and the IP layer and TCP follow it.
 """
 
@@ -25,6 +27,7 @@ import selectors
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
@@ -37,7 +40,7 @@ from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
-__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "delivered", "runner"]
+__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "connector", "delivered", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
@@ -124,15 +127,18 @@ class FlowEngine:
 
     def __init__(self, client: Client, netif: str, local_port: int = 0,
                  remote: tuple[str, int] | None = None, family: Family = 0, share: FlowEngine | None = None,
-                 **tcp_options: Any) -> None:
+                 is_connector: bool = False, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener). `share`: a listener's
         engine on another netif whose port this one holds too, and whose lock, condition and
         watchers it uses, so one wait and one readiness serve both (a wildcard listener's
         loopback half, usnet.client.socket)."""
         self.client = client
         sibling: int = 0 if share is None else share.ch.id
-        self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family, with_channel=sibling,
-                                              ring_size=1024, packets=4096)
+        if is_connector:
+            self.ch, self.info = client.open_connector(netif, family or 4, ring_size=1024, packets=4096)
+        else:
+            self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
+                                                  with_channel=sibling, ring_size=1024, packets=4096)
         self.ch.setblocking(False)
         self.family = self.info.family
         self.local = ipaddress.ip_address(self.info.local_addr).packed
@@ -141,6 +147,12 @@ class FlowEngine:
             tcp_options.setdefault("gso_max", self.info.gso_max - (20 if len(self.local) == 4 else 40))
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
+        self.is_connector = is_connector
+        self._gone_ports: list[int] = []  # a connector's connections that are over: their ports go back
+        self._registered: set[int] = set()  # a connector's local ports the domain holds for it
+        self._closing: set = set()  # a connector's connections whose sockets closed (`closed_conn`)
+        if is_connector:
+            self.tcp.on_forget = lambda c: self._gone_ports.append(c.local_port)
         self.lock: Any = threading.RLock() if share is None else share.lock
         self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
                                              else share.changed)  # notified after every pump
@@ -231,7 +243,44 @@ class FlowEngine:
             self.error = e
             self._touched = None
         touched, self._touched = self._touched, None
+        if self._closing:
+            for c in [c for c in self._closing if c.state in (TcpState.CLOSED, TcpState.TIME_WAIT)]:
+                self._closing.discard(c)
+                self._gone_ports.append(c.local_port)
+        if self._gone_ports:
+            self._give_back_ports()
         self.notify(touched)
+
+    def closed_conn(self, conn: Any) -> None:
+        """A connector's connection whose socket closed: once it is CLOSED or in TIME-WAIT its port
+        goes back, as a per-connection flow's did when its engine went idle. With the lock held."""
+        if self.is_connector:
+            self._closing.add(conn)
+
+    def add_connection(self, host: str, port: int, local_port: int = 0) -> int:
+        """A connector's: register the connection to (`host`, `port`) with the domain before its
+        SYN (the switch sends and delivers only registered 4-tuples); returns its local port."""
+        p = self.client.add_connection(self.ch.id, (host, port), local_port)
+        with self.lock:
+            self._registered.add(p)
+        return p
+
+    def _give_back_ports(self) -> None:
+        """A connector's connections that are over (CLOSED, or TIME-WAIT ended): their 4-tuples and
+        ports go back to the domain, as the kernel frees a port when its connection ends."""
+        gone, self._gone_ports = self._gone_ports, []
+        for p in gone:
+            if p in self._registered:  # once: a connection in TIME-WAIT is forgotten later too
+                self.give_back(p)
+
+    def give_back(self, local_port: int) -> None:
+        """Unregister the connector's connection on `local_port` (an error: the domain has it no more)."""
+        with self.lock:
+            self._registered.discard(local_port)
+        try:
+            self.client.remove_connection(self.ch.id, local_port)
+        except OSError:
+            pass  # the channel or the domain is gone: the port went with it
 
     def notify(self, touched: set | None = None) -> None:
         """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held.
@@ -533,6 +582,24 @@ class Runner:
 
 _runner: Runner | None = None
 _runner_lock = threading.Lock()
+# Each client's connectors, by (netif, family): one engine carries every outgoing connection
+_connectors: weakref.WeakKeyDictionary[Client, dict[tuple[str, int], FlowEngine]] = weakref.WeakKeyDictionary()
+_connectors_lock = threading.Lock()
+
+
+def connector(client: Client, netif: str, family: int) -> FlowEngine:
+    """The process's connector engine on `netif` for `family` (4 or 6), made on first use: every
+    outgoing connection of a usnet socket shares its channel (one flow switch entry per 4-tuple),
+    as a listener's accepted connections share the listener's. A failed or closing one is
+    replaced (its connections finish on their own)."""
+    with _connectors_lock:
+        mine = _connectors.setdefault(client, {})
+        eng = mine.get((netif, family))
+        if eng is None or eng.closed or eng.error is not None or eng.release_when_idle:
+            eng = FlowEngine(client, netif, family=6 if family == 6 else 4, is_connector=True)
+            mine[(netif, family)] = eng
+            runner().add(eng)
+        return eng
 
 
 def runner() -> Runner:

@@ -194,6 +194,22 @@ class Client:
         req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family, with_channel)
         return self._open(req, P.FlowOpened)
 
+    def open_connector(self, netif: str, family: P.Family = 4, **attrs: int) -> tuple[Channel, P.FlowOpened]:
+        """A TCP connector channel on a netif: outgoing connections registered on it
+        (`add_connection`) share it, as a listener's accepted connections share its channel."""
+        req = P.OpenFlow(netif, 6, 0, None, None, "default", attrs, family, 0, connector=True)
+        return self._open(req, P.FlowOpened)
+
+    def add_connection(self, channel: int, remote: tuple[str, int], local_port: int = 0) -> int:
+        """Register an outgoing connection to `remote` on connector `channel`; returns its local port
+        (`local_port`, or an ephemeral one for 0)."""
+        reply, _ = self._expect(P.AddConnection(channel, remote[0], remote[1], local_port), P.ConnectionAdded)
+        return reply.local_port
+
+    def remove_connection(self, channel: int, local_port: int) -> None:
+        """The connection on `local_port` of connector `channel` is over: its port and 4-tuple go."""
+        self._expect(P.RemoveConnection(channel, local_port), P.Done)
+
     def open_monitor(self, netif: str) -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives."""
         return self._open(P.OpenMonitor(netif), P.ChannelOpened)[0]

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import resolver as _names
-from usnet.client.engine import FlowEngine, Readiness, delivered, runner
+from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
 from usnet.client.session import Client
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
@@ -470,13 +470,34 @@ class socket:
             client, netif = self._target(host)
             if self._engine is not None:  # bound: the port goes over to the connected flow
                 self._drop_engine()
-            eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
-            self._port = eng.info.local_port  # the ephemeral port the switch chose, for getsockname
-            with eng.lock:
-                conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
-                                       local_port=eng.info.local_port, **self._buffer_options())
-                self._apply_options(conn)
-            self._attach(eng, owns=True, conn=conn)
+                eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
+                self._port = eng.info.local_port
+                owns = True
+            else:  # the process's connector on this netif carries it: one channel for all of them
+                eng = connector(client, netif, self._ip_version)
+                self._port = eng.add_connection(host, port)  # the ephemeral port the switch chose
+                owns = False
+            for attempt in range(2):
+                try:
+                    with eng.lock:
+                        conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
+                                               local_port=self._port, **self._buffer_options())
+                        self._apply_options(conn)
+                    break
+                except OSError as e:
+                    if owns:
+                        raise
+                    # the connector still holds the 4-tuple in TIME-WAIT (its port went back to the
+                    # domain, which chose it again): once more, from another port
+                    old = self._port
+                    if e.errno == errno.EADDRINUSE and attempt == 0:
+                        self._port = eng.add_connection(host, port)
+                    eng.give_back(old)
+                    if e.errno != errno.EADDRINUSE or attempt:
+                        raise
+            self._attach(eng, owns=owns, conn=conn)
+            if not owns:
+                eng.wake()  # its SYN goes now
             if self._timeout == 0.0:
                 return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True
@@ -660,6 +681,8 @@ class socket:
                 self._lo.release_when_idle = True
         if self._owns_engine:
             eng.release_when_idle = True
+        elif self._conn is not None:
+            eng.closed_conn(self._conn)  # a connector's: its port goes back once it is over
 
     def dup(self) -> socket:
         """Another socket object for the same connection; it ends when the last of them closes."""

@@ -96,6 +96,15 @@ class Control(SessionRegistry):
     def _on_open_flow(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
         return self.open_flow(session, req)
 
+    @_serves(P.AddConnection)
+    def _on_add_connection(self, session: Session, req: P.AddConnection) -> tuple[P.Reply, list[int]]:
+        return P.ConnectionAdded(req.channel, self.add_connection(session, req)), []
+
+    @_serves(P.RemoveConnection)
+    def _on_remove_connection(self, session: Session, req: P.RemoveConnection) -> tuple[P.Reply, list[int]]:
+        self.remove_connection(session, req)
+        return P.Done(), []
+
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
         cid, fds = self.open_monitor(session, req.netif)

@@ -75,6 +75,7 @@ class ChannelRef:
     flow: Flow | None = None
     monitor: FlowPort | None = None
     charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
+    conn_charges: dict[int, Charge] = field(default_factory=dict)  # a connector's: each connection's, by local port
 
 
 def _flow_family(req: P.OpenFlow) -> tuple[Literal[4, 6], bytes | None]:
@@ -286,6 +287,8 @@ class SessionRegistry:
         family, raddr = _flow_family(req)
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
+        if req.connector and (raddr is not None or req.local_port or req.with_channel or req.proto != 6):
+            raise ValueError("a connector is TCP, with no port, remote end or shared channel of its own")
         share = None
         if req.with_channel:  # a wildcard listener's second netif: the port of a flow of this session
             sib = self.channels.get(req.with_channel)
@@ -304,7 +307,7 @@ class SessionRegistry:
         self.access.check_port(session.uid, session.program, PROTO_NAMES.get(req.proto, str(req.proto)),
                                req.local_port)
         charge = self.ledger.admit(Charge(session.uid, session.id, flows=1,
-                                          ephemeral_ports=int(req.local_port == 0)))
+                                          ephemeral_ports=int(req.local_port == 0 and not req.connector)))
         cid = next(self._ids)
         try:
             pipe = self._new_pipe(f"flow:{cid}", sch, session)
@@ -314,7 +317,10 @@ class SessionRegistry:
         port = FlowPort(pipe)
         port.on_fault = lambda where, exc: self._fault_channel(pipe, 0, where, exc)
         try:
-            flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share)
+            if req.connector:
+                flow = sw.add_connector(port, cid, family)
+            else:
+                flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share)
         except BaseException:
             self.ledger.release(charge)
             pipe.destroy()
@@ -341,6 +347,46 @@ class SessionRegistry:
         reply = P.FlowOpened(cid, 0, sch.name, local, flow.lport, remote, req.remote_port, net.mtu, net.name,
                              family, gso_max, prefix, None if gw is None else str(ipaddress.ip_address(gw)))
         return reply, fds
+
+    def add_connection(self, session: Session, req: P.AddConnection) -> int:
+        """Register an outgoing connection on a connector channel of `session` (P.AddConnection):
+        its port charged to the session and uid as a flow's, its 4-tuple added to the switch."""
+        ref = self._own(session, req.channel)
+        flow, sw = ref.flow, ref.switch
+        if flow is None or sw is None or flow.conns is None:
+            raise OSError(errno.EINVAL, f"channel {req.channel} is not a connector")
+        try:
+            addr = ipaddress.ip_address(req.remote_addr)
+        except ValueError:
+            raise ValueError(f"remote_addr {req.remote_addr!r} is not an IP address") from None
+        if addr.version != flow.family or getattr(addr, "scope_id", None):
+            raise ValueError(f"remote_addr {req.remote_addr!r} is not IPv{flow.family}")
+        self.access.check_port(session.uid, session.program, "tcp", req.local_port)
+        charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, flows=1,
+                                          ephemeral_ports=int(req.local_port == 0)))
+        try:
+            lport = sw.add_conn(flow, req.local_port, addr.packed, req.remote_port)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
+        ref.conn_charges[lport] = charge
+        return lport
+
+    def remove_connection(self, session: Session, req: P.RemoveConnection) -> None:
+        """The connection on a connector's local port is over (P.RemoveConnection): its 4-tuple,
+        port and charge go."""
+        ref = self._own(session, req.channel)
+        if ref.flow is None or ref.switch is None or ref.flow.conns is None:
+            raise OSError(errno.EINVAL, f"channel {req.channel} is not a connector")
+        with ref.pipe.lock:
+            if ref.pipe.defunct_reason is None:
+                # what it sent before (the connection's last ACK or RST) still goes out, as
+                # `_close_ref` drains a closing channel: the ring is serviced before the 4-tuple goes
+                for _ in range(ref.flow.port.tx.capacity // 64 + 1):
+                    if not ref.switch.service_tx(ref.flow, draining=True):
+                        break
+            ref.switch.remove_conn(ref.flow, req.local_port)
+        self.ledger.release(ref.conn_charges.pop(req.local_port, None))
 
     def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:
         """A channel that receives a copy of every frame of a netif: root or the domain's own uid only."""
@@ -383,6 +429,9 @@ class SessionRegistry:
     def _close_ref(self, ref: ChannelRef) -> None:
         self.leases.channel_closing(ref)  # first: what it sent before closing leaves unpoliced, as general
         self.ledger.release(ref.charge)  # its channel, flow and port count again for its uid (its pool: when destroyed)
+        for c in ref.conn_charges.values():  # a connector's connections (their ports: with its flow, below)
+            self.ledger.release(c)
+        ref.conn_charges.clear()
         with ref.pipe.lock:
             if ref.flow is not None and ref.switch is not None:
                 if ref.pipe.defunct_reason is None:

@@ -58,12 +58,37 @@ class Flow:
     sent_frags: SentFragments | None = None  # datagrams it began in fragments (made at its first)
     tcp_seen: TcpSeen | None = None  # TCP: sequence state per remote end, for resets when its owner dies
     owner: Any = None  # whose reservation of the port it holds (PortSpace): its own, or the flow's it shares
+    # A connector (TCP, no port of its own): the connections registered on it, local port ->
+    # (remote address, remote port); each port its own reservation, each 4-tuple in the exact table
+    conns: dict[int, tuple[bytes, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
             self.raddr_int = int.from_bytes(self.raddr, "big")
         self._tx_sig: tuple[np.ndarray, np.ndarray] | None = None
+        self._conn_keys: np.ndarray | None = None  # a connector's 4-tuples as sorted u64 keys (`conn_keys`)
 
+    def peer_of(self, sport: int) -> tuple[bytes | None, int | None] | None:
+        """Where a packet from local port `sport` may go: (remote address, port) of a connected
+        flow or of a connector's connection on that port, (None, None) for an unconnected flow
+        (any peer); None if the flow may not send from that port at all.
+
+        The one rule of which 4-tuples a flow owns: the per-packet checks (usnet.domain.switch.tx
+        `_tx_addressed`) ask it, and the column-wise pass (`conn_keys`) only accelerates it.
+        """
+        if self.conns is not None:
+            return self.conns.get(sport)
+        return (self.raddr, self.rport) if sport == self.lport else None
+
+    def conn_keys(self) -> np.ndarray:
+        """A connector's 4-tuples as sorted u64 (remote IPv4 address << 32 | local port << 16 |
+        remote port): a batch's rows are looked up in it with one searchsorted."""
+        if self._conn_keys is None:
+            conns = self.conns or {}
+            self._conn_keys = np.sort(np.array(
+                [int.from_bytes(ra, "big") << 32 | lp << 16 | rp for lp, (ra, rp) in conns.items() if len(ra) == 4],
+                np.uint64))
+        return self._conn_keys
     def tx_signature(self, local_ip: bytes) -> tuple[np.ndarray, np.ndarray]:
         """(columns, values) every packet of this flow has in its first 24 bytes.
 
@@ -72,7 +97,9 @@ class Flow:
         checks column-wise in one comparison.
         """
         if self._tx_sig is None:
-            sig = {0: 0x45, 9: self.proto, 20: self.lport >> 8, 21: self.lport & 0xFF}
+            sig = {0: 0x45, 9: self.proto}
+            if self.conns is None:  # a connector's ports are its connections' (`conn_keys`)
+                sig.update({20: self.lport >> 8, 21: self.lport & 0xFF})
             sig.update({12 + i: b for i, b in enumerate(local_ip)})
             raddr, rport = self.raddr, self.rport
             if raddr is not None and rport is not None:  # connected: add_flow gives a flow both or neither
@@ -82,6 +109,8 @@ class Flow:
         return self._tx_sig
 
     def key(self) -> tuple:
+        if self.conns is not None:
+            return ("connector", self.id)
         if self.raddr is None:
             return (self.proto, self.lport)
         return (self.proto, self.lport, self.raddr, self.rport)
@@ -95,6 +124,7 @@ class Flow:
             remote = f"{ip_str(self.raddr)}:{self.rport}"
         return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
                 "family": self.family, "local_port": self.lport, "remote": remote,
+                "connector": self.conns is not None, "connections": len(self.conns or ()),
                 "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
                 "stalled": self.port.stalled,
                 "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
@@ -158,18 +188,7 @@ class FlowTable:
         if family == 6 and self.netif.ip6 is None:
             raise OSError(errno.EADDRNOTAVAIL, f"netif {self.netif.name!r} has no IPv6 address")
         if raddr is not None:
-            why = self.not_a_peer(raddr)
-            if why is not None:
-                shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
-                raise OSError(errno.EADDRNOTAVAIL, f"a connected flow's remote address must be a unicast "
-                                                  f"address of a peer: {shown} is {why}")
-            if rport == 0:
-                raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
-            if not self.netif.routes.reaches(raddr):  # usnet.proto.route: the clients ask it too
-                # as the kernel's connect: no route is known at once, not after the handshake times out
-                shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
-                raise OSError(errno.ENETUNREACH, f"Network is unreachable: netif {self.netif.name!r} "
-                                                 f"has no route to {shown}")
+            self._check_remote(raddr, rport, family)
         if share is not None and (raddr is not None or share.raddr is not None or share.proto != proto
                                   or share.family != family or share.lport != lport):
             raise OSError(errno.EINVAL, "only an unconnected flow of the same protocol, family and port "
@@ -187,6 +206,68 @@ class FlowTable:
         self.polled[flow] = None
         self._table(flow)[flow.key()] = flow
         return flow
+
+    def _check_remote(self, raddr: bytes, rport: int | None, family: int) -> None:
+        """Refuse a remote end no connection may have: not a peer's address, port 0, no route."""
+        why = self.not_a_peer(raddr)
+        if why is not None:
+            shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
+            raise OSError(errno.EADDRNOTAVAIL, f"a connected flow's remote address must be a unicast "
+                                              f"address of a peer: {shown} is {why}")
+        if rport == 0:
+            raise OSError(errno.EINVAL, "a connected flow's remote port must not be 0")
+        if not self.netif.routes.reaches(raddr):  # usnet.proto.route: the clients ask it too
+            # as the kernel's connect: no route is known at once, not after the handshake times out
+            shown = ip6_str(raddr) if family == 6 else ip_str(raddr)
+            raise OSError(errno.ENETUNREACH, f"Network is unreachable: netif {self.netif.name!r} "
+                                             f"has no route to {shown}")
+
+    def add_connector(self, port: FlowPort, channel: int = 0, family: int = 4) -> Flow:
+        """A TCP connector of `family`: a flow with no port of its own, on which a process's
+        outgoing connections are registered one by one (`add_conn`), so they share one channel
+        as a listener's accepted connections share its own."""
+        if family not in (4, 6):
+            raise ValueError(f"IPv{family}")
+        if family == 6 and self.netif.ip6 is None:
+            raise OSError(errno.EADDRNOTAVAIL, f"netif {self.netif.name!r} has no IPv6 address")
+        flow = Flow(next(self._ids), TCP, 0, None, None, port, channel, family=family)
+        flow.conns = {}
+        if self.rx_mitigation:
+            port.enable_mitigation(self.clock, self._held_bells)
+        self.flows[flow.id] = flow
+        self.polled[flow] = None
+        return flow
+
+    def add_conn(self, flow: Flow, lport: int, raddr: bytes, rport: int) -> int:
+        """Register the connection (`lport`, 0: an ephemeral port; `raddr`, `rport`) on connector
+        `flow`: its port is reserved in the domain's port space and its 4-tuple found by hash in
+        the exact table, as a connected flow's. Returns the local port."""
+        if flow.conns is None or self.flows.get(flow.id) is not flow:
+            raise OSError(errno.EINVAL, "not a connector of this netif")
+        if len(raddr) != (4 if flow.family == 4 else 16):
+            raise ValueError(f"a remote address of {len(raddr)} bytes is not IPv{flow.family}")
+        if not 0 < rport <= 65535:
+            raise OSError(errno.EINVAL, "a connection's remote port must be 1-65535")
+        self._check_remote(raddr, rport, flow.family)
+        lport = self.ports.reserve(TCP, lport, (self.netif.name, flow.id, "conn"),
+                                   self._host_addr6 if flow.family == 6 else self._host_addr, family=flow.family)
+        flow.conns[lport] = (raddr, rport)
+        flow._conn_keys = None
+        self.exact[(TCP, lport, raddr, rport)] = flow
+        return lport
+
+    def remove_conn(self, flow: Flow, lport: int) -> None:
+        """Unregister the connector's connection on `lport` and free its port; its TCP state
+        goes too (the client closed it: no reset is owed). KeyError if it has none there."""
+        if flow.conns is None or lport not in flow.conns:
+            raise KeyError(f"no connection on local port {lport}")
+        raddr, rport = flow.conns.pop(lport)
+        flow._conn_keys = None
+        if self.exact.get((TCP, lport, raddr, rport)) is flow:
+            del self.exact[(TCP, lport, raddr, rport)]
+        if flow.tcp_seen is not None:
+            flow.tcp_seen.ends.pop((raddr, rport, lport), None)
+        self.ports.release(TCP, lport, family=flow.family)
 
     def not_a_peer(self, addr: bytes) -> str | None:
         """Why no peer can have `addr` (4 or 16 bytes), or None for a unicast address not ours.
@@ -232,8 +313,16 @@ class FlowTable:
             self.netif.drop_queue(flow.id)  # first: its tracked frames are reported FLUSHED to it
         del self.flows[flow.id]
         self.polled.pop(flow, None)
-        self._table(flow).pop(flow.key(), None)
         self._held_bells.pop(flow.port, None)
+        if flow.conns is not None:  # a connector: each connection's 4-tuple and port
+            for lport, (raddr, rport) in flow.conns.items():
+                if self.exact.get((TCP, lport, raddr, rport)) is flow:
+                    del self.exact[(TCP, lport, raddr, rport)]
+                self.ports.release(TCP, lport, family=flow.family)
+            flow.conns.clear()
+            flow._conn_keys = None
+            return
+        self._table(flow).pop(flow.key(), None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)
 
     def lookup(self, proto: int, lport: int, raddr: bytes, rport: int) -> Flow | None:

@@ -116,7 +116,7 @@ class TransmitPath(HostDuties):
                 ok[i] = took  # for the TCP state below: what passed the checks, either way
         if flow.proto == TCP:  # the sequence state a reset would start from (txguard.TcpSeen)
             if flow.tcp_seen is None:
-                flow.tcp_seen = TcpSeen()
+                flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
             flow.tcp_seen.note_rows(rows, lens, np.flatnonzero(ok), ETH_HLEN, flow.family, flow.raddr is not None)
         flow.stats["tx_packets"] += sent
         self._advise(flow)
@@ -145,8 +145,8 @@ class TransmitPath(HostDuties):
                 passed.append(pb)
         if flow.proto == TCP and passed:  # as TcpSeen.note_rows: the last of each remote end
             if flow.tcp_seen is None:
-                flow.tcp_seen = TcpSeen()
-            if len(passed) > 1 and len({self._remote_end(q, family) for q in passed}) == 1:
+                flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
+            if len(passed) > 1 and len({self._remote_end(q, family) for q in passed}) == 1 and flow.conns is None:
                 passed = passed[-1:]
             for q in passed:
                 flow.tcp_seen.note(q, family)
@@ -177,7 +177,15 @@ class TransmitPath(HostDuties):
         total = be_u16(h[:, 2:4])
         ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
         ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
-        if flow.raddr is None:  # a connected flow's destination is in its signature
+        if flow.conns is not None:  # a connector: each row's 4-tuple one of its connections' (`Flow.peer_of`)
+            keys = flow.conn_keys()
+            if not len(keys):
+                return np.zeros(len(lens), bool)
+            k = (be_u32(h[:, 16:20]).astype(np.uint64) << np.uint64(32)) | (
+                be_u32(h[:, 20:24]).astype(np.uint64))  # remote address, then local and remote port
+            at = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
+            ok &= keys[at] == k
+        elif flow.raddr is None:  # a connected flow's destination is in its signature
             d = be_u32(h[:, 16:20]).astype(np.int64)
             ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
             ok &= (h[:, 22] | h[:, 23]) != 0
@@ -319,12 +327,21 @@ class TransmitPath(HostDuties):
         `ports` False: a later fragment, whose transport header went in its first.
         """
         n = len(p)
-        sport, dport = PORTS.unpack_from(p, l4) if ports else (flow.lport, flow.rport)
-        if src != local or sport != flow.lport:
+        if ports:
+            sport, dport = PORTS.unpack_from(p, l4)
+            peer = flow.peer_of(sport)  # the one rule of which 4-tuples the flow owns
+        else:  # a later fragment: its first carried the ports and passed (a connector's: any of its peers)
+            peer = dport = None
+            if flow.conns is None:
+                peer, dport = (flow.raddr, flow.rport), flow.rport
+            elif any(ra == dst for ra, _ in flow.conns.values()):
+                peer = (None, None)
+        if src != local or peer is None:
             self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
             return 0
-        if flow.raddr is not None:
-            if dst != flow.raddr or dport != flow.rport:
+        raddr, rport = peer
+        if raddr is not None:
+            if dst != raddr or dport != rport:
                 self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
                 return 0
         elif dport == 0 or self.not_a_peer(dst) is not None:  # sendto: unicast to a peer, as Linux
@@ -386,9 +403,11 @@ class TransmitPath(HostDuties):
         if not seen or local is None:
             return 0
         now = self.clock()
-        for (dst, dport), (nxt, ack) in seen.ends.items():
+        for end, (nxt, ack) in seen.ends.items():
+            dst, dport = end[0], end[1]
+            sport = end[2] if len(end) > 2 else flow.lport  # a connector's: each connection's own port
             flags = _RST_ACK if ack is not None else _RST
-            seg = pack_segment(pseudo_sum(local, dst), flow.lport, dport, nxt, ack or 0, flags, 0)
+            seg = pack_segment(pseudo_sum(local, dst), sport, dport, nxt, ack or 0, flags, 0)
             self._send_ip(flow.id, local, dst, TCP, seg, now)
         self.counts["tcp_rst_owner_gone"] += len(seen)
         return len(seen)

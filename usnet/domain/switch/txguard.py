@@ -129,10 +129,13 @@ class TcpSeen:
     a SYN without ACK (a new connection on the 4-tuple) starts it afresh.
     """
 
-    __slots__ = ("ends",)
+    __slots__ = ("by_port", "ends")
 
-    def __init__(self) -> None:
-        self.ends: dict[tuple[bytes, int], list] = {}
+    def __init__(self, by_port: bool = False) -> None:
+        # by_port: a connector's, whose connections each have their own local port: an end is
+        # then (address, port, local port)
+        self.by_port = by_port
+        self.ends: dict[tuple, list] = {}
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -143,6 +146,8 @@ class TcpSeen:
             return
         if connected:  # one remote end: the batch's last valid segment
             last = [int(idx[-1])]
+        elif self.by_port:
+            last = self._last_per_end(rows, idx, base, family, True)
         elif family == 4:
             sel = rows[idx]
             ihl = (sel[:, base] & 0xF).astype(np.int64) << 2
@@ -159,16 +164,17 @@ class TcpSeen:
             self.note(rows[i, base : base + int(lens[i])].tobytes(), family)
 
     @staticmethod
-    def _last_per_end(rows: np.ndarray, idx: np.ndarray, base: int, family: int) -> list[int]:
-        """The last row of each remote end, parsed one by one (IPv6, or IPv4 with options)."""
+    def _last_per_end(rows: np.ndarray, idx: np.ndarray, base: int, family: int, by_port: bool = False) -> list[int]:
+        """The last row of each remote end (and local port, `by_port`), parsed one by one (IPv6,
+        IPv4 with options, or a connector's)."""
         by_end: dict[bytes, int] = {}
         for i in idx.tolist():
             r = rows[i]
             if family == 4:
                 l4 = base + ((int(r[base]) & 0xF) << 2)
-                end = r[base + 16 : base + 20].tobytes() + r[l4 + 2 : l4 + 4].tobytes()
+                end = r[base + 16 : base + 20].tobytes() + r[l4 + (0 if by_port else 2) : l4 + 4].tobytes()
             else:
-                end = r[base + 24 : base + 40].tobytes() + r[base + 42 : base + 44].tobytes()
+                end = r[base + 24 : base + 40].tobytes() + r[base + (40 if by_port else 42) : base + 44].tobytes()
             by_end.pop(end, None)
             by_end[end] = i
         return sorted(by_end.values())
@@ -184,8 +190,8 @@ class TcpSeen:
             l4, dst = 40, p[24:40]
         if len(p) < l4 + 20:
             return
-        _, dport, seq, ack, off, flags = _TCPFIX.unpack_from(p, l4)
-        key = (dst, dport)
+        sport, dport, seq, ack, off, flags = _TCPFIX.unpack_from(p, l4)
+        key: tuple = (dst, dport, sport) if self.by_port else (dst, dport)
         ends = self.ends
         if flags & _RST:
             ends.pop(key, None)  # the client reset it itself: nothing left to tell

@@ -190,6 +190,9 @@ class TcpEndpoint:
         self.syncookies = syncookies
         self._cookies = SynCookies(cookie_secret)
         self.connections: dict[Key, TcpConnection] = {}
+        # told of each connection that leaves the table (its 4-tuple is free): a connector's
+        # engine gives the port back to the domain (usnet.client.engine)
+        self.on_forget: Callable[[TcpConnection], None] | None = None
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
         self._out: list[tuple[bytes, bytes, int, int]] = []
@@ -518,6 +521,8 @@ class TcpEndpoint:
         key = (conn.remote_addr, conn.remote_port, conn.local_port)
         if self.connections.get(key) is conn:
             del self.connections[key]
+            if self.on_forget is not None:
+                self.on_forget(conn)
         lst = self.listeners.get(conn.local_port)
         if lst is not None and lst.syn_queue.get(key) is conn:
             del lst.syn_queue[key]
