@@ -336,3 +336,43 @@ def test_tcp_info_reports_the_connections_state_and_counters(c):
     fresh.close()
     for s in (cl, conn, srv):
         s.close()
+
+
+def test_tcp_congestion_is_chosen_per_socket_and_read_back_as_on_the_kernel(c):
+    """TCP_CONGESTION: set and read back with Linux's names and padding, refused (ENOENT) for a
+    name neither has, inherited by accepted sockets, and switched on a live connection."""
+    import socket as kernel
+
+    k = kernel.socket()
+    try:
+        k.setsockopt(kernel.IPPROTO_TCP, kernel.TCP_CONGESTION, b"reno")
+        kernel_reno = k.getsockopt(kernel.IPPROTO_TCP, kernel.TCP_CONGESTION, 16)
+        with pytest.raises(OSError) as ke:
+            k.setsockopt(kernel.IPPROTO_TCP, kernel.TCP_CONGESTION, b"no-such-cc")
+    finally:
+        k.close()
+    u = us.socket(client=c, netif="a")
+    assert u.getsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, 16).rstrip(b"\0") == b"cubic"
+    u.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, b"reno")
+    assert u.getsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, 16) == kernel_reno
+    with pytest.raises(OSError) as ue:
+        u.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, b"no-such-cc")
+    assert ue.value.errno == ke.value.errno
+    u.close()
+
+    srv = _listener(c, 8120)
+    srv.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, b"reno")
+    cl = us.create_connection((B_IP, 8120), timeout=10, client=c, netif="a")
+    conn, _ = srv.accept()
+    assert type(conn.connection.cc).__name__ == "NewReno"  # inherited from the listener
+    assert type(cl.connection.cc).__name__ == "Cubic"
+    cwnd = cl.connection.cc.cwnd
+    cl.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, "reno")  # on a live connection: windows kept
+    assert type(cl.connection.cc).__name__ == "NewReno" and cl.connection.cc.cwnd == cwnd
+    cl.sendall(b"x" * 100_000)
+    got = b""
+    while len(got) < 100_000:
+        got += conn.recv(65536)
+    assert got == b"x" * 100_000
+    for s in (cl, conn, srv):
+        s.close()

@@ -760,6 +760,11 @@ class socket:
             self._nodelay = bool(value)
             if conn is not None:
                 conn.nodelay = bool(value)
+        elif level == IPPROTO_TCP and opt == _std.TCP_CONGESTION:
+            value = _congestion_name(value)  # raises as Linux does for a name it does not have
+            if conn is not None and eng is not None:
+                with eng.lock:
+                    conn.set_congestion(value.decode())
         elif level == IPPROTO_TCP and opt == TCP_USER_TIMEOUT:
             self._user_timeout = int(value) / 1000
             if conn is not None:
@@ -839,6 +844,10 @@ class socket:
                 return int(self._user_timeout * 1000)
             if opt == _std.TCP_MAXSEG:
                 return conn.mss if conn is not None and conn.state is not SYN_SENT else 536
+            if opt == _std.TCP_CONGESTION:  # the name, zero-padded to TCP_CA_NAME_MAX as Linux gives it
+                name = self._opts.get((level, opt)) or _congestion_name(
+                    (conn.cfg if conn is not None else _tcp_defaults()).congestion)
+                return name.ljust(_CA_NAME_MAX, b"\0")
         return self._opts.get((level, opt), 0)
 
     def _take_error(self) -> int:
@@ -967,6 +976,8 @@ class socket:
 
     def _apply_options(self, conn: Any) -> None:
         conn.nodelay = self._nodelay
+        if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
+            conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
         for opt in _BUF_LIMITS:
             if (v := self._opts.get((SOL_SOCKET, opt))) is not None:
@@ -1071,6 +1082,24 @@ class socket:
 
 
 SocketType = socket
+
+
+_CA_NAME_MAX = 16  # TCP_CA_NAME_MAX: the longest congestion control name, with its NUL
+
+
+def _congestion_name(value: Any) -> bytes:
+    """A TCP_CONGESTION value (bytes or str, NUL-padded or not) as Linux names it: b"cubic" or
+    b"reno"; ENOENT for an algorithm usnet does not have, as Linux says for one not loaded."""
+    from usnet.proto.tcp.congestion import make_congestion
+
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    name = raw.split(b"\0", 1)[0][: _CA_NAME_MAX - 1].decode(errors="replace")
+    try:
+        make_congestion(name, 1460)
+    except ValueError:
+        raise OSError(errno.ENOENT, f"No such file or directory: no congestion control {name!r} "
+                                    "in usnet (it has cubic and reno)") from None
+    return b"reno" if name.lower() in ("reno", "newreno") else name.lower().encode()
 
 
 def _tcp_defaults() -> Any:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from usnet.proto.tcp.hystart import CSS, HyStart
 
-__all__ = ["CongestionControl", "Cubic", "NewReno", "make_congestion"]
+__all__ = ["CongestionControl", "Cubic", "NewReno", "make_congestion", "switch_congestion"]
 
 _INFINITE = 1 << 31
 
@@ -231,3 +231,13 @@ def make_congestion(
     if key in ("newreno", "reno"):
         return NewReno(mss, initial_segments, hystart)
     raise ValueError(f"unknown congestion control {name!r}")
+
+
+def switch_congestion(old: CongestionControl, name: str, hystart: bool = True) -> CongestionControl:
+    """`name` in place of `old` on a live connection (TCP_CONGESTION after connect), keeping the
+    windows as Linux's tcp_reinit_congestion_control does: the new algorithm starts from the
+    connection's cwnd and ssthresh, not from an initial window."""
+    new = make_congestion(name, old.mss, 10, hystart)
+    new.initial_window = old.initial_window
+    new.cwnd, new.ssthresh = old.cwnd, old.ssthresh
+    return new

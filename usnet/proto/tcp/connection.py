@@ -88,7 +88,7 @@ from usnet.proto.tcp.config import (
     TcpState,
     TcpStats,
 )
-from usnet.proto.tcp.congestion import CongestionControl, make_congestion
+from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
 from usnet.proto.tcp.pacing import UNPACED, Pacer
 from usnet.proto.tcp.rack import Rack
 from usnet.proto.tcp.reassembly import Reassembly
@@ -525,6 +525,12 @@ class TcpConnection:
         hlen = (segment[12] >> 4) << 2
         cut = self._mss_base + TCP_HLEN - hlen
         return cut if len(segment) - hlen > cut else 0
+
+    def set_congestion(self, name: str) -> None:
+        """Another congestion control from now on (TCP_CONGESTION), the windows kept."""
+        self.cc = switch_congestion(self.cc, name, self.cfg.hystart)
+        self.cfg.congestion = name
+        self._touch()
 
     @property
     def nodelay(self) -> bool:
