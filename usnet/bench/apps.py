@@ -9,14 +9,17 @@ session (`Domain.socketpair_session`); it builds its client with
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from usnet.domain.loop import Domain
 
-__all__ = ["kill_all", "read_all", "spawn_app", "wait_exit"]
+__all__ = ["kill_all", "read_all", "run_pair", "spawn_app", "wait_exit"]
 
 
 def spawn_app(dom: Domain, module: str, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
@@ -27,6 +30,36 @@ def spawn_app(dom: Domain, module: str, role: str, *args: str, keep: tuple[int, 
                                 pass_fds=(s.fileno(), *keep))
     finally:
         s.close()  # the child has its own copy
+
+
+def run_pair(dom: Domain, module: str, recv_args: tuple[str, ...], send_args: tuple[str, ...],
+             timeout: float = 60, while_sending: Callable[[subprocess.Popen], None] | None = None) -> Any:
+    """A receiver and a sender of `module` on sessions of `dom` (started): the receiver's result.
+
+    The receiver (`module recv FD *recv_args OUT READY`) says b"R" on READY once it listens, then
+    writes its result, JSON, to OUT; only then does the sender (`module send FD *send_args`)
+    start. `while_sending(sender)` runs meanwhile (a look at the flow table, say).
+    """
+    procs = []
+    r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        procs.append(spawn_app(dom, module, "recv", *recv_args, str(w), str(ready_w), keep=(w, ready_w)))
+        os.close(w)
+        os.close(ready_w)
+        if os.read(ready_r, 1) != b"R":
+            raise RuntimeError(f"the {module} receiver failed to start")
+        procs.append(spawn_app(dom, module, "send", *send_args))
+        if while_sending is not None:
+            while_sending(procs[-1])
+        data = read_all(r)
+        for p in procs:
+            p.wait(timeout)
+        return json.loads(data)
+    finally:
+        os.close(r)
+        os.close(ready_r)
+        kill_all(procs)
 
 
 def read_all(fd: int) -> bytes:

@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from usnet.bench.apps import kill_all, read_all, spawn_app
+from usnet.bench.apps import run_pair
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers.memwire import MemWire
@@ -70,8 +70,9 @@ def _receiver(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
         try:
             n = len(s.recv_many(BATCH, timeout=0))
         except BlockingIOError:  # the ring is empty and NEED_WAKEUP is set: sleep on the bell
-            if not select.select([fd], [], [], 1.0)[0]:
-                break  # a second of silence: the sender is done and the rest was lost
+            if not select.select([fd], [], [], 1.0 if got else 20.0)[0]:
+                break  # a second of silence: the sender is done and the rest was lost (before the
+                # first datagram, the sender may still be starting on a busy machine)
             s.channel.drain_doorbell()
             wakeups += 1
             continue
@@ -93,25 +94,9 @@ def run_once(mode: str, count: int, rx_mitigation: bool) -> dict:
     dom.add_netif("a", wire.a, f"{A_ADDR}/24")
     dom.add_netif("b", wire.b, f"{B_ADDR}/24")
     dom.start()
-    procs = []
-    r, w = os.pipe()
-    ready_r, ready_w = os.pipe()
     try:
-        procs.append(spawn_app(dom, "usnet.bench.rxmit", "recv", str(count), str(w), str(ready_w),
-                               keep=(w, ready_w)))
-        os.close(w)
-        os.close(ready_w)
-        if os.read(ready_r, 1) != b"R":
-            raise RuntimeError("receiver failed to start")
-        procs.append(spawn_app(dom, "usnet.bench.rxmit", "send", str(count), mode))
-        data = read_all(r)
-        for p in procs:
-            p.wait(60)
-        return json.loads(data)
+        return run_pair(dom, "usnet.bench.rxmit", (str(count),), (str(count), mode))
     finally:
-        os.close(r)
-        os.close(ready_r)
-        kill_all(procs)
         dom.stop()
 
 

@@ -251,31 +251,15 @@ def _usnetd_pid(socket_path: str) -> int | None:
 
 def udp_flows_dps(flows: int, count: int) -> tuple[float, int]:
     """Datagrams/s from `flows` UDP flows of one application to one flow of another, through the switch."""
-    from usnet.bench.apps import kill_all, read_all, spawn_app
+    from usnet.bench.apps import run_pair
     from usnet.bench.udp import topology
 
     dom, _wire = topology()
     dom.start()
-    procs = []
-    r, w = os.pipe()
-    ready_r, ready_w = os.pipe()
     try:
-        procs.append(spawn_app(dom, "usnet.bench.scale", "recv", str(count), str(w), str(ready_w),
-                               keep=(w, ready_w)))
-        os.close(w)
-        os.close(ready_w)
-        if os.read(ready_r, 1) != b"R":
-            raise RuntimeError("the receiver failed to start")
-        procs.append(spawn_app(dom, "usnet.bench.scale", "send", str(count), str(flows)))
-        data = read_all(r)
-        for p in procs:
-            p.wait(120)
-        rate, got = json.loads(data)
+        rate, got = run_pair(dom, "usnet.bench.scale", (str(count),), (str(count), str(flows)), timeout=120)
         return float(rate), int(got)
     finally:
-        os.close(r)
-        os.close(ready_r)
-        kill_all(procs)
         dom.stop()
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from usnet.bench.apps import kill_all, read_all, spawn_app
+from usnet.bench.apps import run_pair
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers.memwire import MemWire
@@ -74,36 +74,24 @@ def usnet_dps(size: int, count: int, snapshot: list | None = None) -> tuple[floa
     """
     dom, _wire = topology()
     dom.start()
-    procs = []
-    r, w = os.pipe()
-    ready_r, ready_w = os.pipe()
+
+    def look(sender: Any) -> None:
+        deadline = time.monotonic() + 10
+        # until both flows show, or the sender is done (a short run may open and
+        # close its flow between two looks)
+        while time.monotonic() < deadline and sender.poll() is None:
+            table = flow_table(dom)
+            if len(table) >= 2:
+                assert snapshot is not None
+                snapshot.append(table)
+                break
+            time.sleep(0.005)  # polling the table for display, not synchronising data
+
     try:
-        procs.append(spawn_app(dom, "usnet.bench.udp", "recv", str(count), str(w), str(ready_w), keep=(w, ready_w)))
-        os.close(w)
-        os.close(ready_w)
-        if os.read(ready_r, 1) != b"R":
-            raise RuntimeError("receiver failed to start")
-        procs.append(spawn_app(dom, "usnet.bench.udp", "send", str(count), str(size)))
-        if snapshot is not None:
-            deadline = time.monotonic() + 10
-            sender = procs[-1]
-            # until both flows show, or the sender is done (a short run may open and
-            # close its flow between two looks)
-            while time.monotonic() < deadline and sender.poll() is None:
-                table = flow_table(dom)
-                if len(table) >= 2:
-                    snapshot.append(table)
-                    break
-                time.sleep(0.005)  # polling the table for display, not synchronising data
-        data = read_all(r)
-        for p in procs:
-            p.wait(60)
-        rate, got = json.loads(data)
+        rate, got = run_pair(dom, "usnet.bench.udp", (str(count),), (str(count), str(size)),
+                             while_sending=look if snapshot is not None else None)
         return float(rate), int(got)
     finally:
-        os.close(r)
-        os.close(ready_r)
-        kill_all(procs)
         dom.stop()
 
 
