@@ -54,14 +54,34 @@ import errno
 import fcntl
 import heapq
 import os
-import platform
 import select
 import socket
 import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from usnet.drivers import bpf
+from usnet.drivers.bpf import (
+    BPF_PROG_TYPE_SCHED_CLS,
+    JA,
+    JEQ,
+    JLT,
+    JMP,
+    JMP32,
+    JNE,
+    Insn,
+    K,
+    assemble,
+    call,
+    exit_,
+    load_w,
+    mov_imm,
+    mov_reg,
+    store_w,
+    store_w_imm,
+)
 
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
@@ -73,32 +93,6 @@ __all__ = ["BPF_PROG_TYPE_SCHED_CLS", "EGRESS", "INGRESS", "MARK", "Holder", "Im
 # -- the instruction encoding (linux/bpf.h, linux/bpf_common.h) ---------------------------------------
 
 
-class Insn(NamedTuple):
-    """One eBPF instruction, `struct bpf_insn`: opcode, destination and source registers (4 bits
-    each, dst in the low nibble on a little-endian machine), a signed 16-bit offset and a signed
-    32-bit immediate, eight bytes in all."""
-
-    code: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
-
-    def encode(self) -> bytes:
-        imm = self.imm - (1 << 32) if self.imm >= 1 << 31 else self.imm  # an unsigned 32-bit pattern, as s32
-        return struct.pack("<BBhi", self.code, (self.src << 4) | self.dst, self.off, imm)
-
-
-# instruction classes
-LDX, ST, STX, ALU64, JMP, JMP32 = 0x01, 0x02, 0x03, 0x07, 0x05, 0x06
-# sizes and modes (loads and stores)
-W, MEM = 0x00, 0x60
-# sources
-K, X = 0x00, 0x08
-# operations
-MOV = 0xB0
-JA, JEQ, JNE, JLT, CALL, EXIT = 0x00, 0x10, 0x50, 0xA0, 0x80, 0x90
-
 # helpers (the numbers of enum bpf_func_id)
 GET_PRANDOM_U32, CLONE_REDIRECT, REDIRECT = 7, 13, 23
 BPF_F_INGRESS = 1
@@ -108,37 +102,8 @@ TC_ACT_OK, TC_ACT_SHOT = 0, 2
 SKB_MARK, SKB_PROTOCOL = 8, 16
 ETH_P_IP = 0x0800
 
-BPF_PROG_TYPE_SCHED_CLS = 3
 MARK = 0x75736E31  # "usn1": a packet that passes untouched (a duplicate, or a held one coming back)
 EGRESS, INGRESS = "ffff:fff3", "ffff:fff2"  # clsact's two hooks, as tc parents
-
-
-def mov_imm(dst: int, imm: int) -> Insn:
-    return Insn(ALU64 | MOV | K, dst, 0, 0, imm)
-
-
-def mov_reg(dst: int, src: int) -> Insn:
-    return Insn(ALU64 | MOV | X, dst, src)
-
-
-def load_w(dst: int, src: int, off: int) -> Insn:
-    return Insn(LDX | MEM | W, dst, src, off)
-
-
-def store_w(dst: int, off: int, src: int) -> Insn:
-    return Insn(STX | MEM | W, dst, src, off)
-
-
-def store_w_imm(dst: int, off: int, imm: int) -> Insn:
-    return Insn(ST | MEM | W, dst, 0, off, imm)
-
-
-def call(helper: int) -> Insn:
-    return Insn(JMP | CALL, 0, 0, 0, helper)
-
-
-def exit_() -> Insn:
-    return Insn(JMP | EXIT)
 
 
 # -- the impairment -------------------------------------------------------------------------------------
@@ -220,38 +185,9 @@ def return_program(target_ifindex: int) -> list[Insn]:
             mov_imm(1, target_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
 
 
-def assemble(insns: Sequence[Insn]) -> bytes:
-    return b"".join(i.encode() for i in insns)
-
-
-# -- bpf(2) and tc ----------------------------------------------------------------------------------------
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-BPF_PROG_LOAD = 5
-
-
 def load(insns: Sequence[Insn], name: str = "usnet_impair") -> int:
-    """A file descriptor of the program, loaded as a tc classifier; the verifier's log in the
-    error when it refuses."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(errno.ENOSYS, f"bpf(2): no syscall number known for {platform.machine()}")
-    code = ctypes.create_string_buffer(assemble(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(1 << 16)
-    # union bpf_attr, the BPF_PROG_LOAD part: prog_type, insn_cnt, insns, license, log_level,
-    # log_size, log_buf, kern_version, prog_flags, prog_name[16]; the rest zero
-    attr = bytearray(128)
-    struct.pack_into("<IIQQIIQII16s", attr, 0, BPF_PROG_TYPE_SCHED_CLS, len(insns), ctypes.addressof(code),
-                     ctypes.addressof(lic), 1, len(log), ctypes.addressof(log), 0, 0, name.encode()[:15])
-    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(BPF_PROG_LOAD), buf, ctypes.c_uint(len(attr)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bpf(BPF_PROG_LOAD): {os.strerror(err)}\n{log.value.decode(errors='replace')}")
-    return int(fd)
+    """A file descriptor of the program, loaded as a tc classifier (usnet.drivers.bpf.load)."""
+    return bpf.load(insns, name, BPF_PROG_TYPE_SCHED_CLS)
 
 
 def attach(ifindex: int, fd: int, parent: str, name: str = "usnet_impair") -> None:

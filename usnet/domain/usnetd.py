@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", type=lambda s: int(s, 8), default=None,
                     help="socket file mode, octal (default: the config's socket_mode; 0600, or 0660 with socket_group)")
     ap.add_argument("--log-level", default=None)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes serving the data path (default 1); with N > 1 each TAP netif gets N queues "
+                         "and a flow is served by the worker of its local port mod N (usnet.domain.workers)")
     args = ap.parse_args(argv)
     try:
         cfg = config.load(args.config) if args.config else config.Config()
@@ -63,6 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=(args.log_level or cfg.log_level).upper(),
                         format="%(asctime)s usnetd %(levelname)s %(message)s")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), exist_ok=True)
+    if args.workers < 1:
+        print("usnetd: --workers must be at least 1", file=sys.stderr)
+        return 2
+    links: list = []
+    own: dict = {}
+    if args.workers > 1:  # before anything else is open: the workers are forked now
+        from usnet.domain import workers
+
+        try:
+            queues = _open_queues(cfg, args.workers)
+        except (OSError, ValueError) as e:
+            log.error("cannot open netif queues: %s", e)
+            return 1
+        links, own = workers.start_workers(args.workers, queues, lambda k, cmd, drv: _worker(k, cmd, drv, cfg),
+                                           keep=[])
     mode, gid = cfg.socket_perms()
     try:
         sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)
@@ -71,11 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         log.error("cannot listen on %s: %s", args.socket, e)
         return 1
-    domain = Domain(policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation,
+    make: type[Domain] = Domain
+    extra: dict = {}
+    if links:
+        from usnet.domain.workers import ShardedDomain
+
+        make, extra = ShardedDomain, {"links": links, "sharded": set(own)}
+    domain = make(**extra, policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation,
                     **cfg.domain_kwargs(), **cfg.privilege_kwargs())
     try:
         for nc in cfg.netif:
-            drv = config.make_driver(nc)
+            drv = own[nc.name] if nc.name in own else config.make_driver(nc)
             domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu, address6=nc.address6,
                              gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
                              work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation,
@@ -119,6 +143,45 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError:
             pass
         log.info("stopped")
+    return 0
+
+
+def _open_queues(cfg: config.Config, n: int) -> dict:
+    """`n` queues of every TAP netif (usnet.drivers.tap.TapDriver.queues), by netif name."""
+    from usnet.drivers.tap import TapDriver
+
+    out: dict = {}
+    try:
+        for nc in cfg.netif:
+            if nc.driver == "tap":
+                out[nc.name] = TapDriver.queues(nc.ifname or nc.name, n, mtu=nc.mtu, offload=nc.offload)
+    except BaseException:
+        for qs in out.values():
+            for q in qs:
+                q.close()
+        raise
+    if not out:
+        raise ValueError("--workers needs a TAP netif")
+    return out
+
+
+def _worker(k: int, cmd, drivers: dict, cfg: config.Config) -> int:
+    """The body of worker k (a forked child): a Domain on queue k of every TAP netif, until usnetd
+    closes its command socket. SIGTERM stops it as it stops usnetd."""
+    from usnet.domain.workers import WorkerDomain
+
+    domain = WorkerDomain(cmd, rx_mitigation=cfg.rx_mitigation, **cfg.domain_kwargs())
+    signal.signal(signal.SIGTERM, lambda _s, _f: domain.request_stop())
+    try:
+        for nc in cfg.netif:
+            if nc.name in drivers:
+                domain.add_netif(nc.name, drivers[nc.name], nc.address, nc.gateway, nc.mtu, address6=nc.address6,
+                                 gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
+                                 work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation, aqm=nc.aqm)
+        log.info("worker %d (pid %d): %d netif queue(s)", k, os.getpid(), len(drivers))
+        domain.run()
+    finally:
+        domain.stop()
     return 0
 
 

@@ -14,6 +14,13 @@ instead of once per 1.5 KB, both ways:
 
 What goes out carries a complete checksum (no NEEDS_CSUM): the kernel checks
 it on local delivery and sets up its own partial checksum when it segments.
+
+Several queues (`TapDriver.queues`, IFF_MULTI_QUEUE): one fd, so one driver, per
+queue, all on the same device. What the kernel sends to the device is spread over
+the queues by a steering program (`steer_by_port`, TUNSETSTEERINGEBPF) that
+picks queue = the TCP/UDP destination port (usnet's local port) modulo the number
+of queues, and queue 0 for everything else (ARP, ICMP, fragments), so that each
+of usnetd's workers (usnet.domain.workers) gets exactly the frames of its flows.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ TUNSETVNETHDRSZ = 0x400454D8
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
+TUNSETSTEERINGEBPF = 0x800454E0  # _IOR('T', 224, int)
+IFF_MULTI_QUEUE = 0x0100
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 
 # struct virtio_net_hdr with num_buffers (virtio 1.0, little-endian on x86-64):
@@ -59,8 +68,9 @@ GSO_MAX = 65535  # the largest IP packet (IPv4 total length) the device takes to
 class TapDriver:
 
     def __init__(self, ifname: str = "usnet0", mtu: int = 1500, mac: bytes | None = None,
-                 offload: bool = True) -> None:
-        """`offload` False: plain frames, no virtio_net_hdr, the kernel segments nothing for us."""
+                 offload: bool = True, *, multi_queue: bool = False) -> None:
+        """`offload` False: plain frames, no virtio_net_hdr, the kernel segments nothing for us.
+        `multi_queue`: attach one more queue of the device (see `queues`)."""
         if len(ifname.encode()) >= 16:
             raise ValueError("interface names are at most 15 bytes")
         self.name = ifname
@@ -73,7 +83,8 @@ class TapDriver:
         self.stats = DriverStats()
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if self.vnet_hdr else 0)
+            flags = (IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if self.vnet_hdr else 0)
+                     | (IFF_MULTI_QUEUE if multi_queue else 0))
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
             if offload:
                 fcntl.ioctl(self.fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_LEN))
@@ -82,6 +93,26 @@ class TapDriver:
             os.close(self.fd)
             raise
         self._bufsize = VNET_HDR_LEN + 14 + GSO_MAX + 1  # +1: a longer frame shows as too long
+
+    @classmethod
+    def queues(cls, ifname: str, n: int, mtu: int = 1500, mac: bytes | None = None,
+               offload: bool = True) -> list[TapDriver]:
+        """`n` queues of one multi-queue TAP, queue i the i-th driver, all with one MAC; with
+        n > 1 what the kernel sends is steered to them by local port (`steer_by_port`)."""
+        if n < 1:
+            raise ValueError("a TAP has at least one queue")
+        if n == 1:
+            return [cls(ifname, mtu, mac, offload)]
+        out: list[TapDriver] = []
+        try:
+            for _ in range(n):
+                out.append(cls(ifname, mtu, mac or (out[0].mac if out else None), offload, multi_queue=True))
+            steer_by_port(out[0].fd, n)
+        except BaseException:
+            for d in out:
+                d.close()
+            raise
+        return out
 
     def fileno(self) -> int:
         return self.fd
@@ -182,3 +213,66 @@ class TapDriver:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def steering_program(n: int) -> list:
+    """The queue of a frame the kernel sends to the TAP: its TCP or UDP destination port (the
+    local port of a usnet flow) modulo `n`, over IPv4 (unfragmented) and IPv6 (no extension
+    header); 0 for everything else. A socket filter; tun takes its return value modulo the
+    number of queues. Packet loads are the classic LD_ABS/LD_IND (r6 the context, result in r0,
+    network order converted to host order)."""
+    from usnet.drivers import bpf as B
+
+    ld_abs = {1: B.LD | B.ABS | B.B, 2: B.LD | B.ABS | B.H}
+    body: list[B.Insn] = []
+    fixups: list[tuple[int, str]] = []
+    labels: dict[str, int] = {}
+
+    def jump(cond: int, value: int, label: str) -> None:
+        fixups.append((len(body), label))
+        body.append(B.Insn(B.JMP | cond | B.K, 0, 0, 0, value))
+
+    def to_queue() -> None:  # r0 is the port
+        body.extend([B.Insn(B.ALU64 | B.MOD | B.K, 0, 0, 0, n), B.exit_()])
+
+    body += [B.mov_reg(6, 1), B.Insn(ld_abs[2], 0, 0, 0, 12)]  # the ethertype
+    jump(B.JEQ, 0x0800, "v4")
+    jump(B.JEQ, 0x86DD, "v6")
+    jump(B.JA, 0, "zero")
+    labels["v4"] = len(body)
+    body += [B.Insn(ld_abs[2], 0, 0, 0, 14 + 6), B.Insn(B.ALU64 | B.AND | B.K, 0, 0, 0, 0x3FFF)]
+    jump(B.JNE, 0, "zero")  # a fragment: only the first has ports
+    body.append(B.Insn(ld_abs[1], 0, 0, 0, 14 + 9))
+    jump(B.JEQ, 6, "ports4")
+    jump(B.JEQ, 17, "ports4")
+    jump(B.JA, 0, "zero")
+    labels["ports4"] = len(body)
+    body += [B.Insn(ld_abs[1], 0, 0, 0, 14), B.Insn(B.ALU64 | B.AND | B.K, 0, 0, 0, 0xF),
+             B.Insn(B.ALU64 | B.LSH | B.K, 0, 0, 0, 2), B.mov_reg(7, 0),
+             B.Insn(B.LD | B.IND | B.H, 0, 7, 0, 14 + 2)]  # r0 = the port at 14 + IHL*4 + 2
+    to_queue()
+    labels["v6"] = len(body)
+    body.append(B.Insn(ld_abs[1], 0, 0, 0, 14 + 6))
+    jump(B.JEQ, 6, "ports6")
+    jump(B.JEQ, 17, "ports6")
+    jump(B.JA, 0, "zero")
+    labels["ports6"] = len(body)
+    body.append(B.Insn(ld_abs[2], 0, 0, 0, 14 + 40 + 2))
+    to_queue()
+    labels["zero"] = len(body)
+    body += [B.mov_imm(0, 0), B.exit_()]
+    for at, label in fixups:
+        body[at] = body[at]._replace(off=labels[label] - at - 1)
+    return body
+
+
+def steer_by_port(fd: int, n: int) -> None:
+    """Load `steering_program(n)` and make it the queue choice of the TAP whose queue `fd` is
+    (the device keeps the program; our fd of it is closed)."""
+    from usnet.drivers import bpf
+
+    prog = bpf.load(steering_program(n), "usnet_steer", bpf.BPF_PROG_TYPE_SOCKET_FILTER)
+    try:
+        fcntl.ioctl(fd, TUNSETSTEERINGEBPF, struct.pack("i", prog))
+    finally:
+        os.close(prog)

@@ -1,0 +1,135 @@
+"""Issue 18, "More than one core": `usnetd --workers 2` on a multi-queue TAP.
+
+Kernel peers in the test's namespace reach usnet flows on ports of both workers (UDP echo and a
+TCP transfer each); both processes carry traffic (their netif counters, in the status's
+"workers"); SIGTERM stops usnetd and its worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import pytest
+
+from tests.interop.test_usnetd_gone import TapDaemon
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def tapd2(sockdir, monkeypatch):
+    from usnet import socket as us
+
+    d = TapDaemon(sockdir)
+    d.start = _start_with_workers(d)  # type: ignore[method-assign]
+    monkeypatch.setenv("USNET_SOCKET", d.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    d.start()
+    try:
+        yield d
+    finally:
+        us.configure(None, None)
+        d.stop()
+
+
+def _start_with_workers(d: TapDaemon):
+    def start() -> None:
+        from pyroute2 import IPRoute
+
+        from tests.helpers.usnetd import Daemon
+
+        d.daemon = Daemon(d.path, d.logs / "usnetd.log", "--config", str(d.config), "--workers", "2")
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=d.ifname)
+            ipr.link("set", index=idx, state="up")
+            ipr.addr("add", index=idx, address=d.host_ip, prefixlen=24)
+    return start
+
+
+def _udp_echo(port: int, n: int) -> threading.Thread:
+    from usnet import socket as us
+
+    s = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(10)
+
+    def serve() -> None:
+        with s:
+            for _ in range(n):
+                data, peer = s.recvfrom(2048)
+                s.sendto(data, peer)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def _tcp_sink(port: int, out: dict) -> threading.Thread:
+    """Accept one connection, read it to the end, answer with the byte count."""
+    from usnet import socket as us
+
+    ls = us.socket(us.AF_INET, us.SOCK_STREAM)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(1)
+    ls.settimeout(10)
+
+    def serve() -> None:
+        with ls:
+            c, _ = ls.accept()
+            with c:
+                c.settimeout(10)
+                total = 0
+                while chunk := c.recv(65536):
+                    total += len(chunk)
+                c.sendall(str(total).encode())
+                out[port] = total
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def _workers(path: str) -> list[dict]:
+    from usnet.client import Client
+
+    with Client.connect(path) as c:
+        return c.status()["workers"]
+
+
+def test_two_workers_serve_udp_and_tcp_on_ports_of_both(tapd2):
+    ports = (7000, 7001)  # worker 0 and worker 1 (port mod 2)
+    servers = [_udp_echo(p, 20) for p in ports]
+    for p in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.settimeout(5)
+            for i in range(20):
+                k.sendto(b"ping %d" % i, (tapd2.usnet_ip, p))
+                assert k.recvfrom(2048)[0] == b"ping %d" % i
+    for t in servers:
+        t.join(5)
+    got: dict = {}
+    sinks = [_tcp_sink(p, got) for p in (7100, 7101)]
+    blob = os.urandom(1 << 20)
+    for p in (7100, 7101):
+        with socket.create_connection((tapd2.usnet_ip, p), timeout=10) as k:
+            k.sendall(blob)
+            k.shutdown(socket.SHUT_WR)
+            assert k.recv(64) == str(len(blob)).encode()
+    for t in sinks:
+        t.join(5)
+    assert got == {7100: len(blob), 7101: len(blob)}
+    workers = _workers(tapd2.path)
+    assert [w["index"] for w in workers] == [0, 1]
+    for w in workers:  # each process received and sent its own flows' frames
+        (nif,) = w["netifs"]
+        assert nif["netif"]["rx_frames"] > 40 and nif["netif"]["tx_frames"] > 20, w
+
+
+def test_sigterm_stops_the_workers_too(tapd2):
+    pids = [w["pid"] for w in _workers(tapd2.path)]
+    assert len(set(pids)) == 2
+    assert tapd2.daemon is not None
+    assert tapd2.daemon.stop() == 0
+    for pid in pids[1:]:  # the worker was usnetd's child, reaped by it before it exited
+        assert not os.path.exists(f"/proc/{pid}")

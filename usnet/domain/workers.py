@@ -1,0 +1,349 @@
+"""usnetd on more than one core: the domain as N processes, each serving a share of the flows.
+
+Python threads would not help: the data path is Python, and one interpreter runs one thread at a
+time (docs/design-notes.md, "Issue 18: more than one core", has the measurement). So workers are
+processes. `usnetd --workers N` (N > 1) opens every TAP netif with N queues (usnet.drivers.tap:
+`TapDriver.queues`, IFF_MULTI_QUEUE) and steers what the kernel sends by local port: a frame to
+port p arrives on queue p mod N (`steer_by_port`), ARP, ICMP and fragments on queue 0.
+
+* Worker 0 is usnetd's own process (`ShardedDomain`): the one control plane (sessions, the port
+  namespace, limits and port rules, leases), the loopback netif, queue 0 of every TAP netif with
+  the flows whose port p has p mod N == 0, connectors, and every neighbour it learns.
+* Worker k (1 <= k < N) is a child forked at start (`start_workers`, `WorkerDomain`): an ordinary
+  Domain on queue k of every TAP netif, serving the flows whose port has p mod N == k. It takes
+  no client itself: its only peer is usnetd.
+
+A client opens a flow as ever, from usnetd. For a port of worker k, usnetd reserves the port in
+its namespace, checks the port rules and charges the limits, then opens the flow in worker k on
+a session of its own for that client (a SEQPACKET pair whose far end it passes to the worker with
+SCM_RIGHTS), and hands the client the worker's descriptors under a channel id of its own. From
+then on the data path (rings, doorbells, the TAP queue) is the worker's alone: rings stay single
+producer, single consumer, and nothing of the flow crosses a process. Kick, Resize, CloseChannel
+and FlushQueue on that channel are relayed. When the client's session ends, usnetd closes its
+sessions in the workers, which end theirs as OWNER_GONE: the flows are defuncted and their TCP
+peers reset, as on one core.
+
+Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
+neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
+
+Not yet (see the design notes): connectors (many outgoing connections on one channel) and
+low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
+of another worker; the packet driver has one queue (PACKET_FANOUT is the way); a relayed request
+waits for its worker (bounded by WORKER_TIMEOUT).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from usnet.abi import protocol as P
+from usnet.abi.transport import recv_msg, send_msg
+from usnet.domain.limits import Charge
+from usnet.domain.loop import Domain
+from usnet.domain.sessions import Session
+from usnet.domain.switch.ports import PROTO_NAMES
+
+__all__ = ["WORKER_TIMEOUT", "ShardedDomain", "WorkerDomain", "WorkerLink", "start_workers", "worker_of"]
+
+log = logging.getLogger("usnet.domain.workers")
+WORKER_TIMEOUT = 5.0  # the longest usnetd waits for a worker's reply to a relayed request
+_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue)
+
+
+def worker_of(port: int, n: int) -> int:
+    """The worker that serves local port `port` of `n`: the queue the steering program picks."""
+    return port % n
+
+
+class WorkerLink:
+    """usnetd's end of worker k: its process and its command socket (sessions and neighbours)."""
+
+    def __init__(self, index: int, pid: int, cmd: socket.socket) -> None:
+        self.index = index
+        self.pid = pid
+        self.cmd = cmd
+        self.admin: socket.socket | None = None  # usnetd's own session there (status)
+
+    def new_session(self) -> socket.socket:
+        """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            send_msg(self.cmd, b"S", [theirs.fileno()])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(WORKER_TIMEOUT)
+        return ours
+
+    def neighbour(self, netif: str, family: int, addr: bytes, mac: bytes) -> None:
+        name = netif.encode()
+        try:
+            send_msg(self.cmd, b"N" + bytes([family, len(name)]) + name + addr + mac)
+        except OSError as e:  # a worker gone: its flows are lost; the log says so
+            log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close its command socket (it stops) and reap it; killed if it takes longer than `timeout`."""
+        for s in (self.admin, self.cmd):
+            if s is not None:
+                s.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return
+            time.sleep(0.01)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+def relay(sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
+    """One request to a worker and its reply, waited for (at most WORKER_TIMEOUT)."""
+    send_msg(sock, P.encode(req))
+    data, fds = recv_msg(sock, 16)
+    if not data:
+        raise OSError(errno.EPIPE, "the worker is gone")
+    return P.decode_reply(data), fds
+
+
+@dataclass
+class Proxied:
+    """A flow channel of a client served by worker `index` (its id there `wcid`)."""
+
+    index: int
+    wcid: int
+    session_id: int
+    sock: socket.socket
+    key: tuple[int, int, int]  # (proto, port, family) held in usnetd's port namespace
+    charge: Charge | None
+
+
+class ShardedDomain(Domain):
+    """Worker 0 and the control plane of a domain with workers (see the module's docstring)."""
+
+    def __init__(self, links: list[WorkerLink], sharded: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.links = {link.index: link for link in links}
+        self.n = len(links) + 1
+        self.sharded = set(sharded)
+        self.proxied: dict[int, Proxied] = {}
+        self._wsocks: dict[tuple[int, int], socket.socket] = {}  # (session id, worker) -> usnetd's end
+
+    def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
+        sw = super().add_netif(name, driver, *args, **kwargs)
+        if name in self.sharded:
+            learn = sw._learn
+
+            def tell_workers(cache: Any, addr: bytes, mac: bytes, now: float) -> None:
+                learn(cache, addr, mac, now)
+                for link in self.links.values():
+                    link.neighbour(name, 4 if cache is sw.arp else 6, addr, mac)
+
+            sw._learn = tell_workers  # type: ignore[method-assign]
+        return sw
+
+    def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
+        if session.over_limit is None:
+            if type(req) is P.OpenFlow and req.netif in self.sharded and not req.connector:
+                return self._open_sharded(session, req)
+            channel = getattr(req, "channel", None)
+            px = self.proxied.get(channel) if isinstance(channel, int) else None
+            if px is not None:
+                if px.session_id != session.id:
+                    raise OSError(errno.ENOENT, f"no channel {channel} in this session")
+                if not isinstance(req, _RELAYED):
+                    raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
+                reply, fds = relay(px.sock, msgspec.structs.replace(req, channel=px.wcid))
+                if isinstance(req, P.CloseChannel):
+                    self._drop_proxied(req.channel)
+                return reply, fds
+        return super()._dispatch(session, req)
+
+    def _open_sharded(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
+        """A flow on a sharded netif: served here (its port's worker is 0) or relayed to its worker."""
+        family = req.family or (6 if req.remote_addr is not None and ":" in req.remote_addr else 4)
+        sib = self.proxied.get(req.with_channel) if req.with_channel else None
+        if req.with_channel and sib is None and req.with_channel not in self.channels:
+            raise OSError(errno.EINVAL, f"channel {req.with_channel} is no flow of this session")
+        if req.with_channel and (sib is None) != (req.local_port == 0 or worker_of(req.local_port, self.n) == 0):
+            raise OSError(errno.EOPNOTSUPP, "a flow sharing a port with a flow of another worker")
+        if sib is not None:  # the same port on another sharded netif: the same worker
+            return self._relay_open(session, req, sib.index, sib.key, None, with_channel=sib.wcid)
+        self.access.check_port(session.uid, session.program, PROTO_NAMES.get(req.proto, str(req.proto)),
+                               req.local_port)
+        port = req.local_port
+        if port == 0:  # the port decides the worker: choose it here, from the one namespace
+            port = self.ports.reserve(req.proto, 0, ("workers", session.id), family=family)
+            self.ports.release(req.proto, port, family)
+            req = msgspec.structs.replace(req, local_port=port)
+        k = worker_of(port, self.n)
+        if k == 0:
+            return super()._dispatch(session, req)
+        charge = self.ledger.admit(Charge(session.uid, session.id, flows=1))
+        try:
+            self.ports.reserve(req.proto, port, ("workers", session.id), family=family)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
+        return self._relay_open(session, req, k, (req.proto, port, family), charge)
+
+    def _relay_open(self, session: Session, req: P.OpenFlow, k: int, key: tuple[int, int, int],
+                    charge: Charge | None, with_channel: int = 0) -> tuple[P.Reply, list[int]]:
+        def undo() -> None:
+            if charge is not None:
+                self.ports.release(key[0], key[1], key[2])
+                self.ledger.release(charge)
+
+        try:
+            sock = self._wsocks.get((session.id, k))
+            if sock is None:
+                sock = self._wsocks[session.id, k] = self.links[k].new_session()
+            reply, fds = relay(sock, msgspec.structs.replace(req, with_channel=with_channel))
+        except BaseException:
+            undo()
+            raise
+        if type(reply) is not P.FlowOpened:
+            undo()
+            return reply, fds
+        cid = next(self._ids)
+        self.proxied[cid] = Proxied(k, reply.channel, session.id, sock, key, charge)
+        return msgspec.structs.replace(reply, channel=cid), fds
+
+    def _drop_proxied(self, cid: int) -> None:
+        px = self.proxied.pop(cid, None)
+        if px is not None and px.charge is not None:
+            self.ports.release(*px.key)
+            self.ledger.release(px.charge)
+
+    def end_session(self, session: Session, reason: Any) -> None:
+        super().end_session(session, reason)
+        with self.lock:
+            for cid in [c for c, px in self.proxied.items() if px.session_id == session.id]:
+                self._drop_proxied(cid)
+            for key in [key for key in self._wsocks if key[0] == session.id]:
+                self._wsocks.pop(key).close()  # the worker ends its session: OWNER_GONE, peers reset
+
+    def status(self, viewer: Session | None = None) -> dict:
+        info = super().status(viewer)
+        workers: list[dict] = [{"index": 0, "pid": os.getpid(),
+                                "netifs": [n for n in info["netifs"] if n["netif"]["name"] in self.sharded]}]
+        for link in self.links.values():
+            try:
+                if link.admin is None:
+                    link.admin = link.new_session()
+                workers.append({"index": link.index, "pid": link.pid, "netifs": _worker_status(link.admin)})
+            except (OSError, P.ProtocolError) as e:
+                workers.append({"index": link.index, "pid": link.pid, "error": str(e)})
+        info["workers"] = workers
+        return info
+
+    def stop(self) -> None:
+        super().stop()
+        for sock in self._wsocks.values():
+            sock.close()
+        self._wsocks.clear()
+        for link in self.links.values():
+            link.stop()
+        self.links.clear()
+
+
+def _worker_status(sock: socket.socket) -> list:
+    parts: list[bytes] = []
+    total = 1
+    while len(parts) < total:
+        reply, _ = relay(sock, P.Status(len(parts)))
+        if type(reply) is not P.StatusReply:
+            raise OSError(errno.EPROTO, f"status: {reply!r}")
+        parts.append(reply.data)
+        total = reply.parts
+    return P.decode_status(b"".join(parts))["netifs"]
+
+
+class WorkerDomain(Domain):
+    """Worker k: a Domain whose only peer is usnetd, on its command socket `cmd`."""
+
+    def __init__(self, cmd: socket.socket, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cmd = cmd
+        self._sel.register(cmd, selectors.EVENT_READ, ("command", None))
+
+    def _serve_event(self, kind: str, obj: Any, fd: int, mask: int) -> None:
+        if kind != "command":
+            super()._serve_event(kind, obj, fd, mask)
+            return
+        try:
+            data, fds = recv_msg(self.cmd, 4)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:  # usnetd is gone or stopping: so are we
+            self.request_stop()
+            return
+        if data[:1] == b"S" and len(fds) == 1:
+            self.add_socket_session(socket.socket(fileno=fds[0]))
+        elif data[:1] == b"N":
+            family, n = data[1], data[2]
+            name = data[3:3 + n].decode()
+            rest = data[3 + n:]
+            size = 4 if family == 4 else 16
+            sw = self.switches.get(name)
+            if sw is not None and len(rest) == size + 6:
+                with self.lock:
+                    sw._learn(sw.arp if family == 4 else sw.nd, rest[:size], rest[size:], sw.clock())
+        else:
+            for fd in fds:
+                os.close(fd)
+
+
+def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.socket, dict[str, Any]], int],
+                  keep: list[int]) -> tuple[list[WorkerLink], dict[str, Any]]:
+    """Fork workers 1 .. n-1, each given queue k of every netif in `queues` and run by `make`
+    (its exit status); returns usnetd's links and its own drivers (queue 0). `keep`: descriptors
+    a child closes at once (usnetd's own, such as its control socket)."""
+    links: list[WorkerLink] = []
+    for k in range(1, n):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                ours.close()
+                for link in links:
+                    link.cmd.close()
+                for fd in keep:
+                    os.close(fd)
+                mine = {}
+                for name, qs in queues.items():
+                    for i, q in enumerate(qs):
+                        if i == k:
+                            mine[name] = q
+                        else:
+                            q.close()
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: usnetd stops us
+                status = make(k, theirs, mine)
+            except BaseException:
+                log.exception("worker %d failed", k)
+            finally:
+                os._exit(status)
+        theirs.close()
+        links.append(WorkerLink(k, pid, ours))
+    own = {}
+    for name, qs in queues.items():
+        own[name] = qs[0]
+        for q in qs[1:]:
+            q.close()
+    return links, own
+
+
