@@ -18,6 +18,7 @@ import time
 import pytest
 
 from usnet.bench import impair as I
+from usnet.drivers import bpf
 
 FULL = I.Impairment(drop=0.02, duplicate=0.01, reorder=0.10)
 
@@ -50,7 +51,7 @@ def _target(prog: list[I.Insn], i: int) -> int:
 def test_program_jumps_land_on_the_verdicts_it_means():
     prog = I.program(FULL, self_ifindex=2, hold_ifindex=3)
     jumps = [i for i, x in enumerate(prog)
-             if x.code & 0x07 in (I.JMP, I.JMP32) and x.code & 0xF0 not in (I.CALL, I.EXIT)]
+             if x.code & 0x07 in (I.JMP, I.JMP32) and x.code & 0xF0 not in (bpf.CALL, bpf.EXIT)]
     assert all(0 <= _target(prog, i) < len(prog) for i in jumps)
     assert prog[-1] == I.exit_()
     draws = [i for i, x in enumerate(prog) if x == I.call(I.GET_PRANDOM_U32)]

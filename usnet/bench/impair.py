@@ -4,8 +4,9 @@ Why: this kernel has neither netem nor fq (nor etf), so `tc qdisc ... netem loss
 available to make the impaired path that `usnet bench lossy` (issue 17) needs. A classifier in
 direct-action mode on a clsact hook can do it, and its bytecode is small enough to assemble
 from Python: no compiler, no libbpf. `Insn` declares the encoding of an eBPF instruction
-once, with named fields; `program()` is the impairment; `load()` hands it to the verifier
-through bpf(2); `attach()` puts it on a device's egress or ingress with pyroute2's tc.
+once, with named fields (in usnet.drivers.bpf, shared with the AF_XDP driver); `program()` is
+the impairment; `load()` hands it to the verifier through bpf(2); `attach()` puts it on a
+device's egress or ingress with pyroute2's tc.
 
 The program, for each packet at the hook (r6 holds the context, `struct __sk_buff`):
 
@@ -54,14 +55,41 @@ import errno
 import fcntl
 import heapq
 import os
-import platform
 import select
 import socket
 import struct
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
+
+from usnet.drivers import bpf
+from usnet.drivers.bpf import (
+    BPF_F_INGRESS,
+    BPF_PROG_TYPE_SCHED_CLS,
+    CLONE_REDIRECT,
+    GET_PRANDOM_U32,
+    JA,
+    JEQ,
+    JLT,
+    JMP,
+    JMP32,
+    JNE,
+    REDIRECT,
+    Insn,
+    K,
+    Label,
+    assemble,
+    call,
+    exit_,
+    jump,
+    link,
+    load_w,
+    mov_imm,
+    mov_reg,
+    store_w,
+    store_w_imm,
+)
 
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
@@ -70,75 +98,16 @@ __all__ = ["BPF_PROG_TYPE_SCHED_CLS", "EGRESS", "INGRESS", "MARK", "Holder", "Im
            "assemble", "attach", "hold_socket", "impair", "impaired_veth", "load", "no_offloads", "program",
            "return_program", "threshold"]
 
-# -- the instruction encoding (linux/bpf.h, linux/bpf_common.h) ---------------------------------------
+# -- the instruction encoding and bpf(2): usnet.drivers.bpf, shared with the AF_XDP driver ---------------
 
-
-class Insn(NamedTuple):
-    """One eBPF instruction, `struct bpf_insn`: opcode, destination and source registers (4 bits
-    each, dst in the low nibble on a little-endian machine), a signed 16-bit offset and a signed
-    32-bit immediate, eight bytes in all."""
-
-    code: int
-    dst: int = 0
-    src: int = 0
-    off: int = 0
-    imm: int = 0
-
-    def encode(self) -> bytes:
-        imm = self.imm - (1 << 32) if self.imm >= 1 << 31 else self.imm  # an unsigned 32-bit pattern, as s32
-        return struct.pack("<BBhi", self.code, (self.src << 4) | self.dst, self.off, imm)
-
-
-# instruction classes
-LDX, ST, STX, ALU64, JMP, JMP32 = 0x01, 0x02, 0x03, 0x07, 0x05, 0x06
-# sizes and modes (loads and stores)
-W, MEM = 0x00, 0x60
-# sources
-K, X = 0x00, 0x08
-# operations
-MOV = 0xB0
-JA, JEQ, JNE, JLT, CALL, EXIT = 0x00, 0x10, 0x50, 0xA0, 0x80, 0x90
-
-# helpers (the numbers of enum bpf_func_id)
-GET_PRANDOM_U32, CLONE_REDIRECT, REDIRECT = 7, 13, 23
-BPF_F_INGRESS = 1
 # tc verdicts
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 # offsets in struct __sk_buff
 SKB_MARK, SKB_PROTOCOL = 8, 16
 ETH_P_IP = 0x0800
 
-BPF_PROG_TYPE_SCHED_CLS = 3
 MARK = 0x75736E31  # "usn1": a packet that passes untouched (a duplicate, or a held one coming back)
 EGRESS, INGRESS = "ffff:fff3", "ffff:fff2"  # clsact's two hooks, as tc parents
-
-
-def mov_imm(dst: int, imm: int) -> Insn:
-    return Insn(ALU64 | MOV | K, dst, 0, 0, imm)
-
-
-def mov_reg(dst: int, src: int) -> Insn:
-    return Insn(ALU64 | MOV | X, dst, src)
-
-
-def load_w(dst: int, src: int, off: int) -> Insn:
-    return Insn(LDX | MEM | W, dst, src, off)
-
-
-def store_w(dst: int, off: int, src: int) -> Insn:
-    return Insn(STX | MEM | W, dst, src, off)
-
-
-def store_w_imm(dst: int, off: int, imm: int) -> Insn:
-    return Insn(ST | MEM | W, dst, 0, off, imm)
-
-
-def call(helper: int) -> Insn:
-    return Insn(JMP | CALL, 0, 0, 0, helper)
-
-
-def exit_() -> Insn:
-    return Insn(JMP | EXIT)
 
 
 # -- the impairment -------------------------------------------------------------------------------------
@@ -166,51 +135,26 @@ def program(imp: Impairment, self_ifindex: int, hold_ifindex: int = 0, *, ingres
     ingress of `hold_ifindex` (0: no reordering)."""
     if imp.reorder and not hold_ifindex:
         raise ValueError("reordering needs a holding device")
-    body: list[Insn | tuple[Insn, str]] = []
-
-    def jump(insn: Insn, label: str) -> None:
-        body.append((insn, label))
-
-    labels: dict[str, int] = {}
-
-    def here(label: str) -> None:
-        labels[label] = len(body)
-
-    body += [mov_reg(6, 1), load_w(7, 6, SKB_MARK)]
-    jump(Insn(JMP | JEQ | K, 7, 0, 0, MARK), "pass")
-    body.append(load_w(2, 6, SKB_PROTOCOL))
-    jump(Insn(JMP | JNE | K, 2, 0, 0, socket.htons(ETH_P_IP)), "pass")
+    body: list[Insn | Label | tuple[Insn, str]] = [mov_reg(6, 1), load_w(7, 6, SKB_MARK),
+                                                    jump(Insn(JMP | JEQ | K, 7, 0, 0, MARK), "pass"),
+                                                    load_w(2, 6, SKB_PROTOCOL),
+                                                    jump(Insn(JMP | JNE | K, 2, 0, 0, socket.htons(ETH_P_IP)), "pass")]
     if imp.drop:
-        body.append(call(GET_PRANDOM_U32))
-        jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.drop)), "drop")
+        body += [call(GET_PRANDOM_U32), jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.drop)), "drop")]
     if imp.duplicate:
-        body.append(call(GET_PRANDOM_U32))
-        skip = "no_dup"
-        jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.duplicate)), "dup")
-        jump(Insn(JMP | JA), skip)
-        here("dup")
-        body += [store_w_imm(6, SKB_MARK, MARK), mov_reg(1, 6), mov_imm(2, self_ifindex),
-                 mov_imm(3, BPF_F_INGRESS if ingress else 0), call(CLONE_REDIRECT), store_w(6, SKB_MARK, 7)]
-        here(skip)
+        body += [call(GET_PRANDOM_U32), jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.duplicate)), "dup"),
+                 jump(Insn(JMP | JA), "no_dup"), Label("dup"),
+                 store_w_imm(6, SKB_MARK, MARK), mov_reg(1, 6), mov_imm(2, self_ifindex),
+                 mov_imm(3, BPF_F_INGRESS if ingress else 0), call(CLONE_REDIRECT), store_w(6, SKB_MARK, 7),
+                 Label("no_dup")]
     if imp.reorder:
-        body.append(call(GET_PRANDOM_U32))
-        jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.reorder)), "hold")
-    here("pass")
-    body += [mov_imm(0, TC_ACT_OK), exit_()]
+        body += [call(GET_PRANDOM_U32), jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.reorder)), "hold")]
+    body += [Label("pass"), mov_imm(0, TC_ACT_OK), exit_()]
     if imp.drop:  # the verifier refuses unreachable instructions: each verdict only when used
-        here("drop")
-        body += [mov_imm(0, TC_ACT_SHOT), exit_()]
+        body += [Label("drop"), mov_imm(0, TC_ACT_SHOT), exit_()]
     if imp.reorder:
-        here("hold")
-        body += [mov_imm(1, hold_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
-    out: list[Insn] = []
-    for i, item in enumerate(body):
-        if not isinstance(item, Insn):
-            insn, label = item
-            out.append(insn._replace(off=labels[label] - i - 1))
-        else:
-            out.append(item)
-    return out
+        body += [Label("hold"), mov_imm(1, hold_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
+    return link(body)
 
 
 def return_program(target_ifindex: int) -> list[Insn]:
@@ -220,38 +164,13 @@ def return_program(target_ifindex: int) -> list[Insn]:
             mov_imm(1, target_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
 
 
-def assemble(insns: Sequence[Insn]) -> bytes:
-    return b"".join(i.encode() for i in insns)
-
-
 # -- bpf(2) and tc ----------------------------------------------------------------------------------------
-
-_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-BPF_PROG_LOAD = 5
 
 
 def load(insns: Sequence[Insn], name: str = "usnet_impair") -> int:
     """A file descriptor of the program, loaded as a tc classifier; the verifier's log in the
     error when it refuses."""
-    nr = _SYS_BPF.get(platform.machine())
-    if nr is None:
-        raise OSError(errno.ENOSYS, f"bpf(2): no syscall number known for {platform.machine()}")
-    code = ctypes.create_string_buffer(assemble(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(1 << 16)
-    # union bpf_attr, the BPF_PROG_LOAD part: prog_type, insn_cnt, insns, license, log_level,
-    # log_size, log_buf, kern_version, prog_flags, prog_name[16]; the rest zero
-    attr = bytearray(128)
-    struct.pack_into("<IIQQIIQII16s", attr, 0, BPF_PROG_TYPE_SCHED_CLS, len(insns), ctypes.addressof(code),
-                     ctypes.addressof(lic), 1, len(log), ctypes.addressof(log), 0, 0, name.encode()[:15])
-    buf = (ctypes.c_char * len(attr)).from_buffer(attr)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(nr), ctypes.c_int(BPF_PROG_LOAD), buf, ctypes.c_uint(len(attr)))
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"bpf(BPF_PROG_LOAD): {os.strerror(err)}\n{log.value.decode(errors='replace')}")
-    return int(fd)
+    return bpf.load(insns, BPF_PROG_TYPE_SCHED_CLS, name)
 
 
 def attach(ifindex: int, fd: int, parent: str, name: str = "usnet_impair") -> None:
