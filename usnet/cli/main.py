@@ -577,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
     u = sub.add_parser("up", help="create the device, give the host its address, start usnetd")
-    u.add_argument("--driver", choices=["tap", "packet"], default="tap")
+    u.add_argument("--driver", choices=["tap", "packet", "xdp"], default="tap")
     u.add_argument("--ifname", default="usnet0")
     u.add_argument("--address", default="10.77.0.2/24", help="usnet's address (default %(default)s)")
     u.add_argument("--host-address", default="10.77.0.1/24", help="the host's address (default %(default)s)")

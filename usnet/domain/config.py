@@ -25,8 +25,8 @@
 
     [[netif]]
     name = "usnet0"          # the netif's name, as clients ask for it
-    driver = "tap"           # tap | packet
-    ifname = "usnet0"        # the device: TAP name, or the interface for packet
+    driver = "tap"           # tap | packet | xdp
+    ifname = "usnet0"        # the device: TAP name, or the interface for packet or xdp
     address = "10.77.0.2/24" # usnet's own address on it
     gateway = "10.77.0.1"    # optional
     address6 = "fd00:77::2/64"  # optional: IPv6 too (and the link-local address from the MAC)
@@ -131,7 +131,7 @@ __all__ = [
     "ShareConfig", "dump", "group_id", "load", "make_driver",
 ]
 
-DriverName = Literal["tap", "packet"]
+DriverName = Literal["tap", "packet", "xdp"]
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -380,6 +380,10 @@ def make_driver(nc: NetifConfig) -> Driver:
         from usnet.drivers.tap import TapDriver
 
         drv: Driver = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
+    elif nc.driver == "xdp":
+        from usnet.drivers.xdp import XdpDriver
+
+        drv = XdpDriver(nc.ifname or nc.name, mtu=nc.mtu)
     else:
         from usnet.drivers.packet import PacketDriver
 
