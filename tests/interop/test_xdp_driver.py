@@ -251,7 +251,7 @@ def test_registered_ports_come_to_the_socket_and_the_rest_to_the_kernel():
         kport = kern.getsockname()[1]
         k = peer.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         try:
-            drv.register(17, 7000)
+            drv.steer(17, 7000)
 
             def xsk_hears(tag: bytes) -> bool:
                 deadline = time.monotonic() + 3.0
@@ -276,7 +276,7 @@ def test_registered_ports_come_to_the_socket_and_the_rest_to_the_kernel():
             assert xsk_hears(b"to-usnet-1")
             k.sendto(b"to-kernel", (ours, kport))
             assert kernel_hears(b"to-kernel")
-            assert drv.unregister(17, 7000)
+            assert drv.unsteer(17, 7000)
             kern2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             kern2.bind((ours, 7000))
             kern2.settimeout(0.2)
@@ -290,7 +290,7 @@ def test_registered_ports_come_to_the_socket_and_the_rest_to_the_kernel():
                 assert heard
             finally:
                 kern2.close()
-            assert not drv.unregister(17, 7000)
+            assert not drv.unsteer(17, 7000)
         finally:
             k.close()
             kern.close()

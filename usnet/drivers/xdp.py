@@ -13,10 +13,16 @@ Python (usnet.drivers.bpf) and loaded with bpf(2): no compiler, no libbpf.
     r3 = XDP_PASS                    -- what bpf_redirect_map returns when the queue has no socket
     return bpf_redirect_map(r1, r2, r3)
 
-With `ports` (the flow switch's share of the interface, issue 19 item 2) the program redirects
-only TCP/UDP over IPv4/IPv6 whose (protocol, destination port) is a key of a BPF hash map the
-driver keeps (`register` / `unregister`); everything else, ARP and ND included, passes to the
-kernel, which keeps serving its own sockets on the same address.
+With `ports` (sharing the host's interface and address, as Skywalk's flow switch does: issue 19
+item 2) the program redirects only TCP/UDP over IPv4/IPv6 whose (protocol, destination port) is
+a key of a BPF hash map the driver keeps (`steer` / `unsteer`, which the flow table calls as it
+reserves and frees ports: `caps.steers_flows`); everything else, ARP, ICMP and ND included,
+passes to the kernel, which keeps serving its own sockets on the same address. usnet then uses
+the interface's own MAC, and sees the ARP traffic through a read-only AF_PACKET socket (the
+kernel answers requests for the shared address too; usnet needs the replies to its own
+requests, which XDP cannot both pass and redirect). The two sockets are polled through one
+epoll descriptor, `fileno()`. IPv6 neighbour discovery is not tapped this way yet, so a shared
+netif's usnet side is IPv4 only; ICMP errors for usnet's flows reach the kernel, not usnet.
 
 The memory (linux/if_xdp.h; declared once below as `_SOCKADDR_XDP`, `_UMEM_REG`,
 `_MMAP_OFFSETS`, `_DESC`):
@@ -65,6 +71,7 @@ import errno
 import fcntl
 import mmap
 import os
+import select
 import socket
 import struct
 from collections.abc import Sequence
@@ -73,7 +80,7 @@ from typing import Any
 import numpy as np
 
 from usnet.drivers import bpf
-from usnet.drivers.base import PLAIN, DriverStats, Frame, GatherFrame, Received, random_mac
+from usnet.drivers.base import PLAIN, Capabilities, DriverStats, Frame, GatherFrame, Received, random_mac
 from usnet.drivers.bpf import (
     ADD,
     ALU64,
@@ -154,6 +161,10 @@ _STATS_FIELDS = ("rx_dropped", "rx_invalid_descs", "tx_invalid_descs", "rx_ring_
                  "rx_fill_ring_empty_descs", "tx_ring_empty_descs")
 
 SIOCGIFMTU = 0x8921
+SIOCGIFHWADDR = 0x8927
+_SOL_PACKET = 263
+_PACKET_IGNORE_OUTGOING = 23
+_ETH_P_ARP = 0x0806
 _VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8")
 _FLOW_KEY = struct.Struct("<BxH")  # the hash map's key: protocol, pad, destination port (network order)
 
@@ -238,6 +249,13 @@ def tx_checksum_off(ifname: str) -> None:
         fcntl.ioctl(s.fileno(), _SIOCETHTOOL, ifreq)
 
 
+def _if_mac(ifname: str) -> bytes:
+    """The interface's own MAC (SIOCGIFHWADDR)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = fcntl.ioctl(s, SIOCGIFHWADDR, struct.pack("16s16x", ifname.encode()))
+    return ifr[18:24]
+
+
 def _set_xdp(ifindex: int, fd: int, flags: int, expected_fd: int | None = None) -> None:
     """IFLA_XDP on the link, through pyroute2's netlink (its `xdp_fd` takes no flags)."""
     from pyroute2 import IPRoute
@@ -277,16 +295,15 @@ class XdpDriver:
     `frames` chunks of `frame_size` (None: 2048, or 4096 if the MTU needs it), `ring_size`
     entries per ring (a power of two; half the chunks). `zerocopy`: None tries it and falls
     back to copy mode, True insists, False asks for copy mode. `ports`: redirect only the
-    registered flows (`register`), the rest to the kernel.
+    steered flows (`steer`), the rest to the kernel.
     """
-
-    caps = PLAIN
 
     def __init__(self, ifname: str, mtu: int | None = None, mac: bytes | None = None, *, queue: int = 0,
                  frames: int = 4096, frame_size: int | None = None, zerocopy: bool | None = None,
                  need_wakeup: bool = True, ports: bool = False) -> None:
         self.name = ifname
-        self.mac = mac or random_mac()
+        self.caps = Capabilities(steers_flows=True) if ports else PLAIN
+        self.mac = mac or (_if_mac(ifname) if ports else random_mac())
         self.stats = DriverStats()
         self.queue = queue
         self.ifindex = socket.if_nametoindex(ifname)
@@ -298,6 +315,8 @@ class XdpDriver:
         self._rings: list[_Ring] = []
         self._umem: mmap.mmap | None = None
         self._umem_anchor: ctypes.c_char | None = None
+        self._arp: socket.socket | None = None
+        self._ep: select.epoll | None = None
         self.sock = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
         try:
             self._setup(mtu, frames, frame_size, zerocopy, need_wakeup, ports)
@@ -364,6 +383,15 @@ class XdpDriver:
         bpf.map_update(self._xsks_fd, struct.pack("<I", self.queue), struct.pack("<I", s.fileno()))
         self._attach()
         s.setblocking(False)
+        if ports:
+            # ARP stays the kernel's; we read a copy (created with protocol 0: nothing queued before bind)
+            self._arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            self._arp.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
+            self._arp.bind((self.name, _ETH_P_ARP))
+            self._arp.setblocking(False)
+            self._ep = select.epoll()
+            self._ep.register(s.fileno(), select.EPOLLIN)
+            self._ep.register(self._arp.fileno(), select.EPOLLIN)
 
     def _bind(self, zerocopy: bool | None, need_wakeup: bool) -> None:
         wake = XDP_USE_NEED_WAKEUP if need_wakeup else 0
@@ -399,13 +427,13 @@ class XdpDriver:
 
     # -- flows (issue 19 item 2) -------------------------------------------------------------------
 
-    def register(self, proto: int, port: int) -> None:
+    def steer(self, proto: int, port: int) -> None:
         """Frames of IP protocol `proto` to destination `port` come to us from now on."""
         if self._flows_fd < 0:
             raise ValueError("this driver redirects every frame (ports=False)")
         bpf.map_update(self._flows_fd, flow_key(proto, port), b"\x01")
 
-    def unregister(self, proto: int, port: int) -> bool:
+    def unsteer(self, proto: int, port: int) -> bool:
         """Hand `port` back to the kernel; False if it was not registered."""
         if self._flows_fd < 0:
             return False
@@ -414,7 +442,7 @@ class XdpDriver:
     # -- Driver ------------------------------------------------------------------------------------
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self._ep.fileno() if self._ep is not None else self.sock.fileno()
 
     def timeout(self) -> float | None:
         return None
@@ -423,17 +451,20 @@ class XdpDriver:
         umem = self._umem
         if umem is None:
             return []
+        out: list[Received] = []
+        if self._arp is not None:
+            self._recv_arp(out, max_n)
+            max_n -= len(out)
         rx = self._rx
         cons = self._rx_cons
         n = (int(rx.producer[0]) - cons) & 0xFFFFFFFF
         if n > max_n:
             n = max_n
-        if not n:
-            return []
+        if n <= 0:
+            return out
         idx = (cons + np.arange(n, dtype=np.uint32)) & rx.mask
         d = rx.desc[idx]
         addrs = d["addr"]
-        out: list[Received] = []
         nbytes = 0
         for a, ln in zip(addrs.tolist(), d["len"].tolist()):
             out.append(umem[a:a + ln])
@@ -454,6 +485,20 @@ class XdpDriver:
         st.rx_frames += n
         st.rx_bytes += nbytes
         return out
+
+    def _recv_arp(self, out: list[Received], max_n: int) -> None:
+        """The ARP frames the kernel saw (a copy; ports mode only)."""
+        arp = self._arp
+        assert arp is not None
+        st = self.stats
+        for _ in range(max_n):
+            try:
+                f = arp.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            out.append(f)
+            st.rx_frames += 1
+            st.rx_bytes += len(f)
 
     def _reclaim(self) -> None:
         """Chunks the kernel has sent, from the completion ring back to the free list."""
@@ -529,6 +574,12 @@ class XdpDriver:
         return dict(zip(_STATS_FIELDS, _STATS.unpack(self.sock.getsockopt(SOL_XDP, XDP_STATISTICS, _STATS.size))))
 
     def close(self) -> None:
+        if self._ep is not None:
+            self._ep.close()
+            self._ep = None
+        if self._arp is not None:
+            self._arp.close()
+            self._arp = None
         if self._attached_flags:
             flags, self._attached_flags = self._attached_flags, 0
             with contextlib.suppress(Exception):  # the link may be gone already
