@@ -295,3 +295,94 @@ def test_registered_ports_come_to_the_socket_and_the_rest_to_the_kernel():
             k.close()
             kern.close()
             drv.close()
+
+
+def _serve_once(accept, reply: bytes) -> threading.Thread:
+    """A thread that accepts one connection, reads one request and answers `reply`."""
+
+    def run() -> None:
+        conn, _ = accept()
+        conn.settimeout(LIMIT)
+        conn.recv(4096)
+        conn.sendall(reply)
+        conn.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _fetch(peer, addr: tuple[str, int]) -> bytes:
+    """What a kernel client in the peer's namespace gets from the server at `addr` for one request."""
+    k = peer.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    k.settimeout(LIMIT)
+    try:
+        k.connect(addr)
+        k.sendall(b"hello")
+        buf = bytearray()
+        while chunk := k.recv(4096):
+            buf += chunk
+        return bytes(buf)
+    finally:
+        k.close()
+
+
+def test_a_kernel_server_and_a_usnet_server_share_one_address():
+    """Issue 19 item 2: on one veth address a kernel TCP server and a usnet one, on different
+    ports, both serve a peer; usnet's switch sees only its own port's traffic; closing the usnet
+    server hands its port back to the kernel."""
+    from usnet import socket as us
+    from usnet.client import Client
+    from usnet.domain.loop import Domain
+    from usnet.drivers.xdp import XdpDriver
+
+    x = fresh_subnet()
+    with _veth_to_peer(x, our_address=True) as (ifname, peer):
+        shared = f"10.{x}.0.2"
+        drv = XdpDriver(ifname, ports=True)
+        d = Domain()
+        try:
+            sw = d.add_netif(ifname, drv, f"{shared}/24", gateway=f"10.{x}.0.1")
+            d.start()
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                (link,) = ipr.link("get", ifname=ifname)
+            assert drv.mac.hex(":") == link.get_attr("IFLA_ADDRESS")  # the interface's own MAC
+            srv = us.socket(client=Client.local(d), netif=ifname)
+            srv.bind((shared, 8080))
+            srv.listen(1)
+            ksrv = socket.socket()
+            ksrv.bind((shared, 9090))
+            ksrv.listen(1)
+            with pytest.raises(OSError):  # usnet holds 8080 in the kernel too (its port reservation)
+                socket.socket().bind((shared, 8080))
+            tu = _serve_once(srv.accept, b"from usnet")
+            tk = _serve_once(ksrv.accept, b"from the kernel")
+            assert _fetch(peer, (shared, 8080)) == b"from usnet"
+            assert _fetch(peer, (shared, 9090)) == b"from the kernel"
+            tu.join(LIMIT)
+            tk.join(LIMIT)
+            ksrv.close()
+            # nothing of port 9090 reached usnet: a segment for a port nobody holds would have had a RST
+            assert sw.counts.get("tcp_rst_sent", 0) == 0, sw.counts
+            srv.close()
+            deadline = time.monotonic() + LIMIT
+            back = None
+            while back is None and time.monotonic() < deadline:  # the flow goes when the close is done
+                s = socket.socket()
+                try:
+                    s.bind((shared, 8080))
+                    back = s
+                except OSError:
+                    s.close()
+                    select.select([], [], [], 0.05)
+            assert back is not None
+            back.listen(1)
+            tb = _serve_once(back.accept, b"the kernel again")
+            assert _fetch(peer, (shared, 8080)) == b"the kernel again"
+            tb.join(LIMIT)
+            back.close()
+        finally:
+            d.stop()
+            drv.close()
