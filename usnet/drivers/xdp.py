@@ -74,6 +74,7 @@ import os
 import select
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,6 +128,7 @@ XDP_UMEM_COMPLETION_RING = 6
 XDP_STATISTICS = 7
 XDP_OPTIONS = 8
 XDP_OPTIONS_ZEROCOPY = 1 << 0
+XDP_MAX_TX_SKB_BUDGET = 9  # Linux 6.17+: descriptors one send() takes in copy mode (32 before, and the default)
 # linux/if_xdp.h: page offsets of the rings in the socket's mapping
 XDP_PGOFF_RX_RING = 0
 XDP_PGOFF_TX_RING = 0x80000000
@@ -289,6 +291,15 @@ class _Ring:
         self.mm.close()
 
 
+def _put(ring: _Ring, pos: int, values: np.ndarray) -> None:
+    """`values` into `ring`'s descriptors from position `pos` on, in at most two slices."""
+    at = pos & ring.mask
+    k = min(len(values), ring.size - at)
+    ring.desc[at:at + k] = values[:k]
+    if k < len(values):
+        ring.desc[:len(values) - k] = values[k:]
+
+
 class XdpDriver:
     """A netif's device through an AF_XDP socket on one queue of `ifname` (module docstring).
 
@@ -299,7 +310,7 @@ class XdpDriver:
     """
 
     def __init__(self, ifname: str, mtu: int | None = None, mac: bytes | None = None, *, queue: int = 0,
-                 frames: int = 4096, frame_size: int | None = None, zerocopy: bool | None = None,
+                 frames: int = 8192, frame_size: int | None = None, zerocopy: bool | None = None,
                  need_wakeup: bool = True, ports: bool = False) -> None:
         self.name = ifname
         self.caps = Capabilities(steers_flows=True) if ports else PLAIN
@@ -356,6 +367,10 @@ class XdpDriver:
             ctypes.addressof(self._umem_anchor), len(umem), frame_size, 0, 0, 0))
         for opt in (XDP_UMEM_FILL_RING, XDP_UMEM_COMPLETION_RING, XDP_RX_RING, XDP_TX_RING):
             s.setsockopt(SOL_XDP, opt, n_ring)
+        try:  # in copy mode a send() takes 32 descriptors unless told more; an older kernel cannot be
+            s.setsockopt(SOL_XDP, XDP_MAX_TX_SKB_BUDGET, struct.pack("I", n_ring))
+        except OSError:
+            pass
         raw = _MMAP_OFFSETS.unpack(s.getsockopt(SOL_XDP, XDP_MMAP_OFFSETS, _MMAP_OFFSETS.size))
         off = {ring: dict(zip(_RING_OFFSET_FIELDS, raw[4 * i:4 * i + 4]))
                for i, ring in enumerate(("rx", "tx", "fr", "cr"))}
@@ -373,6 +388,7 @@ class XdpDriver:
         self._comp_cons = 0
         self._free = list(range(n_ring * frame_size, frames * frame_size, frame_size))
         self._in_flight = 0
+        self._tx_pending = False  # frames left in the TX ring after a kick: kick again soon
         self._bind(zerocopy, need_wakeup)
         # the program and its maps; the socket goes into the XSKMAP at its queue
         self._xsks_fd = bpf.map_create(bpf.BPF_MAP_TYPE_XSKMAP, 4, 4, max(64, self.queue + 1), "usnet_xsks")
@@ -402,11 +418,18 @@ class XdpDriver:
         for flag, mode in tries:
             addr = ctypes.create_string_buffer(_SOCKADDR_XDP.pack(AF_XDP, flag | wake, self.ifindex, self.queue, 0),
                                                _SOCKADDR_XDP.size)
-            if _libc.bind(self.sock.fileno(), addr, _SOCKADDR_XDP.size) == 0:
-                self.mode = mode
-                self._need_wakeup = bool(wake)
-                return
-            err = ctypes.get_errno()
+            # EBUSY: the queue still has the pool of a socket closed a moment ago; the kernel
+            # frees it from a workqueue (xp_release_deferred), so wait for that, a second at most
+            deadline = time.monotonic() + 1.0
+            while True:
+                if _libc.bind(self.sock.fileno(), addr, _SOCKADDR_XDP.size) == 0:
+                    self.mode = mode
+                    self._need_wakeup = bool(wake)
+                    return
+                err = ctypes.get_errno()
+                if err != errno.EBUSY or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
         raise OSError(err, f"bind AF_XDP to {self.name} queue {self.queue}: {os.strerror(err)}")
 
     def _attach(self) -> None:
@@ -445,12 +468,14 @@ class XdpDriver:
         return self._ep.fileno() if self._ep is not None else self.sock.fileno()
 
     def timeout(self) -> float | None:
-        return None
+        return 0.001 if self._tx_pending else None  # kick again from recv_batch
 
     def recv_batch(self, max_n: int = 64) -> list[Received]:
         umem = self._umem
         if umem is None:
             return []
+        if self._tx_pending:
+            self._kick()
         out: list[Received] = []
         if self._arp is not None:
             self._recv_arp(out, max_n)
@@ -462,20 +487,27 @@ class XdpDriver:
             n = max_n
         if n <= 0:
             return out
-        idx = (cons + np.arange(n, dtype=np.uint32)) & rx.mask
-        d = rx.desc[idx]
-        addrs = d["addr"]
         nbytes = 0
-        for a, ln in zip(addrs.tolist(), d["len"].tolist()):
-            out.append(umem[a:a + ln])
-            nbytes += ln
-        self._rx_cons = cons = (cons + n) & 0xFFFFFFFF
-        rx.consumer[0] = cons
-        # the chunks go straight back to the fill ring (the kernel masks the headroom off)
         fill = self._fill
         fp = self._fill_prod
-        fill.desc[(fp + np.arange(n, dtype=np.uint32)) & fill.mask] = addrs & ~np.uint64(self.frame_size - 1)
-        self._fill_prod = fp = (fp + n) & 0xFFFFFFFF
+        chunk = ~np.uint64(self.frame_size - 1)
+        at = cons & rx.mask
+        left = n
+        while left:  # one or two runs of the ring (it may wrap), each a slice: no fancy indexing
+            k = min(left, rx.size - at)
+            d = rx.desc[at:at + k]
+            addrs = d["addr"]
+            for a, ln in zip(addrs.tolist(), d["len"].tolist()):
+                out.append(umem[a:a + ln])
+                nbytes += ln
+            # the chunks go straight back to the fill ring (the kernel masks the headroom off)
+            _put(fill, fp, addrs & chunk)
+            fp = (fp + k) & 0xFFFFFFFF
+            at = 0
+            left -= k
+        self._rx_cons = cons = (cons + n) & 0xFFFFFFFF
+        rx.consumer[0] = cons
+        self._fill_prod = fp
         fill.producer[0] = fp
         if self._need_wakeup and fill.flags[0] & XDP_RING_NEED_WAKEUP:
             self.wakeups += 1
@@ -506,7 +538,11 @@ class XdpDriver:
         cc = self._comp_cons
         n = (int(comp.producer[0]) - cc) & 0xFFFFFFFF
         if n:
-            self._free.extend(comp.desc[(cc + np.arange(n, dtype=np.uint32)) & comp.mask].tolist())
+            at = cc & comp.mask
+            k = min(n, comp.size - at)
+            self._free.extend(comp.desc[at:at + k].tolist())
+            if k < n:
+                self._free.extend(comp.desc[:n - k].tolist())
             self._comp_cons = cc = (cc + n) & 0xFFFFFFFF
             comp.consumer[0] = cc
             self._in_flight -= n
@@ -542,29 +578,45 @@ class XdpDriver:
         n = len(addrs)
         if n:
             tp = self._tx_prod
-            idx = (tp + np.arange(n, dtype=np.uint32)) & tx.mask
-            tx.desc["addr"][idx] = addrs
-            tx.desc["len"][idx] = lens
-            tx.desc["options"][idx] = 0
+            batch = np.empty(n, _DESC)
+            batch["addr"] = addrs
+            batch["len"] = lens
+            batch["options"] = 0
+            _put(tx, tp, batch)
             self._tx_prod = tp = (tp + n) & 0xFFFFFFFF
             tx.producer[0] = tp
             self._in_flight += n
             st.tx_frames += n
             st.tx_bytes += sum(lens)
-        if self._in_flight and (not self._need_wakeup or tx.flags[0] & XDP_RING_NEED_WAKEUP):
+        if n or self._tx_pending:
             self._kick()
         return taken
 
     def _kick(self) -> None:
-        """Have the kernel send what the TX ring holds (in copy mode this send does the work)."""
-        self.wakeups += 1
-        try:
-            self.sock.send(b"", socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            pass  # EAGAIN: the kernel is busy with the ring; the next call kicks again
-        except OSError as e:
-            if e.errno not in (errno.ENOBUFS, errno.EBUSY, errno.ENETDOWN, errno.ENXIO):
-                raise
+        """Have the kernel send what the TX ring holds, if it asks to be told (need-wakeup).
+
+        In copy mode the send() does the work, at most XDP_MAX_TX_SKB_BUDGET descriptors a
+        call (EAGAIN when more are left): kick until the ring is drained, a few times at
+        most; what is left then is kicked from `recv_batch` or the next `send_batch`
+        (`timeout()` says 1 ms meanwhile)."""
+        tx = self._tx
+        for _ in range(8):
+            if int(tx.consumer[0]) == self._tx_prod:
+                break
+            if self._need_wakeup and not tx.flags[0] & XDP_RING_NEED_WAKEUP:
+                break  # zero-copy: the driver is polling the ring itself
+            self.wakeups += 1
+            try:
+                self.sock.send(b"", socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue  # EAGAIN: the budget ran out with frames left (or the device was busy)
+            except OSError as e:
+                if e.errno in (errno.ENOBUFS, errno.EBUSY):
+                    break
+                if e.errno not in (errno.ENETDOWN, errno.ENXIO):
+                    raise
+                break
+        self._tx_pending = int(tx.consumer[0]) != self._tx_prod
         self._reclaim()
 
     def xdp_stats(self) -> dict[str, int]:
