@@ -75,6 +75,7 @@ __all__ = [
     "mov_reg",
     "store_w",
     "store_w_imm",
+    "test_run",
 ]
 
 # -- the instruction encoding (linux/bpf.h, linux/bpf_common.h) ---------------------------------------
@@ -114,7 +115,7 @@ BPF_F_INGRESS = 1
 # enum bpf_prog_type, enum bpf_map_type, enum bpf_cmd
 BPF_PROG_TYPE_SCHED_CLS, BPF_PROG_TYPE_XDP = 3, 6
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_XSKMAP = 1, 17
-BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_PROG_LOAD = 0, 2, 3, 5
+BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_PROG_LOAD, BPF_PROG_TEST_RUN = 0, 2, 3, 5, 10
 BPF_PSEUDO_MAP_FD = 1  # src of a 64-bit immediate load: the immediate is a map's fd
 
 
@@ -275,3 +276,16 @@ def map_delete(fd: int, key: bytes) -> bool:
             return False
         raise
     return True
+
+
+def test_run(prog_fd: int, data: bytes) -> int:
+    """The loaded program's verdict on one packet `data` (BPF_PROG_TEST_RUN, run once): how a
+    test checks what a program does with a frame without sending one."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    out = ctypes.create_string_buffer(len(data) + 256)
+    # test: prog_fd, retval, data_size_in, data_size_out, data_in, data_out, repeat, duration
+    attr = bytearray(_ATTR_SIZE)
+    struct.pack_into("<IIIIQQII", attr, 0, prog_fd, 0, len(data), len(out), ctypes.addressof(buf),
+                     ctypes.addressof(out), 1, 0)
+    _bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
+    return int(struct.unpack_from("<I", attr, 4)[0])

@@ -448,6 +448,11 @@ class XdpDriver:
             return
         raise OSError(errno.EOPNOTSUPP, f"cannot attach an XDP program to {self.name}: {last}")
 
+    @property
+    def program_fd(self) -> int:
+        """The loaded XDP program (bpf.test_run asks it for a frame's verdict); -1 once closed."""
+        return self._prog_fd
+
     # -- flows (issue 19 item 2) -------------------------------------------------------------------
 
     def steer(self, proto: int, port: int) -> None:
