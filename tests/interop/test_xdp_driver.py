@@ -442,3 +442,47 @@ def test_the_flow_program_redirects_exactly_the_steered_ports():
             check()
         finally:
             drv.close()
+
+
+def test_usnetd_with_share_host_serves_udp_beside_the_kernel(tmp_path, sockdir):
+    """usnetd with `driver = "xdp"` and `share_host`: a usnet UDP flow and a kernel UDP socket on
+    one address, each answering the peer on its own port."""
+    from usnet.client import Client
+    from usnet.domain import config
+
+    from tests.helpers.usnetd import Daemon
+
+    x = fresh_subnet()
+    with _veth_to_peer(x, our_address=True) as (ifname, peer):
+        shared = f"10.{x}.0.2"
+        sock = str(sockdir / "usnetd.sock")
+        nc = config.NetifConfig(name="eth", address=f"{shared}/24", driver="xdp", ifname=ifname,
+                                gateway=f"10.{x}.0.1", share_host=True)
+        cfg = tmp_path / "usnetd.toml"
+        cfg.write_text(config.dump(config.Config(socket=sock, netif=[nc])))
+        daemon = Daemon(sock, tmp_path / "usnetd.log", "--config", str(cfg))
+        try:
+            c = Client.connect(sock)
+            u = c.udp_socket("eth", 7000)
+            kern = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            kern.bind((shared, 7001))
+            kern.settimeout(LIMIT)
+            k = peer.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            k.settimeout(LIMIT)
+            try:
+                k.sendto(b"to usnet", (shared, 7000))
+                data, addr = u.recv_many(1, LIMIT)[0]
+                assert data == b"to usnet"
+                u.sendto(b"usnet answers", addr)
+                assert k.recvfrom(2048) == (b"usnet answers", (shared, 7000))
+                k.sendto(b"to the kernel", (shared, 7001))
+                data, addr = kern.recvfrom(2048)
+                assert data == b"to the kernel"
+                kern.sendto(b"the kernel answers", addr)
+                assert k.recvfrom(2048) == (b"the kernel answers", (shared, 7001))
+            finally:
+                k.close()
+                kern.close()
+                u.close()
+        finally:
+            daemon.stop()

@@ -43,6 +43,9 @@
     rx_mitigation = false    # optional: this netif's own choice (default: the top-level key)
     aqm = true               # optional: CoDel on the general class's queues (default: on
                              # with link_rate, where the queue forms in usnet; off without)
+    share_host = false       # xdp: share the interface, its MAC and its address (`address`
+                             # is then the host's own) with the host's stack: only the ports
+                             # usnet holds come to usnet, the rest stays the kernel's (IPv4 only)
 
     [[policy]]               # who may lease the LL class; none: nobody (default deny)
     uid = 1000               # the client's uid (SO_PEERCRED) ...
@@ -150,9 +153,14 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     work_conserving: bool | None = None
     rx_mitigation: bool | None = None  # None: the file's top-level rx_mitigation
     aqm: bool | None = None  # None: on with link_rate
+    share_host: bool = False  # xdp only: the host's interface and address, shared port by port
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)
+        if self.share_host and self.driver != "xdp":
+            raise ValueError("share_host needs driver = \"xdp\" (its XDP program takes the ports usnet holds)")
+        if self.share_host and self.address6:
+            raise ValueError("share_host is IPv4 only: neighbour discovery is not shared yet")
         if self.gateway:
             ipaddress.IPv4Address(self.gateway)
         if not 576 <= self.mtu <= 9000:
@@ -383,7 +391,7 @@ def make_driver(nc: NetifConfig) -> Driver:
     elif nc.driver == "xdp":
         from usnet.drivers.xdp import XdpDriver
 
-        drv = XdpDriver(nc.ifname or nc.name, mtu=nc.mtu)
+        drv = XdpDriver(nc.ifname or nc.name, mtu=nc.mtu, ports=nc.share_host)
     else:
         from usnet.drivers.packet import PacketDriver
 
