@@ -32,7 +32,7 @@ def _addresses(ns: NetNs) -> set[str]:
     return ns.call(look)
 
 
-@pytest.mark.parametrize("driver", ["tap", "packet"])
+@pytest.mark.parametrize("driver", ["tap", "packet", "xdp"])
 def test_up_with_netns_puts_the_host_end_there_and_down_removes_it(driver, sockdir):
     from usnet.domain import launch as updown
 

@@ -4,8 +4,9 @@ Why: this kernel has neither netem nor fq (nor etf), so `tc qdisc ... netem loss
 available to make the impaired path that `usnet bench lossy` (issue 17) needs. A classifier in
 direct-action mode on a clsact hook can do it, and its bytecode is small enough to assemble
 from Python: no compiler, no libbpf. `Insn` declares the encoding of an eBPF instruction
-once, with named fields; `program()` is the impairment; `load()` hands it to the verifier
-through bpf(2); `attach()` puts it on a device's egress or ingress with pyroute2's tc.
+once, with named fields (in usnet.drivers.bpf, shared with the AF_XDP driver); `program()` is
+the impairment; `load()` hands it to the verifier through bpf(2); `attach()` puts it on a
+device's egress or ingress with pyroute2's tc.
 
 The program, for each packet at the hook (r6 holds the context, `struct __sk_buff`):
 
@@ -64,18 +65,25 @@ from typing import TYPE_CHECKING
 
 from usnet.drivers import bpf
 from usnet.drivers.bpf import (
+    BPF_F_INGRESS,
     BPF_PROG_TYPE_SCHED_CLS,
+    CLONE_REDIRECT,
+    GET_PRANDOM_U32,
     JA,
     JEQ,
     JLT,
     JMP,
     JMP32,
     JNE,
+    REDIRECT,
     Insn,
     K,
+    Label,
     assemble,
     call,
     exit_,
+    jump,
+    link,
     load_w,
     mov_imm,
     mov_reg,
@@ -90,12 +98,8 @@ __all__ = ["BPF_PROG_TYPE_SCHED_CLS", "EGRESS", "INGRESS", "MARK", "Holder", "Im
            "assemble", "attach", "hold_socket", "impair", "impaired_veth", "load", "no_offloads", "program",
            "return_program", "threshold"]
 
-# -- the instruction encoding (linux/bpf.h, linux/bpf_common.h) ---------------------------------------
+# -- the instruction encoding and bpf(2): usnet.drivers.bpf, shared with the AF_XDP driver ---------------
 
-
-# helpers (the numbers of enum bpf_func_id)
-GET_PRANDOM_U32, CLONE_REDIRECT, REDIRECT = 7, 13, 23
-BPF_F_INGRESS = 1
 # tc verdicts
 TC_ACT_OK, TC_ACT_SHOT = 0, 2
 # offsets in struct __sk_buff
@@ -131,51 +135,26 @@ def program(imp: Impairment, self_ifindex: int, hold_ifindex: int = 0, *, ingres
     ingress of `hold_ifindex` (0: no reordering)."""
     if imp.reorder and not hold_ifindex:
         raise ValueError("reordering needs a holding device")
-    body: list[Insn | tuple[Insn, str]] = []
-
-    def jump(insn: Insn, label: str) -> None:
-        body.append((insn, label))
-
-    labels: dict[str, int] = {}
-
-    def here(label: str) -> None:
-        labels[label] = len(body)
-
-    body += [mov_reg(6, 1), load_w(7, 6, SKB_MARK)]
-    jump(Insn(JMP | JEQ | K, 7, 0, 0, MARK), "pass")
-    body.append(load_w(2, 6, SKB_PROTOCOL))
-    jump(Insn(JMP | JNE | K, 2, 0, 0, socket.htons(ETH_P_IP)), "pass")
+    body: list[Insn | Label | tuple[Insn, str]] = [mov_reg(6, 1), load_w(7, 6, SKB_MARK),
+                                                    jump(Insn(JMP | JEQ | K, 7, 0, 0, MARK), "pass"),
+                                                    load_w(2, 6, SKB_PROTOCOL),
+                                                    jump(Insn(JMP | JNE | K, 2, 0, 0, socket.htons(ETH_P_IP)), "pass")]
     if imp.drop:
-        body.append(call(GET_PRANDOM_U32))
-        jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.drop)), "drop")
+        body += [call(GET_PRANDOM_U32), jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.drop)), "drop")]
     if imp.duplicate:
-        body.append(call(GET_PRANDOM_U32))
-        skip = "no_dup"
-        jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.duplicate)), "dup")
-        jump(Insn(JMP | JA), skip)
-        here("dup")
-        body += [store_w_imm(6, SKB_MARK, MARK), mov_reg(1, 6), mov_imm(2, self_ifindex),
-                 mov_imm(3, BPF_F_INGRESS if ingress else 0), call(CLONE_REDIRECT), store_w(6, SKB_MARK, 7)]
-        here(skip)
+        body += [call(GET_PRANDOM_U32), jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.duplicate)), "dup"),
+                 jump(Insn(JMP | JA), "no_dup"), Label("dup"),
+                 store_w_imm(6, SKB_MARK, MARK), mov_reg(1, 6), mov_imm(2, self_ifindex),
+                 mov_imm(3, BPF_F_INGRESS if ingress else 0), call(CLONE_REDIRECT), store_w(6, SKB_MARK, 7),
+                 Label("no_dup")]
     if imp.reorder:
-        body.append(call(GET_PRANDOM_U32))
-        jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.reorder)), "hold")
-    here("pass")
-    body += [mov_imm(0, TC_ACT_OK), exit_()]
+        body += [call(GET_PRANDOM_U32), jump(Insn(JMP32 | JLT | K, 0, 0, 0, threshold(imp.reorder)), "hold")]
+    body += [Label("pass"), mov_imm(0, TC_ACT_OK), exit_()]
     if imp.drop:  # the verifier refuses unreachable instructions: each verdict only when used
-        here("drop")
-        body += [mov_imm(0, TC_ACT_SHOT), exit_()]
+        body += [Label("drop"), mov_imm(0, TC_ACT_SHOT), exit_()]
     if imp.reorder:
-        here("hold")
-        body += [mov_imm(1, hold_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
-    out: list[Insn] = []
-    for i, item in enumerate(body):
-        if not isinstance(item, Insn):
-            insn, label = item
-            out.append(insn._replace(off=labels[label] - i - 1))
-        else:
-            out.append(item)
-    return out
+        body += [Label("hold"), mov_imm(1, hold_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
+    return link(body)
 
 
 def return_program(target_ifindex: int) -> list[Insn]:
@@ -185,9 +164,13 @@ def return_program(target_ifindex: int) -> list[Insn]:
             mov_imm(1, target_ifindex), mov_imm(2, BPF_F_INGRESS), call(REDIRECT), exit_()]
 
 
+# -- bpf(2) and tc ----------------------------------------------------------------------------------------
+
+
 def load(insns: Sequence[Insn], name: str = "usnet_impair") -> int:
-    """A file descriptor of the program, loaded as a tc classifier (usnet.drivers.bpf.load)."""
-    return bpf.load(insns, name, BPF_PROG_TYPE_SCHED_CLS)
+    """A file descriptor of the program, loaded as a tc classifier; the verifier's log in the
+    error when it refuses."""
+    return bpf.load(insns, BPF_PROG_TYPE_SCHED_CLS, name)
 
 
 def attach(ifindex: int, fd: int, parent: str, name: str = "usnet_impair") -> None:

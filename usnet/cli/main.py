@@ -262,10 +262,33 @@ def _show_scale(result: dict, out: Console) -> None:
               f"{'met' if t['udp_met'] else 'not met'}")
 
 
+def _measure_xdp(args: argparse.Namespace, console: Console) -> dict | None:
+    from usnet.bench import xdp
+
+    why = xdp.available()
+    if why is not None:
+        print(f"usnet bench xdp {why}", file=sys.stderr)
+        return None
+    with console.status("bench xdp") as status:
+        return xdp.run(args.quick, progress=lambda what: status.update(what))
+
+
+def _show_xdp(result: dict, out: Console) -> None:
+    table = Table(title=f"usnet bench xdp: frames/s of each driver alone on one veth ({result['count']:,} frames "
+                        f"a run; the kernel as peer, in a namespace of the bench's own)")
+    for col in ("driver", "mode", "direction", "frame", "frames/s", "delivered"):
+        table.add_column(col, justify="right")
+    for r in result["results"]:
+        way = "driver → kernel" if r["direction"] == "tx" else "kernel → driver"
+        table.add_row(r["driver"], r["mode"], way, f"{r['size']} B", _fmt(r["fps"]),
+                      f"{r['delivered']:,}/{r['sent']:,}")
+    out.print(table)
+
+
 _BENCHES = {"pipe": (_measure_pipe, _show_pipe), "udp": (_measure_udp, _show_udp), "tcp": (_measure_tcp, _show_tcp),
             "http": (_measure_http, _show_http), "lowlat": (_measure_lowlat, _show_lowlat),
             "rxmit": (_measure_rxmit, _show_rxmit), "lossy": (_measure_lossy, _show_lossy),
-            "scale": (_measure_scale, _show_scale)}
+            "scale": (_measure_scale, _show_scale), "xdp": (_measure_xdp, _show_xdp)}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -572,12 +595,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
-    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit", "lossy", "scale"])
+    b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit", "lossy", "scale", "xdp"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(fn=cmd_bench)
     u = sub.add_parser("up", help="create the device, give the host its address, start usnetd")
-    u.add_argument("--driver", choices=["tap", "packet"], default="tap")
+    u.add_argument("--driver", choices=["tap", "packet", "xdp"], default="tap")
     u.add_argument("--ifname", default="usnet0")
     u.add_argument("--address", default="10.77.0.2/24", help="usnet's address (default %(default)s)")
     u.add_argument("--host-address", default="10.77.0.1/24", help="the host's address (default %(default)s)")

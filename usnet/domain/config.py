@@ -25,8 +25,8 @@
 
     [[netif]]
     name = "usnet0"          # the netif's name, as clients ask for it
-    driver = "tap"           # tap | packet
-    ifname = "usnet0"        # the device: TAP name, or the interface for packet
+    driver = "tap"           # tap | packet | xdp
+    ifname = "usnet0"        # the device: TAP name, or the interface for packet or xdp
     address = "10.77.0.2/24" # usnet's own address on it
     gateway = "10.77.0.1"    # optional
     address6 = "fd00:77::2/64"  # optional: IPv6 too (and the link-local address from the MAC)
@@ -43,6 +43,9 @@
     rx_mitigation = false    # optional: this netif's own choice (default: the top-level key)
     aqm = true               # optional: CoDel on the general class's queues (default: on
                              # with link_rate, where the queue forms in usnet; off without)
+    share_host = false       # xdp: share the interface, its MAC and its address (`address`
+                             # is then the host's own) with the host's stack: only the ports
+                             # usnet holds come to usnet, the rest stays the kernel's (IPv4 only)
 
     [[policy]]               # who may lease the LL class; none: nobody (default deny)
     uid = 1000               # the client's uid (SO_PEERCRED) ...
@@ -131,7 +134,7 @@ __all__ = [
     "ShareConfig", "dump", "group_id", "load", "make_driver",
 ]
 
-DriverName = Literal["tap", "packet"]
+DriverName = Literal["tap", "packet", "xdp"]
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -150,9 +153,14 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     work_conserving: bool | None = None
     rx_mitigation: bool | None = None  # None: the file's top-level rx_mitigation
     aqm: bool | None = None  # None: on with link_rate
+    share_host: bool = False  # xdp only: the host's interface and address, shared port by port
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)
+        if self.share_host and self.driver != "xdp":
+            raise ValueError("share_host needs driver = \"xdp\" (its XDP program takes the ports usnet holds)")
+        if self.share_host and self.address6:
+            raise ValueError("share_host is IPv4 only: neighbour discovery is not shared yet")
         if self.gateway:
             ipaddress.IPv4Address(self.gateway)
         if not 576 <= self.mtu <= 9000:
@@ -380,6 +388,10 @@ def make_driver(nc: NetifConfig) -> Driver:
         from usnet.drivers.tap import TapDriver
 
         drv: Driver = TapDriver(nc.ifname or nc.name, mtu=nc.mtu, offload=nc.offload)
+    elif nc.driver == "xdp":
+        from usnet.drivers.xdp import XdpDriver
+
+        drv = XdpDriver(nc.ifname or nc.name, mtu=nc.mtu, ports=nc.share_host)
     else:
         from usnet.drivers.packet import PacketDriver
 

@@ -53,7 +53,7 @@ def _make_device(driver: str, ifname: str, netns: str | None) -> tuple[str, list
         if driver == "tap":
             ipr.link("add", ifname=ifname, kind="tuntap", mode="tap")
             return ifname, [ifname]
-        # packet: a veth pair; usnet takes one end, the host keeps the other
+        # packet, xdp: a veth pair; usnet takes one end, the host keeps the other
         host_if = f"{ifname}h"
         ipr.link("add", ifname=ifname, kind="veth", peer=host_if)
         if netns is not None:
@@ -61,8 +61,13 @@ def _make_device(driver: str, ifname: str, netns: str | None) -> tuple[str, list
         return host_if, [ifname]
 
 
-def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6: str | None) -> None:
-    """Bring the links up and give the host end its addresses, in the caller's namespace."""
+def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6: str | None,
+               checksum_in_software: bool = False) -> None:
+    """Bring the links up and give the host end its addresses, in the caller's namespace.
+
+    `checksum_in_software`: the host end fills in its TCP/UDP checksums itself (for the xdp
+    driver, which cannot tell a frame whose checksum was left to the device: usnet.drivers.xdp).
+    """
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
@@ -76,6 +81,10 @@ def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6
         if host_address6:
             h6 = ipaddress.IPv6Interface(host_address6)
             ipr.addr("add", index=idx, address=str(h6.ip), prefixlen=h6.network.prefixlen, flags=IFA_F_NODAD)
+    if checksum_in_software:
+        from usnet.drivers.xdp import tx_checksum_off
+
+        tx_checksum_off(host_if)
 
 
 def _write_state(path: str, state: dict) -> None:
@@ -83,11 +92,12 @@ def _write_state(path: str, state: dict) -> None:
         json.dump(state, f)
 
 
-def _to_netns(ns: NetNs, host_if: str, host_address: str, host_address6: str | None) -> None:
+def _to_netns(ns: NetNs, host_if: str, host_address: str, host_address6: str | None,
+             checksum_in_software: bool = False) -> None:
     """Move the host end into namespace `ns` and configure it there."""
     ns.take(host_if)
     with ns.entered():
-        _host_side({host_if}, host_if, host_address, host_address6)
+        _host_side({host_if}, host_if, host_address, host_address6, checksum_in_software)
 
 
 def host_address6_for(address6: str) -> str:
@@ -157,13 +167,13 @@ def up(driver: config.DriverName, ifname: str, address: str, host_address: str, 
     host_if, made = _make_device(driver, ifname, netns)
     ns = None
     if netns is None:
-        _host_side({ifname, host_if}, host_if, host_address, host_address6)
+        _host_side({ifname, host_if}, host_if, host_address, host_address6, driver == "xdp")
     else:
         from usnet.drivers.hostnet import NetNs
 
         ns = NetNs(netns)
         if driver != "tap":  # the veth's host end goes now; the TAP once usnetd holds it
-            _to_netns(ns, host_if, host_address, host_address6)
+            _to_netns(ns, host_if, host_address, host_address6, driver == "xdp")
     with open(paths["config"], "w") as f:
         f.write(config.dump(cfg))
     with open(paths["log"], "ab") as log:  # the daemon's stderr is its own copy of this fd

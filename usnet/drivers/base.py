@@ -12,8 +12,8 @@ if TYPE_CHECKING:
     from usnet.drivers.block import FrameBlock
 
 __all__ = [
-    "Coalesced", "Driver", "DriverStats", "Frame", "GatherFrame", "Received", "SegmentedFrame", "TrackedFrame",
-    "random_mac",
+    "Coalesced", "Driver", "DriverStats", "FlowSteering", "Frame", "GatherFrame", "Received", "SegmentedFrame",
+    "TrackedFrame", "random_mac",
 ]
 
 Frame = bytes | bytearray | memoryview
@@ -121,6 +121,18 @@ class Capabilities:
     #: block and leave the tail), and its `recv_batch` may return the blocks its
     #: peer sent.
     takes_blocks: bool = False
+    #: It shares its interface with the host's own stack and takes from the wire only the
+    #: frames of ports it was told of (`FlowSteering`: an XDP program's flow map); the
+    #: flow table steers each port it reserves there and unsteers it when it frees it.
+    steers_flows: bool = False
+
+
+@runtime_checkable
+class FlowSteering(Protocol):
+    """A device with `caps.steers_flows`: which (IP protocol, local port) frames come to usnet."""
+
+    def steer(self, proto: int, port: int) -> None: ...
+    def unsteer(self, proto: int, port: int) -> bool: ...
 
 
 #: A device that takes plain frames only.

@@ -271,7 +271,7 @@ def steer_by_port(fd: int, n: int) -> None:
     (the device keeps the program; our fd of it is closed)."""
     from usnet.drivers import bpf
 
-    prog = bpf.load(steering_program(n), "usnet_steer", bpf.BPF_PROG_TYPE_SOCKET_FILTER)
+    prog = bpf.load(steering_program(n), bpf.BPF_PROG_TYPE_SOCKET_FILTER, "usnet_steer")
     try:
         fcntl.ioctl(fd, TUNSETSTEERINGEBPF, struct.pack("i", prog))
     finally:

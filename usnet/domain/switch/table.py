@@ -28,7 +28,7 @@ from usnet.domain.netif.netif import Netif
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments, TcpSeen
-from usnet.drivers.base import Received
+from usnet.drivers.base import FlowSteering, Received
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_str, not_unicast4
 from usnet.proto.wire.ipv6 import IPV6_HLEN, UNSPECIFIED, ip6_str, not_unicast6, skip_ext_headers
@@ -166,6 +166,9 @@ class FlowTable:
         self._host_addr = netif.ip_str if not netif.loopback and host_owns(netif.ip_str) else None
         self._host_addr6 = (netif.ip6_str if not netif.loopback and netif.ip6_str and host_owns(netif.ip6_str)
                             else None)
+        # a device sharing the host's interface takes only the ports we steer to it (issue 19)
+        drv = netif.driver
+        self._steering: FlowSteering | None = drv if netif.caps.steers_flows and isinstance(drv, FlowSteering) else None
         self._local4 = int.from_bytes(netif.ip, "big")
         # The subnet's broadcast address. A /31 or /32 has none (both addresses of a /31 are
         # hosts): there it is our own address again, which every check refuses first anyway.
@@ -198,6 +201,12 @@ class FlowTable:
         lport = self.ports.reserve(proto, lport, (self.netif.name, fid),
                                    self._host_addr6 if family == 6 else self._host_addr, family=family,
                                    share=None if share is None else share.owner)
+        if self._steering is not None:
+            try:
+                self._steering.steer(proto, lport)
+            except BaseException:
+                self.ports.release(proto, lport, family=family)
+                raise
         flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family)
         flow.owner = (self.netif.name, fid) if share is None else share.owner
         if self.rx_mitigation:
@@ -324,6 +333,9 @@ class FlowTable:
             return
         self._table(flow).pop(flow.key(), None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)
+        if self._steering is not None and self.ports.owner(flow.proto, flow.lport, 4) is None \
+                and self.ports.owner(flow.proto, flow.lport, 6) is None:
+            self._steering.unsteer(flow.proto, flow.lport)  # the port is the host's again
 
     def lookup(self, proto: int, lport: int, raddr: bytes, rport: int) -> Flow | None:
         """The flow a packet from (`raddr`, `rport`) to local port `lport` belongs to: its connected
