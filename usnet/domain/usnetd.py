@@ -22,6 +22,7 @@ import os
 import resource
 import signal
 import sys
+from typing import NoReturn
 
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.abi.transport import listen_seqpacket
@@ -45,13 +46,27 @@ def _raise_nofile() -> None:
             pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (as the `usnet` command's, usnet.cli.errors.Parser)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _log_level(text: str) -> str:
+    """An argparse type: one of logging's level names, any case."""
+    if text.upper() not in config.LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"not a log level: {text!r} (one of {', '.join(config.LOG_LEVELS)})")
+    return text.upper()
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="usnetd", description="the usnet nexus domain daemon")
+    ap = _Parser(prog="usnetd", description="the usnet nexus domain daemon")
     ap.add_argument("--config", help="TOML config file (netifs, socket, log level)")
     ap.add_argument("--socket", default=None, help=f"control socket path (default {DEFAULT_SOCKET})")
     ap.add_argument("--mode", type=lambda s: int(s, 8), default=None,
                     help="socket file mode, octal (default: the config's socket_mode; 0600, or 0660 with socket_group)")
-    ap.add_argument("--log-level", default=None)
+    ap.add_argument("--log-level", default=None, type=_log_level, help="DEBUG, INFO, WARNING or ERROR")
     args = ap.parse_args(argv)
     try:
         cfg = config.load(args.config) if args.config else config.Config()
