@@ -136,8 +136,16 @@ def writable_path(text: str) -> str:
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text} is a directory; name a file in it")
     parent = os.path.dirname(path)
+    try:
+        os.stat(parent)
+    except PermissionError:
+        raise argparse.ArgumentTypeError(f"{text}: directory {parent} not reachable by this user; "
+                                         "choose another path") from None
+    except OSError:
+        raise argparse.ArgumentTypeError(f"{text}: no directory {parent}; make it first or choose another path") \
+            from None
     if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"{text}: no directory {parent}; make it first or choose another path")
+        raise argparse.ArgumentTypeError(f"{text}: {parent} is not a directory; choose another path")
     target = path if os.path.exists(path) else parent
     if not os.access(target, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: {'file' if target == path else 'directory'} not writable "
