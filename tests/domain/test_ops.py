@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.helpers.usnetd import Daemon
 from tests.helpers.util import wait_until
-
 from usnet.client import Client
 from usnet.domain import config, sdnotify
 from usnet.domain import launch as updown
