@@ -205,7 +205,8 @@ def test_client_close_ends_its_session_in_usnetd(usnetd):
         assert time.monotonic() < deadline, "usnetd never saw the session end"
         time.sleep(0.01)
     assert not st["pipes"]
-    assert f"session {sid} " in usnetd.log_text()  # "session N (pid P) ended"
+    ended = [ln for ln in usnetd.log_text().splitlines() if f"session end session={sid} " in ln]
+    assert len(ended) == 1 and "how=closed" in ended[0] and " INFO " in ended[0]  # a normal end, said so
 
 
 def test_daemon_serves_everyone_after_a_crash_and_a_close(usnetd):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 from rich.console import Console
@@ -12,6 +13,7 @@ from rich.table import Table
 
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.bench.tables import fmt_rate as _rate
+from usnet.cli import errors
 
 __all__ = ["main"]
 
@@ -305,29 +307,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Console(), packets=args.packets, phase=args.phase, plot=args.plot)
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a positive, finite number of seconds, at most an hour."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(v) and 0 < v <= 3600):
-        raise argparse.ArgumentTypeError(f"must be seconds above 0 and at most 3600, not {text!r}")
-    return v
-
-
-def _bits(text: str) -> float:
-    """An argparse type: bits per second, as a number ("50e6") or with a k, M or G suffix ("50M").
-
-    Only the syntax is checked here; whether the value makes sense is the
-    config's check (usnet.domain.config, txsched.check_params), so that the
-    flag and the config file refuse the same values with the same words.
-    """
-    scale = {"k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6, "g": 1e9, "G": 1e9}.get(text[-1:], 1.0)
-    try:
-        return float(text[:-1] if scale != 1.0 else text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a rate in bits/s (e.g. 50e6 or 50M): {text!r}") from None
+_seconds = errors.seconds  # argparse types (usnet.cli.errors); the old names stay for their tests
+_bits = errors.bits
 
 
 def _connect(path: str):
@@ -335,10 +316,15 @@ def _connect(path: str):
 
     try:
         return Client.connect(path)
+    except PermissionError:
+        print(f"usnet: usnetd at {path} lets only root (or its socket_group) in; "
+              f"{errors.ROOT_HINT}", file=sys.stderr)
+        return None
     except OSError as e:
         why = e.strerror or str(e)
-        print(f"usnet: cannot reach usnetd at {path} ({why}): start it with `usnet up`, "
-              "or name its socket with --socket", file=sys.stderr)
+        if "usnetd" not in why:
+            why = f"cannot reach usnetd at {path} ({why})"
+        print(f"usnet: {why}; or name its socket with --socket", file=sys.stderr)
         return None
 
 
@@ -431,11 +417,7 @@ def cmd_advisory(args: argparse.Namespace) -> int:
     readers = []
     try:
         for name in names:
-            try:
-                readers.append(client.advisory(name))
-            except OSError as e:
-                print(f"usnet: {getattr(e, 'message', None) or e}", file=sys.stderr)
-                return 1
+            readers.append(client.advisory(name))  # an unknown netif: one line from usnet.cli.errors
         if args.json:
             print(json.dumps({r.netif: r.snapshot().as_dict() for r in readers}))
             return 0
@@ -495,7 +477,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     return updown.up(args.driver, args.ifname, args.address, args.host_address,
                      args.run_dir or updown.RUN_DIR, pcap=args.pcap, address6=args.address6,
                      host_address6=args.host_address6, link_rate=args.link_rate, ll_share=args.ll_share,
-                     strict=args.strict, netns=args.netns)
+                     strict=args.strict, netns=args.netns, config_file=args.config, policy_file=args.policy,
+                     metrics=args.metrics)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -583,15 +566,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="usnet", description="user-space networking stack")
+    ap = errors.Parser(prog="usnet", description="user-space networking stack")
+    ap.add_argument("--debug", action="store_true", help="let errors through with their tracebacks")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="a user pipe beside a socketpair, UDP through the flow switch, "
                                           "HTTP over a lossy link on usnet's TCP, low latency beside bulk "
                                           "traffic and a sender that adapts to the interface advisory")
-    d.add_argument("--packets", type=int, default=300_000, help="packets per size (default %(default)s)")
+    d.add_argument("--packets", type=errors.count, default=300_000, help="packets per size (default %(default)s)")
     d.add_argument("--phase", type=_seconds, default=1.0, metavar="SECONDS",
                    help="length of each low-latency phase (default %(default)s)")
-    d.add_argument("--plot", metavar="FILE", help="write the low-latency series to this PNG "
+    d.add_argument("--plot", metavar="FILE", type=errors.writable_path, help="write the low-latency series to this PNG "
                                                   "(needs matplotlib: pip install 'usnet[plot]')")
     d.set_defaults(fn=cmd_demo)
     b = sub.add_parser("bench", help="benchmarks against the alternatives")
@@ -601,11 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(fn=cmd_bench)
     u = sub.add_parser("up", help="create the device, give the host its address, start usnetd")
     u.add_argument("--driver", choices=["tap", "packet", "xdp"], default="tap")
-    u.add_argument("--ifname", default="usnet0")
-    u.add_argument("--address", default="10.77.0.2/24", help="usnet's address (default %(default)s)")
-    u.add_argument("--host-address", default="10.77.0.1/24", help="the host's address (default %(default)s)")
-    u.add_argument("--address6", help="usnet's IPv6 address too, e.g. fd00:77::2/64 (default: IPv4 only)")
-    u.add_argument("--host-address6", help="the host's IPv6 address (default: ::1 of usnet's prefix)")
+    u.add_argument("--ifname", default="usnet0", type=errors.ifname)
+    u.add_argument("--address", default="10.77.0.2/24", type=errors.interface4,
+                   help="usnet's address (default %(default)s)")
+    u.add_argument("--host-address", default="10.77.0.1/24", type=errors.interface4,
+                   help="the host's address (default %(default)s)")
+    u.add_argument("--address6", type=errors.interface6,
+                   help="usnet's IPv6 address too, e.g. fd00:77::2/64 (default: IPv4 only)")
+    u.add_argument("--host-address6", type=errors.interface6,
+                   help="the host's IPv6 address (default: ::1 of usnet's prefix)")
     u.add_argument("--pcap", help="trace every frame of the netif to this file")
     u.add_argument("--link-rate", type=_bits, metavar="BITS",
                    help="pace transmit to this many bits/s, e.g. 50e6 or 50M (usnetd's link_rate)")
@@ -619,6 +607,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="put the host end of the device and its addresses in this network namespace "
                         "(made if missing, removed by `usnet down`), so the kernel peer runs there: "
                         "`ip netns exec NAME ...`")
+    u.add_argument("--config", metavar="FILE",
+                   help="a usnetd config to start from: its limits, access, policy, more netifs "
+                        "(the device's netif comes from the flags; see usnet/domain/config.py)")
+    u.add_argument("--policy", metavar="FILE",
+                   help="a TOML file of [[policy]] entries: who may lease the low-latency class")
+    u.add_argument("--metrics", metavar="ADDR",
+                   help="serve usnetd's metrics here (a Unix socket or a loopback address; the config's metrics)")
     u.add_argument("--run-dir", default=None)
     u.set_defaults(fn=cmd_up)
     dn = sub.add_parser("down", help="stop usnetd and remove what `usnet up` made")
@@ -639,10 +634,10 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--socket", default=DEFAULT_SOCKET)
     ad.set_defaults(fn=cmd_advisory)
     cp = sub.add_parser("capture", help="write a netif's frames to a pcap file")
-    cp.add_argument("-w", "--write", required=True, help="pcap file to write")
+    cp.add_argument("-w", "--write", required=True, type=errors.writable_path, help="pcap file to write")
     cp.add_argument("-i", "--netif", default="usnet0")
-    cp.add_argument("-c", "--count", type=int, default=None, help="stop after this many frames")
-    cp.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    cp.add_argument("-c", "--count", type=errors.count, default=None, help="stop after this many frames")
+    cp.add_argument("--seconds", type=errors.seconds, default=None, help="stop after this long")
     cp.add_argument("--socket", default=DEFAULT_SOCKET)
     cp.set_defaults(fn=cmd_capture)
     s = sub.add_parser("status", help="sessions, pipes, pools and low-latency leases of a running usnetd")
@@ -658,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     rn.add_argument("command", nargs=argparse.REMAINDER, help="a script and its arguments, or -- COMMAND ...")
     rn.set_defaults(fn=cmd_run)
     args = ap.parse_args(argv)
-    return args.fn(args)
+    return errors.run(f"usnet {args.cmd}", lambda: args.fn(args), args.debug or bool(os.environ.get("USNET_DEBUG")))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
                              # 0o600: only root may connect). usnetd --mode overrides it
     unprivileged_port_start = 1024  # local ports below this need uid 0 or an [[access]]
                              # entry (Linux: net.ipv4.ip_unprivileged_port_start)
-    log_level = "INFO"
+    log_level = "INFO"       # DEBUG adds a line per control request; SIGHUP applies a change
+    metrics = "unix:/run/usnet/metrics.sock"  # optional: where usnetd serves its metrics
+                             # (a Unix socket or a loopback address; `usnet up --metrics`)
     rx_mitigation = true     # coalesce the receive doorbells of fast general-class flows
                              # (default); false: ring a sleeping client on every batch
     lease_ttl = 30.0         # seconds a low-latency lease lasts unless renewed (default 30)
@@ -130,11 +132,12 @@ if TYPE_CHECKING:
     from usnet.drivers.base import Driver
 
 __all__ = [
-    "AccessConfig", "Config", "DomainKwargs", "DriverName", "NetifConfig", "PolicyConfig", "PrivilegeKwargs",
-    "ShareConfig", "dump", "group_id", "load", "make_driver",
+    "LOG_LEVELS", "AccessConfig", "Config", "DomainKwargs", "DriverName", "NetifConfig", "PolicyConfig",
+    "PrivilegeKwargs", "ShareConfig", "dump", "group_id", "load", "make_driver",
 ]
 
 DriverName = Literal["tap", "packet", "xdp"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # logging's names; any case in the file
 
 
 class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -271,6 +274,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket_group: str | int | None = None
     unprivileged_port_start: int = 1024
     log_level: str = "INFO"
+    metrics: str | None = None  # where usnetd serves its metrics (`usnet up --metrics`); None: nowhere
     lease_ttl: float = DEFAULT_TTL
     rx_mitigation: bool = True
     loopback: bool = True  # the loopback netif "lo" (127.0.0.1/8, ::1): Domain.add_loopback
@@ -288,6 +292,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     def __post_init__(self) -> None:
         check_ttl(self.lease_ttl)
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ValueError(f"socket_mode must be a file mode from 0 to 0o777, not {self.socket_mode!r}")
         if self.socket_group is not None:
@@ -344,7 +350,7 @@ def load(path: str) -> Config:
 def dump(cfg: Config) -> str:
     """TOML text for a config (what `usnet up` writes for usnetd)."""
     lines = [f'socket = "{cfg.socket}"', f'log_level = "{cfg.log_level}"']
-    for k in ("socket_mode", "socket_group"):
+    for k in ("socket_mode", "socket_group", "metrics"):
         if (v := getattr(cfg, k)) is not None:
             lines.append(f"{k} = {_toml_value(v)}")
     if cfg.unprivileged_port_start != 1024:

@@ -11,14 +11,17 @@ beside its code, so a new request is one function, not a branch in a chain.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 from usnet.abi import protocol as P
 from usnet.domain.netif.advisory import NetifAdvisory
-from usnet.domain.sessions import Session, SessionRegistry
+from usnet.domain.sessions import Session, SessionRegistry, s_ident
 from usnet.domain.userpipe import UserPipe
+
+log = logging.getLogger("usnet.domain")
 
 __all__ = ["Control"]
 
@@ -55,12 +58,19 @@ class Control(SessionRegistry):
         request found (anything else, logged with its traceback), ends as an
         Error reply to that session and nowhere else.
         """
+        kind = type(req).__name__
+        session.requests[kind] = session.requests.get(kind, 0) + 1
         try:
             with self.lock:
-                return self._dispatch(session, req)
+                reply = self._dispatch(session, req)
+            if log.isEnabledFor(logging.DEBUG):  # the control plane, not the data path: a line per request
+                log.debug("request %s type=%s reply=%s", s_ident(session), kind, type(reply[0]).__name__)
+            return reply
         except (ValueError, OSError, KeyError, P.ProtocolError) as e:
             session.refused += 1
             self.control_errors += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request %s type=%s refused=%s", s_ident(session), kind, " ".join(str(e).split()))
             return P.error_reply(e), []
         except Exception as e:
             session.refused += 1

@@ -23,13 +23,17 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+import msgspec
+
+from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.domain import config
+from usnet.domain.lowlat.agent import DEFAULT_TTL
 from usnet.drivers.hostnet import delete_links
 
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
 
-__all__ = ["RUN_DIR", "build_config", "down", "host_address6_for", "up"]
+__all__ = ["RUN_DIR", "build_config", "check_addressing", "down", "host_address6_for", "up"]
 
 RUN_DIR = os.environ.get("USNET_RUN_DIR", "/run/usnet")
 
@@ -108,31 +112,119 @@ def host_address6_for(address6: str) -> str:
     return f"{host}/{iface.network.prefixlen}"
 
 
+def check_addressing(address: str, host_address: str, address6: str | None = None,
+                     host_address6: str | None = None) -> None:
+    """Refuse addressing that cannot work, with a one-line reason (ValueError) that says what to change.
+
+    usnet and the host share one link, so they need one subnet, two different addresses in it,
+    neither of them the subnet's network or broadcast address, and a prefix with room for both
+    (/30 or shorter: /31 and /32 have no such addresses, and the gateway logic assumes them).
+    The same for IPv6, where the subnet-router anycast address (the prefix's ::0) is refused too.
+    """
+    try:
+        me, host = ipaddress.IPv4Interface(address), ipaddress.IPv4Interface(host_address)
+    except ValueError as e:
+        raise ValueError(f"not an IPv4 address/prefix such as 10.77.0.2/24: {e}") from None
+    for who, iface in (("usnet's address", me), ("the host's address", host)):
+        if iface.network.prefixlen > 30:
+            raise ValueError(f"{who} {iface} has a /{iface.network.prefixlen} prefix: no room for two hosts "
+                             "on the link; use /30 or shorter, e.g. /24")
+        if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+            kind = "network" if iface.ip == iface.network.network_address else "broadcast"
+            raise ValueError(f"{who} {iface} is the {kind} address of {iface.network}; choose a host address "
+                             f"such as {iface.network.network_address + 2}")
+        if iface.ip.is_multicast or iface.ip.is_loopback or iface.ip.is_unspecified or iface.ip.is_reserved:
+            raise ValueError(f"{who} {iface.ip} is not a unicast address for a link; use a private "
+                             "address such as 10.77.0.2/24")
+    if me.network != host.network:
+        raise ValueError(f"usnet ({me}) and the host ({host}) are in different subnets ({me.network} and "
+                         f"{host.network}); give both addresses in one subnet, e.g. --address 10.77.0.2/24 "
+                         "--host-address 10.77.0.1/24")
+    if me.ip == host.ip:
+        raise ValueError(f"usnet and the host both have {me.ip}; give them different addresses")
+    if address6 is None:
+        return
+    if host_address6 is None:
+        raise ValueError("the host's IPv6 address is missing (--host-address6)")
+    try:
+        me6, host6 = ipaddress.IPv6Interface(address6), ipaddress.IPv6Interface(host_address6)
+    except ValueError as e:
+        raise ValueError(f"not an IPv6 address/prefix such as fd00:77::2/64: {e}") from None
+    for who, i6 in (("usnet's IPv6 address", me6), ("the host's IPv6 address", host6)):
+        if i6.network.prefixlen > 126:
+            raise ValueError(f"{who} {i6} has a /{i6.network.prefixlen} prefix: no room for two hosts; "
+                             "use /64")
+        if i6.ip == i6.network.network_address:
+            raise ValueError(f"{who} {i6} is its prefix's subnet-router anycast address; choose another, "
+                             f"such as {i6.network.network_address + 2}")
+        if i6.ip.is_multicast or i6.ip.is_loopback or i6.ip.is_unspecified or i6.ip.is_link_local:
+            raise ValueError(f"{who} {i6.ip} is not a global or unique-local unicast address; use one "
+                             "such as fd00:77::2/64")
+    if me6.network != host6.network:
+        raise ValueError(f"usnet ({me6}) and the host ({host6}) are in different IPv6 prefixes ({me6.network} "
+                         f"and {host6.network}); give both addresses in one prefix")
+    if me6.ip == host6.ip:
+        raise ValueError(f"usnet and the host both have {me6.ip}; give them different IPv6 addresses")
+
+
+def _load_extra(path: str | None, what: str) -> config.Config:
+    """A config file given to `usnet up --config` or `--policy` (an empty Config without one)."""
+    if path is None:
+        return config.Config()
+    try:
+        return config.load(path)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: {e.strerror or e}") from None
+
+
 def build_config(driver: config.DriverName, ifname: str, address: str, host_address: str, socket_path: str,
                  pcap: str | None = None, address6: str | None = None, host_address6: str | None = None,
                  link_rate: float | None = None, ll_share: float | None = None,
-                 strict: bool = False) -> config.Config:
+                 strict: bool = False, config_file: str | None = None, policy_file: str | None = None,
+                 metrics: str | None = None) -> config.Config:
     """The usnetd config `usnet up` writes, from its flags; ValueError names what is wrong.
 
     Every check is the config's own (usnet.domain.config, which hands the
     pacing keys to txsched.check_params): a flag is refused exactly when the
     same key in a config file would be. `strict` is `work_conserving =
     false`; without it the key is left out (the default, true).
+
+    `config_file` (`--config`) is a usnetd config the written one starts from: its top-level
+    keys, `[limits]`, `[[access]]`, `[[share]]`, `[[policy]]` and further `[[netif]]`s (not one
+    named as the device `up` makes, and not another `socket`: `up` puts the socket in its run
+    directory, where the other commands look). `policy_file` (`--policy`) adds its `[[policy]]`
+    entries (and its `lease_ttl`, if it sets one). `metrics` becomes the `metrics` key (the
+    address usnetd serves its metrics on).
     """
     if host_address6 and not address6:
         raise ValueError("--host-address6 needs --address6")
+    check_addressing(address, host_address, address6, host_address6)
+    base = _load_extra(config_file, "--config")
+    pol = _load_extra(policy_file, "--policy")
+    if base.socket not in (DEFAULT_SOCKET, socket_path):
+        raise ValueError(f"--config {config_file} sets socket = {base.socket!r}, but `usnet up` serves on "
+                         f"{socket_path}; leave socket out of the file (or start usnetd --config yourself)")
+    if any(nc.name == ifname for nc in base.netif):
+        raise ValueError(f"--config {config_file} has a [[netif]] named {ifname!r}, the one `usnet up` makes "
+                         "from its flags; remove it from the file, or choose another --ifname")
     gateway = host_address.partition("/")[0]
     gateway6 = host_address6.partition("/")[0] if host_address6 else None
     nc = config.NetifConfig(name=ifname, address=address, driver=driver, ifname=ifname, gateway=gateway,
                             pcap=pcap, address6=address6, gateway6=gateway6, link_rate=link_rate,
                             ll_share=ll_share, work_conserving=False if strict else None)
-    return config.Config(socket=socket_path, netif=[nc])
+    changes: dict = {"socket": socket_path, "netif": [nc, *base.netif], "policy": [*base.policy, *pol.policy]}
+    if policy_file is not None and pol.lease_ttl != DEFAULT_TTL:
+        changes["lease_ttl"] = pol.lease_ttl
+    if metrics is not None:
+        changes["metrics"] = metrics
+    return msgspec.structs.replace(base, **changes)
 
 
 def up(driver: config.DriverName, ifname: str, address: str, host_address: str, run_dir: str = RUN_DIR,
        pcap: str | None = None, timeout: float = 10.0, address6: str | None = None,
        host_address6: str | None = None, link_rate: float | None = None, ll_share: float | None = None,
-       strict: bool = False, netns: str | None = None) -> int:
+       strict: bool = False, netns: str | None = None, config_file: str | None = None,
+       policy_file: str | None = None, metrics: str | None = None) -> int:
     """Make the device, give the host its addresses, start usnetd on it.
 
     `netns`: the host end of the device (the TAP's link, the veth's other end), its addresses
@@ -153,12 +245,14 @@ def up(driver: config.DriverName, ifname: str, address: str, host_address: str, 
         host_address6 = host_address6_for(address6)
     try:
         cfg = build_config(driver, ifname, address, host_address, paths["socket"], pcap=pcap, address6=address6,
-                           host_address6=host_address6, link_rate=link_rate, ll_share=ll_share, strict=strict)
+                           host_address6=host_address6, link_rate=link_rate, ll_share=ll_share, strict=strict,
+                           config_file=config_file, policy_file=policy_file, metrics=metrics)
     except ValueError as e:
         print(f"usnet up: {e}", file=sys.stderr)
         return 1
     if os.geteuid() != 0:
-        print("usnet up needs root (it creates a network device)", file=sys.stderr)
+        print("usnet up needs root (it creates a network device); from a venv: sudo $(which usnet) up ...",
+              file=sys.stderr)
         return 1
     os.makedirs(run_dir, exist_ok=True)
     if os.path.exists(paths["state"]):
@@ -205,6 +299,10 @@ def up(driver: config.DriverName, ifname: str, address: str, host_address: str, 
 
 def down(run_dir: str = RUN_DIR, timeout: float = 10.0) -> int:
     paths = _paths(run_dir)
+    if os.geteuid() != 0:
+        print("usnet down needs root (it stops usnetd and removes a network device); from a venv: "
+              "sudo $(which usnet) down", file=sys.stderr)
+        return 1
     try:
         with open(paths["state"]) as f:
             state = json.load(f)

@@ -42,7 +42,7 @@ from usnet.domain.switch.table import Flow
 from usnet.domain.userpipe import UserPipe
 from usnet.proto.wire.ipv4 import ip_bytes
 
-__all__ = ["ChannelRef", "Session", "SessionRegistry"]
+__all__ = ["ChannelRef", "Session", "SessionRegistry", "proc_program", "s_ident"]
 
 log = logging.getLogger("usnet.domain")
 # Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
@@ -50,12 +50,46 @@ log = logging.getLogger("usnet.domain")
 _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 
 
+def proc_program(pid: int) -> str:
+    """The program behind `pid`, from /proc (comm, or argv[0]'s base name when comm is an
+    interpreter's: `python3 app.py` is `app.py`); "?" if the process is gone or hidden.
+
+    This is what the kernel says, unlike the `program` a client names in Hello (a label)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            comm = f.read().strip().decode(errors="replace")
+    except OSError:
+        return "?"
+    if comm.startswith("python"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            argv = []
+        rest = iter(argv[1:])
+        for a in rest:
+            if a == "-c":
+                return _field(f"{comm}:-c")
+            if a == "-m":
+                return _field(f"{comm}:-m:{next(rest, '')}")
+            if not a.startswith("-"):
+                return _field(f"{comm}:{os.path.basename(a)}")
+    return _field(comm)
+
+
+def _field(text: str) -> str:
+    """A log field value: no spaces or control characters, so key=value lines split cleanly."""
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in text)[:64] or "?"
+
+
 @dataclass
 class Session:
     id: int
     uid: int
     pid: int
-    program: str = ""
+    program: str = ""  # what the client named in Hello (a label)
+    proc: str = ""  # what /proc says the process runs (proc_program)
+    requests: dict[str, int] = field(default_factory=dict)  # control requests served, by type (for DEBUG)
     sock: socket.socket | None = None
     channels: set[int] = field(default_factory=set)
     refused: int = 0  # malformed or invalid control messages
@@ -64,6 +98,12 @@ class Session:
     pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
     status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
     over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
+
+
+def s_ident(s: Session) -> str:
+    """A session's identity as log fields: id, uid, pid, the program /proc names and its Hello label."""
+    label = f" label={_field(s.program)}" if s.program and s.program not in (s.proc, s.proc.partition(":")[2]) else ""
+    return f"session={s.id} uid={s.uid} pid={s.pid} program={s.proc or '-'}{label}"
 
 
 @dataclass
@@ -131,13 +171,14 @@ class SessionRegistry:
         """A session of `uid`. One past `sessions_per_uid` is still made, so that its first
         request can be answered with the refusal; then it is ended (see `_dispatch`)."""
         with self.lock:
-            s = Session(next(self._ids), uid, pid, sock=sock)
+            s = Session(next(self._ids), uid, pid, sock=sock, proc=proc_program(pid) if sock is not None else "")
             try:
                 self.ledger.check_session(uid, sum(1 for o in self.sessions.values()
                                                    if o.uid == uid and o.over_limit is None))
             except OSError as e:
                 s.over_limit = e
             self.sessions[s.id] = s
+        log.info("session start %s", s_ident(s))
         return s
 
     def end_session(self, session: Session, reason: DefunctReason | None) -> None:
@@ -151,6 +192,7 @@ class SessionRegistry:
         with self.lock:
             if self.sessions.pop(session.id, None) is None:
                 return
+            left = len(session.channels)
             for cid in sorted(session.channels):
                 ref = self.channels.pop(cid, None)
                 if ref is None:
@@ -172,11 +214,16 @@ class SessionRegistry:
                     pass
                 session.sock.close()
                 session.sock = None
-        if reason in (None, DefunctReason.OWNER_GONE, DefunctReason.DOMAIN_SHUTDOWN):
-            log.info("session %d (pid %d) ended", session.id, session.pid)
-        else:
-            log.warning("session %d (uid %d, pid %d, %r) ended: %s", session.id, session.uid, session.pid,
-                        session.program, reason.name)
+        # A client that closed (or exited: the hang-up) ended normally; what it left open was closed
+        # for it. Only the domain's own reasons (a protocol fault, a slow consumer) are warnings.
+        how = ("closed" if reason is None or (reason is DefunctReason.OWNER_GONE and not left)
+               else "exited" if reason is DefunctReason.OWNER_GONE
+               else "shutdown" if reason is DefunctReason.DOMAIN_SHUTDOWN else reason.name.lower())
+        normal = how in ("closed", "exited", "shutdown")
+        log.log(logging.INFO if normal else logging.WARNING, "session end %s how=%s channels_left=%d refused=%d%s",
+                s_ident(session), how, left, session.refused,
+                "" if not log.isEnabledFor(logging.DEBUG) else
+                " requests=" + (",".join(f"{k}:{v}" for k, v in sorted(session.requests.items())) or "none"))
 
     @staticmethod
     def _drop_pending(session: Session) -> None:

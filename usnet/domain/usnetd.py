@@ -3,11 +3,14 @@
 Clients connect with `usnet.Client.connect(path)`; their identity is the uid
 the kernel reports (SO_PEERCRED). SIGTERM and SIGINT stop it cleanly: every
 channel is defuncted, so no client hangs, and every packet is back in its pool.
-SIGHUP re-reads the config file and applies its low-latency policy
-(`[[policy]]`, `lease_ttl`): leases it no longer entitles are revoked; and
-its privilege rules (`[limits]`, `[[access]]`, `[[share]]`,
-`unprivileged_port_start`) for what is opened from then on. A file that does
-not load leaves the old rules in force, and the log says why.
+SIGHUP re-reads the config file and applies what changed and can change live
+(usnet.domain.reload: policy, limits and privileges, log level, the stall and
+purge knobs, netifs added, removed, and their rx_mitigation); what cannot
+(the socket, a netif's device, addresses or pacing) is logged as refused and
+stays as it was. A file that does not load leaves everything as it was, and
+the log says why. Under systemd (`Type=notify`, `usnetd --print-unit`) it
+says READY=1 once it serves, RELOADING=1/READY=1 around a reload and
+STOPPING=1 (usnet.domain.sdnotify).
 
 The control socket gets the config's `socket_mode` and `socket_group`
 (default 0o600, only root may connect; 0o660 with a group): who may connect
@@ -22,10 +25,11 @@ import os
 import resource
 import signal
 import sys
+from typing import NoReturn
 
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.abi.transport import listen_seqpacket
-from usnet.domain import config
+from usnet.domain import config, reload, sdnotify
 from usnet.domain.loop import LOOPBACK, Domain
 
 __all__ = ["main"]
@@ -45,17 +49,37 @@ def _raise_nofile() -> None:
             pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (as the `usnet` command's, usnet.cli.errors.Parser)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
+def _log_level(text: str) -> str:
+    """An argparse type: one of logging's level names, any case."""
+    if text.upper() not in config.LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"not a log level: {text!r} (one of {', '.join(config.LOG_LEVELS)})")
+    return text.upper()
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="usnetd", description="the usnet nexus domain daemon")
+    ap = _Parser(prog="usnetd", description="the usnet nexus domain daemon")
     ap.add_argument("--config", help="TOML config file (netifs, socket, log level)")
     ap.add_argument("--socket", default=None, help=f"control socket path (default {DEFAULT_SOCKET})")
     ap.add_argument("--mode", type=lambda s: int(s, 8), default=None,
                     help="socket file mode, octal (default: the config's socket_mode; 0600, or 0660 with socket_group)")
-    ap.add_argument("--log-level", default=None)
+    ap.add_argument("--log-level", default=None, type=_log_level, help="DEBUG, INFO, WARNING or ERROR")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes serving the data path (default 1); with N > 1 each TAP netif gets N queues "
                          "and a flow is served by the worker of its local port mod N (usnet.domain.workers)")
+    ap.add_argument("--print-unit", action="store_true",
+                    help="print a systemd unit that starts this usnetd (with --config, or /etc/usnet/usnetd.toml)")
     args = ap.parse_args(argv)
+    if args.print_unit:
+        print(sdnotify.unit_text(f"{sys.executable} -m usnet.domain.usnetd",
+                                 os.path.abspath(args.config) if args.config else "/etc/usnet/usnetd.toml"), end="")
+        return 0
     try:
         cfg = config.load(args.config) if args.config else config.Config()
     except (OSError, ValueError) as e:
@@ -116,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         os.unlink(args.socket)
         return 1
     domain.listen(sock)
+    in_force = [cfg]  # the config applied: SIGHUP compares the file against it
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: shutting down", signum)
+        sdnotify.notify("STOPPING=1")
         domain.request_stop()
 
     def hangup(_signum: int, _frame: object) -> None:
-        domain.call_soon(lambda: reload_policy(args.config, domain))  # in the loop, not in the handler
+        domain.call_soon(lambda: _reload(args.config, domain, in_force))  # in the loop, not in the handler
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -133,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
              domain.delay_target)
     log.info("listening on %s (pid %d)", args.socket, os.getpid())
     print(f"usnetd ready on {args.socket}", flush=True)
+    sdnotify.notify("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving on {args.socket}")
     try:
         domain.run()
     finally:
@@ -185,20 +212,15 @@ def _worker(k: int, cmd, drivers: dict, cfg: config.Config) -> int:
     return 0
 
 
-def reload_policy(path: str | None, domain: Domain) -> None:
-    """SIGHUP: the config file's policy and lease TTL, or, if it does not load, no change at all."""
+def _reload(path: str | None, domain: Domain, in_force: list[config.Config]) -> None:
+    """SIGHUP: apply the config file's changes (usnet.domain.reload), telling systemd around it."""
     if path is None:
-        log.warning("SIGHUP: started without --config, nothing to reload")
+        log.warning("reload skipped reason=no-config: started without --config, nothing to reload")
         return
-    try:
-        cfg = config.load(path)
-    except (OSError, ValueError) as e:
-        log.error("SIGHUP: keeping the old policy, the config does not load: %s", e)
-        return
-    revoked = domain.set_policy(cfg.agent_policy(), cfg.lease_ttl)
-    domain.set_privileges(**cfg.privilege_kwargs())
-    log.info("SIGHUP: policy reloaded: %d entries, leases last %g s, %d leases revoked%s", len(cfg.policy),
-             cfg.lease_ttl, len(revoked), "".join(f" ({lease.id}: uid {lease.who.uid})" for lease in revoked))
+    sdnotify.reloading()
+    done = reload.reload(path, domain, in_force[0])
+    in_force[0] = done.config
+    sdnotify.notify("READY=1", f"STATUS={done.summary()}")
 
 
 if __name__ == "__main__":
