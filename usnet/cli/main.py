@@ -434,39 +434,6 @@ def cmd_advisory(args: argparse.Namespace) -> int:
             r.close()
 
 
-def cmd_capture(args: argparse.Namespace) -> int:
-    import time
-
-    from usnet.drivers.pcap import PcapWriter
-
-    client = _connect(args.socket)
-    if client is None:
-        return 1
-    ch = client.open_monitor(args.netif)
-    out = PcapWriter(args.write)
-    deadline = None if args.seconds is None else time.monotonic() + args.seconds
-    try:
-        while args.count is None or out.frames < args.count:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            try:
-                pkts = ch.recv(256, timeout=left if left is not None else 1.0)
-            except BlockingIOError:
-                continue
-            for p in pkts:
-                if args.count is None or out.frames < args.count:
-                    out.write(ch.view(p))
-            ch.free(pkts)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        out.close()
-        ch.close()
-    print(f"captured {out.frames} frames to {args.write}", file=sys.stderr)
-    return 0
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from usnet.domain import launch as updown
     return updown.up(args.driver, args.ifname, args.address, args.host_address,
@@ -615,13 +582,26 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     ad.add_argument("--socket", default=DEFAULT_SOCKET)
     ad.set_defaults(fn=cmd_advisory)
-    cp = sub.add_parser("capture", help="write a netif's frames to a pcap file")
-    cp.add_argument("-w", "--write", required=True, help="pcap file to write")
+    from usnet.cli import ops
+
+    cp = sub.add_parser("capture", help="write a netif's frames (those matching a filter) to a pcap file (root)",
+                        description="usnet capture -w FILE|- [-i NETIF] [-c N] [FILTER ...]: frames whole, "
+                                    "64 KB super-segments too; FILTER is a subset of pcap-filter syntax "
+                                    "(host, net, port, proto, tcp, udp, icmp, ip, ip6, arp, src, dst, and, "
+                                    "or, not), evaluated in usnetd before the copy")
+    cp.add_argument("-w", "--write", required=True, help="pcap file to write; - for standard output")
     cp.add_argument("-i", "--netif", default="usnet0")
     cp.add_argument("-c", "--count", type=int, default=None, help="stop after this many frames")
     cp.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    cp.add_argument("-q", "--quiet", action="store_true", help="no live count on a terminal")
     cp.add_argument("--socket", default=DEFAULT_SOCKET)
-    cp.set_defaults(fn=cmd_capture)
+    cp.add_argument("filter", nargs="*", help="e.g. tcp port 80 and host 10.77.0.1")
+    cp.set_defaults(fn=ops.cmd_capture)
+    me = sub.add_parser("metrics", help="usnetd's Prometheus metrics, printed once")
+    me.add_argument("--socket", default=DEFAULT_SOCKET, help="usnetd's control socket: the endpoint is "
+                                                            "metrics.sock beside it unless --metrics")
+    me.add_argument("--metrics", help="the endpoint: unix:PATH or 127.0.0.1:PORT (usnetd's `metrics` key)")
+    me.set_defaults(fn=ops.cmd_metrics)
     s = sub.add_parser("status", help="sessions, pipes, pools and low-latency leases of a running usnetd")
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")

@@ -194,9 +194,13 @@ class Client:
         req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family, with_channel)
         return self._open(req, P.FlowOpened)
 
-    def open_monitor(self, netif: str) -> Channel:
-        """A read-only channel with a copy of every frame the netif sends and receives."""
-        return self._open(P.OpenMonitor(netif), P.ChannelOpened)[0]
+    def open_monitor(self, netif: str, filter: str = "") -> Channel:
+        """A read-only channel with a copy of every frame the netif sends and receives that matches
+        `filter` (a subset of pcap-filter syntax, usnet.proto.pcapfilter; evaluated in the domain).
+
+        Its STATS `rx_offered` and `rx_dropped` (`Channel.stats()`) count the frames that matched
+        and those the channel could not keep."""
+        return self._open(P.OpenMonitor(netif, filter), P.ChannelOpened)[0]
 
     def advisory(self, netif: str) -> AdvisoryReader:
         """A netif's interface advisory, mapped read-only: `.snapshot()` gives both directions.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,8 @@ class Control(SessionRegistry):
     """Serve control requests: `handle` behind its barrier, then the handler of the request's type."""
 
     control_errors: int
+    requests: Counter[str]  # control requests served, by type (metrics)
+    request_errors: Counter[str]  # refusals, by error code (metrics)
     advisories: dict[str, NetifAdvisory]
     call_soon: Callable[[Callable[[], None]], None]  # the loop's (usnet.domain.loop)
     memory_pressure: bool  # these five: Housekeeping's (usnet.domain.housekeeping)
@@ -55,16 +58,20 @@ class Control(SessionRegistry):
         request found (anything else, logged with its traceback), ends as an
         Error reply to that session and nowhere else.
         """
+        self.requests[type(req).__name__] += 1
         try:
             with self.lock:
                 return self._dispatch(session, req)
         except (ValueError, OSError, KeyError, P.ProtocolError) as e:
             session.refused += 1
             self.control_errors += 1
-            return P.error_reply(e), []
+            reply = P.error_reply(e)
+            self.request_errors[reply.code] += 1
+            return reply, []
         except Exception as e:
             session.refused += 1
             self.control_errors += 1
+            self.request_errors["EPROTO"] += 1
             self._log_fault(f"session {session.id}: {type(req).__name__}", e)
             return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
 
@@ -98,7 +105,7 @@ class Control(SessionRegistry):
 
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
-        cid, fds = self.open_monitor(session, req.netif)
+        cid, fds = self.open_monitor(session, req.netif, req.filter)
         return P.ChannelOpened(cid, 0, "default", b""), fds
 
     @_serves(P.OpenAdvisory)
