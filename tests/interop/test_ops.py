@@ -130,3 +130,64 @@ def test_capture_filter_piped_into_tshark(tapd):
     assert not any(r[3] for r in rows), "tshark found malformed frames"
     assert max(int(r[0]) for r in rows) > 2048, "no super-segment was captured whole"
     assert "captured" in err and "could not keep" not in err, err
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def test_metrics_scraped_during_traffic_agree_with_stats(tapd):
+    """The endpoint answers while a transfer runs; once it ends, its figures are `usnet stats`' and the flows'."""
+    import json
+
+    from usnet import socket as us
+    from usnet.cli.ops import fetch_metrics
+
+    ls = socket.create_server((tapd.host_ip, 0))
+    ls.settimeout(20)
+    got: dict = {}
+    t = _sink(ls, got)
+    s = us.create_connection(ls.getsockname(), timeout=20)
+    during = []
+    for _ in range(20):
+        s.sendall(b"y" * 100_000)
+        during.append(_samples(fetch_metrics(f"unix:{tapd.metrics}")))  # mid-transfer: the loop keeps going
+    assert during[-1][("usnet_netif_tx_frames_total", frozenset({("netif", "usnet0")}))] > 0
+    s.close()
+    t.join(20)
+    assert got.get("bytes") == 2_000_000
+    # quiet now (the kernel's own chatter aside, which both reads would see): compare
+    for _ in range(10):  # a read of the metrics between two equal reads of the stats and flows
+        stats, flows0 = json.loads(tapd.cli("stats", "--json").stdout)["usnet0"], tapd.cli("flows", "--json").stdout
+        m = _samples(tapd.cli("metrics").stdout)
+        stats2, flows1 = json.loads(tapd.cli("stats", "--json").stdout)["usnet0"], tapd.cli("flows", "--json").stdout
+        if stats == stats2 and flows0 == flows1:
+            break
+    nif = frozenset({("netif", "usnet0")})
+    for k in ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes"):
+        assert m[(f"usnet_netif_{k}_total", nif)] == stats["netif"][k], k
+    for reason, v in stats["drops"].items():
+        assert m[("usnet_netif_drops_total", frozenset({("netif", "usnet0"), ("reason", reason)}))] == v
+    for n in json.loads(flows0):
+        for f in n["flows"]:
+            lab = {("netif", n["netif"]["name"]), ("channel", str(f["channel"]))}
+            for d in ("tx", "rx"):
+                (v,) = [v for k, v in m.items() if k[0] == "usnet_flow_packets_total" and lab | {("direction", d)}
+                        <= k[1]]
+                assert v == f["stats"].get(f"{d}_packets", 0), (f, d)
+    # a flow's counters, read mid-transfer, never ran ahead of the netif's, and it sent what TCP sent
+    flows = [(k, v) for k, v in during[-1].items() if k[0] == "usnet_flow_packets_total"
+             and ("direction", "tx") in k[1] and any(lab == "flow" and "tcp" in val for lab, val in k[1])]
+    assert flows and all(v <= during[-1][("usnet_netif_tx_frames_total", nif)] * 64 for _, v in flows)
+    assert any(v > 0 for _, v in flows)
+    # the connection's flow (in TIME-WAIT now) counted bytes, no more than the netif sent
+    byts = [v for k, v in m.items() if k[0] == "usnet_flow_bytes_total" and ("direction", "tx") in k[1]]
+    assert 0 < max(byts) <= m[("usnet_netif_tx_bytes_total", nif)]
+    assert m[("usnet_control_requests_total", frozenset({("type", "OpenFlow")}))] >= 1
+    assert m[("usnet_sessions_opened_total", frozenset())] >= 1

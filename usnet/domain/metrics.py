@@ -50,7 +50,7 @@ def parse_address(text: str) -> tuple[str, Any] | None:
             raise ValueError(f"metrics: a Unix socket needs an absolute path, not {path!r}")
         return "unix", path
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"metrics must be \"unix:/PATH\", \"127.0.0.1:PORT\", \"[::1]:PORT\" or \"off\", "
                          f"not {text!r}")
     host = host.strip("[]")
