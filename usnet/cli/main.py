@@ -329,7 +329,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
         return 0
     t = Table(title="flows")
     for c in ("netif", "proto", "local", "remote", "channel", "tx", "rx", "dropped", "state"):
-        t.add_column(c)
+        # an address is never cut: it folds onto a second line (or, with --wide, the table is as wide as it needs)
+        t.add_column(c, overflow="fold", no_wrap=args.wide, min_width=len(c) if c not in ("local", "remote") else 21)
     for nif in info["netifs"]:
         ip = nif["netif"]["address"].split("/")[0]
         ip6 = f"[{(nif['netif'].get('address6') or '').split('/')[0]}]"
@@ -341,7 +342,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
                       str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)),
                       "stalled" if f.get("stalled") else "suspended" if f["suspended"]
                       else ("connected" if f["remote"] else "listening"))
-    Console().print(t)
+    Console(width=10_000 if args.wide else None).print(t)
     return 0
 
 
@@ -571,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     fl = sub.add_parser("flows", help="flows on every netif, like ss")
     fl.add_argument("--socket", default=DEFAULT_SOCKET)
     fl.add_argument("--json", action="store_true")
+    fl.add_argument("--wide", action="store_true", help="one line a flow, however wide (addresses fold otherwise)")
     fl.set_defaults(fn=cmd_flows)
     stt = sub.add_parser("stats", help="netif counters and drops by reason")
     stt.add_argument("--socket", default=DEFAULT_SOCKET)
