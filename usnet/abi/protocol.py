@@ -159,9 +159,14 @@ class RemoveConnection(_Msg, frozen=True):
 
 
 class OpenMonitor(_Msg, frozen=True):
-    """A read-only channel that receives a copy of every frame a netif sends and receives."""
+    """A read-only channel that receives a copy of every frame a netif sends and receives.
+
+    filter: a capture filter (usnet.proto.pcapfilter, a subset of pcap-filter
+    syntax) the domain evaluates before it copies a frame; "" takes every frame.
+    """
 
     netif: Name
+    filter: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class OpenAdvisory(_Msg, frozen=True):

@@ -258,7 +258,9 @@ STATS = Fields(
     ("events_dropped", "u64"),  # events lost to a full EVENT ring
     ("held", "u64"),  # packets this channel holds now
     ("quota", "u64"),
-    (RESERVED, 72),
+    ("rx_offered", "u64"),  # a monitor channel: frames that matched its filter (the rest are not offered)
+    ("rx_dropped", "u64"),  # a monitor channel: of those, frames it could not keep (ring or pool full)
+    (RESERVED, 56),
 )
 STATS_PER_ROLE = STATS.size // 8  # u64 words
 
@@ -273,3 +275,5 @@ class Stat(enum.IntEnum):
     EVENTS_DROPPED = STATS.word("events_dropped", 8)
     HELD = STATS.word("held", 8)
     QUOTA = STATS.word("quota", 8)
+    RX_OFFERED = STATS.word("rx_offered", 8)
+    RX_DROPPED = STATS.word("rx_dropped", 8)

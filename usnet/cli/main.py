@@ -338,7 +338,8 @@ def cmd_flows(args: argparse.Namespace) -> int:
         return 0
     t = Table(title="flows")
     for c in ("netif", "proto", "local", "remote", "channel", "tx", "rx", "dropped", "state"):
-        t.add_column(c)
+        # an address is never cut: it folds onto a second line (or, with --wide, the table is as wide as it needs)
+        t.add_column(c, overflow="fold", no_wrap=args.wide, min_width=len(c) if c not in ("local", "remote") else 21)
     for nif in info["netifs"]:
         ip = nif["netif"]["address"].split("/")[0]
         ip6 = f"[{(nif['netif'].get('address6') or '').split('/')[0]}]"
@@ -350,7 +351,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
                       str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)),
                       "stalled" if f.get("stalled") else "suspended" if f["suspended"]
                       else ("connected" if f["remote"] else "listening"))
-    Console().print(t)
+    Console(width=10_000 if args.wide else None).print(t)
     return 0
 
 
@@ -437,39 +438,6 @@ def cmd_advisory(args: argparse.Namespace) -> int:
     finally:
         for r in readers:
             r.close()
-
-
-def cmd_capture(args: argparse.Namespace) -> int:
-    import time
-
-    from usnet.drivers.pcap import PcapWriter
-
-    client = _connect(args.socket)
-    if client is None:
-        return 1
-    ch = client.open_monitor(args.netif)
-    out = PcapWriter(args.write)
-    deadline = None if args.seconds is None else time.monotonic() + args.seconds
-    try:
-        while args.count is None or out.frames < args.count:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            try:
-                pkts = ch.recv(256, timeout=left if left is not None else 1.0)
-            except BlockingIOError:
-                continue
-            for p in pkts:
-                if args.count is None or out.frames < args.count:
-                    out.write(ch.view(p))
-            ch.free(pkts)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        out.close()
-        ch.close()
-    print(f"captured {out.frames} frames to {args.write}", file=sys.stderr)
-    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -622,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     fl = sub.add_parser("flows", help="flows on every netif, like ss")
     fl.add_argument("--socket", default=DEFAULT_SOCKET)
     fl.add_argument("--json", action="store_true")
+    fl.add_argument("--wide", action="store_true", help="one line a flow, however wide (addresses fold otherwise)")
     fl.set_defaults(fn=cmd_flows)
     stt = sub.add_parser("stats", help="netif counters and drops by reason")
     stt.add_argument("--socket", default=DEFAULT_SOCKET)
@@ -633,13 +602,27 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     ad.add_argument("--socket", default=DEFAULT_SOCKET)
     ad.set_defaults(fn=cmd_advisory)
-    cp = sub.add_parser("capture", help="write a netif's frames to a pcap file")
-    cp.add_argument("-w", "--write", required=True, type=errors.writable_path, help="pcap file to write")
+    from usnet.cli import ops
+
+    cp = sub.add_parser("capture", help="write a netif's frames (those matching a filter) to a pcap file (root)",
+                        description="usnet capture -w FILE|- [-i NETIF] [-c N] [FILTER ...]: frames whole, "
+                                    "64 KB super-segments too; FILTER is a subset of pcap-filter syntax "
+                                    "(host, net, port, proto, tcp, udp, icmp, ip, ip6, arp, src, dst, and, "
+                                    "or, not), evaluated in usnetd before the copy")
+    cp.add_argument("-w", "--write", required=True, type=errors.writable_path,
+                    help="pcap file to write; - for standard output")
     cp.add_argument("-i", "--netif", default="usnet0")
     cp.add_argument("-c", "--count", type=errors.count, default=None, help="stop after this many frames")
     cp.add_argument("--seconds", type=errors.seconds, default=None, help="stop after this long")
+    cp.add_argument("-q", "--quiet", action="store_true", help="no live count on a terminal")
     cp.add_argument("--socket", default=DEFAULT_SOCKET)
-    cp.set_defaults(fn=cmd_capture)
+    cp.add_argument("filter", nargs="*", help="e.g. tcp port 80 and host 10.77.0.1")
+    cp.set_defaults(fn=ops.cmd_capture)
+    me = sub.add_parser("metrics", help="usnetd's Prometheus metrics, printed once")
+    me.add_argument("--socket", default=DEFAULT_SOCKET, help="usnetd's control socket: the endpoint is "
+                                                            "metrics.sock beside it unless --metrics")
+    me.add_argument("--metrics", help="the endpoint: unix:PATH or 127.0.0.1:PORT (usnetd's `metrics` key)")
+    me.set_defaults(fn=ops.cmd_metrics)
     s = sub.add_parser("status", help="sessions, pipes, pools and low-latency leases of a running usnetd")
     s.add_argument("--socket", default=DEFAULT_SOCKET)
     s.add_argument("--json", action="store_true")

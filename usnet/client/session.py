@@ -210,9 +210,13 @@ class Client:
         """The connection on `local_port` of connector `channel` is over: its port and 4-tuple go."""
         self._expect(P.RemoveConnection(channel, local_port), P.Done)
 
-    def open_monitor(self, netif: str) -> Channel:
-        """A read-only channel with a copy of every frame the netif sends and receives."""
-        return self._open(P.OpenMonitor(netif), P.ChannelOpened)[0]
+    def open_monitor(self, netif: str, filter: str = "") -> Channel:
+        """A read-only channel with a copy of every frame the netif sends and receives that matches
+        `filter` (a subset of pcap-filter syntax, usnet.proto.pcapfilter; evaluated in the domain).
+
+        Its STATS `rx_offered` and `rx_dropped` (`Channel.stats()`) count the frames that matched
+        and those the channel could not keep."""
+        return self._open(P.OpenMonitor(netif, filter), P.ChannelOpened)[0]
 
     def advisory(self, netif: str) -> AdvisoryReader:
         """A netif's interface advisory, mapped read-only: `.snapshot()` gives both directions.

@@ -274,7 +274,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     socket_group: str | int | None = None
     unprivileged_port_start: int = 1024
     log_level: str = "INFO"
-    metrics: str | None = None  # where usnetd serves its metrics (`usnet up --metrics`); None: nowhere
+    # the Prometheus endpoint (usnet.domain.metrics): "unix:PATH", a loopback "HOST:PORT", or "off";
+    # "" (the default): "metrics.sock" beside the control socket
+    metrics: str = ""
     lease_ttl: float = DEFAULT_TTL
     rx_mitigation: bool = True
     loopback: bool = True  # the loopback netif "lo" (127.0.0.1/8, ::1): Domain.add_loopback
@@ -294,6 +296,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         check_ttl(self.lease_ttl)
         if self.log_level.upper() not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        if self.metrics:
+            from usnet.domain.metrics import parse_address
+
+            parse_address(self.metrics)  # a public address is refused here, with its reason
         if self.socket_mode is not None and not 0 <= self.socket_mode <= 0o777:
             raise ValueError(f"socket_mode must be a file mode from 0 to 0o777, not {self.socket_mode!r}")
         if self.socket_group is not None:
@@ -311,6 +317,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             if (v := getattr(self, k)) is not None:
                 kw[k] = v
         return kw
+
+    def metrics_address(self, socket_path: str) -> str:
+        """Where the metrics endpoint listens: the `metrics` key, or "metrics.sock" beside the control socket."""
+        import os
+
+        return self.metrics or f"unix:{os.path.join(os.path.dirname(os.path.abspath(socket_path)), 'metrics.sock')}"
 
     def socket_perms(self) -> tuple[int, int | None]:
         """(mode, gid or None) of the control socket: 0o660 with a group, 0o600 without, unless set."""
@@ -350,9 +362,11 @@ def load(path: str) -> Config:
 def dump(cfg: Config) -> str:
     """TOML text for a config (what `usnet up` writes for usnetd)."""
     lines = [f'socket = "{cfg.socket}"', f'log_level = "{cfg.log_level}"']
-    for k in ("socket_mode", "socket_group", "metrics"):
+    for k in ("socket_mode", "socket_group"):
         if (v := getattr(cfg, k)) is not None:
             lines.append(f"{k} = {_toml_value(v)}")
+    if cfg.metrics:
+        lines.append(f"metrics = {_toml_value(cfg.metrics)}")
     if cfg.unprivileged_port_start != 1024:
         lines.append(f"unprivileged_port_start = {cfg.unprivileged_port_start}")
     if cfg.lease_ttl != DEFAULT_TTL:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,8 @@ class Control(SessionRegistry):
     """Serve control requests: `handle` behind its barrier, then the handler of the request's type."""
 
     control_errors: int
+    requests: Counter[str]  # control requests served, by type (metrics)
+    request_errors: Counter[str]  # refusals, by error code (metrics)
     advisories: dict[str, NetifAdvisory]
     call_soon: Callable[[Callable[[], None]], None]  # the loop's (usnet.domain.loop)
     memory_pressure: bool  # these five: Housekeeping's (usnet.domain.housekeeping)
@@ -60,6 +63,7 @@ class Control(SessionRegistry):
         """
         kind = type(req).__name__
         session.requests[kind] = session.requests.get(kind, 0) + 1
+        self.requests[kind] += 1
         try:
             with self.lock:
                 reply = self._dispatch(session, req)
@@ -71,10 +75,13 @@ class Control(SessionRegistry):
             self.control_errors += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request %s type=%s refused=%s", s_ident(session), kind, " ".join(str(e).split()))
-            return P.error_reply(e), []
+            err = P.error_reply(e)
+            self.request_errors[err.code] += 1
+            return err, []
         except Exception as e:
             session.refused += 1
             self.control_errors += 1
+            self.request_errors["EPROTO"] += 1
             self._log_fault(f"session {session.id}: {type(req).__name__}", e)
             return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
 
@@ -117,7 +124,7 @@ class Control(SessionRegistry):
 
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
-        cid, fds = self.open_monitor(session, req.netif)
+        cid, fds = self.open_monitor(session, req.netif, req.filter)
         return P.ChannelOpened(cid, 0, "default", b""), fds
 
     @_serves(P.OpenAdvisory)

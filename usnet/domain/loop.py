@@ -24,7 +24,7 @@ import selectors
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from usnet.abi import protocol as P
@@ -144,6 +144,9 @@ class Domain(Control, Housekeeping):
         self._stopping = False
         self._stopped = False
         self.control_errors = 0
+        self.requests: Counter[str] = Counter()  # control requests by type (usnet.domain.metrics)
+        self.request_errors: Counter[str] = Counter()  # refusals by error code, undecodable ones too
+        self.sessions_opened = 0
         self.faults = 0  # exceptions stopped by a fault barrier (each also defuncts, ends or is logged)
         self.reaper = Reaper()  # closes what clients send us, off the loop
         self._accept_pause = 0.0  # the current EMFILE back-off of accept(), 0 when accepting
@@ -447,6 +450,7 @@ class Domain(Control, Housekeeping):
     def _refuse(self, s: Session, reply: P.Error) -> None:
         s.refused += 1
         self.control_errors += 1
+        self.request_errors[reply.code] += 1
         self._reply(s, reply, [])
 
     def _serve_session(self, s: Session) -> None:

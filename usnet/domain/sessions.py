@@ -36,10 +36,12 @@ from usnet.domain.barrier import log_fault
 from usnet.domain.limits import Access, Charge, Ledger, Share, check_share, is_shared, pipe_key
 from usnet.domain.lowlat.leases import LeaseDesk
 from usnet.domain.switch.flowswitch import FlowSwitch
+from usnet.domain.switch.monitor import MONITOR_SCHEMA, MonitorPort
 from usnet.domain.switch.port import NEXUS, FlowPort
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import Flow
 from usnet.domain.userpipe import UserPipe
+from usnet.proto.pcapfilter import parse as parse_filter
 from usnet.proto.wire.ipv4 import ip_bytes
 
 __all__ = ["ChannelRef", "Session", "SessionRegistry", "proc_program", "s_ident"]
@@ -149,6 +151,7 @@ class SessionRegistry:
     switches: dict[str, FlowSwitch]
     ledger: Ledger
     access: Access
+    sessions_opened: int
     shares: tuple[Share, ...]
     leases: LeaseDesk
     clock: Callable[[], float]
@@ -172,6 +175,7 @@ class SessionRegistry:
         request can be answered with the refusal; then it is ended (see `_dispatch`)."""
         with self.lock:
             s = Session(next(self._ids), uid, pid, sock=sock, proc=proc_program(pid) if sock is not None else "")
+            self.sessions_opened += 1
             try:
                 self.ledger.check_session(uid, sum(1 for o in self.sessions.values()
                                                    if o.uid == uid and o.over_limit is None))
@@ -435,21 +439,23 @@ class SessionRegistry:
             ref.switch.remove_conn(ref.flow, req.local_port)
         self.ledger.release(ref.conn_charges.pop(req.local_port, None))
 
-    def open_monitor(self, session: Session, netif: str) -> tuple[int, list[int]]:
-        """A channel that receives a copy of every frame of a netif: root or the domain's own uid only."""
+    def open_monitor(self, session: Session, netif: str, filter_text: str = "") -> tuple[int, list[int]]:
+        """A channel that receives a copy of every frame of a netif that matches `filter_text`
+        (usnet.proto.pcapfilter; "" takes all): root or the domain's own uid only."""
         sw = self.switches.get(netif)
         if sw is None:
             raise OSError(errno.ENODEV, f"no netif {netif!r}")
         if session.uid not in (0, os.getuid()):
             raise OSError(errno.EPERM, "monitoring a netif needs root")
+        parse_filter(filter_text)  # a malformed filter is refused (FilterError is a ValueError: EINVAL)
         charge = self.ledger.admit(Charge(session.uid, session.id))
         cid = next(self._ids)
         try:
-            pipe = self._new_pipe(f"monitor:{cid}", schemamod.resolve("default", {"ring_size": 4096}), session)
+            pipe = self._new_pipe(f"monitor:{cid}", MONITOR_SCHEMA, session)
         except BaseException:
             self.ledger.release(charge)
             raise
-        port = FlowPort(pipe)
+        port = MonitorPort(pipe, filter_text)
         sw.netif.monitors.append(port)
         return cid, self._attach(cid, ChannelRef(pipe, 0, session, sw, None, monitor=port, charge=charge),
                                  pipe.ends[NEXUS].bell)

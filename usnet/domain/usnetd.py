@@ -31,6 +31,7 @@ from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.abi.transport import listen_seqpacket
 from usnet.domain import config, reload, sdnotify
 from usnet.domain.loop import LOOPBACK, Domain
+from usnet.domain.metrics import MetricsServer, parse_address
 
 __all__ = ["main"]
 
@@ -140,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         os.unlink(args.socket)
         return 1
     domain.listen(sock)
+    metrics = None
+    where = cfg.metrics_address(args.socket)
+    if parse_address(where) is not None:
+        try:
+            metrics = MetricsServer(domain, where, mode=mode if args.mode is None else args.mode, gid=gid)
+            log.info("metrics on %s", metrics.describe())
+        except OSError as e:
+            log.error("metrics: cannot listen on %s: %s (usnetd goes on without them)", where, e)
     in_force = [cfg]  # the config applied: SIGHUP compares the file against it
 
     def stop(signum: int, _frame: object) -> None:
@@ -163,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         domain.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         domain.stop()
         sock.close()
         try:

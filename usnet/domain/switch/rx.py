@@ -146,6 +146,7 @@ class ReceivePath(HostDuties):
         for flow, pkts in per_flow.items():
             n = flow.port.deliver(pkts)
             flow.stats["rx_packets"] += n
+            flow.stats["rx_bytes"] += sum(map(len, pkts[:n]))  # IP bytes (metrics; once a batch)
             if n < len(pkts):
                 flow.stats["rx_dropped"] += len(pkts) - n
                 self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(pkts) - n
@@ -193,6 +194,7 @@ class ReceivePath(HostDuties):
                         rows, ln = d[sel], total[sel]
                     got = flow.port.deliver_rows(rows, ETH_HLEN, ln)
                     flow.stats["rx_packets"] += got
+                    flow.stats["rx_bytes"] += int(ln[:got].sum())
                     if got < len(ln):
                         flow.stats["rx_dropped"] += len(ln) - got
                         self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(ln) - got

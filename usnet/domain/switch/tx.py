@@ -119,6 +119,7 @@ class TransmitPath(HostDuties):
                 flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
             flow.tcp_seen.note_rows(rows, lens, np.flatnonzero(ok), ETH_HLEN, flow.family, flow.raddr is not None)
         flow.stats["tx_packets"] += sent
+        flow.stats["tx_bytes"] += int(lens[ok].sum())  # IP bytes that passed the checks (metrics)
         self._advise(flow)
         return n
 
@@ -151,6 +152,7 @@ class TransmitPath(HostDuties):
             for q in passed:
                 flow.tcp_seen.note(q, family)
         flow.stats["tx_packets"] += sent
+        flow.stats["tx_bytes"] += sum(map(len, passed))
         self._advise(flow)
         return len(lens)
 

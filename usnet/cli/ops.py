@@ -1,0 +1,162 @@
+"""Operator commands of issue 20: `usnet capture`, `usnet metrics`, `usnet ss` and `usnet flows`.
+
+Each prints one line to stderr and returns non-zero when it cannot do its job
+(no usnetd, not root, a bad filter, an unwritable file), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, BinaryIO
+
+__all__ = ["cmd_capture", "cmd_metrics", "fetch_metrics"]
+
+
+def _connect(path: str) -> Any:
+    from usnet.client import Client
+
+    try:
+        return Client.connect(path)
+    except OSError as e:
+        why = e.strerror or str(e)
+        hint = ("it is root's: run this with sudo" if getattr(e, "errno", None) in (1, 13)
+                else "start it with `usnet up`, or name its socket with --socket")
+        print(f"usnet: cannot reach usnetd at {path} ({why}): {hint}", file=sys.stderr)
+        return None
+
+
+def _err(cmd: str, msg: str) -> int:
+    print(f"usnet {cmd}: {msg}", file=sys.stderr)
+    return 1
+
+
+# -- capture ----------------------------------------------------------------------------------
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Frames of a netif that match the filter, whole, to a pcap file or stdout (`-w -`).
+
+    The filter runs in the domain before the copy; frames it matched that the
+    monitor could not keep are counted by the domain and reported here. With a
+    terminal on stderr, a live count.
+    """
+    from usnet.client.channel import ChannelError
+    from usnet.drivers.pcap import PcapWriter
+    from usnet.proto.pcapfilter import FilterError, parse
+
+    text = " ".join(args.filter)
+    try:
+        parse(text)
+    except FilterError as e:
+        return _err("capture", f"bad filter: {e}")
+    if args.count is not None and args.count <= 0:
+        return _err("capture", "-c needs a positive number of frames")
+    if args.seconds is not None and not args.seconds > 0:
+        return _err("capture", "--seconds needs a positive number")
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    ch = client.open_monitor(args.netif, text)  # a refusal is the top-level handler's one line (usnet.cli.errors)
+    to_stdout = args.write == "-"
+    sink: BinaryIO
+    try:
+        sink = sys.stdout.buffer if to_stdout else open(args.write, "wb")  # noqa: SIM115
+    except OSError as e:
+        ch.close()
+        return _err("capture", f"cannot write {args.write}: {e.strerror}")
+    out = PcapWriter(sink)
+    live = sys.stderr.isatty() and not args.quiet
+    deadline = None if args.seconds is None else time.monotonic() + args.seconds
+    shown = 0.0
+    broken = False
+    try:
+        while args.count is None or out.frames < args.count:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            try:
+                pkts = ch.recv(256, timeout=min(left, 0.25) if left is not None else 0.25)
+            except BlockingIOError:
+                pkts = []
+            except ChannelError as e:
+                print(f"\nusnet capture: the monitor ended: {e}", file=sys.stderr)
+                break
+            for p in pkts:
+                if args.count is None or out.frames < args.count:
+                    out.write(ch.view(p))
+            if pkts:
+                ch.free(pkts)
+                if to_stdout:
+                    out.flush()  # a reader (tshark -r -) sees each batch as it comes
+            if live and time.monotonic() - shown >= 0.25:
+                shown = time.monotonic()
+                st = ch.stats()
+                print(f"\r{out.frames:,} frames captured, {st['rx_dropped']:,} not kept", end="",
+                      file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # the reader went away (| head): stop quietly
+        broken = True
+    finally:
+        st = ch.stats()
+        try:
+            out.close()
+        except BrokenPipeError:
+            broken = True
+        if not to_stdout:
+            sink.close()
+        ch.close()
+    if broken:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (nothing more may reach the closed pipe)
+        except OSError:
+            pass
+    lost = st["rx_dropped"]
+    where = "standard output" if to_stdout else args.write
+    print(f"{chr(13) if live else ''}captured {out.frames:,} frames to {where}; {st['rx_offered']:,} matched"
+          + (f", {lost:,} the monitor could not keep (it fell behind: ring or pool full)" if lost else ""),
+          file=sys.stderr)
+    return 0
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+def fetch_metrics(address: str, timeout: float = 10.0) -> str:
+    """GET /metrics from usnetd's endpoint ("unix:PATH" or "HOST:PORT"); OSError if it cannot."""
+    import socket
+
+    if address.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = address[5:]
+    else:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        target = (host, int(port))
+    with s:
+        s.settimeout(timeout)
+        s.connect(target)
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: usnetd\r\nAccept: text/plain\r\n\r\n")
+        chunks = []
+        while data := s.recv(1 << 16):
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    if " 200 " not in status + " ":
+        raise OSError(f"the endpoint answered {status!r}")
+    return body.decode()
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """Print usnetd's Prometheus metrics once, for people without a scraper."""
+    address = args.metrics or f"unix:{os.path.join(os.path.dirname(os.path.abspath(args.socket)), 'metrics.sock')}"
+    try:
+        text = fetch_metrics(address)
+    except OSError as e:
+        why = e.strerror or str(e)
+        return _err("metrics", f"cannot read usnetd's metrics at {address} ({why}): is usnetd running, with "
+                               "metrics on (its config's `metrics` key)? name the endpoint with --metrics")
+    sys.stdout.write(text)
+    return 0
