@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -59,14 +60,29 @@ def _show_udp(result: dict, out: Console) -> None:
                   f"{_fmt(t['usnet_to_kernel_fps'])}, kernel → usnet {_fmt(t['kernel_to_usnet_fps'])}")
 
 
-def _measure_tcp(args: argparse.Namespace, console: Console) -> dict | None:
-    from usnet.bench import tap, tcp
+_NEEDS_TAP = "needs root and /dev/net/tun (it makes a TAP device)"
 
-    if not tap.available():
-        print("usnet bench tcp needs root and /dev/net/tun (it makes a TAP device)", file=sys.stderr)
+
+def _run_bench(name: str, run: Callable[..., dict], args: argparse.Namespace, console: Console,
+               lacks: str | None = None) -> dict | None:
+    """`run(quick, progress=...)` under a status line; None, said in one line, if it `lacks` something."""
+    if lacks is not None:
+        print(f"usnet bench {name} {lacks}", file=sys.stderr)
         return None
-    with console.status("bench tcp") as status:
-        return tcp.run(args.quick, progress=lambda what: status.update(what))
+    with console.status(f"bench {name}") as status:
+        return run(args.quick, progress=lambda what: status.update(what))
+
+
+def _tap_lacks(what: str = _NEEDS_TAP) -> str | None:
+    from usnet.bench import tap
+
+    return None if tap.available() else what
+
+
+def _measure_tcp(args: argparse.Namespace, console: Console) -> dict | None:
+    from usnet.bench import tcp
+
+    return _run_bench("tcp", tcp.run, args, console, _tap_lacks())
 
 
 def _show_tcp(result: dict, out: Console) -> None:
@@ -88,12 +104,7 @@ def _show_tcp(result: dict, out: Console) -> None:
 def _measure_http(args: argparse.Namespace, console: Console) -> dict | None:
     from usnet.bench import http_bench
 
-    lack = http_bench.available()
-    if lack is not None:
-        print(f"usnet bench http {lack}", file=sys.stderr)
-        return None
-    with console.status("bench http") as status:
-        return http_bench.run(args.quick, progress=lambda what: status.update(what))
+    return _run_bench("http", http_bench.run, args, console, http_bench.available())
 
 
 def _show_http(result: dict, out: Console) -> None:
@@ -117,14 +128,10 @@ def _show_http(result: dict, out: Console) -> None:
 
 
 def _measure_lossy(args: argparse.Namespace, console: Console) -> dict | None:
-    from usnet.bench import lossy, tap
+    from usnet.bench import lossy
 
-    if not tap.available():
-        print("usnet bench lossy needs root and /dev/net/tun (it makes a TAP, a veth and namespaces)",
-              file=sys.stderr)
-        return None
-    with console.status("bench lossy") as status:
-        return lossy.run(args.quick, progress=lambda what: status.update(what))
+    return _run_bench("lossy", lossy.run, args, console,
+                      _tap_lacks("needs root and /dev/net/tun (it makes a TAP, a veth and namespaces)"))
 
 
 def _show_lossy(result: dict, out: Console) -> None:
@@ -169,11 +176,10 @@ def _show_pipe(result: dict, out: Console) -> None:
               f"{extra['memory_per_channel']['reserved_bytes']:,} bytes reserved (sparse)")
 
 
-def _measure_lowlat(args: argparse.Namespace, console: Console) -> dict:
+def _measure_lowlat(args: argparse.Namespace, console: Console) -> dict | None:
     from usnet.bench import lowlat
 
-    with console.status("bench lowlat") as status:
-        return lowlat.run(args.quick, progress=lambda what: status.update(what))
+    return _run_bench("lowlat", lowlat.run, args, console)
 
 
 def _show_lowlat(result: dict, out: Console) -> None:
@@ -197,11 +203,10 @@ def _show_lowlat(result: dict, out: Console) -> None:
     out.print(table)
 
 
-def _measure_rxmit(args: argparse.Namespace, console: Console) -> dict:
+def _measure_rxmit(args: argparse.Namespace, console: Console) -> dict | None:
     from usnet.bench import rxmit
 
-    with console.status("bench rxmit") as status:
-        return rxmit.run(args.quick, progress=lambda what: status.update(what))
+    return _run_bench("rxmit", rxmit.run, args, console)
 
 
 def _show_rxmit(result: dict, out: Console) -> None:
@@ -216,15 +221,9 @@ def _show_rxmit(result: dict, out: Console) -> None:
 
 
 def _measure_scale(args: argparse.Namespace, console: Console) -> dict | None:
-    from usnet.bench import tap
-
-    if not tap.available():
-        print("usnet bench scale needs root and /dev/net/tun (it makes a TAP device)", file=sys.stderr)
-        return None
     from usnet.bench import scale
 
-    with console.status("bench scale") as status:
-        return scale.run(args.quick, progress=lambda what: status.update(what))
+    return _run_bench("scale", scale.run, args, console, _tap_lacks())
 
 
 def _show_scale(result: dict, out: Console) -> None:
@@ -267,12 +266,7 @@ def _show_scale(result: dict, out: Console) -> None:
 def _measure_xdp(args: argparse.Namespace, console: Console) -> dict | None:
     from usnet.bench import xdp
 
-    why = xdp.available()
-    if why is not None:
-        print(f"usnet bench xdp {why}", file=sys.stderr)
-        return None
-    with console.status("bench xdp") as status:
-        return xdp.run(args.quick, progress=lambda what: status.update(what))
+    return _run_bench("xdp", xdp.run, args, console, xdp.available())
 
 
 def _show_xdp(result: dict, out: Console) -> None:
