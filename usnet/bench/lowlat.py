@@ -35,7 +35,6 @@ import os
 import select
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from usnet.bench import adaptive
-from usnet.bench.apps import kill_all, read_all, spawn_app, wait_exit
+from usnet.bench.apps import App, kill_all, read_all, spawn_app, wait_exit
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.domain.lowlat.policy import Policy, PolicyEntry
@@ -202,7 +201,7 @@ class LowLatRun:
         self.dom.add_netif("a", self.wire.a, f"{A_ADDR}/24", link_rate=LINK_RATE, ll_share=LL_SHARE)
         self.dom.add_netif("b", self.wire.b, f"{B_ADDR}/24")
         self.dom.start()
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[App] = []
         self.roles: list[str] = []  # of each of procs
 
     def __enter__(self) -> LowLatRun:
@@ -211,7 +210,7 @@ class LowLatRun:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def spawn(self, role: str, *args: str, keep: tuple[int, ...] = ()) -> subprocess.Popen:
+    def spawn(self, role: str, *args: str, keep: tuple[int, ...] = ()) -> App:
         p = spawn_app(self.dom, "usnet.bench.lowlat", role, *args, keep=keep)
         self.procs.append(p)
         self.roles.append(role)
@@ -254,7 +253,8 @@ class LowLatRun:
             os.close(stop_w)
         for p in self.procs:
             p.wait(30)
-        failed = [role for role, p in zip(self.roles, self.procs) if p.returncode]
+        failed = [f"{role} ({p.failure()})" for role, p in zip(self.roles, self.procs) if p.returncode]
+        kill_all(self.procs)
         self.procs.clear()
         self.roles.clear()
         if failed:
@@ -303,7 +303,7 @@ class LowLatRun:
                     lowlat = ll  # the last look while the lease held (it ends with the sender's channel)
             rx1, t1 = self.rx_bytes_b(), time.monotonic()
             if sender.returncode:
-                raise RuntimeError(f"the LL sender failed (exit status {sender.returncode})")
+                raise RuntimeError(f"the LL sender failed ({sender.failure()})")
             pairs = json.loads(read_all(r))
         finally:
             for fd in (r, ready_r, w, ready_w):

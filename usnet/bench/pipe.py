@@ -103,7 +103,7 @@ def usnet_mps(size: int, count: int, domain: Domain | None = None,
         send_loop(tx, size, count, progress)
         data = read_all(r)
         if child.wait(60) != 0 or not data:
-            raise RuntimeError("pipe bench receiver failed")
+            raise RuntimeError(f"pipe bench receiver failed ({child.failure()})")
         return float(data)
     finally:
         os.close(r)
