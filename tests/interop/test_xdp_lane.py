@@ -24,29 +24,13 @@ LIMIT = 30.0
 LL_PORT = 9000
 
 
-def steer_to_queue(port: int, queue: int) -> list:
-    """A tc egress classifier: UDP/IPv4 to `port` leaves on transmit queue `queue`, the rest on 0.
-
-    It records the queue as if the frame had been received there (skb->queue_mapping = q + 1),
-    which the transmit queue choice follows when no socket has one cached (unconnected UDP)."""
-    from usnet.drivers.bpf import ABS, JMP, JNE, LD, B, H, Insn, K, Label, exit_, jump, link, mov_imm, mov_reg, store_w
-
-    qmap = 12  # offsetof(struct __sk_buff, queue_mapping)
-    return link([
-        mov_reg(6, 1), mov_imm(2, 1), store_w(6, qmap, 2),
-        Insn(LD | ABS | H, 0, 0, 0, 12), jump(Insn(JMP | JNE | K, 0, 0, 0, 0x0800), "out"),
-        Insn(LD | ABS | B, 0, 0, 0, 23), jump(Insn(JMP | JNE | K, 0, 0, 0, 17), "out"),
-        Insn(LD | ABS | H, 0, 0, 0, 36), jump(Insn(JMP | JNE | K, 0, 0, 0, port), "out"),
-        mov_imm(2, queue + 1), store_w(6, qmap, 2),
-        Label("out"), mov_imm(0, 0), exit_()])
-
-
 @contextlib.contextmanager
 def lane_domain() -> Iterator[tuple]:
     """(domain, ifname, peer, usnet_ip, driver): an in-process Domain on an XdpDriver with an LL queue."""
     from pyroute2 import IPRoute
 
     from usnet.bench import impair
+    from usnet.bench.lowlat_xdp import steer_to_queue
     from usnet.domain.loop import Domain
     from usnet.drivers import bpf
     from usnet.drivers.hostnet import NetNs
@@ -77,6 +61,13 @@ def lane_domain() -> Iterator[tuple]:
 
         peer.call(configure)
         drv = XdpDriver(ifname, ll_queue=1)
+
+        def know_us() -> None:  # resolved before the first datagram: the kernel can reorder those it queued
+            with IPRoute() as ipr:
+                (i,) = ipr.link_lookup(ifname=peer_if)
+                ipr.neigh("add", dst=f"10.{x}.0.2", lladdr=drv.mac.hex(":"), ifindex=i, state=0x80)  # NUD_PERMANENT
+
+        peer.call(know_us)
         d = Domain()
         try:
             d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", link_rate=1e9, ll_share=0.2,

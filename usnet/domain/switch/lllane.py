@@ -127,6 +127,10 @@ class LaneRx:
             with port.pipe.lock:
                 space = port.rx.space(len(got)) if port.pipe.defunct_reason is None and not port.stalled else 0
                 k = min(space, len(got))
+                # counted before the client can see them: whoever reads the packet reads the count
+                flow.stats["rx_packets"] += k
+                flow.stats["rx_bytes"] += sum(plens[:k])
+                self.counts["rx_ll_zero_copy"] += k
                 if k:
                     port._publish(got[:k], np.array(plens[:k], np.uint32))
             for j in publish[:k]:
@@ -136,9 +140,6 @@ class LaneRx:
                 port.rx_dropped += len(publish) - k
                 flow.stats["rx_dropped"] += len(publish) - k
                 self.drops["rx_client_full"] += len(publish) - k
-            flow.stats["rx_packets"] += k
-            flow.stats["rx_bytes"] += sum(plens[:k])
-            self.counts["rx_ll_zero_copy"] += k
         if again:
             self.lane.fill(np.uint64(base) + np.array(again, np.uint64) * np.uint64(stride))
         self.top_up()
