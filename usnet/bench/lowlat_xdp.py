@@ -6,7 +6,8 @@ kernel, where two forked senders run:
 
 * ll: a kernel UDP socket sending `LL_SIZE`-byte datagrams every `LL_PERIOD`, each carrying its
   sequence number and CLOCK_MONOTONIC send time (one machine, one clock), to the LL flow;
-* bulk: a kernel UDP socket sending 1,400-byte datagrams at `BULK_PPS` to a sink flow.
+* bulk: a kernel UDP socket sending 1,400-byte datagrams to a sink flow, paced to `BULK_PPS`: more
+  than the domain takes here, so the general queue backs up (the load the lane is for).
 
 A tc classifier on the far end's egress plays the NIC's flow rule: the LL flow's frames leave on
 queue 1, the rest on queue 0. The LL flow is in the LL class in both phases (no receive
@@ -38,7 +39,7 @@ __all__ = ["BULK_PPS", "LL_PERIOD", "LL_SIZE", "available", "run", "steer_to_que
 LL_PORT, SINK_PORT = 9000, 9100
 LL_SIZE = 200
 LL_PERIOD = 0.002
-BULK_PPS = 20_000
+BULK_PPS = 200_000  # more than the domain takes on this machine: its general queue backs up
 _HDR = struct.Struct("!IQ")  # sequence, send time (CLOCK_MONOTONIC ns)
 
 
