@@ -24,7 +24,7 @@ KEYS = {"idle_p99_ms", "ll_p50_ms", "ll_p99_ms", "general_p99_ms", "bulk_share",
 
 def test_bench_lowlat_quick_json_measures_all_three_phases():
     r = subprocess.run([sys.executable, "-m", "usnet.cli.main", "bench", "lowlat", "--quick", "--json"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+                       cwd=REPO, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert KEYS <= set(doc)
@@ -32,3 +32,8 @@ def test_bench_lowlat_quick_json_measures_all_three_phases():
         assert math.isfinite(doc[k]) and doc[k] > 0, (k, doc[k])
     assert doc["ll_lost"] == 0 and doc["general_lost"] == 0
     assert doc["bulk_share"] > 0.5  # the bulk flows kept the link busy
+    xdp = doc["xdp"]  # the AF_XDP part: the zero-copy lane beside the copying path, or why not
+    if "skipped" not in xdp:
+        for mode in ("lane", "copy"):
+            assert math.isfinite(xdp[mode]["p99_ms"]) and xdp[mode]["p99_ms"] > 0
+        assert xdp["lane"]["rx_ll_zero_copy"] > 0 and xdp["copy"]["rx_ll_zero_copy"] == 0

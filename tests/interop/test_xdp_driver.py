@@ -400,7 +400,7 @@ def _frame(kind: str, proto: int, dport: int, ihl: int, frag: int, cut: int) -> 
     else:
         hdr = struct.pack("!IHBB", 0x60000000, 24, proto, 64) + bytes(32)
         f = eth + b"\x86\xdd" + hdr + struct.pack("!HH", 1234, dport) + bytes(16)
-    return f[:len(f) - cut]
+    return f[:max(0, len(f) - cut)]  # a cut longer than the frame leaves nothing (not f[:-k])
 
 
 def _expected(kind: str, proto: int, dport: int, ihl: int, frag: int, cut: int, steered: set) -> int:

@@ -355,7 +355,11 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
         granted = run_.phase(count, bulk=True, grant="class", warmup=warmup)
         progress("general: the same flow without its grant")
         general = run_.phase(count, bulk=True, grant=None, warmup=warmup)
+    from usnet.bench import lowlat_xdp  # receive through AF_XDP: the zero-copy LL lane and the copying path
+
+    xdp = lowlat_xdp.run(quick, progress)
     return {
+        "xdp": xdp,
         "idle_p99_ms": idle.p(99),
         "ll_p50_ms": granted.p(50),
         "ll_p99_ms": granted.p(99),

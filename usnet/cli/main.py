@@ -198,6 +198,18 @@ def _show_lowlat(result: dict, out: Console) -> None:
         ("bulk share of the general capacity", f"{result['bulk_share']:.2f}", ">= 0.90"),
         ("LL datagrams lost", str(result["ll_lost"]), "0"),
     ]
+    xdp = result.get("xdp") or {}
+    if "lane" in xdp:  # receive through AF_XDP under the same bulk load (issue 19): lane beside copy
+        lane, copy = xdp["lane"], xdp["copy"]
+        rows += [
+            ("AF_XDP LL receive p50: zero-copy lane / copying path",
+             f"{lane['p50_ms']:.2f} / {copy['p50_ms']:.2f} ms", ""),
+            ("AF_XDP LL receive p99: zero-copy lane / copying path",
+             f"{lane['p99_ms']:.2f} / {copy['p99_ms']:.2f} ms", "lane < copy"),
+            ("AF_XDP LL lost: lane / copy", f"{lane['lost']} / {copy['lost']}", "0 / 0"),
+        ]
+    elif "skipped" in xdp:
+        rows.append(("AF_XDP lane", f"skipped: {xdp['skipped']}", ""))
     for r in rows:
         table.add_row(*r)
     out.print(table)

@@ -48,6 +48,9 @@
     share_host = false       # xdp: share the interface, its MAC and its address (`address`
                              # is then the host's own) with the host's stack: only the ports
                              # usnet holds come to usnet, the rest stays the kernel's (IPv4 only)
+    ll_queue = 1             # xdp, optional: the receive queue of the LL lane (the NIC's flow
+                             # rule sends LL flows there): a granted IPv4 flow's frames land in
+                             # its own buffers, no copy (one lane per queue; copy mode)
 
     [[policy]]               # who may lease the LL class; none: nobody (default deny)
     uid = 1000               # the client's uid (SO_PEERCRED) ...
@@ -157,11 +160,14 @@ class NetifConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     rx_mitigation: bool | None = None  # None: the file's top-level rx_mitigation
     aqm: bool | None = None  # None: on with link_rate
     share_host: bool = False  # xdp only: the host's interface and address, shared port by port
+    ll_queue: int | None = None  # xdp only: the queue of the low-latency receive lane (issue 19)
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Interface(self.address)
         if self.share_host and self.driver != "xdp":
             raise ValueError("share_host needs driver = \"xdp\" (its XDP program takes the ports usnet holds)")
+        if self.ll_queue is not None and (self.driver != "xdp" or self.ll_queue < 1):
+            raise ValueError("ll_queue needs driver = \"xdp\" and a queue other than 0 (the general one)")
         if self.share_host and self.address6:
             raise ValueError("share_host is IPv4 only: neighbour discovery is not shared yet")
         if self.gateway:
@@ -411,7 +417,7 @@ def make_driver(nc: NetifConfig) -> Driver:
     elif nc.driver == "xdp":
         from usnet.drivers.xdp import XdpDriver
 
-        drv = XdpDriver(nc.ifname or nc.name, mtu=nc.mtu, ports=nc.share_host)
+        drv = XdpDriver(nc.ifname or nc.name, mtu=nc.mtu, ports=nc.share_host, ll_queue=nc.ll_queue)
     else:
         from usnet.drivers.packet import PacketDriver
 

@@ -226,6 +226,7 @@ class Domain(Control, Housekeeping):
                 raise OSError(errno.ENOENT, f"no flow {flow_id} on netif {netif_name!r}")
             sw.netif.set_class(flow_id, cls == "ll")
             sw.flows[flow_id].port.set_low_latency(cls == "ll")  # the LL class skips receive mitigation
+            sw.set_lane(sw.flows[flow_id], cls == "ll")  # an AF_XDP LL queue: frames land in its pool
         self._wake()
 
     def set_policy(self, policy: Policy, lease_ttl: float | None = None) -> list:

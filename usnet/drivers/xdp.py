@@ -76,7 +76,7 @@ import socket
 import struct
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -103,8 +103,12 @@ from usnet.drivers.bpf import (
     load_w,
     mov_imm,
     mov_reg,
+    store_w,
     store_w_imm,
 )
+
+if TYPE_CHECKING:
+    from usnet.drivers.xdplane import XdpLane
 
 __all__ = ["XdpDriver", "flow_key", "tx_checksum_off", "xdp_program"]
 
@@ -136,7 +140,8 @@ XDP_UMEM_PGOFF_FILL_RING = 0x100000000
 XDP_UMEM_PGOFF_COMPLETION_RING = 0x180000000
 # linux/bpf.h
 XDP_PACKET_HEADROOM = 256
-XDP_PASS, XDP_REDIRECT = 2, 4
+XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
+ADJUST_HEAD = 44  # bpf_xdp_adjust_head (enum bpf_func_id)
 XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_RX_QUEUE_INDEX = 0, 4, 16  # offsets in struct xdp_md
 # linux/if_link.h: IFLA_XDP_FLAGS
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -180,59 +185,95 @@ def flow_key(proto: int, port: int) -> bytes:
 # -- the XDP program ------------------------------------------------------------------------------------
 
 
-def xdp_program(xsks_fd: int, flows_fd: int | None = None) -> list[bpf.Insn]:
+def xdp_program(xsks_fd: int, flows_fd: int | None = None, ll_fd: int | None = None, lanes_fd: int | None = None,
+                mac: bytes = b"") -> list[bpf.Insn]:
     """The driver's program: every frame of a queue with a socket to it (see the module
     docstring), or, with `flows_fd`, only TCP/UDP frames whose (protocol, destination port)
-    is in that hash map; the rest XDP_PASS."""
+    is in that hash map; the rest XDP_PASS.
+
+    With `ll_fd` and `lanes_fd` (issue 19 item 3, usnet.drivers.xdplane): an IPv4 TCP/UDP frame
+    to `mac` whose (protocol, destination port) is in the LL map, arriving on a queue that has a
+    lane socket in `lanes_fd`, loses its Ethernet header (bpf_xdp_adjust_head) and goes to that
+    lane: its IP header lands at the start of a packet buffer of the LL flow's pool."""
     redirect: list[Insn | Label | tuple[Insn, str]] = [
+        Label("redirect"),
         load_w(2, 6, XDP_MD_RX_QUEUE_INDEX), *ld_map_fd(1, xsks_fd), mov_imm(3, XDP_PASS),
         call(REDIRECT_MAP), exit_()]
-    if flows_fd is None:
+    if flows_fd is None and ll_fd is None:
         return link([mov_reg(6, 1), *redirect])
-    # r6 ctx, r2 data, r3 data_end; r4 the L4 header, r5 the protocol
+    lanes = ll_fd is not None and lanes_fd is not None
+    # frames that are not steerable: to the kernel when sharing, else to the general socket
+    other = "pass" if flows_fd is not None else "redirect"
+    # r6 ctx, r2 data, r3 data_end; r4 the L4 header, r5 the protocol; r7 1 for IPv4
     body: list[Insn | Label | tuple[Insn, str]] = [
-        mov_reg(6, 1),
+        mov_reg(6, 1), mov_imm(7, 0),
         load_w(2, 6, XDP_MD_DATA), load_w(3, 6, XDP_MD_DATA_END),
         # the Ethernet header, then the fixed IP header of its EtherType, must be there
         mov_reg(4, 2), Insn(ALU64 | ADD | bpf.K, 4, 0, 0, 14),
-        jump(Insn(JMP | JGT | bpf.X, 4, 3), "pass"),
+        jump(Insn(JMP | JGT | bpf.X, 4, 3), other),
         load_h(5, 2, 12),  # EtherType, as loaded: bytes in network order read little-endian
         jump(Insn(JMP | JEQ | bpf.K, 5, 0, 0, socket.htons(0x0800)), "ipv4"),
-        jump(Insn(JMP | JNE | bpf.K, 5, 0, 0, socket.htons(0x86DD)), "pass"),
+        jump(Insn(JMP | JNE | bpf.K, 5, 0, 0, socket.htons(0x86DD)), other),
         # IPv6: next header at 14+6, no extension headers (anything else passes)
         mov_reg(4, 2), Insn(ALU64 | ADD | bpf.K, 4, 0, 0, 14 + 40),
-        jump(Insn(JMP | JGT | bpf.X, 4, 3), "pass"),
+        jump(Insn(JMP | JGT | bpf.X, 4, 3), other),
         load_b(5, 2, 14 + 6),
         jump(Insn(JMP | bpf.JA), "l4"),
         Label("ipv4"),
         mov_reg(4, 2), Insn(ALU64 | ADD | bpf.K, 4, 0, 0, 14 + 20),
-        jump(Insn(JMP | JGT | bpf.X, 4, 3), "pass"),
+        jump(Insn(JMP | JGT | bpf.X, 4, 3), other),
         load_b(5, 2, 14 + 9),
         # a non-first fragment has no ports: pass (flags/offset & 0x1fff, big-endian at 20)
         load_h(4, 2, 14 + 6), Insn(ALU64 | bpf.AND | bpf.K, 4, 0, 0, socket.htons(0x1FFF)),
-        jump(Insn(JMP | JNE | bpf.K, 4, 0, 0, 0), "pass"),
+        jump(Insn(JMP | JNE | bpf.K, 4, 0, 0, 0), other),
         load_b(4, 2, 14), Insn(ALU64 | bpf.AND | bpf.K, 4, 0, 0, 0x0F),
         Insn(ALU64 | 0x60 | bpf.K, 4, 0, 0, 2),  # BPF_LSH: IHL in bytes
         Insn(ALU64 | ADD | bpf.X, 4, 2), Insn(ALU64 | ADD | bpf.K, 4, 0, 0, 14),
+        mov_imm(7, 1),
         Label("l4"),
         # the destination port: 4 bytes of L4 header must be there
         mov_reg(1, 4), Insn(ALU64 | ADD | bpf.K, 1, 0, 0, 4),
-        jump(Insn(JMP | JGT | bpf.X, 1, 3), "pass"),
+        jump(Insn(JMP | JGT | bpf.X, 1, 3), other),
         jump(Insn(JMP | JEQ | bpf.K, 5, 0, 0, 6), "ports"),
-        jump(Insn(JMP | JNE | bpf.K, 5, 0, 0, 17), "pass"),
+        jump(Insn(JMP | JNE | bpf.K, 5, 0, 0, 17), other),
         Label("ports"),
         load_h(4, 4, 2),
         # key on the stack at fp-8: u8 proto, pad, u16 port (network order)
         store_w_imm(10, -8, 0),
         Insn(bpf.STX | bpf.MEM | bpf.B, 10, 5, -8),
         Insn(bpf.STX | bpf.MEM | bpf.H, 10, 4, -6),
-        *ld_map_fd(1, flows_fd), mov_reg(2, 10), Insn(ALU64 | ADD | bpf.K, 2, 0, 0, -8),
-        call(MAP_LOOKUP_ELEM),
-        jump(Insn(JMP | JEQ | bpf.K, 0, 0, 0, 0), "pass"),
-        *redirect,
-        Label("pass"),
-        mov_imm(0, XDP_PASS), exit_(),
     ]
+    if lanes:
+        assert ll_fd is not None and lanes_fd is not None and len(mac) == 6
+        body += [
+            # IPv4 to our MAC only (a 32-bit compare: the words as loaded, little-endian)
+            jump(Insn(JMP | JNE | bpf.K, 7, 0, 0, 1), "general"),
+            load_w(1, 2, 0), jump(Insn(bpf.JMP32 | JNE | bpf.K, 1, 0, 0, int.from_bytes(mac[:4], "little")), "general"),
+            load_h(1, 2, 4), jump(Insn(bpf.JMP32 | JNE | bpf.K, 1, 0, 0, int.from_bytes(mac[4:], "little")), "general"),
+            *ld_map_fd(1, ll_fd), mov_reg(2, 10), Insn(ALU64 | ADD | bpf.K, 2, 0, 0, -8),
+            call(MAP_LOOKUP_ELEM),
+            jump(Insn(JMP | JEQ | bpf.K, 0, 0, 0, 0), "general"),
+            # a lane socket on this queue? (the key at fp-16)
+            load_w(1, 6, XDP_MD_RX_QUEUE_INDEX), store_w(10, -16, 1),
+            *ld_map_fd(1, lanes_fd), mov_reg(2, 10), Insn(ALU64 | ADD | bpf.K, 2, 0, 0, -16),
+            call(MAP_LOOKUP_ELEM),
+            jump(Insn(JMP | JEQ | bpf.K, 0, 0, 0, 0), "general"),
+            mov_reg(1, 6), mov_imm(2, 14), call(ADJUST_HEAD),
+            jump(Insn(JMP | JNE | bpf.K, 0, 0, 0, 0), "general"),  # refused: the frame is as it was
+            # stripped: only the lane may take it now (XDP_DROP if it went away meanwhile)
+            load_w(2, 6, XDP_MD_RX_QUEUE_INDEX), *ld_map_fd(1, lanes_fd), mov_imm(3, XDP_DROP),
+            call(REDIRECT_MAP), exit_(),
+            Label("general"),
+        ]
+    if flows_fd is not None:
+        body += [
+            *ld_map_fd(1, flows_fd), mov_reg(2, 10), Insn(ALU64 | ADD | bpf.K, 2, 0, 0, -8),
+            call(MAP_LOOKUP_ELEM),
+            jump(Insn(JMP | JEQ | bpf.K, 0, 0, 0, 0), "pass"),
+        ]
+    body += redirect
+    if flows_fd is not None:
+        body += [Label("pass"), mov_imm(0, XDP_PASS), exit_()]
     return link(body)
 
 
@@ -311,7 +352,7 @@ class XdpDriver:
 
     def __init__(self, ifname: str, mtu: int | None = None, mac: bytes | None = None, *, queue: int = 0,
                  frames: int = 8192, frame_size: int | None = None, zerocopy: bool | None = None,
-                 need_wakeup: bool = True, ports: bool = False) -> None:
+                 need_wakeup: bool = True, ports: bool = False, ll_queue: int | None = None) -> None:
         self.name = ifname
         self.caps = Capabilities(steers_flows=True) if ports else PLAIN
         self.mac = mac or (_if_mac(ifname) if ports else random_mac())
@@ -321,7 +362,9 @@ class XdpDriver:
         self.mode = ""          # "zerocopy" or "copy", once bound
         self.attach_mode = ""   # "drv" or "skb", once attached
         self.wakeups = 0        # kicks the kernel asked for (need-wakeup)
-        self._prog_fd = self._xsks_fd = self._flows_fd = -1
+        self._prog_fd = self._xsks_fd = self._flows_fd = self._ll_fd = self._lanes_fd = -1
+        self.ll_queue = ll_queue  # the queue of the low-latency lane (usnet.drivers.xdplane), if any
+        self.lanes: dict[tuple[int, int], XdpLane] = {}  # (proto, port) -> its lane
         self._attached_flags = 0
         self._rings: list[_Ring] = []
         self._umem: mmap.mmap | None = None
@@ -394,7 +437,14 @@ class XdpDriver:
         self._xsks_fd = bpf.map_create(bpf.BPF_MAP_TYPE_XSKMAP, 4, 4, max(64, self.queue + 1), "usnet_xsks")
         if ports:
             self._flows_fd = bpf.map_create(bpf.BPF_MAP_TYPE_HASH, _FLOW_KEY.size, 1, 65536, "usnet_flows")
-        self._prog_fd = bpf.load(xdp_program(self._xsks_fd, self._flows_fd if ports else None),
+        if self.ll_queue is not None:
+            if self.ll_queue == self.queue:
+                raise ValueError("the LL lane needs a queue of its own (ll_queue != queue)")
+            self._ll_fd = bpf.map_create(bpf.BPF_MAP_TYPE_HASH, _FLOW_KEY.size, 1, 64, "usnet_ll")
+            self._lanes_fd = bpf.map_create(bpf.BPF_MAP_TYPE_XSKMAP, 4, 4, max(64, self.ll_queue + 1), "usnet_lanes")
+        self._prog_fd = bpf.load(xdp_program(self._xsks_fd, self._flows_fd if ports else None,
+                                             self._ll_fd if self._ll_fd >= 0 else None,
+                                             self._lanes_fd if self._lanes_fd >= 0 else None, self.mac),
                                  bpf.BPF_PROG_TYPE_XDP, "usnet_xdp")
         bpf.map_update(self._xsks_fd, struct.pack("<I", self.queue), struct.pack("<I", s.fileno()))
         self._attach()
@@ -405,9 +455,11 @@ class XdpDriver:
             self._arp.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
             self._arp.bind((self.name, _ETH_P_ARP))
             self._arp.setblocking(False)
+        if ports or self.ll_queue is not None:  # one descriptor to poll: the XSK, the ARP tap, the lanes
             self._ep = select.epoll()
             self._ep.register(s.fileno(), select.EPOLLIN)
-            self._ep.register(self._arp.fileno(), select.EPOLLIN)
+            if self._arp is not None:
+                self._ep.register(self._arp.fileno(), select.EPOLLIN)
 
     def _bind(self, zerocopy: bool | None, need_wakeup: bool) -> None:
         wake = XDP_USE_NEED_WAKEUP if need_wakeup else 0
@@ -466,6 +518,44 @@ class XdpDriver:
         if self._flows_fd < 0:
             return False
         return bpf.map_delete(self._flows_fd, flow_key(proto, port))
+
+    # -- the low-latency lane (issue 19 item 3) ----------------------------------------------------
+
+    def open_lane(self, proto: int, port: int, mem: Any, size: int, ring: int = 64) -> XdpLane:
+        """A lane on `ll_queue` for IPv4 frames of (`proto`, `port`), received into `size` bytes
+        of `mem` (a low-latency flow's pool; usnet.drivers.xdplane). One lane per queue."""
+        if self.ll_queue is None:
+            raise ValueError("this driver has no LL queue (ll_queue=None)")
+        if self.lanes:
+            raise OSError(errno.EBUSY, f"the LL queue {self.ll_queue} of {self.name} has a lane already")
+        from usnet.drivers.xdplane import XdpLane  # a module of its own, which imports this one
+
+        lane = XdpLane(self.ifindex, self.ll_queue, mem, size, ring)
+        try:
+            bpf.map_update(self._lanes_fd, struct.pack("<I", self.ll_queue), struct.pack("<I", lane.fileno()))
+            bpf.map_update(self._ll_fd, flow_key(proto, port), b"\x01")
+            assert self._ep is not None
+            self._ep.register(lane.fileno(), select.EPOLLIN)
+        except BaseException:
+            self._drop_lane(proto, port, lane)
+            raise
+        self.lanes[(proto, port)] = lane
+        return lane
+
+    def close_lane(self, proto: int, port: int) -> None:
+        """Take the lane of (`proto`, `port`) off the program and close it (its memory unpinned)."""
+        lane = self.lanes.pop((proto, port), None)
+        if lane is not None:
+            self._drop_lane(proto, port, lane)
+
+    def _drop_lane(self, proto: int, port: int, lane: XdpLane) -> None:
+        if self._ll_fd >= 0:
+            bpf.map_delete(self._ll_fd, flow_key(proto, port))
+            bpf.map_delete(self._lanes_fd, struct.pack("<I", lane.queue))
+        if self._ep is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._ep.unregister(lane.fileno())
+        lane.close()
 
     # -- Driver ------------------------------------------------------------------------------------
 
@@ -631,6 +721,8 @@ class XdpDriver:
         return dict(zip(_STATS_FIELDS, _STATS.unpack(self.sock.getsockopt(SOL_XDP, XDP_STATISTICS, _STATS.size))))
 
     def close(self) -> None:
+        for (proto, port) in list(self.lanes):
+            self.close_lane(proto, port)
         if self._ep is not None:
             self._ep.close()
             self._ep = None
@@ -641,7 +733,7 @@ class XdpDriver:
             flags, self._attached_flags = self._attached_flags, 0
             with contextlib.suppress(Exception):  # the link may be gone already
                 _set_xdp(self.ifindex, -1, flags | XDP_FLAGS_REPLACE, expected_fd=self._prog_fd)
-        for attr in ("_prog_fd", "_xsks_fd", "_flows_fd"):
+        for attr in ("_prog_fd", "_xsks_fd", "_flows_fd", "_ll_fd", "_lanes_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 os.close(fd)

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.ma
 
 from usnet.domain.switch.host import ETH, HostDuties
+from usnet.domain.switch.lllane import LaneRx
 from usnet.domain.switch.table import ICMP, PORTS, TCP, UDP, Flow
 from usnet.drivers import block
 from usnet.drivers.base import Coalesced, Received
@@ -65,6 +66,7 @@ __all__ = ["ROWWISE_MAX", "ReceivePath"]
 
 # Ethernet dst, src, type; IPv4 version/ihl, total length, flags/fragment, protocol, src, dst; ports
 _FAST = struct.Struct("!6s6sHBxH2xHxB2x4s4sHH")
+_LANE_SRC = b"\x02\0\0\0\0\0"  # the source MAC of a lane's copy (the lane strips the frame's own)
 ROWWISE_MAX = 8  # received blocks of up to this many frames are classified row by row (block.open_small)
 
 # The frame bytes every row of the RX fast path has: destination MAC, EtherType,
@@ -86,11 +88,52 @@ class ReceivePath(HostDuties):
         self._rx_sig = np.frombuffer(netif.mac + b"\x08\x00\x45\x00\x00" + netif.ip, np.uint8)
         # what a received frame is held to: its length (a Coalesced frame excepted) and martian sources
         self._rx_max = netif.mtu + ETH_HLEN
+        self.lanes: dict[int, LaneRx] = {}  # flow id -> its LL receive lane (usnet.domain.switch.lllane)
+
+    def set_lane(self, flow: Flow, ll: bool) -> bool:
+        """The hook of a lease's grant (`ll`) and end: a granted IPv4 flow on a device with a free
+        LL queue gets a lane (its frames land in its own pool), kept until the flow goes; at the
+        end of the lease the lane's frames take the copying path. True if the flow has a lane."""
+        if flow.id in self.lanes:
+            return True
+        drv: Any = self.netif.driver  # an XdpDriver with an LL queue, or any other (no lane)
+        if (not ll or getattr(drv, "ll_queue", None) is None or getattr(drv, "lanes", True)
+                or flow.family != 4 or flow.conns is not None or self.netif.ip is None):
+            return False
+        lane = drv.open_lane(flow.proto, flow.lport, flow.port.pipe.arena.shared, LaneRx.umem_size(flow))
+        lr = self.lanes[flow.id] = LaneRx(flow, lane, self.counts, self.drops)
+        flow.port.pipe.view_holders.insert(0, lambda: self._close_lane(flow))  # before the arena goes
+        lr.top_up()
+        return True
+
+    def _close_lane(self, flow: Flow) -> None:
+        lr = self.lanes.pop(flow.id, None)
+        if lr is not None:
+            lr.close(self.netif.driver)
+
+    def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
+        self._close_lane(flow)
+        super().remove_flow(flow, keep_queued)
+
+    def _service_lanes(self) -> list[Received]:
+        """The LL lanes first: published where they landed, or (copying path) framed copies."""
+        netif = self.netif
+        out: list[Received] = []
+        for fid, lr in self.lanes.items():
+            copies = lr.service(fid in netif.ll_keys, netif.ip, self._local4, self._bcast4)
+            if copies:
+                head = ETH.pack(netif.mac, _LANE_SRC, ETHERTYPE_IPV4)
+                out.extend(head + c for c in copies)
+        return out
 
     def service_rx(self, max_frames: int = 256) -> int:
         """Take frames from the device, answer what is ours, deliver the rest to flows."""
         netif = self.netif
         frames = netif.driver.recv_batch(max_frames)
+        if self.lanes:
+            copied = self._service_lanes()
+            if copied:
+                frames = copied + list(frames)
         if not frames:
             return 0
         if netif.caps.takes_blocks:  # only a wire that carries blocks brings them
