@@ -28,6 +28,7 @@ from usnet.domain.netif.netif import Netif
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments, TcpSeen
+from usnet.domain.tcpinfo import flow_connections
 from usnet.drivers.base import FlowSteering, Received
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_str, not_unicast4
@@ -130,7 +131,9 @@ class Flow:
                 "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
                 # its channel's pool, defunct reason, faults and ends, as a user pipe shows them
                 # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
-                "pipe": self.port.pipe.info()}
+                "pipe": self.port.pipe.info(),
+                # its TCP connections as its client's stack published them, checked (usnet ss)
+                "tcp": flow_connections(self) if self.proto == 6 else None}
 
     def post_status(self, status: TxStatus, mark: TxMark, taken_ns: int, reason: int = 0) -> None:
         """One packet's TX_STATUS on the client's event ring; SENT only if it asked for reports
