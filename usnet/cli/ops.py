@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, BinaryIO
 
-__all__ = ["cmd_capture", "cmd_metrics", "fetch_metrics"]
+__all__ = ["cmd_capture", "cmd_metrics", "cmd_ss", "fetch_metrics", "ss_info", "ss_rows"]
 
 
 def _connect(path: str) -> Any:
@@ -159,4 +159,99 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return _err("metrics", f"cannot read usnetd's metrics at {address} ({why}): is usnetd running, with "
                                "metrics on (its config's `metrics` key)? name the endpoint with --metrics")
     sys.stdout.write(text)
+    return 0
+
+
+# -- ss and flows -----------------------------------------------------------------------------
+
+def _fmt_us(us: int) -> str:
+    return f"{us / 1000:.3f}"
+
+
+def _rate(bps: float) -> str:
+    """Bytes/s as ss prints bit rates: 12.3Mbps."""
+    bits = bps * 8
+    for unit, div in (("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3)):
+        if bits >= div:
+            return f"{bits / div:.1f}{unit}"
+    return f"{bits:.0f}bps"
+
+
+def ss_rows(info: dict[str, Any], listening: bool = False, everything: bool = False) -> list[dict[str, Any]]:
+    """Every TCP connection of every client in a Status document, one dict each: netif, state,
+    local and remote (never cut), recv_q/send_q, the owner, and the TCPINFO figures."""
+    out = []
+    for nif in info.get("netifs", ()):
+        name = nif["netif"]["name"]
+        ip = nif["netif"]["address"].split("/")[0]
+        ip6 = f"[{(nif['netif'].get('address6') or '').split('/')[0]}]"
+        for f in nif["flows"]:
+            tcp = f.get("tcp")
+            if not tcp:
+                continue
+            for r in tcp["rows"]:
+                if r["listener"] and not (listening or everything):
+                    continue
+                if listening and not everything and not r["listener"]:
+                    continue
+                row = dict(r)
+                row["netif"] = name
+                row["local"] = f"{ip6 if f.get('family') == 6 else ip}:{r['local_port']}"
+                row["channel"] = f["channel"]
+                row["owner"] = f.get("owner")
+                out.append(row)
+    return out
+
+
+def _owner(o: dict[str, Any] | None) -> str:
+    if not o:
+        return ""
+    return f'users:(("{o["program"]}",pid={o["pid"]})) uid:{o["uid"]}'
+
+
+def ss_info(r: dict[str, Any]) -> str:
+    """The `-i` line of one connection, in ss's words."""
+    if r["listener"]:
+        return ""
+    mss = r["mss"] or 1
+    parts = [f"rto:{r['rto_us'] / 1000:g}", f"rtt:{_fmt_us(r['rtt_us'])}/{_fmt_us(r['rttvar_us'])}",
+             f"mss:{r['mss']}", f"cwnd:{r['cwnd'] // mss}"]
+    if r["ssthresh"] < 0x7FFFFFFF:
+        parts.append(f"ssthresh:{r['ssthresh'] // mss}")
+    parts += [f"bytes_sent:{r['bytes_sent']}", f"bytes_retrans:{r['retransmitted_bytes']}",
+              f"bytes_acked:{r['bytes_acked']}", f"bytes_received:{r['bytes_received']}",
+              f"segs_out:{r['segs_out']}", f"segs_in:{r['segs_in']}"]
+    if r["pacing_rate"]:
+        parts.append(f"pacing_rate {_rate(r['pacing_rate'])}")
+    if r["delivery_rate"]:
+        parts.append(f"delivery_rate {_rate(r['delivery_rate'])}")
+    parts += [f"retrans:{r['retransmits']}", f"rto_timeouts:{r['rto_timeouts']}",
+              f"unacked:{r['in_flight']}", f"snd_wnd:{r['snd_wnd']}", f"rcv_wnd:{r['rcv_wnd']}"]
+    return " ".join(parts)
+
+
+def cmd_ss(args: argparse.Namespace) -> int:
+    """Every TCP connection of every client, as `ss -tiepn` shows the kernel's (no name lookups)."""
+    import json
+
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    try:
+        info = client.status()
+    finally:
+        client.close()
+    rows = ss_rows(info, args.listening, args.all)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    head = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", "Process"]
+    table = [[r["state"], str(r["recv_q"]), str(r["send_q"]), r["local"], r["remote"], _owner(r["owner"])]
+             for r in rows]
+    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(head)]  # whole addresses, always
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+    for r, t in zip(rows, table):
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+        if args.info and not r["listener"]:
+            print("\t " + ss_info(r))
     return 0

@@ -1,0 +1,132 @@
+"""Issue 20, `usnet ss` and `usnet flows` against a real usnetd on a TAP in the test's namespace,
+with the kernel's own sockets (and its `ss`) as the peer of each connection.
+
+The figures come from the TCPINFO records each client's stack publishes in its flow channel
+(usnet.abi.tcpinfo), which usnetd reads for display; usnet's figures of a connection are compared
+with the kernel's own figures of the same connection, once it is quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+
+from tests.helpers.util import wait_until
+from tests.interop.test_ops import TapDaemon, tapd  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.privileged
+
+
+def _ss_rows(tapd, *args: str) -> list[dict]:
+    r = tapd.cli("ss", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _kernel_ss(port: int) -> dict[str, float]:
+    """The kernel's `ss -tin` figures of its end of the connection on local port `port`."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", "sport", f"= :{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    info: dict[str, float] = {}
+    for k in ("bytes_acked", "bytes_received", "segs_out", "segs_in"):
+        m = re.search(rf"\b{k}:(\d+)", out)
+        assert m, (k, out)
+        info[k] = int(m.group(1))
+    m = re.search(r"\brtt:([\d.]+)/([\d.]+)", out)
+    assert m, out
+    info["rtt_ms"] = float(m.group(1))
+    return info
+
+
+def test_ss_i_agrees_with_the_kernel_peers_own_ss(tapd):
+    """Bytes each way and segments agree with the kernel's figures of the same connection; rtt in its range."""
+    from usnet import socket as us
+
+    ls = socket.create_server((tapd.host_ip, 0))
+    ls.settimeout(20)
+    port = ls.getsockname()[1]
+    s = us.create_connection((tapd.host_ip, port), timeout=20)
+    k, _ = ls.accept()
+    k.settimeout(20)
+    s.sendall(b"x" * 300_000)
+    n = 0
+    while n < 300_000:
+        n += len(k.recv(1 << 20))
+    k.sendall(b"y" * 200_000)
+    n = 0
+    while n < 200_000:
+        n += len(s.recv(1 << 20))
+
+    def mine() -> dict | None:
+        rows = [r for r in _ss_rows(tapd) if r["remote"] == f"{tapd.host_ip}:{port}"]
+        return rows[0] if rows and rows[0]["bytes_acked"] == 300_000 and rows[0]["bytes_received"] == 200_000 \
+            else None
+
+    wait_until(lambda: mine() is not None, 10, "usnet ss to show the whole exchange")
+    row = mine()
+    ker = _kernel_ss(port)
+    assert row["state"] == "ESTAB"
+    assert row["owner"]["pid"] == os.getpid() and row["owner"]["uid"] == os.getuid()
+    assert ker["bytes_received"] == row["bytes_acked"] == 300_000
+    assert ker["bytes_acked"] == row["bytes_received"] == 200_000
+    # segments: each side counts what crossed the wire (the kernel counts a super-segment's segments)
+    assert row["segs_out"] <= ker["segs_in"] <= row["segs_out"] * 50, (row, ker)
+    assert row["segs_in"] > 0 and ker["segs_out"] > 0
+    # rtt: the kernel times usnet's ACKs and usnet the kernel's, over the same TAP: the same range
+    assert 0 < row["rtt_us"] / 1000 < 1000 and 0 < ker["rtt_ms"] < 1000
+    assert row["cwnd"] > 0 and row["mss"] > 0 and row["pacing_rate"] > 0
+    text = tapd.cli("ss", "-tiepn")
+    assert text.returncode == 0, text.stderr
+    assert f"{tapd.host_ip}:{port}" in text.stdout and f"pid={os.getpid()}" in text.stdout
+    assert "rtt:" in text.stdout and "bytes_acked:300000" in text.stdout and "cwnd:" in text.stdout
+    s.close()
+    k.close()
+    ls.close()
+
+
+def test_flows_shows_accepted_connections_with_state_and_owner(tapd):
+    """A usnet listener's accepted connection is a row of its own, ESTAB, with the listener's process;
+    a connect still in its handshake is SYN-SENT, not "connected"; no address is cut."""
+    from usnet import socket as us
+
+    srv = us.create_server(("", 0))
+    port = srv.getsockname()[1]
+    k = socket.create_connection((tapd.usnet_ip, port), timeout=20)
+    a, peer = srv.accept()
+    a.sendall(b"hello")
+    assert k.recv(5) == b"hello"
+    kport = k.getsockname()[1]
+
+    def flows() -> str:
+        r = tapd.cli("flows", env={**os.environ, "COLUMNS": "80"})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    wait_until(lambda: "accepted" in flows() and "ESTAB" in flows(), 10, "flows to show the accepted connection")
+    out = flows()
+    joined = out.replace("│", " ")
+    assert "LISTEN" in out and f"{os.getpid()}/" in out
+    wide = tapd.cli("flows", "--wide").stdout
+    line = [ln for ln in wide.splitlines() if "accepted" in ln]
+    assert line and f"{tapd.host_ip}:{kport}" in line[0] and "ESTAB" in line[0] and f"{os.getpid()}/" in line[0]
+    assert "10.77.0…" not in joined and "…" not in out  # folded, never cut
+    # a bound socket's connect to an address nobody answers: its own flow, SYN-SENT for ~3 s
+    b = us.socket(us.AF_INET, us.SOCK_STREAM)
+    b.bind(("", 0))
+    b.setblocking(False)
+    dead = f"10.{tapd.x}.0.77"
+    try:
+        b.connect((dead, 9))
+    except BlockingIOError:
+        pass
+    wait_until(lambda: any(dead in ln and "SYN-SENT" in ln for ln in tapd.cli("flows", "--wide").stdout.splitlines()),
+               3, "the handshaking flow to show SYN-SENT")
+    b.close()
+    a.close()
+    k.close()
+    srv.close()
