@@ -17,12 +17,12 @@ import subprocess
 import pytest
 
 from tests.helpers.util import wait_until
-from tests.interop.test_ops import TapDaemon, tapd  # noqa: F401 (the fixture)
+from tests.interop.test_ops import tapd  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.privileged
 
 
-def _ss_rows(tapd, *args: str) -> list[dict]:
+def _ss_rows(tapd, *args: str) -> list[dict]:  # noqa: F811
     r = tapd.cli("ss", "--json", *args)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
@@ -43,7 +43,7 @@ def _kernel_ss(port: int) -> dict[str, float]:
     return info
 
 
-def test_ss_i_agrees_with_the_kernel_peers_own_ss(tapd):
+def test_ss_i_agrees_with_the_kernel_peers_own_ss(tapd):  # noqa: F811
     """Bytes each way and segments agree with the kernel's figures of the same connection; rtt in its range."""
     from usnet import socket as us
 
@@ -89,7 +89,7 @@ def test_ss_i_agrees_with_the_kernel_peers_own_ss(tapd):
     ls.close()
 
 
-def test_flows_shows_accepted_connections_with_state_and_owner(tapd):
+def test_flows_shows_accepted_connections_with_state_and_owner(tapd):  # noqa: F811
     """A usnet listener's accepted connection is a row of its own, ESTAB, with the listener's process;
     a connect still in its handshake is SYN-SENT, not "connected"; no address is cut."""
     from usnet import socket as us
@@ -97,7 +97,7 @@ def test_flows_shows_accepted_connections_with_state_and_owner(tapd):
     srv = us.create_server(("", 0))
     port = srv.getsockname()[1]
     k = socket.create_connection((tapd.usnet_ip, port), timeout=20)
-    a, peer = srv.accept()
+    a, _ = srv.accept()
     a.sendall(b"hello")
     assert k.recv(5) == b"hello"
     kport = k.getsockname()[1]

@@ -14,7 +14,8 @@ from typing import Any
 
 __all__ = [
     "ABI_VERSION", "FLOWADV", "FLOWADV_AT", "HEADER", "MAGIC", "PRESETS", "RING_ENTRY", "RING_TABLE", "SCHEMA_BYTES",
-    "STATE_OFFSET", "STATS_PER_ROLE", "TCPINFO_AT", "W_ACTIVE", "W_GENERATION", "W_LIMIT", "W_REASON", "W_STATE", "W_SYNC",
+    "STATE_OFFSET", "STATS_PER_ROLE", "TCPINFO_AT", "W_ACTIVE", "W_GENERATION", "W_LIMIT", "W_REASON", "W_STATE",
+    "W_SYNC",
     "ChannelState", "FlowState", "Layout", "RingInfo", "RingKind", "Schema", "Stat", "resolve",
 ]
 

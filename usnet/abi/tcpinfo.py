@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from usnet.abi.layout import RESERVED, Fields
 
 __all__ = [
-    "FLAG_LISTENER", "MAGIC", "RECORD", "TCPINFO_HEADER", "TCPINFO_RECORD", "TRIES", "VERSION", "TcpInfoWriter",
-    "Slot", "read_records", "region_bytes", "write_header",
+    "FLAG_LISTENER", "MAGIC", "RECORD", "TCPINFO_HEADER", "TCPINFO_RECORD", "TRIES", "VERSION", "Slot",
+    "TcpInfoWriter", "read_records", "region_bytes", "write_header",
 ]
 
 MAGIC = 0x50435455  # b"UTCP" as a little-endian u32

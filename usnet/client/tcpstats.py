@@ -74,19 +74,20 @@ class Publisher:
             live[c] = c
         slot_of, w = self.slot_of, self.w
         for key in [k for k in slot_of if k not in live]:
-            s = slot_of.pop(key)
-            w.clear(s)
-            self.free.append(s)
+            gone = slot_of.pop(key)
+            w.clear(gone)
+            self.free.append(gone)
             self.rates.pop(key, None)
         unlisted = 0
         ns = time.monotonic_ns()
         for key, obj in live.items():
-            s = slot_of.get(key)
-            if s is None:
+            found = slot_of.get(key)
+            if found is None:
                 if not self.free:
                     unlisted += 1
                     continue
-                s = slot_of[key] = self.free.pop()
+                found = slot_of[key] = self.free.pop()
+            s: int = found
             if type(key) is tuple:
                 w.publish(s, self._listener(obj, ns))
             else:
