@@ -130,3 +130,22 @@ def test_flows_shows_accepted_connections_with_state_and_owner(tapd):  # noqa: F
     a.close()
     k.close()
     srv.close()
+
+
+def test_ping_the_kernel_peer_and_an_address_nobody_answers(tapd):
+    """`usnet ping` from usnet's address gets the kernel's replies (seq, ttl, time, a summary); to an
+    address in the subnet that nobody holds, every request is lost and the summary says so."""
+    r = tapd.cli("ping", "-c", "3", "-i", "0.2", tapd.host_ip)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"PING {tapd.host_ip} ({tapd.host_ip}) from {tapd.usnet_ip} usnet0")
+    for seq in (1, 2, 3):
+        assert any(f"icmp_seq={seq} ttl=64 time=" in ln for ln in lines), r.stdout
+    assert "3 packets transmitted, 3 received, 0% packet loss" in r.stdout
+    m = re.search(r"rtt min/avg/max/mdev = ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", r.stdout)
+    assert m and 0 < float(m[1]) <= float(m[2]) <= float(m[3]) < 1000, r.stdout
+    dead = f"10.{tapd.x}.0.77"
+    r = tapd.cli("ping", "-c", "2", "-i", "0.2", "-W", "1", dead)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "2 packets transmitted, 0 received, 100% packet loss" in r.stdout
+    assert "icmp_seq" not in r.stdout and "rtt min" not in r.stdout

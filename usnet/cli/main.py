@@ -652,6 +652,17 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("filter", nargs="*", help="e.g. tcp port 80 and host 10.77.0.1")
     cp.set_defaults(fn=ops.cmd_capture)
     ssp.set_defaults(fn=ops.cmd_ss)
+    pg = sub.add_parser("ping", help="ICMP echo from usnet's own address, like ping(8)")
+    pg.add_argument("host")
+    pg.add_argument("-c", "--count", type=errors.count, default=None, help="stop after this many requests")
+    pg.add_argument("-i", "--interval", type=errors.seconds, default=1.0, help="seconds between requests (default 1)")
+    pg.add_argument("-s", "--size", type=ops.echo_size, default=56, metavar="BYTES",
+                    help="payload bytes, 0 to 1472 (default 56)")
+    pg.add_argument("-W", "--wait", type=errors.seconds, default=2.0,
+                    help="seconds to wait for the last reply (default 2)")
+    pg.add_argument("-I", "--netif", help="the netif to ping from (default: usnetd's first)")
+    pg.add_argument("--socket", default=DEFAULT_SOCKET)
+    pg.set_defaults(fn=ops.cmd_ping)
     me = sub.add_parser("metrics", help="usnetd's Prometheus metrics, printed once")
     me.add_argument("--socket", default=DEFAULT_SOCKET, help="usnetd's control socket: the endpoint is "
                                                             "metrics.sock beside it unless --metrics")

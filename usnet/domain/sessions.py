@@ -213,6 +213,8 @@ class SessionRegistry:
                 except Exception as e:  # one channel's fault does not keep the others open
                     self._fault_channel(ref.pipe, ref.role, "close", e)
             session.channels.clear()
+            for sw in self.switches.values():
+                sw.echo.forget(session.id)  # its `usnet ping` identifier
             self._drop_pending(session)
             if session.sock is not None:
                 try:

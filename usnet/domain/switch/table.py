@@ -25,6 +25,7 @@ import numpy as np
 
 from usnet.abi.events import EventType, TxStatus
 from usnet.domain.netif.netif import Netif
+from usnet.domain.switch.echo import EchoDesk
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments, TcpSeen
@@ -164,6 +165,7 @@ class FlowTable:
         self.listeners6: dict[tuple, Flow] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
+        self.echo = EchoDesk()  # `usnet ping`'s echo requests and their replies (usnet.domain.switch.echo)
         self._ids = itertools.count(1)
         # the loopback netif's addresses are the domain's own, not the host's: its ports are usnet's alone
         self._host_addr = netif.ip_str if not netif.loopback and host_owns(netif.ip_str) else None
