@@ -220,13 +220,13 @@ class Control(SessionRegistry):
             if uid is not None:
                 for nif in netifs:
                     nif["flows"] = [f for f in nif["flows"] if self._channel_uid(f["channel"]) == uid]
+                lowlat["leases"] = [g for g in lowlat["leases"] if g["uid"] == uid]
             for nif in netifs:  # who owns each flow, as the kernel said (SO_PEERCRED, /proc): `usnet ss -p`
                 for f in nif["flows"]:
                     ref = self.channels.get(f["channel"])
                     if ref is not None:
-                        s = ref.session
-                        f["owner"] = {"pid": s.pid, "uid": s.uid, "program": s.proc or s.program or "?"}
-                lowlat["leases"] = [g for g in lowlat["leases"] if g["uid"] == uid]
+                        o = ref.session
+                        f["owner"] = {"pid": o.pid, "uid": o.uid, "program": o.proc or o.program or "?"}
             return {
                 "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
                               "channels": sorted(s.channels), "refused": s.refused}
