@@ -149,3 +149,33 @@ def test_ping_the_kernel_peer_and_an_address_nobody_answers(tapd):
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "2 packets transmitted, 0 received, 100% packet loss" in r.stdout
     assert "icmp_seq" not in r.stdout and "rtt min" not in r.stdout
+
+
+def test_a_client_scribbling_on_its_records_leaves_usnetd_and_other_rows_alone(tapd):
+    """Through a real usnetd: random bytes in one client's TCPINFO region, every `usnet ss` still answers,
+    the other client's connection is shown as it is, and the scribbler's own listener shows only its port."""
+    from usnet import socket as us
+    from usnet.abi.tcpinfo import TCPINFO_HEADER
+    from usnet.client import Client
+
+    ls = socket.create_server((tapd.host_ip, 0))
+    ls.settimeout(20)
+    port = ls.getsockname()[1]
+    s = us.create_connection((tapd.host_ip, port), timeout=20)
+    k, _ = ls.accept()
+    wait_until(lambda: any(r["remote"] == f"{tapd.host_ip}:{port}" for r in _ss_rows(tapd)), 10, "the honest row")
+    with Client.connect(tapd.path) as liar:
+        ch, _ = liar.open_flow("usnet0", 6, 0)
+        mem = ch.tcpinfo
+        for _ in range(5):
+            mem[TCPINFO_HEADER.size:] = os.urandom(len(mem) - TCPINFO_HEADER.size)
+            rows = _ss_rows(tapd, "-a")
+            honest = [r for r in rows if r["remote"] == f"{tapd.host_ip}:{port}"]
+            assert len(honest) == 1 and honest[0]["state"] == "ESTAB"
+            theirs = [r for r in rows if r["channel"] == ch.id]
+            assert all(r["local_port"] == theirs[0]["local_port"] for r in theirs)
+        ch.close()
+    assert tapd.daemon.proc.poll() is None, tapd.daemon.log_text()
+    s.close()
+    k.close()
+    ls.close()
