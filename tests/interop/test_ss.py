@@ -132,7 +132,7 @@ def test_flows_shows_accepted_connections_with_state_and_owner(tapd):  # noqa: F
     srv.close()
 
 
-def test_ping_the_kernel_peer_and_an_address_nobody_answers(tapd):
+def test_ping_the_kernel_peer_and_an_address_nobody_answers(tapd):  # noqa: F811
     """`usnet ping` from usnet's address gets the kernel's replies (seq, ttl, time, a summary); to an
     address in the subnet that nobody holds, every request is lost and the summary says so."""
     r = tapd.cli("ping", "-c", "3", "-i", "0.2", tapd.host_ip)
@@ -151,7 +151,7 @@ def test_ping_the_kernel_peer_and_an_address_nobody_answers(tapd):
     assert "icmp_seq" not in r.stdout and "rtt min" not in r.stdout
 
 
-def test_a_client_scribbling_on_its_records_leaves_usnetd_and_other_rows_alone(tapd):
+def test_a_client_scribbling_on_its_records_leaves_usnetd_and_other_rows_alone(tapd):  # noqa: F811
     """Through a real usnetd: random bytes in one client's TCPINFO region, every `usnet ss` still answers,
     the other client's connection is shown as it is, and the scribbler's own listener shows only its port."""
     from usnet import socket as us

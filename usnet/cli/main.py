@@ -340,7 +340,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
         print(json.dumps(info["netifs"], default=str))
         return 0
     t = Table(title="flows")
-    for c in ("netif", "proto", "local", "remote", "state", "process", "channel", "tx", "rx", "dropped"):
+    for c in ("netif", "proto", "local", "remote", "process", "channel", "tx", "rx", "dropped", "state"):
         t.add_column(c, overflow="fold", no_wrap=args.wide,
                      min_width={"local": 15, "remote": 15, "proto": 8, "state": 10}.get(c, len(c)))
     for nif in info["netifs"]:
@@ -364,15 +364,14 @@ def cmd_flows(args: argparse.Namespace) -> int:
             else:
                 state = "LISTEN" if f["proto"] == "tcp" else "bound"
             local = f"{addr}:{f['local_port']}" if not f.get("connector") else f"{addr}:*"
-            t.add_row(nif["netif"]["name"], f["proto"], local, f["remote"] or "*:*", state, proc,
+            t.add_row(nif["netif"]["name"], f["proto"], local, f["remote"] or "*:*", proc,
                       str(f["channel"]), str(st.get("tx_packets", 0)), str(st.get("rx_packets", 0)),
-                      str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)))
+                      str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)), state)
             if f["remote"]:
                 continue
             kind = "outgoing" if f.get("connector") else "accepted"
             for r in conns:  # each connection the listener accepted, or the connector opened
-                t.add_row("", kind, f"{addr}:{r['local_port']}", r["remote"], r["state"], proc,
-                          "", "", "", "")
+                t.add_row("", kind, f"{addr}:{r['local_port']}", r["remote"], proc, "", "", "", "", r["state"])
     # Never narrower than the columns' least widths: rich would crop the columns past the edge; a
     # line wider than the terminal wraps there instead, and every cell folds within its column.
     Console(width=10_000 if args.wide else max(Console().width, 132)).print(t)

@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any, BinaryIO
 
-__all__ = ["cmd_capture", "cmd_metrics", "cmd_ping", "cmd_ss", "echo_size", "fetch_metrics", "ping_summary", "ss_info", "ss_rows"]
+__all__ = ["cmd_capture", "cmd_metrics", "cmd_ping", "cmd_ss", "echo_size", "fetch_metrics", "ping_summary", "ss_info",
+           "ss_rows"]
 
 
 def _connect(path: str) -> Any:
