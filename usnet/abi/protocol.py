@@ -28,7 +28,8 @@ __all__ = [
     "AddConnection", "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ConnectionAdded", "ControlError", "Done",
     "ErrCode", "Error", "Family",
     "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal", "LeaseRefused",
-    "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "PosU32", "ProtocolError", "Rate",
+    "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "Ping", "Pong", "PosU32",
+    "ProtocolError", "Rate",
     "ReleaseLease", "RemoveConnection", "RenewLease", "Reply", "Request", "RequestLease", "Resize", "Status",
     "StatusReply", "Welcome",
     "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
@@ -302,6 +303,24 @@ class AdvisoryOpened(_Msg, frozen=True):
     size: U32
 
 
+class Ping(_Msg, frozen=True):
+    """`usnet ping`: the switch of `netif` sends an ICMP echo request (`send`) from usnet's address to
+    `address` with sequence `seq` and `size` payload bytes, and answers with the replies its session's
+    requests got since it last asked (Pong). The identifier is the session's own on that netif."""
+
+    netif: Name
+    address: Annotated[str, msgspec.Meta(max_length=64)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)] = 0
+    size: Annotated[int, msgspec.Meta(ge=0, le=1472)] = 56
+    send: bool = True
+
+
+class Pong(_Msg, frozen=True):
+    """The reply to Ping: echo replies as (seq, ttl, rtt in ns measured by the switch, ICMP bytes)."""
+
+    replies: list[tuple[int, int, int, int]]
+
+
 class Done(_Msg, frozen=True):
     pass
 
@@ -354,9 +373,9 @@ class Error(_Msg, frozen=True):
 
 
 Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
-           | Status | RequestLease | RenewLease | ReleaseLease | AddConnection | RemoveConnection)
+           | Status | RequestLease | RenewLease | ReleaseLease | AddConnection | RemoveConnection | Ping)
 Reply = (Welcome | ChannelOpened | FlowOpened | ConnectionAdded | AdvisoryOpened | Done | Flushed | StatusReply
-         | LeaseGranted | LeaseRefused | Error)
+         | LeaseGranted | LeaseRefused | Pong | Error)
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)

@@ -14,7 +14,8 @@ from typing import Any
 
 __all__ = [
     "ABI_VERSION", "FLOWADV", "FLOWADV_AT", "HEADER", "MAGIC", "PRESETS", "RING_ENTRY", "RING_TABLE", "SCHEMA_BYTES",
-    "STATE_OFFSET", "STATS_PER_ROLE", "W_ACTIVE", "W_GENERATION", "W_LIMIT", "W_REASON", "W_STATE", "W_SYNC",
+    "STATE_OFFSET", "STATS_PER_ROLE", "TCPINFO_AT", "W_ACTIVE", "W_GENERATION", "W_LIMIT", "W_REASON", "W_STATE",
+    "W_SYNC",
     "ChannelState", "FlowState", "Layout", "RingInfo", "RingKind", "Schema", "Stat", "resolve",
 ]
 
@@ -47,7 +48,7 @@ SCHEMA = Fields(
     ("sync", "u32", 2),  # bumped each time the nexus answers a kick
     ("flowadv_offset", "u64"),
     ("stalled", "u32", 2),  # 1 while the role's RX ring is judged stalled (Domain stall_after)
-    (RESERVED, 8),
+    ("tcpinfo_offset", "u64"),  # a TCP flow channel's TCPINFO region in the shared memfd (0: none)
     ("rings", RING_ENTRY_FIELDS, MAX_RINGS),
 )
 
@@ -58,6 +59,8 @@ FLOWADV_AT = SCHEMA.offset("flowadv_offset")
 RING_TABLE = SCHEMA.offset("rings")
 SCHEMA_BYTES = SCHEMA.size
 _FLOWADV_AT = SCHEMA.struct("flowadv_offset", "flowadv_offset")
+TCPINFO_AT = SCHEMA.offset("tcpinfo_offset")
+_TCPINFO_AT = SCHEMA.struct("tcpinfo_offset", "tcpinfo_offset")
 
 # u32 indices into the SCHEMA region viewed as 'I' (a state word: W_x + role)
 W_ACTIVE = SCHEMA_HEADER.word("active_packets")
@@ -198,6 +201,7 @@ class Layout:
     generation: int
     rings: tuple[RingInfo, ...]
     flowadv_offset: int = 0
+    tcpinfo_offset: int = 0  # the TCPINFO region (usnet.abi.tcpinfo) in the shared memfd; 0: none
 
     def ring(self, kind: RingKind, role: int) -> RingInfo:
         for r in self.rings:
@@ -212,6 +216,7 @@ class Layout:
             self.umd_offset, self.buf_offset, self.stats_offset, self.umd_size, self.generation,
         )
         _FLOWADV_AT.pack_into(mem, FLOWADV_AT, self.flowadv_offset)
+        _TCPINFO_AT.pack_into(mem, TCPINFO_AT, self.tcpinfo_offset)
         for i, r in enumerate(self.rings):
             RING_ENTRY.pack_into(mem, RING_TABLE + i * RING_ENTRY.size, r.kind, r.role, r.capacity, r.offset)
 
@@ -230,8 +235,9 @@ class Layout:
             kind, role, cap, off = RING_ENTRY.unpack_from(mem, RING_TABLE + i * RING_ENTRY.size)
             rings.append(RingInfo(RingKind(kind), role, cap, off))
         (flowadv,) = _FLOWADV_AT.unpack_from(mem, FLOWADV_AT)
+        (tcpinfo,) = _TCPINFO_AT.unpack_from(mem, TCPINFO_AT)
         return cls(buf_size, buflets, max_packets, active, shared_size, ro_size, umd_offset,
-                   buf_offset, stats_offset, umd_size, generation, tuple(rings), flowadv)
+                   buf_offset, stats_offset, umd_size, generation, tuple(rings), flowadv, tcpinfo)
 
 
 #: FLOWADV: one record per role, written by the nexus (no sequence lock: independent words).

@@ -335,6 +335,9 @@ def _connect(path: str):
 
 
 def cmd_flows(args: argparse.Namespace) -> int:
+    """Every flow of every netif, with its TCP connections under it (a listener's accepted ones, a
+    connector's outgoing ones) in their TCP state, and the process that owns it. Addresses are
+    never cut: they fold, or with --wide the table is as wide as it needs."""
     client = _connect(args.socket)
     if client is None:
         return 1
@@ -343,21 +346,41 @@ def cmd_flows(args: argparse.Namespace) -> int:
         print(json.dumps(info["netifs"], default=str))
         return 0
     t = Table(title="flows")
-    for c in ("netif", "proto", "local", "remote", "channel", "tx", "rx", "dropped", "state"):
-        # an address is never cut: it folds onto a second line (or, with --wide, the table is as wide as it needs)
-        t.add_column(c, overflow="fold", no_wrap=args.wide, min_width=len(c) if c not in ("local", "remote") else 21)
+    for c in ("netif", "proto", "local", "remote", "process", "channel", "tx", "rx", "dropped", "state"):
+        t.add_column(c, overflow="fold", no_wrap=args.wide,
+                     min_width={"local": 15, "remote": 15, "proto": 8, "state": 10}.get(c, len(c)))
     for nif in info["netifs"]:
         ip = nif["netif"]["address"].split("/")[0]
         ip6 = f"[{(nif['netif'].get('address6') or '').split('/')[0]}]"
         for f in nif["flows"]:
             st = f["stats"]
-            local = f"{ip6 if f.get('family') == 6 else ip}:{f['local_port']}"
-            t.add_row(nif["netif"]["name"], f["proto"], local, f["remote"] or "*:*",
+            addr = ip6 if f.get("family") == 6 else ip
+            o = f.get("owner")
+            proc = f"{o['pid']}/{o['program']}" if o else ""
+            tcp = (f.get("tcp") or {}).get("rows", [])
+            conns = [r for r in tcp if not r["listener"]]
+            if f.get("stalled"):
+                state = "stalled"
+            elif f["suspended"]:
+                state = "suspended"
+            elif f.get("connector"):
+                state = "connector"
+            elif f["remote"]:  # a connected TCP flow: its connection's own state (SYN-SENT until it is)
+                state = conns[0]["state"] if f["proto"] == "tcp" and conns else "connected"
+            else:
+                state = "LISTEN" if f["proto"] == "tcp" else "bound"
+            local = f"{addr}:{f['local_port']}" if not f.get("connector") else f"{addr}:*"
+            t.add_row(nif["netif"]["name"], f["proto"], local, f["remote"] or "*:*", proc,
                       str(f["channel"]), str(st.get("tx_packets", 0)), str(st.get("rx_packets", 0)),
-                      str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)),
-                      "stalled" if f.get("stalled") else "suspended" if f["suspended"]
-                      else ("connected" if f["remote"] else "listening"))
-    Console(width=10_000 if args.wide else None).print(t)
+                      str(st.get("tx_dropped", 0) + st.get("rx_dropped", 0)), state)
+            if f["remote"]:
+                continue
+            kind = "outgoing" if f.get("connector") else "accepted"
+            for r in conns:  # each connection the listener accepted, or the connector opened
+                t.add_row("", kind, f"{addr}:{r['local_port']}", r["remote"], proc, "", "", "", "", r["state"])
+    # Never narrower than the columns' least widths: rich would crop the columns past the edge; a
+    # line wider than the terminal wraps there instead, and every cell folds within its column.
+    Console(width=10_000 if args.wide else max(Console().width, 132)).print(t)
     return 0
 
 
@@ -598,6 +621,15 @@ def main(argv: list[str] | None = None) -> int:
     fl.add_argument("--json", action="store_true")
     fl.add_argument("--wide", action="store_true", help="one line a flow, however wide (addresses fold otherwise)")
     fl.set_defaults(fn=cmd_flows)
+    ssp = sub.add_parser("ss", help="every TCP connection of every client, like ss -tepn (-i: its TCP figures)")
+    ssp.add_argument("-i", "--info", action="store_true", help="rtt, cwnd, ssthresh, retransmits, pacing and "
+                                                                "delivery rate, bytes and segments")
+    ssp.add_argument("-l", "--listening", action="store_true", help="listening sockets only")
+    ssp.add_argument("-a", "--all", action="store_true", help="listening sockets too")
+    ssp.add_argument("-t", "-e", "-p", "-n", dest="_ss_compat", action="store_true",
+                     help="accepted for ss's habits: usnet ss is always TCP, numeric, with owners")
+    ssp.add_argument("--json", action="store_true")
+    ssp.add_argument("--socket", default=DEFAULT_SOCKET)
     stt = sub.add_parser("stats", help="netif counters and drops by reason")
     stt.add_argument("--socket", default=DEFAULT_SOCKET)
     stt.add_argument("--json", action="store_true")
@@ -624,6 +656,18 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--socket", default=DEFAULT_SOCKET)
     cp.add_argument("filter", nargs="*", help="e.g. tcp port 80 and host 10.77.0.1")
     cp.set_defaults(fn=ops.cmd_capture)
+    ssp.set_defaults(fn=ops.cmd_ss)
+    pg = sub.add_parser("ping", help="ICMP echo from usnet's own address, like ping(8)")
+    pg.add_argument("host")
+    pg.add_argument("-c", "--count", type=errors.count, default=None, help="stop after this many requests")
+    pg.add_argument("-i", "--interval", type=errors.seconds, default=1.0, help="seconds between requests (default 1)")
+    pg.add_argument("-s", "--size", type=ops.echo_size, default=56, metavar="BYTES",
+                    help="payload bytes, 0 to 1472 (default 56)")
+    pg.add_argument("-W", "--wait", type=errors.seconds, default=2.0,
+                    help="seconds to wait for the last reply (default 2)")
+    pg.add_argument("-I", "--netif", help="the netif to ping from (default: usnetd's first)")
+    pg.add_argument("--socket", default=DEFAULT_SOCKET)
+    pg.set_defaults(fn=ops.cmd_ping)
     me = sub.add_parser("metrics", help="usnetd's Prometheus metrics, printed once")
     me.add_argument("--socket", default=DEFAULT_SOCKET, help="usnetd's control socket: the endpoint is "
                                                             "metrics.sock beside it unless --metrics")

@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any, BinaryIO
 
-__all__ = ["cmd_capture", "cmd_metrics", "fetch_metrics"]
+__all__ = ["cmd_capture", "cmd_metrics", "cmd_ping", "cmd_ss", "echo_size", "fetch_metrics", "ping_summary", "ss_info",
+           "ss_rows"]
 
 
 def _connect(path: str) -> Any:
@@ -160,3 +161,200 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                                "metrics on (its config's `metrics` key)? name the endpoint with --metrics")
     sys.stdout.write(text)
     return 0
+
+
+# -- ss and flows -----------------------------------------------------------------------------
+
+def _fmt_us(us: int) -> str:
+    return f"{us / 1000:.3f}"
+
+
+def _rate(bps: float) -> str:
+    """Bytes/s as ss prints bit rates: 12.3Mbps."""
+    bits = bps * 8
+    for unit, div in (("Gbps", 1e9), ("Mbps", 1e6), ("Kbps", 1e3)):
+        if bits >= div:
+            return f"{bits / div:.1f}{unit}"
+    return f"{bits:.0f}bps"
+
+
+def ss_rows(info: dict[str, Any], listening: bool = False, everything: bool = False) -> list[dict[str, Any]]:
+    """Every TCP connection of every client in a Status document, one dict each: netif, state,
+    local and remote (never cut), recv_q/send_q, the owner, and the TCPINFO figures."""
+    out = []
+    for nif in info.get("netifs", ()):
+        name = nif["netif"]["name"]
+        ip = nif["netif"]["address"].split("/")[0]
+        ip6 = f"[{(nif['netif'].get('address6') or '').split('/')[0]}]"
+        for f in nif["flows"]:
+            tcp = f.get("tcp")
+            if not tcp:
+                continue
+            for r in tcp["rows"]:
+                if r["listener"] and not (listening or everything):
+                    continue
+                if listening and not everything and not r["listener"]:
+                    continue
+                row = dict(r)
+                row["netif"] = name
+                row["local"] = f"{ip6 if f.get('family') == 6 else ip}:{r['local_port']}"
+                row["channel"] = f["channel"]
+                row["owner"] = f.get("owner")
+                out.append(row)
+    return out
+
+
+def _owner(o: dict[str, Any] | None) -> str:
+    if not o:
+        return ""
+    return f'users:(("{o["program"]}",pid={o["pid"]})) uid:{o["uid"]}'
+
+
+def ss_info(r: dict[str, Any]) -> str:
+    """The `-i` line of one connection, in ss's words."""
+    if r["listener"]:
+        return ""
+    mss = r["mss"] or 1
+    parts = [f"rto:{r['rto_us'] / 1000:g}", f"rtt:{_fmt_us(r['rtt_us'])}/{_fmt_us(r['rttvar_us'])}",
+             f"mss:{r['mss']}", f"cwnd:{r['cwnd'] // mss}"]
+    if r["ssthresh"] < 0x7FFFFFFF:
+        parts.append(f"ssthresh:{r['ssthresh'] // mss}")
+    parts += [f"bytes_sent:{r['bytes_sent']}", f"bytes_retrans:{r['retransmitted_bytes']}",
+              f"bytes_acked:{r['bytes_acked']}", f"bytes_received:{r['bytes_received']}",
+              f"segs_out:{r['segs_out']}", f"segs_in:{r['segs_in']}"]
+    if r["pacing_rate"]:
+        parts.append(f"pacing_rate {_rate(r['pacing_rate'])}")
+    if r["delivery_rate"]:
+        parts.append(f"delivery_rate {_rate(r['delivery_rate'])}")
+    parts += [f"retrans:{r['retransmits']}", f"rto_timeouts:{r['rto_timeouts']}",
+              f"unacked:{r['in_flight']}", f"snd_wnd:{r['snd_wnd']}", f"rcv_wnd:{r['rcv_wnd']}"]
+    return " ".join(parts)
+
+
+def cmd_ss(args: argparse.Namespace) -> int:
+    """Every TCP connection of every client, as `ss -tiepn` shows the kernel's (no name lookups)."""
+    import json
+
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    try:
+        info = client.status()
+    finally:
+        client.close()
+    rows = ss_rows(info, args.listening, args.all)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    head = ["State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", "Process"]
+    table = [[r["state"], str(r["recv_q"]), str(r["send_q"]), r["local"], r["remote"], _owner(r["owner"])]
+             for r in rows]
+    widths = [max([len(h)] + [len(t[i]) for t in table]) for i, h in enumerate(head)]  # whole addresses, always
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+    for r, t in zip(rows, table):
+        print("  ".join(c.ljust(w) for c, w in zip(t, widths)).rstrip())
+        if args.info and not r["listener"]:
+            print("\t " + ss_info(r))
+    return 0
+
+
+# -- ping -------------------------------------------------------------------------------------
+
+def echo_size(text: str) -> int:
+    """`usnet ping -s`: payload bytes of one unfragmented echo request on a 1500-byte MTU."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= v <= 1472:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1472 bytes, not {text!r}")
+    return v
+
+
+def ping_summary(sent: int, rtts_ms: list[float], elapsed_ms: float) -> list[str]:
+    """ping(8)'s last two lines: loss, and rtt min/avg/max/mdev."""
+    got = len(rtts_ms)
+    loss = 0 if not sent else round(100 * (sent - got) / sent)
+    lines = [f"{sent} packets transmitted, {got} received, {loss}% packet loss, time {elapsed_ms:.0f}ms"]
+    if got:
+        avg = sum(rtts_ms) / got
+        mdev = (sum(r * r for r in rtts_ms) / got - avg * avg) ** 0.5 if got > 1 else 0.0
+        lines.append(f"rtt min/avg/max/mdev = {min(rtts_ms):.3f}/{avg:.3f}/{max(rtts_ms):.3f}/{mdev:.3f} ms")
+    return lines
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    """ICMP echo from usnet's own address (the kernel's ping tests the host's side, not usnet's).
+
+    The switch of the netif sends each request and keeps the replies to this session's identifier
+    (usnet.domain.switch.echo); this command asks for them every few milliseconds. Exit 0 if any
+    reply came, 1 if none did (as ping(8)).
+    """
+    import ipaddress
+    import signal
+
+    try:
+        dst = str(ipaddress.IPv4Address(args.host))
+    except ValueError:
+        import socket as std
+
+        try:
+            dst = std.gethostbyname(args.host)
+        except OSError:
+            return _err("ping", f"{args.host}: not an IPv4 address, and no name the host's resolver knows")
+    if args.interval < 0.2 and os.geteuid() != 0:
+        return _err("ping", "an interval below 0.2 s needs root (as ping(8))")
+    client = _connect(args.socket)
+    if client is None:
+        return 1
+    netif = args.netif
+    if netif is None:
+        nifs = [n["netif"]["name"] for n in client.status()["netifs"] if n["netif"]["name"] != "lo"]
+        if not nifs:
+            client.close()
+            return _err("ping", "usnetd has no netif to ping from; start one with `usnet up`")
+        netif = nifs[0]
+    src = next((n["netif"]["address"].split("/")[0] for n in client.status()["netifs"]
+                if n["netif"]["name"] == netif), "?")
+    print(f"PING {args.host} ({dst}) from {src} {netif}: {args.size}({args.size + 28}) bytes of data.", flush=True)
+    rtts: list[float] = []
+    seen: set[int] = set()
+    sent = 0
+    start = time.monotonic()
+    stop = False
+
+    def on_int(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    old = signal.signal(signal.SIGINT, on_int)
+
+    def show(replies: list) -> None:
+        for seq, ttl, rtt_ns, size in replies:
+            if seq in seen:
+                print(f"{size} bytes from {dst}: icmp_seq={seq} ttl={ttl} time={rtt_ns / 1e6:.3f} ms (DUP!)")
+                continue
+            seen.add(seq)
+            rtts.append(rtt_ns / 1e6)
+            print(f"{size} bytes from {dst}: icmp_seq={seq} ttl={ttl} time={rtt_ns / 1e6:.3f} ms", flush=True)
+
+    try:
+        seq = 0
+        while not stop and (args.count is None or sent < args.count):
+            seq += 1
+            show(client.ping(netif, dst, seq & 0xFFFF, args.size))
+            sent += 1
+            last = args.count is not None and sent >= args.count
+            until = time.monotonic() + (args.wait if last else args.interval)
+            while not stop and time.monotonic() < until:
+                time.sleep(min(0.01, max(0.0, until - time.monotonic())))
+                show(client.ping(netif, dst, send=False))
+                if last and len(seen) >= sent:
+                    break
+    finally:
+        signal.signal(signal.SIGINT, old)
+        client.close()
+    print(f"\n--- {args.host} ping statistics ---")
+    for line in ping_summary(sent, rtts, (time.monotonic() - start) * 1000):
+        print(line)
+    return 0 if rtts else 1

@@ -163,6 +163,9 @@ class Channel:
         self._buf_offset = lay.buf_offset
         self.buf = mem[lay.buf_offset : lay.buf_offset + lay.max_packets * self.stride]
         self.umd = mem[lay.umd_offset : lay.umd_offset + lay.max_packets * lay.umd_size].cast("I")
+        # a TCP flow's statistics records (usnet.abi.tcpinfo), which its engine publishes for `usnet ss`
+        self.tcpinfo: memoryview | None = (mem[lay.tcpinfo_offset:] if 0 < lay.tcpinfo_offset < lay.shared_size
+                                           else None)
         self._poll = select.poll()  # not select(): it fails on descriptors past 1023
         self._poll.register(bell_fd, select.POLLIN)
         # A usnetd killed outright writes no state word: its control socket's hang-up is all we
@@ -699,6 +702,8 @@ class Channel:
         for view in self._views or ():
             view.release()
         self._arrays = None
+        if self.tcpinfo is not None:
+            self.tcpinfo.release()
         for view in (self.buf, self.umd, self._words, self._stats, self._flowadv, self._mem):
             view.release()
         for m in (self._shm, self._ro):

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone
+from usnet.client.tcpstats import Publisher
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.tcp import TcpEndpoint, TcpState
@@ -170,6 +171,13 @@ class FlowEngine:
         # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
         self.driver: Any = None
         self.pinned = False  # went back to the stack thread for good (a blocking call used it)
+        # each connection's statistics, published in the channel for `usnet ss` (usnet.client.tcpstats)
+        self.stats_out: Publisher | None = None
+        if self.ch.tcpinfo is not None:
+            try:
+                self.stats_out = Publisher(self.ch.tcpinfo, self.family)
+            except ValueError:
+                pass  # a region this library cannot write: no figures for `usnet ss`, nothing else lost
 
     def watch(self, w: Any, conn: Any = None) -> None:
         """Signal `w` after every pump, or (`conn`) after the pumps that reached that connection:
@@ -249,6 +257,8 @@ class FlowEngine:
                 self._gone_ports.append(c.local_port)
         if self._gone_ports:
             self._give_back_ports()
+        if self.stats_out is not None and self.error is None:
+            self.stats_out.publish(self.tcp, now)
         self.notify(touched)
 
     def closed_conn(self, conn: Any) -> None:
@@ -371,7 +381,9 @@ class FlowEngine:
         """When this engine next needs the runner, absent traffic."""
         if self._backlog:
             return now + 0.0005
-        return self.tcp.timeout(now)  # the IP layer has no timers: the switch reassembles
+        t = self.tcp.timeout(now)  # the IP layer has no timers: the switch reassembles
+        p = None if self.stats_out is None else self.stats_out.due()
+        return p if t is None or (p is not None and p < t) else t
 
     def close(self) -> None:
         with self.lock:

@@ -294,6 +294,12 @@ class Client:
                                   f"got {type(reply).__name__} and {len(fds)} descriptor(s)")
         return reply
 
+    def ping(self, netif: str, address: str, seq: int = 0, size: int = 56,
+             send: bool = True) -> list[tuple[int, int, int, int]]:
+        """Have the switch of `netif` send an ICMP echo request to `address` (`send`), and return the
+        replies to this client's requests since the last call: (seq, ttl, rtt ns, ICMP bytes)."""
+        return self._expect(P.Ping(netif, address, seq, size, send), P.Pong)[0].replies
+
     def status(self) -> dict:
         """The domain's status document, joined from as many StatusReply parts as it takes."""
         parts: list[bytes] = []

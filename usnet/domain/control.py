@@ -11,6 +11,7 @@ beside its code, so a new request is one function, not a branch in a chain.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 from collections import Counter
@@ -20,7 +21,9 @@ from typing import Any
 from usnet.abi import protocol as P
 from usnet.domain.netif.advisory import NetifAdvisory
 from usnet.domain.sessions import Session, SessionRegistry, s_ident
+from usnet.domain.switch import echo
 from usnet.domain.userpipe import UserPipe
+from usnet.proto.wire.icmp import ECHO_REQUEST, build_echo
 
 log = logging.getLogger("usnet.domain")
 
@@ -158,6 +161,30 @@ class Control(SessionRegistry):
             raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
         return P.Flushed(ref.switch.flush_flow(ref.flow)), []
 
+    @_serves(P.Ping)
+    def _on_ping(self, session: Session, req: P.Ping) -> tuple[P.Reply, list[int]]:
+        """`usnet ping`: an echo request sent by the switch for this session, and the replies so far
+        (usnet.domain.switch.echo says why a duty and not a flow)."""
+        sw = self.switches.get(req.netif)
+        if sw is None:
+            raise OSError(errno.ENODEV, f"no netif {req.netif!r}")
+        desk = sw.echo
+        p = desk.probe(session.id)
+        if req.send:
+            try:
+                dst = ipaddress.IPv4Address(req.address)
+            except ValueError:
+                raise OSError(errno.EINVAL, f"{req.address!r} is not an IPv4 address") from None
+            if dst.is_multicast or dst.is_unspecified or dst == sw.netif.network.broadcast_address:
+                raise OSError(errno.EINVAL, f"{dst} is not a unicast address")
+            now = sw.clock()
+            if session.uid not in (0, os.getuid()) and now - p.last_send < echo.MIN_GAP:
+                raise OSError(errno.EPERM, f"an interval below {echo.MIN_GAP} s needs root")
+            desk.sent(p, req.seq, now)
+            payload = bytes(i & 0xFF for i in range(req.size))
+            sw._send_ip(0, sw.netif.ip, dst.packed, 1, build_echo(ECHO_REQUEST, p.ident, req.seq, payload), now)
+        return P.Pong(desk.take(p)), []
+
     @_serves(P.Status)
     def _on_status(self, session: Session, req: P.Status) -> tuple[P.Reply, list[int]]:
         return self._status_part(session, req.part), []
@@ -194,6 +221,12 @@ class Control(SessionRegistry):
                 for nif in netifs:
                     nif["flows"] = [f for f in nif["flows"] if self._channel_uid(f["channel"]) == uid]
                 lowlat["leases"] = [g for g in lowlat["leases"] if g["uid"] == uid]
+            for nif in netifs:  # who owns each flow, as the kernel said (SO_PEERCRED, /proc): `usnet ss -p`
+                for f in nif["flows"]:
+                    ref = self.channels.get(f["channel"])
+                    if ref is not None:
+                        o = ref.session
+                        f["owner"] = {"pid": o.pid, "uid": o.uid, "program": o.proc or o.program or "?"}
             return {
                 "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
                               "channels": sorted(s.channels), "refused": s.refused}

@@ -44,12 +44,15 @@ from usnet.domain.userpipe import UserPipe
 from usnet.proto.pcapfilter import parse as parse_filter
 from usnet.proto.wire.ipv4 import ip_bytes
 
-__all__ = ["ChannelRef", "Session", "SessionRegistry", "proc_program", "s_ident"]
+__all__ = ["TCPINFO_SLOTS", "ChannelRef", "Session", "SessionRegistry", "proc_program", "s_ident"]
 
 log = logging.getLogger("usnet.domain")
 # Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
 # packets, so the kernel's super-segments fit whole, unless the client chose its own.
 _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
+#: TCPINFO records of a listener's or a connector's channel: connections past this many are
+#: counted, not shown, by `usnet ss` (192 bytes each, sparse: pages are touched as slots are used).
+TCPINFO_SLOTS = 256
 
 
 def proc_program(pid: int) -> str:
@@ -210,6 +213,8 @@ class SessionRegistry:
                 except Exception as e:  # one channel's fault does not keep the others open
                     self._fault_channel(ref.pipe, ref.role, "close", e)
             session.channels.clear()
+            for sw in self.switches.values():
+                sw.echo.forget(session.id)  # its `usnet ping` identifier
             self._drop_pending(session)
             if session.sock is not None:
                 try:
@@ -296,9 +301,9 @@ class SessionRegistry:
             end.attached = False
             self._unregister_kick(ref)
 
-    def _new_pipe(self, name: str, sch: schemamod.Schema, session: Session) -> UserPipe:
+    def _new_pipe(self, name: str, sch: schemamod.Schema, session: Session, tcpinfo_slots: int = 0) -> UserPipe:
         """A pipe whose arena is charged to its creator (pool_bytes) until it is destroyed."""
-        pipe = UserPipe(name, sch, session.uid)
+        pipe = UserPipe(name, sch, session.uid, tcpinfo_slots)
         try:
             charge = self.ledger.admit(Charge(session.uid, session.id, channels=0,
                                               pool_bytes=pipe.arena.shared_size + pipe.arena.ro_size))
@@ -361,7 +366,9 @@ class SessionRegistry:
                                           ephemeral_ports=int(req.local_port == 0 and not req.connector)))
         cid = next(self._ids)
         try:
-            pipe = self._new_pipe(f"flow:{cid}", sch, session)
+            # a TCP flow's connections publish their statistics here (usnet.abi.tcpinfo, `usnet ss`)
+            slots = 0 if req.proto != 6 else 1 if raddr is not None else TCPINFO_SLOTS
+            pipe = self._new_pipe(f"flow:{cid}", sch, session, slots)
         except BaseException:
             self.ledger.release(charge)
             raise

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from usnet.abi import ring as ringmod
+from usnet.abi import tcpinfo
 from usnet.abi.doorbell import Doorbell
 from usnet.abi.events import RECORD_SIZE as EVENT_RECORD
 from usnet.abi.events import DefunctReason, EventProducer, EventType, RefusalReason
@@ -143,8 +144,10 @@ class PipeEnd:
 class UserPipe:
     """One user pipe: arena, pool, two ends. Callers hold `lock` around every method."""
 
-    def __init__(self, name: str, schema: Schema, uid: int) -> None:
+    def __init__(self, name: str, schema: Schema, uid: int, tcpinfo_slots: int = 0) -> None:
+        """`tcpinfo_slots`: a TCP flow channel's TCPINFO records (usnet.abi.tcpinfo), 0 for none."""
         self.name = name
+        self.tcpinfo_slots = tcpinfo_slots
         self.schema = schema
         self.uid = uid
         self.lock = threading.RLock()
@@ -160,6 +163,7 @@ class UserPipe:
                 RegionSpec(RegionKind.SCHEMA, 1, SCHEMA_BYTES),
                 RegionSpec(RegionKind.STATS, STATS.size, ROLES),
                 RegionSpec(RegionKind.FLOWADV, FLOWADV.size, ROLES),
+                *([RegionSpec(RegionKind.TCPINFO, 1, tcpinfo.region_bytes(tcpinfo_slots))] if tcpinfo_slots else []),
             ],
         )
         self.ends: list[PipeEnd] = []
@@ -188,7 +192,13 @@ class UserPipe:
             stats_offset=self.arena.region(RegionKind.STATS).offset,
             umd_size=UMD_SIZE, generation=0, rings=tuple(infos.values()),
             flowadv_offset=self.arena.region(RegionKind.FLOWADV).offset,
+            tcpinfo_offset=self.arena.region(RegionKind.TCPINFO).offset if self.tcpinfo_slots else 0,
         )
+        # the client's statistics records: read only for display, through tcpinfo.read_records
+        self.tcpinfo: memoryview | None = None
+        if self.tcpinfo_slots:
+            self.tcpinfo = self.arena.view(RegionKind.TCPINFO)
+            tcpinfo.write_header(self.tcpinfo, self.tcpinfo_slots)
         self.flowadv = self.arena.view(RegionKind.FLOWADV)
         self.schema_words = self.arena.view(RegionKind.SCHEMA).cast("I")
         self.layout.write(self.arena.view(RegionKind.SCHEMA))
@@ -501,6 +511,9 @@ class UserPipe:
             end.release_views()
         for v in (self.stats, self.schema_words, self.flowadv, self.shared_mv):
             v.release()
+        if self.tcpinfo is not None:
+            self.tcpinfo.release()
+            self.tcpinfo = None
         self.umd_words = self.umd_words[:0].copy()
 
     def info(self) -> dict:

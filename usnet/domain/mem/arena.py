@@ -38,6 +38,7 @@ class RegionKind(enum.IntEnum):
     FLOWADV = 6
     NEXUSADV = 7
     STATS = 8
+    TCPINFO = 9  # shared memfd: each TCP connection's statistics, client-written (usnet.abi.tcpinfo)
 
 
 READ_ONLY_KINDS = frozenset(

@@ -296,6 +296,9 @@ class HostDuties(FlowTable):
             self.counts["icmp_echo"] += 1
             reply = wicmp.build_echo(wicmp.ECHO_REPLY, ident, seq, f[poff:end])
             self._send_ip(0, dst, src, ICMP, reply, self.clock())
+        elif typ == wicmp.ECHO_REPLY and dst == self.netif.ip and self.echo.reply(
+                ident, seq, f[ETH_HLEN + 8], end - poff + 8, self.clock()):  # `usnet ping`'s (switch.echo)
+            self.counts["icmp_echo_replies"] += 1
         elif typ in _ICMP_ERRORS and dst == self.netif.ip:
             self._icmp_error_to(self._quoted_flow(f, poff, end, 4), f[ETH_HLEN:end], per_flow)
         else:

@@ -25,9 +25,11 @@ import numpy as np
 
 from usnet.abi.events import EventType, TxStatus
 from usnet.domain.netif.netif import Netif
+from usnet.domain.switch.echo import EchoDesk
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
 from usnet.domain.switch.txguard import SentFragments, TcpSeen
+from usnet.domain.tcpinfo import flow_connections
 from usnet.drivers.base import FlowSteering, Received
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_str, not_unicast4
@@ -130,7 +132,9 @@ class Flow:
                 "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
                 # its channel's pool, defunct reason, faults and ends, as a user pipe shows them
                 # (a flow's pipe is no named pipe of the domain's: it shows here, with its flow)
-                "pipe": self.port.pipe.info()}
+                "pipe": self.port.pipe.info(),
+                # its TCP connections as its client's stack published them, checked (usnet ss)
+                "tcp": flow_connections(self) if self.proto == 6 else None}
 
     def post_status(self, status: TxStatus, mark: TxMark, taken_ns: int, reason: int = 0) -> None:
         """One packet's TX_STATUS on the client's event ring; SENT only if it asked for reports
@@ -161,6 +165,7 @@ class FlowTable:
         self.listeners6: dict[tuple, Flow] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
+        self.echo = EchoDesk()  # `usnet ping`'s echo requests and their replies (usnet.domain.switch.echo)
         self._ids = itertools.count(1)
         # the loopback netif's addresses are the domain's own, not the host's: its ports are usnet's alone
         self._host_addr = netif.ip_str if not netif.loopback and host_owns(netif.ip_str) else None
