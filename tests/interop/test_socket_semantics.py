@@ -317,3 +317,53 @@ def test_a_server_on_0_0_0_0_is_reached_through_127_0_0_1_as_on_the_kernel(net):
 
     on_usnet = _wildcard_server_answers(lambda: us.socket(), usnet_or_kernel_client, ["127.0.0.1", usnet_ip])
     assert on_usnet == [b"127.0.0.1", usnet_ip.encode()]
+
+
+def _udp_on_loopback(make, family=socket.AF_INET) -> list:
+    """A UDP program of loopback datagrams: a server on the wildcard, one on the loopback
+    address, an unbound client that sends first, and a connected one; what each side saw."""
+    lo, any_ = ("::1", "::") if family == socket.AF_INET6 else ("127.0.0.1", "0.0.0.0")
+    seen = []
+    wild, bound = make(family), make(family)
+    wild.bind((any_, 0))
+    bound.bind((lo, 0))
+    seen.append(bound.getsockname()[0])
+    for srv in (wild, bound):
+        srv.settimeout(LIMIT)
+        cli = make(family)
+        cli.settimeout(LIMIT)
+        cli.sendto(b"ping", (lo, srv.getsockname()[1]))
+        data, peer = srv.recvfrom(100)
+        seen.append((data, peer[0], peer[1] == cli.getsockname()[1]))
+        srv.sendto(data.upper(), peer)  # the answer finds the client's port on loopback
+        got, frm = cli.recvfrom(100)
+        seen.append((got, frm[0], frm[1] == srv.getsockname()[1]))
+        con = make(family)
+        con.settimeout(LIMIT)
+        con.connect((lo, srv.getsockname()[1]))
+        con.send(b"again")
+        data, peer = srv.recvfrom(100)
+        srv.sendto(data[::-1], peer)
+        seen.append((con.recv(100), con.getpeername()[0]))
+        for s in (cli, con):
+            s.close()
+    ports = [wild.getsockname()[1], bound.getsockname()[1]]
+    wild.close()
+    bound.close()
+    for port in ports:  # closed, both halves: the port is free for the loopback address
+        again = make(family)
+        again.bind((lo, port))
+        seen.append(again.getsockname()[1] == port)
+        again.close()
+    return seen
+
+
+def test_udp_on_loopback_as_on_the_kernel(net):
+    """Datagrams to 127.0.0.1 (::1) reach a UDP socket bound to the wildcard or to the loopback
+    address, from unbound and connected clients, and the answers come back, as on the kernel
+    (in the test's namespace). On usnet every socket is a usnet one: 127.0.0.1 is the domain's
+    loopback netif, which a wildcard socket hears beside its netif."""
+    kernel = _udp_on_loopback(lambda f: socket.socket(f, socket.SOCK_DGRAM))
+    on_usnet = _udp_on_loopback(lambda f: us.socket(f, socket.SOCK_DGRAM))
+    assert on_usnet == kernel
+    assert kernel[1][0] == b"ping" and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"

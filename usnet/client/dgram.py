@@ -24,6 +24,7 @@ import time
 from collections import deque
 from typing import Any
 
+from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, runner
@@ -38,12 +39,13 @@ from usnet.client.socket import (
     SO_SNDBUF,
     SOCK_DGRAM,
     SOL_SOCKET,
+    _is_loopback,
     _sockaddr,
     getaddrinfo,
     socket,
 )
 
-__all__ = ["DatagramEngine", "DatagramFace"]
+__all__ = ["DatagramEngine", "DatagramFace", "LoopbackHalf"]
 
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
@@ -55,6 +57,10 @@ class DatagramEngine:
 
     def __init__(self, dsock: DatagramSocket, client: Client) -> None:
         self.d = dsock
+        # A wildcard socket's second flow, on the loopback netif, sharing the port (as Linux's
+        # 0.0.0.0 hears 127.0.0.1): its datagrams join the one queue; sends to loopback leave by it.
+        self.lo: DatagramSocket | None = None
+        self.half: LoopbackHalf | None = None  # what the runner sleeps on for `lo`'s doorbell
         self.client = client  # whose control socket's hang-up fails this flow (Runner._domain_gone)
         self.ch = dsock.channel
         self.lock = threading.RLock()
@@ -71,6 +77,17 @@ class DatagramEngine:
 
     def fileno(self) -> int:
         return self.ch.fileno()
+
+    def add_loopback(self, lo: DatagramSocket) -> None:
+        """Hear `lo` (the same port on the loopback netif) too; the runner serves its doorbell."""
+        lo.remote = self.d.remote
+        self.lo = lo
+        self.half = LoopbackHalf(self)
+        runner().add(self.half)
+
+    def via(self, host: str) -> DatagramSocket:
+        """The flow a datagram to `host` leaves by: the loopback one for a loopback address."""
+        return self.lo if self.lo is not None and _is_loopback(host) else self.d
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
@@ -95,22 +112,23 @@ class DatagramEngine:
         An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
         it), so the domain rings the doorbell the runner sleeps on for the next one.
         """
-        while self.rx_bytes < self.rcvbuf:
-            try:
-                got = self.d.recv_many(RX_BATCH, 0)
-            except BlockingIOError:
-                return
-            except (ChannelError, PeerGone) as e:
-                self.error = e
-                return
-            except OSError as e:  # the connected peer's ICMP error: pending, as sk_err
-                self.pending = e
-                continue
-            remote = self.remote
-            for dg in got:
-                if remote is None or dg[1] == remote:
-                    self.rxq.append(dg)
-                    self.rx_bytes += len(dg[0]) + _OVERHEAD
+        for d in (self.d,) if self.lo is None else (self.d, self.lo):
+            while self.rx_bytes < self.rcvbuf:
+                try:
+                    got = d.recv_many(RX_BATCH, 0)
+                except BlockingIOError:
+                    break
+                except (ChannelError, PeerGone) as e:
+                    self.error = e
+                    return
+                except OSError as e:  # the connected peer's ICMP error: pending, as sk_err
+                    self.pending = e
+                    continue
+                remote = self.remote
+                for dg in got:
+                    if remote is None or dg[1] == remote:
+                        self.rxq.append(dg)
+                        self.rx_bytes += len(dg[0]) + _OVERHEAD
 
     def pop(self, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
         """The next datagram, or None. With the lock held."""
@@ -140,10 +158,52 @@ class DatagramEngine:
         with self.lock:
             self.closed = True
             self.changed.notify_all()
-        try:
-            self.d.close()
-        except OSError:
-            pass  # the domain is gone already
+        if self.half is not None:
+            runner().remove(self.half)
+        for d in (self.d,) if self.lo is None else (self.d, self.lo):
+            try:
+                d.close()
+            except OSError:
+                pass  # the domain is gone already
+
+
+class LoopbackHalf:
+    """The runner's handle on a wildcard datagram socket's loopback flow (`DatagramEngine.lo`):
+    its doorbell to sleep on; everything else is the engine's (one lock, one queue, one readiness)."""
+
+    def __init__(self, eng: DatagramEngine) -> None:
+        assert eng.lo is not None
+        self.eng = eng
+        self.ch = eng.lo.channel
+        self.lock = eng.lock
+        self.client = eng.client
+        self.release_when_idle = False  # the engine's close takes it out of the runner
+
+    @property
+    def error(self) -> OSError | None:
+        return self.eng.error
+
+    @error.setter
+    def error(self, e: OSError | None) -> None:
+        self.eng.error = e
+
+    def fileno(self) -> int:
+        return self.ch.fileno()
+
+    def pump(self, now: float) -> None:
+        self.eng.pump(now)
+
+    def deadline(self, now: float) -> float | None:
+        return None
+
+    def idle(self) -> bool:
+        return True
+
+    def notify(self) -> None:
+        self.eng.notify()
+
+    def close(self) -> None:
+        pass  # the engine closes the flow (it owns it)
 
 
 class DatagramFace(socket):
@@ -169,8 +229,9 @@ class DatagramFace(socket):
         host, port = getaddrinfo(address[0], address[1], self.family, SOCK_DGRAM)[0][4][:2]
         return str(ipaddress.ip_address(host)), int(port)
 
-    def _open(self, port: int = 0) -> DatagramEngine:
-        client, netif = self._target()
+    def _open(self, port: int = 0, host: str | None = None) -> DatagramEngine:
+        """The flow: on the loopback netif for a loopback `host`, else on the socket's netif."""
+        client, netif = self._target(host)
         eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version), client)
         eng.d.setblocking(self._timeout != 0.0)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
@@ -183,29 +244,55 @@ class DatagramFace(socket):
         runner().add(eng)
         return eng
 
-    def _eng(self) -> DatagramEngine:
-        """The flow, opened (an ephemeral port) on first use, as Linux binds on first send."""
+    def _eng(self, dest: str | None = None) -> DatagramEngine:
+        """The flow, opened (an ephemeral port) on first use, as Linux binds on first send (to
+        the wildcard: so a first datagram to a loopback `dest` opens the loopback half too)."""
         self._need_open()
         eng = self._engine
-        return eng if eng is not None else self._open()
+        if eng is None:
+            eng = self._open()
+            self._wildcard = True
+        if dest is not None and eng.lo is None and self._wildcard and _is_loopback(dest):
+            self._hear_loopback(eng)
+        return eng
+
+    def _hear_loopback(self, eng: DatagramEngine) -> None:
+        """A socket bound to the wildcard hears the loopback netif too, as Linux's 0.0.0.0 (::)
+        takes datagrams to 127.0.0.1 (::1): a second flow there on the same port (the domain
+        shares it: `OpenFlow.with_channel`). Not where that cannot be (the socket is on the
+        loopback netif already, or the domain has none): then loopback stays unreachable."""
+        client, netif = self._target()
+        if netif == LOOPBACK_NETIF:
+            return
+        try:
+            lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=self._ip_version, with_channel=eng.ch.id)
+        except OSError:  # no loopback netif (ENODEV), or it cannot take the port
+            return
+        with eng.lock:
+            eng.add_loopback(lo)
 
     def bind(self, address: tuple) -> None:
         self._need_open()
         if self._engine is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
-        eng = self._open(port)
+        eng = self._open(port, None if host is None else str(host))
         if host is not None and ipaddress.ip_address(eng.d.local[0]) != host:
             self._real_close()
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        self._wildcard = host is None
+        if self._wildcard:
+            self._hear_loopback(eng)
 
     def connect(self, address: tuple) -> None:
         """Set the default destination and take datagrams only from it, as Linux does."""
         remote = self._resolve(address)
-        eng = self._eng()
-        eng.d.need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
+        eng = self._eng(remote[0])
+        eng.via(remote[0]).need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
         with eng.lock:
             eng.remote = eng.d.remote = remote
+            if eng.lo is not None:
+                eng.lo.remote = remote
             kept = [dg for dg in eng.rxq if dg[1] == remote]
             eng.rxq.clear()
             eng.rxq.extend(kept)
@@ -257,12 +344,13 @@ class DatagramFace(socket):
         self.send(data, flags)
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
-        eng = self._eng()
+        eng = self._eng(addr[0])
         with eng.lock:
             self._raise_pending(eng)
-            eng.d.settimeout(0.0 if flags & MSG_DONTWAIT else self._timeout)
+            d = eng.via(addr[0])
+            d.settimeout(0.0 if flags & MSG_DONTWAIT else self._timeout)
             try:
-                return eng.d.sendto(data, addr)
+                return d.sendto(data, addr)
             except OSError as e:
                 if e.errno in (errno.ENOBUFS, errno.EAGAIN) and not isinstance(e, BlockingIOError):
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
@@ -373,7 +461,11 @@ class DatagramFace(socket):
         return bool(eng.rxq), True
 
     def _last_close(self, eng: Any) -> None:
-        eng.release_when_idle = True  # a datagram flow has nothing to finish: it goes once idle
+        """A datagram flow has nothing to finish: it goes now, as Linux's close of a UDP socket
+        frees its port before it returns (a bind of the same port right after succeeds)."""
+        if self._owns_engine:
+            runner().remove(eng)
+            eng.close()
 
     def __repr__(self) -> str:
         where = "" if self._dead else f", laddr={self.getsockname()}"

@@ -244,14 +244,16 @@ class Client:
         return ch, reply
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
-                   remote: tuple[str, int] | None = None, family: P.Family = 0, **attrs: int) -> DatagramSocket:
+                   remote: tuple[str, int] | None = None, family: P.Family = 0, with_channel: int = 0,
+                   **attrs: int) -> DatagramSocket:
         """A UDP endpoint on a netif: the minimal datagram API over a flow channel.
 
-        `family` 6 (or an IPv6 `remote`) makes it IPv6.
+        `family` 6 (or an IPv6 `remote`) makes it IPv6. `with_channel`: as for `open_flow`, an
+        unconnected UDP flow of this client on another netif whose port this one shares.
         """
         from usnet.client.datagram import DatagramSocket
 
-        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs)
+        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs, with_channel)
         return DatagramSocket(ch, info)
 
     def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:
