@@ -497,7 +497,7 @@ class socket:
                         raise
             self._attach(eng, owns=owns, conn=conn)
             if not owns:
-                eng.wake()  # its SYN goes now
+                eng.kick()  # its SYN goes now, from this thread
             if self._timeout == 0.0:
                 return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True
@@ -526,7 +526,7 @@ class socket:
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
-        eng.wake()
+        eng.kick()
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
@@ -637,7 +637,7 @@ class socket:
             if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
             self._update()
-        eng.wake()
+        eng.kick()
 
     def close(self) -> None:
         """As the standard close: the connection lives on while a makefile() refers to it."""
@@ -1038,10 +1038,14 @@ class socket:
                 else:
                     left = None
                 if not woken:
-                    # Once, so the stack sends what earlier calls queued (data, a window
-                    # update). After that only the network makes progress; waking the
-                    # runner on every pump would spin both threads while we wait.
-                    eng.wake(wait=True)
+                    # Once, so that what earlier calls queued (data, a window update) goes:
+                    # sent from here (kick), or by the stack thread, which serves a blocked
+                    # call from now on (wake). After that only the network makes progress;
+                    # waking the runner on every pump would spin both threads while we wait.
+                    if eng.driver is None:
+                        eng.kick()
+                    else:
+                        eng.wake(wait=True)
                     woken = True
                 eng.changed.wait(left)
 
