@@ -301,17 +301,22 @@ class Domain(Control, Housekeeping):
                 self._log_fault(f"netif {sw.netif.name}", e)
         for sw in self.switches.values():
             idle = []
+            busy: list[Flow] = []
             self.polls += len(sw.polled)
             for flow in list(sw.polled):
                 try:
                     if flow.port.suspended:
                         continue
-                    if flow.port.tx_pending():
+                    if not flow.port.tx_pending():
+                        idle.append(flow)
+                    elif ll:
                         self._service_tx(sw, flow, ll)
                     else:
-                        idle.append(flow)
+                        busy.append(flow)
                 except Exception as e:  # the barrier of one flow channel
                     self._fault_channel(flow.port.pipe, 0, "transmit", e)
+            if busy:  # one column-wise check across the batches of all of them (`service_tx_many`)
+                sw.service_tx_many(busy, self._tx_fault)
             if idle:
                 self._park(sw, idle)
             try:
@@ -321,6 +326,9 @@ class Domain(Control, Housekeeping):
             except Exception as e:
                 self._log_fault(f"netif {sw.netif.name}", e)
         return timeout
+
+    def _tx_fault(self, flow: Flow, e: Exception) -> None:
+        self._fault_channel(flow.port.pipe, 0, "transmit", e)
 
     def _service_tx(self, sw: FlowSwitch, flow: Flow, ll: bool) -> None:
         """What `flow` sent, into its switch; beside LL flows (`ll`) in bites, the LL class served after each.
