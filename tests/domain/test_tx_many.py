@@ -11,14 +11,21 @@ many flows sent, and no per-flow column-wise pass.
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import pytest
-from scapy.all import IP, UDP, raw
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import IP, UDP, Ether, raw
 
 from tests.helpers.util import send_raw
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
 from usnet.domain.switch.tx import TransmitPath
+from usnet.drivers import block
+from usnet.drivers.block import FrameBlock
 from usnet.drivers.memwire import MemWire
 
 A, B = "10.91.0.1", "10.91.0.2"
@@ -156,3 +163,69 @@ def test_one_column_wise_pass_a_round_however_many_flows_sent(net, monkeypatch, 
     got = n.drain(4 * flows)
     assert sorted(p for p, _ in got) == sorted(b"%d.%d" % (i, k) for i in range(flows) for k in range(4))
     assert joined == [flows] and fast == []
+
+
+# -- the receiving side: a round's blocks joined, rows grouped by flow -------------------------------
+
+
+@st.composite
+def _items(draw) -> list:
+    """A receive batch as a memwire hands it over: frames, and blocks of rows of several widths."""
+    items: list = []
+    for _ in range(draw(st.integers(0, 8))):
+        if draw(st.booleans()):
+            items.append(draw(st.binary(min_size=1, max_size=40)))
+        else:
+            width = draw(st.integers(1, 40))
+            lens = draw(st.lists(st.integers(1, width), min_size=1, max_size=6))
+            data = np.frombuffer(draw(st.binary(min_size=width * len(lens), max_size=width * len(lens))),
+                                 np.uint8).reshape(len(lens), width).copy()
+            items.append(FrameBlock(data, np.array(lens, np.uint32)))
+    return items
+
+
+@settings(max_examples=300, deadline=None)
+@given(_items())
+def test_joining_runs_of_blocks_keeps_every_frame_in_order_and_leaves_no_two_blocks_adjacent(items):
+    out = block.join_runs(items)
+    assert block.expand(out) == block.expand(items)
+    assert not any(type(a) is FrameBlock and type(b) is FrameBlock for a, b in itertools.pairwise(out))
+    assert [x for x in out if type(x) is not FrameBlock] == [x for x in items if type(x) is not FrameBlock]
+    if not any(type(a) is FrameBlock and type(b) is FrameBlock for a, b in itertools.pairwise(items)):
+        assert out is items
+
+
+def test_a_block_joined_from_many_senders_goes_to_each_rows_own_flow(net):
+    """Rows from many remote ports to one listener, to a connected flow beside it, and to a port with no
+    flow, in one block: each flow gets its own rows in order, the rest take the per-frame path."""
+    n = net
+    sb = n.c.udp_socket("b", 6001)
+    conn = n.c.udp_socket("b", 6002, remote=(A, 5555))
+    mac_b, mac_a = n.d.switches["b"].netif.mac, n.swa.netif.mac
+
+    def frame(sport: int, dport: int, body: bytes) -> bytes:
+        return bytes(Ether(dst=mac_b, src=mac_a) / IP(src=A, dst=B) / UDP(sport=sport, dport=dport) / body)
+
+    frames = []
+    for i in range(30):
+        frames.append(frame(7000 + i, 6001, b"L%d" % i))
+        if i % 5 == 0:
+            frames.append(frame(5555, 6002, b"C%d" % i))
+            frames.append(frame(5556, 6002, b"not its peer %d" % i))  # the connected flow's port, another peer
+        if i % 7 == 0:
+            frames.append(frame(7000, 6999, b"nobody"))
+    blocks = []
+    for at in range(0, len(frames), 9):  # as a round of many flows arrives: a block each
+        chunk = frames[at : at + 9]
+        width = max(map(len, chunk))
+        data = np.zeros((len(chunk), width), np.uint8)
+        for i, f in enumerate(chunk):
+            data[i, : len(f)] = np.frombuffer(f, np.uint8)
+        blocks.append(FrameBlock(data, np.array([len(f) for f in chunk], np.uint32)))
+    swb = n.d.switches["b"]
+    before = dict(swb.drops)
+    swb.netif.driver.recv_batch = lambda max_n: list(blocks)
+    assert swb.service_rx() == len(frames)
+    assert [(p, a) for p, a in sb.recv_many(64, timeout=0)] == [(b"L%d" % i, (A, 7000 + i)) for i in range(30)]
+    assert [p for p, _ in conn.recv_many(64, timeout=0)] == [b"C%d" % i for i in range(0, 30, 5)]
+    assert {k: v - before.get(k, 0) for k, v in swb.drops.items() if v != before.get(k, 0)} == {"rx_no_flow": 11}
