@@ -301,17 +301,22 @@ class Domain(Control, Housekeeping):
                 self._log_fault(f"netif {sw.netif.name}", e)
         for sw in self.switches.values():
             idle = []
+            busy: list[Flow] = []
             self.polls += len(sw.polled)
             for flow in list(sw.polled):
                 try:
                     if flow.port.suspended:
                         continue
-                    if flow.port.tx_pending():
+                    if not flow.port.tx_pending():
+                        idle.append(flow)
+                    elif ll:
                         self._service_tx(sw, flow, ll)
                     else:
-                        idle.append(flow)
+                        busy.append(flow)
                 except Exception as e:  # the barrier of one flow channel
                     self._fault_channel(flow.port.pipe, 0, "transmit", e)
+            if busy:  # one column-wise check across the batches of all of them (`service_tx_many`)
+                sw.service_tx_many(busy, self._tx_fault)
             if idle:
                 self._park(sw, idle)
             try:
@@ -321,6 +326,9 @@ class Domain(Control, Housekeeping):
             except Exception as e:
                 self._log_fault(f"netif {sw.netif.name}", e)
         return timeout
+
+    def _tx_fault(self, flow: Flow, e: Exception) -> None:
+        self._fault_channel(flow.port.pipe, 0, "transmit", e)
 
     def _service_tx(self, sw: FlowSwitch, flow: Flow, ll: bool) -> None:
         """What `flow` sent, into its switch; beside LL flows (`ll`) in bites, the LL class served after each.
@@ -601,12 +609,43 @@ class Domain(Control, Housekeeping):
                 if timeout != 0 and self._idle_flows():
                     timeout = 0
         timeout = _sooner(timeout, self._resume_accept())
+        woken: dict[FlowSwitch, list[Flow]] = {}  # parked flows that rang, served together below
+        joined = not self._serves_ll()
         for key, mask in sorted(self._sel.select(timeout), key=_ll_first):
             kind, obj = key.data
             try:
-                self._serve_event(kind, obj, key.fd, mask)
+                if kind == "flowtx" and joined:
+                    self._woken(obj, key.fd, woken)
+                else:
+                    self._serve_event(kind, obj, key.fd, mask)
             except Exception as e:
                 self._fault(kind, obj, e)
+        if woken:
+            self._serve_woken(woken)
+
+    def _woken(self, obj: tuple[FlowSwitch, Flow], fd: int, woken: dict[FlowSwitch, list[Flow]]) -> None:
+        """A parked flow rang its bell ("flowtx"): polled again, and noted to be served with the others
+        that rang in this turn (`_serve_woken`); no LL class is active (see `_serve_event`)."""
+        drain(fd)
+        sw, flow = obj
+        with self.lock:
+            flow.port.clear_need_wakeup()
+            if flow.id in sw.flows and flow.port.pipe.defunct_reason is None:
+                sw.polled[flow] = None  # polled again until it falls idle
+                woken.setdefault(sw, []).append(flow)
+
+    def _serve_woken(self, woken: dict[FlowSwitch, list[Flow]]) -> None:
+        """What the flows that rang in this turn sent, one column-wise check a switch
+        (`FlowSwitch.service_tx_many`); their first packets leave in this turn, as a polled flow's do."""
+        with self.lock:
+            for sw, flows in woken.items():
+                live = [f for f in flows if f.id in sw.flows and f.port.pipe.defunct_reason is None]
+                try:
+                    if live:
+                        sw.service_tx_many(live, self._tx_fault)
+                    sw.flush()
+                except Exception as e:
+                    self._log_fault(f"netif {sw.netif.name}", e)
 
     def _serve_event(self, kind: str, obj, fd: int, mask: int) -> None:
         if kind == "wake":

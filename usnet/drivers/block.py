@@ -16,13 +16,14 @@ length are undefined. The block owns its array: nothing else writes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import TypeVar, final
 
 import numpy as np
 
 from usnet.drivers.base import Frame
 
-__all__ = ["FrameBlock", "Item", "count", "expand", "open_small", "size"]
+__all__ = ["FrameBlock", "Item", "count", "expand", "join_runs", "open_small", "size"]
 
 
 @final  # `type(x) is FrameBlock` is how the hot paths tell a block from a frame
@@ -79,6 +80,46 @@ def open_small(items: Sequence[_F | FrameBlock], max_rows: int) -> Sequence[_F |
         else:
             out.append(x)
     return out
+
+
+def join_runs(items: Sequence[_F | FrameBlock]) -> Sequence[_F | FrameBlock]:
+    """`items` with each run of consecutive blocks joined into one block, in order (`items` itself
+    if no two blocks are neighbours).
+
+    Why: a sender of many flows hands the wire one block per flow per round,
+    a few dozen frames each, and classifying a block column-wise costs its
+    fixed ~40 us whatever its size: joined, a round costs it once. Narrower
+    rows are padded; what is past a frame's length is never read.
+    """
+    if not any(type(a) is FrameBlock and type(b) is FrameBlock for a, b in pairwise(items)):
+        return items
+    out: list[_F | FrameBlock] = []
+    run: list[FrameBlock] = []
+    for x in [*items, None]:
+        if type(x) is FrameBlock:
+            run.append(x)
+            continue
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append(_join(run))
+        run = []
+        if x is not None:
+            out.append(x)
+    return out
+
+
+def _join(run: list[FrameBlock]) -> FrameBlock:
+    width = max(b.data.shape[1] for b in run)
+    if all(b.data.shape[1] == width for b in run):
+        data = np.concatenate([b.data for b in run])
+    else:
+        data = np.empty((sum(len(b.lens) for b in run), width), np.uint8)
+        at = 0
+        for b in run:
+            data[at : at + len(b.lens), : b.data.shape[1]] = b.data
+            at += len(b.lens)
+    return FrameBlock(data, np.concatenate([b.lens for b in run]))
 
 
 def expand(items: Sequence[Item]) -> list:

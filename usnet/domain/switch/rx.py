@@ -136,8 +136,8 @@ class ReceivePath(HostDuties):
                 frames = copied + list(frames)
         if not frames:
             return 0
-        if netif.caps.takes_blocks:  # only a wire that carries blocks brings them
-            frames = block.open_small(frames, ROWWISE_MAX)
+        if netif.caps.takes_blocks:  # only a wire that carries blocks brings them; one block a run of them
+            frames = block.open_small(block.join_runs(frames), ROWWISE_MAX)
         now = self.clock()
         total_frames = block.count(frames)
         netif.rx_frames += total_frames
@@ -221,13 +221,7 @@ class ReceivePath(HostDuties):
                 m = ok & (proto == pr)
                 if not m.any():
                     continue
-                ks = key[m]
-                uniq = [ks[0]] if (ks == ks[0]).all() else np.unique(ks)
-                for k in uniq:
-                    sel = m if len(uniq) == 1 else m & (key == k)
-                    k = int(k)
-                    flow = (self.exact.get((pr, k & 0xFFFF, (k >> 32).to_bytes(4, "big"), k >> 16 & 0xFFFF))
-                            or self.listeners.get((pr, k & 0xFFFF)))
+                for flow, sel in self._rows_by_flow(pr, key, m):
                     if flow is None:
                         ok &= ~sel  # the per-frame path counts it and answers port unreachable
                         continue
@@ -248,6 +242,37 @@ class ReceivePath(HostDuties):
                 except (WireError, struct.error, ValueError, IndexError) as e:
                     self.drops["rx_malformed"] += 1
                     self.counts["last_error:" + type(e).__name__] = 1
+
+    def _rows_by_flow(self, pr: int, key: np.ndarray, m: np.ndarray) -> list[tuple[Flow | None, np.ndarray]]:
+        """The rows `m` of protocol `pr` grouped by the flow each goes to (None: no flow), as
+        (flow, mask), each flow once (in the order of their smallest key).
+
+        `key`: each row's source address and both ports. Each distinct key is
+        looked up once; then one mask per flow, so many remote ends talking to
+        one listener (a block joined from many senders' flows) cost a
+        look-up each and one pass, not a pass each.
+        """
+        ks = key[m]
+        if (ks == ks[0]).all():
+            uniq, inv = ks[:1], None
+        else:
+            uniq, inv = np.unique(ks, return_inverse=True)
+        exact, listeners = self.exact, self.listeners
+        found: list[Flow | None] = []
+        for k in uniq.tolist():
+            found.append(exact.get((pr, k & 0xFFFF, (k >> 32).to_bytes(4, "big"), k >> 16 & 0xFFFF))
+                         or listeners.get((pr, k & 0xFFFF)))
+        first = found[0]
+        if inv is None or all(f is first for f in found):
+            return [(first, m)]
+        codes: dict[int, int] = {}
+        flows: list[Flow | None] = []
+        for f in found:
+            if codes.setdefault(id(f), len(flows)) == len(flows):
+                flows.append(f)
+        code = np.full(len(key), -1, np.int64)
+        code[m] = np.array([codes[id(f)] for f in found], np.int64)[inv.ravel()]
+        return [(f, code == j) for j, f in enumerate(flows)]
 
     def ring_held(self) -> float | None:
         """Ring the held receive bells that are due; seconds until the next one is (None: none held).

@@ -68,6 +68,7 @@ class Flow:
         if self.raddr is not None:
             self.raddr_int = int.from_bytes(self.raddr, "big")
         self._tx_sig: tuple[np.ndarray, np.ndarray] | None = None
+        self._tx_sig_row: np.ndarray | None = None
         self._conn_keys: np.ndarray | None = None  # a connector's 4-tuples as sorted u64 keys (`conn_keys`)
 
     def peer_of(self, sport: int) -> tuple[bytes | None, int | None] | None:
@@ -109,6 +110,18 @@ class Flow:
                 sig.update({22: rport >> 8, 23: rport & 0xFF})
             self._tx_sig = (np.array(list(sig), np.intp), np.array(list(sig.values()), np.uint8))
         return self._tx_sig
+
+    def tx_signature_row(self, local_ip: bytes) -> np.ndarray:
+        """`tx_signature` as one row of 48 bytes: a mask of the 24 header bytes it fixes, then their
+        values, so that a pass over the packets of many flows (`TransmitPath.service_tx_many`) holds
+        each row to its own flow's values with one masked comparison."""
+        if self._tx_sig_row is None:
+            cols, want = self.tx_signature(local_ip)
+            row = np.zeros(48, np.uint8)
+            row[cols] = 0xFF
+            row[24 + cols] = want
+            self._tx_sig_row = row
+        return self._tx_sig_row
 
     def key(self) -> tuple:
         if self.conns is not None:

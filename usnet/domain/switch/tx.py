@@ -85,17 +85,157 @@ class TransmitPath(HostDuties):
         rows, lens, gso, meta = flow.port.pull(self._bite(flow, max_packets), ETH_HLEN, draining)
         if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
             rows, lens, gso = self._police(flow, rows, lens, gso, meta)
+        return self._tx_pulled(flow, rows, lens, gso, meta)
+
+    def service_tx_many(self, flows: list[Flow], on_fault: Callable[[Flow, Exception], None]) -> int:
+        """`service_tx` for each of `flows`, with one column-wise pass over all their batches.
+
+        Many flows that each sent a few dozen packets (a server's many UDP
+        flows, each with one `send_many`'s worth) would otherwise each pay
+        the dozen numpy calls of the column-wise check, whatever their
+        batch's size. Here each flow's batch is pulled from its own pool as
+        before, the batches are laid end to end, and every row is held to its
+        own flow's signature (`Flow.tx_signature_row`: version, protocol,
+        source address and port, and a connected flow's destination) and to
+        the same checks `_tx_fast_ok` makes, in one pass; each flow then
+        takes its own rows on from there (`_tx_pulled`), so a row that fails
+        is judged, reported and counted for its flow exactly as before.
+        A flow the joined pass does not cover (IPv6, a connector, an LL
+        lease or class, a batch of a few, tracked packets) takes its own path.
+        A fault in one flow's channel goes to `on_fault(flow, exc)`, and only
+        that flow's batch is lost. Returns how many packets were taken.
+        """
+        joined: list[tuple[Flow, np.ndarray, np.ndarray, np.ndarray]] = []
+        taken = 0
+        for flow in flows:
+            try:
+                if (flow.family != 4 or flow.conns is not None or flow.policer is not None
+                        or self.netif.serves_ll(flow.id)):
+                    taken += self.service_tx(flow)
+                    continue
+                rows, lens, gso, meta = flow.port.pull(self._bite(flow, TX_BATCH), ETH_HLEN)
+                if len(lens) <= _SCALAR_MAX or meta is not None or rows.shape[1] < ETH_HLEN + 24:
+                    taken += self._tx_pulled(flow, rows, lens, gso, meta)
+                    continue
+                joined.append((flow, rows, lens, gso))
+                taken += len(lens)
+            except Exception as e:  # the channel's barrier: the others go on
+                on_fault(flow, e)
+        if len(joined) == 1:
+            flow, rows, lens, gso = joined[0]
+            try:
+                self._tx_pulled(flow, rows, lens, gso, None)
+            except Exception as e:
+                on_fault(flow, e)
+        elif joined:
+            self._tx_joined(joined, on_fault)
+        return taken
+
+    def _tx_joined(self, joined: list[tuple[Flow, np.ndarray, np.ndarray, np.ndarray]],
+                   on_fault: Callable[[Flow, Exception], None]) -> None:
+        """The joined pass of `service_tx_many`: IPv4 batches of several flows, checked as one."""
+        counts = [len(lens) for _, _, lens, _ in joined]
+        ends = np.cumsum(counts).tolist()
+        width = max(rows.shape[1] for _, rows, _, _ in joined)
+        if all(rows.shape[1] == width for _, rows, _, _ in joined):
+            big = np.concatenate([rows for _, rows, _, _ in joined])
+        else:  # narrower rows padded: what is past a packet's length is never sent
+            big = np.empty((ends[-1], width), np.uint8)
+            start = 0
+            for (_, rows, _, _), end in zip(joined, ends):
+                big[start:end, : rows.shape[1]] = rows
+                start = end
+        lens = np.concatenate([lens for _, _, lens, _ in joined])
+        per_flow = np.array([(f.dscp, f.raddr is None) for f, _, _, _ in joined], np.int64)
+        sig = np.repeat(np.stack([f.tx_signature_row(self.netif.ip) for f, _, _, _ in joined]), counts, axis=0)
+        # DSCP is each flow's class: the flows whose rows carry another rewrite theirs
+        b0, b1 = big[:, ETH_HLEN], big[:, ETH_HLEN + 1]
+        redo = (b0 >> 4 == 4) & (b1 >> 2 != np.repeat(per_flow[:, 0], counts))
+        if redo.any():
+            start = 0
+            for (f, _, _, _), end in zip(joined, ends):
+                if redo[start:end].any():
+                    ecn.set_dscp_rows(big[start:end], ETH_HLEN, f.dscp, 4)
+                start = end
+        h = big[:, ETH_HLEN : ETH_HLEN + 24]
+        ok = ((h & sig[:, :24]) == sig[:, 24:]).all(axis=1)  # version/ihl, protocol, source, ports, peer
+        total = be_u16(h[:, 2:4])
+        ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
+        ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
+        loose = np.repeat(per_flow[:, 1].astype(bool), counts)  # unconnected: a destination a peer can have
+        if loose.any():
+            d = be_u32(h[:, 16:20]).astype(np.int64)
+            ok &= ~loose | (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
+                            & ((h[:, 22] | h[:, 23]) != 0))
+        ok &= row_sums(h[:, :20]) == 0
+        now = self.clock()
+        if ok.all() and self._frame_joined(joined, ends, big, lens, now, on_fault):
+            return
+        start = 0
+        for (flow, _, _, gso), end in zip(joined, ends):
+            try:
+                self._tx_pulled(flow, big[start:end], lens[start:end], gso, None, ok[start:end].copy(), now)
+            except Exception as e:
+                on_fault(flow, e)
+            start = end
+
+    def _frame_joined(self, joined: list[tuple[Flow, np.ndarray, np.ndarray, np.ndarray]], ends: list[int],
+                      big: np.ndarray, lens: np.ndarray, now: float,
+                      on_fault: Callable[[Flow, Exception], None]) -> bool:
+        """Every row of the joined pass passed and goes to one neighbour we know (many flows sending
+        to one peer): frame them all at once and queue each flow's rows as its block; False (nothing
+        done) otherwise, and each flow frames its own rows (`_tx_pulled`)."""
+        dst = be_u32(big[:, ETH_HLEN + 16 : ETH_HLEN + 20])
+        first = int(dst[0])
+        if first == self._local4 or not (dst == first).all():
+            return False
+        _, mac = self._neighbour(first.to_bytes(4, "big"), now)
+        if mac is None:
+            return False
+        big[:, 0:6] = np.frombuffer(mac, np.uint8)
+        big[:, 6:14] = self._src_and_type
+        flen = lens + ETH_HLEN
+        sums = np.cumsum(lens).tolist()
+        start = 0
+        for (flow, _, _, _), end in zip(joined, ends):
+            try:
+                self.netif.enqueue_many(flow.id, [FrameBlock(big[start:end], flen[start:end])])
+                if flow.proto == TCP:  # as `_tx_pulled`
+                    if flow.tcp_seen is None:
+                        flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
+                    flow.tcp_seen.note_rows(big[start:end], lens[start:end], np.arange(end - start), ETH_HLEN,
+                                            flow.family, flow.raddr is not None)
+                flow.stats["tx_packets"] += end - start
+                flow.stats["tx_bytes"] += sums[end - 1] - (sums[start - 1] if start else 0)
+                self._advise(flow)
+            except Exception as e:
+                on_fault(flow, e)
+            start = end
+        return True
+
+    def _tx_pulled(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, gso: np.ndarray,
+                   meta: TxMeta | None, ok: np.ndarray | None = None, now: float | None = None) -> int:
+        """`service_tx` past the pull: check, frame and queue one flow's batch; returns its size.
+
+        `ok`: the column-wise verdict on each row, already reached (with the DSCP already set)
+        by a pass over the batches of many flows (`service_tx_many`).
+        """
         n = len(lens)
         if not n:
             return 0
-        if n <= _SCALAR_MAX:
+        if n <= _SCALAR_MAX and ok is None:
             return self._tx_few(flow, rows, lens, gso, meta)
-        if rows.shape[1] >= ETH_HLEN + 12:  # DSCP is the flow's class, ECN the client's: one column pass
-            ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, flow.family)
-        now = self.clock()
-        if flow.family == 6:
+        if now is None:
+            now = self.clock()
+        if ok is not None:
+            tx_one = self._tx_one
+        elif flow.family == 6:
+            if rows.shape[1] >= ETH_HLEN + 12:  # DSCP is the flow's class, ECN the client's: one column pass
+                ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, 6)
             ok, tx_one = np.zeros(n, bool), self._tx_one6  # IPv6: packet by packet
         else:
+            if rows.shape[1] >= ETH_HLEN + 12:
+                ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, 4)
             ok, tx_one = self._tx_fast_ok(flow, rows, lens), self._tx_one
         if meta is not None:  # a deadline or a report: packet by packet, tracked
             ok[[i for i in meta.marks if i < n]] = False
