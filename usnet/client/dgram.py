@@ -91,7 +91,7 @@ class DatagramEngine:
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
-        runner().wake()
+        runner().wake(self)
 
     def idle(self) -> bool:
         return True  # nothing of its own to finish: it goes once its socket closed

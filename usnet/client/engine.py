@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import atexit
 import errno
+import heapq
 import ipaddress
+import itertools
 import logging
 import math
 import os
@@ -203,7 +205,7 @@ class FlowEngine:
         a blocked caller whatever the loops do, so such an engine goes back to it for good."""
         d = self.driver
         if d is None:
-            runner().wake()
+            runner().wake(self)
         else:
             d.wake(self, wait)
 
@@ -230,9 +232,7 @@ class FlowEngine:
                 self.error = e
                 self.notify()
                 return
-            d = self.deadline(now)
-        if d is not None and d < r.wake_at:
-            r.wake()
+            r.schedule(self, self.deadline(now))  # under the lock: no pass can set an older one after it
 
     def delivered(self) -> bool:
         """Every connection has its data and FIN acknowledged (or is over), nothing waits to go."""
@@ -456,6 +456,14 @@ class Runner:
         self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
         self.engines: set[Served] = set()
+        # What a pass pumps, so that its cost does not grow with the engines a process has: those
+        # whose doorbell rang or that were woken (`_ready`), and those whose timer is due (`_timers`,
+        # a heap of (deadline, n, engine); an entry is live while it is `_due[engine]`'s).
+        self._ready: set[Served] = set()
+        self._timers: list[tuple[float, int, Served]] = []
+        self._due: dict[Served, float] = {}
+        self._seq = itertools.count()
+        self.pumps = 0  # engine pumps so far: what tests count to show a pass is not O(engines)
         # engines an event loop pumps (FlowEngine.driver): the runner only watches their client's hang-up
         self.lent: set[FlowEngine] = set()
         self._lock = threading.Lock()
@@ -525,9 +533,10 @@ class Runner:
             stale = self._sel.get_map().get(fd)
             if stale is not None:  # a closed engine's number, reused by the kernel
                 self.engines.discard(stale.data)
+                self._due.pop(stale.data, None)
                 self._sel.unregister(fd)
             self._sel.register(fd, selectors.EVENT_READ, engine)
-        self.wake()
+        self.wake(engine)
 
     def lend(self, engine: FlowEngine) -> None:
         """An event loop pumps `engine` from now on (usnet.aio): the runner stops pumping it and
@@ -539,6 +548,8 @@ class Runner:
     def remove(self, engine: Served) -> None:
         with self._lock:
             self.lent.discard(engine)
+            self._due.pop(engine, None)  # its heap entries are dead now
+            self._ready.discard(engine)
             if engine in self.engines:
                 self.engines.discard(engine)
                 try:
@@ -546,12 +557,57 @@ class Runner:
                 except (KeyError, ValueError):
                     pass
 
-    def wake(self) -> None:
-        """Make the runner pump every engine soon. One eventfd write per runner pass at most:
-        `_run` clears `_poked` before it pumps, so a wake after that always reaches it."""
+    def wake(self, engine: Served | None = None) -> None:
+        """Make the runner pump `engine` soon (None: every engine). One eventfd write per runner
+        pass at most: `_run` clears `_poked` before it takes the ready set, so a wake after that
+        always reaches it."""
+        with self._lock:
+            if engine is None:
+                self._ready.update(self.engines)
+            else:
+                self._ready.add(engine)
         if not self._poked:
             self._poked = True
             os.eventfd_write(self._wake, 1)
+
+    def schedule(self, engine: Served, deadline: float | None, wake: bool = True) -> None:
+        """`engine`'s next deadline is `deadline`. Called with the engine's lock held, after
+        whatever computed it, so that a later computation always overwrites an earlier one. From
+        outside a pass (`FlowEngine.kick`) the runner is woken if that is sooner than what it
+        sleeps towards."""
+        with self._lock:
+            if engine in self.engines:
+                self._set_due(engine, deadline)
+        if wake and deadline is not None and deadline < self.wake_at:
+            self.wake()
+
+    def _set_due(self, engine: Served, deadline: float | None) -> None:
+        """With `_lock` held: the one live timer of `engine` (None: none); the old entry dies."""
+        if deadline is None:
+            self._due.pop(engine, None)
+        elif self._due.get(engine) != deadline:
+            self._due[engine] = deadline
+            heapq.heappush(self._timers, (deadline, next(self._seq), engine))
+
+    def _take_work(self, now: float) -> list[Served]:
+        """The engines this pass pumps: those woken or rung, and those whose timer is due."""
+        with self._lock:
+            work, self._ready = self._ready, set()
+            timers, due = self._timers, self._due
+            while timers and timers[0][0] <= now:
+                d, _, e = heapq.heappop(timers)
+                if due.get(e) == d:
+                    del due[e]
+                    work.add(e)
+            return [e for e in work if e in self.engines]
+
+    def _next_deadline(self) -> float:
+        """The soonest live timer (infinity if none); dead entries at the top are dropped."""
+        with self._lock:
+            timers, due = self._timers, self._due
+            while timers and due.get(timers[0][2]) != timers[0][0]:
+                heapq.heappop(timers)
+            return timers[0][0] if timers else math.inf
 
     def _domain_gone(self) -> None:
         """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
@@ -589,16 +645,14 @@ class Runner:
             self._poked = False
             self.wake_at = math.inf
             now = time.monotonic()
-            with self._lock:
-                engines = list(self.engines)
-            timeout = None
-            soonest = math.inf
-            for e in engines:
+            for e in self._take_work(now):
+                self.pumps += 1
                 try:
                     with e.lock:
                         e.pump(now)
-                        d = e.deadline(now)
                         done = e.release_when_idle and (e.idle() or e.error is not None)
+                        if not done:  # under the engine's lock, as `schedule` is: the last word wins
+                            self.schedule(e, e.deadline(now), wake=False)
                     if done:
                         self.remove(e)
                         e.close()
@@ -610,11 +664,10 @@ class Runner:
                         e.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
                         e.notify()
                     continue
-                if d is not None:
-                    t = max(0.0, d - time.monotonic())
-                    timeout = t if timeout is None else min(timeout, t)
-                    soonest = min(soonest, d)
+            soonest = self._next_deadline()
             self.wake_at = soonest  # from here a kick with a sooner deadline must wake us
+            timeout = None if soonest == math.inf else max(0.0, soonest - time.monotonic())
+            rung = []
             for key, _ in self._sel.select(timeout):
                 if key.data == "hup":
                     self._domain_gone()
@@ -625,6 +678,10 @@ class Runner:
                         pass
                 else:
                     key.data.ch.drain_doorbell()
+                    rung.append(key.data)
+            if rung:
+                with self._lock:
+                    self._ready.update(rung)
 
 
 _runner: Runner | None = None

@@ -679,6 +679,7 @@ class socket:
             if self._lo is not None:
                 self._lo.tcp.unlisten(self._port, now)
                 self._lo.release_when_idle = True
+                self._lo.wake()  # whoever pumps it lets it go
         if self._owns_engine:
             eng.release_when_idle = True
         elif self._conn is not None:
@@ -778,6 +779,8 @@ class socket:
                 conn.set_keepalive(time.monotonic(), bool(value))
         # SO_REUSEADDR and the rest: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
+        if conn is not None and eng is not None:
+            eng.kick()  # what the option lets go now (TCP_NODELAY, a window) goes; a new timer is heard
 
     def tcp_info(self) -> dict[str, Any]:
         """The connection's TCP statistics, as Linux's TCP_INFO gives them, under a usnet name:

@@ -1,0 +1,70 @@
+"""The stack thread's work per event does not grow with the sockets a process has (issue 18).
+
+Counted, not timed: `Runner.pumps` is the number of engine pumps so far. A pass pumps the
+engines whose doorbell rang, that were woken, or whose timer is due, so idle sockets cost
+nothing per datagram; a runner that pumped every engine on every pass would count at least
+one pump per idle socket per datagram.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import usnet.socket as us
+from usnet.client import Client
+from usnet.client.engine import runner
+from usnet.domain.loop import Domain
+from usnet.drivers.memwire import MemWire
+
+ROUNDS = 40
+
+
+@pytest.fixture
+def dom():
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, "10.9.0.2/24")
+    d.start()
+    us.configure(Client.local(d), "a")
+    try:
+        yield d
+    finally:
+        us.configure(None, None)
+        d.stop()
+
+
+def _pumps_per_round(idle: int) -> float:
+    """Engine pumps per request/response between two UDP sockets, beside `idle` idle ones."""
+    quiet = []
+    for _ in range(idle):
+        s = us.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("10.9.0.2", 0))
+        quiet.append(s)
+    a = us.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = us.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for s in (a, b):
+            s.bind(("10.9.0.2", 0))
+            s.settimeout(10)
+        a.sendto(b"warm", b.getsockname())
+        b.recvfrom(10)
+        before = runner().pumps
+        for i in range(ROUNDS):
+            a.sendto(b"%d" % i, b.getsockname())
+            data, peer = b.recvfrom(10)
+            b.sendto(data, peer)
+            assert a.recvfrom(10)[0] == b"%d" % i
+        return (runner().pumps - before) / ROUNDS
+    finally:
+        for s in (a, b, *quiet):
+            s.close()
+
+
+def test_idle_sockets_add_no_work_per_datagram(dom):
+    few = _pumps_per_round(2)
+    many = _pumps_per_round(60)
+    # each round is two datagrams: a few pumps each, however many sockets sit idle
+    assert many < 12, (few, many)
+    assert many <= few + 4, (few, many)
