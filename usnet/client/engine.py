@@ -650,7 +650,9 @@ class Runner:
                 try:
                     with e.lock:
                         e.pump(now)
-                        done = e.release_when_idle and (e.idle() or e.error is not None)
+                        # a failed engine is done: its channel is defunct or its domain gone, and a
+                        # closed doorbell reads as always ready (it would spin this thread)
+                        done = e.error is not None or (e.release_when_idle and e.idle())
                         if not done:  # under the engine's lock, as `schedule` is: the last word wins
                             self.schedule(e, e.deadline(now), wake=False)
                     if done:
