@@ -391,7 +391,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 1
     info = client.status()
     if args.json:
-        print(json.dumps({n["netif"]["name"]: {"netif": n["netif"], "drops": n["drops"], "counts": n["counts"]}
+        print(json.dumps({n["netif"]["name"]: {"netif": n["netif"], "drops": n["drops"], "counts": n["counts"],
+                                               "fragments": n.get("fragments", {})}
                           for n in info["netifs"]}, default=str))
         return 0
     con = Console()
@@ -406,6 +407,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
             t.add_row(k, f"{v:,}")
         for k, v in sorted(n["drops"].items()):
             t.add_row(f"drop: {k}", f"{v:,}")
+        for k, v in sorted(n.get("fragments", {}).items()):  # the reassembler's (usnet.proto.reassembly)
+            t.add_row(f"reassembly: {k}", f"{v:,}")
         con.print(t)
     return 0
 
