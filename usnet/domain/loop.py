@@ -626,13 +626,20 @@ class Domain(Control, Housekeeping):
     def _woken(self, obj: tuple[FlowSwitch, Flow], fd: int, woken: dict[FlowSwitch, list[Flow]]) -> None:
         """A parked flow rang its bell ("flowtx"): polled again, and noted to be served with the others
         that rang in this turn (`_serve_woken`); no LL class is active (see `_serve_event`)."""
-        drain(fd)
         sw, flow = obj
         with self.lock:
-            flow.port.clear_need_wakeup()
-            if flow.id in sw.flows and flow.port.pipe.defunct_reason is None:
-                sw.polled[flow] = None  # polled again until it falls idle
+            if self._repoll(sw, flow, fd):
                 woken.setdefault(sw, []).append(flow)
+
+    def _repoll(self, sw: FlowSwitch, flow: Flow, fd: int) -> bool:
+        """A parked flow's bell rang: drained, and the flow polled again until it falls idle; False
+        if it is gone or defunct (nothing to serve). With the lock held."""
+        drain(fd)
+        flow.port.clear_need_wakeup()
+        if flow.id not in sw.flows or flow.port.pipe.defunct_reason is not None:
+            return False
+        sw.polled[flow] = None
+        return True
 
     def _serve_woken(self, woken: dict[FlowSwitch, list[Flow]]) -> None:
         """What the flows that rang in this turn sent, one column-wise check a switch
@@ -665,12 +672,9 @@ class Domain(Control, Housekeeping):
                         break
                     self._serve_ll()
         elif kind == "flowtx":
-            drain(fd)
             sw, flow = obj
             with self.lock:
-                flow.port.clear_need_wakeup()
-                if flow.id in sw.flows and flow.port.pipe.defunct_reason is None:
-                    sw.polled[flow] = None  # polled again until it falls idle
+                if self._repoll(sw, flow, fd):
                     self._service_tx(sw, flow, self._serves_ll())
                     if flow.id in sw.netif.ll_keys:
                         if sw.netif.active_ll:

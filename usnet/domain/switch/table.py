@@ -192,6 +192,10 @@ class FlowTable:
         # hosts): there it is our own address again, which every check refuses first anyway.
         self._bcast4 = (int.from_bytes(netif.broadcast, "big") if netif.network.prefixlen < 31
                         else self._local4)
+        # Its network address, which Linux routes as a broadcast too (fib_add_ifaddr adds both for a
+        # prefix of 30 or less): no peer has it. A /31 or /32: our own address again, as above.
+        self._net4 = (int(netif.network.network_address) if netif.network.prefixlen < 31
+                      else self._local4)
 
     def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
                  port: FlowPort, channel: int = 0, family: int = 4, share: Flow | None = None) -> Flow:
@@ -312,6 +316,8 @@ class FlowTable:
                 return None
             if a == self._bcast4:
                 return "the subnet's broadcast address"
+            if a == self._net4:
+                return "the subnet's network address (a broadcast, as Linux routes it)"
             if not_unicast4(a):
                 top = a >> 24
                 return {0: "unspecified (0.0.0.0/8)", 127: "loopback (127.0.0.0/8)"}.get(

@@ -165,7 +165,7 @@ class TransmitPath(HostDuties):
         loose = np.repeat(per_flow[:, 1].astype(bool), counts)  # unconnected: a destination a peer can have
         if loose.any():
             d = be_u32(h[:, 16:20]).astype(np.int64)
-            ok &= ~loose | (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
+            ok &= ~loose | (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
                             & ((h[:, 22] | h[:, 23]) != 0))
         ok &= row_sums(h[:, :20]) == 0
         now = self.clock()
@@ -329,7 +329,7 @@ class TransmitPath(HostDuties):
             ok &= keys[at] == k
         elif flow.raddr is None:  # a connected flow's destination is in its signature
             d = be_u32(h[:, 16:20]).astype(np.int64)
-            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
+            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
             ok &= (h[:, 22] | h[:, 23]) != 0
         ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
         return ok
