@@ -169,6 +169,7 @@ class FlowEngine:
         # a segment reached that connection, or if something may have changed any (a timer, an error)
         self.conn_watchers: dict[Any, set] = {}
         self._touched: set | None = set()  # the connections this pump's segments reached; None: any
+        self._now = 0.0  # the latest clock TCP was given (`pump`, `kick`): it never goes back
         self.release_when_idle = False  # its sockets closed: go once the connections have
         # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio), which
         # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
@@ -225,7 +226,7 @@ class FlowEngine:
         with self.lock:
             if self.closed or self.error is not None:
                 return
-            now = time.monotonic()
+            self._now = now = max(time.monotonic(), self._now)
             try:
                 self._transmit(now)
             except (ChannelError, PeerGone) as e:
@@ -266,6 +267,13 @@ class FlowEngine:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
         if self.closed or self.error is not None:
             return
+        # Time never goes back for TCP: the runner reads its clock before it waits for this lock,
+        # which a socket call may hold while it sends (`kick`) with a later one; a segment sent
+        # with the older clock would carry an older timestamp than the one before it, and the
+        # peer's PAWS drops it (RFC 7323 section 5): a handshake's last ACK, and a second's stall.
+        if now < self._now:
+            now = self._now
+        self._now = now
         touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
         try:
             self._receive(now)
