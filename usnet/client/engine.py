@@ -180,6 +180,7 @@ class FlowEngine:
         # a segment reached that connection, or if something may have changed any (a timer, an error)
         self.conn_watchers: dict[Any, set] = {}
         self._touched: set | None = set()  # the connections this pump's segments reached; None: any
+        self._now = 0.0  # the latest clock TCP was given (`pump`, `send_now`): it never goes back
         self.release_when_idle = False  # its sockets closed: go once the connections have
         # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio), which
         # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
@@ -220,6 +221,19 @@ class FlowEngine:
         else:
             d.wake(self, wait)
 
+    def send_now(self) -> None:
+        """Send what a socket call queued (a SYN) from the calling thread, rather than waiting for
+        the stack thread to wake and do it: one thread hand-off less on a connect's path. The
+        stack thread is still woken, after, for the timers the new segment set (its RTO)."""
+        if self.driver is None and not self.closed and self.error is None:
+            with self.lock:
+                self._now = now = max(time.monotonic(), self._now)
+                try:
+                    self._transmit(now)
+                except (ChannelError, OSError):
+                    pass  # the stack thread meets it too, and fails the engine
+        self.wake()
+
     def delivered(self) -> bool:
         """Every connection has its data and FIN acknowledged (or is over), nothing waits to go."""
         return self.error is not None or (
@@ -252,6 +266,13 @@ class FlowEngine:
         """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
         if self.closed or self.error is not None:
             return
+        # Time never goes back for TCP: a pass of the stack thread takes its clock before it waits
+        # for this lock, which a socket call may hold while it sends (`send_now`); a segment sent
+        # with that older clock would carry an older timestamp than the one before it, which the
+        # peer's PAWS drops (RFC 7323 section 5: a handshake's ACK, and a second's stall).
+        if now < self._now:
+            now = self._now
+        self._now = now
         touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
         try:
             self._receive(now)

@@ -490,7 +490,7 @@ class socket:
                 raise
             self._attach(eng, owns=owns, conn=conn)
             if not owns:
-                eng.wake()  # its SYN goes now
+                eng.send_now()  # its SYN goes now, from this thread
             if self._timeout == 0.0:
                 return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True
