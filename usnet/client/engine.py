@@ -158,9 +158,6 @@ class FlowEngine:
         self.ports: PortBlocks | None = PortBlocks() if is_connector else None
         self._block_lock = threading.Lock()  # one AddPorts at a time
         self._next_return = 0.0  # when a connector next looks for idle blocks to give back
-        # ports of connections TCP forgot, each bound in the switch to its 4-tuple by its SYN: the
-        # notice that frees them (P.ReleasePorts) goes before they can be taken again (`_release`)
-        self._released: list[int] = []
         if is_connector:
             self.tcp.on_forget = lambda c: self._port_free(c.local_port)
             self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
@@ -286,8 +283,6 @@ class FlowEngine:
             self.error = e
             self._touched = None
         touched, self._touched = self._touched, None
-        if self._released:
-            self._release()
         if self.ports is not None and now >= self._next_return:
             self._return_idle_blocks(now)
         if self.stats_out is not None and self.error is None:
@@ -302,9 +297,10 @@ class FlowEngine:
         assert self.ports is not None
         self._check_remote(raddr, rport)
         with self.lock:
-            if self._released:
-                self._release()
             p = self.ports.take()
+            if p is None and self.ports.bound:  # the ports whose connections are over, all at once
+                self._release()
+                p = self.ports.take()
         if p is not None:
             return p
         with self._block_lock:
@@ -337,23 +333,20 @@ class FlowEngine:
             raise OSError(errno.ECONNREFUSED, "Connection refused")
 
     def _port_free(self, port: int) -> None:
-        """TCP forgot a connector's connection (with the lock held): its port is free once the
-        domain is told (`_release`, at the end of this pump or before the next take)."""
+        """TCP forgot a connector's connection (with the lock held): its port, bound in the switch
+        to the connection's 4-tuple since its SYN, is free once the domain is told (`_release`:
+        when a connect finds no other port free, or within a second)."""
         if self.ports is not None:
-            self._released.append(port)
+            self.ports.free(port, time.monotonic(), bound=True)
 
     def _release(self) -> None:
-        """Tell the domain the released ports' connections are over (P.ReleasePorts, a notice: no
-        waiting), then free them. The notice leaves before any SYN that reuses one of them, which
-        the switch would otherwise refuse as sent from a port bound to another 4-tuple (the
-        domain reads pending releases before it refuses: usnet.domain.loop `_catch_up`). With
-        the lock held."""
+        """Tell the domain the bound free ports' connections are over (one P.ReleasePorts, a
+        notice: no waiting); they can be taken again. The notice leaves before any SYN that reuses
+        one of them, which the switch would otherwise refuse as sent from a port bound to another
+        4-tuple (the domain reads pending releases before it refuses: usnet.domain.loop
+        `_catch_up`). With the lock held."""
         assert self.ports is not None
-        gone, self._released = self._released, []
-        self.client.release_ports(self.ch.id, gone)
-        now = time.monotonic()
-        for p in gone:
-            self.ports.free(p, now)
+        self.client.release_ports(self.ch.id, self.ports.unbound())
 
     def port_unused(self, port: int) -> None:
         """A port `take_port` gave whose connection never began (its connect failed before a SYN
@@ -366,8 +359,8 @@ class FlowEngine:
         """Give back the blocks whose ports have all been free a while (a notice: no waiting)."""
         assert self.ports is not None
         self._next_return = now + 1.0
-        if self._released:
-            self._release()  # before the block goes: its ports are still this channel's
+        if self.ports.bound:
+            self._release()  # before a block goes: its ports are still this channel's
         for b in self.ports.idle(now):
             self.ports.drop(b)
             self.client.return_ports(self.ch.id, b)

@@ -11,6 +11,11 @@ Free ports are taken oldest-freed first: a port comes round again only after
 every other free port has been used, so a server still holding the last
 connection's 4-tuple in TIME-WAIT rarely sees it again soon.
 
+A port whose connection sent its SYN is bound in the switch to that connection's
+4-tuple (usnet.domain.switch.binding) until the client says it is over: freed, it
+waits in `bound` until the engine sends one notice for all of them (when no other
+port is free, or once a second), and only then can it be taken again.
+
 A block whose ports have all been free for `return_after` seconds may go back
 to the domain (a notice, not waited for), the last block excepted.
 
@@ -33,10 +38,13 @@ class PortBlocks:
         self.return_after = return_after
         self.blocks: dict[int, list[int]] = {}  # block -> its ports
         self.block_of: dict[int, int] = {}  # port -> its block
-        self.users: dict[int, int] = {}  # port -> connections on it (more than one: shared, `share`)
+        self.users: dict[int, int] = {}  # port -> connections on it (one: the switch binds a port to one 4-tuple)
         self.busy: dict[int, int] = {}  # block -> its ports in use
         self.idle_since: dict[int, float] = {}  # block -> since when all its ports are free
         self._free: deque[int] = deque()  # free ports, oldest freed first
+        # freed ports still bound in the switch to their last connection's 4-tuple: free for the
+        # blocks' bookkeeping, taken again only after the domain is told (`unbound`)
+        self.bound: list[int] = []
         self.requested = 0  # blocks asked for, for the tests and the status
 
     def __len__(self) -> int:
@@ -61,16 +69,6 @@ class PortBlocks:
         self._use(p)
         return p
 
-    def share(self, usable: list[int]) -> int | None:
-        """When no port is free and no block can be had: one of `usable` (ports in use whose
-        4-tuple with the new remote end is free: the engine finds them), now used once more.
-        Linux too shares a local port among connections to different remote ends."""
-        for p in usable:
-            if p in self.block_of:
-                self._use(p)
-                return p
-        return None
-
     def _use(self, p: int) -> None:
         n = self.users.get(p, 0)
         self.users[p] = n + 1
@@ -79,8 +77,9 @@ class PortBlocks:
             self.busy[b] += 1
             self.idle_since.pop(b, None)
 
-    def free(self, port: int, now: float) -> None:
-        """A connection on `port` is over (or never began): the port is free once its last is."""
+    def free(self, port: int, now: float, bound: bool = False) -> None:
+        """A connection on `port` is over (or never began): the port is free once its last is;
+        `bound`: its SYN left, so the switch holds it to its 4-tuple until `unbound`."""
         n = self.users.get(port)
         if n is None:
             return
@@ -91,10 +90,17 @@ class PortBlocks:
         b = self.block_of.get(port)
         if b is None:
             return
-        self._free.append(port)
+        (self.bound if bound else self._free).append(port)
         self.busy[b] -= 1
         if not self.busy[b]:
             self.idle_since[b] = now
+
+    def unbound(self) -> list[int]:
+        """The domain is being told the `bound` ports' connections are over: they go to the
+        free ports, in the order they were freed. Returns them (for the notice)."""
+        gone, self.bound = self.bound, []
+        self._free.extend(gone)
+        return gone
 
     def idle(self, now: float) -> list[int]:
         """The blocks that have been all free for `return_after` seconds, to give back: all of
@@ -113,4 +119,5 @@ class PortBlocks:
         del self.busy[block]
         self.idle_since.pop(block, None)
         self._free = deque(p for p in self._free if p not in gone)
+        self.bound = [p for p in self.bound if p not in gone]
         return ports
