@@ -261,3 +261,40 @@ def test_a_release_still_unread_on_the_control_socket_is_served_before_a_syn_is_
         session.sock = None
         ours.close()
         theirs.close()
+
+
+def test_a_syn_met_while_a_release_drains_the_ring_keeps_its_new_binding():
+    """The domain drains a connector's ring before a release unbinds its ports (the old
+    connections' last packets leave bound), and the drain can meet a SYN the client sent after the
+    release, reusing a port for the same remote end: it frees the port at once and binds it anew,
+    and the release does not take the new binding away (its ACK then goes)."""
+    n = Net(start=False)
+    try:
+        ch, _ = n.c.open_connector("a")
+        ch.setblocking(False)
+        _, ports = n.c.add_ports(ch.id, 2)
+        p = ports[0]
+        peer, _ = n.c.open_flow("b", 6, 6000)
+        peer.setblocking(False)
+        for host in (1, 2):
+            n.swa.arp.learn(bytes([10, 9, 0, host]), n.w.b.mac, n.swa.clock())
+
+        def serve() -> None:
+            for _ in range(4):
+                n.d.serve_once(0)
+
+        send_raw(ch, [seg(p, 6000, seq=100, flags="S")])
+        serve()
+        conn = n.swa.flows[n.flows("a")[0]["id"]]
+        assert conn.conns[p] == (bytes(map(int, B_IP.split("."))), 6000)
+        send_raw(ch, [seg(p, 6000, seq=101, data=b"last")])  # the old connection's last segment
+        send_raw(ch, [seg(p, 6000, seq=9000, flags="S")])  # a new connection on the port, after its release
+        n.c.release_ports(ch.id, [p])  # served now: its drain meets both
+        send_raw(ch, [seg(p, 6000, seq=9001, data=b"new")])
+        serve()
+        assert conn.conns[p] == (bytes(map(int, B_IP.split("."))), 6000)
+        got = [(IP(q)[TCP].seq, bytes(IP(q)[TCP].payload)) for q in received(peer, 4)]
+        assert got == [(100, b""), (101, b"last"), (9000, b""), (9001, b"new")]
+        assert total_drops(n.swa) == 0 and list(ch.events()) == []
+    finally:
+        n.d.stop()

@@ -454,11 +454,19 @@ class SessionRegistry:
         leaves first, as in `return_ports`. Returns how many ports were bound."""
         ref = self._connector(session, req.channel)
         assert ref.flow is not None and ref.switch is not None
+        binds = ref.flow.binds
+        assert binds is not None
         with ref.pipe.lock:
             if ref.pipe.defunct_reason is None and not ref.switch.in_tx:
-                for _ in range(ref.flow.port.tx.capacity // 64 + 1):
-                    if not ref.switch.service_tx(ref.flow, draining=True):
-                        break
+                binds.releasing = set(req.ports) & binds.held  # a SYN met in the drain came after
+                try:
+                    for _ in range(ref.flow.port.tx.capacity // 64 + 1):
+                        if not ref.switch.service_tx(ref.flow, draining=True):
+                            break
+                    left = [p for p in req.ports if p in binds.releasing or p not in binds.held]
+                finally:
+                    binds.releasing = set()
+                return ref.switch.release_ports(ref.flow, left)
             return ref.switch.release_ports(ref.flow, list(req.ports))
 
     def open_monitor(self, session: Session, netif: str, filter_text: str = "") -> tuple[int, list[int]]:

@@ -49,6 +49,10 @@ class PortBindings:
         self.bound: dict[int, tuple[bytes, int]] = {}  # local port -> (remote address, remote port)
         self.mask = np.zeros(65536, bool)  # held ports
         self.keys = np.zeros(65536, np.uint64)  # bound IPv4 ports: key4 of their remote end, else 0
+        # the ports of a release being served (the domain drains the ring first, so the old
+        # connections' last packets leave bound): a SYN from one of them was sent after the
+        # release, and frees it at once (usnet.domain.switch.tx `_tx_connector`)
+        self.releasing: set[int] = set()
 
     def hold(self, ports: list[int]) -> None:
         """Ports of a new block: held, free."""

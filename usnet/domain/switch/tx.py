@@ -58,6 +58,11 @@ _RST, _RST_ACK = 0x04, 0x14
 _SCALAR_MAX = 2
 
 
+def _is_syn(p: bytes, l4: int) -> bool:
+    """A TCP SYN without ACK (the first of a connection): for a connector, it binds its port."""
+    return len(p) > l4 + 13 and p[l4 + 13] & 0x12 == 0x02
+
+
 class TransmitPath(HostDuties):
     """The general transmit path, and what every transmit path reports to its flow."""
 
@@ -181,8 +186,11 @@ class TransmitPath(HostDuties):
         ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
         ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
         if flow.binds is not None:  # a connector: each row's port bound to its remote end (`Flow.peer_of`)
+            if rows.shape[1] < ETH_HLEN + 34:
+                return np.zeros(len(lens), bool)
             k = (be_u32(h[:, 16:20]).astype(np.uint64) << np.uint64(16)) | be_u16(h[:, 22:24]).astype(np.uint64)
-            ok &= flow.binds.keys[be_u16(h[:, 20:22])] == (k | np.uint64(1 << 48))  # a SYN, a RST: `_tx_one`
+            ok &= flow.binds.keys[be_u16(h[:, 20:22])] == (k | np.uint64(1 << 48))  # a RST from a free port: `_tx_one`
+            ok &= (rows[:, ETH_HLEN + 33] & 0x12) != 0x02  # a SYN binds: `_tx_one` (an option-less header: TCP at 20)
         elif flow.raddr is None:  # a connected flow's destination is in its signature
             d = be_u32(h[:, 16:20]).astype(np.int64)
             ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
@@ -328,7 +336,7 @@ class TransmitPath(HostDuties):
         if ports:
             sport, dport = PORTS.unpack_from(p, l4)
             peer = flow.peer_of(sport)  # the one rule of which 4-tuples the flow owns
-            if flow.binds is not None and src == local and peer != (dst, dport):
+            if flow.binds is not None and src == local and (peer != (dst, dport) or _is_syn(p, l4)):
                 peer = self._tx_connector(flow, p, l4, dst, sport, dport)
                 if peer is None:
                     return 0
@@ -371,7 +379,14 @@ class TransmitPath(HostDuties):
         flags = p[l4 + 13] if len(p) >= l4 + 14 and flow.proto == TCP else 0
         syn, rst = flags & 0x12 == 0x02, bool(flags & 0x04)
         v = binds.check(sport, dst, dport, syn, rst)
-        if v is Verdict.ELSEWHERE and syn and self.catch_up is not None:
+        # a SYN from a bound port: a retransmission, or a new connection whose release (which
+        # would have freed the port) is being served (its drain of the ring met this SYN, sent
+        # after it), or still waits unread, towards another peer or the same one
+        if syn and v in (Verdict.ELSEWHERE, Verdict.PASS) and binds.releasing and sport in binds.releasing:
+            binds.releasing.discard(sport)
+            self.release_ports(flow, [sport])
+            v = binds.check(sport, dst, dport, syn, rst)
+        if syn and v in (Verdict.ELSEWHERE, Verdict.PASS) and self.catch_up is not None:
             self.in_tx = True  # a release sent before this SYN may wait, unread, on the control socket
             try:
                 self.catch_up(flow)
