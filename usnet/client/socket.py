@@ -1031,8 +1031,12 @@ class socket:
                 if not woken:
                     # Once, so the stack sends what earlier calls queued (data, a window
                     # update). After that only the network makes progress; waking the
-                    # runner on every pump would spin both threads while we wait.
-                    eng.wake(wait=True)
+                    # runner on every pump would spin both threads while we wait. Not at all
+                    # if nothing is queued and no deadline moved since the stack thread's last
+                    # pass (no connection is due, `TcpEndpoint.due`): a blocking recv after a
+                    # connect then costs no thread hand-off until the network answers.
+                    if eng.driver is not None or eng.tcp.due or eng._backlog:
+                        eng.wake(wait=True)
                     woken = True
                 eng.changed.wait(left)
 
