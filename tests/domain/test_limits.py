@@ -162,6 +162,33 @@ def test_ephemeral_port_limit(make_domain):
     ok(d, s, flow(0, proto=17))
 
 
+def test_a_connector_s_port_blocks_are_charged_cut_to_the_limit_and_given_back(make_domain):
+    """Issue 18: a connector's block of ephemeral ports counts port by port against the session's
+    and uid's ephemeral port limits, is cut to what they leave, and counts no more once given back
+    or once its channel closes."""
+    d = make_domain(limits=Limits(ephemeral_ports_per_session=100))
+    s = hello(d, 1000)
+
+    def held() -> int:
+        return status(d, s)["limits"]["usage_by_uid"].get("1000", {}).get("ephemeral_ports", 0)
+
+    c = ok(d, s, P.OpenFlow("a", 6, connector=True))
+    assert held() == 0  # the connector itself holds no port
+    b1 = ok(d, s, P.AddPorts(c.channel, 64))
+    b2 = ok(d, s, P.AddPorts(c.channel, 64))
+    assert len(b1.ports) == 64 and len(b2.ports) == 36 and not set(b1.ports) & set(b2.ports)
+    assert held() == 100
+    assert refused(d, s, P.AddPorts(c.channel), "EADDRNOTAVAIL").endswith(
+        "holds 100 ephemeral ports (limit ephemeral_ports_per_session = 100)")
+    ok(d, s, P.ReturnPorts(c.channel, b1.block))
+    assert held() == 36
+    refused(d, s, P.ReturnPorts(c.channel, b1.block), "EINVAL")  # given back once only
+    assert len(ok(d, s, P.AddPorts(c.channel, 64)).ports) == 64
+    ok(d, s, P.CloseChannel(c.channel))
+    assert held() == 0
+    assert all(d.switches["a"].ports.owner(6, p) is None for p in b1.ports + b2.ports)
+
+
 def test_pool_bytes_limit_counts_the_arena_until_the_pipe_is_gone(make_domain):
     d = make_domain()
     probe = hello(d, 0)

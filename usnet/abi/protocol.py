@@ -24,14 +24,12 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 __all__ = [
-    "LEASE_REQUESTS", "MAX_MESSAGE", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART", "U32",
-    "AddConnection", "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ConnectionAdded", "ControlError", "Done",
-    "ErrCode", "Error", "Family",
-    "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal", "LeaseRefused",
-    "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "Ping", "Pong", "PosU32",
-    "ProtocolError", "Rate",
-    "ReleaseLease", "RemoveConnection", "RenewLease", "Reply", "Request", "RequestLease", "Resize", "Status",
-    "StatusReply", "Welcome",
+    "LEASE_REQUESTS", "MAX_MESSAGE", "NOTICES", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART",
+    "U32", "AddPorts", "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ControlError", "Done", "ErrCode", "Error",
+    "Family", "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal",
+    "LeaseRefused", "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "Ping", "Pong",
+    "PortsAdded", "PosU32", "ProtocolError", "Rate", "ReleaseLease", "ReleasePorts", "RenewLease", "Reply",
+    "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Welcome",
     "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
 ]
 
@@ -140,23 +138,33 @@ class OpenFlow(_Msg, frozen=True):
     connector: bool = False
 
 
-class AddConnection(_Msg, frozen=True):
-    """Register an outgoing TCP connection on a connector channel of this session (an OpenFlow
-    with connector set): its local port (0: an ephemeral one) is reserved and its 4-tuple
-    added to the switch, which from then on sends and delivers it on that channel. Answered
-    with ConnectionAdded. The connections of a process share one channel, as a listener's do."""
+class AddPorts(_Msg, frozen=True):
+    """Ask for a block of up to `count` ephemeral TCP ports for a connector channel of this session
+    (an OpenFlow with connector set). The connector then sends from any of them to any unicast peer,
+    and the switch delivers to it what comes to them; its stack picks a port of its blocks for each
+    connection with no message. Each port counts as an ephemeral port of the session and uid, and
+    the block is cut to what their limits leave. Answered with PortsAdded."""
 
     channel: U32
-    remote_addr: Annotated[str, msgspec.Meta(max_length=64)]
-    remote_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
-    local_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    count: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
 
 
-class RemoveConnection(_Msg, frozen=True):
-    """The connection on `local_port` of a connector channel is over: its 4-tuple and port go. Done."""
+class ReturnPorts(_Msg, frozen=True):
+    """A notice, not a request: the connector gives block `block` back (its ports are all free).
+    A socket session is sent no reply (the client does not wait); an in-process one gets Done."""
 
     channel: U32
-    local_port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    block: U32
+
+
+class ReleasePorts(_Msg, frozen=True):
+    """A notice, not a request: the connector's connections on `ports` are over (CLOSED, or
+    TIME-WAIT ended), so each port, bound to its connection's 4-tuple by the first SYN it sent,
+    is free for another. A port of its blocks that is not bound is left as it is; one not of its
+    blocks is an error (EINVAL, counted: a notice is answered only to an in-process session)."""
+
+    channel: U32
+    ports: Annotated[list[int], msgspec.Meta(max_length=1024)]
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -285,11 +293,12 @@ class FlowOpened(_Msg, frozen=True):
     gateway: str | None = None
 
 
-class ConnectionAdded(_Msg, frozen=True):
-    """AddConnection's answer: the local port the connection sends from."""
+class PortsAdded(_Msg, frozen=True):
+    """AddPorts's answer: the block's number (to give it back by) and its ports."""
 
     channel: U32
-    local_port: int
+    block: U32
+    ports: list[int]
 
 
 class AdvisoryOpened(_Msg, frozen=True):
@@ -373,12 +382,13 @@ class Error(_Msg, frozen=True):
 
 
 Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
-           | Status | RequestLease | RenewLease | ReleaseLease | AddConnection | RemoveConnection | Ping)
-Reply = (Welcome | ChannelOpened | FlowOpened | ConnectionAdded | AdvisoryOpened | Done | Flushed | StatusReply
+           | Status | RequestLease | RenewLease | ReleaseLease | AddPorts | ReturnPorts | ReleasePorts | Ping)
+Reply = (Welcome | ChannelOpened | FlowOpened | PortsAdded | AdvisoryOpened | Done | Flushed | StatusReply
          | LeaseGranted | LeaseRefused | Pong | Error)
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)
+NOTICES = (ReturnPorts, ReleasePorts)  # requests the domain answers no socket session (`ControlClient.notify`)
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)
 
 _encoder = msgspec.msgpack.Encoder()

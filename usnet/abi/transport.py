@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from .protocol import (
     MAX_MESSAGE,
+    NOTICES,
     REQUEST_TYPES,
     ControlError,
     Error,
@@ -217,6 +218,19 @@ class ControlClient:
             _close_all(fds)
             raise ControlError(reply.code, reply.message)
         return reply, fds
+
+    def notify(self, msg: Request) -> None:
+        """Send a notice (one of NOTICES), which the domain answers with nothing: no waiting.
+
+        Not under the request lock: a SEQPACKET message is atomic, and since no reply
+        comes, a request in flight on another thread still gets its own reply next.
+        """
+        if not isinstance(msg, NOTICES):
+            raise TypeError(f"not a notice: {type(msg).__name__}")
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("control connection is closed")
+        send_msg(sock, encode(msg))
 
     def _close_locked(self) -> None:
         if self._sock is not None:

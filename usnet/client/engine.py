@@ -36,11 +36,15 @@ from typing import Any, Protocol
 from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone
+from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.tcpstats import Publisher
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
+from usnet.proto.route import Routes
 from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
+from usnet.proto.wire.ipv4 import not_unicast4
+from usnet.proto.wire.ipv6 import not_unicast6
 from usnet.proto.wire.tcp import TCP_HEADER
 from usnet.runtime import gil
 
@@ -152,11 +156,18 @@ class FlowEngine:
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
         self.is_connector = is_connector
-        self._gone_ports: list[int] = []  # a connector's connections that are over: their ports go back
-        self._registered: set[int] = set()  # a connector's local ports the domain holds for it
-        self._closing: set = set()  # a connector's connections whose sockets closed (`closed_conn`)
+        # a connector's blocks of ephemeral ports (usnet.client.portblocks): a connect takes one
+        # with no message; TCP forgetting a connection (CLOSED, or TIME-WAIT over) frees it
+        self.ports: PortBlocks | None = PortBlocks() if is_connector else None
+        self._block_lock = threading.Lock()  # one AddPorts at a time
+        self._next_return = 0.0  # when a connector next looks for idle blocks to give back
         if is_connector:
-            self.tcp.on_forget = lambda c: self._gone_ports.append(c.local_port)
+            self.tcp.on_forget = lambda c: self._port_free(c.local_port)
+            self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
+            net = ipaddress.ip_network(f"{self.info.local_addr}/{max(self.info.prefix, 0)}", strict=False)
+            # the subnet's broadcast address, which no peer has (a /31 or /32 has none)
+            self._bcast = (net.broadcast_address.packed if self.family == 4 and 0 <= self.info.prefix < 31
+                           else None)
         self.lock: Any = threading.RLock() if share is None else share.lock
         self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
                                              else share.changed)  # notified after every pump
@@ -287,46 +298,87 @@ class FlowEngine:
             self.error = e
             self._touched = None
         touched, self._touched = self._touched, None
-        if self._closing:
-            for c in [c for c in self._closing if c.state in (TcpState.CLOSED, TcpState.TIME_WAIT)]:
-                self._closing.discard(c)
-                self._gone_ports.append(c.local_port)
-        if self._gone_ports:
-            self._give_back_ports()
+        if self.ports is not None and now >= self._next_return:
+            self._return_idle_blocks(now)
         if self.stats_out is not None and self.error is None:
             self.stats_out.publish(self.tcp, now)
         self.notify(touched)
 
-    def closed_conn(self, conn: Any) -> None:
-        """A connector's connection whose socket closed: once it is CLOSED or in TIME-WAIT its port
-        goes back, as a per-connection flow's did when its engine went idle. With the lock held."""
-        if self.is_connector:
-            self._closing.add(conn)
-
-    def add_connection(self, host: str, port: int, local_port: int = 0) -> int:
-        """A connector's: register the connection to (`host`, `port`) with the domain before its
-        SYN (the switch sends and delivers only registered 4-tuples); returns its local port."""
-        p = self.client.add_connection(self.ch.id, (host, port), local_port)
+    def take_port(self, raddr: bytes, rport: int) -> int:
+        """A connector's: a free port of its blocks for a connection to (`raddr`, `rport`), with no
+        message; a new block (one control round trip) only when every port is in use. Out of
+        blocks (the limits, or the range): EADDRNOTAVAIL (the switch binds each port to one
+        4-tuple at a time, so no port is shared). Without the lock held."""
+        assert self.ports is not None
+        self._check_remote(raddr, rport)
         with self.lock:
-            self._registered.add(p)
+            p = self.ports.take()
+            if p is None and self.ports.bound:  # the ports whose connections are over, all at once
+                self._release()
+                p = self.ports.take()
+        if p is not None:
+            return p
+        with self._block_lock:
+            with self.lock:
+                p = self.ports.take()  # another thread's block may have come meanwhile
+            if p is not None:
+                return p
+            try:
+                block, got = self.client.add_ports(self.ch.id, BLOCK)
+            except OSError as e:
+                raise OSError(errno.EADDRNOTAVAIL, f"no local port left for a connection: {e}") from e
+            with self.lock:
+                self.ports.add(block, got, time.monotonic())
+                p = self.ports.take()
+        if p is None:  # the domain granted an empty block: cannot happen, never loop on it
+            raise OSError(errno.EADDRNOTAVAIL, "no local port left for a connection")
         return p
 
-    def _give_back_ports(self) -> None:
-        """A connector's connections that are over (CLOSED, or TIME-WAIT ended): their 4-tuples and
-        ports go back to the domain, as the kernel frees a port when its connection ends."""
-        gone, self._gone_ports = self._gone_ports, []
-        for p in gone:
-            if p in self._registered:  # once: a connection in TIME-WAIT is forgotten later too
-                self.give_back(p)
+    def _check_remote(self, raddr: bytes, rport: int) -> None:
+        """What the switch would refuse anyway (it checks every packet), said at once as Linux's
+        connect says it: no peer can have that address, or no route reaches it."""
+        if raddr != self.local:
+            if len(raddr) == 4:
+                bad = bool(not_unicast4(int.from_bytes(raddr, "big"))) or raddr == self._bcast
+            else:
+                bad = not_unicast6(raddr)
+            if bad or not self.routes.reaches(raddr):
+                raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        if rport == 0:
+            raise OSError(errno.ECONNREFUSED, "Connection refused")
 
-    def give_back(self, local_port: int) -> None:
-        """Unregister the connector's connection on `local_port` (an error: the domain has it no more)."""
+    def _port_free(self, port: int) -> None:
+        """TCP forgot a connector's connection (with the lock held): its port, bound in the switch
+        to the connection's 4-tuple since its SYN, is free once the domain is told (`_release`:
+        when a connect finds no other port free, or within a second)."""
+        if self.ports is not None:
+            self.ports.free(port, time.monotonic(), bound=True)
+
+    def _release(self) -> None:
+        """Tell the domain the bound free ports' connections are over (one P.ReleasePorts, a
+        notice: no waiting); they can be taken again. The notice leaves before any SYN that reuses
+        one of them, which the switch would otherwise refuse as sent from a port bound to another
+        4-tuple (the domain reads pending releases before it refuses: usnet.domain.loop
+        `_catch_up`). With the lock held."""
+        assert self.ports is not None
+        self.client.release_ports(self.ch.id, self.ports.unbound())
+
+    def port_unused(self, port: int) -> None:
+        """A port `take_port` gave whose connection never began (its connect failed before a SYN
+        could leave): free at once, nothing to release."""
         with self.lock:
-            self._registered.discard(local_port)
-        try:
-            self.client.remove_connection(self.ch.id, local_port)
-        except OSError:
-            pass  # the channel or the domain is gone: the port went with it
+            if self.ports is not None:
+                self.ports.free(port, time.monotonic())
+
+    def _return_idle_blocks(self, now: float) -> None:
+        """Give back the blocks whose ports have all been free a while (a notice: no waiting)."""
+        assert self.ports is not None
+        self._next_return = now + 1.0
+        if self.ports.bound:
+            self._release()  # before a block goes: its ports are still this channel's
+        for b in self.ports.idle(now):
+            self.ports.drop(b)
+            self.client.return_ports(self.ch.id, b)
 
     def notify(self, touched: set | None = None) -> None:
         """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held.

@@ -68,7 +68,8 @@ class OverChannel(Protocol):
 class Client:
     def __init__(self, request: Callable[[P.Request], tuple[P.Reply, list[int]]],
                  kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]],
-                 end: Callable[[], None], program: str | None = None, domain_fd: int | None = None) -> None:
+                 end: Callable[[], None], program: str | None = None, domain_fd: int | None = None,
+                 notify: Callable[[P.Request], None] | None = None) -> None:
         """`program` is the name given in Hello (default: this script's); the LL policy may match it.
 
         `end` ends the control session (the domain forgets it and everything it held).
@@ -79,6 +80,8 @@ class Client:
         self.domain_fd = domain_fd
         self.path: str | None = None  # the control socket's path, for Client.connect's clients
         self._request = request
+        # a notice (P.NOTICES) is sent and not waited for; in process, it is a call like any request
+        self._notify: Callable[[P.Request], object] = notify if notify is not None else request
         self._kick_for = kick_for
         self._end = end
         self.closed = False
@@ -121,7 +124,7 @@ class Client:
                 doorbell.ring(kick_fd)
             return kick, kick_fd
 
-        return cls(ctl.request, kick_for, ctl.close, program, domain_fd=os.dup(ctl.fileno()))
+        return cls(ctl.request, kick_for, ctl.close, program, domain_fd=os.dup(ctl.fileno()), notify=ctl.notify)
 
     @classmethod
     def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> Client:
@@ -195,20 +198,36 @@ class Client:
         return self._open(req, P.FlowOpened)
 
     def open_connector(self, netif: str, family: P.Family = 4, **attrs: int) -> tuple[Channel, P.FlowOpened]:
-        """A TCP connector channel on a netif: outgoing connections registered on it
-        (`add_connection`) share it, as a listener's accepted connections share its channel."""
+        """A TCP connector channel on a netif: outgoing connections send from the ports of its
+        blocks (`add_ports`) and share it, as a listener's accepted connections share its channel."""
         req = P.OpenFlow(netif, 6, 0, None, None, "default", attrs, family, 0, connector=True)
         return self._open(req, P.FlowOpened)
 
-    def add_connection(self, channel: int, remote: tuple[str, int], local_port: int = 0) -> int:
-        """Register an outgoing connection to `remote` on connector `channel`; returns its local port
-        (`local_port`, or an ephemeral one for 0)."""
-        reply, _ = self._expect(P.AddConnection(channel, remote[0], remote[1], local_port), P.ConnectionAdded)
-        return reply.local_port
+    def add_ports(self, channel: int, count: int = 64) -> tuple[int, list[int]]:
+        """A block of up to `count` ephemeral ports for connector `channel`: (block, ports). Its
+        connections send from them with no further message (usnet.client.engine)."""
+        reply, _ = self._expect(P.AddPorts(channel, count), P.PortsAdded)
+        return reply.block, list(reply.ports)
 
-    def remove_connection(self, channel: int, local_port: int) -> None:
-        """The connection on `local_port` of connector `channel` is over: its port and 4-tuple go."""
-        self._expect(P.RemoveConnection(channel, local_port), P.Done)
+    def return_ports(self, channel: int, block: int) -> None:
+        """Give a connector's block back, without waiting (a notice: the domain sends no answer)."""
+        if self.closed:
+            return
+        try:
+            self._notify(P.ReturnPorts(channel, block))
+        except (OSError, P.ControlError, P.ProtocolError):
+            pass  # the domain or the channel is gone: the block went with it
+
+    def release_ports(self, channel: int, ports: list[int]) -> None:
+        """A connector's connections on `ports` are over: each port, bound in the switch to its
+        connection's 4-tuple, is free for another. A notice: no waiting."""
+        if self.closed:
+            return
+        for i in range(0, len(ports), 1024):
+            try:
+                self._notify(P.ReleasePorts(channel, ports[i : i + 1024]))
+            except (OSError, P.ControlError, P.ProtocolError):
+                return  # the domain or the channel is gone: the bindings went with it
 
     def open_monitor(self, netif: str, filter: str = "") -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives that matches

@@ -475,26 +475,19 @@ class socket:
                 owns = True
             else:  # the process's connector on this netif carries it: one channel for all of them
                 eng = connector(client, netif, self._ip_version)
-                self._port = eng.add_connection(host, port)  # the ephemeral port the switch chose
                 owns = False
-            for attempt in range(2):
-                try:
-                    with eng.lock:
-                        conn = eng.tcp.connect(ipaddress.ip_address(host).packed, port, time.monotonic(),
-                                               local_port=self._port, **self._buffer_options())
-                        self._apply_options(conn)
-                    break
-                except OSError as e:
-                    if owns:
-                        raise
-                    # the connector still holds the 4-tuple in TIME-WAIT (its port went back to the
-                    # domain, which chose it again): once more, from another port
-                    old = self._port
-                    if e.errno == errno.EADDRINUSE and attempt == 0:
-                        self._port = eng.add_connection(host, port)
-                    eng.give_back(old)
-                    if e.errno != errno.EADDRINUSE or attempt:
-                        raise
+            raddr = ipaddress.ip_address(host).packed
+            if not owns:  # a free port of the connector's blocks: no message to the domain
+                self._port = eng.take_port(raddr, port)
+            try:
+                with eng.lock:
+                    conn = eng.tcp.connect(raddr, port, time.monotonic(), local_port=self._port,
+                                           **self._buffer_options())
+                    self._apply_options(conn)
+            except BaseException:
+                if not owns:
+                    eng.port_unused(self._port)
+                raise
             self._attach(eng, owns=owns, conn=conn)
             if not owns:
                 eng.kick()  # its SYN goes now, from this thread
@@ -682,8 +675,6 @@ class socket:
                 self._lo.wake()  # whoever pumps it lets it go
         if self._owns_engine:
             eng.release_when_idle = True
-        elif self._conn is not None:
-            eng.closed_conn(self._conn)  # a connector's: its port goes back once it is over
 
     def dup(self) -> socket:
         """Another socket object for the same connection; it ends when the last of them closes."""

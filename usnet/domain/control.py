@@ -116,14 +116,20 @@ class Control(SessionRegistry):
     def _on_open_flow(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
         return self.open_flow(session, req)
 
-    @_serves(P.AddConnection)
-    def _on_add_connection(self, session: Session, req: P.AddConnection) -> tuple[P.Reply, list[int]]:
-        return P.ConnectionAdded(req.channel, self.add_connection(session, req)), []
+    @_serves(P.AddPorts)
+    def _on_add_ports(self, session: Session, req: P.AddPorts) -> tuple[P.Reply, list[int]]:
+        block, ports = self.add_ports(session, req)
+        return P.PortsAdded(req.channel, block, ports), []
 
-    @_serves(P.RemoveConnection)
-    def _on_remove_connection(self, session: Session, req: P.RemoveConnection) -> tuple[P.Reply, list[int]]:
-        self.remove_connection(session, req)
-        return P.Done(), []
+    @_serves(P.ReturnPorts)
+    def _on_return_ports(self, session: Session, req: P.ReturnPorts) -> tuple[P.Reply, list[int]]:
+        self.return_ports(session, req)
+        return P.Done(), []  # a notice: a socket session is sent no reply (usnet.domain.loop)
+
+    @_serves(P.ReleasePorts)
+    def _on_release_ports(self, session: Session, req: P.ReleasePorts) -> tuple[P.Reply, list[int]]:
+        self.release_ports(session, req)
+        return P.Done(), []  # a notice, as ReturnPorts
 
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
@@ -234,6 +240,7 @@ class Control(SessionRegistry):
                 "pipes": [p.info() for p in self.pipes.values() if uid is None or self._pipe_seen_by(p, uid)],
                 "netifs": netifs,
                 "control_errors": self.control_errors,
+                "control_requests": dict(self.requests),
                 "faults": self.faults,
                 "memory": {"pressure": self.memory_pressure, "purge_below_mb": self.purge_below_mb,
                            "pressure_purges": self.pressure_purges, "stall_after": self.stall_after,

@@ -128,6 +128,14 @@ class Ledger:
                 held[kind] = held.get(kind, 0) + n
         return charge
 
+    def room(self, uid: int, session: int, kind: str) -> int:
+        """How much more of `kind` (a Charge field) the uid and session may take: the smaller of
+        what their limits leave; unbounded (2**31) for an exempt uid."""
+        if uid in self.exempt:
+            return 1 << 31
+        return max(0, min(getattr(self.limits, f"{kind}_per_uid") - self.by_uid.get(uid, {}).get(kind, 0),
+                          getattr(self.limits, f"{kind}_per_session") - self.by_session.get(session, {}).get(kind, 0)))
+
     def release(self, charge: Charge | None) -> None:
         """Give back what `charge` holds (a second call does nothing)."""
         if charge is None or charge.released:

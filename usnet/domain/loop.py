@@ -195,6 +195,7 @@ class Domain(Control, Housekeeping):
                             rx_mitigation=self.rx_mitigation if rx_mitigation is None else rx_mitigation)
             self.advisories[name] = NetifAdvisory(sw, self.advisory_interval, self.delay_target)
             self.switches[name] = sw
+            sw.catch_up = self._catch_up
             self.leases.add_netif(sw)
             self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
         self._wake()
@@ -493,7 +494,38 @@ class Domain(Control, Housekeeping):
             self._refuse(s, P.error_reply(e))
             return
         reply, out_fds = self.handle(s, req)
+        if isinstance(req, P.NOTICES):  # the client does not wait for an answer: none is sent
+            for fd in out_fds:
+                os.close(fd)
+            return
         self._reply(s, reply, out_fds)
+
+    def _catch_up(self, flow: Flow) -> None:
+        """A connector sent a SYN from a port still bound to another 4-tuple: the client sends its
+        P.ReleasePorts before it reuses a port, but on its control socket, which this loop may not
+        have read yet. Serve the release notices of that channel waiting at the head of the
+        socket (peeked: anything else stays for `_serve_session`), so the order the client made
+        them in holds. Called from the transmit path (`FlowTable.catch_up`)."""
+        ref = self.channels.get(flow.channel)
+        s = ref.session if ref is not None else None
+        if s is None or s.sock is None:
+            return
+        for _ in range(64):
+            try:
+                data = s.sock.recv(P.MAX_MESSAGE, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                return
+            try:
+                req = P.decode_request(data) if data else None
+            except P.ProtocolError:
+                return
+            if not isinstance(req, P.ReleasePorts) or req.channel != flow.channel:
+                return
+            try:
+                s.sock.recv(P.MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except OSError:
+                return
+            self.handle(s, req)
 
     def _reply(self, s: Session, reply: P.Reply, fds: list[int]) -> None:
         """Send a reply without waiting: what the socket has no room for waits in the session.

@@ -120,7 +120,8 @@ class ChannelRef:
     flow: Flow | None = None
     monitor: FlowPort | None = None
     charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
-    conn_charges: dict[int, Charge] = field(default_factory=dict)  # a connector's: each connection's, by local port
+    # a connector's blocks of ephemeral ports (P.AddPorts), by block number: the ports and their charge
+    blocks: dict[int, tuple[list[int], Charge]] = field(default_factory=dict)
 
 
 def _flow_family(req: P.OpenFlow) -> tuple[Literal[4, 6], bytes | None]:
@@ -406,45 +407,67 @@ class SessionRegistry:
                              family, gso_max, prefix, None if gw is None else str(ipaddress.ip_address(gw)))
         return reply, fds
 
-    def add_connection(self, session: Session, req: P.AddConnection) -> int:
-        """Register an outgoing connection on a connector channel of `session` (P.AddConnection):
-        its port charged to the session and uid as a flow's, its 4-tuple added to the switch."""
-        ref = self._own(session, req.channel)
-        flow, sw = ref.flow, ref.switch
-        if flow is None or sw is None or flow.conns is None:
-            raise OSError(errno.EINVAL, f"channel {req.channel} is not a connector")
+    def _connector(self, session: Session, channel: int) -> ChannelRef:
+        ref = self._own(session, channel)
+        if ref.flow is None or ref.switch is None or ref.flow.binds is None:
+            raise OSError(errno.EINVAL, f"channel {channel} is not a connector")
+        return ref
+
+    def add_ports(self, session: Session, req: P.AddPorts) -> tuple[int, list[int]]:
+        """A block of ephemeral ports for a connector channel of `session` (P.AddPorts): up to
+        `count`, as many as the session's and uid's ephemeral port limits leave room for (none:
+        refused as the limit's refusal), each charged as one ephemeral port. Returns (block, ports)."""
+        ref = self._connector(session, req.channel)
+        assert ref.flow is not None and ref.switch is not None
+        n = min(req.count, self.ledger.room(session.uid, session.id, "ephemeral_ports"))
+        charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, ephemeral_ports=max(n, 1)))
         try:
-            addr = ipaddress.ip_address(req.remote_addr)
-        except ValueError:
-            raise ValueError(f"remote_addr {req.remote_addr!r} is not an IP address") from None
-        if addr.version != flow.family or getattr(addr, "scope_id", None):
-            raise ValueError(f"remote_addr {req.remote_addr!r} is not IPv{flow.family}")
-        self.access.check_port(session.uid, session.program, "tcp", req.local_port)
-        charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, flows=1,
-                                          ephemeral_ports=int(req.local_port == 0)))
-        try:
-            lport = sw.add_conn(flow, req.local_port, addr.packed, req.remote_port)
+            ports = ref.switch.add_ports(ref.flow, charge.ephemeral_ports)
         except BaseException:
             self.ledger.release(charge)
             raise
-        ref.conn_charges[lport] = charge
-        return lport
+        if len(ports) < charge.ephemeral_ports:  # the range ran short: charge what was given
+            self.ledger.release(charge)
+            charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, ephemeral_ports=len(ports)))
+        block = next(self._ids)
+        ref.blocks[block] = (ports, charge)
+        return block, ports
 
-    def remove_connection(self, session: Session, req: P.RemoveConnection) -> None:
-        """The connection on a connector's local port is over (P.RemoveConnection): its 4-tuple,
-        port and charge go."""
-        ref = self._own(session, req.channel)
-        if ref.flow is None or ref.switch is None or ref.flow.conns is None:
-            raise OSError(errno.EINVAL, f"channel {req.channel} is not a connector")
+    def return_ports(self, session: Session, req: P.ReturnPorts) -> None:
+        """A connector's block is given back (P.ReturnPorts, a notice): its ports and charge go,
+        after what the channel sent before (a last ACK, a RST) has left."""
+        ref = self._connector(session, req.channel)
+        assert ref.flow is not None and ref.switch is not None
+        ports, charge = ref.blocks.pop(req.block)  # KeyError: not a block of this channel
         with ref.pipe.lock:
             if ref.pipe.defunct_reason is None:
-                # what it sent before (the connection's last ACK or RST) still goes out, as
-                # `_close_ref` drains a closing channel: the ring is serviced before the 4-tuple goes
                 for _ in range(ref.flow.port.tx.capacity // 64 + 1):
                     if not ref.switch.service_tx(ref.flow, draining=True):
                         break
-            ref.switch.remove_conn(ref.flow, req.local_port)
-        self.ledger.release(ref.conn_charges.pop(req.local_port, None))
+            ref.switch.remove_ports(ref.flow, ports)
+        self.ledger.release(charge)
+
+    def release_ports(self, session: Session, req: P.ReleasePorts) -> int:
+        """A connector's connections on `req.ports` are over (P.ReleasePorts, a notice): each
+        bound port is free for another 4-tuple. A port of its blocks not bound is left as it is; a
+        port not of its blocks is refused (EINVAL), changing nothing. What the channel sent before
+        leaves first, as in `return_ports`. Returns how many ports were bound."""
+        ref = self._connector(session, req.channel)
+        assert ref.flow is not None and ref.switch is not None
+        binds = ref.flow.binds
+        assert binds is not None
+        with ref.pipe.lock:
+            if ref.pipe.defunct_reason is None and not ref.switch.in_tx:
+                binds.releasing = set(req.ports) & binds.held  # a SYN met in the drain came after
+                try:
+                    for _ in range(ref.flow.port.tx.capacity // 64 + 1):
+                        if not ref.switch.service_tx(ref.flow, draining=True):
+                            break
+                    left = [p for p in req.ports if p in binds.releasing or p not in binds.held]
+                finally:
+                    binds.releasing = set()
+                return ref.switch.release_ports(ref.flow, left)
+            return ref.switch.release_ports(ref.flow, list(req.ports))
 
     def open_monitor(self, session: Session, netif: str, filter_text: str = "") -> tuple[int, list[int]]:
         """A channel that receives a copy of every frame of a netif that matches `filter_text`
@@ -489,9 +512,9 @@ class SessionRegistry:
     def _close_ref(self, ref: ChannelRef) -> None:
         self.leases.channel_closing(ref)  # first: what it sent before closing leaves unpoliced, as general
         self.ledger.release(ref.charge)  # its channel, flow and port count again for its uid (its pool: when destroyed)
-        for c in ref.conn_charges.values():  # a connector's connections (their ports: with its flow, below)
+        for _, c in ref.blocks.values():  # a connector's blocks (their ports: with its flow, below)
             self.ledger.release(c)
-        ref.conn_charges.clear()
+        ref.blocks.clear()
         with ref.pipe.lock:
             if ref.flow is not None and ref.switch is not None:
                 if ref.pipe.defunct_reason is None:

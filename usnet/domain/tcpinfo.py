@@ -5,7 +5,7 @@ through `read_records` (bounded tries, torn and impossible records skipped),
 then each row is checked against what the switch registered for its flow, so
 a client can show only connections its flow really carries: a listener's
 rows have the listener's port, a connected flow's row is its 4-tuple, and a
-connector's rows are 4-tuples it registered (AddConnection). What fails is
+connector's rows are 4-tuples its ports are bound to (by their SYN). What fails is
 counted (`mismatched`), never shown. Nothing read here steers the domain.
 """
 

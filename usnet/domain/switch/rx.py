@@ -98,7 +98,7 @@ class ReceivePath(HostDuties):
             return True
         drv: Any = self.netif.driver  # an XdpDriver with an LL queue, or any other (no lane)
         if (not ll or getattr(drv, "ll_queue", None) is None or getattr(drv, "lanes", True)
-                or flow.family != 4 or flow.conns is not None or self.netif.ip is None):
+                or flow.family != 4 or flow.binds is not None or self.netif.ip is None):
             return False
         lane = drv.open_lane(flow.proto, flow.lport, flow.port.pipe.arena.shared, LaneRx.umem_size(flow))
         lr = self.lanes[flow.id] = LaneRx(flow, lane, self.counts, self.drops)

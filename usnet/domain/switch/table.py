@@ -25,6 +25,7 @@ import numpy as np
 
 from usnet.abi.events import EventType, TxStatus
 from usnet.domain.netif.netif import Netif
+from usnet.domain.switch.binding import PortBindings
 from usnet.domain.switch.echo import EchoDesk
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
@@ -60,38 +61,36 @@ class Flow:
     sent_frags: SentFragments | None = None  # datagrams it began in fragments (made at its first)
     tcp_seen: TcpSeen | None = None  # TCP: sequence state per remote end, for resets when its owner dies
     owner: Any = None  # whose reservation of the port it holds (PortSpace): its own, or the flow's it shares
-    # A connector (TCP, no port of its own): the connections registered on it, local port ->
-    # (remote address, remote port); each port its own reservation, each 4-tuple in the exact table
-    conns: dict[int, tuple[bytes, int]] | None = None
+    # A connector (TCP, no port of its own): the ephemeral ports of the blocks it was given
+    # (`FlowTable.add_ports`), each reserved in the port space, and the 4-tuple each is bound to
+    # by its first SYN (usnet.domain.switch.binding): a free port is in its family's listener
+    # table, a bound one's 4-tuple in the exact table, as a connected flow's
+    binds: PortBindings | None = None
+
+    @property
+    def conns(self) -> dict[int, tuple[bytes, int]] | None:
+        """A connector's bound ports: local port -> (remote address, remote port); None otherwise."""
+        return None if self.binds is None else self.binds.bound
 
     def __post_init__(self) -> None:
         if self.raddr is not None:
             self.raddr_int = int.from_bytes(self.raddr, "big")
         self._tx_sig: tuple[np.ndarray, np.ndarray] | None = None
         self._tx_sig_row: np.ndarray | None = None
-        self._conn_keys: np.ndarray | None = None  # a connector's 4-tuples as sorted u64 keys (`conn_keys`)
 
     def peer_of(self, sport: int) -> tuple[bytes | None, int | None] | None:
         """Where a packet from local port `sport` may go: (remote address, port) of a connected
-        flow or of a connector's connection on that port, (None, None) for an unconnected flow
-        (any peer); None if the flow may not send from that port at all.
+        flow or of a connector's bound port, (None, None) for an unconnected flow (any peer);
+        None if the flow may not send from that port at all (a connector's free port: see
+        `PortBindings.check`, which `_tx_addressed` asks first).
 
         The one rule of which 4-tuples a flow owns: the per-packet checks (usnet.domain.switch.tx
-        `_tx_addressed`) ask it, and the column-wise pass (`conn_keys`) only accelerates it.
+        `_tx_addressed`) ask it, and the column-wise pass (`PortBindings.keys`) only accelerates it.
         """
-        if self.conns is not None:
-            return self.conns.get(sport)
+        if self.binds is not None:
+            return self.binds.bound.get(sport)
         return (self.raddr, self.rport) if sport == self.lport else None
 
-    def conn_keys(self) -> np.ndarray:
-        """A connector's 4-tuples as sorted u64 (remote IPv4 address << 32 | local port << 16 |
-        remote port): a batch's rows are looked up in it with one searchsorted."""
-        if self._conn_keys is None:
-            conns = self.conns or {}
-            self._conn_keys = np.sort(np.array(
-                [int.from_bytes(ra, "big") << 32 | lp << 16 | rp for lp, (ra, rp) in conns.items() if len(ra) == 4],
-                np.uint64))
-        return self._conn_keys
     def tx_signature(self, local_ip: bytes) -> tuple[np.ndarray, np.ndarray]:
         """(columns, values) every packet of this flow has in its first 24 bytes.
 
@@ -101,7 +100,7 @@ class Flow:
         """
         if self._tx_sig is None:
             sig = {0: 0x45, 9: self.proto}
-            if self.conns is None:  # a connector's ports are its connections' (`conn_keys`)
+            if self.binds is None:  # a connector's ports are its bound ones' (`PortBindings.keys`)
                 sig.update({20: self.lport >> 8, 21: self.lport & 0xFF})
             sig.update({12 + i: b for i, b in enumerate(local_ip)})
             raddr, rport = self.raddr, self.rport
@@ -124,7 +123,7 @@ class Flow:
         return self._tx_sig_row
 
     def key(self) -> tuple:
-        if self.conns is not None:
+        if self.binds is not None:
             return ("connector", self.id)
         if self.raddr is None:
             return (self.proto, self.lport)
@@ -139,7 +138,8 @@ class Flow:
             remote = f"{ip_str(self.raddr)}:{self.rport}"
         return {"id": self.id, "channel": self.channel, "proto": {6: "tcp", 17: "udp"}.get(self.proto, self.proto),
                 "family": self.family, "local_port": self.lport, "remote": remote,
-                "connector": self.conns is not None, "connections": len(self.conns or ()),
+                "connector": self.binds is not None, "ports": len(self.binds.held) if self.binds else 0,
+                "connections": len(self.binds.bound) if self.binds else 0,
                 "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
                 "stalled": self.port.stalled,
                 "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
@@ -178,6 +178,10 @@ class FlowTable:
         self.listeners6: dict[tuple, Flow] = {}
         self.drops: Counter = Counter()
         self.counts: Counter = Counter()
+        # the domain's: read a connector's owner's pending P.ReleasePorts before its SYN is refused
+        # (the notice left the client before the SYN, on another socket: usnet.domain.loop)
+        self.catch_up: Callable[[Flow], None] | None = None
+        self.in_tx = False  # within a catch-up, called from the transmit path: no draining there
         self.echo = EchoDesk()  # `usnet ping`'s echo requests and their replies (usnet.domain.switch.echo)
         self._ids = itertools.count(1)
         # the loopback netif's addresses are the domain's own, not the host's: its ports are usnet's alone
@@ -254,51 +258,98 @@ class FlowTable:
                                              f"has no route to {shown}")
 
     def add_connector(self, port: FlowPort, channel: int = 0, family: int = 4) -> Flow:
-        """A TCP connector of `family`: a flow with no port of its own, on which a process's
-        outgoing connections are registered one by one (`add_conn`), so they share one channel
-        as a listener's accepted connections share its own."""
+        """A TCP connector of `family`: a flow with no port of its own, given blocks of ephemeral
+        ports (`add_ports`) from which a process's outgoing connections send, so they share one
+        channel as a listener's accepted connections share its own."""
         if family not in (4, 6):
             raise ValueError(f"IPv{family}")
         if family == 6 and self.netif.ip6 is None:
             raise OSError(errno.EADDRNOTAVAIL, f"netif {self.netif.name!r} has no IPv6 address")
         flow = Flow(next(self._ids), TCP, 0, None, None, port, channel, family=family)
-        flow.conns = {}
+        flow.binds = PortBindings()
         if self.rx_mitigation:
             port.enable_mitigation(self.clock, self._held_bells)
         self.flows[flow.id] = flow
         self.polled[flow] = None
         return flow
 
-    def add_conn(self, flow: Flow, lport: int, raddr: bytes, rport: int) -> int:
-        """Register the connection (`lport`, 0: an ephemeral port; `raddr`, `rport`) on connector
-        `flow`: its port is reserved in the domain's port space and its 4-tuple found by hash in
-        the exact table, as a connected flow's. Returns the local port."""
-        if flow.conns is None or self.flows.get(flow.id) is not flow:
+    def add_ports(self, flow: Flow, count: int) -> list[int]:
+        """A block of up to `count` ephemeral ports for connector `flow` (fewer if the range runs
+        out; EADDRNOTAVAIL if none is left): each reserved in the domain's port space, free (not
+        bound), and put in its family's listener table, so a stray segment to it from anyone finds
+        the connector in the one lookup the receive paths make anyway (its TCP answers with RST)."""
+        binds = flow.binds
+        if binds is None or self.flows.get(flow.id) is not flow:
             raise OSError(errno.EINVAL, "not a connector of this netif")
-        if len(raddr) != (4 if flow.family == 4 else 16):
-            raise ValueError(f"a remote address of {len(raddr)} bytes is not IPv{flow.family}")
-        if not 0 < rport <= 65535:
-            raise OSError(errno.EINVAL, "a connection's remote port must be 1-65535")
-        self._check_remote(raddr, rport, flow.family)
-        lport = self.ports.reserve(TCP, lport, (self.netif.name, flow.id, "conn"),
-                                   self._host_addr6 if flow.family == 6 else self._host_addr, family=flow.family)
-        flow.conns[lport] = (raddr, rport)
-        flow._conn_keys = None
-        self.exact[(TCP, lport, raddr, rport)] = flow
-        return lport
+        host = self._host_addr6 if flow.family == 6 else self._host_addr
+        table = self.listeners6 if flow.family == 6 else self.listeners
+        got: list[int] = []
+        for _ in range(count):
+            try:
+                p = self.ports.reserve(TCP, 0, (self.netif.name, flow.id, "block"), host, family=flow.family)
+            except OSError:
+                if got:
+                    break
+                raise
+            got.append(p)
+            table[(TCP, p)] = flow
+        binds.hold(got)
+        return got
 
-    def remove_conn(self, flow: Flow, lport: int) -> None:
-        """Unregister the connector's connection on `lport` and free its port; its TCP state
-        goes too (the client closed it: no reset is owed). KeyError if it has none there."""
-        if flow.conns is None or lport not in flow.conns:
-            raise KeyError(f"no connection on local port {lport}")
-        raddr, rport = flow.conns.pop(lport)
-        flow._conn_keys = None
+    def bind_port(self, flow: Flow, lport: int, raddr: bytes, rport: int) -> None:
+        """A connector's first SYN from free port `lport` left for (`raddr`, `rport`): the port is
+        bound to that 4-tuple, which the exact table now finds (out of the listener table: a stray
+        from another remote end meets no flow, as it would meet a connected flow)."""
+        assert flow.binds is not None
+        flow.binds.bind(lport, raddr, rport)
+        table = self.listeners6 if flow.family == 6 else self.listeners
+        if table.get((TCP, lport)) is flow:
+            del table[(TCP, lport)]
+        self.exact[(TCP, lport, raddr, rport)] = flow
+        self.counts["connector_binds"] += 1
+
+    def release_ports(self, flow: Flow, ports: list[int]) -> int:
+        """The client's connections on `ports` are over (P.ReleasePorts): each bound port is free
+        again, its 4-tuple out of the exact table and its TCP state forgotten (the client closed
+        it: no reset is owed); a held port not bound is left as it is. Returns how many were
+        bound. EINVAL, changing nothing, if a port is not one of the connector's blocks."""
+        binds = flow.binds
+        if binds is None:
+            raise OSError(errno.EINVAL, "not a connector")
+        stray = [p for p in ports if p not in binds.held]
+        if stray:
+            raise OSError(errno.EINVAL, f"port(s) {stray[:8]} are not of this connector's blocks")
+        table = self.listeners6 if flow.family == 6 else self.listeners
+        n = 0
+        for p in ports:
+            b = binds.unbind(p)
+            if b is None:
+                continue
+            n += 1
+            self._unbound(flow, p, *b)
+            table[(TCP, p)] = flow
+        return n
+
+    def _unbound(self, flow: Flow, lport: int, raddr: bytes, rport: int) -> None:
         if self.exact.get((TCP, lport, raddr, rport)) is flow:
             del self.exact[(TCP, lport, raddr, rport)]
         if flow.tcp_seen is not None:
             flow.tcp_seen.ends.pop((raddr, rport, lport), None)
-        self.ports.release(TCP, lport, family=flow.family)
+
+    def remove_ports(self, flow: Flow, ports: list[int]) -> None:
+        """Take ports of connector `flow`'s blocks back: their bindings, their listener entries,
+        their reservations in the port space; their TCP state goes too (no reset is owed)."""
+        binds = flow.binds
+        if binds is None:
+            return
+        table = self.listeners6 if flow.family == 6 else self.listeners
+        mine = [p for p in ports if p in binds.held]
+        for p, raddr, rport in binds.drop(mine):
+            self._unbound(flow, p, raddr, rport)
+        for p in mine:
+            if table.get((TCP, p)) is flow:
+                del table[(TCP, p)]
+            self.ports.release(TCP, p, family=flow.family)
 
     def not_a_peer(self, addr: bytes) -> str | None:
         """Why no peer can have `addr` (4 or 16 bytes), or None for a unicast address not ours.
@@ -347,13 +398,10 @@ class FlowTable:
         del self.flows[flow.id]
         self.polled.pop(flow, None)
         self._held_bells.pop(flow.port, None)
-        if flow.conns is not None:  # a connector: each connection's 4-tuple and port
-            for lport, (raddr, rport) in flow.conns.items():
-                if self.exact.get((TCP, lport, raddr, rport)) is flow:
-                    del self.exact[(TCP, lport, raddr, rport)]
-                self.ports.release(TCP, lport, family=flow.family)
-            flow.conns.clear()
-            flow._conn_keys = None
+        if flow.binds is not None:  # a connector: the ports of its blocks
+            tcp_seen, flow.tcp_seen = flow.tcp_seen, None  # kept: its resets are sent after this
+            self.remove_ports(flow, list(flow.binds.held))
+            flow.tcp_seen = tcp_seen
             return
         self._table(flow).pop(flow.key(), None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)

@@ -29,6 +29,7 @@ import numpy as np
 
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.abi.umd import deadline_passed
+from usnet.domain.switch.binding import Verdict
 from usnet.domain.switch.host import HostDuties
 from usnet.domain.switch.port import CLIENT, TxMark, TxMeta
 from usnet.domain.switch.table import PORTS, TCP, Flow
@@ -55,6 +56,11 @@ _RST, _RST_ACK = 0x04, 0x14
 # pass costs a dozen numpy calls of a few microseconds each whatever the batch's size, most of
 # what one request's answer costs the domain, and request/response traffic sends one or two.
 _SCALAR_MAX = 2
+
+
+def _is_syn(p: bytes, l4: int) -> bool:
+    """A TCP SYN without ACK (the first of a connection): for a connector, it binds its port."""
+    return len(p) > l4 + 13 and p[l4 + 13] & 0x12 == 0x02
 
 
 class TransmitPath(HostDuties):
@@ -109,7 +115,7 @@ class TransmitPath(HostDuties):
         taken = 0
         for flow in flows:
             try:
-                if (flow.family != 4 or flow.conns is not None or flow.policer is not None
+                if (flow.family != 4 or flow.binds is not None or flow.policer is not None
                         or self.netif.serves_ll(flow.id)):
                     taken += self.service_tx(flow)
                     continue
@@ -202,7 +208,7 @@ class TransmitPath(HostDuties):
                 self.netif.enqueue_many(flow.id, [FrameBlock(big[start:end], flen[start:end])])
                 if flow.proto == TCP:  # as `_tx_pulled`
                     if flow.tcp_seen is None:
-                        flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
+                        flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
                     flow.tcp_seen.note_rows(big[start:end], lens[start:end], np.arange(end - start), ETH_HLEN,
                                             flow.family, flow.raddr is not None)
                 flow.stats["tx_packets"] += end - start
@@ -256,7 +262,7 @@ class TransmitPath(HostDuties):
                 ok[i] = took  # for the TCP state below: what passed the checks, either way
         if flow.proto == TCP:  # the sequence state a reset would start from (txguard.TcpSeen)
             if flow.tcp_seen is None:
-                flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
+                flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
             flow.tcp_seen.note_rows(rows, lens, np.flatnonzero(ok), ETH_HLEN, flow.family, flow.raddr is not None)
         flow.stats["tx_packets"] += sent
         flow.stats["tx_bytes"] += int(lens[ok].sum())  # IP bytes that passed the checks (metrics)
@@ -286,8 +292,8 @@ class TransmitPath(HostDuties):
                 passed.append(pb)
         if flow.proto == TCP and passed:  # as TcpSeen.note_rows: the last of each remote end
             if flow.tcp_seen is None:
-                flow.tcp_seen = TcpSeen(by_port=flow.conns is not None)
-            if len(passed) > 1 and len({self._remote_end(q, family) for q in passed}) == 1 and flow.conns is None:
+                flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
+            if len(passed) > 1 and len({self._remote_end(q, family) for q in passed}) == 1 and flow.binds is None:
                 passed = passed[-1:]
             for q in passed:
                 flow.tcp_seen.note(q, family)
@@ -319,14 +325,12 @@ class TransmitPath(HostDuties):
         total = be_u16(h[:, 2:4])
         ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
         ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
-        if flow.conns is not None:  # a connector: each row's 4-tuple one of its connections' (`Flow.peer_of`)
-            keys = flow.conn_keys()
-            if not len(keys):
+        if flow.binds is not None:  # a connector: each row's port bound to its remote end (`Flow.peer_of`)
+            if rows.shape[1] < ETH_HLEN + 34:
                 return np.zeros(len(lens), bool)
-            k = (be_u32(h[:, 16:20]).astype(np.uint64) << np.uint64(32)) | (
-                be_u32(h[:, 20:24]).astype(np.uint64))  # remote address, then local and remote port
-            at = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
-            ok &= keys[at] == k
+            k = (be_u32(h[:, 16:20]).astype(np.uint64) << np.uint64(16)) | be_u16(h[:, 22:24]).astype(np.uint64)
+            ok &= flow.binds.keys[be_u16(h[:, 20:22])] == (k | np.uint64(1 << 48))  # a RST from a free port: `_tx_one`
+            ok &= (rows[:, ETH_HLEN + 33] & 0x12) != 0x02  # a SYN binds: `_tx_one` (an option-less header: TCP at 20)
         elif flow.raddr is None:  # a connected flow's destination is in its signature
             d = be_u32(h[:, 16:20]).astype(np.int64)
             ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
@@ -472,12 +476,12 @@ class TransmitPath(HostDuties):
         if ports:
             sport, dport = PORTS.unpack_from(p, l4)
             peer = flow.peer_of(sport)  # the one rule of which 4-tuples the flow owns
-        else:  # a later fragment: its first carried the ports and passed (a connector's: any of its peers)
-            peer = dport = None
-            if flow.conns is None:
-                peer, dport = (flow.raddr, flow.rport), flow.rport
-            elif any(ra == dst for ra, _ in flow.conns.values()):
-                peer = (None, None)
+            if flow.binds is not None and src == local and (peer != (dst, dport) or _is_syn(p, l4)):
+                peer = self._tx_connector(flow, p, l4, dst, sport, dport)
+                if peer is None:
+                    return 0
+        else:  # a later fragment: its first carried the ports and passed
+            peer, dport = (flow.raddr, flow.rport), flow.rport
         if src != local or peer is None:
             self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, n)
             return 0
@@ -502,6 +506,42 @@ class TransmitPath(HostDuties):
             self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
             return 0
         return 1
+
+    def _tx_connector(self, flow: Flow, p: bytes, l4: int, dst: bytes, sport: int,
+                      dport: int) -> tuple[bytes | None, int | None] | None:
+        """A connector's packet whose port is not bound to its destination (usnet.domain.switch.binding):
+        a SYN from a free port binds it (and goes on as any packet of a bound port), a RST from a
+        free port goes unbound; a port not of its blocks is SPOOFED_SOURCE, a bound port towards
+        another remote end WRONG_DESTINATION (a sibling's 4-tuple cannot be forged). Returns the
+        peer `_tx_addressed` goes on with, None when dropped (reported and counted here)."""
+        binds = flow.binds
+        assert binds is not None
+        flags = p[l4 + 13] if len(p) >= l4 + 14 and flow.proto == TCP else 0
+        syn, rst = flags & 0x12 == 0x02, bool(flags & 0x04)
+        v = binds.check(sport, dst, dport, syn, rst)
+        # a SYN from a bound port: a retransmission, or a new connection whose release (which
+        # would have freed the port) is being served (its drain of the ring met this SYN, sent
+        # after it), or still waits unread, towards another peer or the same one
+        if syn and v in (Verdict.ELSEWHERE, Verdict.PASS) and binds.releasing and sport in binds.releasing:
+            binds.releasing.discard(sport)
+            self.release_ports(flow, [sport])
+            v = binds.check(sport, dst, dport, syn, rst)
+        if syn and v in (Verdict.ELSEWHERE, Verdict.PASS) and self.catch_up is not None:
+            self.in_tx = True  # a release sent before this SYN may wait, unread, on the control socket
+            try:
+                self.catch_up(flow)
+            finally:
+                self.in_tx = False
+            v = binds.check(sport, dst, dport, syn, rst)
+        if v is Verdict.NOT_HELD or v is Verdict.UNBOUND:
+            self._tx_drop(flow, TxDropReason.SPOOFED_SOURCE, len(p))
+            return None
+        if v is Verdict.ELSEWHERE or dport == 0 or self.not_a_peer(dst) is not None:
+            self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, len(p))
+            return None
+        if v is Verdict.BIND:
+            self.bind_port(flow, sport, dst, dport)
+        return dst, dport
 
     def _segmentable(self, flow: Flow, p: bytes, l4: int, gso: int) -> bool:
         """Whether the device may cut `p` into TCP segments of `gso` payload bytes.
