@@ -14,13 +14,11 @@ import os
 import ssl
 
 import pytest
-from tests.helpers.util import client_context, server_context
 import trustme
 
+from tests.helpers.util import client_context, memwire_domain, server_context
 from usnet import aio
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
-from usnet.domain.loop import Domain
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 A6, B6 = "fd00:9::1", "fd00:9::2"
@@ -29,13 +27,8 @@ LIMIT = 30  # seconds for a whole test: only ever reached when something is brok
 
 @pytest.fixture
 def net():
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, f"{A_IP}/24", address6=f"{A6}/64")
-    d.add_netif("b", w.b, f"{B_IP}/24", address6=f"{B6}/64")
-    d.start()
-    yield Client.local(d)
-    d.stop()
+    with memwire_domain(f"{A6}/64", f"{B6}/64") as (_d, client):
+        yield client
 
 
 def run(coro) -> object:

@@ -9,26 +9,18 @@ import errno
 
 import pytest
 
-from tests.helpers.util import wait_until
+from tests.helpers.util import memwire_domain, wait_until
 from usnet import socket as us
 from usnet.client import Client
 from usnet.domain.loop import Domain
-from usnet.drivers.memwire import MemWire
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 
 
 @pytest.fixture
 def dc():
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, f"{A_IP}/24")
-    d.add_netif("b", w.b, f"{B_IP}/24")
-    d.start()
-    try:
-        yield d, Client.local(d)
-    finally:
-        d.stop()
+    with memwire_domain() as pair:
+        yield pair
 
 
 def _connector_flow(d: Domain) -> dict:

@@ -15,23 +15,13 @@ import time
 import pytest
 
 import usnet.socket as us
-from usnet.client import Client
-from usnet.domain.loop import Domain
-from usnet.drivers.memwire import MemWire
+from tests.helpers.util import memwire_domain
 
 
 @pytest.fixture
 def two_netifs():
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, "10.9.0.1/24")
-    d.add_netif("b", w.b, "10.9.0.2/24")
-    d.start()
-    c = Client.local(d)
-    try:
-        yield c
-    finally:
-        d.stop()
+    with memwire_domain() as (_d, client):
+        yield client
 
 
 def test_a_pump_with_an_older_clock_sends_no_older_timestamp(two_netifs):

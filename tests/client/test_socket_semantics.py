@@ -16,25 +16,17 @@ import struct
 
 import pytest
 
+from tests.helpers.util import memwire_domain
 from usnet import socket as us
 from usnet.client import Client
-from usnet.domain.loop import Domain
-from usnet.drivers.memwire import MemWire
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 
 
 @pytest.fixture
 def c():
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, f"{A_IP}/24")
-    d.add_netif("b", w.b, f"{B_IP}/24")
-    d.start()
-    try:
-        yield Client.local(d)
-    finally:
-        d.stop()
+    with memwire_domain() as (_d, client):
+        yield client
 
 
 def _listener(c: Client, port: int, backlog: int = 16) -> us.socket:

@@ -14,14 +14,12 @@ import threading
 from typing import Callable
 
 import pytest
-from tests.helpers.util import client_context, server_context
 import trustme
 
+from tests.helpers.util import client_context, memwire_domain, server_context
 from usnet import socket as us
 from usnet import tls
 from usnet.client import Client
-from usnet.drivers.memwire import MemWire
-from usnet.domain.loop import Domain
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 TIMEOUT = 20
@@ -29,13 +27,8 @@ TIMEOUT = 20
 
 @pytest.fixture
 def net():
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, f"{A_IP}/24")
-    d.add_netif("b", w.b, f"{B_IP}/24")
-    d.start()
-    yield Client.local(d)
-    d.stop()
+    with memwire_domain() as (_d, client):
+        yield client
 
 
 def read_to_eof(s) -> bytes:

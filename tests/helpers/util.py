@@ -225,3 +225,22 @@ def client_context(ca) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
     return ctx
+
+
+@contextlib.contextmanager
+def memwire_domain(a6: str | None = None, b6: str | None = None):
+    """A started Domain with netifs "a" (10.9.0.1/24) and "b" (10.9.0.2/24) joined by a MemWire,
+    and an in-process client of it: (domain, client). `a6`/`b6`: IPv6 addresses with prefix."""
+    from usnet.client import Client
+    from usnet.domain.loop import Domain
+    from usnet.drivers.memwire import MemWire
+
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, "10.9.0.1/24", address6=a6)
+    d.add_netif("b", w.b, "10.9.0.2/24", address6=b6)
+    d.start()
+    try:
+        yield d, Client.local(d)
+    finally:
+        d.stop()
