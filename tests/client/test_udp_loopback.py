@@ -1,0 +1,49 @@
+"""A wildcard UDP socket hears the domain's loopback netif, IPv4 and IPv6 (usnet.client.dgram).
+
+The kernel comparison is tests/interop/test_socket_semantics.py (IPv4, in a namespace); this runs
+the same exchange on an embedded domain whose netifs have IPv6 addresses too, so ::1 is covered.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import usnet.socket as us
+from tests.helpers.util import memwire_domain
+
+
+@pytest.fixture
+def dom():
+    with memwire_domain("fd00:9::1/64", "fd00:9::2/64") as (d, client):
+        d.add_loopback()
+        us.configure(client, "a")
+        try:
+            yield d
+        finally:
+            us.configure(None, None)
+
+
+@pytest.mark.parametrize("family,any_,lo", [(socket.AF_INET, "0.0.0.0", "127.0.0.1"),
+                                            (socket.AF_INET6, "::", "::1")])
+def test_a_wildcard_socket_answers_on_loopback(dom, family, any_, lo):
+    srv = us.socket(family, socket.SOCK_DGRAM)
+    cli = us.socket(family, socket.SOCK_DGRAM)
+    try:
+        srv.bind((any_, 0))
+        port = srv.getsockname()[1]
+        for s in (srv, cli):
+            s.settimeout(10)
+        cli.sendto(b"ping", (lo, port))  # unbound: bound to the wildcard by this first send
+        data, peer = srv.recvfrom(100)
+        assert (data, peer[0], peer[1]) == (b"ping", lo, cli.getsockname()[1])
+        srv.sendto(b"pong", peer[:2])
+        got, frm = cli.recvfrom(100)
+        assert (got, frm[0], frm[1]) == (b"pong", lo, port)
+    finally:
+        srv.close()
+        cli.close()
+    again = us.socket(family, socket.SOCK_DGRAM)  # closed, both halves: the port is free at once
+    again.bind((lo, port))
+    again.close()
