@@ -259,6 +259,17 @@ class LowLatRun:
         self.roles.clear()
         if failed:
             raise RuntimeError(f"benchmark applications failed: {', '.join(failed)}")
+        self._until_flows_gone()
+
+    def _until_flows_gone(self, timeout: float = 30.0) -> None:
+        """Until the domain has closed the flows of the processes that ended: the next phase binds
+        the same ports, and the domain tears a session down when it sees its hang-up, which a
+        loaded machine can leave for later than the process's exit."""
+        deadline = time.monotonic() + timeout
+        while any(nif["flows"] for nif in self.dom.status()["netifs"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the flows of the ended phase are still open")
+            time.sleep(0.005)
 
     def phase(self, count: int, bulk: bool, grant: bool | str | None, warmup: float) -> Phase:
         """`count` LL datagrams (one every LL_PERIOD), beside the bulk flows if `bulk`.
