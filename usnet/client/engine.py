@@ -165,9 +165,10 @@ class FlowEngine:
             self.tcp.on_forget = lambda c: self._port_free(c.local_port)
             self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
             net = ipaddress.ip_network(f"{self.info.local_addr}/{max(self.info.prefix, 0)}", strict=False)
-            # the subnet's broadcast address, which no peer has (a /31 or /32 has none)
-            self._bcast = (net.broadcast_address.packed if self.family == 4 and 0 <= self.info.prefix < 31
-                           else None)
+            # the subnet's broadcast and network addresses, which no peer has: Linux routes both as
+            # broadcasts, as the switch judges them (a /31 or /32 has neither)
+            self._bcasts = ((net.broadcast_address.packed, net.network_address.packed)
+                            if self.family == 4 and 0 <= self.info.prefix < 31 else ())
         self.lock: Any = threading.RLock() if share is None else share.lock
         self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
                                              else share.changed)  # notified after every pump
@@ -339,7 +340,7 @@ class FlowEngine:
         connect says it: no peer can have that address, or no route reaches it."""
         if raddr != self.local:
             if len(raddr) == 4:
-                bad = bool(not_unicast4(int.from_bytes(raddr, "big"))) or raddr == self._bcast
+                bad = bool(not_unicast4(int.from_bytes(raddr, "big"))) or raddr in self._bcasts
             else:
                 bad = not_unicast6(raddr)
             if bad or not self.routes.reaches(raddr):
