@@ -85,6 +85,10 @@ class DatagramEngine:
         self.half = LoopbackHalf(self)
         runner().add(self.half)
 
+    def flows(self) -> tuple[DatagramSocket, ...]:
+        """Its flow, and its loopback one if it has one."""
+        return (self.d,) if self.lo is None else (self.d, self.lo)
+
     def via(self, host: str) -> DatagramSocket:
         """The flow a datagram to `host` leaves by: the loopback one for a loopback address."""
         return self.lo if self.lo is not None and _is_loopback(host) else self.d
@@ -112,7 +116,7 @@ class DatagramEngine:
         An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
         it), so the domain rings the doorbell the runner sleeps on for the next one.
         """
-        for d in (self.d,) if self.lo is None else (self.d, self.lo):
+        for d in self.flows():
             while self.rx_bytes < self.rcvbuf:
                 try:
                     got = d.recv_many(RX_BATCH, 0)
@@ -160,7 +164,7 @@ class DatagramEngine:
             self.changed.notify_all()
         if self.half is not None:
             runner().remove(self.half)
-        for d in (self.d,) if self.lo is None else (self.d, self.lo):
+        for d in self.flows():
             try:
                 d.close()
             except OSError:
@@ -290,9 +294,9 @@ class DatagramFace(socket):
         eng = self._eng(remote[0])
         eng.via(remote[0]).need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
         with eng.lock:
-            eng.remote = eng.d.remote = remote
-            if eng.lo is not None:
-                eng.lo.remote = remote
+            eng.remote = remote
+            for d in eng.flows():
+                d.remote = remote
             kept = [dg for dg in eng.rxq if dg[1] == remote]
             eng.rxq.clear()
             eng.rxq.extend(kept)

@@ -470,13 +470,12 @@ class FlowEngine:
         """When this engine next needs the runner, absent traffic."""
         if self._backlog:
             return now + 0.0005
-        t = self.tcp.timeout(now)  # the IP layer has no timers: the switch reassembles
-        p = None if self.stats_out is None else self.stats_out.due()
-        d = p if t is None or (p is not None and p < t) else t
         ports = self.ports
-        if ports is not None and (ports.bound or ports.idle_since) and (d is None or self._next_return < d):
-            d = self._next_return  # a connector's freed ports to release, or an idle block to give back
-        return d
+        due = (self.tcp.timeout(now),  # the IP layer has no timers: the switch reassembles
+               None if self.stats_out is None else self.stats_out.due(),
+               # a connector's freed ports to release, or an idle block to give back
+               self._next_return if ports is not None and (ports.bound or ports.idle_since) else None)
+        return min((t for t in due if t is not None), default=None)
 
     def close(self) -> None:
         with self.lock:
