@@ -315,7 +315,7 @@ class Domain(Control, Housekeeping):
                     else:
                         busy.append(flow)
                 except Exception as e:  # the barrier of one flow channel
-                    self._fault_channel(flow.port.pipe, 0, "transmit", e)
+                    self._tx_fault(flow, e)
             if busy:  # one column-wise check across the batches of all of them (`service_tx_many`)
                 sw.service_tx_many(busy, self._tx_fault)
             if idle:
@@ -329,6 +329,7 @@ class Domain(Control, Housekeeping):
         return timeout
 
     def _tx_fault(self, flow: Flow, e: Exception) -> None:
+        """The barrier of one flow channel's transmit: the fault defuncts that channel only."""
         self._fault_channel(flow.port.pipe, 0, "transmit", e)
 
     def _service_tx(self, sw: FlowSwitch, flow: Flow, ll: bool) -> None:
@@ -493,8 +494,12 @@ class Domain(Control, Housekeeping):
         except P.ProtocolError as e:
             self._refuse(s, P.error_reply(e))
             return
+        self._serve_request(s, req)
+
+    def _serve_request(self, s: Session, req: P.Request) -> None:
+        """Serve a decoded request and answer it; a notice gets no answer (the client does not wait)."""
         reply, out_fds = self.handle(s, req)
-        if isinstance(req, P.NOTICES):  # the client does not wait for an answer: none is sent
+        if isinstance(req, P.NOTICES):
             for fd in out_fds:
                 os.close(fd)
             return
@@ -525,7 +530,7 @@ class Domain(Control, Housekeeping):
                 s.sock.recv(P.MAX_MESSAGE, socket.MSG_DONTWAIT)
             except OSError:
                 return
-            self.handle(s, req)
+            self._serve_request(s, req)
 
     def _reply(self, s: Session, reply: P.Reply, fds: list[int]) -> None:
         """Send a reply without waiting: what the socket has no room for waits in the session.
