@@ -165,15 +165,10 @@ class TransmitPath(HostDuties):
                 start = end
         h = big[:, ETH_HLEN : ETH_HLEN + 24]
         ok = ((h & sig[:, :24]) == sig[:, 24:]).all(axis=1)  # version/ihl, protocol, source, ports, peer
-        total = be_u16(h[:, 2:4])
-        ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
-        ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
+        ok &= self._rows_ok4(h, lens)
         loose = np.repeat(per_flow[:, 1].astype(bool), counts)  # unconnected: a destination a peer can have
         if loose.any():
-            d = be_u32(h[:, 16:20]).astype(np.int64)
-            ok &= ~loose | (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
-                            & ((h[:, 22] | h[:, 23]) != 0))
-        ok &= row_sums(h[:, :20]) == 0
+            ok &= ~loose | self._to_a_peer4(h)
         now = self.clock()
         if ok.all() and self._frame_joined(joined, ends, big, lens, now, on_fault):
             return
@@ -322,9 +317,7 @@ class TransmitPath(HostDuties):
         h = rows[:, ETH_HLEN : ETH_HLEN + 24]
         cols, want = flow.tx_signature(self.netif.ip)
         ok = (h[:, cols] == want).all(axis=1)  # version/ihl, protocol, source, ports
-        total = be_u16(h[:, 2:4])
-        ok &= (total == lens) & (lens >= 24) & (lens <= self.netif.mtu)
-        ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
+        ok &= self._rows_ok4(h, lens)
         if flow.binds is not None:  # a connector: each row's port bound to its remote end (`Flow.peer_of`)
             if rows.shape[1] < ETH_HLEN + 34:
                 return np.zeros(len(lens), bool)
@@ -332,11 +325,24 @@ class TransmitPath(HostDuties):
             ok &= flow.binds.keys[be_u16(h[:, 20:22])] == (k | np.uint64(1 << 48))  # a RST from a free port: `_tx_one`
             ok &= (rows[:, ETH_HLEN + 33] & 0x12) != 0x02  # a SYN binds: `_tx_one` (an option-less header: TCP at 20)
         elif flow.raddr is None:  # a connected flow's destination is in its signature
-            d = be_u32(h[:, 16:20]).astype(np.int64)
-            ok &= ~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
-            ok &= (h[:, 22] | h[:, 23]) != 0
-        ok &= row_sums(h[:, :20]) == 0  # a valid header sums to a multiple of 0xFFFF
+            ok &= self._to_a_peer4(h)
         return ok
+
+    def _rows_ok4(self, h: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """What every IPv4 row must be, whatever its flow (`h`: its first 24 header bytes): its
+        total length the packet's, within the MTU, not a fragment (DF alone is fine), a TTL, and
+        a header that sums to a multiple of 0xFFFF (a valid checksum)."""
+        ok = (be_u16(h[:, 2:4]) == lens) & (lens >= 24) & (lens <= self.netif.mtu)
+        ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
+        ok &= row_sums(h[:, :20]) == 0
+        return ok
+
+    def _to_a_peer4(self, h: np.ndarray) -> np.ndarray:
+        """Rows an unconnected flow may send: to an address a peer can have (unicast, not ours,
+        not the subnet's broadcast or network address: `not_a_peer`) and a port other than 0."""
+        d = be_u32(h[:, 16:20]).astype(np.int64)
+        return (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
+                & ((h[:, 22] | h[:, 23]) != 0))
 
     def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float) -> int:
         """Frame checked rows by destination and queue them; returns how many were dropped."""
