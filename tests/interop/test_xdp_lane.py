@@ -27,47 +27,19 @@ LL_PORT = 9000
 @contextlib.contextmanager
 def lane_domain() -> Iterator[tuple]:
     """(domain, ifname, peer, usnet_ip, driver): an in-process Domain on an XdpDriver with an LL queue."""
-    from pyroute2 import IPRoute
-
-    from usnet.bench import impair
-    from usnet.bench.lowlat_xdp import steer_to_queue
+    from usnet.bench.lowlat_xdp import pin_neighbour, steered_veth
     from usnet.domain.loop import Domain
-    from usnet.drivers import bpf
     from usnet.drivers.hostnet import NetNs
-    from usnet.drivers.xdp import XdpDriver, tx_checksum_off
+    from usnet.drivers.xdp import XdpDriver
 
     x = fresh_subnet()
     ifname = tap_name()
     peer_if = ifname + "p"
     with NetNs() as peer:
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=ifname, kind="veth", num_tx_queues=2, num_rx_queues=2,
-                     peer={"ifname": peer_if, "num_tx_queues": 2, "num_rx_queues": 2})
-            (idx,) = ipr.link_lookup(ifname=ifname)
-            ipr.link("set", index=idx, state="up")
-        peer.take(peer_if)
-
-        def configure() -> None:
-            with IPRoute() as ipr:
-                (i,) = ipr.link_lookup(ifname=peer_if)
-                ipr.addr("add", index=i, address=f"10.{x}.0.1", prefixlen=24)
-                ipr.link("set", index=i, state="up")
-            tx_checksum_off(peer_if)
-            fd = bpf.load(steer_to_queue(LL_PORT, 1), bpf.BPF_PROG_TYPE_SCHED_CLS, "usnet_steer")
-            try:
-                impair.attach(socket.if_nametoindex(peer_if), fd, impair.EGRESS, "usnet_steer")
-            finally:
-                os.close(fd)
-
-        peer.call(configure)
+        steered_veth(ifname, peer_if, peer, f"10.{x}.0.1", 1)
         drv = XdpDriver(ifname, ll_queue=1)
-
-        def know_us() -> None:  # resolved before the first datagram: the kernel can reorder those it queued
-            with IPRoute() as ipr:
-                (i,) = ipr.link_lookup(ifname=peer_if)
-                ipr.neigh("add", dst=f"10.{x}.0.2", lladdr=drv.mac.hex(":"), ifindex=i, state=0x80)  # NUD_PERMANENT
-
-        peer.call(know_us)
+        # resolved before the first datagram: the kernel can reorder those it queued
+        pin_neighbour(peer, peer_if, f"10.{x}.0.2", drv.mac)
         d = Domain()
         try:
             d.add_netif(ifname, drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", link_rate=1e9, ll_share=0.2,

@@ -34,7 +34,7 @@ from typing import Any
 
 from usnet.drivers.hostnet import NetNs
 
-__all__ = ["BULK_PPS", "LL_PERIOD", "LL_SIZE", "available", "run", "steer_to_queue"]
+__all__ = ["BULK_PPS", "LL_PERIOD", "LL_SIZE", "available", "pin_neighbour", "run", "steer_to_queue", "steered_veth"]
 
 LL_PORT, SINK_PORT = 9000, 9100
 LL_SIZE = 200
@@ -68,6 +68,51 @@ def steer_to_queue(port: int, queue: int) -> list:
         Label("out"), mov_imm(0, 0), exit_()])
 
 
+def steered_veth(near_if: str, peer_if: str, far: NetNs, peer_ip: str, queue: int) -> None:
+    """A veth with two queues each way, `near_if` here and `peer_if` in `far` at `peer_ip`/24 (its
+    checksum offload off, so frames reach an XSK complete), whose sends to `LL_PORT` arrive on the
+    near end's queue `queue` (`steer_to_queue` on the peer's egress: the NIC rule the veth lacks)."""
+    from pyroute2 import IPRoute
+
+    from usnet.bench import impair
+    from usnet.drivers import bpf
+    from usnet.drivers.xdp import tx_checksum_off
+
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=near_if, kind="veth", num_tx_queues=2, num_rx_queues=2,
+                 peer={"ifname": peer_if, "num_tx_queues": 2, "num_rx_queues": 2})
+        (idx,) = ipr.link_lookup(ifname=near_if)
+        ipr.link("set", index=idx, state="up")
+    far.take(peer_if)
+
+    def far_up() -> None:
+        with IPRoute() as ipr:
+            (i,) = ipr.link_lookup(ifname=peer_if)
+            ipr.addr("add", index=i, address=peer_ip, prefixlen=24)
+            ipr.link("set", index=i, state="up")
+        tx_checksum_off(peer_if)
+        fd = bpf.load(steer_to_queue(LL_PORT, queue), bpf.BPF_PROG_TYPE_SCHED_CLS, "usnet_steer")
+        try:
+            impair.attach(socket.if_nametoindex(peer_if), fd, impair.EGRESS, "usnet_steer")
+        finally:
+            os.close(fd)
+
+    far.call(far_up)
+
+
+def pin_neighbour(far: NetNs, peer_if: str, ip: str, mac: bytes) -> None:
+    """`ip` is at `mac`, permanently, for `peer_if` in `far`: no ARP before the first datagram (in a
+    measurement, or where the kernel could reorder the datagrams it queued for the answer)."""
+    from pyroute2 import IPRoute
+
+    def pin() -> None:
+        with IPRoute() as ipr:
+            (i,) = ipr.link_lookup(ifname=peer_if)
+            ipr.neigh("add", dst=ip, lladdr=mac.hex(":"), ifindex=i, state=0x80)  # NUD_PERMANENT
+
+    far.call(pin)
+
+
 def _fork_sender(far: NetNs, target: tuple[str, int], count: int, period: float, size: int,
                  stamp: bool) -> int:
     """A child in `far` sending `count` datagrams of `size` bytes every `period` (paced in bursts)."""
@@ -95,44 +140,15 @@ def _fork_sender(far: NetNs, target: tuple[str, int], count: int, period: float,
 
 
 def _phase(lane: bool, count: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    from pyroute2 import IPRoute
-
-    from usnet.bench import impair
     from usnet.client import Client
     from usnet.domain.loop import Domain
-    from usnet.drivers import bpf
-    from usnet.drivers.xdp import XdpDriver, tx_checksum_off
+    from usnet.drivers.xdp import XdpDriver
 
     near_if, peer_if = "uxll0", "uxll0p"
     with NetNs() as near, NetNs() as far, near.entered():
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=near_if, kind="veth", num_tx_queues=2, num_rx_queues=2,
-                     peer={"ifname": peer_if, "num_tx_queues": 2, "num_rx_queues": 2})
-            (idx,) = ipr.link_lookup(ifname=near_if)
-            ipr.link("set", index=idx, state="up")
-        far.take(peer_if)
-
-        def far_up() -> None:
-            with IPRoute() as ipr:
-                (i,) = ipr.link_lookup(ifname=peer_if)
-                ipr.addr("add", index=i, address="10.97.0.1", prefixlen=24)
-                ipr.link("set", index=i, state="up")
-            tx_checksum_off(peer_if)
-            fd = bpf.load(steer_to_queue(LL_PORT, 1 if lane else 0), bpf.BPF_PROG_TYPE_SCHED_CLS, "usnet_steer")
-            try:
-                impair.attach(socket.if_nametoindex(peer_if), fd, impair.EGRESS, "usnet_steer")
-            finally:
-                os.close(fd)
-
-        far.call(far_up)
+        steered_veth(near_if, peer_if, far, "10.97.0.1", 1 if lane else 0)
         drv = XdpDriver(near_if, ll_queue=1 if lane else None)
-
-        def know_us() -> None:  # no ARP in the measurement
-            with IPRoute() as ipr:
-                (i,) = ipr.link_lookup(ifname=peer_if)
-                ipr.neigh("add", dst="10.97.0.2", lladdr=drv.mac.hex(":"), ifindex=i, state=0x80)  # NUD_PERMANENT
-
-        far.call(know_us)
+        pin_neighbour(far, peer_if, "10.97.0.2", drv.mac)  # no ARP in the measurement
         d = Domain()
         pids: list[int] = []
         try:
