@@ -9,7 +9,7 @@ import errno
 
 import pytest
 
-from tests.helpers.util import memwire_domain, wait_until
+from tests.helpers.util import listen_on_b, memwire_domain, wait_until
 from usnet import socket as us
 from usnet.client import Client
 from usnet.domain.loop import Domain
@@ -40,10 +40,7 @@ def _connect_and_see_close(c: Client, srv: us.socket) -> us.socket:
 
 def test_a_connect_sends_no_control_message_and_ports_come_round_again(dc):
     d, c = dc
-    srv = us.socket(client=c, netif="b")
-    srv.bind(("", 7100))
-    srv.listen(16)
-    srv.settimeout(10)
+    srv = listen_on_b(c, 7100, 16, timeout=10)
     first = _connect_and_see_close(c, srv)  # the connector and its first block
     eng = first.engine
     first.close()
@@ -65,10 +62,7 @@ def test_a_connect_sends_no_control_message_and_ports_come_round_again(dc):
 
 def test_a_port_in_time_wait_stays_held_and_the_next_connect_takes_another(dc):
     d, c = dc
-    srv = us.socket(client=c, netif="b")
-    srv.bind(("", 7100))
-    srv.listen(16)
-    srv.settimeout(10)
+    srv = listen_on_b(c, 7100, 16, timeout=10)
     s = us.create_connection((B_IP, 7100), timeout=10, client=c, netif="a")
     k, _ = srv.accept()
     port = s.getsockname()[1]
@@ -92,10 +86,7 @@ def test_a_port_in_time_wait_stays_held_and_the_next_connect_takes_another(dc):
 
 def test_a_block_that_stays_free_goes_back_with_a_notice_the_last_one_stays(dc):
     d, c = dc
-    srv = us.socket(client=c, netif="b")
-    srv.bind(("", 7100))
-    srv.listen(128)
-    srv.settimeout(10)
+    srv = listen_on_b(c, 7100, 128, timeout=10)
     socks = [us.create_connection((B_IP, 7100), timeout=10, client=c, netif="a") for _ in range(70)]
     eng = socks[0].engine
     assert eng.ports.requested == 2 and _connector_flow(d)["ports"] == 128

@@ -16,7 +16,7 @@ import struct
 
 import pytest
 
-from tests.helpers.util import memwire_domain
+from tests.helpers.util import listen_on_b, memwire_domain
 from usnet import socket as us
 from usnet.client import Client
 
@@ -29,15 +29,8 @@ def c():
         yield client
 
 
-def _listener(c: Client, port: int, backlog: int = 16) -> us.socket:
-    srv = us.socket(client=c, netif="b")
-    srv.bind(("", port))
-    srv.listen(backlog)
-    return srv
-
-
 def _pair(c: Client, port: int) -> tuple[us.socket, us.socket, us.socket]:
-    srv = _listener(c, port)
+    srv = listen_on_b(c, port)
     srv.settimeout(10)
     cl = us.create_connection((B_IP, port), timeout=10, client=c, netif="a")
     conn, _ = srv.accept()
@@ -51,7 +44,7 @@ def _ready(s: us.socket) -> tuple[bool, bool]:
 
 
 def test_a_listener_is_readable_only_while_a_connection_waits(c):
-    srv = _listener(c, 8100)
+    srv = listen_on_b(c, 8100)
     srv.setblocking(False)
     assert _ready(srv) == (False, False)
     clients = [us.create_connection((B_IP, 8100), timeout=10, client=c, netif="a") for _ in range(3)]
@@ -110,7 +103,7 @@ def test_writable_means_send_will_not_block(c):
 
 
 def test_a_connecting_socket_is_neither_until_the_handshake_settles(c):
-    srv = _listener(c, 8103)
+    srv = listen_on_b(c, 8103)
     cl = us.socket(client=c, netif="a")
     cl.setblocking(False)
     assert cl.connect_ex((B_IP, 8103)) == errno.EINPROGRESS
@@ -233,7 +226,7 @@ def test_getsockopt_returns_what_was_set_and_real_values(c):
 
 
 def test_re_listen_sets_the_backlog_and_bind_checks_the_address(c):
-    srv = _listener(c, 8108, backlog=1)
+    srv = listen_on_b(c, 8108, backlog=1)
     srv.listen(64)  # as asyncio.start_server(sock=...) does: no EADDRINUSE
     with srv.engine.lock:
         assert srv.engine.tcp.listeners[8108].backlog == 64
@@ -352,7 +345,7 @@ def test_tcp_congestion_is_chosen_per_socket_and_read_back_as_on_the_kernel(c):
     assert ue.value.errno == ke.value.errno
     u.close()
 
-    srv = _listener(c, 8120)
+    srv = listen_on_b(c, 8120)
     srv.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, b"reno")
     cl = us.create_connection((B_IP, 8120), timeout=10, client=c, netif="a")
     conn, _ = srv.accept()

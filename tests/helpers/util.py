@@ -244,3 +244,15 @@ def memwire_domain(a6: str | None = None, b6: str | None = None):
         yield d, Client.local(d)
     finally:
         d.stop()
+
+
+def listen_on_b(client, port: int, backlog: int = 16, timeout: float | None = None):
+    """A usnet listener on netif "b" of a `memwire_domain`, on every address of it, at `port`."""
+    import usnet.socket as us
+
+    srv = us.socket(client=client, netif="b")
+    srv.bind(("", port))
+    srv.listen(backlog)
+    if timeout is not None:
+        srv.settimeout(timeout)
+    return srv
