@@ -264,6 +264,47 @@ def test_the_module_has_the_standard_names():
     assert us.SocketType is us.socket
 
 
+def test_both_faces_have_every_method_of_the_standard_socket(c):
+    """What a library may call on a socket (werkzeug calls set_inheritable on every server it
+    makes) exists on the stream and the datagram face, and behaves as the kernel's does."""
+    public = {n for n in dir(std.socket) if not n.startswith("_")}
+    tcp = us.socket(client=c, netif="a")
+    udp = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a")
+    for s in (tcp, udp):
+        assert {n for n in public if not hasattr(s, n)} == set()
+        assert s.get_inheritable() is False  # as the kernel's: descriptors are made non-inheritable
+        s.set_inheritable(True)
+        assert s.get_inheritable() is True
+        s.set_inheritable(False)
+        with pytest.raises(OSError, match="AF_ALG"):
+            s.sendmsg_afalg([b"x"], op=0)
+        s.close()
+
+
+def test_recvmsg_into_scatters_as_the_kernels_does(c):
+    srv, cl, conn = _pair(c, 8112)
+    cl.sendall(b"hello world")
+    assert select.select([conn], [], [], 10)[0]
+    head, tail = bytearray(4), bytearray(20)
+    got = conn.recvmsg_into([head, memoryview(tail)])
+    assert got == (11, [], 0, None) and head == b"hell" and tail[:7] == b"o world"
+    with pytest.raises(TypeError):
+        conn.recvmsg_into([b"read-only"])
+    for s in (cl, conn, srv):
+        s.close()
+    b = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="b")
+    a = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a")
+    b.bind(("", 7101))
+    b.settimeout(10)
+    a.sendto(b"abcdef", (B_IP, 7101))
+    three = bytearray(3)
+    assert b.recvmsg_into([three]) == (3, [], us.MSG_TRUNC, a.getsockname()) and three == b"abc"  # cut: MSG_TRUNC
+    a.sendto(b"xy", (B_IP, 7101))
+    assert b.recvmsg(10) == (b"xy", [], 0, a.getsockname())
+    for s in (a, b):
+        s.close()
+
+
 def test_udp_through_usnet_socket(c):
     b = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="b")
     a = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a")

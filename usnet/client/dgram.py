@@ -34,6 +34,7 @@ from usnet.client.socket import (
     AF_INET6,
     MSG_DONTWAIT,
     MSG_PEEK,
+    MSG_TRUNC,
     SO_ERROR,
     SO_RCVBUF,
     SO_SNDBUF,
@@ -386,8 +387,11 @@ class DatagramFace(socket):
         return self.recvfrom_into(buffer, nbytes, flags)[0]
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> Any:
-        data, addr = self.recvfrom(bufsize, flags)
-        return data, [], 0, addr
+        """As Linux's: a datagram longer than `bufsize` is cut, and MSG_TRUNC in the flags says so."""
+        if bufsize < 0:
+            raise ValueError("negative buffer size in recvmsg()")
+        data, addr = self._recv(flags)
+        return data[:bufsize], [], MSG_TRUNC if len(data) > bufsize else 0, _sockaddr(self.family, *addr)
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
         eng = self._eng()

@@ -74,7 +74,7 @@ IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY,
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
-MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL
+MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL, _std.MSG_TRUNC
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
 
@@ -617,6 +617,31 @@ class socket:
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, None]:
         return self.recv(bufsize, flags), [], 0, None
+
+    def recvmsg_into(self, buffers: Any, ancbufsize: int = 0, flags: int = 0) -> tuple[int, list, int, Any]:
+        """As the standard recvmsg_into: what `recvmsg` returns, scattered over `buffers` in order."""
+        views = [memoryview(b).cast("B") for b in buffers]
+        if any(v.readonly for v in views):
+            raise TypeError("recvmsg_into() argument 1 must be an iterable of writable buffers")
+        data, anc, mflags, addr = self.recvmsg(sum(map(len, views)), ancbufsize, flags)
+        at = 0
+        for v in views:
+            piece = data[at : at + len(v)]
+            v[: len(piece)] = piece
+            at += len(piece)
+        return len(data), anc, mflags, addr
+
+    def sendmsg_afalg(self, msg: Any = (), *, op: int, iv: Any = None, assoclen: int | None = None,
+                      flags: int = 0) -> int:
+        """Only for AF_ALG sockets, which usnet has none of: the error Linux's socket module gives."""
+        raise OSError("algset is only supported for AF_ALG")
+
+    def get_inheritable(self) -> bool:
+        """Of the descriptor `fileno` gives, as the standard's (the stack itself stays in this process)."""
+        return os.get_inheritable(self.fileno())
+
+    def set_inheritable(self, inheritable: bool) -> None:
+        os.set_inheritable(self.fileno(), inheritable)
 
     def shutdown(self, how: int) -> None:
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
