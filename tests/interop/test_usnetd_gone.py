@@ -19,46 +19,10 @@ import time
 
 import pytest
 
-from tests.helpers.usnetd import Daemon
-from tests.helpers.util import fresh_subnet, tap_name, wait_until
+from tests.helpers.usnetd import TapDaemon
+from tests.helpers.util import wait_until
 
 pytestmark = pytest.mark.privileged
-
-
-class TapDaemon:
-    """usnetd with one TAP netif "usnet0" (10.x.0.2), the host side 10.x.0.1 configured after each start."""
-
-    def __init__(self, sockdir) -> None:
-        self.x, self.ifname = fresh_subnet(), tap_name()
-        self.usnet_ip, self.host_ip = f"10.{self.x}.0.2", f"10.{self.x}.0.1"
-        self.path = str(sockdir / "usnetd.sock")
-        self.config = sockdir / "usnetd.toml"
-        self.config.write_text(f'[[netif]]\nname = "usnet0"\ndriver = "tap"\nifname = "{self.ifname}"\n'
-                               f'address = "{self.usnet_ip}/24"\ngateway = "{self.host_ip}"\noffload = false\n')
-        self.logs = sockdir
-        self.daemon: Daemon | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        from pyroute2 import IPRoute
-
-        self.starts += 1
-        self.daemon = Daemon(self.path, self.logs / f"usnetd{self.starts}.log", "--config", str(self.config))
-        with IPRoute() as ipr:
-            (idx,) = ipr.link_lookup(ifname=self.ifname)
-            ipr.link("set", index=idx, state="up")
-            ipr.addr("add", index=idx, address=self.host_ip, prefixlen=24)
-
-    def kill(self) -> float:
-        assert self.daemon is not None
-        t = time.monotonic()
-        self.daemon.proc.kill()
-        self.daemon.proc.wait(5)
-        return t
-
-    def stop(self) -> None:
-        if self.daemon is not None:
-            self.daemon.stop()
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ SPIN = 200  # polls of an empty ring before going to sleep on the doorbell
 YIELD_FOR = 0.0005  # then yield the CPU for this long before sleeping
 SPIN_IF_WITHIN = 0.002  # recv polls first only if packets came this recently (a busy flow)
 WAIT_SLICE = 0.05  # longest single sleep: a missed doorbell costs at most this
+NEXUS_ANSWER = 5.0  # seconds a pool refill waits for the domain's answer, whatever the call's timeout
 HUP_CHECK = 0.2  # a sender looks at most this often whether usnetd hung up (a poll system call)
 _DOMAIN_GONE = "channel defunct (DOMAIN_SHUTDOWN): usnetd went away, its control socket closed"
 _MESSAGES: dict[int, str] = {  # by the raw reason word: it may be one this code does not know
@@ -186,6 +187,7 @@ class Channel:
         self._cache: list[int] = []
         self._timeout: float | None = None
         self._self_bell: int | None = None  # a write end of our own bell, once fileno() was asked for
+        self._bell_w: int | None = None  # that write end (`_bell_writer`), also for `_rering`
         self.closed = False
 
     # -- waiting -----------------------------------------------------------------
@@ -203,8 +205,7 @@ class Channel:
         if self._self_bell is None and not self.closed:
             # Linux: opening a pipe's /proc entry for writing gives a write end of that pipe,
             # so we can ring our own bell when a packet slipped in before NEED_WAKEUP was armed.
-            self._self_bell = os.open(f"/proc/self/fd/{self._bell}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            self._fds.append(self._self_bell)
+            self._self_bell = self._bell_writer()
             self._arm_select()
         return self._bell
 
@@ -308,23 +309,52 @@ class Channel:
             self._check_state()
             raise
         backoff = 0.0005
-        while not cache:
-            self._check_state()
-            seq = self._words[W_SYNC + self.role]
-            self._kick()
-            while self._words[W_SYNC + self.role] == seq:  # until the nexus has answered
+        slept = False
+        try:
+            while not cache:
                 self._check_state()
-                if not self._sleep(deadline if deadline is not None else time.monotonic() + 5):
-                    raise NoBuffers("the nexus did not answer a pool refill in time")
-            cache += self._alloc.pop(self._alloc.capacity)
-            if cache:
-                return
-            # The pool is empty: packets come back only when someone frees them.
-            if deadline is not None and time.monotonic() >= deadline:
-                self._check_state()
-                raise NoBuffers()
-            self._sleep(time.monotonic() + backoff if deadline is None else min(deadline, time.monotonic() + backoff))
-            backoff = min(backoff * 2, 0.02)
+                seq = self._words[W_SYNC + self.role]
+                self._kick()
+                # The nexus's answer is waited for whatever the caller's timeout: it is the
+                # domain's part of this call (as the kernel's allocation is a send's), not a wait
+                # for the network, and a non-blocking send must not fail for want of it (an
+                # asyncio UDP server's first reply did, with ENOBUFS). A dead usnetd ends it
+                # at once (`_sleep`), a stuck one after NEXUS_ANSWER.
+                answer_by = time.monotonic() + NEXUS_ANSWER
+                while self._words[W_SYNC + self.role] == seq:  # until the nexus has answered
+                    self._check_state()
+                    slept = True
+                    if not self._sleep(answer_by):
+                        raise NoBuffers("the nexus did not answer a pool refill in time")
+                cache += self._alloc.pop(self._alloc.capacity)
+                if cache:
+                    return
+                # The pool is empty: packets come back only when someone frees them.
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._check_state()
+                    raise NoBuffers()
+                slept = True
+                pause = time.monotonic() + backoff
+                self._sleep(pause if deadline is None else min(deadline, pause))
+                backoff = min(backoff * 2, 0.02)
+        finally:
+            if slept:
+                self._rering()
+
+    def _rering(self) -> None:
+        """Ring our own bell after a wait here drained it: what else it announced (packets, events)
+        is then still heard by whoever sleeps on it (select, an event loop, the stack thread).
+        At worst one wake-up that finds nothing."""
+        if not self.closed:
+            doorbell.ring(self._bell_writer())
+
+    def _bell_writer(self) -> int:
+        """A write end of our own bell, opened once (Linux: opening a pipe's /proc entry for
+        writing gives a write end of that pipe)."""
+        if self._bell_w is None:
+            self._bell_w = os.open(f"/proc/self/fd/{self._bell}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._fds.append(self._bell_w)
+        return self._bell_w
 
     def give_back(self, pkts: list[int]) -> None:
         """Return allocated but unused packets to this channel's local cache (no ring traffic)."""

@@ -1,0 +1,122 @@
+"""A program on a usnetd in another process: what an in-process domain hides.
+
+An embedded domain (the `tap_domain` fixture) runs in a thread of the test's own process, and
+often answers a client's request before the client looks for the answer. usnetd never does,
+so a client must wait for its answers where a call needs them. Here usnetd runs as a child on
+a TAP of its own (tests/helpers/usnetd.TapDaemon), in the test's network namespace, and the
+kernel's sockets there are the peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+
+import pytest
+
+from tests.helpers.usnetd import TapDaemon
+from usnet import aio
+from usnet.client import Client
+
+pytestmark = pytest.mark.privileged
+
+LIMIT = 20  # seconds: reached only when something is broken
+
+
+def _take_local_buffers(ch) -> list[int]:
+    """Every packet buffer `ch` holds on its side (its cache and its ALLOC ring), without asking
+    usnetd for more: its next allocation must then wait for usnetd's answer (a refill)."""
+    held = list(ch._cache)
+    ch._cache.clear()
+    held += ch._alloc.pop(ch._alloc.capacity)
+    return held
+
+
+@pytest.fixture
+def tapd(sockdir):
+    d = TapDaemon(sockdir)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_an_asyncio_udp_server_answers_its_first_datagram(tapd):
+    """A non-blocking send whose packet buffers must come from usnetd waits for its answer: the
+    first reply of an asyncio datagram server failed with ENOBUFS ("the nexus did not answer a
+    pool refill in time"), since a fresh channel's first send needs a refill and a non-blocking
+    call waited for none."""
+    client = Client.connect(tapd.path)
+    errors: list[Exception] = []
+
+    class Echo(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: tuple) -> None:
+            self.transport.sendto(data.upper(), addr)  # type: ignore[attr-defined]
+
+        def error_received(self, exc: Exception) -> None:
+            errors.append(exc)
+
+    async def main() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=(tapd.usnet_ip, 0))
+        port = transport.get_extra_info("sockname")[1]
+        ch = transport._ds.channel  # type: ignore[attr-defined]
+        held = _take_local_buffers(ch)  # as a fresh channel's: its first reply needs a refill
+        got = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.bind((tapd.host_ip, 0))
+            k.setblocking(False)
+            for i in range(5):
+                await loop.sock_sendto(k, b"ping %d" % i, (tapd.usnet_ip, port))
+                data, _ = await asyncio.wait_for(loop.sock_recvfrom(k, 100), LIMIT)
+                got.append(data)
+        ch.free(held)
+        transport.close()
+        return got
+
+    loop = aio.EventLoop(client=client, netif="usnet0")
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+    finally:
+        loop.close()
+        client.close()
+    assert errors == []
+    assert got == [b"PING %d" % i for i in range(5)]
+
+
+def test_a_non_blocking_send_waits_for_usnetd_to_refill_the_pool(tapd):
+    with Client.connect(tapd.path) as client, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+        k.bind((tapd.host_ip, 0))
+        k.settimeout(LIMIT)
+        ds = client.udp_socket("usnet0")
+        ds.setblocking(False)
+        held = _take_local_buffers(ds.channel)
+        for i in range(3):
+            ds.sendto(b"hello %d" % i, k.getsockname())
+        assert [k.recv(100) for _ in range(3)] == [b"hello %d" % i for i in range(3)]
+        ds.channel.free(held)
+        ds.close()
+
+
+def test_a_wait_for_a_refill_leaves_a_waiting_datagram_announced(tapd):
+    """The wait for usnetd's answer sleeps on the channel's doorbell, and takes every ring of it,
+    also the one that announced a datagram nobody has read yet: the wait rings it again, or a
+    select (or the stack thread) would not hear of that datagram until the next one came."""
+    with Client.connect(tapd.path) as client, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+        k.bind((tapd.host_ip, 0))
+        ds = client.udp_socket("usnet0")
+        ds.settimeout(LIMIT)
+        assert select.select([ds], [], [], 0)[0] == []
+        held = _take_local_buffers(ds.channel)
+        k.sendto(b"waiting", (tapd.usnet_ip, ds.getsockname()[1]))
+        assert select.select([ds], [], [], LIMIT)[0] == [ds]  # announced, not read
+        ds.sendto(b"out", k.getsockname())  # blocking: waits for a refill on the same doorbell
+        assert select.select([ds], [], [], 0)[0] == [ds]  # still announced
+        assert ds.recvfrom()[0] == b"waiting"
+        ds.channel.free(held)
+        ds.close()
