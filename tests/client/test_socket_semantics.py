@@ -281,6 +281,24 @@ def test_both_faces_have_every_method_of_the_standard_socket(c):
         s.close()
 
 
+def test_an_inet6_socket_says_it_is_ipv6_only_and_refuses_dual_stack(c):
+    """No dual stack in usnet: IPV6_V6ONLY reads 1 and clearing it fails, so the standard
+    `has_dualstack_ipv6` (which tries exactly that) says False and `create_server` refuses
+    `dualstack_ipv6=True` with its own message, instead of a listener deaf to IPv4."""
+    for kind in (us.SOCK_STREAM, us.SOCK_DGRAM):
+        with us.socket(us.AF_INET6, kind, client=c, netif="a") as s6:
+            assert s6.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 1
+            s6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+            with pytest.raises(OSError) as e:
+                s6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
+            assert e.value.errno == errno.EOPNOTSUPP and "AF_INET" in str(e.value)
+        with us.socket(us.AF_INET, kind, client=c, netif="a") as s4, std.socket(std.AF_INET, kind) as k4:
+            for sock in (s4, k4):  # the kernel's socket beside: the same errno
+                with pytest.raises(OSError) as e:
+                    sock.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+                assert e.value.errno == errno.ENOPROTOOPT
+
+
 def test_recvmsg_into_scatters_as_the_kernels_does(c):
     srv, cl, conn = _pair(c, 8112)
     cl.sendall(b"hello world")

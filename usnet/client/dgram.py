@@ -32,6 +32,8 @@ from usnet.client.session import Client
 from usnet.client.socket import (
     AF_INET,
     AF_INET6,
+    IPPROTO_IPV6,
+    IPV6_V6ONLY,
     MSG_DONTWAIT,
     MSG_PEEK,
     MSG_TRUNC,
@@ -427,6 +429,8 @@ class DatagramFace(socket):
 
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         self._need_open()
+        if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
+            self._v6only(value)  # an IPv6 flow only, as the stream face
         if level == SOL_SOCKET and opt in (SO_RCVBUF, SO_SNDBUF):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:
@@ -452,6 +456,8 @@ class DatagramFace(socket):
                 return int(self.family)
             if opt in (SO_RCVBUF, SO_SNDBUF) and (level, opt) not in self._opts:
                 return RCVBUF
+        if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
+            return self._v6only()
         return self._opts.get((level, opt), 0)
 
     def shutdown(self, how: int) -> None:

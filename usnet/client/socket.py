@@ -76,6 +76,7 @@ SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
 MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL, _std.MSG_TRUNC
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
+IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
 
 _default: dict[str, Any] = {"client": None, "netif": None, "timeout": None}
@@ -767,7 +768,9 @@ class socket:
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         self._need_open()
         conn, eng = self._conn, self._engine
-        if level == SOL_SOCKET and opt in _BUF_LIMITS:
+        if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
+            self._v6only(value)
+        elif level == SOL_SOCKET and opt in _BUF_LIMITS:
             path, least = _BUF_LIMITS[opt]
             value = max(2 * min(int(value), _sysctl(path, 212992)), least)  # what Linux keeps
             if conn is not None and eng is not None:
@@ -797,6 +800,19 @@ class socket:
         self._opts[level, opt] = value
         if conn is not None and eng is not None:
             eng.kick()  # what the option lets go now (TCP_NODELAY, a window) goes; a new timer is heard
+
+    def _v6only(self, value: Any = 1) -> int:
+        """IPV6_V6ONLY: an AF_INET6 usnet socket is an IPv6 flow and takes no IPv4 (no dual stack),
+        so it reads 1, and clearing it is refused, not ignored: a program that asks for a dual-stack
+        socket (the standard `has_dualstack_ipv6`, `create_server(dualstack_ipv6=True)`) learns
+        at once that it has none, instead of a listener deaf to IPv4. Not an AF_INET6 socket:
+        ENOPROTOOPT, as Linux's."""
+        if self.family != AF_INET6:
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+        if not value:
+            raise OSError(errno.EOPNOTSUPP, "usnet: an AF_INET6 socket carries IPv6 only, IPV6_V6ONLY "
+                          "cannot be cleared; open an AF_INET socket beside it for IPv4")
+        return 1
 
     def tcp_info(self) -> dict[str, Any]:
         """The connection's TCP statistics, as Linux's TCP_INFO gives them, under a usnet name:
@@ -856,6 +872,8 @@ class socket:
                 return conn.sndbuf_cap if conn is not None else (cfg or _tcp_defaults()).sndbuf
             if opt == SO_LINGER and (level, opt) not in self._opts:
                 return struct.pack("ii", 0, 0)
+        if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
+            return self._v6only()
         if level == IPPROTO_TCP:
             if opt == TCP_NODELAY:
                 return int(self._nodelay)
