@@ -149,7 +149,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None, cc: st
 
             def usnet_connect(addr: tuple[str, int]) -> Any:
                 s = us.socket(client=up.client, netif=up.ifname)
-                s.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, name_cc)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name_cc)  # usnet takes Linux's numbers
                 s.settimeout(60)
                 s.connect(addr)
                 return s
