@@ -20,12 +20,17 @@ pytestmark = [pytest.mark.privileged, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bench_lossy_quick_json_reports_every_direction():
-    r = subprocess.run([sys.executable, "-m", "usnet.cli.main", "bench", "lossy", "--quick", "--json"],
+@pytest.mark.parametrize("cc", [None, "bbr"])
+def test_bench_lossy_quick_json_reports_every_direction(cc):
+    extra = [] if cc is None else ["--cc", cc]
+    r = subprocess.run([sys.executable, "-m", "usnet.cli.main", "bench", "lossy", "--quick", "--json", *extra],
                        cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
+    want = cc or "cubic"  # the default: every sender on cubic, whatever the host's default is
+    assert doc["cc"] == doc["target"]["cc"] == want
     rows = {row["test"]: row for row in doc["results"]}
+    assert {row["cc"] for row in rows.values()} == {want}
     assert set(rows) == {"usnet_tx", "usnet_rx", "kernel_tx", "kernel_rx"}
     for name, row in rows.items():
         assert math.isfinite(row["MBps"]) and row["MBps"] > 0, (name, row)
@@ -47,4 +52,4 @@ def test_bench_lossy_prints_the_table_and_the_target():
                        cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "usnet → kernel" in r.stdout and "kernel → usnet" in r.stdout
-    assert "target: usnet ≥ 0.7×" in r.stdout
+    assert "cubic on every sender" in r.stdout and "target (cubic against cubic): usnet ≥ 0.7×" in r.stdout

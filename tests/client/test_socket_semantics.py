@@ -420,3 +420,40 @@ def test_tcp_congestion_is_chosen_per_socket_and_read_back_as_on_the_kernel(c):
     assert got == b"x" * 100_000
     for s in (cl, conn, srv):
         s.close()
+
+
+def test_tcp_congestion_bbr_as_the_kernel_names_it_and_a_connection_runs_on_it(c):
+    """b"bbr" is accepted and read back NUL-padded as by a kernel socket; a connection made with it
+    (and one switched to it while live) runs BBR, paced by BBR's rate, and delivers its data."""
+    import socket as kernel
+
+    k = kernel.socket()
+    try:
+        k.setsockopt(kernel.IPPROTO_TCP, kernel.TCP_CONGESTION, b"bbr")
+        kernel_bbr = k.getsockopt(kernel.IPPROTO_TCP, kernel.TCP_CONGESTION, 16)
+    finally:
+        k.close()
+    srv = listen_on_b(c, 8121)
+    cl = us.socket(client=c, netif="a")
+    cl.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, b"bbr\0")
+    assert cl.getsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, 16) == kernel_bbr
+    cl.settimeout(10)
+    cl.connect((B_IP, 8121))
+    conn, _ = srv.accept()
+    assert cl.connection.cc.name == "bbr" and conn.connection.cc.name == "cubic"
+    conn.setsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, "bbr")  # live: the other way too
+    assert conn.connection.cc.name == "bbr"
+    assert conn.getsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, 16) == kernel_bbr
+    data = bytes(range(256)) * 2000
+    cl.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = conn.recv(65536)
+        assert chunk
+        got += chunk
+    assert got == data
+    info = cl.tcp_info()
+    assert info["delivery_rate"] > 0 and info["pacing_rate"] > 0
+    assert cl.connection.pacer is not None and cl.connection.cc.pacing_rate > 0
+    for s in (cl, conn, srv):
+        s.close()

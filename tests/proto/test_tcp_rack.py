@@ -339,6 +339,7 @@ class _Conn:
         class _Cc:
             cwnd = 100_000
             ssthresh = 1 << 31
+            prr = True  # the window in recovery is PRR's (CongestionControl.prr)
 
             def on_congestion(self, now, flight):
                 self.ssthresh = self.cwnd = max(flight // 2, 200)

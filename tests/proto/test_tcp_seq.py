@@ -169,8 +169,9 @@ def test_cubic_reno_friendly_region():
 def test_make_congestion():
     assert make_congestion("CUBIC", 1000).name == "cubic"
     assert make_congestion("reno", 1000).name == "newreno"
+    assert make_congestion("BBR", 1000).name == "bbr"
     with pytest.raises(ValueError):
-        make_congestion("bbr", 1000)
+        make_congestion("vegas", 1000)
 
 
 # --------------------------------------------------------------------------- SACK scoreboard

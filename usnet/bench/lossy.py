@@ -24,9 +24,16 @@ the kernel, the delta of TcpExt TCPTimeouts and Tcp RetransSegs in the sender's 
 where nothing else speaks TCP meanwhile. In the kernel → usnet direction the RTOs are the
 kernel sender's: what usnet's ACKs (SACK, DSACK) let it recover without.
 
-Target (issue 17): usnet at least 0.7 times the kernel's throughput each way, and, as a
-sender, at most one RTO per 20 MB. The impairment is not seeded (the kernel's random
-numbers), so figures vary from run to run, and more on a busy machine.
+Every sender of a run uses one congestion control, `--cc` (cubic by default, or bbr, or
+reno), set per socket with TCP_CONGESTION as a Linux program does: usnet's sockets before
+they connect, the kernel's connecting sockets and listeners (whose accepted sockets inherit
+it) in their namespaces. So each usnet row and its kernel reference compare like with like;
+the algorithm is in the JSON (``cc``) and in the table's title.
+
+Target (issue 17), for each algorithm: usnet at least 0.7 times the kernel's throughput each
+way with the same algorithm, and, as a sender, at most one RTO per 20 MB. The impairment is
+not seeded (the kernel's random numbers), so figures vary from run to run, and more on a
+busy machine.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from usnet.bench import impair, tcp
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
 
-__all__ = ["DELAY", "IMPAIRMENT", "LABELS", "NAMES", "TARGET_RATIO", "TARGET_RTO_PER_20MB", "run"]
+__all__ = ["CCS", "DELAY", "IMPAIRMENT", "LABELS", "NAMES", "TARGET_RATIO", "TARGET_RTO_PER_20MB", "run"]
 
 IMPAIRMENT = impair.Impairment(drop=0.02, duplicate=0.01, reorder=0.10)
 DELAY = 0.002  # seconds a held (reordered) packet waits
@@ -55,6 +62,7 @@ NEAR_IP = NEAR_CIDR.partition("/")[0]
 LABELS = {"usnet_tx": "usnet → kernel", "usnet_rx": "kernel → usnet",
           "kernel_tx": "kernel → kernel (near → far)", "kernel_rx": "kernel → kernel (far → near)"}
 NAMES = tuple(LABELS)
+CCS = ("cubic", "bbr", "reno")  # what both usnet and the kernel here have
 
 
 def _counters() -> dict[str, int]:
@@ -118,12 +126,16 @@ def _row(name: str, size: int, runs: list[tuple[float, dict[str, Any]]]) -> dict
             "rto_per_20MB": rto * 20e6 / (size * len(runs))}
 
 
-def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dict:
-    """The JSON document of `usnet bench lossy --json` (needs root: it makes a TAP, a veth, namespaces)."""
+def run(quick: bool, progress: Callable[[str], None] = lambda what: None, cc: str = "cubic") -> dict:
+    """The JSON document of `usnet bench lossy --json` (needs root: it makes a TAP, a veth, namespaces);
+    every sender uses congestion control `cc`."""
     from usnet import socket as us
     from usnet.bench import tap
     from usnet.drivers.hostnet import NetNs
 
+    if cc not in CCS:
+        raise ValueError(f"congestion control {cc!r}: one of {', '.join(CCS)}")
+    name_cc = cc.encode()
     size = (4 if quick else 20) * 1_000_000
     rounds = 1 if quick else 3
     figures: dict[str, list[tuple[float, dict[str, Any]]]] = {n: [] for n in NAMES}
@@ -136,14 +148,25 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
             _route_back(far, up.usnet_ip.rsplit(".", 1)[0] + ".0/24", NEAR_IP)
 
             def usnet_connect(addr: tuple[str, int]) -> Any:
-                return us.create_connection(addr, timeout=60, client=up.client, netif=up.ifname)
+                s = us.socket(client=up.client, netif=up.ifname)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name_cc)  # usnet takes Linux's numbers
+                s.settimeout(60)
+                s.connect(addr)
+                return s
 
             def kernel_connect(addr: tuple[str, int]) -> socket.socket:
-                return near.call(lambda: socket.create_connection(addr, timeout=60))
+                def connect() -> socket.socket:
+                    s = socket.socket()
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name_cc)
+                    s.settimeout(60)
+                    s.connect(addr)
+                    return s
+
+                return near.call(connect)
 
             def usnet_tx() -> tuple[float, dict[str, Any]]:
                 stats: dict[str, Any] = {}
-                mbps = tcp.bulk_tx(lambda addr: _Recorded(usnet_connect(addr), stats), FAR_IP, size, far)
+                mbps = tcp.bulk_tx(lambda addr: _Recorded(usnet_connect(addr), stats), FAR_IP, size, far, cc)
                 usnet_info.update(stats.pop("tcp_info"))
                 return mbps, stats
 
@@ -155,18 +178,19 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
 
             transfers: dict[str, Callable[[], tuple[float, dict[str, Any]]]] = {
                 "usnet_tx": usnet_tx,
-                "usnet_rx": lambda: kernel_sends(far, lambda: tcp.bulk_rx(usnet_connect, FAR_IP, size, far)),
-                "kernel_tx": lambda: kernel_sends(near, lambda: tcp.bulk_tx(kernel_connect, FAR_IP, size, far)),
-                "kernel_rx": lambda: kernel_sends(far, lambda: tcp.bulk_rx(kernel_connect, FAR_IP, size, far)),
+                "usnet_rx": lambda: kernel_sends(far, lambda: tcp.bulk_rx(usnet_connect, FAR_IP, size, far, cc)),
+                "kernel_tx": lambda: kernel_sends(near, lambda: tcp.bulk_tx(kernel_connect, FAR_IP, size, far, cc)),
+                "kernel_rx": lambda: kernel_sends(far, lambda: tcp.bulk_rx(kernel_connect, FAR_IP, size, far, cc)),
             }
             for r in range(rounds):  # interleaved, so that a machine whose speed drifts affects all alike
                 for name, fn in transfers.items():
                     progress(f"round {r + 1}/{rounds}: {LABELS[name]}, {size // 1_000_000} MB")
                     figures[name].append(fn())
-    rows = {name: _row(name, size, runs) for name, runs in figures.items()}
+    rows = {name: {**_row(name, size, runs), "cc": cc} for name, runs in figures.items()}
     ratio_tx = rows["usnet_tx"]["MBps"] / rows["kernel_tx"]["MBps"]
     ratio_rx = rows["usnet_rx"]["MBps"] / rows["kernel_rx"]["MBps"]
     return {
+        "cc": cc,  # every sender's congestion control, usnet's and the kernel's
         "results": list(rows.values()),
         "ratio_tx": ratio_tx,
         "ratio_rx": ratio_rx,
@@ -176,7 +200,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
                        "reorder": IMPAIRMENT.reorder, "reorder_delay_ms": DELAY * 1e3,
                        "where": "ingress of both ends of the veth (data and ACKs)"},
         "usnet_tcp_info": usnet_info,  # the last usnet sender's whole TCP statistics, for the note
-        "target": {"ratio": TARGET_RATIO, "rto_per_20MB": TARGET_RTO_PER_20MB,
+        "target": {"cc": cc, "ratio": TARGET_RATIO, "rto_per_20MB": TARGET_RTO_PER_20MB,
                    "met": (ratio_tx >= TARGET_RATIO and ratio_rx >= TARGET_RATIO
                            and rows["usnet_tx"]["rto_per_20MB"] <= TARGET_RTO_PER_20MB)},
     }

@@ -44,9 +44,11 @@ Connect = Callable[[tuple[str, int]], Any]  # (host, port) -> a connected socket
 Listen = Callable[[str], Any]  # host -> a listening socket-like object on it
 
 
-def _listener(host: str) -> socket.socket:
+def _listener(host: str, cc: str | None = None) -> socket.socket:
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if cc is not None:  # TCP_CONGESTION: the accepted sockets inherit it
+        ls.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     ls.bind((host, 0))
     ls.listen(1024)
     return ls
@@ -70,9 +72,11 @@ def _peer_fork(ns: NetNs | None, body: Callable[[], None]) -> int:
 
 
 @contextlib.contextmanager
-def _kernel_peer(host: str, serve: Callable[[socket.socket], None], ns: NetNs | None) -> Iterator[tuple[str, int]]:
-    """A kernel listener on `host` (in `ns`) served by `serve(listener)` in a forked child; yields its address."""
-    ls = _listener(host) if ns is None else ns.call(lambda: _listener(host))
+def _kernel_peer(host: str, serve: Callable[[socket.socket], None], ns: NetNs | None,
+                 cc: str | None = None) -> Iterator[tuple[str, int]]:
+    """A kernel listener on `host` (in `ns`, with congestion control `cc` if given) served by
+    `serve(listener)` in a forked child; yields its address."""
+    ls = _listener(host, cc) if ns is None else ns.call(lambda: _listener(host, cc))
     pid = _peer_fork(ns, lambda: serve(ls))
     ok = False
     try:
@@ -91,15 +95,15 @@ def _send_all(s: Any, size: int) -> None:
         left -= CHUNK
 
 
-def bulk_tx(connect: Connect, host: str, size: int, ns: NetNs | None = None) -> float:
-    """MB/s from this program to a kernel receiver that counts and confirms."""
+def bulk_tx(connect: Connect, host: str, size: int, ns: NetNs | None = None, cc: str | None = None) -> float:
+    """MB/s from this program to a kernel receiver that counts and confirms (using `cc`, if given)."""
     def receive(ls: socket.socket) -> None:
         k, _ = ls.accept()
         n = _read_all(k, memoryview(bytearray(CHUNK)))
         k.sendall(struct.pack("!Q", n))
         k.close()
 
-    with _kernel_peer(host, receive, ns) as addr:
+    with _kernel_peer(host, receive, ns, cc) as addr:
         t0 = time.perf_counter()
         s = connect(addr)
         _send_all(s, size)
@@ -114,14 +118,14 @@ def bulk_tx(connect: Connect, host: str, size: int, ns: NetNs | None = None) -> 
     return size / (t1 - t0) / 1e6
 
 
-def bulk_rx(connect: Connect, host: str, size: int, ns: NetNs | None = None) -> float:
-    """MB/s from a kernel sender to this program, counted to EOF."""
+def bulk_rx(connect: Connect, host: str, size: int, ns: NetNs | None = None, cc: str | None = None) -> float:
+    """MB/s from a kernel sender (using congestion control `cc`, if given) to this program, counted to EOF."""
     def send(ls: socket.socket) -> None:
         k, _ = ls.accept()
         _send_all(k, size)
         k.close()
 
-    with _kernel_peer(host, send, ns) as addr:
+    with _kernel_peer(host, send, ns, cc) as addr:
         buf = memoryview(bytearray(CHUNK))
         t0 = time.perf_counter()
         s = connect(addr)

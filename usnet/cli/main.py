@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -130,13 +131,14 @@ def _show_http(result: dict, out: Console) -> None:
 def _measure_lossy(args: argparse.Namespace, console: Console) -> dict | None:
     from usnet.bench import lossy
 
-    return _run_bench("lossy", lossy.run, args, console,
+    return _run_bench("lossy", functools.partial(lossy.run, cc=args.cc), args, console,
                       _tap_lacks("needs root and /dev/net/tun (it makes a TAP, a veth and namespaces)"))
 
 
 def _show_lossy(result: dict, out: Console) -> None:
     imp = result["impairment"]
-    table = Table(title=f"usnet bench lossy: {result['bytes'] // 1_000_000} MB each way "
+    cc = result.get("cc", "cubic")
+    table = Table(title=f"usnet bench lossy ({cc} on every sender): {result['bytes'] // 1_000_000} MB each way "
                         f"(median of {result['rounds']}) over one veth that drops "
                         f"{imp['drop']:.0%}, duplicates {imp['duplicate']:.0%} and holds back "
                         f"{imp['reorder']:.0%} for {imp['reorder_delay_ms']:g} ms (tc BPF, both ways); "
@@ -151,8 +153,8 @@ def _show_lossy(result: dict, out: Console) -> None:
     out.print(table)
     t = result["target"]
     out.print(f"usnet/kernel throughput: sending {result['ratio_tx']:.2f}, receiving {result['ratio_rx']:.2f}")
-    out.print(f"target: usnet ≥ {t['ratio']:g}× the kernel's throughput each way and ≤ {t['rto_per_20MB']:g} RTO "
-              f"per 20 MB as a sender: {'met' if t['met'] else 'not met'}")
+    out.print(f"target ({cc} against {cc}): usnet ≥ {t['ratio']:g}× the kernel's throughput each way and "
+              f"≤ {t['rto_per_20MB']:g} RTO per 20 MB as a sender: {'met' if t['met'] else 'not met'}")
 
 
 def _measure_pipe(args: argparse.Namespace, console: Console) -> dict:
@@ -583,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("what", choices=["pipe", "udp", "tcp", "http", "lowlat", "rxmit", "lossy", "scale", "xdp"])
     b.add_argument("--quick", action="store_true", help="finish in under 30 s")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--cc", choices=["cubic", "bbr", "reno"], default="cubic",
+                   help="lossy: the congestion control of every sender, usnet's and the kernel's "
+                        "(TCP_CONGESTION per socket; default %(default)s)")
     b.set_defaults(fn=cmd_bench)
     u = sub.add_parser("up", help="create the device, give the host its address, start usnetd")
     u.add_argument("--driver", choices=["tap", "packet", "xdp"], default="tap")

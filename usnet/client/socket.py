@@ -1129,8 +1129,8 @@ _CA_NAME_MAX = 16  # TCP_CA_NAME_MAX: the longest congestion control name, with 
 
 
 def _congestion_name(value: Any) -> bytes:
-    """A TCP_CONGESTION value (bytes or str, NUL-padded or not) as Linux names it: b"cubic" or
-    b"reno"; ENOENT for an algorithm usnet does not have, as Linux says for one not loaded."""
+    """A TCP_CONGESTION value (bytes or str, NUL-padded or not) as Linux names it: b"cubic",
+    b"reno" or b"bbr"; ENOENT for an algorithm usnet does not have, as Linux says for one not loaded."""
     from usnet.proto.tcp.congestion import make_congestion
 
     raw = value.encode() if isinstance(value, str) else bytes(value)
@@ -1139,7 +1139,7 @@ def _congestion_name(value: Any) -> bytes:
         make_congestion(name, 1460)
     except ValueError:
         raise OSError(errno.ENOENT, f"No such file or directory: no congestion control {name!r} "
-                                    "in usnet (it has cubic and reno)") from None
+                                    "in usnet (it has cubic, reno and bbr)") from None
     return b"reno" if name.lower() in ("reno", "newreno") else name.lower().encode()
 
 

@@ -9,8 +9,9 @@ A connection takes a slot when first seen and gives it back when TCP forgets
 it; listening sockets have a row of their own. Connections past the region's
 slots are counted in its header (`unlisted`), not shown.
 
-The delivery rate is measured here, not in TCP: bytes acknowledged over the
-last round trip (at least 50 ms), from one publication to the next.
+The delivery rate is TCP's own (usnet.proto.tcp.rate, Linux's
+tcpi_delivery_rate); before its first sample, bytes acknowledged over the last
+round trip (at least 50 ms), from one publication to the next, measured here.
 """
 
 from __future__ import annotations
@@ -118,4 +119,4 @@ class Publisher:
                 _u32(c.rcv_queued), _u32(c.pending), _u32(c.in_flight), _u32(c.snd_wnd), _u32(c.rcv_window),
                 _u64(st.retransmits), _u64(st.retransmitted_bytes), _u64(st.rto_timeouts),
                 _u64(st.bytes_acked), _u64(st.bytes_in), _u64(st.bytes_out), _u64(st.segs_out), _u64(st.segs_in),
-                _u64(st.pacing_rate), _u64(r[2]), ns)
+                _u64(st.pacing_rate), _u64(st.delivery_rate or r[2]), ns)

@@ -188,6 +188,17 @@ class TcpStats:
         return int(p.rate) if p is not None else 0
 
     @property
+    def delivery_rate(self) -> int:
+        """Bytes per second of the last delivery-rate sample (Linux's tcpi_delivery_rate, from
+        usnet.proto.tcp.rate); 0 before the first."""
+        return int(self._c.rate.last_rate)
+
+    @property
+    def delivery_rate_app_limited(self) -> bool:
+        """Whether that sample was app-limited (tcpi_delivery_rate_app_limited)."""
+        return self._c.rate.last_app_limited
+
+    @property
     def pacing_holds(self) -> int:
         """Times new data waited for the pacing rate."""
         p = self._c.pacer
@@ -215,6 +226,7 @@ class TcpStats:
         d = {n: getattr(self, n) for n in self.__slots__[1:]}
         d.update(srtt=self.srtt, rttvar=self.rttvar, rto=self.rto, cwnd=self.cwnd,
                  ssthresh=self.ssthresh, pacing_rate=self.pacing_rate, pacing_holds=self.pacing_holds,
+                 delivery_rate=self.delivery_rate, delivery_rate_app_limited=self.delivery_rate_app_limited,
                  hystart_exits=self.hystart_exits, css_entries=self.css_entries,
                  css_rounds=self.css_rounds)
         return d

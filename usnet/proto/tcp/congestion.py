@@ -1,4 +1,4 @@
-"""Congestion control: NewReno (RFC 5681, RFC 6582) and CUBIC (RFC 9438).
+"""Congestion control: NewReno (RFC 5681, RFC 6582) and CUBIC (RFC 9438); BBR in usnet.proto.tcp.bbr.
 
 Why the split between this module and the connection: *which* segments to
 retransmit during recovery (the SACK scoreboard, NewReno's partial ACKs,
@@ -17,11 +17,23 @@ The initial slow start of either algorithm ends on rising delay as well as
 on loss: HyStart++ (RFC 9406, usnet.proto.tcp.hystart) watches each round's
 minimum RTT (`hystart_ack`) and slows the growth to a quarter, then leaves
 for congestion avoidance, before a deep buffer fills.
+
+A rate-based algorithm (BBR) sets ``rate_driven``: the connection then hands
+it every ACK's delivery-rate sample (`on_rate_sample`, from
+usnet.proto.tcp.rate) after loss detection, it sets ``cwnd`` and
+``pacing_rate`` there itself, and ``prr`` False keeps Proportional Rate
+Reduction from overriding its window in recovery. The loss-based ones leave
+``pacing_rate`` 0: the pacer derives its rate from cwnd/srtt as before.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from usnet.proto.tcp.hystart import CSS, HyStart
+
+if TYPE_CHECKING:  # pragma: no cover
+    from usnet.proto.tcp.rate import Rate
 
 __all__ = ["CongestionControl", "Cubic", "NewReno", "make_congestion", "switch_congestion"]
 
@@ -32,6 +44,9 @@ class CongestionControl:
     """Slow start and the shared state; subclasses define the loss responses and avoidance."""
 
     name = "base"
+    rate_driven = False  # True: `on_rate_sample` gets every ACK's rate sample
+    prr = True  # False: the algorithm sets the window in recovery itself (no PRR)
+    pacing_rate = 0.0  # bytes per second the pacer must use; 0: its own cwnd/srtt rate
     __slots__ = ("mss", "cwnd", "ssthresh", "initial_window", "hystart")
 
     def __init__(self, mss: int, initial_segments: int = 10, hystart: bool = True) -> None:
@@ -86,6 +101,9 @@ class CongestionControl:
 
     def _avoid(self, acked: int, rtt: float | None, now: float) -> None:
         raise NotImplementedError
+
+    def on_rate_sample(self, rate: Rate, now: float, inflight: int, state: int, srtt: float | None) -> None:
+        """Every ACK's delivery-rate sample (``rate.rs``), for a ``rate_driven`` algorithm only."""
 
     def on_congestion(self, now: float, flight: int) -> None:
         """Fast retransmit: set ``ssthresh`` and ``cwnd`` for the recovery period."""
@@ -224,8 +242,13 @@ class Cubic(CongestionControl):
 def make_congestion(
     name: str, mss: int, initial_segments: int = 10, hystart: bool = True,
 ) -> CongestionControl:
-    """``"cubic"`` or ``"newreno"`` (``"reno"`` accepted); ``hystart``: HyStart++ in slow start."""
+    """``"cubic"``, ``"newreno"`` (``"reno"`` accepted) or ``"bbr"``; ``hystart``: HyStart++ in
+    slow start (not BBR's: its STARTUP ends on the bandwidth)."""
     key = name.lower()
+    if key == "bbr":
+        from usnet.proto.tcp.bbr import Bbr  # it subclasses CongestionControl
+
+        return Bbr(mss, initial_segments)
     if key == "cubic":
         return Cubic(mss, initial_segments, hystart)
     if key in ("newreno", "reno"):

@@ -32,7 +32,9 @@ What is implemented, and where the RFC allows a choice, which one:
   SACK, NewReno partial-ACK retransmission (RFC 6582). After an RTO, every
   unSACKed byte is lost and is resent under slow start. Window arithmetic
   is pluggable: NewReno or CUBIC (usnet.proto.tcp.congestion), whose initial
-  slow start ends on rising delay (HyStart++, usnet.proto.tcp.hystart).
+  slow start ends on rising delay (HyStart++, usnet.proto.tcp.hystart), or
+  BBR (usnet.proto.tcp.bbr), which steers by the delivery-rate samples of
+  usnet.proto.tcp.rate and sets the pacing rate itself.
 * Pacing of new data at a rate derived from cwnd/srtt, as Linux's internal
   pacing (usnet.proto.tcp.pacing): a held send is one more timer deadline.
 * RFC 7323 window scaling and timestamps (RTT on every ACK of new data,
@@ -91,6 +93,7 @@ from usnet.proto.tcp.config import (
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
 from usnet.proto.tcp.pacing import UNPACED, Pacer
 from usnet.proto.tcp.rack import Rack
+from usnet.proto.tcp.rate import Rate
 from usnet.proto.tcp.reassembly import Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import Scoreboard
@@ -175,7 +178,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
-        "pacer", "_t_pace", "_pace_left", "_pace_held",
+        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
     )
 
     def __init__(
@@ -218,12 +221,16 @@ class TcpConnection:
         self.mss = mss  # payload of a full-sized segment with our usual options
         self.max_segment = mss  # the most payload in one segment we build (`_size_segments`)
         self.cc: CongestionControl = make_congestion(cfg.congestion, mss, cfg.initial_cwnd, cfg.hystart)
-        self.pacer = Pacer(cfg.pacing_ss_ratio, cfg.pacing_ca_ratio) if cfg.pacing else None
+        # BBR needs pacing (as Linux's, which paces internally for it without fq)
+        self.pacer = (Pacer(cfg.pacing_ss_ratio, cfg.pacing_ca_ratio)
+                      if cfg.pacing or self.cc.rate_driven else None)
         self._t_pace = INF  # pacing held new data back until then
         self._pace_left = UNPACED  # bytes the pacer lets `_send` put out in this call
         self._pace_held = False  # `_send` stopped for the pacer, not for a window
         self.sb = Scoreboard()
         self.rack: Rack | None = None  # RACK-TLP (usnet.proto.tcp.rack), once SACK is agreed
+        # delivery-rate samples (usnet.proto.tcp.rate): on RACK's records once SACK is agreed
+        self.rate = Rate(now, sack=False)
         self._dsack: tuple[int, int] | None = None  # a duplicate to report in the next SACK option
         self._rx_tsecr = 0  # TSecr of the last segment a receiver timed (one sample per echo)
         self.ts_ok = self.sack_ok = self.ws_ok = False
@@ -530,6 +537,8 @@ class TcpConnection:
         """Another congestion control from now on (TCP_CONGESTION), the windows kept."""
         self.cc = switch_congestion(self.cc, name, self.cfg.hystart)
         self.cfg.congestion = name
+        if self.cc.rate_driven and self.pacer is None:
+            self.pacer = Pacer(self.cfg.pacing_ss_ratio, self.cfg.pacing_ca_ratio)
         self._touch()
 
     @property
@@ -809,6 +818,9 @@ class TcpConnection:
             self.snd_wscale = self.rcv_wscale = 0
         self.sack_ok = cfg.sack and seg.sack_ok
         self.rack = Rack(cfg.tlp) if self.sack_ok and cfg.rack else None
+        if self.rack is not None:
+            self.rate.marker = None
+            self.rack.rate = self.rate
         self.ts_ok = cfg.timestamps and seg.tsval is not None
         self.mss = base - (12 if self.ts_ok else 0)
         self._size_segments()
@@ -965,7 +977,10 @@ class TcpConnection:
         self._probes = 0
         w = seg.window << self.snd_wscale
         rack = self.rack
-        if rack is not None and (self.snd_nxt > una or seg.sacks is not None):
+        sampling = self.snd_nxt > una
+        if sampling:
+            rate_in = self._rate_begin()
+        if rack is not None and (sampling or seg.sacks is not None):
             rack.begin_ack(self, seg.tsecr)
         else:
             rack = None  # nothing of ours in flight: nothing for RACK to learn (a pure receiver)
@@ -988,6 +1003,8 @@ class TcpConnection:
         elif (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
                 and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
             self._enter_recovery(now)
+        if sampling:
+            self._rate_end(rate_in, una, now)
         if fl & ECE and self.ecn_ok and self._recovery == _OPEN and self.snd_una > self._ecn_high:
             # RFC 3168 6.1.2: a mark is a loss without the loss: the window halves, once a window
             # of data (ECEs about data sent before the cut are the same news again)
@@ -1135,6 +1152,10 @@ class TcpConnection:
             rtt = now - self._rtt_time
             rto.sample(rtt)
             self._rtt_seq = None
+        if rack is None:
+            self.rate.on_cum_ack(a)
+            if rtt is not None:
+                self.rate.rs.rtt = rtt
         self.cc.hystart_ack(a, self.snd_nxt, rtt)
         self._retries = 0
         rec = self._recovery
@@ -1168,6 +1189,27 @@ class TcpConnection:
             if want > self.sndbuf_cap:
                 cap = self.cfg.sndbuf_max
                 self.sndbuf_cap = want if want < cap else cap
+
+    def _rate_begin(self) -> tuple[int, int]:
+        """An ACK for data in flight arrives: a fresh rate sample (usnet.proto.tcp.rate)."""
+        self.rate.begin(self._pipe())
+        rack = self.rack
+        return self.sb.sacked, rack.lost_total if rack is not None else 0
+
+    def _rate_end(self, before: tuple[int, int], una: int, now: float) -> None:
+        """The ACK is processed: its rate sample, and a rate-driven algorithm's turn (BBR)."""
+        rack = self.rack
+        rate = self.rate
+        acked = self.snd_una - una - (1 if una == 0 < self.snd_una else 0) + self.sb.sacked - before[0]
+        if rack is not None:
+            rate.rs.rtt = rack.sample if rack.sample is not None else -1.0
+            losses = rack.lost_total - before[1]
+        else:
+            losses = 0
+        rate.finish(now, acked if acked > 0 else 0, losses)
+        cc = self.cc
+        if cc.rate_driven:
+            cc.on_rate_sample(rate, now, self._pipe(), self._recovery, self.rto.srtt)
 
     def _enter_recovery(self, now: float) -> None:
         una = self.snd_una
@@ -1323,7 +1365,11 @@ class TcpConnection:
     def _paced_send(self, pacer: Pacer, now: float, out: list) -> None:
         """`_send` within what the pacer lets out now; a deadline for the rest (usnet.proto.tcp.pacing)."""
         mss = self.mss
-        pacer.update(self.cc.cwnd, self.cc.ssthresh, self.snd_nxt - self.snd_una, self.rto.srtt)
+        cc = self.cc
+        if cc.pacing_rate:
+            pacer.rate = cc.pacing_rate  # the algorithm's own rate (BBR)
+        else:
+            pacer.update(cc.cwnd, cc.ssthresh, self.snd_nxt - self.snd_una, self.rto.srtt)
         self._pace_left = pacer.begin(now, mss)
         before = self.stats.bytes_out
         self._pace_held = False
@@ -1496,6 +1542,9 @@ class TcpConnection:
             if avail <= 0:
                 if fin_due:
                     self._emit(out, nxt, nxt + 1, now, False)  # a bare FIN needs no window
+                elif pipe < cwnd:
+                    # out of data with room in the window: the samples measure the application
+                    self.rate.check_app_limited(0, mss, pipe, cwnd, rack.lost_bytes if rack is not None else 0)
                 return
             n = avail if avail < seg_max else seg_max
             wroom = self.snd_una + self.snd_wnd - nxt
@@ -1552,6 +1601,9 @@ class TcpConnection:
         payload = None  # release the view before the buffer can be resized
         stats = self.stats
         stats.bytes_out += plen
+        empty = self.snd_nxt <= self.snd_una  # nothing was in flight (the rate sampler's restart)
+        if self.rack is None and not rtx:
+            self.rate.sent_range(end, now, empty)
         if end > self.snd_nxt:
             self.snd_nxt = end
         if flags & FIN:
@@ -1567,7 +1619,7 @@ class TcpConnection:
         rack = self.rack
         if rack is not None:
             if not rtx:
-                rack.sent(start, end, now)
+                rack.sent(start, end, now, empty)
             if self._recovery == _FAST:
                 rack.prr.out += end - start
         if self._t_rtx == INF:

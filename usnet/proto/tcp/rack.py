@@ -43,6 +43,7 @@ from usnet.proto.tcp.seq import seq_diff
 
 if TYPE_CHECKING:  # pragma: no cover
     from usnet.proto.tcp.connection import TcpConnection
+    from usnet.proto.tcp.rate import Rate
     from usnet.proto.tcp.scoreboard import Scoreboard
 
 __all__ = ["Rack", "Sent", "sent_after"]
@@ -60,7 +61,8 @@ def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
 class Sent:
     """One segment sent: ``[start, end)`` (a FIN counts as the last byte)."""
 
-    __slots__ = ("start", "end", "xmit", "first", "rtx", "lost", "sacked", "lost_n")
+    __slots__ = ("start", "end", "xmit", "first", "rtx", "lost", "sacked", "lost_n",
+                 "dlv", "dlv_t", "ftx", "app")
 
     def __init__(self, start: int, end: int, xmit: float) -> None:
         self.start = start
@@ -71,6 +73,11 @@ class Sent:
         self.lost = False  # marked lost and not yet resent
         self.sacked = False  # wholly SACKed
         self.lost_n = 0  # its unSACKed bytes when marked lost
+        # the delivery-rate estimator's state at its last send (usnet.proto.tcp.rate.Rate.sent)
+        self.dlv = 0
+        self.dlv_t = -1.0
+        self.ftx = 0.0
+        self.app = False
 
     def __repr__(self) -> str:
         fl = "".join(c for c, f in (("R", self.rtx), ("L", self.lost), ("S", self.sacked)) if f)
@@ -86,6 +93,7 @@ class Rack:
         "dsack_round", "t_reo", "t_pto", "tlp", "tlp_end", "tlp_rtx", "tlp_now", "rearm",
         "sample", "prr", "_una0", "_sacked0", "_echo", "_in_rec", "_dsack",
         "undo_marker", "undo_retrans", "retrans_stamp", "prior_cwnd", "prior_ssthresh",
+        "rate", "lost_total",
     )
 
     def __init__(self, tlp: bool = True) -> None:
@@ -126,16 +134,20 @@ class Rack:
         self.retrans_stamp: float | None = None  # the episode's first retransmission
         self.prior_cwnd = 0
         self.prior_ssthresh = 0
+        self.rate: Rate | None = None  # the delivery-rate estimator, told of sends and deliveries
+        self.lost_total = 0  # bytes ever marked lost (an ACK's losses for the rate sample)
 
     # ------------------------------------------------------------------ sending
 
-    def sent(self, start: int, end: int, now: float) -> None:
-        """New data ``[start, end)`` went out for the first time."""
+    def sent(self, start: int, end: int, now: float, flight_empty: bool = False) -> None:
+        """New data ``[start, end)`` went out for the first time (``flight_empty``: nothing before)."""
         rec = Sent(start, end, now)
         self.segs.append(rec)
         self.starts.append(start)
         self.tsorted[rec] = None
         self.rearm = True
+        if self.rate is not None:
+            self.rate.sent(rec, now, flight_empty)
 
     def _resent(self, rec: Sent, now: float) -> None:
         if rec.lost:
@@ -143,6 +155,8 @@ class Rack:
             self.lost_bytes -= rec.lost_n
         rec.rtx = True
         rec.xmit = now
+        if self.rate is not None:
+            self.rate.sent(rec, now, False)
         ts = self.tsorted
         ts.pop(rec, None)
         ts[rec] = None
@@ -153,6 +167,7 @@ class Rack:
         new = Sent(at, rec.end, rec.xmit)
         new.first = rec.first
         new.rtx = rec.rtx
+        new.dlv, new.dlv_t, new.ftx, new.app = rec.dlv, rec.dlv_t, rec.ftx, rec.app
         rec.end = at
         i = bisect_left(self.starts, rec.start) + 1
         self.segs.insert(i, new)
@@ -311,6 +326,8 @@ class Rack:
 
     def _delivered(self, r: Sent, now: float) -> None:
         """RACK_update (RFC 8985 §6.2 step 2) and reordering detection (§6.2 step 3)."""
+        if self.rate is not None:
+            self.rate.on_delivered(r)
         rtt = now - r.xmit
         if r.rtx:
             # Which copy was delivered? Ignore it if it could be the original's (§6.2 step 2).
@@ -380,6 +397,7 @@ class Rack:
         n = (r.end - r.start) - (sb.sacked_between(r.start, r.end) if sb.starts else 0)
         r.lost_n = n
         self.lost_bytes += n
+        self.lost_total += n
         self.tsorted.pop(r, None)
         self._n += 1
         heapq.heappush(self.lost_q, (r.start, self._n, r))
@@ -430,6 +448,8 @@ class Rack:
 
     def _prr(self, conn: TcpConnection, delivered: int) -> None:
         cc = conn.cc
+        if not cc.prr:
+            return  # the algorithm sets its window in recovery itself (BBR)
         pipe = conn._pipe()
         cc.cwnd = pipe + self.prr.sndcnt(delivered, pipe, cc.ssthresh, conn.mss)
 
