@@ -423,3 +423,21 @@ def test_sources_usnet_lacks_are_unavailable_so_their_notfound_return_does_not_s
     r = _nss_resolver(world, tmp_path, "hosts: files\n", "")  # neither dns nor myhostname: no localhost
     with pytest.raises(socket.gaierror):
         R.gethostbyname("localhost", resolver=r)
+
+
+def test_an_ascii_name_is_passed_as_the_idna_codec_would_without_importing_it():
+    """The codec returns ASCII text unchanged (or fails, and the text is used as it is); importing
+    it (stringprep, unicodedata) cost a process's first connect some 10 ms."""
+    import subprocess
+    import sys
+    for name in ["10.1.2.3", "Web.Test", "a..b", "x" * 70]:
+        try:
+            want = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            want = name
+        assert R._host_bytes(name, "t") == want
+    code = ("import sys; from usnet.client import resolver as R; "
+            "R.getaddrinfo('10.1.2.3', 80, resolver=R.Resolver(lambda: None, hosts='/dev/null')); "
+            "print('encodings.idna' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout.strip() == "False"

@@ -229,3 +229,23 @@ def test_a_block_joined_from_many_senders_goes_to_each_rows_own_flow(net):
     assert [(p, a) for p, a in sb.recv_many(64, timeout=0)] == [(b"L%d" % i, (A, 7000 + i)) for i in range(30)]
     assert [p for p, _ in conn.recv_many(64, timeout=0)] == [b"C%d" % i for i in range(0, 30, 5)]
     assert {k: v - before.get(k, 0) for k, v in swb.drops.items() if v != before.get(k, 0)} == {"rx_no_flow": 11}
+
+
+def test_a_blocks_super_segments_keep_their_gso_size_through_slicing_joining_and_opening():
+    """A driver that does not take blocks (a pcap or fault wrapper of a TAP) gets each super-segment
+    of a block as a SegmentedFrame with its gso_size, the other rows as plain bytes."""
+    import numpy as np
+
+    from usnet.drivers.base import SegmentedFrame
+    from usnet.drivers.block import FrameBlock, _join
+
+    data = np.arange(3 * 8, dtype=np.uint8).reshape(3, 8)
+    blk = FrameBlock(data, np.array([8, 4, 6], np.uint32), np.array([0, 1448, 0], np.uint32))
+    frames = blk.frames()
+    assert [bytes(f) for f in frames] == [data[0].tobytes(), data[1, :4].tobytes(), data[2, :6].tobytes()]
+    assert [type(f) for f in frames] == [bytes, SegmentedFrame, bytes] and frames[1].gso_size == 1448
+    tail = blk.rows(slice(1, None))
+    assert tail.gso.tolist() == [1448, 0]
+    joined = _join([FrameBlock(data[:1], np.array([8], np.uint32)), tail])
+    assert joined.gso.tolist() == [0, 1448, 0]
+    assert [type(f) for f in joined.frames()] == [bytes, SegmentedFrame, bytes]

@@ -778,6 +778,11 @@ def _host_bytes(host: object, what: str) -> str | None:
     if host is None:
         return None
     if isinstance(host, str):
+        if host.isascii():
+            # what the codec gives for ASCII: the text itself, or a UnicodeError we would answer
+            # with the text itself; without importing encodings.idna (stringprep, unicodedata),
+            # some 10 ms of a process's first connect
+            return host
         try:
             return host.encode("idna").decode("ascii")
         except UnicodeError:

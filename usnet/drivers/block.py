@@ -11,6 +11,11 @@ AF_PACKET, the pcap tracer) get ``frames()`` instead.
 
 Row ``i`` holds frame ``i`` in ``data[i, :lens[i]]``; the bytes past its
 length are undefined. The block owns its array: nothing else writes it.
+``gso`` (None: no row is one) holds, for a TCP super-segment the flow switch
+validated for a device that segments (`Capabilities.gso_max`), the payload
+size the device cuts it at, and 0 for every other row: a driver that takes
+blocks writes such a row with its segmentation request (the TAP's
+virtio_net_hdr), and ``frames()`` makes it a `SegmentedFrame`.
 """
 
 from __future__ import annotations
@@ -21,18 +26,19 @@ from typing import TypeVar, final
 
 import numpy as np
 
-from usnet.drivers.base import Frame
+from usnet.drivers.base import Frame, SegmentedFrame
 
 __all__ = ["FrameBlock", "Item", "count", "expand", "join_runs", "open_small", "size"]
 
 
 @final  # `type(x) is FrameBlock` is how the hot paths tell a block from a frame
 class FrameBlock:
-    __slots__ = ("data", "lens")
+    __slots__ = ("data", "gso", "lens")
 
-    def __init__(self, data: np.ndarray, lens: np.ndarray) -> None:
+    def __init__(self, data: np.ndarray, lens: np.ndarray, gso: np.ndarray | None = None) -> None:
         self.data = data
         self.lens = lens
+        self.gso = gso
 
     def __len__(self) -> int:
         return len(self.lens)
@@ -44,10 +50,14 @@ class FrameBlock:
         """One bytes object per frame (for drivers that write frames one by one)."""
         w = self.data.shape[1]
         raw = self.data.tobytes()
-        return [raw[i * w : i * w + n] for i, n in enumerate(self.lens.tolist())]
+        out: list[bytes] = [raw[i * w : i * w + n] for i, n in enumerate(self.lens.tolist())]
+        if self.gso is not None:
+            for i in np.flatnonzero(self.gso).tolist():
+                out[i] = SegmentedFrame(out[i], int(self.gso[i]))
+        return out
 
     def rows(self, sel: np.ndarray | slice) -> FrameBlock:
-        return FrameBlock(self.data[sel], self.lens[sel])
+        return FrameBlock(self.data[sel], self.lens[sel], None if self.gso is None else self.gso[sel])
 
 
 Item = Frame | FrameBlock
@@ -119,7 +129,10 @@ def _join(run: list[FrameBlock]) -> FrameBlock:
         for b in run:
             data[at : at + len(b.lens), : b.data.shape[1]] = b.data
             at += len(b.lens)
-    return FrameBlock(data, np.concatenate([b.lens for b in run]))
+    gso = None
+    if any(b.gso is not None for b in run):
+        gso = np.concatenate([np.zeros(len(b.lens), np.uint32) if b.gso is None else b.gso for b in run])
+    return FrameBlock(data, np.concatenate([b.lens for b in run]), gso)
 
 
 def expand(items: Sequence[Item]) -> list:

@@ -59,16 +59,18 @@ class LocalPath(ReceivePath, LowLatencyPath):
             return True
         return super()._route(key, dst, packet, now)
 
-    def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float) -> int:
-        """Checked IPv4 rows: those to our own address go local, the rest to the link as before."""
+    def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float,
+                 cut: np.ndarray | None = None) -> int:
+        """Checked IPv4 rows: those to our own address go local (a super-segment whole, as
+        `_route` hairpins one), the rest to the link as before."""
         mine = be_u32(rows[:, ETH_HLEN + 16 : ETH_HLEN + 20]) == self._local4
         if not mine.any():
-            return super()._tx_rows(flow, rows, lens, now)
+            return super()._tx_rows(flow, rows, lens, now, cut)
         for i in np.flatnonzero(mine).tolist():
             self._hairpin(rows[i, ETH_HLEN : ETH_HLEN + int(lens[i])].tobytes())
         if mine.all():
             return 0
-        return super()._tx_rows(flow, rows[~mine], lens[~mine], now)
+        return super()._tx_rows(flow, rows[~mine], lens[~mine], now, None if cut is None else cut[~mine])
 
     def _hairpin(self, packet: bytes) -> None:
         """Queue a checked packet for local delivery; a tracked one is told SENT, as the device would."""

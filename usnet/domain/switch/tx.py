@@ -56,6 +56,10 @@ _RST, _RST_ACK = 0x04, 0x14
 # pass costs a dozen numpy calls of a few microseconds each whatever the batch's size, most of
 # what one request's answer costs the domain, and request/response traffic sends one or two.
 _SCALAR_MAX = 2
+# ... unless a row is wider than this (a super-segment): one by one, a 64 KB packet is copied
+# four times more (bytes, SegmentedFrame, framed, rewrapped) than the column pass's block, which
+# the device writes from the rows themselves
+_SCALAR_WIDTH = ETH_HLEN + 9216
 
 
 def _is_syn(p: bytes, l4: int) -> bool:
@@ -224,7 +228,7 @@ class TransmitPath(HostDuties):
         n = len(lens)
         if not n:
             return 0
-        if n <= _SCALAR_MAX and ok is None:
+        if n <= _SCALAR_MAX and ok is None and (rows.shape[1] <= _SCALAR_WIDTH or meta is not None):
             return self._tx_few(flow, rows, lens, gso, meta)
         if now is None:
             now = self.clock()
@@ -237,17 +241,26 @@ class TransmitPath(HostDuties):
         else:
             if rows.shape[1] >= ETH_HLEN + 12:
                 ecn.set_dscp_rows(rows, ETH_HLEN, flow.dscp, 4)
-            ok, tx_one = self._tx_fast_ok(flow, rows, lens), self._tx_one
+            ok, tx_one = self._tx_fast_ok(flow, rows, lens, gso), self._tx_one
         if meta is not None:  # a deadline or a report: packet by packet, tracked
             ok[[i for i in meta.marks if i < n]] = False
         sent = int(ok.sum())
+        # the super-segments among the checked rows (`_tx_fast_ok` passed them as `_segmentable`)
+        cut = None
+        if self.netif.gso_max and int(lens.max()) > self.netif.mtu:
+            cut = np.where(ok & (lens > self.netif.mtu), gso, 0).astype(np.uint32)
+            if cut.any():
+                self.counts["tx_segmented"] += int(np.count_nonzero(cut))
+            else:
+                cut = None
         if sent == n:
-            sent -= self._tx_rows(flow, rows, lens, now)
+            sent -= self._tx_rows(flow, rows, lens, now, cut)
         else:  # in order: runs of checked rows as blocks, the others one by one between them
             start = 0
             for i in [*np.flatnonzero(~ok).tolist(), n]:
                 if i > start:
-                    sent -= self._tx_rows(flow, rows[start:i], lens[start:i], now)
+                    sent -= self._tx_rows(flow, rows[start:i], lens[start:i], now,
+                                          None if cut is None else cut[start:i])
                 if i == n:
                     break
                 start = i + 1
@@ -305,19 +318,22 @@ class TransmitPath(HostDuties):
             return p[16:20] + p[l4 + 2 : l4 + 4]
         return p[24:40] + p[42:44]
 
-    def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray,
+                    gso: np.ndarray | None = None) -> np.ndarray:
         """Rows that are, column-wise, a well-formed option-less IPv4 packet of this flow.
 
         Not a fragment (DF alone is fine), a TTL above 0, and for an
         unconnected flow a destination a peer can have (`not_a_peer`) and a
-        port other than 0. The rest go to `_tx_one`, which finds the reason.
+        port other than 0. Within the MTU, or a TCP super-segment the device
+        may cut (`_segmentable_rows`, given the rows' `gso` sizes). The rest
+        go to `_tx_one`, which finds the reason.
         """
         if rows.shape[1] < ETH_HLEN + 24:
             return np.zeros(len(lens), bool)
         h = rows[:, ETH_HLEN : ETH_HLEN + 24]
         cols, want = flow.tx_signature(self.netif.ip)
         ok = (h[:, cols] == want).all(axis=1)  # version/ihl, protocol, source, ports
-        ok &= self._rows_ok4(h, lens)
+        ok &= self._rows_ok4(h, lens, self._segmentable_rows(flow, rows, lens, gso))
         if flow.binds is not None:  # a connector: each row's port bound to its remote end (`Flow.peer_of`)
             if rows.shape[1] < ETH_HLEN + 34:
                 return np.zeros(len(lens), bool)
@@ -328,11 +344,27 @@ class TransmitPath(HostDuties):
             ok &= self._to_a_peer4(h)
         return ok
 
-    def _rows_ok4(self, h: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    def _segmentable_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray,
+                          gso: np.ndarray | None) -> np.ndarray | None:
+        """`_segmentable`, column-wise, for rows whose IP header is option-less (20 bytes: the
+        flow's signature checks version and IHL); None when no row can be one."""
+        nif = self.netif
+        if (gso is None or flow.proto != TCP or not nif.gso_max or rows.shape[1] < ETH_HLEN + 34
+                or int(lens.max()) <= nif.mtu):
+            return None
+        thl = (rows[:, ETH_HLEN + 32] >> 4).astype(np.int64) << 2
+        return ((lens <= nif.gso_max) & (thl >= 20) & (20 + thl < lens)
+                & (gso >= _MIN_GSO) & (gso <= nif.mtu - 20 - thl))
+
+    def _rows_ok4(self, h: np.ndarray, lens: np.ndarray, big: np.ndarray | None = None) -> np.ndarray:
         """What every IPv4 row must be, whatever its flow (`h`: its first 24 header bytes): its
-        total length the packet's, within the MTU, not a fragment (DF alone is fine), a TTL, and
-        a header that sums to a multiple of 0xFFFF (a valid checksum)."""
-        ok = (be_u16(h[:, 2:4]) == lens) & (lens >= 24) & (lens <= self.netif.mtu)
+        total length the packet's, within the MTU (or `big`: a super-segment the device may cut),
+        not a fragment (DF alone is fine), a TTL, and a header that sums to a multiple of 0xFFFF
+        (a valid checksum)."""
+        fits = lens <= self.netif.mtu
+        if big is not None:
+            fits |= big
+        ok = (be_u16(h[:, 2:4]) == lens) & (lens >= 24) & fits
         ok &= ((h[:, 6] & 0x3F) == 0) & (h[:, 7] == 0) & (h[:, 8] != 0)  # no MF, no offset; TTL
         ok &= row_sums(h[:, :20]) == 0
         return ok
@@ -344,24 +376,30 @@ class TransmitPath(HostDuties):
         return (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
                 & ((h[:, 22] | h[:, 23]) != 0))
 
-    def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float) -> int:
-        """Frame checked rows by destination and queue them; returns how many were dropped."""
+    def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float,
+                 cut: np.ndarray | None = None) -> int:
+        """Frame checked rows by destination and queue them; returns how many were dropped.
+        `cut`: each row's gso size if it is a super-segment the device is to cut, else 0."""
         dst = be_u32(rows[:, ETH_HLEN + 16 : ETH_HLEN + 20])
         first = dst[0]
         if (dst == first).all():
-            groups = [(int(first), rows, lens)]
+            groups = [(int(first), rows, lens, cut)]
         else:
-            groups = [(int(d), rows[dst == d], lens[dst == d]) for d in np.unique(dst)]
+            groups = [(int(d), rows[dst == d], lens[dst == d], None if cut is None else cut[dst == d])
+                      for d in np.unique(dst)]
         dropped = 0
-        for d, r, ln in groups:
+        for d, r, ln, c in groups:
             hop, mac = self._neighbour(d.to_bytes(4, "big"), now)
             if mac is not None:
                 r[:, 0:6] = np.frombuffer(mac, np.uint8)
                 r[:, 6:14] = self._src_and_type
-                self.netif.enqueue_many(flow.id, [FrameBlock(r, ln + ETH_HLEN)])
+                self.netif.enqueue_many(flow.id, [FrameBlock(r, ln + ETH_HLEN, c)])
             elif hop is not None:
                 for i, n in enumerate(ln.tolist()):
-                    self._await_neighbour(flow.id, hop, r[i, ETH_HLEN : ETH_HLEN + n].tobytes(), now)
+                    p = r[i, ETH_HLEN : ETH_HLEN + n].tobytes()
+                    if c is not None and c[i]:
+                        p = SegmentedFrame(p, int(c[i]))
+                    self._await_neighbour(flow.id, hop, p, now)
             else:
                 for n in ln.tolist():
                     self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
