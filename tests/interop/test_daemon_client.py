@@ -10,6 +10,8 @@ kernel's sockets there are the peers.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import select
 import socket
 
@@ -120,3 +122,64 @@ def test_a_wait_for_a_refill_leaves_a_waiting_datagram_announced(tapd):
         assert ds.recvfrom()[0] == b"waiting"
         ds.channel.free(held)
         ds.close()
+
+
+def test_a_child_of_fork_makes_its_own_sockets_and_leaves_its_parents_alone(tapd, monkeypatch):
+    """After fork(), the parent's stack (its runner, session, channels) is not the child's: the
+    child's new sockets work on a session of its own (they hung: no stack thread ran them), and
+    an inherited socket fails with EBADF that says why, without touching the parent's connection
+    (Linux shares the socket; a user-space stack lives in one process)."""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    ls = socket.create_server((tapd.host_ip, 0))
+    ls.settimeout(LIMIT)
+    addr = ls.getsockname()
+    s = us.create_connection(addr, timeout=LIMIT)
+    k1, _ = ls.accept()
+    k1.settimeout(LIMIT)
+    s.sendall(b"ping")
+    assert k1.recv(10) == b"ping"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report on the pipe, never return into pytest
+        out = []
+        try:
+            try:
+                s.sendall(b"from the child")
+                out.append("inherited: sent")
+            except OSError as e:
+                out.append(f"inherited: {e.errno} {'fork()' in str(e)}")
+            s.close()  # the child's copy: nothing may reach the parent's connection
+            c = us.create_connection(addr, timeout=LIMIT)
+            c.sendall(b"child")
+            c.close()
+            out.append("own: sent")
+        except BaseException as e:
+            out.append(f"failed: {e!r}")
+        finally:
+            os.write(w, "\n".join(out).encode())
+            os._exit(0)
+    os.close(w)
+    try:
+        k2, _ = ls.accept()  # the child's own connection
+        k2.settimeout(LIMIT)
+        got = b""
+        while chunk := k2.recv(100):
+            got += chunk
+        assert got == b"child"
+        _, status = os.waitpid(pid, 0)
+        report = os.read(r, 4096).decode().splitlines()
+    finally:
+        os.close(r)
+    assert status == 0
+    assert report == [f"inherited: {errno.EBADF} True", "own: sent"]
+    s.sendall(b"parent again")  # the parent's connection is as it was: no data, FIN or RST of the child's
+    assert k1.recv(100) == b"parent again"
+    k1.sendall(b"pong")
+    assert s.recv(10) == b"pong"
+    for x in (s, k1, k2, ls):
+        x.close()
+    us.configure(None, None)

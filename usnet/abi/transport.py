@@ -241,6 +241,13 @@ class ControlClient:
         with self._lock:
             self._close_locked()
 
+    def forget(self) -> None:
+        """In a child of fork(): close this process's copy of the socket and nothing else (the
+        parent's session goes on). Not under the lock, which a thread of the parent may have
+        held at the fork, and which no thread of the child will ever release."""
+        self._lock = threading.Lock()
+        self._close_locked()
+
     def __enter__(self) -> ControlClient:
         return self
 

@@ -718,6 +718,13 @@ class Channel:
         finally:
             self._release()
 
+    def disown(self) -> None:
+        """In a child of fork(): unmap this process's copy and close its descriptors; the rings,
+        the packets in hand and the channel itself stay the parent's (no free, no CloseChannel)."""
+        if not self.closed:
+            self._cache.clear()
+            self._release()
+
     def __del__(self) -> None:
         # like a socket: an unclosed channel gives its descriptors back when collected
         if not getattr(self, "closed", True):

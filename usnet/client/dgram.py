@@ -98,6 +98,8 @@ class DatagramEngine:
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
+        if self.closed and self.error is not None:
+            return  # failed and closed (a parent's, in a child of fork()): nobody serves it
         runner().wake(self)
 
     def idle(self) -> bool:

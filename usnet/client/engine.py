@@ -216,6 +216,8 @@ class FlowEngine:
         """Have what a socket call queued (data, a FIN, a window update) sent soon, by whoever pumps
         this engine. `wait`: the caller is about to block on `changed`; only the stack thread serves
         a blocked caller whatever the loops do, so such an engine goes back to it for good."""
+        if self.closed and self.error is not None:
+            return  # failed and closed (a parent's, in a child of fork()): nobody pumps it
         d = self.driver
         if d is None:
             runner().wake(self)
@@ -580,6 +582,24 @@ class Runner:
         self._thread.join(1.0)
         return ok
 
+    def disown(self, why: OSError) -> None:
+        """In a child of fork(): every engine this (dead) runner served fails with `why`, on a
+        lock of its own (a thread of the parent may have held the old one at the fork), and the
+        runner's own descriptors close. Nothing is sent: the engines are the parent's."""
+        for served in [*self.engines, *self.lent]:
+            e: Any = served
+            if not hasattr(e, "changed"):
+                continue  # a loopback half: its datagram engine is served here too, and fails
+            e.lock = threading.RLock()
+            e.changed = threading.Condition(e.lock)
+            e.error = why
+            e.closed = True
+        self.engines.clear()
+        self.lent.clear()
+        self._sel.close()
+        self._hup.close()
+        os.close(self._wake)
+
     def add(self, engine: Served) -> None:
         with self._lock:
             fd = engine.client.domain_fd
@@ -770,6 +790,24 @@ def connector(client: Client, netif: str, family: int) -> FlowEngine:
             mine[(netif, family)] = eng
             runner().add(eng)
         return eng
+
+
+def _after_fork_in_child() -> None:
+    """A child of fork() has no stack thread, and every engine it inherited is its parent's (its
+    connections, its channel, its timers): it gets a runner and connectors of its own when it
+    makes sockets, and the inherited engines fail every call with a clear error (`Runner.disown`)
+    instead of racing the parent on the same rings. Linux lets both processes use an inherited
+    socket; a user-space stack lives in one process (docs/architecture.md)."""
+    global _runner, _runner_lock, _connectors, _connectors_lock
+    old, _runner = _runner, None
+    _runner_lock = threading.Lock()  # held by a thread of the parent at the fork, maybe: never released here
+    _connectors, _connectors_lock = weakref.WeakKeyDictionary(), threading.Lock()
+    if old is not None:
+        old.disown(OSError(errno.EBADF, f"usnet: this socket belongs to the process that made it (pid "
+                           f"{os.getppid()}); a child of fork() cannot use it, but can make sockets of its own"))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def runner() -> Runner:

@@ -69,7 +69,8 @@ class Client:
     def __init__(self, request: Callable[[P.Request], tuple[P.Reply, list[int]]],
                  kick_for: Callable[[int, int], tuple[Callable[[], None], int | None]],
                  end: Callable[[], None], program: str | None = None, domain_fd: int | None = None,
-                 notify: Callable[[P.Request], None] | None = None) -> None:
+                 notify: Callable[[P.Request], None] | None = None,
+                 forget: Callable[[], None] | None = None) -> None:
         """`program` is the name given in Hello (default: this script's); the LL policy may match it.
 
         `end` ends the control session (the domain forgets it and everything it held).
@@ -84,6 +85,7 @@ class Client:
         self._notify: Callable[[P.Request], object] = notify if notify is not None else request
         self._kick_for = kick_for
         self._end = end
+        self._forget = forget  # in a child of fork(): let go of the control socket, say nothing
         self.closed = False
         self.channels: dict[int, Channel] = {}
         if program is None:
@@ -124,7 +126,8 @@ class Client:
                 doorbell.ring(kick_fd)
             return kick, kick_fd
 
-        return cls(ctl.request, kick_for, ctl.close, program, domain_fd=os.dup(ctl.fileno()), notify=ctl.notify)
+        return cls(ctl.request, kick_for, ctl.close, program, domain_fd=os.dup(ctl.fileno()), notify=ctl.notify,
+                   forget=ctl.forget)
 
     @classmethod
     def connect(cls, path: str = DEFAULT_SOCKET, program: str | None = None) -> Client:
@@ -353,6 +356,23 @@ class Client:
                     os.close(self.domain_fd)
                     self.domain_fd = None
 
+    def disown(self) -> None:
+        """In a child of fork(): this client is the parent's. Its session, channels and packets
+        stay the parent's, untouched: the child only unmaps its copies of the channels' memory
+        and closes its copies of their descriptors and of the control socket, so that nothing
+        it does (a send, a close, its exit) reaches the parent's rings or session. Closed from
+        here on; `gone` says so, and a default client is replaced by a new session of the
+        child's own (usnet.client.socket)."""
+        for ch in self.channels.values():
+            ch.disown()
+        self.channels.clear()
+        self.closed = True
+        if self._forget is not None:
+            self._forget()
+        if self.domain_fd is not None:
+            os.close(self.domain_fd)
+            self.domain_fd = None
+
     def __enter__(self) -> Client:
         return self
 
@@ -361,6 +381,17 @@ class Client:
 
 
 _live: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Every client a child of fork() inherits is its parent's (`Client.disown`): a usnet stack
+    lives in one process, so the child starts its own sessions when it makes sockets."""
+    for c in list(_live):
+        c.disown()
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
