@@ -9,6 +9,7 @@ tests/interop/test_socket_semantics.py. Waits are select/poll calls with timeout
 from __future__ import annotations
 
 import errno
+import os
 import select
 import selectors
 import socket as std
@@ -59,6 +60,33 @@ def test_a_listener_is_readable_only_while_a_connection_waits(c):
         srv.accept()
     for s in (*clients, *accepted, srv):
         s.close()
+
+
+def test_a_socket_nobody_selects_on_holds_no_descriptor_and_shows_its_state_once_asked(c):
+    """The readiness descriptor is made when `fileno` is first asked for: blocking calls alone
+    cost no descriptor (two a socket before: RLIMIT_NOFILE bounded a server's connections at
+    half the kernel's), and the descriptor made late shows the state at once."""
+    srv = listen_on_b(c, 8119)
+    srv.settimeout(10)
+    first = us.create_connection((B_IP, 8119), timeout=10, client=c, netif="a")  # the connector's channel
+    pairs = [(first, srv.accept()[0])]
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        cl = us.create_connection((B_IP, 8119), timeout=10, client=c, netif="a")
+        pairs.append((cl, srv.accept()[0]))
+    assert len(os.listdir("/proc/self/fd")) == before  # 40 sockets more, no descriptor more
+    cl, conn = pairs[1]
+    cl.sendall(b"waiting")
+    conn.settimeout(10)
+    assert conn.recv(7, us.MSG_PEEK) == b"waiting"  # arrived, with no descriptor to show it
+    assert _ready(conn) == (True, True)  # made now: readable and writable at once
+    assert conn.recv(7) == b"waiting"
+    assert _ready(conn) == (False, True)
+    assert _ready(srv) == (False, False)
+    for a, b in pairs:
+        a.close()
+        b.close()
+    srv.close()
 
 
 def test_poll_epoll_and_selectors_see_a_connection_as_select_does(c):

@@ -31,8 +31,9 @@ Client sockets close with SO_LINGER 0 (a reset) at the end, so that tearing
 10,000 connections down does not take longer than the bench.
 
 The namespace gets `tcp_tw_reuse`, most of the port range as ephemeral ports
-and somaxconn 4096. Each usnet socket holds two descriptors (a socketpair for
-its readiness), so the bench raises its RLIMIT_NOFILE to what the top level
+and somaxconn 4096. A usnet socket nobody selects on holds no descriptor (its
+readiness pair is made on first `fileno()`), but the kernel's side holds one a
+connection, so the bench raises its RLIMIT_NOFILE to what the top level
 needs: past the hard limit when it may (CAP_SYS_RESOURCE; the children
 inherit it). When it may not, the top level is capped at what the limit leaves
 room for, and the document's `levels` and `open` say so.
@@ -74,9 +75,9 @@ _RESET = 1 << 31  # in an order to the clients: reset the connections once conne
 def _raise_nofile(need: int) -> int:
     """Raise this process's RLIMIT_NOFILE to at least `need` if it can; returns the soft limit now.
 
-    Each usnet socket holds two descriptors (its Readiness socketpair, usnet/client/engine.py), so
-    10,000 accepted connections need more than 20,000. The soft limit goes up to the hard one; root
-    (CAP_SYS_RESOURCE) may raise the hard one too, up to fs.nr_open.
+    The kernel's accepted sockets hold a descriptor each (a usnet socket holds none until its
+    `fileno()` is asked for: usnet/client/engine.py, Readiness). The soft limit goes up to the hard
+    one; root (CAP_SYS_RESOURCE) may raise the hard one too, up to fs.nr_open.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
@@ -341,9 +342,9 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
     k = 500 if quick else 1000
     k_out = 100 if quick else 500
     udp_count = 100_000 if quick else 400_000
-    nofile = _raise_nofile(2 * max(levels) + _FD_SPARE)  # two fds a usnet socket
+    nofile = _raise_nofile(max(levels) + _FD_SPARE)  # one fd a kernel socket
     # Without CAP_SYS_RESOURCE the hard limit holds: the top level is what it leaves room for.
-    levels = tuple(min(level, (nofile - _FD_SPARE) // 2) for level in levels)
+    levels = tuple(min(level, nofile - _FD_SPARE) for level in levels)
 
     with tap.usnet_up() as up:
         _tune_netns(up.netns)

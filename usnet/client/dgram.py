@@ -30,12 +30,12 @@ from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, runner
 from usnet.client.session import Client
 from usnet.client.socket import (
+    _DONTWAIT,
+    _PEEK,
     AF_INET,
     AF_INET6,
     IPPROTO_IPV6,
     IPV6_V6ONLY,
-    MSG_DONTWAIT,
-    MSG_PEEK,
     MSG_TRUNC,
     SO_ERROR,
     SO_RCVBUF,
@@ -357,7 +357,7 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0])
-            d.settimeout(0.0 if flags & MSG_DONTWAIT else self._timeout)
+            d.settimeout(0.0 if flags & _DONTWAIT else self._timeout)
             try:
                 return d.sendto(data, addr)
             except OSError as e:
@@ -399,7 +399,7 @@ class DatagramFace(socket):
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
         eng = self._eng()
-        t = 0.0 if flags & MSG_DONTWAIT else self._timeout
+        t = 0.0 if flags & _DONTWAIT else self._timeout
         deadline = None if t is None else time.monotonic() + t
         with eng.lock:
             while True:
@@ -408,7 +408,7 @@ class DatagramFace(socket):
                     raise eng.error
                 if eng.closed:
                     raise OSError(errno.EBADF, "Bad file descriptor")
-                dg = eng.pop(bool(flags & MSG_PEEK))
+                dg = eng.pop(bool(flags & _PEEK))
                 if dg is not None:
                     self._update()
                     return dg

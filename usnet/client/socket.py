@@ -75,6 +75,9 @@ SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
 MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL, _std.MSG_TRUNC
+# the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
+# __rand__, a few microseconds each, several times a round trip
+_PEEK, _DONTWAIT, _WAITALL = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL)
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
@@ -297,7 +300,7 @@ class socket:
         self._dead = False  # really closed: no file refers to it any more
         self._io_refs = 0
         self._ready = ready
-        self._fd = ready.fileno()
+        self._fd = -1  # `fileno` makes the descriptor when first asked (Readiness)
         self._share = [1]  # how many socket objects (dup) share this connection
         self._opts: dict[tuple[int, int], Any] = {}  # what setsockopt was given, for getsockopt
         self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
@@ -337,8 +340,18 @@ class socket:
         return self._timeout != 0.0
 
     def fileno(self) -> int:
-        """A descriptor whose readiness is this socket's (see the module docstring); -1 once closed."""
-        return -1 if self._dead else self._fd
+        """A descriptor whose readiness is this socket's (see the module docstring); -1 once closed.
+        Made on first use, under the lock of the engine that sets its state."""
+        if self._dead:
+            return -1
+        if self._fd < 0:
+            eng = self._engine
+            if eng is None:
+                self._fd = self._ready.fileno()
+            else:
+                with eng.lock:
+                    self._fd = self._ready.fileno()
+        return self._fd
 
     def bind(self, address: tuple) -> None:
         """Take the port now, as the kernel does (EADDRINUSE here, getsockname says which);
@@ -568,14 +581,14 @@ class socket:
         conn = self._need_conn()
         if bufsize == 0:
             return b""
-        if flags & MSG_WAITALL and not flags & MSG_PEEK:
+        if flags & _WAITALL and not flags & _PEEK:
             return self._recv_all(conn, bufsize, flags)
-        take = (lambda: conn.peek(bufsize)) if flags & MSG_PEEK else (lambda: conn.recv(bufsize))
+        take = (lambda: conn.peek(bufsize)) if flags & _PEEK else (lambda: conn.recv(bufsize))
         return self._wait(lambda: self._read(conn, take, b""), "recv", self._call_timeout(flags))
 
     def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
         """MSG_WAITALL: until `bufsize` bytes, EOF or an error; what came when the timeout ends it."""
-        t = 0.0 if flags & MSG_DONTWAIT else self._timeout
+        t = 0.0 if flags & _DONTWAIT else self._timeout
         deadline = None if t is None else time.monotonic() + t
         got = bytearray()
         while len(got) < bufsize:
@@ -600,7 +613,7 @@ class socket:
             raise ValueError("buffer too small for requested bytes")
         if nbytes:
             mv = mv[:nbytes]
-        if flags & (MSG_PEEK | MSG_WAITALL):
+        if flags & (_PEEK | _WAITALL):
             data = self.recv(len(mv), flags)
             mv[: len(data)] = data
             return len(data)
@@ -680,7 +693,7 @@ class socket:
             eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it
             if lingers:
                 self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
-        if self._fd != self._ready.fileno():
+        if self._fd >= 0 and self._fd != self._ready.made:
             os.close(self._fd)  # a dup's own descriptor
         if last:
             self._ready.close()
@@ -707,7 +720,7 @@ class socket:
         self._need_open()
         d = object.__new__(type(self))
         d.__dict__.update(self.__dict__)
-        d._fd = os.dup(self._ready.fileno())
+        d._fd = os.dup(self.fileno())
         d._closed, d._io_refs = False, 0
         self._share[0] += 1
         if self._engine is not None:
@@ -736,7 +749,7 @@ class socket:
     def detach(self) -> int:
         """Close this object, not the connection: `socket(fileno=n)` takes the returned n back."""
         self._need_open()
-        fd = self._fd
+        fd = self.fileno()
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.unwatch(self, self._conn)
@@ -1038,7 +1051,7 @@ class socket:
         return self._conn
 
     def _call_timeout(self, flags: int) -> Any:
-        return 0.0 if flags & MSG_DONTWAIT else _UNSET
+        return 0.0 if flags & _DONTWAIT else _UNSET
 
     def _read(self, conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
