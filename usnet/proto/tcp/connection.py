@@ -108,7 +108,9 @@ from usnet.proto.wire.tcp import (
     RST,
     SYN,
     TCP_HLEN,
+    TcpParts,
     TcpSegment,
+    pack_parts,
     pack_segment,
     pseudo_sum,
     tcp_options,
@@ -300,7 +302,7 @@ class TcpConnection:
         self._last_send = now
         self._ch_t = -INF
         self._ch_n = 0
-        self._out: list[bytes] = []
+        self._out: list[bytes | TcpParts] = []
         self._rs_bytes = 0
         self._rs_time = now
         self._rcv_rtt: float | None = None
@@ -1317,8 +1319,9 @@ class TcpConnection:
 
     # ------------------------------------------------------------------ output
 
-    def outgoing(self, now: float) -> list[bytes]:
-        """Every segment due now: whole TCP segments (header + payload, checksummed)."""
+    def outgoing(self, now: float) -> list[bytes | TcpParts]:
+        """Every segment due now: whole TCP segments (header + payload, checksummed); with
+        ``cfg.gather``, data segments as `TcpParts`, valid until the next input or `send`."""
         self._new_from = self.snd_nxt
         out = self._out
         if out:
@@ -1403,7 +1406,7 @@ class TcpConnection:
         self._rcv_unacked = 0
         return field
 
-    def _segment(self, flags: int, seq: int, payload, now: float) -> bytes:
+    def _segment(self, flags: int, seq: int, payload, now: float) -> bytes | TcpParts:
         """Build an ACK-bearing segment at unwrapped ``seq`` with the current options."""
         if self._ece:
             flags |= ECE
@@ -1416,7 +1419,7 @@ class TcpConnection:
             opts = self._sack_option(4)
         else:
             opts = b""
-        return pack_segment(
+        return (pack_parts if payload and self.cfg.gather else pack_segment)(
             self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
             (self.irs + self.rcv_nxt) & MASK, flags, win, opts, payload)
 
