@@ -71,3 +71,18 @@ def test_the_table_is_bounded():
         seen.note(packet(bytes([10, 0, i >> 8, i & 0xFF]), 9, i, 0, ACK), 4)
     assert len(seen) == TCP_SEEN_MAX
     assert (bytes([10, 0, 0, 0]), 9) not in seen.ends  # the least recently seen went first
+
+
+def test_a_super_segment_row_is_read_by_its_headers_and_its_length():
+    """The guard reads a row's headers in place of copying it whole (a 64 KB super-segment): the
+    next sequence number still counts every payload byte the row's length says it carries."""
+    r = bytes([10, 0, 0, 1])
+    big = packet(r, 80, 5000, 3, ACK, bytes(range(256)) * 250)  # 64000 bytes of payload
+    rows, lens = rows_of([packet(r, 80, 4000, 3, ACK, b"a" * 1000), big])
+    seen = TcpSeen()
+    seen.note_rows(rows, lens, np.array([0, 1]), 14, 4, connected=True)
+    assert seen.ends == {(r, 80): [5000 + 64000, 3]}
+    seen.note(big[:30], 4, len(big) + 100)  # too few bytes to hold both headers: ignored
+    seen.note(big[:40], 4, 39)  # a length shorter than its headers: ignored
+    seen.note(big[:40], 4, 40 + 10)  # headers and a length: 10 bytes from 5000
+    assert seen.ends == {(r, 80): [5000 + 64000, 3]}

@@ -247,6 +247,33 @@ def test_output_errors():
     assert IP(ip.output(17, None, B4, b"x", 0, df=False)[0]).flags == 0
 
 
+@FAST
+@given(st.sampled_from([B4, B6]), st.integers(0, 66000), st.sampled_from([None, False, True]),
+       st.booleans(), st.integers(0, 255), st.integers(0, 3))
+def test_head_is_outputs_header(dst, plen, df, segmented, tos, locked_mtu):
+    """`head` gives the header `output` puts in front of the payload, or None exactly when
+    `output` fragments (and the same error when it refuses): the engine's gather write."""
+    a, b = layer(ident=77), layer(ident=77)
+    if locked_mtu:  # a PMTU at the floor clears DF
+        for ip in (a, b):
+            ip.pmtus.lower(dst, 500, 0.0, len(dst) == 16)
+    payload = bytes(plen)
+    try:
+        want = a.output(6, None, dst, payload, 0.0, tos=tos, df=df, segmented=segmented)
+    except (OSError, ValueError) as e:
+        with pytest.raises(type(e)):
+            h = b.head(6, None, dst, plen, 0.0, tos=tos, df=df, segmented=segmented)
+            if h is None:  # fragmented where output refused: only past IPv4's 64 KB
+                b.output(6, None, dst, payload, 0.0, tos=tos, df=df, segmented=segmented)
+        return
+    h = b.head(6, None, dst, plen, 0.0, tos=tos, df=df, segmented=segmented)
+    if len(want) > 1:
+        assert h is None
+    else:
+        assert h is not None and h + payload == want[0]
+        assert a.counters == b.counters
+
+
 # --------------------------------------------------------------------------- ICMPv4
 
 

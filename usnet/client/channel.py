@@ -439,6 +439,20 @@ class Channel:
         self.umd[w] = n
         self.umd[w + W_GSO] = gso_size << GSO_SHIFT  # headroom 0; a stale gso_size must not survive reuse
 
+    def write_parts(self, pkt: int, head: bytes, payload, gso_size: int = 0) -> None:
+        """`write` of ``head + payload`` without joining them first: each is copied once, into the packet."""
+        h = len(head)
+        n = h + len(payload)
+        if n > self.stride:
+            raise ValueError(f"{n} bytes do not fit a {self.stride}-byte packet")
+        o = pkt * self.stride
+        buf = self.buf
+        buf[o : o + h] = head
+        buf[o + h : o + n] = payload
+        w = pkt * UMD_WORDS
+        self.umd[w] = n
+        self.umd[w + W_GSO] = gso_size << GSO_SHIFT
+
     def mark(self, pkt: int, *, tag: int = 0, deadline_ns: int = 0, report: bool = False) -> None:
         """Give a packet to send its id, a deadline, and whether to report its fate (flow channels).
 

@@ -45,7 +45,7 @@ from usnet.proto.tcp import TcpEndpoint, TcpState
 from usnet.proto.wire import ecn
 from usnet.proto.wire.ipv4 import not_unicast4
 from usnet.proto.wire.ipv6 import not_unicast6
-from usnet.proto.wire.tcp import TCP_HEADER
+from usnet.proto.wire.tcp import TCP_HEADER, TcpParts
 from usnet.runtime import gil
 
 __all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "connector", "delivered", "runner"]
@@ -171,6 +171,7 @@ class FlowEngine:
         self.family = self.info.family
         self.local = ipaddress.ip_address(self.info.local_addr).packed
         self.ip = IpLayer([self.local], mtu=self.info.mtu)
+        tcp_options.setdefault("gather", True)  # data segments as parts, written into packets (`_transmit`)
         if self.info.gso_max:  # the netif segments: TCP may hand it super-segments
             tcp_options.setdefault("gso_max", self.info.gso_max - (20 if len(self.local) == 4 else 40))
         port = self.info.local_port
@@ -193,7 +194,7 @@ class FlowEngine:
         self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
                                              else share.changed)  # notified after every pump
         # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
-        self._backlog: list[tuple[bytes, int]] = []
+        self._backlog: list[tuple[bytes, Any, int]] = []  # (packet or headers, payload view or None, cut)
         self.closed = False
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set() if share is None else share.watchers  # usnet sockets to signal after each pump
@@ -459,13 +460,22 @@ class FlowEngine:
             # Ask TCP for more only once the channel took the last burst: what waits
             # here has left TCP's books as sent, so a queue here would read as path
             # delay (RTT, RTO) and retransmit into itself. Held back, it waits in TCP.
-            output, local = self.ip.output, self.local
+            # A data segment comes as TcpParts (TcpConfig.gather): its IP header and TCP
+            # header go into the packet first and its payload, a view of the send buffer,
+            # is copied once, behind them, instead of being joined twice on the way.
+            output, head, local = self.ip.output, self.ip.head, self.local
             for dst, seg, cut, ect in self.tcp.outgoing(now):
+                if type(seg) is TcpParts:
+                    h = head(TCP, local, dst, len(seg), now, tos=ect, segmented=bool(cut))
+                    if h is not None:
+                        out.append((h + seg.head, seg.payload, cut))
+                        continue
+                    seg = bytes(seg)  # to be fragmented
                 if cut:
-                    out.append((output(TCP, local, dst, seg, now, tos=ect, segmented=True)[0], cut))
+                    out.append((output(TCP, local, dst, seg, now, tos=ect, segmented=True)[0], None, cut))
                 else:
                     for pkt in output(TCP, local, dst, seg, now, tos=ect):
-                        out.append((pkt, 0))
+                        out.append((pkt, None, 0))
         if not out:
             return
         ch = self.ch
@@ -475,8 +485,11 @@ class FlowEngine:
                 pkts = ch.alloc(len(out) - sent, 0)
             except (BlockingIOError, NoBuffers):
                 break  # no buffers now: the rest waits for the next pump
-            for p, (data, cut) in zip(pkts, out[sent:]):
-                ch.write(p, data, cut)
+            for p, (data, payload, cut) in zip(pkts, out[sent:]):
+                if payload is None:
+                    ch.write(p, data, cut)
+                else:
+                    ch.write_parts(p, data, payload, cut)
             try:
                 done = ch.send(pkts, 0)
             except BlockingIOError:
@@ -486,7 +499,9 @@ class FlowEngine:
             sent += done
             if done < len(pkts):
                 break
-        self._backlog = out[sent:]
+        # What waits outlives this call: its payload views could be overwritten once the
+        # send buffer's bytes are acknowledged and reused, so it waits as bytes.
+        self._backlog = [(d if pl is None else d + pl, None, cut) for d, pl, cut in out[sent:]]
 
     def deadline(self, now: float) -> float | None:
         """When this engine next needs the runner, absent traffic."""

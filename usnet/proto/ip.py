@@ -11,6 +11,7 @@ reason): nothing that comes from the wire raises out of `IpLayer.input`.
         IcmpError(proto, local, local_port, remote, remote_port, errno, ...)
                                                          -> report to the matching connection
     ip.output(proto, src, dst, payload, now) -> [packet, ...]   (fragments if needed)
+    ip.head(proto, src, dst, len(payload), now) -> header   (None: must fragment; use output)
 
 What it does not do, because the flow switch does it once for every flow
 of its netif (docs/architecture.md, "Data paths"): ARP and Neighbour
@@ -340,6 +341,40 @@ class IpLayer:
         if src not in self._local6:
             raise OSError(_errno.EADDRNOTAVAIL, "source is not a local address")
         return src
+
+    def head(self, proto: int, src: bytes | None, dst: bytes, plen: int, now: float, *,
+             ttl: int | None = None, tos: int = 0, df: bool | None = None,
+             segmented: bool = False) -> bytes | None:
+        """The IP header of the one packet `output` would make for ``plen`` bytes of payload.
+
+        For a caller that writes the header and the payload (a view of its
+        own buffer) into a packet buffer itself, instead of `output` joining
+        them. None when IPv4 must fragment (call `output`, which does); the
+        other arguments, counters and errors are `output`'s.
+        """
+        dst = bytes(dst)
+        if len(dst) == 4:
+            src = self._src4(src)
+            pmtu, locked = self.pmtus.get(dst, now)
+            if IPV4_HLEN + plen > pmtu and not segmented:
+                if df and not locked:
+                    raise OSError(_errno.EMSGSIZE,
+                                  f"packet of {IPV4_HLEN + plen} bytes exceeds the path MTU {pmtu}")
+                return None
+            ident = self._ident
+            self._ident = (ident + 1) & 0xFFFF
+            self.counters["tx"] += 1
+            return build_ipv4_header(src, dst, proto, plen, ident, self.ttl if ttl is None else ttl,
+                                     df is not False and not locked, tos)
+        if len(dst) == 16:
+            src = self._src6(src, dst)
+            pmtu = self.pmtus.get(dst, now)[0]
+            if IPV6_HLEN + plen > pmtu and not segmented:
+                raise OSError(_errno.EMSGSIZE,
+                              f"packet of {IPV6_HLEN + plen} bytes exceeds the path MTU {pmtu}")
+            self.counters["tx"] += 1
+            return build_ipv6_header(src, dst, proto, plen, self.hop_limit if ttl is None else ttl, tos)
+        raise WireError("destination must be 4 or 16 bytes")
 
     def output(self, proto: int, src: bytes | None, dst: bytes, payload, now: float, *,
                ttl: int | None = None, tos: int = 0, df: bool | None = None,

@@ -50,6 +50,7 @@ TCP_SEEN_MAX = 4096  # remote ends per flow whose sequence state is kept; the le
 _TCPFIX = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _MASK = 0xFFFFFFFF
+_HEADS = 60 + 20  # the longest IPv4 header and the fixed TCP header: what `note` reads of a packet
 TCP, UDP = 6, 17
 _EOL, _NOP, _RR, _TS, _LSRR, _SSRR = 0, 1, 7, 0x44, 0x83, 0x89
 
@@ -160,8 +161,9 @@ class TcpSeen:
                 last = self._last_per_end(rows, idx, base, 4)
         else:
             last = self._last_per_end(rows, idx, base, 6)
-        for i in last:
-            self.note(rows[i, base : base + int(lens[i])].tobytes(), family)
+        for i in last:  # the headers only (a super-segment's row is 64 KB): IP's at most 60, TCP's fixed 20
+            n = int(lens[i])
+            self.note(rows[i, base : base + min(n, _HEADS)].tobytes(), family, n)
 
     @staticmethod
     def _last_per_end(rows: np.ndarray, idx: np.ndarray, base: int, family: int, by_port: bool = False) -> list[int]:
@@ -179,8 +181,11 @@ class TcpSeen:
             by_end[end] = i
         return sorted(by_end.values())
 
-    def note(self, p: bytes, family: int) -> None:
-        """One validated IP packet `p` of the flow (IPv6: no extension header, else ignored)."""
+    def note(self, p: bytes, family: int, length: int | None = None) -> None:
+        """One validated IP packet `p` of the flow (IPv6: no extension header, else ignored);
+        `length`: the packet's, when `p` holds only its first bytes (at least its IP header and
+        TCP's fixed 20, or it is ignored)."""
+        n = len(p) if length is None else length
         if family == 4:
             l4 = (p[0] & 0xF) << 2
             dst = p[16:20]
@@ -188,7 +193,7 @@ class TcpSeen:
             if p[6] != 6:  # a fragment header: the stack never sends TCP that way
                 return
             l4, dst = 40, p[24:40]
-        if len(p) < l4 + 20:
+        if len(p) < l4 + 20 or n < l4 + 20:
             return
         sport, dport, seq, ack, off, flags = _TCPFIX.unpack_from(p, l4)
         key: tuple = (dst, dport, sport) if self.by_port else (dst, dport)
@@ -196,7 +201,7 @@ class TcpSeen:
         if flags & _RST:
             ends.pop(key, None)  # the client reset it itself: nothing left to tell
             return
-        nxt = (seq + len(p) - l4 - ((off >> 4) << 2) + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _MASK
+        nxt = (seq + n - l4 - ((off >> 4) << 2) + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _MASK
         ack = ack if flags & _ACK else None
         old = ends.pop(key, None)
         if old is not None and not (flags & _SYN and not flags & _ACK):

@@ -67,6 +67,10 @@ class TcpConfig:
     # below takes and cuts into MSS-sized segments itself; 0: none. With it, bulk
     # data goes out in super-segments of whole MSS multiples (see `segment_cut`).
     gso_max: int = 0
+    # Data segments as `TcpParts` (header, view of the send buffer) rather than bytes, for a
+    # caller that writes them straight into its packet buffers and is done with them before
+    # the connection next takes input or data (usnet.client.engine).
+    gather: bool = False
     rcvbuf: int = 128 * 1024  # initial receive buffer (and window)
     rcvbuf_max: int = 6 * 1024 * 1024  # auto-tuning ceiling; sets the window scale
     sndbuf: int = 64 * 1024

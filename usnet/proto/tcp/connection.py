@@ -68,6 +68,7 @@ import random
 import struct
 from dataclasses import replace
 
+from usnet.proto.tcp.bytequeue import ByteQueue
 from usnet.proto.tcp.config import (
     CLOSE_WAIT,
     CLOSED,
@@ -107,7 +108,9 @@ from usnet.proto.wire.tcp import (
     RST,
     SYN,
     TCP_HLEN,
+    TcpParts,
     TcpSegment,
+    pack_parts,
     pack_segment,
     pseudo_sum,
     tcp_options,
@@ -257,7 +260,7 @@ class TcpConnection:
         self.max_snd_wnd = 0
         self.snd_wl1 = 0
         self.snd_wl2 = 0
-        self._sndbuf = bytearray()
+        self._sndbuf = ByteQueue()
         self._snd_base = 1
         self.sndbuf_cap = cfg.sndbuf
         self._fin_queued = False
@@ -267,7 +270,7 @@ class TcpConnection:
         self.rcv_nxt = 0
         self.rcv_adv = 0
         self._last_ack_sent = 0
-        self._rcvq = bytearray()
+        self._rcvq = ByteQueue()
         self._reasm = Reassembly()
         self.rcvbuf_cap = cfg.rcvbuf
         self._syn_window = min(cfg.rcvbuf, 0xFFFF)
@@ -299,7 +302,7 @@ class TcpConnection:
         self._last_send = now
         self._ch_t = -INF
         self._ch_n = 0
-        self._out: list[bytes] = []
+        self._out: list[bytes | TcpParts] = []
         self._rs_bytes = 0
         self._rs_time = now
         self._rcv_rtt: float | None = None
@@ -361,10 +364,10 @@ class TcpConnection:
         if space <= 0 or not n:
             return 0
         if n > space:
-            self._sndbuf += memoryview(data)[:space]
+            self._sndbuf.append(memoryview(data)[:space])
             n = space
         else:
-            self._sndbuf += data
+            self._sndbuf.append(data)
         self.stats.bytes_written += n
         self._touch()
         return n
@@ -375,19 +378,16 @@ class TcpConnection:
         n = len(q)
         if not n or max_bytes <= 0:
             return b""
-        if max_bytes >= n:
-            data = bytes(q)
-            q.clear()
-        else:
+        if max_bytes < n:
             n = max_bytes
-            data = bytes(memoryview(q)[:n])
-            del q[:n]
+        data = q.take(n)
+        q.drop(n)
         self._consumed(n)
         return data
 
     def peek(self, max_bytes: int = 1 << 20) -> bytes:
         """Up to ``max_bytes`` of in-order data, left queued (a socket's MSG_PEEK)."""
-        return bytes(memoryview(self._rcvq)[:max_bytes]) if max_bytes > 0 else b""
+        return self._rcvq.take(max_bytes) if max_bytes > 0 else b""
 
     def recv_into(self, buf) -> int:
         """Copy in-order data into ``buf``; returns the byte count."""
@@ -395,8 +395,8 @@ class TcpConnection:
         n = min(len(q), len(buf))
         if not n:
             return 0
-        memoryview(buf)[:n] = memoryview(q)[:n]
-        del q[:n]
+        q.read_into(buf, n)
+        q.drop(n)
         self._consumed(n)
         return n
 
@@ -1120,10 +1120,7 @@ class TcpConnection:
         upto = a if a < dend else dend
         if upto > base:
             n = upto - base
-            if n == len(buf):
-                buf.clear()
-            else:
-                del buf[:n]
+            buf.drop(n)
             self._snd_base = upto
             stats.bytes_acked += n
             self.events |= EV_WRITABLE
@@ -1257,13 +1254,13 @@ class TcpConnection:
             self._ack_now = True
         if plen:
             if s == rcv_nxt:
-                self._rcvq += payload
+                self._rcvq.append(payload)
                 rcv_nxt += plen
                 reasm = self._reasm
                 if reasm:
                     data, nxt = reasm.pop_ready(rcv_nxt)
                     if data is not None:
-                        self._rcvq += data
+                        self._rcvq.append(data)
                         rcv_nxt = nxt
                     self._ack_now = True  # a gap (partly) filled: tell the sender at once
                 self.stats.bytes_in += rcv_nxt - self.rcv_nxt
@@ -1322,8 +1319,9 @@ class TcpConnection:
 
     # ------------------------------------------------------------------ output
 
-    def outgoing(self, now: float) -> list[bytes]:
-        """Every segment due now: whole TCP segments (header + payload, checksummed)."""
+    def outgoing(self, now: float) -> list[bytes | TcpParts]:
+        """Every segment due now: whole TCP segments (header + payload, checksummed); with
+        ``cfg.gather``, data segments as `TcpParts`, valid until the next input or `send`."""
         self._new_from = self.snd_nxt
         out = self._out
         if out:
@@ -1408,7 +1406,7 @@ class TcpConnection:
         self._rcv_unacked = 0
         return field
 
-    def _segment(self, flags: int, seq: int, payload, now: float) -> bytes:
+    def _segment(self, flags: int, seq: int, payload, now: float) -> bytes | TcpParts:
         """Build an ACK-bearing segment at unwrapped ``seq`` with the current options."""
         if self._ece:
             flags |= ECE
@@ -1421,7 +1419,7 @@ class TcpConnection:
             opts = self._sack_option(4)
         else:
             opts = b""
-        return pack_segment(
+        return (pack_parts if payload and self.cfg.gather else pack_segment)(
             self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
             (self.irs + self.rcv_nxt) & MASK, flags, win, opts, payload)
 
@@ -1593,7 +1591,7 @@ class TcpConnection:
             if self._cwr and not rtx:
                 flags |= CWR  # the first new data after a slowdown for ECE says so
                 self._cwr = False
-            payload: memoryview | bytes | None = memoryview(buf)[start - base : pend - base]
+            payload: memoryview | bytes | None = buf.view(start - base, pend - base)
         else:
             plen = 0
             payload = b""

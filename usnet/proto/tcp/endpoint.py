@@ -62,6 +62,7 @@ from usnet.proto.wire.tcp import (
     RST,
     SYN,
     TcpChecksumError,
+    TcpParts,
     TcpSegment,
     pack_segment,
     parse_tcp,
@@ -195,7 +196,7 @@ class TcpEndpoint:
         self.on_forget: Callable[[TcpConnection], None] | None = None
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
-        self._out: list[tuple[bytes, bytes, int, int]] = []
+        self._out: list[tuple[bytes, bytes | TcpParts, int, int]] = []
         # The schedule: connections something happened to since `outgoing` last visited them
         # (insertion-ordered, a set), and a heap of (deadline, tie, connection) whose stale
         # entries (timer_at moved on) are skipped. Nothing per event walks every connection.
@@ -486,8 +487,11 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ output and timers
 
-    def outgoing(self, now: float) -> list[tuple[bytes, bytes, int, int]]:
+    def outgoing(self, now: float) -> list[tuple[bytes, bytes | TcpParts, int, int]]:
         """Every segment due now, as ``(destination address, TCP segment, cut, ecn)``.
+
+        With ``TcpConfig.gather`` a data segment is `TcpParts`, valid until the next
+        `input` or application call on its connection (it views the send buffer).
 
         ``cut`` is 0, or for a super-segment (``TcpConfig.gso_max``) the payload
         of each segment the layer below must cut it into. ``ecn`` is the

@@ -47,7 +47,8 @@ from usnet.proto.wire.header import Header
 __all__ = [
     "ACK", "CWR", "ECE", "FIN", "MAX_OPTIONS", "OPT_EOL", "OPT_MSS", "OPT_NOP", "OPT_SACK",
     "OPT_SACK_OK", "OPT_TS", "OPT_WSCALE", "PSH", "RST", "SYN", "TCP_HEADER", "TCP_HLEN", "TCP_PROTO", "URG",
-    "TcpChecksumError", "TcpSegment", "build_tcp", "pack_segment", "parse_tcp", "pseudo_sum",
+    "TcpChecksumError", "TcpParts", "TcpSegment", "build_tcp", "pack_parts", "pack_segment", "parse_tcp",
+    "pseudo_sum",
     "tcp_checksum", "tcp_options", "write_tcp",
 ]
 
@@ -310,6 +311,53 @@ def pack_segment(
     if olen:
         return b"".join((hdr, options, payload))
     return hdr + payload if plen else hdr
+
+
+class TcpParts:
+    """A built segment in two parts: ``head`` (header and options, checksum set) and ``payload``.
+
+    What `pack_parts` returns for a caller that writes segments into its own
+    packet buffers (usnet.client.engine): the payload stays a view of the
+    sender's buffer and is copied once, into the packet, instead of being
+    joined to the header here and to the IP header below. ``len`` is the
+    whole segment's and indexing reads the header, so what inspects a built
+    segment's header (``segment[12]``, ``segment[4:8]``) reads either kind;
+    ``bytes(parts)`` is the segment `pack_segment` would have built.
+    """
+
+    __slots__ = ("head", "payload")
+
+    def __init__(self, head: bytes, payload) -> None:
+        self.head = head
+        self.payload = payload
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.payload)
+
+    def __getitem__(self, i):
+        return self.head[i]
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.head, self.payload))
+
+
+def pack_parts(
+    psum: int, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
+    options=b"", payload=b"", urg: int = 0,
+) -> TcpParts:
+    """`pack_segment`'s segment as `TcpParts`: the same bytes, the payload not copied."""
+    hlen = TCP_HLEN + len(options)
+    tlen = hlen + len(payload)
+    offflags = (hlen << 10) | flags
+    n = acc(payload) + (
+        psum + tlen + sport + dport + seq + ack + offflags + window + urg
+        + _from_bytes(options, "big")
+    )
+    try:
+        hdr = _pack(sport, dport, seq, ack, offflags, window, finish(n), urg)
+    except struct.error as e:
+        raise WireError(f"TCP: bad header field: {e}") from None
+    return TcpParts(hdr + options if options else hdr, payload)
 
 
 def _check_options(options) -> None:

@@ -1,0 +1,149 @@
+"""A FIFO of bytes for TCP's send and receive buffers: a ring that never reallocates in place.
+
+Why not a bare bytearray (``q += data; del q[:n]``): CPython deletes from
+the front of a bytearray by moving its start, but the next append that
+needs more room then copies the *whole* live content into a newly allocated
+block (``PyByteArray_Resize`` with a logical offset), and a front deletion
+that leaves less than half the block copies it too. A bulk sender's queue is
+a few megabytes topped up by 64 KB whenever an ACK frees room, so every
+top-up copied all of it, into fresh memory whose pages the kernel then had to
+fault in and zero (about one minor fault per 4 KB page sent).
+
+Here the bytes live in one block used as a ring: `append` writes into the
+free part (in two pieces across the end), `drop` moves the head, and the
+block is replaced by a bigger one only when the live bytes outgrow it
+(doubling, so at most one extra copy per byte over a queue's life). Its
+pages are faulted in once.
+
+`view` reads live bytes in place, as a memoryview of the block, except for
+a range that crosses the end of the ring (one in every ring's worth of
+segments), which comes back as bytes. A view stays a view of the bytes it
+was taken of until they are dropped: after `drop`, a later `append` may
+write over them, so a holder copies or finishes with a view before the
+owner drops its bytes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ByteQueue"]
+
+_MIN_BLOCK = 1 << 12
+
+
+def _bytes_view(data) -> memoryview:
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+class ByteQueue:
+    """Bytes in order; ``len`` is the live count, `view(a, b)` reads ``[a, b)`` of them in place."""
+
+    __slots__ = ("_mv", "_cap", "_head", "_len")
+
+    def __init__(self) -> None:
+        self._mv = memoryview(bytearray())
+        self._cap = 0
+        self._head = 0
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    @property
+    def capacity(self) -> int:
+        """The block's size: the most bytes the queue holds before it needs a bigger one."""
+        return self._cap
+
+    def _grow(self, need: int) -> None:
+        cap = self._cap * 2
+        if cap < need:
+            cap = need
+        if cap < _MIN_BLOCK:
+            cap = _MIN_BLOCK
+        new = memoryview(bytearray(cap))
+        n = self._len
+        if n:
+            self._copy_out(new, 0, n)
+        self._mv = new
+        self._cap = cap
+        self._head = 0
+
+    def append(self, data) -> None:
+        """Add ``data`` (any bytes-like object) at the end."""
+        mv = _bytes_view(data)
+        n = len(mv)
+        if not n:
+            return
+        size = self._len
+        if size + n > self._cap:
+            self._grow(size + n)
+        cap = self._cap
+        tail = self._head + size
+        if tail >= cap:
+            tail -= cap
+        first = cap - tail
+        if n <= first:
+            self._mv[tail : tail + n] = mv
+        else:
+            self._mv[tail:] = mv[:first]
+            self._mv[: n - first] = mv[first:]
+        self._len = size + n
+
+    def view(self, start: int, end: int) -> memoryview | bytes:
+        """The live bytes ``[start, end)``: in place, or as bytes across the ring's end."""
+        cap = self._cap
+        a = self._head + start
+        if a >= cap:
+            a -= cap
+        b = a + (end - start)
+        if b <= cap:
+            return self._mv[a:b]
+        return b"".join((self._mv[a:], self._mv[: b - cap]))
+
+    def _copy_out(self, dst: memoryview, start: int, n: int) -> None:
+        cap = self._cap
+        a = self._head + start
+        if a >= cap:
+            a -= cap
+        first = cap - a
+        if n <= first:
+            dst[:n] = self._mv[a : a + n]
+        else:
+            dst[:first] = self._mv[a:]
+            dst[first:n] = self._mv[: n - first]
+
+    def read_into(self, buf, n: int) -> None:
+        """Copy the first ``n`` live bytes into ``buf`` (a writable bytes-like object), left queued."""
+        self._copy_out(_bytes_view(buf), 0, n)
+
+    def take(self, n: int) -> bytes:
+        """The first ``n`` live bytes as bytes (a copy), left queued."""
+        if n > self._len:
+            n = self._len
+        v = self.view(0, n)
+        return v if type(v) is bytes else bytes(v)
+
+    def drop(self, n: int) -> None:
+        """Forget the first ``n`` live bytes (at most ``len(self)``)."""
+        left = self._len - n
+        if left <= 0:
+            self._head = 0
+            self._len = 0
+            return
+        h = self._head + n
+        if h >= self._cap:
+            h -= self._cap
+        self._head = h
+        self._len = left
+
+    def clear(self) -> None:
+        """Forget every byte; the block goes too (a failed or closed connection's memory)."""
+        self._mv = memoryview(bytearray())
+        self._cap = 0
+        self._head = 0
+        self._len = 0
