@@ -92,6 +92,7 @@ from usnet.proto.tcp.config import (
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
 from usnet.proto.tcp.pacing import UNPACED, Pacer
+from usnet.proto.tcp.quickack import QuickAck
 from usnet.proto.tcp.rack import Rack
 from usnet.proto.tcp.rate import Rate
 from usnet.proto.tcp.reassembly import Reassembly
@@ -178,6 +179,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
+        "_quick",
         "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
     )
 
@@ -275,6 +277,7 @@ class TcpConnection:
         self._rx_fin_at: int | None = None
         self._rcv_mss = min(536, mss)
         self._rcv_unacked = 0
+        self._quick = QuickAck()  # ACK every segment for a while (usnet.proto.tcp.quickack)
         self._ack_now = False
         self._probe_now = False
         self._syn_pending = False
@@ -919,11 +922,15 @@ class TcpConnection:
         tsval = seg.tsval
         ts_ok = self.ts_ok
         # PAWS (RFC 7323 §5.3): an older timestamp than TS.Recent is an old duplicate.
-        if (ts_ok and tsval is not None and not fl & RST and seq_lt(tsval, self.ts_recent)
+        # Linux allows one tick of slack (TCP_PAWS_WINDOW): a segment held back behind its own
+        # retransmission is then taken as the duplicate it is.
+        if (ts_ok and tsval is not None and not fl & RST and seq_diff(self.ts_recent, tsval) > 1
                 and not self._disordered_ack(seg, s, seglen, tsval)):
             stats.paws_rejected += 1
             stats.bad_segments += 1
             self._ack_now = True
+            if plen and s < rcv_nxt:
+                self._rx_dup(s, s + plen)
             return
         wnd = self.rcv_adv - rcv_nxt
         if wnd < 0:
@@ -933,6 +940,8 @@ class TcpConnection:
             stats.bad_segments += 1
             if not fl & RST:
                 self._ack_now = True
+                if plen and s < rcv_nxt:
+                    self._rx_dup(s, s + plen)
             return
         if fl & RST:
             if s == rcv_nxt:
@@ -1240,7 +1249,7 @@ class TcpConnection:
             if cut >= plen:
                 if plen:
                     self.stats.dup_segments += 1
-                    self._ack_now = True
+                    self._rx_dup(s, s + plen)
                 plen = 0
             else:
                 payload = payload[cut:]
@@ -1269,18 +1278,22 @@ class TcpConnection:
                 self.stats.bytes_in += rcv_nxt - self.rcv_nxt
                 self.rcv_nxt = rcv_nxt
                 self.events |= EV_READABLE
+                quick = self._quick.data_in(self.rcv_adv - rcv_nxt, self._rcv_mss)
                 if not self._ack_now:
                     if plen > self._rcv_mss:
                         self._rcv_mss = plen if plen < self.mss_local else self.mss_local
                     self._rcv_unacked += plen
-                    if self._rcv_unacked >= self.cfg.delack_segments * self._rcv_mss or not self.cfg.delack:
+                    if (quick or self._rcv_unacked >= self.cfg.delack_segments * self._rcv_mss
+                            or not self.cfg.delack):
                         self._ack_now = True
                     elif self._t_delack == INF:
                         self._t_delack = now + self.cfg.delack
                 if self.cfg.autotune:
                     self._autotune_rcv(plen, now)
             else:
-                self._reasm.add(s, payload)
+                reasm = self._reasm
+                if reasm.add(s, payload) < plen and self.sack_ok and reasm.dup is not None:
+                    self._dsack = reasm.dup  # RFC 2883: a duplicate above a hole, too
                 self.stats.ooo_segments += 1
                 self._ack_now = True  # duplicate ACK with SACK blocks
         if fin:
@@ -1293,6 +1306,18 @@ class TcpConnection:
                 self._ack_now = True  # repeated FIN
         elif self._rx_fin_at is not None and self._rx_fin_at == self.rcv_nxt:
             self._rx_fin(now)
+
+    def _rx_dup(self, s: int, end: int) -> None:
+        """Data we already had (`s` below RCV.NXT) came again, as Linux's tcp_send_dupack: the
+        sender retransmitted, so our ACK was lost or late, or the path reordered the original
+        behind its retransmission. Report it at once in a D-SACK (RFC 2883), which lets the
+        sender undo a recovery it began for nothing, and acknowledge every segment for a while
+        (usnet.proto.tcp.quickack): the sender is likely in recovery with a small window."""
+        rcv_nxt = self.rcv_nxt
+        if self.sack_ok:
+            self._dsack = (s, end if end < rcv_nxt else rcv_nxt)
+        self._quick.enter(self.rcv_adv - rcv_nxt, self._rcv_mss)
+        self._ack_now = True
 
     def _rx_fin(self, now: float) -> None:
         self.rcv_nxt += 1
@@ -1402,6 +1427,8 @@ class TcpConnection:
         if field > 0xFFFF:
             field = 0xFFFF
         self.rcv_adv = rcv_nxt + (field << sc)
+        if self._quick.left and (rcv_nxt != self._last_ack_sent or self._dsack or self._reasm):
+            self._quick.ack_sent()
         self._last_ack_sent = rcv_nxt
         self._ack_now = False
         self._t_delack = INF
