@@ -15,6 +15,11 @@ every data segment is acknowledged at once (tcp_input.c: ``tcp_incr_quickack``,
 
 How many: half the window in segments, at least 2, at most ``MAX_QUICKACKS`` (16), as Linux's
 ``tcp_incr_quickack``; an ACK we send of new data uses one (``tcp_dec_quickack_mode``).
+
+Not in an exchange: when we send data within a delayed-ACK time of data arriving, the
+connection is interactive ("ping-pong", ``inet_csk_inc_pingpong_cnt``) and its ACKs ride on
+the answers, so the mode waits (a request gets no ACK of its own before its answer). A
+duplicate, or a delayed ACK that had to go alone (the answer did not come in time), ends that.
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ MAX_QUICKACKS = 16  # Linux's TCP_MAX_QUICKACKS
 
 
 class QuickAck:
-    """How many of the next ACKs go out at once (``left``), and whether data came yet."""
+    """How many of the next ACKs go out at once (``left``); when in-order data last came
+    (``last_in``, None before the first); whether the connection is interactive (``pingpong``)."""
 
-    __slots__ = ("left", "started")
+    __slots__ = ("left", "last_in", "pingpong")
 
     def __init__(self) -> None:
         self.left = 0
-        self.started = False
+        self.last_in: float | None = None
+        self.pingpong = False
 
     def enter(self, window: int, rcv_mss: int, most: int = MAX_QUICKACKS) -> None:
-        """Acknowledge at once for a while: half `window` in `rcv_mss` segments, 2..`most`."""
+        """Acknowledge at once for a while: half `window` in `rcv_mss` segments, 2..`most`
+        (Linux's tcp_incr_quickack: it leaves ping-pong alone)."""
         n = window // (2 * rcv_mss) if rcv_mss > 0 else most
         if n < 2:
             n = 2
@@ -43,13 +51,24 @@ class QuickAck:
         if n > self.left:
             self.left = n
 
-    def data_in(self, window: int, rcv_mss: int) -> bool:
+    def duplicate(self, window: int, rcv_mss: int) -> None:
+        """A duplicate came (tcp_enter_quickack_mode): quick ACKs, interactive or not."""
+        self.pingpong = False
+        self.enter(window, rcv_mss)
+
+    def data_in(self, now: float, window: int, rcv_mss: int) -> bool:
         """In-order data arrived: True if it is to be acknowledged now (quick-ACK mode); the
         connection's first data enters the mode."""
-        if not self.started:
-            self.started = True
+        if self.last_in is None:
             self.enter(window, rcv_mss)
-        return self.left > 0
+        self.last_in = now
+        return self.left > 0 and not self.pingpong
+
+    def data_out(self, now: float, ato: float) -> None:
+        """We send new data: within `ato` of data arriving, the connection is interactive."""
+        last = self.last_in
+        if last is not None and now - last < ato:
+            self.pingpong = True
 
     def ack_sent(self) -> None:
         """An ACK of new data left: one quick ACK fewer."""

@@ -101,6 +101,16 @@ class Reassembly:
         except ValueError:
             pass
 
+    def continues_recent(self, start: int) -> bool:
+        """Whether bytes from ``start`` would grow (or fall in) the most recently changed block:
+        the first SACK block of the next ACK then still says all the last ACK's first one did."""
+        r = self.recent
+        if not r:
+            return False
+        s = r[0]
+        i = bisect_right(self.starts, s) - 1
+        return i >= 0 and self.starts[i] == s and s <= start <= s + len(self.datas[i])
+
     def pop_ready(self, nxt: int) -> tuple[bytearray | None, int]:
         """Take the block that continues the stream at ``nxt``.
 
