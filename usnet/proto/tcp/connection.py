@@ -99,7 +99,7 @@ from usnet.proto.tcp.rcvbuf import drs_window
 from usnet.proto.tcp.reassembly import Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import Scoreboard
-from usnet.proto.tcp.seq import MASK, seq_diff, seq_lt, unwrap
+from usnet.proto.tcp.seq import MASK, seq_diff, unwrap
 from usnet.proto.wire.tcp import (
     ACK,
     CWR,
