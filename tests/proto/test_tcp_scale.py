@@ -60,8 +60,9 @@ def _work_per_event(n: int) -> tuple[int, int, int]:
     idle_work = server.visits + client.visits
 
     # a delayed ACK's timer: data with nothing to answer, then the timer fires on one connection
+    # (the one that just answered a request: interactive, so not in quick-ACK mode, as Linux)
     server.visits = client.visits = 0
-    conns[0].send(b"x" * 100)
+    conns[-1].send(b"x" * 100)
     for _d, seg, _c, _e in client.outgoing(now):
         server.input(B, A, seg, now)
     t = server.timeout(now)

@@ -93,12 +93,14 @@ from usnet.proto.tcp.config import (
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
 from usnet.proto.tcp.pacing import UNPACED, Pacer
+from usnet.proto.tcp.quickack import QuickAck
 from usnet.proto.tcp.rack import Rack
 from usnet.proto.tcp.rate import Rate
+from usnet.proto.tcp.rcvbuf import drs_window
 from usnet.proto.tcp.reassembly import Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import Scoreboard
-from usnet.proto.tcp.seq import MASK, seq_diff, seq_lt, unwrap
+from usnet.proto.tcp.seq import MASK, seq_diff, unwrap
 from usnet.proto.wire.tcp import (
     ACK,
     CWR,
@@ -179,8 +181,9 @@ class TcpConnection:
         "_t_tw", "_t_persist", "_retries", "_rtx_since", "_rtt_seq", "_rtt_time", "_persist_backoff",
         "_probes", "_ka_probes", "_recovery", "_recover", "_high_rxt", "_lost_limit",
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
-        "_out", "_rs_bytes", "_rs_time", "_rcv_rtt", "_syn_window", "context",
+        "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
+        "_quick",
         "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
     )
 
@@ -278,6 +281,7 @@ class TcpConnection:
         self._rx_fin_at: int | None = None
         self._rcv_mss = min(536, mss)
         self._rcv_unacked = 0
+        self._quick = QuickAck()  # ACK every segment for a while (usnet.proto.tcp.quickack)
         self._ack_now = False
         self._probe_now = False
         self._syn_pending = False
@@ -304,6 +308,7 @@ class TcpConnection:
         self._ch_n = 0
         self._out: list[bytes | TcpParts] = []
         self._rs_bytes = 0
+        self._rs_last = 10 * mss  # the most `_rs_bytes` came to in a round trip (Linux: an initial window)
         self._rs_time = now
         self._rcv_rtt: float | None = None
 
@@ -639,6 +644,7 @@ class TcpConnection:
         if now >= self._t_delack:
             self._t_delack = INF
             self._ack_now = True
+            self._quick.pingpong = False  # the answer did not come in time (usnet.proto.tcp.quickack)
         if now >= self._t_pace:
             self._t_pace = INF  # the next `outgoing` sends the next burst
         if now >= self._t_ka:
@@ -919,11 +925,15 @@ class TcpConnection:
         tsval = seg.tsval
         ts_ok = self.ts_ok
         # PAWS (RFC 7323 §5.3): an older timestamp than TS.Recent is an old duplicate.
-        if (ts_ok and tsval is not None and not fl & RST and seq_lt(tsval, self.ts_recent)
+        # Linux allows one tick of slack (TCP_PAWS_WINDOW): a segment held back behind its own
+        # retransmission is then taken as the duplicate it is.
+        if (ts_ok and tsval is not None and not fl & RST and seq_diff(self.ts_recent, tsval) > 1
                 and not self._disordered_ack(seg, s, seglen, tsval)):
             stats.paws_rejected += 1
             stats.bad_segments += 1
             self._ack_now = True
+            if plen and s < rcv_nxt:
+                self._rx_dup(s, s + plen, now)
             return
         wnd = self.rcv_adv - rcv_nxt
         if wnd < 0:
@@ -933,6 +943,8 @@ class TcpConnection:
             stats.bad_segments += 1
             if not fl & RST:
                 self._ack_now = True
+                if plen and s < rcv_nxt:
+                    self._rx_dup(s, s + plen, now)
             return
         if fl & RST:
             if s == rcv_nxt:
@@ -1034,6 +1046,8 @@ class TcpConnection:
             if ts_ok and plen and seg.tsecr:
                 r = seq_diff(self._ts_now(now), seg.tsecr)
                 if r >= 0:
+                    if not r:
+                        r = 1  # a millisecond clock's 0 is under a tick, as Linux's min_delta
                     rr = self._rcv_rtt
                     self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
                     if self.snd_nxt <= self.snd_una:
@@ -1237,7 +1251,7 @@ class TcpConnection:
             if cut >= plen:
                 if plen:
                     self.stats.dup_segments += 1
-                    self._ack_now = True
+                    self._rx_dup(s, s + plen, now)
                 plen = 0
             else:
                 payload = payload[cut:]
@@ -1263,21 +1277,28 @@ class TcpConnection:
                         self._rcvq.append(data)
                         rcv_nxt = nxt
                     self._ack_now = True  # a gap (partly) filled: tell the sender at once
-                self.stats.bytes_in += rcv_nxt - self.rcv_nxt
+                got = rcv_nxt - self.rcv_nxt  # this segment and what it joined from the queue
+                self.stats.bytes_in += got
                 self.rcv_nxt = rcv_nxt
                 self.events |= EV_READABLE
+                quick = self._quick.data_in(now, self.rcv_adv - rcv_nxt, self._rcv_mss)
                 if not self._ack_now:
                     if plen > self._rcv_mss:
                         self._rcv_mss = plen if plen < self.mss_local else self.mss_local
                     self._rcv_unacked += plen
-                    if self._rcv_unacked >= self.cfg.delack_segments * self._rcv_mss or not self.cfg.delack:
+                    if (quick or self._rcv_unacked >= self.cfg.delack_segments * self._rcv_mss
+                            or not self.cfg.delack):
                         self._ack_now = True
                     elif self._t_delack == INF:
                         self._t_delack = now + self.cfg.delack
                 if self.cfg.autotune:
-                    self._autotune_rcv(plen, now)
+                    self._autotune_rcv(got, now)  # all of it: on a lossy path most comes from the queue
             else:
-                self._reasm.add(s, payload)
+                reasm = self._reasm
+                if self._ack_now and self.sack_ok and reasm and not reasm.continues_recent(s):
+                    self._ack_apart(now)  # the blocks so far, before this one pushes one out
+                if reasm.add(s, payload) < plen and self.sack_ok and reasm.dup is not None:
+                    self._dsack = reasm.dup  # RFC 2883: a duplicate above a hole, too
                 self.stats.ooo_segments += 1
                 self._ack_now = True  # duplicate ACK with SACK blocks
         if fin:
@@ -1290,6 +1311,33 @@ class TcpConnection:
                 self._ack_now = True  # repeated FIN
         elif self._rx_fin_at is not None and self._rx_fin_at == self.rcv_nxt:
             self._rx_fin(now)
+
+    def _rx_dup(self, s: int, end: int, now: float) -> None:
+        """Data we already had (`s` below RCV.NXT) came again, as Linux's tcp_send_dupack: the
+        sender retransmitted, so our ACK was lost or late, or the path reordered the original
+        behind its retransmission. Report it at once in a D-SACK (RFC 2883), which lets the
+        sender undo a recovery it began for nothing, and acknowledge every segment for a while
+        (usnet.proto.tcp.quickack): the sender is likely in recovery with a small window."""
+        rcv_nxt = self.rcv_nxt
+        if self.sack_ok:
+            if self._dsack is not None and self._ack_now:
+                self._ack_apart(now)  # the pending D-SACK goes out, not overwritten
+            self._dsack = (s, end if end < rcv_nxt else rcv_nxt)
+        self._quick.duplicate(self.rcv_adv - rcv_nxt, self._rcv_mss)
+        self._ack_now = True
+
+    def _ack_apart(self, now: float) -> None:
+        """The pending ACK now, on its own, instead of one for a whole batch of segments.
+
+        The caller hands us every segment that arrived since it last asked for output, and
+        `outgoing` would answer them all with one ACK, whose SACK option holds only 3 blocks,
+        the most recent first, and one D-SACK. A run of out-of-order segments that each open
+        or touch a different block (several losses in a window) would then tell the sender
+        about 3 of them, and later ACKs report the newest blocks first, so the sender learns
+        of the others late or never, and recovers by timeouts. Linux acknowledges each
+        out-of-order segment (its SACK compression merely delays, and keeps its 4 blocks).
+        An ACK that only grows the most recent block loses nothing and is not split."""
+        self._out.append(self._segment(ACK, self.snd_nxt, b"", now))
 
     def _rx_fin(self, now: float) -> None:
         self.rcv_nxt += 1
@@ -1310,10 +1358,14 @@ class TcpConnection:
         self._rs_bytes += n
         rtt = self._rcv_rtt or self.rto.srtt or 0.1
         if now - self._rs_time >= rtt:
-            need = 4 * self._rs_bytes
+            copied = self._rs_bytes
             cap = self.rcvbuf_cap
-            if need > cap and cap < self.cfg.rcvbuf_max:
-                self.rcvbuf_cap = need if need < self.cfg.rcvbuf_max else self.cfg.rcvbuf_max
+            if copied > self._rs_last and cap < self.cfg.rcvbuf_max:  # usnet.proto.tcp.rcvbuf
+                need = drs_window(copied, self._rs_last, self.mss_local)
+                if need > cap:
+                    self.rcvbuf_cap = need if need < self.cfg.rcvbuf_max else self.cfg.rcvbuf_max
+            if copied > self._rs_last:
+                self._rs_last = copied
             self._rs_bytes = 0
             self._rs_time = now
 
@@ -1400,6 +1452,8 @@ class TcpConnection:
         if field > 0xFFFF:
             field = 0xFFFF
         self.rcv_adv = rcv_nxt + (field << sc)
+        if self._quick.left and (rcv_nxt != self._last_ack_sent or self._dsack or self._reasm):
+            self._quick.ack_sent()
         self._last_ack_sent = rcv_nxt
         self._ack_now = False
         self._t_delack = INF
@@ -1433,9 +1487,10 @@ class TcpConnection:
             flat.append((irs + d[1]) & MASK)
             limit -= 1
             self.stats.dsacks_sent += 1
-        for lo, hi in self._reasm.blocks(limit):
+        fin = self._rx_fin_at  # a FIN beyond a hole is in its block, as Linux's end_seq counts it:
+        for lo, hi in self._reasm.blocks(limit):  # the sender's last segment is then wholly SACKed
             flat.append((irs + lo) & MASK)
-            flat.append((irs + hi) & MASK)
+            flat.append((irs + (hi + 1 if hi == fin else hi)) & MASK)
         n = len(flat)
         return struct.pack(f"!BBBB{n}I", 1, 1, 5, 2 + 4 * n, *flat)
 
@@ -1591,6 +1646,8 @@ class TcpConnection:
             if self._cwr and not rtx:
                 flags |= CWR  # the first new data after a slowdown for ECE says so
                 self._cwr = False
+            if not rtx:
+                self._quick.data_out(now, self.cfg.delack)  # an answer: interactive
             payload: memoryview | bytes | None = buf.view(start - base, pend - base)
         else:
             plen = 0

@@ -21,13 +21,14 @@ __all__ = ["Reassembly"]
 class Reassembly:
     """Sorted, merged, non-adjacent blocks ``[start, start + len(data))``."""
 
-    __slots__ = ("starts", "datas", "nbytes", "recent")
+    __slots__ = ("starts", "datas", "nbytes", "recent", "dup")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.datas: list[bytearray] = []
         self.nbytes = 0
         self.recent: list[int] = []  # starts of blocks, most recently changed first (for SACK order)
+        self.dup: tuple[int, int] | None = None  # the first range the last `add` already held (D-SACK)
 
     def __bool__(self) -> bool:
         return bool(self.starts)
@@ -36,8 +37,10 @@ class Reassembly:
         return len(self.starts)
 
     def add(self, start: int, data) -> int:
-        """Insert bytes at ``start``; returns how many of them were new."""
+        """Insert bytes at ``start``; returns how many of them were new. ``dup`` is then the
+        first range of them that was already held (what a D-SACK reports), or None."""
         n = len(data)
+        self.dup = None
         if not n:
             return 0
         end = start + n
@@ -48,8 +51,11 @@ class Reassembly:
             blk = datas[i]
             bend = starts[i] + len(blk)
             if bend >= end:
+                self.dup = (start, end)
                 self._touch(starts[i])
                 return 0
+            if bend > start:
+                self.dup = (start, bend)
             blk += data[bend - start :]
             self.nbytes += end - bend
         else:
@@ -64,6 +70,8 @@ class Reassembly:
         while j < len(starts) and starts[j] <= bend:
             nxt_end = starts[j] + len(datas[j])
             overlap = bend - starts[j]
+            if overlap > 0 and self.dup is None:
+                self.dup = (starts[j], nxt_end if nxt_end < bend else bend)
             if nxt_end > bend:
                 blk += datas[j][overlap:]
                 self.nbytes -= overlap
@@ -92,6 +100,16 @@ class Reassembly:
             self.recent.remove(start)
         except ValueError:
             pass
+
+    def continues_recent(self, start: int) -> bool:
+        """Whether bytes from ``start`` would grow (or fall in) the most recently changed block:
+        the first SACK block of the next ACK then still says all the last ACK's first one did."""
+        r = self.recent
+        if not r:
+            return False
+        s = r[0]
+        i = bisect_right(self.starts, s) - 1
+        return i >= 0 and self.starts[i] == s and s <= start <= s + len(self.datas[i])
 
     def pop_ready(self, nxt: int) -> tuple[bytearray | None, int]:
         """Take the block that continues the stream at ``nxt``.
