@@ -829,3 +829,24 @@ def test_alloc_ring_accounting_survives_concurrent_client_pop(domain, client):
     domain.kick_channel(a.id)
     assert a.stats()["refused"] == 0
     assert [e for e in a.events() if e.type == EventType.REFUSED] == []
+
+
+def test_an_alloc_ring_is_lent_a_few_megabytes_of_packets_not_the_whole_ring():
+    """usnet.domain.userpipe ALLOC_BYTES: the packets lent at once are bounded in bytes, so a client
+    cycling through them reuses the ones it freed last (warm, mapped) instead of 64 MB of 64 KB
+    packets; a channel of small packets still gets its whole ring."""
+    from tests.helpers.util import memwire_domain
+    from usnet.domain.userpipe import ALLOC_BYTES, ALLOC_MIN
+
+    with memwire_domain() as (_d, c):
+        big = c.udp_socket("a", ring_size=1024, packets=4096, buf_size=16384, buflets=4)
+        small = c.udp_socket("a", ring_size=1024, packets=4096)
+        lent = {}
+        for name, ds in (("big", big), ("small", small)):
+            ch = ds.channel
+            ch.free(ch.alloc(1))  # the first refill
+            lent[name] = len(ch._cache) + ch._alloc.available() + 1  # and the one freed
+        assert lent["big"] == max(ALLOC_MIN, ALLOC_BYTES // 65536) == 64
+        assert lent["small"] > 512  # 2 KB packets: 4 MB is more than the ring
+        big.close()
+        small.close()
