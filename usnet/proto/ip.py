@@ -390,47 +390,29 @@ class IpLayer:
         packet whatever its size, and its segments are TCP's to keep within
         the path MTU.
         """
-        dst = bytes(dst)
         plen = len(payload)
-        c = self.counters
-        if len(dst) == 4:
-            src = self._src4(src)
-            pmtu, locked = self.pmtus.get(dst, now)
-            t = self.ttl if ttl is None else ttl
-            ident = self._ident
-            self._ident = (ident + 1) & 0xFFFF
-            if IPV4_HLEN + plen <= pmtu or segmented:
-                c["tx"] += 1
-                hdr = build_ipv4_header(
-                    src, dst, proto, plen, ident, t, df is not False and not locked, tos)
-                return [hdr + payload]
-            if df and not locked:
-                raise OSError(_errno.EMSGSIZE,
-                              f"packet of {IPV4_HLEN + plen} bytes exceeds the path MTU {pmtu}")
-            if IPV4_HLEN + plen > 0xFFFF:
-                raise OSError(_errno.EMSGSIZE,
-                              f"payload of {plen} bytes does not fit an IPv4 datagram")
-            chunk = (pmtu - IPV4_HLEN) & ~7
-            mv = memoryview(payload)
-            if mv.ndim != 1 or mv.itemsize != 1:
-                mv = mv.cast("B")
-            out = []
-            for off in range(0, plen, chunk):
-                piece = mv[off : off + chunk]
-                hdr = build_ipv4_header(src, dst, proto, len(piece), ident, t, False, tos,
-                                        off + chunk < plen, off)
-                out.append(hdr + piece)
-            c["tx"] += 1
-            c["tx_fragments"] += len(out)
-            return out
-        if len(dst) == 16:
-            src = self._src6(src, dst)
-            pmtu = self.pmtus.get(dst, now)[0]
-            if IPV6_HLEN + plen > pmtu and not segmented:
-                raise OSError(_errno.EMSGSIZE,
-                              f"packet of {IPV6_HLEN + plen} bytes exceeds the path MTU {pmtu}")
-            c["tx"] += 1
-            hop = self.hop_limit if ttl is None else ttl
-            hdr = build_ipv6_header(src, dst, proto, plen, hop, tos)
+        hdr = self.head(proto, src, dst, plen, now, ttl=ttl, tos=tos, df=df, segmented=segmented)
+        if hdr is not None:
             return [hdr + payload]
-        raise WireError("destination must be 4 or 16 bytes")
+        # IPv4 beyond the path MTU, DF not asked for (`head` raised where it was): fragments
+        dst = bytes(dst)
+        src = self._src4(src)
+        pmtu = self.pmtus.get(dst, now)[0]
+        if IPV4_HLEN + plen > 0xFFFF:
+            raise OSError(_errno.EMSGSIZE, f"payload of {plen} bytes does not fit an IPv4 datagram")
+        t = self.ttl if ttl is None else ttl
+        ident = self._ident
+        self._ident = (ident + 1) & 0xFFFF
+        chunk = (pmtu - IPV4_HLEN) & ~7
+        mv = memoryview(payload)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        out = []
+        for off in range(0, plen, chunk):
+            piece = mv[off : off + chunk]
+            out.append(build_ipv4_header(src, dst, proto, len(piece), ident, t, False, tos,
+                                         off + chunk < plen, off) + piece)
+        c = self.counters
+        c["tx"] += 1
+        c["tx_fragments"] += len(out)
+        return out
