@@ -266,8 +266,8 @@ def _show_scale(result: dict, out: Console) -> None:
     out.print(f"memory per open connection ({m['connections']:,} held): application RSS "
               f"{m['app_bytes_per_conn'] / 1024:,.1f} KiB, usnetd RSS "
               f"{'n/a' if usnetd is None else f'{usnetd / 1024:,.1f} KiB'}")
-    out.print(f"RLIMIT_NOFILE {result['nofile']:,}: a usnet socket holds two descriptors, so the top count of "
-              f"open connections is at most what the limit leaves room for")
+    out.print(f"RLIMIT_NOFILE {result['nofile']:,}: the kernel's side holds a descriptor a connection (a usnet "
+              f"socket none until its fileno() is asked for), so the top count is at most what the limit leaves")
     t = result["target"]
     top = result["levels"][-1]
     out.print(f"target: accept ≥ {t['accept_cps_at_top']:,.0f}/s at {top:,} open and within 20 % of the rate at 0 "
