@@ -170,13 +170,33 @@ def getnameinfo(sockaddr: tuple, flags: int, *, client: Client | None = None,
 def _is_loopback(host: str) -> bool:
     """Whether `host` is a literal loopback address (127.0.0.0/8, ::1)."""
     try:
+        return _std.inet_pton(AF_INET, host)[0] == 127  # the usual case, without ipaddress (~3 us)
+    except OSError:
+        pass
+    try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
 
 
+def _literal(family: int, address: tuple) -> tuple[str, int, bytes] | None:
+    """(host, port, packed) for a numeric address of `family` with an int port, as getaddrinfo
+    would give them, without it (~12 us a call); None: getaddrinfo decides (names, scopes, "1.2",
+    a port by name, errors)."""
+    host, port = address[0], address[1]
+    if type(host) is not str or type(port) is not int or not 0 <= port <= 0xFFFF:
+        return None
+    try:
+        packed = _std.inet_pton(family, host)
+    except (OSError, ValueError):
+        return None
+    return _std.inet_ntop(family, packed), port, packed
+
+
 def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     """The standard module's address tuple: (host, port), or (host, port, 0, 0) for AF_INET6."""
+    if type(addr) is bytes and len(addr) == 4:
+        return (_std.inet_ntop(AF_INET, addr), port)  # an accept's usual case, without ipaddress
     host = str(ipaddress.ip_address(addr))
     return (host, port, 0, 0) if family == AF_INET6 else (host, port)
 
@@ -479,8 +499,13 @@ class socket:
         if self._listening or self._connected:
             return errno.EISCONN
         if self._conn is None:
-            host, port = getaddrinfo(address[0], address[1], self.family, SOCK_STREAM,
-                                     client=self._where[0], netif=self._where[1])[0][4][:2]
+            lit = _literal(self.family, address)  # create_connection resolved it already
+            if lit is not None:
+                host, port, raddr = lit
+            else:
+                host, port = getaddrinfo(address[0], address[1], self.family, SOCK_STREAM,
+                                         client=self._where[0], netif=self._where[1])[0][4][:2]
+                raddr = ipaddress.ip_address(host).packed
             client, netif = self._target(host)
             if self._engine is not None:  # bound: the port goes over to the connected flow
                 self._drop_engine()
@@ -490,7 +515,6 @@ class socket:
             else:  # the process's connector on this netif carries it: one channel for all of them
                 eng = connector(client, netif, self._ip_version)
                 owns = False
-            raddr = ipaddress.ip_address(host).packed
             if not owns:  # a free port of the connector's blocks: no message to the domain
                 self._port = eng.take_port(raddr, port)
             try:

@@ -37,13 +37,18 @@ def _bytes_view(data) -> memoryview:
     return mv
 
 
+# The block of every empty queue that never held a byte: shared, never written (capacity 0, so
+# the first `append` grows first), so a new connection's two queues make no view or buffer each.
+_NO_BLOCK = memoryview(bytearray())
+
+
 class ByteQueue:
     """Bytes in order; ``len`` is the live count, `view(a, b)` reads ``[a, b)`` of them in place."""
 
     __slots__ = ("_mv", "_cap", "_head", "_len")
 
     def __init__(self) -> None:
-        self._mv = memoryview(bytearray())
+        self._mv = _NO_BLOCK
         self._cap = 0
         self._head = 0
         self._len = 0
@@ -143,7 +148,7 @@ class ByteQueue:
 
     def clear(self) -> None:
         """Forget every byte; the block goes too (a failed or closed connection's memory)."""
-        self._mv = memoryview(bytearray())
+        self._mv = _NO_BLOCK
         self._cap = 0
         self._head = 0
         self._len = 0

@@ -8,7 +8,8 @@ protocol logic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, fields, replace
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CLOSED", "CLOSE_WAIT", "CLOSING", "ESTABLISHED", "EV_CLOSED", "EV_CONNECTED", "EV_EOF",
     "EV_ERROR", "EV_READABLE", "EV_WRITABLE", "FIN_WAIT_1", "FIN_WAIT_2", "LAST_ACK", "LISTEN",
-    "SYN_RECEIVED", "SYN_SENT", "TIME_WAIT", "TcpConfig", "TcpState", "TcpStats",
+    "SYN_RECEIVED", "SYN_SENT", "TIME_WAIT", "TcpConfig", "TcpState", "TcpStats", "copy_config",
 ]
 
 
@@ -114,6 +115,20 @@ class TcpConfig:
     rack: bool = True
     tlp: bool = True
     challenge_ack_limit: int = 100  # per second
+
+
+_CONFIG_VALUES = operator.attrgetter(*(f.name for f in fields(TcpConfig)))
+
+
+def copy_config(cfg: TcpConfig, **options) -> TcpConfig:
+    """A connection's own copy of ``cfg`` (setsockopt changes it), with ``options`` over it.
+
+    As `dataclasses.replace`, but without options (every accept and most connects) it takes
+    the values in one C call and passes them by position: ~2.5 us, not ~10 (issue 18).
+    """
+    if options or type(cfg) is not TcpConfig:
+        return replace(cfg, **options)
+    return TcpConfig(*_CONFIG_VALUES(cfg))
 
 
 class TcpStats:

@@ -62,7 +62,7 @@ class CongestionControl:
     def set_mss(self, mss: int, initial_segments: int = 10) -> None:
         """Re-derive the initial window when the MSS is learnt (before any data flows)."""
         hs = self.hystart
-        self.__init__(mss, initial_segments)  # type: ignore[misc]
+        self.__init__(mss, initial_segments, False)  # type: ignore[misc]  # False: no HyStart to discard
         self.hystart = hs
 
     def hystart_ack(self, ack: int, snd_nxt: int, rtt: float | None) -> None:

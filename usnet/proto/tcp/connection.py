@@ -66,7 +66,6 @@ import errno
 import os
 import random
 import struct
-from dataclasses import replace
 
 from usnet.proto.tcp.bytequeue import ByteQueue
 from usnet.proto.tcp.config import (
@@ -90,6 +89,7 @@ from usnet.proto.tcp.config import (
     TcpConfig,
     TcpState,
     TcpStats,
+    copy_config,
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
 from usnet.proto.tcp.pacing import UNPACED, Pacer
@@ -97,9 +97,9 @@ from usnet.proto.tcp.quickack import QuickAck
 from usnet.proto.tcp.rack import Rack
 from usnet.proto.tcp.rate import Rate
 from usnet.proto.tcp.rcvbuf import drs_window
-from usnet.proto.tcp.reassembly import Reassembly
+from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY, Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
-from usnet.proto.tcp.scoreboard import Scoreboard
+from usnet.proto.tcp.scoreboard import EMPTY_SCOREBOARD, Scoreboard
 from usnet.proto.tcp.seq import MASK, seq_diff, unwrap
 from usnet.proto.wire.tcp import (
     ACK,
@@ -196,7 +196,7 @@ class TcpConnection:
             raise ValueError("addresses must both be 4 (IPv4) or both 16 (IPv6) bytes")
         if not (0 < local_port <= 0xFFFF and 0 < remote_port <= 0xFFFF):
             raise ValueError("ports must be 1..65535")
-        cfg = replace(config, **options) if config is not None else TcpConfig(**options)
+        cfg = copy_config(config, **options) if config is not None else TcpConfig(**options)
         self.cfg = cfg
         self.local_addr = bytes(local_addr)
         self.local_port = local_port
@@ -233,7 +233,7 @@ class TcpConnection:
         self._t_pace = INF  # pacing held new data back until then
         self._pace_left = UNPACED  # bytes the pacer lets `_send` put out in this call
         self._pace_held = False  # `_send` stopped for the pacer, not for a window
-        self.sb = Scoreboard()
+        self.sb = EMPTY_SCOREBOARD  # shared until the first SACK block (`_rx_sacks`)
         self.rack: Rack | None = None  # RACK-TLP (usnet.proto.tcp.rack), once SACK is agreed
         # delivery-rate samples (usnet.proto.tcp.rate): on RACK's records once SACK is agreed
         self.rate = Rate(now, sack=False)
@@ -274,7 +274,7 @@ class TcpConnection:
         self.rcv_adv = 0
         self._last_ack_sent = 0
         self._rcvq = ByteQueue()
-        self._reasm = Reassembly()
+        self._reasm = EMPTY_REASSEMBLY  # shared until data comes out of order (`_rx_data`)
         self.rcvbuf_cap = cfg.rcvbuf
         self._syn_window = min(cfg.rcvbuf, 0xFFFF)
         self._fin_rcvd = False
@@ -1110,6 +1110,8 @@ class TcpConnection:
                     self._rx_dsack(p[0], p[1])  # the first block inside the second: a duplicate
             if lo <= una or hi > nxt or hi <= lo:
                 continue  # D-SACK, stale or bogus
+            if sb is EMPTY_SCOREBOARD:
+                sb = self.sb = Scoreboard()
             if rack is not None:
                 rack.sack(lo, hi, sb, now)
             else:
@@ -1145,11 +1147,14 @@ class TcpConnection:
         rack = self.rack
         if rack is not None:
             rack.cum_ack(a, now)
-        if sb.starts and sb.advance(a):
-            stats.sack_reneges += 1
-            sb.clear()
-            if rack is not None:
-                rack.renege()
+        if sb.starts:
+            if sb.advance(a):
+                stats.sack_reneges += 1
+                sb.clear()
+                if rack is not None:
+                    rack.renege()
+            if not sb.starts:
+                self.sb = EMPTY_SCOREBOARD  # all acknowledged: the scoreboard goes
         # RTT: timestamps make every ACK of new data a sample; otherwise one timed segment.
         rto = self.rto
         tsecr = seg.tsecr
@@ -1276,6 +1281,8 @@ class TcpConnection:
                     if data is not None:
                         self._rcvq.append(data)
                         rcv_nxt = nxt
+                        if not reasm:
+                            self._reasm = EMPTY_REASSEMBLY  # the holes are filled: the queue goes
                     self._ack_now = True  # a gap (partly) filled: tell the sender at once
                 got = rcv_nxt - self.rcv_nxt  # this segment and what it joined from the queue
                 self.stats.bytes_in += got
@@ -1297,6 +1304,8 @@ class TcpConnection:
                 reasm = self._reasm
                 if self._ack_now and self.sack_ok and reasm and not reasm.continues_recent(s):
                     self._ack_apart(now)  # the blocks so far, before this one pushes one out
+                if reasm is EMPTY_REASSEMBLY:
+                    reasm = self._reasm = Reassembly()
                 if reasm.add(s, payload) < plen and self.sack_ok and reasm.dup is not None:
                     self._dsack = reasm.dup  # RFC 2883: a duplicate above a hole, too
                 self.stats.ooo_segments += 1

@@ -246,11 +246,10 @@ class TcpEndpoint:
         key = (remote_addr, remote_port, local_port)
         if key in self.connections:
             raise OSError(98, "4-tuple in use")  # EADDRINUSE
-        cfg = replace(config or self.config, **options)
-        conn = TcpConnection(
+        conn = TcpConnection(  # which copies the config (with `options`) for itself: once
             self.local_addr, local_port, remote_addr, remote_port, now=now, mtu=self.mtu,
-            iss=self._make_isn(remote_addr, remote_port, local_port, now), config=cfg,
-            ts_offset=self._ts_offset(remote_addr))
+            iss=self._make_isn(remote_addr, remote_port, local_port, now), config=config or self.config,
+            ts_offset=self._ts_offset(remote_addr), **options)
         self._adopt(key, conn)
         conn.connect(now)
         return conn
@@ -390,7 +389,7 @@ class TcpEndpoint:
             return None
         conn = TcpConnection(
             self.local_addr, seg.dport, src, seg.sport, now=now, mtu=self.mtu,
-            iss=self._make_isn(src, seg.sport, seg.dport, now), config=replace(lst.config),
+            iss=self._make_isn(src, seg.sport, seg.dport, now), config=lst.config,
             ts_offset=self._ts_offset(src))
         self._adopt(key, conn)
         conn.accept_syn(seg, now)
@@ -458,7 +457,7 @@ class TcpEndpoint:
             return None
         conn = TcpConnection(
             self.local_addr, seg.dport, src, seg.sport, now=now, mtu=self.mtu,
-            iss=(seg.ack - 1) & MASK, config=replace(cfg), ts_offset=self._ts_offset(src))
+            iss=(seg.ack - 1) & MASK, config=cfg, ts_offset=self._ts_offset(src))
         syn = TcpSegment(seg.sport, seg.dport, peer_isn, 0, SYN | (ECE | CWR if ecn else 0), seg.window,
                          mss=mss, wscale=ws, sack_ok=sack,
                          tsval=seg.tsval if seg.tsecr is not None else None)

@@ -91,9 +91,9 @@ class Rack:
         "segs", "starts", "tsorted", "lost_q", "lost_bytes", "_n", "xmit_ts", "end_seq", "rtt",
         "fack", "_fack0", "min_rtt", "reordering_seen", "reo_wnd_mult", "reo_wnd_persist",
         "dsack_round", "t_reo", "t_pto", "tlp", "tlp_end", "tlp_rtx", "tlp_now", "rearm",
-        "sample", "prr", "_una0", "_sacked0", "_echo", "_in_rec", "_dsack",
+        "sample", "_una0", "_sacked0", "_echo", "_in_rec", "_dsack",
         "undo_marker", "undo_retrans", "retrans_stamp", "prior_cwnd", "prior_ssthresh",
-        "rate", "lost_total",
+        "rate", "lost_total", "_prr_state",
     )
 
     def __init__(self, tlp: bool = True) -> None:
@@ -121,7 +121,7 @@ class Rack:
         self.tlp_now = False  # a probe is due at the next `outgoing`
         self.rearm = False  # something was sent or acknowledged: arm the PTO again
         self.sample: float | None = None  # the RTT of the newest first-time segment this ACK delivered
-        self.prr = Prr()
+        self._prr_state: Prr | None = None  # made at the first recovery (`prr`): most connections have none
         self._una0 = 0
         self._sacked0 = 0
         self._echo: int | None = None  # the ACK's TSecr
@@ -161,6 +161,14 @@ class Rack:
         ts.pop(rec, None)
         ts[rec] = None
         self.rearm = True
+
+    @property
+    def prr(self) -> Prr:
+        """PRR's counters (usnet.proto.tcp.prr), made when first needed: in a recovery."""
+        p = self._prr_state
+        if p is None:
+            p = self._prr_state = Prr()
+        return p
 
     def split(self, rec: Sent, at: int, sb: Scoreboard) -> Sent:
         """Cut ``rec`` at ``at``; returns the upper piece (kept in the lost queue if ``rec`` is)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-__all__ = ["Reassembly"]
+__all__ = ["EMPTY_REASSEMBLY", "Reassembly"]
 
 
 class Reassembly:
@@ -154,3 +154,27 @@ class Reassembly:
         self.datas.clear()
         self.recent.clear()
         self.nbytes = 0
+
+
+class _Empty(Reassembly):
+    """A queue that stays empty, shared: see `EMPTY_REASSEMBLY`."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.starts = ()  # type: ignore[assignment]  # immutable: a write fails loudly
+        self.datas = ()  # type: ignore[assignment]
+        self.nbytes = 0
+        self.recent = ()  # type: ignore[assignment]
+        self.dup = None
+
+    def add(self, start: int, data) -> int:
+        raise TypeError("EMPTY_REASSEMBLY is shared: give the connection a Reassembly of its own first")
+
+    def clear(self) -> None:
+        pass
+
+
+# What a connection holds while nothing waits out of order (nearly always): a shared empty
+# queue, so an idle connection owns no queue and no three lists (issue 18, as EMPTY_SCOREBOARD).
+EMPTY_REASSEMBLY: Reassembly = _Empty()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 
-__all__ = ["Scoreboard"]
+__all__ = ["EMPTY_SCOREBOARD", "Scoreboard"]
 
 
 class Scoreboard:
@@ -109,3 +109,29 @@ class Scoreboard:
         self.starts.clear()
         self.ends.clear()
         self.sacked = 0
+
+
+class _Empty(Scoreboard):
+    """A scoreboard that stays empty, shared: see `EMPTY_SCOREBOARD`."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.starts = ()  # type: ignore[assignment]  # immutable: a write fails loudly
+        self.ends = ()  # type: ignore[assignment]
+        self.sacked = 0
+
+    def add(self, s: int, e: int) -> int:
+        raise TypeError("EMPTY_SCOREBOARD is shared: give the connection a Scoreboard of its own first")
+
+    def advance(self, una: int) -> bool:
+        return False  # nothing below anything
+
+    def clear(self) -> None:
+        pass
+
+
+# What a connection holds until the first SACK block arrives (most never see one): a shared
+# empty scoreboard, so an idle connection owns no scoreboard and no two lists (issue 18: each
+# container a connection owns is another object every full collection of the cyclic GC walks).
+EMPTY_SCOREBOARD: Scoreboard = _Empty()
