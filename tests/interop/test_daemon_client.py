@@ -187,3 +187,74 @@ def test_a_child_of_fork_makes_its_own_sockets_and_leaves_its_parents_alone(tapd
     for x in (s, k1, ls):
         x.close()
     us.configure(None, None)
+
+
+def _restart(mod, ip: str, peer, reuse: bool, keep_open: bool) -> list[str]:
+    """A server restarts on its port at once: its old listener closes with one connection in
+    TIME-WAIT (the server closed first) and (`keep_open`) one still open; a new listener binds the
+    same port.
+    What happens, in words, for `mod` (the kernel's socket module or usnet's) serving at `ip`,
+    `peer` (the other module) connecting."""
+    out = []
+
+    def listener(port: int):
+        ls = mod.socket(mod.AF_INET, mod.SOCK_STREAM)
+        if reuse:
+            ls.setsockopt(mod.SOL_SOCKET, mod.SO_REUSEADDR, 1)
+        ls.bind((ip, port))
+        ls.listen()
+        ls.settimeout(LIMIT)
+        return ls
+
+    ls = listener(0)
+    port = ls.getsockname()[1]
+    c1 = peer.create_connection((ip, port), timeout=LIMIT)
+    a1, _ = ls.accept()
+    a1.close()  # the server closes first: its side waits out TIME-WAIT
+    assert c1.recv(10) == b""
+    c1.close()
+    if keep_open:
+        c2 = peer.create_connection((ip, port), timeout=LIMIT)
+        a2, _ = ls.accept()  # still open after the listener goes
+        a2.settimeout(LIMIT)
+    ls.close()
+    try:
+        ls2 = listener(port)
+    except OSError as e:
+        out.append(f"bind: {errno.errorcode[e.errno]}")
+    else:
+        out.append("bind: ok")
+        with peer.create_connection((ip, port), timeout=LIMIT) as c3:
+            a3, _ = ls2.accept()
+            c3.sendall(b"new")
+            out.append(f"new: {a3.recv(10)!r}")
+            a3.close()
+        ls2.close()
+    if keep_open:
+        c2.sendall(b"old")
+        out.append(f"old: {a2.recv(10)!r}")
+        for x in (a2, c2):
+            x.close()
+    return out
+
+
+@pytest.mark.parametrize(("reuse", "keep_open"), [(True, True), (True, False), (False, True)])
+def test_a_server_restarts_on_its_port_at_once_as_on_linux(tapd, monkeypatch, reuse, keep_open):
+    """With SO_REUSEADDR a new listener takes the port of one that just closed, whose connections
+    linger (in TIME-WAIT, or open), as Linux's does: usnet refused (EADDRINUSE) until its old
+    flow had gone; without SO_REUSEADDR both refuse while a connection of the port is open.
+    (Without SO_REUSEADDR and only TIME-WAIT left, Linux refuses and usnet may not: its flow does
+    not outlive its connections' TIME-WAIT in the domain.)"""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    try:
+        kernel = _restart(socket, tapd.host_ip, us, reuse, keep_open)
+        usnet = _restart(us, tapd.usnet_ip, socket, reuse, keep_open)
+    finally:
+        us.configure(None, None)
+    old = ["old: b'old'"] if keep_open else []
+    assert kernel == (["bind: ok", "new: b'new'"] if reuse else ["bind: EADDRINUSE"]) + old
+    assert usnet == kernel
