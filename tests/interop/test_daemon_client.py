@@ -14,6 +14,7 @@ import errno
 import os
 import select
 import socket
+import struct
 
 import pytest
 
@@ -258,3 +259,48 @@ def test_a_server_restarts_on_its_port_at_once_as_on_linux(tapd, monkeypatch, re
     old = ["old: b'old'"] if keep_open else []
     assert kernel == (["bind: ok", "new: b'new'"] if reuse else ["bind: EADDRINUSE"]) + old
     assert usnet == kernel
+
+
+def test_broadcast_and_multicast_fail_at_once_not_silently(tapd, monkeypatch):
+    """usnet sends no broadcast or multicast and joins no group: each datagram of that kind was
+    "sent" and reached nobody, and IP_ADD_MEMBERSHIP succeeded and delivered nothing. Now they
+    fail at once: a broadcast without SO_BROADCAST with EACCES, as Linux's; with it, and to a
+    group, EOPNOTSUPP; joining a group ENOPROTOOPT (the kernel, on the same netif, sends both)."""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    subnet_bcast = tapd.host_ip.rsplit(".", 1)[0] + ".255"
+    group = struct.pack("4s4s", socket.inet_aton("239.1.2.3"), socket.inet_aton(tapd.usnet_ip))
+
+    def outcome(mod, ip: str, dest: str, broadcast: bool) -> str:
+        with mod.socket(mod.AF_INET, mod.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+            if broadcast:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            try:
+                s.sendto(b"x", (dest, 9))
+            except OSError as e:
+                return errno.errorcode[e.errno]
+            return "sent"
+
+    try:
+        for dest in ("255.255.255.255", subnet_bcast):
+            assert outcome(socket, tapd.host_ip, dest, False) == outcome(us, tapd.usnet_ip, dest, False) == "EACCES"
+            assert outcome(socket, tapd.host_ip, dest, True) == "sent"
+            assert outcome(us, tapd.usnet_ip, dest, True) == errno.errorcode[errno.EOPNOTSUPP]
+        assert outcome(socket, tapd.host_ip, "239.1.2.3", False) == "sent"
+        assert outcome(us, tapd.usnet_ip, "239.1.2.3", False) == errno.errorcode[errno.EOPNOTSUPP]
+        with us.socket(us.AF_INET, us.SOCK_DGRAM) as s:
+            s.bind(("", 0))
+            with pytest.raises(OSError) as e:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+            assert e.value.errno == errno.ENOPROTOOPT
+            with pytest.raises(OSError) as e:
+                s.connect(("239.1.2.3", 9))
+            assert e.value.errno == errno.EOPNOTSUPP
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)  # harmless alone: read back
+            assert s.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 2
+    finally:
+        us.configure(None, None)
