@@ -304,3 +304,22 @@ def test_broadcast_and_multicast_fail_at_once_not_silently(tapd, monkeypatch):
             assert s.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 2
     finally:
         us.configure(None, None)
+
+
+def test_a_second_listener_with_so_reuseport_is_refused_saying_why(tapd, monkeypatch):
+    """Linux spreads a port's connections over the listeners that bound it with SO_REUSEPORT; a
+    usnet port is one flow, one socket's: the second bind fails with EADDRINUSE that names
+    SO_REUSEPORT (it said only that the port was in use)."""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    try:
+        first = us.create_server((tapd.usnet_ip, 0), reuse_port=True)
+        with pytest.raises(OSError) as e:
+            us.create_server(first.getsockname(), reuse_port=True)
+        assert e.value.errno == errno.EADDRINUSE and "SO_REUSEPORT" in str(e.value)
+        first.close()
+    finally:
+        us.configure(None, None)

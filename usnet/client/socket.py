@@ -371,8 +371,11 @@ class socket:
         try:
             eng = FlowEngine(client, netif, port, family=self._ip_version)
         except OSError as e:
+            if e.errno == errno.EADDRINUSE and self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)):
+                e = OSError(errno.EADDRINUSE, "Address already in use (usnet gives a port to one socket "
+                            "at a time: SO_REUSEPORT does not share it)")
             if e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
-                raise
+                raise e from None
             eng = self._take_lingering(client, netif, port, e)
         if host is not None and ipaddress.ip_address(eng.info.local_addr) != host:
             eng.close()
