@@ -14,6 +14,7 @@ import errno
 import os
 import select
 import socket
+import struct
 
 import pytest
 
@@ -187,3 +188,138 @@ def test_a_child_of_fork_makes_its_own_sockets_and_leaves_its_parents_alone(tapd
     for x in (s, k1, ls):
         x.close()
     us.configure(None, None)
+
+
+def _restart(mod, ip: str, peer, reuse: bool, keep_open: bool) -> list[str]:
+    """A server restarts on its port at once: its old listener closes with one connection in
+    TIME-WAIT (the server closed first) and (`keep_open`) one still open; a new listener binds the
+    same port.
+    What happens, in words, for `mod` (the kernel's socket module or usnet's) serving at `ip`,
+    `peer` (the other module) connecting."""
+    out = []
+
+    def listener(port: int):
+        ls = mod.socket(mod.AF_INET, mod.SOCK_STREAM)
+        if reuse:
+            ls.setsockopt(mod.SOL_SOCKET, mod.SO_REUSEADDR, 1)
+        ls.bind((ip, port))
+        ls.listen()
+        ls.settimeout(LIMIT)
+        return ls
+
+    ls = listener(0)
+    port = ls.getsockname()[1]
+    c1 = peer.create_connection((ip, port), timeout=LIMIT)
+    a1, _ = ls.accept()
+    a1.close()  # the server closes first: its side waits out TIME-WAIT
+    assert c1.recv(10) == b""
+    c1.close()
+    if keep_open:
+        c2 = peer.create_connection((ip, port), timeout=LIMIT)
+        a2, _ = ls.accept()  # still open after the listener goes
+        a2.settimeout(LIMIT)
+    ls.close()
+    try:
+        ls2 = listener(port)
+    except OSError as e:
+        out.append(f"bind: {errno.errorcode[e.errno]}")
+    else:
+        out.append("bind: ok")
+        with peer.create_connection((ip, port), timeout=LIMIT) as c3:
+            a3, _ = ls2.accept()
+            c3.sendall(b"new")
+            out.append(f"new: {a3.recv(10)!r}")
+            a3.close()
+        ls2.close()
+    if keep_open:
+        c2.sendall(b"old")
+        out.append(f"old: {a2.recv(10)!r}")
+        for x in (a2, c2):
+            x.close()
+    return out
+
+
+@pytest.mark.parametrize(("reuse", "keep_open"), [(True, True), (True, False), (False, True)])
+def test_a_server_restarts_on_its_port_at_once_as_on_linux(tapd, monkeypatch, reuse, keep_open):
+    """With SO_REUSEADDR a new listener takes the port of one that just closed, whose connections
+    linger (in TIME-WAIT, or open), as Linux's does: usnet refused (EADDRINUSE) until its old
+    flow had gone; without SO_REUSEADDR both refuse while a connection of the port is open.
+    (Without SO_REUSEADDR and only TIME-WAIT left, Linux refuses and usnet may not: its flow does
+    not outlive its connections' TIME-WAIT in the domain.)"""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    try:
+        kernel = _restart(socket, tapd.host_ip, us, reuse, keep_open)
+        usnet = _restart(us, tapd.usnet_ip, socket, reuse, keep_open)
+    finally:
+        us.configure(None, None)
+    old = ["old: b'old'"] if keep_open else []
+    assert kernel == (["bind: ok", "new: b'new'"] if reuse else ["bind: EADDRINUSE"]) + old
+    assert usnet == kernel
+
+
+def test_broadcast_and_multicast_fail_at_once_not_silently(tapd, monkeypatch):
+    """usnet sends no broadcast or multicast and joins no group: each datagram of that kind was
+    "sent" and reached nobody, and IP_ADD_MEMBERSHIP succeeded and delivered nothing. Now they
+    fail at once: a broadcast without SO_BROADCAST with EACCES, as Linux's; with it, and to a
+    group, EOPNOTSUPP; joining a group ENOPROTOOPT (the kernel, on the same netif, sends both)."""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    subnet_bcast = tapd.host_ip.rsplit(".", 1)[0] + ".255"
+    group = struct.pack("4s4s", socket.inet_aton("239.1.2.3"), socket.inet_aton(tapd.usnet_ip))
+
+    def outcome(mod, ip: str, dest: str, broadcast: bool) -> str:
+        with mod.socket(mod.AF_INET, mod.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+            if broadcast:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            try:
+                s.sendto(b"x", (dest, 9))
+            except OSError as e:
+                return errno.errorcode[e.errno]
+            return "sent"
+
+    try:
+        for dest in ("255.255.255.255", subnet_bcast):
+            assert outcome(socket, tapd.host_ip, dest, False) == outcome(us, tapd.usnet_ip, dest, False) == "EACCES"
+            assert outcome(socket, tapd.host_ip, dest, True) == "sent"
+            assert outcome(us, tapd.usnet_ip, dest, True) == errno.errorcode[errno.EOPNOTSUPP]
+        assert outcome(socket, tapd.host_ip, "239.1.2.3", False) == "sent"
+        assert outcome(us, tapd.usnet_ip, "239.1.2.3", False) == errno.errorcode[errno.EOPNOTSUPP]
+        with us.socket(us.AF_INET, us.SOCK_DGRAM) as s:
+            s.bind(("", 0))
+            with pytest.raises(OSError) as e:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
+            assert e.value.errno == errno.ENOPROTOOPT
+            with pytest.raises(OSError) as e:
+                s.connect(("239.1.2.3", 9))
+            assert e.value.errno == errno.EOPNOTSUPP
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)  # harmless alone: read back
+            assert s.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 2
+    finally:
+        us.configure(None, None)
+
+
+def test_a_second_listener_with_so_reuseport_is_refused_saying_why(tapd, monkeypatch):
+    """Linux spreads a port's connections over the listeners that bound it with SO_REUSEPORT; a
+    usnet port is one flow, one socket's: the second bind fails with EADDRINUSE that names
+    SO_REUSEPORT (it said only that the port was in use)."""
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    try:
+        first = us.create_server((tapd.usnet_ip, 0), reuse_port=True)
+        with pytest.raises(OSError) as e:
+            us.create_server(first.getsockname(), reuse_port=True)
+        assert e.value.errno == errno.EADDRINUSE and "SO_REUSEPORT" in str(e.value)
+        first.close()
+    finally:
+        us.configure(None, None)

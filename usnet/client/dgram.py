@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import socket as _std
 import threading
 import time
 from collections import deque
@@ -52,6 +53,10 @@ __all__ = ["DatagramEngine", "DatagramFace", "LoopbackHalf"]
 
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
+# joining a multicast group (IP_ADD_MEMBERSHIP and the rest, IPv4 and IPv6), which usnet cannot
+# (Linux's numbers; the standard module lacks some of the names)
+_GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
+                           + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
 
 
@@ -297,6 +302,7 @@ class DatagramFace(socket):
         """Set the default destination and take datagrams only from it, as Linux does."""
         remote = self._resolve(address)
         eng = self._eng(remote[0])
+        self._no_group(eng, remote[0])
         eng.via(remote[0]).need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
         with eng.lock:
             eng.remote = remote
@@ -352,8 +358,20 @@ class DatagramFace(socket):
     def sendall(self, data: Any, flags: int = 0) -> None:
         self.send(data, flags)
 
+    def _no_group(self, eng: DatagramEngine, dest: str) -> None:
+        """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
+        one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
+        EACCES, as Linux's; with it, and to a multicast group, EOPNOTSUPP that says why."""
+        if dest in eng.d.broadcasts:
+            if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
+                raise OSError(errno.EACCES, "Permission denied")
+            raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
+        if dest[:2].lower() == "ff" if self._ip_version == 6 else 224 <= int(dest.split(".", 1)[0]) <= 239:
+            raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast ({dest})")
+
     def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
         eng = self._eng(addr[0])
+        self._no_group(eng, addr[0])
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0])
@@ -433,6 +451,9 @@ class DatagramFace(socket):
         self._need_open()
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)  # an IPv6 flow only, as the stream face
+        if (level, opt) in _GROUP_OPTIONS:
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available (usnet joins no multicast group: "
+                          "its flow switch delivers a flow what is addressed to its netif)")
         if level == SOL_SOCKET and opt in (SO_RCVBUF, SO_SNDBUF):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:
@@ -440,8 +461,6 @@ class DatagramFace(socket):
         self._opts[level, opt] = value
 
     def _option(self, level: int, opt: int) -> Any:
-        import socket as _std
-
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
                 eng = self._engine

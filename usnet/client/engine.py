@@ -196,6 +196,7 @@ class FlowEngine:
         # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
         self._backlog: list[tuple[bytes, Any, int]] = []  # (packet or headers, payload view or None, cut)
         self.closed = False
+        self.gone = threading.Event()  # closed, and its channel too: the domain has heard
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set() if share is None else share.watchers  # usnet sockets to signal after each pump
         # watchers of one connection each (usnet.aio's transports): signalled after a pump only if
@@ -522,6 +523,7 @@ class FlowEngine:
             self.ch.close()
         except OSError:
             pass  # the domain is gone already: nothing left to tell it
+        self.gone.set()
 
 
 class Served(Protocol):
@@ -650,11 +652,12 @@ class Runner:
                 self.lent.discard(engine)
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
-            if stale is not None:  # a closed engine's number, reused by the kernel
+            if stale is not None and stale.data is not engine:  # a closed engine's number, reused
                 self.engines.discard(stale.data)
                 self._due.pop(stale.data, None)
                 self._sel.unregister(fd)
-            self._sel.register(fd, selectors.EVENT_READ, engine)
+            if stale is None or stale.data is not engine:  # (added again: a listener's flow taken over)
+                self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake(engine)
 
     def lend(self, engine: FlowEngine) -> None:

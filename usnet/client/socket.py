@@ -266,6 +266,11 @@ def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None 
 _UNSET: Any = object()
 _SOMAXCONN = 4096
 _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
+# A closed listener's flows (its netif's, its loopback half) stay while its connections finish
+# (TIME-WAIT, or still open): (client, netif, IP version, port) -> (engine, loopback half or None,
+# whether it had SO_REUSEADDR). A bind with SO_REUSEADDR takes them over (`_take_lingering`).
+_lingering: dict[tuple[int, str, int, int], tuple[FlowEngine, FlowEngine | None, bool]] = {}
+_lingering_lock = threading.Lock()
 
 
 def _sysctl(path: str, default: int) -> int:
@@ -328,6 +333,8 @@ class socket:
         self._where = (client, netif)  # None: `configure` or the environment decides
         self._wildcard = False  # bound to 0.0.0.0 or ::
         self._lo: FlowEngine | None = None  # a wildcard listener's second flow, on the loopback netif
+        self._netif = ""  # the netif bind chose
+        self._lo_held: FlowEngine | None = None  # a closed listener's loopback half, bind took it over
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -381,13 +388,52 @@ class socket:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
         client, netif = self._target(None if host is None else str(host))
-        eng = FlowEngine(client, netif, port, family=self._ip_version)
+        try:
+            eng = FlowEngine(client, netif, port, family=self._ip_version)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE and self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)):
+                e = OSError(errno.EADDRINUSE, "Address already in use (usnet gives a port to one socket "
+                            "at a time: SO_REUSEPORT does not share it)")
+            if e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
+                raise e from None
+            eng = self._take_lingering(client, netif, port, e)
         if host is not None and ipaddress.ip_address(eng.info.local_addr) != host:
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         self._port = eng.info.local_port
         self._wildcard = host is None
+        self._netif = netif
         self._attach(eng, owns=True)
+
+    def _take_lingering(self, client: Client, netif: str, port: int, refused: OSError) -> FlowEngine:
+        """SO_REUSEADDR, and usnetd says the port is in use: a listener of this process that closed
+        holds it while its connections finish. Linux lets a new listener bind the port then (a server
+        restarts at once), where both sockets asked for SO_REUSEADDR and none listens; so the new
+        socket takes that flow over, with its connections. A flow about to go (nothing but TIME-WAIT
+        left, which usnet's flow does not outlive) is let go, and the port asked for again."""
+        key = (id(client), netif, self._ip_version, port)
+        with _lingering_lock:
+            held = _lingering.pop(key, None)
+        if held is None or not held[2]:
+            raise refused
+        eng, lo, _ = held
+        with eng.lock:
+            going = eng.closed or eng.error is not None or eng.idle()
+            if not going:  # the stack thread decides under this lock whether it lets the flow go
+                eng.release_when_idle = False
+                if lo is not None and not lo.closed:
+                    lo.release_when_idle = False
+                    self._lo_held = lo
+                return eng
+        if not eng.closed:
+            eng.wake()
+            with eng.lock:
+                eng.changed.wait_for(lambda: eng.closed, 2.0)  # the stack thread lets it go now
+        if lo is not None:
+            with lo.lock:
+                lo.changed.wait_for(lambda: lo.closed, 2.0)
+        eng.gone.wait(2.0)  # its channel closed: the domain has its close before our open
+        return FlowEngine(client, netif, port, family=self._ip_version)
 
     def _bind_args(self, address: Any) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
         """(the address, None for the wildcard; the port) of a bind address of this family."""
@@ -443,6 +489,13 @@ class socket:
         port and the engine's lock, so one accept (and one readiness) serves both. None where that
         cannot be (bound to an address, on the loopback netif already, or a domain without one)."""
         client, netif = self._target()
+        held, self._lo_held = self._lo_held, None
+        if held is not None:
+            if self._wildcard:
+                return held
+            with held.lock:  # bound to an address this time: the old half goes once it is idle
+                held.release_when_idle = True
+            held.wake()
         if not self._wildcard or netif == LOOPBACK_NETIF:
             return None
         try:
@@ -738,6 +791,12 @@ class socket:
                 self._lo.wake()  # whoever pumps it lets it go
         if self._owns_engine:
             eng.release_when_idle = True
+            if self._listening:  # a new listener with SO_REUSEADDR may take the port over
+                key = (id(eng.client), self._netif, self._ip_version, self._port)
+                with _lingering_lock:
+                    for k in [k for k, v in _lingering.items() if v[0].closed]:
+                        del _lingering[k]
+                    _lingering[key] = (eng, self._lo, bool(self._opts.get((SOL_SOCKET, SO_REUSEADDR))))
 
     def dup(self) -> socket:
         """Another socket object for the same connection; it ends when the last of them closes."""
