@@ -406,3 +406,31 @@ def test_a_lingering_close_in_the_loop_is_served_by_the_stack_thread(net):
     assert data == b"x" * 200_000
     assert pinned  # the close went back to the stack thread
     assert took < 3.0  # not the linger's 10 s: nothing waited for a pump that could not come
+
+
+def test_loop_sendfile_sends_a_file_through_a_usnet_transport(net, tmp_path):
+    """asyncio's `loop.sendfile` takes the usnet transport (through asyncio's fallback: read the
+    file, write it with the transport's flow control), as it takes its own socket transports; it
+    refused it ("sendfile is not supported for transport")."""
+    body = os.urandom(300_000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(body)
+    seen: list = []
+
+    async def main() -> tuple[int, bytes]:
+        server = await aio.start_server(digest_server(b"", seen), B_IP, 0, client=net, netif="b")
+        reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
+        with open(path, "rb") as f:
+            sent = await asyncio.get_running_loop().sendfile(writer.transport, f, offset=1000)
+        writer.write(b"after")  # the transport's own protocol is back: the stream goes on
+        writer.write_eof()
+        got = await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return sent, got
+
+    sent, got = _loop_run(main())
+    assert sent == len(body) - 1000
+    assert got == hashlib.sha256(body[1000:] + b"after").digest()

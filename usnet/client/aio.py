@@ -35,6 +35,7 @@ import ssl as _ssl
 import threading
 import time
 import weakref
+from asyncio.constants import _SendfileMode
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -328,21 +329,26 @@ def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
         eng.unwatch(w, conn)
 
 
-class UsnetTransport(asyncio.Transport):
+class UsnetTransport(asyncio.transports._FlowControlMixin):
     """An asyncio transport over one usnet TCP connection.
 
     Behaves as asyncio's selector socket transport does (buffering, flow
     control, half-close, close after flushing), so asyncio's streams and its
-    SSLProtocol (`loop.start_tls`) can sit on top unchanged.
+    SSLProtocol (`loop.start_tls`) can sit on top unchanged. A `_FlowControlMixin`,
+    as asyncio's own socket transports are, because `loop.sendfile` accepts no
+    other; the write flow control itself is this class's.
     """
 
     _start_tls_compatible = True
+    # loop.sendfile: asyncio's fallback (read the file, write it through the transport with its
+    # flow control), as for its own SSL transports; there is no kernel socket for os.sendfile
+    _sendfile_compatible = _SendfileMode.FALLBACK
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _us.socket,
                  protocol: asyncio.BaseProtocol | None, *, server: Server | None = None,
                  waiter: asyncio.Future | None = None, notify: bool = True) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname(),
-                          "peername": sock.getpeername()})
+                          "peername": sock.getpeername()}, loop)
         eng, conn = sock.engine, sock.connection
         assert eng is not None and conn is not None, "a connected usnet socket"
         self._loop = loop
