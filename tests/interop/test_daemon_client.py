@@ -19,6 +19,7 @@ import struct
 import pytest
 
 from tests.helpers.usnetd import TapDaemon
+from tests.helpers.util import wait_until
 from usnet import aio
 from usnet.client import Client
 
@@ -323,3 +324,25 @@ def test_a_second_listener_with_so_reuseport_is_refused_saying_why(tapd, monkeyp
         first.close()
     finally:
         us.configure(None, None)
+
+
+def test_a_netif_whose_tap_is_deleted_under_usnetd_is_reported_gone_and_usnetd_goes_on(tapd):
+    """Its TAP deleted under it (`ip link del`, or its namespace removed), usnetd's descriptor for
+    it polls as an error for ever: the netif leaves the poll set and says so in its status (the
+    loop spun at a quarter of a core, logging the same fault), and usnetd keeps serving."""
+    from pyroute2 import IPRoute
+
+    with Client.connect(tapd.path) as c:
+        def netif() -> dict:
+            return next(s["netif"] for s in c.status()["netifs"] if s["netif"]["name"] == "usnet0")
+
+        assert netif()["device_gone"] is None
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=tapd.ifname)
+            ipr.link("del", index=idx)
+        wait_until(lambda: netif()["device_gone"] is not None, LIMIT, "the netif reported gone")
+        assert "state" in netif()["device_gone"]  # EBADFD: "File descriptor in bad state"
+    with Client.connect(tapd.path) as c2:  # a new session is served
+        assert any(s["netif"]["name"] == "usnet0" for s in c2.status()["netifs"])
+    assert "its device is gone" in tapd.daemon.log_text()
+    assert tapd.daemon.log_text().count("its device is gone") == 1

@@ -54,6 +54,9 @@ from usnet.runtime import gil
 __all__ = ["LL_BITE", "LOOPBACK", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
 
 log = logging.getLogger("usnet.domain")
+# what reading a device says once it is gone: a TAP deleted under its descriptor (EBADFD), a device
+# removed (ENODEV, ENXIO)
+_DEVICE_GONE = frozenset((errno.EBADFD, errno.ENODEV, errno.ENXIO))
 LOOPBACK = LOOPBACK_NETIF  # the name of the domain's loopback netif (Domain.add_loopback)
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
@@ -454,7 +457,26 @@ class Domain(Control, Housekeeping):
             self._log_fault(f"session {obj.id}", exc)
             self.end_session(obj, DefunctReason.PROTOCOL)
             return
+        elif kind == "netif" and isinstance(obj, FlowSwitch) and isinstance(exc, OSError) and \
+                exc.errno in _DEVICE_GONE:
+            self._device_gone(obj, exc)
+            return
         self._log_fault(kind, exc)  # a netif, a listener, the wake pipe: logged, the loop goes on
+
+    def _device_gone(self, sw: FlowSwitch, exc: OSError) -> None:
+        """A netif's device went away under us (its TAP deleted, with its namespace or by `ip link
+        del`): its descriptor polls as an error forever, so it leaves the poll set (it spun the
+        loop at a quarter of a core), the netif says so in its status, and the log says it once.
+        Its flows stay until their owners close them; what they send is dropped at the device."""
+        netif = sw.netif
+        try:
+            self._sel.unregister(netif.driver.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+        netif.device_gone = f"{exc.strerror or exc}"
+        log.warning("netif %s: its device is gone (%s); no longer read. Remove the netif (usnetd's config "
+                    "and SIGHUP, or `usnet down`) or restore the device and restart usnetd", netif.name,
+                    netif.device_gone)
 
     # -- socket sessions ------------------------------------------------------------------
 

@@ -86,6 +86,7 @@ class Netif:
         self.active: deque[int] = deque()  # queue keys with frames, round-robin order
         self.tx_frames = self.tx_bytes = self.rx_frames = self.rx_bytes = 0
         self.tx_expired = 0  # frames dropped at the queue's head, past their deadline
+        self.device_gone: str | None = None  # why the device can no longer be read (deleted under us)
         self.monitors: list = []  # FlowPorts that get a copy of every frame (usnet capture)
         self.tracked = 0  # TrackedFrames queued: while 0, nothing looks for them
         # the switch tells the flow: (frame, status, TxDropReason or 0)
@@ -570,7 +571,7 @@ class Netif:
                 "tx_frames": self.tx_frames, "tx_bytes": self.tx_bytes, "tx_expired": self.tx_expired,
                 "queued": sum(self.queued_frames.values()),
                 "aqm": None if self.aqm is None else {"dropped": self.aqm_dropped, "marked": self.aqm_marked},
-                "driver_stats": self.driver.stats.as_dict(),
+                "driver_stats": self.driver.stats.as_dict(), "device_gone": self.device_gone,
                 **({} if self.sched is None else {"txsched": self._sched_info()})}
 
     def queue_totals(self) -> tuple[int, int, int, int]:
