@@ -186,8 +186,8 @@ class Channel:
         self._last_rx = 0.0  # when recv last found packets (monotonic s): is the flow busy?
         self._cache: list[int] = []
         self._timeout: float | None = None
-        self._self_bell: int | None = None  # a write end of our own bell, once fileno() was asked for
-        self._bell_w: int | None = None  # that write end (`_bell_writer`), also for `_rering`
+        self._selecting = False  # fileno() was asked for: "select mode" (see `fileno`)
+        self._bell_w: int | None = None  # a write end of our own bell (`_bell_writer`)
         self.closed = False
 
     # -- waiting -----------------------------------------------------------------
@@ -202,10 +202,10 @@ class Channel:
         and do not stay readable for packets already taken. A channel nobody
         selects on keeps the AF_XDP economy (no doorbell while it polls).
         """
-        if self._self_bell is None and not self.closed:
-            # Linux: opening a pipe's /proc entry for writing gives a write end of that pipe,
-            # so we can ring our own bell when a packet slipped in before NEED_WAKEUP was armed.
-            self._self_bell = self._bell_writer()
+        if not self._selecting and not self.closed:
+            # we ring our own bell when a packet slipped in before NEED_WAKEUP was armed
+            self._bell_writer()
+            self._selecting = True
             self._arm_select()
         return self._bell
 
@@ -220,8 +220,8 @@ class Channel:
         rx = self._rx
         rx.set_need_wakeup()
         ringmod.fence()
-        if rx.available() and self._self_bell is not None:
-            doorbell.ring(self._self_bell)
+        if rx.available() and self._selecting:
+            doorbell.ring(self._bell_writer())
 
     def settimeout(self, timeout: float | None) -> None:
         """None blocks, 0 never waits (raises BlockingIOError / NoBuffers), t waits up to t s."""
@@ -430,17 +430,11 @@ class Channel:
 
     def write(self, pkt: int, data: bytes | bytearray | memoryview, gso_size: int = 0) -> None:
         """Copy `data` into a packet and set its length (and its UMD gso_size, docs/abi.md)."""
-        n = len(data)
-        if n > self.stride:
-            raise ValueError(f"{n} bytes do not fit a {self.stride}-byte packet")
-        o = pkt * self.stride
-        self.buf[o : o + n] = data
-        w = pkt * UMD_WORDS
-        self.umd[w] = n
-        self.umd[w + W_GSO] = gso_size << GSO_SHIFT  # headroom 0; a stale gso_size must not survive reuse
+        self.write_parts(pkt, data, b"", gso_size)
 
-    def write_parts(self, pkt: int, head: bytes, payload, gso_size: int = 0) -> None:
-        """`write` of ``head + payload`` without joining them first: each is copied once, into the packet."""
+    def write_parts(self, pkt: int, head: bytes | bytearray | memoryview, payload, gso_size: int = 0) -> None:
+        """`write` of ``head + payload`` without joining them first: each is copied once, into the packet.
+        Headroom 0; a stale gso_size must not survive the packet's reuse."""
         h = len(head)
         n = h + len(payload)
         if n > self.stride:
@@ -597,9 +591,9 @@ class Channel:
             raise
         if got:
             self._last_rx = time.monotonic()
-            if self._self_bell is not None:
+            if self._selecting:
                 if rx.available():
-                    doorbell.ring(self._self_bell)  # packets left: select() must still see them
+                    doorbell.ring(self._bell_writer())  # packets left: select() must still see them
                 else:  # select() must hear the next packet, and not the ones taken
                     doorbell.drain(self._bell)
                     self._arm_select()
@@ -648,7 +642,7 @@ class Channel:
             if deadline is not None and deadline <= time.monotonic():
                 # Leave NEED_WAKEUP set: a non-blocking caller goes on to wait on
                 # fileno() (select, asyncio), and the peer must ring it.
-                if self._self_bell is not None:
+                if self._selecting:
                     # and the bell drained, so select does not report this empty ring
                     # readable again; a packet that came meanwhile rings it anew
                     doorbell.drain(self._bell)
@@ -657,7 +651,7 @@ class Channel:
                         return self.recv(max_n, 0)
                 raise BlockingIOError(errno.EAGAIN, "nothing received")
             self._sleep(deadline)
-            if self._self_bell is None:
+            if not self._selecting:
                 rx.clear_need_wakeup()
 
     def poll(self) -> int:
