@@ -41,3 +41,15 @@ def test_a_client_builds_its_familys_routes_from_flowopened():
     r6 = Routes.for_flow("fd00:77::2", 64, None)
     assert r6.reaches(ipaddress.IPv6Address("fd00:77::5").packed)
     assert not r6.reaches(bytes([10, 77, 0, 9]))
+
+
+@given(st.integers(1, 0xFFFFFFFE), st.integers(-1, 32))
+def test_broadcasts4_are_the_subnets_broadcast_and_network_addresses(addr, prefix):
+    local = str(ipaddress.IPv4Address(addr))
+    got = Routes.for_flow(local, prefix, None).broadcasts4
+    if 0 <= prefix < 31:
+        net = ipaddress.ip_network(f"{local}/{prefix}", strict=False)
+        assert got == (net.broadcast_address.packed, net.network_address.packed)
+    else:  # a /31 or /32 has neither; an unknown prefix (-1) is taken as a /32
+        assert got == ()
+    assert Routes.for_flow("fd00::5", 64, None).broadcasts4 == ()

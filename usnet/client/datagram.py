@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import enum
 import errno
-import ipaddress
 import os
 import struct
 from collections.abc import Iterator
+from socket import inet_ntoa
 from typing import Final, Literal, NoReturn
 
 import numpy as np
@@ -123,12 +123,8 @@ class DatagramSocket:
         # the addresses a datagram to which is a broadcast: the limited one and the subnet's (a
         # /31 or /32 has none), which usnet does not send (usnet.client.dgram `_no_group`)
         self.broadcasts: frozenset[str] = frozenset()
-        prefix = getattr(info, "prefix", -1)
-        if not self._v6 and 0 <= prefix < 31:
-            net = ipaddress.ip_network(f"{info.local_addr}/{prefix}", strict=False)
-            self.broadcasts = frozenset(("255.255.255.255", str(net.broadcast_address)))
-        elif not self._v6:
-            self.broadcasts = frozenset(("255.255.255.255",))
+        if not self._v6:
+            self.broadcasts = frozenset(("255.255.255.255", *map(inet_ntoa, self.routes.broadcasts4[:1])))
         self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
 
     # -- sockets-like surface ---------------------------------------------------------

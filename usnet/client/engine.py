@@ -185,11 +185,7 @@ class FlowEngine:
         if is_connector:
             self.tcp.on_forget = lambda c: self._port_free(c.local_port)
             self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
-            net = ipaddress.ip_network(f"{self.info.local_addr}/{max(self.info.prefix, 0)}", strict=False)
-            # the subnet's broadcast and network addresses, which no peer has: Linux routes both as
-            # broadcasts, as the switch judges them (a /31 or /32 has neither)
-            self._bcasts = ((net.broadcast_address.packed, net.network_address.packed)
-                            if self.family == 4 and 0 <= self.info.prefix < 31 else ())
+            self._bcasts = self.routes.broadcasts4  # no peer has them, as the switch judges them
         self.lock: Any = threading.RLock() if share is None else share.lock
         self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
                                              else share.changed)  # notified after every pump

@@ -72,6 +72,15 @@ class Routes:
             return cls(None, None, f"{ip}/{prefix}", gw)
         return cls(f"{ip}/{prefix}", gw)
 
+    @property
+    def broadcasts4(self) -> tuple[bytes, ...]:
+        """The IPv4 subnet's broadcast and network addresses, in that order, which no peer has
+        (Linux routes both as broadcasts); none for a /31 or /32, or without IPv4."""
+        host = ~self._mask & 0xFFFFFFFF
+        if self.ip is None or host < 3:
+            return ()
+        return ((self._net | host).to_bytes(4, "big"), self._net.to_bytes(4, "big"))
+
     def on_link(self, dst: bytes) -> bool:
         """Whether `dst` (4 or 16 bytes) is on the link: in a connected prefix."""
         if len(dst) == 16:
