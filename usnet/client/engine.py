@@ -648,11 +648,11 @@ class Runner:
                 self.lent.discard(engine)
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
-            if stale is not None and stale.data is not engine:  # a closed engine's number, reused
-                self.engines.discard(stale.data)
-                self._due.pop(stale.data, None)
-                self._sel.unregister(fd)
             if stale is None or stale.data is not engine:  # (added again: a listener's flow taken over)
+                if stale is not None:  # a closed engine's number, reused by the kernel
+                    self.engines.discard(stale.data)
+                    self._due.pop(stale.data, None)
+                    self._sel.unregister(fd)
                 self._sel.register(fd, selectors.EVENT_READ, engine)
         self.wake(engine)
 
