@@ -52,6 +52,17 @@ def digest_server(down: bytes, seen: list):
     return handle
 
 
+async def finish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server) -> bytes:
+    """Half-close, read to the server's EOF, close the connection and the server: what came back."""
+    writer.write_eof()
+    got = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    server.close()
+    await server.wait_closed()
+    return got
+
+
 async def upload(c: Client, up: bytes, port: int, **kw) -> bytes:
     reader, writer = await aio.open_connection(B_IP, port, client=c, netif="a", **kw)
     writer.write(up)
@@ -320,12 +331,7 @@ def test_the_event_loop_pumps_its_engines_itself(net):
         engines.append(eng)
         drivers = {server._eng.driver, eng.driver}
         writer.write(up)
-        writer.write_eof()
-        got = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        got = await finish(reader, writer, server)
         assert drivers == {asyncio.get_running_loop()._usnet_driver}
         return got
 
@@ -423,13 +429,7 @@ def test_loop_sendfile_sends_a_file_through_a_usnet_transport(net, tmp_path):
         with open(path, "rb") as f:
             sent = await asyncio.get_running_loop().sendfile(writer.transport, f, offset=1000)
         writer.write(b"after")  # the transport's own protocol is back: the stream goes on
-        writer.write_eof()
-        got = await reader.read()
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
-        return sent, got
+        return sent, await finish(reader, writer, server)
 
     sent, got = _loop_run(main())
     assert sent == len(body) - 1000

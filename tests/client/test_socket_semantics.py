@@ -9,6 +9,7 @@ tests/interop/test_socket_semantics.py. Waits are select/poll calls with timeout
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import select
 import selectors
@@ -17,7 +18,7 @@ import struct
 
 import pytest
 
-from tests.helpers.util import listen_on_b, memwire_domain
+from tests.helpers.util import digest_of, listen_on_b, memwire_domain
 from usnet import socket as us
 from usnet.client import Client
 
@@ -474,12 +475,7 @@ def test_tcp_congestion_bbr_as_the_kernel_names_it_and_a_connection_runs_on_it(c
     assert conn.getsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, 16) == kernel_bbr
     data = bytes(range(256)) * 2000
     cl.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = conn.recv(65536)
-        assert chunk
-        got += chunk
-    assert got == data
+    assert digest_of(conn, len(data)) == (len(data), hashlib.sha256(data).digest())
     info = cl.tcp_info()
     assert info["delivery_rate"] > 0 and info["pacing_rate"] > 0
     assert cl.connection.pacer is not None and cl.connection.cc.pacing_rate > 0
