@@ -59,6 +59,9 @@ EVENTS_PER_BATCH = 16  # refusal events posted per sync, the rest only counted
 # at most the ring). See `_refill`.
 ALLOC_BYTES = 4 << 20
 ALLOC_MIN = 64
+# Freed packets (bytes of them) waiting on a FREE ring that `lend` collects before it takes from
+# the free stack. See `lend`.
+WARM_BYTES = 256 << 10
 
 
 def pipe_ring_capacity(schema: Schema) -> int:
@@ -154,6 +157,7 @@ class UserPipe:
         self.tcpinfo_slots = tcpinfo_slots
         self.schema = schema
         self._lend_limit = max(ALLOC_MIN, ALLOC_BYTES // schema.packet_bytes)  # packets an ALLOC ring is filled to
+        self._warm_packets = max(1, WARM_BYTES // schema.packet_bytes)  # freed packets `lend` takes back first
         self.uid = uid
         self.lock = threading.RLock()
         rings = _layout_rings(schema)
@@ -294,14 +298,28 @@ class UserPipe:
             self._violation(end, refused[0][1], refused[0][0], posted=True)
 
     def lend(self, n: int, role: int) -> np.ndarray:
-        """Up to `n` packets for `role` (IN_ALLOC): from the free stack, then from what the
-        clients freed since we last looked, and only then from new segments.
+        """Up to `n` packets for `role` (IN_ALLOC): what the clients freed, once it adds up to
+        `WARM_BYTES`, then the free stack, then (collecting whatever was freed) new segments.
+
+        Freed packets go on top of the free stack (LIFO), so they are lent first, warm: their
+        pages mapped in both processes and in the caches. Left on their FREE ring until the
+        stack ran dry, they would wait while the whole stack went by: a TSO flow's pool opens
+        with 4,096 packets of 64 KB, and a receiver took a page fault per 4 KB it received for
+        the first 256 MB (usnetd's copy into a page it had never mapped, then the client's
+        read of it). Collected at every lend, a small packet's batch would pay the collection's
+        array calls each time; a few hundred KB of freed packets between collections keeps the
+        pages in rotation to about that.
 
         Growing while freed packets wait on a FREE ring would make a busy pool
         walk all its segments up to `max_packets` (each packet's first page
         touched by whoever writes it), although the clients never hold that
         many: the pool must grow for packets in use, never for uncollected ones.
         """
+        warm = self._warm_packets
+        if any(e.free.refresh() >= warm for e in self.ends if e.attached and not e.closed):
+            self.collect()
+            if self.defunct_reason is not None:
+                return self.pool.stack[:0]
         got = self.pool.alloc(n, role, grow=False)
         if len(got) < n:
             self.collect()
