@@ -145,7 +145,9 @@ class ReceivePath(HostDuties):
             copies = block.expand(frames)
             for m in netif.monitors:
                 m.deliver(copies)
-        per_flow: dict[Flow, list[Received]] = {}  # a Coalesced frame's packet is a bytearray
+        # Each packet a view of its frame: a copy would be a second one (the pool's is the one
+        # that counts) and, for a 64 KB super-segment, a fresh heap block that faults its pages in.
+        per_flow: dict[Flow, list[Received | memoryview]] = {}
         mymac, myip = netif.mac, netif.ip
         exact, listeners = self.exact, self.listeners
         unpack, from_bytes = _FAST.unpack_from, int.from_bytes
@@ -174,7 +176,7 @@ class ReceivePath(HostDuties):
                         lst = per_flow.get(flow)
                         if lst is None:
                             lst = per_flow[flow] = []
-                        lst.append(f[ETH_HLEN : ETH_HLEN + total])
+                        lst.append(memoryview(f)[ETH_HLEN : ETH_HLEN + total])
                         continue
             try:
                 self._rx_frame(f, now, per_flow)
@@ -184,7 +186,7 @@ class ReceivePath(HostDuties):
         self._deliver(per_flow)
         return total_frames
 
-    def _deliver(self, per_flow: dict[Flow, list[Received]]) -> None:
+    def _deliver(self, per_flow: dict[Flow, list[Received | memoryview]]) -> None:
         """Hand each flow the packets gathered for it, and forget them."""
         for flow, pkts in per_flow.items():
             n = flow.port.deliver(pkts)
