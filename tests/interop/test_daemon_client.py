@@ -412,3 +412,39 @@ def test_a_netif_whose_tap_is_deleted_under_usnetd_is_reported_gone_and_usnetd_g
         assert any(s["netif"]["name"] == "usnet0" for s in c2.status()["netifs"])
     assert "its device is gone" in tapd.daemon.log_text()
     assert tapd.daemon.log_text().count("its device is gone") == 1
+
+
+def test_a_gone_device_met_by_a_send_is_recognised_on_the_switch_round_too(tapd):
+    """The loop meets a device's errors on two paths: the poll set (its descriptor rang) and its
+    round of the switches, which reads devices with frames due and flushes what flows sent.
+    Only the first knew a gone device: on the second its EBADFD was a fault logged every round
+    and counted, for every datagram a client sent to the dead TAP. Now one recognition serves
+    both: the sends after it are dropped quietly, and the netif says gone once."""
+    from pyroute2 import IPRoute
+
+    with Client.connect(tapd.path) as c:
+        def status() -> dict:
+            return c.status()
+
+        def netif() -> dict:
+            return next(s["netif"] for s in status()["netifs"] if s["netif"]["name"] == "usnet0")
+
+        u = c.udp_socket("usnet0", 0)
+        u.sendto(b"before", (tapd.host_ip, 9))
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=tapd.ifname)
+            ipr.link("del", index=idx)
+        for i in range(50):  # into the dead TAP, whichever path meets it first
+            try:
+                u.sendto(b"after %d" % i, (tapd.host_ip, 9))
+            except OSError:
+                break
+        wait_until(lambda: netif()["device_gone"] is not None, LIMIT, "the netif reported gone")
+        faults = status()["faults"]
+        for i in range(50):
+            u.sendto(b"later %d" % i, (tapd.host_ip, 9))
+        u.close()
+        assert status()["faults"] == faults  # a status after the sends: they were served
+    text = tapd.daemon.log_text()
+    assert text.count("its device is gone") == 1
+    assert "fault in netif usnet0" not in text
