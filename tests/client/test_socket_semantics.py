@@ -481,3 +481,90 @@ def test_tcp_congestion_bbr_as_the_kernel_names_it_and_a_connection_runs_on_it(c
     assert cl.connection.pacer is not None and cl.connection.cc.pacing_rate > 0
     for s in (cl, conn, srv):
         s.close()
+
+
+def _outcome(s, level: int, opt: int, value=None):
+    """What getsockopt (value None) or setsockopt gives: the value, "ok", or the errno's name."""
+    try:
+        if value is None:
+            return s.getsockopt(level, opt)
+        s.setsockopt(level, opt, value)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
+# (level, option, value to set) that usnet answers as Linux does, on every kind of socket:
+# honoured, stored, get-only, and unknown options and levels
+_AS_LINUX = [
+    (std.SOL_SOCKET, std.SO_TYPE, 1), (std.SOL_SOCKET, std.SO_ERROR, 1), (std.SOL_SOCKET, std.SO_PROTOCOL, 1),
+    (std.SOL_SOCKET, std.SO_DOMAIN, 1), (std.SOL_SOCKET, std.SO_ACCEPTCONN, 1), (std.SOL_SOCKET, 19, 1),
+    (std.SOL_SOCKET, std.SO_RCVLOWAT, 1), (std.SOL_SOCKET, std.SO_PRIORITY, 3), (std.SOL_SOCKET, std.SO_DEBUG, 0),
+    (std.SOL_SOCKET, std.SO_OOBINLINE, 1), (std.SOL_SOCKET, std.SO_BROADCAST, 1), (std.SOL_SOCKET, 999, 1),
+    (std.SOL_SOCKET, std.SO_REUSEADDR, 1), (std.SOL_SOCKET, std.SO_KEEPALIVE, 1),
+    (std.IPPROTO_TCP, std.TCP_NODELAY, 1), (std.IPPROTO_TCP, std.TCP_QUICKACK, 0),
+    (std.IPPROTO_TCP, std.TCP_KEEPIDLE, 30), (std.IPPROTO_TCP, std.TCP_KEEPINTVL, 5),
+    (std.IPPROTO_TCP, std.TCP_KEEPCNT, 3), (std.IPPROTO_TCP, std.TCP_KEEPCNT, 0), (std.IPPROTO_TCP, std.TCP_MAXSEG, 1),
+    (std.IPPROTO_TCP, std.TCP_MAXSEG, 1200), (std.IPPROTO_TCP, 25, 16384), (std.IPPROTO_TCP, 999, 1),
+    (std.IPPROTO_IP, std.IP_TOS, 0x10), (std.IPPROTO_IP, std.IP_TTL, 64), (std.IPPROTO_IP, 999, 1),
+    (std.IPPROTO_IPV6, std.IPV6_TCLASS, 0x10), (std.IPPROTO_IPV6, std.IPV6_UNICAST_HOPS, 64),
+    (std.IPPROTO_IPV6, 999, 1), (std.IPPROTO_UDP, 999, 1), (99, 1, 1),
+]
+# Linux has them, usnet does not: ENOPROTOOPT, never stored and read back as if honoured
+_NOT_IN_USNET = [
+    (std.SOL_SOCKET, std.SO_BINDTODEVICE, b"eth0"), (std.SOL_SOCKET, std.SO_MARK, 1),
+    (std.SOL_SOCKET, 29, 1), (std.IPPROTO_TCP, std.TCP_FASTOPEN, 5),
+    (std.IPPROTO_TCP, std.TCP_CORK, 1), (std.IPPROTO_TCP, std.TCP_DEFER_ACCEPT, 1),
+    (std.IPPROTO_IP, std.IP_TRANSPARENT, 1), (std.IPPROTO_IP, std.IP_TTL, 5),
+    (std.SOL_SOCKET, std.SO_RCVLOWAT, 100),
+]
+
+
+@pytest.mark.parametrize("family", [std.AF_INET, std.AF_INET6])
+@pytest.mark.parametrize("kind", [std.SOCK_STREAM, std.SOCK_DGRAM])
+def test_an_option_usnet_does_not_have_is_enoprotoopt_as_on_linux(c, family, kind):
+    """Every option is answered as the kernel answers it, from one table (usnet.client.sockopts):
+    the stored ones and the real values read back, get-only ones refuse a set, and an option or
+    level that does not exist is ENOPROTOOPT (EOPNOTSUPP for a foreign level's get on AF_INET),
+    never stored and read back as before."""
+    for level, opt, value in _AS_LINUX:
+        with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
+            for v in (None, value, None):  # read, set, read back
+                assert _outcome(u, level, opt, v) == _outcome(k, level, opt, v), (level, opt, v)
+    for level, opt, value in _NOT_IN_USNET:
+        with us.socket(family, kind, client=c, netif="a") as u:
+            assert _outcome(u, level, opt, value) == "ENOPROTOOPT", (level, opt)
+    with us.socket(family, kind, client=c, netif="a") as u:  # what the earlier ones did not store
+        assert _outcome(u, std.SOL_SOCKET, std.SO_MARK) == "ENOPROTOOPT"
+        if kind == std.SOCK_STREAM:  # Linux's struct tcp_info is not usnet's: `tcp_info()` says so
+            with pytest.raises(OSError, match="tcp_info") as e:
+                u.getsockopt(std.IPPROTO_TCP, std.TCP_INFO, 104)
+            assert e.value.errno == errno.ENOPROTOOPT
+        assert u.getsockopt(std.IPPROTO_IP, std.IP_TTL) == 64
+
+
+def test_keepalive_timing_and_maxseg_set_before_connect_are_honoured(c):
+    """urllib3's `socket_options` set SO_KEEPALIVE and TCP_KEEPIDLE/INTVL/CNT before connect:
+    the connection probes on that timing (they were only stored, and SO_KEEPALIVE set before
+    connect was lost); TCP_MAXSEG clamps the MSS, as Linux's user_mss; an accepted connection
+    inherits the listener's keepalive."""
+    srv = listen_on_b(c, 8131)
+    srv.settimeout(10)
+    srv.setsockopt(std.SOL_SOCKET, std.SO_KEEPALIVE, 1)
+    srv.setsockopt(std.IPPROTO_TCP, std.TCP_KEEPIDLE, 40)
+    cl = us.socket(client=c, netif="a")
+    cl.settimeout(10)
+    for opt, v in ((std.TCP_KEEPIDLE, 30), (std.TCP_KEEPINTVL, 5), (std.TCP_KEEPCNT, 3), (std.TCP_MAXSEG, 1000)):
+        cl.setsockopt(std.IPPROTO_TCP, opt, v)
+    cl.setsockopt(std.SOL_SOCKET, std.SO_KEEPALIVE, 1)
+    assert cl.getsockopt(std.IPPROTO_TCP, std.TCP_MAXSEG) == 1000  # as Linux, before the handshake
+    cl.connect((B_IP, 8131))
+    conn, _ = srv.accept()
+    cfg = cl.connection.cfg
+    assert (cfg.keepalive, cfg.keepalive_idle, cfg.keepalive_interval, cfg.keepalive_count) == (True, 30, 5, 3)
+    assert cl.getsockopt(std.IPPROTO_TCP, std.TCP_MAXSEG) <= 1000
+    assert conn.connection.cfg.keepalive and conn.connection.cfg.keepalive_idle == 40
+    cl.setsockopt(std.IPPROTO_TCP, std.TCP_KEEPIDLE, 60)  # on a live connection too
+    assert cl.connection.cfg.keepalive_idle == 60
+    for s in (cl, conn, srv):
+        s.close()

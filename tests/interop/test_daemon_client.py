@@ -19,7 +19,7 @@ import struct
 import pytest
 
 from tests.helpers.usnetd import TapDaemon
-from tests.helpers.util import wait_until
+from tests.helpers.util import fresh_subnet, wait_until
 from usnet import aio
 from usnet.client import Client
 
@@ -307,6 +307,72 @@ def test_broadcast_and_multicast_fail_at_once_not_silently(tapd, monkeypatch):
         us.configure(None, None)
 
 
+def test_the_subnets_network_address_is_a_host_as_on_linux(tapd, monkeypatch):
+    """Linux (since 5.14) routes the lowest address of a connected /24 as an ordinary host's: a
+    datagram to it is sent without SO_BROADCAST and a connect to it goes out (only the all-ones
+    address is the broadcast). usnet refused the connect with ENETUNREACH and "sent" the
+    datagram, which its switch then dropped (TX_DROPPED). The kernel's answer is read on a
+    veth /24 of its own; then the host takes the network address of usnet's subnet, and usnet's
+    datagram and connection reach it there."""
+    from pyroute2 import IPRoute
+
+    from usnet import socket as us
+
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    other = f"10.{fresh_subnet()}.0"
+    with IPRoute() as ipr:
+        ipr.link("add", ifname="nadr0", kind="veth", peer="nadr1")
+        idx = ipr.link_lookup(ifname="nadr0")[0]
+        ipr.addr("add", index=idx, address=f"{other}.1", prefixlen=24)
+        for name in ("nadr0", "nadr1"):
+            ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+
+    def outcome(mod, dest: str) -> tuple[str, str]:
+        with mod.socket(mod.AF_INET, mod.SOCK_DGRAM) as s:
+            try:
+                s.sendto(b"x", (dest, 9))
+                udp = "sent"
+            except OSError as e:
+                udp = errno.errorcode[e.errno]
+        with mod.socket(mod.AF_INET, mod.SOCK_STREAM) as s:
+            s.setblocking(False)
+            try:
+                s.connect((dest, 9))
+                tcp = "connected"
+            except OSError as e:
+                tcp = errno.errorcode[e.errno]
+        return udp, tcp
+
+    ours = tapd.host_ip.rsplit(".", 1)[0]
+    try:
+        assert outcome(socket, f"{other}.0") == ("sent", "EINPROGRESS")  # the kernel's own answer
+        assert outcome(socket, f"{other}.255") == ("EACCES", "ENETUNREACH")
+        assert outcome(us, f"{ours}.0") == outcome(socket, f"{other}.0")
+        assert outcome(us, f"{ours}.255") == outcome(socket, f"{other}.255")
+        with IPRoute() as ipr:  # the network address is a host's: the host's, now
+            ipr.addr("add", index=ipr.link_lookup(ifname=tapd.ifname)[0], address=f"{ours}.0", prefixlen=24)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k, \
+                socket.create_server((f"{ours}.0", 0)) as ls, us.socket(us.AF_INET, us.SOCK_DGRAM) as u:
+            k.bind((f"{ours}.0", 0))
+            k.settimeout(LIMIT)
+            u.sendto(b"to the network address", k.getsockname())
+            assert k.recvfrom(100) == (b"to the network address", (tapd.usnet_ip, u.getsockname()[1]))
+            with us.create_connection(ls.getsockname(), timeout=LIMIT) as c:
+                ls.settimeout(LIMIT)
+                conn, peer = ls.accept()
+                with conn:
+                    assert peer[0] == tapd.usnet_ip
+                    c.sendall(b"hello")
+                    conn.settimeout(LIMIT)
+                    assert conn.recv(5) == b"hello"
+    finally:
+        us.configure(None, None)
+        with IPRoute() as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname="nadr0")[0])
+
+
 def test_a_second_listener_with_so_reuseport_is_refused_saying_why(tapd, monkeypatch):
     """Linux spreads a port's connections over the listeners that bound it with SO_REUSEPORT; a
     usnet port is one flow, one socket's: the second bind fails with EADDRINUSE that names
@@ -346,3 +412,39 @@ def test_a_netif_whose_tap_is_deleted_under_usnetd_is_reported_gone_and_usnetd_g
         assert any(s["netif"]["name"] == "usnet0" for s in c2.status()["netifs"])
     assert "its device is gone" in tapd.daemon.log_text()
     assert tapd.daemon.log_text().count("its device is gone") == 1
+
+
+def test_a_gone_device_met_by_a_send_is_recognised_on_the_switch_round_too(tapd):
+    """The loop meets a device's errors on two paths: the poll set (its descriptor rang) and its
+    round of the switches, which reads devices with frames due and flushes what flows sent.
+    Only the first knew a gone device: on the second its EBADFD was a fault logged every round
+    and counted, for every datagram a client sent to the dead TAP. Now one recognition serves
+    both: the sends after it are dropped quietly, and the netif says gone once."""
+    from pyroute2 import IPRoute
+
+    with Client.connect(tapd.path) as c:
+        def status() -> dict:
+            return c.status()
+
+        def netif() -> dict:
+            return next(s["netif"] for s in status()["netifs"] if s["netif"]["name"] == "usnet0")
+
+        u = c.udp_socket("usnet0", 0)
+        u.sendto(b"before", (tapd.host_ip, 9))
+        with IPRoute() as ipr:
+            (idx,) = ipr.link_lookup(ifname=tapd.ifname)
+            ipr.link("del", index=idx)
+        for i in range(50):  # into the dead TAP, whichever path meets it first
+            try:
+                u.sendto(b"after %d" % i, (tapd.host_ip, 9))
+            except OSError:
+                break
+        wait_until(lambda: netif()["device_gone"] is not None, LIMIT, "the netif reported gone")
+        faults = status()["faults"]
+        for i in range(50):
+            u.sendto(b"later %d" % i, (tapd.host_ip, 9))
+        assert status()["faults"] == faults, tapd.daemon.log_text()  # a status after the sends: served
+        u.close()  # after: a close racing the domain's transmit is a fault of its own (not this test's)
+    text = tapd.daemon.log_text()
+    assert text.count("its device is gone") == 1
+    assert "fault in netif usnet0" not in text

@@ -44,12 +44,16 @@ def test_a_client_builds_its_familys_routes_from_flowopened():
 
 
 @given(st.integers(1, 0xFFFFFFFE), st.integers(-1, 32))
-def test_broadcasts4_are_the_subnets_broadcast_and_network_addresses(addr, prefix):
+def test_broadcast4_is_the_subnets_broadcast_address_and_the_network_address_is_a_host(addr, prefix):
+    """As Linux since 5.14 routes them: the all-ones host part is the broadcast, the lowest
+    address an ordinary host."""
     local = str(ipaddress.IPv4Address(addr))
-    got = Routes.for_flow(local, prefix, None).broadcasts4
+    routes = Routes.for_flow(local, prefix, None)
+    got = routes.broadcast4
     if 0 <= prefix < 31:
         net = ipaddress.ip_network(f"{local}/{prefix}", strict=False)
-        assert got == (net.broadcast_address.packed, net.network_address.packed)
-    else:  # a /31 or /32 has neither; an unknown prefix (-1) is taken as a /32
-        assert got == ()
-    assert Routes.for_flow("fd00::5", 64, None).broadcasts4 == ()
+        assert got == net.broadcast_address.packed
+        assert routes.on_link(net.network_address.packed)  # a neighbour, asked for as any other
+    else:  # a /31 or /32 has none; an unknown prefix (-1) is taken as a /32
+        assert got is None
+    assert Routes.for_flow("fd00::5", 64, None).broadcast4 is None

@@ -124,7 +124,8 @@ class DatagramSocket:
         # /31 or /32 has none), which usnet does not send (usnet.client.dgram `_no_group`)
         self.broadcasts: frozenset[str] = frozenset()
         if not self._v6:
-            self.broadcasts = frozenset(("255.255.255.255", *map(inet_ntoa, self.routes.broadcasts4[:1])))
+            bcast = self.routes.broadcast4
+            self.broadcasts = frozenset(("255.255.255.255", *([inet_ntoa(bcast)] if bcast else [])))
         self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
 
     # -- sockets-like surface ---------------------------------------------------------

@@ -48,6 +48,7 @@ from usnet.client.socket import (
     getaddrinfo,
     socket,
 )
+from usnet.client.sockopts import check_fixed, lookup, not_available
 
 __all__ = ["DatagramEngine", "DatagramFace", "LoopbackHalf"]
 
@@ -448,12 +449,14 @@ class DatagramFace(socket):
     # -- options, readiness, close ------------------------------------------------------------
 
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
+        """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
+        if (level, opt) in _GROUP_OPTIONS:
+            raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
+                                "a flow what is addressed to its netif")
+        check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)  # an IPv6 flow only, as the stream face
-        if (level, opt) in _GROUP_OPTIONS:
-            raise OSError(errno.ENOPROTOOPT, "Protocol not available (usnet joins no multicast group: "
-                          "its flow switch delivers a flow what is addressed to its netif)")
         if level == SOL_SOCKET and opt in (SO_RCVBUF, SO_SNDBUF):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:
@@ -461,6 +464,7 @@ class DatagramFace(socket):
         self._opts[level, opt] = value
 
     def _option(self, level: int, opt: int) -> Any:
+        spec = lookup(self.family, self.type, level, opt, False)
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
                 eng = self._engine
@@ -479,7 +483,7 @@ class DatagramFace(socket):
                 return RCVBUF
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             return self._v6only()
-        return self._opts.get((level, opt), 0)
+        return self._opts.get((level, opt), spec.default)
 
     def shutdown(self, how: int) -> None:
         self._need_open()

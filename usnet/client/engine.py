@@ -185,7 +185,7 @@ class FlowEngine:
         if is_connector:
             self.tcp.on_forget = lambda c: self._port_free(c.local_port)
             self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
-            self._bcasts = self.routes.broadcasts4  # no peer has them, as the switch judges them
+            self._bcast = self.routes.broadcast4  # no peer has it, as the switch judges it
         self.lock: Any = threading.RLock() if share is None else share.lock
         self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
                                              else share.changed)  # notified after every pump
@@ -360,7 +360,7 @@ class FlowEngine:
         connect says it: no peer can have that address, or no route reaches it."""
         if raddr != self.local:
             if len(raddr) == 4:
-                bad = bool(not_unicast4(int.from_bytes(raddr, "big"))) or raddr in self._bcasts
+                bad = bool(not_unicast4(int.from_bytes(raddr, "big"))) or raddr == self._bcast
             else:
                 bad = not_unicast6(raddr)
             if bad or not self.routes.reaches(raddr):

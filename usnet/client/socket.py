@@ -41,6 +41,7 @@ from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import resolver as _names
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
 from usnet.client.session import Client
+from usnet.client.sockopts import check_fixed, lookup
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -284,6 +285,9 @@ def _sysctl(path: str, default: int) -> int:
 # SO_RCVBUF/SO_SNDBUF as Linux takes them: clamped to the maximum, doubled for bookkeeping
 # overhead (what getsockopt reads back), never below the least; usnet's buffer is the half.
 _BUF_LIMITS = {SO_RCVBUF: ("/proc/sys/net/core/rmem_max", 2304), SO_SNDBUF: ("/proc/sys/net/core/wmem_max", 4608)}
+# TCP_KEEPIDLE, TCP_KEEPINTVL (seconds) and TCP_KEEPCNT: Linux's upper bounds (the least is 1)
+_KEEPALIVE_LIMITS = {_std.TCP_KEEPIDLE: 32767, _std.TCP_KEEPINTVL: 32767, _std.TCP_KEEPCNT: 127}
+_KEEPALIVE_OPTS = [(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o) for o in _KEEPALIVE_LIMITS]
 
 
 class socket:
@@ -862,7 +866,9 @@ class socket:
         return _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
+        """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
+        check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         conn, eng = self._conn, self._engine
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)
@@ -889,11 +895,19 @@ class socket:
             onoff, linger = struct.unpack("ii", value)
             self._abort_on_close = bool(onoff) and linger == 0
             self._linger = max(0, linger) if onoff else None
-        elif level == SOL_SOCKET and opt == SO_KEEPALIVE and conn is not None and eng is not None:
-            with eng.lock:
-                conn.set_keepalive(time.monotonic(), bool(value))
-        # SO_REUSEADDR and the rest: nothing to do in usnet beyond reading them back
+        elif level == IPPROTO_TCP and opt in _KEEPALIVE_LIMITS:
+            value = int(value)
+            if not 1 <= value <= _KEEPALIVE_LIMITS[opt]:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        elif level == IPPROTO_TCP and opt == _std.TCP_MAXSEG:
+            value = int(value)
+            if value and not 88 <= value <= 32767:  # Linux: TCP_MIN_MSS .. MAX_TCP_WINDOW, or 0 (none)
+                raise OSError(errno.EINVAL, "Invalid argument")
+        # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
+        if (level, opt) in _KEEPALIVE_OPTS and conn is not None and eng is not None:
+            with eng.lock:
+                conn.set_keepalive(time.monotonic(), **self._keepalive())
         if conn is not None and eng is not None:
             eng.kick()  # what the option lets go now (TCP_NODELAY, a window) goes; a new timer is heard
 
@@ -949,6 +963,7 @@ class socket:
         return int(value)
 
     def _option(self, level: int, opt: int) -> Any:
+        spec = lookup(self.family, self.type, level, opt, False)
         conn = self._conn
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
@@ -976,12 +991,14 @@ class socket:
             if opt == TCP_USER_TIMEOUT:
                 return int(self._user_timeout * 1000)
             if opt == _std.TCP_MAXSEG:
-                return conn.mss if conn is not None and conn.state is not SYN_SENT else 536
+                if conn is not None and conn.state is not SYN_SENT:
+                    return conn.mss
+                return self._opts.get((level, opt)) or 536  # Linux: what was set, until the handshake
             if opt == _std.TCP_CONGESTION:  # the name, zero-padded to TCP_CA_NAME_MAX as Linux gives it
                 name = self._opts.get((level, opt)) or _congestion_name(
                     (conn.cfg if conn is not None else _tcp_defaults()).congestion)
                 return name.ljust(_CA_NAME_MAX, b"\0")
-        return self._opts.get((level, opt), 0)
+        return self._opts.get((level, opt), spec.default)
 
     def _take_error(self) -> int:
         """SO_ERROR: the pending error, once (as Linux clears sk_err when it is read)."""
@@ -1090,9 +1107,25 @@ class socket:
         eng.close()
         self._engine = None
 
+    def _keepalive(self) -> dict[str, Any]:
+        """`TcpConnection.set_keepalive`'s arguments from SO_KEEPALIVE and TCP_KEEPIDLE/INTVL/CNT."""
+        o = self._opts
+        return {"enabled": bool(o.get((SOL_SOCKET, SO_KEEPALIVE))), "idle": o.get((IPPROTO_TCP, _std.TCP_KEEPIDLE)),
+                "interval": o.get((IPPROTO_TCP, _std.TCP_KEEPINTVL)), "count": o.get((IPPROTO_TCP, _std.TCP_KEEPCNT))}
+
     def _buffer_options(self) -> dict[str, Any]:
-        """TcpConfig fields for the SO_RCVBUF/SO_SNDBUF that were set (none: auto-tuned)."""
+        """TcpConfig fields for the options that were set before connect or listen: SO_RCVBUF
+        and SO_SNDBUF (none: auto-tuned), TCP_MAXSEG, keepalive and its timing."""
         out: dict[str, Any] = {}
+        if mss := self._opts.get((IPPROTO_TCP, _std.TCP_MAXSEG)):
+            out["mss"] = mss
+        ka = self._keepalive()
+        if (SOL_SOCKET, SO_KEEPALIVE) in self._opts:
+            out["keepalive"] = ka["enabled"]
+        for key, field in (("idle", "keepalive_idle"), ("interval", "keepalive_interval"),
+                           ("count", "keepalive_count")):
+            if ka[key] is not None:
+                out[field] = ka[key]
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             out["rcvbuf"] = out["rcvbuf_max"] = v // 2
         if (v := self._opts.get((SOL_SOCKET, SO_SNDBUF))) is not None:
@@ -1112,6 +1145,8 @@ class socket:
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
+        if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
+            conn.set_keepalive(time.monotonic(), **self._keepalive())
         for opt in _BUF_LIMITS:
             if (v := self._opts.get((SOL_SOCKET, opt))) is not None:
                 self._apply_buffer(conn, opt, v // 2)

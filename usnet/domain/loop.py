@@ -297,12 +297,12 @@ class Domain(Control, Housekeeping):
         for sw in self.switches.values():  # receive first: a frame in hand waits for no bulk batch
             try:
                 sw.service_timers()
-                if sw.netif.driver.timeout() is not None:
+                if sw.netif.device_gone is None and sw.netif.driver.timeout() is not None:
                     # the device has something due without ringing its fd: frames in flight
                     # on a memwire, a packet-ring kick to retry
                     sw.service_rx()
             except Exception as e:
-                self._log_fault(f"netif {sw.netif.name}", e)
+                self._netif_fault(sw, e)
         for sw in self.switches.values():
             idle = []
             busy: list[Flow] = []
@@ -326,9 +326,10 @@ class Domain(Control, Housekeeping):
             try:
                 sw.flush()
                 timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
-                timeout = _sooner(timeout, sw.next_timeout())
+                if sw.netif.device_gone is None:  # a gone device's "due" would never clear: no spin on it
+                    timeout = _sooner(timeout, sw.next_timeout())
             except Exception as e:
-                self._log_fault(f"netif {sw.netif.name}", e)
+                self._netif_fault(sw, e)
         return timeout
 
     def _tx_fault(self, flow: Flow, e: Exception) -> None:
@@ -457,11 +458,22 @@ class Domain(Control, Housekeeping):
             self._log_fault(f"session {obj.id}", exc)
             self.end_session(obj, DefunctReason.PROTOCOL)
             return
-        elif kind == "netif" and isinstance(obj, FlowSwitch) and isinstance(exc, OSError) and \
-                exc.errno in _DEVICE_GONE:
-            self._device_gone(obj, exc)
+        elif kind == "netif" and isinstance(obj, FlowSwitch):
+            self._netif_fault(obj, exc)
             return
         self._log_fault(kind, exc)  # a netif, a listener, the wake pipe: logged, the loop goes on
+
+    def _netif_fault(self, sw: FlowSwitch, exc: Exception) -> None:
+        """The barrier of one netif, wherever its device was read or written: the poll path (its
+        descriptor rang), the round of `_service_switches` (a device with frames due that rang
+        nothing: memwire, a packet ring's kick; every device's flush) and the flush of woken
+        flows. A device that is gone is recognised here, once, whichever path met it first;
+        after that its errors are what `_device_gone` said, not faults to log each round."""
+        if isinstance(exc, OSError) and exc.errno in _DEVICE_GONE:
+            if sw.netif.device_gone is None:
+                self._device_gone(sw, exc)
+            return
+        self._log_fault(f"netif {sw.netif.name}", exc)
 
     def _device_gone(self, sw: FlowSwitch, exc: OSError) -> None:
         """A netif's device went away under us (its TAP deleted, with its namespace or by `ip link
@@ -711,7 +723,7 @@ class Domain(Control, Housekeeping):
                         sw.service_tx_many(live, self._tx_fault)
                     sw.flush()
                 except Exception as e:
-                    self._log_fault(f"netif {sw.netif.name}", e)
+                    self._netif_fault(sw, e)
 
     def _serve_event(self, kind: str, obj, fd: int, mask: int) -> None:
         if kind == "wake":

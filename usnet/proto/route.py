@@ -73,13 +73,16 @@ class Routes:
         return cls(f"{ip}/{prefix}", gw)
 
     @property
-    def broadcasts4(self) -> tuple[bytes, ...]:
-        """The IPv4 subnet's broadcast and network addresses, in that order, which no peer has
-        (Linux routes both as broadcasts); none for a /31 or /32, or without IPv4."""
+    def broadcast4(self) -> bytes | None:
+        """The IPv4 subnet's broadcast address, which no peer has; None for a /31 or /32, or
+        without IPv4. Its network address (the lowest) is an ordinary host address: Linux
+        routes it as unicast since 5.14 ("ip: Treat IPv4 segment's lowest address as unicast";
+        before, fib_add_ifaddr added a broadcast route for it), so a datagram to it is sent
+        and a connect to it asks for its neighbour, as to any other host of the subnet."""
         host = ~self._mask & 0xFFFFFFFF
         if self.ip is None or host < 3:
-            return ()
-        return ((self._net | host).to_bytes(4, "big"), self._net.to_bytes(4, "big"))
+            return None
+        return (self._net | host).to_bytes(4, "big")
 
     def on_link(self, dst: bytes) -> bool:
         """Whether `dst` (4 or 16 bytes) is on the link: in a connected prefix."""

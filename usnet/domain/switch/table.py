@@ -196,10 +196,8 @@ class FlowTable:
         # hosts): there it is our own address again, which every check refuses first anyway.
         self._bcast4 = (int.from_bytes(netif.broadcast, "big") if netif.network.prefixlen < 31
                         else self._local4)
-        # Its network address, which Linux routes as a broadcast too (fib_add_ifaddr adds both for a
-        # prefix of 30 or less): no peer has it. A /31 or /32: our own address again, as above.
-        self._net4 = (int(netif.network.network_address) if netif.network.prefixlen < 31
-                      else self._local4)
+        # Its network address is a host's like any other: Linux routes it as unicast since 5.14
+        # (usnet.proto.route.Routes.broadcast4).
 
     def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
                  port: FlowPort, channel: int = 0, family: int = 4, share: Flow | None = None) -> Flow:
@@ -356,7 +354,8 @@ class FlowTable:
 
         A flow may be connected to, and a client's packet may go to, only such
         an address: not unspecified, loopback, multicast, broadcast (all-ones
-        or the subnet's), nor v4-mapped. The netif's own addresses are peers
+        or the subnet's; its network address is a host's, as on Linux
+        since 5.14), nor v4-mapped. The netif's own addresses are peers
         too: another application of the domain may hold them, and the switch
         delivers to it locally (usnet.domain.switch.local); on the loopback
         netif those are 127.0.0.1 and ::1.
@@ -367,8 +366,6 @@ class FlowTable:
                 return None
             if a == self._bcast4:
                 return "the subnet's broadcast address"
-            if a == self._net4:
-                return "the subnet's network address (a broadcast, as Linux routes it)"
             if not_unicast4(a):
                 top = a >> 24
                 return {0: "unspecified (0.0.0.0/8)", 127: "loopback (127.0.0.0/8)"}.get(

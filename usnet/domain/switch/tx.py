@@ -371,9 +371,9 @@ class TransmitPath(HostDuties):
 
     def _to_a_peer4(self, h: np.ndarray) -> np.ndarray:
         """Rows an unconnected flow may send: to an address a peer can have (unicast, not ours,
-        not the subnet's broadcast or network address: `not_a_peer`) and a port other than 0."""
+        not the subnet's broadcast: `not_a_peer`) and a port other than 0."""
         d = be_u32(h[:, 16:20]).astype(np.int64)
-        return (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4) & (d != self._net4)
+        return (~not_unicast4(d) & (d != self._local4) & (d != self._bcast4)
                 & ((h[:, 22] | h[:, 23]) != 0))
 
     def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float,

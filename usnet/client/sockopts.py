@@ -1,0 +1,162 @@
+"""The socket options usnet's socket faces know: one table for the stream and the datagram face.
+
+Linux answers ENOPROTOOPT for an option that does not exist at its level, and a program (or
+a library that tries an option and falls back) relies on that answer. A face that stored
+every option and read it back would tell a program that asked for, say, SO_BINDTODEVICE or
+TCP_FASTOPEN that it had it. So every (level, option) a face accepts is listed here, with
+what usnet does with it:
+
+- `HONOURED`: the face acts on it (its setsockopt/getsockopt code says how);
+- `STORED`: accepted and read back, with no effect in usnet; each says why that is harmless
+  for a program (a hint Linux may ignore too, a marking no peer relies on, ...);
+- `GET_ONLY`: a value the face reports; setting it is ENOPROTOOPT, as on Linux (SO_TYPE,
+  SO_ERROR, SO_SNDLOWAT, ...);
+- `FIXED`: the value usnet uses (IP_TTL 64, SO_RCVLOWAT 1): reading gives it, setting that
+  same value is accepted, any other is ENOPROTOOPT, because usnet cannot do it and a program
+  that wanted it must learn so at once rather than run without it.
+
+Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives: ENOPROTOOPT
+for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
+on an AF_INET socket (ip_getsockopt's answer) and ENOPROTOOPT on an AF_INET6 one
+(ipv6_getsockopt's). Options that Linux has but usnet does not (SO_BINDTODEVICE, SO_MARK,
+SO_RCVTIMEO, SO_TIMESTAMP, TCP_FASTOPEN, TCP_CORK, TCP_DEFER_ACCEPT, IP_TRANSPARENT,
+IP_MTU_DISCOVER, the multicast group options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a
+message that says usnet does not have it.
+
+What the standard library and common libraries set is here and works: asyncio (TCP_NODELAY,
+SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, IPV6_V6ONLY, SO_ERROR), socketserver and http.server
+(SO_REUSEADDR, SO_REUSEPORT, TCP_NODELAY, IPV6_V6ONLY), http.client (TCP_NODELAY), urllib3
+(TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT through `socket_options`), trio
+(TCP_NODELAY, TCP_NOTSENT_LOWAT, SO_DOMAIN/SO_TYPE/SO_PROTOCOL, IPV6_V6ONLY).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import socket as _std
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["OPTIONS", "Kind", "Option", "check_fixed", "lookup", "not_available"]
+
+SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
+
+
+class Kind(enum.Enum):
+    HONOURED = "honoured"
+    STORED = "stored"
+    GET_ONLY = "get-only"
+    FIXED = "fixed"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its name, what usnet does with it, its value before any setsockopt (Linux's
+    default), which faces have it and why (for STORED and FIXED: why that is enough)."""
+
+    name: str
+    kind: Kind
+    default: Any = 0
+    stream: bool = True
+    dgram: bool = True
+    why: str = ""
+
+
+_H, _S, _G, _F = Kind.HONOURED, Kind.STORED, Kind.GET_ONLY, Kind.FIXED
+
+# Linux's numbers (the standard module lacks some names on some builds)
+OPTIONS: dict[tuple[int, int], Option] = {
+    # -- SOL_SOCKET ------------------------------------------------------------------------
+    (SOL_SOCKET, 1): Option("SO_DEBUG", _S, why="a kernel tracing switch; nothing to trace"),
+    (SOL_SOCKET, 2): Option("SO_REUSEADDR", _H),
+    (SOL_SOCKET, 3): Option("SO_TYPE", _G),
+    (SOL_SOCKET, 4): Option("SO_ERROR", _G),
+    (SOL_SOCKET, 6): Option("SO_BROADCAST", _H, why="the datagram face's sends check it; on a stream "
+                            "socket it is stored, as Linux stores it there"),
+    (SOL_SOCKET, 7): Option("SO_SNDBUF", _H),
+    (SOL_SOCKET, 8): Option("SO_RCVBUF", _H),
+    (SOL_SOCKET, 9): Option("SO_KEEPALIVE", _H, why="stream: probes; datagram: stored, as Linux's UDP"),
+    (SOL_SOCKET, 10): Option("SO_OOBINLINE", _S, why="usnet has no out-of-band data: urgent bytes "
+                             "stay in the stream, which is what SO_OOBINLINE asks for"),
+    (SOL_SOCKET, 12): Option("SO_PRIORITY", _S, why="the kernel's queueing class for the socket's "
+                             "packets; usnet's leave through the domain's device, one queue"),
+    (SOL_SOCKET, 13): Option("SO_LINGER", _H, why="stream: close waits or resets; datagram: stored, as Linux's UDP"),
+    (SOL_SOCKET, 15): Option("SO_REUSEPORT", _H),
+    (SOL_SOCKET, 18): Option("SO_RCVLOWAT", _F, 1, why="recv and readiness wake for one byte"),
+    (SOL_SOCKET, 19): Option("SO_SNDLOWAT", _G, 1),  # Linux: readable 1, setting it ENOPROTOOPT
+    (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
+    (SOL_SOCKET, 38): Option("SO_PROTOCOL", _G),
+    (SOL_SOCKET, 39): Option("SO_DOMAIN", _G),
+    # -- IPPROTO_TCP (a stream socket's) -----------------------------------------------------
+    (IPPROTO_TCP, 1): Option("TCP_NODELAY", _H, dgram=False),
+    (IPPROTO_TCP, 2): Option("TCP_MAXSEG", _H, 536, dgram=False),
+    (IPPROTO_TCP, 4): Option("TCP_KEEPIDLE", _H, 7200, dgram=False),
+    (IPPROTO_TCP, 5): Option("TCP_KEEPINTVL", _H, 75, dgram=False),
+    (IPPROTO_TCP, 6): Option("TCP_KEEPCNT", _H, 9, dgram=False),
+    (IPPROTO_TCP, 12): Option("TCP_QUICKACK", _S, 1, dgram=False,
+                              why="a one-shot hint about delayed ACKs that Linux itself drops when "
+                              "it leaves quick-ACK mode; usnet's ACK policy is its own"),
+    (IPPROTO_TCP, 13): Option("TCP_CONGESTION", _H, dgram=False),
+    (IPPROTO_TCP, 18): Option("TCP_USER_TIMEOUT", _H, dgram=False),
+    (IPPROTO_TCP, 25): Option("TCP_NOTSENT_LOWAT", _S, dgram=False,
+                              why="bounds how much unsent data makes a socket unwritable: a latency "
+                              "tuning (trio sets it); usnet's send buffer is the bound"),
+    # -- IPPROTO_IP (both families, as Linux passes SOL_IP of an AF_INET6 socket to IPv4) -----
+    (IPPROTO_IP, 1): Option("IP_TOS", _S, why="a DSCP/ECN marking; usnet sends TOS 0 and the "
+                            "networks that honour markings re-mark at their edge anyway"),
+    (IPPROTO_IP, 2): Option("IP_TTL", _F, 64, why="usnet's packets leave with TTL 64, Linux's default"),
+    (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _S, 1, stream=False,
+                             why="usnet sends no multicast (EOPNOTSUPP): a TTL for it changes nothing"),
+    (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
+    (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _F, 64, why="usnet's packets leave with hop limit 64"),
+    (IPPROTO_IPV6, 18): Option("IPV6_MULTICAST_HOPS", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
+    (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _S, why="as IP_TOS"),
+}
+
+# what a program that asks for an absent option should use instead
+_ABSENT = {(IPPROTO_TCP, 11): "TCP_INFO: usnet's TCP statistics are the socket's tcp_info()",
+           (SOL_SOCKET, 25): "SO_BINDTODEVICE: usnet's netif is the socket's netif= or USNET_NETIF"}
+
+# The levels a socket has, by (family, type): Linux's protocol chain for it
+_LEVELS: dict[tuple[int, int], tuple[int, ...]] = {
+    (_std.AF_INET, _std.SOCK_STREAM): (SOL_SOCKET, IPPROTO_TCP, IPPROTO_IP),
+    (_std.AF_INET6, _std.SOCK_STREAM): (SOL_SOCKET, IPPROTO_TCP, IPPROTO_IP, IPPROTO_IPV6),
+    (_std.AF_INET, _std.SOCK_DGRAM): (SOL_SOCKET, IPPROTO_UDP, IPPROTO_IP),
+    (_std.AF_INET6, _std.SOCK_DGRAM): (SOL_SOCKET, IPPROTO_UDP, IPPROTO_IP, IPPROTO_IPV6),
+}
+
+
+def not_available(level: int, opt: int, why: str = "") -> OSError:
+    """ENOPROTOOPT, saying that usnet does not have the option (the message names it)."""
+    return OSError(errno.ENOPROTOOPT, f"Protocol not available (usnet has no option {opt} at level "
+                   f"{level}{': ' + why if why else ''})")
+
+
+def lookup(family: int, kind: int, level: int, opt: int, setting: bool) -> Option:
+    """The option a `family`/`kind` socket has at (`level`, `opt`), or the OSError Linux would
+    raise (see the module docstring); GET_ONLY options raise here when `setting`."""
+    spec = OPTIONS.get((level, opt))
+    if spec is not None and (spec.stream if kind == _std.SOCK_STREAM else spec.dgram) \
+            and level in _LEVELS[family, kind]:
+        if setting and spec.kind is Kind.GET_ONLY:
+            raise OSError(errno.ENOPROTOOPT, f"Protocol not available ({spec.name} cannot be set)")
+        return spec
+    if not setting and level not in _LEVELS[family, kind] and family == _std.AF_INET:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    raise not_available(level, opt, _ABSENT.get((level, opt), ""))
+
+
+def check_fixed(spec: Option, level: int, opt: int, value: Any) -> None:
+    """A FIXED option takes only the value usnet uses."""
+    if spec.kind is Kind.FIXED and _as_int(value) != spec.default:
+        raise not_available(level, opt, f"{spec.name} is {spec.default} in usnet ({spec.why})")
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return int.from_bytes(bytes(value[:4]).ljust(4, b"\0"), "little", signed=True)
+    return int(value)
