@@ -67,6 +67,7 @@ import os
 import random
 import struct
 
+from usnet.proto.tcp import fastpath
 from usnet.proto.tcp.bytequeue import ByteQueue
 from usnet.proto.tcp.config import (
     CLOSE_WAIT,
@@ -781,6 +782,10 @@ class TcpConnection:
         """
         self.stats.segs_in += 1
         st = self.state
+        # header prediction (usnet.proto.tcp.fastpath): in order, ACK or ACK|PSH only, no CE
+        if (st is ESTABLISHED and seg.flags & ~PSH == ACK and not ce and fastpath.ENABLED
+                and fastpath.rx_established(self, seg, now)):
+            return
         if self.ecn_ok and st is not SYN_SENT:
             if seg.flags & CWR:
                 self._ece = False  # the sender slowed down (a CE in the same segment sets it again)
