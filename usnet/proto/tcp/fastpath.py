@@ -68,7 +68,7 @@ def rx_established(c: TcpConnection, seg: TcpSegment, now: float) -> bool:
         return False  # a duplicate ACK (or a window update while data is out): the counting
     # Taken: from here on, what `_rx` does for this segment, in its order.
     a = una + d
-    if ts_ok and rcv_nxt == last_ack:
+    if ts_ok and rcv_nxt == last_ack and tsval is not None:  # (not None: tested above)
         c.ts_recent = tsval  # RFC 7323 §4.3: the segment at the last ACK sent
     prev_rx = c._last_rx
     c._last_rx = now
