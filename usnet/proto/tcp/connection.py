@@ -101,7 +101,7 @@ from usnet.proto.tcp.rcvbuf import drs_window
 from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY, Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import EMPTY_SCOREBOARD, Scoreboard
-from usnet.proto.tcp.seq import MASK, seq_diff, unwrap
+from usnet.proto.tcp.seq import HALF, MASK, seq_diff, unwrap
 from usnet.proto.wire.tcp import (
     ACK,
     CWR,
@@ -115,6 +115,7 @@ from usnet.proto.wire.tcp import (
     TcpSegment,
     pack_parts,
     pack_segment,
+    pack_ts,
     pseudo_sum,
     tcp_options,
 )
@@ -610,9 +611,21 @@ class TcpConnection:
     def timeout(self, now: float | None = None) -> float | None:
         """The next deadline (absolute, same clock as ``now``), or None."""
         t = self._t_rtx
-        for x in (self._t_delack, self._t_persist, self._t_ka, self._t_tw, self._t_pace):
-            if x < t:
-                t = x
+        x = self._t_delack
+        if x < t:
+            t = x
+        x = self._t_persist
+        if x < t:
+            t = x
+        x = self._t_ka
+        if x < t:
+            t = x
+        x = self._t_tw
+        if x < t:
+            t = x
+        x = self._t_pace
+        if x < t:
+            t = x
         rack = self.rack
         if rack is not None:
             if rack.t_reo < t:
@@ -1035,8 +1048,10 @@ class TcpConnection:
         (usnet.proto.tcp.fastpath) both come here."""
         rack = self.rack
         sampling = self.snd_nxt > una
-        if sampling:
-            rate_in = self._rate_begin()
+        if sampling:  # a fresh delivery-rate sample (usnet.proto.tcp.rate), `_rate_end` finishes it
+            sacked0 = self.sb.sacked
+            lost0 = rack.lost_total if rack is not None else 0
+            self.rate.rs.reset(self._pipe())
         if rack is not None and (sampling or seg.sacks is not None):
             rack.begin_ack(self, seg.tsecr)
         else:
@@ -1061,12 +1076,12 @@ class TcpConnection:
                 and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
             self._enter_recovery(now)
         if sampling:
-            self._rate_end(rate_in, una, now)
+            self._rate_end(sacked0, lost0, una, now)
 
     def _rcv_rtt_sample(self, tsecr: int, plen: int, now: float, prev_rx: float) -> None:
         """Data with a timestamp echo: the receiver's RTT estimate (for autotuning), and the
         pure receiver's RTO sample (`_rx_rtt_sample`)."""
-        r = seq_diff(self._ts_now(now), tsecr)
+        r = (((int(now * 1000) + self._ts_off - tsecr) + HALF) & MASK) - HALF  # seq_diff(_ts_now, tsecr)
         if r >= 0:
             if not r:
                 r = 1  # a millisecond clock's 0 is under a tick, as Linux's min_delta
@@ -1177,7 +1192,7 @@ class TcpConnection:
         tsecr = seg.tsecr
         rtt = None
         if self.ts_ok and tsecr:
-            r = seq_diff(self._ts_now(now), tsecr)
+            r = (((int(now * 1000) + self._ts_off - tsecr) + HALF) & MASK) - HALF  # seq_diff(_ts_now, tsecr)
             if r >= 0:
                 rtt = r / 1000.0
                 rto.sample(rtt)
@@ -1223,20 +1238,16 @@ class TcpConnection:
                 cap = self.cfg.sndbuf_max
                 self.sndbuf_cap = want if want < cap else cap
 
-    def _rate_begin(self) -> tuple[int, int]:
-        """An ACK for data in flight arrives: a fresh rate sample (usnet.proto.tcp.rate)."""
-        self.rate.begin(self._pipe())
-        rack = self.rack
-        return self.sb.sacked, rack.lost_total if rack is not None else 0
+    def _rate_end(self, sacked0: int, lost0: int, una: int, now: float) -> None:
+        """The ACK is processed: its rate sample, and a rate-driven algorithm's turn (BBR).
 
-    def _rate_end(self, before: tuple[int, int], una: int, now: float) -> None:
-        """The ACK is processed: its rate sample, and a rate-driven algorithm's turn (BBR)."""
+        ``sacked0``, ``lost0``: the SACKed and RACK's lost-ever bytes before the ACK."""
         rack = self.rack
         rate = self.rate
-        acked = self.snd_una - una - (1 if una == 0 < self.snd_una else 0) + self.sb.sacked - before[0]
+        acked = self.snd_una - una - (1 if una == 0 < self.snd_una else 0) + self.sb.sacked - sacked0
         if rack is not None:
             rate.rs.rtt = rack.sample if rack.sample is not None else -1.0
-            losses = rack.lost_total - before[1]
+            losses = rack.lost_total - lost0
         else:
             losses = 0
         rate.finish(now, acked if acked > 0 else 0, losses)
@@ -1498,9 +1509,13 @@ class TcpConnection:
             flags |= ECE
         win = self._window_field()
         if self.ts_ok:
-            opts = _TSOPT.pack(_TS_MARK, (int(now * 1000) + self._ts_off) & MASK, self.ts_recent)
-            if self.sack_ok and (self._reasm or self._dsack):
-                opts += self._sack_option(3)
+            tsval = (int(now * 1000) + self._ts_off) & MASK
+            if not (self.sack_ok and (self._reasm or self._dsack)):  # the usual: timestamps only
+                return pack_ts(
+                    self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
+                    (self.irs + self.rcv_nxt) & MASK, flags, win, tsval, self.ts_recent, payload,
+                    self.cfg.gather)
+            opts = _TSOPT.pack(_TS_MARK, tsval, self.ts_recent) + self._sack_option(3)
         elif self.sack_ok and (self._reasm or self._dsack):
             opts = self._sack_option(4)
         else:
