@@ -526,9 +526,16 @@ class TcpConnection:
         probes or retransmissions, whose loss or mark could not be told
         from the congestion they would report.
         """
-        if not self.ecn_ok or len(segment) <= (segment[12] >> 4) << 2:
+        if not self.ecn_ok:
             return False
-        return seq_diff(int.from_bytes(segment[4:8], "big"), self.iss + self._new_from) >= 0
+        if type(segment) is TcpParts:
+            if not segment.payload:
+                return False
+            segment = segment.head
+        elif len(segment) <= (segment[12] >> 4) << 2:
+            return False
+        # seq_diff(SEG.SEQ, the first new byte) >= 0, inline: once per segment sent
+        return (int.from_bytes(segment[4:8], "big") - self.iss - self._new_from + HALF) & MASK >= HALF
 
     def segment_cut(self, segment) -> int:
         """0 for a segment the wire carries as is; for a super-segment, its pieces' payload.
