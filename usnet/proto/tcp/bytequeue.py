@@ -80,7 +80,13 @@ class ByteQueue:
 
     def append(self, data) -> None:
         """Add ``data`` (any bytes-like object) at the end."""
-        mv = _bytes_view(data)
+        t = type(data)
+        if t is bytes:
+            mv = data  # a slice of the block takes bytes as they are
+        elif t is memoryview and data.ndim == 1 and data.itemsize == 1:
+            mv = data  # a received payload: a view of the packet already
+        else:
+            mv = _bytes_view(data)
         n = len(mv)
         if not n:
             return

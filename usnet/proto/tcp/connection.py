@@ -67,6 +67,7 @@ import os
 import random
 import struct
 
+from usnet.proto.tcp import fastpath
 from usnet.proto.tcp.bytequeue import ByteQueue
 from usnet.proto.tcp.config import (
     CLOSE_WAIT,
@@ -100,7 +101,7 @@ from usnet.proto.tcp.rcvbuf import drs_window
 from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY, Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.scoreboard import EMPTY_SCOREBOARD, Scoreboard
-from usnet.proto.tcp.seq import MASK, seq_diff, unwrap
+from usnet.proto.tcp.seq import HALF, MASK, seq_diff, unwrap
 from usnet.proto.wire.tcp import (
     ACK,
     CWR,
@@ -114,6 +115,7 @@ from usnet.proto.wire.tcp import (
     TcpSegment,
     pack_parts,
     pack_segment,
+    pack_ts,
     pseudo_sum,
     tcp_options,
 )
@@ -524,9 +526,16 @@ class TcpConnection:
         probes or retransmissions, whose loss or mark could not be told
         from the congestion they would report.
         """
-        if not self.ecn_ok or len(segment) <= (segment[12] >> 4) << 2:
+        if not self.ecn_ok:
             return False
-        return seq_diff(int.from_bytes(segment[4:8], "big"), self.iss + self._new_from) >= 0
+        if type(segment) is TcpParts:
+            if not segment.payload:
+                return False
+            segment = segment.head
+        elif len(segment) <= (segment[12] >> 4) << 2:
+            return False
+        # seq_diff(SEG.SEQ, the first new byte) >= 0, inline: once per segment sent
+        return (int.from_bytes(segment[4:8], "big") - self.iss - self._new_from + HALF) & MASK >= HALF
 
     def segment_cut(self, segment) -> int:
         """0 for a segment the wire carries as is; for a super-segment, its pieces' payload.
@@ -609,9 +618,21 @@ class TcpConnection:
     def timeout(self, now: float | None = None) -> float | None:
         """The next deadline (absolute, same clock as ``now``), or None."""
         t = self._t_rtx
-        for x in (self._t_delack, self._t_persist, self._t_ka, self._t_tw, self._t_pace):
-            if x < t:
-                t = x
+        x = self._t_delack
+        if x < t:
+            t = x
+        x = self._t_persist
+        if x < t:
+            t = x
+        x = self._t_ka
+        if x < t:
+            t = x
+        x = self._t_tw
+        if x < t:
+            t = x
+        x = self._t_pace
+        if x < t:
+            t = x
         rack = self.rack
         if rack is not None:
             if rack.t_reo < t:
@@ -781,6 +802,10 @@ class TcpConnection:
         """
         self.stats.segs_in += 1
         st = self.state
+        # header prediction (usnet.proto.tcp.fastpath): in order, ACK or ACK|PSH only, no CE
+        if (st is ESTABLISHED and seg.flags & ~PSH == ACK and not ce and fastpath.ENABLED
+                and fastpath.rx_established(self, seg, now)):
+            return
         if self.ecn_ok and st is not SYN_SENT:
             if seg.flags & CWR:
                 self._ece = False  # the sender slowed down (a CE in the same segment sets it again)
@@ -988,35 +1013,7 @@ class TcpConnection:
         self._ka_probes = 0
         self._probes = 0
         w = seg.window << self.snd_wscale
-        rack = self.rack
-        sampling = self.snd_nxt > una
-        if sampling:
-            rate_in = self._rate_begin()
-        if rack is not None and (sampling or seg.sacks is not None):
-            rack.begin_ack(self, seg.tsecr)
-        else:
-            rack = None  # nothing of ours in flight: nothing for RACK to learn (a pure receiver)
-        if seg.sacks is not None and self.sack_ok:
-            self._rx_sacks(seg.sacks, now)
-        if a > una:
-            self._ack_new(seg, a, now)
-        elif (a == una and not plen and not fl & FIN and self.snd_nxt > una
-              and w == self.snd_wnd):
-            self._dupacks += 1
-            stats.dup_acks += 1
-            rec = self._recovery
-            if rec == _OPEN:
-                if self._dupacks >= self.cfg.dupthresh and rack is None:
-                    self._enter_recovery(now)
-            elif rec == _FAST and not self.sack_ok:
-                self._dupack_est += self.mss
-        if rack is not None:
-            rack.end_ack(self, now)  # RACK replaces the duplicate-ACK threshold (RFC 8985 §6)
-        elif (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
-                and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
-            self._enter_recovery(now)
-        if sampling:
-            self._rate_end(rate_in, una, now)
+        self._on_ack(seg, una, a, w, plen, fl, now)
         if fl & ECE and self.ecn_ok and self._recovery == _OPEN and self.snd_una > self._ecn_high:
             # RFC 3168 6.1.2: a mark is a loss without the loss: the window halves, once a window
             # of data (ECEs about data sent before the cut are the same news again)
@@ -1044,19 +1041,61 @@ class TcpConnection:
             if plen or fl & FIN:
                 self._rx_text(payload, s, plen, fl & FIN, now)
             if ts_ok and plen and seg.tsecr:
-                r = seq_diff(self._ts_now(now), seg.tsecr)
-                if r >= 0:
-                    if not r:
-                        r = 1  # a millisecond clock's 0 is under a tick, as Linux's min_delta
-                    rr = self._rcv_rtt
-                    self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
-                    if self.snd_nxt <= self.snd_una:
-                        self._rx_rtt_sample(seg.tsecr, r / 1000.0, plen, now - prev_rx)
+                self._rcv_rtt_sample(seg.tsecr, plen, now, prev_rx)
         elif plen or fl & FIN:
             # Retransmitted data or FIN after the peer's FIN: re-ACK it.
             self._ack_now = True
             if st is TIME_WAIT and fl & FIN:
                 self._t_tw = now + self.cfg.time_wait
+
+    def _on_ack(self, seg: TcpSegment, una: int, a: int, w: int, plen: int, fl: int, now: float) -> None:
+        """The ACK field of an acceptable segment (``a`` unwrapped, ``una`` SND.UNA before it,
+        ``w`` its scaled window): SACK blocks, new data acknowledged, duplicate ACKs, RACK's
+        loss detection and the delivery-rate sample. The general path and the fast path
+        (usnet.proto.tcp.fastpath) both come here."""
+        rack = self.rack
+        sampling = self.snd_nxt > una
+        if sampling:  # a fresh delivery-rate sample (usnet.proto.tcp.rate), `_rate_end` finishes it
+            sacked0 = self.sb.sacked
+            lost0 = rack.lost_total if rack is not None else 0
+            self.rate.rs.reset(self._pipe())
+        if rack is not None and (sampling or seg.sacks is not None):
+            rack.begin_ack(self, seg.tsecr)
+        else:
+            rack = None  # nothing of ours in flight: nothing for RACK to learn (a pure receiver)
+        if seg.sacks is not None and self.sack_ok:
+            self._rx_sacks(seg.sacks, now)
+        if a > una:
+            self._ack_new(seg, a, now)
+        elif (a == una and not plen and not fl & FIN and self.snd_nxt > una
+              and w == self.snd_wnd):
+            self._dupacks += 1
+            self.stats.dup_acks += 1
+            rec = self._recovery
+            if rec == _OPEN:
+                if self._dupacks >= self.cfg.dupthresh and rack is None:
+                    self._enter_recovery(now)
+            elif rec == _FAST and not self.sack_ok:
+                self._dupack_est += self.mss
+        if rack is not None:
+            rack.end_ack(self, now)  # RACK replaces the duplicate-ACK threshold (RFC 8985 §6)
+        elif (self._recovery == _OPEN and self.sack_ok and self.sb.sacked
+                and self.sb.sacked >= self.cfg.dupthresh * self.mss and self.snd_nxt > self.snd_una):
+            self._enter_recovery(now)
+        if sampling:
+            self._rate_end(sacked0, lost0, una, now)
+
+    def _rcv_rtt_sample(self, tsecr: int, plen: int, now: float, prev_rx: float) -> None:
+        """Data with a timestamp echo: the receiver's RTT estimate (for autotuning), and the
+        pure receiver's RTO sample (`_rx_rtt_sample`)."""
+        r = (((int(now * 1000) + self._ts_off - tsecr) + HALF) & MASK) - HALF  # seq_diff(_ts_now, tsecr)
+        if r >= 0:
+            if not r:
+                r = 1  # a millisecond clock's 0 is under a tick, as Linux's min_delta
+            rr = self._rcv_rtt
+            self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
+            if self.snd_nxt <= self.snd_una:
+                self._rx_rtt_sample(tsecr, r / 1000.0, plen, now - prev_rx)
 
     def _disordered_ack(self, seg: TcpSegment, s: int, seglen: int, tsval: int) -> bool:
         """A pure ACK overtaken by a later one: exempt from PAWS (as Linux).
@@ -1160,7 +1199,7 @@ class TcpConnection:
         tsecr = seg.tsecr
         rtt = None
         if self.ts_ok and tsecr:
-            r = seq_diff(self._ts_now(now), tsecr)
+            r = (((int(now * 1000) + self._ts_off - tsecr) + HALF) & MASK) - HALF  # seq_diff(_ts_now, tsecr)
             if r >= 0:
                 rtt = r / 1000.0
                 rto.sample(rtt)
@@ -1206,20 +1245,16 @@ class TcpConnection:
                 cap = self.cfg.sndbuf_max
                 self.sndbuf_cap = want if want < cap else cap
 
-    def _rate_begin(self) -> tuple[int, int]:
-        """An ACK for data in flight arrives: a fresh rate sample (usnet.proto.tcp.rate)."""
-        self.rate.begin(self._pipe())
-        rack = self.rack
-        return self.sb.sacked, rack.lost_total if rack is not None else 0
+    def _rate_end(self, sacked0: int, lost0: int, una: int, now: float) -> None:
+        """The ACK is processed: its rate sample, and a rate-driven algorithm's turn (BBR).
 
-    def _rate_end(self, before: tuple[int, int], una: int, now: float) -> None:
-        """The ACK is processed: its rate sample, and a rate-driven algorithm's turn (BBR)."""
+        ``sacked0``, ``lost0``: the SACKed and RACK's lost-ever bytes before the ACK."""
         rack = self.rack
         rate = self.rate
-        acked = self.snd_una - una - (1 if una == 0 < self.snd_una else 0) + self.sb.sacked - before[0]
+        acked = self.snd_una - una - (1 if una == 0 < self.snd_una else 0) + self.sb.sacked - sacked0
         if rack is not None:
             rate.rs.rtt = rack.sample if rack.sample is not None else -1.0
-            losses = rack.lost_total - before[1]
+            losses = rack.lost_total - lost0
         else:
             losses = 0
         rate.finish(now, acked if acked > 0 else 0, losses)
@@ -1273,33 +1308,7 @@ class TcpConnection:
             self._ack_now = True
         if plen:
             if s == rcv_nxt:
-                self._rcvq.append(payload)
-                rcv_nxt += plen
-                reasm = self._reasm
-                if reasm:
-                    data, nxt = reasm.pop_ready(rcv_nxt)
-                    if data is not None:
-                        self._rcvq.append(data)
-                        rcv_nxt = nxt
-                        if not reasm:
-                            self._reasm = EMPTY_REASSEMBLY  # the holes are filled: the queue goes
-                    self._ack_now = True  # a gap (partly) filled: tell the sender at once
-                got = rcv_nxt - self.rcv_nxt  # this segment and what it joined from the queue
-                self.stats.bytes_in += got
-                self.rcv_nxt = rcv_nxt
-                self.events |= EV_READABLE
-                quick = self._quick.data_in(now, self.rcv_adv - rcv_nxt, self._rcv_mss)
-                if not self._ack_now:
-                    if plen > self._rcv_mss:
-                        self._rcv_mss = plen if plen < self.mss_local else self.mss_local
-                    self._rcv_unacked += plen
-                    if (quick or self._rcv_unacked >= self.cfg.delack_segments * self._rcv_mss
-                            or not self.cfg.delack):
-                        self._ack_now = True
-                    elif self._t_delack == INF:
-                        self._t_delack = now + self.cfg.delack
-                if self.cfg.autotune:
-                    self._autotune_rcv(got, now)  # all of it: on a lossy path most comes from the queue
+                self._deliver(payload, plen, now)
             else:
                 reasm = self._reasm
                 if self._ack_now and self.sack_ok and reasm and not reasm.continues_recent(s):
@@ -1320,6 +1329,38 @@ class TcpConnection:
                 self._ack_now = True  # repeated FIN
         elif self._rx_fin_at is not None and self._rx_fin_at == self.rcv_nxt:
             self._rx_fin(now)
+
+    def _deliver(self, payload, plen: int, now: float) -> None:
+        """In-order data at RCV.NXT, within the window: queue it with what it joins from the
+        reassembly queue, and decide the ACK (delayed, every second segment, or quick)."""
+        rcv_nxt = self.rcv_nxt + plen
+        self._rcvq.append(payload)
+        reasm = self._reasm
+        if reasm:
+            data, nxt = reasm.pop_ready(rcv_nxt)
+            if data is not None:
+                self._rcvq.append(data)
+                rcv_nxt = nxt
+                if not reasm:
+                    self._reasm = EMPTY_REASSEMBLY  # the holes are filled: the queue goes
+            self._ack_now = True  # a gap (partly) filled: tell the sender at once
+        got = rcv_nxt - self.rcv_nxt  # this segment and what it joined from the queue
+        self.stats.bytes_in += got
+        self.rcv_nxt = rcv_nxt
+        self.events |= EV_READABLE
+        rcv_mss = self._rcv_mss
+        quick = self._quick.data_in(now, self.rcv_adv - rcv_nxt, rcv_mss)
+        cfg = self.cfg
+        if not self._ack_now:
+            if plen > rcv_mss:
+                self._rcv_mss = rcv_mss = plen if plen < self.mss_local else self.mss_local
+            self._rcv_unacked += plen
+            if quick or self._rcv_unacked >= cfg.delack_segments * rcv_mss or not cfg.delack:
+                self._ack_now = True
+            elif self._t_delack == INF:
+                self._t_delack = now + cfg.delack
+        if cfg.autotune:
+            self._autotune_rcv(got, now)  # all of it: on a lossy path most comes from the queue
 
     def _rx_dup(self, s: int, end: int, now: float) -> None:
         """Data we already had (`s` below RCV.NXT) came again, as Linux's tcp_send_dupack: the
@@ -1475,9 +1516,13 @@ class TcpConnection:
             flags |= ECE
         win = self._window_field()
         if self.ts_ok:
-            opts = _TSOPT.pack(_TS_MARK, (int(now * 1000) + self._ts_off) & MASK, self.ts_recent)
-            if self.sack_ok and (self._reasm or self._dsack):
-                opts += self._sack_option(3)
+            tsval = (int(now * 1000) + self._ts_off) & MASK
+            if not (self.sack_ok and (self._reasm or self._dsack)):  # the usual: timestamps only
+                return pack_ts(
+                    self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
+                    (self.irs + self.rcv_nxt) & MASK, flags, win, tsval, self.ts_recent, payload,
+                    self.cfg.gather)
+            opts = _TSOPT.pack(_TS_MARK, tsval, self.ts_recent) + self._sack_option(3)
         elif self.sack_ok and (self._reasm or self._dsack):
             opts = self._sack_option(4)
         else:

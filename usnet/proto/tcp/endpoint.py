@@ -334,7 +334,7 @@ class TcpEndpoint:
                     return None
                 conn.on_segment(seg, now, ce)
                 self.due[conn] = None
-                if conn.passive:
+                if st is SYN_RECEIVED and conn.passive:  # only the handshake's end leaves the SYN queue
                     self._promote(conn, key, now)
                 return conn
             else:

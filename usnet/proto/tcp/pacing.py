@@ -83,7 +83,9 @@ class Pacer:
         if not rate:
             return UNPACED
         c = self.credit + (now - self.stamp) * rate
-        cap = self.burst(mss)
+        cap = int(rate * _BURST_TIME)  # burst()
+        if cap <= 2 * mss:
+            cap = 2 * mss
         self.credit = c = c if c < cap else cap
         self.stamp = now
         return int(c) if c >= 1 else 0

@@ -353,7 +353,8 @@ class Rack:
             self.min_rtt = rtt
         if r.end > self.fack:
             self.fack = r.end
-        if sent_after(r.xmit, r.end, self.xmit_ts, self.end_seq):
+        xmit = r.xmit
+        if xmit > self.xmit_ts or (xmit == self.xmit_ts and r.end > self.end_seq):  # sent_after()
             self.rtt = rtt
             self.xmit_ts = r.xmit
             self.end_seq = r.end
@@ -371,6 +372,9 @@ class Rack:
     def detect(self, conn: TcpConnection, now: float) -> int:
         """Mark lost what RACK says is (§6.2 step 5); arm the reordering timer; returns how many."""
         if self.xmit_ts == -INF:
+            return 0
+        if not self.tsorted:
+            self.t_reo = INF  # nothing outstanding that could be lost
             return 0
         reo = self.reo_wnd(conn)
         rx, re, rtt = self.xmit_ts, self.end_seq, self.rtt

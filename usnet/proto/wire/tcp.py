@@ -47,7 +47,8 @@ from usnet.proto.wire.header import Header
 __all__ = [
     "ACK", "CWR", "ECE", "FIN", "MAX_OPTIONS", "OPT_EOL", "OPT_MSS", "OPT_NOP", "OPT_SACK",
     "OPT_SACK_OK", "OPT_TS", "OPT_WSCALE", "PSH", "RST", "SYN", "TCP_HEADER", "TCP_HLEN", "TCP_PROTO", "URG",
-    "TcpChecksumError", "TcpParts", "TcpSegment", "build_tcp", "pack_parts", "pack_segment", "parse_tcp",
+    "TcpChecksumError", "TcpParts", "TcpSegment", "build_tcp", "pack_parts", "pack_segment", "pack_ts",
+    "parse_tcp",
     "pseudo_sum",
     "tcp_checksum", "tcp_options", "write_tcp",
 ]
@@ -311,6 +312,31 @@ def pack_segment(
     if olen:
         return b"".join((hdr, options, payload))
     return hdr + payload if plen else hdr
+
+
+_HDR_TS = struct.Struct("!HHIIHHHHIII")  # the fixed header and NOP NOP TS, in one call
+_pack_ts = _HDR_TS.pack
+
+
+def pack_ts(
+    psum: int, sport: int, dport: int, seq: int, ack: int, flags: int, window: int,
+    tsval: int, tsecr: int, payload=b"", parts: bool = False,
+) -> bytes | TcpParts:
+    """`pack_segment` (or with ``parts`` and a payload, `pack_parts`) of a segment whose only
+    option is the usual ``NOP NOP TS`` block: nearly every segment of an established
+    connection. The same bytes, in one struct call; the option's words go into the checksum
+    as ints, as the header's do."""
+    tlen = 32 + len(payload)
+    offflags = 0x8000 | flags  # 32 bytes of header: 8 words
+    n = acc(payload) + (psum + tlen + sport + dport + seq + ack + offflags + window
+                        + _TS_MARK + tsval + tsecr)
+    try:
+        hdr = _pack_ts(sport, dport, seq, ack, offflags, window, finish(n), 0, _TS_MARK, tsval, tsecr)
+    except struct.error as e:
+        raise WireError(f"TCP: bad header field: {e}") from None
+    if parts and payload:
+        return TcpParts(hdr, payload)
+    return hdr + payload if payload else hdr
 
 
 class TcpParts:

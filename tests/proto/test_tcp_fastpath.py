@@ -1,0 +1,165 @@
+"""Header prediction (usnet.proto.tcp.fastpath) changes nothing but the cost.
+
+Two connections talk directly (no endpoint, fixed ISNs and timestamp offsets, a fake clock);
+hypothesis draws the traffic: writes of random sizes either way, reads, segments delivered
+in order, out of order (any segment of those in flight), duplicated or lost, and time
+passing (delayed ACKs, RTOs, probes). The same scenario runs with the fast path on and with
+it off; every segment either side sends, and every field of both connections (with their
+RTO estimator, congestion control, RACK, rate, pacing and buffers) after every step, must be
+the same. A third run counts that the fast path is really taken.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usnet.proto.tcp import TcpConnection, fastpath
+from usnet.proto.tcp.bytequeue import ByteQueue
+from usnet.proto.wire.tcp import TcpParts, parse_tcp
+
+A = bytes([10, 0, 0, 1])
+B = bytes([10, 0, 0, 2])
+_SKIP = {"_c", "context", "due", "timer_at"}  # back references and the owner's fields
+
+
+def snap(obj, depth: int = 0):
+    """Every value reachable from ``obj`` through slots, as comparable plain data."""
+    if depth > 6:
+        return "..."
+    if obj is None or isinstance(obj, (int, float, str, bytes, bool)):
+        return obj
+    if isinstance(obj, ByteQueue):
+        return ("ByteQueue", obj.take(len(obj)))
+    if isinstance(obj, (memoryview, bytearray)):
+        return bytes(obj)
+    if isinstance(obj, TcpParts):
+        return bytes(obj)
+    if isinstance(obj, (list, tuple)):
+        return [snap(x, depth + 1) for x in obj]
+    if isinstance(obj, (dict, OrderedDict)):
+        return [(snap(k, depth + 1), snap(v, depth + 1)) for k, v in obj.items()]
+    if hasattr(obj, "__slots__"):
+        names = []
+        for cls in type(obj).__mro__:
+            for n in getattr(cls, "__slots__", ()):
+                if n not in _SKIP and n not in names:
+                    names.append(n)
+        return (type(obj).__name__, [(n, snap(getattr(obj, n, "<unset>"), depth + 1)) for n in names])
+    if hasattr(obj, "__dict__"):  # dataclass config and the like
+        return (type(obj).__name__, sorted((k, snap(v, depth + 1)) for k, v in vars(obj).items()
+                                           if k not in _SKIP))
+    return repr(obj)
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.booleans(), st.integers(1, 9000)),
+        st.tuples(st.just("recv"), st.booleans(), st.integers(0, 70000)),
+        st.tuples(st.just("deliver"), st.booleans(), st.integers(0, 40)),
+        st.tuples(st.just("drop"), st.booleans(), st.integers(0, 40)),
+        st.tuples(st.just("dup"), st.booleans(), st.integers(0, 40)),
+        st.tuples(st.just("flush"), st.booleans(), st.integers(0, 3)),
+        st.tuples(st.just("tick"), st.booleans(), st.integers(0, 300)),
+    ),
+    min_size=1, max_size=60,
+)
+
+
+def run(scenario, enabled: bool, opts: dict):
+    """Play ``scenario``; returns the trace (segments and state after each step) and the
+    number of segments the fast path took."""
+    taken = [0]
+    real = fastpath.rx_established
+
+    def counting(c, seg, now):
+        ok = real(c, seg, now)
+        taken[0] += ok
+        return ok
+
+    fastpath.ENABLED = enabled
+    fastpath.rx_established = counting
+    try:
+        now = 1.0
+        a = TcpConnection(A, 40000, B, 80, now=now, iss=0xFFFFF000, ts_offset=12345, **opts)
+        b = TcpConnection(B, 80, A, 40000, now=now, iss=0x7FFFFF00, ts_offset=999, **opts)
+        conns = {True: a, False: b}
+        wire = {True: [], False: []}  # segments from a (True) or from b, in flight
+        trace = []
+
+        def pump():
+            for side in (True, False):
+                c = conns[side]
+                for s in c.outgoing(now):
+                    data = bytes(s)
+                    trace.append((side, data))
+                    wire[side].append(data)
+
+        def arrive(side, data):
+            src, dst = (A, B) if side else (B, A)
+            conns[not side].on_segment(parse_tcp(data, 0, None, src, dst), now)
+
+        a.connect(now)
+        pump()
+        b.accept_syn(parse_tcp(wire[True].pop(0), 0, None, A, B), now)
+        pump()
+        for _ in range(3):  # the handshake
+            for side in (True, False):
+                while wire[side]:
+                    arrive(side, wire[side].pop(0))
+            pump()
+        payload = bytes(range(256)) * 40
+        for op, side, n in scenario:
+            c = conns[side]
+            if op == "send":
+                if c.state.name in ("ESTABLISHED", "CLOSE_WAIT"):
+                    c.send(payload[: n % len(payload)] or b"x")
+            elif op == "recv":
+                trace.append(("read", side, c.recv(n)))
+            elif op in ("deliver", "drop", "dup") and wire[side]:
+                i = n % len(wire[side])
+                data = wire[side][i] if op == "dup" else wire[side].pop(i)
+                if op != "drop":
+                    arrive(side, data)
+            elif op == "flush":
+                while wire[side]:
+                    arrive(side, wire[side].pop(0))
+            elif op == "tick":
+                now += n / 1000.0
+                for x in (a, b):
+                    t = x.timeout()
+                    if t is not None and t <= now:
+                        x.on_timer(now)
+            pump()
+            trace.append((snap(a), snap(b), a.take_events(), b.take_events()))
+        assert a.state.name != "SYN_SENT" and b.state.name != "SYN_RECEIVED"
+        return trace, taken[0]
+    finally:
+        fastpath.ENABLED = True
+        fastpath.rx_established = real
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops, st.sampled_from([
+    {}, {"sack": False}, {"timestamps": False}, {"congestion": "newreno", "pacing": False},
+    {"congestion": "bbr"}, {"rack": False}, {"nodelay": True}, {"ecn": True},
+    {"rcvbuf": 4096, "rcvbuf_max": 8192}, {"window_scaling": False, "delack_segments": 4},
+]))
+def test_fast_path_equals_general_path(scenario, opts):
+    fast, n_fast = run(scenario, True, opts)
+    slow, n_slow = run(scenario, False, opts)
+    assert n_slow == 0
+    assert len(fast) == len(slow)
+    for i, (x, y) in enumerate(zip(fast, slow)):
+        assert x == y, f"step {i} differs"
+
+
+def test_fast_path_is_taken_by_bulk_and_request_response():
+    scenario = [("send", True, 3000), ("flush", True, 0), ("flush", False, 0)] * 10
+    scenario += [("send", True, 100), ("flush", True, 0), ("recv", False, 1000), ("send", False, 200),
+                 ("flush", False, 0), ("recv", True, 1000)] * 10
+    trace, taken = run(scenario, True, {})
+    assert taken >= 40
+    assert run(scenario, False, {})[0] == trace
