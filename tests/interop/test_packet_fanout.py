@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import socket
 import time
 
 import pytest
@@ -117,11 +118,15 @@ def test_fanout_queues_get_the_frames_of_their_ports(veth):  # noqa: F811 (the f
     qs = PacketDriver.queues(veth.host, 2)
     try:
         assert len({d.mac for d in qs}) == 1 and len({d.fileno() for d in qs}) == 2
-        # one of ours going out (an ARP request on queue 1's socket) is received by no queue;
-        # the peer's reply, unicast to our MAC, comes to queue 0
+        # what goes out (an ARP request of ours on queue 1, a frame another socket sends) is
+        # received by no queue; the peer's reply, unicast to our MAC, comes to queue 0
         ask = raw(Ether(src=mac_str(qs[0].mac), dst="ff:ff:ff:ff:ff:ff")
                   / ARP(op=1, hwsrc=mac_str(qs[0].mac), psrc=OUR_IP, pdst=PEER_IP))
         assert qs[1].send_batch([ask]) == 1
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as other:  # the host's, not in the group
+            other.bind((veth.host, 0))
+            other.send(raw(Ether(src="02:00:00:00:00:99", dst=mac_str(veth.peer_mac)) / IP(src=OUR_IP, dst=PEER_IP)
+                           / UDP(sport=7001, dport=7001) / b"q-outgoing"))
         _peer_setup(veth, qs[0].mac)
         peer = veth.spawn(_SENDER)
         assert peer.wait(timeout=10) == 0
@@ -154,7 +159,7 @@ def test_fanout_queues_get_the_frames_of_their_ports(veth):  # noqa: F811 (the f
         on1 = {bytes(Ether(f)[UDP].payload) for f in got[1] if UDP in Ether(f)}
         assert on1 == {b"q%d-%d" % (fam, p) for fam in (2, 10) for p in PORTS if p % 2}
         assert all(IPv6 in Ether(f) or IP in Ether(f) for f in got[1])
-        assert not any(Ether(f).src == mac_str(qs[0].mac) for q in got for f in q)  # nothing of ours
+        assert not any(Ether(f).src in (mac_str(qs[0].mac), "02:00:00:00:00:99") for q in got for f in q)
     finally:
         for d in qs:
             d.close()
