@@ -149,7 +149,7 @@ def test_fanout_queues_get_the_frames_of_their_ports(veth):  # noqa: F811 (the f
             select.select(qs, [], [], 0.05)
             for k, d in enumerate(qs):
                 got[k].extend(bytes(f) for f in d.recv_batch(256))
-        assert done(), f"queue 0: {[Ether(f).summary() for f in got[0]]}\nqueue 1: {[Ether(f).summary() for f in got[1]]}"
+        assert done(), "\n".join(f"queue {k}: {[Ether(f).summary() for f in got[k]]}" for k in (0, 1))
         for k in (0, 1):  # every frame on the queue the rule names (ICMPv6, IGMP... on 0 too)
             for f in got[k]:
                 assert steer.queue_of(f, 2) == k, (k, Ether(f).summary())
