@@ -68,6 +68,12 @@ pseudo-header sum. With `fix_checksums` (the default) the driver completes
 it in software for TCP and UDP over IPv4 and IPv6, so the stack above sees
 valid frames.
 
+Several queues (`PacketDriver.queues`, for `usnetd --workers N`): n sockets on the interface,
+each with its own rings, joined in one PACKET_FANOUT group whose eBPF program
+(usnet.drivers.steer, the one a multi-queue TAP uses) sends a received frame to queue (local
+port mod n), ARP, ICMP and fragments to queue 0. Each frame reaches one queue (no rollover; a
+socket receives nothing outside the group) and nothing going out is received (`FanoutGroup`).
+
 GRO: on a real NIC with GRO enabled the kernel may hand us aggregated TCP
 packets larger than the MTU (up to 64 KiB); `ethtool -K IF gro off` if the
 stack above must not see them. Blocks are sized to hold them whole. The
