@@ -1,8 +1,10 @@
-"""Issue 18, "More than one core": `usnetd --workers 2` on a multi-queue TAP.
+"""Issue 18, "More than one core": `usnetd --workers 2` on a multi-queue TAP, and on a packet
+netif (a veth end) whose two queues are a PACKET_FANOUT group.
 
 Kernel peers in the test's namespace reach usnet flows on ports of both workers (UDP echo and a
 TCP transfer each); both processes carry traffic (their netif counters, in the status's
-"workers"); SIGTERM stops usnetd and its worker.
+"workers"); SIGTERM stops usnetd and its worker. On the veth the kernel's end has the host's
+address and usnet's end none: the kernel's frames cross the pair to usnetd's packet sockets.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import threading
 
 import pytest
 
+from tests.helpers.util import tap_name
 from tests.interop.test_usnetd_gone import TapDaemon
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture
-def tapd2(sockdir, monkeypatch):
+@pytest.fixture(params=["tap", "packet"])
+def tapd2(request, sockdir, monkeypatch):
     from usnet import socket as us
 
     d = TapDaemon(sockdir)
-    d.start = _start_with_workers(d)  # type: ignore[method-assign]
+    if request.param == "packet":
+        _on_veth(d)
+        request.addfinalizer(lambda: _del_link(d.ifname))
+    d.start = _start_with_workers(d, request.param)  # type: ignore[method-assign]
     monkeypatch.setenv("USNET_SOCKET", d.path)
     monkeypatch.setenv("USNET_NETIF", "usnet0")
     us.configure(None, None)
@@ -35,7 +41,28 @@ def tapd2(sockdir, monkeypatch):
         d.stop()
 
 
-def _start_with_workers(d: TapDaemon):
+def _on_veth(d: TapDaemon) -> None:
+    """Make `d` a packet netif: usnet on one end of a veth pair, the host's address on the other."""
+    from pyroute2 import IPRoute
+
+    usnet_end, d.ifname = d.ifname, tap_name()  # d.ifname: the kernel's end, addressed at start
+    d.config.write_text(f'[[netif]]\nname = "usnet0"\ndriver = "packet"\nifname = "{usnet_end}"\n'
+                        f'address = "{d.usnet_ip}/24"\ngateway = "{d.host_ip}"\n')
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=usnet_end, kind="veth", peer=d.ifname)
+        (idx,) = ipr.link_lookup(ifname=usnet_end)
+        ipr.link("set", index=idx, state="up")
+
+
+def _del_link(name: str) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        if ipr.link_lookup(ifname=name):
+            ipr.link("del", ifname=name)  # takes its peer with it
+
+
+def _start_with_workers(d: TapDaemon, kind: str):
     def start() -> None:
         from pyroute2 import IPRoute
 
@@ -46,6 +73,12 @@ def _start_with_workers(d: TapDaemon):
             (idx,) = ipr.link_lookup(ifname=d.ifname)
             ipr.link("set", index=idx, state="up")
             ipr.addr("add", index=idx, address=d.host_ip, prefixlen=24)
+        if kind == "packet":
+            from usnet.bench.impair import no_offloads
+
+            # the kernel's end segments what it sends, as the TAP netif runs with offload = false
+            # (TSO super-segments on a packet netif are another matter: see the design notes)
+            no_offloads(d.ifname)
     return start
 
 

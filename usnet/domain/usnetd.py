@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default=None, type=_log_level, help="DEBUG, INFO, WARNING or ERROR")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes serving the data path (default 1); with N > 1 each TAP netif gets N queues "
-                         "and a flow is served by the worker of its local port mod N (usnet.domain.workers)")
+                         "(IFF_MULTI_QUEUE) and each packet netif N sockets in a PACKET_FANOUT group, the "
+                         "kernel steering a received frame to queue (local port mod N) and ARP, ICMP and "
+                         "fragments to queue 0, and a flow is served by the worker of its local port mod N "
+                         "(usnet.domain.workers); an xdp netif stays on worker 0")
     ap.add_argument("--print-unit", action="store_true",
                     help="print a systemd unit that starts this usnetd (with --config, or /etc/usnet/usnetd.toml)")
     args = ap.parse_args(argv)
@@ -185,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _open_queues(cfg: config.Config, n: int) -> dict:
-    """`n` queues of every TAP netif (usnet.drivers.tap.TapDriver.queues), by netif name."""
+    """`n` queues of every TAP netif (usnet.drivers.tap.TapDriver.queues) and every packet netif
+    (usnet.drivers.packet.PacketDriver.queues, a PACKET_FANOUT group), by netif name: both steer
+    a received frame to queue (local port mod n), as the workers share the ports."""
+    from usnet.drivers.packet import PacketDriver
     from usnet.drivers.tap import TapDriver
 
     out: dict = {}
@@ -193,18 +199,20 @@ def _open_queues(cfg: config.Config, n: int) -> dict:
         for nc in cfg.netif:
             if nc.driver == "tap":
                 out[nc.name] = TapDriver.queues(nc.ifname or nc.name, n, mtu=nc.mtu, offload=nc.offload)
+            elif nc.driver == "packet":
+                out[nc.name] = PacketDriver.queues(nc.ifname or nc.name, n, mtu=nc.mtu)
     except BaseException:
         for qs in out.values():
             for q in qs:
                 q.close()
         raise
     if not out:
-        raise ValueError("--workers needs a TAP netif")
+        raise ValueError("--workers needs a TAP or packet netif")
     return out
 
 
 def _worker(k: int, cmd, drivers: dict, cfg: config.Config) -> int:
-    """The body of worker k (a forked child): a Domain on queue k of every TAP netif, until usnetd
+    """The body of worker k (a forked child): a Domain on queue k of every TAP and packet netif, until usnetd
     closes its command socket. SIGTERM stops it as it stops usnetd."""
     from usnet.domain.workers import WorkerDomain
 

@@ -3,14 +3,15 @@
 Python threads would not help: the data path is Python, and one interpreter runs one thread at a
 time (docs/design-notes.md, "Issue 18: more than one core", has the measurement). So workers are
 processes. `usnetd --workers N` (N > 1) opens every TAP netif with N queues (usnet.drivers.tap:
-`TapDriver.queues`, IFF_MULTI_QUEUE) and steers what the kernel sends by local port: a frame to
-port p arrives on queue p mod N (`steer_by_port`), ARP, ICMP and fragments on queue 0.
+`TapDriver.queues`, IFF_MULTI_QUEUE) and every packet netif as N sockets in a PACKET_FANOUT group
+(usnet.drivers.packet: `PacketDriver.queues`), both steered by local port (usnet.drivers.steer):
+a frame to port p arrives on queue p mod N, ARP, ICMP and fragments on queue 0.
 
 * Worker 0 is usnetd's own process (`ShardedDomain`): the one control plane (sessions, the port
-  namespace, limits and port rules, leases), the loopback netif, queue 0 of every TAP netif with
+  namespace, limits and port rules, leases), the loopback netif, queue 0 of every TAP and packet netif with
   the flows whose port p has p mod N == 0, connectors, and every neighbour it learns.
 * Worker k (1 <= k < N) is a child forked at start (`start_workers`, `WorkerDomain`): an ordinary
-  Domain on queue k of every TAP netif, serving the flows whose port has p mod N == k. It takes
+  Domain on queue k of every TAP and packet netif, serving the flows whose port has p mod N == k. It takes
   no client itself: its only peer is usnetd.
 
 A client opens a flow as ever, from usnetd. For a port of worker k, usnetd reserves the port in
@@ -28,7 +29,7 @@ neighbour it learns; a worker that asks itself (its own ARP request) is answered
 
 Not yet (see the design notes): connectors (many outgoing connections on one channel) and
 low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
-of another worker; the packet driver has one queue (PACKET_FANOUT is the way); a relayed request
+of another worker; a relayed request
 waits for its worker (bounded by WORKER_TIMEOUT).
 """
 

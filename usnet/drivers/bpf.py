@@ -24,6 +24,7 @@ from typing import NamedTuple
 __all__ = [
     "ABS",
     "ADD",
+    "ALU",
     "ALU64",
     "AND",
     "BPF_F_INGRESS",
@@ -35,6 +36,7 @@ __all__ = [
     "CALL",
     "CLONE_REDIRECT",
     "DW",
+    "END",
     "EXIT",
     "GET_PRANDOM_U32",
     "IMM",
@@ -57,6 +59,7 @@ __all__ = [
     "REDIRECT_MAP",
     "ST",
     "STX",
+    "TO_BE",
     "B",
     "H",
     "Insn",
@@ -104,14 +107,15 @@ class Insn(NamedTuple):
 
 
 # instruction classes
-LD, LDX, ST, STX, JMP, JMP32, ALU64 = 0x00, 0x01, 0x02, 0x03, 0x05, 0x06, 0x07
+LD, LDX, ST, STX, ALU, JMP, JMP32, ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 # sizes (W 32, H 16, B 8, DW 64 bits) and modes (loads and stores)
 W, H, B, DW = 0x00, 0x08, 0x10, 0x18
 IMM, ABS, IND, MEM = 0x00, 0x20, 0x40, 0x60  # ABS/IND: a socket filter's packet loads (LD_ABS, LD_IND)
 # sources: the immediate, or the source register
 K, X = 0x00, 0x08
 # operations
-ADD, AND, LSH, MOD, MOV = 0x00, 0x50, 0x60, 0x90, 0xB0
+ADD, AND, LSH, MOD, MOV, END = 0x00, 0x50, 0x60, 0x90, 0xB0, 0xD0
+TO_BE = 0x08  # END's source bit: host order to big-endian (imm: the width, 16, 32 or 64)
 JA, JEQ, JGT, JNE, JLT, CALL, EXIT = 0x00, 0x10, 0x20, 0x50, 0xA0, 0x80, 0x90
 
 # helpers (the numbers of enum bpf_func_id)

@@ -68,6 +68,12 @@ pseudo-header sum. With `fix_checksums` (the default) the driver completes
 it in software for TCP and UDP over IPv4 and IPv6, so the stack above sees
 valid frames.
 
+Several queues (`PacketDriver.queues`, for `usnetd --workers N`): n sockets on the interface,
+each with its own rings, joined in one PACKET_FANOUT group whose eBPF program
+(usnet.drivers.steer, the one a multi-queue TAP uses) sends a received frame to queue (local
+port mod n), ARP, ICMP and fragments to queue 0. Each frame reaches one queue (no rollover; a
+socket receives nothing outside the group) and nothing going out is received (`FanoutGroup`).
+
 GRO: on a real NIC with GRO enabled the kernel may hand us aggregated TCP
 packets larger than the MTU (up to 64 KiB); `ethtool -K IF gro off` if the
 stack above must not see them. Blocks are sized to hold them whole. The
@@ -78,17 +84,20 @@ on an older kernel GRO must be off.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
+import os
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, Received, random_mac
 from usnet.proto.wire.checksum import acc, finish
 
-__all__ = ["PacketDriver"]
+__all__ = ["FanoutGroup", "PacketDriver"]
 
 # linux/if_ether.h
 ETH_P_ALL = 0x0003
@@ -101,9 +110,15 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_LOSS = 14
+PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
+PACKET_FANOUT_DATA = 22
 PACKET_IGNORE_OUTGOING = 23
 PACKET_MR_PROMISC = 1
+PACKET_FANOUT_EBPF = 7  # the group's program picks the member (its value modulo the members)
+PACKET_FANOUT_FLAG_UNIQUEID = 0x2000  # the kernel picks an id free in this network namespace
+PACKET_FANOUT_FLAG_IGNORE_OUTGOING = 0x4000  # the group's PACKET_IGNORE_OUTGOING (Linux 6.x)
+PACKET_OUTGOING = 4  # sll_pkttype / skb->pkt_type of a frame going out
 TPACKET_V3 = 2  # enum tpacket_versions {TPACKET_V1, TPACKET_V2, TPACKET_V3}
 # RX status bits
 TP_STATUS_KERNEL = 0
@@ -125,6 +140,14 @@ SIOCGIFFLAGS = 0x8913
 IFF_UP = 0x1
 _VLAN_TPIDS = (b"\x81\x00", b"\x88\xa8")
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+# asm-generic/socket.h; classic BPF (linux/filter.h): struct sock_filter {u16 code; u8 jt, jf; u32 k}
+SO_ATTACH_FILTER = 26
+_SKF_AD_PKTTYPE = -0x1000 + 4  # SKF_AD_OFF + SKF_AD_PKTTYPE: load skb->pkt_type
+_DROP_ALL = ((0x06, 0, 0, 0),)  # ret #0
+_DROP_OUTGOING = ((0x30, 0, 0, _SKF_AD_PKTTYPE & 0xFFFFFFFF),  # ldb pkt_type
+                  (0x15, 0, 1, PACKET_OUTGOING),               # jeq #OUTGOING
+                  (0x06, 0, 0, 0),                             # ret #0: dropped
+                  (0x06, 0, 0, 0xFFFFFFFF))                    # ret #-1: the whole frame
 
 
 def tpacket_align(x: int) -> int:
@@ -182,7 +205,10 @@ class PacketDriver:
         tx_ring: bool = True,
         fix_checksums: bool = True,
         qdisc_bypass: bool = False,
+        *,
+        fanout: FanoutGroup | None = None,
     ) -> None:
+        """`fanout`: join that group as one more queue (see `queues`)."""
         if mac is not None and len(mac) != 6:
             raise ValueError("a MAC is 6 bytes")
         if block_count < 1 or tx_frames < 1:
@@ -204,15 +230,40 @@ class PacketDriver:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             self._setup(mtu, block_size, block_count, frame_size, tx_frames, block_timeout_ms,
-                        promisc, tx_ring, qdisc_bypass)
+                        promisc, tx_ring, qdisc_bypass, fanout)
         except BaseException:
             self.close()
             raise
 
     # -- setup -------------------------------------------------------------
 
+    @classmethod
+    def queues(cls, ifname: str, n: int, mtu: int | None = None, mac: bytes | None = None,
+               **kw: Any) -> list[PacketDriver]:
+        """`n` queues on one interface, queue i the i-th driver, all with one MAC: n sockets in
+        one PACKET_FANOUT group (`FanoutGroup`) whose program sends each received frame to
+        queue (local port mod n), ARP, ICMP and fragments to queue 0, as a multi-queue TAP's
+        (usnet.drivers.steer). Each frame reaches exactly one queue: no rollover, and no member
+        receives outside the group. Each queue transmits on its own socket and TX ring."""
+        if n < 1:
+            raise ValueError("an interface has at least one queue")
+        if n == 1:
+            return [cls(ifname, mtu, mac, **kw)]
+        group = FanoutGroup(n)
+        out: list[PacketDriver] = []
+        try:
+            for _ in range(n):
+                out.append(cls(ifname, mtu, mac or (out[0].mac if out else None), fanout=group, **kw))
+            for d in out:  # all in: from now on the program's choice is (port mod n)
+                _attach_filter(d.sock, _DROP_OUTGOING)
+        except BaseException:
+            for d in out:
+                d.close()
+            raise
+        return out
+
     def _setup(self, mtu, block_size, block_count, frame_size, tx_frames, tov, promisc, tx_ring,
-               qdisc_bypass) -> None:
+               qdisc_bypass, fanout) -> None:
         s = self.sock
         ifr = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si20x", self.name.encode(), 0))
         dev_mtu = struct.unpack_from("i", ifr, 16)[0]
@@ -277,9 +328,15 @@ class PacketDriver:
         self._tx_slot = [rx_len + (i // fpb) * block_size + (i % fpb) * frame_size
                          for i in range(self._tx_n)] if tx_ring else []
         self._kick_needed = False
+        if fanout is not None:
+            # bound, the socket receives on its own until it joins the group: a frame then would
+            # reach it and a member too; and the group steers by its size until all are in
+            _attach_filter(s, _DROP_ALL)
         s.bind((self.name, ETH_P_ALL))
         if socket.if_nametoindex(self.name) != self.ifindex:
             raise OSError(errno.ENODEV, f"interface {self.name} changed while opening it")
+        if fanout is not None:
+            fanout.join(s)
         if promisc:
             s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
                          _MREQ.pack(self.ifindex, PACKET_MR_PROMISC, 0, b""))
@@ -519,6 +576,45 @@ class PacketDriver:
             mm.close()
         if self.sock.fileno() >= 0:
             self.sock.close()
+
+
+class FanoutGroup:
+    """A PACKET_FANOUT group of `n` members steered by usnet.drivers.steer's program
+    (PACKET_FANOUT_EBPF): the first member to join makes it, with an id the kernel picks free in
+    the network namespace (FLAG_UNIQUEID, so two usnetds, or anything else, never share a
+    group), and gives it the program; the others join by that id. No FLAG_ROLLOVER: a frame goes
+    to the queue the program names, or is dropped there if that queue is full, never to another.
+
+    Why not PACKET_IGNORE_OUTGOING: a group member's own option is not consulted (the group's
+    hook receives); the group's FLAG_IGNORE_OUTGOING is (Linux 6.x), and for kernels without it
+    each member also drops outgoing frames with a classic filter (`_DROP_OUTGOING`)."""
+
+    FLAGS = PACKET_FANOUT_EBPF | PACKET_FANOUT_FLAG_IGNORE_OUTGOING
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.id: int | None = None
+
+    def join(self, s: socket.socket) -> None:
+        if self.id is not None:
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, self.id | self.FLAGS << 16)
+            return
+        from usnet.drivers.steer import load_steering
+
+        s.setsockopt(SOL_PACKET, PACKET_FANOUT, (self.FLAGS | PACKET_FANOUT_FLAG_UNIQUEID) << 16)
+        self.id = s.getsockopt(SOL_PACKET, PACKET_FANOUT) & 0xFFFF
+        prog = load_steering(self.n)
+        try:
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT_DATA, struct.pack("=I", prog))  # the group keeps it
+        finally:
+            os.close(prog)
+
+
+def _attach_filter(s: socket.socket, prog: tuple[tuple[int, int, int, int], ...]) -> None:
+    """Give the socket a classic BPF filter (SO_ATTACH_FILTER; it replaces the one before, at once)."""
+    code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+    buf = ctypes.create_string_buffer(code, len(code))
+    s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(prog), ctypes.addressof(buf)))
 
 
 def _complete_checksum(f: bytearray) -> bytes:

@@ -20,7 +20,8 @@ queue, all on the same device. What the kernel sends to the device is spread ove
 the queues by a steering program (`steer_by_port`, TUNSETSTEERINGEBPF) that
 picks queue = the TCP/UDP destination port (usnet's local port) modulo the number
 of queues, and queue 0 for everything else (ARP, ICMP, fragments), so that each
-of usnetd's workers (usnet.domain.workers) gets exactly the frames of its flows.
+of usnetd's workers (usnet.domain.workers) gets exactly the frames of its flows. The program
+is usnet.drivers.steer's, the one the packet driver's fanout group uses too.
 """
 
 from __future__ import annotations
@@ -267,63 +268,12 @@ class TapDriver:
             self.fd = -1
 
 
-def steering_program(n: int) -> list:
-    """The queue of a frame the kernel sends to the TAP: its TCP or UDP destination port (the
-    local port of a usnet flow) modulo `n`, over IPv4 (unfragmented) and IPv6 (no extension
-    header); 0 for everything else. A socket filter; tun takes its return value modulo the
-    number of queues. Packet loads are the classic LD_ABS/LD_IND (r6 the context, result in r0,
-    network order converted to host order)."""
-    from usnet.drivers import bpf as B
-
-    ld_abs = {1: B.LD | B.ABS | B.B, 2: B.LD | B.ABS | B.H}
-    body: list[B.Insn] = []
-    fixups: list[tuple[int, str]] = []
-    labels: dict[str, int] = {}
-
-    def jump(cond: int, value: int, label: str) -> None:
-        fixups.append((len(body), label))
-        body.append(B.Insn(B.JMP | cond | B.K, 0, 0, 0, value))
-
-    def to_queue() -> None:  # r0 is the port
-        body.extend([B.Insn(B.ALU64 | B.MOD | B.K, 0, 0, 0, n), B.exit_()])
-
-    body += [B.mov_reg(6, 1), B.Insn(ld_abs[2], 0, 0, 0, 12)]  # the ethertype
-    jump(B.JEQ, 0x0800, "v4")
-    jump(B.JEQ, 0x86DD, "v6")
-    jump(B.JA, 0, "zero")
-    labels["v4"] = len(body)
-    body += [B.Insn(ld_abs[2], 0, 0, 0, 14 + 6), B.Insn(B.ALU64 | B.AND | B.K, 0, 0, 0, 0x3FFF)]
-    jump(B.JNE, 0, "zero")  # a fragment: only the first has ports
-    body.append(B.Insn(ld_abs[1], 0, 0, 0, 14 + 9))
-    jump(B.JEQ, 6, "ports4")
-    jump(B.JEQ, 17, "ports4")
-    jump(B.JA, 0, "zero")
-    labels["ports4"] = len(body)
-    body += [B.Insn(ld_abs[1], 0, 0, 0, 14), B.Insn(B.ALU64 | B.AND | B.K, 0, 0, 0, 0xF),
-             B.Insn(B.ALU64 | B.LSH | B.K, 0, 0, 0, 2), B.mov_reg(7, 0),
-             B.Insn(B.LD | B.IND | B.H, 0, 7, 0, 14 + 2)]  # r0 = the port at 14 + IHL*4 + 2
-    to_queue()
-    labels["v6"] = len(body)
-    body.append(B.Insn(ld_abs[1], 0, 0, 0, 14 + 6))
-    jump(B.JEQ, 6, "ports6")
-    jump(B.JEQ, 17, "ports6")
-    jump(B.JA, 0, "zero")
-    labels["ports6"] = len(body)
-    body.append(B.Insn(ld_abs[2], 0, 0, 0, 14 + 40 + 2))
-    to_queue()
-    labels["zero"] = len(body)
-    body += [B.mov_imm(0, 0), B.exit_()]
-    for at, label in fixups:
-        body[at] = body[at]._replace(off=labels[label] - at - 1)
-    return body
-
-
 def steer_by_port(fd: int, n: int) -> None:
-    """Load `steering_program(n)` and make it the queue choice of the TAP whose queue `fd` is
-    (the device keeps the program; our fd of it is closed)."""
-    from usnet.drivers import bpf
+    """Make the queue choice of the TAP whose queue `fd` is: local port mod `n`
+    (usnet.drivers.steer.steering_program; the device keeps the program, our fd of it is closed)."""
+    from usnet.drivers.steer import load_steering
 
-    prog = bpf.load(steering_program(n), bpf.BPF_PROG_TYPE_SOCKET_FILTER, "usnet_steer")
+    prog = load_steering(n)
     try:
         fcntl.ioctl(fd, TUNSETSTEERINGEBPF, struct.pack("i", prog))
     finally:
