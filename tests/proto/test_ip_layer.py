@@ -29,7 +29,7 @@ from scapy.layers.inet6 import (  # noqa: E402
 
 from tests.helpers.util import udp_segment  # noqa: E402
 from usnet.proto.ip import Datagram, IcmpError, IpLayer  # noqa: E402
-from usnet.proto.wire.ipv4 import ip_bytes  # noqa: E402
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes  # noqa: E402
 from usnet.proto.wire.ipv6 import ip6_bytes, solicited_node  # noqa: E402
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -393,3 +393,30 @@ def test_atomic_fragment6_delivered_whole():
     pkt = raw(IPv6(src=B6s, dst=A6s) / IPv6ExtHdrFragment(nh=253, id=3) / b"atomic")
     [d] = dgrams(ip.input(pkt, 0))
     assert bytes(d.payload) == b"atomic" and d.proto == 253 and ip.counters["ip6_atomic_frag"] == 1
+
+
+# --- `IpLayer.head`'s cached IPv4 header (wire.ipv4.ipv4_template) ---------------------------
+
+_addr4 = st.binary(min_size=4, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_addr4, min_size=1, max_size=3),
+    st.integers(0, 0xFFFF),
+    st.lists(st.tuples(
+        st.integers(0, 5), st.integers(0, 255), st.integers(0, 65515),
+        st.one_of(st.none(), st.integers(0, 255)), st.integers(0, 255),
+        st.sampled_from([None, False])), min_size=1, max_size=40),
+)
+def test_head_cached_ipv4_header_equals_build(srcs, ident, packets):
+    """Every header `head` gives, from the per-destination template (the constant words'
+    sum plus length and ident), is the one build_ipv4_header makes, byte for byte."""
+    ip = IpLayer(srcs, mtu=0xFFFF, ident=ident)
+    dsts = [bytes([10, 9, 8, i]) for i in range(6)]
+    for k, proto, plen, ttl, tos, df in packets:
+        src = srcs[k % len(srcs)]
+        h = ip.head(proto, src, dsts[k], plen, 1.0, ttl=ttl, tos=tos, df=df, segmented=True)
+        want = build_ipv4_header(src, dsts[k], proto, plen, ident, ip.ttl if ttl is None else ttl, df is None, tos)
+        assert h == want
+        ident = (ident + 1) & 0xFFFF

@@ -1,12 +1,13 @@
-"""Header prediction (usnet.proto.tcp.fastpath) changes nothing but the cost.
+"""Header prediction (usnet.proto.tcp.fastpath) and the lean output path
+(usnet.proto.tcp.txfast) change nothing but the cost.
 
 Two connections talk directly (no endpoint, fixed ISNs and timestamp offsets, a fake clock);
 hypothesis draws the traffic: writes of random sizes either way, reads, segments delivered
 in order, out of order (any segment of those in flight), duplicated or lost, and time
-passing (delayed ACKs, RTOs, probes). The same scenario runs with the fast path on and with
-it off; every segment either side sends, and every field of both connections (with their
+passing (delayed ACKs, RTOs, probes). The same scenario runs with the fast paths on and with
+them off (and with each alone); every segment either side sends, and every field of both connections (with their
 RTO estimator, congestion control, RACK, rate, pacing and buffers) after every step, must be
-the same. A third run counts that the fast path is really taken.
+the same. A third run counts that the fast paths are really taken.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections import OrderedDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.proto.tcp import TcpConnection, fastpath
+from usnet.proto.tcp import TcpConnection, fastpath, txfast
 from usnet.proto.tcp.bytequeue import ByteQueue
 from usnet.proto.wire.tcp import TcpParts, parse_tcp
 
@@ -56,7 +57,7 @@ def snap(obj, depth: int = 0):
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("send"), st.booleans(), st.integers(1, 9000)),
+        st.tuples(st.just("send"), st.booleans(), st.integers(1, 9000) | st.integers(1, 1500)),
         st.tuples(st.just("recv"), st.booleans(), st.integers(0, 70000)),
         st.tuples(st.just("deliver"), st.booleans(), st.integers(0, 40)),
         st.tuples(st.just("drop"), st.booleans(), st.integers(0, 40)),
@@ -68,19 +69,28 @@ ops = st.lists(
 )
 
 
-def run(scenario, enabled: bool, opts: dict):
-    """Play ``scenario``; returns the trace (segments and state after each step) and the
-    number of segments the fast path took."""
-    taken = [0]
+def run(scenario, enabled: bool, opts: dict, tx: bool | None = None):
+    """Play ``scenario`` with header prediction ``enabled`` and the lean output path ``tx``
+    (default: as ``enabled``); returns the trace (segments and state after each step) and
+    the number of segments the fast paths took (received, sent)."""
+    taken = [0, 0]
     real = fastpath.rx_established
+    real_tx = txfast.tx_one
 
     def counting(c, seg, now):
         ok = real(c, seg, now)
         taken[0] += ok
         return ok
 
+    def counting_tx(c, now, out):
+        ok = real_tx(c, now, out)
+        taken[1] += ok
+        return ok
+
     fastpath.ENABLED = enabled
     fastpath.rx_established = counting
+    txfast.ENABLED = enabled if tx is None else tx
+    txfast.tx_one = counting_tx
     try:
         now = 1.0
         a = TcpConnection(A, 40000, B, 80, now=now, iss=0xFFFFF000, ts_offset=12345, **opts)
@@ -135,10 +145,12 @@ def run(scenario, enabled: bool, opts: dict):
             pump()
             trace.append((snap(a), snap(b), a.take_events(), b.take_events()))
         assert a.state.name != "SYN_SENT" and b.state.name != "SYN_RECEIVED"
-        return trace, taken[0]
+        return trace, tuple(taken)
     finally:
         fastpath.ENABLED = True
         fastpath.rx_established = real
+        txfast.ENABLED = True
+        txfast.tx_one = real_tx
 
 
 @settings(max_examples=150, deadline=None)
@@ -146,11 +158,13 @@ def run(scenario, enabled: bool, opts: dict):
     {}, {"sack": False}, {"timestamps": False}, {"congestion": "newreno", "pacing": False},
     {"congestion": "bbr"}, {"rack": False}, {"nodelay": True}, {"ecn": True},
     {"rcvbuf": 4096, "rcvbuf_max": 8192}, {"window_scaling": False, "delack_segments": 4},
-]))
-def test_fast_path_equals_general_path(scenario, opts):
-    fast, n_fast = run(scenario, True, opts)
-    slow, n_slow = run(scenario, False, opts)
-    assert n_slow == 0
+    {"gather": True, "mss": 600}, {"sndbuf": 3000, "nodelay": True},
+]), st.sampled_from([None, True, False]))
+def test_fast_path_equals_general_path(scenario, opts, tx):
+    fast, _ = run(scenario, True, opts, tx)  # tx False: header prediction alone; True: both
+    slow, n_slow = run(scenario, False, opts, None if tx is None else not tx)  # the lean output alone
+    if tx is None:
+        assert n_slow == (0, 0)
     assert len(fast) == len(slow)
     for i, (x, y) in enumerate(zip(fast, slow)):
         assert x == y, f"step {i} differs"
@@ -161,5 +175,6 @@ def test_fast_path_is_taken_by_bulk_and_request_response():
     scenario += [("send", True, 100), ("flush", True, 0), ("recv", False, 1000), ("send", False, 200),
                  ("flush", False, 0), ("recv", True, 1000)] * 10
     trace, taken = run(scenario, True, {})
-    assert taken >= 40
+    assert taken[0] >= 40
+    assert taken[1] >= 20  # the responses, and the requests after the first
     assert run(scenario, False, {})[0] == trace

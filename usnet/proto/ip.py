@@ -60,7 +60,7 @@ from usnet.proto.pmtu import IPV4_MIN_MTU, PathMtuCache, frag_needed_mtu
 from usnet.proto.reassembly import Reassembler
 from usnet.proto.wire import icmp as _i4
 from usnet.proto.wire import icmpv6 as _i6
-from usnet.proto.wire.checksum import verifies
+from usnet.proto.wire.checksum import finish, verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import (
     ICMP,
@@ -68,8 +68,10 @@ from usnet.proto.wire.ipv4 import (
     IP_OFFMASK,
     IPOPT_SRR,
     IPV4_HLEN,
+    IPV4_TEMPLATE,
     build_ipv4_header,
     ipv4_source_route,
+    ipv4_template,
     parse_ipv4,
 )
 from usnet.proto.wire.ipv6 import (
@@ -146,6 +148,8 @@ class IpLayer:
         self._local4 = frozenset(self.addrs4)
         self._local6 = frozenset(self.addrs6)
         self._ident = ident & 0xFFFF
+        # (dst, src, proto, ttl, df, tos) -> `ipv4_template`: what `head` fills in per packet
+        self._tpl4: dict[tuple, tuple[bytes, bytes, bytes, int]] = {}
 
     # -- input ------------------------------------------------------------------------
 
@@ -354,8 +358,13 @@ class IpLayer:
         """
         dst = bytes(dst)
         if len(dst) == 4:
-            src = self._src4(src)
-            pmtu, locked = self.pmtus.get(dst, now)
+            if type(src) is not bytes or src not in self._local4:
+                src = self._src4(src)  # None (ours to pick), a view, or not ours (raises)
+            pmtus = self.pmtus
+            if pmtus.table:  # an ICMP lowered a path MTU
+                pmtu, locked = pmtus.get(dst, now)
+            else:
+                pmtu, locked = pmtus.mtu, False
             if IPV4_HLEN + plen > pmtu and not segmented:
                 if df and not locked:
                     raise OSError(_errno.EMSGSIZE,
@@ -364,8 +373,17 @@ class IpLayer:
             ident = self._ident
             self._ident = (ident + 1) & 0xFFFF
             self.counters["tx"] += 1
-            return build_ipv4_header(src, dst, proto, plen, ident, self.ttl if ttl is None else ttl,
-                                     df is not False and not locked, tos)
+            t = self.ttl if ttl is None else ttl
+            key = (dst, src, proto, t, df is not False and not locked, tos)
+            tpl = self._tpl4.get(key)
+            if tpl is None:  # the constant parts, once per destination (wire.ipv4.ipv4_template)
+                if len(self._tpl4) >= 256:
+                    self._tpl4.clear()
+                tpl = self._tpl4[key] = ipv4_template(src, dst, proto, t, key[4], tos)
+            total = IPV4_HLEN + plen
+            if plen < 0 or total > 0xFFFF:
+                raise WireError(f"IPv4: payload length {plen} out of range")
+            return IPV4_TEMPLATE.pack(tpl[0], total, ident, tpl[1], finish(tpl[3] + total + ident), tpl[2])
         if len(dst) == 16:
             src = self._src6(src, dst)
             pmtu = self.pmtus.get(dst, now)[0]

@@ -67,7 +67,7 @@ import os
 import random
 import struct
 
-from usnet.proto.tcp import fastpath
+from usnet.proto.tcp import fastpath, txfast
 from usnet.proto.tcp.bytequeue import ByteQueue
 from usnet.proto.tcp.config import (
     CLOSE_WAIT,
@@ -1594,6 +1594,8 @@ class TcpConnection:
         return v if v > 0 else 0
 
     def _send(self, now: float, out: list) -> None:
+        if txfast.ENABLED and txfast.tx_one(self, now, out):
+            return  # one segment of new data, nothing special (usnet.proto.tcp.txfast)
         mss = self.mss
         seg_max = self.max_segment if self.max_segment > mss else mss
         cwnd = self.cc.cwnd
@@ -1710,25 +1712,39 @@ class TcpConnection:
         payload = None  # release the view before the buffer can be resized
         stats = self.stats
         stats.bytes_out += plen
+        if flags & FIN:
+            self._fin_sent = True
+        if not rtx:
+            self._sent_new(start, end, now)
+            return
+        if end > self.snd_nxt:
+            self.snd_nxt = end
+        stats.retransmits += 1
+        stats.retransmitted_bytes += plen
+        if self._rtt_seq is not None and start < self._rtt_seq:
+            self._rtt_seq = None  # Karn
+        rack = self.rack
+        if rack is not None and self._recovery == _FAST:
+            rack.prr.out += end - start
+        if self._t_rtx == INF:
+            self._t_rtx = now + self.rto.rto
+        self._last_send = now
+
+    def _sent_new(self, start: int, end: int, now: float) -> None:
+        """The book-keeping of ``[start, end)`` leaving for the first time (`_emit`, and the
+        lean path of usnet.proto.tcp.txfast): SND.NXT, the RTT and rate samples, RACK's
+        record, PRR's count, the retransmission timer."""
         empty = self.snd_nxt <= self.snd_una  # nothing was in flight (the rate sampler's restart)
-        if self.rack is None and not rtx:
+        rack = self.rack
+        if rack is None:
             self.rate.sent_range(end, now, empty)
         if end > self.snd_nxt:
             self.snd_nxt = end
-        if flags & FIN:
-            self._fin_sent = True
-        if rtx:
-            stats.retransmits += 1
-            stats.retransmitted_bytes += plen
-            if self._rtt_seq is not None and start < self._rtt_seq:
-                self._rtt_seq = None  # Karn
-        elif self._rtt_seq is None and not self.ts_ok:
+        if self._rtt_seq is None and not self.ts_ok:
             self._rtt_seq = end
             self._rtt_time = now
-        rack = self.rack
         if rack is not None:
-            if not rtx:
-                rack.sent(start, end, now, empty)
+            rack.sent(start, end, now, empty)
             if self._recovery == _FAST:
                 rack.prr.out += end - start
         if self._t_rtx == INF:

@@ -549,17 +549,31 @@ class TcpEndpoint:
         heapq.heapify(self._timers)
 
     def timeout(self, now: float | None = None) -> float | None:
-        """The earliest deadline of any connection, or None."""
-        for conn in self.due:  # what happened since may have moved a deadline
-            self._schedule(conn)
-        self.visits += len(self.due)
+        """The earliest deadline of any connection, or None.
+
+        A connection in `due` (touched since the last `outgoing`) may have moved its
+        deadline: that is read from the connection here, but not put on the heap, because
+        the `outgoing` that follows (usnet.client.engine's pump: receive, `timeout`, timers,
+        `outgoing`) moves it again and schedules it then; pushing it here too made two heap
+        entries per connection and pump, one of them stale at once. Its old heap entry,
+        if it comes to the top, is taken off (``timer_at`` None: `_schedule` pushes anew).
+        """
+        due = self.due
+        best = None
+        for conn in due:  # what happened since may have moved a deadline
+            t = conn.timeout()
+            if t is not None and (best is None or t < best):
+                best = t
+        self.visits += len(due)
         h = self._timers
         while h:
             t, _, conn = h[0]
             if conn.timer_at == t and conn.due is not None:
-                return t
+                if conn not in due:
+                    return t if best is None or t < best else best
+                conn.timer_at = None  # its deadline is `best`'s business until it is scheduled
             heapq.heappop(h)  # stale: the connection moved on or left
-        return None
+        return best
 
     def on_timer(self, now: float) -> list[TcpConnection]:
         """Run the timers of the connections whose deadline has come (and only theirs); returns them."""

@@ -1,0 +1,91 @@
+"""The lean output path: one segment of new data on an established connection.
+
+Why: a request/response server sends, per request, one segment that holds
+everything the application wrote. The general sender (`TcpConnection._send`)
+gets there through loss recovery (RACK's lost queue, the probe, NewReno's
+holes), the idle restart, a loop over segments with window, congestion,
+pacing, silly-window and Nagle limits, and then `_emit` (FIN, CWR, PSH,
+retransmission accounting) and `_segment` (ECE, which options), each a
+call with its own attribute reads, for a segment none of which applies to.
+
+`tx_one` recognises that case with a few comparisons and builds the segment
+directly: the window field (`TcpConnection._window_field`), the header with
+the timestamp option (`usnet.proto.wire.tcp.pack_ts`, as `_segment` packs
+it) and the book-keeping of a first transmission (`TcpConnection._sent_new`,
+which `_emit` calls too). As the receive side's header prediction
+(usnet.proto.tcp.fastpath) it decides *before changing anything*, and
+returns False otherwise, so `_send` then runs untouched.
+
+What it declines: a FIN to send (or queued), loss recovery or anything
+RACK wants to resend or probe, SACK blocks or a D-SACK to report (options
+other than the timestamp), no timestamps, ECE/CWR to set, an idle restart
+due, data that does not fit one segment, the peer's window, the congestion
+window or the pacer's budget, a Nagle hold, and super-segments.
+
+tests/proto/test_tcp_fastpath.py plays random traffic with both fast paths
+on and off and asserts the same segments and the same state after every step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from usnet.proto.tcp.seq import MASK
+from usnet.proto.wire.tcp import ACK, PSH, pack_ts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from usnet.proto.tcp.connection import TcpConnection
+
+__all__ = ["ENABLED", "tx_one"]
+
+#: Tests switch it off to compare against the general path.
+ENABLED = True
+
+_ACK_PSH = ACK | PSH
+
+
+def tx_one(c: TcpConnection, now: float, out: list) -> bool:
+    """Send all unsent data as one segment if nothing special applies (see the module);
+    False: not taken, nothing changed."""
+    if c._fin_queued or not c.ts_ok or c._recovery or c._ece or c._cwr:
+        return False
+    rack = c.rack
+    if rack is not None and (rack.tlp_now or rack.lost_q or rack.lost_bytes):
+        return False
+    if c.sb.sacked or (c.sack_ok and (c._reasm or c._dsack)):
+        return False  # pipe less than the flight, or a SACK option to send
+    mss = c.mss
+    if c.max_segment > mss:
+        return False  # super-segments: `_send` sizes them
+    base = c._snd_base
+    buf = c._sndbuf
+    dend = base + len(buf)
+    nxt = c.snd_nxt
+    n = dend - nxt
+    if n <= 0 or n > mss:
+        return False  # nothing to send, or more than one segment
+    una = c.snd_una
+    pipe = nxt - una  # `_pipe()` with nothing SACKed, nothing lost and no recovery
+    if nxt == una:
+        if now - c._last_send > c.rto.rto:
+            return False  # the congestion window restarts after idle
+    elif n < mss and not c.cfg.nodelay:
+        return False  # Nagle (or, with nodelay, nothing to hold it)
+    cwnd = c.cc.cwnd
+    if n > una + c.snd_wnd - nxt or n > cwnd - pipe or n > c._pace_left:
+        return False  # the peer's window, the congestion window or the pacer holds some back
+    # Taken: what `_send` and `_emit` do for this segment, in their order.
+    c._quick.data_out(now, c.cfg.delack)  # an answer: interactive
+    win = c._window_field()
+    payload: memoryview | bytes | None = buf.view(nxt - base, n + nxt - base)
+    out.append(pack_ts(
+        c._psum, c.local_port, c.remote_port, (c.iss + nxt) & MASK, (c.irs + c.rcv_nxt) & MASK,
+        _ACK_PSH, win, (int(now * 1000) + c._ts_off) & MASK, c.ts_recent, payload, c.cfg.gather))
+    payload = None  # release the view before the buffer can be resized
+    c.stats.bytes_out += n
+    c._sent_new(nxt, dend, now)
+    c._pace_left -= n
+    pipe += n
+    if pipe < cwnd:  # out of data with room in the window: the samples measure the application
+        c.rate.check_app_limited(0, mss, pipe, cwnd, 0)
+    return True
