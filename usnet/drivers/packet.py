@@ -74,11 +74,12 @@ each with its own rings, joined in one PACKET_FANOUT group whose eBPF program
 port mod n), ARP, ICMP and fragments to queue 0. Each frame reaches one queue (no rollover; a
 socket receives nothing outside the group) and nothing going out is received (`FanoutGroup`).
 
-GRO: on a real NIC with GRO enabled the kernel may hand us aggregated TCP
-packets larger than the MTU (up to 64 KiB); `ethtool -K IF gro off` if the
-stack above must not see them. Blocks are sized to hold them whole. The
+GRO: on a real NIC with GRO enabled (and on a veth whose peer segments with
+TSO/GSO, the default) the kernel may hand us aggregated TCP packets larger
+than the MTU (up to 64 KiB). Blocks are sized to hold them whole. The
 kernel flags them TP_STATUS_GSO_TCP (Linux 6.3+) and they are returned as
-`Coalesced`: the flow switch drops any other frame longer than the MTU, so
+`Coalesced`; the flow switch cuts them into packets that fit the flow's
+(usnet.proto.wire.gso) and drops any other frame longer than the MTU, so
 on an older kernel GRO must be off.
 """
 

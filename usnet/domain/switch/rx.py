@@ -38,6 +38,7 @@ from usnet.proto.reassembly import Reassembler
 from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
+from usnet.proto.wire.gso import headers_len, tcp_segments
 from usnet.proto.wire.ipv4 import (
     IP_MF,
     IP_OFFMASK,
@@ -176,7 +177,10 @@ class ReceivePath(HostDuties):
                         lst = per_flow.get(flow)
                         if lst is None:
                             lst = per_flow[flow] = []
-                        lst.append(memoryview(f)[ETH_HLEN : ETH_HLEN + total])
+                        if n > rx_max and total > flow.port.stride:  # a super-segment bigger than its packets
+                            self._too_big(flow, memoryview(f)[ETH_HLEN : ETH_HLEN + total], lst)
+                        else:
+                            lst.append(memoryview(f)[ETH_HLEN : ETH_HLEN + total])
                         continue
             try:
                 self._rx_frame(f, now, per_flow)
@@ -431,7 +435,33 @@ class ReceivePath(HostDuties):
         lst = per_flow.get(flow)
         if lst is None:
             lst = per_flow[flow] = []
-        lst.append(f[ETH_HLEN:end])
+        if end - ETH_HLEN > flow.port.stride:  # a super-segment, or a reassembled datagram, too big for its packets
+            self._too_big(flow, memoryview(f)[ETH_HLEN:end], lst)
+        else:
+            lst.append(f[ETH_HLEN:end])
+
+    def _too_big(self, flow: Flow, pkt: memoryview, lst: list) -> None:
+        """A packet longer than the flow's packets: cut to fit if it is TCP, else dropped.
+
+        The device made it (a `Coalesced` super-segment: GRO, a TAP's GSO, a
+        veth's TSO) or the reassembler did; the flow's packets are smaller (a
+        packet netif's TCP flows, a client that chose small packets). Dropped,
+        a TCP super-segment would come back whole with every retransmission
+        and the connection would never move; so it is cut as the sender's own
+        GSO would have cut it (usnet.proto.wire.gso), each segment's payload
+        the packet size less the headers, a multiple of 8 bytes, and the
+        segments join the flow's batch in its place. What cannot be cut (not
+        TCP, malformed) is dropped as `rx_too_big`.
+        """
+        try:
+            segs = tcp_segments(pkt, (flow.port.stride - headers_len(pkt)) & ~7)
+        except WireError:
+            self.drops["rx_too_big"] += 1
+            flow.stats["rx_dropped"] += 1
+            return
+        self.counts["rx_resegmented"] += 1  # super-segments cut
+        self.counts["rx_resegmented_packets"] += len(segs)  # the packets they made
+        lst.extend(segs)
 
     @staticmethod
     def _bad_udp(f: Received, start: int, end: int, src: bytes, dst: bytes) -> str | None:
