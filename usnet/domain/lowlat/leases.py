@@ -98,6 +98,8 @@ class LeaseDesk:
 
     def tick(self) -> float | None:
         """End the leases whose time is up; seconds until the next one is due (None: no lease)."""
+        if not self.agent.leases:  # every turn of the loop asks: with no lease, nothing to read
+            return None
         now = self.clock()
         for lease in self.agent.expire(now):
             self._fall_back(lease, RevokeReason.EXPIRED)

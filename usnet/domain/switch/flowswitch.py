@@ -41,12 +41,18 @@ class FlowSwitch(LocalPath):
         queued frames and pacing, fragments; None if nothing is."""
         if self.local_queue:
             return 0.0  # local deliveries left over from the last flush
-        now = self.clock()
-        frag = self.reasm.next_deadline()
-        t = [x for x in (self.arp.next_timer(now), self.nd.next_timer(now), self.netif.driver.timeout(),
-                         self.netif.next_timeout(), None if frag is None else max(0.0, frag - now))
-             if x is not None]
-        return min(t) if t else None
+        soonest = self.netif.driver.timeout()
+        t = self.netif.next_timeout()
+        if t is not None and (soonest is None or t < soonest):
+            soonest = t
+        if self.arp.pending or self.nd.pending or self.reasm.table:  # asked every turn: mostly none
+            now = self.clock()
+            frag = self.reasm.next_deadline()
+            for t in (self.arp.next_timer(now), self.nd.next_timer(now),
+                      None if frag is None else max(0.0, frag - now)):
+                if t is not None and (soonest is None or t < soonest):
+                    soonest = t
+        return soonest
 
     def info(self) -> dict[str, Any]:
         return {"netif": self.netif.info(), "flows": [f.describe() for f in self.flows.values()],
