@@ -290,3 +290,25 @@ def test_random_client_writes_are_refusals_or_a_defunct_never_a_fault(make_net, 
     assert port.pipe.defunct_reason in (None, DefunctReason.ABUSE)
     if port.pipe.defunct_reason is None:
         port.pipe.pool.check()  # the accounting of a channel that survived is still exact
+
+
+def test_a_flow_closed_earlier_in_the_turn_is_not_served_by_the_bell_the_selector_reported():
+    """The selector reports every ready descriptor at the start of a turn; a session's close
+    served before a flow's bell in that same turn unmaps the flow's rings and closes its bell.
+    The bell's turn then came to `_repoll`, which drained the (closed, maybe reused) descriptor and
+    wrote the flow's ring flags: "released memoryview" in the transmit barrier, a fault for a
+    clean close. It now asks whether the flow is still there first."""
+    from tests.helpers.util import memwire_domain
+
+    with memwire_domain() as (d, c):
+        u = c.udp_socket("a", 7100)
+        ref = d.channels[u.channel.id]
+        sw, flow = ref.switch, ref.flow
+        fd = flow.port.bell
+        other = c.udp_socket("a", 7101)  # a bell that may take the closed one's number
+        u.close()
+        with d.lock:
+            assert flow.id not in sw.flows
+            assert d._repoll(sw, flow, fd) is False  # no fault, nothing drained, nothing written
+        assert d.faults == 0
+        other.close()

@@ -704,11 +704,17 @@ class Domain(Control, Housekeeping):
 
     def _repoll(self, sw: FlowSwitch, flow: Flow, fd: int) -> bool:
         """A parked flow's bell rang: drained, and the flow polled again until it falls idle; False
-        if it is gone or defunct (nothing to serve). With the lock held."""
-        drain(fd)
-        flow.port.clear_need_wakeup()
-        if flow.id not in sw.flows or flow.port.pipe.defunct_reason is not None:
+        if it is gone or defunct (nothing to serve). With the lock held.
+
+        Gone is asked first: the selector reported the bell before this turn served the others,
+        and a channel closed among them has had its rings unmapped and its bell closed (`fd`
+        may already be another channel's bell, whose ring this must not swallow)."""
+        if flow.id not in sw.flows:
             return False
+        drain(fd)
+        if flow.port.pipe.defunct_reason is not None:
+            return False
+        flow.port.clear_need_wakeup()
         sw.polled[flow] = None
         return True
 
@@ -732,9 +738,9 @@ class Domain(Control, Housekeeping):
             except BlockingIOError:
                 pass
         elif kind == "kick":
-            drain(fd)
             ref = self.channels.get(obj)
-            if ref is not None:
+            if ref is not None:  # a channel closed earlier in this turn: its kick fd is closed (as `_repoll`)
+                drain(fd)
                 self.kick(ref)
         elif kind == "netif":
             with self.lock:
