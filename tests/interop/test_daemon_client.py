@@ -444,7 +444,7 @@ def test_a_gone_device_met_by_a_send_is_recognised_on_the_switch_round_too(tapd)
         for i in range(50):
             u.sendto(b"later %d" % i, (tapd.host_ip, 9))
         assert status()["faults"] == faults, tapd.daemon.log_text()  # a status after the sends: served
-        u.close()  # after: a close racing the domain's transmit is a fault of its own (not this test's)
+        u.close()
     text = tapd.daemon.log_text()
     assert text.count("its device is gone") == 1
     assert "fault in netif usnet0" not in text
