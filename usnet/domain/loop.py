@@ -280,7 +280,10 @@ class Domain(Control, Housekeeping):
 
     def _serves_ll(self) -> bool:
         """Whether any netif has LL flows: `_serve_ll` serves them all, from any point of the loop."""
-        return any(sw.netif.ll_keys for sw in self.switches.values())
+        for sw in self.switches.values():  # a loop, not any(genexpr): asked every turn, nothing made
+            if sw.netif.ll_keys:
+                return True
+        return False
 
     def _receive_due(self) -> None:
         """Receive now what a device already holds for us without its fd having been seen (a memwire's
@@ -290,11 +293,20 @@ class Domain(Control, Housekeeping):
                 sw.service_rx()
 
     def _service_switches(self) -> float | None:
-        """One round of data-path work on every flow switch; returns how long we may sleep."""
+        """One round of data-path work on every flow switch; returns how long we may sleep.
+
+        A switch with nothing to do (`FlowSwitch.quiet`: no polled flow, nothing queued, no timer)
+        is skipped in one test: the round's dozen calls on it would find nothing and ask for no
+        wake-up (issue 18, the loop's fixed cost per turn). The test is made again before the
+        second pass, after the first pass's receiving.
+        """
         timeout: float | None = None
         self._serve_ll()
         ll = self._serves_ll()
-        for sw in self.switches.values():  # receive first: a frame in hand waits for no bulk batch
+        switches = self.switches.values()
+        for sw in switches:  # receive first: a frame in hand waits for no bulk batch
+            if sw.quiet():
+                continue
             try:
                 sw.service_timers()
                 if sw.netif.device_gone is None and sw.netif.driver.timeout() is not None:
@@ -303,26 +315,11 @@ class Domain(Control, Housekeeping):
                     sw.service_rx()
             except Exception as e:
                 self._netif_fault(sw, e)
-        for sw in self.switches.values():
-            idle = []
-            busy: list[Flow] = []
-            self.polls += len(sw.polled)
-            for flow in list(sw.polled):
-                try:
-                    if flow.port.suspended:
-                        continue
-                    if not flow.port.tx_pending():
-                        idle.append(flow)
-                    elif ll:
-                        self._service_tx(sw, flow, ll)
-                    else:
-                        busy.append(flow)
-                except Exception as e:  # the barrier of one flow channel
-                    self._tx_fault(flow, e)
-            if busy:  # one column-wise check across the batches of all of them (`service_tx_many`)
-                sw.service_tx_many(busy, self._tx_fault)
-            if idle:
-                self._park(sw, idle)
+        for sw in switches:
+            if sw.quiet():
+                continue
+            if sw.polled:
+                self._poll_flows(sw, ll)
             try:
                 sw.flush()
                 timeout = _sooner(timeout, sw.ring_held())  # receive bells held by mitigation that are due
@@ -331,6 +328,28 @@ class Domain(Control, Housekeeping):
             except Exception as e:
                 self._netif_fault(sw, e)
         return timeout
+
+    def _poll_flows(self, sw: FlowSwitch, ll: bool) -> None:
+        """What the polled flows of `sw` sent, into it; those with nothing to send are parked."""
+        idle = []
+        busy: list[Flow] = []
+        self.polls += len(sw.polled)
+        for flow in list(sw.polled):
+            try:
+                if flow.port.suspended:
+                    continue
+                if not flow.port.tx_pending():
+                    idle.append(flow)
+                elif ll:
+                    self._service_tx(sw, flow, ll)
+                else:
+                    busy.append(flow)
+            except Exception as e:  # the barrier of one flow channel
+                self._tx_fault(flow, e)
+        if busy:  # one column-wise check across the batches of all of them (`service_tx_many`)
+            sw.service_tx_many(busy, self._tx_fault)
+        if idle:
+            self._park(sw, idle)
 
     def _tx_fault(self, flow: Flow, e: Exception) -> None:
         """The barrier of one flow channel's transmit: the fault defuncts that channel only."""

@@ -1,0 +1,90 @@
+"""The domain loop's fixed cost per turn (issue 18): time `Domain.serve_once(0)` and its parts
+before `select`, on an embedded Domain with a MemWire netif and the loopback `lo`, not started
+(this thread turns the loop). Two states: both netifs idle, and the MemWire netif active (a frame
+every turn from the wire's other side, so its advisory is republished every `interval`).
+
+    PYTHONPATH=. python scripts/bench_turn.py [turns]
+
+Figures in µs per turn (the median turn; the median of 5 runs); only for comparing two trees on one machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from usnet.domain.loop import Domain
+from usnet.drivers import MemWire
+
+PARTS = ("leases", "purge", "housekeeping", "switches", "advisories", "idle_flows", "resume_accept")
+
+
+def parts(d: Domain) -> dict[str, float]:
+    """One pre-select pass, each part timed."""
+    pc = time.perf_counter
+    out = {}
+    t0 = pc()
+    d.leases.tick()
+    t1 = pc()
+    d._purge_idle()
+    t2 = pc()
+    d._housekeeping()
+    t3 = pc()
+    d._service_switches()
+    t4 = pc()
+    d._publish_advisories()
+    t5 = pc()
+    d._idle_flows()
+    t6 = pc()
+    d._resume_accept()
+    t7 = pc()
+    for name, a, b in zip(PARTS, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
+        out[name] = b - a
+    return out
+
+
+def run(active: bool, turns: int) -> tuple[float, dict[str, float]]:
+    d = Domain()
+    w = MemWire()
+    d.add_netif("m0", w.a, "10.9.0.1/24")
+    d.add_loopback()
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x09" + b"\x88\xb5" + b"\x00" * 46  # dropped: unknown type
+    for _ in range(200):
+        d.serve_once(0)
+    sums: dict[str, list[float]] = {k: [] for k in PARTS}
+    whole = []
+    pc = time.perf_counter
+    for _ in range(turns):
+        if active:
+            w.b.send_batch([frame])
+        t = pc()
+        d.serve_once(0)
+        whole.append(pc() - t)
+        if active:
+            w.b.send_batch([frame])
+            d.serve_once(0)
+        for k, v in parts(d).items():
+            sums[k].append(v)
+    d.stop()
+    med = statistics.median
+    return med(whole) * 1e6, {k: med(v) * 1e6 for k, v in sums.items()}
+
+
+def main() -> None:
+    turns = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    for active in (False, True):
+        wholes, per = [], {k: [] for k in PARTS}
+        for _ in range(5):
+            w, p = run(active, turns)
+            wholes.append(w)
+            for k, v in p.items():
+                per[k].append(v)
+        med = {k: statistics.median(v) for k, v in per.items()}
+        print(f"{'active' if active else 'idle  '}: serve_once(0) {statistics.median(wholes):6.2f} µs; "
+              f"pre-select parts {sum(med.values()):6.2f} µs: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
+
+
+if __name__ == "__main__":
+    main()
