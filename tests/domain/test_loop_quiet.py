@@ -1,0 +1,102 @@
+"""The loop's quiet switch (issue 18): `Domain._service_switches` skips a switch with nothing to
+do (`FlowSwitch.quiet`) in one test. These prove the rule loses no work: each brings one kind of
+work to a switch that is otherwise idle (no flow polled, nothing else queued) and checks that the
+loop's next turns serve it, and that the turn asks to wake for it. Driven by hand (`serve_once(0)`)
+on a clock the test holds; a rule that skipped the work fails the test.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tests.helpers.util import FakeClock
+
+from usnet.client import Client
+from usnet.domain.loop import Domain
+from usnet.drivers import MemWire
+from usnet.drivers.base import random_mac
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
+
+A_IP = "10.9.0.1"
+
+
+class Quiet:
+    """A domain (not started: the test turns it) with a MemWire netif "a" on the test's clock, whose
+    other end the test holds, and the loopback."""
+
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.d = Domain()
+        self.w = MemWire()
+        self.sw = self.d.add_netif("a", self.w.a, f"{A_IP}/24", clock=self.clock)
+        self.lo = self.d.add_loopback()
+
+    def settle(self) -> None:
+        """Turns until every flow is parked: the switch's only work is what the test gave it."""
+        for _ in range(10):
+            self.d.serve_once(0)
+            if not any(sw.polled for sw in self.d.switches.values()):
+                return
+        pytest.fail("flows still polled after 10 turns")
+
+
+@pytest.fixture
+def q():
+    n = Quiet()
+    yield n
+    n.d.stop()
+
+
+def test_idle_switches_are_quiet_and_ask_for_no_wakeup(q):
+    q.settle()
+    assert q.sw.quiet() and q.lo.quiet()
+    assert q.d._service_switches() is None
+
+
+def test_an_arp_retry_at_an_otherwise_idle_switch_is_sent(q):
+    """A datagram to a silent neighbour: its flow falls idle, the ARP request's retry is still due."""
+    c = Client.local(q.d)
+    s = c.udp_socket("a", 5000)
+    assert s.send_many([b"x"], ("10.9.0.77", 6000)) == 1
+    q.settle()
+    asked = q.sw.counts["arp_requests"]
+    assert asked >= 1 and q.sw.arp.pending and not q.sw.polled and not q.sw.netif.active
+    assert not q.sw.quiet()
+    wait = q.d._service_switches()
+    assert wait is not None and wait <= q.sw.arp.retry  # the turn wakes for the retry
+    q.clock.now += q.sw.arp.retry
+    q.d.serve_once(0)
+    assert q.sw.counts["arp_requests"] == asked + 1
+
+
+def test_a_frame_queued_at_an_idle_switch_leaves(q):
+    q.settle()
+    frame = b"\xff" * 6 + q.sw.netif.mac + b"\x88\xb5" + b"queued".ljust(46, b".")
+    q.sw.netif.enqueue(0, frame)
+    assert not q.sw.quiet()
+    q.d.serve_once(0)
+    assert [bytes(f) for f in q.w.b.recv_batch(8)] == [frame]
+    assert q.sw.quiet()
+
+
+def test_a_local_delivery_left_over_is_served(q):
+    q.settle()
+    q.lo.local_queue.append(b"\x45" + b"\x00" * 3)  # malformed: counted as delivered, dropped
+    assert not q.lo.quiet()
+    q.d.serve_once(0)
+    assert q.lo.counts["local_delivered"] == 1 and not q.lo.local_queue
+
+
+def test_a_fragment_waiting_at_an_idle_switch_times_out(q):
+    """The first fragment of a datagram whose rest never comes: expired by the reassembly timer."""
+    q.settle()
+    src, dst = ip_bytes("10.9.0.9"), ip_bytes(A_IP)
+    body = b"\x00" * 16
+    ip = build_ipv4_header(src, dst, 17, len(body), ident=7, df=False, mf=True) + body
+    q.w.b.send_batch([q.sw.netif.mac + random_mac() + b"\x08\x00" + ip])
+    for _ in range(3):
+        q.d.serve_once(0)
+    assert q.sw.reasm.table and not q.sw.polled
+    assert not q.sw.quiet()
+    q.clock.now += q.sw.reasm.timeout + 1
+    q.d.serve_once(0)
+    assert q.sw.frags["frag_timeout"] == 1 and not q.sw.reasm.table
