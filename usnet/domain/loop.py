@@ -378,9 +378,12 @@ class Domain(Control, Housekeeping):
         timeout: float | None = None
         for adv in self.advisories.values():
             try:
-                timeout = _sooner(timeout, adv.poll(adv.netif.clock()))
+                t = adv.turn()
             except Exception as e:
                 self._log_fault(f"advisory of {adv.netif.name}", e)
+                continue
+            if t is not None and (timeout is None or t < timeout):
+                timeout = t
         return timeout
 
     def _idle_flows(self) -> bool:

@@ -1,6 +1,6 @@
 """One netif's interface advisory: when to publish it, what goes in it, whom to tell.
 
-The domain's loop calls `poll(now)` on every pass (usnet.domain.loop); the
+The domain's loop calls `turn()` (`poll` at the netif's time) on every pass (usnet.domain.loop); the
 time is the netif's own clock, so tests drive it with theirs. Nothing here
 runs per packet: a publication reads the netif's counters, its queue totals
 and its scheduler's slot counters, which the data path keeps anyway.
@@ -64,7 +64,7 @@ class NetifAdvisory:
         self.quiet_since = now - IDLE_AFTER  # a new netif is idle until something moves
         self.next_due = now
         self.seq = 0
-        self._seen = (-1, -1)
+        self._seen_tx = self._seen_rx = -1  # the netif's frame counters at the last publication
         self.publish(now)
 
     @property
@@ -89,15 +89,28 @@ class NetifAdvisory:
             self.publish(now)
         return None if self.idle else max(0.0, self.next_due - now)
 
+    def turn(self) -> float | None:
+        """`poll` at the netif's time, as the domain loop calls it every turn: the common cases
+        short (issue 18, the loop's fixed cost per turn). An idle netif that did not move reads
+        no clock; an active one not yet due reads the clock and nothing else."""
+        if self.idle:
+            if not self._moved():
+                return None
+            return self.poll(self.netif.clock())
+        now = self.netif.clock()
+        left = self.next_due - now
+        return left if left > 0 else self.poll(now)
+
     def _moved(self) -> bool:
         n = self.netif
-        return (n.tx_frames, n.rx_frames) != self._seen or bool(n.active or n.active_ll)
+        return (n.tx_frames != self._seen_tx or n.rx_frames != self._seen_rx
+                or bool(n.active or n.active_ll))
 
     def publish(self, now: float, woke: bool = False) -> int:
         """Measure, write both records, and announce a changed trend; returns the new seq."""
         tx, rx = self._measure(now, woke)
         self.seq = self.writer.publish(tx, rx)
-        self._seen = (self.netif.tx_frames, self.netif.rx_frames)
+        self._seen_tx, self._seen_rx = self.netif.tx_frames, self.netif.rx_frames
         self.next_due = now + self.interval
         if tx.trend != self.trend:
             self.trend = Trend(tx.trend)
