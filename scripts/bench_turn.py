@@ -1,7 +1,9 @@
 """The domain loop's fixed cost per turn (issue 18): time `Domain.serve_once(0)` and its parts
 before `select`, on an embedded Domain with a MemWire netif and the loopback `lo`, not started
-(this thread turns the loop). Two states: both netifs idle, and the MemWire netif active (a frame
-every turn from the wire's other side, so its advisory is republished every `interval`).
+(this thread turns the loop). Three states: both netifs idle; the MemWire netif active (a frame
+every turn from the wire's other side, so its advisory is republished every `interval`); and
+ten flows of the MemWire netif polled at each turn's start, as after their bells rang (found
+with nothing to send, parked).
 
     PYTHONPATH=. python scripts/bench_turn.py [turns]
 
@@ -14,6 +16,7 @@ import statistics
 import sys
 import time
 
+from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers import MemWire
 
@@ -44,11 +47,19 @@ def parts(d: Domain) -> dict[str, float]:
     return out
 
 
-def run(active: bool, turns: int) -> tuple[float, dict[str, float]]:
+def run(state: str, turns: int) -> tuple[float, dict[str, float]]:
     d = Domain()
     w = MemWire()
-    d.add_netif("m0", w.a, "10.9.0.1/24")
+    sw = d.add_netif("m0", w.a, "10.9.0.1/24")
     d.add_loopback()
+    active = state == "active"
+    flows = []
+    if state == "polled":  # ten flows rang (as after a bell): polled, found idle and parked each turn
+        c = Client.local(d)
+        socks = [c.udp_socket("m0", 5000 + i) for i in range(10)]
+        d.serve_once(0)
+        flows = list(sw.flows.values())
+        assert len(flows) == len(socks)
     frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x09" + b"\x88\xb5" + b"\x00" * 46  # dropped: unknown type
     for _ in range(200):
         d.serve_once(0)
@@ -58,12 +69,16 @@ def run(active: bool, turns: int) -> tuple[float, dict[str, float]]:
     for _ in range(turns):
         if active:
             w.b.send_batch([frame])
+        for f in flows:
+            sw.polled[f] = None
         t = pc()
         d.serve_once(0)
         whole.append(pc() - t)
         if active:
             w.b.send_batch([frame])
             d.serve_once(0)
+        for f in flows:
+            sw.polled[f] = None
         for k, v in parts(d).items():
             sums[k].append(v)
     d.stop()
@@ -73,15 +88,15 @@ def run(active: bool, turns: int) -> tuple[float, dict[str, float]]:
 
 def main() -> None:
     turns = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    for active in (False, True):
+    for state in ("idle", "active", "polled"):
         wholes, per = [], {k: [] for k in PARTS}
         for _ in range(5):
-            w, p = run(active, turns)
+            w, p = run(state, turns)
             wholes.append(w)
             for k, v in p.items():
                 per[k].append(v)
         med = {k: statistics.median(v) for k, v in per.items()}
-        print(f"{'active' if active else 'idle  '}: serve_once(0) {statistics.median(wholes):6.2f} µs; "
+        print(f"{state:6}: serve_once(0) {statistics.median(wholes):6.2f} µs; "
               f"pre-select parts {sum(med.values()):6.2f} µs: "
               + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
 

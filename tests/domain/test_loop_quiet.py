@@ -100,3 +100,31 @@ def test_a_fragment_waiting_at_an_idle_switch_times_out(q):
     q.clock.now += q.sw.reasm.timeout + 1
     q.d.serve_once(0)
     assert q.sw.frags["frag_timeout"] == 1 and not q.sw.reasm.table
+
+
+def test_a_gone_flows_drained_queue_is_forgotten(q):
+    """A flow gone while its frames waited (`Netif.retire`): they leave, then its queue is forgotten,
+    though nothing else is left to do at the switch."""
+    q.settle()
+    frame = b"\xff" * 6 + q.sw.netif.mac + b"\x88\xb5" + b"retiring".ljust(46, b".")
+    key = 999_999  # no flow's: the switch has none
+    q.sw.netif.enqueue(key, frame)
+    q.sw.netif.retire(key)
+    assert q.sw.netif._retiring == {key}
+    for _ in range(2):
+        q.d.serve_once(0)
+    assert [bytes(f) for f in q.w.b.recv_batch(8)] == [frame]
+    assert key not in q.sw.netif.queues and not q.sw.netif._retiring
+
+
+def test_aqm_drops_left_by_the_ll_path_are_reported(q):
+    """What AQM dropped in a flush the LL path made (no report there) is reported on the next turn."""
+    c = Client.local(q.d)
+    c.udp_socket("a", 5000)
+    q.settle()
+    (flow,) = q.sw.flows.values()
+    q.sw.netif.aqm_drops[flow.id] = [2, 200]
+    assert not q.sw.quiet()
+    q.d.serve_once(0)
+    assert q.sw.drops["tx_queue_delay"] == 2 and not q.sw.netif.aqm_drops
+    assert flow.stats["tx_dropped"] == 2

@@ -158,6 +158,7 @@ class Domain(Control, Housekeeping):
         self._listeners: list[socket.socket] = []
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
+        self._rang: dict[FlowSwitch, list[Flow]] = {}  # serve_once's parked flows that rang, one dict kept
 
     # -- netifs and flows ----------------------------------------------------------------
 
@@ -292,21 +293,26 @@ class Domain(Control, Housekeeping):
             if sw.netif.driver.timeout() == 0:
                 sw.service_rx()
 
-    def _service_switches(self) -> float | None:
+    def _service_switches(self, ll: bool | None = None) -> float | None:
         """One round of data-path work on every flow switch; returns how long we may sleep.
 
         A switch with nothing to do (`FlowSwitch.quiet`: no polled flow, nothing queued, no timer)
         is skipped in one test: the round's dozen calls on it would find nothing and ask for no
         wake-up (issue 18, the loop's fixed cost per turn). The test is made again before the
-        second pass, after the first pass's receiving.
+        second pass, after the first pass's receiving (unless every switch was quiet). `ll`:
+        whether a netif has LL flows (`_serves_ll`), if the caller knows.
         """
         timeout: float | None = None
-        self._serve_ll()
-        ll = self._serves_ll()
+        if ll is None:
+            ll = self._serves_ll()
+        if ll:  # nothing to serve unless a netif has LL flows
+            self._serve_ll()
         switches = self.switches.values()
+        busy = False
         for sw in switches:  # receive first: a frame in hand waits for no bulk batch
             if sw.quiet():
                 continue
+            busy = True
             try:
                 sw.service_timers()
                 if sw.netif.device_gone is None and sw.netif.driver.timeout() is not None:
@@ -315,6 +321,8 @@ class Domain(Control, Housekeeping):
                     sw.service_rx()
             except Exception as e:
                 self._netif_fault(sw, e)
+        if not busy:  # all quiet, and nothing ran since they were asked
+            return None
         for sw in switches:
             if sw.quiet():
                 continue
@@ -687,34 +695,50 @@ class Domain(Control, Housekeeping):
         Every object served is behind a barrier (`_fault`): whatever one
         channel's memory or one session's messages contain ends at its owner.
         """
-        self._run_soon()
-        with self.lock:
+        if self._soon:
+            self._run_soon()
+        with self.lock:  # the fixed part of every turn: kept to a few tests where nothing is due (issue 18)
             try:
                 timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
-                timeout = _sooner(timeout, self._purge_idle())
-                timeout = _sooner(timeout, self._housekeeping())
+                timeout = _sooner(timeout, self._memory_ticks())
             except Exception as e:
                 self._log_fault("timers", e)
-        if self.switches:
-            with self.lock:
-                timeout = _sooner(timeout, self._service_switches())
+            ll = False
+            if self.switches:
+                ll = self._serves_ll()
+                timeout = _sooner(timeout, self._service_switches(ll))
                 timeout = _sooner(timeout, self._publish_advisories())
                 if timeout != 0 and self._idle_flows():
                     timeout = 0
-        timeout = _sooner(timeout, self._resume_accept())
-        woken: dict[FlowSwitch, list[Flow]] = {}  # parked flows that rang, served together below
-        joined = not self._serves_ll()
-        for key, mask in sorted(self._sel.select(timeout), key=_ll_first):
+        if self._accept_resume is not None:
+            timeout = _sooner(timeout, self._resume_accept())
+        woken = self._rang  # parked flows that rang, served together below
+        events = self._sel.select(timeout)
+        if ll:  # an LL flow's bell first; with no LL flow every key would be equal (no sort)
+            events.sort(key=_ll_first)
+        for key, mask in events:
             kind, obj = key.data
             try:
-                if kind == "flowtx" and joined:
+                if kind == "flowtx" and not ll:
                     self._woken(obj, key.fd, woken)
                 else:
                     self._serve_event(kind, obj, key.fd, mask)
             except Exception as e:
                 self._fault(kind, obj, e)
         if woken:
-            self._serve_woken(woken)
+            try:
+                self._serve_woken(woken)
+            finally:
+                woken.clear()
+
+    def _memory_ticks(self) -> float:
+        """`_purge_idle` and `_housekeeping`, asked with one reading of the clock while neither is
+        due (each would only say how long until it is); returns how long until the first is."""
+        now = self.clock()
+        purge_at, housekeeping_at = self._purge_at, self._housekeeping_at
+        if now < purge_at and now < housekeeping_at:
+            return min(purge_at, housekeeping_at) - now
+        return min(self._purge_idle(), self._housekeeping())
 
     def _woken(self, obj: tuple[FlowSwitch, Flow], fd: int, woken: dict[FlowSwitch, list[Flow]]) -> None:
         """A parked flow rang its bell ("flowtx"): polled again, and noted to be served with the others
