@@ -221,7 +221,7 @@ def test_listener_lease_timer_and_advisory_faults_are_contained(make_net, monkey
     monkeypatch.setattr(n.d, "_accept", counted("accept", n.d._accept))
     monkeypatch.setattr(n.d.leases, "tick", counted("tick", n.d.leases.tick))
     for adv in n.d.advisories.values():
-        monkeypatch.setattr(adv, "poll", counted(f"adv-{adv.netif.name}", adv.poll))
+        monkeypatch.setattr(adv, "turn", counted(f"adv-{adv.netif.name}", adv.turn))  # what the loop calls
     n.d.listen(lsock)
     first = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     first.connect(str(tmp_path / "s.sock"))  # its accept faults: it waits in the backlog

@@ -281,7 +281,7 @@ class Domain(Control, Housekeeping):
 
     def _serves_ll(self) -> bool:
         """Whether any netif has LL flows: `_serve_ll` serves them all, from any point of the loop."""
-        for sw in self.switches.values():  # a loop, not any(genexpr): asked every turn, nothing made
+        for sw in self.switches.values():  # noqa: SIM110 (a loop, not any(genexpr): asked every turn, nothing made)
             if sw.netif.ll_keys:
                 return True
         return False

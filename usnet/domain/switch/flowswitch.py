@@ -46,6 +46,8 @@ class FlowSwitch(LocalPath):
 
     def service_timers(self) -> None:
         """What is due by the clock: fragments that waited too long, neighbours to ask again."""
+        if not (self.reasm.table or self.arp.pending or self.nd.pending):
+            return  # nothing that waits for time: no clock read (asked every turn a switch is busy)
         now = self.clock()
         if self.reasm.table:
             self.reasm.expire(now)  # counted as frag_timeout
