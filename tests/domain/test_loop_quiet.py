@@ -128,3 +128,17 @@ def test_aqm_drops_left_by_the_ll_path_are_reported(q):
     q.d.serve_once(0)
     assert q.sw.drops["tx_queue_delay"] == 2 and not q.sw.netif.aqm_drops
     assert flow.stats["tx_dropped"] == 2
+
+
+def test_a_device_whose_timeout_fails_is_a_netif_fault_not_the_loops(q, monkeypatch):
+    """The quiet test asks the device; its error stays behind the netif's barrier, as the round's did."""
+    q.settle()
+
+    def broken():
+        raise RuntimeError("device timeout")
+
+    monkeypatch.setattr(q.w.a, "timeout", broken)
+    faults = q.d.faults
+    assert not q.sw.quiet()
+    q.d.serve_once(0)  # does not raise
+    assert q.d.faults > faults

@@ -40,9 +40,13 @@ class FlowSwitch(LocalPath):
         no path can forget to say so. One test in place of the round's dozen calls (issue 18).
         """
         n = self.netif
-        return not (self.polled or self.local_queue or self._held_bells or n.active or n.active_ll
-                    or n._retiring or n.aqm_drops or self.arp.pending or self.nd.pending
-                    or self.reasm.table) and n.driver.timeout() is None
+        if (self.polled or self.local_queue or self._held_bells or n.active or n.active_ll
+                or n._retiring or n.aqm_drops or self.arp.pending or self.nd.pending or self.reasm.table):
+            return False
+        try:
+            return n.driver.timeout() is None
+        except Exception:  # busy: the round meets the device's error within its barrier, as it always did
+            return False
 
     def service_timers(self) -> None:
         """What is due by the clock: fragments that waited too long, neighbours to ask again."""
