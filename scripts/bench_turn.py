@@ -26,24 +26,13 @@ PARTS = ("leases", "purge", "housekeeping", "switches", "advisories", "idle_flow
 def parts(d: Domain) -> dict[str, float]:
     """One pre-select pass, each part timed."""
     pc = time.perf_counter
+    steps = (d.leases.tick, d._purge_idle, d._housekeeping, d._service_switches, d._publish_advisories,
+             d._idle_flows, d._resume_accept)
     out = {}
-    t0 = pc()
-    d.leases.tick()
-    t1 = pc()
-    d._purge_idle()
-    t2 = pc()
-    d._housekeeping()
-    t3 = pc()
-    d._service_switches()
-    t4 = pc()
-    d._publish_advisories()
-    t5 = pc()
-    d._idle_flows()
-    t6 = pc()
-    d._resume_accept()
-    t7 = pc()
-    for name, a, b in zip(PARTS, (t0, t1, t2, t3, t4, t5, t6), (t1, t2, t3, t4, t5, t6, t7)):
-        out[name] = b - a
+    for name, step in zip(PARTS, steps):
+        t = pc()
+        step()
+        out[name] = pc() - t
     return out
 
 
