@@ -41,17 +41,22 @@ class FlowSwitch(LocalPath):
         """
         n = self.netif
         if (self.polled or self.local_queue or self._held_bells or n.active or n.active_ll
-                or n._retiring or n.aqm_drops or self.arp.pending or self.nd.pending or self.reasm.table):
+                or n._retiring or n.aqm_drops or self._waits_for_time()):
             return False
         try:
             return n.driver.timeout() is None
         except Exception:  # busy: the round meets the device's error within its barrier, as it always did
             return False
 
+    def _waits_for_time(self) -> bool:
+        """Whether a fragment or a neighbour being asked waits for the clock (mostly not: the round
+        then reads no clock for them)."""
+        return bool(self.reasm.table or self.arp.pending or self.nd.pending)
+
     def service_timers(self) -> None:
         """What is due by the clock: fragments that waited too long, neighbours to ask again."""
-        if not (self.reasm.table or self.arp.pending or self.nd.pending):
-            return  # nothing that waits for time: no clock read (asked every turn a switch is busy)
+        if not self._waits_for_time():
+            return  # no clock read (asked every turn a switch is busy)
         now = self.clock()
         if self.reasm.table:
             self.reasm.expire(now)  # counted as frag_timeout
@@ -66,7 +71,7 @@ class FlowSwitch(LocalPath):
         t = self.netif.next_timeout()
         if t is not None and (soonest is None or t < soonest):
             soonest = t
-        if self.arp.pending or self.nd.pending or self.reasm.table:  # asked every turn: mostly none
+        if self._waits_for_time():
             now = self.clock()
             frag = self.reasm.next_deadline()
             for t in (self.arp.next_timer(now), self.nd.next_timer(now),
