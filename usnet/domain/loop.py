@@ -386,12 +386,9 @@ class Domain(Control, Housekeeping):
         timeout: float | None = None
         for adv in self.advisories.values():
             try:
-                t = adv.turn()
+                timeout = _sooner(timeout, adv.turn())
             except Exception as e:
                 self._log_fault(f"advisory of {adv.netif.name}", e)
-                continue
-            if t is not None and (timeout is None or t < timeout):
-                timeout = t
         return timeout
 
     def _idle_flows(self) -> bool:
@@ -700,7 +697,8 @@ class Domain(Control, Housekeeping):
         with self.lock:  # the fixed part of every turn: kept to a few tests where nothing is due (issue 18)
             try:
                 timeout = _sooner(timeout, self.leases.tick())  # sleep no later than the next lease expiry
-                timeout = _sooner(timeout, self._memory_ticks())
+                timeout = _sooner(timeout, self._purge_idle())
+                timeout = _sooner(timeout, self._housekeeping())
             except Exception as e:
                 self._log_fault("timers", e)
             ll = False
@@ -730,15 +728,6 @@ class Domain(Control, Housekeeping):
                 self._serve_woken(woken)
             finally:
                 woken.clear()
-
-    def _memory_ticks(self) -> float:
-        """`_purge_idle` and `_housekeeping`, asked with one reading of the clock while neither is
-        due (each would only say how long until it is); returns how long until the first is."""
-        now = self.clock()
-        purge_at, housekeeping_at = self._purge_at, self._housekeeping_at
-        if now < purge_at and now < housekeeping_at:
-            return min(purge_at, housekeeping_at) - now
-        return min(self._purge_idle(), self._housekeeping())
 
     def _woken(self, obj: tuple[FlowSwitch, Flow], fd: int, woken: dict[FlowSwitch, list[Flow]]) -> None:
         """A parked flow rang its bell ("flowtx"): polled again, and noted to be served with the others
