@@ -355,23 +355,10 @@ class AdvisoryWriter(_Mapped):
         return w
 
     def publish(self, tx: Record, rx: Record) -> int:
-        """Write both records (TX, then RX); returns their new, common seq.
-
-        The stores of `write_steps` without cuts, for both records at once (both seqs odd, a
-        fence, both bodies packed in place, a fence, both seqs even: each record is still
-        behind its own sequence lock), written straight: the domain publishes every few ms per
-        active netif (issue 18)."""
-        seq, words, mem = self.seq, self.words, self.mem
-        tx_off, rx_off = record_offset(Direction.TX), record_offset(Direction.RX)
-        tx_w, rx_w = tx_off // 8 + _SEQ, rx_off // 8 + _SEQ
-        words[tx_w] = words[rx_w] = seq + 1  # odd: readers keep off
-        fence()
-        BODY.pack_into(mem, tx_off + SEQ_SIZE, *_values(tx))
-        BODY.pack_into(mem, rx_off + SEQ_SIZE, *_values(rx))
-        fence()
-        words[tx_w] = seq + 2
-        words[rx_w] = seq + 2
-        self.seq = seq + 2
+        """Write both records (TX, then RX); returns their new, common seq."""
+        for d, rec in ((Direction.TX, tx), (Direction.RX, rx)):
+            _run(write_steps(self.mem, self.words, d, self.seq, rec))
+        self.seq += 2
         return self.seq
 
     def close(self) -> None:
