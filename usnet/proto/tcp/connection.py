@@ -900,7 +900,7 @@ class TcpConnection:
     def _rtt_sample_syn(self, seg: TcpSegment, now: float) -> None:
         self._retries = 0
         if self.ts_ok and seg.tsecr:
-            r = seq_diff(self._ts_now(now), seg.tsecr)
+            r = self._ts_age(seg.tsecr, now)
             if r >= 0:
                 self.rto.sample(r / 1000.0)
         elif not self._syn_rtx:
@@ -929,6 +929,10 @@ class TcpConnection:
 
     def _ts_now(self, now: float) -> int:
         return (int(now * 1000) + self._ts_off) & MASK
+
+    def _ts_age(self, tsecr: int, now: float) -> int:
+        """Milliseconds since the timestamp the peer echoes (negative: one we never sent)."""
+        return seq_diff(self._ts_now(now), tsecr)
 
     def _rx(self, seg: TcpSegment, now: float) -> None:
         """Synchronized states and SYN-RECEIVED (RFC 9293 §3.10.7.4)."""
@@ -1088,7 +1092,7 @@ class TcpConnection:
     def _rcv_rtt_sample(self, tsecr: int, plen: int, now: float, prev_rx: float) -> None:
         """Data with a timestamp echo: the receiver's RTT estimate (for autotuning), and the
         pure receiver's RTO sample (`_rx_rtt_sample`)."""
-        r = (((int(now * 1000) + self._ts_off - tsecr) + HALF) & MASK) - HALF  # seq_diff(_ts_now, tsecr)
+        r = self._ts_age(tsecr, now)
         if r >= 0:
             if not r:
                 r = 1  # a millisecond clock's 0 is under a tick, as Linux's min_delta
@@ -1199,7 +1203,7 @@ class TcpConnection:
         tsecr = seg.tsecr
         rtt = None
         if self.ts_ok and tsecr:
-            r = (((int(now * 1000) + self._ts_off - tsecr) + HALF) & MASK) - HALF  # seq_diff(_ts_now, tsecr)
+            r = self._ts_age(tsecr, now)
             if r >= 0:
                 rtt = r / 1000.0
                 rto.sample(rtt)
@@ -1516,7 +1520,7 @@ class TcpConnection:
             flags |= ECE
         win = self._window_field()
         if self.ts_ok:
-            tsval = (int(now * 1000) + self._ts_off) & MASK
+            tsval = self._ts_now(now)
             if not (self.sack_ok and (self._reasm or self._dsack)):  # the usual: timestamps only
                 return pack_ts(
                     self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,

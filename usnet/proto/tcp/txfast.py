@@ -80,7 +80,7 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     payload: memoryview | bytes | None = buf.view(nxt - base, n + nxt - base)
     out.append(pack_ts(
         c._psum, c.local_port, c.remote_port, (c.iss + nxt) & MASK, (c.irs + c.rcv_nxt) & MASK,
-        _ACK_PSH, win, (int(now * 1000) + c._ts_off) & MASK, c.ts_recent, payload, c.cfg.gather))
+        _ACK_PSH, win, c._ts_now(now), c.ts_recent, payload, c.cfg.gather))
     payload = None  # release the view before the buffer can be resized
     c.stats.bytes_out += n
     c._sent_new(nxt, dend, now)
