@@ -128,9 +128,10 @@ def test_a_wait_for_a_refill_leaves_a_waiting_datagram_announced(tapd):
 
 def test_a_child_of_fork_makes_its_own_sockets_and_leaves_its_parents_alone(tapd, monkeypatch):
     """After fork(), the parent's stack (its runner, session, channels) is not the child's: the
-    child's new sockets work on a session of its own (they hung: no stack thread ran them), and
-    an inherited socket fails with EBADF that says why, without touching the parent's connection
-    (Linux shares the socket; a user-space stack lives in one process)."""
+    child's new sockets work on a session of its own (they hung: no stack thread ran them). An
+    inherited connection is shared as Linux shares it, served by the parent's stack
+    (usnet.client.forked; tests/interop/test_fork.py): the child's data reaches the peer, and
+    its close leaves the parent's connection open."""
     from usnet import socket as us
 
     monkeypatch.setenv("USNET_SOCKET", tapd.path)
@@ -154,7 +155,7 @@ def test_a_child_of_fork_makes_its_own_sockets_and_leaves_its_parents_alone(tapd
                 out.append("inherited: sent")
             except OSError as e:
                 out.append(f"inherited: {e.errno} {'fork()' in str(e)}")
-            s.close()  # the child's copy: nothing may reach the parent's connection
+            s.close()  # the child's reference: the parent's keeps the connection open
             c = us.create_connection(addr, timeout=LIMIT)
             c.sendall(b"child")
             c.shutdown(socket.SHUT_WR)
@@ -181,9 +182,13 @@ def test_a_child_of_fork_makes_its_own_sockets_and_leaves_its_parents_alone(tapd
     finally:
         os.close(r)
     assert status == 0
-    assert report == [f"inherited: {errno.EBADF} True", "own: b''"]
-    s.sendall(b"parent again")  # the parent's connection is as it was: no data, FIN or RST of the child's
-    assert k1.recv(100) == b"parent again"
+    assert report == ["inherited: sent", "own: b''"]
+    s.sendall(b"parent again")  # the parent's connection is open: the child's close was not its last
+    want = b"from the childparent again"
+    got = b""
+    while len(got) < len(want) and (chunk := k1.recv(100)):
+        got += chunk
+    assert got == want
     k1.sendall(b"pong")
     assert s.recv(10) == b"pong"
     for x in (s, k1, ls):

@@ -32,6 +32,7 @@ import socket as _std
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -272,6 +273,9 @@ _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(f
 # whether it had SO_REUSEADDR). A bind with SO_REUSEADDR takes them over (`_take_lingering`).
 _lingering: dict[tuple[int, str, int, int], tuple[FlowEngine, FlowEngine | None, bool]] = {}
 _lingering_lock = threading.Lock()
+# This process's TCP socket objects that have a flow (bound, listening, connected or accepted):
+# what a fork() shares with the child (usnet.client.inherit)
+open_streams: weakref.WeakSet[socket] = weakref.WeakSet()
 
 
 def _sysctl(path: str, default: int) -> int:
@@ -810,6 +814,7 @@ class socket:
         d._fd = os.dup(self.fileno())
         d._closed, d._io_refs = False, 0
         self._share[0] += 1
+        open_streams.add(d)
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.watch(d, d._conn)
@@ -1088,6 +1093,7 @@ class socket:
         return 6 if self.family == AF_INET6 else 4
 
     def _attach(self, eng: FlowEngine, owns: bool, conn: Any = None) -> None:
+        open_streams.add(self)
         self._engine = eng
         self._owns_engine = owns
         self._conn = conn
@@ -1278,3 +1284,7 @@ def _tcp_defaults() -> Any:
     from usnet.proto.tcp.config import TcpConfig
 
     return TcpConfig()
+
+
+# The fork() hooks that share this process's TCP sockets with a child: the module uses this one
+from usnet.client import inherit as _inherit  # noqa: E402,F401

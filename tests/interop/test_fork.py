@@ -1,0 +1,263 @@
+"""fork() with usnet TCP sockets open: the child uses what it inherited, as on Linux.
+
+The connection stays in the parent's stack; the child reaches it through a kernel socketpair
+the parent splices to it (usnet.client.forked). usnetd runs as a child process on a TAP of its
+own in the test's network namespace (tests/helpers/usnetd.TapDaemon), and the kernel's sockets
+there are the peers. Each child reports on a pipe and leaves with os._exit, never returning
+into pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import select
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.helpers.usnetd import TapDaemon
+
+pytestmark = pytest.mark.privileged
+
+LIMIT = 20  # seconds: reached only when something is broken
+
+
+@pytest.fixture
+def tapd(sockdir, monkeypatch):
+    """usnetd on a TAP, and usnet.socket configured for it from the environment (children too)."""
+    from usnet import socket as us
+
+    d = TapDaemon(sockdir)
+    d.start()
+    monkeypatch.setenv("USNET_SOCKET", d.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    try:
+        yield d
+    finally:
+        us.configure(None, None)
+        d.stop()
+
+
+def _child(w: int, work) -> None:
+    """In a child of fork(): run `work`, write its report (or the failure) to `w`, leave."""
+    try:
+        out = work()
+    except BaseException as e:  # the report says what failed
+        out = f"failed: {e!r}"
+    finally:
+        try:
+            os.write(w, str(out).encode())
+        finally:
+            os._exit(0)
+
+
+def _report(r: int, pid: int) -> str:
+    _, status = os.waitpid(pid, 0)
+    try:
+        got = os.read(r, 65536).decode()
+    finally:
+        os.close(r)
+    assert status == 0
+    return got
+
+
+def _read_all(s) -> bytes:
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    return got
+
+
+def test_a_forking_server_unmodified_serves_each_connection_from_its_child(tapd, tmp_path):
+    """`usnet run` a stdlib socketserver.ForkingTCPServer: each request is handled in a child
+    of its own, on the connection the parent accepted (it got EBADF naming the parent)."""
+    prog = tmp_path / "forking.py"
+    prog.write_text(textwrap.dedent("""
+        import hashlib, os, socketserver, sys
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                n = int(self.rfile.readline())
+                data = self.rfile.read(n)
+                self.wfile.write(f"{os.getpid()} {hashlib.sha256(data).hexdigest()}\\n".encode())
+                self.wfile.write(data[::-1])
+
+        with socketserver.ForkingTCPServer((sys.argv[1], 0), Handler) as srv:
+            print("port", srv.server_address[1], flush=True)
+            srv.serve_forever()
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, str(prog),
+                             tapd.usnet_ip], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
+        line = proc.stdout.readline().decode() if ready else ""
+        m = re.search(r"port (\d+)", line)
+        assert m, f"the server did not start: {line!r}"
+        pids = set()
+        for i in range(3):
+            data = os.urandom(200_000 + i)
+            with socket.create_connection((tapd.usnet_ip, int(m.group(1))), timeout=LIMIT) as c:
+                c.sendall(b"%d\n" % len(data) + data)
+                f = c.makefile("rb")
+                pid, digest = f.readline().split()
+                assert digest.decode() == hashlib.sha256(data).hexdigest()
+                assert f.read() == data[::-1]  # to EOF: the child's close ends the connection
+                pids.add(pid)
+        assert len(pids) == 3 and str(proc.pid).encode() not in pids  # three children
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=LIMIT)
+    assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+def test_prefork_children_accept_on_the_parents_listener(tapd):
+    """A listener made before fork(): two children accept() a connection each (blocking, as a
+    prefork server's workers do), and the parent's listener accepts on afterwards."""
+    from usnet import socket as us
+
+    ls = us.socket()
+    ls.bind((tapd.usnet_ip, 0))
+    ls.listen(8)
+    ls.settimeout(LIMIT)
+    addr = ls.getsockname()
+
+    def serve_one() -> str:
+        c, peer = ls.accept()
+        c.settimeout(LIMIT)
+        assert peer[0] == tapd.host_ip and c.getpeername() == peer and c.getsockname()[1] == addr[1]
+        data = _read_all(c)
+        c.sendall(f"{os.getpid()} {hashlib.sha256(data).hexdigest()}".encode())
+        c.close()
+        return "served"
+
+    kids = []
+    for _ in range(2):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _child(w, serve_one)
+        os.close(w)
+        kids.append((r, pid))
+    answers = []
+    for i in range(2):
+        data = os.urandom(100_000 + i)
+        with socket.create_connection(addr, timeout=LIMIT) as k:
+            k.sendall(data)
+            k.shutdown(socket.SHUT_WR)
+            pid, digest = _read_all(k).decode().split()
+            assert digest == hashlib.sha256(data).hexdigest()
+            answers.append(int(pid))
+    assert sorted(answers) == sorted(pid for _, pid in kids)
+    assert [_report(r, pid) for r, pid in kids] == ["served", "served"]
+    with socket.create_connection(addr, timeout=LIMIT) as k:  # the parent's own listener, as before
+        c, _ = ls.accept()
+        c.sendall(b"parent")
+        c.close()
+        assert _read_all(k) == b"parent"
+    ls.close()
+
+
+def test_a_child_that_waits_on_an_inherited_listener_times_out_as_a_listener_does(tapd):
+    from usnet import socket as us
+
+    ls = us.socket()
+    ls.bind((tapd.usnet_ip, 0))
+    ls.listen()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+
+        def wait() -> str:
+            out = []
+            ls.setblocking(False)
+            try:
+                ls.accept()
+            except BlockingIOError:
+                out.append("EAGAIN")
+            ls.settimeout(0.2)
+            try:
+                ls.accept()
+            except TimeoutError:
+                out.append("timed out")
+            try:
+                ls.fileno()
+            except OSError as e:
+                out.append(f"fileno: {e.errno} {'accept()' in str(e)}")
+            return ",".join(out)
+
+        _child(w, wait)
+    os.close(w)
+    assert _report(r, pid) == f"EAGAIN,timed out,fileno: {9} True"
+    ls.close()
+
+
+def test_an_inherited_connection_is_shared_and_ends_with_its_last_reference(tapd):
+    """As the kernel's: the child's send reaches the peer; the parent's close does not end the
+    connection while the child still holds it; the child's exit, the last reference, sends the FIN."""
+    from usnet import socket as us
+
+    ks = socket.create_server((tapd.host_ip, 0))
+    ks.settimeout(LIMIT)
+    s = us.create_connection(ks.getsockname(), timeout=LIMIT)
+    k, _ = ks.accept()
+    k.settimeout(LIMIT)
+    s.sendall(b"parent;")
+    go_r, go_w = os.pipe()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.close(go_w)
+
+        def use() -> str:
+            assert os.read(go_r, 1) == b"g"  # the parent closed its copy
+            s.sendall(b"child;")
+            got = s.recv(100)  # what the peer sent after the parent's close: nobody else reads it
+            s.close()
+            return got.decode()
+
+        _child(w, use)
+    os.close(w)
+    os.close(go_r)
+    s.close()  # the parent's reference: the child's keeps the connection open
+    k.sendall(b"to whoever reads")
+    os.write(go_w, b"g")
+    os.close(go_w)
+    assert _read_all(k) == b"parent;child;"  # to EOF: the child's close was the last reference
+    assert _report(r, pid) == "to whoever reads"
+    k.close()
+    ks.close()
+
+
+def test_a_child_that_never_uses_an_inherited_connection_leaves_it_to_the_parent(tapd):
+    from usnet import socket as us
+
+    ks = socket.create_server((tapd.host_ip, 0))
+    ks.settimeout(LIMIT)
+    s = us.create_connection(ks.getsockname(), timeout=LIMIT)
+    k, _ = ks.accept()
+    k.settimeout(LIMIT)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(w, lambda: "left")
+    os.close(w)
+    assert _report(r, pid) == "left"
+    s.sendall(b"after the child")  # the child's exit did not end it
+    assert k.recv(100) == b"after the child"
+    k.sendall(b"back")
+    assert s.recv(100) == b"back"
+    s.close()
+    assert _read_all(k) == b""
+    k.close()
+    ks.close()

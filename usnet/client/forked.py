@@ -1,0 +1,373 @@
+"""TCP sockets a child of fork() inherits: served by the parent's stack, through a kernel socketpair.
+
+Linux shares an inherited socket between parent and child. A usnet connection lives in one
+process, its stack's (docs/architecture.md, "The client"): its TCP state, its channel, its
+timers. So the parent keeps serving it, and the child reaches it through the parent:
+
+* At a fork (`before_fork`) the parent takes a `dup()` of every open TCP socket, connected or
+  listening, for the child: the child's reference, which keeps the connection open after the
+  parent closes its own copy, exactly as the kernel's reference count does (a forking server
+  closes its copy of the accepted socket at once). A SEQPACKET pair (`link`) joins the two
+  processes; an `Agent` thread of the parent serves the child's requests on it.
+* In the child nothing happens until it uses an inherited socket (`claim`): the agent makes a
+  kernel AF_UNIX stream pair, splices one end to the connection with two threads (`splice`:
+  one per direction), and passes the other end to the child, which serves every call of the
+  socket from it (`SplicedSocket`: a kernel socket that names itself as the TCP connection).
+  Blocking, timeouts, readiness for select/poll/asyncio, makefile, shutdown and close are
+  the kernel's own. A listener's `accept()` asks the agent to accept on the parent's listener
+  (`accept`) and gets such a spliced connection.
+* What the child never used, or closed unused (`release`), the agent closes when the child says
+  so or exits (its end of the link closes): then the parent's own close decides, as with the
+  kernel.
+
+The cost is one copy through the kernel each way and a thread hop in the parent: the path of
+a forking server's children, not of the stack's own sockets. Left out: datagram sockets
+(a child gets EBADF naming the parent, as before), readiness of an inherited *listener* in the
+child (its `fileno` is refused with that error; blocking and timed `accept` work), and a
+connection outliving the parent (the parent's exit closes it: the stack is the parent's).
+
+The messages on the link and on each request's reply pair are msgspec Structs (docs/abi.md,
+"Inherited sockets").
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import select
+import socket as _std
+import threading
+from typing import Any
+
+import msgspec
+
+__all__ = ["Agent", "Answer", "Request", "SplicedSocket", "ask", "splice"]
+
+_KernelSocket = _std.socket  # the standard class, taken before anyone patches it (usnet.client.patch)
+_MAX_MSG = 4096
+CHUNK = 65536
+SHARE_LIMIT = 1024  # a process with more open sockets than this gives a child none (a fork stays cheap)
+
+
+class Request(msgspec.Struct, tag=True):
+    """Child -> agent, with one descriptor: the child's end of a reply pair for the answer.
+    `op`: "claim" (the connection, spliced), "accept" (a connection accepted on a listener, within
+    `timeout` s; None: wait), "release" (the child is done with an unclaimed socket: no answer)."""
+
+    op: str
+    token: int
+    timeout: float | None = None
+
+
+class Answer(msgspec.Struct):
+    """Agent -> child, with the spliced end as a descriptor when `kind` is "conn". `kind`:
+    "conn", "listener" (a claim of a listening socket: no descriptor), or "error" (`errno`,
+    `message`). Addresses as Python's socket functions give them."""
+
+    kind: str
+    family: int = 0
+    sockname: list[Any] = []
+    peername: list[Any] = []
+    errno: int = 0
+    message: str = ""
+
+
+_enc = msgspec.msgpack.Encoder()
+_req = msgspec.msgpack.Decoder(Request)
+_ans = msgspec.msgpack.Decoder(Answer)
+
+
+def _send(sock: _std.socket, msg: Any, fd: int | None = None) -> None:
+    anc = [] if fd is None else [(_std.SOL_SOCKET, _std.SCM_RIGHTS, array.array("i", [fd]))]
+    sock.sendmsg([_enc.encode(msg)], anc)
+
+
+def _recv(sock: _std.socket) -> tuple[bytes, int | None]:
+    """One message and the descriptor it carried (others, which no sender of ours adds, are closed)."""
+    data, anc, _flags, _addr = sock.recvmsg(_MAX_MSG, _std.CMSG_SPACE(4 * 4))
+    fds: list[int] = []
+    for level, kind, raw in anc:
+        if level == _std.SOL_SOCKET and kind == _std.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(raw[: len(raw) - len(raw) % a.itemsize])
+            fds.extend(a)
+    for extra in fds[1:]:
+        os.close(extra)
+    return data, (fds[0] if fds else None)
+
+
+# -- the parent's side -----------------------------------------------------------------------
+
+def splice(us: Any, k: _std.socket) -> None:
+    """Move bytes between usnet socket `us` and kernel stream socket `k` until both directions
+    end, then close both: `us` is the child's reference, so its close is the child's.
+
+    Each direction is a thread: blocking both ways in one would deadlock a child that sends a
+    large request while the peer sends a large answer. The connection's EOF reaches the child
+    as shutdown(SHUT_WR) of `k`; the child's shutdown(SHUT_WR) reaches the peer as a FIN, its
+    close (k hangs up) ends the receiving direction even while the peer is silent and lets go
+    of the reference; a connection that failed shuts `k` so that the child's reads end."""
+    done = threading.Semaphore(0)
+
+    def down() -> None:  # the connection to the child
+        p = select.poll()
+        p.register(us.fileno(), select.POLLIN)
+        p.register(k.fileno(), 0)  # POLLHUP only: the child closed its end
+        try:
+            while True:
+                hup = any(fd == k.fileno() for fd, _ in p.poll())
+                if hup:
+                    return
+                try:
+                    data = us.recv(CHUNK, _std.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    k.shutdown(_std.SHUT_WR)
+                    return
+                k.sendall(data)
+        except OSError:
+            try:
+                k.shutdown(_std.SHUT_RDWR)  # the child's reads end; its writes fail
+            except OSError:
+                pass
+        finally:
+            done.release()
+
+    def up() -> None:  # the child to the connection
+        try:
+            while data := k.recv(CHUNK):
+                us.sendall(data)
+            # EOF: the child's shutdown(SHUT_WR) sends the FIN, as the kernel's does for any
+            # holder; its close only lets go of its reference (`us`, closed below): the FIN goes
+            # with the last reference, and a parent that still holds the socket keeps it open.
+            hup = select.poll()
+            hup.register(k.fileno(), 0)
+            if not hup.poll(0):
+                us.shutdown(_std.SHUT_WR)
+        except OSError:
+            try:
+                k.shutdown(_std.SHUT_RDWR)
+            except OSError:
+                pass
+        finally:
+            done.release()
+
+    def both() -> None:
+        threading.Thread(target=up, name="usnet-splice-up", daemon=True).start()
+        down()
+        done.acquire()
+        done.acquire()
+        for s in (us, k):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    threading.Thread(target=both, name="usnet-splice", daemon=True).start()
+
+
+def _names(s: Any) -> Answer:
+    peer = list(s.getpeername()) if not getattr(s, "_listening", False) else []
+    return Answer("listener" if not peer else "conn", int(s.family), list(s.getsockname()), peer)
+
+
+class Agent:
+    """The parent's server for one child: its references (`shares`, token -> a dup of the socket)
+    and its requests on `link`, until the child's end closes."""
+
+    def __init__(self, link: _std.socket, shares: dict[int, Any]) -> None:
+        self.link = link
+        self.shares = shares
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, name="usnet-fork-agent", daemon=True).start()
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                try:
+                    data, fd = _recv(self.link)
+                except OSError:
+                    return
+                if not data:
+                    return  # the child exited, or closed its link
+                try:
+                    req = _req.decode(data)
+                except msgspec.DecodeError:
+                    if fd is not None:
+                        os.close(fd)
+                    continue
+                reply = None if fd is None else _KernelSocket(fileno=fd)
+                if req.op == "accept":
+                    threading.Thread(target=self._accept, args=(req, reply), daemon=True).start()
+                else:
+                    self._handle(req, reply)
+        finally:
+            self.link.close()
+            with self._lock:
+                left, self.shares = list(self.shares.values()), {}
+            for s in left:  # what the child never claimed: its references end with it
+                s.close()
+
+    def _take(self, token: int) -> Any:
+        with self._lock:
+            return self.shares.pop(token, None)
+
+    def _handle(self, req: Request, reply: _std.socket | None) -> None:
+        try:
+            if req.op == "release":
+                s = self._take(req.token)
+                if s is not None:
+                    s.close()
+                return
+            if req.op != "claim" or reply is None:
+                return
+            with self._lock:
+                s = self.shares.get(req.token)
+            if s is None:
+                _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
+                return
+            ans = _names(s)
+            if ans.kind == "listener":  # it stays: each accept uses it
+                _send(reply, ans)
+                return
+            self._take(req.token)
+            self._give(s, ans, reply)
+        except OSError as e:
+            if reply is not None:
+                try:
+                    _send(reply, Answer("error", errno=e.errno or errno.EIO, message=str(e)))
+                except OSError:
+                    pass
+        finally:
+            if reply is not None:
+                reply.close()
+
+    def _give(self, s: Any, ans: Answer, reply: _std.socket) -> None:
+        """Splice connection `s` to a new stream pair and hand the child its end."""
+        mine, theirs = _std.socketpair(_std.AF_UNIX, _std.SOCK_STREAM)
+        try:
+            _send(reply, ans, theirs.fileno())
+        except OSError:
+            mine.close()
+            s.close()
+            raise
+        finally:
+            theirs.close()
+        splice(s, mine)
+
+    def _accept(self, req: Request, reply: _std.socket | None) -> None:
+        with self._lock:
+            ls = self.shares.get(req.token)
+        try:
+            if reply is None:
+                return
+            if ls is None:
+                _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
+                return
+            mine = ls.dup()  # a timeout of its own
+            try:
+                mine.settimeout(req.timeout)
+                conn, _addr = mine.accept()
+            finally:
+                mine.close()
+            self._give(conn, _names(conn), reply)
+        except OSError as e:
+            if reply is not None:
+                try:
+                    _send(reply, Answer("error", errno=e.errno or errno.EIO,
+                                        message=str(e) or os.strerror(e.errno or errno.EIO)))
+                except OSError:
+                    pass
+        finally:
+            if reply is not None:
+                reply.close()
+
+
+# -- the child's side ------------------------------------------------------------------------
+
+def ask(link: _std.socket, op: str, token: int, timeout: float | None = None) -> tuple[Answer, int | None]:
+    """Send a request to the parent's agent and wait for its answer (not for "release"). A
+    request has a reply pair of its own, so threads of the child never read each other's answers."""
+    if op == "release":
+        _send(link, Request(op, token))
+        return Answer("released"), None
+    mine, theirs = _std.socketpair(_std.AF_UNIX, _std.SOCK_SEQPACKET)
+    try:
+        _send(link, Request(op, token, timeout), theirs.fileno())
+        theirs.close()
+        data, fd = _recv(mine)  # the agent answers within `timeout` (accept), or at once
+    finally:
+        mine.close()
+    if not data:
+        raise OSError(errno.EBADF, "usnet: the parent process that serves this inherited socket "
+                                   "went away (its stack held the connection)")
+    ans = _ans.decode(data)
+    if ans.kind == "error":
+        if fd is not None:
+            os.close(fd)
+        if ans.errno == errno.ETIMEDOUT or ans.message == "timed out":
+            raise TimeoutError("timed out")
+        raise OSError(ans.errno, ans.message)
+    return ans, fd
+
+
+class SplicedSocket(_KernelSocket):
+    """A TCP connection of the parent's stack, in a child: a kernel stream socket (the child's
+    end of a splice) that names itself as the connection does. Data, blocking, timeouts and
+    readiness are the kernel socket's; TCP and IP options are kept and read back (the
+    connection's own are the parent's stack's to apply)."""
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None,
+                 names: Answer | None = None) -> None:
+        super().__init__(_std.AF_UNIX, _std.SOCK_STREAM, 0, fileno)
+        self._names = names or Answer("conn")
+        self._opts: dict[tuple[int, int], Any] = {}
+
+    @property
+    def family(self) -> _std.AddressFamily:
+        return _std.AddressFamily(self._names.family or _std.AF_INET)
+
+    @property
+    def proto(self) -> int:
+        return _std.IPPROTO_TCP
+
+    def getsockname(self) -> Any:
+        return tuple(self._names.sockname)
+
+    def getpeername(self) -> Any:
+        if self.fileno() < 0:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return tuple(self._names.peername)
+
+    def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
+        if level == _std.SOL_SOCKET:
+            try:
+                super().setsockopt(level, opt, value)
+                return
+            except OSError:
+                pass
+        self._opts[(level, opt)] = value
+
+    def getsockopt(self, level: int, opt: int, buflen: int = 0) -> Any:
+        if (level, opt) in self._opts:
+            return self._opts[(level, opt)]
+        if level == _std.SOL_SOCKET:
+            if opt == _std.SO_TYPE:
+                return _std.SOCK_STREAM
+            if opt == _std.SO_PROTOCOL:
+                return _std.IPPROTO_TCP
+            if opt == _std.SO_DOMAIN:
+                return int(self.family)
+            return super().getsockopt(level, opt, buflen) if buflen else super().getsockopt(level, opt)
+        return b"\0" * buflen if buflen else 0
+
+    def dup(self) -> SplicedSocket:
+        s = SplicedSocket(fileno=os.dup(self.fileno()), names=self._names)
+        s.settimeout(self.gettimeout())
+        return s
+
+    def __repr__(self) -> str:
+        peer = tuple(self._names.peername)
+        return f"<usnet SplicedSocket fd={self.fileno()} laddr={self.getsockname()} raddr={peer}>"

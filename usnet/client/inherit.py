@@ -1,0 +1,156 @@
+"""fork() and usnet TCP sockets: the hooks that share them with a child, and the child's face of one.
+
+How an inherited socket is served is usnet.client.forked's docstring. Here: which sockets a
+fork shares (`_before`: every open TCP socket of this process that is connected or listening,
+from the registry usnet.client.socket keeps, `open_streams`), the parent's agent for the child
+(`_after_in_parent`), and in the child (`_after_in_child`) each of those socket objects turned
+into an `Inherited` one: the same object the program holds, whose calls go to the parent's
+stack from its first use on. A listener's `accept()` works (blocking or with a timeout); every
+other call of a listener, and every call of a socket that was only bound, fails with EBADF that
+names the parent, as all of them did before (the stack is the parent's).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _std
+from typing import Any
+
+from usnet.client import forked
+from usnet.client import socket as us
+
+__all__ = ["Inherited"]
+
+_pending: dict[str, Any] = {}  # between the before-fork hook and the after-fork ones
+
+
+def _before() -> None:
+    """In the parent, before fork(): a reference (dup) of each shared socket, and the link."""
+    _pending.clear()
+    socks = [s for s in list(us.open_streams) if not s._dead and (s._listening or s._conn is not None)]
+    if not socks or len(socks) > forked.SHARE_LIMIT:
+        return
+    shares: dict[int, Any] = {}
+    for s in socks:
+        try:
+            shares[id(s)] = s.dup()
+        except OSError:
+            continue  # failed meanwhile: the child finds nothing to claim, as for a closed one
+    if not shares:
+        return
+    parent_end, child_end = _std.socketpair(_std.AF_UNIX, _std.SOCK_SEQPACKET)
+    _pending.update(shares=shares, parent=parent_end, child=child_end, socks=socks)
+
+
+def _after_in_parent() -> None:
+    if not _pending:
+        return
+    _pending["child"].close()
+    forked.Agent(_pending["parent"], _pending["shares"])
+    _pending.clear()
+
+
+def _after_in_child() -> None:
+    """The shared socket objects become `Inherited`; every other inherited one stays failed."""
+    us.open_streams.clear()  # the parent's; this process's own sockets register from now on
+    if not _pending:
+        return
+    _pending["parent"].close()
+    link = _pending["child"]
+    for s in _pending["socks"]:
+        if id(s) in _pending["shares"] and not s._dead:
+            s.__class__ = Inherited
+            s._link, s._token, s._k = link, id(s), None
+    for d in _pending["shares"].values():  # the parent's references: not this process's to use
+        if d._fd >= 0 and d._fd != d._ready.made:
+            os.close(d._fd)
+    _pending.clear()
+
+
+os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child)
+
+
+def _parents() -> OSError:
+    return OSError(errno.EBADF, f"usnet: this listening socket belongs to the process that made it (pid "
+                                f"{os.getppid()}); a child of fork() can accept() on it, not use it otherwise")
+
+
+class Inherited(us.socket):
+    """A TCP socket this process inherited at fork(), served by the parent's stack
+    (usnet.client.forked): a connection through a spliced kernel socket, claimed at first use;
+    a listener through the parent's agent, a connection per accept()."""
+
+    _link: _std.socket
+    _token: int
+    _k: Any  # None: not claimed yet; False: a listener; a forked.SplicedSocket: the connection
+
+    def _claimed(self) -> forked.SplicedSocket:
+        if self._dead:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if self._k is None:
+            ans, fd = forked.ask(self._link, "claim", self._token)
+            if ans.kind == "listener":
+                self._k = False
+            else:
+                self._k = forked.SplicedSocket(fileno=fd, names=ans)
+                self._k.settimeout(self._timeout)
+        if self._k is False:
+            raise _parents()
+        spliced: forked.SplicedSocket = self._k
+        return spliced
+
+    def accept(self) -> tuple[Any, tuple]:
+        if self._dead:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if not self._listening:
+            return self._claimed().accept()  # (raises as the kernel's)
+        ans, fd = forked.ask(self._link, "accept", self._token, self._timeout)
+        k = forked.SplicedSocket(fileno=fd, names=ans)
+        k.settimeout(_std.getdefaulttimeout())  # as accept(2): blocking, whatever the listener's mode
+        return k, tuple(ans.peername)
+
+    def settimeout(self, t: float | None) -> None:
+        super().settimeout(t)  # gettimeout and getblocking read it
+        if self._k:
+            self._k.settimeout(t)
+
+    def setblocking(self, flag: bool) -> None:
+        self.settimeout(None if flag else 0.0)
+
+    def getsockname(self) -> tuple:
+        return super().getsockname()  # the parent's engine told it at bind; it has not changed
+
+    def close(self) -> None:
+        if self._dead:
+            return
+        self._closed = self._dead = True
+        if self._k:
+            self._k.close()
+        else:  # never claimed, or a listener: the parent lets go of the child's reference
+            try:
+                forked.ask(self._link, "release", self._token)
+            except OSError:
+                pass  # the parent is gone: so is its reference
+
+    def detach(self) -> int:
+        k = self._claimed()
+        self._closed = self._dead = True
+        return k.detach()
+
+    def __repr__(self) -> str:
+        return f"<usnet.socket inherited from pid {os.getppid()}, token {self._token:#x}>"
+
+
+def _via_splice(name: str) -> Any:
+    def call(self: Inherited, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self._claimed(), name)(*args, **kwargs)
+    call.__name__ = name
+    call.__doc__ = f"As the standard socket's {name}, on the connection the parent's stack serves."
+    return call
+
+
+for _name in ("recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "send", "sendall", "sendto",
+              "sendmsg", "sendfile", "makefile", "fileno", "shutdown", "getpeername", "setsockopt",
+              "getsockopt", "dup", "connect", "connect_ex", "bind", "listen"):
+    setattr(Inherited, _name, _via_splice(_name))
