@@ -54,7 +54,7 @@ def _blocked(call) -> tuple[threading.Thread, dict]:
     def run() -> None:
         try:
             out["value"] = call()
-        except BaseException as e:  # noqa: BLE001 - the test looks at it
+        except BaseException as e:  # the test looks at it
             out["error"] = e
         out["at"] = time.monotonic()
     t = threading.Thread(target=run, daemon=True)
@@ -154,4 +154,48 @@ def test_a_killed_worker_fails_its_channels_and_is_restarted(wd):
     _udp_echo_once(wd.usnet_ip, 7001)  # the dead flow's port is free again, on the new worker 1
     _udp_echo_once(wd.usnet_ip, 7003)
     _udp_echo_once(wd.usnet_ip, 7000)
-    assert "usnetd worker 1 (pid %d) died (killed by SIGKILL)" % pid in wd.daemon.log_text()
+    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in wd.daemon.log_text()
+    table = _status_text(wd.path)
+    assert "workers" in table and str(after[1]["pid"]) in table, table
+    new = after[1]["pid"]
+    assert wd.daemon.stop() == 0  # SIGTERM: the new worker (the spawner's child) and the spawner go too
+    assert not os.path.exists(f"/proc/{new}")
+
+
+def _status_text(path: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "usnet.cli.main", "status", "--socket", path], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "COLUMNS": "200"}).stdout
+
+
+def _wait_new_pid(path: str, old: int) -> int:
+    """Worker 1's pid once it is not `old` (0: down), bounded."""
+    for _ in range(100):
+        pid = _workers(path)[1]["pid"]
+        if pid != old:
+            return pid
+        time.sleep(0.05)  # polling the status: a restart is asynchronous to this test
+    raise AssertionError("worker 1 was not restarted")
+
+
+def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(wd):
+    from usnet import socket as us
+    from usnet.domain.workers import RESTART_LIMIT
+
+    if wd.kind == "packet":
+        pytest.skip("a packet netif's worker is not restarted at all")
+    pid = _workers(wd.path)[1]["pid"]
+    for _ in range(RESTART_LIMIT):
+        os.kill(pid, signal.SIGKILL)
+        pid = _wait_new_pid(wd.path, pid)
+    assert pid == 0
+    (w,) = [w for w in _workers(wd.path) if w["index"] == 1]
+    assert w["restarts"] == RESTART_LIMIT - 1 and "not restarted" in w["error"], w
+    s = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    with pytest.raises(OSError, match="worker 1"):
+        s.bind(("0.0.0.0", 7003))
+    s.close()
+    _udp_echo_once(wd.usnet_ip, 7000)  # worker 0 serves on
+    assert wd.daemon.log_text().count("restarted as pid") == RESTART_LIMIT - 1
