@@ -27,6 +27,24 @@ peers reset, as on one core.
 Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
 neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
 
+A dead worker (SIGKILL, a crash): usnetd hears it at once (the worker's command socket, which it
+never writes, reads EOF in usnetd's loop: no polling, nothing a client controls), kills and reaps
+what is left of it, and
+* tells every client channel it served: each flow opened on worker k came with a sixth descriptor,
+  a socket per (session, worker) whose far end usnetd keeps; it writes why ("usnetd worker 1
+  (pid N) died (killed by SIGKILL)") and closes it, and the client's channel, sleeper or stack
+  thread hears the hang-up and fails that channel alone (WORKER_GONE, ECONNABORTED for a socket);
+* releases what it held for those channels: their port reservations, the limits charged, the
+  relayed channel ids and its sessions in the dead worker; the ports bind again;
+* starts a new worker k through the spawner (`Spawner`), a small process forked at start before
+  anything else was open, which keeps queue 1 .. N-1 of every TAP netif (a closed queue would
+  make the kernel move the last queue into its place, and the steering send another worker's
+  frames there), and tells it every neighbour usnetd knows. One log line per restart; a worker
+  that dies within RESTART_WITHIN seconds of its start RESTART_LIMIT times in a row is left down
+  (opens on its ports are refused with the reason; `usnet status` shows it).
+On a packet netif a dead worker is not restarted: its RX and TX rings have a position the kernel
+keeps and a replacement cannot learn; its clients are told all the same, and its ports refused.
+
 Not yet (see the design notes): connectors (many outgoing connections on one channel) and
 low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
 of another worker; a relayed request
