@@ -110,6 +110,7 @@ class DefunctReason(enum.IntEnum):
     PROTOCOL = 6  # its session broke the control protocol and was ended
     SLOW_CONSUMER = 7  # its session did not read its control replies and was ended
     STALLED = 8  # it left its RX ring unread for `stall_after` + `stall_defunct` seconds (usnetd config)
+    WORKER_GONE = 9  # the usnetd worker process that served it died (`usnetd --workers`); its liveness fd said so
 
 
 class Event(NamedTuple):

@@ -531,6 +531,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"({below}; {m['pressure_purges']} segments given back under pressure); "
                   f"channels stall after {m['stall_after']:g} s unread, "
                   + (f"defunct {m['stall_defunct']:g} s later" if m["stall_defunct"] else "never defunct"))
+    if info.get("workers"):  # usnetd --workers N: its processes, and how often each was restarted
+        t = Table(title="workers")
+        for c in ("worker", "pid", "restarts", "state"):
+            t.add_column(c)
+        for w in info["workers"]:
+            t.add_row(str(w["index"]), str(w["pid"] or "-"), str(w.get("restarts", 0)),
+                      f"[red]{w['error']}[/]" if "error" in w else "serving")
+        con.print(t)
     if "lowlat" in info:  # a usnetd from before issue 5 has no low-latency agent
         from usnet.bench.tables import lease_table
 

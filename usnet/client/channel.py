@@ -19,6 +19,7 @@ import errno
 import mmap
 import os
 import select
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -62,6 +63,19 @@ _MESSAGES: dict[int, str] = {  # by the raw reason word: it may be one this code
     DefunctReason.STALLED: "channel defunct (STALLED): it left received packets unread longer than the "
                            "domain allows (usnetd stall_after + stall_defunct); its packets were taken back",
 }
+
+
+def worker_gone_reason(fd: int | None) -> str:
+    """The message usnetd left on a flow's liveness socket before hanging it up (peeked: every
+    channel sharing the socket reads the same), as a defunct channel's text."""
+    why = ""
+    if fd is not None:
+        try:
+            with socket.socket(fileno=os.dup(fd)) as s:
+                why = s.recv(512, socket.MSG_PEEK | socket.MSG_DONTWAIT).decode(errors="replace")
+        except OSError:
+            why = ""
+    return f"channel defunct (WORKER_GONE): {why or 'the usnetd worker serving this channel died'}"
 
 
 class ChannelError(OSError):
@@ -129,10 +143,18 @@ class Channel:
         peer_bell_fd: int,
         kick: Callable[[], None],
         control: ControlPath | None = None,
+        alive_fd: int | None = None,
     ) -> None:
+        """`alive_fd`: a flow served by a worker of `usnetd --workers` comes with a socket whose far
+        end usnetd closes when that worker dies (after writing why): its hang-up defuncts the channel
+        (WORKER_GONE), as the control socket's does when usnetd itself dies."""
         self.id = channel_id
         self.role = role
         self._fds = [shared_fd, ro_fd, bell_fd, peer_bell_fd]
+        self.alive_fd = alive_fd
+        self._server_gone: str | None = None  # why the worker serving us is gone (alive_fd hung up)
+        if alive_fd is not None:
+            self._fds.append(alive_fd)
         self._bell = bell_fd
         self._peer_bell = peer_bell_fd
         self._kick = kick
@@ -178,6 +200,11 @@ class Channel:
             self._poll.register(domain_fd, 0)
             self._hup = select.poll()
             self._hup.register(domain_fd, 0)
+        if alive_fd is not None:
+            self._poll.register(alive_fd, 0)
+            if self._hup is None:
+                self._hup = select.poll()
+            self._hup.register(alive_fd, 0)
         self._domain_gone = False
         self._views: list[memoryview] | None = None
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
@@ -252,6 +279,8 @@ class Channel:
         for fd, _ in self._poll.poll(slice_ * 1000):
             if fd == self._bell:
                 doorbell.drain(self._bell)
+            elif fd == self.alive_fd:
+                self._worker_gone()
             else:  # the domain's end of our control socket closed: usnetd died (SIGKILL, a crash)
                 self._domain_gone = True
                 raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
@@ -268,6 +297,8 @@ class Channel:
             raise ChannelError(errno.EBADF, "channel is closed")
         if self._domain_gone:
             raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
+        if self._server_gone is not None:
+            raise ChannelDefunct(DefunctReason.WORKER_GONE, self._server_gone)
         if self._words[W_STATE + self.role] != ChannelState.OPEN:
             reason = self._words[W_REASON + self.role]
             if reason == DefunctReason.PEER_GONE:
@@ -282,7 +313,21 @@ class Channel:
 
     @property
     def defunct(self) -> bool:
-        return self._words[W_STATE + self.role] != ChannelState.OPEN
+        return self._server_gone is not None or self._words[W_STATE + self.role] != ChannelState.OPEN
+
+    def worker_gone(self) -> str | None:
+        """Why the usnetd worker serving this channel is gone (its liveness fd hung up), or None."""
+        if self._server_gone is None and self.alive_fd is not None:
+            p = select.poll()
+            p.register(self.alive_fd, 0)
+            if p.poll(0):
+                self._server_gone = worker_gone_reason(self.alive_fd)
+        return self._server_gone
+
+    def _worker_gone(self) -> None:
+        """The worker serving us died (usnetd closed our liveness socket): defunct, with its word why."""
+        self._server_gone = worker_gone_reason(self.alive_fd)
+        raise ChannelDefunct(DefunctReason.WORKER_GONE, self._server_gone)
 
     # -- pool traffic -----------------------------------------------------------------
 
@@ -500,9 +545,13 @@ class Channel:
             now = time.monotonic()
             if now >= self._hup_next:
                 self._hup_next = now + HUP_CHECK
-                if self._hup.poll(0):
+                for fd, _ in self._hup.poll(0):
+                    if fd == self.alive_fd:
+                        self._worker_gone()
                     self._domain_gone = True
                     raise ChannelDefunct(DefunctReason.DOMAIN_SHUTDOWN, _DOMAIN_GONE)
+            if self._server_gone is not None:
+                self._check_state()
         tx = self._tx
         try:
             done = tx.push(pkts)

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
 from usnet.client import Client
-from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone
+from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.tcpstats import Publisher
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
@@ -554,6 +554,9 @@ class Runner:
         self._hup = select.epoll()
         self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
+        # the liveness fds of engines whose flow a worker of `usnetd --workers` serves (Channel.alive_fd),
+        # in the same epoll: a hang-up says that worker died, and fails that engine alone
+        self._alive: dict[int, Served] = {}
         self.engines: set[Served] = set()
         # What a pass pumps, so that its cost does not grow with the engines a process has: those
         # whose doorbell rang or that were woken (`_ready`), and those whose timer is due (`_timers`,
@@ -654,7 +657,31 @@ class Runner:
                     self._due.pop(stale.data, None)
                     self._sel.unregister(fd)
                 self._sel.register(fd, selectors.EVENT_READ, engine)
+            self._watch_alive(engine)
         self.wake(engine)
+
+    def _watch_alive(self, engine: Served) -> None:
+        """Watch the hang-up of `engine`'s liveness fd, if its flow is a worker's. With the lock held."""
+        fd = getattr(engine.ch, "alive_fd", None)
+        if fd is not None and self._alive.get(fd) is not engine:
+            if fd in self._alive:
+                self._alive.pop(fd)
+            try:
+                self._hup.unregister(fd)  # a number another (closed) channel had
+            except OSError:
+                pass
+            self._hup.register(fd, 0)
+            self._alive[fd] = engine
+
+    def _unwatch_alive(self, engine: Served) -> None:
+        """Stop watching: explicitly, since usnetd holds the same socket, which outlives our fd in epoll."""
+        fd = getattr(engine.ch, "alive_fd", None)
+        if fd is not None and self._alive.get(fd) is engine:
+            del self._alive[fd]
+            try:
+                self._hup.unregister(fd)
+            except OSError:
+                pass
 
     def lend(self, engine: FlowEngine) -> None:
         """An event loop pumps `engine` from now on (usnet.aio): the runner stops pumping it and
@@ -662,9 +689,11 @@ class Runner:
         self.remove(engine)
         with self._lock:
             self.lent.add(engine)
+            self._watch_alive(engine)
 
     def remove(self, engine: Served) -> None:
         with self._lock:
+            self._unwatch_alive(engine)
             self.lent.discard(engine)
             self._due.pop(engine, None)  # its heap entries are dead now
             self._ready.discard(engine)
@@ -731,6 +760,9 @@ class Runner:
         """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
         and leaves the runner, and the client is forgotten here."""
         for fd, _ in self._hup.poll(0):
+            if fd in self._alive:
+                self._worker_gone(self._alive[fd])
+                continue
             self._hup.unregister(fd)
             client = self._watched.pop(fd, None)
             with self._lock:
@@ -747,6 +779,23 @@ class Runner:
             for e in gone:
                 self._abort(e, where)
                 e.close()  # its memory and descriptors go now, not when its sockets are collected
+
+    def _worker_gone(self, e: Served) -> None:
+        """The usnetd worker serving `e`'s flow died (its liveness fd hung up): `e` alone fails, its
+        socket calls raise at once with usnetd's word why; the other engines go on."""
+        why = worker_gone_reason(e.ch.alive_fd)
+        with self._lock:
+            lent = e in self.lent
+        self.remove(e)
+        with e.lock:
+            if e.error is None:
+                e.error = ConnectionAbortedError(errno.ECONNABORTED, why + ": this connection is lost")
+            e.notify()
+        d = getattr(e, "driver", None) if lent else None
+        if d is not None:
+            d.gone(e)
+        else:
+            e.close()
 
     def _abort(self, e: Served, where: str) -> None:
         """An engine of a usnetd that went away: out of the runner, its socket calls raise at once."""

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     links: list = []
     own: dict = {}
+    spawner = None
     if args.workers > 1:  # before anything else is open: the workers are forked now
         from usnet.domain import workers
 
@@ -107,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             log.error("cannot open netif queues: %s", e)
             return 1
-        links, own = workers.start_workers(args.workers, queues, lambda k, cmd, drv: _worker(k, cmd, drv, cfg),
-                                           keep=[])
+        # a dead worker is restarted (by the spawner, which keeps the queues) on TAP netifs: a packet
+        # netif's rings have a position the kernel keeps and a replacement could not find
+        restart = all(nc.driver == "tap" for nc in cfg.netif if nc.name in queues)
+        links, own, spawner = workers.start_workers(args.workers, queues,
+                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg), keep=[],
+                                                    restart=restart)
     mode, gid = cfg.socket_perms()
     try:
         sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if links:
         from usnet.domain.workers import ShardedDomain
 
-        make, extra = ShardedDomain, {"links": links, "sharded": set(own)}
+        make, extra = ShardedDomain, {"links": links, "sharded": set(own), "spawner": spawner}
     domain = make(**extra, policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation,
                     **cfg.domain_kwargs(), **cfg.privilege_kwargs())
     try:

@@ -27,6 +27,24 @@ peers reset, as on one core.
 Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
 neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
 
+A dead worker (SIGKILL, a crash): usnetd hears it at once (the worker's command socket, which it
+never writes, reads EOF in usnetd's loop: no polling, nothing a client controls), kills and reaps
+what is left of it, and
+* tells every client channel it served: each flow opened on worker k came with a sixth descriptor,
+  a socket per (session, worker) whose far end usnetd keeps; it writes why ("usnetd worker 1
+  (pid N) died (killed by SIGKILL)") and closes it, and the client's channel, sleeper or stack
+  thread hears the hang-up and fails that channel alone (WORKER_GONE, ECONNABORTED for a socket);
+* releases what it held for those channels: their port reservations, the limits charged, the
+  relayed channel ids and its sessions in the dead worker; the ports bind again;
+* starts a new worker k through the spawner (`Spawner`), a small process forked at start before
+  anything else was open, which keeps queue 1 .. N-1 of every TAP netif (a closed queue would
+  make the kernel move the last queue into its place, and the steering send another worker's
+  frames there), and tells it every neighbour usnetd knows. One log line per restart; a worker
+  that dies within RESTART_WITHIN seconds of its start RESTART_LIMIT times in a row is left down
+  (opens on its ports are refused with the reason; `usnet status` shows it).
+On a packet netif a dead worker is not restarted: its RX and TX rings have a position the kernel
+keeps and a replacement cannot learn; its clients are told all the same, and its ports refused.
+
 Not yet (see the design notes): connectors (many outgoing connections on one channel) and
 low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
 of another worker; a relayed request
@@ -38,6 +56,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -55,10 +74,13 @@ from usnet.domain.loop import Domain
 from usnet.domain.sessions import Session
 from usnet.domain.switch.ports import PROTO_NAMES
 
-__all__ = ["WORKER_TIMEOUT", "ShardedDomain", "WorkerDomain", "WorkerLink", "start_workers", "worker_of"]
+__all__ = ["RESTART_LIMIT", "RESTART_WITHIN", "WORKER_TIMEOUT", "ShardedDomain", "Spawner", "WorkerDomain",
+           "WorkerLink", "start_workers", "worker_of"]
 
 log = logging.getLogger("usnet.domain.workers")
 WORKER_TIMEOUT = 5.0  # the longest usnetd waits for a worker's reply to a relayed request
+RESTART_WITHIN = 10.0  # a worker that dies this soon after its start "died at start"
+RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not restarted again
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue)
 
 
@@ -70,11 +92,13 @@ def worker_of(port: int, n: int) -> int:
 class WorkerLink:
     """usnetd's end of worker k: its process and its command socket (sessions and neighbours)."""
 
-    def __init__(self, index: int, pid: int, cmd: socket.socket) -> None:
+    def __init__(self, index: int, pid: int, cmd: socket.socket, child: bool = True) -> None:
         self.index = index
         self.pid = pid
         self.cmd = cmd
         self.admin: socket.socket | None = None  # usnetd's own session there (status)
+        self.child = child  # usnetd's own child (forked at start), else the spawner's (a restart)
+        self.started = time.monotonic()
 
     def new_session(self) -> socket.socket:
         """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
@@ -96,11 +120,25 @@ class WorkerLink:
         except OSError as e:  # a worker gone: its flows are lost; the log says so
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close its command socket (it stops) and reap it; killed if it takes longer than `timeout`."""
+    def stop(self, timeout: float = 5.0, spawner: Spawner | None = None) -> None:
+        """Close its command socket (it stops) and reap it; killed if it takes longer than `timeout`.
+        A restarted worker is the spawner's child: waited for on a pidfd, reaped by the spawner."""
         for s in (self.admin, self.cmd):
             if s is not None:
                 s.close()
+        if not self.child:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except OSError:  # gone already
+                return
+            try:
+                if not select.select([pidfd], [], [], timeout)[0]:
+                    os.kill(self.pid, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+            if spawner is not None:
+                spawner.reap(self.pid)
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid, _ = os.waitpid(self.pid, os.WNOHANG)
@@ -109,6 +147,122 @@ class WorkerLink:
             time.sleep(0.01)
         os.kill(self.pid, signal.SIGKILL)
         os.waitpid(self.pid, 0)
+
+    def reap(self, spawner: Spawner | None) -> str:
+        """The dead (or useless: its command socket closed) worker killed and reaped: how it ended."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # still ours to signal: nobody reaped it yet
+        except ProcessLookupError:
+            pass
+        status: int | None = None
+        if self.child:
+            try:
+                status = os.waitpid(self.pid, 0)[1]
+            except ChildProcessError:
+                pass
+        elif spawner is not None:
+            status = spawner.reap(self.pid)
+        return _describe(status)
+
+
+def _describe(status: int | None) -> str:
+    if status is None:
+        return "ended"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(sig).name}"
+        except ValueError:
+            return f"killed by signal {sig}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+class Spawner:
+    """usnetd's end of the spawner: a small process forked at start, before anything else is open,
+    that keeps queue 1 .. N-1 of every netif and forks a new worker k on usnetd's word.
+
+    Why a process of its own: usnetd itself cannot fork a replacement well once it serves (its
+    threads, every client's memory mapped and descriptors open, all inherited), and a TAP or
+    PACKET_FANOUT queue must never be closed: the kernel moves the last queue into a closed one's
+    place, and the steering (port mod N) would send another worker's frames there. The spawner
+    holds every queue, so a dead worker's stays attached (its frames wait, then drop) until its
+    replacement reads it. Its protocol (SEQPACKET): b"W"+k with a command socket: fork worker k,
+    answer b"P"+pid; b"R"+pid: reap it, answer b"S"+status; EOF: it exits."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+        sock.settimeout(WORKER_TIMEOUT)
+
+    def spawn(self, k: int) -> WorkerLink:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            send_msg(self.sock, b"W" + bytes([k]), [theirs.fileno()])
+            theirs.close()
+            data, fds = recv_msg(self.sock, 1)
+            for fd in fds:
+                os.close(fd)
+            if data[:1] != b"P" or len(data) != 5:
+                raise OSError(errno.EPROTO, f"the spawner answered {data!r}")
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        return WorkerLink(k, int.from_bytes(data[1:], "little"), ours, child=False)
+
+    def reap(self, pid: int) -> int | None:
+        try:
+            send_msg(self.sock, b"R" + pid.to_bytes(4, "little"))
+            data, _ = recv_msg(self.sock, 1)
+        except OSError:
+            return None
+        return int.from_bytes(data[1:], "little", signed=True) if data[:1] == b"S" and len(data) == 5 else None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.sock.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.01)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+def _spawner_main(sock: socket.socket, queues: dict[str, list],
+                  make: Callable[[int, socket.socket, dict[str, Any]], int]) -> int:
+    """The spawner's loop (see `Spawner`): blocking, single-threaded, its only peer usnetd."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    while True:
+        data, fds = recv_msg(sock, 1)
+        if not data:
+            return 0
+        if data[:1] == b"W" and len(data) == 2 and len(fds) == 1:
+            k = data[1]
+            cmd = socket.socket(fileno=fds[0])
+            pid = os.fork()
+            if pid == 0:
+                status = 1
+                try:
+                    sock.close()
+                    mine = {name: qs[k] for name, qs in queues.items() if 0 < k < len(qs)}
+                    status = make(k, cmd, mine)
+                except BaseException:
+                    log.exception("worker %d failed", k)
+                finally:
+                    os._exit(status)
+            cmd.close()
+            send_msg(sock, b"P" + pid.to_bytes(4, "little"))
+        elif data[:1] == b"R" and len(data) == 5:
+            try:
+                status = os.waitpid(int.from_bytes(data[1:], "little"), 0)[1]
+            except ChildProcessError:
+                status = -1
+            send_msg(sock, b"S" + status.to_bytes(4, "little", signed=True))
+        else:
+            for fd in fds:
+                os.close(fd)
 
 
 def relay(sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
@@ -135,13 +289,109 @@ class Proxied:
 class ShardedDomain(Domain):
     """Worker 0 and the control plane of a domain with workers (see the module's docstring)."""
 
-    def __init__(self, links: list[WorkerLink], sharded: set[str], **kwargs: Any) -> None:
+    def __init__(self, links: list[WorkerLink], sharded: set[str], spawner: Spawner | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.links = {link.index: link for link in links}
         self.n = len(links) + 1
         self.sharded = set(sharded)
+        self.spawner = spawner  # None: a dead worker is not restarted (packet netifs; see usnetd)
         self.proxied: dict[int, Proxied] = {}
         self._wsocks: dict[tuple[int, int], socket.socket] = {}  # (session id, worker) -> usnetd's end
+        # (session id, worker) -> the liveness pair: the client's end goes with every flow opened there
+        # (FlowOpened's sixth descriptor); usnetd writes why and closes its end when the worker dies
+        self._alive: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
+        self.restarts: dict[int, int] = {}  # worker -> times restarted
+        self._quick_deaths: dict[int, int] = {}  # worker -> deaths in a row within RESTART_WITHIN of its start
+        self.down: dict[int, str] = {}  # worker -> why it is down (not restarted)
+        for link in links:
+            self._watch(link)
+
+    def _watch(self, link: WorkerLink) -> None:
+        """Hear worker `link` die: its command socket, which it never writes, reads EOF then."""
+        link.cmd.setblocking(False)
+        self._sel.register(link.cmd, selectors.EVENT_READ, ("worker", link))
+
+    def _serve_event(self, kind: str, obj: Any, fd: int, mask: int) -> None:
+        if kind != "worker":
+            super()._serve_event(kind, obj, fd, mask)
+            return
+        try:
+            data = obj.cmd.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            with self.lock:
+                self._worker_died(obj)
+
+    def _worker_died(self, link: WorkerLink) -> None:
+        """Worker k is gone: every client channel it served is defunct (WORKER_GONE, with why, on its
+        liveness socket), usnetd's bookkeeping for them is released, and a new worker k starts."""
+        k = link.index
+        if self.links.get(k) is not link:
+            return
+        del self.links[k]
+        try:
+            self._sel.unregister(link.cmd)
+        except (KeyError, ValueError):
+            pass
+        for sock in (link.admin, link.cmd):
+            if sock is not None:
+                sock.close()
+        how = link.reap(self.spawner)
+        why = f"usnetd worker {k} (pid {link.pid}) died ({how})"
+        lost = [cid for cid, px in self.proxied.items() if px.index == k]
+        for cid in lost:
+            self._drop_proxied(cid)
+        for key in [key for key in self._wsocks if key[1] == k]:
+            self._wsocks.pop(key).close()
+        note = why.encode()
+        for key in [key for key in self._alive if key[1] == k]:
+            ours, theirs = self._alive.pop(key)
+            try:
+                ours.send(note, socket.MSG_DONTWAIT)  # read (peeked) by the client once it hears the hang-up
+            except OSError:
+                pass
+            ours.close()
+            theirs.close()
+        self.restarts.setdefault(k, 0)
+        lived = time.monotonic() - link.started
+        self._quick_deaths[k] = self._quick_deaths.get(k, 0) + 1 if lived < RESTART_WITHIN else 0
+        if self.spawner is None or self._stopping:
+            self.down[k] = why
+            log.error("%s: %d channel(s) defunct; not restarted (%s)", why, len(lost),
+                      "stopping" if self._stopping else "no restart on a packet netif")
+            return
+        if self._quick_deaths[k] >= RESTART_LIMIT:
+            self.down[k] = (f"{why}; not restarted: it died {RESTART_LIMIT} times within "
+                            f"{RESTART_WITHIN:g} s of its start")
+            log.error("%s", self.down[k])
+            return
+        try:
+            new = self.spawner.spawn(k)
+        except OSError as e:
+            self.down[k] = f"{why}; not restarted: {e}"
+            log.error("%s", self.down[k])
+            return
+        self.links[k] = new
+        self.down.pop(k, None)
+        self.restarts[k] += 1
+        self._watch(new)
+        self._tell_neighbours(new)
+        log.warning("%s: %d channel(s) defunct; restarted as pid %d (restart %d)", why, len(lost), new.pid,
+                    self.restarts[k])
+
+    def _tell_neighbours(self, link: WorkerLink) -> None:
+        """A new worker knows no neighbour (ARP and ND arrive on queue 0): everything usnetd knows."""
+        for name in self.sharded:
+            sw = self.switches.get(name)
+            if sw is None:
+                continue
+            for family, cache in ((4, sw.arp), (6, sw.nd)):
+                for addr, (mac, _expires) in list(cache.entries.items()):
+                    link.neighbour(name, family, addr, mac)
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
@@ -209,9 +459,15 @@ class ShardedDomain(Domain):
                 self.ledger.release(charge)
 
         try:
+            link = self.links.get(k)
+            if link is None:
+                raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
             sock = self._wsocks.get((session.id, k))
             if sock is None:
-                sock = self._wsocks[session.id, k] = self.links[k].new_session()
+                sock = self._wsocks[session.id, k] = link.new_session()
+            alive = self._alive.get((session.id, k))
+            if alive is None:
+                alive = self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             reply, fds = relay(sock, msgspec.structs.replace(req, with_channel=with_channel))
         except BaseException:
             undo()
@@ -221,7 +477,17 @@ class ShardedDomain(Domain):
             return reply, fds
         cid = next(self._ids)
         self.proxied[cid] = Proxied(k, reply.channel, session.id, sock, key, charge)
-        return msgspec.structs.replace(reply, channel=cid), fds
+        self._relayed_fds = fds  # the worker's: closed once the reply is sent (or copied to wait)
+        return msgspec.structs.replace(reply, channel=cid), [*fds, alive[1].fileno()]
+
+    def _serve_request(self, s: Session, req: P.Request) -> None:
+        self._relayed_fds = []
+        try:
+            super()._serve_request(s, req)
+        finally:
+            fds, self._relayed_fds = self._relayed_fds, []
+            for fd in fds:
+                os.close(fd)
 
     def _drop_proxied(self, cid: int) -> None:
         px = self.proxied.pop(cid, None)
@@ -236,18 +502,28 @@ class ShardedDomain(Domain):
                 self._drop_proxied(cid)
             for key in [key for key in self._wsocks if key[0] == session.id]:
                 self._wsocks.pop(key).close()  # the worker ends its session: OWNER_GONE, peers reset
+            for key in [key for key in self._alive if key[0] == session.id]:
+                for sock in self._alive.pop(key):
+                    sock.close()
 
     def status(self, viewer: Session | None = None) -> dict:
         info = super().status(viewer)
         workers: list[dict] = [{"index": 0, "pid": os.getpid(),
                                 "netifs": [n for n in info["netifs"] if n["netif"]["name"] in self.sharded]}]
-        for link in self.links.values():
+        for k in range(1, self.n):
+            link = self.links.get(k)
+            if link is None:
+                workers.append({"index": k, "pid": 0, "restarts": self.restarts.get(k, 0),
+                                "error": self.down.get(k, "down")})
+                continue
             try:
                 if link.admin is None:
                     link.admin = link.new_session()
-                workers.append({"index": link.index, "pid": link.pid, "netifs": _worker_status(link.admin)})
+                workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
+                                "netifs": _worker_status(link.admin)})
             except (OSError, P.ProtocolError) as e:
-                workers.append({"index": link.index, "pid": link.pid, "error": str(e)})
+                workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
+                                "error": str(e)})
         info["workers"] = workers
         return info
 
@@ -256,9 +532,16 @@ class ShardedDomain(Domain):
         for sock in self._wsocks.values():
             sock.close()
         self._wsocks.clear()
-        for link in self.links.values():
-            link.stop()
+        for pair in self._alive.values():
+            for sock in pair:
+                sock.close()
+        self._alive.clear()
+        for link in list(self.links.values()):
+            link.stop(spawner=self.spawner)  # (the loop's selector, closed by now, watched its cmd)
         self.links.clear()
+        if self.spawner is not None:
+            self.spawner.stop()
+            self.spawner = None
 
 
 def _worker_status(sock: socket.socket) -> list:
@@ -309,11 +592,31 @@ class WorkerDomain(Domain):
 
 
 def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.socket, dict[str, Any]], int],
-                  keep: list[int]) -> tuple[list[WorkerLink], dict[str, Any]]:
+                  keep: list[int], restart: bool = False
+                  ) -> tuple[list[WorkerLink], dict[str, Any], Spawner | None]:
     """Fork workers 1 .. n-1, each given queue k of every netif in `queues` and run by `make`
     (its exit status); returns usnetd's links and its own drivers (queue 0). `keep`: descriptors
-    a child closes at once (usnetd's own, such as its control socket)."""
+    a child closes at once (usnetd's own, such as its control socket). `restart`: first fork the
+    spawner (`Spawner`, returned third), which keeps every queue and forks a dead worker's
+    replacement."""
     links: list[WorkerLink] = []
+    spawner: Spawner | None = None
+    if restart:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # the spawner
+            status = 1
+            try:
+                ours.close()
+                for fd in keep:
+                    os.close(fd)
+                status = _spawner_main(theirs, queues, make)
+            except BaseException:
+                log.exception("the worker spawner failed")
+            finally:
+                os._exit(status)
+        theirs.close()
+        spawner = Spawner(pid, ours)
     for k in range(1, n):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
@@ -321,6 +624,8 @@ def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.s
             status = 1
             try:
                 ours.close()
+                if spawner is not None:
+                    spawner.sock.close()
                 for link in links:
                     link.cmd.close()
                 for fd in keep:
@@ -340,11 +645,9 @@ def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.s
                 os._exit(status)
         theirs.close()
         links.append(WorkerLink(k, pid, ours))
-    own = {}
+    own: dict[str, Any] = {}
     for name, qs in queues.items():
         own[name] = qs[0]
         for q in qs[1:]:
-            q.close()
-    return links, own
-
-
+            q.close()  # the spawner (if any) keeps its own copies: the queues stay attached
+    return links, own, spawner

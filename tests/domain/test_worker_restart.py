@@ -1,0 +1,201 @@
+"""Issue 18, "a dead worker is restarted": `usnetd --workers 2` on a multi-queue TAP, worker 1
+killed (SIGKILL) under its clients.
+
+What a user of a networking stack expects, and the rule for "usnetd killed under its clients":
+the blocked calls on worker 1's UDP flow and TCP connection fail at once with a clear reason
+("usnetd worker 1 ... died"), the flows of worker 0 go on undisturbed (a TCP transfer runs
+across the kill), usnetd releases what it held for the dead channels (their ports bind again),
+and a new worker 1 serves new flows on its ports with a kernel peer; the status says so.
+On a packet netif a dead worker is not restarted (its rings' position is the kernel's): its
+clients still get the error, and new flows on its ports a clear refusal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.domain.test_workers import _del_link, _on_veth, _start_with_workers, _workers
+from tests.helpers.usnetd import TapDaemon
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(params=["tap", "packet"])
+def wd(request, sockdir, monkeypatch):
+    from usnet import socket as us
+
+    d = TapDaemon(sockdir)
+    d.kind = request.param
+    if request.param == "packet":
+        _on_veth(d)
+        request.addfinalizer(lambda: _del_link(d.ifname))
+    d.start = _start_with_workers(d, request.param)  # type: ignore[method-assign]
+    monkeypatch.setenv("USNET_SOCKET", d.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    d.start()
+    try:
+        yield d
+    finally:
+        us.configure(None, None)
+        d.stop()
+
+
+def _blocked(call) -> tuple[threading.Thread, dict]:
+    """Run `call` in a thread; what it returned or raised, and when, lands in the dict."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except BaseException as e:  # the test looks at it
+            out["error"] = e
+        out["at"] = time.monotonic()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def _udp_echo_once(ip: str, port: int) -> None:
+    """A kernel peer's datagram to usnet `port` comes back (a usnet echo bound there)."""
+    from usnet import socket as us
+
+    s = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(10)
+    with s, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+        k.settimeout(1)
+        for i in range(20):  # a restarted worker may still be starting: the first may wait in the queue
+            k.sendto(b"hello %d" % i, (ip, port))
+            try:
+                data, peer = s.recvfrom(2048)
+            except TimeoutError:
+                continue
+            s.sendto(data, peer)
+            assert k.recvfrom(2048)[0] == data
+            return
+    raise AssertionError(f"no echo on port {port}")
+
+
+def test_a_killed_worker_fails_its_channels_and_is_restarted(wd):
+    from usnet import socket as us
+
+    # worker 1 (odd ports): a UDP flow and an accepted TCP connection, each with a call blocked on it
+    u1 = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    u1.bind(("0.0.0.0", 7001))
+    ls1 = us.socket(us.AF_INET, us.SOCK_STREAM)
+    ls1.bind(("0.0.0.0", 7101))
+    ls1.listen(1)
+    ls1.settimeout(10)
+    k1 = socket.create_connection((wd.usnet_ip, 7101), timeout=10)
+    c1, _ = ls1.accept()
+    # worker 0 (even ports): a TCP connection that carries a transfer across the kill
+    ls0 = us.socket(us.AF_INET, us.SOCK_STREAM)
+    ls0.bind(("0.0.0.0", 7100))
+    ls0.listen(1)
+    ls0.settimeout(10)
+    k0 = socket.create_connection((wd.usnet_ip, 7100), timeout=10)
+    c0, _ = ls0.accept()
+    c0.settimeout(10)
+    blob = os.urandom(1 << 16)
+    got = bytearray()
+
+    def sink() -> int:
+        while len(got) < 40 * len(blob):
+            chunk = c0.recv(65536)
+            if not chunk:
+                break
+            got.extend(chunk)
+        return len(got)
+    t0, out0 = _blocked(sink)
+    for _ in range(10):
+        k0.sendall(blob)
+    t_udp, out_udp = _blocked(lambda: u1.recvfrom(2048))
+    t_tcp, out_tcp = _blocked(lambda: c1.recv(2048))
+
+    before = _workers(wd.path)
+    pid = before[1]["pid"]
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(10):
+        k0.sendall(blob)  # worker 0's connection keeps going meanwhile
+    t_udp.join(10)
+    t_tcp.join(10)
+    for out in (out_udp, out_tcp):
+        e = out.get("error")
+        assert isinstance(e, OSError), out
+        assert "worker 1" in str(e) and "died" in str(e), e
+        assert out["at"] - killed < 3.0, out  # the issue's "within ~1-2 s", asserted generously
+    for _ in range(20):
+        k0.sendall(blob)
+    t0.join(10)
+    assert out0.get("value") == 40 * len(blob), out0
+    assert bytes(got[:len(blob)]) == blob
+    for s in (u1, c1, ls1, c0, ls0, k0, k1):
+        s.close()
+
+    after = _workers(wd.path)
+    if wd.kind == "packet":  # not restarted: said so, and its ports refused with the reason
+        assert after[1]["pid"] == 0 and "worker 1" in after[1]["error"], after
+        s = us.socket(us.AF_INET, us.SOCK_DGRAM)
+        with pytest.raises(OSError, match="worker 1"):
+            s.bind(("0.0.0.0", 7003))
+        s.close()
+        _udp_echo_once(wd.usnet_ip, 7000)  # worker 0 serves on
+        return
+    assert after[1]["pid"] not in (0, pid) and after[1]["restarts"] == 1, after
+    assert not os.path.exists(f"/proc/{pid}")  # reaped
+    _udp_echo_once(wd.usnet_ip, 7001)  # the dead flow's port is free again, on the new worker 1
+    _udp_echo_once(wd.usnet_ip, 7003)
+    _udp_echo_once(wd.usnet_ip, 7000)
+    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in wd.daemon.log_text()
+    table = _status_text(wd.path)
+    assert "workers" in table and str(after[1]["pid"]) in table, table
+    new = after[1]["pid"]
+    assert wd.daemon.stop() == 0  # SIGTERM: the new worker (the spawner's child) and the spawner go too
+    assert not os.path.exists(f"/proc/{new}")
+
+
+def _status_text(path: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "usnet.cli.main", "status", "--socket", path], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "COLUMNS": "200"}).stdout
+
+
+def _wait_new_pid(path: str, old: int) -> int:
+    """Worker 1's pid once it is not `old` (0: down), bounded."""
+    for _ in range(100):
+        pid = _workers(path)[1]["pid"]
+        if pid != old:
+            return pid
+        time.sleep(0.05)  # polling the status: a restart is asynchronous to this test
+    raise AssertionError("worker 1 was not restarted")
+
+
+def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(wd):
+    from usnet import socket as us
+    from usnet.domain.workers import RESTART_LIMIT
+
+    if wd.kind == "packet":
+        pytest.skip("a packet netif's worker is not restarted at all")
+    pid = _workers(wd.path)[1]["pid"]
+    for _ in range(RESTART_LIMIT):
+        os.kill(pid, signal.SIGKILL)
+        pid = _wait_new_pid(wd.path, pid)
+    assert pid == 0
+    (w,) = [w for w in _workers(wd.path) if w["index"] == 1]
+    assert w["restarts"] == RESTART_LIMIT - 1 and "not restarted" in w["error"], w
+    s = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    with pytest.raises(OSError, match="worker 1"):
+        s.bind(("0.0.0.0", 7003))
+    s.close()
+    _udp_echo_once(wd.usnet_ip, 7000)  # worker 0 serves on
+    assert wd.daemon.log_text().count("restarted as pid") == RESTART_LIMIT - 1
