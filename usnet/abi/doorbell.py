@@ -26,12 +26,15 @@ __all__ = ["Doorbell", "drain", "ring"]
 
 _FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
 _ONE = b"\x01"
+# The kernel's read and write, bound at import: usnet.patch() later replaces os.read/os.write with
+# versions that look for a usnet socket's descriptor first, a cost a doorbell need not pay.
+_read, _write = os.read, os.write
 
 
 def ring(fd: int) -> None:
     """Ring the doorbell whose write end is `fd`; a full pipe is already rung, a closed one is gone."""
     try:
-        os.write(fd, _ONE)
+        _write(fd, _ONE)
     except OSError:  # BlockingIOError (rung already), BrokenPipeError (nobody sleeps on it any more)
         pass
 
@@ -40,7 +43,7 @@ def drain(fd: int) -> None:
     """Reset the doorbell whose read end is `fd`: take every ring waiting in it."""
     try:
         for _ in range(16):  # a full pipe is 64 KiB; bounded, so a ringer can never keep us here
-            if len(os.read(fd, 4096)) < 4096:
+            if len(_read(fd, 4096)) < 4096:
                 return
     except OSError:  # BlockingIOError: nothing (more) to take
         pass

@@ -18,6 +18,11 @@ After `patch()`:
 - asyncio's policy is `usnet.aio.EventLoopPolicy`: every new loop puts its TCP on usnet.
 - select, poll, epoll and selectors need nothing: a usnet socket's `fileno()` is a descriptor
   that shows its readiness.
+- `os.read`, `os.write`, `os.sendfile` and `os.close` on a usnet socket's descriptor (or a
+  detached one's) are the socket's recv, send, a send from the file, and close
+  (`usnet.client.descriptors`): multiprocessing.connection and pyftpdlib use the number itself.
+  A copy of those functions taken before the patch (a class attribute bound at import) is the
+  kernel's; `usnet run` patches before the program imports anything.
 
 Which usnet: `usnet.socket.configure(client, netif)` (patch's own arguments), else usnetd at
 ``USNET_SOCKET`` (default /run/usnet/usnetd.sock) and ``USNET_NETIF`` (default: its first netif),
@@ -39,6 +44,7 @@ argument) is not found; `usnet run` patches before the program starts, so nothin
 from __future__ import annotations
 
 import asyncio
+import os
 import socket as _socket
 import ssl as _ssl
 import sys
@@ -47,6 +53,7 @@ import types
 from typing import Any
 
 from usnet.client import aio as _aio
+from usnet.client import descriptors as _descriptors
 from usnet.client import socket as _us
 from usnet.client import tls as _tls
 from usnet.client.session import Client
@@ -169,6 +176,9 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
                 _saved[name] = getattr(_socket, name)
                 setattr(_socket, name, _late(name))
         _ssl.SSLContext.wrap_socket = _wrap_socket  # type: ignore[method-assign,assignment]
+        for name in _descriptors.KERNEL:  # system calls on a usnet socket's descriptor reach the socket
+            _saved["os." + name] = getattr(os, name)
+            setattr(os, name, getattr(_descriptors, name))
         _aio.install()
         early = {id(_saved["socket"]): (_saved["socket"], Socket)}
         early.update((id(_saved[n]), (_saved[n], getattr(_socket, n))) for n in _NAMES if n in _saved)
@@ -183,6 +193,8 @@ def unpatch() -> None:
         _socket.socket = _saved.pop("socket")  # type: ignore[misc]
         _ssl.SSLContext.wrap_socket = _saved.pop("wrap_socket")  # type: ignore[method-assign]
         asyncio.set_event_loop_policy(_saved.pop("policy"))
+        for name in _descriptors.KERNEL:
+            setattr(os, name, _saved.pop("os." + name))
         for name in _NAMES:
             if name in _saved:
                 setattr(_socket, name, _saved.pop(name))

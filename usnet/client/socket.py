@@ -169,6 +169,15 @@ def getnameinfo(sockaddr: tuple, flags: int, *, client: Client | None = None,
     return _names.getnameinfo(sockaddr, flags, resolver=_resolver(client, netif))
 
 
+def _no_loopback(ip_version: int) -> OSError:
+    """What connecting to a loopback address raises when the domain has no loopback netif: Linux's
+    answers with its loopback down (127.0.0.1: ENETUNREACH; ::1, which is then on no interface:
+    EADDRNOTAVAIL), not the domain's ENODEV, which no program expects."""
+    if ip_version == 6:
+        return OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+    return OSError(errno.ENETUNREACH, "Network is unreachable")
+
+
 def _is_loopback(host: str) -> bool:
     """Whether `host` is a literal loopback address (127.0.0.0/8, ::1)."""
     try:
@@ -268,6 +277,29 @@ def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None 
 _UNSET: Any = object()
 _SOMAXCONN = 4096
 _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
+# fileno -> the open socket whose descriptor it is (made by fileno, dup or a take-back), so that
+# system calls a program makes on the number itself (os.read, os.write, os.sendfile, os.close:
+# multiprocessing.connection, pyftpdlib) reach the connection: `by_descriptor`, usnet.patch's os.
+_descriptors: dict[int, socket] = {}
+_held: dict[int, socket] = {}  # fileno -> a detached socket taken back for its descriptor's system calls
+
+
+def by_descriptor(fd: int) -> socket | None:
+    """The usnet socket whose descriptor `fd` is, or None (a kernel descriptor).
+
+    A usnet socket's descriptor only shows its readiness (an AF_UNIX socket: `Readiness`); bytes a
+    program writes to it with os.write or os.sendfile would vanish there, and os.read would take
+    the readiness byte. So a program that uses the number itself gets the socket here: an open one,
+    or a detached one (multiprocessing.connection detaches, then reads and writes the number),
+    which is taken back and held until the descriptor is closed or `socket(fileno=...)` takes it."""
+    s = _descriptors.get(fd)
+    if s is not None:
+        return s
+    if fd in _detached:
+        s = socket(fileno=fd)
+        _held[fd] = s
+        return s
+    return None
 # A closed listener's flows (its netif's, its loopback half) stay while its connections finish
 # (TIME-WAIT, or still open): (client, netif, IP version, port) -> (engine, loopback half or None,
 # whether it had SO_REUSEADDR). A bind with SO_REUSEADDR takes them over (`_take_lingering`).
@@ -386,6 +418,7 @@ class socket:
             else:
                 with eng.lock:
                     self._fd = self._ready.fileno()
+            _descriptors[self._fd] = self
         return self._fd
 
     def bind(self, address: tuple) -> None:
@@ -399,6 +432,10 @@ class socket:
         try:
             eng = FlowEngine(client, netif, port, family=self._ip_version)
         except OSError as e:
+            if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
+                # a loopback address, and a domain without a loopback netif: the address is on no
+                # interface, which Linux's bind says as EADDRNOTAVAIL (aiosmtpd probes ::1 so)
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address") from None
             if e.errno == errno.EADDRINUSE and self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)):
                 e = OSError(errno.EADDRINUSE, "Address already in use (usnet gives a port to one socket "
                             "at a time: SO_REUSEPORT does not share it)")
@@ -568,14 +605,19 @@ class socket:
                                          client=self._where[0], netif=self._where[1])[0][4][:2]
                 raddr = ipaddress.ip_address(host).packed
             client, netif = self._target(host)
-            if self._engine is not None:  # bound: the port goes over to the connected flow
-                self._drop_engine()
-                eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
-                self._port = eng.info.local_port
-                owns = True
-            else:  # the process's connector on this netif carries it: one channel for all of them
-                eng = connector(client, netif, self._ip_version)
-                owns = False
+            try:
+                if self._engine is not None:  # bound: the port goes over to the connected flow
+                    self._drop_engine()
+                    eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
+                    self._port = eng.info.local_port
+                    owns = True
+                else:  # the process's connector on this netif carries it: one channel for all of them
+                    eng = connector(client, netif, self._ip_version)
+                    owns = False
+            except OSError as e:
+                if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
+                    raise _no_loopback(self._ip_version) from None
+                raise
             if not owns:  # a free port of the connector's blocks: no message to the domain
                 self._port = eng.take_port(raddr, port)
             try:
@@ -778,6 +820,10 @@ class socket:
             eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it
             if lingers:
                 self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
+        if _descriptors.get(self._fd) is self:
+            del _descriptors[self._fd]
+        if _held.get(self._fd) is self:
+            del _held[self._fd]
         if self._fd >= 0 and self._fd != self._ready.made:
             os.close(self._fd)  # a dup's own descriptor
         if last:
@@ -813,6 +859,7 @@ class socket:
         d.__dict__.update(self.__dict__)
         d._fd = os.dup(self.fileno())
         d._closed, d._io_refs = False, 0
+        _descriptors[d._fd] = d
         self._share[0] += 1
         open_streams.add(d)
         if self._engine is not None:
@@ -845,15 +892,24 @@ class socket:
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.unwatch(self, self._conn)
+        if _descriptors.get(fd) is self:
+            del _descriptors[fd]
         _detached[fd] = self
         self._closed = self._dead = True
         return fd
 
     def _adopt(self, fd: int) -> None:
         src = _detached.pop(fd, None)
+        if src is None and fd in _held:  # held for the descriptor's system calls: this object takes over
+            src = _held.pop(fd)
+            if src._engine is not None:
+                with src._engine.lock:
+                    src._engine.unwatch(src, src._conn)
+            src._closed = src._dead = True
         if src is None:
             raise OSError(errno.EAFNOSUPPORT, f"descriptor {fd} is no detached usnet socket")
         self.__dict__.update(src.__dict__)
+        _descriptors[fd] = self
         self._closed = self._dead = False
         self._io_refs = 0
         if self._engine is not None:
