@@ -180,12 +180,11 @@ def _wait_new_pid(path: str, old: int) -> int:
     raise AssertionError("worker 1 was not restarted")
 
 
+@pytest.mark.parametrize("wd", ["tap"], indirect=True)  # a packet netif's worker is not restarted at all
 def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(wd):
     from usnet import socket as us
     from usnet.domain.workers import RESTART_LIMIT
 
-    if wd.kind == "packet":
-        pytest.skip("a packet netif's worker is not restarted at all")
     pid = _workers(wd.path)[1]["pid"]
     for _ in range(RESTART_LIMIT):
         os.kill(pid, signal.SIGKILL)

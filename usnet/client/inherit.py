@@ -22,6 +22,8 @@ from usnet.client import socket as us
 
 __all__ = ["Inherited"]
 
+_close = os.close  # the kernel's, taken before usnet.patch() may replace os.close (usnet.client.descriptors)
+
 _pending: dict[str, Any] = {}  # between the before-fork hook and the after-fork ones
 
 
@@ -64,7 +66,7 @@ def _after_in_child() -> None:
             s._link, s._token, s._k = link, id(s), None
     for d in _pending["shares"].values():  # the parent's references: not this process's to use
         if d._fd >= 0 and d._fd != d._ready.made:
-            os.close(d._fd)
+            _close(d._fd)
     _pending.clear()
 
 
