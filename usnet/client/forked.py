@@ -15,16 +15,17 @@ timers. So the parent keeps serving it, and the child reaches it through the par
   socket from it (`SplicedSocket`: a kernel socket that names itself as the TCP connection).
   Blocking, timeouts, readiness for select/poll/asyncio, makefile, shutdown and close are
   the kernel's own. A listener's `accept()` asks the agent to accept on the parent's listener
-  (`accept`) and gets such a spliced connection.
+  (`accept`) and gets such a spliced connection; its `fileno()` is a descriptor of the parent's
+  listener's readiness (usnet.client.engine `Readiness`, which the parent's stack keeps), so a
+  child can poll it too: children that race for one connection get EAGAIN but one, as on Linux.
 * What the child never used, or closed unused (`release`), the agent closes when the child says
   so or exits (its end of the link closes): then the parent's own close decides, as with the
   kernel.
 
 The cost is one copy through the kernel each way and a thread hop in the parent: the path of
 a forking server's children, not of the stack's own sockets. Left out: datagram sockets
-(a child gets EBADF naming the parent, as before), readiness of an inherited *listener* in the
-child (its `fileno` is refused with that error; blocking and timed `accept` work), and a
-connection outliving the parent (the parent's exit closes it: the stack is the parent's).
+(a child gets EBADF naming the parent, as before), and a connection outliving the parent (the
+parent's exit closes it: the stack is the parent's).
 
 The messages on the link and on each request's reply pair are msgspec Structs (docs/abi.md,
 "Inherited sockets").
@@ -229,8 +230,8 @@ class Agent:
                 _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
                 return
             ans = _names(s)
-            if ans.kind == "listener":  # it stays: each accept uses it
-                _send(reply, ans)
+            if ans.kind == "listener":  # it stays: each accept uses it; the child polls its readiness
+                _send(reply, ans, s.fileno())
                 return
             self._take(req.token)
             self._give(s, ans, reply)

@@ -63,7 +63,7 @@ def _after_in_child() -> None:
     for s in _pending["socks"]:
         if id(s) in _pending["shares"] and not s._dead:
             s.__class__ = Inherited
-            s._link, s._token, s._k = link, id(s), None
+            s._link, s._token, s._k, s._lfd = link, id(s), None, None
     for d in _pending["shares"].values():  # the parent's references: not this process's to use
         if d._fd >= 0 and d._fd != d._ready.made:
             _close(d._fd)
@@ -75,7 +75,8 @@ os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_c
 
 def _parents() -> OSError:
     return OSError(errno.EBADF, f"usnet: this listening socket belongs to the process that made it (pid "
-                                f"{os.getppid()}); a child of fork() can accept() on it, not use it otherwise")
+                                f"{os.getppid()}); a child of fork() can accept() on it and poll it, "
+                                "not use it otherwise")
 
 
 class Inherited(us.socket):
@@ -86,21 +87,39 @@ class Inherited(us.socket):
     _link: _std.socket
     _token: int
     _k: Any  # None: not claimed yet; False: a listener; a forked.SplicedSocket: the connection
+    _lfd: int | None  # a listener's: its readiness, a descriptor the parent's stack keeps
 
-    def _claimed(self) -> forked.SplicedSocket:
+    def _claim(self) -> None:
+        """Ask the parent for what this socket is here, once: its connection spliced, or for a
+        listener a descriptor of its readiness (the parent's stack keeps it: readable while a
+        connection waits, as a kernel listener's is; several children may race for it)."""
         if self._dead:
             raise OSError(errno.EBADF, "Bad file descriptor")
         if self._k is None:
             ans, fd = forked.ask(self._link, "claim", self._token)
             if ans.kind == "listener":
-                self._k = False
+                self._k, self._lfd = False, fd
             else:
                 self._k = forked.SplicedSocket(fileno=fd, names=ans)
                 self._k.settimeout(self._timeout)
+
+    def _claimed(self) -> forked.SplicedSocket:
+        self._claim()
         if self._k is False:
             raise _parents()
         spliced: forked.SplicedSocket = self._k
         return spliced
+
+    def fileno(self) -> int:
+        """The connection's spliced socket; for a listener, the parent's readiness of it."""
+        if self._dead:
+            return -1
+        self._claim()
+        if self._k is False:
+            if self._lfd is None:
+                raise _parents()
+            return self._lfd
+        return self._k.fileno()
 
     def accept(self) -> tuple[Any, tuple]:
         if self._dead:
@@ -130,6 +149,9 @@ class Inherited(us.socket):
         if self._k:
             self._k.close()
         else:  # never claimed, or a listener: the parent lets go of the child's reference
+            if self._lfd is not None:
+                _close(self._lfd)
+                self._lfd = None
             try:
                 forked.ask(self._link, "release", self._token)
             except OSError:
@@ -153,6 +175,6 @@ def _via_splice(name: str) -> Any:
 
 
 for _name in ("recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "send", "sendall", "sendto",
-              "sendmsg", "sendfile", "makefile", "fileno", "shutdown", "getpeername", "setsockopt",
+              "sendmsg", "sendfile", "makefile", "shutdown", "getpeername", "setsockopt",
               "getsockopt", "dup", "connect", "connect_ex", "bind", "listen"):
     setattr(Inherited, _name, _via_splice(_name))
