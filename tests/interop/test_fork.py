@@ -117,6 +117,52 @@ def test_a_forking_server_unmodified_serves_each_connection_from_its_child(tapd,
     assert b"Traceback" not in err, err.decode()[-3000:]
 
 
+def test_gunicorn_sync_workers_serve_on_usnet(tapd, tmp_path):
+    """gunicorn, unmodified under `usnet run`: its master makes the listener and forks two sync
+    workers, which select on it and accept (a prefork server as deployed); curl's requests are
+    answered by the workers, each body's SHA-256 intact."""
+    pytest.importorskip("gunicorn")
+    (tmp_path / "app.py").write_text(textwrap.dedent("""
+        import hashlib, os
+
+        def app(environ, start_response):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            out = f"{os.getpid()} {hashlib.sha256(body).hexdigest()}".encode()
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))])
+            return [out]
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-m", "gunicorn",
+                             "-w", "2", "-b", f"{tapd.usnet_ip}:0", "--chdir", str(tmp_path),
+                             "--control-socket", str(tmp_path / "gunicorn.ctl"), "app:app"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        port, workers, log = None, set(), b""
+        while len(workers) < 2:  # the master's lines: where it listens, then each worker booting
+            ready, _, _ = select.select([proc.stderr], [], [], LIMIT)
+            line = proc.stderr.readline() if ready else b""
+            assert line, f"gunicorn did not start: {log.decode()[-2000:]}"
+            log += line
+            if m := re.search(rb"Listening at: http://[\d.]+:(\d+)", line):
+                port = int(m.group(1))
+            if m := re.search(rb"Booting worker with pid: (\d+)", line):
+                workers.add(int(m.group(1)))
+        assert port
+        for i in range(8):
+            body = os.urandom(50_000 + i)
+            with socket.create_connection((tapd.usnet_ip, port), timeout=LIMIT) as k:
+                k.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                head, _, answer = _read_all(k).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            pid, digest = answer.decode().split()
+            assert int(pid) in workers and digest == hashlib.sha256(body).hexdigest()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=LIMIT)
+    assert b"Traceback" not in err, err.decode()[-3000:]
+
+
 def test_prefork_children_accept_on_the_parents_listener(tapd):
     """A listener made before fork(): two children accept() a connection each (blocking, as a
     prefork server's workers do), and the parent's listener accepts on afterwards."""
