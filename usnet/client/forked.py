@@ -4,10 +4,11 @@ Linux shares an inherited socket between parent and child. A usnet connection li
 process, its stack's (docs/architecture.md, "The client"): its TCP state, its channel, its
 timers. So the parent keeps serving it, and the child reaches it through the parent:
 
-* At a fork (`before_fork`) the parent takes a `dup()` of every open TCP socket, connected or
-  listening, for the child: the child's reference, which keeps the connection open after the
-  parent closes its own copy, exactly as the kernel's reference count does (a forking server
-  closes its copy of the accepted socket at once). A SEQPACKET pair (`link`) joins the two
+* At a fork (usnet.client.inherit) the parent takes a reference (`socket.reference`: a `dup`
+  without a descriptor of its own) of every open TCP socket, connected or listening: the
+  child's reference, which keeps the connection open after the parent closes its own copy,
+  exactly as the kernel's reference count does (a forking server closes its copy of the
+  accepted socket at once). A SEQPACKET pair (`link`) joins the two
   processes; an `Agent` thread of the parent serves the child's requests on it.
 * In the child nothing happens until it uses an inherited socket (`claim`): the agent makes a
   kernel AF_UNIX stream pair, splices one end to the connection with two threads (`splice`:
@@ -267,7 +268,7 @@ class Agent:
             if ls is None:
                 _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
                 return
-            mine = ls.dup()  # a timeout of its own
+            mine = ls.reference()  # a timeout of its own
             try:
                 mine.settimeout(req.timeout)
                 conn, _addr = mine.accept()

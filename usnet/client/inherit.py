@@ -36,7 +36,7 @@ def _before() -> None:
     shares: dict[int, Any] = {}
     for s in socks:
         try:
-            shares[id(s)] = s.dup()
+            shares[id(s)] = s.reference()  # no descriptor: a fork must not use up the process's
         except OSError:
             continue  # failed meanwhile: the child finds nothing to claim, as for a closed one
     if not shares:
@@ -64,10 +64,7 @@ def _after_in_child() -> None:
         if id(s) in _pending["shares"] and not s._dead:
             s.__class__ = Inherited
             s._link, s._token, s._k, s._lfd = link, id(s), None, None
-    for d in _pending["shares"].values():  # the parent's references: not this process's to use
-        if d._fd >= 0 and d._fd != d._ready.made:
-            _close(d._fd)
-    _pending.clear()
+    _pending.clear()  # the parent's references (`reference`: no descriptor of their own) are not ours
 
 
 os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child)

@@ -418,7 +418,7 @@ class socket:
             else:
                 with eng.lock:
                     self._fd = self._ready.fileno()
-            _descriptors[self._fd] = self
+            _descriptors.setdefault(self._fd, self)  # (a `reference` shares the number: the socket keeps it)
         return self._fd
 
     def bind(self, address: tuple) -> None:
@@ -862,6 +862,22 @@ class socket:
         _descriptors[d._fd] = d
         self._share[0] += 1
         open_streams.add(d)
+        if self._engine is not None:
+            with self._engine.lock:
+                self._engine.watch(d, d._conn)
+        return d
+
+    def reference(self) -> socket:
+        """Another socket object for the same connection, as `dup` makes, without a descriptor of
+        its own (its `fileno` is the socket's): a reference the library holds, not the program
+        (the one a child of fork() has, usnet.client.forked). It keeps the connection open
+        until it closes too."""
+        self._need_open()
+        d = object.__new__(type(self))
+        d.__dict__.update(self.__dict__)
+        d._fd = -1
+        d._closed, d._io_refs = False, 0
+        self._share[0] += 1
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.watch(d, d._conn)
