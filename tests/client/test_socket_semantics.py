@@ -568,3 +568,25 @@ def test_keepalive_timing_and_maxseg_set_before_connect_are_honoured(c):
     assert cl.connection.cfg.keepalive_idle == 60
     for s in (cl, conn, srv):
         s.close()
+
+
+@pytest.mark.parametrize("proto", [0, std.IPPROTO_TCP])
+def test_an_accepted_socket_has_its_listeners_protocol_number_and_asyncio_turns_nagle_off(c, proto):
+    """As the kernel's accept (CPython's: socket(self.family, self.type, self.proto, fileno=...)):
+    the accepted socket's `proto` is the listener's, 0 or IPPROTO_TCP (getaddrinfo's, as asyncio's
+    create_server makes it). asyncio turns Nagle off only on a socket whose proto is IPPROTO_TCP:
+    uvicorn's answers (head, then body) waited 40 ms for the peer's delayed ACK, since its loop (a
+    plain SelectorEventLoop) accepted usnet sockets with proto 0."""
+    import asyncio.base_events
+
+    srv = us.socket(us.AF_INET, us.SOCK_STREAM, proto, client=c, netif="b")
+    srv.bind((B_IP, 8190))
+    srv.listen()
+    srv.settimeout(10)
+    cl = us.create_connection((B_IP, 8190), timeout=10, client=c, netif="a")
+    conn, _ = srv.accept()
+    assert conn.proto == proto
+    asyncio.base_events._set_nodelay(conn)
+    assert conn.getsockopt(us.IPPROTO_TCP, us.TCP_NODELAY) == (1 if proto else 0)
+    for s in (cl, conn, srv):
+        s.close()

@@ -131,6 +131,53 @@ def test_usnet_run_http_server_serves_curl_100_requests_on_one_connection(usnetd
 
 
 @pytest.mark.privileged
+def test_usnet_run_uvicorn_answers_on_one_kept_alive_connection(usnetd_path, tmp_path):
+    """uvicorn, unmodified under `usnet run`: it makes its loop from asyncio.SelectorEventLoop
+    itself (not through the policy), which the patch makes usnet's; http.client (kernel) sends
+    POSTs on one kept-alive connection and gets each body's SHA-256 back."""
+    pytest.importorskip("uvicorn")
+    path, usnet_ip, _ = usnetd_path
+    (tmp_path / "asgi.py").write_text(
+        "import hashlib\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    body = b''\n"
+        "    while True:\n"
+        "        m = await receive()\n"
+        "        body += m.get('body', b'')\n"
+        "        if not m.get('more_body'):\n"
+        "            break\n"
+        "    out = hashlib.sha256(body).hexdigest().encode()\n"
+        "    await send({'type': 'http.response.start', 'status': 200,\n"
+        "                'headers': [(b'content-length', str(len(out)).encode())]})\n"
+        "    await send({'type': 'http.response.body', 'body': out})\n")
+    env = child_env(path)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-m", "uvicorn",
+                             "--host", usnet_ip, "--port", "8124", "asgi:app"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        log = b""
+        while b"running on" not in log.lower():  # uvicorn's line once it listens
+            ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
+            line = proc.stdout.readline() if ready else b""
+            assert line, f"uvicorn did not start: {log.decode()[-2000:]}"
+            log += line
+        import http.client
+
+        conn = http.client.HTTPConnection(usnet_ip, 8124, timeout=LIMIT)
+        for i in range(5):
+            body = os.urandom(20_000 + i)
+            conn.request("POST", "/", body=body)
+            r = conn.getresponse()
+            assert r.status == 200 and r.read().decode() == hashlib.sha256(body).hexdigest()
+        conn.close()
+    finally:
+        stop(proc)
+
+
+@pytest.mark.privileged
 def test_python_m_usnet_run_script_fetches_twice_with_urllib(usnetd_path, site):
     """`python -m usnet run fetch.py URL URL`: an ordinary urllib script, run in-process on usnet."""
     path, _, host_ip = usnetd_path
@@ -489,3 +536,17 @@ def test_policy_datagram_endpoint_with_a_kernel_udp_peer(policy):
     assert [d for d, _ in got[:5]] == [b"PING %d" % i for i in range(5)]
     assert {addr[0] for _, addr in got[:5]} == {usnet_ip}
     assert got[5] == (b"olleh", (host_ip, got[5][1][1]))
+
+
+def test_a_loop_made_from_asyncio_selector_event_loop_is_usnets(patched):
+    """uvicorn makes its loop from the class (`asyncio.SelectorEventLoop()`), not through the
+    policy: after the patch that class is usnet's loop, a subclass of the standard one; after
+    unpatch it is the standard class again."""
+    standard = patching._saved["SelectorEventLoop"]
+    loop = asyncio.SelectorEventLoop()
+    try:
+        assert isinstance(loop, aio.EventLoop) and isinstance(loop, standard)
+    finally:
+        loop.close()
+    patching.unpatch()
+    assert asyncio.SelectorEventLoop is standard

@@ -368,6 +368,12 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._abort = False
         self._wrote = False  # write() woke the stack since `_pull` began: `_pull` need not
         self._watcher = _Watcher(loop, self._wants, self._ready)
+        # Nagle off, as asyncio's own socket transports turn it off (base_events._set_nodelay: for
+        # a socket whose proto is IPPROTO_TCP, as create_server's and create_connection's are): a
+        # protocol that writes an answer in two parts (the head, then the body) would otherwise
+        # wait for the peer's delayed ACK (40 ms on Linux) before the second
+        if sock.proto == _us.IPPROTO_TCP:
+            sock.setsockopt(_us.IPPROTO_TCP, _us.TCP_NODELAY, 1)
         if server is not None:
             server._attach(self)
         if notify and protocol is not None:
@@ -781,8 +787,9 @@ async def _until(loop: asyncio.AbstractEventLoop, eng: FlowEngine, ready: Callab
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client: Any, netif: str | None,
                    local_port: int) -> _us.socket:
     """A connected, non-blocking usnet socket; the wait for SYN-ACK is a watcher, not a thread."""
-    family = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, client=client, netif=netif)[0][0]
-    sock = _us.socket(family, client=client, netif=netif)
+    # as asyncio's: the family and protocol number getaddrinfo gives (IPPROTO_TCP: Nagle goes off)
+    family, _, proto = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, client=client, netif=netif)[0][:3]
+    sock = _us.socket(family, _stdsocket.SOCK_STREAM, proto, client=client, netif=netif)
     try:
         sock.setblocking(False)
         if local_port:
@@ -1045,9 +1052,10 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ho
     if ssl is None and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
         raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
     loop = asyncio.get_running_loop()
-    family = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE, client=client,
-                             netif=netif)[0][0]  # no host: IPv4's any address first, as for the standard module
-    sock = _us.socket(family, client=client, netif=netif)
+    family, _, proto = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE,
+                                       client=client, netif=netif)[0][:3]  # no host: IPv4's any address first
+    # (getaddrinfo's protocol number, as asyncio's listener has: its connections' transports turn Nagle off)
+    sock = _us.socket(family, _stdsocket.SOCK_STREAM, proto, client=client, netif=netif)
     try:
         sock.bind((host or ("::" if family == _stdsocket.AF_INET6 else "0.0.0.0"), port))
         sock.listen(backlog)
@@ -1108,9 +1116,11 @@ class EventLoop(asyncio.SelectorEventLoop):
             self._usnet_driver.close()
         super().close()
 
-    def _usnet_socket(self, family: int) -> _us.socket:
+    def _usnet_socket(self, family: int, proto: int = _stdsocket.IPPROTO_TCP) -> _us.socket:
+        """A stream socket as asyncio makes one: getaddrinfo's protocol number (IPPROTO_TCP), so
+        that its transports turn Nagle off as asyncio's do."""
         client, netif = self._usnet_where
-        return _us.socket(family, client=client, netif=netif)
+        return _us.socket(family, _stdsocket.SOCK_STREAM, proto, client=client, netif=netif)
 
     async def _usnet_resolve(self, host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0,
                              flags: int = 0) -> list[tuple]:
@@ -1205,8 +1215,8 @@ class EventLoop(asyncio.SelectorEventLoop):
             if host is not None and not isinstance(host, str):
                 host = next(iter(host), None)
             infos = await self._usnet_resolve(host, port or 0, family, _stdsocket.SOCK_STREAM, 0, flags)
-            af, addr = infos[0][0], infos[0][4]
-            sock = self._usnet_socket(af)
+            af, proto, addr = infos[0][0], infos[0][2], infos[0][4]
+            sock = self._usnet_socket(af, proto)
             try:
                 sock.bind(addr)
                 sock.listen(backlog)

@@ -15,7 +15,9 @@ After `patch()`:
   are usnet's, so names resolve over usnet, not the kernel's network.
 - `ssl.SSLContext.wrap_socket` of a usnet socket is `usnet.tls.wrap_socket` (OpenSSL over memory
   BIOs); of a kernel socket it is the ssl module's.
-- asyncio's policy is `usnet.aio.EventLoopPolicy`: every new loop puts its TCP on usnet.
+- asyncio's policy is `usnet.aio.EventLoopPolicy`: every new loop puts its TCP on usnet, and
+  so does a loop made from `asyncio.SelectorEventLoop` itself (uvicorn's loop factory), which is
+  `usnet.aio.EventLoop`, a subclass of it.
 - select, poll, epoll and selectors need nothing: a usnet socket's `fileno()` is a descriptor
   that shows its readiness.
 - `os.read`, `os.write`, `os.sendfile` and `os.close` on a usnet socket's descriptor (or a
@@ -180,6 +182,10 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
             _saved["os." + name] = getattr(os, name)
             setattr(os, name, getattr(_descriptors, name))
         _aio.install()
+        # a loop made from the class itself, not through the policy (uvicorn's loop factory
+        # returns asyncio.SelectorEventLoop), is usnet's too: a subclass of it
+        _saved["SelectorEventLoop"] = asyncio.SelectorEventLoop
+        asyncio.SelectorEventLoop = asyncio.unix_events.SelectorEventLoop = _aio.EventLoop
         early = {id(_saved["socket"]): (_saved["socket"], Socket)}
         early.update((id(_saved[n]), (_saved[n], getattr(_socket, n))) for n in _NAMES if n in _saved)
         _saved["rebound"] = _rebind_early(early)
@@ -193,6 +199,7 @@ def unpatch() -> None:
         _socket.socket = _saved.pop("socket")  # type: ignore[misc]
         _ssl.SSLContext.wrap_socket = _saved.pop("wrap_socket")  # type: ignore[method-assign]
         asyncio.set_event_loop_policy(_saved.pop("policy"))
+        asyncio.SelectorEventLoop = asyncio.unix_events.SelectorEventLoop = _saved.pop("SelectorEventLoop")
         for name in _descriptors.KERNEL:
             setattr(os, name, _saved.pop("os." + name))
         for name in _NAMES:

@@ -553,7 +553,9 @@ class socket:
         if not self._listening:
             raise OSError(errno.EINVAL, "Invalid argument")
         conn, on = self._wait(lambda: self._accepted(eng), "accept")
-        child = socket(self.family, client=self._where[0], netif=self._where[1])
+        # its protocol number as the listener's, as the kernel's accept gives it (asyncio turns
+        # Nagle off only for a socket whose proto is IPPROTO_TCP)
+        child = socket(self.family, SOCK_STREAM, self.proto, client=self._where[0], netif=self._where[1])
         child._timeout = self._timeout if self._timeout != 0.0 else getdefaulttimeout()  # as accept(2): blocking
         child._port = self._port
         child._nodelay, child._user_timeout = self._nodelay, self._user_timeout  # inherited, as in Linux
