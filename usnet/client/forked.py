@@ -87,7 +87,8 @@ def _send(sock: _std.socket, msg: Any, fd: int | None = None) -> None:
 
 def _recv(sock: _std.socket) -> tuple[bytes, int | None]:
     """One message and the descriptor it carried (others, which no sender of ours adds, are closed)."""
-    data, anc, _flags, _addr = sock.recvmsg(_MAX_MSG, _std.CMSG_SPACE(4 * 4))
+    # close-on-exec, as Python makes its own descriptors: a child that execs must not keep a splice open
+    data, anc, _flags, _addr = sock.recvmsg(_MAX_MSG, _std.CMSG_SPACE(4 * 4), _std.MSG_CMSG_CLOEXEC)
     fds: list[int] = []
     for level, kind, raw in anc:
         if level == _std.SOL_SOCKET and kind == _std.SCM_RIGHTS:
