@@ -20,31 +20,9 @@ import time
 
 import pytest
 
-from tests.domain.test_workers import _del_link, _on_veth, _start_with_workers, _workers
-from tests.helpers.usnetd import TapDaemon
+from tests.domain.test_workers import _workers
 
 pytestmark = pytest.mark.privileged
-
-
-@pytest.fixture(params=["tap", "packet"])
-def wd(request, sockdir, monkeypatch):
-    from usnet import socket as us
-
-    d = TapDaemon(sockdir)
-    d.kind = request.param
-    if request.param == "packet":
-        _on_veth(d)
-        request.addfinalizer(lambda: _del_link(d.ifname))
-    d.start = _start_with_workers(d, request.param)  # type: ignore[method-assign]
-    monkeypatch.setenv("USNET_SOCKET", d.path)
-    monkeypatch.setenv("USNET_NETIF", "usnet0")
-    us.configure(None, None)
-    d.start()
-    try:
-        yield d
-    finally:
-        us.configure(None, None)
-        d.stop()
 
 
 def _blocked(call) -> tuple[threading.Thread, dict]:
@@ -83,7 +61,7 @@ def _udp_echo_once(ip: str, port: int) -> None:
     raise AssertionError(f"no echo on port {port}")
 
 
-def test_a_killed_worker_fails_its_channels_and_is_restarted(wd):
+def test_a_killed_worker_fails_its_channels_and_is_restarted(tapd2):
     from usnet import socket as us
 
     # worker 1 (odd ports): a UDP flow and an accepted TCP connection, each with a call blocked on it
@@ -93,14 +71,14 @@ def test_a_killed_worker_fails_its_channels_and_is_restarted(wd):
     ls1.bind(("0.0.0.0", 7101))
     ls1.listen(1)
     ls1.settimeout(10)
-    k1 = socket.create_connection((wd.usnet_ip, 7101), timeout=10)
+    k1 = socket.create_connection((tapd2.usnet_ip, 7101), timeout=10)
     c1, _ = ls1.accept()
     # worker 0 (even ports): a TCP connection that carries a transfer across the kill
     ls0 = us.socket(us.AF_INET, us.SOCK_STREAM)
     ls0.bind(("0.0.0.0", 7100))
     ls0.listen(1)
     ls0.settimeout(10)
-    k0 = socket.create_connection((wd.usnet_ip, 7100), timeout=10)
+    k0 = socket.create_connection((tapd2.usnet_ip, 7100), timeout=10)
     c0, _ = ls0.accept()
     c0.settimeout(10)
     blob = os.urandom(1 << 16)
@@ -119,7 +97,7 @@ def test_a_killed_worker_fails_its_channels_and_is_restarted(wd):
     t_udp, out_udp = _blocked(lambda: u1.recvfrom(2048))
     t_tcp, out_tcp = _blocked(lambda: c1.recv(2048))
 
-    before = _workers(wd.path)
+    before = _workers(tapd2.path)
     pid = before[1]["pid"]
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
@@ -140,25 +118,25 @@ def test_a_killed_worker_fails_its_channels_and_is_restarted(wd):
     for s in (u1, c1, ls1, c0, ls0, k0, k1):
         s.close()
 
-    after = _workers(wd.path)
-    if wd.kind == "packet":  # not restarted: said so, and its ports refused with the reason
+    after = _workers(tapd2.path)
+    if tapd2.kind == "packet":  # not restarted: said so, and its ports refused with the reason
         assert after[1]["pid"] == 0 and "worker 1" in after[1]["error"], after
         s = us.socket(us.AF_INET, us.SOCK_DGRAM)
         with pytest.raises(OSError, match="worker 1"):
             s.bind(("0.0.0.0", 7003))
         s.close()
-        _udp_echo_once(wd.usnet_ip, 7000)  # worker 0 serves on
+        _udp_echo_once(tapd2.usnet_ip, 7000)  # worker 0 serves on
         return
     assert after[1]["pid"] not in (0, pid) and after[1]["restarts"] == 1, after
     assert not os.path.exists(f"/proc/{pid}")  # reaped
-    _udp_echo_once(wd.usnet_ip, 7001)  # the dead flow's port is free again, on the new worker 1
-    _udp_echo_once(wd.usnet_ip, 7003)
-    _udp_echo_once(wd.usnet_ip, 7000)
-    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in wd.daemon.log_text()
-    table = _status_text(wd.path)
+    _udp_echo_once(tapd2.usnet_ip, 7001)  # the dead flow's port is free again, on the new worker 1
+    _udp_echo_once(tapd2.usnet_ip, 7003)
+    _udp_echo_once(tapd2.usnet_ip, 7000)
+    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in tapd2.daemon.log_text()
+    table = _status_text(tapd2.path)
     assert "workers" in table and str(after[1]["pid"]) in table, table
     new = after[1]["pid"]
-    assert wd.daemon.stop() == 0  # SIGTERM: the new worker (the spawner's child) and the spawner go too
+    assert tapd2.daemon.stop() == 0  # SIGTERM: the new worker (the spawner's child) and the spawner go too
     assert not os.path.exists(f"/proc/{new}")
 
 
@@ -180,21 +158,21 @@ def _wait_new_pid(path: str, old: int) -> int:
     raise AssertionError("worker 1 was not restarted")
 
 
-@pytest.mark.parametrize("wd", ["tap"], indirect=True)  # a packet netif's worker is not restarted at all
-def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(wd):
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)  # a packet netif's worker is not restarted at all
+def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(tapd2):
     from usnet import socket as us
     from usnet.domain.workers import RESTART_LIMIT
 
-    pid = _workers(wd.path)[1]["pid"]
+    pid = _workers(tapd2.path)[1]["pid"]
     for _ in range(RESTART_LIMIT):
         os.kill(pid, signal.SIGKILL)
-        pid = _wait_new_pid(wd.path, pid)
+        pid = _wait_new_pid(tapd2.path, pid)
     assert pid == 0
-    (w,) = [w for w in _workers(wd.path) if w["index"] == 1]
+    (w,) = [w for w in _workers(tapd2.path) if w["index"] == 1]
     assert w["restarts"] == RESTART_LIMIT - 1 and "not restarted" in w["error"], w
     s = us.socket(us.AF_INET, us.SOCK_DGRAM)
     with pytest.raises(OSError, match="worker 1"):
         s.bind(("0.0.0.0", 7003))
     s.close()
-    _udp_echo_once(wd.usnet_ip, 7000)  # worker 0 serves on
-    assert wd.daemon.log_text().count("restarted as pid") == RESTART_LIMIT - 1
+    _udp_echo_once(tapd2.usnet_ip, 7000)  # worker 0 serves on
+    assert tapd2.daemon.log_text().count("restarted as pid") == RESTART_LIMIT - 1

@@ -229,6 +229,21 @@ class Spawner:
         os.waitpid(self.pid, 0)
 
 
+def _fork(what: str, run: Callable[[], int]) -> int:
+    """Fork a child that runs `run` and exits with what it returns (1, logged as `what` failing,
+    if it raises); in the parent, the child's pid."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            status = run()
+        except BaseException:
+            log.exception("%s failed", what)
+        finally:
+            os._exit(status)
+    return pid
+
+
 def _spawner_main(sock: socket.socket, queues: dict[str, list],
                   make: Callable[[int, socket.socket, dict[str, Any]], int]) -> int:
     """The spawner's loop (see `Spawner`): blocking, single-threaded, its only peer usnetd."""
@@ -241,17 +256,12 @@ def _spawner_main(sock: socket.socket, queues: dict[str, list],
         if data[:1] == b"W" and len(data) == 2 and len(fds) == 1:
             k = data[1]
             cmd = socket.socket(fileno=fds[0])
-            pid = os.fork()
-            if pid == 0:
-                status = 1
-                try:
-                    sock.close()
-                    mine = {name: qs[k] for name, qs in queues.items() if 0 < k < len(qs)}
-                    status = make(k, cmd, mine)
-                except BaseException:
-                    log.exception("worker %d failed", k)
-                finally:
-                    os._exit(status)
+
+            def worker(k: int = k, cmd: socket.socket = cmd) -> int:
+                sock.close()
+                return make(k, cmd, {name: qs[k] for name, qs in queues.items() if 0 < k < len(qs)})
+
+            pid = _fork(f"worker {k}", worker)
             cmd.close()
             send_msg(sock, b"P" + pid.to_bytes(4, "little"))
         elif data[:1] == b"R" and len(data) == 5:
@@ -603,46 +613,38 @@ def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.s
     spawner: Spawner | None = None
     if restart:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # the spawner
-            status = 1
-            try:
-                ours.close()
-                for fd in keep:
-                    os.close(fd)
-                status = _spawner_main(theirs, queues, make)
-            except BaseException:
-                log.exception("the worker spawner failed")
-            finally:
-                os._exit(status)
+
+        def spawn() -> int:
+            ours.close()
+            for fd in keep:
+                os.close(fd)
+            return _spawner_main(theirs, queues, make)
+
+        pid = _fork("the worker spawner", spawn)
         theirs.close()
         spawner = Spawner(pid, ours)
     for k in range(1, n):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:  # the worker
-            status = 1
-            try:
-                ours.close()
-                if spawner is not None:
-                    spawner.sock.close()
-                for link in links:
-                    link.cmd.close()
-                for fd in keep:
-                    os.close(fd)
-                mine = {}
-                for name, qs in queues.items():
-                    for i, q in enumerate(qs):
-                        if i == k:
-                            mine[name] = q
-                        else:
-                            q.close()
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: usnetd stops us
-                status = make(k, theirs, mine)
-            except BaseException:
-                log.exception("worker %d failed", k)
-            finally:
-                os._exit(status)
+
+        def worker(k: int = k, ours: socket.socket = ours, theirs: socket.socket = theirs) -> int:
+            ours.close()
+            if spawner is not None:
+                spawner.sock.close()
+            for link in links:
+                link.cmd.close()
+            for fd in keep:
+                os.close(fd)
+            mine = {}
+            for name, qs in queues.items():
+                for i, q in enumerate(qs):
+                    if i == k:
+                        mine[name] = q
+                    else:
+                        q.close()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C: usnetd stops us
+            return make(k, theirs, mine)
+
+        pid = _fork(f"worker {k}", worker)
         theirs.close()
         links.append(WorkerLink(k, pid, ours))
     own: dict[str, Any] = {}
