@@ -147,7 +147,9 @@ class Flow:
                 "family": self.family, "local_port": self.lport, "remote": remote,
                 "connector": self.binds is not None, "ports": len(self.binds.held) if self.binds else 0,
                 "connections": len(self.binds.bound) if self.binds else 0,
-                "reuseport": len(self.member_of.members) if self.member_of else 0,
+                # SO_REUSEPORT: a member that takes new connections, or one whose listener closed
+                "reuseport": (None if self.member_of is None
+                              else "listening" if self in self.member_of.members else "closed"),
                 "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
                 "stalled": self.port.stalled,
                 "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
