@@ -19,11 +19,11 @@ from scapy.all import IP, TCP, raw
 from tests.domain.test_connector import received
 from tests.domain.test_flowswitch import A_IP, B_IP, Net
 from tests.domain.test_limits import hello, ok, refused
+from tests.helpers.util import send_raw
 from usnet.abi import protocol as P
 from usnet.domain.loop import Domain
 from usnet.domain.switch.reuseport import choose
 from usnet.drivers import MemWire
-from tests.helpers.util import send_raw
 
 PORT = 7000
 
@@ -135,7 +135,7 @@ def test_the_port_is_free_when_the_last_member_goes(net):
     m1, m2 = member(n), member(n)
     m1.close()
     m2.close()
-    ch, info = n.c.open_flow("b", 6, PORT)  # no SO_REUSEPORT: the port is free again
+    _ch, info = n.c.open_flow("b", 6, PORT)  # no SO_REUSEPORT: the port is free again
     assert info.local_port == PORT
     with pytest.raises(OSError) as e:
         n.c.open_flow("b", 6, PORT, reuse_port=True)

@@ -173,10 +173,11 @@ class ReleasePorts(_Msg, frozen=True):
 
 
 class Unlisten(_Msg, frozen=True):
-    """A notice, not a request: the listening socket of flow `channel`, a member of an SO_REUSEPORT
-    group, closed. New connections (and datagrams) to the port go to the group's other members at
-    once, as Linux's; the connections the flow already has stay with it until it closes. A flow
-    that is no member: nothing happens."""
+    """The listening socket of flow `channel`, a member of an SO_REUSEPORT group, closed. New
+    connections (and datagrams) to the port go to the group's other members from the reply on,
+    as from Linux's close; the connections the flow already has stay with it until it closes.
+    A flow that is no member: nothing happens. Answered with Done (a request, not a notice: the
+    close waits for it, so that no SYN after it reaches the closed listener)."""
 
     channel: U32
 
@@ -404,7 +405,7 @@ Reply = (Welcome | ChannelOpened | FlowOpened | PortsAdded | AdvisoryOpened | Do
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)
 # requests the domain answers no socket session (`ControlClient.notify`)
-NOTICES = (ReturnPorts, ReleasePorts, Unlisten)
+NOTICES = (ReturnPorts, ReleasePorts)
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)
 
 _encoder = msgspec.msgpack.Encoder()

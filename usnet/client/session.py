@@ -238,11 +238,11 @@ class Client:
 
     def unlisten(self, channel: int) -> None:
         """An SO_REUSEPORT listener on flow `channel` closed: new connections go to the port's
-        other members (P.Unlisten). A notice: no waiting."""
+        other members once this returns (P.Unlisten)."""
         if self.closed:
             return
         try:
-            self._notify(P.Unlisten(channel))
+            self._expect(P.Unlisten(channel), P.Done)
         except (OSError, P.ControlError, P.ProtocolError):
             pass  # the domain or the channel is gone: the flow left its group with it
 

@@ -136,7 +136,7 @@ class Control(SessionRegistry):
         ref = self._own(session, req.channel)
         if ref.flow is not None and ref.switch is not None:
             ref.switch.retire_member(ref.flow)
-        return P.Done(), []  # a notice, as ReturnPorts
+        return P.Done(), []
 
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
