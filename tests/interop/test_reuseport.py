@@ -61,6 +61,26 @@ SERVER = textwrap.dedent("""
 """)
 
 
+# the same server in asyncio: several processes of `asyncio.start_server(reuse_port=True)`
+SERVER_AIO = textwrap.dedent("""
+    import asyncio, hashlib, os, sys
+
+    async def handle(r, w):
+        data = await r.read()
+        w.write(f"{os.getpid()} {hashlib.sha256(data).hexdigest()}".encode())
+        await w.drain()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handle, sys.argv[2], int(sys.argv[3]), reuse_port=True)
+        print("ready", os.getpid(), flush=True)
+        async with srv:
+            await srv.serve_forever()
+
+    asyncio.run(main())
+""")
+
+
 @pytest.fixture
 def tapd(sockdir):
     d = TapDaemon(sockdir)
@@ -71,11 +91,12 @@ def tapd(sockdir):
         d.stop()
 
 
-def _servers(tmp_path, proto: str, host: str, n: int, usnet: str | None) -> list[tuple[subprocess.Popen, str]]:
-    """`n` processes of SERVER on (`host`, PORT): under `usnet run` on the daemon at `usnet`, or
-    on the kernel's sockets (None). Each with the pid it printed once ready."""
+def _servers(tmp_path, proto: str, host: str, n: int, usnet: str | None,
+             text: str = SERVER) -> list[tuple[subprocess.Popen, str]]:
+    """`n` processes of SERVER (or `text`) on (`host`, PORT): under `usnet run` on the daemon at
+    `usnet`, or on the kernel's sockets (None). Each with the pid it printed once ready."""
     prog = tmp_path / "server.py"
-    prog.write_text(SERVER)
+    prog.write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
     cmd = [sys.executable, str(prog), proto, host, str(PORT)]
     if usnet is not None:
@@ -158,6 +179,19 @@ def test_two_servers_share_a_port_and_the_survivor_takes_every_new_connection(ta
         if usnet:  # its notice or its end reaches the domain on another socket than the SYNs
             wait_until(lambda: _listening(tapd.path) == 1, LIMIT, "the domain to see the first listener go")
         assert _connects(host, 20) == [pid2] * 20
+    finally:
+        _stop(servers)
+
+
+@pytest.mark.parametrize("stack", ["usnet", "kernel"])
+def test_asyncio_servers_in_two_processes_share_a_port(tapd, tmp_path, stack):
+    usnet = stack == "usnet"
+    host = tapd.usnet_ip if usnet else tapd.host_ip
+    servers = _servers(tmp_path, "tcp", host, 2, tapd.path if usnet else None, SERVER_AIO)
+    try:
+        pids = _connects(host, 40)
+        by = {pid: pids.count(pid) for _, pid in servers}
+        assert sum(by.values()) == 40 and all(by.values()), by
     finally:
         _stop(servers)
 
