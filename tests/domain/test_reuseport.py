@@ -10,7 +10,9 @@ tests/interop/test_reuseport.py.
 from __future__ import annotations
 
 import errno
+import socket
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -150,3 +152,31 @@ def test_the_member_choice_is_stable_and_reaches_every_member(salt, raddr, n):
     assert all(0 <= i < n for i in picks)
     assert set(picks) == set(range(n))  # every member gets connections
     assert picks == [choose(salt, raddr, p, n) for p in range(1024, 1024 + 64 * n)]  # and always the same
+
+
+def test_a_block_of_frames_is_split_among_the_members_as_frames_are():
+    """The receive path's column-wise pass (a FrameBlock, as a TAP or memwire brings many frames
+    at once) splits a shared port's rows as the per-frame path does, and pins each SYN."""
+    from scapy.all import Ether
+
+    from usnet.drivers.block import FrameBlock
+
+    n = Net(start=False)  # the test thread is the receive path: no loop beside it
+    try:
+        m1, m2 = member(n), member(n)
+        sports = list(range(20000, 20040))
+        frames = [raw(Ether(dst=n.swb.netif.mac, src="02:00:00:00:00:01") / IP(src=A_IP, dst=B_IP)
+                      / TCP(sport=p, dport=PORT, seq=1000, flags="S")) for p in sports]
+        width = max(map(len, frames))
+        data = np.zeros((len(frames), width), np.uint8)
+        for i, f in enumerate(frames):
+            data[i, : len(f)] = np.frombuffer(f, np.uint8)
+        per_flow: dict = {}
+        n.swb._rx_block(FrameBlock(data, np.array(list(map(len, frames)), np.int64)), 0.0, per_flow)
+        n.swb._deliver(per_flow)
+        g1, g2 = sources(received(m1, 40, 0.5)), sources(received(m2, 40, 0.5))
+        assert sorted(g1 + g2) == sports and g1 and g2
+        for p in g1:  # pinned: the exact table has each SYN's 4-tuple, to the member that got it
+            assert n.swb.exact[(6, PORT, socket.inet_aton(A_IP), p)].channel == m1.id
+    finally:
+        n.d.stop()
