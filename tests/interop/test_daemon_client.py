@@ -378,10 +378,10 @@ def test_the_subnets_network_address_is_a_host_as_on_linux(tapd, monkeypatch):
             ipr.link("del", index=ipr.link_lookup(ifname="nadr0")[0])
 
 
-def test_a_second_listener_with_so_reuseport_is_refused_saying_why(tapd, monkeypatch):
-    """Linux spreads a port's connections over the listeners that bound it with SO_REUSEPORT; a
-    usnet port is one flow, one socket's: the second bind fails with EADDRINUSE that names
-    SO_REUSEPORT (it said only that the port was in use)."""
+def test_a_second_listener_with_so_reuseport_shares_the_port(tapd, monkeypatch):
+    """As Linux: listeners that all bound with SO_REUSEPORT share the port and the connections
+    (create_server(reuse_port=True) twice; it was EADDRINUSE once); a third socket without it is
+    EADDRINUSE. Spreading and processes: tests/interop/test_reuseport.py."""
     from usnet import socket as us
 
     monkeypatch.setenv("USNET_SOCKET", tapd.path)
@@ -389,10 +389,19 @@ def test_a_second_listener_with_so_reuseport_is_refused_saying_why(tapd, monkeyp
     us.configure(None, None)
     try:
         first = us.create_server((tapd.usnet_ip, 0), reuse_port=True)
+        second = us.create_server(first.getsockname(), reuse_port=True)
+        assert second.getsockname() == first.getsockname()
         with pytest.raises(OSError) as e:
-            us.create_server(first.getsockname(), reuse_port=True)
-        assert e.value.errno == errno.EADDRINUSE and "SO_REUSEPORT" in str(e.value)
-        first.close()
+            us.create_server(first.getsockname())
+        assert e.value.errno == errno.EADDRINUSE
+        second.settimeout(LIMIT)
+        first.close()  # it returns once the domain has it: every new connection is the second's
+        for _ in range(8):
+            with socket.create_connection(second.getsockname(), timeout=LIMIT) as k:
+                c, _ = second.accept()
+                assert c.getpeername() == k.getsockname()
+                c.close()
+        second.close()
     finally:
         us.configure(None, None)
 

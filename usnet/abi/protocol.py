@@ -29,7 +29,7 @@ __all__ = [
     "Family", "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal",
     "LeaseRefused", "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "Ping", "Pong",
     "PortsAdded", "PosU32", "ProtocolError", "Rate", "ReleaseLease", "ReleasePorts", "RenewLease", "Reply",
-    "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Welcome",
+    "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Unlisten", "Welcome",
     "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
 ]
 
@@ -124,6 +124,10 @@ class OpenFlow(_Msg, frozen=True):
     port this listener shares on another netif: a socket bound to the
     wildcard address listens on the loopback netif too, as Linux's does,
     though ports are one namespace per domain.
+    reuse_port: SO_REUSEPORT. An unconnected flow that sets it may take a port
+    that flows of the same uid which all set it hold; the switch spreads new
+    TCP connections and UDP datagrams among them by a hash of the remote
+    end. Any other bind of a held port is EADDRINUSE, as on Linux.
     """
 
     netif: Name
@@ -136,6 +140,7 @@ class OpenFlow(_Msg, frozen=True):
     family: Family = 0
     with_channel: U32 = 0
     connector: bool = False
+    reuse_port: bool = False
 
 
 class AddPorts(_Msg, frozen=True):
@@ -165,6 +170,16 @@ class ReleasePorts(_Msg, frozen=True):
 
     channel: U32
     ports: Annotated[list[int], msgspec.Meta(max_length=1024)]
+
+
+class Unlisten(_Msg, frozen=True):
+    """The listening socket of flow `channel`, a member of an SO_REUSEPORT group, closed. New
+    connections (and datagrams) to the port go to the group's other members from the reply on,
+    as from Linux's close; the connections the flow already has stay with it until it closes.
+    A flow that is no member: nothing happens. Answered with Done (a request, not a notice: the
+    close waits for it, so that no SYN after it reaches the closed listener)."""
+
+    channel: U32
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -382,13 +397,15 @@ class Error(_Msg, frozen=True):
 
 
 Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
-           | Status | RequestLease | RenewLease | ReleaseLease | AddPorts | ReturnPorts | ReleasePorts | Ping)
+           | Status | RequestLease | RenewLease | ReleaseLease | AddPorts | ReturnPorts | ReleasePorts | Ping
+           | Unlisten)
 Reply = (Welcome | ChannelOpened | FlowOpened | PortsAdded | AdvisoryOpened | Done | Flushed | StatusReply
          | LeaseGranted | LeaseRefused | Pong | Error)
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)
-NOTICES = (ReturnPorts, ReleasePorts)  # requests the domain answers no socket session (`ControlClient.notify`)
+# requests the domain answers no socket session (`ControlClient.notify`)
+NOTICES = (ReturnPorts, ReleasePorts)
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)
 
 _encoder = msgspec.msgpack.Encoder()

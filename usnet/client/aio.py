@@ -1218,6 +1218,8 @@ class EventLoop(asyncio.SelectorEventLoop):
             af, proto, addr = infos[0][0], infos[0][2], infos[0][4]
             sock = self._usnet_socket(af, proto)
             try:
+                if reuse_port:  # SO_REUSEPORT: several servers (processes) on one port
+                    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
                 sock.bind(addr)
                 sock.listen(backlog)
             except BaseException:
@@ -1266,7 +1268,8 @@ class EventLoop(asyncio.SelectorEventLoop):
         if client is None or netif is None:
             dc, dn = _us._target()
             client, netif = client or dc, netif or dn
-        ds = client.udp_socket(netif, port, remote=remote, family=6 if family == _stdsocket.AF_INET6 else 0)
+        ds = client.udp_socket(netif, port, remote=remote, family=6 if family == _stdsocket.AF_INET6 else 0,
+                               reuse_port=bool(reuse_port))
         ds.setblocking(False)
         protocol = protocol_factory()
         transport = _DatagramTransport(self, ds, protocol, remote)

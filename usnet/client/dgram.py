@@ -247,7 +247,8 @@ class DatagramFace(socket):
     def _open(self, port: int = 0, host: str | None = None) -> DatagramEngine:
         """The flow: on the loopback netif for a loopback `host`, else on the socket's netif."""
         client, netif = self._target(host)
-        eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version), client)
+        reuse = bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)))  # SO_REUSEPORT, set before bind
+        eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse), client)
         eng.d.setblocking(self._timeout != 0.0)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
@@ -280,7 +281,8 @@ class DatagramFace(socket):
         if netif == LOOPBACK_NETIF:
             return
         try:
-            lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=self._ip_version, with_channel=eng.ch.id)
+            lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=self._ip_version, with_channel=eng.ch.id,
+                                   reuse_port=bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT))))
         except OSError:  # no loopback netif (ENODEV), or it cannot take the port
             return
         with eng.lock:

@@ -155,18 +155,19 @@ class FlowEngine:
 
     def __init__(self, client: Client, netif: str, local_port: int = 0,
                  remote: tuple[str, int] | None = None, family: Family = 0, share: FlowEngine | None = None,
-                 is_connector: bool = False, **tcp_options: Any) -> None:
+                 is_connector: bool = False, reuse_port: bool = False, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener). `share`: a listener's
         engine on another netif whose port this one holds too, and whose lock, condition and
         watchers it uses, so one wait and one readiness serve both (a wildcard listener's
-        loopback half, usnet.client.socket)."""
+        loopback half, usnet.client.socket). `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`)."""
         self.client = client
         sibling: int = 0 if share is None else share.ch.id
         if is_connector:
             self.ch, self.info = client.open_connector(netif, family or 4, ring_size=1024, packets=4096)
         else:
             self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
-                                                  with_channel=sibling, ring_size=1024, packets=4096)
+                                                  with_channel=sibling, reuse_port=reuse_port,
+                                                  ring_size=1024, packets=4096)
         self.ch.setblocking(False)
         self.family = self.info.family
         self.local = ipaddress.ip_address(self.info.local_addr).packed

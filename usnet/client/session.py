@@ -184,20 +184,24 @@ class Client:
 
     def open_flow(self, netif: str, proto: int, local_port: int = 0,
                   remote: tuple[str, int] | None = None, schema: str = "default",
-                  family: P.Family = 0, with_channel: int = 0, **attrs: int) -> tuple[Channel, P.FlowOpened]:
+                  family: P.Family = 0, with_channel: int = 0, reuse_port: bool = False,
+                  **attrs: int) -> tuple[Channel, P.FlowOpened]:
         """Register a flow on a netif's flow switch; returns its channel and what the switch enforces.
 
         `family` 4 or 6 picks the IP version; 0 takes the remote address's
         (IPv4 for a listener). `remote` may be a socket-style 4-tuple.
         `with_channel`: an unconnected flow channel of this client on another netif whose
         port (`local_port`) this unconnected flow shares (a wildcard listener's loopback half).
+        `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`).
         """
-        return self._open_flow(netif, proto, local_port, remote, schema, family, attrs, with_channel)
+        return self._open_flow(netif, proto, local_port, remote, schema, family, attrs, with_channel, reuse_port)
 
     def _open_flow(self, netif: str, proto: int, local_port: int, remote: tuple[str, int] | None, schema: str,
-                   family: P.Family, attrs: dict[str, int], with_channel: int = 0) -> tuple[Channel, P.FlowOpened]:
+                   family: P.Family, attrs: dict[str, int], with_channel: int = 0,
+                   reuse_port: bool = False) -> tuple[Channel, P.FlowOpened]:
         raddr, rport = (remote[0], remote[1]) if remote is not None else (None, None)
-        req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family, with_channel)
+        req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family, with_channel,
+                         reuse_port=reuse_port)
         return self._open(req, P.FlowOpened)
 
     def open_connector(self, netif: str, family: P.Family = 4, **attrs: int) -> tuple[Channel, P.FlowOpened]:
@@ -231,6 +235,16 @@ class Client:
                 self._notify(P.ReleasePorts(channel, ports[i : i + 1024]))
             except (OSError, P.ControlError, P.ProtocolError):
                 return  # the domain or the channel is gone: the bindings went with it
+
+    def unlisten(self, channel: int) -> None:
+        """An SO_REUSEPORT listener on flow `channel` closed: new connections go to the port's
+        other members once this returns (P.Unlisten)."""
+        if self.closed:
+            return
+        try:
+            self._expect(P.Unlisten(channel), P.Done)
+        except (OSError, P.ControlError, P.ProtocolError):
+            pass  # the domain or the channel is gone: the flow left its group with it
 
     def open_monitor(self, netif: str, filter: str = "") -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives that matches
@@ -273,7 +287,7 @@ class Client:
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
                    remote: tuple[str, int] | None = None, family: P.Family = 0, with_channel: int = 0,
-                   **attrs: int) -> DatagramSocket:
+                   reuse_port: bool = False, **attrs: int) -> DatagramSocket:
         """A UDP endpoint on a netif: the minimal datagram API over a flow channel.
 
         `family` 6 (or an IPv6 `remote`) makes it IPv6. `with_channel`: as for `open_flow`, an
@@ -281,7 +295,7 @@ class Client:
         """
         from usnet.client.datagram import DatagramSocket
 
-        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs, with_channel)
+        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs, with_channel, reuse_port)
         return DatagramSocket(ch, info)
 
     def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:

@@ -430,15 +430,12 @@ class socket:
         host, port = self._bind_args(address)
         client, netif = self._target(None if host is None else str(host))
         try:
-            eng = FlowEngine(client, netif, port, family=self._ip_version)
+            eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
                 # interface, which Linux's bind says as EADDRNOTAVAIL (aiosmtpd probes ::1 so)
                 raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address") from None
-            if e.errno == errno.EADDRINUSE and self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)):
-                e = OSError(errno.EADDRINUSE, "Address already in use (usnet gives a port to one socket "
-                            "at a time: SO_REUSEPORT does not share it)")
             if e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
                 raise e from None
             eng = self._take_lingering(client, netif, port, e)
@@ -478,7 +475,11 @@ class socket:
             with lo.lock:
                 lo.changed.wait_for(lambda: lo.closed, 2.0)
         eng.gone.wait(2.0)  # its channel closed: the domain has its close before our open
-        return FlowEngine(client, netif, port, family=self._ip_version)
+        return FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+
+    def _reuse_port(self) -> bool:
+        """SO_REUSEPORT was set before bind: the port may be shared (usnet.abi.protocol.OpenFlow)."""
+        return bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)))
 
     def _bind_args(self, address: Any) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address | None, int]:
         """(the address, None for the wildcard; the port) of a bind address of this family."""
@@ -544,7 +545,8 @@ class socket:
         if not self._wildcard or netif == LOOPBACK_NETIF:
             return None
         try:
-            return FlowEngine(client, LOOPBACK_NETIF, self._port, family=self._ip_version, share=eng)
+            return FlowEngine(client, LOOPBACK_NETIF, self._port, family=self._ip_version, share=eng,
+                              reuse_port=self._reuse_port())
         except OSError:  # no loopback netif (ENODEV), or it cannot take the port: the netif's own only
             return None
 
@@ -845,6 +847,10 @@ class socket:
                 self._lo.tcp.unlisten(self._port, now)
                 self._lo.release_when_idle = True
                 self._lo.wake()  # whoever pumps it lets it go
+            if self._reuse_port():  # the port's other SO_REUSEPORT listeners take new connections now
+                for e in (eng, self._lo):
+                    if e is not None and not e.closed:
+                        e.client.unlisten(e.ch.id)
         if self._owns_engine:
             eng.release_when_idle = True
             if self._listening:  # a new listener with SO_REUSEADDR may take the port over

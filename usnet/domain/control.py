@@ -131,6 +131,13 @@ class Control(SessionRegistry):
         self.release_ports(session, req)
         return P.Done(), []  # a notice, as ReturnPorts
 
+    @_serves(P.Unlisten)
+    def _on_unlisten(self, session: Session, req: P.Unlisten) -> tuple[P.Reply, list[int]]:
+        ref = self._own(session, req.channel)
+        if ref.flow is not None and ref.switch is not None:
+            ref.switch.retire_member(ref.flow)
+        return P.Done(), []
+
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
         cid, fds = self.open_monitor(session, req.netif, req.filter)

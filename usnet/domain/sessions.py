@@ -344,7 +344,8 @@ class SessionRegistry:
         family, raddr = _flow_family(req)
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
-        if req.connector and (raddr is not None or req.local_port or req.with_channel or req.proto != 6):
+        if req.connector and (raddr is not None or req.local_port or req.with_channel or req.proto != 6
+                              or req.reuse_port):
             raise ValueError("a connector is TCP, with no port, remote end or shared channel of its own")
         share = None
         if req.with_channel:  # a wildcard listener's second netif: the port of a flow of this session
@@ -379,7 +380,8 @@ class SessionRegistry:
             if req.connector:
                 flow = sw.add_connector(port, cid, family)
             else:
-                flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share)
+                flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share,
+                                   reuse=session.uid if req.reuse_port and raddr is None else None)
         except BaseException:
             self.ledger.release(charge)
             pipe.destroy()

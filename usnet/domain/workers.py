@@ -81,7 +81,7 @@ log = logging.getLogger("usnet.domain.workers")
 WORKER_TIMEOUT = 5.0  # the longest usnetd waits for a worker's reply to a relayed request
 RESTART_WITHIN = 10.0  # a worker that dies this soon after its start "died at start"
 RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not restarted again
-_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue)
+_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten)
 
 
 def worker_of(port: int, n: int) -> int:
@@ -455,7 +455,8 @@ class ShardedDomain(Domain):
             return super()._dispatch(session, req)
         charge = self.ledger.admit(Charge(session.uid, session.id, flows=1))
         try:
-            self.ports.reserve(req.proto, port, ("workers", session.id), family=family)
+            self.ports.reserve(req.proto, port, ("workers", session.id), family=family,
+                               reuse=session.uid if req.reuse_port and req.remote_addr is None else None)
         except BaseException:
             self.ledger.release(charge)
             raise

@@ -12,6 +12,11 @@ A port is one namespace for the whole domain, every netif; a listener bound
 to the wildcard address holds its port on a second netif (the loopback one)
 as a second flow that shares the first one's reservation (`reserve`'s
 `share`): the port is free again when the last of them releases it.
+
+SO_REUSEPORT (`reserve`'s `reuse`): a port may be held by several flows that
+all asked for it, of one uid, as on Linux (a bind without it, or by another
+uid, is EADDRINUSE); each joins the first one's reservation as a sharer does.
+Which member a packet goes to is the flow table's (usnet.domain.switch.reuseport).
 """
 
 from __future__ import annotations
@@ -38,17 +43,20 @@ class PortSpace:
     def __init__(self, seed: int | None = None) -> None:
         self.used: dict[tuple[int, int, int], object] = {}  # (family, proto, port) -> owner
         self.sharers: dict[tuple[int, int, int], int] = {}  # further holders of a shared port
+        self.reuse: dict[tuple[int, int, int], int] = {}  # SO_REUSEPORT ports: the uid of their holders
         self.host_sockets: dict[tuple[int, int, int], socket.socket] = {}
         self.rng = random.Random(seed)
 
     def reserve(self, proto: int, port: int, owner: object, host_addr: str | None = None,
-                family: int = 4, share: object = None) -> int:
+                family: int = 4, share: object = None, reuse: int | None = None) -> int:
         """Take `port` (0: an ephemeral one) of `family` (4 or 6) for `owner`; PortInUse if anyone has it.
 
         `host_addr`: the local address when the host owns it too; the port is
         then also bound in the host kernel for as long as usnet holds it.
         `share`: the owner already holding `port`, whose reservation this one
         joins (EINVAL if it does not hold it).
+        `reuse`: SO_REUSEPORT, the uid asking: a port held by flows that all asked for it, of
+        that uid, is joined as a shared one (Linux's rule); any other holder is EADDRINUSE.
         """
         if proto not in _SOCK_TYPE:
             raise OSError(errno.EPROTONOSUPPORT, f"protocol {proto} has no ports")
@@ -61,14 +69,25 @@ class PortSpace:
             self.sharers[key] = self.sharers.get(key, 0) + 1
             return port
         if port == 0:
-            return self._ephemeral(family, proto, owner, host_addr)
+            port = self._ephemeral(family, proto, owner, host_addr)
+            if reuse is not None:
+                self.reuse[family, proto, port] = reuse
+            return port
         if not 1 <= port <= 65535:
             raise OSError(errno.EINVAL, f"port {port} out of range")
-        if (family, proto, port) in self.used:
-            raise PortInUse(proto, port)
+        key = (family, proto, port)
+        if key in self.used:
+            held = self.reuse.get(key)
+            if reuse is not None and held == reuse:  # SO_REUSEPORT, the same uid: one more member
+                self.sharers[key] = self.sharers.get(key, 0) + 1
+                return port
+            raise PortInUse(proto, port, "" if held is None or reuse is None else
+                            " (its SO_REUSEPORT sockets are another user's)")
         if host_addr is not None:
             self._bind_host(family, proto, port, host_addr)
-        self.used[family, proto, port] = owner
+        self.used[key] = owner
+        if reuse is not None:
+            self.reuse[key] = reuse
         return port
 
     def _ephemeral(self, family: int, proto: int, owner: object, host_addr: str | None) -> int:
@@ -107,6 +126,7 @@ class PortSpace:
                 self.sharers[key] = n - 1
             return
         self.used.pop(key, None)
+        self.reuse.pop(key, None)
         s = self.host_sockets.pop((family, proto, port), None)
         if s is not None:
             s.close()

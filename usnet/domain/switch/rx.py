@@ -30,6 +30,7 @@ import numpy.ma
 
 from usnet.domain.switch.host import ETH, HostDuties
 from usnet.domain.switch.lllane import LaneRx
+from usnet.domain.switch.reuseport import ReuseGroup
 from usnet.domain.switch.table import ICMP, PORTS, TCP, UDP, Flow
 from usnet.drivers import block
 from usnet.drivers.base import Coalesced, Received
@@ -99,7 +100,8 @@ class ReceivePath(HostDuties):
             return True
         drv: Any = self.netif.driver  # an XdpDriver with an LL queue, or any other (no lane)
         if (not ll or getattr(drv, "ll_queue", None) is None or getattr(drv, "lanes", True)
-                or flow.family != 4 or flow.binds is not None or self.netif.ip is None):
+                or flow.family != 4 or flow.binds is not None or self.netif.ip is None
+                or flow.reuse is not None):  # a lane takes its port's every frame: not a shared port's
             return False
         lane = drv.open_lane(flow.proto, flow.lport, flow.port.pipe.arena.shared, LaneRx.umem_size(flow))
         lr = self.lanes[flow.id] = LaneRx(flow, lane, self.counts, self.drops)
@@ -193,6 +195,9 @@ class ReceivePath(HostDuties):
     def _deliver(self, per_flow: dict[Flow, list[Received | memoryview]]) -> None:
         """Hand each flow the packets gathered for it, and forget them."""
         for flow, pkts in per_flow.items():
+            if flow.group is not None:  # a shared port's front (SO_REUSEPORT): per batch, not per packet
+                self._deliver_group(flow.group, pkts)
+                continue
             n = flow.port.deliver(pkts)
             flow.stats["rx_packets"] += n
             flow.stats["rx_bytes"] += sum(map(len, pkts[:n]))  # IP bytes (metrics; once a batch)
@@ -200,6 +205,48 @@ class ReceivePath(HostDuties):
                 flow.stats["rx_dropped"] += len(pkts) - n
                 self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(pkts) - n
         per_flow.clear()
+
+    def _deliver_group(self, g: ReuseGroup, pkts: list[Received | memoryview]) -> None:
+        """A shared port's packets, each to the member its remote end hashes to; a new TCP
+        connection's SYN pins its 4-tuple to that member (usnet.domain.switch.reuseport)."""
+        out: dict[Flow, list[Received | memoryview]] = {}
+        exact = self.exact
+        for p in pkts:
+            m = self._member_for(g, p, exact)
+            lst = out.get(m)
+            if lst is None:
+                lst = out[m] = []
+            if len(p) > m.port.stride:
+                self._too_big(m, memoryview(p), lst)
+            else:
+                lst.append(p)
+        self._deliver(out)  # members only: none of them is a front
+
+    @staticmethod
+    def _member_for(g: ReuseGroup, p: Received | memoryview, exact: dict) -> Flow:
+        """The member an IP packet to a shared port goes to; an ICMP error about a datagram the
+        port sent goes to the member the quoted remote end hashes to (the first if unreadable)."""
+        try:
+            if p[0] >> 4 == 4:
+                start, raddr, proto = (p[0] & 0xF) << 2, bytes(p[12:16]), p[9]
+            else:
+                raddr = bytes(p[8:24])
+                proto, start, _ = skip_ext_headers(p, IPV6_HLEN, len(p), p[6])
+            if proto == TCP or proto == UDP:  # noqa: SIM109
+                sport = p[start] << 8 | p[start + 1]
+                m = g.pick(raddr, sport)
+                if proto == TCP and p[start + 13] & 0x12 == 0x02:  # a SYN without ACK: a new connection
+                    g.pin(exact, (TCP, p[start + 2] << 8 | p[start + 3], raddr, sport), m)
+                return m
+            q = start + 8  # ICMP/ICMPv6 error: the quoted packet, ours, to the remote end
+            if proto == ICMP and p[q] >> 4 == 4:
+                ql4 = q + ((p[q] & 0xF) << 2)
+                return g.pick(bytes(p[q + 16 : q + 20]), p[ql4 + 2] << 8 | p[ql4 + 3])
+            if proto == ICMPV6 and p[q] >> 4 == 6:
+                return g.pick(bytes(p[q + 24 : q + 40]), p[q + 42] << 8 | p[q + 43])
+        except (IndexError, WireError):
+            pass
+        return g.members[0]
 
     def _rx_block(self, blk: FrameBlock, now: float, per_flow: dict) -> None:
         """A FrameBlock from the wire: the common case column-wise, straight into pools.
@@ -231,6 +278,9 @@ class ReceivePath(HostDuties):
                     if flow is None:
                         ok &= ~sel  # the per-frame path counts it and answers port unreachable
                         continue
+                    if flow.group is not None:  # a shared port (SO_REUSEPORT): its rows split
+                        self._rows_to_group(flow.group, d, sel, total, pr)
+                        continue
                     if sel.all():
                         rows, ln = d, total
                     else:
@@ -248,6 +298,29 @@ class ReceivePath(HostDuties):
                 except (WireError, struct.error, ValueError, IndexError) as e:
                     self.drops["rx_malformed"] += 1
                     self.counts["last_error:" + type(e).__name__] = 1
+
+    def _rows_to_group(self, g: ReuseGroup, d: np.ndarray, sel: np.ndarray, total: np.ndarray, pr: int) -> None:
+        """The rows `sel` of a block (IPv4, no options) to a shared port, each to its member, as
+        `_deliver_group` does frame by frame."""
+        idx = np.flatnonzero(sel)
+        by: dict[Flow, list[int]] = {}
+        exact = self.exact
+        for i in idx.tolist():
+            r = d[i]
+            raddr, sport = r[26:30].tobytes(), int(r[34]) << 8 | int(r[35])
+            m = g.pick(raddr, sport)
+            if pr == TCP and int(r[47]) & 0x12 == 0x02:  # a SYN without ACK: a new connection
+                g.pin(exact, (TCP, int(r[36]) << 8 | int(r[37]), raddr, sport), m)
+            by.setdefault(m, []).append(i)
+        for m, rows_i in by.items():
+            ix = np.array(rows_i, np.intp)
+            ln = total[ix]
+            got = m.port.deliver_rows(d[ix], ETH_HLEN, ln)
+            m.stats["rx_packets"] += got
+            m.stats["rx_bytes"] += int(ln[:got].sum())
+            if got < len(ln):
+                m.stats["rx_dropped"] += len(ln) - got
+                self.drops["rx_stalled" if m.port.stalled else "rx_client_full"] += len(ln) - got
 
     def _rows_by_flow(self, pr: int, key: np.ndarray, m: np.ndarray) -> list[tuple[Flow | None, np.ndarray]]:
         """The rows `m` of protocol `pr` grouped by the flow each goes to (None: no flow), as

@@ -29,6 +29,7 @@ from usnet.domain.switch.binding import PortBindings
 from usnet.domain.switch.echo import EchoDesk
 from usnet.domain.switch.port import CLIENT, FlowPort, TxMark
 from usnet.domain.switch.ports import PortSpace, host_owns
+from usnet.domain.switch.reuseport import ReuseGroup
 from usnet.domain.switch.txguard import SentFragments, TcpSeen
 from usnet.domain.tcpinfo import flow_connections
 from usnet.drivers.base import FlowSteering, Received
@@ -66,6 +67,12 @@ class Flow:
     # by its first SYN (usnet.domain.switch.binding): a free port is in its family's listener
     # table, a bound one's 4-tuple in the exact table, as a connected flow's
     binds: PortBindings | None = None
+    # SO_REUSEPORT (usnet.domain.switch.reuseport): `reuse` is the uid of a flow that asked for
+    # it; `member_of` its group once the port is shared; `group` is set only on a group's front,
+    # the listener table's entry for a shared port, which the receive paths split among the members
+    reuse: int | None = None
+    member_of: ReuseGroup | None = None
+    group: ReuseGroup | None = None
 
     @property
     def conns(self) -> dict[int, tuple[bytes, int]] | None:
@@ -140,6 +147,9 @@ class Flow:
                 "family": self.family, "local_port": self.lport, "remote": remote,
                 "connector": self.binds is not None, "ports": len(self.binds.held) if self.binds else 0,
                 "connections": len(self.binds.bound) if self.binds else 0,
+                # SO_REUSEPORT: a member that takes new connections, or one whose listener closed
+                "reuseport": (None if self.member_of is None
+                              else "listening" if self in self.member_of.members else "closed"),
                 "suspended": self.port.suspended, "rx_mitigation": self.port.mitigate,
                 "stalled": self.port.stalled,
                 "stats": {**self.stats, **self.port.bell_stats(), "rx_dropped_stalled": self.port.rx_dropped_stalled},
@@ -200,11 +210,15 @@ class FlowTable:
         # (usnet.proto.route.Routes.broadcast4).
 
     def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
-                 port: FlowPort, channel: int = 0, family: int = 4, share: Flow | None = None) -> Flow:
+                 port: FlowPort, channel: int = 0, family: int = 4, share: Flow | None = None,
+                 reuse: int | None = None) -> Flow:
         """Register a flow of `family` (4 or 6); reserves its local port (PortInUse if taken).
 
         `share`: an unconnected flow of another netif whose port this unconnected flow
         holds too (a wildcard listener's on the loopback netif; `PortSpace.reserve`).
+        `reuse`: SO_REUSEPORT, the uid of the session asking: an unconnected flow joins the
+        port's other such flows of that uid (usnet.domain.switch.reuseport); a `share`
+        flow is a member on its netif if the flow it shares is one on its own.
         """
         if proto not in (TCP, UDP):
             raise ValueError(f"flows carry TCP or UDP, not protocol {proto}")
@@ -220,25 +234,86 @@ class FlowTable:
                                   or share.family != family or share.lport != lport):
             raise OSError(errno.EINVAL, "only an unconnected flow of the same protocol, family and port "
                                         "may share an unconnected flow's port")
+        if share is not None:
+            reuse = share.reuse
+        elif raddr is not None:
+            reuse = None  # a connected flow is one 4-tuple: nothing to share
         fid = next(self._ids)
         # the owner names the netif too: flow ids are per netif, the port space is the domain's
         lport = self.ports.reserve(proto, lport, (self.netif.name, fid),
                                    self._host_addr6 if family == 6 else self._host_addr, family=family,
-                                   share=None if share is None else share.owner)
+                                   share=None if share is None else share.owner,
+                                   reuse=reuse if share is None else None)
         if self._steering is not None:
             try:
                 self._steering.steer(proto, lport)
             except BaseException:
                 self.ports.release(proto, lport, family=family)
                 raise
-        flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family)
-        flow.owner = (self.netif.name, fid) if share is None else share.owner
+        flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family, reuse=reuse)
+        # whose reservation it holds: its own, the flow's it shares, or its SO_REUSEPORT group's first
+        flow.owner = share.owner if share is not None else self.ports.owner(proto, lport, family)
         if self.rx_mitigation:
             port.enable_mitigation(self.clock, self._held_bells)
         self.flows[fid] = flow
         self.polled[flow] = None
-        self._table(flow)[flow.key()] = flow
+        table, key = self._table(flow), flow.key()
+        cur = table.get(key) if reuse is not None else None
+        if cur is not None:  # the port space let it join: cur is a member, or the group's front
+            self._join(table, key, cur, flow)
+        else:
+            table[key] = flow
         return flow
+
+    def _join(self, table: dict[tuple, Flow], key: tuple, cur: Flow, flow: Flow) -> None:
+        """SO_REUSEPORT: `flow` joins the port's group; the first join makes the group and puts
+        its front where the lone flow `cur` was (usnet.domain.switch.reuseport)."""
+        assert flow.reuse is not None and cur.reuse == flow.reuse
+        g = cur.group
+        if g is None:
+            front = Flow(next(self._ids), cur.proto, cur.lport, None, None, cur.port, family=cur.family,
+                         reuse=cur.reuse)
+            g = front.group = cur.member_of = ReuseGroup(front, [cur], flow.reuse)
+            table[key] = front
+        g.members.append(flow)
+        flow.member_of = g
+        self.counts["reuseport_joins"] += 1
+
+    def retire_member(self, flow: Flow) -> None:
+        """SO_REUSEPORT: `flow`'s listening socket closed (P.Unlisten) while its connections
+        go on: new connections and datagrams hash over the other members from now on, its
+        pinned connections stay with it (usnet.domain.switch.reuseport). The last member
+        left is not retired: a port needs somebody to answer it (its stack's RST, as
+        Linux's to a SYN nobody listens for)."""
+        g = flow.member_of
+        if g is None or flow not in g.members or len(g.members) == 1:
+            return
+        g.members.remove(flow)
+        g.retired.append(flow)
+        g.front.port = g.members[0].port
+        self.counts["reuseport_retired"] += 1
+
+    def _leave(self, flow: Flow) -> None:
+        """A member goes: its pinned connections with it (those it held, those queued on its
+        listener: Linux drops those too); new ones hash over the members left. The group
+        goes with its last flow, and its front out of the listener table."""
+        g = flow.member_of
+        assert g is not None
+        g.unpin(self.exact, flow)
+        flow.member_of = None
+        if flow in g.members:
+            g.members.remove(flow)
+            if not g.members and g.retired:  # only closed listeners left: one of them answers
+                g.members.append(g.retired.pop())
+        else:
+            g.retired.remove(flow)
+        if g.members:
+            g.front.port = g.members[0].port  # what the receive path reads of it: its packets' size
+            return
+        g.front.group = None
+        table = self._table(flow)
+        if table.get(flow.key()) is g.front:
+            del table[flow.key()]
 
     def _check_remote(self, raddr: bytes, rport: int | None, family: int) -> None:
         """Refuse a remote end no connection may have: not a peer's address, port 0, no route."""
@@ -400,7 +475,10 @@ class FlowTable:
             self.remove_ports(flow, list(flow.binds.held))
             flow.tcp_seen = tcp_seen
             return
-        self._table(flow).pop(flow.key(), None)
+        if flow.member_of is not None:
+            self._leave(flow)
+        else:
+            self._table(flow).pop(flow.key(), None)
         self.ports.release(flow.proto, flow.lport, family=flow.family)
         if self._steering is not None and self.ports.owner(flow.proto, flow.lport, 4) is None \
                 and self.ports.owner(flow.proto, flow.lport, 6) is None:
