@@ -51,7 +51,7 @@ def test_every_ipv4_header_is_the_builders_for_its_mark_and_no_template_goes_sta
         assert h is not None and verifies(int.from_bytes(h, "big"))
         ident = int.from_bytes(h[4:6], "big")
         assert h == build_ipv4_header(A4, B4, 6, plen, ident, mark_ttl(mark, 64), True, mark_tos(mark) | ect)
-        ihl, total, _ident, _ff, ttl, proto, src, dst = parse_ipv4(h + bytes(plen), 0, None, True)
+        _ihl, total, _ident, _ff, ttl, proto, src, dst = parse_ipv4(h + bytes(plen), 0, None, True)
         assert (ttl, h[1], total, proto, src, dst) == (mark_ttl(mark, 64), mark_tos(mark) | ect, 20 + plen, 6, A4, B4)
 
 
