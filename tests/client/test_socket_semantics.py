@@ -515,7 +515,7 @@ _NOT_IN_USNET = [
     (std.SOL_SOCKET, std.SO_BINDTODEVICE, b"eth0"), (std.SOL_SOCKET, std.SO_MARK, 1),
     (std.SOL_SOCKET, 29, 1), (std.IPPROTO_TCP, std.TCP_FASTOPEN, 5),
     (std.IPPROTO_TCP, std.TCP_CORK, 1), (std.IPPROTO_TCP, std.TCP_DEFER_ACCEPT, 1),
-    (std.IPPROTO_IP, std.IP_TRANSPARENT, 1), (std.IPPROTO_IP, std.IP_TTL, 5),
+    (std.IPPROTO_IP, std.IP_TRANSPARENT, 1),
     (std.SOL_SOCKET, std.SO_RCVLOWAT, 100),
 ]
 

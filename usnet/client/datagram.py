@@ -32,6 +32,7 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.umd import UMD_WORDS
 from usnet.client.channel import _UNSET, Channel
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
+from usnet.proto.ipmark import mark_tos, mark_ttl
 from usnet.proto.route import Routes
 from usnet.proto.wire.checksum import acc, verifies
 from usnet.proto.wire.errors import WireError
@@ -52,6 +53,7 @@ from usnet.proto.wire.udp import (
     UDP_IPV4_HEADER,
     parse_udp,
     udp_ipv4_headers,
+    udp_ipv4_marked_headers,
     udp_ipv4_sums,
 )
 
@@ -127,6 +129,19 @@ class DatagramSocket:
             bcast = self.routes.broadcast4
             self.broadcasts = frozenset(("255.255.255.255", *([inet_ntoa(bcast)] if bcast else [])))
         self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
+        self._ttl, self._tos = 64, 0  # IP_TTL / IPV6_UNICAST_HOPS, IP_TOS / IPV6_TCLASS (`set_marking`)
+
+    def set_marking(self, mark: int) -> None:
+        """The TTL (hop limit) and TOS (traffic class) of the datagrams sent from now on, as a
+        mark (usnet.proto.ipmark; 0: 64 and 0). The batch path's header templates are made
+        again for them; the one-datagram IPv4 path of a socket that sets either is
+        `_send_one_marked`, put in `_send_one`'s place, so one that sets none pays nothing."""
+        self._ttl, self._tos = mark_ttl(mark, 64), mark_tos(mark)
+        self._templates.clear()
+        if mark:
+            self._send_one = self._send_one_marked  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("_send_one", None)
 
     # -- sockets-like surface ---------------------------------------------------------
 
@@ -169,6 +184,24 @@ class DatagramSocket:
             raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
         ident = (self._ident + 1) & 0xFFFF
         hdr = udp_ipv4_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident)
+        ch = self.channel
+        (p,) = ch.alloc(1)
+        o = p * ch.stride
+        total = n + HEADERS
+        ch.buf[o : o + HEADERS] = hdr
+        ch.buf[o + HEADERS : o + total] = data
+        ch.set_length(p, total)
+        self._push([p], 0)
+        self._ident = ident
+
+    def _send_one_marked(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        """`_send_one` with the socket's TTL and TOS (`set_marking`)."""
+        n = len(data)
+        if n > self.max_payload:
+            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
+        ident = (self._ident + 1) & 0xFFFF
+        hdr = udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
+                                      self._ttl, self._tos)
         ch = self.channel
         (p,) = ch.alloc(1)
         o = p * ch.stride
@@ -253,13 +286,14 @@ class DatagramSocket:
         if big > self.max_payload:
             raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
         src, dst, sport, dport = self._src, ip6_bytes(addr[0]), self.local[1], addr[1]
+        hops, tclass = self._ttl, self._tos
         packets = []
         for p in payloads:
             ulen = UDP_HLEN + len(p)
             seg = _UDP.pack(sport, dport, ulen, 0) + bytes(p)
             csum = upper_checksum_v6(src, dst, 17, seg)
-            packets.append(build_ipv6_header(src, dst, 17, ulen) + seg[:_UDP_CSUM] + csum.to_bytes(2, "big")
-                           + seg[_UDP_CSUM + 2 :])
+            packets.append(build_ipv6_header(src, dst, 17, ulen, hops, tclass) + seg[:_UDP_CSUM]
+                           + csum.to_bytes(2, "big") + seg[_UDP_CSUM + 2 :])
         ch = self.channel
         sent = 0
         while sent < len(packets):
@@ -328,8 +362,9 @@ class DatagramSocket:
         if t is None:
             src, sport = self._src, self.local[1]
             # the variable fields (lengths, ident, checksums) are overwritten per datagram
-            fixed = np.frombuffer(udp_ipv4_headers(src, dst, sport, dport, b""), _HDR_DTYPE)[0]
-            t = (fixed, udp_ipv4_sums(src, dst, sport, dport))
+            ttl, tos = self._ttl, self._tos  # IP_TTL, IP_TOS: `set_marking` clears the templates
+            fixed = np.frombuffer(udp_ipv4_marked_headers(src, dst, sport, dport, b"", 0, ttl, tos), _HDR_DTYPE)[0]
+            t = (fixed, udp_ipv4_sums(src, dst, sport, dport, ttl, tos))
             if len(self._templates) > 64:
                 self._templates.clear()
             self._templates[key] = t

@@ -48,7 +48,7 @@ from usnet.client.socket import (
     getaddrinfo,
     socket,
 )
-from usnet.client.sockopts import check_fixed, lookup, not_available
+from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup, not_available
 
 __all__ = ["DatagramEngine", "DatagramFace", "LoopbackHalf"]
 
@@ -250,6 +250,8 @@ class DatagramFace(socket):
         reuse = bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)))  # SO_REUSEPORT, set before bind
         eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse), client)
         eng.d.setblocking(self._timeout != 0.0)
+        if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS set before the flow was
+            eng.d.set_marking(mark)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
         self._port = eng.d.local[1]
@@ -285,6 +287,8 @@ class DatagramFace(socket):
                                    reuse_port=bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT))))
         except OSError:  # no loopback netif (ENODEV), or it cannot take the port
             return
+        if mark := ip_mark(self.family, self._opts):
+            lo.set_marking(mark)
         with eng.lock:
             eng.add_loopback(lo)
 
@@ -463,6 +467,18 @@ class DatagramFace(socket):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:
                 self._engine.rcvbuf = value
+        if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
+            v = ip_option(self.type, level, opt, value)
+            if v is None:
+                self._opts.pop((level, opt), None)  # the default again
+            else:
+                self._opts[level, opt] = v
+            eng = self._engine
+            if eng is not None:
+                with eng.lock:
+                    for d in eng.flows():
+                        d.set_marking(ip_mark(self.family, self._opts))
+            return
         self._opts[level, opt] = value
 
     def _option(self, level: int, opt: int) -> Any:

@@ -461,6 +461,8 @@ class FlowEngine:
             # A data segment comes as TcpParts (TcpConfig.gather): its IP header and TCP
             # header go into the packet first and its payload, a view of the send buffer,
             # is copied once, behind them, instead of being joined twice on the way.
+            # `ect` is the ECN codepoint ORed with the connection's IP_TTL/IP_TOS mark
+            # (usnet.proto.ipmark): the IP layer's header templates are keyed by it.
             output, head, local = self.ip.output, self.ip.head, self.local
             for dst, seg, cut, ect in self.tcp.outgoing(now):
                 if type(seg) is TcpParts:

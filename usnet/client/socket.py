@@ -42,7 +42,7 @@ from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import resolver as _names
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
 from usnet.client.session import Client
-from usnet.client.sockopts import check_fixed, lookup
+from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -323,6 +323,8 @@ def _sysctl(path: str, default: int) -> int:
 _BUF_LIMITS = {SO_RCVBUF: ("/proc/sys/net/core/rmem_max", 2304), SO_SNDBUF: ("/proc/sys/net/core/wmem_max", 4608)}
 # TCP_KEEPIDLE, TCP_KEEPINTVL (seconds) and TCP_KEEPCNT: Linux's upper bounds (the least is 1)
 _KEEPALIVE_LIMITS = {_std.TCP_KEEPIDLE: 32767, _std.TCP_KEEPINTVL: 32767, _std.TCP_KEEPCNT: 127}
+_TOS_OPTS = ((_std.IPPROTO_IP, 1), (IPPROTO_IPV6, 67))  # IP_TOS, IPV6_TCLASS
+_ECT0 = 2  # the ECN codepoint ECT(0) (RFC 3168)
 _KEEPALIVE_OPTS = [(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o) for o in _KEEPALIVE_LIMITS]
 
 
@@ -988,6 +990,9 @@ class socket:
             value = int(value)
             if value and not 88 <= value <= 32767:  # Linux: TCP_MIN_MSS .. MAX_TCP_WINDOW, or 0 (none)
                 raise OSError(errno.EINVAL, "Invalid argument")
+        elif (level, opt) in IP_MARKING:
+            self._set_marking(level, opt, ip_option(self.type, level, opt, value))
+            return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
         if (level, opt) in _KEEPALIVE_OPTS and conn is not None and eng is not None:
@@ -995,6 +1000,30 @@ class socket:
                 conn.set_keepalive(time.monotonic(), **self._keepalive())
         if conn is not None and eng is not None:
             eng.kick()  # what the option lets go now (TCP_NODELAY, a window) goes; a new timer is heard
+
+    def _set_marking(self, level: int, opt: int, value: int | None) -> None:
+        """IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS (checked: `sockopts.ip_option`; None:
+        the default again). The IP headers of the socket's segments carry them from the next one
+        on: its connection's, or a listener's (and the connections it accepts from then on, which
+        inherit them as on Linux). A connection's mark is its own (`TcpConfig.ip_mark`), though a
+        connector's or a listener's engine carries many: the IP layer keys its header templates
+        by it (usnet.proto.ipmark), and a socket that sets none costs nothing per packet."""
+        if value is None:
+            self._opts.pop((level, opt), None)
+        else:
+            self._opts[level, opt] = value
+        mark = ip_mark(self.family, self._opts)
+        conn, eng = self._conn, self._engine
+        if eng is None:
+            return  # connect or listen takes it (`_buffer_options`)
+        with eng.lock:
+            if conn is not None:
+                conn.cfg.ip_mark = mark
+            elif self._listening:
+                for e in (eng, self._lo):
+                    lst = None if e is None else e.tcp.listeners.get(self._port)
+                    if lst is not None:
+                        lst.config.ip_mark = mark
 
     def _v6only(self, value: Any = 1) -> int:
         """IPV6_V6ONLY: an AF_INET6 usnet socket is an IPv6 flow and takes no IPv4 (no dual stack),
@@ -1070,6 +1099,9 @@ class socket:
                 return struct.pack("ii", 0, 0)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             return self._v6only()
+        if (level, opt) in _TOS_OPTS and conn is not None and conn.ecn_ok:
+            # as Linux's, whose TCP sets ECT(0) in the socket's TOS once ECN is agreed (INET_ECN_xmit)
+            return self._opts.get((level, opt), 0) | _ECT0
         if level == IPPROTO_TCP:
             if opt == TCP_NODELAY:
                 return int(self._nodelay)
@@ -1216,6 +1248,8 @@ class socket:
             out["rcvbuf"] = out["rcvbuf_max"] = v // 2
         if (v := self._opts.get((SOL_SOCKET, SO_SNDBUF))) is not None:
             out["sndbuf"] = out["sndbuf_max"] = v // 2
+        if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS (`_set_marking`)
+            out["ip_mark"] = mark
         return out
 
     @staticmethod
@@ -1231,6 +1265,7 @@ class socket:
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
+        conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
         for opt in _BUF_LIMITS:

@@ -11,7 +11,7 @@ what usnet does with it:
   for a program (a hint Linux may ignore too, a marking no peer relies on, ...);
 - `GET_ONLY`: a value the face reports; setting it is ENOPROTOOPT, as on Linux (SO_TYPE,
   SO_ERROR, SO_SNDLOWAT, ...);
-- `FIXED`: the value usnet uses (IP_TTL 64, SO_RCVLOWAT 1): reading gives it, setting that
+- `FIXED`: the value usnet uses (SO_RCVLOWAT 1): reading gives it, setting that
   same value is accepted, any other is ENOPROTOOPT, because usnet cannot do it and a program
   that wanted it must learn so at once rather than run without it.
 
@@ -38,7 +38,10 @@ import socket as _std
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OPTIONS", "Kind", "Option", "check_fixed", "lookup", "not_available"]
+from usnet.proto.ipmark import make_mark
+
+__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "check_fixed", "ip_mark", "ip_option", "lookup",
+           "not_available"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
@@ -103,18 +106,21 @@ OPTIONS: dict[tuple[int, int], Option] = {
                               why="bounds how much unsent data makes a socket unwritable: a latency "
                               "tuning (trio sets it); usnet's send buffer is the bound"),
     # -- IPPROTO_IP (both families, as Linux passes SOL_IP of an AF_INET6 socket to IPv4) -----
-    (IPPROTO_IP, 1): Option("IP_TOS", _S, why="a DSCP/ECN marking; usnet sends TOS 0 and the "
-                            "networks that honour markings re-mark at their edge anyway"),
-    (IPPROTO_IP, 2): Option("IP_TTL", _F, 64, why="usnet's packets leave with TTL 64, Linux's default"),
+    (IPPROTO_IP, 1): Option("IP_TOS", _H, why="the TOS octet of the socket's IPv4 packets (a stream "
+                            "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
+                            "flow's low-latency class over it (docs/abi.md)"),
+    (IPPROTO_IP, 2): Option("IP_TTL", _H, 64, why="the TTL of the socket's IPv4 packets; -1: 64"),
     (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _S, 1, stream=False,
                              why="usnet sends no multicast (EOPNOTSUPP): a TTL for it changes nothing"),
     (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
-    (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _F, 64, why="usnet's packets leave with hop limit 64"),
+    (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
+                               "packets; -1: 64"),
     (IPPROTO_IPV6, 18): Option("IPV6_MULTICAST_HOPS", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
     (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
     (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
-    (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _S, why="as IP_TOS"),
+    (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _H, why="the traffic class of the socket's IPv6 packets, "
+                               "as IP_TOS; -1: 0"),
 }
 
 # what a program that asks for an absent option should use instead
@@ -160,3 +166,58 @@ def _as_int(value: Any) -> int:
     if isinstance(value, (bytes, bytearray)):
         return int.from_bytes(bytes(value[:4]).ljust(4, b"\0"), "little", signed=True)
     return int(value)
+
+
+# -- the options that mark a socket's IP headers (issue 16) ------------------------------------
+
+IP_TOS, IP_TTL, IPV6_UNICAST_HOPS, IPV6_TCLASS = 1, 2, 16, 67
+#: (level, option) of the options `ip_mark` reads: a face that sets one recomputes its mark
+IP_MARKING = frozenset({(IPPROTO_IP, IP_TOS), (IPPROTO_IP, IP_TTL), (IPPROTO_IPV6, IPV6_UNICAST_HOPS),
+                        (IPPROTO_IPV6, IPV6_TCLASS)})
+_ECN_MASK = 3
+
+
+def ip_option(kind: int, level: int, opt: int, value: Any) -> int | None:
+    """The value a face keeps for an IP marking option, checked as Linux checks it; None: the
+    default again (what getsockopt then reads is the table's default).
+
+    IP_TTL: 1..255 or -1 (the default, 64); IPV6_UNICAST_HOPS: 0..255 or -1 (64); anything else
+    EINVAL. IP_TOS: any int, kept as its low byte (Linux's u8); IPV6_TCLASS: 0..255 or -1 (0),
+    else EINVAL. For a stream socket both keep their ECN bits 0: TCP's ECN is the stack's
+    (Linux: `val &= ~INET_ECN_MASK`), a datagram socket's are taken as given.
+    """
+    if isinstance(value, (bytes, bytearray)) and len(value) < 4:
+        # Linux: an IPv4 option takes an int, or one unsigned byte from a shorter buffer;
+        # an IPv6 one wants a whole int
+        if level == IPPROTO_IPV6 or not value:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        value = value[0]
+    v = _as_int(value)
+    if (level, opt) == (IPPROTO_IP, IP_TTL):
+        if v == -1:
+            return None
+        if not 1 <= v <= 255:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return v
+    if (level, opt) == (IPPROTO_IPV6, IPV6_UNICAST_HOPS):
+        if v == -1:
+            return None
+        if not 0 <= v <= 255:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return v
+    if (level, opt) == (IPPROTO_IPV6, IPV6_TCLASS):
+        if v == -1:
+            return None
+        if not 0 <= v <= 255:
+            raise OSError(errno.EINVAL, "Invalid argument")
+    v &= 0xFF
+    return v & ~_ECN_MASK if kind == _std.SOCK_STREAM else v
+
+
+def ip_mark(family: int, opts: dict[tuple[int, int], Any]) -> int:
+    """The mark (usnet.proto.ipmark) of a socket's packets from what `opts` holds: IP_TOS and
+    IP_TTL for an AF_INET socket, IPV6_TCLASS and IPV6_UNICAST_HOPS for an AF_INET6 one (whose
+    IPv4-level options would mark IPv4 traffic, which a usnet AF_INET6 socket never carries)."""
+    if family == _std.AF_INET6:
+        return make_mark(opts.get((IPPROTO_IPV6, IPV6_TCLASS), 0), opts.get((IPPROTO_IPV6, IPV6_UNICAST_HOPS)))
+    return make_mark(opts.get((IPPROTO_IP, IP_TOS), 0), opts.get((IPPROTO_IP, IP_TTL)))

@@ -51,11 +51,13 @@ pmtu_lowered, pmtu_ignored, pmtu_bogus; tx, tx_fragments.
 from __future__ import annotations
 
 import errno as _errno
+import struct as _struct
 from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from usnet.proto.icmp_errors import ICMP4_ERRORS, icmp4_errno, icmp6_errno, quote4, quote6
+from usnet.proto.ipmark import mark_ttl
 from usnet.proto.pmtu import IPV4_MIN_MTU, PathMtuCache, frag_needed_mtu
 from usnet.proto.reassembly import Reassembler
 from usnet.proto.wire import icmp as _i4
@@ -90,6 +92,7 @@ from usnet.proto.wire.ipv6 import (
 __all__ = ["Datagram", "IcmpError", "IpLayer", "Reassembler"]
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
+_IPV6_TEMPLATE = _struct.Struct("!4sH2s32s")  # version/class/flow, payload length, next header/hops, addresses
 
 
 class Datagram(NamedTuple):
@@ -148,8 +151,11 @@ class IpLayer:
         self._local4 = frozenset(self.addrs4)
         self._local6 = frozenset(self.addrs6)
         self._ident = ident & 0xFFFF
-        # (dst, src, proto, ttl, df, tos) -> `ipv4_template`: what `head` fills in per packet
+        # (dst, src, proto, ttl, df, tos) -> `ipv4_template`: what `head` fills in per packet;
+        # `tos` is the whole mark (usnet.proto.ipmark), so a socket's TTL or TOS has its own
         self._tpl4: dict[tuple, tuple[bytes, bytes, bytes, int]] = {}
+        # (dst, src, proto, hop limit, tos) -> the IPv6 header's parts around its payload length
+        self._tpl6: dict[tuple, tuple[bytes, bytes, bytes]] = {}
 
     # -- input ------------------------------------------------------------------------
 
@@ -379,7 +385,7 @@ class IpLayer:
             if tpl is None:  # the constant parts, once per destination (wire.ipv4.ipv4_template)
                 if len(self._tpl4) >= 256:
                     self._tpl4.clear()
-                tpl = self._tpl4[key] = ipv4_template(src, dst, proto, t, key[4], tos)
+                tpl = self._tpl4[key] = ipv4_template(src, dst, proto, mark_ttl(tos, t), key[4], tos & 0xFF)
             total = IPV4_HLEN + plen
             if plen < 0 or total > 0xFFFF:
                 raise WireError(f"IPv4: payload length {plen} out of range")
@@ -391,7 +397,18 @@ class IpLayer:
                 raise OSError(_errno.EMSGSIZE,
                               f"packet of {IPV6_HLEN + plen} bytes exceeds the path MTU {pmtu}")
             self.counters["tx"] += 1
-            return build_ipv6_header(src, dst, proto, plen, self.hop_limit if ttl is None else ttl, tos)
+            hop = self.hop_limit if ttl is None else ttl
+            key6 = (dst, src, proto, hop, tos)
+            tpl6 = self._tpl6.get(key6)
+            if tpl6 is None:  # as IPv4's: the constant parts once per destination and mark
+                if len(self._tpl6) >= 256:
+                    self._tpl6.clear()
+                h6 = build_ipv6_header(src, dst, proto, 0, mark_ttl(tos, hop), tos & 0xFF)  # its checks
+                tpl6 = self._tpl6[key6] = (h6[:4], h6[6:8], h6[8:])
+            try:
+                return _IPV6_TEMPLATE.pack(tpl6[0], plen, tpl6[1], tpl6[2])
+            except _struct.error:
+                raise WireError(f"IPv6: payload length {plen} out of range") from None
         raise WireError("destination must be 4 or 16 bytes")
 
     def output(self, proto: int, src: bytes | None, dst: bytes, payload, now: float, *,
@@ -418,7 +435,8 @@ class IpLayer:
         pmtu = self.pmtus.get(dst, now)[0]
         if IPV4_HLEN + plen > 0xFFFF:
             raise OSError(_errno.EMSGSIZE, f"payload of {plen} bytes does not fit an IPv4 datagram")
-        t = self.ttl if ttl is None else ttl
+        t = mark_ttl(tos, self.ttl if ttl is None else ttl)
+        tos &= 0xFF
         ident = self._ident
         self._ident = (ident + 1) & 0xFFFF
         chunk = (pmtu - IPV4_HLEN) & ~7

@@ -115,6 +115,10 @@ class TcpConfig:
     rack: bool = True
     tlp: bool = True
     challenge_ack_limit: int = 100  # per second
+    # The socket's IP_TTL/IPV6_UNICAST_HOPS and IP_TOS/IPV6_TCLASS for the IP headers of this
+    # connection's segments (usnet.proto.ipmark; its ECN bits are 0: TCP sets ECN). 0: the defaults.
+    # A listener's config carries it to the connections it accepts, as Linux's children inherit it.
+    ip_mark: int = 0
 
 
 _CONFIG_VALUES = operator.attrgetter(*(f.name for f in fields(TcpConfig)))

@@ -430,7 +430,7 @@ class TcpEndpoint:
             SYN | ACK | ECE if ecn else SYN | ACK, min(cfg.rcvbuf, 0xFFFF),
             tcp_options(mss=mss_local, wscale=ws, sack_ok=sack, ts=ts))
         self.stats.syncookies_sent += 1
-        self._out.append((src, seg_out, 0, NOT_ECT))
+        self._out.append((src, seg_out, 0, cfg.ip_mark))  # the listener's IP_TTL/IP_TOS, as its connections'
 
     def _cookie_ack(
         self, lst: Listener, key: Key, src: bytes, seg: TcpSegment, now: float, ce: bool,
@@ -495,7 +495,9 @@ class TcpEndpoint:
         ``cut`` is 0, or for a super-segment (``TcpConfig.gso_max``) the payload
         of each segment the layer below must cut it into. ``ecn`` is the
         codepoint for its IP header: ECT(0) for new data on a connection that
-        agreed to ECN, else NOT_ECT (usnet.proto.wire.ecn).
+        agreed to ECN, else NOT_ECT (usnet.proto.wire.ecn), ORed with the connection's
+        IP mark (``TcpConfig.ip_mark``: its IP_TTL and IP_TOS, usnet.proto.ipmark), which
+        the IP layer takes as its ``tos``.
         """
         out = self._out
         self._out = []
@@ -511,8 +513,10 @@ class TcpEndpoint:
                 dst = conn.remote_addr
                 cut = conn.segment_cut if conn.max_segment > conn.mss else None
                 ect = conn.ect if conn.ecn_ok else None
+                mark = conn.cfg.ip_mark  # IP_TTL, IP_TOS (usnet.proto.ipmark): once per connection
+                ect0 = ECT0 | mark
                 for s in segs:
-                    out.append((dst, s, cut(s) if cut else 0, ECT0 if ect and ect(s) else NOT_ECT))
+                    out.append((dst, s, cut(s) if cut else 0, ect0 if ect and ect(s) else mark))
             if conn.state is CLOSED:
                 self._forget(conn)
             else:

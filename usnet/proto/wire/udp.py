@@ -28,7 +28,8 @@ from usnet.proto.wire.header import Header
 from usnet.proto.wire.ipv4 import IPV4_HEADER, IPV4_HLEN
 
 __all__ = [
-    "UDP_HEADER", "UDP_HLEN", "UDP_IPV4_HEADER", "parse_udp", "udp_ipv4_headers", "udp_ipv4_sums",
+    "UDP_HEADER", "UDP_HLEN", "UDP_IPV4_HEADER", "parse_udp", "udp_ipv4_headers", "udp_ipv4_marked_headers",
+    "udp_ipv4_sums",
 ]
 
 UDP_HLEN = 8
@@ -74,7 +75,8 @@ _TTL, _DF = 64, 0x4000
 _IP_FIXED = 0x4500 + _DF + (_TTL << 8) + _PROTO  # version and IHL, DF, TTL, protocol
 
 
-def udp_ipv4_sums(src_ip: bytes, dst_ip: bytes, sport: int, dport: int) -> tuple[int, int]:
+def udp_ipv4_sums(src_ip: bytes, dst_ip: bytes, sport: int, dport: int, ttl: int = _TTL, tos: int = 0,
+                  ) -> tuple[int, int]:
     """The accumulators of the header fields every datagram of a flow shares: (IPv4, UDP).
 
     The IPv4 one covers version, DF, TTL, protocol and addresses; the UDP one
@@ -82,10 +84,10 @@ def udp_ipv4_sums(src_ip: bytes, dst_ip: bytes, sport: int, dport: int) -> tuple
     its own total length and ident (IPv4), twice its UDP length (header and
     pseudo-header) and its payload (UDP), as `udp_ipv4_headers` does. The
     client's column-wise batch builder (usnet.client.datagram) keeps them per
-    destination.
+    destination. ``ttl`` and ``tos``: a socket's IP_TTL and IP_TOS (`udp_ipv4_marked_headers`).
     """
     addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
-    return _IP_FIXED + addrs, addrs + _PROTO + sport + dport
+    return _IP_FIXED + tos + ((ttl - _TTL) << 8) + addrs, addrs + _PROTO + sport + dport
 
 
 def udp_ipv4_headers(
@@ -108,6 +110,33 @@ def udp_ipv4_headers(
     try:
         return _IP_UDP_PACK(
             0x45, 0, total, ident, _DF, _TTL, _PROTO, finish(_IP_FIXED + addrs + total + ident), src_ip, dst_ip,
+            sport, dport, ulen,
+            finish(addrs + _PROTO + sport + dport + 2 * ulen + acc(payload)) or 0xFFFF)  # 0: "no checksum"
+    except struct.error as e:
+        raise WireError(f"UDP/IPv4: bad header field: {e}") from None
+
+
+def udp_ipv4_marked_headers(
+    src_ip: bytes, dst_ip: bytes, sport: int, dport: int, payload, ident: int, ttl: int, tos: int,
+) -> bytes:
+    """`udp_ipv4_headers` with the TTL and TOS octet a socket chose (IP_TTL, IP_TOS).
+
+    A function of its own so that `udp_ipv4_headers`, the path of every socket that sets
+    neither, keeps its constants and pays nothing for them.
+    """
+    if len(src_ip) != 4 or len(dst_ip) != 4:
+        raise WireError("IPv4 addresses must be 4 bytes")
+    if not 0 <= tos <= 0xFF or not 0 <= ttl <= 0xFF:
+        raise WireError(f"UDP/IPv4: TTL {ttl} or TOS {tos} out of range")
+    ulen = UDP_HLEN + len(payload)
+    total = IPV4_HLEN + ulen
+    if total > 0xFFFF:
+        raise WireError(f"UDP/IPv4: payload of {len(payload)} bytes does not fit one packet")
+    addrs = _from_bytes(src_ip, "big") + _from_bytes(dst_ip, "big")
+    fixed = _IP_FIXED + tos + ((ttl - _TTL) << 8)
+    try:
+        return _IP_UDP_PACK(
+            0x45, tos, total, ident, _DF, ttl, _PROTO, finish(fixed + addrs + total + ident), src_ip, dst_ip,
             sport, dport, ulen,
             finish(addrs + _PROTO + sport + dport + 2 * ulen + acc(payload)) or 0xFFFF)  # 0: "no checksum"
     except struct.error as e:
