@@ -55,6 +55,8 @@ _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) hold
 log = logging.getLogger(__name__)
 TCP = 6
 RX_BATCH = 256
+RING_SLOTS = 4096  # a TCP flow channel's TX and RX ring fill limit (see FlowEngine.__init__)
+POOL_PACKETS = 4096  # its packet pool, as it opens (it may grow to the schema's max_packets)
 EXIT_LINGER = 10.0  # seconds a normal interpreter exit waits for queued data and FINs to be acknowledged
 # A connection whose FIN (and so every byte before it) the peer acknowledged, or that is over
 _DELIVERED = (TcpState.CLOSED, TcpState.TIME_WAIT, TcpState.FIN_WAIT_2)
@@ -162,12 +164,18 @@ class FlowEngine:
         loopback half, usnet.client.socket). `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`)."""
         self.client = client
         sibling: int = 0 if share is None else share.ch.id
+        # The rings' whole capacity (they are allocated with 4,096 slots whatever their fill limit,
+        # docs/design-notes.md "Ring resize changes a fill limit"): a listener's or a connector's
+        # channel carries every connection of it, and a burst (a thousand handshakes and resets
+        # while this process's stack thread waits for the GIL) overran 1,024 slots: usnetd dropped
+        # segments (rx_client_full), a handshake's last ACK among them, and an accept waited a
+        # second for the SYN-ACK's retransmission. Linux's listener takes such a burst.
         if is_connector:
-            self.ch, self.info = client.open_connector(netif, family or 4, ring_size=1024, packets=4096)
+            self.ch, self.info = client.open_connector(netif, family or 4, ring_size=RING_SLOTS, packets=POOL_PACKETS)
         else:
             self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
                                                   with_channel=sibling, reuse_port=reuse_port,
-                                                  ring_size=1024, packets=4096)
+                                                  ring_size=RING_SLOTS, packets=POOL_PACKETS)
         self.ch.setblocking(False)
         self.family = self.info.family
         self.local = ipaddress.ip_address(self.info.local_addr).packed
