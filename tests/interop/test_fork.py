@@ -362,3 +362,93 @@ def test_a_child_that_never_uses_an_inherited_connection_leaves_it_to_the_parent
     assert _read_all(k) == b""
     k.close()
     ks.close()
+
+
+def test_a_forking_udp_server_unmodified_answers_each_datagram_from_a_child(tapd, tmp_path):
+    """`usnet run` a stdlib socketserver.ForkingUDPServer: the parent receives each datagram and
+    forks a child, which answers on the socket it inherited (through the parent's stack)."""
+    prog = tmp_path / "forking_udp.py"
+    prog.write_text(textwrap.dedent("""
+        import hashlib, os, socketserver, sys
+
+        class Handler(socketserver.DatagramRequestHandler):
+            def handle(self):
+                data = self.rfile.read()
+                self.wfile.write(f"{os.getpid()} {hashlib.sha256(data).hexdigest()}".encode())
+
+        with socketserver.ForkingUDPServer((sys.argv[1], 0), Handler) as srv:
+            print("port", srv.server_address[1], flush=True)
+            srv.serve_forever()
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, str(prog),
+                             tapd.usnet_ip], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
+        line = proc.stdout.readline().decode() if ready else ""
+        m = re.search(r"port (\d+)", line)
+        assert m, f"the server did not start: {line!r}"
+        k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        k.settimeout(LIMIT)
+        pids = set()
+        for i in range(3):
+            data = os.urandom(1200 + i)
+            k.sendto(data, (tapd.usnet_ip, int(m.group(1))))
+            answer, src = k.recvfrom(2000)
+            pid, digest = answer.split()
+            assert digest.decode() == hashlib.sha256(data).hexdigest() and src[1] == int(m.group(1))
+            pids.add(pid)
+        k.close()
+        assert len(pids) == 3 and str(proc.pid).encode() not in pids
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=LIMIT)
+    assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+def test_a_child_receives_polls_and_sends_on_an_inherited_udp_socket(tapd):
+    """A child receives on its inherited UDP socket only while it asks (blocking, non-blocking,
+    select on its descriptor), as on Linux, and its sends leave from the socket's own port."""
+    from usnet import socket as us
+
+    u = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    u.bind((tapd.usnet_ip, 0))
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind((tapd.host_ip, 0))
+    k.settimeout(LIMIT)
+    go_r, go_w = os.pipe()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.close(go_w)
+
+        def use() -> str:
+            out = []
+            try:
+                u.recvfrom(100, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                out.append("EAGAIN")
+            u.sendto(b"ready", k.getsockname())
+            assert os.read(go_r, 1) == b"g"  # the peer sent
+            readable, _, _ = select.select([u], [], [], LIMIT)
+            out.append("readable" if readable == [u] else "not readable")
+            u.settimeout(LIMIT)
+            data, src = u.recvfrom(100)
+            out.append(f"{data.decode()} from {src[1] == k.getsockname()[1]}")
+            u.close()
+            return ",".join(out)
+
+        _child(w, use)
+    os.close(w)
+    os.close(go_r)
+    data, src = k.recvfrom(100)
+    assert data == b"ready" and src == u.getsockname()  # the child's send: the socket's own port
+    k.sendto(b"hello", u.getsockname())
+    os.write(go_w, b"g")
+    os.close(go_w)
+    assert _report(r, pid) == "EAGAIN,readable,hello from True"
+    u.sendto(b"parent", k.getsockname())  # the parent's socket is as it was
+    assert k.recvfrom(100)[0] == b"parent"
+    u.close()
+    k.close()

@@ -46,6 +46,7 @@ from usnet.client.socket import (
     _is_loopback,
     _sockaddr,
     getaddrinfo,
+    open_sockets,
     socket,
 )
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup, not_available
@@ -256,6 +257,7 @@ class DatagramFace(socket):
             eng.rcvbuf = v
         self._port = eng.d.local[1]
         self._engine = eng
+        open_sockets.add(self)  # a fork shares it with the child (usnet.client.inherit)
         with eng.lock:
             eng.watch(self)
             self._update()

@@ -1,4 +1,4 @@
-"""TCP sockets a child of fork() inherits: served by the parent's stack, through a kernel socketpair.
+"""Sockets a child of fork() inherits: served by the parent's stack (TCP through a kernel socketpair).
 
 Linux shares an inherited socket between parent and child. A usnet connection lives in one
 process, its stack's (docs/architecture.md, "The client"): its TCP state, its channel, its
@@ -24,9 +24,14 @@ timers. So the parent keeps serving it, and the child reaches it through the par
   kernel.
 
 The cost is one copy through the kernel each way and a thread hop in the parent: the path of
-a forking server's children, not of the stack's own sockets. Left out: datagram sockets
-(a child gets EBADF naming the parent, as before), and a connection outliving the parent (the
-parent's exit closes it: the stack is the parent's).
+a forking server's children, not of the stack's own sockets.
+
+A UDP socket is not spliced: a forking UDP server's parent goes on receiving on it while a child
+answers, and a splice would take the parent's datagrams. Each of the child's sends and receives
+is a request (`sendto`, `recvfrom`) that the agent carries out on the parent's socket, so the
+child competes for datagrams only while it receives, as on Linux; its `fileno()` is the
+parent's readiness of the socket, as a listener's. Left out: a connection outliving the parent
+(the parent's exit closes it: the stack is the parent's).
 
 The messages on the link and on each request's reply pair are msgspec Structs (docs/abi.md,
 "Inherited sockets").
@@ -47,7 +52,7 @@ import msgspec
 __all__ = ["Agent", "Answer", "Request", "SplicedSocket", "ask", "splice"]
 
 _KernelSocket = _std.socket  # the standard class, taken before anyone patches it (usnet.client.patch)
-_MAX_MSG = 4096
+_MAX_MSG = 65536 + 4096  # a request or answer: a datagram of up to 64 KiB and its addresses
 CHUNK = 65536
 SHARE_LIMIT = 1024  # a process with more open sockets than this gives a child none (a fork stays cheap)
 
@@ -55,11 +60,16 @@ SHARE_LIMIT = 1024  # a process with more open sockets than this gives a child n
 class Request(msgspec.Struct, tag=True):
     """Child -> agent, with one descriptor: the child's end of a reply pair for the answer.
     `op`: "claim" (the connection, spliced), "accept" (a connection accepted on a listener, within
-    `timeout` s; None: wait), "release" (the child is done with an unclaimed socket: no answer)."""
+    `timeout` s; None: wait), "release" (the child is done with an unclaimed socket: no answer);
+    for a UDP socket, "sendto" (`data` to `addr`, or to its peer when `addr` is empty) and
+    "recvfrom" (one datagram of at most `size` bytes, within `timeout`)."""
 
     op: str
     token: int
     timeout: float | None = None
+    data: bytes = b""
+    addr: list[Any] = []
+    size: int = 0
 
 
 class Answer(msgspec.Struct):
@@ -73,6 +83,8 @@ class Answer(msgspec.Struct):
     peername: list[Any] = []
     errno: int = 0
     message: str = ""
+    data: bytes = b""  # a datagram received ("recvfrom": `peername` is its sender)
+    count: int = 0  # bytes sent ("sendto")
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -172,6 +184,12 @@ def splice(us: Any, k: _std.socket) -> None:
 
 
 def _names(s: Any) -> Answer:
+    if s.type == _std.SOCK_DGRAM:
+        try:
+            peer = list(s.getpeername())
+        except OSError:
+            peer = []  # not connected
+        return Answer("datagram", int(s.family), list(s.getsockname()), peer)
     peer = list(s.getpeername()) if not getattr(s, "_listening", False) else []
     return Answer("listener" if not peer else "conn", int(s.family), list(s.getsockname()), peer)
 
@@ -204,6 +222,8 @@ class Agent:
                 reply = None if fd is None else _KernelSocket(fileno=fd)
                 if req.op == "accept":
                     threading.Thread(target=self._accept, args=(req, reply), daemon=True).start()
+                elif req.op in ("sendto", "recvfrom"):  # may wait: the link is served meanwhile
+                    threading.Thread(target=self._datagram, args=(req, reply), daemon=True).start()
                 else:
                     self._handle(req, reply)
         finally:
@@ -232,8 +252,8 @@ class Agent:
                 _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
                 return
             ans = _names(s)
-            if ans.kind == "listener":  # it stays: each accept uses it; the child polls its readiness
-                _send(reply, ans, s.fileno())
+            if ans.kind in ("listener", "datagram"):  # it stays: each request uses it; the child
+                _send(reply, ans, s.fileno())  # polls its readiness (a connection, a datagram waiting)
                 return
             self._take(req.token)
             self._give(s, ans, reply)
@@ -259,6 +279,38 @@ class Agent:
         finally:
             theirs.close()
         splice(s, mine)
+
+    def _datagram(self, req: Request, reply: _std.socket | None) -> None:
+        """A UDP socket's send or receive for the child, on its reference (a timeout of its own)."""
+        with self._lock:
+            s = self.shares.get(req.token)
+        try:
+            if reply is None:
+                return
+            if s is None:
+                _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
+                return
+            if req.op == "sendto":
+                n = s.sendto(req.data, tuple(req.addr)) if req.addr else s.send(req.data)
+                _send(reply, Answer("sent", count=n))
+                return
+            mine = s.reference()
+            try:
+                mine.settimeout(req.timeout)
+                data, addr = mine.recvfrom(req.size)
+            finally:
+                mine.close()
+            _send(reply, Answer("datagram", peername=list(addr), data=data))
+        except OSError as e:
+            if reply is not None:
+                try:
+                    _send(reply, Answer("error", errno=e.errno or errno.EIO,
+                                        message=str(e) or os.strerror(e.errno or errno.EIO)))
+                except OSError:
+                    pass
+        finally:
+            if reply is not None:
+                reply.close()
 
     def _accept(self, req: Request, reply: _std.socket | None) -> None:
         with self._lock:
@@ -290,17 +342,19 @@ class Agent:
 
 # -- the child's side ------------------------------------------------------------------------
 
-def ask(link: _std.socket, op: str, token: int, timeout: float | None = None) -> tuple[Answer, int | None]:
+def ask(link: _std.socket, op: str, token: int, timeout: float | None = None,
+        **more: Any) -> tuple[Answer, int | None]:
     """Send a request to the parent's agent and wait for its answer (not for "release"). A
-    request has a reply pair of its own, so threads of the child never read each other's answers."""
+    request has a reply pair of its own, so threads of the child never read each other's answers.
+    `more`: a datagram request's `data`, `addr` and `size`."""
     if op == "release":
         _send(link, Request(op, token))
         return Answer("released"), None
     mine, theirs = _std.socketpair(_std.AF_UNIX, _std.SOCK_SEQPACKET)
     try:
-        _send(link, Request(op, token, timeout), theirs.fileno())
+        _send(link, Request(op, token, timeout, **more), theirs.fileno())
         theirs.close()
-        data, fd = _recv(mine)  # the agent answers within `timeout` (accept), or at once
+        data, fd = _recv(mine)  # the agent answers within `timeout` (accept, recvfrom), or at once
     finally:
         mine.close()
     if not data:

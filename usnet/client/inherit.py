@@ -2,7 +2,7 @@
 
 How an inherited socket is served is usnet.client.forked's docstring. Here: which sockets a
 fork shares (`_before`: every open TCP socket of this process that is connected or listening,
-from the registry usnet.client.socket keeps, `open_streams`), the parent's agent for the child
+from the registry usnet.client.socket keeps, `open_sockets`), the parent's agent for the child
 (`_after_in_parent`), and in the child (`_after_in_child`) each of those socket objects turned
 into an `Inherited` one: the same object the program holds, whose calls go to the parent's
 stack from its first use on. A listener's `accept()` works (blocking or with a timeout); every
@@ -19,6 +19,7 @@ from typing import Any
 
 from usnet.client import forked
 from usnet.client import socket as us
+from usnet.client.dgram import DatagramFace
 
 __all__ = ["Inherited"]
 
@@ -30,7 +31,8 @@ _pending: dict[str, Any] = {}  # between the before-fork hook and the after-fork
 def _before() -> None:
     """In the parent, before fork(): a reference (dup) of each shared socket, and the link."""
     _pending.clear()
-    socks = [s for s in list(us.open_streams) if not s._dead and (s._listening or s._conn is not None)]
+    socks = [s for s in list(us.open_sockets) if not s._dead and (
+        s._listening or s._conn is not None or (s.type == _std.SOCK_DGRAM and s._engine is not None))]
     if not socks or len(socks) > forked.SHARE_LIMIT:
         return
     shares: dict[int, Any] = {}
@@ -55,14 +57,14 @@ def _after_in_parent() -> None:
 
 def _after_in_child() -> None:
     """The shared socket objects become `Inherited`; every other inherited one stays failed."""
-    us.open_streams.clear()  # the parent's; this process's own sockets register from now on
+    us.open_sockets.clear()  # the parent's; this process's own sockets register from now on
     if not _pending:
         return
     _pending["parent"].close()
     link = _pending["child"]
     for s in _pending["socks"]:
         if id(s) in _pending["shares"] and not s._dead:
-            s.__class__ = Inherited
+            s.__class__ = InheritedDatagram if s.type == _std.SOCK_DGRAM else Inherited
             s._link, s._token, s._k, s._lfd = link, id(s), None, None
     _pending.clear()  # the parent's references (`reference`: no descriptor of their own) are not ours
 
@@ -175,3 +177,78 @@ for _name in ("recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "send
               "sendmsg", "sendfile", "makefile", "shutdown", "getpeername", "setsockopt",
               "getsockopt", "dup", "connect", "connect_ex", "bind", "listen"):
     setattr(Inherited, _name, _via_splice(_name))
+
+
+class InheritedDatagram(DatagramFace):
+    """A UDP socket this process inherited at fork(), served by the parent's stack
+    (usnet.client.forked): each send and receive is the parent's agent's on the parent's socket,
+    so a child competes for datagrams only while it receives, as on Linux (a forking UDP server's
+    child only answers); its `fileno()` is the parent's readiness of the socket."""
+
+    _link: _std.socket
+    _token: int
+    _k: Any  # None: not claimed yet; False: claimed
+    _lfd: int | None  # the socket's readiness, a descriptor the parent's stack keeps
+
+    def _claim(self) -> None:
+        if self._dead:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if self._k is None:
+            _ans, self._lfd = forked.ask(self._link, "claim", self._token)
+            self._k = False
+
+    def fileno(self) -> int:
+        if self._dead:
+            return -1
+        self._claim()
+        if self._lfd is None:
+            raise _parents()
+        return self._lfd
+
+    def sendto(self, data: Any, flags_or_address: Any, address: Any = None) -> int:
+        addr = flags_or_address if address is None else address
+        self._claim()
+        host, port = self._resolve(addr)
+        ans, _ = forked.ask(self._link, "sendto", self._token, data=bytes(data), addr=[host, port])
+        return ans.count
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._claim()
+        ans, _ = forked.ask(self._link, "sendto", self._token, data=bytes(data))
+        return ans.count
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, tuple]:
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recvfrom")
+        self._claim()
+        timeout = 0.0 if flags & us.MSG_DONTWAIT else self._timeout
+        ans, _ = forked.ask(self._link, "recvfrom", self._token, timeout, size=max(bufsize, 1))
+        return ans.data[:bufsize], tuple(ans.peername)
+
+    def close(self) -> None:
+        if self._dead:
+            return
+        self._closed = self._dead = True
+        if self._lfd is not None:
+            _close(self._lfd)
+            self._lfd = None
+        try:
+            forked.ask(self._link, "release", self._token)
+        except OSError:
+            pass  # the parent is gone: so is its reference
+
+    def __repr__(self) -> str:
+        return f"<usnet.socket (UDP) inherited from pid {os.getppid()}, token {self._token:#x}>"
+
+
+def _parents_only(name: str) -> Any:
+    def call(self: InheritedDatagram, *args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EBADF, f"usnet: this UDP socket belongs to the process that made it (pid "
+                                   f"{os.getppid()}); a child of fork() can send, receive and poll on "
+                                   f"it, not {name}() it")
+    call.__name__ = name
+    return call
+
+
+for _name in ("bind", "connect", "connect_ex", "shutdown", "setsockopt", "dup", "detach", "sendmsg", "recvmsg"):
+    setattr(InheritedDatagram, _name, _parents_only(_name))

@@ -305,9 +305,9 @@ def by_descriptor(fd: int) -> socket | None:
 # whether it had SO_REUSEADDR). A bind with SO_REUSEADDR takes them over (`_take_lingering`).
 _lingering: dict[tuple[int, str, int, int], tuple[FlowEngine, FlowEngine | None, bool]] = {}
 _lingering_lock = threading.Lock()
-# This process's TCP socket objects that have a flow (bound, listening, connected or accepted):
-# what a fork() shares with the child (usnet.client.inherit)
-open_streams: weakref.WeakSet[socket] = weakref.WeakSet()
+# This process's socket objects that have a flow (TCP: bound, listening, connected or accepted;
+# UDP: bound or sent from): what a fork() shares with the child (usnet.client.inherit)
+open_sockets: weakref.WeakSet[socket] = weakref.WeakSet()
 
 
 def _sysctl(path: str, default: int) -> int:
@@ -871,7 +871,7 @@ class socket:
         d._closed, d._io_refs = False, 0
         _descriptors[d._fd] = d
         self._share[0] += 1
-        open_streams.add(d)
+        open_sockets.add(d)
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.watch(d, d._conn)
@@ -1205,7 +1205,7 @@ class socket:
         return 6 if self.family == AF_INET6 else 4
 
     def _attach(self, eng: FlowEngine, owns: bool, conn: Any = None) -> None:
-        open_streams.add(self)
+        open_sockets.add(self)
         self._engine = eng
         self._owns_engine = owns
         self._conn = conn
