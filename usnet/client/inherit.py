@@ -1,13 +1,14 @@
-"""fork() and usnet TCP sockets: the hooks that share them with a child, and the child's face of one.
+"""fork() and usnet sockets: the hooks that share them with a child, and the child's face of one.
 
 How an inherited socket is served is usnet.client.forked's docstring. Here: which sockets a
-fork shares (`_before`: every open TCP socket of this process that is connected or listening,
-from the registry usnet.client.socket keeps, `open_sockets`), the parent's agent for the child
-(`_after_in_parent`), and in the child (`_after_in_child`) each of those socket objects turned
-into an `Inherited` one: the same object the program holds, whose calls go to the parent's
-stack from its first use on. A listener's `accept()` works (blocking or with a timeout); every
-other call of a listener, and every call of a socket that was only bound, fails with EBADF that
-names the parent, as all of them did before (the stack is the parent's).
+fork shares (`_before`: every open socket of this process that is a TCP connection or listener
+or a UDP socket with a flow, from the registry usnet.client.socket keeps, `open_sockets`), the
+parent's agent for the child (`_after_in_parent`), and in the child (`_after_in_child`) each of
+those socket objects turned into an `Inherited` (TCP) or `InheritedDatagram` (UDP) one: the same
+object the program holds, whose calls go to the parent's stack from its first use on. A
+listener accepts (blocking, timed or not at all) and can be polled; any other call of a listener,
+and every call of a TCP socket that was only bound, fails with EBADF that names the parent (the
+stack is the parent's).
 """
 
 from __future__ import annotations
