@@ -9,6 +9,7 @@ into pytest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -74,6 +75,25 @@ def _read_all(s) -> bytes:
     return got
 
 
+@contextlib.contextmanager
+def _served(prog, ip: str):
+    """(process, port) of a server program run unmodified under `usnet run` with `ip`, which
+    prints "port N" once it listens; stopped after, and its stderr must hold no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, str(prog), ip],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
+        line = proc.stdout.readline().decode() if ready else ""
+        m = re.search(r"port (\d+)", line)
+        assert m, f"the server did not start: {line!r}"
+        yield proc, int(m.group(1))
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=LIMIT)
+    assert b"Traceback" not in err, err.decode()[-3000:]
+
+
 def test_a_forking_server_unmodified_serves_each_connection_from_its_child(tapd, tmp_path):
     """`usnet run` a stdlib socketserver.ForkingTCPServer: each request is handled in a child
     of its own, on the connection the parent accepted (it got EBADF naming the parent)."""
@@ -92,18 +112,11 @@ def test_a_forking_server_unmodified_serves_each_connection_from_its_child(tapd,
             print("port", srv.server_address[1], flush=True)
             srv.serve_forever()
     """))
-    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
-    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, str(prog),
-                             tapd.usnet_ip], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
-        line = proc.stdout.readline().decode() if ready else ""
-        m = re.search(r"port (\d+)", line)
-        assert m, f"the server did not start: {line!r}"
+    with _served(prog, tapd.usnet_ip) as (proc, port):
         pids = set()
         for i in range(3):
             data = os.urandom(200_000 + i)
-            with socket.create_connection((tapd.usnet_ip, int(m.group(1))), timeout=LIMIT) as c:
+            with socket.create_connection((tapd.usnet_ip, port), timeout=LIMIT) as c:
                 c.sendall(b"%d\n" % len(data) + data)
                 f = c.makefile("rb")
                 pid, digest = f.readline().split()
@@ -111,10 +124,6 @@ def test_a_forking_server_unmodified_serves_each_connection_from_its_child(tapd,
                 assert f.read() == data[::-1]  # to EOF: the child's close ends the connection
                 pids.add(pid)
         assert len(pids) == 3 and str(proc.pid).encode() not in pids  # three children
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=LIMIT)
-    assert b"Traceback" not in err, err.decode()[-3000:]
 
 
 def test_gunicorn_sync_workers_serve_on_usnet(tapd, tmp_path):
@@ -380,30 +389,19 @@ def test_a_forking_udp_server_unmodified_answers_each_datagram_from_a_child(tapd
             print("port", srv.server_address[1], flush=True)
             srv.serve_forever()
     """))
-    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
-    proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, str(prog),
-                             tapd.usnet_ip], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
-        line = proc.stdout.readline().decode() if ready else ""
-        m = re.search(r"port (\d+)", line)
-        assert m, f"the server did not start: {line!r}"
+    with _served(prog, tapd.usnet_ip) as (proc, port):
         k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         k.settimeout(LIMIT)
         pids = set()
         for i in range(3):
             data = os.urandom(1200 + i)
-            k.sendto(data, (tapd.usnet_ip, int(m.group(1))))
+            k.sendto(data, (tapd.usnet_ip, port))
             answer, src = k.recvfrom(2000)
             pid, digest = answer.split()
-            assert digest.decode() == hashlib.sha256(data).hexdigest() and src[1] == int(m.group(1))
+            assert digest.decode() == hashlib.sha256(data).hexdigest() and src[1] == port
             pids.add(pid)
         k.close()
         assert len(pids) == 3 and str(proc.pid).encode() not in pids
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=LIMIT)
-    assert b"Traceback" not in err, err.decode()[-3000:]
 
 
 def test_a_child_receives_polls_and_sends_on_an_inherited_udp_socket(tapd):

@@ -220,12 +220,22 @@ class Agent:
                         os.close(fd)
                     continue
                 reply = None if fd is None else _KernelSocket(fileno=fd)
-                if req.op == "accept":
-                    threading.Thread(target=self._accept, args=(req, reply), daemon=True).start()
-                elif req.op in ("sendto", "recvfrom"):  # may wait: the link is served meanwhile
-                    threading.Thread(target=self._datagram, args=(req, reply), daemon=True).start()
-                else:
-                    self._handle(req, reply)
+                if req.op == "release":  # no answer
+                    if reply is not None:
+                        reply.close()
+                    s = self._take(req.token)
+                    if s is not None:
+                        s.close()
+                    continue
+                work = {"claim": self._claim, "accept": self._accept, "sendto": self._datagram,
+                        "recvfrom": self._datagram}.get(req.op)
+                if work is None:
+                    if reply is not None:
+                        reply.close()
+                elif req.op == "claim":  # at once
+                    self._answer(req, reply, work)
+                else:  # may wait: the link is served meanwhile
+                    threading.Thread(target=self._answer, args=(req, reply, work), daemon=True).start()
         finally:
             self.link.close()
             with self._lock:
@@ -237,35 +247,36 @@ class Agent:
         with self._lock:
             return self.shares.pop(token, None)
 
-    def _handle(self, req: Request, reply: _std.socket | None) -> None:
+    def _answer(self, req: Request, reply: _std.socket | None, work: Any) -> None:
+        """Serve request `req` with `work(req, share, reply)`, which sends the answer; an error is
+        the child's to raise (sent as one); the reply pair closes either way."""
         try:
-            if req.op == "release":
-                s = self._take(req.token)
-                if s is not None:
-                    s.close()
-                return
-            if req.op != "claim" or reply is None:
+            if reply is None:
                 return
             with self._lock:
                 s = self.shares.get(req.token)
             if s is None:
                 _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
                 return
-            ans = _names(s)
-            if ans.kind in ("listener", "datagram"):  # it stays: each request uses it; the child
-                _send(reply, ans, s.fileno())  # polls its readiness (a connection, a datagram waiting)
-                return
-            self._take(req.token)
-            self._give(s, ans, reply)
+            work(req, s, reply)
         except OSError as e:
             if reply is not None:
                 try:
-                    _send(reply, Answer("error", errno=e.errno or errno.EIO, message=str(e)))
+                    _send(reply, Answer("error", errno=e.errno or errno.EIO,
+                                        message=str(e) or os.strerror(e.errno or errno.EIO)))
                 except OSError:
                     pass
         finally:
             if reply is not None:
                 reply.close()
+
+    def _claim(self, req: Request, s: Any, reply: _std.socket) -> None:
+        ans = _names(s)
+        if ans.kind in ("listener", "datagram"):  # it stays: each request uses it; the child
+            _send(reply, ans, s.fileno())  # polls its readiness (a connection, a datagram waiting)
+            return
+        self._take(req.token)
+        self._give(s, ans, reply)
 
     def _give(self, s: Any, ans: Answer, reply: _std.socket) -> None:
         """Splice connection `s` to a new stream pair and hand the child its end."""
@@ -280,64 +291,29 @@ class Agent:
             theirs.close()
         splice(s, mine)
 
-    def _datagram(self, req: Request, reply: _std.socket | None) -> None:
+    def _datagram(self, req: Request, s: Any, reply: _std.socket) -> None:
         """A UDP socket's send or receive for the child, on its reference (a timeout of its own)."""
-        with self._lock:
-            s = self.shares.get(req.token)
+        if req.op == "sendto":
+            n = s.sendto(req.data, tuple(req.addr)) if req.addr else s.send(req.data)
+            _send(reply, Answer("sent", count=n))
+            return
+        mine = s.reference()
         try:
-            if reply is None:
-                return
-            if s is None:
-                _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
-                return
-            if req.op == "sendto":
-                n = s.sendto(req.data, tuple(req.addr)) if req.addr else s.send(req.data)
-                _send(reply, Answer("sent", count=n))
-                return
-            mine = s.reference()
-            try:
-                mine.settimeout(req.timeout)
-                data, addr = mine.recvfrom(req.size)
-            finally:
-                mine.close()
-            _send(reply, Answer("datagram", peername=list(addr), data=data))
-        except OSError as e:
-            if reply is not None:
-                try:
-                    _send(reply, Answer("error", errno=e.errno or errno.EIO,
-                                        message=str(e) or os.strerror(e.errno or errno.EIO)))
-                except OSError:
-                    pass
+            mine.settimeout(req.timeout)
+            data, addr = mine.recvfrom(req.size)
         finally:
-            if reply is not None:
-                reply.close()
+            mine.close()
+        _send(reply, Answer("datagram", peername=list(addr), data=data))
 
-    def _accept(self, req: Request, reply: _std.socket | None) -> None:
-        with self._lock:
-            ls = self.shares.get(req.token)
+    def _accept(self, req: Request, ls: Any, reply: _std.socket) -> None:
+        """A connection accepted on the parent's listener for the child, spliced."""
+        mine = ls.reference()  # a timeout of its own
         try:
-            if reply is None:
-                return
-            if ls is None:
-                _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
-                return
-            mine = ls.reference()  # a timeout of its own
-            try:
-                mine.settimeout(req.timeout)
-                conn, _addr = mine.accept()
-            finally:
-                mine.close()
-            self._give(conn, _names(conn), reply)
-        except OSError as e:
-            if reply is not None:
-                try:
-                    _send(reply, Answer("error", errno=e.errno or errno.EIO,
-                                        message=str(e) or os.strerror(e.errno or errno.EIO)))
-                except OSError:
-                    pass
+            mine.settimeout(req.timeout)
+            conn, _addr = mine.accept()
         finally:
-            if reply is not None:
-                reply.close()
+            mine.close()
+        self._give(conn, _names(conn), reply)
 
 
 # -- the child's side ------------------------------------------------------------------------

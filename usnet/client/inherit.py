@@ -73,6 +73,18 @@ def _after_in_child() -> None:
 os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child)
 
 
+def _release(s: Any) -> None:
+    """The child is done with inherited socket `s` (not spliced): its readiness descriptor closes
+    and the parent lets go of the child's reference."""
+    if s._lfd is not None:
+        _close(s._lfd)
+        s._lfd = None
+    try:
+        forked.ask(s._link, "release", s._token)
+    except OSError:
+        pass  # the parent is gone: so is its reference
+
+
 def _parents() -> OSError:
     return OSError(errno.EBADF, f"usnet: this listening socket belongs to the process that made it (pid "
                                 f"{os.getppid()}); a child of fork() can accept() on it and poll it, "
@@ -148,14 +160,8 @@ class Inherited(us.socket):
         self._closed = self._dead = True
         if self._k:
             self._k.close()
-        else:  # never claimed, or a listener: the parent lets go of the child's reference
-            if self._lfd is not None:
-                _close(self._lfd)
-                self._lfd = None
-            try:
-                forked.ask(self._link, "release", self._token)
-            except OSError:
-                pass  # the parent is gone: so is its reference
+        else:  # never claimed, or a listener
+            _release(self)
 
     def detach(self) -> int:
         k = self._claimed()
@@ -230,13 +236,7 @@ class InheritedDatagram(DatagramFace):
         if self._dead:
             return
         self._closed = self._dead = True
-        if self._lfd is not None:
-            _close(self._lfd)
-            self._lfd = None
-        try:
-            forked.ask(self._link, "release", self._token)
-        except OSError:
-            pass  # the parent is gone: so is its reference
+        _release(self)
 
     def __repr__(self) -> str:
         return f"<usnet.socket (UDP) inherited from pid {os.getppid()}, token {self._token:#x}>"
