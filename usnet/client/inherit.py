@@ -22,7 +22,7 @@ from usnet.client import forked
 from usnet.client import socket as us
 from usnet.client.dgram import DatagramFace
 
-__all__ = ["Inherited"]
+__all__ = ["Inherited", "InheritedDatagram"]
 
 _close = os.close  # the kernel's, taken before usnet.patch() may replace os.close (usnet.client.descriptors)
 
@@ -30,7 +30,7 @@ _pending: dict[str, Any] = {}  # between the before-fork hook and the after-fork
 
 
 def _before() -> None:
-    """In the parent, before fork(): a reference (dup) of each shared socket, and the link."""
+    """In the parent, before fork(): a reference of each shared socket, and the link."""
     _pending.clear()
     socks = [s for s in list(us.open_sockets) if not s._dead and (
         s._listening or s._conn is not None or (s.type == _std.SOCK_DGRAM and s._engine is not None))]
