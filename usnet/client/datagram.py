@@ -183,16 +183,8 @@ class DatagramSocket:
         if n > self.max_payload:
             raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
         ident = (self._ident + 1) & 0xFFFF
-        hdr = udp_ipv4_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident)
-        ch = self.channel
-        (p,) = ch.alloc(1)
-        o = p * ch.stride
-        total = n + HEADERS
-        ch.buf[o : o + HEADERS] = hdr
-        ch.buf[o + HEADERS : o + total] = data
-        ch.set_length(p, total)
-        self._push([p], 0)
-        self._ident = ident
+        self._put_one(udp_ipv4_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident),
+                      data, ident)
 
     def _send_one_marked(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
         """`_send_one` with the socket's TTL and TOS (`set_marking`)."""
@@ -200,12 +192,15 @@ class DatagramSocket:
         if n > self.max_payload:
             raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
         ident = (self._ident + 1) & 0xFFFF
-        hdr = udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
-                                      self._ttl, self._tos)
+        self._put_one(udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
+                                              self._ttl, self._tos), data, ident)
+
+    def _put_one(self, hdr: bytes, data: bytes | bytearray | memoryview, ident: int) -> None:
+        """One packet of headers `hdr` and payload `data` onto the TX ring; `ident` its IPv4 id."""
         ch = self.channel
         (p,) = ch.alloc(1)
         o = p * ch.stride
-        total = n + HEADERS
+        total = len(data) + HEADERS
         ch.buf[o : o + HEADERS] = hdr
         ch.buf[o + HEADERS : o + total] = data
         ch.set_length(p, total)
