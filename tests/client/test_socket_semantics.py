@@ -621,3 +621,17 @@ def test_a_listener_takes_a_burst_of_handshakes_its_process_is_too_busy_to_read_
         assert d.switches["b"].drops.get("rx_client_full", 0) == 0
         for s in clients + accepted + [srv]:
             s.close()
+
+
+def test_listen_on_a_dup_of_a_listening_socket_is_a_re_listen(c):
+    """As Linux, where a dup is the same socket: listen() on a dup of a listening socket only sets
+    the backlog (usnet refused it: the port "already listening"), and the dup accepts."""
+    srv = listen_on_b(c, 8210, timeout=10)
+    d = srv.dup()
+    d.listen(5)
+    d.settimeout(10)
+    cl = us.create_connection((B_IP, 8210), timeout=10, client=c, netif="a")
+    conn, _ = d.accept()
+    assert conn.getpeername() == cl.getsockname()
+    for s in (cl, conn, d, srv):
+        s.close()

@@ -450,3 +450,42 @@ def test_a_child_receives_polls_and_sends_on_an_inherited_udp_socket(tapd):
     assert k.recvfrom(100)[0] == b"parent"
     u.close()
     k.close()
+
+
+def _serve_one_spawned(ls) -> None:
+    """In a process multiprocessing spawned (a fresh interpreter): accept one connection on the
+    listener it was handed and echo it reversed, after its pid, the peer's address and its port."""
+    c, peer = ls.accept()
+    data = _read_all(c)
+    c.sendall(f"{os.getpid()} {peer[0]} {ls.getsockname()[1]} ".encode() + data[::-1])
+    c.close()
+
+
+def test_a_spawned_process_accepts_on_a_listener_multiprocessing_handed_it(tapd):
+    """multiprocessing's spawn pickles the socket for the new interpreter: it gets the same
+    service as a fork's child (an agent of the parent's, on a link multiprocessing passes)."""
+    import multiprocessing
+
+    from usnet import socket as us
+
+    ls = us.socket()
+    ls.bind((tapd.usnet_ip, 0))
+    ls.listen()
+    ls.settimeout(LIMIT)
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=_serve_one_spawned, args=(ls,))
+    p.start()
+    try:
+        data = os.urandom(100_000)
+        with socket.create_connection(ls.getsockname(), timeout=LIMIT) as k:
+            k.sendall(data)
+            k.shutdown(socket.SHUT_WR)
+            pid, peer, port, back = _read_all(k).split(b" ", 3)
+        assert int(pid) == p.pid and back == data[::-1]
+        assert (peer.decode(), int(port)) == (tapd.host_ip, ls.getsockname()[1])
+        p.join(LIMIT)
+        assert p.exitcode == 0
+    finally:
+        if p.is_alive():
+            p.kill()
+        ls.close()

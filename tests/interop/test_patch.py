@@ -131,10 +131,13 @@ def test_usnet_run_http_server_serves_curl_100_requests_on_one_connection(usnetd
 
 
 @pytest.mark.privileged
-def test_usnet_run_uvicorn_answers_on_one_kept_alive_connection(usnetd_path, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_usnet_run_uvicorn_answers_on_one_kept_alive_connection(usnetd_path, tmp_path, workers):
     """uvicorn, unmodified under `usnet run`: it makes its loop from asyncio.SelectorEventLoop
     itself (not through the policy), which the patch makes usnet's; http.client (kernel) sends
-    POSTs on one kept-alive connection and gets each body's SHA-256 back."""
+    POSTs on one kept-alive connection and gets each body's SHA-256 back. With `--workers 2`
+    it binds the socket and hands it to two spawned processes (multiprocessing pickles it), which
+    listen and accept on it through the parent's stack (usnet.client.inherit)."""
     pytest.importorskip("uvicorn")
     path, usnet_ip, _ = usnetd_path
     (tmp_path / "asgi.py").write_text(
@@ -155,11 +158,13 @@ def test_usnet_run_uvicorn_answers_on_one_kept_alive_connection(usnetd_path, tmp
     env = child_env(path)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-m", "uvicorn",
-                             "--host", usnet_ip, "--port", "8124", "asgi:app"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                             "--host", usnet_ip, "--port", "8124", *(["--workers", "2"] if workers else []),
+                             "asgi:app"],  # unbuffered: select() below sees every line that is not read yet
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, bufsize=0)
     try:
         log = b""
-        while b"running on" not in log.lower():  # uvicorn's line once it listens
+        # uvicorn's line once it listens; with workers, each worker's "Started server process"
+        while b"running on" not in log.lower() or log.count(b"Application startup complete") < max(workers, 1):
             ready, _, _ = select.select([proc.stdout], [], [], LIMIT)
             line = proc.stdout.readline() if ready else b""
             assert line, f"uvicorn did not start: {log.decode()[-2000:]}"

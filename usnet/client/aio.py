@@ -1197,7 +1197,9 @@ class EventLoop(asyncio.SelectorEventLoop):
             ssl_shutdown_timeout: float | None = None, start_serving: bool = True) -> asyncio.AbstractServer:
         """As asyncio's; a netif has one address per family, so one listening socket: the first
         address `host` (or the first of a list of hosts) resolves to; no host means 0.0.0.0."""
-        if sock is not None and not isinstance(sock, _us.socket):
+        if sock is not None and (not isinstance(sock, _us.socket) or getattr(sock, "inherited", False)):
+            # a kernel socket, or one another process's stack serves (usnet.client.inherit): asyncio's
+            # own way, on its descriptor's readiness and its accept
             return await super().create_server(
                 protocol_factory, host, port, family=family, flags=flags, sock=sock, backlog=backlog, ssl=ssl,
                 reuse_address=reuse_address, reuse_port=reuse_port, ssl_handshake_timeout=ssl_handshake_timeout,

@@ -33,6 +33,11 @@ child competes for datagrams only while it receives, as on Linux; its `fileno()`
 parent's readiness of the socket, as a listener's. Left out: a connection outliving the parent
 (the parent's exit closes it: the stack is the parent's).
 
+A socket multiprocessing hands to another process (a spawned worker's argument, a queue) gets
+the same service on a link of its own, made when the socket is pickled (usnet.client.inherit,
+`_reduce`); a socket the parent only bound can be made to listen from there ("listen": uvicorn
+binds, then its spawned workers listen and accept).
+
 The messages on the link and on each request's reply pair are msgspec Structs (docs/abi.md,
 "Inherited sockets").
 """
@@ -60,7 +65,8 @@ SHARE_LIMIT = 1024  # a process with more open sockets than this gives a child n
 class Request(msgspec.Struct, tag=True):
     """Child -> agent, with one descriptor: the child's end of a reply pair for the answer.
     `op`: "claim" (the connection, spliced), "accept" (a connection accepted on a listener, within
-    `timeout` s; None: wait), "release" (the child is done with an unclaimed socket: no answer);
+    `timeout` s; None: wait), "listen" (a socket bound in the parent listens, backlog `size`),
+    "release" (the child is done with an unclaimed socket: no answer);
     for a UDP socket, "sendto" (`data` to `addr`, or to its peer when `addr` is empty) and
     "recvfrom" (one datagram of at most `size` bytes, within `timeout`)."""
 
@@ -228,11 +234,11 @@ class Agent:
                         s.close()
                     continue
                 work = {"claim": self._claim, "accept": self._accept, "sendto": self._datagram,
-                        "recvfrom": self._datagram}.get(req.op)
+                        "recvfrom": self._datagram, "listen": self._listen}.get(req.op)
                 if work is None:
                     if reply is not None:
                         reply.close()
-                elif req.op == "claim":  # at once
+                elif req.op in ("claim", "listen"):  # at once
                     self._answer(req, reply, work)
                 else:  # may wait: the link is served meanwhile
                     threading.Thread(target=self._answer, args=(req, reply, work), daemon=True).start()
@@ -277,6 +283,11 @@ class Agent:
             return
         self._take(req.token)
         self._give(s, ans, reply)
+
+    def _listen(self, req: Request, s: Any, reply: _std.socket) -> None:
+        """A socket bound in the parent listens (backlog `size`): the child accepts on it."""
+        s.listen(req.size)
+        _send(reply, _names(s), s.fileno())
 
     def _give(self, s: Any, ans: Answer, reply: _std.socket) -> None:
         """Splice connection `s` to a new stream pair and hand the child its end."""

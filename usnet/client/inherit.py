@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as _std
+from multiprocessing import reduction as _mp
 from typing import Any
 
 from usnet.client import forked
@@ -32,8 +33,7 @@ _pending: dict[str, Any] = {}  # between the before-fork hook and the after-fork
 def _before() -> None:
     """In the parent, before fork(): a reference of each shared socket, and the link."""
     _pending.clear()
-    socks = [s for s in list(us.open_sockets) if not s._dead and (
-        s._listening or s._conn is not None or (s.type == _std.SOCK_DGRAM and s._engine is not None))]
+    socks = [s for s in list(us.open_sockets) if _served(s)]
     if not socks or len(socks) > forked.SHARE_LIMIT:
         return
     shares: dict[int, Any] = {}
@@ -73,6 +73,48 @@ def _after_in_child() -> None:
 os.register_at_fork(before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child)
 
 
+def _served(s: Any) -> bool:
+    """Whether another process can be given `s`: it has a flow (bound, listening, connected)."""
+    return not s._dead and (s._engine is not None or s._conn is not None)
+
+
+def _reduce(s: Any) -> tuple:
+    """multiprocessing hands socket `s` to another process (a spawned worker's argument, a queue):
+    the same service as for a fork's child, on a link of its own. The other end of the link goes
+    over multiprocessing's own descriptor passing (its resource sharer keeps a copy until the
+    other process takes it); the agent holds a reference of `s` until that process lets go of it
+    or exits."""
+    if not _served(s):
+        raise TypeError(f"cannot pickle {type(s).__name__!r} object (a usnet socket with no flow)")
+    from multiprocessing import resource_sharer
+
+    ref = s.reference()
+    parent_end, child_end = _std.socketpair(_std.AF_UNIX, _std.SOCK_SEQPACKET)
+    try:
+        df = resource_sharer.DupFd(child_end.fileno())
+    finally:
+        child_end.close()
+    forked.Agent(parent_end, {id(s): ref})
+    return _rebuild, (df, id(s), int(s.family), int(s.type), s.proto, s._timeout, s._listening,
+                      s._port, list(s.getsockname()))
+
+
+def _rebuild(df: Any, token: int, family: int, kind: int, proto: int, timeout: float | None,
+             listening: bool, port: int, sockname: list) -> Any:
+    """In the other process: the socket, served by the process that sent it (`_reduce`)."""
+    link = _std.socket(fileno=df.detach())
+    s: Any
+    if kind == _std.SOCK_DGRAM:
+        s = object.__new__(InheritedDatagram)
+        DatagramFace.__init__(s, family, kind, proto)
+    else:
+        s = object.__new__(Inherited)
+        us.socket.__init__(s, family, kind, proto)
+    s._timeout, s._listening, s._port, s._sockname = timeout, listening, port, tuple(sockname)
+    s._link, s._token, s._k, s._lfd = link, token, None, None
+    return s
+
+
 def _release(s: Any) -> None:
     """The child is done with inherited socket `s` (not spliced): its readiness descriptor closes
     and the parent lets go of the child's reference."""
@@ -100,6 +142,8 @@ class Inherited(us.socket):
     _token: int
     _k: Any  # None: not claimed yet; False: a listener; a forked.SplicedSocket: the connection
     _lfd: int | None  # a listener's: its readiness, a descriptor the parent's stack keeps
+    _sockname: tuple = ()  # a socket multiprocessing sent (`_rebuild`): its name, as it came
+    inherited = True  # served by another process's stack: usnet.aio serves it as asyncio serves a kernel socket
 
     def _claim(self) -> None:
         """Ask the parent for what this socket is here, once: its connection spliced, or for a
@@ -152,7 +196,21 @@ class Inherited(us.socket):
         self.settimeout(None if flag else 0.0)
 
     def getsockname(self) -> tuple:
-        return super().getsockname()  # the parent's engine told it at bind; it has not changed
+        # the parent's engine told it at bind (it has not changed); a socket sent by
+        # multiprocessing has no engine here, and its name came with it
+        return self._sockname if self._engine is None else super().getsockname()
+
+    def listen(self, backlog: int = 128) -> None:
+        """A socket bound in the parent listens (the parent's, for every process that has it), and
+        is a listener here from now on (uvicorn binds, then hands the socket to its workers)."""
+        if self._dead:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        if self._k:
+            raise OSError(errno.EINVAL, "Invalid argument")  # a connection
+        _, fd = forked.ask(self._link, "listen", self._token, size=max(int(backlog), 0))
+        if self._lfd is not None:
+            _close(self._lfd)
+        self._k, self._lfd, self._listening = False, fd, True
 
     def close(self) -> None:
         if self._dead:
@@ -182,7 +240,7 @@ def _via_splice(name: str) -> Any:
 
 for _name in ("recv", "recv_into", "recvfrom", "recvfrom_into", "recvmsg", "send", "sendall", "sendto",
               "sendmsg", "sendfile", "makefile", "shutdown", "getpeername", "setsockopt",
-              "getsockopt", "dup", "connect", "connect_ex", "bind", "listen"):
+              "getsockopt", "dup", "connect", "connect_ex", "bind"):
     setattr(Inherited, _name, _via_splice(_name))
 
 
@@ -196,6 +254,11 @@ class InheritedDatagram(DatagramFace):
     _token: int
     _k: Any  # None: not claimed yet; False: claimed
     _lfd: int | None  # the socket's readiness, a descriptor the parent's stack keeps
+    _sockname: tuple = ()  # as Inherited's
+    inherited = True
+
+    def getsockname(self) -> tuple:
+        return self._sockname if self._engine is None else super().getsockname()
 
     def _claim(self) -> None:
         if self._dead:
@@ -253,3 +316,7 @@ def _parents_only(name: str) -> Any:
 
 for _name in ("bind", "connect", "connect_ex", "shutdown", "setsockopt", "dup", "detach", "sendmsg", "recvmsg"):
     setattr(InheritedDatagram, _name, _parents_only(_name))
+
+
+for _cls in (us.socket, DatagramFace):
+    _mp.register(_cls, _reduce)

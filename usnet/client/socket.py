@@ -506,6 +506,14 @@ class socket:
         if self._conn is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         backlog = _SOMAXCONN if backlog < 0 else min(backlog, _SOMAXCONN)  # as Linux: 0 lets one wait
+        eng = self._engine
+        if not self._listening and eng is not None and self._port in eng.tcp.listeners:
+            # another object of this socket (a dup; a reference another process holds, usnet.client.
+            # inherit) listens already: they are one socket, so this one listens too, as on Linux
+            with eng.lock:
+                self._lo = next((w._lo for w in eng.watchers if getattr(w, "_listening", False)
+                                 and w._port == self._port), None)
+            self._listening = True
         if self._listening:
             eng = self._engine
             assert eng is not None
