@@ -58,6 +58,26 @@ def _child(w: int, work) -> None:
             os._exit(0)
 
 
+def _forked(work, go: bool = False) -> tuple[int, int, int | None]:
+    """Run `work` in a child of fork() that reports on a pipe (`_child`): (the report's read end,
+    the child's pid, and with `go` the write end of a pipe whose read end `work` is given: the
+    parent's word to the child)."""
+    go_r = go_w = None
+    if go:
+        go_r, go_w = os.pipe()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        if go_w is not None:
+            os.close(go_w)
+        _child(w, (lambda: work(go_r)) if go else work)
+    os.close(w)
+    if go_r is not None:
+        os.close(go_r)
+    return r, pid, go_w
+
+
 def _report(r: int, pid: int) -> str:
     _, status = os.waitpid(pid, 0)
     try:
@@ -192,15 +212,7 @@ def test_prefork_children_accept_on_the_parents_listener(tapd):
         c.close()
         return "served"
 
-    kids = []
-    for _ in range(2):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            _child(w, serve_one)
-        os.close(w)
-        kids.append((r, pid))
+    kids = [_forked(serve_one)[:2] for _ in range(2)]
     answers = []
     for i in range(2):
         data = os.urandom(100_000 + i)
@@ -226,27 +238,22 @@ def test_a_child_that_waits_on_an_inherited_listener_times_out_as_a_listener_doe
     ls = us.socket()
     ls.bind((tapd.usnet_ip, 0))
     ls.listen()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
 
-        def wait() -> str:
-            out = []
-            ls.setblocking(False)
-            try:
-                ls.accept()
-            except BlockingIOError:
-                out.append("EAGAIN")
-            ls.settimeout(0.2)
-            try:
-                ls.accept()
-            except TimeoutError:
-                out.append("timed out")
-            return ",".join(out)
+    def wait() -> str:
+        out = []
+        ls.setblocking(False)
+        try:
+            ls.accept()
+        except BlockingIOError:
+            out.append("EAGAIN")
+        ls.settimeout(0.2)
+        try:
+            ls.accept()
+        except TimeoutError:
+            out.append("timed out")
+        return ",".join(out)
 
-        _child(w, wait)
-    os.close(w)
+    r, pid, _ = _forked(wait)
     assert _report(r, pid) == "EAGAIN,timed out"
     ls.close()
 
@@ -285,28 +292,17 @@ def test_prefork_children_select_on_the_parents_listener(tapd):
             served += 1
         return str(served)
 
-    kids = []
-    for _ in range(2):
-        r, w = os.pipe()
-        stop_r, stop_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            os.close(stop_w)
-            _child(w, lambda stop=stop_r: worker(stop))
-        os.close(w)
-        os.close(stop_r)
-        kids.append((r, stop_w, pid))
+    kids = [_forked(worker, go=True) for _ in range(2)]  # (report, pid, stop)
     seen = []
     for _ in range(n):
         with socket.create_connection(addr, timeout=LIMIT) as k:
             seen.append(int(_read_all(k)))
-    for _, stop_w, _ in kids:
+    for _, _, stop_w in kids:
         os.write(stop_w, b"x")
         os.close(stop_w)
-    served = [int(_report(r, pid)) for r, _, pid in kids]
-    assert set(seen) <= {pid for _, _, pid in kids}
-    assert sum(served) == n and sorted(served) == sorted(seen.count(pid) for _, _, pid in kids)
+    served = [int(_report(r, pid)) for r, pid, _ in kids]
+    assert set(seen) <= {pid for _, pid, _ in kids}
+    assert sum(served) == n and sorted(served) == sorted(seen.count(pid) for _, pid, _ in kids)
     ls.close()
 
 
@@ -321,23 +317,16 @@ def test_an_inherited_connection_is_shared_and_ends_with_its_last_reference(tapd
     k, _ = ks.accept()
     k.settimeout(LIMIT)
     s.sendall(b"parent;")
-    go_r, go_w = os.pipe()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.close(go_w)
 
-        def use() -> str:
-            assert os.read(go_r, 1) == b"g"  # the parent closed its copy
-            s.sendall(b"child;")
-            got = s.recv(100)  # what the peer sent after the parent's close: nobody else reads it
-            s.close()
-            return got.decode()
+    def use(go: int) -> str:
+        assert os.read(go, 1) == b"g"  # the parent closed its copy
+        s.sendall(b"child;")
+        got = s.recv(100)  # what the peer sent after the parent's close: nobody else reads it
+        s.close()
+        return got.decode()
 
-        _child(w, use)
-    os.close(w)
-    os.close(go_r)
+    r, pid, go_w = _forked(use, go=True)
+    assert go_w is not None
     s.close()  # the parent's reference: the child's keeps the connection open
     k.sendall(b"to whoever reads")
     os.write(go_w, b"g")
@@ -356,12 +345,7 @@ def test_a_child_that_never_uses_an_inherited_connection_leaves_it_to_the_parent
     s = us.create_connection(ks.getsockname(), timeout=LIMIT)
     k, _ = ks.accept()
     k.settimeout(LIMIT)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _child(w, lambda: "left")
-    os.close(w)
+    r, pid, _ = _forked(lambda: "left")
     assert _report(r, pid) == "left"
     s.sendall(b"after the child")  # the child's exit did not end it
     assert k.recv(100) == b"after the child"
@@ -414,32 +398,25 @@ def test_a_child_receives_polls_and_sends_on_an_inherited_udp_socket(tapd):
     k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     k.bind((tapd.host_ip, 0))
     k.settimeout(LIMIT)
-    go_r, go_w = os.pipe()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        os.close(go_w)
 
-        def use() -> str:
-            out = []
-            try:
-                u.recvfrom(100, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                out.append("EAGAIN")
-            u.sendto(b"ready", k.getsockname())
-            assert os.read(go_r, 1) == b"g"  # the peer sent
-            readable, _, _ = select.select([u], [], [], LIMIT)
-            out.append("readable" if readable == [u] else "not readable")
-            u.settimeout(LIMIT)
-            data, src = u.recvfrom(100)
-            out.append(f"{data.decode()} from {src[1] == k.getsockname()[1]}")
-            u.close()
-            return ",".join(out)
+    def use(go: int) -> str:
+        out = []
+        try:
+            u.recvfrom(100, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            out.append("EAGAIN")
+        u.sendto(b"ready", k.getsockname())
+        assert os.read(go, 1) == b"g"  # the peer sent
+        readable, _, _ = select.select([u], [], [], LIMIT)
+        out.append("readable" if readable == [u] else "not readable")
+        u.settimeout(LIMIT)
+        data, src = u.recvfrom(100)
+        out.append(f"{data.decode()} from {src[1] == k.getsockname()[1]}")
+        u.close()
+        return ",".join(out)
 
-        _child(w, use)
-    os.close(w)
-    os.close(go_r)
+    r, pid, go_w = _forked(use, go=True)
+    assert go_w is not None
     data, src = k.recvfrom(100)
     assert data == b"ready" and src == u.getsockname()  # the child's send: the socket's own port
     k.sendto(b"hello", u.getsockname())
