@@ -18,7 +18,6 @@ import struct
 
 import pytest
 
-from tests.helpers.usnetd import TapDaemon
 from tests.helpers.util import fresh_subnet, wait_until
 from usnet import aio
 from usnet.client import Client
@@ -35,16 +34,6 @@ def _take_local_buffers(ch) -> list[int]:
     ch._cache.clear()
     held += ch._alloc.pop(ch._alloc.capacity)
     return held
-
-
-@pytest.fixture
-def tapd(sockdir):
-    d = TapDaemon(sockdir)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def test_an_asyncio_udp_server_answers_its_first_datagram(tapd):

@@ -21,28 +21,24 @@ import textwrap
 
 import pytest
 
-from tests.helpers.usnetd import TapDaemon
-
 pytestmark = pytest.mark.privileged
 
 LIMIT = 20  # seconds: reached only when something is broken
 
 
 @pytest.fixture
-def tapd(sockdir, monkeypatch):
-    """usnetd on a TAP, and usnet.socket configured for it from the environment (children too)."""
+def tapd(tapd, monkeypatch):
+    """The interop `tapd` (usnetd on a TAP), and usnet.socket configured for it from the
+    environment (children too)."""
     from usnet import socket as us
 
-    d = TapDaemon(sockdir)
-    d.start()
-    monkeypatch.setenv("USNET_SOCKET", d.path)
+    monkeypatch.setenv("USNET_SOCKET", tapd.path)
     monkeypatch.setenv("USNET_NETIF", "usnet0")
     us.configure(None, None)
     try:
-        yield d
+        yield tapd
     finally:
         us.configure(None, None)
-        d.stop()
 
 
 def _child(w: int, work) -> None:

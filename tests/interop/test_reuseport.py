@@ -22,7 +22,6 @@ import textwrap
 
 import pytest
 
-from tests.helpers.usnetd import TapDaemon
 from tests.helpers.util import wait_until
 from usnet.client import Client
 
@@ -79,16 +78,6 @@ SERVER_AIO = textwrap.dedent("""
 
     asyncio.run(main())
 """)
-
-
-@pytest.fixture
-def tapd(sockdir):
-    d = TapDaemon(sockdir)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def _servers(tmp_path, proto: str, host: str, n: int, usnet: str | None,
