@@ -78,8 +78,10 @@ def started(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subproce
     line = proc.stdout.readline().decode() if ready else ""
     m = re.search(r"port (\d+)", line)
     if m is None:
+        proc.kill()
+        err = proc.stderr.read().decode()[-2000:] if proc.stderr is not None else ""
         stop(proc)
-        pytest.fail(f"{cmd} did not start: {line!r} {proc.stderr.read().decode()[-2000:]}")
+        pytest.fail(f"{cmd} did not start: {line!r} {err}")
     return proc, int(m.group(1))
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,6 +23,7 @@ import pytest
 
 from tests.helpers.usnetd import TapDaemon
 from tests.helpers.util import wait_until
+from tests.interop.test_patch import child_env, started, stop
 
 pytestmark = pytest.mark.privileged
 
@@ -131,3 +134,177 @@ def test_a_client_without_a_daemon_names_the_path_and_usnet_up(sockdir):
     assert not isinstance(ei.value, FileNotFoundError)
     assert f"usnetd is not running at {path}" in str(ei.value) and "usnet up" in str(ei.value)
     assert os.path.exists(str(sockdir))
+
+
+def _accepting(ls, out: dict) -> threading.Thread:
+    """`ls.accept()` in a thread: out["accept"] = (the connection or None, the error or None)."""
+    def run() -> None:
+        try:
+            out["accept"] = (ls.accept()[0], None)
+        except BaseException as e:  # noqa: BLE001 (the test judges it)
+            out["accept"] = (None, e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_listener_waits_while_usnetd_is_away_and_listens_again_once_it_is_back(tapd):
+    """A kernel listener outlives its link going down and up; a usnet listener outlives usnetd
+    (usnet.client.rebind): its blocked accept goes on waiting (no error), it is not readable and a
+    non-blocking accept says EAGAIN while usnetd is away, and once usnetd is back the same socket,
+    and its dup, take connections on the same port."""
+    import select
+
+    from usnet import socket as us
+    from usnet.client import rebind
+
+    ls = us.create_server(("", 0))
+    port = ls.getsockname()[1]
+    twin = ls.dup()
+    with socket.create_connection((tapd.usnet_ip, port), timeout=10) as c:
+        k, _ = ls.accept()
+        with k:
+            c.sendall(b"before")
+            assert k.recv(100) == b"before"
+    out: dict = {}
+    t = _accepting(ls, out)
+
+    tapd.kill()
+    wait_until(lambda: rebind.waiting() == 1, 5, "the listener to wait for usnetd")
+    twin.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        twin.accept()
+    assert select.select([ls, twin], [], [], 0)[0] == []  # a kernel listener on a link that is down: not readable
+
+    tapd.start()
+    wait_until(lambda: rebind.waiting() == 0, 10, "the listener to listen again")
+    assert ls.getsockname()[1] == port
+    with socket.create_connection((tapd.usnet_ip, port), timeout=10) as c:
+        t.join(10)
+        got, err = out.get("accept", (None, "still blocked"))
+        assert err is None, repr(err)
+        with got:
+            c.sendall(b"after")
+            assert got.recv(100) == b"after"
+    with socket.create_connection((tapd.usnet_ip, port), timeout=10) as c:
+        assert select.select([twin], [], [], 10)[0] == [twin]
+        k, _ = twin.accept()
+        with k:
+            k.sendall(b"twin")
+            assert c.recv(100) == b"twin"
+    twin.close()
+    ls.close()
+
+
+def test_a_listener_whose_port_is_taken_when_usnetd_is_back_fails_with_eaddrinuse(tapd):
+    """Once usnetd is back, another program took the port first: the listener fails as its bind
+    would (EADDRINUSE, saying why), instead of waiting for ever."""
+    from usnet import socket as us
+    from usnet.client import Client, rebind
+
+    ls = us.create_server(("", 0))
+    port = ls.getsockname()[1]
+    tapd.kill()
+    wait_until(lambda: rebind.waiting() == 1, 5, "the listener to wait for usnetd")
+    with rebind._lock:  # its next attempt waits until the port is taken
+        tapd.start()
+        other = Client.connect(tapd.path)
+        other_ls = us.socket(client=other, netif="usnet0")
+        other_ls.bind(("", port))
+        other_ls.listen()
+    wait_until(lambda: rebind.waiting() == 0, 10, "the listener's attempt")
+    ls.settimeout(5)
+    with pytest.raises(OSError) as ei:
+        ls.accept()
+    assert ei.value.errno == errno.EADDRINUSE and "again after usnetd came back" in str(ei.value)
+    ls.close()
+    other_ls.close()
+    other.close()
+
+
+def test_a_udp_socket_keeps_its_port_and_its_datagrams_across_a_usnetd_restart(tapd):
+    """A bound UDP socket outlives usnetd as a kernel one outlives its link: what it had received
+    is still there to read, a send says ENETDOWN and a receive waits while usnetd is away, and once
+    it is back the same socket sends and receives on the same port."""
+    import select
+
+    from usnet import socket as us
+    from usnet.client import rebind
+
+    u = us.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("", 0))
+    port = u.getsockname()[1]
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind((tapd.host_ip, 0))
+    k.settimeout(10)
+    k.sendto(b"early", (tapd.usnet_ip, port))
+    assert select.select([u], [], [], 10)[0] == [u]
+
+    tapd.kill()
+    wait_until(lambda: rebind.waiting() == 1, 5, "the socket to wait for usnetd")
+    assert select.select([u], [], [], 0)[0] == [u]  # received before: still there
+    assert u.recvfrom(100) == (b"early", k.getsockname())
+    assert select.select([u], [], [], 0)[0] == []
+    with pytest.raises(OSError) as ei:
+        u.sendto(b"nobody carries this", k.getsockname())
+    assert ei.value.errno == errno.ENETDOWN and "usnetd" in str(ei.value)
+    out: dict = {}
+    t = _blocked(lambda: out.setdefault("got", u.recvfrom(100)), out, "recvfrom")
+
+    tapd.start()
+    wait_until(lambda: rebind.waiting() == 0, 10, "the socket to be bound again")
+    assert u.getsockname()[1] == port
+    k.sendto(b"late", (tapd.usnet_ip, port))
+    t.join(10)
+    assert out.get("recvfrom", ("still blocked",))[0] is None, repr(out.get("recvfrom"))
+    assert out["got"] == (b"late", k.getsockname())
+    u.sendto(b"back", k.getsockname())
+    assert k.recvfrom(100) == (b"back", (tapd.usnet_ip, port))
+    u.close()
+    k.close()
+
+
+_ASYNCIO_SERVER = """
+import asyncio
+async def answer(r, w):
+    await r.readuntil(b"\\r\\n\\r\\n")
+    w.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok")
+    await w.drain()
+    w.close()
+async def main():
+    server = await asyncio.start_server(answer, "0.0.0.0", 8001)
+    print("serving on port 8001", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("program", ["http.server", "asyncio"])
+def test_an_unmodified_server_serves_again_after_usnetd_restarts(tapd, tmp_path, program):
+    """`usnet run` servers (socketserver's selector loop; asyncio's start_server on usnet's loop)
+    outlive a usnetd restart as they outlive a link going down and up on kernel sockets: alive
+    while it is away, answering again on the same port once it is back."""
+    (tmp_path / "f").write_bytes(b"ok")
+    script = tmp_path / "server.py"
+    script.write_text(_ASYNCIO_SERVER)
+    cmd = ([sys.executable, "-m", "http.server", "-d", str(tmp_path), "8000"] if program == "http.server"
+           else [sys.executable, str(script)])
+    env = child_env(tapd.path)
+    env["USNET_NETIF"] = "usnet0"
+    server, port = started([sys.executable, "-m", "usnet", "run", "--", *cmd], env)
+    url = f"http://{tapd.usnet_ip}:{port}/f"
+
+    def answers() -> bool:
+        got = subprocess.run(["curl", "-sS", "--max-time", "5", url], capture_output=True, timeout=10)
+        return got.returncode == 0 and got.stdout == b"ok"
+
+    try:
+        assert answers()
+        tapd.kill()
+        assert not answers()  # nobody carries it now
+        tapd.start()
+        wait_until(answers, 10, f"{program} to answer again")
+        assert server.poll() is None
+    finally:
+        stop(server)

@@ -79,13 +79,16 @@ class _Watcher:
     the same lock, and `fire` clears the flag before the callback runs.
     """
 
-    __slots__ = ("loop", "wants", "callback", "pending", "dead")
+    __slots__ = ("loop", "wants", "callback", "pending", "dead", "moved")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wants: Callable[[], Any],
                  callback: Callable[[], None]) -> None:
         self.loop, self.wants, self.callback = loop, wants, callback
         self.pending = False
         self.dead = False
+        # a listener's server: called (from any thread) when the socket listens again on a new
+        # flow after a usnetd restart (usnet.client.socket.socket._rebind)
+        self.moved: Callable[[], None] | None = None
 
     def _signal(self) -> None:
         if self.pending or self.dead:
@@ -313,6 +316,16 @@ def _accept_waits(engines: tuple[FlowEngine, ...], port: int) -> bool:
         if lst is not None and lst.accept_queue:
             return True
     return False
+
+
+def _accept_or_moved(sock: _us.socket, eng: FlowEngine, engines: tuple[FlowEngine, ...], port: int) -> bool:
+    """`sock_accept`'s wait on `eng` ends: a connection waits, the listener ended or failed, or it
+    moved to a new flow (an orphaned listener's failed engine waits for that, usnet.client.rebind)."""
+    if sock.engine is not eng:
+        return True
+    if eng.error is not None:
+        return not sock._orphan
+    return eng.tcp.listeners.get(port) is None or _accept_waits(engines, port)
 
 
 def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
@@ -890,6 +903,7 @@ class Server(asyncio.AbstractServer):
         self._handshakes: set[asyncio.Task] = set()
         self._serving_forever_fut: asyncio.Future | None = None
         self._watcher = _Watcher(loop, self._wants, self._accept_ready)
+        self._watcher.moved = self._moved
 
     def __repr__(self) -> str:
         return f"<usnet.aio.Server port={self._port} {'serving' if self._serving else 'idle'}>"
@@ -915,6 +929,24 @@ class Server(asyncio.AbstractServer):
 
     def _wants(self) -> bool:
         return self._serving and _accept_waits(self._engines, self._port)
+
+    def _moved(self) -> None:
+        """The socket listens again on a new flow (usnetd came back): serve that one."""
+        try:
+            self._loop.call_soon_threadsafe(self._rewatch)
+        except RuntimeError:
+            pass  # the loop is closed: nothing serves this server any more
+
+    def _rewatch(self) -> None:
+        sock = self._sock
+        if sock is None or sock.engine is None or sock.engine is self._eng:
+            return
+        _unwatch(self._eng, self._watcher)
+        self._eng = sock.engine
+        self._engines = sock.listening_engines or (self._eng,)
+        if self._serving:
+            self._watcher.dead = False
+            _watch(self._eng, self._watcher)
 
     def _start_serving(self) -> None:
         if self._serving or self._sock is None:
@@ -1291,16 +1323,18 @@ class EventLoop(asyncio.SelectorEventLoop):
     async def sock_accept(self, sock: Any) -> tuple[Any, Any]:
         if not isinstance(sock, _us.socket):
             return await super().sock_accept(sock)
-        eng, port = sock.engine, sock.getsockname()[1]
-        if eng is None:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        engines = sock.listening_engines or (eng,)
+        port = sock.getsockname()[1]
         while True:
+            eng = sock.engine
+            if eng is None:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            engines = sock.listening_engines or (eng,)
             try:
                 child, addr = _nonblocking(sock, sock.accept)
             except BlockingIOError:
-                await _until(self, eng, lambda: eng.error is not None or eng.tcp.listeners.get(port) is None
-                             or _accept_waits(engines, port))
+                # an orphaned listener's engine has failed, yet it waits (usnet.client.rebind): until
+                # it moves to a new flow
+                await _until(self, eng, functools.partial(_accept_or_moved, sock, eng, engines, port))
                 continue
             child.setblocking(False)
             return child, addr

@@ -247,6 +247,18 @@ class DatagramFace(socket):
 
     def _open(self, port: int = 0, host: str | None = None) -> DatagramEngine:
         """The flow: on the loopback netif for a loopback `host`, else on the socket's netif."""
+        eng = self._new_engine(port, host)
+        self._port = eng.d.local[1]
+        self._engine = eng
+        open_sockets.add(self)  # a fork shares it with the child (usnet.client.inherit)
+        with eng.lock:
+            eng.watch(self)
+            self._update()
+        runner().add(eng)
+        return eng
+
+    def _new_engine(self, port: int, host: str | None) -> DatagramEngine:
+        """A flow on `port` with the socket's options (what `_open` and `_rebind` open)."""
         client, netif = self._target(host)
         reuse = bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)))  # SO_REUSEPORT, set before bind
         eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse), client)
@@ -255,13 +267,6 @@ class DatagramFace(socket):
             eng.d.set_marking(mark)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
-        self._port = eng.d.local[1]
-        self._engine = eng
-        open_sockets.add(self)  # a fork shares it with the child (usnet.client.inherit)
-        with eng.lock:
-            eng.watch(self)
-            self._update()
-        runner().add(eng)
         return eng
 
     def _eng(self, dest: str | None = None) -> DatagramEngine:
@@ -380,6 +385,9 @@ class DatagramFace(socket):
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
         eng = self._eng(addr[0])
+        if self._orphan:  # as a kernel socket's send on a link that is down
+            raise OSError(errno.ENETDOWN, f"Network is down ({eng.error}; this socket binds port {self._port} "
+                                          "again once usnetd is back)")
         self._no_group(eng, addr[0])
         with eng.lock:
             self._raise_pending(eng)
@@ -425,27 +433,29 @@ class DatagramFace(socket):
         return data[:bufsize], [], MSG_TRUNC if len(data) > bufsize else 0, _sockaddr(self.family, *addr)
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
-        eng = self._eng()
         t = 0.0 if flags & _DONTWAIT else self._timeout
         deadline = None if t is None else time.monotonic() + t
-        with eng.lock:
-            while True:
-                self._raise_pending(eng)
-                if eng.error is not None:
-                    raise eng.error
-                if eng.closed:
-                    raise OSError(errno.EBADF, "Bad file descriptor")
-                dg = eng.pop(bool(flags & _PEEK))
-                if dg is not None:
+        while True:  # again on the new flow if the socket is bound again meanwhile (`_rebind`)
+            eng = self._eng()
+            with eng.lock:
+                while self._engine is eng:
+                    self._raise_pending(eng)
+                    orphan = self._orphan  # its usnetd is away: what it queued, then wait (usnet.client.rebind)
+                    if eng.error is not None and not orphan:
+                        raise eng.error
+                    if eng.closed and not orphan:
+                        raise OSError(errno.EBADF, "Bad file descriptor")
+                    dg = eng.pop(bool(flags & _PEEK)) if not orphan or eng.rxq else None
+                    if dg is not None:
+                        self._update()
+                        return dg
                     self._update()
-                    return dg
-                self._update()
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    if t == 0:
-                        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-                    raise TimeoutError("timed out")
-                eng.changed.wait(left)
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        if t == 0:
+                            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                        raise TimeoutError("timed out")
+                    eng.changed.wait(left)
 
     def _raise_pending(self, eng: DatagramEngine) -> None:
         err = eng.pending
@@ -515,9 +525,47 @@ class DatagramFace(socket):
         eng: DatagramEngine | None = self._engine
         if eng is None:
             return False, True
-        if eng.error is not None or eng.pending is not None:
+        if (eng.error is not None and not self._orphan) or eng.pending is not None:
             return True, True
         return bool(eng.rxq), True
+
+    def _signal(self) -> None:
+        """As socket._signal: a UDP socket of the default domain is bound again after a usnetd restart."""
+        eng = self._engine
+        if not self._orphan and eng is not None and eng.error is not None:
+            self._orphan_if_gone()
+        self._update()
+
+    def _rebind(self) -> None:
+        """usnetd is back (usnet.client.rebind): the same port, address and options on a new flow,
+        with the datagrams the old one had queued; its dups move with it. ENETDOWN while none
+        serves the path; another error fails the socket (`_rebind_failed`)."""
+        old = self._engine
+        if self._dead or old is None or not self._orphan:
+            return
+        host = None if self._wildcard else old.d.local[0]
+        eng = self._new_engine(self._port, host)
+        if host is not None and eng.d.local[0] != host:
+            eng.close()
+            raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {host}, the address this socket was bound to")
+        with old.lock:
+            group = [w for w in old.watchers if isinstance(w, socket) and w._share is self._share]
+            with eng.lock:
+                eng.remote = old.remote
+                for d in eng.flows():
+                    d.remote = old.remote
+                eng.rxq, eng.rx_bytes = old.rxq, old.rx_bytes  # received before usnetd went: still theirs
+                old.rxq, old.rx_bytes = deque(), 0
+                for w in group:
+                    w._engine, w._orphan = eng, False
+                    eng.watch(w)
+                    w._update()
+            old.changed.notify_all()  # blocked receives: moved
+        runner().add(eng)
+        if self._wildcard:
+            self._hear_loopback(eng)
+        if self._dead:  # closed meanwhile: the new flow goes too
+            self._last_close(eng)
 
     def _last_close(self, eng: Any) -> None:
         """A datagram flow has nothing to finish: it goes now, as Linux's close of a UDP socket

@@ -37,6 +37,7 @@ from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
+from usnet.client.session import DomainGone
 from usnet.client.tcpstats import Publisher
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
@@ -800,6 +801,8 @@ class Runner:
         self.remove(e)
         with e.lock:
             if e.error is None:
+                # not DomainGone: usnetd lives on and restarts the worker; its sockets fail (usnet.client.rebind
+                # binds again only what a usnetd restart took)
                 e.error = ConnectionAbortedError(errno.ECONNABORTED, why + ": this connection is lost")
             e.notify()
         d = getattr(e, "driver", None) if lent else None
@@ -813,7 +816,7 @@ class Runner:
         self.remove(e)
         with e.lock:
             if e.error is None:
-                e.error = ConnectionAbortedError(
+                e.error = DomainGone(
                     errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
                     "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
             e.notify()

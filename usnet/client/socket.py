@@ -39,9 +39,10 @@ from functools import partial
 from typing import Any, Literal
 
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
+from usnet.client import rebind as _rebind
 from usnet.client import resolver as _names
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
-from usnet.client.session import Client
+from usnet.client.session import Client, DomainGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
@@ -100,13 +101,13 @@ def _target() -> tuple[Client, str]:
     with _default_lock:
         c = _default["client"]
         if c is not None and c.path is not None and c.gone:
-            _default["client"] = None
+            fresh = Client.connect(c.path)  # ENETDOWN while none serves it: the old one (and its path) stays
+            _default["client"] = fresh
             try:
                 c.close()
             except OSError:
                 pass  # its control socket is dead already
-            c = Client.connect(c.path)
-            _default["client"] = c
+            c = fresh
         if c is None:
             c = _default["client"] = Client.connect(os.environ.get("USNET_SOCKET", DEFAULT_SOCKET))
         if not (_default["netif"] or os.environ.get("USNET_NETIF")):
@@ -275,6 +276,7 @@ def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None 
 
 
 _UNSET: Any = object()
+_MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`socket._rebind`)
 _SOMAXCONN = 4096
 _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
 # fileno -> the open socket whose descriptor it is (made by fileno, dup or a take-back), so that
@@ -377,6 +379,7 @@ class socket:
         self._lo: FlowEngine | None = None  # a wildcard listener's second flow, on the loopback netif
         self._netif = ""  # the netif bind chose
         self._lo_held: FlowEngine | None = None  # a closed listener's loopback half, bind took it over
+        self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -561,10 +564,17 @@ class socket:
             return None
 
     def accept(self) -> tuple[socket, tuple]:
-        eng = self._need_engine()
-        if not self._listening:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        conn, on = self._wait(lambda: self._accepted(eng), "accept")
+        t = self._timeout
+        deadline = None if t is None else time.monotonic() + t
+        while True:
+            eng = self._need_engine()
+            if not self._listening:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            left = None if deadline is None or t == 0 else max(0.0, deadline - time.monotonic())
+            got = self._wait(partial(self._accepted, eng), "accept", t if t == 0 else left)
+            if got is not _MOVED:  # (moved: the listener listens again on a new flow, `_rebind`)
+                break
+        conn, on = got
         # its protocol number as the listener's, as the kernel's accept gives it (asyncio turns
         # Nagle off only for a socket whose proto is IPPROTO_TCP)
         child = socket(self.family, SOCK_STREAM, self.proto, client=self._where[0], netif=self._where[1])
@@ -578,7 +588,10 @@ class socket:
         return child, _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
     def _accepted(self, eng: FlowEngine) -> tuple[TcpConnection, FlowEngine] | None:
-        """The next connection to accept and its engine: the netif's, then the loopback half's."""
+        """The next connection to accept and its engine: the netif's, then the loopback half's;
+        _MOVED once the listener listens on a new flow (`_rebind`)."""
+        if self._engine is not eng:
+            return _MOVED
         conn = eng.tcp.accept(self._port)
         if conn is not None:
             return conn, eng
@@ -1311,9 +1324,11 @@ class socket:
         return None
 
     def _wait(self, attempt: Any, what: str, timeout: Any = _UNSET) -> Any:
-        """Run `attempt` under the engine lock until it returns non-None, within the timeout."""
+        """Run `attempt` under the engine lock until it returns non-None, within the timeout.
+        An orphaned listener's failed engine is waited on as one with nothing to accept: its
+        `_rebind` wakes the waiters."""
         eng = self._need_engine()
-        if eng.error is not None:
+        if eng.error is not None and not self._orphan:
             raise eng.error
         t = self._timeout if timeout is _UNSET else timeout
         deadline = None if t is None else time.monotonic() + t
@@ -1324,7 +1339,7 @@ class socket:
                 if got is not None:
                     self._update()
                     return got
-                if eng.error is not None:
+                if eng.error is not None and not self._orphan:
                     raise eng.error
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -1350,6 +1365,8 @@ class socket:
         """(readable, writable) as Linux's tcp_poll would say. With the engine's lock held."""
         eng = self._engine
         if eng is None or eng.error is not None:
+            if self._orphan:
+                return False, False  # a listener whose usnetd is away: as a kernel one on a link that is down
             return True, True  # unconnected (POLLHUP | POLLOUT), or every call fails at once
         conn = self._conn
         if conn is None:
@@ -1379,7 +1396,77 @@ class socket:
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
+        if self._listening and not self._orphan:
+            self._orphan_if_gone()
         self._update()
+
+    def _orphan_if_gone(self) -> None:
+        """Its usnetd went away, and it is a socket of the default domain: orphaned, it waits to
+        be bound again once one is back (usnet.client.rebind). With the engine's lock held."""
+        eng = self._engine
+        if eng is not None and isinstance(eng.error, DomainGone) and self._where[0] is None and not self._dead:
+            self._orphan = True
+            _rebind.orphaned(self)
+
+    def _rebind(self) -> None:
+        """usnetd is back (usnet.client.rebind): listen again on the same port, address and netif,
+        with the same backlog and options. The socket's dups, and an asyncio server serving it
+        (`moved`), move to the new flow with it; the old one's waiters wake and find it moved.
+        ENETDOWN while no usnetd serves the path; another error fails the listener
+        (`_rebind_failed`)."""
+        old = self._engine
+        if self._dead or old is None or not self._orphan:
+            return
+        client, _ = self._target()  # a new session to the same socket path (ENETDOWN: not yet)
+        eng = FlowEngine(client, self._netif, self._port, family=self._ip_version, reuse_port=self._reuse_port())
+        try:
+            if not self._wildcard and eng.info.local_addr != old.info.local_addr:
+                raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {old.info.local_addr}, "
+                                                   "the address this socket listened on")
+            lo = self._loopback_half(eng)
+        except BaseException:
+            eng.close()
+            raise
+        with old.lock:
+            was = old.tcp.listeners.get(self._port)
+            backlog = 128 if was is None else was.backlog
+            group = [w for w in old.watchers if isinstance(w, socket) and w._share is self._share]
+            movers = [m for m in (getattr(w, "moved", None) for w in old.watchers) if m is not None]
+            config = replace(eng.tcp.config, **self._buffer_options())
+            with eng.lock:
+                eng.tcp.listen(self._port, backlog=backlog, config=config)
+                if lo is not None:
+                    lo.tcp.listen(self._port, backlog=backlog, config=config)
+                for w in group:
+                    w._engine, w._lo, w._orphan = eng, lo, False
+                    eng.watch(w)
+                    w._update()
+            old.changed.notify_all()  # blocked accepts: moved
+            old.notify()  # asyncio waits on it (usnet.aio)
+        runner().add(eng)
+        if lo is not None:
+            runner().add(lo)
+        for moved in movers:
+            moved()
+        if self._dead:  # closed meanwhile: the new flow goes too
+            with eng.lock:
+                self._last_close(eng)
+            eng.wake()
+
+    def _rebind_failed(self, e: OSError) -> None:
+        """usnetd came back but this listener cannot listen again (its port taken, its address
+        gone): it fails with that error, as its bind would have."""
+        eng = self._engine
+        if eng is None:
+            return
+        with eng.lock:
+            why = e.strerror or str(e)
+            eng.error = OSError(e.errno, f"binding port {self._port} again after usnetd came back: {why}")
+            for w in eng.watchers:
+                if isinstance(w, socket) and w._share is self._share:
+                    w._orphan = False
+            eng.changed.notify_all()
+            eng.notify()
 
 
 SocketType = socket

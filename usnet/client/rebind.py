@@ -1,0 +1,86 @@
+"""Bound sockets outlive a usnetd restart: bound again, on the same port, once it is back.
+
+A kernel socket survives its network going away and coming back: a server's accept
+or recvfrom waits, and takes connections and datagrams again when the link returns. A
+usnet socket's flow lives in usnetd, so when usnetd dies (or `usnet down`/`up` restarts
+it) the flow goes with it. A connection is lost (its TCP state went with the domain, and
+its calls fail at once, usnet.client.engine.Runner), but a listening TCP socket or a UDP
+socket need not be. Such a socket of the default domain (the one `usnet run` and
+`USNET_SOCKET` name) is orphaned instead of failed: its accept or recvfrom blocks and its
+descriptor is not readable, as a kernel socket's on a link that is down (a UDP send says
+ENETDOWN), and this module's thread reconnects to the same socket path and asks the socket
+to bind again (`_rebind`): the same port, address and options, and a listener's backlog.
+A port taken meanwhile, or an address the new usnetd does not have, fails the socket with
+that error, as a bind would.
+
+One thread for the process, only while some socket waits; it asks again every `_BACKOFF`
+seconds at most, so a usnetd that stays down costs four connect attempts a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from typing import Any
+
+__all__ = ["orphaned", "waiting"]
+
+log = logging.getLogger(__name__)
+
+_FIRST = 0.05  # seconds before the first attempt: usnetd restarting at once is back soon
+_BACKOFF = 0.25  # the longest wait between attempts
+
+_lock = threading.Lock()
+_wake = threading.Event()
+_pending: dict[int, Any] = {}  # id of a socket's share group (its dups: socket._share) -> one of them
+_thread: threading.Thread | None = None
+
+
+def orphaned(sock: Any) -> None:
+    """`sock` (a listener, a UDP socket) lost its flow with its usnetd: bind again once one serves its path.
+    Called under its engine's lock (from its `_signal`): only notes it and wakes the thread."""
+    global _thread
+    with _lock:
+        _pending.setdefault(id(sock._share), sock)
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="usnet-rebind", daemon=True)
+            _thread.start()
+    _wake.set()
+
+
+def waiting() -> int:
+    """How many sockets wait for usnetd to come back."""
+    with _lock:
+        return len(_pending)
+
+
+def _run() -> None:
+    global _thread
+    delay = _FIRST
+    while True:
+        _wake.wait(delay)
+        _wake.clear()
+        with _lock:
+            socks = list(_pending.items())
+        down = False
+        for key, sock in socks:
+            try:
+                sock._rebind()
+            except OSError as e:
+                # not back yet (ENETDOWN), or the dying one took our connect before it went: later
+                if e.errno == errno.ENETDOWN or isinstance(e, ConnectionError):
+                    down = True
+                    continue
+                sock._rebind_failed(e)
+            except Exception as e:  # a fault of one socket must not keep the others waiting
+                log.warning("binding again failed: %r", e, exc_info=True)
+                sock._rebind_failed(OSError(errno.EIO, f"binding again after usnetd came back failed: {e!r}"))
+            with _lock:
+                if _pending.get(key) is sock:
+                    del _pending[key]
+        delay = min(2 * delay, _BACKOFF) if down else _FIRST
+        with _lock:
+            if not _pending:
+                _thread = None
+                return
