@@ -51,7 +51,8 @@ from usnet.domain.userpipe import UserPipe
 from usnet.drivers.loopback import LoopbackDriver
 from usnet.runtime import gil
 
-__all__ = ["LL_BITE", "LOOPBACK", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
+__all__ = ["LL_BITE", "LOOPBACK", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "REFUSE_GRACE", "REFUSING_PER_UID",
+           "Domain"]
 
 log = logging.getLogger("usnet.domain")
 # what reading a device says once it is gone: a TAP deleted under its descriptor (EBADFD), a device
@@ -60,6 +61,12 @@ _DEVICE_GONE = frozenset((errno.EBADFD, errno.ENODEV, errno.ENXIO))
 LOOPBACK = LOOPBACK_NETIF  # the name of the domain's loopback netif (Domain.add_loopback)
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
+# A socket session past sessions_per_uid is told at once and let go: it may read its refusal (and
+# send the request it answers) for REFUSE_GRACE seconds; a uid has at most REFUSING_PER_UID such
+# sessions at a time (the oldest goes first), so a uid that connects and never speaks holds its
+# limit and no more (issue 16, hostile-client audit).
+REFUSE_GRACE = 1.0
+REFUSING_PER_UID = 8
 # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
 MAX_RECEIVED_FDS = 253
 REAPER_BACKLOG = 64  # descriptors waiting to be closed beyond which a session sending more is ended
@@ -159,6 +166,7 @@ class Domain(Control, Housekeeping):
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
         self._rang: dict[FlowSwitch, list[Flow]] = {}  # serve_once's parked flows that rang, one dict kept
+        self._refusing: deque[tuple[float, Session]] = deque()  # sessions past their uid's limit, told, by deadline
 
     # -- netifs and flows ----------------------------------------------------------------
 
@@ -431,8 +439,36 @@ class Domain(Control, Housekeeping):
         s = self.new_session(uid, pid, sock)
         with self.lock:
             self._sel.register(sock, selectors.EVENT_READ, ("session", s))
+            if s.over_limit is not None:
+                self._turn_away(s)
         self._wake()
         return s
+
+    def _turn_away(self, s: Session) -> None:
+        """A socket session past its uid's session limit: its refusal is sent now, as the answer to
+        whatever it asks first, and it is ended at its first request or after REFUSE_GRACE seconds,
+        whichever comes first. It must not wait for the client to speak: a session that never does
+        would hold a descriptor and a Session for ever, past the limit meant to bound them."""
+        assert s.over_limit is not None
+        self._refuse(s, P.error_reply(s.over_limit))
+        if s.sock is None:  # the reply found it gone
+            return
+        self._refusing.append((time.monotonic() + REFUSE_GRACE, s))
+        mine = [o for _, o in self._refusing if o.uid == s.uid and o.sock is not None]
+        for old in mine[:max(0, len(mine) - REFUSING_PER_UID)]:
+            self.end_session(old, None)
+        self._wake()
+
+    def _end_refused(self) -> float | None:
+        """End the turned-away sessions whose grace is over; seconds until the next one's is."""
+        now = time.monotonic()
+        while self._refusing:
+            due, s = self._refusing[0]
+            if s.sock is not None and due > now:
+                return due - now
+            self._refusing.popleft()
+            self.end_session(s, None)
+        return None
 
     def socketpair_session(self) -> socket.socket:
         """A control socket for a child process of this one (embedded mode across processes)."""
@@ -528,6 +564,9 @@ class Domain(Control, Housekeeping):
     def _serve_session(self, s: Session) -> None:
         """One request of a socket session: read, decode, serve, reply; nothing here can wait."""
         if s.sock is None:
+            return
+        if s.over_limit is not None:  # it has its refusal (`_turn_away`): whatever it says ends it
+            self.end_session(s, None)
             return
         try:
             data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
@@ -710,6 +749,9 @@ class Domain(Control, Housekeeping):
                     timeout = 0
         if self._accept_resume is not None:
             timeout = _sooner(timeout, self._resume_accept())
+        if self._refusing:
+            with self.lock:
+                timeout = _sooner(timeout, self._end_refused())
         woken = self._rang  # parked flows that rang, served together below
         events = self._sel.select(timeout)
         if ll:  # an LL flow's bell first; with no LL flow every key would be equal (no sort)
