@@ -456,8 +456,26 @@ class Domain(Control, Housekeeping):
         self._refusing.append((time.monotonic() + REFUSE_GRACE, s))
         mine = [o for _, o in self._refusing if o.uid == s.uid and o.sock is not None]
         for old in mine[:max(0, len(mine) - REFUSING_PER_UID)]:
-            self.end_session(old, None)
+            self._let_go(old)
         self._wake()
+
+    def _let_go(self, s: Session) -> None:
+        """End a turned-away session, read what it sent first (bounded): a socket closed with
+        unread messages makes the peer's next recv fail with ECONNRESET before it reads its refusal."""
+        for _ in range(8):
+            if s.sock is None:
+                break
+            try:
+                data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
+            except (BlockingIOError, InterruptedError):
+                break
+            except (OSError, P.ProtocolError):
+                continue
+            if fds:
+                self.reaper.close_later(fds)
+            if not data:
+                break
+        self.end_session(s, None)
 
     def _end_refused(self) -> float | None:
         """End the turned-away sessions whose grace is over; seconds until the next one's is."""
@@ -467,7 +485,7 @@ class Domain(Control, Housekeeping):
             if s.sock is not None and due > now:
                 return due - now
             self._refusing.popleft()
-            self.end_session(s, None)
+            self._let_go(s)
         return None
 
     def socketpair_session(self) -> socket.socket:
@@ -566,7 +584,7 @@ class Domain(Control, Housekeeping):
         if s.sock is None:
             return
         if s.over_limit is not None:  # it has its refusal (`_turn_away`): whatever it says ends it
-            self.end_session(s, None)
+            self._let_go(s)
             return
         try:
             data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
