@@ -9,7 +9,10 @@ make it hold stays bounded, and that the attacker is told why (docs/design-notes
 from __future__ import annotations
 
 import os
+import resource
 import socket
+import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -180,3 +183,61 @@ def test_icmp_limiter_never_exceeds_its_buckets(events):
     if len({p for p, _ in events}) <= 4:
         for p in range(8):
             assert per[p] <= 6 + t / 1.0 + 1e-9
+
+
+# ---------------------------------------------------------------- the loop's time, taken by one uid's requests
+
+
+def test_one_uid_asking_status_from_many_sessions_does_not_freeze_the_loop(monkeypatch, request):
+    """Attack: 100 sessions of one uid ask Status in a loop (reading every reply, so none is
+    ended as a slow consumer) of a domain with 1000 flows: a Status walks them all, and the loop
+    served one request of every session each turn, so a turn took the sum of them and every other
+    client (its requests, its packets) waited that long. Now each uid has a share of the loop's
+    time (usnet.domain.fairshare): the attacker's sessions wait their turn, another uid's request
+    is answered at once, and the attacker is still served (slower), not refused."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 18_000:
+        pytest.skip(f"1000 flows need ~16000 descriptors (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 40_000)), hard))
+    request.addfinalizer(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    uids = iter([ATTACKER_UID] * 100 + [2000])
+    monkeypatch.setattr(loopmod, "peer_credentials", lambda sock: (os.getpid(), next(uids), 0))
+    d = Domain()
+    d.add_netif("a", MemWire().a, "10.9.0.1/24")
+    try:
+        own = d.new_session(os.getuid(), os.getpid())
+        tiny = {"packets": 8, "max_packets": 8, "ring_size": 8}
+        for _ in range(1000):
+            r, _ = d.handle(own, P.OpenFlow("a", 17, 0, attrs=tiny))
+            assert isinstance(r, P.FlowOpened), r
+        attackers = [d.socketpair_session() for _ in range(100)]
+        victim = d.socketpair_session()
+        stop = threading.Event()
+        served = [0]
+
+        def attack(sock: socket.socket) -> None:
+            sock.settimeout(30)
+            req = P.encode(P.Status())
+            while not stop.is_set():
+                send_msg(sock, req)
+                sock.recv(P.MAX_MESSAGE)
+                served[0] += 1
+
+        threads = [threading.Thread(target=attack, args=(s,), daemon=True) for s in attackers]
+        for t in threads:
+            t.start()
+        wait_until(lambda: served[0] >= 48, 30, "the attack under way")
+        worst = 0.0
+        for _ in range(10):
+            t0 = time.monotonic()
+            assert isinstance(_ask(victim, P.Hello(P.PROTOCOL_VERSION, "victim"), timeout=30), P.Welcome)
+            worst = max(worst, time.monotonic() - t0)
+        before = served[0]
+        wait_until(lambda: served[0] > before, 10, "the attacker still served")  # slower, not refused
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert worst < 0.5, f"another uid's request waited {worst:.2f} s behind the attacker's Status requests"
+        assert d.control_share.waits > 0
+    finally:
+        d.stop()

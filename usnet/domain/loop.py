@@ -34,6 +34,7 @@ from usnet.abi.events import DefunctReason
 from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.abi.transport import peer_credentials, recv_msg, send_msg
 from usnet.domain.control import Control
+from usnet.domain.fairshare import ControlShare
 from usnet.domain.housekeeping import Housekeeping
 from usnet.domain.limits import Access, Charge, Ledger, Limits, Share
 from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
@@ -166,6 +167,8 @@ class Domain(Control, Housekeeping):
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
         self._rang: dict[FlowSwitch, list[Flow]] = {}  # serve_once's parked flows that rang, one dict kept
+        self.control_share = ControlShare(exempt=self.ledger.exempt)  # each uid's share of the loop's time
+        self._held: dict[int, Session] = {}  # sessions whose uid is over its share, by id (`_hold_back`)
         self._refusing: deque[tuple[float, Session]] = deque()  # sessions past their uid's limit, told, by deadline
 
     # -- netifs and flows ----------------------------------------------------------------
@@ -687,8 +690,8 @@ class Domain(Control, Housekeeping):
             self.end_session(s, DefunctReason.SLOW_CONSUMER)
             return
         s.pending.append((data, copies))
-        if len(s.pending) == 1 and s.sock is not None:
-            self._sel.modify(s.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("session", s))
+        if len(s.pending) == 1:
+            self._watch_session(s)
 
     def _send_pending(self, s: Session) -> None:
         """The socket has room again: send what waited, in order."""
@@ -704,8 +707,63 @@ class Domain(Control, Housekeeping):
             s.pending.popleft()
             for fd in fds:
                 os.close(fd)
-        if s.sock is not None:
-            self._sel.modify(s.sock, selectors.EVENT_READ, ("session", s))
+        self._watch_session(s)
+
+    def _watch_session(self, s: Session) -> None:
+        """Watch a session's socket for what the loop wants of it: its requests unless it is held
+        back (`_hold_back`), room for its replies while some wait."""
+        if s.sock is None:
+            return
+        events = (0 if s.held_until is not None else selectors.EVENT_READ) | \
+            (selectors.EVENT_WRITE if s.pending else 0)
+        try:
+            self._sel.get_key(s.sock)
+        except KeyError:
+            if events:
+                self._sel.register(s.sock, events, ("session", s))
+            return
+        if events:
+            self._sel.modify(s.sock, events, ("session", s))
+        else:
+            self._sel.unregister(s.sock)
+
+    def _serve_session_fairly(self, s: Session) -> None:
+        """Serve one request of `s` and charge the time it took to its uid (usnet.domain.fairshare);
+        a uid that has spent its share waits, its sessions unread, while the others are served."""
+        now = time.monotonic()
+        wait = self.control_share.wait(s.uid, now)
+        if wait > 0:
+            self._hold_back(s, now + wait)
+            return
+        t0 = time.perf_counter()
+        try:
+            self._serve_session(s)
+        finally:
+            self.control_share.charge(s.uid, time.perf_counter() - t0, now)
+
+    def _hold_back(self, s: Session, until: float) -> None:
+        if s.held_until is None:
+            self.control_share.waits += 1
+        s.held_until = until
+        self._held[s.id] = s
+        self._watch_session(s)
+
+    def _resume_held(self) -> float | None:
+        """Read again the held-back sessions whose uid's share came back; seconds until the next."""
+        now = time.monotonic()
+        nxt: float | None = None
+        for sid, s in list(self._held.items()):
+            if s.sock is None or self.sessions.get(sid) is not s:
+                del self._held[sid]
+                continue
+            assert s.held_until is not None
+            if s.held_until <= now:
+                s.held_until = None
+                del self._held[sid]
+                self._watch_session(s)
+            else:
+                nxt = _sooner(nxt, s.held_until - now)
+        return nxt
 
     def _accept(self, lsock: socket.socket) -> None:
         """Take one client; out of descriptors, stop watching the listener for a while, doubling."""
@@ -767,9 +825,10 @@ class Domain(Control, Housekeeping):
                     timeout = 0
         if self._accept_resume is not None:
             timeout = _sooner(timeout, self._resume_accept())
-        if self._refusing:
+        if self._refusing or self._held:
             with self.lock:
                 timeout = _sooner(timeout, self._end_refused())
+                timeout = _sooner(timeout, self._resume_held())
         woken = self._rang  # parked flows that rang, served together below
         events = self._sel.select(timeout)
         if ll:  # an LL flow's bell first; with no LL flow every key would be equal (no sort)
@@ -858,7 +917,7 @@ class Domain(Control, Housekeeping):
             if mask & selectors.EVENT_WRITE:
                 self._send_pending(obj)
             if mask & selectors.EVENT_READ:
-                self._serve_session(obj)
+                self._serve_session_fairly(obj)
         elif kind == "listen":
             self._accept(obj)
 

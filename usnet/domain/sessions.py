@@ -103,6 +103,7 @@ class Session:
     pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
     status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
     over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
+    held_until: float | None = None  # its uid spent its share of the loop (usnet.domain.fairshare): not read till then
 
 
 def s_ident(s: Session) -> str:
