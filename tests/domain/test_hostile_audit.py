@@ -241,3 +241,38 @@ def test_one_uid_asking_status_from_many_sessions_does_not_freeze_the_loop(monke
         assert d.control_share.waits > 0
     finally:
         d.stop()
+
+
+# ---------------------------------------------------------------- the descriptor table, taken by one uid
+
+
+def test_one_uid_cannot_take_the_domains_descriptor_table(request):
+    """Attack: one uid opens channels, each within the configured limits (channels_per_uid =
+    4096), until the domain runs out of descriptors: a channel holds about 16 of them, so under a
+    descriptor limit of 2048 (20000 is common, 4096 too) a hundred channels filled the table and
+    every other uid's open failed with EMFILE. Now a uid's channels may hold at most half the
+    table: the attacker is refused with a reason that says so, the other uid opens as before."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if len(os.listdir("/proc/self/fd")) > 256:
+        pytest.skip("the test process already holds many descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    request.addfinalizer(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    d = Domain()
+    d.add_netif("a", MemWire().a, "10.9.0.1/24")
+    request.addfinalizer(d.stop)
+    attacker, victim = d.new_session(ATTACKER_UID, 1), d.new_session(2000, 2)
+    tiny = {"packets": 8, "max_packets": 8, "ring_size": 8}
+    refusal = None
+    for _ in range(400):
+        r, _ = d.handle(attacker, P.OpenFlow("a", 17, 0, attrs=tiny))
+        if isinstance(r, P.Error):
+            refusal = r
+            break
+    assert refusal is not None and refusal.code == "EMFILE", refusal
+    assert "descriptors" in refusal.message and "2048" in refusal.message, refusal.message
+    assert d.ledger.refused.get("descriptor_share") == 1
+    for _ in range(10):  # the other uid is not starved
+        r, _ = d.handle(victim, P.OpenFlow("a", 17, 0, attrs=tiny))
+        assert isinstance(r, P.FlowOpened), r
+    r, _ = d.handle(victim, P.OpenPipe("v", "default", tiny))
+    assert isinstance(r, P.ChannelOpened), r
