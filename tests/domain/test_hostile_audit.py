@@ -22,6 +22,7 @@ from tests.helpers.util import udp_segment, wait_until
 from usnet.abi import protocol as P
 from usnet.abi.transport import recv_msg, send_msg
 from usnet.domain import loop as loopmod
+from usnet.domain.fairshare import ControlShare
 from usnet.domain.limits import Limits
 from usnet.domain.loop import Domain
 from usnet.domain.switch.icmplimit import IcmpLimiter
@@ -276,3 +277,26 @@ def test_one_uid_cannot_take_the_domains_descriptor_table(request):
         assert isinstance(r, P.FlowOpened), r
     r, _ = d.handle(victim, P.OpenPipe("v", "default", tiny))
     assert isinstance(r, P.ChannelOpened), r
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 0.2), st.floats(0, 0.1)), max_size=200))
+def test_control_share_bounds_what_a_uid_is_served(events):
+    """Property: a uid served only when `wait` says 0 gets at most burst + share * elapsed of
+    the loop, plus the one request that went into debt; and after `wait` seconds it is served."""
+    cs = ControlShare(share=0.2, burst=0.25)
+    t, used, biggest = 0.0, 0.0, 0.0
+    for dt, cost in events:
+        t += dt
+        w = cs.wait(ATTACKER_UID, t)
+        if w > 0:
+            assert cs.wait(ATTACKER_UID, t + w + 1e-9) == 0.0
+            continue
+        cs.charge(ATTACKER_UID, cost, t)
+        used += cost
+        biggest = max(biggest, cost)
+        assert used <= 0.25 + 0.2 * t + biggest + 1e-9
+    cs.charge(0, 100.0, t)  # an exempt uid is never held back
+    cs2 = ControlShare(exempt={0})
+    cs2.charge(0, 100.0, 0.0)
+    assert cs2.wait(0, 0.0) == 0.0
