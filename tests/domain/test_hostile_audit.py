@@ -300,3 +300,34 @@ def test_control_share_bounds_what_a_uid_is_served(events):
     cs2 = ControlShare(exempt={0})
     cs2.charge(0, 100.0, 0.0)
     assert cs2.wait(0, 0.0) == 0.0
+
+
+def test_a_client_with_a_huge_command_line_costs_a_bounded_read(monkeypatch):
+    """A session's program name comes from /proc (`proc_program`), read at its start in the loop:
+    a client whose argv is megabytes (up to 6 MiB on Linux) made each of its connects copy all
+    of it. Now the first 4 KiB are read, which hold the arguments shown."""
+    import builtins
+    import io
+
+    from usnet.domain import sessions
+
+    huge = b"python3\0-u\0app.py\0" + b"x" * (6 << 20) + b"\0"
+    asked: list[int] = []
+
+    class Cmdline(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            asked.append(-1 if n is None else n)
+            return super().read(n)
+
+    real_open = builtins.open
+
+    def fake_open(path, *a, **kw):
+        if path == "/proc/4242/comm":
+            return io.BytesIO(b"python3\n")
+        if path == "/proc/4242/cmdline":
+            return Cmdline(huge)
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    assert sessions.proc_program(4242) == "python3:app.py"
+    assert asked and all(0 < n <= 4096 for n in asked), asked
