@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from usnet.abi import protocol as P
+from usnet.domain.fairshare import ControlShare
 from usnet.domain.netif.advisory import NetifAdvisory
 from usnet.domain.sessions import Session, SessionRegistry, s_ident
 from usnet.domain.switch import echo
@@ -49,6 +50,7 @@ class Control(SessionRegistry):
     requests: Counter[str]  # control requests served, by type (metrics)
     request_errors: Counter[str]  # refusals, by error code (metrics)
     advisories: dict[str, NetifAdvisory]
+    control_share: ControlShare  # the loop's (usnet.domain.fairshare)
     call_soon: Callable[[Callable[[], None]], None]  # the loop's (usnet.domain.loop)
     memory_pressure: bool  # these five: Housekeeping's (usnet.domain.housekeeping)
     purge_below_mb: int
@@ -248,6 +250,7 @@ class Control(SessionRegistry):
                 "netifs": netifs,
                 "control_errors": self.control_errors,
                 "control_requests": dict(self.requests),
+                "control_waits": self.control_share.waits,
                 "faults": self.faults,
                 "memory": {"pressure": self.memory_pressure, "purge_below_mb": self.purge_below_mb,
                            "pressure_purges": self.pressure_purges, "stall_after": self.stall_after,

@@ -28,12 +28,26 @@ from __future__ import annotations
 import errno
 import grp
 import pwd
+import resource
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 __all__ = [
-    "SHARED_MARK", "Access", "AccessRule", "Charge", "Ledger", "Limits", "Share", "check_share", "groups_of",
-    "is_shared", "parse_ports", "pipe_key",
+    "DESCRIPTORS_PER_CHANNEL",
+    "DESCRIPTOR_SHARE",
+    "SHARED_MARK",
+    "Access",
+    "AccessRule",
+    "Charge",
+    "Ledger",
+    "Limits",
+    "Share",
+    "check_share",
+    "descriptor_room",
+    "groups_of",
+    "is_shared",
+    "parse_ports",
+    "pipe_key",
 ]
 
 #: A pipe name that begins with this is shared between the uids of a `[[share]]` entry.
@@ -91,6 +105,25 @@ def _refusal(kind: str, who: str, held: int, limit_name: str, limit: int) -> OSE
     return OSError(_ERRNO[kind], f"{who} holds {held} {kind.replace('_', ' ')} (limit {limit_name} = {limit})")
 
 
+#: The share of the domain's descriptor table (its RLIMIT_NOFILE) one uid's channels may hold, and
+#: what a channel holds: its memfds, doorbells and kick eventfds (16 measured), and the duplicates
+#: of the five it hands over while its reply waits unread. The configured limits count channels,
+#: not descriptors; where the descriptor limit is low (20000, 4096) a uid within them could still
+#: take the whole table, and every other uid's opens and connects would fail (issue 16,
+#: hostile-client audit). So a uid's channels are also bounded by this share.
+DESCRIPTOR_SHARE = 0.5
+DESCRIPTORS_PER_CHANNEL = 21
+
+
+def descriptor_room() -> tuple[int, int]:
+    """(channels one uid may hold by the descriptor share, the domain's descriptor limit): the soft
+    RLIMIT_NOFILE, read each time (usnetd raises it when it starts)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 31, soft
+    return int(soft * DESCRIPTOR_SHARE) // DESCRIPTORS_PER_CHANNEL, soft
+
+
 class Ledger:
     """Per-uid and per-session usage, checked against `Limits` before anything is handed out."""
 
@@ -122,6 +155,15 @@ class Ledger:
                     if held.get(kind, 0) + n > lim:
                         self.refused[name] = self.refused.get(name, 0) + 1
                         raise _refusal(kind, who, held.get(kind, 0), name, lim)
+            if charge.channels:
+                held_ch = self.by_uid.get(charge.uid, {}).get("channels", 0)
+                room, nofile = descriptor_room()
+                if held_ch + charge.channels > room:
+                    self.refused["descriptor_share"] = self.refused.get("descriptor_share", 0) + 1
+                    raise OSError(errno.EMFILE, f"uid {charge.uid} holds {held_ch} channels (about "
+                                  f"{DESCRIPTORS_PER_CHANNEL} descriptors each): one uid may take at most "
+                                  f"{DESCRIPTOR_SHARE:.0%} of usnetd's {nofile} "
+                                  "descriptors (raise its RLIMIT_NOFILE, LimitNOFILE= in its unit)")
         for table, key in ((self.by_uid, charge.uid), (self.by_session, charge.session)):
             held = table.setdefault(key, {})
             for kind, n in charge.amounts().items():

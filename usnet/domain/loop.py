@@ -34,6 +34,7 @@ from usnet.abi.events import DefunctReason
 from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.abi.transport import peer_credentials, recv_msg, send_msg
 from usnet.domain.control import Control
+from usnet.domain.fairshare import ControlShare
 from usnet.domain.housekeeping import Housekeeping
 from usnet.domain.limits import Access, Charge, Ledger, Limits, Share
 from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
@@ -51,7 +52,8 @@ from usnet.domain.userpipe import UserPipe
 from usnet.drivers.loopback import LoopbackDriver
 from usnet.runtime import gil
 
-__all__ = ["LL_BITE", "LOOPBACK", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "Domain"]
+__all__ = ["LL_BITE", "LOOPBACK", "MAX_PENDING_REPLIES", "REAPER_BACKLOG", "REFUSE_GRACE", "REFUSING_PER_UID",
+           "Domain"]
 
 log = logging.getLogger("usnet.domain")
 # what reading a device says once it is gone: a TAP deleted under its descriptor (EBADFD), a device
@@ -60,6 +62,12 @@ _DEVICE_GONE = frozenset((errno.EBADFD, errno.ENODEV, errno.ENXIO))
 LOOPBACK = LOOPBACK_NETIF  # the name of the domain's loopback netif (Domain.add_loopback)
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
+# A socket session past sessions_per_uid is told at once and let go: it may read its refusal (and
+# send the request it answers) for REFUSE_GRACE seconds; a uid has at most REFUSING_PER_UID such
+# sessions at a time (the oldest goes first), so a uid that connects and never speaks holds its
+# limit and no more (issue 16, hostile-client audit).
+REFUSE_GRACE = 1.0
+REFUSING_PER_UID = 8
 # SCM_MAX_FD: room for every descriptor one message can carry (none is closed by the kernel in our thread)
 MAX_RECEIVED_FDS = 253
 REAPER_BACKLOG = 64  # descriptors waiting to be closed beyond which a session sending more is ended
@@ -159,6 +167,9 @@ class Domain(Control, Housekeeping):
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
         self._rang: dict[FlowSwitch, list[Flow]] = {}  # serve_once's parked flows that rang, one dict kept
+        self.control_share = ControlShare(exempt=self.ledger.exempt)  # each uid's share of the loop's time
+        self._held: dict[int, Session] = {}  # sessions whose uid is over its share, by id (`_hold_back`)
+        self._refusing: deque[tuple[float, Session]] = deque()  # sessions past their uid's limit, told, by deadline
 
     # -- netifs and flows ----------------------------------------------------------------
 
@@ -431,8 +442,54 @@ class Domain(Control, Housekeeping):
         s = self.new_session(uid, pid, sock)
         with self.lock:
             self._sel.register(sock, selectors.EVENT_READ, ("session", s))
+            if s.over_limit is not None:
+                self._turn_away(s)
         self._wake()
         return s
+
+    def _turn_away(self, s: Session) -> None:
+        """A socket session past its uid's session limit: its refusal is sent now, as the answer to
+        whatever it asks first, and it is ended at its first request or after REFUSE_GRACE seconds,
+        whichever comes first. It must not wait for the client to speak: a session that never does
+        would hold a descriptor and a Session for ever, past the limit meant to bound them."""
+        assert s.over_limit is not None
+        self._refuse(s, P.error_reply(s.over_limit))
+        if s.sock is None:  # the reply found it gone
+            return
+        self._refusing.append((time.monotonic() + REFUSE_GRACE, s))
+        mine = [o for _, o in self._refusing if o.uid == s.uid and o.sock is not None]
+        for old in mine[:max(0, len(mine) - REFUSING_PER_UID)]:
+            self._let_go(old)
+        self._wake()
+
+    def _let_go(self, s: Session) -> None:
+        """End a turned-away session, read what it sent first (bounded): a socket closed with
+        unread messages makes the peer's next recv fail with ECONNRESET before it reads its refusal."""
+        for _ in range(8):
+            if s.sock is None:
+                break
+            try:
+                data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
+            except (BlockingIOError, InterruptedError):
+                break
+            except (OSError, P.ProtocolError):
+                continue
+            if fds:
+                self.reaper.close_later(fds)
+            if not data:
+                break
+        self.end_session(s, None)
+
+    def _end_refused(self) -> float | None:
+        """End the turned-away sessions whose grace is over; seconds until the next one's is."""
+        now = time.monotonic()
+        while self._refusing:
+            due, s = self._refusing[0]
+            if s.sock is not None and due > now:
+                return due - now
+            self._refusing.popleft()
+            self._let_go(s)
+        return None
 
     def socketpair_session(self) -> socket.socket:
         """A control socket for a child process of this one (embedded mode across processes)."""
@@ -528,6 +585,9 @@ class Domain(Control, Housekeeping):
     def _serve_session(self, s: Session) -> None:
         """One request of a socket session: read, decode, serve, reply; nothing here can wait."""
         if s.sock is None:
+            return
+        if s.over_limit is not None:  # it has its refusal (`_turn_away`): whatever it says ends it
+            self._let_go(s)
             return
         try:
             data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
@@ -630,8 +690,8 @@ class Domain(Control, Housekeeping):
             self.end_session(s, DefunctReason.SLOW_CONSUMER)
             return
         s.pending.append((data, copies))
-        if len(s.pending) == 1 and s.sock is not None:
-            self._sel.modify(s.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("session", s))
+        if len(s.pending) == 1:
+            self._watch_session(s)
 
     def _send_pending(self, s: Session) -> None:
         """The socket has room again: send what waited, in order."""
@@ -647,8 +707,63 @@ class Domain(Control, Housekeeping):
             s.pending.popleft()
             for fd in fds:
                 os.close(fd)
-        if s.sock is not None:
-            self._sel.modify(s.sock, selectors.EVENT_READ, ("session", s))
+        self._watch_session(s)
+
+    def _watch_session(self, s: Session) -> None:
+        """Watch a session's socket for what the loop wants of it: its requests unless it is held
+        back (`_hold_back`), room for its replies while some wait."""
+        if s.sock is None:
+            return
+        events = (0 if s.held_until is not None else selectors.EVENT_READ) | \
+            (selectors.EVENT_WRITE if s.pending else 0)
+        try:
+            self._sel.get_key(s.sock)
+        except KeyError:
+            if events:
+                self._sel.register(s.sock, events, ("session", s))
+            return
+        if events:
+            self._sel.modify(s.sock, events, ("session", s))
+        else:
+            self._sel.unregister(s.sock)
+
+    def _serve_session_fairly(self, s: Session) -> None:
+        """Serve one request of `s` and charge the time it took to its uid (usnet.domain.fairshare);
+        a uid that has spent its share waits, its sessions unread, while the others are served."""
+        now = time.monotonic()
+        wait = self.control_share.wait(s.uid, now)
+        if wait > 0:
+            self._hold_back(s, now + wait)
+            return
+        t0 = time.perf_counter()
+        try:
+            self._serve_session(s)
+        finally:
+            self.control_share.charge(s.uid, time.perf_counter() - t0, now)
+
+    def _hold_back(self, s: Session, until: float) -> None:
+        if s.held_until is None:
+            self.control_share.waits += 1
+        s.held_until = until
+        self._held[s.id] = s
+        self._watch_session(s)
+
+    def _resume_held(self) -> float | None:
+        """Read again the held-back sessions whose uid's share came back; seconds until the next."""
+        now = time.monotonic()
+        nxt: float | None = None
+        for sid, s in list(self._held.items()):
+            if s.sock is None or self.sessions.get(sid) is not s:
+                del self._held[sid]
+                continue
+            assert s.held_until is not None
+            if s.held_until <= now:
+                s.held_until = None
+                del self._held[sid]
+                self._watch_session(s)
+            else:
+                nxt = _sooner(nxt, s.held_until - now)
+        return nxt
 
     def _accept(self, lsock: socket.socket) -> None:
         """Take one client; out of descriptors, stop watching the listener for a while, doubling."""
@@ -710,6 +825,10 @@ class Domain(Control, Housekeeping):
                     timeout = 0
         if self._accept_resume is not None:
             timeout = _sooner(timeout, self._resume_accept())
+        if self._refusing or self._held:
+            with self.lock:
+                timeout = _sooner(timeout, self._end_refused())
+                timeout = _sooner(timeout, self._resume_held())
         woken = self._rang  # parked flows that rang, served together below
         events = self._sel.select(timeout)
         if ll:  # an LL flow's bell first; with no LL flow every key would be equal (no sort)
@@ -798,7 +917,7 @@ class Domain(Control, Housekeeping):
             if mask & selectors.EVENT_WRITE:
                 self._send_pending(obj)
             if mask & selectors.EVENT_READ:
-                self._serve_session(obj)
+                self._serve_session_fairly(obj)
         elif kind == "listen":
             self._accept(obj)
 

@@ -53,6 +53,7 @@ _SUPER_PACKETS = {"buf_size": 16384, "buflets": 4}
 #: TCPINFO records of a listener's or a connector's channel: connections past this many are
 #: counted, not shown, by `usnet ss` (192 bytes each, sparse: pages are touched as slots are used).
 TCPINFO_SLOTS = 256
+_CMDLINE_BYTES = 4096  # of /proc/<pid>/cmdline read at a session's start (proc_program)
 
 
 def proc_program(pid: int) -> str:
@@ -67,8 +68,10 @@ def proc_program(pid: int) -> str:
         return "?"
     if comm.startswith("python"):
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            with open(f"/proc/{pid}/cmdline", "rb", buffering=0) as f:
+                # the first few arguments are all we show; a client's argv may be megabytes, copied
+                # out of its memory by the kernel on every connect were it read whole
+                argv = [a.decode(errors="replace") for a in f.read(_CMDLINE_BYTES).split(b"\0") if a]
         except OSError:
             argv = []
         rest = iter(argv[1:])
@@ -103,6 +106,7 @@ class Session:
     pending: deque[tuple[bytes, list[int]]] = field(default_factory=deque)
     status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
     over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
+    held_until: float | None = None  # its uid spent its share of the loop (usnet.domain.fairshare): not read till then
 
 
 def s_ident(s: Session) -> str:

@@ -16,6 +16,7 @@ import struct
 from typing import Any
 
 from usnet.abi.events import EventType, TxDropReason, TxStatus
+from usnet.domain.switch.icmplimit import IcmpLimiter
 from usnet.domain.switch.neighbours import NeighbourCache
 from usnet.domain.switch.port import CLIENT
 from usnet.domain.switch.table import ICMP, TCP, UDP, Flow, FlowTable
@@ -56,6 +57,7 @@ class HostDuties(FlowTable):
         self.nd = NeighbourCache()  # IPv6 neighbours, asked for with Neighbour Solicitations
         self._ident = 0  # the IPv4 ident of the switch's own packets
         self._defended_at: float | None = None  # when we last announced our address against a conflict
+        self.icmp_limit = IcmpLimiter()  # Linux's limits on the ICMP errors we send (port unreachable)
 
     # -- neighbours and the link ---------------------------------------------------------------
 
@@ -334,7 +336,12 @@ class HostDuties(FlowTable):
         """Nobody has this port: answer as a host does, from the address asked (UDP: port
         unreachable, ICMP or ICMPv6 by the family; TCP: RST)."""
         if proto == UDP:
+            if (not self.netif.loopback and src != self.netif.ip and src not in self.netif.addrs6
+                    and not self.icmp_limit.allow(src, now)):
+                self.counts["icmp_ratelimited"] += 1  # as Linux's OutRateLimitHost/OutRateLimitGlobal
+                return
             if len(src) == 4:
+                self.counts["icmp_unreach_sent"] += 1
                 msg, nh = wicmp.build_dest_unreach(wicmp.PORT_UNREACH, f[ETH_HLEN:end]), ICMP
             else:
                 self.counts["icmp6_unreach_sent"] += 1
