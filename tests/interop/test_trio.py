@@ -112,6 +112,16 @@ def run(fn, *args, backend: str | None = None):
     return anyio.run(bounded, backend="trio") if backend == "anyio" else trio.run(bounded)
 
 
+@pytest.fixture(params=["usnet", "kernel"])
+def stack(request, tap_domain):
+    """(stack, our address, the kernel peer's address): trio on usnet (this process patched), or the
+    same test on the kernel's own sockets, from the kernel's address, for what Linux gives."""
+    if request.param == "usnet":
+        return ("usnet", *request.getfixturevalue("patched"))
+    _, _, _, host_ip = tap_domain
+    return "kernel", host_ip, host_ip
+
+
 # -- TCP ---------------------------------------------------------------------------------------------
 
 
@@ -175,15 +185,43 @@ def test_trio_serve_tcp_fetched_by_kernel_clients(patched):
 
 
 @pytest.mark.privileged
-def test_trio_socket_level_calls_as_on_the_kernel(patched):
+def test_trio_listeners_on_no_host_as_on_the_kernel(stack, tap_domain):
+    """open_tcp_listeners(0) with no host, as trio.serve_tcp(handler, port) does: 0.0.0.0 and ::
+    (each on a port of its own), as on Linux, though usnet's netif has no IPv6 address (the ::
+    listener is on the domain's loopback netif, as Linux's is reached at ::1); a kernel client
+    reaches the IPv4 one."""
+    on, our_ip, _ = stack
+    if on == "usnet":
+        tap_domain[0].add_loopback()  # as usnetd's own config has it
+
+    async def main():
+        listeners = await trio.open_tcp_listeners(0)
+        try:
+            names = sorted((int(ln.socket.family), ln.socket.getsockname()[0]) for ln in listeners)
+            assert names == [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")]
+            assert all(trioface.is_usnet(ln.socket._sock) == (on == "usnet") for ln in listeners)
+            [v4] = [ln for ln in listeners if ln.socket.family == socket.AF_INET]
+            async with trio.open_nursery() as n:
+                n.start_soon(trio.to_thread.run_sync, kernel_fetch((our_ip, v4.socket.getsockname()[1]), b"x"))
+                stream = await v4.accept()
+                await trio_digest_then_data(stream, b"")
+        finally:
+            for ln in listeners:
+                await ln.aclose()
+
+    run(main)
+
+
+@pytest.mark.privileged
+def test_trio_socket_level_calls_as_on_the_kernel(stack):
     """trio.socket.socket() itself: non-blocking connect, recv/send, recv_into, dup, is_readable,
     SHUT_WR, close; what each gives is what Linux gives."""
-    _usnet_ip, host_ip = patched
+    on, _, host_ip = stack
     ls = kernel_listener(host_ip)
 
     async def main():
         s = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        assert isinstance(s, trio.socket.SocketType) and trioface.is_usnet(s._sock)
+        assert isinstance(s, trio.socket.SocketType) and trioface.is_usnet(s._sock) == (on == "usnet")
         assert s.type == socket.SOCK_STREAM and s.family == socket.AF_INET
         await s.connect(ls.getsockname())
         k, _ = await trio.to_thread.run_sync(ls.accept)
@@ -227,14 +265,14 @@ def test_trio_socket_level_calls_as_on_the_kernel(patched):
 
 
 @pytest.mark.privileged
-def test_trio_udp_both_ways_with_a_kernel_socket(patched):
+def test_trio_udp_both_ways_with_a_kernel_socket(stack):
     """SOCK_DGRAM through trio.socket: an echo of a kernel socket's datagrams, and a trio socket that
     sends first (names resolved by trio's sendto), each datagram whole and its sender's address right."""
-    usnet_ip, host_ip = patched
+    on, usnet_ip, host_ip = stack
 
     async def main():
         with KERNEL(socket.AF_INET, socket.SOCK_DGRAM) as k, trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            assert trioface.is_usnet(u._sock)
+            assert trioface.is_usnet(u._sock) == (on == "usnet")
             k.bind((host_ip, 0))
             k.settimeout(LIMIT)
             await u.bind((usnet_ip, 0))
@@ -252,7 +290,8 @@ def test_trio_udp_both_ways_with_a_kernel_socket(patched):
             v = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             await v.sendto(b"first", k.getsockname())
             data, addr = await trio.to_thread.run_sync(k.recvfrom, 100)
-            assert data == b"first" and addr == v.getsockname() and addr[0] == usnet_ip
+            assert data == b"first" and addr == (usnet_ip, v.getsockname()[1])
+            assert v.getsockname()[0] == "0.0.0.0"  # bound by its first sendto, to the wildcard (Linux)
             await trio.to_thread.run_sync(k.sendto, b"answer", addr)
             assert await v.recvfrom(100) == (b"answer", k.getsockname())
             v.close()
@@ -295,11 +334,11 @@ def test_trio_names_resolve_through_usnet(patched, world):
 
 
 @pytest.mark.privileged
-def test_trio_cancellation_leaves_the_socket_usable_or_closed(patched):
+def test_trio_cancellation_leaves_the_socket_usable_or_closed(stack):
     """move_on_after around a recv that never completes returns in time; the stream then still
     carries data both ways. A connect cancelled before the handshake completes closes the socket
     (trio's rule), and fail_after raises TooSlowError."""
-    _usnet_ip, host_ip = patched
+    on, _, host_ip = stack
     ls = kernel_listener(host_ip)
     x = host_ip.split(".")[1]
 
