@@ -31,8 +31,8 @@ from tests.helpers.util import client_context, server_context
 from tests.interop.test_names import world  # noqa: F401  (a fixture)
 from tests.interop.test_patch import LIMIT, child_env, patched, started, stop, usnetd_path  # noqa: F401
 from usnet import socket as us
+from usnet.client import Client, trioface
 from usnet.client import patch as patching
-from usnet.client import trioface
 
 
 def KERNEL(*args: int) -> socket.socket:
@@ -182,6 +182,61 @@ def test_trio_serve_tcp_fetched_by_kernel_clients(patched):
 
     answers = run(main)
     assert answers == [hashlib.sha256(p).digest() + down for p in payloads]
+
+
+@pytest.fixture
+def patched6(tap_domain6):
+    """As `patched`, on a TAP with IPv6 too: (usnet_ip6, host_ip6)."""
+    d, ifname, usnet_ip6, host_ip6 = tap_domain6
+    patching.patch(Client.local(d), ifname)
+    try:
+        yield usnet_ip6, host_ip6
+    finally:
+        patching.unpatch()
+        us.configure(None, None)
+
+
+@pytest.mark.privileged
+def test_trio_over_ipv6_both_ways(patched6):
+    """AF_INET6: trio's address checks ask IPV6_V6ONLY; a trio client to a kernel listener and a
+    trio listener fetched by a kernel client, on IPv6 addresses."""
+    usnet_ip6, host_ip6 = patched6
+    ls = KERNEL(socket.AF_INET6, socket.SOCK_STREAM)
+    ls.bind((host_ip6, 0))
+    ls.listen()
+    ls.settimeout(LIMIT)
+    back = KERNEL(socket.AF_INET6, socket.SOCK_STREAM)  # made here: see kernel_fetch
+    back.settimeout(LIMIT)
+
+    def fetch(addr) -> bytes:
+        with back:
+            back.connect(addr)
+            back.sendall(b"six")
+            back.shutdown(socket.SHUT_WR)
+            return read_to_eof(back)
+
+    async def main():
+        got: dict = {}
+        async with trio.open_nursery() as n:
+            n.start_soon(trio.to_thread.run_sync, kernel_serve_once, ls, b"v6")
+            stream = await trio.open_tcp_stream(host_ip6, ls.getsockname()[1])
+            assert trioface.is_usnet(stream.socket._sock) and stream.socket.family == socket.AF_INET6
+            assert stream.socket.getsockname()[0] == usnet_ip6
+            await stream.send_eof()
+            got["client"] = await receive_to_eof(stream)
+            await stream.aclose()
+        [listener] = await trio.open_tcp_listeners(0, host=usnet_ip6)
+        async with trio.open_nursery() as n:
+            async def ask():
+                got["server"] = await trio.to_thread.run_sync(fetch, listener.socket.getsockname()[:2])
+            n.start_soon(ask)
+            await trio_digest_then_data(await listener.accept(), b"")
+        await listener.aclose()
+        return got
+
+    with ls:
+        got = run(main)
+    assert got == {"client": hashlib.sha256(b"").digest() + b"v6", "server": hashlib.sha256(b"six").digest()}
 
 
 @pytest.mark.privileged
