@@ -11,6 +11,7 @@ program under `usnet run`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import os
@@ -282,6 +283,15 @@ def test_trio_socket_level_calls_as_on_the_kernel(stack):
         k, _ = await trio.to_thread.run_sync(ls.accept)
         with k:
             assert not s.is_readable()
+            with pytest.raises(BlockingIOError):  # trio made it non-blocking: what its waits rely on
+                s._sock.recv(1)
+            with trio.fail_after(1):
+                await s.wait_writable()  # connected, nothing queued: writable at once
+            c = trio.socket.socket()
+            with pytest.raises(BlockingIOError) as e:
+                c._sock.connect(ls.getsockname())  # what trio's connect waits on
+            assert e.value.errno == errno.EINPROGRESS
+            c.close()
             k.sendall(b"hello")
             assert await s.recv(5) == b"hello"
             buf = bytearray(10)
