@@ -344,9 +344,13 @@ class DatagramFace(socket):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
     def getsockname(self) -> tuple:
+        """As Linux: the wildcard for a socket bound to it (by bind, or by its first send) until it
+        connects, though the flow is on the netif's address."""
         eng = self._engine
         if eng is None:
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", 0)
+        if self._wildcard and eng.remote is None:
+            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", eng.d.local[1])
         return _sockaddr(self.family, eng.d.local[0], eng.d.local[1])
 
     def getpeername(self) -> tuple:

@@ -18,6 +18,9 @@ After `patch()`:
 - asyncio's policy is `usnet.aio.EventLoopPolicy`: every new loop puts its TCP on usnet, and
   so does a loop made from `asyncio.SelectorEventLoop` itself (uvicorn's loop factory), which is
   `usnet.aio.EventLoop`, a subclass of it.
+- trio (and anyio on trio) wrap a usnet socket in a trio socket of their own
+  (`usnet.client.trioface`: trio's one constructor, `trio.socket.from_stdlib_socket`, is
+  replaced, now or when the program imports trio).
 - select, poll, epoll and selectors need nothing: a usnet socket's `fileno()` is a descriptor
   that shows its readiness.
 - `os.read`, `os.write`, `os.sendfile` and `os.close` on a usnet socket's descriptor (or a
@@ -58,6 +61,7 @@ from usnet.client import aio as _aio
 from usnet.client import descriptors as _descriptors
 from usnet.client import socket as _us
 from usnet.client import tls as _tls
+from usnet.client import trioface as _trio
 from usnet.client.session import Client
 
 __all__ = ["child_environment", "is_patched", "patch", "run_in_process", "unpatch"]
@@ -189,6 +193,7 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
         early = {id(_saved["socket"]): (_saved["socket"], Socket)}
         early.update((id(_saved[n]), (_saved[n], getattr(_socket, n))) for n in _NAMES if n in _saved)
         _saved["rebound"] = _rebind_early(early)
+        _trio.install(_KERNEL)  # trio wraps a usnet socket as its own (now, or when the program imports trio)
 
 
 def unpatch() -> None:
@@ -208,6 +213,7 @@ def unpatch() -> None:
         for mod, name, original, ours in _saved.pop("rebound", []):
             if getattr(mod, name, None) is ours:  # unless the module rebound it since
                 setattr(mod, name, original)
+        _trio.uninstall()
 
 
 def is_patched() -> bool:

@@ -441,9 +441,14 @@ class socket:
                 # a loopback address, and a domain without a loopback netif: the address is on no
                 # interface, which Linux's bind says as EADDRNOTAVAIL (aiosmtpd probes ::1 so)
                 raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address") from None
-            if e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
+            if e.errno == errno.EADDRNOTAVAIL and host is None and netif != LOOPBACK_NETIF:
+                # "::" on a netif with no IPv6 address: Linux binds the wildcard all the same (reached
+                # at ::1 then); so here, on the loopback netif (trio.serve_tcp binds 0.0.0.0 and ::)
+                eng, netif = self._wildcard_on_loopback(client, port, e), LOOPBACK_NETIF
+            elif e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
                 raise e from None
-            eng = self._take_lingering(client, netif, port, e)
+            else:
+                eng = self._take_lingering(client, netif, port, e)
         if host is not None and ipaddress.ip_address(eng.info.local_addr) != host:
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
@@ -451,6 +456,14 @@ class socket:
         self._wildcard = host is None
         self._netif = netif
         self._attach(eng, owns=True)
+
+    def _wildcard_on_loopback(self, client: Client, port: int, refused: OSError) -> FlowEngine:
+        """The flow of a wildcard bind the netif cannot take (an IPv6 one with no IPv6 address),
+        on the domain's loopback netif; `refused` (the netif's answer) where that cannot be either."""
+        try:
+            return FlowEngine(client, LOOPBACK_NETIF, port, family=self._ip_version, reuse_port=self._reuse_port())
+        except OSError:
+            raise refused from None
 
     def _take_lingering(self, client: Client, netif: str, port: int, refused: OSError) -> FlowEngine:
         """SO_REUSEADDR, and usnetd says the port is in use: a listener of this process that closed
@@ -965,7 +978,9 @@ class socket:
                 self._update()
 
     def getsockname(self) -> tuple:
-        if self._engine is None:
+        """The bound address: the wildcard for a socket bound to it until it connects (a listener
+        stays so), as Linux says, though the flow is on the netif's (or the loopback's) address."""
+        if self._engine is None or (self._wildcard and self._conn is None):
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", self._port)
         return _sockaddr(self.family, self._engine.info.local_addr, self._port)
 
