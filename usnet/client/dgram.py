@@ -553,7 +553,7 @@ class DatagramFace(socket):
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {host}, the address this socket was bound to")
         with old.lock:
-            group = [w for w in old.watchers if isinstance(w, socket) and w._share is self._share]
+            group = [w for w in old.watchers if isinstance(w, DatagramFace) and w._share is self._share]
             with eng.lock:
                 eng.remote = old.remote
                 for d in eng.flows():
