@@ -61,8 +61,9 @@ def test_an_unconnected_socket_is_not_told(net):
     assert s.pending_error is None and s.rx_bad == 0
 
 
-def icmp_error_frame(net: Net, quoted: bytes, *, typ: int = 3, code: int = 3, bad_sum: bool = False) -> bytes:
-    msg = bytearray(wicmp.build_icmp(typ, code, 0, 0, quoted))
+def icmp_error_frame(net: Net, quoted: bytes, *, typ: int = 3, code: int = 3, bad_sum: bool = False,
+                     mtu: int = 0) -> bytes:
+    msg = bytearray(wicmp.build_icmp(typ, code, 0, mtu, quoted))
     if bad_sum:
         msg[2] ^= 0xFF
     ip = build_ipv4_header(ip_bytes(B), ip_bytes(A), 1, len(msg)) + bytes(msg)
@@ -153,6 +154,32 @@ def test_a_tcp_connect_refused_by_icmp_fails_at_once_and_a_forged_one_does_not_c
     s.settimeout(5)
     with pytest.raises(ConnectionRefusedError):
         s.connect((B, 80))
+    s.close()
+
+
+def test_a_forged_fragmentation_needed_must_quote_a_sequence_number_in_flight(half):
+    """Linux lowers a TCP connection's path MTU from "fragmentation needed" only after tcp_v4_err
+    found the quoted sequence number in flight; a host off the path that guesses wrong changes
+    nothing (before, usnet's IP layer lowered it for any quote of our addresses and ports)."""
+    import time
+
+    s = us.socket(client=half.c, netif="a")
+    s.setblocking(False)
+    assert s.connect_ex((B, 80)) == errno.EINPROGRESS
+    syn = bytearray(syn_from_a(half))
+    syn[2:4] = (1500).to_bytes(2, "big")  # as if the quoted packet were a full-sized one (1500 > 600)
+    wrong = bytearray(syn)
+    wrong[24:28] = ((int.from_bytes(syn[24:28], "big") + 1000) & 0xFFFFFFFF).to_bytes(4, "big")  # off-window seq
+    sw = half.d.switches["a"]
+    ip = s.engine.ip
+    half.wire.b.send_batch([icmp_error_frame(half, bytes(wrong)[:28], code=4, mtu=600)])
+    wait_until(lambda: sw.counts["rx_icmp_error"] == 1, 5, "the forged error to reach the flow")
+    wait_until(lambda: ip.counters["icmp4_error"] == 1, 5, "the flow's stack to read it")
+    assert ip.pmtus.get(ip_bytes(B), time.monotonic())[0] == 1500
+    half.wire.b.send_batch([icmp_error_frame(half, bytes(syn)[:28], code=4, mtu=600)])  # quoting the SYN
+    wait_until(lambda: ip.pmtus.get(ip_bytes(B), time.monotonic())[0] == 600, 5, "the path MTU to be lowered")
+    assert ip.counters["pmtu_lowered"] == 1
+    assert s.connect_ex((B, 80)) == errno.EALREADY  # EMSGSIZE only lowers the path MTU: still connecting
     s.close()
 
 

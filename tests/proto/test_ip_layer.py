@@ -314,20 +314,23 @@ def test_frag_needed_lowers_pmtu():
     err = IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=1000) / big[:28]
     [e] = errors(ip.input(raw(err), 1.0))
     assert (e.errno, e.mtu, e.local_port, e.remote) == (errno.EMSGSIZE, 1000, 5555, B4)
+    assert ip.pmtus.get(B4, 1.0)[0] == 1500  # not before its transport took it (`lower_pmtu`)
+    assert ip.lower_pmtu(e, 1.0) == 1000
     assert ip.pmtus.get(B4, 1.0)[0] == 1000 and ip.pmtus.get(C4, 1.0)[0] == 1500
     pkts = ip.output(17, A4, B4, udp_segment(1, 2, bytes(1400), A4, B4), 2.0)
     assert len(pkts) == 2 and all(len(p) <= 1000 for p in pkts)
     with pytest.raises(OSError):
         ip.output(17, A4, B4, bytes(1000), 2.0, df=True)
     # an increase is ignored
-    ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=1200) / big[:28]), 3.0)
+    [e] = errors(ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=1200) / big[:28]), 3.0))
+    assert ip.lower_pmtu(e, 3.0) == 1000
     assert ip.pmtus.get(B4, 3.0)[0] == 1000 and ip.counters["pmtu_ignored"] == 1
     # a report not below the quoted length is bogus
     assert ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=1428) / big[:28]), 3.0) == []
     assert ip.counters["pmtu_bogus"] == 1
     # below the floor (576): set to the floor and locked, so DF is cleared
     [e] = errors(ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=300) / big[:28]), 4.0))
-    assert e.mtu == 576 and ip.pmtus.get(B4, 4.0) == (576, True)
+    assert e.mtu == 300 and ip.lower_pmtu(e, 4.0) == 576 and ip.pmtus.get(B4, 4.0) == (576, True)
     [p] = ip.output(17, A4, B4, bytes(500), 4.0)
     assert not IP(p).flags.DF
     assert all(len(x) <= 576 for x in ip.output(17, A4, B4, bytes(1400), 4.0, df=True))
@@ -339,8 +342,9 @@ def test_frag_needed_plateau_and_rfc1191_minimum():
     ip = IpLayer([A4], pmtu_floor=68)
     big = _ours_udp(ip, 1400)
     [e] = errors(ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=0) / big[:28]), 0))
-    assert e.mtu == 1006  # RFC 1191 plateau below 1428
-    ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=20) / big[:28]), 0)
+    assert e.mtu == 1006 and ip.lower_pmtu(e, 0) == 1006  # RFC 1191 plateau below 1428
+    [e] = errors(ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=20) / big[:28]), 0))
+    assert ip.lower_pmtu(e, 0) == 68
     assert ip.pmtus.get(B4, 0)[0] == 68
     pkts = ip.output(17, A4, B4, bytes(200), 0)
     assert all(len(p) <= 68 for p in pkts) and len(pkts) == 5
@@ -368,13 +372,13 @@ def test_packet_too_big_lowers_pmtu6():
     [e] = errors(ip.input(raw(ptb), 1.0))
     assert (e.proto, e.local, e.local_port, e.remote, e.remote_port) == (17, G6, 7000, P6, 443)
     assert (e.errno, e.mtu) == (errno.EMSGSIZE, 1400)
-    assert ip.pmtus.get(P6, 1.0)[0] == 1400
+    assert ip.lower_pmtu(e, 1.0) == 1400 and ip.pmtus.get(P6, 1.0)[0] == 1400
     with pytest.raises(OSError) as ei:
         ip.output(17, G6, P6, bytes(1400), 1.0)
     assert ei.value.errno == errno.EMSGSIZE
     ptb = IPv6(src="2001:db8:5::1", dst=G6s) / ICMPv6PacketTooBig(mtu=600) / ours[:1232]
     [e] = errors(ip.input(raw(ptb), 1.0))
-    assert e.mtu == 1280 and ip.pmtus.get(P6, 1.0)[0] == 1280  # never below the IPv6 minimum
+    assert ip.lower_pmtu(e, 1.0) == 1280 and ip.pmtus.get(P6, 1.0)[0] == 1280  # never below the IPv6 minimum
     ptb = IPv6(src="2001:db8:5::1", dst=G6s) / ICMPv6PacketTooBig(mtu=2000) / ours[:1232]
     assert ip.input(raw(ptb), 1.0) == [] and ip.counters["pmtu_bogus"] == 1
 

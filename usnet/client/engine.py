@@ -457,7 +457,9 @@ class FlowEngine:
                   and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
-                    conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
+                    # a sequence number in flight: only then does a frag-needed lower the path MTU
+                    if conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big")) and ev.mtu:
+                        self.ip.lower_pmtu(ev, now)
                     if self._touched is not None:
                         self._touched.add(conn)
 

@@ -32,8 +32,12 @@ taken whole. Payloads are memoryviews into the caller's packet (zero copy);
 ICMP errors (destination unreachable, time exceeded, parameter problem,
 packet too big) become `IcmpError` events with the 5-tuple of *our* packet
 taken from the quote (usnet.proto.icmp_errors), only if the quoted source is
-one of our addresses. Frag-needed and packet-too-big lower the path MTU
-(usnet.proto.pmtu).
+one of our addresses. Frag-needed and packet-too-big carry the MTU they
+report; the transport that owns the quoted packet lowers the path MTU with it
+(`IpLayer.lower_pmtu`, usnet.proto.pmtu) once it has checked that the error is
+about a packet it sent (TCP: a sequence number in flight), as Linux lowers it
+only from tcp_v4_err/tcp_v6_err after that check: a host off the path that
+forges a "fragmentation needed" must guess the sequence number.
 
 Output: IPv4 fragments when the packet exceeds the path MTU and ``df`` is
 not True (``df=None``, the default, sets DF on packets that fit: the Linux
@@ -117,7 +121,7 @@ class IcmpError(NamedTuple):
     errno: int
     icmp_type: int
     icmp_code: int
-    mtu: int  # the path MTU now in force, for EMSGSIZE; else 0
+    mtu: int  # the MTU a frag-needed / packet-too-big reports (checked against the quote); else 0
     reporter: bytes  # the ICMP sender
     quote: memoryview  # quoted bytes from the transport header on (TCP: check the seq, RFC 5927)
 
@@ -292,11 +296,10 @@ class IpLayer:
         proto, qsrc, qdst, sport, dport, qtotal, quote = q
         mtu = 0
         if typ == _i4.DEST_UNREACH and code == _i4.FRAG_NEEDED:
-            reported = frag_needed_mtu(lo, qtotal)
-            if reported >= qtotal:
+            mtu = frag_needed_mtu(lo, qtotal)
+            if mtu >= qtotal:
                 c["pmtu_bogus"] += 1
                 return
-            mtu = self.pmtus.lower(qdst, reported, now, False)
         c["icmp4_error"] += 1
         ev.append(IcmpError(proto, qsrc, sport, qdst, dport, icmp4_errno(typ, code), typ, code, mtu,
                             reporter, quote))
@@ -317,14 +320,20 @@ class IpLayer:
         proto, qsrc, qdst, sport, dport, qtotal, quote = q
         mtu = 0
         if typ == _i6.PACKET_TOO_BIG:
-            param = (hi << 16) | lo
-            if param >= qtotal:
+            mtu = (hi << 16) | lo
+            if mtu >= qtotal:
                 c["pmtu_bogus"] += 1
                 return
-            mtu = self.pmtus.lower(qdst, param, now, True)
         c["icmp6_error"] += 1
         ev.append(IcmpError(proto, qsrc, sport, qdst, dport, icmp6_errno(typ, code), typ, code, mtu,
                             reporter, quote))
+
+    def lower_pmtu(self, err: IcmpError, now: float) -> int:
+        """Take the MTU `err` reports for its destination, now that its transport has found it to
+        be about a packet it sent; returns the path MTU now in force (0: `err` reports none)."""
+        if not err.mtu:
+            return 0
+        return self.pmtus.lower(err.remote, err.mtu, now, len(err.remote) == 16)
 
     # -- output -----------------------------------------------------------------------
 
