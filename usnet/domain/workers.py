@@ -276,7 +276,20 @@ def _spawner_main(sock: socket.socket, queues: dict[str, list],
 
 
 def relay(sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
-    """One request to a worker and its reply, waited for (at most WORKER_TIMEOUT)."""
+    """One request to a worker and its reply, waited for (at most WORKER_TIMEOUT).
+
+    Requests and replies alternate, so whatever waits before a request is sent is the late
+    reply to one that timed out: dropped (its descriptors closed), never taken as this
+    request's answer."""
+    for _ in range(16):  # at most one per request that timed out; bounded all the same
+        if not select.select([sock], [], [], 0)[0]:
+            break
+        stale, fds = recv_msg(sock, 16)
+        for fd in fds:
+            os.close(fd)
+        if not stale:
+            raise OSError(errno.EPIPE, "the worker is gone")
+        log.warning("a worker's late reply dropped (%d bytes)", len(stale))
     send_msg(sock, P.encode(req))
     data, fds = recv_msg(sock, 16)
     if not data:
