@@ -359,3 +359,48 @@ def test_a_workers_late_reply_is_not_taken_as_the_next_requests_answer():
     assert len(os.listdir("/proc/self/fd")) == before  # the late reply's descriptor came and was closed
     ours.close()
     worker.close()
+
+
+def test_a_uid_connecting_in_a_loop_cannot_flood_the_log(domain, caplog):
+    """Attack: connect and hang up in a loop. Each session's start and end were logged, two lines
+    per connection at the client's pace; now the lines past a budget (usnet.domain.loglimit) are
+    left out, and the next line written says how many were."""
+    import logging
+
+    from usnet.domain.loglimit import LineBudget
+
+    d = domain
+    d._session_lines = LineBudget(rate=0.0, burst=20.0)  # no refill while the loop runs: all past 20 left out
+    with caplog.at_level(logging.INFO, logger="usnet.domain"):
+        for _ in range(60):
+            s = d.socketpair_session()
+            assert isinstance(_ask(s, P.Hello(P.PROTOCOL_VERSION, "loop")), P.Welcome)
+            s.close()
+            wait_until(lambda: _held(d, ATTACKER_UID) == 0, 5, "the session to end")
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("session ")]
+        assert len(lines) == 20  # the burst, of 120 lines asked for
+        d._session_lines.rate = 1e9  # room again: the next line says what was left out
+        s = d.socketpair_session()
+        assert isinstance(_ask(s, P.Hello(P.PROTOCOL_VERSION, "later")), P.Welcome)
+        s.close()
+        wait_until(lambda: _held(d, ATTACKER_UID) == 0, 5, "the session to end")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("session ")]
+    assert "(100 session lines left out before this one" in lines[20], lines[20]
+    assert len(lines) == 22
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 2.0), max_size=200))
+def test_line_budget_writes_at_most_burst_plus_rate_times_elapsed_and_counts_the_rest(gaps):
+    from usnet.domain.loglimit import LineBudget
+
+    b = LineBudget(rate=10.0, burst=20.0)
+    now, written, left_out_told = 0.0, 0, 0
+    for gap in gaps:
+        now += gap
+        got = b.take(now)
+        if got is not None:
+            written += 1
+            left_out_told += got
+    assert written <= 20 + 10.0 * now + 1e-6
+    assert written + left_out_told + b.suppressed == len(gaps)  # every line written or counted

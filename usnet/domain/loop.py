@@ -37,6 +37,7 @@ from usnet.domain.control import Control
 from usnet.domain.fairshare import ControlShare
 from usnet.domain.housekeeping import Housekeeping
 from usnet.domain.limits import Access, Charge, Ledger, Limits, Share
+from usnet.domain.loglimit import LineBudget
 from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check_seconds, check_seconds_or_off
 from usnet.domain.lowlat.leases import LeaseDesk
 from usnet.domain.lowlat.policy import Policy
@@ -158,6 +159,7 @@ class Domain(Control, Housekeeping):
         self.requests: Counter[str] = Counter()  # control requests by type (usnet.domain.metrics)
         self.request_errors: Counter[str] = Counter()  # refusals by error code, undecodable ones too
         self.sessions_opened = 0
+        self._session_lines = LineBudget()
         self.faults = 0  # exceptions stopped by a fault barrier (each also defuncts, ends or is logged)
         self.reaper = Reaper()  # closes what clients send us, off the loop
         self._accept_pause = 0.0  # the current EMFILE back-off of accept(), 0 when accepting

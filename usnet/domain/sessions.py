@@ -23,6 +23,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from usnet.abi.doorbell import Doorbell
 from usnet.abi.events import DefunctReason
 from usnet.domain.barrier import log_fault
 from usnet.domain.limits import Access, Charge, Ledger, Share, check_share, is_shared, pipe_key
+from usnet.domain.loglimit import LineBudget
 from usnet.domain.lowlat.leases import LeaseDesk
 from usnet.domain.switch.flowswitch import FlowSwitch
 from usnet.domain.switch.monitor import MONITOR_SCHEMA, MonitorPort
@@ -149,6 +151,10 @@ def _flow_family(req: P.OpenFlow) -> tuple[Literal[4, 6], bytes | None]:
     return 6, addr.packed
 
 
+def _left_out(n: int) -> str:
+    return f" ({n} session lines left out before this one: usnet.domain.loglimit)" if n else ""
+
+
 class SessionRegistry:
     """Sessions, their channels, and the pipes behind them: made, attached, closed, ended."""
 
@@ -160,6 +166,7 @@ class SessionRegistry:
     ledger: Ledger
     access: Access
     sessions_opened: int
+    _session_lines: LineBudget  # session start/end log lines: a client cannot flood the log
     shares: tuple[Share, ...]
     leases: LeaseDesk
     clock: Callable[[], float]
@@ -190,7 +197,9 @@ class SessionRegistry:
             except OSError as e:
                 s.over_limit = e
             self.sessions[s.id] = s
-        log.info("session start %s", s_ident(s))
+        left_out = self._session_lines.take(time.monotonic())
+        if left_out is not None:
+            log.info("session start %s%s", s_ident(s), _left_out(left_out))
         return s
 
     def end_session(self, session: Session, reason: DefunctReason | None) -> None:
@@ -234,10 +243,14 @@ class SessionRegistry:
                else "exited" if reason is DefunctReason.OWNER_GONE
                else "shutdown" if reason is DefunctReason.DOMAIN_SHUTDOWN else reason.name.lower())
         normal = how in ("closed", "exited", "shutdown")
-        log.log(logging.INFO if normal else logging.WARNING, "session end %s how=%s channels_left=%d refused=%d%s",
-                s_ident(session), how, left, session.refused,
-                "" if not log.isEnabledFor(logging.DEBUG) else
-                " requests=" + (",".join(f"{k}:{v}" for k, v in sorted(session.requests.items())) or "none"))
+        left_out = self._session_lines.take(time.monotonic())
+        if left_out is not None:
+            log.log(logging.INFO if normal else logging.WARNING,
+                    "session end %s how=%s channels_left=%d refused=%d%s%s",
+                    s_ident(session), how, left, session.refused,
+                    "" if not log.isEnabledFor(logging.DEBUG) else
+                    " requests=" + (",".join(f"{k}:{v}" for k, v in sorted(session.requests.items())) or "none"),
+                    _left_out(left_out))
 
     @staticmethod
     def _drop_pending(session: Session) -> None:
