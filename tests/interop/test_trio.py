@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import inspect
 import os
 import socket
 import ssl
@@ -508,14 +507,8 @@ def test_trio_tls_both_ways_with_a_trustme_ca(patched, ca):
 # -- anyio on trio ---------------------------------------------------------------------------------------
 
 
-# anyio 4.16 (installed here) cancels its task groups with CancelScope.cancel(reason), which trio
-# has from 0.32 on (anyio asks for trio >= 0.32): with an older trio, anyio's trio backend fails on
-# the kernel's sockets too, in anything that cancels (connect_tcp's happy eyeballs, serve())
-ANYIO_CANCELS = "reason" in inspect.signature(trio.CancelScope.cancel).parameters
-
-
 async def anyio_serve_once(listener: anyio.abc.SocketListener, data: bytes) -> None:
-    """One connection from `listener` (its accept, not serve(): see ANYIO_CANCELS), answered as
+    """One connection from `listener` (its accept: serve() runs until cancelled), answered as
     `digest_then_data` answers."""
     async with await listener.accept() as stream:
         got = b""
@@ -549,7 +542,6 @@ def test_anyio_on_trio_create_tcp_listener_fetched_by_a_kernel_client(patched):
 
 
 @pytest.mark.privileged
-@pytest.mark.skipif(not ANYIO_CANCELS, reason="anyio's trio backend needs trio >= 0.32 (fails on the kernel too)")
 def test_anyio_on_trio_connect_tcp_to_a_kernel_server(patched):
     """anyio.connect_tcp on the trio backend to a kernel listener, 300 KB each way."""
     _usnet_ip, host_ip = patched

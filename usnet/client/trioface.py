@@ -27,7 +27,8 @@ pass ``type(sock) is socket.socket`` would need it to be that class (or the patc
 usnet's), and the kernel method descriptors would still refuse it. Writing a trio socket class
 from scratch (`trio.socket.SocketType`) would repeat trio's connect, cancellation and resolver
 logic; the subclass reuses it. It relies on two names inside trio (``trio._socket._SocketType``
-and its ``_nonblocking_helper``), present from trio 0.22 on; if a trio lacks them, `adapt`
+and its ``_nonblocking_helper``, whose parameters trio 0.23 reordered: both orders are
+taken), present from trio 0.22 on (tested with 0.22 and 0.35); if a trio lacks them, `adapt`
 leaves trio as it is and warns.
 
 When trio is imported: `install` adapts it at once if it is imported already, else when the
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import inspect
 import sys
 import types
 import warnings
@@ -67,7 +69,11 @@ def _wraps(sock: object) -> bool:
 
 
 def _usnet_class(base: type) -> type:
-    """trio's socket class (`base`), taking a usnet socket and calling its methods by name."""
+    """trio's socket class (`base`), taking a usnet socket and calling its methods by name.
+    trio 0.23 reordered `_nonblocking_helper`'s parameters (`wait_fn` first, the call's own
+    arguments spread): the override takes whichever `base` has."""
+    params = list(inspect.signature(base._nonblocking_helper).parameters)  # type: ignore[attr-defined]
+    new_helper = params[1:2] == ["wait_fn"]
 
     class PatchedSocket(base):  # trio's class, known only at run time
         """A trio socket over a usnet (or kernel) socket: trio's `_SocketType`, but each call trio
@@ -82,9 +88,15 @@ def _usnet_class(base: type) -> type:
             self._sock.setblocking(False)
             self._did_shutdown_SHUT_WR = False
 
-        async def _nonblocking_helper(self, fn: Any, args: Sequence[Any], kwargs: dict[str, Any],
-                                      wait_fn: Any) -> Any:
-            return await super()._nonblocking_helper(getattr(type(self._sock), fn.__name__), args, kwargs, wait_fn)
+        if new_helper:  # trio >= 0.23: (wait_fn, fn, *args, **kwargs)
+            async def _nonblocking_helper(self, wait_fn: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+                return await super()._nonblocking_helper(wait_fn, getattr(type(self._sock), fn.__name__),
+                                                         *args, **kwargs)
+        else:  # trio 0.22: (fn, args, kwargs, wait_fn)
+            async def _nonblocking_helper(self, fn: Any, args: Sequence[Any], kwargs: dict[str, Any],  # type: ignore[misc]
+                                          wait_fn: Any) -> Any:
+                return await super()._nonblocking_helper(getattr(type(self._sock), fn.__name__), args, kwargs,
+                                                         wait_fn)
 
         def dup(self) -> Any:
             return PatchedSocket(self._sock.dup())  # trio's makes its own class by name
