@@ -1,0 +1,185 @@
+"""Popular third-party libraries, unmodified, on usnet against kernel peers (issue 16).
+
+requests (urllib3), httpx (sync, and async through anyio), aiohttp and tornado as clients of a
+kernel HTTP(S) server; aiohttp, tornado, Flask (werkzeug's threaded server) and websockets as
+servers for a kernel client; websockets echo both ways. Each program (tests/peers/libraries.py)
+runs under `usnet run`, and the same program on the kernel's sockets is the reference: what it
+checks holds on both (keep-alive on one connection, a large body read in pieces, a POST, HTTPS
+with a trustme CA, the library's timeout error against a server that never answers, and its
+connection error, with ECONNREFUSED underneath, from a port nothing listens on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import http.server
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.helpers import PEERS
+from tests.helpers.util import server_context
+from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
+
+PROGRAM = str(PEERS / "libraries.py")
+BODY = b"usnet!" * 500  # as in libraries.py
+BIG = hashlib.sha256(b"big").hexdigest().encode() * 65536
+POSTED = bytes(range(256)) * 1024
+TIMEOUT = 1.0
+
+
+def _command(on_usnet: bool, *args: str) -> list[str]:
+    program = [sys.executable, "-u", PROGRAM, *args]
+    return [sys.executable, "-m", "usnet", "run", "--", *program] if on_usnet else program
+
+
+def _kernel_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET /f.bin, GET /big, GET /peer, POST /sha (the body's SHA-256); HTTP/1.1, kept alive."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        peer = "%s:%d" % self.client_address[:2]  # the same for every request on one connection
+        self._send({"/f.bin": BODY, "/big": BIG, "/peer": peer.encode()}.get(self.path, b""))
+
+    def do_POST(self) -> None:
+        self._send(hashlib.sha256(self.rfile.read(int(self.headers["Content-Length"]))).hexdigest().encode())
+
+
+@contextlib.contextmanager
+def _kernel_http(host: str, ctx: ssl.SSLContext | None = None):
+    """The kernel's HTTP server (HTTPS with `ctx`) in a thread of the test; yields its base URL."""
+    srv = http.server.ThreadingHTTPServer((host, 0), _Handler)
+    srv.daemon_threads = True
+    if ctx is not None:
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    try:
+        yield f"{'https' if ctx else 'http'}://{host}:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(LIMIT)
+
+
+@contextlib.contextmanager
+def _silent_and_refused(host: str):
+    """(silent port, refused port): a kernel listener that never accepts (the handshake completes in
+    its backlog, no answer ever comes) and a port that is bound but not listening (RST to a SYN)."""
+    silent = socket.create_server((host, 0))
+    closed = socket.socket()
+    closed.bind((host, 0))
+    try:
+        yield silent.getsockname()[1], closed.getsockname()[1]
+    finally:
+        silent.close()
+        closed.close()
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> list[str]:
+    got = subprocess.run(cmd, capture_output=True, timeout=LIMIT, env=env)
+    assert got.returncode == 0, (got.stdout.decode()[-1000:], got.stderr.decode()[-4000:])
+    return got.stdout.decode().split("\n")[:-1]
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+@pytest.mark.parametrize("lib", ["requests", "httpx", "httpx-async", "aiohttp", "tornado"])
+def test_client_library_against_a_kernel_http_server(usnetd_path, ca, tmp_path, lib, on_usnet):  # noqa: F811
+    """The library's own checks (tests/peers/libraries.py) all pass, and its timeout comes within
+    its bound: not before it, and well within a second after it."""
+    pytest.importorskip(lib.split("-")[0])
+    path, _, host_ip = usnetd_path
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    with _kernel_http(host_ip) as base, _kernel_http(host_ip, server_context(ca, host_ip)) as https, \
+            _silent_and_refused(host_ip) as (silent, refused):
+        lines = _run(_command(on_usnet, lib, "client", base, https, str(pem), str(silent), str(refused)),
+                     child_env(path) if on_usnet else _kernel_env())
+    checks = [line.split()[0] for line in lines]
+    assert checks == (["stream", "post", "https", "timeout", "refused"] if lib == "tornado" else
+                      ["keepalive", "stream", "post", "https", "timeout", "refused"])
+    elapsed = float(lines[checks.index("timeout")].split()[1])
+    assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 1.5
+
+
+def _kernel_client_checks(ip: str, port: int) -> None:
+    """http.client (kernel) on one kept-alive connection: a small body twice, the large one, POSTs."""
+    conn = http.client.HTTPConnection(ip, port, timeout=LIMIT)
+    try:
+        conn.request("GET", "/f.bin")
+        r = conn.getresponse()
+        assert r.status == 200 and r.read() == BODY
+        first = conn.sock
+        conn.request("GET", "/f.bin")
+        assert conn.getresponse().read() == BODY
+        conn.request("GET", "/big")
+        assert hashlib.sha256(conn.getresponse().read()).digest() == hashlib.sha256(BIG).digest()
+        for n in (0, 1, len(POSTED)):
+            conn.request("POST", "/sha", body=POSTED[:n])
+            assert conn.getresponse().read().decode() == hashlib.sha256(POSTED[:n]).hexdigest()
+        assert conn.sock is first  # every request on the one connection
+    finally:
+        conn.close()
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+@pytest.mark.parametrize("lib", ["aiohttp", "tornado", "flask"])
+def test_server_library_serves_a_kernel_client(usnetd_path, lib, on_usnet):  # noqa: F811
+    """The library's server, on usnet (or the kernel), answers http.client and curl on the kernel."""
+    pytest.importorskip(lib)
+    path, usnet_ip, host_ip = usnetd_path
+    ip = usnet_ip if on_usnet else host_ip
+    server, port = started(_command(on_usnet, lib, "server", ip), child_env(path) if on_usnet else _kernel_env())
+    try:
+        _kernel_client_checks(ip, port)
+        got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), f"http://{ip}:{port}/big",
+                              f"http://{ip}:{port}/f.bin"], capture_output=True, timeout=LIMIT + 5)
+        assert got.returncode == 0, got.stderr.decode()
+        assert got.stdout == BIG + BODY
+        assert server.poll() is None
+    finally:
+        stop(server)
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.parametrize("server_on_usnet", [True, False], ids=["usnet-server", "usnet-client"])
+def test_websockets_echo(usnetd_path, server_on_usnet):  # noqa: F811
+    """websockets' server on one side and its client on the other, one of them on usnet."""
+    pytest.importorskip("websockets")
+    path, usnet_ip, host_ip = usnetd_path
+    ip = usnet_ip if server_on_usnet else host_ip
+    env_usnet, env_kernel = child_env(path), _kernel_env()
+    server, port = started(_command(server_on_usnet, "websockets", "server", ip),
+                           env_usnet if server_on_usnet else env_kernel)
+    try:
+        assert _run(_command(not server_on_usnet, "websockets", "client", f"ws://{ip}:{port}/"),
+                    env_kernel if server_on_usnet else env_usnet) == ["echo"]
+        assert server.poll() is None
+    finally:
+        stop(server)
