@@ -83,7 +83,7 @@ def test_a_megabyte_each_way_digest_checked(net):
     async def main() -> bytes:
         async with await aio.start_server(digest_server(down, seen), port=8080, client=net, netif="b") as srv:
             assert srv.is_serving() and srv.port == 8080
-            assert srv.sockets[0].getsockname() == (B_IP, 8080)
+            assert srv.sockets[0].getsockname() == ("0.0.0.0", 8080)  # no host: the wildcard, as on Linux
             got = await upload(net, up, 8080)
             srv.close()
             await srv.wait_closed()
@@ -145,7 +145,7 @@ def test_ipv6(net):
 
     async def main() -> tuple:
         async with await aio.start_server(digest_server(b"", seen), "::", 8086, client=net, netif="b") as srv:
-            assert srv.sockets[0].getsockname() == (B6, 8086, 0, 0)
+            assert srv.sockets[0].getsockname() == ("::", 8086, 0, 0)  # the wildcard, as on Linux
             reader, writer = await aio.open_connection(B6, 8086, client=net, netif="a")
             peer = writer.get_extra_info("peername")
             writer.write(up)

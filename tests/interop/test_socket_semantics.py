@@ -367,3 +367,39 @@ def test_udp_on_loopback_as_on_the_kernel(net):
     on_usnet = _udp_on_loopback(lambda f: us.socket(f, socket.SOCK_DGRAM))
     assert on_usnet == kernel
     assert kernel[1][0] == b"ping" and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"
+
+
+def _listen_on_every_passive_address(gai, make) -> list:
+    """What tornado's bind_sockets (and asyncio's create_server) does with no host: a listener on
+    every address getaddrinfo gives for AI_PASSIVE (IPv6 ones IPV6_V6ONLY), all on the first one's
+    port; then a client to ::1 on it. Their names, the port left out, and what the client reached."""
+    names, listeners, port = [], [], 0
+    for family, kind, proto, _, addr in sorted(gai(None, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                                   socket.AI_PASSIVE)):
+        s = make(family, kind, proto)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr[0], port))
+        s.listen()
+        port = s.getsockname()[1]
+        names.append(s.getsockname()[:1] + s.getsockname()[2:])
+        listeners.append(s)
+    cli = make(socket.AF_INET6, socket.SOCK_STREAM, 0)
+    cli.settimeout(LIMIT)
+    cli.connect(("::1", port))
+    (six,) = [s for s in listeners if s.family == socket.AF_INET6]
+    six.settimeout(LIMIT)
+    conn, _ = six.accept()
+    names.append(conn.getsockname()[:1])
+    for s in (conn, cli, *listeners):
+        s.close()
+    return names
+
+
+def test_a_server_on_every_passive_address_as_on_the_kernel(net):
+    """No host (tornado's `listen(port, "")`): 0.0.0.0 and :: both bind, and say so, though the
+    netif has no IPv6 address: :: then hears the loopback netif's ::1, as Linux's :: hears lo's
+    when no other interface has IPv6."""
+    kernel = _listen_on_every_passive_address(socket.getaddrinfo, socket.socket)
+    assert kernel == [("0.0.0.0",), ("::", 0, 0), ("::1",)]
+    assert _listen_on_every_passive_address(us.getaddrinfo, us.socket) == kernel

@@ -432,7 +432,17 @@ class socket:
         host, port = self._bind_args(address)
         client, netif = self._target(None if host is None else str(host))
         try:
-            eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+            try:
+                eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+            except OSError as e:
+                if not (e.errno == errno.EADDRNOTAVAIL and host is None and self._ip_version == 6
+                        and netif != LOOPBACK_NETIF):
+                    raise
+                # "::" where the netif has no IPv6 address: on Linux the wildcard binds all the
+                # same, and takes what comes to the host's IPv6 addresses, here only the loopback
+                # netif's ::1 (tornado and others bind every address getaddrinfo gives for "")
+                eng = self._on_loopback_only(client, port, e)
+                netif = LOOPBACK_NETIF
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
@@ -448,6 +458,14 @@ class socket:
         self._wildcard = host is None
         self._netif = netif
         self._attach(eng, owns=True)
+
+    def _on_loopback_only(self, client: Client, port: int, refused: OSError) -> FlowEngine:
+        """The wildcard IPv6 bind of a netif without IPv6: the domain's loopback netif (::1) alone;
+        without one, the netif's refusal stands (EADDRNOTAVAIL)."""
+        try:
+            return FlowEngine(client, LOOPBACK_NETIF, port, family=6, reuse_port=self._reuse_port())
+        except OSError as e:
+            raise (refused if e.errno == errno.ENODEV else e) from None
 
     def _take_lingering(self, client: Client, netif: str, port: int, refused: OSError) -> FlowEngine:
         """SO_REUSEADDR, and usnetd says the port is in use: a listener of this process that closed
@@ -552,7 +570,7 @@ class socket:
             with held.lock:  # bound to an address this time: the old half goes once it is idle
                 held.release_when_idle = True
             held.wake()
-        if not self._wildcard or netif == LOOPBACK_NETIF:
+        if not self._wildcard or LOOPBACK_NETIF in (netif, self._netif):
             return None
         try:
             return FlowEngine(client, LOOPBACK_NETIF, self._port, family=self._ip_version, share=eng,
@@ -952,7 +970,9 @@ class socket:
                 self._update()
 
     def getsockname(self) -> tuple:
-        if self._engine is None:
+        if self._engine is None or (self._wildcard and self._conn is None):
+            # bound to the wildcard and not connected: the wildcard, as Linux says (http.server
+            # prints it, tornado and aiohttp log it), not the netif's address it happens to listen on
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", self._port)
         return _sockaddr(self.family, self._engine.info.local_addr, self._port)
 
