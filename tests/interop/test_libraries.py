@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import http.client
 import http.server
+import json
 import os
 import socket
 import ssl
@@ -181,5 +182,26 @@ def test_websockets_echo(usnetd_path, server_on_usnet):  # noqa: F811
         assert _run(_command(not server_on_usnet, "websockets", "client", f"ws://{ip}:{port}/"),
                     env_kernel if server_on_usnet else env_usnet) == ["echo"]
         assert server.poll() is None
+    finally:
+        stop(server)
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+def test_tornado_listens_on_every_address(usnetd_path, tap_domain, on_usnet):  # noqa: F811
+    """tornado's `listen(port, "")` binds a socket for each address getaddrinfo gives (0.0.0.0 and
+    ::) and gives up on any that fails: on usnet, whose netif has no IPv6 address, the :: one
+    binds as on Linux (it hears the loopback netif's ::1) and both say the wildcard, as Linux's do."""
+    pytest.importorskip("tornado")
+    path, usnet_ip, host_ip = usnetd_path
+    tap_domain[0].add_loopback()  # as usnetd has
+    server, port = started(_command(on_usnet, "tornado", "server", ""), child_env(path) if on_usnet else _kernel_env())
+    try:
+        _kernel_client_checks(usnet_ip if on_usnet else host_ip, port)
+        conn = http.client.HTTPConnection(usnet_ip if on_usnet else host_ip, port, timeout=LIMIT)
+        conn.request("GET", "/names")
+        assert json.loads(conn.getresponse().read()) == [["0.0.0.0", port], ["::", port, 0, 0]]
+        conn.close()
     finally:
         stop(server)

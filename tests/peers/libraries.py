@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import sys
 import time
 
@@ -315,6 +316,8 @@ def tornado_server(ip: str) -> None:
 
     import tornado.web
 
+    server = None
+
     class F(tornado.web.RequestHandler):
         def get(self):
             self.write(BODY)
@@ -329,9 +332,14 @@ def tornado_server(ip: str) -> None:
         def post(self):
             self.write(sha(self.request.body))
 
+    class Names(tornado.web.RequestHandler):  # the listening sockets' names, as tornado has them
+        def get(self):
+            self.write(json.dumps(sorted(list(s.getsockname()) for s in server._sockets.values())))
+
     async def main() -> None:
-        app = tornado.web.Application([("/f.bin", F), ("/big", Big), ("/sha", Sha)])
-        server = app.listen(0, ip, max_body_size=1 << 24)
+        nonlocal server
+        app = tornado.web.Application([("/f.bin", F), ("/big", Big), ("/sha", Sha), ("/names", Names)])
+        server = app.listen(0, ip, max_body_size=1 << 24)  # ip "": every address getaddrinfo gives
         listening(next(iter(server._sockets.values())).getsockname()[1])
         await asyncio.Event().wait()
 
