@@ -28,7 +28,7 @@ from usnet.client import socket as _us
 __all__ = ["TlsSocket", "wrap_socket"]
 
 T = TypeVar("T")
-_RECV = 256 * 1024  # ciphertext per read from the socket
+_HEADER = 5  # a TLS record's header: type, version, length (2 bytes)
 _SEND_MAX = 256 * 1024  # plaintext per send(): bounds what a non-blocking send buffers
 
 
@@ -50,6 +50,8 @@ class TlsSocket:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._obj: ssl.SSLObject | None = None
+        self._header = bytearray()  # the next record's header, as far as it came
+        self._left = 0  # bytes of the current record's body not read from the socket yet
         self._wbuf = bytearray()  # ciphertext the socket has not taken yet (non-blocking)
         self._closed = False  # close() was called; open makefile()s may still use it
         self._released = False  # the socket underneath is closed
@@ -101,18 +103,40 @@ class TlsSocket:
         return True
 
     def _fill(self) -> None:
-        """Feed the incoming BIO from the socket (EOF included)."""
-        try:
-            data = self._sock.recv(_RECV)
-        except BlockingIOError:
-            raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
-                                       "The operation did not complete (read)") from None
-        except TimeoutError:
-            raise TimeoutError("The read operation timed out") from None
-        if data:
+        """Feed the incoming BIO from the socket (EOF included), one TLS record at most.
+
+        As OpenSSL on a descriptor (no read-ahead): what is not part of the record being read
+        stays in the socket, so the socket's readiness still says that more is there. A program
+        that waits on fileno() between reads (tornado, after SSLWantReadError) would otherwise
+        never hear of a record read along with the one before (the HTTP request that came in
+        the segment that finished the handshake), and wait forever."""
+        first = True
+        while True:
+            want = self._left or _HEADER - len(self._header)
+            try:
+                data = self._sock.recv(want)
+            except BlockingIOError:
+                if not first:
+                    return  # the header came, its body not yet: OpenSSL asks again
+                raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
+                                           "The operation did not complete (read)") from None
+            except TimeoutError:
+                raise TimeoutError("The read operation timed out") from None
+            if not data:
+                self._incoming.write_eof()
+                return
             self._incoming.write(data)
-        else:
-            self._incoming.write_eof()
+            if self._left:
+                self._left -= len(data)
+                return
+            self._header += data
+            if len(self._header) < _HEADER:
+                return
+            self._left = int.from_bytes(self._header[3:5], "big")
+            self._header.clear()
+            if not self._left:
+                return
+            first = False  # the header is in: its body too, if it is there already
 
     def _run(self, op: Callable[[], T]) -> T:
         """Retry `op` (an SSLObject call) while OpenSSL needs the network, as SSL_read does on a socket."""
