@@ -26,7 +26,7 @@ import threading
 import pytest
 
 from tests.helpers import PEERS
-from tests.helpers.util import server_context
+from tests.helpers.util import client_context, server_context
 from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
 
 PROGRAM = str(PEERS / "libraries.py")
@@ -60,7 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        peer = "%s:%d" % self.client_address[:2]  # the same for every request on one connection
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"  # the same for every request on one connection
         self._send({"/f.bin": BODY, "/big": BIG, "/peer": peer.encode()}.get(self.path, b""))
 
     def do_POST(self) -> None:
@@ -126,9 +126,11 @@ def test_client_library_against_a_kernel_http_server(usnetd_path, ca, tmp_path, 
     assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 1.5
 
 
-def _kernel_client_checks(ip: str, port: int) -> None:
-    """http.client (kernel) on one kept-alive connection: a small body twice, the large one, POSTs."""
-    conn = http.client.HTTPConnection(ip, port, timeout=LIMIT)
+def _kernel_client_checks(ip: str, port: int, ctx: ssl.SSLContext | None = None) -> None:
+    """http.client (kernel) on one kept-alive connection: a small body twice, the large one, POSTs
+    (over TLS with `ctx`)."""
+    conn = (http.client.HTTPConnection(ip, port, timeout=LIMIT) if ctx is None else
+            http.client.HTTPSConnection(ip, port, timeout=LIMIT, context=ctx))
     try:
         conn.request("GET", "/f.bin")
         r = conn.getresponse()
@@ -149,17 +151,29 @@ def _kernel_client_checks(ip: str, port: int) -> None:
 @pytest.mark.privileged
 @pytest.mark.slow
 @pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize("lib", ["aiohttp", "tornado", "flask"])
-def test_server_library_serves_a_kernel_client(usnetd_path, lib, on_usnet):  # noqa: F811
-    """The library's server, on usnet (or the kernel), answers http.client and curl on the kernel."""
+def test_server_library_serves_a_kernel_client(usnetd_path, ca, tmp_path, lib, tls, on_usnet):  # noqa: F811
+    """The library's server, on usnet (or the kernel), answers http.client and curl on the kernel;
+    over TLS too (aiohttp: asyncio's SSL protocol on usnet's transport; tornado: SSLContext.wrap_socket
+    of each accepted socket; werkzeug: of the listening socket)."""
     pytest.importorskip(lib)
     path, usnet_ip, host_ip = usnetd_path
     ip = usnet_ip if on_usnet else host_ip
-    server, port = started(_command(on_usnet, lib, "server", ip), child_env(path) if on_usnet else _kernel_env())
+    pem = ca_pem = tmp_path / "server.pem"
+    extra, scheme, curl_ca = [], "http", []
+    if tls:
+        ca.issue_cert(ip).private_key_and_cert_chain_pem.write_to_path(str(pem))
+        ca_pem = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_pem))
+        extra, scheme, curl_ca = [str(pem)], "https", ["--cacert", str(ca_pem)]
+    server, port = started(_command(on_usnet, lib, "server", ip, *extra),
+                           child_env(path) if on_usnet else _kernel_env())
     try:
-        _kernel_client_checks(ip, port)
-        got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), f"http://{ip}:{port}/big",
-                              f"http://{ip}:{port}/f.bin"], capture_output=True, timeout=LIMIT + 5)
+        _kernel_client_checks(ip, port, client_context(ca) if tls else None)
+        got = subprocess.run(["curl", "-sS", "--fail", *curl_ca, "--max-time", str(LIMIT),
+                              f"{scheme}://{ip}:{port}/big", f"{scheme}://{ip}:{port}/f.bin"],
+                             capture_output=True, timeout=LIMIT + 5)
         assert got.returncode == 0, got.stderr.decode()
         assert got.stdout == BIG + BODY
         assert server.poll() is None
@@ -170,16 +184,21 @@ def test_server_library_serves_a_kernel_client(usnetd_path, lib, on_usnet):  # n
 @pytest.mark.privileged
 @pytest.mark.slow
 @pytest.mark.parametrize("server_on_usnet", [True, False], ids=["usnet-server", "usnet-client"])
-def test_websockets_echo(usnetd_path, server_on_usnet):  # noqa: F811
-    """websockets' server on one side and its client on the other, one of them on usnet."""
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_websockets_echo(usnetd_path, ca, tmp_path, server_on_usnet, tls):  # noqa: F811
+    """websockets' server on one side and its client on the other, one of them on usnet (wss: TLS)."""
     pytest.importorskip("websockets")
     path, usnet_ip, host_ip = usnetd_path
     ip = usnet_ip if server_on_usnet else host_ip
     env_usnet, env_kernel = child_env(path), _kernel_env()
-    server, port = started(_command(server_on_usnet, "websockets", "server", ip),
+    pem, ca_pem = tmp_path / "server.pem", tmp_path / "ca.pem"
+    ca.issue_cert(ip).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca.cert_pem.write_to_path(str(ca_pem))
+    server, port = started(_command(server_on_usnet, "websockets", "server", ip, *([str(pem)] if tls else [])),
                            env_usnet if server_on_usnet else env_kernel)
     try:
-        assert _run(_command(not server_on_usnet, "websockets", "client", f"ws://{ip}:{port}/"),
+        url = f"{'wss' if tls else 'ws'}://{ip}:{port}/"
+        assert _run(_command(not server_on_usnet, "websockets", "client", url, *([str(ca_pem)] if tls else [])),
                     env_kernel if server_on_usnet else env_usnet) == ["echo"]
         assert server.poll() is None
     finally:

@@ -2,13 +2,15 @@
 
     python libraries.py LIB client BASE HTTPS_BASE CA_PEM SILENT_PORT REFUSED_PORT
         exits 0 once every check held, printing one line per check
-    python libraries.py LIB server BIND_IP
-        prints "port N" once it listens, then serves until stopped
-    python libraries.py websockets client WS_URL
+    python libraries.py LIB server BIND_IP [PEM]
+        prints "port N" once it listens, then serves until stopped (over TLS with the key and
+        certificate chain in PEM)
+    python libraries.py websockets client WS_URL [CA_PEM]
 
 No usnet in here: the test runs these under `usnet run` (or on kernel sockets) against a kernel peer.
 
-The HTTP peer (client checks): GET /f.bin is BODY; GET /big is BIG; GET /peer is the client's address and port; POST /sha answers the SHA-256
+The HTTP peer (client checks): GET /f.bin is BODY; GET /big is BIG; GET /peer is the client's
+address and port; POST /sha answers the SHA-256
 (hex) of the request body; the HTTPS_BASE server is the same over TLS with a certificate from the
 CA in CA_PEM; SILENT_PORT (same host) accepts but never answers; nothing listens on REFUSED_PORT.
 The servers here serve the same paths.
@@ -52,6 +54,17 @@ def refused_underneath(e: BaseException) -> bool:
 
 def listening(p: int) -> None:
     print(f"port {p}", flush=True)
+
+
+def server_tls(pem: str | None):
+    """The server's TLS context from a PEM of key and certificate chain (trustme's), or None."""
+    if pem is None:
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem)
+    return ctx
 
 
 # -- clients --------------------------------------------------------------------------------------------
@@ -279,7 +292,7 @@ async def tornado_client(base: str, https: str, ca: str, silent: int, refused: i
 # -- servers --------------------------------------------------------------------------------------------
 
 
-def aiohttp_server(ip: str) -> None:
+def aiohttp_server(ip: str, pem: str | None) -> None:
     import asyncio
 
     from aiohttp import web
@@ -303,7 +316,7 @@ def aiohttp_server(ip: str) -> None:
         app.add_routes([web.get("/f.bin", f), web.get("/big", big), web.post("/sha", post)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, ip, 0)
+        site = web.TCPSite(runner, ip, 0, ssl_context=server_tls(pem))
         await site.start()
         listening(site._server.sockets[0].getsockname()[1])
         await asyncio.Event().wait()
@@ -311,7 +324,7 @@ def aiohttp_server(ip: str) -> None:
     asyncio.run(main())
 
 
-def tornado_server(ip: str) -> None:
+def tornado_server(ip: str, pem: str | None) -> None:
     import asyncio
 
     import tornado.web
@@ -339,14 +352,15 @@ def tornado_server(ip: str) -> None:
     async def main() -> None:
         nonlocal server
         app = tornado.web.Application([("/f.bin", F), ("/big", Big), ("/sha", Sha), ("/names", Names)])
-        server = app.listen(0, ip, max_body_size=1 << 24)  # ip "": every address getaddrinfo gives
+        # ip "": a socket for every address getaddrinfo gives
+        server = app.listen(0, ip, max_body_size=1 << 24, ssl_options=server_tls(pem))
         listening(next(iter(server._sockets.values())).getsockname()[1])
         await asyncio.Event().wait()
 
     asyncio.run(main())
 
 
-def flask_server(ip: str) -> None:
+def flask_server(ip: str, pem: str | None) -> None:
     from flask import Flask, Response, request
     from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -366,12 +380,12 @@ def flask_server(ip: str) -> None:
         return sha(request.get_data())
 
     WSGIRequestHandler.protocol_version = "HTTP/1.1"  # keep-alive, as a production server would
-    server = make_server(ip, 0, app, threaded=True)
+    server = make_server(ip, 0, app, threaded=True, ssl_context=server_tls(pem))  # wraps the listener
     listening(server.server_port)
     server.serve_forever()
 
 
-def websockets_server(ip: str) -> None:
+def websockets_server(ip: str, pem: str | None) -> None:
     import asyncio
 
     from websockets.asyncio.server import serve
@@ -381,18 +395,21 @@ def websockets_server(ip: str) -> None:
             await ws.send(m)
 
     async def main() -> None:
-        async with serve(echo, ip, 0, max_size=1 << 24) as server:
+        async with serve(echo, ip, 0, max_size=1 << 24, ssl=server_tls(pem)) as server:
             listening(server.sockets[0].getsockname()[1])
             await asyncio.Event().wait()
 
     asyncio.run(main())
 
 
-async def websockets_client(url: str) -> None:
+async def websockets_client(url: str, ca: str | None) -> None:
     """Text and binary messages echoed, one of them large (fragmented by TCP), a ping answered."""
+    import ssl
+
     from websockets.asyncio.client import connect
 
-    async with connect(url, max_size=1 << 24) as ws:
+    ctx = None if ca is None else ssl.create_default_context(cafile=ca)
+    async with connect(url, max_size=1 << 24, ssl=ctx) as ws:
         for m in ("hello", BODY, BIG, "bye"):
             await ws.send(m)
             assert await ws.recv() == m
@@ -405,9 +422,9 @@ if __name__ == "__main__":
 
     if role == "server":
         {"aiohttp": aiohttp_server, "tornado": tornado_server, "flask": flask_server,
-         "websockets": websockets_server}[lib](sys.argv[3])
+         "websockets": websockets_server}[lib](sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     elif lib == "websockets":
-        asyncio.run(websockets_client(sys.argv[3]))
+        asyncio.run(websockets_client(sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None))
     else:
         args = (*sys.argv[3:6], int(sys.argv[6]), int(sys.argv[7]))
         fn = {"requests": requests_client, "httpx": httpx_client, "httpx-async": httpx_async_client,
