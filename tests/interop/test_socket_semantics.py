@@ -403,3 +403,25 @@ def test_a_server_on_every_passive_address_as_on_the_kernel(net):
     kernel = _listen_on_every_passive_address(socket.getaddrinfo, socket.socket)
     assert kernel == [("0.0.0.0",), ("::", 0, 0), ("::1",)]
     assert _listen_on_every_passive_address(us.getaddrinfo, us.socket) == kernel
+
+
+def _udp_names(make, peer: str) -> list:
+    """A UDP socket's name: bound to the wildcard, bound by a first send, and once connected."""
+    names = []
+    for first in ("bind", "send"):
+        s = make(socket.AF_INET, socket.SOCK_DGRAM)
+        if first == "bind":
+            s.bind(("", 0))
+        else:
+            s.sendto(b"x", (peer, 9))
+        names.append(s.getsockname()[0])
+        s.connect((peer, 9))
+        names.append(s.getsockname()[0])
+        s.close()
+    return names
+
+
+def test_a_udp_socket_on_the_wildcard_names_it_until_connected_as_on_the_kernel(net):
+    _client, _ifname, usnet_ip, host_ip = net
+    assert _udp_names(socket.socket, host_ip) == ["0.0.0.0", host_ip, "0.0.0.0", host_ip]
+    assert _udp_names(us.socket, host_ip) == ["0.0.0.0", usnet_ip, "0.0.0.0", usnet_ip]
