@@ -211,3 +211,19 @@ def test_a_record_read_along_with_another_leaves_the_socket_readable(net, ca):
     s.close()
     srv.join()
     assert srv.error is None, srv.error
+
+
+def test_a_tls_socket_is_an_ssl_socket_to_isinstance(net, ca):
+    """What SSLContext.wrap_socket gives is an ssl.SSLSocket on the kernel, and programs check
+    (websockets' threaded TLS server asserts it); its context can be switched, as SSLSocket's."""
+    srv = Server(net, 9450, server_context(ca, B_IP), read_to_eof)
+    cctx = client_context(ca)
+    with connect(net, 9450, cctx) as s:
+        assert isinstance(s, ssl.SSLSocket)
+        assert s.context is cctx
+        other = client_context(ca)
+        s.context = other
+        assert s.context is other and s._obj.context is other
+        s.shutdown(us.SHUT_WR)
+    srv.join()
+    assert srv.error is None, srv.error

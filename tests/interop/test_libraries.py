@@ -185,8 +185,11 @@ def test_server_library_serves_a_kernel_client(usnetd_path, ca, tmp_path, lib, t
 @pytest.mark.slow
 @pytest.mark.parametrize("server_on_usnet", [True, False], ids=["usnet-server", "usnet-client"])
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
-def test_websockets_echo(usnetd_path, ca, tmp_path, server_on_usnet, tls):  # noqa: F811
-    """websockets' server on one side and its client on the other, one of them on usnet (wss: TLS)."""
+@pytest.mark.parametrize("lib", ["websockets", "websockets-sync"])
+def test_websockets_echo(usnetd_path, ca, tmp_path, lib, server_on_usnet, tls):  # noqa: F811
+    """websockets' server on one side and its client on the other, one of them on usnet (wss: TLS);
+    its asyncio implementation, and its threaded one on blocking sockets (whose TLS server asserts
+    that the socket SSLContext.wrap_socket gave is an ssl.SSLSocket)."""
     pytest.importorskip("websockets")
     path, usnet_ip, host_ip = usnetd_path
     ip = usnet_ip if server_on_usnet else host_ip
@@ -194,11 +197,11 @@ def test_websockets_echo(usnetd_path, ca, tmp_path, server_on_usnet, tls):  # no
     pem, ca_pem = tmp_path / "server.pem", tmp_path / "ca.pem"
     ca.issue_cert(ip).private_key_and_cert_chain_pem.write_to_path(str(pem))
     ca.cert_pem.write_to_path(str(ca_pem))
-    server, port = started(_command(server_on_usnet, "websockets", "server", ip, *([str(pem)] if tls else [])),
+    server, port = started(_command(server_on_usnet, lib, "server", ip, *([str(pem)] if tls else [])),
                            env_usnet if server_on_usnet else env_kernel)
     try:
         url = f"{'wss' if tls else 'ws'}://{ip}:{port}/"
-        assert _run(_command(not server_on_usnet, "websockets", "client", url, *([str(ca_pem)] if tls else [])),
+        assert _run(_command(not server_on_usnet, lib, "client", url, *([str(ca_pem)] if tls else [])),
                     env_kernel if server_on_usnet else env_usnet) == ["echo"]
         assert server.poll() is None
     finally:

@@ -5,7 +5,7 @@
     python libraries.py LIB server BIND_IP [PEM]
         prints "port N" once it listens, then serves until stopped (over TLS with the key and
         certificate chain in PEM)
-    python libraries.py websockets client WS_URL [CA_PEM]
+    python libraries.py websockets[-sync] client WS_URL [CA_PEM]
 
 No usnet in here: the test runs these under `usnet run` (or on kernel sockets) against a kernel peer.
 
@@ -402,6 +402,33 @@ def websockets_server(ip: str, pem: str | None) -> None:
     asyncio.run(main())
 
 
+def websockets_sync_server(ip: str, pem: str | None) -> None:
+    """websockets' threaded server (blocking sockets; TLS by SSLContext.wrap_socket of the listener)."""
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        for m in ws:
+            ws.send(m)
+
+    with serve(echo, ip, 0, max_size=1 << 24, ssl=server_tls(pem)) as server:
+        listening(server.socket.getsockname()[1])
+        server.serve_forever()
+
+
+def websockets_sync_client(url: str, ca: str | None) -> None:
+    import ssl
+
+    from websockets.sync.client import connect
+
+    ctx = None if ca is None else ssl.create_default_context(cafile=ca)
+    with connect(url, max_size=1 << 24, ssl=ctx) as ws:
+        for m in ("hello", BODY, BIG, "bye"):
+            ws.send(m)
+            assert ws.recv(timeout=20) == m
+        assert ws.ping().wait(20)
+    ok("echo")
+
+
 async def websockets_client(url: str, ca: str | None) -> None:
     """Text and binary messages echoed, one of them large (fragmented by TCP), a ping answered."""
     import ssl
@@ -422,9 +449,12 @@ if __name__ == "__main__":
 
     if role == "server":
         {"aiohttp": aiohttp_server, "tornado": tornado_server, "flask": flask_server,
-         "websockets": websockets_server}[lib](sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+         "websockets": websockets_server, "websockets-sync": websockets_sync_server,
+         }[lib](sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     elif lib == "websockets":
         asyncio.run(websockets_client(sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None))
+    elif lib == "websockets-sync":
+        websockets_sync_client(sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     else:
         args = (*sys.argv[3:6], int(sys.argv[6]), int(sys.argv[7]))
         fn = {"requests": requests_client, "httpx": httpx_client, "httpx-async": httpx_async_client,

@@ -32,8 +32,17 @@ _HEADER = 5  # a TLS record's header: type, version, length (2 bytes)
 _SEND_MAX = 256 * 1024  # plaintext per send(): bounds what a non-blocking send buffers
 
 
-class TlsSocket:
-    """A TLS connection over a usnet socket (see the module docstring)."""
+# The class TlsSocket derives from, typed loosely: it replaces (does not extend) every method of it.
+_SSLSocket: Any = ssl.SSLSocket
+
+
+class TlsSocket(_SSLSocket):
+    """A TLS connection over a usnet socket (see the module docstring).
+
+    An `ssl.SSLSocket` to isinstance, as what `SSLContext.wrap_socket` returns is one on the
+    kernel (websockets' sync server asserts it, asyncio refuses one for its sock_* calls, libraries
+    pick their TLS path by it); none of SSLSocket's kernel machinery runs: the methods a program
+    uses are all this class's own, and the C socket underneath is never opened (descriptor -1)."""
 
     def __init__(self, sock: _us.socket, context: ssl.SSLContext, server_side: bool = False,
                  server_hostname: str | None = None, do_handshake_on_connect: bool = True,
@@ -41,7 +50,7 @@ class TlsSocket:
         if server_side and server_hostname:
             raise ValueError("server_hostname can only be specified in client mode")
         self._sock = sock
-        self.context = context
+        self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.do_handshake_on_connect = do_handshake_on_connect
@@ -315,6 +324,17 @@ class TlsSocket:
 
     def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
         return None if self._obj is None else self._obj.get_channel_binding(cb_type)
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        """As SSLSocket's: an SNI callback switches the connection to another context."""
+        self._context = ctx
+        if self._obj is not None:
+            self._obj.context = ctx
 
     @property
     def session(self) -> ssl.SSLSession | None:
