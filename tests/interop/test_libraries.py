@@ -26,7 +26,7 @@ import threading
 import pytest
 
 from tests.helpers import PEERS
-from tests.helpers.util import client_context, server_context
+from tests.helpers.util import client_context, kernel_server, server_context
 from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
 
 PROGRAM = str(PEERS / "libraries.py")
@@ -225,5 +225,55 @@ def test_tornado_listens_on_every_address(usnetd_path, tap_domain, on_usnet):  #
         conn.request("GET", "/names")
         assert json.loads(conn.getresponse().read()) == [["0.0.0.0", port], ["::", port, 0, 0]]
         conn.close()
+    finally:
+        stop(server)
+
+
+def _echo_until_eof(sock, peer) -> dict:
+    """Echo until the peer's end, and say how it ended: a clean EOF, or a reset."""
+    n = 0
+    try:
+        while data := sock.recv(1 << 16):
+            sock.sendall(data)
+            n += len(data)
+    except ConnectionResetError:
+        return {"end": "reset", "n": n}
+    return {"end": "eof", "n": n}
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+def test_anyio_stream_ends_cleanly_for_a_kernel_peer(usnetd_path, on_usnet):  # noqa: F811
+    """anyio's TCP stream, the one under httpx's async client, against a kernel echo server: the
+    echo comes back whole, and the stream's close (anyio aborts the transport) ends the
+    connection with a FIN, as asyncio's abort does on the kernel, not with a reset."""
+    pytest.importorskip("anyio")
+    path, _, host_ip = usnetd_path
+    with kernel_server(host_ip, _echo_until_eof, timeout=LIMIT) as ((host, port), result):
+        assert _run(_command(on_usnet, "anyio", "client", host, str(port)),
+                    child_env(path) if on_usnet else _kernel_env()) == ["echo"]
+    assert result == {"end": "eof", "n": len(POSTED)}
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+def test_anyio_listener_serves_a_kernel_client(usnetd_path, on_usnet):  # noqa: F811
+    """anyio's create_tcp_listener on every address (as for local_host=None): a kernel client's
+    data echoed, and after its shutdown(SHUT_WR) a clean EOF from the listener's side."""
+    pytest.importorskip("anyio")
+    path, usnet_ip, host_ip = usnetd_path
+    ip = usnet_ip if on_usnet else host_ip
+    server, port = started(_command(on_usnet, "anyio", "server", ""), child_env(path) if on_usnet else _kernel_env())
+    try:
+        with socket.create_connection((ip, port), timeout=LIMIT) as k:
+            sender = threading.Thread(target=k.sendall, args=(POSTED,))
+            sender.start()
+            got = bytearray()
+            while len(got) < len(POSTED) and (data := k.recv(1 << 16)):
+                got += data
+            sender.join(LIMIT)
+            k.shutdown(socket.SHUT_WR)
+            assert got == POSTED
+            assert k.recv(100) == b""  # the server's close: a FIN, not a reset
     finally:
         stop(server)

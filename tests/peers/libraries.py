@@ -429,6 +429,44 @@ def websockets_sync_client(url: str, ca: str | None) -> None:
     ok("echo")
 
 
+def anyio_server(ip: str, pem: str | None) -> None:
+    """anyio's own TCP listener (every passive address for ""), echoing each stream until its EOF,
+    then closing it as anyio closes every stream: transport.abort()."""
+    import anyio
+
+    async def echo(stream) -> None:
+        async with stream:
+            async for chunk in stream:
+                await stream.send(chunk)
+
+    async def main() -> None:
+        listener = await anyio.create_tcp_listener(local_host=ip or None, local_port=0)
+        listening(listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port))
+        await listener.serve(echo)
+
+    anyio.run(main)
+
+
+def anyio_client(ip: str, port: int) -> None:
+    """anyio's connect_tcp: DATA sent while its echo is read, then the stream closed (abort())."""
+    import anyio
+
+    async def main() -> None:
+        got = bytearray()
+        async with await anyio.connect_tcp(ip, port) as s:
+            async def read() -> None:
+                while len(got) < len(POSTED):
+                    got.extend(await s.receive())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await s.send(POSTED)
+        assert got == POSTED
+        ok("echo")
+
+    anyio.run(main)
+
+
 async def websockets_client(url: str, ca: str | None) -> None:
     """Text and binary messages echoed, one of them large (fragmented by TCP), a ping answered."""
     import ssl
@@ -449,10 +487,12 @@ if __name__ == "__main__":
 
     if role == "server":
         {"aiohttp": aiohttp_server, "tornado": tornado_server, "flask": flask_server,
-         "websockets": websockets_server, "websockets-sync": websockets_sync_server,
+         "websockets": websockets_server, "websockets-sync": websockets_sync_server, "anyio": anyio_server,
          }[lib](sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     elif lib == "websockets":
         asyncio.run(websockets_client(sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None))
+    elif lib == "anyio":
+        anyio_client(sys.argv[3], int(sys.argv[4]))
     elif lib == "websockets-sync":
         websockets_sync_client(sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     else:
