@@ -220,6 +220,7 @@ def test_a_tls_socket_is_an_ssl_socket_to_isinstance(net, ca):
     cctx = client_context(ca)
     with connect(net, 9450, cctx) as s:
         assert isinstance(s, ssl.SSLSocket)
+        assert s._sslobj.version() == "TLSv1.3"  # httpcore reaches for SSLSocket's SSLObject so
         assert s.context is cctx
         other = client_context(ca)
         s.context = other

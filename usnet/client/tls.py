@@ -326,6 +326,12 @@ class TlsSocket(_SSLSocket):
         return None if self._obj is None else self._obj.get_channel_binding(cb_type)
 
     @property
+    def _sslobj(self) -> ssl.SSLObject | None:
+        """SSLSocket's private name for its SSLObject, which libraries reach for (httpcore's
+        "ssl_object" extra): here the memory-BIO SSLObject, which answers the same calls."""
+        return self._obj
+
+    @property
     def context(self) -> ssl.SSLContext:
         return self._context
 
