@@ -10,7 +10,7 @@
 No usnet in here: the test runs these under `usnet run` (or on kernel sockets) against a kernel peer.
 
 The HTTP peer (client checks): GET /f.bin is BODY; GET /big is BIG; GET /peer is the client's
-address and port; POST /sha answers the SHA-256
+address and port; GET /close is BODY, and the server closes the connection after it; POST /sha answers the SHA-256
 (hex) of the request body; the HTTPS_BASE server is the same over TLS with a certificate from the
 CA in CA_PEM; SILENT_PORT (same host) accepts but never answers; nothing listens on REFUSED_PORT.
 The servers here serve the same paths.
@@ -50,6 +50,11 @@ def refused_underneath(e: BaseException) -> bool:
         e = e.__cause__ or e.__context__ or getattr(e, "reason", None)
         seen += 1
     return False
+
+
+def unanswered(host: str) -> str:
+    """An address on the peer's subnet that nobody has: a SYN there is never answered."""
+    return host.rsplit(".", 1)[0] + ".99"
 
 
 def listening(p: int) -> None:
@@ -95,6 +100,17 @@ def requests_client(base: str, https: str, ca: str, silent: int, refused: int) -
         r = s.post(f"{https}/sha", data=POSTED, verify=ca, timeout=20)
         assert r.text == sha(POSTED)
         ok("https")
+        # the server closes after this answer without saying so: urllib3 sees the kept connection
+        # readable at EOF (poll) before its next request, and opens another
+        assert s.get(f"{base}/close", timeout=20).content == BODY
+        assert s.get(f"{base}/f.bin", timeout=20).content == BODY
+        ok("dropped")
+    t0 = time.monotonic()
+    try:  # nothing answers ARP for .99 on the peer's subnet: the connect times out
+        requests.get(f"http://{unanswered(host)}/f.bin", timeout=(TIMEOUT, 20))
+        raise AssertionError("no connect timeout")
+    except requests.exceptions.ConnectTimeout:
+        ok("connect-timeout", t0)
     t0 = time.monotonic()
     try:
         requests.get(f"http://{host}:{silent}/f.bin", timeout=TIMEOUT)
@@ -185,6 +201,12 @@ async def httpx_async_client(base: str, https: str, ca: str, silent: int, refuse
         assert (await c.post(f"{https}/sha", content=POSTED)).text == sha(POSTED)
         ok("https")
     async with httpx.AsyncClient() as c:
+        t0 = time.monotonic()
+        try:
+            await c.get(f"http://{unanswered(host)}/f.bin", timeout=httpx.Timeout(20, connect=TIMEOUT))
+            raise AssertionError("no connect timeout")
+        except httpx.ConnectTimeout:
+            ok("connect-timeout", t0)
         t0 = time.monotonic()
         try:
             await c.get(f"http://{host}:{silent}/f.bin", timeout=TIMEOUT)
