@@ -182,6 +182,10 @@ def test_server_library_serves_a_kernel_client(usnetd_path, ca, tmp_path, lib, t
                              capture_output=True, timeout=LIMIT + 5)
         assert got.returncode == 0, got.stderr.decode()
         assert got.stdout == BIG + BODY
+        if lib == "aiohttp":  # a FileResponse: sent by sendfile
+            got = subprocess.run(["curl", "-sS", "--fail", *curl_ca, "--max-time", str(LIMIT),
+                                  f"{scheme}://{ip}:{port}/file"], capture_output=True, timeout=LIMIT + 5)
+            assert got.returncode == 0 and got.stdout == BIG, got.stderr.decode()
         assert server.poll() is None
     finally:
         stop(server)

@@ -333,9 +333,18 @@ def aiohttp_server(ip: str, pem: str | None) -> None:
     async def post(request):
         return web.Response(text=sha(await request.read()))
 
+    import tempfile
+
+    held = tempfile.TemporaryFile()  # gone with the process, however it ends
+    held.write(BIG)
+    held.flush()
+
+    async def file(request):  # loop.sendfile on the transport: os.sendfile on the socket's descriptor
+        return web.FileResponse(f"/proc/self/fd/{held.fileno()}")
+
     async def main() -> None:
         app = web.Application(client_max_size=1 << 24)
-        app.add_routes([web.get("/f.bin", f), web.get("/big", big), web.post("/sha", post)])
+        app.add_routes([web.get("/f.bin", f), web.get("/big", big), web.post("/sha", post), web.get("/file", file)])
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, ip, 0, ssl_context=server_tls(pem))
