@@ -549,8 +549,8 @@ class socket:
         with eng.lock:
             config = replace(eng.tcp.config, **self._buffer_options())
             eng.tcp.listen(self._port, backlog=backlog, config=config)
-            if lo is not None:
-                lo.tcp.listen(self._port, backlog=backlog, config=config)
+            if lo is not None:  # its own netif's config (no segmentation offload on lo), the same options
+                lo.tcp.listen(self._port, backlog=backlog, config=replace(lo.tcp.config, **self._buffer_options()))
                 self._lo = lo  # its watchers are the engine's: this socket hears both
             self._listening = True
             self._update()
