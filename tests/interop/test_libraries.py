@@ -287,3 +287,23 @@ def test_anyio_listener_serves_a_kernel_client(usnetd_path, on_usnet):  # noqa: 
             assert k.recv(100) == b""  # the server's close: a FIN, not a reset
     finally:
         stop(server)
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+def test_requests_to_localhost_reaches_a_server_on_every_address(usnetd_path, tap_domain, on_usnet):  # noqa: F811
+    """A server on 0.0.0.0 (aiohttp) and requests in another process fetching from localhost and
+    127.0.0.1: on usnet both through the domain's loopback netif, as usnetd has one."""
+    pytest.importorskip("aiohttp")
+    pytest.importorskip("requests")
+    path, _, _ = usnetd_path
+    tap_domain[0].add_loopback()
+    env = child_env(path) if on_usnet else _kernel_env()
+    server, port = started(_command(on_usnet, "aiohttp", "server", "0.0.0.0"), env)
+    try:
+        urls = [f"http://{host}:{port}/{p}" for host in ("localhost", "127.0.0.1") for p in ("big", "f.bin")]
+        want = [f"200 {hashlib.sha256(b).hexdigest()}" for b in (BIG, BODY)] * 2
+        assert _run(_command(on_usnet, "requests", "fetch", *urls), env) == want
+    finally:
+        stop(server)

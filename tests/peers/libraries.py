@@ -6,6 +6,7 @@
         prints "port N" once it listens, then serves until stopped (over TLS with the key and
         certificate chain in PEM)
     python libraries.py websockets[-sync] client WS_URL [CA_PEM]
+    python libraries.py requests fetch URL...   prints each one's status and SHA-256
 
 No usnet in here: the test runs these under `usnet run` (or on kernel sockets) against a kernel peer.
 
@@ -335,7 +336,7 @@ def aiohttp_server(ip: str, pem: str | None) -> None:
 
     import tempfile
 
-    held = tempfile.TemporaryFile()  # gone with the process, however it ends
+    held = tempfile.TemporaryFile()  # noqa: SIM115  (open while the server runs; gone with the process)
     held.write(BIG)
     held.flush()
 
@@ -522,6 +523,13 @@ if __name__ == "__main__":
          }[lib](sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
     elif lib == "websockets":
         asyncio.run(websockets_client(sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None))
+    elif lib == "requests" and role == "fetch":  # each URL's status and SHA-256, one a line
+        import requests
+
+        with requests.Session() as session:
+            for url in sys.argv[3:]:
+                r = session.get(url, timeout=20)
+                print(r.status_code, sha(r.content), flush=True)
     elif lib == "anyio":
         anyio_client(sys.argv[3], int(sys.argv[4]))
     elif lib == "websockets-sync":
