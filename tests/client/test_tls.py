@@ -178,3 +178,53 @@ def test_non_blocking_reads_want_read(net, ca):
     s.close()
     srv.join()
     assert srv.error is None, srv.error
+
+
+def test_a_record_read_along_with_another_leaves_the_socket_readable(net, ca):
+    """Two records queued at once: the first recv takes one, and the socket is still readable for
+    the second, as an SSLSocket's descriptor is (OpenSSL reads record by record). A program that
+    waits on fileno() between reads (tornado's HTTPS server, for the request that came in with the
+    end of the handshake) would otherwise wait for data it already holds."""
+    import select
+    import time
+
+    sctx = server_context(ca, B_IP)
+    sctx.num_tickets = 0  # no session tickets: after the handshake, only the two records below
+    sent = threading.Event()
+
+    def serve(s: tls.TlsSocket) -> bytes:
+        s.sendall(b"one")
+        s.sendall(b"two")
+        sent.set()
+        return read_to_eof(s)
+
+    srv = Server(net, 9449, sctx, serve)
+    s = connect(net, 9449, client_context(ca))
+    assert sent.wait(TIMEOUT)
+    raw, deadline = s._sock, time.monotonic() + TIMEOUT  # the TCP socket underneath
+    while len(raw.recv(100, us.MSG_PEEK)) < 2 * (5 + 3 + 1 + 16) and time.monotonic() < deadline:
+        select.select([raw], [], [], 0.05)  # both records' ciphertext in the socket (AES-GCM: 22 bytes more)
+    assert s.recv(100) == b"one"
+    assert select.select([s], [], [], 5)[0] == [s]  # at once: it is there (5 s: well within the server's wait)
+    assert s.recv(100) == b"two"
+    s.shutdown(us.SHUT_WR)
+    s.close()
+    srv.join()
+    assert srv.error is None, srv.error
+
+
+def test_a_tls_socket_is_an_ssl_socket_to_isinstance(net, ca):
+    """What SSLContext.wrap_socket gives is an ssl.SSLSocket on the kernel, and programs check
+    (websockets' threaded TLS server asserts it); its context can be switched, as SSLSocket's."""
+    srv = Server(net, 9450, server_context(ca, B_IP), read_to_eof)
+    cctx = client_context(ca)
+    with connect(net, 9450, cctx) as s:
+        assert isinstance(s, ssl.SSLSocket)
+        assert s._sslobj.version() == "TLSv1.3"  # httpcore reaches for SSLSocket's SSLObject so
+        assert s.context is cctx
+        other = client_context(ca)
+        s.context = other
+        assert s.context is other and s._obj.context is other
+        s.shutdown(us.SHUT_WR)
+    srv.join()
+    assert srv.error is None, srv.error

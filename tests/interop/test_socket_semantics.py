@@ -367,3 +367,100 @@ def test_udp_on_loopback_as_on_the_kernel(net):
     on_usnet = _udp_on_loopback(lambda f: us.socket(f, socket.SOCK_DGRAM))
     assert on_usnet == kernel
     assert kernel[1][0] == b"ping" and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"
+
+
+def _listen_on_every_passive_address(gai, make) -> list:
+    """What tornado's bind_sockets (and asyncio's create_server) does with no host: a listener on
+    every address getaddrinfo gives for AI_PASSIVE (IPv6 ones IPV6_V6ONLY), all on the first one's
+    port; then a client to ::1 on it. Their names, the port left out, and what the client reached."""
+    names, listeners, port = [], [], 0
+    for family, kind, proto, _, addr in sorted(gai(None, 0, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                                   socket.AI_PASSIVE)):
+        s = make(family, kind, proto)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr[0], port))
+        s.listen()
+        port = s.getsockname()[1]
+        names.append(s.getsockname()[:1] + s.getsockname()[2:])
+        listeners.append(s)
+    cli = make(socket.AF_INET6, socket.SOCK_STREAM, 0)
+    cli.settimeout(LIMIT)
+    cli.connect(("::1", port))
+    (six,) = [s for s in listeners if s.family == socket.AF_INET6]
+    six.settimeout(LIMIT)
+    conn, _ = six.accept()
+    names.append(conn.getsockname()[:1])
+    for s in (conn, cli, *listeners):
+        s.close()
+    return names
+
+
+def test_a_server_on_every_passive_address_as_on_the_kernel(net):
+    """No host (tornado's `listen(port, "")`): 0.0.0.0 and :: both bind, and say so, though the
+    netif has no IPv6 address: :: then hears the loopback netif's ::1, as Linux's :: hears lo's
+    when no other interface has IPv6."""
+    kernel = _listen_on_every_passive_address(socket.getaddrinfo, socket.socket)
+    assert kernel == [("0.0.0.0",), ("::", 0, 0), ("::1",)]
+    assert _listen_on_every_passive_address(us.getaddrinfo, us.socket) == kernel
+
+
+def _udp_names(make, peer: str) -> list:
+    """A UDP socket's name: bound to the wildcard, bound by a first send, and once connected."""
+    names = []
+    for first in ("bind", "send"):
+        s = make(socket.AF_INET, socket.SOCK_DGRAM)
+        if first == "bind":
+            s.bind(("", 0))
+        else:
+            s.sendto(b"x", (peer, 9))
+        names.append(s.getsockname()[0])
+        s.connect((peer, 9))
+        names.append(s.getsockname()[0])
+        s.close()
+    return names
+
+
+def test_a_udp_socket_on_the_wildcard_names_it_until_connected_as_on_the_kernel(net):
+    _client, _ifname, usnet_ip, host_ip = net
+    assert _udp_names(socket.socket, host_ip) == ["0.0.0.0", host_ip, "0.0.0.0", host_ip]
+    assert _udp_names(us.socket, host_ip) == ["0.0.0.0", usnet_ip, "0.0.0.0", usnet_ip]
+
+
+def _wildcard_server_sends_to_loopback(make, n: int) -> bytes:
+    """A server on 0.0.0.0 sends `n` bytes to a client of 127.0.0.1; the digest of what came."""
+    import hashlib
+
+    ls = make()
+    ls.bind(("0.0.0.0", 0))
+    ls.listen()
+    data = bytes(range(256)) * (n // 256)
+
+    def serve() -> None:
+        conn, _peer = ls.accept()
+        with conn:
+            conn.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    c = make()
+    c.settimeout(LIMIT)
+    c.connect(("127.0.0.1", ls.getsockname()[1]))
+    h, got = hashlib.sha256(), 0
+    while got < len(data) and (b := c.recv(1 << 16)):
+        h.update(b)
+        got += len(b)
+    c.close()
+    t.join(LIMIT)
+    ls.close()
+    return h.digest() + hashlib.sha256(data).digest()
+
+
+def test_a_wildcard_server_sends_much_to_a_loopback_client_as_on_the_kernel(net):
+    """More than a segment from a server on 0.0.0.0 to a client of 127.0.0.1 (both usnet): the
+    connection accepted on the loopback netif segments for that netif, which has no segmentation
+    offload, not for the TAP's, whose listener config it shared (a 3 kB answer failed the stack:
+    "3052 bytes do not fit a 2048-byte packet")."""
+    for make in (socket.socket, us.socket):
+        got = _wildcard_server_sends_to_loopback(make, 200_000)
+        assert got[:32] == got[32:], make

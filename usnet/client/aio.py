@@ -378,7 +378,6 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._eof_requested = False  # write_eof() asked; FIN once the buffer drains
         self._eof_seen = False  # the peer's EOF was reported to the protocol
         self._conn_lost = 0  # >0: connection_lost is scheduled; nothing more to report
-        self._abort = False
         self._wrote = False  # write() woke the stack since `_pull` began: `_pull` need not
         self._watcher = _Watcher(loop, self._wants, self._ready)
         # Nagle off, as asyncio's own socket transports turn it off (base_events._set_nodelay: for
@@ -585,7 +584,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         # else: `_push` finishes the close once the buffer has drained
 
     def abort(self) -> None:
-        self._abort = True
+        """As asyncio's on the kernel: what is buffered here is dropped and the socket closed, which
+        is a FIN after what TCP has taken (a RST only if data came that nobody read), not a RST:
+        anyio closes every stream so, and its peer must see a clean end."""
         self._force_close(None)
 
     def is_closing(self) -> bool:
@@ -679,9 +680,6 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 self._protocol.connection_lost(exc)
         finally:
             _unwatch(self._eng, self._watcher, self._conn)
-            if self._abort:
-                with self._eng.lock:
-                    self._conn.abort(time.monotonic())
             self._sock.close()  # FIN after what was sent (RST if unread data, as the kernel)
             server, self._server = self._server, None
             if server is not None:

@@ -349,7 +349,7 @@ class DatagramFace(socket):
         eng = self._engine
         if eng is None:
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", 0)
-        if self._wildcard and eng.remote is None:
+        if self._wildcard and eng.remote is None:  # as Linux: the wildcard until connected
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", eng.d.local[1])
         return _sockaddr(self.family, eng.d.local[0], eng.d.local[1])
 

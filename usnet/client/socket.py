@@ -435,20 +435,25 @@ class socket:
         host, port = self._bind_args(address)
         client, netif = self._target(None if host is None else str(host))
         try:
-            eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+            try:
+                eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+            except OSError as e:
+                if not (e.errno == errno.EADDRNOTAVAIL and host is None and self._ip_version == 6
+                        and netif != LOOPBACK_NETIF):
+                    raise
+                # "::" where the netif has no IPv6 address: on Linux the wildcard binds all the
+                # same, and takes what comes to the host's IPv6 addresses, here only the loopback
+                # netif's ::1 (tornado and trio.serve_tcp bind every address getaddrinfo gives for "")
+                eng = self._on_loopback_only(client, port, e)
+                netif = LOOPBACK_NETIF
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
                 # interface, which Linux's bind says as EADDRNOTAVAIL (aiosmtpd probes ::1 so)
                 raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address") from None
-            if e.errno == errno.EADDRNOTAVAIL and host is None and netif != LOOPBACK_NETIF:
-                # "::" on a netif with no IPv6 address: Linux binds the wildcard all the same (reached
-                # at ::1 then); so here, on the loopback netif (trio.serve_tcp binds 0.0.0.0 and ::)
-                eng, netif = self._wildcard_on_loopback(client, port, e), LOOPBACK_NETIF
-            elif e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
+            if e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
                 raise e from None
-            else:
-                eng = self._take_lingering(client, netif, port, e)
+            eng = self._take_lingering(client, netif, port, e)
         if host is not None and ipaddress.ip_address(eng.info.local_addr) != host:
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
@@ -457,13 +462,13 @@ class socket:
         self._netif = netif
         self._attach(eng, owns=True)
 
-    def _wildcard_on_loopback(self, client: Client, port: int, refused: OSError) -> FlowEngine:
-        """The flow of a wildcard bind the netif cannot take (an IPv6 one with no IPv6 address),
-        on the domain's loopback netif; `refused` (the netif's answer) where that cannot be either."""
+    def _on_loopback_only(self, client: Client, port: int, refused: OSError) -> FlowEngine:
+        """The wildcard IPv6 bind of a netif without IPv6: the domain's loopback netif (::1) alone;
+        without one, the netif's refusal stands (EADDRNOTAVAIL)."""
         try:
-            return FlowEngine(client, LOOPBACK_NETIF, port, family=self._ip_version, reuse_port=self._reuse_port())
-        except OSError:
-            raise refused from None
+            return FlowEngine(client, LOOPBACK_NETIF, port, family=6, reuse_port=self._reuse_port())
+        except OSError as e:
+            raise (refused if e.errno == errno.ENODEV else e) from None
 
     def _take_lingering(self, client: Client, netif: str, port: int, refused: OSError) -> FlowEngine:
         """SO_REUSEADDR, and usnetd says the port is in use: a listener of this process that closed
@@ -547,8 +552,8 @@ class socket:
         with eng.lock:
             config = replace(eng.tcp.config, **self._buffer_options())
             eng.tcp.listen(self._port, backlog=backlog, config=config)
-            if lo is not None:
-                lo.tcp.listen(self._port, backlog=backlog, config=config)
+            if lo is not None:  # its own netif's config (no segmentation offload on lo), the same options
+                lo.tcp.listen(self._port, backlog=backlog, config=replace(lo.tcp.config, **self._buffer_options()))
                 self._lo = lo  # its watchers are the engine's: this socket hears both
             self._listening = True
             self._update()
@@ -568,7 +573,7 @@ class socket:
             with held.lock:  # bound to an address this time: the old half goes once it is idle
                 held.release_when_idle = True
             held.wake()
-        if not self._wildcard or netif == LOOPBACK_NETIF:
+        if not self._wildcard or LOOPBACK_NETIF in (netif, self._netif):
             return None
         try:
             return FlowEngine(client, LOOPBACK_NETIF, self._port, family=self._ip_version, share=eng,
@@ -981,6 +986,8 @@ class socket:
         """The bound address: the wildcard for a socket bound to it until it connects (a listener
         stays so), as Linux says, though the flow is on the netif's (or the loopback's) address."""
         if self._engine is None or (self._wildcard and self._conn is None):
+            # bound to the wildcard and not connected: the wildcard, as Linux says (http.server
+            # prints it, tornado and aiohttp log it), not the netif's address it happens to listen on
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", self._port)
         return _sockaddr(self.family, self._engine.info.local_addr, self._port)
 

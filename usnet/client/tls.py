@@ -28,12 +28,21 @@ from usnet.client import socket as _us
 __all__ = ["TlsSocket", "wrap_socket"]
 
 T = TypeVar("T")
-_RECV = 256 * 1024  # ciphertext per read from the socket
+_HEADER = 5  # a TLS record's header: type, version, length (2 bytes)
 _SEND_MAX = 256 * 1024  # plaintext per send(): bounds what a non-blocking send buffers
 
 
-class TlsSocket:
-    """A TLS connection over a usnet socket (see the module docstring)."""
+# The class TlsSocket derives from, typed loosely: it replaces (does not extend) every method of it.
+_SSLSocket: Any = ssl.SSLSocket
+
+
+class TlsSocket(_SSLSocket):
+    """A TLS connection over a usnet socket (see the module docstring).
+
+    An `ssl.SSLSocket` to isinstance, as what `SSLContext.wrap_socket` returns is one on the
+    kernel (websockets' sync server asserts it, asyncio refuses one for its sock_* calls, libraries
+    pick their TLS path by it); none of SSLSocket's kernel machinery runs: the methods a program
+    uses are all this class's own, and the C socket underneath is never opened (descriptor -1)."""
 
     def __init__(self, sock: _us.socket, context: ssl.SSLContext, server_side: bool = False,
                  server_hostname: str | None = None, do_handshake_on_connect: bool = True,
@@ -41,7 +50,7 @@ class TlsSocket:
         if server_side and server_hostname:
             raise ValueError("server_hostname can only be specified in client mode")
         self._sock = sock
-        self.context = context
+        self._context = context
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.do_handshake_on_connect = do_handshake_on_connect
@@ -50,6 +59,8 @@ class TlsSocket:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._obj: ssl.SSLObject | None = None
+        self._header = bytearray()  # the next record's header, as far as it came
+        self._left = 0  # bytes of the current record's body not read from the socket yet
         self._wbuf = bytearray()  # ciphertext the socket has not taken yet (non-blocking)
         self._closed = False  # close() was called; open makefile()s may still use it
         self._released = False  # the socket underneath is closed
@@ -101,18 +112,40 @@ class TlsSocket:
         return True
 
     def _fill(self) -> None:
-        """Feed the incoming BIO from the socket (EOF included)."""
-        try:
-            data = self._sock.recv(_RECV)
-        except BlockingIOError:
-            raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
-                                       "The operation did not complete (read)") from None
-        except TimeoutError:
-            raise TimeoutError("The read operation timed out") from None
-        if data:
+        """Feed the incoming BIO from the socket (EOF included), one TLS record at most.
+
+        As OpenSSL on a descriptor (no read-ahead): what is not part of the record being read
+        stays in the socket, so the socket's readiness still says that more is there. A program
+        that waits on fileno() between reads (tornado, after SSLWantReadError) would otherwise
+        never hear of a record read along with the one before (the HTTP request that came in
+        the segment that finished the handshake), and wait forever."""
+        first = True
+        while True:
+            want = self._left or _HEADER - len(self._header)
+            try:
+                data = self._sock.recv(want)
+            except BlockingIOError:
+                if not first:
+                    return  # the header came, its body not yet: OpenSSL asks again
+                raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
+                                           "The operation did not complete (read)") from None
+            except TimeoutError:
+                raise TimeoutError("The read operation timed out") from None
+            if not data:
+                self._incoming.write_eof()
+                return
             self._incoming.write(data)
-        else:
-            self._incoming.write_eof()
+            if self._left:
+                self._left -= len(data)
+                return
+            self._header += data
+            if len(self._header) < _HEADER:
+                return
+            self._left = int.from_bytes(self._header[3:5], "big")
+            self._header.clear()
+            if not self._left:
+                return
+            first = False  # the header is in: its body too, if it is there already
 
     def _run(self, op: Callable[[], T]) -> T:
         """Retry `op` (an SSLObject call) while OpenSSL needs the network, as SSL_read does on a socket."""
@@ -291,6 +324,23 @@ class TlsSocket:
 
     def get_channel_binding(self, cb_type: str = "tls-unique") -> bytes | None:
         return None if self._obj is None else self._obj.get_channel_binding(cb_type)
+
+    @property
+    def _sslobj(self) -> ssl.SSLObject | None:
+        """SSLSocket's private name for its SSLObject, which libraries reach for (httpcore's
+        "ssl_object" extra): here the memory-BIO SSLObject, which answers the same calls."""
+        return self._obj
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+    @context.setter
+    def context(self, ctx: ssl.SSLContext) -> None:
+        """As SSLSocket's: an SNI callback switches the connection to another context."""
+        self._context = ctx
+        if self._obj is not None:
+            self._obj.context = ctx
 
     @property
     def session(self) -> ssl.SSLSession | None:
