@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.domain import test_lowlat
 from tests.helpers.util import udp_segment, wait_until
 from usnet.abi import protocol as P
 from usnet.abi.transport import recv_msg, send_msg
@@ -111,15 +112,7 @@ def test_a_session_past_the_limit_that_speaks_reads_its_refusal(domain):
 # ---------------------------------------------------------------- a flood to ports nobody holds
 
 
-@pytest.fixture
-def half():
-    from tests.domain.test_lowlat import Net
-
-    n = Net(b=False)
-    try:
-        yield n
-    finally:
-        n.d.stop()
+half = test_lowlat.half  # netif a only: the test writes the frames that arrive from the wire's b end
 
 
 def _udp_frame(half, src: str, sport: int, dport: int) -> bytes:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,16 +53,22 @@ def site(tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def patched(tap_domain):
-    """This process patched onto the TAP domain; unpatched and unconfigured afterwards."""
-    d, ifname, usnet_ip, host_ip = tap_domain
+def patched_onto(tap) -> Iterator[tuple[str, str]]:
+    """This process patched onto a TAP domain (`tap_domain`'s tuple) while the generator runs;
+    unpatched and unconfigured afterwards. Yields (usnet_ip, host_ip)."""
+    d, ifname, usnet_ip, host_ip = tap
     patching.patch(Client.local(d), ifname)
     try:
         yield usnet_ip, host_ip
     finally:
         patching.unpatch()
         us.configure(None, None)
+
+
+@pytest.fixture
+def patched(tap_domain):
+    """This process patched onto the TAP domain (`patched_onto`)."""
+    yield from patched_onto(tap_domain)
 
 
 def child_env(path: str) -> dict[str, str]:

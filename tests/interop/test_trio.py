@@ -29,9 +29,9 @@ import trio
 
 from tests.helpers.util import client_context, server_context
 from tests.interop.test_names import world  # noqa: F401  (a fixture)
-from tests.interop.test_patch import LIMIT, child_env, patched, started, stop, usnetd_path  # noqa: F401
+from tests.interop.test_patch import LIMIT, child_env, patched, patched_onto, started, stop, usnetd_path  # noqa: F401
 from usnet import socket as us
-from usnet.client import Client, trioface
+from usnet.client import trioface
 from usnet.client import patch as patching
 
 
@@ -187,13 +187,7 @@ def test_trio_serve_tcp_fetched_by_kernel_clients(patched):
 @pytest.fixture
 def patched6(tap_domain6):
     """As `patched`, on a TAP with IPv6 too: (usnet_ip6, host_ip6)."""
-    d, ifname, usnet_ip6, host_ip6 = tap_domain6
-    patching.patch(Client.local(d), ifname)
-    try:
-        yield usnet_ip6, host_ip6
-    finally:
-        patching.unpatch()
-        us.configure(None, None)
+    yield from patched_onto(tap_domain6)
 
 
 @pytest.mark.privileged
