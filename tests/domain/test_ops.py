@@ -27,8 +27,10 @@ from usnet.domain import launch as updown
 ROOT = str(Path(__file__).resolve().parents[2])
 ENV = {**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "200"}
 ENV.pop("USNET_DEBUG", None)
+# (argparse imports shutil lazily, when it formats: something imports it first in one environment,
+# nothing in a fresh venv, where uid 65534 could then not read it)
 AS_NOBODY = """
-import os, sys
+import os, sys, shutil, textwrap
 import usnet.cli.main as m, usnet.domain.launch, usnet.client, usnet.drivers.pcap, usnet.cli.errors
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(m.main(sys.argv[1:]))
