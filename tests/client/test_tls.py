@@ -228,3 +228,36 @@ def test_a_tls_socket_is_an_ssl_socket_to_isinstance(net, ca):
         s.shutdown(us.SHUT_WR)
     srv.join()
     assert srv.error is None, srv.error
+
+
+def test_one_thread_reads_while_others_send_as_with_the_ssl_module(net, ca):
+    """websockets' threaded client and server read in one thread and send from others, as the ssl
+    module allows on a kernel socket. Two senders and a reader on one TlsSocket: every message
+    arrives whole, in its sender's order, and the echo comes back intact (a ciphertext buffer sent
+    by two threads at once went out twice, and the peer's MAC check failed)."""
+    n, size = 300, 3000
+
+    def serve(s: tls.TlsSocket) -> int:  # echo, until the client's close_notify
+        total = 0
+        while chunk := s.recv(65536):
+            s.sendall(chunk)
+            total += len(chunk)
+        s.shutdown(us.SHUT_WR)
+        return total
+
+    srv = Server(net, 9448, server_context(ca, B_IP), serve)
+    msgs = {k: [bytes([k]) * size for _ in range(n)] for k in (1, 2)}
+    got = bytearray()
+    with connect(net, 9448, client_context(ca)) as s:
+        reader = threading.Thread(target=lambda: got.extend(read_to_eof(s)))
+        reader.start()
+        senders = [threading.Thread(target=lambda k=k: [s.sendall(m) for m in msgs[k]]) for k in msgs]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(TIMEOUT)
+        s.shutdown(us.SHUT_WR)
+        reader.join(TIMEOUT)
+    assert srv.join() == 2 * n * size and srv.error is None, srv.error
+    assert len(got) == 2 * n * size
+    assert got.count(b"\x01") == n * size and got.count(b"\x02") == n * size

@@ -308,3 +308,54 @@ def test_an_unmodified_server_serves_again_after_usnetd_restarts(tapd, tmp_path,
         assert server.poll() is None
     finally:
         stop(server)
+
+
+def test_an_asyncio_datagram_endpoint_is_bound_again_once_usnetd_is_back(tapd):
+    """usnet.aio's datagram transport reads its channel itself (no engine), and its doorbell
+    never reads as closed: the runner tells it of usnetd's hang-up (`Runner.on_hangup`). While
+    usnetd is away its sends come to `error_received` as ENETDOWN; once usnetd is back the same
+    endpoint answers on the same port."""
+    import asyncio
+
+    from usnet import aio
+    from usnet.client import rebind
+
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind((tapd.host_ip, 0))
+    k.settimeout(10)
+    errors: list[OSError] = []
+
+    class Upper(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.t = transport
+
+        def datagram_received(self, data, addr):
+            self.t.sendto(data.upper(), addr)
+
+        def error_received(self, exc):
+            errors.append(exc)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        t, p = await loop.create_datagram_endpoint(Upper, local_addr=("0.0.0.0", 0))
+        port = t.get_extra_info("socket").local[1]
+        await loop.run_in_executor(None, k.sendto, b"before", (tapd.usnet_ip, port))
+        assert (await loop.run_in_executor(None, k.recvfrom, 100))[0] == b"BEFORE"
+
+        tapd.kill()
+        await loop.run_in_executor(None, wait_until, lambda: rebind.waiting() == 1, 5, "the endpoint to wait")
+        t.sendto(b"nobody carries this", k.getsockname())
+        assert errors and errors[-1].errno == errno.ENETDOWN and "usnetd" in str(errors[-1])
+
+        await loop.run_in_executor(None, tapd.start)
+        await loop.run_in_executor(None, wait_until, lambda: rebind.waiting() == 0, 10, "the endpoint bound again")
+        await loop.run_in_executor(None, k.sendto, b"after", (tapd.usnet_ip, port))
+        assert (await loop.run_in_executor(None, k.recvfrom, 100)) == (b"AFTER", (tapd.usnet_ip, port))
+        t.close()
+
+    loop = aio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 30))
+    finally:
+        loop.close()
+    k.close()

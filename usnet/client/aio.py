@@ -37,8 +37,9 @@ import time
 import weakref
 from asyncio.constants import _SendfileMode
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
+from usnet.client import rebind as _rebind
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, runner
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT
@@ -1297,14 +1298,16 @@ class EventLoop(asyncio.SelectorEventLoop):
             infos = await self._usnet_resolve(local_addr[0], local_addr[1], family, _stdsocket.SOCK_DGRAM)
             family, port = infos[0][0], int(infos[0][4][1])  # only the port counts: one address per family
         client, netif = self._usnet_where
+        default = client is None  # the default domain's: bound again after a usnetd restart
         if client is None or netif is None:
             dc, dn = _us._target()
             client, netif = client or dc, netif or dn
-        ds = client.udp_socket(netif, port, remote=remote, family=6 if family == _stdsocket.AF_INET6 else 0,
-                               reuse_port=bool(reuse_port))
+        fam: Literal[0, 6] = 6 if family == _stdsocket.AF_INET6 else 0
+        ds = client.udp_socket(netif, port, remote=remote, family=fam, reuse_port=bool(reuse_port))
         ds.setblocking(False)
         protocol = protocol_factory()
-        transport = _DatagramTransport(self, ds, protocol, remote)
+        transport = _DatagramTransport(self, ds, protocol, remote,
+                                       (client, netif, fam, bool(reuse_port)) if default else None)
         return transport, protocol
 
     # -- sock_*: a watcher says when to retry, never a busy descriptor -------------------------------------
@@ -1381,12 +1384,23 @@ class _DatagramTransport(asyncio.DatagramTransport):
 
     A datagram the pool has no buffer for is dropped and reported to `error_received`, as a kernel
     socket's ENOBUFS would be; an ICMP error about what was sent comes there too.
+
+    One of the default domain (`rebinds`: its client, netif, family and SO_REUSEPORT) outlives a
+    usnetd restart as a UDP socket does (usnet.client.rebind): the runner tells it of usnetd's
+    hang-up (`Runner.on_hangup`: its doorbell would never say), its sends report ENETDOWN to
+    `error_received` while usnetd is away, and it is bound again on the same port once it is back.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ds: Any, protocol: Any, remote: tuple | None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, ds: Any, protocol: Any, remote: tuple | None,
+                 rebinds: tuple[Any, str, Literal[0, 4, 6], bool] | None = None) -> None:
         super().__init__({"socket": ds, "sockname": ds.getsockname(), "peername": remote})
         self._loop, self._ds, self._protocol, self._remote = loop, ds, protocol, remote
         self._closing = False
+        self._rebinds = rebinds
+        self._orphan = False
+        self._share = object()  # usnet.client.rebind keys what waits by it, as a socket's dups
+        if rebinds is not None:
+            runner().on_hangup(rebinds[0], self._hung_up)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start)  # after connection_made: no datagram before it
 
@@ -1410,8 +1424,63 @@ class _DatagramTransport(asyncio.DatagramTransport):
                 self._protocol.datagram_received(data, addr)
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
+    def _hung_up(self) -> None:
+        """usnetd hung up on its client (in the stack thread): orphaned, in the loop's."""
+        try:
+            self._loop.call_soon_threadsafe(self._orphaned)
+        except RuntimeError:
+            pass  # the loop is closed: nothing reads this transport any more
+
+    def _orphaned(self) -> None:
+        if self._closing or self._orphan:
+            return
+        self._orphan = True
+        self._loop.remove_reader(self._ds.fileno())
+        _rebind.orphaned(self)
+
+    def _rebind(self) -> None:
+        """usnetd is back (usnet.client.rebind's thread): the same port on a new flow, handed to the loop."""
+        if self._closing or self._rebinds is None:
+            return
+        _, netif, fam, reuse = self._rebinds
+        client, _ = _us._target()  # a new session to the same socket path (ENETDOWN: not yet)
+        ds = client.udp_socket(netif, self._ds.local[1], remote=self._remote, family=fam, reuse_port=reuse)
+        ds.setblocking(False)
+        try:
+            self._loop.call_soon_threadsafe(self._adopt, ds, (client, netif, fam, reuse))
+        except RuntimeError:
+            ds.close()  # the loop is closed
+
+    def _adopt(self, ds: Any, rebinds: tuple[Any, str, Literal[0, 4, 6], bool]) -> None:
+        if self._closing:
+            ds.close()
+            return
+        old, self._ds, self._rebinds, self._orphan = self._ds, ds, rebinds, False
+        self._extra["socket"] = ds  # type: ignore[attr-defined]  # (asyncio.BaseTransport keeps extra info there)
+        try:
+            old.close()
+        except OSError:
+            pass  # its domain is gone
+        runner().on_hangup(rebinds[0], self._hung_up)
+        self._start()
+
+    def _rebind_failed(self, e: OSError) -> None:
+        """usnetd came back but the port is not ours any more: the transport fails with why."""
+        def fail() -> None:
+            if not self._closing:
+                self._closing = True
+                self._loop.call_soon(self._lost, e)
+        try:
+            self._loop.call_soon_threadsafe(fail)
+        except RuntimeError:
+            pass
+
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:
+            return
+        if self._orphan:  # as a kernel socket's send on a link that is down
+            self._protocol.error_received(OSError(errno.ENETDOWN, "Network is down (usnetd went away; this "
+                                                                  "endpoint binds its port again once it is back)"))
             return
         if addr is None:
             addr = self._remote

@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
@@ -568,6 +569,8 @@ class Runner:
         self._hup = select.epoll()
         self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
+        # what else wants to hear of a client's hang-up (`on_hangup`)
+        self._hangup: weakref.WeakKeyDictionary[Client, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
         # the liveness fds of engines whose flow a worker of `usnetd --workers` serves (Channel.alive_fd),
         # in the same epoll: a hang-up says that worker died, and fails that engine alone
         self._alive: dict[int, Served] = {}
@@ -652,14 +655,7 @@ class Runner:
 
     def add(self, engine: Served) -> None:
         with self._lock:
-            fd = engine.client.domain_fd
-            if fd is not None and self._watched.get(fd) is not engine.client:
-                try:  # a number a closed client had (its entry went with its descriptor, or not)
-                    self._hup.unregister(fd)
-                except OSError:
-                    pass
-                self._hup.register(fd, 0)
-                self._watched[fd] = engine.client
+            self._watch_client(engine.client)
             self.engines.add(engine)
             if engine in self.lent:
                 self.lent.discard(engine)
@@ -673,6 +669,25 @@ class Runner:
                 self._sel.register(fd, selectors.EVENT_READ, engine)
             self._watch_alive(engine)
         self.wake(engine)
+
+    def _watch_client(self, client: Client) -> None:
+        """Watch `client`'s control socket for usnetd's hang-up (`_domain_gone`). With the lock held."""
+        fd = client.domain_fd
+        if fd is not None and self._watched.get(fd) is not client:
+            try:  # a number a closed client had (its entry went with its descriptor, or not)
+                self._hup.unregister(fd)
+            except OSError:
+                pass
+            self._hup.register(fd, 0)
+            self._watched[fd] = client
+
+    def on_hangup(self, client: Client, callback: Callable[[], None]) -> None:
+        """Call `callback` (in the stack thread; once) when usnetd hangs up on `client`: for what
+        reads a channel of it without an engine here (usnet.aio's datagram transport), which would
+        otherwise never hear of it (its doorbell does not read as closed)."""
+        with self._lock:
+            self._watch_client(client)
+            self._hangup.setdefault(client, []).append(callback)  # (epoll in epoll: a hang-up wakes the runner)
 
     def _watch_alive(self, engine: Served) -> None:
         """Watch the hang-up of `engine`'s liveness fd, if its flow is a worker's. With the lock held."""
@@ -782,6 +797,12 @@ class Runner:
             with self._lock:
                 gone = [e for e in self.engines if e.client is client]
                 lent = [e for e in self.lent if e.client is client]
+                told = self._hangup.pop(client, []) if client is not None else []
+            for callback in told:
+                try:
+                    callback()
+                except Exception:  # one listener's fault must not keep the others from hearing
+                    log.warning("a hang-up callback failed", exc_info=True)
             where = f" at {client.path}" if client is not None and client.path else ""
             for le in lent:
                 self._abort(le, where)

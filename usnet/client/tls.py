@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -62,6 +63,17 @@ class TlsSocket(_SSLSocket):
         self._header = bytearray()  # the next record's header, as far as it came
         self._left = 0  # bytes of the current record's body not read from the socket yet
         self._wbuf = bytearray()  # ciphertext the socket has not taken yet (non-blocking)
+        # One thread may read while another writes, as with the ssl module on a kernel socket
+        # (websockets' threaded client and server: a thread in recv, sends from the others).
+        # `_lock` serialises every call into OpenSSL and its BIOs (the SSLObject and the memory
+        # BIOs are not safe to use from two threads at once: that crashed the interpreter), and
+        # is never held while the socket blocks. `_rlock` keeps the socket's reads and the
+        # record being read to one thread; `_wlock` the socket's sends of `_wbuf`, which the
+        # reader (whose reads can make OpenSSL write: TLS 1.3's tickets and key updates) only
+        # tries, so that it never waits behind a writer blocked on a full window (`_flush`).
+        self._lock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._wlock = threading.Lock()
         self._closed = False  # close() was called; open makefile()s may still use it
         self._released = False  # the socket underneath is closed
         self._io_refs = 0
@@ -99,19 +111,37 @@ class TlsSocket(_SSLSocket):
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
         return self._obj
 
-    def _flush(self) -> bool:
-        """Send what OpenSSL wrote; False if a non-blocking socket could not take it all."""
-        if self._outgoing.pending:
-            self._wbuf += self._outgoing.read()
-        while self._wbuf:
+    def _flush(self, wait: bool = True) -> bool:
+        """Send what OpenSSL wrote; False if a non-blocking socket could not take it all.
+
+        Under the write side's lock: two threads sending one `_wbuf` sent its bytes twice (the
+        peer's MAC check fails, or it waits for ever). `wait` False (the reader): if another
+        thread holds the lock, that thread sends this too, since it looks again after it lets go."""
+        while True:
+            if not self._wlock.acquire(blocking=wait):
+                return True
             try:
-                n = self._sock.send(self._wbuf)
-            except BlockingIOError:
-                return False
-            del self._wbuf[:n]
-        return True
+                with self._lock:
+                    if self._outgoing.pending:
+                        self._wbuf += self._outgoing.read()
+                while self._wbuf:
+                    try:
+                        n = self._sock.send(self._wbuf)
+                    except BlockingIOError:
+                        return False
+                    del self._wbuf[:n]
+            finally:
+                self._wlock.release()
+            with self._lock:
+                if not self._outgoing.pending:  # (else: a reader wrote while we held the lock)
+                    return True
 
     def _fill(self) -> None:
+        """`_fill_locked` under the read side's lock (a writer may need to read during a handshake)."""
+        with self._rlock:
+            self._fill_locked()
+
+    def _fill_locked(self) -> None:
         """Feed the incoming BIO from the socket (EOF included), one TLS record at most.
 
         As OpenSSL on a descriptor (no read-ahead): what is not part of the record being read
@@ -131,10 +161,13 @@ class TlsSocket(_SSLSocket):
                                            "The operation did not complete (read)") from None
             except TimeoutError:
                 raise TimeoutError("The read operation timed out") from None
+            with self._lock:
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
             if not data:
-                self._incoming.write_eof()
                 return
-            self._incoming.write(data)
             if self._left:
                 self._left -= len(data)
                 return
@@ -147,25 +180,28 @@ class TlsSocket(_SSLSocket):
                 return
             first = False  # the header is in: its body too, if it is there already
 
-    def _run(self, op: Callable[[], T]) -> T:
-        """Retry `op` (an SSLObject call) while OpenSSL needs the network, as SSL_read does on a socket."""
+    def _run(self, op: Callable[[], T], reading: bool = False) -> T:
+        """Retry `op` (an SSLObject call) while OpenSSL needs the network, as SSL_read does on a socket.
+        `reading`: a read, whose flushes never wait for a writer (`_flush`)."""
+        wait = not reading
         while True:
             try:
-                result = op()
+                with self._lock:
+                    result = op()
             except ssl.SSLWantReadError:
-                if not self._flush():
+                if not self._flush(wait):
                     raise ssl.SSLWantWriteError(ssl.SSL_ERROR_WANT_WRITE,
                                                 "The operation did not complete (write)") from None
                 self._fill()
                 continue
             except ssl.SSLWantWriteError:  # not with memory BIOs, but harmless to honour
-                if not self._flush():
+                if not self._flush(wait):
                     raise
                 continue
             except ssl.SSLError:
                 self._flush_quietly()  # the alert, so the peer learns why
                 raise
-            self._flush()
+            self._flush(wait)
             return result
 
     def _flush_quietly(self) -> None:
@@ -244,8 +280,8 @@ class TlsSocket(_SSLSocket):
         obj = self._need()
         try:
             if buffer is None:
-                return self._run(lambda: obj.read(n))
-            return self._run(lambda: obj.read(n, buffer))
+                return self._run(lambda: obj.read(n), reading=True)
+            return self._run(lambda: obj.read(n, buffer), reading=True)
         except ssl.SSLZeroReturnError:
             # close_notify after our own (shutdown(SHUT_WR)): OpenSSL reports it as an error
             # once both directions are shut, but it is the peer's clean end of data.
@@ -270,7 +306,8 @@ class TlsSocket(_SSLSocket):
         """Half-close: with SHUT_WR, close_notify first, so the peer sees a clean TLS EOF."""
         if how in (_us.SHUT_WR, _us.SHUT_RDWR) and self._obj is not None and not self._released:
             try:
-                self._obj.unwrap()  # writes close_notify; wants the peer's, which we don't wait for
+                with self._lock:
+                    self._obj.unwrap()  # writes close_notify; wants the peer's, which we don't wait for
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLError:
