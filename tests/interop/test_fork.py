@@ -21,6 +21,8 @@ import textwrap
 
 import pytest
 
+from tests.helpers.util import wait_until
+
 pytestmark = pytest.mark.privileged
 
 LIMIT = 20  # seconds: reached only when something is broken
@@ -89,6 +91,15 @@ def _read_all(s) -> bytes:
     while chunk := s.recv(65536):
         got += chunk
     return got
+
+
+def _done(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 @contextlib.contextmanager
@@ -382,6 +393,9 @@ def test_a_forking_udp_server_unmodified_answers_each_datagram_from_a_child(tapd
             pids.add(pid)
         k.close()
         assert len(pids) == 3 and str(proc.pid).encode() not in pids
+        # the children are done before the parent is stopped: a child's send is carried out by the
+        # parent's stack, and its answer (sent, the peer has it) may still be on its way back to the child
+        wait_until(lambda: all(_done(int(p)) for p in pids), LIMIT, "the children to finish")
 
 
 def test_a_child_receives_polls_and_sends_on_an_inherited_udp_socket(tapd):
