@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from usnet import socket as us
+from usnet.client import nameconf
 from usnet.client import resolver as R
 from usnet.proto import dns
 
@@ -130,14 +131,14 @@ def test_localhost_needs_neither_a_hosts_entry_nor_dns():
 
 
 def test_resolv_conf_and_nameserver_specs():
-    c = R.ResolvConf.parse("; comment\nnameserver 10.0.0.53\nnameserver fd00::53 # six\nnameserver bad\n"
+    c = nameconf.ResolvConf.parse("; comment\nnameserver 10.0.0.53\nnameserver fd00::53 # six\nnameserver bad\n"
                            "nameserver 10.0.0.54\nnameserver 10.0.0.55\nsearch a.test b.test\n"
                            "options ndots:2 timeout:3 attempts:4 rotate\n")
     assert c.nameservers == [("10.0.0.53", 53), ("fd00::53", 53), ("10.0.0.54", 53)]  # three at most
     assert (c.search, c.ndots, c.timeout, c.attempts, c.rotate) == (["a.test", "b.test"], 2, 3.0, 4, True)
-    assert R.ResolvConf.parse("").nameservers == [("127.0.0.1", 53)]
-    assert R.ResolvConf.parse("domain x.test\noptions timeout:99 attempts:0").search == ["x.test"]
-    assert R._parse_servers("10.0.0.1, 10.0.0.2#5353 ,10.0.0.3:54,[fd00::1]:55,fd00::2") == [
+    assert nameconf.ResolvConf.parse("").nameservers == [("127.0.0.1", 53)]
+    assert nameconf.ResolvConf.parse("domain x.test\noptions timeout:99 attempts:0").search == ["x.test"]
+    assert nameconf.parse_servers("10.0.0.1, 10.0.0.2#5353 ,10.0.0.3:54,[fd00::1]:55,fd00::2") == [
         ("10.0.0.1", 53), ("10.0.0.2", 5353), ("10.0.0.3", 54), ("fd00::1", 55), ("fd00::2", 53)]
 
 
@@ -357,19 +358,19 @@ def test_nsswitch_lines_parse_as_glibc_reads_them(spec, upper, db):
             merged += [(n, s, "continue" if a == "merge" else a) for n, s, a in group]
         flat.append((name, merged))
     text = f"# hosts: dns\npasswd: files\n{db}:\t{' '.join(words)}  # a comment\nhosts: dns\n"
-    got = [(s.name, s.returns) for s in R.parse_nsswitch(text)]
+    got = [(s.name, s.returns) for s in nameconf.parse_nsswitch(text)]
     assert got == _model_sources(flat)
 
 
 def test_nsswitch_examples_defaults_and_malformed_lines():
     def parse(text):
-        return [(s.name, sorted(s.returns)) for s in R.parse_nsswitch(text)]
+        return [(s.name, sorted(s.returns)) for s in nameconf.parse_nsswitch(text)]
 
     assert parse("hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname") == [
         ("files", ["success"]), ("mdns4_minimal", ["notfound", "success"]), ("dns", ["success"]),
         ("myhostname", ["success"])]
     default = [("dns", ["notfound", "success", "tryagain"]), ("files", ["success"])]
-    assert parse("") == parse("passwd: files\n") == default == parse(R.NSS_DEFAULT)  # glibc's default
+    assert parse("") == parse("passwd: files\n") == default == parse(nameconf.NSS_DEFAULT)  # glibc's default
     assert parse("hosts:files[NOTFOUND=return]dns") == [("files", ["notfound", "success"]), ("dns", ["success"])]
     assert parse("hosts: files [SUCCESS=continue] dns") == [("files", []), ("dns", ["success"])]
     # a malformed item ends the line there; an item before any source too
