@@ -371,6 +371,28 @@ def test_udp_on_loopback_as_on_the_kernel(net):
     assert kernel[1][0] == b"ping" and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"
 
 
+def test_udp_ipv6_wildcard_on_a_netif_without_ipv6_as_on_the_kernel(net):
+    """AF_INET6 UDP where the netif has no IPv6 address (the TAP's is IPv4 only): :: binds and
+    hears ::1, an unbound client's first send to ::1 binds it, and the answers come back, as on
+    Linux, whose :: hears lo's ::1; on usnet both are flows on the domain's loopback netif."""
+    kernel = _udp_on_loopback(lambda f: socket.socket(f, socket.SOCK_DGRAM), socket.AF_INET6)
+    on_usnet = _udp_on_loopback(lambda f: us.socket(f, socket.SOCK_DGRAM), socket.AF_INET6)
+    assert on_usnet == kernel
+    assert kernel[1] == (b"ping", "::1", True) and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"
+    s = us.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::", 0))
+    assert s.getsockname()[0] == "::"  # the wildcard, as Linux says it
+    s.close()
+    errs = []
+    for make in (socket.socket, us.socket):  # beyond ::1 there is no IPv6 route, on either
+        s = make(socket.AF_INET6, socket.SOCK_DGRAM)
+        with pytest.raises(OSError) as info:
+            s.sendto(b"x", ("fd00:99::1", 9))
+        errs.append(info.value.errno)
+        s.close()
+    assert errs == [errno.ENETUNREACH, errno.ENETUNREACH]
+
+
 def _listen_on_every_passive_address(gai, make) -> list:
     """What tornado's bind_sockets (and asyncio's create_server) does with no host: a listener on
     every address getaddrinfo gives for AI_PASSIVE (IPv6 ones IPV6_V6ONLY), all on the first one's
