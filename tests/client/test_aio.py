@@ -332,11 +332,11 @@ def test_the_event_loop_pumps_its_engines_itself(net):
 
     async def main() -> bytes:
         server = await aio.start_server(digest_server(down, seen), B_IP, 0, client=net, netif="b")
-        engines.append(server._eng)
+        engines.append(server.sockets[0].engine)
         reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
         eng = writer.get_extra_info("socket").engine
         engines.append(eng)
-        drivers = {server._eng.driver, eng.driver}
+        drivers = {server.sockets[0].engine.driver, eng.driver}
         writer.write(up)
         got = await finish(reader, writer, server)
         assert drivers == {asyncio.get_running_loop()._usnet_driver}
@@ -441,3 +441,81 @@ def test_loop_sendfile_sends_a_file_through_a_usnet_transport(net, tmp_path):
     sent, got = _loop_run(main())
     assert sent == len(body) - 1000
     assert got == hashlib.sha256(body[1000:] + b"after").digest()
+
+
+async def _echo_name(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer with the address the connection arrived on, then what came."""
+    writer.write(writer.get_extra_info("sockname")[0].encode() + b" " + await reader.read())
+    await writer.drain()
+    writer.close()
+
+
+async def _ask(c: Client, host: str, port: int) -> bytes:
+    reader, writer = await aio.open_connection(host, port, client=c, netif="a")
+    writer.write(b"hi")
+    writer.write_eof()
+    got = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return got
+
+
+def test_a_server_with_no_host_listens_on_every_address(net):
+    """No host (or "", or a list of hosts): a socket per address, 0.0.0.0 and :: (as asyncio's on
+    the kernel, tests/interop/test_socket_semantics.py), both in `sockets`, each reached over
+    its family; serve_forever serves both, and close ends both."""
+
+    async def main() -> tuple:
+        srv = await aio.start_server(_echo_name, port=8090, client=net, netif="b", start_serving=False)
+        names = [s.getsockname() for s in srv.sockets]
+        task = asyncio.create_task(srv.serve_forever())
+        got = [await _ask(net, B_IP, 8090), await _ask(net, B6, 8090)]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await srv.wait_closed()
+        closed = srv.sockets, srv.is_serving()
+        with pytest.raises(ConnectionRefusedError):
+            await _ask(net, B6, 8090)
+        listed = await aio.start_server(_echo_name, [B6, B_IP], 8091, client=net, netif="b")
+        async with listed:
+            both = ([s.getsockname() for s in listed.sockets], await _ask(net, B6, 8091),
+                    await _ask(net, B_IP, 8091))
+        return names, got, closed, both
+
+    names, got, closed, both = run(main())
+    assert names == [("0.0.0.0", 8090), ("::", 8090, 0, 0)]
+    assert got == [B_IP.encode() + b" hi", B6.encode() + b" hi"]
+    assert closed == ((), False)
+    assert both == ([(B6, 8091, 0, 0), (B_IP, 8091)], B6.encode() + b" hi", B_IP.encode() + b" hi")
+
+
+def test_no_host_without_ipv6_anywhere_listens_on_ipv4_alone():
+    """A domain whose netif has no IPv6 and which has no loopback netif has nowhere to put ::
+    (EADDRNOTAVAIL): the server listens on 0.0.0.0 alone, as asyncio's does on a kernel without
+    IPv6; with a loopback netif, :: listens there (on ::1), as Linux's does."""
+
+    async def main(c: Client) -> list:
+        async with await aio.start_server(_echo_name, port=8092, client=c, netif="b") as srv:
+            return [s.getsockname() for s in srv.sockets]
+
+    with memwire_domain() as (d, c):
+        assert run(main(c)) == [("0.0.0.0", 8092)]
+        d.add_loopback()
+        assert run(main(c)) == [("0.0.0.0", 8092), ("::", 8092, 0, 0)]
+
+
+def test_the_event_loop_listens_on_every_address_with_no_host(net):
+    """asyncio's own `start_server(cb, port=P)` on usnet's event loop: both families, as on the kernel."""
+
+    async def main() -> tuple:
+        srv = await asyncio.start_server(_echo_name, port=8093)
+        async with srv:
+            return [s.getsockname() for s in srv.sockets], await _ask(net, B6, 8093), await _ask(net, B_IP, 8093)
+
+    loop = aio.EventLoop(client=net, netif="b")
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+    finally:
+        loop.close()
+    assert got == ([("0.0.0.0", 8093), ("::", 8093, 0, 0)], B6.encode() + b" hi", B_IP.encode() + b" hi")

@@ -6,6 +6,7 @@ the same exchange on an embedded domain whose netifs have IPv6 addresses too, so
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -47,3 +48,30 @@ def test_a_wildcard_socket_answers_on_loopback(dom, family, any_, lo):
     again = us.socket(family, socket.SOCK_DGRAM)  # closed, both halves: the port is free at once
     again.bind((lo, port))
     again.close()
+
+
+def test_ipv6_wildcard_on_a_netif_without_ipv6_is_on_the_loopback_netif():
+    """:: where the netif has no IPv6: on the loopback netif (::1), as Linux's :: hears lo's (the
+    kernel comparison: tests/interop/test_socket_semantics.py); with no loopback netif either,
+    EADDRNOTAVAIL stays, as for TCP."""
+    with memwire_domain() as (d, client):
+        bare = us.socket(socket.AF_INET6, socket.SOCK_DGRAM, client=client, netif="a")
+        with pytest.raises(OSError) as info:
+            bare.bind(("::", 0))
+        assert info.value.errno == errno.EADDRNOTAVAIL
+        bare.close()
+        d.add_loopback()
+        srv = us.socket(socket.AF_INET6, socket.SOCK_DGRAM, client=client, netif="a")
+        cli = us.socket(socket.AF_INET6, socket.SOCK_DGRAM, client=client, netif="a")
+        try:
+            srv.bind(("::", 0))
+            assert srv.getsockname()[0] == "::"
+            for s in (srv, cli):
+                s.settimeout(10)
+            cli.sendto(b"ping", ("::1", srv.getsockname()[1]))
+            data, peer = srv.recvfrom(100)
+            srv.sendto(data.upper(), peer[:2])
+            assert (data, peer[0], cli.recv(100)) == (b"ping", "::1", b"PING")
+        finally:
+            srv.close()
+            cli.close()

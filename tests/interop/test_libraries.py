@@ -307,3 +307,29 @@ def test_requests_to_localhost_reaches_a_server_on_every_address(usnetd_path, ta
         assert _run(_command(on_usnet, "requests", "fetch", *urls), env) == want
     finally:
         stop(server)
+
+
+@pytest.mark.privileged
+@pytest.mark.slow
+@pytest.mark.parametrize("on_usnet", [True, False], ids=["usnet", "kernel"])
+@pytest.mark.parametrize("lib", ["aiohttp", "websockets"])
+def test_an_asyncio_server_with_no_host_is_reached_over_ipv6(usnetd_path, tap_domain, lib, on_usnet):  # noqa: F811
+    """aiohttp's and websockets' servers started with no host (asyncio's create_server with host
+    ""): a socket for 0.0.0.0 and one for ::, so a client in another process reaches them at
+    [::1] (on usnet: the domain's loopback netif, as usnetd has one; the netif has no IPv6)."""
+    pytest.importorskip(lib)
+    if lib == "aiohttp":
+        pytest.importorskip("requests")
+    path, _, _ = usnetd_path
+    tap_domain[0].add_loopback()
+    env = child_env(path) if on_usnet else _kernel_env()
+    server, port = started(_command(on_usnet, lib, "server", ""), env)
+    try:
+        if lib == "aiohttp":
+            got = _run(_command(on_usnet, "requests", "fetch", f"http://[::1]:{port}/f.bin"), env)
+            assert got == [f"200 {hashlib.sha256(BODY).hexdigest()}"]
+        else:
+            assert _run(_command(on_usnet, lib, "client", f"ws://[::1]:{port}/"), env) == ["echo"]
+        assert server.poll() is None
+    finally:
+        stop(server)

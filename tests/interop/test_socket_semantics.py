@@ -8,6 +8,7 @@ transcripts must agree. Waits are select calls, joins and socket timeouts with d
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import http.client
@@ -20,6 +21,7 @@ import time
 
 import pytest
 
+from usnet import aio
 from usnet import socket as us
 from usnet.client import Client
 
@@ -369,6 +371,28 @@ def test_udp_on_loopback_as_on_the_kernel(net):
     assert kernel[1][0] == b"ping" and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"
 
 
+def test_udp_ipv6_wildcard_on_a_netif_without_ipv6_as_on_the_kernel(net):
+    """AF_INET6 UDP where the netif has no IPv6 address (the TAP's is IPv4 only): :: binds and
+    hears ::1, an unbound client's first send to ::1 binds it, and the answers come back, as on
+    Linux, whose :: hears lo's ::1; on usnet both are flows on the domain's loopback netif."""
+    kernel = _udp_on_loopback(lambda f: socket.socket(f, socket.SOCK_DGRAM), socket.AF_INET6)
+    on_usnet = _udp_on_loopback(lambda f: us.socket(f, socket.SOCK_DGRAM), socket.AF_INET6)
+    assert on_usnet == kernel
+    assert kernel[1] == (b"ping", "::1", True) and kernel[2][0] == b"PING" and kernel[3][0] == b"niaga"
+    s = us.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::", 0))
+    assert s.getsockname()[0] == "::"  # the wildcard, as Linux says it
+    s.close()
+    errs = []
+    for make in (socket.socket, us.socket):  # beyond ::1 there is no IPv6 route, on either
+        s = make(socket.AF_INET6, socket.SOCK_DGRAM)
+        with pytest.raises(OSError) as info:
+            s.sendto(b"x", ("fd00:99::1", 9))
+        errs.append(info.value.errno)
+        s.close()
+    assert errs == [errno.ENETUNREACH, errno.ENETUNREACH]
+
+
 def _listen_on_every_passive_address(gai, make) -> list:
     """What tornado's bind_sockets (and asyncio's create_server) does with no host: a listener on
     every address getaddrinfo gives for AI_PASSIVE (IPv6 ones IPV6_V6ONLY), all on the first one's
@@ -464,3 +488,58 @@ def test_a_wildcard_server_sends_much_to_a_loopback_client_as_on_the_kernel(net)
     for make in (socket.socket, us.socket):
         got = _wildcard_server_sends_to_loopback(make, 200_000)
         assert got[:32] == got[32:], make
+
+
+async def _asyncio_server_on_every_address(port: int) -> list:
+    """asyncio's servers with no host, as aiohttp's and websockets' start them: `start_server(cb,
+    port=P)`, `create_server(factory, "", P)`, and `create_server(factory, None, 0)` (each socket
+    its own port, as Linux gives them). Per server: its sockets' names (sorted, port left out),
+    whether they share one port, and what a client to each family's loopback address read back
+    (the name the connection arrived on)."""
+    loop = asyncio.get_running_loop()
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(writer.get_extra_info("sockname")[0].encode() + b" " + await reader.read())
+        await writer.drain()
+        writer.close()
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), echo)
+
+    out = []
+    for make in (lambda: asyncio.start_server(echo, port=port),
+                 lambda: loop.create_server(factory, "", port + 1),
+                 lambda: loop.create_server(factory, None, 0)):
+        server = await make()
+        socks = sorted(server.sockets, key=lambda s: s.family)
+        names = [(s.family, s.getsockname()[0], *s.getsockname()[2:]) for s in socks]
+        got = []
+        for s, loopback in zip(socks, ("127.0.0.1", "::1"), strict=False):
+            reader, writer = await asyncio.open_connection(loopback, s.getsockname()[1])
+            writer.write(b"hi")
+            writer.write_eof()
+            got.append(await reader.read())
+            writer.close()
+            await writer.wait_closed()
+        out.append((names, len({s.getsockname()[1] for s in socks}), got))
+        server.close()
+        await server.wait_closed()
+    return out
+
+
+def test_asyncio_servers_with_no_host_on_every_address_as_on_the_kernel(net):
+    """No host: one listening socket for 0.0.0.0 and one for :: (IPV6_V6ONLY), both in `sockets`,
+    and a client reaches the server over each family, as asyncio's servers on the kernel; the
+    same program on usnet's event loop, whose netif has no IPv6 address (:: hears the loopback
+    netif's ::1, as Linux's hears lo's)."""
+    program = functools.partial(_asyncio_server_on_every_address, 8440)
+    kernel = asyncio.run(asyncio.wait_for(program(), LIMIT))
+    assert kernel[0] == ([(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::", 0, 0)], 1,
+                         [b"127.0.0.1 hi", b"::1 hi"])
+    assert kernel[2][1] == 2  # port 0: each socket its own
+    loop = aio.new_event_loop()
+    try:
+        on_usnet = loop.run_until_complete(asyncio.wait_for(program(), LIMIT))
+    finally:
+        loop.close()
+    assert on_usnet == kernel

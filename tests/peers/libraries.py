@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import socket
 import sys
 import time
 
@@ -60,6 +61,13 @@ def unanswered(host: str) -> str:
 
 def listening(p: int) -> None:
     print(f"port {p}", flush=True)
+
+
+def ipv6_port(sockets) -> int:
+    """An asyncio server's port: its IPv6 socket's when it has one (with no host and port 0 it has
+    a socket for 0.0.0.0 and one for ::, each on its own port, as Linux gives them)."""
+    socks = sorted(sockets, key=lambda s: s.family != socket.AF_INET6)
+    return socks[0].getsockname()[1]
 
 
 def server_tls(pem: str | None):
@@ -350,7 +358,7 @@ def aiohttp_server(ip: str, pem: str | None) -> None:
         await runner.setup()
         site = web.TCPSite(runner, ip, 0, ssl_context=server_tls(pem))
         await site.start()
-        listening(site._server.sockets[0].getsockname()[1])
+        listening(ipv6_port(site._server.sockets))
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -428,7 +436,7 @@ def websockets_server(ip: str, pem: str | None) -> None:
 
     async def main() -> None:
         async with serve(echo, ip, 0, max_size=1 << 24, ssl=server_tls(pem)) as server:
-            listening(server.sockets[0].getsockname()[1])
+            listening(ipv6_port(server.sockets))
             await asyncio.Event().wait()
 
     asyncio.run(main())

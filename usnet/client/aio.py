@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from asyncio.constants import _SendfileMode
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from usnet.client import rebind as _rebind
@@ -876,22 +876,85 @@ async def open_connection(host: str, port: int, *, client: Any = None, netif: st
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
-class Server(asyncio.AbstractServer):
-    """A listening usnet socket serving protocols on the loop, as asyncio.Server.
+class _Listener:
+    """One listening usnet socket of a `Server`: its engines, its watcher and its accepts.
 
-    `wait_closed` waits for the listener and every connection it accepted
-    (asyncio's behaviour since 3.12); `close_clients`/`abort_clients` end them.
+    A server with no host listens on every passive address (0.0.0.0 and ::, as asyncio's on the
+    kernel), so it has one of these per socket; each watches its own engine and hands what it
+    accepts to the server, which serves them all alike.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: _us.socket,
+    def __init__(self, server: Server, sock: _us.socket) -> None:
+        self.server = server
+        self.sock: _us.socket | None = sock
+        self.eng: FlowEngine = sock.engine  # type: ignore[assignment]
+        # with the loopback half of a wildcard listener (same lock and watchers as eng)
+        self.engines = sock.listening_engines or (self.eng,)
+        self.port: int = sock.getsockname()[1]
+        self.watcher = _Watcher(server._loop, self._wants, self._accept_ready)
+        self.watcher.moved = self._moved
+
+    def _wants(self) -> bool:
+        return self.server._serving and _accept_waits(self.engines, self.port)
+
+    def _moved(self) -> None:
+        """The socket listens again on a new flow (usnetd came back): serve that one."""
+        try:
+            self.server._loop.call_soon_threadsafe(self._rewatch)
+        except RuntimeError:
+            pass  # the loop is closed: nothing serves this server any more
+
+    def _rewatch(self) -> None:
+        sock = self.sock
+        if sock is None or sock.engine is None or sock.engine is self.eng:
+            return
+        _unwatch(self.eng, self.watcher)
+        self.eng = sock.engine
+        self.engines = sock.listening_engines or (self.eng,)
+        if self.server._serving:
+            self.start()
+
+    def start(self) -> None:
+        self.watcher.dead = False
+        _watch(self.eng, self.watcher)
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            _unwatch(self.eng, self.watcher)
+            sock.close()
+
+    def _accept_ready(self) -> None:
+        server = self.server
+        for _ in range(_ACCEPT_MAX):
+            if not server._serving or self.sock is None:
+                return
+            try:
+                child, _addr = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                server._loop.call_exception_handler({
+                    "message": "usnet accept failed", "exception": exc, "socket": self.sock})
+                return
+            child.setblocking(False)
+            server._new_connection(child)
+        self.watcher.kick()  # a full accept queue: the rest on the next turn
+
+
+class Server(asyncio.AbstractServer):
+    """Listening usnet sockets serving protocols on the loop, as asyncio.Server.
+
+    One socket per address it listens on (`sockets`; with no host, 0.0.0.0 and ::, as asyncio's
+    on the kernel), each a `_Listener`. `wait_closed` waits for the listeners and every
+    connection they accepted (asyncio's behaviour since 3.12); `close_clients`/`abort_clients`
+    end them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, socks: _us.socket | Sequence[_us.socket],
                  protocol_factory: Callable[[], asyncio.BaseProtocol], ssl: _ssl.SSLContext | None,
                  ssl_handshake_timeout: float | None, ssl_shutdown_timeout: float | None) -> None:
         self._loop = loop
-        self._sock: _us.socket | None = sock
-        self._eng: FlowEngine = sock.engine  # type: ignore[assignment]
-        # with the loopback half of a wildcard listener (same lock and watchers as _eng)
-        self._engines = sock.listening_engines or (self._eng,)
-        self._port = sock.getsockname()[1]
         self._factory = protocol_factory
         self._ssl = ssl
         self._timeouts = (ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -901,24 +964,27 @@ class Server(asyncio.AbstractServer):
         self._waiters: list[asyncio.Future] | None = []
         self._handshakes: set[asyncio.Task] = set()
         self._serving_forever_fut: asyncio.Future | None = None
-        self._watcher = _Watcher(loop, self._wants, self._accept_ready)
-        self._watcher.moved = self._moved
+        socks = [socks] if isinstance(socks, _us.socket) else list(socks)
+        self._listeners: list[_Listener] | None = [_Listener(self, s) for s in socks]
+        self._port = self._listeners[0].port if self._listeners else 0
 
     def __repr__(self) -> str:
         return f"<usnet.aio.Server port={self._port} {'serving' if self._serving else 'idle'}>"
 
     @property
     def sockets(self) -> tuple[_us.socket, ...]:
-        return () if self._sock is None else (self._sock,)
+        return tuple(lst.sock for lst in self._listeners or () if lst.sock is not None)
 
     @property
     def port(self) -> int:
+        """The first socket's port (each has its own when the server was asked for port 0, as on Linux)."""
         return self._port
 
     def getsockname(self) -> tuple[str, int]:
-        if self._sock is None:
+        """The first socket's name."""
+        if not self._listeners:
             raise OSError(errno.EBADF, "server is closed")
-        return self._sock.getsockname()
+        return self.sockets[0].getsockname()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -926,53 +992,16 @@ class Server(asyncio.AbstractServer):
     def is_serving(self) -> bool:
         return self._serving
 
-    def _wants(self) -> bool:
-        return self._serving and _accept_waits(self._engines, self._port)
-
-    def _moved(self) -> None:
-        """The socket listens again on a new flow (usnetd came back): serve that one."""
-        try:
-            self._loop.call_soon_threadsafe(self._rewatch)
-        except RuntimeError:
-            pass  # the loop is closed: nothing serves this server any more
-
-    def _rewatch(self) -> None:
-        sock = self._sock
-        if sock is None or sock.engine is None or sock.engine is self._eng:
-            return
-        _unwatch(self._eng, self._watcher)
-        self._eng = sock.engine
-        self._engines = sock.listening_engines or (self._eng,)
-        if self._serving:
-            self._watcher.dead = False
-            _watch(self._eng, self._watcher)
-
     def _start_serving(self) -> None:
-        if self._serving or self._sock is None:
+        if self._serving or self._listeners is None:
             return
         self._serving = True
-        self._watcher.dead = False
-        _watch(self._eng, self._watcher)
+        for lst in self._listeners:
+            lst.start()
 
     async def start_serving(self) -> None:
         self._start_serving()
         await asyncio.sleep(0)
-
-    def _accept_ready(self) -> None:
-        for _ in range(_ACCEPT_MAX):
-            if not self._serving or self._sock is None:
-                return
-            try:
-                child, _addr = self._sock.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._loop.call_exception_handler({
-                    "message": "usnet accept failed", "exception": exc, "socket": self._sock})
-                return
-            child.setblocking(False)
-            self._new_connection(child)
-        self._watcher.kick()  # a full accept queue: the rest on the next turn
 
     def _new_connection(self, child: _us.socket) -> None:
         try:
@@ -1007,7 +1036,7 @@ class Server(asyncio.AbstractServer):
     def _detach(self, transport: UsnetTransport) -> None:
         self._active -= 1
         self._transports.discard(transport)
-        if self._active == 0 and self._sock is None:
+        if self._active == 0 and self._listeners is None:
             self._wakeup()
 
     def _wakeup(self) -> None:
@@ -1018,13 +1047,12 @@ class Server(asyncio.AbstractServer):
 
     def close(self) -> None:
         """Stop listening; connections already accepted carry on (see close_clients)."""
-        sock = self._sock
-        if sock is None:
+        listeners, self._listeners = self._listeners, None
+        if listeners is None:
             return
-        self._sock = None
         self._serving = False
-        _unwatch(self._eng, self._watcher)
-        sock.close()
+        for lst in listeners:
+            lst.close()
         fut = self._serving_forever_fut
         if fut is not None and not fut.done():
             fut.cancel()
@@ -1050,7 +1078,7 @@ class Server(asyncio.AbstractServer):
     async def serve_forever(self) -> None:
         if self._serving_forever_fut is not None:
             raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
-        if self._sock is None:
+        if self._listeners is None:
             raise RuntimeError(f"server {self!r} is closed")
         self._start_serving()
         self._serving_forever_fut = self._loop.create_future()
@@ -1072,29 +1100,81 @@ def _peer(sock: _us.socket) -> Any:
         return "?"
 
 
-async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], host: str | None = None,
-                        port: int = 0, *, client: Any = None, netif: str | None = None,
+def _hosts(host: Any) -> list[Any]:
+    """asyncio's reading of create_server's `host`: None or "" is every passive address (None for
+    getaddrinfo), a string one host, any other iterable several."""
+    if host is None or host == "":
+        return [None]
+    if isinstance(host, str) or not isinstance(host, Iterable):
+        return [host]
+    return list(host)
+
+
+def _listen_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket], backlog: int,
+               reuse_port: bool | None = None) -> list[_us.socket]:
+    """A listening socket on each distinct address of `infos` (getaddrinfo's answers), as asyncio's
+    create_server makes them on the kernel: for no host, 0.0.0.0 and :: (an AF_INET6 usnet socket
+    is IPV6_V6ONLY anyway), each on its own port if the port is 0.
+
+    A wildcard the domain cannot listen on (EADDRNOTAVAIL: :: where the netif has no IPv6 and the
+    domain no loopback netif to put it on, usnet.client.socket's `_on_loopback_only`) is left out,
+    as asyncio leaves out a family the kernel lacks (its socket() fails), unless nothing else
+    listens; any other failure closes the rest and raises, with asyncio's message."""
+    socks: list[_us.socket] = []
+    skipped: list[OSError] = []
+    seen: set[tuple] = set()
+    try:
+        for af, _kind, proto, _canon, addr in infos:
+            if (af, addr) in seen:
+                continue
+            seen.add((af, addr))
+            sock = make(af, proto)
+            try:
+                if reuse_port:  # SO_REUSEPORT: several servers (processes) on one port
+                    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
+                sock.bind(addr)
+                sock.listen(backlog)
+                sock.setblocking(False)
+            except OSError as err:
+                sock.close()
+                wrapped = OSError(err.errno, f"error while attempting to bind on address {addr!r}: "
+                                             f"{(err.strerror or str(err)).lower()}")
+                if err.errno == errno.EADDRNOTAVAIL and addr[0] in ("0.0.0.0", "::"):
+                    skipped.append(wrapped)
+                    continue
+                raise wrapped from None
+            socks.append(sock)
+        if not socks:
+            raise skipped[0] if skipped else OSError("getaddrinfo() returned empty list")
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
+                        host: str | Sequence[str] | None = None, port: int = 0, *, client: Any = None,
+                        netif: str | None = None,
                         ssl: _ssl.SSLContext | None = None, backlog: int = 128,
                         ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
                         start_serving: bool = True) -> Server:
-    """As `loop.create_server`, over usnet. A netif has one address per family: `host` picks the family."""
+    """As `loop.create_server`, over usnet: a listening socket on every address `host` gives (no
+    host or "": 0.0.0.0 and ::, as asyncio's on the kernel; a list: each host's)."""
     if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
         raise TypeError(f"ssl argument must be an SSLContext or None, got {ssl!r}")
     if ssl is None and (ssl_handshake_timeout is not None or ssl_shutdown_timeout is not None):
         raise ValueError("ssl_handshake_timeout and ssl_shutdown_timeout are only meaningful with ssl")
     loop = asyncio.get_running_loop()
-    family, _, proto = _us.getaddrinfo(host, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE,
-                                       client=client, netif=netif)[0][:3]  # no host: IPv4's any address first
-    # (getaddrinfo's protocol number, as asyncio's listener has: its connections' transports turn Nagle off)
-    sock = _us.socket(family, _stdsocket.SOCK_STREAM, proto, client=client, netif=netif)
-    try:
-        sock.bind((host or ("::" if family == _stdsocket.AF_INET6 else "0.0.0.0"), port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    server = Server(loop, sock, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+    infos = [info for h in _hosts(host) for info in _us.getaddrinfo(
+        h, port, type=_stdsocket.SOCK_STREAM, flags=_stdsocket.AI_PASSIVE, client=client, netif=netif)]
+
+    # getaddrinfo's protocol number, as asyncio's listener has: its connections' transports turn Nagle off
+    def make(family: int, proto: int) -> _us.socket:
+        return _us.socket(family, _stdsocket.SOCK_STREAM, proto, client=client, netif=netif)
+
+    socks = _listen_on(infos, make, backlog)
+    server = Server(loop, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
     if start_serving:
         await server.start_serving()
     return server
@@ -1226,8 +1306,8 @@ class EventLoop(asyncio.SelectorEventLoop):
             ssl: _ssl.SSLContext | None = None, reuse_address: bool | None = None,
             reuse_port: bool | None = None, ssl_handshake_timeout: float | None = None,
             ssl_shutdown_timeout: float | None = None, start_serving: bool = True) -> asyncio.AbstractServer:
-        """As asyncio's; a netif has one address per family, so one listening socket: the first
-        address `host` (or the first of a list of hosts) resolves to; no host means 0.0.0.0."""
+        """As asyncio's: a listening socket on every address `host` gives (no host: 0.0.0.0 and ::;
+        a list of hosts: each one's), or on `sock`."""
         if sock is not None and (not isinstance(sock, _us.socket) or getattr(sock, "inherited", False)):
             # a kernel socket, or one another process's stack serves (usnet.client.inherit): asyncio's
             # own way, on its descriptor's readiness and its accept
@@ -1244,22 +1324,14 @@ class EventLoop(asyncio.SelectorEventLoop):
                 raise ValueError("host/port and sock can not be specified at the same time")
             if sock.engine is None:  # bound, not yet listening: asyncio listens for it
                 sock.listen(backlog)
+            sock.setblocking(False)
+            socks = [sock]
         else:
-            if host is not None and not isinstance(host, str):
-                host = next(iter(host), None)
-            infos = await self._usnet_resolve(host, port or 0, family, _stdsocket.SOCK_STREAM, 0, flags)
-            af, proto, addr = infos[0][0], infos[0][2], infos[0][4]
-            sock = self._usnet_socket(af, proto)
-            try:
-                if reuse_port:  # SO_REUSEPORT: several servers (processes) on one port
-                    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
-                sock.bind(addr)
-                sock.listen(backlog)
-            except BaseException:
-                sock.close()
-                raise
-        sock.setblocking(False)
-        server = Server(self, sock, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+            found = await asyncio.gather(*(self._usnet_resolve(h, port or 0, family, _stdsocket.SOCK_STREAM, 0,
+                                                               flags) for h in _hosts(host)))
+            socks = _listen_on((info for infos in found for info in infos), self._usnet_socket, backlog,
+                               reuse_port)
+        server = Server(self, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if start_serving:
             await server.start_serving()
         return server

@@ -261,13 +261,32 @@ class DatagramFace(socket):
         """A flow on `port` with the socket's options (what `_open` and `_rebind` open)."""
         client, netif = self._target(host)
         reuse = bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)))  # SO_REUSEPORT, set before bind
-        eng = DatagramEngine(client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse), client)
+        try:
+            flow = client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse)
+        except OSError as e:
+            if not (e.errno == errno.EADDRNOTAVAIL and host is None and self._ip_version == 6
+                    and netif != LOOPBACK_NETIF):
+                raise
+            # "::" where the netif has no IPv6 address: Linux binds all the same and hears ::1; here
+            # the loopback netif's ::1 alone, as a TCP socket's (usnet.client.socket `_on_loopback_only`)
+            flow = self._udp_on_loopback_only(client, port, reuse, e)
+            netif = LOOPBACK_NETIF
+        self._netif = netif
+        eng = DatagramEngine(flow, client)
         eng.d.setblocking(self._timeout != 0.0)
         if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS set before the flow was
             eng.d.set_marking(mark)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
         return eng
+
+    def _udp_on_loopback_only(self, client: Any, port: int, reuse: bool, refused: OSError) -> Any:
+        """The wildcard IPv6 flow of a netif without IPv6: on the domain's loopback netif (::1);
+        without one, the netif's refusal stands (EADDRNOTAVAIL)."""
+        try:
+            return client.udp_socket(LOOPBACK_NETIF, port, family=6, reuse_port=reuse)
+        except OSError as e:
+            raise (refused if e.errno == errno.ENODEV else e) from None
 
     def _eng(self, dest: str | None = None) -> DatagramEngine:
         """The flow, opened (an ephemeral port) on first use, as Linux binds on first send (to
@@ -287,7 +306,7 @@ class DatagramFace(socket):
         shares it: `OpenFlow.with_channel`). Not where that cannot be (the socket is on the
         loopback netif already, or the domain has none): then loopback stays unreachable."""
         client, netif = self._target()
-        if netif == LOOPBACK_NETIF:
+        if LOOPBACK_NETIF in (netif, self._netif):
             return
         try:
             lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=self._ip_version, with_channel=eng.ch.id,
