@@ -570,6 +570,18 @@ class TcpConnection:
         self._touch()
 
     @property
+    def quickack(self) -> bool:
+        """TCP_QUICKACK: whether the connection is not interactive (usnet.proto.tcp.quickack)."""
+        return not self._quick.pingpong
+
+    @quickack.setter
+    def quickack(self, flag: bool) -> None:
+        if self._quick.set(flag) and self._t_delack != INF:
+            self._t_delack = INF  # the delayed ACK goes now
+            self._ack_now = True
+        self._touch()
+
+    @property
     def cork(self) -> bool:
         """TCP_CORK: only full segments leave while set (usnet.proto.tcp.cork)."""
         return self._cork is not None and self._cork.on
