@@ -167,3 +167,23 @@ def test_no_partial_segment_leaves_while_corked_and_every_byte_leaves(ops, nodel
             assert t >= wrote + CORK_MAX - 1e-9, (off, len(seg.payload), t, wrote)
     net.run(lambda: s.rcv_queued == len(written), limit=5)
     assert s.recv(1 << 20) == bytes(written)
+
+
+def test_quickack_reads_the_interactive_bit_and_setting_it_sends_a_delayed_ack_now():
+    """TCP_QUICKACK (usnet.proto.tcp.quickack): 0 makes the connection interactive, so the
+    ACK of data waits (for an answer, or the delayed-ACK timer); 1 sends that ACK at once."""
+    from tests.proto.test_tcp_connection import B, pure_ack
+
+    net = Net(a_opts=dict(nodelay=True, pacing=False))
+    c, s = net.pair()
+    s.quickack = False
+    assert not s.quickack
+    _send(net, c, b"q" * 10)
+    net.run(lambda: s.rcv_queued == 10, limit=1)
+    mark = len(net.log)
+    net.flush()
+    assert not [x for _, src, x in net.log[mark:] if src == B and pure_ack(x)]  # delayed
+    s.quickack = True
+    assert s.quickack
+    net.flush()
+    assert [x for _, src, x in net.log[mark:] if src == B and pure_ack(x)]  # now

@@ -1059,7 +1059,7 @@ class socket:
         bind and connect then take it, as Linux's route through the device."""
         client = self._where[0] or _target()[0]
         names = [str(n["netif"]["name"]) for n in client.status()["netifs"]]
-        return _so.bind_device(value, self._netif if self._engine is not None else "", names)
+        return _so.bind_device(value, (self._netif or self._target()[1]) if self._engine is not None else "", names)
 
     def _set_marking(self, level: int, opt: int, value: int | None) -> None:
         """IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS (checked: `sockopts.ip_option`; None:
