@@ -3,8 +3,8 @@
 TCP_CORK, TCP_QUICKACK, TCP_DEFER_ACCEPT, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT and SO_BINDTODEVICE
 were ENOPROTOOPT on usnet; Linux takes them. Each is set and read back on a kernel socket in the
 test's namespace and on a usnet socket in the same state (new, listening, connected): the same
-values kept, the same errors. TCP_CORK is also seen on the wire: an HTTP server's header and
-body, written apart while corked, leave as one segment, from the kernel and from usnet alike
+values kept, the same errors. TCP_CORK and MSG_MORE are also seen on the wire: an HTTP server's
+header and body, written apart while corked, leave as one segment, from the kernel and from usnet alike
 (an AF_PACKET socket on the TAP's host end sees both directions).
 """
 
@@ -186,6 +186,14 @@ def test_corked_header_and_body_leave_as_one_segment_from_the_kernel_and_from_us
         assert _read(uc, len(header + body)) == header + body
         kernel_segs = cap.data(host_ip, uc.getsockname()[1], len(header + body))
         assert usnet_segs == kernel_segs == [len(header + body)]
+        # MSG_MORE corks one write: the header with it, the body without: one segment, on both
+        for s, peer in ((us_srv, kc), (k_srv, uc)):
+            s.send(header, socket.MSG_MORE)
+            s.sendall(body)
+            assert _read(peer, len(header + body)) == header + body
+        usnet_segs = cap.data(usnet_ip, kc.getsockname()[1], 2 * len(header + body))
+        kernel_segs = cap.data(host_ip, uc.getsockname()[1], 2 * len(header + body))
+        assert usnet_segs == kernel_segs == [len(header + body)] * 2
         # still corked, a lone small write goes all the same (the 200 ms ceiling), on both
         for s, peer in ((us_srv, kc), (k_srv, uc)):
             s.setsockopt(T, CORK, 1)

@@ -115,6 +115,7 @@ def test_a_fin_takes_the_corked_tail_and_clearing_the_cork_leaves_nagle():
 
 _OPS = st.lists(st.one_of(
     st.tuples(st.just("write"), st.integers(1, 3000)),
+    st.tuples(st.just("more"), st.integers(1, 3000)),  # a write with MSG_MORE
     st.tuples(st.just("wait"), st.floats(0.0, 0.3)),
     st.tuples(st.just("cork"), st.booleans()),
     st.tuples(st.just("nodelay"), st.booleans()),
@@ -124,26 +125,28 @@ _OPS = st.lists(st.one_of(
 @settings(max_examples=60, deadline=None)
 @given(ops=_OPS, nodelay=st.booleans(), mss=st.sampled_from([536, 1460]))
 def test_no_partial_segment_leaves_while_corked_and_every_byte_leaves(ops, nodelay, mss):
-    """The segmenting rule: while the cork is on, a first transmission shorter than the MSS
+    """The segmenting rule: while the cork is on (or the last write had MSG_MORE), a first transmission shorter than the MSS
     leaves only with a FIN, after TCP_NODELAY was set (until what was queued has left), or once its first byte has waited 200 ms;
     and every byte written arrives, in order, with the cork still on at the end."""
     net = Net(a_opts=dict(nodelay=nodelay, mss=mss), delay=0.01)
     c, s = net.pair()
     c.cork = True
+    more = False  # the last write had MSG_MORE
     base = (c.iss + 1) & MASK
     written = bytearray()
     at: list[tuple[int, float]] = []  # (stream offset, time) of each write
     pushed = False
     budget = 8 * c.mss  # within the initial window: no window or congestion limits a segment
     for op, arg in ops:
-        corked, mark = c.cork, len(net.log)
-        if op == "write":
+        corked, mark = c.cork or more, len(net.log)
+        if op in ("write", "more"):
             n = min(arg, budget - len(written))
             if n <= 0:
                 continue
             at.append((len(written), net.now))
             data = bytes([len(at) & 0xFF]) * n
-            assert c.send(data) == n
+            more = op == "more"
+            assert c.send(data, more) == n
             written += data
             net.flush()
         elif op == "wait":
@@ -156,7 +159,7 @@ def test_no_partial_segment_leaves_while_corked_and_every_byte_leaves(ops, nodel
             net.flush()
         if op == "nodelay" and arg and corked:
             pushed = True  # what is queued goes, when the window and the pacer let it
-        if not (corked and c.cork) or pushed:
+        if not (corked and (c.cork or more)) or pushed:
             pushed = pushed and c.unsent > 0
             continue  # uncorked for a moment, or a push: anything may leave
         for t, src, seg in net.log[mark:]:
@@ -187,3 +190,21 @@ def test_quickack_reads_the_interactive_bit_and_setting_it_sends_a_delayed_ack_n
     assert s.quickack
     net.flush()
     assert [x for _, src, x in net.log[mark:] if src == B and pure_ack(x)]  # now
+
+
+def test_msg_more_holds_the_tail_until_a_write_without_it():
+    """MSG_MORE corks one write: header with it, body without: one segment (nodelay or not)."""
+    for nodelay in (True, False):
+        net = Net(a_opts=dict(nodelay=nodelay, pacing=False))
+        c, s = net.pair()
+        mark = len(net.log)
+        assert c.send(b"H" * 100, True) == 100
+        net.flush()
+        assert not _data(net, mark)
+        _send(net, c, b"B" * 300)
+        assert [len(x.payload) for x in _data(net, mark)] == [400]
+        mark = len(net.log)
+        assert c.send(b"T" * 10, True) == 10  # no write follows: the ceiling sends it
+        net.run(lambda: s.rcv_queued == 410, limit=5)
+        assert [len(x.payload) for x in _data(net, mark)] == [10]
+        assert not c.cork

@@ -82,7 +82,7 @@ error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.he
 MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL, _std.MSG_TRUNC
 # the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
 # __rand__, a few microseconds each, several times a round trip
-_PEEK, _DONTWAIT, _WAITALL = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL)
+_PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
@@ -707,7 +707,8 @@ class socket:
         if not len(data):
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
-        n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
+        more = bool(flags & _MORE)  # MSG_MORE: the tail waits for the next send (usnet.proto.tcp.cork)
+        n = self._wait(lambda: conn.send(data, more) or None, "send", self._call_timeout(flags))
         eng.kick()
         return n
 

@@ -363,8 +363,11 @@ class TcpConnection:
             self._syn_rtx = True  # when it went is unknown: no RTT sample from the handshake's timing
         self._touch()
 
-    def send(self, data) -> int:
-        """Queue bytes; returns how many fit in the send buffer (0 when full)."""
+    def send(self, data, more: bool = False) -> int:
+        """Queue bytes; returns how many fit in the send buffer (0 when full). `more`: MSG_MORE,
+        the tail waits for the next write (usnet.proto.tcp.cork)."""
+        if more or self._cork is not None:
+            self._more(more)
         if self.error is not None:
             raise _err(type(self.error), self.error.errno or 0, self.error.strerror or "")
         if self._fin_queued or self.state not in _CAN_SEND:
@@ -581,6 +584,11 @@ class TcpConnection:
             self._ack_now = True
         self._touch()
 
+    def _more(self, more: bool) -> None:
+        if self._cork is None:
+            self._cork = Cork()
+        self._cork.more = more
+
     @property
     def cork(self) -> bool:
         """TCP_CORK: only full segments leave while set (usnet.proto.tcp.cork)."""
@@ -702,7 +710,7 @@ class TcpConnection:
         if now >= self._t_pace:
             self._t_pace = INF  # the next `outgoing` sends the next burst
         if self._cork is not None:
-            self._cork.on_timer(now)  # the corked tail's 200 ms passed: the next `outgoing` sends it
+            self._cork.on_timer(now, self.snd_nxt)  # the corked tail's 200 ms passed: the next `outgoing` sends it
         if now >= self._t_ka:
             self._t_ka = INF
             self._on_keepalive(now)

@@ -16,6 +16,11 @@ segments; what is left over at the tail waits for more data, until
 * a FIN is due (shutdown or close): the tail goes with it, as Linux's ``tcp_nagle_test``
   lets a FIN through.
 
+MSG_MORE (``TcpConnection.send(data, more=True)``) corks the tail of that one write: it waits
+as under TCP_CORK until a write without MSG_MORE (or the ceiling), as Linux's tcp_sendmsg
+pushes it with TCP_NAGLE_CORK. (Linux may also send it when an ACK comes in meanwhile; usnet
+holds it until the next write: a segment no smaller than Linux's, never later than 200 ms.)
+
 TCP_CORK overrides TCP_NODELAY otherwise (Linux's ``tcp_nagle_check`` tests the cork before
 the Nagle-off bit). The decision is `Cork.holds`, asked by `TcpConnection._send` only for the
 last segment of the queue when it is shorter than the MSS: full segments are never held.
@@ -38,10 +43,11 @@ class Cork:
     starts at ``at`` was first held (``since``; INF: none is), and whether the tail is to go whatever the cork says
     (``push``: the 200 ms passed, or TCP_NODELAY was set), until the queue has all left."""
 
-    __slots__ = ("on", "since", "at", "push")
+    __slots__ = ("on", "more", "since", "at", "push")
 
     def __init__(self) -> None:
         self.on = False
+        self.more = False  # the last write had MSG_MORE
         self.since = INF
         self.at = -1
         self.push = False
@@ -55,13 +61,13 @@ class Cork:
 
     def nodelay(self) -> None:
         """TCP_NODELAY set: while corked, push what is queued now (Linux's TCP_NAGLE_PUSH)."""
-        if self.on:
+        if self.on or self.more:
             self.push = True
 
     def holds(self, now: float, start: int) -> bool:
         """Whether the partial segment at the tail, which starts at `start`, waits now; the
         first hold of a tail starts the ceiling."""
-        if not self.on or self.push:
+        if not (self.on or self.more) or self.push:
             return False
         if self.since == INF or start != self.at:
             self.since = now
@@ -80,10 +86,15 @@ class Cork:
     @property
     def deadline(self) -> float:
         """When the held tail must go (INF: nothing is held)."""
-        return self.since + CORK_MAX if self.on and not self.push else INF
+        return self.since + CORK_MAX if (self.on or self.more) and not self.push else INF
 
-    def on_timer(self, now: float) -> bool:
-        """The ceiling passed: True if the held tail is now to go (the caller sends it)."""
+    def on_timer(self, now: float, nxt: int) -> bool:
+        """The ceiling passed: True if the held tail is now to go (the caller sends it). If it
+        has gone meanwhile (SND.NXT `nxt` is past its start: full segments took it), the next
+        tail is a new one and waits its own 200 ms."""
+        if now >= self.deadline and nxt > self.at:
+            self.since = INF
+            return False
         if now >= self.deadline:
             self.push = True
             self.since = INF
