@@ -75,7 +75,7 @@ AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM, SOCK_DGRAM = _std.SOCK_STREAM, _std.SOCK_DGRAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
-TCP_CORK, TCP_QUICKACK, SO_BINDTODEVICE = 3, 12, 25
+TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT, SO_BINDTODEVICE = 3, 12, 25, 25
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
@@ -1005,10 +1005,10 @@ class socket:
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         conn, eng = self._conn, self._engine
         value = _so.kept(level, opt, value, listening=self._listening, connected=conn is not None)
-        if level == IPPROTO_TCP and opt in (TCP_CORK, TCP_QUICKACK):
+        if level == IPPROTO_TCP and opt in (TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT):
             if conn is not None and eng is not None:
-                with eng.lock:  # usnet.proto.tcp.cork, usnet.proto.tcp.quickack
-                    setattr(conn, "cork" if opt == TCP_CORK else "quickack", bool(value))
+                with eng.lock:  # usnet.proto.tcp.cork, usnet.proto.tcp.quickack, TcpConnection.send_space
+                    self._apply_tcp(conn, opt, value)
         elif level == SOL_SOCKET and opt == SO_BINDTODEVICE:
             value = self._device(value)
         elif level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
@@ -1327,7 +1327,8 @@ class socket:
 
     def _apply_options(self, conn: Any) -> None:
         conn.nodelay = self._nodelay
-        conn.cork = bool(self._opts.get((IPPROTO_TCP, TCP_CORK)))
+        for opt in (TCP_CORK, TCP_NOTSENT_LOWAT):
+            self._apply_tcp(conn, opt, self._opts.get((IPPROTO_TCP, opt), 0))
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
@@ -1337,6 +1338,17 @@ class socket:
         for opt in _BUF_LIMITS:
             if (v := self._opts.get((SOL_SOCKET, opt))) is not None:
                 self._apply_buffer(conn, opt, v // 2)
+
+    @staticmethod
+    def _apply_tcp(conn: TcpConnection, opt: int, value: int) -> None:
+        """TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT (0 or negative: no bound, as Linux's u32
+        0 takes the sysctl's default, 4G)."""
+        if opt == TCP_CORK:
+            conn.cork = bool(value)
+        elif opt == TCP_QUICKACK:
+            conn.quickack = bool(value)
+        else:
+            conn.notsent_lowat = max(0, int(value))  # (readiness: the next pump's `_update`)
 
     def _need_open(self) -> None:
         if self._dead:
@@ -1430,7 +1442,7 @@ class socket:
         readable = conn.readable or self._shut_rd
         if st is ESTABLISHED or st is CLOSE_WAIT:
             space = conn.send_space  # writable as Linux: a third of the buffer free (space >= queued / 2)
-            return readable, space > 0 and 2 * space >= conn.pending
+            return readable, space > 0 and 2 * space >= conn.pending and conn.notsent_ok
         return readable, True  # our FIN is queued: send fails at once (EPIPE)
 
     def _update(self) -> None:

@@ -118,9 +118,9 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_TCP, 30): Option("TCP_FASTOPEN_CONNECT", _S, dgram=False,
                               why="data in the SYN when a cookie is cached: usnet has none, and Linux "
                               "without one makes a normal handshake too"),
-    (IPPROTO_TCP, 25): Option("TCP_NOTSENT_LOWAT", _S, dgram=False,
-                              why="bounds how much unsent data makes a socket unwritable: a latency "
-                              "tuning (trio sets it); usnet's send buffer is the bound"),
+    (IPPROTO_TCP, 25): Option("TCP_NOTSENT_LOWAT", _H, dgram=False,
+                              why="unsent bytes that make send wait and the socket unwritable (trio "
+                              "sets it): TcpConnection.send_space and notsent_ok"),
     # -- IPPROTO_IP (both families, as Linux passes SOL_IP of an AF_INET6 socket to IPv4) -----
     (IPPROTO_IP, 1): Option("IP_TOS", _H, why="the TOS octet of the socket's IPv4 packets (a stream "
                             "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
@@ -172,16 +172,18 @@ def lookup(family: int, kind: int, level: int, opt: int, setting: bool) -> Optio
     raise not_available(level, opt, _ABSENT.get((level, opt), ""))
 
 
-TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT = 3, 9, 12, 23, 30
+TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN, TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT = 3, 9, 12, 23, 25, 30
 
 
 def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) -> Any:
     """The value Linux keeps for an option it converts or checks (do_tcp_setsockopt), or
     OSError(EINVAL) where Linux refuses the value or the socket's state; `value` otherwise."""
     if level != IPPROTO_TCP or opt not in (TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN,
-                                           TCP_FASTOPEN_CONNECT):
+                                           TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT):
         return value
     v = _as_int(value)
+    if opt == TCP_NOTSENT_LOWAT:
+        return v
     if opt in (TCP_CORK, TCP_QUICKACK):
         return int(v != 0)
     if opt == TCP_DEFER_ACCEPT:

@@ -187,7 +187,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
-        "_quick", "_cork",
+        "_quick", "_cork", "notsent_lowat",
         "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
     )
 
@@ -287,6 +287,7 @@ class TcpConnection:
         self._rcv_unacked = 0
         self._quick = QuickAck()  # ACK every segment for a while (usnet.proto.tcp.quickack)
         self._cork: Cork | None = None  # TCP_CORK, once set (usnet.proto.tcp.cork)
+        self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT: unsent bytes that make `send` wait (0: no bound)
         self._ack_now = False
         self._probe_now = False
         self._syn_pending = False
@@ -373,6 +374,8 @@ class TcpConnection:
         if self._fin_queued or self.state not in _CAN_SEND:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         space = self.sndbuf_cap - len(self._sndbuf)
+        if self.notsent_lowat:
+            space = self._lowat_room(space)
         n = len(data)
         if space <= 0 or not n:
             return 0
@@ -624,7 +627,27 @@ class TcpConnection:
         if self._fin_queued or self.state not in _CAN_SEND:
             return 0
         n = self.sndbuf_cap - len(self._sndbuf)
+        if self.notsent_lowat:
+            n = self._lowat_room(n)
         return n if n > 0 else 0
+
+    def _lowat_room(self, space: int) -> int:
+        """TCP_NOTSENT_LOWAT: no room while `notsent_lowat` bytes wait to be sent once; else
+        up to that bound and a segment over it, as Linux's tcp_sendmsg checks the bound before
+        each buffer it fills (tcp_stream_memory_free)."""
+        lw = self.notsent_lowat
+        unsent = self.unsent
+        if unsent >= lw:
+            return 0
+        room = lw - unsent + self.mss
+        return room if room < space else space
+
+    @property
+    def notsent_ok(self) -> bool:
+        """Writable as poll says under TCP_NOTSENT_LOWAT (tcp_stream_memory_free with wake=1):
+        twice the unsent bytes below it, so a waiter wakes with room for half of it."""
+        lw = self.notsent_lowat
+        return not lw or 2 * self.unsent < lw
 
     @property
     def writable(self) -> bool:
