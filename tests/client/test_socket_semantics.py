@@ -513,12 +513,13 @@ _AS_LINUX = [
     (std.IPPROTO_IP, std.IP_TOS, 0x10), (std.IPPROTO_IP, std.IP_TTL, 64), (std.IPPROTO_IP, 999, 1),
     (std.IPPROTO_IPV6, std.IPV6_TCLASS, 0x10), (std.IPPROTO_IPV6, std.IPV6_UNICAST_HOPS, 64),
     (std.IPPROTO_IPV6, 999, 1), (std.IPPROTO_UDP, 999, 1), (99, 1, 1),
+    (std.IPPROTO_TCP, std.TCP_CORK, 5), (std.IPPROTO_TCP, std.TCP_QUICKACK, 2),
+    (std.IPPROTO_TCP, std.TCP_DEFER_ACCEPT, 5), (std.IPPROTO_TCP, std.TCP_FASTOPEN, 5),
+    (std.IPPROTO_TCP, std.TCP_FASTOPEN, -1), (std.IPPROTO_TCP, 30, 1), (std.IPPROTO_TCP, 30, 2),
 ]
 # Linux has them, usnet does not: ENOPROTOOPT, never stored and read back as if honoured
 _NOT_IN_USNET = [
-    (std.SOL_SOCKET, std.SO_BINDTODEVICE, b"eth0"), (std.SOL_SOCKET, std.SO_MARK, 1),
-    (std.SOL_SOCKET, 29, 1), (std.IPPROTO_TCP, std.TCP_FASTOPEN, 5),
-    (std.IPPROTO_TCP, std.TCP_CORK, 1), (std.IPPROTO_TCP, std.TCP_DEFER_ACCEPT, 1),
+    (std.SOL_SOCKET, std.SO_MARK, 1), (std.SOL_SOCKET, 29, 1), (std.IPPROTO_IP, 11, 1),  # IP_RECVERR
     (std.IPPROTO_IP, std.IP_TRANSPARENT, 1),
     (std.SOL_SOCKET, std.SO_RCVLOWAT, 100),
 ]

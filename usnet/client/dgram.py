@@ -498,6 +498,8 @@ class DatagramFace(socket):
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)  # an IPv6 flow only, as the stream face
+        if level == SOL_SOCKET and opt == _std.SO_BINDTODEVICE:
+            value = self._device(value)  # a netif of the domain by name, as the stream face
         if level == SOL_SOCKET and opt in (SO_RCVBUF, SO_SNDBUF):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:

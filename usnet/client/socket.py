@@ -41,6 +41,7 @@ from typing import Any, Literal
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import rebind as _rebind
 from usnet.client import resolver as _names
+from usnet.client import sockopts as _so
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
 from usnet.client.session import Client, DomainGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
@@ -74,13 +75,14 @@ AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM, SOCK_DGRAM = _std.SOCK_STREAM, _std.SOCK_DGRAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
+TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT, SO_BINDTODEVICE = 3, 12, 25, 25
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
 MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAIT, _std.MSG_WAITALL, _std.MSG_TRUNC
 # the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
 # __rand__, a few microseconds each, several times a round trip
-_PEEK, _DONTWAIT, _WAITALL = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL)
+_PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
@@ -384,6 +386,7 @@ class socket:
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
         client, netif = self._where
+        netif = self._opts.get((SOL_SOCKET, SO_BINDTODEVICE)) or netif  # a name `_device` checked
         if client is None or netif is None:
             dc, dn = _target()
             client, netif = client or dc, netif or dn
@@ -704,7 +707,8 @@ class socket:
         if not len(data):
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
-        n = self._wait(lambda: conn.send(data) or None, "send", self._call_timeout(flags))
+        more = bool(flags & _MORE)  # MSG_MORE: the tail waits for the next send (usnet.proto.tcp.cork)
+        n = self._wait(lambda: conn.send(data, more) or None, "send", self._call_timeout(flags))
         eng.kick()
         return n
 
@@ -1000,7 +1004,14 @@ class socket:
         self._need_open()
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         conn, eng = self._conn, self._engine
-        if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
+        value = _so.kept(level, opt, value, listening=self._listening, connected=conn is not None)
+        if level == IPPROTO_TCP and opt in (TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT):
+            if conn is not None and eng is not None:
+                with eng.lock:  # usnet.proto.tcp.cork, usnet.proto.tcp.quickack, TcpConnection.send_space
+                    self._apply_tcp(conn, opt, value)
+        elif level == SOL_SOCKET and opt == SO_BINDTODEVICE:
+            value = self._device(value)
+        elif level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)
         elif level == SOL_SOCKET and opt in _BUF_LIMITS:
             path, least = _BUF_LIMITS[opt]
@@ -1043,6 +1054,13 @@ class socket:
                 conn.set_keepalive(time.monotonic(), **self._keepalive())
         if conn is not None and eng is not None:
             eng.kick()  # what the option lets go now (TCP_NODELAY, a window) goes; a new timer is heard
+
+    def _device(self, value: Any) -> str:
+        """SO_BINDTODEVICE: a netif of the socket's domain by name (`sockopts.bind_device`);
+        bind and connect then take it, as Linux's route through the device."""
+        client = self._where[0] or _target()[0]
+        names = [str(n["netif"]["name"]) for n in client.status()["netifs"]]
+        return _so.bind_device(value, (self._netif or self._target()[1]) if self._engine is not None else "", names)
 
     def _set_marking(self, level: int, opt: int, value: int | None) -> None:
         """IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS (checked: `sockopts.ip_option`; None:
@@ -1111,6 +1129,8 @@ class socket:
         """What was set, or the real value (SO_TYPE, SO_ERROR, buffer sizes, TCP_MAXSEG, ...)."""
         self._need_open()
         value = self._option(level, opt)
+        if level == SOL_SOCKET and opt == SO_BINDTODEVICE:
+            return _so.device_value(value, buflen)
         if buflen:
             if isinstance(value, (bytes, bytearray)):
                 return bytes(value[:buflen])
@@ -1148,6 +1168,8 @@ class socket:
         if level == IPPROTO_TCP:
             if opt == TCP_NODELAY:
                 return int(self._nodelay)
+            if opt == TCP_QUICKACK and conn is not None:
+                return int(conn.quickack)
             if opt == TCP_USER_TIMEOUT:
                 return int(self._user_timeout * 1000)
             if opt == _std.TCP_MAXSEG:
@@ -1305,6 +1327,8 @@ class socket:
 
     def _apply_options(self, conn: Any) -> None:
         conn.nodelay = self._nodelay
+        for opt in (TCP_CORK, TCP_NOTSENT_LOWAT):
+            self._apply_tcp(conn, opt, self._opts.get((IPPROTO_TCP, opt), 0))
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
@@ -1314,6 +1338,17 @@ class socket:
         for opt in _BUF_LIMITS:
             if (v := self._opts.get((SOL_SOCKET, opt))) is not None:
                 self._apply_buffer(conn, opt, v // 2)
+
+    @staticmethod
+    def _apply_tcp(conn: TcpConnection, opt: int, value: int) -> None:
+        """TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT (0 or negative: no bound, as Linux's u32
+        0 takes the sysctl's default, 4G)."""
+        if opt == TCP_CORK:
+            conn.cork = bool(value)
+        elif opt == TCP_QUICKACK:
+            conn.quickack = bool(value)
+        else:
+            conn.notsent_lowat = max(0, int(value))  # (readiness: the next pump's `_update`)
 
     def _need_open(self) -> None:
         if self._dead:
@@ -1407,7 +1442,7 @@ class socket:
         readable = conn.readable or self._shut_rd
         if st is ESTABLISHED or st is CLOSE_WAIT:
             space = conn.send_space  # writable as Linux: a third of the buffer free (space >= queued / 2)
-            return readable, space > 0 and 2 * space >= conn.pending
+            return readable, space > 0 and 2 * space >= conn.pending and conn.notsent_ok
         return readable, True  # our FIN is queued: send fails at once (EPIPE)
 
     def _update(self) -> None:

@@ -18,10 +18,12 @@ what usnet does with it:
 Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives: ENOPROTOOPT
 for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
 on an AF_INET socket (ip_getsockopt's answer) and ENOPROTOOPT on an AF_INET6 one
-(ipv6_getsockopt's). Options that Linux has but usnet does not (SO_BINDTODEVICE, SO_MARK,
-SO_RCVTIMEO, SO_TIMESTAMP, TCP_FASTOPEN, TCP_CORK, TCP_DEFER_ACCEPT, IP_TRANSPARENT,
-IP_MTU_DISCOVER, the multicast group options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a
-message that says usnet does not have it.
+(ipv6_getsockopt's). Options that Linux has but usnet does not (SO_MARK,
+SO_RCVTIMEO, SO_TIMESTAMP, IP_RECVERR, IP_TRANSPARENT, IP_MTU_DISCOVER, the multicast group
+options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a message that says usnet does not have it.
+A value Linux converts or checks is kept as Linux keeps it (`kept`): TCP_CORK and TCP_QUICKACK
+read 0 or 1, TCP_DEFER_ACCEPT's seconds are rounded up to whole SYN-ACK retransmissions,
+TCP_FASTOPEN's queue is bounded by somaxconn, and the wrong state or value is EINVAL.
 
 What the standard library and common libraries set is here and works: asyncio (TCP_NODELAY,
 SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, IPV6_V6ONLY, SO_ERROR), socketserver and http.server
@@ -40,8 +42,8 @@ from typing import Any
 
 from usnet.proto.ipmark import make_mark
 
-__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "check_fixed", "ip_mark", "ip_option", "lookup",
-           "not_available"]
+__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "device_value", "ip_mark",
+           "ip_option", "kept", "lookup", "not_available"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
@@ -86,6 +88,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
                              "packets; usnet's leave through the domain's device, one queue"),
     (SOL_SOCKET, 13): Option("SO_LINGER", _H, why="stream: close waits or resets; datagram: stored, as Linux's UDP"),
     (SOL_SOCKET, 15): Option("SO_REUSEPORT", _H),
+    (SOL_SOCKET, 25): Option("SO_BINDTODEVICE", _H, b"", why="the usnet netif by its name in the domain "
+                             "(`bind_device`)"),
     (SOL_SOCKET, 18): Option("SO_RCVLOWAT", _F, 1, why="recv and readiness wake for one byte"),
     (SOL_SOCKET, 19): Option("SO_SNDLOWAT", _G, 1),  # Linux: readable 1, setting it ENOPROTOOPT
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
@@ -94,17 +98,29 @@ OPTIONS: dict[tuple[int, int], Option] = {
     # -- IPPROTO_TCP (a stream socket's) -----------------------------------------------------
     (IPPROTO_TCP, 1): Option("TCP_NODELAY", _H, dgram=False),
     (IPPROTO_TCP, 2): Option("TCP_MAXSEG", _H, 536, dgram=False),
+    (IPPROTO_TCP, 3): Option("TCP_CORK", _H, dgram=False, why="only full segments leave while set "
+                             "(usnet.proto.tcp.cork)"),
     (IPPROTO_TCP, 4): Option("TCP_KEEPIDLE", _H, 7200, dgram=False),
     (IPPROTO_TCP, 5): Option("TCP_KEEPINTVL", _H, 75, dgram=False),
     (IPPROTO_TCP, 6): Option("TCP_KEEPCNT", _H, 9, dgram=False),
-    (IPPROTO_TCP, 12): Option("TCP_QUICKACK", _S, 1, dgram=False,
-                              why="a one-shot hint about delayed ACKs that Linux itself drops when "
-                              "it leaves quick-ACK mode; usnet's ACK policy is its own"),
+    (IPPROTO_TCP, 9): Option("TCP_DEFER_ACCEPT", _S, dgram=False,
+                             why="wake accept only once data came: an optimisation; a server takes a "
+                             "connection without data anyway, as Linux accepts one after the period"),
+    (IPPROTO_TCP, 12): Option("TCP_QUICKACK", _H, 1, dgram=False,
+                              why="0: the connection is interactive (ACKs wait for an answer); 1: it "
+                              "is not, and a delayed ACK goes now (usnet.proto.tcp.quickack); reads "
+                              "whether it is not interactive, as Linux's"),
     (IPPROTO_TCP, 13): Option("TCP_CONGESTION", _H, dgram=False),
     (IPPROTO_TCP, 18): Option("TCP_USER_TIMEOUT", _H, dgram=False),
-    (IPPROTO_TCP, 25): Option("TCP_NOTSENT_LOWAT", _S, dgram=False,
-                              why="bounds how much unsent data makes a socket unwritable: a latency "
-                              "tuning (trio sets it); usnet's send buffer is the bound"),
+    (IPPROTO_TCP, 23): Option("TCP_FASTOPEN", _S, dgram=False,
+                              why="a listener's queue of SYNs with data; usnet gives no cookie, so a "
+                              "client makes a normal handshake, as with a Linux server before its first"),
+    (IPPROTO_TCP, 30): Option("TCP_FASTOPEN_CONNECT", _S, dgram=False,
+                              why="data in the SYN when a cookie is cached: usnet has none, and Linux "
+                              "without one makes a normal handshake too"),
+    (IPPROTO_TCP, 25): Option("TCP_NOTSENT_LOWAT", _H, dgram=False,
+                              why="unsent bytes that make send wait and the socket unwritable (trio "
+                              "sets it): TcpConnection.send_space and notsent_ok"),
     # -- IPPROTO_IP (both families, as Linux passes SOL_IP of an AF_INET6 socket to IPv4) -----
     (IPPROTO_IP, 1): Option("IP_TOS", _H, why="the TOS octet of the socket's IPv4 packets (a stream "
                             "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
@@ -125,7 +141,7 @@ OPTIONS: dict[tuple[int, int], Option] = {
 
 # what a program that asks for an absent option should use instead
 _ABSENT = {(IPPROTO_TCP, 11): "TCP_INFO: usnet's TCP statistics are the socket's tcp_info()",
-           (SOL_SOCKET, 25): "SO_BINDTODEVICE: usnet's netif is the socket's netif= or USNET_NETIF"}
+           (IPPROTO_IP, 11): "IP_RECVERR: usnet has no error queue (MSG_ERRQUEUE)"}
 
 # The levels a socket has, by (family, type): Linux's protocol chain for it
 _LEVELS: dict[tuple[int, int], tuple[int, ...]] = {
@@ -154,6 +170,93 @@ def lookup(family: int, kind: int, level: int, opt: int, setting: bool) -> Optio
     if not setting and level not in _LEVELS[family, kind] and family == _std.AF_INET:
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
     raise not_available(level, opt, _ABSENT.get((level, opt), ""))
+
+
+TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN, TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT = 3, 9, 12, 23, 25, 30
+
+
+def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) -> Any:
+    """The value Linux keeps for an option it converts or checks (do_tcp_setsockopt), or
+    OSError(EINVAL) where Linux refuses the value or the socket's state; `value` otherwise."""
+    if level != IPPROTO_TCP or opt not in (TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN,
+                                           TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT):
+        return value
+    v = _as_int(value)
+    if opt == TCP_NOTSENT_LOWAT:
+        return v
+    if opt in (TCP_CORK, TCP_QUICKACK):
+        return int(v != 0)
+    if opt == TCP_DEFER_ACCEPT:
+        return _retrans_to_secs(_secs_to_retrans(v))
+    if opt == TCP_FASTOPEN:  # the queue's length, in state CLOSE or LISTEN
+        if v < 0 or connected:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return min(v, _somaxconn())
+    if not 0 <= v <= 1 or connected or listening:  # TCP_FASTOPEN_CONNECT: 0 or 1, before connect
+        raise OSError(errno.EINVAL, "Invalid argument")
+    return v
+
+
+def _secs_to_retrans(seconds: int, timeout: int = 1, rto_max: int = 120) -> int:
+    """Linux's secs_to_retrans (TCP_TIMEOUT_INIT 1 s, TCP_RTO_MAX 120 s): the SYN-ACK
+    retransmissions that cover `seconds`."""
+    res = 0
+    if seconds > 0:
+        period, res = timeout, 1
+        while seconds > period and res < 255:
+            res += 1
+            timeout = min(timeout << 1, rto_max)
+            period += timeout
+    return res
+
+
+def _retrans_to_secs(retrans: int, timeout: int = 1, rto_max: int = 120) -> int:
+    """Linux's retrans_to_secs: what getsockopt(TCP_DEFER_ACCEPT) reads."""
+    period = 0
+    if retrans > 0:
+        period = timeout
+        for _ in range(retrans - 1):
+            timeout = min(timeout << 1, rto_max)
+            period += timeout
+    return period
+
+
+def _somaxconn() -> int:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 4096
+
+
+def bind_device(value: Any, mine: str, names: list[str]) -> str:
+    """SO_BINDTODEVICE: the netif name a socket is bound to from `value` (bytes, up to the first
+    NUL, as Linux reads it; "" unbinds). usnet's netifs are its domain's (`names`), not the
+    kernel's interfaces: a name the domain does not have is ENODEV, as Linux says of a device it
+    lacks; `mine` is the netif the socket's flow is on ("" before bind or connect), and
+    another name once there is one is EINVAL (usnet moves no flow to another netif)."""
+    if isinstance(value, int):
+        value = value.to_bytes(4, "little", signed=True)
+    name = bytes(value[:15]).split(b"\0", 1)[0].decode(errors="replace")
+    if not name:
+        return ""
+    if name not in names:
+        raise OSError(errno.ENODEV, f"No such device (usnet has no netif {name!r}; its netifs: "
+                      f"{', '.join(names)})")
+    if mine and name != mine:
+        raise OSError(errno.EINVAL, f"Invalid argument (usnet: the socket's flow is on netif {mine!r}; "
+                      "SO_BINDTODEVICE chooses one before bind or connect)")
+    return name
+
+
+def device_value(name: str, buflen: int) -> bytes | int:
+    """What getsockopt(SO_BINDTODEVICE) gives, as Linux's sock_getbindtodevice: unbound, nothing
+    (0 as an int); bound, the name and its NUL, and EINVAL for a buffer shorter than IFNAMSIZ."""
+    if not name:
+        return b"" if buflen else 0
+    if buflen < 16:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    return name.encode() + b"\0"
 
 
 def check_fixed(spec: Option, level: int, opt: int, value: Any) -> None:

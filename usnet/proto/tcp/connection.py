@@ -49,6 +49,7 @@ What is implemented, and where the RFC allows a choice, which one:
   is at our window edge, which stalls bidirectional bulk transfers.
 * Delayed ACK (every second full segment, else after ``delack``), immediate
   ACK for out-of-order data and gap fills; Nagle unless ``nodelay``;
+  TCP_CORK (``cork``: only full segments, usnet.proto.tcp.cork);
   sender and receiver silly-window avoidance; the right window edge never
   moves left.
 * Zero-window probing with a backed-off persist timer; keep-alive.
@@ -93,6 +94,7 @@ from usnet.proto.tcp.config import (
     copy_config,
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
+from usnet.proto.tcp.cork import Cork
 from usnet.proto.tcp.pacing import UNPACED, Pacer
 from usnet.proto.tcp.quickack import QuickAck
 from usnet.proto.tcp.rack import Rack
@@ -185,7 +187,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
-        "_quick",
+        "_quick", "_cork", "notsent_lowat",
         "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
     )
 
@@ -284,6 +286,8 @@ class TcpConnection:
         self._rcv_mss = min(536, mss)
         self._rcv_unacked = 0
         self._quick = QuickAck()  # ACK every segment for a while (usnet.proto.tcp.quickack)
+        self._cork: Cork | None = None  # TCP_CORK, once set (usnet.proto.tcp.cork)
+        self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT: unsent bytes that make `send` wait (0: no bound)
         self._ack_now = False
         self._probe_now = False
         self._syn_pending = False
@@ -360,13 +364,18 @@ class TcpConnection:
             self._syn_rtx = True  # when it went is unknown: no RTT sample from the handshake's timing
         self._touch()
 
-    def send(self, data) -> int:
-        """Queue bytes; returns how many fit in the send buffer (0 when full)."""
+    def send(self, data, more: bool = False) -> int:
+        """Queue bytes; returns how many fit in the send buffer (0 when full). `more`: MSG_MORE,
+        the tail waits for the next write (usnet.proto.tcp.cork)."""
+        if more or self._cork is not None:
+            self._more(more)
         if self.error is not None:
             raise _err(type(self.error), self.error.errno or 0, self.error.strerror or "")
         if self._fin_queued or self.state not in _CAN_SEND:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         space = self.sndbuf_cap - len(self._sndbuf)
+        if self.notsent_lowat:
+            space = self._lowat_room(space)
         n = len(data)
         if space <= 0 or not n:
             return 0
@@ -562,6 +571,39 @@ class TcpConnection:
     @nodelay.setter
     def nodelay(self, flag: bool) -> None:
         self.cfg.nodelay = flag
+        if flag and self._cork is not None:
+            self._cork.nodelay()  # corked: what is queued goes once (usnet.proto.tcp.cork)
+        self._touch()
+
+    @property
+    def quickack(self) -> bool:
+        """TCP_QUICKACK: whether the connection is not interactive (usnet.proto.tcp.quickack)."""
+        return not self._quick.pingpong
+
+    @quickack.setter
+    def quickack(self, flag: bool) -> None:
+        if self._quick.set(flag) and self._t_delack != INF:
+            self._t_delack = INF  # the delayed ACK goes now
+            self._ack_now = True
+        self._touch()
+
+    def _more(self, more: bool) -> None:
+        if self._cork is None:
+            self._cork = Cork()
+        self._cork.more = more
+
+    @property
+    def cork(self) -> bool:
+        """TCP_CORK: only full segments leave while set (usnet.proto.tcp.cork)."""
+        return self._cork is not None and self._cork.on
+
+    @cork.setter
+    def cork(self, flag: bool) -> None:
+        if self._cork is None:
+            if not flag:
+                return
+            self._cork = Cork()
+        self._cork.set(flag)
         self._touch()
 
     def take_events(self) -> int:
@@ -585,7 +627,27 @@ class TcpConnection:
         if self._fin_queued or self.state not in _CAN_SEND:
             return 0
         n = self.sndbuf_cap - len(self._sndbuf)
+        if self.notsent_lowat:
+            n = self._lowat_room(n)
         return n if n > 0 else 0
+
+    def _lowat_room(self, space: int) -> int:
+        """TCP_NOTSENT_LOWAT: no room while `notsent_lowat` bytes wait to be sent once; else
+        up to that bound and a segment over it, as Linux's tcp_sendmsg checks the bound before
+        each buffer it fills (tcp_stream_memory_free)."""
+        lw = self.notsent_lowat
+        unsent = self.unsent
+        if unsent >= lw:
+            return 0
+        room = lw - unsent + self.mss
+        return room if room < space else space
+
+    @property
+    def notsent_ok(self) -> bool:
+        """Writable as poll says under TCP_NOTSENT_LOWAT (tcp_stream_memory_free with wake=1):
+        twice the unsent bytes below it, so a waiter wakes with room for half of it."""
+        lw = self.notsent_lowat
+        return not lw or 2 * self.unsent < lw
 
     @property
     def writable(self) -> bool:
@@ -633,6 +695,8 @@ class TcpConnection:
         x = self._t_pace
         if x < t:
             t = x
+        if self._cork is not None and self._cork.deadline < t:
+            t = self._cork.deadline
         rack = self.rack
         if rack is not None:
             if rack.t_reo < t:
@@ -668,6 +732,8 @@ class TcpConnection:
             self._quick.pingpong = False  # the answer did not come in time (usnet.proto.tcp.quickack)
         if now >= self._t_pace:
             self._t_pace = INF  # the next `outgoing` sends the next burst
+        if self._cork is not None:
+            self._cork.on_timer(now, self.snd_nxt)  # the corked tail's 200 ms passed: the next `outgoing` sends it
         if now >= self._t_ka:
             self._t_ka = INF
             self._on_keepalive(now)
@@ -1653,6 +1719,8 @@ class TcpConnection:
             avail = data_end - nxt
             fin_due = self._fin_queued and not self._fin_sent
             if avail <= 0:
+                if self._cork is not None:
+                    self._cork.drained()
                 if fin_due:
                     self._emit(out, nxt, nxt + 1, now, False)  # a bare FIN needs no window
                 elif pipe < cwnd:
@@ -1681,7 +1749,13 @@ class TcpConnection:
                 # (sender SWS avoidance), unless nothing is in flight to bring ACKs.
                 if in_flight and n < (self.max_snd_wnd >> 1):
                     return
-            elif n == avail and n < mss and in_flight and not fin_due and not cfg.nodelay:
+            elif n == avail and n % mss and not fin_due and self._cork is not None \
+                    and self._cork.holds(now, nxt + n - n % mss):
+                if n < mss:
+                    return  # TCP_CORK: the partial tail waits (usnet.proto.tcp.cork)
+                n -= n % mss  # super-segments: the full ones go
+            elif n == avail and n < mss and in_flight and not fin_due and not cfg.nodelay \
+                    and (self._cork is None or not self._cork.push):
                 return  # Nagle: one small segment outstanding at a time
             end = nxt + n
             if fin_due and end == self._fin_seq:

@@ -20,6 +20,10 @@ Not in an exchange: when we send data within a delayed-ACK time of data arriving
 connection is interactive ("ping-pong", ``inet_csk_inc_pingpong_cnt``) and its ACKs ride on
 the answers, so the mode waits (a request gets no ACK of its own before its answer). A
 duplicate, or a delayed ACK that had to go alone (the answer did not come in time), ends that.
+
+TCP_QUICKACK sets and reads the interactive bit (`set`): a program that has answered what
+it will answer (or wants the peer's next segment acknowledged at once) sets 1; Linux reads
+``!pingpong`` back, so does usnet.
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ class QuickAck:
         last = self.last_in
         if last is not None and now - last < ato:
             self.pingpong = True
+
+    def set(self, flag: bool) -> bool:
+        """TCP_QUICKACK (Linux's __tcp_sock_set_quickack): 0 makes the connection interactive,
+        its ACKs wait for an answer; 1 ends that, and True says a pending delayed ACK is to go now."""
+        self.pingpong = not flag
+        return flag
 
     def ack_sent(self) -> None:
         """An ACK of new data left: one quick ACK fewer."""

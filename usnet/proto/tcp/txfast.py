@@ -20,7 +20,7 @@ What it declines: a FIN to send (or queued), loss recovery or anything
 RACK wants to resend or probe, SACK blocks or a D-SACK to report (options
 other than the timestamp), no timestamps, ECE/CWR to set, an idle restart
 due, data that does not fit one segment, the peer's window, the congestion
-window or the pacer's budget, a Nagle hold, and super-segments.
+window or the pacer's budget, a Nagle hold, a set TCP_CORK or MSG_MORE, and super-segments.
 
 tests/proto/test_tcp_fastpath.py plays random traffic with both fast paths
 on and off and asserts the same segments and the same state after every step.
@@ -49,6 +49,9 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     False: not taken, nothing changed."""
     if c._fin_queued or not c.ts_ok or c._recovery or c._ece or c._cwr:
         return False
+    cork = c._cork
+    if cork is not None and (cork.on or cork.more):
+        return False  # TCP_CORK or MSG_MORE: `_send` decides (usnet.proto.tcp.cork)
     rack = c.rack
     if rack is not None and (rack.tlp_now or rack.lost_q or rack.lost_bytes):
         return False

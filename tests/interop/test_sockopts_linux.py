@@ -1,0 +1,273 @@
+"""The TCP socket options real servers set, on usnet and on the kernel side by side (root, TAP).
+
+TCP_CORK, TCP_QUICKACK, TCP_DEFER_ACCEPT, TCP_FASTOPEN, TCP_FASTOPEN_CONNECT and SO_BINDTODEVICE
+were ENOPROTOOPT on usnet; Linux takes them. Each is set and read back on a kernel socket in the
+test's namespace and on a usnet socket in the same state (new, listening, connected): the same
+values kept, the same errors. TCP_CORK and MSG_MORE are also seen on the wire: an HTTP server's
+header and body, written apart while corked, leave as one segment, from the kernel and from usnet alike
+(an AF_PACKET socket on the TAP's host end sees both directions).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from usnet import socket as us
+from usnet.client import Client
+
+pytestmark = pytest.mark.privileged
+LIMIT = 10.0  # seconds for any wait: only reached when something is broken
+ETH_P_ALL = 0x0003
+T = socket.IPPROTO_TCP
+CORK, DEFER, QUICKACK, TFO, TFO_CONNECT, BINDTODEVICE = 3, 9, 12, 23, 30, 25
+
+
+def _outcome(s, level: int, opt: int, value=None, buflen: int = 0):
+    """What getsockopt (value None) or setsockopt gives: the value, "ok", or the errno's name."""
+    try:
+        if value is None:
+            return s.getsockopt(level, opt, buflen) if buflen else s.getsockopt(level, opt)
+        s.setsockopt(level, opt, value)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
+# (option, values set in turn, each read back)
+_TCP = [
+    (CORK, [1, 5, 0, -1, 0]),
+    (QUICKACK, [0, 1, 2, 0, -3]),
+    (DEFER, [1, 2, 3, 5, 10, 100, 1000, -1, 0]),
+    (TFO, [5, 100000, -1, 0]),
+    (TFO_CONNECT, [1, 2, -1, 0]),
+]
+
+
+def _walk(s, ifname: str) -> list:
+    """The same calls on one socket: every option read, set to each value and read back."""
+    got = []
+    for opt, values in _TCP:
+        got.append((opt, _outcome(s, T, opt)))
+        for v in values:
+            got.append((opt, v, _outcome(s, T, opt, v), _outcome(s, T, opt)))
+    for name in (b"nosuch0", ifname.encode(), b"", ifname.encode() + b"\0junk"):
+        got.append((name, _outcome(s, socket.SOL_SOCKET, BINDTODEVICE, name),
+                    _outcome(s, socket.SOL_SOCKET, BINDTODEVICE, None, 16),
+                    _outcome(s, socket.SOL_SOCKET, BINDTODEVICE, None, 4)))
+    got.append(("bind-none", _outcome(s, socket.SOL_SOCKET, BINDTODEVICE, b""),
+                _outcome(s, socket.SOL_SOCKET, BINDTODEVICE)))
+    return got
+
+
+def test_tcp_options_are_kept_and_refused_as_linux_in_every_state(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    k_lst = socket.socket()
+    k_lst.bind((host_ip, 0))
+    k_lst.listen()
+    k_lst.settimeout(LIMIT)
+    u_lst = us.socket(client=client, netif=ifname)
+    u_lst.bind((usnet_ip, 0))
+    u_lst.listen()
+    u_lst.settimeout(LIMIT)
+    opened = [k_lst, u_lst]
+    try:
+        # new sockets
+        with socket.socket() as k, us.socket(client=client, netif=ifname) as u:
+            assert _walk(u, ifname) == _walk(k, ifname)
+        # listeners
+        assert _walk(u_lst, ifname) == _walk(k_lst, ifname)
+        # connected: each to a listener of the other kind, over the TAP
+        k = socket.create_connection(u_lst.getsockname(), timeout=LIMIT)
+        u = us.create_connection(k_lst.getsockname(), timeout=LIMIT, client=client, netif=ifname)
+        opened += [k, u, k_lst.accept()[0], u_lst.accept()[0]]
+        assert _walk(u, ifname) == _walk(k, ifname)
+        # SO_BINDTODEVICE chooses a usnet socket's netif (the domain's name for it, here the TAP's),
+        # as netif= does; once its flow is on one, another netif is EINVAL
+        b = us.socket(client=client)
+        b.settimeout(LIMIT)
+        opened.append(b)
+        b.setsockopt(socket.SOL_SOCKET, BINDTODEVICE, ifname.encode())
+        b.connect(k_lst.getsockname())
+        opened.append(k_lst.accept()[0])
+        assert b.getsockopt(socket.SOL_SOCKET, BINDTODEVICE, 16) == ifname.encode() + b"\0"
+        others = [str(n["netif"]["name"]) for n in client.status()["netifs"] if n["netif"]["name"] != ifname]
+        for other in others:
+            assert _outcome(b, socket.SOL_SOCKET, BINDTODEVICE, other.encode()) == "EINVAL"
+    finally:
+        for s in opened:
+            s.close()
+
+
+class Capture:
+    """The TCP segments with data on the TAP's host end, from `src` to port `dport`."""
+
+    def __init__(self, ifname: str) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind((ifname, 0))
+        self.sock.settimeout(0.2)
+        self.seen: list = []
+
+    def data(self, src: str, dport: int, total: int) -> list[int]:
+        """The payload lengths of the data segments from src to dport, read until they add up
+        to `total`; fails after LIMIT seconds."""
+        deadline = time.monotonic() + LIMIT
+        while True:
+            got = [len(p[TCP].payload) for p in self.seen
+                   if p[IP].src == src and p[TCP].dport == dport and len(p[TCP].payload)]
+            if sum(got) >= total:
+                return got
+            if time.monotonic() > deadline:
+                raise AssertionError(f"saw {got} of {total} bytes")
+            try:
+                frame = self.sock.recv(70000)
+            except TimeoutError:
+                continue
+            pkt = Ether(frame)
+            if IP in pkt and TCP in pkt:
+                self.seen.append(pkt[IP])
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _serve_corked(s, header: bytes, body: bytes) -> None:
+    """An HTTP server's answer as nginx sends it: TCP_NODELAY, cork, header, body, uncork."""
+    s.setsockopt(T, socket.TCP_NODELAY, 1)
+    s.setsockopt(T, CORK, 1)
+    s.sendall(header)
+    s.sendall(body)
+    s.setsockopt(T, CORK, 0)
+
+
+def _read(s, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = s.recv(n - len(got))
+        assert chunk
+        got += chunk
+    return got
+
+
+def test_corked_header_and_body_leave_as_one_segment_from_the_kernel_and_from_usnet(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    header = b"HTTP/1.1 200 OK\r\nContent-Length: 700\r\n\r\n"
+    body = b"b" * 700
+    cap = Capture(ifname)
+    k_lst = socket.socket()
+    k_lst.bind((host_ip, 0))
+    k_lst.listen()
+    k_lst.settimeout(LIMIT)
+    u_lst = us.socket(client=client, netif=ifname)
+    u_lst.bind((usnet_ip, 0))
+    u_lst.listen()
+    u_lst.settimeout(LIMIT)
+    opened = [k_lst, u_lst]
+    try:
+        # usnet serves, the kernel reads
+        kc = socket.create_connection(u_lst.getsockname(), timeout=LIMIT)
+        us_srv, _ = u_lst.accept()
+        opened += [kc, us_srv]
+        _serve_corked(us_srv, header, body)
+        assert _read(kc, len(header + body)) == header + body
+        usnet_segs = cap.data(usnet_ip, kc.getsockname()[1], len(header + body))
+        # the kernel serves, usnet reads
+        uc = us.create_connection(k_lst.getsockname(), timeout=LIMIT, client=client, netif=ifname)
+        k_srv, _ = k_lst.accept()
+        opened += [uc, k_srv]
+        _serve_corked(k_srv, header, body)
+        assert _read(uc, len(header + body)) == header + body
+        kernel_segs = cap.data(host_ip, uc.getsockname()[1], len(header + body))
+        assert usnet_segs == kernel_segs == [len(header + body)]
+        # MSG_MORE corks one write: the header with it, the body without: one segment, on both
+        for s, peer in ((us_srv, kc), (k_srv, uc)):
+            s.send(header, socket.MSG_MORE)
+            s.sendall(body)
+            assert _read(peer, len(header + body)) == header + body
+        usnet_segs = cap.data(usnet_ip, kc.getsockname()[1], 2 * len(header + body))
+        kernel_segs = cap.data(host_ip, uc.getsockname()[1], 2 * len(header + body))
+        assert usnet_segs == kernel_segs == [len(header + body)] * 2
+        # still corked, a lone small write goes all the same (the 200 ms ceiling), on both
+        for s, peer in ((us_srv, kc), (k_srv, uc)):
+            s.setsockopt(T, CORK, 1)
+            s.sendall(b"tail")
+            assert _read(peer, 4) == b"tail"  # (a blocking read: bounded by LIMIT)
+    finally:
+        for s in opened:
+            s.close()
+        cap.close()
+
+
+SIOCOUTQNSD = 0x894B  # the kernel socket's bytes not yet sent
+
+
+def _fill(s) -> int:
+    """Non-blocking sends of 4 KiB until EAGAIN (bounded); the bytes taken."""
+    s.setblocking(False)
+    total = 0
+    for _ in range(10_000):
+        try:
+            total += s.send(b"n" * 4096)
+        except BlockingIOError:
+            return total
+    raise AssertionError("send never blocked")
+
+
+def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_domain):
+    """trio's setting (16 KiB): a peer that does not read; the sender stops taking data once
+    about that much waits unsent (measured: kernel 23168 or 33304, usnet 17832; without the
+    option 63712 and 51056), and select says unwritable, on both stacks; after the peer reads, it is
+    writable again."""
+    import fcntl
+    import select
+    import struct
+
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    lowat = 16384
+    k_lst = socket.socket()
+    k_lst.bind((host_ip, 0))
+    k_lst.listen()
+    k_lst.settimeout(LIMIT)
+    u_lst = us.socket(client=client, netif=ifname)
+    u_lst.bind((usnet_ip, 0))
+    u_lst.listen()
+    u_lst.settimeout(LIMIT)
+    opened = [k_lst, u_lst]
+    try:
+        kc = socket.create_connection(u_lst.getsockname(), timeout=LIMIT)  # the kernel sends
+        u_peer, _ = u_lst.accept()
+        uc = us.create_connection(k_lst.getsockname(), timeout=LIMIT, client=client, netif=ifname)
+        k_peer, _ = k_lst.accept()
+        opened += [kc, u_peer, uc, k_peer]
+        for s in (kc, uc):
+            s.setsockopt(T, socket.TCP_NOTSENT_LOWAT, lowat)
+            assert s.getsockopt(T, socket.TCP_NOTSENT_LOWAT) == lowat
+        _fill(kc)
+        _fill(uc)
+        kernel_unsent = struct.unpack("i", fcntl.ioctl(kc.fileno(), SIOCOUTQNSD, b"\0" * 4))[0]
+        usnet_unsent = uc.connection.unsent
+        # Linux checks the bound before each buffer it fills (up to 64 KiB with TSO); usnet
+        # takes up to the bound and a segment over it
+        assert lowat <= kernel_unsent <= lowat + 65536, kernel_unsent
+        assert lowat <= usnet_unsent <= lowat + uc.connection.mss, usnet_unsent
+        for s in (kc, uc):
+            assert select.select([], [s], [], 0)[1] == []
+        # the peers read: the senders are writable again
+        for s, peer in ((kc, u_peer), (uc, k_peer)):
+            peer.settimeout(LIMIT)
+            for _ in range(1000):
+                if select.select([], [s], [], 0)[1]:
+                    break
+                peer.recv(65536)
+            assert select.select([], [s], [], LIMIT)[1] == [s]
+    finally:
+        for s in opened:
+            s.close()
