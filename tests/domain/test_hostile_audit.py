@@ -3,7 +3,7 @@
 
 Each test is one attack; it asserts that the domain keeps serving, that what the attacker can
 make it hold stays bounded, and that the attacker is told why (docs/design-notes.md,
-"Issue 16: hostile-client audit").
+"A red-team audit of usnetd: sessions, the loop, descriptors, ICMP").
 """
 
 from __future__ import annotations

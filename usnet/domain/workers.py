@@ -1,7 +1,7 @@
 """usnetd on more than one core: the domain as N processes, each serving a share of the flows.
 
 Python threads would not help: the data path is Python, and one interpreter runs one thread at a
-time (docs/design-notes.md, "Issue 18: more than one core", has the measurement). So workers are
+time (docs/design-notes.md, "More than one core: usnetd --workers", has the measurement). So workers are
 processes. `usnetd --workers N` (N > 1) opens every TAP netif with N queues (usnet.drivers.tap:
 `TapDriver.queues`, IFF_MULTI_QUEUE) and every packet netif as N sockets in a PACKET_FANOUT group
 (usnet.drivers.packet: `PacketDriver.queues`), both steered by local port (usnet.drivers.steer):
