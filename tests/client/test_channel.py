@@ -875,3 +875,40 @@ def test_packets_a_receiver_freed_are_lent_again_before_untouched_ones():
         assert len(seen) <= 2 * (WARM_BYTES // 65536) + 8, sorted(seen)
         rx.close()
         tx.close()
+
+
+def test_a_pool_refill_is_not_lost_when_another_thread_drains_the_bell(tmp_path, monkeypatch):
+    """The nexus answers a refill by ringing the channel's bell, and the stack thread sleeps on
+    that same bell: when it drained the bell first, the waiting send slept a whole WAIT_SLICE
+    (50 ms: the first connect after a fork, and the quick bulk benchmark, lost that much). The
+    wait now reads the answer's word between short naps. Here every ring is lost (the channel's
+    poll never reports the bell, as when another thread took it first) and the slice and the
+    answer's bound are made huge: the refill still comes back."""
+    from usnet.abi.transport import listen_seqpacket
+    from usnet.client import channel as chmod
+
+    monkeypatch.setattr(chmod, "WAIT_SLICE", 1000.0)
+    monkeypatch.setattr(chmod, "NEXUS_ANSWER", 1000.0)
+    d = usnet.Domain()
+    d.start()  # its own loop thread, reached over a socket: the nexus answers asynchronously
+    d.listen(listen_seqpacket(str(tmp_path / "d.sock")))
+    client = usnet.Client.connect(str(tmp_path / "d.sock"))
+    a, b = pipe(client, ring_size=8, packets=64, max_packets=64)
+
+    class Deaf:  # the bell rang, but another thread drained it: nothing to report, a full sleep
+        def poll(self, ms: float) -> list:
+            time.sleep(ms / 1000)
+            return []
+
+    try:
+        held = a.alloc(8)  # the ALLOC ring's fill: the next alloc asks the nexus for more
+        a._poll = Deaf()
+        got: list = []
+        t = threading.Thread(target=lambda: got.extend(a.alloc(1)), daemon=True)
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), "the refill's answer was lost with the drained bell"
+        assert len(got) == 1 and got[0] not in held
+    finally:
+        client.close()
+        d.stop()

@@ -365,12 +365,20 @@ class Channel:
                 # for the network, and a non-blocking send must not fail for want of it (an
                 # asyncio UDP server's first reply did, with ENOBUFS). A dead usnetd ends it
                 # at once (`_sleep`), a stuck one after NEXUS_ANSWER.
+                # The answer rings our bell, but the stack thread sleeps on the same bell and
+                # may drain it first (the poll here then slept a whole WAIT_SLICE: 50 ms on the
+                # first send after a fork, where the timing favoured it): so naps that double
+                # from half a millisecond, the answer's word read between them.
                 answer_by = time.monotonic() + NEXUS_ANSWER
+                nap = 0.0005
                 while self._words[W_SYNC + self.role] == seq:  # until the nexus has answered
                     self._check_state()
                     slept = True
-                    if not self._sleep(answer_by):
+                    now = time.monotonic()
+                    if now >= answer_by:
                         raise NoBuffers("the nexus did not answer a pool refill in time")
+                    self._sleep(min(answer_by, now + nap))
+                    nap = min(nap * 2, WAIT_SLICE)
                 cache += self._alloc.pop(self._alloc.capacity)
                 if cache:
                     return
