@@ -149,11 +149,13 @@ def _accepting(ls, out: dict) -> threading.Thread:
     return t
 
 
-def test_a_listener_waits_while_usnetd_is_away_and_listens_again_once_it_is_back(tapd):
-    """A kernel listener outlives its link going down and up; a usnet listener outlives usnetd
-    (usnet.client.rebind): its blocked accept goes on waiting (no error), it is not readable and a
-    non-blocking accept says EAGAIN while usnetd is away, and once usnetd is back the same socket,
-    and its dup, take connections on the same port."""
+@pytest.mark.parametrize("away", ["killed", "stopped"])
+def test_a_listener_waits_while_usnetd_is_away_and_listens_again_once_it_is_back(tapd, away):
+    """A kernel listener outlives its link going down and up; a usnet listener outlives usnetd,
+    killed or stopped (`usnet down`: its channels defunct with DOMAIN_SHUTDOWN before the control
+    socket closes) (usnet.client.rebind): its blocked accept goes on waiting (no error), it is not
+    readable and a non-blocking accept says EAGAIN while usnetd is away, and once usnetd is back
+    the same socket, and its dup, take connections on the same port."""
     import select
 
     from usnet import socket as us
@@ -170,7 +172,10 @@ def test_a_listener_waits_while_usnetd_is_away_and_listens_again_once_it_is_back
     out: dict = {}
     t = _accepting(ls, out)
 
-    tapd.kill()
+    if away == "killed":
+        tapd.kill()
+    else:
+        tapd.daemon.stop()  # SIGTERM: usnetd's clean shutdown
     wait_until(lambda: rebind.waiting() == 1, 5, "the listener to wait for usnetd")
     twin.setblocking(False)
     with pytest.raises(BlockingIOError):

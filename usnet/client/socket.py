@@ -38,10 +38,12 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
+from usnet.abi.events import DefunctReason
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import rebind as _rebind
 from usnet.client import resolver as _names
 from usnet.client import sockopts as _so
+from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
 from usnet.client.session import Client, DomainGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
@@ -278,6 +280,11 @@ def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None 
 
 
 _UNSET: Any = object()
+def _went_away(e: BaseException | None) -> bool:
+    """Whether `e` says usnetd went away (killed, or stopped), not that a flow failed."""
+    return isinstance(e, DomainGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.DOMAIN_SHUTDOWN)
+
+
 _MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`socket._rebind`)
 _SOMAXCONN = 4096
 _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
@@ -1458,10 +1465,11 @@ class socket:
         self._update()
 
     def _orphan_if_gone(self) -> None:
-        """Its usnetd went away, and it is a socket of the default domain: orphaned, it waits to
-        be bound again once one is back (usnet.client.rebind). With the engine's lock held."""
+        """Its usnetd went away (died: `DomainGone`; or stopped, `usnet down`: its channels defunct
+        with DOMAIN_SHUTDOWN first), and it is a socket of the default domain: orphaned, it waits
+        to be bound again once one is back (usnet.client.rebind). With the engine's lock held."""
         eng = self._engine
-        if eng is not None and isinstance(eng.error, DomainGone) and self._where[0] is None and not self._dead:
+        if eng is not None and _went_away(eng.error) and self._where[0] is None and not self._dead:
             self._orphan = True
             _rebind.orphaned(self)
 
