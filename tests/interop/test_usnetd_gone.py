@@ -364,3 +364,37 @@ def test_an_asyncio_datagram_endpoint_is_bound_again_once_usnetd_is_back(tapd):
     finally:
         loop.close()
     k.close()
+
+
+def test_a_wildcard_listener_bound_again_serves_a_loopback_client_more_than_a_segment(tapd):
+    """The loopback half of a listener bound again after a restart listens with the loopback
+    netif's TCP config, as `listen` gives it (no segmentation offload there), not the TAP's: a
+    server on 0.0.0.0 answers a 127.0.0.1 client more than a segment after usnetd came back with
+    offload on its TAP."""
+    import hashlib
+
+    from usnet import socket as us
+    from usnet.client import rebind
+
+    ls = us.create_server(("", 0))
+    port = ls.getsockname()[1]
+    tapd.kill()
+    wait_until(lambda: rebind.waiting() == 1, 5, "the listener to wait for usnetd")
+    tapd.config.write_text(tapd.config.read_text().replace("offload = false", "offload = true"))
+    tapd.start()
+    wait_until(lambda: rebind.waiting() == 0, 10, "the listener to listen again")
+    data = os.urandom(200_000)
+    out: dict = {}
+    t = _accepting(ls, out)
+    with us.create_connection(("127.0.0.1", port), timeout=10) as c:
+        t.join(10)
+        k, err = out.get("accept", (None, "still blocked"))
+        assert err is None, repr(err)
+        with k:
+            k.sendall(data)
+            k.shutdown(us.SHUT_WR)
+            got = bytearray()
+            while chunk := c.recv(65536):
+                got += chunk
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+    ls.close()

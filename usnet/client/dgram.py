@@ -44,7 +44,9 @@ from usnet.client.socket import (
     SOCK_DGRAM,
     SOL_SOCKET,
     _is_loopback,
+    _on_loopback_only,
     _sockaddr,
+    _v6_wildcard_refused,
     getaddrinfo,
     open_sockets,
     socket,
@@ -260,16 +262,13 @@ class DatagramFace(socket):
     def _new_engine(self, port: int, host: str | None) -> DatagramEngine:
         """A flow on `port` with the socket's options (what `_open` and `_rebind` open)."""
         client, netif = self._target(host)
-        reuse = bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)))  # SO_REUSEPORT, set before bind
+        reuse = self._reuse_port()
         try:
             flow = client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse)
         except OSError as e:
-            if not (e.errno == errno.EADDRNOTAVAIL and host is None and self._ip_version == 6
-                    and netif != LOOPBACK_NETIF):
+            if not _v6_wildcard_refused(e, host, self._ip_version, netif):
                 raise
-            # "::" where the netif has no IPv6 address: Linux binds all the same and hears ::1; here
-            # the loopback netif's ::1 alone, as a TCP socket's (usnet.client.socket `_on_loopback_only`)
-            flow = self._udp_on_loopback_only(client, port, reuse, e)
+            flow = _on_loopback_only(lambda: client.udp_socket(LOOPBACK_NETIF, port, family=6, reuse_port=reuse), e)
             netif = LOOPBACK_NETIF
         self._netif = netif
         eng = DatagramEngine(flow, client)
@@ -279,14 +278,6 @@ class DatagramFace(socket):
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
         return eng
-
-    def _udp_on_loopback_only(self, client: Any, port: int, reuse: bool, refused: OSError) -> Any:
-        """The wildcard IPv6 flow of a netif without IPv6: on the domain's loopback netif (::1);
-        without one, the netif's refusal stands (EADDRNOTAVAIL)."""
-        try:
-            return client.udp_socket(LOOPBACK_NETIF, port, family=6, reuse_port=reuse)
-        except OSError as e:
-            raise (refused if e.errno == errno.ENODEV else e) from None
 
     def _eng(self, dest: str | None = None) -> DatagramEngine:
         """The flow, opened (an ephemeral port) on first use, as Linux binds on first send (to
@@ -310,7 +301,7 @@ class DatagramFace(socket):
             return
         try:
             lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=self._ip_version, with_channel=eng.ch.id,
-                                   reuse_port=bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT))))
+                                   reuse_port=self._reuse_port())
         except OSError:  # no loopback netif (ENODEV), or it cannot take the port
             return
         if mark := ip_mark(self.family, self._opts):
@@ -505,16 +496,12 @@ class DatagramFace(socket):
             if opt == SO_RCVBUF and self._engine is not None:
                 self._engine.rcvbuf = value
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
-            v = ip_option(self.type, level, opt, value)
-            if v is None:
-                self._opts.pop((level, opt), None)  # the default again
-            else:
-                self._opts[level, opt] = v
+            mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
             eng = self._engine
             if eng is not None:
                 with eng.lock:
                     for d in eng.flows():
-                        d.set_marking(ip_mark(self.family, self._opts))
+                        d.set_marking(mark)
             return
         self._opts[level, opt] = value
 
@@ -574,7 +561,7 @@ class DatagramFace(socket):
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {host}, the address this socket was bound to")
         with old.lock:
-            group = [w for w in old.watchers if isinstance(w, DatagramFace) and w._share is self._share]
+            group = self._dups(old)
             with eng.lock:
                 eng.remote = old.remote
                 for d in eng.flows():

@@ -821,13 +821,9 @@ class Runner:
         why = worker_gone_reason(e.ch.alive_fd)
         with self._lock:
             lent = e in self.lent
-        self.remove(e)
-        with e.lock:
-            if e.error is None:
-                # not DomainGone: usnetd lives on and restarts the worker; its sockets fail (usnet.client.rebind
-                # binds again only what a usnetd restart took)
-                e.error = ConnectionAbortedError(errno.ECONNABORTED, why + ": this connection is lost")
-            e.notify()
+        # not DomainGone: usnetd lives on and restarts the worker; its sockets fail (usnet.client.rebind
+        # binds again only what a usnetd restart took)
+        self._fail(e, ConnectionAbortedError(errno.ECONNABORTED, why + ": this connection is lost"))
         d = getattr(e, "driver", None) if lent else None
         if d is not None:
             d.gone(e)
@@ -836,12 +832,15 @@ class Runner:
 
     def _abort(self, e: Served, where: str) -> None:
         """An engine of a usnetd that went away: out of the runner, its socket calls raise at once."""
+        self._fail(e, DomainGone(errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
+                                 "this connection is lost; new sockets reconnect once it runs again (`usnet up`)"))
+
+    def _fail(self, e: Served, error: OSError) -> None:
+        """`e` out of the runner, failed with `error` unless it failed already; its watchers told."""
         self.remove(e)
         with e.lock:
             if e.error is None:
-                e.error = DomainGone(
-                    errno.ECONNABORTED, f"usnetd{where} went away (its control socket closed): "
-                    "this connection is lost; new sockets reconnect once it runs again (`usnet up`)")
+                e.error = error
             e.notify()
 
     def _run(self) -> None:

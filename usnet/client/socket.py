@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from usnet.abi.events import DefunctReason
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
@@ -280,12 +280,29 @@ def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None 
 
 
 _UNSET: Any = object()
+_MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`socket._rebind`)
+_T = TypeVar("_T")
+
+
 def _went_away(e: BaseException | None) -> bool:
     """Whether `e` says usnetd went away (killed, or stopped), not that a flow failed."""
     return isinstance(e, DomainGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.DOMAIN_SHUTDOWN)
 
 
-_MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`socket._rebind`)
+def _v6_wildcard_refused(e: OSError, host: object, ip_version: int, netif: str) -> bool:
+    """Whether the netif refused "::" for want of an IPv6 address: Linux binds the wildcard all the
+    same and takes what comes to the host's IPv6 addresses, here only the loopback netif's ::1
+    (tornado and trio.serve_tcp bind every address getaddrinfo gives for "")."""
+    return e.errno == errno.EADDRNOTAVAIL and host is None and ip_version == 6 and netif != LOOPBACK_NETIF
+
+
+def _on_loopback_only(open_on_loopback: Callable[[], _T], refused: OSError) -> _T:
+    """The wildcard IPv6 flow of a netif without IPv6 (`_v6_wildcard_refused`), on the domain's
+    loopback netif (::1) alone, TCP's or UDP's; without one, the netif's refusal stands."""
+    try:
+        return open_on_loopback()
+    except OSError as e:
+        raise (refused if e.errno == errno.ENODEV else e) from None
 _SOMAXCONN = 4096
 _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
 # fileno -> the open socket whose descriptor it is (made by fileno, dup or a take-back), so that
@@ -448,13 +465,10 @@ class socket:
             try:
                 eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
             except OSError as e:
-                if not (e.errno == errno.EADDRNOTAVAIL and host is None and self._ip_version == 6
-                        and netif != LOOPBACK_NETIF):
+                if not _v6_wildcard_refused(e, host, self._ip_version, netif):
                     raise
-                # "::" where the netif has no IPv6 address: on Linux the wildcard binds all the
-                # same, and takes what comes to the host's IPv6 addresses, here only the loopback
-                # netif's ::1 (tornado and trio.serve_tcp bind every address getaddrinfo gives for "")
-                eng = self._on_loopback_only(client, port, e)
+                eng = _on_loopback_only(lambda: FlowEngine(client, LOOPBACK_NETIF, port, family=6,
+                                                           reuse_port=self._reuse_port()), e)
                 netif = LOOPBACK_NETIF
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
@@ -471,14 +485,6 @@ class socket:
         self._wildcard = host is None
         self._netif = netif
         self._attach(eng, owns=True)
-
-    def _on_loopback_only(self, client: Client, port: int, refused: OSError) -> FlowEngine:
-        """The wildcard IPv6 bind of a netif without IPv6: the domain's loopback netif (::1) alone;
-        without one, the netif's refusal stands (EADDRNOTAVAIL)."""
-        try:
-            return FlowEngine(client, LOOPBACK_NETIF, port, family=6, reuse_port=self._reuse_port())
-        except OSError as e:
-            raise (refused if e.errno == errno.ENODEV else e) from None
 
     def _take_lingering(self, client: Client, netif: str, port: int, refused: OSError) -> FlowEngine:
         """SO_REUSEADDR, and usnetd says the port is in use: a listener of this process that closed
@@ -560,15 +566,19 @@ class socket:
         assert eng is not None
         lo = self._loopback_half(eng)
         with eng.lock:
-            config = replace(eng.tcp.config, **self._buffer_options())
-            eng.tcp.listen(self._port, backlog=backlog, config=config)
-            if lo is not None:  # its own netif's config (no segmentation offload on lo), the same options
-                lo.tcp.listen(self._port, backlog=backlog, config=replace(lo.tcp.config, **self._buffer_options()))
-                self._lo = lo  # its watchers are the engine's: this socket hears both
+            self._listen_on(eng, lo, backlog)
+            self._lo = lo  # its watchers are the engine's: this socket hears both
             self._listening = True
             self._update()
         if lo is not None:
             runner().add(lo)
+
+    def _listen_on(self, eng: FlowEngine, lo: FlowEngine | None, backlog: int) -> None:
+        """Listen on `eng`'s netif and on its loopback half `lo` (if any), each with its own netif's
+        TCP config (no segmentation offload on lo) and the socket's options. With the lock held."""
+        for e in (eng, lo):
+            if e is not None:
+                e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()))
 
     def _loopback_half(self, eng: FlowEngine) -> FlowEngine | None:
         """A listener bound to the wildcard address listens on the domain's loopback netif too, as
@@ -1076,11 +1086,7 @@ class socket:
         inherit them as on Linux). A connection's mark is its own (`TcpConfig.ip_mark`), though a
         connector's or a listener's engine carries many: the IP layer keys its header templates
         by it (usnet.proto.ipmark), and a socket that sets none costs nothing per packet."""
-        if value is None:
-            self._opts.pop((level, opt), None)
-        else:
-            self._opts[level, opt] = value
-        mark = ip_mark(self.family, self._opts)
+        mark = self._keep_mark(level, opt, value)
         conn, eng = self._conn, self._engine
         if eng is None:
             return  # connect or listen takes it (`_buffer_options`)
@@ -1092,6 +1098,15 @@ class socket:
                     lst = None if e is None else e.tcp.listeners.get(self._port)
                     if lst is not None:
                         lst.config.ip_mark = mark
+
+    def _keep_mark(self, level: int, opt: int, value: int | None) -> int:
+        """Keep an IP marking option's value (None: the default again); the socket's mark now
+        (usnet.proto.ipmark), for the stream and the datagram face alike."""
+        if value is None:
+            self._opts.pop((level, opt), None)
+        else:
+            self._opts[level, opt] = value
+        return ip_mark(self.family, self._opts)
 
     def _v6only(self, value: Any = 1) -> int:
         """IPV6_V6ONLY: an AF_INET6 usnet socket is an IPv6 flow and takes no IPv4 (no dual stack),
@@ -1495,13 +1510,10 @@ class socket:
         with old.lock:
             was = old.tcp.listeners.get(self._port)
             backlog = 128 if was is None else was.backlog
-            group = [w for w in old.watchers if isinstance(w, socket) and w._share is self._share]
+            group = self._dups(old)
             movers = [m for m in (getattr(w, "moved", None) for w in old.watchers) if m is not None]
-            config = replace(eng.tcp.config, **self._buffer_options())
             with eng.lock:
-                eng.tcp.listen(self._port, backlog=backlog, config=config)
-                if lo is not None:
-                    lo.tcp.listen(self._port, backlog=backlog, config=config)
+                self._listen_on(eng, lo, backlog)
                 for w in group:
                     w._engine, w._lo, w._orphan = eng, lo, False
                     eng.watch(w)
@@ -1518,6 +1530,11 @@ class socket:
                 self._last_close(eng)
             eng.wake()
 
+    def _dups(self, eng: Any) -> list[Any]:
+        """The socket objects of this socket (itself, its dups, its references) that watch `eng`.
+        With its lock held."""
+        return [w for w in eng.watchers if isinstance(w, socket) and w._share is self._share]
+
     def _rebind_failed(self, e: OSError) -> None:
         """usnetd came back but this listener cannot listen again (its port taken, its address
         gone): it fails with that error, as its bind would have."""
@@ -1527,9 +1544,8 @@ class socket:
         with eng.lock:
             why = e.strerror or str(e)
             eng.error = OSError(e.errno, f"binding port {self._port} again after usnetd came back: {why}")
-            for w in eng.watchers:
-                if isinstance(w, socket) and w._share is self._share:
-                    w._orphan = False
+            for w in self._dups(eng):
+                w._orphan = False
             eng.changed.notify_all()
             eng.notify()
 
