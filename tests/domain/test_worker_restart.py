@@ -61,25 +61,28 @@ def _udp_echo_once(ip: str, port: int) -> None:
     raise AssertionError(f"no echo on port {port}")
 
 
+def _connection(usnet_ip: str, port: int) -> tuple:
+    """(a usnet listener on `port`, a kernel client's connection to it, the accepted connection)."""
+    from usnet import socket as us
+
+    ls = us.socket(us.AF_INET, us.SOCK_STREAM)
+    ls.bind(("0.0.0.0", port))
+    ls.listen(1)
+    ls.settimeout(10)
+    k = socket.create_connection((usnet_ip, port), timeout=10)
+    c, _ = ls.accept()
+    return ls, k, c
+
+
 def test_a_killed_worker_fails_its_channels_and_is_restarted(tapd2):
     from usnet import socket as us
 
     # worker 1 (odd ports): a UDP flow and an accepted TCP connection, each with a call blocked on it
     u1 = us.socket(us.AF_INET, us.SOCK_DGRAM)
     u1.bind(("0.0.0.0", 7001))
-    ls1 = us.socket(us.AF_INET, us.SOCK_STREAM)
-    ls1.bind(("0.0.0.0", 7101))
-    ls1.listen(1)
-    ls1.settimeout(10)
-    k1 = socket.create_connection((tapd2.usnet_ip, 7101), timeout=10)
-    c1, _ = ls1.accept()
+    ls1, k1, c1 = _connection(tapd2.usnet_ip, 7101)
     # worker 0 (even ports): a TCP connection that carries a transfer across the kill
-    ls0 = us.socket(us.AF_INET, us.SOCK_STREAM)
-    ls0.bind(("0.0.0.0", 7100))
-    ls0.listen(1)
-    ls0.settimeout(10)
-    k0 = socket.create_connection((tapd2.usnet_ip, 7100), timeout=10)
-    c0, _ = ls0.accept()
+    ls0, k0, c0 = _connection(tapd2.usnet_ip, 7100)
     c0.settimeout(10)
     blob = os.urandom(1 << 16)
     got = bytearray()

@@ -65,9 +65,8 @@ def _walk(s, ifname: str) -> list:
     return got
 
 
-def test_tcp_options_are_kept_and_refused_as_linux_in_every_state(tap_domain):
-    d, ifname, usnet_ip, host_ip = tap_domain
-    client = Client.local(d)
+def _listeners(client, ifname: str, usnet_ip: str, host_ip: str) -> tuple:
+    """A kernel listener on the host's address and a usnet one on usnet's, each with a timeout."""
     k_lst = socket.socket()
     k_lst.bind((host_ip, 0))
     k_lst.listen()
@@ -76,6 +75,13 @@ def test_tcp_options_are_kept_and_refused_as_linux_in_every_state(tap_domain):
     u_lst.bind((usnet_ip, 0))
     u_lst.listen()
     u_lst.settimeout(LIMIT)
+    return k_lst, u_lst
+
+
+def test_tcp_options_are_kept_and_refused_as_linux_in_every_state(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    k_lst, u_lst = _listeners(client, ifname, usnet_ip, host_ip)
     opened = [k_lst, u_lst]
     try:
         # new sockets
@@ -161,14 +167,7 @@ def test_corked_header_and_body_leave_as_one_segment_from_the_kernel_and_from_us
     header = b"HTTP/1.1 200 OK\r\nContent-Length: 700\r\n\r\n"
     body = b"b" * 700
     cap = Capture(ifname)
-    k_lst = socket.socket()
-    k_lst.bind((host_ip, 0))
-    k_lst.listen()
-    k_lst.settimeout(LIMIT)
-    u_lst = us.socket(client=client, netif=ifname)
-    u_lst.bind((usnet_ip, 0))
-    u_lst.listen()
-    u_lst.settimeout(LIMIT)
+    k_lst, u_lst = _listeners(client, ifname, usnet_ip, host_ip)
     opened = [k_lst, u_lst]
     try:
         # usnet serves, the kernel reads
@@ -232,14 +231,7 @@ def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_do
     d, ifname, usnet_ip, host_ip = tap_domain
     client = Client.local(d)
     lowat = 16384
-    k_lst = socket.socket()
-    k_lst.bind((host_ip, 0))
-    k_lst.listen()
-    k_lst.settimeout(LIMIT)
-    u_lst = us.socket(client=client, netif=ifname)
-    u_lst.bind((usnet_ip, 0))
-    u_lst.listen()
-    u_lst.settimeout(LIMIT)
+    k_lst, u_lst = _listeners(client, ifname, usnet_ip, host_ip)
     opened = [k_lst, u_lst]
     try:
         kc = socket.create_connection(u_lst.getsockname(), timeout=LIMIT)  # the kernel sends
