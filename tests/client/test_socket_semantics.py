@@ -276,7 +276,7 @@ def test_re_listen_sets_the_backlog_and_bind_checks_the_address(c):
 def test_create_server_and_create_connection_have_the_standard_signatures(c):
     srv = us.create_server(("", 8110), backlog=4, client=c, netif="b")
     with pytest.raises(ValueError):
-        us.create_server(("", 8111), family=us.AF_INET6, dualstack_ipv6=True, client=c, netif="b")
+        us.create_server(("", 8111), dualstack_ipv6=True, client=c, netif="b")  # AF_INET (test_dual_stack)
     cl = us.create_connection((B_IP, 8110), 10, None, all_errors=True, client=c, netif="a")
     srv.settimeout(10)
     conn, addr = srv.accept()
@@ -311,17 +311,9 @@ def test_both_faces_have_every_method_of_the_standard_socket(c):
         s.close()
 
 
-def test_an_inet6_socket_says_it_is_ipv6_only_and_refuses_dual_stack(c):
-    """No dual stack in usnet: IPV6_V6ONLY reads 1 and clearing it fails, so the standard
-    `has_dualstack_ipv6` (which tries exactly that) says False and `create_server` refuses
-    `dualstack_ipv6=True` with its own message, instead of a listener deaf to IPv4."""
+def test_ipv6_v6only_on_an_inet_socket_is_enoprotoopt(c):
+    """(Dual stack on AF_INET6 sockets: tests/client/test_dual_stack.py.)"""
     for kind in (us.SOCK_STREAM, us.SOCK_DGRAM):
-        with us.socket(us.AF_INET6, kind, client=c, netif="a") as s6:
-            assert s6.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 1
-            s6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
-            with pytest.raises(OSError) as e:
-                s6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
-            assert e.value.errno == errno.EOPNOTSUPP and "AF_INET" in str(e.value)
         with us.socket(us.AF_INET, kind, client=c, netif="a") as s4, std.socket(std.AF_INET, kind) as k4:
             for sock in (s4, k4):  # the kernel's socket beside: the same errno
                 with pytest.raises(OSError) as e:

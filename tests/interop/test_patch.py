@@ -116,6 +116,31 @@ def kernel_http_server(site, host_ip: str) -> tuple[subprocess.Popen, int]:
 
 
 @pytest.mark.privileged
+def test_http_server_bound_to_ipv6_wildcard_takes_ipv4_as_on_linux(usnetd_path, site):
+    """`http.server --bind ::` is one dual-stack socket (IPV6_V6ONLY off, Linux's default): curl
+    reaches it over IPv4 and it logs the client as ::ffff:a.b.c.d, on usnet (from the kernel
+    side of the TAP) as on kernel sockets (the namespace's own loopback)."""
+    path, usnet_ip, host_ip = usnetd_path
+    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    for cmd, env, addr, client in (
+            ([sys.executable, "-m", "usnet", "run", "--"], child_env(path), usnet_ip, host_ip),
+            ([], env, "127.0.0.1", "127.0.0.1")):
+        server, port = started([*cmd, sys.executable, "-u", "-m", "http.server", "--bind", "::", "-d", str(site), "0"],
+                               env)
+        try:
+            got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), f"http://{addr}:{port}/f.bin"],
+                                 capture_output=True, timeout=LIMIT + 5)
+            assert got.returncode == 0 and got.stdout == BODY, got.stderr.decode()
+        finally:
+            stop_proc = server
+            stop_proc.terminate()
+            _, err = stop_proc.communicate(timeout=10)
+        assert f"::ffff:{client} - - " in err.decode(), err.decode()[-1000:]
+
+
+
+
+@pytest.mark.privileged
 def test_usnet_run_http_server_serves_curl_100_requests_on_one_connection(usnetd_path, site):
     """`usnet run -- python -m http.server`: unmodified, on usnet; curl (kernel) keeps one connection."""
     path, usnet_ip, _ = usnetd_path

@@ -1111,10 +1111,11 @@ def _hosts(host: Any) -> list[Any]:
 
 
 def _listen_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket], backlog: int,
-               reuse_port: bool | None = None) -> list[_us.socket]:
+               reuse_port: bool | None = None, reuse_address: bool | None = None) -> list[_us.socket]:
     """A listening socket on each distinct address of `infos` (getaddrinfo's answers), as asyncio's
-    create_server makes them on the kernel: for no host, 0.0.0.0 and :: (an AF_INET6 usnet socket
-    is IPV6_V6ONLY anyway), each on its own port if the port is 0.
+    create_server makes them on the kernel: for no host, 0.0.0.0 and ::, each on its own port if
+    the port is 0, the AF_INET6 one with IPV6_V6ONLY set (Linux's default is dual stack, which
+    would take 0.0.0.0's port in IPv4 too), with SO_REUSEADDR unless `reuse_address` is False.
 
     A wildcard the domain cannot listen on (EADDRNOTAVAIL: :: where the netif has no IPv6 and the
     domain no loopback netif to put it on, usnet.client.socket's `_on_loopback_only`) is left out,
@@ -1130,8 +1131,12 @@ def _listen_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket], b
             seen.add((af, addr))
             sock = make(af, proto)
             try:
+                if reuse_address is not False:  # asyncio's default on POSIX
+                    sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
                 if reuse_port:  # SO_REUSEPORT: several servers (processes) on one port
                     sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
+                if af == _stdsocket.AF_INET6:
+                    sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
                 sock.bind(addr)
                 sock.listen(backlog)
                 sock.setblocking(False)
@@ -1330,7 +1335,7 @@ class EventLoop(asyncio.SelectorEventLoop):
             found = await asyncio.gather(*(self._usnet_resolve(h, port or 0, family, _stdsocket.SOCK_STREAM, 0,
                                                                flags) for h in _hosts(host)))
             socks = _listen_on((info for infos in found for info in infos), self._usnet_socket, backlog,
-                               reuse_port)
+                               reuse_port, reuse_address)
         server = Server(self, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if start_serving:
             await server.start_serving()

@@ -488,7 +488,7 @@ class DatagramFace(socket):
                                 "a flow what is addressed to its netif")
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
-            self._v6only(value)  # an IPv6 flow only, as the stream face
+            self._v6only(value)
         if level == SOL_SOCKET and opt == _std.SO_BINDTODEVICE:
             value = self._device(value)  # a netif of the domain by name, as the stream face
         if level == SOL_SOCKET and opt in (SO_RCVBUF, SO_SNDBUF):
@@ -526,6 +526,18 @@ class DatagramFace(socket):
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             return self._v6only()
         return self._opts.get((level, opt), spec.default)
+
+    def _v6only(self, value: Any = None) -> int:
+        """IPV6_V6ONLY: an AF_INET6 usnet UDP socket is an IPv6 flow and takes no IPv4 (the stream
+        face has dual stack; this one not yet), so it reads 1, and clearing it is refused, not
+        ignored: a program that asks for dual stack learns at once that it has none, instead of
+        a socket deaf to IPv4. Not an AF_INET6 socket: ENOPROTOOPT, as Linux's."""
+        if self.family != AF_INET6:
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+        if value is not None and not value:
+            raise OSError(errno.EOPNOTSUPP, "usnet: an AF_INET6 UDP socket carries IPv6 only, IPV6_V6ONLY "
+                          "cannot be cleared; open an AF_INET socket beside it for IPv4")
+        return 1
 
     def shutdown(self, how: int) -> None:
         self._need_open()

@@ -160,12 +160,15 @@ class FlowEngine:
     def __init__(self, client: Client, netif: str, local_port: int = 0,
                  remote: tuple[str, int] | None = None, family: Family = 0, share: FlowEngine | None = None,
                  is_connector: bool = False, reuse_port: bool = False, **tcp_options: Any) -> None:
-        """`family` 4 or 6 (0: the remote address's, IPv4 for a listener). `share`: a listener's
-        engine on another netif whose port this one holds too, and whose lock, condition and
-        watchers it uses, so one wait and one readiness serve both (a wildcard listener's
-        loopback half, usnet.client.socket). `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`)."""
+        """`family` 4 or 6 (0: the remote address's, IPv4 for a listener). `share`: another engine of
+        the same socket, whose lock, condition and watchers this one uses, so one wait and one
+        readiness serve both (a wildcard listener's loopback half, a dual-stack socket's IPv4 flow:
+        usnet.client.socket); of the same family, it is on another netif and this one holds its
+        port too. `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`)."""
         self.client = client
-        sibling: int = 0 if share is None else share.ch.id
+        # the same port on another netif, in the same family (a dual-stack socket's IPv4 flow holds
+        # IPv4's port of its own: the families' ports are apart, as in Linux)
+        sibling: int = 0 if share is None or share.family != family else share.ch.id
         # The rings' whole capacity (they are allocated with 4,096 slots whatever their fill limit,
         # docs/design-notes.md "Ring resize changes a fill limit"): a listener's or a connector's
         # channel carries every connection of it, and a burst (a thousand handshakes and resets
@@ -179,7 +182,7 @@ class FlowEngine:
                                                   with_channel=sibling, reuse_port=reuse_port,
                                                   ring_size=RING_SLOTS, packets=POOL_PACKETS)
         self.ch.setblocking(False)
-        self.family = self.info.family
+        self.family: Family = self.info.family
         self.local = ipaddress.ip_address(self.info.local_addr).packed
         self.ip = IpLayer([self.local], mtu=self.info.mtu)
         tcp_options.setdefault("gather", True)  # data segments as parts, written into packets (`_transmit`)

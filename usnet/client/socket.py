@@ -30,10 +30,11 @@ import ipaddress
 import os
 import socket as _std
 import struct
+import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from typing import Any, Literal, TypeVar
@@ -210,11 +211,15 @@ def _literal(family: int, address: tuple) -> tuple[str, int, bytes] | None:
 
 
 def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
-    """The standard module's address tuple: (host, port), or (host, port, 0, 0) for AF_INET6."""
+    """The standard module's address tuple: (host, port), or (host, port, 0, 0) for AF_INET6, where
+    an IPv4 address (a dual-stack socket's IPv4 connection) is IPv4-mapped, ::ffff:a.b.c.d."""
     if type(addr) is bytes and len(addr) == 4:
-        return (_std.inet_ntop(AF_INET, addr), port)  # an accept's usual case, without ipaddress
-    host = str(ipaddress.ip_address(addr))
-    return (host, port, 0, 0) if family == AF_INET6 else (host, port)
+        host = _std.inet_ntop(AF_INET, addr)  # an accept's usual case, without ipaddress
+    else:
+        host = str(ipaddress.ip_address(addr))
+    if family != AF_INET6:
+        return (host, port)
+    return (host if ":" in host else "::ffff:" + host, port, 0, 0)
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
@@ -254,20 +259,23 @@ def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAUL
 
 
 def has_dualstack_ipv6() -> bool:
-    """False: an AF_INET6 usnet socket is an IPv6 flow only (IPV6_V6ONLY)."""
-    return False
+    """True, as on Linux: an AF_INET6 socket with IPV6_V6ONLY off takes IPv4 too (`socket._dual`)."""
+    return True
 
 
 def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None = None, reuse_port: bool = False,
                   dualstack_ipv6: bool = False, **where: Any) -> socket:
-    """As the standard create_server: a listening TCP socket bound to `address`."""
-    if dualstack_ipv6:
-        raise ValueError("dualstack_ipv6 not supported on this platform")
+    """As the standard create_server: a listening TCP socket bound to `address`; an AF_INET6 one
+    takes IPv4 too only with `dualstack_ipv6` (IPV6_V6ONLY is set otherwise, as the standard one sets it)."""
+    if dualstack_ipv6 and family != AF_INET6:
+        raise ValueError("dualstack_ipv6 requires AF_INET6 family")
     sock = socket(family, SOCK_STREAM, **where)
     try:
         sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(SOL_SOCKET, _std.SO_REUSEPORT, 1)
+        if family == AF_INET6:
+            sock.setsockopt(IPPROTO_IPV6, IPV6_V6ONLY, int(not dualstack_ipv6))
         sock.bind(address)
         if backlog is None:
             sock.listen()
@@ -296,6 +304,11 @@ def _v6_wildcard_refused(e: OSError, host: object, ip_version: int, netif: str) 
     return e.errno == errno.EADDRNOTAVAIL and host is None and ip_version == 6 and netif != LOOPBACK_NETIF
 
 
+def _on_loopback(eng: FlowEngine) -> bool:
+    """Whether `eng` is a flow on the domain's loopback netif (127.0.0.1, ::1)."""
+    return ipaddress.ip_address(eng.info.local_addr).is_loopback
+
+
 def _on_loopback_only(open_on_loopback: Callable[[], _T], refused: OSError) -> _T:
     """The wildcard IPv6 flow of a netif without IPv6 (`_v6_wildcard_refused`), on the domain's
     loopback netif (::1) alone, TCP's or UDP's; without one, the netif's refusal stands."""
@@ -304,6 +317,9 @@ def _on_loopback_only(open_on_loopback: Callable[[], _T], refused: OSError) -> _
     except OSError as e:
         raise (refused if e.errno == errno.ENODEV else e) from None
 _SOMAXCONN = 4096
+_BINDV6ONLY = "/proc/sys/net/ipv6/bindv6only"  # IPV6_V6ONLY's default (0 on Linux: dual stack)
+_V4MAPPED = bytes(10) + b"\xff\xff"  # an IPv4-mapped IPv6 address's first 12 bytes (::ffff:0:0/96)
+_DUAL_TRIES = 8  # ephemeral ports a dual-stack bind tries for one free in IPv4 too
 _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(fileno=...) takes it back
 # fileno -> the open socket whose descriptor it is (made by fileno, dup or a take-back), so that
 # system calls a program makes on the number itself (os.read, os.write, os.sendfile, os.close:
@@ -331,7 +347,7 @@ def by_descriptor(fd: int) -> socket | None:
 # A closed listener's flows (its netif's, its loopback half) stay while its connections finish
 # (TIME-WAIT, or still open): (client, netif, IP version, port) -> (engine, loopback half or None,
 # whether it had SO_REUSEADDR). A bind with SO_REUSEADDR takes them over (`_take_lingering`).
-_lingering: dict[tuple[int, str, int, int], tuple[FlowEngine, FlowEngine | None, bool]] = {}
+_lingering: dict[tuple[int, str, int, int], tuple[FlowEngine, tuple[FlowEngine, ...], bool]] = {}
 _lingering_lock = threading.Lock()
 # This process's socket objects that have a flow (TCP: bound, listening, connected or accepted;
 # UDP: bound or sent from): what a fork() shares with the child (usnet.client.inherit)
@@ -402,9 +418,11 @@ class socket:
         self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
         self._where = (client, netif)  # None: `configure` or the environment decides
         self._wildcard = False  # bound to 0.0.0.0 or ::
-        self._lo: FlowEngine | None = None  # a wildcard listener's second flow, on the loopback netif
+        # a wildcard socket's other flows, sharing its port, lock and watchers: the IPv4 flow of a
+        # dual-stack AF_INET6 socket (`_dual`, made by bind), and a listener's on the loopback netif
+        self._halves: tuple[FlowEngine, ...] = ()
         self._netif = ""  # the netif bind chose
-        self._lo_held: FlowEngine | None = None  # a closed listener's loopback half, bind took it over
+        self._held: tuple[FlowEngine, ...] = ()  # a closed listener's other flows, bind took it over
         self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
@@ -461,60 +479,111 @@ class socket:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
         client, netif = self._target(None if host is None else str(host))
+        dual = host is None and self._dual()
+        for attempt in range(_DUAL_TRIES):
+            eng, where = self._bind_flow(client, netif, host, port, dual)
+            try:
+                halves = self._v4_half(client, netif, eng) if dual and eng.family == 6 else ()
+            except OSError as e:
+                eng.close()
+                if e.errno == errno.EADDRINUSE and port == 0 and attempt + 1 < _DUAL_TRIES:
+                    continue  # the port it chose is IPv6's only: Linux takes one free in both
+                raise e from None
+            break
+        self._port = eng.info.local_port
+        self._wildcard = host is None
+        self._netif = where
+        self._halves = halves
+        self._attach(eng, owns=True)
+
+    def _bind_flow(self, client: Client, netif: str, host: Any, port: int, dual: bool) -> tuple[FlowEngine, str]:
+        """The bound flow of this socket's own family (`dual`: IPv4's where IPv6 is nowhere, the
+        only family a dual-stack :: then takes), and the netif it is on."""
         try:
             try:
                 eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
             except OSError as e:
                 if not _v6_wildcard_refused(e, host, self._ip_version, netif):
                     raise
-                eng = _on_loopback_only(lambda: FlowEngine(client, LOOPBACK_NETIF, port, family=6,
-                                                           reuse_port=self._reuse_port()), e)
-                netif = LOOPBACK_NETIF
+                try:
+                    eng = _on_loopback_only(lambda: FlowEngine(client, LOOPBACK_NETIF, port, family=6,
+                                                               reuse_port=self._reuse_port()), e)
+                    netif = LOOPBACK_NETIF
+                except OSError as refused:
+                    if not dual or refused.errno != errno.EADDRNOTAVAIL:
+                        raise
+                    eng = FlowEngine(client, netif, port, family=4, reuse_port=self._reuse_port())
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
                 # interface, which Linux's bind says as EADDRNOTAVAIL (aiosmtpd probes ::1 so)
                 raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address") from None
-            if e.errno != errno.EADDRINUSE or not port or not self._opts.get((SOL_SOCKET, SO_REUSEADDR)):
+            if e.errno != errno.EADDRINUSE or not port:
                 raise e from None
             eng = self._take_lingering(client, netif, port, e)
         if host is not None and ipaddress.ip_address(eng.info.local_addr) != host:
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
-        self._port = eng.info.local_port
-        self._wildcard = host is None
-        self._netif = netif
-        self._attach(eng, owns=True)
+        return eng, netif
+
+    def _dual(self) -> bool:
+        """A dual-stack socket: AF_INET6 with IPV6_V6ONLY off (Linux's default, net.ipv6.bindv6only
+        0), so bound to :: it takes IPv4 too, its peers named as IPv4-mapped addresses."""
+        if self.family != AF_INET6:
+            return False
+        v6only = self._opts.get((IPPROTO_IPV6, IPV6_V6ONLY))
+        return not (_sysctl(_BINDV6ONLY, 0) if v6only is None else v6only)
+
+    def _v4_half(self, client: Client, netif: str, eng: FlowEngine) -> tuple[FlowEngine, ...]:
+        """A dual-stack socket bound to ::: its IPv4 flow on the netif, on the same port, taken at
+        bind as Linux takes the port in both families (EADDRINUSE if IPv4's is held). None where
+        the netif has no IPv4 address (Linux's :: then takes what comes to the others)."""
+        held = [e for e in self._held if e.family == 4 and not e.closed and not _on_loopback(e)]
+        if held:  # a closed listener's, taken over with its flow (`_take_lingering`)
+            held[0].release_when_idle = False
+            return (held[0],)
+        try:
+            return (FlowEngine(client, netif, eng.info.local_port, family=4, share=eng,
+                               reuse_port=self._reuse_port()),)
+        except OSError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                return ()
+            raise
 
     def _take_lingering(self, client: Client, netif: str, port: int, refused: OSError) -> FlowEngine:
-        """SO_REUSEADDR, and usnetd says the port is in use: a listener of this process that closed
-        holds it while its connections finish. Linux lets a new listener bind the port then (a server
-        restarts at once), where both sockets asked for SO_REUSEADDR and none listens; so the new
-        socket takes that flow over, with its connections. A flow about to go (nothing but TIME-WAIT
-        left, which usnet's flow does not outlive) is let go, and the port asked for again."""
+        """usnetd says the port is in use, and a listener of this process that closed holds it.
+        With nothing left on it, Linux would have freed the port at its close: the flow is let go
+        now (its close reaches usnetd a little after the program's), and the port asked for again.
+        With connections still on it, Linux lets a new listener bind the port (a server restarts at
+        once) where both sockets asked for SO_REUSEADDR; so the new socket takes that flow over,
+        with its connections. Otherwise `refused` (EADDRINUSE) stands."""
         key = (id(client), netif, self._ip_version, port)
         with _lingering_lock:
-            held = _lingering.pop(key, None)
-        if held is None or not held[2]:
+            held = _lingering.get(key)
+        if held is None:
             raise refused
-        eng, lo, _ = held
+        eng, halves, reuse = held
         with eng.lock:
             going = eng.closed or eng.error is not None or eng.idle()
             if not going:  # the stack thread decides under this lock whether it lets the flow go
+                if not (reuse and self._opts.get((SOL_SOCKET, SO_REUSEADDR))):
+                    raise refused
                 eng.release_when_idle = False
-                if lo is not None and not lo.closed:
-                    lo.release_when_idle = False
-                    self._lo_held = lo
+                self._held = tuple(h for h in halves if not h.closed)
+                for h in self._held:
+                    h.release_when_idle = False
+                with _lingering_lock:
+                    _lingering.pop(key, None)
                 return eng
-        if not eng.closed:
-            eng.wake()
-            with eng.lock:
-                eng.changed.wait_for(lambda: eng.closed, 2.0)  # the stack thread lets it go now
-        if lo is not None:
-            with lo.lock:
-                lo.changed.wait_for(lambda: lo.closed, 2.0)
-        eng.gone.wait(2.0)  # its channel closed: the domain has its close before our open
-        return FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+        with _lingering_lock:
+            _lingering.pop(key, None)
+        for e in (eng, *halves):
+            if not e.closed:
+                e.wake()
+                with e.lock:
+                    e.changed.wait_for(lambda: e.closed, 2.0)  # noqa: B023 (the stack thread lets it go now)
+            e.gone.wait(2.0)  # its channel closed: the domain has its close before our open
+        return FlowEngine(client, netif, port, family=eng.family, reuse_port=self._reuse_port())
 
     def _reuse_port(self) -> bool:
         """SO_REUSEPORT was set before bind: the port may be shared (usnet.abi.protocol.OpenFlow)."""
@@ -548,15 +617,15 @@ class socket:
             # another object of this socket (a dup; a reference another process holds, usnet.client.
             # inherit) listens already: they are one socket, so this one listens too, as on Linux
             with eng.lock:
-                self._lo = next((w._lo for w in eng.watchers if getattr(w, "_listening", False)
-                                 and w._port == self._port), None)
+                self._halves = next((w._halves for w in eng.watchers if getattr(w, "_listening", False)
+                                     and w._port == self._port), self._halves)
             self._listening = True
         if self._listening:
             eng = self._engine
             assert eng is not None
             with eng.lock:
-                for e in (eng, self._lo):
-                    lst = None if e is None else e.tcp.listeners.get(self._port)
+                for e in (eng, *self._halves):
+                    lst = e.tcp.listeners.get(self._port)
                     if lst is not None:
                         lst.backlog = backlog
             return
@@ -564,42 +633,49 @@ class socket:
             self.bind(("", 0))
         eng = self._engine
         assert eng is not None
-        lo = self._loopback_half(eng)
+        halves = self._halves + self._loopback_halves(eng, self._halves)
         with eng.lock:
-            self._listen_on(eng, lo, backlog)
-            self._lo = lo  # its watchers are the engine's: this socket hears both
+            self._listen_on((eng, *halves), backlog)
+            self._halves = halves  # their watchers are the engine's: this socket hears them all
             self._listening = True
             self._update()
-        if lo is not None:
-            runner().add(lo)
+        for h in halves:
+            runner().add(h)
 
-    def _listen_on(self, eng: FlowEngine, lo: FlowEngine | None, backlog: int) -> None:
-        """Listen on `eng`'s netif and on its loopback half `lo` (if any), each with its own netif's
-        TCP config (no segmentation offload on lo) and the socket's options. With the lock held."""
-        for e in (eng, lo):
-            if e is not None:
-                e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()))
+    def _listen_on(self, engines: Iterable[FlowEngine], backlog: int) -> None:
+        """Listen on each of a listener's flows, each with its own netif's TCP config (no
+        segmentation offload on lo) and the socket's options. With the lock held."""
+        for e in engines:
+            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()))
 
-    def _loopback_half(self, eng: FlowEngine) -> FlowEngine | None:
+    def _loopback_halves(self, eng: FlowEngine, others: tuple[FlowEngine, ...]) -> tuple[FlowEngine, ...]:
         """A listener bound to the wildcard address listens on the domain's loopback netif too, as
-        Linux's 0.0.0.0 (::) takes connections to 127.0.0.1 (::1): a second flow there, sharing the
-        port and the engine's lock, so one accept (and one readiness) serves both. None where that
-        cannot be (bound to an address, on the loopback netif already, or a domain without one)."""
-        client, netif = self._target()
-        held, self._lo_held = self._lo_held, None
-        if held is not None:
-            if self._wildcard:
-                return held
-            with held.lock:  # bound to an address this time: the old half goes once it is idle
-                held.release_when_idle = True
-            held.wake()
-        if not self._wildcard or LOOPBACK_NETIF in (netif, self._netif):
-            return None
-        try:
-            return FlowEngine(client, LOOPBACK_NETIF, self._port, family=self._ip_version, share=eng,
-                              reuse_port=self._reuse_port())
-        except OSError:  # no loopback netif (ENODEV), or it cannot take the port: the netif's own only
-            return None
+        Linux's 0.0.0.0 (::) takes connections to 127.0.0.1 (::1): a flow there for each family it
+        takes (a dual-stack one's IPv4 flow `others` gets its own), sharing the port and the
+        engine's lock, so one accept (and one readiness) serves them all. None where that cannot
+        be (bound to an address, on the loopback netif already, or a domain without one)."""
+        wanted = [e for e in (eng, *others) if not _on_loopback(e)] if self._wildcard else []
+        held, self._held = self._held, ()
+        families = {e.family for e in wanted}
+        kept = {h.family: h for h in held if _on_loopback(h) and h.family in families}  # taken over
+        for h in held:
+            if h not in others and h not in kept.values():
+                with h.lock:  # a closed listener's flow this socket does not listen on: it goes when idle
+                    h.release_when_idle = True
+                h.wake()
+        client, _ = self._target()
+        made = []
+        for e in wanted:
+            held_one = kept.get(e.family)
+            if held_one is not None:
+                made.append(held_one)
+                continue
+            try:
+                made.append(FlowEngine(client, LOOPBACK_NETIF, self._port, family=e.family, share=e,
+                                       reuse_port=self._reuse_port()))
+            except OSError:  # no loopback netif (ENODEV), or it cannot take the port: the netif's own only
+                pass
+        return tuple(made)
 
     def accept(self) -> tuple[socket, tuple]:
         t = self._timeout
@@ -626,16 +702,18 @@ class socket:
         return child, _sockaddr(self.family, conn.remote_addr, conn.remote_port)
 
     def _accepted(self, eng: FlowEngine) -> tuple[TcpConnection, FlowEngine] | None:
-        """The next connection to accept and its engine: the netif's, then the loopback half's;
+        """The next connection to accept and its engine: the netif's, then its other flows';
         _MOVED once the listener listens on a new flow (`_rebind`)."""
         if self._engine is not eng:
             return _MOVED
         conn = eng.tcp.accept(self._port)
         if conn is not None:
             return conn, eng
-        lo = self._lo
-        conn = None if lo is None else lo.tcp.accept(self._port)
-        return None if conn is None or lo is None else (conn, lo)
+        for h in self._halves:
+            conn = h.tcp.accept(self._port)
+            if conn is not None:
+                return conn, h
+        return None
 
     def connect(self, address: tuple) -> None:
         """As the standard connect: BlockingIOError (EINPROGRESS) at once when non-blocking."""
@@ -669,19 +747,25 @@ class socket:
                 host, port = getaddrinfo(address[0], address[1], self.family, SOCK_STREAM,
                                          client=self._where[0], netif=self._where[1])[0][4][:2]
                 raddr = ipaddress.ip_address(host).packed
+            family = self._ip_version
+            if raddr[:12] == _V4MAPPED:  # ::ffff:a.b.c.d: IPv4, for a dual-stack socket (tcp_v6_connect)
+                if not self._dual():
+                    raise OSError(errno.ENETUNREACH, "Network is unreachable")
+                raddr, family = raddr[12:], 4
+                host = _std.inet_ntop(AF_INET, raddr)
             client, netif = self._target(host)
             try:
                 if self._engine is not None:  # bound: the port goes over to the connected flow
                     self._drop_engine()
-                    eng = FlowEngine(client, netif, self._port, remote=(host, port), family=self._ip_version)
+                    eng = FlowEngine(client, netif, self._port, remote=(host, port), family=family)
                     self._port = eng.info.local_port
                     owns = True
                 else:  # the process's connector on this netif carries it: one channel for all of them
-                    eng = connector(client, netif, self._ip_version)
+                    eng = connector(client, netif, family)
                     owns = False
             except OSError as e:
                 if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
-                    raise _no_loopback(self._ip_version) from None
+                    raise _no_loopback(family) from None
                 raise
             if not owns:  # a free port of the connector's blocks: no message to the domain
                 self._port = eng.take_port(raddr, port)
@@ -904,15 +988,13 @@ class socket:
             else:
                 self._conn.close(now)
         if self._listening:
-            eng.tcp.unlisten(self._port, now)
-            if self._lo is not None:
-                self._lo.tcp.unlisten(self._port, now)
-                self._lo.release_when_idle = True
-                self._lo.wake()  # whoever pumps it lets it go
-            if self._reuse_port():  # the port's other SO_REUSEPORT listeners take new connections now
-                for e in (eng, self._lo):
-                    if e is not None and not e.closed:
-                        e.client.unlisten(e.ch.id)
+            for e in (eng, *self._halves):
+                e.tcp.unlisten(self._port, now)
+                if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
+                    e.client.unlisten(e.ch.id)           # new connections now
+        for h in self._halves:
+            h.release_when_idle = True
+            h.wake()  # whoever pumps it lets it go
         if self._owns_engine:
             eng.release_when_idle = True
             if self._listening:  # a new listener with SO_REUSEADDR may take the port over
@@ -920,7 +1002,7 @@ class socket:
                 with _lingering_lock:
                     for k in [k for k, v in _lingering.items() if v[0].closed]:
                         del _lingering[k]
-                    _lingering[key] = (eng, self._lo, bool(self._opts.get((SOL_SOCKET, SO_REUSEADDR))))
+                    _lingering[key] = (eng, self._halves, bool(self._opts.get((SOL_SOCKET, SO_REUSEADDR))))
 
     def dup(self) -> socket:
         """Another socket object for the same connection; it ends when the last of them closes."""
@@ -1029,7 +1111,7 @@ class socket:
         elif level == SOL_SOCKET and opt == SO_BINDTODEVICE:
             value = self._device(value)
         elif level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
-            self._v6only(value)
+            value = self._v6only(value)
         elif level == SOL_SOCKET and opt in _BUF_LIMITS:
             path, least = _BUF_LIMITS[opt]
             value = max(2 * min(int(value), _sysctl(path, 212992)), least)  # what Linux keeps
@@ -1094,8 +1176,8 @@ class socket:
             if conn is not None:
                 conn.cfg.ip_mark = mark
             elif self._listening:
-                for e in (eng, self._lo):
-                    lst = None if e is None else e.tcp.listeners.get(self._port)
+                for e in (eng, *self._halves):
+                    lst = e.tcp.listeners.get(self._port)
                     if lst is not None:
                         lst.config.ip_mark = mark
 
@@ -1108,18 +1190,19 @@ class socket:
             self._opts[level, opt] = value
         return ip_mark(self.family, self._opts)
 
-    def _v6only(self, value: Any = 1) -> int:
-        """IPV6_V6ONLY: an AF_INET6 usnet socket is an IPv6 flow and takes no IPv4 (no dual stack),
-        so it reads 1, and clearing it is refused, not ignored: a program that asks for a dual-stack
-        socket (the standard `has_dualstack_ipv6`, `create_server(dualstack_ipv6=True)`) learns
-        at once that it has none, instead of a listener deaf to IPv4. Not an AF_INET6 socket:
-        ENOPROTOOPT, as Linux's."""
+    def _v6only(self, value: Any = None) -> int:
+        """IPV6_V6ONLY, read (`value` None) or set: whether an AF_INET6 socket takes IPv6 only, or
+        IPv4 too (`_dual`). As on Linux: ENOPROTOOPT on another family, and EINVAL once bound (the
+        port is held in the families it said)."""
         if self.family != AF_INET6:
             raise OSError(errno.ENOPROTOOPT, "Protocol not available")
-        if not value:
-            raise OSError(errno.EOPNOTSUPP, "usnet: an AF_INET6 socket carries IPv6 only, IPV6_V6ONLY "
-                          "cannot be cleared; open an AF_INET socket beside it for IPv4")
-        return 1
+        if value is None:
+            return int(not self._dual())
+        if self._engine is not None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if isinstance(value, (bytes, bytearray)):
+            value = int.from_bytes(bytes(value[:4]), sys.byteorder, signed=True)
+        return int(value != 0)
 
     def tcp_info(self) -> dict[str, Any]:
         """The connection's TCP statistics, as Linux's TCP_INFO gives them, under a usnet name:
@@ -1276,8 +1359,9 @@ class socket:
     @property
     def listening_engines(self) -> tuple[FlowEngine, ...]:
         """The engines whose accept queues a listener takes from: its netif's, and for one bound to
-        the wildcard address the loopback netif's too (they share one lock and one set of watchers)."""
-        return tuple(e for e in (self._engine, self._lo) if e is not None) if self._listening else ()
+        the wildcard address its other flows (`_halves`: IPv4 for a dual-stack one, the loopback
+        netif's); they share one lock and one set of watchers."""
+        return (self._engine, *self._halves) if self._listening and self._engine is not None else ()
 
     @property
     def connection(self) -> Any:
@@ -1303,14 +1387,15 @@ class socket:
             runner().add(eng)
 
     def _drop_engine(self) -> None:
-        """Give back a bound socket's flow at once (its port goes to the flow that follows)."""
+        """Give back a bound socket's flows at once (its port goes to the flow that follows)."""
         eng = self._engine
         assert eng is not None
         runner().remove(eng)
         with eng.lock:
             eng.unwatch(self, self._conn)
-        eng.close()
-        self._engine = None
+        for e in (*self._halves, eng):
+            e.close()
+        self._engine, self._halves = None, ()
 
     def _keepalive(self) -> dict[str, Any]:
         """`TcpConnection.set_keepalive`'s arguments from SO_KEEPALIVE and TCP_KEEPIDLE/INTVL/CNT."""
@@ -1451,11 +1536,11 @@ class socket:
         if conn is None:
             if not self._listening:
                 return True, True  # bound only
-            lst = eng.tcp.listeners.get(self._port)
-            if lst is not None and lst.accept_queue:
-                return True, False
-            lst = None if self._lo is None else self._lo.tcp.listeners.get(self._port)
-            return lst is not None and bool(lst.accept_queue), False
+            for e in (eng, *self._halves):
+                lst = e.tcp.listeners.get(self._port)
+                if lst is not None and lst.accept_queue:
+                    return True, False
+            return False, False
         st = conn.state
         if conn.error is not None or st is CLOSED:
             return True, True
@@ -1497,15 +1582,19 @@ class socket:
         old = self._engine
         if self._dead or old is None or not self._orphan:
             return
-        client, _ = self._target()  # a new session to the same socket path (ENETDOWN: not yet)
-        eng = FlowEngine(client, self._netif, self._port, family=self._ip_version, reuse_port=self._reuse_port())
+        client, netif = self._target()  # a new session to the same socket path (ENETDOWN: not yet)
+        eng = FlowEngine(client, self._netif, self._port, family=old.family, reuse_port=self._reuse_port())
+        halves: tuple[FlowEngine, ...] = ()
         try:
             if not self._wildcard and eng.info.local_addr != old.info.local_addr:
                 raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {old.info.local_addr}, "
                                                    "the address this socket listened on")
-            lo = self._loopback_half(eng)
+            if self._wildcard and self._dual() and eng.family == 6:
+                halves = self._v4_half(client, netif, eng)
+            halves += self._loopback_halves(eng, halves)
         except BaseException:
-            eng.close()
+            for e in (*halves, eng):
+                e.close()
             raise
         with old.lock:
             was = old.tcp.listeners.get(self._port)
@@ -1513,16 +1602,16 @@ class socket:
             group = self._dups(old)
             movers = [m for m in (getattr(w, "moved", None) for w in old.watchers) if m is not None]
             with eng.lock:
-                self._listen_on(eng, lo, backlog)
+                self._listen_on((eng, *halves), backlog)
                 for w in group:
-                    w._engine, w._lo, w._orphan = eng, lo, False
+                    w._engine, w._halves, w._orphan = eng, halves, False
                     eng.watch(w)
                     w._update()
             old.changed.notify_all()  # blocked accepts: moved
             old.notify()  # asyncio waits on it (usnet.aio)
         runner().add(eng)
-        if lo is not None:
-            runner().add(lo)
+        for h in halves:
+            runner().add(h)
         for moved in movers:
             moved()
         if self._dead:  # closed meanwhile: the new flow goes too

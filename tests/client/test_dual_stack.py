@@ -1,0 +1,182 @@
+"""Dual stack, as Linux's: an AF_INET6 TCP socket with IPV6_V6ONLY off (the default) takes IPv4
+too, naming its IPv4 peers as IPv4-mapped addresses (::ffff:a.b.c.d). The option's rules are
+compared with a kernel socket's (no traffic leaves: the kernel sockets are never bound to send)."""
+
+import errno
+import socket as std
+
+import pytest
+
+import usnet.socket as us
+from tests.helpers.util import memwire_domain
+
+A_IP, B_IP, A6, B6 = "10.9.0.1", "10.9.0.2", "fd00:9::1", "fd00:9::2"
+
+
+@pytest.fixture
+def c():
+    with memwire_domain(a6=f"{A6}/64", b6=f"{B6}/64") as (_d, client):
+        yield client
+
+
+def _kernel_v6only_default() -> int:
+    with std.socket(std.AF_INET6, std.SOCK_STREAM) as k:
+        return k.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY)
+
+
+def test_the_option_reads_and_sets_as_the_kernels(c):
+    """IPV6_V6ONLY reads what the kernel's default is (net.ipv6.bindv6only), sets either way
+    before bind, and is EINVAL once bound, on usnet's socket as on the kernel's."""
+    assert us.has_dualstack_ipv6() is std.has_dualstack_ipv6() is True
+    with us.socket(us.AF_INET6, client=c, netif="b") as s, std.socket(std.AF_INET6) as k:
+        assert s.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == _kernel_v6only_default()
+        for sock in (s, k):
+            sock.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+            assert sock.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 1
+            sock.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
+            assert sock.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 0
+        s.bind(("", 0))
+        k.bind(("::1", 0))  # bound, on the kernel's loopback: nothing is sent
+        for sock in (s, k):
+            with pytest.raises(OSError) as e:
+                sock.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+            assert e.value.errno == errno.EINVAL
+
+
+def test_a_dual_stack_listener_takes_ipv4_and_names_it_mapped(c):
+    srv = us.socket(us.AF_INET6, client=c, netif="b")
+    srv.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
+    srv.bind(("::", 8201))
+    srv.listen(8)
+    srv.settimeout(10)
+    cl4 = us.create_connection((B_IP, 8201), timeout=10, client=c, netif="a")
+    conn4, peer4 = srv.accept()
+    assert peer4 == ("::ffff:" + A_IP, cl4.getsockname()[1], 0, 0)
+    assert conn4.family == us.AF_INET6 and conn4.getpeername() == peer4
+    assert conn4.getsockname() == ("::ffff:" + B_IP, 8201, 0, 0)
+    cl6 = us.create_connection((B6, 8201), timeout=10, client=c, netif="a")
+    conn6, peer6 = srv.accept()
+    assert peer6[0] == A6 and conn6.getsockname()[:2] == (B6, 8201)
+    for conn, cl in ((conn4, cl4), (conn6, cl6)):
+        conn.settimeout(10)
+        cl.sendall(b"ping")
+        assert conn.recv(4) == b"ping"
+        conn.sendall(b"pong")
+        assert cl.recv(4) == b"pong"
+    for s in (cl4, conn4, cl6, conn6, srv):
+        s.close()
+
+
+def test_a_dual_stack_socket_holds_the_port_in_ipv4_and_a_v6only_one_does_not(c):
+    """Linux binds a dual-stack :: port in both families (EADDRINUSE for IPv4's after it, and
+    before it); IPV6_V6ONLY leaves IPv4's free. An ephemeral port is one free in both."""
+    dual = us.socket(us.AF_INET6, client=c, netif="b")
+    dual.bind(("::", 8202))
+    with us.socket(us.AF_INET, client=c, netif="b") as s4, pytest.raises(OSError) as e:
+        s4.bind(("", 8202))
+    assert e.value.errno == errno.EADDRINUSE
+    dual.close()
+    with us.socket(us.AF_INET, client=c, netif="b") as s4:
+        s4.bind(("", 8203))
+        with us.socket(us.AF_INET6, client=c, netif="b") as d2, pytest.raises(OSError) as e:
+            d2.bind(("::", 8203))
+        assert e.value.errno == errno.EADDRINUSE
+        with us.socket(us.AF_INET6, client=c, netif="b") as only6:
+            only6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+            only6.bind(("::", 8203))
+    with us.socket(us.AF_INET6, client=c, netif="b") as eph:
+        eph.bind(("::", 0))
+        port = eph.getsockname()[1]
+        with us.socket(us.AF_INET, client=c, netif="b") as s4, pytest.raises(OSError) as e:
+            s4.bind(("", port))
+        assert e.value.errno == errno.EADDRINUSE
+
+
+def test_a_v6only_listener_is_deaf_to_ipv4(c):
+    srv = us.socket(us.AF_INET6, client=c, netif="b")
+    srv.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+    srv.bind(("::", 8204))
+    srv.listen(8)
+    with pytest.raises(ConnectionRefusedError):
+        us.create_connection((B_IP, 8204), timeout=10, client=c, netif="a")
+    srv.close()
+
+
+def test_connect_to_a_mapped_address_goes_over_ipv4(c):
+    """tcp_v6_connect: a dual-stack socket connects to ::ffff:a.b.c.d over IPv4 and names both
+    ends mapped; a v6only one is ENETUNREACH."""
+    srv = us.create_server(("", 8205), client=c, netif="b")
+    srv.settimeout(10)
+    cl = us.socket(us.AF_INET6, client=c, netif="a")
+    cl.settimeout(10)
+    cl.connect(("::ffff:" + B_IP, 8205))
+    conn, peer = srv.accept()
+    assert peer == (A_IP, cl.getsockname()[1])
+    assert cl.getpeername() == ("::ffff:" + B_IP, 8205, 0, 0) and cl.getsockname()[0] == "::ffff:" + A_IP
+    cl.sendall(b"x")
+    conn.settimeout(10)
+    assert conn.recv(1) == b"x"
+    with us.socket(us.AF_INET6, client=c, netif="a") as only6:
+        only6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+        with pytest.raises(OSError) as e:
+            only6.connect(("::ffff:" + B_IP, 8205))
+        assert e.value.errno == errno.ENETUNREACH
+    for s in (cl, conn, srv):
+        s.close()
+
+
+def test_create_server_dualstack_as_the_standard_ones(c):
+    """The standard create_server: dualstack_ipv6 takes IPv4 too; without it an AF_INET6 server is
+    IPV6_V6ONLY (so 0.0.0.0 may share its port); dualstack_ipv6 on AF_INET is ValueError."""
+    with pytest.raises(ValueError, match="requires AF_INET6"):
+        us.create_server(("", 8206), dualstack_ipv6=True, client=c, netif="b")
+    srv = us.create_server(("", 8206), family=us.AF_INET6, dualstack_ipv6=True, client=c, netif="b")
+    srv.settimeout(10)
+    cl = us.create_connection((B_IP, 8206), timeout=10, client=c, netif="a")
+    conn, peer = srv.accept()
+    assert peer[0] == "::ffff:" + A_IP
+    only6 = us.create_server(("", 8207), family=us.AF_INET6, client=c, netif="b")
+    assert only6.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 1
+    four = us.create_server(("", 8207), client=c, netif="b")  # the same port, IPv4's
+    for s in (cl, conn, srv, only6, four):
+        s.close()
+
+
+def test_the_datagram_face_has_no_dual_stack_and_says_so(c):
+    """UDP: an AF_INET6 socket is IPv6 only; clearing IPV6_V6ONLY fails, naming the way out."""
+    with us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="a") as s6:
+        assert s6.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 1
+        with pytest.raises(OSError) as e:
+            s6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
+        assert e.value.errno == errno.EOPNOTSUPP and "AF_INET" in str(e.value)
+
+
+def test_a_closed_listeners_port_binds_again_at_once(c):
+    """Linux frees a listener's port at its close when no connection is left on it, so a server
+    restarted in the same process binds it again at once, SO_REUSEADDR or not (usnet's flow goes a
+    little after the close: bind waits for it). Both families of a dual-stack one."""
+    for family, host in ((us.AF_INET, ""), (us.AF_INET6, "::")):
+        for _ in range(20):
+            srv = us.socket(family, client=c, netif="b")
+            srv.bind((host, 8208))
+            srv.listen(4)
+            srv.close()
+        with us.socket(us.AF_INET, client=c, netif="b") as s4:
+            s4.bind(("", 8208))
+
+
+def test_a_dual_stack_listener_without_ipv6_anywhere_takes_ipv4():
+    """A domain with no IPv6 address and no loopback netif: Linux binds :: all the same, and a
+    dual-stack one takes IPv4; a v6only one has nowhere to listen (EADDRNOTAVAIL, as before)."""
+    with memwire_domain() as (_d, c):
+        srv = us.create_server(("::", 8209), family=us.AF_INET6, dualstack_ipv6=True, client=c, netif="b")
+        srv.settimeout(10)
+        assert srv.getsockname() == ("::", 8209, 0, 0)
+        cl = us.create_connection((B_IP, 8209), timeout=10, client=c, netif="a")
+        conn, peer = srv.accept()
+        assert peer == ("::ffff:" + A_IP, cl.getsockname()[1], 0, 0)
+        with pytest.raises(OSError) as e:
+            us.create_server(("::", 8210), family=us.AF_INET6, client=c, netif="b")
+        assert e.value.errno == errno.EADDRNOTAVAIL
+        for s in (cl, conn, srv):
+            s.close()
