@@ -814,14 +814,19 @@ async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client
 
 
 async def _sock_connect(loop: asyncio.AbstractEventLoop, sock: _us.socket, address: tuple) -> None:
-    """Connect a non-blocking usnet socket to a literal address; raise what the handshake failed with."""
+    """Connect a non-blocking usnet socket to a literal address; raise what the handshake failed
+    with, as asyncio's sock_connect says it: "Connect call failed (address)" (aiohttp and others
+    show that text), the socket address in its family's form."""
     err = sock.connect_ex(address)
     if err == errno.EINPROGRESS:
         eng, conn = sock.engine, sock.connection
         assert eng is not None and conn is not None
         await _until(loop, eng, lambda: conn.state is not SYN_SENT or conn.error is not None
                      or eng.error is not None)
-        err = sock.connect_ex(address)  # raises what the connection failed with
+        err = sock.connect_ex(address)
+        if err:
+            where = address if sock.family != _stdsocket.AF_INET6 else (*address[:2], 0, 0)
+            raise OSError(err, f"Connect call failed {where}")
     if err:
         raise OSError(err, os.strerror(err))
 
