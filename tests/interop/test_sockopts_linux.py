@@ -263,3 +263,53 @@ def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_do
     finally:
         for s in opened:
             s.close()
+
+
+def _deferred(lst, data: bool) -> tuple:
+    """A kernel client connects to `lst` (TCP_DEFER_ACCEPT set) and sends b"hello" at once, or
+    nothing: (readable within 0.3 s, seconds until readable, what the accepted socket reads
+    then (nothing: b""), whether its peer is the client)."""
+    import select
+
+    cl = socket.create_connection(lst.getsockname(), timeout=LIMIT)  # returns at the handshake
+    try:
+        start = time.monotonic()
+        if data:
+            cl.sendall(b"hello")
+        early = bool(select.select([lst], [], [], 0.3)[0])
+        assert select.select([lst], [], [], LIMIT)[0], "the listener never became readable"
+        took = time.monotonic() - start
+        conn, _ = lst.accept()
+        with conn:
+            conn.setblocking(False)
+            try:
+                got = conn.recv(100)
+            except BlockingIOError:
+                got = b""
+            return early, took, got, conn.getpeername() == cl.getsockname()
+    finally:
+        cl.close()
+
+
+def test_defer_accept_holds_a_connection_until_its_data_or_the_period_end_on_the_kernel_and_on_usnet(tap_domain):
+    """TCP_DEFER_ACCEPT acted on, as Linux: a kernel client's connection without data does not make
+    the listener readable when the handshake ends (its bare ACK is dropped), but once the period
+    is over (1 s: the SYN-ACK goes again and its ACK is taken, the connection is not dropped);
+    with data, at once, and the data is there to read."""
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    k_lst, u_lst = _listeners(client, ifname, usnet_ip, host_ip)
+    try:
+        got = {}
+        for name, lst in (("kernel", k_lst), ("usnet", u_lst)):
+            lst.setsockopt(T, DEFER, 1)
+            quiet = _deferred(lst, data=False)
+            lst.setsockopt(T, DEFER, 30)  # changed while listening: the next connection's
+            loud = _deferred(lst, data=True)
+            got[name] = quiet, loud
+        for name, ((early, took, data, peer), (l_early, l_took, l_data, l_peer)) in got.items():
+            assert not early and 0.6 < took < 4.0 and data == b"" and peer, (name, got[name])
+            assert l_took < 2.0 and l_data == b"hello" and l_peer, (name, got[name])  # the period: 31 s
+    finally:
+        k_lst.close()
+        u_lst.close()

@@ -77,7 +77,7 @@ AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM, SOCK_DGRAM = _std.SOCK_STREAM, _std.SOCK_DGRAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
-TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT, SO_BINDTODEVICE = 3, 12, 25, 25
+TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_NOTSENT_LOWAT, SO_BINDTODEVICE = 3, 9, 12, 25, 25
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
@@ -578,7 +578,12 @@ class socket:
         TCP config (no segmentation offload on lo) and the socket's options. With the lock held."""
         for e in (eng, lo):
             if e is not None:
-                e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()))
+                e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()),
+                             defer_accept=self._defer_retrans())
+
+    def _defer_retrans(self) -> int:
+        """TCP_DEFER_ACCEPT as the endpoint's listener takes it (SYN-ACK retransmissions)."""
+        return _so.defer_retrans(self._opts.get((IPPROTO_TCP, TCP_DEFER_ACCEPT), 0))
 
     def _loopback_half(self, eng: FlowEngine) -> FlowEngine | None:
         """A listener bound to the wildcard address listens on the domain's loopback netif too, as
@@ -1066,6 +1071,12 @@ class socket:
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
+        if level == IPPROTO_TCP and opt == TCP_DEFER_ACCEPT and self._listening and eng is not None:
+            with eng.lock:  # a listener's: its half-open connections' next ACK sees it, as Linux's
+                for e in (eng, self._lo):
+                    lst = None if e is None else e.tcp.listeners.get(self._port)
+                    if lst is not None:
+                        lst.defer_accept = self._defer_retrans()
         if (level, opt) in _KEEPALIVE_OPTS and conn is not None and eng is not None:
             with eng.lock:
                 conn.set_keepalive(time.monotonic(), **self._keepalive())

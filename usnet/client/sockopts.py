@@ -42,8 +42,8 @@ from typing import Any
 
 from usnet.proto.ipmark import make_mark
 
-__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "device_value", "ip_mark",
-           "ip_option", "kept", "lookup", "not_available"]
+__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "defer_retrans", "device_value",
+           "ip_mark", "ip_option", "kept", "lookup", "not_available"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
@@ -103,9 +103,9 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_TCP, 4): Option("TCP_KEEPIDLE", _H, 7200, dgram=False),
     (IPPROTO_TCP, 5): Option("TCP_KEEPINTVL", _H, 75, dgram=False),
     (IPPROTO_TCP, 6): Option("TCP_KEEPCNT", _H, 9, dgram=False),
-    (IPPROTO_TCP, 9): Option("TCP_DEFER_ACCEPT", _S, dgram=False,
-                             why="wake accept only once data came: an optimisation; a server takes a "
-                             "connection without data anyway, as Linux accepts one after the period"),
+    (IPPROTO_TCP, 9): Option("TCP_DEFER_ACCEPT", _H, dgram=False,
+                             why="a listener's connection is acceptable once data came, or when the "
+                             "period is over, as Linux's request sock (usnet.proto.tcp.defer)"),
     (IPPROTO_TCP, 12): Option("TCP_QUICKACK", _H, 1, dgram=False,
                               why="0: the connection is interactive (ACKs wait for an answer); 1: it "
                               "is not, and a delayed ACK goes now (usnet.proto.tcp.quickack); reads "
@@ -195,6 +195,12 @@ def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) 
     if not 0 <= v <= 1 or connected or listening:  # TCP_FASTOPEN_CONNECT: 0 or 1, before connect
         raise OSError(errno.EINVAL, "Invalid argument")
     return v
+
+
+def defer_retrans(seconds: int) -> int:
+    """TCP_DEFER_ACCEPT's value (seconds, as `kept` keeps it) as the listener acts on it: SYN-ACK
+    retransmissions (usnet.proto.tcp.defer), as Linux's rskq_defer_accept."""
+    return _secs_to_retrans(int(seconds))
 
 
 def _secs_to_retrans(seconds: int, timeout: int = 1, rto_max: int = 120) -> int:
