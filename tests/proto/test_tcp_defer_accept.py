@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.proto.test_tcp_connection import B, ESTABLISHED, Net
+from tests.proto.test_tcp_connection import ESTABLISHED, B, Net
 from usnet.client.sockopts import _retrans_to_secs, _secs_to_retrans
 from usnet.proto.tcp import TcpState
 from usnet.proto.tcp.defer import synack_timeout
