@@ -263,3 +263,126 @@ def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_do
     finally:
         for s in opened:
             s.close()
+
+
+def _deferred(lst, data: bool) -> tuple:
+    """A kernel client connects to `lst` (TCP_DEFER_ACCEPT set) and sends b"hello" at once, or
+    nothing: (readable within 0.3 s, seconds until readable, what the accepted socket reads
+    then (nothing: b""), whether its peer is the client)."""
+    import select
+
+    cl = socket.create_connection(lst.getsockname(), timeout=LIMIT)  # returns at the handshake
+    try:
+        start = time.monotonic()
+        if data:
+            cl.sendall(b"hello")
+        early = bool(select.select([lst], [], [], 0.3)[0])
+        assert select.select([lst], [], [], LIMIT)[0], "the listener never became readable"
+        took = time.monotonic() - start
+        conn, _ = lst.accept()
+        with conn:
+            conn.setblocking(False)
+            try:
+                got = conn.recv(100)
+            except BlockingIOError:
+                got = b""
+            return early, took, got, conn.getpeername() == cl.getsockname()
+    finally:
+        cl.close()
+
+
+def test_defer_accept_holds_a_connection_until_its_data_or_the_period_end_on_the_kernel_and_on_usnet(tap_domain):
+    """TCP_DEFER_ACCEPT acted on, as Linux: a kernel client's connection without data does not make
+    the listener readable when the handshake ends (its bare ACK is dropped), but once the period
+    is over (1 s: the SYN-ACK goes again and its ACK is taken, the connection is not dropped);
+    with data, at once, and the data is there to read."""
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    k_lst, u_lst = _listeners(client, ifname, usnet_ip, host_ip)
+    try:
+        got = {}
+        for name, lst in (("kernel", k_lst), ("usnet", u_lst)):
+            lst.setsockopt(T, DEFER, 1)
+            quiet = _deferred(lst, data=False)
+            lst.setsockopt(T, DEFER, 30)  # changed while listening: the next connection's
+            loud = _deferred(lst, data=True)
+            got[name] = quiet, loud
+        for name, ((early, took, data, peer), (l_early, l_took, l_data, l_peer)) in got.items():
+            assert not early and 0.6 < took < 4.0 and data == b"" and peer, (name, got[name])
+            assert l_early and l_took < 2.0 and l_data == b"hello" and l_peer, (name, got[name])  # the period: 31 s
+    finally:
+        k_lst.close()
+        u_lst.close()
+
+
+MSG_ERRQUEUE, IP_RECVERR = 0x2000, 11
+
+
+def _err_read(s, ancbufsize: int = 512):
+    """recvmsg(MSG_ERRQUEUE), its control message read as sock_extended_err and offender."""
+    import struct
+
+    try:
+        data, anc, flags, addr = s.recvmsg(100, ancbufsize, MSG_ERRQUEUE)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    msgs = []
+    for level, kind, blob in anc:
+        ee = struct.unpack("=IBBBBII", blob[:16]) if len(blob) >= 16 else blob
+        offender = (struct.unpack("=H", blob[16:18])[0], socket.inet_ntoa(blob[20:24])) if len(blob) >= 24 else None
+        msgs.append((level, kind, len(blob), ee, offender))
+    return data, msgs, flags, addr
+
+
+def _plain_read(s):
+    try:
+        return s.recvfrom(100, socket.MSG_DONTWAIT)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
+def _errq_walk(s, dest: tuple) -> list:
+    """The same calls on an unconnected UDP socket: IP_RECVERR on, datagrams to a port nobody has,
+    the error queue and the socket's error read as a program reads them."""
+    import select
+
+    def ready():
+        return bool(select.select([s], [], [], LIMIT)[0])
+
+    got = [("default", s.getsockopt(socket.IPPROTO_IP, IP_RECVERR))]
+    s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 5)
+    got.append(("set 5", s.getsockopt(socket.IPPROTO_IP, IP_RECVERR)))
+    got.append(("empty", _err_read(s), _plain_read(s)))
+    s.sendto(b"first", dest)
+    got.append(("first", ready(), _err_read(s), _err_read(s), _plain_read(s)))  # the dequeue clears sk_err
+    s.sendto(b"second", dest)
+    # sk_err first (the unconnected socket is told), then the queue still holds the report; cut
+    got.append(("second", ready(), _plain_read(s), _err_read(s, 20), _err_read(s, 0)))
+    s.sendto(b"third", dest)
+    got.append(("third", ready(), _err_read(s, 0), _plain_read(s)))
+    return got
+
+
+def test_ip_recverr_queues_the_kernels_port_unreachable_as_linux(tap_domain):
+    """IP_RECVERR on an unconnected UDP socket, usnet's and the kernel's: the port unreachable a
+    kernel peer answers is read with recvmsg(MSG_ERRQUEUE) as the same sock_extended_err
+    (ECONNREFUSED, origin ICMP, type 3 code 3, the offender's address), the quoted payload and
+    destination; it is also the socket's error (recvfrom raises it once); the socket is readable
+    while either is there, and an empty queue is EAGAIN."""
+    d, ifname, _usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    dest = (host_ip, 9)  # the discard port: nobody has it on the host
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind((host_ip, 0))  # its error comes from its own address, as usnet's from the host's
+    u = us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=client, netif=ifname)
+    try:
+        kernel, usnet = _errq_walk(k, dest), _errq_walk(u, dest)
+        assert usnet == kernel
+        first = kernel[3][2]
+        assert first[0] == b"first" and first[2] == MSG_ERRQUEUE and first[3] == dest
+        assert first[1] == [(socket.IPPROTO_IP, IP_RECVERR, 32, (errno.ECONNREFUSED, 2, 3, 3, 0, 0, 0),
+                             (socket.AF_INET, host_ip))]
+        assert d.switches[ifname].counts["rx_icmp_error"] == 3
+    finally:
+        k.close()
+        u.close()

@@ -21,7 +21,7 @@ import enum
 import errno
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from socket import inet_ntoa
 from typing import Final, Literal, NoReturn
 
@@ -115,6 +115,9 @@ class DatagramSocket:
         # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
         # raised by the next call, as a kernel socket's pending error (SO_ERROR) is.
         self.pending_error: int | None = None
+        # IP_RECVERR / IPV6_RECVERR on: told of every ICMP error about what this socket sent (the
+        # whole IP packet), for its error queue (usnet.client.dgram, usnet.proto.errqueue)
+        self.on_error: Callable[[bytes], None] | None = None
         self.max_payload = min(info.mtu, channel.stride) - (HEADERS6 if self._v6 else HEADERS)
         self._names: dict[int, str] = {}  # sender addresses as strings, made once each
         self._templates: dict[tuple[bytes, int], tuple[np.ndarray, tuple[int, int]]] = {}
@@ -525,16 +528,21 @@ class DatagramSocket:
     def _icmp_error(self, v: bytes) -> Literal[_Icmp.ERROR] | None:
         """An ICMP error quoting a datagram of ours: pending for a connected socket that sent it to
         its peer, if Linux calls it fatal (as Linux reports it without IP_RECVERR: unconnected
-        sockets, and soft errors such as host unreachable or time exceeded, are not told).
+        sockets, and soft errors such as host unreachable or time exceeded, are not told); with
+        IP_RECVERR (`on_error`), every one is pending and queued, as Linux's __udp4_lib_err.
         None if it is malformed."""
         err = icmp6_error(v) if self._v6 else icmp4_error(v)
         if err is None:
             return None
         errno_, proto, qsrc, sport, qdst, dport, fatal = err
         name = ip6_str(qdst) if self._v6 else ip_str(qdst)
-        if (fatal and self.remote is not None and proto == 17 and qsrc == self._src and sport == self.local[1]
-                and (name, dport) == self.remote):
-            self.pending_error = errno_
+        if proto == 17 and qsrc == self._src and sport == self.local[1] and (
+                self.remote is None or (name, dport) == self.remote):
+            if self.on_error is not None:  # IP_RECVERR: every error, queued, and sk_err (usnet.proto.errqueue)
+                self.on_error(v)
+                self.pending_error = errno_
+            elif fatal and self.remote is not None:
+                self.pending_error = errno_
         return _ICMP
 
     def events(self) -> Iterator[Event]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket as _std
 import threading
 import time
@@ -51,7 +52,8 @@ from usnet.client.socket import (
     open_sockets,
     socket,
 )
-from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup, not_available
+from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, kept, lookup, not_available
+from usnet.proto.errqueue import IP_RECVERR, IPV6_RECVERR, ErrorReport, icmp_report, pack_cmsg
 
 __all__ = ["DatagramEngine", "DatagramFace", "LoopbackHalf"]
 
@@ -62,6 +64,8 @@ RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
+MSG_ERRQUEUE, MSG_CTRUNC = 0x2000, 0x8
+_CMSG_HDR = 16  # CMSG_LEN(0) on Linux's 64-bit ABI: a control message's header
 
 
 class DatagramEngine:
@@ -82,6 +86,10 @@ class DatagramEngine:
         self.rcvbuf = RCVBUF
         self.remote: tuple[str, int] | None = None  # connect(): only its datagrams are taken
         self.pending: OSError | None = None  # an ICMP error for the connected peer (SO_ERROR)
+        # IP_RECVERR's error queue (usnet.proto.errqueue), charged to rx_bytes as Linux charges
+        # sk_error_queue to the socket's receive memory (sock_queue_err_skb): bounded by SO_RCVBUF
+        self.errq: deque[ErrorReport] = deque()
+        self.recverr = False
         self.error: OSError | None = None  # the channel failed
         self.closed = False
         self.release_when_idle = False
@@ -93,6 +101,7 @@ class DatagramEngine:
     def add_loopback(self, lo: DatagramSocket) -> None:
         """Hear `lo` (the same port on the loopback netif) too; the runner serves its doorbell."""
         lo.remote = self.d.remote
+        lo.on_error = self.d.on_error
         self.lo = lo
         self.half = LoopbackHalf(self)
         runner().add(self.half)
@@ -147,6 +156,41 @@ class DatagramEngine:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
+
+    def set_recverr(self, on: bool) -> None:
+        """IP_RECVERR (IPV6_RECVERR) on or off; off empties the queue, as Linux's. With the lock held."""
+        self.recverr = on
+        for d in self.flows():
+            d.on_error = self.queue_error if on else None
+        if not on:
+            while self.errq:
+                self.pop_error()
+
+    def queue_error(self, packet: bytes) -> None:
+        """An ICMP error about a datagram of ours (the flow's `on_error`): onto the error queue,
+        unless the receive memory is full (Linux drops it then: sock_queue_err_skb's ENOMEM)."""
+        r = icmp_report(packet)
+        if r is None:
+            return
+        charge = len(r.payload) + _OVERHEAD
+        if self.rx_bytes + charge >= self.rcvbuf:
+            return
+        self.errq.append(r)
+        self.rx_bytes += charge
+
+    def pop_error(self) -> ErrorReport | None:
+        """The oldest queued error, or None; the socket's pending error (sk_err) is then the next
+        one's, or none, as Linux's sock_dequeue_err_skb sets it. With the lock held."""
+        if not self.errq:
+            self.take()  # what waits in the ring may hold one
+            if not self.errq:
+                return None
+        r = self.errq.popleft()
+        self.rx_bytes -= len(r.payload) + _OVERHEAD
+        self.pending = OSError(self.errq[0].errno, os.strerror(self.errq[0].errno)) if self.errq else None
+        for d in self.flows():
+            d.pending_error = None
+        return r
 
     def pop(self, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
         """The next datagram, or None. With the lock held."""
@@ -277,7 +321,16 @@ class DatagramFace(socket):
             eng.d.set_marking(mark)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
+        if self._recverr():
+            eng.set_recverr(True)
         return eng
+
+    def _recverr(self) -> bool:
+        """Whether the socket's flows report ICMP errors to its error queue: IP_RECVERR on an
+        AF_INET socket, IPV6_RECVERR on an AF_INET6 one (whose IP_RECVERR is IPv4's, and a usnet
+        AF_INET6 socket carries no IPv4: stored, as Linux keeps it for IPv4-mapped traffic)."""
+        key = (IPPROTO_IPV6, IPV6_RECVERR) if self.family == AF_INET6 else (_std.IPPROTO_IP, IP_RECVERR)
+        return bool(self._opts.get(key))
 
     def _eng(self, dest: str | None = None) -> DatagramEngine:
         """The flow, opened (an ephemeral port) on first use, as Linux binds on first send (to
@@ -420,6 +473,9 @@ class DatagramFace(socket):
         """One datagram, cut to `bufsize` (the rest is lost, as on Linux), and its sender."""
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
+        if flags & MSG_ERRQUEUE:
+            r = self._error_report()
+            return r.payload[:bufsize], _sockaddr(self.family, self._ip_str(r.dst), r.dport)
         data, addr = self._recv(flags)
         return data[:bufsize], _sockaddr(self.family, *addr)
 
@@ -443,8 +499,43 @@ class DatagramFace(socket):
         """As Linux's: a datagram longer than `bufsize` is cut, and MSG_TRUNC in the flags says so."""
         if bufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
+        if flags & MSG_ERRQUEUE:
+            return self._recv_error(bufsize, ancbufsize)
         data, addr = self._recv(flags)
         return data[:bufsize], [], MSG_TRUNC if len(data) > bufsize else 0, _sockaddr(self.family, *addr)
+
+    def _error_report(self) -> ErrorReport:
+        """The oldest report on the error queue; EAGAIN when there is none, blocking or not, as
+        Linux's ip_recv_error (an error queue is never waited on)."""
+        self._need_open()
+        eng = self._engine
+        r = None
+        if eng is not None:
+            with eng.lock:
+                r = eng.pop_error()
+                self._update()
+        if r is None:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return r
+
+    def _recv_error(self, bufsize: int, ancbufsize: int) -> Any:
+        """recvmsg(MSG_ERRQUEUE): the quoted payload, the quoted destination, MSG_ERRQUEUE and the
+        IP_RECVERR (IPV6_RECVERR) control message (usnet.proto.errqueue), cut as Linux's put_cmsg
+        cuts it to `ancbufsize` (MSG_CTRUNC)."""
+        r = self._error_report()
+        level, kind, blob = pack_cmsg(r)
+        flags = MSG_ERRQUEUE | (MSG_TRUNC if len(r.payload) > bufsize else 0)
+        anc = []
+        if ancbufsize < _CMSG_HDR:
+            flags |= MSG_CTRUNC
+        else:
+            if ancbufsize < _CMSG_HDR + len(blob):
+                flags |= MSG_CTRUNC
+            anc.append((level, kind, blob[: ancbufsize - _CMSG_HDR]))
+        return r.payload[:bufsize], anc, flags, _sockaddr(self.family, self._ip_str(r.dst), r.dport)
+
+    def _ip_str(self, addr: bytes) -> str:
+        return str(ipaddress.ip_address(addr))
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
         t = 0.0 if flags & _DONTWAIT else self._timeout
@@ -503,7 +594,13 @@ class DatagramFace(socket):
                     for d in eng.flows():
                         d.set_marking(mark)
             return
+        value = kept(level, opt, value, listening=False, connected=False)
         self._opts[level, opt] = value
+        if (level, opt) in ((_std.IPPROTO_IP, IP_RECVERR), (IPPROTO_IPV6, IPV6_RECVERR)) and self._engine is not None:
+            eng = self._engine
+            with eng.lock:
+                eng.set_recverr(self._recverr())
+                self._update()
 
     def _option(self, level: int, opt: int) -> Any:
         spec = lookup(self.family, self.type, level, opt, False)
@@ -549,8 +646,8 @@ class DatagramFace(socket):
         eng: DatagramEngine | None = self._engine
         if eng is None:
             return False, True
-        if (eng.error is not None and not self._orphan) or eng.pending is not None:
-            return True, True
+        if (eng.error is not None and not self._orphan) or eng.pending is not None or eng.errq:
+            return True, True  # POLLERR, which select counts as both (an error queue: Linux's datagram_poll)
         return bool(eng.rxq), True
 
     def _signal(self) -> None:
@@ -579,7 +676,8 @@ class DatagramFace(socket):
                 for d in eng.flows():
                     d.remote = old.remote
                 eng.rxq, eng.rx_bytes = old.rxq, old.rx_bytes  # received before usnetd went: still theirs
-                old.rxq, old.rx_bytes = deque(), 0
+                eng.errq = old.errq
+                old.rxq, old.errq, old.rx_bytes = deque(), deque(), 0
                 for w in group:
                     w._engine, w._orphan = eng, False
                     eng.watch(w)

@@ -78,7 +78,7 @@ AF_INET, AF_INET6 = _std.AF_INET, _std.AF_INET6
 SOCK_STREAM, SOCK_DGRAM = _std.SOCK_STREAM, _std.SOCK_DGRAM
 SOL_SOCKET, SO_REUSEADDR, SO_KEEPALIVE = _std.SOL_SOCKET, _std.SO_REUSEADDR, _std.SO_KEEPALIVE
 IPPROTO_TCP, TCP_NODELAY, TCP_USER_TIMEOUT = _std.IPPROTO_TCP, _std.TCP_NODELAY, _std.TCP_USER_TIMEOUT
-TCP_CORK, TCP_QUICKACK, TCP_NOTSENT_LOWAT, SO_BINDTODEVICE = 3, 12, 25, 25
+TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_NOTSENT_LOWAT, SO_BINDTODEVICE = 3, 9, 12, 25, 25
 SO_LINGER = _std.SO_LINGER
 SHUT_RD, SHUT_WR, SHUT_RDWR = _std.SHUT_RD, _std.SHUT_WR, _std.SHUT_RDWR
 error, timeout, gaierror, herror = OSError, TimeoutError, _std.gaierror, _std.herror
@@ -624,10 +624,8 @@ class socket:
             eng = self._engine
             assert eng is not None
             with eng.lock:
-                for e in (eng, *self._halves):
-                    lst = e.tcp.listeners.get(self._port)
-                    if lst is not None:
-                        lst.backlog = backlog
+                for lst in self._listeners():
+                    lst.backlog = backlog
             return
         if self._engine is None:
             self.bind(("", 0))
@@ -646,7 +644,19 @@ class socket:
         """Listen on each of a listener's flows, each with its own netif's TCP config (no
         segmentation offload on lo) and the socket's options. With the lock held."""
         for e in engines:
-            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()))
+            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()),
+                         defer_accept=self._defer_retrans())
+
+    def _listeners(self) -> list[Any]:
+        """The listener of each of this socket's flows (`usnet.proto.tcp` Listener). With the lock held."""
+        eng = self._engine
+        if eng is None:
+            return []
+        return [lst for e in (eng, *self._halves) if (lst := e.tcp.listeners.get(self._port)) is not None]
+
+    def _defer_retrans(self) -> int:
+        """TCP_DEFER_ACCEPT as the endpoint's listener takes it (SYN-ACK retransmissions)."""
+        return _so.defer_retrans(self._opts.get((IPPROTO_TCP, TCP_DEFER_ACCEPT), 0))
 
     def _loopback_halves(self, eng: FlowEngine, others: tuple[FlowEngine, ...]) -> tuple[FlowEngine, ...]:
         """A listener bound to the wildcard address listens on the domain's loopback netif too, as
@@ -1148,6 +1158,10 @@ class socket:
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
+        if level == IPPROTO_TCP and opt == TCP_DEFER_ACCEPT and self._listening and eng is not None:
+            with eng.lock:  # a listener's: its half-open connections' next ACK sees it, as Linux's
+                for lst in self._listeners():
+                    lst.defer_accept = self._defer_retrans()
         if (level, opt) in _KEEPALIVE_OPTS and conn is not None and eng is not None:
             with eng.lock:
                 conn.set_keepalive(time.monotonic(), **self._keepalive())
@@ -1176,10 +1190,8 @@ class socket:
             if conn is not None:
                 conn.cfg.ip_mark = mark
             elif self._listening:
-                for e in (eng, *self._halves):
-                    lst = e.tcp.listeners.get(self._port)
-                    if lst is not None:
-                        lst.config.ip_mark = mark
+                for lst in self._listeners():
+                    lst.config.ip_mark = mark
 
     def _keep_mark(self, level: int, opt: int, value: int | None) -> int:
         """Keep an IP marking option's value (None: the default again); the socket's mark now

@@ -19,7 +19,7 @@ Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives
 for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
 on an AF_INET socket (ip_getsockopt's answer) and ENOPROTOOPT on an AF_INET6 one
 (ipv6_getsockopt's). Options that Linux has but usnet does not (SO_MARK,
-SO_RCVTIMEO, SO_TIMESTAMP, IP_RECVERR, IP_TRANSPARENT, IP_MTU_DISCOVER, the multicast group
+SO_RCVTIMEO, SO_TIMESTAMP, IP_RECVERR on a stream socket, IP_TRANSPARENT, IP_MTU_DISCOVER, the multicast group
 options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a message that says usnet does not have it.
 A value Linux converts or checks is kept as Linux keeps it (`kept`): TCP_CORK and TCP_QUICKACK
 read 0 or 1, TCP_DEFER_ACCEPT's seconds are rounded up to whole SYN-ACK retransmissions,
@@ -42,8 +42,8 @@ from typing import Any
 
 from usnet.proto.ipmark import make_mark
 
-__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "device_value", "ip_mark",
-           "ip_option", "kept", "lookup", "not_available"]
+__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "defer_retrans", "device_value",
+           "ip_mark", "ip_option", "kept", "lookup", "not_available"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
@@ -103,9 +103,9 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_TCP, 4): Option("TCP_KEEPIDLE", _H, 7200, dgram=False),
     (IPPROTO_TCP, 5): Option("TCP_KEEPINTVL", _H, 75, dgram=False),
     (IPPROTO_TCP, 6): Option("TCP_KEEPCNT", _H, 9, dgram=False),
-    (IPPROTO_TCP, 9): Option("TCP_DEFER_ACCEPT", _S, dgram=False,
-                             why="wake accept only once data came: an optimisation; a server takes a "
-                             "connection without data anyway, as Linux accepts one after the period"),
+    (IPPROTO_TCP, 9): Option("TCP_DEFER_ACCEPT", _H, dgram=False,
+                             why="a listener's connection is acceptable once data came, or when the "
+                             "period is over, as Linux's request sock (usnet.proto.tcp.defer)"),
     (IPPROTO_TCP, 12): Option("TCP_QUICKACK", _H, 1, dgram=False,
                               why="0: the connection is interactive (ACKs wait for an answer); 1: it "
                               "is not, and a delayed ACK goes now (usnet.proto.tcp.quickack); reads "
@@ -126,6 +126,10 @@ OPTIONS: dict[tuple[int, int], Option] = {
                             "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
                             "flow's low-latency class over it (docs/abi.md)"),
     (IPPROTO_IP, 2): Option("IP_TTL", _H, 64, why="the TTL of the socket's IPv4 packets; -1: 64"),
+    (IPPROTO_IP, 11): Option("IP_RECVERR", _H, stream=False,
+                             why="every ICMP error about a datagram sent is queued for recvmsg(MSG_ERRQUEUE) "
+                             "and is the socket's error (usnet.proto.errqueue); on an AF_INET6 socket "
+                             "IPv4's, which it never carries: stored, as Linux keeps it"),
     (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _S, 1, stream=False,
                              why="usnet sends no multicast (EOPNOTSUPP): a TTL for it changes nothing"),
     (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
@@ -134,6 +138,7 @@ OPTIONS: dict[tuple[int, int], Option] = {
                                "packets; -1: 64"),
     (IPPROTO_IPV6, 18): Option("IPV6_MULTICAST_HOPS", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
     (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, stream=False, why="IP_RECVERR of an AF_INET6 socket"),
     (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
     (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _H, why="the traffic class of the socket's IPv6 packets, "
                                "as IP_TOS; -1: 0"),
@@ -141,7 +146,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
 
 # what a program that asks for an absent option should use instead
 _ABSENT = {(IPPROTO_TCP, 11): "TCP_INFO: usnet's TCP statistics are the socket's tcp_info()",
-           (IPPROTO_IP, 11): "IP_RECVERR: usnet has no error queue (MSG_ERRQUEUE)"}
+           (IPPROTO_IP, 11): "IP_RECVERR: usnet's stream sockets have no error queue (its datagram sockets have)",
+           (IPPROTO_IPV6, 25): "IPV6_RECVERR: usnet's stream sockets have no error queue (its datagram sockets have)"}
 
 # The levels a socket has, by (family, type): Linux's protocol chain for it
 _LEVELS: dict[tuple[int, int], tuple[int, ...]] = {
@@ -173,11 +179,14 @@ def lookup(family: int, kind: int, level: int, opt: int, setting: bool) -> Optio
 
 
 TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN, TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT = 3, 9, 12, 23, 25, 30
+IP_RECVERR, IPV6_RECVERR = 11, 25
 
 
 def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) -> Any:
     """The value Linux keeps for an option it converts or checks (do_tcp_setsockopt), or
     OSError(EINVAL) where Linux refuses the value or the socket's state; `value` otherwise."""
+    if (level, opt) in ((IPPROTO_IP, IP_RECVERR), (IPPROTO_IPV6, IPV6_RECVERR)):
+        return int(_as_int(value) != 0)  # Linux keeps a bit
     if level != IPPROTO_TCP or opt not in (TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN,
                                            TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT):
         return value
@@ -195,6 +204,12 @@ def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) 
     if not 0 <= v <= 1 or connected or listening:  # TCP_FASTOPEN_CONNECT: 0 or 1, before connect
         raise OSError(errno.EINVAL, "Invalid argument")
     return v
+
+
+def defer_retrans(seconds: int) -> int:
+    """TCP_DEFER_ACCEPT's value (seconds, as `kept` keeps it) as the listener acts on it: SYN-ACK
+    retransmissions (usnet.proto.tcp.defer), as Linux's rskq_defer_accept."""
+    return _secs_to_retrans(int(seconds))
 
 
 def _secs_to_retrans(seconds: int, timeout: int = 1, rto_max: int = 120) -> int:

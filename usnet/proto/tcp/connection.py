@@ -95,6 +95,7 @@ from usnet.proto.tcp.config import (
 )
 from usnet.proto.tcp.congestion import CongestionControl, make_congestion, switch_congestion
 from usnet.proto.tcp.cork import Cork
+from usnet.proto.tcp.defer import synack_timeout
 from usnet.proto.tcp.pacing import UNPACED, Pacer
 from usnet.proto.tcp.quickack import QuickAck
 from usnet.proto.tcp.rack import Rack
@@ -187,7 +188,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
-        "_quick", "_cork", "notsent_lowat",
+        "_quick", "_cork", "notsent_lowat", "defer",
         "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
     )
 
@@ -288,6 +289,7 @@ class TcpConnection:
         self._quick = QuickAck()  # ACK every segment for a while (usnet.proto.tcp.quickack)
         self._cork: Cork | None = None  # TCP_CORK, once set (usnet.proto.tcp.cork)
         self.notsent_lowat = 0  # TCP_NOTSENT_LOWAT: unsent bytes that make `send` wait (0: no bound)
+        self.defer = 0  # TCP_DEFER_ACCEPT's retransmissions once it dropped our bare ACK (usnet.proto.tcp.defer)
         self._ack_now = False
         self._probe_now = False
         self._syn_pending = False
@@ -744,13 +746,17 @@ class TcpConnection:
         if st is SYN_SENT or st is SYN_RECEIVED:
             self._retries += 1
             limit = cfg.synack_retries if self.passive else cfg.syn_retries
+            resend = True
+            if self.defer:  # TCP_DEFER_ACCEPT dropped the bare ACK (usnet.proto.tcp.defer)
+                limit, resend = synack_timeout(self._retries - 1, limit, self.defer)
             if self._retries > limit:
                 self._fail(_err(TimeoutError, errno.ETIMEDOUT, "Connection timed out"))
                 return
             self.rto.backoff()
-            self._syn_pending = True
-            self._syn_rtx = True
-            self.stats.retransmits += 1
+            if resend:
+                self._syn_pending = True
+                self._syn_rtx = True
+                self.stats.retransmits += 1
             self._t_rtx = now + self.rto.rto
             return
         una = self.snd_una

@@ -50,6 +50,7 @@ from usnet.proto.tcp.connection import (
     TcpConnection,
     rst_reply,
 )
+from usnet.proto.tcp.defer import defers
 from usnet.proto.tcp.seq import MASK, seq_diff
 from usnet.proto.tcp.syncookie import SynCookies, ts_decode, ts_encode
 from usnet.proto.wire.ecn import ECT0, NOT_ECT
@@ -86,13 +87,15 @@ class EndpointStats:
     SYN-ACKs sent, cookie ACKs that rebuilt (or would have rebuilt) a
     connection, ACKs whose cookie did not check (SyncookiesSent/Recv/Failed).
     ``bad_flags``: segments to a listener with no SYN, ACK or RST, or
-    SYN+FIN, discarded.
+    SYN+FIN, discarded. ``defer_accept_drops``: a handshake's bare last ACK
+    dropped under TCP_DEFER_ACCEPT (TCPDeferAcceptDrop).
     """
 
     __slots__ = (
         "segs_in", "bad_checksum", "bad_header", "wrong_address", "no_socket", "resets_sent",
         "syn_received", "syn_dropped", "listen_overflows", "listen_drops", "syncookies_sent",
         "syncookies_recv", "syncookies_failed", "bad_flags", "accepted", "time_wait_reused",
+        "defer_accept_drops",
     )
     segs_in: int
     bad_checksum: int
@@ -110,6 +113,7 @@ class EndpointStats:
     bad_flags: int
     accepted: int
     time_wait_reused: int
+    defer_accept_drops: int
 
     def __init__(self) -> None:
         for n in self.__slots__:
@@ -132,12 +136,17 @@ class Listener:
 
     `backlog` bounds the accept queue as Linux's listen(2) backlog does (full
     when it holds *more* than `backlog`); `syn_backlog` bounds the SYN queue
-    (half-open connections), past which SYNs get cookies.
+    (half-open connections), past which SYNs get cookies. `defer_accept`:
+    TCP_DEFER_ACCEPT as Linux keeps it, in SYN-ACK retransmissions (0: off;
+    usnet.proto.tcp.defer); it may change while listening, as Linux's.
     """
 
-    __slots__ = ("port", "backlog", "syn_backlog", "config", "syn_queue", "accept_queue", "overflowed_at")
+    __slots__ = ("port", "backlog", "syn_backlog", "config", "syn_queue", "accept_queue", "overflowed_at",
+                 "defer_accept")
 
-    def __init__(self, port: int, backlog: int, syn_backlog: int, config: TcpConfig) -> None:
+    def __init__(self, port: int, backlog: int, syn_backlog: int, config: TcpConfig,
+                 defer_accept: int = 0) -> None:
+        self.defer_accept = defer_accept
         self.port = port
         self.backlog = backlog
         self.syn_backlog = syn_backlog
@@ -209,13 +218,14 @@ class TcpEndpoint:
 
     def listen(
         self, port: int, backlog: int = 128, syn_backlog: int = 256,
-        config: TcpConfig | None = None,
+        config: TcpConfig | None = None, defer_accept: int = 0,
     ) -> Listener:
         """Listen on `port`: `backlog` bounds the accept queue, `syn_backlog` the SYN queue
-        (half-open connections; past it SYNs get cookies, see the module docstring)."""
+        (half-open connections; past it SYNs get cookies, see the module docstring);
+        `defer_accept`: TCP_DEFER_ACCEPT in SYN-ACK retransmissions (`Listener`)."""
         if port in self.listeners:
             raise OSError(98, f"port {port} already listening")  # EADDRINUSE
-        lst = Listener(port, backlog, syn_backlog, config or self.config)
+        lst = Listener(port, backlog, syn_backlog, config or self.config, defer_accept)
         self.listeners[port] = lst
         return lst
 
@@ -326,11 +336,7 @@ class TcpEndpoint:
                 self._forget(conn)
             elif st is not CLOSED:
                 if st is SYN_RECEIVED and conn.passive and fl & ACK and not fl & (SYN | RST) \
-                        and (seg.ack - conn.iss) & MASK == 1 and self._accept_full(conn.local_port):
-                    # The handshake's last ACK while the accept queue is full: dropped, not reset
-                    # (Linux with tcp_abort_on_overflow=0); the SYN-ACK goes again, the peer acks again.
-                    stats.listen_overflows += 1
-                    stats.listen_drops += 1
+                        and (seg.ack - conn.iss) & MASK == 1 and self._hold_ack(conn, seg):
                     return None
                 conn.on_segment(seg, now, ce)
                 self.due[conn] = None
@@ -468,9 +474,22 @@ class TcpEndpoint:
         self._promote(conn, key, now)
         return conn
 
-    def _accept_full(self, port: int) -> bool:
-        lst = self.listeners.get(port)
-        return lst is not None and lst.accept_full()
+    def _hold_ack(self, conn: TcpConnection, seg: TcpSegment) -> bool:
+        """Whether the listener drops `seg`, the ACK of half-open `conn`'s SYN-ACK, in Linux's
+        order (tcp_check_req, then the child's creation): a bare ACK under TCP_DEFER_ACCEPT
+        (usnet.proto.tcp.defer; TCPDeferAcceptDrop), then any while the accept queue is full,
+        not reset (tcp_abort_on_overflow=0): the SYN-ACK goes again, the peer acks again."""
+        lst = self.listeners.get(conn.local_port)
+        if lst is None:
+            return False
+        if lst.defer_accept and defers(conn, seg, lst.defer_accept):
+            self.stats.defer_accept_drops += 1
+            return True
+        if lst.accept_full():
+            self.stats.listen_overflows += 1
+            self.stats.listen_drops += 1
+            return True
+        return False
 
     def _promote(self, conn: TcpConnection, key: Key, now: float) -> None:
         """Move a passive connection from the SYN queue once it is established (or gone)."""
