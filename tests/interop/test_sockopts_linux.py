@@ -219,6 +219,20 @@ def _fill(s) -> int:
     raise AssertionError("send never blocked")
 
 
+def _fill_until_closed(s, closed) -> None:
+    """Fill `s` (`_fill`) until the peer's window is `closed()`, and once more then: the unsent
+    can no longer drain. Between fills, wait (bounded) for `s` to be writable again."""
+    import select
+
+    for _ in range(400):
+        _fill(s)
+        if closed():
+            _fill(s)
+            return
+        select.select([], [s], [], 0.05)
+    raise AssertionError("the peer's window never closed")
+
+
 def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_domain):
     """trio's setting (16 KiB): a peer that does not read; the sender stops taking data once
     about that much waits unsent (measured: kernel 23168 or 33304, usnet 17832; without the
@@ -242,8 +256,10 @@ def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_do
         for s in (kc, uc):
             s.setsockopt(T, socket.TCP_NOTSENT_LOWAT, lowat)
             assert s.getsockopt(T, socket.TCP_NOTSENT_LOWAT) == lowat
-        _fill(kc)
-        _fill(uc)
+        # the stacks go on sending what the peers' windows let in, which may take the unsent below
+        # the bound again (and the sender writable): fill until the receiver's window is closed
+        _fill_until_closed(kc, lambda: u_peer.connection.rcv_window == 0)
+        _fill_until_closed(uc, lambda: uc.connection.snd_wnd == 0)
         kernel_unsent = struct.unpack("i", fcntl.ioctl(kc.fileno(), SIOCOUTQNSD, b"\0" * 4))[0]
         usnet_unsent = uc.connection.unsent
         # Linux checks the bound before each buffer it fills (up to 64 KiB with TSO); usnet
