@@ -142,13 +142,44 @@ def test_create_server_dualstack_as_the_standard_ones(c):
         s.close()
 
 
-def test_the_datagram_face_has_no_dual_stack_and_says_so(c):
-    """UDP: an AF_INET6 socket is IPv6 only; clearing IPV6_V6ONLY fails, naming the way out."""
-    with us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="a") as s6:
-        assert s6.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == 1
-        with pytest.raises(OSError) as e:
-            s6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
-        assert e.value.errno == errno.EOPNOTSUPP and "AF_INET" in str(e.value)
+def test_a_dual_stack_udp_socket_takes_ipv4_and_names_it_mapped(c):
+    """UDP as TCP: :: hears IPv4 datagrams (from ::ffff:a.b.c.d), answers to that name leave over
+    IPv4, a connected one names both ends mapped; its port is IPv4's too; a v6only one refuses
+    a mapped destination (ENETUNREACH, as udpv6_sendmsg) and leaves IPv4's port free."""
+    srv = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="b")
+    assert srv.getsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY) == _kernel_v6only_default()
+    srv.bind(("::", 8211))
+    srv.settimeout(10)
+    with us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="b") as s4, pytest.raises(OSError) as e:
+        s4.bind(("", 8211))
+    assert e.value.errno == errno.EADDRINUSE
+    c4 = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a")
+    c6 = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="a")
+    for cl, dest in ((c4, B_IP), (c6, B6)):
+        cl.settimeout(10)
+        cl.sendto(b"hi", (dest, 8211))
+        data, peer = srv.recvfrom(100)
+        srv.sendto(data.upper(), peer)
+        assert cl.recvfrom(100) == (b"HI", (dest, 8211) if cl is c4 else (dest, 8211, 0, 0))
+    assert peer[0] == A6
+    c4.sendto(b"again", (B_IP, 8211))
+    assert srv.recvfrom(100)[1] == ("::ffff:" + A_IP, c4.getsockname()[1], 0, 0)
+    dual = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="a")
+    dual.settimeout(10)
+    dual.connect(("::ffff:" + B_IP, 8211))
+    dual.send(b"mapped")
+    assert srv.recvfrom(100)[0] == b"mapped"
+    assert dual.getpeername() == ("::ffff:" + B_IP, 8211, 0, 0) and dual.getsockname()[0] == "::ffff:" + A_IP
+    only6 = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="b")
+    only6.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+    only6.bind(("::", 8212))
+    with pytest.raises(OSError) as e:
+        only6.sendto(b"x", ("::ffff:" + A_IP, 9))
+    assert e.value.errno == errno.ENETUNREACH
+    with us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="b") as s4:
+        s4.bind(("", 8212))
+    for s in (srv, c4, c6, dual, only6):
+        s.close()
 
 
 def test_a_closed_listeners_port_binds_again_at_once(c):
@@ -178,5 +209,11 @@ def test_a_dual_stack_listener_without_ipv6_anywhere_takes_ipv4():
         with pytest.raises(OSError) as e:
             us.create_server(("::", 8210), family=us.AF_INET6, client=c, netif="b")
         assert e.value.errno == errno.EADDRNOTAVAIL
-        for s in (cl, conn, srv):
+        u = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="b")  # UDP alike
+        u.bind(("::", 8210))
+        u.settimeout(10)
+        with us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a") as c4:
+            c4.sendto(b"v4", (B_IP, 8210))
+            assert u.recvfrom(10) == (b"v4", ("::ffff:" + A_IP, c4.getsockname()[1], 0, 0))
+        for s in (cl, conn, srv, u):
             s.close()

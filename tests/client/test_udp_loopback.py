@@ -53,9 +53,11 @@ def test_a_wildcard_socket_answers_on_loopback(dom, family, any_, lo):
 def test_ipv6_wildcard_on_a_netif_without_ipv6_is_on_the_loopback_netif():
     """:: where the netif has no IPv6: on the loopback netif (::1), as Linux's :: hears lo's (the
     kernel comparison: tests/interop/test_socket_semantics.py); with no loopback netif either,
-    EADDRNOTAVAIL stays, as for TCP."""
+    EADDRNOTAVAIL stays for an IPV6_V6ONLY socket, as for TCP (a dual-stack one takes IPv4 there:
+    tests/client/test_dual_stack.py)."""
     with memwire_domain() as (d, client):
         bare = us.socket(socket.AF_INET6, socket.SOCK_DGRAM, client=client, netif="a")
+        bare.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         with pytest.raises(OSError) as info:
             bare.bind(("::", 0))
         assert info.value.errno == errno.EADDRNOTAVAIL

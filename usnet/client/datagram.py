@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import ipaddress
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -109,6 +110,8 @@ class DatagramSocket:
             self.remote = (info.remote_addr, info.remote_port)
         self.mtu = info.mtu
         self._v6 = getattr(info, "family", 4) == 6
+        self.v6 = self._v6
+        self.loopback = ipaddress.ip_address(info.local_addr).is_loopback  # on the domain's loopback netif
         self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
         self._ident = 0
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed

@@ -33,6 +33,7 @@ from usnet.client.engine import Readiness, runner
 from usnet.client.session import Client
 from usnet.client.socket import (
     _DONTWAIT,
+    _DUAL_TRIES,
     _PEEK,
     AF_INET,
     AF_INET6,
@@ -55,7 +56,7 @@ from usnet.client.socket import (
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, kept, lookup, not_available
 from usnet.proto.errqueue import IP_RECVERR, IPV6_RECVERR, ErrorReport, icmp_report, pack_cmsg
 
-__all__ = ["DatagramEngine", "DatagramFace", "LoopbackHalf"]
+__all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
@@ -73,10 +74,12 @@ class DatagramEngine:
 
     def __init__(self, dsock: DatagramSocket, client: Client) -> None:
         self.d = dsock
-        # A wildcard socket's second flow, on the loopback netif, sharing the port (as Linux's
-        # 0.0.0.0 hears 127.0.0.1): its datagrams join the one queue; sends to loopback leave by it.
-        self.lo: DatagramSocket | None = None
-        self.half: LoopbackHalf | None = None  # what the runner sleeps on for `lo`'s doorbell
+        # A wildcard socket's other flows, on the same port: on the loopback netif (as Linux's
+        # 0.0.0.0 hears 127.0.0.1), and IPv4's for a dual-stack AF_INET6 one. Their datagrams join
+        # the one queue; a datagram leaves by the flow of its destination's family and netif (`via`).
+        self.more: list[DatagramSocket] = []
+        self._halves: list[FlowHalf] = []  # what the runner sleeps on for their doorbells
+        self._ways: list[tuple[bool, bool, DatagramSocket]] = [(dsock.v6, dsock.loopback, dsock)]
         self.client = client  # whose control socket's hang-up fails this flow (Runner._domain_gone)
         self.ch = dsock.channel
         self.lock = threading.RLock()
@@ -98,21 +101,37 @@ class DatagramEngine:
     def fileno(self) -> int:
         return self.ch.fileno()
 
-    def add_loopback(self, lo: DatagramSocket) -> None:
-        """Hear `lo` (the same port on the loopback netif) too; the runner serves its doorbell."""
-        lo.remote = self.d.remote
-        lo.on_error = self.d.on_error
-        self.lo = lo
-        self.half = LoopbackHalf(self)
-        runner().add(self.half)
+    def add_flow(self, d: DatagramSocket) -> None:
+        """Hear `d` (the same port on another netif or in IPv4) too; the runner serves its doorbell."""
+        d.remote = self.d.remote
+        d.on_error = self.d.on_error
+        self.more.append(d)
+        self._ways.append((d.v6, d.loopback, d))
+        half = FlowHalf(self, d)
+        self._halves.append(half)
+        runner().add(half)
+
+    def hears(self, v6: bool, loopback: bool) -> bool:
+        """Whether one of its flows is of that family and on (or off) the loopback netif."""
+        return any(w[0] == v6 and w[1] == loopback for w in self._ways)
 
     def flows(self) -> tuple[DatagramSocket, ...]:
-        """Its flow, and its loopback one if it has one."""
-        return (self.d,) if self.lo is None else (self.d, self.lo)
+        """Its flow, and the others on its port (`more`)."""
+        return (self.d, *self.more) if self.more else (self.d,)
 
     def via(self, host: str) -> DatagramSocket:
-        """The flow a datagram to `host` leaves by: the loopback one for a loopback address."""
-        return self.lo if self.lo is not None and _is_loopback(host) else self.d
+        """The flow a datagram to `host` leaves by: the one of its family, on the loopback netif
+        for a loopback address; the socket's own where none is (its route decides)."""
+        if not self.more:
+            return self.d
+        v6, lo = ":" in host, _is_loopback(host)
+        for w in self._ways:
+            if w[0] == v6 and w[1] == lo:
+                return w[2]
+        for w in self._ways:
+            if w[0] == v6:
+                return w[2]
+        return self.d
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
@@ -220,8 +239,8 @@ class DatagramEngine:
         with self.lock:
             self.closed = True
             self.changed.notify_all()
-        if self.half is not None:
-            runner().remove(self.half)
+        for half in self._halves:
+            runner().remove(half)
         for d in self.flows():
             try:
                 d.close()
@@ -229,14 +248,13 @@ class DatagramEngine:
                 pass  # the domain is gone already
 
 
-class LoopbackHalf:
-    """The runner's handle on a wildcard datagram socket's loopback flow (`DatagramEngine.lo`):
-    its doorbell to sleep on; everything else is the engine's (one lock, one queue, one readiness)."""
+class FlowHalf:
+    """The runner's handle on one of a datagram socket's other flows (`DatagramEngine.more`): its
+    doorbell to sleep on; everything else is the engine's (one lock, one queue, one readiness)."""
 
-    def __init__(self, eng: DatagramEngine) -> None:
-        assert eng.lo is not None
+    def __init__(self, eng: DatagramEngine, d: DatagramSocket) -> None:
         self.eng = eng
-        self.ch = eng.lo.channel
+        self.ch = d.channel
         self.lock = eng.lock
         self.client = eng.client
         self.release_when_idle = False  # the engine's close takes it out of the runner
@@ -286,10 +304,17 @@ class DatagramFace(socket):
     # -- addresses ------------------------------------------------------------------------
 
     def _resolve(self, address: Any) -> tuple[str, int]:
+        """(host, port) as the flows name it: an IPv4-mapped address (::ffff:a.b.c.d) as IPv4's,
+        for a dual-stack socket (ENETUNREACH for an IPV6_V6ONLY one, as Linux's udpv6_sendmsg)."""
         if not isinstance(address, tuple) or len(address) < 2:
             raise TypeError(f"{self.family.name} address must be a tuple (host, port)")
         host, port = getaddrinfo(address[0], address[1], self.family, SOCK_DGRAM)[0][4][:2]
-        return str(ipaddress.ip_address(host)), int(port)
+        ip = ipaddress.ip_address(host)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            if not self._dual():
+                raise OSError(errno.ENETUNREACH, "Network is unreachable")
+            ip = ip.ipv4_mapped
+        return str(ip), int(port)
 
     def _open(self, port: int = 0, host: str | None = None) -> DatagramEngine:
         """The flow: on the loopback netif for a loopback `host`, else on the socket's netif."""
@@ -306,29 +331,67 @@ class DatagramFace(socket):
     def _new_engine(self, port: int, host: str | None) -> DatagramEngine:
         """A flow on `port` with the socket's options (what `_open` and `_rebind` open)."""
         client, netif = self._target(host)
-        reuse = self._reuse_port()
-        try:
-            flow = client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse)
-        except OSError as e:
-            if not _v6_wildcard_refused(e, host, self._ip_version, netif):
+        dual = host is None and self._dual()
+        for attempt in range(_DUAL_TRIES):
+            flow, where = self._flow(client, netif, host, port, dual)
+            try:  # a dual-stack :: holds the port in IPv4 too, as Linux's (its own ephemeral one: again)
+                v4 = self._v4_flow(client, netif, flow) if dual and flow.v6 else None
+            except OSError as e:
+                flow.close()
+                if e.errno == errno.EADDRINUSE and port == 0 and attempt + 1 < _DUAL_TRIES:
+                    continue
                 raise
-            flow = _on_loopback_only(lambda: client.udp_socket(LOOPBACK_NETIF, port, family=6, reuse_port=reuse), e)
-            netif = LOOPBACK_NETIF
-        self._netif = netif
+            break
+        self._netif = where
         eng = DatagramEngine(flow, client)
         eng.d.setblocking(self._timeout != 0.0)
-        if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS set before the flow was
-            eng.d.set_marking(mark)
+        self._mark(flow)
+        if v4 is not None:
+            self._mark(v4)
+            with eng.lock:
+                eng.add_flow(v4)
         if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
             eng.rcvbuf = v
         if self._recverr():
             eng.set_recverr(True)
         return eng
 
+    def _flow(self, client: Client, netif: str, host: str | None, port: int,
+              dual: bool) -> tuple[DatagramSocket, str]:
+        """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
+        family a dual-stack :: then takes), and the netif it is on."""
+        reuse = self._reuse_port()
+        try:
+            return client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse), netif
+        except OSError as e:
+            if not _v6_wildcard_refused(e, host, self._ip_version, netif):
+                raise
+            try:
+                return _on_loopback_only(lambda: client.udp_socket(LOOPBACK_NETIF, port, family=6, reuse_port=reuse),
+                                         e), LOOPBACK_NETIF
+            except OSError as refused:
+                if not dual or refused.errno != errno.EADDRNOTAVAIL:
+                    raise
+                return client.udp_socket(netif, port, family=4, reuse_port=reuse), netif
+
+    def _v4_flow(self, client: Client, netif: str, flow: DatagramSocket) -> DatagramSocket | None:
+        """A dual-stack socket's IPv4 flow on the netif, on `flow`'s port (None: no IPv4 there)."""
+        try:
+            return client.udp_socket(netif, flow.local[1], family=4, reuse_port=self._reuse_port())
+        except OSError as e:
+            if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                return None
+            raise
+
+    def _mark(self, d: DatagramSocket) -> None:
+        """IP_TTL, IP_TOS (IPV6_UNICAST_HOPS, IPV6_TCLASS) set before the flow was: its family's."""
+        if mark := ip_mark(AF_INET6 if d.v6 else AF_INET, self._opts):
+            d.set_marking(mark)
+
     def _recverr(self) -> bool:
         """Whether the socket's flows report ICMP errors to its error queue: IP_RECVERR on an
-        AF_INET socket, IPV6_RECVERR on an AF_INET6 one (whose IP_RECVERR is IPv4's, and a usnet
-        AF_INET6 socket carries no IPv4: stored, as Linux keeps it for IPv4-mapped traffic)."""
+        AF_INET socket, IPV6_RECVERR on an AF_INET6 one (for its IPv4 flow too, if dual stack,
+        where Linux would read IP_RECVERR: stored, not acted on)."""
         key = (IPPROTO_IPV6, IPV6_RECVERR) if self.family == AF_INET6 else (_std.IPPROTO_IP, IP_RECVERR)
         return bool(self._opts.get(key))
 
@@ -340,27 +403,28 @@ class DatagramFace(socket):
         if eng is None:
             eng = self._open()
             self._wildcard = True
-        if dest is not None and eng.lo is None and self._wildcard and _is_loopback(dest):
+        if dest is not None and self._wildcard and _is_loopback(dest) and not eng.hears(":" in dest, True):
             self._hear_loopback(eng)
         return eng
 
     def _hear_loopback(self, eng: DatagramEngine) -> None:
         """A socket bound to the wildcard hears the loopback netif too, as Linux's 0.0.0.0 (::)
-        takes datagrams to 127.0.0.1 (::1): a second flow there on the same port (the domain
-        shares it: `OpenFlow.with_channel`). Not where that cannot be (the socket is on the
-        loopback netif already, or the domain has none): then loopback stays unreachable."""
-        client, netif = self._target()
-        if LOOPBACK_NETIF in (netif, self._netif):
-            return
-        try:
-            lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=self._ip_version, with_channel=eng.ch.id,
-                                   reuse_port=self._reuse_port())
-        except OSError:  # no loopback netif (ENODEV), or it cannot take the port
-            return
-        if mark := ip_mark(self.family, self._opts):
-            lo.set_marking(mark)
-        with eng.lock:
-            eng.add_loopback(lo)
+        takes datagrams to 127.0.0.1 (::1): a flow there on the same port for each family it
+        takes (the domain shares the port: `OpenFlow.with_channel`). Not where that cannot be (the
+        socket is on the loopback netif already, or the domain has none): then loopback stays
+        unreachable."""
+        client, _ = self._target()
+        for d in eng.flows():
+            if d.loopback or eng.hears(d.v6, True):
+                continue
+            try:
+                lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=6 if d.v6 else 4,
+                                       with_channel=d.channel.id, reuse_port=self._reuse_port())
+            except OSError:  # no loopback netif (ENODEV), or it cannot take the port
+                continue
+            self._mark(lo)
+            with eng.lock:
+                eng.add_flow(lo)
 
     def bind(self, address: tuple) -> None:
         self._need_open()
@@ -414,7 +478,8 @@ class DatagramFace(socket):
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", 0)
         if self._wildcard and eng.remote is None:  # as Linux: the wildcard until connected
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", eng.d.local[1])
-        return _sockaddr(self.family, eng.d.local[0], eng.d.local[1])
+        local = eng.d.local if eng.remote is None else eng.via(eng.remote[0]).local  # the connected flow's
+        return _sockaddr(self.family, local[0], local[1])
 
     def getpeername(self) -> tuple:
         self._need_open()
@@ -443,11 +508,11 @@ class DatagramFace(socket):
         """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
         one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
         EACCES, as Linux's; with it, and to a multicast group, EOPNOTSUPP that says why."""
-        if dest in eng.d.broadcasts:
+        if dest in eng.via(dest).broadcasts:
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
-        if dest[:2].lower() == "ff" if self._ip_version == 6 else 224 <= int(dest.split(".", 1)[0]) <= 239:
+        if dest[:2].lower() == "ff" if ":" in dest else 224 <= int(dest.split(".", 1)[0]) <= 239:
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast ({dest})")
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
@@ -623,18 +688,6 @@ class DatagramFace(socket):
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             return self._v6only()
         return self._opts.get((level, opt), spec.default)
-
-    def _v6only(self, value: Any = None) -> int:
-        """IPV6_V6ONLY: an AF_INET6 usnet UDP socket is an IPv6 flow and takes no IPv4 (the stream
-        face has dual stack; this one not yet), so it reads 1, and clearing it is refused, not
-        ignored: a program that asks for dual stack learns at once that it has none, instead of
-        a socket deaf to IPv4. Not an AF_INET6 socket: ENOPROTOOPT, as Linux's."""
-        if self.family != AF_INET6:
-            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
-        if value is not None and not value:
-            raise OSError(errno.EOPNOTSUPP, "usnet: an AF_INET6 UDP socket carries IPv6 only, IPV6_V6ONLY "
-                          "cannot be cleared; open an AF_INET socket beside it for IPv4")
-        return 1
 
     def shutdown(self, how: int) -> None:
         self._need_open()
