@@ -13,11 +13,16 @@ kernel's sockets: what it prints must be the same, and its own checks hold on bo
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import pickle
 import socket
+import struct
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -46,20 +51,25 @@ def _run(path: str, on_usnet: bool, *args: str) -> str:
     return got.stdout.decode().strip().split("\n")[-1]
 
 
-def _heard_from(s: socket.socket) -> set[str]:
-    """The source addresses of the datagrams waiting on kernel socket `s` (drained)."""
+def _drained(s: socket.socket) -> list[tuple[bytes, tuple]]:
+    """The datagrams waiting on kernel socket `s`, with their sources."""
     s.setblocking(False)
-    got = set()
+    got = []
     for _ in range(1000):
         try:
-            got.add(s.recvfrom(65536)[1][0])
+            got.append(s.recvfrom(65536))
         except BlockingIOError:
-            return got
+            break
     return got
 
 
+def _heard_from(s: socket.socket) -> set[str]:
+    """The source addresses of the datagrams waiting on kernel socket `s` (drained)."""
+    return {a[0] for _, a in _drained(s)}
+
+
 @pytest.fixture
-def dnsmasq(usnetd_path):
+def dnsmasq(usnetd_path):  # noqa: F811  (the fixture imported above)
     """dnsmasq on the kernel's side of the TAP: www (A and AAAA), alias (CNAME), nx.test (NXDOMAIN)
     and big (BIG A records, truncated over UDP). Yields its address."""
     _, _, host_ip = usnetd_path
@@ -102,3 +112,116 @@ def test_dnspython_resolves_as_on_the_kernel(usnetd_path, dnsmasq):  # noqa: F81
     assert found["big"] == BIG and found["big-fallback"] == [True, BIG] and found["big-udp"][0] is True
     assert found["silent"] == found["async-silent"] == "Timeout"
     assert found["silent-resolver"] == "LifetimeTimeout"
+
+
+def _records(data: bytes) -> list[dict]:
+    """SocketHandler's stream: 4-byte lengths, each before a pickled record's dict."""
+    got = []
+    for _ in range(100):
+        if not data:
+            return got
+        n = struct.unpack(">L", data[:4])[0]
+        got.append(pickle.loads(data[4:4 + n]))
+        data = data[4 + n:]
+    return got
+
+
+def _plain(rec: dict) -> list:
+    """What a record says, without what differs between two runs (times, process ids)."""
+    return [rec[k] for k in ("name", "levelname", "msg", "args", "exc_text", "lineno", "funcName")]
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    conn.settimeout(LIMIT)
+    chunks = []
+    for _ in range(100000):
+        b = conn.recv(65536)
+        if not b:
+            break
+        chunks.append(b)
+    return b"".join(chunks)
+
+
+def test_logging_handlers_send_to_kernel_receivers(usnetd_path):  # noqa: F811
+    """SocketHandler (TCP, pickled records) and DatagramHandler (UDP) to kernel receivers, and
+    SysLogHandler over UDP and TCP: the receivers get the same records from usnet as from the kernel
+    (a 20 kB one too), from the usnet address; a SocketHandler whose receiver refuses drops its record."""
+    path, usnet_ip, host_ip = usnetd_path
+    seen = {}
+    for on_usnet in (True, False):
+        tcp, stcp = socket.create_server((host_ip, 0)), socket.create_server((host_ip, 0))
+        udp, sudp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        refused = socket.socket()
+        with tcp, stcp, udp, sudp, refused:
+            for s in (udp, sudp, refused):
+                s.bind((host_ip, 0))
+            for s in (udp, sudp):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            ports = [str(s.getsockname()[1]) for s in (tcp, udp, sudp, stcp, refused)]
+            assert _run(path, on_usnet, "logging", host_ip, *ports) == '"sent"'
+            (conn, peer), (sconn, speer) = tcp.accept(), stcp.accept()  # already closed: the data waits
+            with conn, sconn:
+                stream, sstream = _records(_read_all(conn)), _read_all(sconn)
+            grams, sgrams = _drained(udp), _drained(sudp)
+            assert (len(grams), len(sgrams)) == (5, 5), (on_usnet, [len(d) for d, _ in grams + sgrams])
+            want = usnet_ip if on_usnet else host_ip
+            assert {peer[0], speer[0]} | {a[0] for _, a in grams + sgrams} == {want}
+            seen[on_usnet] = ([_plain(r) for r in stream], [_plain(pickle.loads(d[4:])) for d, _ in grams],
+                              [d for d, _ in sgrams], sstream)
+    assert seen[True] == seen[False]
+    stream, grams, sgrams, sstream = seen[True]
+    assert [r[1] for r in stream] == ["DEBUG", "INFO", "ERROR", "ERROR", "CRITICAL"] and grams == stream
+    assert "ZeroDivisionError" in stream[3][4] and len(stream[4][2]) == 20000
+    assert sgrams[0].startswith(b"<15>debug 1") and sstream.count(b"\x00") == 5
+
+
+@contextlib.contextmanager
+def _udp_echo(host: str, whole: bool):
+    """A kernel UDP socket in a thread that answers every datagram to its sender, with the datagram
+    itself (`whole`) or its SHA-256; yields (port, the senders it heard)."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.settimeout(0.1)
+    heard: set = set()
+    done = threading.Event()
+
+    def run() -> None:
+        for _ in range(int(LIMIT / 0.1)):
+            if done.is_set():
+                return
+            try:
+                data, peer = s.recvfrom(70000)
+            except TimeoutError:
+                continue
+            heard.add(peer[0])
+            s.sendto(data if whole else hashlib.sha256(data).digest(), peer)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield s.getsockname()[1], heard
+    finally:
+        done.set()
+        t.join(LIMIT)
+        s.close()
+
+
+@pytest.mark.parametrize("tap_domain", [True, False], ids=["offload", "plain"], indirect=True)
+def test_a_datagram_bigger_than_the_mtu_leaves_in_fragments(usnetd_path, request):  # noqa: F811
+    """A UDP datagram past the MTU goes in IPv4 fragments, as Linux sends it, up to 65,507 bytes
+    (more is EMSGSIZE), from a connected socket too. Before, usnet said EMSGSIZE past 1,472 bytes
+    (and the logging module's DatagramHandler lost its long records).
+
+    The kernel's big answers come back whole on a netif with offload (its flows' packets are 64 KiB);
+    on a plain one a flow's packets are 2 KiB and a reassembled datagram bigger than that is
+    dropped (rx_too_big): there the echo answers with a digest."""
+    path, usnet_ip, host_ip = usnetd_path
+    offload = request.node.callspec.params["tap_domain"]
+    outs = {}
+    for on_usnet in (True, False):
+        with _udp_echo(host_ip, whole=offload) as (port, heard):
+            outs[on_usnet] = _run(path, on_usnet, "bigudp", host_ip, str(port))
+        assert heard == {usnet_ip if on_usnet else host_ip}
+    assert outs[True] == outs[False]
+    back = json.loads(outs[True])
+    assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]

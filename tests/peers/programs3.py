@@ -9,7 +9,6 @@ what it prints (one JSON line, or "port N" for a server) the test compares betwe
 import asyncio
 import hashlib
 import json
-import os
 import socket
 import sys
 import time
@@ -26,6 +25,7 @@ def listening(p: int) -> None:
 
 
 if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_PORT; prints what it found
+    import dns.asyncquery
     import dns.asyncresolver
     import dns.exception
     import dns.message
@@ -63,9 +63,8 @@ if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_PORT; prints what 
         ar.nameservers = [ns]
         got = await asyncio.gather(ar.resolve("www.usnet.test", "A"), ar.resolve("big.usnet.test", "A"),
                                    dns.asyncquery.tcp(dns.message.make_query("www.usnet.test", "AAAA"), ns, timeout=5))
-        return [sorted(x.address for x in got[0]), len(got[1]), sorted(str(rr) for rrset in got[2].answer for rr in rrset)]
-
-    import dns.asyncquery
+        aaaa = sorted(str(rr) for rrset in got[2].answer for rr in rrset)
+        return [sorted(x.address for x in got[0]), len(got[1]), aaaa]
 
     found["async"] = asyncio.run(aio())
     t0 = time.monotonic()
@@ -101,6 +100,62 @@ if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_PORT; prints what 
     took = time.monotonic() - t0
     assert 0.45 < took < 2.0, took
     out(found)
+
+elif name == "logging":  # logging.handlers to kernel receivers: HOST TCP UDP SYSLOG_UDP SYSLOG_TCP REFUSED
+    import logging
+    import logging.handlers
+
+    host, tcp, udp, sudp, stcp, refused = args[0], *map(int, args[1:])
+    log = logging.getLogger("usnet.test")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    t0 = time.monotonic()
+    nowhere = logging.handlers.SocketHandler(host, refused)  # connection refused: the record is dropped
+    log.addHandler(nowhere)
+    log.warning("to nowhere")
+    nowhere.close()
+    log.removeHandler(nowhere)
+    assert time.monotonic() - t0 < 5
+    handlers = [logging.handlers.SocketHandler(host, tcp), logging.handlers.DatagramHandler(host, udp),
+                logging.handlers.SysLogHandler((host, sudp)),
+                logging.handlers.SysLogHandler((host, stcp), socktype=socket.SOCK_STREAM)]
+    for h in handlers:
+        log.addHandler(h)
+    log.debug("debug %d", 1)
+    log.info("info %s", "two" * 100)
+    log.error("error \u00e9\u00e8 %r", {"k": [1, 2]})
+    try:
+        _ = 1 / 0
+    except ZeroDivisionError:
+        log.exception("failed")
+    log.critical("x" * 20000)  # one big record: many segments over TCP, one 20 kB datagram over UDP
+    for h in handlers:
+        h.close()
+    out("sent")
+
+elif name == "bigudp":  # datagrams past the MTU, to a kernel echo (whole, or a digest): HOST PORT
+    import errno
+
+    host, port = args[0], int(args[1])
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    sizes = [1472, 1473, 3000, 20000, 65507 if family == socket.AF_INET else 65527]
+    back = []
+    for n in sizes:
+        data = hashlib.sha256(str(n).encode()).digest() * (n // 32) + b"z" * (n % 32)
+        assert s.sendto(data, (host, port)) == n
+        got, peer = s.recvfrom(70000)  # the echo: the datagram itself, or its digest
+        back.append([n, got == data or got == hashlib.sha256(data).digest()])
+    try:
+        s.sendto(b"x" * (sizes[-1] + 1), (host, port))
+        back.append("sent")
+    except OSError as e:
+        back.append(errno.errorcode[e.errno])
+    s.connect((host, port))
+    s.send(b"y" * 5000)  # a connected socket's send too
+    back.append(len(s.recv(70000)) in (32, 5000))
+    out(back)
 
 else:
     raise SystemExit(f"unknown program {name}")
