@@ -225,3 +225,69 @@ def test_a_datagram_bigger_than_the_mtu_leaves_in_fragments(usnetd_path, request
     assert outs[True] == outs[False]
     back = json.loads(outs[True])
     assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]
+
+
+@pytest.mark.parametrize("kind", ["threading", "plain"])
+def test_socketserver_udp_servers_answer_a_kernel_client(usnetd_path, kind):  # noqa: F811
+    """socketserver.ThreadingUDPServer and UDPServer (DatagramRequestHandler) under `usnet run`:
+    a kernel client's datagrams, from two sockets, each answered to its sender from the server's
+    address, as the same server on the kernel answers them."""
+    path, usnet_ip, host_ip = usnetd_path
+    answers = {}
+    for on_usnet in (True, False):
+        ip = usnet_ip if on_usnet else host_ip
+        server, port = started(_command(on_usnet, "udpserver", ip, kind),
+                               child_env(path) if on_usnet else _kernel_env())
+        try:
+            got = []
+            clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+            for c in clients:
+                c.bind((host_ip, 0))
+                c.settimeout(10)
+            with clients[0], clients[1]:
+                for i in range(20):
+                    c = clients[i % 2]
+                    c.sendto(b"datagram %d " % i + b"x" * i * 50, (ip, port))
+                    data, peer = c.recvfrom(65536)
+                    assert peer == (ip, port)
+                    got.append(data.replace(host_ip.encode(), b"CLIENT"))
+            assert server.poll() is None
+        finally:
+            stop(server)
+        answers[on_usnet] = got
+    assert answers[True] == answers[False]
+    assert answers[True][3] == b"DATAGRAM 3 " + b"X" * 150 + b" from CLIENT"
+
+
+def test_threading_http_server_over_tls_serves_curl(usnetd_path, ca, tmp_path):  # noqa: F811
+    """http.server.ThreadingHTTPServer whose listener is wrapped by SSLContext.wrap_socket(server_side=
+    True), under `usnet run`: curl --cacert (a trustme CA) fetches a small and a 2 MB file, several
+    times on one kept-alive connection, and gets what it gets from the same server on the kernel."""
+    path, usnet_ip, host_ip = usnetd_path
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "small.txt").write_bytes(b"hello over TLS\n")
+    big = hashlib.sha256(b"x").hexdigest().encode() * 65536
+    (site / "big.bin").write_bytes(big)
+    cacert, cert, key = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(cacert))
+    leaf = ca.issue_cert(usnet_ip, host_ip)
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    for on_usnet in (True, False):
+        ip = usnet_ip if on_usnet else host_ip
+        server, port = started(_command(on_usnet, "https", ip, str(cert), str(key), str(site)),
+                               child_env(path) if on_usnet else _kernel_env())
+        try:
+            urls = [f"https://{ip}:{port}/{n}" for n in ("small.txt", "big.bin", "small.txt", "big.bin")]
+            got = subprocess.run(["curl", "-sS", "--fail", "--cacert", str(cacert), "--max-time", str(LIMIT),
+                                  "-w", "\n%{http_code} %{num_connects} %{ssl_verify_result}\n", *urls],
+                                 capture_output=True, timeout=LIMIT + 5)
+            assert got.returncode == 0, (on_usnet, got.stderr.decode())
+            small = b"hello over TLS\n\n"
+            want = b"".join(small + b"200 %d 0\n" % (i == 0) if n == "small.txt" else big + b"\n200 0 0\n"
+                            for i, n in enumerate(("small.txt", "big.bin", "small.txt", "big.bin")))
+            assert got.stdout == want
+            assert server.poll() is None
+        finally:
+            stop(server)

@@ -157,5 +157,32 @@ elif name == "bigudp":  # datagrams past the MTU, to a kernel echo (whole, or a 
     back.append(len(s.recv(70000)) in (32, 5000))
     out(back)
 
+elif name == "udpserver":  # socketserver's UDP servers: BIND_IP threading|plain; answers upper-cased
+    import socketserver
+
+    class Upper(socketserver.DatagramRequestHandler):
+        def handle(self) -> None:
+            data = self.rfile.read()
+            self.wfile.write(data.upper() + b" from " + self.client_address[0].encode())
+
+    cls = socketserver.ThreadingUDPServer if args[1] == "threading" else socketserver.UDPServer
+    with cls((args[0], 0), Upper) as srv:
+        listening(srv.server_address[1])
+        srv.serve_forever(poll_interval=0.05)
+
+elif name == "https":  # http.server over TLS: BIND_IP CERT KEY DIR
+    import functools
+    import http.server
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(args[1], args[2])
+    http.server.SimpleHTTPRequestHandler.protocol_version = "HTTP/1.1"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=args[3])
+    srv = http.server.ThreadingHTTPServer((args[0], 0), handler)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    listening(srv.server_address[1])
+    srv.serve_forever(poll_interval=0.05)
+
 else:
     raise SystemExit(f"unknown program {name}")
