@@ -291,3 +291,60 @@ def test_threading_http_server_over_tls_serves_curl(usnetd_path, ca, tmp_path): 
             assert server.poll() is None
         finally:
             stop(server)
+
+
+@contextlib.contextmanager
+def _digest_server(host: str, connections: int):
+    """A kernel TCP listener in a thread: for each of `connections` connections, the bytes up to the
+    client's FIN, answered with "length sha256" before closing. Yields (port, the peers seen)."""
+    ls = socket.create_server((host, 0))
+    ls.settimeout(0.1)
+    peers: list = []
+    done = threading.Event()
+
+    def run() -> None:
+        for _ in range(int(LIMIT / 0.1)):
+            if done.is_set() or len(peers) == connections:
+                return
+            try:
+                conn, peer = ls.accept()
+            except TimeoutError:
+                continue
+            peers.append(peer[0])
+            with conn:
+                conn.settimeout(LIMIT)
+                h, n = hashlib.sha256(), 0
+                for _ in range(1 << 20):
+                    b = conn.recv(1 << 16)
+                    if not b:
+                        break
+                    h.update(b)
+                    n += len(b)
+                conn.sendall(f"{n} {h.hexdigest()}".encode())
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()[1], peers
+    finally:
+        done.set()
+        t.join(LIMIT)
+        ls.close()
+
+
+def test_sendfile_and_asyncio_datagrams_to_kernel_peers(usnetd_path, tmp_path):  # noqa: F811
+    """socket.sendfile (whole, and an offset and count), loop.sock_sendfile and loop.sendfile of a
+    real 1 MB file arrive whole at a kernel receiver (SHA-256), and loop.sock_sendto,
+    sock_recvfrom and sock_recvfrom_into (Python 3.11) talk with a kernel UDP echo, under `usnet
+    run` as on the kernel."""
+    path, usnet_ip, host_ip = usnetd_path
+    f = tmp_path / "file.bin"
+    f.write_bytes(os.urandom(1 << 20))
+    outs = {}
+    for on_usnet in (True, False):
+        with _digest_server(host_ip, 4) as (port, peers), _udp_echo(host_ip, whole=True) as (uport, heard):
+            outs[on_usnet] = _run(path, on_usnet, "sendfile", host_ip, str(port), str(uport), str(f))
+        want = usnet_ip if on_usnet else host_ip
+        assert set(peers) | heard == {want} and len(peers) == 4
+    assert outs[True] == outs[False]
+    assert len(json.loads(outs[True])) == 5

@@ -9,6 +9,7 @@ what it prints (one JSON line, or "port N" for a server) the test compares betwe
 import asyncio
 import hashlib
 import json
+import os
 import socket
 import sys
 import time
@@ -183,6 +184,67 @@ elif name == "https":  # http.server over TLS: BIND_IP CERT KEY DIR
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     listening(srv.server_address[1])
     srv.serve_forever(poll_interval=0.05)
+
+elif name == "sendfile":  # a file to a kernel digest server (TCP) and datagrams to a kernel echo (UDP):
+    # HOST TCP_PORT UDP_PORT FILE; the server answers "length sha256" once the sender shuts down
+    host, port, uport, path = args[0], int(args[1]), int(args[2]), args[3]
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        whole = f.read()
+    done = []
+
+    def expect(sock: socket.socket, data: bytes) -> None:
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        for _ in range(100):
+            b = sock.recv(200)
+            if not b:
+                break
+            answer += b
+        assert answer.decode() == f"{len(data)} {hashlib.sha256(data).hexdigest()}", (answer, len(data))
+
+    with open(path, "rb") as f, socket.create_connection((host, port), timeout=20) as s:
+        assert s.sendfile(f) == size and f.tell() == size  # the file's position follows, as os.sendfile's
+        expect(s, whole)
+        done.append("socket.sendfile")
+    with open(path, "rb") as f, socket.create_connection((host, port), timeout=20) as s:
+        assert s.sendfile(f, 1000, 300000) == 300000 and f.tell() == 301000
+        expect(s, whole[1000:301000])
+        done.append("socket.sendfile offset count")
+
+    async def aio() -> None:
+        loop = asyncio.get_running_loop()
+        s = socket.create_connection((host, port), timeout=20)
+        s.setblocking(False)
+        with open(path, "rb") as f, s:
+            assert await loop.sock_sendfile(s, f) == size
+            s.setblocking(True)
+            expect(s, whole)
+        done.append("loop.sock_sendfile")
+        reader, writer = await asyncio.open_connection(host, port)
+        with open(path, "rb") as f:
+            assert await loop.sendfile(writer.transport, f, 10, size - 20) == size - 20
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 20)
+        assert answer.decode() == f"{size - 20} {hashlib.sha256(whole[10:size - 10]).hexdigest()}", answer
+        writer.close()
+        await writer.wait_closed()
+        done.append("loop.sendfile")
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.setblocking(False)
+        with u:
+            for i in range(10):
+                assert await loop.sock_sendto(u, b"dgram %d" % i, (host, uport)) == len(b"dgram %d" % i)
+                data, peer = await asyncio.wait_for(loop.sock_recvfrom(u, 100), 10)
+                assert (data, peer) == (b"dgram %d" % i, (host, uport)), (data, peer)
+            buf = bytearray(100)
+            await loop.sock_sendto(u, b"into", (host, uport))
+            n, peer = await asyncio.wait_for(loop.sock_recvfrom_into(u, buf), 10)
+            assert bytes(buf[:n]) == b"into"
+        done.append("loop.sock_sendto/sock_recvfrom")
+
+    asyncio.run(aio())
+    out(done)
 
 else:
     raise SystemExit(f"unknown program {name}")
