@@ -13,8 +13,10 @@ kernel's sockets: what it prints must be the same, and its own checks hold on bo
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -23,12 +25,13 @@ import struct
 import subprocess
 import sys
 import threading
+import zipfile
 
 import pytest
 
 from tests.helpers import PEERS
 from tests.interop.test_names import BIG, ask_udp, need_dnsmasq
-from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_patch import LIMIT, child_env, kernel_http_server, started, stop, usnetd_path  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.privileged
 PROGRAM = str(PEERS / "programs3.py")
@@ -348,3 +351,60 @@ def test_sendfile_and_asyncio_datagrams_to_kernel_peers(usnetd_path, tmp_path): 
         assert set(peers) | heard == {want} and len(peers) == 4
     assert outs[True] == outs[False]
     assert len(json.loads(outs[True])) == 5
+
+
+def _tiny_wheel(where) -> tuple[str, bytes]:
+    """A pure-Python wheel, written by hand (a zip with its dist-info): (file name, bytes)."""
+    name = "usnettiny-0.1-py3-none-any.whl"
+    files = {"usnettiny/__init__.py": b"ANSWER = 42\n",
+             "usnettiny-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: usnettiny\nVersion: 0.1\n",
+             "usnettiny-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
+                                              b"Tag: py3-none-any\n"}
+    record = "".join(f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b'=').decode()},"
+                     f"{len(b)}\n" for n, b in files.items()) + "usnettiny-0.1.dist-info/RECORD,,\n"
+    files["usnettiny-0.1.dist-info/RECORD"] = record.encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    (where / name).write_bytes(buf.getvalue())
+    return name, buf.getvalue()
+
+
+def test_pip_downloads_a_wheel_from_a_kernel_simple_index(usnetd_path, tmp_path):  # noqa: F811
+    """pip (its vendored requests and urllib3) under `usnet run` downloads and installs a wheel from
+    a "simple" index that the kernel's http.server serves, as pip on the kernel does: the file is the
+    one served, and the server saw pip's requests come from the usnet address."""
+    path, usnet_ip, host_ip = usnetd_path
+    site = tmp_path / "index"
+    (site / "simple" / "usnettiny").mkdir(parents=True)
+    name, wheel = _tiny_wheel(site)
+    digest = hashlib.sha256(wheel).hexdigest()
+    (site / "simple" / "usnettiny" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="../../{name}#sha256={digest}">{name}</a></body></html>\n')
+    for on_usnet in (True, False):
+        server, port = kernel_http_server(site, host_ip)
+        try:
+            env = child_env(path) if on_usnet else _kernel_env()
+            env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", no_proxy="*")
+            pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir", "--retries", "0",
+                   "--timeout", "10"]
+            if on_usnet:
+                pip = [sys.executable, "-m", "usnet", "run", "--", *pip]
+            index = ["--index-url", f"http://{host_ip}:{port}/simple/", "--trusted-host", host_ip]
+            dl, target = tmp_path / f"dl{on_usnet}", tmp_path / f"t{on_usnet}"
+            got = subprocess.run([*pip, "download", "--no-deps", *index, "-d", str(dl), "usnettiny"],
+                                 capture_output=True, timeout=LIMIT * 2, env=env)
+            assert got.returncode == 0, got.stderr.decode()[-3000:]
+            assert (dl / name).read_bytes() == wheel
+            got = subprocess.run([*pip, "install", "--no-deps", *index, "--target", str(target), "usnettiny"],
+                                 capture_output=True, timeout=LIMIT * 2, env=env)
+            assert got.returncode == 0, got.stderr.decode()[-3000:]
+            assert (target / "usnettiny" / "__init__.py").read_bytes() == b"ANSWER = 42\n"
+            server.terminate()
+            log = server.communicate(timeout=10)[1].decode()  # http.server's access log
+        finally:
+            stop(server)
+        clients = {line.split(" ", 1)[0] for line in log.splitlines() if '"GET ' in line}
+        assert clients == {usnet_ip if on_usnet else host_ip}, log
+        assert log.count(f"GET /{name} ") == 2
