@@ -427,3 +427,19 @@ def test_pip_downloads_a_wheel_from_a_kernel_simple_index(usnetd_path, tmp_path)
         clients = {line.split(" ", 1)[0] for line in log.splitlines() if '"GET ' in line}
         assert clients == {usnet_ip if on_usnet else host_ip}, log
         assert log.count(f"GET /{name} ") == 2
+
+
+def test_sendfile_refuses_and_positions_as_on_the_kernel(usnetd_path, tmp_path):  # noqa: F811
+    """socket.sendfile's refusals (a count not a positive int, a text file, a non-blocking socket,
+    a UDP socket) and the file position it leaves (an offset at or past the end sends nothing and
+    leaves it), under `usnet run` as on the kernel."""
+    path, usnet_ip, host_ip = usnetd_path
+    f = tmp_path / "file.bin"
+    f.write_bytes(os.urandom(10000))
+    outs = {}
+    for on_usnet in (True, False):
+        with _digest_server(host_ip, 3) as (port, peers):
+            outs[on_usnet] = _run(path, on_usnet, "sendfile-edges", host_ip, str(port), str(f))
+        assert peers == [usnet_ip if on_usnet else host_ip] * 3
+    diffs = [(o, t) for o, t in zip(json.loads(outs[True]), json.loads(outs[False])) if o != t]
+    assert not diffs, "\n".join(f"usnet:  {o}\nkernel: {t}" for o, t in diffs)

@@ -246,5 +246,88 @@ elif name == "sendfile":  # a file to a kernel digest server (TCP) and datagrams
     asyncio.run(aio())
     out(done)
 
+elif name == "sendfile-edges":  # what socket.sendfile refuses, and where it leaves the file: HOST PORT FILE
+    import io
+
+    host, port, path = args[0], int(args[1]), args[2]
+    seen = []
+
+    def attempt(what: str, fn) -> None:
+        try:
+            seen.append([what, "ok", fn()])
+        except Exception as e:  # the exception is what is compared
+            seen.append([what, type(e).__name__, str(e)])
+
+    s = socket.create_connection((host, port), timeout=20)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f, s:
+        attempt("count str", lambda: s.sendfile(f, 0, "10"))
+        attempt("count 0", lambda: s.sendfile(f, 0, 0))
+        attempt("count -1", lambda: s.sendfile(f, 0, -1))
+        attempt("past EOF", lambda: [s.sendfile(f, size + 10), f.tell()])
+        f.seek(5)
+        attempt("at EOF", lambda: [s.sendfile(f, size), f.tell()])
+        f.seek(100)
+        attempt("from 0, not the position", lambda: [s.sendfile(f), f.tell()])
+        f.seek(100)
+        attempt("offset and count", lambda: [s.sendfile(f, 10, 20), f.tell()])
+        b = io.BytesIO(b"abc" * 1000)
+        b.seek(50)
+        attempt("bytesio: from the position", lambda: [s.sendfile(b), b.tell()])
+        b.seek(50)
+        attempt("bytesio: offset", lambda: [s.sendfile(b, 7, 11), b.tell()])
+        r, w = os.pipe()
+        os.write(w, b"piped")
+        os.close(w)
+        with open(r, "rb") as pipe:
+            attempt("pipe", lambda: [s.sendfile(pipe), pipe.read().decode()])
+        with open(os.devnull, "rb") as empty:
+            s.setblocking(False)
+            attempt("empty, non-blocking", lambda: s.sendfile(empty))
+            s.setblocking(True)
+        with open(path) as text:
+            attempt("text mode", lambda: s.sendfile(text))
+        s.setblocking(False)
+        attempt("non-blocking", lambda: s.sendfile(f))
+        s.setblocking(True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, open(path, "rb") as f:
+        attempt("udp", lambda: u.sendfile(f))
+
+    async def aio_edges() -> None:  # loop.sock_sendfile and loop.sendfile: where they read, where they leave
+        loop = asyncio.get_running_loop()
+
+        async def attempt_async(what: str, coro_fn, fobj) -> None:
+            try:
+                seen.append([what, "ok", [await coro_fn(), fobj.tell()]])
+            except Exception as e:  # the exception is what is compared
+                seen.append([what, type(e).__name__, str(e)])
+
+        s = socket.create_connection((host, port), timeout=20)
+        s.setblocking(False)
+        with open(path, "rb") as f, s:
+            for what, off, cnt in (("sock_sendfile", 0, None), ("sock_sendfile offset count", 10, 20),
+                                   ("sock_sendfile past EOF", size + 5, None)):
+                f.seek(100)
+                await attempt_async(what, lambda off=off, cnt=cnt: loop.sock_sendfile(s, f, off, cnt), f)
+            b = io.BytesIO(b"abc" * 1000)
+            b.seek(50)
+            await attempt_async("sock_sendfile bytesio", lambda: loop.sock_sendfile(s, b), b)
+            r, w = os.pipe()
+            os.write(w, b"piped")
+            os.close(w)
+            with open(r, "rb") as pipe:
+                await attempt_async("sock_sendfile pipe", lambda: loop.sock_sendfile(s, pipe), pipe)
+        _, writer = await asyncio.open_connection(host, port)
+        with open(path, "rb") as f:
+            for what, off, cnt in (("sendfile", 0, None), ("sendfile offset count", 10, 20),
+                                   ("sendfile past EOF", size + 5, None)):
+                f.seek(100)
+                await attempt_async(what, lambda off=off, cnt=cnt: loop.sendfile(writer.transport, f, off, cnt), f)
+        writer.close()
+        await writer.wait_closed()
+
+    asyncio.run(aio_edges())
+    out(seen)
+
 else:
     raise SystemExit(f"unknown program {name}")
