@@ -443,3 +443,17 @@ def test_sendfile_refuses_and_positions_as_on_the_kernel(usnetd_path, tmp_path):
         assert peers == [usnet_ip if on_usnet else host_ip] * 3
     diffs = [(o, t) for o, t in zip(json.loads(outs[True]), json.loads(outs[False])) if o != t]
     assert not diffs, "\n".join(f"usnet:  {o}\nkernel: {t}" for o, t in diffs)
+
+
+def test_datagrams_to_a_closed_port_say_what_the_kernel_says(usnetd_path):  # noqa: F811
+    """The port unreachable that comes back is no error of an unconnected socket (the logging
+    module's DatagramHandler and SysLogHandler send on one: nothing to report), and the next call's
+    ECONNREFUSED (once, or SO_ERROR's) of a connected one, under `usnet run` as on the kernel."""
+    path, _, host_ip = usnetd_path
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind((host_ip, 0))
+    port = str(closed.getsockname()[1])
+    closed.close()
+    ours, theirs = (_run(path, on_usnet, "udp-refused", host_ip, port) for on_usnet in (True, False))
+    assert json.loads(ours) == json.loads(theirs)
+    assert json.loads(ours)[:2] == [["ok", 1], ["TimeoutError", None]]

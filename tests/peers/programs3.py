@@ -329,5 +329,36 @@ elif name == "sendfile-edges":  # what socket.sendfile refuses, and where it lea
     asyncio.run(aio_edges())
     out(seen)
 
+elif name == "udp-refused":  # datagrams to a port nothing listens on: HOST PORT; what each call said
+    import errno
+    import select
+
+    host, port = args[0], int(args[1])
+    said = []
+
+    def note(fn) -> None:
+        try:
+            said.append(["ok", fn()])
+        except OSError as e:
+            said.append([type(e).__name__ if e.errno is None else errno.errorcode[e.errno], None])
+
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # unconnected: the ICMP errors are not its to say
+    u.settimeout(0.3)
+    for _ in range(3):
+        note(lambda: u.sendto(b"x", (host, port)))
+        note(lambda: u.recvfrom(10))  # nothing comes, no error either: a timeout
+    note(lambda: u.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # connected: the next call says ECONNREFUSED
+    c.settimeout(5)
+    c.connect((host, port))
+    for _ in range(2):
+        note(lambda: c.send(b"x"))
+        note(lambda: c.recv(10))  # waits for the port unreachable, and says it
+    note(lambda: c.send(b"x"))
+    note(lambda: len(select.select([c], [], [], 5)[0]))  # the error makes it readable
+    note(lambda: c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))  # taken: once
+    note(lambda: c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    out(said)
+
 else:
     raise SystemExit(f"unknown program {name}")
