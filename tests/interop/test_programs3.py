@@ -105,17 +105,21 @@ def test_dnspython_resolves_as_on_the_kernel(usnetd_path, dnsmasq):  # noqa: F81
     path, usnet_ip, host_ip = usnetd_path
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # hears the queries, never answers
     silent.bind((host_ip, 0))
-    with silent:
-        port = str(silent.getsockname()[1])
-        ours = _run(path, True, "dns", dnsmasq, port)
+    silent_tcp = socket.create_server((host_ip, 0))  # takes connections into its backlog, never answers
+    refused = socket.socket()  # bound, not listening: RST to a SYN
+    refused.bind((host_ip, 0))
+    with silent, silent_tcp, refused:
+        ports = [str(s.getsockname()[1]) for s in (silent, silent_tcp, refused)]
+        ours = _run(path, True, "dns", dnsmasq, *ports)
         assert _heard_from(silent) == {usnet_ip}  # the queries did go out through usnet
-        theirs = _run(path, False, "dns", dnsmasq, port)
+        theirs = _run(path, False, "dns", dnsmasq, *ports)
         assert _heard_from(silent) == {host_ip}
     assert ours == theirs
     found = json.loads(ours)
     assert found["big"] == BIG and found["big-fallback"] == [True, BIG] and found["big-udp"][0] is True
     assert found["silent"] == found["async-silent"] == "Timeout"
     assert found["silent-resolver"] == "LifetimeTimeout"
+    assert (found["tcp-silent"], found["tcp-refused"]) == ("Timeout", "ConnectionRefusedError")
 
 
 def _records(data: bytes) -> list[dict]:

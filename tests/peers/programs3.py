@@ -25,7 +25,7 @@ def listening(p: int) -> None:
     print(f"port {p}", flush=True)
 
 
-if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_PORT; prints what it found
+if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_UDP SILENT_TCP REFUSED_TCP; prints what it found
     import dns.asyncquery
     import dns.asyncresolver
     import dns.exception
@@ -34,7 +34,7 @@ if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_PORT; prints what 
     import dns.rcode
     import dns.resolver
 
-    ns, silent = args[0], int(args[1])
+    ns, silent, silent_tcp, refused_tcp = args[0], *map(int, args[1:4])
     found: dict = {}
     r = dns.resolver.Resolver(configure=False)
     r.nameservers = [ns]
@@ -100,6 +100,14 @@ if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_PORT; prints what 
     found["async-silent"] = asyncio.run(aio_silent())
     took = time.monotonic() - t0
     assert 0.45 < took < 2.0, took
+    for what, p in (("tcp-silent", silent_tcp), ("tcp-refused", refused_tcp)):
+        t0 = time.monotonic()
+        try:
+            dns.query.tcp(dns.message.make_query("www.usnet.test", "A"), ns, port=p, timeout=0.5)
+            found[what] = "answered"
+        except (dns.exception.Timeout, OSError) as e:
+            found[what] = type(e).__name__
+        assert time.monotonic() - t0 < 2.0
     out(found)
 
 elif name == "logging":  # logging.handlers to kernel receivers: HOST TCP UDP SYSLOG_UDP SYSLOG_TCP REFUSED
