@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import zipfile
 import pytest
 
 from tests.helpers import PEERS
+from tests.helpers.util import server_context
 from tests.interop.test_names import BIG, ask_udp, need_dnsmasq
 from tests.interop.test_patch import LIMIT, child_env, kernel_http_server, started, stop, usnetd_path  # noqa: F401  (a fixture)
 from usnet.abi.transport import listen_seqpacket
@@ -319,10 +321,20 @@ def test_an_ipv6_datagram_bigger_than_the_mtu_leaves_in_fragments(tap_domain6, s
     assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]
 
 
+def _read_n(conn: socket.socket, n: int) -> bytes:
+    got = b""
+    for _ in range(n):
+        if len(got) == n:
+            break
+        got += conn.recv(n - len(got))
+    return got
+
+
 @contextlib.contextmanager
-def _digest_server(host: str, connections: int):
+def _digest_server(host: str, connections: int, ctx: ssl.SSLContext | None = None):
     """A kernel TCP listener in a thread: for each of `connections` connections, the bytes up to the
-    client's FIN, answered with "length sha256" before closing. Yields (port, the peers seen)."""
+    client's FIN, answered with "length sha256" before closing. Yields (port, the peers seen).
+    With `ctx`, TLS, and the client says first how many bytes come (8 bytes, big-endian)."""
     ls = socket.create_server((host, 0))
     ls.settimeout(0.1)
     peers: list = []
@@ -337,11 +349,14 @@ def _digest_server(host: str, connections: int):
             except TimeoutError:
                 continue
             peers.append(peer[0])
+            conn.settimeout(LIMIT)
+            if ctx is not None:
+                conn = ctx.wrap_socket(conn, server_side=True)
             with conn:
-                conn.settimeout(LIMIT)
                 h, n = hashlib.sha256(), 0
+                want = int.from_bytes(_read_n(conn, 8), "big") if ctx is not None else None
                 for _ in range(1 << 20):
-                    b = conn.recv(1 << 16)
+                    b = conn.recv(1 << 16 if want is None else min(1 << 16, want - n))
                     if not b:
                         break
                     h.update(b)
@@ -461,3 +476,20 @@ def test_datagrams_to_a_closed_port_say_what_the_kernel_says(usnetd_path):  # no
     ours, theirs = (_run(path, on_usnet, "udp-refused", host_ip, port) for on_usnet in (True, False))
     assert json.loads(ours) == json.loads(theirs)
     assert json.loads(ours)[:2] == [["ok", 1], ["TimeoutError", None]]
+
+
+def test_tls_sendfile_as_on_the_kernel(usnetd_path, ca, tmp_path):  # noqa: F811
+    """SSLSocket.sendfile (the ssl module's send() path: from the file's position) over a usnet
+    socket, with and without a timeout, to a kernel TLS server, as on the kernel."""
+    path, usnet_ip, host_ip = usnetd_path
+    f = tmp_path / "file.bin"
+    f.write_bytes(os.urandom(300000))
+    cacert = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cacert))
+    outs = {}
+    for on_usnet in (True, False):
+        with _digest_server(host_ip, 2, server_context(ca, host_ip)) as (port, peers):
+            outs[on_usnet] = _run(path, on_usnet, "tls-sendfile", host_ip, str(port), str(cacert), str(f))
+        assert peers == [usnet_ip if on_usnet else host_ip] * 2
+    # the position after: offset + sent (0 + 299,900), not where reading stopped: CPython's own quirk
+    assert outs[True] == outs[False] == json.dumps([[299900, 299900]] * 2)

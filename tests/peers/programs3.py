@@ -368,5 +368,24 @@ elif name == "udp-refused":  # datagrams to a port nothing listens on: HOST PORT
     note(lambda: c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
     out(said)
 
+elif name == "tls-sendfile":  # SSLSocket.sendfile (its send() path) to a kernel TLS digest server: HOST PORT CA FILE
+    import ssl
+
+    host, port, cafile, path = args[0], int(args[1]), args[2], args[3]
+    ctx = ssl.create_default_context(cafile=cafile)
+    with open(path, "rb") as f:
+        whole = f.read()
+    sent = []
+    for timeout in (None, 20.0):
+        with open(path, "rb") as f, ctx.wrap_socket(socket.create_connection((host, port)), server_hostname=host) as s:
+            s.settimeout(timeout)
+            f.seek(100)  # the send() path reads from the position
+            s.sendall((len(whole) - 100).to_bytes(8, "big"))  # the length says where it ends
+            n = s.sendfile(f)
+            sent.append([n, f.tell()])
+            answer = s.recv(200).decode()
+            assert answer == f"{len(whole) - 100} {hashlib.sha256(whole[100:]).hexdigest()}", answer
+    out(sent)
+
 else:
     raise SystemExit(f"unknown program {name}")
