@@ -493,3 +493,30 @@ def test_tls_sendfile_as_on_the_kernel(usnetd_path, ca, tmp_path):  # noqa: F811
         assert peers == [usnet_ip if on_usnet else host_ip] * 2
     # the position after: offset + sent (0 + 299,900), not where reading stopped: CPython's own quirk
     assert outs[True] == outs[False] == json.dumps([[299900, 299900]] * 2)
+
+
+def test_wsgiref_serves_curl(usnetd_path, tmp_path):  # noqa: F811
+    """wsgiref.simple_server (the stdlib's WSGI server) under `usnet run`: curl's two 1 MB POSTs
+    (with a query string, and without) are answered as by the same server on the kernel, and it
+    sees the client's address."""
+    path, usnet_ip, host_ip = usnetd_path
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(1 << 20))
+    outs = {}
+    for on_usnet in (True, False):
+        ip = usnet_ip if on_usnet else host_ip
+        server, port = started(_command(on_usnet, "wsgi", ip), child_env(path) if on_usnet else _kernel_env())
+        try:
+            got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), f"http://{ip}:{port}/a/b?x=1",
+                                  "--data-binary", f"@{body}", f"http://{ip}:{port}/post"],
+                                 capture_output=True, timeout=LIMIT + 5)
+            assert got.returncode == 0, got.stderr.decode()
+            outs[on_usnet] = [json.loads(line) for line in got.stdout.decode().splitlines()]
+            assert server.poll() is None
+        finally:
+            stop(server)
+        for answer in outs[on_usnet]:
+            assert answer[5] == host_ip and answer[6] == str(port)
+            answer[6] = "PORT"
+    assert outs[True] == outs[False]
+    assert [a[:4] for a in outs[True]] == [["POST", "/a/b", "x=1", 1 << 20], ["POST", "/post", "", 1 << 20]]

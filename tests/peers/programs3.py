@@ -387,5 +387,24 @@ elif name == "tls-sendfile":  # SSLSocket.sendfile (its send() path) to a kernel
             assert answer == f"{len(whole) - 100} {hashlib.sha256(whole[100:]).hexdigest()}", answer
     out(sent)
 
+elif name == "wsgi":  # wsgiref's simple server: BIND_IP; answers what it was asked, and by whom
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    def app(environ, start_response):
+        n = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(n)
+        answer = json.dumps([environ["REQUEST_METHOD"], environ["PATH_INFO"], environ["QUERY_STRING"], n,
+                             hashlib.sha256(body).hexdigest(), environ["REMOTE_ADDR"], environ["SERVER_PORT"]])
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [answer.encode() + b"\n"]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *a) -> None:
+            pass
+
+    with make_server(args[0], 0, app, handler_class=Quiet) as srv:
+        listening(srv.server_port)
+        srv.serve_forever(poll_interval=0.05)
+
 else:
     raise SystemExit(f"unknown program {name}")
