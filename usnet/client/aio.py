@@ -1456,9 +1456,37 @@ class EventLoop(asyncio.SelectorEventLoop):
             mv = mv[n:]
 
     async def _sock_sendfile_native(self, sock: Any, file: Any, offset: int, count: int | None) -> int:
-        if isinstance(sock, _us.socket):  # no kernel descriptor for os.sendfile: asyncio falls back
-            raise asyncio.SendfileNotAvailableError("usnet sockets have no kernel descriptor")
+        """A usnet socket has no kernel descriptor for os.sendfile, so the file goes through
+        asyncio's fallback (read, sock_sendall), with os.sendfile's meaning kept (`_as_native`)."""
+        if isinstance(sock, _us.socket):
+            return await _as_native(file, offset, count, self._sock_sendfile_fallback, sock)  # type: ignore[attr-defined]
         return await super()._sock_sendfile_native(sock, file, offset, count)  # type: ignore[misc]
+
+    async def _sendfile_fallback(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
+        """loop.sendfile on a usnet transport: asyncio's fallback, as os.sendfile would send
+        (`_as_native`): on the kernel a plain TCP transport takes the native path."""
+        if isinstance(transp, UsnetTransport) and _us._file_descriptor(file) is not None:
+            return await _as_native(file, offset, count, super()._sendfile_fallback, transp)  # type: ignore[misc]
+        return await super()._sendfile_fallback(transp, file, offset, count)  # type: ignore[misc]
+
+
+async def _as_native(file: Any, offset: int, count: int | None, fallback: Callable[..., Any], to: Any) -> int:
+    """asyncio's read-and-write `fallback` (sock_sendfile's or sendfile's) giving what its native
+    path gives on the kernel, where os.sendfile reads a file with a descriptor from `offset`
+    whatever its position: an empty file sends nothing; the file is read from `offset`; its
+    position ends after the last byte sent, and stays where it was if nothing was sent. A file
+    with no descriptor is not native: SendfileNotAvailableError, and asyncio falls back itself."""
+    native = _us._file_descriptor(file)
+    if native is None:
+        raise asyncio.SendfileNotAvailableError("not a regular file")
+    if not (count or native[1]):
+        return 0
+    was = file.tell()
+    file.seek(offset)
+    sent = cast(int, await fallback(to, file, offset, count))
+    if not sent:
+        file.seek(was)
+    return sent
 
 
 class _DatagramTransport(asyncio.DatagramTransport):

@@ -37,6 +37,7 @@ from usnet.proto.ipmark import mark_tos, mark_ttl
 from usnet.proto.route import Routes
 from usnet.proto.wire.checksum import acc, verifies
 from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.fragment import UDP4_MAX_PAYLOAD, UDP6_MAX_PAYLOAD, udp4_fragments, udp6_fragments
 from usnet.proto.wire.ipv4 import IPV4_HLEN, ip_bytes, ip_str, parse_ipv4
 from usnet.proto.wire.ipv6 import (
     IPV6_HLEN,
@@ -114,6 +115,10 @@ class DatagramSocket:
         self.loopback = ipaddress.ip_address(info.local_addr).is_loopback  # on the domain's loopback netif
         self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
         self._ident = 0
+        self._ident6 = int.from_bytes(os.urandom(4), "big")  # IPv6 fragments' identification
+        # On the loopback netif a datagram past the MTU stays EMSGSIZE (`_send_fragmented`): the
+        # switch would put it together for a usnet flow whose 2 KiB packets cannot carry it.
+        self._loopback = info.local_addr == "::1" or info.local_addr.startswith("127.")
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
         # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
         # raised by the next call, as a kernel socket's pending error (SO_ERROR) is.
@@ -187,7 +192,8 @@ class DatagramSocket:
         (the gather, the column arrays) would be most of the work. The same bytes as `send_many`."""
         n = len(data)
         if n > self.max_payload:
-            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
+            self._send_fragmented(data, addr)
+            return
         ident = (self._ident + 1) & 0xFFFF
         self._put_one(udp_ipv4_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident),
                       data, ident)
@@ -196,10 +202,43 @@ class DatagramSocket:
         """`_send_one` with the socket's TTL and TOS (`set_marking`)."""
         n = len(data)
         if n > self.max_payload:
-            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit")
+            self._send_fragmented(data, addr)
+            return
         ident = (self._ident + 1) & 0xFFFF
         self._put_one(udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
                                               self._ttl, self._tos), data, ident)
+
+    def _send_fragmented(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        """A datagram bigger than the MTU, in IP fragments (usnet.proto.wire.fragment), as Linux
+        sends one on a socket with the default path MTU discovery; EMSGSIZE past IP's bound. The
+        fragments go in one batch, or none of them: a datagram with a piece missing is lost."""
+        n = len(data)
+        if n > (UDP6_MAX_PAYLOAD if self._v6 else UDP4_MAX_PAYLOAD):
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        if self._loopback:  # the receiver is a usnet flow, whose packets cannot hold the datagram whole
+            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit "
+                                          "of usnet's loopback")
+        room = min(self.mtu, self.channel.stride)
+        if self._v6:
+            self._ident6 = ident = (self._ident6 + 1) & 0xFFFFFFFF
+            frags = udp6_fragments(self._src, ip6_bytes(addr[0]), self.local[1], addr[1], data, ident, room,
+                                   self._ttl, self._tos)
+        else:
+            ident = (self._ident + 1) & 0xFFFF
+            frags = udp4_fragments(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident, room,
+                                   self._ttl, self._tos)
+            self._ident = ident
+        ch = self.channel
+        pkts: list[int] = []
+        for _ in range(len(frags)):  # alloc gives at least one packet a call
+            pkts += ch.alloc(len(frags) - len(pkts))
+            if len(pkts) >= len(frags):
+                break
+        for p, frag in zip(pkts, frags):
+            ch.write(p, frag)
+        _, full = self._push(pkts, 0)
+        if full:  # the ring took a part: the rest is not sent (the receiver drops the part in time)
+            raise BlockingIOError(errno.EAGAIN, "no room for the datagram's fragments")
 
     def _put_one(self, hdr: bytes, data: bytes | bytearray | memoryview, ident: int) -> None:
         """One packet of headers `hdr` and payload `data` onto the TX ring; `ident` its IPv4 id."""
@@ -257,7 +296,7 @@ class DatagramSocket:
         lens = np.fromiter(map(len, payloads), np.int64, len(payloads))
         big = int(lens.max())
         if big > self.max_payload:
-            raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
+            return self._send_big(payloads, addr, marks)
         ch = self.channel
         rows = _payload_rows(payloads, lens, big)
         hdr = self._headers(rows, lens, ip_bytes(addr[0]), addr[1])
@@ -281,11 +320,28 @@ class DatagramSocket:
         self._ident = (self._ident + sent) & 0xFFFF
         return sent
 
+    def _send_big(self, payloads: list, addr: Address, marks: tuple | None) -> int:
+        """A batch with a datagram bigger than the MTU: one at a time, the big ones in fragments.
+        Marks (tags, deadlines, reports: one TX_STATUS per packet) are not for fragments: EMSGSIZE."""
+        if marks is not None:
+            raise OSError(errno.EMSGSIZE, f"a marked datagram is at most {self.max_payload} bytes")
+        for i, p in enumerate(payloads):
+            try:
+                if len(p) > self.max_payload:
+                    self._send_fragmented(p, addr)
+                elif not (self._send_many6([p], addr, None) if self._v6 else self.send_many([p], addr)):
+                    return i
+            except BlockingIOError:
+                if not i:
+                    raise
+                return i
+        return len(payloads)
+
     def _send_many6(self, payloads: list, addr: Address, marks: tuple | None) -> int:
         """IPv6: each datagram built on its own (header, UDP checksum over the pseudo-header)."""
         big = max(map(len, payloads))
         if big > self.max_payload:
-            raise OSError(errno.EMSGSIZE, f"{big} bytes exceed the {self.max_payload}-byte datagram limit")
+            return self._send_big(payloads, addr, marks)
         src, dst, sport, dport = self._src, ip6_bytes(addr[0]), self.local[1], addr[1]
         hops, tclass = self._ttl, self._tos
         packets = []

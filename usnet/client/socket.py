@@ -839,19 +839,31 @@ class socket:
         return self.send(b"".join(bytes(memoryview(b).cast("B")) for b in buffers), flags)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        """As the standard sendfile (its send() fallback): `file` from `offset`, `count` bytes or to EOF."""
+        """As the standard sendfile on Linux, which takes two paths. A file with a descriptor
+        (os.sendfile's path) is sent from `offset` whatever its position (read here with os.pread),
+        and an empty one (size 0 by fstat: a pipe too) sends nothing; anything else (the send()
+        fallback) is read from its position, after a seek to a non-zero `offset`. Either way a
+        non-blocking socket is refused (ValueError), a count that is no int is a TypeError, and the
+        position is left after the last byte sent, untouched if nothing was."""
         if "b" not in getattr(file, "mode", "b"):
             raise ValueError("file should be opened in binary mode")
-        if not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
-        if count is not None and (not isinstance(count, int) or count <= 0):
-            raise ValueError(f"count must be a positive integer (got {count!r})")
-        if offset:
+        if count is not None:
+            if not isinstance(count, int):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        fd = _file_descriptor(file)
+        if fd is not None and not fd[1]:
+            return 0  # an empty file, before the check below, as socket._sendfile_use_sendfile
+        if self._timeout == 0:
+            raise ValueError("non-blocking sockets are not supported")
+        if fd is None and offset:
             file.seek(offset)
         total = 0
         try:
             while count is None or total < count:
-                data = file.read(65536 if count is None else min(65536, count - total))
+                n = 65536 if count is None else min(65536, count - total)
+                data = file.read(n) if fd is None else os.pread(fd[0], n, offset + total)
                 if not data:
                     break
                 self.sendall(data)
@@ -1676,6 +1688,19 @@ def _tcp_defaults() -> Any:
     from usnet.proto.tcp.config import TcpConfig
 
     return TcpConfig()
+
+
+def _file_descriptor(file: Any) -> tuple[int, int] | None:
+    """(descriptor, size) of a file socket.sendfile would give to os.sendfile; None for one it reads
+    through its read() (no descriptor, or fstat fails), as socket._sendfile_use_sendfile decides."""
+    try:
+        fd = file.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        return None
+    try:
+        return fd, os.fstat(fd).st_size
+    except OSError:
+        return None
 
 
 # The fork() hooks that share this process's TCP sockets with a child: the module uses this one
