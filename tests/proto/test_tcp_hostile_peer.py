@@ -172,6 +172,20 @@ def test_sacking_odd_bytes_neither_fragments_the_scoreboard_nor_the_retransmissi
     assert c.state is ESTABLISHED
 
 
+def test_without_rack_odd_byte_sacks_meet_a_budget_of_ranges():
+    """Without RACK (``rack=False``) there are no segment records to check blocks against; a new
+    range is then taken only while the scoreboard holds fewer than one per MSS in flight (+16)."""
+    p = Peer(sndbuf=1 << 18, sndbuf_max=1 << 18, rack=False)
+    c = p.c
+    _flight(p, 1 << 17)
+    una = c.snd_una
+    for i in range((c.snd_nxt - una - 4000) // 12):
+        lo = una + 1 + 12 * i
+        p.segment(ACK, ack=una, sacks=[(lo + 4 * k, lo + 4 * k + 1) for k in range(3)], dt=1e-6)
+    assert len(c.sb.starts) <= (c.snd_nxt - una) // c.mss + 17 and c.stats.sacks_discarded > 10_000
+    assert c.state is ESTABLISHED
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.data())
 def test_any_sack_blocks_keep_the_scoreboard_within_the_segments_in_flight(data):
