@@ -320,6 +320,7 @@ class _Conn:
         self.sb = Scoreboard()
         self.snd_una = 1
         self.snd_nxt = 1
+        self.snd_wnd = 1 << 30  # the peer's window never stops a retransmission here
         self.mss = 100
         self.max_segment = 100
         self.ts_ok = False

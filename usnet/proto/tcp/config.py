@@ -19,8 +19,14 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CLOSED", "CLOSE_WAIT", "CLOSING", "ESTABLISHED", "EV_CLOSED", "EV_CONNECTED", "EV_EOF",
     "EV_ERROR", "EV_READABLE", "EV_WRITABLE", "FIN_WAIT_1", "FIN_WAIT_2", "LAST_ACK", "LISTEN",
-    "SYN_RECEIVED", "SYN_SENT", "TIME_WAIT", "TcpConfig", "TcpState", "TcpStats", "copy_config",
+    "MIN_SND_MSS", "SYN_RECEIVED", "SYN_SENT", "TIME_WAIT", "TcpConfig", "TcpState", "TcpStats", "copy_config",
 ]
+
+
+# The smallest segment size a peer's MSS option (or a learnt path MTU) can impose, before TCP
+# options: Linux's tcp_min_snd_mss (CVE-2019-11479). An MSS of 1 would otherwise turn every
+# byte sent into a segment of its own, 40 bytes of headers each, and every ACK into work.
+MIN_SND_MSS = 48
 
 
 class TcpState(IntEnum):
@@ -145,7 +151,7 @@ class TcpStats:
         "bad_segments", "out_of_window", "paws_rejected", "bad_acks", "ooo_segments",
         "dup_segments", "keepalive_probes", "window_probes", "sack_reneges",
         "ce_received", "ecn_reductions", "rack_losses", "tlp_probes", "tlp_recoveries",
-        "dsacks", "dsacks_sent", "recovery_undos",
+        "dsacks", "dsacks_sent", "recovery_undos", "sacks_discarded", "ofo_pruned", "ofo_drops",
     )
     segs_in: int
     segs_out: int
@@ -178,6 +184,9 @@ class TcpStats:
     dsacks: int  # D-SACKs received: a segment arrived twice (RFC 2883)
     dsacks_sent: int  # D-SACKs sent
     recovery_undos: int  # recoveries found spurious (timestamps or D-SACKs) and undone
+    sacks_discarded: int  # SACK blocks ignored: past SND.NXT, empty, or no whole segment (TCPSACKDiscard)
+    ofo_pruned: int  # out-of-order blocks dropped to keep the queue in its memory budget (OfoPruned)
+    ofo_drops: int  # out-of-order segments dropped for want of room (TCPOFODrop)
 
     def __init__(self, conn: TcpConnection) -> None:
         self._c = conn

@@ -85,6 +85,7 @@ from usnet.proto.tcp.config import (
     FIN_WAIT_2,
     LAST_ACK,
     LISTEN,
+    MIN_SND_MSS,
     SYN_RECEIVED,
     SYN_SENT,
     TIME_WAIT,
@@ -514,8 +515,8 @@ class TcpConnection:
         the new size when it is (re)sent, so nothing has to be re-queued.
         """
         base = mtu - (20 if len(self.local_addr) == 4 else 40) - 20
-        if base < 64:
-            base = 64
+        if base < MIN_SND_MSS:
+            base = MIN_SND_MSS
         if base >= self._mss_base:
             return
         self._mss_base = base
@@ -910,8 +911,8 @@ class TcpConnection:
         v4 = len(self.local_addr) == 4
         peer_mss = seg.mss if seg.mss else (536 if v4 else 1220)
         base = min(self._mss_base, peer_mss)  # _mss_base: ours, or a path MTU learnt since
-        if base < 64:
-            base = 64
+        if base < MIN_SND_MSS:
+            base = MIN_SND_MSS  # a tiny MSS option is clamped as Linux clamps it
         self._mss_base = base
         wscale = seg.wscale if cfg.window_scaling else None
         self.ws_ok = wscale is not None
@@ -1053,8 +1054,6 @@ class TcpConnection:
             else:
                 self._challenge_ack(now)  # RFC 5961 §3.2
             return
-        if ts_ok and tsval is not None and s <= self._last_ack_sent and seq_diff(tsval, self.ts_recent) >= 0:
-            self.ts_recent = tsval
         if fl & SYN:
             self._challenge_ack(now)  # RFC 5961 §4.2
             return
@@ -1084,6 +1083,11 @@ class TcpConnection:
             stats.bad_segments += 1
             self._challenge_ack(now)  # RFC 5961 §5.2
             return
+        # TS.Recent only from a segment whose ACK was acceptable too (Linux: tcp_ack, under
+        # FLAG_UPDATE_TS_RECENT): a blind in-window segment with a far-off TSval and a wrong
+        # ACK (or a SYN, or no ACK) would otherwise make every true segment after it look old.
+        if ts_ok and tsval is not None and s <= self._last_ack_sent and seq_diff(tsval, self.ts_recent) >= 0:
+            self.ts_recent = tsval
         prev_rx = self._last_rx
         self._last_rx = now
         self._ka_probes = 0
@@ -1223,12 +1227,21 @@ class TcpConnection:
                 p, prev = prev, None
                 if lo <= p[0] and p[1] <= hi and p[0] < p[1]:
                     self._rx_dsack(p[0], p[1])  # the first block inside the second: a duplicate
-            if lo <= una or hi > nxt or hi <= lo:
-                continue  # D-SACK, stale or bogus
+            if lo <= una:
+                continue  # D-SACK or stale
+            if hi > nxt or hi <= lo:
+                self.stats.sacks_discarded += 1  # bogus (RFC 2018 §5; Linux's tcp_is_sackblock_valid)
+                continue
             if sb is EMPTY_SCOREBOARD:
                 sb = self.sb = Scoreboard()
             if rack is not None:
+                lo, hi = rack.whole(lo, hi, self.mss)  # whole segments only: a bounded scoreboard
+                if hi <= lo:
+                    self.stats.sacks_discarded += 1
+                    continue
                 rack.sack(lo, hi, sb, now)
+            elif len(sb.starts) > (nxt - una) // self.mss + 16 and sb.isolated(lo, hi):
+                self.stats.sacks_discarded += 1  # no segment records to check against: a budget
             else:
                 sb.add(lo, hi)
         if self._recovery == _FAST and sb.ends and sb.ends[-1] > self._lost_limit:
@@ -1391,7 +1404,12 @@ class TcpConnection:
                     self._ack_apart(now)  # the blocks so far, before this one pushes one out
                 if reasm is EMPTY_REASSEMBLY:
                     reasm = self._reasm = Reassembly()
-                if reasm.add(s, payload) < plen and self.sack_ok and reasm.dup is not None:
+                pruned, fits = reasm.make_room(s, plen, 2 * self.rcvbuf_cap)  # Linux: rcvbuf ~ 2x window
+                if pruned:
+                    self.stats.ofo_pruned += pruned
+                if not fits:
+                    self.stats.ofo_drops += 1
+                elif reasm.add(s, payload) < plen and self.sack_ok and reasm.dup is not None:
                     self._dsack = reasm.dup  # RFC 2883: a duplicate above a hole, too
                 self.stats.ooo_segments += 1
                 self._ack_now = True  # duplicate ACK with SACK blocks

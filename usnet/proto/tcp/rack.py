@@ -58,6 +58,14 @@ def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
     return t1 > t2 or (t1 == t2 and end1 > end2)
 
 
+def _past_window(conn: TcpConnection, start: int) -> bool:
+    """Whether a segment from ``start`` lies past the peer's window, which it shrank since the
+    segment was first sent: Linux's __tcp_retransmit_skb does not resend it then, unless it is at
+    SND.UNA (with a zero window that resend is the window probe)."""
+    una = conn.snd_una
+    return start > una and start >= una + conn.snd_wnd
+
+
 class Sent:
     """One segment sent: ``[start, end)`` (a FIN counts as the last byte)."""
 
@@ -218,6 +226,8 @@ class Rack:
             if not rec.lost or rec.end <= una:
                 heapq.heappop(q)
                 continue
+            if _past_window(conn, rec.start):
+                return -1  # the peer shrank its window below it (nothing new may go either)
             need = rec.lost_n
             room = cwnd - pipe
             if room < need:
@@ -260,6 +270,30 @@ class Rack:
         self.sample = None
         self._dsack = False
         self._echo = tsecr if conn.ts_ok else None
+
+    def whole(self, lo: int, hi: int, mss: int) -> tuple[int, int]:
+        """The part of the SACK block ``[lo, hi)`` that covers whole segments sent.
+
+        Linux's tcp_match_skb_to_sack: a segment is SACKed only whole, and a super-segment
+        (GSO) in whole MSS from its start. A peer that SACKs odd bytes (CVE-2019-11478's
+        attack) then cannot cut the scoreboard finer than what was sent, nor have each
+        lost segment resent as a train of slivers: the scoreboard holds at most one range
+        per segment in flight. An honest receiver reports whole segments, which pass as
+        they are. An empty result (``hi <= lo``) means nothing whole was covered.
+        """
+        starts = self.starts
+        k = bisect_right(starts, lo) - 1
+        if k >= 0:
+            r = self.segs[k]
+            if r.start < lo < r.end:  # starts inside a segment: from its next MSS boundary
+                c = r.start + -(-(lo - r.start) // mss) * mss
+                lo = c if c < r.end else r.end
+        k = bisect_left(starts, hi) - 1
+        if k >= 0:
+            r = self.segs[k]
+            if r.start < hi < r.end:  # ends inside a segment: at its last MSS boundary
+                hi = r.start + (hi - r.start) // mss * mss
+        return lo, hi
 
     def sack(self, lo: int, hi: int, sb: Scoreboard, now: float) -> None:
         """Record the SACK block ``[lo, hi)`` in ``sb`` and deliver the records it completes."""
@@ -570,6 +604,8 @@ class Rack:
             rec = self.segs[-1]
             if rec.end - rec.start > mss:
                 rec = self.split(rec, rec.end - mss, sb)
+            if _past_window(conn, rec.start):
+                return  # a shrunk window: the retransmission timer is left to deal with it
             p = rec.start
             sent = False
             while p < rec.end:

@@ -6,16 +6,28 @@ blocks never touch or overlap. That is exactly what SACK reports (one SACK
 block per run), so building the SACK option needs no extra pass, and the
 number of objects stays at the number of holes, not of segments.
 
-Memory is bounded by the caller: the connection only inserts bytes that lie
-inside the window it advertised, so the queue never exceeds the receive
-buffer. Sequence numbers here are unwrapped ints (see usnet.proto.tcp.seq).
+Memory is bounded twice. The connection only inserts bytes that lie inside
+the window it advertised, so the bytes never exceed the receive buffer. And
+each block is charged `BLOCK_COST` beyond its bytes (about what a small
+skb's truesize charges on Linux): a peer that sends one byte in every other
+position of the window (an out-of-order flood that never fills a hole) would
+otherwise make one Python object per byte, about a hundred times the window
+in memory and an ever longer list to insert into. `make_room` prunes the
+highest blocks when the charge passes the budget, as Linux's
+tcp_prune_ofo_queue does. Sequence numbers here are unwrapped ints (see
+usnet.proto.tcp.seq).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 
-__all__ = ["EMPTY_REASSEMBLY", "Reassembly"]
+__all__ = ["BLOCK_COST", "EMPTY_REASSEMBLY", "Reassembly"]
+
+BLOCK_COST = 768
+"""What a block is charged beyond its bytes: about a small skb's truesize on Linux, and a few
+times what a block's objects cost here, so a queue of slivers meets its budget long before its
+memory does."""
 
 
 class Reassembly:
@@ -82,6 +94,34 @@ class Reassembly:
             del starts[j], datas[j]
         self._touch(starts[i])
         return self.nbytes - before
+
+    def cost(self) -> int:
+        """The bytes held plus `BLOCK_COST` a block: what the budget of `make_room` counts."""
+        return self.nbytes + len(self.starts) * BLOCK_COST
+
+    def make_room(self, start: int, n: int, budget: int) -> tuple[int, bool]:
+        """Make room for ``n`` bytes at ``start`` within ``budget`` (Linux's tcp_prune_ofo_queue).
+
+        Blocks above ``start`` are dropped, highest first (the data the peer would send last,
+        and must send again anyway), until the charge is an eighth of the budget under it, so
+        that a flood pays for a prune only now and then. Blocks below ``start`` are kept: they
+        are nearer to filling the hole. Returns ``(blocks dropped, whether the bytes fit)``;
+        when they do not, the caller drops the segment (TCPOFODrop).
+        """
+        starts, datas = self.starts, self.datas
+        cost = self.nbytes + n + (len(starts) + 1) * BLOCK_COST  # as if a block of its own
+        if cost <= budget:
+            return 0, True
+        goal = budget - (budget >> 3)
+        pruned = 0
+        while cost > goal and starts and starts[-1] > start:
+            s = starts.pop()
+            d = datas.pop()
+            self.nbytes -= len(d)
+            self._forget(s)
+            cost -= len(d) + BLOCK_COST
+            pruned += 1
+        return pruned, cost <= budget
 
     def _touch(self, start: int) -> None:
         r = self.recent

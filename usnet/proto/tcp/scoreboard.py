@@ -54,6 +54,11 @@ class Scoreboard:
         self.sacked += added
         return added
 
+    def isolated(self, s: int, e: int) -> bool:
+        """Whether ``[s, e)`` would be a range of its own (touches none held): what adding
+        it would cost a new entry."""
+        return bisect_left(self.ends, s) == bisect_right(self.starts, e)
+
     def advance(self, una: int) -> bool:
         """Forget everything below the cumulative ACK.
 
