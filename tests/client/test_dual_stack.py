@@ -185,15 +185,17 @@ def test_a_dual_stack_udp_socket_takes_ipv4_and_names_it_mapped(c):
 def test_a_closed_listeners_port_binds_again_at_once(c):
     """Linux frees a listener's port at its close when no connection is left on it, so a server
     restarted in the same process binds it again at once, SO_REUSEADDR or not (usnet's flow goes a
-    little after the close: bind waits for it). Both families of a dual-stack one."""
+    little after the close: bind waits for it). Both families of a dual-stack one; a socket that
+    was bound only, too."""
     for family, host in ((us.AF_INET, ""), (us.AF_INET6, "::")):
         for _ in range(20):
             srv = us.socket(family, client=c, netif="b")
             srv.bind((host, 8208))
             srv.listen(4)
             srv.close()
-        with us.socket(us.AF_INET, client=c, netif="b") as s4:
-            s4.bind(("", 8208))
+        for _ in range(20):  # bound only, never listening: its port too
+            with us.socket(family, client=c, netif="b") as s:
+                s.bind((host, 8208))
 
 
 def test_a_dual_stack_listener_without_ipv6_anywhere_takes_ipv4():

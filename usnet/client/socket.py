@@ -304,6 +304,17 @@ def _v6_wildcard_refused(e: OSError, host: object, ip_version: int, netif: str) 
     return e.errno == errno.EADDRNOTAVAIL and host is None and ip_version == 6 and netif != LOOPBACK_NETIF
 
 
+def _wait_gone(engines: Iterable[FlowEngine]) -> None:
+    """Wait (bounded) until each of a closed listener's flows is let go by the stack thread and
+    its channel closed, so the domain has the close before the next open of its port."""
+    for e in engines:
+        if not e.closed:
+            e.wake()
+            with e.lock:
+                e.changed.wait_for(lambda: e.closed, 2.0)  # noqa: B023 (the stack thread lets it go now)
+        e.gone.wait(2.0)
+
+
 def _on_loopback(eng: FlowEngine) -> bool:
     """Whether `eng` is a flow on the domain's loopback netif (127.0.0.1, ::1)."""
     return ipaddress.ip_address(eng.info.local_addr).is_loopback
@@ -480,6 +491,8 @@ class socket:
         host, port = self._bind_args(address)
         client, netif = self._target(None if host is None else str(host))
         dual = host is None and self._dual()
+        if port and _lingering:
+            self._let_closed_go(client, port)
         for attempt in range(_DUAL_TRIES):
             eng, where = self._bind_flow(client, netif, host, port, dual)
             try:
@@ -495,6 +508,8 @@ class socket:
         self._netif = where
         self._halves = halves
         self._attach(eng, owns=True)
+        for h in halves:
+            runner().add(h)  # served, and let go when the socket closes, as its own flow
 
     def _bind_flow(self, client: Client, netif: str, host: Any, port: int, dual: bool) -> tuple[FlowEngine, str]:
         """The bound flow of this socket's own family (`dual`: IPv4's where IPv6 is nowhere, the
@@ -577,13 +592,23 @@ class socket:
                 return eng
         with _lingering_lock:
             _lingering.pop(key, None)
-        for e in (eng, *halves):
-            if not e.closed:
-                e.wake()
-                with e.lock:
-                    e.changed.wait_for(lambda: e.closed, 2.0)  # noqa: B023 (the stack thread lets it go now)
-            e.gone.wait(2.0)  # its channel closed: the domain has its close before our open
+        _wait_gone((eng, *halves))
         return FlowEngine(client, netif, port, family=eng.family, reuse_port=self._reuse_port())
+
+    def _let_closed_go(self, client: Client, port: int) -> None:
+        """A listener of this process that closed with nothing left on it holds `port` (in either
+        family, on any netif) until the stack thread lets its flows go and usnetd hears of it;
+        Linux freed the port at the close, so bind waits for that first (milliseconds): else a
+        dual-stack bind could find IPv6's port free and IPv4's not yet."""
+        with _lingering_lock:
+            found = [(k, v) for k, v in _lingering.items() if k[0] == id(client) and k[3] == port]
+        for key, (eng, halves, _) in found:
+            with eng.lock:
+                if not (eng.closed or eng.error is not None or eng.idle()):
+                    continue  # connections on it: SO_REUSEADDR may take it over (`_take_lingering`)
+            with _lingering_lock:
+                _lingering.pop(key, None)
+            _wait_gone((eng, *halves))
 
     def _reuse_port(self) -> bool:
         """SO_REUSEPORT was set before bind: the port may be shared (usnet.abi.protocol.OpenFlow)."""
@@ -631,13 +656,13 @@ class socket:
             self.bind(("", 0))
         eng = self._engine
         assert eng is not None
-        halves = self._halves + self._loopback_halves(eng, self._halves)
+        lo = self._loopback_halves(eng, self._halves)
         with eng.lock:
-            self._listen_on((eng, *halves), backlog)
-            self._halves = halves  # their watchers are the engine's: this socket hears them all
+            self._halves += lo  # their watchers are the engine's: this socket hears them all
+            self._listen_on((eng, *self._halves), backlog)
             self._listening = True
             self._update()
-        for h in halves:
+        for h in lo:
             runner().add(h)
 
     def _listen_on(self, engines: Iterable[FlowEngine], backlog: int) -> None:
@@ -1019,7 +1044,7 @@ class socket:
             h.wake()  # whoever pumps it lets it go
         if self._owns_engine:
             eng.release_when_idle = True
-            if self._listening:  # a new listener with SO_REUSEADDR may take the port over
+            if self._conn is None:  # a bind waits for it to go, or takes a listener's over (SO_REUSEADDR)
                 key = (id(eng.client), self._netif, self._ip_version, self._port)
                 with _lingering_lock:
                     for k in [k for k, v in _lingering.items() if v[0].closed]:
@@ -1414,7 +1439,8 @@ class socket:
         """Give back a bound socket's flows at once (its port goes to the flow that follows)."""
         eng = self._engine
         assert eng is not None
-        runner().remove(eng)
+        for e in (*self._halves, eng):
+            runner().remove(e)
         with eng.lock:
             eng.unwatch(self, self._conn)
         for e in (*self._halves, eng):
