@@ -38,7 +38,7 @@ from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
-from usnet.client.session import DomainGone
+from usnet.client.session import DomainGone, WorkerGone
 from usnet.client.tcpstats import Publisher
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
@@ -821,9 +821,9 @@ class Runner:
         why = worker_gone_reason(e.ch.alive_fd)
         with self._lock:
             lent = e in self.lent
-        # not DomainGone: usnetd lives on and restarts the worker; its sockets fail (usnet.client.rebind
-        # binds again only what a usnetd restart took)
-        self._fail(e, ConnectionAbortedError(errno.ECONNABORTED, why + ": this connection is lost"))
+        # not DomainGone: usnetd lives on and restarts the worker; a connection fails, a listener or
+        # UDP socket binds again on the new worker (usnet.client.rebind)
+        self._fail(e, WorkerGone(errno.ECONNABORTED, why + ": this connection is lost"))
         d = getattr(e, "driver", None) if lent else None
         if d is not None:
             d.gone(e)

@@ -45,7 +45,7 @@ from usnet.client import resolver as _names
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
-from usnet.client.session import Client, DomainGone
+from usnet.client.session import Client, DomainGone, WorkerGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
@@ -287,6 +287,12 @@ _T = TypeVar("_T")
 def _went_away(e: BaseException | None) -> bool:
     """Whether `e` says usnetd went away (killed, or stopped), not that a flow failed."""
     return isinstance(e, DomainGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.DOMAIN_SHUTDOWN)
+
+
+def _worker_died(e: BaseException | None) -> bool:
+    """Whether `e` says the usnetd worker serving the flow died (usnetd lives on and restarts it):
+    the runner heard its liveness socket hang up (`WorkerGone`), or the channel did first."""
+    return isinstance(e, WorkerGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.WORKER_GONE)
 
 
 def _v6_wildcard_refused(e: OSError, host: object, ip_version: int, netif: str) -> bool:
@@ -1481,12 +1487,25 @@ class socket:
 
     def _orphan_if_gone(self) -> None:
         """Its usnetd went away (died: `DomainGone`; or stopped, `usnet down`: its channels defunct
-        with DOMAIN_SHUTDOWN first), and it is a socket of the default domain: orphaned, it waits
-        to be bound again once one is back (usnet.client.rebind). With the engine's lock held."""
+        with DOMAIN_SHUTDOWN first), and it is a socket of the default domain; or the usnetd worker
+        serving its flow died (`WorkerGone`), whatever its client (usnetd, and so its session,
+        lives on): orphaned, it waits to be bound again once usnetd (the new worker) is back
+        (usnet.client.rebind). With the engine's lock held."""
         eng = self._engine
-        if eng is not None and _went_away(eng.error) and self._where[0] is None and not self._dead:
+        if eng is None or self._dead:
+            return
+        if (_went_away(eng.error) and self._where[0] is None) or _worker_died(eng.error):
             self._orphan = True
             _rebind.orphaned(self)
+
+    def _reopen(self, client: Client, open_: Callable[[], _T]) -> _T:
+        """`open_()`, the rebind's new flow on `client`, its refusals sorted (usnet.client.rebind.reopen)."""
+        return _rebind.reopen(client, self._where[0] is not None, open_)
+
+    def _lost_to(self) -> str:
+        """What took the orphan's flow, in words: its usnetd, or its usnetd worker."""
+        return "its usnetd worker died" if self._engine is not None and _worker_died(self._engine.error) \
+            else "usnetd came back"
 
     def _rebind(self) -> None:
         """usnetd is back (usnet.client.rebind): listen again on the same port, address and netif,
@@ -1498,7 +1517,8 @@ class socket:
         if self._dead or old is None or not self._orphan:
             return
         client, _ = self._target()  # a new session to the same socket path (ENETDOWN: not yet)
-        eng = FlowEngine(client, self._netif, self._port, family=self._ip_version, reuse_port=self._reuse_port())
+        eng = self._reopen(client, lambda: FlowEngine(client, self._netif, self._port, family=self._ip_version,
+                                                      reuse_port=self._reuse_port()))
         try:
             if not self._wildcard and eng.info.local_addr != old.info.local_addr:
                 raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {old.info.local_addr}, "
@@ -1543,7 +1563,7 @@ class socket:
             return
         with eng.lock:
             why = e.strerror or str(e)
-            eng.error = OSError(e.errno, f"binding port {self._port} again after usnetd came back: {why}")
+            eng.error = OSError(e.errno, f"binding port {self._port} again after {self._lost_to()}: {why}")
             for w in self._dups(eng):
                 w._orphan = False
             eng.changed.notify_all()
