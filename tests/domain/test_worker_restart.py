@@ -15,6 +15,7 @@ refusal (ENETDOWN), and so does the orphaned listener's and UDP socket's rebind.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import time
 import pytest
 
 from tests.domain.test_workers import _workers
+from tests.helpers.util import wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -165,11 +167,19 @@ def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(tapd2):
     from usnet import socket as us
     from usnet.domain.workers import RESTART_LIMIT
 
+    u1 = us.socket(us.AF_INET, us.SOCK_DGRAM)  # bound again after each restart; fails once left down
+    u1.bind(("0.0.0.0", 7001))
+    u1.settimeout(30)
+    t, out = _blocked(lambda: u1.recvfrom(2048))
     pid = _workers(tapd2.path)[1]["pid"]
     for _ in range(RESTART_LIMIT):
         os.kill(pid, signal.SIGKILL)
         pid = _wait_new_pid(tapd2.path, pid)
     assert pid == 0
+    t.join(10)
+    e = out.get("error")
+    assert isinstance(e, OSError) and e.errno == errno.ENETDOWN and "not restarted" in str(e), out
+    u1.close()
     (w,) = [w for w in _workers(tapd2.path) if w["index"] == 1]
     assert w["restarts"] == RESTART_LIMIT - 1 and "not restarted" in w["error"], w
     s = us.socket(us.AF_INET, us.SOCK_DGRAM)
@@ -187,11 +197,8 @@ def test_a_listener_and_a_udp_socket_of_a_dead_worker_bind_again(tapd2):
     recvfrom neither fail nor return), then serve on the same port once usnetd has a new worker
     1. A worker-0 listener and connection are untouched. Where the worker is left down (a packet
     netif: never restarted), the open is refused and the sockets fail with ENETDOWN and why."""
-    import errno
-
     from usnet import socket as us
     from usnet.client import Client, rebind
-    from tests.helpers.util import wait_until
 
     ls1 = us.socket(us.AF_INET, us.SOCK_STREAM)  # worker 1 (odd ports)
     ls1.setsockopt(us.SOL_SOCKET, us.SO_REUSEADDR, 1)

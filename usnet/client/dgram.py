@@ -400,6 +400,8 @@ class DatagramFace(socket):
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
         eng = self._eng(addr[0])
+        if self._refused is not None:  # it could not bind its port again (`_rebind_failed`)
+            raise self._refused
         if self._orphan:  # as a kernel socket's send on a link that is down
             back = "its usnetd worker" if _worker_died(eng.error) else "usnetd"
             raise OSError(errno.ENETDOWN, f"Network is down ({eng.error}; this socket binds port {self._port} "
@@ -458,7 +460,7 @@ class DatagramFace(socket):
                     self._raise_pending(eng)
                     orphan = self._orphan  # its usnetd is away: what it queued, then wait (usnet.client.rebind)
                     if eng.error is not None and not orphan:
-                        raise eng.error
+                        raise self._refused or eng.error
                     if eng.closed and not orphan:
                         raise OSError(errno.EBADF, "Bad file descriptor")
                     dg = eng.pop(bool(flags & _PEEK)) if not orphan or eng.rxq else None

@@ -27,6 +27,7 @@ seconds at most, so a usnetd that stays down costs four connect attempts a secon
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -42,7 +43,10 @@ _BACKOFF = 0.25  # the longest wait between attempts
 
 _lock = threading.Lock()
 _wake = threading.Event()
-_pending: dict[int, Any] = {}  # id of a socket's share group (its dups: socket._share) -> one of them
+# id of a socket's share group (its dups: socket._share) -> (one of them, the orphaning's number): a
+# socket orphaned again while the thread binds it (its new worker died at once) stays pending
+_pending: dict[int, tuple[Any, int]] = {}
+_orphanings = itertools.count()
 _thread: threading.Thread | None = None
 
 
@@ -75,7 +79,7 @@ def orphaned(sock: Any) -> None:
     Called under its engine's lock (from its `_signal`): only notes it and wakes the thread."""
     global _thread
     with _lock:
-        _pending.setdefault(id(sock._share), sock)
+        _pending[id(sock._share)] = (sock, next(_orphanings))
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_run, name="usnet-rebind", daemon=True)
             _thread.start()
@@ -97,12 +101,15 @@ def _run() -> None:
         with _lock:
             socks = list(_pending.items())
         down = False
-        for key, sock in socks:
+        for key, entry in socks:
+            sock = entry[0]
             try:
                 sock._rebind()
             except OSError as e:
-                # not back yet (ENETDOWN), or the dying one took our connect before it went: later
-                if not isinstance(e, Refused) and (e.errno == errno.ENETDOWN or isinstance(e, ConnectionError)):
+                # not back yet (ENETDOWN), or the dying one took our connect before it went, or a
+                # worker died again under the open (EAGAIN, usnet.domain.workers): later
+                if not isinstance(e, Refused) and (e.errno in (errno.ENETDOWN, errno.EAGAIN)
+                                                   or isinstance(e, ConnectionError)):
                     down = True
                     continue
                 sock._rebind_failed(e)
@@ -110,7 +117,7 @@ def _run() -> None:
                 log.warning("binding again failed: %r", e, exc_info=True)
                 sock._rebind_failed(OSError(errno.EIO, f"binding again after usnetd came back failed: {e!r}"))
             with _lock:
-                if _pending.get(key) is sock:
+                if _pending.get(key) is entry:
                     del _pending[key]
         delay = min(2 * delay, _BACKOFF) if down else _FIRST
         with _lock:

@@ -412,6 +412,7 @@ class socket:
         self._netif = ""  # the netif bind chose
         self._lo_held: FlowEngine | None = None  # a closed listener's loopback half, bind took it over
         self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
+        self._refused: OSError | None = None  # why it could not (`_rebind_failed`): its calls raise it
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -1213,7 +1214,8 @@ class socket:
     def _take_error(self) -> int:
         """SO_ERROR: the pending error, once (as Linux clears sk_err when it is read)."""
         eng = self._engine
-        err = (self._conn.error if self._conn is not None else None) or (eng.error if eng is not None else None)
+        err = ((self._conn.error if self._conn is not None else None) or self._refused
+               or (eng.error if eng is not None else None))
         if err is None or err is self._reported:
             return 0
         self._reported = err
@@ -1414,7 +1416,7 @@ class socket:
         `_rebind` wakes the waiters."""
         eng = self._need_engine()
         if eng.error is not None and not self._orphan:
-            raise eng.error
+            raise self._refused or eng.error
         t = self._timeout if timeout is _UNSET else timeout
         deadline = None if t is None else time.monotonic() + t
         woken = False
@@ -1425,7 +1427,7 @@ class socket:
                     self._update()
                     return got
                 if eng.error is not None and not self._orphan:
-                    raise eng.error
+                    raise self._refused or eng.error
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -1492,7 +1494,7 @@ class socket:
         lives on): orphaned, it waits to be bound again once usnetd (the new worker) is back
         (usnet.client.rebind). With the engine's lock held."""
         eng = self._engine
-        if eng is None or self._dead:
+        if eng is None or self._dead or self._refused is not None:  # (refused: it failed for good)
             return
         if (_went_away(eng.error) and self._where[0] is None) or _worker_died(eng.error):
             self._orphan = True
@@ -1557,15 +1559,17 @@ class socket:
 
     def _rebind_failed(self, e: OSError) -> None:
         """usnetd came back but this listener cannot listen again (its port taken, its address
-        gone): it fails with that error, as its bind would have."""
+        gone, its worker left down): it and its dups fail with that error, as its bind would have.
+        On the sockets, not the engine: connections it accepted share the engine and keep their
+        own error (their TCP state died with the flow)."""
         eng = self._engine
         if eng is None:
             return
         with eng.lock:
             why = e.strerror or str(e)
-            eng.error = OSError(e.errno, f"binding port {self._port} again after {self._lost_to()}: {why}")
+            refused = OSError(e.errno, f"binding port {self._port} again after {self._lost_to()}: {why}")
             for w in self._dups(eng):
-                w._orphan = False
+                w._orphan, w._refused = False, refused
             eng.changed.notify_all()
             eng.notify()
 
