@@ -264,3 +264,41 @@ def test_a_listener_and_a_udp_socket_of_a_dead_worker_bind_again(tapd2):
     for s in (ls1, twin, u1, u3, ls0, c0, k0):
         s.close()
     own.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+@pytest.mark.parametrize("program", ["http.server", "asyncio"])
+def test_an_unmodified_server_on_a_port_of_a_dead_worker_serves_again(tapd2, tmp_path, program):
+    """`usnet run` servers on port 8001 (worker 1): socketserver's selector loop, and asyncio's
+    start_server on usnet's loop (its server watches the listener's new engine, `_Watcher.moved`),
+    answer curl again once usnetd has restarted worker 1 under them."""
+    import subprocess
+    import sys
+
+    from tests.interop.test_patch import child_env, started, stop
+    from tests.interop.test_usnetd_gone import _ASYNCIO_SERVER
+
+    (tmp_path / "f").write_bytes(b"ok")
+    script = tmp_path / "server.py"
+    script.write_text(_ASYNCIO_SERVER)  # on port 8001
+    cmd = ([sys.executable, "-m", "http.server", "-d", str(tmp_path), "8001"] if program == "http.server"
+           else [sys.executable, str(script)])
+    env = child_env(tapd2.path)
+    env["USNET_NETIF"] = "usnet0"
+    server, port = started([sys.executable, "-m", "usnet", "run", "--", *cmd], env)
+    assert port == 8001
+    url = f"http://{tapd2.usnet_ip}:{port}/f"
+
+    def answers() -> bool:
+        got = subprocess.run(["curl", "-sS", "--max-time", "5", url], capture_output=True, timeout=10)
+        return got.returncode == 0 and got.stdout == b"ok"
+
+    try:
+        assert answers()
+        pid = _workers(tapd2.path)[1]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_new_pid(tapd2.path, pid) not in (0, pid)
+        wait_until(answers, 10, f"{program} to answer again on the new worker 1")
+        assert server.poll() is None
+    finally:
+        stop(server)
