@@ -302,3 +302,51 @@ def test_an_unmodified_server_on_a_port_of_a_dead_worker_serves_again(tapd2, tmp
         assert server.poll() is None
     finally:
         stop(server)
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_an_asyncio_datagram_endpoint_of_a_dead_worker_binds_again(tapd2):
+    """usnet.aio's datagram transport reads its channel itself (no engine in the stack thread),
+    and a dead worker never rings its doorbell: the runner tells it of the worker's death too
+    (`Runner.on_worker_gone`), and it answers on the same port of the new worker 1."""
+    import asyncio
+
+    from usnet import aio
+
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind((tapd2.host_ip, 0))
+    k.settimeout(0.5)
+
+    class Upper(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.t = transport
+
+        def datagram_received(self, data, addr):
+            self.t.sendto(data.upper(), addr)
+
+    def answered(word: bytes) -> bool:
+        for _ in range(20):  # bounded: the new worker may still be starting, a datagram may wait
+            k.sendto(word, (tapd2.usnet_ip, 7005))
+            try:
+                if k.recvfrom(100) == (word.upper(), (tapd2.usnet_ip, 7005)):
+                    return True
+            except TimeoutError:
+                continue
+        return False
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        t, _ = await loop.create_datagram_endpoint(Upper, local_addr=("0.0.0.0", 7005))  # worker 1
+        assert await loop.run_in_executor(None, answered, b"before")
+        pid = _workers(tapd2.path)[1]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert await loop.run_in_executor(None, _wait_new_pid, tapd2.path, pid) not in (0, pid)
+        assert await loop.run_in_executor(None, answered, b"after")
+        t.close()
+
+    loop = aio.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 60))
+    finally:
+        loop.close()
+    k.close()

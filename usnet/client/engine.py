@@ -574,6 +574,7 @@ class Runner:
         # the liveness fds of engines whose flow a worker of `usnetd --workers` serves (Channel.alive_fd),
         # in the same epoll: a hang-up says that worker died, and fails that engine alone
         self._alive: dict[int, Served] = {}
+        self._alive_told: dict[int, Callable[[], None]] = {}  # liveness fds without an engine (`on_worker_gone`)
         self.engines: set[Served] = set()
         # What a pass pumps, so that its cost does not grow with the engines a process has: those
         # whose doorbell rang or that were woken (`_ready`), and those whose timer is due (`_timers`,
@@ -689,10 +690,34 @@ class Runner:
             self._watch_client(client)
             self._hangup.setdefault(client, []).append(callback)  # (epoll in epoll: a hang-up wakes the runner)
 
+    def on_worker_gone(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` (in the stack thread; once) when the usnetd worker serving the flow whose
+        liveness fd (Channel.alive_fd) is `fd` dies: for what reads a channel without an engine here
+        (usnet.aio's datagram transport), whose doorbell a dead worker never rings. `forget_worker_fd`
+        before the fd closes: usnetd holds the same socket, which outlives our fd in the epoll."""
+        with self._lock:
+            self._alive.pop(fd, None)  # a number a closed engine's channel had
+            try:
+                self._hup.unregister(fd)
+            except OSError:
+                pass
+            self._hup.register(fd, 0)
+            self._alive_told[fd] = callback
+
+    def forget_worker_fd(self, fd: int) -> None:
+        """Undo `on_worker_gone`."""
+        with self._lock:
+            if self._alive_told.pop(fd, None) is not None:
+                try:
+                    self._hup.unregister(fd)
+                except OSError:
+                    pass
+
     def _watch_alive(self, engine: Served) -> None:
         """Watch the hang-up of `engine`'s liveness fd, if its flow is a worker's. With the lock held."""
         fd = getattr(engine.ch, "alive_fd", None)
         if fd is not None and self._alive.get(fd) is not engine:
+            self._alive_told.pop(fd, None)
             if fd in self._alive:
                 self._alive.pop(fd)
             try:
@@ -791,6 +816,18 @@ class Runner:
         for fd, _ in self._hup.poll(0):
             if fd in self._alive:
                 self._worker_gone(self._alive[fd])
+                continue
+            with self._lock:
+                heard = self._alive_told.pop(fd, None)
+            if heard is not None:
+                try:
+                    self._hup.unregister(fd)
+                except OSError:
+                    pass
+                try:
+                    heard()
+                except Exception:  # one listener's fault must not keep the others from hearing
+                    log.warning("a worker-gone callback failed", exc_info=True)
                 continue
             self._hup.unregister(fd)
             client = self._watched.pop(fd, None)
