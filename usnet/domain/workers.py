@@ -419,6 +419,10 @@ class ShardedDomain(Domain):
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
         if name in self.sharded:
+            # connectors are this process's: their blocks take only the ports steered to queue 0
+            # (another port's SYN-ACK would reach a worker without the connection: it timed out)
+            n = self.n
+            sw.connector_ports = lambda port: worker_of(port, n) == 0
             learn = sw._learn
 
             def tell_workers(cache: Any, addr: bytes, mac: bytes, now: float) -> None:
