@@ -159,6 +159,37 @@ def test_two_workers_serve_udp_and_tcp_on_ports_of_both(tapd2):
         assert sum(w["netifs"][0]["counts"].get("rx_resegmented", 0) for w in workers) > 0, workers
 
 
+def test_outgoing_connections_of_the_connector_reach_a_kernel_server(tapd2):
+    """Connections from the process's connector (worker 0's: one channel, ports in blocks) to a
+    kernel server in the namespace: each handshake and answer arrives. The server's SYN-ACK goes to
+    the queue of the connection's local port, so the connector's blocks take only ports of worker 0
+    (before, an odd port's SYN-ACK reached worker 1, which had no such connection: half the connects
+    timed out)."""
+    from usnet import socket as us
+
+    srv = socket.create_server((tapd2.host_ip, 0))
+    srv.settimeout(10)
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        with srv:
+            for _ in range(20):
+                c, _ = srv.accept()
+                with c:
+                    c.sendall(b"hi")
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    mine = []
+    for _ in range(20):
+        with us.socket(us.AF_INET, us.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect((tapd2.host_ip, port))
+            assert s.recv(10) == b"hi"
+            mine.append(s.getsockname()[1])
+    t.join(10)
+    assert all(p % 2 == 0 for p in mine), mine  # worker 0's, where the connector is
+
+
 def test_sigterm_stops_the_workers_too(tapd2):
     pids = [w["pid"] for w in _workers(tapd2.path)]
     assert len(set(pids)) == 2

@@ -1511,6 +1511,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
         self._share = object()  # usnet.client.rebind keys what waits by it, as a socket's dups
         if rebinds is not None:
             runner().on_hangup(rebinds[0], self._hung_up)
+            self._watch_worker(ds)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start)  # after connection_made: no datagram before it
 
@@ -1534,8 +1535,21 @@ class _DatagramTransport(asyncio.DatagramTransport):
                 self._protocol.datagram_received(data, addr)
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
+    def _watch_worker(self, ds: Any) -> None:
+        """A flow of a usnetd worker: its death orphans the transport too (bound again on the new
+        worker), as it does a UDP socket's (usnet.client.rebind)."""
+        fd = getattr(ds.channel, "alive_fd", None)
+        if fd is not None:
+            runner().on_worker_gone(fd, self._hung_up)
+
+    def _unwatch_worker(self, ds: Any) -> None:
+        fd = getattr(ds.channel, "alive_fd", None)
+        if fd is not None:
+            runner().forget_worker_fd(fd)
+
     def _hung_up(self) -> None:
-        """usnetd hung up on its client (in the stack thread): orphaned, in the loop's."""
+        """usnetd hung up on its client, or the worker serving the flow died (in the stack
+        thread): orphaned, in the loop's."""
         try:
             self._loop.call_soon_threadsafe(self._orphaned)
         except RuntimeError:
@@ -1552,9 +1566,11 @@ class _DatagramTransport(asyncio.DatagramTransport):
         """usnetd is back (usnet.client.rebind's thread): the same port on a new flow, handed to the loop."""
         if self._closing or self._rebinds is None:
             return
-        _, netif, fam, reuse = self._rebinds
-        client, _ = _us._target()  # a new session to the same socket path (ENETDOWN: not yet)
-        ds = client.udp_socket(netif, self._ds.local[1], remote=self._remote, family=fam, reuse_port=reuse)
+        client, netif, fam, reuse = self._rebinds
+        if client.gone:  # usnetd went away: a new session to the same socket path (ENETDOWN: not yet)
+            client, _ = _us._target()
+        ds = _rebind.reopen(client, False, lambda: client.udp_socket(netif, self._ds.local[1], remote=self._remote,
+                                                                     family=fam, reuse_port=reuse))
         ds.setblocking(False)
         try:
             self._loop.call_soon_threadsafe(self._adopt, ds, (client, netif, fam, reuse))
@@ -1565,13 +1581,17 @@ class _DatagramTransport(asyncio.DatagramTransport):
         if self._closing:
             ds.close()
             return
+        prev = self._rebinds
         old, self._ds, self._rebinds, self._orphan = self._ds, ds, rebinds, False
         self._extra["socket"] = ds  # type: ignore[attr-defined]  # (asyncio.BaseTransport keeps extra info there)
+        self._unwatch_worker(old)
         try:
             old.close()
         except OSError:
             pass  # its domain is gone
-        runner().on_hangup(rebinds[0], self._hung_up)
+        if prev is None or rebinds[0] is not prev[0]:  # (the same client after a worker's death: told already)
+            runner().on_hangup(rebinds[0], self._hung_up)
+        self._watch_worker(ds)
         self._start()
 
     def _rebind_failed(self, e: OSError) -> None:
@@ -1623,6 +1643,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
+            self._unwatch_worker(self._ds)
             self._ds.close()
 
 

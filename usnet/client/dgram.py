@@ -49,6 +49,7 @@ from usnet.client.socket import (
     _on_loopback_only,
     _sockaddr,
     _v6_wildcard_refused,
+    _worker_died,
     getaddrinfo,
     open_sockets,
     socket,
@@ -517,9 +518,12 @@ class DatagramFace(socket):
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
         eng = self._eng(addr[0])
+        if self._refused is not None:  # it could not bind its port again (`_rebind_failed`)
+            raise self._refused
         if self._orphan:  # as a kernel socket's send on a link that is down
+            back = "its usnetd worker" if _worker_died(eng.error) else "usnetd"
             raise OSError(errno.ENETDOWN, f"Network is down ({eng.error}; this socket binds port {self._port} "
-                                          "again once usnetd is back)")
+                                          f"again once {back} is back)")
         self._no_group(eng, addr[0])
         with eng.lock:
             self._raise_pending(eng)
@@ -612,7 +616,7 @@ class DatagramFace(socket):
                     self._raise_pending(eng)
                     orphan = self._orphan  # its usnetd is away: what it queued, then wait (usnet.client.rebind)
                     if eng.error is not None and not orphan:
-                        raise eng.error
+                        raise self._refused or eng.error
                     if eng.closed and not orphan:
                         raise OSError(errno.EBADF, "Bad file descriptor")
                     dg = eng.pop(bool(flags & _PEEK)) if not orphan or eng.rxq else None
@@ -718,7 +722,8 @@ class DatagramFace(socket):
         if self._dead or old is None or not self._orphan:
             return
         host = None if self._wildcard else old.d.local[0]
-        eng = self._new_engine(self._port, host)
+        client, _ = self._target(host)  # (ENETDOWN: usnetd not back yet)
+        eng = self._reopen(client, lambda: self._new_engine(self._port, host))
         if host is not None and eng.d.local[0] != host:
             eng.close()
             raise OSError(errno.EADDRNOTAVAIL, f"usnetd came back without {host}, the address this socket was bound to")

@@ -38,7 +38,7 @@ from usnet.abi.protocol import Family
 from usnet.client import Client
 from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
-from usnet.client.session import DomainGone
+from usnet.client.session import DomainGone, WorkerGone
 from usnet.client.tcpstats import Publisher
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
@@ -577,6 +577,7 @@ class Runner:
         # the liveness fds of engines whose flow a worker of `usnetd --workers` serves (Channel.alive_fd),
         # in the same epoll: a hang-up says that worker died, and fails that engine alone
         self._alive: dict[int, Served] = {}
+        self._alive_told: dict[int, Callable[[], None]] = {}  # liveness fds without an engine (`on_worker_gone`)
         self.engines: set[Served] = set()
         # What a pass pumps, so that its cost does not grow with the engines a process has: those
         # whose doorbell rang or that were woken (`_ready`), and those whose timer is due (`_timers`,
@@ -692,10 +693,34 @@ class Runner:
             self._watch_client(client)
             self._hangup.setdefault(client, []).append(callback)  # (epoll in epoll: a hang-up wakes the runner)
 
+    def on_worker_gone(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call `callback` (in the stack thread; once) when the usnetd worker serving the flow whose
+        liveness fd (Channel.alive_fd) is `fd` dies: for what reads a channel without an engine here
+        (usnet.aio's datagram transport), whose doorbell a dead worker never rings. `forget_worker_fd`
+        before the fd closes: usnetd holds the same socket, which outlives our fd in the epoll."""
+        with self._lock:
+            self._alive.pop(fd, None)  # a number a closed engine's channel had
+            try:
+                self._hup.unregister(fd)
+            except OSError:
+                pass
+            self._hup.register(fd, 0)
+            self._alive_told[fd] = callback
+
+    def forget_worker_fd(self, fd: int) -> None:
+        """Undo `on_worker_gone`."""
+        with self._lock:
+            if self._alive_told.pop(fd, None) is not None:
+                try:
+                    self._hup.unregister(fd)
+                except OSError:
+                    pass
+
     def _watch_alive(self, engine: Served) -> None:
         """Watch the hang-up of `engine`'s liveness fd, if its flow is a worker's. With the lock held."""
         fd = getattr(engine.ch, "alive_fd", None)
         if fd is not None and self._alive.get(fd) is not engine:
+            self._alive_told.pop(fd, None)
             if fd in self._alive:
                 self._alive.pop(fd)
             try:
@@ -795,6 +820,18 @@ class Runner:
             if fd in self._alive:
                 self._worker_gone(self._alive[fd])
                 continue
+            with self._lock:
+                heard = self._alive_told.pop(fd, None)
+            if heard is not None:
+                try:
+                    self._hup.unregister(fd)
+                except OSError:
+                    pass
+                try:
+                    heard()
+                except Exception:  # one listener's fault must not keep the others from hearing
+                    log.warning("a worker-gone callback failed", exc_info=True)
+                continue
             self._hup.unregister(fd)
             client = self._watched.pop(fd, None)
             with self._lock:
@@ -824,9 +861,9 @@ class Runner:
         why = worker_gone_reason(e.ch.alive_fd)
         with self._lock:
             lent = e in self.lent
-        # not DomainGone: usnetd lives on and restarts the worker; its sockets fail (usnet.client.rebind
-        # binds again only what a usnetd restart took)
-        self._fail(e, ConnectionAbortedError(errno.ECONNABORTED, why + ": this connection is lost"))
+        # not DomainGone: usnetd lives on and restarts the worker; a connection fails, a listener or
+        # UDP socket binds again on the new worker (usnet.client.rebind)
+        self._fail(e, WorkerGone(errno.ECONNABORTED, why + ": this connection is lost"))
         d = getattr(e, "driver", None) if lent else None
         if d is not None:
             d.gone(e)

@@ -13,6 +13,13 @@ to bind again (`_rebind`): the same port, address and options, and a listener's 
 A port taken meanwhile, or an address the new usnetd does not have, fails the socket with
 that error, as a bind would.
 
+The same holds one level down, for a worker of `usnetd --workers N` that died while usnetd
+lives on (usnet.domain.workers restarts it within milliseconds): the sockets whose flows it
+served are orphaned the same way, of any client (the client's session survived), and bound
+again through the same session once usnetd has the new worker. A worker left down (its restart
+limit) makes usnetd refuse the open with ENETDOWN: from a usnetd that answers, that is final
+(`Refused`), and the socket fails with its reason.
+
 One thread for the process, only while some socket waits; it asks again every `_BACKOFF`
 seconds at most, so a usnetd that stays down costs four connect attempts a second.
 """
@@ -20,29 +27,59 @@ seconds at most, so a usnetd that stays down costs four connect attempts a secon
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["orphaned", "waiting"]
+__all__ = ["Refused", "orphaned", "reopen", "waiting"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _FIRST = 0.05  # seconds before the first attempt: usnetd restarting at once is back soon
 _BACKOFF = 0.25  # the longest wait between attempts
 
 _lock = threading.Lock()
 _wake = threading.Event()
-_pending: dict[int, Any] = {}  # id of a socket's share group (its dups: socket._share) -> one of them
+# id of a socket's share group (its dups: socket._share) -> (one of them, the orphaning's number): a
+# socket orphaned again while the thread binds it (its new worker died at once) stays pending
+_pending: dict[int, tuple[Any, int]] = {}
+_orphanings = itertools.count()
 _thread: threading.Thread | None = None
 
 
+class Refused(OSError):
+    """A usnetd that serves answered the open and said no, or the socket's own client is gone for
+    good: the socket fails with this (`_rebind_failed`), whatever the errno. An ENETDOWN from an
+    answering usnetd names a worker left down, not a usnetd still away."""
+
+
+def reopen(client: Any, explicit: bool, open_: Callable[[], _T]) -> _T:
+    """`open_()` (a socket's new flow on `client`), its failure sorted for `_run`: a usnetd that
+    answered with ENETDOWN refused for good (`Refused`); a `client` that hung up is waited for
+    again if it is the default domain's (the next attempt connects anew), and final if the
+    program made it (`explicit`: the program's to manage, as its other sockets)."""
+    try:
+        return open_()
+    except OSError as e:
+        if client.gone:
+            if explicit:
+                raise Refused(e.errno or errno.ECONNABORTED, e.strerror or str(e)) from e
+            raise
+        if e.errno == errno.ENETDOWN and not isinstance(e, ConnectionError):
+            raise Refused(e.errno, e.strerror or str(e)) from e
+        raise
+
+
 def orphaned(sock: Any) -> None:
-    """`sock` (a listener, a UDP socket) lost its flow with its usnetd: bind again once one serves its path.
+    """`sock` (a listener, a UDP socket) lost its flow with its usnetd (or its usnetd worker): bind
+    again once one serves its path (once usnetd has a new worker).
     Called under its engine's lock (from its `_signal`): only notes it and wakes the thread."""
     global _thread
     with _lock:
-        _pending.setdefault(id(sock._share), sock)
+        _pending[id(sock._share)] = (sock, next(_orphanings))
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_run, name="usnet-rebind", daemon=True)
             _thread.start()
@@ -64,12 +101,15 @@ def _run() -> None:
         with _lock:
             socks = list(_pending.items())
         down = False
-        for key, sock in socks:
+        for key, entry in socks:
+            sock = entry[0]
             try:
                 sock._rebind()
             except OSError as e:
-                # not back yet (ENETDOWN), or the dying one took our connect before it went: later
-                if e.errno == errno.ENETDOWN or isinstance(e, ConnectionError):
+                # not back yet (ENETDOWN), or the dying one took our connect before it went, or a
+                # worker died again under the open (EAGAIN, usnet.domain.workers): later
+                if not isinstance(e, Refused) and (e.errno in (errno.ENETDOWN, errno.EAGAIN)
+                                                   or isinstance(e, ConnectionError)):
                     down = True
                     continue
                 sock._rebind_failed(e)
@@ -77,7 +117,7 @@ def _run() -> None:
                 log.warning("binding again failed: %r", e, exc_info=True)
                 sock._rebind_failed(OSError(errno.EIO, f"binding again after usnetd came back failed: {e!r}"))
             with _lock:
-                if _pending.get(key) is sock:
+                if _pending.get(key) is entry:
                     del _pending[key]
         delay = min(2 * delay, _BACKOFF) if down else _FIRST
         with _lock:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from usnet.domain.loop import Domain
     from usnet.domain.sessions import Session
 
-__all__ = ["Client", "DomainGone", "OverChannel", "not_running"]
+__all__ = ["Client", "DomainGone", "OverChannel", "WorkerGone", "not_running"]
 
 _R = TypeVar("_R", bound=P.Reply)
 _Opened = TypeVar("_Opened", P.ChannelOpened, P.FlowOpened)
@@ -45,6 +45,11 @@ _Opened = TypeVar("_Opened", P.ChannelOpened, P.FlowOpened)
 
 class DomainGone(ConnectionAbortedError):
     """usnetd went away (stopped, killed, crashed) while this client was connected to it."""
+
+
+class WorkerGone(ConnectionAbortedError):
+    """The worker of `usnetd --workers N` serving a flow died; usnetd lives on (and restarts it):
+    a connection of that flow is lost, a listener or UDP socket binds again (usnet.client.rebind)."""
 
 
 def not_running(path: str, why: OSError | None = None) -> OSError:

@@ -46,7 +46,7 @@ from usnet.client import resolver as _names
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
-from usnet.client.session import Client, DomainGone
+from usnet.client.session import Client, DomainGone, WorkerGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
@@ -297,6 +297,12 @@ def _went_away(e: BaseException | None) -> bool:
     return isinstance(e, DomainGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.DOMAIN_SHUTDOWN)
 
 
+def _worker_died(e: BaseException | None) -> bool:
+    """Whether `e` says the usnetd worker serving the flow died (usnetd lives on and restarts it):
+    the runner heard its liveness socket hang up (`WorkerGone`), or the channel did first."""
+    return isinstance(e, WorkerGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.WORKER_GONE)
+
+
 def _v6_wildcard_refused(e: OSError, host: object, ip_version: int, netif: str) -> bool:
     """Whether the netif refused "::" for want of an IPv6 address: Linux binds the wildcard all the
     same and takes what comes to the host's IPv6 addresses, here only the loopback netif's ::1
@@ -435,6 +441,7 @@ class socket:
         self._netif = ""  # the netif bind chose
         self._held: tuple[FlowEngine, ...] = ()  # a closed listener's other flows, bind took it over
         self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
+        self._refused: OSError | None = None  # why it could not (`_rebind_failed`): its calls raise it
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -1339,7 +1346,8 @@ class socket:
     def _take_error(self) -> int:
         """SO_ERROR: the pending error, once (as Linux clears sk_err when it is read)."""
         eng = self._engine
-        err = (self._conn.error if self._conn is not None else None) or (eng.error if eng is not None else None)
+        err = ((self._conn.error if self._conn is not None else None) or self._refused
+               or (eng.error if eng is not None else None))
         if err is None or err is self._reported:
             return 0
         self._reported = err
@@ -1543,7 +1551,7 @@ class socket:
         `_rebind` wakes the waiters."""
         eng = self._need_engine()
         if eng.error is not None and not self._orphan:
-            raise eng.error
+            raise self._refused or eng.error
         t = self._timeout if timeout is _UNSET else timeout
         deadline = None if t is None else time.monotonic() + t
         woken = False
@@ -1554,7 +1562,7 @@ class socket:
                     self._update()
                     return got
                 if eng.error is not None and not self._orphan:
-                    raise eng.error
+                    raise self._refused or eng.error
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -1616,12 +1624,25 @@ class socket:
 
     def _orphan_if_gone(self) -> None:
         """Its usnetd went away (died: `DomainGone`; or stopped, `usnet down`: its channels defunct
-        with DOMAIN_SHUTDOWN first), and it is a socket of the default domain: orphaned, it waits
-        to be bound again once one is back (usnet.client.rebind). With the engine's lock held."""
+        with DOMAIN_SHUTDOWN first), and it is a socket of the default domain; or the usnetd worker
+        serving its flow died (`WorkerGone`), whatever its client (usnetd, and so its session,
+        lives on): orphaned, it waits to be bound again once usnetd (the new worker) is back
+        (usnet.client.rebind). With the engine's lock held."""
         eng = self._engine
-        if eng is not None and _went_away(eng.error) and self._where[0] is None and not self._dead:
+        if eng is None or self._dead or self._refused is not None:  # (refused: it failed for good)
+            return
+        if (_went_away(eng.error) and self._where[0] is None) or _worker_died(eng.error):
             self._orphan = True
             _rebind.orphaned(self)
+
+    def _reopen(self, client: Client, open_: Callable[[], _T]) -> _T:
+        """`open_()`, the rebind's new flow on `client`, its refusals sorted (usnet.client.rebind.reopen)."""
+        return _rebind.reopen(client, self._where[0] is not None, open_)
+
+    def _lost_to(self) -> str:
+        """What took the orphan's flow, in words: its usnetd, or its usnetd worker."""
+        return "its usnetd worker died" if self._engine is not None and _worker_died(self._engine.error) \
+            else "usnetd came back"
 
     def _rebind(self) -> None:
         """usnetd is back (usnet.client.rebind): listen again on the same port, address and netif,
@@ -1633,7 +1654,8 @@ class socket:
         if self._dead or old is None or not self._orphan:
             return
         client, netif = self._target()  # a new session to the same socket path (ENETDOWN: not yet)
-        eng = FlowEngine(client, self._netif, self._port, family=old.family, reuse_port=self._reuse_port())
+        eng = self._reopen(client, lambda: FlowEngine(client, self._netif, self._port, family=old.family,
+                                                      reuse_port=self._reuse_port()))
         halves: tuple[FlowEngine, ...] = ()
         try:
             if not self._wildcard and eng.info.local_addr != old.info.local_addr:
@@ -1676,15 +1698,17 @@ class socket:
 
     def _rebind_failed(self, e: OSError) -> None:
         """usnetd came back but this listener cannot listen again (its port taken, its address
-        gone): it fails with that error, as its bind would have."""
+        gone, its worker left down): it and its dups fail with that error, as its bind would have.
+        On the sockets, not the engine: connections it accepted share the engine and keep their
+        own error (their TCP state died with the flow)."""
         eng = self._engine
         if eng is None:
             return
         with eng.lock:
             why = e.strerror or str(e)
-            eng.error = OSError(e.errno, f"binding port {self._port} again after usnetd came back: {why}")
+            refused = OSError(e.errno, f"binding port {self._port} again after {self._lost_to()}: {why}")
             for w in self._dups(eng):
-                w._orphan = False
+                w._orphan, w._refused = False, refused
             eng.changed.notify_all()
             eng.notify()
 

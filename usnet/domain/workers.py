@@ -419,6 +419,10 @@ class ShardedDomain(Domain):
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
         if name in self.sharded:
+            # connectors are this process's: their blocks take only the ports steered to queue 0
+            # (another port's SYN-ACK would reach a worker without the connection: it timed out)
+            n = self.n
+            sw.connector_ports = lambda port: worker_of(port, n) == 0
             learn = sw._learn
 
             def tell_workers(cache: Any, addr: bytes, mac: bytes, now: float) -> None:
@@ -486,13 +490,20 @@ class ShardedDomain(Domain):
             link = self.links.get(k)
             if link is None:
                 raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
-            sock = self._wsocks.get((session.id, k))
-            if sock is None:
-                sock = self._wsocks[session.id, k] = link.new_session()
-            alive = self._alive.get((session.id, k))
-            if alive is None:
-                alive = self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            reply, fds = relay(sock, msgspec.structs.replace(req, with_channel=with_channel))
+            try:
+                sock = self._wsocks.get((session.id, k))
+                if sock is None:
+                    sock = self._wsocks[session.id, k] = link.new_session()
+                alive = self._alive.get((session.id, k))
+                if alive is None:
+                    alive = self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                reply, fds = relay(sock, msgspec.structs.replace(req, with_channel=with_channel))
+            except (BrokenPipeError, ConnectionResetError) as e:
+                # it died under this request (its death not yet heard: its command socket's EOF
+                # waits in the loop): transient, as usnetd restarts it; a client's rebind asks again
+                # (usnet.client.rebind), and hears ENETDOWN if it is left down
+                raise OSError(errno.EAGAIN, f"usnetd worker {k} died during this open ({e.strerror or e}); "
+                                            "it is being restarted: try again") from e
         except BaseException:
             undo()
             raise

@@ -25,6 +25,7 @@ import errno
 import ipaddress
 import random
 import socket
+from collections.abc import Callable
 
 __all__ = ["EPHEMERAL", "PROTO_NAMES", "PortInUse", "PortSpace", "host_owns"]
 
@@ -48,7 +49,8 @@ class PortSpace:
         self.rng = random.Random(seed)
 
     def reserve(self, proto: int, port: int, owner: object, host_addr: str | None = None,
-                family: int = 4, share: object = None, reuse: int | None = None) -> int:
+                family: int = 4, share: object = None, reuse: int | None = None,
+                only: Callable[[int], bool] | None = None) -> int:
         """Take `port` (0: an ephemeral one) of `family` (4 or 6) for `owner`; PortInUse if anyone has it.
 
         `host_addr`: the local address when the host owns it too; the port is
@@ -57,6 +59,7 @@ class PortSpace:
         joins (EINVAL if it does not hold it).
         `reuse`: SO_REUSEPORT, the uid asking: a port held by flows that all asked for it, of
         that uid, is joined as a shared one (Linux's rule); any other holder is EADDRINUSE.
+        `only`: an ephemeral port is one of those it accepts (a worker's share, usnet.domain.workers).
         """
         if proto not in _SOCK_TYPE:
             raise OSError(errno.EPROTONOSUPPORT, f"protocol {proto} has no ports")
@@ -69,7 +72,7 @@ class PortSpace:
             self.sharers[key] = self.sharers.get(key, 0) + 1
             return port
         if port == 0:
-            port = self._ephemeral(family, proto, owner, host_addr)
+            port = self._ephemeral(family, proto, owner, host_addr, only)
             if reuse is not None:
                 self.reuse[family, proto, port] = reuse
             return port
@@ -90,11 +93,12 @@ class PortSpace:
             self.reuse[key] = reuse
         return port
 
-    def _ephemeral(self, family: int, proto: int, owner: object, host_addr: str | None) -> int:
+    def _ephemeral(self, family: int, proto: int, owner: object, host_addr: str | None,
+                   only: Callable[[int], bool] | None = None) -> int:
         start = self.rng.randrange(len(EPHEMERAL))
         for i in range(len(EPHEMERAL)):
             port = EPHEMERAL[(start + i) % len(EPHEMERAL)]
-            if (family, proto, port) in self.used:
+            if (family, proto, port) in self.used or (only is not None and not only(port)):
                 continue
             try:
                 if host_addr is not None:

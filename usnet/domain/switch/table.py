@@ -192,6 +192,9 @@ class FlowTable:
         # (the notice left the client before the SYN, on another socket: usnet.domain.loop)
         self.catch_up: Callable[[Flow], None] | None = None
         self.in_tx = False  # within a catch-up, called from the transmit path: no draining there
+        # which ephemeral ports a connector's blocks may take (None: any): under `usnetd --workers N`
+        # only those the device steers to this process's queue (usnet.domain.workers)
+        self.connector_ports: Callable[[int], bool] | None = None
         self.echo = EchoDesk()  # `usnet ping`'s echo requests and their replies (usnet.domain.switch.echo)
         self._ids = itertools.count(1)
         # the loopback netif's addresses are the domain's own, not the host's: its ports are usnet's alone
@@ -359,7 +362,8 @@ class FlowTable:
         got: list[int] = []
         for _ in range(count):
             try:
-                p = self.ports.reserve(TCP, 0, (self.netif.name, flow.id, "block"), host, family=flow.family)
+                p = self.ports.reserve(TCP, 0, (self.netif.name, flow.id, "block"), host, family=flow.family,
+                                       only=self.connector_ports)
             except OSError:
                 if got:
                     break
