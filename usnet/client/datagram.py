@@ -117,9 +117,6 @@ class DatagramSocket:
         self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
         self._ident = 0
         self._ident6 = int.from_bytes(os.urandom(4), "big")  # IPv6 fragments' identification
-        # On the loopback netif a datagram past the MTU stays EMSGSIZE (`_send_fragmented`): the
-        # switch would put it together for a usnet flow whose 2 KiB packets cannot carry it.
-        self._loopback = info.local_addr == "::1" or info.local_addr.startswith("127.")
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
         self.rx_chain_bad = 0  # of those, chains of packets cut or too long (`_recv_chained`)
         # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
@@ -217,9 +214,6 @@ class DatagramSocket:
         n = len(data)
         if n > (UDP6_MAX_PAYLOAD if self._v6 else UDP4_MAX_PAYLOAD):
             raise OSError(errno.EMSGSIZE, "Message too long")
-        if self._loopback:  # the receiver is a usnet flow, whose packets cannot hold the datagram whole
-            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit "
-                                          "of usnet's loopback")
         room = min(self.mtu, self.channel.stride)
         if self._v6:
             self._ident6 = ident = (self._ident6 + 1) & 0xFFFFFFFF

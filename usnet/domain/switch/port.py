@@ -219,13 +219,14 @@ class FlowPort:
         umd = self.umd_np
         if len(good) == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
             w = int(good[0]) * UMD_WORDS
-            if not (umd[w + W_FLAGS] or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
+            if not (umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
                 return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
                         np.array([int(umd[w + W_GSO]) >> GSO_SHIFT], umd.dtype), None)
         at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
-        marked = umd[at + W_FLAGS] | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
+        # only TX_REPORT is a transmit flag: an RX_MORE left on a packet the client sends back means nothing
+        marked = umd[at + W_FLAGS] & TX_REPORT | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
         return good, lens, umd[at + W_GSO] >> GSO_SHIFT, self._meta(good, at, marked) if marked.any() else None
 
     def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
