@@ -186,9 +186,9 @@ def test_logging_handlers_send_to_kernel_receivers(usnetd_path):  # noqa: F811
 
 
 @contextlib.contextmanager
-def _udp_echo(host: str, whole: int = 65536):
-    """A kernel UDP socket in a thread that answers every datagram to its sender, with the datagram
-    itself if it is at most `whole` bytes, else with its SHA-256; yields (port, the senders it heard)."""
+def _udp_echo(host: str):
+    """A kernel UDP socket in a thread that answers every datagram to its sender with the datagram
+    itself; yields (port, the senders it heard)."""
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((host, 0))
     s.settimeout(0.1)
@@ -204,7 +204,7 @@ def _udp_echo(host: str, whole: int = 65536):
             except TimeoutError:
                 continue
             heard.add(peer[0])
-            s.sendto(data if len(data) <= whole else hashlib.sha256(data).digest(), peer)
+            s.sendto(data, peer)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -217,25 +217,25 @@ def _udp_echo(host: str, whole: int = 65536):
 
 
 @pytest.mark.parametrize("tap_domain", [True, False], ids=["offload", "plain"], indirect=True)
-def test_a_datagram_bigger_than_the_mtu_leaves_in_fragments(usnetd_path, request):  # noqa: F811
+def test_a_datagram_bigger_than_the_mtu_leaves_in_fragments(usnetd_path):  # noqa: F811
     """A UDP datagram past the MTU goes in IPv4 fragments, as Linux sends it, up to 65,507 bytes
     (more is EMSGSIZE), from a connected socket too. Before, usnet said EMSGSIZE past 1,472 bytes
     (and the logging module's DatagramHandler lost its long records).
 
-    The kernel's big answers come back whole on a netif with offload (its flows' packets are 64 KiB);
-    on a plain one a flow's packets are 2 KiB and a reassembled datagram bigger than that is
-    dropped (rx_too_big, a difference from Linux that stays): there the echo answers big ones with
-    a digest."""
+    The kernel's answers, in fragments too, come back whole (SHA-256), 3,000, 9,000 and 65,507
+    bytes among them, on a netif with offload (a flow's packets are 64 KiB) and on a plain one
+    (2 KiB: the switch delivers a datagram bigger than that over a chain of packets; before, it was
+    dropped as rx_too_big); a small buffer cuts one as Linux does (MSG_TRUNC from recvmsg)."""
     path, usnet_ip, host_ip = usnetd_path
-    offload = request.node.callspec.params["tap_domain"]
     outs = {}
     for on_usnet in (True, False):
-        with _udp_echo(host_ip, whole=65536 if offload else 2000) as (port, heard):
+        with _udp_echo(host_ip) as (port, heard):
             outs[on_usnet] = _run(path, on_usnet, "bigudp", host_ip, str(port))
         assert heard == {usnet_ip if on_usnet else host_ip}
     assert outs[True] == outs[False]
     back = json.loads(outs[True])
     assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]
+    assert [n for n, _ in back[:-4]] == [1472, 1473, 3000, 9000, 20000, 65506, 65507]
 
 
 @pytest.mark.parametrize("kind", ["threading", "plain"])
@@ -304,21 +304,23 @@ def test_threading_http_server_over_tls_serves_curl(usnetd_path, ca, tmp_path): 
             stop(server)
 
 
+@pytest.mark.parametrize("tap_domain6", [True, False], ids=["offload", "plain"], indirect=True)
 def test_an_ipv6_datagram_bigger_than_the_mtu_leaves_in_fragments(tap_domain6, sockdir):
     """As over IPv4, with a Fragment header in each piece: up to 65,527 bytes, then EMSGSIZE. The
-    kernel's answers come back whole but the biggest, which with its headers (65,575 bytes) is past
-    a flow's 64 KiB packet (rx_too_big: a difference from Linux that stays)."""
+    kernel's answers come back whole, the biggest too, which with its headers (65,575 bytes) is past
+    a flow's 64 KiB packet: it arrives over a chain of two (before, it was dropped as rx_too_big)."""
     d, _, usnet_ip, host_ip = tap_domain6
     path = str(sockdir / "usnetd.sock")
     d.listen(listen_seqpacket(path))
     outs = {}
     for on_usnet in (True, False):
-        with _udp_echo(host_ip, whole=65536 - 48) as (port, heard):
+        with _udp_echo(host_ip) as (port, heard):
             outs[on_usnet] = _run(path, on_usnet, "bigudp", host_ip, str(port))
         assert heard == {usnet_ip if on_usnet else host_ip}
     assert outs[True] == outs[False]
     back = json.loads(outs[True])
     assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]
+    assert [n for n, _ in back[:-4]] == [1472, 1473, 3000, 9000, 20000, 65526, 65527]
 
 
 def _read_n(conn: socket.socket, n: int) -> bytes:
