@@ -38,6 +38,7 @@ from usnet.abi.transport import listen_seqpacket
 
 pytestmark = pytest.mark.privileged
 PROGRAM = str(PEERS / "programs3.py")
+HUGE = 200  # A records for huge.usnet.test: ~3.3 KB, an EDNS0 answer past a flow's 2 KiB packet
 
 
 def _command(on_usnet: bool, *args: str) -> list[str]:
@@ -77,14 +78,16 @@ def _heard_from(s: socket.socket) -> set[str]:
 @pytest.fixture
 def dnsmasq(usnetd_path):  # noqa: F811  (the fixture imported above)
     """dnsmasq on the kernel's side of the TAP: www (A and AAAA), alias (CNAME), nx.test (NXDOMAIN)
-    and big (BIG A records, truncated over UDP). Yields its address."""
+    and big (BIG A records, truncated over UDP), huge (HUGE A records: an EDNS0 answer over UDP of
+    ~3.3 KB, in IP fragments, past a flow's 2 KiB packet). Yields its address."""
     _, _, host_ip = usnetd_path
     x = host_ip.split(".")[1]
     proc = subprocess.Popen(
         [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
          "--user=root", "--bind-interfaces", f"--listen-address={host_ip}", "--port=53", "--address=/nx.test/",
          f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7", "--cname=alias.usnet.test,www.usnet.test",
-         *[f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)]],
+         *[f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)],
+         "--edns-packet-max=4096", *[f"--host-record=huge.usnet.test,10.{x}.2.{i}" for i in range(1, HUGE + 1)]],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(50):
@@ -99,10 +102,13 @@ def dnsmasq(usnetd_path):  # noqa: F811  (the fixture imported above)
             proc.stderr.close()
 
 
+@pytest.mark.parametrize("tap_domain", [True, False], ids=["offload", "plain"], indirect=True)
 def test_dnspython_resolves_as_on_the_kernel(usnetd_path, dnsmasq):  # noqa: F811  (the fixture imported above)
     """dnspython's Resolver, dns.query.udp/tcp, udp_with_fallback and dns.asyncresolver on usnet's
     asyncio loop find what they find on the kernel; a silent server costs dns.exception.Timeout in
-    about the timeout (the program checks the time), and the resolver's lifetime LifetimeTimeout."""
+    about the timeout (the program checks the time), and the resolver's lifetime LifetimeTimeout.
+    An EDNS0 answer of ~3.3 KB comes over UDP in fragments, whole, on a TAP without offload too
+    (a flow's packets 2 KiB: before, the switch dropped it and the resolver timed out)."""
     pytest.importorskip("dns")
     path, usnet_ip, host_ip = usnetd_path
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # hears the queries, never answers
@@ -119,6 +125,7 @@ def test_dnspython_resolves_as_on_the_kernel(usnetd_path, dnsmasq):  # noqa: F81
     assert ours == theirs
     found = json.loads(ours)
     assert found["big"] == BIG and found["big-fallback"] == [True, BIG] and found["big-udp"][0] is True
+    assert found["huge-udp"] == [False, HUGE, True] and found["huge"] == HUGE  # over UDP, whole
     assert found["silent"] == found["async-silent"] == "Timeout"
     assert found["silent-resolver"] == "LifetimeTimeout"
     assert (found["tcp-silent"], found["tcp-refused"]) == ("Timeout", "ConnectionRefusedError")

@@ -58,6 +58,13 @@ if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_UDP SILENT_TCP REF
     found["big-udp"] = [bool(a.flags & dns.flags.TC), len(a.answer[0]) if a.answer else 0]
     a, tcp = dns.query.udp_with_fallback(big, ns, timeout=5)
     found["big-fallback"] = [tcp, len(a.answer[0])]
+    # EDNS0 with a 4 KB buffer: huge's answer (~3.3 KB) comes over UDP in IP fragments, whole, with
+    # no TC and no TCP (usnet received nothing past ~2 KB before)
+    huge = dns.message.make_query("huge.usnet.test", "A", use_edns=0, payload=4096)
+    a = dns.query.udp(huge, ns, timeout=5)
+    found["huge-udp"] = [bool(a.flags & dns.flags.TC), len(a.answer[0]) if a.answer else 0, len(a.to_wire()) > 3000]
+    r.use_edns(0, 0, 4096)
+    found["huge"] = len(r.resolve("huge.usnet.test", "A", tcp=False))
 
     async def aio() -> list:
         ar = dns.asyncresolver.Resolver(configure=False)
