@@ -166,9 +166,12 @@ def tap_domain_paced(netns):
 
 
 @pytest.fixture
-def tap_domain6(netns):
-    """(domain, ifname, usnet_ip6, host_ip6) on a fresh TAP with IPv4 and IPv6: see _domain_on_tap."""
-    with _domain_on_tap(ipv6=True) as (d, ifname, x):
+def tap_domain6(request, netns):
+    """(domain, ifname, usnet_ip6, host_ip6) on a fresh TAP with IPv4 and IPv6: see _domain_on_tap.
+
+    Parametrize it indirectly with False for a TAP without offload, as tap_domain.
+    """
+    with _domain_on_tap(ipv6=True, offload=getattr(request, "param", True)) as (d, ifname, x):
         yield d, ifname, f"fd00:{x}::2", f"fd00:{x}::1"
 
 

@@ -38,6 +38,7 @@ from usnet.abi.transport import listen_seqpacket
 
 pytestmark = pytest.mark.privileged
 PROGRAM = str(PEERS / "programs3.py")
+HUGE = 200  # A records for huge.usnet.test: ~3.3 KB, an EDNS0 answer past a flow's 2 KiB packet
 
 
 def _command(on_usnet: bool, *args: str) -> list[str]:
@@ -77,14 +78,16 @@ def _heard_from(s: socket.socket) -> set[str]:
 @pytest.fixture
 def dnsmasq(usnetd_path):  # noqa: F811  (the fixture imported above)
     """dnsmasq on the kernel's side of the TAP: www (A and AAAA), alias (CNAME), nx.test (NXDOMAIN)
-    and big (BIG A records, truncated over UDP). Yields its address."""
+    and big (BIG A records, truncated over UDP), huge (HUGE A records: an EDNS0 answer over UDP of
+    ~3.3 KB, in IP fragments, past a flow's 2 KiB packet). Yields its address."""
     _, _, host_ip = usnetd_path
     x = host_ip.split(".")[1]
     proc = subprocess.Popen(
         [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
          "--user=root", "--bind-interfaces", f"--listen-address={host_ip}", "--port=53", "--address=/nx.test/",
          f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7", "--cname=alias.usnet.test,www.usnet.test",
-         *[f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)]],
+         *[f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)],
+         "--edns-packet-max=4096", *[f"--host-record=huge.usnet.test,10.{x}.2.{i}" for i in range(1, HUGE + 1)]],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(50):
@@ -99,10 +102,13 @@ def dnsmasq(usnetd_path):  # noqa: F811  (the fixture imported above)
             proc.stderr.close()
 
 
+@pytest.mark.parametrize("tap_domain", [True, False], ids=["offload", "plain"], indirect=True)
 def test_dnspython_resolves_as_on_the_kernel(usnetd_path, dnsmasq):  # noqa: F811  (the fixture imported above)
     """dnspython's Resolver, dns.query.udp/tcp, udp_with_fallback and dns.asyncresolver on usnet's
     asyncio loop find what they find on the kernel; a silent server costs dns.exception.Timeout in
-    about the timeout (the program checks the time), and the resolver's lifetime LifetimeTimeout."""
+    about the timeout (the program checks the time), and the resolver's lifetime LifetimeTimeout.
+    An EDNS0 answer of ~3.3 KB comes over UDP in fragments, whole, on a TAP without offload too
+    (a flow's packets 2 KiB: before, the switch dropped it and the resolver timed out)."""
     pytest.importorskip("dns")
     path, usnet_ip, host_ip = usnetd_path
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # hears the queries, never answers
@@ -119,6 +125,7 @@ def test_dnspython_resolves_as_on_the_kernel(usnetd_path, dnsmasq):  # noqa: F81
     assert ours == theirs
     found = json.loads(ours)
     assert found["big"] == BIG and found["big-fallback"] == [True, BIG] and found["big-udp"][0] is True
+    assert found["huge-udp"] == [False, HUGE, True] and found["huge"] == HUGE  # over UDP, whole
     assert found["silent"] == found["async-silent"] == "Timeout"
     assert found["silent-resolver"] == "LifetimeTimeout"
     assert (found["tcp-silent"], found["tcp-refused"]) == ("Timeout", "ConnectionRefusedError")
@@ -186,9 +193,9 @@ def test_logging_handlers_send_to_kernel_receivers(usnetd_path):  # noqa: F811
 
 
 @contextlib.contextmanager
-def _udp_echo(host: str, whole: int = 65536):
-    """A kernel UDP socket in a thread that answers every datagram to its sender, with the datagram
-    itself if it is at most `whole` bytes, else with its SHA-256; yields (port, the senders it heard)."""
+def _udp_echo(host: str):
+    """A kernel UDP socket in a thread that answers every datagram to its sender with the datagram
+    itself; yields (port, the senders it heard)."""
     s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((host, 0))
     s.settimeout(0.1)
@@ -204,7 +211,7 @@ def _udp_echo(host: str, whole: int = 65536):
             except TimeoutError:
                 continue
             heard.add(peer[0])
-            s.sendto(data if len(data) <= whole else hashlib.sha256(data).digest(), peer)
+            s.sendto(data, peer)
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -217,25 +224,25 @@ def _udp_echo(host: str, whole: int = 65536):
 
 
 @pytest.mark.parametrize("tap_domain", [True, False], ids=["offload", "plain"], indirect=True)
-def test_a_datagram_bigger_than_the_mtu_leaves_in_fragments(usnetd_path, request):  # noqa: F811
+def test_a_datagram_bigger_than_the_mtu_leaves_in_fragments(usnetd_path):  # noqa: F811
     """A UDP datagram past the MTU goes in IPv4 fragments, as Linux sends it, up to 65,507 bytes
     (more is EMSGSIZE), from a connected socket too. Before, usnet said EMSGSIZE past 1,472 bytes
     (and the logging module's DatagramHandler lost its long records).
 
-    The kernel's big answers come back whole on a netif with offload (its flows' packets are 64 KiB);
-    on a plain one a flow's packets are 2 KiB and a reassembled datagram bigger than that is
-    dropped (rx_too_big, a difference from Linux that stays): there the echo answers big ones with
-    a digest."""
+    The kernel's answers, in fragments too, come back whole (SHA-256), 3,000, 9,000 and 65,507
+    bytes among them, on a netif with offload (a flow's packets are 64 KiB) and on a plain one
+    (2 KiB: the switch delivers a datagram bigger than that over a chain of packets; before, it was
+    dropped as rx_too_big); a small buffer cuts one as Linux does (MSG_TRUNC from recvmsg)."""
     path, usnet_ip, host_ip = usnetd_path
-    offload = request.node.callspec.params["tap_domain"]
     outs = {}
     for on_usnet in (True, False):
-        with _udp_echo(host_ip, whole=65536 if offload else 2000) as (port, heard):
+        with _udp_echo(host_ip) as (port, heard):
             outs[on_usnet] = _run(path, on_usnet, "bigudp", host_ip, str(port))
         assert heard == {usnet_ip if on_usnet else host_ip}
     assert outs[True] == outs[False]
     back = json.loads(outs[True])
     assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]
+    assert [n for n, _ in back[:-4]] == [1472, 1473, 3000, 9000, 20000, 65506, 65507]
 
 
 @pytest.mark.parametrize("kind", ["threading", "plain"])
@@ -304,21 +311,23 @@ def test_threading_http_server_over_tls_serves_curl(usnetd_path, ca, tmp_path): 
             stop(server)
 
 
+@pytest.mark.parametrize("tap_domain6", [True, False], ids=["offload", "plain"], indirect=True)
 def test_an_ipv6_datagram_bigger_than_the_mtu_leaves_in_fragments(tap_domain6, sockdir):
     """As over IPv4, with a Fragment header in each piece: up to 65,527 bytes, then EMSGSIZE. The
-    kernel's answers come back whole but the biggest, which with its headers (65,575 bytes) is past
-    a flow's 64 KiB packet (rx_too_big: a difference from Linux that stays)."""
+    kernel's answers come back whole, the biggest too, which with its headers (65,575 bytes) is past
+    a flow's 64 KiB packet: it arrives over a chain of two (before, it was dropped as rx_too_big)."""
     d, _, usnet_ip, host_ip = tap_domain6
     path = str(sockdir / "usnetd.sock")
     d.listen(listen_seqpacket(path))
     outs = {}
     for on_usnet in (True, False):
-        with _udp_echo(host_ip, whole=65536 - 48) as (port, heard):
+        with _udp_echo(host_ip) as (port, heard):
             outs[on_usnet] = _run(path, on_usnet, "bigudp", host_ip, str(port))
         assert heard == {usnet_ip if on_usnet else host_ip}
     assert outs[True] == outs[False]
     back = json.loads(outs[True])
     assert all(ok for _, ok in back[:-2]) and back[-2:] == ["EMSGSIZE", True]
+    assert [n for n, _ in back[:-4]] == [1472, 1473, 3000, 9000, 20000, 65526, 65527]
 
 
 def _read_n(conn: socket.socket, n: int) -> bytes:

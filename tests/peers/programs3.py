@@ -58,6 +58,13 @@ if name == "dns":  # dnspython against dnsmasq: DNS_IP SILENT_UDP SILENT_TCP REF
     found["big-udp"] = [bool(a.flags & dns.flags.TC), len(a.answer[0]) if a.answer else 0]
     a, tcp = dns.query.udp_with_fallback(big, ns, timeout=5)
     found["big-fallback"] = [tcp, len(a.answer[0])]
+    # EDNS0 with a 4 KB buffer: huge's answer (~3.3 KB) comes over UDP in IP fragments, whole, with
+    # no TC and no TCP (usnet received nothing past ~2 KB before)
+    huge = dns.message.make_query("huge.usnet.test", "A", use_edns=0, payload=4096)
+    a = dns.query.udp(huge, ns, timeout=5)
+    found["huge-udp"] = [bool(a.flags & dns.flags.TC), len(a.answer[0]) if a.answer else 0, len(a.to_wire()) > 3000]
+    r.use_edns(0, 0, 4096)
+    found["huge"] = len(r.resolve("huge.usnet.test", "A", tcp=False))
 
     async def aio() -> list:
         ar = dns.asyncresolver.Resolver(configure=False)
@@ -142,28 +149,34 @@ elif name == "logging":  # logging.handlers to kernel receivers: HOST TCP UDP SY
         h.close()
     out("sent")
 
-elif name == "bigudp":  # datagrams past the MTU, to a kernel echo (whole, or a digest): HOST PORT
+elif name == "bigudp":  # datagrams past the MTU, to a kernel echo, received back whole: HOST PORT
     import errno
 
     host, port = args[0], int(args[1])
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.settimeout(10)
-    sizes = [1472, 1473, 3000, 20000, 65507 if family == socket.AF_INET else 65527]
-    back = []
+    top = 65507 if family == socket.AF_INET else 65527
+    sizes = [1472, 1473, 3000, 9000, 20000, top - 1, top]
+    back: list = []
     for n in sizes:
         data = hashlib.sha256(str(n).encode()).digest() * (n // 32) + b"z" * (n % 32)
         assert s.sendto(data, (host, port)) == n
-        got, peer = s.recvfrom(70000)  # the echo: the datagram itself, or its digest
-        back.append([n, got == data or got == hashlib.sha256(data).digest()])
+        got, peer = s.recvfrom(70000)  # the echo: the datagram itself, whole (its SHA-256 checked)
+        back.append([n, hashlib.sha256(got).digest() == hashlib.sha256(data).digest()])
+    s.sendto(b"t" * 9000, (host, port))  # a small buffer cuts it, and says so (MSG_TRUNC)
+    got, _anc, flags, _ = s.recvmsg(100)
+    back.append(["trunc", got == b"t" * 100 and bool(flags & socket.MSG_TRUNC)])
+    s.sendto(b"u" * 3000, (host, port))
+    back.append(["cut", s.recvfrom(10)[0] == b"u" * 10])
     try:
-        s.sendto(b"x" * (sizes[-1] + 1), (host, port))
+        s.sendto(b"x" * (top + 1), (host, port))
         back.append("sent")
     except OSError as e:
         back.append(errno.errorcode[e.errno])
     s.connect((host, port))
     s.send(b"y" * 5000)  # a connected socket's send too
-    back.append(len(s.recv(70000)) in (32, 5000))
+    back.append(s.recv(70000) == b"y" * 5000)
     out(back)
 
 elif name == "udpserver":  # socketserver's UDP servers: BIND_IP threading|plain; answers upper-cased

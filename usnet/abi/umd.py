@@ -11,7 +11,10 @@ in the shared memfd:
     deadline_ns  (flow TX) 0, or CLOCK_MONOTONIC ns after which the packet must not
                  be sent: it is dropped and reported EXPIRED instead
     flags        (flow TX) TX_REPORT: post a TX_STATUS event when the packet is
-                 sent, dropped, expired or flushed
+                 sent, dropped, expired or flushed; (flow RX, written by the switch
+                 on every packet it delivers) RX_MORE: the next slot on the RX ring
+                 continues this packet's bytes (a datagram bigger than one packet,
+                 usnet.abi.rxchain)
 
 Both sides read and write records through u32 views of the UMD region, with
 the word indices below derived from the table.
@@ -30,8 +33,8 @@ import time
 from usnet.abi.layout import RESERVED, Fields
 
 __all__ = [
-    "GSO_SHIFT", "TX_REPORT", "UMD", "UMD_SIZE", "UMD_WORDS", "W_DEADLINE", "W_FLAGS", "W_GSO", "W_LENGTH", "W_TAG",
-    "deadline_passed",
+    "GSO_SHIFT", "RX_MORE", "TX_REPORT", "UMD", "UMD_SIZE", "UMD_WORDS", "W_DEADLINE", "W_FLAGS", "W_GSO", "W_LENGTH",
+    "W_TAG", "deadline_passed",
 ]
 
 UMD = Fields(
@@ -50,6 +53,7 @@ W_FLAGS = UMD.word("flags")
 if W_LENGTH != 0:  # the hot paths read a record's length as word `index * UMD_WORDS`
     raise ImportError("the UMD length must be the record's first word")
 TX_REPORT = 1  # flags bit: report this packet's fate on the EVENT ring
+RX_MORE = 2  # flags bit (flow RX, the switch's): the next RX slot continues this packet (usnet.abi.rxchain)
 
 
 def deadline_passed(deadline_ns: int) -> bool:

@@ -30,7 +30,8 @@ import numpy as np
 
 from usnet.abi.events import Event
 from usnet.abi.protocol import FlowOpened
-from usnet.abi.umd import UMD_WORDS
+from usnet.abi.rxchain import chains, max_slots
+from usnet.abi.umd import RX_MORE, UMD_WORDS, W_FLAGS
 from usnet.client.channel import _UNSET, Channel
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.ipmark import mark_tos, mark_ttl
@@ -116,10 +117,8 @@ class DatagramSocket:
         self._src = ip6_bytes(info.local_addr) if self._v6 else ip_bytes(info.local_addr)
         self._ident = 0
         self._ident6 = int.from_bytes(os.urandom(4), "big")  # IPv6 fragments' identification
-        # On the loopback netif a datagram past the MTU stays EMSGSIZE (`_send_fragmented`): the
-        # switch would put it together for a usnet flow whose 2 KiB packets cannot carry it.
-        self._loopback = info.local_addr == "::1" or info.local_addr.startswith("127.")
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
+        self.rx_chain_bad = 0  # of those, chains of packets cut or too long (`_recv_chained`)
         # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
         # raised by the next call, as a kernel socket's pending error (SO_ERROR) is.
         self.pending_error: int | None = None
@@ -215,9 +214,6 @@ class DatagramSocket:
         n = len(data)
         if n > (UDP6_MAX_PAYLOAD if self._v6 else UDP4_MAX_PAYLOAD):
             raise OSError(errno.EMSGSIZE, "Message too long")
-        if self._loopback:  # the receiver is a usnet flow, whose packets cannot hold the datagram whole
-            raise OSError(errno.EMSGSIZE, f"{n} bytes exceed the {self.max_payload}-byte datagram limit "
-                                          "of usnet's loopback")
         room = min(self.mtu, self.channel.stride)
         if self._v6:
             self._ident6 = ident = (self._ident6 + 1) & 0xFFFFFFFF
@@ -436,8 +432,15 @@ class DatagramSocket:
         """
         if self.pending_error is not None:
             self._raise_pending(self.pending_error)
-        pkts = self.channel.recv(max_n, timeout)
-        if self._v6:
+        ch = self.channel
+        pkts = ch.recv(max_n, timeout)
+        if len(pkts) == 1:
+            more = bool(ch.umd[pkts[0] * UMD_WORDS + W_FLAGS] & RX_MORE)
+        else:  # one gather of the flags: a chain is rare, looking for one is not
+            more = bool((ch.arrays()[1][np.array(pkts, np.int64) * UMD_WORDS + W_FLAGS] & RX_MORE).any())
+        if more:
+            got = self._recv_chained(pkts)
+        elif self._v6:
             got = self._recv6(pkts)
         elif len(pkts) == 1:
             got = self._recv_one(pkts[0])
@@ -446,6 +449,66 @@ class DatagramSocket:
         if not got and self.pending_error is not None:
             self._raise_pending(self.pending_error)  # what came was the ICMP error itself
         return got
+
+    def _recv_plain(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
+        """Datagrams of one packet each, by the family's path."""
+        if self._v6:
+            return self._recv6(pkts)
+        return self._recv_one(pkts[0]) if len(pkts) == 1 else self._recv_batch(pkts)
+
+    def _recv_chained(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
+        """A batch with a datagram bigger than one packet: its packets are consecutive on the ring,
+        each but the last flagged RX_MORE (usnet.abi.rxchain); they are joined into one copy and
+        checked there. The switch publishes a chain whole, so the rest of one the batch cut is on
+        the ring already; a chain whose rest is not there, or longer than any IP packet, is
+        dropped and counted (`rx_bad`, `rx_chain_bad`), the datagrams around it kept, in order."""
+        ch = self.channel
+        umd = ch.umd
+        limit = max_slots(ch.stride)
+        more = [bool(umd[p * UMD_WORDS + W_FLAGS] & RX_MORE) for p in pkts]
+        for _ in range(limit):  # the rest of a chain the batch cut
+            if not more[-1]:
+                break
+            try:
+                (p,) = ch.recv(1, 0)
+            except BlockingIOError:
+                break
+            pkts.append(p)
+            more.append(bool(umd[p * UMD_WORDS + W_FLAGS] & RX_MORE))
+        groups, tail = chains(more)
+        if tail < len(pkts):  # cut: its rest never came (or it is longer than any datagram)
+            self._chain_bad(pkts[tail:])
+        out: list[tuple[bytes, Address]] = []
+        single: list[int] = []
+        for a, b in groups:
+            if b - a == 1:
+                single.append(pkts[a])
+                continue
+            if single:
+                out += self._recv_plain(single)
+                single = []
+            chain = pkts[a:b]
+            if b - a > limit:
+                self._chain_bad(chain)
+                continue
+            try:
+                d = b"".join([ch.view(p) for p in chain])
+            finally:
+                ch.free(chain)
+            got = self._parse6(d) if self._v6 else self._parse_slow(d)
+            if got is None:
+                self.rx_bad += 1
+            elif got is not _ICMP:
+                out.append(got)
+        if single:
+            out += self._recv_plain(single)
+        return out
+
+    def _chain_bad(self, pkts: list[int]) -> None:
+        """A chain that is cut or too long: its packets back to the pool, counted, no datagram."""
+        self.channel.free(pkts)
+        self.rx_bad += 1
+        self.rx_chain_bad += 1
 
     def _recv_batch(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
         """IPv4 datagrams, checked column-wise on one gathered copy (see `recv_many`)."""

@@ -26,8 +26,9 @@ import numpy as np
 from usnet.abi import ring as ringmod
 from usnet.abi.events import EventType
 from usnet.abi.ring import Consumer, Producer
+from usnet.abi.rxchain import CHAIN_MAX_BYTES
 from usnet.abi.schema import FLOWADV, STATS_PER_ROLE, FlowState, RingKind, Stat
-from usnet.abi.umd import GSO_SHIFT, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
+from usnet.abi.umd import GSO_SHIFT, RX_MORE, TX_REPORT, UMD_WORDS, W_DEADLINE, W_FLAGS, W_GSO, W_TAG
 from usnet.domain.mem.pool import HELD
 from usnet.domain.netif.mitigation import MIN_FRAMES, RxMitigation
 from usnet.domain.userpipe import UserPipe
@@ -218,13 +219,14 @@ class FlowPort:
         umd = self.umd_np
         if len(good) == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
             w = int(good[0]) * UMD_WORDS
-            if not (umd[w + W_FLAGS] or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
+            if not (umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
                 return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
                         np.array([int(umd[w + W_GSO]) >> GSO_SHIFT], umd.dtype), None)
         at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
-        marked = umd[at + W_FLAGS] | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
+        # only TX_REPORT is a transmit flag: an RX_MORE left on a packet the client sends back means nothing
+        marked = umd[at + W_FLAGS] & TX_REPORT | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
         return good, lens, umd[at + W_GSO] >> GSO_SHIFT, self._meta(good, at, marked) if marked.any() else None
 
     def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
@@ -250,18 +252,18 @@ class FlowPort:
         """Copy received packets into the client's pool and publish them on its RX ring.
 
         Returns how many were delivered; the rest are dropped (pool exhausted,
-        RX ring full, or bigger than a packet buffer) and counted, as a NIC
-        drops when its ring is full. Each packet is copied straight into its
-        buffer: with 64 KB super-segments a staging array would cost more.
+        RX ring full) and counted, as a NIC drops when its ring is full. Each
+        packet is copied straight into its buffer: with 64 KB super-segments
+        a staging array would cost more. One bigger than a packet (a
+        reassembled UDP datagram: the switch cuts TCP to fit, `_too_big`)
+        takes several (`_deliver_chains`).
         """
         if not payloads:
             return 0
         n = len(payloads)
         lens = np.fromiter(map(len, payloads), np.uint32, n)
         if int(lens.max()) > self.stride:
-            fits = lens <= self.stride
-            payloads = [p for p, ok in zip(payloads, fits.tolist()) if ok]
-            lens = lens[fits]
+            return self._deliver_chains(payloads, lens)
         with self.pipe.lock:  # as in `pull`
             try:
                 got = self._reserve(len(payloads), n)
@@ -272,6 +274,44 @@ class FlowPort:
                     self._publish(got, lens[: len(got)])
                 return len(got)
             except Exception as e:  # the channel's barrier: its fault never reaches the switch
+                return self._fault("receive", e, n)
+
+    def _deliver_chains(self, payloads: list, lens: np.ndarray) -> int:
+        """`deliver` for a batch with packets bigger than one: each copied, once, into as many
+        consecutive packets as it needs (usnet.abi.rxchain), all but the last flagged RX_MORE and
+        full; a whole chain or none of it goes on the ring (what does not fit is returned to the
+        pool), so the client never sees a part. Past CHAIN_MAX_BYTES (no IP packet is) dropped."""
+        stride = self.stride
+        n = len(payloads)
+        if int(lens.max()) > CHAIN_MAX_BYTES:
+            fits = lens <= CHAIN_MAX_BYTES
+            payloads = [p for p, ok in zip(payloads, fits.tolist()) if ok]
+            lens = lens[fits]
+        slots = (lens.astype(np.int64) + stride - 1) // stride
+        ends = np.cumsum(slots)
+        want = int(ends[-1]) if len(ends) else 0
+        with self.pipe.lock:  # as in `pull`
+            try:
+                got = self._reserve(want, n, ends)
+                used = len(got)
+                k = int(np.searchsorted(ends, used, "right"))  # the chains that fit whole
+                if k:
+                    buf = self.buf
+                    plens = np.full(used, stride, np.uint32)
+                    flags = np.full(used, RX_MORE, np.uint32)
+                    last = ends[:k] - 1
+                    plens[last] = lens[:k] - (slots[:k] - 1) * stride
+                    flags[last] = 0
+                    at = 0
+                    for p, s in zip(payloads[:k], slots[:k].tolist()):
+                        src = np.frombuffer(p, np.uint8)
+                        for j in range(s):
+                            piece = src[j * stride : (j + 1) * stride]
+                            buf[int(got[at]), : len(piece)] = piece
+                            at += 1
+                    self._publish(got, plens, flags)
+                return k
+            except Exception as e:  # as in `deliver`
                 return self._fault("receive", e, n)
 
     def deliver_rows(self, rows: np.ndarray, col: int, lens: np.ndarray) -> int:
@@ -298,8 +338,13 @@ class FlowPort:
         self.on_fault(where, exc)
         return 0
 
-    def _reserve(self, want: int, offered: int) -> np.ndarray:
-        """Pool packets for up to `want` of `offered` arrivals; the rest are counted as dropped."""
+    def _reserve(self, want: int, offered: int, ends: np.ndarray | None = None) -> np.ndarray:
+        """Pool packets for up to `want` of `offered` arrivals; the rest are counted as dropped.
+
+        `ends`: the running sum of the packets each arrival takes (`_deliver_chains`); what is
+        reserved is cut to whole arrivals (a part's packets go back to the pool), and the drops
+        are counted in arrivals.
+        """
         pipe = self.pipe
         got = _NO_LENS
         if self.stalled:  # it does not read: nothing more piles up for it
@@ -312,13 +357,26 @@ class FlowPort:
                 got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
                 if len(got):
                     pipe.pool.take(got)
+        taken = len(got)
+        if ends is not None:
+            taken = int(np.searchsorted(ends, taken, "right"))  # the arrivals that fit whole
+            used = int(ends[taken - 1]) if taken else 0
+            if len(got) > used:
+                pipe.pool.reclaim(got[used:])
+                got = got[:used]
         if pipe.defunct_reason is None:
-            self.rx_dropped += offered - len(got)
+            self.rx_dropped += offered - taken
         return got
 
-    def _publish(self, got: np.ndarray, lens: np.ndarray) -> None:
-        """Set the lengths, push the packets on the RX ring, ring the client if it sleeps."""
-        self.umd_np[got * UMD_WORDS] = lens
+    def _publish(self, got: np.ndarray, lens: np.ndarray, flags: np.ndarray | int = 0) -> None:
+        """Set the lengths and flags, push the packets on the RX ring, ring the client if it sleeps.
+
+        The flags are written on every packet: a packet comes back from the client with whatever
+        its UMD held (an RX_MORE of an earlier chain included), and RX_MORE must mean ours.
+        """
+        at = got * UMD_WORDS
+        self.umd_np[at] = lens
+        self.umd_np[at + W_FLAGS] = flags
         self.rx.push(got)
         ringmod.fence()
         mit = self.mitigation

@@ -28,6 +28,7 @@ import numpy as np
 # first time a batch holds two flows or a channel closes; here it is paid at import
 import numpy.ma
 
+from usnet.abi.rxchain import CHAIN_MAX_BYTES
 from usnet.domain.switch.host import ETH, HostDuties
 from usnet.domain.switch.lllane import LaneRx
 from usnet.domain.switch.reuseport import ReuseGroup
@@ -523,9 +524,18 @@ class ReceivePath(HostDuties):
         and the connection would never move; so it is cut as the sender's own
         GSO would have cut it (usnet.proto.wire.gso), each segment's payload
         the packet size less the headers, a multiple of 8 bytes, and the
-        segments join the flow's batch in its place. What cannot be cut (not
-        TCP, malformed) is dropped as `rx_too_big`.
+        segments join the flow's batch in its place. A UDP flow's datagram
+        the reassembler made (up to 65,535 bytes of IP payload) goes whole:
+        the port copies it into consecutive packets, flagged as one chain
+        (usnet.abi.rxchain), so nothing Linux would receive is lost for want
+        of a bigger packet; a device's `Coalesced` frame is TCP by its
+        contract (TSO/GRO only), so a UDP one is no datagram. What cannot be
+        cut or chained is dropped as `rx_too_big`.
         """
+        if flow.proto == UDP and len(pkt) <= CHAIN_MAX_BYTES and type(pkt.obj) is not Coalesced:
+            self.counts["rx_chained"] += 1  # datagrams delivered over several packets
+            lst.append(pkt)
+            return
         try:
             segs = tcp_segments(pkt, (flow.port.stride - headers_len(pkt)) & ~7)
         except WireError:
