@@ -43,12 +43,18 @@ def test_the_option_reads_and_sets_as_the_kernels(c):
             assert e.value.errno == errno.EINVAL
 
 
-def test_a_dual_stack_listener_takes_ipv4_and_names_it_mapped(c):
+def _listener6(c, port: int, v6only: int) -> us.socket:
+    """An AF_INET6 listener on netif b at [::]:`port` with IPV6_V6ONLY `v6only`."""
     srv = us.socket(us.AF_INET6, client=c, netif="b")
-    srv.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 0)
-    srv.bind(("::", 8201))
+    srv.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, v6only)
+    srv.bind(("::", port))
     srv.listen(8)
     srv.settimeout(10)
+    return srv
+
+
+def test_a_dual_stack_listener_takes_ipv4_and_names_it_mapped(c):
+    srv = _listener6(c, 8201, 0)
     cl4 = us.create_connection((B_IP, 8201), timeout=10, client=c, netif="a")
     conn4, peer4 = srv.accept()
     assert peer4 == ("::ffff:" + A_IP, cl4.getsockname()[1], 0, 0)
@@ -93,10 +99,7 @@ def test_a_dual_stack_socket_holds_the_port_in_ipv4_and_a_v6only_one_does_not(c)
 
 
 def test_a_v6only_listener_is_deaf_to_ipv4(c):
-    srv = us.socket(us.AF_INET6, client=c, netif="b")
-    srv.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
-    srv.bind(("::", 8204))
-    srv.listen(8)
+    srv = _listener6(c, 8204, 1)
     with pytest.raises(ConnectionRefusedError):
         us.create_connection((B_IP, 8204), timeout=10, client=c, netif="a")
     srv.close()
