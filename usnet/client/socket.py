@@ -392,6 +392,12 @@ _KEEPALIVE_OPTS = [(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o
 class socket:
     """A usnet socket: TCP (SOCK_STREAM) here; SOCK_DGRAM makes a `usnet.client.dgram.DatagramFace`."""
 
+    # Rarely set, so defaults of the class: an instance's attributes stay few enough (30 at most)
+    # for CPython to share one key table among all sockets' dicts; past that every socket's dict
+    # is a table of its own, 1.3 KB more per connection (measured: `usnet bench scale`'s memory).
+    _held: tuple[FlowEngine, ...] = ()  # a closed listener's other flows, bind took it over
+    _refused: OSError | None = None  # why a rebind could not be (`_rebind_failed`): its calls raise it
+
     def __new__(cls, family: int = AF_INET, type: int = SOCK_STREAM, *args: Any, **kwargs: Any) -> Any:
         if cls is socket and type & 0xF == SOCK_DGRAM:
             from usnet.client.dgram import DatagramFace
@@ -439,9 +445,7 @@ class socket:
         # dual-stack AF_INET6 socket (`_dual`, made by bind), and a listener's on the loopback netif
         self._halves: tuple[FlowEngine, ...] = ()
         self._netif = ""  # the netif bind chose
-        self._held: tuple[FlowEngine, ...] = ()  # a closed listener's other flows, bind took it over
         self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
-        self._refused: OSError | None = None  # why it could not (`_rebind_failed`): its calls raise it
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
