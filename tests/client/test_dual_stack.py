@@ -222,3 +222,37 @@ def test_a_dual_stack_listener_without_ipv6_anywhere_takes_ipv4():
             assert u.recvfrom(10) == (b"v4", ("::ffff:" + A_IP, c4.getsockname()[1], 0, 0))
         for s in (cl, conn, srv, u):
             s.close()
+
+
+def test_a_mapped_address_binds_that_ipv4_address(c):
+    """inet6_bind: a dual-stack socket bound to ::ffff:a.b.c.d is bound to that IPv4 address alone
+    (named mapped; IPv6 clients refused); with IPV6_V6ONLY it is EINVAL, on the kernel's socket
+    as on usnet's (the kernel's bound on its loopback only: nothing is sent)."""
+    with std.socket(std.AF_INET6) as k:
+        k.bind(("::ffff:127.0.0.1", 0))
+        assert k.getsockname()[0] == "::ffff:127.0.0.1"
+    srv = us.socket(us.AF_INET6, client=c, netif="b")
+    srv.bind(("::ffff:" + B_IP, 8213))
+    srv.listen(4)
+    srv.settimeout(10)
+    assert srv.getsockname() == ("::ffff:" + B_IP, 8213, 0, 0)
+    cl = us.create_connection((B_IP, 8213), timeout=10, client=c, netif="a")
+    conn, peer = srv.accept()
+    assert peer == ("::ffff:" + A_IP, cl.getsockname()[1], 0, 0)
+    with pytest.raises(ConnectionRefusedError):
+        us.create_connection((B6, 8213), timeout=10, client=c, netif="a")
+    u = us.socket(us.AF_INET6, us.SOCK_DGRAM, client=c, netif="b")
+    u.bind(("::ffff:" + B_IP, 8214))
+    u.settimeout(10)
+    with us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a") as c4:
+        c4.sendto(b"to a mapped name", (B_IP, 8214))
+        assert u.recvfrom(100) == (b"to a mapped name", ("::ffff:" + A_IP, c4.getsockname()[1], 0, 0))
+    for kind in (us.SOCK_STREAM, us.SOCK_DGRAM):
+        with us.socket(us.AF_INET6, kind, client=c, netif="b") as s6, std.socket(std.AF_INET6, kind) as k6:
+            for sock, host in ((s6, B_IP), (k6, "127.0.0.1")):
+                sock.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+                with pytest.raises(OSError) as e:
+                    sock.bind(("::ffff:" + host, 0))
+                assert e.value.errno == errno.EINVAL
+    for s in (cl, conn, srv, u):
+        s.close()

@@ -362,8 +362,9 @@ class DatagramFace(socket):
         """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
         family a dual-stack :: then takes), and the netif it is on."""
         reuse = self._reuse_port()
+        family = 4 if host is not None and ":" not in host else self._ip_version  # (a mapped address: IPv4)
         try:
-            return client.udp_socket(netif, port, family=self._ip_version, reuse_port=reuse), netif
+            return client.udp_socket(netif, port, family=family, reuse_port=reuse), netif
         except OSError as e:
             if not _v6_wildcard_refused(e, host, self._ip_version, netif):
                 raise

@@ -525,9 +525,10 @@ class socket:
     def _bind_flow(self, client: Client, netif: str, host: Any, port: int, dual: bool) -> tuple[FlowEngine, str]:
         """The bound flow of this socket's own family (`dual`: IPv4's where IPv6 is nowhere, the
         only family a dual-stack :: then takes), and the netif it is on."""
+        family = 4 if host is not None and host.version == 4 else self._ip_version  # (a mapped address: IPv4)
         try:
             try:
-                eng = FlowEngine(client, netif, port, family=self._ip_version, reuse_port=self._reuse_port())
+                eng = FlowEngine(client, netif, port, family=family, reuse_port=self._reuse_port())
             except OSError as e:
                 if not _v6_wildcard_refused(e, host, self._ip_version, netif):
                     raise
@@ -638,6 +639,11 @@ class socket:
             ip = ipaddress.ip_address(host)
         except ValueError:
             ip = ipaddress.ip_address(getaddrinfo(host, port, self.family, SOCK_STREAM)[0][4][0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and not ip.ipv4_mapped.is_unspecified:
+            # ::ffff:a.b.c.d: that IPv4 address, for a dual-stack socket (inet6_bind; EINVAL with IPV6_V6ONLY)
+            if self.family != AF_INET6 or not self._dual():
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return ip.ipv4_mapped, port
         if ip.version != self._ip_version:
             raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
         return (None if ip.is_unspecified else ip), port
