@@ -707,7 +707,9 @@ class socket:
         engine's lock, so one accept (and one readiness) serves them all. None where that cannot
         be (bound to an address, on the loopback netif already, or a domain without one)."""
         wanted = [e for e in (eng, *others) if not _on_loopback(e)] if self._wildcard else []
-        held, self._held = self._held, ()
+        held = self._held
+        if held:
+            del self._held  # the class's () again
         families = {e.family for e in wanted}
         kept = {h.family: h for h in held if _on_loopback(h) and h.family in families}  # taken over
         for h in held:
