@@ -143,3 +143,24 @@ def test_loopback_without_a_loopback_netif_fails_as_linux_with_lo_down(c):
         s4.connect(("127.0.0.1", 9))
     assert e.value.errno == errno.ENETUNREACH
     s4.close()
+
+
+def test_a_reference_closing_after_the_socket_never_closes_another_file(c):
+    """Two objects of one socket (the socket, and a reference the fork agent holds) closed by two
+    threads: if the other's last close has closed the readiness pair before this one checks its
+    descriptor, the number is not its own to close; a file that got it meanwhile stays open (the
+    check read the pair's number after its close as -1, and closed it again: EBADF in gunicorn's
+    master, or another file's descriptor)."""
+    srv = listen_on_b(c, 8420)
+    ref = srv.reference()
+    fd = srv.fileno()
+    assert ref.fileno() == fd
+    srv._ready.close()  # the interleaving: the other object's last close got there first
+    other = os.open(os.devnull, os.O_RDONLY)
+    try:
+        assert other == fd  # the lowest free number: the pair's
+        ref.close()
+        os.fstat(other)  # still open
+    finally:
+        os.close(other)
+    srv.close()

@@ -92,17 +92,21 @@ class Readiness:
     holding 10,000 connections needed 20,000) nor two system calls a round trip.
     """
 
-    __slots__ = ("_a", "_b", "readable", "writable")
+    __slots__ = ("_a", "_b", "_made", "readable", "writable")
 
     def __init__(self, readable: bool = False, writable: bool = False) -> None:
         self._a: socket.socket | None = None
         self._b: socket.socket | None = None
+        self._made = -1
         self.readable, self.writable = readable, writable  # what the pair shows, once made
 
     @property
     def made(self) -> int:
-        """The descriptor, -1 if nobody asked for it yet (none is made here)."""
-        return -1 if self._a is None else self._a.fileno()
+        """The descriptor's number, -1 if nobody asked for it yet (none is made here); still the
+        same after `close`, so that a socket object sharing it never takes it for one of its own
+        (two threads closing two objects of one socket: the one that checks after the other
+        closed the pair would close the number again, or another file that got it meanwhile)."""
+        return self._made
 
     def fileno(self) -> int:
         if self._a is None:
@@ -111,6 +115,7 @@ class Readiness:
             b.setblocking(False)
             a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel makes it its least (4608)
             self._a, self._b = a, b
+            self._made = a.fileno()
             readable, writable = self.readable, self.writable
             self.readable, self.writable = False, True  # what a new pair shows
             self.set(readable, writable)
