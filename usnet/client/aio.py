@@ -1123,7 +1123,7 @@ def _listen_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket], b
     would take 0.0.0.0's port in IPv4 too), with SO_REUSEADDR unless `reuse_address` is False.
 
     A wildcard the domain cannot listen on (EADDRNOTAVAIL: :: where the netif has no IPv6 and the
-    domain no loopback netif to put it on, usnet.client.socket's `_on_loopback_only`) is left out,
+    domain no loopback netif to put it on, usnet.client.socket's `_open_bound`) is left out,
     as asyncio leaves out a family the kernel lacks (its socket() fails), unless nothing else
     listens; any other failure closes the rest and raises, with asyncio's message."""
     socks: list[_us.socket] = []

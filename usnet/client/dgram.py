@@ -24,7 +24,7 @@ import socket as _std
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.client.channel import ChannelError, PeerGone
@@ -46,9 +46,8 @@ from usnet.client.socket import (
     SOCK_DGRAM,
     SOL_SOCKET,
     _is_loopback,
-    _on_loopback_only,
+    _open_bound,
     _sockaddr,
-    _v6_wildcard_refused,
     _worker_died,
     getaddrinfo,
     open_sockets,
@@ -80,7 +79,6 @@ class DatagramEngine:
         # the one queue; a datagram leaves by the flow of its destination's family and netif (`via`).
         self.more: list[DatagramSocket] = []
         self._halves: list[FlowHalf] = []  # what the runner sleeps on for their doorbells
-        self._ways: list[tuple[bool, bool, DatagramSocket]] = [(dsock.v6, dsock.loopback, dsock)]
         self.client = client  # whose control socket's hang-up fails this flow (Runner._domain_gone)
         self.ch = dsock.channel
         self.lock = threading.RLock()
@@ -107,14 +105,13 @@ class DatagramEngine:
         d.remote = self.d.remote
         d.on_error = self.d.on_error
         self.more.append(d)
-        self._ways.append((d.v6, d.loopback, d))
         half = FlowHalf(self, d)
         self._halves.append(half)
         runner().add(half)
 
     def hears(self, v6: bool, loopback: bool) -> bool:
         """Whether one of its flows is of that family and on (or off) the loopback netif."""
-        return any(w[0] == v6 and w[1] == loopback for w in self._ways)
+        return any(d.v6 == v6 and d.loopback == loopback for d in self.flows())
 
     def flows(self) -> tuple[DatagramSocket, ...]:
         """Its flow, and the others on its port (`more`)."""
@@ -126,13 +123,9 @@ class DatagramEngine:
         if not self.more:
             return self.d
         v6, lo = ":" in host, _is_loopback(host)
-        for w in self._ways:
-            if w[0] == v6 and w[1] == lo:
-                return w[2]
-        for w in self._ways:
-            if w[0] == v6:
-                return w[2]
-        return self.d
+        flows = self.flows()
+        same = next((d for d in flows if d.v6 == v6 and d.loopback == lo), None)
+        return same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
@@ -362,19 +355,9 @@ class DatagramFace(socket):
         """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
         family a dual-stack :: then takes), and the netif it is on."""
         reuse = self._reuse_port()
-        family = 4 if host is not None and ":" not in host else self._ip_version  # (a mapped address: IPv4)
-        try:
-            return client.udp_socket(netif, port, family=family, reuse_port=reuse), netif
-        except OSError as e:
-            if not _v6_wildcard_refused(e, host, self._ip_version, netif):
-                raise
-            try:
-                return _on_loopback_only(lambda: client.udp_socket(LOOPBACK_NETIF, port, family=6, reuse_port=reuse),
-                                         e), LOOPBACK_NETIF
-            except OSError as refused:
-                if not dual or refused.errno != errno.EADDRNOTAVAIL:
-                    raise
-                return client.udp_socket(netif, port, family=4, reuse_port=reuse), netif
+        family: Literal[4, 6] = 4 if host is not None and ":" not in host else self._ip_version  # (mapped: IPv4)
+        return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=reuse),
+                           netif, host, family, self._ip_version, dual)
 
     def _v4_flow(self, client: Client, netif: str, flow: DatagramSocket) -> DatagramSocket | None:
         """A dual-stack socket's IPv4 flow on the netif, on `flow`'s port (None: no IPv4 there)."""

@@ -310,6 +310,12 @@ def _v6_wildcard_refused(e: OSError, host: object, ip_version: int, netif: str) 
     return e.errno == errno.EADDRNOTAVAIL and host is None and ip_version == 6 and netif != LOOPBACK_NETIF
 
 
+def _going(eng: FlowEngine) -> bool:
+    """Whether a closed listener's (or bound socket's) flow has nothing left on it: the stack
+    thread lets it go (with its lock held, where the stack thread decides it)."""
+    return eng.closed or eng.error is not None or eng.idle()
+
+
 def _wait_gone(engines: Iterable[FlowEngine]) -> None:
     """Wait (bounded) until each of a closed listener's flows is let go by the stack thread and
     its channel closed, so the domain has the close before the next open of its port."""
@@ -326,13 +332,27 @@ def _on_loopback(eng: FlowEngine) -> bool:
     return ipaddress.ip_address(eng.info.local_addr).is_loopback
 
 
-def _on_loopback_only(open_on_loopback: Callable[[], _T], refused: OSError) -> _T:
-    """The wildcard IPv6 flow of a netif without IPv6 (`_v6_wildcard_refused`), on the domain's
-    loopback netif (::1) alone, TCP's or UDP's; without one, the netif's refusal stands."""
+def _open_bound(open_: Callable[[str, Literal[4, 6]], _T], netif: str, host: object, family: Literal[4, 6],
+                ip_version: int, dual: bool) -> tuple[_T, str]:
+    """A socket's bound flow, TCP's or UDP's (`open_(netif, family)`), and the netif it is on. The
+    wildcard IPv6 flow of a netif without IPv6 (`_v6_wildcard_refused`) goes on the domain's
+    loopback netif (::1) alone; without one, the netif's refusal stands, unless the socket is
+    dual stack (`dual`): its flow is then IPv4's on the netif, the only family its :: takes."""
     try:
-        return open_on_loopback()
+        return open_(netif, family), netif
     except OSError as e:
-        raise (refused if e.errno == errno.ENODEV else e) from None
+        if not _v6_wildcard_refused(e, host, ip_version, netif):
+            raise
+        refused = e
+    try:
+        return open_(LOOPBACK_NETIF, 6), LOOPBACK_NETIF
+    except OSError as e:
+        err = refused if e.errno == errno.ENODEV else e
+    if not dual or err.errno != errno.EADDRNOTAVAIL:
+        raise err from None
+    return open_(netif, 4), netif
+
+
 _SOMAXCONN = 4096
 _BINDV6ONLY = "/proc/sys/net/ipv6/bindv6only"  # IPV6_V6ONLY's default (0 on Linux: dual stack)
 _V4MAPPED = bytes(10) + b"\xff\xff"  # an IPv4-mapped IPv6 address's first 12 bytes (::ffff:0:0/96)
@@ -525,21 +545,10 @@ class socket:
     def _bind_flow(self, client: Client, netif: str, host: Any, port: int, dual: bool) -> tuple[FlowEngine, str]:
         """The bound flow of this socket's own family (`dual`: IPv4's where IPv6 is nowhere, the
         only family a dual-stack :: then takes), and the netif it is on."""
-        family = 4 if host is not None and host.version == 4 else self._ip_version  # (a mapped address: IPv4)
+        family: Literal[4, 6] = 4 if host is not None and host.version == 4 else self._ip_version  # (mapped: IPv4)
         try:
-            try:
-                eng = FlowEngine(client, netif, port, family=family, reuse_port=self._reuse_port())
-            except OSError as e:
-                if not _v6_wildcard_refused(e, host, self._ip_version, netif):
-                    raise
-                try:
-                    eng = _on_loopback_only(lambda: FlowEngine(client, LOOPBACK_NETIF, port, family=6,
-                                                               reuse_port=self._reuse_port()), e)
-                    netif = LOOPBACK_NETIF
-                except OSError as refused:
-                    if not dual or refused.errno != errno.EADDRNOTAVAIL:
-                        raise
-                    eng = FlowEngine(client, netif, port, family=4, reuse_port=self._reuse_port())
+            eng, netif = _open_bound(lambda n, f: FlowEngine(client, n, port, family=f, reuse_port=self._reuse_port()),
+                                     netif, host, family, self._ip_version, dual)
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
@@ -591,8 +600,7 @@ class socket:
             raise refused
         eng, halves, reuse = held
         with eng.lock:
-            going = eng.closed or eng.error is not None or eng.idle()
-            if not going:  # the stack thread decides under this lock whether it lets the flow go
+            if not _going(eng):  # the stack thread decides under this lock whether it lets the flow go
                 if not (reuse and self._opts.get((SOL_SOCKET, SO_REUSEADDR))):
                     raise refused
                 eng.release_when_idle = False
@@ -616,7 +624,7 @@ class socket:
             found = [(k, v) for k, v in _lingering.items() if k[0] == id(client) and k[3] == port]
         for key, (eng, halves, _) in found:
             with eng.lock:
-                if not (eng.closed or eng.error is not None or eng.idle()):
+                if not _going(eng):
                     continue  # connections on it: SO_REUSEADDR may take it over (`_take_lingering`)
             with _lingering_lock:
                 _lingering.pop(key, None)
