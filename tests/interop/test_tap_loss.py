@@ -6,8 +6,8 @@ kernel): 2 % of the frames each way are dropped and 1 % duplicated, so both
 senders, usnet's and the kernel's, must recover. The claims: each transfer
 arrives intact, and usnet's statistics (its `tcp_info()`) say RACK found
 the losses and the retransmission timer was hardly needed. Timing is real
-here, so the RTO bound is generous (the issue's 12-18 per 20 MB are what it
-must beat).
+here, so the RTO bound is relative to RACK's count and generous (the issue's
+12-18 per 20 MB are what it must beat).
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ def test_lossy_tap_transfer_with_a_kernel_socket_recovers_without_the_timer(netn
     if up:
         # usnet sent through the loss: RACK marked, retransmitted, and the timer rarely fired
         assert info["rack_losses"] > 0 and info["retransmits"] > 0
-        assert info["rto_timeouts"] <= 3
+        # RACK, not the timer, found the losses. The timer's count depends on timing (a
+        # stalled machine holds ACKs past the 0.2 s floor: 0-2 quiet, 4 once in CI), so
+        # it is bounded against RACK's count, ~100 here; timer-only recovery fails this.
+        assert info["rto_timeouts"] * 15 < info["rack_losses"]
         assert info["retransmits"] < 0.1 * size / info["mss"]
         assert info["dsacks"] > 0  # the kernel reports duplicates (RFC 2883) and usnet reads them
     else:
