@@ -45,10 +45,18 @@ what is left of it, and
 On a packet netif a dead worker is not restarted: its RX and TX rings have a position the kernel
 keeps and a replacement cannot learn; its clients are told all the same, and its ports refused.
 
+A hung worker (alive but silent: SIGSTOP, stuck in a loop, blocked): usnetd asks each worker
+every HEARTBEAT s whether its loop turns (b"H" on the command socket, answered b"h", sent and read
+without waiting); one that leaves it unanswered HUNG_AFTER s, or a relayed request unanswered
+WORKER_TIMEOUT s, is hung: usnetd kills it and replaces it as a dead one, its clients told
+"usnetd worker k (pid N) hung (...)". An open that found it hung is asked once more of the
+replacement. usnetd's loop waits on a worker at most that bound (START_TIMEOUT for a worker not
+yet heard from), never for ever.
+
 Not yet (see the design notes): connectors (many outgoing connections on one channel) and
 low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
-of another worker; a relayed request
-waits for its worker (bounded by WORKER_TIMEOUT).
+of another worker; a relayed request holds usnetd's loop until its worker answers (bounded, as
+above: not yet asynchronous).
 """
 
 from __future__ import annotations
@@ -74,11 +82,16 @@ from usnet.domain.loop import Domain
 from usnet.domain.sessions import Session
 from usnet.domain.switch.ports import PROTO_NAMES
 
-__all__ = ["RESTART_LIMIT", "RESTART_WITHIN", "WORKER_TIMEOUT", "ShardedDomain", "Spawner", "WorkerDomain",
-           "WorkerLink", "start_workers", "worker_of"]
+__all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT", "WORKER_TIMEOUT",
+           "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers", "worker_of"]
 
 log = logging.getLogger("usnet.domain.workers")
-WORKER_TIMEOUT = 5.0  # the longest usnetd waits for a worker's reply to a relayed request
+# the longest usnetd waits for a worker's reply to a relayed request: a worker's loop answers in
+# milliseconds, so one silent this long is hung (stopped, stuck), and is killed and replaced
+WORKER_TIMEOUT = 1.0
+HEARTBEAT = 0.5  # usnetd asks each worker this often whether it still turns its loop
+HUNG_AFTER = 2.0  # a worker that leaves a heartbeat unanswered this long is hung: killed and replaced
+START_TIMEOUT = 5.0  # the bounds for a worker not yet heard from (a fork's start on a loaded machine)
 RESTART_WITHIN = 10.0  # a worker that dies this soon after its start "died at start"
 RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not restarted again
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten)
@@ -99,6 +112,8 @@ class WorkerLink:
         self.admin: socket.socket | None = None  # usnetd's own session there (status)
         self.child = child  # usnetd's own child (forked at start), else the spawner's (a restart)
         self.started = time.monotonic()
+        self.asked: float | None = None  # when the heartbeat it has not answered yet was sent
+        self.ready = False  # it answered a heartbeat: its loop runs (until then START_TIMEOUT applies)
 
     def new_session(self) -> socket.socket:
         """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
@@ -297,6 +312,10 @@ def relay(sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
     return P.decode_reply(data), fds
 
 
+class WorkerLost(OSError):
+    """A relayed request's worker died or hung under it (ENETDOWN); usnetd has dealt with it."""
+
+
 @dataclass
 class Proxied:
     """A flow channel of a client served by worker `index` (its id there `wcid`)."""
@@ -327,34 +346,108 @@ class ShardedDomain(Domain):
         self.restarts: dict[int, int] = {}  # worker -> times restarted
         self._quick_deaths: dict[int, int] = {}  # worker -> deaths in a row within RESTART_WITHIN of its start
         self.down: dict[int, str] = {}  # worker -> why it is down (not restarted)
+        self._beat_at = 0.0  # when the next heartbeat goes (`_check_workers`)
         for link in links:
             self._watch(link)
 
     def _watch(self, link: WorkerLink) -> None:
-        """Hear worker `link` die: its command socket, which it never writes, reads EOF then."""
+        """Hear worker `link` die: its command socket, which it writes only to answer a heartbeat,
+        reads EOF then. Its first heartbeat goes now: the answer says its loop runs."""
         link.cmd.setblocking(False)
         self._sel.register(link.cmd, selectors.EVENT_READ, ("worker", link))
+        self._ask_heartbeat(link, time.monotonic())
 
     def _serve_event(self, kind: str, obj: Any, fd: int, mask: int) -> None:
         if kind != "worker":
             super()._serve_event(kind, obj, fd, mask)
             return
-        try:
-            data = obj.cmd.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            with self.lock:
-                self._worker_died(obj)
+        with self.lock:
+            self._hear(obj)
 
-    def _worker_died(self, link: WorkerLink) -> None:
+    def _hear(self, link: WorkerLink) -> bool:
+        """Read what worker `link` wrote on its command socket, without waiting: heartbeat answers
+        (it is alive) or EOF (it died: `_worker_died`). False if it is gone."""
+        for _ in range(16):  # one heartbeat is out at a time: more is a worker misbehaving, read later
+            try:
+                data = link.cmd.recv(64)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                data = b""
+            if not data:
+                self._worker_died(link)
+                return False
+            link.asked = None
+            link.ready = True
+        return True
+
+    def _ask_heartbeat(self, link: WorkerLink, now: float) -> None:
+        try:
+            link.cmd.send(b"H", socket.MSG_DONTWAIT)
+        except BlockingIOError:  # its socket is full: it reads nothing, so it is asked all the same
+            pass
+        except OSError:  # dead: its EOF is heard in the loop
+            return
+        link.asked = now
+
+    def _housekeeping(self) -> float:
+        wait = super()._housekeeping()
+        return min(wait, self._check_workers())
+
+    def _check_workers(self) -> float:
+        """The heartbeat (every HEARTBEAT s; a comparison per loop turn otherwise): each worker is
+        asked whether its loop turns; one that leaves the question unanswered HUNG_AFTER s (a
+        worker not ready yet: START_TIMEOUT s) is hung (stopped, stuck in a loop, blocked), and is
+        killed and replaced as if it had died, its clients told why. Nothing a worker does can make
+        usnetd wait: the question is sent without waiting and the answer read in the loop."""
+        now = time.monotonic()
+        if now < self._beat_at:
+            return self._beat_at - now
+        self._beat_at = now + HEARTBEAT
+        for link in list(self.links.values()):
+            if link.asked is None:
+                self._ask_heartbeat(link, now)
+                continue
+            limit = HUNG_AFTER if link.ready else max(HUNG_AFTER, START_TIMEOUT)
+            if now - link.asked < limit or not self._hear(link) or link.asked is None:
+                continue  # (an answer waiting unread, as when usnetd's own loop was slow, counts)
+            self._worker_hung(link, f"no answer to a heartbeat for {now - link.asked:.1f} s")
+        return HEARTBEAT
+
+    def _worker_hung(self, link: WorkerLink, what: str) -> str:
+        """Worker k is alive but silent (SIGSTOP, stuck): killed (SIGKILL ends a stopped process too)
+        and replaced, as a dead one; its clients hear "usnetd worker k (pid N) hung (...)"."""
+        return self._worker_died(link, f"usnetd worker {link.index} (pid {link.pid}) hung ({what}): killed")
+
+    def _ask(self, k: int, sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
+        """`relay` to worker k, whose silence or death is dealt with here: a worker that does not
+        answer within its bound is hung (`_worker_hung`), one whose socket broke died
+        (`_worker_died`); either way `WorkerLost` with the reason, once usnetd has replaced it."""
+        link = self.links.get(k)
+        if link is not None:
+            sock.settimeout(WORKER_TIMEOUT if link.ready else START_TIMEOUT)
+        try:
+            return relay(sock, req)
+        except TimeoutError as e:
+            if link is None or self.links.get(k) is not link:
+                raise WorkerLost(errno.ENETDOWN, f"usnetd worker {k} is gone") from e
+            bound = sock.gettimeout()
+            why = self._worker_hung(link, f"no answer to {type(req).__name__} within {bound:g} s")
+            raise WorkerLost(errno.ENETDOWN, why) from e
+        except (BrokenPipeError, ConnectionResetError) as e:
+            # it died under this request, its death not yet heard (its command socket's EOF waits
+            # in the loop): dealt with now, so that a retry finds the new worker
+            if link is not None and self.links.get(k) is link:
+                raise WorkerLost(errno.ENETDOWN, self._worker_died(link)) from e
+            raise WorkerLost(errno.ENETDOWN, f"usnetd worker {k} died ({e.strerror or e})") from e
+
+    def _worker_died(self, link: WorkerLink, why: str | None = None) -> str:
         """Worker k is gone: every client channel it served is defunct (WORKER_GONE, with why, on its
-        liveness socket), usnetd's bookkeeping for them is released, and a new worker k starts."""
+        liveness socket), usnetd's bookkeeping for them is released, and a new worker k starts.
+        `why`: the reason, if usnetd killed it (hung); else how it ended. Returns the reason."""
         k = link.index
         if self.links.get(k) is not link:
-            return
+            return self.down.get(k, f"usnetd worker {k} (pid {link.pid}) is gone")
         del self.links[k]
         try:
             self._sel.unregister(link.cmd)
@@ -364,7 +457,8 @@ class ShardedDomain(Domain):
             if sock is not None:
                 sock.close()
         how = link.reap(self.spawner)
-        why = f"usnetd worker {k} (pid {link.pid}) died ({how})"
+        if why is None:
+            why = f"usnetd worker {k} (pid {link.pid}) died ({how})"
         lost = [cid for cid, px in self.proxied.items() if px.index == k]
         for cid in lost:
             self._drop_proxied(cid)
@@ -386,18 +480,18 @@ class ShardedDomain(Domain):
             self.down[k] = why
             log.error("%s: %d channel(s) defunct; not restarted (%s)", why, len(lost),
                       "stopping" if self._stopping else "no restart on a packet netif")
-            return
+            return why
         if self._quick_deaths[k] >= RESTART_LIMIT:
             self.down[k] = (f"{why}; not restarted: it died {RESTART_LIMIT} times within "
                             f"{RESTART_WITHIN:g} s of its start")
             log.error("%s", self.down[k])
-            return
+            return self.down[k]
         try:
             new = self.spawner.spawn(k)
         except OSError as e:
             self.down[k] = f"{why}; not restarted: {e}"
             log.error("%s", self.down[k])
-            return
+            return self.down[k]
         self.links[k] = new
         self.down.pop(k, None)
         self.restarts[k] += 1
@@ -405,6 +499,7 @@ class ShardedDomain(Domain):
         self._tell_neighbours(new)
         log.warning("%s: %d channel(s) defunct; restarted as pid %d (restart %d)", why, len(lost), new.pid,
                     self.restarts[k])
+        return why
 
     def _tell_neighbours(self, link: WorkerLink) -> None:
         """A new worker knows no neighbour (ARP and ND arrive on queue 0): everything usnetd knows."""
@@ -444,7 +539,11 @@ class ShardedDomain(Domain):
                     raise OSError(errno.ENOENT, f"no channel {channel} in this session")
                 if not isinstance(req, _RELAYED):
                     raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
-                reply, fds = relay(px.sock, msgspec.structs.replace(req, channel=px.wcid))
+                try:
+                    reply, fds = self._ask(px.index, px.sock, msgspec.structs.replace(req, channel=px.wcid))
+                except WorkerLost:  # the channel is gone with it (WORKER_GONE, on its liveness socket)
+                    self._drop_proxied(req.channel)
+                    raise
                 if isinstance(req, P.CloseChannel):
                     self._drop_proxied(req.channel)
                 return reply, fds
@@ -487,29 +586,36 @@ class ShardedDomain(Domain):
                 self.ledger.release(charge)
 
         try:
-            link = self.links.get(k)
-            if link is None:
-                raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
-            try:
-                sock = self._wsocks.get((session.id, k))
-                if sock is None:
-                    sock = self._wsocks[session.id, k] = link.new_session()
-                alive = self._alive.get((session.id, k))
-                if alive is None:
-                    alive = self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-                reply, fds = relay(sock, msgspec.structs.replace(req, with_channel=with_channel))
-            except (BrokenPipeError, ConnectionResetError) as e:
-                # it died under this request (its death not yet heard: its command socket's EOF
-                # waits in the loop): transient, as usnetd restarts it; a client's rebind asks again
-                # (usnet.client.rebind), and hears ENETDOWN if it is left down
-                raise OSError(errno.EAGAIN, f"usnetd worker {k} died during this open ({e.strerror or e}); "
-                                            "it is being restarted: try again") from e
+            for attempt in (1, 2):
+                link = self.links.get(k)
+                if link is None:
+                    raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
+                try:
+                    sock = self._wsocks.get((session.id, k))
+                    if sock is None:
+                        sock = self._wsocks[session.id, k] = link.new_session()
+                    alive = self._alive.get((session.id, k))
+                    if alive is None:
+                        alive = self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX,
+                                                                               socket.SOCK_SEQPACKET)
+                    reply, fds = self._ask(k, sock, msgspec.structs.replace(req, with_channel=with_channel))
+                    break  # (each way out of the loop but this one raises)
+                except (BrokenPipeError, ConnectionResetError) as e:  # (from new_session)
+                    raise OSError(errno.EAGAIN, f"usnetd worker {k} died during this open "
+                                                f"({e.strerror or e}); it is being restarted: try again") from e
+                except WorkerLost as e:
+                    # it died or hung under this open and usnetd has dealt with it: asked once more
+                    # of its replacement (a fresh process); left down, or a flow sharing a port of
+                    # the lost worker (gone with it), the client hears why (ENETDOWN)
+                    if attempt == 2 or with_channel or k not in self.links:
+                        raise OSError(errno.ENETDOWN, self.down.get(k) or e.strerror) from e
         except BaseException:
             undo()
             raise
         if type(reply) is not P.FlowOpened:
             undo()
             return reply, fds
+        assert sock is not None and alive is not None
         cid = next(self._ids)
         self.proxied[cid] = Proxied(k, reply.channel, session.id, sock, key, charge)
         self._relayed_fds = fds  # the worker's: closed once the reply is sent (or copied to wait)
@@ -610,7 +716,12 @@ class WorkerDomain(Domain):
         if not data:  # usnetd is gone or stopping: so are we
             self.request_stop()
             return
-        if data[:1] == b"S" and len(fds) == 1:
+        if data[:1] == b"H":  # usnetd's heartbeat: this loop turns
+            try:
+                self.cmd.send(b"h", socket.MSG_DONTWAIT)
+            except OSError:  # usnetd reads its answers; gone, its EOF comes next
+                pass
+        elif data[:1] == b"S" and len(fds) == 1:
             self.add_socket_session(socket.socket(fileno=fds[0]))
         elif data[:1] == b"N":
             family, n = data[1], data[2]
