@@ -41,7 +41,7 @@ def _transfer_across(c0, k0) -> tuple:
     return blob, got, t, out
 
 
-@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)  # packet: see the next test module change
+@pytest.mark.parametrize("tapd2", ["tap", "packet"], indirect=True)
 def test_an_open_on_a_hung_worker_is_served_by_its_replacement(tapd2):
     from usnet import socket as us
     from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT

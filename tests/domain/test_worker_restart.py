@@ -8,9 +8,8 @@ across the kill), usnetd releases what it held for the dead channels (their port
 and a new worker 1 serves new flows on its ports with a kernel peer; the status says so.
 A listener or UDP socket on worker 1 holds nothing that died but its port: as after a usnetd
 restart (usnet.client.rebind) it waits and binds the same port again on the new worker, its
-blocked calls served by it. On a packet netif a dead worker is not restarted (its rings'
-position is the kernel's): its clients still get the error, new flows on its ports a clear
-refusal (ENETDOWN), and so does the orphaned listener's and UDP socket's rebind.
+blocked calls served by it. On a packet netif as on a TAP (the replacement finds its rings'
+positions again: PacketDriver.resume).
 """
 
 from __future__ import annotations
@@ -80,8 +79,6 @@ def _connection(usnet_ip: str, port: int) -> tuple:
 
 
 def test_a_killed_worker_fails_its_channels_and_is_restarted(tapd2):
-    from usnet import socket as us
-
     # worker 1 (odd ports): an accepted TCP connection with a call blocked on it (a UDP socket or a
     # listener there binds again instead: test_a_listener_and_a_udp_socket_of_a_dead_worker_bind_again)
     ls1, k1, c1 = _connection(tapd2.usnet_ip, 7101)
@@ -123,14 +120,6 @@ def test_a_killed_worker_fails_its_channels_and_is_restarted(tapd2):
         s.close()
 
     after = _workers(tapd2.path)
-    if tapd2.kind == "packet":  # not restarted: said so, and its ports refused with the reason
-        assert after[1]["pid"] == 0 and "worker 1" in after[1]["error"], after
-        s = us.socket(us.AF_INET, us.SOCK_DGRAM)
-        with pytest.raises(OSError, match="worker 1"):
-            s.bind(("0.0.0.0", 7003))
-        s.close()
-        _udp_echo_once(tapd2.usnet_ip, 7000)  # worker 0 serves on
-        return
     assert after[1]["pid"] not in (0, pid) and after[1]["restarts"] == 1, after
     assert not os.path.exists(f"/proc/{pid}")  # reaped
     _udp_echo_once(tapd2.usnet_ip, 7001)  # the dead flow's port is free again, on the new worker 1
@@ -162,7 +151,7 @@ def _wait_new_pid(path: str, old: int) -> int:
     raise AssertionError("worker 1 was not restarted")
 
 
-@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)  # a packet netif's worker is not restarted at all
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
 def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(tapd2):
     from usnet import socket as us
     from usnet.domain.workers import RESTART_LIMIT
@@ -195,8 +184,7 @@ def test_a_listener_and_a_udp_socket_of_a_dead_worker_bind_again(tapd2):
     serving its port: the listener (and its dup), a UDP socket of the default domain and one of
     a client the program made all wait across worker 1's death (their blocked accept and
     recvfrom neither fail nor return), then serve on the same port once usnetd has a new worker
-    1. A worker-0 listener and connection are untouched. Where the worker is left down (a packet
-    netif: never restarted), the open is refused and the sockets fail with ENETDOWN and why."""
+    1. A worker-0 listener and connection are untouched (on a TAP and on a packet netif)."""
     from usnet import socket as us
     from usnet.client import Client, rebind
 
@@ -224,38 +212,30 @@ def test_a_listener_and_a_udp_socket_of_a_dead_worker_bind_again(tapd2):
     k0.sendall(b"across the kill")  # worker 0's connection is undisturbed
     assert c0.recv(100) == b"across the kill"
 
-    if tapd2.kind == "packet":  # left down: each open refused, each socket fails with why
-        for t, out in ((t_acc, out_acc), (t_u1, out_u1), (t_u3, out_u3)):
+    assert _wait_new_pid(tapd2.path, pid) not in (0, pid)
+    wait_until(lambda: rebind.waiting() == 0, 10, "the sockets to bind again on the new worker 1")
+    assert ls1.getsockname() == ("0.0.0.0", 7101) and twin.getsockname() == ("0.0.0.0", 7101)
+    with socket.create_connection((tapd2.usnet_ip, 7101), timeout=10) as k:
+        t_acc.join(10)
+        assert "error" not in out_acc, out_acc  # the blocked accept returned this connection
+        c, _ = out_acc["value"]
+        with c:
+            k.sendall(b"after")
+            assert c.recv(100) == b"after"
+    with socket.create_connection((tapd2.usnet_ip, 7101), timeout=10) as k:
+        c, _ = twin.accept()  # the dup moved with it
+        with c:
+            c.sendall(b"twin")
+            assert k.recv(100) == b"twin"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+        k.bind((tapd2.host_ip, 0))
+        k.settimeout(10)
+        for port, (t, out) in ((7001, (t_u1, out_u1)), (7003, (t_u3, out_u3))):
+            k.sendto(b"to %d" % port, (tapd2.usnet_ip, port))
             t.join(10)
-            e = out.get("error")
-            assert isinstance(e, OSError) and e.errno == errno.ENETDOWN, out
-            assert "worker 1" in str(e) and "died" in str(e), e
-        assert rebind.waiting() == 0
-    else:
-        assert _wait_new_pid(tapd2.path, pid) not in (0, pid)
-        wait_until(lambda: rebind.waiting() == 0, 10, "the sockets to bind again on the new worker 1")
-        assert ls1.getsockname() == ("0.0.0.0", 7101) and twin.getsockname() == ("0.0.0.0", 7101)
-        with socket.create_connection((tapd2.usnet_ip, 7101), timeout=10) as k:
-            t_acc.join(10)
-            assert "error" not in out_acc, out_acc  # the blocked accept returned this connection
-            c, _ = out_acc["value"]
-            with c:
-                k.sendall(b"after")
-                assert c.recv(100) == b"after"
-        with socket.create_connection((tapd2.usnet_ip, 7101), timeout=10) as k:
-            c, _ = twin.accept()  # the dup moved with it
-            with c:
-                c.sendall(b"twin")
-                assert k.recv(100) == b"twin"
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
-            k.bind((tapd2.host_ip, 0))
-            k.settimeout(10)
-            for port, (t, out) in ((7001, (t_u1, out_u1)), (7003, (t_u3, out_u3))):
-                k.sendto(b"to %d" % port, (tapd2.usnet_ip, port))
-                t.join(10)
-                assert out.get("value") == (b"to %d" % port, k.getsockname()), out
-            u1.sendto(b"back", k.getsockname())  # and sends from the same port
-            assert k.recvfrom(100) == (b"back", (tapd2.usnet_ip, 7001))
+            assert out.get("value") == (b"to %d" % port, k.getsockname()), out
+        u1.sendto(b"back", k.getsockname())  # and sends from the same port
+        assert k.recvfrom(100) == (b"back", (tapd2.usnet_ip, 7001))
     with socket.create_connection((tapd2.usnet_ip, 7100), timeout=10) as k:
         c, _ = ls0.accept()  # worker 0's listener, untouched
         with c:

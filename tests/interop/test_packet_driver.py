@@ -477,3 +477,68 @@ def test_complete_partial_checksum(kind):
     bad[pos:pos + 2] = partial.to_bytes(2, "big")
     assert bytes(bad) != good
     assert _complete_checksum(bad) == good
+
+
+@pytest.mark.privileged
+def test_resume_takes_over_a_used_queue(veth, driver_factory):
+    """`usnetd --workers`: a dead worker's replacement is forked from the spawner's copy of the
+    driver, whose ring positions are those of the start, while the kernel's have moved on.
+    `resume` finds RX again (the oldest block still handed to user space, read again whole, else
+    the block the kernel has open) and transmits on a socket of its own (the kernel's TX head is
+    not readable): frames received and sent after it arrive, none skipped, none stuck."""
+    d = driver_factory(veth.host, block_size=4096, block_count=4)  # a small ring, to wrap
+    start = {a: getattr(d, a) for a in ("_rx_blk", "_rx_left", "_rx_off", "_tx_head")}
+    head = d.mac + veth.peer_mac + EXPERIMENTAL_ETHERTYPE.to_bytes(2, "big")  # the peer's frames to us
+    seqs: list[int] = []
+
+    def on_frame(f):
+        if f[12:14] == head[12:14] and f[:6] == d.mac:
+            seqs.append(int.from_bytes(f[14:18], "big"))
+
+    def blast(first: int, n: int) -> None:
+        peer = veth.spawn(f"""
+import socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(({veth.peer!r}, 0))
+print("ready", flush=True)
+for i in range({first}, {first + n}):
+    s.send(bytes.fromhex({head.hex()!r}) + i.to_bytes(4, "big") + bytes(40))
+""")
+        try:
+            wait_ready(peer, time.monotonic() + 5.0)
+            assert peer.wait(timeout=5) == 0
+        finally:
+            if peer.poll() is None:
+                peer.kill()
+                peer.wait()
+
+    sent = 0
+    for _ in range(20):  # until the kernel's RX position has left block 0 (the start's)
+        blast(sent, 40)
+        sent += 40
+        pump(d, lambda got, n=sent: len(seqs) >= n, time.monotonic() + 5.0, on_frame)
+        if d._rx_blk != 0:
+            break
+    assert seqs == list(range(sent)) and d._rx_blk != 0
+    frames = [veth.peer_mac + d.mac + head[12:14] + i.to_bytes(4, "big") + bytes(42) for i in range(10)]
+    assert d.send_batch(frames) == 10  # the kernel's TX head moves past slot 0
+    blast(sent, 5)  # a block handed over and left half read by the "dead worker"
+    half = pump(d, lambda got: len(got) >= 2, time.monotonic() + 5.0, max_n=2)
+    assert len(half) >= 2 and d._rx_left > 0
+    left_at = d._rx_blk
+
+    for a, v in start.items():  # the replacement's copy: the start's positions
+        setattr(d, a, v)
+    d.resume()
+    assert d._rx_blk == left_at
+    seqs.clear()
+    blast(sent + 5, 40)
+    pump(d, lambda got: len(seqs) >= 45, time.monotonic() + 5.0, on_frame)
+    assert seqs == list(range(sent, sent + 45))  # the half-read block again whole, then the rest
+    before = veth.peer_rx_packets()
+    frames = [veth.peer_mac + d.mac + head[12:14] + i.to_bytes(4, "big") + bytes(42) for i in range(20)]
+    assert d.send_batch(frames) == 20
+    deadline = time.monotonic() + 3.0
+    while veth.peer_rx_packets() - before < 20:
+        assert time.monotonic() < deadline, "frames sent after resume did not reach the peer"
+        select.select([], [], [], 0.005)

@@ -108,12 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             log.error("cannot open netif queues: %s", e)
             return 1
-        # a dead worker is restarted (by the spawner, which keeps the queues) on TAP netifs: a packet
-        # netif's rings have a position the kernel keeps and a replacement could not find
-        restart = all(nc.driver == "tap" for nc in cfg.netif if nc.name in queues)
+        # a dead worker is restarted by the spawner, which keeps the queues (a packet queue's
+        # replacement finds its rings' positions again: PacketDriver.resume)
         links, own, spawner = workers.start_workers(args.workers, queues,
                                                     lambda k, cmd, drv: _worker(k, cmd, drv, cfg), keep=[],
-                                                    restart=restart)
+                                                    restart=True)
     mode, gid = cfg.socket_perms()
     try:
         sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)

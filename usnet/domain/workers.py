@@ -42,8 +42,8 @@ what is left of it, and
   frames there), and tells it every neighbour usnetd knows. One log line per restart; a worker
   that dies within RESTART_WITHIN seconds of its start RESTART_LIMIT times in a row is left down
   (opens on its ports are refused with the reason; `usnet status` shows it).
-On a packet netif a dead worker is not restarted: its RX and TX rings have a position the kernel
-keeps and a replacement cannot learn; its clients are told all the same, and its ports refused.
+On a packet netif too: the replacement finds its queue's ring positions again
+(usnet.drivers.packet: `PacketDriver.resume`, called by the spawner's new worker).
 
 A hung worker (alive but silent: SIGSTOP, stuck in a loop, blocked): usnetd asks each worker
 every HEARTBEAT s whether its loop turns (b"H" on the command socket, answered b"h", sent and read
@@ -274,7 +274,12 @@ def _spawner_main(sock: socket.socket, queues: dict[str, list],
 
             def worker(k: int = k, cmd: socket.socket = cmd) -> int:
                 sock.close()
-                return make(k, cmd, {name: qs[k] for name, qs in queues.items() if 0 < k < len(qs)})
+                mine = {name: qs[k] for name, qs in queues.items() if 0 < k < len(qs)}
+                for q in mine.values():
+                    resume = getattr(q, "resume", None)  # a packet queue's ring positions, found again
+                    if resume is not None:
+                        resume()
+                return make(k, cmd, mine)
 
             pid = _fork(f"worker {k}", worker)
             cmd.close()
@@ -337,7 +342,7 @@ class ShardedDomain(Domain):
         self.links = {link.index: link for link in links}
         self.n = len(links) + 1
         self.sharded = set(sharded)
-        self.spawner = spawner  # None: a dead worker is not restarted (packet netifs; see usnetd)
+        self.spawner = spawner  # None: a dead worker is not restarted
         self.proxied: dict[int, Proxied] = {}
         self._wsocks: dict[tuple[int, int], socket.socket] = {}  # (session id, worker) -> usnetd's end
         # (session id, worker) -> the liveness pair: the client's end goes with every flow opened there
@@ -479,7 +484,7 @@ class ShardedDomain(Domain):
         if self.spawner is None or self._stopping:
             self.down[k] = why
             log.error("%s: %d channel(s) defunct; not restarted (%s)", why, len(lost),
-                      "stopping" if self._stopping else "no restart on a packet netif")
+                      "stopping" if self._stopping else "no spawner")
             return why
         if self._quick_deaths[k] >= RESTART_LIMIT:
             self.down[k] = (f"{why}; not restarted: it died {RESTART_LIMIT} times within "

@@ -229,6 +229,7 @@ class PacketDriver:
         self._mm: mmap.mmap | None = None
         # protocol 0: no frame is queued before bind() below
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self._tx_sock = self.sock  # plain sends (no TX ring); another after `resume`
         try:
             self._setup(mtu, block_size, block_count, frame_size, tx_frames, block_timeout_ms,
                         promisc, tx_ring, qdisc_bypass, fanout)
@@ -342,6 +343,48 @@ class PacketDriver:
             s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
                          _MREQ.pack(self.ifindex, PACKET_MR_PROMISC, 0, b""))
         s.setblocking(False)
+
+    def resume(self) -> None:
+        """Take over this queue from a process that served it and died (`usnetd --workers`: the
+        replacement of a dead worker, forked from the spawner's untouched copy of the driver).
+
+        The rings' memory is shared and live, but the positions this copy holds are those of
+        the start. RX: the kernel hands blocks over in order and stamps each with a rising
+        `seq_num` when it opens it; the next to read is the oldest still handed to user space
+        (TP_STATUS_USER, the lowest `seq_num`: one the dead process had not given back, perhaps
+        half read, read again whole), else the block the kernel has open (the highest
+        `seq_num`). TX: the kernel's head in the TX ring (one past the last slot it sent) is
+        not readable, and a slot written elsewhere would never be sent; so this queue
+        transmits from now on on a socket of its own, bound to the interface with protocol 0
+        (it receives nothing; the group's members still receive as before), one send() per
+        frame (`tx_ring=False`'s path, as fast in Python; see the module's docstring)."""
+        mm = self._mm
+        if mm is None:
+            return
+        seq = struct.Struct("=Q").unpack_from
+        bd = _BD.unpack_from
+        user: list[tuple[int, int]] = []
+        newest = (-1, 0)
+        for b in range(self.block_count):
+            base = b * self.block_size
+            n = seq(mm, base + 24)[0]
+            if bd(mm, base)[0] & TP_STATUS_USER:
+                user.append((n, b))
+            newest = max(newest, (n, b))
+        self._rx_blk = min(user)[1] if user else newest[1]
+        self._rx_left = 0
+        self._rx_off = 0
+        if self._use_tx_ring:
+            tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            try:
+                tx.bind((self.name, 0))
+                tx.setblocking(False)
+            except BaseException:
+                tx.close()
+                raise
+            self._tx_sock = tx
+            self._use_tx_ring = False
+            self._kick_needed = False
 
     # -- Driver ------------------------------------------------------------
 
@@ -540,12 +583,13 @@ class PacketDriver:
 
     def _send_plain(self, frames: Sequence[Frame]) -> int:
         sent = 0
-        send = self.sock.send
+        sock = self._tx_sock
+        send = sock.send
         st = self.stats
         for f in frames:
             try:
                 if type(f) is GatherFrame:
-                    self.sock.sendmsg((f.head, f.body))
+                    sock.sendmsg((f.head, f.body))
                 else:
                     send(f)
             except (BlockingIOError, InterruptedError):
@@ -575,6 +619,8 @@ class PacketDriver:
         mm, self._mm = self._mm, None
         if mm is not None:
             mm.close()
+        if self._tx_sock is not self.sock and self._tx_sock.fileno() >= 0:
+            self._tx_sock.close()
         if self.sock.fileno() >= 0:
             self.sock.close()
 
