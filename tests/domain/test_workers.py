@@ -197,3 +197,21 @@ def test_sigterm_stops_the_workers_too(tapd2):
     assert tapd2.daemon.stop() == 0
     for pid in pids[1:]:  # the worker was usnetd's child, reaped by it before it exited
         assert not os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_lease_on_a_flow_of_another_worker_is_refused_with_why(tapd2):
+    """Leases stay on worker 0's flows (docs/design-notes.md, "Issue 18: a hung worker, ..."): a
+    request for a worker-1 flow is the agent's refusal with the reason (LeaseRefusedError, as
+    for any refusal), counted with the agent's refusals, not an opaque control error."""
+    from usnet.abi.protocol import LeaseRefusal
+    from usnet.client import Client
+    from usnet.client.lease import LeaseRefusedError
+
+    with Client.connect(tapd2.path) as c:
+        s = c.udp_socket("usnet0", 7001)  # worker 1's port
+        with pytest.raises(LeaseRefusedError) as e:
+            c.request_lease(s.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+        assert e.value.reason == LeaseRefusal.NO_LL_CAPACITY and "usnetd worker 1" in e.value.message
+        assert c.status()["lowlat"]["refused"].get("NO_LL_CAPACITY") == 1
+        s.close()

@@ -542,6 +542,12 @@ class ShardedDomain(Domain):
             if px is not None:
                 if px.session_id != session.id:
                     raise OSError(errno.ENOENT, f"no channel {channel} in this session")
+                if type(req) is P.RequestLease:  # the agent's refusal, so that clients see a reason
+                    refusal = self.leases.agent.refuse(
+                        P.LeaseRefusal.NO_LL_CAPACITY,
+                        f"channel {channel} is served by usnetd worker {px.index}: low-latency leases are "
+                        f"granted on worker 0's flows only (local port p with p mod {self.n} == 0)")
+                    return P.LeaseRefused(refusal.reason.value, refusal.message), []
                 if not isinstance(req, _RELAYED):
                     raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
                 try:
