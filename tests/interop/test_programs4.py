@@ -1,0 +1,132 @@
+"""A fourth sweep of unmodified programs and libraries on usnet against kernel peers (issue 16).
+
+Signals delivered while the main thread blocks in a usnet call (accept, recv, connect to a host
+that never answers, select and poll on usnet descriptors, create_connection, asyncio's
+run_forever and asyncio.run under the policy): a SIGALRM handler that raises, and Ctrl-C's
+SIGINT, end the call at once with the handler's exception, and a handler that returns lets the
+call go on (PEP 475), as on the kernel.
+
+Each program (tests/peers/programs4.py) runs under `usnet run` and, as the reference, on the
+kernel's sockets: what it prints must be the same, and its own checks hold on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.helpers import PEERS
+from tests.interop.test_patch import LIMIT, child_env, usnetd_path  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.privileged
+PROGRAM = str(PEERS / "programs4.py")
+
+
+def _command(on_usnet: bool, *args: str) -> list[str]:
+    program = [sys.executable, "-u", PROGRAM, *args]
+    return [sys.executable, "-m", "usnet", "run", "--", *program] if on_usnet else program
+
+
+def _kernel_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+
+
+def _run(path: str, on_usnet: bool, *args: str) -> str:
+    """The program's output (its last line), on usnet or on the kernel; it must exit 0."""
+    got = subprocess.run(_command(on_usnet, *args), capture_output=True, timeout=LIMIT * 2,
+                         env=child_env(path) if on_usnet else _kernel_env())
+    assert got.returncode == 0, ("usnet" if on_usnet else "kernel", got.stderr.decode()[-3000:])
+    return got.stdout.decode().strip().split("\n")[-1]
+
+
+def _both(path: str, usnet_args: list[str], kernel_args: list[str]) -> tuple[str, str]:
+    """The program's output (its last line) under `usnet run` and on the kernel, both running at
+    once (each waits mostly on timers and an unanswered neighbour); each must exit 0."""
+    procs = [subprocess.Popen(_command(on_usnet, *a), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=child_env(path) if on_usnet else _kernel_env())
+             for on_usnet, a in ((True, usnet_args), (False, kernel_args))]
+    outs = []
+    try:
+        for p, who in zip(procs, ("usnet", "kernel")):
+            o, e = p.communicate(timeout=LIMIT * 2)
+            assert p.returncode == 0, (who, e.decode()[-3000:])
+            outs.append(o.decode().strip().split("\n")[-1])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outs[0], outs[1]
+
+
+def _same(ours: str, theirs: str) -> dict:
+    o, t = json.loads(ours), json.loads(theirs)
+    diffs = {k: (o.get(k), t.get(k)) for k in set(o) | set(t) if o.get(k) != t.get(k)}
+    assert not diffs, "\n".join(f"{k}: usnet {a} kernel {b}" for k, (a, b) in sorted(diffs.items()))
+    return o
+
+
+@contextlib.contextmanager
+def _echo(host: str):
+    """A kernel TCP echo server in a thread (a thread per connection); yields its port."""
+    ls = socket.create_server((host, 0))
+    ls.settimeout(0.1)
+    done = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(LIMIT)
+            for _ in range(100000):
+                try:
+                    b = conn.recv(65536)
+                except OSError:
+                    return
+                if not b:
+                    return
+                conn.sendall(b)
+
+    def run() -> None:
+        for _ in range(int(LIMIT * 2 / 0.1)):
+            if done.is_set():
+                return
+            try:
+                conn, _ = ls.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield ls.getsockname()[1]
+    finally:
+        done.set()
+        t.join(LIMIT)
+        ls.close()
+
+
+def test_signals_interrupt_blocked_calls_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """SIGALRM (a handler that raises) and SIGINT (KeyboardInterrupt) while blocked in accept, recv,
+    select, poll, connect and create_connection to an address nobody answers, asyncio's
+    run_forever and asyncio.run: the exception comes at once; a handler that returns lets recv,
+    accept and select with a timeout go on to their timeout, and a blocking accept to its
+    connection; loop.add_signal_handler's callback runs. Under `usnet run` as on the kernel."""
+    path, usnet_ip, host_ip = usnetd_path
+    dead = host_ip.rsplit(".", 1)[0] + ".9"  # on the TAP's subnet; no one answers its ARP
+    silent = socket.create_server((host_ip, 0))  # takes connections, never sends
+    with silent, _echo(host_ip) as echo:
+        ports = [str(silent.getsockname()[1]), dead, str(echo)]
+        ours, theirs = _both(path, ["signals", usnet_ip, host_ip, *ports], ["signals", host_ip, host_ip, *ports])
+    found = _same(ours, theirs)
+    assert found["accept"] == ["Alarm", True] and found["recv-sigint"] == ["KeyboardInterrupt", True]
+    assert found["recv-timeout-resumes"] == ["TimeoutError", True, True]
+    assert found["accept-resumes"] == ["returned", "'accepted'", True, True]
+    assert found["add_signal_handler"] == ["handled"] and found["echo-after"] == "after"
+    assert found["connect-resumes"] == ["OSError", True, True]  # EHOSTUNREACH, not InterruptedError

@@ -1,0 +1,177 @@
+"""A fourth sweep of unmodified programs, for tests/interop/test_programs4.py (issue 16).
+
+    python programs4.py NAME ARGS...
+
+Each runs the same on kernel sockets and under `usnet run`; what it checks must hold on both, and
+what it prints (one JSON line, or "port N" for a server) the test compares between the two.
+"""
+
+import asyncio
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+name, args = sys.argv[1], sys.argv[2:]
+SOON = 0.3  # seconds until the signal comes, while the call blocks
+PROMPT = 2.5  # what "promptly" means here: well before the 3 s of an unanswered neighbour
+
+
+def out(v) -> None:
+    print(json.dumps(v), flush=True)
+
+
+def listening(p: int) -> None:
+    print(f"port {p}", flush=True)
+
+
+class Alarm(Exception):
+    """What the SIGALRM handler raises."""
+
+
+def _raise(signum, frame):
+    raise Alarm(signum)
+
+
+def interrupted(call, how: str = "alarm") -> list:
+    """[what `call()` ended with, whether within PROMPT] when a signal comes SOON after it started:
+    SIGALRM whose handler raises Alarm ("alarm"), or SIGINT with Python's own handler, as Ctrl-C
+    ("sigint", sent to the process as the terminal sends it to its group)."""
+    t0 = time.monotonic()
+    if how == "alarm":
+        signal.signal(signal.SIGALRM, _raise)
+        signal.setitimer(signal.ITIMER_REAL, SOON)
+    else:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        threading.Timer(SOON, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        got = call()
+        what = ["returned", repr(got)[:60]]
+    except BaseException as e:  # KeyboardInterrupt is what is looked for
+        what = [type(e).__name__]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    return [*what, time.monotonic() - t0 < PROMPT]
+
+
+def resumed(call, every: float = 0.1) -> list:
+    """[what `call()` ended with, the handler ran, elapsed >= 0.8 s] with SIGALRM every `every`
+    seconds and a handler that returns: PEP 475, the call goes on (its timeout counted from its
+    start), no InterruptedError."""
+    ran = [0]
+
+    def count(signum, frame):
+        ran[0] += 1
+
+    signal.signal(signal.SIGALRM, count)
+    signal.setitimer(signal.ITIMER_REAL, every, every)
+    t0 = time.monotonic()
+    try:
+        got = call()
+        what = ["returned", repr(got)[:60]]
+    except BaseException as e:
+        what = [type(e).__name__]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    took = time.monotonic() - t0
+    return [*what, ran[0] >= 3, 0.8 <= took < 5]
+
+
+if name == "signals":  # signals while blocked: BIND_IP HOST SILENT_PORT DEAD_IP ECHO_PORT; what each call ended with
+    bind_ip, host, silent, dead, echo = args[0], args[1], int(args[2]), args[3], int(args[4])
+    found: dict = {}
+    ls = socket.create_server((bind_ip, 0))
+    found["accept"] = interrupted(ls.accept)
+    found["accept-sigint"] = interrupted(ls.accept, "sigint")
+    c = socket.create_connection((host, silent), timeout=10)
+    c.settimeout(None)
+    found["recv"] = interrupted(lambda: c.recv(100))
+    found["recv-sigint"] = interrupted(lambda: c.recv(100), "sigint")
+    found["select"] = interrupted(lambda: select.select([c, ls], [], []))
+    found["select-sigint"] = interrupted(lambda: select.select([c], [], []), "sigint")
+    p = select.poll()
+    p.register(c, select.POLLIN)
+    found["poll"] = interrupted(lambda: p.poll())
+    e = socket.create_connection((host, echo), timeout=10)
+    e.settimeout(None)
+    found["echo-interrupted"] = interrupted(lambda: e.recv(100))
+    e.sendall(b"after")  # the connection is as it was: the echo comes back whole
+    found["echo-after"] = e.recv(100).decode()
+    found["sendall"] = interrupted(lambda: c.sendall(b"x" * (64 << 20)))  # the peer never reads
+    e.close()
+    c.settimeout(1.0)
+    found["recv-timeout-resumes"] = resumed(lambda: c.recv(100))
+    found["select-timeout-resumes"] = resumed(lambda: select.select([c], [], [], 1.0))
+    ls.settimeout(1.0)
+    found["accept-timeout-resumes"] = resumed(ls.accept)
+    ls.settimeout(None)
+    port = ls.getsockname()[1]
+    threading.Timer(1.0, lambda: socket.create_connection((bind_ip, port), timeout=10).close()).start()
+    found["accept-resumes"] = resumed(lambda: ls.accept()[0].close() or "accepted")
+    s = socket.socket()
+    found["connect"] = interrupted(lambda: s.connect((dead, 9)))
+    s.close()
+    s = socket.socket()
+    found["connect-then"] = interrupted(lambda: s.connect((dead, 9)))
+    try:
+        s.connect((dead, 9))  # the first one goes on in the background, as on Linux
+        found["connect-again"] = "connected"
+    except OSError as e:
+        found["connect-again"] = [type(e).__name__, e.errno]
+    s.close()
+    s = socket.socket()
+    found["connect-resumes"] = resumed(lambda: s.connect((dead, 9)), 0.2)  # to EHOSTUNREACH in ~3 s
+    s.close()
+    s = socket.socket()
+    found["connect-sigint"] = interrupted(lambda: s.connect((dead, 9)), "sigint")
+    s.close()
+    found["create_connection"] = interrupted(lambda: socket.create_connection((dead, 9)))
+    found["create_connection-timeout"] = interrupted(lambda: socket.create_connection((dead, 9), timeout=20))
+    s = socket.socket()
+    s.settimeout(20)
+    found["connect-timeout"] = interrupted(lambda: s.connect((dead, 9)))
+    s.close()
+
+    def forever() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    found["run_forever"] = interrupted(forever)
+    found["run_forever-sigint"] = interrupted(forever, "sigint")
+
+    async def reading() -> bytes:
+        r, w = await asyncio.open_connection(host, silent)
+        try:
+            return await r.read(100)
+        finally:
+            w.close()
+
+    found["asyncio.run-sigint"] = interrupted(lambda: asyncio.run(reading()), "sigint")
+
+    async def handled() -> list:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+        loop.add_signal_handler(signal.SIGALRM, got.set_result, "handled")
+        signal.setitimer(signal.ITIMER_REAL, SOON)
+        r, w = await asyncio.open_connection(host, silent)
+        try:
+            done, _ = await asyncio.wait([got, asyncio.ensure_future(r.read(100))], timeout=PROMPT,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            return [f.result() for f in done]
+        finally:
+            w.close()
+            loop.remove_signal_handler(signal.SIGALRM)
+
+    found["add_signal_handler"] = asyncio.run(handled())
+    c.close()
+    ls.close()
+    out(found)
