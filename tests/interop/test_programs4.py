@@ -23,7 +23,7 @@ import threading
 import pytest
 
 from tests.helpers import PEERS
-from tests.interop.test_patch import LIMIT, child_env, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.privileged
 PROGRAM = str(PEERS / "programs4.py")
@@ -130,3 +130,41 @@ def test_signals_interrupt_blocked_calls_as_on_the_kernel(usnetd_path):  # noqa:
     assert found["accept-resumes"] == ["returned", "'accepted'", True, True]
     assert found["add_signal_handler"] == ["handled"] and found["echo-after"] == "after"
     assert found["connect-resumes"] == ["OSError", True, True]  # EHOSTUNREACH, not InterruptedError
+
+
+@pytest.mark.parametrize("placement", ["usnet-server", "usnet-client"])
+@pytest.mark.parametrize("kind", ["asyncio", "sync", "smtp"])
+def test_starttls_upgrades_a_plain_connection_as_on_the_kernel(usnetd_path, ca, tmp_path, kind, placement):  # noqa: F811
+    """STARTTLS: a plain connection that carries a line, then TLS over the same connection.
+    asyncio: StreamWriter.start_tls on both sides (loop.start_tls), then 1 MB each way; sync: the
+    client's SSLContext.wrap_socket of a connected socket that has read a line through makefile;
+    smtp: smtplib's starttls against aiosmtpd with require_starttls (which swaps asyncio's
+    SSLProtocol under its transport with set_protocol). Under `usnet run`, the server or the
+    client, against the other on the kernel: what the client sees is what it sees kernel to kernel."""
+    if kind == "smtp":
+        pytest.importorskip("aiosmtpd")
+    path, usnet_ip, host_ip = usnetd_path
+    cacert, cert, key = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(cacert))
+    leaf = ca.issue_cert(usnet_ip, host_ip)
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    server_kind = "smtp" if kind == "smtp" else "asyncio"
+    outs = []
+    for server_on_usnet, client_on_usnet in ((placement == "usnet-server", placement == "usnet-client"),
+                                             (False, False)):
+        ip = usnet_ip if server_on_usnet else host_ip
+        server, port = started(_command(server_on_usnet, "tls-server", server_kind, ip, str(cert), str(key)),
+                               child_env(path) if server_on_usnet else _kernel_env())
+        try:
+            outs.append(_run(path, client_on_usnet, "tls-client", kind, ip, str(port), str(cacert)))
+            assert server.poll() is None
+        finally:
+            stop(server)
+    found = _same(*outs)
+    if kind == "smtp":
+        assert found["plain"] == [True, 530] and found["starttls"] == 220
+        assert found["tls"][:4] == ["TLSv1.3", False, 250, 250]
+    else:
+        assert found["go"] == "GO\n" and found["version"] == "TLSv1.3"
+        assert found["answers"] == [True, True, True] and found["bye"] == ["bye\n", ""]

@@ -175,3 +175,117 @@ if name == "signals":  # signals while blocked: BIND_IP HOST SILENT_PORT DEAD_IP
     c.close()
     ls.close()
     out(found)
+
+elif name == "tls-server":  # a plain connection upgraded to TLS by the server: KIND BIND_IP CERT KEY; serves
+    import ssl
+
+    kind, bind_ip, cert, key = args
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if kind == "smtp":  # aiosmtpd: STARTTLS puts asyncio's SSLProtocol under the transport (set_protocol)
+        import hashlib
+
+        from aiosmtpd.controller import Controller
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                digest = hashlib.sha256(envelope.content).hexdigest()[:16]
+                return f"250 {digest} {len(envelope.content)} tls={session.ssl is not None}"
+
+        controller = Controller(Handler(), hostname=bind_ip, port=8025, tls_context=ctx, require_starttls=True)
+        controller.start()
+        listening(8025)
+        threading.Event().wait()
+    else:  # asyncio: a line, then StreamWriter.start_tls (server side), then length-prefixed blobs
+        import hashlib
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                if await r.readline() != b"STARTTLS\n":
+                    return
+                w.write(b"GO\n")
+                await w.drain()
+                await w.start_tls(ctx)
+                for _ in range(100):
+                    line = await r.readline()
+                    if line in (b"", b"bye\n"):
+                        w.write(b"bye\n")
+                        break
+                    blob = await r.readexactly(int(line))
+                    w.write(hashlib.sha256(blob).hexdigest().encode() + b"\n")
+                await w.drain()
+            finally:
+                w.close()
+                try:
+                    await w.wait_closed()
+                except (OSError, ssl.SSLError):
+                    pass
+
+        async def serve() -> None:
+            server = await asyncio.start_server(handle, bind_ip, 0)
+            listening(server.sockets[0].getsockname()[1])
+            await server.serve_forever()
+
+        asyncio.run(serve())
+
+elif name == "tls-client":  # STARTTLS from the client: KIND HOST PORT CA; prints what it saw
+    import hashlib
+    import ssl
+
+    kind, host, port, cafile = args[0], args[1], int(args[2]), args[3]
+    ctx = ssl.create_default_context(cafile=cafile)
+    blobs = [b"x" * 10, os.urandom(1 << 20), b""]
+    found = {}
+    if kind == "smtp":
+        import smtplib
+
+        mail = b"Subject: t\r\n\r\n" + b"line\r\n" * 20000
+        with smtplib.SMTP(host, port, timeout=20) as s:
+            s.ehlo()
+            found["plain"] = [s.has_extn("starttls"), s.mail("a@example.org")[0]]  # 530: STARTTLS first
+            found["starttls"] = s.starttls(context=ctx)[0]
+            s.ehlo()
+            found["tls"] = [s.sock.version(), s.has_extn("starttls"), s.mail("a@example.org")[0],
+                            s.rcpt("b@example.org")[0], s.data(mail)[1].decode().split(" ", 1)[1]]
+    elif kind == "sync":  # a blocking socket: a line, then SSLContext.wrap_socket over the same connection
+        c = socket.create_connection((host, port), timeout=20)
+        c.sendall(b"STARTTLS\n")
+        f = c.makefile("rb")
+        found["go"] = f.readline().decode()
+        f.close()
+        t = ctx.wrap_socket(c, server_hostname=host)
+        found["version"] = t.version()
+        tf = t.makefile("rwb")
+        got = []
+        for b in blobs:
+            tf.write(b"%d\n" % len(b) + b)
+            tf.flush()
+            got.append(tf.readline().decode().strip() == hashlib.sha256(b).hexdigest())
+        tf.write(b"bye\n")
+        tf.flush()
+        found["answers"] = got
+        found["bye"] = [tf.readline().decode(), tf.read().decode()]  # then the server's close: EOF
+        tf.close()
+        t.close()
+    else:  # asyncio: open_connection, a line, StreamWriter.start_tls (the client's loop.start_tls)
+        async def client() -> None:
+            r, w = await asyncio.open_connection(host, port)
+            w.write(b"STARTTLS\n")
+            found["go"] = (await r.readline()).decode()
+            await w.start_tls(ctx, server_hostname=host)
+            found["version"] = w.get_extra_info("ssl_object").version()
+            got = []
+            for b in blobs:
+                w.write(b"%d\n" % len(b) + b)
+                got.append((await r.readline()).decode().strip() == hashlib.sha256(b).hexdigest())
+            w.write(b"bye\n")
+            found["answers"] = got
+            found["bye"] = [(await r.readline()).decode(), (await r.read()).decode()]
+            w.close()
+            try:
+                await w.wait_closed()
+            except (OSError, ssl.SSLError) as e:
+                found["closed"] = type(e).__name__
+
+        asyncio.run(client())
+    out(found)
