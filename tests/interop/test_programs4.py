@@ -46,24 +46,31 @@ def _run(path: str, on_usnet: bool, *args: str) -> str:
     return got.stdout.decode().strip().split("\n")[-1]
 
 
-def _both(path: str, usnet_args: list[str], kernel_args: list[str]) -> tuple[str, str]:
-    """The program's output (its last line) under `usnet run` and on the kernel, both running at
-    once (each waits mostly on timers and an unanswered neighbour); each must exit 0."""
-    procs = [subprocess.Popen(_command(on_usnet, *a), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=child_env(path) if on_usnet else _kernel_env())
-             for on_usnet, a in ((True, usnet_args), (False, kernel_args))]
-    outs = []
+def _at_once(path: str, runs: list[tuple[bool, list[str]]], hosts: str | None = None) -> list[str]:
+    """The program's output (its last line) for each (on usnet, arguments) of `runs`, all running
+    at once (each waits mostly on timers and an unanswered neighbour); each must exit 0. With
+    `hosts`, all read that file as /etc/hosts: usnet's resolver through USNET_HOSTS, glibc's in a
+    mount namespace of the program's own where the file is bound over /etc/hosts."""
+    procs = []
     try:
-        for p, who in zip(procs, ("usnet", "kernel")):
+        for on_usnet, a in runs:
+            cmd, env = _command(on_usnet, *a), child_env(path) if on_usnet else _kernel_env()
+            if hosts is not None and on_usnet:
+                env["USNET_HOSTS"] = hosts
+            elif hosts is not None:
+                cmd = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hosts, *cmd]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
+        outs = []
+        for p, (on_usnet, _) in zip(procs, runs):
             o, e = p.communicate(timeout=LIMIT * 2)
-            assert p.returncode == 0, (who, e.decode()[-3000:])
+            assert p.returncode == 0, ("usnet" if on_usnet else "kernel", e.decode()[-3000:])
             outs.append(o.decode().strip().split("\n")[-1])
+        return outs
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return outs[0], outs[1]
 
 
 def _same(ours: str, theirs: str) -> dict:
@@ -123,7 +130,8 @@ def test_signals_interrupt_blocked_calls_as_on_the_kernel(usnetd_path):  # noqa:
     silent = socket.create_server((host_ip, 0))  # takes connections, never sends
     with silent, _echo(host_ip) as echo:
         ports = [str(silent.getsockname()[1]), dead, str(echo)]
-        ours, theirs = _both(path, ["signals", usnet_ip, host_ip, *ports], ["signals", host_ip, host_ip, *ports])
+        ours, theirs = _at_once(path, [(True, ["signals", usnet_ip, host_ip, *ports]),
+                                       (False, ["signals", host_ip, host_ip, *ports])])
     found = _same(ours, theirs)
     assert found["accept"] == ["Alarm", True] and found["recv-sigint"] == ["KeyboardInterrupt", True]
     assert found["recv-timeout-resumes"] == ["TimeoutError", True, True]
@@ -168,3 +176,48 @@ def test_starttls_upgrades_a_plain_connection_as_on_the_kernel(usnetd_path, ca, 
     else:
         assert found["go"] == "GO\n" and found["version"] == "TLSv1.3"
         assert found["answers"] == [True, True, True] and found["bye"] == ["bye\n", ""]
+
+
+def test_a_name_with_a_dead_address_connects_as_on_the_kernel(usnetd_path, tmp_path):  # noqa: F811
+    """A name with a dead address (no neighbour answers) and a kernel listener's: getaddrinfo
+    orders them as glibc does (RFC 6724 rule 9: the one sharing more bits with the source first;
+    before, usnet kept the hosts file's order and tried the dead one first); asyncio's
+    open_connection, with happy_eyeballs_delay and interleave or without, and create_connection
+    reach the listener; to a port closed there, create_connection raises the last error, with
+    all_errors=True (3.11) an ExceptionGroup of both, and asyncio its "Multiple exceptions": the
+    same types, errnos, texts and (roughly) times under `usnet run` as on the kernel, both reading
+    one hosts file.
+
+    And happy eyeballs itself, on usnet alone: a name whose dead address sorts first there (x.3 is
+    closer to usnet's x.2 than the listener's x.1; the kernel's own x.1 always comes first for
+    it): with happy_eyeballs_delay asyncio is connected at once, in turn after the dead one's
+    EHOSTUNREACH (~3 s). Before, usnet's loop ignored happy_eyeballs_delay and interleave and
+    connected in turn (~3 s)."""
+    path, usnet_ip, host_ip = usnetd_path
+    net = host_ip.rsplit(".", 1)[0]
+    dead, near = f"{net}.9", f"{net}.3"  # on the TAP's subnet; no one answers their ARP
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost\n{dead} multi.usnet.test\n{host_ip} multi.usnet.test\n"
+                     f"{host_ip} near.usnet.test\n{near} near.usnet.test\n")
+    live, closed = socket.create_server((host_ip, 0)), socket.socket()
+    closed.bind((host_ip, 0))  # bound, not listening: RST to a SYN
+    with live, closed:
+        live.listen(64)
+        ports = [str(live.getsockname()[1]), str(closed.getsockname()[1])]
+        ours, theirs, eyeballs = _at_once(path, [(True, ["eyeballs", "multi.usnet.test", *ports]),
+                                                 (False, ["eyeballs", "multi.usnet.test", *ports]),
+                                                 (True, ["eyeballs", "near.usnet.test", *ports, "connect"])],
+                                          str(hosts))
+    found = _same(ours, theirs)
+    assert found["names"] == [host_ip, dead]
+    assert found["asyncio-eyeballs"] == [host_ip, "at once"] and found["create_connection"] == [host_ip, "at once"]
+    group = found["all-fail-all_errors"][0]
+    assert group[0] == "ExceptionGroup" and [e[:2] for e in group[3]] == [["ConnectionRefusedError", 111],
+                                                                          ["OSError", 113]]
+    near_found = json.loads(eyeballs)
+    assert near_found["names"] == [near, host_ip]
+    assert near_found["asyncio-eyeballs"] == near_found["asyncio-eyeballs-interleave"] == [host_ip, "at once"]
+    # in turn: after the dead one fails (sooner than 3 s when its neighbour's probes, begun by the
+    # race before, are already under way: the SYN waits on them, as on Linux)
+    assert near_found["asyncio-in-turn"] == near_found["create_connection"] == [host_ip, "waited"]
+    assert near_found["create_connection-timeout"] == [host_ip, "at once"]  # 0.5 s on the dead one

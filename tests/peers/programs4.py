@@ -289,3 +289,55 @@ elif name == "tls-client":  # STARTTLS from the client: KIND HOST PORT CA; print
 
         asyncio.run(client())
     out(found)
+
+elif name == "eyeballs":  # a name with a dead address and a live one: NAME LIVE_PORT CLOSED_PORT [all|connect]
+    import re
+
+    host, live, closed = args[0], int(args[1]), int(args[2])
+    connect_only = args[3:] == ["connect"]
+    found = {"names": [a[4][0] for a in socket.getaddrinfo(host, live, type=socket.SOCK_STREAM)]}
+
+    def plain(text: str) -> str:
+        """An error's text, the addresses left as they are and the ports named."""
+        return re.sub(r"\b(%d|%d)\b" % (live, closed), lambda m: "LIVE" if m.group(1) == str(live) else "CLOSED", text)
+
+    def err(e: BaseException) -> list:
+        return [type(e).__name__, getattr(e, "errno", None), plain(str(e))]
+
+    def timed(call) -> list:
+        t0 = time.monotonic()
+        try:
+            got = call()
+        except BaseException as e:
+            got = err(e)
+            if isinstance(e, BaseExceptionGroup):
+                got.append([err(x) for x in e.exceptions])
+        took = time.monotonic() - t0
+        return [got, "at once" if took < 1.0 else "waited"]  # (for a dead neighbour: up to ~3 s)
+
+    async def aopen(port: int, **kw) -> str:
+        r, w = await asyncio.open_connection(host, port, **kw)
+        peer = w.get_extra_info("peername")[0]
+        w.close()
+        await w.wait_closed()
+        return peer
+
+    def sopen(port: int, **kw) -> str:
+        with socket.create_connection((host, port), **kw) as s:
+            return s.getpeername()[0]
+
+    found["asyncio-eyeballs"] = timed(lambda: asyncio.run(aopen(live, happy_eyeballs_delay=0.25)))
+    found["asyncio-eyeballs-interleave"] = timed(lambda: asyncio.run(aopen(live, happy_eyeballs_delay=0.25,
+                                                                          interleave=2)))
+    found["asyncio-in-turn"] = timed(lambda: asyncio.run(aopen(live)))
+    found["create_connection"] = timed(lambda: sopen(live))
+    found["create_connection-timeout"] = timed(lambda: sopen(live, timeout=0.5))
+    if connect_only:
+        out(found)
+        sys.exit(0)
+    found["all-fail"] = timed(lambda: sopen(closed))
+    found["all-fail-all_errors"] = timed(lambda: sopen(closed, all_errors=True))
+    found["all-fail-all_errors-timeout"] = timed(lambda: sopen(closed, timeout=0.5, all_errors=True))
+    found["asyncio-all-fail"] = timed(lambda: asyncio.run(aopen(closed)))
+    found["asyncio-all-fail-eyeballs"] = timed(lambda: asyncio.run(aopen(closed, happy_eyeballs_delay=0.25)))
+    out(found)
