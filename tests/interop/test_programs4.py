@@ -13,6 +13,7 @@ kernel's sockets: what it prints must be the same, and its own checks hold on bo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ import threading
 import pytest
 
 from tests.helpers import PEERS
-from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_patch import LIMIT, child_env, kernel_http_server, started, stop, usnetd_path  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.privileged
 PROGRAM = str(PEERS / "programs4.py")
@@ -193,7 +194,7 @@ def test_a_name_with_a_dead_address_connects_as_on_the_kernel(usnetd_path, tmp_p
     it): with happy_eyeballs_delay asyncio is connected at once, in turn after the dead one's
     EHOSTUNREACH (~3 s). Before, usnet's loop ignored happy_eyeballs_delay and interleave and
     connected in turn (~3 s)."""
-    path, usnet_ip, host_ip = usnetd_path
+    path, _, host_ip = usnetd_path
     net = host_ip.rsplit(".", 1)[0]
     dead, near = f"{net}.9", f"{net}.3"  # on the TAP's subnet; no one answers their ARP
     hosts = tmp_path / "hosts"
@@ -221,3 +222,51 @@ def test_a_name_with_a_dead_address_connects_as_on_the_kernel(usnetd_path, tmp_p
     # race before, are already under way: the SYN waits on them, as on Linux)
     assert near_found["asyncio-in-turn"] == near_found["create_connection"] == [host_ip, "waited"]
     assert near_found["create_connection-timeout"] == [host_ip, "at once"]  # 0.5 s on the dead one
+
+
+@pytest.mark.parametrize("placement", ["usnet-server", "usnet-client"])
+def test_a_multiprocessing_manager_over_tcp_as_on_the_kernel(usnetd_path, placement):  # noqa: F811
+    """multiprocessing.managers.BaseManager's server (get_server().serve_forever()) and a client
+    (connect(), a proxied dict, 100 kB values, a method it lacks), one of them under `usnet run`:
+    what the client sees is what it sees kernel to kernel; a wrong authkey is AuthenticationError."""
+    path, usnet_ip, host_ip = usnetd_path
+    outs = []
+    for server_on_usnet, client_on_usnet in ((placement == "usnet-server", placement == "usnet-client"),
+                                             (False, False)):
+        ip = usnet_ip if server_on_usnet else host_ip
+        server, port = started(_command(server_on_usnet, "manager", "server", ip),
+                               child_env(path) if server_on_usnet else _kernel_env())
+        try:
+            outs.append(_run(path, client_on_usnet, "manager", "client", ip, str(port)))
+            assert server.poll() is None
+        finally:
+            stop(server)
+    found = _same(*outs)
+    assert found["wrong-key"][0] == "AuthenticationError" and found["missing"] == "AttributeError"
+    assert found["round1"] == [["k0", 100000], ["k1", 100000], ["n", 1]]
+
+
+def test_urllib3_from_twenty_threads_gets_every_body_whole(usnetd_path, tmp_path):  # noqa: F811
+    """urllib3's PoolManager (maxsize 20, blocking) shared by 20 threads, 8 requests each, read
+    whole or streamed, from the kernel's ThreadingHTTPServer (python -m http.server): every body
+    whole (SHA-256) under `usnet run` as on the kernel, no more than 20 connections."""
+    pytest.importorskip("urllib3")
+    path, usnet_ip, host_ip = usnetd_path
+    sizes = {"a.bin": 1, "b.bin": 1500, "c.bin": 70000, "d.bin": 1 << 20, "e.bin": 3 << 20}
+    for n, size in sizes.items():
+        (tmp_path / n).write_bytes(os.urandom(size))
+    outs = []
+    for on_usnet in (True, False):
+        server, port = kernel_http_server(tmp_path, host_ip)
+        try:
+            outs.append(_run(path, on_usnet, "urllib3", f"http://{host_ip}:{port}", *sizes))
+            assert server.poll() is None
+            server.terminate()
+            log = server.communicate(timeout=10)[1].decode()  # http.server's access log
+        finally:
+            stop(server)
+        clients = [line.split(" ", 1)[0] for line in log.splitlines() if '"GET ' in line]
+        assert len(clients) == 160 and set(clients) == {usnet_ip if on_usnet else host_ip}
+    found = _same(*outs)
+    want = {n: [[200, hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()[:16]]] for n in sizes}
+    assert found == {"files": want, "requests": 160, "pools": 1, "connections": True}

@@ -299,7 +299,7 @@ elif name == "eyeballs":  # a name with a dead address and a live one: NAME LIVE
 
     def plain(text: str) -> str:
         """An error's text, the addresses left as they are and the ports named."""
-        return re.sub(r"\b(%d|%d)\b" % (live, closed), lambda m: "LIVE" if m.group(1) == str(live) else "CLOSED", text)
+        return re.sub(rf"\b({live}|{closed})\b", lambda m: "LIVE" if m.group(1) == str(live) else "CLOSED", text)
 
     def err(e: BaseException) -> list:
         return [type(e).__name__, getattr(e, "errno", None), plain(str(e))]
@@ -316,7 +316,7 @@ elif name == "eyeballs":  # a name with a dead address and a live one: NAME LIVE
         return [got, "at once" if took < 1.0 else "waited"]  # (for a dead neighbour: up to ~3 s)
 
     async def aopen(port: int, **kw) -> str:
-        r, w = await asyncio.open_connection(host, port, **kw)
+        _, w = await asyncio.open_connection(host, port, **kw)
         peer = w.get_extra_info("peername")[0]
         w.close()
         await w.wait_closed()
@@ -341,3 +341,70 @@ elif name == "eyeballs":  # a name with a dead address and a live one: NAME LIVE
     found["asyncio-all-fail"] = timed(lambda: asyncio.run(aopen(closed)))
     found["asyncio-all-fail-eyeballs"] = timed(lambda: asyncio.run(aopen(closed, happy_eyeballs_delay=0.25)))
     out(found)
+
+elif name == "manager":  # multiprocessing.managers.BaseManager over TCP: server BIND_IP | client HOST PORT
+    from multiprocessing import AuthenticationError
+    from multiprocessing.managers import BaseManager
+
+    class Manager(BaseManager):
+        pass
+
+    if args[0] == "server":
+        shared: dict = {}
+        Manager.register("shared", callable=lambda: shared)
+        Manager.register("echo", callable=lambda: None)  # its proxy is a plain value
+        server = Manager(address=(args[1], 0), authkey=b"secret").get_server()
+        listening(server.address[1])
+        server.serve_forever()
+    else:
+        host, port = args[1], int(args[2])
+        Manager.register("shared")
+        found = {}
+        wrong = Manager(address=(host, port), authkey=b"wrong")
+        try:
+            wrong.connect()
+            found["wrong-key"] = "connected"
+        except AuthenticationError as e:
+            found["wrong-key"] = [type(e).__name__, str(e)]
+        for round_ in range(2):  # twice: a second manager on a new connection sees the first's writes
+            m = Manager(address=(host, port), authkey=b"secret")
+            m.connect()
+            d = m.shared()
+            d.update({f"k{round_}": "v" * 100000, "n": round_})
+            found[f"round{round_}"] = sorted((k, len(str(v))) for k, v in d.items())
+            try:
+                d.no_such_method()
+            except AttributeError as e:
+                found["missing"] = type(e).__name__
+            del d
+        out(found)
+
+elif name == "urllib3":  # urllib3.PoolManager from 20 threads at once: BASE_URL FILE...; every body whole
+    import concurrent.futures
+    import hashlib
+
+    import urllib3
+
+    base, files = args[0], args[1:]
+    pool = urllib3.PoolManager(maxsize=20, block=True, retries=False, timeout=urllib3.Timeout(connect=10, read=20))
+
+    def fetch(i: int) -> list:
+        got = []
+        for j in range(8):
+            f = files[(i + j) % len(files)]
+            r = pool.request("GET", f"{base}/{f}", preload_content=j % 2 == 0)
+            body = r.data if j % 2 == 0 else b"".join(r.stream(65536))
+            got.append([f, r.status, hashlib.sha256(body).hexdigest()[:16]])
+            if j % 2:
+                r.release_conn()
+        return got
+
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        results = list(ex.map(fetch, range(20)))
+    per_file: dict = {}
+    for got in results:
+        for f, status, digest in got:
+            per_file.setdefault(f, set()).add((status, digest))
+    pools = list(pool.pools._container.values())
+    out({"files": {f: sorted(map(list, v)) for f, v in sorted(per_file.items())}, "requests": sum(map(len, results)),
+         "pools": len(pools), "connections": sum(p.num_connections for p in pools) <= 20})
