@@ -16,10 +16,12 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -270,3 +272,45 @@ def test_urllib3_from_twenty_threads_gets_every_body_whole(usnetd_path, tmp_path
     found = _same(*outs)
     want = {n: [[200, hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()[:16]]] for n in sizes}
     assert found == {"files": want, "requests": 160, "pools": 1, "connections": True}
+
+
+@pytest.mark.parametrize("kind", ["socketserver", "asyncio", "accept-loop"])
+def test_ctrl_c_stops_a_server_as_on_the_kernel(usnetd_path, kind):  # noqa: F811
+    """A server (socketserver's ThreadingTCPServer.serve_forever, asyncio.run of start_server's
+    serve_forever, a blocking accept loop with a thread per connection) with a kernel client
+    connected and idle gets SIGINT, as Ctrl-C sends it: it exits promptly with the same code and
+    last line of stderr as on the kernel; the client sees its connection end as on the kernel
+    (EOF: the FIN of the exit's close), and a new connection to the port is refused. Before,
+    the asyncio server hung on usnet: its Server.wait_closed waited for the idle client, as
+    asyncio's does only from 3.12.1."""
+    if kind == "asyncio" and sys.version_info >= (3, 12, 1):
+        pytest.skip("from 3.12.1 serve_forever's wait_closed waits for the idle client: a hang on the kernel too")
+    path, usnet_ip, host_ip = usnetd_path
+    seen = []
+    for on_usnet in (True, False):
+        ip = usnet_ip if on_usnet else host_ip
+        server, port = started(_command(on_usnet, "ctrl-c-server", kind, ip),
+                               child_env(path) if on_usnet else _kernel_env())
+        try:
+            c = socket.create_connection((ip, port), timeout=10)
+            with c:
+                c.sendall(b"hello\n")
+                assert c.recv(100) == b"hello\n"
+                t0 = time.monotonic()
+                server.send_signal(signal.SIGINT)
+                out, err = server.communicate(timeout=LIMIT)
+                took = time.monotonic() - t0
+                try:
+                    end = ["eof", c.recv(100)]
+                except OSError as e:
+                    end = [type(e).__name__, None]
+            refused = socket.socket()
+            refused.settimeout(10)
+            with refused:
+                again = refused.connect_ex((ip, port))
+        finally:
+            stop(server)
+        last = err.decode().strip().splitlines()[-1:] if err.strip() else []
+        seen.append([server.returncode, out.decode().splitlines()[1:], last, end, again, took < 3.0])
+    assert seen[0] == seen[1], f"usnet {seen[0]}\nkernel {seen[1]}"
+    assert seen[0][3:] == [["eof", b""], 111, True]

@@ -408,3 +408,46 @@ elif name == "urllib3":  # urllib3.PoolManager from 20 threads at once: BASE_URL
     pools = list(pool.pools._container.values())
     out({"files": {f: sorted(map(list, v)) for f, v in sorted(per_file.items())}, "requests": sum(map(len, results)),
          "pools": len(pools), "connections": sum(p.num_connections for p in pools) <= 20})
+
+elif name == "ctrl-c-server":  # a server stopped by Ctrl-C: KIND BIND_IP; runs until SIGINT
+    kind, bind_ip = args
+    if kind == "socketserver":
+        import socketserver
+
+        class Echo(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    self.wfile.write(line)
+
+        with socketserver.ThreadingTCPServer((bind_ip, 0), Echo) as server:
+            server.daemon_threads = True
+            listening(server.server_address[1])
+            try:
+                server.serve_forever()
+            except KeyboardInterrupt:
+                print("interrupted", flush=True)
+    elif kind == "asyncio":
+        async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            while line := await r.readline():
+                w.write(line)
+            w.close()
+
+        async def serve() -> None:
+            server = await asyncio.start_server(echo, bind_ip, 0)
+            listening(server.sockets[0].getsockname()[1])
+            async with server:
+                await server.serve_forever()
+
+        asyncio.run(serve())  # Ctrl-C: KeyboardInterrupt out of asyncio.run, a traceback, exit 1
+    else:  # a blocking accept loop, a thread per connection
+        ls = socket.create_server((bind_ip, 0))
+        listening(ls.getsockname()[1])
+
+        def serve_one(c: socket.socket) -> None:
+            with c:
+                while data := c.recv(65536):
+                    c.sendall(data)
+
+        while True:
+            conn, _ = ls.accept()
+            threading.Thread(target=serve_one, args=(conn,), daemon=True).start()

@@ -32,6 +32,7 @@ import logging
 import os
 import socket as _stdsocket
 import ssl as _ssl
+import sys
 import threading
 import time
 import weakref
@@ -962,13 +963,17 @@ class _Listener:
         self.watcher.kick()  # a full accept queue: the rest on the next turn
 
 
+# asyncio.Server.wait_closed waits for the server's connections too from 3.12.1 (gh-79033); before,
+# it returns at once once the server is closed
+_WAIT_CLOSED_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
+
+
 class Server(asyncio.AbstractServer):
     """Listening usnet sockets serving protocols on the loop, as asyncio.Server.
 
     One socket per address it listens on (`sockets`; with no host, 0.0.0.0 and ::, as asyncio's
-    on the kernel), each a `_Listener`. `wait_closed` waits for the listeners and every
-    connection they accepted (asyncio's behaviour since 3.12); `close_clients`/`abort_clients`
-    end them.
+    on the kernel), each a `_Listener`. `wait_closed` waits for the listeners and (from Python
+    3.12.1, as asyncio's) every connection they accepted; `close_clients`/`abort_clients` end them.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, socks: _us.socket | Sequence[_us.socket],
@@ -1089,7 +1094,12 @@ class Server(asyncio.AbstractServer):
             t.abort()
 
     async def wait_closed(self) -> None:
-        if self._waiters is None:
+        """Until the server is closed and, from Python 3.12.1 (as asyncio's), every connection it
+        accepted has ended. Before 3.12.1 asyncio's returns at once once the server is closed,
+        connections or not, and so does this: else a program that closes its server on Ctrl-C
+        (serve_forever, `async with server`) with a client connected hangs on usnet where it exits
+        on the kernel."""
+        if self._waiters is None or (self._listeners is None and not _WAIT_CLOSED_FOR_CLIENTS):
             return
         fut = self._loop.create_future()
         self._waiters.append(fut)
