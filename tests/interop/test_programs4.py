@@ -149,6 +149,8 @@ def test_starttls_upgrades_a_plain_connection_as_on_the_kernel(usnetd_path, ca, 
     """STARTTLS: a plain connection that carries a line, then TLS over the same connection.
     asyncio: StreamWriter.start_tls on both sides (loop.start_tls), then 1 MB each way; sync: the
     client's SSLContext.wrap_socket of a connected socket that has read a line through makefile;
+    the sync client's TLS recv, the server silent, ends with a signal's exception at once (SIGALRM,
+    SIGINT) and the connection goes on after it;
     smtp: smtplib's starttls against aiosmtpd with require_starttls (which swaps asyncio's
     SSLProtocol under its transport with set_protocol). Under `usnet run`, the server or the
     client, against the other on the kernel: what the client sees is what it sees kernel to kernel."""
@@ -179,6 +181,8 @@ def test_starttls_upgrades_a_plain_connection_as_on_the_kernel(usnetd_path, ca, 
     else:
         assert found["go"] == "GO\n" and found["version"] == "TLSv1.3"
         assert found["answers"] == [True, True, True] and found["bye"] == ["bye\n", ""]
+        if kind == "sync":  # a TLS recv interrupted by a signal, and the connection whole after it
+            assert found["interrupted"] == ["Alarm", True] and found["sigint"] == ["KeyboardInterrupt", True]
 
 
 def test_a_name_with_a_dead_address_connects_as_on_the_kernel(usnetd_path, tmp_path):  # noqa: F811

@@ -255,6 +255,8 @@ elif name == "tls-client":  # STARTTLS from the client: KIND HOST PORT CA; print
         f.close()
         t = ctx.wrap_socket(c, server_hostname=host)
         found["version"] = t.version()
+        found["interrupted"] = interrupted(lambda: t.recv(10))  # the server is silent: SIGALRM ends it
+        found["sigint"] = interrupted(lambda: t.recv(10), "sigint")  # and the connection goes on, below
         tf = t.makefile("rwb")
         got = []
         for b in blobs:
