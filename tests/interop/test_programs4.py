@@ -318,3 +318,24 @@ def test_ctrl_c_stops_a_server_as_on_the_kernel(usnetd_path, kind):  # noqa: F81
         seen.append([server.returncode, out.decode().splitlines()[1:], last, end, again, took < 3.0])
     assert seen[0] == seen[1], f"usnet {seen[0]}\nkernel {seen[1]}"
     assert seen[0][3:] == [["eof", b""], 111, True]
+
+
+def test_another_threads_shutdown_or_close_wakes_a_blocked_call_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """The usual way to stop a thread blocked in recv or accept: shutdown(SHUT_RD / SHUT_RDWR)
+    from another thread wakes it at once (recv returns b"", accept fails EINVAL, as Linux), while
+    SHUT_WR does not (the call runs to its timeout) and close() does not either, the call then
+    failing with EBADF (CPython retries it on descriptor -1): under `usnet run` as on the kernel.
+    Before, usnet's shutdown of a listener was ENOTCONN, a recv blocked in another thread missed
+    SHUT_RD, and a call outliving its socket's close timed out instead of EBADF. A listener shut
+    down refuses accept (EINVAL) and, still bound, listens again on its port."""
+    path, usnet_ip, host_ip = usnetd_path
+    silent = socket.create_server((host_ip, 0))  # takes connections, never sends
+    with silent:
+        port = str(silent.getsockname()[1])
+        ours, theirs = _at_once(path, [(True, ["wake", usnet_ip, host_ip, port]),
+                                       (False, ["wake", host_ip, host_ip, port])])
+    found = _same(ours, theirs)
+    assert found["recv-SHUT_RD"] == ["returned", "b''", True]
+    assert found["accept-SHUT_RDWR"] == found["accept-SHUT_RD"] == ["OSError", 22, True]
+    assert found["recv-close"] == found["accept-close"] == ["OSError", 9, False]
+    assert found["accept-after-SHUT_RD"] == ["OSError", 22] and found["listen-again-SHUT_RDWR"] == "again"

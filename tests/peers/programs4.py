@@ -453,3 +453,54 @@ elif name == "ctrl-c-server":  # a server stopped by Ctrl-C: KIND BIND_IP; runs 
         while True:
             conn, _ = ls.accept()
             threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+elif name == "wake":  # another thread's shutdown or close while a call blocks: BIND_IP HOST SILENT_PORT
+    bind_ip, host, silent = args[0], args[1], int(args[2])
+    found = {}
+
+    def blocked(call, then, timeout=None) -> list:
+        """[what `call()` in a thread ended with, whether within 1 s of `then()` in this one]."""
+        box: list = []
+
+        def run() -> None:
+            try:
+                box.append(["returned", repr(call())[:40]])
+            except BaseException as e:
+                box.append([type(e).__name__, getattr(e, "errno", None)])
+
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(0.3)  # (only so that the call is blocked when `then` comes; the result does not depend on it)
+        t0 = time.monotonic()
+        then()
+        t.join(10)
+        return [*(box[0] if box else ["still blocked"]), time.monotonic() - t0 < 1.0]
+
+    for how in ("SHUT_RD", "SHUT_RDWR", "SHUT_WR"):
+        c = socket.create_connection((host, silent), timeout=10)
+        c.settimeout(2.5 if how == "SHUT_WR" else None)
+        found[f"recv-{how}"] = blocked(lambda: c.recv(10), lambda: c.shutdown(getattr(socket, how)))  # noqa: B023
+        c.close()
+    c = socket.create_connection((host, silent), timeout=10)
+    c.settimeout(1.5)
+    found["recv-close"] = blocked(lambda: c.recv(10), c.close)
+    for how in ("SHUT_RD", "SHUT_RDWR"):
+        ls = socket.create_server((bind_ip, 0))
+        ls.settimeout(2.5)
+        found[f"accept-{how}"] = blocked(ls.accept, lambda: ls.shutdown(getattr(socket, how)))  # noqa: B023
+        try:
+            ls.accept()
+            found[f"accept-after-{how}"] = "accepted"
+        except OSError as e:
+            found[f"accept-after-{how}"] = [type(e).__name__, e.errno]
+        ls.listen()  # still bound: it listens again on its port
+        with socket.create_connection(ls.getsockname(), timeout=10) as c2:
+            c2.sendall(b"again")
+            conn, _ = ls.accept()
+            with conn:
+                found[f"listen-again-{how}"] = conn.recv(10).decode()
+        ls.close()
+    ls = socket.create_server((bind_ip, 0))
+    ls.settimeout(1.5)
+    found["accept-close"] = blocked(ls.accept, ls.close)
+    out(found)
