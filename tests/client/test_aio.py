@@ -557,3 +557,19 @@ def test_wait_closed_with_a_client_still_connected_as_asyncios_on_this_python(ne
     ours = run(program(lambda *a: aio.start_server(*a, client=net, netif="b"),
                        lambda *a: aio.open_connection(*a, client=net, netif="a"), B_IP))
     assert ours == kernel == ["waited" if sys.version_info >= (3, 12, 1) else "returned", "returned"]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12's asyncio takes all_errors")
+def test_all_errors_is_refused_where_asyncio_refuses_it(net):
+    """create_connection's all_errors is 3.12's: on 3.11 usnet's loop refuses it with asyncio's
+    own TypeError, as a program on the kernel gets."""
+
+    async def attempt() -> str:
+        try:
+            await asyncio.get_running_loop().create_connection(asyncio.Protocol, B_IP, 9, all_errors=True)
+        except TypeError as e:
+            return str(e)
+        return "accepted"
+
+    kernel = asyncio.run(attempt())
+    assert _loop_run(attempt()) == kernel and "all_errors" in kernel

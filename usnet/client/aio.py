@@ -1288,9 +1288,11 @@ class EventLoop(asyncio.SelectorEventLoop):
             ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
             happy_eyeballs_delay: float | None = None,
             interleave: int | None = None, all_errors: bool = False) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        if all_errors and sys.version_info < (3, 12):  # 3.12's argument: 3.11's asyncio takes none
+            raise TypeError("BaseEventLoop.create_connection() got an unexpected keyword argument 'all_errors'")
         if sock is not None and not isinstance(sock, _us.socket):
             base: Any = super()  # asyncio's overloads, which this method's one signature covers
-            more = {"all_errors": all_errors} if all_errors else {}  # (3.12's; 3.11 takes none)
+            more = {"all_errors": all_errors} if all_errors else {}
             return await base.create_connection(
                 protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
                 local_addr=local_addr, server_hostname=server_hostname,
