@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import ssl
+import sys
 
 import pytest
 import trustme
@@ -521,3 +522,54 @@ def test_the_event_loop_listens_on_every_address_with_no_host(net):
     finally:
         loop.close()
     assert got == ([("0.0.0.0", 8093), ("::", 8093, 0, 0)], B6.encode() + b" hi", B_IP.encode() + b" hi")
+
+
+def test_wait_closed_with_a_client_still_connected_as_asyncios_on_this_python(net):
+    """A closed server with a client still connected: asyncio's wait_closed returns at once
+    before Python 3.12.1 and waits for the connection from then on (gh-79033); usnet's does as
+    the running Python's does. Before, usnet's always waited, so a 3.11 program closing its server
+    on Ctrl-C (serve_forever's cancel, `async with server`) hung on usnet while it exited on the
+    kernel (tests/interop/test_programs4.py)."""
+
+    async def program(start_server, open_connection, host: str) -> list:
+        accepted = asyncio.Event()
+
+        async def idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set()
+            await reader.read()
+            writer.close()
+
+        server = await start_server(idle, host, 0)
+        _, writer = await open_connection(host, server.sockets[0].getsockname()[1])
+        await accepted.wait()
+        server.close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), 0.5)
+            first = "returned"
+        except TimeoutError:
+            first = "waited"
+        writer.close()  # the client goes: now it returns on every version
+        await writer.wait_closed()
+        await asyncio.wait_for(server.wait_closed(), LIMIT)
+        return [first, "returned"]
+
+    kernel = run(program(asyncio.start_server, asyncio.open_connection, "127.0.0.1"))
+    ours = run(program(lambda *a: aio.start_server(*a, client=net, netif="b"),
+                       lambda *a: aio.open_connection(*a, client=net, netif="a"), B_IP))
+    assert ours == kernel == ["waited" if sys.version_info >= (3, 12, 1) else "returned", "returned"]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="3.12's asyncio takes all_errors")
+def test_all_errors_is_refused_where_asyncio_refuses_it(net):
+    """create_connection's all_errors is 3.12's: on 3.11 usnet's loop refuses it with asyncio's
+    own TypeError, as a program on the kernel gets."""
+
+    async def attempt() -> str:
+        try:
+            await asyncio.get_running_loop().create_connection(asyncio.Protocol, B_IP, 9, all_errors=True)
+        except TypeError as e:
+            return str(e)
+        return "accepted"
+
+    kernel = asyncio.run(attempt())
+    assert _loop_run(attempt()) == kernel and "all_errors" in kernel

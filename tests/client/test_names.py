@@ -442,3 +442,43 @@ def test_an_ascii_name_is_passed_as_the_idna_codec_would_without_importing_it():
             "print('encodings.idna' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- the order of several addresses: RFC 6724 as glibc sorts ----------------------------------------------
+
+
+def _sorted_by_usnet(tmp_path, addresses: list[str]) -> list[str]:
+    """getaddrinfo's order for a name with `addresses` (in that order in the hosts file), from a
+    netif with 10.0.0.2/24, fd00::2/64 and fe80::2 (FakeWorld's)."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{a} multi.test\n" for a in addresses))
+    r = R.Resolver(lambda: (FakeWorld({}), "fake0"), hosts=str(hosts))
+    return addrs(R.getaddrinfo("multi.test", 80, 0, socket.SOCK_STREAM, resolver=r))
+
+
+def test_addresses_on_the_netifs_subnet_come_first_the_closest_first(tmp_path):
+    """Rule 9 as glibc applies it (its order, seen with a source of 192.0.2.2/24: .3, .9, .200,
+    then 10.0.0.1 outside the subnet, whatever the hosts file's order): the longest prefix shared
+    with the source address first, for IPv4 only inside its subnet; ties in the file's order. A
+    program that connects in turn (create_connection) tries a neighbour's address before one
+    behind a router, as on the kernel."""
+    assert _sorted_by_usnet(tmp_path, ["192.0.2.7", "10.0.0.200", "10.0.0.9", "10.0.0.3"]) == \
+        ["10.0.0.3", "10.0.0.9", "10.0.0.200", "192.0.2.7"]
+    assert _sorted_by_usnet(tmp_path, ["10.0.0.9", "10.0.0.14", "10.0.0.10"]) == ["10.0.0.9", "10.0.0.14", "10.0.0.10"]
+    assert _sorted_by_usnet(tmp_path, ["fd00:0:0:1::5", "fd00::9", "fd00::3"]) == ["fd00::3", "fd00::9", "fd00:0:0:1::5"]
+
+
+@given(st.lists(st.integers(0, 511), min_size=2, max_size=8, unique=True))
+def test_the_order_is_by_prefix_then_the_files(tmp_path_factory, hosts):
+    """Any set of IPv4 addresses, in 10.0.0.0/24 (the source's subnet) and out of it (10.0.1.x):
+    a permutation of them; in-subnet ones first, by the bits shared with 10.0.0.2 (most first);
+    equal ones in the hosts file's order."""
+    given_order = [f"10.0.{h >> 8}.{h & 255}" for h in hosts]
+    got = _sorted_by_usnet(tmp_path_factory.mktemp("h"), given_order)
+    assert sorted(got) == sorted(given_order)
+
+    def shared(a: str) -> int:
+        x = [int(p) for p in a.split(".")]
+        return 0 if x[2] else 32 - (x[3] ^ 2).bit_length()
+
+    assert got == sorted(given_order, key=lambda a: -shared(a))  # Python's sort is stable

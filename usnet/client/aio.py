@@ -32,9 +32,11 @@ import logging
 import os
 import socket as _stdsocket
 import ssl as _ssl
+import sys
 import threading
 import time
 import weakref
+from asyncio import staggered as _staggered
 from asyncio.constants import _SendfileMode
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, TypeVar, cast
@@ -796,6 +798,20 @@ async def _until(loop: asyncio.AbstractEventLoop, eng: FlowEngine, ready: Callab
         _unwatch(eng, w)
 
 
+def _interleaved(infos: list[tuple], first_family_count: int) -> list[tuple]:
+    """`infos` with their families alternating, `first_family_count` of the first family first
+    (RFC 8305 §4; asyncio's `interleave`)."""
+    by_family: dict[int, list[tuple]] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    lists = list(by_family.values())
+    out = lists[0][:first_family_count - 1]
+    lists[0] = lists[0][first_family_count - 1:]
+    for i in range(max(len(lst) for lst in lists)):
+        out += [lst[i] for lst in lists if i < len(lst)]
+    return out
+
+
 async def _connect(loop: asyncio.AbstractEventLoop, host: str, port: int, client: Any, netif: str | None,
                    local_port: int) -> _us.socket:
     """A connected, non-blocking usnet socket; the wait for SYN-ACK is a watcher, not a thread."""
@@ -947,13 +963,17 @@ class _Listener:
         self.watcher.kick()  # a full accept queue: the rest on the next turn
 
 
+# asyncio.Server.wait_closed waits for the server's connections too from 3.12.1 (gh-79033); before,
+# it returns at once once the server is closed
+_WAIT_CLOSED_FOR_CLIENTS = sys.version_info >= (3, 12, 1)
+
+
 class Server(asyncio.AbstractServer):
     """Listening usnet sockets serving protocols on the loop, as asyncio.Server.
 
     One socket per address it listens on (`sockets`; with no host, 0.0.0.0 and ::, as asyncio's
-    on the kernel), each a `_Listener`. `wait_closed` waits for the listeners and every
-    connection they accepted (asyncio's behaviour since 3.12); `close_clients`/`abort_clients`
-    end them.
+    on the kernel), each a `_Listener`. `wait_closed` waits for the listeners and (from Python
+    3.12.1, as asyncio's) every connection they accepted; `close_clients`/`abort_clients` end them.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, socks: _us.socket | Sequence[_us.socket],
@@ -1074,7 +1094,12 @@ class Server(asyncio.AbstractServer):
             t.abort()
 
     async def wait_closed(self) -> None:
-        if self._waiters is None:
+        """Until the server is closed and, from Python 3.12.1 (as asyncio's), every connection it
+        accepted has ended. Before 3.12.1 asyncio's returns at once once the server is closed,
+        connections or not, and so does this: else a program that closes its server on Ctrl-C
+        (serve_forever, `async with server`) with a client connected hangs on usnet where it exits
+        on the kernel."""
+        if self._waiters is None or (self._listeners is None and not _WAIT_CLOSED_FOR_CLIENTS):
             return
         fut = self._loop.create_future()
         self._waiters.append(fut)
@@ -1262,14 +1287,17 @@ class EventLoop(asyncio.SelectorEventLoop):
             sock: Any = None, local_addr: tuple[str, int] | None = None, server_hostname: str | None = None,
             ssl_handshake_timeout: float | None = None, ssl_shutdown_timeout: float | None = None,
             happy_eyeballs_delay: float | None = None,
-            interleave: int | None = None) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+            interleave: int | None = None, all_errors: bool = False) -> tuple[asyncio.Transport, asyncio.BaseProtocol]:
+        if all_errors and sys.version_info < (3, 12):  # 3.12's argument: 3.11's asyncio takes none
+            raise TypeError("BaseEventLoop.create_connection() got an unexpected keyword argument 'all_errors'")
         if sock is not None and not isinstance(sock, _us.socket):
             base: Any = super()  # asyncio's overloads, which this method's one signature covers
+            more = {"all_errors": all_errors} if all_errors else {}
             return await base.create_connection(
                 protocol_factory, host, port, ssl=ssl, family=family, proto=proto, flags=flags, sock=sock,
                 local_addr=local_addr, server_hostname=server_hostname,
                 ssl_handshake_timeout=ssl_handshake_timeout, ssl_shutdown_timeout=ssl_shutdown_timeout,
-                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave)
+                happy_eyeballs_delay=happy_eyeballs_delay, interleave=interleave, **more)
         # asyncio's argument rules, with its messages
         if server_hostname is not None and not ssl:
             raise ValueError("server_hostname is only meaningful with ssl")
@@ -1289,22 +1317,50 @@ class EventLoop(asyncio.SelectorEventLoop):
                 raise ValueError("host and port was not specified and no sock specified")
             infos = await self._usnet_resolve(host, port, family, _stdsocket.SOCK_STREAM, proto, flags)
             local_port = int(local_addr[1]) if local_addr else 0  # the netif has one address per family
-            sock = await self._connect_first(infos, local_port)
+            if happy_eyeballs_delay is not None and interleave is None:
+                interleave = 1  # as asyncio: happy eyeballs alternates the families by default
+            if interleave:
+                infos = _interleaved(infos, interleave)
+            sock = await self._connect_first(infos, local_port, happy_eyeballs_delay, all_errors)
         return await _transport(self, sock, protocol_factory, ctx, server_hostname, ssl_handshake_timeout,
                                 ssl_shutdown_timeout)
 
-    async def _connect_first(self, infos: list[tuple], local_port: int) -> _us.socket:
-        """Each address in turn, as asyncio does without happy eyeballs; its errors if none answers."""
+    async def _connect_first(self, infos: list[tuple], local_port: int, happy_eyeballs_delay: float | None = None,
+                             all_errors: bool = False) -> _us.socket:
+        """The first address to answer, as asyncio connects: each in turn, or with
+        `happy_eyeballs_delay` (RFC 8305) the next one started that long after the last (or at
+        once when it failed), the first connected winning and the others cancelled (their
+        sockets closed). If none answers, its errors as asyncio raises them: the one, or one if
+        all say the same, else "Multiple exceptions: ..." (in the order the attempts began), or
+        with `all_errors` (3.12) an ExceptionGroup of them all."""
         client, netif = self._usnet_where
-        errors: list[OSError] = []
-        for info in infos:
-            addr = info[4]
+        began: list[list[OSError]] = []  # each attempt's error, in the order the attempts began
+
+        async def attempt(addr: tuple) -> _us.socket:
+            mine: list[OSError] = []
+            began.append(mine)
             try:
                 return await _connect(self, addr[0], addr[1], client, netif, local_port)
             except OSError as exc:
-                errors.append(exc)
+                mine.append(exc)
+                raise
+
+        if happy_eyeballs_delay is None:
+            for info in infos:
+                try:
+                    return await attempt(info[4])
+                except OSError:
+                    continue
+        else:
+            sock, _, _ = await _staggered.staggered_race(
+                (functools.partial(attempt, info[4]) for info in infos), happy_eyeballs_delay, loop=self)
+            if sock is not None:
+                return cast(_us.socket, sock)
+        errors = [e for mine in began for e in mine]
         if not errors:
             raise OSError("getaddrinfo() returned empty list")
+        if all_errors:
+            raise ExceptionGroup("create_connection failed", errors)
         if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
             raise errors[0]
         raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")

@@ -33,8 +33,10 @@ standard module's `socket.gaierror` with glibc's EAI codes and messages;
 the result has the standard module's shape (5-tuples, `AddressFamily` and
 `SocketKind` members) and order: glibc's socket-type table decides which
 (type, protocol) pairs a service yields, and several addresses are sorted
-by RFC 6724's rules as they apply to usnet (an address family the netif
-lacks comes last; then precedence, then the smaller scope).
+by RFC 6724's rules as they apply to usnet and as glibc applies them (an
+address family the netif lacks comes last; then precedence, then the smaller
+scope, then the longest prefix shared with the netif's address: for IPv4 only
+inside its subnet).
 """
 
 from __future__ import annotations
@@ -142,7 +144,10 @@ class _Failed(Exception):
 
 
 _QTYPE_FAMILY = {dns.TYPE_A: AF_INET, dns.TYPE_AAAA: AF_INET6}
-_families_cache: dict[tuple[int, str], tuple[float, tuple[bool, bool, bool]]] = {}
+# (IPv4, IPv6, IPv6 link-local) interfaces of a netif, each None where it has none; the tuple
+# None when usnet could not say
+_Ifaces = tuple[ipaddress.IPv4Interface | None, ipaddress.IPv6Interface | None, ipaddress.IPv6Interface | None]
+_netif_cache: dict[tuple[int, str], tuple[float, _Ifaces | None]] = {}
 
 
 class Resolver:
@@ -195,22 +200,42 @@ class Resolver:
         """(IPv4, IPv6, IPv6 link-local) addresses on the netif, none of them loopback, as
         AI_ADDRCONFIG and the sorting rules ask of the host's interfaces; (True, True, True) when
         usnet cannot say."""
+        got = self.interfaces()
+        if got is None:
+            return True, True, True
+        return got[0] is not None, got[1] is not None, got[2] is not None
+
+    def interfaces(self) -> _Ifaces | None:
+        """The netif's (IPv4, IPv6, IPv6 link-local) interface addresses with their prefixes, each
+        None where it has none: the source addresses that glibc's sorting finds by connecting a
+        datagram socket to each destination. None when usnet cannot say. Asked of usnetd at most
+        every 2 s."""
         try:
             client, netif = self._where()
         except OSError:
-            return True, True, True
+            return None
         key = (id(client), netif)
         now = time.monotonic()
-        hit = _families_cache.get(key)
+        hit = _netif_cache.get(key)
         if hit is not None and now - hit[0] < 2.0:
             return hit[1]
         try:
             info = next(n["netif"] for n in client.status()["netifs"] if n["netif"]["name"] == netif)
         except (OSError, StopIteration, KeyError, ValueError):
-            return True, True, True
-        got = (info.get("address") not in (None, "None"), info.get("address6") not in (None, "None"),
-               info.get("link_local6") not in (None, "None"))
-        _families_cache[key] = (now, got)
+            return None
+
+        def iface(v: Any, kind: Callable[[str], Any], default_prefix: str) -> Any:
+            if v in (None, "None"):
+                return None
+            try:
+                return kind(v if "/" in str(v) else f"{v}/{default_prefix}")
+            except ValueError:
+                return None
+
+        got = (iface(info.get("address"), ipaddress.IPv4Interface, "32"),
+               iface(info.get("address6"), ipaddress.IPv6Interface, "128"),
+               iface(info.get("link_local6"), ipaddress.IPv6Interface, "64"))
+        _netif_cache[key] = (now, got)
         return got
 
     # -- forward --
@@ -665,9 +690,35 @@ def _kind(addr: str) -> int:
     return 2 if ip.is_link_local else 1
 
 
-def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool]) -> tuple[int, int, int]:
-    """RFC 6724's destination rules as they apply to usnet: 1 (a family the netif has no address
-    of is unusable), 6 (precedence), 8 (smaller scope first)."""
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """How many leading bits `a` and `b` share."""
+    x = int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
+    return 8 * len(a) - x.bit_length()
+
+
+def _prefix_match(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, ifaces: _Ifaces | None) -> int:
+    """RFC 6724's rule 9 as glibc applies it: the bits `ip` shares with the source address usnet
+    would send from. For IPv4 only inside the source's subnet (outside it a common prefix means
+    nothing: 0, so an address on the netif's own subnet comes first, the closest first); for
+    IPv6 the whole address. A loopback destination's source is itself."""
+    if ip.is_loopback:
+        return 8 * len(ip.packed)
+    if ifaces is None:
+        return 0
+    v4, v6, ll = ifaces
+    if ip.version == 4:
+        if v4 is None or ip not in v4.network:
+            return 0
+        return _common_prefix(ip.packed, v4.ip.packed)
+    src = ll if ip.is_link_local or v6 is None else v6
+    return 0 if src is None else _common_prefix(ip.packed, src.ip.packed)
+
+
+def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool],
+              ifaces: _Ifaces | None = None) -> tuple[int, int, int, int]:
+    """RFC 6724's destination rules as they apply to usnet (and as glibc sorts): 1 (a family the
+    netif has no address of is unusable), 6 (precedence), 8 (smaller scope first), 9 (the
+    longest prefix shared with the source address, `_prefix_match`); the sort is stable (10)."""
     ip = ipaddress.ip_address(addr)
     v6 = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip
     assert isinstance(v6, ipaddress.IPv6Address)
@@ -675,7 +726,9 @@ def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool]) -> tuple[int, 
     link = ip.is_loopback or ip.is_link_local
     kind = _kind(addr)
     usable = kind == 3 or have[kind]
-    return (0 if usable else 1, -prec, 2 if link else 14)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (0 if usable else 1, -prec, 2 if link else 14, -_prefix_match(ip, ifaces))
 
 
 def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family: int = 0, type: int = 0,
@@ -733,9 +786,14 @@ def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family
             canon = found.canonical
             addrs = [(f, a, 0) for f, a in found.addresses]
             if len({a[:2] for a in addrs}) > 1:
-                # usnet's families are asked only when rule 1 could tell the addresses apart
-                have = resolver.families() if len({_kind(a[1]) for a in addrs}) > 1 else (True, True, True)
-                addrs.sort(key=lambda a: _sort_key(a[0], a[1], have))
+                # the netif's addresses are asked only when rule 1 or 9 could tell the addresses
+                # apart (two kinds, or two of one family that are not loopback): localhost needs no usnet
+                kinds = [_kind(a[1]) for a in addrs]
+                ask = len(set(kinds)) > 1 or len({a[:2] for a, k in zip(addrs, kinds) if k != 3}) > 1
+                ifaces = resolver.interfaces() if ask else None
+                have = (True, True, True) if ifaces is None else \
+                    (ifaces[0] is not None, ifaces[1] is not None, ifaces[2] is not None)
+                addrs.sort(key=lambda a: _sort_key(a[0], a[1], have, ifaces))
     if flags & AI_CANONNAME and flags & AI_CANONIDN and canon:
         with contextlib.suppress(UnicodeError):
             canon = canon.encode("ascii").decode("idna")

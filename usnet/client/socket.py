@@ -768,6 +768,8 @@ class socket:
         _MOVED once the listener listens on a new flow (`_rebind`)."""
         if self._engine is not eng:
             return _MOVED
+        if not self._listening:  # shut down (`_shutdown_listener`) while this waited
+            raise OSError(errno.EINVAL, "Invalid argument")
         conn = eng.tcp.accept(self._port)
         if conn is not None:
             return conn, eng
@@ -1011,15 +1013,40 @@ class socket:
     def shutdown(self, how: int) -> None:
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise OSError(errno.EINVAL, "Invalid argument")
+        if self._listening and self._conn is None and not self._dead:
+            self._shutdown_listener(how)
+            return
         conn = self._need_conn()
         eng = self._engine
         assert eng is not None
         with eng.lock:
             if how in (SHUT_RD, SHUT_RDWR):
                 self._shut_rd = True
+                eng.changed.notify_all()  # a recv blocked in another thread returns b"" now, as on Linux
             if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
             self._update()
+        eng.kick()
+
+    def _shutdown_listener(self, how: int) -> None:
+        """shutdown() of a listening socket, as Linux's inet_shutdown: SHUT_WR does nothing;
+        SHUT_RD or SHUT_RDWR stops listening (the connections not yet accepted are reset, as
+        `unlisten` does) and wakes a thread blocked in accept, which fails with EINVAL, as every
+        later accept does: the usual way to stop a server thread, since close() from another
+        thread wakes nothing on Linux. The socket stays bound to its port and may listen again."""
+        if how == SHUT_WR:
+            return
+        eng = self._engine
+        assert eng is not None
+        now = time.monotonic()
+        with eng.lock:
+            self._listening = False
+            for e in (eng, *self._halves):
+                e.tcp.unlisten(self._port, now)
+                if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
+                    e.client.unlisten(e.ch.id)           # new connections now
+            self._update()
+            eng.changed.notify_all()  # a blocked accept looks again, and finds no listener
         eng.kick()
 
     def close(self) -> None:
@@ -1579,6 +1606,11 @@ class socket:
             while True:
                 got = attempt()
                 if got is not None:
+                    if self._dead:
+                        # closed by another thread while this call waited: CPython's call on the
+                        # kernel goes on waiting (close wakes nothing there) and, woken (or timed
+                        # out, below), retries on descriptor -1
+                        raise OSError(errno.EBADF, "Bad file descriptor")
                     self._update()
                     return got
                 if eng.error is not None and not self._orphan:
@@ -1586,6 +1618,8 @@ class socket:
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        if self._dead:
+                            raise OSError(errno.EBADF, "Bad file descriptor")
                         if t == 0:
                             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                         raise TimeoutError("timed out")
