@@ -927,11 +927,17 @@ class Runner:
                     except BlockingIOError:
                         pass
                 else:
-                    key.data.ch.drain_doorbell()
                     rung.append(key.data)
             if rung:
+                # Drained under the lock `lend` takes, and only while still ours: an engine an event
+                # loop took over since select returned is that loop's to drain. A ring drained here
+                # after the loop's pump armed NEED_WAKEUP would be lost: the loop's reader would
+                # never fire for the packet that rang it, and nothing else would read it.
                 with self._lock:
-                    self._ready.update(rung)
+                    for e in rung:
+                        if e in self.engines:
+                            e.ch.drain_doorbell()
+                            self._ready.add(e)
 
 
 _runner: Runner | None = None
