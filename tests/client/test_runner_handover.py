@@ -142,3 +142,36 @@ def test_a_ring_the_loop_drains_after_its_engine_went_back_reaches_the_stack_thr
         d._drop(e)
         loop.close()
         e.ch.close()
+
+
+def test_an_engine_lent_during_the_runners_pump_is_pumped_by_its_loop_after_it():
+    """The runner pumps E while a loop takes it over (`lend`); the timer that pump set (an RTO, a
+    delayed ACK) is dropped by `schedule`, since E is no longer the runner's, and the loop, whose
+    own pump may have come first, never heard of it. The loop must pump E again after it."""
+    r = Runner()
+    e = _Engine()
+    inside, leave = threading.Event(), threading.Event()
+    woken = threading.Event()
+    e.driver = None
+    pump = e.pump
+
+    def held_pump(now: float) -> None:
+        pump(now)
+        if e.driver is None and not inside.is_set():
+            inside.set()
+            assert leave.wait(LIMIT)
+
+    e.pump = held_pump
+    try:
+        r.add(e)
+        assert inside.wait(LIMIT)  # the runner is inside E's pump
+        r.lend(e)
+        e.driver = SimpleNamespace(wake=lambda eng, wait=False: woken.set())  # the loop's driver
+        leave.set()
+        assert woken.wait(LIMIT), "the loop was not told to pump an engine lent during the runner's pump"
+    finally:
+        leave.set()
+        r._stopping = True
+        r.wake()
+        r._thread.join(LIMIT)
+        e.ch.close()

@@ -907,6 +907,12 @@ class Runner:
                         self.remove(e)
                         e.close()
                         continue
+                    d = getattr(e, "driver", None)
+                    if d is not None:
+                        # an event loop took it over during this pump (`lend`): `schedule` kept
+                        # none of the timer this pump set, so the loop pumps it once more and
+                        # sets it (an RTO or delayed ACK the loop never heard of would not fire)
+                        d.wake(e)
                 except Exception as exc:  # one broken engine must not stop the others
                     log.warning("stack engine failed: %r", exc, exc_info=True)
                     self.remove(e)
