@@ -261,3 +261,39 @@ def test_one_thread_reads_while_others_send_as_with_the_ssl_module(net, ca):
     assert srv.join() == 2 * n * size and srv.error is None, srv.error
     assert len(got) == 2 * n * size
     assert got.count(b"\x01") == n * size and got.count(b"\x02") == n * size
+
+
+@pytest.mark.parametrize("where", ["decrypted", "ciphertext"])
+def test_shutdown_keeps_what_arrived_before_it_readable(net, ca, where):
+    """shutdown(SHUT_WR) sends close_notify while echoes are still coming (the test above). OpenSSL 3
+    reads on after it writes close_notify (the second SSL_shutdown that SSLObject.unwrap makes),
+    and application data it finds then, a record a recv left partly read ("decrypted") or one the
+    reader had taken from the socket but not yet handed to SSL_read ("ciphertext": one thread
+    reads while another shuts down), fails the session (APPLICATION_DATA_AFTER_CLOSE_NOTIFY): the
+    next recv returned b"" as if the peer had ended, and the close that followed reset the
+    connection under the peer's sendall. Here every byte sent before and after the shutdown reads."""
+    first, second, rest = b"a" * 1000, b"c" * 1000, b"b" * 50_000
+
+    def serve(s: tls.TlsSocket) -> int:
+        s.sendall(first)
+        s.sendall(second)  # a record of its own
+        assert s.recv(10) == b"go"
+        s.sendall(rest)
+        total = len(read_to_eof(s))  # up to the client's close_notify
+        s.shutdown(us.SHUT_WR)
+        return total
+
+    srv = Server(net, 9449, server_context(ca, B_IP), serve)
+    with connect(net, 9449, client_context(ca)) as s:
+        if where == "decrypted":
+            head = s.recv(10)  # the rest of the record waits inside OpenSSL
+        else:
+            head = s.recv(len(first))  # (TLS 1.3's tickets, then) the first record, all of it
+            assert head == first and not s.pending()
+            while s._incoming.pending < 5 + len(second):  # the next one, whole, in the incoming BIO:
+                s._fill()  # where a reader thread has it between its socket read and SSL_read
+        s.sendall(b"go")
+        s.shutdown(us.SHUT_WR)
+        got = head + read_to_eof(s)
+    assert srv.join() == 0 and srv.error is None, srv.error
+    assert got == first + second + rest

@@ -1069,3 +1069,30 @@ def test_any_icmp_error_ends_a_connect_in_syn_sent_as_linux_does(err):
     assert c.icmp_error(err, c.iss)
     assert c.state is CLOSED and c.error is not None and c.error.errno == err
     assert c.error.strerror == os.strerror(err)
+
+
+def test_segments_with_sack_blocks_stay_within_the_mss_both_ways():
+    """Data both ways with losses: a full-sized data segment sent while its own receive side has a
+    hole carried SACK blocks on top of its MSS of payload (1,512 bytes of IPv6 for a 1,500-byte
+    path: EMSGSIZE, and the client's engine failed: usnetd logged its flow "stalled"). Every
+    segment stays within the negotiated MSS plus the TCP header, and both transfers finish."""
+    net = Net(loss=0.03, seed=5, rate=12.5e6, delay=0.01)
+    sizes, sacks = [], []
+    send = net.transmit
+
+    def transmit(src, dst, data, ect=0):
+        sizes.append(len(data))
+        seg = parse_tcp(data, 0, None, src, dst)
+        if seg.sacks:
+            sacks.append(len(seg.payload))
+        send(src, dst, data, ect)
+
+    net.transmit = transmit
+    c, s = net.pair()
+    up, down = os.urandom(400_000), os.urandom(400_000)
+    _, k_up = transfer(net, c, s, up)
+    _, k_down = transfer(net, s, c, down)
+    net.run(lambda: len(k_up.buf) == len(up) and len(k_down.buf) == len(down), limit=120)
+    assert bytes(k_up.buf) == up and bytes(k_down.buf) == down
+    assert c.sack_ok and c.ts_ok and sacks  # there were holes, and blocks told of them
+    assert max(sizes) <= c._mss_base + 20, max(sizes)

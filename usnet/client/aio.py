@@ -196,6 +196,12 @@ class _LoopDriver:
 
     def _bell(self, eng: FlowEngine) -> None:
         eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
+        if eng.driver is not self:
+            # It went back to the stack thread (`_return`, from another thread) and our reader is
+            # not gone yet (`_drop` comes on a later turn): the ring we just took is the stack
+            # thread's, which sleeps on the same doorbell and would not hear it again.
+            runner().wake(eng)
+            return
         self._serve(eng)
 
     def _timer(self, eng: FlowEngine) -> None:

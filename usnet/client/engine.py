@@ -907,6 +907,12 @@ class Runner:
                         self.remove(e)
                         e.close()
                         continue
+                    d = getattr(e, "driver", None)
+                    if d is not None:
+                        # an event loop took it over during this pump (`lend`): `schedule` kept
+                        # none of the timer this pump set, so the loop pumps it once more and
+                        # sets it (an RTO or delayed ACK the loop never heard of would not fire)
+                        d.wake(e)
                 except Exception as exc:  # one broken engine must not stop the others
                     log.warning("stack engine failed: %r", exc, exc_info=True)
                     self.remove(e)
@@ -927,11 +933,17 @@ class Runner:
                     except BlockingIOError:
                         pass
                 else:
-                    key.data.ch.drain_doorbell()
                     rung.append(key.data)
             if rung:
+                # Drained under the lock `lend` takes, and only while still ours: an engine an event
+                # loop took over since select returned is that loop's to drain. A ring drained here
+                # after the loop's pump armed NEED_WAKEUP would be lost: the loop's reader would
+                # never fire for the packet that rang it, and nothing else would read it.
                 with self._lock:
-                    self._ready.update(rung)
+                    for e in rung:
+                        if e in self.engines:
+                            e.ch.drain_doorbell()
+                            self._ready.add(e)
 
 
 _runner: Runner | None = None

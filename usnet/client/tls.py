@@ -63,6 +63,9 @@ class TlsSocket(_SSLSocket):
         self._header = bytearray()  # the next record's header, as far as it came
         self._left = 0  # bytes of the current record's body not read from the socket yet
         self._wbuf = bytearray()  # ciphertext the socket has not taken yet (non-blocking)
+        # plaintext that arrived before our close_notify, taken out of OpenSSL by `shutdown`
+        # (`_take_in`); reads return it first
+        self._early = bytearray()
         # One thread may read while another writes, as with the ssl module on a kernel socket
         # (websockets' threaded client and server: a thread in recv, sends from the others).
         # `_lock` serialises every call into OpenSSL and its BIOs (the SSLObject and the memory
@@ -278,10 +281,13 @@ class TlsSocket(_SSLSocket):
 
     def _read(self, n: int, buffer: Any) -> Any:
         obj = self._need()
+
+        def read() -> Any:  # under `_lock`: what `shutdown` took in comes first, and in order
+            if self._early:
+                return self._early_part(n, buffer)
+            return obj.read(n) if buffer is None else obj.read(n, buffer)
         try:
-            if buffer is None:
-                return self._run(lambda: obj.read(n), reading=True)
-            return self._run(lambda: obj.read(n, buffer), reading=True)
+            return self._run(read, reading=True)
         except ssl.SSLZeroReturnError:
             # close_notify after our own (shutdown(SHUT_WR)): OpenSSL reports it as an error
             # once both directions are shut, but it is the peer's clean end of data.
@@ -291,9 +297,18 @@ class TlsSocket(_SSLSocket):
                 return b"" if buffer is None else 0
             raise
 
+    def _early_part(self, n: int, buffer: Any) -> Any:
+        """Up to `n` bytes of `_early`, as `SSLObject.read` returns them (into `buffer`: a count)."""
+        part = bytes(self._early[:n])
+        del self._early[: len(part)]
+        if buffer is None:
+            return part
+        memoryview(buffer).cast("B")[: len(part)] = part
+        return len(part)
+
     def pending(self) -> int:
         """Decrypted bytes ready now: a selector on fileno() cannot see these."""
-        return 0 if self._obj is None else self._obj.pending()
+        return len(self._early) + (0 if self._obj is None else self._obj.pending())
 
     def unwrap(self) -> _us.socket:
         """close_notify both ways; the plain socket is the caller's again."""
@@ -307,6 +322,7 @@ class TlsSocket(_SSLSocket):
         if how in (_us.SHUT_WR, _us.SHUT_RDWR) and self._obj is not None and not self._released:
             try:
                 with self._lock:
+                    self._take_in(self._obj)
                     self._obj.unwrap()  # writes close_notify; wants the peer's, which we don't wait for
             except ssl.SSLWantReadError:
                 pass
@@ -314,6 +330,26 @@ class TlsSocket(_SSLSocket):
                 pass  # the session is already broken: the TCP shutdown still tells the peer
             self._flush_quietly()
         self._sock.shutdown(how)
+
+    def _take_in(self, obj: ssl.SSLObject) -> None:
+        """Before close_notify (with `_lock` held): decrypt into `_early` every record OpenSSL can
+        read now, what a recv left of one and whole ones in the incoming BIO (a reader thread puts
+        one there before its SSL_read).
+
+        SSLObject.unwrap calls SSL_shutdown twice, and the second one reads, for the peer's
+        close_notify; OpenSSL 3 fails the session on application data found then
+        (APPLICATION_DATA_AFTER_CLOSE_NOTIFY), and every read after it raises SSLEOFError: the
+        reader took it for the peer's end and the close that followed reset the connection,
+        with the peer's data unread. A record still coming stays in the socket (or half in the
+        BIO, which SSL_shutdown cannot finish): SSL_read reads those after close_notify."""
+        while True:
+            try:
+                data = obj.read(_SEND_MAX)
+            except ssl.SSLError:  # SSLWantReadError: nothing whole left; the peer's close_notify; broken
+                return
+            if not data:
+                return
+            self._early += data
 
     def close(self) -> None:
         """As SSLSocket.close: no close_notify (use shutdown or unwrap); open makefile()s keep it alive."""

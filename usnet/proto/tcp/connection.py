@@ -1611,19 +1611,32 @@ class TcpConnection:
         win = self._window_field()
         if self.ts_ok:
             tsval = self._ts_now(now)
-            if not (self.sack_ok and (self._reasm or self._dsack)):  # the usual: timestamps only
+            fit = self._sack_fit(12, payload) if self.sack_ok and (self._reasm or self._dsack) else 0
+            if fit <= 0:  # the usual: timestamps only
                 return pack_ts(
                     self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
                     (self.irs + self.rcv_nxt) & MASK, flags, win, tsval, self.ts_recent, payload,
                     self.cfg.gather)
-            opts = _TSOPT.pack(_TS_MARK, tsval, self.ts_recent) + self._sack_option(3)
-        elif self.sack_ok and (self._reasm or self._dsack):
-            opts = self._sack_option(4)
+            opts = _TSOPT.pack(_TS_MARK, tsval, self.ts_recent) + self._sack_option(min(3, fit))
+        elif self.sack_ok and (self._reasm or self._dsack) and (fit := self._sack_fit(0, payload)) > 0:
+            opts = self._sack_option(min(4, fit))
         else:
             opts = b""
         return (pack_parts if payload and self.cfg.gather else pack_segment)(
             self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
             (self.irs + self.rcv_nxt) & MASK, flags, win, opts, payload)
+
+    def _sack_fit(self, used: int, payload) -> int:
+        """SACK blocks that fit in a segment beside `used` bytes of other options and `payload`.
+
+        A full-sized segment has no room: its payload is the MSS less the usual options, and a
+        SACK option on it made a packet the path MTU does not take (IPv6's 1,512 bytes for 1,500:
+        EMSGSIZE, and the engine failed). The pure ACKs carry the blocks. A super-segment (more
+        than an MSS) is cut to fit its header by `segment_cut`."""
+        plen = len(payload)
+        if plen > self.mss:
+            return 4
+        return (self._mss_base - used - plen - 4) // 8  # the option: NOP, NOP, kind, length, 8 a block
 
     def _sack_option(self, limit: int) -> bytes:
         irs = self.irs
