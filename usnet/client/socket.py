@@ -1041,7 +1041,12 @@ class socket:
                 if last:
                     self._last_close(eng)
             lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
-            eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it
+            if (isinstance(eng, FlowEngine) and eng.driver is None and not lingers
+                    and not eng.release_when_idle and not self._halves):
+                eng.kick()  # the FIN (or RST) goes from this thread: no hand-off to the stack thread
+            else:
+                eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it; an
+                # engine to let go when idle is the stack thread's to close
             if lingers:
                 self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
         if _descriptors.get(self._fd) is self:
@@ -1574,34 +1579,45 @@ class socket:
             raise self._refused or eng.error
         t = self._timeout if timeout is _UNSET else timeout
         deadline = None if t is None else time.monotonic() + t
-        woken = False
-        with eng.lock:
-            while True:
-                got = attempt()
-                if got is not None:
-                    self._update()
-                    return got
-                if eng.error is not None and not self._orphan:
-                    raise self._refused or eng.error
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        if t == 0:
-                            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-                        raise TimeoutError("timed out")
-                else:
-                    left = None
-                if not woken:
-                    # Once, so that what earlier calls queued (data, a window update) goes:
-                    # sent from here (kick), or by the stack thread, which serves a blocked
-                    # call from now on (wake). After that only the network makes progress;
-                    # waking the runner on every pump would spin both threads while we wait.
-                    if eng.driver is None:
-                        eng.kick()
+        woken = borrowed = False
+        try:
+            with eng.lock:
+                while True:
+                    got = attempt()
+                    if got is not None:
+                        self._update()
+                        return got
+                    if eng.error is not None and not self._orphan:
+                        raise self._refused or eng.error
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            if t == 0:
+                                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                            raise TimeoutError("timed out")
                     else:
-                        eng.wake(wait=True)
-                    woken = True
-                eng.changed.wait(left)
+                        left = None
+                    if not woken:
+                        # Once, so that what earlier calls queued (data, a window update) goes:
+                        # sent from here (kick), or by the stack thread, which serves a blocked
+                        # call from now on (wake). After that only the network makes progress;
+                        # waking the runner on every pump would spin both threads while we wait.
+                        # An engine the stack thread serves is then pumped by this call itself
+                        # while it waits, on the doorbell the runner lends it (`pump_wait`): no
+                        # hand-off between threads per arrival (docs/design-notes.md, issue 18).
+                        if eng.driver is None:
+                            eng.kick()
+                            borrowed = runner().borrow(eng)
+                        else:
+                            eng.wake(wait=True)
+                        woken = True
+                    if borrowed:
+                        eng.pump_wait(left)
+                    else:
+                        eng.changed.wait(left)
+        finally:
+            if borrowed:
+                runner().give_back(eng)
 
     def _poll_state(self) -> tuple[bool, bool]:
         """(readable, writable) as Linux's tcp_poll would say. With the engine's lock held."""
