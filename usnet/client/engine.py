@@ -654,6 +654,7 @@ class Runner:
         self.lent: set[FlowEngine] = set()
         # engines whose doorbell a blocked socket call sleeps on and pumps itself (`borrow`)
         self._borrowed: set[Served] = set()
+        self.borrows = 0  # doorbells lent to blocked calls so far: what tests count to see they pump
         self._lock = threading.Lock()
         self._stopping = False
         # When the runner's sleep ends by itself (monotonic); infinity while it is not asleep on a
@@ -843,6 +844,7 @@ class Runner:
                 return False
             self._sel.unregister(fd)
             self._borrowed.add(engine)
+            self.borrows += 1
             engine.pumper = threading.get_ident()
             return True
 
