@@ -365,6 +365,9 @@ class FlowEngine:
         segment is the one the domain's doorbell wakes. No lost wake-up: the doorbell is drained
         before the pump, whose empty receive arms NEED_WAKEUP, and what rings after that stays in
         the pipe for whoever sleeps on it next (this call, or the runner once it is given back)."""
+        if self.closed or self.error is not None or self.ch.closed:
+            self.changed.wait(left)  # nobody pumps it any more (an orphaned listener's waits for its rebind)
+            return
         now = time.monotonic()
         t = WAIT_SLICE if left is None else max(0.0, min(left, WAIT_SLICE))
         d = self.deadline(now)
@@ -377,13 +380,14 @@ class FlowEngine:
         saved = self.changed._release_save()  # type: ignore[attr-defined]  # as Condition.wait
         try:
             rung = p.poll(t * 1000.0)
-            if rung:
-                self.ch.drain_doorbell()
         finally:
             self.changed._acquire_restore(saved)  # type: ignore[attr-defined]
-        if self.closed or self.error is not None:
-            self.changed.notify_all()
+        # Drained under the lock, once it is known to be open: a close sets `closed` under the
+        # lock before its descriptors go, and a number closed meanwhile may be another file's now.
+        if self.closed or self.error is not None or self.ch.closed:
             return
+        if rung:
+            self.ch.drain_doorbell()
         now = time.monotonic()
         try:
             self.pump(now)
