@@ -112,3 +112,25 @@ def test_a_connection_closed_by_another_thread_wakes_the_pumping_recv(client):
     assert got == {0: b""}
     for s in (outs[0], ins[1], srv):
         s.close()
+
+
+def test_shutdown_rd_by_another_thread_ends_the_pumping_recv(client):
+    """As Linux: a recv blocked in one thread returns b"" when another shuts the socket's reading
+    down, while the blocked call sleeps on the doorbell (the shutdown rings it; a missed ring
+    would cost at most WAIT_SLICE, which a test cannot tell from a prompt wake-up without timing)."""
+    srv, outs, ins = _pairs(client, 1)
+    before = runner().borrows
+    got: dict = {}
+    started = threading.Barrier(2)
+    t = _recv_in_thread(outs[0], got, 0, started)
+    started.wait(10)
+    for _ in range(1000):  # until the recv pumps (bounded): a shutdown before it would be no test
+        if runner().borrows > before:
+            break
+        t.join(0.005)
+    assert runner().borrows > before
+    outs[0].shutdown(us.SHUT_RD)
+    t.join(5)
+    assert got == {0: b""}
+    for s in (*outs, *ins, srv):
+        s.close()

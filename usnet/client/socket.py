@@ -1020,6 +1020,8 @@ class socket:
             if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
             self._update()
+            if how != SHUT_WR:
+                eng.notify()  # a recv blocked in another thread returns b"" now, as Linux's (sk_state_change)
         eng.kick()
 
     def close(self) -> None:
