@@ -401,6 +401,13 @@ class Channel:
         if not self.closed:
             doorbell.ring(self._bell_writer())
 
+    def ring_own_bell(self) -> None:
+        """Wake whoever sleeps on this channel's doorbell from this process (a socket call that
+        pumps the engine itself, usnet.client.engine `pump_wait`, when another thread changed
+        something it waits for)."""
+        if not self.closed:
+            doorbell.ring(self._bell_writer())
+
     def _bell_writer(self) -> int:
         """A write end of our own bell, opened once (Linux: opening a pipe's /proc entry for
         writing gives a write end of that pipe)."""

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from usnet.abi.protocol import Family
 from usnet.client import Client
-from usnet.client.channel import Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
+from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.session import DomainGone, WorkerGone
 from usnet.client.tcpstats import Publisher
@@ -224,6 +224,13 @@ class FlowEngine:
         # pumps it in the loop's own thread, so that a request costs no wake-up of another thread.
         self.driver: Any = None
         self.pinned = False  # went back to the stack thread for good (a blocking call used it)
+        self._bell_poll: Any = None  # a poll object on the doorbell, for a blocked call that pumps (`pump_wait`)
+        self.pumper: int | None = None  # the thread (ident) that pumps it while it waits, if one does
+        # no other engine shares its lock and condition (a listener's halves do): only such an engine
+        # is pumped by a blocked call, which then hears every arrival its waiters wait for
+        self.alone = share is None
+        if share is not None:
+            share.alone = False
         # each connection's statistics, published in the channel for `usnet ss` (usnet.client.tcpstats)
         self.stats_out: Publisher | None = None
         if self.ch.tcpinfo is not None:
@@ -277,6 +284,8 @@ class FlowEngine:
         with self.lock:
             if self.closed or self.error is not None:
                 return
+            if not self._backlog and not self.tcp.pending():
+                return  # nothing queued, no deadline moved: the runner's schedule is still right
             self._now = now = max(time.monotonic(), self._now)
             try:
                 self._transmit(now)
@@ -343,6 +352,51 @@ class FlowEngine:
         if self.stats_out is not None and self.error is None:
             self.stats_out.publish(self.tcp, now)
         self.notify(touched)
+
+    def pump_wait(self, left: float | None) -> None:
+        """A blocked socket call waits by pumping the engine itself (it borrowed the doorbell from
+        the runner: `Runner.borrow`): it sleeps on the doorbell (and the engine's deadline, at most
+        `left`, at most WAIT_SLICE), then pumps. With the lock held, as `changed.wait`, which it
+        stands for: the lock is let go while it sleeps.
+
+        Why: handing each arrival over from the stack thread to the caller costs a doorbell wake of
+        the stack thread, the GIL and a Condition notify/wait (a futex wake of the caller) on every
+        exchange; a connect, recv and close cost three of them. Here the thread that waits for the
+        segment is the one the domain's doorbell wakes. No lost wake-up: the doorbell is drained
+        before the pump, whose empty receive arms NEED_WAKEUP, and what rings after that stays in
+        the pipe for whoever sleeps on it next (this call, or the runner once it is given back)."""
+        if self.closed or self.error is not None or self.ch.closed:
+            self.changed.wait(left)  # nobody pumps it any more (an orphaned listener's waits for its rebind)
+            return
+        now = time.monotonic()
+        t = WAIT_SLICE if left is None else max(0.0, min(left, WAIT_SLICE))
+        d = self.deadline(now)
+        if d is not None:
+            t = max(0.0, min(t, d - now))
+        p = self._bell_poll
+        if p is None:
+            p = self._bell_poll = select.poll()
+            p.register(self.ch.doorbell_fd, select.POLLIN)
+        saved = self.changed._release_save()  # type: ignore[attr-defined]  # as Condition.wait
+        try:
+            rung = p.poll(t * 1000.0)
+        finally:
+            self.changed._acquire_restore(saved)  # type: ignore[attr-defined]
+        # Drained under the lock, once it is known to be open: a close sets `closed` under the
+        # lock before its descriptors go, and a number closed meanwhile may be another file's now.
+        if self.closed or self.error is not None or self.ch.closed:
+            return
+        if rung:
+            self.ch.drain_doorbell()
+        now = time.monotonic()
+        try:
+            self.pump(now)
+        except Exception as exc:  # as the runner: a broken engine fails its calls, not this thread's caller alone
+            log.warning("stack engine failed: %r", exc, exc_info=True)
+            self.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+            self.notify()
+            return
+        runner().schedule(self, self.deadline(now), wake=False)  # the runner hears of it when given back
 
     def take_port(self, raddr: bytes, rport: int) -> int:
         """A connector's: a free port of its blocks for a connection to (`raddr`, `rport`), with no
@@ -436,6 +490,14 @@ class FlowEngine:
                     for w in cw.get(c, ()):
                         w._signal()
         self.changed.notify_all()
+        p = self.pumper
+        if p is not None and p != threading.get_ident():
+            # a blocked call sleeps on the doorbell, not on `changed`: ring it (rare: the runner's
+            # timers, another thread's call; the pumper's own pumps need not)
+            try:
+                self.ch.ring_own_bell()
+            except OSError:
+                pass
 
     def _receive(self, now: float) -> None:
         ch = self.ch
@@ -594,6 +656,9 @@ class Runner:
         self.pumps = 0  # engine pumps so far: what tests count to show a pass is not O(engines)
         # engines an event loop pumps (FlowEngine.driver): the runner only watches their client's hang-up
         self.lent: set[FlowEngine] = set()
+        # engines whose doorbell a blocked socket call sleeps on and pumps itself (`borrow`)
+        self._borrowed: set[Served] = set()
+        self.borrows = 0  # doorbells lent to blocked calls so far: what tests count to see they pump
         self._lock = threading.Lock()
         self._stopping = False
         # When the runner's sleep ends by itself (monotonic); infinity while it is not asleep on a
@@ -668,6 +733,7 @@ class Runner:
             self.engines.add(engine)
             if engine in self.lent:
                 self.lent.discard(engine)
+            self._borrowed.discard(engine)  # registered again below: a borrower's give_back then has nothing to undo
             fd = engine.fileno()
             stale = self._sel.get_map().get(fd)
             if stale is None or stale.data is not engine:  # (added again: a listener's flow taken over)
@@ -757,6 +823,7 @@ class Runner:
         with self._lock:
             self._unwatch_alive(engine)
             self.lent.discard(engine)
+            self._borrowed.discard(engine)
             self._due.pop(engine, None)  # its heap entries are dead now
             self._ready.discard(engine)
             if engine in self.engines:
@@ -765,6 +832,45 @@ class Runner:
                     self._sel.unregister(engine.fileno())
                 except (KeyError, ValueError):
                     pass
+
+    def borrow(self, engine: FlowEngine) -> bool:
+        """A blocked socket call sleeps on `engine`'s doorbell and pumps it itself
+        (`FlowEngine.pump_wait`) until `give_back`: the runner stops sleeping on that doorbell, so a
+        ring wakes only the thread that waits for it. False (wait on `changed` then): not the
+        runner's to lend, or another call has it. Timers and wakes still reach the runner. With
+        the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
+        with self._lock:
+            if engine not in self.engines or engine in self._borrowed or not engine.alone:
+                return False
+            fd = engine.fileno()
+            key = self._sel.get_map().get(fd)
+            if key is None or key.data is not engine:
+                return False
+            self._sel.unregister(fd)
+            self._borrowed.add(engine)
+            self.borrows += 1
+            engine.pumper = threading.get_ident()
+            return True
+
+    def give_back(self, engine: FlowEngine) -> None:
+        """Undo `borrow`: the runner sleeps on the doorbell again (a ring that came meanwhile and
+        was not drained reads as ready at once: epoll is level-triggered), and is woken if the
+        engine failed or its deadline is now sooner than the one it sleeps towards."""
+        with self._lock:
+            if engine.pumper == threading.get_ident():
+                engine.pumper = None
+            if engine not in self._borrowed:
+                return
+            self._borrowed.discard(engine)
+            if engine not in self.engines:
+                return
+            fd = engine.fileno()
+            if self._sel.get_map().get(fd) is None:
+                self._sel.register(fd, selectors.EVENT_READ, engine)
+            due = self._due.get(engine)
+            urgent = engine.error is not None or (due is not None and due < self.wake_at)
+        if urgent:
+            self.wake(engine)
 
     def wake(self, engine: Served | None = None) -> None:
         """Make the runner pump `engine` soon (None: every engine). One eventfd write per runner

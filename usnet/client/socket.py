@@ -1022,10 +1022,11 @@ class socket:
         with eng.lock:
             if how in (SHUT_RD, SHUT_RDWR):
                 self._shut_rd = True
-                eng.changed.notify_all()  # a recv blocked in another thread returns b"" now, as on Linux
             if how in (SHUT_WR, SHUT_RDWR):
                 conn.shutdown_write(time.monotonic())
             self._update()
+            if how != SHUT_WR:
+                eng.notify()  # a recv blocked in another thread returns b"" now, as Linux's (sk_state_change)
         eng.kick()
 
     def _shutdown_listener(self, how: int) -> None:
@@ -1046,7 +1047,7 @@ class socket:
                 if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
                     e.client.unlisten(e.ch.id)           # new connections now
             self._update()
-            eng.changed.notify_all()  # a blocked accept looks again, and finds no listener
+            eng.notify()  # a blocked accept looks again (on `changed` or the doorbell), finds no listener
         eng.kick()
 
     def close(self) -> None:
@@ -1068,7 +1069,12 @@ class socket:
                 if last:
                     self._last_close(eng)
             lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
-            eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it
+            if (isinstance(eng, FlowEngine) and eng.driver is None and not lingers
+                    and not eng.release_when_idle and not self._halves):
+                eng.kick()  # the FIN (or RST) goes from this thread: no hand-off to the stack thread
+            else:
+                eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it; an
+                # engine to let go when idle is the stack thread's to close
             if lingers:
                 self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
         if _descriptors.get(self._fd) is self:
@@ -1601,41 +1607,52 @@ class socket:
             raise self._refused or eng.error
         t = self._timeout if timeout is _UNSET else timeout
         deadline = None if t is None else time.monotonic() + t
-        woken = False
-        with eng.lock:
-            while True:
-                got = attempt()
-                if got is not None:
-                    if self._dead:
-                        # closed by another thread while this call waited: CPython's call on the
-                        # kernel goes on waiting (close wakes nothing there) and, woken (or timed
-                        # out, below), retries on descriptor -1
-                        raise OSError(errno.EBADF, "Bad file descriptor")
-                    self._update()
-                    return got
-                if eng.error is not None and not self._orphan:
-                    raise self._refused or eng.error
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+        woken = borrowed = False
+        try:
+            with eng.lock:
+                while True:
+                    got = attempt()
+                    if got is not None:
                         if self._dead:
+                            # closed by another thread while this call waited: CPython's call on
+                            # the kernel goes on waiting (close wakes nothing there) and, woken
+                            # (or timed out, below), retries on descriptor -1
                             raise OSError(errno.EBADF, "Bad file descriptor")
-                        if t == 0:
-                            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-                        raise TimeoutError("timed out")
-                else:
-                    left = None
-                if not woken:
-                    # Once, so that what earlier calls queued (data, a window update) goes:
-                    # sent from here (kick), or by the stack thread, which serves a blocked
-                    # call from now on (wake). After that only the network makes progress;
-                    # waking the runner on every pump would spin both threads while we wait.
-                    if eng.driver is None:
-                        eng.kick()
+                        self._update()
+                        return got
+                    if eng.error is not None and not self._orphan:
+                        raise self._refused or eng.error
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            if self._dead:
+                                raise OSError(errno.EBADF, "Bad file descriptor")
+                            if t == 0:
+                                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                            raise TimeoutError("timed out")
                     else:
-                        eng.wake(wait=True)
-                    woken = True
-                eng.changed.wait(left)
+                        left = None
+                    if not woken:
+                        # Once, so that what earlier calls queued (data, a window update) goes:
+                        # sent from here (kick), or by the stack thread, which serves a blocked
+                        # call from now on (wake). After that only the network makes progress;
+                        # waking the runner on every pump would spin both threads while we wait.
+                        # An engine the stack thread serves is then pumped by this call itself
+                        # while it waits, on the doorbell the runner lends it (`pump_wait`): no
+                        # hand-off between threads per arrival (docs/design-notes.md, issue 18).
+                        if eng.driver is None:
+                            eng.kick()
+                            borrowed = runner().borrow(eng)
+                        else:
+                            eng.wake(wait=True)
+                        woken = True
+                    if borrowed:
+                        eng.pump_wait(left)
+                    else:
+                        eng.changed.wait(left)
+        finally:
+            if borrowed:
+                runner().give_back(eng)
 
     def _poll_state(self) -> tuple[bool, bool]:
         """(readable, writable) as Linux's tcp_poll would say. With the engine's lock held."""

@@ -61,6 +61,7 @@ log = logging.getLogger("usnet.domain")
 # removed (ENODEV, ENXIO)
 _DEVICE_GONE = frozenset((errno.EBADFD, errno.ENODEV, errno.ENXIO))
 LOOPBACK = LOOPBACK_NETIF  # the name of the domain's loopback netif (Domain.add_loopback)
+_RX_ROUND = 256  # frames a netif's receive takes at a time (FlowSwitch.service_rx)
 LL_BITE = 64  # general packets taken from a flow at a time while LL flows are served (Domain._service_tx)
 MAX_PENDING_REPLIES = 16  # replies a session may leave unread before it is ended (SLOW_CONSUMER)
 # A socket session past sessions_per_uid is told at once and let go: it may read its refusal (and
@@ -901,9 +902,16 @@ class Domain(Control, Housekeeping):
         elif kind == "netif":
             with self.lock:
                 for _ in range(8):  # up to 2048 frames a round, then kicks and TX get a turn
-                    if not obj.service_rx():
+                    n = obj.service_rx(_RX_ROUND)
+                    if not n:
                         break
                     self._serve_ll()
+                    if n < _RX_ROUND:
+                        # a short batch: the driver found the device empty (the TAP reads until
+                        # EAGAIN). Asking again would cost a read that fails, and a turn of the
+                        # switch, per arrival (issue 18: a connect is seven small exchanges); the
+                        # fd is level-triggered, so what came meanwhile is the next select's.
+                        break
         elif kind == "flowtx":
             sw, flow = obj
             with self.lock:

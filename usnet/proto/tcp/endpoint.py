@@ -505,6 +505,11 @@ class TcpEndpoint:
 
     # ------------------------------------------------------------------ output and timers
 
+    def pending(self) -> bool:
+        """Whether `outgoing` may have anything: a connection touched since (`due`), or a segment
+        of the endpoint's own (a RST) waiting. False: neither output nor any deadline changed."""
+        return bool(self.due or self._out)
+
     def outgoing(self, now: float) -> list[tuple[bytes, bytes | TcpParts, int, int]]:
         """Every segment due now, as ``(destination address, TCP segment, cut, ecn)``.
 
