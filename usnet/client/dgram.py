@@ -29,7 +29,7 @@ from typing import Any, Literal
 from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
-from usnet.client.engine import Readiness, runner
+from usnet.client.engine import Readiness, park_at_exit, runner
 from usnet.client.session import Client
 from usnet.client.socket import (
     _DONTWAIT,
@@ -599,6 +599,8 @@ class DatagramFace(socket):
                 while self._engine is eng:
                     self._raise_pending(eng)
                     orphan = self._orphan  # its usnetd is away: what it queued, then wait (usnet.client.rebind)
+                    if (eng.error is not None or eng.closed) and not orphan:
+                        park_at_exit(eng.changed)  # the exit's close is not this daemon thread's to see
                     if eng.error is not None and not orphan:
                         raise self._refused or eng.error
                     if eng.closed and not orphan:
@@ -613,6 +615,7 @@ class DatagramFace(socket):
                         if t == 0:
                             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                         raise TimeoutError("timed out")
+                    park_at_exit(eng.changed)
                     eng.changed.wait(left)
 
     def _raise_pending(self, eng: DatagramEngine) -> None:

@@ -50,7 +50,8 @@ from usnet.proto.wire.ipv6 import not_unicast6
 from usnet.proto.wire.tcp import TCP_HEADER, TcpParts
 from usnet.runtime import gil
 
-__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "connector", "delivered", "runner"]
+__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "connector", "delivered", "exiting",
+           "park_at_exit", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
@@ -840,8 +841,9 @@ class Runner:
         runner's to lend, or another call has it. Timers and wakes still reach the runner. With
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
-            if engine not in self.engines or engine in self._borrowed or not engine.alone:
-                return False
+            if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
+                    or not engine.alone):
+                return False  # (`pumper` too: one taken back by `add` may still be pumped by its borrower)
             fd = engine.fileno()
             key = self._sel.get_map().get(fd)
             if key is None or key.data is not engine:
@@ -857,8 +859,9 @@ class Runner:
         was not drained reads as ready at once: epoll is level-triggered), and is woken if the
         engine failed or its deadline is now sooner than the one it sleeps towards."""
         with self._lock:
-            if engine.pumper == threading.get_ident():
-                engine.pumper = None
+            if engine.pumper != threading.get_ident():
+                return  # not this thread's (any more): never undo another borrower's
+            engine.pumper = None
             if engine not in self._borrowed:
                 return
             self._borrowed.discard(engine)
@@ -1103,7 +1106,33 @@ def runner() -> Runner:
         return _runner
 
 
+_exiting = False  # the interpreter's exit has begun closing this process's connections (`_drain_at_exit`)
+
+
+def exiting() -> bool:
+    """This is a thread the exit's drain parks (`park_at_exit`): the drain began, not the main thread."""
+    return _exiting and threading.current_thread() is not threading.main_thread()
+
+
+def park_at_exit(cond: threading.Condition) -> None:
+    """A blocked call of another thread than the main one, once the exit's drain has begun, waits
+    for ever on `cond` (held) instead of waking to what the drain does to its socket.
+
+    Why: by atexit time only daemon threads run beside the main one (threading joined the others
+    first), and the kernel closes a process's sockets only after all its threads are gone, so a
+    daemon thread blocked in recv or accept at exit never returns there: it is stopped with the
+    interpreter. usnet closes the connections before that, in the drain; without this the
+    daemon thread would wake to the close (EOF, EBADF, the channel's end) and run on: a
+    socketserver handler printed "Exception occurred during processing of request" at a Ctrl-C
+    that is silent on the kernel. A call that returns without waiting is left alone."""
+    if exiting():
+        while True:
+            cond.wait()
+
+
 def _drain_at_exit() -> None:
+    global _exiting
+    _exiting = True
     r = _runner
     if r is None or r._stopping:
         return

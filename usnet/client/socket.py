@@ -45,7 +45,7 @@ from usnet.client import rebind as _rebind
 from usnet.client import resolver as _names
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
-from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
+from usnet.client.engine import FlowEngine, Readiness, connector, delivered, exiting, park_at_exit, runner
 from usnet.client.session import Client, DomainGone, WorkerGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.tcp.connection import (
@@ -1611,7 +1611,11 @@ class socket:
         try:
             with eng.lock:
                 while True:
-                    got = attempt()
+                    try:
+                        got = attempt()
+                    except OSError:
+                        self._park_at_exit(eng, borrowed)
+                        raise
                     if got is not None:
                         if self._dead:
                             # closed by another thread while this call waited: CPython's call on
@@ -1620,6 +1624,7 @@ class socket:
                             raise OSError(errno.EBADF, "Bad file descriptor")
                         self._update()
                         return got
+                    self._park_at_exit(eng, borrowed)
                     if eng.error is not None and not self._orphan:
                         raise self._refused or eng.error
                     if deadline is not None:
@@ -1653,6 +1658,14 @@ class socket:
         finally:
             if borrowed:
                 runner().give_back(eng)
+
+    @staticmethod
+    def _park_at_exit(eng: FlowEngine, borrowed: bool) -> None:
+        """`park_at_exit`, the doorbell given back first: the exit's drain needs the runner to hear it."""
+        if exiting():
+            if borrowed:
+                runner().give_back(eng)
+            park_at_exit(eng.changed)
 
     def _poll_state(self) -> tuple[bool, bool]:
         """(readable, writable) as Linux's tcp_poll would say. With the engine's lock held."""
