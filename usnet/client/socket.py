@@ -86,6 +86,8 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
+_ERRQUEUE = 0x2000  # MSG_ERRQUEUE
+_IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
@@ -694,7 +696,8 @@ class socket:
         """Listen on each of a listener's flows, each with its own netif's TCP config (no
         segmentation offload on lo) and the socket's options. With the lock held."""
         for e in engines:
-            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()),
+            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options(),
+                                                                     recverr=self._tcp_recverr(e.family == 4)),
                          defer_accept=self._defer_retrans())
 
     def _listeners(self) -> list[Any]:
@@ -703,6 +706,13 @@ class socket:
         if eng is None:
             return []
         return [lst for e in (eng, *self._halves) if (lst := e.tcp.listeners.get(self._port)) is not None]
+
+    def _tcp_recverr(self, v4: bool) -> bool:
+        """Whether a connection of this socket (`v4`: over IPv4) reports ICMP errors at once:
+        IP_RECVERR for IPv4, IPV6_RECVERR for IPv6, as tcp_v4_err and tcp_v6_err read them (so
+        an AF_INET6 socket's IPv4-mapped connection reads IP_RECVERR, as Linux's does)."""
+        key = (_std.IPPROTO_IP, _IP_RECVERR) if v4 else (IPPROTO_IPV6, _IPV6_RECVERR)
+        return bool(self._opts.get(key))
 
     def _defer_retrans(self) -> int:
         """TCP_DEFER_ACCEPT as the endpoint's listener takes it (SYN-ACK retransmissions)."""
@@ -871,7 +881,12 @@ class socket:
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         more = bool(flags & _MORE)  # MSG_MORE: the tail waits for the next send (usnet.proto.tcp.cork)
-        n = self._wait(lambda: conn.send(data, more) or None, "send", self._call_timeout(flags))
+
+        def attempt() -> int | None:
+            self._take_pending(conn)  # IP_RECVERR's pending error first, as tcp_sendmsg's sk_err
+            return conn.send(data, more) or None
+
+        n = self._wait(attempt, "send", self._call_timeout(flags))
         eng.kick()
         return n
 
@@ -929,6 +944,8 @@ class socket:
         """As the standard recv, with MSG_PEEK (data stays queued), MSG_DONTWAIT and MSG_WAITALL."""
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if flags & _ERRQUEUE:
+            return self._tcp_error_queue()
         conn = self._need_conn()
         if bufsize == 0:
             return b""
@@ -964,7 +981,7 @@ class socket:
             raise ValueError("buffer too small for requested bytes")
         if nbytes:
             mv = mv[:nbytes]
-        if flags & (_PEEK | _WAITALL):
+        if flags & (_PEEK | _WAITALL | _ERRQUEUE):
             data = self.recv(len(mv), flags)
             mv[: len(data)] = data
             return len(data)
@@ -972,6 +989,23 @@ class socket:
         if not len(mv):
             return 0
         return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv", self._call_timeout(flags))
+
+    def _take_pending(self, conn: TcpConnection) -> None:
+        """Raise IP_RECVERR's pending error of `conn` and clear it (sock_error), if it has one;
+        the descriptor shows the socket without it. With the engine's lock held."""
+        err = conn.pending_error
+        if err is not None:
+            conn.pending_error = None
+            self._update()
+            raise OSError(err, os.strerror(err))
+
+    def _tcp_error_queue(self) -> bytes:
+        """recv(MSG_ERRQUEUE): a TCP socket's error queue holds no ICMP error once connected
+        (tcp_v4_err queues one only in SYN-SENT, and then the connection is over: see the
+        design note "Issue 16: IP_RECVERR on TCP, local errors, POLLERR, ..."), so it is EAGAIN
+        whether or not the socket blocks, as Linux's inet_recv_error with an empty queue."""
+        self._need_open()
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         """A stream socket names no sender: (data, None), as Linux gives."""
@@ -1222,6 +1256,13 @@ class socket:
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
+        if (level, opt) in ((_std.IPPROTO_IP, _IP_RECVERR), (IPPROTO_IPV6, _IPV6_RECVERR)) and eng is not None:
+            with eng.lock:  # the next ICMP error sees it (TcpConfig.recverr); a listener's children inherit it
+                if conn is not None:
+                    conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
+                for e in (eng, *self._halves) if self._listening else ():
+                    if (lst := e.tcp.listeners.get(self._port)) is not None:
+                        lst.config.recverr = self._tcp_recverr(e.family == 4)
         if level == IPPROTO_TCP and opt == TCP_DEFER_ACCEPT and self._listening and eng is not None:
             with eng.lock:  # a listener's: its half-open connections' next ACK sees it, as Linux's
                 for lst in self._listeners():
@@ -1366,6 +1407,13 @@ class socket:
     def _take_error(self) -> int:
         """SO_ERROR: the pending error, once (as Linux clears sk_err when it is read)."""
         eng = self._engine
+        conn = self._conn
+        if conn is not None and conn.pending_error is not None and eng is not None:
+            with eng.lock:
+                pending, conn.pending_error = conn.pending_error, None
+                self._update()
+            if pending is not None:
+                return pending
         err = ((self._conn.error if self._conn is not None else None) or self._refused
                or (eng.error if eng is not None else None))
         if err is None or err is self._reported:
@@ -1517,6 +1565,7 @@ class socket:
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
+        conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
@@ -1559,6 +1608,8 @@ class socket:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
         if conn.rcv_queued:
             return take()
+        if conn.pending_error is not None:
+            self._take_pending(conn)  # raises it: sk_err, after the data, before the EOF (tcp_recvmsg)
         if conn.error is not None:
             raise conn.error
         if conn.eof or conn.state is CLOSED or self._shut_rd:
@@ -1620,8 +1671,8 @@ class socket:
                     return True, False
             return False, False
         st = conn.state
-        if conn.error is not None or st is CLOSED:
-            return True, True
+        if conn.error is not None or st is CLOSED or conn.pending_error is not None:
+            return True, True  # (a pending error: what select shows of Linux's POLLERR)
         if st is SYN_SENT or st is SYN_RECEIVED:
             return False, False  # the handshake decides
         readable = conn.readable or self._shut_rd
