@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any, Literal
 
 from usnet.abi.paths import LOOPBACK_NETIF
+from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, runner
@@ -54,7 +55,15 @@ from usnet.client.socket import (
     socket,
 )
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, kept, lookup, not_available
-from usnet.proto.errqueue import IP_RECVERR, IPV6_RECVERR, ErrorReport, icmp_report, pack_cmsg
+from usnet.proto.errqueue import (
+    IP_RECVERR,
+    IPV6_RECVERR,
+    SO_EE_ORIGIN_LOCAL,
+    ErrorReport,
+    icmp_report,
+    local_report,
+    pack_cmsg,
+)
 
 __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 
@@ -183,8 +192,11 @@ class DatagramEngine:
         """An ICMP error about a datagram of ours (the flow's `on_error`): onto the error queue,
         unless the receive memory is full (Linux drops it then: sock_queue_err_skb's ENOMEM)."""
         r = icmp_report(packet)
-        if r is None:
-            return
+        if r is not None:
+            self.queue_report(r)
+
+    def queue_report(self, r: ErrorReport) -> None:
+        """`r` onto the error queue, unless the receive memory is full. With the lock held."""
         charge = len(r.payload) + _OVERHEAD
         if self.rx_bytes + charge >= self.rcvbuf:
             return
@@ -200,7 +212,10 @@ class DatagramEngine:
                 return None
         r = self.errq.popleft()
         self.rx_bytes -= len(r.payload) + _OVERHEAD
-        self.pending = OSError(self.errq[0].errno, os.strerror(self.errq[0].errno)) if self.errq else None
+        if self.errq and self.errq[0].origin != SO_EE_ORIGIN_LOCAL:  # an ICMP error next: its errno
+            self.pending = OSError(self.errq[0].errno, os.strerror(self.errq[0].errno))
+        elif r.origin != SO_EE_ORIGIN_LOCAL:  # (a local error was never sk_err: it leaves it be)
+            self.pending = None
         for d in self.flows():
             d.pending_error = None
         return r
@@ -489,6 +504,26 @@ class DatagramFace(socket):
     def sendall(self, data: Any, flags: int = 0) -> None:
         self.send(data, flags)
 
+    def _check_df(self, eng: DatagramEngine, d: DatagramSocket, data: Any, addr: tuple[str, int]) -> None:
+        """IP_MTU_DISCOVER (IPV6_MTU_DISCOVER) DO, PROBE or INTERFACE: a datagram over the MTU is not
+        sent in fragments but refused with EMSGSIZE, and with IP_RECVERR a local error is queued
+        (ip_local_error in __ip_append_data; ipv6_local_error in __ip6_append_data), its info the
+        MTU. IPv4 names the connected port (0 unconnected: inet_dport), IPv6 the destination's.
+        With the lock held."""
+        key = (IPPROTO_IPV6, _so.IPV6_MTU_DISCOVER) if d.v6 else (_std.IPPROTO_IP, _so.IP_MTU_DISCOVER)
+        how = self._opts.get(key, 1)
+        if how < _so.PMTUDISC_DO or how == _so.PMTUDISC_OMIT:
+            return  # DONT, WANT, OMIT: fragments, as Linux's ip_sk_ignore_df
+        n = memoryview(data).nbytes
+        if n <= d.mtu - (48 if d.v6 else 28):
+            return
+        if eng.recverr:
+            dst = ipaddress.ip_address(addr[0]).packed
+            port = addr[1] if d.v6 else (eng.remote[1] if eng.remote is not None else 0)
+            eng.queue_report(local_report(errno.EMSGSIZE, dst, port, d.mtu))
+            self._update()
+        raise OSError(errno.EMSGSIZE, "Message too long")
+
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
         """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
         one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
@@ -512,6 +547,7 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0])
+            self._check_df(eng, d, data, addr)
             d.settimeout(0.0 if flags & _DONTWAIT else self._timeout)
             try:
                 return d.sendto(data, addr)
