@@ -51,9 +51,12 @@ from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, l
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
+    CLOSING,
     ESTABLISHED,
+    LAST_ACK,
     SYN_RECEIVED,
     SYN_SENT,
+    TIME_WAIT,
     TcpConnection,
 )
 
@@ -292,6 +295,9 @@ def create_server(address: tuple, *, family: int = AF_INET, backlog: int | None 
 _UNSET: Any = object()
 _MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`socket._rebind`)
 _T = TypeVar("_T")
+
+
+_OVER = frozenset((CLOSED, TIME_WAIT, LAST_ACK, CLOSING))  # both ways shut: Linux's tcp_poll says POLLHUP
 
 
 def _went_away(e: BaseException | None) -> bool:
@@ -867,6 +873,7 @@ class socket:
             if err is self._reported:  # SO_ERROR told it already: Linux's connect says ECONNABORTED
                 return errno.ECONNABORTED
             self._reported = err
+            self._updated()  # POLLERR goes
             raise err
         if conn.state is CLOSED:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
@@ -1419,7 +1426,15 @@ class socket:
         if err is None or err is self._reported:
             return 0
         self._reported = err
+        self._updated()  # POLLERR goes
         return err.errno or errno.EIO
+
+    def _updated(self) -> None:
+        """`_update`, taking the engine's lock."""
+        eng = self._engine
+        if eng is not None:
+            with eng.lock:
+                self._update()
 
     def makefile(self, mode: str = "r", buffering: int | None = None, *, encoding: str | None = None,
                  errors: str | None = None, newline: str | None = None) -> Any:
@@ -1684,8 +1699,18 @@ class socket:
     def _update(self) -> None:
         """Set the descriptor's readiness to the socket's. With the engine's lock held."""
         if not self._dead:
+            ready, conn = self._ready, self._conn
+            if conn is not None and (conn.error is not None or conn.state in _OVER):
+                # over both ways: POLLHUP for good, POLLERR until its error is read (tcp_poll);
+                # all at once, by `hang_up` alone (a "readable" first would be seen without them)
+                err = conn.error is not None and conn.error is not self._reported
+                if not ready.hup:
+                    ready.hang_up(err)
+                elif ready.hup == 2 and not err:
+                    ready.clear_error()
+                return
             r, w = self._poll_state()
-            self._ready.set(r, w)
+            ready.set(r, w)
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
