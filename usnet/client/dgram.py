@@ -46,6 +46,7 @@ from usnet.client.socket import (
     SO_SNDBUF,
     SOCK_DGRAM,
     SOL_SOCKET,
+    _any_name,
     _is_loopback,
     _open_bound,
     _sockaddr,
@@ -340,7 +341,7 @@ class DatagramFace(socket):
     def _new_engine(self, port: int, host: str | None) -> DatagramEngine:
         """A flow on `port` with the socket's options (what `_open` and `_rebind` open)."""
         client, netif = self._target(host)
-        dual = host is None and self._dual()
+        dual = host is None and self._dual() and not self._v4any
         for attempt in range(_DUAL_TRIES):
             flow, where = self._flow(client, netif, host, port, dual)
             try:  # a dual-stack :: holds the port in IPv4 too, as Linux's (its own ephemeral one: again)
@@ -370,9 +371,10 @@ class DatagramFace(socket):
         """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
         family a dual-stack :: then takes), and the netif it is on."""
         reuse = self._reuse_port()
-        family: Literal[4, 6] = 4 if host is not None and ":" not in host else self._ip_version  # (mapped: IPv4)
+        v4 = (host is not None and ":" not in host) or self._v4any  # (a mapped address: IPv4)
+        family: Literal[4, 6] = 4 if v4 else self._ip_version
         return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=reuse),
-                           netif, host, family, self._ip_version, dual)
+                           netif, host, family, family, dual)
 
     def _v4_flow(self, client: Client, netif: str, flow: DatagramSocket) -> DatagramSocket | None:
         """A dual-stack socket's IPv4 flow on the netif, on `flow`'s port (None: no IPv4 there)."""
@@ -431,6 +433,9 @@ class DatagramFace(socket):
         if self._engine is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
+        self._v4any = host is not None and host.is_unspecified  # ::ffff:0.0.0.0: IPv4's wildcard alone
+        if self._v4any:
+            host = None
         eng = self._open(port, None if host is None else str(host))
         if host is not None and ipaddress.ip_address(eng.d.local[0]) != host:
             self._real_close()
@@ -477,7 +482,7 @@ class DatagramFace(socket):
         if eng is None:
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", 0)
         if self._wildcard and eng.remote is None:  # as Linux: the wildcard until connected
-            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", eng.d.local[1])
+            return _sockaddr(self.family, _any_name(self.family, self._v4any), eng.d.local[1])
         local = eng.d.local if eng.remote is None else eng.via(eng.remote[0]).local  # the connected flow's
         return _sockaddr(self.family, local[0], local[1])
 

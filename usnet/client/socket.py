@@ -297,6 +297,11 @@ _MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`sock
 _T = TypeVar("_T")
 
 
+def _any_name(family: int, v4any: bool) -> str:
+    """The wildcard a socket bound to it names: 0.0.0.0, ::, or ::ffff:0.0.0.0 (`_v4any`)."""
+    return "0.0.0.0" if family != AF_INET6 or v4any else "::"  # (_sockaddr maps it: ::ffff:0.0.0.0)
+
+
 _OVER = frozenset((CLOSED, TIME_WAIT, LAST_ACK, CLOSING))  # both ways shut: Linux's tcp_poll says POLLHUP
 
 
@@ -468,7 +473,8 @@ class socket:
         self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
         self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
         self._where = (client, netif)  # None: `configure` or the environment decides
-        self._wildcard = False  # bound to 0.0.0.0 or ::
+        self._wildcard = False  # bound to 0.0.0.0 or :: (or ::ffff:0.0.0.0)
+        self._v4any = False  # an AF_INET6 socket bound to ::ffff:0.0.0.0: IPv4's wildcard alone, as Linux's
         # a wildcard socket's other flows, sharing its port, lock and watchers: the IPv4 flow of a
         # dual-stack AF_INET6 socket (`_dual`, made by bind), and a listener's on the loopback netif
         self._halves: tuple[FlowEngine, ...] = ()
@@ -528,8 +534,11 @@ class socket:
         if self._engine is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
+        self._v4any = host is not None and host.is_unspecified  # ::ffff:0.0.0.0: IPv4's wildcard alone
+        if self._v4any:
+            host = None
         client, netif = self._target(None if host is None else str(host))
-        dual = host is None and self._dual()
+        dual = host is None and self._dual() and not self._v4any
         if port and _lingering:
             self._let_closed_go(client, port)
         for attempt in range(_DUAL_TRIES):
@@ -553,10 +562,11 @@ class socket:
     def _bind_flow(self, client: Client, netif: str, host: Any, port: int, dual: bool) -> tuple[FlowEngine, str]:
         """The bound flow of this socket's own family (`dual`: IPv4's where IPv6 is nowhere, the
         only family a dual-stack :: then takes), and the netif it is on."""
-        family: Literal[4, 6] = 4 if host is not None and host.version == 4 else self._ip_version  # (mapped: IPv4)
+        v4 = (host is not None and host.version == 4) or self._v4any  # (a mapped address: IPv4)
+        family: Literal[4, 6] = 4 if v4 else self._ip_version
         try:
             eng, netif = _open_bound(lambda n, f: FlowEngine(client, n, port, family=f, reuse_port=self._reuse_port()),
-                                     netif, host, family, self._ip_version, dual)
+                                     netif, host, family, family, dual)
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
@@ -655,8 +665,9 @@ class socket:
             ip = ipaddress.ip_address(host)
         except ValueError:
             ip = ipaddress.ip_address(getaddrinfo(host, port, self.family, SOCK_STREAM)[0][4][0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and not ip.ipv4_mapped.is_unspecified:
-            # ::ffff:a.b.c.d: that IPv4 address, for a dual-stack socket (inet6_bind; EINVAL with IPV6_V6ONLY)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            # ::ffff:a.b.c.d: that IPv4 address, for a dual-stack socket (inet6_bind; EINVAL with IPV6_V6ONLY);
+            # ::ffff:0.0.0.0 is IPv4's wildcard alone (0.0.0.0 here: bind takes it as `_v4any`)
             if self.family != AF_INET6 or not self._dual():
                 raise OSError(errno.EINVAL, "Invalid argument")
             return ip.ipv4_mapped, port
@@ -1206,7 +1217,7 @@ class socket:
         if self._engine is None or (self._wildcard and self._conn is None):
             # bound to the wildcard and not connected: the wildcard, as Linux says (http.server
             # prints it, tornado and aiohttp log it), not the netif's address it happens to listen on
-            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", self._port)
+            return _sockaddr(self.family, _any_name(self.family, self._v4any), self._port)
         return _sockaddr(self.family, self._engine.info.local_addr, self._port)
 
     def getpeername(self) -> tuple:
