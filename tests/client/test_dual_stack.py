@@ -284,7 +284,7 @@ def _mapped_any_walk(bind_port, make) -> list:
         got.append(errno.errorcode[e.errno])
     for x in (six, four, v6only):
         x.close()
-    return got + [s]
+    return [*got, s]
 
 
 @pytest.mark.parametrize("kind", [std.SOCK_STREAM, std.SOCK_DGRAM])
