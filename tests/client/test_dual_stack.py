@@ -256,3 +256,62 @@ def test_a_mapped_address_binds_that_ipv4_address(c):
                 assert e.value.errno == errno.EINVAL
     for s in (cl, conn, srv, u):
         s.close()
+
+
+def _mapped_any_walk(bind_port, make) -> list:
+    """What binds beside a dual-stack socket bound to ::ffff:0.0.0.0: its name, an IPv6-only :: on
+    its port (free: it holds no IPv6), an IPv4 0.0.0.0 on it (held), and IPV6_V6ONLY's refusal."""
+    got = []
+    s = make(std.AF_INET6)
+    s.bind(("::ffff:0.0.0.0", bind_port))
+    port = s.getsockname()[1]
+    got.append(s.getsockname()[0])
+    six = make(std.AF_INET6)
+    six.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+    four = make(std.AF_INET)
+    for other, addr in ((six, "::"), (four, "0.0.0.0")):
+        try:
+            other.bind((addr, port))
+            got.append("ok")
+        except OSError as e:
+            got.append(errno.errorcode[e.errno])
+    v6only = make(std.AF_INET6)
+    v6only.setsockopt(std.IPPROTO_IPV6, std.IPV6_V6ONLY, 1)
+    try:
+        v6only.bind(("::ffff:0.0.0.0", 0))
+        got.append("ok")
+    except OSError as e:
+        got.append(errno.errorcode[e.errno])
+    for x in (six, four, v6only):
+        x.close()
+    return [*got, s]
+
+
+@pytest.mark.parametrize("kind", [std.SOCK_STREAM, std.SOCK_DGRAM])
+def test_the_mapped_wildcard_binds_ipv4s_wildcard_alone(c, kind):
+    """inet6_bind: ::ffff:0.0.0.0 on a dual-stack socket is IPv4's wildcard, not ::: named so, it
+    takes IPv4 (to any address of it) and not IPv6, and holds IPv4's port alone (an IPV6_V6ONLY ::
+    binds beside it, 0.0.0.0 does not); EINVAL with IPV6_V6ONLY. The same binds on the kernel's
+    sockets (bound, never sending)."""
+    *kernel, k = _mapped_any_walk(0, lambda f: std.socket(f, kind))
+    k.close()
+    *usnet, s = _mapped_any_walk(8216 if kind == std.SOCK_STREAM else 8217,
+                                 lambda f: us.socket(f, kind, client=c, netif="b"))
+    assert usnet == kernel == ["::ffff:0.0.0.0", "ok", "EADDRINUSE", "EINVAL"]
+    port = s.getsockname()[1]
+    s.settimeout(10)
+    if kind == std.SOCK_STREAM:
+        s.listen(4)
+        assert s.getsockname() == ("::ffff:0.0.0.0", port, 0, 0)
+        cl = us.create_connection((B_IP, port), timeout=10, client=c, netif="a")
+        conn, peer = s.accept()
+        assert peer == ("::ffff:" + A_IP, cl.getsockname()[1], 0, 0)
+        with pytest.raises(ConnectionRefusedError):
+            us.create_connection((B6, port), timeout=10, client=c, netif="a")
+        for x in (cl, conn):
+            x.close()
+    else:
+        with us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="a") as c4:
+            c4.sendto(b"to the mapped wildcard", (B_IP, port))
+            assert s.recvfrom(100) == (b"to the mapped wildcard", ("::ffff:" + A_IP, c4.getsockname()[1], 0, 0))
+    s.close()

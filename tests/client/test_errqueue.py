@@ -113,11 +113,15 @@ def test_the_queue_is_bounded_by_the_receive_buffer(half):
         assert got == 2
 
 
-def test_ip_recverr_is_not_for_a_stream_socket():
-    with us.socket(std.AF_INET, std.SOCK_STREAM) as t:
-        with pytest.raises(OSError) as e:
-            t.setsockopt(SOL_IP, IP_RECVERR, 1)
-        assert e.value.errno == errno.ENOPROTOOPT and "error queue" in str(e.value)
+def test_a_stream_sockets_ip_recverr_is_kept_and_its_error_queue_is_empty():
+    """IP_RECVERR on TCP (tests/interop/test_tcp_recverr.py): kept as Linux keeps it, and
+    recvmsg(MSG_ERRQUEUE) of a TCP socket is EAGAIN, blocking or not, as Linux's empty queue."""
+    with us.socket(std.AF_INET, std.SOCK_STREAM) as t, std.socket(std.AF_INET, std.SOCK_STREAM) as k:
+        for s in (t, k):
+            s.setsockopt(SOL_IP, IP_RECVERR, 5)
+            assert s.getsockopt(SOL_IP, IP_RECVERR) == 1
+            with pytest.raises(BlockingIOError):
+                s.recvmsg(100, 100, std.MSG_ERRQUEUE)
 
 
 # -- the report of an ICMP error, sans-I/O ------------------------------------------------------

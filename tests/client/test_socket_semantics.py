@@ -533,11 +533,8 @@ def test_an_option_usnet_does_not_have_is_enoprotoopt_as_on_linux(c, family, kin
             assert _outcome(u, level, opt, value) == "ENOPROTOOPT", (level, opt)
     for level, opt, value in ((std.IPPROTO_IP, 11, 3), (std.IPPROTO_IPV6, 25, 3)):  # IP_RECVERR, IPV6_RECVERR
         with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
-            for v in (None, value, None):  # a datagram socket's error queue (tests/client/test_errqueue.py)
-                linux = _outcome(k, level, opt, v)
-                if kind == std.SOCK_STREAM and linux not in ("ENOTSUP", "ENOPROTOOPT"):
-                    linux = "ENOPROTOOPT"  # a stream socket's: not in usnet
-                assert _outcome(u, level, opt, v) == linux, (level, opt, v)
+            for v in (None, value, None):  # (tests/client/test_errqueue.py, tests/interop/test_tcp_recverr.py)
+                assert _outcome(u, level, opt, v) == _outcome(k, level, opt, v), (level, opt, v)
     with us.socket(family, kind, client=c, netif="a") as u:  # what the earlier ones did not store
         assert _outcome(u, std.SOL_SOCKET, std.SO_MARK) == "ENOPROTOOPT"
         if kind == std.SOCK_STREAM:  # Linux's struct tcp_info is not usnet's: `tcp_info()` says so

@@ -402,3 +402,44 @@ def test_ip_recverr_queues_the_kernels_port_unreachable_as_linux(tap_domain):
     finally:
         k.close()
         u.close()
+
+
+def _syncookies_recv() -> int:
+    """TcpExt SyncookiesRecv of the namespace the test runs in."""
+    with open("/proc/net/netstat") as f:
+        head, values = [line.split() for line in f.readlines()[:2]]
+    return int(values[head.index("SyncookiesRecv")])
+
+
+def test_a_connection_made_from_a_syn_cookie_is_not_deferred_on_the_kernel(tap_domain):
+    """The kernel's half of tests/proto/test_tcp_defer_accept.py's cookie test (usnet's socket face
+    cannot ask for a cookie for every SYN; its endpoint can, and does as this): with
+    net.ipv4.tcp_syncookies=2 in the test's namespace every SYN gets a cookie, and a connection
+    without data to a TCP_DEFER_ACCEPT listener (30 s) is accepted at its bare ACK, as the cookie
+    path makes the child at once (tcp_get_cookie_sock: no request sock, nothing to defer)."""
+    _d, _ifname, _usnet_ip, host_ip = tap_domain
+    path = "/proc/sys/net/ipv4/tcp_syncookies"
+    with open(path) as f:
+        before = f.read()
+    lst = socket.socket()
+    try:
+        with open(path, "w") as f:
+            f.write("2")
+        lst.bind((host_ip, 0))
+        lst.listen()
+        lst.setsockopt(T, DEFER, 30)
+        recv = _syncookies_recv()
+        cl = socket.create_connection(lst.getsockname(), timeout=LIMIT)
+        start = time.monotonic()
+        import select
+
+        assert select.select([lst], [], [], LIMIT)[0]
+        assert time.monotonic() - start < 2.0  # not the period's 31 s
+        assert _syncookies_recv() == recv + 1
+        conn, _ = lst.accept()
+        conn.close()
+        cl.close()
+    finally:
+        lst.close()
+        with open(path, "w") as f:
+            f.write(before.strip())

@@ -1053,6 +1053,25 @@ def test_an_icmp_error_never_ends_an_established_connection_and_needs_a_sequence
     net.run(lambda: s.rcv_queued == 3000, limit=5)  # and the data still goes
 
 
+def test_with_ip_recverr_an_icmp_error_is_pending_at_once_and_the_connection_goes_on():
+    """tcp_v4_err with inet->recverr: an established connection's error is the socket's (sk_err,
+    here `pending_error`) instead of a soft one; "fragmentation needed" (EMSGSIZE) stays no error."""
+    net = Net()
+    c, s = net.pair()
+    c.cfg.recverr = True
+    c.send(b"x" * 3000)
+    net.flush()
+    in_flight = (c.iss + c.snd_una) & MASK
+    assert c.icmp_error(errno.EMSGSIZE, in_flight)
+    assert c.pending_error is None
+    assert not c.icmp_error(errno.EHOSTUNREACH, (c.iss + c.snd_nxt + 5000) & MASK)  # never sent
+    assert c.pending_error is None
+    assert c.icmp_error(errno.EHOSTUNREACH, in_flight)
+    assert c.pending_error == errno.EHOSTUNREACH and c.soft_error == errno.EMSGSIZE
+    assert c.state is ESTABLISHED and c.error is None
+    net.run(lambda: s.rcv_queued == 3000, limit=5)
+
+
 @pytest.mark.parametrize("err", [errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPROTO,
                                  errno.ECONNREFUSED])
 def test_any_icmp_error_ends_a_connect_in_syn_sent_as_linux_does(err):

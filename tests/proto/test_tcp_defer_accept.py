@@ -112,3 +112,21 @@ def test_the_timer_rule_is_linuxs():
             for n in range(20):
                 limit, resend = synack_timeout(n, retries, defer)
                 assert (n + 1 > limit, resend) == _linux(n, retries, defer, True), (n, retries, defer)
+
+
+def test_a_connection_made_from_a_syn_cookie_is_not_deferred_as_linux():
+    """Linux's cookie path (cookie_v4_check -> tcp_get_cookie_sock -> syn_recv_sock) makes the
+    child and queues it for accept at the cookie's ACK, bare or not: no request sock is kept, so
+    there is nothing to defer and no SYN-ACK left to resend (tcp_check_req, where TCP_DEFER_ACCEPT
+    acts, is not on it). usnet's cookie ACK (`TcpEndpoint._cookie_ack`) does the same: with
+    syncookies=2 (every SYN gets a cookie) the bare ACK is accepted at once, nothing dropped.
+    tests/interop/test_sockopts_linux.py runs a kernel listener so, side by side."""
+    net = Net(delay=0.002, b_opts={"syncookies": 2})
+    lst = net.b.listen(80, defer_accept=_secs_to_retrans(30))
+    c = net.a.connect(B, 80, net.now)
+    net.run(lambda: c.state is ESTABLISHED, limit=1)
+    net.run(lambda: lst.accept_queue, limit=0.1)
+    assert net.b.stats.syncookies_recv == 1 and net.b.stats.defer_accept_drops == 0
+    assert not lst.syn_queue and len(_synacks(net)) == 1
+    s = net.b.accept(80)
+    assert s.state is ESTABLISHED

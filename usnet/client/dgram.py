@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any, Literal
 
 from usnet.abi.paths import LOOPBACK_NETIF
+from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
@@ -45,6 +46,7 @@ from usnet.client.socket import (
     SO_SNDBUF,
     SOCK_DGRAM,
     SOL_SOCKET,
+    _any_name,
     _is_loopback,
     _open_bound,
     _sockaddr,
@@ -54,7 +56,15 @@ from usnet.client.socket import (
     socket,
 )
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, kept, lookup, not_available
-from usnet.proto.errqueue import IP_RECVERR, IPV6_RECVERR, ErrorReport, icmp_report, pack_cmsg
+from usnet.proto.errqueue import (
+    IP_RECVERR,
+    IPV6_RECVERR,
+    SO_EE_ORIGIN_LOCAL,
+    ErrorReport,
+    icmp_report,
+    local_report,
+    pack_cmsg,
+)
 
 __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 
@@ -183,8 +193,11 @@ class DatagramEngine:
         """An ICMP error about a datagram of ours (the flow's `on_error`): onto the error queue,
         unless the receive memory is full (Linux drops it then: sock_queue_err_skb's ENOMEM)."""
         r = icmp_report(packet)
-        if r is None:
-            return
+        if r is not None:
+            self.queue_report(r)
+
+    def queue_report(self, r: ErrorReport) -> None:
+        """`r` onto the error queue, unless the receive memory is full. With the lock held."""
         charge = len(r.payload) + _OVERHEAD
         if self.rx_bytes + charge >= self.rcvbuf:
             return
@@ -200,7 +213,10 @@ class DatagramEngine:
                 return None
         r = self.errq.popleft()
         self.rx_bytes -= len(r.payload) + _OVERHEAD
-        self.pending = OSError(self.errq[0].errno, os.strerror(self.errq[0].errno)) if self.errq else None
+        if self.errq and self.errq[0].origin != SO_EE_ORIGIN_LOCAL:  # an ICMP error next: its errno
+            self.pending = OSError(self.errq[0].errno, os.strerror(self.errq[0].errno))
+        elif r.origin != SO_EE_ORIGIN_LOCAL:  # (a local error was never sk_err: it leaves it be)
+            self.pending = None
         for d in self.flows():
             d.pending_error = None
         return r
@@ -325,7 +341,7 @@ class DatagramFace(socket):
     def _new_engine(self, port: int, host: str | None) -> DatagramEngine:
         """A flow on `port` with the socket's options (what `_open` and `_rebind` open)."""
         client, netif = self._target(host)
-        dual = host is None and self._dual()
+        dual = host is None and self._dual() and not self._v4any
         for attempt in range(_DUAL_TRIES):
             flow, where = self._flow(client, netif, host, port, dual)
             try:  # a dual-stack :: holds the port in IPv4 too, as Linux's (its own ephemeral one: again)
@@ -355,9 +371,10 @@ class DatagramFace(socket):
         """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
         family a dual-stack :: then takes), and the netif it is on."""
         reuse = self._reuse_port()
-        family: Literal[4, 6] = 4 if host is not None and ":" not in host else self._ip_version  # (mapped: IPv4)
+        v4 = (host is not None and ":" not in host) or self._v4any  # (a mapped address: IPv4)
+        family: Literal[4, 6] = 4 if v4 else self._ip_version
         return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=reuse),
-                           netif, host, family, self._ip_version, dual)
+                           netif, host, family, family, dual)
 
     def _v4_flow(self, client: Client, netif: str, flow: DatagramSocket) -> DatagramSocket | None:
         """A dual-stack socket's IPv4 flow on the netif, on `flow`'s port (None: no IPv4 there)."""
@@ -416,6 +433,9 @@ class DatagramFace(socket):
         if self._engine is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
+        self._v4any = host is not None and host.is_unspecified  # ::ffff:0.0.0.0: IPv4's wildcard alone
+        if self._v4any:
+            host = None
         eng = self._open(port, None if host is None else str(host))
         if host is not None and ipaddress.ip_address(eng.d.local[0]) != host:
             self._real_close()
@@ -462,7 +482,7 @@ class DatagramFace(socket):
         if eng is None:
             return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", 0)
         if self._wildcard and eng.remote is None:  # as Linux: the wildcard until connected
-            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", eng.d.local[1])
+            return _sockaddr(self.family, _any_name(self.family, self._v4any), eng.d.local[1])
         local = eng.d.local if eng.remote is None else eng.via(eng.remote[0]).local  # the connected flow's
         return _sockaddr(self.family, local[0], local[1])
 
@@ -489,6 +509,26 @@ class DatagramFace(socket):
     def sendall(self, data: Any, flags: int = 0) -> None:
         self.send(data, flags)
 
+    def _check_df(self, eng: DatagramEngine, d: DatagramSocket, data: Any, addr: tuple[str, int]) -> None:
+        """IP_MTU_DISCOVER (IPV6_MTU_DISCOVER) DO, PROBE or INTERFACE: a datagram over the MTU is not
+        sent in fragments but refused with EMSGSIZE, and with IP_RECVERR a local error is queued
+        (ip_local_error in __ip_append_data; ipv6_local_error in __ip6_append_data), its info the
+        MTU. IPv4 names the connected port (0 unconnected: inet_dport), IPv6 the destination's.
+        With the lock held."""
+        key = (IPPROTO_IPV6, _so.IPV6_MTU_DISCOVER) if d.v6 else (_std.IPPROTO_IP, _so.IP_MTU_DISCOVER)
+        how = self._opts.get(key, 1)
+        if how < _so.PMTUDISC_DO or how == _so.PMTUDISC_OMIT:
+            return  # DONT, WANT, OMIT: fragments, as Linux's ip_sk_ignore_df
+        n = memoryview(data).nbytes
+        if n <= d.mtu - (48 if d.v6 else 28):
+            return
+        if eng.recverr:
+            dst = ipaddress.ip_address(addr[0]).packed
+            port = addr[1] if d.v6 else (eng.remote[1] if eng.remote is not None else 0)
+            eng.queue_report(local_report(errno.EMSGSIZE, dst, port, d.mtu))
+            self._update()
+        raise OSError(errno.EMSGSIZE, "Message too long")
+
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
         """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
         one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
@@ -512,6 +552,7 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0])
+            self._check_df(eng, d, data, addr)
             d.settimeout(0.0 if flags & _DONTWAIT else self._timeout)
             try:
                 return d.sendto(data, addr)

@@ -85,7 +85,18 @@ class Readiness:
     makes it readable; a few kilobytes it sent and the other end has not read
     make it unwritable (Linux: writable while a quarter of SO_SNDBUF is free,
     and SO_SNDBUF is set to the least it takes). System calls happen only on
-    a change, never per pump. Call `set` and `fileno` with the owner's lock held.
+    a change, never per pump. Call `set`, `hang_up`, `clear_error` and `fileno`
+    with the owner's lock held.
+
+    A connection that is over shows POLLHUP, and POLLERR while its error is
+    unread, as Linux's tcp_poll: `hang_up` closes the other end, which leaves
+    this one readable (EOF), writable and hung up for good, and with a byte
+    the other end had not read, with an error too (the AF_UNIX peer's close
+    sets ECONNRESET on it, unix_release_sock) until `clear_error` reads it
+    (SO_ERROR). An error that does not end the socket (IP_RECVERR's, an error
+    queue entry) cannot be shown so, as it must go again: the socket is then
+    readable and writable, which is what select shows of Linux's POLLERR and
+    what selectors and asyncio make of it (design note "Issue 16: ... POLLERR").
 
     The pair is made when `fileno` is first asked for, and shows the state kept
     until then: a program that only makes blocking calls never selects on its
@@ -93,13 +104,14 @@ class Readiness:
     holding 10,000 connections needed 20,000) nor two system calls a round trip.
     """
 
-    __slots__ = ("_a", "_b", "_made", "readable", "writable")
+    __slots__ = ("_a", "_b", "_made", "hup", "readable", "writable")
 
     def __init__(self, readable: bool = False, writable: bool = False) -> None:
         self._a: socket.socket | None = None
         self._b: socket.socket | None = None
         self._made = -1
         self.readable, self.writable = readable, writable  # what the pair shows, once made
+        self.hup = 0  # 1: hung up (`hang_up`); 2: and its error not yet read (POLLERR)
 
     @property
     def made(self) -> int:
@@ -120,7 +132,39 @@ class Readiness:
             readable, writable = self.readable, self.writable
             self.readable, self.writable = False, True  # what a new pair shows
             self.set(readable, writable)
+            if self.hup:
+                self._close_other(self.hup == 2)
         return self._a.fileno()
+
+    def hang_up(self, error: bool) -> None:
+        """The socket is over for good: POLLHUP (with POLLIN, POLLOUT), and POLLERR if `error`."""
+        if self.hup:
+            return
+        self.hup = 2 if error else 1
+        self.readable = self.writable = True  # by the close alone, all at once (no "r" first)
+        if self._a is not None:
+            self._close_other(error)
+
+    def clear_error(self) -> None:
+        """The error was read: POLLERR goes, POLLHUP stays."""
+        if self.hup == 2:
+            self.hup = 1
+            if self._a is not None:
+                self._a.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clears the pair's sk_err
+
+    def _close_other(self, error: bool) -> None:
+        a, b = self._a, self._b
+        if a is None or b is None:
+            return
+        if error:
+            try:
+                a.send(b"e")  # unread by b at its close: a gets ECONNRESET (POLLERR)
+            except BlockingIOError:
+                pass  # full: b has unread bytes already
+        else:
+            self._drain(b)  # nothing unread: a hang-up without an error
+        b.close()
+        self._b = None
 
     def set(self, readable: bool, writable: bool) -> None:
         a, b = self._a, self._b

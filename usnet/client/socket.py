@@ -51,9 +51,12 @@ from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, l
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
+    CLOSING,
     ESTABLISHED,
+    LAST_ACK,
     SYN_RECEIVED,
     SYN_SENT,
+    TIME_WAIT,
     TcpConnection,
 )
 
@@ -86,6 +89,8 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
+_ERRQUEUE = 0x2000  # MSG_ERRQUEUE
+_IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
 _GLOBAL_DEFAULT_TIMEOUT = _std._GLOBAL_DEFAULT_TIMEOUT  # type: ignore[attr-defined]  # the stdlib's private sentinel
@@ -292,6 +297,14 @@ _MOVED: Any = object()  # accept's wait: the listener moved to a new flow (`sock
 _T = TypeVar("_T")
 
 
+def _any_name(family: int, v4any: bool) -> str:
+    """The wildcard a socket bound to it names: 0.0.0.0, ::, or ::ffff:0.0.0.0 (`_v4any`)."""
+    return "0.0.0.0" if family != AF_INET6 or v4any else "::"  # (_sockaddr maps it: ::ffff:0.0.0.0)
+
+
+_OVER = frozenset((CLOSED, TIME_WAIT, LAST_ACK, CLOSING))  # both ways shut: Linux's tcp_poll says POLLHUP
+
+
 def _went_away(e: BaseException | None) -> bool:
     """Whether `e` says usnetd went away (killed, or stopped), not that a flow failed."""
     return isinstance(e, DomainGone) or (isinstance(e, ChannelDefunct) and e.reason == DefunctReason.DOMAIN_SHUTDOWN)
@@ -460,7 +473,8 @@ class socket:
         self._linger: int | None = None  # SO_LINGER on: close waits up to this many seconds for delivery
         self._reported: OSError | None = None  # the error SO_ERROR or connect already reported
         self._where = (client, netif)  # None: `configure` or the environment decides
-        self._wildcard = False  # bound to 0.0.0.0 or ::
+        self._wildcard = False  # bound to 0.0.0.0 or :: (or ::ffff:0.0.0.0)
+        self._v4any = False  # an AF_INET6 socket bound to ::ffff:0.0.0.0: IPv4's wildcard alone, as Linux's
         # a wildcard socket's other flows, sharing its port, lock and watchers: the IPv4 flow of a
         # dual-stack AF_INET6 socket (`_dual`, made by bind), and a listener's on the loopback netif
         self._halves: tuple[FlowEngine, ...] = ()
@@ -520,8 +534,11 @@ class socket:
         if self._engine is not None:
             raise OSError(errno.EINVAL, "Invalid argument")
         host, port = self._bind_args(address)
+        self._v4any = host is not None and host.is_unspecified  # ::ffff:0.0.0.0: IPv4's wildcard alone
+        if self._v4any:
+            host = None
         client, netif = self._target(None if host is None else str(host))
-        dual = host is None and self._dual()
+        dual = host is None and self._dual() and not self._v4any
         if port and _lingering:
             self._let_closed_go(client, port)
         for attempt in range(_DUAL_TRIES):
@@ -545,10 +562,11 @@ class socket:
     def _bind_flow(self, client: Client, netif: str, host: Any, port: int, dual: bool) -> tuple[FlowEngine, str]:
         """The bound flow of this socket's own family (`dual`: IPv4's where IPv6 is nowhere, the
         only family a dual-stack :: then takes), and the netif it is on."""
-        family: Literal[4, 6] = 4 if host is not None and host.version == 4 else self._ip_version  # (mapped: IPv4)
+        v4 = (host is not None and host.version == 4) or self._v4any  # (a mapped address: IPv4)
+        family: Literal[4, 6] = 4 if v4 else self._ip_version
         try:
             eng, netif = _open_bound(lambda n, f: FlowEngine(client, n, port, family=f, reuse_port=self._reuse_port()),
-                                     netif, host, family, self._ip_version, dual)
+                                     netif, host, family, family, dual)
         except OSError as e:
             if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                 # a loopback address, and a domain without a loopback netif: the address is on no
@@ -647,8 +665,9 @@ class socket:
             ip = ipaddress.ip_address(host)
         except ValueError:
             ip = ipaddress.ip_address(getaddrinfo(host, port, self.family, SOCK_STREAM)[0][4][0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and not ip.ipv4_mapped.is_unspecified:
-            # ::ffff:a.b.c.d: that IPv4 address, for a dual-stack socket (inet6_bind; EINVAL with IPV6_V6ONLY)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            # ::ffff:a.b.c.d: that IPv4 address, for a dual-stack socket (inet6_bind; EINVAL with IPV6_V6ONLY);
+            # ::ffff:0.0.0.0 is IPv4's wildcard alone (0.0.0.0 here: bind takes it as `_v4any`)
             if self.family != AF_INET6 or not self._dual():
                 raise OSError(errno.EINVAL, "Invalid argument")
             return ip.ipv4_mapped, port
@@ -694,7 +713,8 @@ class socket:
         """Listen on each of a listener's flows, each with its own netif's TCP config (no
         segmentation offload on lo) and the socket's options. With the lock held."""
         for e in engines:
-            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options()),
+            e.tcp.listen(self._port, backlog=backlog, config=replace(e.tcp.config, **self._buffer_options(),
+                                                                     recverr=self._tcp_recverr(e.family == 4)),
                          defer_accept=self._defer_retrans())
 
     def _listeners(self) -> list[Any]:
@@ -703,6 +723,13 @@ class socket:
         if eng is None:
             return []
         return [lst for e in (eng, *self._halves) if (lst := e.tcp.listeners.get(self._port)) is not None]
+
+    def _tcp_recverr(self, v4: bool) -> bool:
+        """Whether a connection of this socket (`v4`: over IPv4) reports ICMP errors at once:
+        IP_RECVERR for IPv4, IPV6_RECVERR for IPv6, as tcp_v4_err and tcp_v6_err read them (so
+        an AF_INET6 socket's IPv4-mapped connection reads IP_RECVERR, as Linux's does)."""
+        key = (_std.IPPROTO_IP, _IP_RECVERR) if v4 else (IPPROTO_IPV6, _IPV6_RECVERR)
+        return bool(self._opts.get(key))
 
     def _defer_retrans(self) -> int:
         """TCP_DEFER_ACCEPT as the endpoint's listener takes it (SYN-ACK retransmissions)."""
@@ -859,6 +886,7 @@ class socket:
             if err is self._reported:  # SO_ERROR told it already: Linux's connect says ECONNABORTED
                 return errno.ECONNABORTED
             self._reported = err
+            self._updated()  # POLLERR goes
             raise err
         if conn.state is CLOSED:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
@@ -873,7 +901,12 @@ class socket:
             return 0
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         more = bool(flags & _MORE)  # MSG_MORE: the tail waits for the next send (usnet.proto.tcp.cork)
-        n = self._wait(lambda: conn.send(data, more) or None, "send", self._call_timeout(flags))
+
+        def attempt() -> int | None:
+            self._take_pending(conn)  # IP_RECVERR's pending error first, as tcp_sendmsg's sk_err
+            return conn.send(data, more) or None
+
+        n = self._wait(attempt, "send", self._call_timeout(flags))
         eng.kick()
         return n
 
@@ -931,6 +964,8 @@ class socket:
         """As the standard recv, with MSG_PEEK (data stays queued), MSG_DONTWAIT and MSG_WAITALL."""
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if flags & _ERRQUEUE:
+            return self._tcp_error_queue()
         conn = self._need_conn()
         if bufsize == 0:
             return b""
@@ -966,7 +1001,7 @@ class socket:
             raise ValueError("buffer too small for requested bytes")
         if nbytes:
             mv = mv[:nbytes]
-        if flags & (_PEEK | _WAITALL):
+        if flags & (_PEEK | _WAITALL | _ERRQUEUE):
             data = self.recv(len(mv), flags)
             mv[: len(data)] = data
             return len(data)
@@ -974,6 +1009,23 @@ class socket:
         if not len(mv):
             return 0
         return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv", self._call_timeout(flags))
+
+    def _take_pending(self, conn: TcpConnection) -> None:
+        """Raise IP_RECVERR's pending error of `conn` and clear it (sock_error), if it has one;
+        the descriptor shows the socket without it. With the engine's lock held."""
+        err = conn.pending_error
+        if err is not None:
+            conn.pending_error = None
+            self._update()
+            raise OSError(err, os.strerror(err))
+
+    def _tcp_error_queue(self) -> bytes:
+        """recv(MSG_ERRQUEUE): a TCP socket's error queue holds no ICMP error once connected
+        (tcp_v4_err queues one only in SYN-SENT, and then the connection is over: see the
+        design note "Issue 16: IP_RECVERR on TCP, local errors, POLLERR, ..."), so it is EAGAIN
+        whether or not the socket blocks, as Linux's inet_recv_error with an empty queue."""
+        self._need_open()
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         """A stream socket names no sender: (data, None), as Linux gives."""
@@ -1198,7 +1250,7 @@ class socket:
         if self._engine is None or (self._wildcard and self._conn is None):
             # bound to the wildcard and not connected: the wildcard, as Linux says (http.server
             # prints it, tornado and aiohttp log it), not the netif's address it happens to listen on
-            return _sockaddr(self.family, "::" if self.family == AF_INET6 else "0.0.0.0", self._port)
+            return _sockaddr(self.family, _any_name(self.family, self._v4any), self._port)
         return _sockaddr(self.family, self._engine.info.local_addr, self._port)
 
     def getpeername(self) -> tuple:
@@ -1255,6 +1307,13 @@ class socket:
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
+        if (level, opt) in ((_std.IPPROTO_IP, _IP_RECVERR), (IPPROTO_IPV6, _IPV6_RECVERR)) and eng is not None:
+            with eng.lock:  # the next ICMP error sees it (TcpConfig.recverr); a listener's children inherit it
+                if conn is not None:
+                    conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
+                for e in (eng, *self._halves) if self._listening else ():
+                    if (lst := e.tcp.listeners.get(self._port)) is not None:
+                        lst.config.recverr = self._tcp_recverr(e.family == 4)
         if level == IPPROTO_TCP and opt == TCP_DEFER_ACCEPT and self._listening and eng is not None:
             with eng.lock:  # a listener's: its half-open connections' next ACK sees it, as Linux's
                 for lst in self._listeners():
@@ -1399,12 +1458,27 @@ class socket:
     def _take_error(self) -> int:
         """SO_ERROR: the pending error, once (as Linux clears sk_err when it is read)."""
         eng = self._engine
+        conn = self._conn
+        if conn is not None and conn.pending_error is not None and eng is not None:
+            with eng.lock:
+                pending, conn.pending_error = conn.pending_error, None
+                self._update()
+            if pending is not None:
+                return pending
         err = ((self._conn.error if self._conn is not None else None) or self._refused
                or (eng.error if eng is not None else None))
         if err is None or err is self._reported:
             return 0
         self._reported = err
+        self._updated()  # POLLERR goes
         return err.errno or errno.EIO
+
+    def _updated(self) -> None:
+        """`_update`, taking the engine's lock."""
+        eng = self._engine
+        if eng is not None:
+            with eng.lock:
+                self._update()
 
     def makefile(self, mode: str = "r", buffering: int | None = None, *, encoding: str | None = None,
                  errors: str | None = None, newline: str | None = None) -> Any:
@@ -1550,6 +1624,7 @@ class socket:
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
+        conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
@@ -1592,6 +1667,8 @@ class socket:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
         if conn.rcv_queued:
             return take()
+        if conn.pending_error is not None:
+            self._take_pending(conn)  # raises it: sk_err, after the data, before the EOF (tcp_recvmsg)
         if conn.error is not None:
             raise conn.error
         if conn.eof or conn.state is CLOSED or self._shut_rd:
@@ -1684,8 +1761,8 @@ class socket:
                     return True, False
             return False, False
         st = conn.state
-        if conn.error is not None or st is CLOSED:
-            return True, True
+        if conn.error is not None or st is CLOSED or conn.pending_error is not None:
+            return True, True  # (a pending error: what select shows of Linux's POLLERR)
         if st is SYN_SENT or st is SYN_RECEIVED:
             return False, False  # the handshake decides
         readable = conn.readable or self._shut_rd
@@ -1697,8 +1774,18 @@ class socket:
     def _update(self) -> None:
         """Set the descriptor's readiness to the socket's. With the engine's lock held."""
         if not self._dead:
+            ready, conn = self._ready, self._conn
+            if conn is not None and (conn.error is not None or conn.state in _OVER):
+                # over both ways: POLLHUP for good, POLLERR until its error is read (tcp_poll);
+                # all at once, by `hang_up` alone (a "readable" first would be seen without them)
+                err = conn.error is not None and conn.error is not self._reported
+                if not ready.hup:
+                    ready.hang_up(err)
+                elif ready.hup == 2 and not err:
+                    ready.clear_error()
+                return
             r, w = self._poll_state()
-            self._ready.set(r, w)
+            ready.set(r, w)
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""

@@ -19,7 +19,7 @@ Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives
 for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
 on an AF_INET socket (ip_getsockopt's answer) and ENOPROTOOPT on an AF_INET6 one
 (ipv6_getsockopt's). Options that Linux has but usnet does not (SO_MARK,
-SO_RCVTIMEO, SO_TIMESTAMP, IP_RECVERR on a stream socket, IP_TRANSPARENT, IP_MTU_DISCOVER, the multicast group
+SO_RCVTIMEO, SO_TIMESTAMP, IP_TRANSPARENT, IP_MTU_DISCOVER on a stream socket, the multicast group
 options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a message that says usnet does not have it.
 A value Linux converts or checks is kept as Linux keeps it (`kept`): TCP_CORK and TCP_QUICKACK
 read 0 or 1, TCP_DEFER_ACCEPT's seconds are rounded up to whole SYN-ACK retransmissions,
@@ -126,10 +126,15 @@ OPTIONS: dict[tuple[int, int], Option] = {
                             "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
                             "flow's low-latency class over it (docs/abi.md)"),
     (IPPROTO_IP, 2): Option("IP_TTL", _H, 64, why="the TTL of the socket's IPv4 packets; -1: 64"),
-    (IPPROTO_IP, 11): Option("IP_RECVERR", _H, stream=False,
-                             why="every ICMP error about a datagram sent is queued for recvmsg(MSG_ERRQUEUE) "
-                             "and is the socket's error (usnet.proto.errqueue); on an AF_INET6 socket "
-                             "IPv4's, which it never carries: stored, as Linux keeps it"),
+    (IPPROTO_IP, 11): Option("IP_RECVERR", _H,
+                             why="UDP: every ICMP error about a datagram sent is queued for recvmsg(MSG_ERRQUEUE) "
+                             "and is the socket's error (usnet.proto.errqueue); on an AF_INET6 datagram socket "
+                             "IPv4's, which it never carries: stored, as Linux keeps it. TCP: an ICMP error "
+                             "about a synchronised connection is the socket's error at once (TcpConfig.recverr)"),
+    (IPPROTO_IP, 10): Option("IP_MTU_DISCOVER", _H, 1, stream=False,
+                             why="IP_PMTUDISC_DO, PROBE and INTERFACE: a datagram over the MTU is EMSGSIZE "
+                             "(with IP_RECVERR also a local error on the error queue, as ip_local_error) instead "
+                             "of fragments; DONT, WANT (the default) and OMIT: fragments"),
     (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _S, 1, stream=False,
                              why="usnet sends no multicast (EOPNOTSUPP): a TTL for it changes nothing"),
     (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
@@ -138,16 +143,17 @@ OPTIONS: dict[tuple[int, int], Option] = {
                                "packets; -1: 64"),
     (IPPROTO_IPV6, 18): Option("IPV6_MULTICAST_HOPS", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
     (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
-    (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, stream=False, why="IP_RECVERR of an AF_INET6 socket"),
+    (IPPROTO_IPV6, 23): Option("IPV6_MTU_DISCOVER", _H, 1, stream=False,
+                               why="IP_MTU_DISCOVER of an AF_INET6 socket's IPv6 datagrams"),
+    (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, why="IP_RECVERR of an AF_INET6 socket (for TCP: of its "
+                               "IPv6 connections; an IPv4-mapped one reads IP_RECVERR, as Linux's)"),
     (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
     (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _H, why="the traffic class of the socket's IPv6 packets, "
                                "as IP_TOS; -1: 0"),
 }
 
 # what a program that asks for an absent option should use instead
-_ABSENT = {(IPPROTO_TCP, 11): "TCP_INFO: usnet's TCP statistics are the socket's tcp_info()",
-           (IPPROTO_IP, 11): "IP_RECVERR: usnet's stream sockets have no error queue (its datagram sockets have)",
-           (IPPROTO_IPV6, 25): "IPV6_RECVERR: usnet's stream sockets have no error queue (its datagram sockets have)"}
+_ABSENT = {(IPPROTO_TCP, 11): "TCP_INFO: usnet's TCP statistics are the socket's tcp_info()"}
 
 # The levels a socket has, by (family, type): Linux's protocol chain for it
 _LEVELS: dict[tuple[int, int], tuple[int, ...]] = {
@@ -180,6 +186,8 @@ def lookup(family: int, kind: int, level: int, opt: int, setting: bool) -> Optio
 
 TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN, TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT = 3, 9, 12, 23, 25, 30
 IP_RECVERR, IPV6_RECVERR = 11, 25
+IP_MTU_DISCOVER, IPV6_MTU_DISCOVER = 10, 23
+PMTUDISC_DO, PMTUDISC_OMIT = 2, 5  # (IP_PMTUDISC_*, IPV6_PMTUDISC_* alike: DONT 0 .. OMIT 5)
 
 
 def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) -> Any:
@@ -187,6 +195,11 @@ def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) 
     OSError(EINVAL) where Linux refuses the value or the socket's state; `value` otherwise."""
     if (level, opt) in ((IPPROTO_IP, IP_RECVERR), (IPPROTO_IPV6, IPV6_RECVERR)):
         return int(_as_int(value) != 0)  # Linux keeps a bit
+    if (level, opt) in ((IPPROTO_IP, IP_MTU_DISCOVER), (IPPROTO_IPV6, IPV6_MTU_DISCOVER)):
+        v = _as_int(value)
+        if not 0 <= v <= PMTUDISC_OMIT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return v
     if level != IPPROTO_TCP or opt not in (TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN,
                                            TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT):
         return value

@@ -37,7 +37,7 @@ from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, parse_ipv6
 
 __all__ = [
     "IPV6_RECVERR", "IP_RECVERR", "SOL_IP", "SOL_IPV6", "SO_EE_ORIGIN_ICMP", "SO_EE_ORIGIN_ICMP6",
-    "SO_EE_ORIGIN_LOCAL", "ErrorReport", "icmp_report", "pack_cmsg",
+    "SO_EE_ORIGIN_LOCAL", "ErrorReport", "icmp_report", "local_report", "pack_cmsg",
 ]
 
 SOL_IP, SOL_IPV6, IP_RECVERR, IPV6_RECVERR = 0, 41, 11, 25
@@ -107,9 +107,24 @@ def icmp_report(packet: bytes) -> ErrorReport | None:
     return ErrorReport(err, origin, typ, code, info, bytes(src), qsrc, sport, qdst, dport, bytes(t[_UDP_HLEN:]))
 
 
+def local_report(err: int, dst: bytes, dport: int, info: int) -> ErrorReport:
+    """A local error (SO_EE_ORIGIN_LOCAL) about a datagram to `dst` that was not sent, as Linux's
+    ip_local_error / ipv6_local_error queue it: EMSGSIZE with the MTU as `info` for a datagram over
+    it under IP_PMTUDISC_DO. No payload and no offender (the control message's address is zeros,
+    family 0 too: ipv4_datagram_support_cmsg says no for a local error); `dport` is what Linux
+    puts there: IPv4's connected port (0 if unconnected), IPv6's destination port."""
+    zero = bytes(len(dst))
+    return ErrorReport(err, SO_EE_ORIGIN_LOCAL, 0, 0, info, zero, zero, 0, bytes(dst), dport, b"")
+
+
 def pack_cmsg(r: ErrorReport) -> tuple[int, int, bytes]:
     """The control message of `r` as recvmsg gives it: (level, type, sock_extended_err + offender)."""
     ee = _EE.pack(r.errno, r.origin, r.type, r.code, 0, r.info, 0)
+    family = 0 if r.origin == SO_EE_ORIGIN_LOCAL else None  # a local error names no offender
     if len(r.offender) == 4:
+        if family == 0:
+            return SOL_IP, IP_RECVERR, ee + bytes(_SIN.size)
         return SOL_IP, IP_RECVERR, ee + _SIN.pack(_AF_INET, b"\0\0", r.offender)
+    if family == 0:
+        return SOL_IPV6, IPV6_RECVERR, ee + bytes(_SIN6.size)
     return SOL_IPV6, IPV6_RECVERR, ee + _SIN6.pack(_AF_INET6, b"\0\0", 0, r.offender, 0)

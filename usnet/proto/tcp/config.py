@@ -125,6 +125,10 @@ class TcpConfig:
     # connection's segments (usnet.proto.ipmark; its ECN bits are 0: TCP sets ECN). 0: the defaults.
     # A listener's config carries it to the connections it accepts, as Linux's children inherit it.
     ip_mark: int = 0
+    # IP_RECVERR / IPV6_RECVERR: an ICMP error about a synchronised connection is the socket's
+    # error at once (`TcpConnection.pending_error`), not only a soft one kept for a timeout
+    # (tcp_v4_err, tcp_v6_err with inet->recverr). A listener's children inherit it, as Linux's.
+    recverr: bool = False
 
 
 _CONFIG_VALUES = operator.attrgetter(*(f.name for f in fields(TcpConfig)))

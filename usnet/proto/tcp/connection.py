@@ -177,6 +177,7 @@ class TcpConnection:
 
     __slots__ = (
         "local_addr", "local_port", "remote_addr", "remote_port", "cfg", "state", "error", "soft_error",
+        "pending_error",
         "events", "suspended", "passive", "stats", "rto", "cc", "sb", "mss_local", "mss",
         "max_segment", "_mss_base", "ts_ok", "sack_ok", "ws_ok", "snd_wscale", "rcv_wscale",
         "_ts_off", "ts_recent", "_psum", "iss", "snd_una", "snd_nxt", "snd_wnd", "max_snd_wnd",
@@ -217,6 +218,9 @@ class TcpConnection:
         self.state = CLOSED
         self.error: OSError | None = None
         self.soft_error: int | None = None  # the last ICMP error that did not end the connection (errno)
+        # IP_RECVERR's error (Linux's sk_err without tcp_done): the next recv, send or SO_ERROR
+        # reports it once and takes it; the connection goes on (`icmp_error`, `cfg.recverr`)
+        self.pending_error: int | None = None
         self.events = 0
         self.suspended = False
         self.passive = False
@@ -473,13 +477,17 @@ class TcpConnection:
         neighbour that never answered, ECONNREFUSED for a closed port), except
         EMSGSIZE, which only lowers the path MTU. Once synchronised an error is
         kept as `soft_error` and never ends a connection (RFC 5461; Linux
-        without IP_RECVERR).
+        without IP_RECVERR); with IP_RECVERR (`cfg.recverr`) it is instead the
+        socket's error at once (`pending_error`), as tcp_v4_err makes it, but
+        for EMSGSIZE, which only lowers the path MTU there too.
         """
         rel = (seq - self.iss) & MASK
         if not self.snd_una <= rel < max(self.snd_nxt, self.snd_una + 1):
             return False
         if self.state is SYN_SENT and err != errno.EMSGSIZE:
             self._fail(OSError(err, os.strerror(err)))  # ECONNREFUSED makes a ConnectionRefusedError
+        elif self.cfg.recverr and err != errno.EMSGSIZE and self.state is not SYN_SENT:
+            self.pending_error = err  # (not kept as the soft one too: Linux's tcp_v4_err sets one of them)
         else:
             self.soft_error = err
         self._touch()
