@@ -214,8 +214,13 @@ class Channel:
         self._cache: list[int] = []
         self._timeout: float | None = None
         self._selecting = False  # fileno() was asked for: "select mode" (see `fileno`)
-        self._bell_w: int | None = None  # a write end of our own bell (`_bell_writer`)
         self.closed = False
+        # A write end of our own bell (`_bell_writer`), opened with the channel: rung from several
+        # places (select mode, a pool wait, another thread waking a pumping call), and a
+        # descriptor first opened at one of those moments, which no caller chooses, would count
+        # as one a connection to whoever counts them.
+        self._bell_w: int | None = None
+        self._bell_writer()
 
     # -- waiting -----------------------------------------------------------------
 
