@@ -413,11 +413,21 @@ class Channel:
         if not self.closed:
             doorbell.ring(self._bell_writer())
 
+    @property
+    def can_ring_own_bell(self) -> bool:
+        """We hold a write end of our own bell (not so in a process that dropped root before the
+        channel opened: its /proc/self/fd is root's then)."""
+        return self._bell_writer() >= 0
+
     def _bell_writer(self) -> int:
         """A write end of our own bell, opened once (Linux: opening a pipe's /proc entry for
-        writing gives a write end of that pipe)."""
+        writing gives a write end of that pipe); -1 where /proc refuses it (a ring is then a no-op)."""
         if self._bell_w is None:
-            self._bell_w = os.open(f"/proc/self/fd/{self._bell}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                self._bell_w = os.open(f"/proc/self/fd/{self._bell}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except PermissionError:
+                self._bell_w = -1  # a setuid process is not dumpable: /proc/self/fd is root's
+                return -1
             self._fds.append(self._bell_w)
         return self._bell_w
 

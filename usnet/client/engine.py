@@ -886,7 +886,7 @@ class Runner:
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
             if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone):
+                    or not engine.alone or not engine.ch.can_ring_own_bell):
                 return False  # (`pumper` too: one taken back by `add` may still be pumped by its borrower)
             fd = engine.fileno()
             key = self._sel.get_map().get(fd)
