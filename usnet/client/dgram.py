@@ -53,7 +53,18 @@ from usnet.client.socket import (
     open_sockets,
     socket,
 )
-from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, kept, lookup, not_available
+from usnet.client.sockopts import (
+    IP_MARKING,
+    TIMEO_OPTIONS,
+    check_fixed,
+    ip_mark,
+    ip_option,
+    kept,
+    lookup,
+    not_available,
+    timeo_get,
+    timeo_key,
+)
 from usnet.proto.errqueue import IP_RECVERR, IPV6_RECVERR, ErrorReport, icmp_report, pack_cmsg
 
 __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
@@ -512,9 +523,14 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0])
-            d.settimeout(0.0 if flags & _DONTWAIT else self._timeout)
+            t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
+            d.settimeout(t)
             try:
                 return d.sendto(data, addr)
+            except TimeoutError:
+                if eagain:  # SO_SNDTIMEO ran out: EAGAIN, as the kernel's (see `_limit`)
+                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
+                raise
             except OSError as e:
                 if e.errno in (errno.ENOBUFS, errno.EAGAIN) and not isinstance(e, BlockingIOError):
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
@@ -591,7 +607,7 @@ class DatagramFace(socket):
         return str(ipaddress.ip_address(addr))
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
-        t = 0.0 if flags & _DONTWAIT else self._timeout
+        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         while True:  # again on the new flow if the socket is bound again meanwhile (`_rebind`)
             eng = self._eng()
@@ -610,7 +626,7 @@ class DatagramFace(socket):
                     self._update()
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        if t == 0:
+                        if t == 0 or eagain:
                             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                         raise TimeoutError("timed out")
                     eng.changed.wait(left)
@@ -639,6 +655,9 @@ class DatagramFace(socket):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:
                 self._engine.rcvbuf = value
+        if (level, opt) in TIMEO_OPTIONS:
+            self._set_timeo(opt, value)
+            return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
             eng = self._engine
@@ -657,6 +676,8 @@ class DatagramFace(socket):
 
     def _option(self, level: int, opt: int) -> Any:
         spec = lookup(self.family, self.type, level, opt, False)
+        if (level, opt) in TIMEO_OPTIONS:
+            return timeo_get(self._opts.get(timeo_key(opt)))
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
                 eng = self._engine
