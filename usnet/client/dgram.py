@@ -30,6 +30,16 @@ from usnet.abi.paths import LOOPBACK_NETIF
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, runner
+from usnet.client.rxinfo import (
+    PKTINFO_OPTIONS,
+    TIMESTAMP_OPTIONS,
+    RxMeta,
+    option_value,
+    put_cmsgs,
+    rx_cmsgs,
+    set_option,
+    wants_meta,
+)
 from usnet.client.session import Client
 from usnet.client.socket import (
     _DONTWAIT,
@@ -103,6 +113,7 @@ class DatagramEngine:
         # sk_error_queue to the socket's receive memory (sock_queue_err_skb): bounded by SO_RCVBUF
         self.errq: deque[ErrorReport] = deque()
         self.recverr = False
+        self.want_meta = False  # SO_TIMESTAMP or IP_PKTINFO on: datagrams carry an RxMeta
         self.error: OSError | None = None  # the channel failed
         self.closed = False
         self.release_when_idle = False
@@ -176,6 +187,9 @@ class DatagramEngine:
                     self.pending = e
                     continue
                 remote = self.remote
+                if self.want_meta:  # one RxMeta for the batch (usnet.client.rxinfo)
+                    meta = RxMeta(time.time_ns(), d.local[0], d.loopback)
+                    got = [(dg[0], dg[1], meta) for dg in got]  # type: ignore[misc]
                 for dg in got:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
@@ -359,6 +373,7 @@ class DatagramFace(socket):
             eng.rcvbuf = v
         if self._recverr():
             eng.set_recverr(True)
+        eng.want_meta = wants_meta(self._opts)
         return eng
 
     def _flow(self, client: Client, netif: str, host: str | None, port: int,
@@ -545,8 +560,8 @@ class DatagramFace(socket):
         if flags & MSG_ERRQUEUE:
             r = self._error_report()
             return r.payload[:bufsize], _sockaddr(self.family, self._ip_str(r.dst), r.dport)
-        data, addr = self._recv(flags)
-        return data[:bufsize], _sockaddr(self.family, *addr)
+        dg = self._recv(flags)
+        return dg[0][:bufsize], _sockaddr(self.family, *dg[1])
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         return self.recvfrom(bufsize, flags)[0]
@@ -570,8 +585,24 @@ class DatagramFace(socket):
             raise ValueError("negative buffer size in recvmsg()")
         if flags & MSG_ERRQUEUE:
             return self._recv_error(bufsize, ancbufsize)
-        data, addr = self._recv(flags)
-        return data[:bufsize], [], MSG_TRUNC if len(data) > bufsize else 0, _sockaddr(self.family, *addr)
+        dg = self._recv(flags)
+        data, mflags = dg[0], MSG_TRUNC if len(dg[0]) > bufsize else 0
+        anc: list[tuple[int, int, bytes]] = []
+        if wants_meta(self._opts):  # SO_TIMESTAMP, IP_PKTINFO, ... (usnet.client.rxinfo)
+            meta: RxMeta = dg[2] if len(dg) > 2 else RxMeta(0, self._engine.d.local[0], False)  # type: ignore
+            anc, cut = put_cmsgs(rx_cmsgs(self.family, self._opts, meta, self._ifindex(meta.loopback)), ancbufsize)
+            mflags |= MSG_CTRUNC if cut else 0
+        return data[:bufsize], anc, mflags, _sockaddr(self.family, *dg[1])
+
+    def _ifindex(self, loopback: bool) -> int:
+        """The index IP_PKTINFO gives for a netif: the kernel interface of its name in this
+        process's namespace ("lo" for the loopback netif; a TAP's or a NIC's name for the netif
+        on it), 0 where there is none."""
+        name = LOOPBACK_NETIF if loopback else self._netif
+        try:
+            return _std.if_nametoindex(name) if name else 0
+        except OSError:
+            return 0
 
     def _error_report(self) -> ErrorReport:
         """The oldest report on the error queue; EAGAIN when there is none, blocking or not, as
@@ -658,6 +689,11 @@ class DatagramFace(socket):
         if (level, opt) in TIMEO_OPTIONS:
             self._set_timeo(opt, value)
             return
+        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in PKTINFO_OPTIONS:
+            set_option(self._opts, level, opt, value)
+            if self._engine is not None:
+                self._engine.want_meta = wants_meta(self._opts)
+            return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
             eng = self._engine
@@ -678,6 +714,8 @@ class DatagramFace(socket):
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in TIMEO_OPTIONS:
             return timeo_get(self._opts.get(timeo_key(opt)))
+        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in PKTINFO_OPTIONS:
+            return option_value(self._opts, level, opt)
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
                 eng = self._engine

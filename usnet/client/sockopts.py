@@ -31,6 +31,11 @@ the same rounded value; on a blocking socket (no Python timeout) recv, recvfrom,
 end with BlockingIOError (EAGAIN) when it runs out, as CPython raises the kernel's EAGAIN; a
 Python timeout (settimeout) takes over, as CPython's poll does on the kernel.
 
+On a datagram socket SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers (one state, read as
+Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo);
+a stream socket refuses them (Linux's gives the last segment read's time, which usnet's TCP
+does not keep).
+
 What the standard library and common libraries set is here and works: asyncio (TCP_NODELAY,
 SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, IPV6_V6ONLY, SO_ERROR), socketserver and http.server
 (SO_REUSEADDR, SO_REUSEPORT, TCP_NODELAY, IPV6_V6ONLY), http.client (TCP_NODELAY), urllib3
@@ -105,6 +110,11 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (SOL_SOCKET, 21): Option("SO_SNDTIMEO", _H, bytes(16), why="a blocking send's timeout, as SO_RCVTIMEO"),
     (SOL_SOCKET, 66): Option("SO_RCVTIMEO_NEW", _H, bytes(16), why="SO_RCVTIMEO (the same timeout)"),
     (SOL_SOCKET, 67): Option("SO_SNDTIMEO_NEW", _H, bytes(16), why="SO_SNDTIMEO (the same timeout)"),
+    (SOL_SOCKET, 29): Option("SO_TIMESTAMP", _H, stream=False, why="recvmsg gives the datagram's arrival "
+                             "(usnet.client.rxinfo); TCP's, the last segment read's, usnet does not keep"),
+    (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, stream=False, why="as SO_TIMESTAMP, in nanoseconds"),
+    (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, stream=False, why="as SO_TIMESTAMP"),
+    (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, stream=False, why="as SO_TIMESTAMPNS"),
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
     (SOL_SOCKET, 38): Option("SO_PROTOCOL", _G),
     (SOL_SOCKET, 39): Option("SO_DOMAIN", _G),
