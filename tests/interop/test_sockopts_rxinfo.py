@@ -98,3 +98,139 @@ def test_recvmsg_gives_the_arrival_time_as_linux(tap_domain):
     finally:
         k.close()
         u.close()
+
+
+# -- IP_PKTINFO, IPV6_RECVPKTINFO ----------------------------------------------------------------
+
+IP_PKTINFO, IPV6_RECVPKTINFO, IPV6_PKTINFO = 8, 49, 50
+IP, IP6 = socket.IPPROTO_IP, socket.IPPROTO_IPV6
+
+
+def _pktinfo_walk(s) -> list:
+    got = []
+    for level, opt in ((IP, IP_PKTINFO), (IP6, IPV6_RECVPKTINFO)):
+        got.append((opt, _outcome(s, level, opt)))
+        for v in (1, 0, 5, b"\1", b"\0", b"\1\0\0\0", b"", 0):
+            got.append((opt, v, _outcome(s, level, opt, v), _outcome(s, level, opt)))
+    return got
+
+
+def test_pktinfo_options_set_and_read_as_linux(tap_domain6):
+    """IP_PKTINFO and IPV6_RECVPKTINFO on every socket kind: kept as a bit, one byte taken by
+    IPv4's, the level a socket lacks refused, as the kernel's."""
+    d, ifname, _u, _h = tap_domain6
+    client = Client.local(d)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket.socket(family, kind) as k, us.socket(family, kind, client=client, netif=ifname) as u:
+                kernel = _pktinfo_walk(k)
+                assert _pktinfo_walk(u) == kernel, (family, kind)
+
+
+def _wildcard_pair(tap_domain, family):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    any_ = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    k = socket.socket(family, socket.SOCK_DGRAM)
+    k.bind((any_, 0))
+    u = us.socket(family, socket.SOCK_DGRAM, client=client, netif=ifname)
+    u.bind((any_, 0))
+    for s in (k, u):
+        s.settimeout(LIMIT)
+    return ifname, (k, host_ip), (u, usnet_ip)
+
+
+def _pkt4(blob: bytes) -> tuple:
+    ifindex, spec, addr = struct.unpack("=i4s4s", blob)
+    return ifindex, socket.inet_ntoa(spec), socket.inet_ntoa(addr)
+
+
+def _answer_walk(s, own: str, other, other_own: str) -> list:
+    """A DNS server's steps on a wildcard socket: read a query's packet info, answer from the
+    address it came to; then the sources Linux refuses."""
+    got = []
+    s.setsockopt(IP, IP_PKTINFO, 1)
+    port = s.getsockname()[1]
+    other.sendto(b"query", (own, port))
+    data, anc, flags, peer = s.recvmsg(100, 256)
+    got.append((data, [(lv, kd, _pkt4(b)) for lv, kd, b in anc], flags))
+    info = struct.pack("=i4s4s", 0, socket.inet_aton(own), bytes(4))
+    got.append(s.sendmsg([b"answer"], [(IP, IP_PKTINFO, info)], 0, peer))
+    got.append(other.recvfrom(100))
+    for bad in (struct.pack("=i4s4s", 0, socket.inet_aton("10.254.254.254"), bytes(4)), info[:8],
+                info + bytes(4), struct.pack("=i4s4s", 0, socket.inet_aton("224.0.0.9"), bytes(4))):
+        got.append(_outcome_call(lambda b=bad: s.sendmsg([b"x"], [(IP, IP_PKTINFO, b)], 0, peer)))
+    zero = struct.pack("=i4s4s", 0, bytes(4), bytes(4))  # no choice: the socket's own
+    got.append(s.sendmsg([b"plain"], [(IP, IP_PKTINFO, zero)], 0, peer))
+    got.append(other.recvfrom(100))
+    s.setsockopt(S, TS, 1)  # both: the timestamp first
+    other.sendto(b"both", (own, port))
+    _d, anc, flags, _p = s.recvmsg(100, 256)
+    got.append(([(lv, kd, len(b)) for lv, kd, b in anc], flags))
+    other.sendto(b"cut", (own, port))
+    _d, anc, flags, _p = s.recvmsg(100, 40)
+    got.append(([(lv, kd, len(b)) for lv, kd, b in anc], flags))
+    return got
+
+
+def _outcome_call(call):
+    try:
+        return call()
+    except OSError as e:
+        import errno
+
+        return errno.errorcode[e.errno]
+
+
+def test_a_wildcard_server_reads_ip_pktinfo_and_answers_from_that_address_as_linux(tap_domain):
+    """IP_PKTINFO on a socket bound to 0.0.0.0: recvmsg gives in_pktinfo (the interface, the
+    address the datagram was sent to, twice); sendmsg with IP_PKTINFO answers from it; an address
+    the socket does not have is ENETUNREACH (a multicast one, or a control message of the wrong
+    size, EINVAL), as the kernel's."""
+    ifname, (k, host_ip), (u, usnet_ip) = _wildcard_pair(tap_domain, socket.AF_INET)
+    try:
+        kernel = _answer_walk(k, host_ip, u, usnet_ip)
+        usnet = _answer_walk(u, usnet_ip, k, host_ip)
+        index = socket.if_nametoindex(ifname)  # the TAP: the kernel's interface, usnet's netif on it
+        assert kernel[0] == (b"query", [(IP, IP_PKTINFO, (index, host_ip, host_ip))], 0)
+        assert usnet[0] == (b"query", [(IP, IP_PKTINFO, (index, usnet_ip, usnet_ip))], 0)
+        assert kernel[2][1][0] == host_ip and usnet[2][1][0] == usnet_ip  # each answer from its address
+        assert [x for i, x in enumerate(usnet) if i not in (0, 2, 8)] == \
+            [x for i, x in enumerate(kernel) if i not in (0, 2, 8)]
+        assert usnet[2][0] == kernel[2][0] == b"answer" and usnet[8][0] == kernel[8][0] == b"plain"
+        assert kernel[3:6] == ["ENETUNREACH", "EINVAL", "EINVAL"]
+        assert kernel[9] == ([(S, TS, 16), (IP, IP_PKTINFO, 12)], 0)
+    finally:
+        k.close()
+        u.close()
+
+
+def _answer_walk6(s, own: str, other) -> list:
+    got = []
+    s.setsockopt(IP6, IPV6_RECVPKTINFO, 1)
+    port = s.getsockname()[1]
+    other.sendto(b"query", (own, port))
+    data, anc, flags, peer = s.recvmsg(100, 256)
+    got.append((data, [(lv, kd, socket.inet_ntop(socket.AF_INET6, b[:16]), struct.unpack("=I", b[16:])[0])
+                       for lv, kd, b in anc], flags))
+    info = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, own), 0)
+    got.append(s.sendmsg([b"answer"], [(IP6, IPV6_PKTINFO, info)], 0, peer))
+    got.append(other.recvfrom(100)[0])
+    bad = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, "fd00:dead::1"), 0)
+    got.append(_outcome_call(lambda: s.sendmsg([b"x"], [(IP6, IPV6_PKTINFO, bad)], 0, peer)))
+    return got
+
+
+def test_ipv6_recvpktinfo_and_ipv6_pktinfo_as_linux(tap_domain6):
+    """The same for IPv6 on a socket bound to ::: in6_pktinfo read, and the answer's source chosen."""
+    ifname, (k, host_ip), (u, usnet_ip) = _wildcard_pair(tap_domain6, socket.AF_INET6)
+    try:
+        kernel = _answer_walk6(k, host_ip, u)
+        usnet = _answer_walk6(u, usnet_ip, k)
+        index = socket.if_nametoindex(ifname)
+        assert kernel[0] == (b"query", [(IP6, IPV6_PKTINFO, host_ip, index)], 0)
+        assert usnet[0] == (b"query", [(IP6, IPV6_PKTINFO, usnet_ip, index)], 0)
+        assert usnet[1:] == kernel[1:] == [6, b"answer", "EINVAL"]
+    finally:
+        k.close()
+        u.close()

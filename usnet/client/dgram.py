@@ -35,6 +35,7 @@ from usnet.client.rxinfo import (
     TIMESTAMP_OPTIONS,
     RxMeta,
     option_value,
+    pktinfo_source,
     put_cmsgs,
     rx_cmsgs,
     set_option,
@@ -515,6 +516,21 @@ class DatagramFace(socket):
     def sendall(self, data: Any, flags: int = 0) -> None:
         self.send(data, flags)
 
+    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        """As Linux's: to `address` (else the connected peer), from the source an IP_PKTINFO
+        (IPV6_PKTINFO) control message chooses, which must be one of the socket's addresses
+        (usnet.client.rxinfo.pktinfo_source; EINVAL otherwise, as Linux's route lookup says of
+        a source no interface has)."""
+        data = b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
+        src = pktinfo_source(self.family, ancdata) if ancdata else None
+        if address is not None:
+            return self._send(data, flags, self._resolve(address), src)
+        eng = self._engine
+        if eng is None or eng.remote is None:
+            self._need_open()
+            raise OSError(errno.EDESTADDRREQ, "Destination address required")
+        return self._send(data, flags, eng.remote, src)
+
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
         """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
         one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
@@ -526,7 +542,7 @@ class DatagramFace(socket):
         if dest[:2].lower() == "ff" if ":" in dest else 224 <= int(dest.split(".", 1)[0]) <= 239:
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast ({dest})")
 
-    def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
+    def _send(self, data: Any, flags: int, addr: tuple[str, int], src: str | None = None) -> int:
         eng = self._eng(addr[0])
         if self._refused is not None:  # it could not bind its port again (`_rebind_failed`)
             raise self._refused
@@ -537,7 +553,7 @@ class DatagramFace(socket):
         self._no_group(eng, addr[0])
         with eng.lock:
             self._raise_pending(eng)
-            d = eng.via(addr[0])
+            d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
             t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
             d.settimeout(t)
             try:
@@ -550,6 +566,18 @@ class DatagramFace(socket):
                 if e.errno in (errno.ENOBUFS, errno.EAGAIN) and not isinstance(e, BlockingIOError):
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
                 raise
+
+    def _flow_from(self, eng: DatagramEngine, src: str) -> DatagramSocket:
+        """The socket's flow on address `src` (IP_PKTINFO's choice). None is: IPv4's route lookup
+        says ENETUNREACH for a source no interface has (EINVAL for a multicast, broadcast or 0/8
+        one), IPv6's ip6_datagram_send_ctl EINVAL."""
+        want = ipaddress.ip_address(src)
+        for d in eng.flows():
+            if ipaddress.ip_address(d.local[0]) == want:
+                return d
+        if want.version == 4 and not (want.is_multicast or src == "255.255.255.255" or src.startswith("0.")):
+            raise OSError(errno.ENETUNREACH, f"Network is unreachable (usnet: the socket has no flow on {src})")
+        raise OSError(errno.EINVAL, f"Invalid argument (usnet: the socket has no flow on {src})")
 
     # -- receiving --------------------------------------------------------------------------
 

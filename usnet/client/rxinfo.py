@@ -1,6 +1,7 @@
 """What a UDP socket's recvmsg tells besides the datagram, as Linux's (issue 16): the receive
 timestamp (SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers) and the packet information
-(IP_PKTINFO, IPV6_RECVPKTINFO). The layouts are usnet.proto.cmsg's.
+(IP_PKTINFO, IPV6_RECVPKTINFO); and the source address a sendmsg's IP_PKTINFO (IPV6_PKTINFO)
+control message chooses. The layouts are usnet.proto.cmsg's.
 
 Why a datagram carries an `RxMeta` only while one of these is on: the stack's receive path
 queues (payload, sender) pairs and allocates nothing more per datagram; a socket that asked
@@ -22,8 +23,8 @@ from typing import Any, NamedTuple
 
 from usnet.proto import cmsg as _cm
 
-__all__ = ["PKTINFO_OPTIONS", "TIMESTAMP_OPTIONS", "RxMeta", "option_value", "put_cmsgs", "rx_cmsgs",
-           "set_option", "wants_meta"]
+__all__ = ["PKTINFO_OPTIONS", "TIMESTAMP_OPTIONS", "RxMeta", "option_value", "pktinfo_source", "put_cmsgs",
+           "rx_cmsgs", "set_option", "wants_meta"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6 = 1, 0, 41
 _TS_KEY = (SOL_SOCKET, _cm.SO_TIMESTAMP)  # where a face keeps the timestamp mode (the option's number)
@@ -45,13 +46,17 @@ class RxMeta(NamedTuple):
 
 def set_option(opts: dict[tuple[int, int], Any], level: int, opt: int, value: Any) -> None:
     """Keep a timestamp or packet info option as Linux does: an int (EINVAL for a shorter
-    buffer), on or off. The four timestamp options are one state (__sock_set_timestamps): set on,
-    timestamps are on, in nanoseconds or not and of the _NEW types or not as that option says;
-    any of them set off turns them off. It is kept as the option whose cmsg type recvmsg gives."""
+    buffer, but an IPv4 option's one byte), on or off. The four timestamp options are one state
+    (__sock_set_timestamps): set on, timestamps are on, in nanoseconds or not and of the _NEW
+    types or not as that option says; any of them set off turns them off. It is kept as the
+    option whose cmsg type recvmsg gives."""
     if isinstance(value, (bytes, bytearray)):
         if len(value) < 4:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        value = int.from_bytes(bytes(value[:4]), "little", signed=True)
+            if level != IPPROTO_IP:  # ip_setsockopt takes one unsigned byte too, and none as 0
+                raise OSError(errno.EINVAL, "Invalid argument")
+            value = value[0] if value else 0
+        else:
+            value = int.from_bytes(bytes(value[:4]), "little", signed=True)
     on = int(value) != 0
     if (level, opt) in TIMESTAMP_OPTIONS:
         if on:
@@ -124,3 +129,27 @@ def put_cmsgs(msgs: list[tuple[int, int, bytes]], ancbufsize: int) -> tuple[list
         out.append((level, kind, data))
         room -= min(room, _CMSG_HDR + (len(data) + _ALIGN - 1) // _ALIGN * _ALIGN)
     return out, cut
+
+
+def pktinfo_source(family: int, ancdata: Any) -> str | None:
+    """The source address a sendmsg's control messages choose (IP_PKTINFO's ipi_spec_dst,
+    IPV6_PKTINFO's ipi6_addr; None: the socket's own), checked as Linux's ip_cmsg_send and
+    ip6_datagram_send_ctl check them: a control message of another length is EINVAL. The
+    interface index is not acted on (a usnet socket's flows are on its netif already). Other
+    control messages usnet does not carry: EOPNOTSUPP, as before it had these."""
+    src = None
+    for level, kind, data in ancdata:
+        data = bytes(memoryview(data).cast("B"))
+        if (level, kind) == (IPPROTO_IP, _cm.IP_PKTINFO) and family == _std.AF_INET:
+            if len(data) != _cm.IN_PKTINFO.size:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            spec = _cm.InPktinfo.unpack(data).spec_dst
+            src = None if spec == bytes(4) else str(ipaddress.IPv4Address(spec))
+        elif (level, kind) == (IPPROTO_IPV6, _cm.IPV6_PKTINFO) and family == _std.AF_INET6:
+            if len(data) != _cm.IN6_PKTINFO.size:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            a6 = _cm.In6Pktinfo.unpack(data).addr
+            src = None if a6 == bytes(16) else str(ipaddress.IPv6Address(a6))
+        else:
+            raise OSError(errno.EOPNOTSUPP, f"usnet carries no control message ({level}, {kind}) on send")
+    return src

@@ -43,6 +43,7 @@ from usnet.abi.events import DefunctReason
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import rebind as _rebind
 from usnet.client import resolver as _names
+from usnet.client import rxinfo as _rx
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, runner
@@ -1258,6 +1259,9 @@ class socket:
         elif (level, opt) in _so.TIMEO_OPTIONS:
             self._set_timeo(opt, value)
             return
+        elif (level, opt) in _rx.PKTINFO_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
+            _rx.set_option(self._opts, level, opt, value)
+            return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
         if level == IPPROTO_TCP and opt == TCP_DEFER_ACCEPT and self._listening and eng is not None:
@@ -1384,6 +1388,8 @@ class socket:
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in _so.TIMEO_OPTIONS:
             return _so.timeo_get(self._opts.get(_so.timeo_key(opt)))
+        if (level, opt) in _rx.PKTINFO_OPTIONS:
+            return _rx.option_value(self._opts, level, opt)
         conn = self._conn
         if level == SOL_SOCKET:
             if opt == SO_ERROR:

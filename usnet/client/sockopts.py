@@ -36,6 +36,12 @@ Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.clie
 a stream socket refuses them (Linux's gives the last segment read's time, which usnet's TCP
 does not keep).
 
+IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo (in6_pktinfo):
+the address the datagram was sent to and the kernel interface index of the netif's name (the
+TAP or NIC it is on, "lo" for the loopback netif); sendmsg's IP_PKTINFO (IPV6_PKTINFO) control
+message chooses the source among the socket's addresses, as a DNS server bound to the wildcard
+answers from the address it was asked on. A stream socket keeps the bit, as Linux's TCP.
+
 What the standard library and common libraries set is here and works: asyncio (TCP_NODELAY,
 SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, IPV6_V6ONLY, SO_ERROR), socketserver and http.server
 (SO_REUSEADDR, SO_REUSEPORT, TCP_NODELAY, IPV6_V6ONLY), http.client (TCP_NODELAY), urllib3
@@ -149,6 +155,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
                             "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
                             "flow's low-latency class over it (docs/abi.md)"),
     (IPPROTO_IP, 2): Option("IP_TTL", _H, 64, why="the TTL of the socket's IPv4 packets; -1: 64"),
+    (IPPROTO_IP, 8): Option("IP_PKTINFO", _H, why="recvmsg gives a datagram's in_pktinfo (usnet.client."
+                            "rxinfo); a stream socket keeps it, as Linux's TCP, which gives none"),
     (IPPROTO_IP, 11): Option("IP_RECVERR", _H, stream=False,
                              why="every ICMP error about a datagram sent is queued for recvmsg(MSG_ERRQUEUE) "
                              "and is the socket's error (usnet.proto.errqueue); on an AF_INET6 socket "
@@ -163,6 +171,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
     (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, stream=False, why="IP_RECVERR of an AF_INET6 socket"),
     (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
+    (IPPROTO_IPV6, 49): Option("IPV6_RECVPKTINFO", _H, why="recvmsg gives a datagram's in6_pktinfo, as "
+                               "IP_PKTINFO"),
     (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _H, why="the traffic class of the socket's IPv6 packets, "
                                "as IP_TOS; -1: 0"),
 }
