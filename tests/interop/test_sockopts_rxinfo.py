@@ -103,12 +103,14 @@ def test_recvmsg_gives_the_arrival_time_as_linux(tap_domain):
 # -- IP_PKTINFO, IPV6_RECVPKTINFO ----------------------------------------------------------------
 
 IP_PKTINFO, IPV6_RECVPKTINFO, IPV6_PKTINFO = 8, 49, 50
+IP_RECVTTL, IP_RECVTOS, IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS = 12, 13, 51, 66
 IP, IP6 = socket.IPPROTO_IP, socket.IPPROTO_IPV6
 
 
 def _pktinfo_walk(s) -> list:
     got = []
-    for level, opt in ((IP, IP_PKTINFO), (IP6, IPV6_RECVPKTINFO)):
+    for level, opt in ((IP, IP_PKTINFO), (IP6, IPV6_RECVPKTINFO), (IP, IP_RECVTTL), (IP, IP_RECVTOS),
+                       (IP6, IPV6_RECVHOPLIMIT), (IP6, IPV6_RECVTCLASS)):
         got.append((opt, _outcome(s, level, opt)))
         for v in (1, 0, 5, b"\1", b"\0", b"\1\0\0\0", b"", 0):
             got.append((opt, v, _outcome(s, level, opt, v), _outcome(s, level, opt)))
@@ -116,7 +118,8 @@ def _pktinfo_walk(s) -> list:
 
 
 def test_pktinfo_options_set_and_read_as_linux(tap_domain6):
-    """IP_PKTINFO and IPV6_RECVPKTINFO on every socket kind: kept as a bit, one byte taken by
+    """IP_PKTINFO, IPV6_RECVPKTINFO and the header options (IP_RECVTTL, IP_RECVTOS,
+    IPV6_RECVHOPLIMIT, IPV6_RECVTCLASS) on every socket kind: kept as a bit, one byte taken by
     IPv4's, the level a socket lacks refused, as the kernel's."""
     d, ifname, _u, _h = tap_domain6
     client = Client.local(d)
@@ -231,6 +234,58 @@ def test_ipv6_recvpktinfo_and_ipv6_pktinfo_as_linux(tap_domain6):
         assert kernel[0] == (b"query", [(IP6, IPV6_PKTINFO, host_ip, index)], 0)
         assert usnet[0] == (b"query", [(IP6, IPV6_PKTINFO, usnet_ip, index)], 0)
         assert usnet[1:] == kernel[1:] == [6, b"answer", "EINVAL"]
+    finally:
+        k.close()
+        u.close()
+
+
+def _header_reads(s, own: str, other, v6: bool) -> list:
+    """Datagrams marked by the sender (TOS/class 0x02, ECT(0): the DSCP is the flow switch's to
+    write, tests/interop/test_ip_marking.py; TTL/hop limit 33; then the defaults),
+    read with the header options and the packet info on: the control messages, decoded."""
+    if v6:
+        opts = [(IP6, IPV6_RECVPKTINFO), (IP6, IPV6_RECVHOPLIMIT), (IP6, IPV6_RECVTCLASS)]
+        marks = [(IP6, socket.IPV6_TCLASS), (IP6, socket.IPV6_UNICAST_HOPS)]
+    else:
+        opts = [(IP, IP_PKTINFO), (IP, IP_RECVTTL), (IP, IP_RECVTOS)]
+        marks = [(IP, socket.IP_TOS), (IP, socket.IP_TTL)]
+    for lv, o in opts:
+        s.setsockopt(lv, o, 1)
+    port = s.getsockname()[1]
+    got = []
+    for tos, ttl in ((0x02, 33), (0, -1)):
+        other.setsockopt(*marks[0], tos)
+        other.setsockopt(*marks[1], ttl)
+        other.sendto(b"marked", (own, port))
+        _d, anc, flags, _p = s.recvmsg(100, 256)
+        got.append(([(lv, kd, b if len(b) == 1 else struct.unpack("=i", b)[0] if len(b) == 4 else len(b))
+                     for lv, kd, b in anc], flags))
+    s.setsockopt(*opts[1], 0)  # off again: that one goes
+    other.sendto(b"again", (own, port))
+    _d, anc, flags, _p = s.recvmsg(100, 256)
+    got.append([(lv, kd) for lv, kd, _b in anc])
+    return got
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_recvmsg_gives_the_ttl_and_tos_of_each_datagram_as_linux(tap_domain6, v6):
+    """IP_RECVTTL and IP_RECVTOS (IPV6_RECVHOPLIMIT and IPV6_RECVTCLASS): each datagram's header
+    fields, after the packet info, in the kernel's order and sizes (IP_TOS one byte, the others an
+    int); the sender's marks are what the receiver reads, from usnet as from the kernel."""
+    d, ifname, usnet_ip6, host_ip6 = tap_domain6
+    if v6:
+        fam, usnet_ip, host_ip = socket.AF_INET6, usnet_ip6, host_ip6
+    else:
+        x = usnet_ip6.split(":")[1]
+        fam, usnet_ip, host_ip = socket.AF_INET, f"10.{x}.0.2", f"10.{x}.0.1"
+    k, u = _pair((d, ifname, usnet_ip, host_ip), fam)
+    try:
+        kernel, usnet = _header_reads(k, host_ip, u, v6), _header_reads(u, usnet_ip, k, v6)
+        assert usnet == kernel
+        if v6:
+            assert kernel[0] == ([(IP6, IPV6_PKTINFO, 20), (IP6, 52, 33), (IP6, 67, 0x02)], 0)
+        else:
+            assert kernel[0] == ([(IP, IP_PKTINFO, 12), (IP, socket.IP_TTL, 33), (IP, socket.IP_TOS, b"\x02")], 0)
     finally:
         k.close()
         u.close()

@@ -31,9 +31,10 @@ from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, runner
 from usnet.client.rxinfo import (
-    PKTINFO_OPTIONS,
+    IP_OPTIONS,
     TIMESTAMP_OPTIONS,
     RxMeta,
+    keeps_header,
     option_value,
     pktinfo_source,
     put_cmsgs,
@@ -126,6 +127,7 @@ class DatagramEngine:
     def add_flow(self, d: DatagramSocket) -> None:
         """Hear `d` (the same port on another netif or in IPv4) too; the runner serves its doorbell."""
         d.remote = self.d.remote
+        d.keep_header = self.d.keep_header
         d.on_error = self.d.on_error
         self.more.append(d)
         half = FlowHalf(self, d)
@@ -188,13 +190,21 @@ class DatagramEngine:
                     self.pending = e
                     continue
                 remote = self.remote
-                if self.want_meta:  # one RxMeta for the batch (usnet.client.rxinfo)
+                if self.want_meta:  # one RxMeta for the batch (usnet.client.rxinfo), or each its header's
                     meta = RxMeta(time.time_ns(), d.local[0], d.loopback)
-                    got = [(dg[0], dg[1], meta) for dg in got]  # type: ignore[misc]
+                    got = [(dg[0], dg[1], meta if len(dg) < 3 else meta._replace(header=dg[2]))  # type: ignore[misc]
+                           for dg in got]
                 for dg in got:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
+
+    def set_meta(self, opts: dict) -> None:
+        """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
+        an RxMeta, and whether the flows keep their headers' fields. With the lock held."""
+        self.want_meta = wants_meta(opts)
+        for d in self.flows():
+            d.keep_header = keeps_header(opts)
 
     def set_recverr(self, on: bool) -> None:
         """IP_RECVERR (IPV6_RECVERR) on or off; off empties the queue, as Linux's. With the lock held."""
@@ -374,7 +384,8 @@ class DatagramFace(socket):
             eng.rcvbuf = v
         if self._recverr():
             eng.set_recverr(True)
-        eng.want_meta = wants_meta(self._opts)
+        with eng.lock:
+            eng.set_meta(self._opts)
         return eng
 
     def _flow(self, client: Client, netif: str, host: str | None, port: int,
@@ -717,10 +728,11 @@ class DatagramFace(socket):
         if (level, opt) in TIMEO_OPTIONS:
             self._set_timeo(opt, value)
             return
-        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in PKTINFO_OPTIONS:
+        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in IP_OPTIONS:
             set_option(self._opts, level, opt, value)
             if self._engine is not None:
-                self._engine.want_meta = wants_meta(self._opts)
+                with self._engine.lock:
+                    self._engine.set_meta(self._opts)
             return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
@@ -742,7 +754,7 @@ class DatagramFace(socket):
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in TIMEO_OPTIONS:
             return timeo_get(self._opts.get(timeo_key(opt)))
-        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in PKTINFO_OPTIONS:
+        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in IP_OPTIONS:
             return option_value(self._opts, level, opt)
         if level == SOL_SOCKET:
             if opt == SO_ERROR:

@@ -1,11 +1,13 @@
 """What a UDP socket's recvmsg tells besides the datagram, as Linux's (issue 16): the receive
-timestamp (SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers) and the packet information
-(IP_PKTINFO, IPV6_RECVPKTINFO); and the source address a sendmsg's IP_PKTINFO (IPV6_PKTINFO)
-control message chooses. The layouts are usnet.proto.cmsg's.
+timestamp (SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers), the packet information
+(IP_PKTINFO, IPV6_RECVPKTINFO) and header fields (IP_RECVTTL, IP_RECVTOS, IPV6_RECVHOPLIMIT,
+IPV6_RECVTCLASS: the flow switch hands the client the whole IP packet); and the source address
+a sendmsg's IP_PKTINFO (IPV6_PKTINFO) control message chooses. The layouts are usnet.proto.cmsg's.
 
 Why a datagram carries an `RxMeta` only while one of these is on: the stack's receive path
 queues (payload, sender) pairs and allocates nothing more per datagram; a socket that asked
-gets one shared (arrival time, flow) per batch taken from the ring (`DatagramEngine.take`).
+gets one shared (arrival time, flow) per batch taken from the ring (`DatagramEngine.take`), and
+one per datagram if it asked for header fields (`DatagramSocket.keep_header`).
 The arrival time is when the client's stack took the batch from its ring, the first moment
 this process's stack has the datagram (Linux's is when its device driver had it: earlier by the
 domain's and the ring's latency, which usnet does not carry). A datagram queued before the
@@ -23,14 +25,31 @@ from typing import Any, NamedTuple
 
 from usnet.proto import cmsg as _cm
 
-__all__ = ["PKTINFO_OPTIONS", "TIMESTAMP_OPTIONS", "RxMeta", "option_value", "pktinfo_source", "put_cmsgs",
-           "rx_cmsgs", "set_option", "wants_meta"]
+__all__ = [
+    "HEADER_OPTIONS",
+    "IP_OPTIONS",
+    "PKTINFO_OPTIONS",
+    "TIMESTAMP_OPTIONS",
+    "RxMeta",
+    "keeps_header",
+    "option_value",
+    "pktinfo_source",
+    "put_cmsgs",
+    "rx_cmsgs",
+    "set_option",
+    "wants_meta",
+]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6 = 1, 0, 41
 _TS_KEY = (SOL_SOCKET, _cm.SO_TIMESTAMP)  # where a face keeps the timestamp mode (the option's number)
 TIMESTAMP_OPTIONS = frozenset({(SOL_SOCKET, o) for o in (_cm.SO_TIMESTAMP, _cm.SO_TIMESTAMPNS,
                                                          _cm.SO_TIMESTAMP_NEW, _cm.SO_TIMESTAMPNS_NEW)})
 PKTINFO_OPTIONS = frozenset({(IPPROTO_IP, _cm.IP_PKTINFO), (IPPROTO_IPV6, _cm.IPV6_RECVPKTINFO)})
+IP_RECVTTL, IP_RECVTOS, IP_TTL, IP_TOS = 12, 13, 2, 1
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 51, 52, 66, 67
+HEADER_OPTIONS = frozenset({(IPPROTO_IP, IP_RECVTTL), (IPPROTO_IP, IP_RECVTOS), (IPPROTO_IPV6, IPV6_RECVHOPLIMIT),
+                            (IPPROTO_IPV6, IPV6_RECVTCLASS)})
+IP_OPTIONS = PKTINFO_OPTIONS | HEADER_OPTIONS  # the IP-level flags, kept alike
 _CMSG_HDR, _ALIGN = 16, 8  # struct cmsghdr on Linux's 64-bit ABI; CMSG_ALIGN
 
 
@@ -42,6 +61,7 @@ class RxMeta(NamedTuple):
     ns: int
     local: str
     loopback: bool
+    header: tuple[int, int] | None = None  # (TOS, TTL) or (traffic class, hop limit), if kept
 
 
 def set_option(opts: dict[tuple[int, int], Any], level: int, opt: int, value: Any) -> None:
@@ -91,7 +111,12 @@ def option_value(opts: dict[tuple[int, int], Any], level: int, opt: int) -> int:
 
 def wants_meta(opts: dict[tuple[int, int], Any]) -> bool:
     """Whether the socket's datagrams need an `RxMeta` (one of the options is on)."""
-    return _TS_KEY in opts or any(k in opts for k in PKTINFO_OPTIONS)
+    return _TS_KEY in opts or any(k in opts for k in IP_OPTIONS)
+
+
+def keeps_header(opts: dict[tuple[int, int], Any]) -> bool:
+    """Whether the socket's flows must keep each datagram's header fields."""
+    return any(k in opts for k in HEADER_OPTIONS)
 
 
 def rx_cmsgs(family: int, opts: dict[tuple[int, int], Any], meta: RxMeta,
@@ -104,13 +129,24 @@ def rx_cmsgs(family: int, opts: dict[tuple[int, int], Any], meta: RxMeta,
     if mode is not None:
         out.append(_cm.timestamp_cmsg(mode, meta.ns or time.time_ns()))
     ip = ipaddress.ip_address(meta.local)
+    hdr = meta.header
     if family == _std.AF_INET6 and (IPPROTO_IPV6, _cm.IPV6_RECVPKTINFO) in opts:
         a6 = ip.packed if ip.version == 6 else ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed).packed
         out.append((IPPROTO_IPV6, _cm.IPV6_PKTINFO, _cm.In6Pktinfo(a6, ifindex).pack()))
-    if ip.version == 4 and (IPPROTO_IP, _cm.IP_PKTINFO) in opts:
-        # spec_dst: the address a reply would leave from (fib_compute_spec_dst): for a datagram
-        # to a local unicast address, that address
-        out.append((IPPROTO_IP, _cm.IP_PKTINFO, _cm.InPktinfo(ifindex, ip.packed, ip.packed).pack()))
+    if ip.version == 6 and hdr is not None:  # ip6_datagram_recv_specific_ctl: hop limit, then class
+        if (IPPROTO_IPV6, IPV6_RECVHOPLIMIT) in opts:
+            out.append((IPPROTO_IPV6, IPV6_HOPLIMIT, _cm.INT.pack(hdr[1])))
+        if (IPPROTO_IPV6, IPV6_RECVTCLASS) in opts:
+            out.append((IPPROTO_IPV6, IPV6_TCLASS, _cm.INT.pack(hdr[0])))
+    if ip.version == 4:  # ip_cmsg_recv_offset: packet info, TTL, TOS
+        if (IPPROTO_IP, _cm.IP_PKTINFO) in opts:
+            # spec_dst: the address a reply would leave from (fib_compute_spec_dst): for a
+            # datagram to a local unicast address, that address
+            out.append((IPPROTO_IP, _cm.IP_PKTINFO, _cm.InPktinfo(ifindex, ip.packed, ip.packed).pack()))
+        if hdr is not None and (IPPROTO_IP, IP_RECVTTL) in opts:
+            out.append((IPPROTO_IP, IP_TTL, _cm.INT.pack(hdr[1])))
+        if hdr is not None and (IPPROTO_IP, IP_RECVTOS) in opts:
+            out.append((IPPROTO_IP, IP_TOS, bytes([hdr[0]])))  # one byte, as Linux gives it
     return out
 
 

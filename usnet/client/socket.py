@@ -1259,7 +1259,7 @@ class socket:
         elif (level, opt) in _so.TIMEO_OPTIONS:
             self._set_timeo(opt, value)
             return
-        elif (level, opt) in _rx.PKTINFO_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
+        elif (level, opt) in _rx.IP_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
             _rx.set_option(self._opts, level, opt, value)
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
@@ -1388,7 +1388,7 @@ class socket:
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in _so.TIMEO_OPTIONS:
             return _so.timeo_get(self._opts.get(_so.timeo_key(opt)))
-        if (level, opt) in _rx.PKTINFO_OPTIONS:
+        if (level, opt) in _rx.IP_OPTIONS:
             return _rx.option_value(self._opts, level, opt)
         conn = self._conn
         if level == SOL_SOCKET:

@@ -40,7 +40,10 @@ IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo 
 the address the datagram was sent to and the kernel interface index of the netif's name (the
 TAP or NIC it is on, "lo" for the loopback netif); sendmsg's IP_PKTINFO (IPV6_PKTINFO) control
 message chooses the source among the socket's addresses, as a DNS server bound to the wildcard
-answers from the address it was asked on. A stream socket keeps the bit, as Linux's TCP.
+answers from the address it was asked on. IP_RECVTTL, IP_RECVTOS (IPV6_RECVHOPLIMIT,
+IPV6_RECVTCLASS) give each datagram's header fields as the client's stack received them (the
+DSCP is the flow switch's: 0 outside a low-latency lease). A stream socket keeps these bits,
+as Linux's TCP, which gives none of them.
 
 What the standard library and common libraries set is here and works: asyncio (TCP_NODELAY,
 SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, IPV6_V6ONLY, SO_ERROR), socketserver and http.server
@@ -157,6 +160,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IP, 2): Option("IP_TTL", _H, 64, why="the TTL of the socket's IPv4 packets; -1: 64"),
     (IPPROTO_IP, 8): Option("IP_PKTINFO", _H, why="recvmsg gives a datagram's in_pktinfo (usnet.client."
                             "rxinfo); a stream socket keeps it, as Linux's TCP, which gives none"),
+    (IPPROTO_IP, 12): Option("IP_RECVTTL", _H, why="recvmsg gives a datagram's TTL (IP_TTL); stream: kept"),
+    (IPPROTO_IP, 13): Option("IP_RECVTOS", _H, why="recvmsg gives a datagram's TOS (IP_TOS); stream: kept"),
     (IPPROTO_IP, 11): Option("IP_RECVERR", _H, stream=False,
                              why="every ICMP error about a datagram sent is queued for recvmsg(MSG_ERRQUEUE) "
                              "and is the socket's error (usnet.proto.errqueue); on an AF_INET6 socket "
@@ -173,6 +178,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
     (IPPROTO_IPV6, 49): Option("IPV6_RECVPKTINFO", _H, why="recvmsg gives a datagram's in6_pktinfo, as "
                                "IP_PKTINFO"),
+    (IPPROTO_IPV6, 51): Option("IPV6_RECVHOPLIMIT", _H, why="recvmsg gives a datagram's hop limit; stream: kept"),
+    (IPPROTO_IPV6, 66): Option("IPV6_RECVTCLASS", _H, why="recvmsg gives a datagram's traffic class; stream: kept"),
     (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _H, why="the traffic class of the socket's IPv6 packets, "
                                "as IP_TOS; -1: 0"),
 }

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 __all__ = [
     "IN6_PKTINFO",
+    "INT",
     "IN_PKTINFO",
     "IPV6_PKTINFO",
     "IPV6_RECVPKTINFO",
@@ -58,6 +59,7 @@ TIMEVAL = struct.Struct("=qq")  # tv_sec, tv_usec
 TIMESPEC = struct.Struct("=qq")  # tv_sec, tv_nsec
 IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
+INT = struct.Struct("=i")  # IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS received (IP_TOS: one byte)
 
 _USEC = 1_000_000
 _MAX_SCHEDULE_TIMEOUT = (1 << 63) - 1  # LONG_MAX: "no timeout"
