@@ -508,10 +508,13 @@ _AS_LINUX = [
     (std.IPPROTO_TCP, std.TCP_CORK, 5), (std.IPPROTO_TCP, std.TCP_QUICKACK, 2),
     (std.IPPROTO_TCP, std.TCP_DEFER_ACCEPT, 5), (std.IPPROTO_TCP, std.TCP_FASTOPEN, 5),
     (std.IPPROTO_TCP, std.TCP_FASTOPEN, -1), (std.IPPROTO_TCP, 30, 1), (std.IPPROTO_TCP, 30, 2),
+    # issue 16: timeouts, packet info and header fields (tests/interop/test_sockopts_*.py for the rest)
+    (std.SOL_SOCKET, std.SO_RCVTIMEO, bytes([1] + [0] * 7 + [5] + [0] * 7)), (std.SOL_SOCKET, 67, bytes(16)),
+    (std.IPPROTO_IP, 8, 1), (std.IPPROTO_IP, 13, 1), (std.IPPROTO_IPV6, 49, 1), (std.IPPROTO_IPV6, 66, 1),
 ]
 # Linux has them, usnet does not: ENOPROTOOPT, never stored and read back as if honoured
 _NOT_IN_USNET = [
-    (std.SOL_SOCKET, std.SO_MARK, 1), (std.SOL_SOCKET, 29, 1),
+    (std.SOL_SOCKET, std.SO_MARK, 1), (std.SOL_SOCKET, 37, 1),  # SO_TIMESTAMPING
     (std.IPPROTO_IP, std.IP_TRANSPARENT, 1),
     (std.SOL_SOCKET, std.SO_RCVLOWAT, 100),
 ]
@@ -531,6 +534,9 @@ def test_an_option_usnet_does_not_have_is_enoprotoopt_as_on_linux(c, family, kin
     for level, opt, value in _NOT_IN_USNET:
         with us.socket(family, kind, client=c, netif="a") as u:
             assert _outcome(u, level, opt, value) == "ENOPROTOOPT", (level, opt)
+    if kind == std.SOCK_STREAM:  # SO_TIMESTAMP: a datagram socket's only (TCP's is the last segment read's)
+        with us.socket(family, kind, client=c, netif="a") as u:
+            assert _outcome(u, std.SOL_SOCKET, 29, 1) == "ENOPROTOOPT"
     for level, opt, value in ((std.IPPROTO_IP, 11, 3), (std.IPPROTO_IPV6, 25, 3)):  # IP_RECVERR, IPV6_RECVERR
         with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
             for v in (None, value, None):  # (tests/client/test_errqueue.py, tests/interop/test_tcp_recverr.py)

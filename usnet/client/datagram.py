@@ -101,6 +101,13 @@ _ICMP: Final = _Icmp.ERROR  # what `_parse_slow` returns for an ICMP error: no d
 _Parsed = tuple[bytes, Address] | Literal[_Icmp.ERROR] | None  # a datagram, _ICMP, or None: a bad one
 
 
+def _header(v: bytes) -> tuple[int, int]:
+    """An IP packet's (TOS, TTL), or an IPv6 one's (traffic class, hop limit)."""
+    if v[0] >> 4 == 6:
+        return ((v[0] & 0xF) << 4) | (v[1] >> 4), v[7]
+    return v[1], v[8]
+
+
 class DatagramSocket:
     """sendto/recvfrom over a flow channel; batches on the `*_many` calls."""
 
@@ -118,6 +125,9 @@ class DatagramSocket:
         self._ident = 0
         self._ident6 = int.from_bytes(os.urandom(4), "big")  # IPv6 fragments' identification
         self.rx_bad = 0  # datagrams dropped here: bad checksum or malformed
+        # IP_RECVTOS, IP_RECVTTL, IPV6_RECVTCLASS, IPV6_RECVHOPLIMIT (usnet.client.rxinfo): each
+        # datagram comes with its header's (TOS, TTL) or (traffic class, hop limit) as a third item
+        self.keep_header = False
         self.rx_chain_bad = 0  # of those, chains of packets cut or too long (`_recv_chained`)
         # An ICMP error about what this connected socket sent (port unreachable: ECONNREFUSED),
         # raised by the next call, as a kernel socket's pending error (SO_ERROR) is.
@@ -440,6 +450,8 @@ class DatagramSocket:
             more = bool((ch.arrays()[1][np.array(pkts, np.int64) * UMD_WORDS + W_FLAGS] & RX_MORE).any())
         if more:
             got = self._recv_chained(pkts)
+        elif self.keep_header:
+            got = self._recv_headed(pkts)
         elif self._v6:
             got = self._recv6(pkts)
         elif len(pkts) == 1:
@@ -450,8 +462,27 @@ class DatagramSocket:
             self._raise_pending(self.pending_error)  # what came was the ICMP error itself
         return got
 
+    def _recv_headed(self, pkts: list[int]) -> list:
+        """`keep_header`: each datagram with its header's fields (`_header`), packet by packet
+        (only a socket that asked for them pays for it)."""
+        ch = self.channel
+        try:
+            copies = [bytes(ch.view(p)) for p in pkts]
+        finally:
+            ch.free(pkts)
+        out = []
+        for v in copies:
+            got = self._parse6(v) if self._v6 else self._parse_slow(v)
+            if got is None:
+                self.rx_bad += 1
+            elif got is not _ICMP:
+                out.append((got[0], got[1], _header(v)))
+        return out
+
     def _recv_plain(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
         """Datagrams of one packet each, by the family's path."""
+        if self.keep_header:
+            return self._recv_headed(pkts)
         if self._v6:
             return self._recv6(pkts)
         return self._recv_one(pkts[0]) if len(pkts) == 1 else self._recv_batch(pkts)
@@ -499,7 +530,7 @@ class DatagramSocket:
             if got is None:
                 self.rx_bad += 1
             elif got is not _ICMP:
-                out.append(got)
+                out.append((got[0], got[1], _header(d)) if self.keep_header else got)  # type: ignore[arg-type]
         if single:
             out += self._recv_plain(single)
         return out

@@ -31,6 +31,18 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
+from usnet.client.rxinfo import (
+    IP_OPTIONS,
+    TIMESTAMP_OPTIONS,
+    RxMeta,
+    keeps_header,
+    option_value,
+    pktinfo_source,
+    put_cmsgs,
+    rx_cmsgs,
+    set_option,
+    wants_meta,
+)
 from usnet.client.session import Client
 from usnet.client.socket import (
     _DONTWAIT,
@@ -55,7 +67,18 @@ from usnet.client.socket import (
     open_sockets,
     socket,
 )
-from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, kept, lookup, not_available
+from usnet.client.sockopts import (
+    IP_MARKING,
+    TIMEO_OPTIONS,
+    check_fixed,
+    ip_mark,
+    ip_option,
+    kept,
+    lookup,
+    not_available,
+    timeo_get,
+    timeo_key,
+)
 from usnet.proto.errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -102,6 +125,7 @@ class DatagramEngine:
         # sk_error_queue to the socket's receive memory (sock_queue_err_skb): bounded by SO_RCVBUF
         self.errq: deque[ErrorReport] = deque()
         self.recverr = False
+        self.want_meta = False  # SO_TIMESTAMP or IP_PKTINFO on: datagrams carry an RxMeta
         self.error: OSError | None = None  # the channel failed
         self.closed = False
         self.release_when_idle = False
@@ -113,6 +137,7 @@ class DatagramEngine:
     def add_flow(self, d: DatagramSocket) -> None:
         """Hear `d` (the same port on another netif or in IPv4) too; the runner serves its doorbell."""
         d.remote = self.d.remote
+        d.keep_header = self.d.keep_header
         d.on_error = self.d.on_error
         self.more.append(d)
         half = FlowHalf(self, d)
@@ -175,10 +200,21 @@ class DatagramEngine:
                     self.pending = e
                     continue
                 remote = self.remote
+                if self.want_meta:  # one RxMeta for the batch (usnet.client.rxinfo), or each its header's
+                    meta = RxMeta(time.time_ns(), d.local[0], d.loopback)
+                    got = [(dg[0], dg[1], meta if len(dg) < 3 else meta._replace(header=dg[2]))  # type: ignore[misc]
+                           for dg in got]
                 for dg in got:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
+
+    def set_meta(self, opts: dict) -> None:
+        """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
+        an RxMeta, and whether the flows keep their headers' fields. With the lock held."""
+        self.want_meta = wants_meta(opts)
+        for d in self.flows():
+            d.keep_header = keeps_header(opts)
 
     def set_recverr(self, on: bool) -> None:
         """IP_RECVERR (IPV6_RECVERR) on or off; off empties the queue, as Linux's. With the lock held."""
@@ -364,6 +400,8 @@ class DatagramFace(socket):
             eng.rcvbuf = v
         if self._recverr():
             eng.set_recverr(True)
+        with eng.lock:
+            eng.set_meta(self._opts)
         return eng
 
     def _flow(self, client: Client, netif: str, host: str | None, port: int,
@@ -529,6 +567,21 @@ class DatagramFace(socket):
             self._update()
         raise OSError(errno.EMSGSIZE, "Message too long")
 
+    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        """As Linux's: to `address` (else the connected peer), from the source an IP_PKTINFO
+        (IPV6_PKTINFO) control message chooses, which must be one of the socket's addresses
+        (usnet.client.rxinfo.pktinfo_source; EINVAL otherwise, as Linux's route lookup says of
+        a source no interface has)."""
+        data = b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
+        src = pktinfo_source(self.family, ancdata) if ancdata else None
+        if address is not None:
+            return self._send(data, flags, self._resolve(address), src)
+        eng = self._engine
+        if eng is None or eng.remote is None:
+            self._need_open()
+            raise OSError(errno.EDESTADDRREQ, "Destination address required")
+        return self._send(data, flags, eng.remote, src)
+
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
         """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
         one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
@@ -540,7 +593,7 @@ class DatagramFace(socket):
         if dest[:2].lower() == "ff" if ":" in dest else 224 <= int(dest.split(".", 1)[0]) <= 239:
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast ({dest})")
 
-    def _send(self, data: Any, flags: int, addr: tuple[str, int]) -> int:
+    def _send(self, data: Any, flags: int, addr: tuple[str, int], src: str | None = None) -> int:
         eng = self._eng(addr[0])
         if self._refused is not None:  # it could not bind its port again (`_rebind_failed`)
             raise self._refused
@@ -551,15 +604,32 @@ class DatagramFace(socket):
         self._no_group(eng, addr[0])
         with eng.lock:
             self._raise_pending(eng)
-            d = eng.via(addr[0])
+            d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
             self._check_df(eng, d, data, addr)
-            d.settimeout(0.0 if flags & _DONTWAIT else self._timeout)
+            t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
+            d.settimeout(t)
             try:
                 return d.sendto(data, addr)
+            except TimeoutError:
+                if eagain:  # SO_SNDTIMEO ran out: EAGAIN, as the kernel's (see `_limit`)
+                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
+                raise
             except OSError as e:
                 if e.errno in (errno.ENOBUFS, errno.EAGAIN) and not isinstance(e, BlockingIOError):
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
                 raise
+
+    def _flow_from(self, eng: DatagramEngine, src: str) -> DatagramSocket:
+        """The socket's flow on address `src` (IP_PKTINFO's choice). None is: IPv4's route lookup
+        says ENETUNREACH for a source no interface has (EINVAL for a multicast, broadcast or 0/8
+        one), IPv6's ip6_datagram_send_ctl EINVAL."""
+        want = ipaddress.ip_address(src)
+        for d in eng.flows():
+            if ipaddress.ip_address(d.local[0]) == want:
+                return d
+        if want.version == 4 and not (want.is_multicast or src == "255.255.255.255" or src.startswith("0.")):
+            raise OSError(errno.ENETUNREACH, f"Network is unreachable (usnet: the socket has no flow on {src})")
+        raise OSError(errno.EINVAL, f"Invalid argument (usnet: the socket has no flow on {src})")
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -570,8 +640,8 @@ class DatagramFace(socket):
         if flags & MSG_ERRQUEUE:
             r = self._error_report()
             return r.payload[:bufsize], _sockaddr(self.family, self._ip_str(r.dst), r.dport)
-        data, addr = self._recv(flags)
-        return data[:bufsize], _sockaddr(self.family, *addr)
+        dg = self._recv(flags)
+        return dg[0][:bufsize], _sockaddr(self.family, *dg[1])
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         return self.recvfrom(bufsize, flags)[0]
@@ -595,8 +665,24 @@ class DatagramFace(socket):
             raise ValueError("negative buffer size in recvmsg()")
         if flags & MSG_ERRQUEUE:
             return self._recv_error(bufsize, ancbufsize)
-        data, addr = self._recv(flags)
-        return data[:bufsize], [], MSG_TRUNC if len(data) > bufsize else 0, _sockaddr(self.family, *addr)
+        dg = self._recv(flags)
+        data, mflags = dg[0], MSG_TRUNC if len(dg[0]) > bufsize else 0
+        anc: list[tuple[int, int, bytes]] = []
+        if wants_meta(self._opts):  # SO_TIMESTAMP, IP_PKTINFO, ... (usnet.client.rxinfo)
+            meta: RxMeta = dg[2] if len(dg) > 2 else RxMeta(0, self._engine.d.local[0], False)  # type: ignore
+            anc, cut = put_cmsgs(rx_cmsgs(self.family, self._opts, meta, self._ifindex(meta.loopback)), ancbufsize)
+            mflags |= MSG_CTRUNC if cut else 0
+        return data[:bufsize], anc, mflags, _sockaddr(self.family, *dg[1])
+
+    def _ifindex(self, loopback: bool) -> int:
+        """The index IP_PKTINFO gives for a netif: the kernel interface of its name in this
+        process's namespace ("lo" for the loopback netif; a TAP's or a NIC's name for the netif
+        on it), 0 where there is none."""
+        name = LOOPBACK_NETIF if loopback else self._netif
+        try:
+            return _std.if_nametoindex(name) if name else 0
+        except OSError:
+            return 0
 
     def _error_report(self) -> ErrorReport:
         """The oldest report on the error queue; EAGAIN when there is none, blocking or not, as
@@ -632,7 +718,7 @@ class DatagramFace(socket):
         return str(ipaddress.ip_address(addr))
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
-        t = 0.0 if flags & _DONTWAIT else self._timeout
+        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         while True:  # again on the new flow if the socket is bound again meanwhile (`_rebind`)
             eng = self._eng()
@@ -653,7 +739,7 @@ class DatagramFace(socket):
                     self._update()
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        if t == 0:
+                        if t == 0 or eagain:
                             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                         raise TimeoutError("timed out")
                     park_at_exit(eng.changed)
@@ -683,6 +769,15 @@ class DatagramFace(socket):
             value = max(2 * int(value), 2304 if opt == SO_RCVBUF else 4608)  # as Linux keeps it
             if opt == SO_RCVBUF and self._engine is not None:
                 self._engine.rcvbuf = value
+        if (level, opt) in TIMEO_OPTIONS:
+            self._set_timeo(opt, value)
+            return
+        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in IP_OPTIONS:
+            set_option(self._opts, level, opt, value)
+            if self._engine is not None:
+                with self._engine.lock:
+                    self._engine.set_meta(self._opts)
+            return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
             eng = self._engine
@@ -701,6 +796,10 @@ class DatagramFace(socket):
 
     def _option(self, level: int, opt: int) -> Any:
         spec = lookup(self.family, self.type, level, opt, False)
+        if (level, opt) in TIMEO_OPTIONS:
+            return timeo_get(self._opts.get(timeo_key(opt)))
+        if (level, opt) in TIMESTAMP_OPTIONS or (level, opt) in IP_OPTIONS:
+            return option_value(self._opts, level, opt)
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
                 eng = self._engine

@@ -43,11 +43,14 @@ from usnet.abi.events import DefunctReason
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
 from usnet.client import rebind as _rebind
 from usnet.client import resolver as _names
+from usnet.client import rxinfo as _rx
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, exiting, park_at_exit, runner
 from usnet.client.session import Client, DomainGone, WorkerGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
+from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
+from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -767,14 +770,14 @@ class socket:
         return tuple(made)
 
     def accept(self) -> tuple[socket, tuple]:
-        t = self._timeout
+        t, eagain = self._limit("accept")
         deadline = None if t is None else time.monotonic() + t
         while True:
             eng = self._need_engine()
             if not self._listening:
                 raise OSError(errno.EINVAL, "Invalid argument")
             left = None if deadline is None or t == 0 else max(0.0, deadline - time.monotonic())
-            got = self._wait(partial(self._accepted, eng), "accept", t if t == 0 else left)
+            got = self._wait(partial(self._accepted, eng), "accept", t if t == 0 else left, eagain)
             if got is not _MOVED:  # (moved: the listener listens again on a new flow, `_rebind`)
                 break
         conn, on = got
@@ -976,14 +979,14 @@ class socket:
 
     def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
         """MSG_WAITALL: until `bufsize` bytes, EOF or an error; what came when the timeout ends it."""
-        t = 0.0 if flags & _DONTWAIT else self._timeout
+        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         got = bytearray()
         while len(got) < bufsize:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             take = partial(conn.recv, bufsize - len(got))
             try:
-                chunk = self._wait(lambda t=take: self._read(conn, t, b""), "recv", left)
+                chunk = self._wait(lambda t=take: self._read(conn, t, b""), "recv", left, eagain)
             except (BlockingIOError, TimeoutError):
                 if got:
                     break
@@ -1305,6 +1308,12 @@ class socket:
         elif (level, opt) in IP_MARKING:
             self._set_marking(level, opt, ip_option(self.type, level, opt, value))
             return
+        elif (level, opt) in _so.TIMEO_OPTIONS:
+            self._set_timeo(opt, value)
+            return
+        elif (level, opt) in _rx.IP_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
+            _rx.set_option(self._opts, level, opt, value)
+            return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
         if (level, opt) in ((_std.IPPROTO_IP, _IP_RECVERR), (IPPROTO_IPV6, _IPV6_RECVERR)) and eng is not None:
@@ -1412,8 +1421,34 @@ class socket:
             return struct.unpack_from("i", bytes(value).ljust(4, b"\0"))[0]
         return int(value)
 
+    def _set_timeo(self, opt: int, value: Any) -> None:
+        """SO_RCVTIMEO, SO_SNDTIMEO (old or _NEW number): kept in jiffies as Linux keeps it (for
+        the stream and the datagram face; `_limit` acts on it)."""
+        j = _so.timeo_set(value)
+        if j is None:
+            self._opts.pop(_so.timeo_key(opt), None)
+        else:
+            self._opts[_so.timeo_key(opt)] = j
+
+    def _limit(self, what: str) -> tuple[float | None, bool]:
+        """How long a call may wait, and whether running out is EAGAIN: the Python timeout
+        (settimeout: TimeoutError), or on a blocking socket SO_RCVTIMEO (recv, accept) or
+        SO_SNDTIMEO (send), whose end the kernel's call returns as EAGAIN, which CPython, polling
+        for no timeout of its own, raises as BlockingIOError. connect is not limited: Linux's
+        returns EINPROGRESS at SO_SNDTIMEO, and CPython then waits for the handshake anyway."""
+        t = self._timeout
+        if t is None and what != "connect":
+            j = self._opts.get(_so.timeo_key(_SO_SNDTIMEO if what == "send" else _SO_RCVTIMEO))
+            if j is not None:
+                return _so.timeo_seconds(j), True
+        return t, False
+
     def _option(self, level: int, opt: int) -> Any:
         spec = lookup(self.family, self.type, level, opt, False)
+        if (level, opt) in _so.TIMEO_OPTIONS:
+            return _so.timeo_get(self._opts.get(_so.timeo_key(opt)))
+        if (level, opt) in _rx.IP_OPTIONS:
+            return _rx.option_value(self._opts, level, opt)
         conn = self._conn
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
@@ -1675,14 +1710,18 @@ class socket:
             return at_eof
         return None
 
-    def _wait(self, attempt: Any, what: str, timeout: Any = _UNSET) -> Any:
-        """Run `attempt` under the engine lock until it returns non-None, within the timeout.
+    def _wait(self, attempt: Any, what: str, timeout: Any = _UNSET, eagain: bool = False) -> Any:
+        """Run `attempt` under the engine lock until it returns non-None, within the timeout
+        (unset: `_limit`'s for `what`; `eagain`: its end is EAGAIN, as SO_RCVTIMEO's).
         An orphaned listener's failed engine is waited on as one with nothing to accept: its
         `_rebind` wakes the waiters."""
         eng = self._need_engine()
         if eng.error is not None and not self._orphan:
             raise self._refused or eng.error
-        t = self._timeout if timeout is _UNSET else timeout
+        if timeout is _UNSET:
+            t, eagain = self._limit(what)
+        else:
+            t = timeout
         deadline = None if t is None else time.monotonic() + t
         woken = borrowed = False
         try:
@@ -1709,7 +1748,7 @@ class socket:
                         if left <= 0:
                             if self._dead:
                                 raise OSError(errno.EBADF, "Bad file descriptor")
-                            if t == 0:
+                            if t == 0 or eagain:
                                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                             raise TimeoutError("timed out")
                     else:

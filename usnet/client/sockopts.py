@@ -19,11 +19,31 @@ Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives
 for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
 on an AF_INET socket (ip_getsockopt's answer) and ENOPROTOOPT on an AF_INET6 one
 (ipv6_getsockopt's). Options that Linux has but usnet does not (SO_MARK,
-SO_RCVTIMEO, SO_TIMESTAMP, IP_TRANSPARENT, IP_MTU_DISCOVER on a stream socket, the multicast group
+SO_TIMESTAMPING, IP_TRANSPARENT, IP_MTU_DISCOVER on a stream socket, the multicast group
 options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a message that says usnet does not have it.
 A value Linux converts or checks is kept as Linux keeps it (`kept`): TCP_CORK and TCP_QUICKACK
 read 0 or 1, TCP_DEFER_ACCEPT's seconds are rounded up to whole SYN-ACK retransmissions,
 TCP_FASTOPEN's queue is bounded by somaxconn, and the wrong state or value is EINVAL.
+
+SO_RCVTIMEO and SO_SNDTIMEO (and their _NEW numbers, one timeout each) take a struct timeval
+(usnet.proto.cmsg), kept in the running kernel's jiffies as Linux keeps it, so getsockopt reads
+the same rounded value; on a blocking socket (no Python timeout) recv, recvfrom, accept and send
+end with BlockingIOError (EAGAIN) when it runs out, as CPython raises the kernel's EAGAIN; a
+Python timeout (settimeout) takes over, as CPython's poll does on the kernel.
+
+On a datagram socket SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers (one state, read as
+Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo);
+a stream socket refuses them (Linux's gives the last segment read's time, which usnet's TCP
+does not keep).
+
+IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo (in6_pktinfo):
+the address the datagram was sent to and the kernel interface index of the netif's name (the
+TAP or NIC it is on, "lo" for the loopback netif); sendmsg's IP_PKTINFO (IPV6_PKTINFO) control
+message chooses the source among the socket's addresses, as a DNS server bound to the wildcard
+answers from the address it was asked on. IP_RECVTTL, IP_RECVTOS (IPV6_RECVHOPLIMIT,
+IPV6_RECVTCLASS) give each datagram's header fields as the client's stack received them (the
+DSCP is the flow switch's: 0 outside a low-latency lease). A stream socket keeps these bits,
+as Linux's TCP, which gives none of them.
 
 What the standard library and common libraries set is here and works: asyncio (TCP_NODELAY,
 SO_REUSEADDR, SO_REUSEPORT, SO_BROADCAST, IPV6_V6ONLY, SO_ERROR), socketserver and http.server
@@ -40,10 +60,12 @@ import socket as _std
 from dataclasses import dataclass
 from typing import Any
 
+from usnet.proto import cmsg as _cm
 from usnet.proto.ipmark import make_mark
 
-__all__ = ["IP_MARKING", "OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "defer_retrans", "device_value",
-           "ip_mark", "ip_option", "kept", "lookup", "not_available"]
+__all__ = ["IP_MARKING", "OPTIONS", "TIMEO_OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "defer_retrans",
+           "device_value", "ip_mark", "ip_option", "kept", "kernel_hz", "lookup", "not_available", "timeo_get",
+           "timeo_key", "timeo_seconds", "timeo_set"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
@@ -92,6 +114,16 @@ OPTIONS: dict[tuple[int, int], Option] = {
                              "(`bind_device`)"),
     (SOL_SOCKET, 18): Option("SO_RCVLOWAT", _F, 1, why="recv and readiness wake for one byte"),
     (SOL_SOCKET, 19): Option("SO_SNDLOWAT", _G, 1),  # Linux: readable 1, setting it ENOPROTOOPT
+    (SOL_SOCKET, 20): Option("SO_RCVTIMEO", _H, bytes(16), why="a blocking call's receive timeout "
+                             "(recv, accept), kept in the kernel's jiffies (usnet.proto.cmsg)"),
+    (SOL_SOCKET, 21): Option("SO_SNDTIMEO", _H, bytes(16), why="a blocking send's timeout, as SO_RCVTIMEO"),
+    (SOL_SOCKET, 66): Option("SO_RCVTIMEO_NEW", _H, bytes(16), why="SO_RCVTIMEO (the same timeout)"),
+    (SOL_SOCKET, 67): Option("SO_SNDTIMEO_NEW", _H, bytes(16), why="SO_SNDTIMEO (the same timeout)"),
+    (SOL_SOCKET, 29): Option("SO_TIMESTAMP", _H, stream=False, why="recvmsg gives the datagram's arrival "
+                             "(usnet.client.rxinfo); TCP's, the last segment read's, usnet does not keep"),
+    (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, stream=False, why="as SO_TIMESTAMP, in nanoseconds"),
+    (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, stream=False, why="as SO_TIMESTAMP"),
+    (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, stream=False, why="as SO_TIMESTAMPNS"),
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
     (SOL_SOCKET, 38): Option("SO_PROTOCOL", _G),
     (SOL_SOCKET, 39): Option("SO_DOMAIN", _G),
@@ -126,6 +158,10 @@ OPTIONS: dict[tuple[int, int], Option] = {
                             "socket's ECN bits are TCP's); the domain's switch writes the DSCP of a "
                             "flow's low-latency class over it (docs/abi.md)"),
     (IPPROTO_IP, 2): Option("IP_TTL", _H, 64, why="the TTL of the socket's IPv4 packets; -1: 64"),
+    (IPPROTO_IP, 8): Option("IP_PKTINFO", _H, why="recvmsg gives a datagram's in_pktinfo (usnet.client."
+                            "rxinfo); a stream socket keeps it, as Linux's TCP, which gives none"),
+    (IPPROTO_IP, 12): Option("IP_RECVTTL", _H, why="recvmsg gives a datagram's TTL (IP_TTL); stream: kept"),
+    (IPPROTO_IP, 13): Option("IP_RECVTOS", _H, why="recvmsg gives a datagram's TOS (IP_TOS); stream: kept"),
     (IPPROTO_IP, 11): Option("IP_RECVERR", _H,
                              why="UDP: every ICMP error about a datagram sent is queued for recvmsg(MSG_ERRQUEUE) "
                              "and is the socket's error (usnet.proto.errqueue); on an AF_INET6 datagram socket "
@@ -148,6 +184,10 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, why="IP_RECVERR of an AF_INET6 socket (for TCP: of its "
                                "IPv6 connections; an IPv4-mapped one reads IP_RECVERR, as Linux's)"),
     (IPPROTO_IPV6, 26): Option("IPV6_V6ONLY", _H),
+    (IPPROTO_IPV6, 49): Option("IPV6_RECVPKTINFO", _H, why="recvmsg gives a datagram's in6_pktinfo, as "
+                               "IP_PKTINFO"),
+    (IPPROTO_IPV6, 51): Option("IPV6_RECVHOPLIMIT", _H, why="recvmsg gives a datagram's hop limit; stream: kept"),
+    (IPPROTO_IPV6, 66): Option("IPV6_RECVTCLASS", _H, why="recvmsg gives a datagram's traffic class; stream: kept"),
     (IPPROTO_IPV6, 67): Option("IPV6_TCLASS", _H, why="the traffic class of the socket's IPv6 packets, "
                                "as IP_TOS; -1: 0"),
 }
@@ -352,3 +392,56 @@ def ip_mark(family: int, opts: dict[tuple[int, int], Any]) -> int:
     if family == _std.AF_INET6:
         return make_mark(opts.get((IPPROTO_IPV6, IPV6_TCLASS), 0), opts.get((IPPROTO_IPV6, IPV6_UNICAST_HOPS)))
     return make_mark(opts.get((IPPROTO_IP, IP_TOS), 0), opts.get((IPPROTO_IP, IP_TTL)))
+
+
+# -- SO_RCVTIMEO, SO_SNDTIMEO (issue 16) ---------------------------------------------------------
+
+#: the timeout options (old and _NEW numbers); `timeo_key` is where a face keeps each in its options
+TIMEO_OPTIONS = frozenset({(SOL_SOCKET, o) for o in (_cm.SO_RCVTIMEO, _cm.SO_SNDTIMEO, _cm.SO_RCVTIMEO_NEW,
+                                                    _cm.SO_SNDTIMEO_NEW)})
+_hz: list[int] = []
+
+
+def kernel_hz() -> int:
+    """The running kernel's HZ, in which Linux keeps a socket timeout: measured once on a kernel
+    socket (a 1 us SO_RCVTIMEO reads back as one jiffy); 1000 where no kernel socket can be made."""
+    if not _hz:
+        import _socket  # the C module: usnet.patch replaces socket.socket, never this
+        hz = 1000
+        try:
+            k = _socket.socket(_std.AF_INET, _std.SOCK_DGRAM)
+            try:
+                k.setsockopt(SOL_SOCKET, _cm.SO_RCVTIMEO, _cm.TIMEVAL.pack(0, 1))
+                usec = _cm.TIMEVAL.unpack(k.getsockopt(SOL_SOCKET, _cm.SO_RCVTIMEO, _cm.TIMEVAL.size))[1]
+            finally:
+                k.close()
+            if usec > 0:
+                hz = round(1_000_000 / usec)
+        except OSError:
+            pass
+        _hz.append(hz)
+    return _hz[0]
+
+
+def timeo_key(opt: int) -> tuple[int, int]:
+    """The one key of the receive or the send timeout, whichever number named it (Linux keeps
+    one sk_rcvtimeo and one sk_sndtimeo)."""
+    return SOL_SOCKET, _cm.SO_RCVTIMEO if opt in (_cm.SO_RCVTIMEO, _cm.SO_RCVTIMEO_NEW) else _cm.SO_SNDTIMEO
+
+
+def timeo_set(value: Any) -> int | None:
+    """The timeout a setsockopt value keeps (jiffies; None: none), as Linux's sock_set_timeout;
+    an int (4 bytes) is shorter than a timeval: EINVAL."""
+    if isinstance(value, int):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    return _cm.timeval_jiffies(bytes(value), kernel_hz())
+
+
+def timeo_get(jiffies: int | None) -> bytes:
+    """The struct timeval getsockopt gives for a kept timeout."""
+    return _cm.jiffies_timeval(jiffies, kernel_hz())
+
+
+def timeo_seconds(jiffies: int) -> float:
+    """How long a call waits for a kept timeout."""
+    return jiffies / kernel_hz()

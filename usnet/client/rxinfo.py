@@ -1,0 +1,191 @@
+"""What a UDP socket's recvmsg tells besides the datagram, as Linux's (issue 16): the receive
+timestamp (SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers), the packet information
+(IP_PKTINFO, IPV6_RECVPKTINFO) and header fields (IP_RECVTTL, IP_RECVTOS, IPV6_RECVHOPLIMIT,
+IPV6_RECVTCLASS: the flow switch hands the client the whole IP packet); and the source address
+a sendmsg's IP_PKTINFO (IPV6_PKTINFO) control message chooses. The layouts are usnet.proto.cmsg's.
+
+Why a datagram carries an `RxMeta` only while one of these is on: the stack's receive path
+queues (payload, sender) pairs and allocates nothing more per datagram; a socket that asked
+gets one shared (arrival time, flow) per batch taken from the ring (`DatagramEngine.take`), and
+one per datagram if it asked for header fields (`DatagramSocket.keep_header`).
+The arrival time is when the client's stack took the batch from its ring, the first moment
+this process's stack has the datagram (Linux's is when its device driver had it: earlier by the
+domain's and the ring's latency, which usnet does not carry). A datagram queued before the
+option was set has none, and reads the time of the read, as Linux's __sock_recv_timestamp gives
+an skb that was never stamped.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket as _std
+import time
+from typing import Any, NamedTuple
+
+from usnet.proto import cmsg as _cm
+
+__all__ = [
+    "HEADER_OPTIONS",
+    "IP_OPTIONS",
+    "PKTINFO_OPTIONS",
+    "TIMESTAMP_OPTIONS",
+    "RxMeta",
+    "keeps_header",
+    "option_value",
+    "pktinfo_source",
+    "put_cmsgs",
+    "rx_cmsgs",
+    "set_option",
+    "wants_meta",
+]
+
+SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6 = 1, 0, 41
+_TS_KEY = (SOL_SOCKET, _cm.SO_TIMESTAMP)  # where a face keeps the timestamp mode (the option's number)
+TIMESTAMP_OPTIONS = frozenset({(SOL_SOCKET, o) for o in (_cm.SO_TIMESTAMP, _cm.SO_TIMESTAMPNS,
+                                                         _cm.SO_TIMESTAMP_NEW, _cm.SO_TIMESTAMPNS_NEW)})
+PKTINFO_OPTIONS = frozenset({(IPPROTO_IP, _cm.IP_PKTINFO), (IPPROTO_IPV6, _cm.IPV6_RECVPKTINFO)})
+IP_RECVTTL, IP_RECVTOS, IP_TTL, IP_TOS = 12, 13, 2, 1
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT, IPV6_RECVTCLASS, IPV6_TCLASS = 51, 52, 66, 67
+HEADER_OPTIONS = frozenset({(IPPROTO_IP, IP_RECVTTL), (IPPROTO_IP, IP_RECVTOS), (IPPROTO_IPV6, IPV6_RECVHOPLIMIT),
+                            (IPPROTO_IPV6, IPV6_RECVTCLASS)})
+IP_OPTIONS = PKTINFO_OPTIONS | HEADER_OPTIONS  # the IP-level flags, kept alike
+_CMSG_HDR, _ALIGN = 16, 8  # struct cmsghdr on Linux's 64-bit ABI; CMSG_ALIGN
+
+
+class RxMeta(NamedTuple):
+    """What a datagram's control messages are made of: its arrival (ns, realtime clock), the
+    local address it was sent to (its flow's: the switch gives a flow only what is addressed to
+    it) and whether its flow is on the domain's loopback netif (which interface it came in on)."""
+
+    ns: int
+    local: str
+    loopback: bool
+    header: tuple[int, int] | None = None  # (TOS, TTL) or (traffic class, hop limit), if kept
+
+
+def set_option(opts: dict[tuple[int, int], Any], level: int, opt: int, value: Any) -> None:
+    """Keep a timestamp or packet info option as Linux does: an int (EINVAL for a shorter
+    buffer, but an IPv4 option's one byte), on or off. The four timestamp options are one state
+    (__sock_set_timestamps): set on, timestamps are on, in nanoseconds or not and of the _NEW
+    types or not as that option says; any of them set off turns them off. It is kept as the
+    option whose cmsg type recvmsg gives."""
+    if isinstance(value, (bytes, bytearray)):
+        if len(value) < 4:
+            if level != IPPROTO_IP:  # ip_setsockopt takes one unsigned byte too, and none as 0
+                raise OSError(errno.EINVAL, "Invalid argument")
+            value = value[0] if value else 0
+        else:
+            value = int.from_bytes(bytes(value[:4]), "little", signed=True)
+    on = int(value) != 0
+    if (level, opt) in TIMESTAMP_OPTIONS:
+        if on:
+            opts[_TS_KEY] = opt
+        else:
+            opts.pop(_TS_KEY, None)
+    elif on:
+        opts[level, opt] = 1
+    else:
+        opts.pop((level, opt), None)
+
+
+def option_value(opts: dict[tuple[int, int], Any], level: int, opt: int) -> int:
+    """getsockopt of one of them: 1 or 0, a timestamp option's as Linux's sk_getsockopt reads
+    the socket's flags (SO_TIMESTAMP_NEW is on for SO_TIMESTAMPNS_NEW's state too, the old
+    SO_TIMESTAMP is not for SO_TIMESTAMPNS's)."""
+    if (level, opt) in TIMESTAMP_OPTIONS:
+        mode = opts.get(_TS_KEY)
+        if mode is None:
+            return 0
+        ns, new = mode in (_cm.SO_TIMESTAMPNS, _cm.SO_TIMESTAMPNS_NEW), mode in (_cm.SO_TIMESTAMP_NEW,
+                                                                                _cm.SO_TIMESTAMPNS_NEW)
+        if opt == _cm.SO_TIMESTAMP:
+            return int(not new and not ns)
+        if opt == _cm.SO_TIMESTAMPNS:
+            return int(ns and not new)
+        if opt == _cm.SO_TIMESTAMP_NEW:
+            return int(new)
+        return int(ns and new)
+    return int(bool(opts.get((level, opt))))
+
+
+def wants_meta(opts: dict[tuple[int, int], Any]) -> bool:
+    """Whether the socket's datagrams need an `RxMeta` (one of the options is on)."""
+    return _TS_KEY in opts or any(k in opts for k in IP_OPTIONS)
+
+
+def keeps_header(opts: dict[tuple[int, int], Any]) -> bool:
+    """Whether the socket's flows must keep each datagram's header fields."""
+    return any(k in opts for k in HEADER_OPTIONS)
+
+
+def rx_cmsgs(family: int, opts: dict[tuple[int, int], Any], meta: RxMeta,
+             ifindex: int) -> list[tuple[int, int, bytes]]:
+    """A datagram's control messages, in Linux's order (udp_recvmsg, udpv6_recvmsg): the
+    timestamp (sock_recv_cmsgs), then on an AF_INET6 socket IPV6_PKTINFO (an IPv4 datagram's
+    destination as a mapped address), then IPv4's IP_PKTINFO for an IPv4 datagram."""
+    out = []
+    mode = opts.get(_TS_KEY)
+    if mode is not None:
+        out.append(_cm.timestamp_cmsg(mode, meta.ns or time.time_ns()))
+    ip = ipaddress.ip_address(meta.local)
+    hdr = meta.header
+    if family == _std.AF_INET6 and (IPPROTO_IPV6, _cm.IPV6_RECVPKTINFO) in opts:
+        a6 = ip.packed if ip.version == 6 else ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed).packed
+        out.append((IPPROTO_IPV6, _cm.IPV6_PKTINFO, _cm.In6Pktinfo(a6, ifindex).pack()))
+    if ip.version == 6 and hdr is not None:  # ip6_datagram_recv_specific_ctl: hop limit, then class
+        if (IPPROTO_IPV6, IPV6_RECVHOPLIMIT) in opts:
+            out.append((IPPROTO_IPV6, IPV6_HOPLIMIT, _cm.INT.pack(hdr[1])))
+        if (IPPROTO_IPV6, IPV6_RECVTCLASS) in opts:
+            out.append((IPPROTO_IPV6, IPV6_TCLASS, _cm.INT.pack(hdr[0])))
+    if ip.version == 4:  # ip_cmsg_recv_offset: packet info, TTL, TOS
+        if (IPPROTO_IP, _cm.IP_PKTINFO) in opts:
+            # spec_dst: the address a reply would leave from (fib_compute_spec_dst): for a
+            # datagram to a local unicast address, that address
+            out.append((IPPROTO_IP, _cm.IP_PKTINFO, _cm.InPktinfo(ifindex, ip.packed, ip.packed).pack()))
+        if hdr is not None and (IPPROTO_IP, IP_RECVTTL) in opts:
+            out.append((IPPROTO_IP, IP_TTL, _cm.INT.pack(hdr[1])))
+        if hdr is not None and (IPPROTO_IP, IP_RECVTOS) in opts:
+            out.append((IPPROTO_IP, IP_TOS, bytes([hdr[0]])))  # one byte, as Linux gives it
+    return out
+
+
+def put_cmsgs(msgs: list[tuple[int, int, bytes]], ancbufsize: int) -> tuple[list[tuple[int, int, bytes]], bool]:
+    """The control messages that fit `ancbufsize` bytes as Linux's put_cmsg puts them, and
+    whether any was cut (MSG_CTRUNC): each takes CMSG_SPACE of the buffer; one whose header fits
+    and data does not is given cut; none is given once a header no longer fits."""
+    out: list[tuple[int, int, bytes]] = []
+    room, cut = ancbufsize, False
+    for level, kind, data in msgs:
+        if room < _CMSG_HDR:
+            return out, True
+        if room < _CMSG_HDR + len(data):
+            cut = True
+            data = data[: room - _CMSG_HDR]
+        out.append((level, kind, data))
+        room -= min(room, _CMSG_HDR + (len(data) + _ALIGN - 1) // _ALIGN * _ALIGN)
+    return out, cut
+
+
+def pktinfo_source(family: int, ancdata: Any) -> str | None:
+    """The source address a sendmsg's control messages choose (IP_PKTINFO's ipi_spec_dst,
+    IPV6_PKTINFO's ipi6_addr; None: the socket's own), checked as Linux's ip_cmsg_send and
+    ip6_datagram_send_ctl check them: a control message of another length is EINVAL. The
+    interface index is not acted on (a usnet socket's flows are on its netif already). Other
+    control messages usnet does not carry: EOPNOTSUPP, as before it had these."""
+    src = None
+    for level, kind, data in ancdata:
+        data = bytes(memoryview(data).cast("B"))
+        if (level, kind) == (IPPROTO_IP, _cm.IP_PKTINFO) and family == _std.AF_INET:
+            if len(data) != _cm.IN_PKTINFO.size:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            spec = _cm.InPktinfo.unpack(data).spec_dst
+            src = None if spec == bytes(4) else str(ipaddress.IPv4Address(spec))
+        elif (level, kind) == (IPPROTO_IPV6, _cm.IPV6_PKTINFO) and family == _std.AF_INET6:
+            if len(data) != _cm.IN6_PKTINFO.size:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            a6 = _cm.In6Pktinfo.unpack(data).addr
+            src = None if a6 == bytes(16) else str(ipaddress.IPv6Address(a6))
+        else:
+            raise OSError(errno.EOPNOTSUPP, f"usnet carries no control message ({level}, {kind}) on send")
+    return src

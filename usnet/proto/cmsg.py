@@ -1,0 +1,128 @@
+"""The byte layouts of the socket options and control messages usnet's faces read and give as
+Linux does (issue 16): timeouts (SO_RCVTIMEO, SO_SNDTIMEO), receive timestamps (SO_TIMESTAMP,
+SO_TIMESTAMPNS) and packet information (IP_PKTINFO, IPV6_PKTINFO), each declared once here
+with its fields named (docs/abi.md lists them). Linux's 64-bit ABI, host byte order:
+
+    struct timeval  { long tv_sec; long tv_usec; };        /* 16 bytes: SO_*TIMEO_OLD, SCM_TIMESTAMP */
+    struct __kernel_sock_timeval { s64 tv_sec, tv_usec; }; /* 16 bytes: SO_*TIMEO_NEW, SO_TIMESTAMP_NEW */
+    struct timespec { long tv_sec; long tv_nsec; };        /* 16 bytes: SCM_TIMESTAMPNS (and _NEW) */
+    struct in_pktinfo  { int ipi_ifindex; struct in_addr ipi_spec_dst, ipi_addr; };  /* 12 bytes */
+    struct in6_pktinfo { struct in6_addr ipi6_addr; unsigned int ipi6_ifindex; };   /* 20 bytes */
+
+A socket timeout is kept as Linux keeps it, in jiffies (sock_set_timeout): set from a timeval
+rounded up to whole ticks of the kernel's HZ, read back from them (sock_get_timeout), so what
+getsockopt gives is what Linux would give. Sans-I/O: HZ is the caller's (usnet.client.sockopts
+measures the running kernel's).
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from typing import NamedTuple
+
+__all__ = [
+    "IN6_PKTINFO",
+    "INT",
+    "IN_PKTINFO",
+    "IPV6_PKTINFO",
+    "IPV6_RECVPKTINFO",
+    "IP_PKTINFO",
+    "SCM_TIMESTAMP",
+    "SCM_TIMESTAMPNS",
+    "SO_RCVTIMEO",
+    "SO_RCVTIMEO_NEW",
+    "SO_SNDTIMEO",
+    "SO_SNDTIMEO_NEW",
+    "SO_TIMESTAMP",
+    "SO_TIMESTAMPNS",
+    "SO_TIMESTAMPNS_NEW",
+    "SO_TIMESTAMP_NEW",
+    "TIMESPEC",
+    "TIMEVAL",
+    "In6Pktinfo",
+    "InPktinfo",
+    "jiffies_timeval",
+    "timestamp_cmsg",
+    "timeval_jiffies",
+]
+
+# Linux's numbers (SOL_SOCKET): the _OLD ones are what <sys/socket.h> calls SO_RCVTIMEO and so on
+# on 64-bit; the _NEW ones (y2038) take the same 16 bytes there
+SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVTIMEO_NEW, SO_SNDTIMEO_NEW = 20, 21, 66, 67
+SO_TIMESTAMP, SO_TIMESTAMPNS, SO_TIMESTAMP_NEW, SO_TIMESTAMPNS_NEW = 29, 35, 63, 64
+SCM_TIMESTAMP, SCM_TIMESTAMPNS = SO_TIMESTAMP, SO_TIMESTAMPNS  # a control message's type is its option's
+# IPPROTO_IP's and IPPROTO_IPV6's
+IP_PKTINFO, IPV6_RECVPKTINFO, IPV6_PKTINFO = 8, 49, 50
+
+TIMEVAL = struct.Struct("=qq")  # tv_sec, tv_usec
+TIMESPEC = struct.Struct("=qq")  # tv_sec, tv_nsec
+IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
+INT = struct.Struct("=i")  # IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS received (IP_TOS: one byte)
+
+_USEC = 1_000_000
+_MAX_SCHEDULE_TIMEOUT = (1 << 63) - 1  # LONG_MAX: "no timeout"
+
+
+class InPktinfo(NamedTuple):
+    """struct in_pktinfo: the interface, the local address a reply would leave from, the header's destination."""
+
+    ifindex: int
+    spec_dst: bytes
+    addr: bytes
+
+    def pack(self) -> bytes:
+        return IN_PKTINFO.pack(self.ifindex, self.spec_dst, self.addr)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> InPktinfo:
+        return cls(*IN_PKTINFO.unpack_from(data))
+
+
+class In6Pktinfo(NamedTuple):
+    """struct in6_pktinfo: the address (received: the header's destination; sent: the source) and interface."""
+
+    addr: bytes
+    ifindex: int
+
+    def pack(self) -> bytes:
+        return IN6_PKTINFO.pack(self.addr, self.ifindex)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> In6Pktinfo:
+        return cls(*IN6_PKTINFO.unpack_from(data))
+
+
+def timeval_jiffies(value: bytes, hz: int) -> int | None:
+    """The timeout Linux keeps for a setsockopt(SO_RCVTIMEO/SO_SNDTIMEO) value (sock_set_timeout):
+    jiffies, or None for none (MAX_SCHEDULE_TIMEOUT: a zero timeval, or one too long to count).
+    A buffer shorter than a timeval is EINVAL, a tv_usec outside 0..999999 EDOM; a negative
+    tv_sec is 0 jiffies, which Linux then treats as "do not wait" (EAGAIN at once)."""
+    if len(value) < TIMEVAL.size:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    sec, usec = TIMEVAL.unpack_from(value)
+    if not 0 <= usec < _USEC:
+        raise OSError(errno.EDOM, "Numerical argument out of domain")
+    if sec < 0:
+        return 0
+    if (sec or usec) and sec < _MAX_SCHEDULE_TIMEOUT // hz - 1:
+        return sec * hz + -(-usec // (_USEC // hz))  # DIV_ROUND_UP(tv_usec, USEC_PER_SEC / HZ)
+    return None
+
+
+def jiffies_timeval(jiffies: int | None, hz: int) -> bytes:
+    """What getsockopt(SO_RCVTIMEO/SO_SNDTIMEO) gives for a timeout kept in jiffies (sock_get_timeout)."""
+    if jiffies is None:
+        return TIMEVAL.pack(0, 0)
+    return TIMEVAL.pack(jiffies // hz, (jiffies % hz) * _USEC // hz)
+
+
+def timestamp_cmsg(mode: int, ns: int) -> tuple[int, int, bytes]:
+    """The receive timestamp's control message (level SOL_SOCKET) for a socket's timestamp option
+    `mode` (SO_TIMESTAMP, SO_TIMESTAMPNS or their _NEW numbers: the type is the option's) and an
+    arrival time in nanoseconds of the realtime clock, as Linux's __sock_recv_timestamp gives it."""
+    sec, rest = divmod(ns, 1_000_000_000)
+    if mode in (SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW):
+        return 1, mode, TIMESPEC.pack(sec, rest)
+    return 1, mode, TIMEVAL.pack(sec, rest // 1000)
