@@ -54,7 +54,7 @@ class LinkShare:
 class LinkPeer:
     """Worker k's view of the shared page: it writes its own row and reads the others'."""
 
-    def __init__(self, cells: memoryview, n: int, k: int) -> None:
+    def __init__(self, cells: memoryview[float], n: int, k: int) -> None:
         self._cells = cells
         self.n = n
         self.k = k

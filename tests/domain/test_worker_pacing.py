@@ -1,0 +1,113 @@
+"""Issue 18: the workers of `usnetd --workers 2` share a paced netif's link rate.
+
+A TAP netif with `link_rate` set, served by two workers: UDP flows on ports of both (7000 on
+worker 0, 7001 on worker 1) send flat out to a kernel socket in the test's namespace. The bytes
+the workers' queues hand to the device (their netif counters, in the status's "workers") over a
+window that ends when a byte count is reached: together about the link rate, not twice it (as
+when each worker paced at the whole rate); one worker alone still gets most of it.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.domain.test_workers import _start_with_workers, _workers
+from tests.helpers.usnetd import TapDaemon
+
+pytestmark = pytest.mark.privileged
+
+RATE = 8e6  # bits/s: ~660 full frames a second, well within what a loaded machine's Python sends
+PAYLOAD = 1400
+
+
+@pytest.fixture
+def paced2(sockdir, monkeypatch):
+    from usnet import socket as us
+
+    d = TapDaemon(sockdir)
+    d.config.write_text(d.config.read_text() + f"link_rate = {RATE:g}\n")
+    d.start = _start_with_workers(d, "tap")  # type: ignore[method-assign]
+    monkeypatch.setenv("USNET_SOCKET", d.path)
+    monkeypatch.setenv("USNET_NETIF", "usnet0")
+    us.configure(None, None)
+    d.start()
+    try:
+        yield d
+    finally:
+        us.configure(None, None)
+        d.stop()
+
+
+def _senders(d: TapDaemon, ports: tuple[int, ...], sink: int, stop: threading.Event) -> list[threading.Thread]:
+    """A usnet UDP socket on each port sending to the kernel's `sink` as fast as it may (bounded)."""
+    from usnet import socket as us
+
+    def send(port: int) -> None:
+        with us.socket(us.AF_INET, us.SOCK_DGRAM) as s:
+            s.bind(("0.0.0.0", port))
+            s.settimeout(5)
+            payload = bytes(PAYLOAD)
+            for _ in range(200_000):
+                if stop.is_set():
+                    return
+                try:
+                    s.sendto(payload, (d.host_ip, sink))
+                except (BlockingIOError, TimeoutError):
+                    continue
+    threads = [threading.Thread(target=send, args=(p,), daemon=True) for p in ports]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _sent(d: TapDaemon) -> list[int]:
+    """Bytes each worker's queue has handed to the device."""
+    return [w["netifs"][0]["netif"]["tx_bytes"] for w in _workers(d.path)]
+
+
+def _measure(d: TapDaemon, ports: tuple[int, ...], want: int) -> tuple[float, list[int]]:
+    """(bits/s of all workers together, bytes per worker) over a window that ends once `want`
+    bytes more were sent, after a start of ~0.3 s worth (bounded: 20 s)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind((d.host_ip, 0))  # read by nobody: its buffer fills and the kernel drops the rest
+        stop = threading.Event()
+        threads = _senders(d, ports, sink.getsockname()[1], stop)
+        try:
+            deadline = time.monotonic() + 20
+            base = _sent(d)
+            while sum(_sent(d)) - sum(base) < RATE / 8 * 0.3 and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the counters, not synchronising
+            t0, first = time.monotonic(), _sent(d)
+            while time.monotonic() < deadline:
+                now = _sent(d)
+                if sum(now) - sum(first) >= want:
+                    break
+                time.sleep(0.02)
+            t1 = time.monotonic()
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+    got = [b - a for a, b in zip(first, now)]
+    assert sum(got) >= want, ("the senders stalled", got)
+    return sum(got) * 8 / (t1 - t0), got
+
+
+def test_two_workers_sending_flat_out_share_the_link_rate(paced2):
+    rate, per = _measure(paced2, (7000, 7001), int(RATE / 8 * 1.5))
+    assert rate < 1.4 * RATE, (rate, per)  # each pacing at the whole rate made it ~2x
+    assert rate > 0.5 * RATE, (rate, per)
+    assert min(per) > 0.2 * sum(per), per  # both had a part of it (fair: about half each)
+    for w in _workers(paced2.path):
+        sched = w["netifs"][0]["netif"]["txsched"]
+        assert sched["workers"] == 2 and sched["peer_bytes"] > 0, sched
+
+
+def test_one_worker_alone_uses_most_of_the_link_rate(paced2):
+    rate, per = _measure(paced2, (7001,), int(RATE / 8 * 1.5))
+    assert rate > 0.7 * RATE, (rate, per)  # a static split would give it half
+    assert rate < 1.4 * RATE, (rate, per)
