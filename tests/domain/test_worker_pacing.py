@@ -9,6 +9,7 @@ when each worker paced at the whole rate); one worker alone still gets most of i
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -29,7 +30,9 @@ def paced2(sockdir, monkeypatch):
     from usnet import socket as us
 
     d = TapDaemon(sockdir)
-    d.config.write_text(d.config.read_text() + f"link_rate = {RATE:g}\n")
+    d.config.write_text(d.config.read_text() + f"link_rate = {RATE:g}\n"
+                        f'[[policy]]\nuid = {os.getuid()}\nclasses = ["voice", "interactive"]\n'
+                        "max_rate = 2e6\nmax_packet = 1200\n")
     d.start = _start_with_workers(d, "tap")  # type: ignore[method-assign]
     monkeypatch.setenv("USNET_SOCKET", d.path)
     monkeypatch.setenv("USNET_NETIF", "usnet0")
@@ -111,3 +114,69 @@ def test_one_worker_alone_uses_most_of_the_link_rate(paced2):
     rate, per = _measure(paced2, (7001,), int(RATE / 8 * 1.5))
     assert rate > 0.7 * RATE, (rate, per)  # a static split would give it half
     assert rate < 1.4 * RATE, (rate, per)
+
+
+def _txsched(d: TapDaemon, k: int) -> dict:
+    return _workers(d.path)[k]["netifs"][0]["netif"]["txsched"]
+
+
+def test_a_lease_on_a_flow_of_worker_1_is_granted_by_usnetd_and_applied_there(paced2):
+    """usnetd's agent admits it against the netif's LL capacity over both workers; worker 1 serves
+    the flow in the LL class and posts LEASE_GRANTED and LEASE_REVOKED with usnetd's lease id."""
+    from tests.domain.test_lowlat import wait_event
+    from usnet.abi.events import EventType, RevokeReason
+    from usnet.abi.protocol import LeaseRefusal
+    from usnet.client import Client
+    from usnet.client.lease import LeaseRefusedError
+
+    with Client.connect(paced2.path) as c, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind((paced2.host_ip, 0))
+        sink.settimeout(5)
+        s1, s0 = c.udp_socket("usnet0", 7001), c.udp_socket("usnet0", 7000)  # worker 1's, worker 0's
+        lease = c.request_lease(s1.channel, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)
+        assert (lease.channel, lease.rate, lease.service_class) == (s1.channel.id, 1e6, "voice")
+        (ev,) = wait_event(s1.channel, EventType.LEASE_GRANTED)
+        assert (ev.code, ev.value, ev.aux) == (0, lease.id, 1_000_000)
+        assert len(_txsched(paced2, 1)["ll_flows"]) == 1 and _txsched(paced2, 0)["ll_flows"] == []
+        assert [g["channel"] for g in c.status()["lowlat"]["leases"]] == [s1.channel.id]
+        # its datagrams go out in worker 1's LL class
+        for i in range(5):
+            s1.sendto(b"ll %d" % i, (paced2.host_ip, sink.getsockname()[1]))
+        assert sorted(sink.recvfrom(2048)[0] for _ in range(5)) == [b"ll %d" % i for i in range(5)]
+        assert _txsched(paced2, 1)["frames"]["ll"] >= 5
+        # one agent: worker 0's flow cannot take what worker 1's lease holds of the netif's LL capacity
+        with pytest.raises(LeaseRefusedError) as e:
+            c.request_lease(s0.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+        assert e.value.reason == LeaseRefusal.OVER_SUBSCRIBED
+        first = lease.expires
+        lease.renew()
+        assert lease.expires >= first
+        lease.release()
+        (ev,) = wait_event(s1.channel, EventType.LEASE_REVOKED)
+        assert (ev.code, ev.value) == (RevokeReason.RELEASED, lease.id)
+        assert _txsched(paced2, 1)["ll_flows"] == []
+        # and again, then the channel closes: its lease ends with it
+        again = c.request_lease(s1.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+        assert again.id != lease.id and len(_txsched(paced2, 1)["ll_flows"]) == 1
+        s1.close()
+        assert c.status()["lowlat"]["leases"] == []
+        assert c.request_lease(s0.channel, rate=1e6, max_packet=1200, latency_target=0.05).rate == 1e6
+        s0.close()
+
+
+def test_a_client_cannot_send_usnetd_s_lease_messages(paced2):
+    """ApplyLease and EndLease are usnetd's to its workers: from a client, on a channel of either
+    worker, they are refused and nothing changes class."""
+    from usnet.abi import protocol as P
+    from usnet.client import Client
+
+    with Client.connect(paced2.path) as c:
+        s1, s0 = c.udp_socket("usnet0", 7001), c.udp_socket("usnet0", 7000)
+        for s in (s0, s1):
+            with pytest.raises(OSError):
+                c._call(P.ApplyLease(s.channel.id, 1, "voice", 1e6, 4000, 1200))
+            with pytest.raises(OSError):
+                c._call(P.EndLease(s.channel.id, 1, 1))
+        assert _txsched(paced2, 0)["ll_flows"] == [] and _txsched(paced2, 1)["ll_flows"] == []
+        s0.close()
+        s1.close()
