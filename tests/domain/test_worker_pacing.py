@@ -26,11 +26,12 @@ PAYLOAD = 1400
 
 
 @pytest.fixture
-def paced2(sockdir, monkeypatch):
+def paced2(request, sockdir, monkeypatch):
     from usnet import socket as us
 
     d = TapDaemon(sockdir)
-    d.config.write_text(d.config.read_text() + f"link_rate = {RATE:g}\n"
+    ttl = getattr(request, "param", 30.0)  # lease_ttl
+    d.config.write_text(f"lease_ttl = {ttl}\n" + d.config.read_text() + f"link_rate = {RATE:g}\n"
                         f'[[policy]]\nuid = {os.getuid()}\nclasses = ["voice", "interactive"]\n'
                         "max_rate = 2e6\nmax_packet = 1200\n")
     d.start = _start_with_workers(d, "tap")  # type: ignore[method-assign]
@@ -179,4 +180,22 @@ def test_a_client_cannot_send_usnetd_s_lease_messages(paced2):
                 c._call(P.EndLease(s.channel.id, 1, 1))
         assert _txsched(paced2, 0)["ll_flows"] == [] and _txsched(paced2, 1)["ll_flows"] == []
         s0.close()
+        s1.close()
+
+
+@pytest.mark.parametrize("paced2", [1.0], indirect=True)
+def test_a_worker_1_lease_left_to_expire_ends_there_with_expired(paced2):
+    """usnetd owns the expiry: its loop ends the lease and tells worker 1, which moves the flow back
+    and posts LEASE_REVOKED(EXPIRED) with usnetd's id."""
+    from tests.domain.test_lowlat import wait_event
+    from usnet.abi.events import EventType, RevokeReason
+    from usnet.client import Client
+
+    with Client.connect(paced2.path) as c:
+        s1 = c.udp_socket("usnet0", 7001)
+        lease = c.request_lease(s1.channel, rate=1e6, max_packet=1200, latency_target=0.05)
+        assert lease.ttl == 1.0 and len(_txsched(paced2, 1)["ll_flows"]) == 1
+        ev = wait_event(s1.channel, EventType.LEASE_REVOKED, timeout=10)[-1]
+        assert (ev.code, ev.value) == (RevokeReason.EXPIRED, lease.id)
+        assert _txsched(paced2, 1)["ll_flows"] == [] and c.status()["lowlat"]["leases"] == []
         s1.close()
