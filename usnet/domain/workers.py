@@ -53,8 +53,13 @@ WORKER_TIMEOUT s, is hung: usnetd kills it and replaces it as a dead one, its cl
 replacement. usnetd's loop waits on a worker at most that bound (START_TIMEOUT for a worker not
 yet heard from), never for ever.
 
-Not yet (see the design notes): connectors (many outgoing connections on one channel) and
-low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
+A paced netif (`link_rate`) is one link for all workers: their queues' schedulers share it through
+a page usnetd maps before the fork (usnet.domain.netif.linkshare). A low-latency lease on a flow of
+worker k is admitted by usnetd's one agent and applied in worker k (`ApplyLease`, `EndLease`: the
+worker posts the events, usnetd keeps the lease's time).
+
+Not yet (see the design notes): connectors (many outgoing connections on one channel) stay on
+worker 0; a wildcard listener's loopback half is not made for a port
 of another worker; a relayed request holds usnetd's loop until its worker answers (bounded, as
 above: not yet asynchronous).
 """
