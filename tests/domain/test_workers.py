@@ -200,10 +200,10 @@ def test_sigterm_stops_the_workers_too(tapd2):
 
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
-def test_a_lease_on_a_flow_of_another_worker_is_refused_with_why(tapd2):
-    """Leases stay on worker 0's flows (docs/design-notes.md, "Issue 18: a hung worker, ..."): a
-    request for a worker-1 flow is the agent's refusal with the reason (LeaseRefusedError, as
-    for any refusal), counted with the agent's refusals, not an opaque control error."""
+def test_a_lease_on_a_flow_of_another_worker_is_refused_where_the_netif_has_no_ll_slots(tapd2):
+    """A lease for a worker-1 flow goes to the one agent in usnetd, as any (test_worker_pacing.py
+    has the grants): on this unpaced netif it is the agent's refusal with the netif's reason
+    (LeaseRefusedError, as for any refusal), counted with the agent's refusals."""
     from usnet.abi.protocol import LeaseRefusal
     from usnet.client import Client
     from usnet.client.lease import LeaseRefusedError
@@ -212,6 +212,6 @@ def test_a_lease_on_a_flow_of_another_worker_is_refused_with_why(tapd2):
         s = c.udp_socket("usnet0", 7001)  # worker 1's port
         with pytest.raises(LeaseRefusedError) as e:
             c.request_lease(s.channel, rate=1e6, max_packet=1200, latency_target=0.05)
-        assert e.value.reason == LeaseRefusal.NO_LL_CAPACITY and "usnetd worker 1" in e.value.message
+        assert e.value.reason == LeaseRefusal.NO_LL_CAPACITY and "no low-latency slots" in e.value.message
         assert c.status()["lowlat"]["refused"].get("NO_LL_CAPACITY") == 1
         s.close()

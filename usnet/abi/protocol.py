@@ -25,12 +25,12 @@ import msgspec
 
 __all__ = [
     "LEASE_REQUESTS", "MAX_MESSAGE", "NOTICES", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART",
-    "U32", "AddPorts", "AdvisoryOpened", "ChannelOpened", "CloseChannel", "ControlError", "Done", "ErrCode", "Error",
-    "Family", "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency", "LeaseGranted", "LeaseRefusal",
-    "LeaseRefused", "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe", "PacketSize", "Ping", "Pong",
-    "PortsAdded", "PosU32", "ProtocolError", "Rate", "ReleaseLease", "ReleasePorts", "RenewLease", "Reply",
-    "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Unlisten", "Welcome",
-    "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
+    "U32", "AddPorts", "AdvisoryOpened", "ApplyLease", "ChannelOpened", "CloseChannel", "ControlError", "Done",
+    "EndLease", "ErrCode", "Error", "Family", "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency",
+    "LeaseGranted", "LeaseRefusal", "LeaseRefused", "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe",
+    "PacketSize", "Ping", "Pong", "PortsAdded", "PosU32", "ProtocolError", "Rate", "ReleaseLease", "ReleasePorts",
+    "RenewLease", "Reply", "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Unlisten",
+    "Welcome", "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
 ]
 
 PROTOCOL_VERSION = 2  # 2: Status is paged (StatusReply parts)
@@ -259,6 +259,28 @@ class ReleaseLease(_Msg, frozen=True):
     lease: U32
 
 
+class ApplyLease(_Msg, frozen=True):
+    """usnetd to one of its workers (`usnetd --workers`), never from a client: serve flow channel
+    `channel` in the LL class under lease `lease`, which usnetd's agent granted (policed to `rate`
+    bit/s with `burst` bytes, packets of at most `max_packet`); the worker posts LEASE_GRANTED. Done."""
+
+    channel: U32
+    lease: U32
+    service_class: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    rate: Rate
+    burst: Annotated[int, msgspec.Meta(ge=1, le=0xFFFF_FFFF)]
+    max_packet: PacketSize
+
+
+class EndLease(_Msg, frozen=True):
+    """usnetd to one of its workers: lease `lease` on flow channel `channel` ended for `reason` (a
+    RevokeReason); the flow goes back to the general class and the worker posts LEASE_REVOKED. Done."""
+
+    channel: U32
+    lease: U32
+    reason: U32
+
+
 # ---- replies: domain -> client --------------------------------------------------
 
 
@@ -398,7 +420,7 @@ class Error(_Msg, frozen=True):
 
 Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
            | Status | RequestLease | RenewLease | ReleaseLease | AddPorts | ReturnPorts | ReleasePorts | Ping
-           | Unlisten)
+           | Unlisten | ApplyLease | EndLease)
 Reply = (Welcome | ChannelOpened | FlowOpened | PortsAdded | AdvisoryOpened | Done | Flushed | StatusReply
          | LeaseGranted | LeaseRefused | Pong | Error)
 

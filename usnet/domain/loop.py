@@ -42,6 +42,7 @@ from usnet.domain.lowlat.agent import DEFAULT_TTL, Agent, check_megabytes, check
 from usnet.domain.lowlat.leases import LeaseDesk
 from usnet.domain.lowlat.policy import Policy
 from usnet.domain.netif.advisory import NetifAdvisory
+from usnet.domain.netif.linkshare import LinkPeer
 from usnet.domain.netif.netif import Netif
 from usnet.domain.reaper import Reaper
 from usnet.domain.sessions import ChannelRef, Session
@@ -182,7 +183,7 @@ class Domain(Control, Housekeeping):
                   ll_share: float | None = None, work_conserving: bool | None = None,
                   clock: Callable[[], float] = time.monotonic,
                   rx_mitigation: bool | None = None, aqm: bool | None = None,
-                  loopback: bool = False) -> FlowSwitch:
+                  loopback: bool = False, link_peers: LinkPeer | None = None) -> FlowSwitch:
         """Attach a device: a netif with its flow switch, served by the domain loop.
 
         `address6` ("fd00::2/64") gives the netif IPv6 as well, with its
@@ -202,13 +203,17 @@ class Domain(Control, Housekeeping):
         doorbells of the netif's general-class flows (usnet.domain.netif.mitigation).
         `aqm` (default: on where `link_rate` paces the netif) runs CoDel on
         the general class's queues (usnet.domain.netif.aqm).
+
+        `link_peers`: when other processes send on queues of the same device
+        (usnetd --workers), this queue's side of the page through which their
+        schedulers share `link_rate` (usnet.domain.netif.linkshare).
         """
         with self.lock:
             if name in self.switches:
                 raise OSError(errno.EEXIST, f"netif {name!r} exists")
             netif = Netif(name, driver, address, gateway, mtu, address6=address6, gateway6=gateway6,
                           link_rate=link_rate, ll_share=ll_share, work_conserving=work_conserving,
-                          aqm=aqm, clock=clock, loopback=loopback)
+                          aqm=aqm, clock=clock, loopback=loopback, link_peers=link_peers)
             sw = FlowSwitch(netif, self.ports, clock=clock,
                             rx_mitigation=self.rx_mitigation if rx_mitigation is None else rx_mitigation)
             self.advisories[name] = NetifAdvisory(sw, self.advisory_interval, self.delay_target)

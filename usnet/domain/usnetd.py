@@ -32,6 +32,7 @@ from usnet.abi.transport import listen_seqpacket
 from usnet.domain import config, reload, sdnotify
 from usnet.domain.loop import LOOPBACK, Domain
 from usnet.domain.metrics import MetricsServer, parse_address
+from usnet.domain.netif.linkshare import LinkShare
 
 __all__ = ["main"]
 
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     links: list = []
     own: dict = {}
     spawner = None
+    shares: dict = {}  # netif name -> LinkShare: its paced queues' schedulers share its link_rate
     if args.workers > 1:  # before anything else is open: the workers are forked now
         from usnet.domain import workers
 
@@ -108,10 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             log.error("cannot open netif queues: %s", e)
             return 1
+        # mapped before the fork: worker k (and its replacements) inherit the page and pace with us
+        shares = {nc.name: LinkShare(args.workers) for nc in cfg.netif
+                  if nc.name in queues and nc.link_rate is not None}
         # a dead worker is restarted by the spawner, which keeps the queues (a packet queue's
         # replacement finds its rings' positions again: PacketDriver.resume)
         links, own, spawner = workers.start_workers(args.workers, queues,
-                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg), keep=[],
+                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares), keep=[],
                                                     restart=True)
     mode, gid = cfg.socket_perms()
     try:
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             domain.add_netif(nc.name, drv, nc.address, nc.gateway, nc.mtu, address6=nc.address6,
                              gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
                              work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation,
-                             aqm=nc.aqm)
+                             aqm=nc.aqm, link_peers=shares[nc.name].peer(0) if nc.name in shares else None)
             log.info("netif %s: %s driver on %s, address %s%s%s", nc.name, nc.driver, nc.ifname or nc.name,
                      nc.address, f", {nc.address6}" if nc.address6 else "",
                      f", paced to {nc.link_rate:g} bit/s" if nc.link_rate else "")
@@ -215,9 +220,10 @@ def _open_queues(cfg: config.Config, n: int) -> dict:
     return out
 
 
-def _worker(k: int, cmd, drivers: dict, cfg: config.Config) -> int:
+def _worker(k: int, cmd, drivers: dict, cfg: config.Config, shares: dict) -> int:
     """The body of worker k (a forked child): a Domain on queue k of every TAP and packet netif, until usnetd
-    closes its command socket. SIGTERM stops it as it stops usnetd."""
+    closes its command socket. SIGTERM stops it as it stops usnetd. A paced netif's queue paces
+    with the other workers' through `shares` (usnet.domain.netif.linkshare): together at its link_rate."""
     from usnet.domain.workers import WorkerDomain
 
     domain = WorkerDomain(cmd, rx_mitigation=cfg.rx_mitigation, **cfg.domain_kwargs())
@@ -227,7 +233,8 @@ def _worker(k: int, cmd, drivers: dict, cfg: config.Config) -> int:
             if nc.name in drivers:
                 domain.add_netif(nc.name, drivers[nc.name], nc.address, nc.gateway, nc.mtu, address6=nc.address6,
                                  gateway6=nc.gateway6, link_rate=nc.link_rate, ll_share=nc.ll_share,
-                                 work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation, aqm=nc.aqm)
+                                 work_conserving=nc.work_conserving, rx_mitigation=nc.rx_mitigation, aqm=nc.aqm,
+                                 link_peers=shares[nc.name].peer(k) if nc.name in shares else None)
         log.info("worker %d (pid %d): %d netif queue(s)", k, os.getpid(), len(drivers))
         domain.run()
     finally:

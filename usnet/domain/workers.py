@@ -53,8 +53,13 @@ WORKER_TIMEOUT s, is hung: usnetd kills it and replaces it as a dead one, its cl
 replacement. usnetd's loop waits on a worker at most that bound (START_TIMEOUT for a worker not
 yet heard from), never for ever.
 
-Not yet (see the design notes): connectors (many outgoing connections on one channel) and
-low-latency leases stay on worker 0; a wildcard listener's loopback half is not made for a port
+A paced netif (`link_rate`) is one link for all workers: their queues' schedulers share it through
+a page usnetd maps before the fork (usnet.domain.netif.linkshare). A low-latency lease on a flow of
+worker k is admitted by usnetd's one agent and applied in worker k (`ApplyLease`, `EndLease`: the
+worker posts the events, usnetd keeps the lease's time).
+
+Not yet (see the design notes): connectors (many outgoing connections on one channel) stay on
+worker 0; a wildcard listener's loopback half is not made for a port
 of another worker; a relayed request holds usnetd's loop until its worker answers (bounded, as
 above: not yet asynchronous).
 """
@@ -76,9 +81,13 @@ from typing import Any
 import msgspec
 
 from usnet.abi import protocol as P
+from usnet.abi.events import RevokeReason
 from usnet.abi.transport import recv_msg, send_msg
 from usnet.domain.limits import Charge
 from usnet.domain.loop import Domain
+from usnet.domain.lowlat.agent import Grant, Refusal
+from usnet.domain.lowlat.policer import Policer
+from usnet.domain.lowlat.policy import Who
 from usnet.domain.sessions import Session
 from usnet.domain.switch.ports import PROTO_NAMES
 
@@ -331,6 +340,7 @@ class Proxied:
     sock: socket.socket
     key: tuple[int, int, int]  # (proto, port, family) held in usnetd's port namespace
     charge: Charge | None
+    netif: str = ""  # the flow's netif (a lease on it is admitted against that netif's LL capacity)
 
 
 class ShardedDomain(Domain):
@@ -354,6 +364,7 @@ class ShardedDomain(Domain):
         self._beat_at = 0.0  # when the next heartbeat goes (`_check_workers`)
         for link in links:
             self._watch(link)
+        self.leases.remote_end = self._end_worker_lease
 
     def _watch(self, link: WorkerLink) -> None:
         """Hear worker `link` die: its command socket, which it writes only to answer a heartbeat,
@@ -542,12 +553,8 @@ class ShardedDomain(Domain):
             if px is not None:
                 if px.session_id != session.id:
                     raise OSError(errno.ENOENT, f"no channel {channel} in this session")
-                if type(req) is P.RequestLease:  # the agent's refusal, so that clients see a reason
-                    refusal = self.leases.agent.refuse(
-                        P.LeaseRefusal.NO_LL_CAPACITY,
-                        f"channel {channel} is served by usnetd worker {px.index}: low-latency leases are "
-                        f"granted on worker 0's flows only (local port p with p mod {self.n} == 0)")
-                    return P.LeaseRefused(refusal.reason.value, refusal.message), []
+                if type(req) is P.RequestLease:
+                    return self._lease_on_worker(session, px, req), []
                 if not isinstance(req, _RELAYED):
                     raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
                 try:
@@ -628,7 +635,7 @@ class ShardedDomain(Domain):
             return reply, fds
         assert sock is not None and alive is not None
         cid = next(self._ids)
-        self.proxied[cid] = Proxied(k, reply.channel, session.id, sock, key, charge)
+        self.proxied[cid] = Proxied(k, reply.channel, session.id, sock, key, charge, req.netif)
         self._relayed_fds = fds  # the worker's: closed once the reply is sent (or copied to wait)
         return msgspec.structs.replace(reply, channel=cid), [*fds, alive[1].fileno()]
 
@@ -641,8 +648,60 @@ class ShardedDomain(Domain):
             for fd in fds:
                 os.close(fd)
 
+    def _lease_on_worker(self, session: Session, px: Proxied, req: P.RequestLease) -> P.Reply:
+        """A lease for a flow of worker k: admitted here, by the one agent, against the netif's LL
+        capacity over all workers (their queues share the link: usnet.domain.netif.linkshare);
+        applied there (ApplyLease: class, policer, DSCP, and LEASE_GRANTED on the channel's EVENT
+        ring, which only the worker writes). Renewal and expiry stay here; an end is told to the
+        worker (`_end_worker_lease`)."""
+        desk = self.leases
+        desk.tick()
+        got = desk.agent.request(Who(session.uid, session.program), px.netif, req.channel, req.service_class,
+                                 req.rate, req.max_packet, req.latency_target, desk.clock(), owner=session.id)
+        if isinstance(got, Refusal):
+            return P.LeaseRefused(got.reason.value, got.message)
+        try:
+            reply, fds = self._ask(px.index, px.sock, P.ApplyLease(px.wcid, got.id, got.service_class, got.rate,
+                                                                   got.burst, got.max_packet))
+        except WorkerLost:
+            desk.agent.revoke_flow(px.netif, req.channel)
+            self._drop_proxied(req.channel)
+            raise
+        except OSError:
+            desk.agent.revoke_flow(px.netif, req.channel)
+            raise
+        for fd in fds:
+            os.close(fd)
+        if type(reply) is not P.Done:
+            desk.agent.revoke_flow(px.netif, req.channel)
+            return reply
+        log.info("lease %d: %s %g bit/s for channel %d of uid %d (%s) on %s, served by worker %d", got.id,
+                 got.service_class, got.rate, req.channel, session.uid, session.program or "-", got.netif, px.index)
+        return P.LeaseGranted(got.id, req.channel, got.service_class, got.rate, got.max_packet,
+                              got.latency_target, got.expires, desk.agent.ttl, got.burst)
+
+    def _end_worker_lease(self, lease: Grant, reason: RevokeReason) -> bool:
+        """A lease on a worker's flow ended here (release, expiry, policy): the worker moves the
+        flow back and tells its channel. False if the flow is no worker's."""
+        px = self.proxied.get(lease.flow) if isinstance(lease.flow, int) else None
+        if px is None:
+            return False
+        if reason == RevokeReason.CLOSED:  # the channel is going: the worker drops its queue with it
+            return True
+        try:
+            _, fds = self._ask(px.index, px.sock, P.EndLease(px.wcid, lease.id, int(reason)))
+            for fd in fds:
+                os.close(fd)
+        except WorkerLost:  # its channels are defunct: nothing to tell
+            self._drop_proxied(lease.flow)  # type: ignore[arg-type]
+        except OSError as e:
+            log.warning("lease %d: worker %d not told of its end: %s", lease.id, px.index, e)
+        return True
+
     def _drop_proxied(self, cid: int) -> None:
         px = self.proxied.pop(cid, None)
+        if px is not None and px.netif:
+            self.leases.agent.revoke_flow(px.netif, cid)  # its lease ends with it, silently
         if px is not None and px.charge is not None:
             self.ports.release(*px.key)
             self.ledger.release(px.charge)
@@ -716,6 +775,23 @@ class WorkerDomain(Domain):
         self.cmd = cmd
         self._sel.register(cmd, selectors.EVENT_READ, ("command", None))
 
+    def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
+        """usnetd's leases on our flows, besides what any Domain serves: every session here is one
+        usnetd opened (a client never reaches a worker's control socket), so it is obeyed."""
+        if session.over_limit is None and isinstance(req, (P.ApplyLease, P.EndLease)):
+            ref = self._own(session, req.channel)
+            if ref.flow is None or ref.switch is None:
+                raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
+            netif = ref.switch.netif.name
+            with self.lock:
+                if isinstance(req, P.ApplyLease):
+                    self.leases.apply(ref, netif, req.lease, req.service_class, req.rate,
+                                      Policer(req.rate, req.burst, req.max_packet))
+                else:
+                    self.leases.unapply(ref, netif, req.lease, RevokeReason(req.reason))
+            return P.Done(), []
+        return super()._dispatch(session, req)
+
     def _serve_event(self, kind: str, obj: Any, fd: int, mask: int) -> None:
         if kind != "command":
             super()._serve_event(kind, obj, fd, mask)
@@ -733,7 +809,7 @@ class WorkerDomain(Domain):
             except OSError:  # usnetd reads its answers; gone, its EOF comes next
                 pass
         elif data[:1] == b"S" and len(fds) == 1:
-            self.add_socket_session(socket.socket(fileno=fds[0]))
+            self.add_socket_session(socket.socket(fileno=fds[0]))  # its sessions are usnetd's alone
         elif data[:1] == b"N":
             family, n = data[1], data[2]
             name = data[3:3 + n].decode()

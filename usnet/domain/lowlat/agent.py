@@ -87,7 +87,11 @@ class LLLink:
             return None
         n, k = sched.frame_slots, sched.ll_slots
         gap = math.ceil((n - k) / k)  # the longest run of general slots
-        return cls(capacity=sched.link_rate * k / n, access=sched.horizon + (gap + 2) * sched.slot_time, mtu=mtu)
+        access = sched.horizon + (gap + 2) * sched.slot_time
+        peers = getattr(sched, "peers", None)
+        if peers is not None:  # other workers' queues of the same link: what each granted before it saw ours
+            access += (peers.n - 1) * sched.horizon
+        return cls(capacity=sched.link_rate * k / n, access=access, mtu=mtu)
 
 
 def burst_of(rate: float, max_packet: int) -> int:

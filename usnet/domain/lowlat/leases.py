@@ -27,6 +27,7 @@ from usnet.abi import protocol as P
 from usnet.abi.events import EventType, RevokeReason
 from usnet.abi.protocol import LeaseRefusal
 from usnet.domain.lowlat.agent import Agent, Grant, LLLink, Refusal
+from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import DSCP_BEST_EFFORT, SERVICE_DSCP, Policy, Who
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ class LeaseDesk:
         self.domain = domain
         self.agent = agent
         self.clock = clock
+        # leases on flows another process serves (usnetd --workers: usnet.domain.workers): told
+        # there that the lease ended; True if the flow was such a one
+        self.remote_end: Callable[[Grant, RevokeReason], bool] | None = None
 
     # -- netifs ------------------------------------------------------------------------------
 
@@ -72,10 +76,7 @@ class LeaseDesk:
                                      owner=session.id)
             if isinstance(got, Refusal):
                 return _refused(got)
-            self.domain.set_flow_class(got.netif, ref.flow.id, "ll")
-            ref.flow.policer = got.policer
-            ref.flow.dscp = SERVICE_DSCP[got.service_class]  # what the switch writes into its packets
-            _post(ref, EventType.LEASE_GRANTED, 0, got.id, int(got.rate))
+            self.apply(ref, got.netif, got.id, got.service_class, got.rate, got.policer)
             log.info("lease %d: %s %g bit/s for channel %d of uid %d (%s) on %s", got.id, got.service_class,
                      got.rate, req.channel, session.uid, session.program or "-", got.netif)
             return self._granted(got, req.channel)
@@ -89,6 +90,15 @@ class LeaseDesk:
             self._fall_back(got, RevokeReason.RELEASED)
             return P.Done()
         raise P.ProtocolError(f"not a lease request: {type(req).__name__}")
+
+    def apply(self, ref: ChannelRef, netif: str, lease: int, service_class: str, rate: float,
+              policer: Policer) -> None:
+        """Serve the flow of `ref` under a lease granted (here, or by usnetd for a worker's flow)."""
+        assert ref.flow is not None
+        self.domain.set_flow_class(netif, ref.flow.id, "ll")
+        ref.flow.policer = policer
+        ref.flow.dscp = SERVICE_DSCP[service_class]  # what the switch writes into its packets
+        _post(ref, EventType.LEASE_GRANTED, 0, lease, int(rate))
 
     def _granted(self, lease: Grant, channel: Any) -> P.LeaseGranted:
         return P.LeaseGranted(lease.id, channel, lease.service_class, lease.rate, lease.max_packet,
@@ -124,19 +134,27 @@ class LeaseDesk:
         """The lease's flow back to the general class, its queued frames with it; tell the channel."""
         if ref is None and isinstance(lease.flow, int):  # the domain's key for a flow: its channel id
             ref = self.domain.channels.get(lease.flow)
-        if ref is None or ref.flow is None or ref.switch is None:
+            if ref is None and self.remote_end is not None and self.remote_end(lease, reason):
+                return
+        if ref is not None:
+            self.unapply(ref, lease.netif, lease.id, reason)
+
+    def unapply(self, ref: ChannelRef, netif: str, lease: int, reason: RevokeReason) -> None:
+        """The flow of `ref` back to the general class, its queued frames with it; tell the channel
+        (unless it is closing)."""
+        if ref.flow is None or ref.switch is None:
             return
         flow, sw = ref.flow, ref.switch
         flow.policer = None
         flow.dscp = DSCP_BEST_EFFORT
         moved = 0
-        if sw.flows.get(flow.id) is flow and self.domain.switches.get(lease.netif) is sw:
+        if sw.flows.get(flow.id) is flow and self.domain.switches.get(netif) is sw:
             moved = sw.netif.queued(flow.id)[0]
-            self.domain.set_flow_class(lease.netif, flow.id, "general")
+            self.domain.set_flow_class(netif, flow.id, "general")
         if reason != RevokeReason.CLOSED:
-            _post(ref, EventType.LEASE_REVOKED, reason, lease.id, moved)
+            _post(ref, EventType.LEASE_REVOKED, reason, lease, moved)
         log.info("lease %d ended (%s): channel %s back in the general class with %d frames queued",
-                 lease.id, reason.name.lower(), lease.flow, moved)
+                 lease, reason.name.lower(), flow.channel, moved)
 
     def info(self) -> dict[str, Any]:
         return self.agent.info(self.clock())

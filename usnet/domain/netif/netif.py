@@ -35,6 +35,7 @@ from usnet.abi.events import TxDropReason, TxStatus
 from usnet.abi.umd import deadline_passed
 from usnet.domain.netif import txsched
 from usnet.domain.netif.aqm import CoDel
+from usnet.domain.netif.linkshare import LinkPeer
 from usnet.domain.netif.txsched import LL, SlotScheduler
 from usnet.drivers import block
 from usnet.drivers.base import Driver, GatherFrame, SegmentedFrame, TrackedFrame
@@ -54,7 +55,8 @@ class Netif:
                  low_water: int = 256, address6: str | None = None, gateway6: str | None = None,
                  link_rate: float | None = None, ll_share: float | None = None,
                  work_conserving: bool | None = None, aqm: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic, loopback: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, loopback: bool = False,
+                 link_peers: LinkPeer | None = None) -> None:
         iface = ipaddress.IPv4Interface(address)
         self.name = name
         # the domain's loopback netif (Domain.add_loopback): every address on it is the domain's own,
@@ -91,13 +93,16 @@ class Netif:
         self.tracked = 0  # TrackedFrames queued: while 0, nothing looks for them
         # the switch tells the flow: (frame, status, TxDropReason or 0)
         self.on_status: Callable[[TrackedFrame, TxStatus, int], None] | None = None
-        self._init_sched(link_rate, ll_share, work_conserving, clock)
+        self._init_sched(link_rate, ll_share, work_conserving, clock, link_peers)
         self._init_aqm(link_rate is not None if aqm is None else aqm)
         self._retiring: set[int] = set()  # keys of flows gone whose queued frames still leave
 
     def _init_sched(self, link_rate: float | None, ll_share: float | None,
-                    work_conserving: bool | None, clock: Callable[[], float]) -> None:
-        """A slot scheduler if there is a link rate; without one, the plain round-robin."""
+                    work_conserving: bool | None, clock: Callable[[], float],
+                    link_peers: LinkPeer | None = None) -> None:
+        """A slot scheduler if there is a link rate; without one, the plain round-robin.
+        `link_peers`: this queue's side of the link's shared page, when other processes'
+        queues of the same device pace with it (usnetd --workers: usnet.domain.netif.linkshare)."""
         self.clock = clock
         self.ll_keys: set[int] = set()  # queue keys (flow ids) of the low-latency class
         self.active_ll: deque[int] = deque()  # LL keys with frames, when paced (else unused)
@@ -112,7 +117,7 @@ class Netif:
         wc = True if work_conserving is None else work_conserving
         txsched.check_params(link_rate, share, wc)
         self.sched = SlotScheduler(link_rate, ll_share=share, work_conserving=wc,
-                                   slot_bytes=self.mtu + 14, start=clock())
+                                   slot_bytes=self.mtu + 14, start=clock(), peers=link_peers)
 
     def _init_aqm(self, on: bool) -> None:
         """CoDel on the general class's queues (usnet.domain.netif.aqm); by default where a link rate paces them.

@@ -68,6 +68,10 @@ calls in; `catch_up(now)` lets the time since then pass first.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from usnet.domain.netif.linkshare import LinkPeer
 
 __all__ = ["GENERAL", "LL", "SlotScheduler", "check_params", "ll_pattern"]
 
@@ -103,7 +107,7 @@ class SlotScheduler:
 
     def __init__(self, link_rate: float, *, ll_share: float = 0.2, work_conserving: bool = True,
                  slot_bytes: int = 1514, frame_slots: int = 100, horizon: float | None = None,
-                 start: float = 0.0) -> None:
+                 start: float = 0.0, peers: LinkPeer | None = None) -> None:
         check_params(link_rate, ll_share, work_conserving)
         if not isinstance(slot_bytes, int) or slot_bytes < 64:
             raise ValueError(f"slot_bytes must be an integer of at least 64, not {slot_bytes!r}")
@@ -146,6 +150,12 @@ class SlotScheduler:
         self.borrowed_bytes = {LL: 0.0, GENERAL: 0.0}  # bytes each class sent in the other's slots
         self.idle_bytes = 0.0  # link capacity that passed unused, in bytes
         self.ll_ahead_bytes = 0  # LL bytes sent ahead of the LL slots (paid by those slots)
+        # the other schedulers of the same link (usnetd --workers: usnet.domain.netif.linkshare)
+        self.peers = peers
+        self.peer_bytes = 0.0  # link time the other workers took, in bytes (passed through our slots)
+        self._peer_seen = 0.0 if peers is None else peers.others(0.0)[0]  # their bytes already counted
+        self._busy = 1  # workers (this one included) held back lately: each may have 1/busy of the rate
+        self._own_vt = float(start)  # our own bytes at 1/busy of the rate: our fair share's clock
 
     # -- the slot cursor --------------------------------------------------------------
 
@@ -185,6 +195,29 @@ class SlotScheduler:
         idle = (now - self.vt) / self.byte_time
         self.vt = now
         self.idle_bytes += idle
+        self._pass(idle)
+
+    def _absorb(self, now: float) -> None:
+        """Move `vt` on by what the link's other schedulers sent since we last looked (see
+        usnet.domain.netif.linkshare), and count those of them that want more than they get.
+
+        Their bytes went into the link after our last look: it finishes no earlier than our `vt`
+        plus them, nor than the latest `vt` one of them published. The time passes through our
+        slots as idle time does (nobody of ours used them)."""
+        peers = self.peers
+        assert peers is not None
+        sent, vt, busy = peers.others(now - 2 * self.horizon)
+        self._busy = busy + 1
+        delta, self._peer_seen = sent - self._peer_seen, sent
+        target = max(self.vt + max(delta, 0.0) * self.byte_time, vt)
+        if target > self.vt:
+            passed = (target - self.vt) / self.byte_time
+            self.vt = target
+            self.peer_bytes += passed
+            self._pass(passed)
+
+    def _pass(self, idle: float) -> None:
+        """Let `idle` bytes of link time pass through the slots, unused by us."""
         whole = self.frame_slots * self.slot_bytes
         if idle > 2 * whole:  # a long silence: skip whole frames (and forgive old debts)
             skip = int(idle // whole) - 1
@@ -207,6 +240,8 @@ class SlotScheduler:
         counters (the interface advisory) calls this first. It changes no
         decision: every grant begins with the same step.
         """
+        if self.peers is not None:
+            self._absorb(now)
         self._advance(now)
 
     # -- the netif's questions ----------------------------------------------------------
@@ -222,6 +257,8 @@ class SlotScheduler:
         the other class's while that has nothing waiting), up to the horizon:
         one grant, one batch for the device.
         """
+        if self.peers is not None:
+            self._absorb(now)
         self._advance(now)
         self._ahead = False
         if not (ll_waiting or general_waiting):
@@ -229,7 +266,10 @@ class SlotScheduler:
         limit = now + self.horizon
         if ll_waiting and self._may_go_ahead(limit):
             return self._go_ahead()
-        while self.vt < limit:
+        fair = math.inf  # bytes our share of the link allows (other workers of the link held back)
+        if self._busy > 1:
+            fair = (limit - max(self._own_vt, now)) / (self.byte_time * self._busy)
+        while self.vt < limit and fair > 0:
             owner = self.pattern[self.slot]
             if ll_waiting if owner == LL else general_waiting:
                 cls = owner
@@ -241,7 +281,7 @@ class SlotScheduler:
                 self.idle_bytes += self.credit
                 self._end_slot()
                 continue
-            room = (limit - self.vt) / self.byte_time
+            room = min((limit - self.vt) / self.byte_time, fair)
             budget, span = self.credit, 0
             if budget < room:
                 # run on through the following slots the same class would get, up to the horizon
@@ -257,6 +297,8 @@ class SlotScheduler:
             return cls, max(1, math.ceil(min(budget, room)))
         if ll_waiting and self._may_go_ahead(limit):  # idle slots that passed paid off its debt
             return self._go_ahead()
+        if self.peers is not None:
+            self.peers.wants(now)  # held back: the link's other workers leave us our share
         return None, 0
 
     def _go_ahead(self) -> tuple[str, int]:
@@ -298,6 +340,9 @@ class SlotScheduler:
         self._span_cls, self._span = None, 0
         self._advance(now)
         self.vt += nbytes * self.byte_time
+        if self.peers is not None:
+            self.peers.sent(nbytes, self.vt)
+            self._own_vt = max(self._own_vt, now) + nbytes * self.byte_time * self._busy
         self.bytes_sent[cls] += nbytes
         self.frames_sent[cls] += frames
         if ahead:  # ahead of its slots: its own next slots pay (debt), nobody else's
@@ -330,6 +375,8 @@ class SlotScheduler:
         leave the link idle). In strict mode a class waiting for its own slot
         is woken when that slot comes within the horizon.
         """
+        if self.peers is not None:
+            self._absorb(now)
         self._advance(now)
         if not (ll_waiting or general_waiting):
             return None
@@ -343,7 +390,10 @@ class SlotScheduler:
                 if (ll_waiting if owner == LL else general_waiting) or n > self.frame_slots:
                     break
                 ahead += credit
-        return max(now, self.vt + ahead * self.byte_time - self._wake_lead)
+        t = self.vt + ahead * self.byte_time - self._wake_lead
+        if self._busy > 1:  # our share's clock, too
+            t = max(t, self._own_vt - self._wake_lead)
+        return max(now, t)
 
     # -- reporting ------------------------------------------------------------------------
 
@@ -360,4 +410,5 @@ class SlotScheduler:
             "slots_idle": self.slots_idle, "slots_passed": dict(self.slots_passed),
             "borrowed_bytes": {k: round(v) for k, v in self.borrowed_bytes.items()},
             "ll_ahead_bytes": self.ll_ahead_bytes,
+            **({} if self.peers is None else {"workers": self.peers.n, "peer_bytes": round(self.peer_bytes)}),
         }
