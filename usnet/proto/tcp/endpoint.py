@@ -342,10 +342,10 @@ class TcpEndpoint:
                 stats.time_wait_reused += 1
                 self._forget(conn)
             elif st is not CLOSED:
-                if st is SYN_RECEIVED and conn.passive and fl & ACK and not fl & (SYN | RST) \
-                        and (seg.ack - conn.iss) & MASK == 1 and self._hold_ack(conn, seg):
-                    return None
                 try:  # the barrier (usnet.proto.tcp.fault): this connection's fault is its own
+                    if st is SYN_RECEIVED and conn.passive and fl & ACK and not fl & (SYN | RST) \
+                            and (seg.ack - conn.iss) & MASK == 1 and self._hold_ack(conn, seg):
+                        return None
                     conn.on_segment(seg, now, ce)
                     self.due[conn] = None
                     if st is SYN_RECEIVED and conn.passive:  # only the handshake's end leaves the SYN queue
