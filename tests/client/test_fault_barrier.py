@@ -203,12 +203,15 @@ def test_a_fault_on_a_loop_pumped_connection_aborts_it_alone(net):
             heard[0].set()
         finally:
             writer.close()
+            if len(server_saw) == N:
+                heard[1].set()
 
     async def main() -> None:
-        heard.append(asyncio.Event())
+        heard.extend((asyncio.Event(), asyncio.Event()))
         server = await aio.start_server(echo, B_IP[4], PORT, client=c, netif="b")
         streams = [await aio.open_connection(B_IP[4], PORT, client=c, netif="a") for _ in range(N)]
         socks = [w.get_extra_info("socket") for _, w in streams]
+        ports = [s.getsockname()[1] for s in socks]
         eng = socks[VICTIM].engine
         assert all(s.engine is eng for s in socks) and eng.driver is not None  # one connector, loop-pumped
         conn = socks[VICTIM].connection
@@ -218,7 +221,7 @@ def test_a_fault_on_a_loop_pumped_connection_aborts_it_alone(net):
         writer.write(b"ping")  # its echo reaches the faulty connection
         with pytest.raises(ConnectionAbortedError, match="injected"):
             await reader.read(100)
-        port = socks[VICTIM].getsockname()[1]
+        port = ports[VICTIM]
         await asyncio.wait_for(heard[0].wait(), 10)  # the server's end hears the RST
         assert isinstance(server_saw.get(port), ConnectionResetError), server_saw
         for i, (r, w) in enumerate(streams):
@@ -228,6 +231,8 @@ def test_a_fault_on_a_loop_pumped_connection_aborts_it_alone(net):
         assert eng.error is None and eng.driver is not None and eng.tcp.stats.conn_faults == 1
         for _, w in streams:
             w.close()
+        await asyncio.wait_for(heard[1].wait(), 10)  # every handler is done (the others at EOF)
+        assert [server_saw[p] for i, p in enumerate(ports) if i != VICTIM] == ["eof"] * (N - 1)
         server.close()
         await server.wait_closed()
 
@@ -236,3 +241,23 @@ def test_a_fault_on_a_loop_pumped_connection_aborts_it_alone(net):
         loop.run_until_complete(asyncio.wait_for(main(), 30))
     finally:
         loop.close()
+
+
+def test_a_connection_that_faults_before_it_is_accepted_is_accepted_and_fails_its_first_call(net):
+    """As Linux accepts a child reset in its accept queue: accept returns it, its first call says why."""
+    _d, c = net
+    srv = listen_on_b(c, PORT, timeout=10)
+    out = us.create_connection((B_IP[4], PORT), timeout=10, client=c, netif="a")
+    eng = srv._engine
+    wait = eng.tcp.listeners[PORT].accept_queue
+    wait_until(lambda: len(wait) == 1, 5.0, "the handshake's last ACK")
+    with eng.lock:
+        _inject(wait[0], "receive")
+    out.sendall(b"early")
+    assert _until_reset(out) == b""
+    conn, _ = srv.accept()
+    with pytest.raises(ConnectionAbortedError, match="injected"):
+        conn.recv(10)
+    assert eng.error is None
+    for s in (out, conn, srv):
+        s.close()
