@@ -365,7 +365,7 @@ class TcpEndpoint:
         except Exception as exc:
             conn = self.connections.get(key)
             if conn is None:
-                raise  # no connection of its own yet: the segment's fault (the engine drops it)
+                raise  # no connection of its own yet: not one connection's fault (the engine fails, as before)
             self.fault(conn, exc, now)  # the one this SYN (or cookie ACK) just made
             return conn
 
