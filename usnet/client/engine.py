@@ -65,6 +65,19 @@ EXIT_LINGER = 10.0  # seconds a normal interpreter exit waits for queued data an
 _DELIVERED = (TcpState.CLOSED, TcpState.TIME_WAIT, TcpState.FIN_WAIT_2)
 
 
+def _seg_key(dst: bytes, seg: Any) -> tuple[bytes, int, int]:
+    """The endpoint's key (remote address, remote port, local port) of an outgoing segment."""
+    h = seg.head if type(seg) is TcpParts else seg
+    return (dst, (h[2] << 8) | h[3], (h[0] << 8) | h[1])
+
+
+def _addr(a: bytes) -> str:
+    try:
+        return str(ipaddress.ip_address(a))
+    except ValueError:
+        return a.hex()
+
+
 def delivered(conn: Any) -> bool:
     """Whether nothing of `conn` waits any more: its data and FIN are acknowledged, or it failed."""
     return conn.state in _DELIVERED or conn.error is not None
@@ -240,6 +253,11 @@ class FlowEngine:
             tcp_options.setdefault("gso_max", self.info.gso_max - (20 if len(self.local) == 4 else 40))
         port = self.info.local_port
         self.tcp = TcpEndpoint(self.local, mtu=self.info.mtu, port_chooser=lambda a, p: port, **tcp_options)
+        # The fault barrier (docs/design-notes.md, issue 16): an exception in one connection's work
+        # aborts that connection alone (TcpEndpoint.fault); those aborted since the last notify
+        # are told then (`pump`, `kick`). A fault no connection owns still fails the engine.
+        self.tcp.on_fault = self._faulted_conn
+        self._faulted: list = []
         self.is_connector = is_connector
         # a connector's blocks of ephemeral ports (usnet.client.portblocks): a connect takes one
         # with no message; TCP forgetting a connection (CLOSED, or TIME-WAIT over) frees it
@@ -338,6 +356,10 @@ class FlowEngine:
                 self.error = e
                 self.notify()
                 return
+            if self._faulted:  # a connection's segment faulted (`_wrap`): its callers hear now
+                touched = set(self._faulted)
+                self._faulted.clear()
+                self.notify(touched)
             r.schedule(self, self.deadline(now))  # under the lock: no pass can set an older one after it
 
     def delivered(self) -> bool:
@@ -392,6 +414,10 @@ class FlowEngine:
             self.error = e
             self._touched = None
         touched, self._touched = self._touched, None
+        if self._faulted:
+            if touched is not None:
+                touched.update(self._faulted)
+            self._faulted.clear()
         if self.ports is not None and now >= self._next_return:
             self._return_idle_blocks(now)
         if self.stats_out is not None and self.error is None:
@@ -573,8 +599,13 @@ class FlowEngine:
                   and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
-                    # a sequence number in flight: only then does a frag-needed lower the path MTU
-                    if conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big")) and ev.mtu:
+                    try:
+                        # a sequence number in flight: only then does a frag-needed lower the path MTU
+                        taken = conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
+                    except Exception as exc:  # the barrier: that connection's fault
+                        self.tcp.fault(conn, exc, now)
+                        taken = False
+                    if taken and ev.mtu:
                         self.ip.lower_pmtu(ev, now)
                     if self._touched is not None:
                         self._touched.add(conn)
@@ -590,19 +621,9 @@ class FlowEngine:
             # is copied once, behind them, instead of being joined twice on the way.
             # `ect` is the ECN codepoint ORed with the connection's IP_TTL/IP_TOS mark
             # (usnet.proto.ipmark): the IP layer's header templates are keyed by it.
-            output, head, local = self.ip.output, self.ip.head, self.local
-            for dst, seg, cut, ect in self.tcp.outgoing(now):
-                if type(seg) is TcpParts:
-                    h = head(TCP, local, dst, len(seg), now, tos=ect, segmented=bool(cut))
-                    if h is not None:
-                        out.append((h + seg.head, seg.payload, cut))
-                        continue
-                    seg = bytes(seg)  # to be fragmented
-                if cut:
-                    out.append((output(TCP, local, dst, seg, now, tos=ect, segmented=True)[0], None, cut))
-                else:
-                    for pkt in output(TCP, local, dst, seg, now, tos=ect):
-                        out.append((pkt, None, 0))
+            faulted = self._wrap(self.tcp.outgoing(now), out, now)
+            if faulted:
+                self._wrap(self.tcp.outgoing(now), out, now)  # the faulted connections' RSTs
         if not out:
             return
         ch = self.ch
@@ -629,6 +650,55 @@ class FlowEngine:
         # What waits outlives this call: its payload views could be overwritten once the
         # send buffer's bytes are acknowledged and reused, so it waits as bytes.
         self._backlog = [(d if pl is None else d + pl, None, cut) for d, pl, cut in out[sent:]]
+
+    def _wrap(self, segs: list, out: list, now: float) -> bool:
+        """Put TCP's segments (`TcpEndpoint.outgoing`) into IP packets on `out`; True if one of them
+        faulted. The barrier: a segment the IP layer refuses (EMSGSIZE for one over the path MTU)
+        or whose wrapping raises aborts its connection alone (`TcpEndpoint.fault`), and that
+        connection's later segments in the batch are dropped; the others go on. One try per
+        segment: free in CPython 3.11 until something raises."""
+        output, head, local = self.ip.output, self.ip.head, self.local
+        faulted: set | None = None
+        for dst, seg, cut, ect in segs:
+            try:
+                if faulted is not None and _seg_key(dst, seg) in faulted:
+                    continue
+                if type(seg) is TcpParts:
+                    h = head(TCP, local, dst, len(seg), now, tos=ect, segmented=bool(cut))
+                    if h is not None:
+                        out.append((h + seg.head, seg.payload, cut))
+                        continue
+                    seg = bytes(seg)  # to be fragmented
+                if cut:
+                    out.append((output(TCP, local, dst, seg, now, tos=ect, segmented=True)[0], None, cut))
+                else:
+                    for pkt in output(TCP, local, dst, seg, now, tos=ect):
+                        out.append((pkt, None, 0))
+            except Exception as exc:
+                if faulted is None:
+                    faulted = set()
+                faulted.add(self._segment_fault(dst, seg, exc, now))
+        return faulted is not None
+
+    def _segment_fault(self, dst: bytes, seg: Any, exc: Exception, now: float) -> tuple:
+        """Wrapping `seg` for `dst` raised: abort its connection (found by the segment's ports).
+        Returns its 4-tuple key. A segment of no connection (the endpoint's own RST) is the
+        engine's fault: `exc` goes on up, as before the barrier."""
+        key = _seg_key(dst, seg)
+        conn = self.tcp.connections.get(key)
+        if conn is None:
+            raise exc
+        self.tcp.fault(conn, exc, now)
+        return key
+
+    def _faulted_conn(self, conn: Any, exc: BaseException) -> None:
+        """TcpEndpoint.on_fault: `conn` was aborted alone after `exc`; logged once, its waiters told
+        after this pump (`pump`, `kick`)."""
+        log.warning("usnet: connection %s:%d -> %s:%d aborted (ECONNABORTED, RST sent if it could be): "
+                    "%r escaped its processing; the other connections go on",
+                    _addr(self.local), conn.local_port, _addr(conn.remote_addr), conn.remote_port, exc,
+                    exc_info=exc)
+        self._faulted.append(conn)
 
     def deadline(self, now: float) -> float | None:
         """When this engine next needs the runner, absent traffic."""

@@ -51,6 +51,7 @@ from usnet.proto.tcp.connection import (
     rst_reply,
 )
 from usnet.proto.tcp.defer import defers
+from usnet.proto.tcp.fault import abort_faulted
 from usnet.proto.tcp.seq import MASK, seq_diff
 from usnet.proto.tcp.syncookie import SynCookies, ts_decode, ts_encode
 from usnet.proto.wire.ecn import ECT0, NOT_ECT
@@ -88,14 +89,16 @@ class EndpointStats:
     connection, ACKs whose cookie did not check (SyncookiesSent/Recv/Failed).
     ``bad_flags``: segments to a listener with no SYN, ACK or RST, or
     SYN+FIN, discarded. ``defer_accept_drops``: a handshake's bare last ACK
-    dropped under TCP_DEFER_ACCEPT (TCPDeferAcceptDrop).
+    dropped under TCP_DEFER_ACCEPT (TCPDeferAcceptDrop). ``conn_faults``: connections
+    aborted alone because an exception escaped their own work (usnet.proto.tcp.fault; no
+    Linux counter: a kernel bug there is an oops).
     """
 
     __slots__ = (
         "segs_in", "bad_checksum", "bad_header", "wrong_address", "no_socket", "resets_sent",
         "syn_received", "syn_dropped", "listen_overflows", "listen_drops", "syncookies_sent",
         "syncookies_recv", "syncookies_failed", "bad_flags", "accepted", "time_wait_reused",
-        "defer_accept_drops",
+        "defer_accept_drops", "conn_faults",
     )
     segs_in: int
     bad_checksum: int
@@ -114,6 +117,7 @@ class EndpointStats:
     accepted: int
     time_wait_reused: int
     defer_accept_drops: int
+    conn_faults: int
 
     def __init__(self) -> None:
         for n in self.__slots__:
@@ -203,6 +207,9 @@ class TcpEndpoint:
         # told of each connection that leaves the table (its 4-tuple is free): a connector's
         # engine gives the port back to the domain (usnet.client.engine)
         self.on_forget: Callable[[TcpConnection], None] | None = None
+        # told of each connection aborted by its own fault (`fault`), with the exception: the
+        # engine logs the reason once and wakes that connection's waiters
+        self.on_fault: Callable[[TcpConnection, BaseException], None] | None = None
         self.listeners: dict[int, Listener] = {}
         self.stats = EndpointStats()
         self._out: list[tuple[bytes, bytes | TcpParts, int, int]] = []
@@ -335,13 +342,16 @@ class TcpEndpoint:
                 stats.time_wait_reused += 1
                 self._forget(conn)
             elif st is not CLOSED:
-                if st is SYN_RECEIVED and conn.passive and fl & ACK and not fl & (SYN | RST) \
-                        and (seg.ack - conn.iss) & MASK == 1 and self._hold_ack(conn, seg):
-                    return None
-                conn.on_segment(seg, now, ce)
-                self.due[conn] = None
-                if st is SYN_RECEIVED and conn.passive:  # only the handshake's end leaves the SYN queue
-                    self._promote(conn, key, now)
+                try:  # the barrier (usnet.proto.tcp.fault): this connection's fault is its own
+                    if st is SYN_RECEIVED and conn.passive and fl & ACK and not fl & (SYN | RST) \
+                            and (seg.ack - conn.iss) & MASK == 1 and self._hold_ack(conn, seg):
+                        return None
+                    conn.on_segment(seg, now, ce)
+                    self.due[conn] = None
+                    if st is SYN_RECEIVED and conn.passive:  # only the handshake's end leaves the SYN queue
+                        self._promote(conn, key, now)
+                except Exception as exc:
+                    self.fault(conn, exc, now)
                 return conn
             else:
                 self._forget(conn)
@@ -350,7 +360,30 @@ class TcpEndpoint:
             stats.no_socket += 1
             self._reset(src, seg)
             return None
-        return self._to_listener(lst, key, src, seg, now, ce)
+        try:
+            return self._to_listener(lst, key, src, seg, now, ce)
+        except Exception as exc:
+            conn = self.connections.get(key)
+            if conn is None:
+                raise  # no connection of its own yet: not one connection's fault (the engine fails, as before)
+            self.fault(conn, exc, now)  # the one this SYN (or cookie ACK) just made
+            return conn
+
+    def fault(self, conn: TcpConnection, exc: BaseException, now: float) -> None:
+        """`exc` escaped `conn`'s own work (its segment's processing, its output, its timers):
+        abort `conn` alone, as Linux aborts a connection (usnet.proto.tcp.fault): ECONNABORTED
+        with the reason, a RST to the peer if one can be built, out of the table (its 4-tuple
+        and port free: `on_forget`) and the schedule; then `on_fault`. The other connections
+        and the endpoint go on. Also for the owner, when what it does with a connection's
+        segment raises (the engine's IP layer refusing it)."""
+        self.stats.conn_faults += 1
+        rst = abort_faulted(conn, exc, self.local_addr)
+        if rst is not None:
+            self.stats.resets_sent += 1
+            self._out.append((conn.remote_addr, rst, 0, NOT_ECT))
+        self._forget(conn)
+        if self.on_fault is not None:
+            self.on_fault(conn, exc)
 
     def _reset(self, src: bytes, seg: TcpSegment) -> None:
         r = rst_reply(pseudo_sum(self.local_addr, src), seg)
@@ -532,19 +565,27 @@ class TcpEndpoint:
         todo = list(due)
         due.clear()
         for conn in todo:
-            segs = conn.outgoing(now)
-            if segs:
-                dst = conn.remote_addr
-                cut = conn.segment_cut if conn.max_segment > conn.mss else None
-                ect = conn.ect if conn.ecn_ok else None
-                mark = conn.cfg.ip_mark  # IP_TTL, IP_TOS (usnet.proto.ipmark): once per connection
-                ect0 = ECT0 | mark
-                for s in segs:
-                    out.append((dst, s, cut(s) if cut else 0, ect0 if ect and ect(s) else mark))
-            if conn.state is CLOSED:
-                self._forget(conn)
-            else:
-                self._schedule(conn)
+            n = len(out)
+            try:  # the barrier (usnet.proto.tcp.fault): a faulted connection sends its RST alone
+                segs = conn.outgoing(now)
+                if segs:
+                    dst = conn.remote_addr
+                    cut = conn.segment_cut if conn.max_segment > conn.mss else None
+                    ect = conn.ect if conn.ecn_ok else None
+                    mark = conn.cfg.ip_mark  # IP_TTL, IP_TOS (usnet.proto.ipmark): once per connection
+                    ect0 = ECT0 | mark
+                    for s in segs:
+                        out.append((dst, s, cut(s) if cut else 0, ect0 if ect and ect(s) else mark))
+                if conn.state is CLOSED:
+                    self._forget(conn)
+                else:
+                    self._schedule(conn)
+            except Exception as exc:
+                del out[n:]
+                self.fault(conn, exc, now)
+        if self._out:  # the RSTs of connections that faulted just now
+            out += self._out
+            self._out = []
         return out
 
     def _forget(self, conn: TcpConnection) -> None:
@@ -588,11 +629,21 @@ class TcpEndpoint:
         """
         due = self.due
         best = None
+        bad = None
         for conn in due:  # what happened since may have moved a deadline
-            t = conn.timeout()
+            try:
+                t = conn.timeout()
+            except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
+                bad = [] if bad is None else bad
+                bad.append((conn, exc))
+                continue
             if t is not None and (best is None or t < best):
                 best = t
         self.visits += len(due)
+        if bad is not None:
+            for conn, why in bad:
+                self.fault(conn, why, now if now is not None else 0.0)
+            return now if now is not None else 0.0  # their RSTs are due
         h = self._timers
         while h:
             t, _, conn = h[0]
@@ -605,8 +656,16 @@ class TcpEndpoint:
 
     def on_timer(self, now: float) -> list[TcpConnection]:
         """Run the timers of the connections whose deadline has come (and only theirs); returns them."""
+        bad = None
         for conn in self.due:
-            self._schedule(conn)
+            try:
+                self._schedule(conn)
+            except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
+                bad = [] if bad is None else bad
+                bad.append((conn, exc))
+        if bad is not None:
+            for conn, why in bad:
+                self.fault(conn, why, now)
         h = self._timers
         fired = []
         while h and h[0][0] <= now:
@@ -617,10 +676,14 @@ class TcpEndpoint:
             fired.append(conn)
         self.visits += len(fired)
         for conn in fired:
-            due_at = conn.timeout()
-            if due_at is not None and due_at <= now:
-                conn.on_timer(now)
-                if conn.passive:
-                    self._promote(conn, (conn.remote_addr, conn.remote_port, conn.local_port), now)
+            try:  # the barrier (usnet.proto.tcp.fault)
+                due_at = conn.timeout()
+                if due_at is not None and due_at <= now:
+                    conn.on_timer(now)
+                    if conn.passive:
+                        self._promote(conn, (conn.remote_addr, conn.remote_port, conn.local_port), now)
+            except Exception as exc:
+                self.fault(conn, exc, now)
+                continue
             self.due[conn] = None  # its output and its next deadline: at the next `outgoing`
         return fired
