@@ -147,8 +147,13 @@ class PacketPool:
         out = self.stack[self.nfree - n : self.nfree][::-1].copy()
         self.nfree -= n
         self.moves += 1
-        self.state[out] = IN_ALLOC
-        self.owner[out] = role
+        if n == 1:  # one packet (a handshake's, a request's): scalar stores, not two fancy-indexed ones
+            i = int(out[0])
+            self.state[i] = IN_ALLOC
+            self.owner[i] = role
+        else:
+            self.state[out] = IN_ALLOC
+            self.owner[out] = role
         self.held[role] += n
         return out
 

@@ -261,6 +261,8 @@ class FlowPort:
         if not payloads:
             return 0
         n = len(payloads)
+        if n == 1 and len(payloads[0]) <= self.stride:
+            return self._deliver_one(payloads[0])
         lens = np.fromiter(map(len, payloads), np.uint32, n)
         if int(lens.max()) > self.stride:
             return self._deliver_chains(payloads, lens)
@@ -275,6 +277,30 @@ class FlowPort:
                 return len(got)
             except Exception as e:  # the channel's barrier: its fault never reaches the switch
                 return self._fault("receive", e, n)
+
+    def _deliver_one(self, p) -> int:
+        """`deliver` of one packet that fits one buffer (a handshake's, a request's): the same
+        reservation, copy and publication in scalars, not the dozen array calls of a batch."""
+        with self.pipe.lock:  # as in `pull`
+            try:
+                got = self._reserve(1, 1)
+                if not len(got):
+                    return 0
+                i, ln = int(got[0]), len(p)
+                at = i * self.stride
+                try:
+                    self.buf_mv[at : at + ln] = p
+                except (ValueError, TypeError):  # not a flat byte buffer: as the batch path copies it
+                    self.buf[i, :ln] = np.frombuffer(p, np.uint8)
+                w = i * UMD_WORDS
+                umd = self.umd_np
+                umd[w] = ln
+                umd[w + W_FLAGS] = 0
+                self.rx.push_one(i)
+                self._wake_client(1)
+                return 1
+            except Exception as e:  # as in `deliver`
+                return self._fault("receive", e, 1)
 
     def _deliver_chains(self, payloads: list, lens: np.ndarray) -> int:
         """`deliver` for a batch with packets bigger than one: each copied, once, into as many
@@ -378,12 +404,16 @@ class FlowPort:
         self.umd_np[at] = lens
         self.umd_np[at + W_FLAGS] = flags
         self.rx.push(got)
+        self._wake_client(len(got))
+
+    def _wake_client(self, k: int) -> None:
+        """`k` packets were published: ring the client if it sleeps, now or when mitigation says."""
         ringmod.fence()
         mit = self.mitigation
         if not self.mitigate or mit is None:
             if self.rx.need_wakeup():
                 self._ring_client()
-        elif mit.arrive(self.clock(), len(got), self.rx.need_wakeup()):
+        elif mit.arrive(self.clock(), k, self.rx.need_wakeup()):
             self._ring_client()
         elif mit.deadline is not None:
             self.rx_bells_held += 1
