@@ -217,6 +217,10 @@ class Consumer(_Ring):
             return _EMPTY
         start = (self.cons - n) & self.mask
         end = start + n
+        if n == 1:  # one slot (a handshake's packet): no buffer conversion
+            out = np.array((self.slots[start],), np.uint32)
+            self.q[CONS] = self.cons
+            return out
         out = np.empty(n, np.uint32)
         if end <= self.capacity:
             out[:] = self.slots[start:end]

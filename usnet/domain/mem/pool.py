@@ -170,6 +170,10 @@ class PacketPool:
         """The client took these from its ALLOC ring: IN_ALLOC -> HELD."""
         self.state[idx] = HELD
 
+    def take_one(self, i: int) -> None:
+        """`take` of one packet (a scalar store: one received packet's reservation)."""
+        self.state[i] = HELD
+
     def release(self, items: Iterable[int], role: int) -> list[tuple[int, RefusalReason]]:
         """Take back packets handed back by `role`; returns the refused ones with reasons.
 

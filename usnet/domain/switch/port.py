@@ -176,6 +176,12 @@ class FlowPort:
         good, lens, gso, meta = self.take(max_n, draining)
         if not len(good):
             return _NO_ROWS, _NO_LENS, _NO_LENS, None
+        if len(good) == 1:  # one packet (a handshake's, a request's): no gather, no max
+            w = int(lens[0])
+            rows = np.empty((1, headroom + w), np.uint8)
+            rows[0, headroom:] = self.buf[int(good[0]), :w]
+            self.top_up()
+            return rows, lens, gso, meta
         w = int(lens.max())
         rows = np.empty((len(good), headroom + w), np.uint8)
         if w < _WIDE:
@@ -381,7 +387,9 @@ class FlowPort:
             want = min(want, self.rx.space(want))
             if want > 0:
                 got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
-                if len(got):
+                if len(got) == 1:
+                    pipe.pool.take_one(int(got[0]))
+                elif len(got):
                     pipe.pool.take(got)
         taken = len(got)
         if ends is not None:
