@@ -42,6 +42,9 @@ _NO_LENS = np.empty(0, np.uint32)
 # a temporary as big as the batch (a megabyte of 64 KB super-segments), which costs some ten times
 # the copy (measured: 16 rows of 64 KB, 650 us gathered, 100 us row by row; equal at 16 KB)
 _WIDE = 16384
+# Up to this many received packets are delivered in scalars (`_deliver_few`): below it a batch's
+# array calls (a microsecond or more each, whatever the batch's size) cost more than the loop
+_FEW = 4
 
 
 class TxMark(NamedTuple):
@@ -267,8 +270,8 @@ class FlowPort:
         if not payloads:
             return 0
         n = len(payloads)
-        if n == 1 and len(payloads[0]) <= self.stride:
-            return self._deliver_one(payloads[0])
+        if n <= _FEW and max(map(len, payloads)) <= self.stride:
+            return self._deliver_few(payloads)
         lens = np.fromiter(map(len, payloads), np.uint32, n)
         if int(lens.max()) > self.stride:
             return self._deliver_chains(payloads, lens)
@@ -284,29 +287,35 @@ class FlowPort:
             except Exception as e:  # the channel's barrier: its fault never reaches the switch
                 return self._fault("receive", e, n)
 
-    def _deliver_one(self, p) -> int:
-        """`deliver` of one packet that fits one buffer (a handshake's, a request's): the same
-        reservation, copy and publication in scalars, not the dozen array calls of a batch."""
+    def _deliver_few(self, payloads: list) -> int:
+        """`deliver` of a few packets that each fit one buffer (a handshake's, a request's): the
+        same reservation, copies and publication, in scalars rather than the dozen array calls
+        a batch pays whatever its size (issue 18: usnetd's cost per small batch)."""
         with self.pipe.lock:  # as in `pull`
             try:
-                got = self._reserve(1, 1)
-                if not len(got):
+                got = self._reserve(len(payloads), len(payloads))
+                k = len(got)
+                if not k:
                     return 0
-                i, ln = int(got[0]), len(p)
-                at = i * self.stride
-                try:
-                    self.buf_mv[at : at + ln] = p
-                except (ValueError, TypeError):  # not a flat byte buffer: as the batch path copies it
-                    self.buf[i, :ln] = np.frombuffer(p, np.uint8)
-                w = i * UMD_WORDS
-                umd = self.umd_np
-                umd[w] = ln
-                umd[w + W_FLAGS] = 0
-                self.rx.push_one(i)
-                self._wake_client(1)
-                return 1
+                buf_mv, umd, stride = self.buf_mv, self.umd_np, self.stride
+                for i, p in zip(got.tolist(), payloads):
+                    ln = len(p)
+                    at = i * stride
+                    try:
+                        buf_mv[at : at + ln] = p
+                    except (ValueError, TypeError):  # not a flat byte buffer: as the batch path copies it
+                        self.buf[i, :ln] = np.frombuffer(p, np.uint8)
+                    w = i * UMD_WORDS
+                    umd[w] = ln
+                    umd[w + W_FLAGS] = 0
+                if k == 1:
+                    self.rx.push_one(int(got[0]))
+                else:
+                    self.rx.push(got)
+                self._wake_client(k)
+                return k
             except Exception as e:  # as in `deliver`
-                return self._fault("receive", e, 1)
+                return self._fault("receive", e, len(payloads))
 
     def _deliver_chains(self, payloads: list, lens: np.ndarray) -> int:
         """`deliver` for a batch with packets bigger than one: each copied, once, into as many
