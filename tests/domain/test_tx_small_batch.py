@@ -140,3 +140,45 @@ def test_a_small_batch_is_checked_one_by_one_as_the_column_pass_would():
     finally:
         few.d.stop()
         batch.d.stop()
+
+
+def test_a_few_received_packets_are_delivered_in_scalars_as_a_batch_would_be():
+    """`FlowPort._deliver_few` (up to `_FEW` packets, scalars) and the batch path deliver the same
+    datagrams, in order, with the same lengths, whatever their sizes (empty to a full MTU)."""
+    from usnet.domain.switch import port
+
+    def run(few: int, batches: list[list[bytes]]) -> list:
+        saved = port._FEW
+        port._FEW = few
+        d = Domain()
+        w = MemWire()
+        try:
+            sw = d.add_netif("a", w.a, f"{A_IP}/24")
+            d.add_netif("b", w.b, f"{B_IP}/24")
+            c = Client.local(d)
+            rx = c.udp_socket("b", 6000)
+            src = c.open_flow("a", 17, 5000)[0]
+            sw.arp.learn(bytes([10, 9, 0, 2]), w.b.mac, sw.clock())
+            got = []
+            for b in batches:
+                send_raw(src, [raw(IP(src=A_IP, dst=B_IP) / UDP(sport=5000, dport=6000) / p) for p in b])
+                for _ in range(4):
+                    d.serve_once(0)
+                try:
+                    got.append(rx.recv_many(16, timeout=0))
+                except BlockingIOError:
+                    got.append([])
+            return got
+        finally:
+            port._FEW = saved
+            d.stop()
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.lists(st.one_of(st.binary(max_size=40), st.integers(0, 1472).map(bytes)),
+                             min_size=1, max_size=4), min_size=1, max_size=4))
+    def check(batches):
+        few = run(4, batches)
+        assert few == run(0, batches)
+        assert [[p for p, _ in g] for g in few] == batches  # and each is what was sent
+
+    check()
