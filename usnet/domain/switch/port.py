@@ -226,11 +226,17 @@ class FlowPort:
         # The packets are back in the pool but nothing reuses them before `top_up`:
         # the domain is single-threaded, so the caller reads what the client wrote.
         umd = self.umd_np
-        if len(good) == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
-            w = int(good[0]) * UMD_WORDS
-            if not (umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
-                return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
-                        np.array([int(umd[w + W_GSO]) >> GSO_SHIFT], umd.dtype), None)
+        if len(good) <= _FEW:  # a few (the LL path's usual batch, a handshake's): scalars, not array calls
+            stride = self.stride
+            lens_l, gso_l = [], []
+            for g in good.tolist():
+                w = g * UMD_WORDS
+                if umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]:
+                    break  # a marked packet: its TxMeta is read by the batch path below
+                lens_l.append(min(int(umd[w]), stride))
+                gso_l.append(int(umd[w + W_GSO]) >> GSO_SHIFT)
+            else:
+                return good, np.array(lens_l, umd.dtype), np.array(gso_l, umd.dtype), None
         at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
