@@ -15,14 +15,15 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from usnet.abi.events import RefusalReason
+from usnet.abi.umd import UMD_SIZE
+from usnet.domain.mem import pool as pool_mod
 from usnet.domain.mem.arena import Arena, RegionKind, RegionSpec
 from usnet.domain.mem.pool import FREE, HELD, IN_ALLOC, NO_OWNER, PURGED, PacketPool, PoolExhausted
-from usnet.abi.umd import UMD_SIZE
 
 MAX = 64
 INITIAL = 16
@@ -553,3 +554,62 @@ PoolMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestPoolModel = PoolMachine.TestCase
+
+
+# -- property: a few packets' release (scalars) and a batch's (arrays) decide alike ---------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.sampled_from(["held0", "held1", "alloc", "free", "dup", "low", "high", "alias"]),
+                min_size=1, max_size=8),
+       st.booleans(), st.integers(0, 1))
+def test_a_few_released_in_scalars_as_the_batch_path_decides(kinds, as_array, role):
+    """`release_checked` takes up to `_FEW` packets in scalars (issue 18: usnetd's cost per small
+    batch); on any batch, hostile ones included (duplicates, packets still on ALLOC, free ones,
+    out of range, aliases that numpy would wrap), it must refuse and accept exactly what the
+    array path does, and leave the same books."""
+    pools, arenas = [], []
+    try:
+        for _ in range(2):
+            a = make_arena()
+            arenas.append(a)
+            p = PacketPool(a, MAX, INITIAL, ROLES, quota=MAX)
+            h0, h1 = lend(p, 4, 0), lend(p, 4, 1)
+            in_alloc = p.alloc(2, 0).tolist()
+            pools.append((p, h0, h1, in_alloc))
+        p0, h0, h1, in_alloc = pools[0]
+        free = [i for i in range(MAX) if p0.state[i] == FREE][:2]
+        picks = {"held0": iter(h0), "held1": iter(h1)}
+        batch: list[int] = []
+        for k in kinds:
+            if k in picks:
+                batch.append(next(picks[k], h0[0]))
+            elif k == "alloc":
+                batch.append(in_alloc[0])
+            elif k == "free":
+                batch.append(free[0])
+            elif k == "dup":
+                batch.append(batch[-1] if batch else h1[0])
+            elif k == "low":
+                batch.append(-1)
+            elif k == "high":
+                batch.append(MAX)
+            else:
+                batch.append(h0[0] + 2**32)
+        results = []
+        for p, few in zip((pools[0][0], pools[1][0]), (pool_mod._FEW, 0)):
+            saved = pool_mod._FEW
+            pool_mod._FEW = few
+            try:
+                arg = np.array(batch, np.int64) if as_array else list(batch)
+                good, refused = p.release_checked(arg, role)
+            finally:
+                pool_mod._FEW = saved
+            p.check()
+            good = good.tolist() if as_array else list(good)
+            results.append((good, refused, p.state.tolist(), p.owner.tolist(), list(p.held),
+                            list(p.refused), p.stack[: p.nfree].tolist()))
+        assert results[0] == results[1]
+    finally:
+        for a in arenas:
+            a.close()

@@ -156,6 +156,15 @@ class Producer(_Ring):
         self.q[PROD] = self.prod
         return n
 
+    def push_one(self, item: int) -> int:
+        """`push` of one slot (a handshake's packet): no buffer made; returns 1, or 0 if full."""
+        if self.limit - (self.prod - self.cons_cache) < 1 and self.space(1) < 1:
+            return 0
+        self.slots[self.prod & self.mask] = item
+        self.prod += 1
+        self.q[PROD] = self.prod
+        return 1
+
     def published_unconsumed(self) -> int:
         """Slots published and not yet consumed (0 when the consumer counter is impossible)."""
         used = self.prod - self.q[CONS]
@@ -208,6 +217,10 @@ class Consumer(_Ring):
             return _EMPTY
         start = (self.cons - n) & self.mask
         end = start + n
+        if n == 1:  # one slot (a handshake's packet): no buffer conversion
+            out = np.array((self.slots[start],), np.uint32)
+            self.q[CONS] = self.cons
+            return out
         out = np.empty(n, np.uint32)
         if end <= self.capacity:
             out[:] = self.slots[start:end]

@@ -316,10 +316,12 @@ class UserPipe:
         many: the pool must grow for packets in use, never for uncollected ones.
         """
         warm = self._warm_packets
-        if any(e.free.refresh() >= warm for e in self.ends if e.attached and not e.closed):
-            self.collect()
-            if self.defunct_reason is not None:
-                return self.pool.stack[:0]
+        for e in self.ends:  # a loop, not any(genexpr): asked at every delivery, nothing made
+            if e.attached and not e.closed and e.free.refresh() >= warm:
+                self.collect()
+                if self.defunct_reason is not None:
+                    return self.pool.stack[:0]
+                break
         got = self.pool.alloc(n, role, grow=False)
         if len(got) < n:
             self.collect()

@@ -29,6 +29,9 @@ from usnet.domain.mem.arena import Arena, RegionKind
 __all__ = ["FREE", "HELD", "IN_ALLOC", "NO_OWNER", "PURGED", "PacketPool", "PoolExhausted"]
 
 FREE, PURGED, IN_ALLOC, HELD = 0, 1, 2, 3
+# A release of up to this many packets is checked in scalars (`release_checked`): below it the
+# batch test's dozen array calls cost more than the loop (issue 18: usnetd's cost per small batch)
+_FEW = 8
 NO_OWNER = -1
 
 
@@ -147,8 +150,13 @@ class PacketPool:
         out = self.stack[self.nfree - n : self.nfree][::-1].copy()
         self.nfree -= n
         self.moves += 1
-        self.state[out] = IN_ALLOC
-        self.owner[out] = role
+        if n == 1:  # one packet (a handshake's, a request's): scalar stores, not two fancy-indexed ones
+            i = int(out[0])
+            self.state[i] = IN_ALLOC
+            self.owner[i] = role
+        else:
+            self.state[out] = IN_ALLOC
+            self.owner[out] = role
         self.held[role] += n
         return out
 
@@ -164,6 +172,10 @@ class PacketPool:
     def take(self, idx: np.ndarray) -> None:
         """The client took these from its ALLOC ring: IN_ALLOC -> HELD."""
         self.state[idx] = HELD
+
+    def take_one(self, i: int) -> None:
+        """`take` of one packet (a scalar store: one received packet's reservation)."""
+        self.state[i] = HELD
 
     def release(self, items: Iterable[int], role: int) -> list[tuple[int, RefusalReason]]:
         """Take back packets handed back by `role`; returns the refused ones with reasons.
@@ -197,6 +209,20 @@ class PacketPool:
                 self.owner[i] = NO_OWNER
                 self.stack[self.nfree] = i
                 self.nfree += 1
+                return (idx if as_array else items), []
+        elif idx.size <= _FEW:  # a few (a handshake's, a request's): the same test in scalars
+            lst = idx.tolist()
+            cap, state = self.capacity, self.state
+            if len(set(lst)) == len(lst) and all(0 <= i < cap and state[i] == HELD for i in lst):
+                owner, held, stack, nfree = self.owner, self.held, self.stack, self.nfree
+                for i in lst:
+                    held[int(owner[i])] -= 1
+                    state[i] = FREE
+                    owner[i] = NO_OWNER
+                    stack[nfree] = i
+                    nfree += 1
+                self.nfree = nfree
+                self.moves += 1
                 return (idx if as_array else items), []
         elif idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
             # duplicates, in O(n): the last writer of each index wins the mark

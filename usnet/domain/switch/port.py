@@ -42,6 +42,9 @@ _NO_LENS = np.empty(0, np.uint32)
 # a temporary as big as the batch (a megabyte of 64 KB super-segments), which costs some ten times
 # the copy (measured: 16 rows of 64 KB, 650 us gathered, 100 us row by row; equal at 16 KB)
 _WIDE = 16384
+# Up to this many received packets are delivered in scalars (`_deliver_few`): below it a batch's
+# array calls (a microsecond or more each, whatever the batch's size) cost more than the loop
+_FEW = 4
 
 
 class TxMark(NamedTuple):
@@ -176,6 +179,12 @@ class FlowPort:
         good, lens, gso, meta = self.take(max_n, draining)
         if not len(good):
             return _NO_ROWS, _NO_LENS, _NO_LENS, None
+        if len(good) == 1:  # one packet (a handshake's, a request's): no gather, no max
+            w = int(lens[0])
+            rows = np.empty((1, headroom + w), np.uint8)
+            rows[0, headroom:] = self.buf[int(good[0]), :w]
+            self.top_up()
+            return rows, lens, gso, meta
         w = int(lens.max())
         rows = np.empty((len(good), headroom + w), np.uint8)
         if w < _WIDE:
@@ -217,11 +226,17 @@ class FlowPort:
         # The packets are back in the pool but nothing reuses them before `top_up`:
         # the domain is single-threaded, so the caller reads what the client wrote.
         umd = self.umd_np
-        if len(good) == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
-            w = int(good[0]) * UMD_WORDS
-            if not (umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
-                return (good, np.array([min(int(umd[w]), self.stride)], umd.dtype),
-                        np.array([int(umd[w + W_GSO]) >> GSO_SHIFT], umd.dtype), None)
+        if len(good) <= _FEW:  # a few (the LL path's usual batch, a handshake's): scalars, not array calls
+            stride = self.stride
+            lens_l, gso_l = [], []
+            for g in good.tolist():
+                w = g * UMD_WORDS
+                if umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]:
+                    break  # a marked packet: its TxMeta is read by the batch path below
+                lens_l.append(min(int(umd[w]), stride))
+                gso_l.append(int(umd[w + W_GSO]) >> GSO_SHIFT)
+            else:
+                return good, np.array(lens_l, umd.dtype), np.array(gso_l, umd.dtype), None
         at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
@@ -261,6 +276,8 @@ class FlowPort:
         if not payloads:
             return 0
         n = len(payloads)
+        if n <= _FEW and max(map(len, payloads)) <= self.stride:
+            return self._deliver_few(payloads)
         lens = np.fromiter(map(len, payloads), np.uint32, n)
         if int(lens.max()) > self.stride:
             return self._deliver_chains(payloads, lens)
@@ -275,6 +292,36 @@ class FlowPort:
                 return len(got)
             except Exception as e:  # the channel's barrier: its fault never reaches the switch
                 return self._fault("receive", e, n)
+
+    def _deliver_few(self, payloads: list) -> int:
+        """`deliver` of a few packets that each fit one buffer (a handshake's, a request's): the
+        same reservation, copies and publication, in scalars rather than the dozen array calls
+        a batch pays whatever its size (issue 18: usnetd's cost per small batch)."""
+        with self.pipe.lock:  # as in `pull`
+            try:
+                got = self._reserve(len(payloads), len(payloads))
+                k = len(got)
+                if not k:
+                    return 0
+                buf_mv, umd, stride = self.buf_mv, self.umd_np, self.stride
+                for i, p in zip(got.tolist(), payloads):
+                    ln = len(p)
+                    at = i * stride
+                    try:
+                        buf_mv[at : at + ln] = p
+                    except (ValueError, TypeError):  # not a flat byte buffer: as the batch path copies it
+                        self.buf[i, :ln] = np.frombuffer(p, np.uint8)
+                    w = i * UMD_WORDS
+                    umd[w] = ln
+                    umd[w + W_FLAGS] = 0
+                if k == 1:
+                    self.rx.push_one(int(got[0]))
+                else:
+                    self.rx.push(got)
+                self._wake_client(k)
+                return k
+            except Exception as e:  # as in `deliver`
+                return self._fault("receive", e, len(payloads))
 
     def _deliver_chains(self, payloads: list, lens: np.ndarray) -> int:
         """`deliver` for a batch with packets bigger than one: each copied, once, into as many
@@ -355,7 +402,9 @@ class FlowPort:
             want = min(want, self.rx.space(want))
             if want > 0:
                 got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
-                if len(got):
+                if len(got) == 1:
+                    pipe.pool.take_one(int(got[0]))
+                elif len(got):
                     pipe.pool.take(got)
         taken = len(got)
         if ends is not None:
@@ -378,12 +427,16 @@ class FlowPort:
         self.umd_np[at] = lens
         self.umd_np[at + W_FLAGS] = flags
         self.rx.push(got)
+        self._wake_client(len(got))
+
+    def _wake_client(self, k: int) -> None:
+        """`k` packets were published: ring the client if it sleeps, now or when mitigation says."""
         ringmod.fence()
         mit = self.mitigation
         if not self.mitigate or mit is None:
             if self.rx.need_wakeup():
                 self._ring_client()
-        elif mit.arrive(self.clock(), len(got), self.rx.need_wakeup()):
+        elif mit.arrive(self.clock(), k, self.rx.need_wakeup()):
             self._ring_client()
         elif mit.deadline is not None:
             self.rx_bells_held += 1

@@ -55,11 +55,16 @@ _RST, _RST_ACK = 0x04, 0x14
 # A batch of at most this many packets is checked packet by packet (`_tx_few`): the column-wise
 # pass costs a dozen numpy calls of a few microseconds each whatever the batch's size, most of
 # what one request's answer costs the domain, and request/response traffic sends one or two.
-_SCALAR_MAX = 2
+# Measured (issue 18, a MemWire, batches of UDP datagrams): one by one is cheaper up to some 8-12
+# packets; 4 takes a connector's usual batch (the ACK of a FIN, our FIN, the next connect's SYN).
+_SCALAR_MAX = 4
 # ... unless a row is wider than this (a super-segment): one by one, a 64 KB packet is copied
 # four times more (bytes, SegmentedFrame, framed, rewrapped) than the column pass's block, which
 # the device writes from the rows themselves
 _SCALAR_WIDTH = ETH_HLEN + 9216
+# `service_tx_many` joins the batches of more than this many packets into its one pass: there
+# a row costs a fraction of a packet's check however few rows each flow brings
+_JOIN_ABOVE = 2
 
 
 def _is_syn(p: bytes, l4: int) -> bool:
@@ -124,7 +129,7 @@ class TransmitPath(HostDuties):
                     taken += self.service_tx(flow)
                     continue
                 rows, lens, gso, meta = flow.port.pull(self._bite(flow, TX_BATCH), ETH_HLEN)
-                if len(lens) <= _SCALAR_MAX or meta is not None or rows.shape[1] < ETH_HLEN + 24:
+                if len(lens) <= _JOIN_ABOVE or meta is not None or rows.shape[1] < ETH_HLEN + 24:
                     taken += self._tx_pulled(flow, rows, lens, gso, meta)
                     continue
                 joined.append((flow, rows, lens, gso))
