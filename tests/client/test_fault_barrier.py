@@ -1,4 +1,4 @@
-"""A fault barrier per connection (docs/design-notes.md, "Issue 16: a fault barrier per connection").
+"""A fault barrier per connection (docs/design-notes.md, "A fault barrier per connection").
 
 One engine carries many connections (a listener's accepted ones, a connector's outgoing ones).
 An exception raised in one connection's work (its receive processing, its output, its timers,

@@ -1025,7 +1025,7 @@ class socket:
     def _tcp_error_queue(self) -> bytes:
         """recv(MSG_ERRQUEUE): a TCP socket's error queue holds no ICMP error once connected
         (tcp_v4_err queues one only in SYN-SENT, and then the connection is over: see the
-        design note "Issue 16: IP_RECVERR on TCP, local errors, POLLERR, ..."), so it is EAGAIN
+        design note "IP_RECVERR on TCP, local errors, POLLERR, ..."), so it is EAGAIN
         whether or not the socket blocks, as Linux's inet_recv_error with an empty queue."""
         self._need_open()
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
