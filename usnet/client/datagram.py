@@ -465,19 +465,7 @@ class DatagramSocket:
     def _recv_headed(self, pkts: list[int]) -> list:
         """`keep_header`: each datagram with its header's fields (`_header`), packet by packet
         (only a socket that asked for them pays for it)."""
-        ch = self.channel
-        try:
-            copies = [bytes(ch.view(p)) for p in pkts]
-        finally:
-            ch.free(pkts)
-        out = []
-        for v in copies:
-            got = self._parse6(v) if self._v6 else self._parse_slow(v)
-            if got is None:
-                self.rx_bad += 1
-            elif got is not _ICMP:
-                out.append((got[0], got[1], _header(v)))
-        return out
+        return self._recv_copies(pkts, self._parse6 if self._v6 else self._parse_slow, True)
 
     def _recv_plain(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
         """Datagrams of one packet each, by the family's path."""
@@ -627,6 +615,11 @@ class DatagramSocket:
 
     def _recv6(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
         """IPv6: copy each packet out of the pool, then check it on the copy."""
+        return self._recv_copies(pkts, self._parse6, False)
+
+    def _recv_copies(self, pkts: list[int], parse: Callable[[bytes], _Parsed], headed: bool) -> list:
+        """Copy each packet out of the pool and free it, then `parse` the copy (checks on memory
+        the client alone holds); with `headed`, each datagram also carries its header's fields."""
         ch = self.channel
         try:
             copies = [bytes(ch.view(p)) for p in pkts]
@@ -634,11 +627,11 @@ class DatagramSocket:
             ch.free(pkts)
         out = []
         for v in copies:
-            got = self._parse6(v)
+            got = parse(v)
             if got is None:
                 self.rx_bad += 1
             elif got is not _ICMP:
-                out.append(got)
+                out.append((got[0], got[1], _header(v)) if headed else got)
         return out
 
     def _parse6(self, v: bytes) -> _Parsed:
