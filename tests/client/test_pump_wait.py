@@ -134,3 +134,33 @@ def test_shutdown_rd_by_another_thread_ends_the_pumping_recv(client):
     assert got == {0: b""}
     for s in (*outs, *ins, srv):
         s.close()
+
+
+def test_the_main_thread_waits_on_the_condition_so_a_signal_never_lands_mid_pump(client):
+    """A blocked call of the main thread never borrows the doorbell: a signal handler's exception
+    (raised between any two bytecodes of the main thread) must not land inside the engine's pump.
+    The alarm interrupts the recv, and the connection carries on."""
+    import signal
+
+    class Alarm(Exception):
+        pass
+
+    def ring(signum, frame):
+        raise Alarm()
+
+    srv, outs, ins = _pairs(client, 1)
+    before = runner().borrows
+    old = signal.signal(signal.SIGALRM, ring)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        outs[0].settimeout(10)
+        with pytest.raises(Alarm):
+            outs[0].recv(10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert runner().borrows == before  # waited on the condition, not on a lent doorbell
+    ins[0].sendall(b"still")
+    assert outs[0].recv(10) == b"still"
+    for s in (*outs, *ins, srv):
+        s.close()

@@ -956,8 +956,15 @@ class Runner:
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
             if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone or not engine.ch.can_ring_own_bell):
-                return False  # (`pumper` too: one taken back by `add` may still be pumped by its borrower)
+                    or not engine.alone or not engine.ch.can_ring_own_bell
+                    or threading.current_thread() is threading.main_thread()):
+                # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) Never
+                # the main thread: Python runs signal handlers there, between any two bytecodes, so
+                # a handler's exception (KeyboardInterrupt, an alarm's) would land in the middle of
+                # the pump, with TCP's state half updated, or fail the engine and every connection
+                # on it (an alarm during a pumping recv did, once in a CI run). A blocked call of
+                # the main thread waits on `changed`, which a signal interrupts cleanly.
+                return False
             fd = engine.fileno()
             key = self._sel.get_map().get(fd)
             if key is None or key.data is not engine:
