@@ -78,6 +78,31 @@ def child_env(path: str) -> dict[str, str]:
     return env
 
 
+def kernel_env() -> dict[str, str]:
+    """The environment of a program run on kernel sockets beside its run under `usnet run`."""
+    return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+
+
+class PeerProgram:
+    """A program of tests/peers, run as it is (kernel sockets) or under `usnet run`, the same
+    arguments both ways: the comparisons of the programs sweeps."""
+
+    def __init__(self, name: str, limit: float = LIMIT) -> None:
+        self.path = str(PEERS / name)
+        self.limit = limit
+
+    def command(self, on_usnet: bool, *args: str) -> list[str]:
+        program = [sys.executable, "-u", self.path, *args]
+        return [sys.executable, "-m", "usnet", "run", "--", *program] if on_usnet else program
+
+    def run(self, path: str, on_usnet: bool, *args: str) -> str:
+        """The program's output (its last line), on usnet or on the kernel; it must exit 0."""
+        got = subprocess.run(self.command(on_usnet, *args), capture_output=True, timeout=self.limit,
+                             env=child_env(path) if on_usnet else kernel_env())
+        assert got.returncode == 0, ("usnet" if on_usnet else "kernel", got.stderr.decode()[-3000:])
+        return got.stdout.decode().strip().split("\n")[-1]
+
+
 def started(cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
     """A server process and the port it says it listens on (http.server's line, or "port N")."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

@@ -7,25 +7,16 @@ tests/peers/programs.py; pyftpdlib and aiosmtpd come from the test extras.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import PEERS
-from tests.interop.test_patch import LIMIT, child_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_patch import LIMIT, PeerProgram, child_env, kernel_env, started, stop, usnetd_path  # noqa: F401  (a fixture)
 
-PROGRAMS = str(PEERS / "programs.py")
-
-
-def _command(on_usnet: bool, *args: str) -> list[str]:
-    program = [sys.executable, "-u", PROGRAMS, *args]
-    return [sys.executable, "-m", "usnet", "run", "--", *program] if on_usnet else program
+_P = PeerProgram("programs.py")
+_command, _run, _kernel_env = _P.command, _P.run, kernel_env
 
 
-def _kernel_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
 
 
 @pytest.mark.privileged

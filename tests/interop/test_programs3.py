@@ -30,32 +30,27 @@ import zipfile
 
 import pytest
 
-from tests.helpers import PEERS
 from tests.helpers.util import server_context
 from tests.interop.test_names import BIG, ask_udp, need_dnsmasq
-from tests.interop.test_patch import LIMIT, child_env, kernel_http_server, started, stop, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_patch import (  # noqa: F401  (a fixture)
+    LIMIT,
+    PeerProgram,
+    child_env,
+    kernel_env,
+    kernel_http_server,
+    started,
+    stop,
+    usnetd_path,
+)
 from usnet.abi.transport import listen_seqpacket
 
 pytestmark = pytest.mark.privileged
-PROGRAM = str(PEERS / "programs3.py")
+_P = PeerProgram("programs3.py")
+_command, _run, _kernel_env = _P.command, _P.run, kernel_env
 HUGE = 200  # A records for huge.usnet.test: ~3.3 KB, an EDNS0 answer past a flow's 2 KiB packet
 
 
-def _command(on_usnet: bool, *args: str) -> list[str]:
-    program = [sys.executable, "-u", PROGRAM, *args]
-    return [sys.executable, "-m", "usnet", "run", "--", *program] if on_usnet else program
 
-
-def _kernel_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
-
-
-def _run(path: str, on_usnet: bool, *args: str) -> str:
-    """The program's output (its last line), on usnet or on the kernel; it must exit 0."""
-    got = subprocess.run(_command(on_usnet, *args), capture_output=True, timeout=LIMIT,
-                         env=child_env(path) if on_usnet else _kernel_env())
-    assert got.returncode == 0, ("usnet" if on_usnet else "kernel", got.stderr.decode()[-3000:])
-    return got.stdout.decode().strip().split("\n")[-1]
 
 
 def _drained(s: socket.socket) -> list[tuple[bytes, tuple]]:

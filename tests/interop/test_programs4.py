@@ -25,28 +25,23 @@ import time
 
 import pytest
 
-from tests.helpers import PEERS
-from tests.interop.test_patch import LIMIT, child_env, kernel_http_server, started, stop, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_patch import (  # noqa: F401  (a fixture)
+    LIMIT,
+    PeerProgram,
+    child_env,
+    kernel_env,
+    kernel_http_server,
+    started,
+    stop,
+    usnetd_path,
+)
 
 pytestmark = pytest.mark.privileged
-PROGRAM = str(PEERS / "programs4.py")
+_P = PeerProgram("programs4.py", LIMIT * 2)
+_command, _run, _kernel_env = _P.command, _P.run, kernel_env
 
 
-def _command(on_usnet: bool, *args: str) -> list[str]:
-    program = [sys.executable, "-u", PROGRAM, *args]
-    return [sys.executable, "-m", "usnet", "run", "--", *program] if on_usnet else program
 
-
-def _kernel_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
-
-
-def _run(path: str, on_usnet: bool, *args: str) -> str:
-    """The program's output (its last line), on usnet or on the kernel; it must exit 0."""
-    got = subprocess.run(_command(on_usnet, *args), capture_output=True, timeout=LIMIT * 2,
-                         env=child_env(path) if on_usnet else _kernel_env())
-    assert got.returncode == 0, ("usnet" if on_usnet else "kernel", got.stderr.decode()[-3000:])
-    return got.stdout.decode().strip().split("\n")[-1]
 
 
 def _at_once(path: str, runs: list[tuple[bool, list[str]]], hosts: str | None = None) -> list[str]:
