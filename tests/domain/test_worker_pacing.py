@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.domain.test_workers import _start_with_workers, _workers
+from tests.domain.test_workers import _workers, serving
 from tests.helpers.usnetd import TapDaemon
 
 pytestmark = pytest.mark.privileged
@@ -27,23 +27,12 @@ PAYLOAD = 1400
 
 @pytest.fixture
 def paced2(request, sockdir, monkeypatch):
-    from usnet import socket as us
-
     d = TapDaemon(sockdir)
     ttl = getattr(request, "param", 30.0)  # lease_ttl
     d.config.write_text(f"lease_ttl = {ttl}\n" + d.config.read_text() + f"link_rate = {RATE:g}\n"
                         f'[[policy]]\nuid = {os.getuid()}\nclasses = ["voice", "interactive"]\n'
                         "max_rate = 2e6\nmax_packet = 1200\n")
-    d.start = _start_with_workers(d, "tap")  # type: ignore[method-assign]
-    monkeypatch.setenv("USNET_SOCKET", d.path)
-    monkeypatch.setenv("USNET_NETIF", "usnet0")
-    us.configure(None, None)
-    d.start()
-    try:
-        yield d
-    finally:
-        us.configure(None, None)
-        d.stop()
+    yield from serving(d, "tap", monkeypatch)
 
 
 def _senders(d: TapDaemon, ports: tuple[int, ...], sink: int, stop: threading.Event) -> list[threading.Thread]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,14 +24,20 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture(params=["tap", "packet"])
 def tapd2(request, sockdir, monkeypatch):
-    from usnet import socket as us
-
     d = TapDaemon(sockdir)
     d.kind = request.param
     if request.param == "packet":
         _on_veth(d)
         request.addfinalizer(lambda: _del_link(d.ifname))
-    d.start = _start_with_workers(d, request.param)  # type: ignore[method-assign]
+    yield from serving(d, request.param, monkeypatch)
+
+
+def serving(d: TapDaemon, kind: str, monkeypatch) -> Iterator[TapDaemon]:
+    """A fixture's body: `d` started with two workers, the socket face's default usnetd and netif
+    set to it while the test runs, stopped after."""
+    from usnet import socket as us
+
+    d.start = _start_with_workers(d, kind)  # type: ignore[method-assign]
     monkeypatch.setenv("USNET_SOCKET", d.path)
     monkeypatch.setenv("USNET_NETIF", "usnet0")
     us.configure(None, None)
