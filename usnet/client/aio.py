@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from usnet.client import rebind as _rebind
 from usnet.client import socket as _us
-from usnet.client.engine import FlowEngine, runner
+from usnet.client.engine import FlowEngine, broke, runner
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT
 
 __all__ = ["EventLoop", "EventLoopPolicy", "Server", "UsnetTransport", "create_connection", "create_server",
@@ -243,10 +243,7 @@ class _LoopDriver:
                 d = eng.deadline(now)
                 done = eng.release_when_idle and (eng.idle() or eng.error is not None)
         except Exception as exc:  # as the runner: one broken engine must not stop the loop
-            log.warning("stack engine failed: %r", exc, exc_info=True)
-            with eng.lock:
-                eng.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
-                eng.notify()
+            broke(eng, exc)
             self._drop(eng)
             runner().remove(eng)
             return

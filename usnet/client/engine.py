@@ -50,8 +50,8 @@ from usnet.proto.wire.ipv6 import not_unicast6
 from usnet.proto.wire.tcp import TCP_HEADER, TcpParts
 from usnet.runtime import gil
 
-__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "connector", "delivered", "exiting",
-           "park_at_exit", "runner"]
+__all__ = ["EXIT_LINGER", "FlowEngine", "Readiness", "Runner", "Served", "broke", "connector", "delivered",
+           "exiting", "park_at_exit", "runner"]
 
 _SEQ = TCP_HEADER.off["seq"]  # where a quoted TCP header (an ICMP error's) holds its sequence number
 
@@ -76,6 +76,16 @@ def _addr(a: bytes) -> str:
         return str(ipaddress.ip_address(a))
     except ValueError:
         return a.hex()
+
+
+def broke(engine: Any, exc: Exception) -> None:
+    """An exception escaped `engine`'s pump, whoever pumped it (the stack thread, an event loop,
+    a blocked call): logged, and its calls fail with it (EIO for one that is no OSError); one
+    broken engine stops none of the others. Takes the engine's lock (an RLock: may be held)."""
+    log.warning("stack engine failed: %r", exc, exc_info=exc)
+    with engine.lock:
+        engine.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
+        engine.notify()
 
 
 def delivered(conn: Any) -> bool:
@@ -463,9 +473,7 @@ class FlowEngine:
         try:
             self.pump(now)
         except Exception as exc:  # as the runner: a broken engine fails its calls, not this thread's caller alone
-            log.warning("stack engine failed: %r", exc, exc_info=True)
-            self.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
-            self.notify()
+            broke(self, exc)
             return
         runner().schedule(self, self.deadline(now), wake=False)  # the runner hears of it when given back
 
@@ -1144,11 +1152,8 @@ class Runner:
                         # sets it (an RTO or delayed ACK the loop never heard of would not fire)
                         d.wake(e)
                 except Exception as exc:  # one broken engine must not stop the others
-                    log.warning("stack engine failed: %r", exc, exc_info=True)
                     self.remove(e)
-                    with e.lock:
-                        e.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, repr(exc))
-                        e.notify()
+                    broke(e, exc)
                     continue
             soonest = self._next_deadline()
             self.wake_at = soonest  # from here a kick with a sooner deadline must wake us
