@@ -99,7 +99,6 @@ _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 4
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
 MSG_ERRQUEUE, MSG_CTRUNC = 0x2000, 0x8
-_CMSG_HDR = 16  # CMSG_LEN(0) on Linux's 64-bit ABI: a control message's header
 
 
 class DatagramEngine:
@@ -703,15 +702,8 @@ class DatagramFace(socket):
         IP_RECVERR (IPV6_RECVERR) control message (usnet.proto.errqueue), cut as Linux's put_cmsg
         cuts it to `ancbufsize` (MSG_CTRUNC)."""
         r = self._error_report()
-        level, kind, blob = pack_cmsg(r)
-        flags = MSG_ERRQUEUE | (MSG_TRUNC if len(r.payload) > bufsize else 0)
-        anc = []
-        if ancbufsize < _CMSG_HDR:
-            flags |= MSG_CTRUNC
-        else:
-            if ancbufsize < _CMSG_HDR + len(blob):
-                flags |= MSG_CTRUNC
-            anc.append((level, kind, blob[: ancbufsize - _CMSG_HDR]))
+        anc, cut = put_cmsgs([pack_cmsg(r)], ancbufsize)
+        flags = MSG_ERRQUEUE | (MSG_TRUNC if len(r.payload) > bufsize else 0) | (MSG_CTRUNC if cut else 0)
         return r.payload[:bufsize], anc, flags, _sockaddr(self.family, self._ip_str(r.dst), r.dport)
 
     def _ip_str(self, addr: bytes) -> str:
