@@ -10,7 +10,7 @@ Receive verifies the UDP checksum here, in the user domain: the switch
 classifies but never trusts or fixes a payload.
 
 IPv6 flows (`FlowOpened.family == 6`) build and check one datagram at a
-time (`_send_many6`, `_recv6`): the column-wise batch code is IPv4's. The
+time (`_send_many6`, `_recv_copies`): the column-wise batch code is IPv4's. The
 IPv6 UDP checksum is mandatory, so a datagram that arrives without one is
 dropped. Addresses are (host, port) pairs in both families.
 """
@@ -448,31 +448,16 @@ class DatagramSocket:
             more = bool(ch.umd[pkts[0] * UMD_WORDS + W_FLAGS] & RX_MORE)
         else:  # one gather of the flags: a chain is rare, looking for one is not
             more = bool((ch.arrays()[1][np.array(pkts, np.int64) * UMD_WORDS + W_FLAGS] & RX_MORE).any())
-        if more:
-            got = self._recv_chained(pkts)
-        elif self.keep_header:
-            got = self._recv_headed(pkts)
-        elif self._v6:
-            got = self._recv6(pkts)
-        elif len(pkts) == 1:
-            got = self._recv_one(pkts[0])
-        else:
-            got = self._recv_batch(pkts)
+        got = self._recv_chained(pkts) if more else self._recv_plain(pkts)
         if not got and self.pending_error is not None:
             self._raise_pending(self.pending_error)  # what came was the ICMP error itself
         return got
 
-    def _recv_headed(self, pkts: list[int]) -> list:
-        """`keep_header`: each datagram with its header's fields (`_header`), packet by packet
-        (only a socket that asked for them pays for it)."""
-        return self._recv_copies(pkts, self._parse6 if self._v6 else self._parse_slow, True)
-
     def _recv_plain(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
-        """Datagrams of one packet each, by the family's path."""
-        if self.keep_header:
-            return self._recv_headed(pkts)
-        if self._v6:
-            return self._recv6(pkts)
+        """Datagrams of one packet each, by the family's path (`keep_header`: packet by packet,
+        each with its header's fields; only a socket that asked for them pays for it)."""
+        if self.keep_header or self._v6:
+            return self._recv_copies(pkts)
         return self._recv_one(pkts[0]) if len(pkts) == 1 else self._recv_batch(pkts)
 
     def _recv_chained(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
@@ -514,11 +499,7 @@ class DatagramSocket:
                 d = b"".join([ch.view(p) for p in chain])
             finally:
                 ch.free(chain)
-            got = self._parse6(d) if self._v6 else self._parse_slow(d)
-            if got is None:
-                self.rx_bad += 1
-            elif got is not _ICMP:
-                out.append((got[0], got[1], _header(d)) if self.keep_header else got)  # type: ignore[arg-type]
+            self._keep(d, out)
         if single:
             out += self._recv_plain(single)
         return out
@@ -613,26 +594,27 @@ class DatagramSocket:
                 out.append(got)
         return out
 
-    def _recv6(self, pkts: list[int]) -> list[tuple[bytes, Address]]:
-        """IPv6: copy each packet out of the pool, then check it on the copy."""
-        return self._recv_copies(pkts, self._parse6, False)
-
-    def _recv_copies(self, pkts: list[int], parse: Callable[[bytes], _Parsed], headed: bool) -> list:
-        """Copy each packet out of the pool and free it, then `parse` the copy (checks on memory
-        the client alone holds); with `headed`, each datagram also carries its header's fields."""
+    def _recv_copies(self, pkts: list[int]) -> list:
+        """Copy each packet out of the pool and free it, then check it on the copy (memory the
+        client alone holds): IPv6's path, and that of a socket keeping header fields."""
         ch = self.channel
         try:
             copies = [bytes(ch.view(p)) for p in pkts]
         finally:
             ch.free(pkts)
-        out = []
+        out: list = []
         for v in copies:
-            got = parse(v)
-            if got is None:
-                self.rx_bad += 1
-            elif got is not _ICMP:
-                out.append((got[0], got[1], _header(v)) if headed else got)
+            self._keep(v, out)
         return out
+
+    def _keep(self, v: bytes, out: list) -> None:
+        """The datagram in packet copy `v` onto `out` (with its header's fields if `keep_header`),
+        once checked by the family's parser; a bad one counted, an ICMP error taken."""
+        got = self._parse6(v) if self._v6 else self._parse_slow(v)
+        if got is None:
+            self.rx_bad += 1
+        elif got is not _ICMP:
+            out.append((got[0], got[1], _header(v)) if self.keep_header else got)
 
     def _parse6(self, v: bytes) -> _Parsed:
         """(payload, sender) of an IPv6 UDP datagram with a good checksum, `_ICMP` for an ICMPv6
