@@ -1014,13 +1014,19 @@ class socket:
         return self._wait(lambda: self._read(conn, lambda: conn.recv_into(mv), 0), "recv", self._call_timeout(flags))
 
     def _take_pending(self, conn: TcpConnection) -> None:
-        """Raise IP_RECVERR's pending error of `conn` and clear it (sock_error), if it has one;
-        the descriptor shows the socket without it. With the engine's lock held."""
+        """Raise IP_RECVERR's pending error of `conn` (`_pop_pending`), if it has one."""
+        err = self._pop_pending(conn)
+        if err is not None:
+            raise OSError(err, os.strerror(err))
+
+    def _pop_pending(self, conn: TcpConnection) -> int | None:
+        """IP_RECVERR's pending error of `conn`, cleared (sock_error), or None; the descriptor
+        shows the socket without it. With the engine's lock held."""
         err = conn.pending_error
         if err is not None:
             conn.pending_error = None
             self._update()
-            raise OSError(err, os.strerror(err))
+        return err
 
     def _tcp_error_queue(self) -> bytes:
         """recv(MSG_ERRQUEUE): a TCP socket's error queue holds no ICMP error once connected
@@ -1496,8 +1502,7 @@ class socket:
         conn = self._conn
         if conn is not None and conn.pending_error is not None and eng is not None:
             with eng.lock:
-                pending, conn.pending_error = conn.pending_error, None
-                self._update()
+                pending = self._pop_pending(conn)
             if pending is not None:
                 return pending
         err = ((self._conn.error if self._conn is not None else None) or self._refused
