@@ -8,6 +8,7 @@ themselves are in tests/conftest.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import ipaddress
 import itertools
@@ -27,6 +28,15 @@ def udp_segment(sport: int, dport: int, payload: bytes, src: bytes, dst: bytes) 
     """A UDP header and payload, checksummed over the IPv4 pseudo-header of src and dst: the
     production builder's (`udp_ipv4_headers`) UDP part, for tests that frame it themselves."""
     return udp_ipv4_headers(src, dst, sport, dport, payload)[IPV4_HLEN:] + payload
+
+
+def outcome(call):
+    """What `call()` returns, or the errno name of the OSError it raises: one value to compare
+    between a kernel socket and a usnet one."""
+    try:
+        return call()
+    except OSError as e:
+        return errno.errorcode[e.errno]
 
 
 def require_privileges(what: str = "root and /dev/net/tun") -> None:

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.helpers.util import outcome
 from tests.interop.test_sockopts_linux import LIMIT, _outcome
 from usnet import socket as us
 from usnet.client import Client
@@ -162,7 +163,7 @@ def _answer_walk(s, own: str, other, other_own: str) -> list:
     got.append(other.recvfrom(100))
     for bad in (struct.pack("=i4s4s", 0, socket.inet_aton("10.254.254.254"), bytes(4)), info[:8],
                 info + bytes(4), struct.pack("=i4s4s", 0, socket.inet_aton("224.0.0.9"), bytes(4))):
-        got.append(_outcome_call(lambda b=bad: s.sendmsg([b"x"], [(IP, IP_PKTINFO, b)], 0, peer)))
+        got.append(outcome(lambda b=bad: s.sendmsg([b"x"], [(IP, IP_PKTINFO, b)], 0, peer)))
     zero = struct.pack("=i4s4s", 0, bytes(4), bytes(4))  # no choice: the socket's own
     got.append(s.sendmsg([b"plain"], [(IP, IP_PKTINFO, zero)], 0, peer))
     got.append(other.recvfrom(100))
@@ -174,15 +175,6 @@ def _answer_walk(s, own: str, other, other_own: str) -> list:
     _d, anc, flags, _p = s.recvmsg(100, 40)
     got.append(([(lv, kd, len(b)) for lv, kd, b in anc], flags))
     return got
-
-
-def _outcome_call(call):
-    try:
-        return call()
-    except OSError as e:
-        import errno
-
-        return errno.errorcode[e.errno]
 
 
 def test_a_wildcard_server_reads_ip_pktinfo_and_answers_from_that_address_as_linux(tap_domain):
@@ -220,7 +212,7 @@ def _answer_walk6(s, own: str, other) -> list:
     got.append(s.sendmsg([b"answer"], [(IP6, IPV6_PKTINFO, info)], 0, peer))
     got.append(other.recvfrom(100)[0])
     bad = struct.pack("=16sI", socket.inet_pton(socket.AF_INET6, "fd00:dead::1"), 0)
-    got.append(_outcome_call(lambda: s.sendmsg([b"x"], [(IP6, IPV6_PKTINFO, bad)], 0, peer)))
+    got.append(outcome(lambda: s.sendmsg([b"x"], [(IP6, IPV6_PKTINFO, bad)], 0, peer)))
     return got
 
 

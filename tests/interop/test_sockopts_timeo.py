@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from tests.helpers.util import outcome
 from tests.interop.test_sockopts_linux import LIMIT, _fill_until_closed, _listeners, _outcome
 from usnet import socket as us
 from usnet.client import Client
@@ -91,7 +92,7 @@ def test_a_blocking_udp_recv_ends_at_so_rcvtimeo_as_the_kernels(tap_domain):
             r.append(s.recv(100))
             s.setsockopt(S, RCVTIMEO_NEW, tv(-1, 0))
             t0 = time.monotonic()
-            r.append(_outcome_call(lambda s=s: s.recv(100)))
+            r.append(outcome(lambda s=s: s.recv(100)))
             r.append(time.monotonic() - t0 < WAIT)
             s.setsockopt(S, RCVTIMEO, tv(0, int(WAIT * 1e6)))
             s.settimeout(WAIT)
@@ -103,13 +104,6 @@ def test_a_blocking_udp_recv_ends_at_so_rcvtimeo_as_the_kernels(tap_domain):
     finally:
         k.close()
         u.close()
-
-
-def _outcome_call(call):
-    try:
-        return call()
-    except OSError as e:
-        return errno.errorcode[e.errno]
 
 
 def test_tcp_accept_recv_and_send_end_at_their_timeouts_as_the_kernels(tap_domain):

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from tests.helpers.util import outcome
 from usnet import socket as us
 from usnet.client import Client
 
@@ -63,13 +64,6 @@ def _syn_seq(cap: socket.socket, sport: int) -> int:
     raise AssertionError("no SYN seen")
 
 
-def _outcome(call):
-    try:
-        return call()
-    except OSError as e:
-        return errno.errorcode[e.errno]
-
-
 def _walk(s, peer: socket.socket, hit) -> list:
     """The same calls on a connected socket `s` (non-blocking), hit by ICMP errors (`hit`)."""
     got = []
@@ -79,17 +73,17 @@ def _walk(s, peer: socket.socket, hit) -> list:
     hit()
     got.append(("so_error", readable(), select.select([s], [s], [], 0)[1] == [s],
                 s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
-                _outcome(lambda: s.recvmsg(100, 1024, socket.MSG_ERRQUEUE)), _outcome(lambda: s.recv(100)),
+                outcome(lambda: s.recvmsg(100, 1024, socket.MSG_ERRQUEUE)), outcome(lambda: s.recv(100)),
                 select.select([s], [], [], 0)[0] == []))  # taken: no longer readable
     hit()
-    got.append(("recv", readable(), _outcome(lambda: s.recv(100)), _outcome(lambda: s.recv(100))))
+    got.append(("recv", readable(), outcome(lambda: s.recv(100)), outcome(lambda: s.recv(100))))
     s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 0)
     hit()
     peer.sendall(b"z")  # behind the error on the same path: once it is read, the error was seen
-    got.append(("soft", readable(), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), _outcome(lambda: s.recv(100))))
+    got.append(("soft", readable(), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), outcome(lambda: s.recv(100))))
     s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     hit()
-    got.append(("send", readable(), _outcome(lambda: s.send(b"x")), _outcome(lambda: s.send(b"y"))))
+    got.append(("send", readable(), outcome(lambda: s.send(b"x")), outcome(lambda: s.send(b"y"))))
     peer.settimeout(LIMIT)
     got.append(("peer", peer.recv(10), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
     return got

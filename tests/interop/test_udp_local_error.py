@@ -17,6 +17,7 @@ import socket
 
 import pytest
 
+from tests.helpers.util import outcome
 from usnet import socket as us
 from usnet.client import Client
 
@@ -24,32 +25,25 @@ pytestmark = pytest.mark.privileged
 IP_MTU_DISCOVER, IP_RECVERR, IP_PMTUDISC_DO = 10, 11, 2
 
 
-def _outcome(call):
-    try:
-        return call()
-    except OSError as e:
-        return errno.errorcode[e.errno]
-
-
 def _walk(s, dest: tuple[str, int], mtu: int) -> list:
     big = b"x" * (mtu - 28 + 1)  # one byte over what fits in one packet
 
     def errq():  # a report, the address each names (its own destination) as "dest"
-        r = _outcome(lambda: s.recvmsg(100, 1024, socket.MSG_ERRQUEUE))
+        r = outcome(lambda: s.recvmsg(100, 1024, socket.MSG_ERRQUEUE))
         return r if isinstance(r, str) else (*r[:3], ("dest" if r[3][0] == dest[0] else r[3][0], r[3][1]))
 
     got = [("default", s.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER)),
-           ("bad", _outcome(lambda: s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, 6)),
-            _outcome(lambda: s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, -1)))]
+           ("bad", outcome(lambda: s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, 6)),
+            outcome(lambda: s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, -1)))]
     s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-    got.append(("do", s.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER), _outcome(lambda: s.sendto(big, dest)), errq(),
+    got.append(("do", s.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER), outcome(lambda: s.sendto(big, dest)), errq(),
                 select.select([s], [], [], 0)[0] == []))  # without IP_RECVERR: nothing queued
     s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-    got.append(("recverr", _outcome(lambda: s.sendto(big, dest)), select.select([s], [], [], 0)[0] == [s],
+    got.append(("recverr", outcome(lambda: s.sendto(big, dest)), select.select([s], [], [], 0)[0] == [s],
                 s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), errq(), errq(),
                 select.select([s], [], [], 0)[0] == []))
     s.connect(dest)
-    got.append(("connected", _outcome(lambda: s.send(big)), _outcome(lambda: s.send(big)), errq(), errq(), errq()))
+    got.append(("connected", outcome(lambda: s.send(big)), outcome(lambda: s.send(big)), errq(), errq(), errq()))
     return got
 
 
