@@ -66,6 +66,14 @@ class _Engine:
         pass
 
 
+def _stop(r, e) -> None:
+    """End a test's own runner `r` (its thread joined) and close engine `e`'s channel."""
+    r._stopping = True
+    r.wake()
+    r._thread.join(LIMIT)
+    e.ch.close()
+
+
 def test_a_ring_for_an_engine_lent_while_the_runner_woke_for_it_stays_for_the_loop():
     """The runner's select returns engine E's doorbell; before the runner gets to it, an event loop
     takes E over (Runner.lend, as usnet.aio's driver adopts an accepted connection's engine), pumps
@@ -106,10 +114,7 @@ def test_a_ring_for_an_engine_lent_while_the_runner_woke_for_it_stays_for_the_lo
         assert e.ch.rung(), "the runner took the ring of an engine it had lent to a loop"
     finally:
         go.set()
-        r._stopping = True
-        r.wake()
-        r._thread.join(LIMIT)
-        e.ch.close()
+        _stop(r, e)
 
 
 def test_a_ring_the_loop_drains_after_its_engine_went_back_reaches_the_stack_thread():
@@ -171,7 +176,4 @@ def test_an_engine_lent_during_the_runners_pump_is_pumped_by_its_loop_after_it()
         assert woken.wait(LIMIT), "the loop was not told to pump an engine lent during the runner's pump"
     finally:
         leave.set()
-        r._stopping = True
-        r.wake()
-        r._thread.join(LIMIT)
-        e.ch.close()
+        _stop(r, e)
