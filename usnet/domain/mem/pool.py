@@ -170,12 +170,12 @@ class PacketPool:
         return out
 
     def take(self, idx: np.ndarray) -> None:
-        """The client took these from its ALLOC ring: IN_ALLOC -> HELD."""
-        self.state[idx] = HELD
-
-    def take_one(self, i: int) -> None:
-        """`take` of one packet (a scalar store: one received packet's reservation)."""
-        self.state[i] = HELD
+        """The client took these from its ALLOC ring: IN_ALLOC -> HELD (one packet, a received
+        packet's reservation: a scalar store, not a fancy-indexed one)."""
+        if type(idx) is np.ndarray and idx.size == 1:
+            self.state[int(idx[0])] = HELD
+        else:
+            self.state[idx] = HELD
 
     def release(self, items: Iterable[int], role: int) -> list[tuple[int, RefusalReason]]:
         """Take back packets handed back by `role`; returns the refused ones with reasons.

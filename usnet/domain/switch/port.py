@@ -402,9 +402,7 @@ class FlowPort:
             want = min(want, self.rx.space(want))
             if want > 0:
                 got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
-                if len(got) == 1:
-                    pipe.pool.take_one(int(got[0]))
-                elif len(got):
+                if len(got):
                     pipe.pool.take(got)
         taken = len(got)
         if ends is not None:
