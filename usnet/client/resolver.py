@@ -200,10 +200,7 @@ class Resolver:
         """(IPv4, IPv6, IPv6 link-local) addresses on the netif, none of them loopback, as
         AI_ADDRCONFIG and the sorting rules ask of the host's interfaces; (True, True, True) when
         usnet cannot say."""
-        got = self.interfaces()
-        if got is None:
-            return True, True, True
-        return got[0] is not None, got[1] is not None, got[2] is not None
+        return _families(self.interfaces())
 
     def interfaces(self) -> _Ifaces | None:
         """The netif's (IPv4, IPv6, IPv6 link-local) interface addresses with their prefixes, each
@@ -690,6 +687,13 @@ def _kind(addr: str) -> int:
     return 2 if ip.is_link_local else 1
 
 
+def _families(ifaces: _Ifaces | None) -> tuple[bool, bool, bool]:
+    """Which of (IPv4, IPv6, IPv6 link-local) the netif has; all three when usnet cannot say."""
+    if ifaces is None:
+        return True, True, True
+    return ifaces[0] is not None, ifaces[1] is not None, ifaces[2] is not None
+
+
 def _common_prefix(a: bytes, b: bytes) -> int:
     """How many leading bits `a` and `b` share."""
     x = int.from_bytes(a, "big") ^ int.from_bytes(b, "big")
@@ -791,8 +795,7 @@ def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family
                 kinds = [_kind(a[1]) for a in addrs]
                 ask = len(set(kinds)) > 1 or len({a[:2] for a, k in zip(addrs, kinds) if k != 3}) > 1
                 ifaces = resolver.interfaces() if ask else None
-                have = (True, True, True) if ifaces is None else \
-                    (ifaces[0] is not None, ifaces[1] is not None, ifaces[2] is not None)
+                have = _families(ifaces)
                 addrs.sort(key=lambda a: _sort_key(a[0], a[1], have, ifaces))
     if flags & AI_CANONNAME and flags & AI_CANONIDN and canon:
         with contextlib.suppress(UnicodeError):
