@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         # a dead worker is restarted by the spawner, which keeps the queues (a packet queue's
         # replacement finds its rings' positions again: PacketDriver.resume)
         links, own, spawner = workers.start_workers(args.workers, queues,
-                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares), keep=[],
-                                                    restart=True)
+                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares), keep=[])
     mode, gid = cfg.socket_perms()
     try:
         sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)

@@ -825,34 +825,30 @@ class WorkerDomain(Domain):
 
 
 def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.socket, dict[str, Any]], int],
-                  keep: list[int], restart: bool = False
-                  ) -> tuple[list[WorkerLink], dict[str, Any], Spawner | None]:
+                  keep: list[int]) -> tuple[list[WorkerLink], dict[str, Any], Spawner]:
     """Fork workers 1 .. n-1, each given queue k of every netif in `queues` and run by `make`
     (its exit status); returns usnetd's links and its own drivers (queue 0). `keep`: descriptors
-    a child closes at once (usnetd's own, such as its control socket). `restart`: first fork the
+    a child closes at once (usnetd's own, such as its control socket). First it forks the
     spawner (`Spawner`, returned third), which keeps every queue and forks a dead worker's
-    replacement."""
+    replacement (a TAP's or a packet netif's: `PacketDriver.resume`)."""
     links: list[WorkerLink] = []
-    spawner: Spawner | None = None
-    if restart:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
-        def spawn() -> int:
-            ours.close()
-            for fd in keep:
-                os.close(fd)
-            return _spawner_main(theirs, queues, make)
+    def spawn() -> int:
+        ours.close()
+        for fd in keep:
+            os.close(fd)
+        return _spawner_main(theirs, queues, make)
 
-        pid = _fork("the worker spawner", spawn)
-        theirs.close()
-        spawner = Spawner(pid, ours)
+    pid = _fork("the worker spawner", spawn)
+    theirs.close()
+    spawner = Spawner(pid, ours)
     for k in range(1, n):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
         def worker(k: int = k, ours: socket.socket = ours, theirs: socket.socket = theirs) -> int:
             ours.close()
-            if spawner is not None:
-                spawner.sock.close()
+            spawner.sock.close()
             for link in links:
                 link.cmd.close()
             for fd in keep:
