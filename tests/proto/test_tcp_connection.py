@@ -290,6 +290,44 @@ def test_orderly_close_time_wait_then_closed():
     assert c.error is None and not net.a.connections and not net.b.connections
 
 
+def test_the_ack_of_a_fin_rides_on_the_close_that_follows_it():
+    """As Linux's tcp_fin (CLOSE_WAIT enters ping-pong): the passive closer's close carries the
+    ACK of the peer's FIN, three segments for the close instead of four."""
+    net = Net(delay=0.001)
+    c, s = net.pair()
+    n_b = len(net.sent_by(B))
+    c.shutdown_write(net.now)
+    net.run(lambda: s.state is TcpState.CLOSE_WAIT, limit=1)
+    assert s.eof and not [x for x in net.b.outgoing(net.now)]  # no ACK of its own yet
+    s.close(net.now)
+    net.run(lambda: s.state is CLOSED and c.state is TcpState.TIME_WAIT, limit=1)
+    from_b = [x for _, x in net.sent_by(B)[n_b:]]
+    assert [base(x.flags) for x in from_b] == [FIN | ACK]
+    assert from_b[0].ack == wire_ack(c)  # it acknowledges A's FIN
+
+
+def test_the_ack_of_a_fin_goes_alone_after_the_delayed_ack_time():
+    net = Net(delay=0.001)
+    c, s = net.pair()
+    c.shutdown_write(net.now)
+    net.run(lambda: s.state is TcpState.CLOSE_WAIT, limit=1)
+    t_fin = net.now
+    net.run(lambda: c.state is TcpState.FIN_WAIT_2, limit=1)  # the application never closes
+    assert net.now == pytest.approx(t_fin + 0.040 + 0.001)
+    assert [base(x.flags) for _, x in net.sent_by(B)[-1:]] == [ACK]
+
+
+def test_a_fin_after_unacknowledged_data_is_acknowledged_at_once():
+    net = Net(delay=0.001)
+    c, s = net.pair()
+    c.send(b"d" * (2 * c.mss))  # more than a segment, with the FIN behind it: no delay (Linux alike)
+    c.shutdown_write(net.now)
+    net.run(lambda: s.state is TcpState.CLOSE_WAIT, limit=1)
+    t_fin = net.now
+    net.run(lambda: c.state is TcpState.FIN_WAIT_2, limit=1)
+    assert net.now - t_fin <= 0.002
+
+
 def test_time_wait_reacks_a_repeated_fin():
     net = Net(time_wait=30.0)
     c, s = net.pair()

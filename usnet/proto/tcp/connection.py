@@ -1492,18 +1492,37 @@ class TcpConnection:
         self._out.append(self._segment(ACK, self.snd_nxt, b"", now))
 
     def _rx_fin(self, now: float) -> None:
+        """The peer's FIN, in order. In ESTABLISHED its ACK waits, as Linux's tcp_fin makes it
+        (CLOSE_WAIT enters ping-pong mode): the application's close (or its last answer) most
+        often follows at once, and its FIN then carries the ACK: one packet instead of two
+        (one fewer segment, doorbell and usnetd turn a connection; `_fin_ack_waits`). Within
+        `delack` without one it goes alone, as any delayed ACK."""
         self.rcv_nxt += 1
         self._rx_fin_at = None
         self._fin_rcvd = True
-        self._ack_now = True
         self.events |= EV_EOF | EV_READABLE
         st = self.state
         if st is ESTABLISHED:
             self.state = CLOSE_WAIT
-        elif st is FIN_WAIT_1:
+            if self._fin_ack_waits():
+                self._quick.pingpong = True
+                if self._t_delack == INF:
+                    self._t_delack = now + self.cfg.delack
+                return
+            self._ack_now = True
+            return
+        self._ack_now = True
+        if st is FIN_WAIT_1:
             self.state = CLOSING
         elif st is FIN_WAIT_2:
             self._enter_time_wait(now)
+
+    def _fin_ack_waits(self) -> bool:
+        """Whether the ACK of a FIN received in ESTABLISHED may be delayed: not when an ACK is
+        due anyway (the data with it asked for one, a gap), nor with delayed ACKs off, nor with
+        more than a full segment unacknowledged (Linux's __tcp_ack_snd_check sends those now)."""
+        return (not self._ack_now and self.cfg.delack > 0 and not self._reasm
+                and self._rcv_unacked <= self._rcv_mss)
 
     def _autotune_rcv(self, n: int, now: float) -> None:
         """Dynamic right-sizing: the buffer follows what arrives per round trip."""
