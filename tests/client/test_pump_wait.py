@@ -164,3 +164,25 @@ def test_the_main_thread_waits_on_the_condition_so_a_signal_never_lands_mid_pump
     assert outs[0].recv(10) == b"still"
     for s in (*outs, *ins, srv):
         s.close()
+
+
+def test_a_connect_see_the_close_close_exchange_takes_three_segments_each_way(client):
+    """The benchmark's connect loop (bench/tcp.py `connect_out_rate`): connect, see the server's
+    FIN, close. The close's FIN carries the ACK of the server's FIN (delayed as Linux's tcp_fin
+    delays it), so the client sends SYN, ACK, FIN|ACK: three segments, not four, a packet and a
+    usnetd turn fewer a connection. Counted at the server, which half-closes to keep its socket."""
+    srv = us.socket(client=client, netif="b")
+    srv.bind(("0.0.0.0", PORT))
+    srv.listen()
+    srv.settimeout(10)
+    out = us.create_connection((B_IP, PORT), timeout=10, client=client, netif="a")
+    conn, _ = srv.accept()
+    conn.settimeout(10)
+    conn.shutdown(us.SHUT_WR)  # its FIN
+    assert out.recv(1) == b""
+    assert out.tcp_info()["segs_out"] == 2  # SYN, ACK: the FIN's ACK waits for the close
+    out.close()
+    assert conn.recv(1) == b""  # the client's FIN came
+    assert conn.tcp_info()["segs_in"] == 2  # the handshake's ACK, FIN|ACK (the SYN was the listener's)
+    for s in (conn, srv):
+        s.close()
