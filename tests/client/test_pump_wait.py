@@ -171,12 +171,7 @@ def test_a_connect_see_the_close_close_exchange_takes_three_segments_each_way(cl
     FIN, close. The close's FIN carries the ACK of the server's FIN (delayed as Linux's tcp_fin
     delays it), so the client sends SYN, ACK, FIN|ACK: three segments, not four, a packet and a
     usnetd turn fewer a connection. Counted at the server, which half-closes to keep its socket."""
-    srv = us.socket(client=client, netif="b")
-    srv.bind(("0.0.0.0", PORT))
-    srv.listen()
-    srv.settimeout(10)
-    out = us.create_connection((B_IP, PORT), timeout=10, client=client, netif="a")
-    conn, _ = srv.accept()
+    srv, (out,), (conn,) = _pairs(client, 1)
     conn.settimeout(10)
     conn.shutdown(us.SHUT_WR)  # its FIN
     assert out.recv(1) == b""
