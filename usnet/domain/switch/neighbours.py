@@ -19,6 +19,16 @@ requests, and established connections on that port go on.
 Sans-I/O: it is told the time and returns what to ask for. Entries live
 `ttl` seconds; an unresolved address is asked for every `retry` seconds up to
 `tries` times, after which its waiting packets are dropped and counted.
+
+A host on the link chooses what the switch learns from it (every ARP request
+for our address teaches its sender, as Linux's arp_process does), so the table
+of at most `max_entries` is kept in the order entries were learnt, which with
+one `ttl` is the order they expire: expiry pops from the front, O(expired),
+and a full table is never scanned. When it is full, an address we asked for
+(someone's packets wait for it) takes the place of the oldest entry, while an
+unsolicited sender is not learnt (its request is answered from the frame
+itself): a flood of made-up senders can neither keep a real neighbour out
+nor push one out (Linux's forced GC likewise makes room for a new entry).
 """
 
 from __future__ import annotations
@@ -50,6 +60,8 @@ class NeighbourCache:
         self.entries: dict[bytes, tuple[bytes, float]] = {}  # address -> (mac, expires)
         self.pending: dict[bytes, _Pending] = {}
         self.dropped = 0
+        self.refused = 0  # unsolicited senders not learnt: the table was full
+        self.evicted = 0  # entries pushed out by an address we asked for
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         e = self.entries.get(ip)
@@ -70,12 +82,20 @@ class NeighbourCache:
         return ip in self.entries or ip in self.pending
 
     def learn(self, ip: bytes, mac: bytes, now: float) -> list:
-        """Record a neighbour; returns the packets that were waiting for it."""
-        if len(self.entries) >= self.max_entries and ip not in self.entries:
+        """Record a neighbour; returns the packets that were waiting for it.
+
+        Re-learnt entries move to the end, so the dict stays in expiry order.
+        """
+        entries = self.entries
+        if entries.pop(ip, None) is None and len(entries) >= self.max_entries:
             self.expire(now)
-            if len(self.entries) >= self.max_entries:
-                return []  # a flood of made-up neighbours does not grow us without bound
-        self.entries[ip] = (mac, now + self.ttl)
+            if len(entries) >= self.max_entries:
+                if ip not in self.pending:
+                    self.refused += 1  # a flood of made-up neighbours does not grow us, nor evict
+                    return []
+                del entries[next(iter(entries))]  # we asked: the oldest entry makes room
+                self.evicted += 1
+        entries[ip] = (mac, now + self.ttl)
         p = self.pending.pop(ip, None)
         return [item for _, item in p.packets] if p else []
 
@@ -124,8 +144,13 @@ class NeighbourCache:
         return ask, gave_up
 
     def expire(self, now: float) -> None:
-        for ip in [ip for ip, (_, exp) in self.entries.items() if exp < now]:
-            del self.entries[ip]
+        """Forget the entries past their time: they are the first ones (learn keeps expiry order)."""
+        entries = self.entries
+        while entries:
+            ip = next(iter(entries))
+            if entries[ip][1] >= now:
+                break
+            del entries[ip]
 
     def next_timer(self, now: float) -> float | None:
         if not self.pending:

@@ -1,0 +1,135 @@
+"""A host on the link floods the neighbour tables: the neighbours we ask for are still learnt.
+
+Every ARP request for our address (and every Neighbour Solicitation with a source link-layer
+option) teaches the switch its sender, as Linux's arp_process and ndisc_recv_ns do. A host that
+sends them from thousands of made-up addresses filled the table (4096 entries, refreshed by the
+flood faster than the 60 s they live), and then no neighbour the switch asked for could be learnt:
+every flow's packets to a new or expired neighbour (the gateway's entry expires too) waited for
+an answer that was refused, and were dropped after three requests. One host on the link starved
+every client of the netif. Now an answer to our own question always finds room (the oldest entry
+learnt gives way), an unsolicited sender never pushes one out, and a full table costs O(1) per
+frame, not a scan of it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.all import ARP, Ether, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, raw
+
+from tests.helpers.util import recv_n
+from usnet.client import Client
+from usnet.domain.loop import Domain
+from usnet.domain.switch.neighbours import NeighbourCache
+from usnet.drivers import FaultInjector, MemWire
+
+A_IP, B_IP = "10.9.0.1", "10.9.0.2"
+
+A6, B6 = "fd00:9::1", "fd00:9::2"
+
+
+def _arp_flood(our_mac: bytes, n: int, seed: int) -> list[bytes]:
+    """`n` ARP requests for B_IP, each from a different made-up unicast address and MAC."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        mac = bytes([0x02, 0x66]) + i.to_bytes(4, "big")
+        spa = str(ipaddress.IPv4Address(0x0B000000 + rng.randrange(1, 1 << 24)))  # 11/8: unicast, off-link
+        out.append(raw(Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / ARP(op=1, hwsrc=mac, psrc=spa, pdst=B_IP)))
+    return out
+
+
+def _ns_flood(our_mac: bytes, n: int) -> list[bytes]:
+    """`n` Neighbour Solicitations for B6, each from a different made-up address with its MAC."""
+    out = []
+    for i in range(n):
+        mac = bytes([0x02, 0x67]) + i.to_bytes(4, "big")
+        m = mac.hex(":")
+        src = str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("fd00:9::")) + 0x10000 + i))
+        out.append(raw(Ether(dst=our_mac, src=m) / IPv6(src=src, dst=B6, hlim=255)
+                       / ICMPv6ND_NS(tgt=B6) / ICMPv6NDOptSrcLLAddr(lladdr=m)))
+    return out
+
+
+class Net6:
+    """One domain, a memwire, netifs "a" and "b" with both families; the test injects frames into b."""
+
+    def __init__(self) -> None:
+        self.d = Domain()
+        self.w = MemWire()
+        self.fi = FaultInjector(self.w.b)
+        self.d.add_netif("a", self.w.a, f"{A_IP}/24", address6=f"{A6}/64")
+        self.swb = self.d.add_netif("b", self.fi, f"{B_IP}/24", address6=f"{B6}/64")
+        self.c = Client.local(self.d)
+
+    def inject(self, frames: list[bytes]) -> None:
+        """Hand `frames` to b's switch as if they came from the wire (before the loop runs)."""
+        self.fi.inject(frames)
+        for _ in range(len(frames) // 64 + 10):
+            if not self.fi.injected:
+                break
+            self.swb.service_rx(256)
+        assert not self.fi.injected
+
+
+@pytest.fixture
+def net6():
+    n = Net6()
+    yield n
+    n.d.stop()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_flood_of_made_up_neighbours_does_not_keep_a_real_one_out(net6, family):
+    n = net6
+    cache = n.swb.arp if family == 4 else n.swb.nd
+    flood = (_arp_flood(n.w.b.mac, cache.max_entries + 200, 1) if family == 4
+             else _ns_flood(n.w.b.mac, cache.max_entries + 200))
+    n.inject(flood)
+    assert len(cache.entries) == cache.max_entries  # the table is full of the flood's addresses
+    n.d.start()
+    # A client on b sends to a's address, which b has never resolved: b asks, a answers.
+    peer, ours = (A_IP, B_IP) if family == 4 else (A6, B6)
+    sa = n.c.udp_socket("a", 5000, family=family)
+    sb = n.c.udp_socket("b", 6000, family=family)
+    sb.sendto(b"through the flood", (peer, 5000))
+    got = recv_n(sa, 1)
+    assert [g[0] for g in got] == [b"through the flood"] and got[0][1][0] == ours
+    assert len(cache.entries) <= cache.max_entries
+    tables = n.swb.info()["neighbour_tables"]["arp" if family == 4 else "nd"]
+    assert tables["evicted"] == 1 and tables["refused"] >= 200
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["flood", "ask", "answer", "tick"]), st.integers(0, 40)), max_size=200))
+def test_the_table_stays_bounded_and_an_answer_to_our_question_is_always_learnt(ops):
+    """Any mix of unsolicited senders, our questions, their answers and time: never more than
+    `max_entries`, an address we asked for is learnt when it answers (its packet handed back),
+    an unsolicited sender never pushes an entry out, and the dict stays in expiry order."""
+    c = NeighbourCache(ttl=10.0, max_entries=8)
+    now = 0.0
+    for op, k in ops:
+        ip = struct.pack("!I", k)
+        if op == "flood":
+            before = dict(c.entries)
+            c.learn(ip, b"\x02" * 6, now)
+            assert set(before) - set(c.entries) <= {a for a, (_, exp) in before.items() if exp < now}
+        elif op == "ask":
+            c.wait(ip, ("pkt", k), 100, now)
+        elif op == "answer":
+            waited = ip in c.pending
+            got = c.learn(ip, b"\x04" * 6, now)
+            if waited:
+                assert ("pkt", k) in got and c.lookup(ip, now) == b"\x04" * 6
+        else:
+            now += k / 4
+            c.expire(now)
+            assert all(exp >= now for _, exp in c.entries.values())
+        assert len(c.entries) <= c.max_entries
+        exps = [exp for _, exp in c.entries.values()]
+        assert exps == sorted(exps)
