@@ -447,6 +447,35 @@ def test_an_arp_claiming_our_address_is_a_conflict_defended_once_per_interval(li
     assert lk.sw.drops["arp_conflict"] == 4 and lk.sw.counts["arp_defended"] == 1
 
 
+def _kernel_neighbours(lk: Link) -> str:
+    return subprocess.run(["ip", "-n", lk.ns_peer, "-4", "neigh", "show", "dev", lk.if_peer],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.privileged
+def test_an_unsolicited_arp_reply_teaches_nothing_and_a_request_its_sender_as_with_linux(link):
+    """A host says "10.77.0.50 is-at <me>" unasked, another asks for our address from 10.77.0.51:
+    the peer kernel (arp_accept=0) makes no entry for the first and one for the second, and so does
+    usnet, which used to believe any ARP aimed at it."""
+    from scapy.all import ARP, ICMP, IP, Ether
+
+    lk = link()
+    warm_up(lk)
+    liar, asker = "02:66:00:00:00:50", "02:66:00:00:00:51"
+
+    def frames(dst_mac: str, dst_ip: str) -> list:
+        return [Ether(src=liar, dst=dst_mac) / ARP(op=2, hwsrc=liar, psrc="10.77.0.50", hwdst=dst_mac, pdst=dst_ip),
+                Ether(src=asker, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=asker, psrc="10.77.0.51", pdst=dst_ip)]
+
+    lk.to_usnet(*frames(_mac(lk.us_mac), US4), sentinel(lk, 7))
+    lk.to_kernel(*frames(_mac(lk.peer_mac), PEER4), eth_to_kernel(lk) / IP(src=US4, dst=PEER4) / ICMP(id=8))
+    lk.run(lambda us, k: echo_reply(7)(us) and any(ICMP in f and f[ICMP].type == 0 and f[ICMP].id == 8 for f in k))
+    ours, kernel = lk.sw.info()["arp"], _kernel_neighbours(lk)
+    assert "10.77.0.51 " in kernel and "10.77.0.50 " not in kernel, kernel
+    assert ours.get("10.77.0.51") == asker and "10.77.0.50" not in ours, ours
+    assert lk.sw.drops["arp_unsolicited"] == 1
+
+
 # -- damaged UDP to a closed port ---------------------------------------------------------------
 
 

@@ -189,7 +189,10 @@ class HostDuties(FlowTable):
 
         Learnt only from a sender whose address could be a neighbour's: a
         probe (sender 0.0.0.0, RFC 5227 §2.1.1) is answered as Linux does and
-        teaches nothing; a martian sender earns nothing.
+        teaches nothing; a martian sender earns nothing. A request for our
+        address teaches its sender (Linux's neigh_event_ns); a reply only
+        updates an address we know or asked for, as Linux's default
+        arp_accept=0 (no entry is made from an unsolicited reply).
         """
         op, sha, spa, _tha, tpa = warp.parse_arp(f, ETH_HLEN)
         if sha != src_mac or sha == BROADCAST or sha[0] & 1:
@@ -209,6 +212,9 @@ class HostDuties(FlowTable):
             self.counts["arp_probe_answered"] += 1  # our address is taken: we say so, learning nothing
         elif martian_source4(int.from_bytes(spa, "big"), self._local4, self._bcast4):
             self.drops["arp_martian"] += 1
+            return
+        elif op != warp.ARP_REQUEST and not self.arp.knows(spa):
+            self.drops["arp_unsolicited"] += 1  # Linux's arp_accept=0: a reply nobody asked for creates nothing
             return
         else:
             self.counts["arp_rx"] += 1
