@@ -20,7 +20,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.all import ARP, Ether, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, raw
+from scapy.all import ARP, Ether, ICMPv6EchoRequest, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, raw
 
 from tests.helpers.util import recv_n
 from usnet.client import Client
@@ -106,12 +106,12 @@ def test_a_flood_of_made_up_neighbours_does_not_keep_a_real_one_out(net6, family
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["flood", "ask", "answer", "tick"]), st.integers(0, 40)), max_size=200))
+@given(st.lists(st.tuples(st.sampled_from(["flood", "ask", "answer", "tick", "retry"]), st.integers(0, 40)), max_size=200))
 def test_the_table_stays_bounded_and_an_answer_to_our_question_is_always_learnt(ops):
     """Any mix of unsolicited senders, our questions, their answers and time: never more than
     `max_entries`, an address we asked for is learnt when it answers (its packet handed back),
     an unsolicited sender never pushes an entry out, and the dict stays in expiry order."""
-    c = NeighbourCache(ttl=10.0, max_entries=8)
+    c = NeighbourCache(ttl=10.0, retry=1.0, max_entries=8)
     now = 0.0
     for op, k in ops:
         ip = struct.pack("!I", k)
@@ -120,7 +120,15 @@ def test_the_table_stays_bounded_and_an_answer_to_our_question_is_always_learnt(
             c.learn(ip, b"\x02" * 6, now)
             assert set(before) - set(c.entries) <= {a for a, (_, exp) in before.items() if exp < now}
         elif op == "ask":
-            c.wait(ip, ("pkt", k), 100, now)
+            was = ip in c.pending
+            full = not was and len(c.pending) >= c.max_entries
+            oldest = next(iter(c.pending)) if full else None
+            ask, dropped = c.wait(ip, ("pkt", k), 100, now)
+            assert ip in c.pending and ask == (not was)  # a new question is asked at once
+            if full:  # the oldest question gave way, its packets handed back to be reported
+                assert oldest not in c.pending and dropped and len(c.pending) == c.max_entries
+        elif op == "retry":
+            c.due(now)
         elif op == "answer":
             waited = ip in c.pending
             got = c.learn(ip, b"\x04" * 6, now)
@@ -130,6 +138,33 @@ def test_the_table_stays_bounded_and_an_answer_to_our_question_is_always_learnt(
             now += k / 4
             c.expire(now)
             assert all(exp >= now for _, exp in c.entries.values())
-        assert len(c.entries) <= c.max_entries
+        assert len(c.entries) <= c.max_entries and len(c.pending) <= c.max_entries
         exps = [exp for _, exp in c.entries.values()]
         assert exps == sorted(exps)
+        asked = [p.asked_at for p in c.pending.values()]
+        assert asked == sorted(asked)  # the timer and the retries read the front only
+        if c.pending:
+            assert c.next_timer(now) == max(0.0, min(asked) + c.retry - now)
+
+
+def test_a_flood_of_stimuli_from_made_up_on_link_sources_does_not_close_neighbour_discovery(net6):
+    """Echo requests from thousands of addresses of our /64: each reply waits for a Neighbour
+    Solicitation nobody answers, so the questions fill the pending table; a client's datagram to a
+    real neighbour then still gets its question asked and answered (the oldest question gives way,
+    its reply reported unresolved), where it used to be dropped at once for three seconds."""
+    n = net6
+    cache = n.swb.nd
+    mac = "02:68:00:00:00:01"
+    base = int(ipaddress.IPv6Address("fd00:9::"))
+    flood = [raw(Ether(dst=n.w.b.mac.hex(":"), src=mac)
+                 / IPv6(src=str(ipaddress.IPv6Address(base + 0x20000 + i)), dst=B6) / ICMPv6EchoRequest(id=i))
+             for i in range(cache.max_entries + 100)]
+    n.inject(flood)
+    assert len(cache.pending) == cache.max_entries and cache.abandoned == 100
+    assert n.swb.drops["tx_neighbour_unresolved"] == 100  # every abandoned reply accounted for
+    n.d.start()
+    sa = n.c.udp_socket("a", 5000, family=6)
+    sb = n.c.udp_socket("b", 6000, family=6)
+    sb.sendto(b"asked and answered", (A6, 5000))
+    got = recv_n(sa, 1)
+    assert [g[0] for g in got] == [b"asked and answered"]

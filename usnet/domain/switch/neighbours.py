@@ -29,6 +29,13 @@ and a full table is never scanned. When it is full, an address we asked for
 unsolicited sender is not learnt (its request is answered from the frame
 itself): a flood of made-up senders can neither keep a real neighbour out
 nor push one out (Linux's forced GC likewise makes room for a new entry).
+The addresses being asked for are kept in the order they were last asked,
+so the timer and the retries read only the front; when `max_entries` are
+being asked for, a new question pushes out the oldest (its packets reported
+as unresolved): a flood of stimuli from made-up on-link sources (an IPv6
+/64 has plenty), each earning an answer that waits for ND, cycles through the
+table instead of closing it to every flow for the three seconds a question
+lives, and a real neighbour, which answers within a round trip, is learnt.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ class NeighbourCache:
         self.dropped = 0
         self.refused = 0  # unsolicited senders not learnt: the table was full
         self.evicted = 0  # entries pushed out by an address we asked for
+        self.abandoned = 0  # questions given up early: the pending table was full and a new one came
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         e = self.entries.get(ip)
@@ -102,21 +110,24 @@ class NeighbourCache:
     def wait(self, ip: bytes, packet: object, size: int, now: float) -> tuple[bool, list]:
         """Queue a packet of `size` bytes for an unresolved address.
 
-        Returns (ask now?, the packets pushed out of a full queue, oldest
-        first: perhaps this one); the caller accounts for the dropped ones.
+        Returns (ask now?, the packets pushed out: of a full queue, oldest
+        first, perhaps this one, or of the oldest question when `max_entries`
+        are asked already); the caller accounts for the dropped ones.
         """
         charge = size + SKB_OVERHEAD
         if charge > self.queue_bytes:
             self.dropped += 1
             return False, [packet]
-        p = self.pending.get(ip)
+        pending = self.pending
+        p = pending.get(ip)
         ask = p is None
-        if p is None:
-            if len(self.pending) >= self.max_entries:
-                self.dropped += 1
-                return False, [packet]
-            p = self.pending[ip] = _Pending(asked_at=now, tries=1)
         dropped = []
+        if p is None:
+            if len(pending) >= self.max_entries:  # the oldest question gives way, its packets reported
+                oldest = pending.pop(next(iter(pending)))
+                dropped.extend(item for _, item in oldest.packets)
+                self.abandoned += 1
+            p = pending[ip] = _Pending(asked_at=now, tries=1)
         while p.nbytes + charge > self.queue_bytes:
             c, old = p.packets.popleft()
             p.nbytes -= c
@@ -130,16 +141,20 @@ class NeighbourCache:
         """(addresses to ask again, packets given up on after `tries` unanswered requests)."""
         ask = []
         gave_up: list = []
-        for ip, p in list(self.pending.items()):
+        pending = self.pending
+        while pending:  # in the order they were asked: the due ones are first
+            ip = next(iter(pending))
+            p = pending[ip]
             if now - p.asked_at < self.retry:
-                continue
+                break
+            del pending[ip]
             if p.tries >= self.tries:
                 self.dropped += len(p.packets)
                 gave_up.extend(item for _, item in p.packets)
-                del self.pending[ip]
                 continue
             p.tries += 1
             p.asked_at = now
+            pending[ip] = p  # asked again: to the end
             ask.append(ip)
         return ask, gave_up
 
@@ -155,4 +170,4 @@ class NeighbourCache:
     def next_timer(self, now: float) -> float | None:
         if not self.pending:
             return None
-        return max(0.0, min(p.asked_at + self.retry for p in self.pending.values()) - now)
+        return max(0.0, self.pending[next(iter(self.pending))].asked_at + self.retry - now)
