@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ARP, Ether, ICMPv6EchoRequest, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6, raw
 
-from tests.helpers.util import recv_n
+from tests.helpers.util import FakeClock, recv_n
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.domain.switch.neighbours import NeighbourCache
@@ -106,12 +106,14 @@ def test_a_flood_of_made_up_neighbours_does_not_keep_a_real_one_out(net6, family
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["flood", "ask", "answer", "tick", "retry"]), st.integers(0, 40)), max_size=200))
+@given(st.lists(st.tuples(st.sampled_from(["flood", "ask", "answer", "tick", "retry"]), st.integers(0, 40)),
+                max_size=200))
 def test_the_table_stays_bounded_and_an_answer_to_our_question_is_always_learnt(ops):
     """Any mix of unsolicited senders, our questions, their answers and time: never more than
     `max_entries`, an address we asked for is learnt when it answers (its packet handed back),
-    an unsolicited sender never pushes an entry out, and the dict stays in expiry order."""
-    c = NeighbourCache(ttl=10.0, retry=1.0, max_entries=8)
+    an unsolicited sender never pushes an entry out, the dict stays in expiry order, and the
+    queues hold no more than their bounds, each and together, their books exact."""
+    c = NeighbourCache(ttl=10.0, retry=1.0, max_entries=8, queue_bytes=3 * 676, held_max=5 * 676)
     now = 0.0
     for op, k in ops:
         ip = struct.pack("!I", k)
@@ -139,6 +141,8 @@ def test_the_table_stays_bounded_and_an_answer_to_our_question_is_always_learnt(
             c.expire(now)
             assert all(exp >= now for _, exp in c.entries.values())
         assert len(c.entries) <= c.max_entries and len(c.pending) <= c.max_entries
+        assert c.held == sum(p.nbytes for p in c.pending.values()) <= c.held_max
+        assert all(p.nbytes == sum(ch for ch, _ in p.packets) <= c.queue_bytes for p in c.pending.values())
         exps = [exp for _, exp in c.entries.values()]
         assert exps == sorted(exps)
         asked = [p.asked_at for p in c.pending.values()]
@@ -168,3 +172,44 @@ def test_a_flood_of_stimuli_from_made_up_on_link_sources_does_not_close_neighbou
     sb.sendto(b"asked and answered", (A6, 5000))
     got = recv_n(sa, 1)
     assert [g[0] for g in got] == [b"asked and answered"]
+
+
+def test_a_client_sending_to_many_silent_neighbours_parks_a_bounded_amount_in_usnetd(net6):
+    """A client's unconnected flow sends full datagrams to 40 silent addresses of the /64, 110
+    each: each address's queue is bounded, and all the queues together hold no more than the
+    table's `held_max` (here 8 queues' worth); every datagram is either waiting or reported
+    dropped, and another client's datagram to a real neighbour still goes. The test drives the
+    loop itself on a clock that stands still, so no question is given up on time."""
+    n = net6
+    n.swb.clock = FakeClock()
+    cache = n.swb.nd
+    cache.held_max = 8 * cache.queue_bytes
+    hog = n.c.udp_socket("b", 7000, family=6)
+    base = int(ipaddress.IPv6Address("fd00:9::"))
+    sent = 0
+    for i in range(40):
+        dst = str(ipaddress.IPv6Address(base + 0x30000 + i))
+        for _ in range(50):  # bounded: each round the domain takes what the ring holds
+            if sent == 110 * (i + 1):
+                break
+            sent += hog.send_many([b"x" * 1400] * (110 * (i + 1) - sent), (dst, 9))
+            n.d.serve_once(0)
+        assert sent == 110 * (i + 1)
+    n.d.serve_once(0)
+    waiting = sum(len(p.packets) for p in cache.pending.values())
+    assert cache.held <= cache.held_max and cache.abandoned > 0
+    assert waiting + n.swb.drops["tx_neighbour_unresolved"] == sent  # every datagram accounted for
+    assert cache.held == sum(p.nbytes for p in cache.pending.values())
+    sa = n.c.udp_socket("a", 5000, family=6)
+    sb = n.c.udp_socket("b", 6000, family=6)
+    sb.sendto(b"still resolved", (A6, 5000))
+    got: list = []
+    for _ in range(50):
+        n.d.serve_once(0)
+        try:
+            got += sa.recv_many(1, timeout=0)
+        except BlockingIOError:
+            pass
+        if got:
+            break
+    assert [g[0] for g in got] == [b"still resolved"]

@@ -36,6 +36,10 @@ as unresolved): a flood of stimuli from made-up on-link sources (an IPv6
 /64 has plenty), each earning an answer that waits for ND, cycles through the
 table instead of closing it to every flow for the three seconds a question
 lives, and a real neighbour, which answers within a round trip, is learnt.
+The queues together hold at most `held_max` bytes, past which the oldest
+other question goes the same way: a client sending to thousands of silent
+on-link addresses (a /64 again) could otherwise park 4096 full queues,
+some 870 MB, in usnetd.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ __all__ = ["SKB_OVERHEAD", "NeighbourCache"]
 
 UNRES_QLEN_BYTES = 212992  # Linux's default unres_qlen_bytes (SK_WMEM_MAX)
 SKB_OVERHEAD = 576  # what Linux's truesize adds to a packet: sk_buff and skb_shared_info, aligned
+# What all the queues of one table may hold together: 64 neighbours' full queues (13 MB). Linux
+# charges a queued packet to its socket's send buffer, which bounds what one socket can park; here
+# the packets are copies in usnetd's memory, so one bound over all of them stands in for that.
+HELD_MAX = 64 * UNRES_QLEN_BYTES
 
 
 @dataclass
@@ -61,9 +69,12 @@ class NeighbourCache:
     """Link-layer addresses by IP address (4 or 16 bytes), and packets waiting for them."""
 
     def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3,
-                 queue_bytes: int = UNRES_QLEN_BYTES, max_entries: int = 4096) -> None:
+                 queue_bytes: int = UNRES_QLEN_BYTES, max_entries: int = 4096,
+                 held_max: int = HELD_MAX) -> None:
         self.ttl, self.retry, self.tries, self.max_entries = ttl, retry, tries, max_entries
         self.queue_bytes = queue_bytes
+        self.held_max = max(held_max, queue_bytes)  # all the queues together (one queue always fits)
+        self.held = 0  # charged bytes waiting, over all the queues
         self.entries: dict[bytes, tuple[bytes, float]] = {}  # address -> (mac, expires)
         self.pending: dict[bytes, _Pending] = {}
         self.dropped = 0
@@ -105,7 +116,10 @@ class NeighbourCache:
                 self.evicted += 1
         entries[ip] = (mac, now + self.ttl)
         p = self.pending.pop(ip, None)
-        return [item for _, item in p.packets] if p else []
+        if p is None:
+            return []
+        self.held -= p.nbytes
+        return [item for _, item in p.packets]
 
     def wait(self, ip: bytes, packet: object, size: int, now: float) -> tuple[bool, list]:
         """Queue a packet of `size` bytes for an unresolved address.
@@ -121,21 +135,33 @@ class NeighbourCache:
         pending = self.pending
         p = pending.get(ip)
         ask = p is None
-        dropped = []
+        dropped: list = []
         if p is None:
             if len(pending) >= self.max_entries:  # the oldest question gives way, its packets reported
-                oldest = pending.pop(next(iter(pending)))
-                dropped.extend(item for _, item in oldest.packets)
-                self.abandoned += 1
+                self._abandon(next(iter(pending)), dropped)
             p = pending[ip] = _Pending(asked_at=now, tries=1)
+        while self.held + charge > self.held_max:  # all the queues full: the oldest other question goes
+            other = next((a for a in pending if a != ip), None)
+            if other is None:
+                break  # ours alone: its own bound (below) is the tighter one
+            self._abandon(other, dropped)
         while p.nbytes + charge > self.queue_bytes:
             c, old = p.packets.popleft()
             p.nbytes -= c
+            self.held -= c
             dropped.append(old)
         self.dropped += len(dropped)
         p.packets.append((charge, packet))
         p.nbytes += charge
+        self.held += charge
         return ask, dropped
+
+    def _abandon(self, ip: bytes, dropped: list) -> None:
+        """Give up asking for `ip` early; its packets go to `dropped`, to be reported."""
+        p = self.pending.pop(ip)
+        self.held -= p.nbytes
+        dropped.extend(item for _, item in p.packets)
+        self.abandoned += 1
 
     def due(self, now: float) -> tuple[list[bytes], list]:
         """(addresses to ask again, packets given up on after `tries` unanswered requests)."""
@@ -149,6 +175,7 @@ class NeighbourCache:
                 break
             del pending[ip]
             if p.tries >= self.tries:
+                self.held -= p.nbytes
                 self.dropped += len(p.packets)
                 gave_up.extend(item for _, item in p.packets)
                 continue
