@@ -476,6 +476,38 @@ def test_an_unsolicited_arp_reply_teaches_nothing_and_a_request_its_sender_as_wi
     assert lk.sw.drops["arp_unsolicited"] == 1
 
 
+@pytest.mark.privileged
+def test_a_tiny_fragmentation_needed_locks_the_path_mtu_where_linux_does(link):
+    """A host says "fragmentation needed, next hop MTU 300" about a datagram to 10.77.0.2: the peer
+    kernel's connected UDP socket locks its path MTU at min_pmtu (552), and usnet's IP layer, given
+    the same report, locks at the same value (it used 576)."""
+    from scapy.all import ICMP, IP, UDP, raw
+
+    import ipaddress
+
+    from usnet.proto.ip import IpLayer
+    from usnet.proto.pmtu import IPV4_MIN_PMTU
+
+    lk = link()
+    k = lk.kernel_socket(socket.AF_INET, socket.SOCK_DGRAM, 4000)
+    _in_netns(lk.ns_peer, lambda: k.connect((US4, 9)))
+    quote = raw(IP(src=PEER4, dst=US4, flags="DF") / UDP(sport=4000, dport=9) / bytes(1000))[:28]
+    lk.to_kernel(eth_to_kernel(lk) / IP(src=US4, dst=PEER4) / ICMP(type=3, code=4, nexthopmtu=300) / quote)
+    route = ""
+    for _ in range(100):  # the kernel takes the frame in its softirq: read until it shows
+        route = subprocess.run(["ip", "-n", lk.ns_peer, "route", "get", US4], check=True,
+                               capture_output=True, text=True).stdout
+        if "mtu" in route:
+            break
+        select.select([], [], [], 0.01)
+    assert f"mtu lock {IPV4_MIN_PMTU}" in route, route
+    ip = IpLayer([ipaddress.IPv4Address(PEER4).packed])
+    [err] = [e for e in ip.input(raw(IP(src=US4, dst=PEER4) / ICMP(type=3, code=4, nexthopmtu=300) / quote), 0.0)
+             if hasattr(e, "mtu")]
+    assert ip.lower_pmtu(err, 0.0) == IPV4_MIN_PMTU
+    assert ip.pmtus.get(ipaddress.IPv4Address(US4).packed, 0.0) == (IPV4_MIN_PMTU, True)
+
+
 # -- damaged UDP to a closed port ---------------------------------------------------------------
 
 
