@@ -481,9 +481,9 @@ def test_a_tiny_fragmentation_needed_locks_the_path_mtu_where_linux_does(link):
     """A host says "fragmentation needed, next hop MTU 300" about a datagram to 10.77.0.2: the peer
     kernel's connected UDP socket locks its path MTU at min_pmtu (552), and usnet's IP layer, given
     the same report, locks at the same value (it used 576)."""
-    from scapy.all import ICMP, IP, UDP, raw
-
     import ipaddress
+
+    from scapy.all import ICMP, IP, UDP, raw
 
     from usnet.proto.ip import IpLayer
     from usnet.proto.pmtu import IPV4_MIN_PMTU
