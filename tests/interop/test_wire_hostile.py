@@ -508,6 +508,28 @@ def test_a_tiny_fragmentation_needed_locks_the_path_mtu_where_linux_does(link):
     assert ip.pmtus.get(ipaddress.IPv4Address(US4).packed, 0.0) == (IPV4_MIN_PMTU, True)
 
 
+@pytest.mark.privileged
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_ping_bigger_than_the_mtu_is_answered_in_fragments(link, v6):
+    """ping(8) -s 4000 from the peer kernel: its request comes in fragments, which the switch puts
+    together; the reply (4 KB) goes back in fragments, as a Linux host's does. It used to be handed
+    to the device whole and refused there (a tx error), so ping got nothing."""
+    lk = link()
+    warm_up(lk, v6)
+    cmd = ["ip", "netns", "exec", lk.ns_peer, "ping", "-6" if v6 else "-4", "-c", "1", "-W", "3",
+           "-s", "4000", US6 if v6 else US4]
+    ping = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lk.run(lambda us, k: ping.poll() is not None, "for ping to end")
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+        out = ping.communicate()[0]
+    assert ping.returncode == 0, out
+    assert "1 received" in out and "4008 bytes from" in out, out
+    assert lk.sw.netif.info()["driver_stats"]["tx_errors"] == 0
+
+
 # -- damaged UDP to a closed port ---------------------------------------------------------------
 
 

@@ -28,10 +28,12 @@ from usnet.proto.wire import icmpv6 as wicmp6
 from usnet.proto.wire import tcp as wtcp
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
-from usnet.proto.wire.ipv4 import build_ipv4_header, martian_source4
+from usnet.proto.wire.fragment import ip4_fragments, ip6_fragments
+from usnet.proto.wire.ipv4 import IPV4_HLEN, build_ipv4_header, martian_source4
 from usnet.proto.wire.ipv6 import (
     ALL_NODES,
     ICMPV6,
+    IPV6_HLEN,
     UNSPECIFIED,
     build_ipv6_header,
     multicast_mac,
@@ -118,11 +120,23 @@ class HostDuties(FlowTable):
 
     def _send_ip(self, key: int, src: bytes, dst: bytes, proto: int, payload: bytes, now: float) -> None:
         """A packet of the switch's own (echo reply, port unreachable, RST) from `src` to `dst`, either
-        family (the addresses' length): it builds the IP header itself."""
+        family (the addresses' length): it builds the IP header itself. One over the MTU (the reply to
+        an echo request that came in fragments) leaves in fragments, as Linux's icmp_reply does; it
+        used to be handed to the device whole and refused there (a tx error, no reply)."""
+        mtu = self.netif.mtu
         if len(dst) == 4:
             self._ident = (self._ident + 1) & 0xFFFF
+            if len(payload) + IPV4_HLEN > mtu:
+                for piece in ip4_fragments(src, dst, proto, payload, self._ident, mtu):
+                    self._route(key, dst, piece, now)
+                return
             hdr = build_ipv4_header(src, dst, proto, len(payload), ident=self._ident)
         else:
+            if len(payload) + IPV6_HLEN > mtu:
+                self._ident = (self._ident + 1) & 0xFFFF
+                for piece in ip6_fragments(src, dst, proto, payload, self._ident, mtu):
+                    self._route(key, dst, piece, now)
+                return
             hdr = build_ipv6_header(src, dst, proto, len(payload))
         self._route(key, dst, hdr + payload, now)
 
