@@ -447,6 +447,89 @@ def test_an_arp_claiming_our_address_is_a_conflict_defended_once_per_interval(li
     assert lk.sw.drops["arp_conflict"] == 4 and lk.sw.counts["arp_defended"] == 1
 
 
+def _kernel_neighbours(lk: Link) -> str:
+    return subprocess.run(["ip", "-n", lk.ns_peer, "-4", "neigh", "show", "dev", lk.if_peer],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.mark.privileged
+def test_an_unsolicited_arp_reply_teaches_nothing_and_a_request_its_sender_as_with_linux(link):
+    """A host says "10.77.0.50 is-at <me>" unasked, another asks for our address from 10.77.0.51:
+    the peer kernel (arp_accept=0) makes no entry for the first and one for the second, and so does
+    usnet, which used to believe any ARP aimed at it."""
+    from scapy.all import ARP, ICMP, IP, Ether
+
+    lk = link()
+    warm_up(lk)
+    liar, asker = "02:66:00:00:00:50", "02:66:00:00:00:51"
+
+    def frames(dst_mac: str, dst_ip: str) -> list:
+        return [Ether(src=liar, dst=dst_mac) / ARP(op=2, hwsrc=liar, psrc="10.77.0.50", hwdst=dst_mac, pdst=dst_ip),
+                Ether(src=asker, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=asker, psrc="10.77.0.51", pdst=dst_ip)]
+
+    lk.to_usnet(*frames(_mac(lk.us_mac), US4), sentinel(lk, 7))
+    lk.to_kernel(*frames(_mac(lk.peer_mac), PEER4), eth_to_kernel(lk) / IP(src=US4, dst=PEER4) / ICMP(id=8))
+    lk.run(lambda us, k: echo_reply(7)(us) and any(ICMP in f and f[ICMP].type == 0 and f[ICMP].id == 8 for f in k))
+    ours, kernel = lk.sw.info()["arp"], _kernel_neighbours(lk)
+    assert "10.77.0.51 " in kernel and "10.77.0.50 " not in kernel, kernel
+    assert ours.get("10.77.0.51") == asker and "10.77.0.50" not in ours, ours
+    assert lk.sw.drops["arp_unsolicited"] == 1
+
+
+@pytest.mark.privileged
+def test_a_tiny_fragmentation_needed_locks_the_path_mtu_where_linux_does(link):
+    """A host says "fragmentation needed, next hop MTU 300" about a datagram to 10.77.0.2: the peer
+    kernel's connected UDP socket locks its path MTU at min_pmtu (552), and usnet's IP layer, given
+    the same report, locks at the same value (it used 576)."""
+    import ipaddress
+
+    from scapy.all import ICMP, IP, UDP, raw
+
+    from usnet.proto.ip import IpLayer
+    from usnet.proto.pmtu import IPV4_MIN_PMTU
+
+    lk = link()
+    k = lk.kernel_socket(socket.AF_INET, socket.SOCK_DGRAM, 4000)
+    _in_netns(lk.ns_peer, lambda: k.connect((US4, 9)))
+    quote = raw(IP(src=PEER4, dst=US4, flags="DF") / UDP(sport=4000, dport=9) / bytes(1000))[:28]
+    lk.to_kernel(eth_to_kernel(lk) / IP(src=US4, dst=PEER4) / ICMP(type=3, code=4, nexthopmtu=300) / quote)
+    route = ""
+    for _ in range(100):  # the kernel takes the frame in its softirq: read until it shows
+        route = subprocess.run(["ip", "-n", lk.ns_peer, "route", "get", US4], check=True,
+                               capture_output=True, text=True).stdout
+        if "mtu" in route:
+            break
+        select.select([], [], [], 0.01)
+    assert f"mtu lock {IPV4_MIN_PMTU}" in route, route
+    ip = IpLayer([ipaddress.IPv4Address(PEER4).packed])
+    [err] = [e for e in ip.input(raw(IP(src=US4, dst=PEER4) / ICMP(type=3, code=4, nexthopmtu=300) / quote), 0.0)
+             if hasattr(e, "mtu")]
+    assert ip.lower_pmtu(err, 0.0) == IPV4_MIN_PMTU
+    assert ip.pmtus.get(ipaddress.IPv4Address(US4).packed, 0.0) == (IPV4_MIN_PMTU, True)
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_ping_bigger_than_the_mtu_is_answered_in_fragments(link, v6):
+    """ping(8) -s 4000 from the peer kernel: its request comes in fragments, which the switch puts
+    together; the reply (4 KB) goes back in fragments, as a Linux host's does. It used to be handed
+    to the device whole and refused there (a tx error), so ping got nothing."""
+    lk = link()
+    warm_up(lk, v6)
+    cmd = ["ip", "netns", "exec", lk.ns_peer, "ping", "-6" if v6 else "-4", "-c", "1", "-W", "3",
+           "-s", "4000", US6 if v6 else US4]
+    ping = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lk.run(lambda us, k: ping.poll() is not None, "for ping to end")
+    finally:
+        if ping.poll() is None:
+            ping.kill()
+        out = ping.communicate()[0]
+    assert ping.returncode == 0, out
+    assert "1 received" in out and "4008 bytes from" in out, out
+    assert lk.sw.netif.info()["driver_stats"]["tx_errors"] == 0
+
+
 # -- damaged UDP to a closed port ---------------------------------------------------------------
 
 

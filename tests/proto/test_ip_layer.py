@@ -328,12 +328,12 @@ def test_frag_needed_lowers_pmtu():
     # a report not below the quoted length is bogus
     assert ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=1428) / big[:28]), 3.0) == []
     assert ip.counters["pmtu_bogus"] == 1
-    # below the floor (576): set to the floor and locked, so DF is cleared
+    # below the floor (552, Linux's min_pmtu): set to the floor and locked, so DF is cleared
     [e] = errors(ip.input(raw(IP(src=R4s, dst=A4s) / ICMP(type=3, code=4, nexthopmtu=300) / big[:28]), 4.0))
-    assert e.mtu == 300 and ip.lower_pmtu(e, 4.0) == 576 and ip.pmtus.get(B4, 4.0) == (576, True)
+    assert e.mtu == 300 and ip.lower_pmtu(e, 4.0) == 552 and ip.pmtus.get(B4, 4.0) == (552, True)
     [p] = ip.output(17, A4, B4, bytes(500), 4.0)
     assert not IP(p).flags.DF
-    assert all(len(x) <= 576 for x in ip.output(17, A4, B4, bytes(1400), 4.0, df=True))
+    assert all(len(x) <= 552 for x in ip.output(17, A4, B4, bytes(1400), 4.0, df=True))
     # aging back to the link MTU
     assert ip.pmtus.get(B4, 4.0 + 600.0) == (1500, False)
 

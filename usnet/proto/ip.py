@@ -62,7 +62,7 @@ from typing import NamedTuple
 
 from usnet.proto.icmp_errors import ICMP4_ERRORS, icmp4_errno, icmp6_errno, quote4, quote6
 from usnet.proto.ipmark import mark_ttl
-from usnet.proto.pmtu import IPV4_MIN_MTU, PathMtuCache, frag_needed_mtu
+from usnet.proto.pmtu import IPV4_MIN_MTU, IPV4_MIN_PMTU, PathMtuCache, frag_needed_mtu
 from usnet.proto.reassembly import Reassembler
 from usnet.proto.wire import icmp as _i4
 from usnet.proto.wire import icmpv6 as _i6
@@ -131,7 +131,7 @@ class IpLayer:
 
     def __init__(
         self, addrs: Iterable[bytes] = (), mtu: int = 1500, *, ttl: int = 64, hop_limit: int = 64,
-        pmtu_floor: int = 576, pmtu_timeout: float = 600.0, pmtu_max_entries: int = 1024,
+        pmtu_floor: int = IPV4_MIN_PMTU, pmtu_timeout: float = 600.0, pmtu_max_entries: int = 1024,
         ident: int = 0,
     ) -> None:
         if mtu < IPV4_MIN_MTU or mtu > 0xFFFF:

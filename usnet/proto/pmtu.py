@@ -7,7 +7,7 @@ after ``timeout`` seconds, so a path that got better is found again.
 IPv4: a next-hop MTU of 0 (a router from before RFC 1191) falls back to the
 RFC 1191 plateau below the quoted length (`frag_needed_mtu`); a report not
 below the quoted total length is bogus and ignored; never below 68. Below
-``floor`` (576 by default; 68 for the strict RFC behaviour) the PMTU is set
+``floor`` (552 by default, Linux's min_pmtu: 512 + 20 + 20; 68 for the strict RFC behaviour) the PMTU is set
 to the floor and *locked*: packets then go out without DF, so routers
 fragment (what Linux does with min_pmtu). IPv6 is clamped to 1280.
 
@@ -20,9 +20,10 @@ from collections import Counter
 
 from usnet.proto.wire.ipv6 import IPV6_MIN_MTU
 
-__all__ = ["IPV4_MIN_MTU", "PathMtuCache", "frag_needed_mtu"]
+__all__ = ["IPV4_MIN_MTU", "IPV4_MIN_PMTU", "PathMtuCache", "frag_needed_mtu"]
 
 IPV4_MIN_MTU = 68
+IPV4_MIN_PMTU = 552  # Linux's ip_rt_min_pmtu (net.ipv4.route.min_pmtu): a report below it is locked at it
 
 # RFC 1191 §7 plateau table, for frag-needed messages without a next-hop MTU.
 _PLATEAUS = (65535, 32000, 17914, 8166, 4352, 2002, 1492, 1006, 508, 296, 68)
@@ -39,7 +40,7 @@ def frag_needed_mtu(reported: int, quoted_total: int) -> int:
 class PathMtuCache:
     """Path MTUs below the link MTU, per destination (4 or 16 bytes), at most ``max_entries``."""
 
-    def __init__(self, mtu: int, counters: Counter, floor: int = 576, timeout: float = 600.0,
+    def __init__(self, mtu: int, counters: Counter, floor: int = IPV4_MIN_PMTU, timeout: float = 600.0,
                  max_entries: int = 1024) -> None:
         if not IPV4_MIN_MTU <= floor <= mtu:
             raise ValueError(f"pmtu_floor {floor} must be within 68..mtu")

@@ -85,4 +85,7 @@ class FlowSwitch(LocalPath):
                 "drops": dict(self.drops), "counts": {k: v for k, v in self.counts.items() if ":" not in k},
                 "fragments": dict(self.frags),
                 "arp": {ip_str(k): v[0].hex(":") for k, v in self.arp.entries.items()},
-                "nd": {ip6_str(k): v[0].hex(":") for k, v in self.nd.entries.items()}}
+                "nd": {ip6_str(k): v[0].hex(":") for k, v in self.nd.entries.items()},
+                "neighbour_tables": {name: {"entries": len(c.entries), "refused": c.refused, "evicted": c.evicted,
+                                            "asking": len(c.pending), "abandoned": c.abandoned}
+                                     for name, c in (("arp", self.arp), ("nd", self.nd))}}

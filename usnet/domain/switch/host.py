@@ -28,10 +28,12 @@ from usnet.proto.wire import icmpv6 as wicmp6
 from usnet.proto.wire import tcp as wtcp
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
-from usnet.proto.wire.ipv4 import build_ipv4_header, martian_source4
+from usnet.proto.wire.fragment import ip4_fragments, ip6_fragments
+from usnet.proto.wire.ipv4 import IPV4_HLEN, build_ipv4_header, martian_source4
 from usnet.proto.wire.ipv6 import (
     ALL_NODES,
     ICMPV6,
+    IPV6_HLEN,
     UNSPECIFIED,
     build_ipv6_header,
     multicast_mac,
@@ -118,11 +120,23 @@ class HostDuties(FlowTable):
 
     def _send_ip(self, key: int, src: bytes, dst: bytes, proto: int, payload: bytes, now: float) -> None:
         """A packet of the switch's own (echo reply, port unreachable, RST) from `src` to `dst`, either
-        family (the addresses' length): it builds the IP header itself."""
+        family (the addresses' length): it builds the IP header itself. One over the MTU (the reply to
+        an echo request that came in fragments) leaves in fragments, as Linux's icmp_reply does; it
+        used to be handed to the device whole and refused there (a tx error, no reply)."""
+        mtu = self.netif.mtu
         if len(dst) == 4:
             self._ident = (self._ident + 1) & 0xFFFF
+            if len(payload) + IPV4_HLEN > mtu:
+                for piece in ip4_fragments(src, dst, proto, payload, self._ident, mtu):
+                    self._route(key, dst, piece, now)
+                return
             hdr = build_ipv4_header(src, dst, proto, len(payload), ident=self._ident)
         else:
+            if len(payload) + IPV6_HLEN > mtu:
+                self._ident = (self._ident + 1) & 0xFFFF
+                for piece in ip6_fragments(src, dst, proto, payload, self._ident, mtu):
+                    self._route(key, dst, piece, now)
+                return
             hdr = build_ipv6_header(src, dst, proto, len(payload))
         self._route(key, dst, hdr + payload, now)
 
@@ -189,7 +203,10 @@ class HostDuties(FlowTable):
 
         Learnt only from a sender whose address could be a neighbour's: a
         probe (sender 0.0.0.0, RFC 5227 §2.1.1) is answered as Linux does and
-        teaches nothing; a martian sender earns nothing.
+        teaches nothing; a martian sender earns nothing. A request for our
+        address teaches its sender (Linux's neigh_event_ns); a reply only
+        updates an address we know or asked for, as Linux's default
+        arp_accept=0 (no entry is made from an unsolicited reply).
         """
         op, sha, spa, _tha, tpa = warp.parse_arp(f, ETH_HLEN)
         if sha != src_mac or sha == BROADCAST or sha[0] & 1:
@@ -209,6 +226,9 @@ class HostDuties(FlowTable):
             self.counts["arp_probe_answered"] += 1  # our address is taken: we say so, learning nothing
         elif martian_source4(int.from_bytes(spa, "big"), self._local4, self._bcast4):
             self.drops["arp_martian"] += 1
+            return
+        elif op != warp.ARP_REQUEST and not self.arp.knows(spa):
+            self.drops["arp_unsolicited"] += 1  # Linux's arp_accept=0: a reply nobody asked for creates nothing
             return
         else:
             self.counts["arp_rx"] += 1

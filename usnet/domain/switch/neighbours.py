@@ -19,6 +19,27 @@ requests, and established connections on that port go on.
 Sans-I/O: it is told the time and returns what to ask for. Entries live
 `ttl` seconds; an unresolved address is asked for every `retry` seconds up to
 `tries` times, after which its waiting packets are dropped and counted.
+
+A host on the link chooses what the switch learns from it (every ARP request
+for our address teaches its sender, as Linux's arp_process does), so the table
+of at most `max_entries` is kept in the order entries were learnt, which with
+one `ttl` is the order they expire: expiry pops from the front, O(expired),
+and a full table is never scanned. When it is full, an address we asked for
+(someone's packets wait for it) takes the place of the oldest entry, while an
+unsolicited sender is not learnt (its request is answered from the frame
+itself): a flood of made-up senders can neither keep a real neighbour out
+nor push one out (Linux's forced GC likewise makes room for a new entry).
+The addresses being asked for are kept in the order they were last asked,
+so the timer and the retries read only the front; when `max_entries` are
+being asked for, a new question pushes out the oldest (its packets reported
+as unresolved): a flood of stimuli from made-up on-link sources (an IPv6
+/64 has plenty), each earning an answer that waits for ND, cycles through the
+table instead of closing it to every flow for the three seconds a question
+lives, and a real neighbour, which answers within a round trip, is learnt.
+The queues together hold at most `held_max` bytes, past which the oldest
+other question goes the same way: a client sending to thousands of silent
+on-link addresses (a /64 again) could otherwise park 4096 full queues,
+some 870 MB, in usnetd.
 """
 
 from __future__ import annotations
@@ -30,6 +51,10 @@ __all__ = ["SKB_OVERHEAD", "NeighbourCache"]
 
 UNRES_QLEN_BYTES = 212992  # Linux's default unres_qlen_bytes (SK_WMEM_MAX)
 SKB_OVERHEAD = 576  # what Linux's truesize adds to a packet: sk_buff and skb_shared_info, aligned
+# What all the queues of one table may hold together: 64 neighbours' full queues (13 MB). Linux
+# charges a queued packet to its socket's send buffer, which bounds what one socket can park; here
+# the packets are copies in usnetd's memory, so one bound over all of them stands in for that.
+HELD_MAX = 64 * UNRES_QLEN_BYTES
 
 
 @dataclass
@@ -44,12 +69,18 @@ class NeighbourCache:
     """Link-layer addresses by IP address (4 or 16 bytes), and packets waiting for them."""
 
     def __init__(self, ttl: float = 60.0, retry: float = 1.0, tries: int = 3,
-                 queue_bytes: int = UNRES_QLEN_BYTES, max_entries: int = 4096) -> None:
+                 queue_bytes: int = UNRES_QLEN_BYTES, max_entries: int = 4096,
+                 held_max: int = HELD_MAX) -> None:
         self.ttl, self.retry, self.tries, self.max_entries = ttl, retry, tries, max_entries
         self.queue_bytes = queue_bytes
+        self.held_max = max(held_max, queue_bytes)  # all the queues together (one queue always fits)
+        self.held = 0  # charged bytes waiting, over all the queues
         self.entries: dict[bytes, tuple[bytes, float]] = {}  # address -> (mac, expires)
         self.pending: dict[bytes, _Pending] = {}
         self.dropped = 0
+        self.refused = 0  # unsolicited senders not learnt: the table was full
+        self.evicted = 0  # entries pushed out by an address we asked for
+        self.abandoned = 0  # questions given up early: the pending table was full and a new one came
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         e = self.entries.get(ip)
@@ -70,64 +101,100 @@ class NeighbourCache:
         return ip in self.entries or ip in self.pending
 
     def learn(self, ip: bytes, mac: bytes, now: float) -> list:
-        """Record a neighbour; returns the packets that were waiting for it."""
-        if len(self.entries) >= self.max_entries and ip not in self.entries:
+        """Record a neighbour; returns the packets that were waiting for it.
+
+        Re-learnt entries move to the end, so the dict stays in expiry order.
+        """
+        entries = self.entries
+        if entries.pop(ip, None) is None and len(entries) >= self.max_entries:
             self.expire(now)
-            if len(self.entries) >= self.max_entries:
-                return []  # a flood of made-up neighbours does not grow us without bound
-        self.entries[ip] = (mac, now + self.ttl)
+            if len(entries) >= self.max_entries:
+                if ip not in self.pending:
+                    self.refused += 1  # a flood of made-up neighbours does not grow us, nor evict
+                    return []
+                del entries[next(iter(entries))]  # we asked: the oldest entry makes room
+                self.evicted += 1
+        entries[ip] = (mac, now + self.ttl)
         p = self.pending.pop(ip, None)
-        return [item for _, item in p.packets] if p else []
+        if p is None:
+            return []
+        self.held -= p.nbytes
+        return [item for _, item in p.packets]
 
     def wait(self, ip: bytes, packet: object, size: int, now: float) -> tuple[bool, list]:
         """Queue a packet of `size` bytes for an unresolved address.
 
-        Returns (ask now?, the packets pushed out of a full queue, oldest
-        first: perhaps this one); the caller accounts for the dropped ones.
+        Returns (ask now?, the packets pushed out: of a full queue, oldest
+        first, perhaps this one, or of the oldest question when `max_entries`
+        are asked already); the caller accounts for the dropped ones.
         """
         charge = size + SKB_OVERHEAD
         if charge > self.queue_bytes:
             self.dropped += 1
             return False, [packet]
-        p = self.pending.get(ip)
+        pending = self.pending
+        p = pending.get(ip)
         ask = p is None
+        dropped: list = []
         if p is None:
-            if len(self.pending) >= self.max_entries:
-                self.dropped += 1
-                return False, [packet]
-            p = self.pending[ip] = _Pending(asked_at=now, tries=1)
-        dropped = []
+            if len(pending) >= self.max_entries:  # the oldest question gives way, its packets reported
+                self._abandon(next(iter(pending)), dropped)
+            p = pending[ip] = _Pending(asked_at=now, tries=1)
+        while self.held + charge > self.held_max:  # all the queues full: the oldest other question goes
+            other = next((a for a in pending if a != ip), None)
+            if other is None:
+                break  # ours alone: its own bound (below) is the tighter one
+            self._abandon(other, dropped)
         while p.nbytes + charge > self.queue_bytes:
             c, old = p.packets.popleft()
             p.nbytes -= c
+            self.held -= c
             dropped.append(old)
         self.dropped += len(dropped)
         p.packets.append((charge, packet))
         p.nbytes += charge
+        self.held += charge
         return ask, dropped
+
+    def _abandon(self, ip: bytes, dropped: list) -> None:
+        """Give up asking for `ip` early; its packets go to `dropped`, to be reported."""
+        p = self.pending.pop(ip)
+        self.held -= p.nbytes
+        dropped.extend(item for _, item in p.packets)
+        self.abandoned += 1
 
     def due(self, now: float) -> tuple[list[bytes], list]:
         """(addresses to ask again, packets given up on after `tries` unanswered requests)."""
         ask = []
         gave_up: list = []
-        for ip, p in list(self.pending.items()):
+        pending = self.pending
+        while pending:  # in the order they were asked: the due ones are first
+            ip = next(iter(pending))
+            p = pending[ip]
             if now - p.asked_at < self.retry:
-                continue
+                break
+            del pending[ip]
             if p.tries >= self.tries:
+                self.held -= p.nbytes
                 self.dropped += len(p.packets)
                 gave_up.extend(item for _, item in p.packets)
-                del self.pending[ip]
                 continue
             p.tries += 1
             p.asked_at = now
+            pending[ip] = p  # asked again: to the end
             ask.append(ip)
         return ask, gave_up
 
     def expire(self, now: float) -> None:
-        for ip in [ip for ip, (_, exp) in self.entries.items() if exp < now]:
-            del self.entries[ip]
+        """Forget the entries past their time: they are the first ones (learn keeps expiry order)."""
+        entries = self.entries
+        while entries:
+            ip = next(iter(entries))
+            if entries[ip][1] >= now:
+                break
+            del entries[ip]
 
     def next_timer(self, now: float) -> float | None:
         if not self.pending:
             return None
-        return max(0.0, min(p.asked_at + self.retry for p in self.pending.values()) - now)
+        return max(0.0, self.pending[next(iter(self.pending))].asked_at + self.retry - now)

@@ -22,7 +22,7 @@ from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ipv4 import IPV4_HLEN, build_ipv4_header
 from usnet.proto.wire.ipv6 import FRAG_HLEN, IPV6_HLEN, build_frag_header, build_ipv6_header, upper_checksum_v6
 
-__all__ = ["UDP4_MAX_PAYLOAD", "UDP6_MAX_PAYLOAD", "udp4_fragments", "udp6_fragments"]
+__all__ = ["UDP4_MAX_PAYLOAD", "UDP6_MAX_PAYLOAD", "ip4_fragments", "ip6_fragments", "udp4_fragments", "udp6_fragments"]
 
 UDP4_MAX_PAYLOAD = 0xFFFF - IPV4_HLEN - 8  # 65,507: Linux's bound for a UDP/IPv4 datagram
 UDP6_MAX_PAYLOAD = 0xFFFF - 8  # 65,527: the payload length field's bound less the UDP header
@@ -48,10 +48,16 @@ def udp4_fragments(src: bytes, dst: bytes, sport: int, dport: int, payload, iden
     ulen = 8 + n
     body = bytes(payload)
     csum = finish(acc(src) + acc(dst) + _UDP_PROTO + ulen + sport + dport + ulen + acc(body)) or 0xFFFF
-    datagram = _UDP.pack(sport, dport, ulen, csum) + body
+    return ip4_fragments(src, dst, _UDP_PROTO, _UDP.pack(sport, dport, ulen, csum) + body, ident, mtu, ttl, tos)
+
+
+def ip4_fragments(src: bytes, dst: bytes, proto: int, datagram: bytes, ident: int, mtu: int,
+                  ttl: int = 64, tos: int = 0) -> list[bytes]:
+    """The IPv4 fragments (each at most `mtu` bytes, headers included) of one transport datagram
+    (its header and payload, checksum done): a UDP datagram's, or the switch's own echo reply."""
     parts = _pieces(datagram, mtu - IPV4_HLEN)
     last = len(parts) - 1
-    return [build_ipv4_header(src, dst, _UDP_PROTO, len(piece), ident, ttl, df=False, tos=tos, mf=i < last,
+    return [build_ipv4_header(src, dst, proto, len(piece), ident, ttl, df=False, tos=tos, mf=i < last,
                               frag_off=off) + piece
             for i, (off, piece) in enumerate(parts)]
 
@@ -65,8 +71,15 @@ def udp6_fragments(src: bytes, dst: bytes, sport: int, dport: int, payload, iden
     ulen = 8 + n
     seg = _UDP.pack(sport, dport, ulen, 0) + bytes(payload)
     datagram = seg[:6] + upper_checksum_v6(src, dst, _UDP_PROTO, seg).to_bytes(2, "big") + seg[8:]
+    return ip6_fragments(src, dst, _UDP_PROTO, datagram, ident, mtu, hops, tclass)
+
+
+def ip6_fragments(src: bytes, dst: bytes, proto: int, datagram: bytes, ident: int, mtu: int,
+                  hops: int = 64, tclass: int = 0) -> list[bytes]:
+    """The IPv6 fragments (each at most `mtu` bytes, a Fragment header in each) of one transport
+    datagram (its header and payload, checksum done)."""
     parts = _pieces(datagram, mtu - IPV6_HLEN - FRAG_HLEN)
     last = len(parts) - 1
     return [build_ipv6_header(src, dst, _FRAGMENT, FRAG_HLEN + len(piece), hops, tclass)
-            + build_frag_header(_UDP_PROTO, off, i < last, ident) + piece
+            + build_frag_header(proto, off, i < last, ident) + piece
             for i, (off, piece) in enumerate(parts)]
