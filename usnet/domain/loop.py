@@ -597,6 +597,19 @@ class Domain(Control, Housekeeping):
         if s.over_limit is not None:  # it has its refusal (`_turn_away`): whatever it says ends it
             self._let_go(s)
             return
+        if s.waiting:  # an earlier request's answer comes first: only the client's end is heard now
+            try:
+                alive = s.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                alive = b""
+            if not alive:
+                self.end_session(s, DefunctReason.OWNER_GONE)
+                return
+            s.unread = True  # it waits its turn, unwatched (`_watch_session`)
+            self._watch_session(s)
+            return
         try:
             data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
         except (BlockingIOError, InterruptedError):
@@ -723,7 +736,7 @@ class Domain(Control, Housekeeping):
         replies while some wait."""
         if s.sock is None:
             return
-        events = (0 if s.held_until is not None or s.waiting else selectors.EVENT_READ) | \
+        events = (0 if s.held_until is not None or s.unread else selectors.EVENT_READ) | \
             (selectors.EVENT_WRITE if s.pending else 0)
         try:
             self._sel.get_key(s.sock)

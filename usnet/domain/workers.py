@@ -504,9 +504,8 @@ class ShardedDomain(Domain):
         line.waiting.append(Waiting(session, req, done or _same, undo or _nothing, again,
                                     time.monotonic() + bound, bound))
         self._busy.add(line)
-        if session is not None and not session.waiting:
+        if session is not None:
             session.waiting = True
-            self._watch_session(session)
         return LATER, []
 
     def _hear_line(self, line: Line) -> None:
@@ -557,7 +556,7 @@ class ShardedDomain(Domain):
         assert answer is not None
         if answer[0] is LATER:  # asked again (of a replacement): still waiting
             return
-        s.waiting = False
+        s.waiting = s.unread = False
         if s.sock is not None:
             self._watch_session(s)
             self._reply(s, *answer)

@@ -1,0 +1,105 @@
+"""Issue 18: a request usnetd relays to a worker does not hold usnetd's loop.
+
+`usnetd --workers 2`, worker 1 stopped (SIGSTOP). Before, an open on worker 1's port (relayed)
+held usnetd's whole loop until WORKER_TIMEOUT found the worker hung: every other client waited.
+Now the request is sent, its session parked, and the loop serves the others; the worker's
+answer (here its replacement's) goes to the client when it comes, and the client's later
+requests are answered after it, in the order it sent them.
+
+Asserted by events, not times: usnetd has read client A's open (its control socket's SIOCOUTQ,
+the bytes the receiver has not taken yet, is 0), then client B's Hello and an open on a worker-0
+port are answered while A's open still has no answer (nothing to read on A's socket).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import termios
+
+import pytest
+
+from tests.domain.test_workers import _workers
+from tests.helpers.hostile_harness import raw_session
+from tests.helpers.util import wait_until
+from usnet.abi import protocol as P
+from usnet.abi.transport import recv_msg, send_msg
+
+pytestmark = pytest.mark.privileged
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes this socket sent that its peer has not read yet (SIOCOUTQ on an AF_UNIX socket)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+def _answer(sock: socket.socket) -> P.Reply:
+    raw, fds = recv_msg(sock)
+    for fd in fds:
+        os.close(fd)
+    assert raw, "usnetd closed the session"
+    return P.decode_reply(raw)
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_stopped_worker_holds_only_its_own_clients_request(tapd2):
+    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+
+    a, _ = raw_session(tapd2.path, "a")
+    b, _ = raw_session(tapd2.path, "b")
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7003)))  # port 7003: worker 1's, relayed
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        send_msg(a, P.encode(P.Hello(P.PROTOCOL_VERSION, "a again")))  # A's next: answered after the open
+
+        # B is served meanwhile, by usnetd (Hello) and by worker 0 (port 7004), A's open unanswered
+        send_msg(b, P.encode(P.Hello(P.PROTOCOL_VERSION, "b again")))
+        assert isinstance(_answer(b), P.Welcome)
+        send_msg(b, P.encode(P.OpenFlow("usnet0", 17, 7004)))
+        assert isinstance(_answer(b), P.FlowOpened)
+        assert not select.select([a], [], [], 0)[0], "A's open was answered before B was served"
+
+        # A's open is served by worker 1's replacement, then A's Hello: in the order A sent them
+        a.settimeout(WORKER_TIMEOUT + START_TIMEOUT + 5)
+        first = _answer(a)
+        assert isinstance(first, P.FlowOpened), first
+        assert isinstance(_answer(a), P.Welcome)
+        new = _workers(tapd2.path)[1]
+        assert new["pid"] not in (0, pid) and new["restarts"] == 1, new
+        assert f"usnetd worker 1 (pid {pid}) hung (no answer to OpenFlow within" in tapd2.daemon.log_text()
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_client_gone_while_its_open_waits_leaves_no_port_held(tapd2):
+    """A's open waits on the stopped worker when A goes: usnetd releases the port it reserved for
+    that open (nobody is left to answer), so B binds it, served by worker 1's replacement."""
+    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+
+    a, a_id = raw_session(tapd2.path, "a")
+    b, _ = raw_session(tapd2.path, "b")
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7005)))  # worker 1's port
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        a.close()
+        wait_until(lambda: f"session end session={a_id} " in tapd2.daemon.log_text(), 10, "A's session to end")
+        b.settimeout(WORKER_TIMEOUT + START_TIMEOUT + 5)
+        send_msg(b, P.encode(P.OpenFlow("usnet0", 17, 7005)))
+        got = _answer(b)
+        assert isinstance(got, P.FlowOpened) and got.local_port == 7005, got
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        b.close()
