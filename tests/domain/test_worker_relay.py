@@ -103,3 +103,21 @@ def test_a_client_gone_while_its_open_waits_leaves_no_port_held(tapd2):
         if os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGKILL)
         b.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_status_does_not_ask_a_worker_that_leaves_its_heartbeat_unanswered(tapd2):
+    """`usnet status` while worker 1 is stopped: usnetd does not ask it (its answer, never coming,
+    would hold the loop WORKER_TIMEOUT) but reports it as not answering, till the heartbeat's
+    bound finds it hung and it is replaced."""
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    seen: list[dict] = []
+
+    def silent_reported() -> bool:
+        seen.append(_workers(tapd2.path)[1])
+        return seen[-1]["pid"] == pid and "not answering (no answer to a heartbeat" in seen[-1].get("error", "")
+    try:
+        wait_until(silent_reported, 10, "status to report worker 1 not answering")
+    finally:
+        os.kill(pid, signal.SIGKILL)

@@ -899,7 +899,10 @@ class ShardedDomain(Domain):
                 workers.append({"index": k, "pid": 0, "restarts": self.restarts.get(k, 0),
                                 "error": self.down.get(k, "down")})
                 continue
+            silent = time.monotonic() - link.asked if link.asked is not None else 0.0
             try:
+                if link.ready and silent > HEARTBEAT:  # silent: not asked (its answer would hold this loop)
+                    raise OSError(errno.ETIMEDOUT, f"not answering (no answer to a heartbeat for {silent:.1f} s)")
                 if link.admin is None:
                     link.admin = link.new_session()
                 workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
