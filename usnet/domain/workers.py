@@ -20,7 +20,13 @@ a session of its own for that client (a SEQPACKET pair whose far end it passes t
 SCM_RIGHTS), and hands the client the worker's descriptors under a channel id of its own. From
 then on the data path (rings, doorbells, the TAP queue) is the worker's alone: rings stay single
 producer, single consumer, and nothing of the flow crosses a process. Kick, Resize, CloseChannel
-and FlushQueue on that channel are relayed. When the client's session ends, usnetd closes its
+and FlushQueue on that channel are relayed.
+
+A relayed request does not hold usnetd's loop: it is sent without waiting (`ShardedDomain._send`),
+its client's session parked (its later requests stay unread in its socket, so none overtakes
+the answer; only its end is heard), and the worker's reply, read in the loop like any event
+(`_hear_line`), is checked and made the client's answer (`_answer`). Meanwhile the loop serves
+everyone else. When the client's session ends, usnetd closes its
 sessions in the workers, which end theirs as OWNER_GONE: the flows are defuncted and their TCP
 peers reset, as on one core.
 
@@ -48,10 +54,12 @@ On a packet netif too: the replacement finds its queue's ring positions again
 A hung worker (alive but silent: SIGSTOP, stuck in a loop, blocked): usnetd asks each worker
 every HEARTBEAT s whether its loop turns (b"H" on the command socket, answered b"h", sent and read
 without waiting); one that leaves it unanswered HUNG_AFTER s, or a relayed request unanswered
-WORKER_TIMEOUT s, is hung: usnetd kills it and replaces it as a dead one, its clients told
-"usnetd worker k (pid N) hung (...)". An open that found it hung is asked once more of the
-replacement. usnetd's loop waits on a worker at most that bound (START_TIMEOUT for a worker not
-yet heard from), never for ever.
+WORKER_TIMEOUT s (START_TIMEOUT for a worker not yet heard from; `_check_relays`), is hung:
+usnetd kills it and replaces it as a dead one, its clients told "usnetd worker k (pid N) hung
+(...)". An open that found it hung is asked once more of the replacement; its other waiting
+requests fail with ENETDOWN and the reason. usnetd's loop never waits on a worker for a client's
+request; `usnet status` alone still asks each worker and waits (at most WORKER_TIMEOUT), and
+skips one whose heartbeat is overdue.
 
 A paced netif (`link_rate`) is one link for all workers: their queues' schedulers share it through
 a page usnetd maps before the fork (usnet.domain.netif.linkshare). A low-latency lease on a flow of
@@ -59,9 +67,8 @@ worker k is admitted by usnetd's one agent and applied in worker k (`ApplyLease`
 worker posts the events, usnetd keeps the lease's time).
 
 Not yet (see the design notes): connectors (many outgoing connections on one channel) stay on
-worker 0; a wildcard listener's loopback half is not made for a port
-of another worker; a relayed request holds usnetd's loop until its worker answers (bounded, as
-above: not yet asynchronous).
+worker 0; a wildcard listener's loopback half is not made for a port of another worker; the
+status of workers is asked synchronously (bounded, as above).
 """
 
 from __future__ import annotations
