@@ -520,10 +520,13 @@ class ShardedDomain(Domain):
         is checked (decoded as a Reply; one nobody asked for is dropped and logged): the worker is
         trusted code, but its answer is what the client gets. EOF: the worker died."""
         for _ in range(16):
+            bad: P.ProtocolError | None = None
             try:
                 data, fds = recv_msg(line.sock, 16)
             except (BlockingIOError, InterruptedError):
                 return
+            except P.ProtocolError as e:  # too long, too many descriptors (closed): still its reply
+                data, fds, bad = b"?", [], e
             except OSError:
                 data, fds = b"", []
             if not data:
@@ -539,6 +542,8 @@ class ShardedDomain(Domain):
             if not line.waiting:
                 self._busy.discard(line)
             try:
+                if bad is not None:
+                    raise bad
                 reply = P.decode_reply(data)
                 answer = w.done(reply, fds)
             except Exception as e:
