@@ -343,7 +343,7 @@ class WorkerLost(OSError):
 LATER: P.Reply = P.Done()
 
 
-@dataclass
+@dataclass(eq=False)  # one request: compared by identity
 class Waiting:
     """A request sent to a worker on a `Line`, whose answer usnetd has not read yet."""
 
