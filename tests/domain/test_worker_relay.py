@@ -121,3 +121,45 @@ def test_status_does_not_ask_a_worker_that_leaves_its_heartbeat_unanswered(tapd2
         wait_until(silent_reported, 10, "status to report worker 1 not answering")
     finally:
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_an_open_waiting_on_a_worker_that_dies_is_served_by_its_replacement(tapd2):
+    """The worker dies (SIGKILL) while A's open waits on it: usnetd hears its end, replaces it and
+    asks the open again of the new worker, whose answer A gets."""
+    a, _ = raw_session(tapd2.path, "a")
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7009)))
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        assert not select.select([a], [], [], 0)[0]  # waiting on the stopped worker
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    got = _answer(a)
+    assert isinstance(got, P.FlowOpened) and got.local_port == 7009, got
+    new = _workers(tapd2.path)[1]
+    assert new["pid"] not in (0, pid) and new["restarts"] == 1, new
+    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in tapd2.daemon.log_text()
+    a.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_close_waiting_on_a_hung_worker_fails_with_the_reason(tapd2):
+    """A request on a flow of the hung worker (CloseChannel) is not asked again: the flow died with
+    the worker, and the client hears why (ENETDOWN, "hung (no answer to CloseChannel ...)")."""
+    a, _ = raw_session(tapd2.path, "a")
+    send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7011)))
+    opened = _answer(a)
+    assert isinstance(opened, P.FlowOpened), opened
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.CloseChannel(opened.channel)))
+        got = _answer(a)
+        assert isinstance(got, P.Error) and got.code == "ENETDOWN", got
+        assert f"usnetd worker 1 (pid {pid}) hung (no answer to CloseChannel within" in got.message, got
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        a.close()
