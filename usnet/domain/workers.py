@@ -557,11 +557,9 @@ class ShardedDomain(Domain):
     def _answer(self, w: Waiting, answer: tuple[P.Reply, list[int]] | None, e: Exception | None) -> None:
         """The client of `w` gets its answer (or the Error for `e`) and is read again."""
         s = w.session
-        if s is None:  # usnetd's own request: nobody to answer
+        if s is None:  # usnetd's own request: nobody to answer (the worker's descriptors: the caller's)
             if e is not None:
                 log.warning("worker: %s not served: %s", type(w.req).__name__, e)
-            elif answer is not None:
-                _close(answer[1])
             return
         if e is not None:
             answer = self._refusal(s, w.req, e)
