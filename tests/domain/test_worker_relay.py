@@ -163,3 +163,20 @@ def test_a_close_waiting_on_a_hung_worker_fails_with_the_reason(tapd2):
         if os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGKILL)
         a.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_pipelined_requests_of_one_session_are_answered_in_order(tapd2):
+    """Requests sent back to back, some relayed to worker 1 (odd ports), some served by usnetd
+    (Hello, even ports), are answered in the order sent: a later one never overtakes a relayed
+    one's answer."""
+    a, _ = raw_session(tapd2.path, "a")
+    ports = [7021, 7022, 7023, 7024, 7025, 7027]
+    for port in ports:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, port)))
+        send_msg(a, P.encode(P.Hello(P.PROTOCOL_VERSION, f"after {port}")))
+    for port in ports:
+        opened = _answer(a)
+        assert isinstance(opened, P.FlowOpened) and opened.local_port == port, (port, opened)
+        assert isinstance(_answer(a), P.Welcome), port
+    a.close()
