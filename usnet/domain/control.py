@@ -75,20 +75,25 @@ class Control(SessionRegistry):
             if log.isEnabledFor(logging.DEBUG):  # the control plane, not the data path: a line per request
                 log.debug("request %s type=%s reply=%s", s_ident(session), kind, type(reply[0]).__name__)
             return reply
-        except (ValueError, OSError, KeyError, P.ProtocolError) as e:
-            session.refused += 1
-            self.control_errors += 1
+        except Exception as e:
+            return self._refusal(session, req, e)
+
+    def _refusal(self, session: Session, req: P.Request, e: Exception) -> tuple[P.Reply, list[int]]:
+        """The Error reply for a request whose serving raised `e`, counted: a refusal (ValueError,
+        OSError, ...) as itself, anything else as a fault of ours, logged with its traceback. Also
+        the end of a request answered later (a relayed one: usnet.domain.workers)."""
+        session.refused += 1
+        self.control_errors += 1
+        if isinstance(e, (ValueError, OSError, KeyError, P.ProtocolError)):
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("request %s type=%s refused=%s", s_ident(session), kind, " ".join(str(e).split()))
+                log.debug("request %s type=%s refused=%s", s_ident(session), type(req).__name__,
+                          " ".join(str(e).split()))
             err = P.error_reply(e)
             self.request_errors[err.code] += 1
             return err, []
-        except Exception as e:
-            session.refused += 1
-            self.control_errors += 1
-            self.request_errors["EPROTO"] += 1
-            self._log_fault(f"session {session.id}: {type(req).__name__}", e)
-            return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
+        self.request_errors["EPROTO"] += 1
+        self._log_fault(f"session {session.id}: {type(req).__name__}", e)
+        return P.Error("EPROTO", f"{type(req).__name__} failed in the domain: {type(e).__name__}: {e}"), []
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         if session.over_limit is not None:  # refused at its start: say why, then end it (after this reply)

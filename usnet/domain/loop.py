@@ -597,6 +597,19 @@ class Domain(Control, Housekeeping):
         if s.over_limit is not None:  # it has its refusal (`_turn_away`): whatever it says ends it
             self._let_go(s)
             return
+        if s.waiting:  # an earlier request's answer comes first: only the client's end is heard now
+            try:
+                alive = s.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                alive = b""
+            if not alive:
+                self.end_session(s, DefunctReason.OWNER_GONE)
+                return
+            s.unread = True  # it waits its turn, unwatched (`_watch_session`)
+            self._watch_session(s)
+            return
         try:
             data, fds = recv_msg(s.sock, MAX_RECEIVED_FDS, close=self.reaper.close_later)
         except (BlockingIOError, InterruptedError):
@@ -642,7 +655,7 @@ class Domain(Control, Housekeeping):
         them in holds. Called from the transmit path (`FlowTable.catch_up`)."""
         ref = self.channels.get(flow.channel)
         s = ref.session if ref is not None else None
-        if s is None or s.sock is None:
+        if s is None or s.sock is None or s.waiting:  # (waiting: an earlier request is answered first)
             return
         for _ in range(64):
             try:
@@ -719,10 +732,11 @@ class Domain(Control, Housekeeping):
 
     def _watch_session(self, s: Session) -> None:
         """Watch a session's socket for what the loop wants of it: its requests unless it is held
-        back (`_hold_back`), room for its replies while some wait."""
+        back (`_hold_back`) or waits for a worker's answer (usnet.domain.workers), room for its
+        replies while some wait."""
         if s.sock is None:
             return
-        events = (0 if s.held_until is not None else selectors.EVENT_READ) | \
+        events = (0 if s.held_until is not None or s.unread else selectors.EVENT_READ) | \
             (selectors.EVENT_WRITE if s.pending else 0)
         try:
             self._sel.get_key(s.sock)

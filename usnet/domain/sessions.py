@@ -109,6 +109,11 @@ class Session:
     status_parts: list[bytes] = field(default_factory=list)  # the Status snapshot being paged out
     over_limit: OSError | None = None  # sessions_per_uid refused it: every request gets this, then it ends
     held_until: float | None = None  # its uid spent its share of the loop (usnet.domain.fairshare): not read till then
+    # a request of it was relayed to a worker and is not answered yet (usnet.domain.workers): its
+    # later requests are not read till then, so none overtakes that answer; its socket is watched
+    # only for its end (a client gone meanwhile), till a later request waits there (`unread`)
+    waiting: bool = False
+    unread: bool = False
 
 
 def s_ident(s: Session) -> str:

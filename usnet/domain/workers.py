@@ -20,7 +20,13 @@ a session of its own for that client (a SEQPACKET pair whose far end it passes t
 SCM_RIGHTS), and hands the client the worker's descriptors under a channel id of its own. From
 then on the data path (rings, doorbells, the TAP queue) is the worker's alone: rings stay single
 producer, single consumer, and nothing of the flow crosses a process. Kick, Resize, CloseChannel
-and FlushQueue on that channel are relayed. When the client's session ends, usnetd closes its
+and FlushQueue on that channel are relayed.
+
+A relayed request does not hold usnetd's loop: it is sent without waiting (`ShardedDomain._send`),
+its client's session parked (its later requests stay unread in its socket, so none overtakes
+the answer; only its end is heard), and the worker's reply, read in the loop like any event
+(`_hear_line`), is checked and made the client's answer (`_answer`). Meanwhile the loop serves
+everyone else. When the client's session ends, usnetd closes its
 sessions in the workers, which end theirs as OWNER_GONE: the flows are defuncted and their TCP
 peers reset, as on one core.
 
@@ -48,10 +54,12 @@ On a packet netif too: the replacement finds its queue's ring positions again
 A hung worker (alive but silent: SIGSTOP, stuck in a loop, blocked): usnetd asks each worker
 every HEARTBEAT s whether its loop turns (b"H" on the command socket, answered b"h", sent and read
 without waiting); one that leaves it unanswered HUNG_AFTER s, or a relayed request unanswered
-WORKER_TIMEOUT s, is hung: usnetd kills it and replaces it as a dead one, its clients told
-"usnetd worker k (pid N) hung (...)". An open that found it hung is asked once more of the
-replacement. usnetd's loop waits on a worker at most that bound (START_TIMEOUT for a worker not
-yet heard from), never for ever.
+WORKER_TIMEOUT s (START_TIMEOUT for a worker not yet heard from; `_check_relays`), is hung:
+usnetd kills it and replaces it as a dead one, its clients told "usnetd worker k (pid N) hung
+(...)". An open that found it hung is asked once more of the replacement; its other waiting
+requests fail with ENETDOWN and the reason. usnetd's loop never waits on a worker for a client's
+request; `usnet status` alone still asks each worker and waits (at most WORKER_TIMEOUT), and
+skips one whose heartbeat is overdue.
 
 A paced netif (`link_rate`) is one link for all workers: their queues' schedulers share it through
 a page usnetd maps before the fork (usnet.domain.netif.linkshare). A low-latency lease on a flow of
@@ -59,9 +67,8 @@ worker k is admitted by usnetd's one agent and applied in worker k (`ApplyLease`
 worker posts the events, usnetd keeps the lease's time).
 
 Not yet (see the design notes): connectors (many outgoing connections on one channel) stay on
-worker 0; a wildcard listener's loopback half is not made for a port
-of another worker; a relayed request holds usnetd's loop until its worker answers (bounded, as
-above: not yet asynchronous).
+worker 0; a wildcard listener's loopback half is not made for a port of another worker; the
+status of workers is asked synchronously (bounded, as above).
 """
 
 from __future__ import annotations
@@ -74,8 +81,9 @@ import selectors
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -330,6 +338,36 @@ class WorkerLost(OSError):
     """A relayed request's worker died or hung under it (ENETDOWN); usnetd has dealt with it."""
 
 
+# What `_dispatch` returns for a request sent to a worker: its answer goes to the client when the
+# worker's reply is read in the loop (`ShardedDomain._hear_line`), not now. Told by identity.
+LATER: P.Reply = P.Done()
+
+
+@dataclass(eq=False)  # one request: compared by identity
+class Waiting:
+    """A request sent to a worker on a `Line`, whose answer usnetd has not read yet."""
+
+    session: Session | None  # the client it answers, parked till then; None: usnetd's own (EndLease)
+    req: P.Request  # as sent (its name in the hung reason)
+    done: Callable[[P.Reply, list[int]], tuple[P.Reply, list[int]]]  # the worker's reply -> the client's
+    undo: Callable[[], None]  # releases what usnetd took for it, when it is not answered
+    again: Callable[[], tuple[P.Reply, list[int]]] | None  # asks the worker's replacement (an open)
+    deadline: float  # monotonic: unanswered then, the worker is hung
+    bound: float  # the seconds that deadline allowed
+
+
+@dataclass(eq=False)  # hashed by identity: one per session and worker (`ShardedDomain._busy`)
+class Line:
+    """usnetd's session in worker `index` for one client session: a SEQPACKET socket, watched by
+    usnetd's loop ("relay"), and the requests sent on it that wait for an answer, oldest first
+    (the worker serves a session in order, so replies come in that order)."""
+
+    session_id: int
+    index: int
+    sock: socket.socket
+    waiting: deque[Waiting] = field(default_factory=deque)
+
+
 @dataclass
 class Proxied:
     """A flow channel of a client served by worker `index` (its id there `wcid`)."""
@@ -337,7 +375,7 @@ class Proxied:
     index: int
     wcid: int
     session_id: int
-    sock: socket.socket
+    line: Line
     key: tuple[int, int, int]  # (proto, port, family) held in usnetd's port namespace
     charge: Charge | None
     netif: str = ""  # the flow's netif (a lease on it is admitted against that netif's LL capacity)
@@ -354,7 +392,8 @@ class ShardedDomain(Domain):
         self.sharded = set(sharded)
         self.spawner = spawner  # None: a dead worker is not restarted
         self.proxied: dict[int, Proxied] = {}
-        self._wsocks: dict[tuple[int, int], socket.socket] = {}  # (session id, worker) -> usnetd's end
+        self._lines: dict[tuple[int, int], Line] = {}  # (session id, worker) -> usnetd's session there
+        self._busy: set[Line] = set()  # the lines with requests waiting for an answer (their deadlines)
         # (session id, worker) -> the liveness pair: the client's end goes with every flow opened there
         # (FlowOpened's sixth descriptor); usnetd writes why and closes its end when the worker dies
         self._alive: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
@@ -374,11 +413,14 @@ class ShardedDomain(Domain):
         self._ask_heartbeat(link, time.monotonic())
 
     def _serve_event(self, kind: str, obj: Any, fd: int, mask: int) -> None:
-        if kind != "worker":
+        if kind == "relay":
+            with self.lock:
+                self._hear_line(obj)
+        elif kind == "worker":
+            with self.lock:
+                self._hear(obj)
+        else:
             super()._serve_event(kind, obj, fd, mask)
-            return
-        with self.lock:
-            self._hear(obj)
 
     def _hear(self, link: WorkerLink) -> bool:
         """Read what worker `link` wrote on its command socket, without waiting: heartbeat answers
@@ -408,7 +450,7 @@ class ShardedDomain(Domain):
 
     def _housekeeping(self) -> float:
         wait = super()._housekeeping()
-        return min(wait, self._check_workers())
+        return min(wait, self._check_workers(), self._check_relays())
 
     def _check_workers(self) -> float:
         """The heartbeat (every HEARTBEAT s; a comparison per loop turn otherwise): each worker is
@@ -430,40 +472,175 @@ class ShardedDomain(Domain):
             self._worker_hung(link, f"no answer to a heartbeat for {now - link.asked:.1f} s")
         return HEARTBEAT
 
+    # -- relayed requests: sent now, answered when the worker's reply is read ------------------
+
+    def _line(self, session: Session, k: int) -> Line:
+        """usnetd's session in worker k for client `session` (made at its first use there)."""
+        line = self._lines.get((session.id, k))
+        if line is None:
+            link = self.links.get(k)
+            if link is None:
+                raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
+            sock = link.new_session()
+            sock.setblocking(False)
+            line = self._lines[session.id, k] = Line(session.id, k, sock)
+            self._sel.register(sock, selectors.EVENT_READ, ("relay", line))
+        return line
+
+    def _send(self, line: Line, session: Session | None, req: P.Request,
+              done: Callable[[P.Reply, list[int]], tuple[P.Reply, list[int]]] | None = None,
+              undo: Callable[[], None] | None = None,
+              again: Callable[[], tuple[P.Reply, list[int]]] | None = None) -> tuple[P.Reply, list[int]]:
+        """Send `req` to worker `line.index` without waiting, and return LATER: `done` makes the
+        client's answer of the worker's reply when the loop reads it (`_hear_line`); till then
+        `session` is parked (its later requests stay unread, so none overtakes this answer).
+        Unanswered within WORKER_TIMEOUT (START_TIMEOUT for a worker not yet heard from), the worker
+        is hung (`_check_relays`); lost, `again` asks its replacement, else `undo` and ENETDOWN.
+        A worker found dead here is dealt with at once: WorkerLost, with the reason."""
+        k = line.index
+        link = self.links.get(k)
+        if link is None or self._lines.get((line.session_id, k)) is not line:
+            raise WorkerLost(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is gone"))
+        try:
+            send_msg(line.sock, P.encode(req))
+        except (BlockingIOError, InterruptedError) as e:  # its session holds ~200 KiB unread: it reads nothing
+            raise OSError(errno.EAGAIN, f"usnetd worker {k} is not reading its requests: try again") from e
+        except OSError as e:  # it died, its death not heard yet (its command socket's EOF waits in the loop)
+            raise WorkerLost(errno.ENETDOWN, self._worker_died(link)) from e
+        bound = WORKER_TIMEOUT if link.ready else START_TIMEOUT
+        line.waiting.append(Waiting(session, req, done or _same, undo or _nothing, again,
+                                    time.monotonic() + bound, bound))
+        self._busy.add(line)
+        if session is not None:
+            session.waiting = True
+        return LATER, []
+
+    def _hear_line(self, line: Line) -> None:
+        """Read the worker's replies on `line`, without waiting, and answer their clients. A reply
+        is checked (decoded as a Reply; one nobody asked for is dropped and logged): the worker is
+        trusted code, but its answer is what the client gets. EOF: the worker died."""
+        for _ in range(16):
+            bad: P.ProtocolError | None = None
+            try:
+                data, fds = recv_msg(line.sock, 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except P.ProtocolError as e:  # too long, too many descriptors (closed): still its reply
+                data, fds, bad = b"?", [], e
+            except OSError:
+                data, fds = b"", []
+            if not data:
+                link = self.links.get(line.index)
+                if link is not None and self._lines.get((line.session_id, line.index)) is line:
+                    self._worker_died(link)  # (the line's own end, closed by the worker, with its session)
+                return
+            if not line.waiting:
+                _close(fds)
+                log.warning("worker %d: a reply nobody waits for dropped (%d bytes)", line.index, len(data))
+                continue
+            w = line.waiting.popleft()
+            if not line.waiting:
+                self._busy.discard(line)
+            try:
+                if bad is not None:
+                    raise bad
+                reply = P.decode_reply(data)
+                answer = w.done(reply, fds)
+            except Exception as e:
+                _close(fds)
+                w.undo()
+                self._answer(w, None, e)
+                continue
+            self._answer(w, answer, None)
+            _close(fds)  # the worker's: sent (or copied to wait) by `_answer`
+
+    def _answer(self, w: Waiting, answer: tuple[P.Reply, list[int]] | None, e: Exception | None) -> None:
+        """The client of `w` gets its answer (or the Error for `e`) and is read again."""
+        s = w.session
+        if s is None:  # usnetd's own request: nobody to answer (the worker's descriptors: the caller's)
+            if e is not None:
+                log.warning("worker: %s not served: %s", type(w.req).__name__, e)
+            return
+        if e is not None:
+            answer = self._refusal(s, w.req, e)
+        assert answer is not None
+        if answer[0] is LATER:  # asked again (of a replacement): still waiting
+            return
+        s.waiting = s.unread = False
+        if s.sock is not None:
+            self._watch_session(s)
+            self._reply(s, *answer)
+
+    def _lost(self, waiting: list[Waiting], why: str) -> None:
+        """Requests whose worker died or hung before it answered: an open is asked of the
+        replacement once (`again`); the others are undone and fail with ENETDOWN and why."""
+        for w in waiting:
+            if w.again is not None and w.session is not None and w.session.sock is not None:
+                try:
+                    self._answer(w, w.again(), None)
+                except Exception as e:
+                    self._answer(w, None, e)
+                continue
+            w.undo()
+            self._answer(w, None, WorkerLost(errno.ENETDOWN, why))
+
+    def _check_relays(self) -> float:
+        """Seconds until the next relayed request's deadline; a worker that let one pass is hung
+        (killed and replaced, its waiting requests `_lost`). A comparison per busy line per turn."""
+        if not self._busy:
+            return HEARTBEAT
+        now = time.monotonic()
+        wait = HEARTBEAT
+        for line in list(self._busy):
+            if not line.waiting:
+                self._busy.discard(line)
+                continue
+            w = min(line.waiting, key=lambda w: w.deadline)
+            if w.deadline > now:
+                wait = min(wait, w.deadline - now)
+                continue
+            self._hear_line(line)  # an answer waiting unread (usnetd's own loop was slow) counts
+            link = self.links.get(line.index)
+            if line.waiting and w in line.waiting and link is not None:
+                self._worker_hung(link, f"no answer to {type(w.req).__name__} within {w.bound:g} s")
+        return wait
+
+    def _close_line(self, key: tuple[int, int]) -> list[Waiting]:
+        """Close usnetd's session `key` in its worker; what waited on it, returned."""
+        line = self._lines.pop(key)
+        self._busy.discard(line)
+        try:
+            self._sel.unregister(line.sock)
+        except (KeyError, ValueError):
+            pass
+        line.sock.close()
+        waiting = list(line.waiting)
+        line.waiting.clear()
+        return waiting
+
     def _worker_hung(self, link: WorkerLink, what: str) -> str:
         """Worker k is alive but silent (SIGSTOP, stuck): killed (SIGKILL ends a stopped process too)
         and replaced, as a dead one; its clients hear "usnetd worker k (pid N) hung (...)"."""
         return self._worker_died(link, f"usnetd worker {link.index} (pid {link.pid}) hung ({what}): killed")
 
-    def _ask(self, k: int, sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
-        """`relay` to worker k, whose silence or death is dealt with here: a worker that does not
-        answer within its bound is hung (`_worker_hung`), one whose socket broke died
-        (`_worker_died`); either way `WorkerLost` with the reason, once usnetd has replaced it."""
-        link = self.links.get(k)
-        if link is not None:
-            sock.settimeout(WORKER_TIMEOUT if link.ready else START_TIMEOUT)
-        try:
-            return relay(sock, req)
-        except TimeoutError as e:
-            if link is None or self.links.get(k) is not link:
-                raise WorkerLost(errno.ENETDOWN, f"usnetd worker {k} is gone") from e
-            bound = sock.gettimeout()
-            why = self._worker_hung(link, f"no answer to {type(req).__name__} within {bound:g} s")
-            raise WorkerLost(errno.ENETDOWN, why) from e
-        except (BrokenPipeError, ConnectionResetError) as e:
-            # it died under this request, its death not yet heard (its command socket's EOF waits
-            # in the loop): dealt with now, so that a retry finds the new worker
-            if link is not None and self.links.get(k) is link:
-                raise WorkerLost(errno.ENETDOWN, self._worker_died(link)) from e
-            raise WorkerLost(errno.ENETDOWN, f"usnetd worker {k} died ({e.strerror or e})") from e
-
     def _worker_died(self, link: WorkerLink, why: str | None = None) -> str:
         """Worker k is gone: every client channel it served is defunct (WORKER_GONE, with why, on its
-        liveness socket), usnetd's bookkeeping for them is released, and a new worker k starts.
-        `why`: the reason, if usnetd killed it (hung); else how it ended. Returns the reason."""
+        liveness socket), usnetd's bookkeeping for them is released, and a new worker k starts
+        (`_replace`); then the requests it left unanswered are `_lost` (an open asked of the new
+        one). `why`: the reason, if usnetd killed it (hung); else how it ended. Returns the reason."""
         k = link.index
         if self.links.get(k) is not link:
             return self.down.get(k, f"usnetd worker {k} (pid {link.pid}) is gone")
+        waiting: list[Waiting] = []
+        for key in [key for key in self._lines if key[1] == k]:
+            waiting += self._close_line(key)
+        why = self._replace(link, why)
+        self._lost(waiting, why)
+        return why
+
+    def _replace(self, link: WorkerLink, why: str | None) -> str:
+        """`_worker_died`'s bookkeeping: worker k reaped, its channels defunct, a new one forked."""
+        k = link.index
         del self.links[k]
         try:
             self._sel.unregister(link.cmd)
@@ -478,8 +655,6 @@ class ShardedDomain(Domain):
         lost = [cid for cid, px in self.proxied.items() if px.index == k]
         for cid in lost:
             self._drop_proxied(cid)
-        for key in [key for key in self._wsocks if key[1] == k]:
-            self._wsocks.pop(key).close()
         note = why.encode()
         for key in [key for key in self._alive if key[1] == k]:
             ours, theirs = self._alive.pop(key)
@@ -554,17 +729,20 @@ class ShardedDomain(Domain):
                 if px.session_id != session.id:
                     raise OSError(errno.ENOENT, f"no channel {channel} in this session")
                 if type(req) is P.RequestLease:
-                    return self._lease_on_worker(session, px, req), []
+                    return self._lease_on_worker(session, px, req)
                 if not isinstance(req, _RELAYED):
                     raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
+                cid = req.channel
+
+                def done(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+                    if isinstance(req, P.CloseChannel):
+                        self._drop_proxied(cid)
+                    return reply, fds
                 try:
-                    reply, fds = self._ask(px.index, px.sock, msgspec.structs.replace(req, channel=px.wcid))
+                    return self._send(px.line, session, msgspec.structs.replace(req, channel=px.wcid), done)
                 except WorkerLost:  # the channel is gone with it (WORKER_GONE, on its liveness socket)
-                    self._drop_proxied(req.channel)
+                    self._drop_proxied(cid)
                     raise
-                if isinstance(req, P.CloseChannel):
-                    self._drop_proxied(req.channel)
-                return reply, fds
         return super()._dispatch(session, req)
 
     def _open_sharded(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
@@ -597,58 +775,59 @@ class ShardedDomain(Domain):
         return self._relay_open(session, req, k, (req.proto, port, family), charge)
 
     def _relay_open(self, session: Session, req: P.OpenFlow, k: int, key: tuple[int, int, int],
-                    charge: Charge | None, with_channel: int = 0) -> tuple[P.Reply, list[int]]:
+                    charge: Charge | None, with_channel: int = 0, again: bool = True) -> tuple[P.Reply, list[int]]:
+        """Open the flow in worker k on usnetd's session there for `session` (answered later: `_send`).
+        `charge`: the port and limits held for it here, released if it is not opened. A worker that
+        dies or hangs under the open is replaced and asked once more (`again`); left down, or a flow
+        sharing a port of the lost worker (gone with it), the client hears why (ENETDOWN)."""
         def undo() -> None:
             if charge is not None:
                 self.ports.release(key[0], key[1], key[2])
                 self.ledger.release(charge)
 
+        def done(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+            if type(reply) is not P.FlowOpened:
+                undo()
+                return reply, fds
+            if session.sock is None:  # the client went meanwhile: its session there closed with it
+                undo()
+                return reply, []
+            cid = next(self._ids)
+            self.proxied[cid] = Proxied(k, reply.channel, session.id, line, key, charge, req.netif)
+            return msgspec.structs.replace(reply, channel=cid), [*fds, alive[1].fileno()]
+
+        def retry() -> tuple[P.Reply, list[int]]:
+            if k not in self.links:  # left down
+                undo()
+                raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
+            return self._relay_open(session, req, k, key, charge, with_channel, again=False)
+
+        again = again and not with_channel
         try:
-            for attempt in (1, 2):
-                link = self.links.get(k)
-                if link is None:
-                    raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
-                try:
-                    sock = self._wsocks.get((session.id, k))
-                    if sock is None:
-                        sock = self._wsocks[session.id, k] = link.new_session()
-                    alive = self._alive.get((session.id, k))
-                    if alive is None:
-                        alive = self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX,
-                                                                               socket.SOCK_SEQPACKET)
-                    reply, fds = self._ask(k, sock, msgspec.structs.replace(req, with_channel=with_channel))
-                    break  # (each way out of the loop but this one raises)
-                except (BrokenPipeError, ConnectionResetError) as e:  # (from new_session)
-                    raise OSError(errno.EAGAIN, f"usnetd worker {k} died during this open "
-                                                f"({e.strerror or e}); it is being restarted: try again") from e
-                except WorkerLost as e:
-                    # it died or hung under this open and usnetd has dealt with it: asked once more
-                    # of its replacement (a fresh process); left down, or a flow sharing a port of
-                    # the lost worker (gone with it), the client hears why (ENETDOWN)
-                    if attempt == 2 or with_channel or k not in self.links:
-                        raise OSError(errno.ENETDOWN, self.down.get(k) or e.strerror) from e
+            try:
+                line = self._line(session, k)
+            except (BrokenPipeError, ConnectionResetError) as e:  # (from new_session)
+                raise OSError(errno.EAGAIN, f"usnetd worker {k} died during this open "
+                                            f"({e.strerror or e}); it is being restarted: try again") from e
+            if (session.id, k) not in self._alive:
+                self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            alive = self._alive[session.id, k]
+            return self._send(line, session, msgspec.structs.replace(req, with_channel=with_channel),
+                              done, undo, retry if again else None)
+        except WorkerLost as e:  # it died as this open was sent, and usnetd has replaced it
+            if again and k in self.links:
+                return self._relay_open(session, req, k, key, charge, with_channel, again=False)
+            undo()
+            raise OSError(errno.ENETDOWN, self.down.get(k) or e.strerror) from e
         except BaseException:
             undo()
             raise
-        if type(reply) is not P.FlowOpened:
-            undo()
-            return reply, fds
-        assert sock is not None and alive is not None
-        cid = next(self._ids)
-        self.proxied[cid] = Proxied(k, reply.channel, session.id, sock, key, charge, req.netif)
-        self._relayed_fds = fds  # the worker's: closed once the reply is sent (or copied to wait)
-        return msgspec.structs.replace(reply, channel=cid), [*fds, alive[1].fileno()]
 
-    def _serve_request(self, s: Session, req: P.Request) -> None:
-        self._relayed_fds = []
-        try:
-            super()._serve_request(s, req)
-        finally:
-            fds, self._relayed_fds = self._relayed_fds, []
-            for fd in fds:
-                os.close(fd)
+    def _reply(self, s: Session, reply: P.Reply, fds: list[int]) -> None:
+        if reply is not LATER:  # (a relayed request's answer comes when its worker's does: `_answer`)
+            super()._reply(s, reply, fds)
 
-    def _lease_on_worker(self, session: Session, px: Proxied, req: P.RequestLease) -> P.Reply:
+    def _lease_on_worker(self, session: Session, px: Proxied, req: P.RequestLease) -> tuple[P.Reply, list[int]]:
         """A lease for a flow of worker k: admitted here, by the one agent, against the netif's LL
         capacity over all workers (their queues share the link: usnet.domain.netif.linkshare);
         applied there (ApplyLease: class, policer, DSCP, and LEASE_GRANTED on the channel's EVENT
@@ -659,26 +838,30 @@ class ShardedDomain(Domain):
         got = desk.agent.request(Who(session.uid, session.program), px.netif, req.channel, req.service_class,
                                  req.rate, req.max_packet, req.latency_target, desk.clock(), owner=session.id)
         if isinstance(got, Refusal):
-            return P.LeaseRefused(got.reason.value, got.message)
-        try:
-            reply, fds = self._ask(px.index, px.sock, P.ApplyLease(px.wcid, got.id, got.service_class, got.rate,
-                                                                   got.burst, got.max_packet))
-        except WorkerLost:
+            return P.LeaseRefused(got.reason.value, got.message), []
+
+        def undo() -> None:
             desk.agent.revoke_flow(px.netif, req.channel)
+
+        def done(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+            if type(reply) is not P.Done:
+                undo()
+                return reply, []
+            log.info("lease %d: %s %g bit/s for channel %d of uid %d (%s) on %s, served by worker %d", got.id,
+                     got.service_class, got.rate, req.channel, session.uid, session.program or "-", got.netif,
+                     px.index)
+            return P.LeaseGranted(got.id, req.channel, got.service_class, got.rate, got.max_packet,
+                                  got.latency_target, got.expires, desk.agent.ttl, got.burst), []
+        try:
+            return self._send(px.line, session, P.ApplyLease(px.wcid, got.id, got.service_class, got.rate,
+                                                             got.burst, got.max_packet), done, undo)
+        except WorkerLost:
+            undo()
             self._drop_proxied(req.channel)
             raise
         except OSError:
-            desk.agent.revoke_flow(px.netif, req.channel)
+            undo()
             raise
-        for fd in fds:
-            os.close(fd)
-        if type(reply) is not P.Done:
-            desk.agent.revoke_flow(px.netif, req.channel)
-            return reply
-        log.info("lease %d: %s %g bit/s for channel %d of uid %d (%s) on %s, served by worker %d", got.id,
-                 got.service_class, got.rate, req.channel, session.uid, session.program or "-", got.netif, px.index)
-        return P.LeaseGranted(got.id, req.channel, got.service_class, got.rate, got.max_packet,
-                              got.latency_target, got.expires, desk.agent.ttl, got.burst)
 
     def _end_worker_lease(self, lease: Grant, reason: RevokeReason) -> bool:
         """A lease on a worker's flow ended here (release, expiry, policy): the worker moves the
@@ -689,9 +872,7 @@ class ShardedDomain(Domain):
         if reason == RevokeReason.CLOSED:  # the channel is going: the worker drops its queue with it
             return True
         try:
-            _, fds = self._ask(px.index, px.sock, P.EndLease(px.wcid, lease.id, int(reason)))
-            for fd in fds:
-                os.close(fd)
+            self._send(px.line, None, P.EndLease(px.wcid, lease.id, int(reason)))  # (its answer: dropped)
         except WorkerLost:  # its channels are defunct: nothing to tell
             self._drop_proxied(lease.flow)  # type: ignore[arg-type]
         except OSError as e:
@@ -711,8 +892,9 @@ class ShardedDomain(Domain):
         with self.lock:
             for cid in [c for c, px in self.proxied.items() if px.session_id == session.id]:
                 self._drop_proxied(cid)
-            for key in [key for key in self._wsocks if key[0] == session.id]:
-                self._wsocks.pop(key).close()  # the worker ends its session: OWNER_GONE, peers reset
+            for key in [key for key in self._lines if key[0] == session.id]:
+                for w in self._close_line(key):  # the worker ends its session: OWNER_GONE, peers reset
+                    w.undo()  # (nobody to answer)
             for key in [key for key in self._alive if key[0] == session.id]:
                 for sock in self._alive.pop(key):
                     sock.close()
@@ -727,7 +909,10 @@ class ShardedDomain(Domain):
                 workers.append({"index": k, "pid": 0, "restarts": self.restarts.get(k, 0),
                                 "error": self.down.get(k, "down")})
                 continue
+            silent = time.monotonic() - link.asked if link.asked is not None else 0.0
             try:
+                if link.ready and silent > HEARTBEAT:  # silent: not asked (its answer would hold this loop)
+                    raise OSError(errno.ETIMEDOUT, f"not answering (no answer to a heartbeat for {silent:.1f} s)")
                 if link.admin is None:
                     link.admin = link.new_session()
                 workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
@@ -740,9 +925,10 @@ class ShardedDomain(Domain):
 
     def stop(self) -> None:
         super().stop()
-        for sock in self._wsocks.values():
-            sock.close()
-        self._wsocks.clear()
+        for line in self._lines.values():
+            line.sock.close()  # (the loop's selector, closed by now, watched them)
+        self._lines.clear()
+        self._busy.clear()
         for pair in self._alive.values():
             for sock in pair:
                 sock.close()
@@ -753,6 +939,19 @@ class ShardedDomain(Domain):
         if self.spawner is not None:
             self.spawner.stop()
             self.spawner = None
+
+
+def _same(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+    return reply, fds
+
+
+def _nothing() -> None:
+    pass
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _worker_status(sock: socket.socket) -> list:

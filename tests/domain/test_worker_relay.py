@@ -1,0 +1,182 @@
+"""Issue 18: a request usnetd relays to a worker does not hold usnetd's loop.
+
+`usnetd --workers 2`, worker 1 stopped (SIGSTOP). Before, an open on worker 1's port (relayed)
+held usnetd's whole loop until WORKER_TIMEOUT found the worker hung: every other client waited.
+Now the request is sent, its session parked, and the loop serves the others; the worker's
+answer (here its replacement's) goes to the client when it comes, and the client's later
+requests are answered after it, in the order it sent them.
+
+Asserted by events, not times: usnetd has read client A's open (its control socket's SIOCOUTQ,
+the bytes the receiver has not taken yet, is 0), then client B's Hello and an open on a worker-0
+port are answered while A's open still has no answer (nothing to read on A's socket).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import termios
+
+import pytest
+
+from tests.domain.test_workers import _workers
+from tests.helpers.hostile_harness import raw_session
+from tests.helpers.util import wait_until
+from usnet.abi import protocol as P
+from usnet.abi.transport import recv_msg, send_msg
+
+pytestmark = pytest.mark.privileged
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes this socket sent that its peer has not read yet (SIOCOUTQ on an AF_UNIX socket)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+def _answer(sock: socket.socket) -> P.Reply:
+    raw, fds = recv_msg(sock)
+    for fd in fds:
+        os.close(fd)
+    assert raw, "usnetd closed the session"
+    return P.decode_reply(raw)
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_stopped_worker_holds_only_its_own_clients_request(tapd2):
+    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+
+    a, _ = raw_session(tapd2.path, "a")
+    b, _ = raw_session(tapd2.path, "b")
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7003)))  # port 7003: worker 1's, relayed
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        send_msg(a, P.encode(P.Hello(P.PROTOCOL_VERSION, "a again")))  # A's next: answered after the open
+
+        # B is served meanwhile, by usnetd (Hello) and by worker 0 (port 7004), A's open unanswered
+        send_msg(b, P.encode(P.Hello(P.PROTOCOL_VERSION, "b again")))
+        assert isinstance(_answer(b), P.Welcome)
+        send_msg(b, P.encode(P.OpenFlow("usnet0", 17, 7004)))
+        assert isinstance(_answer(b), P.FlowOpened)
+        assert not select.select([a], [], [], 0)[0], "A's open was answered before B was served"
+
+        # A's open is served by worker 1's replacement, then A's Hello: in the order A sent them
+        a.settimeout(WORKER_TIMEOUT + START_TIMEOUT + 5)
+        first = _answer(a)
+        assert isinstance(first, P.FlowOpened), first
+        assert isinstance(_answer(a), P.Welcome)
+        new = _workers(tapd2.path)[1]
+        assert new["pid"] not in (0, pid) and new["restarts"] == 1, new
+        assert f"usnetd worker 1 (pid {pid}) hung (no answer to OpenFlow within" in tapd2.daemon.log_text()
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_client_gone_while_its_open_waits_leaves_no_port_held(tapd2):
+    """A's open waits on the stopped worker when A goes: usnetd releases the port it reserved for
+    that open (nobody is left to answer), so B binds it, served by worker 1's replacement."""
+    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+
+    a, a_id = raw_session(tapd2.path, "a")
+    b, _ = raw_session(tapd2.path, "b")
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7005)))  # worker 1's port
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        a.close()
+        wait_until(lambda: f"session end session={a_id} " in tapd2.daemon.log_text(), 10, "A's session to end")
+        b.settimeout(WORKER_TIMEOUT + START_TIMEOUT + 5)
+        send_msg(b, P.encode(P.OpenFlow("usnet0", 17, 7005)))
+        got = _answer(b)
+        assert isinstance(got, P.FlowOpened) and got.local_port == 7005, got
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        b.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_status_does_not_ask_a_worker_that_leaves_its_heartbeat_unanswered(tapd2):
+    """`usnet status` while worker 1 is stopped: usnetd does not ask it (its answer, never coming,
+    would hold the loop WORKER_TIMEOUT) but reports it as not answering, till the heartbeat's
+    bound finds it hung and it is replaced."""
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    seen: list[dict] = []
+
+    def silent_reported() -> bool:
+        seen.append(_workers(tapd2.path)[1])
+        return seen[-1]["pid"] == pid and "not answering (no answer to a heartbeat" in seen[-1].get("error", "")
+    try:
+        wait_until(silent_reported, 10, "status to report worker 1 not answering")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_an_open_waiting_on_a_worker_that_dies_is_served_by_its_replacement(tapd2):
+    """The worker dies (SIGKILL) while A's open waits on it: usnetd hears its end, replaces it and
+    asks the open again of the new worker, whose answer A gets."""
+    a, _ = raw_session(tapd2.path, "a")
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7009)))
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        assert not select.select([a], [], [], 0)[0]  # waiting on the stopped worker
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    got = _answer(a)
+    assert isinstance(got, P.FlowOpened) and got.local_port == 7009, got
+    new = _workers(tapd2.path)[1]
+    assert new["pid"] not in (0, pid) and new["restarts"] == 1, new
+    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in tapd2.daemon.log_text()
+    a.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_close_waiting_on_a_hung_worker_fails_with_the_reason(tapd2):
+    """A request on a flow of the hung worker (CloseChannel) is not asked again: the flow died with
+    the worker, and the client hears why (ENETDOWN, "hung (no answer to CloseChannel ...)")."""
+    a, _ = raw_session(tapd2.path, "a")
+    send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7011)))
+    opened = _answer(a)
+    assert isinstance(opened, P.FlowOpened), opened
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.CloseChannel(opened.channel)))
+        got = _answer(a)
+        assert isinstance(got, P.Error) and got.code == "ENETDOWN", got
+        assert f"usnetd worker 1 (pid {pid}) hung (no answer to CloseChannel within" in got.message, got
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        a.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_pipelined_requests_of_one_session_are_answered_in_order(tapd2):
+    """Requests sent back to back, some relayed to worker 1 (odd ports), some served by usnetd
+    (Hello, even ports), are answered in the order sent: a later one never overtakes a relayed
+    one's answer."""
+    a, _ = raw_session(tapd2.path, "a")
+    ports = [7021, 7022, 7023, 7024, 7025, 7027]
+    for port in ports:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, port)))
+        send_msg(a, P.encode(P.Hello(P.PROTOCOL_VERSION, f"after {port}")))
+    for port in ports:
+        opened = _answer(a)
+        assert isinstance(opened, P.FlowOpened) and opened.local_port == port, (port, opened)
+        assert isinstance(_answer(a), P.Welcome), port
+    a.close()
