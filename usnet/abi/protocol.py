@@ -30,7 +30,7 @@ __all__ = [
     "LeaseGranted", "LeaseRefusal", "LeaseRefused", "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe",
     "PacketSize", "Ping", "Pong", "PortsAdded", "PosU32", "ProtocolError", "Rate", "ReleaseLease", "ReleasePorts",
     "RenewLease", "Reply", "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Unlisten",
-    "Welcome", "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply",
+    "Welcome", "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply", "is_notice",
 ]
 
 PROTOCOL_VERSION = 2  # 2: Status is paged (StatusReply parts)
@@ -141,6 +141,9 @@ class OpenFlow(_Msg, frozen=True):
     with_channel: U32 = 0
     connector: bool = False
     reuse_port: bool = False
+    # a connector under `usnetd --workers N`: the one of worker `worker` (0 .. N-1), whose blocks
+    # hold only that worker's ports (the device steers port p to queue p mod N); 0 elsewhere
+    worker: U32 = 0
 
 
 class AddPorts(_Msg, frozen=True):
@@ -148,28 +151,37 @@ class AddPorts(_Msg, frozen=True):
     (an OpenFlow with connector set). The connector then sends from any of them to any unicast peer,
     and the switch delivers to it what comes to them; its stack picks a port of its blocks for each
     connection with no message. Each port counts as an ephemeral port of the session and uid, and
-    the block is cut to what their limits leave. Answered with PortsAdded."""
+    the block is cut to what their limits leave. Answered with PortsAdded.
+    `ports`: usnetd's own, in its session in a worker (the block it reserved for that worker's
+    connector, which the worker holds as it is); from any other session EPERM."""
 
     channel: U32
     count: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    ports: Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=65535)]], msgspec.Meta(max_length=1024)] | None = None
 
 
 class ReturnPorts(_Msg, frozen=True):
     """A notice, not a request: the connector gives block `block` back (its ports are all free).
-    A socket session is sent no reply (the client does not wait); an in-process one gets Done."""
+    A socket session is sent no reply (the client does not wait); an in-process one gets Done.
+    `answer`: a request instead, answered Done once the ports are gone (usnetd's relay to a worker)."""
 
     channel: U32
     block: U32
+    answer: bool = False
 
 
 class ReleasePorts(_Msg, frozen=True):
     """A notice, not a request: the connector's connections on `ports` are over (CLOSED, or
     TIME-WAIT ended), so each port, bound to its connection's 4-tuple by the first SYN it sent,
     is free for another. A port of its blocks that is not bound is left as it is; one not of its
-    blocks is an error (EINVAL, counted: a notice is answered only to an in-process session)."""
+    blocks is an error (EINVAL, counted: a notice is answered only to an in-process session).
+    `answer`: a request instead, answered Done once the ports are free: the client of a worker's
+    connector waits for it before a SYN reuses one (the worker hears the release through usnetd,
+    so it could otherwise meet the SYN first); usnetd's relay to a worker sets it too."""
 
     channel: U32
     ports: Annotated[list[int], msgspec.Meta(max_length=1024)]
+    answer: bool = False
 
 
 class Unlisten(_Msg, frozen=True):
@@ -328,6 +340,7 @@ class FlowOpened(_Msg, frozen=True):
     gso_max: int = 0
     prefix: int = -1
     gateway: str | None = None
+    workers: U32 = 1  # a connector's: how many workers' connectors this netif has (OpenFlow.worker)
 
 
 class PortsAdded(_Msg, frozen=True):
@@ -426,8 +439,13 @@ Reply = (Welcome | ChannelOpened | FlowOpened | PortsAdded | AdvisoryOpened | Do
 
 REQUEST_TYPES: tuple[type, ...] = get_args(Request)
 LEASE_REQUESTS = (RequestLease, RenewLease, ReleaseLease)
-# requests the domain answers no socket session (`ControlClient.notify`)
+# requests the domain answers no socket session (`ControlClient.notify`), unless `answer` is set
 NOTICES = (ReturnPorts, ReleasePorts)
+
+
+def is_notice(req: Request) -> bool:
+    """A request the domain answers no socket session: a notice (NOTICES) without `answer`."""
+    return isinstance(req, NOTICES) and not req.answer
 REPLY_TYPES: tuple[type, ...] = get_args(Reply)
 
 _encoder = msgspec.msgpack.Encoder()

@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from usnet.abi.protocol import Family
+from usnet.abi.protocol import Family, ProtocolError
 from usnet.client import Client
 from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
@@ -232,12 +232,13 @@ class FlowEngine:
 
     def __init__(self, client: Client, netif: str, local_port: int = 0,
                  remote: tuple[str, int] | None = None, family: Family = 0, share: FlowEngine | None = None,
-                 is_connector: bool = False, reuse_port: bool = False, **tcp_options: Any) -> None:
+                 is_connector: bool = False, reuse_port: bool = False, worker: int = 0, **tcp_options: Any) -> None:
         """`family` 4 or 6 (0: the remote address's, IPv4 for a listener). `share`: another engine of
         the same socket, whose lock, condition and watchers this one uses, so one wait and one
         readiness serve both (a wildcard listener's loopback half, a dual-stack socket's IPv4 flow:
         usnet.client.socket); of the same family, it is on another netif and this one holds its
-        port too. `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`)."""
+        port too. `reuse_port`: SO_REUSEPORT (`P.OpenFlow.reuse_port`). `worker`: a connector's
+        usnetd worker (`P.OpenFlow.worker`)."""
         self.client = client
         # the same port on another netif, in the same family (a dual-stack socket's IPv4 flow holds
         # IPv4's port of its own: the families' ports are apart, as in Linux)
@@ -249,7 +250,8 @@ class FlowEngine:
         # segments (rx_client_full), a handshake's last ACK among them, and an accept waited a
         # second for the SYN-ACK's retransmission. Linux's listener takes such a burst.
         if is_connector:
-            self.ch, self.info = client.open_connector(netif, family or 4, ring_size=RING_SLOTS, packets=POOL_PACKETS)
+            self.ch, self.info = client.open_connector(netif, family or 4, worker, ring_size=RING_SLOTS,
+                                                       packets=POOL_PACKETS)
         else:
             self.ch, self.info = client.open_flow(netif, TCP, local_port, remote, family=family,
                                                   with_channel=sibling, reuse_port=reuse_port,
@@ -272,6 +274,9 @@ class FlowEngine:
         # a connector's blocks of ephemeral ports (usnet.client.portblocks): a connect takes one
         # with no message; TCP forgetting a connection (CLOSED, or TIME-WAIT over) frees it
         self.ports: PortBlocks | None = PortBlocks() if is_connector else None
+        # a connector of usnetd's worker k > 0 hears of a release through usnetd, not from this
+        # channel's own control socket: its releases are requests, waited for before a port is reused
+        self.relayed = is_connector and worker > 0
         self._block_lock = threading.Lock()  # one AddPorts at a time
         self._next_return = 0.0  # when a connector next looks for idle blocks to give back
         if is_connector:
@@ -486,7 +491,7 @@ class FlowEngine:
         self._check_remote(raddr, rport)
         with self.lock:
             p = self.ports.take()
-            if p is None and self.ports.bound:  # the ports whose connections are over, all at once
+            if p is None and self.ports.bound and not self.relayed:  # the ports whose connections are over
                 self._release()
                 p = self.ports.take()
         if p is not None:
@@ -494,6 +499,17 @@ class FlowEngine:
         with self._block_lock:
             with self.lock:
                 p = self.ports.take()  # another thread's block may have come meanwhile
+                gone = self.ports.unbinding() if p is None and self.relayed else []
+            if gone:  # released by a request, waited for: the SYN that reuses one goes after it
+                try:
+                    self.client.release_ports(self.ch.id, gone, wait=True)
+                except (OSError, ProtocolError) as e:
+                    with self.lock:
+                        self.ports.bound[:0] = gone
+                    raise OSError(errno.EADDRNOTAVAIL, f"no local port left for a connection: {e}") from e
+                with self.lock:
+                    self.ports.released(gone)
+                    p = self.ports.take()
             if p is not None:
                 return p
             try:
@@ -547,7 +563,7 @@ class FlowEngine:
         """Give back the blocks whose ports have all been free a while (a notice: no waiting)."""
         assert self.ports is not None
         self._next_return = now + 1.0
-        if self.ports.bound:
+        if self.ports.bound and not self.relayed:  # (a relayed one's: when a connect needs them, `take_port`)
             self._release()  # before a block goes: its ports are still this channel's
         for b in self.ports.idle(now):
             self.ports.drop(b)
@@ -1183,24 +1199,57 @@ class Runner:
 
 _runner: Runner | None = None
 _runner_lock = threading.Lock()
-# Each client's connectors, by (netif, family): one engine carries every outgoing connection
-_connectors: weakref.WeakKeyDictionary[Client, dict[tuple[str, int], FlowEngine]] = weakref.WeakKeyDictionary()
+# Each client's connectors, by (netif, family): one engine per usnetd worker carries its outgoing connections
+_connectors: weakref.WeakKeyDictionary[Client, dict[tuple[str, int], Connectors]] = weakref.WeakKeyDictionary()
 _connectors_lock = threading.Lock()
 
 
+class Connectors:
+    """A process's connectors on one netif and family: one per usnetd worker (`usnetd --workers N`:
+    worker 0's FlowOpened says N), each holding only ports of its worker, opened when first
+    picked. Connects take them in turn, so they spread over the workers' cores as a listener's
+    port spreads its flows; a failed or closing one is replaced (its connections finish on their
+    own), and a worker that cannot give one (down) leaves its turn to worker 0's."""
+
+    def __init__(self, client: Client, netif: str, family: int) -> None:
+        self.client, self.netif = client, netif
+        self.family: Family = 6 if family == 6 else 4
+        self.engines: list[FlowEngine | None] = [None]
+        self.turn = 0
+
+    def pick(self) -> FlowEngine:
+        """The connector for the next connect (with `_connectors_lock` held)."""
+        k = self.turn % len(self.engines)
+        self.turn += 1
+        try:
+            return self._engine(k)
+        except OSError:
+            if k == 0:
+                raise
+            return self._engine(0)
+
+    def _engine(self, k: int) -> FlowEngine:
+        eng = self.engines[k]
+        if eng is None or eng.closed or eng.error is not None or eng.release_when_idle:
+            eng = FlowEngine(self.client, self.netif, family=self.family, is_connector=True, worker=k)
+            self.engines[k] = eng
+            runner().add(eng)
+            if len(self.engines) < eng.info.workers:
+                self.engines += [None] * (eng.info.workers - len(self.engines))
+        return eng
+
+
 def connector(client: Client, netif: str, family: int) -> FlowEngine:
-    """The process's connector engine on `netif` for `family` (4 or 6), made on first use: every
-    outgoing connection of a usnet socket shares its channel (one flow switch entry per 4-tuple),
-    as a listener's accepted connections share the listener's. A failed or closing one is
-    replaced (its connections finish on their own)."""
+    """A connector engine of the process on `netif` for `family` (4 or 6), made on first use: every
+    outgoing connection of a usnet socket shares one (one flow switch entry per 4-tuple), as a
+    listener's accepted connections share the listener's; under `usnetd --workers N` there is
+    one per worker, taken in turn (`Connectors`)."""
     with _connectors_lock:
         mine = _connectors.setdefault(client, {})
-        eng = mine.get((netif, family))
-        if eng is None or eng.closed or eng.error is not None or eng.release_when_idle:
-            eng = FlowEngine(client, netif, family=6 if family == 6 else 4, is_connector=True)
-            mine[(netif, family)] = eng
-            runner().add(eng)
-        return eng
+        group = mine.get((netif, family))
+        if group is None:
+            group = mine[(netif, family)] = Connectors(client, netif, family)
+        return group.pick()
 
 
 def _after_fork_in_child() -> None:

@@ -98,9 +98,21 @@ class PortBlocks:
     def unbound(self) -> list[int]:
         """The domain is being told the `bound` ports' connections are over: they go to the
         free ports, in the order they were freed. Returns them (for the notice)."""
-        gone, self.bound = self.bound, []
-        self._free.extend(gone)
+        gone = self.unbinding()
+        self.released(gone)
         return gone
+
+    def unbinding(self) -> list[int]:
+        """The `bound` ports, taken out to be released by a request the caller waits for: they are
+        neither bound nor free until `released`."""
+        gone, self.bound = self.bound, []
+        return gone
+
+    def released(self, ports: list[int]) -> None:
+        """Ports of `unbinding` the domain has freed: free ports again, but those of a block given
+        back meanwhile (`drop`), which are no longer ours (or came back in a new block, free already)."""
+        free = set(self._free)
+        self._free.extend(p for p in ports if p in self.block_of and p not in free and p not in self.users)
 
     def idle(self, now: float) -> list[int]:
         """The blocks that have been all free for `return_after` seconds, to give back: all of

@@ -209,10 +209,12 @@ class Client:
                          reuse_port=reuse_port)
         return self._open(req, P.FlowOpened)
 
-    def open_connector(self, netif: str, family: P.Family = 4, **attrs: int) -> tuple[Channel, P.FlowOpened]:
+    def open_connector(self, netif: str, family: P.Family = 4, worker: int = 0,
+                       **attrs: int) -> tuple[Channel, P.FlowOpened]:
         """A TCP connector channel on a netif: outgoing connections send from the ports of its
-        blocks (`add_ports`) and share it, as a listener's accepted connections share its channel."""
-        req = P.OpenFlow(netif, 6, 0, None, None, "default", attrs, family, 0, connector=True)
+        blocks (`add_ports`) and share it, as a listener's accepted connections share its channel.
+        `worker`: under `usnetd --workers N`, the connector of that worker (FlowOpened.workers says N)."""
+        req = P.OpenFlow(netif, 6, 0, None, None, "default", attrs, family, 0, connector=True, worker=worker)
         return self._open(req, P.FlowOpened)
 
     def add_ports(self, channel: int, count: int = 64) -> tuple[int, list[int]]:
@@ -230,9 +232,15 @@ class Client:
         except (OSError, P.ControlError, P.ProtocolError):
             pass  # the domain or the channel is gone: the block went with it
 
-    def release_ports(self, channel: int, ports: list[int]) -> None:
+    def release_ports(self, channel: int, ports: list[int], wait: bool = False) -> None:
         """A connector's connections on `ports` are over: each port, bound in the switch to its
-        connection's 4-tuple, is free for another. A notice: no waiting."""
+        connection's 4-tuple, is free for another. A notice: no waiting. `wait`: a request, back
+        once the switch has freed them (a worker's connector, which hears of it through usnetd:
+        a SYN that reuses a port must not overtake its release); errors raise."""
+        if wait:
+            for i in range(0, len(ports), 1024):
+                self._expect(P.ReleasePorts(channel, ports[i : i + 1024], answer=True), P.Done)
+            return
         if self.closed:
             return
         for i in range(0, len(ports), 1024):

@@ -641,7 +641,7 @@ class Domain(Control, Housekeeping):
     def _serve_request(self, s: Session, req: P.Request) -> None:
         """Serve a decoded request and answer it; a notice gets no answer (the client does not wait)."""
         reply, out_fds = self.handle(s, req)
-        if isinstance(req, P.NOTICES):
+        if P.is_notice(req):
             for fd in out_fds:
                 os.close(fd)
             return

@@ -369,6 +369,8 @@ class SessionRegistry:
         if req.connector and (raddr is not None or req.local_port or req.with_channel or req.proto != 6
                               or req.reuse_port):
             raise ValueError("a connector is TCP, with no port, remote end or shared channel of its own")
+        if req.worker:
+            raise OSError(errno.EINVAL, f"no worker {req.worker}: this domain runs as one process")
         share = None
         if req.with_channel:  # a wildcard listener's second netif: the port of a flow of this session
             sib = self.channels.get(req.with_channel)
@@ -437,25 +439,39 @@ class SessionRegistry:
             raise OSError(errno.EINVAL, f"channel {channel} is not a connector")
         return ref
 
-    def add_ports(self, session: Session, req: P.AddPorts) -> tuple[int, list[int]]:
+    def add_ports(self, session: Session, req: P.AddPorts, listed: bool = False) -> tuple[int, list[int]]:
         """A block of ephemeral ports for a connector channel of `session` (P.AddPorts): up to
         `count`, as many as the session's and uid's ephemeral port limits leave room for (none:
-        refused as the limit's refusal), each charged as one ephemeral port. Returns (block, ports)."""
+        refused as the limit's refusal), each charged as one ephemeral port. Returns (block, ports).
+        `listed`: the request may name its ports (`req.ports`), as usnetd's own sessions in a worker
+        do (usnet.domain.workers); from anyone else a list is refused (EPERM): a client would choose
+        ports of another worker or owner."""
+        if req.ports is not None and not listed:
+            raise OSError(errno.EPERM, "AddPorts with a list of ports is usnetd's own request to its workers")
         ref = self._connector(session, req.channel)
         assert ref.flow is not None and ref.switch is not None
-        n = min(req.count, self.ledger.room(session.uid, session.id, "ephemeral_ports"))
-        charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, ephemeral_ports=max(n, 1)))
-        try:
-            ports = ref.switch.add_ports(ref.flow, charge.ephemeral_ports)
-        except BaseException:
-            self.ledger.release(charge)
-            raise
-        if len(ports) < charge.ephemeral_ports:  # the range ran short: charge what was given
-            self.ledger.release(charge)
-            charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, ephemeral_ports=len(ports)))
+        sw, flow, listed_ports = ref.switch, ref.flow, req.ports
+        ports, charge = self.charge_ports(session, req.count if listed_ports is None else len(listed_ports),
+                                          lambda n: sw.add_ports(flow, n, listed_ports))
         block = next(self._ids)
         ref.blocks[block] = (ports, charge)
         return block, ports
+
+    def charge_ports(self, session: Session, count: int, take: Callable[[int], list[int]]) -> tuple[list[int], Charge]:
+        """Up to `count` ports from `take(n)` (n: what the session's and uid's ephemeral port limits
+        leave room for; none: the limit's refusal), charged as ephemeral ports, the charge cut to
+        what `take` gave. `take` raises with nothing taken, or gives at least one port."""
+        n = min(count, self.ledger.room(session.uid, session.id, "ephemeral_ports"))
+        charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, ephemeral_ports=max(n, 1)))
+        try:
+            ports = take(charge.ephemeral_ports)
+        except BaseException:
+            self.ledger.release(charge)
+            raise
+        if len(ports) != charge.ephemeral_ports:  # the range ran short: charge what was given
+            self.ledger.release(charge)
+            charge = self.ledger.admit(Charge(session.uid, session.id, channels=0, ephemeral_ports=len(ports)))
+        return ports, charge
 
     def return_ports(self, session: Session, req: P.ReturnPorts) -> None:
         """A connector's block is given back (P.ReturnPorts, a notice): its ports and charge go,

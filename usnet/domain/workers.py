@@ -98,6 +98,7 @@ from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import Who
 from usnet.domain.sessions import Session
 from usnet.domain.switch.ports import PROTO_NAMES
+from usnet.domain.switch.table import TCP
 
 __all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT", "WORKER_TIMEOUT",
            "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers", "worker_of"]
@@ -376,9 +377,12 @@ class Proxied:
     wcid: int
     session_id: int
     line: Line
-    key: tuple[int, int, int]  # (proto, port, family) held in usnetd's port namespace
+    key: tuple[int, int, int] | None  # (proto, port, family) held in usnetd's port namespace; None: a connector
     charge: Charge | None
     netif: str = ""  # the flow's netif (a lease on it is admitted against that netif's LL capacity)
+    family: int = 4
+    # a connector's blocks: the worker's block number -> its ports (held in usnetd's namespace) and charge
+    blocks: dict[int, tuple[list[int], Charge]] = field(default_factory=dict)
 
 
 class ShardedDomain(Domain):
@@ -705,8 +709,8 @@ class ShardedDomain(Domain):
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
         if name in self.sharded:
-            # connectors are this process's: their blocks take only the ports steered to queue 0
-            # (another port's SYN-ACK would reach a worker without the connection: it timed out)
+            # worker 0's connectors are this process's: their blocks take only the ports steered to
+            # queue 0 (another port's SYN-ACK would reach a worker without the connection: it timed out)
             n = self.n
             sw.connector_ports = lambda port: worker_of(port, n) == 0
             learn = sw._learn
@@ -721,8 +725,8 @@ class ShardedDomain(Domain):
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         if session.over_limit is None:
-            if type(req) is P.OpenFlow and req.netif in self.sharded and not req.connector:
-                return self._open_sharded(session, req)
+            if type(req) is P.OpenFlow and req.netif in self.sharded:
+                return self._open_connector(session, req) if req.connector else self._open_sharded(session, req)
             channel = getattr(req, "channel", None)
             px = self.proxied.get(channel) if isinstance(channel, int) else None
             if px is not None:
@@ -730,6 +734,12 @@ class ShardedDomain(Domain):
                     raise OSError(errno.ENOENT, f"no channel {channel} in this session")
                 if type(req) is P.RequestLease:
                     return self._lease_on_worker(session, px, req)
+                if isinstance(req, (P.AddPorts, P.ReturnPorts, P.ReleasePorts)):
+                    try:
+                        return self._worker_ports(session, px, req)
+                    except WorkerLost:  # the channel is gone with it (WORKER_GONE, on its liveness socket)
+                        self._drop_proxied(req.channel)
+                        raise
                 if not isinstance(req, _RELAYED):
                     raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
                 cid = req.channel
@@ -744,6 +754,81 @@ class ShardedDomain(Domain):
                     self._drop_proxied(cid)
                     raise
         return super()._dispatch(session, req)
+
+    # -- connectors on every worker -------------------------------------------------------------
+
+    def _open_connector(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
+        """The connector of worker `req.worker` on a sharded netif: worker 0's here, another's
+        opened there as any relayed flow (it holds no port until AddPorts: `_worker_ports`). Its
+        FlowOpened says how many workers have one (`workers`), so a client can spread its connects."""
+        k = req.worker
+        if k >= self.n:
+            raise OSError(errno.EINVAL, f"no worker {k}: usnetd runs {self.n}")
+        if k == 0:
+            reply, fds = super()._dispatch(session, req)
+            return (msgspec.structs.replace(reply, workers=self.n) if type(reply) is P.FlowOpened else reply), fds
+        self.access.check_port(session.uid, session.program, "tcp", 0)
+        charge = self.ledger.admit(Charge(session.uid, session.id, flows=1))
+        return self._relay_open(session, msgspec.structs.replace(req, worker=0), k, None, charge)
+
+    def _worker_ports(self, session: Session, px: Proxied,
+                      req: P.AddPorts | P.ReturnPorts | P.ReleasePorts) -> tuple[P.Reply, list[int]]:
+        """A connector of worker k: its ports are usnetd's to choose (the one namespace, worker k's
+        share: the device steers port p to queue p mod N) and to charge, the worker's to bind (its
+        switch checks every packet: usnet.domain.switch.binding). AddPorts is reserved here and
+        relayed as the list of its ports; ReturnPorts relayed, the ports released here when the
+        worker has let them go; ReleasePorts relayed (answered to the client if it asks: it then
+        waits before a SYN reuses a port, which the worker could otherwise meet first)."""
+        k, n, fwd_to = px.index, self.n, px.wcid
+        if isinstance(req, P.AddPorts):
+            if req.ports is not None:
+                raise OSError(errno.EPERM, "AddPorts with a list of ports is usnetd's own request to its workers")
+            sw = self.switches[px.netif]
+            owner = ("workers", session.id, "block")
+            ports, charge = self.charge_ports(session, req.count, lambda c: self.ports.reserve_some(
+                TCP, c, owner, sw.host_of(px.family), px.family, lambda p: worker_of(p, n) == k))
+
+            def undo() -> None:
+                self._release_block(px, ports, charge)
+
+            def done(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+                if type(reply) is not P.PortsAdded:
+                    undo()
+                    return reply, fds
+                if sorted(reply.ports) != sorted(ports) or reply.block in px.blocks:
+                    undo()
+                    raise OSError(errno.EPROTO, f"usnetd worker {k} held other ports than usnetd gave it")
+                px.blocks[reply.block] = (ports, charge)
+                return msgspec.structs.replace(reply, channel=req.channel), fds
+            try:
+                return self._send(px.line, session, P.AddPorts(fwd_to, len(ports), ports), done, undo)
+            except BaseException:
+                undo()
+                raise
+        fwd = msgspec.structs.replace(req, channel=fwd_to, answer=True)
+        asker = session if req.answer else None  # a notice: usnetd's own request there, the client not parked
+        if isinstance(req, P.ReturnPorts):
+            ports, charge = px.blocks.pop(req.block)  # KeyError: no block of this channel
+
+            def gone() -> None:  # the worker let them go (or died: its port space with it)
+                self._release_block(px, ports, charge)
+
+            def returned(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+                gone()
+                return reply, fds
+            try:
+                answer = self._send(px.line, asker, fwd, returned, gone)
+            except BaseException:
+                gone()
+                raise
+        else:
+            answer = self._send(px.line, asker, fwd)
+        return answer if asker is not None else (P.Done(), [])
+
+    def _release_block(self, px: Proxied, ports: list[int], charge: Charge) -> None:
+        for p in ports:
+            self.ports.release(TCP, p, px.family)
+        self.ledger.release(charge)
 
     def _open_sharded(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:
         """A flow on a sharded netif: served here (its port's worker is 0) or relayed to its worker."""
@@ -774,7 +859,7 @@ class ShardedDomain(Domain):
             raise
         return self._relay_open(session, req, k, (req.proto, port, family), charge)
 
-    def _relay_open(self, session: Session, req: P.OpenFlow, k: int, key: tuple[int, int, int],
+    def _relay_open(self, session: Session, req: P.OpenFlow, k: int, key: tuple[int, int, int] | None,
                     charge: Charge | None, with_channel: int = 0, again: bool = True) -> tuple[P.Reply, list[int]]:
         """Open the flow in worker k on usnetd's session there for `session` (answered later: `_send`).
         `charge`: the port and limits held for it here, released if it is not opened. A worker that
@@ -782,7 +867,8 @@ class ShardedDomain(Domain):
         sharing a port of the lost worker (gone with it), the client hears why (ENETDOWN)."""
         def undo() -> None:
             if charge is not None:
-                self.ports.release(key[0], key[1], key[2])
+                if key is not None:
+                    self.ports.release(*key)
                 self.ledger.release(charge)
 
         def done(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
@@ -793,8 +879,9 @@ class ShardedDomain(Domain):
                 undo()
                 return reply, []
             cid = next(self._ids)
-            self.proxied[cid] = Proxied(k, reply.channel, session.id, line, key, charge, req.netif)
-            return msgspec.structs.replace(reply, channel=cid), [*fds, alive[1].fileno()]
+            self.proxied[cid] = Proxied(k, reply.channel, session.id, line, key, charge, req.netif, reply.family)
+            return (msgspec.structs.replace(reply, channel=cid, workers=self.n if req.connector else 1),
+                    [*fds, alive[1].fileno()])
 
         def retry() -> tuple[P.Reply, list[int]]:
             if k not in self.links:  # left down
@@ -884,8 +971,13 @@ class ShardedDomain(Domain):
         if px is not None and px.netif:
             self.leases.agent.revoke_flow(px.netif, cid)  # its lease ends with it, silently
         if px is not None and px.charge is not None:
-            self.ports.release(*px.key)
+            if px.key is not None:
+                self.ports.release(*px.key)
             self.ledger.release(px.charge)
+        if px is not None:
+            for ports, charge in px.blocks.values():  # a connector's: the worker's port space went with it
+                self._release_block(px, ports, charge)
+            px.blocks.clear()
 
     def end_session(self, session: Session, reason: Any) -> None:
         super().end_session(session, reason)
@@ -977,6 +1069,9 @@ class WorkerDomain(Domain):
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         """usnetd's leases on our flows, besides what any Domain serves: every session here is one
         usnetd opened (a client never reaches a worker's control socket), so it is obeyed."""
+        if session.over_limit is None and type(req) is P.AddPorts and req.ports is not None:
+            block, ports = self.add_ports(session, req, listed=True)  # usnetd's block for its connector here
+            return P.PortsAdded(req.channel, block, ports), []
         if session.over_limit is None and isinstance(req, (P.ApplyLease, P.EndLease)):
             ref = self._own(session, req.channel)
             if ref.flow is None or ref.switch is None:

@@ -93,6 +93,20 @@ class PortSpace:
             self.reuse[key] = reuse
         return port
 
+    def reserve_some(self, proto: int, count: int, owner: object, host_addr: str | None = None, family: int = 4,
+                     only: Callable[[int], bool] | None = None) -> list[int]:
+        """Up to `count` ephemeral ports for `owner` (a connector's block), fewer if the range runs
+        out; EADDRNOTAVAIL if none is left. `host_addr`, `only`: as `reserve`'s."""
+        got: list[int] = []
+        for _ in range(count):
+            try:
+                got.append(self.reserve(proto, 0, owner, host_addr, family=family, only=only))
+            except OSError:
+                if got:
+                    break
+                raise
+        return got
+
     def _ephemeral(self, family: int, proto: int, owner: object, host_addr: str | None,
                    only: Callable[[int], bool] | None = None) -> int:
         start = self.rng.randrange(len(EPHEMERAL))

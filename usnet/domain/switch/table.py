@@ -333,6 +333,11 @@ class FlowTable:
             raise OSError(errno.ENETUNREACH, f"Network is unreachable: netif {self.netif.name!r} "
                                              f"has no route to {shown}")
 
+    def host_of(self, family: int) -> str | None:
+        """The host's address of `family` when the host owns it too (its stack then holds each port
+        usnet reserves: usnet.domain.switch.ports), else None."""
+        return self._host_addr6 if family == 6 else self._host_addr
+
     def add_connector(self, port: FlowPort, channel: int = 0, family: int = 4) -> Flow:
         """A TCP connector of `family`: a flow with no port of its own, given blocks of ephemeral
         ports (`add_ports`) from which a process's outgoing connections send, so they share one
@@ -349,26 +354,31 @@ class FlowTable:
         self.polled[flow] = None
         return flow
 
-    def add_ports(self, flow: Flow, count: int) -> list[int]:
+    def add_ports(self, flow: Flow, count: int, listed: list[int] | None = None) -> list[int]:
         """A block of up to `count` ephemeral ports for connector `flow` (fewer if the range runs
         out; EADDRNOTAVAIL if none is left): each reserved in the domain's port space, free (not
         bound), and put in its family's listener table, so a stray segment to it from anyone finds
-        the connector in the one lookup the receive paths make anyway (its TCP answers with RST)."""
+        the connector in the one lookup the receive paths make anyway (its TCP answers with RST).
+        `listed`: exactly these ports instead (a worker's connector: usnetd chose and reserved them
+        in its namespace, the host's binding included), all or none."""
         binds = flow.binds
         if binds is None or self.flows.get(flow.id) is not flow:
             raise OSError(errno.EINVAL, "not a connector of this netif")
-        host = self._host_addr6 if flow.family == 6 else self._host_addr
         table = self.listeners6 if flow.family == 6 else self.listeners
-        got: list[int] = []
-        for _ in range(count):
+        owner = (self.netif.name, flow.id, "block")
+        if listed is None:
+            got = self.ports.reserve_some(TCP, count, owner, self.host_of(flow.family), flow.family,
+                                          self.connector_ports)
+        else:
+            got = []
             try:
-                p = self.ports.reserve(TCP, 0, (self.netif.name, flow.id, "block"), host, family=flow.family,
-                                       only=self.connector_ports)
-            except OSError:
-                if got:
-                    break
+                for p in listed:
+                    got.append(self.ports.reserve(TCP, p, owner, family=flow.family))
+            except BaseException:
+                for p in got:
+                    self.ports.release(TCP, p, family=flow.family)
                 raise
-            got.append(p)
+        for p in got:
             table[(TCP, p)] = flow
         binds.hold(got)
         return got
