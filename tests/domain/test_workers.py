@@ -167,34 +167,43 @@ def test_two_workers_serve_udp_and_tcp_on_ports_of_both(tapd2):
 
 
 def test_outgoing_connections_of_the_connector_reach_a_kernel_server(tapd2):
-    """Connections from the process's connector (worker 0's: one channel, ports in blocks) to a
-    kernel server in the namespace: each handshake and answer arrives. The server's SYN-ACK goes to
-    the queue of the connection's local port, so the connector's blocks take only ports of worker 0
-    (before, an odd port's SYN-ACK reached worker 1, which had no such connection: half the connects
-    timed out)."""
+    """Connections from the process's connectors (one per worker: each a channel whose blocks hold
+    only its worker's ports) to a kernel server in the namespace: each handshake, request and
+    answer arrives. The server's SYN-ACK goes to the queue of the connection's local port, so each
+    connector's blocks take only the ports steered to its own worker (before that rule an odd
+    port's SYN-ACK reached worker 1, which had no such connection: half the connects timed out).
+    Connects take the connectors in turn: both workers carry them (their ports' parity, and each
+    worker's switch bound ports of its connector by their SYN)."""
     from usnet import socket as us
 
     srv = socket.create_server((tapd2.host_ip, 0))
     srv.settimeout(10)
     port = srv.getsockname()[1]
+    seen: list[int] = []
 
     def serve() -> None:
         with srv:
             for _ in range(20):
-                c, _ = srv.accept()
+                c, peer = srv.accept()
                 with c:
-                    c.sendall(b"hi")
+                    c.settimeout(10)
+                    seen.append(peer[1])
+                    c.sendall(b"hi " + c.recv(64))
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     mine = []
-    for _ in range(20):
+    for i in range(20):
         with us.socket(us.AF_INET, us.SOCK_STREAM) as s:
             s.settimeout(5)
             s.connect((tapd2.host_ip, port))
-            assert s.recv(10) == b"hi"
+            s.sendall(b"%d" % i)
+            assert s.recv(10) == b"hi %d" % i
             mine.append(s.getsockname()[1])
     t.join(10)
-    assert all(p % 2 == 0 for p in mine), mine  # worker 0's, where the connector is
+    assert seen == mine  # the kernel saw the ports the sockets report
+    assert {p % 2 for p in mine} == {0, 1}, mine  # both workers' connectors carried connections
+    binds = [w["netifs"][0]["counts"].get("connector_binds", 0) for w in _workers(tapd2.path)]
+    assert binds == [sum(p % 2 == k for p in mine) for k in (0, 1)], (binds, mine)
 
 
 def test_sigterm_stops_the_workers_too(tapd2):

@@ -1091,6 +1091,8 @@ class Runner:
                 except Exception:  # one listener's fault must not keep the others from hearing
                     log.warning("a worker-gone callback failed", exc_info=True)
                 continue
+            if fd not in self._watched:  # a liveness fd of an engine failed earlier in this pass (its
+                continue  # client's hang-up came first: closed, and unwatched, with that engine)
             self._hup.unregister(fd)
             client = self._watched.pop(fd, None)
             with self._lock:
