@@ -158,3 +158,42 @@ def test_ports_of_a_workers_connector_are_released_before_they_are_reused(tapd2)
     w1 = _workers(tapd2.path)[1]["netifs"][0]
     assert w1["drops"].get("tx_wrong_destination", 0) == 0, w1["drops"]
     assert w1["counts"].get("connector_binds", 0) == len(odd), w1["counts"]
+
+
+def test_worker_1s_connector_drops_a_siblings_4_tuple_and_a_port_not_its_own(tapd2):
+    """The trust boundary on worker 1's switch, as on worker 0's: two ports of the connector's
+    block bound by their SYNs to two kernel ports; data from one port towards the other's peer
+    (each way) is WRONG_DESTINATION, from an odd port outside the block SPOOFED_SOURCE; each is
+    reported on the channel and counted by worker 1, and nothing else is dropped."""
+    from scapy.all import IP, TCP, raw
+
+    from tests.helpers.util import send_raw, wait_until
+    from usnet.abi.events import EventType, TxDropReason
+    from usnet.client import Client
+
+    def seg(sport: int, dport: int, flags: str = "A") -> bytes:
+        return raw(IP(src=tapd2.usnet_ip, dst=tapd2.host_ip) / TCP(sport=sport, dport=dport, seq=1000, ack=1,
+                                                                   flags=flags) / b"x")
+
+    def drops() -> dict:
+        return _workers(tapd2.path)[1]["netifs"][0]["drops"]
+
+    with Client.connect(tapd2.path) as c:
+        ch, _ = c.open_connector("usnet0", worker=1)
+        ch.setblocking(False)
+        _, ports = c.add_ports(ch.id, 4)
+        p1, p2 = ports[:2]
+        stranger = next(p for p in range(60001, 65535, 2) if p not in ports)
+        send_raw(ch, [seg(p1, 9001, "S"), seg(p2, 9002, "S")])  # bind p1 -> :9001, p2 -> :9002
+        wait_until(lambda: _workers(tapd2.path)[1]["netifs"][0]["counts"].get("connector_binds", 0) == 2, 5.0,
+                   "worker 1 bound both ports")
+        before = drops()
+        send_raw(ch, [seg(p2, 9001), seg(p1, 9002), seg(stranger, 9001)])
+        wait_until(lambda: sum(drops().values()) == sum(before.values()) + 3, 5.0, "three refusals")
+        after = drops()
+        assert after.get("tx_wrong_destination", 0) == before.get("tx_wrong_destination", 0) + 2, after
+        assert after.get("tx_spoofed_source", 0) == before.get("tx_spoofed_source", 0) + 1, after
+        got = sorted((e.type, e.code) for e in ch.events())
+        assert got == sorted([(EventType.TX_DROPPED, TxDropReason.WRONG_DESTINATION)] * 2
+                             + [(EventType.TX_DROPPED, TxDropReason.SPOOFED_SOURCE)]), got
+        ch.close()
