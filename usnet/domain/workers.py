@@ -9,7 +9,7 @@ a frame to port p arrives on queue p mod N, ARP, ICMP and fragments on queue 0.
 
 * Worker 0 is usnetd's own process (`ShardedDomain`): the one control plane (sessions, the port
   namespace, limits and port rules, leases), the loopback netif, queue 0 of every TAP and packet netif with
-  the flows whose port p has p mod N == 0, connectors, and every neighbour it learns.
+  the flows whose port p has p mod N == 0, worker 0's connectors, and every neighbour it learns.
 * Worker k (1 <= k < N) is a child forked at start (`start_workers`, `WorkerDomain`): an ordinary
   Domain on queue k of every TAP and packet netif, serving the flows whose port has p mod N == k. It takes
   no client itself: its only peer is usnetd.
@@ -66,9 +66,17 @@ a page usnetd maps before the fork (usnet.domain.netif.linkshare). A low-latency
 worker k is admitted by usnetd's one agent and applied in worker k (`ApplyLease`, `EndLease`: the
 worker posts the events, usnetd keeps the lease's time).
 
-Not yet (see the design notes): connectors (many outgoing connections on one channel) stay on
-worker 0; a wildcard listener's loopback half is not made for a port of another worker; the
-status of workers is asked synchronously (bounded, as above).
+Connectors (a process's outgoing connections on one channel, usnet.domain.switch.binding): one
+per worker. A client opens worker 0's (here) and learns N from its FlowOpened, then worker k's
+(`OpenFlow.worker`, relayed as any flow). usnetd alone chooses and charges their ports, worker
+k's from its share (p mod N == k, so the server's answers reach queue k), and relays each block
+to worker k as an explicit list (`AddPorts.ports`, which only usnetd's sessions in a worker may
+send; a client's is EPERM); the worker holds them in its port space and binds each by its SYN.
+ReturnPorts and ReleasePorts are relayed (`_worker_ports`); a dead worker's blocks are released
+here with its channels (`_drop_proxied`).
+
+Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
+another worker; the status of workers is asked synchronously (bounded, as above).
 """
 
 from __future__ import annotations
