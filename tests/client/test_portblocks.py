@@ -1,7 +1,9 @@
 """A connector's blocks of ephemeral ports (usnet.client.portblocks), against a model: a port in use
 is never handed out again, a freed one comes back (oldest freed first), and only a block whose
 ports have all been free for `return_after` goes back, never the last one. A freed port whose SYN
-left (bound in the switch) is taken again only after `unbound` (the release notice)."""
+left (bound in the switch) is taken again only after `unbound` (the release notice), or after
+`unbinding` and `released` (a release the engine waits for: a worker's connector), and then only
+if its block was not given back meanwhile."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from hypothesis import strategies as st
 from usnet.client.portblocks import PortBlocks
 
 # operations: ("take",), ("free", index into the ports in use, bound), ("add",), ("tick", seconds),
-# ("idle",), ("unbound",)
-OPS = st.lists(st.one_of(
+# ("idle",), ("unbound",), ("unbinding",), ("released",)
+OPS = st.lists(st.one_of(st.tuples(st.just("unbinding")), st.tuples(st.just("released")),
     st.tuples(st.just("take")), st.tuples(st.just("free"), st.integers(0, 1000), st.booleans()),
     st.tuples(st.just("add")), st.tuples(st.just("tick"), st.floats(0, 20)), st.tuples(st.just("idle")),
     st.tuples(st.just("unbound"))), max_size=200)
@@ -26,6 +28,7 @@ def test_ports_in_use_are_never_given_twice_and_idle_blocks_go_back_whole(ops, s
     in_use: list[int] = []
     free_order: list[int] = []  # the model: free ports, oldest freed first
     bound: list[int] = []  # freed, still bound in the switch
+    pending: list[int] = []  # being released by a request (`unbinding`), not answered yet
     for op in ops:
         if op[0] == "add":
             ports = list(range(next_port, next_port + size))
@@ -49,6 +52,15 @@ def test_ports_in_use_are_never_given_twice_and_idle_blocks_go_back_whole(ops, s
             assert pb.unbound() == bound
             free_order += bound
             bound = []
+        elif op[0] == "unbinding":
+            got = pb.unbinding()
+            assert got == bound
+            pending += got
+            bound = []
+        elif op[0] == "released":
+            pb.released(pending)
+            free_order += [p for p in pending if p in pb.block_of]  # a given-back block's: gone
+            pending = []
         elif op[0] == "tick":
             now += op[1]
         elif op[0] == "idle":
@@ -59,6 +71,7 @@ def test_ports_in_use_are_never_given_twice_and_idle_blocks_go_back_whole(ops, s
                 assert not set(ports) & set(in_use)  # only a block with every port free goes
                 free_order = [p for p in free_order if p not in ports]
                 bound = [p for p in bound if p not in ports]
+        assert not set(pending) & set(pb._free)  # neither free nor bound until released
         assert len(pb) == sum(len(v) for v in pb.blocks.values())
         assert set(pb.users) == set(in_use) and pb.bound == bound
 
