@@ -72,6 +72,7 @@ def test_ports_in_use_are_never_given_twice_and_idle_blocks_go_back_whole(ops, s
                 free_order = [p for p in free_order if p not in ports]
                 bound = [p for p in bound if p not in ports]
         assert not set(pending) & set(pb._free)  # neither free nor bound until released
+        assert set(pb._free) <= set(pb.block_of)  # a free port is one of the blocks held
         assert len(pb) == sum(len(v) for v in pb.blocks.values())
         assert set(pb.users) == set(in_use) and pb.bound == bound
 
@@ -85,3 +86,20 @@ def test_a_bound_port_is_taken_again_only_after_the_release():
     assert pb.idle(100.0) == []  # the last block stays anyway
     assert pb.unbound() == [50000] and pb.bound == []
     assert pb.take() == 50000
+
+
+def test_a_port_released_after_its_block_went_back_is_not_taken():
+    """A worker's connector releases by a request it waits for (`unbinding`, then `released`);
+    meanwhile the stack thread may give the port's block back: the port is the domain's again."""
+    pb = PortBlocks(return_after=10.0)
+    pb.add(1, [50000], 0.0)
+    pb.add(2, [50001], 0.0)
+    assert pb.take() == 50000
+    pb.free(50000, 1.0, bound=True)
+    assert pb.unbinding() == [50000] and pb.bound == []
+    assert pb.take() == 50001  # the pending port is neither free nor bound
+    assert pb.take() is None
+    assert pb.idle(20.0) == [1]  # block 1 is all free (its port pending), block 2 in use
+    assert pb.drop(1) == [50000]
+    pb.released([50000])
+    assert pb.take() is None  # not ours any more
