@@ -803,8 +803,7 @@ class ShardedDomain(Domain):
                 if type(reply) is not P.PortsAdded:
                     undo()
                     return reply, fds
-                if sorted(reply.ports) != sorted(ports) or reply.block in px.blocks:
-                    undo()
+                if sorted(reply.ports) != sorted(ports) or reply.block in px.blocks:  # (undone by `_hear_line`)
                     raise OSError(errno.EPROTO, f"usnetd worker {k} held other ports than usnetd gave it")
                 px.blocks[reply.block] = (ports, charge)
                 return msgspec.structs.replace(reply, channel=req.channel), fds
