@@ -49,6 +49,7 @@ from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, exiting, park_at_exit, runner
 from usnet.client.session import Client, DomainGone, WorkerGone
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
+from usnet.proto import cmsg as _cm
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
 from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
 from usnet.proto.tcp.connection import (
@@ -93,6 +94,7 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
 _ERRQUEUE = 0x2000  # MSG_ERRQUEUE
+_CTRUNC = 0x8  # MSG_CTRUNC
 _IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
@@ -1044,7 +1046,21 @@ class socket:
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, None]:
-        return self.recv(bufsize, flags), [], 0, None
+        """As recv; with SO_TIMESTAMP(NS) on, the control message of when the last byte read
+        arrived (none if it came before the option), as Linux's tcp_recv_timestamp, cut to
+        `ancbufsize` with MSG_CTRUNC as put_cmsg cuts it."""
+        mode = _rx.timestamp_mode(self._opts)
+        conn = self._conn
+        stamps = conn.rx_stamps if conn is not None and mode is not None and not flags & _ERRQUEUE else None
+        if stamps is None:
+            return self.recv(bufsize, flags), [], 0, None
+        stamps.last = None
+        data = self.recv(bufsize, flags)
+        if (t := stamps.last) is None:
+            return data, [], 0, None
+        ns = time.time_ns() - round((time.monotonic() - t) * 1e9)  # TCP's clock is the monotonic one
+        anc, cut = _rx.put_cmsgs([_cm.timestamp_cmsg(mode, ns)], ancbufsize)
+        return data, anc, _CTRUNC if cut else 0, None
 
     def recvmsg_into(self, buffers: Any, ancbufsize: int = 0, flags: int = 0) -> tuple[int, list, int, Any]:
         """As the standard recvmsg_into: what `recvmsg` returns, scattered over `buffers` in order."""
@@ -1320,6 +1336,10 @@ class socket:
         elif (level, opt) in _rx.IP_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
             _rx.set_option(self._opts, level, opt, value)
             return
+        elif (level, opt) in _rx.TIMESTAMP_OPTIONS:
+            _rx.set_option(self._opts, level, opt, value)
+            self._set_rx_stamps()
+            return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
         if (level, opt) in ((_std.IPPROTO_IP, _IP_RECVERR), (IPPROTO_IPV6, _IPV6_RECVERR)) and eng is not None:
@@ -1453,7 +1473,7 @@ class socket:
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in _so.TIMEO_OPTIONS:
             return _so.timeo_get(self._opts.get(_so.timeo_key(opt)))
-        if (level, opt) in _rx.IP_OPTIONS:
+        if (level, opt) in _rx.IP_OPTIONS or (level, opt) in _rx.TIMESTAMP_OPTIONS:
             return _rx.option_value(self._opts, level, opt)
         conn = self._conn
         if level == SOL_SOCKET:
@@ -1647,7 +1667,21 @@ class socket:
             out["sndbuf"] = out["sndbuf_max"] = v // 2
         if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS (`_set_marking`)
             out["ip_mark"] = mark
+        if _rx.timestamp_mode(self._opts) is not None:
+            out["rx_stamps"] = True
         return out
+
+    def _set_rx_stamps(self) -> None:
+        """SO_TIMESTAMP(NS) set or cleared: the connection stamps what arrives from now on, and a
+        listener's connections from their first segment (TcpConfig.rx_stamps), as Linux's."""
+        on, conn, eng = _rx.timestamp_mode(self._opts) is not None, self._conn, self._engine
+        if eng is None:
+            return
+        with eng.lock:
+            if conn is not None:
+                conn.set_rx_stamps(on)
+            for lst in self._listeners() if self._listening else ():
+                lst.config.rx_stamps = on
 
     @staticmethod
     def _apply_buffer(conn: TcpConnection, opt: int, size: int) -> None:
@@ -1665,6 +1699,7 @@ class socket:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
         conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
+        conn.set_rx_stamps(_rx.timestamp_mode(self._opts) is not None)
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
