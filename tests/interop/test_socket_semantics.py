@@ -195,6 +195,52 @@ def test_non_blocking_connect_to_a_closed_kernel_port_reports_econnrefused_throu
     assert on_usnet == on_kernel == (errno.EINPROGRESS, (True, errno.ECONNREFUSED), 0, True)
 
 
+def _after_reset(make, where: tuple) -> list:
+    """A connection the kernel peer resets (SO_LINGER 0): each call in turn, the error or what
+    it gave, and what select says."""
+    lst = socket.create_server(where)
+    s = make()
+    try:
+        s.settimeout(LIMIT)
+        s.connect(lst.getsockname())
+        peer, _ = lst.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        peer.close()
+        select.select([s], [], [], LIMIT)
+
+        def call(f):
+            try:
+                return f()
+            except OSError as e:
+                return errno.errorcode[e.errno]
+
+        out = [call(lambda: s.recv(10)), call(lambda: s.recv(10)), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
+               call(lambda: s.send(b"x")), call(lambda: s.send(b"x")), call(lambda: s.recv(10))]
+        with make() as s2:  # reported first by SO_ERROR, then send: the same, in that order
+            s2.settimeout(LIMIT)
+            s2.connect(lst.getsockname())
+            peer, _ = lst.accept()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            peer.close()
+            select.select([s2], [], [], LIMIT)
+            out += [s2.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), call(lambda: s2.send(b"x")),
+                    call(lambda: s2.recv(10)), select.select([s2], [s2], [], 0) == ([s2], [s2], [])]
+        return out
+    finally:
+        s.close()
+        lst.close()
+
+
+def test_a_connections_error_is_reported_once_as_on_the_kernel(net):
+    """Linux's sock_error takes sk_err as it reports it: after a reset the first recv (or send,
+    or SO_ERROR) gives ECONNRESET, then recv is EOF, send EPIPE and SO_ERROR 0. usnet raised
+    ECONNRESET from every call, and SO_ERROR still said it after recv had."""
+    _client, _ifname, _usnet_ip, host_ip = net
+    on_kernel = _after_reset(socket.socket, (host_ip, 0))
+    assert _after_reset(us.socket, (host_ip, 0)) == on_kernel
+    assert on_kernel == ["ECONNRESET", b"", 0, "EPIPE", "EPIPE", b"", errno.ECONNRESET, "EPIPE", b"", True]
+
+
 def _peek_dontwait(receiver, sender) -> list:
     """recv flags on a connected pair, as a transcript of what each call gave."""
     out = []

@@ -52,6 +52,7 @@ from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, l
 from usnet.proto import cmsg as _cm
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
 from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
+from usnet.proto.errqueue import ErrorReport, as_mapped, pack_cmsg
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -94,7 +95,7 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
 _ERRQUEUE = 0x2000  # MSG_ERRQUEUE
-_CTRUNC = 0x8  # MSG_CTRUNC
+_CTRUNC, _TRUNC = 0x8, 0x20  # MSG_CTRUNC, MSG_TRUNC
 _IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
@@ -230,6 +231,18 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     if family != AF_INET6:
         return (host, port)
     return (host if ":" in host else "::ffff:" + host, port, 0, 0)
+
+
+def _error_message(r: ErrorReport, family: int, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
+    """recvmsg(MSG_ERRQUEUE) of report `r` (both faces): the quoted payload, the IP_RECVERR
+    (IPV6_RECVERR) control message (usnet.proto.errqueue) cut as Linux's put_cmsg cuts it to
+    `ancbufsize` (MSG_CTRUNC), MSG_ERRQUEUE (MSG_TRUNC for a longer payload) and the quoted
+    destination; an AF_INET6 socket reads an IPv4 report with mapped addresses (ipv6_recv_error)."""
+    if family == AF_INET6:
+        r = as_mapped(r)
+    anc, cut = _rx.put_cmsgs([pack_cmsg(r)], ancbufsize)
+    flags = _ERRQUEUE | (_TRUNC if len(r.payload) > bufsize else 0) | (_CTRUNC if cut else 0)
+    return r.payload[:bufsize], anc, flags, _sockaddr(family, r.dst, r.dport)
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
@@ -909,6 +922,8 @@ class socket:
 
         def attempt() -> int | None:
             self._take_pending(conn)  # IP_RECVERR's pending error first, as tcp_sendmsg's sk_err
+            if conn.error is not None:  # its error once, then EPIPE (sk_stream_error)
+                raise self._error_once(conn) or BrokenPipeError(errno.EPIPE, "Broken pipe")
             return conn.send(data, more) or None
 
         n = self._wait(attempt, "send", self._call_timeout(flags))
@@ -970,7 +985,7 @@ class socket:
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         if flags & _ERRQUEUE:
-            return self._tcp_error_queue()
+            return self._tcp_error_queue(bufsize, 0)[0]
         conn = self._need_conn()
         if bufsize == 0:
             return b""
@@ -1030,13 +1045,24 @@ class socket:
             self._update()
         return err
 
-    def _tcp_error_queue(self) -> bytes:
-        """recv(MSG_ERRQUEUE): a TCP socket's error queue holds no ICMP error once connected
-        (tcp_v4_err queues one only in SYN-SENT, and then the connection is over: see the
-        design note "IP_RECVERR on TCP, local errors, POLLERR, ..."), so it is EAGAIN
-        whether or not the socket blocks, as Linux's inet_recv_error with an empty queue."""
+    def _tcp_error_queue(self, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
+        """recvmsg(MSG_ERRQUEUE): a TCP socket's error queue holds only the ICMP error that ended
+        its connect in SYN-SENT (tcp_v4_err's ip_icmp_error, always; tcp_v6_err's with
+        IPV6_RECVERR: `FlowEngine._ip_events` keeps it as the connection's `error_report`);
+        taking it clears the socket's error, as sock_dequeue_err_skb clears sk_err after the last
+        ICMP report. Empty: EAGAIN whether or not the socket blocks, as inet_recv_error's."""
         self._need_open()
-        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        conn, eng = self._conn, self._engine
+        r = None
+        if conn is not None and eng is not None:
+            with eng.lock:
+                r, conn.error_report = conn.error_report, None
+                if r is not None and conn.error is not None:
+                    self._reported = conn.error  # SO_ERROR reads 0 now, and POLLERR goes
+                    self._update()
+        if not isinstance(r, ErrorReport):
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return _error_message(r, self.family, bufsize, ancbufsize)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         """A stream socket names no sender: (data, None), as Linux gives."""
@@ -1045,13 +1071,15 @@ class socket:
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         return self.recv_into(buffer, nbytes, flags), None
 
-    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, None]:
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, Any]:
         """As recv; with SO_TIMESTAMP(NS) on, the control message of when the last byte read
         arrived (none if it came before the option), as Linux's tcp_recv_timestamp, cut to
         `ancbufsize` with MSG_CTRUNC as put_cmsg cuts it."""
+        if flags & _ERRQUEUE:
+            return self._tcp_error_queue(bufsize, ancbufsize)
         mode = _rx.timestamp_mode(self._opts)
         conn = self._conn
-        stamps = conn.rx_stamps if conn is not None and mode is not None and not flags & _ERRQUEUE else None
+        stamps = conn.rx_stamps if conn is not None and mode is not None else None
         if stamps is None:
             return self.recv(bufsize, flags), [], 0, None
         stamps.last = None
@@ -1744,11 +1772,22 @@ class socket:
             return take()
         if conn.pending_error is not None:
             self._take_pending(conn)  # raises it: sk_err, after the data, before the EOF (tcp_recvmsg)
-        if conn.error is not None:
-            raise conn.error
+        if conn.error is not None and (err := self._error_once(conn)) is not None:
+            raise err
         if conn.eof or conn.state is CLOSED or self._shut_rd:
-            return at_eof
+            return at_eof  # (an error reported once: over both ways, EOF, as tcp_done's shutdown)
         return None
+
+    def _error_once(self, conn: TcpConnection) -> OSError | None:
+        """The error that ended `conn`, the first time a call asks (recv, send, connect, SO_ERROR
+        report it once, as Linux's sock_error takes sk_err); None once it was reported. With
+        the engine's lock held."""
+        err = conn.error
+        if err is None or err is self._reported:
+            return None
+        self._reported = err
+        self._update()  # POLLERR goes
+        return err
 
     def _wait(self, attempt: Any, what: str, timeout: Any = _UNSET, eagain: bool = False) -> Any:
         """Run `attempt` under the engine lock until it returns non-None, within the timeout

@@ -192,7 +192,7 @@ class TcpConnection:
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
         "_quick", "_cork", "notsent_lowat", "defer",
-        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate", "rx_stamps",
+        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate", "rx_stamps", "error_report",
     )
 
     def __init__(
@@ -222,6 +222,9 @@ class TcpConnection:
         # IP_RECVERR's error (Linux's sk_err without tcp_done): the next recv, send or SO_ERROR
         # reports it once and takes it; the connection goes on (`icmp_error`, `cfg.recverr`)
         self.pending_error: int | None = None
+        # The owner's report of the ICMP error that ended a connect in SYN-SENT, for the socket's
+        # error queue (recvmsg(MSG_ERRQUEUE): usnet.proto.errqueue.tcp_connect_report); None: empty
+        self.error_report: object | None = None
         self.events = 0
         self.suspended = False
         self.passive = False
