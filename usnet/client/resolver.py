@@ -729,7 +729,7 @@ def _prefix_match(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, ifaces: _If
 
 def _as_v6(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
     """An address as the policy table sees it: IPv4 as IPv4-mapped."""
-    return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip  # type: ignore[return-value]
+    return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip
 
 
 def _scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
