@@ -101,6 +101,10 @@ class _SocketMeta(type):
                 if kind & getattr(_socket, "SOCK_NONBLOCK", 0):
                     s.setblocking(False)
                 return s
+        elif family in (-1, *_INET) and _us.adopts(fileno):
+            # a usnet socket's descriptor (detached, or dup'd as socket.fromfd does): that socket's
+            # connection, not a kernel socket on its readiness pair
+            return _us.socket(fileno=fileno)
         return _KERNEL(family, type, proto, fileno)
 
     def __instancecheck__(cls, obj: object) -> bool:

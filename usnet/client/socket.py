@@ -396,6 +396,30 @@ _descriptors: dict[int, socket] = {}
 _held: dict[int, socket] = {}  # fileno -> a detached socket taken back for its descriptor's system calls
 
 
+def duplicated(fd: int) -> socket | None:
+    """The open usnet socket whose descriptor `fd` duplicates (the same open file, as os.dup
+    makes: socket.fromfd dups the number it is given), or None. Asked only by socket(fileno=...)
+    of a descriptor that is no usnet socket's own: one fstat per usnet descriptor in use."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    for d, s in list(_descriptors.items()):
+        try:
+            o = os.fstat(d)
+        except OSError:
+            continue
+        if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino) and d != fd and not s._closed:
+            return s
+    return None
+
+
+def adopts(fd: int) -> bool:
+    """Whether `socket(fileno=fd)` makes a usnet socket: `fd` is a detached usnet socket's
+    descriptor, or a duplicate of an open one's (`duplicated`); else it is a kernel socket's."""
+    return fd in _detached or fd in _held or duplicated(fd) is not None
+
+
 def by_descriptor(fd: int) -> socket | None:
     """The usnet socket whose descriptor `fd` is, or None (a kernel descriptor).
 
@@ -1220,8 +1244,14 @@ class socket:
         """Another socket object for the same connection; it ends when the last of them closes."""
         self._need_open()
         d = object.__new__(type(self))
+        self._share_into(d, os.dup(self.fileno()))
+        return d
+
+    def _share_into(self, d: socket, fd: int) -> None:
+        """Make `d` another object for this socket's connection (`dup`), with `fd`, a duplicate
+        of this socket's descriptor, as its own."""
         d.__dict__.update(self.__dict__)
-        d._fd = os.dup(self.fileno())
+        d._fd = fd
         d._closed, d._io_refs = False, 0
         _descriptors[d._fd] = d
         self._share[0] += 1
@@ -1229,7 +1259,6 @@ class socket:
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.watch(d, d._conn)
-        return d
 
     def reference(self) -> socket:
         """Another socket object for the same connection, as `dup` makes, without a descriptor of
@@ -1286,6 +1315,11 @@ class socket:
                 with src._engine.lock:
                     src._engine.unwatch(src, src._conn)
             src._closed = src._dead = True
+        if src is None and (orig := duplicated(fd)) is not None:
+            # a duplicate of an open socket's descriptor (socket.fromfd): another object for its
+            # connection, as `dup` makes, owning `fd`, as a kernel socket's dup shares the file
+            orig._share_into(self, fd)
+            return
         if src is None:
             raise OSError(errno.EAFNOSUPPORT, f"descriptor {fd} is no detached usnet socket")
         self.__dict__.update(src.__dict__)
