@@ -195,5 +195,108 @@ elif name == "sock-sendfile":
     out({"sendfile": asyncio.run(main())})
     os.unlink(path)
 
+elif name == "wsgi-server":
+    # wsgiref's reference server: environ as it builds it from the socket (REMOTE_ADDR,
+    # SERVER_NAME from getfqdn, the body read through wsgi.input)
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *a):
+            pass
+
+    def app(environ, start_response):
+        n = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(n)
+        keys = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "SERVER_NAME", "SERVER_PORT",
+                "SERVER_PROTOCOL", "HTTP_HOST", "CONTENT_TYPE")
+        doc = {k: environ.get(k) for k in keys}
+        doc["SERVER_PORT"] = doc["SERVER_PORT"] == args[1] or doc["SERVER_PORT"]
+        doc["body"] = hashlib.sha256(body).hexdigest()[:16]
+        data = json.dumps(doc).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    with make_server(args[0], 0, app, handler_class=Quiet) as httpd:
+        args.append(str(httpd.server_port))
+        print(f"port {httpd.server_port}", flush=True)
+        for _ in range(3):
+            httpd.handle_request()
+
+elif name == "wsgi-client":
+    host, port = args[0], int(args[1])
+    got = []
+    for method, path, body in (("GET", "/a?x=1", None), ("POST", "/form", os.urandom(200000)), ("PUT", "/", b"")):
+        c = http.client.HTTPConnection(host, port, timeout=LIMIT)
+        c.request(method, path, body=body, headers={"Content-Type": "text/plain"} if body else {})
+        me = c.sock.getsockname()[0]
+        r = c.getresponse()
+        doc = json.loads(r.read())
+        doc["REMOTE_ADDR"] = doc["REMOTE_ADDR"] == me or doc["REMOTE_ADDR"]
+        doc["HTTP_HOST"] = doc["HTTP_HOST"] == f"{host}:{port}" or doc["HTTP_HOST"]
+        doc["body"] = doc["body"] == hashlib.sha256(body or b"").hexdigest()[:16] or doc["body"]
+        got.append([r.status, r.getheader("Server", "").split("/")[0], doc])
+        c.close()
+    out({"wsgi": got})
+
+elif name == "tls-server":
+    # an SSLContext with an sni_callback that answers for a name with a second context, and ALPN
+    import ssl
+
+    cert, key, seen = args[1], args[2], []
+    second = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    second.load_cert_chain(cert, key)
+    second.set_alpn_protocols(["h2", "http/1.1"])
+
+    def sni(sslobj, server_name, ctx):
+        seen.append(server_name)
+        if server_name == "other.test":
+            sslobj.context = second
+        return None
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.sni_callback = sni
+    with socket.create_server((args[0], 0)) as ls:
+        print(f"port {ls.getsockname()[1]}", flush=True)
+        for _ in range(3):
+            conn, _ = ls.accept()
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as t:
+                    t.settimeout(LIMIT)
+                    line = t.recv(100)
+                    t.sendall(json.dumps([line.decode(), seen[-1] if seen else None, t.selected_alpn_protocol(),
+                                          t.version(), t.server_hostname]).encode())
+            except ssl.SSLError as e:
+                print("refused", e.reason, flush=True)
+
+elif name == "tls-client":
+    import ssl
+
+    host, port, cacert = args[0], int(args[1]), args[2]
+    got = []
+    for sni, alpn in (("sni.test", ["http/1.1", "h2"]), ("other.test", ["h2"]), (host, ["spdy/3"])):
+        ctx = ssl.create_default_context(cafile=cacert)
+        ctx.check_hostname = False
+        ctx.set_alpn_protocols(alpn)
+        with socket.create_connection((host, port), timeout=LIMIT) as s, \
+                ctx.wrap_socket(s, server_hostname=sni) as t:
+            t.sendall(b"hello " + sni.encode())
+            server = json.loads(t.recv(1000))
+            got.append([server, t.selected_alpn_protocol(), t.version()])
+    out({"tls": got})
+
+elif name == "names":
+    # reverse lookups and fully qualified names through the hosts file
+    calls = {}
+    for addr in args:
+        calls[addr] = [outcome(lambda a=addr: list(socket.gethostbyaddr(a))),
+                       outcome(lambda a=addr: list(socket.getnameinfo((a, 80), 0))),
+                       outcome(lambda a=addr: list(socket.getnameinfo((a, 80), socket.NI_NUMERICHOST))),
+                       outcome(lambda a=addr: list(socket.getnameinfo((a, 22), socket.NI_NAMEREQD))),
+                       socket.getfqdn(addr)]
+    calls["fqdn-name"] = socket.getfqdn("web")
+    out(calls)
+
 else:
     raise SystemExit(f"unknown program {name}")
