@@ -123,7 +123,7 @@ def test_tls_sni_callback_and_alpn_as_on_the_kernel(usnetd_path, ca, tmp_path): 
 def test_reverse_names_and_getfqdn_as_glibc(usnetd_path, tmp_path):  # noqa: F811
     """gethostbyaddr, getnameinfo (NI_NUMERICHOST, NI_NAMEREQD) and getfqdn through the same hosts
     file, under `usnet run` and with glibc."""
-    path, usnet_ip, host_ip = usnetd_path
+    path, _usnet_ip, host_ip = usnetd_path
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n"
                      f"{host_ip} web.example.test web\n10.99.0.7 seven.test alias7\nfd00:99::8 eight.test\n")
