@@ -195,40 +195,37 @@ def test_non_blocking_connect_to_a_closed_kernel_port_reports_econnrefused_throu
     assert on_usnet == on_kernel == (errno.EINPROGRESS, (True, errno.ECONNREFUSED), 0, True)
 
 
-def _after_reset(make, where: tuple) -> list:
-    """A connection the kernel peer resets (SO_LINGER 0): each call in turn, the error or what
-    it gave, and what select says."""
-    lst = socket.create_server(where)
+def _reset(make, lst: socket.socket):
+    """A socket from `make` connected to the kernel listener `lst`, whose accepted end resets it
+    (SO_LINGER 0), once the reset came (select)."""
     s = make()
-    try:
-        s.settimeout(LIMIT)
-        s.connect(lst.getsockname())
-        peer, _ = lst.accept()
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-        peer.close()
-        select.select([s], [], [], LIMIT)
+    s.settimeout(LIMIT)
+    s.connect(lst.getsockname())
+    peer, _ = lst.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    peer.close()
+    select.select([s], [], [], LIMIT)
+    return s
 
-        def call(f):
-            try:
-                return f()
-            except OSError as e:
-                return errno.errorcode[e.errno]
 
-        out = [call(lambda: s.recv(10)), call(lambda: s.recv(10)), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
-               call(lambda: s.send(b"x")), call(lambda: s.send(b"x")), call(lambda: s.recv(10))]
-        with make() as s2:  # reported first by SO_ERROR, then send: the same, in that order
-            s2.settimeout(LIMIT)
-            s2.connect(lst.getsockname())
-            peer, _ = lst.accept()
-            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-            peer.close()
-            select.select([s2], [], [], LIMIT)
-            out += [s2.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), call(lambda: s2.send(b"x")),
-                    call(lambda: s2.recv(10)), select.select([s2], [s2], [], 0) == ([s2], [s2], [])]
-        return out
-    finally:
-        s.close()
-        lst.close()
+def _after_reset(make, where: tuple) -> list:
+    """Connections the kernel peer resets: each call in turn, the error or what it gave, and
+    what select says."""
+
+    def call(f):
+        try:
+            return f()
+        except OSError as e:
+            return errno.errorcode[e.errno]
+
+    with socket.create_server(where) as lst:
+        with _reset(make, lst) as s:
+            out = [call(lambda: s.recv(10)), call(lambda: s.recv(10)), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
+                   call(lambda: s.send(b"x")), call(lambda: s.send(b"x")), call(lambda: s.recv(10))]
+        with _reset(make, lst) as s:  # reported first by SO_ERROR, then send: the same, in that order
+            out += [s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), call(lambda: s.send(b"x")),
+                    call(lambda: s.recv(10)), select.select([s], [s], [], 0) == ([s], [s], [])]
+    return out
 
 
 def test_a_connections_error_is_reported_once_as_on_the_kernel(net):

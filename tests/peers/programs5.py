@@ -36,16 +36,6 @@ def outcome(f):
         return [type(e).__name__]
 
 
-def echo(host: str, port: int, data: bytes) -> str:
-    with socket.create_connection((host, port), timeout=LIMIT) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
-        while chunk := s.recv(65536):
-            got += chunk
-    return hashlib.sha256(got).hexdigest()[:16]
-
-
 if name == "kernel-beside":
     # what the patch must leave on the kernel (AF_UNIX, socketpair, fromfd, asyncio's unix
     # streams) works beside a TCP connection through it
