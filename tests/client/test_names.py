@@ -466,7 +466,8 @@ def test_addresses_on_the_netifs_subnet_come_first_the_closest_first(tmp_path):
     assert _sorted_by_usnet(tmp_path, ["192.0.2.7", "10.0.0.200", "10.0.0.9", "10.0.0.3"]) == \
         ["10.0.0.3", "10.0.0.9", "10.0.0.200", "192.0.2.7"]
     assert _sorted_by_usnet(tmp_path, ["10.0.0.9", "10.0.0.14", "10.0.0.10"]) == ["10.0.0.9", "10.0.0.14", "10.0.0.10"]
-    assert _sorted_by_usnet(tmp_path, ["fd00:0:0:1::5", "fd00::9", "fd00::3"]) == ["fd00::3", "fd00::9", "fd00:0:0:1::5"]
+    assert _sorted_by_usnet(tmp_path, ["fd00:0:0:1::5", "fd00::9", "fd00::3"]) == \
+        ["fd00::3", "fd00::9", "fd00:0:0:1::5"]
 
 
 @given(st.lists(st.integers(0, 511), min_size=2, max_size=8, unique=True))
