@@ -59,6 +59,7 @@ from usnet.client.socket import (
     SOCK_DGRAM,
     SOL_SOCKET,
     _any_name,
+    _error_message,
     _is_loopback,
     _open_bound,
     _sockaddr,
@@ -86,7 +87,6 @@ from usnet.proto.errqueue import (
     ErrorReport,
     icmp_report,
     local_report,
-    pack_cmsg,
 )
 
 __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
@@ -701,10 +701,7 @@ class DatagramFace(socket):
         """recvmsg(MSG_ERRQUEUE): the quoted payload, the quoted destination, MSG_ERRQUEUE and the
         IP_RECVERR (IPV6_RECVERR) control message (usnet.proto.errqueue), cut as Linux's put_cmsg
         cuts it to `ancbufsize` (MSG_CTRUNC)."""
-        r = self._error_report()
-        anc, cut = put_cmsgs([pack_cmsg(r)], ancbufsize)
-        flags = MSG_ERRQUEUE | (MSG_TRUNC if len(r.payload) > bufsize else 0) | (MSG_CTRUNC if cut else 0)
-        return r.payload[:bufsize], anc, flags, _sockaddr(self.family, self._ip_str(r.dst), r.dport)
+        return _error_message(self._error_report(), self.family, bufsize, ancbufsize)
 
     def _ip_str(self, addr: bytes) -> str:
         return str(ipaddress.ip_address(addr))

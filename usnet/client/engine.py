@@ -40,6 +40,7 @@ from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, P
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.session import DomainGone, WorkerGone
 from usnet.client.tcpstats import Publisher
+from usnet.proto.errqueue import tcp_connect_report
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.route import Routes
@@ -607,12 +608,19 @@ class FlowEngine:
                   and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
+                    connecting = conn.state is TcpState.SYN_SENT
                     try:
                         # a sequence number in flight: only then does a frag-needed lower the path MTU
                         taken = conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
                     except Exception as exc:  # the barrier: that connection's fault
                         self.tcp.fault(conn, exc, now)
                         taken = False
+                    if taken and connecting and conn.error is not None and (len(ev.remote) == 4 or conn.cfg.recverr):
+                        # the connect it ended leaves it on the error queue: tcp_v4_err's ip_icmp_error
+                        # always, tcp_v6_err's ipv6_icmp_error with IPV6_RECVERR
+                        conn.error_report = tcp_connect_report(
+                            ev.errno, ev.icmp_type, ev.icmp_code, ev.reporter, ev.local, ev.local_port, ev.remote,
+                            ev.remote_port, ev.quote)
                     if taken and ev.mtu:
                         self.ip.lower_pmtu(ev, now)
                     if self._touched is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "put_cmsgs",
     "rx_cmsgs",
     "set_option",
+    "timestamp_mode",
     "wants_meta",
 ]
 
@@ -107,6 +108,11 @@ def option_value(opts: dict[tuple[int, int], Any], level: int, opt: int) -> int:
             return int(new)
         return int(ns and new)
     return int(bool(opts.get((level, opt))))
+
+
+def timestamp_mode(opts: dict[tuple[int, int], Any]) -> int | None:
+    """The timestamp option on (the cmsg type recvmsg gives), or None."""
+    return opts.get(_TS_KEY)
 
 
 def wants_meta(opts: dict[tuple[int, int], Any]) -> bool:

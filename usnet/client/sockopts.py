@@ -32,9 +32,9 @@ end with BlockingIOError (EAGAIN) when it runs out, as CPython raises the kernel
 Python timeout (settimeout) takes over, as CPython's poll does on the kernel.
 
 On a datagram socket SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers (one state, read as
-Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo);
-a stream socket refuses them (Linux's gives the last segment read's time, which usnet's TCP
-does not keep).
+Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo),
+and a stream socket's the arrival of the last byte read, as Linux's tcp_recv_timestamp
+(usnet.proto.tcp.rxstamp).
 
 IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo (in6_pktinfo):
 the address the datagram was sent to and the kernel interface index of the netif's name (the
@@ -119,11 +119,12 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (SOL_SOCKET, 21): Option("SO_SNDTIMEO", _H, bytes(16), why="a blocking send's timeout, as SO_RCVTIMEO"),
     (SOL_SOCKET, 66): Option("SO_RCVTIMEO_NEW", _H, bytes(16), why="SO_RCVTIMEO (the same timeout)"),
     (SOL_SOCKET, 67): Option("SO_SNDTIMEO_NEW", _H, bytes(16), why="SO_SNDTIMEO (the same timeout)"),
-    (SOL_SOCKET, 29): Option("SO_TIMESTAMP", _H, stream=False, why="recvmsg gives the datagram's arrival "
-                             "(usnet.client.rxinfo); TCP's, the last segment read's, usnet does not keep"),
-    (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, stream=False, why="as SO_TIMESTAMP, in nanoseconds"),
-    (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, stream=False, why="as SO_TIMESTAMP"),
-    (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, stream=False, why="as SO_TIMESTAMPNS"),
+    (SOL_SOCKET, 29): Option("SO_TIMESTAMP", _H, why="recvmsg gives the datagram's arrival "
+                             "(usnet.client.rxinfo), a stream's that of the last byte read "
+                             "(usnet.proto.tcp.rxstamp)"),
+    (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, why="as SO_TIMESTAMP, in nanoseconds"),
+    (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, why="as SO_TIMESTAMP"),
+    (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, why="as SO_TIMESTAMPNS"),
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
     (SOL_SOCKET, 38): Option("SO_PROTOCOL", _G),
     (SOL_SOCKET, 39): Option("SO_DOMAIN", _G),
