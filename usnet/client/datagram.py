@@ -150,6 +150,7 @@ class DatagramSocket:
             self.broadcasts = frozenset(("255.255.255.255", *([inet_ntoa(bcast)] if bcast else [])))
         self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
         self._ttl, self._tos = 64, 0  # IP_TTL / IPV6_UNICAST_HOPS, IP_TOS / IPV6_TCLASS (`set_marking`)
+        self.mc_ttl = 1  # the TTL of a datagram to an IPv4 group (IP_MULTICAST_TTL, the face's)
 
     def set_marking(self, mark: int) -> None:
         """The TTL (hop limit) and TOS (traffic class) of the datagrams sent from now on, as a
@@ -189,6 +190,9 @@ class DatagramSocket:
         """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
         if self.pending_error is not None:
             self._raise_pending(self.pending_error)
+        if not self._v6 and 224 <= int(addr[0].split(".", 1)[0]) <= 239:
+            self._send_group(data, addr)  # a group is on the link: no route asked
+            return len(data)
         self.need_route(addr)
         if self._v6 or tag is not None or deadline is not None or report:
             self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
@@ -217,7 +221,17 @@ class DatagramSocket:
         self._put_one(udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
                                               self._ttl, self._tos), data, ident)
 
-    def _send_fragmented(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+    def _send_group(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        """One datagram to an IPv4 group, with the multicast TTL (`mc_ttl`, default 1, as Linux's
+        inet->mc_ttl), not the unicast one; the switch frames it to the group's MAC."""
+        if len(data) > self.max_payload:
+            self._send_fragmented(data, addr, self.mc_ttl)
+            return
+        ident = (self._ident + 1) & 0xFFFF
+        self._put_one(udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
+                                              self.mc_ttl, self._tos), data, ident)
+
+    def _send_fragmented(self, data: bytes | bytearray | memoryview, addr: Address, ttl: int | None = None) -> None:
         """A datagram bigger than the MTU, in IP fragments (usnet.proto.wire.fragment), as Linux
         sends one on a socket with the default path MTU discovery; EMSGSIZE past IP's bound. The
         fragments go in one batch, or none of them: a datagram with a piece missing is lost."""
@@ -232,7 +246,7 @@ class DatagramSocket:
         else:
             ident = (self._ident + 1) & 0xFFFF
             frags = udp4_fragments(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident, room,
-                                   self._ttl, self._tos)
+                                   self._ttl if ttl is None else ttl, self._tos)
             self._ident = ident
         ch = self.channel
         pkts: list[int] = []

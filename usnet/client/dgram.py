@@ -31,6 +31,7 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
+from usnet.client.mcast import MULTICAST_OPTIONS, Multicast, is_group
 from usnet.client.rxinfo import (
     IP_OPTIONS,
     TIMESTAMP_OPTIONS,
@@ -93,8 +94,9 @@ __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
-# joining a multicast group (IP_ADD_MEMBERSHIP and the rest, IPv4 and IPv6), which usnet cannot
-# (Linux's numbers; the standard module lacks some of the names)
+# joining a multicast group in ways usnet does not (source-specific, the protocol-independent
+# MCAST_* ones, IPv6's; an AF_INET6 socket's IPv4 ones) (Linux's numbers; the standard module
+# lacks some of the names). An AF_INET socket's IP_ADD_MEMBERSHIP is usnet.client.mcast's.
 _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
@@ -345,6 +347,7 @@ class DatagramFace(socket):
         self._init_face(family, SOCK_DGRAM, proto, type, Readiness(False, True), client, netif)
         self._engine: DatagramEngine | None = None  # type: ignore[assignment]
         self._owns_engine = True
+        self._mc = Multicast()  # IPv4 memberships and multicast options (usnet.client.mcast)
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -401,7 +404,19 @@ class DatagramFace(socket):
             eng.set_recverr(True)
         with eng.lock:
             eng.set_meta(self._opts)
+        mc = self._mc_flow(eng)
+        if mc is not None:
+            self._mc.attach(mc, client)
         return eng
+
+    @staticmethod
+    def _mc_flow(eng: DatagramEngine | None) -> tuple[int, bytes] | None:
+        """(channel id, local address) of the flow that joins IPv4 groups: the socket's IPv4 flow
+        off the loopback netif; None before the socket has one."""
+        if eng is None:
+            return None
+        d = next((d for d in eng.flows() if not d.v6 and not d.loopback), None)
+        return None if d is None else (d.channel.id, _std.inet_aton(d.local[0]))
 
     def _flow(self, client: Client, netif: str, host: str | None, port: int,
               dual: bool) -> tuple[DatagramSocket, str]:
@@ -589,8 +604,8 @@ class DatagramFace(socket):
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
-        if dest[:2].lower() == "ff" if ":" in dest else 224 <= int(dest.split(".", 1)[0]) <= 239:
-            raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast ({dest})")
+        if (":" in dest and dest[:2].lower() == "ff") or (self.family == AF_INET6 and is_group(dest)):
+            raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast over IPv6 or an AF_INET6 socket ({dest})")
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int], src: str | None = None) -> int:
         eng = self._eng(addr[0])
@@ -604,6 +619,7 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
+            d.mc_ttl = self._mc.ttl  # IP_MULTICAST_TTL: what a datagram to a group carries
             self._check_df(eng, d, data, addr)
             t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
             d.settimeout(t)
@@ -749,6 +765,15 @@ class DatagramFace(socket):
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
+        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS and self.family == AF_INET:
+            eng = self._engine
+            client = eng.client if eng is not None else self._target()[0]
+            try:
+                index = _std.if_nametoindex(self._netif or self._target()[1])
+            except OSError:
+                index = 0  # a netif on no kernel interface of this namespace (a memwire's)
+            self._mc.set(opt, value, self._mc_flow(eng), index, client)
+            return
         if (level, opt) in _GROUP_OPTIONS:
             raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
                                 "a flow what is addressed to its netif")
@@ -787,6 +812,8 @@ class DatagramFace(socket):
                 self._update()
 
     def _option(self, level: int, opt: int) -> Any:
+        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS and self.family == AF_INET:
+            return self._mc.get(opt)
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in TIMEO_OPTIONS:
             return timeo_get(self._opts.get(timeo_key(opt)))

@@ -1,0 +1,125 @@
+"""The host's IPv4 multicast duties: memberships, IGMP, and a group datagram's copies.
+
+A member host must say which groups it is in, or the switch and router upstream prune them
+(RFC 3376): this netif sends an IGMPv3 report when a group gains its first member here and
+one that changes it to INCLUDE {} (a leave) when it loses its last, and answers a query with
+the groups it is in. Clients never send IGMP (the transmit path refuses any protocol that is
+not their flow's); they ask the domain (P.JoinGroup), which checks the request
+(`join_group`) and keeps the membership in a GroupTable (usnet.domain.switch.groups).
+
+A datagram to a group is copied to every member flow of (group, destination port), as Linux's
+__udp4_lib_mcast_deliver gives one to every matching socket: the receive path appends the same
+packet to each member's batch, and each member's port copies it into that member's own pool,
+so one client's copy is nothing to another's.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from usnet.domain.switch.groups import GroupTable
+from usnet.domain.switch.host import HostDuties
+from usnet.domain.switch.table import UDP, Flow
+from usnet.drivers.base import Received
+from usnet.proto.wire.ethernet import ETHERTYPE_IPV4
+from usnet.proto.wire.igmp import (
+    ALL_HOSTS,
+    CHANGE_TO_EXCLUDE,
+    CHANGE_TO_INCLUDE,
+    IGMP_QUERY,
+    MODE_IS_EXCLUDE,
+    build_report,
+    group_mac4,
+    is_multicast4,
+    parse_igmp,
+)
+
+__all__ = ["MulticastDuties"]
+
+
+class MulticastDuties(HostDuties):
+    """Group memberships of the netif's flows, the IGMP a member host speaks, and delivery to members."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.groups = GroupTable()
+
+    # -- the control requests -----------------------------------------------------------------
+
+    def join_group(self, flow: Flow, group: bytes) -> None:
+        """`flow` joins `group` (P.JoinGroup): a UDP flow of IPv4 only (EPROTO for TCP, as Linux's
+        do_ip_setsockopt; EINVAL for an IPv6 flow here); the GroupTable's errors otherwise."""
+        self._check_member(flow)
+        if self.groups.join(flow, group):
+            self.counts["igmp_joins"] += 1
+            self._report([(CHANGE_TO_EXCLUDE, group)])
+
+    def leave_group(self, flow: Flow, group: bytes) -> None:
+        """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
+        self._check_member(flow)
+        if self.groups.leave(flow, group):
+            self.counts["igmp_leaves"] += 1
+            self._report([(CHANGE_TO_INCLUDE, group)])
+
+    def _check_member(self, flow: Flow) -> None:
+        if flow.proto != UDP:
+            raise OSError(errno.EPROTO, "Protocol error (multicast groups are UDP's)")
+        if flow.family != 4 or flow.binds is not None:
+            raise OSError(errno.EINVAL, "Invalid argument (an IPv4 UDP flow joins IPv4 groups)")
+
+    def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
+        left = self.groups.drop_flow(flow) if flow.id in self.flows else []
+        super().remove_flow(flow, keep_queued)
+        if left:
+            self.counts["igmp_leaves"] += len(left)
+            self._report([(CHANGE_TO_INCLUDE, g) for g in left])
+
+    # -- IGMP -----------------------------------------------------------------------------------
+
+    def _report(self, records: list[tuple[int, bytes]]) -> None:
+        """An IGMPv3 report of `records` to 224.0.0.22 (never about all-hosts, as Linux's)."""
+        records = [r for r in records if r[1] != ALL_HOSTS]
+        if not records or self.netif.ip is None or self.netif.loopback:
+            return
+        self._ident = (self._ident + 1) & 0xFFFF
+        self.counts["igmp_reports"] += 1
+        self._send_frame(0, group_mac4(b"\xe0\x00\x00\x16"), ETHERTYPE_IPV4,
+                         build_report(self.netif.ip, records, self._ident))
+
+    def _rx_igmp(self, f: Received, start: int, end: int, dst: bytes) -> None:
+        """A query answered with the groups it asks about that we are in (a general one: all of
+        them). Linux waits a random time up to the query's maximum response first, so that one
+        host of a link answers for all; usnet answers at once (what remains: the delay)."""
+        typ, _code, group = parse_igmp(f[start:end])
+        if typ != IGMP_QUERY:
+            self.drops["rx_igmp_other"] += 1  # other hosts' reports: a host does not suppress v3 ones
+            return
+        self.counts["igmp_queries"] += 1
+        if group == bytes(4):
+            self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups()])
+        elif group in self.groups.refs:
+            self._report([(MODE_IS_EXCLUDE, group)])
+
+    # -- delivery ---------------------------------------------------------------------------------
+
+    def is_joined(self, dst: bytes) -> bool:
+        """Whether a packet to `dst` is one this netif takes as a member host (a group with members,
+        or all-hosts while any group has)."""
+        refs = self.groups.refs
+        return bool(refs) and is_multicast4(dst) and (dst in refs or dst == ALL_HOSTS)
+
+    def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:
+        """The flows a UDP datagram from (`src`, `sport`) to group `dst`, port `dport` goes to, as
+        Linux's __udp4_lib_mcast_deliver and ip_mc_sf_allow choose the sockets: every member of the
+        group on the port (a connected one only from its peer), and every other flow listening on
+        the port whose IP_MULTICAST_ALL is on (Linux's default: a socket hears a group any socket
+        joined). A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
+        out = [m for m in self.groups.members.get((dst, dport), ())
+               if m.raddr is None or (m.raddr == src and m.rport == sport)]
+        front = self.listeners.get((UDP, dport))
+        if front is not None:
+            for f in (front.group.members if front.group is not None else (front,)):
+                if f.mc_all and f not in out:
+                    out.append(f)
+        return out
