@@ -409,6 +409,13 @@ class DatagramFace(socket):
             self._mc.attach(mc, client)
         return eng
 
+    def _reuse_port(self) -> bool:
+        """SO_REUSEPORT, or SO_REUSEADDR: Linux lets UDP sockets that all set SO_REUSEADDR share a
+        port (multicast receivers do: each member gets its copy), and usnet shares it as a
+        reuseport group. Where Linux gives a unicast datagram to one of them, usnet hashes it
+        among them; and the port is one uid's, where Linux's SO_REUSEADDR does not ask."""
+        return bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)) or self._opts.get((SOL_SOCKET, _std.SO_REUSEADDR)))
+
     @staticmethod
     def _mc_flow(eng: DatagramEngine | None) -> tuple[int, bytes] | None:
         """(channel id, local address) of the flow that joins IPv4 groups: the socket's IPv4 flow

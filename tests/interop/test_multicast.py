@@ -1,0 +1,357 @@
+"""IPv4 multicast on UDP, on usnet and on the kernel side by side (root, TAP in the test's namespace).
+
+usnet refused it (IP_ADD_MEMBERSHIP ENOPROTOOPT, a datagram to a group EOPNOTSUPP). Now a join is a
+control request the domain checks (P.JoinGroup), the switch copies a group datagram to every member
+flow and speaks IGMPv3 for the netif, and a socket sends to a group at its MAC with the multicast
+TTL. Here: the option calls give what the kernel's give, call by call; datagrams cross both ways
+(the kernel in the namespace is the other host); the reports on the wire are well-formed IGMPv3
+and a query is answered; a client's own control requests get clear refusals.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+import time
+
+import pytest
+from scapy.contrib.igmpv3 import IGMPv3, IGMPv3gr, IGMPv3mq, IGMPv3mr
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from usnet import socket as us
+from usnet.abi import protocol as P
+from usnet.client import Client
+
+pytestmark = pytest.mark.privileged
+LIMIT = 10.0  # seconds for any wait: only reached when something is broken
+IPP = socket.IPPROTO_IP
+ADD, DROP, M_IF, M_TTL, M_LOOP, M_ALL = 35, 36, 32, 33, 34, 49
+G, G2 = "239.1.2.3", "239.7.7.7"
+
+
+def _mreq(group: str, iface: str) -> bytes:
+    return struct.pack("4s4s", socket.inet_aton(group), socket.inet_aton(iface))
+
+
+def _mreqn(group: str, ifindex: int, addr: str = "0.0.0.0") -> bytes:
+    return struct.pack("4s4si", socket.inet_aton(group), socket.inet_aton(addr), ifindex)
+
+
+def _outcome(s, opt: int, value=None):
+    """getsockopt (value None) or setsockopt at IPPROTO_IP: the value, "ok", or the errno's name."""
+    try:
+        if value is None:
+            return s.getsockopt(IPP, opt)
+        s.setsockopt(IPP, opt, value)
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
+def _default_route(ifname: str) -> None:
+    """The kernel's default route out of the TAP, as a host's: so the kernel finds the interface
+    of a join with INADDR_ANY (ip_mc_find_dev) as usnet's netif, which has its gateway, does."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        (idx,) = ipr.link_lookup(ifname=ifname)
+        ipr.route("add", dst="0.0.0.0/0", oif=idx)
+
+
+@pytest.fixture
+def mc(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    _default_route(ifname)
+    client = Client.local(d)
+    made: list = []
+
+    def usock(port: int = 0, reuse: bool = False, bind: bool = True):
+        s = us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=client, netif=ifname)
+        made.append(s)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if bind:
+            s.bind(("", port))
+        s.settimeout(LIMIT)
+        return s
+
+    def ksock(port: int = 0, reuse: bool = False, bind: bool = True):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        made.append(s)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if bind:
+            s.bind(("", port))
+        s.settimeout(LIMIT)
+        return s
+
+    class Env:
+        pass
+
+    e = Env()
+    e.d, e.ifname, e.usnet_ip, e.host_ip, e.client = d, ifname, usnet_ip, host_ip, client
+    e.usock, e.ksock = usock, ksock
+    e.switch = d.switches[ifname]
+    try:
+        yield e
+    finally:
+        for s in made:
+            s.close()
+
+
+# -- the option calls, call by call ------------------------------------------------------------------
+
+
+def _walk(s, me: str, ifindex: int) -> list:
+    """The multicast option calls a program makes, right and wrong, in one order; what each gives
+    (a read of IP_MULTICAST_IF as "me" when it is the socket's own address)."""
+    me_int = int.from_bytes(socket.inet_aton(me), "little")
+    out = [_outcome(s, o) for o in (M_TTL, M_LOOP, M_ALL, M_IF, ADD)]
+    for opt, v in ((ADD, 1), (ADD, b"\0" * 7), (ADD, _mreq("10.1.2.3", me)), (ADD, _mreq("255.255.255.255", me)),
+                   (ADD, _mreq(G, "10.250.250.250")), (ADD, _mreqn(G, 99999)),
+                   (ADD, _mreq(G, me)), (ADD, _mreq(G, me)), (ADD, _mreqn(G, ifindex)),
+                   (ADD, struct.pack("4sl", socket.inet_aton(G2), socket.INADDR_ANY)),  # Python's recipe
+                   (ADD, _mreqn("224.0.0.251", ifindex, me)),  # a link-local group (mDNS's): Linux lets it
+                   (DROP, _mreq("239.9.9.9", me)), (DROP, _mreq(G, me)), (DROP, _mreq(G, me)),
+                   (DROP, b"\0" * 4), (DROP, _mreqn(G2, ifindex)),
+                   (M_TTL, -1), (M_TTL, 256), (M_TTL, -2), (M_TTL, 5), (M_TTL, b"\x07"),
+                   (M_LOOP, 0), (M_LOOP, 7), (M_ALL, 0),
+                   (M_IF, socket.inet_aton("10.250.250.250")), (M_IF, socket.inet_aton(me)),
+                   (M_IF, _mreqn("0.0.0.0", 99999)), (M_IF, b"\0\0")):
+        got = _outcome(s, opt, v)
+        out.append((opt, v if isinstance(v, int) else len(v), got,
+                    tuple("me" if (o == M_IF and r == me_int) else r for o in (M_TTL, M_LOOP, M_ALL, M_IF)
+                          for r in [_outcome(s, o)])))
+    return out
+
+
+def test_the_option_calls_give_what_the_kernels_give(mc):
+    """Each call on a bound kernel socket and on a bound usnet socket: the same values kept, the same
+    errors (EINVAL, ENODEV, EADDRINUSE, EADDRNOTAVAIL), in Linux's order."""
+    k, u = mc.ksock(), mc.usock()
+    idx = socket.if_nametoindex(mc.ifname)
+    kernel = _walk(k, mc.host_ip, idx)
+    assert kernel[5 + 9][2] == "ok" and kernel[5 + 7][2] == "EADDRINUSE"  # the walk tries what it means to
+    assert _walk(u, mc.usnet_ip, idx) == kernel
+
+
+def test_memberships_are_bounded_as_linux_and_an_unbound_socket_joins_too(mc):
+    """igmp_max_memberships: the 21st group is ENOBUFS, bound or not; a socket joins before it
+    binds (its flow joins when it has one) and hears the group once bound."""
+    for bound in (True, False):
+        k, u = mc.ksock(bind=bound), mc.usock(bind=bound)
+        got = {}
+        for name, s, me in (("kernel", k, mc.host_ip), ("usnet", u, mc.usnet_ip)):
+            got[name] = [_outcome(s, ADD, _mreq(f"239.0.1.{i}", me)) for i in range(1, 23)]
+        assert got["kernel"] == ["ok"] * 20 + ["ENOBUFS"] * 2
+        assert got["usnet"] == got["kernel"]
+    u = mc.usock(bind=False)
+    u.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
+    u.bind(("", 47001))
+    k = mc.ksock()
+    k.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
+    k.sendto(b"after bind", (G, 47001))
+    assert u.recvfrom(100) == (b"after bind", (mc.host_ip, k.getsockname()[1]))
+
+
+# -- datagrams ----------------------------------------------------------------------------------
+
+
+def _receivers(mc, sender, recv_sock, group_if: str) -> dict:
+    """Which sockets hear a group, on the receiving stack `recv_sock` makes (kernel or usnet):
+    a and b share port A with SO_REUSEADDR and both join; c is on port C with IP_MULTICAST_ALL 0
+    and joins nothing; e is on port E and joins nothing (IP_MULTICAST_ALL on, Linux's default:
+    it hears a group another socket of the host joined); f joined and left (IP_MULTICAST_ALL 0).
+    The datagrams to c, e and f go first, then one to A: once a and b have that one, the
+    earlier ones were delivered if they were going to be."""
+    A, C, E, F = 47100, 47101, 47102, 47103
+    a, b, c, e, f = recv_sock(A, True), recv_sock(A, True), recv_sock(C), recv_sock(E), recv_sock(F)
+    for s in (a, b, f):
+        s.setsockopt(IPP, ADD, _mreq(G, group_if))
+    for s in (c, f):
+        s.setsockopt(IPP, M_ALL, 0)
+    f.setsockopt(IPP, DROP, _mreq(G, group_if))
+    for port in (C, E, F, A):
+        sender.sendto(f"to {port}".encode(), (G, port))
+    heard = {"a": a.recvfrom(100)[0], "b": b.recvfrom(100)[0]}
+    for name, s in (("c", c), ("e", e), ("f", f)):
+        s.setblocking(False)
+        try:
+            heard[name] = s.recv(100)
+        except BlockingIOError:
+            heard[name] = None
+    return heard
+
+
+def test_a_group_reaches_its_members_as_on_linux(mc):
+    """The kernel sends to a group and usnet's members hear it, each its own copy; usnet sends and
+    the kernel's do: the same sockets hear, on either side."""
+    k = mc.ksock()
+    k.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
+    on_usnet = _receivers(mc, k, mc.usock, mc.usnet_ip)
+    u = mc.usock()
+    on_kernel = _receivers(mc, u, mc.ksock, mc.host_ip)
+    want = {"a": b"to 47100", "b": b"to 47100", "c": None, "e": b"to 47102", "f": None}
+    assert on_kernel == want
+    assert on_usnet == want
+    assert mc.switch.counts["rx_group_datagrams"] >= 1
+
+
+def test_what_usnet_sends_to_a_group_carries_the_multicast_ttl_and_loops_back(mc):
+    """TTL 1 by default and IP_MULTICAST_TTL's after (the kernel's IP_RECVTTL reads it); with
+    IP_MULTICAST_LOOP a member in the same domain hears it too, without it not."""
+    k = mc.ksock(47200)
+    k.setsockopt(IPP, ADD, _mreq(G, mc.host_ip))
+    k.setsockopt(IPP, 12, 1)  # IP_RECVTTL
+    member = mc.usock(47200)
+    member.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
+    u = mc.usock()
+    ttls = []
+    for ttl in (None, 5):
+        if ttl is not None:
+            u.setsockopt(IPP, M_TTL, ttl)
+        u.sendto(b"ttl", (G, 47200))
+        _data, anc, _flags, src = k.recvmsg(100, 64)
+        assert src == (mc.usnet_ip, u.getsockname()[1])
+        ttls.append(struct.unpack("i", anc[0][2])[0])
+        assert member.recvfrom(100) == (b"ttl", (mc.usnet_ip, u.getsockname()[1]))  # looped back
+    assert ttls == [1, 5]
+    u.setsockopt(IPP, M_LOOP, 0)
+    u.sendto(b"no loop", (G, 47200))
+    assert k.recvfrom(100)[0] == b"no loop"
+    u.setsockopt(IPP, M_LOOP, 1)
+    u.sendto(b"loop", (G, 47200))
+    assert k.recvfrom(100)[0] == b"loop"
+    assert member.recvfrom(100)[0] == b"loop"  # not "no loop": that one never reached it
+
+
+# -- IGMP on the wire ---------------------------------------------------------------------------------
+
+
+class _Wire:
+    """The TAP's host end, seen by an AF_PACKET socket: the frames usnet writes arrive on it."""
+
+    def __init__(self, ifname: str) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.sock.bind((ifname, 0))
+        self.sock.settimeout(0.2)
+
+    def igmp_from(self, src: str) -> Ether:
+        """The next IGMP frame from `src`; fails after LIMIT seconds."""
+        deadline = time.monotonic() + LIMIT
+        while time.monotonic() < deadline:
+            try:
+                frame = Ether(self.sock.recv(65535))
+            except TimeoutError:
+                continue
+            if IP in frame and frame[IP].proto == 2 and frame[IP].src == src:
+                return frame
+        raise AssertionError(f"no IGMP from {src} within {LIMIT} s")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _check_report(frame: Ether, usnet_mac: str, records: list[tuple[int, str]]) -> None:
+    """A well-formed IGMPv3 report, as Linux's: to 224.0.0.22 at its MAC, TTL 1, Router Alert,
+    checksums scapy computes the same, and these (record type, group) records."""
+    assert frame.dst == "01:00:5e:00:00:16" and frame.src == usnet_mac
+    ip = frame[IP]
+    assert (ip.dst, ip.ttl, ip.ihl) == ("224.0.0.22", 1, 6)
+    assert bytes(ip)[20:24] == b"\x94\x04\x00\x00"  # IP Router Alert
+    raw_ip = bytes(ip)
+    assert bytes(IP(raw_ip)) == raw_ip  # header checksum as scapy computes it
+    igmp = IGMPv3(bytes(ip.payload))
+    assert igmp.type == 0x22
+    rep = igmp[IGMPv3mr]
+    assert [(r.rtype, r.maddr) for r in rep.records] == records
+    body = bytes(ip.payload)
+    re = IGMPv3(body)
+    re.chksum = None
+    assert bytes(re) == body  # the IGMP checksum too
+
+
+def test_igmp_reports_on_join_and_leave_and_a_query_answered(mc):
+    """The first join of a group sends CHANGE_TO_EXCLUDE {}, a second member nothing, a general
+    query MODE_IS_EXCLUDE for each group, the last leave CHANGE_TO_INCLUDE {} (a closed socket's
+    too). The kernel, the querier here, hears them as Linux's own."""
+    wire = _Wire(mc.ifname)
+    mac = mc.d.switches[mc.ifname].netif.mac.hex(":")
+    try:
+        a, b = mc.usock(47300, True), mc.usock(47300, True)
+        a.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
+        _check_report(wire.igmp_from(mc.usnet_ip), mac, [(4, G)])
+        b.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
+        reports = mc.switch.counts["igmp_reports"]
+        q = (Ether(dst="01:00:5e:00:00:01", src="02:00:00:00:00:99") / IP(src=mc.host_ip, dst="224.0.0.1", ttl=1)
+             / IGMPv3(type=0x11, mrcode=10) / IGMPv3mq())
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
+            tx.bind((mc.ifname, 0))
+            tx.send(bytes(q))
+        _check_report(wire.igmp_from(mc.usnet_ip), mac, [(2, G)])
+        assert mc.switch.counts["igmp_reports"] == reports + 1  # b's join said nothing
+        a.setsockopt(IPP, DROP, _mreq(G, mc.usnet_ip))
+        b.close()  # the last member: its membership ends with its flow
+        _check_report(wire.igmp_from(mc.usnet_ip), mac, [(3, G)])
+        assert not mc.switch.groups.refs
+    finally:
+        wire.close()
+
+
+def test_a_group_not_joined_is_not_taken_off_the_wire(mc):
+    """Before any join, and after the last leave, a datagram to the group is dropped at the MAC
+    (the switch admits a group's MAC only while it has members)."""
+    u = mc.usock(47400)
+    k = mc.ksock()
+    k.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
+    before = mc.switch.drops["rx_not_our_mac"]
+    k.sendto(b"nobody", (G, 47400))
+    k.sendto(b"unicast", (mc.usnet_ip, 47400))  # after it on the wire: once it is here, "nobody" was judged
+    assert u.recvfrom(100)[0] == b"unicast"
+    u.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
+    k.sendto(b"member", (G, 47400))
+    assert u.recvfrom(100)[0] == b"member"
+    assert mc.switch.drops["rx_not_our_mac"] > before
+
+
+# -- the trust boundary: a client's own control requests ---------------------------------------------------
+
+
+def test_a_clients_forged_join_requests_get_clear_refusals(mc):
+    """The domain checks every join itself, whatever the client library would have: an address
+    outside 224/4 EINVAL, a TCP flow EPROTO, another session's channel ENOENT, a 21st group
+    ENOBUFS, a group twice EADDRINUSE, a leave of a group not joined EADDRNOTAVAIL, a group of
+    another length a protocol error; the domain keeps serving, and the refused flow hears nothing."""
+    c = Client.local(mc.d)
+    other = Client.local(mc.d)
+    flow = c.udp_socket(mc.ifname, 47500)
+    tcp = c.open_flow(mc.ifname, 6, 47501)[0]
+
+    def refusal(call) -> str:
+        try:
+            call()
+        except OSError as e:
+            return errno.errorcode[e.errno] if e.errno else str(e)
+        return "ok"
+
+    ch = flow.channel.id
+    assert refusal(lambda: c.join_group(ch, socket.inet_aton("10.1.2.3"))) == "EINVAL"
+    assert refusal(lambda: c.join_group(ch, socket.inet_aton("255.255.255.255"))) == "EINVAL"
+    assert refusal(lambda: c.join_group(tcp.id, socket.inet_aton(G))) == "EPROTO"
+    assert refusal(lambda: other.join_group(ch, socket.inet_aton(G))) == "ENOENT"
+    assert refusal(lambda: c.join_group(ch, socket.inet_aton(G), False)) == "EADDRNOTAVAIL"
+    got = [refusal(lambda i=i: c.join_group(ch, socket.inet_aton(f"239.0.2.{i}"))) for i in range(21)]
+    assert got == ["ok"] * 20 + ["ENOBUFS"]
+    assert refusal(lambda: c.join_group(ch, socket.inet_aton("239.0.2.0"))) == "EADDRINUSE"
+    with pytest.raises(P.ProtocolError):  # the domain's decoder holds a group to 4 bytes
+        P.decode_request(P.encode(P.JoinGroup(ch, b"\xef\x01\x02", True)))
+    # the domain still serves, and nothing it refused was joined
+    assert socket.inet_aton(G) not in mc.switch.groups.refs
+    assert socket.inet_aton("10.1.2.3") not in mc.switch.groups.refs
+    k = mc.ksock()
+    k.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
+    k.sendto(b"to 239.0.2.5", ("239.0.2.5", 47500))
+    assert flow.recv_many(1, LIMIT)[0][0] == b"to 239.0.2.5"
