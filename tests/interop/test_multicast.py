@@ -16,10 +16,9 @@ import struct
 import time
 
 import pytest
-from scapy.contrib.igmpv3 import IGMPv3, IGMPv3gr, IGMPv3mq, IGMPv3mr
+from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
 from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
-from scapy.packet import Raw
 
 from usnet import socket as us
 from usnet.abi import protocol as P
