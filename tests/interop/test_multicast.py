@@ -354,3 +354,54 @@ def test_a_clients_forged_join_requests_get_clear_refusals(mc):
     k.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
     k.sendto(b"to 239.0.2.5", ("239.0.2.5", 47500))
     assert flow.recv_many(1, LIMIT)[0][0] == b"to 239.0.2.5"
+
+
+# -- an unmodified program ----------------------------------------------------------------------------
+
+_PROGRAM = r"""
+import socket, struct, sys
+group, port, back = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", port))
+mreq = struct.pack("4sl", socket.inet_aton(group), socket.INADDR_ANY)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+s.settimeout(10)
+print("ready", type(s).__module__.split(".")[0], flush=True)
+data, addr = s.recvfrom(1024)
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+t.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+t.sendto(data.upper(), (group, back))
+print(data.decode(), flush=True)
+"""
+
+
+def test_pythons_own_multicast_recipe_runs_unmodified_under_usnet_run(tapd):
+    """The receiver and sender every Python multicast example shows (struct.pack("4sl", ...,
+    INADDR_ANY), SO_REUSEADDR, IP_MULTICAST_TTL), under `usnet run`: it hears the kernel's
+    datagram to the group and its answer to the group reaches a kernel member."""
+    import os
+    import subprocess
+    import sys
+
+    k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    k.bind(("", 47601))
+    k.setsockopt(IPP, ADD, _mreq(G, tapd.host_ip))
+    k.setsockopt(IPP, M_IF, socket.inet_aton(tapd.host_ip))
+    k.settimeout(LIMIT)
+    env = dict(os.environ, USNET_SOCKET=tapd.path, USNET_NETIF="usnet0")
+    prog = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-c", _PROGRAM,
+                             G, "47600", "47601"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert prog.stdout.readline().split() == ["ready", "usnet"]
+        k.sendto(b"hello members", (G, 47600))
+        data, src = k.recvfrom(100)
+        assert (data, src[0]) == (b"HELLO MEMBERS", tapd.usnet_ip)
+        out, err = prog.communicate(timeout=LIMIT)
+        assert prog.returncode == 0, err
+        assert out.strip() == "hello members"
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.communicate()
+        k.close()
