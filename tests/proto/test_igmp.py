@@ -25,6 +25,7 @@ from usnet.proto.wire.igmp import (
     build_report,
     group_mac4,
     is_multicast4,
+    max_response,
     parse_igmp,
 )
 
@@ -137,6 +138,14 @@ def test_the_group_table_keeps_its_counts(ops):
             assert sorted(left) == sorted(x for x in gone if not any(x in gs for gs in model.values()))
     counts = {g: sum(g in gs for gs in model.values()) for g in _groups}
     assert dict(t.refs) == {g: n for g, n in counts.items() if n}
-    assert t.macs == ({group_mac4(g) for g in t.refs} | ({group_mac4(bytes([224, 0, 0, 1]))} if t.refs else set()))
+    assert t.macs == {group_mac4(g) for g in t.refs} | {group_mac4(bytes([224, 0, 0, 1]))}
     for (g, port), members in t.members.items():
         assert members and all(m.lport == port and g in model[m.id] for m in members)
+
+
+def test_a_querys_maximum_response_as_rfc_3376():
+    assert max_response(100, 12) == 10.0  # IGMPv3, under 128: tenths
+    assert max_response(0x80, 12) == 12.8  # exponent 0, mantissa 0: 0x10 << 3 tenths
+    assert max_response(0xFF, 12) == 3174.4  # the largest: 0x1F << 10 tenths
+    assert max_response(0xFF, 8) == 25.5  # IGMPv2: a plain count of tenths
+    assert max_response(0, 8) == 10.0  # IGMPv1: no code, 10 s

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_MEMBERSHIPS", "GroupTable"]
 
 MAX_MEMBERSHIPS = 20  # per flow (socket): Linux's net.ipv4.igmp_max_memberships default
+_ALL_HOSTS_MAC = group_mac4(ALL_HOSTS)
 
 
 class GroupTable:
@@ -31,7 +32,9 @@ class GroupTable:
         self.members: dict[tuple[bytes, int], list[Flow]] = {}
         self.of_flow: dict[int, list[bytes]] = {}  # flow id -> its groups
         self.refs: Counter[bytes] = Counter()  # group -> memberships on this netif
-        self.macs: set[bytes] = set()  # the Ethernet addresses the receive path admits for them
+        # the Ethernet addresses the receive path admits for them; all-hosts' always, as every
+        # Linux host is in 224.0.0.1 (IGMP queries, and datagrams to it) without asking
+        self.macs: set[bytes] = {_ALL_HOSTS_MAC}
 
     def join(self, flow: Flow, group: bytes) -> bool:
         """Make `flow` a member of `group`; True if the group is new on the netif (a report is due).
@@ -86,7 +89,6 @@ class GroupTable:
         return True
 
     def _macs(self) -> None:
-        """The group MACs to admit: every joined group's, and all-hosts' (queries) while any is joined."""
+        """The group MACs to admit: every joined group's, and all-hosts'."""
         self.macs = {group_mac4(g) for g in self.refs}
-        if self.macs:
-            self.macs.add(group_mac4(ALL_HOSTS))
+        self.macs.add(_ALL_HOSTS_MAC)

@@ -57,7 +57,7 @@ class LocalPath(ReceivePath, LowLatencyPath):
         if self.is_local(dst):
             self._hairpin(packet)
             return True
-        if len(dst) == 4 and dst in self.groups.refs:  # a group with members here: IP_MULTICAST_LOOP
+        if self.groups.refs and dst in self.groups.refs:  # a group with members here: IP_MULTICAST_LOOP
             flow = self.flows.get(key)
             if flow is not None and flow.mc_loop:
                 self.local_queue.append(bytes(packet))  # a copy; the packet itself goes to the link too

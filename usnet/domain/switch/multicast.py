@@ -16,6 +16,7 @@ so one client's copy is nothing to another's.
 from __future__ import annotations
 
 import errno
+import random
 from typing import Any
 
 from usnet.domain.switch.groups import GroupTable
@@ -31,7 +32,7 @@ from usnet.proto.wire.igmp import (
     MODE_IS_EXCLUDE,
     build_report,
     group_mac4,
-    is_multicast4,
+    max_response,
     parse_igmp,
 )
 
@@ -44,6 +45,11 @@ class MulticastDuties(HostDuties):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.groups = GroupTable()
+        # a query's answer, due at a random time within its maximum response (RFC 3376 §5.2, as
+        # Linux's igmp_gq_start_timer): when, and the groups asked about (None: all, a general query)
+        self.igmp_due: float | None = None
+        self._igmp_asked: set[bytes] | None = None
+        self._rng = random.Random()
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -88,26 +94,37 @@ class MulticastDuties(HostDuties):
                          build_report(self.netif.ip, records, self._ident))
 
     def _rx_igmp(self, f: Received, start: int, end: int, dst: bytes) -> None:
-        """A query answered with the groups it asks about that we are in (a general one: all of
-        them). Linux waits a random time up to the query's maximum response first, so that one
-        host of a link answers for all; usnet answers at once (what remains: the delay)."""
-        typ, _code, group = parse_igmp(f[start:end])
+        """A query: its answer (the groups it asks about that we are in; a general one: all of
+        them) is due at a random time within its maximum response, so that the hosts of a link do
+        not all answer at once; a general query pending covers a group's (`answer_query` sends it)."""
+        typ, code, group = parse_igmp(f[start:end])
         if typ != IGMP_QUERY:
             self.drops["rx_igmp_other"] += 1  # other hosts' reports: a host does not suppress v3 ones
             return
         self.counts["igmp_queries"] += 1
+        if group != bytes(4) and group not in self.groups.refs:
+            return  # about a group nobody here is in
+        due = self.clock() + self._rng.uniform(0.0, max_response(code, end - start))
+        pending_all = self.igmp_due is not None and self._igmp_asked is None
         if group == bytes(4):
-            self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups()])
-        elif group in self.groups.refs:
-            self._report([(MODE_IS_EXCLUDE, group)])
+            self._igmp_asked = None  # a general answer names every group
+        elif not pending_all:
+            self._igmp_asked = (self._igmp_asked or set()) | {group}
+        self.igmp_due = due if self.igmp_due is None else min(due, self.igmp_due)
+
+    def answer_query(self, now: float) -> None:
+        """Send the answer a query asked for, if it is due (the switch's timers call this)."""
+        if self.igmp_due is None or now < self.igmp_due:
+            return
+        asked, self.igmp_due, self._igmp_asked = self._igmp_asked, None, None
+        self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups() if asked is None or g in asked])
 
     # -- delivery ---------------------------------------------------------------------------------
 
     def is_joined(self, dst: bytes) -> bool:
-        """Whether a packet to `dst` is one this netif takes as a member host (a group with members,
-        or all-hosts while any group has)."""
-        refs = self.groups.refs
-        return bool(refs) and is_multicast4(dst) and (dst in refs or dst == ALL_HOSTS)
+        """Whether a packet to `dst` is one this netif takes as a member host: a group with members
+        here, or all-hosts (224.0.0.1), which every host is in."""
+        return dst == ALL_HOSTS or dst in self.groups.refs
 
     def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:
         """The flows a UDP datagram from (`src`, `sport`) to group `dst`, port `dport` goes to, as

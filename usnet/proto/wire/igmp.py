@@ -36,6 +36,7 @@ __all__ = [
     "build_report",
     "group_mac4",
     "is_multicast4",
+    "max_response",
     "parse_igmp",
 ]
 
@@ -91,3 +92,12 @@ def parse_igmp(msg: bytes | bytearray | memoryview) -> tuple[int, int, bytes]:
         raise WireError("IGMP: bad checksum")
     t, code, _, group = IGMP_HEADER.struct.unpack_from(msg)
     return t, code, group
+
+
+def max_response(code: int, length: int) -> float:
+    """A query's maximum response time in seconds, from its code and its length (RFC 3376
+    §4.1.1, §7.1): an IGMPv3 query (12 bytes or more) codes 128 and up as a float (exponent and
+    mantissa, in tenths); an IGMPv2 query's code is tenths; an IGMPv1 query (code 0) means 10 s."""
+    if length >= 12 and code >= 128:
+        return ((code & 0x0F | 0x10) << ((code >> 4 & 0x07) + 3)) / 10
+    return code / 10 if code else 10.0
