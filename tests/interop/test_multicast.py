@@ -20,6 +20,7 @@ from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
 from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
 
+from tests.interop.test_sockopts_linux import _outcome as _sockopt_outcome
 from usnet import socket as us
 from usnet.abi import protocol as P
 from usnet.client import Client
@@ -41,13 +42,7 @@ def _mreqn(group: str, ifindex: int, addr: str = "0.0.0.0") -> bytes:
 
 def _outcome(s, opt: int, value=None):
     """getsockopt (value None) or setsockopt at IPPROTO_IP: the value, "ok", or the errno's name."""
-    try:
-        if value is None:
-            return s.getsockopt(IPP, opt)
-        s.setsockopt(IPP, opt, value)
-        return "ok"
-    except OSError as e:
-        return errno.errorcode[e.errno]
+    return _sockopt_outcome(s, IPP, opt, value)
 
 
 def _default_route(ifname: str) -> None:
@@ -67,8 +62,8 @@ def mc(tap_domain):
     client = Client.local(d)
     made: list = []
 
-    def usock(port: int = 0, reuse: bool = False, bind: bool = True):
-        s = us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=client, netif=ifname)
+    def sock(new, port: int, reuse: bool, bind: bool):
+        s = new()
         made.append(s)
         if reuse:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -77,15 +72,12 @@ def mc(tap_domain):
         s.settimeout(LIMIT)
         return s
 
+    def usock(port: int = 0, reuse: bool = False, bind: bool = True):
+        return sock(lambda: us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=client, netif=ifname),
+                    port, reuse, bind)
+
     def ksock(port: int = 0, reuse: bool = False, bind: bool = True):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        made.append(s)
-        if reuse:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if bind:
-            s.bind(("", port))
-        s.settimeout(LIMIT)
-        return s
+        return sock(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM), port, reuse, bind)
 
     class Env:
         pass
