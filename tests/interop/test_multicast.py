@@ -28,7 +28,7 @@ from usnet.client import Client
 pytestmark = pytest.mark.privileged
 LIMIT = 10.0  # seconds for any wait: only reached when something is broken
 IPP = socket.IPPROTO_IP
-ADD, DROP, M_IF, M_TTL, M_LOOP, M_ALL = 35, 36, 32, 33, 34, 49
+ADD, DROP, M_IF, M_TTL, M_LOOP, M_ALL, PKTINFO = 35, 36, 32, 33, 34, 49, 8
 G, G2 = "239.1.2.3", "239.7.7.7"
 
 
@@ -397,3 +397,27 @@ def test_pythons_own_multicast_recipe_runs_unmodified_under_usnet_run(tapd):
             prog.kill()
             prog.communicate()
         k.close()
+
+
+def test_ip_pktinfo_names_the_group_a_datagram_was_sent_to(mc):
+    """IP_PKTINFO on a member: ipi_addr is the group (the header's destination), ipi_spec_dst the
+    receiver's own address, the index the TAP's, from the kernel and from usnet alike."""
+    idx = socket.if_nametoindex(mc.ifname)
+    got = {}
+    k_send, u_send = mc.ksock(), mc.usock()
+    k_send.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
+    for name, make, me, sender in (("usnet", mc.usock, mc.usnet_ip, k_send), ("kernel", mc.ksock, mc.host_ip, u_send)):
+        r = make(47700)
+        r.setsockopt(IPP, ADD, _mreq(G, me))
+        r.setsockopt(IPP, PKTINFO, 1)
+        sender.sendto(b"info", (G, 47700))
+        sender.sendto(b"unicast", (me, 47700))
+        for _ in range(2):
+            data, anc, _flags, _src = r.recvmsg(100, 64)
+            (level, kind, blob), = anc
+            ifindex, spec_dst, addr = struct.unpack("=i4s4s", blob)
+            got.setdefault(name, []).append((data, level, kind, ifindex == idx, socket.inet_ntoa(spec_dst) == me,
+                                             socket.inet_ntoa(addr).replace(me, "me")))
+    assert got["kernel"] == [(b"info", IPP, PKTINFO, True, True, G),
+                             (b"unicast", IPP, PKTINFO, True, True, "me")]
+    assert got["usnet"] == got["kernel"]

@@ -101,11 +101,12 @@ _ICMP: Final = _Icmp.ERROR  # what `_parse_slow` returns for an ICMP error: no d
 _Parsed = tuple[bytes, Address] | Literal[_Icmp.ERROR] | None  # a datagram, _ICMP, or None: a bad one
 
 
-def _header(v: bytes) -> tuple[int, int]:
-    """An IP packet's (TOS, TTL), or an IPv6 one's (traffic class, hop limit)."""
+def _header(v: bytes) -> tuple[int, int, bytes]:
+    """An IP packet's (TOS, TTL, destination), or an IPv6 one's (traffic class, hop limit,
+    destination): the destination is a group's for a datagram to a group (IP_PKTINFO's ipi_addr)."""
     if v[0] >> 4 == 6:
-        return ((v[0] & 0xF) << 4) | (v[1] >> 4), v[7]
-    return v[1], v[8]
+        return ((v[0] & 0xF) << 4) | (v[1] >> 4), v[7], bytes(v[24:40])
+    return v[1], v[8], bytes(v[16:20])
 
 
 class DatagramSocket:

@@ -31,7 +31,7 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
-from usnet.client.mcast import MULTICAST_OPTIONS, Multicast, is_group
+from usnet.client.mcast import IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MULTICAST_OPTIONS, Multicast, is_group
 from usnet.client.rxinfo import (
     IP_OPTIONS,
     TIMESTAMP_OPTIONS,
@@ -80,6 +80,7 @@ from usnet.client.sockopts import (
     timeo_get,
     timeo_key,
 )
+from usnet.proto import cmsg as _cm
 from usnet.proto.errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -210,12 +211,15 @@ class DatagramEngine:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
 
-    def set_meta(self, opts: dict) -> None:
+    def set_meta(self, opts: dict, groups: bool = False) -> None:
         """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
-        an RxMeta, and whether the flows keep their headers' fields. With the lock held."""
+        an RxMeta, and whether the flows keep their headers' fields: for IP_RECVTTL and the like,
+        and for IP_PKTINFO once the socket is in a group (`groups`), whose datagrams' destination
+        is the group's, not the flow's. With the lock held."""
         self.want_meta = wants_meta(opts)
+        keep = keeps_header(opts) or (groups and (_std.IPPROTO_IP, _cm.IP_PKTINFO) in opts)
         for d in self.flows():
-            d.keep_header = keeps_header(opts)
+            d.keep_header = keep
 
     def set_recverr(self, on: bool) -> None:
         """IP_RECVERR (IPV6_RECVERR) on or off; off empties the queue, as Linux's. With the lock held."""
@@ -403,7 +407,7 @@ class DatagramFace(socket):
         if self._recverr():
             eng.set_recverr(True)
         with eng.lock:
-            eng.set_meta(self._opts)
+            eng.set_meta(self._opts, bool(self._mc.groups))
         mc = self._mc_flow(eng)
         if mc is not None:
             self._mc.attach(mc, client)
@@ -780,6 +784,9 @@ class DatagramFace(socket):
             except OSError:
                 index = 0  # a netif on no kernel interface of this namespace (a memwire's)
             self._mc.set(opt, value, self._mc_flow(eng), index, client)
+            if eng is not None and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
+                with eng.lock:
+                    eng.set_meta(self._opts, bool(self._mc.groups))
             return
         if (level, opt) in _GROUP_OPTIONS:
             raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
@@ -800,7 +807,7 @@ class DatagramFace(socket):
             set_option(self._opts, level, opt, value)
             if self._engine is not None:
                 with self._engine.lock:
-                    self._engine.set_meta(self._opts)
+                    self._engine.set_meta(self._opts, bool(self._mc.groups))
             return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
