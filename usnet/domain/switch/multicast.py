@@ -22,7 +22,7 @@ from typing import Any
 from usnet.domain.switch.groups import GroupTable
 from usnet.domain.switch.host import HostDuties
 from usnet.domain.switch.table import UDP, Flow
-from usnet.drivers.base import Received
+from usnet.drivers.base import GroupFilter, Received
 from usnet.proto.wire.ethernet import ETHERTYPE_IPV4
 from usnet.proto.wire.igmp import (
     ALL_HOSTS,
@@ -59,14 +59,16 @@ class MulticastDuties(HostDuties):
         self._check_member(flow)
         if self.groups.join(flow, group):
             self.counts["igmp_joins"] += 1
+            drv = self.netif.driver
+            if isinstance(drv, GroupFilter):
+                drv.add_group_mac(group_mac4(group))
             self._report([(CHANGE_TO_EXCLUDE, group)])
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
         """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
         self._check_member(flow)
         if self.groups.leave(flow, group):
-            self.counts["igmp_leaves"] += 1
-            self._report([(CHANGE_TO_INCLUDE, group)])
+            self._left([group])
 
     def _check_member(self, flow: Flow) -> None:
         if flow.proto != UDP:
@@ -78,8 +80,17 @@ class MulticastDuties(HostDuties):
         left = self.groups.drop_flow(flow) if flow.id in self.flows else []
         super().remove_flow(flow, keep_queued)
         if left:
-            self.counts["igmp_leaves"] += len(left)
-            self._report([(CHANGE_TO_INCLUDE, g) for g in left])
+            self._left(left)
+
+    def _left(self, groups: list[bytes]) -> None:
+        """`groups` lost their last member here: the device may filter their MACs again, and the
+        link hears that we left."""
+        self.counts["igmp_leaves"] += len(groups)
+        drv = self.netif.driver
+        if isinstance(drv, GroupFilter):
+            for g in groups:
+                drv.drop_group_mac(group_mac4(g))
+        self._report([(CHANGE_TO_INCLUDE, g) for g in groups])
 
     # -- IGMP -----------------------------------------------------------------------------------
 
