@@ -20,7 +20,7 @@ from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
 from scapy.layers.inet import IP
 from scapy.layers.l2 import Ether
 
-from tests.helpers.util import fresh_subnet
+from tests.helpers.util import fresh_subnet, veth_pair
 from tests.interop.test_sockopts_linux import _outcome as _sockopt_outcome
 from usnet import socket as us
 from usnet.abi import protocol as P
@@ -435,39 +435,28 @@ def test_a_packet_netif_asks_its_device_for_the_groups_mac(netns):
     first join puts the group's MAC in the device's filter (PACKET_MR_MULTICAST, as the kernel's
     own join: /proc/net/dev_mcast shows it) and the last leave takes it out; the group's
     datagrams from the kernel on the other end of a veth reach the member between."""
-    from pyroute2 import IPRoute
-
     from usnet.domain.loop import Domain
-    from usnet.drivers.hostnet import delete_links
     from usnet.drivers.packet import PacketDriver
 
     x = fresh_subnet()
-    mine, theirs = f"umc{x}a", f"umc{x}b"
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=mine, kind="veth", peer=theirs)
-        for name in (mine, theirs):
-            (i,) = ipr.link_lookup(ifname=name)
-            ipr.link("set", index=i, state="up")
-        (ti,) = ipr.link_lookup(ifname=theirs)
-        ipr.addr("add", index=ti, address=f"10.{x}.0.1", prefixlen=24)
-    d = Domain()
-    try:
-        d.add_netif("p", PacketDriver(mine, promisc=False), f"10.{x}.0.2/24")
-        d.start()
-        idx = socket.if_nametoindex(mine)
-        u = us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=Client.local(d), netif="p")
-        u.settimeout(LIMIT)
-        u.bind(("", 47800))
-        assert "01005e010203" not in _dev_mcast(idx)
-        u.setsockopt(IPP, ADD, _mreq(G, f"10.{x}.0.2"))
-        assert "01005e010203" in _dev_mcast(idx)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
-            k.setsockopt(IPP, M_IF, socket.inet_aton(f"10.{x}.0.1"))
-            k.sendto(b"over the veth", (G, 47800))
-            assert u.recvfrom(100)[0] == b"over the veth"
-        u.setsockopt(IPP, DROP, _mreq(G, f"10.{x}.0.2"))
-        assert "01005e010203" not in _dev_mcast(idx)
-        u.close()
-    finally:
-        d.stop()
-        delete_links([mine])
+    with veth_pair(f"10.{x}.0.1") as (mine, _theirs):
+        d = Domain()
+        try:
+            d.add_netif("p", PacketDriver(mine, promisc=False), f"10.{x}.0.2/24")
+            d.start()
+            idx = socket.if_nametoindex(mine)
+            u = us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=Client.local(d), netif="p")
+            u.settimeout(LIMIT)
+            u.bind(("", 47800))
+            assert "01005e010203" not in _dev_mcast(idx)
+            u.setsockopt(IPP, ADD, _mreq(G, f"10.{x}.0.2"))
+            assert "01005e010203" in _dev_mcast(idx)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+                k.setsockopt(IPP, M_IF, socket.inet_aton(f"10.{x}.0.1"))
+                k.sendto(b"over the veth", (G, 47800))
+                assert u.recvfrom(100)[0] == b"over the veth"
+            u.setsockopt(IPP, DROP, _mreq(G, f"10.{x}.0.2"))
+            assert "01005e010203" not in _dev_mcast(idx)
+            u.close()
+        finally:
+            d.stop()
