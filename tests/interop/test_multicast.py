@@ -267,15 +267,16 @@ def _check_report(frame: Ether, usnet_mac: str, records: list[tuple[int, str]]) 
 
 
 def test_igmp_reports_on_join_and_leave_and_a_query_answered(mc):
-    """The first join of a group sends CHANGE_TO_EXCLUDE {}, a second member nothing, a general
-    query MODE_IS_EXCLUDE for each group, the last leave CHANGE_TO_INCLUDE {} (a closed socket's
-    too). The kernel, the querier here, hears them as Linux's own."""
+    """The first join of a group sends CHANGE_TO_EXCLUDE {} (twice, as Linux's igmp_qrv 2), a
+    second member nothing, a general query MODE_IS_EXCLUDE for each group, the last leave
+    CHANGE_TO_INCLUDE {} (a closed socket's too, twice). Each checked as Linux's own would be."""
     wire = _Wire(mc.ifname)
     mac = mc.d.switches[mc.ifname].netif.mac.hex(":")
     try:
         a, b = mc.usock(47300, True), mc.usock(47300, True)
         a.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
-        _check_report(wire.igmp_from(mc.usnet_ip), mac, [(4, G)])
+        for _ in range(2):  # said twice (the robustness variable), the second within a second
+            _check_report(wire.igmp_from(mc.usnet_ip), mac, [(4, G)])
         b.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
         reports = mc.switch.counts["igmp_reports"]
         q = (Ether(dst="01:00:5e:00:00:01", src="02:00:00:00:00:99") / IP(src=mc.host_ip, dst="224.0.0.1", ttl=1)
@@ -287,7 +288,8 @@ def test_igmp_reports_on_join_and_leave_and_a_query_answered(mc):
         assert mc.switch.counts["igmp_reports"] == reports + 1  # b's join said nothing
         a.setsockopt(IPP, DROP, _mreq(G, mc.usnet_ip))
         b.close()  # the last member: its membership ends with its flow
-        _check_report(wire.igmp_from(mc.usnet_ip), mac, [(3, G)])
+        for _ in range(2):
+            _check_report(wire.igmp_from(mc.usnet_ip), mac, [(3, G)])
         assert not mc.switch.groups.refs
     finally:
         wire.close()

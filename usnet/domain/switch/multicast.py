@@ -36,7 +36,9 @@ from usnet.proto.wire.igmp import (
     parse_igmp,
 )
 
-__all__ = ["MulticastDuties"]
+__all__ = ["UNSOLICITED_INTERVAL", "MulticastDuties"]
+
+UNSOLICITED_INTERVAL = 1.0  # seconds: IGMPv3's Unsolicited Report Interval (RFC 3376 §8.11), Linux's
 
 
 class MulticastDuties(HostDuties):
@@ -49,6 +51,11 @@ class MulticastDuties(HostDuties):
         # Linux's igmp_gq_start_timer): when, and the groups asked about (None: all, a general query)
         self.igmp_due: float | None = None
         self._igmp_asked: set[bytes] | None = None
+        # a state change (join, leave) is reported twice (the robustness variable, Linux's
+        # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
+        # group. The changes to say again, by group (a later one replaces), and when
+        self._again: dict[bytes, int] = {}
+        self._again_due: float | None = None
         self._rng = random.Random()
 
     # -- the control requests -----------------------------------------------------------------
@@ -62,7 +69,7 @@ class MulticastDuties(HostDuties):
             drv = self.netif.driver
             if isinstance(drv, GroupFilter):
                 drv.add_group_mac(group_mac4(group))
-            self._report([(CHANGE_TO_EXCLUDE, group)])
+            self._changed([(CHANGE_TO_EXCLUDE, group)])
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
         """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
@@ -90,7 +97,7 @@ class MulticastDuties(HostDuties):
         if isinstance(drv, GroupFilter):
             for g in groups:
                 drv.drop_group_mac(group_mac4(g))
-        self._report([(CHANGE_TO_INCLUDE, g) for g in groups])
+        self._changed([(CHANGE_TO_INCLUDE, g) for g in groups])
 
     # -- IGMP -----------------------------------------------------------------------------------
 
@@ -103,6 +110,27 @@ class MulticastDuties(HostDuties):
         self.counts["igmp_reports"] += 1
         self._send_frame(0, group_mac4(b"\xe0\x00\x00\x16"), ETHERTYPE_IPV4,
                          build_report(self.netif.ip, records, self._ident))
+
+    def _changed(self, records: list[tuple[int, bytes]]) -> None:
+        """A state change reported now, and once more at a random time within
+        UNSOLICITED_INTERVAL (RFC 3376 §5.1, as Linux's igmp_ifc_event)."""
+        self._report(records)
+        for rtype, g in records:
+            self._again[g] = rtype
+        due = self.clock() + self._rng.uniform(0.0, UNSOLICITED_INTERVAL)
+        self._again_due = due if self._again_due is None else min(due, self._again_due)
+
+    def igmp_next(self) -> float | None:
+        """When IGMP is next due here (an answer to a query, a report said again); None: nothing."""
+        a, b = self.igmp_due, self._again_due
+        return a if b is None else b if a is None else min(a, b)
+
+    def igmp_timers(self, now: float) -> None:
+        """What of IGMP is due (the switch's timers call this): a query's answer, a change said again."""
+        if self._again_due is not None and now >= self._again_due:
+            again, self._again, self._again_due = self._again, {}, None
+            self._report([(rtype, g) for g, rtype in again.items()])
+        self.answer_query(now)
 
     def _rx_igmp(self, f: Received, start: int, end: int, dst: bytes) -> None:
         """A query: its answer (the groups it asks about that we are in; a general one: all of
