@@ -462,3 +462,37 @@ def test_a_packet_netif_asks_its_device_for_the_groups_mac(netns):
             u.close()
         finally:
             d.stop()
+
+
+def test_an_igmpv2_querier_is_answered_in_igmpv2(mc):
+    """An IGMPv2 querier (an 8-byte query with a response time) turns the netif to IGMPv2 for the
+    Older Version Querier Present Timeout, as Linux's mr_v2_seen: the answer is a v2 report to the
+    group itself, and the last leave a v2 leave to all-routers (224.0.0.2); scapy reads both."""
+    from scapy.layers.igmp import IGMP
+
+    wire = _Wire(mc.ifname)
+    try:
+        a = mc.usock(47900)
+        a.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
+        for _ in range(2):
+            assert IGMPv3(bytes(wire.igmp_from(mc.usnet_ip)[IP].payload)).type == 0x22  # v3 until a v2 querier
+        q = (Ether(dst="01:00:5e:00:00:01", src="02:00:00:00:00:99") / IP(src=mc.host_ip, dst="224.0.0.1", ttl=1)
+             / IGMP(type=0x11, mrcode=5, gaddr="0.0.0.0"))
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
+            tx.bind((mc.ifname, 0))
+            tx.send(bytes(q))
+        got = []
+        for want_type in (0x16, 0x17):
+            if want_type == 0x17:
+                a.setsockopt(IPP, DROP, _mreq(G, mc.usnet_ip))
+            f = wire.igmp_from(mc.usnet_ip)
+            ip = f[IP]
+            msg = IGMP(bytes(ip.payload))
+            redo = IGMP(bytes(ip.payload))
+            redo.chksum = None
+            assert bytes(redo) == bytes(ip.payload)  # the checksum as scapy computes it
+            got.append((msg.type, msg.gaddr, ip.dst, f.dst, ip.ttl, bytes(ip)[20:24]))
+        assert got == [(0x16, G, G, "01:00:5e:01:02:03", 1, b"\x94\x04\x00\x00"),
+                       (0x17, G, "224.0.0.2", "01:00:5e:00:00:02", 1, b"\x94\x04\x00\x00")]
+    finally:
+        wire.close()

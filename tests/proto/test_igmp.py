@@ -149,3 +149,20 @@ def test_a_querys_maximum_response_as_rfc_3376():
     assert max_response(0xFF, 12) == 3174.4  # the largest: 0x1F << 10 tenths
     assert max_response(0xFF, 8) == 25.5  # IGMPv2: a plain count of tenths
     assert max_response(0, 8) == 10.0  # IGMPv1: no code, 10 s
+
+
+def test_older_igmp_is_what_scapy_reads_and_queries_tell_their_version():
+    from scapy.layers.igmp import IGMP
+
+    from usnet.proto.wire.igmp import IGMP_LEAVE, IGMP_V2_REPORT, build_old_report, query_version
+
+    g = bytes([239, 1, 2, 3])
+    for typ, dst in ((IGMP_V2_REPORT, "239.1.2.3"), (IGMP_LEAVE, "224.0.0.2")):
+        ip = IP(build_old_report(SRC, typ, g, ident=3))
+        assert (ip.dst, ip.ttl, ip.options[0].option) == (dst, 1, 20)
+        msg = IGMP(bytes(ip.payload))
+        assert (msg.type, msg.gaddr) == (typ, "239.1.2.3")
+        redo = IGMP(bytes(ip.payload))
+        redo.chksum = None
+        assert bytes(redo) == bytes(ip.payload)
+    assert [query_version(c, n) for c, n in ((0, 8), (100, 8), (0, 12), (100, 12))] == [1, 2, 3, 3]

@@ -28,17 +28,25 @@ from usnet.proto.wire.igmp import (
     ALL_HOSTS,
     CHANGE_TO_EXCLUDE,
     CHANGE_TO_INCLUDE,
+    IGMP_LEAVE,
     IGMP_QUERY,
+    IGMP_V1_REPORT,
+    IGMP_V2_REPORT,
     MODE_IS_EXCLUDE,
+    build_old_report,
     build_report,
     group_mac4,
     max_response,
     parse_igmp,
+    query_version,
 )
 
-__all__ = ["UNSOLICITED_INTERVAL", "MulticastDuties"]
+__all__ = ["OLDER_QUERIER_TIMEOUT", "UNSOLICITED_INTERVAL", "MulticastDuties"]
 
 UNSOLICITED_INTERVAL = 1.0  # seconds: IGMPv3's Unsolicited Report Interval (RFC 3376 §8.11), Linux's
+# Older Version Querier Present Timeout (RFC 3376 §8.12): robustness 2 x query interval 125 s +
+# query response interval 10 s, as Linux's mr_v1_seen/mr_v2_seen
+OLDER_QUERIER_TIMEOUT = 260.0
 
 
 class MulticastDuties(HostDuties):
@@ -57,6 +65,8 @@ class MulticastDuties(HostDuties):
         self._again: dict[bytes, int] = {}
         self._again_due: float | None = None
         self._rng = random.Random()
+        # an IGMPv1 or v2 querier heard lately: until when the netif speaks that version (RFC 3376 §7.2.1)
+        self._older_until: dict[int, float] = {}
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -102,14 +112,48 @@ class MulticastDuties(HostDuties):
     # -- IGMP -----------------------------------------------------------------------------------
 
     def _report(self, records: list[tuple[int, bytes]]) -> None:
-        """An IGMPv3 report of `records` to 224.0.0.22 (never about all-hosts, as Linux's)."""
+        """An IGMPv3 report of `records` to 224.0.0.22 (never about all-hosts, as Linux's), or, while
+        an older querier is present, each record as that version says it (`_old_reports`)."""
         records = [r for r in records if r[1] != ALL_HOSTS]
         if not records or self.netif.ip is None or self.netif.loopback:
             return
-        self._ident = (self._ident + 1) & 0xFFFF
+        version = self._version()
+        if version < 3:
+            self._old_reports(version, records)
+            return
         self.counts["igmp_reports"] += 1
-        self._send_frame(0, group_mac4(b"\xe0\x00\x00\x16"), ETHERTYPE_IPV4,
-                         build_report(self.netif.ip, records, self._ident))
+        self._send_igmp(build_report(self.netif.ip, records, self._next_ident()))
+
+    def _old_reports(self, version: int, records: list[tuple[int, bytes]]) -> None:
+        """IGMPv1/v2 (RFC 2236): a report per group we are in, to the group; a leave of a group we
+        left to all-routers (v2 only: v1 has none)."""
+        assert self.netif.ip is not None
+        for rtype, g in records:
+            if rtype == CHANGE_TO_INCLUDE:
+                if version == 1:
+                    continue
+                typ = IGMP_LEAVE
+            else:
+                typ = IGMP_V2_REPORT if version == 2 else IGMP_V1_REPORT
+            self.counts["igmp_reports"] += 1
+            self._send_igmp(build_old_report(self.netif.ip, typ, g, self._next_ident()))
+
+    def _version(self) -> int:
+        """The IGMP the netif speaks now: the oldest querier's heard within OLDER_QUERIER_TIMEOUT, else 3."""
+        now = self.clock()
+        for v in (1, 2):
+            until = self._older_until.get(v)
+            if until is not None and now < until:
+                return v
+        return 3
+
+    def _next_ident(self) -> int:
+        self._ident = (self._ident + 1) & 0xFFFF
+        return self._ident
+
+    def _send_igmp(self, packet: bytes) -> None:
+        """An IGMP packet of ours onto the link, at its destination group's MAC."""
+        self._send_frame(0, group_mac4(packet[16:20]), ETHERTYPE_IPV4, packet)
 
     def _changed(self, records: list[tuple[int, bytes]]) -> None:
         """A state change reported now, and once more at a random time within
@@ -141,6 +185,9 @@ class MulticastDuties(HostDuties):
             self.drops["rx_igmp_other"] += 1  # other hosts' reports: a host does not suppress v3 ones
             return
         self.counts["igmp_queries"] += 1
+        version = query_version(code, end - start)
+        if version < 3:  # an older querier: speak its version a while (RFC 3376 §7.2.1)
+            self._older_until[version] = self.clock() + OLDER_QUERIER_TIMEOUT
         if group != bytes(4) and group not in self.groups.refs:
             return  # about a group nobody here is in
         due = self.clock() + self._rng.uniform(0.0, max_response(code, end - start))

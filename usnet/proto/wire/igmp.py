@@ -23,21 +23,26 @@ from usnet.proto.wire.header import Header
 __all__ = [
     "ALL_HOSTS",
     "ALL_REPORTERS",
+    "ALL_ROUTERS",
     "CHANGE_TO_EXCLUDE",
     "CHANGE_TO_INCLUDE",
     "IGMP",
     "IGMP_HEADER",
+    "IGMP_LEAVE",
     "IGMP_QUERY",
     "IGMP_RECORD",
+    "IGMP_V1_REPORT",
     "IGMP_V2_REPORT",
     "IGMP_V3_REPORT",
     "MODE_IS_EXCLUDE",
     "ROUTER_ALERT",
+    "build_old_report",
     "build_report",
     "group_mac4",
     "is_multicast4",
     "max_response",
     "parse_igmp",
+    "query_version",
 ]
 
 IGMP = 2  # the IP protocol number
@@ -46,6 +51,7 @@ IGMP_QUERY, IGMP_V1_REPORT, IGMP_V2_REPORT, IGMP_LEAVE, IGMP_V3_REPORT = 0x11, 0
 MODE_IS_EXCLUDE, CHANGE_TO_INCLUDE, CHANGE_TO_EXCLUDE = 2, 3, 4
 ALL_HOSTS = bytes([224, 0, 0, 1])  # every member host is in it, queries go to it
 ALL_REPORTERS = bytes([224, 0, 0, 22])  # IGMPv3 reports go to it
+ALL_ROUTERS = bytes([224, 0, 0, 2])  # IGMPv2 leaves go to it
 ROUTER_ALERT = b"\x94\x04\x00\x00"  # IP option 148, length 4, value 0 (RFC 2113)
 
 #: The fixed part of every IGMP message (a v1/v2 message is this alone; a v3 query has more after it).
@@ -75,10 +81,21 @@ def build_report(src: bytes, records: list[tuple[int, bytes]], ident: int = 0) -
     body = bytearray(IGMP_V3_REPORT_HEADER.struct.pack(IGMP_V3_REPORT, 0, 0, 0, len(records)))
     for rtype, group in records:
         body += IGMP_RECORD.struct.pack(rtype, 0, 0, group)
+    return _in_ip(src, ALL_REPORTERS, body, ident)
+
+
+def build_old_report(src: bytes, typ: int, group: bytes, ident: int = 0) -> bytes:
+    """An IGMPv1/v2 message about `group` in its IP packet, as Linux's igmp_send_report: a report
+    (IGMP_V1_REPORT, IGMP_V2_REPORT) goes to the group itself, a leave (IGMP_LEAVE) to all-routers."""
+    body = bytearray(IGMP_HEADER.struct.pack(typ, 0, 0, group))
+    return _in_ip(src, ALL_ROUTERS if typ == IGMP_LEAVE else group, body, ident)
+
+
+def _in_ip(src: bytes, dst: bytes, body: bytearray, ident: int) -> bytes:
+    """`body` with its IGMP checksum, behind an IP header with Router Alert, TTL 1, DSCP CS6."""
     struct.pack_into("!H", body, 2, finish(acc(bytes(body))))
     total = _IP_RA.size + len(body)
-    hdr = bytearray(_IP_RA.struct.pack(0x46, 0xC0, total, ident, 0x4000, 1, IGMP, 0, src, ALL_REPORTERS,
-                                       ROUTER_ALERT))
+    hdr = bytearray(_IP_RA.struct.pack(0x46, 0xC0, total, ident, 0x4000, 1, IGMP, 0, src, dst, ROUTER_ALERT))
     struct.pack_into("!H", hdr, 10, finish(acc(bytes(hdr))))
     return bytes(hdr + body)
 
@@ -92,6 +109,12 @@ def parse_igmp(msg: bytes | bytearray | memoryview) -> tuple[int, int, bytes]:
         raise WireError("IGMP: bad checksum")
     t, code, _, group = IGMP_HEADER.struct.unpack_from(msg)
     return t, code, group
+
+
+def query_version(code: int, length: int) -> int:
+    """Which IGMP a query is (RFC 3376 §7.1): 3 from 12 bytes on, 2 for 8 bytes with a maximum
+    response code, 1 for 8 bytes without."""
+    return 3 if length >= 12 else 2 if code else 1
 
 
 def max_response(code: int, length: int) -> float:
