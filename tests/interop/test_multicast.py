@@ -496,3 +496,33 @@ def test_an_igmpv2_querier_is_answered_in_igmpv2(mc):
                        (0x17, G, "224.0.0.2", "01:00:5e:00:00:02", 1, b"\x94\x04\x00\x00")]
     finally:
         wire.close()
+
+
+def test_an_af_inet6_socket_joins_ipv4_groups_as_on_linux(mc):
+    """A dual-stack AF_INET6 socket takes IP_ADD_MEMBERSHIP (Linux passes SOL_IP on to IPv4's)
+    and hears the group with the sender as a mapped address; what it sends to a group's mapped
+    address reaches a member on the other side: on usnet as on the kernel."""
+    got = {}
+    for name, mod_sock, me, other in (("usnet", lambda: us.socket(socket.AF_INET6, socket.SOCK_DGRAM,
+                                                                    client=mc.client, netif=mc.ifname),
+                                       mc.usnet_ip, mc.ksock()),
+                                      ("kernel", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM),
+                                       mc.host_ip, mc.usock())):
+        s = mod_sock()
+        try:
+            s.settimeout(LIMIT)
+            s.bind(("::", 48000))
+            s.setsockopt(IPP, ADD, _mreq(G, me))
+            s.setsockopt(IPP, M_IF, socket.inet_aton(me))
+            other.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip if name == "usnet" else mc.usnet_ip))
+            other.sendto(b"to v6", (G, 48000))
+            data, src = s.recvfrom(100)
+            member = (mc.ksock if name == "usnet" else mc.usock)(48001)
+            member.setsockopt(IPP, ADD, _mreq(G, mc.host_ip if name == "usnet" else mc.usnet_ip))
+            s.sendto(b"from v6", ("::ffff:" + G, 48001))
+            got[name] = (data, src[0].replace(mc.host_ip, "PEER").replace(mc.usnet_ip, "PEER"),
+                         _outcome(s, M_TTL), _outcome(s, ADD, _mreq(G, me)), member.recvfrom(100)[0])
+        finally:
+            s.close()
+    assert got["kernel"] == (b"to v6", "::ffff:PEER", 1, "EADDRINUSE", b"from v6")
+    assert got["usnet"] == got["kernel"]

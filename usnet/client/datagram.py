@@ -33,6 +33,7 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.rxchain import chains, max_slots
 from usnet.abi.umd import RX_MORE, UMD_WORDS, W_FLAGS
 from usnet.client.channel import _UNSET, Channel
+from usnet.client.mcast import is_group
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.ipmark import mark_tos, mark_ttl
 from usnet.proto.route import Routes
@@ -191,7 +192,7 @@ class DatagramSocket:
         """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
         if self.pending_error is not None:
             self._raise_pending(self.pending_error)
-        if not self._v6 and 224 <= int(addr[0].split(".", 1)[0]) <= 239:
+        if not self._v6 and is_group(addr[0]):
             self._send_group(data, addr)  # a group is on the link: no route asked
             return len(data)
         self.need_route(addr)

@@ -31,7 +31,7 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
-from usnet.client.mcast import IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MULTICAST_OPTIONS, Multicast, is_group
+from usnet.client.mcast import IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MULTICAST_OPTIONS, Multicast
 from usnet.client.rxinfo import (
     IP_OPTIONS,
     TIMESTAMP_OPTIONS,
@@ -96,8 +96,8 @@ __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 # joining a multicast group in ways usnet does not (source-specific, the protocol-independent
-# MCAST_* ones, IPv6's; an AF_INET6 socket's IPv4 ones) (Linux's numbers; the standard module
-# lacks some of the names). An AF_INET socket's IP_ADD_MEMBERSHIP is usnet.client.mcast's.
+# MCAST_* ones, IPv6's) (Linux's numbers; the standard module lacks some of the names).
+# IP_ADD_MEMBERSHIP and IP_DROP_MEMBERSHIP are usnet.client.mcast's, checked before these.
 _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
@@ -608,15 +608,16 @@ class DatagramFace(socket):
         return self._send(data, flags, eng.remote, src)
 
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
-        """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
-        one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
-        EACCES, as Linux's; with it, and to a multicast group, EOPNOTSUPP that says why."""
+        """usnet sends no broadcast and no IPv6 multicast: refused at once, not sent to nobody.
+        Without SO_BROADCAST a broadcast is EACCES, as Linux's; with it, and to an IPv6 group,
+        EOPNOTSUPP that says why. An IPv4 group is sent to (usnet.client.mcast), from an AF_INET6
+        socket too (its IPv4 flow, as a dual-stack kernel socket's)."""
         if dest in eng.via(dest).broadcasts:
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
-        if (":" in dest and dest[:2].lower() == "ff") or (self.family == AF_INET6 and is_group(dest)):
-            raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast over IPv6 or an AF_INET6 socket ({dest})")
+        if ":" in dest and dest[:2].lower() == "ff":
+            raise OSError(errno.EOPNOTSUPP, f"usnet sends no IPv6 multicast ({dest})")
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int], src: str | None = None) -> int:
         eng = self._eng(addr[0])
@@ -776,7 +777,7 @@ class DatagramFace(socket):
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
-        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS and self.family == AF_INET:
+        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS:
             eng = self._engine
             client = eng.client if eng is not None else self._target()[0]
             try:
@@ -826,7 +827,7 @@ class DatagramFace(socket):
                 self._update()
 
     def _option(self, level: int, opt: int) -> Any:
-        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS and self.family == AF_INET:
+        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS:
             return self._mc.get(opt)
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in TIMEO_OPTIONS:
