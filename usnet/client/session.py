@@ -251,6 +251,15 @@ class Client:
         except (OSError, P.ControlError, P.ProtocolError):
             pass  # the domain or the channel is gone: the flow left its group with it
 
+    def join_group(self, channel: int, group: bytes, join: bool = True) -> None:
+        """Flow `channel` joins (or leaves) IPv4 group `group` (P.JoinGroup); the domain's refusal
+        is raised as the OSError it names (EINVAL, EADDRINUSE, ENOBUFS, EADDRNOTAVAIL)."""
+        self._expect(P.JoinGroup(channel, group, join), P.Done)
+
+    def multicast_options(self, channel: int, loop: bool, all: bool) -> None:
+        """IP_MULTICAST_LOOP and IP_MULTICAST_ALL of flow `channel` (P.MulticastOptions)."""
+        self._expect(P.MulticastOptions(channel, loop, all), P.Done)
+
     def open_monitor(self, netif: str, filter: str = "") -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives that matches
         `filter` (a subset of pcap-filter syntax, usnet.proto.pcapfilter; evaluated in the domain).

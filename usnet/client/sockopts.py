@@ -172,9 +172,19 @@ OPTIONS: dict[tuple[int, int], Option] = {
                              why="IP_PMTUDISC_DO, PROBE and INTERFACE: a datagram over the MTU is EMSGSIZE "
                              "(with IP_RECVERR also a local error on the error queue, as ip_local_error) instead "
                              "of fragments; DONT, WANT (the default) and OMIT: fragments"),
-    (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _S, 1, stream=False,
-                             why="usnet sends no multicast (EOPNOTSUPP): a TTL for it changes nothing"),
-    (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    (IPPROTO_IP, 32): Option("IP_MULTICAST_IF", _H, 0, stream=False,
+                             why="in_addr, ip_mreq or ip_mreqn: the interface a group datagram leaves by, "
+                             "checked to be the socket's netif (usnet.client.mcast); read back as in_addr"),
+    (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _H, 1, stream=False,
+                             why="the TTL of the socket's datagrams to IPv4 groups (usnet.client.mcast)"),
+    (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _H, 1, stream=False,
+                             why="whether its group datagrams reach the group's members in the domain too"),
+    (IPPROTO_IP, 35): Option("IP_ADD_MEMBERSHIP", _H, stream=False,
+                             why="ip_mreq or ip_mreqn: the domain makes the flow a member (P.JoinGroup)"),
+    (IPPROTO_IP, 36): Option("IP_DROP_MEMBERSHIP", _H, stream=False, why="as IP_ADD_MEMBERSHIP"),
+    (IPPROTO_IP, 49): Option("IP_MULTICAST_ALL", _H, 1, stream=False,
+                             why="1: a socket on a group's port hears the group if any socket of the port "
+                             "joined it, as Linux's; 0: only its own groups (P.JoinGroup's all)"),
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
     (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
                                "packets; -1: 64"),
