@@ -500,7 +500,7 @@ def test_scm_rights_descriptors_are_refused_and_closed_not_leaked(domain, sessio
     assert domain.status()["control_errors"] == 4
     # and the session still opens channels normally
     reply, got = ask(session, P.encode(P.OpenPipe("after-fds")))
-    assert isinstance(reply, P.ChannelOpened) and len(got) == 5
+    assert isinstance(reply, P.ChannelOpened) and len(got) == 6
     for fd in got:
         os.close(fd)
 
@@ -584,7 +584,8 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
     a.close()  # the group is destroyed: its fds are closed and their numbers free
     p, q, newer = open_pair(c, domain, "newer")  # takes those numbers
     mine = [newer.arena.shared_fd, newer.arena.ro_fd] + [
-        fd for e in newer.ends for bell in (e.bell, e.kick) for fd in (bell.wait_fd, bell.ring_fd, bell.own_ring_fd)]
+        fd for e in newer.ends for bell in (e.bell, e.kick)
+        for fd in (bell.wait_fd, bell.ring_fd, bell.own_ring_fd, bell.sleeper_ring_fd) if fd >= 0]
     try:
         b.close()
         closed = []
@@ -605,8 +606,8 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
 
         for e in newer.ends:
             for bell in (e.bell, e.kick):
-                for name in ("wait_fd", "ring_fd", "own_ring_fd"):
-                    if not alive(getattr(bell, name)):
+                for name in ("wait_fd", "ring_fd", "own_ring_fd", "sleeper_ring_fd"):
+                    if getattr(bell, name) >= 0 and not alive(getattr(bell, name)):
                         setattr(bell, name, os.eventfd(0))
         p.close()
         q.close()

@@ -964,8 +964,7 @@ class Runner:
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
             if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone or not engine.ch.can_ring_own_bell
-                    or threading.current_thread() is threading.main_thread()):
+                    or not engine.alone or threading.current_thread() is threading.main_thread()):
                 # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) Never
                 # the main thread: Python runs signal handlers there, between any two bytecodes, so
                 # a handler's exception (KeyboardInterrupt, an alarm's) would land in the middle of
