@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from usnet.client.channel import BadPacket, ChannelDefunct, PeerGone
+from usnet.client.channel import BadPacket, ChannelDefunct, ChannelError, PeerGone
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
 from usnet.abi.ring import CONS, PROD, RingCorrupt
 from usnet.client import Client
@@ -474,6 +474,38 @@ def test_wrong_protocol_version_gets_error_then_valid_client_works(domain, sessi
     st = domain.status()
     assert st["control_errors"] == 1
     assert st["pipes"] == []
+
+
+@pytest.mark.parametrize("given", ["bell read end", "peer's bell", "a file"])
+def test_a_bell_write_end_that_is_not_one_is_refused_and_nothing_leaks(domain, given):
+    """The write end of its own bell a client is lent (fds[3], docs/abi.md "Doorbells") must be
+    one: a read end, another pipe's write end or a file would ring nobody (a wake-up lost) or
+    write where it should not. The client refuses the channel (EINVAL) and closes what came."""
+    c = Client.local(domain)
+    asked = c._request
+    came: list[int] = []
+
+    def swapped(req):
+        reply, fds = asked(req)
+        if isinstance(reply, P.ChannelOpened) and fds:
+            os.close(fds[3])
+            fds[3] = (os.dup(fds[2]) if given == "bell read end" else os.dup(fds[4]) if given == "peer's bell"
+                      else os.open("/dev/null", os.O_WRONLY))
+            came.extend(fds)
+        return reply, fds
+
+    c._request = swapped
+    with pytest.raises(ChannelError) as e:
+        c.open_pipe("lent")
+    assert e.value.errno == errno.EINVAL and "bell's write end" in str(e.value)
+    assert c.channels == {}
+    for fd in came:  # each closed: no number of them refers to anything now
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    c._request = asked
+    a, b, _ = open_pair(c, domain, "after")  # the client goes on
+    roundtrip(a, b)
+    c.close()
 
 
 def test_scm_rights_descriptors_are_refused_and_closed_not_leaked(domain, session):

@@ -239,7 +239,7 @@ def test_bell_made_blocking_and_filled(hostile):
     c, ctl = quick_client(h.path, "bell-blocker")
     a = c.open_pipe("bell")
     b = c.open_pipe("bell")
-    bell, own_writer, peer_bell, kick = a._fds[2:6]  # in the order usnetd sends them (docs/abi.md)
+    own_writer, peer_bell = a._fds[3:5]  # in the order usnetd sends them (docs/abi.md)
     assert _fill(own_writer) > 0 and _fill(peer_bell) >= 0
     for fd in (*a._fds[2:6], *b._fds[2:6]):
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
