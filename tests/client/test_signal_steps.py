@@ -22,13 +22,12 @@ from contextlib import contextmanager
 
 import pytest
 
+from tests.helpers.util import listen_on_b, memwire_domain
 from usnet import socket as us
 from usnet.client import Client
 from usnet.client.engine import FlowEngine
-from usnet.domain.loop import Domain
-from usnet.drivers.memwire import MemWire
 
-A_IP, B_IP = "10.9.8.1", "10.9.8.2"
+B_IP = "10.9.0.2"  # netif "b" of memwire_domain
 WATCHED = ("/usnet/client/", "/usnet/proto/")  # the code a step runs in the main thread
 MAX_POINTS = 400  # chosen lines a test sweeps at most (spread over the step when it has more)
 
@@ -40,17 +39,12 @@ class Alarm(Exception):
 
 @pytest.fixture
 def client():
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, f"{A_IP}/24")
-    d.add_netif("b", w.b, f"{B_IP}/24")
-    d.start()
     old = signal.signal(signal.SIGUSR1, _raise)
     try:
-        yield Client.local(d)
+        with memwire_domain() as (_, c):
+            yield c
     finally:
         signal.signal(signal.SIGUSR1, old)
-        d.stop()
 
 
 def _raise(signum, frame) -> None:
@@ -99,10 +93,7 @@ def _points(step: Callable[[], None], lock) -> list[int]:
 
 
 def _pair(c: Client, port: int) -> tuple[us.socket, us.socket, us.socket]:
-    srv = us.socket(client=c, netif="b")
-    srv.bind(("0.0.0.0", port))
-    srv.listen()
-    srv.settimeout(10)
+    srv = listen_on_b(c, port, timeout=10)
     cl = us.create_connection((B_IP, port), timeout=10, client=c, netif="a")
     conn = srv.accept()[0]
     conn.settimeout(10)
@@ -253,13 +244,7 @@ def test_a_signal_at_any_line_of_an_asyncio_loops_step_reaches_the_program_and_s
 
     signal.signal(signal.SIGUSR1, interrupt)
     reported: list[BaseException] = []
-    srv = us.socket(client=client, netif="b")
-    srv.bind(("0.0.0.0", 8400))
-    srv.listen()
-    srv.settimeout(10)
-    cl = us.create_connection((B_IP, 8400), timeout=10, client=client, netif="a")
-    conn = srv.accept()[0]
-    conn.settimeout(10)
+    srv, cl, conn = _pair(client, 8400)
     echo = threading.Thread(target=_echo, args=(conn,), daemon=True)
     echo.start()
     loop = aio.new_event_loop()

@@ -41,9 +41,9 @@ __all__ = ["EngineLock", "block_in_this_thread", "step"]
 _SIGSET = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))  # glibc's sigset_t: 1024 bits
 # PyDLL: the GIL is kept across the call (a release and retake would let another thread in)
 _libc = ctypes.PyDLL(None, use_errno=True)
+# (no argtypes: converting by them costs more than the call; a sigset array goes as its address,
+# None as NULL, the `how` as a C int)
 _sigmask = _libc.pthread_sigmask
-_sigmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-_sigmask.restype = ctypes.c_int
 # The asynchronous signals: all but those the kernel sends for a fault of the running code, which
 # cannot wait (blocked, a SIGSEGV kills the process at once, with no faulthandler report).
 _SYNCHRONOUS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT)
