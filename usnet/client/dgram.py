@@ -21,7 +21,6 @@ import errno
 import ipaddress
 import os
 import socket as _std
-import threading
 import time
 from collections import deque
 from typing import Any, Literal
@@ -45,6 +44,7 @@ from usnet.client.rxinfo import (
     wants_meta,
 )
 from usnet.client.session import Client
+from usnet.client.sigdefer import EngineLock
 from usnet.client.socket import (
     _DONTWAIT,
     _DUAL_TRIES,
@@ -116,8 +116,8 @@ class DatagramEngine:
         self._halves: list[FlowHalf] = []  # what the runner sleeps on for their doorbells
         self.client = client  # whose control socket's hang-up fails this flow (Runner._domain_gone)
         self.ch = dsock.channel
-        self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)
+        self.lock = EngineLock()  # signals wait for its release (usnet.client.sigdefer)
+        self.changed = self.lock.condition()
         self.rxq: deque[tuple[bytes, tuple[str, int]]] = deque()
         self.rx_bytes = 0  # what rxq holds, charged as Linux charges SO_RCVBUF
         self.rcvbuf = RCVBUF

@@ -39,6 +39,7 @@ from usnet.client import Client
 from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.session import DomainGone, WorkerGone
+from usnet.client.sigdefer import EngineLock, block_in_this_thread
 from usnet.client.tcpstats import Publisher
 from usnet.proto.errqueue import tcp_connect_report
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
@@ -279,9 +280,9 @@ class FlowEngine:
             self.tcp.on_forget = lambda c: self._port_free(c.local_port)
             self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
             self._bcast = self.routes.broadcast4  # no peer has it, as the switch judges it
-        self.lock: Any = threading.RLock() if share is None else share.lock
-        self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
-                                             else share.changed)  # notified after every pump
+        self.lock: Any = EngineLock() if share is None else share.lock  # signals wait for its release
+        # notified after every pump
+        self.changed: threading.Condition = self.lock.condition() if share is None else share.changed
         # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
         self._backlog: list[tuple[bytes, Any, int]] = []  # (packet or headers, payload view or None, cut)
         self.closed = False
@@ -848,8 +849,8 @@ class Runner:
             e: Any = served
             if not hasattr(e, "changed"):
                 continue  # a loopback half: its datagram engine is served here too, and fails
-            e.lock = threading.RLock()
-            e.changed = threading.Condition(e.lock)
+            e.lock = EngineLock()
+            e.changed = e.lock.condition()
             e.error = why
             e.closed = True
         self.engines.clear()
@@ -972,8 +973,7 @@ class Runner:
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
             if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone or not engine.ch.can_ring_own_bell
-                    or threading.current_thread() is threading.main_thread()):
+                    or not engine.alone or threading.current_thread() is threading.main_thread()):
                 # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) Never
                 # the main thread: Python runs signal handlers there, between any two bytecodes, so
                 # a handler's exception (KeyboardInterrupt, an alarm's) would land in the middle of
@@ -1135,6 +1135,7 @@ class Runner:
             e.notify()
 
     def _run(self) -> None:
+        block_in_this_thread()  # a signal for the process waits for the main thread (usnet.client.sigdefer)
         while not self._stopping:
             self._poked = False
             self.wake_at = math.inf

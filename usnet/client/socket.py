@@ -48,6 +48,7 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, exiting, park_at_exit, runner
 from usnet.client.session import Client, DomainGone, WorkerGone
+from usnet.client.sigdefer import step
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto import cmsg as _cm
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
@@ -902,18 +903,19 @@ class socket:
                 raise
             if not owns:  # a free port of the connector's blocks: no message to the domain
                 self._port = eng.take_port(raddr, port)
-            try:
-                with eng.lock:
-                    conn = eng.tcp.connect(raddr, port, time.monotonic(), local_port=self._port,
-                                           **self._buffer_options())
-                    self._apply_options(conn)
-            except BaseException:
+            with step:  # (as send: the connection made, attached, its SYN sent)
+                try:
+                    with eng.lock:
+                        conn = eng.tcp.connect(raddr, port, time.monotonic(), local_port=self._port,
+                                               **self._buffer_options())
+                        self._apply_options(conn)
+                except BaseException:
+                    if not owns:
+                        eng.port_unused(self._port)
+                    raise
+                self._attach(eng, owns=owns, conn=conn)
                 if not owns:
-                    eng.port_unused(self._port)
-                raise
-            self._attach(eng, owns=owns, conn=conn)
-            if not owns:
-                eng.kick()  # its SYN goes now, from this thread
+                    eng.kick()  # its SYN goes now, from this thread
             if self._timeout == 0.0:
                 return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True
@@ -950,8 +952,9 @@ class socket:
                 raise self._error_once(conn) or BrokenPipeError(errno.EPIPE, "Broken pipe")
             return conn.send(data, more) or None
 
-        n = self._wait(attempt, "send", self._call_timeout(flags))
-        eng.kick()
+        with step:  # what TCP took and the kick that sends it: one step for a signal (usnet.client.sigdefer)
+            n = self._wait(attempt, "send", self._call_timeout(flags))
+            eng.kick()
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
@@ -1148,15 +1151,16 @@ class socket:
         conn = self._need_conn()
         eng = self._engine
         assert eng is not None
-        with eng.lock:
-            if how in (SHUT_RD, SHUT_RDWR):
-                self._shut_rd = True
-            if how in (SHUT_WR, SHUT_RDWR):
-                conn.shutdown_write(time.monotonic())
-            self._update()
-            if how != SHUT_WR:
-                eng.notify()  # a recv blocked in another thread returns b"" now, as Linux's (sk_state_change)
-        eng.kick()
+        with step:  # (as send: the FIN queued and sent)
+            with eng.lock:
+                if how in (SHUT_RD, SHUT_RDWR):
+                    self._shut_rd = True
+                if how in (SHUT_WR, SHUT_RDWR):
+                    conn.shutdown_write(time.monotonic())
+                self._update()
+                if how != SHUT_WR:
+                    eng.notify()  # a recv blocked in another thread returns b"" now, as Linux's (sk_state_change)
+            eng.kick()
 
     def _shutdown_listener(self, how: int) -> None:
         """shutdown() of a listening socket, as Linux's inet_shutdown: SHUT_WR does nothing;
@@ -1169,15 +1173,16 @@ class socket:
         eng = self._engine
         assert eng is not None
         now = time.monotonic()
-        with eng.lock:
-            self._listening = False
-            for e in (eng, *self._halves):
-                e.tcp.unlisten(self._port, now)
-                if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
-                    e.client.unlisten(e.ch.id)           # new connections now
-            self._update()
-            eng.notify()  # a blocked accept looks again (on `changed` or the doorbell), finds no listener
-        eng.kick()
+        with step:  # (as send: the pending connections reset, and the RSTs sent)
+            with eng.lock:
+                self._listening = False
+                for e in (eng, *self._halves):
+                    e.tcp.unlisten(self._port, now)
+                    if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
+                        e.client.unlisten(e.ch.id)           # new connections now
+                self._update()
+                eng.notify()  # a blocked accept looks again (on `changed` or the doorbell), finds no listener
+            eng.kick()
 
     def close(self) -> None:
         """As the standard close: the connection lives on while a makefile() refers to it."""
@@ -1193,17 +1198,18 @@ class socket:
         last = self._share[0] == 0
         eng = self._engine
         if eng is not None:
-            with eng.lock:
-                eng.unwatch(self, self._conn)
-                if last:
-                    self._last_close(eng)
             lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
-            if (isinstance(eng, FlowEngine) and eng.driver is None and not lingers
-                    and not eng.release_when_idle and not self._halves):
-                eng.kick()  # the FIN (or RST) goes from this thread: no hand-off to the stack thread
-            else:
-                eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it; an
-                # engine to let go when idle is the stack thread's to close
+            with step:  # (as send: the FIN queued and sent, or handed to the stack thread)
+                with eng.lock:
+                    eng.unwatch(self, self._conn)
+                    if last:
+                        self._last_close(eng)
+                if (isinstance(eng, FlowEngine) and eng.driver is None and not lingers
+                        and not eng.release_when_idle and not self._halves):
+                    eng.kick()  # the FIN (or RST) goes from this thread: no hand-off to the stack thread
+                else:
+                    eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it; an
+                    # engine to let go when idle is the stack thread's to close
             if lingers:
                 self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
         if _descriptors.get(self._fd) is self:
