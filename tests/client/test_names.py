@@ -108,9 +108,10 @@ def test_the_hosts_file_every_matching_line_and_glibc_names(tmp_path):
     r = write_hosts(tmp_path, "# comment\n10.0.0.1 web.test web   # trailing comment\nfd00::1 web.test\n"
                               "10.0.0.2 Other.test WEB.test\nnot-an-address bogus.test\n::1 localhost\n")
     got = R.getaddrinfo("web.test", 80, 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME, resolver=r)
-    assert [(e[0], e[3], e[4][0]) for e in got] == [(socket.AF_INET, "web.test", "10.0.0.1"),
-                                                    (socket.AF_INET, "", "10.0.0.2"),
-                                                    (socket.AF_INET6, "", "fd00::1")]
+    # (glibc's default precedence: IPv6, even unique-local, before IPv4)
+    assert [(e[0], e[3], e[4][0]) for e in got] == [(socket.AF_INET6, "web.test", "fd00::1"),
+                                                    (socket.AF_INET, "", "10.0.0.1"),
+                                                    (socket.AF_INET, "", "10.0.0.2")]
     assert R.gethostbyname_ex("WEB", resolver=r) == ("web.test", ["web"], ["10.0.0.1"])
     assert R.gethostbyname_ex("web.test", resolver=r) == ("web.test", ["web", "WEB.test", "Other.test"],
                                                           ["10.0.0.1", "10.0.0.2"])
@@ -265,7 +266,7 @@ def test_cname_chains_give_the_canonical_name_and_loops_end(tmp_path):
             "loop.test": [dns.name_record("loop.test", dns.TYPE_CNAME, "loop.test")]}
     r = resolver_for(FakeWorld({S1: zone}), tmp_path)
     got = R.getaddrinfo("a.test", 80, 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME, resolver=r)
-    assert [(e[3], e[4][0]) for e in got] == [("c.test", "10.3.3.3"), ("", "fd00::3")]
+    assert [(e[3], e[4][0]) for e in got] == [("c.test", "fd00::3"), ("", "10.3.3.3")]
     assert R.gethostbyname_ex("a.test", resolver=r) == ("c.test", ["a.test", "b.test"], ["10.3.3.3"])
     with pytest.raises(socket.gaierror) as e:
         R.getaddrinfo("loop.test", 80, resolver=r)
@@ -465,7 +466,8 @@ def test_addresses_on_the_netifs_subnet_come_first_the_closest_first(tmp_path):
     assert _sorted_by_usnet(tmp_path, ["192.0.2.7", "10.0.0.200", "10.0.0.9", "10.0.0.3"]) == \
         ["10.0.0.3", "10.0.0.9", "10.0.0.200", "192.0.2.7"]
     assert _sorted_by_usnet(tmp_path, ["10.0.0.9", "10.0.0.14", "10.0.0.10"]) == ["10.0.0.9", "10.0.0.14", "10.0.0.10"]
-    assert _sorted_by_usnet(tmp_path, ["fd00:0:0:1::5", "fd00::9", "fd00::3"]) == ["fd00::3", "fd00::9", "fd00:0:0:1::5"]
+    assert _sorted_by_usnet(tmp_path, ["fd00:0:0:1::5", "fd00::9", "fd00::3"]) == \
+        ["fd00::3", "fd00::9", "fd00:0:0:1::5"]
 
 
 @given(st.lists(st.integers(0, 511), min_size=2, max_size=8, unique=True))

@@ -534,9 +534,10 @@ def test_an_option_usnet_does_not_have_is_enoprotoopt_as_on_linux(c, family, kin
     for level, opt, value in _NOT_IN_USNET:
         with us.socket(family, kind, client=c, netif="a") as u:
             assert _outcome(u, level, opt, value) == "ENOPROTOOPT", (level, opt)
-    if kind == std.SOCK_STREAM:  # SO_TIMESTAMP: a datagram socket's only (TCP's is the last segment read's)
-        with us.socket(family, kind, client=c, netif="a") as u:
-            assert _outcome(u, std.SOL_SOCKET, 29, 1) == "ENOPROTOOPT"
+    for opt in (29, 35, 63, 64):  # SO_TIMESTAMP(NS)(_NEW): both faces (tests/interop/test_tcp_rxstamp.py)
+        with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
+            for v in (None, 1, None, 0, None):
+                assert _outcome(u, std.SOL_SOCKET, opt, v) == _outcome(k, std.SOL_SOCKET, opt, v), (opt, v)
     for level, opt, value in ((std.IPPROTO_IP, 11, 3), (std.IPPROTO_IPV6, 25, 3)):  # IP_RECVERR, IPV6_RECVERR
         with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
             for v in (None, value, None):  # (tests/client/test_errqueue.py, tests/interop/test_tcp_recverr.py)

@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from usnet.client.channel import BadPacket, ChannelDefunct, PeerGone
+from usnet.client.channel import BadPacket, ChannelDefunct, ChannelError, PeerGone
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
 from usnet.abi.ring import CONS, PROD, RingCorrupt
 from usnet.client import Client
@@ -476,6 +476,38 @@ def test_wrong_protocol_version_gets_error_then_valid_client_works(domain, sessi
     assert st["pipes"] == []
 
 
+@pytest.mark.parametrize("given", ["bell read end", "peer's bell", "a file"])
+def test_a_bell_write_end_that_is_not_one_is_refused_and_nothing_leaks(domain, given):
+    """The write end of its own bell a client is lent (fds[3], docs/abi.md "Doorbells") must be
+    one: a read end, another pipe's write end or a file would ring nobody (a wake-up lost) or
+    write where it should not. The client refuses the channel (EINVAL) and closes what came."""
+    c = Client.local(domain)
+    asked = c._request
+    came: list[int] = []
+
+    def swapped(req):
+        reply, fds = asked(req)
+        if isinstance(reply, P.ChannelOpened) and fds:
+            os.close(fds[3])
+            fds[3] = (os.dup(fds[2]) if given == "bell read end" else os.dup(fds[4]) if given == "peer's bell"
+                      else os.open("/dev/null", os.O_WRONLY))
+            came.extend(fds)
+        return reply, fds
+
+    c._request = swapped
+    with pytest.raises(ChannelError) as e:
+        c.open_pipe("lent")
+    assert e.value.errno == errno.EINVAL and "bell's write end" in str(e.value)
+    assert c.channels == {}
+    for fd in came:  # each closed: no number of them refers to anything now
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    c._request = asked
+    a, b, _ = open_pair(c, domain, "after")  # the client goes on
+    roundtrip(a, b)
+    c.close()
+
+
 def test_scm_rights_descriptors_are_refused_and_closed_not_leaked(domain, session):
     """Descriptors a client sends are refused (EPROTO) and closed by the reaper, off the loop."""
     assert isinstance(ask(session, P.encode(P.Hello(P.PROTOCOL_VERSION)))[0], P.Welcome)
@@ -500,7 +532,7 @@ def test_scm_rights_descriptors_are_refused_and_closed_not_leaked(domain, sessio
     assert domain.status()["control_errors"] == 4
     # and the session still opens channels normally
     reply, got = ask(session, P.encode(P.OpenPipe("after-fds")))
-    assert isinstance(reply, P.ChannelOpened) and len(got) == 5
+    assert isinstance(reply, P.ChannelOpened) and len(got) == 6
     for fd in got:
         os.close(fd)
 
@@ -584,7 +616,8 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
     a.close()  # the group is destroyed: its fds are closed and their numbers free
     p, q, newer = open_pair(c, domain, "newer")  # takes those numbers
     mine = [newer.arena.shared_fd, newer.arena.ro_fd] + [
-        fd for e in newer.ends for bell in (e.bell, e.kick) for fd in (bell.wait_fd, bell.ring_fd, bell.own_ring_fd)]
+        fd for e in newer.ends for bell in (e.bell, e.kick)
+        for fd in (bell.wait_fd, bell.ring_fd, bell.own_ring_fd, bell.sleeper_ring_fd) if fd >= 0]
     try:
         b.close()
         closed = []
@@ -605,8 +638,8 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
 
         for e in newer.ends:
             for bell in (e.bell, e.kick):
-                for name in ("wait_fd", "ring_fd", "own_ring_fd"):
-                    if not alive(getattr(bell, name)):
+                for name in ("wait_fd", "ring_fd", "own_ring_fd", "sleeper_ring_fd"):
+                    if getattr(bell, name) >= 0 and not alive(getattr(bell, name)):
                         setattr(bell, name, os.eventfd(0))
         p.close()
         q.close()

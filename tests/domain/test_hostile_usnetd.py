@@ -230,24 +230,23 @@ def test_bell_made_blocking_and_filled(hostile):
 
     The doorbells are pipes (usnet.abi.doorbell): the client's bell (read end), its
     peer's bell (write end) and the kick (write end) are descriptions the client may
-    change at will; usnetd rings through write ends of its own. So the client reopens a
-    write end of its own bell, fills both bells to the brim, clears O_NONBLOCK on
-    everything, and kicks: usnetd answers a kick by ringing the (full) bell.
+    change at will, and so is the write end of its own bell usnetd lent it; usnetd rings
+    through write ends of its own. So the client fills both bells to the brim through the
+    write ends it was given, clears O_NONBLOCK on everything, and kicks: usnetd answers a
+    kick by ringing the (full) bell.
     """
     h = hostile
     c, ctl = quick_client(h.path, "bell-blocker")
     a = c.open_pipe("bell")
     b = c.open_pipe("bell")
-    bell, peer_bell, kick = a._fds[2], a._fds[3], a._fds[4]
-    own_writer = os.open(f"/proc/self/fd/{bell}", os.O_WRONLY)
+    own_writer, peer_bell = a._fds[3:5]  # in the order usnetd sends them (docs/abi.md)
     assert _fill(own_writer) > 0 and _fill(peer_bell) >= 0
-    for fd in (bell, peer_bell, kick, own_writer, b._fds[2], b._fds[3], b._fds[4]):
+    for fd in (*a._fds[2:6], *b._fds[2:6]):
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     a._kick()  # usnetd answers a kick by ringing the bell
     b._kick()
     what = "doorbells made blocking and filled"
     h.assert_served(what)
-    os.close(own_writer)
     leave(h, what, ctl, a, b)
 
 

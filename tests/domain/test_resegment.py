@@ -29,7 +29,7 @@ import threading
 
 import pytest
 
-from tests.helpers.util import tap_name
+from tests.helpers.util import veth_pair
 from usnet.client import Client
 
 SIZE = 4 << 20
@@ -83,29 +83,17 @@ def _us():
 def packet_domain():
     """An in-process Domain with a packet netif on one end of a veth, the namespace's kernel on the
     other (10.77.0.1/24), offloads as the kernel sets them (TSO, GSO on): (domain, netif, usnet_ip)."""
-    from pyroute2 import IPRoute
-
     from usnet.domain.loop import Domain
     from usnet.drivers.packet import PacketDriver
 
-    ours, theirs = tap_name(), tap_name()
-    with IPRoute() as ipr:
-        ipr.link("add", ifname=ours, kind="veth", peer=theirs)
-        for name in (ours, theirs):
-            (idx,) = ipr.link_lookup(ifname=name)
-            ipr.link("set", index=idx, state="up")
-        (idx,) = ipr.link_lookup(ifname=theirs)
-        ipr.addr("add", index=idx, address="10.77.0.1", prefixlen=24)
-    d = Domain()
-    try:
-        d.add_netif("v", PacketDriver(ours), "10.77.0.2/24", gateway="10.77.0.1")
-        d.start()
-        yield d, "v", "10.77.0.2"
-    finally:
-        d.stop()
-        with IPRoute() as ipr:
-            if ipr.link_lookup(ifname=ours):
-                ipr.link("del", ifname=ours)
+    with veth_pair("10.77.0.1") as (ours, _theirs):
+        d = Domain()
+        try:
+            d.add_netif("v", PacketDriver(ours), "10.77.0.2/24", gateway="10.77.0.1")
+            d.start()
+            yield d, "v", "10.77.0.2"
+        finally:
+            d.stop()
 
 
 @pytest.mark.privileged

@@ -124,8 +124,13 @@ FORGED = [
      lambda: raw(_ip(dst="255.255.255.255") / _u() / b"x"), TxDropReason.WRONG_DESTINATION),
     ("to_the_subnet_broadcast", "listener",
      lambda: raw(_ip(dst="10.9.0.255") / _u() / b"x"), TxDropReason.WRONG_DESTINATION),
-    ("to_multicast", "listener",
-     lambda: raw(_ip(dst="224.0.0.1") / _u() / b"x"), TxDropReason.WRONG_DESTINATION),
+    # an IPv4 group is a destination an unconnected UDP flow may send to (as Linux's); a connected
+    # one's is its peer alone, and IGMP is the domain's to speak (usnet.domain.switch.multicast)
+    ("to_multicast_from_a_connected_flow", "connected",
+     lambda: raw(_ip(dst="224.0.0.1") / _u(sport=5002) / b"x"), TxDropReason.WRONG_DESTINATION),
+    ("forged_igmp_report", "listener",
+     lambda: raw(_ip(dst="224.0.0.22", proto=2, ttl=1) / bytes.fromhex("22000000000000010400000" + "0ef010203")),
+     TxDropReason.WRONG_PROTOCOL),
     ("to_loopback", "listener",
      lambda: raw(_ip(dst="127.0.0.1") / _u() / b"x"), TxDropReason.WRONG_DESTINATION),
     ("to_unspecified", "listener",

@@ -192,6 +192,28 @@ def kernel_server(host: str, serve, timeout: float = 60.0):
 _seq = itertools.count()
 
 
+@contextlib.contextmanager
+def veth_pair(their_address: str, prefixlen: int = 24):
+    """A veth pair in the test's namespace, both ends up, the kernel's end (`theirs`) with
+    `their_address`: yields (ours, theirs), our end for a packet netif; removed after."""
+    from pyroute2 import IPRoute
+
+    ours, theirs = tap_name(), tap_name()
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=ours, kind="veth", peer=theirs)
+        for name in (ours, theirs):
+            (idx,) = ipr.link_lookup(ifname=name)
+            ipr.link("set", index=idx, state="up")
+        (idx,) = ipr.link_lookup(ifname=theirs)
+        ipr.addr("add", index=idx, address=their_address, prefixlen=prefixlen)
+    try:
+        yield ours, theirs
+    finally:
+        with IPRoute() as ipr:
+            if ipr.link_lookup(ifname=ours):
+                ipr.link("del", ifname=ours)
+
+
 def tap_name() -> str:
     """A device name unique to this test process."""
     name = f"ust{os.getpid() % 100000}x{next(_seq)}"

@@ -97,22 +97,28 @@ class World:
 
     def glibc(self, calls: list[tuple]) -> list:
         """The same calls on the host's resolver, in a child with our hosts file and resolv.conf."""
-        prog = (
-            "import json, socket, sys\n"
-            "out = []\n"
-            "for fn, args in json.loads(sys.argv[1]):\n"
-            "    try:\n"
-            "        r = getattr(socket, fn)(*[tuple(a) if isinstance(a, list) else a for a in args])\n"
-            "        out.append(json.loads(json.dumps(r, default=int)))\n"
-            "    except OSError as e:\n"
-            "        out.append([type(e).__name__, list(e.args)])\n"
-            "print(json.dumps(out))\n")
-        script = (f"mount --bind {self.hosts} /etc/hosts && mount --bind {self.resolv} /etc/resolv.conf && "
-                  f'exec {sys.executable} -c "$0" "$1"')
-        got = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, prog,
-                              json.dumps(calls)], capture_output=True, text=True, timeout=60)
-        assert got.returncode == 0, got.stderr
-        return json.loads(got.stdout)
+        return glibc(self.hosts, self.resolv, calls)
+
+
+def glibc(hosts, resolv, calls: list[tuple]) -> list:
+    """`calls` of the standard socket module (glibc's resolver) in a child process whose
+    /etc/hosts and /etc/resolv.conf are `hosts` and `resolv`: each result, or (type, args)."""
+    prog = (
+        "import json, socket, sys\n"
+        "out = []\n"
+        "for fn, args in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        r = getattr(socket, fn)(*[tuple(a) if isinstance(a, list) else a for a in args])\n"
+        "        out.append(json.loads(json.dumps(r, default=int)))\n"
+        "    except OSError as e:\n"
+        "        out.append([type(e).__name__, list(e.args)])\n"
+        "print(json.dumps(out))\n")
+    script = (f"mount --bind {hosts} /etc/hosts && mount --bind {resolv} /etc/resolv.conf && "
+              f'exec {sys.executable} -c "$0" "$1"')
+    got = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, prog,
+                          json.dumps(calls)], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)
 
 
 def _plain(v):
@@ -293,3 +299,38 @@ def test_ai_addrconfig_asks_for_the_families_the_usnet_netif_has(world):
     assert [e[0] for e in ask(0, 0)] == [socket.AF_INET, socket.AF_INET6]
     assert ask(0, socket.AI_ADDRCONFIG) == [[socket.AF_INET, socket.SOCK_STREAM, 6, "", [f"10.{world.x}.0.7", 80]]]
     assert ask(socket.AF_INET6, socket.AI_ADDRCONFIG)[1][0] == socket.EAI_NONAME
+
+
+def test_getaddrinfo_prefers_the_scope_and_label_of_the_source_address_as_glibc(tap_domain6, tmp_path):
+    """RFC 6724's rules 2 and 5 as glibc's rfc3484_sort applies them, before precedence: an
+    address whose scope (169.254/16 is link-local) or label (a global IPv6 address, from a
+    unique-local source) differs from its source address's comes after one that matches. glibc
+    asks the kernel of this namespace (routes to everything through the TAP, so that its rule 1
+    finds every address usable); usnet sorts by its netif's addresses, which mirror the host's
+    (10.x.0.2, fd00:x::2). usnet applied precedence and scope alone: 2001:db8::5 before the
+    IPv4 address, 169.254.1.1 before 10.x.0.5; and RFC 6724's precedence table where glibc
+    keeps RFC 3484's (IPv4 before a unique-local address)."""
+    d, ifname, usnet_ip6, host_ip6 = tap_domain6
+    x = host_ip6.split(":")[1]
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        ipr.route("add", dst="0.0.0.0/0", gateway=f"10.{x}.0.2")
+        ipr.route("add", family=socket.AF_INET6, dst="::/0", gateway=usnet_ip6)
+    hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+    hosts.write_text(f"2001:db8::5 mixed.test\n10.{x}.0.5 mixed.test\n"
+                     f"169.254.1.1 scoped.test\n10.{x}.0.5 scoped.test\n"
+                     f"fd00:{x}::6 ula.test\n10.{x}.0.6 ula.test\n")
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    names = ["mixed.test", "scoped.test", "ula.test"]
+    client = Client.local(d)
+    resolver.configure(hosts=str(hosts), resolv_conf=str(resolv))
+    try:
+        ours = [_plain(us.getaddrinfo(n, 80, 0, socket.SOCK_STREAM, client=client, netif=ifname)) for n in names]
+    finally:
+        resolver.configure()
+        client.close()
+    theirs = glibc(hosts, resolv, [("getaddrinfo", [n, 80, 0, socket.SOCK_STREAM]) for n in names])
+    assert ours == theirs
+    firsts = [r[0][4][0] for r in theirs]
+    assert firsts == [f"10.{x}.0.5", f"10.{x}.0.5", f"fd00:{x}::6"]  # (the last: glibc's precedence, IPv6 first)

@@ -44,15 +44,17 @@ _command, _run, _kernel_env = _P.command, _P.run, kernel_env
 
 
 
-def _at_once(path: str, runs: list[tuple[bool, list[str]]], hosts: str | None = None) -> list[str]:
+def _at_once(path: str, runs: list[tuple[bool, list[str]]], hosts: str | None = None,
+             program: PeerProgram = _P) -> list[str]:
     """The program's output (its last line) for each (on usnet, arguments) of `runs`, all running
     at once (each waits mostly on timers and an unanswered neighbour); each must exit 0. With
     `hosts`, all read that file as /etc/hosts: usnet's resolver through USNET_HOSTS, glibc's in a
-    mount namespace of the program's own where the file is bound over /etc/hosts."""
+    mount namespace of the program's own where the file is bound over /etc/hosts. `program`: which
+    of tests/peers (this sweep's by default)."""
     procs = []
     try:
         for on_usnet, a in runs:
-            cmd, env = _command(on_usnet, *a), child_env(path) if on_usnet else _kernel_env()
+            cmd, env = program.command(on_usnet, *a), child_env(path) if on_usnet else _kernel_env()
             if hosts is not None and on_usnet:
                 env["USNET_HOSTS"] = hosts
             elif hosts is not None:

@@ -195,6 +195,49 @@ def test_non_blocking_connect_to_a_closed_kernel_port_reports_econnrefused_throu
     assert on_usnet == on_kernel == (errno.EINPROGRESS, (True, errno.ECONNREFUSED), 0, True)
 
 
+def _reset(make, lst: socket.socket):
+    """A socket from `make` connected to the kernel listener `lst`, whose accepted end resets it
+    (SO_LINGER 0), once the reset came (select)."""
+    s = make()
+    s.settimeout(LIMIT)
+    s.connect(lst.getsockname())
+    peer, _ = lst.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    peer.close()
+    select.select([s], [], [], LIMIT)
+    return s
+
+
+def _after_reset(make, where: tuple) -> list:
+    """Connections the kernel peer resets: each call in turn, the error or what it gave, and
+    what select says."""
+
+    def call(f):
+        try:
+            return f()
+        except OSError as e:
+            return errno.errorcode[e.errno]
+
+    with socket.create_server(where) as lst:
+        with _reset(make, lst) as s:
+            out = [call(lambda: s.recv(10)), call(lambda: s.recv(10)), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR),
+                   call(lambda: s.send(b"x")), call(lambda: s.send(b"x")), call(lambda: s.recv(10))]
+        with _reset(make, lst) as s:  # reported first by SO_ERROR, then send: the same, in that order
+            out += [s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), call(lambda: s.send(b"x")),
+                    call(lambda: s.recv(10)), select.select([s], [s], [], 0) == ([s], [s], [])]
+    return out
+
+
+def test_a_connections_error_is_reported_once_as_on_the_kernel(net):
+    """Linux's sock_error takes sk_err as it reports it: after a reset the first recv (or send,
+    or SO_ERROR) gives ECONNRESET, then recv is EOF, send EPIPE and SO_ERROR 0. usnet raised
+    ECONNRESET from every call, and SO_ERROR still said it after recv had."""
+    _client, _ifname, _usnet_ip, host_ip = net
+    on_kernel = _after_reset(socket.socket, (host_ip, 0))
+    assert _after_reset(us.socket, (host_ip, 0)) == on_kernel
+    assert on_kernel == ["ECONNRESET", b"", 0, "EPIPE", "EPIPE", b"", errno.ECONNRESET, "EPIPE", b"", True]
+
+
 def _peek_dontwait(receiver, sender) -> list:
     """recv flags on a connected pair, as a transcript of what each call gave."""
     out = []

@@ -133,3 +133,64 @@ def test_ip_recverr_makes_an_icmp_error_the_tcp_sockets_error_at_once_as_linux(t
     assert usnet == kernel
     assert kernel[1][3:6] == (errno.EHOSTUNREACH, 0, "EAGAIN")
     assert kernel[2][2] == "EHOSTUNREACH" and kernel[4][2] == "EHOSTUNREACH" and kernel[5][1] == b"y"
+
+
+def _connect_walk(s, listener: tuple, capture_on: str, raw: socket.socket, src: str, recverr: bool) -> list:
+    """A non-blocking connect to a listener whose full accept queue drops its SYN, ended by a
+    forged host unreachable quoting that SYN: readiness, the error queue (read twice) and
+    SO_ERROR after it, then recv."""
+    if recverr:
+        s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    cap.bind((capture_on, 0))
+    try:
+        s.setblocking(False)
+        got = [outcome(lambda: s.connect(listener))]
+        sport = s.getsockname()[1]
+        isn = _syn_seq(cap, sport)
+    finally:
+        cap.close()
+    raw.sendto(_host_unreachable(src, listener[0], sport, listener[1], isn), (src, 0))
+    r, w, _ = select.select([s], [s], [], LIMIT)
+    got.append((r == [s], w == [s]))
+    data, anc, flags, addr = s.recvmsg(100, 1024, socket.MSG_ERRQUEUE)
+    ((level, kind, blob),) = anc
+    ee = struct.unpack_from("=IBBBBII", blob)
+    family, _port, offender = struct.unpack_from("=H2s4s", blob, 16)
+    got.append((data[:4] == struct.pack("!HH", sport, listener[1]), len(data), flags, addr, level, kind, len(blob),
+                ee, family, socket.inet_ntoa(offender) == listener[0]))
+    got.append((outcome(lambda: s.recvmsg(100, 1024, socket.MSG_ERRQUEUE)), s.getsockopt(socket.SOL_SOCKET,
+                                                                                          socket.SO_ERROR)))
+    got.append(outcome(lambda: s.recv(10)))
+    return got
+
+
+def test_an_icmp_error_that_ends_a_connect_is_on_the_error_queue_as_linux(tap_domain):
+    """Linux's tcp_v4_err queues the ICMP error that ends a connect in SYN-SENT (ip_icmp_error,
+    with or without IP_RECVERR) with the quoted TCP header as its payload; reading it clears the
+    socket's error. usnet's queue stayed empty (EAGAIN)."""
+    d, ifname, usnet_ip, host_ip = tap_domain
+    client = Client.local(d)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    lst = socket.socket()
+    lst.bind((host_ip, 0))
+    lst.listen(0)
+    where = lst.getsockname()
+    filler = socket.create_connection(where, timeout=LIMIT)  # the queue is full: SYNs are dropped
+    results = []
+    try:
+        for make, src, capture_on in ((socket.socket, host_ip, "lo"),
+                                      (lambda: us.socket(client=client, netif=ifname), usnet_ip, ifname)):
+            for recverr in (True, False):
+                with make() as s:
+                    results.append(_connect_walk(s, where, capture_on, raw, src, recverr))
+    finally:
+        raw.close()
+        filler.close()
+        lst.close()
+    kernel, usnet = results[:2], results[2:]
+    assert usnet == kernel
+    assert kernel[0][0] == "EINPROGRESS" and kernel[0][1] == (True, True)
+    assert kernel[0][2] == (True, 8, socket.MSG_ERRQUEUE, where, socket.IPPROTO_IP, IP_RECVERR, 32,
+                            (errno.EHOSTUNREACH, 2, 3, 1, 0, 0, 0), socket.AF_INET, True)
+    assert kernel[0][3] == ("EAGAIN", 0) and kernel[0][4] == b""

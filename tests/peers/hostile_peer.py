@@ -68,7 +68,7 @@ def kick_steal(args: argparse.Namespace) -> object:
     rnd = random.Random(14)
     decoys = [c.open_pipe(f"{args.name}-{i}", ring_size=8, packets=8) for i in range(64)]
     target = c.open_pipe(args.name, ring_size=8, packets=8)
-    kick = target._fds[4]  # the write end of the kick doorbell usnetd sleeps on (Client._open appends it)
+    kick = target._fds[5]  # the write end of the kick doorbell usnetd sleeps on (Client._open appends it)
     fcntl.fcntl(kick, fcntl.F_SETFL, fcntl.fcntl(kick, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     # a read end of our own, blocking, to take the rings back between usnetd's poll and its read
     thief = os.open(f"/proc/self/fd/{kick}", os.O_RDONLY)
@@ -79,7 +79,7 @@ def kick_steal(args: argparse.Namespace) -> object:
         seqs = [d._words[W_SYNC + d.role] for d in decoys]
         send_msg(busy, status)  # usnetd answers this while we ring: the kicks come in one batch
         for d in decoys:
-            doorbell.ring(d._fds[4])
+            doorbell.ring(d._fds[5])
         os.write(kick, b"\x01")
         time.sleep(rnd.uniform(0, 0.003))  # somewhere in usnetd's batch
         if poll.poll(0):

@@ -24,13 +24,67 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 
 __all__ = [
-    "LEASE_REQUESTS", "MAX_MESSAGE", "NOTICES", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES", "STATUS_PART",
-    "U32", "AddPorts", "AdvisoryOpened", "ApplyLease", "ChannelOpened", "CloseChannel", "ControlError", "Done",
-    "EndLease", "ErrCode", "Error", "Family", "FlowOpened", "FlushQueue", "Flushed", "Hello", "Kick", "Latency",
-    "LeaseGranted", "LeaseRefusal", "LeaseRefused", "Name", "OpenAdvisory", "OpenFlow", "OpenMonitor", "OpenPipe",
-    "PacketSize", "Ping", "Pong", "PortsAdded", "PosU32", "ProtocolError", "Rate", "ReleaseLease", "ReleasePorts",
-    "RenewLease", "Reply", "Request", "RequestLease", "Resize", "ReturnPorts", "Status", "StatusReply", "Unlisten",
-    "Welcome", "decode_reply", "decode_request", "decode_status", "encode", "encode_status", "error_reply", "is_notice",
+    "LEASE_REQUESTS",
+    "MAX_MESSAGE",
+    "NOTICES",
+    "PROTOCOL_VERSION",
+    "REPLY_TYPES",
+    "REQUEST_TYPES",
+    "STATUS_PART",
+    "U32",
+    "AddPorts",
+    "AdvisoryOpened",
+    "ApplyLease",
+    "ChannelOpened",
+    "CloseChannel",
+    "ControlError",
+    "Done",
+    "EndLease",
+    "ErrCode",
+    "Error",
+    "Family",
+    "FlowOpened",
+    "FlushQueue",
+    "Flushed",
+    "Hello",
+    "JoinGroup",
+    "Kick",
+    "Latency",
+    "LeaseGranted",
+    "LeaseRefusal",
+    "LeaseRefused",
+    "MulticastOptions",
+    "Name",
+    "OpenAdvisory",
+    "OpenFlow",
+    "OpenMonitor",
+    "OpenPipe",
+    "PacketSize",
+    "Ping",
+    "Pong",
+    "PortsAdded",
+    "PosU32",
+    "ProtocolError",
+    "Rate",
+    "ReleaseLease",
+    "ReleasePorts",
+    "RenewLease",
+    "Reply",
+    "Request",
+    "RequestLease",
+    "Resize",
+    "ReturnPorts",
+    "Status",
+    "StatusReply",
+    "Unlisten",
+    "Welcome",
+    "decode_reply",
+    "decode_request",
+    "decode_status",
+    "encode",
+    "encode_status",
+    "error_reply",
+    "is_notice",
 ]
 
 PROTOCOL_VERSION = 2  # 2: Status is paged (StatusReply parts)
@@ -192,6 +246,30 @@ class Unlisten(_Msg, frozen=True):
     close waits for it, so that no SYN after it reaches the closed listener)."""
 
     channel: U32
+
+
+class JoinGroup(_Msg, frozen=True):
+    """Flow `channel` (an IPv4 UDP flow of this session) joins (`join`) or leaves IPv4 multicast
+    group `group` (4 bytes, network order) on its netif: from then on every datagram to (group,
+    the flow's port) is copied to it too. The domain checks it as Linux's ip_mc_join_group does:
+    EINVAL for an address outside 224.0.0.0/4, EADDRINUSE for a group the flow is in, ENOBUFS past
+    20 groups a flow (igmp_max_memberships), EADDRNOTAVAIL to leave a group it is not in, EPROTO
+    for a TCP flow. The membership ends with the flow. Answered with Done."""
+
+    channel: U32
+    group: Annotated[bytes, msgspec.Meta(min_length=4, max_length=4)]
+    join: bool = True
+
+
+class MulticastOptions(_Msg, frozen=True):
+    """The multicast options of flow `channel` the domain acts on: `loop` (IP_MULTICAST_LOOP),
+    whether what it sends to a group reaches the group's members on its own netif too; `all`
+    (IP_MULTICAST_ALL), whether it hears a group it did not join when another flow of its port
+    did. Both default to Linux's 1. Answered with Done."""
+
+    channel: U32
+    loop: bool = True
+    all: bool = True
 
 
 class OpenMonitor(_Msg, frozen=True):
@@ -433,7 +511,7 @@ class Error(_Msg, frozen=True):
 
 Request = (Hello | OpenPipe | OpenFlow | OpenMonitor | OpenAdvisory | Resize | CloseChannel | Kick | FlushQueue
            | Status | RequestLease | RenewLease | ReleaseLease | AddPorts | ReturnPorts | ReleasePorts | Ping
-           | Unlisten | ApplyLease | EndLease)
+           | Unlisten | ApplyLease | EndLease | JoinGroup | MulticastOptions)
 Reply = (Welcome | ChannelOpened | FlowOpened | PortsAdded | AdvisoryOpened | Done | Flushed | StatusReply
          | LeaseGranted | LeaseRefused | Pong | Error)
 

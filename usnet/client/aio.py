@@ -44,6 +44,7 @@ from typing import Any, Literal, TypeVar, cast
 from usnet.client import rebind as _rebind
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, broke, runner
+from usnet.client.sigdefer import step
 from usnet.proto.tcp.connection import CLOSED, SYN_SENT
 
 __all__ = ["EventLoop", "EventLoopPolicy", "Server", "UsnetTransport", "create_connection", "create_server",
@@ -189,10 +190,11 @@ class _LoopDriver:
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, {}
-        for eng in dirty:
-            self._pump(eng)
+        with step:  # every engine marked is pumped before a signal's exception (usnet.client.sigdefer)
+            self._scheduled = False
+            dirty, self._dirty = self._dirty, {}
+            for eng in dirty:
+                self._pump(eng)
 
     def _bell(self, eng: FlowEngine) -> None:
         eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
@@ -218,32 +220,51 @@ class _LoopDriver:
             return
         self._serving = True
         self.collect = []
+        fired: list[_Watcher] = []
         try:
             self._pump(eng)
             fired, self.collect = self.collect, None
-            for w in fired:
+            fired.reverse()  # (taken from the end: what is left is what did not run)
+            while fired:
                 try:
-                    w.fire()
+                    fired.pop().fire()
                 except Exception as exc:  # as the loop would report a failed callback; the rest still run
                     self.loop.call_exception_handler({"message": "usnet.aio watcher callback failed",
                                                       "exception": exc})
         finally:
+            # A signal's exception (KeyboardInterrupt; usnet.client.sigdefer lets it out after the
+            # pump) cut this turn short: the watchers it had signalled (each `pending`, so signalled
+            # never again) run on the next, as a readable descriptor is reported again.
+            left = [*reversed(fired), *(self.collect or ())]
             self.collect = None
             self._serving = False
+            for w in left:
+                self.loop.call_soon(w.fire)
         if self._dirty and not self._scheduled:
             self._flush()
 
     def _pump(self, eng: FlowEngine) -> None:
+        """One step for a signal (usnet.client.sigdefer): the pump and what the loop keeps of it (the
+        engine's timer, its end), or a signal's exception after the pump leaves it with no timer."""
+        with step:
+            self._pump_step(eng)
+
+    def _pump_step(self, eng: FlowEngine) -> None:
         if eng.driver is not self:
             return
         now = time.monotonic()
-        try:
-            with eng.lock:
+        fault: Exception | None = None
+        # The barrier inside the lock: a signal handler's exception, held off by the lock until its
+        # release (usnet.client.sigdefer), comes out of the `with`, to the program, not to `broke`.
+        with eng.lock:
+            try:
                 eng.pump(now)
                 d = eng.deadline(now)
                 done = eng.release_when_idle and (eng.idle() or eng.error is not None)
-        except Exception as exc:  # as the runner: one broken engine must not stop the loop
-            broke(eng, exc)
+            except Exception as exc:  # as the runner: one broken engine must not stop the loop
+                fault = exc
+        if fault is not None:
+            broke(eng, fault)
             self._drop(eng)
             runner().remove(eng)
             return
@@ -451,19 +472,21 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
 
     def _push(self) -> None:
         """TCP freed send space: refill it, and finish the close or write_eof that waited for the buffer."""
-        with self._eng.lock:
-            try:
-                n = self._conn.send(self._buffer) if self._conn.send_space else 0
-            except OSError as e:
-                exc: OSError | None = e
-            else:
-                exc = None
-                del self._buffer[:n]
+        n = 0
+        with step:  # (as `write`)
+            with self._eng.lock:
+                try:
+                    n = self._conn.send(self._buffer) if self._conn.send_space else 0
+                except OSError as e:
+                    exc: OSError | None = e
+                else:
+                    exc = None
+                    del self._buffer[:n]
+            if n:
+                self._eng.wake()
         if exc is not None:
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
-        if n:
-            self._eng.wake()
         self._maybe_resume_protocol()
         if not self._buffer:
             if self._closing:
@@ -534,9 +557,10 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             return _FAILED
 
     def _shutdown_write(self) -> None:
-        with self._eng.lock:
-            self._conn.shutdown_write(time.monotonic())
-        self._eng.wake()
+        with step:  # (as `write`: the FIN and the wake that sends it)
+            with self._eng.lock:
+                self._conn.shutdown_write(time.monotonic())
+            self._eng.wake()
 
     # -- asyncio.Transport ----------------------------------------------------------------------
 
@@ -555,20 +579,21 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         mv = memoryview(data).cast("B")
         sent = 0
         exc: OSError | None = None
-        with self._eng.lock:  # the buffer, too: `_wants` reads it under this lock
-            if not self._buffer:
-                try:
-                    sent = self._conn.send(mv)
-                except OSError as e:
-                    exc = e
-            if exc is None and sent < len(mv):
-                self._buffer += mv[sent:]
+        with step:  # what TCP took and the wake that sends it: one step for a signal (usnet.client.sigdefer)
+            with self._eng.lock:  # the buffer, too: `_wants` reads it under this lock
+                if not self._buffer:
+                    try:
+                        sent = self._conn.send(mv)
+                    except OSError as e:
+                        exc = e
+                if exc is None and sent < len(mv):
+                    self._buffer += mv[sent:]
+            if sent:
+                self._eng.wake()
+                self._wrote = True
         if exc is not None:
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
-        if sent:
-            self._eng.wake()
-            self._wrote = True
         self._maybe_pause_protocol()
 
     def write_eof(self) -> None:

@@ -140,22 +140,29 @@ class Channel:
         shared_fd: int,
         ro_fd: int,
         bell_fd: int,
+        bell_ring_fd: int,
         peer_bell_fd: int,
         kick: Callable[[], None],
         control: ControlPath | None = None,
         alive_fd: int | None = None,
     ) -> None:
-        """`alive_fd`: a flow served by a worker of `usnetd --workers` comes with a socket whose far
+        """`bell_ring_fd`: a write end of our own bell (`bell_fd`), the domain's to give (usnet.abi.doorbell
+        `lend_sleeper_ring`): checked to be one, and made non-blocking (it is our own description).
+        `alive_fd`: a flow served by a worker of `usnetd --workers` comes with a socket whose far
         end usnetd closes when that worker dies (after writing why): its hang-up defuncts the channel
         (WORKER_GONE), as the control socket's does when usnetd itself dies."""
         self.id = channel_id
         self.role = role
-        self._fds = [shared_fd, ro_fd, bell_fd, peer_bell_fd]
+        if not doorbell.is_writer_of(bell_fd, bell_ring_fd):
+            raise ChannelError(errno.EINVAL, "the descriptor given as our bell's write end is not one")
+        os.set_blocking(bell_ring_fd, False)
+        self._fds = [shared_fd, ro_fd, bell_fd, bell_ring_fd, peer_bell_fd]
         self.alive_fd = alive_fd
         self._server_gone: str | None = None  # why the worker serving us is gone (alive_fd hung up)
         if alive_fd is not None:
             self._fds.append(alive_fd)
         self._bell = bell_fd
+        self._bell_w = bell_ring_fd  # rung from several places: select mode, a pool wait, another thread
         self._peer_bell = peer_bell_fd
         self._kick = kick
         self._control = control
@@ -215,12 +222,6 @@ class Channel:
         self._timeout: float | None = None
         self._selecting = False  # fileno() was asked for: "select mode" (see `fileno`)
         self.closed = False
-        # A write end of our own bell (`_bell_writer`), opened with the channel: rung from several
-        # places (select mode, a pool wait, another thread waking a pumping call), and a
-        # descriptor first opened at one of those moments, which no caller chooses, would count
-        # as one a connection to whoever counts them.
-        self._bell_w: int | None = None
-        self._bell_writer()
 
     # -- waiting -----------------------------------------------------------------
 
@@ -235,8 +236,6 @@ class Channel:
         selects on keeps the AF_XDP economy (no doorbell while it polls).
         """
         if not self._selecting and not self.closed:
-            # we ring our own bell when a packet slipped in before NEED_WAKEUP was armed
-            self._bell_writer()
             self._selecting = True
             self._arm_select()
         return self._bell
@@ -253,7 +252,7 @@ class Channel:
         rx.set_need_wakeup()
         ringmod.fence()
         if rx.available() and self._selecting:
-            doorbell.ring(self._bell_writer())
+            doorbell.ring(self._bell_w)
 
     def settimeout(self, timeout: float | None) -> None:
         """None blocks, 0 never waits (raises BlockingIOError / NoBuffers), t waits up to t s."""
@@ -404,32 +403,14 @@ class Channel:
         is then still heard by whoever sleeps on it (select, an event loop, the stack thread).
         At worst one wake-up that finds nothing."""
         if not self.closed:
-            doorbell.ring(self._bell_writer())
+            doorbell.ring(self._bell_w)
 
     def ring_own_bell(self) -> None:
         """Wake whoever sleeps on this channel's doorbell from this process (a socket call that
         pumps the engine itself, usnet.client.engine `pump_wait`, when another thread changed
         something it waits for)."""
         if not self.closed:
-            doorbell.ring(self._bell_writer())
-
-    @property
-    def can_ring_own_bell(self) -> bool:
-        """We hold a write end of our own bell (not so in a process that dropped root before the
-        channel opened: its /proc/self/fd is root's then)."""
-        return self._bell_writer() >= 0
-
-    def _bell_writer(self) -> int:
-        """A write end of our own bell, opened once (Linux: opening a pipe's /proc entry for
-        writing gives a write end of that pipe); -1 where /proc refuses it (a ring is then a no-op)."""
-        if self._bell_w is None:
-            try:
-                self._bell_w = os.open(f"/proc/self/fd/{self._bell}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            except PermissionError:
-                self._bell_w = -1  # a setuid process is not dumpable: /proc/self/fd is root's
-                return -1
-            self._fds.append(self._bell_w)
-        return self._bell_w
+            doorbell.ring(self._bell_w)
 
     def give_back(self, pkts: list[int]) -> None:
         """Return allocated but unused packets to this channel's local cache (no ring traffic)."""
@@ -672,7 +653,7 @@ class Channel:
             self._last_rx = time.monotonic()
             if self._selecting:
                 if rx.available():
-                    doorbell.ring(self._bell_writer())  # packets left: select() must still see them
+                    doorbell.ring(self._bell_w)  # packets left: select() must still see them
                 else:  # select() must hear the next packet, and not the ones taken
                     doorbell.drain(self._bell)
                     self._arm_select()

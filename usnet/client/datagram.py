@@ -33,6 +33,7 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.rxchain import chains, max_slots
 from usnet.abi.umd import RX_MORE, UMD_WORDS, W_FLAGS
 from usnet.client.channel import _UNSET, Channel
+from usnet.client.mcast import is_group
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.ipmark import mark_tos, mark_ttl
 from usnet.proto.route import Routes
@@ -101,11 +102,12 @@ _ICMP: Final = _Icmp.ERROR  # what `_parse_slow` returns for an ICMP error: no d
 _Parsed = tuple[bytes, Address] | Literal[_Icmp.ERROR] | None  # a datagram, _ICMP, or None: a bad one
 
 
-def _header(v: bytes) -> tuple[int, int]:
-    """An IP packet's (TOS, TTL), or an IPv6 one's (traffic class, hop limit)."""
+def _header(v: bytes) -> tuple[int, int, bytes]:
+    """An IP packet's (TOS, TTL, destination), or an IPv6 one's (traffic class, hop limit,
+    destination): the destination is a group's for a datagram to a group (IP_PKTINFO's ipi_addr)."""
     if v[0] >> 4 == 6:
-        return ((v[0] & 0xF) << 4) | (v[1] >> 4), v[7]
-    return v[1], v[8]
+        return ((v[0] & 0xF) << 4) | (v[1] >> 4), v[7], bytes(v[24:40])
+    return v[1], v[8], bytes(v[16:20])
 
 
 class DatagramSocket:
@@ -150,6 +152,7 @@ class DatagramSocket:
             self.broadcasts = frozenset(("255.255.255.255", *([inet_ntoa(bcast)] if bcast else [])))
         self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
         self._ttl, self._tos = 64, 0  # IP_TTL / IPV6_UNICAST_HOPS, IP_TOS / IPV6_TCLASS (`set_marking`)
+        self.mc_ttl = 1  # the TTL of a datagram to an IPv4 group (IP_MULTICAST_TTL, the face's)
 
     def set_marking(self, mark: int) -> None:
         """The TTL (hop limit) and TOS (traffic class) of the datagrams sent from now on, as a
@@ -189,6 +192,9 @@ class DatagramSocket:
         """Send one datagram; `tag`, `deadline` and `report` as for `send_many`."""
         if self.pending_error is not None:
             self._raise_pending(self.pending_error)
+        if not self._v6 and is_group(addr[0]):
+            self._send_group(data, addr)  # a group is on the link: no route asked
+            return len(data)
         self.need_route(addr)
         if self._v6 or tag is not None or deadline is not None or report:
             self.send_many([data], addr, tags=None if tag is None else [tag], deadline=deadline, report=report)
@@ -217,7 +223,17 @@ class DatagramSocket:
         self._put_one(udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
                                               self._ttl, self._tos), data, ident)
 
-    def _send_fragmented(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+    def _send_group(self, data: bytes | bytearray | memoryview, addr: Address) -> None:
+        """One datagram to an IPv4 group, with the multicast TTL (`mc_ttl`, default 1, as Linux's
+        inet->mc_ttl), not the unicast one; the switch frames it to the group's MAC."""
+        if len(data) > self.max_payload:
+            self._send_fragmented(data, addr, self.mc_ttl)
+            return
+        ident = (self._ident + 1) & 0xFFFF
+        self._put_one(udp_ipv4_marked_headers(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident,
+                                              self.mc_ttl, self._tos), data, ident)
+
+    def _send_fragmented(self, data: bytes | bytearray | memoryview, addr: Address, ttl: int | None = None) -> None:
         """A datagram bigger than the MTU, in IP fragments (usnet.proto.wire.fragment), as Linux
         sends one on a socket with the default path MTU discovery; EMSGSIZE past IP's bound. The
         fragments go in one batch, or none of them: a datagram with a piece missing is lost."""
@@ -232,7 +248,7 @@ class DatagramSocket:
         else:
             ident = (self._ident + 1) & 0xFFFF
             frags = udp4_fragments(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident, room,
-                                   self._ttl, self._tos)
+                                   self._ttl if ttl is None else ttl, self._tos)
             self._ident = ident
         ch = self.channel
         pkts: list[int] = []

@@ -21,7 +21,6 @@ import errno
 import ipaddress
 import os
 import socket as _std
-import threading
 import time
 from collections import deque
 from typing import Any, Literal
@@ -31,6 +30,7 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
+from usnet.client.mcast import IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MULTICAST_OPTIONS, Multicast
 from usnet.client.rxinfo import (
     IP_OPTIONS,
     TIMESTAMP_OPTIONS,
@@ -44,6 +44,7 @@ from usnet.client.rxinfo import (
     wants_meta,
 )
 from usnet.client.session import Client
+from usnet.client.sigdefer import EngineLock
 from usnet.client.socket import (
     _DONTWAIT,
     _DUAL_TRIES,
@@ -59,6 +60,7 @@ from usnet.client.socket import (
     SOCK_DGRAM,
     SOL_SOCKET,
     _any_name,
+    _error_message,
     _is_loopback,
     _open_bound,
     _sockaddr,
@@ -79,6 +81,7 @@ from usnet.client.sockopts import (
     timeo_get,
     timeo_key,
 )
+from usnet.proto import cmsg as _cm
 from usnet.proto.errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -86,15 +89,15 @@ from usnet.proto.errqueue import (
     ErrorReport,
     icmp_report,
     local_report,
-    pack_cmsg,
 )
 
 __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
-# joining a multicast group (IP_ADD_MEMBERSHIP and the rest, IPv4 and IPv6), which usnet cannot
-# (Linux's numbers; the standard module lacks some of the names)
+# joining a multicast group in ways usnet does not (source-specific, the protocol-independent
+# MCAST_* ones, IPv6's) (Linux's numbers; the standard module lacks some of the names).
+# IP_ADD_MEMBERSHIP and IP_DROP_MEMBERSHIP are usnet.client.mcast's, checked before these.
 _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
@@ -113,8 +116,8 @@ class DatagramEngine:
         self._halves: list[FlowHalf] = []  # what the runner sleeps on for their doorbells
         self.client = client  # whose control socket's hang-up fails this flow (Runner._domain_gone)
         self.ch = dsock.channel
-        self.lock = threading.RLock()
-        self.changed = threading.Condition(self.lock)
+        self.lock = EngineLock()  # signals wait for its release (usnet.client.sigdefer)
+        self.changed = self.lock.condition()
         self.rxq: deque[tuple[bytes, tuple[str, int]]] = deque()
         self.rx_bytes = 0  # what rxq holds, charged as Linux charges SO_RCVBUF
         self.rcvbuf = RCVBUF
@@ -208,12 +211,15 @@ class DatagramEngine:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
 
-    def set_meta(self, opts: dict) -> None:
+    def set_meta(self, opts: dict, groups: bool = False) -> None:
         """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
-        an RxMeta, and whether the flows keep their headers' fields. With the lock held."""
+        an RxMeta, and whether the flows keep their headers' fields: for IP_RECVTTL and the like,
+        and for IP_PKTINFO once the socket is in a group (`groups`), whose datagrams' destination
+        is the group's, not the flow's. With the lock held."""
         self.want_meta = wants_meta(opts)
+        keep = keeps_header(opts) or (groups and (_std.IPPROTO_IP, _cm.IP_PKTINFO) in opts)
         for d in self.flows():
-            d.keep_header = keeps_header(opts)
+            d.keep_header = keep
 
     def set_recverr(self, on: bool) -> None:
         """IP_RECVERR (IPV6_RECVERR) on or off; off empties the queue, as Linux's. With the lock held."""
@@ -345,6 +351,7 @@ class DatagramFace(socket):
         self._init_face(family, SOCK_DGRAM, proto, type, Readiness(False, True), client, netif)
         self._engine: DatagramEngine | None = None  # type: ignore[assignment]
         self._owns_engine = True
+        self._mc = Multicast()  # IPv4 memberships and multicast options (usnet.client.mcast)
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -400,8 +407,27 @@ class DatagramFace(socket):
         if self._recverr():
             eng.set_recverr(True)
         with eng.lock:
-            eng.set_meta(self._opts)
+            eng.set_meta(self._opts, bool(self._mc.groups))
+        mc = self._mc_flow(eng)
+        if mc is not None:
+            self._mc.attach(mc, client)
         return eng
+
+    def _reuse_port(self) -> bool:
+        """SO_REUSEPORT, or SO_REUSEADDR: Linux lets UDP sockets that all set SO_REUSEADDR share a
+        port (multicast receivers do: each member gets its copy), and usnet shares it as a
+        reuseport group. Where Linux gives a unicast datagram to one of them, usnet hashes it
+        among them; and the port is one uid's, where Linux's SO_REUSEADDR does not ask."""
+        return bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)) or self._opts.get((SOL_SOCKET, _std.SO_REUSEADDR)))
+
+    @staticmethod
+    def _mc_flow(eng: DatagramEngine | None) -> tuple[int, bytes] | None:
+        """(channel id, local address) of the flow that joins IPv4 groups: the socket's IPv4 flow
+        off the loopback netif; None before the socket has one."""
+        if eng is None:
+            return None
+        d = next((d for d in eng.flows() if not d.v6 and not d.loopback), None)
+        return None if d is None else (d.channel.id, _std.inet_aton(d.local[0]))
 
     def _flow(self, client: Client, netif: str, host: str | None, port: int,
               dual: bool) -> tuple[DatagramSocket, str]:
@@ -582,15 +608,16 @@ class DatagramFace(socket):
         return self._send(data, flags, eng.remote, src)
 
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
-        """usnet sends no broadcast or multicast (its flow switch delivers a flow's datagrams to
-        one neighbour): refused at once, not sent to nobody. Without SO_BROADCAST a broadcast is
-        EACCES, as Linux's; with it, and to a multicast group, EOPNOTSUPP that says why."""
+        """usnet sends no broadcast and no IPv6 multicast: refused at once, not sent to nobody.
+        Without SO_BROADCAST a broadcast is EACCES, as Linux's; with it, and to an IPv6 group,
+        EOPNOTSUPP that says why. An IPv4 group is sent to (usnet.client.mcast), from an AF_INET6
+        socket too (its IPv4 flow, as a dual-stack kernel socket's)."""
         if dest in eng.via(dest).broadcasts:
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
-        if dest[:2].lower() == "ff" if ":" in dest else 224 <= int(dest.split(".", 1)[0]) <= 239:
-            raise OSError(errno.EOPNOTSUPP, f"usnet sends no multicast ({dest})")
+        if ":" in dest and dest[:2].lower() == "ff":
+            raise OSError(errno.EOPNOTSUPP, f"usnet sends no IPv6 multicast ({dest})")
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int], src: str | None = None) -> int:
         eng = self._eng(addr[0])
@@ -604,6 +631,7 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
+            d.mc_ttl = self._mc.ttl  # IP_MULTICAST_TTL: what a datagram to a group carries
             self._check_df(eng, d, data, addr)
             t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
             d.settimeout(t)
@@ -701,10 +729,7 @@ class DatagramFace(socket):
         """recvmsg(MSG_ERRQUEUE): the quoted payload, the quoted destination, MSG_ERRQUEUE and the
         IP_RECVERR (IPV6_RECVERR) control message (usnet.proto.errqueue), cut as Linux's put_cmsg
         cuts it to `ancbufsize` (MSG_CTRUNC)."""
-        r = self._error_report()
-        anc, cut = put_cmsgs([pack_cmsg(r)], ancbufsize)
-        flags = MSG_ERRQUEUE | (MSG_TRUNC if len(r.payload) > bufsize else 0) | (MSG_CTRUNC if cut else 0)
-        return r.payload[:bufsize], anc, flags, _sockaddr(self.family, self._ip_str(r.dst), r.dport)
+        return _error_message(self._error_report(), self.family, bufsize, ancbufsize)
 
     def _ip_str(self, addr: bytes) -> str:
         return str(ipaddress.ip_address(addr))
@@ -749,6 +774,18 @@ class DatagramFace(socket):
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
+        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS:
+            eng = self._engine
+            client = eng.client if eng is not None else self._target()[0]
+            try:
+                index = _std.if_nametoindex(self._netif or self._target()[1])
+            except OSError:
+                index = 0  # a netif on no kernel interface of this namespace (a memwire's)
+            self._mc.set(opt, value, self._mc_flow(eng), index, client)
+            if eng is not None and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
+                with eng.lock:
+                    eng.set_meta(self._opts, bool(self._mc.groups))
+            return
         if (level, opt) in _GROUP_OPTIONS:
             raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
                                 "a flow what is addressed to its netif")
@@ -768,7 +805,7 @@ class DatagramFace(socket):
             set_option(self._opts, level, opt, value)
             if self._engine is not None:
                 with self._engine.lock:
-                    self._engine.set_meta(self._opts)
+                    self._engine.set_meta(self._opts, bool(self._mc.groups))
             return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
@@ -787,6 +824,8 @@ class DatagramFace(socket):
                 self._update()
 
     def _option(self, level: int, opt: int) -> Any:
+        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS:
+            return self._mc.get(opt)
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in TIMEO_OPTIONS:
             return timeo_get(self._opts.get(timeo_key(opt)))

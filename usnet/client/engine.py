@@ -39,7 +39,9 @@ from usnet.client import Client
 from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.session import DomainGone, WorkerGone
+from usnet.client.sigdefer import EngineLock, block_in_this_thread
 from usnet.client.tcpstats import Publisher
+from usnet.proto.errqueue import tcp_connect_report
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
 from usnet.proto.ip import Datagram, IcmpError, IpLayer
 from usnet.proto.route import Routes
@@ -283,9 +285,9 @@ class FlowEngine:
             self.tcp.on_forget = lambda c: self._port_free(c.local_port)
             self.routes = Routes.for_flow(self.info.local_addr, self.info.prefix, self.info.gateway)
             self._bcast = self.routes.broadcast4  # no peer has it, as the switch judges it
-        self.lock: Any = threading.RLock() if share is None else share.lock
-        self.changed: threading.Condition = (threading.Condition(self.lock) if share is None
-                                             else share.changed)  # notified after every pump
+        self.lock: Any = EngineLock() if share is None else share.lock  # signals wait for its release
+        # notified after every pump
+        self.changed: threading.Condition = self.lock.condition() if share is None else share.changed
         # (IP packet, cut: 0 or a super-segment's segment payload) the TX ring had no room for
         self._backlog: list[tuple[bytes, Any, int]] = []  # (packet or headers, payload view or None, cut)
         self.closed = False
@@ -623,12 +625,19 @@ class FlowEngine:
                   and not (len(ev.remote) == 4 and icmp4_tcp_ignores(ev.icmp_type, ev.icmp_code))):
                 conn = self.tcp.connections.get((ev.remote, ev.remote_port, ev.local_port))
                 if conn is not None:
+                    connecting = conn.state is TcpState.SYN_SENT
                     try:
                         # a sequence number in flight: only then does a frag-needed lower the path MTU
                         taken = conn.icmp_error(ev.errno, int.from_bytes(ev.quote[_SEQ : _SEQ + 4], "big"))
                     except Exception as exc:  # the barrier: that connection's fault
                         self.tcp.fault(conn, exc, now)
                         taken = False
+                    if taken and connecting and conn.error is not None and (len(ev.remote) == 4 or conn.cfg.recverr):
+                        # the connect it ended leaves it on the error queue: tcp_v4_err's ip_icmp_error
+                        # always, tcp_v6_err's ipv6_icmp_error with IPV6_RECVERR
+                        conn.error_report = tcp_connect_report(
+                            ev.errno, ev.icmp_type, ev.icmp_code, ev.reporter, ev.local, ev.local_port, ev.remote,
+                            ev.remote_port, ev.quote)
                     if taken and ev.mtu:
                         self.ip.lower_pmtu(ev, now)
                     if self._touched is not None:
@@ -856,8 +865,8 @@ class Runner:
             e: Any = served
             if not hasattr(e, "changed"):
                 continue  # a loopback half: its datagram engine is served here too, and fails
-            e.lock = threading.RLock()
-            e.changed = threading.Condition(e.lock)
+            e.lock = EngineLock()
+            e.changed = e.lock.condition()
             e.error = why
             e.closed = True
         self.engines.clear()
@@ -980,8 +989,7 @@ class Runner:
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
             if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone or not engine.ch.can_ring_own_bell
-                    or threading.current_thread() is threading.main_thread()):
+                    or not engine.alone or threading.current_thread() is threading.main_thread()):
                 # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) Never
                 # the main thread: Python runs signal handlers there, between any two bytecodes, so
                 # a handler's exception (KeyboardInterrupt, an alarm's) would land in the middle of
@@ -1145,6 +1153,7 @@ class Runner:
             e.notify()
 
     def _run(self) -> None:
+        block_in_this_thread()  # a signal for the process waits for the main thread (usnet.client.sigdefer)
         while not self._stopping:
             self._poked = False
             self.wake_at = math.inf

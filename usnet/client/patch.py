@@ -11,8 +11,9 @@ After `patch()`:
   raw sockets, `socket.socketpair()` (asyncio's self-pipe) and sockets built from a descriptor
   (``socket.socket(fileno=...)``, `socket.fromfd`), which are exactly what they were.
   ``isinstance(s, socket.socket)`` holds for both.
-- `socket.getaddrinfo` (and `gethostbyname`, `gethostbyname_ex` where `usnet.socket` has them)
-  are usnet's, so names resolve over usnet, not the kernel's network.
+- `socket.getaddrinfo` (and `gethostbyname`, `gethostbyname_ex`, `gethostbyaddr`, `getnameinfo`,
+  so `getfqdn` too, where `usnet.socket` has them) are usnet's, so names resolve over usnet, not
+  the kernel's network, in both directions.
 - `ssl.SSLContext.wrap_socket` of a usnet socket is `usnet.tls.wrap_socket` (OpenSSL over memory
   BIOs); of a kernel socket it is the ssl module's.
 - asyncio's policy is `usnet.aio.EventLoopPolicy`: every new loop puts its TCP on usnet, and
@@ -34,7 +35,7 @@ Which usnet: `usnet.socket.configure(client, netif)` (patch's own arguments), el
 reached when the first socket needs it, not at patch time.
 
 Names bound before the patch: a module that did ``from socket import socket`` (or
-``getaddrinfo``, ``gethostbyname``, ``gethostbyname_ex``) before `patch()` holds the standard
+``getaddrinfo``, ``gethostbyname``, ...) before `patch()` holds the standard
 objects themselves, so `patch()` also looks through the modules already imported (`sys.modules`,
 usnet's own left out) for module-level names that are exactly those objects, and rebinds each
 to its patched counterpart (`unpatch()` puts back those it rebound). The standard
@@ -69,7 +70,8 @@ __all__ = ["child_environment", "is_patched", "patch", "run_in_process", "unpatc
 _KERNEL = _socket.socket  # the standard class, before anyone replaced it
 _FLAGS = getattr(_socket, "SOCK_NONBLOCK", 0) | getattr(_socket, "SOCK_CLOEXEC", 0)
 _INET = (_socket.AF_INET, _socket.AF_INET6)
-_NAMES = ("getaddrinfo", "gethostbyname", "gethostbyname_ex")  # taken from usnet.socket where it has them
+# taken from usnet.socket where it has them (socket.getfqdn calls gethostbyaddr through the module)
+_NAMES = ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo")
 
 _saved: dict[str, Any] = {}
 _lock = threading.Lock()
@@ -101,6 +103,10 @@ class _SocketMeta(type):
                 if kind & getattr(_socket, "SOCK_NONBLOCK", 0):
                     s.setblocking(False)
                 return s
+        elif family in (-1, *_INET) and _us.adopts(fileno):
+            # a usnet socket's descriptor (detached, or dup'd as socket.fromfd does): that socket's
+            # connection, not a kernel socket on its readiness pair
+            return _us.socket(fileno=fileno)
         return _KERNEL(family, type, proto, fileno)
 
     def __instancecheck__(cls, obj: object) -> bool:

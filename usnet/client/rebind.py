@@ -33,6 +33,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from usnet.client.sigdefer import block_in_this_thread
+
 __all__ = ["Refused", "orphaned", "reopen", "waiting"]
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ def waiting() -> int:
 
 def _run() -> None:
     global _thread
+    block_in_this_thread()  # a signal for the process waits for the main thread (usnet.client.sigdefer)
     delay = _FIRST
     while True:
         _wake.wait(delay)

@@ -33,10 +33,12 @@ standard module's `socket.gaierror` with glibc's EAI codes and messages;
 the result has the standard module's shape (5-tuples, `AddressFamily` and
 `SocketKind` members) and order: glibc's socket-type table decides which
 (type, protocol) pairs a service yields, and several addresses are sorted
-by RFC 6724's rules as they apply to usnet and as glibc applies them (an
-address family the netif lacks comes last; then precedence, then the smaller
-scope, then the longest prefix shared with the netif's address: for IPv4 only
-inside its subnet).
+by RFC 6724's rules as they apply to usnet and as glibc applies them, with glibc's default
+policy table (an address family the netif lacks comes last; then an address whose scope, then
+whose label, matches the netif's address it would be reached from; then precedence, where
+glibc's table puts IPv6 before IPv4; then the smaller scope, then the longest prefix shared
+with the netif's address: for IPv4 only inside its subnet). /etc/gai.conf is not read: a host
+that changes the table there sorts otherwise.
 """
 
 from __future__ import annotations
@@ -668,11 +670,18 @@ def _numeric(host: str) -> tuple[int, str, int] | None:
     return AF_INET6, _std.inet_ntop(AF_INET6, packed), scope_id
 
 
-_PRECEDENCE = [  # RFC 6724 §2.1's default policy table: (prefix, precedence)
-    (ipaddress.ip_network("::1/128"), 50), (ipaddress.ip_network("::ffff:0:0/96"), 35),
-    (ipaddress.ip_network("2002::/16"), 30), (ipaddress.ip_network("2001::/32"), 5),
-    (ipaddress.ip_network("fc00::/7"), 3), (ipaddress.ip_network("::/96"), 1),
-    (ipaddress.ip_network("fec0::/10"), 1), (ipaddress.ip_network("3ffe::/16"), 1),
+# glibc's default policy table (sysdeps/posix/getaddrinfo.c: RFC 3484's precedences, with labels
+# for site-local, unique-local and Teredo), which it uses unless /etc/gai.conf replaces it:
+# (prefix, precedence); ::/0 is 40, so any IPv6 address comes before IPv4 (10) by rule 6
+_PRECEDENCE = [
+    (ipaddress.ip_network("::1/128"), 50), (ipaddress.ip_network("2002::/16"), 30),
+    (ipaddress.ip_network("::/96"), 20), (ipaddress.ip_network("::ffff:0:0/96"), 10),
+]
+_LABELS = [  # (prefix, label); ::/0 is 1
+    (ipaddress.ip_network("::1/128"), 0), (ipaddress.ip_network("2002::/16"), 2),
+    (ipaddress.ip_network("::/96"), 3), (ipaddress.ip_network("::ffff:0:0/96"), 4),
+    (ipaddress.ip_network("fec0::/10"), 5), (ipaddress.ip_network("fc00::/7"), 6),
+    (ipaddress.ip_network("2001::/32"), 7),
 ]
 
 
@@ -718,21 +727,64 @@ def _prefix_match(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, ifaces: _If
     return 0 if src is None else _common_prefix(ip.packed, src.ip.packed)
 
 
+def _as_v6(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    """An address as the policy table sees it: IPv4 as IPv4-mapped."""
+    return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip
+
+
+def _scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """RFC 6724's scope as glibc's get_scope gives it: an IPv6 multicast's own field; link-local
+    and loopback 2 (IPv4's 169.254/16 and 127/8 too: glibc's default_scopes); site-local 5;
+    everything else global, 14 (IPv4's private ranges included)."""
+    if ip.version == 6:
+        if ip.is_multicast:
+            return ip.packed[1] & 0x0F
+        if ip.is_link_local or ip.is_loopback:
+            return 2
+        return 5 if ip.is_site_local else 14
+    return 2 if ip.is_link_local or ip.is_loopback else 14
+
+
+def _label(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The policy table's label of `ip` (glibc's default_labels)."""
+    v6 = _as_v6(ip)
+    return next((lab for net, lab in _LABELS if v6 in net), 1)
+
+
+def _source(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+            ifaces: _Ifaces | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The source address usnet would send to `ip` from (glibc asks the kernel with a UDP
+    connect): the netif's address of its family, its link-local one for a link-local
+    destination; a loopback destination's is itself. None: usnet cannot say."""
+    if ip.is_loopback:
+        return ip
+    if ifaces is None:
+        return None
+    v4, v6, ll = ifaces
+    if ip.version == 4:
+        return None if v4 is None else v4.ip
+    src = ll if ip.is_link_local or v6 is None else v6
+    return None if src is None else src.ip
+
+
 def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool],
-              ifaces: _Ifaces | None = None) -> tuple[int, int, int, int]:
-    """RFC 6724's destination rules as they apply to usnet (and as glibc sorts): 1 (a family the
-    netif has no address of is unusable), 6 (precedence), 8 (smaller scope first), 9 (the
-    longest prefix shared with the source address, `_prefix_match`); the sort is stable (10)."""
+              ifaces: _Ifaces | None = None) -> tuple[int, ...]:
+    """RFC 6724's destination rules as they apply to usnet (and as glibc's rfc3484_sort applies
+    them): 1 (a family the netif has no address of is unusable), 2 (prefer the scope of the
+    source address usnet would use, `_source`), 5 (prefer its label), 6 (precedence), 8 (smaller
+    scope first), 9 (the longest prefix shared with the source address, `_prefix_match`); the
+    sort is stable (10). Rules 3, 4 and 7 (deprecated, home and native-transport sources) have
+    nothing to tell apart in usnet."""
     ip = ipaddress.ip_address(addr)
-    v6 = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip
-    assert isinstance(v6, ipaddress.IPv6Address)
-    prec = next((p for net, p in _PRECEDENCE if v6 in net), 40)
-    link = ip.is_loopback or ip.is_link_local
+    prec = next((p for net, p in _PRECEDENCE if _as_v6(ip) in net), 40)
     kind = _kind(addr)
     usable = kind == 3 or have[kind]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return (0 if usable else 1, -prec, 2 if link else 14, -_prefix_match(ip, ifaces))
+    src, scope = _source(ip, ifaces), _scope(ip)
+    other_scope = src is not None and _scope(src) != scope
+    other_label = src is not None and _label(src) != _label(ip)
+    return (0 if usable else 1, int(other_scope), int(other_label), -prec, scope, -_prefix_match(ip, ifaces))
 
 
 def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family: int = 0, type: int = 0,

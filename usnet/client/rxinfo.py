@@ -37,6 +37,7 @@ __all__ = [
     "put_cmsgs",
     "rx_cmsgs",
     "set_option",
+    "timestamp_mode",
     "wants_meta",
 ]
 
@@ -61,7 +62,7 @@ class RxMeta(NamedTuple):
     ns: int
     local: str
     loopback: bool
-    header: tuple[int, int] | None = None  # (TOS, TTL) or (traffic class, hop limit), if kept
+    header: tuple[int, int, bytes] | None = None  # (TOS, TTL, destination) or (class, hop limit, destination)
 
 
 def set_option(opts: dict[tuple[int, int], Any], level: int, opt: int, value: Any) -> None:
@@ -109,6 +110,11 @@ def option_value(opts: dict[tuple[int, int], Any], level: int, opt: int) -> int:
     return int(bool(opts.get((level, opt))))
 
 
+def timestamp_mode(opts: dict[tuple[int, int], Any]) -> int | None:
+    """The timestamp option on (the cmsg type recvmsg gives), or None."""
+    return opts.get(_TS_KEY)
+
+
 def wants_meta(opts: dict[tuple[int, int], Any]) -> bool:
     """Whether the socket's datagrams need an `RxMeta` (one of the options is on)."""
     return _TS_KEY in opts or any(k in opts for k in IP_OPTIONS)
@@ -141,8 +147,10 @@ def rx_cmsgs(family: int, opts: dict[tuple[int, int], Any], meta: RxMeta,
     if ip.version == 4:  # ip_cmsg_recv_offset: packet info, TTL, TOS
         if (IPPROTO_IP, _cm.IP_PKTINFO) in opts:
             # spec_dst: the address a reply would leave from (fib_compute_spec_dst): for a
-            # datagram to a local unicast address, that address
-            out.append((IPPROTO_IP, _cm.IP_PKTINFO, _cm.InPktinfo(ifindex, ip.packed, ip.packed).pack()))
+            # datagram to a local unicast address, that address; ipi_addr the header's destination
+            # (a group's, for a datagram to a group: kept then, usnet.client.dgram `set_meta`)
+            out.append((IPPROTO_IP, _cm.IP_PKTINFO, _cm.InPktinfo(ifindex, ip.packed,
+                                                                  ip.packed if hdr is None else hdr[2]).pack()))
         if hdr is not None and (IPPROTO_IP, IP_RECVTTL) in opts:
             out.append((IPPROTO_IP, IP_TTL, _cm.INT.pack(hdr[1])))
         if hdr is not None and (IPPROTO_IP, IP_RECVTOS) in opts:

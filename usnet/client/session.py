@@ -259,6 +259,15 @@ class Client:
         except (OSError, P.ControlError, P.ProtocolError):
             pass  # the domain or the channel is gone: the flow left its group with it
 
+    def join_group(self, channel: int, group: bytes, join: bool = True) -> None:
+        """Flow `channel` joins (or leaves) IPv4 group `group` (P.JoinGroup); the domain's refusal
+        is raised as the OSError it names (EINVAL, EADDRINUSE, ENOBUFS, EADDRNOTAVAIL)."""
+        self._expect(P.JoinGroup(channel, group, join), P.Done)
+
+    def multicast_options(self, channel: int, loop: bool, all: bool) -> None:
+        """IP_MULTICAST_LOOP and IP_MULTICAST_ALL of flow `channel` (P.MulticastOptions)."""
+        self._expect(P.MulticastOptions(channel, loop, all), P.Done)
+
     def open_monitor(self, netif: str, filter: str = "") -> Channel:
         """A read-only channel with a copy of every frame the netif sends and receives that matches
         `filter` (a subset of pcap-filter syntax, usnet.proto.pcapfilter; evaluated in the domain).
@@ -279,20 +288,24 @@ class Client:
             os.close(fds[0])
 
     def _open(self, req: P.Request, expect: type[_Opened]) -> tuple[Channel, _Opened]:
-        """Send an open request; build the channel from the reply and its five descriptors (six
-        for a flow served by a worker of `usnetd --workers`: the sixth hangs up if that worker dies)."""
+        """Send an open request; build the channel from the reply and its six descriptors (seven
+        for a flow served by a worker of `usnetd --workers`: the seventh hangs up if that worker dies)."""
         reply, fds = self._call(req)
-        if not isinstance(reply, expect) or len(fds) not in (5, 6):
+        if not isinstance(reply, expect) or len(fds) not in (6, 7):
             _close_all(fds)
-            raise P.ProtocolError(f"{type(req).__name__} expects {expect.__name__} and 5 or 6 descriptors, "
+            raise P.ProtocolError(f"{type(req).__name__} expects {expect.__name__} and 6 or 7 descriptors, "
                                   f"got {type(reply).__name__} and {len(fds)}")
-        shared, ro, bell, peer_bell, kick_fd = fds[:5]
-        alive = fds[5] if len(fds) == 6 else None
+        shared, ro, bell, bell_ring, peer_bell, kick_fd = fds[:6]
+        alive = fds[6] if len(fds) == 7 else None
         kick, keep_fd = self._kick_for(reply.channel, kick_fd)
-        ch = Channel(
-            channel_id=reply.channel, role=reply.role, shared_fd=shared, ro_fd=ro,
-            bell_fd=bell, peer_bell_fd=peer_bell, kick=kick, control=self, alive_fd=alive,
-        )
+        try:
+            ch = Channel(
+                channel_id=reply.channel, role=reply.role, shared_fd=shared, ro_fd=ro, bell_fd=bell,
+                bell_ring_fd=bell_ring, peer_bell_fd=peer_bell, kick=kick, control=self, alive_fd=alive,
+            )
+        except BaseException:
+            _close_all([fd for fd in fds if fd != kick_fd] + ([] if keep_fd is None else [keep_fd]))
+            raise
         if keep_fd is not None:
             ch._fds.append(keep_fd)
         self.channels[ch.id] = ch

@@ -48,9 +48,12 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelDefunct
 from usnet.client.engine import FlowEngine, Readiness, connector, delivered, exiting, park_at_exit, runner
 from usnet.client.session import Client, DomainGone, WorkerGone
+from usnet.client.sigdefer import step
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
+from usnet.proto import cmsg as _cm
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
 from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
+from usnet.proto.errqueue import ErrorReport, as_mapped, pack_cmsg
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -93,6 +96,7 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
 _ERRQUEUE = 0x2000  # MSG_ERRQUEUE
+_CTRUNC, _TRUNC = 0x8, 0x20  # MSG_CTRUNC, MSG_TRUNC
 _IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
 SO_ERROR, SO_RCVBUF, SO_SNDBUF = _std.SO_ERROR, _std.SO_RCVBUF, _std.SO_SNDBUF
 IPPROTO_IPV6, IPV6_V6ONLY = _std.IPPROTO_IPV6, _std.IPV6_V6ONLY
@@ -228,6 +232,18 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     if family != AF_INET6:
         return (host, port)
     return (host if ":" in host else "::ffff:" + host, port, 0, 0)
+
+
+def _error_message(r: ErrorReport, family: int, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
+    """recvmsg(MSG_ERRQUEUE) of report `r` (both faces): the quoted payload, the IP_RECVERR
+    (IPV6_RECVERR) control message (usnet.proto.errqueue) cut as Linux's put_cmsg cuts it to
+    `ancbufsize` (MSG_CTRUNC), MSG_ERRQUEUE (MSG_TRUNC for a longer payload) and the quoted
+    destination; an AF_INET6 socket reads an IPv4 report with mapped addresses (ipv6_recv_error)."""
+    if family == AF_INET6:
+        r = as_mapped(r)
+    anc, cut = _rx.put_cmsgs([pack_cmsg(r)], ancbufsize)
+    flags = _ERRQUEUE | (_TRUNC if len(r.payload) > bufsize else 0) | (_CTRUNC if cut else 0)
+    return r.payload[:bufsize], anc, flags, _sockaddr(family, r.dst, r.dport)
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
@@ -379,6 +395,30 @@ _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(f
 # multiprocessing.connection, pyftpdlib) reach the connection: `by_descriptor`, usnet.patch's os.
 _descriptors: dict[int, socket] = {}
 _held: dict[int, socket] = {}  # fileno -> a detached socket taken back for its descriptor's system calls
+
+
+def duplicated(fd: int) -> socket | None:
+    """The open usnet socket whose descriptor `fd` duplicates (the same open file, as os.dup
+    makes: socket.fromfd dups the number it is given), or None. Asked only by socket(fileno=...)
+    of a descriptor that is no usnet socket's own: one fstat per usnet descriptor in use."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    for d, s in list(_descriptors.items()):
+        try:
+            o = os.fstat(d)
+        except OSError:
+            continue
+        if (o.st_dev, o.st_ino) == (st.st_dev, st.st_ino) and d != fd and not s._closed:
+            return s
+    return None
+
+
+def adopts(fd: int) -> bool:
+    """Whether `socket(fileno=fd)` makes a usnet socket: `fd` is a detached usnet socket's
+    descriptor, or a duplicate of an open one's (`duplicated`); else it is a kernel socket's."""
+    return fd in _detached or fd in _held or duplicated(fd) is not None
 
 
 def by_descriptor(fd: int) -> socket | None:
@@ -863,18 +903,19 @@ class socket:
                 raise
             if not owns:  # a free port of the connector's blocks: no message to the domain
                 self._port = eng.take_port(raddr, port)
-            try:
-                with eng.lock:
-                    conn = eng.tcp.connect(raddr, port, time.monotonic(), local_port=self._port,
-                                           **self._buffer_options())
-                    self._apply_options(conn)
-            except BaseException:
+            with step:  # (as send: the connection made, attached, its SYN sent)
+                try:
+                    with eng.lock:
+                        conn = eng.tcp.connect(raddr, port, time.monotonic(), local_port=self._port,
+                                               **self._buffer_options())
+                        self._apply_options(conn)
+                except BaseException:
+                    if not owns:
+                        eng.port_unused(self._port)
+                    raise
+                self._attach(eng, owns=owns, conn=conn)
                 if not owns:
-                    eng.port_unused(self._port)
-                raise
-            self._attach(eng, owns=owns, conn=conn)
-            if not owns:
-                eng.kick()  # its SYN goes now, from this thread
+                    eng.kick()  # its SYN goes now, from this thread
             if self._timeout == 0.0:
                 return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
             first = True
@@ -907,10 +948,13 @@ class socket:
 
         def attempt() -> int | None:
             self._take_pending(conn)  # IP_RECVERR's pending error first, as tcp_sendmsg's sk_err
+            if conn.error is not None:  # its error once, then EPIPE (sk_stream_error)
+                raise self._error_once(conn) or BrokenPipeError(errno.EPIPE, "Broken pipe")
             return conn.send(data, more) or None
 
-        n = self._wait(attempt, "send", self._call_timeout(flags))
-        eng.kick()
+        with step:  # what TCP took and the kick that sends it: one step for a signal (usnet.client.sigdefer)
+            n = self._wait(attempt, "send", self._call_timeout(flags))
+            eng.kick()
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
@@ -968,7 +1012,7 @@ class socket:
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         if flags & _ERRQUEUE:
-            return self._tcp_error_queue()
+            return self._tcp_error_queue(bufsize, 0)[0]
         conn = self._need_conn()
         if bufsize == 0:
             return b""
@@ -1028,13 +1072,24 @@ class socket:
             self._update()
         return err
 
-    def _tcp_error_queue(self) -> bytes:
-        """recv(MSG_ERRQUEUE): a TCP socket's error queue holds no ICMP error once connected
-        (tcp_v4_err queues one only in SYN-SENT, and then the connection is over: see the
-        design note "IP_RECVERR on TCP, local errors, POLLERR, ..."), so it is EAGAIN
-        whether or not the socket blocks, as Linux's inet_recv_error with an empty queue."""
+    def _tcp_error_queue(self, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
+        """recvmsg(MSG_ERRQUEUE): a TCP socket's error queue holds only the ICMP error that ended
+        its connect in SYN-SENT (tcp_v4_err's ip_icmp_error, always; tcp_v6_err's with
+        IPV6_RECVERR: `FlowEngine._ip_events` keeps it as the connection's `error_report`);
+        taking it clears the socket's error, as sock_dequeue_err_skb clears sk_err after the last
+        ICMP report. Empty: EAGAIN whether or not the socket blocks, as inet_recv_error's."""
         self._need_open()
-        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        conn, eng = self._conn, self._engine
+        r = None
+        if conn is not None and eng is not None:
+            with eng.lock:
+                r, conn.error_report = conn.error_report, None
+                if r is not None and conn.error is not None:
+                    self._reported = conn.error  # SO_ERROR reads 0 now, and POLLERR goes
+                    self._update()
+        if not isinstance(r, ErrorReport):
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        return _error_message(r, self.family, bufsize, ancbufsize)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         """A stream socket names no sender: (data, None), as Linux gives."""
@@ -1043,8 +1098,24 @@ class socket:
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         return self.recv_into(buffer, nbytes, flags), None
 
-    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, None]:
-        return self.recv(bufsize, flags), [], 0, None
+    def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, Any]:
+        """As recv; with SO_TIMESTAMP(NS) on, the control message of when the last byte read
+        arrived (none if it came before the option), as Linux's tcp_recv_timestamp, cut to
+        `ancbufsize` with MSG_CTRUNC as put_cmsg cuts it."""
+        if flags & _ERRQUEUE:
+            return self._tcp_error_queue(bufsize, ancbufsize)
+        mode = _rx.timestamp_mode(self._opts)
+        conn = self._conn
+        stamps = conn.rx_stamps if conn is not None and mode is not None else None
+        if stamps is None:
+            return self.recv(bufsize, flags), [], 0, None
+        stamps.last = None
+        data = self.recv(bufsize, flags)
+        if (t := stamps.last) is None:
+            return data, [], 0, None
+        ns = time.time_ns() - round((time.monotonic() - t) * 1e9)  # TCP's clock is the monotonic one
+        anc, cut = _rx.put_cmsgs([_cm.timestamp_cmsg(mode, ns)], ancbufsize)
+        return data, anc, _CTRUNC if cut else 0, None
 
     def recvmsg_into(self, buffers: Any, ancbufsize: int = 0, flags: int = 0) -> tuple[int, list, int, Any]:
         """As the standard recvmsg_into: what `recvmsg` returns, scattered over `buffers` in order."""
@@ -1080,15 +1151,16 @@ class socket:
         conn = self._need_conn()
         eng = self._engine
         assert eng is not None
-        with eng.lock:
-            if how in (SHUT_RD, SHUT_RDWR):
-                self._shut_rd = True
-            if how in (SHUT_WR, SHUT_RDWR):
-                conn.shutdown_write(time.monotonic())
-            self._update()
-            if how != SHUT_WR:
-                eng.notify()  # a recv blocked in another thread returns b"" now, as Linux's (sk_state_change)
-        eng.kick()
+        with step:  # (as send: the FIN queued and sent)
+            with eng.lock:
+                if how in (SHUT_RD, SHUT_RDWR):
+                    self._shut_rd = True
+                if how in (SHUT_WR, SHUT_RDWR):
+                    conn.shutdown_write(time.monotonic())
+                self._update()
+                if how != SHUT_WR:
+                    eng.notify()  # a recv blocked in another thread returns b"" now, as Linux's (sk_state_change)
+            eng.kick()
 
     def _shutdown_listener(self, how: int) -> None:
         """shutdown() of a listening socket, as Linux's inet_shutdown: SHUT_WR does nothing;
@@ -1101,15 +1173,16 @@ class socket:
         eng = self._engine
         assert eng is not None
         now = time.monotonic()
-        with eng.lock:
-            self._listening = False
-            for e in (eng, *self._halves):
-                e.tcp.unlisten(self._port, now)
-                if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
-                    e.client.unlisten(e.ch.id)           # new connections now
-            self._update()
-            eng.notify()  # a blocked accept looks again (on `changed` or the doorbell), finds no listener
-        eng.kick()
+        with step:  # (as send: the pending connections reset, and the RSTs sent)
+            with eng.lock:
+                self._listening = False
+                for e in (eng, *self._halves):
+                    e.tcp.unlisten(self._port, now)
+                    if self._reuse_port() and not e.closed:  # the port's other SO_REUSEPORT listeners take
+                        e.client.unlisten(e.ch.id)           # new connections now
+                self._update()
+                eng.notify()  # a blocked accept looks again (on `changed` or the doorbell), finds no listener
+            eng.kick()
 
     def close(self) -> None:
         """As the standard close: the connection lives on while a makefile() refers to it."""
@@ -1125,17 +1198,18 @@ class socket:
         last = self._share[0] == 0
         eng = self._engine
         if eng is not None:
-            with eng.lock:
-                eng.unwatch(self, self._conn)
-                if last:
-                    self._last_close(eng)
             lingers = bool(last and self._linger and self._conn is not None and not self._abort_on_close)
-            if (isinstance(eng, FlowEngine) and eng.driver is None and not lingers
-                    and not eng.release_when_idle and not self._halves):
-                eng.kick()  # the FIN (or RST) goes from this thread: no hand-off to the stack thread
-            else:
-                eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it; an
-                # engine to let go when idle is the stack thread's to close
+            with step:  # (as send: the FIN queued and sent, or handed to the stack thread)
+                with eng.lock:
+                    eng.unwatch(self, self._conn)
+                    if last:
+                        self._last_close(eng)
+                if (isinstance(eng, FlowEngine) and eng.driver is None and not lingers
+                        and not eng.release_when_idle and not self._halves):
+                    eng.kick()  # the FIN (or RST) goes from this thread: no hand-off to the stack thread
+                else:
+                    eng.wake(wait=lingers)  # a lingering close blocks: the stack thread must serve it; an
+                    # engine to let go when idle is the stack thread's to close
             if lingers:
                 self._linger_close(eng, self._conn, self._linger)  # type: ignore[arg-type]
         if _descriptors.get(self._fd) is self:
@@ -1176,8 +1250,14 @@ class socket:
         """Another socket object for the same connection; it ends when the last of them closes."""
         self._need_open()
         d = object.__new__(type(self))
+        self._share_into(d, os.dup(self.fileno()))
+        return d
+
+    def _share_into(self, d: socket, fd: int) -> None:
+        """Make `d` another object for this socket's connection (`dup`), with `fd`, a duplicate
+        of this socket's descriptor, as its own."""
         d.__dict__.update(self.__dict__)
-        d._fd = os.dup(self.fileno())
+        d._fd = fd
         d._closed, d._io_refs = False, 0
         _descriptors[d._fd] = d
         self._share[0] += 1
@@ -1185,7 +1265,6 @@ class socket:
         if self._engine is not None:
             with self._engine.lock:
                 self._engine.watch(d, d._conn)
-        return d
 
     def reference(self) -> socket:
         """Another socket object for the same connection, as `dup` makes, without a descriptor of
@@ -1242,6 +1321,11 @@ class socket:
                 with src._engine.lock:
                     src._engine.unwatch(src, src._conn)
             src._closed = src._dead = True
+        if src is None and (orig := duplicated(fd)) is not None:
+            # a duplicate of an open socket's descriptor (socket.fromfd): another object for its
+            # connection, as `dup` makes, owning `fd`, as a kernel socket's dup shares the file
+            orig._share_into(self, fd)
+            return
         if src is None:
             raise OSError(errno.EAFNOSUPPORT, f"descriptor {fd} is no detached usnet socket")
         self.__dict__.update(src.__dict__)
@@ -1319,6 +1403,10 @@ class socket:
             return
         elif (level, opt) in _rx.IP_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
             _rx.set_option(self._opts, level, opt, value)
+            return
+        elif (level, opt) in _rx.TIMESTAMP_OPTIONS:
+            _rx.set_option(self._opts, level, opt, value)
+            self._set_rx_stamps()
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
@@ -1453,7 +1541,7 @@ class socket:
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in _so.TIMEO_OPTIONS:
             return _so.timeo_get(self._opts.get(_so.timeo_key(opt)))
-        if (level, opt) in _rx.IP_OPTIONS:
+        if (level, opt) in _rx.IP_OPTIONS or (level, opt) in _rx.TIMESTAMP_OPTIONS:
             return _rx.option_value(self._opts, level, opt)
         conn = self._conn
         if level == SOL_SOCKET:
@@ -1647,7 +1735,21 @@ class socket:
             out["sndbuf"] = out["sndbuf_max"] = v // 2
         if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS (`_set_marking`)
             out["ip_mark"] = mark
+        if _rx.timestamp_mode(self._opts) is not None:
+            out["rx_stamps"] = True
         return out
+
+    def _set_rx_stamps(self) -> None:
+        """SO_TIMESTAMP(NS) set or cleared: the connection stamps what arrives from now on, and a
+        listener's connections from their first segment (TcpConfig.rx_stamps), as Linux's."""
+        on, conn, eng = _rx.timestamp_mode(self._opts) is not None, self._conn, self._engine
+        if eng is None:
+            return
+        with eng.lock:
+            if conn is not None:
+                conn.set_rx_stamps(on)
+            for lst in self._listeners() if self._listening else ():
+                lst.config.rx_stamps = on
 
     @staticmethod
     def _apply_buffer(conn: TcpConnection, opt: int, size: int) -> None:
@@ -1665,6 +1767,7 @@ class socket:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
         conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
+        conn.set_rx_stamps(_rx.timestamp_mode(self._opts) is not None)
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
@@ -1709,11 +1812,22 @@ class socket:
             return take()
         if conn.pending_error is not None:
             self._take_pending(conn)  # raises it: sk_err, after the data, before the EOF (tcp_recvmsg)
-        if conn.error is not None:
-            raise conn.error
+        if conn.error is not None and (err := self._error_once(conn)) is not None:
+            raise err
         if conn.eof or conn.state is CLOSED or self._shut_rd:
-            return at_eof
+            return at_eof  # (an error reported once: over both ways, EOF, as tcp_done's shutdown)
         return None
+
+    def _error_once(self, conn: TcpConnection) -> OSError | None:
+        """The error that ended `conn`, the first time a call asks (recv, send, connect, SO_ERROR
+        report it once, as Linux's sock_error takes sk_err); None once it was reported. With
+        the engine's lock held."""
+        err = conn.error
+        if err is None or err is self._reported:
+            return None
+        self._reported = err
+        self._update()  # POLLERR goes
+        return err
 
     def _wait(self, attempt: Any, what: str, timeout: Any = _UNSET, eagain: bool = False) -> Any:
         """Run `attempt` under the engine lock until it returns non-None, within the timeout

@@ -32,9 +32,9 @@ end with BlockingIOError (EAGAIN) when it runs out, as CPython raises the kernel
 Python timeout (settimeout) takes over, as CPython's poll does on the kernel.
 
 On a datagram socket SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers (one state, read as
-Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo);
-a stream socket refuses them (Linux's gives the last segment read's time, which usnet's TCP
-does not keep).
+Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo),
+and a stream socket's the arrival of the last byte read, as Linux's tcp_recv_timestamp
+(usnet.proto.tcp.rxstamp).
 
 IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo (in6_pktinfo):
 the address the datagram was sent to and the kernel interface index of the netif's name (the
@@ -119,11 +119,12 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (SOL_SOCKET, 21): Option("SO_SNDTIMEO", _H, bytes(16), why="a blocking send's timeout, as SO_RCVTIMEO"),
     (SOL_SOCKET, 66): Option("SO_RCVTIMEO_NEW", _H, bytes(16), why="SO_RCVTIMEO (the same timeout)"),
     (SOL_SOCKET, 67): Option("SO_SNDTIMEO_NEW", _H, bytes(16), why="SO_SNDTIMEO (the same timeout)"),
-    (SOL_SOCKET, 29): Option("SO_TIMESTAMP", _H, stream=False, why="recvmsg gives the datagram's arrival "
-                             "(usnet.client.rxinfo); TCP's, the last segment read's, usnet does not keep"),
-    (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, stream=False, why="as SO_TIMESTAMP, in nanoseconds"),
-    (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, stream=False, why="as SO_TIMESTAMP"),
-    (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, stream=False, why="as SO_TIMESTAMPNS"),
+    (SOL_SOCKET, 29): Option("SO_TIMESTAMP", _H, why="recvmsg gives the datagram's arrival "
+                             "(usnet.client.rxinfo), a stream's that of the last byte read "
+                             "(usnet.proto.tcp.rxstamp)"),
+    (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, why="as SO_TIMESTAMP, in nanoseconds"),
+    (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, why="as SO_TIMESTAMP"),
+    (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, why="as SO_TIMESTAMPNS"),
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
     (SOL_SOCKET, 38): Option("SO_PROTOCOL", _G),
     (SOL_SOCKET, 39): Option("SO_DOMAIN", _G),
@@ -171,9 +172,19 @@ OPTIONS: dict[tuple[int, int], Option] = {
                              why="IP_PMTUDISC_DO, PROBE and INTERFACE: a datagram over the MTU is EMSGSIZE "
                              "(with IP_RECVERR also a local error on the error queue, as ip_local_error) instead "
                              "of fragments; DONT, WANT (the default) and OMIT: fragments"),
-    (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _S, 1, stream=False,
-                             why="usnet sends no multicast (EOPNOTSUPP): a TTL for it changes nothing"),
-    (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    (IPPROTO_IP, 32): Option("IP_MULTICAST_IF", _H, 0, stream=False,
+                             why="in_addr, ip_mreq or ip_mreqn: the interface a group datagram leaves by, "
+                             "checked to be the socket's netif (usnet.client.mcast); read back as in_addr"),
+    (IPPROTO_IP, 33): Option("IP_MULTICAST_TTL", _H, 1, stream=False,
+                             why="the TTL of the socket's datagrams to IPv4 groups (usnet.client.mcast)"),
+    (IPPROTO_IP, 34): Option("IP_MULTICAST_LOOP", _H, 1, stream=False,
+                             why="whether its group datagrams reach the group's members in the domain too"),
+    (IPPROTO_IP, 35): Option("IP_ADD_MEMBERSHIP", _H, stream=False,
+                             why="ip_mreq or ip_mreqn: the domain makes the flow a member (P.JoinGroup)"),
+    (IPPROTO_IP, 36): Option("IP_DROP_MEMBERSHIP", _H, stream=False, why="as IP_ADD_MEMBERSHIP"),
+    (IPPROTO_IP, 49): Option("IP_MULTICAST_ALL", _H, 1, stream=False,
+                             why="1: a socket on a group's port hears the group if any socket of the port "
+                             "joined it, as Linux's; 0: only its own groups (P.JoinGroup's all)"),
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
     (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
                                "packets; -1: 64"),

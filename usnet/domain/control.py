@@ -145,6 +145,26 @@ class Control(SessionRegistry):
             ref.switch.retire_member(ref.flow)
         return P.Done(), []
 
+    @_serves(P.JoinGroup)
+    def _on_join_group(self, session: Session, req: P.JoinGroup) -> tuple[P.Reply, list[int]]:
+        """A flow joins or leaves an IPv4 group (usnet.domain.switch.multicast checks it)."""
+        ref = self._own(session, req.channel)
+        if ref.flow is None or ref.switch is None:
+            raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
+        if req.join:
+            ref.switch.join_group(ref.flow, req.group)
+        else:
+            ref.switch.leave_group(ref.flow, req.group)
+        return P.Done(), []
+
+    @_serves(P.MulticastOptions)
+    def _on_multicast_loop(self, session: Session, req: P.MulticastOptions) -> tuple[P.Reply, list[int]]:
+        ref = self._own(session, req.channel)
+        if ref.flow is None:
+            raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
+        ref.flow.mc_loop, ref.flow.mc_all = req.loop, req.all
+        return P.Done(), []
+
     @_serves(P.OpenMonitor)
     def _on_open_monitor(self, session: Session, req: P.OpenMonitor) -> tuple[P.Reply, list[int]]:
         cid, fds = self.open_monitor(session, req.netif, req.filter)

@@ -342,16 +342,18 @@ class SessionRegistry:
         return self.pipes[pipe_key(os.getuid() if uid is None else uid, name)]
 
     def _attach(self, cid: int, ref: ChannelRef, peer_bell: Doorbell) -> list[int]:
-        """Give a session its end of a pipe: registered, watched, and the five fds to hand over."""
+        """Give a session its end of a pipe: registered, watched, and the six fds to hand over."""
         end = ref.pipe.ends[ref.role]
+        own_ring = end.bell.lend_sleeper_ring()  # first: an OSError (EMFILE) leaves nothing half made
         end.channel_id = cid
         end.attached = True
         self.channels[cid] = ref
         ref.session.channels.add(cid)
         self._sel.register(end.kick.wait_fd, selectors.EVENT_READ, ("kick", cid))
         self._wake()
-        # the client sleeps on its bell, rings its peer's, rings our kick (docs/abi.md, "Doorbells")
-        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell.wait_fd, peer_bell.ring_fd,
+        # the client sleeps on its bell and rings it too (a write end of its own), rings its peer's,
+        # rings our kick (docs/abi.md, "Doorbells")
+        return [ref.pipe.arena.shared_fd, ref.pipe.arena.ro_fd, end.bell.wait_fd, own_ring, peer_bell.ring_fd,
                 end.kick.ring_fd]
 
     def open_flow(self, session: Session, req: P.OpenFlow) -> tuple[P.Reply, list[int]]:

@@ -120,7 +120,7 @@ HUNG_AFTER = 2.0  # a worker that leaves a heartbeat unanswered this long is hun
 START_TIMEOUT = 5.0  # the bounds for a worker not yet heard from (a fork's start on a loaded machine)
 RESTART_WITHIN = 10.0  # a worker that dies this soon after its start "died at start"
 RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not restarted again
-_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten)
+_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.MulticastOptions)
 
 
 def worker_of(port: int, n: int) -> int:

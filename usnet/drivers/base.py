@@ -135,6 +135,17 @@ class FlowSteering(Protocol):
     def unsteer(self, proto: int, port: int) -> bool: ...
 
 
+@runtime_checkable
+class GroupFilter(Protocol):
+    """A device whose interface passes a multicast MAC only when asked (a NIC's filter, when it
+    is not promiscuous): the switch asks for an IPv4 group's MAC at the group's first member on
+    the netif and lets it go at its last (usnet.domain.switch.multicast), as the kernel's own
+    ip_mc_filter_add. Asked once per group; groups that share a MAC ask as many times."""
+
+    def add_group_mac(self, mac: bytes) -> None: ...
+    def drop_group_mac(self, mac: bytes) -> None: ...
+
+
 #: A device that takes plain frames only.
 PLAIN = Capabilities()
 

@@ -106,6 +106,7 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 # linux/if_packet.h: socket options
 PACKET_ADD_MEMBERSHIP = 1
+PACKET_DROP_MEMBERSHIP = 2
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
@@ -115,6 +116,7 @@ PACKET_FANOUT = 18
 PACKET_QDISC_BYPASS = 20
 PACKET_FANOUT_DATA = 22
 PACKET_IGNORE_OUTGOING = 23
+PACKET_MR_MULTICAST = 0
 PACKET_MR_PROMISC = 1
 PACKET_FANOUT_EBPF = 7  # the group's program picks the member (its value modulo the members)
 PACKET_FANOUT_FLAG_UNIQUEID = 0x2000  # the kernel picks an id free in this network namespace
@@ -343,6 +345,22 @@ class PacketDriver:
             s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
                          _MREQ.pack(self.ifindex, PACKET_MR_PROMISC, 0, b""))
         s.setblocking(False)
+
+    def add_group_mac(self, mac: bytes) -> None:
+        """The interface passes frames to multicast `mac` (an IPv4 group's) even when not
+        promiscuous: a PACKET_MR_MULTICAST membership (the kernel counts each one and adds the
+        address to the device's filter, dev_mc_add); it ends with the socket (`GroupFilter`)."""
+        self._group_mac(PACKET_ADD_MEMBERSHIP, mac)
+
+    def drop_group_mac(self, mac: bytes) -> None:
+        """`add_group_mac` undone (once)."""
+        try:
+            self._group_mac(PACKET_DROP_MEMBERSHIP, mac)
+        except OSError:
+            pass  # the socket is closed (its memberships went with it)
+
+    def _group_mac(self, op: int, mac: bytes) -> None:
+        self.sock.setsockopt(SOL_PACKET, op, _MREQ.pack(self.ifindex, PACKET_MR_MULTICAST, 6, mac))
 
     def resume(self) -> None:
         """Take over this queue from a process that served it and died (`usnetd --workers`: the

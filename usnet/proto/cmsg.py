@@ -8,6 +8,8 @@ with its fields named (docs/abi.md lists them). Linux's 64-bit ABI, host byte or
     struct timespec { long tv_sec; long tv_nsec; };        /* 16 bytes: SCM_TIMESTAMPNS (and _NEW) */
     struct in_pktinfo  { int ipi_ifindex; struct in_addr ipi_spec_dst, ipi_addr; };  /* 12 bytes */
     struct in6_pktinfo { struct in6_addr ipi6_addr; unsigned int ipi6_ifindex; };   /* 20 bytes */
+    struct ip_mreq  { struct in_addr imr_multiaddr, imr_interface; };                /* 8 bytes */
+    struct ip_mreqn { struct in_addr imr_multiaddr, imr_address; int imr_ifindex; }; /* 12 bytes */
 
 A socket timeout is kept as Linux keeps it, in jiffies (sock_set_timeout): set from a timeval
 rounded up to whole ticks of the kernel's HZ, read back from them (sock_get_timeout), so what
@@ -27,6 +29,8 @@ __all__ = [
     "IN_PKTINFO",
     "IPV6_PKTINFO",
     "IPV6_RECVPKTINFO",
+    "IP_MREQ",
+    "IP_MREQN",
     "IP_PKTINFO",
     "SCM_TIMESTAMP",
     "SCM_TIMESTAMPNS",
@@ -42,7 +46,10 @@ __all__ = [
     "TIMEVAL",
     "In6Pktinfo",
     "InPktinfo",
+    "IpMreqn",
     "jiffies_timeval",
+    "multicast_if",
+    "parse_mreq",
     "timestamp_cmsg",
     "timeval_jiffies",
 ]
@@ -59,6 +66,8 @@ TIMEVAL = struct.Struct("=qq")  # tv_sec, tv_usec
 TIMESPEC = struct.Struct("=qq")  # tv_sec, tv_nsec
 IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
+IP_MREQ = struct.Struct("=4s4s")  # imr_multiaddr, imr_interface
+IP_MREQN = struct.Struct("=4s4si")  # imr_multiaddr, imr_address, imr_ifindex
 INT = struct.Struct("=i")  # IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS received (IP_TOS: one byte)
 
 _USEC = 1_000_000
@@ -78,6 +87,38 @@ class InPktinfo(NamedTuple):
     @classmethod
     def unpack(cls, data: bytes) -> InPktinfo:
         return cls(*IN_PKTINFO.unpack_from(data))
+
+
+class IpMreqn(NamedTuple):
+    """struct ip_mreqn, to which Linux widens an ip_mreq (ifindex 0): the group, the interface's
+    address (INADDR_ANY: none said), the interface's index (0: none said)."""
+
+    group: bytes
+    address: bytes
+    ifindex: int
+
+
+def parse_mreq(value: bytes) -> IpMreqn:
+    """IP_ADD_MEMBERSHIP's (IP_DROP_MEMBERSHIP's) argument as do_ip_setsockopt reads it: by its
+    length, an ip_mreqn from 12 bytes on (the rest ignored: Python's struct.pack("4sl", ...) is
+    16), an ip_mreq from 8; shorter is EINVAL."""
+    if len(value) >= IP_MREQN.size:
+        return IpMreqn(*IP_MREQN.unpack_from(value))
+    if len(value) >= IP_MREQ.size:
+        group, interface = IP_MREQ.unpack_from(value)
+        return IpMreqn(group, interface, 0)
+    raise OSError(errno.EINVAL, "Invalid argument")
+
+
+def multicast_if(value: bytes) -> IpMreqn:
+    """IP_MULTICAST_IF's argument as do_ip_setsockopt reads it: an ip_mreqn from 12 bytes, an ip_mreq
+    from 8 (its second address the interface's), an in_addr from 4 (group 0.0.0.0 in the result);
+    shorter is EINVAL."""
+    if len(value) >= IP_MREQ.size:
+        return parse_mreq(value)
+    if len(value) >= 4:
+        return IpMreqn(bytes(4), bytes(value[:4]), 0)
+    raise OSError(errno.EINVAL, "Invalid argument")
 
 
 class In6Pktinfo(NamedTuple):

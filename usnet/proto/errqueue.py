@@ -26,7 +26,7 @@ ICMP error into an `ErrorReport` (sans-I/O: the datagram face, usnet.client.dgra
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from usnet.proto import icmp_errors as _ie
 from usnet.proto.wire import icmp as _i4
@@ -37,7 +37,8 @@ from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, parse_ipv6
 
 __all__ = [
     "IPV6_RECVERR", "IP_RECVERR", "SOL_IP", "SOL_IPV6", "SO_EE_ORIGIN_ICMP", "SO_EE_ORIGIN_ICMP6",
-    "SO_EE_ORIGIN_LOCAL", "ErrorReport", "icmp_report", "local_report", "pack_cmsg",
+    "SO_EE_ORIGIN_LOCAL", "ErrorReport", "as_mapped", "icmp_report", "local_report", "pack_cmsg",
+    "tcp_connect_report",
 ]
 
 SOL_IP, SOL_IPV6, IP_RECVERR, IPV6_RECVERR = 0, 41, 11, 25
@@ -105,6 +106,27 @@ def icmp_report(packet: bytes) -> ErrorReport | None:
     if sport is None or dport is None:
         return None
     return ErrorReport(err, origin, typ, code, info, bytes(src), qsrc, sport, qdst, dport, bytes(t[_UDP_HLEN:]))
+
+
+def tcp_connect_report(err: int, icmp_type: int, icmp_code: int, reporter: bytes, local: bytes, lport: int,
+                       remote: bytes, rport: int, quote: bytes | memoryview) -> ErrorReport:
+    """The report Linux queues when an ICMP error ends a TCP connect in SYN-SENT (tcp_v4_err and
+    tcp_v6_err call ip_icmp_error / ipv6_icmp_error before tcp_done): as a datagram's, with the
+    quoted TCP header on as the payload (8 bytes, as much as a router quotes after the IP
+    header). `ee_info` is 0: a "fragmentation needed" does not end a connect, and the pointer of
+    a parameter problem is not carried by the IP layer's event (usnet.proto.ip.IcmpError)."""
+    origin = SO_EE_ORIGIN_ICMP if len(reporter) == 4 else SO_EE_ORIGIN_ICMP6
+    return ErrorReport(err, origin, icmp_type, icmp_code, 0, bytes(reporter), bytes(local), lport, bytes(remote),
+                       rport, bytes(quote))
+
+
+def as_mapped(r: ErrorReport) -> ErrorReport:
+    """An IPv4 report as an AF_INET6 socket reads it (ipv6_recv_error): its addresses, the
+    offender's too, as IPv4-mapped IPv6 addresses; the origin and ICMP type stay IPv4's."""
+    if len(r.dst) != 4:
+        return r
+    m = b"\0" * 10 + b"\xff\xff"
+    return replace(r, offender=m + r.offender, src=m + r.src, dst=m + r.dst)
 
 
 def local_report(err: int, dst: bytes, dport: int, info: int) -> ErrorReport:

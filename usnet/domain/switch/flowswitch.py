@@ -49,9 +49,9 @@ class FlowSwitch(LocalPath):
             return False
 
     def _waits_for_time(self) -> bool:
-        """Whether a fragment or a neighbour being asked waits for the clock (mostly not: the round
-        then reads no clock for them)."""
-        return bool(self.reasm.table or self.arp.pending or self.nd.pending)
+        """Whether a fragment, a neighbour being asked or IGMP (usnet.domain.switch.multicast) waits for the clock
+        (mostly not: the round then reads no clock for them)."""
+        return bool(self.reasm.table or self.arp.pending or self.nd.pending or self.igmp_next() is not None)
 
     def service_timers(self) -> None:
         """What is due by the clock: fragments that waited too long, neighbours to ask again."""
@@ -61,6 +61,7 @@ class FlowSwitch(LocalPath):
         if self.reasm.table:
             self.reasm.expire(now)  # counted as frag_timeout
         self.service_neighbours(now)
+        self.igmp_timers(now)  # a query's answer, a report said again (usnet.domain.switch.multicast)
 
     def next_timeout(self) -> float | None:
         """Seconds until something of this switch is due: neighbours, the device, the netif's
@@ -75,7 +76,8 @@ class FlowSwitch(LocalPath):
             now = self.clock()
             frag = self.reasm.next_deadline()
             for t in (self.arp.next_timer(now), self.nd.next_timer(now),
-                      None if frag is None else max(0.0, frag - now)):
+                      None if frag is None else max(0.0, frag - now),
+                      None if (igmp := self.igmp_next()) is None else max(0.0, igmp - now)):
                 if t is not None and (soonest is None or t < soonest):
                     soonest = t
         return soonest

@@ -29,6 +29,7 @@ from usnet.proto.wire import tcp as wtcp
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.proto.wire.fragment import ip4_fragments, ip6_fragments
+from usnet.proto.wire.igmp import group_mac4
 from usnet.proto.wire.ipv4 import IPV4_HLEN, build_ipv4_header, martian_source4
 from usnet.proto.wire.ipv6 import (
     ALL_NODES,
@@ -64,7 +65,10 @@ class HostDuties(FlowTable):
     # -- neighbours and the link ---------------------------------------------------------------
 
     def _neighbour(self, dst: bytes, now: float) -> tuple[bytes | None, bytes | None]:
-        """(next hop or None if no route, its MAC or None while unresolved) for `dst` (4 or 16 bytes)."""
+        """(next hop or None if no route, its MAC or None while unresolved) for `dst` (4 or 16 bytes).
+        An IPv4 group is on the link, at its group MAC (no ARP), as Linux's ip_mc_map."""
+        if dst[0] >> 4 == 14 and len(dst) == 4 and self.netif.ip is not None:
+            return dst, group_mac4(dst)
         hop = self.netif.next_hop(dst)
         if hop is None:
             return None, None

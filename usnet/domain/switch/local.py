@@ -57,6 +57,10 @@ class LocalPath(ReceivePath, LowLatencyPath):
         if self.is_local(dst):
             self._hairpin(packet)
             return True
+        if self.groups.refs and dst in self.groups.refs:  # a group with members here: IP_MULTICAST_LOOP
+            flow = self.flows.get(key)
+            if flow is not None and flow.mc_loop:
+                self.local_queue.append(bytes(packet))  # a copy; the packet itself goes to the link too
         return super()._route(key, dst, packet, now)
 
     def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float,

@@ -29,8 +29,9 @@ import numpy as np
 import numpy.ma
 
 from usnet.abi.rxchain import CHAIN_MAX_BYTES
-from usnet.domain.switch.host import ETH, HostDuties
+from usnet.domain.switch.host import ETH
 from usnet.domain.switch.lllane import LaneRx
+from usnet.domain.switch.multicast import MulticastDuties
 from usnet.domain.switch.reuseport import ReuseGroup
 from usnet.domain.switch.table import ICMP, PORTS, TCP, UDP, Flow
 from usnet.drivers import block
@@ -41,6 +42,7 @@ from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.proto.wire.gso import headers_len, tcp_segments
+from usnet.proto.wire.igmp import IGMP
 from usnet.proto.wire.ipv4 import (
     IP_MF,
     IP_OFFMASK,
@@ -78,7 +80,7 @@ _RX_SIG_COLS = np.r_[0:6, 12:15, 20:22, 30:34]
 _RX_SIG_MASK = np.array([0xFF] * 9 + [0xBF, 0xFF] + [0xFF] * 4, np.uint8)
 
 
-class ReceivePath(HostDuties):
+class ReceivePath(MulticastDuties):
     """Frames from the device to the flows they belong to, or to the host's duties."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
@@ -383,7 +385,7 @@ class ReceivePath(HostDuties):
             self.drops["rx_oversize"] += 1  # longer than the MTU, and the device did not make it so
             return
         dst, src, etype = ETH.unpack_from(f)
-        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6:
+        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6 and dst not in self.groups.macs:
             self.drops["rx_not_our_mac"] += 1
             return
         if src[0] & 1:
@@ -406,7 +408,9 @@ class ReceivePath(HostDuties):
         """
         ihl, total, ident, ff, ttl, proto, src, dst = parse_ipv4(f, ETH_HLEN)
         netif = self.netif
-        if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff":
+        group = dst[0] >> 4 == 14  # multicast: taken only while the netif is in the group
+        if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff" and not (
+                group and self.is_joined(dst)):
             self.drops["rx_not_our_ip"] += 1
             return
         if wire and martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
@@ -419,7 +423,7 @@ class ReceivePath(HostDuties):
                 return
         if ff & (IP_MF | IP_OFFMASK):
             if dst != netif.ip:
-                self.drops["rx_fragment"] += 1  # a broadcast in pieces: nobody's
+                self.drops["rx_fragment"] += 1  # a broadcast or group datagram in pieces: not put back
                 return
             r = self.reasm.add((src, proto, ident), src, (ff & IP_OFFMASK) << 3, f[ETH_HLEN + ihl : ETH_HLEN + total],
                                bool(ff & IP_MF), now, False, 0xFFFF - IPV4_HLEN)
@@ -432,6 +436,9 @@ class ReceivePath(HostDuties):
             ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
+        if group:
+            self._rx_group(f, proto, start, end, src, dst, per_flow)
+            return
         if proto == ICMP:
             self._rx_icmp(f, start, end, src, dst, per_flow)
             return
@@ -444,6 +451,26 @@ class ReceivePath(HostDuties):
         sport, dport = PORTS.unpack_from(f, start)
         flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
+
+    def _rx_group(self, f: Received, proto: int, start: int, end: int, src: bytes, dst: bytes,
+                  per_flow: dict) -> None:
+        """A packet to a group the netif is in: IGMP to the host's duty; a UDP datagram into each
+        member's batch, the same bytes for all (each member's port copies them into its own pool,
+        usnet.domain.switch.multicast); anything else, or nobody's, counted."""
+        if proto == IGMP:
+            self._rx_igmp(f, start, end, dst)
+            return
+        if proto != UDP or end - start < 8:
+            self.drops["rx_group_not_udp"] += 1
+            return
+        sport, dport = PORTS.unpack_from(f, start)
+        members = self.members_for(dst, dport, src, sport)
+        if not members:
+            self.drops["rx_group_no_member"] += 1
+            return
+        self.counts["rx_group_datagrams"] += 1
+        for m in members:
+            self._to_flow(m, proto, f, start, end, src, dst, False, 0.0, per_flow)
 
     def _rx_ip6(self, f: Received, src_mac: bytes, now: float, per_flow: dict, wire: bool = True) -> None:
         """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows (`wire`: as `_rx_ip`)."""

@@ -73,6 +73,8 @@ class Flow:
     reuse: int | None = None
     member_of: ReuseGroup | None = None
     group: ReuseGroup | None = None
+    mc_loop: bool = True  # IP_MULTICAST_LOOP: what it sends to a group reaches this netif's members too
+    mc_all: bool = True  # IP_MULTICAST_ALL: it hears a group another flow of its port joined
 
     @property
     def conns(self) -> dict[int, tuple[bytes, int]] | None:

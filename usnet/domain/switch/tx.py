@@ -32,13 +32,14 @@ from usnet.abi.umd import deadline_passed
 from usnet.domain.switch.binding import Verdict
 from usnet.domain.switch.host import HostDuties
 from usnet.domain.switch.port import CLIENT, TxMark, TxMeta
-from usnet.domain.switch.table import PORTS, TCP, Flow
+from usnet.domain.switch.table import PORTS, TCP, UDP, Flow
 from usnet.domain.switch.txguard import SentFragments, TcpSeen, ipv4_options, whole_l4_header
 from usnet.drivers.base import SegmentedFrame, TrackedFrame
 from usnet.drivers.block import FrameBlock
 from usnet.proto.wire import ecn
 from usnet.proto.wire.checksum import verifies
 from usnet.proto.wire.ethernet import ETH_HLEN, ETHERTYPE_IPV4
+from usnet.proto.wire.igmp import is_multicast4
 from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, not_unicast4
 from usnet.proto.wire.ipv6 import FRAG_HLEN, FRAGMENT, IPV6_HLEN, ROUTING, parse_frag_header
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
@@ -539,7 +540,8 @@ class TransmitPath(HostDuties):
             if dst != raddr or dport != rport:
                 self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
                 return 0
-        elif dport == 0 or self.not_a_peer(dst) is not None:  # sendto: unicast to a peer, as Linux
+        elif dport == 0 or (self.not_a_peer(dst) is not None  # sendto: unicast to a peer, as Linux
+                            and not (flow.proto == UDP and is_multicast4(dst))):  # or UDP to an IPv4 group
             self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)  # without SO_BROADCAST
             return 0
         if n > self.netif.mtu:

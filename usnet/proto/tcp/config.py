@@ -129,6 +129,9 @@ class TcpConfig:
     # error at once (`TcpConnection.pending_error`), not only a soft one kept for a timeout
     # (tcp_v4_err, tcp_v6_err with inet->recverr). A listener's children inherit it, as Linux's.
     recverr: bool = False
+    # SO_TIMESTAMP(NS): reads learn when the bytes they take arrived (usnet.proto.tcp.rxstamp).
+    # A listener's children inherit it, as Linux's copy the socket's flags.
+    rx_stamps: bool = False
 
 
 _CONFIG_VALUES = operator.attrgetter(*(f.name for f in fields(TcpConfig)))

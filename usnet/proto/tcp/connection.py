@@ -104,6 +104,7 @@ from usnet.proto.tcp.rate import Rate
 from usnet.proto.tcp.rcvbuf import drs_window
 from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY, Reassembly
 from usnet.proto.tcp.rto import RtoEstimator
+from usnet.proto.tcp.rxstamp import RxStamps
 from usnet.proto.tcp.scoreboard import EMPTY_SCOREBOARD, Scoreboard
 from usnet.proto.tcp.seq import HALF, MASK, seq_diff, unwrap
 from usnet.proto.wire.tcp import (
@@ -191,7 +192,7 @@ class TcpConnection:
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
         "_quick", "_cork", "notsent_lowat", "defer",
-        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate",
+        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate", "rx_stamps", "error_report",
     )
 
     def __init__(
@@ -221,6 +222,9 @@ class TcpConnection:
         # IP_RECVERR's error (Linux's sk_err without tcp_done): the next recv, send or SO_ERROR
         # reports it once and takes it; the connection goes on (`icmp_error`, `cfg.recverr`)
         self.pending_error: int | None = None
+        # The owner's report of the ICMP error that ended a connect in SYN-SENT, for the socket's
+        # error queue (recvmsg(MSG_ERRQUEUE): usnet.proto.errqueue.tcp_connect_report); None: empty
+        self.error_report: object | None = None
         self.events = 0
         self.suspended = False
         self.passive = False
@@ -284,6 +288,8 @@ class TcpConnection:
         self.rcv_adv = 0
         self._last_ack_sent = 0
         self._rcvq = ByteQueue()
+        # SO_TIMESTAMP(NS): when the bytes queued arrived, for the reads (None: not asked)
+        self.rx_stamps: RxStamps | None = RxStamps() if cfg.rx_stamps else None
         self._reasm = EMPTY_REASSEMBLY  # shared until data comes out of order (`_rx_data`)
         self.rcvbuf_cap = cfg.rcvbuf
         self._syn_window = min(cfg.rcvbuf, 0xFFFF)
@@ -410,7 +416,18 @@ class TcpConnection:
 
     def peek(self, max_bytes: int = 1 << 20) -> bytes:
         """Up to ``max_bytes`` of in-order data, left queued (a socket's MSG_PEEK)."""
-        return self._rcvq.take(max_bytes) if max_bytes > 0 else b""
+        data = self._rcvq.take(max_bytes) if max_bytes > 0 else b""
+        if data and self.rx_stamps is not None:
+            self.rx_stamps.read(self.stats.bytes_read + len(data), False)
+        return data
+
+    def set_rx_stamps(self, on: bool) -> None:
+        """SO_TIMESTAMP(NS) set or cleared on a live connection: data from now on is stamped."""
+        self.cfg.rx_stamps = on
+        if not on:
+            self.rx_stamps = None
+        elif self.rx_stamps is None:
+            self.rx_stamps = RxStamps()
 
     def recv_into(self, buf) -> int:
         """Copy in-order data into ``buf``; returns the byte count."""
@@ -425,6 +442,8 @@ class TcpConnection:
 
     def _consumed(self, n: int) -> None:
         self.stats.bytes_read += n
+        if self.rx_stamps is not None:
+            self.rx_stamps.read(self.stats.bytes_read, True)
         if self.state in _DATA_IN and not self._fin_rcvd:
             cap = self.rcvbuf_cap
             inc = (cap - len(self._rcvq)) - (self.rcv_adv - self.rcv_nxt)
@@ -1448,6 +1467,8 @@ class TcpConnection:
             self._ack_now = True  # a gap (partly) filled: tell the sender at once
         got = rcv_nxt - self.rcv_nxt  # this segment and what it joined from the queue
         self.stats.bytes_in += got
+        if self.rx_stamps is not None:
+            self.rx_stamps.mark(self.stats.bytes_in - got, self.stats.bytes_in, now)
         self.rcv_nxt = rcv_nxt
         self.events |= EV_READABLE
         rcv_mss = self._rcv_mss

@@ -1,0 +1,309 @@
+"""A signal handler's exception never lands inside an engine's step (usnet.client.sigdefer, issue 16).
+
+Python runs a signal handler in the main thread between two bytecodes; on the kernel, the code
+there is a system call, which completed or was interrupted whole. Here the main thread runs TCP
+itself: a send's `kick`, close's FIN, an asyncio loop's pump. Each test sends a signal to the
+main thread at every chosen line of that code in turn (a `sys.settrace` hook counts the lines
+of usnet's client and TCP code and raises the signal at the k-th: deterministic, no timer), with
+a handler that raises. The exception must reach the program, and the connection must stay
+whole: each message arrives once, in order, whole (one whose send raised may be missing, as a
+kernel send interrupted before it copied anything), and the engine and connection carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.helpers.util import listen_on_b, memwire_domain
+from usnet import socket as us
+from usnet.client import Client
+from usnet.client.engine import FlowEngine
+
+B_IP = "10.9.0.2"  # netif "b" of memwire_domain
+WATCHED = ("/usnet/client/", "/usnet/proto/")  # the code a step runs in the main thread
+MAX_POINTS = 400  # chosen lines a test sweeps at most (spread over the step when it has more)
+
+
+class Alarm(Exception):
+    """What the handler raises (an Exception, as an alarm handler's usually is: a fault barrier's
+    `except Exception` would take it for a fault of the engine's)."""
+
+
+@pytest.fixture
+def client():
+    old = signal.signal(signal.SIGUSR1, _raise)
+    try:
+        with memwire_domain() as (_, c):
+            yield c
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def _raise(signum, frame) -> None:
+    raise Alarm()
+
+
+@contextmanager
+def _signal_at(point: int, lock) -> Iterator[list[int]]:
+    """Raise SIGUSR1 in this thread at the `point`-th line of usnet's code run here with the engine's
+    `lock` held, a step (0: never); yields [lines counted, signals raised (0 or 1)].
+
+    (Only in a step: under sys.settrace the interpreter looks for due handlers at every line, so
+    anywhere else a handler's exception could land where it never does untraced, between a `with`
+    block's last line and its lock's __exit__, say.)"""
+    seen = [0, 0]
+
+    def local(frame, event, arg):
+        if event == "line" and lock._is_owned():
+            seen[0] += 1
+            if seen[0] == point:
+                seen[1] += 1
+                signal.raise_signal(signal.SIGUSR1)
+        return local
+
+    def tracer(frame, event, arg):
+        if event == "call" and any(w in frame.f_code.co_filename for w in WATCHED):
+            return local(frame, event, arg)
+        return None
+
+    sys.settrace(tracer)
+    try:
+        yield seen
+    finally:
+        sys.settrace(None)
+
+
+def _points(step: Callable[[], None], lock) -> list[int]:
+    """The lines to raise the signal at: every line `step` runs with `lock` held (counted once), at
+    most MAX_POINTS."""
+    with _signal_at(0, lock) as seen:
+        step()
+    n = seen[0]
+    assert n > 20, n  # the step ran usnet's code in this thread, or there is nothing to test
+    stride = max(1, n // MAX_POINTS)
+    return list(range(1, n + 1, stride))
+
+
+def _pair(c: Client, port: int) -> tuple[us.socket, us.socket, us.socket]:
+    srv = listen_on_b(c, port, timeout=10)
+    cl = us.create_connection((B_IP, port), timeout=10, client=c, netif="a")
+    conn = srv.accept()[0]
+    conn.settimeout(10)
+    return srv, cl, conn
+
+
+def _engine_sound(s: us.socket) -> None:
+    eng: FlowEngine = s.engine
+    assert eng.error is None and not eng._faulted and not eng.lock._is_owned()
+
+
+def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spares_the_connection(client):
+    srv, cl, conn = _pair(client, 8201)
+    msg = iter(range(1_000_000))
+    sent: list[int] = []  # the messages whose send returned
+    maybe: set[int] = set()  # those whose send raised: they may or may not have gone
+    lock = cl.engine.lock
+
+    def one() -> None:
+        i = next(msg)
+        cl.sendall(b"%08d" % i)
+        sent.append(i)
+
+    points = _points(one, lock)
+    raised = fired = 0
+    for k in points:
+        i = next(msg)
+        seen = [0, 0]
+        try:
+            with _signal_at(k, lock) as seen:
+                cl.sendall(b"%08d" % i)
+            sent.append(i)
+        except Alarm:
+            raised += 1
+            maybe.add(i)
+        fired += seen[1]
+        _engine_sound(cl)
+    i = next(msg)
+    cl.sendall(b"%08d" % i)  # and it carries on
+    sent.append(i)
+    got = _read_numbers(conn, last=i)
+    assert got == sorted(got) and len(got) == len(set(got))  # in order, once each
+    assert set(sent) <= set(got) <= set(sent) | maybe  # nothing lost but what a raising send may not have sent
+    assert raised == fired > len(points) // 2  # every signal reached the program (deferred, never dropped)
+    for s in (cl, conn, srv):
+        s.close()
+
+
+def _read_numbers(conn: us.socket, last: int) -> list[int]:
+    buf = b""
+    got: list[int] = []
+    for _ in range(100_000):  # bounded: a message at a time at worst
+        while len(buf) >= 8:
+            got.append(int(buf[:8]))
+            buf = buf[8:]
+        if got and got[-1] == last:
+            return got
+        chunk = conn.recv(65536)
+        assert chunk, f"EOF before message {last}: {got[-5:]}"
+        buf += chunk
+    raise AssertionError("not all messages arrived")
+
+
+def test_a_signal_at_any_line_of_a_main_thread_close_leaves_a_whole_close(client):
+    """close() sends its FIN from the calling thread: a signal at any line of it reaches the program,
+    and the peer still reads the data then EOF (the FIN went, or goes with the stack thread)."""
+    port = 8300
+    srv, cl, conn = _pair(client, port)
+    cl.sendall(b"last words")
+    points = _points(cl.close, cl.engine.lock)
+    assert conn.recv(100) == b"last words" and conn.recv(100) == b""
+    conn.close()
+    srv.close()
+    raised = fired = 0
+    for k in points:
+        port += 1
+        srv, cl, conn = _pair(client, port)
+        cl.sendall(b"last words")
+        eng = cl.engine
+        seen = [0, 0]
+        try:
+            with _signal_at(k, eng.lock) as seen:
+                cl.close()
+        except Alarm:
+            raised += 1
+        fired += seen[1]
+        assert eng.error is None and not eng._faulted
+        got = b""
+        for _ in range(100):
+            chunk = conn.recv(100)
+            if not chunk:
+                break
+            got += chunk
+        assert got == b"last words"  # and the FIN: recv returned b""
+        if cl.fileno() != -1:  # the signal came before close did anything: close it now
+            cl.close()
+        conn.close()
+        srv.close()
+    assert raised == fired > len(points) // 2
+
+
+class _Collect(asyncio.Protocol):
+    """Takes what arrives; `round_trip(i)` sends message i and waits for it to come back."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.waiting: list[asyncio.Future] = []  # every round trip's (one a signal cut short may still wait)
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.wake()
+
+    async def round_trip(self, i: int, reported: list) -> None:
+        """Send message i (from the running loop: its engine stays the loop's) and wait until it is
+        back, or an exception is reported (what it interrupted may be lost)."""
+        self.transport.write(b"<%06d>" % i)
+        mark, before = b"<%06d>" % i, len(reported)
+        while mark not in self.buf and len(reported) == before:
+            f = asyncio.get_running_loop().create_future()
+            self.waiting.append(f)
+            await asyncio.wait_for(f, 10)
+
+    def wake(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for f in waiting:
+            if not f.done():
+                f.set_result(None)
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, Alarm])
+def test_a_signal_at_any_line_of_an_asyncio_loops_step_reaches_the_program_and_spares_the_engine(client, exc):
+    """usnet.aio's loop pumps its engines in the loop's thread, here the main one, and the handler
+    raises at every line of a step in turn of an echo round trip. asyncio lets only
+    KeyboardInterrupt and SystemExit out of a callback, and reports any other exception to its
+    exception handler and goes on: each signal's exception reaches `run_until_complete` or that
+    handler, the engine is never failed as a broken one (an alarm's exception came out of the
+    engine lock's release inside the loop's pump barrier, and failed the engine and every
+    connection on it), and the connection carries on. What an interrupted callback had taken may
+    be lost, as data asyncio's own transport has read when the interrupt lands; every other
+    message comes back once and in order."""
+    from usnet import aio
+
+    def interrupt(signum, frame):
+        raise exc()
+
+    signal.signal(signal.SIGUSR1, interrupt)
+    reported: list[BaseException] = []
+    srv, cl, conn = _pair(client, 8400)
+    echo = threading.Thread(target=_echo, args=(conn,), daemon=True)
+    echo.start()
+    loop = aio.new_event_loop()
+    try:
+        _, proto = loop.run_until_complete(loop.create_connection(_Collect, sock=cl))
+
+        def report(loop, ctx) -> None:
+            if "future" in ctx:  # a round trip's task the signal ended ("never retrieved"): counted as raised
+                return
+            reported.append(ctx.get("exception"))  # a loop callback's (asyncio reports it, goes on)
+            proto.wake()
+
+        loop.set_exception_handler(report)
+        lock = cl.engine.lock
+        n = iter(range(1_000_000))
+        whole: list[int] = []  # the messages of round trips that were not interrupted
+
+        def one(i: int) -> None:
+            loop.run_until_complete(proto.round_trip(i, reported))
+
+        first = next(n)
+        points = _points(lambda: one(first), lock)
+        whole.append(first)
+        raised = fired = 0
+        for k in points:
+            seen = [0, 0]
+            i = next(n)
+            before = len(reported)
+            try:
+                with _signal_at(k, lock) as seen:
+                    one(i)
+            except exc:
+                raised += 1
+            else:
+                if len(reported) == before:
+                    whole.append(i)
+            fired += seen[1]
+            assert cl.engine.error is None and not lock._is_owned()  # not failed (`broke`), nothing held
+            assert cl.engine.driver is not None  # (the loop's to pump, as this test means)
+        last = next(n)
+        one(last)  # the connection carries on
+        whole.append(last)
+        got = [int(m) for m in re.findall(rb"<(\d{6})>", proto.buf)]
+        assert got == sorted(got) and len(got) == len(set(got))  # in order, once each
+        assert set(whole) <= set(got)
+        assert all(isinstance(e, exc) for e in reported)
+        assert raised + len(reported) == fired > len(points) // 2
+        proto.transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+        conn.close()
+        srv.close()
+        echo.join(10)
+
+
+def _echo(conn: us.socket) -> None:
+    try:
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk)
+    except OSError:
+        pass

@@ -1,0 +1,168 @@
+"""IGMP's bytes (usnet.proto.wire.igmp), the ip_mreq layouts (usnet.proto.cmsg) and the switch's
+group table (usnet.domain.switch.groups), without devices: scapy decodes what usnet builds, and
+hypothesis holds the parsers and the table to their rules on any input."""
+
+from __future__ import annotations
+
+import errno
+import struct
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
+from scapy.layers.inet import IP
+from scapy.layers.l2 import getmacbyip
+
+from usnet.domain.switch.groups import MAX_MEMBERSHIPS, GroupTable
+from usnet.proto.cmsg import IpMreqn, multicast_if, parse_mreq
+from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.igmp import (
+    CHANGE_TO_EXCLUDE,
+    CHANGE_TO_INCLUDE,
+    IGMP_QUERY,
+    build_report,
+    group_mac4,
+    is_multicast4,
+    max_response,
+    parse_igmp,
+)
+
+FAST = settings(max_examples=200, deadline=None)
+SRC = bytes([10, 0, 0, 2])
+
+
+def test_a_report_is_what_scapy_reads_as_igmpv3():
+    groups = [bytes([239, 1, 2, 3]), bytes([224, 0, 0, 251])]
+    pkt = build_report(SRC, [(CHANGE_TO_EXCLUDE, groups[0]), (CHANGE_TO_INCLUDE, groups[1])], ident=7)
+    ip = IP(pkt)
+    assert (ip.src, ip.dst, ip.ttl, ip.proto, ip.id, ip.len) == ("10.0.0.2", "224.0.0.22", 1, 2, 7, len(pkt))
+    assert ip.options[0].option == 20  # Router Alert (148 = copied bit + 20)
+    again = IP(pkt)
+    del again.chksum
+    assert bytes(again)[:24] == pkt[:24]  # scapy computes the same header checksum
+    rep = IGMPv3(bytes(ip.payload))
+    assert rep.type == 0x22
+    assert [(r.rtype, r.maddr) for r in rep[IGMPv3mr].records] == [(4, "239.1.2.3"), (3, "224.0.0.251")]
+    body = bytes(ip.payload)
+    redo = IGMPv3(body)
+    redo.chksum = None
+    assert bytes(redo) == body
+
+
+def test_a_query_parses_and_a_damaged_one_does_not():
+    q = bytes(IGMPv3(type=0x11, mrcode=100, gaddr="239.1.2.3") / IGMPv3mq())
+    assert parse_igmp(q) == (IGMP_QUERY, 100, bytes([239, 1, 2, 3]))
+    bad = bytearray(q)
+    bad[5] ^= 1
+    with pytest.raises(WireError):
+        parse_igmp(bytes(bad))
+
+
+@FAST
+@given(st.binary(max_size=64))
+def test_parse_igmp_takes_any_bytes_or_says_why(data):
+    try:
+        t, code, group = parse_igmp(data)
+    except WireError:
+        return
+    assert len(data) >= 8 and 0 <= t <= 255 and 0 <= code <= 255 and len(group) == 4
+
+
+@FAST
+@given(st.integers(0xE0000000, 0xEFFFFFFF))
+def test_a_groups_mac_is_scapys(a):
+    g = a.to_bytes(4, "big")
+    assert is_multicast4(g)
+    assert group_mac4(g).hex(":") == getmacbyip(".".join(map(str, g)))
+
+
+@FAST
+@given(st.binary(max_size=24))
+def test_mreq_is_read_by_length_as_linux(data):
+    """< 8 bytes EINVAL; 8..11 an ip_mreq (no index); from 12 an ip_mreqn, the rest ignored."""
+    if len(data) < 8:
+        with pytest.raises(OSError) as e:
+            parse_mreq(data)
+        assert e.value.errno == errno.EINVAL
+        return
+    m = parse_mreq(data)
+    assert (m.group, m.address) == (data[:4], data[4:8])
+    assert m.ifindex == (struct.unpack_from("=i", data, 8)[0] if len(data) >= 12 else 0)
+
+
+def test_multicast_if_takes_an_address_alone():
+    assert multicast_if(bytes([10, 0, 0, 2])) == IpMreqn(bytes(4), bytes([10, 0, 0, 2]), 0)
+    with pytest.raises(OSError):
+        multicast_if(b"\0\0\0")
+
+
+_flows = [SimpleNamespace(id=i, lport=5000 + i % 2) for i in range(3)]
+_groups = [bytes([239, 0, 0, i]) for i in range(1, 4)] + [bytes([10, 0, 0, 1])]
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "gone"]), st.integers(0, 2), st.integers(0, 3)),
+                max_size=40))
+def test_the_group_table_keeps_its_counts(ops):
+    """Against a model (flow -> its groups): the errors Linux gives, first join and last leave
+    said, each group's count, the MACs admitted, and nothing left of a flow that went."""
+    t = GroupTable()
+    model: dict[int, list[bytes]] = {}
+    for op, fi, gi in ops:
+        f, g = _flows[fi], _groups[gi]
+        before = sum(g in gs for gs in model.values())
+        if op == "join":
+            mine = model.setdefault(f.id, [])
+            try:
+                first = t.join(f, g)
+            except OSError as e:
+                want = (errno.EINVAL if g[0] >> 4 != 14 else errno.EADDRINUSE if g in mine else errno.ENOBUFS)
+                assert e.errno == want
+                continue
+            assert g[0] >> 4 == 14 and g not in mine and len(mine) < MAX_MEMBERSHIPS
+            mine.append(g)
+            assert first == (before == 0)
+        elif op == "leave":
+            try:
+                last = t.leave(f, g)
+            except OSError as e:
+                assert e.errno == errno.EADDRNOTAVAIL and g not in model.get(f.id, [])
+                continue
+            model[f.id].remove(g)
+            assert last == (before == 1)
+        else:
+            left = t.drop_flow(f)
+            gone = model.pop(f.id, [])
+            assert sorted(left) == sorted(x for x in gone if not any(x in gs for gs in model.values()))
+    counts = {g: sum(g in gs for gs in model.values()) for g in _groups}
+    assert dict(t.refs) == {g: n for g, n in counts.items() if n}
+    assert t.macs == {group_mac4(g) for g in t.refs} | {group_mac4(bytes([224, 0, 0, 1]))}
+    for (g, port), members in t.members.items():
+        assert members and all(m.lport == port and g in model[m.id] for m in members)
+
+
+def test_a_querys_maximum_response_as_rfc_3376():
+    assert max_response(100, 12) == 10.0  # IGMPv3, under 128: tenths
+    assert max_response(0x80, 12) == 12.8  # exponent 0, mantissa 0: 0x10 << 3 tenths
+    assert max_response(0xFF, 12) == 3174.4  # the largest: 0x1F << 10 tenths
+    assert max_response(0xFF, 8) == 25.5  # IGMPv2: a plain count of tenths
+    assert max_response(0, 8) == 10.0  # IGMPv1: no code, 10 s
+
+
+def test_older_igmp_is_what_scapy_reads_and_queries_tell_their_version():
+    from scapy.layers.igmp import IGMP
+
+    from usnet.proto.wire.igmp import IGMP_LEAVE, IGMP_V2_REPORT, build_old_report, query_version
+
+    g = bytes([239, 1, 2, 3])
+    for typ, dst in ((IGMP_V2_REPORT, "239.1.2.3"), (IGMP_LEAVE, "224.0.0.2")):
+        ip = IP(build_old_report(SRC, typ, g, ident=3))
+        assert (ip.dst, ip.ttl, ip.options[0].option) == (dst, 1, 20)
+        msg = IGMP(bytes(ip.payload))
+        assert (msg.type, msg.gaddr) == (typ, "239.1.2.3")
+        redo = IGMP(bytes(ip.payload))
+        redo.chksum = None
+        assert bytes(redo) == bytes(ip.payload)
+    assert [query_version(c, n) for c, n in ((0, 8), (100, 8), (0, 12), (100, 12))] == [1, 2, 3, 3]

@@ -1,0 +1,208 @@
+"""An engine's lock that holds a signal handler's exception off while the engine's state changes.
+
+Why (docs/design-notes.md, issue 16, "Signal exceptions at the wrong place"): Python runs a
+signal handler in the main thread, between two bytecodes, and whatever it raises (an alarm's
+exception, KeyboardInterrupt) comes out of the code that was running there. On the kernel that
+code is a system call, which either completed or was interrupted whole (EINTR: PEP 475 retries
+or the exception propagates), and the socket is intact either way. In usnet it can be a TCP
+engine half way through a step, on the main thread: a `kick` sending what a call queued, close
+sending its FIN, an asyncio loop pumping its engines, any call moving a connection's buffers.
+The handler's exception then leaves the state half updated, or a fault barrier takes it for a
+fault of the engine's (the connection is reset, or the engine and every connection on it fail).
+
+Every change of an engine's state is made with its lock held, so the lock is the critical
+section: `EngineLock`, an RLock whose outermost acquire by the main thread blocks the
+asynchronous signals (`pthread_sigmask`) and whose last release unblocks them. A signal that
+comes meanwhile stays pending in the kernel; at the release it is delivered, and its handler runs
+at the next bytecode, after the step, as after a completed system call. A handler already due
+when the lock is taken runs before the step (`_checkpoint`), and its exception leaves the lock
+free. While the holder waits (`Condition.wait`, a pumping call's sleep) the signals are
+unblocked, so a wait stays interruptible as `threading.Condition`'s is.
+
+A signal directed at the process goes to a thread that does not block it. usnet's own threads
+block them for good (`block_in_this_thread`), so while the main thread holds an engine the signal
+waits for it; a thread of the program's own that does not block them can still take it, and its
+handler then runs in the main thread at the next bytecode, inside the step (the one window left).
+
+Only the main thread pays (two `pthread_sigmask` calls through ctypes, the GIL kept, ~1-2 µs a
+section); another thread's acquire costs an ident comparison above RLock's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+from typing import Any
+
+__all__ = ["EngineLock", "block_in_this_thread", "step"]
+
+_SIGSET = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))  # glibc's sigset_t: 1024 bits
+# PyDLL: the GIL is kept across the call (a release and retake would let another thread in)
+_libc = ctypes.PyDLL(None, use_errno=True)
+# (no argtypes: converting by them costs more than the call; a sigset array goes as its address,
+# None as NULL, the `how` as a C int)
+_sigmask = _libc.pthread_sigmask
+# The asynchronous signals: all but those the kernel sends for a fault of the running code, which
+# cannot wait (blocked, a SIGSEGV kills the process at once, with no faulthandler report).
+_SYNCHRONOUS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT)
+_ASYNC = _SIGSET()
+_libc.sigfillset(ctypes.byref(_ASYNC))
+for _s in _SYNCHRONOUS:
+    _libc.sigdelset(ctypes.byref(_ASYNC), int(_s))
+_BLOCK, _SETMASK = signal.SIG_BLOCK, signal.SIG_SETMASK
+_get_ident = threading.get_ident
+
+
+class _Main:
+    """The main thread's state: which thread it is, how many engine locks it holds (outermost
+    first), and the signal mask it had before the first."""
+
+    ident = threading.main_thread().ident
+    held = 0
+    saved = _SIGSET()
+
+
+def _after_fork() -> None:
+    # The child's main thread is the one that forked, holding no engine lock (the parent's are
+    # replaced: Runner.disown). Its mask is that thread's at the fork: the parent's main thread,
+    # holding one, had the signals blocked, which the child must not keep.
+    if _Main.held and _Main.ident == _get_ident():
+        _sigmask(_SETMASK, _Main.saved, None)
+    _Main.ident = _get_ident()
+    _Main.held = 0
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _checkpoint() -> None:
+    """An empty Python call: entering it, the interpreter runs the signal handlers already due
+    (CPython checks for them on entry to a function), so they run here, before the step."""
+
+
+# Why the order of each method below: a handler's exception can come out of any line where the
+# main thread is not blocking signals (after any call, and at every line under sys.settrace), so
+# the signals are blocked before the lock is taken and unblocked after it is let go, and what the
+# two counts say (`_Main.held`, `_depth`) is true at every such line.
+
+
+def _hold(n: int = 1) -> None:
+    """The main thread takes `n` holds; the first blocks the asynchronous signals, after running
+    the handlers already due (their exception leaves nothing blocked or held)."""
+    if _Main.held:
+        _Main.held += n
+        return
+    _checkpoint()
+    try:
+        _sigmask(_BLOCK, _ASYNC, _Main.saved)
+    except BaseException:  # a handler due between the checkpoint and the block: undone, then it propagates
+        _sigmask(_SETMASK, _Main.saved, None)
+        raise
+    _Main.held = n  # (blocked from here: no handler runs in this thread until `_unhold`)
+
+
+def _unhold(n: int = 1) -> None:
+    """The main thread lets go of `n` holds; with the last, the signals that came meanwhile are
+    delivered, and a handler's exception comes out of here, the step done."""
+    _Main.held -= n
+    if _Main.held <= 0:
+        _Main.held = 0
+        _sigmask(_SETMASK, _Main.saved, None)
+
+
+class EngineLock:
+    """An RLock (and what `threading.Condition` asks of one) whose holding by the main thread
+    defers signal handlers to its release (see the module docstring)."""
+
+    __slots__ = ("_lock", "_depth")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0  # the main thread's holds of this lock (only the main thread counts them)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if _get_ident() != _Main.ident:
+            return self._lock.acquire(blocking, timeout)
+        _hold()  # first: a handler's exception after the lock is taken would leave it taken
+        got = False
+        try:
+            got = self._lock.acquire(blocking, timeout)
+        finally:
+            if got:
+                self._depth += 1
+            else:
+                _unhold()
+        return got
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        if self._depth and _get_ident() == _Main.ident:
+            self._lock.release()
+            self._depth -= 1
+            _unhold()
+            return
+        self._lock.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- for threading.Condition (its wait lets go of every level, then takes them back) ----------
+
+    def _release_save(self) -> tuple[Any, int, int]:
+        """A wait lets go of every hold of the main thread (this lock's, others', `step`'s): a wait
+        is interruptible, as Condition.wait on an RLock is, and what came before it is whole."""
+        state = self._lock._release_save()  # type: ignore[attr-defined]
+        depth = total = 0
+        if self._depth and _get_ident() == _Main.ident:
+            depth, self._depth, total = self._depth, 0, _Main.held
+            _unhold(total)
+        return state, depth, total
+
+    def _acquire_restore(self, saved: tuple[Any, int, int]) -> None:
+        state, depth, total = saved
+        held = False
+        try:
+            if total:
+                _hold(total)  # a handler due raises here, and Condition.wait's caller hears it...
+                held = True
+        finally:
+            self._lock._acquire_restore(state)  # type: ignore[attr-defined]  # (...held, as it expects)
+            if held:
+                self._depth = depth
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def condition(self) -> threading.Condition:
+        """A Condition on this lock (typeshed knows only threading's locks; Condition asks for
+        the methods above)."""
+        return threading.Condition(self)  # type: ignore[arg-type]
+
+
+class _Step:
+    """`with step:` around a socket call's work that must not be cut by a handler's exception
+    between two engine-lock sections: what it queued and the `kick` or `wake` that sends it. The
+    signals wait to its end (a wait inside lets them through, `_release_save`); a handler due
+    already runs at its start."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        if _get_ident() == _Main.ident:
+            _hold()
+
+    def __exit__(self, *exc: object) -> None:
+        if _get_ident() == _Main.ident:
+            _unhold()
+
+
+step = _Step()
+
+
+def block_in_this_thread() -> None:
+    """For usnet's own threads, at their start: block the asynchronous signals for good, so that
+    one sent to the process waits for the main thread rather than trip its handler meanwhile."""
+    _sigmask(_BLOCK, _ASYNC, None)

@@ -1,0 +1,94 @@
+"""IPv4 multicast membership of one netif's flows: who gets a copy of a datagram to a group.
+
+Membership is the domain's (docs/design-notes.md, "IPv4 multicast on UDP"): a client asks
+with a control request (P.JoinGroup) for one of its flows, the domain checks it and keeps it
+here; a membership dies with its flow. The receive path asks `members` for a datagram's
+(group, port) and copies the datagram into every member's pool, as Linux delivers multicast to
+every matching socket. The host's duties (usnet.domain.switch.host) speak IGMP when a group
+gains its first member on the netif or loses its last (`join` and `leave` say which).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from usnet.proto.wire.igmp import ALL_HOSTS, group_mac4, is_multicast4
+
+if TYPE_CHECKING:
+    from usnet.domain.switch.table import Flow
+
+__all__ = ["MAX_MEMBERSHIPS", "GroupTable"]
+
+MAX_MEMBERSHIPS = 20  # per flow (socket): Linux's net.ipv4.igmp_max_memberships default
+_ALL_HOSTS_MAC = group_mac4(ALL_HOSTS)
+
+
+class GroupTable:
+    """(group, UDP port) -> the member flows; per flow its groups; per group how many memberships."""
+
+    def __init__(self) -> None:
+        self.members: dict[tuple[bytes, int], list[Flow]] = {}
+        self.of_flow: dict[int, list[bytes]] = {}  # flow id -> its groups
+        self.refs: Counter[bytes] = Counter()  # group -> memberships on this netif
+        # the Ethernet addresses the receive path admits for them; all-hosts' always, as every
+        # Linux host is in 224.0.0.1 (IGMP queries, and datagrams to it) without asking
+        self.macs: set[bytes] = {_ALL_HOSTS_MAC}
+
+    def join(self, flow: Flow, group: bytes) -> bool:
+        """Make `flow` a member of `group`; True if the group is new on the netif (a report is due).
+        EINVAL for an address that is no group, EADDRINUSE if it is a member already, ENOBUFS past
+        MAX_MEMBERSHIPS, as Linux's ip_mc_join_group."""
+        if not is_multicast4(group):
+            raise OSError(errno.EINVAL, f"{'.'.join(map(str, group))} is not a multicast group")
+        mine = self.of_flow.setdefault(flow.id, [])
+        if group in mine:
+            raise OSError(errno.EADDRINUSE, "Address already in use (already a member of the group)")
+        if len(mine) >= MAX_MEMBERSHIPS:
+            raise OSError(errno.ENOBUFS, f"No buffer space available (at most {MAX_MEMBERSHIPS} groups a socket, "
+                                         "as Linux's igmp_max_memberships)")
+        mine.append(group)
+        self.members.setdefault((group, flow.lport), []).append(flow)
+        self.refs[group] += 1
+        first = self.refs[group] == 1
+        if first:
+            self._macs()
+        return first
+
+    def leave(self, flow: Flow, group: bytes) -> bool:
+        """End `flow`'s membership of `group`; True if it was the netif's last (a leave is due).
+        EADDRNOTAVAIL if it is no member, as Linux's ip_mc_leave_group."""
+        mine = self.of_flow.get(flow.id)
+        if not mine or group not in mine:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (not a member of the group)")
+        mine.remove(group)
+        if not mine:
+            del self.of_flow[flow.id]
+        return self._forget(flow, group)
+
+    def drop_flow(self, flow: Flow) -> list[bytes]:
+        """A flow is gone: its memberships with it; the groups that lost their last member."""
+        return [g for g in self.of_flow.pop(flow.id, []) if self._forget(flow, g)]
+
+    def groups(self) -> list[bytes]:
+        """The groups the netif is in (what a general query is answered with)."""
+        return list(self.refs)
+
+    def _forget(self, flow: Flow, group: bytes) -> bool:
+        key = (group, flow.lport)
+        lst = self.members[key]
+        lst.remove(flow)
+        if not lst:
+            del self.members[key]
+        self.refs[group] -= 1
+        if self.refs[group]:
+            return False
+        del self.refs[group]
+        self._macs()
+        return True
+
+    def _macs(self) -> None:
+        """The group MACs to admit: every joined group's, and all-hosts'."""
+        self.macs = {group_mac4(g) for g in self.refs}
+        self.macs.add(_ALL_HOSTS_MAC)
