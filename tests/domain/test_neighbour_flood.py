@@ -213,3 +213,20 @@ def test_a_client_sending_to_many_silent_neighbours_parks_a_bounded_amount_in_us
         if got:
             break
     assert [g[0] for g in got] == [b"still resolved"]
+
+
+def test_an_address_another_queue_asked_for_is_believed_once_and_asked_again():
+    """Under usnetd --workers, worker k asks on its own queue but the answer reaches queue 0:
+    usnetd `expect`s it (no packet of its own waits), so the reply is learnt, not dropped as
+    unsolicited; unanswered, it is asked again like our own question and then forgotten."""
+    c = NeighbourCache(ttl=10.0, retry=1.0, tries=2, max_entries=2)
+    ip, other = b"\x0a\x00\x00\x07", b"\x0a\x00\x00\x08"
+    assert not c.knows(ip)
+    assert c.expect(ip, 0.0) == []
+    assert c.knows(ip) and not c.knows(other)
+    assert c.due(1.0) == ([ip], [])  # asked again, as ours
+    assert c.due(2.0) == ([], [])  # given up: nothing of ours waited
+    assert not c.knows(ip)
+    c.expect(ip, 3.0)
+    assert c.learn(ip, b"\x02" * 6, 3.1) == [] and c.lookup(ip, 3.2) == b"\x02" * 6
+    assert c.expect(ip, 3.3) == [] and not c.pending  # known: nothing to wait for

@@ -128,6 +128,26 @@ def worker_of(port: int, n: int) -> int:
     return port % n
 
 
+def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes) -> bytes:
+    """A neighbour message on a command socket: `kind` (b"N" usnetd tells a worker a neighbour,
+    `rest` its address and MAC; b"A" a worker tells usnetd it asked for the address `rest`),
+    the family (4, 6), the netif's name, then `rest`."""
+    name = netif.encode()
+    return kind + bytes([family, len(name)]) + name + rest
+
+
+def neighbour_of(switches: dict[str, Any], data: bytes) -> tuple[Any, Any, bytes]:
+    """(switch, its ARP or ND cache, the rest) of a `neighbour_msg`; switch None if it names no
+    netif of `switches`."""
+    if len(data) < 3:
+        return None, None, b""
+    family, n = data[1], data[2]
+    sw = switches.get(data[3:3 + n].decode(errors="replace"))
+    if sw is None or family not in (4, 6):
+        return None, None, b""
+    return sw, sw.arp if family == 4 else sw.nd, data[3 + n:]
+
+
 class WorkerLink:
     """usnetd's end of worker k: its process and its command socket (sessions and neighbours)."""
 
@@ -155,9 +175,8 @@ class WorkerLink:
         return ours
 
     def neighbour(self, netif: str, family: int, addr: bytes, mac: bytes) -> None:
-        name = netif.encode()
         try:
-            send_msg(self.cmd, b"N" + bytes([family, len(name)]) + name + addr + mac)
+            send_msg(self.cmd, neighbour_msg(b"N", netif, family, addr + mac))
         except OSError as e:  # a worker gone: its flows are lost; the log says so
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
@@ -447,9 +466,21 @@ class ShardedDomain(Domain):
             if not data:
                 self._worker_died(link)
                 return False
-            link.asked = None
+            link.asked = None  # whatever it says, its loop turns
             link.ready = True
+            if data[:1] == b"A":
+                self._expect_neighbour(data)
         return True
+
+    def _expect_neighbour(self, data: bytes) -> None:
+        """A worker asked for a neighbour (its own ARP request or solicitation, for packets on its
+        queue): the answer comes to queue 0, here, and is believed only for an address asked for
+        (Linux's arp_accept=0, `HostDuties._rx_arp`), so usnetd waits for it too; when it comes,
+        every worker is told (`add_netif`'s tell_workers)."""
+        sw, cache, addr = neighbour_of(self.switches, data)
+        if sw is not None and len(addr) == (4 if cache is sw.arp else 16):
+            for item in cache.expect(addr, sw.clock()):
+                sw._unresolved(item)
 
     def _ask_heartbeat(self, link: WorkerLink, now: float) -> None:
         try:
@@ -1073,6 +1104,23 @@ class WorkerDomain(Domain):
         self.cmd = cmd
         self._sel.register(cmd, selectors.EVENT_READ, ("command", None))
 
+    def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
+        """A netif whose queue k is ours: each neighbour we ask for is also told to usnetd, which
+        receives the answer (ARP and ND come to queue 0) and tells it back (`_expect_neighbour`)."""
+        sw = super().add_netif(name, driver, *args, **kwargs)
+        for family, ask_name in ((4, "_arp_request"), (6, "_solicit")):
+            ask = getattr(sw, ask_name)
+
+            def ask_and_tell(addr: bytes, ask: Callable[[bytes], None] = ask, family: int = family) -> None:
+                ask(addr)
+                try:
+                    self.cmd.send(neighbour_msg(b"A", name, family, addr), socket.MSG_DONTWAIT)
+                except OSError:  # usnetd's socket full or gone: our own requests go on; its EOF comes
+                    pass
+
+            setattr(sw, ask_name, ask_and_tell)
+        return sw
+
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         """usnetd's leases on our flows, besides what any Domain serves: every session here is one
         usnetd opened (a client never reaches a worker's control socket), so it is obeyed."""
@@ -1112,14 +1160,10 @@ class WorkerDomain(Domain):
         elif data[:1] == b"S" and len(fds) == 1:
             self.add_socket_session(socket.socket(fileno=fds[0]))  # its sessions are usnetd's alone
         elif data[:1] == b"N":
-            family, n = data[1], data[2]
-            name = data[3:3 + n].decode()
-            rest = data[3 + n:]
-            size = 4 if family == 4 else 16
-            sw = self.switches.get(name)
-            if sw is not None and len(rest) == size + 6:
+            sw, cache, rest = neighbour_of(self.switches, data)
+            if sw is not None and len(rest) == (4 if cache is sw.arp else 16) + 6:
                 with self.lock:
-                    sw._learn(sw.arp if family == 4 else sw.nd, rest[:size], rest[size:], sw.clock())
+                    sw._learn(cache, rest[:-6], rest[-6:], sw.clock())
         else:
             for fd in fds:
                 os.close(fd)

@@ -156,6 +156,19 @@ class NeighbourCache:
         self.held += charge
         return ask, dropped
 
+    def expect(self, ip: bytes, now: float) -> list:
+        """Another party on this link (a worker of usnetd, sending on its own queue) asked for
+        `ip`, and the answer arrives here (ARP and ND come to queue 0): wait for it as for our own
+        question, with no packet queued, so the reply is believed (`knows`) and learnt. Returns
+        the packets of a question pushed out to make room (`wait`), to be reported."""
+        dropped: list = []
+        if ip in self.entries or ip in self.pending:
+            return dropped
+        if len(self.pending) >= self.max_entries:
+            self._abandon(next(iter(self.pending)), dropped)
+        self.pending[ip] = _Pending(asked_at=now, tries=1)
+        return dropped
+
     def _abandon(self, ip: bytes, dropped: list) -> None:
         """Give up asking for `ip` early; its packets go to `dropped`, to be reported."""
         p = self.pending.pop(ip)
