@@ -838,12 +838,12 @@ class Domain(Control, Housekeeping):
             ll = False
             if self.switches:
                 ll = self._serves_ll()
-                t = self._service_switches(ll)
-                if t is not None and (timeout is None or t < timeout):
-                    timeout = t
-                t = self._publish_advisories()
-                if t is not None and (timeout is None or t < timeout):
-                    timeout = t
+                wait = self._service_switches(ll)
+                if wait is not None and (timeout is None or wait < timeout):
+                    timeout = wait
+                wait = self._publish_advisories()
+                if wait is not None and (timeout is None or wait < timeout):
+                    timeout = wait
                 if timeout != 0 and self._idle_flows():
                     timeout = 0
         if self._accept_resume is not None:
