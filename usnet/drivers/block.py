@@ -28,7 +28,7 @@ import numpy as np
 
 from usnet.drivers.base import Frame, SegmentedFrame
 
-__all__ = ["FrameBlock", "Item", "count", "expand", "join_runs", "open_small", "size"]
+__all__ = ["FrameBlock", "Item", "count", "expand", "has_blocks", "join_runs", "open_small", "size", "totals"]
 
 
 @final  # `type(x) is FrameBlock` is how the hot paths tell a block from a frame
