@@ -28,7 +28,7 @@ import numpy as np
 
 from usnet.drivers.base import Frame, SegmentedFrame
 
-__all__ = ["FrameBlock", "Item", "count", "expand", "join_runs", "open_small", "size"]
+__all__ = ["FrameBlock", "Item", "count", "expand", "has_blocks", "join_runs", "open_small", "size", "totals"]
 
 
 @final  # `type(x) is FrameBlock` is how the hot paths tell a block from a frame
@@ -65,8 +65,35 @@ _F = TypeVar("_F")  # a kind of frame, which comes through as it came
 
 
 def count(items: Sequence[Item]) -> int:
-    """Frames in a list of frames and blocks."""
-    return sum(len(x) if type(x) is FrameBlock else 1 for x in items)
+    """Frames in a list of frames and blocks (a loop, no generator: asked for every batch,
+    mostly of one or two frames)."""
+    n = len(items)
+    for x in items:
+        if type(x) is FrameBlock:
+            n += len(x) - 1
+    return n
+
+
+def totals(items: Sequence[Item]) -> tuple[int, int]:
+    """(frames, bytes) in a list of frames and blocks: `count` and the sum of `size` in one pass,
+    as a netif queues every batch."""
+    frames = nbytes = 0
+    for x in items:
+        if type(x) is FrameBlock:
+            frames += len(x)
+            nbytes += x.nbytes()
+        else:
+            frames += 1
+            nbytes += len(x)
+    return frames, nbytes
+
+
+def has_blocks(items: Sequence[Item]) -> bool:
+    """Whether any of `items` is a FrameBlock (a loop, no generator: asked for every receive batch)."""
+    for x in items:  # noqa: SIM110 (no generator per batch)
+        if type(x) is FrameBlock:
+            return True
+    return False
 
 
 def size(item: Item) -> int:

@@ -195,36 +195,18 @@ class PacketPool:
         as_array = False
         if isinstance(items, np.ndarray):
             as_array = True
+            if 0 < items.size <= _FEW and self._release_few(items.tolist()):
+                return items.astype(np.int64), []  # a handshake's, a request's, the LL path's: scalars
             idx = items.astype(np.int64)
         else:
             items = list(items)
+            if 0 < len(items) <= _FEW and self._release_few(items):  # no array made (a FREE ring's few)
+                return items, []
             idx = np.array(items, dtype=np.int64)
+        # past here: a batch, or a few that `_release_few` refused (the loop below finds each reason)
         if idx.size == 0:
             return (idx if as_array else []), []
-        if idx.size == 1:  # one packet (the LL path's usual batch): scalars, not a dozen array calls
-            i = int(idx[0])
-            if 0 <= i < self.capacity and self.state[i] == HELD:
-                self.held[int(self.owner[i])] -= 1
-                self.state[i] = FREE
-                self.owner[i] = NO_OWNER
-                self.stack[self.nfree] = i
-                self.nfree += 1
-                return (idx if as_array else items), []
-        elif idx.size <= _FEW:  # a few (a handshake's, a request's): the same test in scalars
-            lst = idx.tolist()
-            cap, state = self.capacity, self.state
-            if len(set(lst)) == len(lst) and all(0 <= i < cap and state[i] == HELD for i in lst):
-                owner, held, stack, nfree = self.owner, self.held, self.stack, self.nfree
-                for i in lst:
-                    held[int(owner[i])] -= 1
-                    state[i] = FREE
-                    owner[i] = NO_OWNER
-                    stack[nfree] = i
-                    nfree += 1
-                self.nfree = nfree
-                self.moves += 1
-                return (idx if as_array else items), []
-        elif idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
+        if idx.size > _FEW and idx.min() >= 0 and idx.max() < self.capacity and np.all(self.state[idx] == HELD):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = np.arange(idx.size, dtype=np.int64)
             self.mark[idx] = order
@@ -253,6 +235,26 @@ class PacketPool:
             self._accept(g)
         self.refused[role] += len(refused)
         return (np.array(good, dtype=np.int64) if as_array else good), refused
+
+    def _release_few(self, lst: list[int]) -> bool:
+        """Take back a few packets in scalars, if every one is in range, HELD and given once (the
+        array path's test, without its dozen array calls); False, changing nothing, if not."""
+        cap, state = self.capacity, self.state
+        if len(lst) > 1 and len(set(lst)) != len(lst):
+            return False
+        for i in lst:
+            if not 0 <= i < cap or state[i] != HELD:
+                return False
+        owner, held, stack, nfree = self.owner, self.held, self.stack, self.nfree
+        for i in lst:
+            held[int(owner[i])] -= 1
+            state[i] = FREE
+            owner[i] = NO_OWNER
+            stack[nfree] = i
+            nfree += 1
+        self.nfree = nfree
+        self.moves += 1
+        return True
 
     def _accept(self, idx: np.ndarray) -> None:
         owners = self.owner[idx]

@@ -188,9 +188,9 @@ class Netif:
         for item in items:
             if type(item) is TrackedFrame:
                 self.tracked += 1
-        nbytes = sum(map(block.size, items))
+        nframes, nbytes = block.totals(items)
         self.queued_bytes[key] += nbytes
-        self.queued_frames[key] += block.count(items)
+        self.queued_frames[key] += nframes
         if self.aqm is not None:
             total = self._enq_total[key] = self._enq_total.get(key, 0) + nbytes
             if not self.serves_ll(key):  # the LL class has no AQM: no stamps to keep

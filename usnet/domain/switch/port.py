@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -92,6 +92,7 @@ class FlowPort:
             lay.max_packets, stride)
         self.buf_mv = self.buf.data.cast("B")  # flat, for views of a packet's bytes (the LL path)
         self.umd_np = np.frombuffer(shared, np.uint32, lay.max_packets * lay.umd_size // 4, lay.umd_offset)
+        self.umd_mv = self.umd_np.data  # the same words as Python ints: a few packets' reads, no numpy scalars
         pipe.view_holders.append(self._release_views)  # the pipe's destroy unmaps the arena: these go first
         self.client_bell = pipe.ends[CLIENT].bell
         self.bell = pipe.ends[NEXUS].bell.wait_fd  # the client rings this when it sends; we sleep on it
@@ -124,6 +125,7 @@ class FlowPort:
         self.tx.release()
         self.rx.release()
         self.buf_mv.release()
+        self.umd_mv.release()
         self.buf, self.umd_np = _NO_ROWS, _NO_LENS
 
     def enable_mitigation(self, clock: Callable[[], float], held_bells: dict[FlowPort, None],
@@ -212,15 +214,7 @@ class FlowPort:
         idx = self.tx.pop_array(max_n)
         if not len(idx) or pipe.defunct_reason is not None:
             return _NO_LENS, _NO_LENS, _NO_LENS, None
-        pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
-        good, refused = pipe.pool.release_checked(idx, NEXUS)
-        if refused:
-            self.refused += len(refused)
-            end = pipe.ends[CLIENT]
-            pipe.stats[CLIENT * STATS_PER_ROLE + Stat.REFUSED] += len(refused)
-            for pkt, reason in refused[:16]:
-                end.events.post(EventType.REFUSED, reason, pkt)
-            pipe._violation(end, refused[0][1], refused[0][0], posted=True)
+        good = self._release_sent(idx)
         if not len(good):
             return _NO_LENS, _NO_LENS, _NO_LENS, None
         # The packets are back in the pool but nothing reuses them before `top_up`:
@@ -240,9 +234,69 @@ class FlowPort:
         at = good * UMD_WORDS
         lens = umd[at]
         np.minimum(lens, self.stride, out=lens)
-        # only TX_REPORT is a transmit flag: an RX_MORE left on a packet the client sends back means nothing
-        marked = umd[at + W_FLAGS] & TX_REPORT | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
+        marked = self._marked(at)
         return good, lens, umd[at + W_GSO] >> GSO_SHIFT, self._meta(good, at, marked) if marked.any() else None
+
+    def _marked(self, at: np.ndarray) -> np.ndarray:
+        """Whether each packet (UMD word offsets `at`) carries a deadline or asks for a report."""
+        umd = self.umd_np
+        # only TX_REPORT is a transmit flag: an RX_MORE left on a packet the client sends back means nothing
+        return umd[at + W_FLAGS] & TX_REPORT | umd[at + W_DEADLINE] | umd[at + W_DEADLINE + 1]
+
+    def _release_sent(self, idx: np.ndarray | list[int]) -> Any:
+        """The packets the client sent (`idx`, off its TX ring) back in the pool, ownership checked
+        (the same kind of sequence comes back); the refused are counted, reported on the
+        client's event ring, and a violation."""
+        pipe = self.pipe
+        pipe._collect_taken(pipe.ends[CLIENT])  # what it took from ALLOC since we last looked
+        good, refused = pipe.pool.release_checked(idx, NEXUS)
+        if refused:
+            self.refused += len(refused)
+            end = pipe.ends[CLIENT]
+            pipe.stats[CLIENT * STATS_PER_ROLE + Stat.REFUSED] += len(refused)
+            for pkt, reason in refused[:16]:
+                end.events.post(EventType.REFUSED, reason, pkt)
+            pipe._violation(end, refused[0][1], refused[0][0], posted=True)
+        return good
+
+    def pull_few(self, max_n: int, few: int,
+                 draining: bool = False) -> tuple[list[bytearray], list[int], TxMeta | None] | None:
+        """`pull` when at most `few` packets wait on the TX ring (a handshake's, a request's): each
+        copied out of the pool into a bytearray of its own, with its gso size, in scalars; None,
+        taking nothing, when more wait (`pull`'s arrays then cost less than packet by packet).
+
+        The same checks and the same order as `pull`: the ring's counter, ownership
+        (`_release_sent`), the UMD's length cut to the buffer, the marks (`TxMeta`), then
+        `top_up` once the copies are made (issue 18: usnetd's cost for tiny batches).
+        """
+        pipe = self.pipe
+        with pipe.lock:  # as in `pull`
+            if pipe.defunct_reason is not None or (self.suspended and not draining):
+                return [], [], None
+            avail = self.tx.available()
+            if avail > few:
+                return None
+            idx = self.tx.pop(min(max_n, avail))
+            if not idx or pipe.defunct_reason is not None:
+                return [], [], None
+            good = self._release_sent(idx)
+            if not len(good):
+                return [], [], None
+            umd, mv, stride = self.umd_mv, self.buf_mv, self.stride
+            pkts: list[bytearray] = []
+            gsos: list[int] = []
+            meta = None
+            for g in good:
+                w = g * UMD_WORDS
+                if meta is None and (umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
+                    arr = np.array(good, np.int64)  # a marked packet: its batch's marks read as `take` reads them
+                    meta = self._meta(arr, arr * UMD_WORDS, self._marked(arr * UMD_WORDS))
+                ln = min(umd[w], stride)
+                at = g * stride
+                pkts.append(bytearray(mv[at : at + ln]))
+                gsos.append(umd[w + W_GSO] >> GSO_SHIFT)
+            self.top_up()
+            return pkts, gsos, meta
 
     def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
         """What the marked packets of a batch asked for: read once, like the lengths."""

@@ -142,10 +142,13 @@ class ReceivePath(MulticastDuties):
                 frames = copied + list(frames)
         if not frames:
             return 0
-        if netif.caps.takes_blocks:  # only a wire that carries blocks brings them; one block a run of them
-            frames = block.open_small(block.join_runs(frames), ROWWISE_MAX)
+        if block.has_blocks(frames):  # only a wire that carries blocks brings them
+            if netif.caps.takes_blocks:
+                frames = block.open_small(block.join_runs(frames), ROWWISE_MAX)  # one block a run of them
+            total_frames = block.count(frames)
+        else:  # single frames (a TAP's, a packet socket's): no block to open, join or count
+            total_frames = len(frames)
         now = self.clock()
-        total_frames = block.count(frames)
         netif.rx_frames += total_frames
         if netif.monitors:
             copies = block.expand(frames)

@@ -98,7 +98,12 @@ class TransmitPath(HostDuties):
         carry IP options) go through `_tx_one`, which finds the reason, reports
         it, or sends the packet on its own.
         """
-        rows, lens, gso, meta = flow.port.pull(self._bite(flow, max_packets), ETH_HLEN, draining)
+        bite = self._bite(flow, max_packets)
+        if flow.policer is None:
+            taken = self._tx_if_few(flow, bite, _SCALAR_MAX, draining)
+            if taken is not None:
+                return taken
+        rows, lens, gso, meta = flow.port.pull(bite, ETH_HLEN, draining)
         if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
             rows, lens, gso = self._police(flow, rows, lens, gso, meta)
         return self._tx_pulled(flow, rows, lens, gso, meta)
@@ -129,7 +134,12 @@ class TransmitPath(HostDuties):
                         or self.netif.serves_ll(flow.id)):
                     taken += self.service_tx(flow)
                     continue
-                rows, lens, gso, meta = flow.port.pull(self._bite(flow, TX_BATCH), ETH_HLEN)
+                bite = self._bite(flow, TX_BATCH)
+                few = self._tx_if_few(flow, bite, min(_JOIN_ABOVE, _SCALAR_MAX))
+                if few is not None:
+                    taken += few
+                    continue
+                rows, lens, gso, meta = flow.port.pull(bite, ETH_HLEN)
                 if len(lens) <= _JOIN_ABOVE or meta is not None or rows.shape[1] < ETH_HLEN + 24:
                     taken += self._tx_pulled(flow, rows, lens, gso, meta)
                     continue
@@ -235,7 +245,8 @@ class TransmitPath(HostDuties):
         if not n:
             return 0
         if n <= _SCALAR_MAX and ok is None and (rows.shape[1] <= _SCALAR_WIDTH or meta is not None):
-            return self._tx_few(flow, rows, lens, gso, meta)
+            pkts = [bytearray(rows[i, ETH_HLEN : ETH_HLEN + ln]) for i, ln in enumerate(lens.tolist())]
+            return self._tx_few(flow, pkts, gso.tolist(), meta)
         if now is None:
             now = self.clock()
         if ok is not None:
@@ -283,24 +294,41 @@ class TransmitPath(HostDuties):
         self._advise(flow)
         return n
 
-    def _tx_few(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, gso: np.ndarray,
-                meta: TxMeta | None) -> int:
-        """`service_tx` for a batch of a few packets: the same DSCP rewrite and the same checks, one
-        packet at a time by `_tx_one`/`_tx_one6` (which decide every packet the column-wise pass
-        does not accept, so they accept exactly what the batch path sends), and the same TCP state:
-        the last packet that passed, per remote end."""
+    def _tx_if_few(self, flow: Flow, bite: int, few: int, draining: bool = False) -> int | None:
+        """`service_tx` of at most `few` packets without arrays (`FlowPort.pull_few`, `_tx_few`);
+        None, having taken nothing, when more wait. A packet too wide for the scalar path
+        (a super-segment, which only the batch path cuts) sends the batch there, as rows."""
+        got = flow.port.pull_few(bite, few, draining)
+        if got is None:
+            return None
+        pkts, gsos, meta = got
+        if not pkts:
+            return 0
+        w = ETH_HLEN + max(map(len, pkts))
+        if w <= _SCALAR_WIDTH or meta is not None:
+            return self._tx_few(flow, pkts, gsos, meta)
+        rows = np.empty((len(pkts), w), np.uint8)
+        for i, p in enumerate(pkts):
+            rows[i, ETH_HLEN : ETH_HLEN + len(p)] = np.frombuffer(p, np.uint8)
+        return self._tx_pulled(flow, rows, np.array([len(p) for p in pkts], np.uint32),
+                               np.array(gsos, np.uint32), meta)
+
+    def _tx_few(self, flow: Flow, pkts: list[bytearray], gsos: list[int], meta: TxMeta | None) -> int:
+        """`service_tx` for a batch of a few packets (each its own copy): the same DSCP rewrite and
+        the same checks, one packet at a time by `_tx_one`/`_tx_one6` (which decide every packet
+        the column-wise pass does not accept, so they accept exactly what the batch path sends),
+        and the same TCP state: the last packet that passed, per remote end."""
         now = self.clock()
         family, dscp = flow.family, flow.dscp
         tx_one = self._tx_one6 if family == 6 else self._tx_one
-        wide = rows.shape[1] >= ETH_HLEN + 12  # as the batch path's condition for the DSCP pass
+        wide = max(map(len, pkts)) >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
         sent = 0
         passed: list[bytes] = []
-        for i, ln in enumerate(lens.tolist()):
-            p = bytearray(rows[i, ETH_HLEN : ETH_HLEN + ln])
-            if wide and ln and p[0] >> 4 == family:
+        for i, p in enumerate(pkts):
+            if wide and p and p[0] >> 4 == family:
                 ecn.set_dscp(p, 0, dscp)
             pb = bytes(p)
-            took = self._tx_marked(flow, pb, now, int(gso[i]), tx_one, meta, i)
+            took = self._tx_marked(flow, pb, now, gsos[i], tx_one, meta, i)
             sent += took
             if took:
                 passed.append(pb)
@@ -314,7 +342,7 @@ class TransmitPath(HostDuties):
         flow.stats["tx_packets"] += sent
         flow.stats["tx_bytes"] += sum(map(len, passed))
         self._advise(flow)
-        return len(lens)
+        return len(pkts)
 
     @staticmethod
     def _remote_end(p: bytes, family: int) -> bytes:

@@ -1,0 +1,106 @@
+"""A few packets sent are pulled without arrays (issue 18: usnetd's CPU per turn).
+
+`FlowPort.pull_few` takes at most a few packets off a flow's TX ring in scalars: the ring's
+entries as ints, the pool's scalar release, the UMD read through a memoryview, each packet
+copied into a bytearray of its own. It must take exactly what `FlowPort.pull` takes, from
+any client, hostile ones included: the same packets and bytes (a UMD length past the
+buffer cut to it), the same gso sizes and marks, the same refusals (duplicates, packets
+not the client's, out of range) with the same events, and the same pool books. The
+property test below gives two domains alike the same client actions and pulls one each way.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from usnet.abi.umd import UMD_WORDS
+from usnet.client import Client
+from usnet.domain.loop import Domain
+from usnet.domain.switch.port import FlowPort
+from usnet.drivers import MemWire
+
+ETH = 14  # the headroom `pull` leaves, as the transmit path asks
+
+
+class _Side:
+    """A domain with one netif on a MemWire and one UDP flow channel; the loop is never turned."""
+
+    def __init__(self) -> None:
+        self.d = Domain()
+        self.w = MemWire()
+        sw = self.d.add_netif("a", self.w.a, "10.9.0.1/24")
+        self.ch = Client.local(self.d).open_flow("a", 17, 5000)[0]
+        self.port: FlowPort = next(iter(sw.flows.values())).port
+
+    def send(self, items: list[tuple], extra: int) -> None:
+        """What the client writes and puts on its TX ring: its own packets (data, a UMD length
+        that may be past the buffer, gso, a mark), and hostile entries among them."""
+        own: list[int] = []
+        while len(own) < len(items):
+            own += self.ch.alloc(len(items) - len(own))
+        ring: list[int] = []
+        for p, (kind, size, over, gso, mark) in zip(own, items):
+            if kind == "own":
+                self.ch.write(p, bytes(range(size % 251)) * (size // 251 + 1), gso)
+                self.ch.set_length(p, size)
+                if over:
+                    self.ch.umd[p * UMD_WORDS] = self.port.stride + over  # past its buffer
+                if mark == "report":
+                    self.ch.mark(p, tag=7, report=True)
+                elif mark == "deadline":
+                    self.ch.mark(p, tag=9, deadline_ns=1 << 62)
+                ring.append(p)
+            elif kind == "dup":
+                ring.append(ring[-1] if ring else p)
+            elif kind == "unsent":  # still the client's, on no ring of ours: never sent, so not ours
+                ring.append(p + extra)
+            else:
+                ring.append(1 << 31)  # out of range
+        self.ch._tx.push(ring)
+
+    def books(self) -> tuple:
+        pool = self.port.pipe.pool
+        reason = self.port.pipe.defunct_reason
+        events = [] if reason is not None else [(e.type, e.code, e.value) for e in self.ch.events()]
+        return (pool.state.tolist(), pool.owner.tolist(), list(pool.held), pool.stack[: pool.nfree].tolist(),
+                self.port.refused, events, reason)
+
+
+_item = st.tuples(st.sampled_from(["own", "own", "own", "dup", "unsent", "range"]), st.integers(0, 2048),
+                  st.sampled_from([0, 0, 1, 5000]), st.sampled_from([0, 0, 1448]),
+                  st.sampled_from([None, None, "report", "deadline"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(items=st.lists(_item, min_size=1, max_size=4), extra=st.integers(1, 3))
+def test_a_few_packets_are_pulled_in_scalars_as_pull_takes_them(items, extra) -> None:
+    few, batch = _Side(), _Side()
+    try:
+        few.send(items, extra)
+        batch.send(items, extra)
+        got = few.port.pull_few(64, 4)
+        assert got is not None  # at most four wait
+        pkts, gsos, meta = got
+        rows, lens, gso, bmeta = batch.port.pull(64, ETH)
+        assert [bytes(p) for p in pkts] == [bytes(rows[i, ETH : ETH + n]) for i, n in enumerate(lens.tolist())]
+        assert gsos == gso.tolist()
+        assert (meta is None) == (bmeta is None)
+        if meta is not None:
+            assert meta.marks == bmeta.marks
+        assert few.books() == batch.books()  # the same refusals, events, defunct reason and pool books
+    finally:
+        few.d.stop()
+        batch.d.stop()
+
+
+def test_more_than_a_few_waiting_are_left_to_pull() -> None:
+    """Five waiting: `pull_few` takes nothing (None), and `pull` then takes all five."""
+    s = _Side()
+    try:
+        s.send([("own", 60, 0, 0, None)] * 5, 1)
+        assert s.port.pull_few(64, 4) is None
+        _, lens, _, _ = s.port.pull(64, ETH)
+        assert lens.tolist() == [60] * 5
+    finally:
+        s.d.stop()
