@@ -526,3 +526,44 @@ def test_an_af_inet6_socket_joins_ipv4_groups_as_on_linux(mc):
             s.close()
     assert got["kernel"] == (b"to v6", "::ffff:PEER", 1, "EADDRINUSE", b"from v6")
     assert got["usnet"] == got["kernel"]
+
+
+# -- SO_REUSEADDR's unicast -----------------------------------------------------------------------------
+
+
+def _who_hears_unicast(send_socks: list, to: tuple[str, int], socks: dict) -> dict:
+    """A unicast datagram to `to` from each sender (each from its own port: a hash of the remote
+    end would spread them), and how many each of `socks` (by name) heard."""
+    for i, s in enumerate(send_socks):
+        s.sendto(b"u%d" % i, to)
+    heard = dict.fromkeys(socks, 0)
+    for s in socks.values():
+        s.setblocking(False)
+    deadline = time.monotonic() + LIMIT
+    while sum(heard.values()) < len(send_socks) and time.monotonic() < deadline:
+        for name, s in socks.items():
+            try:
+                s.recv(100)
+                heard[name] += 1
+            except BlockingIOError:
+                pass
+    return heard
+
+
+def test_a_unicast_datagram_to_a_reuseaddr_port_goes_to_the_newest_socket_as_on_linux(mc):
+    """Two sockets share a port by SO_REUSEADDR: Linux gives every unicast datagram to the one
+    bound last (udp_lib_get_port puts it at the head of the chain, the lookup takes the first of
+    the best score), whatever port it comes from; once that one closes, the other hears them. The
+    kernel's pair and usnet's pair, each sent to by the other stack, hear alike."""
+    n = 8
+    got = {}
+    for name, recv_sock, send_sock, addr, port in (("kernel", mc.ksock, mc.usock, mc.host_ip, 47300),
+                                                   ("usnet", mc.usock, mc.ksock, mc.usnet_ip, 47301)):
+        senders = [send_sock() for _ in range(n)]
+        a = recv_sock(port, True)
+        b = recv_sock(port, True)
+        first = _who_hears_unicast(senders, (addr, port), {"a": a, "b": b})
+        b.close()
+        got[name] = (first, _who_hears_unicast(senders, (addr, port), {"a": a}))
+    assert got["kernel"] == ({"a": 0, "b": n}, {"a": n})
+    assert got["usnet"] == got["kernel"]

@@ -181,6 +181,10 @@ class OpenFlow(_Msg, frozen=True):
     that flows of the same uid which all set it hold; the switch spreads new
     TCP connections and UDP datagrams among them by a hash of the remote
     end. Any other bind of a held port is EADDRINUSE, as on Linux.
+    reuse_addr: SO_REUSEADDR (UDP). Such a flow shares the port as reuse_port
+    does, but a unicast datagram goes to the most recently opened member when
+    that member did not ask for reuse_port, as Linux's lookup takes the newest
+    socket first (multicast goes to every member either way).
     """
 
     netif: Name
@@ -194,6 +198,7 @@ class OpenFlow(_Msg, frozen=True):
     with_channel: U32 = 0
     connector: bool = False
     reuse_port: bool = False
+    reuse_addr: bool = False
 
 
 class AddPorts(_Msg, frozen=True):

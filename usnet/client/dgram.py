@@ -413,12 +413,13 @@ class DatagramFace(socket):
             self._mc.attach(mc, client)
         return eng
 
-    def _reuse_port(self) -> bool:
-        """SO_REUSEPORT, or SO_REUSEADDR: Linux lets UDP sockets that all set SO_REUSEADDR share a
-        port (multicast receivers do: each member gets its copy), and usnet shares it as a
-        reuseport group. Where Linux gives a unicast datagram to one of them, usnet hashes it
-        among them; and the port is one uid's, where Linux's SO_REUSEADDR does not ask."""
-        return bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)) or self._opts.get((SOL_SOCKET, _std.SO_REUSEADDR)))
+    def _reuse(self) -> tuple[bool, bool]:
+        """SO_REUSEPORT and SO_REUSEADDR, as `udp_socket`'s arguments: Linux lets UDP sockets that
+        all set SO_REUSEADDR share a port (multicast receivers do: each member gets its copy), and
+        gives a unicast datagram to the newest of them (P.OpenFlow.reuse_addr); the port is one
+        uid's, where Linux's SO_REUSEADDR does not ask (docs/design-notes.md, "SO_REUSEADDR")."""
+        return (bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT))),
+                bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEADDR))))
 
     @staticmethod
     def _mc_flow(eng: DatagramEngine | None) -> tuple[int, bytes] | None:
@@ -433,16 +434,17 @@ class DatagramFace(socket):
               dual: bool) -> tuple[DatagramSocket, str]:
         """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
         family a dual-stack :: then takes), and the netif it is on."""
-        reuse = self._reuse_port()
+        rp, ra = self._reuse()
         v4 = (host is not None and ":" not in host) or self._v4any  # (a mapped address: IPv4)
         family: Literal[4, 6] = 4 if v4 else self._ip_version
-        return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=reuse),
+        return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=rp, reuse_addr=ra),
                            netif, host, family, family, dual)
 
     def _v4_flow(self, client: Client, netif: str, flow: DatagramSocket) -> DatagramSocket | None:
         """A dual-stack socket's IPv4 flow on the netif, on `flow`'s port (None: no IPv4 there)."""
+        rp, ra = self._reuse()
         try:
-            return client.udp_socket(netif, flow.local[1], family=4, reuse_port=self._reuse_port())
+            return client.udp_socket(netif, flow.local[1], family=4, reuse_port=rp, reuse_addr=ra)
         except OSError as e:
             if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
                 return None
@@ -479,12 +481,13 @@ class DatagramFace(socket):
         socket is on the loopback netif already, or the domain has none): then loopback stays
         unreachable."""
         client, _ = self._target()
+        rp, ra = self._reuse()
         for d in eng.flows():
             if d.loopback or eng.hears(d.v6, True):
                 continue
             try:
                 lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=6 if d.v6 else 4,
-                                       with_channel=d.channel.id, reuse_port=self._reuse_port())
+                                       with_channel=d.channel.id, reuse_port=rp, reuse_addr=ra)
             except OSError:  # no loopback netif (ENODEV), or it cannot take the port
                 continue
             self._mark(lo)

@@ -96,7 +96,7 @@ from usnet.domain.loop import Domain
 from usnet.domain.lowlat.agent import Grant, Refusal
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import Who
-from usnet.domain.sessions import Session
+from usnet.domain.sessions import Session, shares_port
 from usnet.domain.switch.ports import PROTO_NAMES
 
 __all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT", "WORKER_TIMEOUT",
@@ -768,7 +768,7 @@ class ShardedDomain(Domain):
         charge = self.ledger.admit(Charge(session.uid, session.id, flows=1))
         try:
             self.ports.reserve(req.proto, port, ("workers", session.id), family=family,
-                               reuse=session.uid if req.reuse_port and req.remote_addr is None else None)
+                               reuse=session.uid if shares_port(req) and req.remote_addr is None else None)
         except BaseException:
             self.ledger.release(charge)
             raise
