@@ -241,15 +241,17 @@ class Unlisten(_Msg, frozen=True):
 
 
 class JoinGroup(_Msg, frozen=True):
-    """Flow `channel` (an IPv4 UDP flow of this session) joins (`join`) or leaves IPv4 multicast
-    group `group` (4 bytes, network order) on its netif: from then on every datagram to (group,
-    the flow's port) is copied to it too. The domain checks it as Linux's ip_mc_join_group does:
-    EINVAL for an address outside 224.0.0.0/4, EADDRINUSE for a group the flow is in, ENOBUFS past
-    20 groups a flow (igmp_max_memberships), EADDRNOTAVAIL to leave a group it is not in, EPROTO
-    for a TCP flow. The membership ends with the flow. Answered with Done."""
+    """Flow `channel` (a UDP flow of this session) joins (`join`) or leaves multicast group
+    `group` on its netif: 4 bytes (network order) for an IPv4 flow, 16 for an IPv6 one. From then
+    on every datagram to (group, the flow's port) is copied to it too. The domain checks it as
+    Linux's ip_mc_join_group and __ipv6_sock_mc_join do: EINVAL for an address outside
+    224.0.0.0/4 or ff00::/8 or of the other family, EADDRINUSE for a group the flow is in,
+    ENOBUFS past 20 IPv4 groups a flow (igmp_max_memberships), ENOMEM past 256 IPv6 ones,
+    EADDRNOTAVAIL to leave a group it is not in, EPROTO for a TCP flow. The membership ends
+    with the flow. Answered with Done."""
 
     channel: U32
-    group: Annotated[bytes, msgspec.Meta(min_length=4, max_length=4)]
+    group: Annotated[bytes, msgspec.Meta(min_length=4, max_length=16)]
     join: bool = True
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "MLD_HEADER",
     "MLD_QUERY",
     "MLD_RECORD",
+    "MLD_TYPES",
     "build_mld_report",
     "build_mldv1",
     "is_multicast6",
@@ -44,6 +45,7 @@ __all__ = [
 
 ICMPV6, HOP_BY_HOP = 58, 0
 MLD_QUERY, MLDV1_REPORT, MLDV1_DONE, MLDV2_REPORT = 130, 131, 132, 143
+MLD_TYPES = frozenset((MLD_QUERY, MLDV1_REPORT, MLDV1_DONE, MLDV2_REPORT))  # the ICMPv6 types that are MLD
 ALL_MLDV2_ROUTERS = bytes.fromhex("ff020000000000000000000000000016")  # MLDv2 reports go to it
 #: The Hop-by-Hop header of every MLD message: next header ICMPv6, Router Alert 0 (MLD, RFC 2711), PadN.
 HBH_ROUTER_ALERT = bytes((ICMPV6, 0, 5, 2, 0, 0, 1, 0))
