@@ -1,4 +1,4 @@
-"""The host's multicast duties, IPv4 and IPv6: memberships, IGMP and MLD, and a group datagram's copies.
+"""The host's multicast duties, IPv4 and IPv6: memberships, IGMP and MLD, a group datagram's copies.
 
 A member host must say which groups it is in, or the switch and router upstream prune them
 (RFC 3376, RFC 3810): this netif sends an IGMPv3 report (an MLDv2 one for an IPv6 group) when

@@ -43,7 +43,6 @@ from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.ethernet import BROADCAST, ETH_HLEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.proto.wire.gso import headers_len, tcp_segments
 from usnet.proto.wire.igmp import IGMP
-from usnet.proto.wire.mld import MLD_TYPES
 from usnet.proto.wire.ipv4 import (
     IP_MF,
     IP_OFFMASK,
@@ -65,6 +64,7 @@ from usnet.proto.wire.ipv6 import (
     skip_ext_headers,
     verify_upper_v6,
 )
+from usnet.proto.wire.mld import MLD_TYPES
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
 from usnet.proto.wire.udp import parse_udp
 
