@@ -11,9 +11,9 @@ domain (P.JoinGroup), which checks the request (`join_group`) and keeps the memb
 GroupTable (usnet.domain.switch.groups).
 
 A datagram to a group is copied to every member flow of (group, destination port), as Linux's
-__udp4_lib_mcast_deliver (__udp6_lib_mcast_deliver) gives one to every matching socket: the receive path appends the same
-packet to each member's batch, and each member's port copies it into that member's own pool,
-so one client's copy is nothing to another's.
+__udp4_lib_mcast_deliver (__udp6_lib_mcast_deliver) gives one to every matching socket: the
+receive path appends the same packet to each member's batch, and each member's port copies it
+into that member's own pool, so one client's copy is nothing to another's.
 """
 
 from __future__ import annotations
