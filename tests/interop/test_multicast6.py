@@ -385,7 +385,7 @@ def test_pythons_own_ipv6_multicast_recipe_runs_unmodified_under_usnet_run(sockd
                                 stderr=subprocess.PIPE, text=True)
         try:
             line = prog.stdout.readline()
-            assert line.split() == ["ready", "usnet"], prog.stderr.read() if not line else line
+            assert line.split() == ["ready", "usnet"], line or prog.stderr.read()
             k.sendto(b"hello members", (G, 47760))
             data, src = k.recvfrom(100)
             assert (data, src[0]) == (b"HELLO MEMBERS", tapd.usnet_ip6)

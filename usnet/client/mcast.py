@@ -16,8 +16,9 @@ twice EADDRINUSE; more than 20 ENOBUFS; a drop of a group not joined EADDRNOTAVA
 (__ipv6_sock_mc_join, ipv6_sock_mc_drop): an ipv6_mreq under 20 bytes EINVAL; an address outside
 ff00::/8 EINVAL; a group joined twice (on any interface, or index 0) EADDRINUSE; more than
 MAX_MEMBERSHIPS6 ENOMEM; an index of no interface of the host ENODEV (after those, as Linux
-looks the device up last; any interface's is taken, `_our_index`); a drop of a group not joined EADDRNOTAVAIL. Linux joins ff01::/16,
-ff02::1 and even ff00:: as any group; so does usnet (none of them is reported, as Linux's).
+looks the device up last; any interface's is taken, `_our_index`); a drop of a group not joined
+EADDRNOTAVAIL. Linux joins ff01::/16, ff02::1 and even ff00:: as any group; so does usnet (none
+of them is reported, as Linux's).
 """
 
 from __future__ import annotations
