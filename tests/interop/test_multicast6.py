@@ -11,10 +11,8 @@ requests get clear refusals; Neighbour Discovery goes on; Python's recipe runs u
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
-import time
 
 import pytest
 from scapy.layers.inet6 import (
@@ -26,14 +24,21 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import Ether
 
-from tests.interop.test_multicast import _who_hears_unicast
+from tests.interop.test_multicast import (
+    LIMIT,
+    _receivers,
+    _who_hears_unicast,
+    _Wire,
+    refusal,
+    run_recipe,
+    sockets_on,
+    ttl_and_loop,
+)
 from tests.interop.test_sockopts_linux import _outcome as _sockopt_outcome
-from usnet import socket as us
 from usnet.abi import protocol as P
 from usnet.client import Client
 
 pytestmark = pytest.mark.privileged
-LIMIT = 10.0  # seconds for any wait: only reached when something is broken
 IP6 = socket.IPPROTO_IPV6
 JOIN, LEAVE, M_IF, M_HOPS, M_LOOP, M_ALL, RECVHOPLIMIT = 20, 21, 17, 18, 19, 29, 51
 G, G2 = "ff05::1:3", "ff0e::7:7"
@@ -47,41 +52,11 @@ def _mreq(group: str, ifindex: int) -> bytes:
 @pytest.fixture
 def mc6(tap_domain6):
     d, ifname, usnet_ip, host_ip = tap_domain6
-    client = Client.local(d)
-    made: list = []
     idx = socket.if_nametoindex(ifname)
-
-    def sock(new, port: int, reuse: bool, bind: bool):
-        s = new()
-        made.append(s)
-        if reuse:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if bind:
-            s.bind(("", port))
-        s.settimeout(LIMIT)
-        return s
-
-    def usock(port: int = 0, reuse: bool = False, bind: bool = True):
-        return sock(lambda: us.socket(socket.AF_INET6, socket.SOCK_DGRAM, client=client, netif=ifname),
-                    port, reuse, bind)
-
-    def ksock(port: int = 0, reuse: bool = False, bind: bool = True):
-        s = sock(lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM), port, reuse, bind)
-        s.setsockopt(IP6, M_IF, idx)
-        return s
-
-    class Env:
-        pass
-
-    e = Env()
-    e.d, e.ifname, e.usnet_ip, e.host_ip, e.client, e.idx = d, ifname, usnet_ip, host_ip, client, idx
-    e.usock, e.ksock = usock, ksock
-    e.switch = d.switches[ifname]
-    try:
+    # the kernel's sockets send to groups out of the TAP (it has no route of its own to choose it by)
+    with sockets_on(d, ifname, usnet_ip, host_ip, socket.AF_INET6, lambda s: s.setsockopt(IP6, M_IF, idx)) as e:
+        e.idx = idx
         yield e
-    finally:
-        for s in made:
-            s.close()
 
 
 # -- the option calls, call by call ------------------------------------------------------------------
@@ -132,36 +107,13 @@ def test_an_unbound_socket_joins_and_hears_once_bound(mc6):
 # -- datagrams ----------------------------------------------------------------------------------
 
 
-def _receivers(mc6, sender, recv_sock, idx: int) -> dict:
-    """Which sockets hear a group, on the receiving stack `recv_sock` makes: a and b share port A
-    with SO_REUSEADDR and both join; c is on port C with IPV6_MULTICAST_ALL 0 and joins nothing;
-    e is on port E and joins nothing (IPV6_MULTICAST_ALL on, Linux's default); f joined and left
-    (IPV6_MULTICAST_ALL 0). The datagrams to c, e and f go first, then one to A: once a and b
-    have that one, the earlier ones were delivered if they were going to be."""
-    A, C, E, F = 47700, 47701, 47702, 47703
-    a, b, c, e, f = recv_sock(A, True), recv_sock(A, True), recv_sock(C), recv_sock(E), recv_sock(F)
-    for s in (a, b, f):
-        s.setsockopt(IP6, JOIN, _mreq(G, idx))
-    for s in (c, f):
-        s.setsockopt(IP6, M_ALL, 0)
-    f.setsockopt(IP6, LEAVE, _mreq(G, idx))
-    for port in (C, E, F, A):
-        sender.sendto(f"to {port}".encode(), (G, port))
-    heard = {"a": a.recvfrom(100)[0], "b": b.recvfrom(100)[0]}
-    for name, s in (("c", c), ("e", e), ("f", f)):
-        s.setblocking(False)
-        try:
-            heard[name] = s.recv(100)
-        except BlockingIOError:
-            heard[name] = None
-    return heard
-
-
 def test_a_group_reaches_its_members_as_on_linux(mc6):
     """The kernel sends to a group and usnet's members hear it, each its own copy; usnet sends and
-    the kernel's do: the same sockets hear, on either side."""
-    on_usnet = _receivers(mc6, mc6.ksock(), mc6.usock, mc6.idx)
-    on_kernel = _receivers(mc6, mc6.usock(), mc6.ksock, mc6.idx)
+    the kernel's do: the same sockets hear, on either side (test_multicast's walk: a and b members
+    sharing a port, c with IPV6_MULTICAST_ALL 0, e of another port, f joined and left)."""
+    six = {"group": G, "base": 47700, "opts": (IP6, JOIN, LEAVE, M_ALL), "mreq": _mreq}
+    on_usnet = _receivers(mc6, mc6.ksock(), mc6.usock, mc6.idx, **six)
+    on_kernel = _receivers(mc6, mc6.usock(), mc6.ksock, mc6.idx, **six)
     want = {"a": b"to 47700", "b": b"to 47700", "c": None, "e": b"to 47702", "f": None}
     assert on_kernel == want
     assert on_usnet == want
@@ -174,27 +126,10 @@ def test_what_usnet_sends_to_a_group_carries_the_multicast_hops_and_loops_back(m
     too, without it not."""
     k = mc6.ksock(47720)
     k.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
-    k.setsockopt(IP6, RECVHOPLIMIT, 1)
     member = mc6.usock(47720)
     member.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
-    u = mc6.usock()
-    hops = []
-    for h in (None, 5):
-        if h is not None:
-            u.setsockopt(IP6, M_HOPS, h)
-        u.sendto(b"hops", (G, 47720))
-        _data, anc, _flags, src = k.recvmsg(100, 64)
-        assert src[:2] == (mc6.usnet_ip, u.getsockname()[1])
-        hops.append(struct.unpack("i", anc[0][2])[0])
-        assert member.recvfrom(100)[0] == b"hops"  # looped back
+    hops = ttl_and_loop(mc6.usock(), k, member, (G, 47720), mc6.usnet_ip, IP6, M_HOPS, M_LOOP, RECVHOPLIMIT)
     assert hops == [1, 5]
-    u.setsockopt(IP6, M_LOOP, 0)
-    u.sendto(b"no loop", (G, 47720))
-    assert k.recvfrom(100)[0] == b"no loop"
-    u.setsockopt(IP6, M_LOOP, 1)
-    u.sendto(b"loop", (G, 47720))
-    assert k.recvfrom(100)[0] == b"loop"
-    assert member.recvfrom(100)[0] == b"loop"  # not "no loop": that one never reached it
 
 
 def test_unicast_and_neighbour_discovery_go_on_beside_the_groups(mc6):
@@ -217,28 +152,9 @@ def test_unicast_and_neighbour_discovery_go_on_beside_the_groups(mc6):
 # -- MLD on the wire ---------------------------------------------------------------------------------
 
 
-class _Wire:
-    """The TAP's host end, seen by an AF_PACKET socket: the frames usnet writes arrive on it."""
-
-    def __init__(self, ifname: str) -> None:
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-        self.sock.bind((ifname, 0))
-        self.sock.settimeout(0.2)
-
-    def mld_from(self, mac: str) -> Ether:
-        """The next MLDv2 report frame from `mac`; fails after LIMIT seconds."""
-        deadline = time.monotonic() + LIMIT
-        while time.monotonic() < deadline:
-            try:
-                frame = Ether(self.sock.recv(65535))
-            except TimeoutError:
-                continue
-            if frame.src == mac and IPv6 in frame and ICMPv6MLReport2 in frame:
-                return frame
-        raise AssertionError(f"no MLD report from {mac} within {LIMIT} s")
-
-    def close(self) -> None:
-        self.sock.close()
+def _report_from(wire: _Wire, mac: str) -> Ether:
+    """The next MLDv2 report from `mac` on the wire."""
+    return wire.next(lambda f: f.src == mac and ICMPv6MLReport2 in f, "MLD report")
 
 
 def _records(rep) -> list[tuple[int, str]]:
@@ -278,7 +194,7 @@ def test_mld_reports_on_join_and_leave_and_a_query_answered(mc6):
         a.setsockopt(IP6, JOIN, _mreq("ff02::1", mc6.idx))
         a.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
         for _ in range(2):  # said twice (the robustness variable), the second within a second
-            _check_report(wire.mld_from(mac), mac, ll, [(4, G)])  # no record of ff02::1
+            _check_report(_report_from(wire, mac), mac, ll, [(4, G)])  # no record of ff02::1
         b.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
         reports = mc6.switch.counts["mld_reports"]
         q = (Ether(dst="33:33:00:00:00:01", src="02:00:00:00:00:99")
@@ -287,12 +203,12 @@ def test_mld_reports_on_join_and_leave_and_a_query_answered(mc6):
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
             tx.bind((mc6.ifname, 0))
             tx.send(bytes(q))
-        _check_report(wire.mld_from(mac), mac, ll, [(2, G)])
+        _check_report(_report_from(wire, mac), mac, ll, [(2, G)])
         assert mc6.switch.counts["mld_reports"] == reports + 1  # b's join said nothing
         a.setsockopt(IP6, LEAVE, _mreq(G, mc6.idx))
         b.close()  # the last member: its membership ends with its flow
         for _ in range(2):
-            _check_report(wire.mld_from(mac), mac, ll, [(3, G)])
+            _check_report(_report_from(wire, mac), mac, ll, [(3, G)])
     finally:
         wire.close()
 
@@ -310,13 +226,6 @@ def test_a_clients_forged_join_requests_get_clear_refusals(mc6):
     flow4 = c.udp_socket(mc6.ifname, 47751, family=4)
     tcp6 = c.open_flow(mc6.ifname, 6, 47752, family=6)[0]
     g = socket.inet_pton(socket.AF_INET6, G)
-
-    def refusal(call) -> str:
-        try:
-            call()
-        except OSError as e:
-            return errno.errorcode[e.errno] if e.errno else str(e)
-        return "ok"
 
     ch = flow6.channel.id
     assert refusal(lambda: c.join_group(flow4.channel.id, g)) == "EINVAL"
@@ -364,10 +273,6 @@ def test_pythons_own_ipv6_multicast_recipe_runs_unmodified_under_usnet_run(sockd
     """The receiver and sender of Python's IPv6 multicast recipe (struct.pack("16sI", inet_pton(...),
     ifindex), IPV6_JOIN_GROUP, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_IF), under `usnet run`: it hears
     the kernel's datagram to the group and its answer to the group reaches a kernel member."""
-    import os
-    import subprocess
-    import sys
-
     from tests.helpers.usnetd import TapDaemon
 
     tapd = TapDaemon(sockdir, ipv6=True)
@@ -379,23 +284,7 @@ def test_pythons_own_ipv6_multicast_recipe_runs_unmodified_under_usnet_run(sockd
         k.setsockopt(IP6, JOIN, _mreq(G, idx))
         k.setsockopt(IP6, M_IF, idx)
         k.settimeout(LIMIT)
-        env = dict(os.environ, USNET_SOCKET=tapd.path, USNET_NETIF="usnet0")
-        prog = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-c", _PROGRAM,
-                                 G, "47760", "47761", tapd.ifname], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            line = prog.stdout.readline()
-            assert line.split() == ["ready", "usnet"], line or prog.stderr.read()
-            k.sendto(b"hello members", (G, 47760))
-            data, src = k.recvfrom(100)
-            assert (data, src[0]) == (b"HELLO MEMBERS", tapd.usnet_ip6)
-            out, err = prog.communicate(timeout=LIMIT)
-            assert prog.returncode == 0, err
-            assert out.strip() == "hello members"
-        finally:
-            if prog.poll() is None:
-                prog.kill()
-                prog.communicate()
+        run_recipe(tapd.path, _PROGRAM, [G, "47760", "47761", tapd.ifname], k, (G, 47760), tapd.usnet_ip6)
     finally:
         k.close()
         tapd.stop()
