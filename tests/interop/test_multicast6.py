@@ -16,7 +16,10 @@ import struct
 
 import pytest
 from scapy.layers.inet6 import (
+    ICMPv6MLDone,
+    ICMPv6MLQuery,
     ICMPv6MLQuery2,
+    ICMPv6MLReport,
     ICMPv6MLReport2,
     IPv6,
     IPv6ExtHdrHopByHop,
@@ -197,18 +200,40 @@ def test_mld_reports_on_join_and_leave_and_a_query_answered(mc6):
             _check_report(_report_from(wire, mac), mac, ll, [(4, G)])  # no record of ff02::1
         b.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
         reports = mc6.switch.counts["mld_reports"]
-        q = (Ether(dst="33:33:00:00:00:01", src="02:00:00:00:00:99")
-             / IPv6(src="fe80::99", dst="ff02::1", hlim=1) / IPv6ExtHdrHopByHop(options=[RouterAlert(value=0)])
-             / ICMPv6MLQuery2(mrd=100))
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
-            tx.bind((mc6.ifname, 0))
-            tx.send(bytes(q))
+        _send_query(mc6.ifname, ICMPv6MLQuery2(mrd=100))
         _check_report(_report_from(wire, mac), mac, ll, [(2, G)])
         assert mc6.switch.counts["mld_reports"] == reports + 1  # b's join said nothing
         a.setsockopt(IP6, LEAVE, _mreq(G, mc6.idx))
         b.close()  # the last member: its membership ends with its flow
         for _ in range(2):
             _check_report(_report_from(wire, mac), mac, ll, [(3, G)])
+    finally:
+        wire.close()
+
+
+def _send_query(ifname: str, query) -> None:
+    """An MLD query from a router on the link (fe80::99), hop limit 1, Router Alert, to all-nodes."""
+    q = (Ether(dst="33:33:00:00:00:01", src="02:00:00:00:00:99")
+         / IPv6(src="fe80::99", dst="ff02::1", hlim=1) / IPv6ExtHdrHopByHop(options=[RouterAlert(value=0)]) / query)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
+        tx.bind((ifname, 0))
+        tx.send(bytes(q))
+
+
+def test_an_mldv1_querier_is_answered_in_mldv1(mc6):
+    """An MLDv1 query (24 bytes, RFC 3810 §8.1) turns the netif to MLDv1 (as Linux's mc_v1_seen): the
+    answer is an MLDv1 report to the group itself, and the last leave a Done to ff02::2."""
+    wire = _Wire(mc6.ifname)
+    mac = mc6.switch.netif.mac.hex(":")
+    try:
+        a = mc6.usock(47745)
+        a.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
+        _send_query(mc6.ifname, ICMPv6MLQuery(mrd=100))
+        rep = wire.next(lambda f: f.src == mac and ICMPv6MLReport in f, "MLDv1 report")
+        assert (rep[IPv6].dst, rep[IPv6].hlim, rep[ICMPv6MLReport].mladdr, rep.dst) == (G, 1, G, "33:33:00:01:00:03")
+        a.setsockopt(IP6, LEAVE, _mreq(G, mc6.idx))
+        done = wire.next(lambda f: f.src == mac and ICMPv6MLDone in f, "MLDv1 Done")
+        assert (done[IPv6].dst, done[ICMPv6MLDone].mladdr) == ("ff02::2", G)
     finally:
         wire.close()
 
