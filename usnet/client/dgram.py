@@ -104,8 +104,9 @@ __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 # joining a multicast group in ways usnet does not (source-specific, the protocol-independent
-# MCAST_* ones, IPv6's) (Linux's numbers; the standard module lacks some of the names).
-# IP_ADD_MEMBERSHIP and IP_DROP_MEMBERSHIP are usnet.client.mcast's, checked before these.
+# MCAST_* ones) (Linux's numbers; the standard module lacks some of the names). IP_ADD_MEMBERSHIP,
+# IP_DROP_MEMBERSHIP and an AF_INET6 socket's IPV6_JOIN_GROUP and IPV6_LEAVE_GROUP are
+# usnet.client.mcast's, checked before these (an AF_INET socket's IPv6 ones stay ENOPROTOOPT).
 _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
