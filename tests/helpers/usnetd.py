@@ -55,13 +55,16 @@ class Daemon:
 class TapDaemon:
     """usnetd with one TAP netif "usnet0" (10.x.0.2), the host side 10.x.0.1 configured after each start."""
 
-    def __init__(self, sockdir) -> None:
+    def __init__(self, sockdir, ipv6: bool = False) -> None:
         self.x, self.ifname = fresh_subnet(), tap_name()
         self.usnet_ip, self.host_ip = f"10.{self.x}.0.2", f"10.{self.x}.0.1"
+        # `ipv6`: fd00:x::2/64 too, the host fd00:x::1 (without duplicate address detection)
+        self.usnet_ip6, self.host_ip6 = (f"fd00:{self.x}::2", f"fd00:{self.x}::1") if ipv6 else (None, None)
         self.path = str(sockdir / "usnetd.sock")
         self.config = sockdir / "usnetd.toml"
+        v6 = f'address6 = "{self.usnet_ip6}/64"\ngateway6 = "{self.host_ip6}"\n' if ipv6 else ""
         self.config.write_text(f'[[netif]]\nname = "usnet0"\ndriver = "tap"\nifname = "{self.ifname}"\n'
-                               f'address = "{self.usnet_ip}/24"\ngateway = "{self.host_ip}"\noffload = false\n')
+                               f'address = "{self.usnet_ip}/24"\ngateway = "{self.host_ip}"\noffload = false\n' + v6)
         self.logs = sockdir
         self.daemon: Daemon | None = None
         self.starts = 0
@@ -75,6 +78,10 @@ class TapDaemon:
             (idx,) = ipr.link_lookup(ifname=self.ifname)
             ipr.link("set", index=idx, state="up")
             ipr.addr("add", index=idx, address=self.host_ip, prefixlen=24)
+            if self.host_ip6 is not None:
+                from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+                ipr.addr("add", index=idx, address=self.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
 
     def kill(self) -> float:
         assert self.daemon is not None

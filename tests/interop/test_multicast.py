@@ -10,10 +10,12 @@ and a query is answered; a client's own control requests get clear refusals.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
 import time
+from types import SimpleNamespace
 
 import pytest
 from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
@@ -56,10 +58,11 @@ def _default_route(ifname: str) -> None:
         ipr.route("add", dst="0.0.0.0/0", oif=idx)
 
 
-@pytest.fixture
-def mc(tap_domain):
-    d, ifname, usnet_ip, host_ip = tap_domain
-    _default_route(ifname)
+@contextlib.contextmanager
+def sockets_on(d, ifname: str, usnet_ip: str, host_ip: str, family: int = socket.AF_INET, ksetup=None):
+    """The tests' environment on a TAP domain: `usock` and `ksock` make a usnet and a kernel UDP
+    socket of `family` (bound to the port, SO_REUSEADDR if asked; `ksetup` called on each kernel
+    one), all closed at the end. tests/interop/test_multicast6.py's fixture is this with AF_INET6."""
     client = Client.local(d)
     made: list = []
 
@@ -74,24 +77,29 @@ def mc(tap_domain):
         return s
 
     def usock(port: int = 0, reuse: bool = False, bind: bool = True):
-        return sock(lambda: us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=client, netif=ifname),
-                    port, reuse, bind)
+        return sock(lambda: us.socket(family, socket.SOCK_DGRAM, client=client, netif=ifname), port, reuse, bind)
 
     def ksock(port: int = 0, reuse: bool = False, bind: bool = True):
-        return sock(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM), port, reuse, bind)
+        s = sock(lambda: socket.socket(family, socket.SOCK_DGRAM), port, reuse, bind)
+        if ksetup is not None:
+            ksetup(s)
+        return s
 
-    class Env:
-        pass
-
-    e = Env()
-    e.d, e.ifname, e.usnet_ip, e.host_ip, e.client = d, ifname, usnet_ip, host_ip, client
-    e.usock, e.ksock = usock, ksock
-    e.switch = d.switches[ifname]
+    e = SimpleNamespace(d=d, ifname=ifname, usnet_ip=usnet_ip, host_ip=host_ip, client=client, usock=usock,
+                        ksock=ksock, switch=d.switches[ifname])
     try:
         yield e
     finally:
         for s in made:
             s.close()
+
+
+@pytest.fixture
+def mc(tap_domain):
+    d, ifname, usnet_ip, host_ip = tap_domain
+    _default_route(ifname)
+    with sockets_on(d, ifname, usnet_ip, host_ip) as e:
+        yield e
 
 
 # -- the option calls, call by call ------------------------------------------------------------------
@@ -152,22 +160,25 @@ def test_memberships_are_bounded_as_linux_and_an_unbound_socket_joins_too(mc):
 # -- datagrams ----------------------------------------------------------------------------------
 
 
-def _receivers(mc, sender, recv_sock, group_if: str) -> dict:
+def _receivers(mc, sender, recv_sock, group_if, *, group: str = G, base: int = 47100,
+               opts: tuple = (IPP, ADD, DROP, M_ALL), mreq=_mreq) -> dict:
     """Which sockets hear a group, on the receiving stack `recv_sock` makes (kernel or usnet):
     a and b share port A with SO_REUSEADDR and both join; c is on port C with IP_MULTICAST_ALL 0
     and joins nothing; e is on port E and joins nothing (IP_MULTICAST_ALL on, Linux's default:
     it hears a group another socket of the host joined); f joined and left (IP_MULTICAST_ALL 0).
     The datagrams to c, e and f go first, then one to A: once a and b have that one, the
-    earlier ones were delivered if they were going to be."""
-    A, C, E, F = 47100, 47101, 47102, 47103
+    earlier ones were delivered if they were going to be. `opts` (level, join, leave, all) and
+    `mreq(group, group_if)` make it IPv6's (tests/interop/test_multicast6.py)."""
+    level, join, leave, m_all = opts
+    A, C, E, F = base, base + 1, base + 2, base + 3
     a, b, c, e, f = recv_sock(A, True), recv_sock(A, True), recv_sock(C), recv_sock(E), recv_sock(F)
     for s in (a, b, f):
-        s.setsockopt(IPP, ADD, _mreq(G, group_if))
+        s.setsockopt(level, join, mreq(group, group_if))
     for s in (c, f):
-        s.setsockopt(IPP, M_ALL, 0)
-    f.setsockopt(IPP, DROP, _mreq(G, group_if))
+        s.setsockopt(level, m_all, 0)
+    f.setsockopt(level, leave, mreq(group, group_if))
     for port in (C, E, F, A):
-        sender.sendto(f"to {port}".encode(), (G, port))
+        sender.sendto(f"to {port}".encode(), (group, port))
     heard = {"a": a.recvfrom(100)[0], "b": b.recvfrom(100)[0]}
     for name, s in (("c", c), ("e", e), ("f", f)):
         s.setblocking(False)
@@ -197,27 +208,35 @@ def test_what_usnet_sends_to_a_group_carries_the_multicast_ttl_and_loops_back(mc
     IP_MULTICAST_LOOP a member in the same domain hears it too, without it not."""
     k = mc.ksock(47200)
     k.setsockopt(IPP, ADD, _mreq(G, mc.host_ip))
-    k.setsockopt(IPP, 12, 1)  # IP_RECVTTL
     member = mc.usock(47200)
     member.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip))
-    u = mc.usock()
+    assert ttl_and_loop(mc.usock(), k, member, (G, 47200), mc.usnet_ip, IPP, M_TTL, M_LOOP, 12) == [1, 5]
+
+
+def ttl_and_loop(u, k, member, group: tuple[str, int], usnet_ip: str, level: int, ttl_opt: int, loop_opt: int,
+                 recv_ttl: int) -> list[int]:
+    """usnet socket `u` sends to `group` with the default multicast TTL (hop limit), then 5
+    (`ttl_opt`): kernel member `k` reads each (`recv_ttl`: IP_RECVTTL, IPV6_RECVHOPLIMIT) and usnet
+    `member` hears each (looped back); with `loop_opt` 0 only `k` hears, with 1 both again. The
+    two TTLs seen (tests/interop/test_multicast6.py's too)."""
+    k.setsockopt(level, recv_ttl, 1)
     ttls = []
     for ttl in (None, 5):
         if ttl is not None:
-            u.setsockopt(IPP, M_TTL, ttl)
-        u.sendto(b"ttl", (G, 47200))
+            u.setsockopt(level, ttl_opt, ttl)
+        u.sendto(b"ttl", group)
         _data, anc, _flags, src = k.recvmsg(100, 64)
-        assert src == (mc.usnet_ip, u.getsockname()[1])
+        assert src[:2] == (usnet_ip, u.getsockname()[1])
         ttls.append(struct.unpack("i", anc[0][2])[0])
-        assert member.recvfrom(100) == (b"ttl", (mc.usnet_ip, u.getsockname()[1]))  # looped back
-    assert ttls == [1, 5]
-    u.setsockopt(IPP, M_LOOP, 0)
-    u.sendto(b"no loop", (G, 47200))
+        assert member.recvfrom(100)[:1] == (b"ttl",)  # looped back
+    u.setsockopt(level, loop_opt, 0)
+    u.sendto(b"no loop", group)
     assert k.recvfrom(100)[0] == b"no loop"
-    u.setsockopt(IPP, M_LOOP, 1)
-    u.sendto(b"loop", (G, 47200))
+    u.setsockopt(level, loop_opt, 1)
+    u.sendto(b"loop", group)
     assert k.recvfrom(100)[0] == b"loop"
     assert member.recvfrom(100)[0] == b"loop"  # not "no loop": that one never reached it
+    return ttls
 
 
 # -- IGMP on the wire ---------------------------------------------------------------------------------
@@ -233,15 +252,19 @@ class _Wire:
 
     def igmp_from(self, src: str) -> Ether:
         """The next IGMP frame from `src`; fails after LIMIT seconds."""
+        return self.next(lambda f: IP in f and f[IP].proto == 2 and f[IP].src == src, f"IGMP from {src}")
+
+    def next(self, wanted, what: str) -> Ether:
+        """The next frame `wanted` says yes to; fails after LIMIT seconds."""
         deadline = time.monotonic() + LIMIT
         while time.monotonic() < deadline:
             try:
                 frame = Ether(self.sock.recv(65535))
             except TimeoutError:
                 continue
-            if IP in frame and frame[IP].proto == 2 and frame[IP].src == src:
+            if wanted(frame):
                 return frame
-        raise AssertionError(f"no IGMP from {src} within {LIMIT} s")
+        raise AssertionError(f"no {what} within {LIMIT} s")
 
     def close(self) -> None:
         self.sock.close()
@@ -314,6 +337,15 @@ def test_a_group_not_joined_is_not_taken_off_the_wire(mc):
 # -- the trust boundary: a client's own control requests ---------------------------------------------------
 
 
+def refusal(call) -> str:
+    """What a control request `call` makes gives: "ok", or the errno's name of its refusal."""
+    try:
+        call()
+    except OSError as e:
+        return errno.errorcode[e.errno] if e.errno else str(e)
+    return "ok"
+
+
 def test_a_clients_forged_join_requests_get_clear_refusals(mc):
     """The domain checks every join itself, whatever the client library would have: an address
     outside 224/4 EINVAL, a TCP flow EPROTO, another session's channel ENOENT, a 21st group
@@ -323,13 +355,6 @@ def test_a_clients_forged_join_requests_get_clear_refusals(mc):
     other = Client.local(mc.d)
     flow = c.udp_socket(mc.ifname, 47500)
     tcp = c.open_flow(mc.ifname, 6, 47501)[0]
-
-    def refusal(call) -> str:
-        try:
-            call()
-        except OSError as e:
-            return errno.errorcode[e.errno] if e.errno else str(e)
-        return "ok"
 
     ch = flow.channel.id
     assert refusal(lambda: c.join_group(ch, socket.inet_aton("10.1.2.3"))) == "EINVAL"
@@ -375,23 +400,34 @@ def test_pythons_own_multicast_recipe_runs_unmodified_under_usnet_run(tapd):
     """The receiver and sender every Python multicast example shows (struct.pack("4sl", ...,
     INADDR_ANY), SO_REUSEADDR, IP_MULTICAST_TTL), under `usnet run`: it hears the kernel's
     datagram to the group and its answer to the group reaches a kernel member."""
-    import os
-    import subprocess
-    import sys
-
     k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     k.bind(("", 47601))
     k.setsockopt(IPP, ADD, _mreq(G, tapd.host_ip))
     k.setsockopt(IPP, M_IF, socket.inet_aton(tapd.host_ip))
     k.settimeout(LIMIT)
-    env = dict(os.environ, USNET_SOCKET=tapd.path, USNET_NETIF="usnet0")
-    prog = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-c", _PROGRAM,
-                             G, "47600", "47601"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert prog.stdout.readline().split() == ["ready", "usnet"]
-        k.sendto(b"hello members", (G, 47600))
+        run_recipe(tapd.path, _PROGRAM, [G, "47600", "47601"], k, (G, 47600), tapd.usnet_ip)
+    finally:
+        k.close()
+
+
+def run_recipe(path: str, program: str, args: list[str], k, group: tuple[str, int], usnet_ip: str) -> None:
+    """`program` under `usnet run` (usnetd at `path`): once it says it is ready, kernel socket `k`
+    sends it a datagram to `group`; it must answer to the group (`k` hears that, from `usnet_ip`)
+    and print what it heard. Shared with tests/interop/test_multicast6.py."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, USNET_SOCKET=path, USNET_NETIF="usnet0")
+    prog = subprocess.Popen([sys.executable, "-m", "usnet", "run", "--", sys.executable, "-c", program, *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = prog.stdout.readline()
+        assert line.split() == ["ready", "usnet"], line or prog.stderr.read()
+        k.sendto(b"hello members", group)
         data, src = k.recvfrom(100)
-        assert (data, src[0]) == (b"HELLO MEMBERS", tapd.usnet_ip)
+        assert (data, src[0]) == (b"HELLO MEMBERS", usnet_ip)
         out, err = prog.communicate(timeout=LIMIT)
         assert prog.returncode == 0, err
         assert out.strip() == "hello members"
@@ -399,7 +435,6 @@ def test_pythons_own_multicast_recipe_runs_unmodified_under_usnet_run(tapd):
         if prog.poll() is None:
             prog.kill()
             prog.communicate()
-        k.close()
 
 
 def test_ip_pktinfo_names_the_group_a_datagram_was_sent_to(mc):
@@ -525,4 +560,45 @@ def test_an_af_inet6_socket_joins_ipv4_groups_as_on_linux(mc):
         finally:
             s.close()
     assert got["kernel"] == (b"to v6", "::ffff:PEER", 1, "EADDRINUSE", b"from v6")
+    assert got["usnet"] == got["kernel"]
+
+
+# -- SO_REUSEADDR's unicast -----------------------------------------------------------------------------
+
+
+def _who_hears_unicast(send_socks: list, to: tuple[str, int], socks: dict) -> dict:
+    """A unicast datagram to `to` from each sender (each from its own port: a hash of the remote
+    end would spread them), and how many each of `socks` (by name) heard."""
+    for i, s in enumerate(send_socks):
+        s.sendto(b"u%d" % i, to)
+    heard = dict.fromkeys(socks, 0)
+    for s in socks.values():
+        s.setblocking(False)
+    deadline = time.monotonic() + LIMIT
+    while sum(heard.values()) < len(send_socks) and time.monotonic() < deadline:
+        for name, s in socks.items():
+            try:
+                s.recv(100)
+                heard[name] += 1
+            except BlockingIOError:
+                pass
+    return heard
+
+
+def test_a_unicast_datagram_to_a_reuseaddr_port_goes_to_the_newest_socket_as_on_linux(mc):
+    """Two sockets share a port by SO_REUSEADDR: Linux gives every unicast datagram to the one
+    bound last (udp_lib_get_port puts it at the head of the chain, the lookup takes the first of
+    the best score), whatever port it comes from; once that one closes, the other hears them. The
+    kernel's pair and usnet's pair, each sent to by the other stack, hear alike."""
+    n = 8
+    got = {}
+    for name, recv_sock, send_sock, addr, port in (("kernel", mc.ksock, mc.usock, mc.host_ip, 47300),
+                                                   ("usnet", mc.usock, mc.ksock, mc.usnet_ip, 47301)):
+        senders = [send_sock() for _ in range(n)]
+        a = recv_sock(port, True)
+        b = recv_sock(port, True)
+        first = _who_hears_unicast(senders, (addr, port), {"a": a, "b": b})
+        b.close()
+        got[name] = (first, _who_hears_unicast(senders, (addr, port), {"a": a}))
+    assert got["kernel"] == ({"a": 0, "b": n}, {"a": n})
     assert got["usnet"] == got["kernel"]

@@ -15,7 +15,7 @@ from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
 from scapy.layers.inet import IP
 from scapy.layers.l2 import getmacbyip
 
-from usnet.domain.switch.groups import MAX_MEMBERSHIPS, GroupTable
+from usnet.domain.switch.groups import MAX_MEMBERSHIPS, GroupTable, group_mac
 from usnet.proto.cmsg import IpMreqn, multicast_if, parse_mreq
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.igmp import (
@@ -99,15 +99,21 @@ def test_multicast_if_takes_an_address_alone():
 
 
 _flows = [SimpleNamespace(id=i, lport=5000 + i % 2) for i in range(3)]
-_groups = [bytes([239, 0, 0, i]) for i in range(1, 4)] + [bytes([10, 0, 0, 1])]
+_groups = ([bytes([239, 0, 0, i]) for i in range(1, 4)] + [bytes([10, 0, 0, 1])]
+           + [bytes.fromhex("ff050000000000000000000000000003"), bytes.fromhex("20010db8000000000000000000000001")])
+
+
+def _is_group(g: bytes) -> bool:
+    return g[0] >> 4 == 14 if len(g) == 4 else g[0] == 0xFF
 
 
 @FAST
-@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "gone"]), st.integers(0, 2), st.integers(0, 3)),
+@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "gone"]), st.integers(0, 2), st.integers(0, 5)),
                 max_size=40))
 def test_the_group_table_keeps_its_counts(ops):
-    """Against a model (flow -> its groups): the errors Linux gives, first join and last leave
-    said, each group's count, the MACs admitted, and nothing left of a flow that went."""
+    """Against a model (flow -> its groups, IPv4's and IPv6's in one table): the errors Linux gives,
+    first join and last leave said, each group's count, the MACs admitted (01:00:5e or 33:33),
+    and nothing left of a flow that went."""
     t = GroupTable()
     model: dict[int, list[bytes]] = {}
     for op, fi, gi in ops:
@@ -118,10 +124,10 @@ def test_the_group_table_keeps_its_counts(ops):
             try:
                 first = t.join(f, g)
             except OSError as e:
-                want = (errno.EINVAL if g[0] >> 4 != 14 else errno.EADDRINUSE if g in mine else errno.ENOBUFS)
+                want = (errno.EINVAL if not _is_group(g) else errno.EADDRINUSE if g in mine else errno.ENOBUFS)
                 assert e.errno == want
                 continue
-            assert g[0] >> 4 == 14 and g not in mine and len(mine) < MAX_MEMBERSHIPS
+            assert _is_group(g) and g not in mine and len(mine) < MAX_MEMBERSHIPS
             mine.append(g)
             assert first == (before == 0)
         elif op == "leave":
@@ -138,7 +144,8 @@ def test_the_group_table_keeps_its_counts(ops):
             assert sorted(left) == sorted(x for x in gone if not any(x in gs for gs in model.values()))
     counts = {g: sum(g in gs for gs in model.values()) for g in _groups}
     assert dict(t.refs) == {g: n for g, n in counts.items() if n}
-    assert t.macs == {group_mac4(g) for g in t.refs} | {group_mac4(bytes([224, 0, 0, 1]))}
+    assert t.macs == {group_mac(g) for g in t.refs} | {group_mac4(bytes([224, 0, 0, 1]))}
+    assert {g for g in t.refs if len(g) == 16} == set(t.groups(16))
     for (g, port), members in t.members.items():
         assert members and all(m.lport == port and g in model[m.id] for m in members)
 

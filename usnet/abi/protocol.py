@@ -182,6 +182,10 @@ class OpenFlow(_Msg, frozen=True):
     that flows of the same uid which all set it hold; the switch spreads new
     TCP connections and UDP datagrams among them by a hash of the remote
     end. Any other bind of a held port is EADDRINUSE, as on Linux.
+    reuse_addr: SO_REUSEADDR (UDP). Such a flow shares the port as reuse_port
+    does, but a unicast datagram goes to the most recently opened member when
+    that member did not ask for reuse_port, as Linux's lookup takes the newest
+    socket first (multicast goes to every member either way).
     """
 
     netif: Name
@@ -198,6 +202,7 @@ class OpenFlow(_Msg, frozen=True):
     # a connector under `usnetd --workers N`: the one of worker `worker` (0 .. N-1), whose blocks
     # hold only that worker's ports (the device steers port p to queue p mod N); 0 elsewhere
     worker: U32 = 0
+    reuse_addr: bool = False
 
 
 class AddPorts(_Msg, frozen=True):
@@ -249,15 +254,17 @@ class Unlisten(_Msg, frozen=True):
 
 
 class JoinGroup(_Msg, frozen=True):
-    """Flow `channel` (an IPv4 UDP flow of this session) joins (`join`) or leaves IPv4 multicast
-    group `group` (4 bytes, network order) on its netif: from then on every datagram to (group,
-    the flow's port) is copied to it too. The domain checks it as Linux's ip_mc_join_group does:
-    EINVAL for an address outside 224.0.0.0/4, EADDRINUSE for a group the flow is in, ENOBUFS past
-    20 groups a flow (igmp_max_memberships), EADDRNOTAVAIL to leave a group it is not in, EPROTO
-    for a TCP flow. The membership ends with the flow. Answered with Done."""
+    """Flow `channel` (a UDP flow of this session) joins (`join`) or leaves multicast group
+    `group` on its netif: 4 bytes (network order) for an IPv4 flow, 16 for an IPv6 one. From then
+    on every datagram to (group, the flow's port) is copied to it too. The domain checks it as
+    Linux's ip_mc_join_group and __ipv6_sock_mc_join do: EINVAL for an address outside
+    224.0.0.0/4 or ff00::/8 or of the other family, EADDRINUSE for a group the flow is in,
+    ENOBUFS past 20 IPv4 groups a flow (igmp_max_memberships), ENOMEM past 256 IPv6 ones,
+    EADDRNOTAVAIL to leave a group it is not in, EPROTO for a TCP flow. The membership ends
+    with the flow. Answered with Done."""
 
     channel: U32
-    group: Annotated[bytes, msgspec.Meta(min_length=4, max_length=4)]
+    group: Annotated[bytes, msgspec.Meta(min_length=4, max_length=16)]
     join: bool = True
 
 

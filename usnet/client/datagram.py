@@ -33,7 +33,7 @@ from usnet.abi.protocol import FlowOpened
 from usnet.abi.rxchain import chains, max_slots
 from usnet.abi.umd import RX_MORE, UMD_WORDS, W_FLAGS
 from usnet.client.channel import _UNSET, Channel
-from usnet.client.mcast import is_group
+from usnet.client.mcast import is_group, is_group6
 from usnet.proto.icmp_errors import icmp4_error, icmp6_error
 from usnet.proto.ipmark import mark_tos, mark_ttl
 from usnet.proto.route import Routes
@@ -152,7 +152,7 @@ class DatagramSocket:
             self.broadcasts = frozenset(("255.255.255.255", *([inet_ntoa(bcast)] if bcast else [])))
         self._routed_all = (self.routes.gateway6 if self._v6 else self.routes.gateway) is not None
         self._ttl, self._tos = 64, 0  # IP_TTL / IPV6_UNICAST_HOPS, IP_TOS / IPV6_TCLASS (`set_marking`)
-        self.mc_ttl = 1  # the TTL of a datagram to an IPv4 group (IP_MULTICAST_TTL, the face's)
+        self.mc_ttl = 1  # the TTL (hop limit) of a datagram to a group (IP_MULTICAST_TTL, IPV6_MULTICAST_HOPS)
 
     def set_marking(self, mark: int) -> None:
         """The TTL (hop limit) and TOS (traffic class) of the datagrams sent from now on, as a
@@ -182,8 +182,8 @@ class DatagramSocket:
 
     def need_route(self, addr: Address) -> None:
         """ENETUNREACH if the netif has no route to `addr`'s host, as Linux's sendto and connect say."""
-        if self._routed_all:
-            return
+        if self._routed_all or (self._v6 and is_group6(addr[0])):
+            return  # (an IPv6 group is on the link, as an IPv4 one: `sendto`)
         if not self.routes.reaches(ip6_bytes(addr[0]) if self._v6 else ip_bytes(addr[0])):
             raise OSError(errno.ENETUNREACH, f"Network is unreachable: no route to {addr[0]}")
 
@@ -243,8 +243,9 @@ class DatagramSocket:
         room = min(self.mtu, self.channel.stride)
         if self._v6:
             self._ident6 = ident = (self._ident6 + 1) & 0xFFFFFFFF
-            frags = udp6_fragments(self._src, ip6_bytes(addr[0]), self.local[1], addr[1], data, ident, room,
-                                   self._ttl, self._tos)
+            dst = ip6_bytes(addr[0])
+            frags = udp6_fragments(self._src, dst, self.local[1], addr[1], data, ident, room,
+                                   self.mc_ttl if dst[0] == 0xFF else self._ttl, self._tos)
         else:
             ident = (self._ident + 1) & 0xFFFF
             frags = udp4_fragments(self._src, ip_bytes(addr[0]), self.local[1], addr[1], data, ident, room,
@@ -365,7 +366,7 @@ class DatagramSocket:
         if big > self.max_payload:
             return self._send_big(payloads, addr, marks)
         src, dst, sport, dport = self._src, ip6_bytes(addr[0]), self.local[1], addr[1]
-        hops, tclass = self._ttl, self._tos
+        hops, tclass = self.mc_ttl if dst[0] == 0xFF else self._ttl, self._tos  # IPV6_MULTICAST_HOPS to a group
         packets = []
         for p in payloads:
             ulen = UDP_HLEN + len(p)

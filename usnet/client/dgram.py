@@ -30,7 +30,15 @@ from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
-from usnet.client.mcast import IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MULTICAST_OPTIONS, Multicast
+from usnet.client.mcast import (
+    IP_ADD_MEMBERSHIP,
+    IP_DROP_MEMBERSHIP,
+    IPV6_JOIN_GROUP,
+    IPV6_LEAVE_GROUP,
+    MULTICAST6_OPTIONS,
+    MULTICAST_OPTIONS,
+    Multicast,
+)
 from usnet.client.rxinfo import (
     IP_OPTIONS,
     TIMESTAMP_OPTIONS,
@@ -96,8 +104,9 @@ __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
 RX_BATCH = 64
 RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 # joining a multicast group in ways usnet does not (source-specific, the protocol-independent
-# MCAST_* ones, IPv6's) (Linux's numbers; the standard module lacks some of the names).
-# IP_ADD_MEMBERSHIP and IP_DROP_MEMBERSHIP are usnet.client.mcast's, checked before these.
+# MCAST_* ones) (Linux's numbers; the standard module lacks some of the names). IP_ADD_MEMBERSHIP,
+# IP_DROP_MEMBERSHIP and an AF_INET6 socket's IPV6_JOIN_GROUP and IPV6_LEAVE_GROUP are
+# usnet.client.mcast's, checked before these (an AF_INET socket's IPv6 ones stay ENOPROTOOPT).
 _GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
                            + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
@@ -351,7 +360,8 @@ class DatagramFace(socket):
         self._init_face(family, SOCK_DGRAM, proto, type, Readiness(False, True), client, netif)
         self._engine: DatagramEngine | None = None  # type: ignore[assignment]
         self._owns_engine = True
-        self._mc = Multicast()  # IPv4 memberships and multicast options (usnet.client.mcast)
+        self._mc = Multicast(4)  # IPv4 memberships and multicast options (usnet.client.mcast)
+        self._mc6 = Multicast(6)  # IPv6 ones (an AF_INET6 socket's)
 
     # -- addresses ------------------------------------------------------------------------
 
@@ -407,42 +417,52 @@ class DatagramFace(socket):
         if self._recverr():
             eng.set_recverr(True)
         with eng.lock:
-            eng.set_meta(self._opts, bool(self._mc.groups))
-        mc = self._mc_flow(eng)
-        if mc is not None:
-            self._mc.attach(mc, client)
+            eng.set_meta(self._opts, self._member())
+        for m in (self._mc, self._mc6):
+            mc = self._mc_flow(eng, m.family)
+            if mc is not None:
+                m.attach(mc, client)
         return eng
 
-    def _reuse_port(self) -> bool:
-        """SO_REUSEPORT, or SO_REUSEADDR: Linux lets UDP sockets that all set SO_REUSEADDR share a
-        port (multicast receivers do: each member gets its copy), and usnet shares it as a
-        reuseport group. Where Linux gives a unicast datagram to one of them, usnet hashes it
-        among them; and the port is one uid's, where Linux's SO_REUSEADDR does not ask."""
-        return bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT)) or self._opts.get((SOL_SOCKET, _std.SO_REUSEADDR)))
+    def _member(self) -> bool:
+        """Whether the socket is in any group (its flows keep each datagram's destination then)."""
+        return bool(self._mc.groups or self._mc6.groups)
+
+    def _reuse(self) -> tuple[bool, bool]:
+        """SO_REUSEPORT and SO_REUSEADDR, as `udp_socket`'s arguments: Linux lets UDP sockets that
+        all set SO_REUSEADDR share a port (multicast receivers do: each member gets its copy), and
+        gives a unicast datagram to the newest of them (P.OpenFlow.reuse_addr); the port is one
+        uid's, where Linux's SO_REUSEADDR does not ask (docs/design-notes.md, "SO_REUSEADDR")."""
+        return (bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEPORT))),
+                bool(self._opts.get((SOL_SOCKET, _std.SO_REUSEADDR))))
 
     @staticmethod
-    def _mc_flow(eng: DatagramEngine | None) -> tuple[int, bytes] | None:
-        """(channel id, local address) of the flow that joins IPv4 groups: the socket's IPv4 flow
-        off the loopback netif; None before the socket has one."""
+    def _mc_flow(eng: DatagramEngine | None, family: int = 4) -> tuple[int, bytes] | None:
+        """(channel id, local address) of the flow that joins groups of `family`: the socket's flow
+        of it off the loopback netif; None before the socket has one."""
         if eng is None:
             return None
-        d = next((d for d in eng.flows() if not d.v6 and not d.loopback), None)
-        return None if d is None else (d.channel.id, _std.inet_aton(d.local[0]))
+        v6 = family == 6
+        d = next((d for d in eng.flows() if d.v6 == v6 and not d.loopback), None)
+        if d is None:
+            return None
+        return d.channel.id, _std.inet_pton(AF_INET6 if v6 else _std.AF_INET, d.local[0])
 
     def _flow(self, client: Client, netif: str, host: str | None, port: int,
               dual: bool) -> tuple[DatagramSocket, str]:
         """The socket's flow of its own family (`dual`: IPv4's where IPv6 is nowhere, the only
         family a dual-stack :: then takes), and the netif it is on."""
-        reuse = self._reuse_port()
+        rp, ra = self._reuse()
         v4 = (host is not None and ":" not in host) or self._v4any  # (a mapped address: IPv4)
         family: Literal[4, 6] = 4 if v4 else self._ip_version
-        return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=reuse),
+        return _open_bound(lambda n, f: client.udp_socket(n, port, family=f, reuse_port=rp, reuse_addr=ra),
                            netif, host, family, family, dual)
 
     def _v4_flow(self, client: Client, netif: str, flow: DatagramSocket) -> DatagramSocket | None:
         """A dual-stack socket's IPv4 flow on the netif, on `flow`'s port (None: no IPv4 there)."""
+        rp, ra = self._reuse()
         try:
-            return client.udp_socket(netif, flow.local[1], family=4, reuse_port=self._reuse_port())
+            return client.udp_socket(netif, flow.local[1], family=4, reuse_port=rp, reuse_addr=ra)
         except OSError as e:
             if e.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
                 return None
@@ -479,12 +499,13 @@ class DatagramFace(socket):
         socket is on the loopback netif already, or the domain has none): then loopback stays
         unreachable."""
         client, _ = self._target()
+        rp, ra = self._reuse()
         for d in eng.flows():
             if d.loopback or eng.hears(d.v6, True):
                 continue
             try:
                 lo = client.udp_socket(LOOPBACK_NETIF, self._port, family=6 if d.v6 else 4,
-                                       with_channel=d.channel.id, reuse_port=self._reuse_port())
+                                       with_channel=d.channel.id, reuse_port=rp, reuse_addr=ra)
             except OSError:  # no loopback netif (ENODEV), or it cannot take the port
                 continue
             self._mark(lo)
@@ -608,16 +629,14 @@ class DatagramFace(socket):
         return self._send(data, flags, eng.remote, src)
 
     def _no_group(self, eng: DatagramEngine, dest: str) -> None:
-        """usnet sends no broadcast and no IPv6 multicast: refused at once, not sent to nobody.
-        Without SO_BROADCAST a broadcast is EACCES, as Linux's; with it, and to an IPv6 group,
-        EOPNOTSUPP that says why. An IPv4 group is sent to (usnet.client.mcast), from an AF_INET6
-        socket too (its IPv4 flow, as a dual-stack kernel socket's)."""
+        """usnet sends no broadcast: refused at once, not sent to nobody. Without SO_BROADCAST a
+        broadcast is EACCES, as Linux's; with it EOPNOTSUPP that says why. A group is sent to
+        (usnet.client.mcast): an IPv6 one from an AF_INET6 socket, an IPv4 one from either (a
+        dual-stack socket's IPv4 flow, as a kernel socket's)."""
         if dest in eng.via(dest).broadcasts:
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
-        if ":" in dest and dest[:2].lower() == "ff":
-            raise OSError(errno.EOPNOTSUPP, f"usnet sends no IPv6 multicast ({dest})")
 
     def _send(self, data: Any, flags: int, addr: tuple[str, int], src: str | None = None) -> int:
         eng = self._eng(addr[0])
@@ -631,7 +650,7 @@ class DatagramFace(socket):
         with eng.lock:
             self._raise_pending(eng)
             d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
-            d.mc_ttl = self._mc.ttl  # IP_MULTICAST_TTL: what a datagram to a group carries
+            d.mc_ttl = (self._mc6 if d.v6 else self._mc).ttl  # IP(V6)_MULTICAST_TTL (HOPS): a group datagram's
             self._check_df(eng, d, data, addr)
             t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
             d.settimeout(t)
@@ -774,17 +793,18 @@ class DatagramFace(socket):
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
-        if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS:
+        mc = self._mc_of(level, opt)
+        if mc is not None:
             eng = self._engine
             client = eng.client if eng is not None else self._target()[0]
             try:
                 index = _std.if_nametoindex(self._netif or self._target()[1])
             except OSError:
                 index = 0  # a netif on no kernel interface of this namespace (a memwire's)
-            self._mc.set(opt, value, self._mc_flow(eng), index, client)
-            if eng is not None and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
+            mc.set(opt, value, self._mc_flow(eng, mc.family), index, client)
+            if eng is not None and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP):
                 with eng.lock:
-                    eng.set_meta(self._opts, bool(self._mc.groups))
+                    eng.set_meta(self._opts, self._member())
             return
         if (level, opt) in _GROUP_OPTIONS:
             raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
@@ -805,7 +825,7 @@ class DatagramFace(socket):
             set_option(self._opts, level, opt, value)
             if self._engine is not None:
                 with self._engine.lock:
-                    self._engine.set_meta(self._opts, bool(self._mc.groups))
+                    self._engine.set_meta(self._opts, self._member())
             return
         if (level, opt) in IP_MARKING:  # IP_TTL, IP_TOS, IPV6_UNICAST_HOPS, IPV6_TCLASS: the next datagram's
             mark = self._keep_mark(level, opt, ip_option(self.type, level, opt, value))
@@ -823,9 +843,19 @@ class DatagramFace(socket):
                 eng.set_recverr(self._recverr())
                 self._update()
 
-    def _option(self, level: int, opt: int) -> Any:
+    def _mc_of(self, level: int, opt: int) -> Multicast | None:
+        """The multicast state an option is of (usnet.client.mcast): IPv4's for IPPROTO_IP's, IPv6's
+        for IPPROTO_IPV6's on an AF_INET6 socket; None for any other option."""
         if level == _std.IPPROTO_IP and opt in MULTICAST_OPTIONS:
-            return self._mc.get(opt)
+            return self._mc
+        if level == IPPROTO_IPV6 and opt in MULTICAST6_OPTIONS and self.family == AF_INET6:
+            return self._mc6
+        return None
+
+    def _option(self, level: int, opt: int) -> Any:
+        mc = self._mc_of(level, opt)
+        if mc is not None:
+            return mc.get(opt)
         spec = lookup(self.family, self.type, level, opt, False)
         if (level, opt) in TIMEO_OPTIONS:
             return timeo_get(self._opts.get(timeo_key(opt)))

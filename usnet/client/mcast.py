@@ -1,37 +1,84 @@
-"""IPv4 multicast options of a usnet UDP socket, as Linux keeps them on an inet socket.
+"""Multicast options of a usnet UDP socket, IPv4's and IPv6's, as Linux keeps them on an inet socket.
 
-IP_ADD_MEMBERSHIP / IP_DROP_MEMBERSHIP (an ip_mreq or an ip_mreqn, told apart by length as
-do_ip_setsockopt does: usnet.proto.cmsg.parse_mreq), IP_MULTICAST_IF, IP_MULTICAST_TTL,
-IP_MULTICAST_LOOP and IP_MULTICAST_ALL. Membership is the domain's: a bound socket's join is a
-control request for its IPv4 flow (P.JoinGroup), which the domain checks and may refuse; a
-socket not bound yet keeps its groups here, checked as Linux would check them, and its flow
-joins them when it is opened (`attach`), as a kernel socket's memberships do not need a port.
+IPv4 (a `Multicast(4)`): IP_ADD_MEMBERSHIP / IP_DROP_MEMBERSHIP (an ip_mreq or an ip_mreqn,
+told apart by length as do_ip_setsockopt does: usnet.proto.cmsg.parse_mreq), IP_MULTICAST_IF,
+IP_MULTICAST_TTL, IP_MULTICAST_LOOP and IP_MULTICAST_ALL. IPv6 (a `Multicast(6)`, an AF_INET6
+socket's beside its IPv4 one): IPV6_JOIN_GROUP / IPV6_LEAVE_GROUP (ipv6_mreq: the group's 16
+bytes and an interface index), IPV6_MULTICAST_IF (an index), IPV6_MULTICAST_HOPS,
+IPV6_MULTICAST_LOOP and IPV6_MULTICAST_ALL. Membership is the domain's: a bound socket's join is
+a control request for its flow of the family (P.JoinGroup), which the domain checks and may
+refuse; a socket not bound yet keeps its groups here, checked as Linux would check them, and its
+flow joins them when it is opened (`attach`), as a kernel socket's memberships do not need a port.
 
-Errors, in Linux's order (ip_mc_join_group, ip_mc_leave_group): an address outside 224/4
+Errors, in Linux's order. IPv4 (ip_mc_join_group, ip_mc_leave_group): an address outside 224/4
 EINVAL; an interface (index or address) that is not the socket's netif ENODEV; a group joined
-twice EADDRINUSE; more than 20 ENOBUFS; a drop of a group not joined EADDRNOTAVAIL.
+twice EADDRINUSE; more than 20 ENOBUFS; a drop of a group not joined EADDRNOTAVAIL. IPv6
+(__ipv6_sock_mc_join, ipv6_sock_mc_drop): an ipv6_mreq under 20 bytes EINVAL; an address outside
+ff00::/8 EINVAL; a group joined twice (on any interface, or index 0) EADDRINUSE; more than
+MAX_MEMBERSHIPS6 ENOMEM; an index of no interface of the host ENODEV (after those, as Linux
+looks the device up last; any interface's is taken, `_our_index`); a drop of a group not joined
+EADDRNOTAVAIL. Linux joins ff01::/16, ff02::1 and even ff00:: as any group; so does usnet (none
+of them is reported, as Linux's).
 """
 
 from __future__ import annotations
 
 import errno
+import socket
 from typing import Any
 
 from usnet.proto.cmsg import IpMreqn, multicast_if, parse_mreq
 
-__all__ = ["IP_ADD_MEMBERSHIP", "IP_DROP_MEMBERSHIP", "IP_MULTICAST_ALL", "IP_MULTICAST_IF", "IP_MULTICAST_LOOP",
-           "IP_MULTICAST_TTL", "MAX_MEMBERSHIPS", "MULTICAST_OPTIONS", "Multicast", "is_group"]
+__all__ = [
+    "IPV6_JOIN_GROUP",
+    "IPV6_LEAVE_GROUP",
+    "IP_ADD_MEMBERSHIP",
+    "IP_DROP_MEMBERSHIP",
+    "IP_MULTICAST_ALL",
+    "IP_MULTICAST_IF",
+    "IP_MULTICAST_LOOP",
+    "IP_MULTICAST_TTL",
+    "MAX_MEMBERSHIPS",
+    "MAX_MEMBERSHIPS6",
+    "MULTICAST6_OPTIONS",
+    "MULTICAST_OPTIONS",
+    "Multicast",
+    "is_group",
+    "is_group6",
+]
 
 IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP = 32, 33, 34, 35, 36
 IP_MULTICAST_ALL = 49
 MULTICAST_OPTIONS = frozenset((IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP,
                                IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL))
 MAX_MEMBERSHIPS = 20  # Linux's net.ipv4.igmp_max_memberships (the domain holds a flow to it too)
+IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP = 17, 18, 19, 20, 21
+IPV6_MULTICAST_ALL = 29
+MULTICAST6_OPTIONS = frozenset((IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP,
+                                IPV6_LEAVE_GROUP, IPV6_MULTICAST_ALL))
+# IPv6 groups a socket: the domain's bound (usnet.domain.switch.groups.MAX_MEMBERSHIPS6; Linux's is
+# its option memory, optmem_max)
+MAX_MEMBERSHIPS6 = 256
 
 
 def is_group(host: str) -> bool:
     """Whether dotted IPv4 `host` is in 224.0.0.0/4."""
     return ":" not in host and 224 <= int(host.split(".", 1)[0]) <= 239
+
+
+def is_group6(host: str) -> bool:
+    """Whether IPv6 text `host` is in ff00::/8."""
+    return host[:2].lower() == "ff" and ":" in host
+
+
+def _int6(value: Any) -> int:
+    """An IPv6 int option's value as do_ipv6_setsockopt reads it: an int, or 4 bytes or more (EINVAL under)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+        if len(b) < 4:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return int.from_bytes(b[:4], "little", signed=True)
+    return int(value)
 
 
 def _int(value: Any) -> int:
@@ -47,20 +94,27 @@ def _int(value: Any) -> int:
 
 
 class Multicast:
-    """One socket's memberships and multicast options; `flow` is its IPv4 flow's (channel id, local
-    address) once it has one, and `join` the control request (the domain's refusal raises)."""
+    """One socket's memberships and multicast options of one family (4 or 6); `flow` is its flow of
+    that family's (channel id, local address) once it has one, and `join` the control request (the
+    domain's refusal raises)."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: int = 4) -> None:
+        self.family = family
         self.groups: list[bytes] = []
-        self.ttl = 1
+        self.ttl = 1  # IP_MULTICAST_TTL, IPV6_MULTICAST_HOPS
         self.loop = True
         self.all = True
-        self.if_addr = bytes(4)
+        self.if_addr = bytes(4)  # IP_MULTICAST_IF
+        self.if_index = 0  # IPV6_MULTICAST_IF
 
     # -- setsockopt / getsockopt -------------------------------------------------------------
 
     def set(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
-        """setsockopt(IPPROTO_IP, `opt`, `value`); `ifindex`: the kernel's index of the socket's netif."""
+        """setsockopt(IPPROTO_IP, `opt`, `value`) (IPPROTO_IPV6 for a `Multicast(6)`); `ifindex`: the
+        kernel's index of the socket's netif."""
+        if self.family == 6:
+            self._set6(opt, value, flow, ifindex, client)
+            return
         if opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
             if not isinstance(value, (bytes, bytearray, memoryview)):
                 raise OSError(errno.EINVAL, "Invalid argument")  # an int is 4 bytes: shorter than ip_mreq
@@ -74,13 +128,7 @@ class Multicast:
                 raise OSError(errno.EINVAL, "Invalid argument")
             self.ttl = v
         elif opt in (IP_MULTICAST_LOOP, IP_MULTICAST_ALL):
-            v = bool(_int(value))
-            if opt == IP_MULTICAST_LOOP:
-                self.loop = v
-            else:
-                self.all = v
-            if flow is not None:
-                client.multicast_options(flow[0], self.loop, self.all)
+            self._loop_all(opt == IP_MULTICAST_LOOP, bool(_int(value)), flow, client)
         elif opt == IP_MULTICAST_IF:
             m = multicast_if(bytes(value) if isinstance(value, (bytes, bytearray, memoryview))
                              else int(value).to_bytes(4, "little", signed=True))
@@ -91,8 +139,66 @@ class Multicast:
                 raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
             self.if_addr = m.address if m.address != bytes(4) else (flow[1] if flow else bytes(4))
 
+    def _set6(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """setsockopt(IPPROTO_IPV6, `opt`, `value`), as do_ipv6_setsockopt."""
+        if opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP):
+            if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) < 20:
+                raise OSError(errno.EINVAL, "Invalid argument")  # shorter than ipv6_mreq
+            b = bytes(value)
+            group, index = b[:16], int.from_bytes(b[16:20], "little")
+            if group[0] != 0xFF:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            if opt == IPV6_LEAVE_GROUP:
+                if group not in self.groups or not _our_index(index, ifindex):
+                    raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+                if flow is not None:
+                    client.join_group(flow[0], group, False)
+                self.groups.remove(group)
+                return
+            if group in self.groups and _our_index(index, ifindex):  # (another interface's is no clash on Linux)
+                raise OSError(errno.EADDRINUSE, "Address already in use")
+            if len(self.groups) >= MAX_MEMBERSHIPS6:
+                raise OSError(errno.ENOMEM, f"Cannot allocate memory (usnet: at most {MAX_MEMBERSHIPS6} IPv6 groups "
+                                            "a socket)")
+            if not _our_index(index, ifindex):
+                raise OSError(errno.ENODEV, "No such device")
+            if flow is not None:
+                client.join_group(flow[0], group, True)  # the domain checks it again, and decides
+            self.groups.append(group)
+            return
+        v = _int6(value)
+        if opt == IPV6_MULTICAST_HOPS:
+            if not -1 <= v <= 255:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            self.ttl = 1 if v == -1 else v
+        elif opt == IPV6_MULTICAST_LOOP:
+            if v not in (0, 1):
+                raise OSError(errno.EINVAL, "Invalid argument")  # Linux takes 0 or 1 only here
+            self._loop_all(True, bool(v), flow, client)
+        elif opt == IPV6_MULTICAST_ALL:
+            self._loop_all(False, bool(v), flow, client)
+        elif opt == IPV6_MULTICAST_IF:
+            if not _our_index(v, ifindex):
+                raise OSError(errno.ENODEV, "No such device")
+            self.if_index = v  # any interface of the host, as Linux takes; usnet sends on its netif
+
+    def _loop_all(self, loop: bool, v: bool, flow: tuple[int, bytes] | None, client: Any) -> None:
+        """IP(V6)_MULTICAST_LOOP (`loop`) or _ALL set to `v`: the domain acts on both (P.MulticastOptions)."""
+        if loop:
+            self.loop = v
+        else:
+            self.all = v
+        if flow is not None:
+            client.multicast_options(flow[0], self.loop, self.all)
+
     def get(self, opt: int) -> int:
-        """getsockopt(IPPROTO_IP, `opt`) as an int, as Python's getsockopt without a buffer length."""
+        """getsockopt(IPPROTO_IP, `opt`) (IPPROTO_IPV6 for a `Multicast(6)`) as an int, as Python's
+        getsockopt without a buffer length."""
+        if self.family == 6:
+            if opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP):
+                raise OSError(errno.ENOPROTOOPT, "Protocol not available")
+            return {IPV6_MULTICAST_HOPS: self.ttl, IPV6_MULTICAST_LOOP: int(self.loop),
+                    IPV6_MULTICAST_ALL: int(self.all), IPV6_MULTICAST_IF: self.if_index}[opt]
         if opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
             raise OSError(errno.ENOPROTOOPT, "Protocol not available")
         if opt == IP_MULTICAST_IF:
@@ -130,7 +236,7 @@ class Multicast:
         self.groups.remove(m.group)
 
     def attach(self, flow: tuple[int, bytes], client: Any) -> None:
-        """The socket's IPv4 flow is open (bind, first send, or again after a usnetd restart): it
+        """The socket's flow of the family is open (bind, first send, or again after a usnetd restart): it
         joins the groups kept so far and takes the options the domain acts on. A group the domain
         refuses now is forgotten (it was checked as the domain checks it when it was asked)."""
         if not (self.loop and self.all):
@@ -141,3 +247,17 @@ class Multicast:
             except OSError:
                 self.groups.remove(g)
 
+
+def _our_index(index: int, ifindex: int) -> bool:
+    """Whether an IPv6 option's interface `index` is taken: 0 (any), the netif's own (`ifindex`), or
+    any interface of the kernel's namespace, as Linux takes any device that exists (ENODEV
+    otherwise). usnet's netif is the socket's only interface: it joins and sends there, whichever
+    was named, as a program under `usnet run` names the host's interface (if_nametoindex("eth0"))
+    where the netif, not the kernel, now carries its traffic."""
+    if index in (0, ifindex):
+        return True
+    try:
+        socket.if_indextoname(index)
+    except (OSError, OverflowError):
+        return False
+    return True

@@ -203,10 +203,10 @@ class Client:
 
     def _open_flow(self, netif: str, proto: int, local_port: int, remote: tuple[str, int] | None, schema: str,
                    family: P.Family, attrs: dict[str, int], with_channel: int = 0,
-                   reuse_port: bool = False) -> tuple[Channel, P.FlowOpened]:
+                   reuse_port: bool = False, reuse_addr: bool = False) -> tuple[Channel, P.FlowOpened]:
         raddr, rport = (remote[0], remote[1]) if remote is not None else (None, None)
         req = P.OpenFlow(netif, proto, local_port, raddr, rport, schema, attrs, family, with_channel,
-                         reuse_port=reuse_port)
+                         reuse_port=reuse_port, reuse_addr=reuse_addr)
         return self._open(req, P.FlowOpened)
 
     def open_connector(self, netif: str, family: P.Family = 4, worker: int = 0,
@@ -313,15 +313,17 @@ class Client:
 
     def udp_socket(self, netif: str = "usnet0", port: int = 0,
                    remote: tuple[str, int] | None = None, family: P.Family = 0, with_channel: int = 0,
-                   reuse_port: bool = False, **attrs: int) -> DatagramSocket:
+                   reuse_port: bool = False, reuse_addr: bool = False, **attrs: int) -> DatagramSocket:
         """A UDP endpoint on a netif: the minimal datagram API over a flow channel.
 
         `family` 6 (or an IPv6 `remote`) makes it IPv6. `with_channel`: as for `open_flow`, an
         unconnected UDP flow of this client on another netif whose port this one shares.
+        `reuse_port`, `reuse_addr`: SO_REUSEPORT, SO_REUSEADDR (`P.OpenFlow`).
         """
         from usnet.client.datagram import DatagramSocket
 
-        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs, with_channel, reuse_port)
+        ch, info = self._open_flow(netif, 17, port, remote, "default", family, attrs, with_channel, reuse_port,
+                                   reuse_addr)
         return DatagramSocket(ch, info)
 
     def resize(self, channel: int, ring_size: int | None, packets: int | None) -> None:

@@ -188,8 +188,16 @@ OPTIONS: dict[tuple[int, int], Option] = {
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
     (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
                                "packets; -1: 64"),
-    (IPPROTO_IPV6, 18): Option("IPV6_MULTICAST_HOPS", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
-    (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _S, 1, stream=False, why="as IP_MULTICAST_TTL"),
+    (IPPROTO_IPV6, 17): Option("IPV6_MULTICAST_IF", _H, 0, stream=False,
+                               why="an interface index (ENODEV for none of the host's); usnet sends on its netif"),
+    (IPPROTO_IPV6, 18): Option("IPV6_MULTICAST_HOPS", _H, 1, stream=False,
+                               why="the hop limit of the socket's datagrams to IPv6 groups (usnet.client.mcast)"),
+    (IPPROTO_IPV6, 19): Option("IPV6_MULTICAST_LOOP", _H, 1, stream=False,
+                               why="0 or 1, as Linux: whether its group datagrams reach the members in the domain"),
+    (IPPROTO_IPV6, 20): Option("IPV6_JOIN_GROUP", _H, stream=False,
+                               why="ipv6_mreq: the domain makes the flow a member (P.JoinGroup) and speaks MLD"),
+    (IPPROTO_IPV6, 21): Option("IPV6_LEAVE_GROUP", _H, stream=False, why="as IPV6_JOIN_GROUP"),
+    (IPPROTO_IPV6, 29): Option("IPV6_MULTICAST_ALL", _H, 1, stream=False, why="as IP_MULTICAST_ALL, for IPv6 groups"),
     (IPPROTO_IPV6, 23): Option("IPV6_MTU_DISCOVER", _H, 1, stream=False,
                                why="IP_MTU_DISCOVER of an AF_INET6 socket's IPv6 datagrams"),
     (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, why="IP_RECVERR of an AF_INET6 socket (for TCP: of its "

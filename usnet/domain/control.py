@@ -147,7 +147,7 @@ class Control(SessionRegistry):
 
     @_serves(P.JoinGroup)
     def _on_join_group(self, session: Session, req: P.JoinGroup) -> tuple[P.Reply, list[int]]:
-        """A flow joins or leaves an IPv4 group (usnet.domain.switch.multicast checks it)."""
+        """A flow joins or leaves an IPv4 or IPv6 group (usnet.domain.switch.multicast checks it)."""
         ref = self._own(session, req.channel)
         if ref.flow is None or ref.switch is None:
             raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")

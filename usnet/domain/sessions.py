@@ -46,7 +46,7 @@ from usnet.domain.userpipe import UserPipe
 from usnet.proto.pcapfilter import parse as parse_filter
 from usnet.proto.wire.ipv4 import ip_bytes
 
-__all__ = ["TCPINFO_SLOTS", "ChannelRef", "Session", "SessionRegistry", "proc_program", "s_ident"]
+__all__ = ["TCPINFO_SLOTS", "ChannelRef", "Session", "SessionRegistry", "proc_program", "s_ident", "shares_port"]
 
 log = logging.getLogger("usnet.domain")
 # Packet geometry of a flow on a netif whose device segments (gso_max): 64 KiB
@@ -133,6 +133,13 @@ class ChannelRef:
     charge: Charge | None = None  # what it holds against its uid's and session's limits (usnet.domain.limits)
     # a connector's blocks of ephemeral ports (P.AddPorts), by block number: the ports and their charge
     blocks: dict[int, tuple[list[int], Charge]] = field(default_factory=dict)
+
+
+def shares_port(req: P.OpenFlow) -> bool:
+    """Whether an OpenFlow asks to share its port: SO_REUSEPORT, or SO_REUSEADDR on UDP (Linux's
+    sk_reuse lets UDP sockets that all set it share a port; a TCP listener's SO_REUSEADDR is about
+    TIME-WAIT, not sharing)."""
+    return req.reuse_port or (req.reuse_addr and req.proto == 17)
 
 
 def _flow_family(req: P.OpenFlow) -> tuple[Literal[4, 6], bytes | None]:
@@ -369,7 +376,7 @@ class SessionRegistry:
         if (raddr is None) != (req.remote_port is None):
             raise ValueError("a connected flow needs both remote_addr and remote_port")
         if req.connector and (raddr is not None or req.local_port or req.with_channel or req.proto != 6
-                              or req.reuse_port):
+                              or shares_port(req)):
             raise ValueError("a connector is TCP, with no port, remote end or shared channel of its own")
         if req.worker:
             raise OSError(errno.EINVAL, f"no worker {req.worker}: this domain runs as one process")
@@ -407,7 +414,8 @@ class SessionRegistry:
                 flow = sw.add_connector(port, cid, family)
             else:
                 flow = sw.add_flow(req.proto, req.local_port, raddr, req.remote_port, port, cid, family, share=share,
-                                   reuse=session.uid if req.reuse_port and raddr is None else None)
+                                   reuse=session.uid if shares_port(req) and raddr is None else None,
+                                   reuse_hash=req.reuse_port)
         except BaseException:
             self.ledger.release(charge)
             pipe.destroy()

@@ -104,7 +104,7 @@ from usnet.domain.loop import Domain
 from usnet.domain.lowlat.agent import Grant, Refusal
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import Who
-from usnet.domain.sessions import Session
+from usnet.domain.sessions import Session, shares_port
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
 
@@ -891,7 +891,7 @@ class ShardedDomain(Domain):
         charge = self.ledger.admit(Charge(session.uid, session.id, flows=1))
         try:
             self.ports.reserve(req.proto, port, ("workers", session.id), family=family,
-                               reuse=session.uid if req.reuse_port and req.remote_addr is None else None)
+                               reuse=session.uid if shares_port(req) and req.remote_addr is None else None)
         except BaseException:
             self.ledger.release(charge)
             raise

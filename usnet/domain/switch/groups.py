@@ -1,11 +1,12 @@
-"""IPv4 multicast membership of one netif's flows: who gets a copy of a datagram to a group.
+"""Multicast membership of one netif's flows, IPv4 and IPv6: who gets a copy of a datagram to a group.
 
 Membership is the domain's (docs/design-notes.md, "IPv4 multicast on UDP"): a client asks
 with a control request (P.JoinGroup) for one of its flows, the domain checks it and keeps it
 here; a membership dies with its flow. The receive path asks `members` for a datagram's
 (group, port) and copies the datagram into every member's pool, as Linux delivers multicast to
-every matching socket. The host's duties (usnet.domain.switch.host) speak IGMP when a group
-gains its first member on the netif or loses its last (`join` and `leave` say which).
+every matching socket. The host's duties (usnet.domain.switch.multicast) speak IGMP or MLD
+when a group gains its first member on the netif or loses its last (`join` and `leave` say
+which). A group is 4 bytes (IPv4) or 16 (IPv6): one table holds both, the length tells them apart.
 """
 
 from __future__ import annotations
@@ -15,14 +16,24 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from usnet.proto.wire.igmp import ALL_HOSTS, group_mac4, is_multicast4
+from usnet.proto.wire.ipv6 import multicast_mac
+from usnet.proto.wire.mld import is_multicast6
 
 if TYPE_CHECKING:
     from usnet.domain.switch.table import Flow
 
-__all__ = ["MAX_MEMBERSHIPS", "GroupTable"]
+__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "GroupTable", "group_mac"]
 
-MAX_MEMBERSHIPS = 20  # per flow (socket): Linux's net.ipv4.igmp_max_memberships default
+MAX_MEMBERSHIPS = 20  # IPv4 groups per flow (socket): Linux's net.ipv4.igmp_max_memberships default
+# IPv6 groups per flow: Linux has no count (its bound is the socket's option memory, optmem_max:
+# 2333 groups with the default of this kernel), usnet a smaller one, ENOMEM past it as Linux's
+MAX_MEMBERSHIPS6 = 256
 _ALL_HOSTS_MAC = group_mac4(ALL_HOSTS)
+
+
+def group_mac(group: bytes) -> bytes:
+    """The Ethernet address of a group of either family: 01:00:5e:... (RFC 1112), 33:33:... (RFC 2464)."""
+    return group_mac4(group) if len(group) == 4 else multicast_mac(group)
 
 
 class GroupTable:
@@ -37,17 +48,21 @@ class GroupTable:
         self.macs: set[bytes] = {_ALL_HOSTS_MAC}
 
     def join(self, flow: Flow, group: bytes) -> bool:
-        """Make `flow` a member of `group`; True if the group is new on the netif (a report is due).
-        EINVAL for an address that is no group, EADDRINUSE if it is a member already, ENOBUFS past
-        MAX_MEMBERSHIPS, as Linux's ip_mc_join_group."""
-        if not is_multicast4(group):
-            raise OSError(errno.EINVAL, f"{'.'.join(map(str, group))} is not a multicast group")
+        """Make `flow` a member of `group` (4 or 16 bytes); True if the group is new on the netif (a
+        report is due). EINVAL for an address that is no group, EADDRINUSE if it is a member
+        already, past the bound ENOBUFS (IPv4, as Linux's ip_mc_join_group) or ENOMEM (IPv6, as
+        __ipv6_sock_mc_join's allocation)."""
+        if not (is_multicast4(group) or is_multicast6(group)):
+            raise OSError(errno.EINVAL, f"{group.hex()} is not a multicast group")
         mine = self.of_flow.setdefault(flow.id, [])
         if group in mine:
             raise OSError(errno.EADDRINUSE, "Address already in use (already a member of the group)")
-        if len(mine) >= MAX_MEMBERSHIPS:
-            raise OSError(errno.ENOBUFS, f"No buffer space available (at most {MAX_MEMBERSHIPS} groups a socket, "
-                                         "as Linux's igmp_max_memberships)")
+        if sum(len(g) == len(group) for g in mine) >= (MAX_MEMBERSHIPS if len(group) == 4 else MAX_MEMBERSHIPS6):
+            if len(group) == 4:
+                raise OSError(errno.ENOBUFS, f"No buffer space available (at most {MAX_MEMBERSHIPS} groups a "
+                                             "socket, as Linux's igmp_max_memberships)")
+            raise OSError(errno.ENOMEM, f"Cannot allocate memory (usnet: at most {MAX_MEMBERSHIPS6} IPv6 groups "
+                                        "a socket)")
         mine.append(group)
         self.members.setdefault((group, flow.lport), []).append(flow)
         self.refs[group] += 1
@@ -71,9 +86,10 @@ class GroupTable:
         """A flow is gone: its memberships with it; the groups that lost their last member."""
         return [g for g in self.of_flow.pop(flow.id, []) if self._forget(flow, g)]
 
-    def groups(self) -> list[bytes]:
-        """The groups the netif is in (what a general query is answered with)."""
-        return list(self.refs)
+    def groups(self, size: int = 4) -> list[bytes]:
+        """The groups of one family (`size`: 4 or 16 bytes) the netif is in (what a general query is
+        answered with)."""
+        return [g for g in self.refs if len(g) == size]
 
     def _forget(self, flow: Flow, group: bytes) -> bool:
         key = (group, flow.lport)
@@ -89,6 +105,7 @@ class GroupTable:
         return True
 
     def _macs(self) -> None:
-        """The group MACs to admit: every joined group's, and all-hosts'."""
-        self.macs = {group_mac4(g) for g in self.refs}
+        """The group MACs to admit: every joined group's, and all-hosts' (IPv6's all-nodes and
+        solicited-node groups are the netif's own: usnet.domain.switch.rx admits them)."""
+        self.macs = {group_mac(g) for g in self.refs}
         self.macs.add(_ALL_HOSTS_MAC)

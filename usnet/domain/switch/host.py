@@ -66,9 +66,12 @@ class HostDuties(FlowTable):
 
     def _neighbour(self, dst: bytes, now: float) -> tuple[bytes | None, bytes | None]:
         """(next hop or None if no route, its MAC or None while unresolved) for `dst` (4 or 16 bytes).
-        An IPv4 group is on the link, at its group MAC (no ARP), as Linux's ip_mc_map."""
-        if dst[0] >> 4 == 14 and len(dst) == 4 and self.netif.ip is not None:
+        A group is on the link, at its group MAC (no ARP, no ND), as Linux's ip_mc_map and
+        ipv6_eth_mc_map."""
+        if len(dst) == 4 and dst[0] >> 4 == 14 and self.netif.ip is not None:
             return dst, group_mac4(dst)
+        if len(dst) == 16 and dst[0] == 0xFF:
+            return dst, multicast_mac(dst)
         hop = self.netif.next_hop(dst)
         if hop is None:
             return None, None

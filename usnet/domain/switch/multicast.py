@@ -1,16 +1,19 @@
-"""The host's IPv4 multicast duties: memberships, IGMP, and a group datagram's copies.
+"""The host's multicast duties, IPv4 and IPv6: memberships, IGMP and MLD, a group datagram's copies.
 
 A member host must say which groups it is in, or the switch and router upstream prune them
-(RFC 3376): this netif sends an IGMPv3 report when a group gains its first member here and
-one that changes it to INCLUDE {} (a leave) when it loses its last, and answers a query with
-the groups it is in. Clients never send IGMP (the transmit path refuses any protocol that is
-not their flow's); they ask the domain (P.JoinGroup), which checks the request
-(`join_group`) and keeps the membership in a GroupTable (usnet.domain.switch.groups).
+(RFC 3376, RFC 3810): this netif sends an IGMPv3 report (an MLDv2 one for an IPv6 group) when
+a group gains its first member here and one that changes it to INCLUDE {} (a leave) when it
+loses its last, and answers a query with the groups of its family it is in. IGMP and MLD are
+one duty here: the same record types, the same timers and robustness, the family of the group
+(4 or 16 bytes) choosing the bytes (usnet.proto.wire.igmp, usnet.proto.wire.mld). Clients never
+send IGMP or MLD (the transmit path refuses any protocol that is not their flow's); they ask the
+domain (P.JoinGroup), which checks the request (`join_group`) and keeps the membership in a
+GroupTable (usnet.domain.switch.groups).
 
 A datagram to a group is copied to every member flow of (group, destination port), as Linux's
-__udp4_lib_mcast_deliver gives one to every matching socket: the receive path appends the same
-packet to each member's batch, and each member's port copies it into that member's own pool,
-so one client's copy is nothing to another's.
+__udp4_lib_mcast_deliver (__udp6_lib_mcast_deliver) gives one to every matching socket: the
+receive path appends the same packet to each member's batch, and each member's port copies it
+into that member's own pool, so one client's copy is nothing to another's.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import errno
 import random
 from typing import Any
 
-from usnet.domain.switch.groups import GroupTable
+from usnet.domain.switch.groups import GroupTable, group_mac
 from usnet.domain.switch.host import HostDuties
 from usnet.domain.switch.table import UDP, Flow
 from usnet.drivers.base import GroupFilter, Received
-from usnet.proto.wire.ethernet import ETHERTYPE_IPV4
+from usnet.proto.wire.ethernet import ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.proto.wire.igmp import (
     ALL_HOSTS,
     CHANGE_TO_EXCLUDE,
@@ -35,63 +38,86 @@ from usnet.proto.wire.igmp import (
     MODE_IS_EXCLUDE,
     build_old_report,
     build_report,
-    group_mac4,
     max_response,
     parse_igmp,
     query_version,
+)
+from usnet.proto.wire.ipv6 import ALL_NODES
+from usnet.proto.wire.mld import (
+    MLD_QUERY,
+    MLDV1_DONE,
+    MLDV1_REPORT,
+    build_mld_report,
+    build_mldv1,
+    mld_max_response,
+    mld_query_version,
+    parse_mld,
 )
 
 __all__ = ["OLDER_QUERIER_TIMEOUT", "UNSOLICITED_INTERVAL", "MulticastDuties"]
 
 UNSOLICITED_INTERVAL = 1.0  # seconds: IGMPv3's Unsolicited Report Interval (RFC 3376 §8.11), Linux's
 # Older Version Querier Present Timeout (RFC 3376 §8.12): robustness 2 x query interval 125 s +
-# query response interval 10 s, as Linux's mr_v1_seen/mr_v2_seen
+# query response interval 10 s, as Linux's mr_v1_seen/mr_v2_seen (MLD's Older Version Querier
+# Present Timeout, RFC 3810 §9.12, is the same sum)
 OLDER_QUERIER_TIMEOUT = 260.0
 
 
+def _reported(group: bytes) -> bool:
+    """Whether a group is ever reported: not all-hosts (224.0.0.1), not all-nodes (ff02::1) nor an IPv6
+    group of scope below link-local (ff00::/16, ff01::/16), as Linux's MAF_NOREPORT."""
+    if len(group) == 4:
+        return group != ALL_HOSTS
+    return group != ALL_NODES and group[1] & 0x0F >= 2
+
+
 class MulticastDuties(HostDuties):
-    """Group memberships of the netif's flows, the IGMP a member host speaks, and delivery to members."""
+    """Group memberships of the netif's flows, the IGMP and MLD a member host speaks, and delivery to members."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.groups = GroupTable()
         # a query's answer, due at a random time within its maximum response (RFC 3376 §5.2, as
-        # Linux's igmp_gq_start_timer): when, and the groups asked about (None: all, a general query)
-        self.igmp_due: float | None = None
-        self._igmp_asked: set[bytes] | None = None
+        # Linux's igmp_gq_start_timer), per family (4, 6): when, and the groups asked about
+        # (None: all, a general query)
+        self._query_due: dict[int, float] = {}
+        self._query_asked: dict[int, set[bytes] | None] = {}
         # a state change (join, leave) is reported twice (the robustness variable, Linux's
         # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
         # group. The changes to say again, by group (a later one replaces), and when
         self._again: dict[bytes, int] = {}
         self._again_due: float | None = None
         self._rng = random.Random()
-        # an IGMPv1 or v2 querier heard lately: until when the netif speaks that version (RFC 3376 §7.2.1)
+        # an IGMPv1 or v2 querier heard lately: until when the netif speaks that version (RFC 3376
+        # §7.2.1); an MLDv1 querier's, under 61 (RFC 3810 §8.2.1: MLDv1 is IGMPv2's twin)
         self._older_until: dict[int, float] = {}
 
     # -- the control requests -----------------------------------------------------------------
 
     def join_group(self, flow: Flow, group: bytes) -> None:
-        """`flow` joins `group` (P.JoinGroup): a UDP flow of IPv4 only (EPROTO for TCP, as Linux's
-        do_ip_setsockopt; EINVAL for an IPv6 flow here); the GroupTable's errors otherwise."""
-        self._check_member(flow)
+        """`flow` joins `group` (P.JoinGroup): a UDP flow of the group's family (EPROTO for TCP, as
+        Linux's do_ip_setsockopt and do_ipv6_setsockopt; EINVAL for the other family's); the
+        GroupTable's errors otherwise."""
+        self._check_member(flow, group)
         if self.groups.join(flow, group):
-            self.counts["igmp_joins"] += 1
+            self.counts["igmp_joins" if len(group) == 4 else "mld_joins"] += 1
             drv = self.netif.driver
             if isinstance(drv, GroupFilter):
-                drv.add_group_mac(group_mac4(group))
+                drv.add_group_mac(group_mac(group))
             self._changed([(CHANGE_TO_EXCLUDE, group)])
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
         """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
-        self._check_member(flow)
+        self._check_member(flow, group)
         if self.groups.leave(flow, group):
             self._left([group])
 
-    def _check_member(self, flow: Flow) -> None:
+    def _check_member(self, flow: Flow, group: bytes) -> None:
         if flow.proto != UDP:
             raise OSError(errno.EPROTO, "Protocol error (multicast groups are UDP's)")
-        if flow.family != 4 or flow.binds is not None:
-            raise OSError(errno.EINVAL, "Invalid argument (an IPv4 UDP flow joins IPv4 groups)")
+        if flow.family != (4 if len(group) == 4 else 6) or flow.binds is not None:
+            raise OSError(errno.EINVAL, f"Invalid argument (an IPv{flow.family} UDP flow joins IPv{flow.family} "
+                                        "groups)")
 
     def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
         left = self.groups.drop_flow(flow) if flow.id in self.flows else []
@@ -102,20 +128,27 @@ class MulticastDuties(HostDuties):
     def _left(self, groups: list[bytes]) -> None:
         """`groups` lost their last member here: the device may filter their MACs again, and the
         link hears that we left."""
-        self.counts["igmp_leaves"] += len(groups)
+        self.counts["multicast_leaves"] += len(groups)
         drv = self.netif.driver
         if isinstance(drv, GroupFilter):
             for g in groups:
-                drv.drop_group_mac(group_mac4(g))
+                drv.drop_group_mac(group_mac(g))
         self._changed([(CHANGE_TO_INCLUDE, g) for g in groups])
 
     # -- IGMP -----------------------------------------------------------------------------------
 
     def _report(self, records: list[tuple[int, bytes]]) -> None:
-        """An IGMPv3 report of `records` to 224.0.0.22 (never about all-hosts, as Linux's), or, while
-        an older querier is present, each record as that version says it (`_old_reports`)."""
-        records = [r for r in records if r[1] != ALL_HOSTS]
-        if not records or self.netif.ip is None or self.netif.loopback:
+        """An IGMPv3 report of the IPv4 `records` to 224.0.0.22 and an MLDv2 one of the IPv6 ones to
+        ff02::16 (never about a group `_reported` excludes, as Linux's), or, while an older querier
+        is present, each record as that version says it (`_old_reports`)."""
+        records = [r for r in records if _reported(r[1])]
+        if not records or self.netif.loopback:
+            return
+        v6 = [r for r in records if len(r[1]) == 16]
+        if v6:
+            self._report6(v6)
+        records = [r for r in records if len(r[1]) == 4]
+        if not records or self.netif.ip is None:
             return
         version = self._version()
         if version < 3:
@@ -138,6 +171,25 @@ class MulticastDuties(HostDuties):
             self.counts["igmp_reports"] += 1
             self._send_igmp(build_old_report(self.netif.ip, typ, g, self._next_ident()))
 
+    def _report6(self, records: list[tuple[int, bytes]]) -> None:
+        """MLD: an MLDv2 report from the link-local address, or while an MLDv1 querier is present, an
+        MLDv1 report per group joined (to the group) and a Done per group left (to all-routers)."""
+        ll = self.netif.ll6
+        if ll is None:
+            return
+        until = self._older_until.get(61)
+        if until is not None and self.clock() < until:
+            for rtype, g in records:
+                self.counts["mld_reports"] += 1
+                self._send_mld(build_mldv1(ll, MLDV1_DONE if rtype == CHANGE_TO_INCLUDE else MLDV1_REPORT, g))
+            return
+        self.counts["mld_reports"] += 1
+        self._send_mld(build_mld_report(ll, records))
+
+    def _send_mld(self, packet: bytes) -> None:
+        """An MLD packet of ours onto the link, at its destination group's MAC."""
+        self._send_frame(0, group_mac(packet[24:40]), ETHERTYPE_IPV6, packet)
+
     def _version(self) -> int:
         """The IGMP the netif speaks now: the oldest querier's heard within OLDER_QUERIER_TIMEOUT, else 3."""
         now = self.clock()
@@ -153,7 +205,7 @@ class MulticastDuties(HostDuties):
 
     def _send_igmp(self, packet: bytes) -> None:
         """An IGMP packet of ours onto the link, at its destination group's MAC."""
-        self._send_frame(0, group_mac4(packet[16:20]), ETHERTYPE_IPV4, packet)
+        self._send_frame(0, group_mac(packet[16:20]), ETHERTYPE_IPV4, packet)
 
     def _changed(self, records: list[tuple[int, bytes]]) -> None:
         """A state change reported now, and once more at a random time within
@@ -165,12 +217,12 @@ class MulticastDuties(HostDuties):
         self._again_due = due if self._again_due is None else min(due, self._again_due)
 
     def igmp_next(self) -> float | None:
-        """When IGMP is next due here (an answer to a query, a report said again); None: nothing."""
-        a, b = self.igmp_due, self._again_due
-        return a if b is None else b if a is None else min(a, b)
+        """When IGMP or MLD is next due here (an answer to a query, a report said again); None: nothing."""
+        due = [t for t in (*self._query_due.values(), self._again_due) if t is not None]
+        return min(due) if due else None
 
     def igmp_timers(self, now: float) -> None:
-        """What of IGMP is due (the switch's timers call this): a query's answer, a change said again."""
+        """What of IGMP and MLD is due (the switch's timers call this): a query's answer, a change said again."""
         if self._again_due is not None and now >= self._again_due:
             again, self._again, self._again_due = self._again, {}, None
             self._report([(rtype, g) for g, rtype in again.items()])
@@ -188,39 +240,66 @@ class MulticastDuties(HostDuties):
         version = query_version(code, end - start)
         if version < 3:  # an older querier: speak its version a while (RFC 3376 §7.2.1)
             self._older_until[version] = self.clock() + OLDER_QUERIER_TIMEOUT
-        if group != bytes(4) and group not in self.groups.refs:
+        self._queried(group, max_response(code, end - start))
+
+    def _rx_mld(self, f: Received, start: int, end: int, src: bytes, dst: bytes, hop: int) -> None:
+        """An MLD message (ICMPv6 130..132, 143): a query is answered as an IGMP one (`_queried`);
+        RFC 3810 §5.1.14 and §6.2: only one from a link-local source with hop limit 1 counts."""
+        typ, code, group = parse_mld(f[start:end], src, dst)
+        if typ != MLD_QUERY or hop != 1 or src[:2] != b"\xfe\x80":
+            self.drops["rx_mld_other"] += 1  # others' reports; a query from off the link
+            return
+        self.counts["mld_queries"] += 1
+        if mld_query_version(end - start) == 1:  # an MLDv1 querier: MLDv1 a while (RFC 3810 §8.2.1)
+            self._older_until[61] = self.clock() + OLDER_QUERIER_TIMEOUT
+        self._queried(group, mld_max_response(code, end - start))
+
+    def _queried(self, group: bytes, max_resp: float) -> None:
+        """A query of `group`'s family (all zeros: a general one): its answer (the groups it asks
+        about that we are in; a general one: all of them) is due at a random time within
+        `max_resp`, so that the hosts of a link do not all answer at once; a general query pending
+        covers a group's (`answer_query` sends it)."""
+        fam = 4 if len(group) == 4 else 6
+        general = group == bytes(len(group))
+        if not general and group not in self.groups.refs:
             return  # about a group nobody here is in
-        due = self.clock() + self._rng.uniform(0.0, max_response(code, end - start))
-        pending_all = self.igmp_due is not None and self._igmp_asked is None
-        if group == bytes(4):
-            self._igmp_asked = None  # a general answer names every group
-        elif not pending_all:
-            self._igmp_asked = (self._igmp_asked or set()) | {group}
-        self.igmp_due = due if self.igmp_due is None else min(due, self.igmp_due)
+        due = self.clock() + self._rng.uniform(0.0, max_resp)
+        pending = self._query_due.get(fam)
+        asked = self._query_asked.get(fam)
+        if general:
+            self._query_asked[fam] = None  # a general answer names every group
+        elif not (pending is not None and asked is None):
+            self._query_asked[fam] = (asked or set()) | {group}
+        self._query_due[fam] = due if pending is None else min(due, pending)
 
     def answer_query(self, now: float) -> None:
-        """Send the answer a query asked for, if it is due (the switch's timers call this)."""
-        if self.igmp_due is None or now < self.igmp_due:
-            return
-        asked, self.igmp_due, self._igmp_asked = self._igmp_asked, None, None
-        self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups() if asked is None or g in asked])
+        """Send the answers queries asked for, if they are due (the switch's timers call this)."""
+        for fam, due in list(self._query_due.items()):
+            if now < due:
+                continue
+            del self._query_due[fam]
+            asked = self._query_asked.pop(fam, None)
+            self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups(4 if fam == 4 else 16)
+                          if asked is None or g in asked])
 
     # -- delivery ---------------------------------------------------------------------------------
 
     def is_joined(self, dst: bytes) -> bool:
         """Whether a packet to `dst` is one this netif takes as a member host: a group with members
-        here, or all-hosts (224.0.0.1), which every host is in."""
+        here, or all-hosts (224.0.0.1), which every host is in (IPv6's all-nodes and solicited-node
+        groups are the netif's own, Netif.groups6)."""
         return dst == ALL_HOSTS or dst in self.groups.refs
 
     def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:
         """The flows a UDP datagram from (`src`, `sport`) to group `dst`, port `dport` goes to, as
-        Linux's __udp4_lib_mcast_deliver and ip_mc_sf_allow choose the sockets: every member of the
-        group on the port (a connected one only from its peer), and every other flow listening on
-        the port whose IP_MULTICAST_ALL is on (Linux's default: a socket hears a group any socket
-        joined). A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
+        Linux's __udp4_lib_mcast_deliver and ip_mc_sf_allow (__udp6_lib_mcast_deliver,
+        inet6_mc_check) choose the sockets: every member of the group on the port (a connected one
+        only from its peer), and every other flow of the group's family listening on the port whose
+        IP_MULTICAST_ALL (IPV6_MULTICAST_ALL) is on (Linux's default: a socket hears a group any
+        socket joined). A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
         out = [m for m in self.groups.members.get((dst, dport), ())
                if m.raddr is None or (m.raddr == src and m.rport == sport)]
-        front = self.listeners.get((UDP, dport))
+        front = (self.listeners if len(dst) == 4 else self.listeners6).get((UDP, dport))
         if front is not None:
             for f in (front.group.members if front.group is not None else (front,)):
                 if f.mc_all and f not in out:

@@ -18,6 +18,13 @@ look-up every packet makes anyway, whatever joins or leaves the group meanwhile
 (Linux keeps an accepted connection on its socket the same way). UDP is hashed
 per datagram, as Linux's reuseport selection (no connection to pin).
 
+UDP sockets that share a port by SO_REUSEADDR alone (`Flow.reuse_hash` False) are
+members too, but Linux's lookup (__udp4_lib_lookup: the first socket of the best
+score, and udp_lib_get_port puts a newly bound one at the head of the chain) gives
+a unicast datagram to the most recently bound: so `pick` asks the newest member
+first, and hashes only if that one asked for SO_REUSEPORT, among those that did
+(Linux's reuseport group of that socket). Multicast goes to every member either way.
+
 A member whose listening socket closes (P.Unlisten) is *retired*: new
 connections hash over the others at once, its pinned connections stay with it
 until its flow closes. A member that leaves takes its pins with it: the
@@ -53,19 +60,29 @@ def choose(salt: int, raddr: bytes, rport: int, n: int) -> int:
 class ReuseGroup:
     """The members of one shared port (on one netif), its front in the listener table, its pins."""
 
-    __slots__ = ("front", "members", "pins", "retired", "salt", "uid")
+    __slots__ = ("front", "hashing", "members", "pins", "retired", "salt", "uid")
 
     def __init__(self, front: Flow, members: list[Flow], uid: int, rng: random.Random | None = None) -> None:
         self.front = front
-        self.members = members  # the listening members: new connections and datagrams hash over them
+        self.members = members  # the listening members, oldest first: new connections and datagrams go to them
+        self.hashing = list(members)  # those that asked for SO_REUSEPORT (`regroup` keeps it)
         self.retired: list[Flow] = []  # members whose listener closed: they keep their pins only
         self.uid = uid
         self.salt = (rng or random.SystemRandom()).getrandbits(64) & _SALT_MASK
         # (proto, local port, remote address, remote port) -> member: the exact table's key
         self.pins: dict[tuple[int, int, bytes, int], Flow] = {}
 
+    def regroup(self) -> None:
+        """The members changed: which of them hash (the flow table calls this, not the packet path)."""
+        self.hashing = [f for f in self.members if f.reuse_hash]
+
     def pick(self, raddr: bytes, rport: int) -> Flow:
-        m = self.members
+        """The member a packet from (`raddr`, `rport`) goes to: the newest, if it shares by
+        SO_REUSEADDR alone; else the hash over the SO_REUSEPORT members."""
+        newest = self.members[-1]
+        if not newest.reuse_hash:
+            return newest
+        m = self.hashing
         return m[choose(self.salt, raddr, rport, len(m))]
 
     def pin(self, exact: dict[tuple, Any], key: tuple[int, int, bytes, int], member: Flow) -> None:

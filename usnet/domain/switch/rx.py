@@ -64,6 +64,7 @@ from usnet.proto.wire.ipv6 import (
     skip_ext_headers,
     verify_upper_v6,
 )
+from usnet.proto.wire.mld import MLD_TYPES
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
 from usnet.proto.wire.udp import parse_udp
 
@@ -457,10 +458,11 @@ class ReceivePath(MulticastDuties):
 
     def _rx_group(self, f: Received, proto: int, start: int, end: int, src: bytes, dst: bytes,
                   per_flow: dict) -> None:
-        """A packet to a group the netif is in: IGMP to the host's duty; a UDP datagram into each
+        """A packet to a group the netif is in (either family; IPv6's ICMPv6, MLD among it, went its
+        own way before): IGMP to the host's duty; a UDP datagram into each
         member's batch, the same bytes for all (each member's port copies them into its own pool,
         usnet.domain.switch.multicast); anything else, or nobody's, counted."""
-        if proto == IGMP:
+        if proto == IGMP and len(dst) == 4:
             self._rx_igmp(f, start, end, dst)
             return
         if proto != UDP or end - start < 8:
@@ -479,7 +481,7 @@ class ReceivePath(MulticastDuties):
         """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows (`wire`: as `_rx_ip`)."""
         _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
         netif = self.netif
-        if dst not in netif.addrs6 and dst not in netif.groups6:
+        if dst not in netif.addrs6 and dst not in netif.groups6 and not (dst[0] == 0xFF and self.is_joined(dst)):
             self.drops["rx_not_our_ip"] += 1
             return
         if wire and martian_source6(src, netif.addrs6):
@@ -509,12 +511,18 @@ class ReceivePath(MulticastDuties):
                     self.drops["rx_fragment"] += 1  # a fragment inside a fragment
                     return
         if proto == ICMPV6:
-            self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now, per_flow)
+            if end - start >= 4 and f[start] in MLD_TYPES:
+                self._rx_mld(f, start, end, src, dst, hop)  # usnet.domain.switch.multicast
+            else:
+                self._rx_icmp6(f, start, end, src, dst, hop, src_mac, now, per_flow)
             return
         if src == UNSPECIFIED:
             self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
             return
-        if proto not in (UDP, TCP) or end - start < 4 or dst[0] == 0xFF:
+        if dst[0] == 0xFF:
+            self._rx_group(f, proto, start, end, src, dst, per_flow)  # a group's: UDP to its members
+            return
+        if proto not in (UDP, TCP) or end - start < 4:
             self.drops["rx_no_flow"] += 1
             return
         sport, dport = PORTS.unpack_from(f, start)

@@ -71,6 +71,9 @@ class Flow:
     # it; `member_of` its group once the port is shared; `group` is set only on a group's front,
     # the listener table's entry for a shared port, which the receive paths split among the members
     reuse: int | None = None
+    # SO_REUSEPORT asked (else SO_REUSEADDR alone, a UDP flow's): while it is its group's newest
+    # member, unicast datagrams hash among the group's such members; else they all go to it
+    reuse_hash: bool = True
     member_of: ReuseGroup | None = None
     group: ReuseGroup | None = None
     mc_loop: bool = True  # IP_MULTICAST_LOOP: what it sends to a group reaches this netif's members too
@@ -216,14 +219,15 @@ class FlowTable:
 
     def add_flow(self, proto: int, lport: int, raddr: bytes | None, rport: int | None,
                  port: FlowPort, channel: int = 0, family: int = 4, share: Flow | None = None,
-                 reuse: int | None = None) -> Flow:
+                 reuse: int | None = None, reuse_hash: bool = True) -> Flow:
         """Register a flow of `family` (4 or 6); reserves its local port (PortInUse if taken).
 
         `share`: an unconnected flow of another netif whose port this unconnected flow
         holds too (a wildcard listener's on the loopback netif; `PortSpace.reserve`).
         `reuse`: SO_REUSEPORT, the uid of the session asking: an unconnected flow joins the
         port's other such flows of that uid (usnet.domain.switch.reuseport); a `share`
-        flow is a member on its netif if the flow it shares is one on its own.
+        flow is a member on its netif if the flow it shares is one on its own. `reuse_hash`
+        False: it shares by SO_REUSEADDR alone (`ReuseGroup.pick`).
         """
         if proto not in (TCP, UDP):
             raise ValueError(f"flows carry TCP or UDP, not protocol {proto}")
@@ -240,7 +244,7 @@ class FlowTable:
             raise OSError(errno.EINVAL, "only an unconnected flow of the same protocol, family and port "
                                         "may share an unconnected flow's port")
         if share is not None:
-            reuse = share.reuse
+            reuse, reuse_hash = share.reuse, share.reuse_hash
         elif raddr is not None:
             reuse = None  # a connected flow is one 4-tuple: nothing to share
         fid = next(self._ids)
@@ -255,7 +259,7 @@ class FlowTable:
             except BaseException:
                 self.ports.release(proto, lport, family=family)
                 raise
-        flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family, reuse=reuse)
+        flow = Flow(fid, proto, lport, raddr, rport, port, channel, family=family, reuse=reuse, reuse_hash=reuse_hash)
         # whose reservation it holds: its own, the flow's it shares, or its SO_REUSEPORT group's first
         flow.owner = share.owner if share is not None else self.ports.owner(proto, lport, family)
         if self.rx_mitigation:
@@ -281,6 +285,7 @@ class FlowTable:
             g = front.group = cur.member_of = ReuseGroup(front, [cur], flow.reuse)
             table[key] = front
         g.members.append(flow)
+        g.regroup()
         flow.member_of = g
         self.counts["reuseport_joins"] += 1
 
@@ -294,6 +299,7 @@ class FlowTable:
         if g is None or flow not in g.members or len(g.members) == 1:
             return
         g.members.remove(flow)
+        g.regroup()
         g.retired.append(flow)
         g.front.port = g.members[0].port
         self.counts["reuseport_retired"] += 1
@@ -312,6 +318,7 @@ class FlowTable:
                 g.members.append(g.retired.pop())
         else:
             g.retired.remove(flow)
+        g.regroup()
         if g.members:
             g.front.port = g.members[0].port  # what the receive path reads of it: its packets' size
             return

@@ -42,6 +42,7 @@ from usnet.proto.wire.ethernet import ETH_HLEN, ETHERTYPE_IPV4
 from usnet.proto.wire.igmp import is_multicast4
 from usnet.proto.wire.ipv4 import IP_MF, IP_OFFMASK, not_unicast4
 from usnet.proto.wire.ipv6 import FRAG_HLEN, FRAGMENT, IPV6_HLEN, ROUTING, parse_frag_header
+from usnet.proto.wire.mld import is_multicast6
 from usnet.proto.wire.rows import be_u16, be_u32, row_sums
 from usnet.proto.wire.tcp import pack_segment, pseudo_sum
 
@@ -568,8 +569,9 @@ class TransmitPath(HostDuties):
             if dst != raddr or dport != rport:
                 self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)
                 return 0
-        elif dport == 0 or (self.not_a_peer(dst) is not None  # sendto: unicast to a peer, as Linux
-                            and not (flow.proto == UDP and is_multicast4(dst))):  # or UDP to an IPv4 group
+        elif dport == 0 or (self.not_a_peer(dst) is not None  # sendto: unicast to a peer, as Linux,
+                            and not (flow.proto == UDP  # or UDP to a group
+                                     and (is_multicast4(dst) or is_multicast6(dst)))):
             self._tx_drop(flow, TxDropReason.WRONG_DESTINATION, n)  # without SO_BROADCAST
             return 0
         if n > self.netif.mtu:
