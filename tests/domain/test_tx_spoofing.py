@@ -274,7 +274,8 @@ def test_ipv6_fragments_routing_headers_and_hop_limit():
             (raw(IPv6(**src) / IPv6ExtHdrRouting(type=0, addresses=["fd00:9::77"], segleft=1)
                  / UDP(sport=5000, dport=9)), "SOURCE_ROUTE"),
             (raw(IPv6(hlim=0, **src) / UDP(sport=5000, dport=9)), "ZERO_TTL"),
-            (raw(IPv6(src=ME, dst="ff02::1") / UDP(sport=5000, dport=9)), "WRONG_DESTINATION"),
+            (raw(IPv6(src=ME, dst="::1") / UDP(sport=5000, dport=9)), "WRONG_DESTINATION"),
+            (raw(IPv6(src=ME, dst="::") / UDP(sport=5000, dport=9)), "WRONG_DESTINATION"),
             (raw(IPv6(src=ME, dst="::ffff:10.9.0.1") / UDP(sport=5000, dport=9)), "WRONG_DESTINATION"),
         ]
         send_raw(ch, [f for f, _ in forged] + [raw(first), raw(later), raw(atomic)])
