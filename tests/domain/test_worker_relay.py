@@ -180,3 +180,40 @@ def test_pipelined_requests_of_one_session_are_answered_in_order(tapd2):
         assert isinstance(opened, P.FlowOpened) and opened.local_port == port, (port, opened)
         assert isinstance(_answer(a), P.Welcome), port
     a.close()
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_an_open_whose_replacement_dies_too_is_try_again_while_the_worker_is_restarted(tapd2):
+    """A's open waits on worker 1, killed; its replacement dies at its start too (the spawner's
+    descriptor limit, inherited, leaves it none to open its loop's): worker 1 is restarted again,
+    so A hears EAGAIN, "try again", not ENETDOWN, which from a usnetd that answers says the worker
+    is left down (usnet.client.rebind fails a rebinding socket for good on it)."""
+    import resource
+
+    workers = _workers(tapd2.path)
+    pid = workers[1]["pid"]
+    (spawner,) = _children(workers[0]["pid"]) - {pid}
+    a, _ = raw_session(tapd2.path, "a")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7013)))
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        held = max(int(fd) for fd in os.listdir(f"/proc/{spawner}/fd"))
+        was = resource.prlimit(spawner, resource.RLIMIT_NOFILE)
+        # room for the command socket the spawner receives, none for the new worker's loop
+        resource.prlimit(spawner, resource.RLIMIT_NOFILE, (held + 2, was[1]))
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        got = _answer(a)
+    finally:
+        resource.prlimit(spawner, resource.RLIMIT_NOFILE, was)
+    assert isinstance(got, P.Error) and got.code == "EAGAIN", got
+    assert "usnetd worker 1 died twice during this open" in got.message, got
+    assert f"usnetd worker 1 (pid {pid}) died (killed by SIGKILL)" in tapd2.daemon.log_text()
+    a.close()

@@ -925,9 +925,15 @@ class ShardedDomain(Domain):
             if k not in self.links:  # left down
                 undo()
                 raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
+            if not again:  # its replacement died under it too, and has been replaced in turn
+                undo()
+                raise _died_again(k)
             return self._relay_open(session, req, k, key, charge, with_channel, again=False)
 
-        again = again and not with_channel
+        # ENETDOWN from a usnetd that answers is final (usnet.client.rebind): only for a worker left
+        # down, or a flow sharing a port of the lost worker; a worker that died under the open
+        # twice but is restarted is EAGAIN, as one that died as its session was made
+        retried, again = not again, again and not with_channel
         try:
             try:
                 line = self._line(session, k)
@@ -938,11 +944,13 @@ class ShardedDomain(Domain):
                 self._alive[session.id, k] = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             alive = self._alive[session.id, k]
             return self._send(line, session, msgspec.structs.replace(req, with_channel=with_channel),
-                              done, undo, retry if again else None)
+                              done, undo, retry if again or retried else None)
         except WorkerLost as e:  # it died as this open was sent, and usnetd has replaced it
             if again and k in self.links:
                 return self._relay_open(session, req, k, key, charge, with_channel, again=False)
             undo()
+            if retried and k in self.links:
+                raise _died_again(k) from e
             raise OSError(errno.ENETDOWN, self.down.get(k) or e.strerror) from e
         except BaseException:
             undo()
@@ -1069,6 +1077,13 @@ class ShardedDomain(Domain):
         if self.spawner is not None:
             self.spawner.stop()
             self.spawner = None
+
+
+def _died_again(k: int) -> OSError:
+    """An open whose worker died under it, and whose replacement died under it too: worker k is
+    restarted once more, so the client may ask again (EAGAIN; ENETDOWN would say "left down")."""
+    return OSError(errno.EAGAIN, f"usnetd worker {k} died twice during this open; it is being "
+                                 "restarted: try again")
 
 
 def _same(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:

@@ -83,6 +83,8 @@ class FlowSwitch(LocalPath):
         return soonest
 
     def info(self) -> dict[str, Any]:
+        """The switch, its netif and its flows, for the domain's status; with the domain lock held
+        (the loop closes flows and their memory: `Domain.status` is the way in from another thread)."""
         return {"netif": self.netif.info(), "flows": [f.describe() for f in self.flows.values()],
                 "drops": dict(self.drops), "counts": {k: v for k, v in self.counts.items() if ":" not in k},
                 "fragments": dict(self.frags),
