@@ -58,7 +58,7 @@ def _run(scheds: list[SlotScheduler], busy: list[bool], until: float, seed: int 
 
 
 def _share(rate: float, n: int, **kw) -> list[SlotScheduler]:
-    link = LinkShare(n)
+    link = LinkShare(n, epoch=START)
     return [SlotScheduler(rate, start=START, peers=link.peer(k), **kw) for k in range(n)]
 
 
@@ -110,7 +110,7 @@ def test_a_replacement_worker_goes_on_from_its_predecessor_s_count():
     """A worker restarted (a new scheduler on the same row) neither counts its predecessor's bytes
     again for the others nor makes them count what they had seen before it began."""
     rate = 10e6
-    link = LinkShare(2)
+    link = LinkShare(2, epoch=START)
     a, b = (SlotScheduler(rate, start=START, peers=link.peer(k)) for k in range(2))
     _run([a, b], [True, True], START + 0.5)
     b2 = SlotScheduler(rate, start=START + 0.5, peers=link.peer(1))

@@ -5,7 +5,11 @@ Each worker has its own queue of the netif and its own `SlotScheduler`
 (usnet.domain.netif.txsched); alone, each would pace at the whole link rate and together they
 would send up to N times it. The schedulers share instead a small page of memory that usnetd maps
 before it forks the workers (an anonymous MAP_SHARED mapping: every child, and the spawner's
-later replacements, inherit it). Row k of it is worker k's and only worker k writes it:
+later replacements, inherit it). It is an array of doubles (layout: docs/abi.md, "The link
+share page"). Cell 0 is the link's ``epoch``: the link time its slot 0 began, written once by
+usnetd before the fork and only read after it, so that every worker's `SlotScheduler` numbers
+the slots of the one link alike (slot n runs from ``epoch + n * slot_time``) and their LL slots
+fall at the same moments. Row k (cells 1 + 3k ...) is worker k's and only worker k writes it:
 
 - ``sent``: bytes worker k has handed to its queue of the device, ever (a replacement goes on
   from its predecessor's count);
@@ -27,22 +31,28 @@ overshoot, which the horizon bounds.
 from __future__ import annotations
 
 import mmap
+import time
 
 __all__ = ["LinkPeer", "LinkShare"]
 
-_FIELDS = 3  # sent, vt, want
+_EPOCH = 0  # the header: one cell, the epoch
+_HEADER = 1
+_FIELDS = 3  # a worker's row: sent, vt, want
 _SENT, _VT, _WANT = range(_FIELDS)
 
 
 class LinkShare:
     """The shared page of one netif's `n` workers; made before the fork, so all of them share it."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, epoch: float | None = None) -> None:
+        """`epoch`: the link time of its slot 0 (by default now, on the monotonic clock the
+        netifs read: link times stay small, so a float keeps them to a fraction of a byte)."""
         if not isinstance(n, int) or not 1 <= n <= 256:
             raise ValueError(f"a link is shared by 1 to 256 workers, not {n!r}")
         self.n = n
-        self._map = mmap.mmap(-1, max(mmap.PAGESIZE, n * _FIELDS * 8), flags=mmap.MAP_SHARED)
+        self._map = mmap.mmap(-1, max(mmap.PAGESIZE, (_HEADER + n * _FIELDS) * 8), flags=mmap.MAP_SHARED)
         self._cells = memoryview(self._map).cast("d")
+        self._cells[_EPOCH] = time.monotonic() if epoch is None else float(epoch)
 
     def peer(self, k: int) -> LinkPeer:
         """Worker k's side (its scheduler's `peers`)."""
@@ -58,8 +68,13 @@ class LinkPeer:
         self._cells = cells
         self.n = n
         self.k = k
-        self._row = k * _FIELDS
-        self._others = tuple(j * _FIELDS for j in range(n) if j != k)
+        self._row = _HEADER + k * _FIELDS
+        self._others = tuple(_HEADER + j * _FIELDS for j in range(n) if j != k)
+
+    @property
+    def epoch(self) -> float:
+        """The link time slot 0 began (read-only after the fork)."""
+        return self._cells[_EPOCH]
 
     def sent(self, nbytes: int, vt: float) -> None:
         """Worker k handed `nbytes` more to the device; its link then finishes at `vt`."""
