@@ -15,7 +15,11 @@ fall at the same moments. Row k (cells 1 + 3k ...) is worker k's and only worker
   from its predecessor's count);
 - ``vt``: worker k's view of when the link finishes what it was given (its scheduler's ``vt``,
   which includes the other workers' bytes it has seen);
-- ``want``: the last time worker k asked for a grant with frames waiting.
+- ``want``: the last time worker k asked for a grant with frames waiting;
+- ``ll``: of ``sent``, the bytes of its low-latency class;
+- ``debt``: what worker k's LL class now owes the general class (bytes it sent ahead of the LL
+  slots, which the heads of the link's next LL slots pay back): the LL class of the link as a
+  whole may run ahead of its slots by one burst, not one per worker.
 
 A scheduler, before it grants, moves its ``vt`` on by the bytes the others sent since it last
 looked, and to at least the latest ``vt`` another has published (`SlotScheduler._absorb`): so
@@ -37,8 +41,8 @@ __all__ = ["LinkPeer", "LinkShare"]
 
 _EPOCH = 0  # the header: one cell, the epoch
 _HEADER = 1
-_FIELDS = 3  # a worker's row: sent, vt, want
-_SENT, _VT, _WANT = range(_FIELDS)
+_FIELDS = 5  # a worker's row: sent, vt, want, ll, debt
+_SENT, _VT, _WANT, _LL, _DEBT = range(_FIELDS)
 
 
 class LinkShare:
@@ -76,11 +80,28 @@ class LinkPeer:
         """The link time slot 0 began (read-only after the fork)."""
         return self._cells[_EPOCH]
 
-    def sent(self, nbytes: int, vt: float) -> None:
-        """Worker k handed `nbytes` more to the device; its link then finishes at `vt`."""
+    def sent(self, nbytes: int, vt: float, ll: bool = False, debt: float = 0.0) -> None:
+        """Worker k handed `nbytes` more to the device (of its LL class if `ll`); its link then
+        finishes at `vt`, and its LL class owes `debt`."""
         c, r = self._cells, self._row
         c[r + _SENT] += nbytes
+        if ll:
+            c[r + _LL] += nbytes
+        c[r + _DEBT] = debt
         c[r + _VT] = vt
+
+    def owes(self, debt: float) -> None:
+        """Worker k's LL class now owes `debt` (paid back as the LL slots' heads passed)."""
+        self._cells[self._row + _DEBT] = debt
+
+    def others_ll(self) -> tuple[float, float]:
+        """(LL bytes the other workers have sent, ever; what their LL classes owe now)."""
+        c = self._cells
+        ll = debt = 0.0
+        for r in self._others:
+            ll += c[r + _LL]
+            debt += c[r + _DEBT]
+        return ll, debt
 
     def wants(self, now: float) -> None:
         """Worker k has frames waiting at `now`."""

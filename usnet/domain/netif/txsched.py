@@ -159,6 +159,9 @@ class SlotScheduler:
         self.peers = peers
         self.peer_bytes = 0.0  # link time the other workers took, in bytes (passed through our slots)
         self._peer_seen = 0.0 if peers is None else peers.others(0.0)[0]  # their bytes already counted
+        self._peer_ll_seen = 0.0 if peers is None else peers.others_ll()[0]  # of which LL
+        self._peer_debt = 0.0  # what the other workers' LL classes owe (one burst for the link)
+        self._debt_shown = 0.0  # our LL debt as the shared page last showed it
         self._busy = 1  # workers (this one included) held back lately: each may have 1/busy of the rate
         self._own_vt = float(start)  # our own bytes at 1/busy of the rate: our fair share's clock
 
@@ -276,8 +279,17 @@ class SlotScheduler:
         self._busy = busy + 1
         delta, self._peer_seen = sent - self._peer_seen, sent
         target = max(self.vt + max(delta, 0.0) * self.byte_time, vt)
+        ll, self._peer_debt = peers.others_ll()
+        ll_delta, self._peer_ll_seen = ll - self._peer_ll_seen, ll
         if target > self.vt:
+            owed = self.debt[LL]
             self.peer_bytes += self._move_to(target)
+            # the LL slots' heads that passed paid our LL class's debt only if the general class had
+            # them: what the others' LL class sent meanwhile took them (the slots are the link's)
+            self.debt[LL] += min(max(owed - self.debt[LL], 0.0), max(ll_delta, 0.0))
+        if self.debt[LL] != self._debt_shown:
+            self._debt_shown = self.debt[LL]
+            peers.owes(self._debt_shown)
 
     def catch_up(self, now: float) -> None:
         """Let the time up to `now` pass through the slots, so the counters are current.
@@ -347,7 +359,7 @@ class SlotScheduler:
     def _go_ahead(self) -> tuple[str, int]:
         self._ahead = True
         past = max(self.vt - self._limit, 0.0) / self.byte_time
-        return LL, max(1, math.ceil(self.ll_burst - self.debt[LL] - past))
+        return LL, max(1, math.ceil(self.ll_burst - self.debt[LL] - self._peer_debt - past))
 
     def _may_go_ahead(self, limit: float) -> bool:
         """Whether the LL class may start a frame now, ahead of its slots (see the module docstring).
@@ -355,7 +367,8 @@ class SlotScheduler:
         Not when its own stretch is current and within the horizon: then that carries it.
         """
         # what it sent ahead and still owes, and what lies past the horizon: a burst at most
-        if self.debt[LL] + max(self.vt - limit, 0.0) / self.byte_time >= self.ll_burst:
+        owed = self.debt[LL] + self._peer_debt + max(self.vt - limit, 0.0) / self.byte_time
+        if owed >= self.ll_burst - 0.5:  # (float link times round)
             return False
         return not (self.owner() == LL and self.vt < limit)
 
@@ -396,7 +409,8 @@ class SlotScheduler:
         self._advance(now)
         self._move_to(self.vt + nbytes * self.byte_time, cls, lent_end)
         if self.peers is not None:
-            self.peers.sent(nbytes, self.vt)
+            self._debt_shown = self.debt[LL]
+            self.peers.sent(nbytes, self.vt, cls == LL, self._debt_shown)
             self._own_vt = max(self._own_vt, now) + nbytes * self.byte_time * self._busy
         self.bytes_sent[cls] += nbytes
         self.frames_sent[cls] += frames
