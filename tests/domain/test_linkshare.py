@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.domain.netif.linkshare import LinkShare
-from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler
+from usnet.domain.netif.txsched import LL, SlotScheduler
 
 START = 1000.0
 FRAME = 1514
@@ -27,35 +27,8 @@ def _run(scheds: list[SlotScheduler], busy: list[bool], until: float, seed: int 
          stop_at: dict[int, float] | None = None) -> list[tuple[float, int, int]]:
     """Each worker in `busy` sends flat out (a general backlog of full frames) until `until` (or its
     `stop_at`); returns the log (time, worker, bytes) of every charge."""
-    rnd = random.Random(seed)
-    wake = [START if b else None for b in busy]
-    log: list[tuple[float, int, int]] = []
-    stop_at = stop_at or {}
-    for _ in range(2_000_000):  # bounded: every turn moves a worker's wake-up on
-        due = [(t, k) for k, t in enumerate(wake) if t is not None]
-        if not due:
-            break
-        t = min(d[0] for d in due)
-        if t > until:
-            break
-        ks = [k for tk, k in due if tk == t]
-        k = rnd.choice(ks)
-        s = scheds[k]
-        if t >= stop_at.get(k, float("inf")):
-            wake[k] = None
-            continue
-        while True:
-            cls, budget = s.grant(t, False, True)
-            if cls is None:
-                break
-            assert cls == GENERAL and budget >= 1
-            n = max(1, -(-budget // FRAME))
-            s.charge(cls, n * FRAME, t, n)
-            log.append((t, k, n * FRAME))
-        nt = s.next_time(t, False, True)
-        assert nt is not None
-        wake[k] = max(nt, t + 1e-6)
-    return log
+    log = _run_classes(scheds, [(False, b) for b in busy], until, seed, stop_at=stop_at)
+    return [(t, k, b) for t, k, _, b in log]
 
 
 def _share(rate: float, n: int, **kw) -> list[SlotScheduler]:
@@ -140,12 +113,14 @@ def test_never_above_the_link_rate_whoever_sends(n, rate, seed, busy):
 
 
 def _run_classes(scheds: list[SlotScheduler], sends: list[tuple[bool, bool]], until: float, seed: int = 0,
-                 check=None) -> list[tuple[float, int, str, int]]:
-    """As `_run`, with each worker's (LL backlogged, general backlogged); `check(t)` is called at
-    every turn. Returns the log (time, worker, class, bytes) of every charge."""
+                 check=None, stop_at: dict[int, float] | None = None) -> list[tuple[float, int, str, int]]:
+    """Each worker sends flat out, full frames of the classes it has backlogged (its (LL, general)
+    in `sends`) until `until` (or its `stop_at`); `check(t)` is called at every turn. Returns the
+    log (time, worker, class, bytes) of every charge."""
     rnd = random.Random(seed)
     wake: list[float | None] = [START if any(s) else None for s in sends]
     log: list[tuple[float, int, str, int]] = []
+    stop_at = stop_at or {}
     for _ in range(2_000_000):  # bounded: every turn moves a worker's wake-up on
         due = [(t, k) for k, t in enumerate(wake) if t is not None]
         if not due:
@@ -154,11 +129,15 @@ def _run_classes(scheds: list[SlotScheduler], sends: list[tuple[bool, bool]], un
         if t > until:
             break
         k = rnd.choice([k for tk, k in due if tk == t])
+        if t >= stop_at.get(k, float("inf")):
+            wake[k] = None
+            continue
         s, (ll, gen) = scheds[k], sends[k]
         for _ in range(10_000):
             cls, budget = s.grant(t, ll, gen)
             if cls is None:
                 break
+            assert (ll if cls == LL else gen) and budget >= 1
             n = max(1, -(-budget // FRAME))
             s.charge(cls, n * FRAME, t, n)
             log.append((t, k, cls, n * FRAME))

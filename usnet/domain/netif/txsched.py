@@ -20,14 +20,18 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
   class. The LL slots are spread evenly through the frame (Bresenham), so
   the longest run of general slots is ``ceil((N - k) / k)``: 0.2 of 100
   slots is every fifth slot.
-- **A slot is a byte quantum, owned by the class that starts frames in it.**
-  The owner may start frames while the slot has bytes left; the last frame
-  may run past the end of the slot (frames are never cut, and one frame may
-  span several slots). What it runs over is that class's *debt*, taken off
-  its next slot (deficit round-robin with the slot as quantum). So over any
-  stretch in which a class is backlogged it gets its slots' bytes, give or
-  take one frame, however its frame sizes fall against the slot size, and
-  the other class's slots are never shortened by it.
+- **Slots are fixed in link time; an overrun is a debt of bytes.** Slot n
+  runs from ``epoch + n * slot_time`` of link time (``vt``): a pure function
+  of it, so every scheduler of one link (usnetd --workers, sharing the
+  epoch through usnet.domain.netif.linkshare) says the same slot at the same
+  moment. The owner may start frames while its slot has bytes left; the
+  last frame may run past the end (frames are never cut, and one frame may
+  span several slots). What a class takes of the other's time that way is
+  its *debt*: the head of its next slots belongs to the other class until
+  the bytes are paid back (time passing through that head pays them). So
+  over any stretch in which a class is backlogged it gets its slots' bytes,
+  give or take one frame, however its frame sizes fall against the slot
+  size, and no boundary moves.
 - **Pacing.** ``vt`` is when the link will have finished everything it was
   given. Sending ``n`` bytes moves it on by ``n * 8 / link_rate``; an idle
   link does not bank credit (``vt`` is never behind ``now``: idle time
@@ -43,10 +47,11 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
   to come round, nor behind the general frames already handed to the
   device: while the class is less than ``ll_burst`` bytes (one slot) ahead
   of its reserved slots, it may start frames at once. What it sends that way
-  moves ``vt`` on as any frame does and is taken, as debt, off its own next
-  slots, so each class still gets its slots' bytes over a frame of slots,
+  moves ``vt`` on as any frame does and what of it fell in the general
+  class's time is a debt paid by its own next slots, so each class still gets its slots' bytes over a frame of slots,
   and the general class loses nothing it was reserved. Past the burst, the
-  class waits for its slots like any other. This is what keeps an LL flow's
+  class waits for its slots like any other (under workers the burst is the
+  link's: what every worker's LL class owes counts). This is what keeps an LL flow's
   latency flat beside saturating bulk traffic: its wait is a slot in
   progress at most, not a horizon plus a run of general slots.
 - **Work-conserving** (the default): a slot whose owner has nothing to send
@@ -341,7 +346,9 @@ class SlotScheduler:
             if budget < room:
                 # run on through the following stretches the same class would get, up to the horizon
                 others_wait = general_waiting if cls == LL else ll_waiting
-                for n, (owner, more) in enumerate(self._upcoming()):
+                if self.work_conserving and not others_wait:  # every stretch is its own or lent
+                    budget = room
+                for n, (owner, more) in enumerate(self._upcoming() if budget < room else ()):
                     if owner != cls and (others_wait or not self.work_conserving):
                         break
                     budget += more
