@@ -8,6 +8,7 @@ together is counted by the schedulers' own accounting.
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -16,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.domain.netif.linkshare import LinkShare
-from usnet.domain.netif.txsched import GENERAL, SlotScheduler
+from usnet.domain.netif.txsched import LL, SlotScheduler
 
 START = 1000.0
 FRAME = 1514
@@ -26,39 +27,12 @@ def _run(scheds: list[SlotScheduler], busy: list[bool], until: float, seed: int 
          stop_at: dict[int, float] | None = None) -> list[tuple[float, int, int]]:
     """Each worker in `busy` sends flat out (a general backlog of full frames) until `until` (or its
     `stop_at`); returns the log (time, worker, bytes) of every charge."""
-    rnd = random.Random(seed)
-    wake = [START if b else None for b in busy]
-    log: list[tuple[float, int, int]] = []
-    stop_at = stop_at or {}
-    for _ in range(2_000_000):  # bounded: every turn moves a worker's wake-up on
-        due = [(t, k) for k, t in enumerate(wake) if t is not None]
-        if not due:
-            break
-        t = min(d[0] for d in due)
-        if t > until:
-            break
-        ks = [k for tk, k in due if tk == t]
-        k = rnd.choice(ks)
-        s = scheds[k]
-        if t >= stop_at.get(k, float("inf")):
-            wake[k] = None
-            continue
-        while True:
-            cls, budget = s.grant(t, False, True)
-            if cls is None:
-                break
-            assert cls == GENERAL and budget >= 1
-            n = max(1, -(-budget // FRAME))
-            s.charge(cls, n * FRAME, t, n)
-            log.append((t, k, n * FRAME))
-        nt = s.next_time(t, False, True)
-        assert nt is not None
-        wake[k] = max(nt, t + 1e-6)
-    return log
+    log = _run_classes(scheds, [(False, b) for b in busy], until, seed, stop_at=stop_at)
+    return [(t, k, b) for t, k, _, b in log]
 
 
 def _share(rate: float, n: int, **kw) -> list[SlotScheduler]:
-    link = LinkShare(n)
+    link = LinkShare(n, epoch=START)
     return [SlotScheduler(rate, start=START, peers=link.peer(k), **kw) for k in range(n)]
 
 
@@ -110,7 +84,7 @@ def test_a_replacement_worker_goes_on_from_its_predecessor_s_count():
     """A worker restarted (a new scheduler on the same row) neither counts its predecessor's bytes
     again for the others nor makes them count what they had seen before it began."""
     rate = 10e6
-    link = LinkShare(2)
+    link = LinkShare(2, epoch=START)
     a, b = (SlotScheduler(rate, start=START, peers=link.peer(k)) for k in range(2))
     _run([a, b], [True, True], START + 0.5)
     b2 = SlotScheduler(rate, start=START + 0.5, peers=link.peer(1))
@@ -133,3 +107,81 @@ def test_never_above_the_link_rate_whoever_sends(n, rate, seed, busy):
     assert _window_max(log, rate / 8) <= h * rate / 8 + n * (h * rate / 8 + FRAME)
     total = sum(b for _, _, b in log)
     assert total > 0.9 * rate / 8 * 0.2  # work-conserving: the busy ones fill the link
+
+
+# -- LL slots aligned across workers ------------------------------------------------------------
+
+
+def _run_classes(scheds: list[SlotScheduler], sends: list[tuple[bool, bool]], until: float, seed: int = 0,
+                 check=None, stop_at: dict[int, float] | None = None) -> list[tuple[float, int, str, int]]:
+    """Each worker sends flat out, full frames of the classes it has backlogged (its (LL, general)
+    in `sends`) until `until` (or its `stop_at`); `check(t)` is called at every turn. Returns the
+    log (time, worker, class, bytes) of every charge."""
+    rnd = random.Random(seed)
+    wake: list[float | None] = [START if any(s) else None for s in sends]
+    log: list[tuple[float, int, str, int]] = []
+    stop_at = stop_at or {}
+    for _ in range(2_000_000):  # bounded: every turn moves a worker's wake-up on
+        due = [(t, k) for k, t in enumerate(wake) if t is not None]
+        if not due:
+            break
+        t = min(d[0] for d in due)
+        if t > until:
+            break
+        k = rnd.choice([k for tk, k in due if tk == t])
+        if t >= stop_at.get(k, float("inf")):
+            wake[k] = None
+            continue
+        s, (ll, gen) = scheds[k], sends[k]
+        for _ in range(10_000):
+            cls, budget = s.grant(t, ll, gen)
+            if cls is None:
+                break
+            assert (ll if cls == LL else gen) and budget >= 1
+            n = max(1, -(-budget // FRAME))
+            s.charge(cls, n * FRAME, t, n)
+            log.append((t, k, cls, n * FRAME))
+        if check is not None:
+            check(t)
+        nt = s.next_time(t, ll, gen)
+        assert nt is not None
+        wake[k] = max(nt, t + 1e-6)
+    return log
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 4), st.sampled_from([1e6, 10e6, 1e9]), st.sampled_from([0.1, 0.2, 0.5]),
+       st.integers(0, 2**16), st.lists(st.tuples(st.booleans(), st.booleans()), min_size=4, max_size=4))
+def test_schedulers_of_one_link_agree_on_the_slot_at_every_instant(n, rate, share, seed, sends):
+    """Every scheduler's current slot is the one its link time falls in, counted from the link's
+    epoch: so any two of them at the same link time are in the same slot, whatever each sent."""
+    sends = sends[:n]
+    if not any(a or b for a, b in sends):
+        sends[0] = (True, True)
+    scheds = _share(rate, n, ll_share=share)
+    s0 = scheds[0]
+    width = s0.slot_bytes * 8 / rate
+
+    def check(t: float) -> None:
+        for s in scheds:
+            s.catch_up(t)
+            number = math.floor((s.vt - START) / width + 0.5 / s.slot_bytes)
+            assert s.slot == number % s.frame_slots, (s.vt, s.slot, number)
+            assert s.slot_at(s.vt) == s0.slot_at(s.vt)
+
+    log = _run_classes(scheds, sends, START + 0.05, seed=seed, check=check)
+    assert log
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_ll_share_holds_on_the_whole_link_with_every_worker_sending_both(n):
+    """Each worker backlogged with bulk and LL: together the LL class gets its share of the link's
+    time (one slot in five), as one scheduler alone gives it; and the link is full."""
+    rate = 10e6
+    scheds = _share(rate, n)
+    log = _run_classes(scheds, [(True, True)] * n, START + 2.0, seed=n)
+    total = sum(b for *_, b in log)
+    ll = sum(b for _, _, c, b in log if c == LL)
+    assert 0.95 * rate / 8 * 2.0 < total
+    assert abs(ll / total - scheds[0].effective_ll_share()) < 0.02, ll / total
+    assert min(sum(b for _, k, c, b in log if k == j and c == LL) for j in range(n)) > 0.5 * ll / n

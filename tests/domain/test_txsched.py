@@ -382,7 +382,8 @@ def test_ll_flow_goes_at_once_while_general_floods_and_general_gets_the_rest():
     bound = s.horizon + (gap + 1) * s.slot_time + 1514 * s.byte_time
     assert len(r["waits"]) >= 390 and r["lost"] <= 1  # the last may still be queued
     assert max(r["waits"]) == 0  # handed to the device by the flush that queued it
-    assert s.ll_ahead_bytes == r["ll_bytes"]
+    # most went ahead of their slots; the others found an LL slot current within the horizon
+    assert 0 <= r["ll_bytes"] - s.ll_ahead_bytes <= 0.2 * r["ll_bytes"]
     assert bound < s.frame_slots * s.slot_time  # what it would wait for its slot
     # general gets everything the LL flow leaves (work-conserving), and the link is never overdriven
     assert r["gen_bytes"] >= 0.97 * (capacity - r["ll_bytes"])

@@ -20,14 +20,18 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
   class. The LL slots are spread evenly through the frame (Bresenham), so
   the longest run of general slots is ``ceil((N - k) / k)``: 0.2 of 100
   slots is every fifth slot.
-- **A slot is a byte quantum, owned by the class that starts frames in it.**
-  The owner may start frames while the slot has bytes left; the last frame
-  may run past the end of the slot (frames are never cut, and one frame may
-  span several slots). What it runs over is that class's *debt*, taken off
-  its next slot (deficit round-robin with the slot as quantum). So over any
-  stretch in which a class is backlogged it gets its slots' bytes, give or
-  take one frame, however its frame sizes fall against the slot size, and
-  the other class's slots are never shortened by it.
+- **Slots are fixed in link time; an overrun is a debt of bytes.** Slot n
+  runs from ``epoch + n * slot_time`` of link time (``vt``): a pure function
+  of it, so every scheduler of one link (usnetd --workers, sharing the
+  epoch through usnet.domain.netif.linkshare) says the same slot at the same
+  moment. The owner may start frames while its slot has bytes left; the
+  last frame may run past the end (frames are never cut, and one frame may
+  span several slots). What a class takes of the other's time that way is
+  its *debt*: the head of its next slots belongs to the other class until
+  the bytes are paid back (time passing through that head pays them). So
+  over any stretch in which a class is backlogged it gets its slots' bytes,
+  give or take one frame, however its frame sizes fall against the slot
+  size, and no boundary moves.
 - **Pacing.** ``vt`` is when the link will have finished everything it was
   given. Sending ``n`` bytes moves it on by ``n * 8 / link_rate``; an idle
   link does not bank credit (``vt`` is never behind ``now``: idle time
@@ -43,10 +47,11 @@ The model (docs/design-notes.md, "The transmit multiplexer"):
   to come round, nor behind the general frames already handed to the
   device: while the class is less than ``ll_burst`` bytes (one slot) ahead
   of its reserved slots, it may start frames at once. What it sends that way
-  moves ``vt`` on as any frame does and is taken, as debt, off its own next
-  slots, so each class still gets its slots' bytes over a frame of slots,
+  moves ``vt`` on as any frame does and what of it fell in the general
+  class's time is a debt paid by its own next slots, so each class still gets its slots' bytes over a frame of slots,
   and the general class loses nothing it was reserved. Past the burst, the
-  class waits for its slots like any other. This is what keeps an LL flow's
+  class waits for its slots like any other (under workers the burst is the
+  link's: what every worker's LL class owes counts). This is what keeps an LL flow's
   latency flat beside saturating bulk traffic: its wait is a slot in
   progress at most, not a horizon plus a run of general slots.
 - **Work-conserving** (the default): a slot whose owner has nothing to send
@@ -68,6 +73,7 @@ calls in; `catch_up(now)` lets the time since then pass first.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -132,14 +138,18 @@ class SlotScheduler:
         self.horizon = float(horizon)
         self._wake_lead = self.horizon / 2  # wake while this much is still queued ahead
         self.vt = float(start)  # when the link finishes what it was given
-        self.slot = 0  # index in the frame of the current slot
-        self.credit = float(slot_bytes)  # bytes left in the current slot
-        self.debt = {LL: 0.0, GENERAL: 0.0}  # overrun each class owes its next slot
+        # slot n of the link runs from epoch + n * slot_time: the same for every scheduler of it
+        self.epoch = float(start if peers is None else peers.epoch)
+        self.pos = (self.vt - self.epoch) / self.byte_time  # `vt` in bytes of link time since the epoch
+        self._idx = self.slot_at(self.vt)  # the current slot's number since the epoch
+        self.slot = self._idx % frame_slots  # and its index in the frame
+        self.debt = {LL: 0.0, GENERAL: 0.0}  # bytes each class owes the other (heads of its next slots)
         self.ll_burst = float(slot_bytes) if k else 0.0  # how far the LL class may run ahead of its slots
         self._ahead = False  # the last grant let the LL class go ahead of its slots
+        self._limit = self.vt + self.horizon  # the last grant's horizon
         self._used = {LL: 0.0, GENERAL: 0.0}  # bytes sent in the current slot, by class
-        self._span_cls: str | None = None  # the last grant's class and how many slots
-        self._span = 0  # after the current one it may run on into
+        self._repaid = False  # the current slot's head paid its owner's debt to the other class
+        self._grant: tuple[str | None, float] = (None, -math.inf)  # the last grant's class, end (bytes)
         # counters
         self.bytes_sent = {LL: 0, GENERAL: 0}
         self.frames_sent = {LL: 0, GENERAL: 0}
@@ -154,48 +164,112 @@ class SlotScheduler:
         self.peers = peers
         self.peer_bytes = 0.0  # link time the other workers took, in bytes (passed through our slots)
         self._peer_seen = 0.0 if peers is None else peers.others(0.0)[0]  # their bytes already counted
+        self._peer_ll_seen = 0.0 if peers is None else peers.others_ll()[0]  # of which LL
+        self._peer_debt = 0.0  # what the other workers' LL classes owe (one burst for the link)
+        self._debt_shown = 0.0  # our LL debt as the shared page last showed it
         self._busy = 1  # workers (this one included) held back lately: each may have 1/busy of the rate
         self._own_vt = float(start)  # our own bytes at 1/busy of the rate: our fair share's clock
 
-    # -- the slot cursor --------------------------------------------------------------
+    # -- the slot cursor: a pure function of link time ------------------------------------
+
+    @property
+    def credit(self) -> float:
+        """Bytes left in the current slot."""
+        return (self._idx + 1) * self.slot_bytes - self.pos
+
+    def slot_at(self, vt: float) -> int:
+        """The absolute number of the slot link time `vt` falls in (its index in the frame is this
+        modulo `frame_slots`): every scheduler of a link, given the same epoch, says the same.
+        A slot with less than half a byte left is over (float link times round)."""
+        return math.floor(((vt - self.epoch) / self.byte_time + 0.5) / self.slot_bytes)
+
+    def _segment(self) -> tuple[str, float]:
+        """(owner, bytes) of the stretch of link time starting at `vt`: the head of a slot whose
+        owner is in debt is the other class's until the debt is paid, the rest the slot owner's."""
+        owner = self.pattern[self.slot]
+        left = self.credit
+        debt = self.debt[owner]
+        if debt >= 0.5:
+            return _OTHER[owner], min(debt, left)
+        return owner, left
 
     def owner(self) -> str:
-        """The class that owns the current slot."""
-        return self.pattern[self.slot]
+        """The class that owns the link time at `vt` (the slot's owner, or the class its owner
+        owes bytes to while it pays them back)."""
+        return self._segment()[0]
 
     def _end_slot(self) -> None:
-        """Close the current slot (count it) and open the next, paying off its owner's debt."""
+        """Close the current slot (count it) and open the next one."""
         owner = self.pattern[self.slot]
         self.slots_passed[owner] += 1
         used = self._used
-        if used[owner]:
-            self.slots_used[owner] += 1
+        if used[owner] or self._repaid or (used[_OTHER[owner]] and not self.work_conserving):
+            self.slots_used[owner] += 1  # by its owner, or paying it back (never a loan if strict)
         elif used[_OTHER[owner]]:
             self.slots_lent[owner] += 1
         else:
             self.slots_idle += 1
         used[LL] = used[GENERAL] = 0.0
+        self._repaid = False
+        self._idx += 1
+        self.slot = self._idx % self.frame_slots
+
+    def _move_to(self, vt: float, cls: str | None = None, lent_end: float = -math.inf) -> float:
+        """Let link time pass from `vt` to the given `vt`, used by `cls` (None: not by us) and
+        counted in the slots it crosses; returns the bytes of link time that passed.
+
+        Bytes of `cls` that land in a stretch the other class owns are a loan (before `lent_end`,
+        the end of what the grant allowed) or a debt of `cls`: the head of its next slots then
+        belongs to the other class. Time passing through such a head pays the debt off, whoever
+        used it (a class that had nothing waiting lost nothing)."""
+        to = (vt - self.epoch) / self.byte_time
+        start = pos = self.pos
+        self.vt = vt
+        if to <= pos:
+            return 0.0
+        whole = self.frame_slots * self.slot_bytes
+        if cls is None and to - pos > 2 * whole:  # a long silence: skip whole frames, forgive old debts
+            skip = int((to - pos) // whole) - 1
+            pos += skip * whole
+            self._idx += skip * self.frame_slots
+            self.slots_idle += skip * self.frame_slots
+            self.slots_passed[LL] += skip * self.ll_slots
+            self.slots_passed[GENERAL] += skip * (self.frame_slots - self.ll_slots)
+            self.debt[LL] = self.debt[GENERAL] = 0.0
+        debt, used = self.debt, self._used
         while True:
-            self.slot = (self.slot + 1) % self.frame_slots
             owner = self.pattern[self.slot]
-            credit = self.slot_bytes - self.debt[owner]
-            if credit >= 0.5:
-                self.credit = credit
-                self.debt[owner] = 0.0
-                return
-            # the owner's overrun already took this whole slot's bytes
-            self.debt[owner] = -credit
-            self.slots_used[owner] += 1
-            self.slots_passed[owner] += 1
+            end = (self._idx + 1) * self.slot_bytes
+            owed = debt[owner]
+            seg_owner, seg_end = (_OTHER[owner], min(end, pos + owed)) if owed >= 0.5 else (owner, end)
+            stop = min(seg_end, to)
+            take = stop - pos
+            if owed >= 0.5:
+                debt[owner] = owed - take if owed - take >= 0.5 else 0.0
+            if cls is not None and take > 0:
+                used[cls] += take
+                if seg_owner == cls:
+                    self._repaid = self._repaid or seg_owner != owner
+                else:
+                    lent = min(take, max(lent_end - pos, 0.0))
+                    self.borrowed_bytes[cls] += lent
+                    debt[cls] += take - lent
+            pos = stop
+            if end - pos < 0.5:
+                self._end_slot()
+            if to - pos < 1e-9:
+                break
+        self.pos = to
+        if debt[LL] >= 0.5 and debt[GENERAL] >= 0.5:  # each owes the other: only the difference is owed
+            m = min(debt[LL], debt[GENERAL])
+            debt[LL] -= m
+            debt[GENERAL] -= m
+        return to - start
 
     def _advance(self, now: float) -> None:
         """Let the time since the link went idle pass through the slots, unused."""
-        if now <= self.vt:
-            return
-        idle = (now - self.vt) / self.byte_time
-        self.vt = now
-        self.idle_bytes += idle
-        self._pass(idle)
+        if now > self.vt:
+            self.idle_bytes += self._move_to(now)
 
     def _absorb(self, now: float) -> None:
         """Move `vt` on by what the link's other schedulers sent since we last looked (see
@@ -210,28 +284,17 @@ class SlotScheduler:
         self._busy = busy + 1
         delta, self._peer_seen = sent - self._peer_seen, sent
         target = max(self.vt + max(delta, 0.0) * self.byte_time, vt)
+        ll, self._peer_debt = peers.others_ll()
+        ll_delta, self._peer_ll_seen = ll - self._peer_ll_seen, ll
         if target > self.vt:
-            passed = (target - self.vt) / self.byte_time
-            self.vt = target
-            self.peer_bytes += passed
-            self._pass(passed)
-
-    def _pass(self, idle: float) -> None:
-        """Let `idle` bytes of link time pass through the slots, unused by us."""
-        whole = self.frame_slots * self.slot_bytes
-        if idle > 2 * whole:  # a long silence: skip whole frames (and forgive old debts)
-            skip = int(idle // whole) - 1
-            idle -= skip * whole
-            self.slots_idle += skip * self.frame_slots
-            self.slots_passed[LL] += skip * self.ll_slots
-            self.slots_passed[GENERAL] += skip * (self.frame_slots - self.ll_slots)
-            self.debt[LL] = self.debt[GENERAL] = 0.0
-        while idle >= self.credit:
-            idle -= self.credit
-            self._end_slot()
-        self.credit -= idle
-        if self.credit < 0.5:
-            self._end_slot()
+            owed = self.debt[LL]
+            self.peer_bytes += self._move_to(target)
+            # the LL slots' heads that passed paid our LL class's debt only if the general class had
+            # them: what the others' LL class sent meanwhile took them (the slots are the link's)
+            self.debt[LL] += min(max(owed - self.debt[LL], 0.0), max(ll_delta, 0.0))
+        if self.debt[LL] != self._debt_shown:
+            self._debt_shown = self.debt[LL]
+            peers.owes(self._debt_shown)
 
     def catch_up(self, now: float) -> None:
         """Let the time up to `now` pass through the slots, so the counters are current.
@@ -263,38 +326,37 @@ class SlotScheduler:
         self._ahead = False
         if not (ll_waiting or general_waiting):
             return None, 0
-        limit = now + self.horizon
+        limit = self._limit = now + self.horizon
         if ll_waiting and self._may_go_ahead(limit):
             return self._go_ahead()
         fair = math.inf  # bytes our share of the link allows (other workers of the link held back)
         if self._busy > 1:
             fair = (limit - max(self._own_vt, now)) / (self.byte_time * self._busy)
         while self.vt < limit and fair > 0:
-            owner = self.pattern[self.slot]
+            owner, budget = self._segment()
             if ll_waiting if owner == LL else general_waiting:
                 cls = owner
             elif self.work_conserving:
                 cls = _OTHER[owner]
             else:
-                # strict: the owner's slot stays idle; its time passes, committed like a frame
-                self.vt += self.credit * self.byte_time
-                self.idle_bytes += self.credit
-                self._end_slot()
+                # strict: the owner's stretch stays idle; its time passes, committed like a frame
+                self.idle_bytes += self._move_to(self.vt + budget * self.byte_time)
                 continue
             room = min((limit - self.vt) / self.byte_time, fair)
-            budget, span = self.credit, 0
             if budget < room:
-                # run on through the following slots the same class would get, up to the horizon
+                # run on through the following stretches the same class would get, up to the horizon
                 others_wait = general_waiting if cls == LL else ll_waiting
-                for owner, credit in self._upcoming():
+                if self.work_conserving and not others_wait:  # every stretch is its own or lent
+                    budget = room
+                for n, (owner, more) in enumerate(self._upcoming() if budget < room else ()):
                     if owner != cls and (others_wait or not self.work_conserving):
                         break
-                    budget += credit
-                    span += 1
-                    if budget >= room or span >= self.frame_slots:
+                    budget += more
+                    if budget >= room or n >= 2 * self.frame_slots:
                         break
-            self._span_cls, self._span = cls, span
-            return cls, max(1, math.ceil(min(budget, room)))
+            budget = min(budget, room)
+            self._grant = (cls, self.pos + budget)
+            return cls, max(1, math.ceil(budget))
         if ll_waiting and self._may_go_ahead(limit):  # idle slots that passed paid off its debt
             return self._go_ahead()
         if self.peers is not None:
@@ -303,31 +365,44 @@ class SlotScheduler:
 
     def _go_ahead(self) -> tuple[str, int]:
         self._ahead = True
-        return LL, max(1, math.ceil(self.ll_burst - self.debt[LL]))
+        past = max(self.vt - self._limit, 0.0) / self.byte_time
+        return LL, max(1, math.ceil(self.ll_burst - self.debt[LL] - self._peer_debt - past))
 
     def _may_go_ahead(self, limit: float) -> bool:
         """Whether the LL class may start a frame now, ahead of its slots (see the module docstring).
 
-        Not when its own slot is current and within the horizon: then the
-        slot itself carries it.
+        Not when its own stretch is current and within the horizon: then that carries it.
         """
-        if self.debt[LL] >= self.ll_burst:
+        # what it sent ahead and still owes, and what lies past the horizon: a burst at most
+        owed = self.debt[LL] + self._peer_debt + max(self.vt - limit, 0.0) / self.byte_time
+        if owed >= self.ll_burst - 0.5:  # (float link times round)
             return False
-        return not (self.pattern[self.slot] == LL and self.vt < limit)
+        return not (self.owner() == LL and self.vt < limit)
 
-    def _upcoming(self):
-        """(owner, bytes) of the slots after the current one, as `_end_slot` will open them."""
+    def _upcoming(self) -> Iterator[tuple[str, float]]:
+        """(owner, bytes) of the stretches after the current one, as `_move_to` will find them
+        if nobody sends: each slot's head paying its owner's debt, then the rest of it."""
         debt = dict(self.debt)
-        slot = self.slot
+        idx = self._idx
+        owner = self.pattern[idx % self.frame_slots]
+        owed = debt[owner]
+        if owed >= 0.5 and owed < self.credit:  # the current stretch is the head: the slot's rest next
+            debt[owner] = 0.0
+            yield owner, self.credit - owed
+        elif owed >= 0.5:
+            debt[owner] = owed - self.credit
         while True:
-            slot = (slot + 1) % self.frame_slots
-            owner = self.pattern[slot]
-            credit = self.slot_bytes - debt[owner]
-            if credit >= 0.5:
-                debt[owner] = 0.0
-                yield owner, credit
+            idx += 1
+            owner = self.pattern[idx % self.frame_slots]
+            owed = debt[owner]
+            if owed >= 0.5:
+                head = min(owed, self.slot_bytes)
+                debt[owner] = owed - head
+                yield _OTHER[owner], head
+                if self.slot_bytes - head >= 0.5:
+                    yield owner, self.slot_bytes - head
             else:
-                debt[owner] = -credit
+                yield owner, float(self.slot_bytes)
 
     def charge(self, cls: str, nbytes: int, now: float, frames: int = 1) -> None:
         """`cls` started `frames` frames of `nbytes` bytes in all, at `now` (after a grant)."""
@@ -336,36 +411,18 @@ class SlotScheduler:
         if nbytes < 0 or frames < 0:
             raise ValueError("a charge cannot be negative")
         ahead, self._ahead = self._ahead and cls == LL, False  # what the last grant allowed, used once
-        span = self._span if self._span_cls == cls else 0  # slots the last grant ran on into
-        self._span_cls, self._span = None, 0
+        granted, self._grant = self._grant, (None, -math.inf)
+        lent_end = granted[1] if granted[0] == cls and not ahead else -math.inf
         self._advance(now)
-        self.vt += nbytes * self.byte_time
+        self._move_to(self.vt + nbytes * self.byte_time, cls, lent_end)
         if self.peers is not None:
-            self.peers.sent(nbytes, self.vt)
+            self._debt_shown = self.debt[LL]
+            self.peers.sent(nbytes, self.vt, cls == LL, self._debt_shown)
             self._own_vt = max(self._own_vt, now) + nbytes * self.byte_time * self._busy
         self.bytes_sent[cls] += nbytes
         self.frames_sent[cls] += frames
-        if ahead:  # ahead of its slots: its own next slots pay (debt), nobody else's
-            self.debt[LL] += nbytes
+        if ahead:  # ahead of its slots: what it took of general's time is its debt, paid by its next slots
             self.ll_ahead_bytes += nbytes
-            return
-        left = float(nbytes)
-        while left > 0:
-            take = min(left, self.credit)
-            left -= take
-            self.credit -= take
-            self._used[cls] += take
-            if cls != self.pattern[self.slot]:
-                self.borrowed_bytes[cls] += take
-            if self.credit >= 0.5:
-                break
-            if left > 0 and span > 0:
-                span -= 1
-            else:
-                # past what was granted (the last frame ran over): the class's next slot pays
-                self.debt[cls] += left
-                left = 0
-            self._end_slot()
 
     def next_time(self, now: float, ll_waiting: bool = True, general_waiting: bool = True) -> float | None:
         """When to ask for a grant again (at least `now`); None if nothing waits.
@@ -382,12 +439,12 @@ class SlotScheduler:
             return None
         if ll_waiting and self._may_go_ahead(now + self.horizon):
             return now
-        ahead = 0.0  # bytes of idle slots before one a waiting class may use
-        owner = self.pattern[self.slot]
+        ahead = 0.0  # bytes of idle stretches before one a waiting class may use
+        owner, ahead0 = self._segment()
         if not self.work_conserving and not (ll_waiting if owner == LL else general_waiting):
-            ahead = self.credit
+            ahead = ahead0
             for n, (owner, credit) in enumerate(self._upcoming()):
-                if (ll_waiting if owner == LL else general_waiting) or n > self.frame_slots:
+                if (ll_waiting if owner == LL else general_waiting) or n > 2 * self.frame_slots:
                     break
                 ahead += credit
         t = self.vt + ahead * self.byte_time - self._wake_lead
