@@ -24,8 +24,13 @@ block them for good (`block_in_this_thread`), so while the main thread holds an 
 waits for it; a thread of the program's own that does not block them can still take it, and its
 handler then runs in the main thread at the next bytecode, inside the step (the one window left).
 
-Only the main thread pays (two `pthread_sigmask` calls through ctypes, the GIL kept, ~1-2 µs a
-section); another thread's acquire costs an ident comparison above RLock's.
+Only the main thread pays, and it pays on its hot path (an asyncio server takes a few holds per
+request): an outermost hold costs two `pthread_sigmask` calls through ctypes, the GIL kept
+(~0.85 µs the pair, most of it the two system calls), and ~0.6 µs of Python; a nested hold is a
+count (~0.4 µs a section). So the code keeps holds few rather than clever: a section that only
+reads the engine's state takes the plain RLock (`EngineLock.plain`, no system call), and
+several sections of one step share one `step` hold. Another thread's acquire costs an ident
+comparison above RLock's. (Measured figures: docs/design-notes.md, issue 16, "What a hold costs".)
 """
 
 from __future__ import annotations
