@@ -101,25 +101,28 @@ def _checkpoint() -> None:
 # the signals are blocked before the lock is taken and unblocked after it is let go, and what the
 # two counts say (`_main.held`, `_depth`) is true at every such line. Once they are blocked
 # (`_main.held` > 0) nothing can come out of a handler: a nested hold is a count, and the lines
-# between need no care. The outermost hold and the last release are written out in each method
-# rather than called (`_hold`, `_unhold`): a Python call is a good part of a hold's cost, and
-# the main thread of an asyncio program takes a few for every request.
+# between need no care. The methods count in line rather than call `_hold`/`_unhold` (only the
+# outermost calls `_block`): a Python call is a good part of a nested hold's cost, and the main
+# thread of an asyncio program takes a few holds for every request.
 
 
-def _hold(n: int = 1) -> None:
-    """The main thread takes `n` holds; the first blocks the asynchronous signals, after running
-    the handlers already due (their exception leaves nothing blocked or held)."""
-    m = _main
-    if m.held:
-        m.held += n
-        return
+def _block(m: _MainState) -> None:
+    """The outermost hold blocks the asynchronous signals, after running the handlers already due
+    (their exception leaves nothing blocked or held)."""
     _checkpoint()
     try:
         _sigmask(_BLOCK, _ASYNC, m.saved)
     except BaseException:  # a handler due between the checkpoint and the block: undone, then it propagates
         _sigmask(_SETMASK, m.saved, None)
         raise
-    m.held = n  # (blocked from here: no handler runs in this thread until `_unhold`)
+
+
+def _hold(n: int = 1) -> None:
+    """The main thread takes `n` holds; the first blocks the asynchronous signals (`_block`)."""
+    m = _main
+    if not m.held:
+        _block(m)
+    m.held += n  # (blocked from here: no handler runs in this thread until `_unhold`)
 
 
 def _unhold(n: int = 1) -> None:
@@ -150,13 +153,8 @@ class EngineLock:
         m = _main
         if _get_ident() != m.ident:
             return self.plain.acquire(blocking, timeout)
-        if not m.held:  # (as `_hold`) first: a handler's exception after the lock is taken would leave it taken
-            _checkpoint()
-            try:
-                _sigmask(_BLOCK, _ASYNC, m.saved)
-            except BaseException:
-                _sigmask(_SETMASK, m.saved, None)
-                raise
+        if not m.held:  # first: a handler's exception after the lock is taken would leave it taken
+            _block(m)
         m.held += 1  # (blocked from here)
         try:
             got = self.plain.acquire(blocking, timeout)
@@ -231,13 +229,8 @@ class _Step:
         m = _main
         if _get_ident() != m.ident:
             return
-        if not m.held:  # (as `_hold`)
-            _checkpoint()
-            try:
-                _sigmask(_BLOCK, _ASYNC, m.saved)
-            except BaseException:
-                _sigmask(_SETMASK, m.saved, None)
-                raise
+        if not m.held:
+            _block(m)
         m.held += 1
 
     def __exit__(self, *exc: object) -> None:
