@@ -464,8 +464,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         if not self._conn_lost:
             # The stack signals a connection's watcher only after a pump that reached it
             # (FlowEngine.conn_watchers): what is still to do now (an EOF behind the data
-            # just read, say) will not be signalled again, so look once more.
-            with self._eng.lock:
+            # just read, say) will not be signalled again, so look once more (a look: the
+            # plain lock, no signal hold, usnet.client.sigdefer).
+            with self._eng.lock.plain:
                 again = self._wants()
             if again:
                 self._watcher.kick()
@@ -499,7 +500,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         eng, c = self._eng, self._conn
         if isinstance(proto, asyncio.BufferedProtocol):
             # get_buffer is the protocol's code: not under the lock the stack thread needs.
-            with eng.lock:
+            with eng.lock.plain:  # (a look: no signal hold)
                 queued = c.rcv_queued
             if queued:
                 buf = self._protocol_call("get_buffer", _usable_buffer, proto)

@@ -24,8 +24,13 @@ block them for good (`block_in_this_thread`), so while the main thread holds an 
 waits for it; a thread of the program's own that does not block them can still take it, and its
 handler then runs in the main thread at the next bytecode, inside the step (the one window left).
 
-Only the main thread pays (two `pthread_sigmask` calls through ctypes, the GIL kept, ~1-2 µs a
-section); another thread's acquire costs an ident comparison above RLock's.
+Only the main thread pays, and it pays on its hot path (an asyncio server takes a few holds per
+request): an outermost hold costs two `pthread_sigmask` calls through ctypes, the GIL kept
+(~0.85 µs the pair, most of it the two system calls), and ~0.6 µs of Python; a nested hold is a
+count (~0.4 µs a section). So the code keeps holds few rather than clever: a section that only
+reads the engine's state takes the plain RLock (`EngineLock.plain`, no system call), and
+several sections of one step share one `step` hold. Another thread's acquire costs an ident
+comparison above RLock's. (Measured figures: docs/design-notes.md, issue 16, "What a hold costs".)
 """
 
 from __future__ import annotations
@@ -55,23 +60,32 @@ _BLOCK, _SETMASK = signal.SIG_BLOCK, signal.SIG_SETMASK
 _get_ident = threading.get_ident
 
 
-class _Main:
-    """The main thread's state: which thread it is, how many engine locks it holds (outermost
-    first), and the signal mask it had before the first."""
+class _MainState:
+    """The main thread's state: which thread it is, how many holds it has (engine locks and
+    `step`s, outermost first), and the signal mask it had before the first.
 
-    ident = threading.main_thread().ident
-    held = 0
-    saved = _SIGSET()
+    (An instance with slots, not class attributes: storing a class attribute invalidates the
+    interpreter's attribute caches for the class, a cost on every hold.)"""
+
+    __slots__ = ("ident", "held", "saved")
+
+    def __init__(self) -> None:
+        self.ident = threading.main_thread().ident
+        self.held = 0
+        self.saved = _SIGSET()
+
+
+_main = _MainState()
 
 
 def _after_fork() -> None:
     # The child's main thread is the one that forked, holding no engine lock (the parent's are
     # replaced: Runner.disown). Its mask is that thread's at the fork: the parent's main thread,
     # holding one, had the signals blocked, which the child must not keep.
-    if _Main.held and _Main.ident == _get_ident():
-        _sigmask(_SETMASK, _Main.saved, None)
-    _Main.ident = _get_ident()
-    _Main.held = 0
+    if _main.held and _main.ident == _get_ident():
+        _sigmask(_SETMASK, _main.saved, None)
+    _main.ident = _get_ident()
+    _main.held = 0
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -85,79 +99,100 @@ def _checkpoint() -> None:
 # Why the order of each method below: a handler's exception can come out of any line where the
 # main thread is not blocking signals (after any call, and at every line under sys.settrace), so
 # the signals are blocked before the lock is taken and unblocked after it is let go, and what the
-# two counts say (`_Main.held`, `_depth`) is true at every such line.
+# two counts say (`_main.held`, `_depth`) is true at every such line. Once they are blocked
+# (`_main.held` > 0) nothing can come out of a handler: a nested hold is a count, and the lines
+# between need no care. The methods count in line rather than call `_hold`/`_unhold` (only the
+# outermost calls `_block`): a Python call is a good part of a nested hold's cost, and the main
+# thread of an asyncio program takes a few holds for every request.
+
+
+def _block(m: _MainState) -> None:
+    """The outermost hold blocks the asynchronous signals, after running the handlers already due
+    (their exception leaves nothing blocked or held)."""
+    _checkpoint()
+    try:
+        _sigmask(_BLOCK, _ASYNC, m.saved)
+    except BaseException:  # a handler due between the checkpoint and the block: undone, then it propagates
+        _sigmask(_SETMASK, m.saved, None)
+        raise
 
 
 def _hold(n: int = 1) -> None:
-    """The main thread takes `n` holds; the first blocks the asynchronous signals, after running
-    the handlers already due (their exception leaves nothing blocked or held)."""
-    if _Main.held:
-        _Main.held += n
-        return
-    _checkpoint()
-    try:
-        _sigmask(_BLOCK, _ASYNC, _Main.saved)
-    except BaseException:  # a handler due between the checkpoint and the block: undone, then it propagates
-        _sigmask(_SETMASK, _Main.saved, None)
-        raise
-    _Main.held = n  # (blocked from here: no handler runs in this thread until `_unhold`)
+    """The main thread takes `n` holds; the first blocks the asynchronous signals (`_block`)."""
+    m = _main
+    if not m.held:
+        _block(m)
+    m.held += n  # (blocked from here: no handler runs in this thread until `_unhold`)
 
 
 def _unhold(n: int = 1) -> None:
     """The main thread lets go of `n` holds; with the last, the signals that came meanwhile are
     delivered, and a handler's exception comes out of here, the step done."""
-    _Main.held -= n
-    if _Main.held <= 0:
-        _Main.held = 0
-        _sigmask(_SETMASK, _Main.saved, None)
+    m = _main
+    m.held -= n
+    if m.held <= 0:
+        m.held = 0
+        _sigmask(_SETMASK, m.saved, None)
 
 
 class EngineLock:
     """An RLock (and what `threading.Condition` asks of one) whose holding by the main thread
-    defers signal handlers to its release (see the module docstring)."""
+    defers signal handlers to its release (see the module docstring).
 
-    __slots__ = ("_lock", "_depth")
+    `plain` is the RLock itself, for a section that only reads the engine's state: a handler's
+    exception there leaves nothing half changed (a `with` on it lets the lock go whatever comes
+    out), so it need not be held off, and the read costs no system call."""
+
+    __slots__ = ("plain", "_depth")
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self.plain = threading.RLock()
         self._depth = 0  # the main thread's holds of this lock (only the main thread counts them)
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if _get_ident() != _Main.ident:
-            return self._lock.acquire(blocking, timeout)
-        _hold()  # first: a handler's exception after the lock is taken would leave it taken
-        got = False
+        m = _main
+        if _get_ident() != m.ident:
+            return self.plain.acquire(blocking, timeout)
+        if not m.held:  # first: a handler's exception after the lock is taken would leave it taken
+            _block(m)
+        m.held += 1  # (blocked from here)
         try:
-            got = self._lock.acquire(blocking, timeout)
-        finally:
-            if got:
-                self._depth += 1
-            else:
-                _unhold()
+            got = self.plain.acquire(blocking, timeout)
+        except BaseException:  # a bad argument (no handler runs here)
+            _unhold()
+            raise
+        if got:
+            self._depth += 1
+        else:
+            _unhold()
         return got
 
     __enter__ = acquire
 
-    def release(self) -> None:
-        if self._depth and _get_ident() == _Main.ident:
-            self._lock.release()
+    def release(self, *exc: object) -> None:
+        """(Also `__exit__`, whose arguments it ignores: one Python call less per section.)"""
+        if self._depth and _get_ident() == _main.ident:
+            self.plain.release()
             self._depth -= 1
-            _unhold()
+            m = _main
+            m.held -= 1  # (as `_unhold`)
+            if m.held <= 0:
+                m.held = 0
+                _sigmask(_SETMASK, m.saved, None)
             return
-        self._lock.release()
+        self.plain.release()
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    __exit__ = release
 
     # -- for threading.Condition (its wait lets go of every level, then takes them back) ----------
 
     def _release_save(self) -> tuple[Any, int, int]:
         """A wait lets go of every hold of the main thread (this lock's, others', `step`'s): a wait
         is interruptible, as Condition.wait on an RLock is, and what came before it is whole."""
-        state = self._lock._release_save()  # type: ignore[attr-defined]
+        state = self.plain._release_save()  # type: ignore[attr-defined]
         depth = total = 0
-        if self._depth and _get_ident() == _Main.ident:
-            depth, self._depth, total = self._depth, 0, _Main.held
+        if self._depth and _get_ident() == _main.ident:
+            depth, self._depth, total = self._depth, 0, _main.held
             _unhold(total)
         return state, depth, total
 
@@ -169,12 +204,12 @@ class EngineLock:
                 _hold(total)  # a handler due raises here, and Condition.wait's caller hears it...
                 held = True
         finally:
-            self._lock._acquire_restore(state)  # type: ignore[attr-defined]  # (...held, as it expects)
+            self.plain._acquire_restore(state)  # type: ignore[attr-defined]  # (...held, as it expects)
             if held:
                 self._depth = depth
 
     def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined]
+        return self.plain._is_owned()  # type: ignore[attr-defined]
 
     def condition(self) -> threading.Condition:
         """A Condition on this lock (typeshed knows only threading's locks; Condition asks for
@@ -191,12 +226,20 @@ class _Step:
     __slots__ = ()
 
     def __enter__(self) -> None:
-        if _get_ident() == _Main.ident:
-            _hold()
+        m = _main
+        if _get_ident() != m.ident:
+            return
+        if not m.held:
+            _block(m)
+        m.held += 1
 
     def __exit__(self, *exc: object) -> None:
-        if _get_ident() == _Main.ident:
-            _unhold()
+        m = _main
+        if _get_ident() == m.ident:
+            m.held -= 1  # (as `_unhold`)
+            if m.held <= 0:
+                m.held = 0
+                _sigmask(_SETMASK, m.saved, None)
 
 
 step = _Step()
