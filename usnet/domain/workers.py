@@ -54,12 +54,14 @@ On a packet netif too: the replacement finds its queue's ring positions again
 A hung worker (alive but silent: SIGSTOP, stuck in a loop, blocked): usnetd asks each worker
 every HEARTBEAT s whether its loop turns (b"H" on the command socket, answered b"h", sent and read
 without waiting); one that leaves it unanswered HUNG_AFTER s, or a relayed request unanswered
-WORKER_TIMEOUT s (START_TIMEOUT for a worker not yet heard from; `_check_relays`), is hung:
-usnetd kills it and replaces it as a dead one, its clients told "usnetd worker k (pid N) hung
-(...)". An open that found it hung is asked once more of the replacement; its other waiting
-requests fail with ENETDOWN and the reason. usnetd's loop never waits on a worker for a client's
-request; `usnet status` alone still asks each worker and waits (at most WORKER_TIMEOUT), and
-skips one whose heartbeat is overdue.
+WORKER_TIMEOUT s (START_TIMEOUT for a worker not yet heard from; `_check_relays`), is suspect, and
+judged from /proc (usnet.domain.liveness, `_suspect`): stopped, asleep with the request unread, or
+spinning on its CPU, it is hung; runnable but starved of CPU (a loaded machine), it is given more
+time, up to HARD_LIMIT s. A hung worker is killed and replaced as a dead one, its clients told
+"usnetd worker k (pid N) hung (...)". An open that found it hung is asked once more of the
+replacement; its other waiting requests fail with ENETDOWN and the reason. usnetd's loop never
+waits on a worker: `usnet status` too asks each worker without waiting (`_gather_status`), the
+answer sent when the last part is read, or at WORKER_TIMEOUT with a silent worker "not answering".
 
 A paced netif (`link_rate`) is one link for all workers: their queues' schedulers share it through
 a page usnetd maps before the fork (usnet.domain.netif.linkshare). A low-latency lease on a flow of
@@ -76,7 +78,7 @@ ReturnPorts and ReleasePorts are relayed (`_worker_ports`); a dead worker's bloc
 here with its channels (`_drop_proxied`).
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
-another worker; the status of workers is asked synchronously (bounded, as above).
+another worker.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ from usnet.abi import protocol as P
 from usnet.abi.events import RevokeReason
 from usnet.abi.transport import recv_msg, send_msg
 from usnet.domain.limits import Charge
+from usnet.domain.liveness import HARD_LIMIT, PROBE, judge, read_stat
 from usnet.domain.loop import Domain
 from usnet.domain.lowlat.agent import Grant, Refusal
 from usnet.domain.lowlat.policer import Policer
@@ -113,7 +116,8 @@ __all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_
 
 log = logging.getLogger("usnet.domain.workers")
 # the longest usnetd waits for a worker's reply to a relayed request: a worker's loop answers in
-# milliseconds, so one silent this long is hung (stopped, stuck), and is killed and replaced
+# milliseconds, so one silent this long is suspect: hung (stopped, stuck) unless starved of CPU
+# (`ShardedDomain._suspect`)
 WORKER_TIMEOUT = 1.0
 HEARTBEAT = 0.5  # usnetd asks each worker this often whether it still turns its loop
 HUNG_AFTER = 2.0  # a worker that leaves a heartbeat unanswered this long is hung: killed and replaced
@@ -155,11 +159,14 @@ class WorkerLink:
         self.index = index
         self.pid = pid
         self.cmd = cmd
-        self.admin: socket.socket | None = None  # usnetd's own session there (status)
         self.child = child  # usnetd's own child (forked at start), else the spawner's (a restart)
         self.started = time.monotonic()
         self.asked: float | None = None  # when the heartbeat it has not answered yet was sent
         self.ready = False  # it answered a heartbeat: its loop runs (until then START_TIMEOUT applies)
+        # when a passed deadline last made usnetd look at it (/proc: `ShardedDomain._suspect`), and
+        # its CPU ticks then; whether it was found starved since it last answered (logged once)
+        self.probe: tuple[float, int] | None = None
+        self.starved = False
 
     def new_session(self) -> socket.socket:
         """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
@@ -183,9 +190,7 @@ class WorkerLink:
     def stop(self, timeout: float = 5.0, spawner: Spawner | None = None) -> None:
         """Close its command socket (it stops) and reap it; killed if it takes longer than `timeout`.
         A restarted worker is the spawner's child: waited for on a pidfd, reaped by the spawner."""
-        for s in (self.admin, self.cmd):
-            if s is not None:
-                s.close()
+        self.cmd.close()
         if not self.child:
             try:
                 pidfd = os.pidfd_open(self.pid)
@@ -340,28 +345,6 @@ def _spawner_main(sock: socket.socket, queues: dict[str, list],
                 os.close(fd)
 
 
-def relay(sock: socket.socket, req: P.Request) -> tuple[P.Reply, list[int]]:
-    """One request to a worker and its reply, waited for (at most WORKER_TIMEOUT).
-
-    Requests and replies alternate, so whatever waits before a request is sent is the late
-    reply to one that timed out: dropped (its descriptors closed), never taken as this
-    request's answer."""
-    for _ in range(16):  # at most one per request that timed out; bounded all the same
-        if not select.select([sock], [], [], 0)[0]:
-            break
-        stale, fds = recv_msg(sock, 16)
-        for fd in fds:
-            os.close(fd)
-        if not stale:
-            raise OSError(errno.EPIPE, "the worker is gone")
-        log.warning("a worker's late reply dropped (%d bytes)", len(stale))
-    send_msg(sock, P.encode(req))
-    data, fds = recv_msg(sock, 16)
-    if not data:
-        raise OSError(errno.EPIPE, "the worker is gone")
-    return P.decode_reply(data), fds
-
-
 class WorkerLost(OSError):
     """A relayed request's worker died or hung under it (ENETDOWN); usnetd has dealt with it."""
 
@@ -380,8 +363,9 @@ class Waiting:
     done: Callable[[P.Reply, list[int]], tuple[P.Reply, list[int]]]  # the worker's reply -> the client's
     undo: Callable[[], None]  # releases what usnetd took for it, when it is not answered
     again: Callable[[], tuple[P.Reply, list[int]]] | None  # asks the worker's replacement (an open)
-    deadline: float  # monotonic: unanswered then, the worker is hung
+    deadline: float  # monotonic: unanswered then, the worker is suspect (`ShardedDomain._suspect`)
     bound: float  # the seconds that deadline allowed
+    asked: float  # monotonic: when it was sent (a starved worker's HARD_LIMIT counts from then)
 
 
 @dataclass(eq=False)  # hashed by identity: one per session and worker (`ShardedDomain._busy`)
@@ -394,6 +378,19 @@ class Line:
     index: int
     sock: socket.socket
     waiting: deque[Waiting] = field(default_factory=deque)
+
+
+@dataclass(eq=False)  # one status request: compared by identity
+class Gather:
+    """A Status snapshot being assembled for a client (`ShardedDomain._gather_status`): usnetd's
+    own part, taken when asked, and each worker's netifs as its (paged) reply is read."""
+
+    session: Session  # parked till `answered`
+    info: dict  # the snapshot; its "workers" entries are filled in as the workers answer
+    entries: dict[int, dict]  # worker -> its entry in info["workers"]
+    pending: dict[int, list[bytes]]  # worker asked -> the parts of its status read so far
+    deadline: float  # monotonic: a worker still silent then is reported "not answering"
+    answered: bool = False
 
 
 @dataclass
@@ -425,6 +422,7 @@ class ShardedDomain(Domain):
         self.proxied: dict[int, Proxied] = {}
         self._lines: dict[tuple[int, int], Line] = {}  # (session id, worker) -> usnetd's session there
         self._busy: set[Line] = set()  # the lines with requests waiting for an answer (their deadlines)
+        self._gathers: list[Gather] = []  # `usnet status` requests waiting for workers' parts
         # (session id, worker) -> the liveness pair: the client's end goes with every flow opened there
         # (FlowOpened's sixth descriptor); usnetd writes why and closes its end when the worker dies
         self._alive: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
@@ -468,6 +466,10 @@ class ShardedDomain(Domain):
                 return False
             link.asked = None  # whatever it says, its loop turns
             link.ready = True
+            link.probe = None
+            if link.starved:
+                link.starved = False
+                log.warning("usnetd worker %d (pid %d) answers again: it was starved, not hung", link.index, link.pid)
             if data[:1] == b"A":
                 self._expect_neighbour(data)
         return True
@@ -493,14 +495,14 @@ class ShardedDomain(Domain):
 
     def _housekeeping(self) -> float:
         wait = super()._housekeeping()
-        return min(wait, self._check_workers(), self._check_relays())
+        return min(wait, self._check_workers(), self._check_relays(), self._check_gathers(time.monotonic()))
 
     def _check_workers(self) -> float:
         """The heartbeat (every HEARTBEAT s; a comparison per loop turn otherwise): each worker is
         asked whether its loop turns; one that leaves the question unanswered HUNG_AFTER s (a
-        worker not ready yet: START_TIMEOUT s) is hung (stopped, stuck in a loop, blocked), and is
-        killed and replaced as if it had died, its clients told why. Nothing a worker does can make
-        usnetd wait: the question is sent without waiting and the answer read in the loop."""
+        worker not ready yet: START_TIMEOUT s) is suspect (`_suspect`): if hung (stopped, stuck in a
+        loop, blocked), it is killed and replaced as if it had died, its clients told why. Nothing
+        a worker does can make usnetd wait: the question is sent without waiting and the answer read in the loop."""
         now = time.monotonic()
         if now < self._beat_at:
             return self._beat_at - now
@@ -512,7 +514,7 @@ class ShardedDomain(Domain):
             limit = HUNG_AFTER if link.ready else max(HUNG_AFTER, START_TIMEOUT)
             if now - link.asked < limit or not self._hear(link) or link.asked is None:
                 continue  # (an answer waiting unread, as when usnetd's own loop was slow, counts)
-            self._worker_hung(link, f"no answer to a heartbeat for {now - link.asked:.1f} s")
+            self._suspect(link, f"no answer to a heartbeat for {now - link.asked:.1f} s", link.asked, now)
         return HEARTBEAT
 
     # -- relayed requests: sent now, answered when the worker's reply is read ------------------
@@ -538,7 +540,8 @@ class ShardedDomain(Domain):
         client's answer of the worker's reply when the loop reads it (`_hear_line`); till then
         `session` is parked (its later requests stay unread, so none overtakes this answer).
         Unanswered within WORKER_TIMEOUT (START_TIMEOUT for a worker not yet heard from), the worker
-        is hung (`_check_relays`); lost, `again` asks its replacement, else `undo` and ENETDOWN.
+        is suspect (`_check_relays`, `_suspect`); lost, `again` asks its replacement, else `undo`
+        and ENETDOWN.
         A worker found dead here is dealt with at once: WorkerLost, with the reason."""
         k = line.index
         link = self.links.get(k)
@@ -551,8 +554,8 @@ class ShardedDomain(Domain):
         except OSError as e:  # it died, its death not heard yet (its command socket's EOF waits in the loop)
             raise WorkerLost(errno.ENETDOWN, self._worker_died(link)) from e
         bound = WORKER_TIMEOUT if link.ready else START_TIMEOUT
-        line.waiting.append(Waiting(session, req, done or _same, undo or _nothing, again,
-                                    time.monotonic() + bound, bound))
+        now = time.monotonic()
+        line.waiting.append(Waiting(session, req, done or _same, undo or _nothing, again, now + bound, bound, now))
         self._busy.add(line)
         if session is not None:
             session.waiting = True
@@ -609,10 +612,14 @@ class ShardedDomain(Domain):
         assert answer is not None
         if answer[0] is LATER:  # asked again (of a replacement): still waiting
             return
-        s.waiting = s.unread = False
         if s.sock is not None:
-            self._watch_session(s)
-            self._reply(s, *answer)
+            self._unpark(s, *answer)
+
+    def _unpark(self, s: Session, reply: P.Reply, fds: list[int]) -> None:
+        """Answer parked session `s`'s request, and read it again (its next request, its end)."""
+        s.waiting = s.unread = False
+        self._watch_session(s)
+        self._reply(s, reply, fds)
 
     def _lost(self, waiting: list[Waiting], why: str) -> None:
         """Requests whose worker died or hung before it answered: an open is asked of the
@@ -645,8 +652,37 @@ class ShardedDomain(Domain):
             self._hear_line(line)  # an answer waiting unread (usnetd's own loop was slow) counts
             link = self.links.get(line.index)
             if line.waiting and w in line.waiting and link is not None:
-                self._worker_hung(link, f"no answer to {type(w.req).__name__} within {w.bound:g} s")
+                later = self._suspect(link, f"no answer to {type(w.req).__name__} within {w.bound:g} s",
+                                      w.asked, now)
+                if later is not None:  # starved, not hung: its requests past their deadline wait on
+                    for x in line.waiting:
+                        x.deadline = max(x.deadline, now + later)
+                    wait = min(wait, later)
         return wait
+
+    def _suspect(self, link: WorkerLink, what: str, asked: float, now: float) -> float | None:
+        """Worker `link` let a deadline pass (`what`, asked at `asked`): hung, or only starved of
+        CPU? Read from /proc and judged (usnet.domain.liveness): hung, it is killed and replaced
+        (None); starved, the seconds until it is looked at again (at most HARD_LIMIT after `asked`).
+        Only when a deadline passes, and at most one /proc read per PROBE/2 s per worker."""
+        prev = link.probe
+        if prev is not None and now - prev[0] < PROBE / 2:  # looked at just now (another deadline)
+            return prev[0] + PROBE - now
+        st = read_stat(link.pid)
+        watched, ticks = 0.0, 0
+        if st is not None:
+            if prev is not None and now - prev[0] <= 4 * PROBE:  # (older: a past episode, measured afresh)
+                watched, ticks = now - prev[0], st.ticks - prev[1]
+            link.probe = (now, st.ticks)
+        verdict = judge(None if st is None else st.state, ticks, watched, now - asked)
+        if verdict.hung:
+            self._worker_hung(link, f"{what}; {verdict.why}")
+            return None
+        if watched and not link.starved:
+            link.starved = True
+            log.warning("usnetd worker %d (pid %d) %s (%s): given more time, at most %g s", link.index, link.pid,
+                        verdict.why, what, HARD_LIMIT)
+        return PROBE
 
     def _close_line(self, key: tuple[int, int]) -> list[Waiting]:
         """Close usnetd's session `key` in its worker; what waited on it, returned."""
@@ -689,9 +725,7 @@ class ShardedDomain(Domain):
             self._sel.unregister(link.cmd)
         except (KeyError, ValueError):
             pass
-        for sock in (link.admin, link.cmd):
-            if sock is not None:
-                sock.close()
+        link.cmd.close()
         how = link.reap(self.spawner)
         if why is None:
             why = f"usnetd worker {k} (pid {link.pid}) died ({how})"
@@ -764,6 +798,8 @@ class ShardedDomain(Domain):
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         if session.over_limit is None:
+            if type(req) is P.Status and req.part == 0 and self.n > 1:
+                return self._gather_status(session)
             if type(req) is P.OpenFlow and req.netif in self.sharded:
                 return self._open_connector(session, req) if req.connector else self._open_sharded(session, req)
             channel = getattr(req, "channel", None)
@@ -1038,28 +1074,121 @@ class ShardedDomain(Domain):
                     sock.close()
 
     def status(self, viewer: Session | None = None) -> dict:
+        """usnetd's own status, with an entry per worker: its pid and restarts, and why it is down or
+        silent (`error`). A worker's netifs are its own to tell: `usnet status` asks each one
+        without waiting (`_gather_status`); this snapshot (metrics, an embedded caller) never asks."""
         info = super().status(viewer)
         workers: list[dict] = [{"index": 0, "pid": os.getpid(),
                                 "netifs": [n for n in info["netifs"] if n["netif"]["name"] in self.sharded]}]
+        now = time.monotonic()
         for k in range(1, self.n):
             link = self.links.get(k)
+            entry: dict = {"index": k, "pid": 0 if link is None else link.pid, "restarts": self.restarts.get(k, 0)}
+            silent = now - link.asked if link is not None and link.asked is not None else 0.0
             if link is None:
-                workers.append({"index": k, "pid": 0, "restarts": self.restarts.get(k, 0),
-                                "error": self.down.get(k, "down")})
-                continue
-            silent = time.monotonic() - link.asked if link.asked is not None else 0.0
-            try:
-                if link.ready and silent > HEARTBEAT:  # silent: not asked (its answer would hold this loop)
-                    raise OSError(errno.ETIMEDOUT, f"not answering (no answer to a heartbeat for {silent:.1f} s)")
-                if link.admin is None:
-                    link.admin = link.new_session()
-                workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
-                                "netifs": _worker_status(link.admin)})
-            except (OSError, P.ProtocolError) as e:
-                workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
-                                "error": str(e)})
+                entry["error"] = self.down.get(k, "down")
+            elif link.ready and silent > HEARTBEAT:  # not asked: its answer would only come at the deadline
+                entry["error"] = f"not answering (no answer to a heartbeat for {silent:.1f} s)"
+            workers.append(entry)
         info["workers"] = workers
         return info
+
+    def _gather_status(self, session: Session) -> tuple[P.Reply, list[int]]:
+        """`usnet status` (Status part 0): usnetd's part now, each live worker's asked on usnetd's
+        admin session there (`_admin_line`) without waiting. The client's session is parked (as for
+        any relayed request) till the last worker's reply is read, or WORKER_TIMEOUT passes and a
+        worker still silent is reported "not answering" (`_check_gathers`); the loop serves the
+        others meanwhile. Whether a silent worker is hung stays the relay's deadline's to judge."""
+        info = self.status(session)
+        g = Gather(session, info, {w["index"]: w for w in info["workers"]}, {},
+                   time.monotonic() + WORKER_TIMEOUT)
+        for k, entry in g.entries.items():
+            if k and "error" not in entry:
+                try:
+                    self._ask_status(g, k, 0)
+                except OSError as e:
+                    entry["error"] = str(e)
+        if not g.pending:
+            return self._status_reply(g), []
+        session.waiting = True
+        self._gathers.append(g)
+        return LATER, []
+
+    def _admin_line(self, k: int) -> Line:
+        """usnetd's own session in worker k (its status), made at its first use: a Line of session
+        id -1 (no client's), closed with the worker like any line."""
+        line = self._lines.get((-1, k))
+        if line is None:
+            link = self.links.get(k)
+            if link is None:
+                raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
+            sock = link.new_session()
+            sock.setblocking(False)
+            line = self._lines[-1, k] = Line(-1, k, sock)
+            self._sel.register(sock, selectors.EVENT_READ, ("relay", line))
+        return line
+
+    def _ask_status(self, g: Gather, k: int, part: int) -> None:
+        """Ask worker k for part `part` of its status for `g`; its reply is `heard` in the loop."""
+        if part == 0:
+            g.pending[k] = []
+
+        def heard(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
+            parts = g.pending.get(k)
+            if parts is None or g.answered:  # (answered at the deadline: a late part is dropped)
+                return LATER, []
+            try:
+                if type(reply) is not P.StatusReply or reply.part != len(parts) or reply.parts > 4096:
+                    raise OSError(errno.EPROTO, f"status: {type(reply).__name__}")
+                parts.append(reply.data)
+                if len(parts) < reply.parts:
+                    self._ask_status(g, k, len(parts))
+                    return LATER, []
+                g.entries[k]["netifs"] = P.decode_status(b"".join(parts))["netifs"]
+            except (OSError, P.ProtocolError, KeyError, TypeError) as e:
+                g.entries[k]["error"] = f"its status: {e}"
+            self._status_heard(g, k)
+            return LATER, []
+
+        def lost() -> None:  # the worker died or hung before it answered (the log says which)
+            if k in g.pending and not g.answered:
+                g.entries[k]["error"] = f"usnetd worker {k} was lost before it answered"
+                self._status_heard(g, k)
+        self._send(self._admin_line(k), None, P.Status(part), heard, lost)
+
+    def _status_heard(self, g: Gather, k: int) -> None:
+        g.pending.pop(k, None)
+        if not g.pending and not g.answered:
+            self._status_answer(g)
+
+    def _status_answer(self, g: Gather) -> None:
+        """`g` is complete (or its deadline passed): its client gets part 0, and is read again."""
+        g.answered = True
+        if g in self._gathers:
+            self._gathers.remove(g)
+        if g.session.sock is not None:
+            self._unpark(g.session, self._status_reply(g), [])
+
+    def _status_reply(self, g: Gather) -> P.StatusReply:
+        s = g.session
+        data = P.encode_status(g.info)
+        step = P.STATUS_PART
+        s.status_parts = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
+        return P.StatusReply(s.status_parts[0], 0, len(s.status_parts))
+
+    def _check_gathers(self, now: float) -> float:
+        """Seconds until the next status's deadline; one past it is answered, a worker still
+        silent reported "not answering". A comparison per status being gathered."""
+        wait = HEARTBEAT
+        for g in list(self._gathers):
+            if g.deadline > now:
+                wait = min(wait, g.deadline - now)
+                continue
+            for k in g.pending:
+                g.entries[k]["error"] = f"not answering (no answer to Status within {WORKER_TIMEOUT:g} s)"
+            g.pending.clear()
+            self._status_answer(g)
+        return wait
 
     def stop(self) -> None:
         super().stop()
@@ -1097,18 +1226,6 @@ def _nothing() -> None:
 def _close(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
-
-
-def _worker_status(sock: socket.socket) -> list:
-    parts: list[bytes] = []
-    total = 1
-    while len(parts) < total:
-        reply, _ = relay(sock, P.Status(len(parts)))
-        if type(reply) is not P.StatusReply:
-            raise OSError(errno.EPROTO, f"status: {reply!r}")
-        parts.append(reply.data)
-        total = reply.parts
-    return P.decode_status(b"".join(parts))["netifs"]
 
 
 class WorkerDomain(Domain):
