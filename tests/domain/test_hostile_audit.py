@@ -326,34 +326,6 @@ def test_a_client_with_a_huge_command_line_costs_a_bounded_read(monkeypatch):
     assert asked and all(0 < n <= 4096 for n in asked), asked
 
 
-def test_a_workers_late_reply_is_not_taken_as_the_next_requests_answer():
-    """usnetd relays a request to a worker and waits at most WORKER_TIMEOUT; a reply that comes
-    after that (to the request that timed out) waits on the socket. The next relay must drop it
-    and its descriptors, not answer the next request with it."""
-    from usnet.domain.workers import relay
-
-    ours, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    late_fd = os.open("/dev/null", os.O_RDONLY)
-    send_msg(worker, P.encode(P.Pong([(1, 64, 1000, 64)])), [late_fd])  # the late answer to an earlier request
-    os.close(late_fd)
-
-    def answer() -> None:
-        data, fds = recv_msg(worker, 16)
-        assert isinstance(P.decode_request(data), P.Status) and not fds
-        send_msg(worker, P.encode(P.Done()))
-
-    t = threading.Thread(target=answer)
-    t.start()
-    before = len(os.listdir("/proc/self/fd"))
-    ours.settimeout(5)
-    reply, fds = relay(ours, P.Status(0))
-    t.join(5)
-    assert isinstance(reply, P.Done) and fds == []
-    assert len(os.listdir("/proc/self/fd")) == before  # the late reply's descriptor came and was closed
-    ours.close()
-    worker.close()
-
-
 def test_a_uid_connecting_in_a_loop_cannot_flood_the_log(domain, caplog):
     """Attack: connect and hang up in a loop. Each session's start and end were logged, two lines
     per connection at the client's pace; now the lines past a budget (usnet.domain.loglimit) are

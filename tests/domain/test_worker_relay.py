@@ -105,22 +105,66 @@ def test_a_client_gone_while_its_open_waits_leaves_no_port_held(tapd2):
         b.close()
 
 
+def _status(sock: socket.socket, asked: bool = False) -> dict:
+    """Status on a raw session (part 0 already `asked`, or asked here), every part: the snapshot."""
+    parts: list[bytes] = []
+    total = 1
+    while len(parts) < total:
+        if parts or not asked:
+            send_msg(sock, P.encode(P.Status(len(parts))))
+        reply = _answer(sock)
+        assert isinstance(reply, P.StatusReply), reply
+        parts.append(reply.data)
+        total = reply.parts
+    return P.decode_status(b"".join(parts))
+
+
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
-def test_status_does_not_ask_a_worker_that_leaves_its_heartbeat_unanswered(tapd2):
-    """`usnet status` while worker 1 is stopped: usnetd does not ask it (its answer, never coming,
-    would hold the loop WORKER_TIMEOUT) but reports it as not answering, till the heartbeat's
-    bound finds it hung and it is replaced."""
+def test_status_waits_on_a_stopped_worker_for_its_client_alone(tapd2):
+    """A's `usnet status` while worker 1 is stopped: usnetd asks the worker and parks A, but serves
+    B meanwhile (its Hello, an open on worker 0); A then gets the status, worker 1 reported "not
+    answering" with its old pid. Before, usnetd's loop waited for worker 1's answer (1 s) and B
+    was answered after A."""
+    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+
+    a, _ = raw_session(tapd2.path, "a")
+    b, _ = raw_session(tapd2.path, "b")
     pid = _workers(tapd2.path)[1]["pid"]
     os.kill(pid, signal.SIGSTOP)
-    seen: list[dict] = []
-
-    def silent_reported() -> bool:
-        seen.append(_workers(tapd2.path)[1])
-        return seen[-1]["pid"] == pid and "not answering (no answer to a heartbeat" in seen[-1].get("error", "")
     try:
-        wait_until(silent_reported, 10, "status to report worker 1 not answering")
+        send_msg(a, P.encode(P.Status(0)))
+        wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's Status")
+        send_msg(b, P.encode(P.Hello(P.PROTOCOL_VERSION, "b again")))
+        assert isinstance(_answer(b), P.Welcome)
+        send_msg(b, P.encode(P.OpenFlow("usnet0", 17, 7014)))  # worker 0's port
+        assert isinstance(_answer(b), P.FlowOpened)
+        assert not select.select([a], [], [], 0)[0], "A's status was answered before B was served"
+
+        a.settimeout(WORKER_TIMEOUT + START_TIMEOUT + 5)
+        w1 = _status(a, asked=True)["workers"][1]
+        assert w1["pid"] == pid and w1.get("error", "").startswith("not answering"), w1
+        assert "netifs" not in w1, w1
+        send_msg(a, P.encode(P.Hello(P.PROTOCOL_VERSION, "a again")))  # A is read again
+        assert isinstance(_answer(a), P.Welcome)
     finally:
-        os.kill(pid, signal.SIGKILL)
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_status_gathers_every_workers_netifs(tapd2):
+    """The asynchronous status joins each worker's paged reply: worker 1's netifs, with a flow it
+    serves, are in the snapshot as worker 0's are."""
+    a, _ = raw_session(tapd2.path, "a")
+    send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7015)))  # worker 1's
+    assert isinstance(_answer(a), P.FlowOpened)
+    workers = _status(a)["workers"]
+    assert [w["index"] for w in workers] == [0, 1] and all("error" not in w for w in workers), workers
+    ports = [f["local_port"] for nif in workers[1]["netifs"] for f in nif["flows"]]
+    assert 7015 in ports, workers[1]
+    a.close()
 
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)

@@ -423,6 +423,7 @@ class ShardedDomain(Domain):
         self._lines: dict[tuple[int, int], Line] = {}  # (session id, worker) -> usnetd's session there
         self._busy: set[Line] = set()  # the lines with requests waiting for an answer (their deadlines)
         self._gathers: list[Gather] = []  # `usnet status` requests waiting for workers' parts
+        self._losses: dict[int, str] = {}  # worker -> why it was last lost (died, hung)
         # (session id, worker) -> the liveness pair: the client's end goes with every flow opened there
         # (FlowOpened's sixth descriptor); usnetd writes why and closes its end when the worker dies
         self._alive: dict[tuple[int, int], tuple[socket.socket, socket.socket]] = {}
@@ -495,7 +496,7 @@ class ShardedDomain(Domain):
 
     def _housekeeping(self) -> float:
         wait = super()._housekeeping()
-        return min(wait, self._check_workers(), self._check_relays(), self._check_gathers(time.monotonic()))
+        return min(wait, self._check_workers(), self._check_gathers(time.monotonic()), self._check_relays())
 
     def _check_workers(self) -> float:
         """The heartbeat (every HEARTBEAT s; a comparison per loop turn otherwise): each worker is
@@ -713,7 +714,7 @@ class ShardedDomain(Domain):
         waiting: list[Waiting] = []
         for key in [key for key in self._lines if key[1] == k]:
             waiting += self._close_line(key)
-        why = self._replace(link, why)
+        why = self._losses[k] = self._replace(link, why)
         self._lost(waiting, why)
         return why
 
@@ -1074,21 +1075,17 @@ class ShardedDomain(Domain):
                     sock.close()
 
     def status(self, viewer: Session | None = None) -> dict:
-        """usnetd's own status, with an entry per worker: its pid and restarts, and why it is down or
-        silent (`error`). A worker's netifs are its own to tell: `usnet status` asks each one
+        """usnetd's own status, with an entry per worker: its pid and restarts, and why it is down
+        (`error`). A worker's netifs are its own to tell: `usnet status` asks each one
         without waiting (`_gather_status`); this snapshot (metrics, an embedded caller) never asks."""
         info = super().status(viewer)
         workers: list[dict] = [{"index": 0, "pid": os.getpid(),
                                 "netifs": [n for n in info["netifs"] if n["netif"]["name"] in self.sharded]}]
-        now = time.monotonic()
         for k in range(1, self.n):
             link = self.links.get(k)
             entry: dict = {"index": k, "pid": 0 if link is None else link.pid, "restarts": self.restarts.get(k, 0)}
-            silent = now - link.asked if link is not None and link.asked is not None else 0.0
             if link is None:
                 entry["error"] = self.down.get(k, "down")
-            elif link.ready and silent > HEARTBEAT:  # not asked: its answer would only come at the deadline
-                entry["error"] = f"not answering (no answer to a heartbeat for {silent:.1f} s)"
             workers.append(entry)
         info["workers"] = workers
         return info
@@ -1150,9 +1147,9 @@ class ShardedDomain(Domain):
             self._status_heard(g, k)
             return LATER, []
 
-        def lost() -> None:  # the worker died or hung before it answered (the log says which)
+        def lost() -> None:  # the worker died or hung before it answered
             if k in g.pending and not g.answered:
-                g.entries[k]["error"] = f"usnetd worker {k} was lost before it answered"
+                g.entries[k]["error"] = f"not answering: {self._losses.get(k, 'lost')}"
                 self._status_heard(g, k)
         self._send(self._admin_line(k), None, P.Status(part), heard, lost)
 
