@@ -13,6 +13,7 @@ port are answered while A's open still has no answer (nothing to read on A's soc
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -20,6 +21,7 @@ import signal
 import socket
 import struct
 import termios
+from collections.abc import Iterator
 
 import pytest
 
@@ -129,9 +131,7 @@ def test_status_waits_on_a_stopped_worker_for_its_client_alone(tapd2):
 
     a, _ = raw_session(tapd2.path, "a")
     b, _ = raw_session(tapd2.path, "b")
-    pid = _workers(tapd2.path)[1]["pid"]
-    os.kill(pid, signal.SIGSTOP)
-    try:
+    with _stopped_worker(tapd2.path) as pid, contextlib.closing(a), contextlib.closing(b):
         send_msg(a, P.encode(P.Status(0)))
         wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's Status")
         send_msg(b, P.encode(P.Hello(P.PROTOCOL_VERSION, "b again")))
@@ -146,11 +146,18 @@ def test_status_waits_on_a_stopped_worker_for_its_client_alone(tapd2):
         assert "netifs" not in w1, w1
         send_msg(a, P.encode(P.Hello(P.PROTOCOL_VERSION, "a again")))  # A is read again
         assert isinstance(_answer(a), P.Welcome)
+
+
+@contextlib.contextmanager
+def _stopped_worker(path: str) -> Iterator[int]:
+    """Worker 1 stopped (SIGSTOP) for the block; its pid. Killed after, if usnetd has not."""
+    pid = _workers(path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
     finally:
         if os.path.exists(f"/proc/{pid}"):
             os.kill(pid, signal.SIGKILL)
-        a.close()
-        b.close()
 
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)

@@ -520,16 +520,18 @@ class ShardedDomain(Domain):
 
     # -- relayed requests: sent now, answered when the worker's reply is read ------------------
 
-    def _line(self, session: Session, k: int) -> Line:
-        """usnetd's session in worker k for client `session` (made at its first use there)."""
-        line = self._lines.get((session.id, k))
+    def _line(self, session: Session | None, k: int) -> Line:
+        """usnetd's session in worker k for client `session` (made at its first use there); None:
+        usnetd's own there (its status: `_ask_status`), a Line of session id -1."""
+        sid = -1 if session is None else session.id
+        line = self._lines.get((sid, k))
         if line is None:
             link = self.links.get(k)
             if link is None:
                 raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
             sock = link.new_session()
             sock.setblocking(False)
-            line = self._lines[session.id, k] = Line(session.id, k, sock)
+            line = self._lines[sid, k] = Line(sid, k, sock)
             self._sel.register(sock, selectors.EVENT_READ, ("relay", line))
         return line
 
@@ -1092,7 +1094,7 @@ class ShardedDomain(Domain):
 
     def _gather_status(self, session: Session) -> tuple[P.Reply, list[int]]:
         """`usnet status` (Status part 0): usnetd's part now, each live worker's asked on usnetd's
-        admin session there (`_admin_line`) without waiting. The client's session is parked (as for
+        own session there (`_line`) without waiting. The client's session is parked (as for
         any relayed request) till the last worker's reply is read, or WORKER_TIMEOUT passes and a
         worker still silent is reported "not answering" (`_check_gathers`); the loop serves the
         others meanwhile. Whether a silent worker is hung stays the relay's deadline's to judge."""
@@ -1110,20 +1112,6 @@ class ShardedDomain(Domain):
         session.waiting = True
         self._gathers.append(g)
         return LATER, []
-
-    def _admin_line(self, k: int) -> Line:
-        """usnetd's own session in worker k (its status), made at its first use: a Line of session
-        id -1 (no client's), closed with the worker like any line."""
-        line = self._lines.get((-1, k))
-        if line is None:
-            link = self.links.get(k)
-            if link is None:
-                raise OSError(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is down"))
-            sock = link.new_session()
-            sock.setblocking(False)
-            line = self._lines[-1, k] = Line(-1, k, sock)
-            self._sel.register(sock, selectors.EVENT_READ, ("relay", line))
-        return line
 
     def _ask_status(self, g: Gather, k: int, part: int) -> None:
         """Ask worker k for part `part` of its status for `g`; its reply is `heard` in the loop."""
@@ -1151,7 +1139,7 @@ class ShardedDomain(Domain):
             if k in g.pending and not g.answered:
                 g.entries[k]["error"] = f"not answering: {self._losses.get(k, 'lost')}"
                 self._status_heard(g, k)
-        self._send(self._admin_line(k), None, P.Status(part), heard, lost)
+        self._send(self._line(None, k), None, P.Status(part), heard, lost)
 
     def _status_heard(self, g: Gather, k: int) -> None:
         g.pending.pop(k, None)
