@@ -977,6 +977,8 @@ class ShardedDomain(Domain):
             try:
                 line = self._line(session, k)
             except (BrokenPipeError, ConnectionResetError) as e:  # (from new_session)
+                if retried:  # the replacement asked again died too, its death not heard yet
+                    raise _died_again(k) from e
                 raise OSError(errno.EAGAIN, f"usnetd worker {k} died during this open "
                                             f"({e.strerror or e}); it is being restarted: try again") from e
             if (session.id, k) not in self._alive:
