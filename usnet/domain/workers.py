@@ -496,7 +496,7 @@ class ShardedDomain(Domain):
 
     def _housekeeping(self) -> float:
         wait = super()._housekeeping()
-        return min(wait, self._check_workers(), self._check_gathers(time.monotonic()), self._check_relays())
+        return min(wait, self._check_workers(), self._check_gathers(), self._check_relays())
 
     def _check_workers(self) -> float:
         """The heartbeat (every HEARTBEAT s; a comparison per loop turn otherwise): each worker is
@@ -1163,9 +1163,12 @@ class ShardedDomain(Domain):
         s.status_parts = [data[i:i + step] for i in range(0, len(data), step)] or [b""]
         return P.StatusReply(s.status_parts[0], 0, len(s.status_parts))
 
-    def _check_gathers(self, now: float) -> float:
+    def _check_gathers(self) -> float:
         """Seconds until the next status's deadline; one past it is answered, a worker still
-        silent reported "not answering". A comparison per status being gathered."""
+        silent reported "not answering". A comparison per status being gathered; none, nothing."""
+        if not self._gathers:
+            return HEARTBEAT
+        now = time.monotonic()
         wait = HEARTBEAT
         for g in list(self._gathers):
             if g.deadline > now:
