@@ -1,20 +1,21 @@
 """Issue 18: a departed client's ports on worker k are not handed out till worker k has let them go.
 
-`usnetd --workers 2`. When a client's session ends, usnetd closes its session in worker 1 (half:
-the worker ends it as OWNER_GONE, then closes its end) and keeps the ports of the client's flows
-and connector blocks there reserved till that close is heard ("draining"). Before, it released
-them at once, and another client given one of them in that window was refused by worker 1, which
-still held it: EADDRINUSE for an explicit bind, caused by someone else's exit.
+`usnetd --workers 2`. When a client's session ends, usnetd half-closes its session in worker 1
+(the worker ends it as OWNER_GONE, its flows closed and their TCP peers reset, then closes its
+end) and keeps the ports of the client's flows and connector blocks there reserved, "draining",
+till it hears that close; a request for one of them meanwhile waits (its session parked, as for
+a relayed request) and is served when the drain ends. Before, usnetd released them at once and
+could hand one to another client while worker 1 still held it, which then depended on worker 1
+ending the first session before serving the second's request.
 
-The window is held open deterministically: worker 1 is stopped (SIGSTOP) before A leaves, and A
-leaves a few relayed notices (ReleasePorts on its worker-1 connector, which do not park it)
-unread in its session there; a worker serves one request per session per turn, so on SIGCONT it
-serves B's request before A's end, unless usnetd made B wait. B's request must then succeed.
+The window is held open by stopping worker 1 (SIGSTOP) before A leaves; usnetd's status shows
+what drains and how many requests wait for it (`draining`, `port_waits`).
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from tests.helpers.hostile_harness import raw_session
 from tests.helpers.util import wait_until
 from usnet.abi import protocol as P
 from usnet.abi.transport import send_msg
+from usnet.client import Client
 
 pytestmark = pytest.mark.privileged
 
@@ -37,73 +39,53 @@ def _ask(sock: socket.socket, req: P.Request) -> P.Reply:
     return _answer(sock)
 
 
-def _leave_while_stopped(d, a: socket.socket, a_id: int, connector: int, pid: int) -> None:
-    """Worker 1 (`pid`) stopped; A queues three relayed notices in its session there, then leaves."""
-    os.kill(pid, signal.SIGSTOP)
-    for _ in range(3):
-        send_msg(a, P.encode(P.ReleasePorts(connector, [1])))  # (answered EINVAL there: no port of its)
-    wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's notices")
-    a.close()
-    wait_until(lambda: f"session end session={a_id} " in d.daemon.log_text(), 10, "A's session to end")
-
-
-def _a_with_connector(d) -> tuple[socket.socket, int, int, list[int]]:
-    """Client A with a connector on worker 1 and a block of 4 of its ports."""
+def _a_on_worker_1(d) -> tuple[socket.socket, int, list[int]]:
+    """Client A with UDP port 7011 (worker 1's) and a connector on worker 1 holding a block of 4."""
     a, a_id = raw_session(d.path, "a")
+    assert isinstance(got := _ask(a, P.OpenFlow("usnet0", 17, 7011)), P.FlowOpened), got
     opened = _ask(a, P.OpenFlow("usnet0", 6, connector=True, worker=1))
     assert isinstance(opened, P.FlowOpened), opened
     block = _ask(a, P.AddPorts(opened.channel, 4))
     assert isinstance(block, P.PortsAdded) and all(p % 2 == 1 for p in block.ports), block
-    return a, a_id, opened.channel, block.ports
-
-
-def _b_asks_in_the_window(d, pid: int, req: P.Request) -> P.Reply:
-    """B sends `req` while worker 1 is stopped, after A's end; the worker goes on; B's answer."""
-    b, _ = raw_session(d.path, "b")
-    try:
-        send_msg(b, P.encode(req))
-        wait_until(lambda: _unread(b) == 0, 10, "usnetd to read B's request")
-        os.kill(pid, signal.SIGCONT)
-        return _answer(b)
-    finally:
-        b.close()
-
-
-def _same_worker(d, pid: int) -> None:
-    """The window was held by a stopped worker, not ended by its replacement (a hung worker is
-    killed after HUNG_AFTER s, which frees everything: then the test proved nothing)."""
-    assert _workers(d.path)[1]["pid"] == pid, "worker 1 was found hung and replaced: the window closed early"
+    return a, a_id, block.ports
 
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
-def test_a_departed_clients_port_on_worker_1_is_bound_by_the_next_client(tapd2):
-    """A holds UDP port 7011 (worker 1's) and leaves; B binds 7011 at once: it gets it."""
-    a, a_id, connector, _ = _a_with_connector(tapd2)
-    got = _ask(a, P.OpenFlow("usnet0", 17, 7011))
-    assert isinstance(got, P.FlowOpened), got
+def test_a_departed_clients_ports_wait_for_worker_1_then_bind_for_the_next_clients(tapd2):
+    """Worker 1 stopped, A leaves; B1 binds A's UDP port 7011 and B2 listens on a port of A's
+    connector block at once. usnetd holds A's five ports, draining, while worker 1 has not ended
+    A's session, and B1 and B2 wait (not refused, not relayed to a worker that still holds the
+    ports); worker 1 goes on, ends A's session, and both get their port."""
+    a, a_id, block = _a_on_worker_1(tapd2)
     pid = _workers(tapd2.path)[1]["pid"]
+    b1, _ = raw_session(tapd2.path, "b1")
+    b2, _ = raw_session(tapd2.path, "b2")
+    os.kill(pid, signal.SIGSTOP)
     try:
-        _leave_while_stopped(tapd2, a, a_id, connector, pid)
-        got = _b_asks_in_the_window(tapd2, pid, P.OpenFlow("usnet0", 17, 7011))
-        assert isinstance(got, P.FlowOpened) and got.local_port == 7011, got
-        _same_worker(tapd2, pid)
+        a.close()
+        wait_until(lambda: f"session end session={a_id} " in tapd2.daemon.log_text(), 10, "A's session to end")
+        for b, req in ((b1, P.OpenFlow("usnet0", 17, 7011)), (b2, P.OpenFlow("usnet0", 6, block[0]))):
+            send_msg(b, P.encode(req))
+            wait_until(lambda b=b: _unread(b) == 0, 10, "usnetd to read B's open")
+        with Client.connect(tapd2.path) as c:
+            info = c.status()
+        assert info["workers"][1]["draining"] == {"sessions": 1, "ports": 5}, info["workers"][1]
+        assert info["port_waits"] == 2
+        assert not select.select([b1, b2], [], [], 0)[0], "an open was answered while its port drained"
+        os.kill(pid, signal.SIGCONT)
+        got1, got2 = _answer(b1), _answer(b2)
+        assert isinstance(got1, P.FlowOpened) and got1.local_port == 7011, got1
+        assert isinstance(got2, P.FlowOpened) and got2.local_port == block[0], got2
+        with Client.connect(tapd2.path) as c:
+            info = c.status()
+        assert info["workers"][1]["draining"] == {"sessions": 0, "ports": 0} and info["port_waits"] == 0, info
+        # the window was held by the stopped worker, not closed by its replacement (a worker
+        # found hung is killed after HUNG_AFTER s, which frees everything: then this proved nothing)
+        assert info["workers"][1]["pid"] == pid, "worker 1 was found hung and replaced"
     finally:
         os.kill(pid, signal.SIGCONT)
-
-
-@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
-def test_a_departed_clients_connector_block_is_held_till_worker_1_lets_it_go(tapd2):
-    """A's connector on worker 1 holds a block and A leaves; B listens on a port of that block at
-    once: it gets it (waiting for worker 1 to end A's session, not refused by it)."""
-    a, a_id, connector, ports = _a_with_connector(tapd2)
-    pid = _workers(tapd2.path)[1]["pid"]
-    try:
-        _leave_while_stopped(tapd2, a, a_id, connector, pid)
-        got = _b_asks_in_the_window(tapd2, pid, P.OpenFlow("usnet0", 6, ports[0]))
-        assert isinstance(got, P.FlowOpened) and got.local_port == ports[0], got
-        _same_worker(tapd2, pid)
-    finally:
-        os.kill(pid, signal.SIGCONT)
+        b1.close()
+        b2.close()
 
 
 _CONNECT_TWICE = """
