@@ -1105,6 +1105,13 @@ class ShardedDomain(Domain):
         line.waiting.clear()
         return waiting
 
+    def _draining_status(self, k: int) -> dict[str, int]:
+        """Departed clients' sessions in worker k not ended there yet, and the ports usnetd holds for them."""
+        lines = [line for line in self._draining if line.index == k]
+        ports = sum((px.key is not None) + sum(len(b[0]) for b in px.blocks.values())
+                    for px in self.proxied.values() if px.line in lines)
+        return {"sessions": len(lines), "ports": ports}
+
     def _must_wait(self, e: OSError, proto: int, port: int, family: int) -> bool:
         """Whether a refusal `e` of a port (`port` 0: any ephemeral one) is only a departed client's
         ports still held for a draining session: then the request waits for the drain, not fails."""
@@ -1146,9 +1153,10 @@ class ShardedDomain(Domain):
                                 "netifs": [n for n in info["netifs"] if n["netif"]["name"] in self.sharded]}]
         for k in range(1, self.n):
             link = self.links.get(k)
+            draining = self._draining_status(k)
             if link is None:
                 workers.append({"index": k, "pid": 0, "restarts": self.restarts.get(k, 0),
-                                "error": self.down.get(k, "down")})
+                                "draining": draining, "error": self.down.get(k, "down")})
                 continue
             silent = time.monotonic() - link.asked if link.asked is not None else 0.0
             try:
@@ -1157,11 +1165,12 @@ class ShardedDomain(Domain):
                 if link.admin is None:
                     link.admin = link.new_session()
                 workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
-                                "netifs": _worker_status(link.admin)})
+                                "draining": draining, "netifs": _worker_status(link.admin)})
             except (OSError, P.ProtocolError) as e:
                 workers.append({"index": link.index, "pid": link.pid, "restarts": self.restarts.get(k, 0),
-                                "error": str(e)})
+                                "draining": draining, "error": str(e)})
         info["workers"] = workers
+        info["port_waits"] = len(self._deferred)  # requests waiting for a drain (`_defer`)
         return info
 
     def stop(self) -> None:
