@@ -26,9 +26,13 @@ A relayed request does not hold usnetd's loop: it is sent without waiting (`Shar
 its client's session parked (its later requests stay unread in its socket, so none overtakes
 the answer; only its end is heard), and the worker's reply, read in the loop like any event
 (`_hear_line`), is checked and made the client's answer (`_answer`). Meanwhile the loop serves
-everyone else. When the client's session ends, usnetd closes its
+everyone else. When the client's session ends, usnetd half-closes its
 sessions in the workers, which end theirs as OWNER_GONE: the flows are defuncted and their TCP
-peers reset, as on one core.
+peers reset, as on one core. Their ports (flows' and connector blocks') stay reserved in usnetd's
+namespace, "draining", till the worker closes its end, which it does once it has let them go
+(`_drained`); a request for one meanwhile waits, its session parked, and is served then
+(`_defer`), so no client is given a port a worker still holds. A worker that dies or hangs frees
+them with its death. `usnet status` shows each worker's drains.
 
 Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
 neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
@@ -659,7 +663,10 @@ class ShardedDomain(Domain):
 
     def _close_line(self, key: tuple[int, int]) -> list[Waiting]:
         """Close usnetd's session `key` in its worker; what waited on it, returned."""
-        line = self._lines.pop(key)
+        return self._shut(self._lines.pop(key))
+
+    def _shut(self, line: Line) -> list[Waiting]:
+        """`line` unwatched and closed; what waited on it, returned (nobody will answer it now)."""
         self._busy.discard(line)
         try:
             self._sel.unregister(line.sock)
@@ -1095,15 +1102,7 @@ class ShardedDomain(Domain):
             self._ending[line.session_id] = left
         else:
             self._ending.pop(line.session_id, None)
-        self._busy.discard(line)
-        try:
-            self._sel.unregister(line.sock)
-        except (KeyError, ValueError):
-            pass
-        line.sock.close()
-        waiting = list(line.waiting)
-        line.waiting.clear()
-        return waiting
+        return self._shut(line)
 
     def _draining_status(self, k: int) -> dict[str, int]:
         """Departed clients' sessions in worker k not ended there yet, and the ports usnetd holds for them."""
