@@ -533,10 +533,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                   + (f"defunct {m['stall_defunct']:g} s later" if m["stall_defunct"] else "never defunct"))
     if info.get("workers"):  # usnetd --workers N: its processes, and how often each was restarted
         t = Table(title="workers")
-        for c in ("worker", "pid", "restarts", "state"):
+        for c in ("worker", "pid", "restarts", "draining", "state"):
             t.add_column(c)
         for w in info["workers"]:
+            # departed clients' sessions it has not ended yet, whose ports usnetd holds till it has
+            d = w.get("draining") or {}
             t.add_row(str(w["index"]), str(w["pid"] or "-"), str(w.get("restarts", 0)),
+                      f"{d['sessions']} session(s), {d['ports']} port(s)" if d.get("sessions") else "-",
                       f"[red]{w['error']}[/]" if "error" in w else "serving")
         con.print(t)
     if "lowlat" in info:  # a usnetd from before issue 5 has no low-latency agent

@@ -586,7 +586,10 @@ class FlowEngine:
                 for c in touched:
                     for w in cw.get(c, ()):
                         w._signal()
-        self.changed.notify_all()
+        # Nobody waits on `changed` under an asyncio loop or a selector: notify_all would still
+        # cost three Python calls a pump (its ownership check, notify), for nothing.
+        if self.changed._waiters:  # type: ignore[attr-defined]  # (as pump_wait's _release_save)
+            self.changed.notify_all()
         p = self.pumper
         if p is not None and p != threading.get_ident():
             # a blocked call sleeps on the doorbell, not on `changed`: ring it (rare: the runner's
@@ -737,12 +740,20 @@ class FlowEngine:
         """When this engine next needs the runner, absent traffic."""
         if self._backlog:
             return now + 0.0005
+        # (compared in line, not through a tuple and min over a generator: this runs after
+        # every pump of an asyncio loop, twice a request)
+        d = self.tcp.timeout(now)  # the IP layer has no timers: the switch reassembles
+        if self.stats_out is not None:
+            t = self.stats_out.due()
+            if t is not None and (d is None or t < d):
+                d = t
         ports = self.ports
-        due = (self.tcp.timeout(now),  # the IP layer has no timers: the switch reassembles
-               None if self.stats_out is None else self.stats_out.due(),
-               # a connector's freed ports to release, or an idle block to give back
-               self._next_return if ports is not None and (ports.bound or ports.idle_since) else None)
-        return min((t for t in due if t is not None), default=None)
+        if ports is not None and (ports.bound or ports.idle_since):
+            # a connector's freed ports to release, or an idle block to give back
+            t = self._next_return
+            if d is None or t < d:
+                d = t
+        return d
 
     def close(self) -> None:
         with self.lock:

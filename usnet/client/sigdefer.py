@@ -1,6 +1,6 @@
 """An engine's lock that holds a signal handler's exception off while the engine's state changes.
 
-Why (docs/design-notes.md, issue 16, "Signal exceptions at the wrong place"): Python runs a
+Why (docs/design-notes.md, "A program that drops root, and signals at the wrong place"): Python runs a
 signal handler in the main thread, between two bytecodes, and whatever it raises (an alarm's
 exception, KeyboardInterrupt) comes out of the code that was running there. On the kernel that
 code is a system call, which either completed or was interrupted whole (EINTR: PEP 475 retries
@@ -30,7 +30,8 @@ request): an outermost hold costs two `pthread_sigmask` calls through ctypes, th
 count (~0.4 µs a section). So the code keeps holds few rather than clever: a section that only
 reads the engine's state takes the plain RLock (`EngineLock.plain`, no system call), and
 several sections of one step share one `step` hold. Another thread's acquire costs an ident
-comparison above RLock's. (Measured figures: docs/design-notes.md, issue 16, "What a hold costs".)
+comparison above RLock's. (Measured figures: docs/design-notes.md, "What a signal hold costs on
+the hot path, and making it cheap".)
 """
 
 from __future__ import annotations

@@ -1947,8 +1947,9 @@ class socket:
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
-        if self._listening and not self._orphan:
-            self._orphan_if_gone()
+        eng = self._engine
+        if self._listening and not self._orphan and eng is not None and eng.error is not None:
+            self._orphan_if_gone()  # (only an engine's error can orphan it: not looked for otherwise)
         self._update()
 
     def _orphan_if_gone(self) -> None:

@@ -26,9 +26,13 @@ A relayed request does not hold usnetd's loop: it is sent without waiting (`Shar
 its client's session parked (its later requests stay unread in its socket, so none overtakes
 the answer; only its end is heard), and the worker's reply, read in the loop like any event
 (`_hear_line`), is checked and made the client's answer (`_answer`). Meanwhile the loop serves
-everyone else. When the client's session ends, usnetd closes its
+everyone else. When the client's session ends, usnetd half-closes its
 sessions in the workers, which end theirs as OWNER_GONE: the flows are defuncted and their TCP
-peers reset, as on one core.
+peers reset, as on one core. Their ports (flows' and connector blocks') stay reserved in usnetd's
+namespace, "draining", till the worker closes its end, which it does once it has let them go
+(`_drained`); a request for one meanwhile waits, its session parked, and is served then
+(`_defer`), so no client is given a port a worker still holds. A worker that dies or hangs frees
+them with its death. `usnet status` shows each worker's drains.
 
 Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
 neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
@@ -431,6 +435,11 @@ class ShardedDomain(Domain):
         self._quick_deaths: dict[int, int] = {}  # worker -> deaths in a row within RESTART_WITHIN of its start
         self.down: dict[int, str] = {}  # worker -> why it is down (not restarted)
         self._beat_at = 0.0  # when the next heartbeat goes (`_check_workers`)
+        # a departed client's sessions in the workers, closed by usnetd (half: SHUT_WR) and not yet
+        # by the worker: their channels' ports stay reserved here till the worker has let them go
+        self._draining: set[Line] = set()
+        self._ending: dict[int, int] = {}  # session id -> its lines still draining
+        self._deferred: list[tuple[Session, P.Request]] = []  # requests that wait for a drain (`_defer`)
         for link in links:
             self._watch(link)
         self.leases.remote_end = self._end_worker_lease
@@ -548,6 +557,8 @@ class ShardedDomain(Domain):
         A worker found dead here is dealt with at once: WorkerLost, with the reason."""
         k = line.index
         link = self.links.get(k)
+        if line in self._draining:  # (a lease's end, say, after its client left: its flows go anyway)
+            raise OSError(errno.ESHUTDOWN, f"the session in usnetd worker {k} is ending")
         if link is None or self._lines.get((line.session_id, k)) is not line:
             raise WorkerLost(errno.ENETDOWN, self.down.get(k, f"usnetd worker {k} is gone"))
         try:
@@ -580,7 +591,9 @@ class ShardedDomain(Domain):
                 data, fds = b"", []
             if not data:
                 link = self.links.get(line.index)
-                if link is not None and self._lines.get((line.session_id, line.index)) is line:
+                if line in self._draining:  # the worker ended that session: its ports are free there
+                    self._drained(line)
+                elif link is not None and self._lines.get((line.session_id, line.index)) is line:
                     self._worker_died(link)  # (the line's own end, closed by the worker, with its session)
                 return
             if not line.waiting:
@@ -689,7 +702,10 @@ class ShardedDomain(Domain):
 
     def _close_line(self, key: tuple[int, int]) -> list[Waiting]:
         """Close usnetd's session `key` in its worker; what waited on it, returned."""
-        line = self._lines.pop(key)
+        return self._shut(self._lines.pop(key))
+
+    def _shut(self, line: Line) -> list[Waiting]:
+        """`line` unwatched and closed; what waited on it, returned (nobody will answer it now)."""
         self._busy.discard(line)
         try:
             self._sel.unregister(line.sock)
@@ -716,8 +732,13 @@ class ShardedDomain(Domain):
         waiting: list[Waiting] = []
         for key in [key for key in self._lines if key[1] == k]:
             waiting += self._close_line(key)
+        draining = [line for line in self._draining if line.index == k]
+        for line in draining:  # its port space went with it: `_replace` drops their channels
+            waiting += self._end_drain(line)
         why = self._losses[k] = self._replace(link, why)
         self._lost(waiting, why)
+        if draining:
+            self._retry_deferred()
         return why
 
     def _replace(self, link: WorkerLink, why: str | None) -> str:
@@ -804,7 +825,13 @@ class ShardedDomain(Domain):
             if type(req) is P.Status and req.part == 0 and self.n > 1:
                 return self._gather_status(session)
             if type(req) is P.OpenFlow and req.netif in self.sharded:
-                return self._open_connector(session, req) if req.connector else self._open_sharded(session, req)
+                try:
+                    return self._open_connector(session, req) if req.connector else self._open_sharded(session, req)
+                except OSError as e:
+                    family = req.family or (6 if req.remote_addr is not None and ":" in req.remote_addr else 4)
+                    if self._must_wait(e, TCP if req.connector else req.proto, req.local_port, family):
+                        return self._defer(session, req)
+                    raise
             channel = getattr(req, "channel", None)
             px = self.proxied.get(channel) if isinstance(channel, int) else None
             if px is not None:
@@ -817,6 +844,10 @@ class ShardedDomain(Domain):
                         return self._worker_ports(session, px, req)
                     except WorkerLost:  # the channel is gone with it (WORKER_GONE, on its liveness socket)
                         self._drop_proxied(req.channel)
+                        raise
+                    except OSError as e:
+                        if type(req) is P.AddPorts and self._must_wait(e, TCP, 0, px.family):
+                            return self._defer(session, req)
                         raise
                 if not isinstance(req, _RELAYED):
                     raise OSError(errno.EOPNOTSUPP, f"{type(req).__name__} on a flow of worker {px.index}")
@@ -952,11 +983,10 @@ class ShardedDomain(Domain):
             if type(reply) is not P.FlowOpened:
                 undo()
                 return reply, fds
-            if session.sock is None:  # the client went meanwhile: its session there closed with it
-                undo()
-                return reply, []
             cid = next(self._ids)
             self.proxied[cid] = Proxied(k, reply.channel, session.id, line, key, charge, req.netif, reply.family)
+            if session.sock is None:  # the client went meanwhile: the flow goes with its session there,
+                return reply, []  # its port released when that has ended (`_drained`)
             return (msgspec.structs.replace(reply, channel=cid, workers=self.n if req.connector else 1),
                     [*fds, alive[1].fileno()])
 
@@ -1067,16 +1097,95 @@ class ShardedDomain(Domain):
             px.blocks.clear()
 
     def end_session(self, session: Session, reason: Any) -> None:
+        """The client is gone: its sessions in the workers are closed (half: the worker ends its own
+        as OWNER_GONE, its flows defunct, TCP peers reset, and then closes its end), and their
+        channels' ports and charges stay held here till it has (`_drained`), so no other client is
+        given a port the worker still holds. A worker that dies or hangs meanwhile frees them by
+        its death (`_worker_died`)."""
         super().end_session(session, reason)
         with self.lock:
-            for cid in [c for c, px in self.proxied.items() if px.session_id == session.id]:
-                self._drop_proxied(cid)
+            self._deferred = [(s, req) for s, req in self._deferred if s is not session]
             for key in [key for key in self._lines if key[0] == session.id]:
-                for w in self._close_line(key):  # the worker ends its session: OWNER_GONE, peers reset
-                    w.undo()  # (nobody to answer)
+                line = self._lines.pop(key)
+                try:
+                    line.sock.shutdown(socket.SHUT_WR)
+                except OSError:  # the worker is gone: its death is heard in the loop
+                    self._lines[key] = line
+                    for w in self._close_line(key):
+                        w.undo()  # (nobody to answer)
+                    continue
+                self._draining.add(line)
+                self._ending[session.id] = self._ending.get(session.id, 0) + 1
+            for cid in [c for c, px in self.proxied.items()
+                        if px.session_id == session.id and px.line not in self._draining]:
+                self._drop_proxied(cid)
             for key in [key for key in self._alive if key[0] == session.id]:
                 for sock in self._alive.pop(key):
                     sock.close()
+
+    # -- a departed client's ports: held till its worker has let them go --------------------------
+
+    def _drained(self, line: Line) -> None:
+        """Worker k closed its end of a departed client's session: that session has ended there
+        (its flows closed, their ports free in its port space), so usnetd releases them in its own
+        namespace now, with their charges, and serves the requests that waited for them."""
+        for w in self._end_drain(line):  # (none: the worker answers a session's requests before its end)
+            w.undo()
+        for cid in [c for c, px in self.proxied.items() if px.line is line]:
+            self._drop_proxied(cid)
+        self._retry_deferred()
+
+    def _end_drain(self, line: Line) -> list[Waiting]:
+        """`line` is drained (or its worker gone): forgotten and closed; what still waited on it."""
+        self._draining.discard(line)
+        left = self._ending.get(line.session_id, 0) - 1
+        if left > 0:
+            self._ending[line.session_id] = left
+        else:
+            self._ending.pop(line.session_id, None)
+        return self._shut(line)
+
+    def _draining_status(self, k: int) -> dict[str, int]:
+        """Departed clients' sessions in worker k not ended there yet, and the ports usnetd holds for them."""
+        lines = [line for line in self._draining if line.index == k]
+        ports = sum((px.key is not None) + sum(len(b[0]) for b in px.blocks.values())
+                    for px in self.proxied.values() if px.line in lines)
+        return {"sessions": len(lines), "ports": ports}
+
+    def _must_wait(self, e: OSError, proto: int, port: int, family: int) -> bool:
+        """Whether a refusal `e` of a port (`port` 0: any ephemeral one) is only a departed client's
+        ports still held for a draining session: then the request waits for the drain, not fails."""
+        if not self._ending:
+            return False
+        if e.errno == errno.EADDRNOTAVAIL:  # the range is full: a drain may give some back
+            return True
+        owner = self.ports.owner(proto, port, family) if port else None
+        return (e.errno == errno.EADDRINUSE and isinstance(owner, tuple) and len(owner) > 1
+                and owner[0] == "workers" and owner[1] in self._ending)
+
+    def _defer(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
+        """Park `session` with `req`, asked again when a drain ends (`_retry_deferred`): a drain
+        ends when the worker answers, or when it dies or is found hung (bounded by HUNG_AFTER)."""
+        self._deferred.append((session, req))
+        session.waiting = True
+        log.debug("session %d: %s waits for a departed client's ports in a worker", session.id,
+                  type(req).__name__)
+        return LATER, []
+
+    def _retry_deferred(self) -> None:
+        """A drain ended: every request waiting for one is served again (waits again if a port it
+        needs is still draining; its answer goes as a relayed request's: `_answer`)."""
+        todo, self._deferred = self._deferred, []
+        for s, req in todo:
+            if s.sock is None:
+                continue
+            w = Waiting(s, req, _same, _nothing, None, 0.0, 0.0, 0.0)
+            try:
+                answer = self._dispatch(s, req)
+            except Exception as e:
+                self._answer(w, None, e)
+                continue
+            self._answer(w, answer, None)
 
     def status(self, viewer: Session | None = None) -> dict:
         """usnetd's own status, with an entry per worker: its pid and restarts, and why it is down
@@ -1087,11 +1196,13 @@ class ShardedDomain(Domain):
                                 "netifs": [n for n in info["netifs"] if n["netif"]["name"] in self.sharded]}]
         for k in range(1, self.n):
             link = self.links.get(k)
-            entry: dict = {"index": k, "pid": 0 if link is None else link.pid, "restarts": self.restarts.get(k, 0)}
+            entry: dict = {"index": k, "pid": 0 if link is None else link.pid, "restarts": self.restarts.get(k, 0),
+                           "draining": self._draining_status(k)}
             if link is None:
                 entry["error"] = self.down.get(k, "down")
             workers.append(entry)
         info["workers"] = workers
+        info["port_waits"] = len(self._deferred)  # requests waiting for a drain (`_defer`)
         return info
 
     def _gather_status(self, session: Session) -> tuple[P.Reply, list[int]]:
@@ -1182,9 +1293,12 @@ class ShardedDomain(Domain):
 
     def stop(self) -> None:
         super().stop()
-        for line in self._lines.values():
+        for line in [*self._lines.values(), *self._draining]:
             line.sock.close()  # (the loop's selector, closed by now, watched them)
         self._lines.clear()
+        self._draining.clear()
+        self._ending.clear()
+        self._deferred.clear()
         self._busy.clear()
         for pair in self._alive.values():
             for sock in pair:

@@ -1542,7 +1542,7 @@ class TcpConnection:
         """Whether the ACK of a FIN received in ESTABLISHED may be delayed: not when an ACK is
         due anyway (the data with it asked for one, a gap), nor with delayed ACKs off, nor with
         more than a full segment unacknowledged (Linux's __tcp_ack_snd_check sends those now)."""
-        return (not self._ack_now and self.cfg.delack > 0 and not self._reasm
+        return (not self._ack_now and self.cfg.delack > 0 and (self._reasm is EMPTY_REASSEMBLY or not self._reasm)
                 and self._rcv_unacked <= self._rcv_mss)
 
     def _autotune_rcv(self, n: int, now: float) -> None:
@@ -1644,7 +1644,8 @@ class TcpConnection:
         if field > 0xFFFF:
             field = 0xFFFF
         self.rcv_adv = rcv_nxt + (field << sc)
-        if self._quick.left and (rcv_nxt != self._last_ack_sent or self._dsack or self._reasm):
+        if self._quick.left and (rcv_nxt != self._last_ack_sent or self._dsack
+                                 or (self._reasm is not EMPTY_REASSEMBLY and self._reasm)):
             self._quick.ack_sent()
         self._last_ack_sent = rcv_nxt
         self._ack_now = False
@@ -1657,16 +1658,18 @@ class TcpConnection:
         if self._ece:
             flags |= ECE
         win = self._window_field()
+        # (`is not`: the shared empty queue of an in-order connection needs no __bool__ call)
+        sacks = self.sack_ok and ((self._reasm is not EMPTY_REASSEMBLY and self._reasm) or self._dsack)
         if self.ts_ok:
             tsval = self._ts_now(now)
-            fit = self._sack_fit(12, payload) if self.sack_ok and (self._reasm or self._dsack) else 0
+            fit = self._sack_fit(12, payload) if sacks else 0
             if fit <= 0:  # the usual: timestamps only
                 return pack_ts(
                     self._psum, self.local_port, self.remote_port, (self.iss + seq) & MASK,
                     (self.irs + self.rcv_nxt) & MASK, flags, win, tsval, self.ts_recent, payload,
                     self.cfg.gather)
             opts = _TSOPT.pack(_TS_MARK, tsval, self.ts_recent) + self._sack_option(min(3, fit))
-        elif self.sack_ok and (self._reasm or self._dsack) and (fit := self._sack_fit(0, payload)) > 0:
+        elif sacks and (fit := self._sack_fit(0, payload)) > 0:
             opts = self._sack_option(min(4, fit))
         else:
             opts = b""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY
 from usnet.proto.tcp.seq import HALF, MASK
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,8 +51,11 @@ def rx_established(c: TcpConnection, seg: TcpSegment, now: float) -> bool:
         return False  # not exactly at RCV.NXT: duplicate, out of order or out of window
     payload = seg.payload
     plen = len(payload)
-    if plen and (c._reasm or c._rx_fin_at is not None or rcv_nxt + plen > c.rcv_adv):
-        return False  # a hole to fill, a FIN waiting behind one, or past the window's edge
+    if plen and ((c._reasm is not EMPTY_REASSEMBLY and c._reasm) or c._rx_fin_at is not None
+                 or rcv_nxt + plen > c.rcv_adv):
+        # a hole to fill, a FIN waiting behind one, or past the window's edge (the shared empty
+        # queue told by identity: a truth test of it is a Python call)
+        return False
     last_ack = c._last_ack_sent
     if last_ack > rcv_nxt:
         return False  # cannot happen (RCV.NXT only grows past what we acknowledged); for safety
