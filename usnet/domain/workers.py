@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import select
 import selectors
@@ -547,14 +548,16 @@ class ShardedDomain(Domain):
     def _send(self, line: Line, session: Session | None, req: P.Request,
               done: Callable[[P.Reply, list[int]], tuple[P.Reply, list[int]]] | None = None,
               undo: Callable[[], None] | None = None,
-              again: Callable[[], tuple[P.Reply, list[int]]] | None = None) -> tuple[P.Reply, list[int]]:
+              again: Callable[[], tuple[P.Reply, list[int]]] | None = None,
+              judged: bool = True) -> tuple[P.Reply, list[int]]:
         """Send `req` to worker `line.index` without waiting, and return LATER: `done` makes the
         client's answer of the worker's reply when the loop reads it (`_hear_line`); till then
         `session` is parked (its later requests stay unread, so none overtakes this answer).
         Unanswered within WORKER_TIMEOUT (START_TIMEOUT for a worker not yet heard from), the worker
         is suspect (`_check_relays`, `_suspect`); lost, `again` asks its replacement, else `undo`
-        and ENETDOWN.
-        A worker found dead here is dealt with at once: WorkerLost, with the reason."""
+        and ENETDOWN. Not `judged` (usnetd's own question: its status), it has no deadline: only
+        the heartbeat judges the worker then. A worker found dead here is dealt with at once:
+        WorkerLost, with the reason."""
         k = line.index
         link = self.links.get(k)
         if line in self._draining:  # (a lease's end, say, after its client left: its flows go anyway)
@@ -567,10 +570,11 @@ class ShardedDomain(Domain):
             raise OSError(errno.EAGAIN, f"usnetd worker {k} is not reading its requests: try again") from e
         except OSError as e:  # it died, its death not heard yet (its command socket's EOF waits in the loop)
             raise WorkerLost(errno.ENETDOWN, self._worker_died(link)) from e
-        bound = WORKER_TIMEOUT if link.ready else START_TIMEOUT
+        bound = (WORKER_TIMEOUT if link.ready else START_TIMEOUT) if judged else math.inf
         now = time.monotonic()
         line.waiting.append(Waiting(session, req, done or _same, undo or _nothing, again, now + bound, bound, now))
-        self._busy.add(line)
+        if judged:
+            self._busy.add(line)
         if session is not None:
             session.waiting = True
         return LATER, []
@@ -1210,7 +1214,8 @@ class ShardedDomain(Domain):
         own session there (`_line`) without waiting. The client's session is parked (as for
         any relayed request) till the last worker's reply is read, or WORKER_TIMEOUT passes and a
         worker still silent is reported "not answering" (`_check_gathers`); the loop serves the
-        others meanwhile. Whether a silent worker is hung stays the relay's deadline's to judge."""
+        others meanwhile. Its questions have no deadline of their own (`_send`, not `judged`): an
+        operator's look must not shorten a worker's life; whether it is hung is the heartbeat's to say."""
         info = self.status(session)
         g = Gather(session, info, {w["index"]: w for w in info["workers"]}, {},
                    time.monotonic() + WORKER_TIMEOUT)
@@ -1252,7 +1257,7 @@ class ShardedDomain(Domain):
             if k in g.pending and not g.answered:
                 g.entries[k]["error"] = f"not answering: {self._losses.get(k, 'lost')}"
                 self._status_heard(g, k)
-        self._send(self._line(None, k), None, P.Status(part), heard, lost)
+        self._send(self._line(None, k), None, P.Status(part), heard, lost, judged=False)
 
     def _status_heard(self, g: Gather, k: int) -> None:
         g.pending.pop(k, None)
