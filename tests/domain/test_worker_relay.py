@@ -175,6 +175,43 @@ def test_status_gathers_every_workers_netifs(tapd2):
 
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_workers_flows_are_shown_under_their_clients_channel_and_owner_and_to_their_uid_alone(tapd2):
+    """Worker 1 knows only usnetd's session: its flows are shown under the client's channel id and
+    owner, and a viewer other than root sees only its own uid's flows, as usnetd's own netifs
+    show them (Control.status)."""
+    a, _ = raw_session(tapd2.path, "a")
+    send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7017)))  # worker 1's
+    opened = _answer(a)
+    assert isinstance(opened, P.FlowOpened)
+    (flow,) = [f for nif in _status(a)["workers"][1]["netifs"] for f in nif["flows"] if f["local_port"] == 7017]
+    assert flow["channel"] == opened.channel and flow["owner"]["pid"] == os.getpid(), flow
+    os.chmod(os.path.dirname(tapd2.path), 0o755)  # (the test's own directory: nobody may reach the socket)
+    os.chmod(tapd2.path, 0o666)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a viewer of another uid: none of root's flows
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            b, _ = raw_session(tapd2.path, "nobody")
+            seen = [f["local_port"] for w1 in _status(b)["workers"] for nif in w1.get("netifs", ())
+                    for f in nif["flows"]]
+            os.write(w, repr(seen).encode())
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as got:
+        seen = got.read()
+    os.waitpid(pid, 0)
+    assert seen == "[]", seen
+    a.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
 def test_an_open_waiting_on_a_worker_that_dies_is_served_by_its_replacement(tapd2):
     """The worker dies (SIGKILL) while A's open waits on it: usnetd hears its end, replaces it and
     asks the open again of the new worker, whose answer A gets."""

@@ -1247,7 +1247,7 @@ class ShardedDomain(Domain):
                 if len(parts) < reply.parts:
                     self._ask_status(g, k, len(parts))
                     return LATER, []
-                g.entries[k]["netifs"] = P.decode_status(b"".join(parts))["netifs"]
+                g.entries[k]["netifs"] = self._as_seen(k, P.decode_status(b"".join(parts))["netifs"], g.session)
             except (OSError, P.ProtocolError, KeyError, TypeError) as e:
                 g.entries[k]["error"] = f"its status: {e}"
             self._status_heard(g, k)
@@ -1258,6 +1258,26 @@ class ShardedDomain(Domain):
                 g.entries[k]["error"] = f"not answering: {self._losses.get(k, 'lost')}"
                 self._status_heard(g, k)
         self._send(self._line(None, k), None, P.Status(part), heard, lost, judged=False)
+
+    def _as_seen(self, k: int, netifs: list[dict], viewer: Session) -> list[dict]:
+        """Worker k's netifs as `viewer` may see them, as `Control.status` shows usnetd's own: each
+        flow under its client's channel id and owner (worker k knows only usnetd's session there),
+        and for a viewer other than root or usnetd's uid only the flows of its own uid."""
+        uid = None if viewer.uid in (0, os.getuid()) else viewer.uid
+        clients = {px.wcid: (cid, self.sessions.get(px.session_id))
+                   for cid, px in self.proxied.items() if px.index == k}
+        for nif in netifs:
+            shown = []
+            for f in nif.get("flows", ()):
+                cid, s = clients.get(f.get("channel"), (None, None))
+                if uid is not None and (s is None or s.uid != uid):
+                    continue
+                if s is not None:
+                    f["channel"] = cid
+                    f["owner"] = {"pid": s.pid, "uid": s.uid, "program": s.proc or s.program or "?"}
+                shown.append(f)
+            nif["flows"] = shown
+        return netifs
 
     def _status_heard(self, g: Gather, k: int) -> None:
         g.pending.pop(k, None)
