@@ -1,0 +1,112 @@
+"""Issues 16 and 18: multicast under `usnetd --workers 2`, against the kernel in the test's namespace.
+
+A group datagram to port p comes to queue p mod 2 (the steering program reads its UDP port as any
+datagram's), so each worker delivers to its own members; IGMP queries and every fragment come to
+queue 0, usnetd's. So the link hears one host: usnetd reports and answers for the union of the
+workers' memberships (worker 1 says nothing), a group's first join and last leave over both
+workers are said once, and a datagram in fragments is put back together by usnetd and handed to
+the worker of its port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+import pytest
+from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+
+from tests.domain.test_workers import _workers
+from tests.interop.test_multicast import _Wire
+
+pytestmark = pytest.mark.privileged
+LIMIT = 10.0
+G = "239.1.2.3"
+IPP = socket.IPPROTO_IP
+
+
+def _member(d, port: int):
+    from usnet import socket as us
+
+    s = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(LIMIT)
+    s.setsockopt(IPP, socket.IP_ADD_MEMBERSHIP, struct.pack("4s4s", socket.inet_aton(G), socket.inet_aton(d.usnet_ip)))
+    return s
+
+
+def _records(wire: _Wire, src: str) -> list[tuple[int, str]]:
+    """The (record type, group) records of the next IGMPv3 report from `src`."""
+    frame = wire.igmp_from(src)
+    return [(r.rtype, r.maddr) for r in IGMPv3(bytes(frame[IP].payload))[IGMPv3mr].records]
+
+
+def _general_query(d) -> None:
+    q = (Ether(dst="01:00:5e:00:00:01", src="02:00:00:00:00:99") / IP(src=d.host_ip, dst="224.0.0.1", ttl=1)
+         / IGMPv3(type=0x11, mrcode=10) / IGMPv3mq())
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
+        tx.bind((d.ifname, 0))
+        tx.send(bytes(q))
+
+
+def _counts(path: str) -> list[dict]:
+    return [w["netifs"][0]["counts"] for w in _workers(path)]
+
+
+def test_members_on_both_workers_hear_the_group_and_the_link_hears_one_host(tapd2):
+    """b on worker 1's port joins: two CHANGE_TO_EXCLUDE (robustness 2), from usnetd; a on worker
+    0's joins: nothing (the group is the netif's already); a kernel sender's datagrams reach each;
+    a leaves: nothing (b is in); a general query is answered once, naming the group that only worker
+    1 holds; b's close: two CHANGE_TO_INCLUDE. Worker 1 sent no report at all."""
+    wire = _Wire(tapd2.ifname)
+    try:
+        b = _member(tapd2, 47101)
+        assert _records(wire, tapd2.usnet_ip) == [(4, G)]
+        assert _records(wire, tapd2.usnet_ip) == [(4, G)]
+        a = _member(tapd2, 47100)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.bind((tapd2.host_ip, 0))
+            k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(tapd2.host_ip))
+            for s, port in ((a, 47100), (b, 47101)):
+                k.sendto(b"to %d" % port, (G, port))
+                assert s.recvfrom(2048) == (b"to %d" % port, k.getsockname())
+        a.setsockopt(IPP, socket.IP_DROP_MEMBERSHIP, struct.pack("4s4s", socket.inet_aton(G),
+                                                                 socket.inet_aton(tapd2.usnet_ip)))
+        a.close()
+        _general_query(tapd2)
+        assert _records(wire, tapd2.usnet_ip) == [(2, G)]  # the next report: the answer, b's group
+        b.close()
+        assert _records(wire, tapd2.usnet_ip) == [(3, G)]
+        assert _records(wire, tapd2.usnet_ip) == [(3, G)]
+        usnetd, worker1 = _counts(tapd2.path)
+        assert usnetd.get("igmp_reports") == 5 and usnetd.get("igmp_queries") == 1, usnetd
+        assert "igmp_reports" not in worker1 and worker1.get("rx_group_datagrams") == 1, worker1
+    finally:
+        wire.close()
+
+
+def test_a_datagram_in_fragments_reaches_the_members_on_either_worker(tapd2):
+    """A kernel sender's 3,000-byte datagrams (three fragments on a 1,500-byte link, all on queue
+    0) to the group on each worker's port, and to worker 1's port unicast: each arrives whole, the
+    worker-1 ones handed over by usnetd after it put them back together."""
+    a, b = _member(tapd2, 47200), _member(tapd2, 47201)
+    blobs = {p: os.urandom(3000) for p in (47200, 47201)}
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.bind((tapd2.host_ip, 0))
+            k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(tapd2.host_ip))
+            me = k.getsockname()
+            for s, port in ((a, 47200), (b, 47201)):
+                k.sendto(blobs[port], (G, port))
+                assert s.recvfrom(65536) == (blobs[port], me)
+            k.sendto(blobs[47201][::-1], (tapd2.usnet_ip, 47201))
+            assert b.recvfrom(65536) == (blobs[47201][::-1], me)
+        usnetd, worker1 = _counts(tapd2.path)
+        assert usnetd.get("rx_handed_over") == 2, usnetd  # the group's and the unicast one to worker 1's port
+        assert worker1.get("rx_group_datagrams") == 1, worker1
+    finally:
+        a.close()
+        b.close()
