@@ -89,7 +89,7 @@ def test_members_on_both_workers_hear_the_group_and_the_link_hears_one_host(tapd
 
 
 def test_a_datagram_in_fragments_reaches_the_members_on_either_worker(tapd2):
-    """A kernel sender's 3,000-byte datagrams (three fragments on a 1,500-byte link, all on queue
+    """A kernel sender's 3,000-byte datagrams (in fragments on the link, all on queue
     0) to the group on each worker's port, and to worker 1's port unicast: each arrives whole, the
     worker-1 ones handed over by usnetd after it put them back together."""
     a, b = _member(tapd2, 47200), _member(tapd2, 47201)
