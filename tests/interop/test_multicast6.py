@@ -29,10 +29,10 @@ from scapy.layers.l2 import Ether
 
 from tests.interop.test_multicast import (
     LIMIT,
-    big_to_group,
     _receivers,
     _who_hears_unicast,
     _Wire,
+    big_to_group,
     refusal,
     run_recipe,
     sockets_on,
