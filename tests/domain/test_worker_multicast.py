@@ -11,6 +11,7 @@ the worker of its port.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 
@@ -109,4 +110,26 @@ def test_a_datagram_in_fragments_reaches_the_members_on_either_worker(tapd2):
         assert worker1.get("rx_group_datagrams") == 1, worker1
     finally:
         a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_dead_workers_memberships_end_with_it(tapd2):
+    """Worker 1 killed under the group's only member: the membership went with it, so usnetd says
+    the group's last leave at once; then the socket, bound again on the restarted worker (as any
+    UDP socket of a dead worker), joins again: a new first join, and it hears the group."""
+    wire = _Wire(tapd2.ifname)
+    b = _member(tapd2, 47301)
+    try:
+        assert [_records(wire, tapd2.usnet_ip) for _ in range(2)] == [[(4, G)]] * 2
+        os.kill(_workers(tapd2.path)[1]["pid"], signal.SIGKILL)
+        # the leave's repeat is replaced by the join that follows it (RFC 3376 §5.1, as Linux)
+        assert [_records(wire, tapd2.usnet_ip) for _ in range(3)] == [[(3, G)], [(4, G)], [(4, G)]]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.bind((tapd2.host_ip, 0))
+            k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(tapd2.host_ip))
+            k.sendto(b"again", (G, 47301))
+            assert b.recvfrom(2048) == (b"again", k.getsockname())
+    finally:
+        wire.close()
         b.close()
