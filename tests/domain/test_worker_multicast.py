@@ -18,14 +18,17 @@ import struct
 import pytest
 from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mq, IGMPv3mr
 from scapy.layers.inet import IP
+from scapy.layers.inet6 import ICMPv6MLReport2
 from scapy.layers.l2 import Ether
 
-from tests.domain.test_workers import _workers
+from tests.domain.test_workers import _workers, serving
+from tests.helpers.usnetd import TapDaemon
 from tests.interop.test_multicast import _Wire
+from tests.interop.test_multicast6 import _records as _records6
 
 pytestmark = pytest.mark.privileged
 LIMIT = 10.0
-G = "239.1.2.3"
+G, G6 = "239.1.2.3", "ff05::1:3"
 IPP = socket.IPPROTO_IP
 
 
@@ -133,3 +136,65 @@ def test_a_dead_workers_memberships_end_with_it(tapd2):
     finally:
         wire.close()
         b.close()
+
+
+@pytest.fixture
+def tapd2v6(sockdir, monkeypatch):
+    """usnetd with two workers on a TAP with IPv6 too (fd00:x::2; the host fd00:x::1)."""
+    yield from serving(TapDaemon(sockdir, ipv6=True), "tap", monkeypatch)
+
+
+def _mld_records(wire: _Wire, kernel_mac: str) -> list[tuple[int, str]]:
+    """The (record type, group) records of the next MLDv2 report on the wire not from the kernel."""
+    frame = wire.next(lambda f: f.src != kernel_mac and ICMPv6MLReport2 in f, "MLD report")
+    return _records6(frame[ICMPv6MLReport2])
+
+
+def test_ipv6_groups_under_two_workers_mld_once_and_fragments_handed_over(tapd2v6):
+    """MLD's twin of the first test, with fragments: b on worker 1's port joins (two MLDv2
+    CHANGE_TO_EXCLUDE from usnetd), a on worker 0's joins (nothing); a kernel sender's 3,000-byte
+    datagrams (each in fragments with a Fragment header: queue 0) reach both, the one to worker
+    1's port handed over; both close: the last leave said once (twice, robustness 2)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    from usnet import socket as us
+
+    d = tapd2v6
+    idx = socket.if_nametoindex(d.ifname)
+    with IPRoute() as ipr:
+        ipr.addr("add", index=idx, address=d.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
+        kernel_mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+    wire = _Wire(d.ifname)
+    socks = []
+
+    def member(port: int):
+        s = us.socket(us.AF_INET6, us.SOCK_DGRAM)
+        socks.append(s)
+        s.bind(("::", port))
+        s.settimeout(LIMIT)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                     struct.pack("16sI", socket.inet_pton(socket.AF_INET6, G6), 0))
+        return s
+    try:
+        b = member(47401)
+        assert [_mld_records(wire, kernel_mac) for _ in range(2)] == [[(4, G6)]] * 2
+        a = member(47400)
+        blob = os.urandom(3000)
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as k:
+            k.bind((d.host_ip6, 0))
+            k.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, idx)
+            for s, port in ((a, 47400), (b, 47401)):
+                k.sendto(blob, (G6, port))
+                data, peer = s.recvfrom(65536)
+                assert (data, peer[:2]) == (blob, k.getsockname()[:2])
+        a.close()
+        b.close()
+        assert [_mld_records(wire, kernel_mac) for _ in range(2)] == [[(3, G6)]] * 2
+        usnetd, worker1 = _counts(d.path)
+        assert usnetd.get("mld_reports") == 4 and usnetd.get("rx_handed_over") == 1, usnetd
+        assert "mld_reports" not in worker1 and worker1.get("rx_group_datagrams") == 1, worker1
+    finally:
+        wire.close()
+        for s in socks:
+            s.close()
