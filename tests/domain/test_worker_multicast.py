@@ -29,6 +29,7 @@ from tests.interop.test_multicast6 import _records as _records6
 pytestmark = pytest.mark.privileged
 LIMIT = 10.0
 G, G6 = "239.1.2.3", "ff05::1:3"
+IPV6_DSTOPTS = 59  # linux/in6.h
 IPP = socket.IPPROTO_IP
 
 
@@ -154,7 +155,8 @@ def test_ipv6_groups_under_two_workers_mld_once_and_fragments_handed_over(tapd2v
     """MLD's twin of the first test, with fragments: b on worker 1's port joins (two MLDv2
     CHANGE_TO_EXCLUDE from usnetd), a on worker 0's joins (nothing); a kernel sender's 3,000-byte
     datagrams (each in fragments with a Fragment header: queue 0) reach both, the one to worker
-    1's port handed over; both close: the last leave said once (twice, robustness 2)."""
+    1's port handed over; so do datagrams behind a Destination Options header, to the group and
+    unicast (queue 0 too); both close: the last leave said once (twice, robustness 2)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
@@ -188,12 +190,18 @@ def test_ipv6_groups_under_two_workers_mld_once_and_fragments_handed_over(tapd2v
                 k.sendto(blob, (G6, port))
                 data, peer = s.recvfrom(65536)
                 assert (data, peer[:2]) == (blob, k.getsockname()[:2])
+            # a Destination Options header (PadN): the steering reads no port behind it (queue 0)
+            k.setsockopt(socket.IPPROTO_IPV6, IPV6_DSTOPTS, b"\x00\x00\x01\x04\x00\x00\x00\x00")
+            for to in (G6, d.usnet_ip6):
+                k.sendto(b"behind a header to " + to.encode(), (to, 47401))
+                data, peer = b.recvfrom(65536)
+                assert (data, peer[:2]) == (b"behind a header to " + to.encode(), k.getsockname()[:2])
         a.close()
         b.close()
         assert [_mld_records(wire, kernel_mac) for _ in range(2)] == [[(3, G6)]] * 2
         usnetd, worker1 = _counts(d.path)
-        assert usnetd.get("mld_reports") == 4 and usnetd.get("rx_handed_over") == 1, usnetd
-        assert "mld_reports" not in worker1 and worker1.get("rx_group_datagrams") == 1, worker1
+        assert usnetd.get("mld_reports") == 4 and usnetd.get("rx_handed_over") == 3, usnetd
+        assert "mld_reports" not in worker1 and worker1.get("rx_group_datagrams") == 2, worker1
     finally:
         wire.close()
         for s in socks:

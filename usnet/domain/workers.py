@@ -120,6 +120,7 @@ from usnet.domain.lowlat.policy import Who
 from usnet.domain.sessions import Session, shares_port
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
+from usnet.drivers.base import Received
 
 __all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT", "WORKER_TIMEOUT",
            "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers", "worker_of"]
@@ -144,7 +145,7 @@ def worker_of(port: int, n: int) -> int:
     return port % n
 
 
-def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes) -> bytes:
+def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes | bytearray) -> bytes:
     """A message about a netif on a command socket: `kind` (b"N" usnetd tells a worker a neighbour,
     `rest` its address and MAC; b"A" a worker tells usnetd it asked for the address `rest`; b"F"
     usnetd hands a worker a datagram it put back together, `rest` the Ethernet frame), the family
@@ -197,7 +198,7 @@ class WorkerLink:
         except OSError as e:  # a worker gone: its flows are lost; the log says so
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
-    def hand_over(self, netif: str, family: int, frame: bytes) -> bool:
+    def hand_over(self, netif: str, family: int, frame: Received) -> bool:
         """A datagram usnetd put back together for a port of this worker, sent without waiting;
         False if it could not be (its socket full, or the worker gone)."""
         try:
@@ -788,13 +789,13 @@ class ShardedDomain(Domain):
 
             sw._learn = tell_workers  # type: ignore[method-assign]
 
-            def hand_over(port: int, frame: bytes) -> bool:
+            def hand_over(port: int, frame: Received) -> bool:
                 return self._hand_over(name, port, frame)
 
             sw.hand_over = hand_over
         return sw
 
-    def _hand_over(self, netif: str, port: int, frame: bytes) -> bool:
+    def _hand_over(self, netif: str, port: int, frame: Received) -> bool:
         """A datagram put back together on queue 0 (`ReceivePath._handed_over`): False if `port` is
         ours; else handed to its worker (counted), or dropped if it cannot take it now (counted)."""
         k = worker_of(port, self.n)

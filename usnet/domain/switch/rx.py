@@ -97,8 +97,8 @@ class ReceivePath(MulticastDuties):
         self._rx_max = netif.mtu + ETH_HLEN
         self.lanes: dict[int, LaneRx] = {}  # flow id -> its LL receive lane (usnet.domain.switch.lllane)
         # under `usnetd --workers N`, in usnetd: (port, frame) -> whether the port is another worker's,
-        # to which the frame, a datagram put back together here, has been handed (`_handed_over`)
-        self.hand_over: Callable[[int, bytes], bool] | None = None
+        # to which the frame (from queue 0, its port not steered: `_handed_over`) has been handed
+        self.hand_over: Callable[[int, Received], bool] | None = None
 
     def set_lane(self, flow: Flow, ll: bool) -> bool:
         """The hook of a lease's grant (`ll`) and end: a granted IPv4 flow on a device with a free
@@ -444,10 +444,10 @@ class ReceivePath(MulticastDuties):
             f = b"".join([f[:ETH_HLEN], build_ipv4_header(src, dst, proto, part.total, ident, ttl, False,
                                                           f[ETH_HLEN + 1]), *pieces])
             ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
-            if self._handed_over(proto, f, ETH_HLEN + ihl, ETH_HLEN + total):
-                return
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
+        if wire and self._handed_over(proto, f, start, end):
+            return
         if group:
             self._rx_group(f, proto, start, end, src, dst, per_flow)
             return
@@ -464,11 +464,14 @@ class ReceivePath(MulticastDuties):
         flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
 
-    def _handed_over(self, proto: int, f: bytes, start: int, end: int) -> bool:
-        """A datagram put back together here whose port another worker serves (under `usnetd
-        --workers N` every fragment comes to queue 0: only the first names ports), handed to that
-        worker (`hand_over`, set by usnet.domain.workers), unicast or to a group: a group's members
-        and MC_ALL listeners all hold its port, so they are all that worker's."""
+    def _handed_over(self, proto: int, f: Received, start: int, end: int) -> bool:
+        """A UDP or TCP datagram from the wire whose port another worker serves, handed to that
+        worker (`hand_over`, set by usnet.domain.workers in usnetd). Under `usnetd --workers N`
+        the device steers by port only what shows it: every fragment (only the first names
+        ports; here it has been put back together) and IPv6 with an extension header come to
+        queue 0, usnetd's, whatever their port. Unicast or to a group: a group's members and
+        MC_ALL listeners all hold its port, so they are all that worker's. The slow path only:
+        what the fast path took was a flow's here."""
         if self.hand_over is None or (proto != UDP and proto != TCP) or end - start < 4:
             return False
         return self.hand_over(int.from_bytes(f[start + 2 : start + 4], "big"), f)
@@ -545,8 +548,6 @@ class ReceivePath(MulticastDuties):
                 if frag is not None:
                     self.drops["rx_fragment"] += 1  # a fragment inside a fragment
                     return
-                if self._handed_over(proto, f, start, end):
-                    return
         if proto == ICMPV6:
             if end - start >= 4 and f[start] in MLD_TYPES:
                 self._rx_mld(f, start, end, src, dst, hop)  # usnet.domain.switch.multicast
@@ -555,6 +556,8 @@ class ReceivePath(MulticastDuties):
             return
         if src == UNSPECIFIED:
             self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
+            return
+        if wire and self._handed_over(proto, f, start, end):
             return
         if dst[0] == 0xFF:
             self._rx_group(f, proto, start, end, src, dst, per_flow)  # a group's: UDP to its members
