@@ -83,10 +83,11 @@ but the link must hear one host, and queries come to queue 0. So a worker says n
 leave over all workers are said once, a query answered once. A membership ends here with its
 channel (closed, its session ended, its worker dead).
 
-Fragments come to queue 0 (only the first names ports): usnetd puts a datagram back together and,
-if its port is worker k's, hands the whole frame to worker k on its command socket (b"F",
-`_hand_over`), which takes it as if it came whole (`rx_whole`): unicast or to a group, whose
-members all hold its port, so all are worker k's.
+Fragments come to queue 0 (only the first names ports), and so does IPv6 with an extension header
+before UDP: usnetd puts a datagram back together, finds its port and, if it is worker k's, hands
+the whole frame to worker k on its command socket (b"F", `_hand_over`), which takes it as if it
+came whole (`rx_whole`): unicast or to a group, whose members all hold its port, so all are
+worker k's.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker; the status of workers is asked synchronously (bounded, as above).
