@@ -203,6 +203,31 @@ def test_a_group_reaches_its_members_as_on_linux(mc):
     assert mc.switch.counts["rx_group_datagrams"] >= 1
 
 
+def big_to_group(sender, recv_sock, group: str, port: int, join, blob: bytes) -> list[bytes]:
+    """What two members sharing `port` (SO_REUSEADDR; `join(s)` makes each a member) hear of one
+    datagram `blob`, too big for the link (it goes in fragments), sent to (`group`, `port`)."""
+    a, b = recv_sock(port, True), recv_sock(port, True)
+    for s in (a, b):
+        join(s)
+    sender.sendto(blob, (group, port))
+    return [a.recvfrom(65536)[0], b.recvfrom(65536)[0]]
+
+
+def test_a_group_datagram_in_fragments_reaches_every_member_as_on_linux(mc):
+    """A 3,000-byte datagram to a group crosses the link in fragments: usnet puts it
+    back together and gives each member a copy (it dropped them as `rx_fragment`), as the kernel's
+    members get usnet's."""
+    blob = bytes(range(256)) * 11 + b"end"
+    k = mc.ksock()
+    k.setsockopt(IPP, M_IF, socket.inet_aton(mc.host_ip))
+    frags = mc.switch.frags["frag_in"]
+    on_usnet = big_to_group(k, mc.usock, G, 47150, lambda s: s.setsockopt(IPP, ADD, _mreq(G, mc.usnet_ip)), blob)
+    assert mc.switch.frags["frag_in"] >= frags + 2 and "rx_fragment" not in mc.switch.drops
+    on_kernel = big_to_group(mc.usock(), mc.ksock, G, 47151,
+                             lambda s: s.setsockopt(IPP, ADD, _mreq(G, mc.host_ip)), blob)
+    assert on_usnet == on_kernel == [blob, blob]
+
+
 def test_what_usnet_sends_to_a_group_carries_the_multicast_ttl_and_loops_back(mc):
     """TTL 1 by default and IP_MULTICAST_TTL's after (the kernel's IP_RECVTTL reads it); with
     IP_MULTICAST_LOOP a member in the same domain hears it too, without it not."""

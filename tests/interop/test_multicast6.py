@@ -32,6 +32,7 @@ from tests.interop.test_multicast import (
     _receivers,
     _who_hears_unicast,
     _Wire,
+    big_to_group,
     refusal,
     run_recipe,
     sockets_on,
@@ -121,6 +122,20 @@ def test_a_group_reaches_its_members_as_on_linux(mc6):
     assert on_kernel == want
     assert on_usnet == want
     assert mc6.switch.counts["rx_group_datagrams"] >= 1
+
+
+def test_a_group_datagram_in_fragments_reaches_every_member_as_on_linux(mc6):
+    """test_multicast's twin: a 3,000-byte datagram to an IPv6 group, in fragments (a Fragment
+    header each), reaches both members on usnet, as usnet's reaches the kernel's."""
+    blob = bytes(range(256)) * 11 + b"end"
+
+    def join(s) -> None:
+        s.setsockopt(IP6, JOIN, _mreq(G, mc6.idx))
+    frags = mc6.switch.frags["frag_in"]
+    on_usnet = big_to_group(mc6.ksock(), mc6.usock, G, 47750, join, blob)
+    assert mc6.switch.frags["frag_in"] >= frags + 2 and "rx_fragment" not in mc6.switch.drops
+    on_kernel = big_to_group(mc6.usock(), mc6.ksock, G, 47751, join, blob)
+    assert on_usnet == on_kernel == [blob, blob]
 
 
 def test_what_usnet_sends_to_a_group_carries_the_multicast_hops_and_loops_back(mc6):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -108,18 +109,28 @@ def _is_group(g: bytes) -> bool:
 
 
 @FAST
-@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "gone"]), st.integers(0, 2), st.integers(0, 5)),
-                max_size=40))
+@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "gone", "rjoin", "rleave"]), st.integers(0, 2),
+                          st.integers(0, 5)), max_size=40))
 def test_the_group_table_keeps_its_counts(ops):
     """Against a model (flow -> its groups, IPv4's and IPv6's in one table): the errors Linux gives,
     first join and last leave said, each group's count, the MACs admitted (01:00:5e or 33:33),
-    and nothing left of a flow that went."""
+    and nothing left of a flow that went. "rjoin"/"rleave": another worker's flow joins or leaves
+    (usnetd's count of them, usnet.domain.workers): first and last are over both."""
     t = GroupTable()
     model: dict[int, list[bytes]] = {}
+    remote: Counter[bytes] = Counter()
     for op, fi, gi in ops:
         f, g = _flows[fi], _groups[gi]
-        before = sum(g in gs for gs in model.values())
-        if op == "join":
+        before = sum(g in gs for gs in model.values()) + remote[g]
+        if op == "rjoin":
+            if _is_group(g):
+                remote[g] += 1
+                assert t.join_remote(g) == (before == 0)
+        elif op == "rleave":
+            if remote[g]:
+                remote[g] -= 1
+                assert t.leave_remote(g) == (before == 1)
+        elif op == "join":
             mine = model.setdefault(f.id, [])
             try:
                 first = t.join(f, g)
@@ -141,8 +152,9 @@ def test_the_group_table_keeps_its_counts(ops):
         else:
             left = t.drop_flow(f)
             gone = model.pop(f.id, [])
-            assert sorted(left) == sorted(x for x in gone if not any(x in gs for gs in model.values()))
-    counts = {g: sum(g in gs for gs in model.values()) for g in _groups}
+            kept = {x for gs in model.values() for x in gs} | set(+remote)
+            assert sorted(left) == sorted(x for x in gone if x not in kept)
+    counts = {g: sum(g in gs for gs in model.values()) + remote[g] for g in _groups}
     assert dict(t.refs) == {g: n for g, n in counts.items() if n}
     assert t.macs == {group_mac(g) for g in t.refs} | {group_mac4(bytes([224, 0, 0, 1]))}
     assert {g for g in t.refs if len(g) == 16} == set(t.groups(16))

@@ -64,25 +64,26 @@ def send_msg(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
 
 
 def recv_msg(sock: socket.socket, max_fds: int = 16,
-             close: Callable[[list[int]], None] | None = None) -> tuple[bytes, list[int]]:
+             close: Callable[[list[int]], None] | None = None, max_bytes: int = MAX_MESSAGE) -> tuple[bytes, list[int]]:
     """Receive one message and its descriptors; ``(b"", [])`` on orderly EOF.
 
-    A message longer than MAX_MESSAGE, or carrying more than ``max_fds``
+    A message longer than ``max_bytes`` (MAX_MESSAGE; more only between usnetd and its workers,
+    which pass whole datagrams), or carrying more than ``max_fds``
     descriptors, raises ProtocolError after closing every descriptor that did
     arrive (the kernel closes the ones that did not fit), with ``close`` if
     given: the domain passes its reaper, since closing a descriptor a client
     chose can wait.
     """
     data, anc, flags, _ = sock.recvmsg(
-        MAX_MESSAGE + 1, socket.CMSG_SPACE(max_fds * _FD_SIZE), socket.MSG_CMSG_CLOEXEC
+        max_bytes + 1, socket.CMSG_SPACE(max_fds * _FD_SIZE), socket.MSG_CMSG_CLOEXEC
     )
     fds: list[int] = []
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(array.array("i", payload[: len(payload) - len(payload) % _FD_SIZE]))
     problem = None
-    if flags & socket.MSG_TRUNC or len(data) > MAX_MESSAGE:
-        problem = f"control message exceeds {MAX_MESSAGE} bytes"
+    if flags & socket.MSG_TRUNC or len(data) > max_bytes:
+        problem = f"control message exceeds {max_bytes} bytes"
     elif flags & socket.MSG_CTRUNC:
         problem = f"control message carried more than {max_fds} descriptors"
     elif not data and fds:

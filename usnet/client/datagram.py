@@ -47,6 +47,7 @@ from usnet.proto.wire.ipv6 import (
     ip6_bytes,
     ip6_str,
     parse_ipv6,
+    skip_ext_headers,
     upper_checksum_v6,
     verify_upper_v6,
 )
@@ -640,11 +641,13 @@ class DatagramSocket:
             _tc, _fl, plen, nh, _hop, src, dst = parse_ipv6(v)
             if nh == 58:
                 return self._icmp_error(v)
-            if nh != 17:  # the switch delivered extension headers: not worth the walk here
-                return None
-            sport, _dport, off, n = parse_udp(v, IPV6_HLEN, plen, None, None, verify=False)
-            if v[IPV6_HLEN + 6 : IPV6_HLEN + 8] == b"\0\0" or not verify_upper_v6(
-                    v, IPV6_HLEN, n + UDP_HLEN, src, dst, 17):
+            at = IPV6_HLEN
+            if nh != 17:  # extension headers first (the switch checked them): walked, as Linux delivers it
+                nh, at, frag = skip_ext_headers(v, IPV6_HLEN, IPV6_HLEN + plen, nh)
+                if nh != 17 or frag is not None:
+                    return None
+            sport, _dport, off, n = parse_udp(v, at, IPV6_HLEN + plen - at, None, None, verify=False)
+            if v[at + 6 : at + 8] == b"\0\0" or not verify_upper_v6(v, at, n + UDP_HLEN, src, dst, 17):
                 return None  # IPv6 has no checksum-less UDP (RFC 8200 §8.1)
         except (WireError, struct.error):
             return None

@@ -81,6 +81,20 @@ send; a client's is EPERM); the worker holds them in its port space and binds ea
 ReturnPorts and ReleasePorts are relayed (`_worker_ports`); a dead worker's blocks are released
 here with its channels (`_drop_proxied`).
 
+Multicast (usnet.domain.switch.multicast): a group datagram to port p comes to queue p mod N, as
+any, so worker k's flows join their groups there (JoinGroup is relayed) and it delivers to them;
+but the link must hear one host, and queries come to queue 0. So a worker says no IGMP or MLD
+(`speaks` False); usnetd counts each membership a worker's answer confirms (`Proxied.groups`,
+`join_remote`) and reports and answers queries for the union: a group's first join and last
+leave over all workers are said once, a query answered once. A membership ends here with its
+channel (closed, its session ended, its worker dead).
+
+Fragments come to queue 0 (only the first names ports), and so does IPv6 with an extension header
+before UDP: usnetd puts a datagram back together, finds its port and, if it is worker k's, hands
+the whole frame to worker k on its command socket (b"F", `_hand_over`), which takes it as if it
+came whole (`rx_whole`): unicast or to a group, whose members all hold its port, so all are
+worker k's.
+
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
 """
@@ -115,6 +129,7 @@ from usnet.domain.lowlat.policy import Who
 from usnet.domain.sessions import Session, shares_port
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
+from usnet.drivers.base import Received
 
 __all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT", "WORKER_TIMEOUT",
            "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers", "worker_of"]
@@ -129,6 +144,9 @@ HUNG_AFTER = 2.0  # a worker that leaves a heartbeat unanswered this long is hun
 START_TIMEOUT = 5.0  # the bounds for a worker not yet heard from (a fork's start on a loaded machine)
 RESTART_WITHIN = 10.0  # a worker that dies this soon after its start "died at start"
 RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not restarted again
+# the longest message on a worker's command socket: a whole datagram handed over (b"F": up to 65,535
+# bytes of IP payload, its headers, the netif's name)
+COMMAND_MAX = 1 << 17
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.MulticastOptions)
 
 
@@ -137,10 +155,11 @@ def worker_of(port: int, n: int) -> int:
     return port % n
 
 
-def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes) -> bytes:
-    """A neighbour message on a command socket: `kind` (b"N" usnetd tells a worker a neighbour,
-    `rest` its address and MAC; b"A" a worker tells usnetd it asked for the address `rest`),
-    the family (4, 6), the netif's name, then `rest`."""
+def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes | bytearray) -> bytes:
+    """A message about a netif on a command socket: `kind` (b"N" usnetd tells a worker a neighbour,
+    `rest` its address and MAC; b"A" a worker tells usnetd it asked for the address `rest`; b"F"
+    usnetd hands a worker a datagram it put back together, `rest` the Ethernet frame), the family
+    (4, 6), the netif's name, then `rest`."""
     name = netif.encode()
     return kind + bytes([family, len(name)]) + name + rest
 
@@ -191,6 +210,15 @@ class WorkerLink:
             send_msg(self.cmd, neighbour_msg(b"N", netif, family, addr + mac))
         except OSError as e:  # a worker gone: its flows are lost; the log says so
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
+
+    def hand_over(self, netif: str, family: int, frame: Received) -> bool:
+        """A datagram usnetd put back together for a port of this worker, sent without waiting;
+        False if it could not be (its socket full, or the worker gone)."""
+        try:
+            self.cmd.send(neighbour_msg(b"F", netif, family, frame), socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return True
 
     def stop(self, timeout: float = 5.0, spawner: Spawner | None = None) -> None:
         """Close its command socket (it stops) and reap it; killed if it takes longer than `timeout`.
@@ -412,6 +440,7 @@ class Proxied:
     family: int = 4
     # a connector's blocks: the worker's block number -> its ports (held in usnetd's namespace) and charge
     blocks: dict[int, tuple[list[int], Charge]] = field(default_factory=dict)
+    groups: list[bytes] = field(default_factory=list)  # the groups it joined (the worker confirmed each)
 
 
 class ShardedDomain(Domain):
@@ -822,7 +851,27 @@ class ShardedDomain(Domain):
                     link.neighbour(name, 4 if cache is sw.arp else 6, addr, mac)
 
             sw._learn = tell_workers  # type: ignore[method-assign]
+
+            def hand_over(port: int, frame: Received) -> bool:
+                return self._hand_over(name, port, frame)
+
+            sw.hand_over = hand_over
         return sw
+
+    def _hand_over(self, netif: str, port: int, frame: Received) -> bool:
+        """A datagram put back together on queue 0 (`ReceivePath._handed_over`): False if `port` is
+        ours; else handed to its worker (counted), or dropped if it cannot take it now (counted)."""
+        k = worker_of(port, self.n)
+        if k == 0:
+            return False
+        sw = self.switches[netif]
+        link = self.links.get(k)
+        family = 4 if int.from_bytes(frame[12:14], "big") == 0x0800 else 6
+        if link is not None and link.hand_over(netif, family, frame):
+            sw.counts["rx_handed_over"] += 1
+        else:
+            sw.drops["rx_hand_over_failed"] += 1
+        return True
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         if session.over_limit is None:
@@ -860,6 +909,8 @@ class ShardedDomain(Domain):
                 def done(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
                     if isinstance(req, P.CloseChannel):
                         self._drop_proxied(cid)
+                    elif isinstance(req, P.JoinGroup) and type(reply) is P.Done:
+                        self._worker_joined(cid, req.group, req.join)
                     return reply, fds
                 try:
                     return self._send(px.line, session, msgspec.structs.replace(req, channel=px.wcid), done)
@@ -1087,8 +1138,27 @@ class ShardedDomain(Domain):
             log.warning("lease %d: worker %d not told of its end: %s", lease.id, px.index, e)
         return True
 
+    def _worker_joined(self, cid: int, group: bytes, join: bool) -> None:
+        """Worker k confirmed that channel `cid` joined (left) `group`: counted in the netif's union,
+        whose reports usnetd sends (usnet.domain.switch.multicast: `join_remote`)."""
+        px = self.proxied.get(cid)
+        sw = self.switches.get(px.netif) if px is not None else None
+        if px is None or sw is None:
+            return
+        if join:
+            px.groups.append(group)
+            sw.join_remote(group)
+        elif group in px.groups:
+            px.groups.remove(group)
+            sw.leave_remote(group)
+
     def _drop_proxied(self, cid: int) -> None:
         px = self.proxied.pop(cid, None)
+        sw = self.switches.get(px.netif) if px is not None else None
+        if px is not None and sw is not None:
+            for g in px.groups:  # its memberships end with it
+                sw.leave_remote(g)
+            px.groups.clear()
         if px is not None and px.netif:
             self.leases.agent.revoke_flow(px.netif, cid)  # its lease ends with it, silently
         if px is not None and px.charge is not None:
@@ -1367,8 +1437,10 @@ class WorkerDomain(Domain):
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         """A netif whose queue k is ours: each neighbour we ask for is also told to usnetd, which
-        receives the answer (ARP and ND come to queue 0) and tells it back (`_expect_neighbour`)."""
+        receives the answer (ARP and ND come to queue 0) and tells it back (`_expect_neighbour`).
+        Its groups are usnetd's to report: we say no IGMP or MLD."""
         sw = super().add_netif(name, driver, *args, **kwargs)
+        sw.speaks = False
         for family, ask_name in ((4, "_arp_request"), (6, "_solicit")):
             ask = getattr(sw, ask_name)
 
@@ -1407,7 +1479,7 @@ class WorkerDomain(Domain):
             super()._serve_event(kind, obj, fd, mask)
             return
         try:
-            data, fds = recv_msg(self.cmd, 4)
+            data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)
         except (BlockingIOError, InterruptedError):
             return
         if not data:  # usnetd is gone or stopping: so are we
@@ -1420,6 +1492,11 @@ class WorkerDomain(Domain):
                 pass
         elif data[:1] == b"S" and len(fds) == 1:
             self.add_socket_session(socket.socket(fileno=fds[0]))  # its sessions are usnetd's alone
+        elif data[:1] == b"F":
+            sw, _, frame = neighbour_of(self.switches, data)
+            if sw is not None:
+                with self.lock:
+                    sw.rx_whole(frame)
         elif data[:1] == b"N":
             sw, cache, rest = neighbour_of(self.switches, data)
             if sw is not None and len(rest) == (4 if cache is sw.arp else 16) + 6:

@@ -7,6 +7,11 @@ here; a membership dies with its flow. The receive path asks `members` for a dat
 every matching socket. The host's duties (usnet.domain.switch.multicast) speak IGMP or MLD
 when a group gains its first member on the netif or loses its last (`join` and `leave` say
 which). A group is 4 bytes (IPv4) or 16 (IPv6): one table holds both, the length tells them apart.
+
+Under `usnetd --workers N` a netif's flows are spread over N processes, but the link must hear
+one host: usnetd's table also counts the memberships of flows held by its other workers
+(`join_remote`, `leave_remote`), so that its reports and query answers are for the union, and a
+group's first join and last leave are said once per netif (usnet.domain.workers).
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ class GroupTable:
     def __init__(self) -> None:
         self.members: dict[tuple[bytes, int], list[Flow]] = {}
         self.of_flow: dict[int, list[bytes]] = {}  # flow id -> its groups
-        self.refs: Counter[bytes] = Counter()  # group -> memberships on this netif
+        # group -> memberships on this netif: its own flows' and, in usnetd under workers, those
+        # other workers hold (`join_remote`); what reports, query answers and the MACs go by
+        self.refs: Counter[bytes] = Counter()
         # the Ethernet addresses the receive path admits for them; all-hosts' always, as every
         # Linux host is in 224.0.0.1 (IGMP queries, and datagrams to it) without asking
         self.macs: set[bytes] = {_ALL_HOSTS_MAC}
@@ -65,6 +72,19 @@ class GroupTable:
                                         "a socket)")
         mine.append(group)
         self.members.setdefault((group, flow.lport), []).append(flow)
+        return self._count(group)
+
+    def join_remote(self, group: bytes) -> bool:
+        """A flow of another worker joined `group` on this netif (its worker checked it and keeps
+        the membership); True if the group is new on the netif."""
+        return self._count(group)
+
+    def leave_remote(self, group: bytes) -> bool:
+        """A flow of another worker left `group` (or closed, or its worker died); True if that was
+        the netif's last membership."""
+        return self._uncount(group) if self.refs[group] else False
+
+    def _count(self, group: bytes) -> bool:
         self.refs[group] += 1
         first = self.refs[group] == 1
         if first:
@@ -97,6 +117,9 @@ class GroupTable:
         lst.remove(flow)
         if not lst:
             del self.members[key]
+        return self._uncount(group)
+
+    def _uncount(self, group: bytes) -> bool:
         self.refs[group] -= 1
         if self.refs[group]:
             return False

@@ -14,6 +14,12 @@ A datagram to a group is copied to every member flow of (group, destination port
 __udp4_lib_mcast_deliver (__udp6_lib_mcast_deliver) gives one to every matching socket: the
 receive path appends the same packet to each member's batch, and each member's port copies it
 into that member's own pool, so one client's copy is nothing to another's.
+
+Under `usnetd --workers N` (usnet.domain.workers) the link hears one host per netif: usnetd.
+A worker k's switch keeps its flows' memberships (its queue gets their datagrams: the device
+steers by port) but says nothing (`speaks` False); usnetd is told of each of them
+(`join_remote`, `leave_remote`) and reports and answers queries (which come to its queue 0) for
+the union, so a group's first join and last leave over all workers are said once.
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ class MulticastDuties(HostDuties):
         # an IGMPv1 or v2 querier heard lately: until when the netif speaks that version (RFC 3376
         # §7.2.1); an MLDv1 querier's, under 61 (RFC 3810 §8.2.1: MLDv1 is IGMPv2's twin)
         self._older_until: dict[int, float] = {}
+        # False in worker k of `usnetd --workers N`: usnetd speaks IGMP and MLD for the netif
+        self.speaks = True
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -100,11 +108,26 @@ class MulticastDuties(HostDuties):
         GroupTable's errors otherwise."""
         self._check_member(flow, group)
         if self.groups.join(flow, group):
-            self.counts["igmp_joins" if len(group) == 4 else "mld_joins"] += 1
-            drv = self.netif.driver
-            if isinstance(drv, GroupFilter):
-                drv.add_group_mac(group_mac(group))
-            self._changed([(CHANGE_TO_EXCLUDE, group)])
+            self._gained(group)
+
+    def join_remote(self, group: bytes) -> None:
+        """A flow of another worker joined `group` here (usnet.domain.workers: usnetd, told by the
+        worker's answer): reported if it is the netif's first membership of it."""
+        if self.groups.join_remote(group):
+            self._gained(group)
+
+    def leave_remote(self, group: bytes) -> None:
+        """A flow of another worker left `group` (or is gone): a leave if it was the last."""
+        if self.groups.leave_remote(group):
+            self._left([group])
+
+    def _gained(self, group: bytes) -> None:
+        """`group` gained its first member here: the device lets its MAC in, the link hears that we joined."""
+        self.counts["igmp_joins" if len(group) == 4 else "mld_joins"] += 1
+        drv = self.netif.driver
+        if isinstance(drv, GroupFilter):
+            drv.add_group_mac(group_mac(group))
+        self._changed([(CHANGE_TO_EXCLUDE, group)])
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
         """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
@@ -142,7 +165,7 @@ class MulticastDuties(HostDuties):
         ff02::16 (never about a group `_reported` excludes, as Linux's), or, while an older querier
         is present, each record as that version says it (`_old_reports`)."""
         records = [r for r in records if _reported(r[1])]
-        if not records or self.netif.loopback:
+        if not records or self.netif.loopback or not self.speaks:
             return
         v6 = [r for r in records if len(r[1]) == 16]
         if v6:

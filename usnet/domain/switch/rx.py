@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,9 @@ class ReceivePath(MulticastDuties):
         # what a received frame is held to: its length (a Coalesced frame excepted) and martian sources
         self._rx_max = netif.mtu + ETH_HLEN
         self.lanes: dict[int, LaneRx] = {}  # flow id -> its LL receive lane (usnet.domain.switch.lllane)
+        # under `usnetd --workers N`, in usnetd: (port, frame) -> whether the port is another worker's,
+        # to which the frame (from queue 0, its port not steered: `_handed_over`) has been handed
+        self.hand_over: Callable[[int, Received], bool] | None = None
 
     def set_lane(self, flow: Flow, ll: bool) -> bool:
         """The hook of a lease's grant (`ll`) and end: a granted IPv4 flow on a device with a free
@@ -426,11 +430,13 @@ class ReceivePath(MulticastDuties):
                 self.drops["rx_source_route" if why == IPOPT_SRR else "rx_bad_ip_options"] += 1
                 return
         if ff & (IP_MF | IP_OFFMASK):
-            if dst != netif.ip:
-                self.drops["rx_fragment"] += 1  # a broadcast or group datagram in pieces: not put back
+            if dst != netif.ip and not group:
+                self.drops["rx_fragment"] += 1  # a broadcast datagram in pieces: not put back (as Linux)
                 return
-            r = self.reasm.add((src, proto, ident), src, (ff & IP_OFFMASK) << 3, f[ETH_HLEN + ihl : ETH_HLEN + total],
-                               bool(ff & IP_MF), now, False, 0xFFFF - IPV4_HLEN)
+            # keyed as Linux's ip_defrag: (source, destination, protocol, identification), so a
+            # group's datagram and a unicast one of the same identification stay apart
+            r = self.reasm.add((src, dst, proto, ident), src, (ff & IP_OFFMASK) << 3,
+                               f[ETH_HLEN + ihl : ETH_HLEN + total], bool(ff & IP_MF), now, False, 0xFFFF - IPV4_HLEN)
             if r is None:
                 return  # a piece kept, or refused (the reassembler counts which, in `frags`)
             pieces, part = r
@@ -440,6 +446,8 @@ class ReceivePath(MulticastDuties):
             ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
+        if wire and self._handed_over(proto, f, start, end):
+            return
         if group:
             self._rx_group(f, proto, start, end, src, dst, per_flow)
             return
@@ -455,6 +463,35 @@ class ReceivePath(MulticastDuties):
         sport, dport = PORTS.unpack_from(f, start)
         flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
+
+    def _handed_over(self, proto: int, f: Received, start: int, end: int) -> bool:
+        """A UDP or TCP datagram from the wire whose port another worker serves, handed to that
+        worker (`hand_over`, set by usnet.domain.workers in usnetd). Under `usnetd --workers N`
+        the device steers by port only what shows it: every fragment (only the first names
+        ports; here it has been put back together) and IPv6 with an extension header come to
+        queue 0, usnetd's, whatever their port. Unicast or to a group: a group's members and
+        MC_ALL listeners all hold its port, so they are all that worker's. The slow path only:
+        what the fast path took was a flow's here."""
+        if self.hand_over is None or (proto != UDP and proto != TCP) or end - start < 4:
+            return False
+        return self.hand_over(int.from_bytes(f[start + 2 : start + 4], "big"), f)
+
+    def rx_whole(self, f: bytes) -> None:
+        """A datagram another worker of usnetd put back together for a port of ours (`_handed_over`
+        there), as an Ethernet frame: taken as if it came whole off the wire, past the MTU check
+        (it is the reassembler's, not the device's) and the MAC (the frame's first fragment's)."""
+        per_flow: dict[Flow, list[Received | memoryview]] = {}
+        etype = int.from_bytes(f[12:14], "big") if len(f) >= ETH_HLEN else 0
+        try:
+            if etype == ETHERTYPE_IPV4:
+                self._rx_ip(f, self.clock(), per_flow)
+            elif etype == ETHERTYPE_IPV6 and self.netif.ip6 is not None:
+                self._rx_ip6(f, f[6:12], self.clock(), per_flow)
+            else:
+                self.drops["rx_ethertype"] += 1
+        except (WireError, struct.error, ValueError, IndexError):
+            self.drops["rx_malformed"] += 1
+        self._deliver(per_flow)
 
     def _rx_group(self, f: Received, proto: int, start: int, end: int, src: bytes, dst: bytes,
                   per_flow: dict) -> None:
@@ -492,11 +529,12 @@ class ReceivePath(MulticastDuties):
         if frag is not None:
             _, foff, more, ident = frag
             if foff or more:  # an atomic fragment (RFC 6946) is whole already
-                if dst != netif.ip6:
-                    self.drops["rx_fragment"] += 1  # to a group or the link-local address: no flow has it
+                if dst != netif.ip6 and dst[0] != 0xFF:
+                    self.drops["rx_fragment"] += 1  # to the link-local address: no flow has it
                     return
-                # strict: pieces that overlap at all drop the datagram (RFC 5722)
-                r = self.reasm.add((6, src, ident), src, foff, f[start:end], more, now, True, 0xFFFF,
+                # strict: pieces that overlap at all drop the datagram (RFC 5722); keyed with the
+                # destination, as Linux's ip6_frag_queue
+                r = self.reasm.add((6, src, dst, ident), src, foff, f[start:end], more, now, True, 0xFFFF,
                                    first=b"" if foff == 0 else None, meta=proto)
                 if r is None:
                     return
@@ -518,6 +556,8 @@ class ReceivePath(MulticastDuties):
             return
         if src == UNSPECIFIED:
             self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
+            return
+        if wire and self._handed_over(proto, f, start, end):
             return
         if dst[0] == 0xFF:
             self._rx_group(f, proto, start, end, src, dst, per_flow)  # a group's: UDP to its members
