@@ -159,7 +159,15 @@ class EngineLock:
         m.held += 1  # (blocked from here)
         try:
             got = self.plain.acquire(blocking, timeout)
-        except BaseException:  # a bad argument (no handler runs here)
+        except BaseException:
+            # A bad argument; or a handler's exception: while waiting (the lock not taken), or just
+            # after the lock was taken, where CPython runs due handlers once a call returns. The
+            # mask keeps this thread's signals off, but one that another thread (a program's own,
+            # not blocking them) took has its handler run here all the same: the lock is then ours
+            # (an owner's acquire never waits, so owned now means taken by this call) and is let
+            # go, else `with` would leave it taken, uncounted, and the stack thread waiting on it.
+            if self.plain._is_owned():  # type: ignore[attr-defined]
+                self.plain.release()
             _unhold()
             raise
         if got:
@@ -173,13 +181,17 @@ class EngineLock:
     def release(self, *exc: object) -> None:
         """(Also `__exit__`, whose arguments it ignores: one Python call less per section.)"""
         if self._depth and _get_ident() == _main.ident:
-            self.plain.release()
+            # counted first, the mask last whatever comes out of the release (a handler's exception
+            # once the call returns, from a signal another thread took): counts, lock and mask agree
             self._depth -= 1
             m = _main
             m.held -= 1  # (as `_unhold`)
-            if m.held <= 0:
-                m.held = 0
-                _sigmask(_SETMASK, m.saved, None)
+            try:
+                self.plain.release()
+            finally:
+                if m.held <= 0:
+                    m.held = 0
+                    _sigmask(_SETMASK, m.saved, None)
             return
         self.plain.release()
 
@@ -199,14 +211,12 @@ class EngineLock:
 
     def _acquire_restore(self, saved: tuple[Any, int, int]) -> None:
         state, depth, total = saved
-        held = False
         try:
             if total:
                 _hold(total)  # a handler due raises here, and Condition.wait's caller hears it...
-                held = True
         finally:
             self.plain._acquire_restore(state)  # type: ignore[attr-defined]  # (...held, as it expects)
-            if held:
+            if total and _main.held:  # (the holds were taken back: `_release_save` had let all go)
                 self._depth = depth
 
     def _is_owned(self) -> bool:
