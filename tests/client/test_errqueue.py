@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.domain import test_lowlat
-from tests.domain.test_icmp_errors import A, B, icmp_error_frame, sent_by
+from tests.domain.test_icmp_errors import A, B, delivered, icmp_error_frame, sent_by
 from tests.helpers.util import wait_until
 from usnet import socket as us
 from usnet.proto.errqueue import SO_EE_ORIGIN_ICMP, icmp_report
@@ -39,19 +39,10 @@ def _sock(half) -> us.socket:
     return s
 
 
-def _delivered(half) -> int:
-    """What the domain has handed the flow of port 5000 (its ring): read from a status snapshot,
-    taken under the domain's lock. The switch's rx_icmp_error counts an error when it matches a
-    flow, before the batch is handed over (`_deliver`), so it cannot say the socket can read it."""
-    st = half.d.status()
-    (flow,) = [f for n in st["netifs"] for f in n["flows"] if f["local_port"] == 5000]
-    return flow["stats"].get("rx_packets", 0)
-
-
 def _forge(half, n: int = 1, **kw) -> None:
-    before = _delivered(half)
+    before = delivered(half.d, 5000)
     half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), **kw)] * n)
-    wait_until(lambda: _delivered(half) == before + n, 5, "the errors to reach the flow's ring")
+    wait_until(lambda: delivered(half.d, 5000) == before + n, 5, "the errors to reach the flow's ring")
 
 
 def _ee(s) -> tuple:
