@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.domain import test_lowlat
-from tests.domain.test_icmp_errors import A, B, icmp_error_frame, sent_by
+from tests.domain.test_icmp_errors import A, B, delivered, icmp_error_frame, sent_by
 from tests.helpers.util import wait_until
 from usnet import socket as us
 from usnet.proto.errqueue import SO_EE_ORIGIN_ICMP, icmp_report
@@ -40,10 +40,9 @@ def _sock(half) -> us.socket:
 
 
 def _forge(half, n: int = 1, **kw) -> None:
-    sw = half.d.switches["a"]
-    before = sw.counts["rx_icmp_error"]
+    before = delivered(half.d, 5000)
     half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), **kw)] * n)
-    wait_until(lambda: sw.counts["rx_icmp_error"] == before + n, 5, "the errors to reach the flow")
+    wait_until(lambda: delivered(half.d, 5000) == before + n, 5, "the errors to reach the flow's ring")
 
 
 def _ee(s) -> tuple:

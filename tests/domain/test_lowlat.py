@@ -340,13 +340,16 @@ def half():
 
 
 def wait_event(ch, etype: EventType, timeout: float = 10.0) -> list[Event]:
-    """The channel's events up to the first of type `etype`, waiting on its bell until a deadline."""
+    """The channel's events up to the first of type `etype`, that one last, waiting on its bell
+    until a deadline. What the same read brought after it is left out: the netif's
+    ADVISORY_UPDATED, say, which a trend change posts at any time (usnet.domain.netif.advisory)."""
     seen: list[Event] = []
     deadline = time.monotonic() + timeout
     while True:
         seen += ch.events()
-        if any(e.type == etype for e in seen):
-            return seen
+        for i, e in enumerate(seen):
+            if e.type == etype:
+                return seen[: i + 1]
         left = deadline - time.monotonic()
         if left <= 0:
             pytest.fail(f"no {etype.name} within {timeout} s; saw {seen}")

@@ -33,8 +33,17 @@ class Alarm(Exception):
     """What the SIGALRM handler raises."""
 
 
-def _raise(signum, frame):
-    raise Alarm(signum)
+def _raise_once() -> object:
+    """A SIGALRM handler that raises Alarm the first time it runs and then returns (PEP 475: a
+    call a later alarm interrupts goes on)."""
+    raised = [False]
+
+    def handler(signum, frame):
+        if not raised[0]:
+            raised[0] = True
+            raise Alarm(signum)
+
+    return handler
 
 
 def interrupted(call, how: str = "alarm") -> list:
@@ -43,8 +52,12 @@ def interrupted(call, how: str = "alarm") -> list:
     ("sigint", sent to the process as the terminal sends it to its group)."""
     t0 = time.monotonic()
     if how == "alarm":
-        signal.signal(signal.SIGALRM, _raise)
-        signal.setitimer(signal.ITIMER_REAL, SOON)
+        # Again every SOON until the call ends: CPython looks for a due handler before it makes a
+        # system call, not in it, so an alarm that lands between the look and a blocking send or
+        # recv (a process preempted there, under load) leaves the call blocked until the next one
+        # interrupts it; a single alarm would leave it blocked for good. Only the first raises.
+        signal.signal(signal.SIGALRM, _raise_once())
+        signal.setitimer(signal.ITIMER_REAL, SOON, SOON)
     else:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Timer(SOON, os.kill, (os.getpid(), signal.SIGINT)).start()
