@@ -1,5 +1,5 @@
-"""Is a silent worker hung, or only starved of CPU? (docs/design-notes.md, "Issue 18: a starved
-worker is not a hung one").
+"""Is a silent worker hung, or only starved of CPU? (docs/design-notes.md, "A starved worker is
+not a hung one; `usnet status` never waits on a worker").
 
 usnetd declares a worker hung when it leaves a heartbeat or a relayed request unanswered past a
 bound (usnet.domain.workers), and kills and replaces it, aborting its clients' connections. Wall
