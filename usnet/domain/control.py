@@ -43,6 +43,18 @@ def _serves(*types: type) -> Callable[[Handler], Handler]:
     return register
 
 
+
+def viewed_uid(viewer: Session | None) -> int | None:
+    """Whose state a status `viewer` may see: None (all) for root, the domain's own uid or no
+    session (an embedded caller); else its own uid's alone."""
+    return None if viewer is None or viewer.uid in (0, os.getuid()) else viewer.uid
+
+
+def owner(s: Session) -> dict:
+    """Who owns a flow, as `usnet ss -p` shows it: the session's pid, uid and program (as the
+    kernel said: SO_PEERCRED, /proc)."""
+    return {"pid": s.pid, "uid": s.uid, "program": s.proc or s.program or "?"}
+
 class Control(SessionRegistry):
     """Serve control requests: `handle` behind its barrier, then the handler of the request's type."""
 
@@ -254,7 +266,7 @@ class Control(SessionRegistry):
         """The domain's state; a `viewer` other than root or the domain's own uid sees only its uid's
         sessions, pipes, flows and leases (and its own usage of the limits)."""
         with self.lock:
-            uid = None if viewer is None or viewer.uid in (0, os.getuid()) else viewer.uid
+            uid = viewed_uid(viewer)
             netifs = [sw.info() for sw in self.switches.values()]
             lowlat = self.leases.info()
             if uid is not None:
@@ -265,8 +277,7 @@ class Control(SessionRegistry):
                 for f in nif["flows"]:
                     ref = self.channels.get(f["channel"])
                     if ref is not None:
-                        o = ref.session
-                        f["owner"] = {"pid": o.pid, "uid": o.uid, "program": o.proc or o.program or "?"}
+                        f["owner"] = owner(ref.session)
             return {
                 "sessions": [{"id": s.id, "uid": s.uid, "pid": s.pid, "program": s.program,
                               "channels": sorted(s.channels), "refused": s.refused}

@@ -120,6 +120,7 @@ import msgspec
 from usnet.abi import protocol as P
 from usnet.abi.events import RevokeReason
 from usnet.abi.transport import recv_msg, send_msg
+from usnet.domain.control import owner, viewed_uid
 from usnet.domain.limits import Charge
 from usnet.domain.liveness import HARD_LIMIT, PROBE, judge, read_stat
 from usnet.domain.loop import Domain
@@ -1333,7 +1334,7 @@ class ShardedDomain(Domain):
         """Worker k's netifs as `viewer` may see them, as `Control.status` shows usnetd's own: each
         flow under its client's channel id and owner (worker k knows only usnetd's session there),
         and for a viewer other than root or usnetd's uid only the flows of its own uid."""
-        uid = None if viewer.uid in (0, os.getuid()) else viewer.uid
+        uid = viewed_uid(viewer)
         clients = {px.wcid: (cid, self.sessions.get(px.session_id))
                    for cid, px in self.proxied.items() if px.index == k}
         for nif in netifs:
@@ -1344,7 +1345,7 @@ class ShardedDomain(Domain):
                     continue
                 if s is not None:
                     f["channel"] = cid
-                    f["owner"] = {"pid": s.pid, "uid": s.uid, "program": s.proc or s.program or "?"}
+                    f["owner"] = owner(s)
                 shown.append(f)
             nif["flows"] = shown
         return netifs
