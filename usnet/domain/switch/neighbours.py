@@ -137,9 +137,7 @@ class NeighbourCache:
         ask = p is None
         dropped: list = []
         if p is None:
-            if len(pending) >= self.max_entries:  # the oldest question gives way, its packets reported
-                self._abandon(next(iter(pending)), dropped)
-            p = pending[ip] = _Pending(asked_at=now, tries=1)
+            p = self._ask(ip, now, dropped)
         while self.held + charge > self.held_max:  # all the queues full: the oldest other question goes
             other = next((a for a in pending if a != ip), None)
             if other is None:
@@ -162,12 +160,18 @@ class NeighbourCache:
         question, with no packet queued, so the reply is believed (`knows`) and learnt. Returns
         the packets of a question pushed out to make room (`wait`), to be reported."""
         dropped: list = []
-        if ip in self.entries or ip in self.pending:
-            return dropped
+        if ip not in self.entries and ip not in self.pending:
+            self._ask(ip, now, dropped)
+            self.dropped += len(dropped)
+        return dropped
+
+    def _ask(self, ip: bytes, now: float, dropped: list) -> _Pending:
+        """A new question for `ip`, asked now; when `max_entries` are asked already the oldest
+        gives way, its packets going to `dropped` (to be counted and reported)."""
         if len(self.pending) >= self.max_entries:
             self._abandon(next(iter(self.pending)), dropped)
-        self.pending[ip] = _Pending(asked_at=now, tries=1)
-        return dropped
+        p = self.pending[ip] = _Pending(asked_at=now, tries=1)
+        return p
 
     def _abandon(self, ip: bytes, dropped: list) -> None:
         """Give up asking for `ip` early; its packets go to `dropped`, to be reported."""
