@@ -45,8 +45,29 @@ def _kernel_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """Knows when the connection a GET /close ended is closed, for GET /closed to wait on."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, _Handler)
+        self.ending: object = None  # the connection a GET /close ends
+        self.ended = threading.Event()
+
+    def shutdown_request(self, request) -> None:  # type: ignore[no-untyped-def]
+        super().shutdown_request(request)
+        if request is self.ending:
+            self.ended.set()
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET /f.bin, GET /big, GET /peer, GET /close, POST /sha (the body's SHA-256); HTTP/1.1, kept alive."""
+    """GET /f.bin, GET /big, GET /peer, GET /close, GET /closed, POST /sha (the body's SHA-256);
+    HTTP/1.1, kept alive. GET /closed answers once the connection of the last GET /close is closed:
+    the client asks it on another connection, so that its next request on the dropped one finds
+    the FIN already there (without it, whether the FIN or the next request comes first is a race)."""
+
+    server: _Server
 
     protocol_version = "HTTP/1.1"
 
@@ -61,9 +82,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         peer = f"{self.client_address[0]}:{self.client_address[1]}"  # the same for every request on one connection
-        self._send({"/f.bin": BODY, "/close": BODY, "/big": BIG, "/peer": peer.encode()}.get(self.path, b""))
+        if self.path == "/closed":
+            self.server.ended.wait(LIMIT)
+        bodies = {"/f.bin": BODY, "/close": BODY, "/closed": BODY, "/big": BIG, "/peer": peer.encode()}
+        self._send(bodies.get(self.path, b""))
         if self.path == "/close":  # closed after the answer, though its headers kept it alive
-            self.close_connection = True
+            self.server.ending, self.close_connection = self.request, True
 
     def do_POST(self) -> None:
         self._send(hashlib.sha256(self.rfile.read(int(self.headers["Content-Length"]))).hexdigest().encode())
@@ -72,8 +96,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _kernel_http(host: str, ctx: ssl.SSLContext | None = None):
     """The kernel's HTTP server (HTTPS with `ctx`) in a thread of the test; yields its base URL."""
-    srv = http.server.ThreadingHTTPServer((host, 0), _Handler)
-    srv.daemon_threads = True
+    srv = _Server((host, 0))
     if ctx is not None:
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -11,7 +11,8 @@
 No usnet in here: the test runs these under `usnet run` (or on kernel sockets) against a kernel peer.
 
 The HTTP peer (client checks): GET /f.bin is BODY; GET /big is BIG; GET /peer is the client's
-address and port; GET /close is BODY, and the server closes the connection after it; POST /sha answers the SHA-256
+address and port; GET /close is BODY, and the server closes the connection after it; GET /closed is BODY
+once that connection is closed; POST /sha answers the SHA-256
 (hex) of the request body; the HTTPS_BASE server is the same over TLS with a certificate from the
 CA in CA_PEM; SILENT_PORT (same host) accepts but never answers; nothing listens on REFUSED_PORT.
 The servers here serve the same paths.
@@ -112,6 +113,7 @@ def requests_client(base: str, https: str, ca: str, silent: int, refused: int) -
         # the server closes after this answer without saying so: urllib3 sees the kept connection
         # readable at EOF (poll) before its next request, and opens another
         assert s.get(f"{base}/close", timeout=20).content == BODY
+        assert requests.get(f"{base}/closed", timeout=20).content == BODY  # another connection
         assert s.get(f"{base}/f.bin", timeout=20).content == BODY
         ok("dropped")
     t0 = time.monotonic()
