@@ -93,7 +93,9 @@ Fragments come to queue 0 (only the first names ports), and so does IPv6 with an
 before UDP: usnetd puts a datagram back together, finds its port and, if it is worker k's, hands
 the whole frame to worker k on its command socket (b"F", `_hand_over`), which takes it as if it
 came whole (`rx_whole`): unicast or to a group, whose members all hold its port, so all are
-worker k's.
+worker k's. ICMP and ICMPv6 errors have no port of their own and come to queue 0 too: one quoting
+a packet from a port of worker k is handed over the same way (usnet.domain.switch.host
+`_icmp_error`), and worker k's switch matches the quote against its flow.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
@@ -860,8 +862,9 @@ class ShardedDomain(Domain):
         return sw
 
     def _hand_over(self, netif: str, port: int, frame: Received) -> bool:
-        """A datagram put back together on queue 0 (`ReceivePath._handed_over`): False if `port` is
-        ours; else handed to its worker (counted), or dropped if it cannot take it now (counted)."""
+        """A datagram put back together on queue 0 (`ReceivePath._handed_over`), or an ICMP error
+        quoting a packet from `port` (`HostDuties._icmp_error`): False if `port` is ours; else
+        handed to its worker (counted), or dropped if it cannot take it now (counted)."""
         k = worker_of(port, self.n)
         if k == 0:
             return False

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.domain.switch.icmplimit import IcmpLimiter
 from usnet.domain.switch.neighbours import NeighbourCache
 from usnet.domain.switch.port import CLIENT
-from usnet.domain.switch.table import ICMP, TCP, UDP, Flow, FlowTable
+from usnet.domain.switch.table import ICMP, TCP, UDP, FlowTable
 from usnet.drivers.base import Received, SegmentedFrame, TrackedFrame
 from usnet.proto.tcp.connection import rst_reply
 from usnet.proto.wire import arp as warp
@@ -61,6 +62,10 @@ class HostDuties(FlowTable):
         self._ident = 0  # the IPv4 ident of the switch's own packets
         self._defended_at: float | None = None  # when we last announced our address against a conflict
         self.icmp_limit = IcmpLimiter()  # Linux's limits on the ICMP errors we send (port unreachable)
+        # under `usnetd --workers N`, in usnetd: (port, frame) -> whether the port is another worker's,
+        # to which the frame (from queue 0, its port not steered: usnet.domain.switch.rx
+        # `_handed_over`, `_icmp_error`) has been handed
+        self.hand_over: Callable[[int, Received], bool] | None = None
 
     # -- neighbours and the link ---------------------------------------------------------------
 
@@ -329,7 +334,7 @@ class HostDuties(FlowTable):
                 ident, seq, f[ETH_HLEN + 8], end - poff + 8, self.clock()):  # `usnet ping`'s (switch.echo)
             self.counts["icmp_echo_replies"] += 1
         elif typ in _ICMP_ERRORS and dst == self.netif.ip:
-            self._icmp_error_to(self._quoted_flow(f, poff, end, 4), f[ETH_HLEN:end], per_flow)
+            self._icmp_error(f, poff, end, 4, per_flow)
         else:
             self.drops["rx_icmp_other"] += 1
 
@@ -345,18 +350,29 @@ class HostDuties(FlowTable):
             reply = wicmp6.build_echo6(wicmp6.ECHO_REPLY, ident, seq, f[body:end], dst, src)
             self._send_ip(0, dst, src, ICMPV6, reply, now)
         elif typ in wicmp6.ERRORS and dst == self.netif.ip6:
-            self._icmp_error_to(self._quoted_flow(f, body, end, 6), f[ETH_HLEN:end], per_flow)
+            self._icmp_error(f, body, end, 6, per_flow)
         else:
             self.drops["rx_icmp6_other"] += 1  # router discovery, MLD: nobody here wants them
 
-    def _icmp_error_to(self, flow: Flow | None, packet: Received, per_flow: dict) -> None:
-        """Pass an ICMP(v6) error, the whole IP packet, to the flow whose packet it quotes (None: nobody's).
-        The flow's stack judges it further (a TCP sequence in flight, a connected peer)."""
+    def _icmp_error(self, f: Received, q: int, end: int, family: int, per_flow: dict) -> None:
+        """Pass an ICMP(v6) error, the whole IP packet, to the flow whose packet it quotes at `q`
+        (`_quoted`), or, under `usnetd --workers N`, the whole frame to the worker that owns the
+        quoted local port (`hand_over`, as a datagram put back together is: an error has no port of
+        its own, so the device steers every one to queue 0, usnetd's). That worker takes it as if it
+        came off the wire (`rx_whole`) and runs this again: the same lookup, the flow's stack the
+        same judge (a TCP sequence in flight, a connected peer) as on a single loop."""
+        quote = self._quoted(f, q, end, family)
+        if quote is None:
+            self.drops["rx_icmp_unmatched"] += 1
+            return
+        if self.hand_over is not None and self.hand_over(quote[1], f):
+            return  # another worker's port: its flow, if any, is there
+        flow = self.lookup(*quote)
         if flow is None:
             self.drops["rx_icmp_unmatched"] += 1
             return
         self.counts["rx_icmp_error"] += 1
-        per_flow.setdefault(flow, []).append(packet)
+        per_flow.setdefault(flow, []).append(f[ETH_HLEN:end])
 
     def _no_socket(self, proto: int, f: Received, start: int, end: int, src: bytes, dst: bytes,
                    now: float) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,9 +95,6 @@ class ReceivePath(MulticastDuties):
         # what a received frame is held to: its length (a Coalesced frame excepted) and martian sources
         self._rx_max = netif.mtu + ETH_HLEN
         self.lanes: dict[int, LaneRx] = {}  # flow id -> its LL receive lane (usnet.domain.switch.lllane)
-        # under `usnetd --workers N`, in usnetd: (port, frame) -> whether the port is another worker's,
-        # to which the frame (from queue 0, its port not steered: `_handed_over`) has been handed
-        self.hand_over: Callable[[int, Received], bool] | None = None
 
     def set_lane(self, flow: Flow, ll: bool) -> bool:
         """The hook of a lease's grant (`ll`) and end: a granted IPv4 flow on a device with a free

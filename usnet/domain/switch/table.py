@@ -513,13 +513,16 @@ class FlowTable:
         listeners = self.listeners if len(raddr) == 4 else self.listeners6
         return self.exact.get((proto, lport, raddr, rport)) or listeners.get((proto, lport))
 
-    def _quoted_flow(self, f: Received, q: int, end: int, family: int) -> Flow | None:
-        """The flow that sent the packet an ICMP (`family` 4) or ICMPv6 (6) error quotes at `q`:
-        from our address of that family, its protocol and ports.
+    def _quoted(self, f: Received, q: int, end: int, family: int) -> tuple[int, int, bytes, int] | None:
+        """What names the flow that sent the packet an ICMP (`family` 4) or ICMPv6 (6) error quotes
+        at `q`: (protocol, local port, remote address, remote port), as `lookup` takes them; None
+        if the quote is not a UDP or TCP packet from our address of that family.
 
         Only that flow hears of it; an error quoting anything else (another
         source, a port nobody holds, a quote too short to name the ports) goes
         nowhere. An IPv6 quote is from the netif's global address (flows have it).
+        The local port alone says which worker of usnetd owns the flow (usnet.domain.switch.host
+        `_icmp_error`).
         """
         if family == 4:
             if end - q < IPV4_HLEN + 4:
@@ -542,4 +545,4 @@ class FlowTable:
         if proto not in (UDP, TCP):
             return None
         sport, dport = PORTS.unpack_from(f, start)
-        return self.lookup(proto, sport, raddr, dport)
+        return proto, sport, raddr, dport
