@@ -14,6 +14,7 @@ what drains and how many requests wait for it (`draining`, `port_waits`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -131,3 +132,106 @@ def test_a_killed_clients_connections_on_worker_1_are_reset_and_its_port_comes_b
         for k in peers:
             k.close()
         srv.close()
+
+
+# A drain's bound (usnet.domain.workers DRAIN_LIMIT, `_check_drains`): a worker that has not ended a
+# departed client's session that long after usnetd half-closed it is judged as one that leaves a
+# request unanswered (usnet.domain.liveness), found hung, killed and replaced, which ends the drain.
+
+_PIDFD_GETFD = 438  # the syscall's number on x86_64 and aarch64 (Linux 5.6)
+
+
+def _sockets_of(pid: int) -> set[int]:
+    """The descriptors of process `pid` that are sockets."""
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                out.add(int(fd))
+        except OSError:  # closed meanwhile
+            pass
+    return out
+
+
+def _hold(pid: int, fds: set[int]) -> list[int]:
+    """Copies of process `pid`'s descriptors `fds` in this one (pidfd_getfd, as a debugger takes
+    them): while a copy is open the socket is, whatever `pid` does with its own."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        held = []
+        for fd in fds:
+            got = libc.syscall(_PIDFD_GETFD, pidfd, fd, 0)
+            assert got >= 0, os.strerror(ctypes.get_errno())
+            held.append(got)
+        return held
+    finally:
+        os.close(pidfd)
+
+
+def _b_waits_for_7011(d, a: socket.socket, a_id: int) -> socket.socket:
+    """A leaves; B asks for A's port 7011 (worker 1's), which is draining: B waits (parked)."""
+    b, _ = raw_session(d.path, "b")
+    b.settimeout(10)
+    a.close()
+    wait_until(lambda: f"session end session={a_id} " in d.daemon.log_text(), 10, "A's session to end")
+    send_msg(b, P.encode(P.OpenFlow("usnet0", 17, 7011)))
+    return b
+
+
+def _a_drained_on_a_new_worker_1(d, pid: int) -> None:
+    """While B holds 7011: worker 1 is a new process, nothing drains, nobody waits."""
+    with Client.connect(d.path) as c:
+        info = c.status()
+    assert info["workers"][1]["pid"] != pid and info["workers"][1]["draining"] == {"sessions": 0, "ports": 0}, info
+    assert info["port_waits"] == 0
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_drain_on_a_stopped_worker_ends_with_the_worker_found_hung(tapd2):
+    """Worker 1 stopped (SIGSTOP) and never continued, A leaves, B asks for A's port 7011: B is not
+    left waiting for ever. The stopped worker is found hung (its drain past DRAIN_LIMIT, or its
+    heartbeat past HUNG_AFTER: whichever comes first, /proc says stopped), killed and replaced; its
+    port space went with it, so the drain ends and B gets 7011 from the new worker 1."""
+    a, a_id, _ = _a_on_worker_1(tapd2)
+    pid = _workers(tapd2.path)[1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with _b_waits_for_7011(tapd2, a, a_id) as b:
+            got = _answer(b)
+            assert isinstance(got, P.FlowOpened) and got.local_port == 7011, got
+            _a_drained_on_a_new_worker_1(tapd2, pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # (killed and reaped by then)
+            os.kill(pid, signal.SIGCONT)
+    assert f"usnetd worker 1 (pid {pid}) hung (" in tapd2.daemon.log_text()
+    assert "stopped): killed" in tapd2.daemon.log_text()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_live_worker_that_never_lets_a_departed_session_go_is_found_hung(tapd2):
+    """Worker 1 answers its heartbeats but its end of A's session never closes: the test holds a
+    copy of it (pidfd_getfd), so usnetd never reads the close that ends the drain, as with a worker
+    that forgot to end the session. DRAIN_LIMIT s after A left, worker 1 is suspect, found asleep
+    with the session's end unread (hung), killed and replaced; B gets 7011. Without the bound B
+    waited for ever (its answer's timeout)."""
+    from usnet.domain.workers import DRAIN_LIMIT
+
+    pid = _workers(tapd2.path)[1]["pid"]
+    before = _sockets_of(pid)
+    a, a_id, _ = _a_on_worker_1(tapd2)
+    held = _hold(pid, _sockets_of(pid) - before)  # A's session in worker 1, and its flows' sockets
+    try:
+        assert held
+        with _b_waits_for_7011(tapd2, a, a_id) as b:
+            got = _answer(b)
+            assert isinstance(got, P.FlowOpened) and got.local_port == 7011, got
+            _a_drained_on_a_new_worker_1(tapd2, pid)
+    finally:
+        for fd in held:
+            os.close(fd)
+    log_text = tapd2.daemon.log_text()
+    assert (f"usnetd worker 1 (pid {pid}) hung (a departed client's session not ended within {DRAIN_LIMIT:g} s; "
+            "asleep (state S) with the request unread): killed") in log_text, log_text[-2000:]

@@ -123,6 +123,7 @@ from usnet.abi import protocol as P
 from usnet.abi.events import RevokeReason
 from usnet.abi.transport import recv_msg, send_msg
 from usnet.domain.control import owner, viewed_uid
+from usnet.domain.deadlines import Deadlines
 from usnet.domain.limits import Charge
 from usnet.domain.liveness import HARD_LIMIT, PROBE, judge, read_stat
 from usnet.domain.loop import Domain
@@ -134,8 +135,9 @@ from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
 from usnet.drivers.base import Received
 
-__all__ = ["HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT", "WORKER_TIMEOUT",
-           "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers", "worker_of"]
+__all__ = ["DRAIN_LIMIT", "HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT",
+           "WORKER_TIMEOUT", "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers",
+           "worker_of"]
 
 log = logging.getLogger("usnet.domain.workers")
 # the longest usnetd waits for a worker's reply to a relayed request: a worker's loop answers in
@@ -144,6 +146,9 @@ log = logging.getLogger("usnet.domain.workers")
 WORKER_TIMEOUT = 1.0
 HEARTBEAT = 0.5  # usnetd asks each worker this often whether it still turns its loop
 HUNG_AFTER = 2.0  # a worker that leaves a heartbeat unanswered this long is hung: killed and replaced
+# a worker that has not ended a departed client's session this long after usnetd half-closed it
+# is suspect, as for an unanswered request (`ShardedDomain._check_drains`): the bound on a drain
+DRAIN_LIMIT = HUNG_AFTER
 START_TIMEOUT = 5.0  # the bounds for a worker not yet heard from (a fork's start on a loaded machine)
 RESTART_WITHIN = 10.0  # a worker that dies this soon after its start "died at start"
 RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not restarted again
@@ -402,9 +407,10 @@ class Waiting:
     deadline: float  # monotonic: unanswered then, the worker is suspect (`ShardedDomain._suspect`)
     bound: float  # the seconds that deadline allowed
     asked: float  # monotonic: when it was sent (a starved worker's HARD_LIMIT counts from then)
+    live: bool = True  # False once answered or given up: its entry in `ShardedDomain._due` is stale
 
 
-@dataclass(eq=False)  # hashed by identity: one per session and worker (`ShardedDomain._busy`)
+@dataclass(eq=False)  # hashed by identity: one per session and worker (`ShardedDomain._draining`)
 class Line:
     """usnetd's session in worker `index` for one client session: a SEQPACKET socket, watched by
     usnetd's loop ("relay"), and the requests sent on it that wait for an answer, oldest first
@@ -414,6 +420,7 @@ class Line:
     index: int
     sock: socket.socket
     waiting: deque[Waiting] = field(default_factory=deque)
+    ended: float = 0.0  # monotonic: when usnetd half-closed it (draining: `ShardedDomain._check_drains`)
 
 
 @dataclass(eq=False)  # one status request: compared by identity
@@ -458,7 +465,8 @@ class ShardedDomain(Domain):
         self.spawner = spawner  # None: a dead worker is not restarted
         self.proxied: dict[int, Proxied] = {}
         self._lines: dict[tuple[int, int], Line] = {}  # (session id, worker) -> usnetd's session there
-        self._busy: set[Line] = set()  # the lines with requests waiting for an answer (their deadlines)
+        # the relayed requests' deadlines, soonest first (`_check_relays`: one look per turn)
+        self._due: Deadlines[tuple[Line, Waiting]] = Deadlines()
         self._gathers: list[Gather] = []  # `usnet status` requests waiting for workers' parts
         self._losses: dict[int, str] = {}  # worker -> why it was last lost (died, hung)
         # (session id, worker) -> the liveness pair: the client's end goes with every flow opened there
@@ -471,6 +479,7 @@ class ShardedDomain(Domain):
         # a departed client's sessions in the workers, closed by usnetd (half: SHUT_WR) and not yet
         # by the worker: their channels' ports stay reserved here till the worker has let them go
         self._draining: set[Line] = set()
+        self._drain_due: Deadlines[Line] = Deadlines()  # their bounds (`_check_drains`)
         self._ending: dict[int, int] = {}  # session id -> its lines still draining
         self._deferred: list[tuple[Session, P.Request]] = []  # requests that wait for a drain (`_defer`)
         for link in links:
@@ -538,7 +547,7 @@ class ShardedDomain(Domain):
 
     def _housekeeping(self) -> float:
         wait = super()._housekeeping()
-        return min(wait, self._check_workers(), self._check_gathers(), self._check_relays())
+        return min(wait, self._check_workers(), self._check_gathers(), self._check_relays(), self._check_drains())
 
     def _check_workers(self) -> float:
         """The heartbeat (every HEARTBEAT s; a comparison per loop turn otherwise): each worker is
@@ -604,9 +613,10 @@ class ShardedDomain(Domain):
             raise WorkerLost(errno.ENETDOWN, self._worker_died(link)) from e
         bound = (WORKER_TIMEOUT if link.ready else START_TIMEOUT) if judged else math.inf
         now = time.monotonic()
-        line.waiting.append(Waiting(session, req, done or _same, undo or _nothing, again, now + bound, bound, now))
+        w = Waiting(session, req, done or _same, undo or _nothing, again, now + bound, bound, now)
+        line.waiting.append(w)
         if judged:
-            self._busy.add(line)
+            self._due.add(w.deadline, (line, w))
         if session is not None:
             session.waiting = True
         return LATER, []
@@ -637,8 +647,7 @@ class ShardedDomain(Domain):
                 log.warning("worker %d: a reply nobody waits for dropped (%d bytes)", line.index, len(data))
                 continue
             w = line.waiting.popleft()
-            if not line.waiting:
-                self._busy.discard(line)
+            w.live = False
             try:
                 if bad is not None:
                     raise bad
@@ -688,29 +697,43 @@ class ShardedDomain(Domain):
 
     def _check_relays(self) -> float:
         """Seconds until the next relayed request's deadline; a worker that let one pass is hung
-        (killed and replaced, its waiting requests `_lost`). A comparison per busy line per turn."""
-        if not self._busy:
-            return HEARTBEAT
+        (killed and replaced, its waiting requests `_lost`). One look at the soonest deadline per
+        turn (`_due`, a heap); an answered request's entry is dropped when its time comes."""
         now = time.monotonic()
-        wait = HEARTBEAT
-        for line in list(self._busy):
-            if not line.waiting:
-                self._busy.discard(line)
-                continue
-            w = min(line.waiting, key=lambda w: w.deadline)
-            if w.deadline > now:
-                wait = min(wait, w.deadline - now)
-                continue
+        for when, (line, w) in self._due.due(now):
+            if not w.live or w.deadline != when:
+                continue  # answered, given up, or its deadline moved (its new entry is in the heap)
             self._hear_line(line)  # an answer waiting unread (usnetd's own loop was slow) counts
             link = self.links.get(line.index)
-            if line.waiting and w in line.waiting and link is not None:
+            if w.live and link is not None:
                 later = self._suspect(link, f"no answer to {type(w.req).__name__} within {w.bound:g} s",
                                       w.asked, now)
                 if later is not None:  # starved, not hung: its requests past their deadline wait on
                     for x in line.waiting:
-                        x.deadline = max(x.deadline, now + later)
-                    wait = min(wait, later)
-        return wait
+                        if x.deadline < now + later:
+                            x.deadline = now + later
+                            self._due.add(x.deadline, (line, x))
+        return self._due.next_in(now, HEARTBEAT)
+
+    def _check_drains(self) -> float:
+        """Seconds until the next drain's bound. A worker that has not ended a departed client's
+        session DRAIN_LIMIT s after usnetd half-closed it is suspect, as one that leaves a request
+        unanswered (`_suspect`): a worker that never lets go of those ports (stopped, stuck, or
+        alive but not ending the session: asleep with its EOF unread) is found hung, killed and
+        replaced, which ends its drains (`_worker_died`); a starved one is looked at again.
+        One look per turn (`_drain_due`)."""
+        now = time.monotonic()
+        for _, line in self._drain_due.due(now):
+            if line not in self._draining:
+                continue  # drained, or its worker gone
+            self._hear_line(line)  # the worker's close waiting unread counts
+            link = self.links.get(line.index)
+            if line in self._draining and link is not None:
+                later = self._suspect(link, f"a departed client's session not ended within {DRAIN_LIMIT:g} s",
+                                      line.ended, now)
+                if later is not None:
+                    self._drain_due.add(now + later, line)
+        return self._drain_due.next_in(now, HEARTBEAT)
 
     def _suspect(self, link: WorkerLink, what: str, asked: float, now: float) -> float | None:
         """Worker `link` let a deadline pass (`what`, asked at `asked`): hung, or only starved of
@@ -742,7 +765,6 @@ class ShardedDomain(Domain):
 
     def _shut(self, line: Line) -> list[Waiting]:
         """`line` unwatched and closed; what waited on it, returned (nobody will answer it now)."""
-        self._busy.discard(line)
         try:
             self._sel.unregister(line.sock)
         except (KeyError, ValueError):
@@ -750,6 +772,8 @@ class ShardedDomain(Domain):
         line.sock.close()
         waiting = list(line.waiting)
         line.waiting.clear()
+        for w in waiting:
+            w.live = False  # (its deadline's entry is stale now)
         return waiting
 
     def _worker_hung(self, link: WorkerLink, what: str) -> str:
@@ -1193,6 +1217,8 @@ class ShardedDomain(Domain):
                         w.undo()  # (nobody to answer)
                     continue
                 self._draining.add(line)
+                line.ended = time.monotonic()
+                self._drain_due.add(line.ended + DRAIN_LIMIT, line)
                 self._ending[session.id] = self._ending.get(session.id, 0) + 1
             for cid in [c for c, px in self.proxied.items()
                         if px.session_id == session.id and px.line not in self._draining]:
@@ -1398,7 +1424,8 @@ class ShardedDomain(Domain):
         self._draining.clear()
         self._ending.clear()
         self._deferred.clear()
-        self._busy.clear()
+        self._due.clear()
+        self._drain_due.clear()
         for pair in self._alive.values():
             for sock in pair:
                 sock.close()
