@@ -32,7 +32,8 @@ peers reset, as on one core. Their ports (flows' and connector blocks') stay res
 namespace, "draining", till the worker closes its end, which it does once it has let them go
 (`_drained`); a request for one meanwhile waits, its session parked, and is served then
 (`_defer`), so no client is given a port a worker still holds. A worker that dies or hangs frees
-them with its death. `usnet status` shows each worker's drains.
+them with its death; one that has not closed its end DRAIN_LIMIT s on is judged as one that
+leaves a request unanswered (`_check_drains`). `usnet status` shows each worker's drains.
 
 Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
 neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
@@ -1269,7 +1270,8 @@ class ShardedDomain(Domain):
 
     def _defer(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         """Park `session` with `req`, asked again when a drain ends (`_retry_deferred`): a drain
-        ends when the worker answers, or when it dies or is found hung (bounded by HUNG_AFTER)."""
+        ends when the worker answers, or when it dies or is found hung (bounded: DRAIN_LIMIT, then
+        usnet.domain.liveness's judgement, HARD_LIMIT at most for a starved worker)."""
         self._deferred.append((session, req))
         session.waiting = True
         log.debug("session %d: %s waits for a departed client's ports in a worker", session.id,
