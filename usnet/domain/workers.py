@@ -96,7 +96,12 @@ the whole frame to worker k on its command socket (b"F", `_hand_over`), which ta
 came whole (`rx_whole`): unicast or to a group, whose members all hold its port, so all are
 worker k's. ICMP and ICMPv6 errors have no port of their own and come to queue 0 too: one quoting
 a packet from a port of worker k is handed over the same way (usnet.domain.switch.host
-`_icmp_error`), and worker k's switch matches the quote against its flow.
+`_icmp_error`), and worker k's switch matches the quote against its flow. What is handed over
+is the link's to choose, so it may take at most HAND_OVER_ROOM of the command socket (the bytes
+sent and not yet read, SIOCOUTQ); past it a frame is dropped and counted: a flood of them never
+takes the room of usnetd's own commands (the heartbeat's question, a client's new session there,
+a neighbour), which would make worker k's clients' requests fail with EAGAIN and a lost
+heartbeat make worker k look hung.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
@@ -105,6 +110,7 @@ another worker.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import math
 import os
@@ -112,6 +118,8 @@ import select
 import selectors
 import signal
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -156,6 +164,10 @@ RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not resta
 # the longest message on a worker's command socket: a whole datagram handed over (b"F": up to 65,535
 # bytes of IP payload, its headers, the netif's name)
 COMMAND_MAX = 1 << 17
+# the share of a command socket's send buffer (SO_SNDBUF, counted as the kernel counts it: each
+# message's whole buffer, as SIOCOUTQ reports the bytes not yet read) that frames handed over from
+# the link (b"F") may fill; the rest is room for usnetd's own commands, a few small messages at a time
+HAND_OVER_SHARE = 0.5
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.MulticastOptions)
 
 
@@ -200,6 +212,8 @@ class WorkerLink:
         # its CPU ticks then; whether it was found starved since it last answered (logged once)
         self.probe: tuple[float, int] | None = None
         self.starved = False
+        # the bytes of its command socket's send buffer that hand-overs may fill (`hand_over`)
+        self.hand_over_room = int(cmd.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * HAND_OVER_SHARE)
 
     def new_session(self) -> socket.socket:
         """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
@@ -221,9 +235,13 @@ class WorkerLink:
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
     def hand_over(self, netif: str, family: int, frame: Received) -> bool:
-        """A datagram usnetd put back together for a port of this worker, sent without waiting;
-        False if it could not be (its socket full, or the worker gone)."""
+        """A datagram usnetd put back together for a port of this worker, or an ICMP error about
+        one, sent without waiting; False if it could not be: the worker gone, or what was handed
+        over and is not read yet fills `hand_over_room` (the rest of the socket is the commands')."""
         try:
+            unread = struct.unpack("i", fcntl.ioctl(self.cmd.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+            if unread + len(frame) > self.hand_over_room:
+                return False
             self.cmd.send(neighbour_msg(b"F", netif, family, frame), socket.MSG_DONTWAIT)
         except OSError:
             return False
