@@ -168,6 +168,7 @@ def test_a_querys_maximum_response_as_rfc_3376():
     assert max_response(0xFF, 12) == 3174.4  # the largest: 0x1F << 10 tenths
     assert max_response(0xFF, 8) == 25.5  # IGMPv2: a plain count of tenths
     assert max_response(0, 8) == 10.0  # IGMPv1: no code, 10 s
+    assert max_response(0, 12) == 0.0  # IGMPv3 code 0: at once (Linux: 1 jiffy)
 
 
 def test_older_igmp_is_what_scapy_reads_and_queries_tell_their_version():
@@ -185,3 +186,18 @@ def test_older_igmp_is_what_scapy_reads_and_queries_tell_their_version():
         redo.chksum = None
         assert bytes(redo) == bytes(ip.payload)
     assert [query_version(c, n) for c, n in ((0, 8), (100, 8), (0, 12), (100, 12))] == [1, 2, 3, 3]
+
+
+@given(st.integers(68, 9000))
+def test_a_report_of_as_many_records_as_fit_fits_the_mtu_and_one_more_would_not(mtu):
+    """records_per_report and mld_records_per_report fill a packet to `mtu` as Linux's add_grec
+    does: that many records fit, one more would not (the netif sends several reports then)."""
+    from usnet.proto.wire.igmp import build_report, records_per_report
+    from usnet.proto.wire.mld import build_mld_report, mld_records_per_report
+
+    for per, build, group in ((records_per_report(mtu), lambda r: build_report(bytes(4), r), bytes([239, 0, 0, 1])),
+                              (mld_records_per_report(mtu), lambda r: build_mld_report(bytes(16), r),
+                               bytes([0xFF, 5]) + bytes(14))):
+        if per < 1:
+            continue
+        assert len(build([(2, group)] * per)) <= mtu < len(build([(2, group)] * (per + 1)))

@@ -47,6 +47,7 @@ from usnet.proto.wire.igmp import (
     max_response,
     parse_igmp,
     query_version,
+    records_per_report,
 )
 from usnet.proto.wire.ipv6 import ALL_NODES
 from usnet.proto.wire.mld import (
@@ -57,16 +58,22 @@ from usnet.proto.wire.mld import (
     build_mldv1,
     mld_max_response,
     mld_query_version,
+    mld_records_per_report,
     parse_mld,
 )
 
-__all__ = ["OLDER_QUERIER_TIMEOUT", "UNSOLICITED_INTERVAL", "MulticastDuties"]
+__all__ = ["OLDER_QUERIER_TIMEOUT", "QUERY_ANSWER_GAP", "UNSOLICITED_INTERVAL", "MulticastDuties"]
 
 UNSOLICITED_INTERVAL = 1.0  # seconds: IGMPv3's Unsolicited Report Interval (RFC 3376 §8.11), Linux's
 # Older Version Querier Present Timeout (RFC 3376 §8.12): robustness 2 x query interval 125 s +
 # query response interval 10 s, as Linux's mr_v1_seen/mr_v2_seen (MLD's Older Version Querier
 # Present Timeout, RFC 3810 §9.12, is the same sum)
 OLDER_QUERIER_TIMEOUT = 260.0
+# the least time between two answers to queries of one family: what reaches usnetd from the link may
+# ask for an answer at once (a maximum response of 0) as often as it likes. Linux arms an answer's
+# timer 2 jiffies ahead at least (igmp_gq_start_timer, mld_gq_start_work) and a query does not move
+# an earlier one: a second of such queries from a veth peer earned 75-80 reports of this kernel
+QUERY_ANSWER_GAP = 0.01
 
 
 def _reported(group: bytes) -> bool:
@@ -88,6 +95,8 @@ class MulticastDuties(HostDuties):
         # (None: all, a general query)
         self._query_due: dict[int, float] = {}
         self._query_asked: dict[int, set[bytes] | None] = {}
+        # when each family's last answer went: the next is due QUERY_ANSWER_GAP after it at the soonest
+        self._answered: dict[int, float] = {}
         # a state change (join, leave) is reported twice (the robustness variable, Linux's
         # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
         # group. The changes to say again, by group (a later one replaces), and when
@@ -163,7 +172,10 @@ class MulticastDuties(HostDuties):
     def _report(self, records: list[tuple[int, bytes]]) -> None:
         """An IGMPv3 report of the IPv4 `records` to 224.0.0.22 and an MLDv2 one of the IPv6 ones to
         ff02::16 (never about a group `_reported` excludes, as Linux's), or, while an older querier
-        is present, each record as that version says it (`_old_reports`)."""
+        is present, each record as that version says it (`_old_reports`). Each report holds what
+        fits the netif's MTU, the rest goes in more (as Linux's add_grec): a client may hold 256
+        IPv6 groups a flow, and one report of them all was refused by the device, so the link
+        heard of no group of the netif and its switches pruned every client's."""
         records = [r for r in records if _reported(r[1])]
         if not records or self.netif.loopback or not self.speaks:
             return
@@ -177,8 +189,10 @@ class MulticastDuties(HostDuties):
         if version < 3:
             self._old_reports(version, records)
             return
-        self.counts["igmp_reports"] += 1
-        self._send_igmp(build_report(self.netif.ip, records, self._next_ident()))
+        per = records_per_report(self.netif.mtu)
+        for i in range(0, len(records), per):
+            self.counts["igmp_reports"] += 1
+            self._send_igmp(build_report(self.netif.ip, records[i:i + per], self._next_ident()))
 
     def _old_reports(self, version: int, records: list[tuple[int, bytes]]) -> None:
         """IGMPv1/v2 (RFC 2236): a report per group we are in, to the group; a leave of a group we
@@ -206,8 +220,10 @@ class MulticastDuties(HostDuties):
                 self.counts["mld_reports"] += 1
                 self._send_mld(build_mldv1(ll, MLDV1_DONE if rtype == CHANGE_TO_INCLUDE else MLDV1_REPORT, g))
             return
-        self.counts["mld_reports"] += 1
-        self._send_mld(build_mld_report(ll, records))
+        per = mld_records_per_report(self.netif.mtu)
+        for i in range(0, len(records), per):
+            self.counts["mld_reports"] += 1
+            self._send_mld(build_mld_report(ll, records[i:i + per]))
 
     def _send_mld(self, packet: bytes) -> None:
         """An MLD packet of ours onto the link, at its destination group's MAC."""
@@ -281,12 +297,14 @@ class MulticastDuties(HostDuties):
         """A query of `group`'s family (all zeros: a general one): its answer (the groups it asks
         about that we are in; a general one: all of them) is due at a random time within
         `max_resp`, so that the hosts of a link do not all answer at once; a general query pending
-        covers a group's (`answer_query` sends it)."""
+        covers a group's (`answer_query` sends it). Never sooner than QUERY_ANSWER_GAP after the
+        family's last answer: a flood of queries with no time to answer was a report per loop turn."""
         fam = 4 if len(group) == 4 else 6
         general = group == bytes(len(group))
         if not general and group not in self.groups.refs:
             return  # about a group nobody here is in
-        due = self.clock() + self._rng.uniform(0.0, max_resp)
+        due = max(self.clock() + self._rng.uniform(0.0, max_resp),
+                  self._answered.get(fam, -QUERY_ANSWER_GAP) + QUERY_ANSWER_GAP)
         pending = self._query_due.get(fam)
         asked = self._query_asked.get(fam)
         if general:
@@ -301,6 +319,7 @@ class MulticastDuties(HostDuties):
             if now < due:
                 continue
             del self._query_due[fam]
+            self._answered[fam] = now
             asked = self._query_asked.pop(fam, None)
             self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups(4 if fam == 4 else 16)
                           if asked is None or g in asked])

@@ -43,6 +43,7 @@ __all__ = [
     "max_response",
     "parse_igmp",
     "query_version",
+    "records_per_report",
 ]
 
 IGMP = 2  # the IP protocol number
@@ -84,6 +85,13 @@ def build_report(src: bytes, records: list[tuple[int, bytes]], ident: int = 0) -
     return _in_ip(src, ALL_REPORTERS, body, ident)
 
 
+def records_per_report(mtu: int) -> int:
+    """How many group records an IGMPv3 report (`build_report`) holds in an IP packet of at most
+    `mtu` bytes: a netif in more groups says them in several reports, as Linux's add_grec starts a
+    new packet when the device's MTU is reached (one packet of them all would be refused)."""
+    return (mtu - _IP_RA.size - IGMP_V3_REPORT_HEADER.size) // IGMP_RECORD.size
+
+
 def build_old_report(src: bytes, typ: int, group: bytes, ident: int = 0) -> bytes:
     """An IGMPv1/v2 message about `group` in its IP packet, as Linux's igmp_send_report: a report
     (IGMP_V1_REPORT, IGMP_V2_REPORT) goes to the group itself, a leave (IGMP_LEAVE) to all-routers."""
@@ -120,7 +128,8 @@ def query_version(code: int, length: int) -> int:
 def max_response(code: int, length: int) -> float:
     """A query's maximum response time in seconds, from its code and its length (RFC 3376
     §4.1.1, §7.1): an IGMPv3 query (12 bytes or more) codes 128 and up as a float (exponent and
-    mantissa, in tenths); an IGMPv2 query's code is tenths; an IGMPv1 query (code 0) means 10 s."""
+    mantissa, in tenths), and its code 0 is no time at all (Linux's 1 jiffy); an IGMPv2 query's
+    code is tenths; an IGMPv1 query (8 bytes, code 0) means 10 s."""
     if length >= 12 and code >= 128:
         return ((code & 0x0F | 0x10) << ((code >> 4 & 0x07) + 3)) / 10
-    return code / 10 if code else 10.0
+    return code / 10 if code or length >= 12 else 10.0

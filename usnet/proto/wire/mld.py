@@ -23,7 +23,7 @@ from usnet.proto.wire.checksum import acc, finish
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.header import Header
 from usnet.proto.wire.icmpv6 import parse_icmpv6
-from usnet.proto.wire.ipv6 import ALL_ROUTERS, build_ipv6_header, pseudo_sum_v6
+from usnet.proto.wire.ipv6 import ALL_ROUTERS, IPV6_HLEN, build_ipv6_header, pseudo_sum_v6
 
 __all__ = [
     "ALL_MLDV2_ROUTERS",
@@ -40,6 +40,7 @@ __all__ = [
     "is_multicast6",
     "mld_max_response",
     "mld_query_version",
+    "mld_records_per_report",
     "parse_mld",
 ]
 
@@ -72,6 +73,13 @@ def build_mld_report(src: bytes, records: list[tuple[int, bytes]]) -> bytes:
     for rtype, group in records:
         body += MLD_RECORD.struct.pack(rtype, 0, 0, group)
     return _in_ip6(src, ALL_MLDV2_ROUTERS, body)
+
+
+def mld_records_per_report(mtu: int) -> int:
+    """How many group records an MLDv2 report (`build_mld_report`) holds in an IPv6 packet of at
+    most `mtu` bytes, its Router Alert included: several reports past it, as Linux's mld_newpack
+    and add_grec fill one to the device's MTU and start the next."""
+    return (mtu - IPV6_HLEN - len(HBH_ROUTER_ALERT) - MLDV2_REPORT_HEADER.size) // MLD_RECORD.size
 
 
 def build_mldv1(src: bytes, typ: int, group: bytes) -> bytes:
