@@ -62,18 +62,20 @@ from usnet.proto.wire.mld import (
     parse_mld,
 )
 
-__all__ = ["OLDER_QUERIER_TIMEOUT", "QUERY_ANSWER_GAP", "UNSOLICITED_INTERVAL", "MulticastDuties"]
+__all__ = ["OLDER_QUERIER_TIMEOUT", "REPORT_GAP", "UNSOLICITED_INTERVAL", "MulticastDuties"]
 
 UNSOLICITED_INTERVAL = 1.0  # seconds: IGMPv3's Unsolicited Report Interval (RFC 3376 §8.11), Linux's
 # Older Version Querier Present Timeout (RFC 3376 §8.12): robustness 2 x query interval 125 s +
 # query response interval 10 s, as Linux's mr_v1_seen/mr_v2_seen (MLD's Older Version Querier
 # Present Timeout, RFC 3810 §9.12, is the same sum)
 OLDER_QUERIER_TIMEOUT = 260.0
-# the least time between two answers to queries of one family: what reaches usnetd from the link may
-# ask for an answer at once (a maximum response of 0) as often as it likes. Linux arms an answer's
-# timer 2 jiffies ahead at least (igmp_gq_start_timer, mld_gq_start_work) and a query does not move
-# an earlier one: a second of such queries from a veth peer earned 75-80 reports of this kernel
-QUERY_ANSWER_GAP = 0.01
+# the least time between two reports of one family (IGMP, MLD): what they answer or say comes from
+# the link (a query may ask for an answer at once, as often as it likes) and from clients (a join or
+# leave is one request), so neither may make usnetd a report storm. Linux sends both from timers
+# armed 2 jiffies ahead at least (igmp_gq_start_timer, igmp_ifc_start_timer; mld_gq_start_work,
+# mld_ifc_start_work), which a later event does not bring forward: a second of queries from a veth
+# peer with maximum response 0 earned 75-80 reports of this kernel
+REPORT_GAP = 0.01
 
 
 def _reported(group: bytes) -> bool:
@@ -95,8 +97,11 @@ class MulticastDuties(HostDuties):
         # (None: all, a general query)
         self._query_due: dict[int, float] = {}
         self._query_asked: dict[int, set[bytes] | None] = {}
-        # when each family's last answer went: the next is due QUERY_ANSWER_GAP after it at the soonest
-        self._answered: dict[int, float] = {}
+        # reports are paced (`_report`): per family (4, 6), what waits to be said (group -> its
+        # record type, a later one replacing), when it is due, and when the last report went
+        self._outbox: dict[int, dict[bytes, int]] = {}
+        self._outbox_due: dict[int, float] = {}
+        self._sent_at: dict[int, float] = {}
         # a state change (join, leave) is reported twice (the robustness variable, Linux's
         # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
         # group. The changes to say again, by group (a later one replaces), and when
@@ -170,15 +175,36 @@ class MulticastDuties(HostDuties):
     # -- IGMP -----------------------------------------------------------------------------------
 
     def _report(self, records: list[tuple[int, bytes]]) -> None:
+        """Say `records` (never about a group `_reported` excludes, as Linux's), paced: a family
+        whose last report went REPORT_GAP ago or more says them now, else they wait in its outbox
+        till then, where a later record of a group replaces an earlier one (the link hears the
+        latest state). One rule for every report, an answer, a change or its repeat."""
+        records = [r for r in records if _reported(r[1])]
+        if not records or self.netif.loopback or not self.speaks:
+            return
+        now = self.clock()
+        for rtype, g in records:
+            fam = 4 if len(g) == 4 else 6
+            self._outbox.setdefault(fam, {})[g] = rtype
+            if fam not in self._outbox_due:
+                self._outbox_due[fam] = max(now, self._sent_at.get(fam, -REPORT_GAP) + REPORT_GAP)
+        self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        """Send each family's outbox that is due (`_report`)."""
+        for fam, due in list(self._outbox_due.items()):
+            if now >= due:
+                del self._outbox_due[fam]
+                self._sent_at[fam] = now
+                self._send_records([(rtype, g) for g, rtype in self._outbox.pop(fam).items()])
+
+    def _send_records(self, records: list[tuple[int, bytes]]) -> None:
         """An IGMPv3 report of the IPv4 `records` to 224.0.0.22 and an MLDv2 one of the IPv6 ones to
-        ff02::16 (never about a group `_reported` excludes, as Linux's), or, while an older querier
+        ff02::16, or, while an older querier
         is present, each record as that version says it (`_old_reports`). Each report holds what
         fits the netif's MTU, the rest goes in more (as Linux's add_grec): a client may hold 256
         IPv6 groups a flow, and one report of them all was refused by the device, so the link
         heard of no group of the netif and its switches pruned every client's."""
-        records = [r for r in records if _reported(r[1])]
-        if not records or self.netif.loopback or not self.speaks:
-            return
         v6 = [r for r in records if len(r[1]) == 16]
         if v6:
             self._report6(v6)
@@ -256,8 +282,9 @@ class MulticastDuties(HostDuties):
         self._again_due = due if self._again_due is None else min(due, self._again_due)
 
     def igmp_next(self) -> float | None:
-        """When IGMP or MLD is next due here (an answer to a query, a report said again); None: nothing."""
-        due = [t for t in (*self._query_due.values(), self._again_due) if t is not None]
+        """When IGMP or MLD is next due here (an answer to a query, a report said again or waiting
+        for its turn); None: nothing."""
+        due = [t for t in (*self._query_due.values(), *self._outbox_due.values(), self._again_due) if t is not None]
         return min(due) if due else None
 
     def igmp_timers(self, now: float) -> None:
@@ -266,6 +293,7 @@ class MulticastDuties(HostDuties):
             again, self._again, self._again_due = self._again, {}, None
             self._report([(rtype, g) for g, rtype in again.items()])
         self.answer_query(now)
+        self._flush(now)
 
     def _rx_igmp(self, f: Received, start: int, end: int, dst: bytes) -> None:
         """A query: its answer (the groups it asks about that we are in; a general one: all of
@@ -297,14 +325,13 @@ class MulticastDuties(HostDuties):
         """A query of `group`'s family (all zeros: a general one): its answer (the groups it asks
         about that we are in; a general one: all of them) is due at a random time within
         `max_resp`, so that the hosts of a link do not all answer at once; a general query pending
-        covers a group's (`answer_query` sends it). Never sooner than QUERY_ANSWER_GAP after the
-        family's last answer: a flood of queries with no time to answer was a report per loop turn."""
+        covers a group's (`answer_query` sends it). The answer is paced as every report
+        (`_report`): a flood of queries with no time to answer was a report per loop turn."""
         fam = 4 if len(group) == 4 else 6
         general = group == bytes(len(group))
         if not general and group not in self.groups.refs:
             return  # about a group nobody here is in
-        due = max(self.clock() + self._rng.uniform(0.0, max_resp),
-                  self._answered.get(fam, -QUERY_ANSWER_GAP) + QUERY_ANSWER_GAP)
+        due = self.clock() + self._rng.uniform(0.0, max_resp)
         pending = self._query_due.get(fam)
         asked = self._query_asked.get(fam)
         if general:
@@ -319,7 +346,6 @@ class MulticastDuties(HostDuties):
             if now < due:
                 continue
             del self._query_due[fam]
-            self._answered[fam] = now
             asked = self._query_asked.pop(fam, None)
             self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups(4 if fam == 4 else 16)
                           if asked is None or g in asked])
