@@ -196,3 +196,68 @@ def test_a_client_joining_and_leaving_in_a_loop_is_not_a_report_storm(mcd, famil
         assert reports <= span / REPORT_GAP + 2, (reports, span)
     finally:
         c.close()
+
+
+def test_a_member_that_never_reads_costs_the_others_nothing(mcd):
+    """Two members of a group share a port (SO_REUSEPORT): a flow whose client never reads its
+    receive ring, and a usnet socket. The kernel sends 600 datagrams to the group, each after the
+    socket got the one before: the socket gets every one, though the deaf flow's ring filled long
+    before (its copies counted as dropped at its flow and the netif)."""
+    from usnet import socket as us
+    from usnet.client import Client
+
+    g = "239.9.9.9"
+    deaf_client, client = Client.connect(mcd.path), Client.connect(mcd.path)
+    try:
+        deaf, _ = deaf_client.open_flow("usnet0", 17, 47990, reuse_port=True, ring_size=64, packets=128)
+        deaf_client.join_group(deaf.id, socket.inet_aton(g))
+        reader = us.socket(socket.AF_INET, socket.SOCK_DGRAM, client=client, netif="usnet0")
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reader.bind(("", 47990))
+        reader.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                          socket.inet_aton(g) + socket.inet_aton(mcd.usnet_ip))
+        reader.settimeout(LIMIT)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.bind((mcd.host_ip, 0))
+            k.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(mcd.host_ip))
+            for i in range(600):
+                k.sendto(b"%d" % i, (g, 47990))
+                assert reader.recv(100) == b"%d" % i
+        with Client.connect(mcd.path) as c:
+            st = c.status()
+            flows = {f["channel"]: f for f in st["netifs"][0]["flows"]}
+        stats = flows[deaf.id]["stats"]
+        # every copy accounted for: in its ring (64) or dropped, at its flow and at the netif
+        assert stats["rx_packets"] + stats["rx_dropped"] == 600 and stats["rx_dropped"] > 0, stats
+        assert st["netifs"][0]["drops"]["rx_client_full"] == stats["rx_dropped"], st["netifs"][0]["drops"]
+        reader.close()
+    finally:
+        client.close()
+        deaf_client.close()
+
+
+def test_malformed_join_requests_are_refused_and_usnetd_serves_on(mcd):
+    """Groups of a length no family has, whose first byte says multicast (ff, e0), a 17-byte one,
+    MulticastOptions for a channel that is not the session's: each a clear refusal, the session
+    and usnetd go on (found sound: the decoder bounds the length, the table checks the family by
+    length, `_own` the owner)."""
+    from tests.interop.test_multicast import refusal
+    from usnet.client import Client
+
+    c, other = Client.connect(mcd.path), Client.connect(mcd.path)
+    try:
+        v4, _ = c.open_flow("usnet0", 17, 47980, family=4)
+        v6, _ = c.open_flow("usnet0", 17, 47981, family=6)
+        theirs, _ = other.open_flow("usnet0", 17, 47982, family=4)
+        got = [refusal(lambda ch=ch, g=g: c.join_group(ch.id, g))
+               for ch, g in ((v6, b"\xff" * 10), (v4, b"\xe0" + bytes(4)), (v6, b"\xff" + bytes(14)),
+                             (v4, socket.inet_aton("239.1.1.1") * 2), (theirs, socket.inet_aton("239.1.1.1")))]
+        assert got == ["EINVAL", "EINVAL", "EINVAL", "EINVAL", "ENOENT"], got
+        with pytest.raises(Exception, match=r"(?i)protocol|length|invalid"):
+            c.join_group(v6.id, b"\xff" * 17)
+        assert refusal(lambda: c.multicast_options(theirs.id, False, False)) == "ENOENT"
+        with Client.connect(mcd.path) as fresh:
+            assert fresh.status()["netifs"][0]["netif"]
+    finally:
+        c.close()
+        other.close()
