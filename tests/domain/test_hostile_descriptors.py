@@ -11,23 +11,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from tests.helpers.hostile_harness import Harness, deadline_loop, quick_client, raw_session
+from tests.helpers.hostile_harness import quick_client, raw_session
 from usnet.abi import protocol as P
 from usnet.abi.transport import recv_msg, send_msg
 
 LOOPS = 150  # channels opened and closed
 UNREAD = 600  # open requests whose replies are never read: more than the socket holds
-
-
-@pytest.fixture
-def hostile(sockdir):
-    h = Harness(sockdir)
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 def test_opening_and_closing_channels_in_a_loop_leaks_no_descriptor(hostile):
@@ -44,7 +33,9 @@ def test_opening_and_closing_channels_in_a_loop_leaks_no_descriptor(hostile):
         b.close()
         if i in (9, LOOPS - 1):
             counts.append(h.fd_count())
-    assert counts[1] <= counts[0], counts  # 140 more opens and closes, not one descriptor more
+    # 140 more opens and closes: a descriptor kept by each would be 140 more (the slack: what
+    # usnetd opens for a moment, such as a reaper's work)
+    assert counts[1] <= counts[0] + 4, counts
     c.open_pipe("left")
     c.open_pipe("left")
     ctl.close()
@@ -72,13 +63,7 @@ def test_open_replies_never_read_leak_no_descriptor(hostile):
         if i % 50 == 49 and sid not in {s["id"] for s in h.status("a deaf opener")["sessions"]}:
             break
     what = f"a client that asked for {sent} channels and read no reply"
-    st = h.assert_served(what)
-    for _ in deadline_loop(5):
-        if sid not in {s["id"] for s in st["sessions"]}:
-            break
-        st = h.status(what)
-    else:
-        pytest.fail(f"after {what}: usnetd keeps session {sid}")
+    h.assert_session_ended(sid, what, h.assert_served(what))
     sock.close()
     h.assert_recovered(what)
     h.finish(what)

@@ -278,13 +278,7 @@ def test_client_that_never_reads_its_replies(hostile):
         except (BlockingIOError, OSError):
             break
     what = f"a client that sent {sent} requests and read no reply"
-    st = h.assert_served(what)
-    for _ in deadline_loop(5):
-        if sid not in {s["id"] for s in st["sessions"]}:
-            break
-        st = h.status(what)
-    else:
-        pytest.fail(f"after {what}: usnetd keeps its session {sid} (expected it ended: SLOW_CONSUMER)")
+    h.assert_session_ended(sid, what, h.assert_served(what))  # SLOW_CONSUMER
     sock.setblocking(True)
     sock.settimeout(ANSWER_S)
     for _ in range(sent + 1):  # what it queued, then the end of the session

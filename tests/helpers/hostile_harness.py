@@ -272,6 +272,15 @@ class Harness:
         self.assert_books(st, what)
         return st
 
+    def assert_session_ended(self, sid: int, what: str, st: dict | None = None) -> None:
+        """usnetd ends session `sid` within 5 s (`st`: a status already read)."""
+        st = self.status(what) if st is None else st
+        for _ in deadline_loop(5):
+            if sid not in {s["id"] for s in st["sessions"]}:
+                return
+            st = self.status(what)
+        pytest.fail(f"after {what}: usnetd keeps its session {sid} (expected it ended)")
+
     def assert_recovered(self, what: str) -> None:
         """The attacker is gone: usnetd's descriptors and RSS come back to the baseline."""
         self.assert_alive(what)
