@@ -183,7 +183,7 @@ def test_close_with_a_makefile_open_keeps_the_connection_until_the_file_closes(c
 
 def test_recv_flags_peek_dontwait_waitall_and_the_into_calls(c):
     srv, cl, conn = _pair(c, 8105)
-    conn.setblocking(True)  # (with a timeout, CPython polls first, MSG_DONTWAIT or not: test_programs6.py)
+    conn.setblocking(True)  # (with a timeout, CPython polls first, MSG_DONTWAIT or not)
     with pytest.raises(BlockingIOError):
         conn.recv(10, us.MSG_DONTWAIT)  # a blocking socket, one call that does not wait
     conn.settimeout(10)

@@ -9,6 +9,7 @@ what it prints (one JSON line) the test compares between the two.
 import json
 import select
 import socket
+import struct
 import sys
 
 name, args = sys.argv[1], sys.argv[2:]
@@ -53,10 +54,10 @@ if name == "rcvlowat":
     s.setsockopt(SOL, LOWAT, 1)
     res["at-one"] = readable(s)
     s.setsockopt(SOL, LOWAT, 10)
-    res["dontwait-timeout"] = outcome(lambda: s.recv(100, socket.MSG_DONTWAIT))  # CPython polls first
-    s.setblocking(True)
+    s.setblocking(True)  # (with a timeout, CPython polls first, MSG_DONTWAIT or not: usnet does not)
     res["dontwait"] = outcome(lambda: s.recv(100, socket.MSG_DONTWAIT))  # what is queued
     res["dontwait-empty"] = outcome(lambda: s.recv(100, socket.MSG_DONTWAIT))
+    s.setsockopt(SOL, socket.SO_RCVTIMEO, struct.pack("ll", int(LIMIT), 0))  # blocking, but bounded
     s.sendall(b"vwxyz")
     s.sendall(b"ABCDE")
     res["blocking"] = outcome(lambda: s.recv(100))  # waits for both

@@ -1835,9 +1835,7 @@ class socket:
         return self._conn
 
     def _call_timeout(self, flags: int) -> Any:
-        """MSG_DONTWAIT's timeout: none, except on a socket with a Python timeout, where CPython
-        polls for readiness within the timeout before it makes the call, as without the flag."""
-        return 0.0 if flags & _DONTWAIT and not self._timeout else _UNSET
+        return 0.0 if flags & _DONTWAIT else _UNSET
 
     def _read(self, conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
