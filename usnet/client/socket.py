@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from usnet.abi.events import DefunctReason
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
@@ -462,6 +462,7 @@ _BUF_LIMITS = {SO_RCVBUF: ("/proc/sys/net/core/rmem_max", 2304), SO_SNDBUF: ("/p
 _KEEPALIVE_LIMITS = {_std.TCP_KEEPIDLE: 32767, _std.TCP_KEEPINTVL: 32767, _std.TCP_KEEPCNT: 127}
 _TOS_OPTS = ((_std.IPPROTO_IP, 1), (IPPROTO_IPV6, 67))  # IP_TOS, IPV6_TCLASS
 _ECT0 = 2  # the ECN codepoint ECT(0) (RFC 3168)
+_LOWAT_KEY = (_std.SOL_SOCKET, _so.SO_RCVLOWAT)
 _KEEPALIVE_OPTS = [(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o) for o in _KEEPALIVE_LIMITS]
 
 
@@ -1018,6 +1019,8 @@ class socket:
             return b""
         if flags & _WAITALL and not flags & _PEEK:
             return self._recv_all(conn, bufsize, flags)
+        if not flags & _PEEK and (want := self._rcv_target(conn, bufsize)) > 1:
+            return self._recv_lowat(conn, bufsize, flags, want)
         take = (lambda: conn.peek(bufsize)) if flags & _PEEK else (lambda: conn.recv(bufsize))
         return self._wait(lambda: self._read(conn, take, b""), "recv", self._call_timeout(flags))
 
@@ -1040,6 +1043,28 @@ class socket:
             got += chunk
         return bytes(got)
 
+    def _recv_lowat(self, conn: TcpConnection, bufsize: int, flags: int, want: int) -> bytes:
+        """recv under SO_RCVLOWAT: once `want` bytes are queued (or no more will come), up to
+        `bufsize`. A call that may not wait (non-blocking, MSG_DONTWAIT, SO_RCVTIMEO's end) takes
+        what is queued, as tcp_recvmsg returns what it copied; a Python timeout ends in
+        TimeoutError, as CPython's poll for readiness (which needs the target) runs out first."""
+        take = partial(conn.recv, bufsize)
+
+        def attempt() -> bytes | None:
+            return self._read(conn, take, b"") if self._enough(conn, want) else None
+
+        t, eagain = (0.0, False) if self._call_timeout(flags) == 0.0 else self._limit("recv")
+        try:
+            return cast(bytes, self._wait(attempt, "recv", t, eagain))
+        except BlockingIOError:
+            return cast(bytes, self._wait(lambda: self._read(conn, take, b""), "recv", 0.0))
+
+    def _enough(self, conn: TcpConnection, want: int) -> bool:
+        """Whether a read for `want` bytes need not wait: they are queued, or no more will come
+        (the peer's FIN, an error, SHUT_RD). With the engine's lock held."""
+        return (conn.rcv_queued >= want or conn.fin_received or conn.error is not None
+                or conn.pending_error is not None or self._shut_rd or conn.state is CLOSED)
+
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         mv = memoryview(buffer).cast("B")
         if nbytes < 0:
@@ -1048,7 +1073,7 @@ class socket:
             raise ValueError("buffer too small for requested bytes")
         if nbytes:
             mv = mv[:nbytes]
-        if flags & (_PEEK | _WAITALL | _ERRQUEUE):
+        if flags & (_PEEK | _WAITALL | _ERRQUEUE) or self._rcv_target(self._conn, len(mv)) > 1:
             data = self.recv(len(mv), flags)
             mv[: len(data)] = data
             return len(data)
@@ -1364,6 +1389,12 @@ class socket:
             value = self._device(value)
         elif level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             value = self._v6only(value)
+        elif level == SOL_SOCKET and opt == _so.SO_RCVLOWAT:
+            self._opts[level, opt] = min(value, self._rcvlowat_cap())
+            if conn is not None and eng is not None:
+                with eng.lock:  # readiness by the new mark, as tcp_set_rcvlowat's tcp_data_ready
+                    self._update()
+            return
         elif level == SOL_SOCKET and opt in _BUF_LIMITS:
             path, least = _BUF_LIMITS[opt]
             value = max(2 * min(int(value), _sysctl(path, 212992)), least)  # what Linux keeps
@@ -1894,6 +1925,27 @@ class socket:
             if borrowed:
                 runner().give_back(eng)
 
+    def _rcv_target(self, conn: TcpConnection | None, bufsize: int | None = None) -> int:
+        """The bytes a recv of `bufsize` waits for (None: that readiness needs): SO_RCVLOWAT, no
+        more than asked (sock_rcvlowat), and no more than half the receive buffer, which a
+        connection can always queue (Linux's tcp_epollin_ready also says readable once the
+        window has closed, and tcp_set_rcvlowat grows an unlocked buffer to fit). 1 without it."""
+        lowat = self._opts.get(_LOWAT_KEY, 1)
+        if lowat == 1 or conn is None:
+            return 1
+        return max(1, min(lowat, conn.rcvbuf_cap // 2, bufsize or lowat))
+
+    def _rcvlowat_cap(self) -> int:
+        """SO_RCVLOWAT's ceiling on a stream socket, as tcp_set_rcvlowat: half SO_RCVBUF once it
+        was set (the kernel's SOCK_RCVBUF_LOCK), else half tcp_rmem's maximum."""
+        if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
+            return int(v) >> 1
+        try:
+            with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+                return int(f.read().split()[2]) >> 1
+        except (OSError, ValueError, IndexError):
+            return 6291456 >> 1  # Linux's default tcp_rmem[2]
+
     @staticmethod
     def _park_at_exit(eng: FlowEngine, borrowed: bool) -> None:
         """`park_at_exit`, the doorbell given back first: the exit's drain needs the runner to hear it."""
@@ -1924,6 +1976,8 @@ class socket:
         if st is SYN_SENT or st is SYN_RECEIVED:
             return False, False  # the handshake decides
         readable = conn.readable or self._shut_rd
+        if readable and (target := self._rcv_target(conn)) > 1:  # SO_RCVLOWAT: tcp_epollin_ready's target
+            readable = self._enough(conn, target)
         if st is ESTABLISHED or st is CLOSE_WAIT:
             space = conn.send_space  # writable as Linux: a third of the buffer free (space >= queued / 2)
             return readable, space > 0 and 2 * space >= conn.pending and conn.notsent_ok

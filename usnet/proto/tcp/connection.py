@@ -648,6 +648,11 @@ class TcpConnection:
         return bool(self._rcvq) or self._fin_rcvd or self.error is not None
 
     @property
+    def fin_received(self) -> bool:
+        """The peer's FIN arrived (bytes before it may still be queued): no more data will come."""
+        return self._fin_rcvd
+
+    @property
     def eof(self) -> bool:
         """The peer's FIN arrived and every byte before it was read."""
         return self._fin_rcvd and not self._rcvq
