@@ -20,7 +20,11 @@ What it declines: a FIN to send (or queued), loss recovery or anything
 RACK wants to resend or probe, SACK blocks or a D-SACK to report (options
 other than the timestamp), no timestamps, ECE/CWR to set, an idle restart
 due, data that does not fit one segment, the peer's window, the congestion
-window or the pacer's budget, a Nagle hold, a set TCP_CORK or MSG_MORE, and super-segments.
+window or the pacer's budget, a Nagle hold, a set TCP_CORK or MSG_MORE, and super-segments
+(more than one MSS of data on a connection with segmentation offload: `_send` sizes them).
+Data of one MSS or less on such a connection is taken: it is one plain segment either way
+(a TAP with offload gives every connection of `usnet bench http` a `max_segment` above its
+MSS, and the lean path was never taken there).
 
 tests/proto/test_tcp_fastpath.py plays random traffic with both fast paths
 on and off and asserts the same segments and the same state after every step.
@@ -58,8 +62,8 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     if c.sb.sacked or (c.sack_ok and (c._reasm or c._dsack)):
         return False  # pipe less than the flight, or a SACK option to send
     mss = c.mss
-    if c.max_segment > mss:
-        return False  # super-segments: `_send` sizes them
+    # (A connection with segmentation offload, `max_segment` above the MSS, is taken too: data
+    # that fits one MSS is one plain segment whatever `_send`'s `seg_max`; more is declined below.)
     base = c._snd_base
     buf = c._sndbuf
     dend = base + len(buf)
