@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY
 from usnet.proto.tcp.seq import MASK
 from usnet.proto.wire.tcp import ACK, PSH, pack_ts
 
@@ -51,6 +52,16 @@ _ACK_PSH = ACK | PSH
 def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     """Send all unsent data as one segment if nothing special applies (see the module);
     False: not taken, nothing changed."""
+    mss = c.mss
+    base = c._snd_base
+    buf = c._sndbuf
+    dend = base + buf.size
+    nxt = c.snd_nxt
+    n = dend - nxt
+    if n <= 0 or n > mss:
+        # nothing to send (first: the pump that takes a request asks once a request), or more
+        # than one segment (super-segments: `_send` sizes them)
+        return False
     if c._fin_queued or not c.ts_ok or c._recovery or c._ece or c._cwr:
         return False
     cork = c._cork
@@ -59,18 +70,8 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     rack = c.rack
     if rack is not None and (rack.tlp_now or rack.lost_q or rack.lost_bytes):
         return False
-    if c.sb.sacked or (c.sack_ok and (c._reasm or c._dsack)):
+    if c.sb.sacked or (c.sack_ok and ((c._reasm is not EMPTY_REASSEMBLY and c._reasm) or c._dsack)):
         return False  # pipe less than the flight, or a SACK option to send
-    mss = c.mss
-    # (A connection with segmentation offload, `max_segment` above the MSS, is taken too: data
-    # that fits one MSS is one plain segment whatever `_send`'s `seg_max`; more is declined below.)
-    base = c._snd_base
-    buf = c._sndbuf
-    dend = base + len(buf)
-    nxt = c.snd_nxt
-    n = dend - nxt
-    if n <= 0 or n > mss:
-        return False  # nothing to send, or more than one segment
     una = c.snd_una
     pipe = nxt - una  # `_pipe()` with nothing SACKed, nothing lost and no recovery
     if nxt == una:
