@@ -580,10 +580,18 @@ def test_the_answers_pump_does_not_look_at_an_empty_ring_again(net):
     receives the request ends on an empty RX ring (which arms the doorbell), the protocol writes,
     and the pump that sends the answer does not look at the ring again (an empty `Channel.recv`
     is ten calls and a BlockingIOError). Counted on the server's channel: at most one empty
-    receive a `_serve`, 200 round trips all answered (a lost wake-up would hang, and fail)."""
+    receive a `_serve`, 200 round trips all answered (a lost wake-up would hang, and fail). The
+    listener, whose engine is the connection's, scans its accept queue only when it moved."""
     from usnet.client.aio import _LoopDriver
 
     rounds = 200
+    looked = [0]  # the listener's scans of its accept queues (`_accept_waits`)
+    real_waits = aio._accept_waits
+
+    def accept_waits(*a):  # type: ignore[no-untyped-def]
+        looked[0] += 1
+        return real_waits(*a)
+
     per_serve: list[int] = []
     current: list[int] = []
     real_serve = _LoopDriver._serve
@@ -637,9 +645,13 @@ def test_the_answers_pump_does_not_look_at_an_empty_ring_again(net):
         server.close()
 
     _LoopDriver._serve = serve  # type: ignore[method-assign]
+    aio._accept_waits = accept_waits
     try:
         _loop_run(main())
     finally:
         _LoopDriver._serve = real_serve  # type: ignore[method-assign]
+        aio._accept_waits = real_waits
     assert len(per_serve) >= rounds  # every request came through a `_serve`
     assert max(per_serve) <= 1, sorted(per_serve)[-5:]
+    # and the server's listener looked at its accept queue when it moved, not after every pump
+    assert looked[0] < rounds // 10, looked[0]

@@ -946,9 +946,25 @@ class _Listener:
         self.port: int = sock.getsockname()[1]
         self.watcher = _Watcher(server._loop, self._wants, self._accept_ready)
         self.watcher.moved = self._moved
+        # the engines' accept-queue changes (`TcpEndpoint.accept_moves`, summed) when the queues
+        # were last found empty; -1: not known
+        self._empty_at = -1
 
     def _wants(self) -> bool:
-        return self.server._serving and _accept_waits(self.engines, self.port)
+        """After every pump of the listener's engine (every accepted connection's): whether a
+        connection waits. The queues change only with `accept_moves`, so once found empty they
+        are not looked at again until it moved."""
+        if not self.server._serving:
+            return False
+        n = 0
+        for e in self.engines:
+            n += e.tcp.accept_moves
+        if n == self._empty_at:
+            return False
+        if _accept_waits(self.engines, self.port):
+            return True
+        self._empty_at = n
+        return False
 
     def _moved(self) -> None:
         """The socket listens again on a new flow (usnetd came back): serve that one."""
@@ -964,6 +980,7 @@ class _Listener:
         _unwatch(self.eng, self.watcher)
         self.eng = sock.engine
         self.engines = sock.listening_engines or (self.eng,)
+        self._empty_at = -1  # other engines, other counts
         if self.server._serving:
             self.start()
 
