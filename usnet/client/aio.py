@@ -189,12 +189,15 @@ class _LoopDriver:
             self._scheduled = True
             self.loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, drained: FlowEngine | None = None) -> None:
+        """Pump every marked engine once. `drained`: an engine pumped earlier in this same loop
+        callback (`_serve`), whose receive ended on an empty ring: its pump skips the receive
+        (FlowEngine.pump's `receive`)."""
         with step:  # every engine marked is pumped before a signal's exception (usnet.client.sigdefer)
             self._scheduled = False
             dirty, self._dirty = self._dirty, {}
             for eng in dirty:
-                self._pump(eng)
+                self._pump(eng, eng is not drained)
 
     def _bell(self, eng: FlowEngine) -> None:
         eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
@@ -241,15 +244,15 @@ class _LoopDriver:
             for w in left:
                 self.loop.call_soon(w.fire)
         if self._dirty and not self._scheduled:
-            self._flush()
+            self._flush(eng)
 
-    def _pump(self, eng: FlowEngine) -> None:
+    def _pump(self, eng: FlowEngine, receive: bool = True) -> None:
         """One step for a signal (usnet.client.sigdefer): the pump and what the loop keeps of it (the
         engine's timer, its end), or a signal's exception after the pump leaves it with no timer."""
         with step:
-            self._pump_step(eng)
+            self._pump_step(eng, receive)
 
-    def _pump_step(self, eng: FlowEngine) -> None:
+    def _pump_step(self, eng: FlowEngine, receive: bool = True) -> None:
         if eng.driver is not self:
             return
         now = time.monotonic()
@@ -258,7 +261,7 @@ class _LoopDriver:
         # release (usnet.client.sigdefer), comes out of the `with`, to the program, not to `broke`.
         with eng.lock:
             try:
-                eng.pump(now)
+                eng.pump(now, receive)
                 d = eng.deadline(now)
                 done = eng.release_when_idle and (eng.idle() or eng.error is not None)
             except Exception as exc:  # as the runner: one broken engine must not stop the loop
@@ -943,9 +946,25 @@ class _Listener:
         self.port: int = sock.getsockname()[1]
         self.watcher = _Watcher(server._loop, self._wants, self._accept_ready)
         self.watcher.moved = self._moved
+        # the engines' accept-queue changes (`TcpEndpoint.accept_moves`, summed) when the queues
+        # were last found empty; -1: not known
+        self._empty_at = -1
 
     def _wants(self) -> bool:
-        return self.server._serving and _accept_waits(self.engines, self.port)
+        """After every pump of the listener's engine (every accepted connection's): whether a
+        connection waits. The queues change only with `accept_moves`, so once found empty they
+        are not looked at again until it moved."""
+        if not self.server._serving:
+            return False
+        n = 0
+        for e in self.engines:
+            n += e.tcp.accept_moves
+        if n == self._empty_at:
+            return False
+        if _accept_waits(self.engines, self.port):
+            return True
+        self._empty_at = n
+        return False
 
     def _moved(self) -> None:
         """The socket listens again on a new flow (usnetd came back): serve that one."""
@@ -961,6 +980,7 @@ class _Listener:
         _unwatch(self.eng, self.watcher)
         self.eng = sock.engine
         self.engines = sock.listening_engines or (self.eng,)
+        self._empty_at = -1  # other engines, other counts
         if self.server._serving:
             self.start()
 

@@ -407,8 +407,14 @@ class FlowEngine:
     def fileno(self) -> int:
         return self.ch.doorbell_fd
 
-    def pump(self, now: float) -> None:
-        """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
+    def pump(self, now: float, receive: bool = True) -> None:
+        """Receive, run timers, send; then tell waiting socket calls. Call with the lock held.
+
+        `receive` False: no look at the RX ring, for a pump right behind one whose receive ended
+        on an empty ring in the same loop callback (usnet.aio's `_LoopDriver._serve`: the pump
+        that sends the answers its callbacks wrote). Lossless: that empty receive armed
+        NEED_WAKEUP, so whatever arrived since has rung the doorbell, which the loop reads; the
+        look would have cost an empty `Channel.recv` (ten calls and a BlockingIOError)."""
         if self.closed or self.error is not None:
             return
         # Time never goes back for TCP: the runner reads its clock before it waits for this lock,
@@ -420,7 +426,8 @@ class FlowEngine:
         self._now = now
         touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
         try:
-            self._receive(now)
+            if receive:
+                self._receive(now)
             t = self.tcp.timeout(now)
             if t is not None and t <= now:
                 fired = self.tcp.on_timer(now)

@@ -474,6 +474,12 @@ class socket:
     # is a table of its own, 1.3 KB more per connection (measured: `usnet bench scale`'s memory).
     _held: tuple[FlowEngine, ...] = ()  # a closed listener's other flows, bind took it over
     _refused: OSError | None = None  # why a rebind could not be (`_rebind_failed`): its calls raise it
+    # a listener whose usnetd went away: it listens again once one is back (a class default: rare;
+    # it leaves room in the instance's shared key table for `_accepts_seen` below)
+    _orphan = False
+    # a listener's readiness was last set at this count of its engines' accept-queue changes
+    # (`TcpEndpoint.accept_moves`, summed); -1: never (a class default: only listeners set it)
+    _accepts_seen = -1
 
     def __new__(cls, family: int = AF_INET, type: int = SOCK_STREAM, *args: Any, **kwargs: Any) -> Any:
         if cls is socket and type & 0xF == SOCK_DGRAM:
@@ -523,7 +529,6 @@ class socket:
         # dual-stack AF_INET6 socket (`_dual`, made by bind), and a listener's on the loopback netif
         self._halves: tuple[FlowEngine, ...] = ()
         self._netif = ""  # the netif bind chose
-        self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -1996,14 +2001,31 @@ class socket:
                 elif ready.hup == 2 and not err:
                     ready.clear_error()
                 return
+            if conn is None and self._listening and self._engine is not None:
+                self._accepts_seen = self._accept_moves(self._engine)
             r, w = self._poll_state()
             ready.set(r, w)
+
+    def _accept_moves(self, eng: FlowEngine) -> int:
+        """The accept-queue changes of the listener's engines, summed (each count only grows, so
+        the sum moves whenever one of them does). With the engine's lock held."""
+        n = eng.tcp.accept_moves
+        for h in self._halves:
+            n += h.tcp.accept_moves
+        return n
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
         eng = self._engine
-        if self._listening and not self._orphan and eng is not None and eng.error is not None:
-            self._orphan_if_gone()  # (only an engine's error can orphan it: not looked for otherwise)
+        if self._listening and eng is not None:
+            if eng.error is not None:
+                if not self._orphan:
+                    self._orphan_if_gone()  # (only an engine's error can orphan it: not looked for otherwise)
+            elif self._conn is None and not self._dead and self._accepts_seen == self._accept_moves(eng):
+                # A listener's readiness is its accept queues' (and its engine's error): nothing
+                # moved since it was set, and a pump that changed nothing else of it (two pumps a
+                # request, the listener's engine being every accepted connection's) sets nothing.
+                return
         self._update()
 
     def _orphan_if_gone(self) -> None:
