@@ -1006,14 +1006,12 @@ class Runner:
         runner's to lend, or another call has it. Timers and wakes still reach the runner. With
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
-            if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone or threading.current_thread() is threading.main_thread()):
-                # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) Never
-                # the main thread: Python runs signal handlers there, between any two bytecodes, so
-                # a handler's exception (KeyboardInterrupt, an alarm's) would land in the middle of
-                # the pump, with TCP's state half updated, or fail the engine and every connection
-                # on it (an alarm during a pumping recv did, once in a CI run). A blocked call of
-                # the main thread waits on `changed`, which a signal interrupts cleanly.
+            if engine not in self.engines or engine in self._borrowed or engine.pumper is not None or not engine.alone:
+                # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) The
+                # main thread borrows too: its pump runs under the engine's lock, an EngineLock,
+                # which holds the asynchronous signals off in the main thread (usnet.client.sigdefer),
+                # and its sleep lets every hold go (`_release_save`), so a handler's exception comes
+                # out of the sleep, as out of `changed.wait`, never out of the middle of a pump.
                 return False
             fd = engine.fileno()
             key = self._sel.get_map().get(fd)
