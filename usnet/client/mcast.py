@@ -27,7 +27,8 @@ import errno
 import socket
 from typing import Any
 
-from usnet.proto.cmsg import IpMreqn, multicast_if, parse_mreq
+from usnet.proto.cmsg import IpMreqn, multicast_if, parse_group_req, parse_mreq, parse_mreq_source
+from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, Filter
 
 __all__ = [
     "IPV6_JOIN_GROUP",
@@ -49,8 +50,17 @@ __all__ = [
 
 IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP = 32, 33, 34, 35, 36
 IP_MULTICAST_ALL = 49
+# source-specific membership (include/uapi/linux/in.h): ip_mreq_source's, and RFC 3678's
+# protocol-independent group_req / group_source_req ones
+IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP = 37, 38, 39, 40
+MCAST_JOIN_GROUP, MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_LEAVE_GROUP = 42, 43, 44, 45
+MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
+_SOURCE_OPTIONS = frozenset((IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP))
+_MCAST_SOURCE_OPTIONS = frozenset((MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_JOIN_SOURCE_GROUP,
+                                   MCAST_LEAVE_SOURCE_GROUP))
 MULTICAST_OPTIONS = frozenset((IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP,
-                               IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL))
+                               IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
+                               *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
 MAX_MEMBERSHIPS = 20  # Linux's net.ipv4.igmp_max_memberships (the domain holds a flow to it too)
 IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP = 17, 18, 19, 20, 21
 IPV6_MULTICAST_ALL = 29
@@ -101,6 +111,7 @@ class Multicast:
     def __init__(self, family: int = 4) -> None:
         self.family = family
         self.groups: list[bytes] = []
+        self.filters: dict[bytes, Filter] = {}  # group -> its source filter, if not any-source (EXCLUDE {})
         self.ttl = 1  # IP_MULTICAST_TTL, IPV6_MULTICAST_HOPS
         self.loop = True
         self.all = True
@@ -120,6 +131,13 @@ class Multicast:
                 raise OSError(errno.EINVAL, "Invalid argument")  # an int is 4 bytes: shorter than ip_mreq
             m = parse_mreq(bytes(value))
             (self._join if opt == IP_ADD_MEMBERSHIP else self._drop)(m, flow, ifindex, client)
+        elif opt in _SOURCE_OPTIONS:
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            ms = parse_mreq_source(bytes(value))
+            self._source(opt, IpMreqn(ms.group, ms.interface, 0), ms.source, flow, ifindex, client)
+        elif opt in (MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) or opt in _MCAST_SOURCE_OPTIONS:
+            self._mcast(opt, value, flow, ifindex, client)
         elif opt == IP_MULTICAST_TTL:
             v = _int(value)
             if v == -1:
@@ -199,7 +217,8 @@ class Multicast:
                 raise OSError(errno.ENOPROTOOPT, "Protocol not available")
             return {IPV6_MULTICAST_HOPS: self.ttl, IPV6_MULTICAST_LOOP: int(self.loop),
                     IPV6_MULTICAST_ALL: int(self.all), IPV6_MULTICAST_IF: self.if_index}[opt]
-        if opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
+        if opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) \
+                or opt in _SOURCE_OPTIONS or opt in _MCAST_SOURCE_OPTIONS:
             raise OSError(errno.ENOPROTOOPT, "Protocol not available")
         if opt == IP_MULTICAST_IF:
             return int.from_bytes(self.if_addr, "little")
@@ -215,25 +234,94 @@ class Multicast:
             return m.ifindex == ifindex
         return m.address == bytes(4) or flow is None or m.address == flow[1]
 
-    def _join(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+    def _join(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any,
+              f: Filter = ANY_SOURCE) -> None:
+        """ip_mc_join_group (ip_mc_join_group_ssm with INCLUDE {source} as `f`)."""
         if m.group[0] >> 4 != 14:
             raise OSError(errno.EINVAL, "Invalid argument")
         if not self._our_interface(m, flow, ifindex):
             raise OSError(errno.ENODEV, "No such device (usnet: the socket's netif is its only interface)")
         if flow is not None:
-            client.join_group(flow[0], m.group, True)  # the domain checks it again, and decides
+            # the domain checks it again, and decides
+            client.join_group(flow[0], m.group, True, f.include, sorted(f.sources))
         elif m.group in self.groups:
             raise OSError(errno.EADDRINUSE, "Address already in use")
         elif len(self.groups) >= MAX_MEMBERSHIPS:
             raise OSError(errno.ENOBUFS, "No buffer space available")
         self.groups.append(m.group)
+        if f != ANY_SOURCE:
+            self.filters[m.group] = f
 
     def _drop(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """ip_mc_leave_group: the membership goes, whatever its source filter."""
         if m.group not in self.groups or not self._our_interface(m, flow, ifindex):
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         if flow is not None:
             client.join_group(flow[0], m.group, False)
         self.groups.remove(m.group)
+        self.filters.pop(m.group, None)
+
+    def _source(self, opt: int, m: IpMreqn, source: bytes, flow: tuple[int, bytes] | None, ifindex: int,
+                client: Any) -> None:
+        """IP_ADD/DROP_SOURCE_MEMBERSHIP, IP_BLOCK/UNBLOCK_SOURCE (and their MCAST_ forms) as
+        do_ip_setsockopt and ip_mc_source: a source-specific join first joins the group in INCLUDE
+        mode (its EADDRINUSE ignored), then the source is added to or taken from the
+        membership's filter, whose mode must be the option's (EINVAL), as must a membership be
+        (EINVAL); a source added twice or taken away that is not there EADDRNOTAVAIL, an 11th
+        ENOBUFS (igmp_max_msf); taking the last source of an INCLUDE filter leaves the group."""
+        include = opt in (IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP)
+        add = opt in (IP_ADD_SOURCE_MEMBERSHIP, IP_BLOCK_SOURCE)
+        if opt == IP_ADD_SOURCE_MEMBERSHIP and m.group not in self.groups:
+            self._join(m, flow, ifindex, client, Filter(True, frozenset((source,))))
+            return
+        if m.group[0] >> 4 != 14:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if not self._our_interface(m, flow, ifindex):
+            raise OSError(errno.ENODEV, "No such device (usnet: the socket's netif is its only interface)")
+        if m.group not in self.groups:
+            raise OSError(errno.EINVAL, "Invalid argument (no membership of the group)")
+        old = self.filters.get(m.group, ANY_SOURCE)
+        if old.include != include:
+            raise OSError(errno.EINVAL, "Invalid argument (the membership's filter is of the other mode)")
+        if not add:
+            if source not in old.sources:
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (no such source)")
+            if include and len(old.sources) == 1:  # INCLUDE {} is a leave, as Linux's
+                self._drop(m, flow, ifindex, client)
+                return
+            new = Filter(include, old.sources - {source})
+        else:
+            if len(old.sources) >= MAX_SOURCES:
+                raise OSError(errno.ENOBUFS, f"No buffer space available (at most {MAX_SOURCES} sources)")
+            if source in old.sources:
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (a source already there)")
+            new = Filter(include, old.sources | {source})
+        if flow is not None:
+            client.source_filter(flow[0], m.group, new.include, sorted(new.sources))
+        if new == ANY_SOURCE:
+            self.filters.pop(m.group, None)
+        else:
+            self.filters[m.group] = new
+
+    def _mcast(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """RFC 3678's protocol-independent options at IPPROTO_IP, as ip_mcast_join_leave and
+        do_mcast_group_source: a group_req (a group not AF_INET: EINVAL) or a group_source_req (a
+        group or source not AF_INET: EADDRNOTAVAIL), the interface by index; then as their
+        ip_mreq(_source) twins."""
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        req = parse_group_req(bytes(value), opt in _MCAST_SOURCE_OPTIONS)
+        m = IpMreqn(req.group[1], bytes(4), req.ifindex)
+        if req.source is None:
+            if req.group[0] != socket.AF_INET:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            (self._join if opt == MCAST_JOIN_GROUP else self._drop)(m, flow, ifindex, client)
+            return
+        if req.group[0] != socket.AF_INET or req.source[0] != socket.AF_INET:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        twin = {MCAST_BLOCK_SOURCE: IP_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE: IP_UNBLOCK_SOURCE,
+                MCAST_JOIN_SOURCE_GROUP: IP_ADD_SOURCE_MEMBERSHIP, MCAST_LEAVE_SOURCE_GROUP: IP_DROP_SOURCE_MEMBERSHIP}
+        self._source(twin[opt], m, req.source[1], flow, ifindex, client)
 
     def attach(self, flow: tuple[int, bytes], client: Any) -> None:
         """The socket's flow of the family is open (bind, first send, or again after a usnetd restart): it
@@ -242,10 +330,12 @@ class Multicast:
         if not (self.loop and self.all):
             client.multicast_options(flow[0], self.loop, self.all)
         for g in list(self.groups):
+            f = self.filters.get(g, ANY_SOURCE)
             try:
-                client.join_group(flow[0], g, True)
+                client.join_group(flow[0], g, True, f.include, sorted(f.sources))
             except OSError:
                 self.groups.remove(g)
+                self.filters.pop(g, None)
 
 
 def _our_index(index: int, ifindex: int) -> bool:

@@ -148,7 +148,8 @@ RESTART_LIMIT = 5  # after this many such deaths in a row, worker k is not resta
 # the longest message on a worker's command socket: a whole datagram handed over (b"F": up to 65,535
 # bytes of IP payload, its headers, the netif's name)
 COMMAND_MAX = 1 << 17
-_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.MulticastOptions)
+_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.SourceFilter,
+            P.MulticastOptions)
 
 
 def worker_of(port: int, n: int) -> int:
