@@ -18,7 +18,7 @@ import pytest
 from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mr
 from scapy.layers.inet import IP
 
-from tests.interop.test_multicast import G, LIMIT, _mreq, _outcome, _Wire, mc, refusal
+from tests.interop.test_multicast import LIMIT, G, _mreq, _outcome, _Wire, mc, refusal
 from usnet.abi import protocol as P
 from usnet.client import Client
 

@@ -58,6 +58,8 @@ MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
 _SOURCE_OPTIONS = frozenset((IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP))
 _MCAST_SOURCE_OPTIONS = frozenset((MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_JOIN_SOURCE_GROUP,
                                    MCAST_LEAVE_SOURCE_GROUP))
+_MEMBERSHIP_OPTIONS = frozenset((IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
+                                 *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
 MULTICAST_OPTIONS = frozenset((IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP,
                                IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
                                *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
@@ -119,6 +121,12 @@ class Multicast:
         self.if_index = 0  # IPV6_MULTICAST_IF
 
     # -- setsockopt / getsockopt -------------------------------------------------------------
+
+    def changes_membership(self, opt: int) -> bool:
+        """Whether option `opt` (of this family's level) may join or leave a group."""
+        if self.family == 6:
+            return opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP)
+        return opt in _MEMBERSHIP_OPTIONS
 
     def set(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
         """setsockopt(IPPROTO_IP, `opt`, `value`) (IPPROTO_IPV6 for a `Multicast(6)`); `ifindex`: the

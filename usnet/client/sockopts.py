@@ -185,6 +185,19 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IP, 49): Option("IP_MULTICAST_ALL", _H, 1, stream=False,
                              why="1: a socket on a group's port hears the group if any socket of the port "
                              "joined it, as Linux's; 0: only its own groups (P.JoinGroup's all)"),
+    (IPPROTO_IP, 37): Option("IP_UNBLOCK_SOURCE", _H, stream=False, why="as IP_BLOCK_SOURCE"),
+    (IPPROTO_IP, 38): Option("IP_BLOCK_SOURCE", _H, stream=False,
+                             why="ip_mreq_source: an any-source member stops hearing a source (P.SourceFilter, "
+                             "EXCLUDE mode; at most 10, Linux's igmp_max_msf)"),
+    (IPPROTO_IP, 39): Option("IP_ADD_SOURCE_MEMBERSHIP", _H, stream=False,
+                             why="ip_mreq_source: the flow hears the group from this source (P.JoinGroup's or "
+                             "P.SourceFilter's INCLUDE sources); IGMPv3 says ALLOW"),
+    (IPPROTO_IP, 40): Option("IP_DROP_SOURCE_MEMBERSHIP", _H, stream=False,
+                             why="as IP_ADD_SOURCE_MEMBERSHIP; the last source leaves the group"),
+    **{(IPPROTO_IP, o): Option(n, _H, stream=False, why="RFC 3678's group_req / group_source_req at IPPROTO_IP: "
+                               "as its ip_mreq(_source) twin (usnet.client.mcast)")
+       for o, n in ((42, "MCAST_JOIN_GROUP"), (43, "MCAST_BLOCK_SOURCE"), (44, "MCAST_UNBLOCK_SOURCE"),
+                    (45, "MCAST_LEAVE_GROUP"), (46, "MCAST_JOIN_SOURCE_GROUP"), (47, "MCAST_LEAVE_SOURCE_GROUP"))},
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
     (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
                                "packets; -1: 64"),
