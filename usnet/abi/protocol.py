@@ -284,8 +284,8 @@ class SourceFilter(_Msg, frozen=True):
     the reply on a datagram to the group reaches the flow only from a source the filter lets
     through. EADDRNOTAVAIL if the flow is no member; EINVAL for a source not as long as the
     group, a source twice, or INCLUDE {} (a leave is JoinGroup's); ENOBUFS past 10 sources
-    (Linux's igmp_max_msf); a list longer than 64, or a source outside 4..16 bytes, is a protocol
-    error. Answered with Done."""
+    (Linux's igmp_max_msf; 64 for an IPv6 group, mld_max_msf); a list longer than 64, or a
+    source outside 4..16 bytes, is a protocol error. Answered with Done."""
 
     channel: U32
     group: Annotated[bytes, msgspec.Meta(min_length=4, max_length=16)]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from usnet.proto.wire.igmp import ALL_HOSTS, group_mac4, is_multicast4
 from usnet.proto.wire.ipv6 import multicast_mac
 from usnet.proto.wire.mld import is_multicast6
-from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, NOT_MEMBER, Filter, admits, union
+from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, NOT_MEMBER, Filter, admits, union
 
 if TYPE_CHECKING:
     from usnet.domain.switch.table import Flow
@@ -45,13 +45,14 @@ def group_mac(group: bytes) -> bytes:
 def check_filter(group: bytes, f: Filter) -> None:
     """A membership's source filter as a client asked for it, checked whatever the client library
     did: sources of the group's family (EINVAL), none twice (EINVAL), at most MAX_SOURCES
-    (ENOBUFS, Linux's igmp_max_msf), not INCLUDE {} (EINVAL: that is no membership; a leave is
-    JoinGroup's)."""
+    (ENOBUFS, Linux's igmp_max_msf; MAX_SOURCES6 for an IPv6 group, mld_max_msf), not INCLUDE {}
+    (EINVAL: that is no membership; a leave is JoinGroup's)."""
     if any(len(s) != len(group) for s in f.sources):
         raise OSError(errno.EINVAL, f"Invalid argument (a source of a {len(group)}-byte group is {len(group)} bytes)")
-    if len(f.sources) > MAX_SOURCES:
-        raise OSError(errno.ENOBUFS, f"No buffer space available (at most {MAX_SOURCES} sources a group and "
-                                     "socket, as Linux's igmp_max_msf)")
+    most = MAX_SOURCES if len(group) == 4 else MAX_SOURCES6
+    if len(f.sources) > most:
+        raise OSError(errno.ENOBUFS, f"No buffer space available (at most {most} sources a group and "
+                                     "socket, as Linux's igmp_max_msf and mld_max_msf)")
     if f == NOT_MEMBER:
         raise OSError(errno.EINVAL, "Invalid argument (INCLUDE {} is no membership)")
 

@@ -22,6 +22,7 @@ __all__ = [
     "CHANGE_TO_EXCLUDE",
     "CHANGE_TO_INCLUDE",
     "MAX_SOURCES",
+    "MAX_SOURCES6",
     "MODE_IS_EXCLUDE",
     "MODE_IS_INCLUDE",
     "NOT_MEMBER",
@@ -40,6 +41,7 @@ MODE_IS_INCLUDE, MODE_IS_EXCLUDE, CHANGE_TO_INCLUDE, CHANGE_TO_EXCLUDE = 1, 2, 3
 ALLOW_NEW_SOURCES, BLOCK_OLD_SOURCES = 5, 6
 # sources a socket's filter of one group holds: Linux's net.ipv4.igmp_max_msf default (ENOBUFS past it)
 MAX_SOURCES = 10
+MAX_SOURCES6 = 64  # an IPv6 group's: Linux's net.ipv6.mld_max_msf default
 
 
 class Filter(NamedTuple):
