@@ -72,6 +72,9 @@ class GroupTable:
         self.macs: set[bytes] = {_ALL_HOSTS_MAC}
         # group -> flow id -> its filter, for the memberships that are not any-source (EXCLUDE {})
         self.filters: dict[bytes, dict[int, Filter]] = {}
+        # group -> usnetd's channel id of another worker's member flow -> its filter (usnetd under
+        # workers: the worker filters its flows' datagrams; usnetd's union and reports need them)
+        self.remote_filters: dict[bytes, dict[int, Filter]] = {}
         # group -> the netif's union of its memberships' filters, for the groups where that is not
         # EXCLUDE {} (what a datagram's source must pass, and what the reports say)
         self.states: dict[bytes, Filter] = {}
@@ -109,15 +112,30 @@ class GroupTable:
             mine[flow.id] = f
         self._restate(group)
 
+    def set_remote_filter(self, group: bytes, key: int, f: Filter) -> None:
+        """Another worker's member flow (usnetd's channel `key`) has filter `f` of `group` now (its
+        worker checked and keeps it); counted in the union. A membership not counted here: nothing."""
+        if group not in self.refs:
+            return
+        theirs = self.remote_filters.setdefault(group, {})
+        if f == ANY_SOURCE:
+            theirs.pop(key, None)
+        else:
+            theirs[key] = f
+        self._restate(group)
+
     def _restate(self, group: bytes) -> None:
         """The netif's union of `group`'s filters again (its memberships without a filter, this
         table's and other workers', are EXCLUDE {})."""
         mine = self.filters.get(group)
-        if not mine:
+        theirs = self.remote_filters.get(group)
+        if not mine and not theirs:
             self.filters.pop(group, None)
+            self.remote_filters.pop(group, None)
             self.states.pop(group, None)
             return
-        st = union(mine.values(), self.refs[group] - len(mine))
+        every = [*(mine or {}).values(), *(theirs or {}).values()]
+        st = union(every, self.refs[group] - len(every))
         if st == ANY_SOURCE or group not in self.refs:
             self.states.pop(group, None)
         else:
@@ -148,16 +166,21 @@ class GroupTable:
         self._restate(group)
         return first
 
-    def join_remote(self, group: bytes) -> bool:
-        """A flow of another worker joined `group` on this netif (its worker checked it and keeps
-        the membership; counted any-source here); True if the group is new on the netif."""
+    def join_remote(self, group: bytes, key: int = 0, f: Filter = ANY_SOURCE) -> bool:
+        """A flow of another worker (usnetd's channel `key`) joined `group` on this netif with filter
+        `f` (its worker checked it and keeps the membership); True if the group is new on the netif."""
         first = self._count(group)
+        if f != ANY_SOURCE:
+            self.remote_filters.setdefault(group, {})[key] = f
         self._restate(group)
         return first
 
-    def leave_remote(self, group: bytes) -> bool:
-        """A flow of another worker left `group` (or closed, or its worker died); True if that was
-        the netif's last membership."""
+    def leave_remote(self, group: bytes, key: int = 0) -> bool:
+        """A flow of another worker (channel `key`) left `group` (or closed, or its worker died);
+        True if that was the netif's last membership."""
+        theirs = self.remote_filters.get(group)
+        if theirs:
+            theirs.pop(key, None)
         last = self._uncount(group) if self.refs[group] else False
         self._restate(group)
         return last

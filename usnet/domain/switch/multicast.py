@@ -127,17 +127,24 @@ class MulticastDuties(HostDuties):
         self.groups.set_filter(flow, group, f)
         self._transition({group: old})
 
-    def join_remote(self, group: bytes) -> None:
-        """A flow of another worker joined `group` here (usnet.domain.workers: usnetd, told by the
-        worker's answer): counted as an any-source membership; reported if it changes the netif's state."""
+    def join_remote(self, group: bytes, key: int = 0, f: Filter = ANY_SOURCE) -> None:
+        """A flow of another worker (usnetd's channel `key`) joined `group` here with filter `f`
+        (usnet.domain.workers: usnetd, told by the worker's answer): reported as it changes the
+        netif's state."""
         old = self.groups.state(group)
-        self.groups.join_remote(group)
+        self.groups.join_remote(group, key, f)
         self._transition({group: old})
 
-    def leave_remote(self, group: bytes) -> None:
-        """A flow of another worker left `group` (or is gone): a leave if it was the last."""
+    def set_remote_filter(self, group: bytes, key: int, f: Filter) -> None:
+        """Another worker's member flow (channel `key`) took filter `f` of `group` (its SourceFilter's answer)."""
         old = self.groups.state(group)
-        self.groups.leave_remote(group)
+        self.groups.set_remote_filter(group, key, f)
+        self._transition({group: old})
+
+    def leave_remote(self, group: bytes, key: int = 0) -> None:
+        """A flow of another worker (channel `key`) left `group` (or is gone): a leave if it was the last."""
+        old = self.groups.state(group)
+        self.groups.leave_remote(group, key)
         self._transition({group: old})
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
