@@ -253,3 +253,39 @@ def test_a_clients_forged_source_filters_get_clear_refusals(mc):
     k.setsockopt(IPP, 32, socket.inet_aton(mc.host_ip))
     k.sendto(b"heard", (G, 47700))
     assert flow.recv_many(1, LIMIT)[0][0] == b"heard"
+
+
+# -- IGMPv2 report suppression ------------------------------------------------------------------------------
+
+
+def test_an_igmpv2_answer_leaves_out_a_group_another_host_reported(mc):
+    """RFC 2236 §3 (Linux's igmp_heard_report): under an IGMPv2 querier, a host that hears another
+    host's report for a group while its own answer is pending keeps quiet about that group. usnet,
+    in G and G2 (joined in that order, so its answer would name G first), hears a v2 query and at
+    once another host's v2 report of G: its answer is G2's report alone."""
+    from scapy.layers.igmp import IGMP
+    from scapy.layers.l2 import Ether
+
+    wire = _Wire(mc.ifname)
+    G2 = "239.7.7.7"
+    try:
+        a = mc.usock(47950)
+        for g in (G, G2):
+            a.setsockopt(IPP, ADD, _mreq(g, mc.usnet_ip))
+        said: list = []
+        while sorted(said) != sorted([(4, G, ()), (4, G2, ())] * 2):  # the joins, and their repeats
+            said += _records(wire.igmp_from(mc.usnet_ip))
+        query = (Ether(dst="01:00:5e:00:00:01", src="02:00:00:00:00:99") / IP(src=mc.host_ip, dst="224.0.0.1", ttl=1)
+                 / IGMP(type=0x11, mrcode=10, gaddr="0.0.0.0"))  # answer within 1 s
+        other = (Ether(dst="01:00:5e:01:02:03", src="02:00:00:00:00:77")
+                 / IP(src="10.77.0.77", dst=G, ttl=1, options=b"\x94\x04\x00\x00") / IGMP(type=0x16, gaddr=G))
+        suppressed = mc.switch.counts["igmp_suppressed"]
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as tx:
+            tx.bind((mc.ifname, 0))
+            tx.send(bytes(query))
+            tx.send(bytes(other))
+        f = wire.igmp_from(mc.usnet_ip)
+        assert (f[IGMP].type, f[IGMP].gaddr) == (0x16, G2)
+        assert mc.switch.counts["igmp_suppressed"] == suppressed + 1
+    finally:
+        wire.close()

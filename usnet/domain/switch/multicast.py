@@ -96,6 +96,10 @@ class MulticastDuties(HostDuties):
         # (None: all, a general query)
         self._query_due: dict[int, float] = {}
         self._query_asked: dict[int, set[bytes] | None] = {}
+        # groups another host reported while our IGMPv1/v2 (MLDv1) answer was pending, by family:
+        # left out of the answer (RFC 2236 §3, RFC 2710 §4: report suppression, as Linux's
+        # igmp_heard_report stops the group's timer); a new query asks again
+        self._heard: dict[int, set[bytes]] = {}
         # a state change (join, leave) is reported twice (the robustness variable, Linux's
         # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
         # group. The changes to say again, by group (a later one replaces), and when
@@ -298,8 +302,11 @@ class MulticastDuties(HostDuties):
         them) is due at a random time within its maximum response, so that the hosts of a link do
         not all answer at once; a general query pending covers a group's (`answer_query` sends it)."""
         typ, code, group = parse_igmp(f[start:end])
+        if typ in (IGMP_V1_REPORT, IGMP_V2_REPORT) and self._version() < 3:
+            self._heard_report(4, group)
+            return
         if typ != IGMP_QUERY:
-            self.drops["rx_igmp_other"] += 1  # other hosts' reports: a host does not suppress v3 ones
+            self.drops["rx_igmp_other"] += 1  # other hosts' v3 reports: a v3 host does not suppress
             return
         self.counts["igmp_queries"] += 1
         version = query_version(code, end - start)
@@ -311,6 +318,9 @@ class MulticastDuties(HostDuties):
         """An MLD message (ICMPv6 130..132, 143): a query is answered as an IGMP one (`_queried`);
         RFC 3810 §5.1.14 and §6.2: only one from a link-local source with hop limit 1 counts."""
         typ, code, group = parse_mld(f[start:end], src, dst)
+        if typ == MLDV1_REPORT and (self._older_until.get(61) or 0.0) > self.clock():
+            self._heard_report(6, group)
+            return
         if typ != MLD_QUERY or hop != 1 or src[:2] != b"\xfe\x80":
             self.drops["rx_mld_other"] += 1  # others' reports; a query from off the link
             return
@@ -319,6 +329,15 @@ class MulticastDuties(HostDuties):
             self._older_until[61] = self.clock() + OLDER_QUERIER_TIMEOUT
         self._queried(group, mld_max_response(code, end - start))
 
+    def _heard_report(self, fam: int, group: bytes) -> None:
+        """Another host of the link reported `group` (IGMPv1/v2, MLDv1) while we speak that
+        version: the router knows the group has a member, so our pending answer leaves it out."""
+        if fam in self._query_due and group in self.groups.refs:
+            self._heard.setdefault(fam, set()).add(group)
+            self.counts["igmp_suppressed" if fam == 4 else "mld_suppressed"] += 1
+        else:
+            self.drops["rx_igmp_other" if fam == 4 else "rx_mld_other"] += 1
+
     def _queried(self, group: bytes, max_resp: float) -> None:
         """A query of `group`'s family (all zeros: a general one): its answer (the groups it asks
         about that we are in; a general one: all of them) is due at a random time within
@@ -326,6 +345,12 @@ class MulticastDuties(HostDuties):
         covers a group's (`answer_query` sends it)."""
         fam = 4 if len(group) == 4 else 6
         general = group == bytes(len(group))
+        heard = self._heard.get(fam)
+        if heard:  # asked again: a report heard before this query answers nothing of it
+            if general:
+                heard.clear()
+            else:
+                heard.discard(group)
         if not general and group not in self.groups.refs:
             return  # about a group nobody here is in
         due = self.clock() + self._rng.uniform(0.0, max_resp)
@@ -344,8 +369,9 @@ class MulticastDuties(HostDuties):
                 continue
             del self._query_due[fam]
             asked = self._query_asked.pop(fam, None)
+            heard = self._heard.pop(fam, set())
             self._report([current_record(g, self.groups.state(g)) for g in self.groups.groups(4 if fam == 4 else 16)
-                          if asked is None or g in asked])
+                          if (asked is None or g in asked) and g not in heard])
 
     # -- delivery ---------------------------------------------------------------------------------
 
