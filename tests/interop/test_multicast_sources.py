@@ -19,10 +19,11 @@ from scapy.contrib.igmpv3 import IGMPv3, IGMPv3mr
 from scapy.layers.inet import IP
 
 from tests.interop.test_multicast import LIMIT, G, _mreq, _outcome, _Wire, mc, refusal
+from tests.interop.test_multicast6 import mc6
 from usnet.abi import protocol as P
 from usnet.client import Client
 
-__all__ = ["mc"]  # the fixture, used by name
+__all__ = ["mc", "mc6"]  # the fixtures, used by name
 
 pytestmark = pytest.mark.privileged
 IPP = socket.IPPROTO_IP
@@ -289,3 +290,138 @@ def test_an_igmpv2_answer_leaves_out_a_group_another_host_reported(mc):
         assert mc.switch.counts["igmp_suppressed"] == suppressed + 1
     finally:
         wire.close()
+
+
+# -- IPv6: the protocol-independent options at IPPROTO_IPV6 ----------------------------------------------------
+
+
+def _gsreq6(ifindex: int, group: str, source: str, gfamily: int = socket.AF_INET6,
+            sfamily: int = socket.AF_INET6) -> bytes:
+    return struct.pack("=I4x", ifindex) + _ss(gfamily, group) + _ss(sfamily, source)
+
+
+def _walk6(s, ifindex: int) -> list:
+    """The MCAST_* calls at IPPROTO_IPV6 a program makes, right and wrong, in one order; what each gives."""
+    IP6 = socket.IPPROTO_IPV6
+    G6, G7 = "ff05::1:3", "ff0e::7:7"
+    S = [f"2001:db8::{i:x}" for i in range(70)]
+    calls = [
+        (M_BLOCK, _gsreq6(ifindex, G6, S[0])),  # no membership
+        (M_JOIN, _greq(ifindex, G6, socket.AF_INET6)[:100]), (M_JOIN, _greq(ifindex, "239.1.1.1")),
+        (M_JOIN, _greq(ifindex, "2001:db8::1", socket.AF_INET6)), (M_JOIN, _greq(99999, G6, socket.AF_INET6)),
+        (M_JOIN, _greq(ifindex, G6, socket.AF_INET6)), (M_JOIN, _greq(ifindex, G6, socket.AF_INET6)),
+        (M_BLOCK, _gsreq6(ifindex, G6, S[0])), (M_BLOCK, _gsreq6(ifindex, G6, S[0])),
+        (M_BLOCK, _gsreq6(0, G6, S[1])), (M_BLOCK, _gsreq6(ifindex, G6, "10.1.1.1", sfamily=socket.AF_INET)),
+        (M_BLOCK, _gsreq6(ifindex, G6, S[2])[:200]), (M_BLOCK, _gsreq6(ifindex, G6, S[2]) + b"\0" * 8),
+        (M_JOIN_SRC, _gsreq6(ifindex, G6, S[3])), (M_UNBLOCK, _gsreq6(ifindex, G6, S[9])),
+        (M_UNBLOCK, _gsreq6(ifindex, G6, S[0])), (M_LEAVE, _greq(ifindex, G6, socket.AF_INET6)),
+        (M_LEAVE, _greq(ifindex, G6, socket.AF_INET6)),
+        (M_JOIN_SRC, _gsreq6(ifindex, "2001:db8::1", S[0])), (M_JOIN_SRC, _gsreq6(99999, G7, S[0])),
+        *[(M_JOIN_SRC, _gsreq6(ifindex, G7, S[i])) for i in range(66)],  # the 65th on: ENOBUFS
+        (M_JOIN_SRC, _gsreq6(ifindex, G7, S[0])), (M_LEAVE_SRC, _gsreq6(ifindex, G7, S[69])),
+        *[(M_LEAVE_SRC, _gsreq6(ifindex, G7, S[i])) for i in range(64)],  # the last: the group is left
+        (M_LEAVE_SRC, _gsreq6(ifindex, G7, S[0])), (M_LEAVE, _greq(ifindex, G7, socket.AF_INET6)),
+    ]
+    out = [_sockopt6(s, IP6, o) for o in (M_JOIN, M_BLOCK, M_JOIN_SRC)]
+    for opt, v in calls:
+        out.append((opt, len(v), _sockopt6(s, IP6, opt, v)))
+    return out
+
+
+def _sockopt6(s, level, opt, value=None):
+    from tests.interop.test_sockopts_linux import _outcome as outcome
+
+    return outcome(s, level, opt, value)
+
+
+def test_the_ipv6_source_option_calls_give_what_the_kernels_give(mc6):
+    """MCAST_JOIN_GROUP and the source options at IPPROTO_IPV6 on a kernel AF_INET6 socket and a
+    usnet one: the same results call by call (mld_max_msf's 64 sources)."""
+    kernel = _walk6(mc6.ksock(), mc6.idx)
+    assert kernel[3 + 5][2] == "ok" and kernel[3 + 20 + 64][2] == "ENOBUFS"  # the walk tries what it means to
+    assert _walk6(mc6.usock(), mc6.idx) == kernel
+
+
+def _mld_records(frame, group: str) -> list:
+    """(type, group, sorted sources) of an MLDv2 report's records about `group`."""
+    from scapy.layers.inet6 import ICMPv6MLReport2
+
+    rep = frame[ICMPv6MLReport2]
+    out, r = [], rep.records[0] if rep.records else None
+    while r is not None and hasattr(r, "rtype"):
+        if r.dst == group:
+            out.append((r.rtype, r.dst, tuple(sorted(r.sources))))
+        r = r.payload if r.payload else None
+    return out
+
+
+def _mld_steps(wire, sock, mac: str, ifindex: int) -> list:
+    """One socket's source calls at IPPROTO_IPV6, one at a time; after each, the host's two
+    reports of it (the change and its repeat) that name the group."""
+    from tests.interop.test_multicast6 import _report_from
+
+    G6, S1, S2 = "ff05::1:3", "2001:db8::51", "2001:db8::52"
+    s = sock()
+    steps = [
+        lambda: s.setsockopt(socket.IPPROTO_IPV6, M_JOIN_SRC, _gsreq6(ifindex, G6, S1)),  # ALLOW {S1}
+        lambda: s.setsockopt(socket.IPPROTO_IPV6, M_JOIN_SRC, _gsreq6(ifindex, G6, S2)),  # ALLOW {S2}
+        lambda: s.setsockopt(socket.IPPROTO_IPV6, M_LEAVE_SRC, _gsreq6(ifindex, G6, S1)),  # BLOCK {S1}
+        lambda: s.close(),  # BLOCK {S2}
+    ]
+    out = []
+    for step in steps:
+        step()
+        got: list = []
+        while len(got) < 2:
+            recs = _mld_records(_report_from(wire, mac), G6)
+            if recs:
+                got.append(recs)
+        out.append(got)
+    return out
+
+
+def test_the_mldv2_reports_carry_the_sources_as_the_kernels_do(mc6):
+    """The same MCAST_JOIN_SOURCE_GROUP / MCAST_LEAVE_SOURCE_GROUP calls on a kernel AF_INET6 socket
+    and a usnet one: each change's first MLDv2 report has the same records about the group, and
+    its repeat says the change again. (Linux's MLD repeat may also name a source an earlier change
+    allowed whose own repeats are not all out yet, as its per-source count says; usnet's repeat
+    is the change alone once the earlier one was repeated.)"""
+    wire = _Wire(mc6.ifname)
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        kernel_mac = ipr.get_links(mc6.idx)[0].get_attr("IFLA_ADDRESS")
+    try:
+        kernel = _mld_steps(wire, mc6.ksock, kernel_mac, mc6.idx)
+        usnet = _mld_steps(wire, mc6.usock, mc6.switch.netif.mac.hex(":"), mc6.idx)
+    finally:
+        wire.close()
+    assert kernel[0][0] == [(5, "ff05::1:3", ("2001:db8::51",))]
+    assert [first for first, _again in usnet] == [first for first, _again in kernel]
+    for first, again in (*usnet, *kernel):
+        assert [(t, g) for t, g, _ in again] == [(t, g) for t, g, _ in first]
+        assert all(set(a[2]) >= set(f[2]) for a, f in zip(again, first))
+
+
+def test_an_ipv6_sources_datagrams_reach_the_sockets_whose_filters_let_it_as_on_linux(mc6):
+    """MCAST_JOIN_SOURCE_GROUP at IPPROTO_IPV6: a socket in INCLUDE {sender} hears the sender's
+    datagram to the group, one in INCLUDE {another} does not (a unicast one after it is the first
+    it has): on usnet from the kernel, and on the kernel from usnet."""
+    G6 = "ff05::1:3"
+
+    def heard(sender, recv_sock, me, base):
+        src = sender.getsockname()[0]
+        a, b = recv_sock(base), recv_sock(base + 1)
+        a.setsockopt(socket.IPPROTO_IPV6, M_JOIN_SRC, _gsreq6(mc6.idx, G6, src))
+        b.setsockopt(socket.IPPROTO_IPV6, M_JOIN_SRC, _gsreq6(mc6.idx, G6, "2001:db8::77"))
+        for port in (base + 1, base):
+            sender.sendto(b"group", (G6, port))
+        sender.sendto(b"unicast", (me, base + 1))
+        return [a.recvfrom(100)[0], b.recvfrom(100)[0]]
+
+    k = mc6.ksock(bind=False)
+    k.bind((mc6.host_ip, 0))
+    u = mc6.usock(bind=False)
+    u.bind((mc6.usnet_ip, 0))
+    assert heard(u, mc6.ksock, mc6.host_ip, 47820) == [b"group", b"unicast"]
+    assert heard(k, mc6.usock, mc6.usnet_ip, 47830) == [b"group", b"unicast"]

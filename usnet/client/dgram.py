@@ -81,7 +81,6 @@ from usnet.client.sockopts import (
     ip_option,
     kept,
     lookup,
-    not_available,
     timeo_get,
     timeo_key,
 )
@@ -103,8 +102,6 @@ RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 # MCAST_* ones) (Linux's numbers; the standard module lacks some of the names). IP_ADD_MEMBERSHIP,
 # IP_DROP_MEMBERSHIP and an AF_INET6 socket's IPV6_JOIN_GROUP and IPV6_LEAVE_GROUP are
 # usnet.client.mcast's, checked before these (an AF_INET socket's IPv6 ones stay ENOPROTOOPT).
-# IPv6's source-specific and protocol-independent membership options (IPv4's are usnet.client.mcast's)
-_GROUP_OPTIONS = frozenset((_std.IPPROTO_IPV6, o) for o in (42, 43, 44, 45, 46, 47))
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
 MSG_ERRQUEUE, MSG_CTRUNC = 0x2000, 0x8
 
@@ -802,9 +799,6 @@ class DatagramFace(socket):
                 with eng.lock:
                     eng.set_meta(self._opts, self._member())
             return
-        if (level, opt) in _GROUP_OPTIONS:
-            raise not_available(level, opt, "usnet has no source filters for IPv6 groups yet (IPV6_JOIN_GROUP "
-                                "joins any-source; IPv4's MCAST_* options are built)")
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)

@@ -169,14 +169,15 @@ def _sockaddr(ss: bytes) -> tuple[int, bytes]:
     return family, b""
 
 
-def parse_group_req(value: bytes, with_source: bool) -> GroupSourceReq:
+def parse_group_req(value: bytes, with_source: bool, exact: bool = True) -> GroupSourceReq:
     """MCAST_JOIN_GROUP's and MCAST_LEAVE_GROUP's group_req (`with_source` False: at least its 136
     bytes, as ip_mcast_join_leave reads it) or the source options' group_source_req (exactly its
-    264 bytes, as do_ip_setsockopt checks); EINVAL otherwise."""
+    264 bytes, as do_ip_setsockopt checks; at least, with `exact` False, as
+    do_ipv6_mcast_group_source); EINVAL otherwise."""
     if with_source:
-        if len(value) != GROUP_SOURCE_REQ.size:
+        if len(value) != GROUP_SOURCE_REQ.size and (exact or len(value) < GROUP_SOURCE_REQ.size):
             raise OSError(errno.EINVAL, "Invalid argument")
-        index, group, source = GROUP_SOURCE_REQ.unpack(value)
+        index, group, source = GROUP_SOURCE_REQ.unpack_from(value)
         return GroupSourceReq(index, _sockaddr(group), _sockaddr(source))
     if len(value) < GROUP_REQ.size:
         raise OSError(errno.EINVAL, "Invalid argument")
