@@ -31,10 +31,6 @@ from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
 from usnet.client.mcast import (
-    IP_ADD_MEMBERSHIP,
-    IP_DROP_MEMBERSHIP,
-    IPV6_JOIN_GROUP,
-    IPV6_LEAVE_GROUP,
     MULTICAST6_OPTIONS,
     MULTICAST_OPTIONS,
     Multicast,
@@ -85,7 +81,6 @@ from usnet.client.sockopts import (
     ip_option,
     kept,
     lookup,
-    not_available,
     timeo_get,
     timeo_key,
 )
@@ -107,8 +102,6 @@ RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 # MCAST_* ones) (Linux's numbers; the standard module lacks some of the names). IP_ADD_MEMBERSHIP,
 # IP_DROP_MEMBERSHIP and an AF_INET6 socket's IPV6_JOIN_GROUP and IPV6_LEAVE_GROUP are
 # usnet.client.mcast's, checked before these (an AF_INET socket's IPv6 ones stay ENOPROTOOPT).
-_GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
-                           + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
 MSG_ERRQUEUE, MSG_CTRUNC = 0x2000, 0x8
 
@@ -802,13 +795,10 @@ class DatagramFace(socket):
             except OSError:
                 index = 0  # a netif on no kernel interface of this namespace (a memwire's)
             mc.set(opt, value, self._mc_flow(eng, mc.family), index, client)
-            if eng is not None and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP):
+            if eng is not None and mc.changes_membership(opt):
                 with eng.lock:
                     eng.set_meta(self._opts, self._member())
             return
-        if (level, opt) in _GROUP_OPTIONS:
-            raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
-                                "a flow what is addressed to its netif")
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)

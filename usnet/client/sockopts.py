@@ -95,6 +95,9 @@ class Option:
 _H, _S, _G, _F = Kind.HONOURED, Kind.STORED, Kind.GET_ONLY, Kind.FIXED
 
 # Linux's numbers (the standard module lacks some names on some builds)
+# RFC 3678's protocol-independent membership options, the same numbers at IPPROTO_IP and IPPROTO_IPV6
+OPTIONS_MCAST = {42: "MCAST_JOIN_GROUP", 43: "MCAST_BLOCK_SOURCE", 44: "MCAST_UNBLOCK_SOURCE",
+                 45: "MCAST_LEAVE_GROUP", 46: "MCAST_JOIN_SOURCE_GROUP", 47: "MCAST_LEAVE_SOURCE_GROUP"}
 OPTIONS: dict[tuple[int, int], Option] = {
     # -- SOL_SOCKET ------------------------------------------------------------------------
     (SOL_SOCKET, 1): Option("SO_DEBUG", _S, why="a kernel tracing switch; nothing to trace"),
@@ -189,6 +192,18 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IP, 49): Option("IP_MULTICAST_ALL", _H, 1, stream=False,
                              why="1: a socket on a group's port hears the group if any socket of the port "
                              "joined it, as Linux's; 0: only its own groups (P.JoinGroup's all)"),
+    (IPPROTO_IP, 37): Option("IP_UNBLOCK_SOURCE", _H, stream=False, why="as IP_BLOCK_SOURCE"),
+    (IPPROTO_IP, 38): Option("IP_BLOCK_SOURCE", _H, stream=False,
+                             why="ip_mreq_source: an any-source member stops hearing a source (P.SourceFilter, "
+                             "EXCLUDE mode; at most 10, Linux's igmp_max_msf)"),
+    (IPPROTO_IP, 39): Option("IP_ADD_SOURCE_MEMBERSHIP", _H, stream=False,
+                             why="ip_mreq_source: the flow hears the group from this source (P.JoinGroup's or "
+                             "P.SourceFilter's INCLUDE sources); IGMPv3 says ALLOW"),
+    (IPPROTO_IP, 40): Option("IP_DROP_SOURCE_MEMBERSHIP", _H, stream=False,
+                             why="as IP_ADD_SOURCE_MEMBERSHIP; the last source leaves the group"),
+    **{(IPPROTO_IP, o): Option(n, _H, stream=False, why="RFC 3678's group_req / group_source_req at IPPROTO_IP: "
+                               "as its ip_mreq(_source) twin (usnet.client.mcast)")
+       for o, n in OPTIONS_MCAST.items()},
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
     (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
                                "packets; -1: 64"),
@@ -202,6 +217,9 @@ OPTIONS: dict[tuple[int, int], Option] = {
                                why="ipv6_mreq: the domain makes the flow a member (P.JoinGroup) and speaks MLD"),
     (IPPROTO_IPV6, 21): Option("IPV6_LEAVE_GROUP", _H, stream=False, why="as IPV6_JOIN_GROUP"),
     (IPPROTO_IPV6, 29): Option("IPV6_MULTICAST_ALL", _H, 1, stream=False, why="as IP_MULTICAST_ALL, for IPv6 groups"),
+    **{(IPPROTO_IPV6, o): Option(OPTIONS_MCAST[o], _H, stream=False, why="RFC 3678's group_req / group_source_req "
+                                 "for IPv6 groups (usnet.client.mcast; 64 sources, mld_max_msf)")
+       for o in (42, 43, 44, 45, 46, 47)},
     (IPPROTO_IPV6, 23): Option("IPV6_MTU_DISCOVER", _H, 1, stream=False,
                                why="IP_MTU_DISCOVER of an AF_INET6 socket's IPv6 datagrams"),
     (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, why="IP_RECVERR of an AF_INET6 socket (for TCP: of its "

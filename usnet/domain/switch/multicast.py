@@ -35,13 +35,11 @@ from usnet.drivers.base import GroupFilter, Received
 from usnet.proto.wire.ethernet import ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.proto.wire.igmp import (
     ALL_HOSTS,
-    CHANGE_TO_EXCLUDE,
-    CHANGE_TO_INCLUDE,
     IGMP_LEAVE,
     IGMP_QUERY,
     IGMP_V1_REPORT,
     IGMP_V2_REPORT,
-    MODE_IS_EXCLUDE,
+    REPORT_ROOM,
     build_old_report,
     build_report,
     max_response,
@@ -51,6 +49,7 @@ from usnet.proto.wire.igmp import (
 from usnet.proto.wire.ipv6 import ALL_NODES
 from usnet.proto.wire.mld import (
     MLD_QUERY,
+    MLD_REPORT_ROOM,
     MLDV1_DONE,
     MLDV1_REPORT,
     build_mld_report,
@@ -58,6 +57,15 @@ from usnet.proto.wire.mld import (
     mld_max_response,
     mld_query_version,
     parse_mld,
+)
+from usnet.proto.wire.msf import (
+    ANY_SOURCE,
+    NOT_MEMBER,
+    Filter,
+    Record,
+    change_records,
+    current_record,
+    split_records,
 )
 
 __all__ = ["OLDER_QUERIER_TIMEOUT", "UNSOLICITED_INTERVAL", "MulticastDuties"]
@@ -88,10 +96,14 @@ class MulticastDuties(HostDuties):
         # (None: all, a general query)
         self._query_due: dict[int, float] = {}
         self._query_asked: dict[int, set[bytes] | None] = {}
+        # groups another host reported while our IGMPv1/v2 (MLDv1) answer was pending, by family:
+        # left out of the answer (RFC 2236 §3, RFC 2710 §4: report suppression, as Linux's
+        # igmp_heard_report stops the group's timer); a new query asks again
+        self._heard: dict[int, set[bytes]] = {}
         # a state change (join, leave) is reported twice (the robustness variable, Linux's
         # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
         # group. The changes to say again, by group (a later one replaces), and when
-        self._again: dict[bytes, int] = {}
+        self._again: dict[bytes, Filter] = {}  # group -> its state the repeat says the change from
         self._again_due: float | None = None
         self._rng = random.Random()
         # an IGMPv1 or v2 querier heard lately: until when the netif speaks that version (RFC 3376
@@ -102,38 +114,49 @@ class MulticastDuties(HostDuties):
 
     # -- the control requests -----------------------------------------------------------------
 
-    def join_group(self, flow: Flow, group: bytes) -> None:
-        """`flow` joins `group` (P.JoinGroup): a UDP flow of the group's family (EPROTO for TCP, as
-        Linux's do_ip_setsockopt and do_ipv6_setsockopt; EINVAL for the other family's); the
-        GroupTable's errors otherwise."""
+    def join_group(self, flow: Flow, group: bytes, f: Filter = ANY_SOURCE) -> None:
+        """`flow` joins `group` (P.JoinGroup) with source filter `f` (any-source by default): a UDP
+        flow of the group's family (EPROTO for TCP, as Linux's do_ip_setsockopt and
+        do_ipv6_setsockopt; EINVAL for the other family's); the GroupTable's errors otherwise."""
         self._check_member(flow, group)
-        if self.groups.join(flow, group):
-            self._gained(group)
+        old = self.groups.state(group)
+        self.groups.join(flow, group, f)
+        self._transition({group: old})
 
-    def join_remote(self, group: bytes) -> None:
-        """A flow of another worker joined `group` here (usnet.domain.workers: usnetd, told by the
-        worker's answer): reported if it is the netif's first membership of it."""
-        if self.groups.join_remote(group):
-            self._gained(group)
+    def set_source_filter(self, flow: Flow, group: bytes, f: Filter) -> None:
+        """`flow`'s membership of `group` takes source filter `f` (P.SourceFilter); the link hears
+        what that changed of the netif's union (ALLOW, BLOCK, or a mode change)."""
+        self._check_member(flow, group)
+        old = self.groups.state(group)
+        self.groups.set_filter(flow, group, f)
+        self._transition({group: old})
 
-    def leave_remote(self, group: bytes) -> None:
-        """A flow of another worker left `group` (or is gone): a leave if it was the last."""
-        if self.groups.leave_remote(group):
-            self._left([group])
+    def join_remote(self, group: bytes, key: int = 0, f: Filter = ANY_SOURCE) -> None:
+        """A flow of another worker (usnetd's channel `key`) joined `group` here with filter `f`
+        (usnet.domain.workers: usnetd, told by the worker's answer): reported as it changes the
+        netif's state."""
+        old = self.groups.state(group)
+        self.groups.join_remote(group, key, f)
+        self._transition({group: old})
 
-    def _gained(self, group: bytes) -> None:
-        """`group` gained its first member here: the device lets its MAC in, the link hears that we joined."""
-        self.counts["igmp_joins" if len(group) == 4 else "mld_joins"] += 1
-        drv = self.netif.driver
-        if isinstance(drv, GroupFilter):
-            drv.add_group_mac(group_mac(group))
-        self._changed([(CHANGE_TO_EXCLUDE, group)])
+    def set_remote_filter(self, group: bytes, key: int, f: Filter) -> None:
+        """Another worker's member flow (channel `key`) took filter `f` of `group` (its SourceFilter's answer)."""
+        old = self.groups.state(group)
+        self.groups.set_remote_filter(group, key, f)
+        self._transition({group: old})
+
+    def leave_remote(self, group: bytes, key: int = 0) -> None:
+        """A flow of another worker (channel `key`) left `group` (or is gone): a leave if it was the last."""
+        old = self.groups.state(group)
+        self.groups.leave_remote(group, key)
+        self._transition({group: old})
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
         """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
         self._check_member(flow, group)
-        if self.groups.leave(flow, group):
-            self._left([group])
+        old = self.groups.state(group)
+        self.groups.leave(flow, group)
+        self._transition({group: old})
 
     def _check_member(self, flow: Flow, group: bytes) -> None:
         if flow.proto != UDP:
@@ -143,24 +166,31 @@ class MulticastDuties(HostDuties):
                                         "groups)")
 
     def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
-        left = self.groups.drop_flow(flow) if flow.id in self.flows else []
+        olds = self.groups.drop_flow(flow) if flow.id in self.flows else {}
         super().remove_flow(flow, keep_queued)
-        if left:
-            self._left(left)
+        if olds:
+            self._transition(olds)
 
-    def _left(self, groups: list[bytes]) -> None:
-        """`groups` lost their last member here: the device may filter their MACs again, and the
-        link hears that we left."""
-        self.counts["multicast_leaves"] += len(groups)
+    def _transition(self, olds: dict[bytes, Filter]) -> None:
+        """The netif's state of each group in `olds` was the filter there: a group that gained its
+        first member has its MAC let in by the device, one that lost its last has it filtered
+        again, and the link hears what changed (`_changed`)."""
         drv = self.netif.driver
-        if isinstance(drv, GroupFilter):
-            for g in groups:
-                drv.drop_group_mac(group_mac(g))
-        self._changed([(CHANGE_TO_INCLUDE, g) for g in groups])
+        for g, old in olds.items():
+            member = g in self.groups.refs
+            if member == (old != NOT_MEMBER):
+                continue
+            if member:
+                self.counts["igmp_joins" if len(g) == 4 else "mld_joins"] += 1
+            else:
+                self.counts["multicast_leaves"] += 1
+            if isinstance(drv, GroupFilter):
+                (drv.add_group_mac if member else drv.drop_group_mac)(group_mac(g))
+        self._changed(olds)
 
     # -- IGMP -----------------------------------------------------------------------------------
 
-    def _report(self, records: list[tuple[int, bytes]]) -> None:
+    def _report(self, records: list[Record]) -> None:
         """An IGMPv3 report of the IPv4 `records` to 224.0.0.22 and an MLDv2 one of the IPv6 ones to
         ff02::16 (never about a group `_reported` excludes, as Linux's), or, while an older querier
         is present, each record as that version says it (`_old_reports`)."""
@@ -177,15 +207,16 @@ class MulticastDuties(HostDuties):
         if version < 3:
             self._old_reports(version, records)
             return
-        self.counts["igmp_reports"] += 1
-        self._send_igmp(build_report(self.netif.ip, records, self._next_ident()))
+        for part in split_records(records, REPORT_ROOM, 4):
+            self.counts["igmp_reports"] += 1
+            self._send_igmp(build_report(self.netif.ip, part, self._next_ident()))
 
-    def _old_reports(self, version: int, records: list[tuple[int, bytes]]) -> None:
-        """IGMPv1/v2 (RFC 2236): a report per group we are in, to the group; a leave of a group we
-        left to all-routers (v2 only: v1 has none)."""
+    def _old_reports(self, version: int, records: list[Record]) -> None:
+        """IGMPv1/v2 (RFC 2236), which know no sources: a report per group we are in, to the group;
+        a leave of a group we left to all-routers (v2 only: v1 has none)."""
         assert self.netif.ip is not None
-        for rtype, g in records:
-            if rtype == CHANGE_TO_INCLUDE:
+        for g in dict.fromkeys(r.group for r in records):
+            if g not in self.groups.refs:
                 if version == 1:
                     continue
                 typ = IGMP_LEAVE
@@ -194,7 +225,7 @@ class MulticastDuties(HostDuties):
             self.counts["igmp_reports"] += 1
             self._send_igmp(build_old_report(self.netif.ip, typ, g, self._next_ident()))
 
-    def _report6(self, records: list[tuple[int, bytes]]) -> None:
+    def _report6(self, records: list[Record]) -> None:
         """MLD: an MLDv2 report from the link-local address, or while an MLDv1 querier is present, an
         MLDv1 report per group joined (to the group) and a Done per group left (to all-routers)."""
         ll = self.netif.ll6
@@ -202,12 +233,13 @@ class MulticastDuties(HostDuties):
             return
         until = self._older_until.get(61)
         if until is not None and self.clock() < until:
-            for rtype, g in records:
+            for g in dict.fromkeys(r.group for r in records):
                 self.counts["mld_reports"] += 1
-                self._send_mld(build_mldv1(ll, MLDV1_DONE if rtype == CHANGE_TO_INCLUDE else MLDV1_REPORT, g))
+                self._send_mld(build_mldv1(ll, MLDV1_REPORT if g in self.groups.refs else MLDV1_DONE, g))
             return
-        self.counts["mld_reports"] += 1
-        self._send_mld(build_mld_report(ll, records))
+        for part in split_records(records, MLD_REPORT_ROOM, 16):
+            self.counts["mld_reports"] += 1
+            self._send_mld(build_mld_report(ll, part))
 
     def _send_mld(self, packet: bytes) -> None:
         """An MLD packet of ours onto the link, at its destination group's MAC."""
@@ -230,12 +262,26 @@ class MulticastDuties(HostDuties):
         """An IGMP packet of ours onto the link, at its destination group's MAC."""
         self._send_frame(0, group_mac(packet[16:20]), ETHERTYPE_IPV4, packet)
 
-    def _changed(self, records: list[tuple[int, bytes]]) -> None:
-        """A state change reported now, and once more at a random time within
-        UNSOLICITED_INTERVAL (RFC 3376 §5.1, as Linux's igmp_ifc_event)."""
+    def _changed(self, olds: dict[bytes, Filter]) -> None:
+        """The change of each group's state from its filter in `olds` to the netif's now, reported
+        now (RFC 3376 §5.1's records: `change_records`), and once more at a random time within
+        UNSOLICITED_INTERVAL (as Linux's igmp_ifc_event). The repeat says the change from the state
+        before the first change still unrepeated while only sources change (so a source allowed
+        by the first of two changes is said again too, as Linux's per-source sf_crcount), and from
+        the state before the latest one when the filter mode changed (TO_IN, TO_EX, as Linux's
+        crcount, which a mode change resets)."""
+        records = []
+        for g, old in olds.items():
+            new = self.groups.state(g)
+            got = change_records(g, old, new)
+            if not got:
+                continue
+            records += got
+            if g not in self._again or old.include != new.include:
+                self._again[g] = old
+        if not records:
+            return
         self._report(records)
-        for rtype, g in records:
-            self._again[g] = rtype
         due = self.clock() + self._rng.uniform(0.0, UNSOLICITED_INTERVAL)
         self._again_due = due if self._again_due is None else min(due, self._again_due)
 
@@ -248,7 +294,7 @@ class MulticastDuties(HostDuties):
         """What of IGMP and MLD is due (the switch's timers call this): a query's answer, a change said again."""
         if self._again_due is not None and now >= self._again_due:
             again, self._again, self._again_due = self._again, {}, None
-            self._report([(rtype, g) for g, rtype in again.items()])
+            self._report([r for g, old in again.items() for r in change_records(g, old, self.groups.state(g))])
         self.answer_query(now)
 
     def _rx_igmp(self, f: Received, start: int, end: int, dst: bytes) -> None:
@@ -256,8 +302,11 @@ class MulticastDuties(HostDuties):
         them) is due at a random time within its maximum response, so that the hosts of a link do
         not all answer at once; a general query pending covers a group's (`answer_query` sends it)."""
         typ, code, group = parse_igmp(f[start:end])
+        if typ in (IGMP_V1_REPORT, IGMP_V2_REPORT) and self._version() < 3:
+            self._heard_report(4, group)
+            return
         if typ != IGMP_QUERY:
-            self.drops["rx_igmp_other"] += 1  # other hosts' reports: a host does not suppress v3 ones
+            self.drops["rx_igmp_other"] += 1  # other hosts' v3 reports: a v3 host does not suppress
             return
         self.counts["igmp_queries"] += 1
         version = query_version(code, end - start)
@@ -269,6 +318,9 @@ class MulticastDuties(HostDuties):
         """An MLD message (ICMPv6 130..132, 143): a query is answered as an IGMP one (`_queried`);
         RFC 3810 §5.1.14 and §6.2: only one from a link-local source with hop limit 1 counts."""
         typ, code, group = parse_mld(f[start:end], src, dst)
+        if typ == MLDV1_REPORT and (self._older_until.get(61) or 0.0) > self.clock():
+            self._heard_report(6, group)
+            return
         if typ != MLD_QUERY or hop != 1 or src[:2] != b"\xfe\x80":
             self.drops["rx_mld_other"] += 1  # others' reports; a query from off the link
             return
@@ -277,6 +329,15 @@ class MulticastDuties(HostDuties):
             self._older_until[61] = self.clock() + OLDER_QUERIER_TIMEOUT
         self._queried(group, mld_max_response(code, end - start))
 
+    def _heard_report(self, fam: int, group: bytes) -> None:
+        """Another host of the link reported `group` (IGMPv1/v2, MLDv1) while we speak that
+        version: the router knows the group has a member, so our pending answer leaves it out."""
+        if fam in self._query_due and group in self.groups.refs:
+            self._heard.setdefault(fam, set()).add(group)
+            self.counts["igmp_suppressed" if fam == 4 else "mld_suppressed"] += 1
+        else:
+            self.drops["rx_igmp_other" if fam == 4 else "rx_mld_other"] += 1
+
     def _queried(self, group: bytes, max_resp: float) -> None:
         """A query of `group`'s family (all zeros: a general one): its answer (the groups it asks
         about that we are in; a general one: all of them) is due at a random time within
@@ -284,6 +345,12 @@ class MulticastDuties(HostDuties):
         covers a group's (`answer_query` sends it)."""
         fam = 4 if len(group) == 4 else 6
         general = group == bytes(len(group))
+        heard = self._heard.get(fam)
+        if heard:  # asked again: a report heard before this query answers nothing of it
+            if general:
+                heard.clear()
+            else:
+                heard.discard(group)
         if not general and group not in self.groups.refs:
             return  # about a group nobody here is in
         due = self.clock() + self._rng.uniform(0.0, max_resp)
@@ -302,8 +369,9 @@ class MulticastDuties(HostDuties):
                 continue
             del self._query_due[fam]
             asked = self._query_asked.pop(fam, None)
-            self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups(4 if fam == 4 else 16)
-                          if asked is None or g in asked])
+            heard = self._heard.pop(fam, set())
+            self._report([current_record(g, self.groups.state(g)) for g in self.groups.groups(4 if fam == 4 else 16)
+                          if (asked is None or g in asked) and g not in heard])
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -319,12 +387,17 @@ class MulticastDuties(HostDuties):
         inet6_mc_check) choose the sockets: every member of the group on the port (a connected one
         only from its peer), and every other flow of the group's family listening on the port whose
         IP_MULTICAST_ALL (IPV6_MULTICAST_ALL) is on (Linux's default: a socket hears a group any
-        socket joined). A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
-        out = [m for m in self.groups.members.get((dst, dport), ())
-               if m.raddr is None or (m.raddr == src and m.rport == sport)]
+        socket joined). Every one of them only if the source passes the netif's union of the
+        group's source filters (Linux's ip_check_mc_rcv), and a member only if it passes its own
+        (ip_mc_sf_allow: a member that excludes the source does not hear it through MC_ALL either).
+        A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
+        groups = self.groups
+        members = groups.members.get((dst, dport), ())
+        out = [m for m in members if (m.raddr is None or (m.raddr == src and m.rport == sport))
+               and groups.admits(m, dst, src)]
         front = (self.listeners if len(dst) == 4 else self.listeners6).get((UDP, dport))
         if front is not None:
             for f in (front.group.members if front.group is not None else (front,)):
-                if f.mc_all and f not in out:
+                if f.mc_all and f not in members and groups.admits(f, dst, src):
                     out.append(f)
         return out

@@ -7,8 +7,8 @@ Membership Report (as Linux does by default, net.ipv4.conf.*.force_igmp_version=
 groups it is in, and says it left with a report that changes the group to INCLUDE {}.
 
     IGMPv3 report:  u8 type=0x22, u8 reserved, u16 checksum, u16 reserved, u16 number of records,
-                    then per record: u8 record type, u8 aux data len (0), u16 number of sources (0),
-                    4s multicast address
+                    then per record: u8 record type, u8 aux data len (0), u16 number of sources N,
+                    4s multicast address, N x 4s source address
     query (v1/v2/v3): u8 type=0x11, u8 max resp code, u16 checksum, 4s group (0: a general query)
 """
 
@@ -19,6 +19,7 @@ import struct
 from usnet.proto.wire.checksum import acc, finish, verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.header import Header
+from usnet.proto.wire.msf import CHANGE_TO_EXCLUDE, CHANGE_TO_INCLUDE, MODE_IS_EXCLUDE, Record
 
 __all__ = [
     "ALL_HOSTS",
@@ -35,6 +36,7 @@ __all__ = [
     "IGMP_V2_REPORT",
     "IGMP_V3_REPORT",
     "MODE_IS_EXCLUDE",
+    "REPORT_ROOM",
     "ROUTER_ALERT",
     "build_old_report",
     "build_report",
@@ -47,8 +49,6 @@ __all__ = [
 
 IGMP = 2  # the IP protocol number
 IGMP_QUERY, IGMP_V1_REPORT, IGMP_V2_REPORT, IGMP_LEAVE, IGMP_V3_REPORT = 0x11, 0x12, 0x16, 0x17, 0x22
-# group record types (RFC 3376 §4.2.12): current state, and changes of filter mode
-MODE_IS_EXCLUDE, CHANGE_TO_INCLUDE, CHANGE_TO_EXCLUDE = 2, 3, 4
 ALL_HOSTS = bytes([224, 0, 0, 1])  # every member host is in it, queries go to it
 ALL_REPORTERS = bytes([224, 0, 0, 22])  # IGMPv3 reports go to it
 ALL_ROUTERS = bytes([224, 0, 0, 2])  # IGMPv2 leaves go to it
@@ -59,7 +59,7 @@ IGMP_HEADER = Header(("type", "B"), ("code", "B"), ("checksum", "H"), ("group", 
 #: An IGMPv3 report's header: type, reserved, checksum, reserved, number of group records.
 IGMP_V3_REPORT_HEADER = Header(("type", "B"), ("reserved", "B"), ("checksum", "H"), ("reserved2", "H"),
                                ("records", "H"))
-#: One group record without sources (usnet's members exclude none: any-source multicast).
+#: One group record's fixed part; its sources (4 bytes each) follow it.
 IGMP_RECORD = Header(("rtype", "B"), ("aux_len", "B"), ("sources", "H"), ("group", "4s"))
 _IP_RA = Header(("ver_ihl", "B"), ("tos", "B"), ("total_length", "H"), ("ident", "H"), ("flags_frag", "H"),
                 ("ttl", "B"), ("proto", "B"), ("checksum", "H"), ("src", "4s"), ("dst", "4s"), ("option", "4s"))
@@ -75,12 +75,19 @@ def group_mac4(group: bytes) -> bytes:
     return b"\x01\x00\x5e" + bytes([group[1] & 0x7F, group[2], group[3]])
 
 
-def build_report(src: bytes, records: list[tuple[int, bytes]], ident: int = 0) -> bytes:
+#: The room for records in one report of ours, as Linux's igmpv3_newpack sizes it to the MTU
+#: (1500: the IP header with Router Alert, the report's header).
+REPORT_ROOM = 1500 - _IP_RA.size - IGMP_V3_REPORT_HEADER.size
+
+
+def build_report(src: bytes, records: list[Record], ident: int = 0) -> bytes:
     """An IP packet (header with Router Alert, TTL 1, to 224.0.0.22) carrying an IGMPv3 report of
-    `records`, each (record type, group), as Linux's igmpv3_newpack/add_grec build it."""
+    `records`, each (record type, group, sources), as Linux's igmpv3_newpack/add_grec build it
+    (usnet.proto.wire.msf.split_records keeps a report within REPORT_ROOM)."""
     body = bytearray(IGMP_V3_REPORT_HEADER.struct.pack(IGMP_V3_REPORT, 0, 0, 0, len(records)))
-    for rtype, group in records:
-        body += IGMP_RECORD.struct.pack(rtype, 0, 0, group)
+    for rtype, group, sources in records:
+        body += IGMP_RECORD.struct.pack(rtype, 0, len(sources), group)
+        body += b"".join(sources)
     return _in_ip(src, ALL_REPORTERS, body, ident)
 
 

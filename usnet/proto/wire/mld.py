@@ -9,7 +9,8 @@ the Router Alert option (RFC 3810 §5), with the same record types as IGMPv3's; 
 MLDv1 reports (type 131, to the group) and Dones (type 132, to ff02::2).
 
     MLDv2 report:  u8 type=143, u8 code, u16 checksum, u16 reserved, u16 number of records, then
-                   per record: u8 record type, u8 aux data len (0), u16 number of sources (0), 16s group
+                   per record: u8 record type, u8 aux data len (0), u16 number of sources N, 16s group,
+                   N x 16s source
     MLDv1 message and query: u8 type, u8 code, u16 checksum, u16 max response delay (ms),
                    u16 reserved, 16s group (:: in a general query); an MLDv2 query has more after it
     Hop-by-Hop header before it: u8 next header=58, u8 length=0, Router Alert (5, 2, value 0), PadN (1, 0)
@@ -24,6 +25,7 @@ from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.header import Header
 from usnet.proto.wire.icmpv6 import parse_icmpv6
 from usnet.proto.wire.ipv6 import ALL_ROUTERS, build_ipv6_header, pseudo_sum_v6
+from usnet.proto.wire.msf import Record
 
 __all__ = [
     "ALL_MLDV2_ROUTERS",
@@ -34,6 +36,7 @@ __all__ = [
     "MLD_HEADER",
     "MLD_QUERY",
     "MLD_RECORD",
+    "MLD_REPORT_ROOM",
     "MLD_TYPES",
     "build_mld_report",
     "build_mldv1",
@@ -55,8 +58,11 @@ MLD_HEADER = Header(("type", "B"), ("code", "B"), ("checksum", "H"), ("max_delay
                     ("group", "16s"))
 #: An MLDv2 report's header: type, code, checksum, reserved, number of group records.
 MLDV2_REPORT_HEADER = Header(("type", "B"), ("code", "B"), ("checksum", "H"), ("reserved", "H"), ("records", "H"))
-#: One group record without sources (usnet's members exclude none: any-source multicast).
+#: One group record's fixed part; its sources (16 bytes each) follow it.
 MLD_RECORD = Header(("rtype", "B"), ("aux_len", "B"), ("sources", "H"), ("group", "16s"))
+#: The room for records in one report of ours (the IPv6 header, the Hop-by-Hop header, the report's
+#: header within an MTU of 1500), as Linux's mld_newpack sizes it.
+MLD_REPORT_ROOM = 1500 - 40 - len(HBH_ROUTER_ALERT) - MLDV2_REPORT_HEADER.size
 
 
 def is_multicast6(a: bytes) -> bool:
@@ -64,13 +70,14 @@ def is_multicast6(a: bytes) -> bool:
     return len(a) == 16 and a[0] == 0xFF
 
 
-def build_mld_report(src: bytes, records: list[tuple[int, bytes]]) -> bytes:
+def build_mld_report(src: bytes, records: list[Record]) -> bytes:
     """An IPv6 packet (Hop-by-Hop Router Alert, hop limit 1, to ff02::16) carrying an MLDv2 report of
-    `records`, each (record type, group), as Linux's mld_newpack/add_grec build it; `src` is the
-    netif's link-local address (RFC 3810 §5.2.13)."""
+    `records`, each (record type, group, sources), as Linux's mld_newpack/add_grec build it;
+    `src` is the netif's link-local address (RFC 3810 §5.2.13)."""
     body = bytearray(MLDV2_REPORT_HEADER.struct.pack(MLDV2_REPORT, 0, 0, 0, len(records)))
-    for rtype, group in records:
-        body += MLD_RECORD.struct.pack(rtype, 0, 0, group)
+    for rtype, group, sources in records:
+        body += MLD_RECORD.struct.pack(rtype, 0, len(sources), group)
+        body += b"".join(sources)
     return _in_ip6(src, ALL_MLDV2_ROUTERS, body)
 
 
