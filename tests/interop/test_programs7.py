@@ -1,52 +1,22 @@
 """A seventh sweep of unmodified programs on usnet against kernel peers (issue 16).
 
-Each program (tests/peers/programs7.py) runs under `usnet run` and, as the reference, on the
-kernel's sockets, against the same kernel peers in the test's namespace: what it prints must be
-the same, and its own checks hold on both.
+Each program (tests/peers/programs6.py, which holds the sixth sweep's too) runs under `usnet run`
+and, as the reference, on the kernel's sockets, against the same kernel peers in the test's
+namespace: what it prints must be the same, and its own checks hold on both.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 
 from tests.interop.test_patch import LIMIT, PeerProgram, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_programs3 import _udp_echo
 from tests.interop.test_programs4 import _echo, _same
 
 pytestmark = pytest.mark.privileged
-_P = PeerProgram("programs7.py", LIMIT * 2)
-
-
-@contextlib.contextmanager
-def _udp_echo(host: str) -> Iterator[int]:
-    """A kernel UDP echo socket in a thread; yields its port."""
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind((host, 0))
-    u.settimeout(0.1)
-    done = threading.Event()
-
-    def run() -> None:
-        for _ in range(int(LIMIT * 4 / 0.1)):
-            if done.is_set():
-                return
-            try:
-                data, addr = u.recvfrom(65536)
-            except TimeoutError:
-                continue
-            u.sendto(data, addr)
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    try:
-        yield u.getsockname()[1]
-    finally:
-        done.set()
-        th.join(LIMIT)
-        u.close()
+_P = PeerProgram("programs6.py", LIMIT * 2)
 
 
 def _closed_port(host: str) -> int:
@@ -62,7 +32,7 @@ def test_msg_dontwait_waits_within_a_python_timeout_as_on_the_kernel(usnetd_path
     answer (usnet returned EAGAIN at once); a blocking socket's is EAGAIN at once, and so is
     os.read of a socket with a timeout (an O_NONBLOCK descriptor)."""
     path, _usnet_ip, host_ip = usnetd_path
-    with _echo(host_ip) as port, _udp_echo(host_ip) as uport:
+    with _echo(host_ip) as port, _udp_echo(host_ip) as (uport, _heard):
         found = _same(_P.run(path, True, "dontwait", host_ip, str(port), str(uport)),
                       _P.run(path, False, "dontwait", host_ip, str(port), str(uport)))
     eagain = ["BlockingIOError", 11]
@@ -80,7 +50,7 @@ def test_asyncio_datagram_endpoint_as_on_the_kernel(usnetd_path):  # noqa: F811
     unreachable reaches error_received as ConnectionRefusedError; AF_INET6; sock= a UDP socket."""
     path, _usnet_ip, host_ip = usnetd_path
     closed = _closed_port(host_ip)
-    with _udp_echo(host_ip) as uport:
+    with _udp_echo(host_ip) as (uport, _heard):
         found = _same(_P.run(path, True, "aio-udp", host_ip, str(uport), str(closed)),
                       _P.run(path, False, "aio-udp", host_ip, str(uport), str(closed)))
     assert found["class"] == "TransportSocket" and found["sockname"] == ["0.0.0.0", True]

@@ -792,13 +792,14 @@ class DatagramFace(socket):
         a turn brought. An error is raised as recvfrom raises it, after the datagrams before it."""
         eng = self._eng()
         got: list[tuple[bytes, tuple]] = []
+        v4 = self.family == AF_INET  # the flow's (host, port) is the standard tuple then, as it is
         with eng.lock:
             try:
                 while len(got) < n and (not got or (eng.pending is None and eng.error is None)):
                     dg = self._pop(eng, False)
                     if dg is None:
                         break
-                    got.append((dg[0], _sockaddr(self.family, *dg[1])))
+                    got.append((dg[0], dg[1] if v4 else _sockaddr(self.family, *dg[1])))
             finally:
                 self._update()
         return got
