@@ -1,4 +1,5 @@
-"""A sixth sweep of unmodified programs, for tests/interop/test_programs6.py (issue 16).
+"""A sixth and seventh sweep of unmodified programs, for tests/interop/test_programs6.py and
+test_programs7.py (issue 16).
 
     python programs6.py NAME ARGS...
 
@@ -6,7 +7,9 @@ Each runs the same on kernel sockets and under `usnet run`; what it checks must 
 what it prints (one JSON line) the test compares between the two.
 """
 
+import asyncio
 import json
+import os
 import select
 import socket
 import struct
@@ -74,6 +77,101 @@ if name == "rcvlowat":
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # UDP keeps it, uncapped
     res["udp"] = [[outcome(lambda v=v: u.setsockopt(SOL, LOWAT, v)), u.getsockopt(SOL, LOWAT)] for v in (7, -1, 0)]
     u.close()
+    out(res)
+elif name == "dontwait":
+    # MSG_DONTWAIT on sockets with a Python timeout: CPython polls within the timeout first, flag
+    # or not, so an empty socket's recv waits and times out, and one the peer answers returns the
+    # answer; on a blocking socket the flag is EAGAIN at once; os.read of a socket with a timeout
+    # (its descriptor O_NONBLOCK) is EAGAIN at once
+    host, port, uport = args[0], int(args[1]), int(args[2])
+    res = {}
+    s = socket.create_connection((host, port), timeout=LIMIT)
+    s.settimeout(0.3)
+    res["tcp-empty"] = outcome(lambda: s.recv(100, socket.MSG_DONTWAIT))
+    s.sendall(b"abc")
+    s.settimeout(LIMIT)
+    res["tcp-answer"] = outcome(lambda: s.recv(100, socket.MSG_DONTWAIT))  # waits for the echo
+    s.settimeout(0.3)
+    res["tcp-into"] = outcome(lambda: s.recv_into(bytearray(10), 0, socket.MSG_DONTWAIT))
+    res["tcp-os-read"] = outcome(lambda: os.read(s.fileno(), 100))
+    s.setblocking(True)
+    res["tcp-blocking"] = outcome(lambda: s.recv(100, socket.MSG_DONTWAIT))
+    s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 0))
+    u.settimeout(0.3)
+    res["udp-empty"] = outcome(lambda: u.recvfrom(100, socket.MSG_DONTWAIT))
+    u.settimeout(LIMIT)
+    u.sendto(b"xyz", (host, uport))
+    res["udp-answer"] = outcome(lambda: u.recvfrom(100, socket.MSG_DONTWAIT)[0])
+    u.setblocking(True)
+    res["udp-blocking"] = outcome(lambda: u.recv(100, socket.MSG_DONTWAIT))
+    u.close()
+    out(res)
+elif name == "aio-udp":
+    # asyncio's datagram endpoints as a program uses them: the socket of get_extra_info with its
+    # options, allow_broadcast, reuse_port, a connected endpoint's ICMP error, AF_INET6, sock=
+    host, uport, closed = args[0], int(args[1]), int(args[2])
+    res = {}
+
+    class P(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.q = asyncio.Queue()
+
+        def datagram_received(self, data, addr):
+            self.q.put_nowait(["data", data.decode(), list(addr)])
+
+        def error_received(self, exc):
+            self.q.put_nowait(["error", type(exc).__name__, exc.errno])
+
+    async def next_event(p):
+        return await asyncio.wait_for(p.q.get(), LIMIT)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t, p = await loop.create_datagram_endpoint(P, local_addr=("0.0.0.0", 0), allow_broadcast=True,
+                                                   reuse_port=True)
+        s = t.get_extra_info("socket")
+        res["class"] = type(s).__name__
+        res["sockname"] = [s.getsockname()[0], s.getsockname() == t.get_extra_info("sockname")]
+        res["fileno"] = s.fileno() >= 0
+        res["type"] = [s.family == socket.AF_INET, s.type == socket.SOCK_DGRAM]
+        res["broadcast"] = s.getsockopt(SOL, socket.SO_BROADCAST)
+        res["reuseport"] = s.getsockopt(SOL, socket.SO_REUSEPORT)
+        s.setsockopt(SOL, socket.SO_RCVBUF, 65536)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 7)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 3)
+        res["options"] = [s.getsockopt(SOL, socket.SO_RCVBUF), s.getsockopt(socket.IPPROTO_IP, socket.IP_TTL),
+                          s.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL)]
+        t.sendto(b"hello", (host, uport))
+        res["echo"] = await next_event(p)
+        t.close()
+        t, p = await loop.create_datagram_endpoint(P, local_addr=("0.0.0.0", 0))  # no allow_broadcast
+        res["no-broadcast"] = t.get_extra_info("socket").getsockopt(SOL, socket.SO_BROADCAST)
+        t.sendto(b"x", (host.rsplit(".", 1)[0] + ".255", uport))  # the /24's broadcast address
+        res["broadcast-refused"] = await next_event(p)
+        t.close()
+        t, p = await loop.create_datagram_endpoint(P, remote_addr=(host, closed))
+        res["peername"] = list(t.get_extra_info("peername")) == [host, closed]
+        t.sendto(b"anyone?")
+        res["refused"] = await next_event(p)
+        t.close()
+        t, p = await loop.create_datagram_endpoint(P, family=socket.AF_INET6, local_addr=("::", 0))
+        s = t.get_extra_info("socket")
+        res["v6"] = [s.family == socket.AF_INET6, s.getsockname()[0], len(s.getsockname()),
+                     s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)]
+        t.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("0.0.0.0", 0))
+        t, p = await loop.create_datagram_endpoint(P, sock=u)
+        s = t.get_extra_info("socket")
+        res["sock"] = [type(s).__name__, s.getsockname() == u.getsockname()]
+        t.sendto(b"again", (host, uport))
+        res["sock-echo"] = await next_event(p)
+        t.close()
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
     out(res)
 else:
     raise SystemExit(f"no program {name}")

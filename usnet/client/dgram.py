@@ -50,7 +50,6 @@ from usnet.client.rxinfo import (
 from usnet.client.session import Client
 from usnet.client.sigdefer import EngineLock
 from usnet.client.socket import (
-    _DONTWAIT,
     _DUAL_TRIES,
     _PEEK,
     AF_INET,
@@ -645,7 +644,7 @@ class DatagramFace(socket):
             d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
             d.mc_ttl = (self._mc6 if d.v6 else self._mc).ttl  # IP(V6)_MULTICAST_TTL (HOPS): a group datagram's
             self._check_df(eng, d, data, addr)
-            t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
+            t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("send")
             d.settimeout(t)
             try:
                 return d.sendto(data, addr)
@@ -747,21 +746,13 @@ class DatagramFace(socket):
         return str(ipaddress.ip_address(addr))
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
-        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
+        t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         while True:  # again on the new flow if the socket is bound again meanwhile (`_rebind`)
             eng = self._eng()
             with eng.lock:
                 while self._engine is eng:
-                    self._raise_pending(eng)
-                    orphan = self._orphan  # its usnetd is away: what it queued, then wait (usnet.client.rebind)
-                    if (eng.error is not None or eng.closed) and not orphan:
-                        park_at_exit(eng.changed)  # the exit's close is not this daemon thread's to see
-                    if eng.error is not None and not orphan:
-                        raise self._refused or eng.error
-                    if eng.closed and not orphan:
-                        raise OSError(errno.EBADF, "Bad file descriptor")
-                    dg = eng.pop(bool(flags & _PEEK)) if not orphan or eng.rxq else None
+                    dg = self._pop(eng, bool(flags & _PEEK))
                     if dg is not None:
                         self._update()
                         return dg
@@ -773,6 +764,38 @@ class DatagramFace(socket):
                         raise TimeoutError("timed out")
                     park_at_exit(eng.changed)
                     eng.changed.wait(left)
+
+    def _pop(self, eng: DatagramEngine, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram, or None while none is queued (or its usnetd is away: what it queued
+        first, usnet.client.rebind); the connected peer's ICMP error once, or the flow's failure,
+        raised as a receive raises them. With the lock held."""
+        self._raise_pending(eng)
+        orphan = self._orphan
+        if (eng.error is not None or eng.closed) and not orphan:
+            park_at_exit(eng.changed)  # the exit's close is not this daemon thread's to see
+        if eng.error is not None and not orphan:
+            raise self._refused or eng.error
+        if eng.closed and not orphan:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return eng.pop(peek) if not orphan or eng.rxq else None
+
+    def recv_batch(self, n: int) -> list[tuple[bytes, tuple]]:
+        """Up to `n` datagrams and their senders, without waiting, under one lock: [] when none
+        is queued. asyncio's datagram transport reads so (usnet.client.aio), one callback for what
+        a turn brought. An error is raised as recvfrom raises it, after the datagrams before it."""
+        eng = self._eng()
+        got: list[tuple[bytes, tuple]] = []
+        v4 = self.family == AF_INET  # the flow's (host, port) is the standard tuple then, as it is
+        with eng.lock:
+            try:
+                while len(got) < n and (not got or (eng.pending is None and eng.error is None)):
+                    dg = self._pop(eng, False)
+                    if dg is None:
+                        break
+                    got.append((dg[0], dg[1] if v4 else _sockaddr(self.family, *dg[1])))
+            finally:
+                self._update()
+        return got
 
     def _raise_pending(self, eng: DatagramEngine) -> None:
         err = eng.pending

@@ -95,6 +95,11 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
+# usnet's own "do not wait, whatever the timeout", for os.read/os.write of an O_NONBLOCK
+# descriptor (usnet.client.descriptors): past a C int, so no program's flags carry it (CPython's
+# recv refuses such a number with OverflowError); MSG_DONTWAIT alone waits within a Python
+# timeout, as CPython's (`socket._no_wait`)
+_NOWAIT = 1 << 32
 _ERRQUEUE = 0x2000  # MSG_ERRQUEUE
 _CTRUNC, _TRUNC = 0x8, 0x20  # MSG_CTRUNC, MSG_TRUNC
 _IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
@@ -1031,7 +1036,7 @@ class socket:
 
     def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
         """MSG_WAITALL: until `bufsize` bytes, EOF or an error; what came when the timeout ends it."""
-        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
+        t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         got = bytearray()
         while len(got) < bufsize:
@@ -1839,8 +1844,15 @@ class socket:
             raise OSError(err, os.strerror(err))
         return self._conn
 
+    def _no_wait(self, flags: int) -> bool:
+        """Whether a call may not wait: usnet's `_NOWAIT`, or MSG_DONTWAIT on a socket without a
+        Python timeout. With one, CPython polls for readiness within the timeout before every call,
+        flag or not (sock_call_ex), so there the flag changes nothing: the call waits, and ends in
+        TimeoutError."""
+        return bool(flags & _NOWAIT) or (bool(flags & _DONTWAIT) and not self._timeout)
+
     def _call_timeout(self, flags: int) -> Any:
-        return 0.0 if flags & _DONTWAIT else _UNSET
+        return 0.0 if self._no_wait(flags) else _UNSET
 
     def _read(self, conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
