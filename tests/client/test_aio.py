@@ -573,3 +573,85 @@ def test_all_errors_is_refused_where_asyncio_refuses_it(net):
 
     kernel = asyncio.run(attempt())
     assert _loop_run(attempt()) == kernel and "all_errors" in kernel
+
+
+def test_the_answers_pump_does_not_look_at_an_empty_ring_again(net):
+    """A request and its answer are one loop callback (`_LoopDriver._serve`): the pump that
+    receives the request ends on an empty RX ring (which arms the doorbell), the protocol writes,
+    and the pump that sends the answer does not look at the ring again (an empty `Channel.recv`
+    is ten calls and a BlockingIOError). Counted on the server's channel: at most one empty
+    receive a `_serve`, 200 round trips all answered (a lost wake-up would hang, and fail). The
+    listener, whose engine is the connection's, scans its accept queue only when it moved."""
+    from usnet.client.aio import _LoopDriver
+
+    rounds = 200
+    looked = [0]  # the listener's scans of its accept queues (`_accept_waits`)
+    real_waits = aio._accept_waits
+
+    def accept_waits(*a):  # type: ignore[no-untyped-def]
+        looked[0] += 1
+        return real_waits(*a)
+
+    per_serve: list[int] = []
+    current: list[int] = []
+    real_serve = _LoopDriver._serve
+
+    def serve(self, eng):  # type: ignore[no-untyped-def]
+        if self._serving:
+            return real_serve(self, eng)
+        current.append(0)
+        try:
+            return real_serve(self, eng)
+        finally:
+            per_serve.append(current.pop())
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.t.write(data)  # type: ignore[attr-defined]  # in the callback: the same `_serve` sends it
+
+    class Ask(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def data_received(self, data: bytes) -> None:
+            self.got.put_nowait(data)
+
+    async def main() -> None:
+        server = await aio.create_server(Echo, B_IP, 0, client=net, netif="b")
+        ch = server.sockets[0].engine.ch
+        real_recv = ch.recv
+
+        def recv(*a, **kw):  # type: ignore[no-untyped-def]
+            try:
+                return real_recv(*a, **kw)
+            except BlockingIOError:
+                if current:
+                    current[-1] += 1
+                raise
+
+        ch.recv = recv
+        t, ask = await aio.create_connection(Ask, B_IP, server.port, client=net, netif="a")
+        for i in range(rounds):
+            msg = b"%d " % i
+            t.write(msg)  # type: ignore[attr-defined]
+            got = b""
+            while len(got) < len(msg):
+                got += await ask.got.get()
+            assert got == msg
+        t.close()
+        server.close()
+
+    _LoopDriver._serve = serve  # type: ignore[method-assign]
+    aio._accept_waits = accept_waits
+    try:
+        _loop_run(main())
+    finally:
+        _LoopDriver._serve = real_serve  # type: ignore[method-assign]
+        aio._accept_waits = real_waits
+    assert len(per_serve) >= rounds  # every request came through a `_serve`
+    assert max(per_serve) <= 1, sorted(per_serve)[-5:]
+    # and the server's listener looked at its accept queue when it moved, not after every pump
+    assert looked[0] < rounds // 10, looked[0]

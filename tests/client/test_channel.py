@@ -831,10 +831,17 @@ def test_alloc_ring_accounting_survives_concurrent_client_pop(domain, client):
     assert [e for e in a.events() if e.type == EventType.REFUSED] == []
 
 
+def _lent(ch) -> int:
+    """Packets lent to a channel and not yet used: its cache and what waits on its ALLOC ring."""
+    return len(ch._cache) + ch._alloc.available()
+
+
 def test_an_alloc_ring_is_lent_a_few_megabytes_of_packets_not_the_whole_ring():
     """usnet.domain.userpipe ALLOC_BYTES: the packets lent at once are bounded in bytes, so a client
     cycling through them reuses the ones it freed last (warm, mapped) instead of 64 MB of 64 KB
-    packets; a channel of small packets still gets its whole ring."""
+    packets. A channel starts at ALLOC_MIN and is lent more each time it took all it was lent
+    and kicked for more (`PipeEnd.fill`): one of small packets that keeps running dry gets its
+    whole ring."""
     from tests.helpers.util import memwire_domain
     from usnet.domain.userpipe import ALLOC_BYTES, ALLOC_MIN
 
@@ -845,11 +852,56 @@ def test_an_alloc_ring_is_lent_a_few_megabytes_of_packets_not_the_whole_ring():
         for name, ds in (("big", big), ("small", small)):
             ch = ds.channel
             ch.free(ch.alloc(1))  # the first refill
-            lent[name] = len(ch._cache) + ch._alloc.available() + 1  # and the one freed
-        assert lent["big"] == max(ALLOC_MIN, ALLOC_BYTES // 65536) == 64
-        assert lent["small"] > 512  # 2 KB packets: 4 MB is more than the ring
+            lent[name] = _lent(ch) + 1  # and the one freed
+        assert lent["big"] == lent["small"] == ALLOC_MIN
+        held = []
+        for _ in range(8):  # take everything lent, each time: every refill is a kick that found it empty
+            ch = big.channel
+            held += ch.alloc(_lent(ch) or 1)
+        assert _lent(big.channel) + 1 <= max(ALLOC_MIN, ALLOC_BYTES // 65536) == 64  # bounded in bytes
+        big.channel.free(held)
+        held = []
+        for _ in range(8):
+            ch = small.channel
+            held += ch.alloc(_lent(ch) or 1)
+        assert _lent(small.channel) + 1 > 512  # 2 KB packets: 4 MB is more than the ring; it grew
+        small.channel.free(held)
         big.close()
         small.close()
+
+
+def test_a_flow_sending_small_batches_cycles_through_the_same_few_packets_whatever_its_ring():
+    """Issue 18, UDP with 1,000 flows: each flow's ALLOC ring was filled to its size, so a flow
+    sending 32 datagrams a turn cycled through its whole pool (480 of 512 packets here; 1,000
+    flows kept 1 GB in rotation, a page fault per two datagrams in the sender and every buffer
+    cold). Filled to what the flow uses (`PipeEnd.fill`), the packets it touches stay a few
+    batches' worth, the same with a ring of 256 or 4,096. Counts packets, not time."""
+    from tests.helpers.util import memwire_domain
+
+    with memwire_domain() as (_d, c):
+        rx = c.udp_socket("b", 7100, ring_size=4096, packets=8192)
+        touched = {}
+        for ring in (256, 4096):
+            tx = c.udp_socket("a", 0, ring_size=ring, packets=2 * ring)
+            ch, used, got = tx.channel, set(), 0
+            alloc = ch.alloc
+
+            def spy(n: int, *args: object, _alloc=alloc, _used=used) -> list[int]:
+                out = _alloc(n, *args)
+                _used.update(out)
+                return out
+
+            ch.alloc = spy
+            for turn in range(40):
+                assert tx.send_many([b"x" * 64] * 32, ("10.9.0.2", 7100)) == 32
+                deadline = time.monotonic() + 5
+                while got < 32 * (turn + 1) and time.monotonic() < deadline:
+                    got += len(rx.recv_many(512))
+            assert got == 32 * 40
+            touched[ring] = len(used)
+            tx.close()
+        rx.close()
+        assert touched[256] == touched[4096] <= 4 * 32, touched  # without the fill: 480 and 1,280
 
 
 def test_packets_a_receiver_freed_are_lent_again_before_untouched_ones():

@@ -84,3 +84,48 @@ def test_sockets_share_one_key_table_for_their_attributes():
             assert len(vars(s)) < 30, sorted(vars(s))
         for s in (cl, conn, srv):
             s.close()
+
+
+def test_a_listeners_readiness_is_recomputed_only_when_its_accept_queue_moves():
+    """Every accepted connection shares its listener's engine, so every pump of a request signals
+    the listening socket; its readiness depends on the accept queues alone (and the engine's
+    error), so it is recomputed only when one moved (`TcpEndpoint.accept_moves`): not once per
+    round trip on an accepted connection. Still exact: a new connection makes it readable, an
+    accept makes it not."""
+    import select
+
+    rounds = 100
+    with memwire_domain() as (_d, c):
+        srv = listen_on_b(c, 8311, timeout=10)
+        srv.fileno()  # selected on: its descriptor is set from now on
+        cl = us.create_connection(("10.9.0.2", 8311), timeout=10, client=c, netif="a")
+        conn, _ = srv.accept()
+        assert select.select([srv], [], [], 0)[0] == []
+        computed = [0]
+        real = srv._poll_state
+
+        def counting() -> tuple[bool, bool]:
+            computed[0] += 1
+            return real()
+
+        srv._poll_state = counting
+        try:
+            for i in range(rounds):
+                cl.sendall(b"%d." % i)
+                got = b""
+                while not got.endswith(b"."):
+                    got += conn.recv(100)
+                conn.sendall(got)
+                back = b""
+                while not back.endswith(b"."):
+                    back += cl.recv(100)
+                assert back == b"%d." % i
+            assert computed[0] < rounds // 10, computed[0]
+            cl2 = us.create_connection(("10.9.0.2", 8311), timeout=10, client=c, netif="a")
+            assert select.select([srv], [], [], 10)[0] == [srv]
+            conn2, _ = srv.accept()
+            assert select.select([srv], [], [], 0)[0] == []
+        finally:
+            del srv._poll_state
+        for s in (cl, conn, cl2, conn2, srv):
+            s.close()

@@ -307,3 +307,85 @@ def _echo(conn: us.socket) -> None:
             conn.sendall(chunk)
     except OSError:
         pass
+
+
+def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares_the_connection(client):
+    """A blocked recv of the main thread pumps its engine itself on the borrowed doorbell (issue 18:
+    no hand-off through the stack thread per arrival), so TCP's input runs in the main thread. The
+    pump runs under the engine's lock, which holds the signal off; the sleep lets it through. At
+    every line of the wait, the peer's message arriving meanwhile: the exception reaches the
+    program, the engine is never failed, and every message arrives once and in order (only one
+    that a raising recv had taken may be lost, as on the kernel)."""
+    from usnet.client.engine import runner
+
+    srv, cl, conn = _pair(client, 8500)
+    conn.setsockopt(us.IPPROTO_TCP, us.TCP_NODELAY, 1)  # the mark after a message goes at once
+    eng = cl.engine
+    main = threading.get_ident()
+    msg = iter(range(1_000_000))
+    got: list[int] = []
+    borrows_before = runner().borrows
+
+    def send_when_pumping(i: int) -> tuple[threading.Thread, threading.Event]:
+        """Message i, sent once the recv sleeps on the lent doorbell (or has returned: a signal
+        before the wait ends it early)."""
+        def run() -> None:
+            for _ in range(2000):  # bounded
+                if eng.pumper == main or done.wait(0.001):
+                    break
+            conn.sendall(b"%08d" % i)
+
+        done = threading.Event()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t, done
+
+    def one() -> None:
+        i = next(msg)
+        t, done = send_when_pumping(i)
+        data = cl.recv(8)
+        done.set()
+        t.join(10)
+        got.append(int(data))
+
+    points = _points(one, eng.lock)
+    assert runner().borrows > borrows_before  # the main thread pumped: this is the case under test
+    raised = fired = 0
+    last = -1
+    for k in points:
+        i = last = next(msg)
+        t, done = send_when_pumping(i)
+        seen = [0, 0]
+        try:
+            with _signal_at(k, eng.lock) as seen:
+                data = cl.recv(8)
+            got.append(int(data))
+        except Alarm:
+            raised += 1
+            done.set()
+            t.join(10)
+            # what the raising recv left unread, up to a mark sent after it: each step starts
+            # with nothing to read, so it waits and pumps
+            conn.sendall(b"--mark--")
+            for _ in range(3):  # message i at most, then the mark
+                data = cl.recv(8)
+                if data == b"--mark--":
+                    break
+                got.append(int(data))
+            else:
+                raise AssertionError("the mark did not come")
+        done.set()
+        t.join(10)
+        fired += seen[1]
+        _engine_sound(cl)
+        assert eng.pumper is None  # the doorbell given back whatever came out of the wait
+    assert got == sorted(got) and len(got) == len(set(got))  # in order, once each
+    # nothing lost but what a raising recv took (its exception came at the step's end, the
+    # oldest unread message taken): at most one each
+    assert len(set(range(last + 1)) - set(got)) <= raised
+    assert raised == fired > len(points) // 2
+    conn.sendall(b"%08d" % (last + 1))  # and it carries on
+    cl.settimeout(10)
+    assert cl.recv(8) == b"%08d" % (last + 1)
+    for s in (cl, conn, srv):
+        s.close()

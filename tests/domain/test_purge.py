@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 from tests.helpers.util import FakeClock
@@ -18,6 +19,7 @@ from usnet.client import Client
 from usnet.domain import config
 from usnet.abi.memfd import available_memory
 from usnet.domain.loop import Domain
+from usnet.domain.mem.pool import FREE
 
 
 def _grown(d: Domain, c: Client, name: str):
@@ -50,8 +52,11 @@ def test_an_idle_pool_purges_its_free_segments_and_a_busy_one_does_not():
             d.kick_channel(x.id)
             d.serve_once(0)
         # idle: every all-free segment went (what stays is lent out on the ALLOC rings)
-        lent = int(pipe.pool.counts()["in_alloc"]) + int(pipe.pool.counts()["held"])
-        assert pipe.pool.active < 4096 and pipe.pool.active - lent < pipe.pool.active // 4
+        pool = pipe.pool
+        assert pool.active < 4096
+        for seg in np.flatnonzero(pool.seg_active).tolist():
+            r = pool._segment_range(seg)
+            assert not np.all(pool.state[r.start : r.stop] == FREE), f"segment {seg} is all free and kept"
         assert pipe.arena.allocated_bytes() < before // 2  # and its pages went back
         assert busy.pool.active == 4096  # busy: kept
         pipe.pool.check()

@@ -206,3 +206,38 @@ def test_ipv6_groups_under_two_workers_mld_once_and_fragments_handed_over(tapd2v
         wire.close()
         for s in socks:
             s.close()
+
+
+def test_a_source_specific_member_on_worker_1_is_reported_with_its_sources(tapd2):
+    """b on worker 1's port joins the group from one source (IP_ADD_SOURCE_MEMBERSHIP): usnetd,
+    which speaks for the netif, says ALLOW {source} twice (it was told the filter with the
+    worker's answer; counting the membership any-source would say CHANGE_TO_EXCLUDE {}); b hears
+    that source; its last source dropped, usnetd says BLOCK {source} twice. Worker 1 said nothing."""
+    wire = _Wire(tapd2.ifname)
+    mreqs = socket.inet_aton(G) + socket.inet_aton(tapd2.usnet_ip) + socket.inet_aton(tapd2.host_ip)
+    from usnet import socket as us
+
+    b = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    try:
+        b.bind(("0.0.0.0", 47401))
+        b.settimeout(LIMIT)
+        b.setsockopt(IPP, 39, mreqs)  # IP_ADD_SOURCE_MEMBERSHIP
+        for _ in range(2):
+            frame = wire.igmp_from(tapd2.usnet_ip)
+            got = [(r.rtype, r.maddr, list(r.srcaddrs)) for r in IGMPv3(bytes(frame[IP].payload))[IGMPv3mr].records]
+            assert got == [(5, G, [tapd2.host_ip])]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+            k.bind((tapd2.host_ip, 0))
+            k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(tapd2.host_ip))
+            k.sendto(b"from the source", (G, 47401))
+            assert b.recvfrom(100) == (b"from the source", k.getsockname())
+        b.setsockopt(IPP, 40, mreqs)  # IP_DROP_SOURCE_MEMBERSHIP: the last source, so a leave
+        for _ in range(2):
+            frame = wire.igmp_from(tapd2.usnet_ip)
+            got = [(r.rtype, r.maddr, list(r.srcaddrs)) for r in IGMPv3(bytes(frame[IP].payload))[IGMPv3mr].records]
+            assert got == [(6, G, [tapd2.host_ip])]
+        usnetd, worker1 = _counts(tapd2.path)
+        assert usnetd.get("igmp_reports") == 4 and "igmp_reports" not in worker1, (usnetd, worker1)
+    finally:
+        b.close()
+        wire.close()

@@ -286,9 +286,9 @@ def test_an_unmodified_server_on_a_port_of_a_dead_worker_serves_again(tapd2, tmp
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
 def test_an_asyncio_datagram_endpoint_of_a_dead_worker_binds_again(tapd2):
-    """usnet.aio's datagram transport reads its channel itself (no engine in the stack thread),
-    and a dead worker never rings its doorbell: the runner tells it of the worker's death too
-    (`Runner.on_worker_gone`), and it answers on the same port of the new worker 1."""
+    """usnet.aio's datagram transport is over a usnet UDP socket, which a worker's death orphans
+    (`Runner.on_worker_gone`) and usnet.client.rebind binds again: it answers on the same port of
+    the new worker 1."""
     import asyncio
 
     from usnet import aio

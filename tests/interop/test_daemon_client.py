@@ -59,7 +59,7 @@ def test_an_asyncio_udp_server_answers_its_first_datagram(tapd):
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(Echo, local_addr=(tapd.usnet_ip, 0))
         port = transport.get_extra_info("sockname")[1]
-        ch = transport._ds.channel  # type: ignore[attr-defined]
+        ch = transport._sock.engine.ch  # type: ignore[attr-defined]  # (its usnet socket's flow)
         held = _take_local_buffers(ch)  # as a fresh channel's: its first reply needs a refill
         got = []
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:

@@ -316,10 +316,9 @@ def test_an_unmodified_server_serves_again_after_usnetd_restarts(tapd, tmp_path,
 
 
 def test_an_asyncio_datagram_endpoint_is_bound_again_once_usnetd_is_back(tapd):
-    """usnet.aio's datagram transport reads its channel itself (no engine), and its doorbell
-    never reads as closed: the runner tells it of usnetd's hang-up (`Runner.on_hangup`). While
-    usnetd is away its sends come to `error_received` as ENETDOWN; once usnetd is back the same
-    endpoint answers on the same port."""
+    """usnet.aio's datagram transport is over a usnet UDP socket, which is bound again after a
+    usnetd restart (usnet.client.rebind). While usnetd is away its sends come to `error_received`
+    as ENETDOWN; once usnetd is back the same endpoint answers on the same port."""
     import asyncio
 
     from usnet import aio
@@ -343,7 +342,7 @@ def test_an_asyncio_datagram_endpoint_is_bound_again_once_usnetd_is_back(tapd):
     async def main() -> None:
         loop = asyncio.get_running_loop()
         t, p = await loop.create_datagram_endpoint(Upper, local_addr=("0.0.0.0", 0))
-        port = t.get_extra_info("socket").local[1]
+        port = t.get_extra_info("socket").getsockname()[1]
         await loop.run_in_executor(None, k.sendto, b"before", (tapd.usnet_ip, port))
         assert (await loop.run_in_executor(None, k.recvfrom, 100))[0] == b"BEFORE"
 

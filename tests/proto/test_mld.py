@@ -36,6 +36,7 @@ from usnet.proto.wire.mld import (
     mld_query_version,
     parse_mld,
 )
+from usnet.proto.wire.msf import Record
 
 FAST = settings(max_examples=200, deadline=None)
 LL = socket.inet_pton(socket.AF_INET6, "fe80::2")
@@ -57,7 +58,7 @@ def _checks_out(pkt: bytes) -> IPv6:
 
 
 def test_an_mldv2_report_is_what_scapy_reads():
-    ip = _checks_out(build_mld_report(LL, [(CHANGE_TO_EXCLUDE, G), (CHANGE_TO_INCLUDE, G2)]))
+    ip = _checks_out(build_mld_report(LL, [Record(CHANGE_TO_EXCLUDE, G), Record(CHANGE_TO_INCLUDE, G2)]))
     assert ip.dst == "ff02::16"
     assert ip[ICMPv6MLReport2].records_number == 2
     # scapy reads the second record as the first's payload: compare with what scapy builds instead

@@ -159,6 +159,7 @@ def run(scenario, enabled: bool, opts: dict, tx: bool | None = None):
     {"congestion": "bbr"}, {"rack": False}, {"nodelay": True}, {"ecn": True},
     {"rcvbuf": 4096, "rcvbuf_max": 8192}, {"window_scaling": False, "delack_segments": 4},
     {"gather": True, "mss": 600}, {"sndbuf": 3000, "nodelay": True},
+    {"gso_max": 9000}, {"gso_max": 6000, "gather": True, "mss": 600, "nodelay": True},
 ]), st.sampled_from([None, True, False]))
 def test_fast_path_equals_general_path(scenario, opts, tx):
     fast, _ = run(scenario, True, opts, tx)  # tx False: header prediction alone; True: both
@@ -170,6 +171,10 @@ def test_fast_path_equals_general_path(scenario, opts, tx):
         assert x == y, f"step {i} differs"
 
 
+_REQUEST_RESPONSE = [("send", True, 100), ("flush", True, 0), ("recv", False, 1000), ("send", False, 200),
+                     ("flush", False, 0), ("recv", True, 1000)] * 10
+
+
 def test_fast_path_is_taken_by_bulk_and_request_response():
     scenario = [("send", True, 3000), ("flush", True, 0), ("flush", False, 0)] * 10
     scenario += [("send", True, 100), ("flush", True, 0), ("recv", False, 1000), ("send", False, 200),
@@ -178,3 +183,12 @@ def test_fast_path_is_taken_by_bulk_and_request_response():
     assert taken[0] >= 40
     assert taken[1] >= 20  # the responses, and the requests after the first
     assert run(scenario, False, {})[0] == trace
+
+
+def test_lean_output_is_taken_with_segmentation_offload():
+    """A TAP with offload gives every connection a `max_segment` above its MSS: a request or an
+    answer that fits one MSS is still one plain segment, and takes the lean path (it was never
+    taken there, and `usnet bench http` paid the general sender twice a request)."""
+    trace, taken = run(_REQUEST_RESPONSE, True, {"gso_max": 9000})
+    assert taken[1] >= 19  # the responses, and the requests after the first
+    assert run(_REQUEST_RESPONSE, False, {"gso_max": 9000})[0] == trace

@@ -37,11 +37,11 @@ import threading
 import time
 import weakref
 from asyncio import staggered as _staggered
+from asyncio import trsock as _trsock
 from asyncio.constants import _SendfileMode
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from usnet.client import rebind as _rebind
 from usnet.client import socket as _us
 from usnet.client.engine import FlowEngine, broke, runner
 from usnet.client.sigdefer import step
@@ -189,12 +189,15 @@ class _LoopDriver:
             self._scheduled = True
             self.loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, drained: FlowEngine | None = None) -> None:
+        """Pump every marked engine once. `drained`: an engine pumped earlier in this same loop
+        callback (`_serve`), whose receive ended on an empty ring: its pump skips the receive
+        (FlowEngine.pump's `receive`)."""
         with step:  # every engine marked is pumped before a signal's exception (usnet.client.sigdefer)
             self._scheduled = False
             dirty, self._dirty = self._dirty, {}
             for eng in dirty:
-                self._pump(eng)
+                self._pump(eng, eng is not drained)
 
     def _bell(self, eng: FlowEngine) -> None:
         eng.ch.drain_doorbell()  # before the pump: its empty receive re-arms the doorbell
@@ -241,15 +244,15 @@ class _LoopDriver:
             for w in left:
                 self.loop.call_soon(w.fire)
         if self._dirty and not self._scheduled:
-            self._flush()
+            self._flush(eng)
 
-    def _pump(self, eng: FlowEngine) -> None:
+    def _pump(self, eng: FlowEngine, receive: bool = True) -> None:
         """One step for a signal (usnet.client.sigdefer): the pump and what the loop keeps of it (the
         engine's timer, its end), or a signal's exception after the pump leaves it with no timer."""
         with step:
-            self._pump_step(eng)
+            self._pump_step(eng, receive)
 
-    def _pump_step(self, eng: FlowEngine) -> None:
+    def _pump_step(self, eng: FlowEngine, receive: bool = True) -> None:
         if eng.driver is not self:
             return
         now = time.monotonic()
@@ -258,7 +261,7 @@ class _LoopDriver:
         # release (usnet.client.sigdefer), comes out of the `with`, to the program, not to `broke`.
         with eng.lock:
             try:
-                eng.pump(now)
+                eng.pump(now, receive)
                 d = eng.deadline(now)
                 done = eng.release_when_idle and (eng.idle() or eng.error is not None)
             except Exception as exc:  # as the runner: one broken engine must not stop the loop
@@ -943,9 +946,25 @@ class _Listener:
         self.port: int = sock.getsockname()[1]
         self.watcher = _Watcher(server._loop, self._wants, self._accept_ready)
         self.watcher.moved = self._moved
+        # the engines' accept-queue changes (`TcpEndpoint.accept_moves`, summed) when the queues
+        # were last found empty; -1: not known
+        self._empty_at = -1
 
     def _wants(self) -> bool:
-        return self.server._serving and _accept_waits(self.engines, self.port)
+        """After every pump of the listener's engine (every accepted connection's): whether a
+        connection waits. The queues change only with `accept_moves`, so once found empty they
+        are not looked at again until it moved."""
+        if not self.server._serving:
+            return False
+        n = 0
+        for e in self.engines:
+            n += e.tcp.accept_moves
+        if n == self._empty_at:
+            return False
+        if _accept_waits(self.engines, self.port):
+            return True
+        self._empty_at = n
+        return False
 
     def _moved(self) -> None:
         """The socket listens again on a new flow (usnetd came back): serve that one."""
@@ -961,6 +980,7 @@ class _Listener:
         _unwatch(self.eng, self.watcher)
         self.eng = sock.engine
         self.engines = sock.listening_engines or (self.eng,)
+        self._empty_at = -1  # other engines, other counts
         if self.server._serving:
             self.start()
 
@@ -1450,32 +1470,58 @@ class EventLoop(asyncio.SelectorEventLoop):
             remote_addr: Any = None, *, family: int = 0, proto: int = 0, flags: int = 0,
             reuse_port: bool | None = None, allow_broadcast: bool | None = None,
             sock: Any = None) -> tuple[asyncio.DatagramTransport, asyncio.BaseProtocol]:
-        """As asyncio's, on a usnet UDP flow (`Client.udp_socket`); AF_UNIX and a kernel ``sock`` are asyncio's."""
-        if sock is not None or family == _stdsocket.AF_UNIX:
+        """As asyncio's, on a usnet UDP socket (``usnet.socket(family, SOCK_DGRAM)``, or ``sock``
+        if it is one), set up as asyncio sets up its own: SO_REUSEPORT, SO_BROADCAST, bound to
+        `local_addr`, connected to `remote_addr`. AF_UNIX and a kernel ``sock`` are asyncio's."""
+        if family == _stdsocket.AF_UNIX or (sock is not None and not isinstance(sock, _us.socket)):
             base: Any = super()
             return await base.create_datagram_endpoint(
                 protocol_factory, local_addr, remote_addr, family=family, proto=proto, flags=flags,
                 reuse_port=reuse_port, allow_broadcast=allow_broadcast, sock=sock)
-        remote = None
+        if sock is not None:
+            if sock.type != _stdsocket.SOCK_DGRAM:
+                raise ValueError(f"A datagram socket was expected, got {sock!r}")
+            if local_addr or remote_addr or family or proto or flags or reuse_port or allow_broadcast:
+                raise ValueError("socket modifier keyword arguments can not be used when sock is specified.")
+            sock.setblocking(False)
+            try:
+                remote = tuple(sock.getpeername()[:2])
+            except OSError:
+                remote = None
+        else:
+            sock, remote = await self._udp_socket(local_addr, remote_addr, family, reuse_port, allow_broadcast)
+        protocol = protocol_factory()
+        return _DatagramTransport(self, sock, protocol, remote), protocol
+
+    async def _udp_socket(self, local_addr: Any, remote_addr: Any, family: int, reuse_port: bool | None,
+                          allow_broadcast: bool | None) -> tuple[Any, tuple | None]:
+        """A usnet UDP socket as asyncio's create_datagram_endpoint makes one (base_events), and
+        its connected peer."""
+        remote = local = None
         if remote_addr is not None:
             infos = await self._usnet_resolve(remote_addr[0], remote_addr[1], family, _stdsocket.SOCK_DGRAM)
             family, remote = infos[0][0], tuple(infos[0][4][:2])
-        port = 0
         if local_addr is not None:
             infos = await self._usnet_resolve(local_addr[0], local_addr[1], family, _stdsocket.SOCK_DGRAM)
-            family, port = infos[0][0], int(infos[0][4][1])  # only the port counts: one address per family
+            family, local = infos[0][0], infos[0][4]
+        if family not in (_stdsocket.AF_INET, _stdsocket.AF_INET6):
+            raise ValueError("unexpected address family")  # (as asyncio's, given no address nor family)
         client, netif = self._usnet_where
-        default = client is None  # the default domain's: bound again after a usnetd restart
-        if client is None or netif is None:
-            dc, dn = _us._target()
-            client, netif = client or dc, netif or dn
-        fam: Literal[0, 6] = 6 if family == _stdsocket.AF_INET6 else 0
-        ds = client.udp_socket(netif, port, remote=remote, family=fam, reuse_port=bool(reuse_port))
-        ds.setblocking(False)
-        protocol = protocol_factory()
-        transport = _DatagramTransport(self, ds, protocol, remote,
-                                       (client, netif, fam, bool(reuse_port)) if default else None)
-        return transport, protocol
+        sock = _us.socket(family, _stdsocket.SOCK_DGRAM, _stdsocket.IPPROTO_UDP, client=client, netif=netif)
+        try:
+            sock.setblocking(False)
+            if reuse_port:
+                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
+            if allow_broadcast:
+                sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_BROADCAST, 1)
+            if local is not None:
+                sock.bind(local)
+            if remote is not None:
+                sock.connect(remote)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, remote
 
     # -- sock_*: a watcher says when to retry, never a busy descriptor -------------------------------------
 
@@ -1575,136 +1621,76 @@ async def _as_native(file: Any, offset: int, count: int | None, fallback: Callab
 
 
 class _DatagramTransport(asyncio.DatagramTransport):
-    """An asyncio datagram transport over a usnet UDP flow: the loop reads its channel's doorbell.
+    """An asyncio datagram transport over a usnet UDP socket (`usnet.client.dgram.DatagramFace`, what
+    ``usnet.socket(AF_INET, SOCK_DGRAM)`` makes), as asyncio's own is over a kernel socket.
 
-    A datagram the pool has no buffer for is dropped and reported to `error_received`, as a kernel
-    socket's ENOBUFS would be; an ICMP error about what was sent comes there too.
-
-    One of the default domain (`rebinds`: its client, netif, family and SO_REUSEPORT) outlives a
-    usnetd restart as a UDP socket does (usnet.client.rebind): the runner tells it of usnetd's
-    hang-up (`Runner.on_hangup`: its doorbell would never say), its sends report ENETDOWN to
-    `error_received` while usnetd is away, and it is bound again on the same port once it is back.
+    - ``get_extra_info("socket")`` is an asyncio TransportSocket over it, as asyncio's: a program
+      sets and reads its options (SO_RCVBUF, IP_TTL, a multicast group) through the socket's own
+      option table.
+    - The loop watches the socket's descriptor; a read takes what a turn brought in batches
+      (`DatagramFace.recv_batch`), not one datagram per callback.
+    - An ICMP error for the connected peer, a datagram the pool had no buffer for, a send that
+      failed: `error_received`, as asyncio's does with the kernel's errors.
+    - The socket outlives a usnetd restart itself (usnet.client.rebind: the same port on a new flow,
+      sends ENETDOWN meanwhile, the same descriptor); a socket that could not be bound again fails
+      the transport with why.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ds: Any, protocol: Any, remote: tuple | None,
-                 rebinds: tuple[Any, str, Literal[0, 4, 6], bool] | None = None) -> None:
-        super().__init__({"socket": ds, "sockname": ds.getsockname(), "peername": remote})
-        self._loop, self._ds, self._protocol, self._remote = loop, ds, protocol, remote
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: Any, protocol: Any, remote: tuple | None) -> None:
+        peer = sock.getpeername() if remote is not None else None
+        super().__init__({"socket": _trsock.TransportSocket(sock), "sockname": sock.getsockname(),
+                          "peername": peer})
+        self._loop, self._sock, self._protocol, self._remote = loop, sock, protocol, remote
+        self._fd = sock.fileno()
         self._closing = False
-        self._rebinds = rebinds
-        self._orphan = False
-        self._share = object()  # usnet.client.rebind keys what waits by it, as a socket's dups
-        if rebinds is not None:
-            runner().on_hangup(rebinds[0], self._hung_up)
-            self._watch_worker(ds)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start)  # after connection_made: no datagram before it
 
     def _start(self) -> None:
         if not self._closing:
-            self._loop.add_reader(self._ds.fileno(), self._read_ready)
-            self._read_ready()  # what came before the reader, and arm the doorbell
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._read_ready()  # what came before the reader
 
     def _read_ready(self) -> None:
         for _ in range(_ACCEPT_MAX):  # bounded, as asyncio reads one datagram per callback
             if self._closing:
                 return
             try:
-                got = self._ds.recv_many(64, 0)
-            except BlockingIOError:
-                return  # the empty receive armed the doorbell for the next datagram
+                got = self._sock.recv_batch(64)
             except OSError as exc:
+                if self._sock._refused is not None or self._sock.fileno() < 0:
+                    self._fail(exc)  # the socket is done for: no retrying it on every turn
+                    return
                 self._protocol.error_received(exc)
                 continue
+            if not got:
+                return  # the descriptor says when more came
             for data, addr in got:
                 self._protocol.datagram_received(data, addr)
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
-    def _watch_worker(self, ds: Any) -> None:
-        """A flow of a usnetd worker: its death orphans the transport too (bound again on the new
-        worker), as it does a UDP socket's (usnet.client.rebind)."""
-        fd = getattr(ds.channel, "alive_fd", None)
-        if fd is not None:
-            runner().on_worker_gone(fd, self._hung_up)
-
-    def _unwatch_worker(self, ds: Any) -> None:
-        fd = getattr(ds.channel, "alive_fd", None)
-        if fd is not None:
-            runner().forget_worker_fd(fd)
-
-    def _hung_up(self) -> None:
-        """usnetd hung up on its client, or the worker serving the flow died (in the stack
-        thread): orphaned, in the loop's."""
-        try:
-            self._loop.call_soon_threadsafe(self._orphaned)
-        except RuntimeError:
-            pass  # the loop is closed: nothing reads this transport any more
-
-    def _orphaned(self) -> None:
-        if self._closing or self._orphan:
-            return
-        self._orphan = True
-        self._loop.remove_reader(self._ds.fileno())
-        _rebind.orphaned(self)
-
-    def _rebind(self) -> None:
-        """usnetd is back (usnet.client.rebind's thread): the same port on a new flow, handed to the loop."""
-        if self._closing or self._rebinds is None:
-            return
-        client, netif, fam, reuse = self._rebinds
-        if client.gone:  # usnetd went away: a new session to the same socket path (ENETDOWN: not yet)
-            client, _ = _us._target()
-        ds = _rebind.reopen(client, False, lambda: client.udp_socket(netif, self._ds.local[1], remote=self._remote,
-                                                                     family=fam, reuse_port=reuse))
-        ds.setblocking(False)
-        try:
-            self._loop.call_soon_threadsafe(self._adopt, ds, (client, netif, fam, reuse))
-        except RuntimeError:
-            ds.close()  # the loop is closed
-
-    def _adopt(self, ds: Any, rebinds: tuple[Any, str, Literal[0, 4, 6], bool]) -> None:
-        if self._closing:
-            ds.close()
-            return
-        prev = self._rebinds
-        old, self._ds, self._rebinds, self._orphan = self._ds, ds, rebinds, False
-        self._extra["socket"] = ds  # type: ignore[attr-defined]  # (asyncio.BaseTransport keeps extra info there)
-        self._unwatch_worker(old)
-        try:
-            old.close()
-        except OSError:
-            pass  # its domain is gone
-        if prev is None or rebinds[0] is not prev[0]:  # (the same client after a worker's death: told already)
-            runner().on_hangup(rebinds[0], self._hung_up)
-        self._watch_worker(ds)
-        self._start()
-
-    def _rebind_failed(self, e: OSError) -> None:
-        """usnetd came back but the port is not ours any more: the transport fails with why."""
-        def fail() -> None:
-            if not self._closing:
-                self._closing = True
-                self._loop.call_soon(self._lost, e)
-        try:
-            self._loop.call_soon_threadsafe(fail)
-        except RuntimeError:
-            pass
+    def _fail(self, exc: BaseException) -> None:
+        if not self._closing:
+            self._closing = True
+            self._loop.remove_reader(self._fd)
+            self._loop.call_soon(self._lost, exc)
 
     def sendto(self, data: Any, addr: Any = None) -> None:
-        if self._closing:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._closing or not data:  # (as asyncio's: an empty datagram is not sent)
             return
-        if self._orphan:  # as a kernel socket's send on a link that is down
-            self._protocol.error_received(OSError(errno.ENETDOWN, "Network is down (usnetd went away; this "
-                                                                  "endpoint binds its port again once it is back)"))
-            return
-        if addr is None:
-            addr = self._remote
-            if addr is None:
-                raise ValueError("Invalid address: must be None or a (host, port) pair")
-        elif self._remote is not None and tuple(addr[:2]) != self._remote:
-            raise ValueError(f"Invalid address: must be None or {self._remote}")
+        if self._remote is not None:
+            if addr is not None and tuple(addr[:2]) != self._remote:
+                raise ValueError(f"Invalid address: must be None or {self._remote}")
+            addr = None
+        elif addr is None:
+            raise ValueError("Invalid address: must be None or a (host, port) pair")
         try:
-            self._ds.sendto(bytes(data), tuple(addr[:2]))
+            if addr is None:
+                self._sock.send(data)
+            else:
+                self._sock.sendto(data, addr)
         except OSError as exc:
             self._protocol.error_received(exc)
 
@@ -1718,7 +1704,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
-        self._loop.remove_reader(self._ds.fileno())
+        self._loop.remove_reader(self._fd)
         self._loop.call_soon(self._lost, None)
 
     def abort(self) -> None:
@@ -1728,8 +1714,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._unwatch_worker(self._ds)
-            self._ds.close()
+            self._sock.close()
 
 
 def _settled(eng: FlowEngine, conn: Any, what: str) -> Callable[[], bool]:

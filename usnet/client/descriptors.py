@@ -25,14 +25,14 @@ __all__ = ["KERNEL", "close", "read", "sendfile", "write"]
 
 KERNEL = {name: getattr(os, name) for name in ("read", "write", "sendfile", "close")}  # before anyone replaced them
 _read, _write, _sendfile, _close = KERNEL["read"], KERNEL["write"], KERNEL["sendfile"], KERNEL["close"]
-_DONTWAIT = int(_us.MSG_DONTWAIT)
 _CHUNK = 1 << 18  # what one sendfile call takes from the file at most (Linux: it may send less than asked too)
 
 
 def _flags(s: Any) -> int:
-    """MSG_DONTWAIT unless the socket is blocking without a timeout: Python gives the descriptor of a
-    socket with a timeout O_NONBLOCK, so a system call on the number does not wait."""
-    return 0 if s.gettimeout() is None else _DONTWAIT
+    """usnet's no-wait unless the socket is blocking without a timeout: Python gives the descriptor
+    of a socket with a timeout O_NONBLOCK, so a system call on the number does not wait (EAGAIN at
+    once), where the socket's MSG_DONTWAIT would wait within the timeout, as CPython's does."""
+    return 0 if s.gettimeout() is None else _us._NOWAIT
 
 
 def read(fd: int, n: int, /) -> bytes:

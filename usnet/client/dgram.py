@@ -31,10 +31,6 @@ from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
 from usnet.client.mcast import (
-    IP_ADD_MEMBERSHIP,
-    IP_DROP_MEMBERSHIP,
-    IPV6_JOIN_GROUP,
-    IPV6_LEAVE_GROUP,
     MULTICAST6_OPTIONS,
     MULTICAST_OPTIONS,
     Multicast,
@@ -54,7 +50,6 @@ from usnet.client.rxinfo import (
 from usnet.client.session import Client
 from usnet.client.sigdefer import EngineLock
 from usnet.client.socket import (
-    _DONTWAIT,
     _DUAL_TRIES,
     _PEEK,
     AF_INET,
@@ -85,7 +80,6 @@ from usnet.client.sockopts import (
     ip_option,
     kept,
     lookup,
-    not_available,
     timeo_get,
     timeo_key,
 )
@@ -107,8 +101,6 @@ RCVBUF = 212992  # Linux's default SO_RCVBUF (net.core.rmem_default)
 # MCAST_* ones) (Linux's numbers; the standard module lacks some of the names). IP_ADD_MEMBERSHIP,
 # IP_DROP_MEMBERSHIP and an AF_INET6 socket's IPV6_JOIN_GROUP and IPV6_LEAVE_GROUP are
 # usnet.client.mcast's, checked before these (an AF_INET socket's IPv6 ones stay ENOPROTOOPT).
-_GROUP_OPTIONS = frozenset([(_std.IPPROTO_IP, o) for o in (35, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46)]
-                           + [(_std.IPPROTO_IPV6, o) for o in (20, 21, 42, 43, 44, 45, 46)])
 _OVERHEAD = 768  # what Linux charges a datagram beyond its payload (skb truesize), for the queue bound
 MSG_ERRQUEUE, MSG_CTRUNC = 0x2000, 0x8
 
@@ -652,7 +644,7 @@ class DatagramFace(socket):
             d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
             d.mc_ttl = (self._mc6 if d.v6 else self._mc).ttl  # IP(V6)_MULTICAST_TTL (HOPS): a group datagram's
             self._check_df(eng, d, data, addr)
-            t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("send")
+            t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("send")
             d.settimeout(t)
             try:
                 return d.sendto(data, addr)
@@ -754,21 +746,13 @@ class DatagramFace(socket):
         return str(ipaddress.ip_address(addr))
 
     def _recv(self, flags: int) -> tuple[bytes, tuple[str, int]]:
-        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
+        t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         while True:  # again on the new flow if the socket is bound again meanwhile (`_rebind`)
             eng = self._eng()
             with eng.lock:
                 while self._engine is eng:
-                    self._raise_pending(eng)
-                    orphan = self._orphan  # its usnetd is away: what it queued, then wait (usnet.client.rebind)
-                    if (eng.error is not None or eng.closed) and not orphan:
-                        park_at_exit(eng.changed)  # the exit's close is not this daemon thread's to see
-                    if eng.error is not None and not orphan:
-                        raise self._refused or eng.error
-                    if eng.closed and not orphan:
-                        raise OSError(errno.EBADF, "Bad file descriptor")
-                    dg = eng.pop(bool(flags & _PEEK)) if not orphan or eng.rxq else None
+                    dg = self._pop(eng, bool(flags & _PEEK))
                     if dg is not None:
                         self._update()
                         return dg
@@ -780,6 +764,38 @@ class DatagramFace(socket):
                         raise TimeoutError("timed out")
                     park_at_exit(eng.changed)
                     eng.changed.wait(left)
+
+    def _pop(self, eng: DatagramEngine, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram, or None while none is queued (or its usnetd is away: what it queued
+        first, usnet.client.rebind); the connected peer's ICMP error once, or the flow's failure,
+        raised as a receive raises them. With the lock held."""
+        self._raise_pending(eng)
+        orphan = self._orphan
+        if (eng.error is not None or eng.closed) and not orphan:
+            park_at_exit(eng.changed)  # the exit's close is not this daemon thread's to see
+        if eng.error is not None and not orphan:
+            raise self._refused or eng.error
+        if eng.closed and not orphan:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return eng.pop(peek) if not orphan or eng.rxq else None
+
+    def recv_batch(self, n: int) -> list[tuple[bytes, tuple]]:
+        """Up to `n` datagrams and their senders, without waiting, under one lock: [] when none
+        is queued. asyncio's datagram transport reads so (usnet.client.aio), one callback for what
+        a turn brought. An error is raised as recvfrom raises it, after the datagrams before it."""
+        eng = self._eng()
+        got: list[tuple[bytes, tuple]] = []
+        v4 = self.family == AF_INET  # the flow's (host, port) is the standard tuple then, as it is
+        with eng.lock:
+            try:
+                while len(got) < n and (not got or (eng.pending is None and eng.error is None)):
+                    dg = self._pop(eng, False)
+                    if dg is None:
+                        break
+                    got.append((dg[0], dg[1] if v4 else _sockaddr(self.family, *dg[1])))
+            finally:
+                self._update()
+        return got
 
     def _raise_pending(self, eng: DatagramEngine) -> None:
         err = eng.pending
@@ -802,13 +818,10 @@ class DatagramFace(socket):
             except OSError:
                 index = 0  # a netif on no kernel interface of this namespace (a memwire's)
             mc.set(opt, value, self._mc_flow(eng, mc.family), index, client)
-            if eng is not None and opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP):
+            if eng is not None and mc.changes_membership(opt):
                 with eng.lock:
                     eng.set_meta(self._opts, self._member())
             return
-        if (level, opt) in _GROUP_OPTIONS:
-            raise not_available(level, opt, "usnet joins no multicast group: its flow switch delivers "
-                                "a flow what is addressed to its netif")
         check_fixed(lookup(self.family, self.type, level, opt, True), level, opt, value)
         if level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             self._v6only(value)

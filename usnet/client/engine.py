@@ -407,8 +407,14 @@ class FlowEngine:
     def fileno(self) -> int:
         return self.ch.doorbell_fd
 
-    def pump(self, now: float) -> None:
-        """Receive, run timers, send; then tell waiting socket calls. Call with the lock held."""
+    def pump(self, now: float, receive: bool = True) -> None:
+        """Receive, run timers, send; then tell waiting socket calls. Call with the lock held.
+
+        `receive` False: no look at the RX ring, for a pump right behind one whose receive ended
+        on an empty ring in the same loop callback (usnet.aio's `_LoopDriver._serve`: the pump
+        that sends the answers its callbacks wrote). Lossless: that empty receive armed
+        NEED_WAKEUP, so whatever arrived since has rung the doorbell, which the loop reads; the
+        look would have cost an empty `Channel.recv` (ten calls and a BlockingIOError)."""
         if self.closed or self.error is not None:
             return
         # Time never goes back for TCP: the runner reads its clock before it waits for this lock,
@@ -420,7 +426,8 @@ class FlowEngine:
         self._now = now
         touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
         try:
-            self._receive(now)
+            if receive:
+                self._receive(now)
             t = self.tcp.timeout(now)
             if t is not None and t <= now:
                 fired = self.tcp.on_timer(now)
@@ -999,14 +1006,12 @@ class Runner:
         runner's to lend, or another call has it. Timers and wakes still reach the runner. With
         the engine's lock held (engine lock, then the runner's: the order of `_run`)."""
         with self._lock:
-            if (engine not in self.engines or engine in self._borrowed or engine.pumper is not None
-                    or not engine.alone or threading.current_thread() is threading.main_thread()):
-                # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) Never
-                # the main thread: Python runs signal handlers there, between any two bytecodes, so
-                # a handler's exception (KeyboardInterrupt, an alarm's) would land in the middle of
-                # the pump, with TCP's state half updated, or fail the engine and every connection
-                # on it (an alarm during a pumping recv did, once in a CI run). A blocked call of
-                # the main thread waits on `changed`, which a signal interrupts cleanly.
+            if engine not in self.engines or engine in self._borrowed or engine.pumper is not None or not engine.alone:
+                # (`pumper` too: one taken back by `add` may still be pumped by its borrower.) The
+                # main thread borrows too: its pump runs under the engine's lock, an EngineLock,
+                # which holds the asynchronous signals off in the main thread (usnet.client.sigdefer),
+                # and its sleep lets every hold go (`_release_save`), so a handler's exception comes
+                # out of the sleep, as out of `changed.wait`, never out of the middle of a pump.
                 return False
             fd = engine.fileno()
             key = self._sel.get_map().get(fd)

@@ -291,7 +291,7 @@ class InheritedDatagram(DatagramFace):
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
         self._claim()
-        timeout = 0.0 if flags & us.MSG_DONTWAIT else self._timeout
+        timeout = 0.0 if self._no_wait(flags) else self._timeout
         ans, _ = forked.ask(self._link, "recvfrom", self._token, timeout, size=max(bufsize, 1))
         return ans.data[:bufsize], tuple(ans.peername)
 

@@ -27,7 +27,8 @@ import errno
 import socket
 from typing import Any
 
-from usnet.proto.cmsg import IpMreqn, multicast_if, parse_mreq
+from usnet.proto.cmsg import IpMreqn, multicast_if, parse_group_req, parse_mreq, parse_mreq_source
+from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, Filter
 
 __all__ = [
     "IPV6_JOIN_GROUP",
@@ -49,13 +50,28 @@ __all__ = [
 
 IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP = 32, 33, 34, 35, 36
 IP_MULTICAST_ALL = 49
+# source-specific membership (include/uapi/linux/in.h): ip_mreq_source's, and RFC 3678's
+# protocol-independent group_req / group_source_req ones
+IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP = 37, 38, 39, 40
+MCAST_JOIN_GROUP, MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_LEAVE_GROUP = 42, 43, 44, 45
+MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
+_SOURCE_OPTIONS = frozenset((IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP))
+_MCAST_SOURCE_OPTIONS = frozenset((MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_JOIN_SOURCE_GROUP,
+                                   MCAST_LEAVE_SOURCE_GROUP))
+# each source option of RFC 3678 is its ip_mreq_source twin's
+_TWIN = {MCAST_BLOCK_SOURCE: IP_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE: IP_UNBLOCK_SOURCE,
+         MCAST_JOIN_SOURCE_GROUP: IP_ADD_SOURCE_MEMBERSHIP, MCAST_LEAVE_SOURCE_GROUP: IP_DROP_SOURCE_MEMBERSHIP}
+_MEMBERSHIP_OPTIONS = frozenset((IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
+                                 *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
 MULTICAST_OPTIONS = frozenset((IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP,
-                               IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL))
+                               IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
+                               *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
 MAX_MEMBERSHIPS = 20  # Linux's net.ipv4.igmp_max_memberships (the domain holds a flow to it too)
 IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP = 17, 18, 19, 20, 21
 IPV6_MULTICAST_ALL = 29
 MULTICAST6_OPTIONS = frozenset((IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP,
-                                IPV6_LEAVE_GROUP, IPV6_MULTICAST_ALL))
+                                IPV6_LEAVE_GROUP, IPV6_MULTICAST_ALL, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
+                                *_MCAST_SOURCE_OPTIONS))
 # IPv6 groups a socket: the domain's bound (usnet.domain.switch.groups.MAX_MEMBERSHIPS6; Linux's is
 # its option memory, optmem_max)
 MAX_MEMBERSHIPS6 = 256
@@ -101,6 +117,7 @@ class Multicast:
     def __init__(self, family: int = 4) -> None:
         self.family = family
         self.groups: list[bytes] = []
+        self.filters: dict[bytes, Filter] = {}  # group -> its source filter, if not any-source (EXCLUDE {})
         self.ttl = 1  # IP_MULTICAST_TTL, IPV6_MULTICAST_HOPS
         self.loop = True
         self.all = True
@@ -108,6 +125,13 @@ class Multicast:
         self.if_index = 0  # IPV6_MULTICAST_IF
 
     # -- setsockopt / getsockopt -------------------------------------------------------------
+
+    def changes_membership(self, opt: int) -> bool:
+        """Whether option `opt` (of this family's level) may join or leave a group."""
+        if self.family == 6:
+            return opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) \
+                or opt in _MCAST_SOURCE_OPTIONS
+        return opt in _MEMBERSHIP_OPTIONS
 
     def set(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
         """setsockopt(IPPROTO_IP, `opt`, `value`) (IPPROTO_IPV6 for a `Multicast(6)`); `ifindex`: the
@@ -120,6 +144,13 @@ class Multicast:
                 raise OSError(errno.EINVAL, "Invalid argument")  # an int is 4 bytes: shorter than ip_mreq
             m = parse_mreq(bytes(value))
             (self._join if opt == IP_ADD_MEMBERSHIP else self._drop)(m, flow, ifindex, client)
+        elif opt in _SOURCE_OPTIONS:
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            ms = parse_mreq_source(bytes(value))
+            self._source(opt, IpMreqn(ms.group, ms.interface, 0), ms.source, flow, ifindex, client)
+        elif opt in (MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) or opt in _MCAST_SOURCE_OPTIONS:
+            self._mcast(opt, value, flow, ifindex, client)
         elif opt == IP_MULTICAST_TTL:
             v = _int(value)
             if v == -1:
@@ -146,25 +177,10 @@ class Multicast:
                 raise OSError(errno.EINVAL, "Invalid argument")  # shorter than ipv6_mreq
             b = bytes(value)
             group, index = b[:16], int.from_bytes(b[16:20], "little")
-            if group[0] != 0xFF:
-                raise OSError(errno.EINVAL, "Invalid argument")
-            if opt == IPV6_LEAVE_GROUP:
-                if group not in self.groups or not _our_index(index, ifindex):
-                    raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
-                if flow is not None:
-                    client.join_group(flow[0], group, False)
-                self.groups.remove(group)
-                return
-            if group in self.groups and _our_index(index, ifindex):  # (another interface's is no clash on Linux)
-                raise OSError(errno.EADDRINUSE, "Address already in use")
-            if len(self.groups) >= MAX_MEMBERSHIPS6:
-                raise OSError(errno.ENOMEM, f"Cannot allocate memory (usnet: at most {MAX_MEMBERSHIPS6} IPv6 groups "
-                                            "a socket)")
-            if not _our_index(index, ifindex):
-                raise OSError(errno.ENODEV, "No such device")
-            if flow is not None:
-                client.join_group(flow[0], group, True)  # the domain checks it again, and decides
-            self.groups.append(group)
+            (self._join6 if opt == IPV6_JOIN_GROUP else self._drop6)(group, index, flow, ifindex, client)
+            return
+        if opt in (MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) or opt in _MCAST_SOURCE_OPTIONS:
+            self._mcast6(opt, value, flow, ifindex, client)
             return
         v = _int6(value)
         if opt == IPV6_MULTICAST_HOPS:
@@ -182,6 +198,54 @@ class Multicast:
                 raise OSError(errno.ENODEV, "No such device")
             self.if_index = v  # any interface of the host, as Linux takes; usnet sends on its netif
 
+    def _join6(self, group: bytes, index: int, flow: tuple[int, bytes] | None, ifindex: int, client: Any,
+               f: Filter = ANY_SOURCE) -> None:
+        """__ipv6_sock_mc_join (ipv6_sock_mc_join_ssm with INCLUDE {source} as `f`)."""
+        if group[0] != 0xFF:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if group in self.groups and _our_index(index, ifindex):  # (another interface's is no clash on Linux)
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        if len(self.groups) >= MAX_MEMBERSHIPS6:
+            raise OSError(errno.ENOMEM, f"Cannot allocate memory (usnet: at most {MAX_MEMBERSHIPS6} IPv6 groups "
+                                        "a socket)")
+        if not _our_index(index, ifindex):
+            raise OSError(errno.ENODEV, "No such device")
+        if flow is not None:
+            # the domain checks it again, and decides
+            client.join_group(flow[0], group, True, f.include, sorted(f.sources))
+        self.groups.append(group)
+        if f != ANY_SOURCE:
+            self.filters[group] = f
+
+    def _drop6(self, group: bytes, index: int, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """ipv6_sock_mc_drop: the membership goes, whatever its source filter."""
+        if group[0] != 0xFF:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if group not in self.groups or not _our_index(index, ifindex):
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        if flow is not None:
+            client.join_group(flow[0], group, False)
+        self.groups.remove(group)
+        self.filters.pop(group, None)
+
+    def _mcast6(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """RFC 3678's options at IPPROTO_IPV6, as ipv6_mcast_join_leave and do_ipv6_mcast_group_source:
+        a group_req or a group_source_req of at least its size (EINVAL), a group or source not
+        AF_INET6 EADDRNOTAVAIL; then as IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP and ip6_mc_source."""
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        req = parse_group_req(bytes(value), opt in _MCAST_SOURCE_OPTIONS, exact=False)
+        if req.group[0] != socket.AF_INET6 or (req.source is not None and req.source[0] != socket.AF_INET6):
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        group, index = req.group[1], req.ifindex
+        if req.source is None:
+            (self._join6 if opt == MCAST_JOIN_GROUP else self._drop6)(group, index, flow, ifindex, client)
+            return
+        self._filter_source(
+            _TWIN[opt], group, req.source[1], group[0] == 0xFF, _our_index(index, ifindex), flow, client,
+            lambda f: self._join6(group, index, flow, ifindex, client, f),
+            lambda: self._drop6(group, index, flow, ifindex, client))
+
     def _loop_all(self, loop: bool, v: bool, flow: tuple[int, bytes] | None, client: Any) -> None:
         """IP(V6)_MULTICAST_LOOP (`loop`) or _ALL set to `v`: the domain acts on both (P.MulticastOptions)."""
         if loop:
@@ -195,11 +259,13 @@ class Multicast:
         """getsockopt(IPPROTO_IP, `opt`) (IPPROTO_IPV6 for a `Multicast(6)`) as an int, as Python's
         getsockopt without a buffer length."""
         if self.family == 6:
-            if opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP):
+            if opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) \
+                    or opt in _MCAST_SOURCE_OPTIONS:
                 raise OSError(errno.ENOPROTOOPT, "Protocol not available")
             return {IPV6_MULTICAST_HOPS: self.ttl, IPV6_MULTICAST_LOOP: int(self.loop),
                     IPV6_MULTICAST_ALL: int(self.all), IPV6_MULTICAST_IF: self.if_index}[opt]
-        if opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP):
+        if opt in (IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) \
+                or opt in _SOURCE_OPTIONS or opt in _MCAST_SOURCE_OPTIONS:
             raise OSError(errno.ENOPROTOOPT, "Protocol not available")
         if opt == IP_MULTICAST_IF:
             return int.from_bytes(self.if_addr, "little")
@@ -215,25 +281,102 @@ class Multicast:
             return m.ifindex == ifindex
         return m.address == bytes(4) or flow is None or m.address == flow[1]
 
-    def _join(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+    def _join(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any,
+              f: Filter = ANY_SOURCE) -> None:
+        """ip_mc_join_group (ip_mc_join_group_ssm with INCLUDE {source} as `f`)."""
         if m.group[0] >> 4 != 14:
             raise OSError(errno.EINVAL, "Invalid argument")
         if not self._our_interface(m, flow, ifindex):
             raise OSError(errno.ENODEV, "No such device (usnet: the socket's netif is its only interface)")
         if flow is not None:
-            client.join_group(flow[0], m.group, True)  # the domain checks it again, and decides
+            # the domain checks it again, and decides
+            client.join_group(flow[0], m.group, True, f.include, sorted(f.sources))
         elif m.group in self.groups:
             raise OSError(errno.EADDRINUSE, "Address already in use")
         elif len(self.groups) >= MAX_MEMBERSHIPS:
             raise OSError(errno.ENOBUFS, "No buffer space available")
         self.groups.append(m.group)
+        if f != ANY_SOURCE:
+            self.filters[m.group] = f
 
     def _drop(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """ip_mc_leave_group: the membership goes, whatever its source filter."""
         if m.group not in self.groups or not self._our_interface(m, flow, ifindex):
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         if flow is not None:
             client.join_group(flow[0], m.group, False)
         self.groups.remove(m.group)
+        self.filters.pop(m.group, None)
+
+    def _source(self, opt: int, m: IpMreqn, source: bytes, flow: tuple[int, bytes] | None, ifindex: int,
+                client: Any) -> None:
+        """IP_ADD/DROP_SOURCE_MEMBERSHIP, IP_BLOCK/UNBLOCK_SOURCE (and their MCAST_ forms) as
+        do_ip_setsockopt and ip_mc_source (`_filter_source`)."""
+        self._filter_source(
+            opt, m.group, source, m.group[0] >> 4 == 14, self._our_interface(m, flow, ifindex), flow, client,
+            lambda f: self._join(m, flow, ifindex, client, f), lambda: self._drop(m, flow, ifindex, client))
+
+    def _filter_source(self, opt: int, group: bytes, source: bytes, is_group: bool, our_interface: bool,
+                       flow: tuple[int, bytes] | None, client: Any, join: Any, drop: Any) -> None:
+        """One source added to or taken from a membership's filter, as Linux's ip_mc_source and
+        ip6_mc_source (`opt` the IPv4 option's number; `join(f)` and `drop()` the family's): a
+        source-specific join first joins the group in INCLUDE mode (its EADDRINUSE ignored); then
+        a group that is none EINVAL, another interface ENODEV, no membership EINVAL, a filter of
+        the other mode EINVAL; a source past the bound ENOBUFS (igmp_max_msf 10, mld_max_msf 64),
+        added twice or taken away that is not there EADDRNOTAVAIL; taking the last source of an
+        INCLUDE filter leaves the group."""
+        include = opt in (IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP)
+        add = opt in (IP_ADD_SOURCE_MEMBERSHIP, IP_BLOCK_SOURCE)
+        if opt == IP_ADD_SOURCE_MEMBERSHIP and group not in self.groups:
+            join(Filter(True, frozenset((source,))))
+            return
+        if not is_group:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if not our_interface:
+            raise OSError(errno.ENODEV, "No such device (usnet: the socket's netif is its only interface)")
+        if group not in self.groups:
+            raise OSError(errno.EINVAL, "Invalid argument (no membership of the group)")
+        old = self.filters.get(group, ANY_SOURCE)
+        if old.include != include:
+            raise OSError(errno.EINVAL, "Invalid argument (the membership's filter is of the other mode)")
+        if not add:
+            if source not in old.sources:
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (no such source)")
+            if include and len(old.sources) == 1:  # INCLUDE {} is a leave, as Linux's
+                drop()
+                return
+            new = Filter(include, old.sources - {source})
+        else:
+            most = MAX_SOURCES if self.family == 4 else MAX_SOURCES6
+            if len(old.sources) >= most:
+                raise OSError(errno.ENOBUFS, f"No buffer space available (at most {most} sources)")
+            if source in old.sources:
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (a source already there)")
+            new = Filter(include, old.sources | {source})
+        if flow is not None:
+            client.source_filter(flow[0], group, new.include, sorted(new.sources))
+        if new == ANY_SOURCE:
+            self.filters.pop(group, None)
+        else:
+            self.filters[group] = new
+
+    def _mcast(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """RFC 3678's protocol-independent options at IPPROTO_IP, as ip_mcast_join_leave and
+        do_mcast_group_source: a group_req (a group not AF_INET: EINVAL) or a group_source_req (a
+        group or source not AF_INET: EADDRNOTAVAIL), the interface by index; then as their
+        ip_mreq(_source) twins."""
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        req = parse_group_req(bytes(value), opt in _MCAST_SOURCE_OPTIONS)
+        m = IpMreqn(req.group[1], bytes(4), req.ifindex)
+        if req.source is None:
+            if req.group[0] != socket.AF_INET:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            (self._join if opt == MCAST_JOIN_GROUP else self._drop)(m, flow, ifindex, client)
+            return
+        if req.group[0] != socket.AF_INET or req.source[0] != socket.AF_INET:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        self._source(_TWIN[opt], m, req.source[1], flow, ifindex, client)
 
     def attach(self, flow: tuple[int, bytes], client: Any) -> None:
         """The socket's flow of the family is open (bind, first send, or again after a usnetd restart): it
@@ -242,10 +385,12 @@ class Multicast:
         if not (self.loop and self.all):
             client.multicast_options(flow[0], self.loop, self.all)
         for g in list(self.groups):
+            f = self.filters.get(g, ANY_SOURCE)
             try:
-                client.join_group(flow[0], g, True)
+                client.join_group(flow[0], g, True, f.include, sorted(f.sources))
             except OSError:
                 self.groups.remove(g)
+                self.filters.pop(g, None)
 
 
 def _our_index(index: int, ifindex: int) -> bool:

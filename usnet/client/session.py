@@ -259,10 +259,16 @@ class Client:
         except (OSError, P.ControlError, P.ProtocolError):
             pass  # the domain or the channel is gone: the flow left its group with it
 
-    def join_group(self, channel: int, group: bytes, join: bool = True) -> None:
-        """Flow `channel` joins (or leaves) IPv4 group `group` (P.JoinGroup); the domain's refusal
-        is raised as the OSError it names (EINVAL, EADDRINUSE, ENOBUFS, EADDRNOTAVAIL)."""
-        self._expect(P.JoinGroup(channel, group, join), P.Done)
+    def join_group(self, channel: int, group: bytes, join: bool = True, include: bool = False,
+                   sources: list[bytes] | None = None) -> None:
+        """Flow `channel` joins (or leaves) group `group` (P.JoinGroup), with a source filter
+        (`include`, `sources`; default any source); the domain's refusal is raised as the OSError
+        it names (EINVAL, EADDRINUSE, ENOBUFS, EADDRNOTAVAIL)."""
+        self._expect(P.JoinGroup(channel, group, join, include, sources or []), P.Done)
+
+    def source_filter(self, channel: int, group: bytes, include: bool, sources: list[bytes]) -> None:
+        """Flow `channel`'s membership of `group` takes a new source filter (P.SourceFilter)."""
+        self._expect(P.SourceFilter(channel, group, include, sources), P.Done)
 
     def multicast_options(self, channel: int, loop: bool, all: bool) -> None:
         """IP_MULTICAST_LOOP and IP_MULTICAST_ALL of flow `channel` (P.MulticastOptions)."""

@@ -206,7 +206,20 @@ class EngineLock:
         depth = total = 0
         if self._depth and _get_ident() == _main.ident:
             depth, self._depth, total = self._depth, 0, _main.held
-            _unhold(total)
+            try:
+                _unhold(total)
+            except BaseException:
+                # A signal that came while the holds were kept is delivered as they go, and its
+                # handler runs right after the unblocking call: the wait never began. Its caller
+                # hears the exception with everything held again, as before the call (a `with` on
+                # the lock then lets go of what it took; without this it found the lock let go).
+                # The lock first, the counts, then the signals held off: whatever a second handler
+                # due at that instant raises finds lock and counts in agreement.
+                self.plain._acquire_restore(state)  # type: ignore[attr-defined]
+                self._depth = depth
+                _main.held = total
+                _sigmask(_BLOCK, _ASYNC, _main.saved)
+                raise
         return state, depth, total
 
     def _acquire_restore(self, saved: tuple[Any, int, int]) -> None:

@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from usnet.abi.events import DefunctReason
 from usnet.abi.paths import DEFAULT_SOCKET, LOOPBACK_NETIF
@@ -95,6 +95,11 @@ MSG_PEEK, MSG_DONTWAIT, MSG_WAITALL, MSG_TRUNC = _std.MSG_PEEK, _std.MSG_DONTWAI
 # the same flags as plain ints, for the tests on every call: `int & IntFlag` goes through enum's
 # __rand__, a few microseconds each, several times a round trip
 _PEEK, _DONTWAIT, _WAITALL, _MORE = int(MSG_PEEK), int(MSG_DONTWAIT), int(MSG_WAITALL), int(_std.MSG_MORE)
+# usnet's own "do not wait, whatever the timeout", for os.read/os.write of an O_NONBLOCK
+# descriptor (usnet.client.descriptors): past a C int, so no program's flags carry it (CPython's
+# recv refuses such a number with OverflowError); MSG_DONTWAIT alone waits within a Python
+# timeout, as CPython's (`socket._no_wait`)
+_NOWAIT = 1 << 32
 _ERRQUEUE = 0x2000  # MSG_ERRQUEUE
 _CTRUNC, _TRUNC = 0x8, 0x20  # MSG_CTRUNC, MSG_TRUNC
 _IP_RECVERR, _IPV6_RECVERR = _so.IP_RECVERR, _so.IPV6_RECVERR
@@ -462,6 +467,7 @@ _BUF_LIMITS = {SO_RCVBUF: ("/proc/sys/net/core/rmem_max", 2304), SO_SNDBUF: ("/p
 _KEEPALIVE_LIMITS = {_std.TCP_KEEPIDLE: 32767, _std.TCP_KEEPINTVL: 32767, _std.TCP_KEEPCNT: 127}
 _TOS_OPTS = ((_std.IPPROTO_IP, 1), (IPPROTO_IPV6, 67))  # IP_TOS, IPV6_TCLASS
 _ECT0 = 2  # the ECN codepoint ECT(0) (RFC 3168)
+_LOWAT_KEY = (_std.SOL_SOCKET, _so.SO_RCVLOWAT)
 _KEEPALIVE_OPTS = [(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o) for o in _KEEPALIVE_LIMITS]
 
 
@@ -473,6 +479,12 @@ class socket:
     # is a table of its own, 1.3 KB more per connection (measured: `usnet bench scale`'s memory).
     _held: tuple[FlowEngine, ...] = ()  # a closed listener's other flows, bind took it over
     _refused: OSError | None = None  # why a rebind could not be (`_rebind_failed`): its calls raise it
+    # a listener whose usnetd went away: it listens again once one is back (a class default: rare;
+    # it leaves room in the instance's shared key table for `_accepts_seen` below)
+    _orphan = False
+    # a listener's readiness was last set at this count of its engines' accept-queue changes
+    # (`TcpEndpoint.accept_moves`, summed); -1: never (a class default: only listeners set it)
+    _accepts_seen = -1
 
     def __new__(cls, family: int = AF_INET, type: int = SOCK_STREAM, *args: Any, **kwargs: Any) -> Any:
         if cls is socket and type & 0xF == SOCK_DGRAM:
@@ -522,7 +534,6 @@ class socket:
         # dual-stack AF_INET6 socket (`_dual`, made by bind), and a listener's on the loopback netif
         self._halves: tuple[FlowEngine, ...] = ()
         self._netif = ""  # the netif bind chose
-        self._orphan = False  # a listener whose usnetd went away: it listens again once one is back
 
     def _target(self, host: str | None = None) -> tuple[Client, str]:
         """The domain and netif; a loopback `host` (127.0.0.0/8, ::1) is the domain's loopback netif."""
@@ -1018,12 +1029,14 @@ class socket:
             return b""
         if flags & _WAITALL and not flags & _PEEK:
             return self._recv_all(conn, bufsize, flags)
+        if not flags & _PEEK and (want := self._rcv_target(conn, bufsize)) > 1:
+            return self._recv_lowat(conn, bufsize, flags, want)
         take = (lambda: conn.peek(bufsize)) if flags & _PEEK else (lambda: conn.recv(bufsize))
         return self._wait(lambda: self._read(conn, take, b""), "recv", self._call_timeout(flags))
 
     def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
         """MSG_WAITALL: until `bufsize` bytes, EOF or an error; what came when the timeout ends it."""
-        t, eagain = (0.0, False) if flags & _DONTWAIT else self._limit("recv")
+        t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("recv")
         deadline = None if t is None else time.monotonic() + t
         got = bytearray()
         while len(got) < bufsize:
@@ -1040,6 +1053,28 @@ class socket:
             got += chunk
         return bytes(got)
 
+    def _recv_lowat(self, conn: TcpConnection, bufsize: int, flags: int, want: int) -> bytes:
+        """recv under SO_RCVLOWAT: once `want` bytes are queued (or no more will come), up to
+        `bufsize`. A call that may not wait (non-blocking, MSG_DONTWAIT, SO_RCVTIMEO's end) takes
+        what is queued, as tcp_recvmsg returns what it copied; a Python timeout ends in
+        TimeoutError, as CPython's poll for readiness (which needs the target) runs out first."""
+        take = partial(conn.recv, bufsize)
+
+        def attempt() -> bytes | None:
+            return self._read(conn, take, b"") if self._enough(conn, want) else None
+
+        t, eagain = (0.0, False) if self._call_timeout(flags) == 0.0 else self._limit("recv")
+        try:
+            return cast(bytes, self._wait(attempt, "recv", t, eagain))
+        except BlockingIOError:
+            return cast(bytes, self._wait(lambda: self._read(conn, take, b""), "recv", 0.0))
+
+    def _enough(self, conn: TcpConnection, want: int) -> bool:
+        """Whether a read for `want` bytes need not wait: they are queued, or no more will come
+        (the peer's FIN, an error, SHUT_RD). With the engine's lock held."""
+        return (conn.rcv_queued >= want or conn.fin_received or conn.error is not None
+                or conn.pending_error is not None or self._shut_rd or conn.state is CLOSED)
+
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         mv = memoryview(buffer).cast("B")
         if nbytes < 0:
@@ -1048,7 +1083,7 @@ class socket:
             raise ValueError("buffer too small for requested bytes")
         if nbytes:
             mv = mv[:nbytes]
-        if flags & (_PEEK | _WAITALL | _ERRQUEUE):
+        if flags & (_PEEK | _WAITALL | _ERRQUEUE) or self._rcv_target(self._conn, len(mv)) > 1:
             data = self.recv(len(mv), flags)
             mv[: len(data)] = data
             return len(data)
@@ -1364,6 +1399,12 @@ class socket:
             value = self._device(value)
         elif level == IPPROTO_IPV6 and opt == IPV6_V6ONLY:
             value = self._v6only(value)
+        elif level == SOL_SOCKET and opt == _so.SO_RCVLOWAT:
+            self._opts[level, opt] = min(value, self._rcvlowat_cap())
+            if conn is not None and eng is not None:
+                with eng.lock:  # readiness by the new mark, as tcp_set_rcvlowat's tcp_data_ready
+                    self._update()
+            return
         elif level == SOL_SOCKET and opt in _BUF_LIMITS:
             path, least = _BUF_LIMITS[opt]
             value = max(2 * min(int(value), _sysctl(path, 212992)), least)  # what Linux keeps
@@ -1803,8 +1844,15 @@ class socket:
             raise OSError(err, os.strerror(err))
         return self._conn
 
+    def _no_wait(self, flags: int) -> bool:
+        """Whether a call may not wait: usnet's `_NOWAIT`, or MSG_DONTWAIT on a socket without a
+        Python timeout. With one, CPython polls for readiness within the timeout before every call,
+        flag or not (sock_call_ex), so there the flag changes nothing: the call waits, and ends in
+        TimeoutError."""
+        return bool(flags & _NOWAIT) or (bool(flags & _DONTWAIT) and not self._timeout)
+
     def _call_timeout(self, flags: int) -> Any:
-        return 0.0 if flags & _DONTWAIT else _UNSET
+        return 0.0 if self._no_wait(flags) else _UNSET
 
     def _read(self, conn: Any, take: Callable[[], Any], at_eof: Any) -> Any:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
@@ -1894,6 +1942,27 @@ class socket:
             if borrowed:
                 runner().give_back(eng)
 
+    def _rcv_target(self, conn: TcpConnection | None, bufsize: int | None = None) -> int:
+        """The bytes a recv of `bufsize` waits for (None: that readiness needs): SO_RCVLOWAT, no
+        more than asked (sock_rcvlowat), and no more than half the receive buffer, which a
+        connection can always queue (Linux's tcp_epollin_ready also says readable once the
+        window has closed, and tcp_set_rcvlowat grows an unlocked buffer to fit). 1 without it."""
+        lowat = self._opts.get(_LOWAT_KEY, 1)
+        if lowat == 1 or conn is None:
+            return 1
+        return max(1, min(lowat, conn.rcvbuf_cap // 2, bufsize or lowat))
+
+    def _rcvlowat_cap(self) -> int:
+        """SO_RCVLOWAT's ceiling on a stream socket, as tcp_set_rcvlowat: half SO_RCVBUF once it
+        was set (the kernel's SOCK_RCVBUF_LOCK), else half tcp_rmem's maximum."""
+        if (v := self._opts.get((SOL_SOCKET, SO_RCVBUF))) is not None:
+            return int(v) >> 1
+        try:
+            with open("/proc/sys/net/ipv4/tcp_rmem") as f:
+                return int(f.read().split()[2]) >> 1
+        except (OSError, ValueError, IndexError):
+            return 6291456 >> 1  # Linux's default tcp_rmem[2]
+
     @staticmethod
     def _park_at_exit(eng: FlowEngine, borrowed: bool) -> None:
         """`park_at_exit`, the doorbell given back first: the exit's drain needs the runner to hear it."""
@@ -1924,6 +1993,8 @@ class socket:
         if st is SYN_SENT or st is SYN_RECEIVED:
             return False, False  # the handshake decides
         readable = conn.readable or self._shut_rd
+        if readable and (target := self._rcv_target(conn)) > 1:  # SO_RCVLOWAT: tcp_epollin_ready's target
+            readable = self._enough(conn, target)
         if st is ESTABLISHED or st is CLOSE_WAIT:
             space = conn.send_space  # writable as Linux: a third of the buffer free (space >= queued / 2)
             return readable, space > 0 and 2 * space >= conn.pending and conn.notsent_ok
@@ -1942,14 +2013,31 @@ class socket:
                 elif ready.hup == 2 and not err:
                     ready.clear_error()
                 return
+            if conn is None and self._listening and self._engine is not None:
+                self._accepts_seen = self._accept_moves(self._engine)
             r, w = self._poll_state()
             ready.set(r, w)
+
+    def _accept_moves(self, eng: FlowEngine) -> int:
+        """The accept-queue changes of the listener's engines, summed (each count only grows, so
+        the sum moves whenever one of them does). With the engine's lock held."""
+        n = eng.tcp.accept_moves
+        for h in self._halves:
+            n += h.tcp.accept_moves
+        return n
 
     def _signal(self) -> None:
         """Called by the engine after each pump, with its lock held."""
         eng = self._engine
-        if self._listening and not self._orphan and eng is not None and eng.error is not None:
-            self._orphan_if_gone()  # (only an engine's error can orphan it: not looked for otherwise)
+        if self._listening and eng is not None:
+            if eng.error is not None:
+                if not self._orphan:
+                    self._orphan_if_gone()  # (only an engine's error can orphan it: not looked for otherwise)
+            elif self._conn is None and not self._dead and self._accepts_seen == self._accept_moves(eng):
+                # A listener's readiness is its accept queues' (and its engine's error): nothing
+                # moved since it was set, and a pump that changed nothing else of it (two pumps a
+                # request, the listener's engine being every accepted connection's) sets nothing.
+                return
         self._update()
 
     def _orphan_if_gone(self) -> None:

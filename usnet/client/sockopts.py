@@ -11,9 +11,9 @@ what usnet does with it:
   for a program (a hint Linux may ignore too, a marking no peer relies on, ...);
 - `GET_ONLY`: a value the face reports; setting it is ENOPROTOOPT, as on Linux (SO_TYPE,
   SO_ERROR, SO_SNDLOWAT, ...);
-- `FIXED`: the value usnet uses (SO_RCVLOWAT 1): reading gives it, setting that
-  same value is accepted, any other is ENOPROTOOPT, because usnet cannot do it and a program
-  that wanted it must learn so at once rather than run without it.
+- `FIXED`: the value usnet uses: reading gives it, setting that same value is accepted, any
+  other is ENOPROTOOPT, because usnet cannot do it and a program that wanted it must learn so
+  at once rather than run without it (none now: SO_RCVLOWAT was, and is honoured).
 
 Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives: ENOPROTOOPT
 for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
@@ -23,7 +23,9 @@ SO_TIMESTAMPING, IP_TRANSPARENT, IP_MTU_DISCOVER on a stream socket, the multica
 options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a message that says usnet does not have it.
 A value Linux converts or checks is kept as Linux keeps it (`kept`): TCP_CORK and TCP_QUICKACK
 read 0 or 1, TCP_DEFER_ACCEPT's seconds are rounded up to whole SYN-ACK retransmissions,
-TCP_FASTOPEN's queue is bounded by somaxconn, and the wrong state or value is EINVAL.
+TCP_FASTOPEN's queue is bounded by somaxconn, SO_RCVLOWAT reads INT_MAX for a negative value
+and 1 for 0 (a stream socket's also capped as tcp_set_rcvlowat caps it: the stream face), and
+the wrong state or value is EINVAL.
 
 SO_RCVTIMEO and SO_SNDTIMEO (and their _NEW numbers, one timeout each) take a struct timeval
 (usnet.proto.cmsg), kept in the running kernel's jiffies as Linux keeps it, so getsockopt reads
@@ -93,6 +95,9 @@ class Option:
 _H, _S, _G, _F = Kind.HONOURED, Kind.STORED, Kind.GET_ONLY, Kind.FIXED
 
 # Linux's numbers (the standard module lacks some names on some builds)
+# RFC 3678's protocol-independent membership options, the same numbers at IPPROTO_IP and IPPROTO_IPV6
+OPTIONS_MCAST = {42: "MCAST_JOIN_GROUP", 43: "MCAST_BLOCK_SOURCE", 44: "MCAST_UNBLOCK_SOURCE",
+                 45: "MCAST_LEAVE_GROUP", 46: "MCAST_JOIN_SOURCE_GROUP", 47: "MCAST_LEAVE_SOURCE_GROUP"}
 OPTIONS: dict[tuple[int, int], Option] = {
     # -- SOL_SOCKET ------------------------------------------------------------------------
     (SOL_SOCKET, 1): Option("SO_DEBUG", _S, why="a kernel tracing switch; nothing to trace"),
@@ -112,7 +117,9 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (SOL_SOCKET, 15): Option("SO_REUSEPORT", _H),
     (SOL_SOCKET, 25): Option("SO_BINDTODEVICE", _H, b"", why="the usnet netif by its name in the domain "
                              "(`bind_device`)"),
-    (SOL_SOCKET, 18): Option("SO_RCVLOWAT", _F, 1, why="recv and readiness wake for one byte"),
+    (SOL_SOCKET, 18): Option("SO_RCVLOWAT", _H, 1, why="stream: readable, and a blocking recv returns, once "
+                             "that many bytes are queued (or EOF, an error), as tcp_poll and tcp_recvmsg's "
+                             "target; datagram: stored, as Linux's UDP ignores it"),
     (SOL_SOCKET, 19): Option("SO_SNDLOWAT", _G, 1),  # Linux: readable 1, setting it ENOPROTOOPT
     (SOL_SOCKET, 20): Option("SO_RCVTIMEO", _H, bytes(16), why="a blocking call's receive timeout "
                              "(recv, accept), kept in the kernel's jiffies (usnet.proto.cmsg)"),
@@ -185,6 +192,18 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (IPPROTO_IP, 49): Option("IP_MULTICAST_ALL", _H, 1, stream=False,
                              why="1: a socket on a group's port hears the group if any socket of the port "
                              "joined it, as Linux's; 0: only its own groups (P.JoinGroup's all)"),
+    (IPPROTO_IP, 37): Option("IP_UNBLOCK_SOURCE", _H, stream=False, why="as IP_BLOCK_SOURCE"),
+    (IPPROTO_IP, 38): Option("IP_BLOCK_SOURCE", _H, stream=False,
+                             why="ip_mreq_source: an any-source member stops hearing a source (P.SourceFilter, "
+                             "EXCLUDE mode; at most 10, Linux's igmp_max_msf)"),
+    (IPPROTO_IP, 39): Option("IP_ADD_SOURCE_MEMBERSHIP", _H, stream=False,
+                             why="ip_mreq_source: the flow hears the group from this source (P.JoinGroup's or "
+                             "P.SourceFilter's INCLUDE sources); IGMPv3 says ALLOW"),
+    (IPPROTO_IP, 40): Option("IP_DROP_SOURCE_MEMBERSHIP", _H, stream=False,
+                             why="as IP_ADD_SOURCE_MEMBERSHIP; the last source leaves the group"),
+    **{(IPPROTO_IP, o): Option(n, _H, stream=False, why="RFC 3678's group_req / group_source_req at IPPROTO_IP: "
+                               "as its ip_mreq(_source) twin (usnet.client.mcast)")
+       for o, n in OPTIONS_MCAST.items()},
     # -- IPPROTO_IPV6 (an AF_INET6 socket's) -------------------------------------------------
     (IPPROTO_IPV6, 16): Option("IPV6_UNICAST_HOPS", _H, 64, why="the hop limit of the socket's IPv6 "
                                "packets; -1: 64"),
@@ -198,6 +217,9 @@ OPTIONS: dict[tuple[int, int], Option] = {
                                why="ipv6_mreq: the domain makes the flow a member (P.JoinGroup) and speaks MLD"),
     (IPPROTO_IPV6, 21): Option("IPV6_LEAVE_GROUP", _H, stream=False, why="as IPV6_JOIN_GROUP"),
     (IPPROTO_IPV6, 29): Option("IPV6_MULTICAST_ALL", _H, 1, stream=False, why="as IP_MULTICAST_ALL, for IPv6 groups"),
+    **{(IPPROTO_IPV6, o): Option(OPTIONS_MCAST[o], _H, stream=False, why="RFC 3678's group_req / group_source_req "
+                                 "for IPv6 groups (usnet.client.mcast; 64 sources, mld_max_msf)")
+       for o in (42, 43, 44, 45, 46, 47)},
     (IPPROTO_IPV6, 23): Option("IPV6_MTU_DISCOVER", _H, 1, stream=False,
                                why="IP_MTU_DISCOVER of an AF_INET6 socket's IPv6 datagrams"),
     (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, why="IP_RECVERR of an AF_INET6 socket (for TCP: of its "
@@ -245,6 +267,8 @@ def lookup(family: int, kind: int, level: int, opt: int, setting: bool) -> Optio
 
 TCP_CORK, TCP_DEFER_ACCEPT, TCP_QUICKACK, TCP_FASTOPEN, TCP_NOTSENT_LOWAT, TCP_FASTOPEN_CONNECT = 3, 9, 12, 23, 25, 30
 IP_RECVERR, IPV6_RECVERR = 11, 25
+SO_RCVLOWAT = 18
+_INT_MAX = 2**31 - 1
 IP_MTU_DISCOVER, IPV6_MTU_DISCOVER = 10, 23
 PMTUDISC_DO, PMTUDISC_OMIT = 2, 5  # (IP_PMTUDISC_*, IPV6_PMTUDISC_* alike: DONT 0 .. OMIT 5)
 
@@ -254,6 +278,9 @@ def kept(level: int, opt: int, value: Any, *, listening: bool, connected: bool) 
     OSError(EINVAL) where Linux refuses the value or the socket's state; `value` otherwise."""
     if (level, opt) in ((IPPROTO_IP, IP_RECVERR), (IPPROTO_IPV6, IPV6_RECVERR)):
         return int(_as_int(value) != 0)  # Linux keeps a bit
+    if (level, opt) == (SOL_SOCKET, SO_RCVLOWAT):  # sock_setsockopt: negative is INT_MAX, 0 is 1
+        v = _as_int(value)
+        return _INT_MAX if v < 0 else v or 1
     if (level, opt) in ((IPPROTO_IP, IP_MTU_DISCOVER), (IPPROTO_IPV6, IPV6_MTU_DISCOVER)):
         v = _as_int(value)
         if not 0 <= v <= PMTUDISC_OMIT:

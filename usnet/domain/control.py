@@ -25,6 +25,7 @@ from usnet.domain.sessions import Session, SessionRegistry, s_ident
 from usnet.domain.switch import echo
 from usnet.domain.userpipe import UserPipe
 from usnet.proto.wire.icmp import ECHO_REQUEST, build_echo
+from usnet.proto.wire.msf import Filter
 
 log = logging.getLogger("usnet.domain")
 
@@ -164,9 +165,18 @@ class Control(SessionRegistry):
         if ref.flow is None or ref.switch is None:
             raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
         if req.join:
-            ref.switch.join_group(ref.flow, req.group)
+            ref.switch.join_group(ref.flow, req.group, _asked_filter(req.include, req.sources))
         else:
             ref.switch.leave_group(ref.flow, req.group)
+        return P.Done(), []
+
+    @_serves(P.SourceFilter)
+    def _on_source_filter(self, session: Session, req: P.SourceFilter) -> tuple[P.Reply, list[int]]:
+        """A flow's membership takes a new source filter (usnet.domain.switch.groups checks it)."""
+        ref = self._own(session, req.channel)
+        if ref.flow is None or ref.switch is None:
+            raise OSError(errno.EINVAL, f"channel {req.channel} is not a flow")
+        ref.switch.set_source_filter(ref.flow, req.group, _asked_filter(req.include, req.sources))
         return P.Done(), []
 
     @_serves(P.MulticastOptions)
@@ -302,3 +312,12 @@ class Control(SessionRegistry):
     def _pipe_seen_by(self, pipe: UserPipe, uid: int) -> bool:
         """A pipe is shown to its creator, and to a uid holding one of its ends (a shared pipe)."""
         return pipe.uid == uid or any(self._channel_uid(e.channel_id) == uid for e in pipe.ends if e.attached)
+
+
+def _asked_filter(include: bool, sources: list[bytes]) -> Filter:
+    """A source filter as a request states it (JoinGroup, SourceFilter): EINVAL for a source named twice
+    (the rest is usnet.domain.switch.groups.check_filter's)."""
+    f = Filter(include, frozenset(sources))
+    if len(f.sources) != len(sources):
+        raise OSError(errno.EINVAL, "Invalid argument (a source twice in a filter)")
+    return f

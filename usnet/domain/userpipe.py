@@ -56,7 +56,8 @@ ROLES = 2
 ABUSE_LIMIT = 8  # bad batches tolerated before the group is defuncted
 EVENTS_PER_BATCH = 16  # refusal events posted per sync, the rest only counted
 # What an ALLOC ring is filled to: at most this many bytes of packets (at least ALLOC_MIN packets,
-# at most the ring). See `_refill`.
+# at most the ring). An end starts at ALLOC_MIN and doubles towards that each time its client
+# found the ring empty and had to kick (`PipeEnd.fill`). See `_refill`.
 ALLOC_BYTES = 4 << 20
 ALLOC_MIN = 64
 # Freed packets (bytes of them) waiting on a FREE ring that `lend` collects before it takes from
@@ -105,6 +106,10 @@ class PipeEnd:
         self.alloc = Producer(mem, a.offset, a.capacity, on_corrupt=on_corrupt)
         self.alloc_mirror = np.zeros(a.capacity, dtype=np.uint32)  # what we put in each slot
         self.taken = 0  # ALLOC slots the client has consumed, as far as we believe
+        # What its ALLOC ring is filled to: ALLOC_MIN, doubled (to the pipe's lend limit) by each
+        # kick that found the ring empty. So a flow lends what it uses, not its ring: 1,000 flows
+        # of 256-slot rings kept 1 GB in rotation, each datagram's buffer cold (issue 18).
+        self.fill = min(a.capacity, pipe._lend_limit, ALLOC_MIN)
         self.free = Consumer(mem, f.offset, f.capacity, on_corrupt=on_corrupt)
         # a dropped event is counted where the client sees it at once (STATS events_dropped)
         self.events = EventProducer(mem, e.offset, e.capacity,
@@ -243,6 +248,8 @@ class UserPipe:
         self.collect()
         end = self.ends[role]
         if end.attached and not end.closed and self.defunct_reason is None:
+            if end.alloc.prod and end.alloc.prod == end.taken:  # it took all we lent, and kicked: lend more
+                end.fill = min(2 * end.fill, end.alloc.capacity, self._lend_limit)
             self._refill(end)
             self.schema_words[W_SYNC + role] = (self.schema_words[W_SYNC + role] + 1) & 0xFFFFFFFF
             end.ring_bell()
@@ -341,8 +348,10 @@ class UserPipe:
         # packets freed last, so a client that cycles through what it is lent keeps touching the
         # same memory, warm in the caches and mapped. A ring of 1,024 64 KB packets (a TSO
         # flow's) kept 64 MB in rotation: a fresh process took a page fault per 4 KB it sent,
-        # for the first hundreds of MB, and every packet missed the caches.
-        room = min(end.alloc.capacity, self._lend_limit) - (end.alloc.prod - end.taken)
+        # for the first hundreds of MB, and every packet missed the caches. And filled to what
+        # the client uses (`PipeEnd.fill`), not to that bound: per flow, the rotation is
+        # multiplied by the number of flows.
+        room = end.fill - (end.alloc.prod - end.taken)
         if room <= 0 or self.defunct_reason is not None:
             return
         got = self.lend(room, end.role)

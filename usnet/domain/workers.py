@@ -143,6 +143,7 @@ from usnet.domain.sessions import Session, shares_port
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
 from usnet.drivers.base import Received
+from usnet.proto.wire.msf import Filter
 
 __all__ = ["DRAIN_LIMIT", "HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT",
            "WORKER_TIMEOUT", "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers",
@@ -168,7 +169,8 @@ COMMAND_MAX = 1 << 17
 # message's whole buffer, as SIOCOUTQ reports the bytes not yet read) that frames handed over from
 # the link (b"F") may fill; the rest is room for usnetd's own commands, a few small messages at a time
 HAND_OVER_SHARE = 0.5
-_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.MulticastOptions)
+_RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.SourceFilter,
+            P.MulticastOptions)
 
 
 def worker_of(port: int, n: int) -> int:
@@ -957,7 +959,9 @@ class ShardedDomain(Domain):
                     if isinstance(req, P.CloseChannel):
                         self._drop_proxied(cid)
                     elif isinstance(req, P.JoinGroup) and type(reply) is P.Done:
-                        self._worker_joined(cid, req.group, req.join)
+                        self._worker_joined(cid, req.group, req.join, Filter(req.include, frozenset(req.sources)))
+                    elif isinstance(req, P.SourceFilter) and type(reply) is P.Done:
+                        self._worker_filtered(cid, req.group, Filter(req.include, frozenset(req.sources)))
                     return reply, fds
                 try:
                     return self._send(px.line, session, msgspec.structs.replace(req, channel=px.wcid), done)
@@ -1185,26 +1189,34 @@ class ShardedDomain(Domain):
             log.warning("lease %d: worker %d not told of its end: %s", lease.id, px.index, e)
         return True
 
-    def _worker_joined(self, cid: int, group: bytes, join: bool) -> None:
-        """Worker k confirmed that channel `cid` joined (left) `group`: counted in the netif's union,
-        whose reports usnetd sends (usnet.domain.switch.multicast: `join_remote`)."""
+    def _worker_joined(self, cid: int, group: bytes, join: bool, f: Filter) -> None:
+        """Worker k confirmed that channel `cid` joined (left) `group` with source filter `f`:
+        counted in the netif's union, whose reports usnetd sends (usnet.domain.switch.multicast:
+        `join_remote`)."""
         px = self.proxied.get(cid)
         sw = self.switches.get(px.netif) if px is not None else None
         if px is None or sw is None:
             return
         if join:
             px.groups.append(group)
-            sw.join_remote(group)
+            sw.join_remote(group, cid, f)
         elif group in px.groups:
             px.groups.remove(group)
-            sw.leave_remote(group)
+            sw.leave_remote(group, cid)
+
+    def _worker_filtered(self, cid: int, group: bytes, f: Filter) -> None:
+        """Worker k confirmed that channel `cid`'s membership of `group` took source filter `f`."""
+        px = self.proxied.get(cid)
+        sw = self.switches.get(px.netif) if px is not None else None
+        if px is not None and sw is not None and group in px.groups:
+            sw.set_remote_filter(group, cid, f)
 
     def _drop_proxied(self, cid: int) -> None:
         px = self.proxied.pop(cid, None)
         sw = self.switches.get(px.netif) if px is not None else None
         if px is not None and sw is not None:
             for g in px.groups:  # its memberships end with it
-                sw.leave_remote(g)
+                sw.leave_remote(g, cid)
             px.groups.clear()
         if px is not None and px.netif:
             self.leases.agent.revoke_flow(px.netif, cid)  # its lease ends with it, silently

@@ -20,10 +20,13 @@ measures the running kernel's).
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 from typing import NamedTuple
 
 __all__ = [
+    "GROUP_REQ",
+    "GROUP_SOURCE_REQ",
     "IN6_PKTINFO",
     "INT",
     "IN_PKTINFO",
@@ -31,6 +34,7 @@ __all__ = [
     "IPV6_RECVPKTINFO",
     "IP_MREQ",
     "IP_MREQN",
+    "IP_MREQ_SOURCE",
     "IP_PKTINFO",
     "SCM_TIMESTAMP",
     "SCM_TIMESTAMPNS",
@@ -44,12 +48,16 @@ __all__ = [
     "SO_TIMESTAMP_NEW",
     "TIMESPEC",
     "TIMEVAL",
+    "GroupSourceReq",
     "In6Pktinfo",
     "InPktinfo",
+    "IpMreqSource",
     "IpMreqn",
     "jiffies_timeval",
     "multicast_if",
+    "parse_group_req",
     "parse_mreq",
+    "parse_mreq_source",
     "timestamp_cmsg",
     "timeval_jiffies",
 ]
@@ -68,6 +76,12 @@ IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 IN6_PKTINFO = struct.Struct("=16sI")  # ipi6_addr, ipi6_ifindex
 IP_MREQ = struct.Struct("=4s4s")  # imr_multiaddr, imr_interface
 IP_MREQN = struct.Struct("=4s4si")  # imr_multiaddr, imr_address, imr_ifindex
+IP_MREQ_SOURCE = struct.Struct("=4s4s4s")  # imr_multiaddr, imr_interface, imr_sourceaddr (include/uapi/linux/in.h)
+# struct group_req, group_source_req (RFC 3678): gr_interface (u32), 4 bytes of padding (sockaddr_storage is
+# 8-aligned), then one or two struct __kernel_sockaddr_storage of 128 bytes (the group, the source)
+GROUP_REQ = struct.Struct("=I4x128s")
+GROUP_SOURCE_REQ = struct.Struct("=I4x128s128s")
+SOCKADDR_FAMILY = struct.Struct("=H")  # ss_family, at the start of every sockaddr
 INT = struct.Struct("=i")  # IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS received (IP_TOS: one byte)
 
 _USEC = 1_000_000
@@ -119,6 +133,56 @@ def multicast_if(value: bytes) -> IpMreqn:
     if len(value) >= 4:
         return IpMreqn(bytes(4), bytes(value[:4]), 0)
     raise OSError(errno.EINVAL, "Invalid argument")
+
+
+class IpMreqSource(NamedTuple):
+    """struct ip_mreq_source (IP_ADD_SOURCE_MEMBERSHIP and its kin): the group, the interface's address, the source."""
+
+    group: bytes
+    interface: bytes
+    source: bytes
+
+
+def parse_mreq_source(value: bytes) -> IpMreqSource:
+    """An ip_mreq_source as do_ip_setsockopt reads it: exactly 12 bytes, EINVAL otherwise."""
+    if len(value) != IP_MREQ_SOURCE.size:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    return IpMreqSource(*IP_MREQ_SOURCE.unpack(value))
+
+
+class GroupSourceReq(NamedTuple):
+    """struct group_req or group_source_req: the interface's index, and the group's and the source's
+    sockaddr as (family, address bytes: 4 for AF_INET, 16 for AF_INET6, b"" for another family)."""
+
+    ifindex: int
+    group: tuple[int, bytes]
+    source: tuple[int, bytes] | None
+
+
+def _sockaddr(ss: bytes) -> tuple[int, bytes]:
+    """A sockaddr_storage's family and address: sockaddr_in's at byte 4, sockaddr_in6's at byte 8."""
+    (family,) = SOCKADDR_FAMILY.unpack_from(ss)
+    if family == socket.AF_INET:
+        return family, ss[4:8]
+    if family == socket.AF_INET6:
+        return family, ss[8:24]
+    return family, b""
+
+
+def parse_group_req(value: bytes, with_source: bool, exact: bool = True) -> GroupSourceReq:
+    """MCAST_JOIN_GROUP's and MCAST_LEAVE_GROUP's group_req (`with_source` False: at least its 136
+    bytes, as ip_mcast_join_leave reads it) or the source options' group_source_req (exactly its
+    264 bytes, as do_ip_setsockopt checks; at least, with `exact` False, as
+    do_ipv6_mcast_group_source); EINVAL otherwise."""
+    if with_source:
+        if len(value) != GROUP_SOURCE_REQ.size and (exact or len(value) < GROUP_SOURCE_REQ.size):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        index, group, source = GROUP_SOURCE_REQ.unpack_from(value)
+        return GroupSourceReq(index, _sockaddr(group), _sockaddr(source))
+    if len(value) < GROUP_REQ.size:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    index, group = GROUP_REQ.unpack_from(value)
+    return GroupSourceReq(index, _sockaddr(group), None)
 
 
 class In6Pktinfo(NamedTuple):

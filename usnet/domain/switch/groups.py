@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 from usnet.proto.wire.igmp import ALL_HOSTS, group_mac4, is_multicast4
 from usnet.proto.wire.ipv6 import multicast_mac
 from usnet.proto.wire.mld import is_multicast6
+from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, NOT_MEMBER, Filter, admits, union
 
 if TYPE_CHECKING:
     from usnet.domain.switch.table import Flow
 
-__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "GroupTable", "group_mac"]
+__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "GroupTable", "check_filter", "group_mac"]
 
 MAX_MEMBERSHIPS = 20  # IPv4 groups per flow (socket): Linux's net.ipv4.igmp_max_memberships default
 # IPv6 groups per flow: Linux has no count (its bound is the socket's option memory, optmem_max:
@@ -41,8 +42,24 @@ def group_mac(group: bytes) -> bytes:
     return group_mac4(group) if len(group) == 4 else multicast_mac(group)
 
 
+def check_filter(group: bytes, f: Filter) -> None:
+    """A membership's source filter as a client asked for it, checked whatever the client library
+    did: sources of the group's family (EINVAL), none twice (EINVAL), at most MAX_SOURCES
+    (ENOBUFS, Linux's igmp_max_msf; MAX_SOURCES6 for an IPv6 group, mld_max_msf), not INCLUDE {}
+    (EINVAL: that is no membership; a leave is JoinGroup's)."""
+    if any(len(s) != len(group) for s in f.sources):
+        raise OSError(errno.EINVAL, f"Invalid argument (a source of a {len(group)}-byte group is {len(group)} bytes)")
+    most = MAX_SOURCES if len(group) == 4 else MAX_SOURCES6
+    if len(f.sources) > most:
+        raise OSError(errno.ENOBUFS, f"No buffer space available (at most {most} sources a group and "
+                                     "socket, as Linux's igmp_max_msf and mld_max_msf)")
+    if f == NOT_MEMBER:
+        raise OSError(errno.EINVAL, "Invalid argument (INCLUDE {} is no membership)")
+
+
 class GroupTable:
-    """(group, UDP port) -> the member flows; per flow its groups; per group how many memberships."""
+    """(group, UDP port) -> the member flows; per flow its groups; per group how many memberships,
+    the source filters of the memberships that have one and the netif's union of them."""
 
     def __init__(self) -> None:
         self.members: dict[tuple[bytes, int], list[Flow]] = {}
@@ -53,14 +70,85 @@ class GroupTable:
         # the Ethernet addresses the receive path admits for them; all-hosts' always, as every
         # Linux host is in 224.0.0.1 (IGMP queries, and datagrams to it) without asking
         self.macs: set[bytes] = {_ALL_HOSTS_MAC}
+        # group -> flow id -> its filter, for the memberships that are not any-source (EXCLUDE {})
+        self.filters: dict[bytes, dict[int, Filter]] = {}
+        # group -> usnetd's channel id of another worker's member flow -> its filter (usnetd under
+        # workers: the worker filters its flows' datagrams; usnetd's union and reports need them)
+        self.remote_filters: dict[bytes, dict[int, Filter]] = {}
+        # group -> the netif's union of its memberships' filters, for the groups where that is not
+        # EXCLUDE {} (what a datagram's source must pass, and what the reports say)
+        self.states: dict[bytes, Filter] = {}
 
-    def join(self, flow: Flow, group: bytes) -> bool:
-        """Make `flow` a member of `group` (4 or 16 bytes); True if the group is new on the netif (a
-        report is due). EINVAL for an address that is no group, EADDRINUSE if it is a member
-        already, past the bound ENOBUFS (IPv4, as Linux's ip_mc_join_group) or ENOMEM (IPv6, as
-        __ipv6_sock_mc_join's allocation)."""
+    def state(self, group: bytes) -> Filter:
+        """The netif's filter of `group` (RFC 3376 §3.2): INCLUDE {} if it is no member."""
+        if group not in self.refs:
+            return NOT_MEMBER
+        return self.states.get(group, ANY_SOURCE)
+
+    def filter_of(self, flow: Flow, group: bytes) -> Filter:
+        """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
+        return self.filters.get(group, {}).get(flow.id, ANY_SOURCE)
+
+    def admits(self, flow: Flow, group: bytes, source: bytes) -> bool:
+        """Whether a datagram from `source` to `group` passes the netif's filter and, if `flow` is a
+        member, its own (Linux's ip_check_mc_rcv, then ip_mc_sf_allow)."""
+        st = self.states.get(group)
+        if st is not None and not admits(st, source):
+            return False
+        f = self.filters.get(group)
+        own = f.get(flow.id) if f else None
+        return own is None or admits(own, source)
+
+    def set_filter(self, flow: Flow, group: bytes, f: Filter) -> None:
+        """`flow`'s membership of `group` takes filter `f` (checked: `check_filter`); EADDRNOTAVAIL
+        if it is no member."""
+        check_filter(group, f)
+        if group not in self.of_flow.get(flow.id, ()):
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (not a member of the group)")
+        mine = self.filters.setdefault(group, {})
+        if f == ANY_SOURCE:
+            mine.pop(flow.id, None)
+        else:
+            mine[flow.id] = f
+        self._restate(group)
+
+    def set_remote_filter(self, group: bytes, key: int, f: Filter) -> None:
+        """Another worker's member flow (usnetd's channel `key`) has filter `f` of `group` now (its
+        worker checked and keeps it); counted in the union. A membership not counted here: nothing."""
+        if group not in self.refs:
+            return
+        theirs = self.remote_filters.setdefault(group, {})
+        if f == ANY_SOURCE:
+            theirs.pop(key, None)
+        else:
+            theirs[key] = f
+        self._restate(group)
+
+    def _restate(self, group: bytes) -> None:
+        """The netif's union of `group`'s filters again (its memberships without a filter, this
+        table's and other workers', are EXCLUDE {})."""
+        mine = self.filters.get(group)
+        theirs = self.remote_filters.get(group)
+        if not mine and not theirs:
+            self.filters.pop(group, None)
+            self.remote_filters.pop(group, None)
+            self.states.pop(group, None)
+            return
+        every = [*(mine or {}).values(), *(theirs or {}).values()]
+        st = union(every, self.refs[group] - len(every))
+        if st == ANY_SOURCE or group not in self.refs:
+            self.states.pop(group, None)
+        else:
+            self.states[group] = st
+
+    def join(self, flow: Flow, group: bytes, f: Filter = ANY_SOURCE) -> bool:
+        """Make `flow` a member of `group` (4 or 16 bytes) with filter `f` (any-source by default);
+        True if the group is new on the netif (a report is due). EINVAL for an address that is no
+        group, EADDRINUSE if it is a member already, past the bound ENOBUFS (IPv4, as Linux's
+        ip_mc_join_group) or ENOMEM (IPv6, as __ipv6_sock_mc_join's allocation); `check_filter`'s."""
         if not (is_multicast4(group) or is_multicast6(group)):
             raise OSError(errno.EINVAL, f"{group.hex()} is not a multicast group")
+        check_filter(group, f)
         mine = self.of_flow.setdefault(flow.id, [])
         if group in mine:
             raise OSError(errno.EADDRINUSE, "Address already in use (already a member of the group)")
@@ -72,17 +160,30 @@ class GroupTable:
                                         "a socket)")
         mine.append(group)
         self.members.setdefault((group, flow.lport), []).append(flow)
-        return self._count(group)
+        first = self._count(group)
+        if f != ANY_SOURCE:
+            self.filters.setdefault(group, {})[flow.id] = f
+        self._restate(group)
+        return first
 
-    def join_remote(self, group: bytes) -> bool:
-        """A flow of another worker joined `group` on this netif (its worker checked it and keeps
-        the membership); True if the group is new on the netif."""
-        return self._count(group)
+    def join_remote(self, group: bytes, key: int = 0, f: Filter = ANY_SOURCE) -> bool:
+        """A flow of another worker (usnetd's channel `key`) joined `group` on this netif with filter
+        `f` (its worker checked it and keeps the membership); True if the group is new on the netif."""
+        first = self._count(group)
+        if f != ANY_SOURCE:
+            self.remote_filters.setdefault(group, {})[key] = f
+        self._restate(group)
+        return first
 
-    def leave_remote(self, group: bytes) -> bool:
-        """A flow of another worker left `group` (or closed, or its worker died); True if that was
-        the netif's last membership."""
-        return self._uncount(group) if self.refs[group] else False
+    def leave_remote(self, group: bytes, key: int = 0) -> bool:
+        """A flow of another worker (channel `key`) left `group` (or closed, or its worker died);
+        True if that was the netif's last membership."""
+        theirs = self.remote_filters.get(group)
+        if theirs:
+            theirs.pop(key, None)
+        last = self._uncount(group) if self.refs[group] else False
+        self._restate(group)
+        return last
 
     def _count(self, group: bytes) -> bool:
         self.refs[group] += 1
@@ -102,9 +203,13 @@ class GroupTable:
             del self.of_flow[flow.id]
         return self._forget(flow, group)
 
-    def drop_flow(self, flow: Flow) -> list[bytes]:
-        """A flow is gone: its memberships with it; the groups that lost their last member."""
-        return [g for g in self.of_flow.pop(flow.id, []) if self._forget(flow, g)]
+    def drop_flow(self, flow: Flow) -> dict[bytes, Filter]:
+        """A flow is gone: its memberships with it; each of its groups' netif filter before (the
+        duties say what changed)."""
+        olds = {g: self.state(g) for g in self.of_flow.pop(flow.id, [])}
+        for g in olds:
+            self._forget(flow, g)
+        return olds
 
     def groups(self, size: int = 4) -> list[bytes]:
         """The groups of one family (`size`: 4 or 16 bytes) the netif is in (what a general query is
@@ -117,7 +222,12 @@ class GroupTable:
         lst.remove(flow)
         if not lst:
             del self.members[key]
-        return self._uncount(group)
+        f = self.filters.get(group)
+        if f:
+            f.pop(flow.id, None)
+        last = self._uncount(group)
+        self._restate(group)
+        return last
 
     def _uncount(self, group: bytes) -> bool:
         self.refs[group] -= 1

@@ -35,19 +35,16 @@ from usnet.drivers.base import GroupFilter, Received
 from usnet.proto.wire.ethernet import ETHERTYPE_IPV4, ETHERTYPE_IPV6
 from usnet.proto.wire.igmp import (
     ALL_HOSTS,
-    CHANGE_TO_EXCLUDE,
-    CHANGE_TO_INCLUDE,
     IGMP_LEAVE,
     IGMP_QUERY,
     IGMP_V1_REPORT,
     IGMP_V2_REPORT,
-    MODE_IS_EXCLUDE,
     build_old_report,
     build_report,
     max_response,
     parse_igmp,
     query_version,
-    records_per_report,
+    report_room,
 )
 from usnet.proto.wire.ipv6 import ALL_NODES
 from usnet.proto.wire.mld import (
@@ -58,8 +55,18 @@ from usnet.proto.wire.mld import (
     build_mldv1,
     mld_max_response,
     mld_query_version,
-    mld_records_per_report,
+    mld_report_room,
     parse_mld,
+)
+from usnet.proto.wire.msf import (
+    ANY_SOURCE,
+    NOT_MEMBER,
+    Filter,
+    Record,
+    change_records,
+    current_record,
+    merge_records,
+    split_records,
 )
 
 __all__ = ["OLDER_QUERIER_TIMEOUT", "REPORT_GAP", "UNSOLICITED_INTERVAL", "MulticastDuties"]
@@ -98,14 +105,19 @@ class MulticastDuties(HostDuties):
         self._query_due: dict[int, float] = {}
         self._query_asked: dict[int, set[bytes] | None] = {}
         # reports are paced (`_report`): per family (4, 6), what waits to be said (group -> its
-        # record type, a later one replacing), when it is due, and when the last report went
-        self._outbox: dict[int, dict[bytes, int]] = {}
+        # records, merged as they come: usnet.proto.wire.msf.merge_records), when it is due, and
+        # when the last report went
+        self._outbox: dict[int, dict[bytes, list[Record]]] = {}
         self._outbox_due: dict[int, float] = {}
         self._sent_at: dict[int, float] = {}
+        # groups another host reported while our IGMPv1/v2 (MLDv1) answer was pending, by family:
+        # left out of the answer (RFC 2236 §3, RFC 2710 §4: report suppression, as Linux's
+        # igmp_heard_report stops the group's timer); a new query asks again
+        self._heard: dict[int, set[bytes]] = {}
         # a state change (join, leave) is reported twice (the robustness variable, Linux's
         # igmp_qrv 2), the second time within UNSOLICITED_INTERVAL: a lost report is no lost
         # group. The changes to say again, by group (a later one replaces), and when
-        self._again: dict[bytes, int] = {}
+        self._again: dict[bytes, Filter] = {}  # group -> its state the repeat says the change from
         self._again_due: float | None = None
         self._rng = random.Random()
         # an IGMPv1 or v2 querier heard lately: until when the netif speaks that version (RFC 3376
@@ -116,38 +128,49 @@ class MulticastDuties(HostDuties):
 
     # -- the control requests -----------------------------------------------------------------
 
-    def join_group(self, flow: Flow, group: bytes) -> None:
-        """`flow` joins `group` (P.JoinGroup): a UDP flow of the group's family (EPROTO for TCP, as
-        Linux's do_ip_setsockopt and do_ipv6_setsockopt; EINVAL for the other family's); the
-        GroupTable's errors otherwise."""
+    def join_group(self, flow: Flow, group: bytes, f: Filter = ANY_SOURCE) -> None:
+        """`flow` joins `group` (P.JoinGroup) with source filter `f` (any-source by default): a UDP
+        flow of the group's family (EPROTO for TCP, as Linux's do_ip_setsockopt and
+        do_ipv6_setsockopt; EINVAL for the other family's); the GroupTable's errors otherwise."""
         self._check_member(flow, group)
-        if self.groups.join(flow, group):
-            self._gained(group)
+        old = self.groups.state(group)
+        self.groups.join(flow, group, f)
+        self._transition({group: old})
 
-    def join_remote(self, group: bytes) -> None:
-        """A flow of another worker joined `group` here (usnet.domain.workers: usnetd, told by the
-        worker's answer): reported if it is the netif's first membership of it."""
-        if self.groups.join_remote(group):
-            self._gained(group)
+    def set_source_filter(self, flow: Flow, group: bytes, f: Filter) -> None:
+        """`flow`'s membership of `group` takes source filter `f` (P.SourceFilter); the link hears
+        what that changed of the netif's union (ALLOW, BLOCK, or a mode change)."""
+        self._check_member(flow, group)
+        old = self.groups.state(group)
+        self.groups.set_filter(flow, group, f)
+        self._transition({group: old})
 
-    def leave_remote(self, group: bytes) -> None:
-        """A flow of another worker left `group` (or is gone): a leave if it was the last."""
-        if self.groups.leave_remote(group):
-            self._left([group])
+    def join_remote(self, group: bytes, key: int = 0, f: Filter = ANY_SOURCE) -> None:
+        """A flow of another worker (usnetd's channel `key`) joined `group` here with filter `f`
+        (usnet.domain.workers: usnetd, told by the worker's answer): reported as it changes the
+        netif's state."""
+        old = self.groups.state(group)
+        self.groups.join_remote(group, key, f)
+        self._transition({group: old})
 
-    def _gained(self, group: bytes) -> None:
-        """`group` gained its first member here: the device lets its MAC in, the link hears that we joined."""
-        self.counts["igmp_joins" if len(group) == 4 else "mld_joins"] += 1
-        drv = self.netif.driver
-        if isinstance(drv, GroupFilter):
-            drv.add_group_mac(group_mac(group))
-        self._changed([(CHANGE_TO_EXCLUDE, group)])
+    def set_remote_filter(self, group: bytes, key: int, f: Filter) -> None:
+        """Another worker's member flow (channel `key`) took filter `f` of `group` (its SourceFilter's answer)."""
+        old = self.groups.state(group)
+        self.groups.set_remote_filter(group, key, f)
+        self._transition({group: old})
+
+    def leave_remote(self, group: bytes, key: int = 0) -> None:
+        """A flow of another worker (channel `key`) left `group` (or is gone): a leave if it was the last."""
+        old = self.groups.state(group)
+        self.groups.leave_remote(group, key)
+        self._transition({group: old})
 
     def leave_group(self, flow: Flow, group: bytes) -> None:
         """`flow` leaves `group`; EADDRNOTAVAIL if it was no member."""
         self._check_member(flow, group)
-        if self.groups.leave(flow, group):
-            self._left([group])
+        old = self.groups.state(group)
+        self.groups.leave(flow, group)
+        self._transition({group: old})
 
     def _check_member(self, flow: Flow, group: bytes) -> None:
         if flow.proto != UDP:
@@ -157,35 +180,46 @@ class MulticastDuties(HostDuties):
                                         "groups)")
 
     def remove_flow(self, flow: Flow, keep_queued: bool = False) -> None:
-        left = self.groups.drop_flow(flow) if flow.id in self.flows else []
+        olds = self.groups.drop_flow(flow) if flow.id in self.flows else {}
         super().remove_flow(flow, keep_queued)
-        if left:
-            self._left(left)
+        if olds:
+            self._transition(olds)
 
-    def _left(self, groups: list[bytes]) -> None:
-        """`groups` lost their last member here: the device may filter their MACs again, and the
-        link hears that we left."""
-        self.counts["multicast_leaves"] += len(groups)
+    def _transition(self, olds: dict[bytes, Filter]) -> None:
+        """The netif's state of each group in `olds` was the filter there: a group that gained its
+        first member has its MAC let in by the device, one that lost its last has it filtered
+        again, and the link hears what changed (`_changed`)."""
         drv = self.netif.driver
-        if isinstance(drv, GroupFilter):
-            for g in groups:
-                drv.drop_group_mac(group_mac(g))
-        self._changed([(CHANGE_TO_INCLUDE, g) for g in groups])
+        for g, old in olds.items():
+            member = g in self.groups.refs
+            if member == (old != NOT_MEMBER):
+                continue
+            if member:
+                self.counts["igmp_joins" if len(g) == 4 else "mld_joins"] += 1
+            else:
+                self.counts["multicast_leaves"] += 1
+            if isinstance(drv, GroupFilter):
+                (drv.add_group_mac if member else drv.drop_group_mac)(group_mac(g))
+        self._changed(olds)
 
     # -- IGMP -----------------------------------------------------------------------------------
 
-    def _report(self, records: list[tuple[int, bytes]]) -> None:
+    def _report(self, records: list[Record]) -> None:
         """Say `records` (never about a group `_reported` excludes, as Linux's), paced: a family
         whose last report went REPORT_GAP ago or more says them now, else they wait in its outbox
-        till then, where a later record of a group replaces an earlier one (the link hears the
-        latest state). One rule for every report, an answer, a change or its repeat."""
-        records = [r for r in records if _reported(r[1])]
+        till then, merged with what waits of the same group (usnet.proto.wire.msf.merge_records:
+        two ALLOWs make one of both sources, a later BLOCK of a source takes it out of ALLOW, a mode
+        change supersedes, so the link hears the latest state). One rule for every report, an
+        answer, a change or its repeat."""
+        records = [r for r in records if _reported(r.group)]
         if not records or self.netif.loopback or not self.speaks:
             return
         now = self.clock()
-        for rtype, g in records:
-            fam = 4 if len(g) == 4 else 6
-            self._outbox.setdefault(fam, {})[g] = rtype
+        for r in records:
+            fam = 4 if len(r.group) == 4 else 6
+            box = self._outbox.setdefault(fam, {})
+            waiting = box.get(r.group)
+            box[r.group] = merge_records((*waiting, r)) if waiting else [r]
             if fam not in self._outbox_due:
                 self._outbox_due[fam] = max(now, self._sent_at.get(fam, -REPORT_GAP) + REPORT_GAP)
         self._flush(now)
@@ -196,15 +230,15 @@ class MulticastDuties(HostDuties):
             if now >= due:
                 del self._outbox_due[fam]
                 self._sent_at[fam] = now
-                self._send_records([(rtype, g) for g, rtype in self._outbox.pop(fam).items()])
+                self._send_records([r for recs in self._outbox.pop(fam).values() for r in recs])
 
-    def _send_records(self, records: list[tuple[int, bytes]]) -> None:
+    def _send_records(self, records: list[Record]) -> None:
         """An IGMPv3 report of the IPv4 `records` to 224.0.0.22 and an MLDv2 one of the IPv6 ones to
-        ff02::16, or, while an older querier
-        is present, each record as that version says it (`_old_reports`). Each report holds what
-        fits the netif's MTU, the rest goes in more (as Linux's add_grec): a client may hold 256
-        IPv6 groups a flow, and one report of them all was refused by the device, so the link
-        heard of no group of the netif and its switches pruned every client's."""
+        ff02::16, or, while an older querier is present, each record as that version says it
+        (`_old_reports`). Each report holds what fits the netif's MTU, the rest goes in more
+        (`split_records`, as Linux's add_grec): a client may hold 256 IPv6 groups a flow, and one
+        report of them all was refused by the device, so the link heard of no group of the netif
+        and its switches pruned every client's."""
         v6 = [r for r in records if len(r[1]) == 16]
         if v6:
             self._report6(v6)
@@ -215,17 +249,16 @@ class MulticastDuties(HostDuties):
         if version < 3:
             self._old_reports(version, records)
             return
-        per = records_per_report(self.netif.mtu)
-        for i in range(0, len(records), per):
+        for part in split_records(records, report_room(self.netif.mtu), 4):
             self.counts["igmp_reports"] += 1
-            self._send_igmp(build_report(self.netif.ip, records[i:i + per], self._next_ident()))
+            self._send_igmp(build_report(self.netif.ip, part, self._next_ident()))
 
-    def _old_reports(self, version: int, records: list[tuple[int, bytes]]) -> None:
-        """IGMPv1/v2 (RFC 2236): a report per group we are in, to the group; a leave of a group we
-        left to all-routers (v2 only: v1 has none)."""
+    def _old_reports(self, version: int, records: list[Record]) -> None:
+        """IGMPv1/v2 (RFC 2236), which know no sources: a report per group we are in, to the group;
+        a leave of a group we left to all-routers (v2 only: v1 has none)."""
         assert self.netif.ip is not None
-        for rtype, g in records:
-            if rtype == CHANGE_TO_INCLUDE:
+        for g in dict.fromkeys(r.group for r in records):
+            if g not in self.groups.refs:
                 if version == 1:
                     continue
                 typ = IGMP_LEAVE
@@ -234,7 +267,7 @@ class MulticastDuties(HostDuties):
             self.counts["igmp_reports"] += 1
             self._send_igmp(build_old_report(self.netif.ip, typ, g, self._next_ident()))
 
-    def _report6(self, records: list[tuple[int, bytes]]) -> None:
+    def _report6(self, records: list[Record]) -> None:
         """MLD: an MLDv2 report from the link-local address, or while an MLDv1 querier is present, an
         MLDv1 report per group joined (to the group) and a Done per group left (to all-routers)."""
         ll = self.netif.ll6
@@ -242,14 +275,13 @@ class MulticastDuties(HostDuties):
             return
         until = self._older_until.get(61)
         if until is not None and self.clock() < until:
-            for rtype, g in records:
+            for g in dict.fromkeys(r.group for r in records):
                 self.counts["mld_reports"] += 1
-                self._send_mld(build_mldv1(ll, MLDV1_DONE if rtype == CHANGE_TO_INCLUDE else MLDV1_REPORT, g))
+                self._send_mld(build_mldv1(ll, MLDV1_REPORT if g in self.groups.refs else MLDV1_DONE, g))
             return
-        per = mld_records_per_report(self.netif.mtu)
-        for i in range(0, len(records), per):
+        for part in split_records(records, mld_report_room(self.netif.mtu), 16):
             self.counts["mld_reports"] += 1
-            self._send_mld(build_mld_report(ll, records[i:i + per]))
+            self._send_mld(build_mld_report(ll, part))
 
     def _send_mld(self, packet: bytes) -> None:
         """An MLD packet of ours onto the link, at its destination group's MAC."""
@@ -272,12 +304,26 @@ class MulticastDuties(HostDuties):
         """An IGMP packet of ours onto the link, at its destination group's MAC."""
         self._send_frame(0, group_mac(packet[16:20]), ETHERTYPE_IPV4, packet)
 
-    def _changed(self, records: list[tuple[int, bytes]]) -> None:
-        """A state change reported now, and once more at a random time within
-        UNSOLICITED_INTERVAL (RFC 3376 §5.1, as Linux's igmp_ifc_event)."""
+    def _changed(self, olds: dict[bytes, Filter]) -> None:
+        """The change of each group's state from its filter in `olds` to the netif's now, reported
+        now (RFC 3376 §5.1's records: `change_records`), and once more at a random time within
+        UNSOLICITED_INTERVAL (as Linux's igmp_ifc_event). The repeat says the change from the state
+        before the first change still unrepeated while only sources change (so a source allowed
+        by the first of two changes is said again too, as Linux's per-source sf_crcount), and from
+        the state before the latest one when the filter mode changed (TO_IN, TO_EX, as Linux's
+        crcount, which a mode change resets)."""
+        records = []
+        for g, old in olds.items():
+            new = self.groups.state(g)
+            got = change_records(g, old, new)
+            if not got:
+                continue
+            records += got
+            if g not in self._again or old.include != new.include:
+                self._again[g] = old
+        if not records:
+            return
         self._report(records)
-        for rtype, g in records:
-            self._again[g] = rtype
         due = self.clock() + self._rng.uniform(0.0, UNSOLICITED_INTERVAL)
         self._again_due = due if self._again_due is None else min(due, self._again_due)
 
@@ -291,7 +337,7 @@ class MulticastDuties(HostDuties):
         """What of IGMP and MLD is due (the switch's timers call this): a query's answer, a change said again."""
         if self._again_due is not None and now >= self._again_due:
             again, self._again, self._again_due = self._again, {}, None
-            self._report([(rtype, g) for g, rtype in again.items()])
+            self._report([r for g, old in again.items() for r in change_records(g, old, self.groups.state(g))])
         self.answer_query(now)
         self._flush(now)
 
@@ -300,8 +346,11 @@ class MulticastDuties(HostDuties):
         them) is due at a random time within its maximum response, so that the hosts of a link do
         not all answer at once; a general query pending covers a group's (`answer_query` sends it)."""
         typ, code, group = parse_igmp(f[start:end])
+        if typ in (IGMP_V1_REPORT, IGMP_V2_REPORT) and self._version() < 3:
+            self._heard_report(4, group)
+            return
         if typ != IGMP_QUERY:
-            self.drops["rx_igmp_other"] += 1  # other hosts' reports: a host does not suppress v3 ones
+            self.drops["rx_igmp_other"] += 1  # other hosts' v3 reports: a v3 host does not suppress
             return
         self.counts["igmp_queries"] += 1
         version = query_version(code, end - start)
@@ -313,6 +362,9 @@ class MulticastDuties(HostDuties):
         """An MLD message (ICMPv6 130..132, 143): a query is answered as an IGMP one (`_queried`);
         RFC 3810 §5.1.14 and §6.2: only one from a link-local source with hop limit 1 counts."""
         typ, code, group = parse_mld(f[start:end], src, dst)
+        if typ == MLDV1_REPORT and (self._older_until.get(61) or 0.0) > self.clock():
+            self._heard_report(6, group)
+            return
         if typ != MLD_QUERY or hop != 1 or src[:2] != b"\xfe\x80":
             self.drops["rx_mld_other"] += 1  # others' reports; a query from off the link
             return
@@ -320,6 +372,15 @@ class MulticastDuties(HostDuties):
         if mld_query_version(end - start) == 1:  # an MLDv1 querier: MLDv1 a while (RFC 3810 §8.2.1)
             self._older_until[61] = self.clock() + OLDER_QUERIER_TIMEOUT
         self._queried(group, mld_max_response(code, end - start))
+
+    def _heard_report(self, fam: int, group: bytes) -> None:
+        """Another host of the link reported `group` (IGMPv1/v2, MLDv1) while we speak that
+        version: the router knows the group has a member, so our pending answer leaves it out."""
+        if fam in self._query_due and group in self.groups.refs:
+            self._heard.setdefault(fam, set()).add(group)
+            self.counts["igmp_suppressed" if fam == 4 else "mld_suppressed"] += 1
+        else:
+            self.drops["rx_igmp_other" if fam == 4 else "rx_mld_other"] += 1
 
     def _queried(self, group: bytes, max_resp: float) -> None:
         """A query of `group`'s family (all zeros: a general one): its answer (the groups it asks
@@ -329,6 +390,12 @@ class MulticastDuties(HostDuties):
         (`_report`): a flood of queries with no time to answer was a report per loop turn."""
         fam = 4 if len(group) == 4 else 6
         general = group == bytes(len(group))
+        heard = self._heard.get(fam)
+        if heard:  # asked again: a report heard before this query answers nothing of it
+            if general:
+                heard.clear()
+            else:
+                heard.discard(group)
         if not general and group not in self.groups.refs:
             return  # about a group nobody here is in
         due = self.clock() + self._rng.uniform(0.0, max_resp)
@@ -347,8 +414,9 @@ class MulticastDuties(HostDuties):
                 continue
             del self._query_due[fam]
             asked = self._query_asked.pop(fam, None)
-            self._report([(MODE_IS_EXCLUDE, g) for g in self.groups.groups(4 if fam == 4 else 16)
-                          if asked is None or g in asked])
+            heard = self._heard.pop(fam, set())
+            self._report([current_record(g, self.groups.state(g)) for g in self.groups.groups(4 if fam == 4 else 16)
+                          if (asked is None or g in asked) and g not in heard])
 
     # -- delivery ---------------------------------------------------------------------------------
 
@@ -364,12 +432,17 @@ class MulticastDuties(HostDuties):
         inet6_mc_check) choose the sockets: every member of the group on the port (a connected one
         only from its peer), and every other flow of the group's family listening on the port whose
         IP_MULTICAST_ALL (IPV6_MULTICAST_ALL) is on (Linux's default: a socket hears a group any
-        socket joined). A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
-        out = [m for m in self.groups.members.get((dst, dport), ())
-               if m.raddr is None or (m.raddr == src and m.rport == sport)]
+        socket joined). Every one of them only if the source passes the netif's union of the
+        group's source filters (Linux's ip_check_mc_rcv), and a member only if it passes its own
+        (ip_mc_sf_allow: a member that excludes the source does not hear it through MC_ALL either).
+        A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
+        groups = self.groups
+        members = groups.members.get((dst, dport), ())
+        out = [m for m in members if (m.raddr is None or (m.raddr == src and m.rport == sport))
+               and groups.admits(m, dst, src)]
         front = (self.listeners if len(dst) == 4 else self.listeners6).get((UDP, dport))
         if front is not None:
             for f in (front.group.members if front.group is not None else (front,)):
-                if f.mc_all and f not in out:
+                if f.mc_all and f not in members and groups.admits(f, dst, src):
                     out.append(f)
         return out

@@ -314,7 +314,10 @@ class FlowPort:
         """
         pipe = self.pipe
         end = pipe.ends[CLIENT]
-        if end.alloc.prod - end.taken <= end.alloc.capacity // 2:
+        if end.alloc.prod - end.taken > end.fill // 2:
+            # what it took since we last looked: else a ring lent to the client's cache would look full
+            pipe._collect_taken(end)
+        if end.alloc.prod - end.taken <= end.fill // 2:
             pipe._refill(end)
 
     def deliver(self, payloads: list) -> int:

@@ -43,21 +43,25 @@ _NO_BLOCK = memoryview(bytearray())
 
 
 class ByteQueue:
-    """Bytes in order; ``len`` is the live count, `view(a, b)` reads ``[a, b)`` of them in place."""
+    """Bytes in order; ``len`` is the live count, `view(a, b)` reads ``[a, b)`` of them in place.
 
-    __slots__ = ("_mv", "_cap", "_head", "_len")
+    `size` is that count as a plain attribute (read it, never set it): TCP reads its buffers'
+    lengths some fifteen times a request, and ``len(q)`` is a Python call through `__len__`
+    each time where ``q.size`` is an attribute read."""
+
+    __slots__ = ("_mv", "_cap", "_head", "size")
 
     def __init__(self) -> None:
         self._mv = _NO_BLOCK
         self._cap = 0
         self._head = 0
-        self._len = 0
+        self.size = 0
 
     def __len__(self) -> int:
-        return self._len
+        return self.size
 
     def __bool__(self) -> bool:
-        return self._len > 0
+        return self.size > 0
 
     @property
     def capacity(self) -> int:
@@ -71,7 +75,7 @@ class ByteQueue:
         if cap < _MIN_BLOCK:
             cap = _MIN_BLOCK
         new = memoryview(bytearray(cap))
-        n = self._len
+        n = self.size
         if n:
             self._copy_out(new, 0, n)
         self._mv = new
@@ -90,7 +94,7 @@ class ByteQueue:
         n = len(mv)
         if not n:
             return
-        size = self._len
+        size = self.size
         if size + n > self._cap:
             self._grow(size + n)
         cap = self._cap
@@ -103,7 +107,7 @@ class ByteQueue:
         else:
             self._mv[tail:] = mv[:first]
             self._mv[: n - first] = mv[first:]
-        self._len = size + n
+        self.size = size + n
 
     def view(self, start: int, end: int) -> memoryview | bytes:
         """The live bytes ``[start, end)``: in place, or as bytes across the ring's end."""
@@ -134,27 +138,27 @@ class ByteQueue:
 
     def take(self, n: int) -> bytes:
         """The first ``n`` live bytes as bytes (a copy), left queued."""
-        if n > self._len:
-            n = self._len
+        if n > self.size:
+            n = self.size
         v = self.view(0, n)
         return v if type(v) is bytes else bytes(v)
 
     def drop(self, n: int) -> None:
         """Forget the first ``n`` live bytes (at most ``len(self)``)."""
-        left = self._len - n
+        left = self.size - n
         if left <= 0:
             self._head = 0
-            self._len = 0
+            self.size = 0
             return
         h = self._head + n
         if h >= self._cap:
             h -= self._cap
         self._head = h
-        self._len = left
+        self.size = left
 
     def clear(self) -> None:
         """Forget every byte; the block goes too (a failed or closed connection's memory)."""
         self._mv = _NO_BLOCK
         self._cap = 0
         self._head = 0
-        self._len = 0
+        self.size = 0

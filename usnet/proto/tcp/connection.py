@@ -386,7 +386,7 @@ class TcpConnection:
             raise _err(type(self.error), self.error.errno or 0, self.error.strerror or "")
         if self._fin_queued or self.state not in _CAN_SEND:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-        space = self.sndbuf_cap - len(self._sndbuf)
+        space = self.sndbuf_cap - self._sndbuf.size
         if self.notsent_lowat:
             space = self._lowat_room(space)
         n = len(data)
@@ -404,7 +404,7 @@ class TcpConnection:
     def recv(self, max_bytes: int = 1 << 20) -> bytes:
         """Up to ``max_bytes`` of in-order data; ``b""`` when none (check ``eof``/``error``)."""
         q = self._rcvq
-        n = len(q)
+        n = q.size
         if not n or max_bytes <= 0:
             return b""
         if max_bytes < n:
@@ -432,7 +432,7 @@ class TcpConnection:
     def recv_into(self, buf) -> int:
         """Copy in-order data into ``buf``; returns the byte count."""
         q = self._rcvq
-        n = min(len(q), len(buf))
+        n = min(q.size, len(buf))
         if not n:
             return 0
         q.read_into(buf, n)
@@ -446,7 +446,7 @@ class TcpConnection:
             self.rx_stamps.read(self.stats.bytes_read, True)
         if self.state in _DATA_IN and not self._fin_rcvd:
             cap = self.rcvbuf_cap
-            inc = (cap - len(self._rcvq)) - (self.rcv_adv - self.rcv_nxt)
+            inc = (cap - self._rcvq.size) - (self.rcv_adv - self.rcv_nxt)
             if inc >= min(cap >> 1, 2 * self._rcv_mss):
                 self._ack_now = True  # window update
                 self._touch()
@@ -459,7 +459,7 @@ class TcpConnection:
         if st not in _CAN_SEND:
             return
         self._fin_queued = True
-        self._fin_seq = self._snd_base + len(self._sndbuf)
+        self._fin_seq = self._snd_base + self._sndbuf.size
         self._touch()
         if st is ESTABLISHED:
             self.state = FIN_WAIT_1
@@ -645,18 +645,23 @@ class TcpConnection:
     @property
     def readable(self) -> bool:
         """True if `recv` has data, or will never have more (EOF or error)."""
-        return bool(self._rcvq) or self._fin_rcvd or self.error is not None
+        return self._rcvq.size > 0 or self._fin_rcvd or self.error is not None
+
+    @property
+    def fin_received(self) -> bool:
+        """The peer's FIN arrived (bytes before it may still be queued): no more data will come."""
+        return self._fin_rcvd
 
     @property
     def eof(self) -> bool:
         """The peer's FIN arrived and every byte before it was read."""
-        return self._fin_rcvd and not self._rcvq
+        return self._fin_rcvd and not self._rcvq.size
 
     @property
     def send_space(self) -> int:
         if self._fin_queued or self.state not in _CAN_SEND:
             return 0
-        n = self.sndbuf_cap - len(self._sndbuf)
+        n = self.sndbuf_cap - self._sndbuf.size
         if self.notsent_lowat:
             n = self._lowat_room(n)
         return n if n > 0 else 0
@@ -686,7 +691,7 @@ class TcpConnection:
     @property
     def unsent(self) -> int:
         """Bytes queued but not yet sent once."""
-        return self._snd_base + len(self._sndbuf) - max(self.snd_nxt, self._snd_base)
+        return self._snd_base + self._sndbuf.size - max(self.snd_nxt, self._snd_base)
 
     @property
     def in_flight(self) -> int:
@@ -695,11 +700,11 @@ class TcpConnection:
     @property
     def pending(self) -> int:
         """Bytes in the send buffer not yet acknowledged."""
-        return len(self._sndbuf)
+        return self._sndbuf.size
 
     @property
     def rcv_queued(self) -> int:
-        return len(self._rcvq)
+        return self._rcvq.size
 
     @property
     def rcv_window(self) -> int:
@@ -1011,7 +1016,7 @@ class TcpConnection:
         self.events |= EV_CONNECTED | EV_WRITABLE
         self._syn_pending = False
         if self._fin_queued:
-            self._fin_seq = self._snd_base + len(self._sndbuf)
+            self._fin_seq = self._snd_base + self._sndbuf.size
             self.state = FIN_WAIT_1
         if self.cfg.keepalive:
             self._t_ka = now + self.cfg.keepalive_idle
@@ -1287,7 +1292,7 @@ class TcpConnection:
         stats = self.stats
         base = self._snd_base
         buf = self._sndbuf
-        dend = base + len(buf)
+        dend = base + buf.size
         upto = a if a < dend else dend
         if upto > base:
             n = upto - base
@@ -1457,7 +1462,7 @@ class TcpConnection:
         rcv_nxt = self.rcv_nxt + plen
         self._rcvq.append(payload)
         reasm = self._reasm
-        if reasm:
+        if reasm is not EMPTY_REASSEMBLY and reasm:  # (`is not`: as in `_segment`)
             data, nxt = reasm.pop_ready(rcv_nxt)
             if data is not None:
                 self._rcvq.append(data)
@@ -1622,12 +1627,12 @@ class TcpConnection:
         self._t_pace = pacer.next_time if held else INF
 
     def _has_unsent(self) -> bool:
-        return (self._snd_base + len(self._sndbuf) > self.snd_nxt
+        return (self._snd_base + self._sndbuf.size > self.snd_nxt
                 or (self._fin_queued and not self._fin_sent))
 
     def _window_field(self) -> int:
         cap = self.rcvbuf_cap
-        free = cap - len(self._rcvq)
+        free = cap - self._rcvq.size
         rcv_nxt = self.rcv_nxt
         cur = self.rcv_adv - rcv_nxt
         if cur < 0:
@@ -1798,7 +1803,7 @@ class TcpConnection:
                 pipe += n
         # 2. New data.
         cfg = self.cfg
-        data_end = self._snd_base + len(self._sndbuf)
+        data_end = self._snd_base + self._sndbuf.size
         if self.snd_nxt == self.snd_una and now - self._last_send > self.rto.rto:
             self.cc.restart_after_idle()
             cwnd = self.cc.cwnd
@@ -1855,7 +1860,7 @@ class TcpConnection:
     def _emit(self, out: list, start: int, end: int, now: float, rtx: bool) -> None:
         base = self._snd_base
         buf = self._sndbuf
-        dend = base + len(buf)
+        dend = base + buf.size
         flags = ACK
         pend = end
         if end > dend:  # the FIN is in this range

@@ -211,6 +211,10 @@ class TcpEndpoint:
         # engine logs the reason once and wakes that connection's waiters
         self.on_fault: Callable[[TcpConnection, BaseException], None] | None = None
         self.listeners: dict[int, Listener] = {}
+        # Counts every change of what waits to be accepted (a listener added or gone, a connection
+        # into or out of an accept queue): a listener's readiness depends on nothing else of TCP's,
+        # so its watchers recompute it only when this moved (usnet.client.socket `_signal`).
+        self.accept_moves = 0
         self.stats = EndpointStats()
         self._out: list[tuple[bytes, bytes | TcpParts, int, int]] = []
         # The schedule: connections something happened to since `outgoing` last visited them
@@ -234,6 +238,7 @@ class TcpEndpoint:
             raise OSError(98, f"port {port} already listening")  # EADDRINUSE
         lst = Listener(port, backlog, syn_backlog, config or self.config, defer_accept)
         self.listeners[port] = lst
+        self.accept_moves += 1
         return lst
 
     def unlisten(self, port: int, now: float) -> None:
@@ -241,6 +246,7 @@ class TcpEndpoint:
         lst = self.listeners.pop(port, None)
         if lst is None:
             return
+        self.accept_moves += 1
         for conn in list(lst.syn_queue.values()) + list(lst.accept_queue):
             conn.abort(now)
 
@@ -250,6 +256,7 @@ class TcpEndpoint:
         if lst is None or not lst.accept_queue:
             return None
         self.stats.accepted += 1
+        self.accept_moves += 1
         return lst.accept_queue.popleft()
 
     def connect(
@@ -535,6 +542,7 @@ class TcpEndpoint:
         # No bound here: `input` dropped the last ACK of the handshake while the accept queue was
         # full, so one that got this far has room.
         lst.accept_queue.append(conn)
+        self.accept_moves += 1
 
     # ------------------------------------------------------------------ output and timers
 

@@ -583,7 +583,7 @@ class Rack:
         self.tlp_now = False
         mss = conn.mss
         nxt = conn.snd_nxt
-        avail = conn._snd_base + len(conn._sndbuf) - nxt
+        avail = conn._snd_base + conn._sndbuf.size - nxt
         fin_due = conn._fin_queued and not conn._fin_sent
         wroom = conn.snd_una + conn.snd_wnd - nxt
         if (avail > 0 and wroom > 0) or (avail <= 0 and fin_due):

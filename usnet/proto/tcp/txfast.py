@@ -20,7 +20,11 @@ What it declines: a FIN to send (or queued), loss recovery or anything
 RACK wants to resend or probe, SACK blocks or a D-SACK to report (options
 other than the timestamp), no timestamps, ECE/CWR to set, an idle restart
 due, data that does not fit one segment, the peer's window, the congestion
-window or the pacer's budget, a Nagle hold, a set TCP_CORK or MSG_MORE, and super-segments.
+window or the pacer's budget, a Nagle hold, a set TCP_CORK or MSG_MORE, and super-segments
+(more than one MSS of data on a connection with segmentation offload: `_send` sizes them).
+Data of one MSS or less on such a connection is taken: it is one plain segment either way
+(a TAP with offload gives every connection of `usnet bench http` a `max_segment` above its
+MSS, and the lean path was never taken there).
 
 tests/proto/test_tcp_fastpath.py plays random traffic with both fast paths
 on and off and asserts the same segments and the same state after every step.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from usnet.proto.tcp.reassembly import EMPTY_REASSEMBLY
 from usnet.proto.tcp.seq import MASK
 from usnet.proto.wire.tcp import ACK, PSH, pack_ts
 
@@ -47,6 +52,16 @@ _ACK_PSH = ACK | PSH
 def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     """Send all unsent data as one segment if nothing special applies (see the module);
     False: not taken, nothing changed."""
+    mss = c.mss
+    base = c._snd_base
+    buf = c._sndbuf
+    dend = base + buf.size
+    nxt = c.snd_nxt
+    n = dend - nxt
+    if n <= 0 or n > mss:
+        # nothing to send (first: the pump that takes a request asks once a request), or more
+        # than one segment (super-segments: `_send` sizes them)
+        return False
     if c._fin_queued or not c.ts_ok or c._recovery or c._ece or c._cwr:
         return False
     cork = c._cork
@@ -55,18 +70,8 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     rack = c.rack
     if rack is not None and (rack.tlp_now or rack.lost_q or rack.lost_bytes):
         return False
-    if c.sb.sacked or (c.sack_ok and (c._reasm or c._dsack)):
+    if c.sb.sacked or (c.sack_ok and ((c._reasm is not EMPTY_REASSEMBLY and c._reasm) or c._dsack)):
         return False  # pipe less than the flight, or a SACK option to send
-    mss = c.mss
-    if c.max_segment > mss:
-        return False  # super-segments: `_send` sizes them
-    base = c._snd_base
-    buf = c._sndbuf
-    dend = base + len(buf)
-    nxt = c.snd_nxt
-    n = dend - nxt
-    if n <= 0 or n > mss:
-        return False  # nothing to send, or more than one segment
     una = c.snd_una
     pipe = nxt - una  # `_pipe()` with nothing SACKed, nothing lost and no recovery
     if nxt == una:

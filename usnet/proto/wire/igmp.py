@@ -7,8 +7,8 @@ Membership Report (as Linux does by default, net.ipv4.conf.*.force_igmp_version=
 groups it is in, and says it left with a report that changes the group to INCLUDE {}.
 
     IGMPv3 report:  u8 type=0x22, u8 reserved, u16 checksum, u16 reserved, u16 number of records,
-                    then per record: u8 record type, u8 aux data len (0), u16 number of sources (0),
-                    4s multicast address
+                    then per record: u8 record type, u8 aux data len (0), u16 number of sources N,
+                    4s multicast address, N x 4s source address
     query (v1/v2/v3): u8 type=0x11, u8 max resp code, u16 checksum, 4s group (0: a general query)
 """
 
@@ -19,6 +19,7 @@ import struct
 from usnet.proto.wire.checksum import acc, finish, verifies
 from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.header import Header
+from usnet.proto.wire.msf import CHANGE_TO_EXCLUDE, CHANGE_TO_INCLUDE, MODE_IS_EXCLUDE, Record
 
 __all__ = [
     "ALL_HOSTS",
@@ -43,13 +44,11 @@ __all__ = [
     "max_response",
     "parse_igmp",
     "query_version",
-    "records_per_report",
+    "report_room",
 ]
 
 IGMP = 2  # the IP protocol number
 IGMP_QUERY, IGMP_V1_REPORT, IGMP_V2_REPORT, IGMP_LEAVE, IGMP_V3_REPORT = 0x11, 0x12, 0x16, 0x17, 0x22
-# group record types (RFC 3376 §4.2.12): current state, and changes of filter mode
-MODE_IS_EXCLUDE, CHANGE_TO_INCLUDE, CHANGE_TO_EXCLUDE = 2, 3, 4
 ALL_HOSTS = bytes([224, 0, 0, 1])  # every member host is in it, queries go to it
 ALL_REPORTERS = bytes([224, 0, 0, 22])  # IGMPv3 reports go to it
 ALL_ROUTERS = bytes([224, 0, 0, 2])  # IGMPv2 leaves go to it
@@ -60,7 +59,7 @@ IGMP_HEADER = Header(("type", "B"), ("code", "B"), ("checksum", "H"), ("group", 
 #: An IGMPv3 report's header: type, reserved, checksum, reserved, number of group records.
 IGMP_V3_REPORT_HEADER = Header(("type", "B"), ("reserved", "B"), ("checksum", "H"), ("reserved2", "H"),
                                ("records", "H"))
-#: One group record without sources (usnet's members exclude none: any-source multicast).
+#: One group record's fixed part; its sources (4 bytes each) follow it.
 IGMP_RECORD = Header(("rtype", "B"), ("aux_len", "B"), ("sources", "H"), ("group", "4s"))
 _IP_RA = Header(("ver_ihl", "B"), ("tos", "B"), ("total_length", "H"), ("ident", "H"), ("flags_frag", "H"),
                 ("ttl", "B"), ("proto", "B"), ("checksum", "H"), ("src", "4s"), ("dst", "4s"), ("option", "4s"))
@@ -76,20 +75,24 @@ def group_mac4(group: bytes) -> bytes:
     return b"\x01\x00\x5e" + bytes([group[1] & 0x7F, group[2], group[3]])
 
 
-def build_report(src: bytes, records: list[tuple[int, bytes]], ident: int = 0) -> bytes:
+def build_report(src: bytes, records: list[Record], ident: int = 0) -> bytes:
     """An IP packet (header with Router Alert, TTL 1, to 224.0.0.22) carrying an IGMPv3 report of
-    `records`, each (record type, group), as Linux's igmpv3_newpack/add_grec build it."""
+    `records`, each (record type, group, sources), as Linux's igmpv3_newpack/add_grec build it
+    (usnet.proto.wire.msf.split_records keeps a report within `report_room`)."""
     body = bytearray(IGMP_V3_REPORT_HEADER.struct.pack(IGMP_V3_REPORT, 0, 0, 0, len(records)))
-    for rtype, group in records:
-        body += IGMP_RECORD.struct.pack(rtype, 0, 0, group)
+    for rtype, group, sources in records:
+        body += IGMP_RECORD.struct.pack(rtype, 0, len(sources), group)
+        body += b"".join(sources)
     return _in_ip(src, ALL_REPORTERS, body, ident)
 
 
-def records_per_report(mtu: int) -> int:
-    """How many group records an IGMPv3 report (`build_report`) holds in an IP packet of at most
-    `mtu` bytes: a netif in more groups says them in several reports, as Linux's add_grec starts a
-    new packet when the device's MTU is reached (one packet of them all would be refused)."""
-    return (mtu - _IP_RA.size - IGMP_V3_REPORT_HEADER.size) // IGMP_RECORD.size
+def report_room(mtu: int) -> int:
+    """The bytes of records one IGMPv3 report of ours (`build_report`) holds in an IP packet of at
+    most `mtu` bytes (the IP header with Router Alert, the report's header), as Linux's
+    igmpv3_newpack sizes it to the device's MTU: usnet.proto.wire.msf.split_records cuts the rest
+    into more reports (one packet of them all would be refused). A netif's MTU is 576 or more
+    (usnet.domain.config), room for a record of many sources."""
+    return mtu - _IP_RA.size - IGMP_V3_REPORT_HEADER.size
 
 
 def build_old_report(src: bytes, typ: int, group: bytes, ident: int = 0) -> bytes:

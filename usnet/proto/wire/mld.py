@@ -9,7 +9,8 @@ the Router Alert option (RFC 3810 §5), with the same record types as IGMPv3's; 
 MLDv1 reports (type 131, to the group) and Dones (type 132, to ff02::2).
 
     MLDv2 report:  u8 type=143, u8 code, u16 checksum, u16 reserved, u16 number of records, then
-                   per record: u8 record type, u8 aux data len (0), u16 number of sources (0), 16s group
+                   per record: u8 record type, u8 aux data len (0), u16 number of sources N, 16s group,
+                   N x 16s source
     MLDv1 message and query: u8 type, u8 code, u16 checksum, u16 max response delay (ms),
                    u16 reserved, 16s group (:: in a general query); an MLDv2 query has more after it
     Hop-by-Hop header before it: u8 next header=58, u8 length=0, Router Alert (5, 2, value 0), PadN (1, 0)
@@ -24,6 +25,7 @@ from usnet.proto.wire.errors import WireError
 from usnet.proto.wire.header import Header
 from usnet.proto.wire.icmpv6 import parse_icmpv6
 from usnet.proto.wire.ipv6 import ALL_ROUTERS, IPV6_HLEN, build_ipv6_header, pseudo_sum_v6
+from usnet.proto.wire.msf import Record
 
 __all__ = [
     "ALL_MLDV2_ROUTERS",
@@ -40,7 +42,7 @@ __all__ = [
     "is_multicast6",
     "mld_max_response",
     "mld_query_version",
-    "mld_records_per_report",
+    "mld_report_room",
     "parse_mld",
 ]
 
@@ -56,7 +58,7 @@ MLD_HEADER = Header(("type", "B"), ("code", "B"), ("checksum", "H"), ("max_delay
                     ("group", "16s"))
 #: An MLDv2 report's header: type, code, checksum, reserved, number of group records.
 MLDV2_REPORT_HEADER = Header(("type", "B"), ("code", "B"), ("checksum", "H"), ("reserved", "H"), ("records", "H"))
-#: One group record without sources (usnet's members exclude none: any-source multicast).
+#: One group record's fixed part; its sources (16 bytes each) follow it.
 MLD_RECORD = Header(("rtype", "B"), ("aux_len", "B"), ("sources", "H"), ("group", "16s"))
 
 
@@ -65,21 +67,24 @@ def is_multicast6(a: bytes) -> bool:
     return len(a) == 16 and a[0] == 0xFF
 
 
-def build_mld_report(src: bytes, records: list[tuple[int, bytes]]) -> bytes:
+def build_mld_report(src: bytes, records: list[Record]) -> bytes:
     """An IPv6 packet (Hop-by-Hop Router Alert, hop limit 1, to ff02::16) carrying an MLDv2 report of
-    `records`, each (record type, group), as Linux's mld_newpack/add_grec build it; `src` is the
-    netif's link-local address (RFC 3810 §5.2.13)."""
+    `records`, each (record type, group, sources), as Linux's mld_newpack/add_grec build it;
+    `src` is the netif's link-local address (RFC 3810 §5.2.13)."""
     body = bytearray(MLDV2_REPORT_HEADER.struct.pack(MLDV2_REPORT, 0, 0, 0, len(records)))
-    for rtype, group in records:
-        body += MLD_RECORD.struct.pack(rtype, 0, 0, group)
+    for rtype, group, sources in records:
+        body += MLD_RECORD.struct.pack(rtype, 0, len(sources), group)
+        body += b"".join(sources)
     return _in_ip6(src, ALL_MLDV2_ROUTERS, body)
 
 
-def mld_records_per_report(mtu: int) -> int:
-    """How many group records an MLDv2 report (`build_mld_report`) holds in an IPv6 packet of at
-    most `mtu` bytes, its Router Alert included: several reports past it, as Linux's mld_newpack
-    and add_grec fill one to the device's MTU and start the next."""
-    return (mtu - IPV6_HLEN - len(HBH_ROUTER_ALERT) - MLDV2_REPORT_HEADER.size) // MLD_RECORD.size
+def mld_report_room(mtu: int) -> int:
+    """The bytes of records one MLDv2 report of ours (`build_mld_report`) holds in an IPv6 packet of
+    at most `mtu` bytes (the IPv6 header, the Hop-by-Hop header, the report's header), as Linux's
+    mld_newpack sizes it to the device's MTU: usnet.proto.wire.msf.split_records cuts the rest
+    into more reports (one packet of them all would be refused). An IPv6 netif's MTU is 1280 or
+    more (usnet.domain.config)."""
+    return mtu - IPV6_HLEN - len(HBH_ROUTER_ALERT) - MLDV2_REPORT_HEADER.size
 
 
 def build_mldv1(src: bytes, typ: int, group: bytes) -> bytes:
