@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from tests.helpers.util import kernel_stamping
 from usnet import socket as us
 from usnet.client import Client
 
@@ -38,13 +39,16 @@ def _when(kind: int, blob: bytes) -> float:
 
 def _read(s, before: float, *args) -> tuple:
     """recvmsg(*args) once `s` is readable: (data, [(level, type, length)], flags); a whole
-    stamp must lie between `before` (the peer's send) and the read."""
+    stamp (SO_TIMESTAMPING's ts[0] too) must lie between `before` (the peer's send) and the read."""
     assert select.select([s], [], [], LIMIT)[0]
     data, anc, flags, _ = s.recvmsg(*args)
     after = time.time()
     for _level, kind, blob in anc:
         if len(blob) == 16:
             assert before - 0.5 <= _when(kind, blob) <= after + 0.5, (kind, _when(kind, blob), before, after)
+        if len(blob) == 48:  # SCM_TIMESTAMPING: the software stamp in ts[0], ts[1] and ts[2] zero
+            assert blob[16:] == bytes(32)
+            assert before - 0.5 <= _when(TSNS, blob[:16]) <= after + 0.5, (kind, _when(TSNS, blob[:16]), before)
     return data, [(level, kind, len(blob)) for level, kind, blob in anc], flags
 
 
@@ -97,27 +101,28 @@ def test_so_timestamp_on_tcp_gives_the_arrival_of_the_bytes_read_as_linux(tap_do
     d, ifname, usnet_ip, host_ip = tap_domain
     client = Client.local(d)
     results = []
-    for make, lst_ip in ((socket.socket, host_ip), (lambda: us.socket(client=client, netif=ifname), usnet_ip)):
-        # the walk: `make`'s socket connects to a kernel listener and reads
-        klst = socket.create_server((host_ip, 0))
-        klst.settimeout(LIMIT)
-        s = make()
-        s.settimeout(LIMIT)
-        try:
-            s.connect(klst.getsockname())
-            peer, _ = klst.accept()
-            walk = _walk(s, peer)
-        finally:
-            s.close()
-            klst.close()
-        lst = make()
-        lst.settimeout(LIMIT)
-        try:
-            lst.bind((lst_ip, 0))
-            lst.listen()
-            results.append((walk, _accepted(lst, lst.getsockname())))
-        finally:
-            lst.close()
+    with kernel_stamping():  # the kernel stamps the listener's early data only once its stamping is on
+        for make, lst_ip in ((socket.socket, host_ip), (lambda: us.socket(client=client, netif=ifname), usnet_ip)):
+            # the walk: `make`'s socket connects to a kernel listener and reads
+            klst = socket.create_server((host_ip, 0))
+            klst.settimeout(LIMIT)
+            s = make()
+            s.settimeout(LIMIT)
+            try:
+                s.connect(klst.getsockname())
+                peer, _ = klst.accept()
+                walk = _walk(s, peer)
+            finally:
+                s.close()
+                klst.close()
+            lst = make()
+            lst.settimeout(LIMIT)
+            try:
+                lst.bind((lst_ip, 0))
+                lst.listen()
+                results.append((walk, _accepted(lst, lst.getsockname())))
+            finally:
+                lst.close()
     kernel, usnet = results
     assert usnet == kernel
     walk, accepted = kernel
