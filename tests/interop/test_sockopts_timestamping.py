@@ -13,6 +13,7 @@ socket of the host asks for them, a global key; usnet reports none.)
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 import time
@@ -212,3 +213,66 @@ def test_tcp_recvmsg_gives_scm_timestamping_as_linux(tap_domain):
     assert walk[0] == (b"w", [(S, TSING, 48)], 0) and walk[1] == (b"w", [(S, TSNS, 16), (S, TSING, 48)], 0)
     assert walk[2] == (b"w", [(S, TSNS, 16)], socket.MSG_CTRUNC) and walk[-1] == (b"w", [], 0)
     assert accepted == (RX_SW | SW | OPT_CMSG, (b"early", [(S, TSING, 48)], 0))
+
+
+def _errqueue_read(s, ancbufsize: int, before: float, after: float) -> tuple:
+    """One recvmsg(MSG_ERRQUEUE) after a readiness check: (ready, payload, [(level, type,
+    length)], flags, address, (sock_extended_err, offender)), or (ready, "EAGAIN"). Without a
+    Python timeout: CPython would wait for POLLIN before an empty queue's EAGAIN."""
+    ready = bool(select.select([s], [], [], 0.5)[0])
+    s.settimeout(0)
+    try:
+        data, anc, mflags, addr = s.recvmsg(100, ancbufsize, socket.MSG_ERRQUEUE)
+    except BlockingIOError:
+        return ready, "EAGAIN"
+    finally:
+        s.settimeout(LIMIT)
+    ee = None
+    for level, kind, blob in anc:
+        if kind in (TSING, TSING_NEW) and len(blob) == 48:
+            _tsing(blob, before, after)
+        if (level, kind) == (socket.IPPROTO_IP, 11):  # IP_RECVERR: sock_extended_err, offender
+            ee = (struct.unpack_from("=IBBBBII", blob), blob[16:])
+    return ready, data, [(level, kind, len(blob)) for level, kind, blob in anc], mflags, addr, ee
+
+
+def _tx_reads(s, other) -> list:
+    """Transmit stamps of datagrams `s` sends to `other`, read from the error queue under each
+    setting (the last: SO_TIMESTAMPNS on too), then once more: an empty queue."""
+    got = []
+    for flags, sends, ancbufsize in ((TX_SW | SW | TSONLY | OPT_ID, 3, 256), (TX_SW | TSONLY, 1, 256),
+                                     (TX_SW | SW | TSONLY | OPT_ID, 1, 64), (0, 1, 256), (TX_SW | SW | TSONLY, 1, 256)):
+        s.setsockopt(S, TSING, flags)
+        if flags == TX_SW | SW | TSONLY:
+            s.setsockopt(S, TSNS, 1)
+        before = time.time()
+        for _ in range(sends):
+            s.sendto(b"tx stamp", other.getsockname())
+            other.recv(100)
+        after = time.time()
+        got.extend(_errqueue_read(s, ancbufsize, before, after) for _ in range(sends + (flags == 0)))
+    got.append(_errqueue_read(s, 256, 0, 0))
+    return got
+
+
+def test_udp_transmit_stamps_are_on_the_error_queue_as_linux(tap_domain):
+    """SOF_TIMESTAMPING_TX_SOFTWARE with OPT_TSONLY: each datagram sent queues a report, which
+    makes the socket readable: no payload, no address, MSG_ERRQUEUE, SCM_TIMESTAMPING (with
+    SOFTWARE; after SCM_TIMESTAMPNS when that is on) of the send, then IP_RECVERR with ENOMSG,
+    origin SO_EE_ORIGIN_TIMESTAMPING, SCM_TSTAMP_SND and OPT_ID's count in ee_data; cut to a
+    short buffer; none once the flags are off. Sent from a kernel socket to a usnet one, and
+    back."""
+    k, u = _pair(tap_domain)
+    try:
+        kernel, usnet = _tx_reads(k, u), _tx_reads(u, k)
+        assert usnet == kernel
+        assert kernel[0][2] == [(S, TSING, 48), (socket.IPPROTO_IP, 11, 32)] and kernel[0][4] is None
+        assert [r[5][0][-1] for r in kernel[:3]] == [0, 1, 2] and kernel[0][5][0][:6] == (42, 4, 0, 0, 0, 0)
+        assert kernel[3][2] == [(socket.IPPROTO_IP, 11, 32)]  # no SOFTWARE: no SCM_TIMESTAMPING
+        assert kernel[4][2:4] == ([(S, TSING, 48)], socket.MSG_ERRQUEUE | socket.MSG_CTRUNC)
+        assert kernel[5] == kernel[6] == (False, "EAGAIN")  # flags off: nothing queued
+        assert kernel[7][2] == [(S, TSNS, 16), (S, TSING, 48), (socket.IPPROTO_IP, 11, 32)]
+        assert kernel[-1] == (False, "EAGAIN")
+    finally:
+        k.close()
+        u.close()

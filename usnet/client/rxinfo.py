@@ -43,6 +43,7 @@ __all__ = [
     "set_timestamping",
     "timestamp_cmsgs",
     "timestamp_mode",
+    "tx_stamp_key",
     "wants_meta",
 ]
 
@@ -53,6 +54,7 @@ SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6 = 1, 0, 41
 _TS_KEY = (SOL_SOCKET, _cm.SO_TIMESTAMP)
 _TS_NEW = (SOL_SOCKET, _cm.SO_TIMESTAMP_NEW)
 _TS_FLAGS = (SOL_SOCKET, _cm.SO_TIMESTAMPING)
+_TS_TSKEY = (SOL_SOCKET, -_cm.SO_TIMESTAMPING)  # sk_tskey, the next transmit stamp's key (not an option)
 TIMESTAMPING_OPTIONS = frozenset({(SOL_SOCKET, _cm.SO_TIMESTAMPING), (SOL_SOCKET, _cm.SO_TIMESTAMPING_NEW)})
 TIMESTAMP_OPTIONS = frozenset({(SOL_SOCKET, o) for o in (_cm.SO_TIMESTAMP, _cm.SO_TIMESTAMPNS,
                                                          _cm.SO_TIMESTAMP_NEW, _cm.SO_TIMESTAMPNS_NEW)}) \
@@ -138,6 +140,8 @@ def set_timestamping(opts: dict[tuple[int, int], Any], opt: int, value: Any, *, 
         raise OSError(errno.EINVAL, "Invalid argument")
     if flags & _cm.SOF_TIMESTAMPING_BIND_PHC:
         raise OSError(errno.EOPNOTSUPP, "Operation not supported (a usnet netif has no PTP clock)")
+    if flags & _cm.SOF_TIMESTAMPING_OPT_ID and not opts.get(_TS_FLAGS, 0) & _cm.SOF_TIMESTAMPING_OPT_ID:
+        opts[_TS_TSKEY] = 0  # a datagram socket's count starts again (a TCP one's would be its sequence)
     if flags:
         opts[_TS_FLAGS] = flags
     else:
@@ -184,20 +188,37 @@ def rx_stamps(opts: dict[tuple[int, int], Any]) -> bool:
     return _TS_KEY in opts or bool(opts.get(_TS_FLAGS, 0) & _cm.SOF_TIMESTAMPING_RX_SOFTWARE)
 
 
-def timestamp_cmsgs(opts: dict[tuple[int, int], Any], ns: int) -> list[tuple[int, int, bytes]]:
-    """The receive timestamps' control messages for an arrival at `ns` (realtime; 0: never
-    stamped), in __sock_recv_timestamp's order: SCM_TIMESTAMP(NS) (an unstamped one stamped now,
-    as Linux stamps an skb then), then SCM_TIMESTAMPING when SOFTWARE and RX_SOFTWARE are set
-    (SOFTWARE alone reports the stamps Linux takes while any socket of the host asks for them:
-    usnet reports none then). TCP's tcp_recv_timestamp gives the same two from a stamped read."""
+def timestamp_cmsgs(opts: dict[tuple[int, int], Any], ns: int, *,
+                    errqueue: bool = False) -> list[tuple[int, int, bytes]]:
+    """The timestamps' control messages for an arrival at `ns` (realtime; 0: never stamped), in
+    __sock_recv_timestamp's order: SCM_TIMESTAMP(NS) (an unstamped one stamped now, as Linux
+    stamps an skb then), then SCM_TIMESTAMPING when SOFTWARE and RX_SOFTWARE are set (SOFTWARE
+    alone reports the stamps Linux takes while any socket of the host asks for them: usnet
+    reports none then), or for a transmit stamp on the error queue (`errqueue`) SOFTWARE alone.
+    TCP's tcp_recv_timestamp gives the same two from a stamped read."""
     out = []
     mode = timestamp_mode(opts)
     if mode is not None:
         ns = ns or time.time_ns()
         out.append(_cm.timestamp_cmsg(mode, ns))
-    if ns and opts.get(_TS_FLAGS, 0) & _RX_SW == _RX_SW:
+    want = _cm.SOF_TIMESTAMPING_SOFTWARE if errqueue else _RX_SW
+    if ns and opts.get(_TS_FLAGS, 0) & want == want:
         out.append(_cm.timestamping_cmsg(_TS_NEW in opts, ns))
     return out
+
+
+def tx_stamp_key(opts: dict[tuple[int, int], Any]) -> int | None:
+    """For a datagram just sent: None without SOF_TIMESTAMPING_TX_SOFTWARE, else the key its
+    transmit stamp carries (ee_data): with OPT_ID the socket's count, which it advances (the
+    sk_tskey of __ip_append_data), 0 without."""
+    flags = opts.get(_TS_FLAGS, 0)
+    if not flags & _cm.SOF_TIMESTAMPING_TX_SOFTWARE:
+        return None
+    if not flags & _cm.SOF_TIMESTAMPING_OPT_ID:
+        return 0
+    key = opts.get(_TS_TSKEY, 0)
+    opts[_TS_TSKEY] = (key + 1) & 0xFFFFFFFF
+    return int(key)
 
 
 def wants_meta(opts: dict[tuple[int, int], Any]) -> bool:

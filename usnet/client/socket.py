@@ -52,7 +52,7 @@ from usnet.client.sigdefer import step
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
 from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
-from usnet.proto.errqueue import ErrorReport, as_mapped, pack_cmsg
+from usnet.proto.errqueue import SO_EE_ORIGIN_TIMESTAMPING, ErrorReport, as_mapped, pack_cmsg
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -233,16 +233,21 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     return (host if ":" in host else "::ffff:" + host, port, 0, 0)
 
 
-def _error_message(r: ErrorReport, family: int, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
+def _error_message(r: ErrorReport, family: int, bufsize: int, ancbufsize: int,
+                   opts: dict[tuple[int, int], Any] | None = None) -> tuple[bytes, list, int, Any]:
     """recvmsg(MSG_ERRQUEUE) of report `r` (both faces): the quoted payload, the IP_RECVERR
     (IPV6_RECVERR) control message (usnet.proto.errqueue) cut as Linux's put_cmsg cuts it to
     `ancbufsize` (MSG_CTRUNC), MSG_ERRQUEUE (MSG_TRUNC for a longer payload) and the quoted
-    destination; an AF_INET6 socket reads an IPv4 report with mapped addresses (ipv6_recv_error)."""
+    destination; an AF_INET6 socket reads an IPv4 report with mapped addresses (ipv6_recv_error).
+    A transmit stamp comes after its timestamp messages (ip_recv_error's sock_recv_timestamp, by
+    the socket's `opts`) and names no address (ip_recv_error gives one only with a port)."""
     if family == AF_INET6:
         r = as_mapped(r)
-    anc, cut = _rx.put_cmsgs([pack_cmsg(r)], ancbufsize)
+    stamped = r.origin == SO_EE_ORIGIN_TIMESTAMPING
+    msgs = _rx.timestamp_cmsgs(opts or {}, r.stamp, errqueue=True) if stamped else []
+    anc, cut = _rx.put_cmsgs([*msgs, pack_cmsg(r)], ancbufsize)
     flags = _ERRQUEUE | (_TRUNC if len(r.payload) > bufsize else 0) | (_CTRUNC if cut else 0)
-    return r.payload[:bufsize], anc, flags, _sockaddr(family, r.dst, r.dport)
+    return r.payload[:bufsize], anc, flags, None if stamped else _sockaddr(family, r.dst, r.dport)
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
