@@ -20,10 +20,9 @@ import time
 
 import pytest
 
-from tests.helpers.util import kernel_stamping
 from tests.interop.test_sockopts_linux import LIMIT, _outcome
 from tests.interop.test_sockopts_rxinfo import _pair
-from tests.interop.test_tcp_rxstamp import _read
+from tests.interop.test_tcp_rxstamp import _accepted, _read, side_by_side
 from usnet import socket as us
 from usnet.client import Client
 
@@ -162,51 +161,14 @@ def _tcp_walk(s, peer: socket.socket) -> list:
     return got
 
 
-def _stamped_accept(lst, connect_to) -> tuple:
-    """A listener with SO_TIMESTAMPING: a kernel client sends before accept(); the accepted
-    connection inherits the flags and its data the stamp."""
-    lst.setsockopt(S, TSING, RX_SW | SW | OPT_CMSG)
-    c = socket.create_connection(connect_to, timeout=LIMIT)
-    try:
-        before = time.time()
-        c.sendall(b"early")
-        a, _ = lst.accept()
-        with a:
-            a.settimeout(LIMIT)
-            return a.getsockopt(S, TSING), _read(a, before, 100, 256)
-    finally:
-        c.close()
-
-
 def test_tcp_recvmsg_gives_scm_timestamping_as_linux(tap_domain):
     """SCM_TIMESTAMPING of the last segment a read took, after SO_TIMESTAMPNS's message, cut and
     dropped as put_cmsg does; none without SOFTWARE; a listener's flags inherited by the
     connections it accepts, whose data from before accept() is stamped."""
-    d, _ifname, _usnet_ip, host_ip = tap_domain
-    client = Client.local(d)
-    results = []
-    with kernel_stamping(), contextlib.closing(client):
-        for _kind, make, ip in _tcp_sockets(tap_domain, client):
-            klst = socket.create_server((host_ip, 0))
-            klst.settimeout(LIMIT)
-            s = make()
-            s.settimeout(LIMIT)
-            try:
-                s.connect(klst.getsockname())
-                peer, _ = klst.accept()
-                with peer:
-                    walk = _tcp_walk(s, peer)
-            finally:
-                s.close()
-                klst.close()
-            lst = make()
-            lst.settimeout(LIMIT)
-            try:
-                lst.bind((ip, 0))
-                lst.listen()
-                results.append((walk, _stamped_accept(lst, lst.getsockname())))
-            finally:
-                lst.close()
+    client = Client.local(tap_domain[0])
+    with contextlib.closing(client):
+        results = side_by_side(tap_domain, client, _tcp_walk,
+                               lambda lst, to: _accepted(lst, to, TSING, RX_SW | SW | OPT_CMSG))
     kernel, usnet = results
     assert usnet == kernel
     walk, accepted = kernel
