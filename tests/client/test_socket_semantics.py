@@ -518,7 +518,7 @@ _AS_LINUX = [
 ]
 # Linux has them, usnet does not: ENOPROTOOPT, never stored and read back as if honoured
 _NOT_IN_USNET = [
-    (std.SOL_SOCKET, std.SO_MARK, 1), (std.SOL_SOCKET, 37, 1),  # SO_TIMESTAMPING
+    (std.SOL_SOCKET, std.SO_MARK, 1),
     (std.IPPROTO_IP, std.IP_TRANSPARENT, 1),
 ]
 
@@ -540,6 +540,10 @@ def test_an_option_usnet_does_not_have_is_enoprotoopt_as_on_linux(c, family, kin
     for opt in (29, 35, 63, 64):  # SO_TIMESTAMP(NS)(_NEW): both faces (tests/interop/test_tcp_rxstamp.py)
         with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
             for v in (None, 1, None, 0, None):
+                assert _outcome(u, std.SOL_SOCKET, opt, v) == _outcome(k, std.SOL_SOCKET, opt, v), (opt, v)
+    for opt in (37, 65):  # SO_TIMESTAMPING(_NEW): OPT_ID refused on an unconnected TCP socket
+        with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:
+            for v in (None, 0x18, None, 0x80, None, 1 << 20, None, 0, None):  # (test_sockopts_timestamping.py)
                 assert _outcome(u, std.SOL_SOCKET, opt, v) == _outcome(k, std.SOL_SOCKET, opt, v), (opt, v)
     for level, opt, value in ((std.IPPROTO_IP, 11, 3), (std.IPPROTO_IPV6, 25, 3)):  # IP_RECVERR, IPV6_RECVERR
         with std.socket(family, kind) as k, us.socket(family, kind, client=c, netif="a") as u:

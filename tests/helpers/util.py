@@ -288,3 +288,29 @@ def listen_on_b(client, port: int, backlog: int = 16, timeout: float | None = No
     if timeout is not None:
         srv.settimeout(timeout)
     return srv
+
+
+@contextlib.contextmanager
+def kernel_stamping(limit: float = 5.0):
+    """The kernel's receive stamping switched on, and kept on while the block runs.
+
+    Linux stamps arriving packets only while some socket of the host asks for stamps, and the
+    first such socket turns stamping on from a work item (net_enable_timestamp), so a packet right
+    after the option may go unstamped. A kernel UDP socket on lo with SO_TIMESTAMPING's software
+    receive stamps sends to itself until a datagram comes back stamped (for `limit` seconds at
+    most), and stays open: every later socket with a timestamp option has its packets stamped."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(limit)
+        s.setsockopt(socket.SOL_SOCKET, 37, (1 << 3) | (1 << 4))  # SO_TIMESTAMPING: RX_SOFTWARE | SOFTWARE
+        deadline = time.monotonic() + limit
+        while True:
+            s.sendto(b"?", s.getsockname())
+            if s.recvmsg(1, 256)[1]:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError("the kernel never stamped a datagram on lo")
+        yield
+    finally:
+        s.close()

@@ -100,9 +100,10 @@ class World:
         return glibc(self.hosts, self.resolv, calls)
 
 
-def glibc(hosts, resolv, calls: list[tuple]) -> list:
+def glibc(hosts, resolv, calls: list[tuple], gai_conf=None) -> list:
     """`calls` of the standard socket module (glibc's resolver) in a child process whose
-    /etc/hosts and /etc/resolv.conf are `hosts` and `resolv`: each result, or (type, args)."""
+    /etc/hosts and /etc/resolv.conf are `hosts` and `resolv` (and /etc/gai.conf `gai_conf`, when
+    given): each result, or (type, args)."""
     prog = (
         "import json, socket, sys\n"
         "out = []\n"
@@ -113,7 +114,8 @@ def glibc(hosts, resolv, calls: list[tuple]) -> list:
         "    except OSError as e:\n"
         "        out.append([type(e).__name__, list(e.args)])\n"
         "print(json.dumps(out))\n")
-    script = (f"mount --bind {hosts} /etc/hosts && mount --bind {resolv} /etc/resolv.conf && "
+    gai = f"touch /etc/gai.conf && mount --bind {gai_conf} /etc/gai.conf && " if gai_conf else ""
+    script = (f"mount --bind {hosts} /etc/hosts && mount --bind {resolv} /etc/resolv.conf && {gai}"
               f'exec {sys.executable} -c "$0" "$1"')
     got = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, prog,
                           json.dumps(calls)], capture_output=True, text=True, timeout=60)
@@ -301,16 +303,10 @@ def test_ai_addrconfig_asks_for_the_families_the_usnet_netif_has(world):
     assert ask(socket.AF_INET6, socket.AI_ADDRCONFIG)[1][0] == socket.EAI_NONAME
 
 
-def test_getaddrinfo_prefers_the_scope_and_label_of_the_source_address_as_glibc(tap_domain6, tmp_path):
-    """RFC 6724's rules 2 and 5 as glibc's rfc3484_sort applies them, before precedence: an
-    address whose scope (169.254/16 is link-local) or label (a global IPv6 address, from a
-    unique-local source) differs from its source address's comes after one that matches. glibc
-    asks the kernel of this namespace (routes to everything through the TAP, so that its rule 1
-    finds every address usable); usnet sorts by its netif's addresses, which mirror the host's
-    (10.x.0.2, fd00:x::2). usnet applied precedence and scope alone: 2001:db8::5 before the
-    IPv4 address, 169.254.1.1 before 10.x.0.5; and RFC 6724's precedence table where glibc
-    keeps RFC 3484's (IPv4 before a unique-local address)."""
-    d, ifname, usnet_ip6, host_ip6 = tap_domain6
+def _mixed_names(tap_domain6, tmp_path):
+    """Routes to everything through the TAP (so that glibc's rule 1 finds every address usable),
+    and a hosts file of names with an IPv6 and an IPv4 address each: (x, hosts, resolv, names)."""
+    _d, _ifname, usnet_ip6, host_ip6 = tap_domain6
     x = host_ip6.split(":")[1]
     from pyroute2 import IPRoute
 
@@ -320,17 +316,65 @@ def test_getaddrinfo_prefers_the_scope_and_label_of_the_source_address_as_glibc(
     hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
     hosts.write_text(f"2001:db8::5 mixed.test\n10.{x}.0.5 mixed.test\n"
                      f"169.254.1.1 scoped.test\n10.{x}.0.5 scoped.test\n"
-                     f"fd00:{x}::6 ula.test\n10.{x}.0.6 ula.test\n")
+                     f"fd00:{x}::6 ula.test\n10.{x}.0.6 ula.test\n"
+                     f"10.{x}.0.7 many.test\nfd00:{x}::7 many.test\n2001:db8::7 many.test\n169.254.7.7 many.test\n")
     resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-    names = ["mixed.test", "scoped.test", "ula.test"]
+    return x, hosts, resolv, ["mixed.test", "scoped.test", "ula.test", "many.test"]
+
+
+def _usnet_order(tap_domain6, hosts, resolv, names, gai_conf=None) -> list:
+    d, ifname = tap_domain6[:2]
     client = Client.local(d)
-    resolver.configure(hosts=str(hosts), resolv_conf=str(resolv))
+    resolver.configure(hosts=str(hosts), resolv_conf=str(resolv), gai_conf=None if gai_conf is None else str(gai_conf))
     try:
-        ours = [_plain(us.getaddrinfo(n, 80, 0, socket.SOCK_STREAM, client=client, netif=ifname)) for n in names]
+        return [_plain(us.getaddrinfo(n, 80, 0, socket.SOCK_STREAM, client=client, netif=ifname)) for n in names]
     finally:
         resolver.configure()
         client.close()
+
+
+def test_getaddrinfo_prefers_the_scope_and_label_of_the_source_address_as_glibc(tap_domain6, tmp_path):
+    """RFC 6724's rules 2 and 5 as glibc's rfc3484_sort applies them, before precedence: an
+    address whose scope (169.254/16 is link-local) or label (a global IPv6 address, from a
+    unique-local source) differs from its source address's comes after one that matches. glibc
+    asks the kernel of this namespace (routes to everything through the TAP, so that its rule 1
+    finds every address usable); usnet sorts by its netif's addresses, which mirror the host's
+    (10.x.0.2, fd00:x::2). usnet applied precedence and scope alone: 2001:db8::5 before the
+    IPv4 address, 169.254.1.1 before 10.x.0.5; and RFC 6724's precedence table where glibc
+    keeps RFC 3484's (IPv4 before a unique-local address)."""
+    x, hosts, resolv, names = _mixed_names(tap_domain6, tmp_path)
+    names = names[:3]
+    ours = _usnet_order(tap_domain6, hosts, resolv, names)
     theirs = glibc(hosts, resolv, [("getaddrinfo", [n, 80, 0, socket.SOCK_STREAM]) for n in names])
     assert ours == theirs
     firsts = [r[0][4][0] for r in theirs]
     assert firsts == [f"10.{x}.0.5", f"10.{x}.0.5", f"fd00:{x}::6"]  # (the last: glibc's precedence, IPv6 first)
+
+
+GAI_CONFS = {
+    # Debian's recipe for preferring IPv4: the one line replaces the whole precedence table
+    "prefer-ipv4": "precedence ::ffff:0:0/96 100\n",
+    # labels without fc00::/7's: a unique-local source no longer tells a global IPv6 address apart
+    "labels": "label ::1/128 0\nlabel ::/0 1\nlabel ::ffff:0:0/96 4\n",
+    # 10.x.0.5 and 10.x.0.7 of a scope of their own, the rest as by default
+    "scopev4": "scopev4 ::ffff:169.254.0.0/112 2\nscopev4 {x5}/32 5\nscopev4 {x7} 5\n",
+    # malformed lines are skipped, a signed number is read as strtoul reads it, comments end a line
+    "malformed": ("precedence ::ffff:0:0/96 100x\nprecedence fd00::/8\nprecedence ::ffff:0:0/200 90\n"
+                  "label nonsense 3\nprecedence ::/0 40 trailing words\n#precedence ::/0 1\n"
+                  "precedence 2001:db8::/32 +45 # comment\nscopev4 10.0.0.0/33 1\nbogus line\n"),
+}
+
+
+@pytest.mark.parametrize("conf", sorted(GAI_CONFS))
+def test_getaddrinfo_sorts_by_gai_conf_as_glibc(tap_domain6, tmp_path, conf):
+    """/etc/gai.conf's label, precedence and scopev4 lines change the order as they change glibc's:
+    glibc in a child whose /etc/gai.conf is the test's file (a bind mount in its own mount
+    namespace), usnet told the same file; the same order for every name, and one that differs
+    from the built-in tables' (so the file was read)."""
+    x, hosts, resolv, names = _mixed_names(tap_domain6, tmp_path)
+    gai = tmp_path / "gai.conf"
+    gai.write_text(GAI_CONFS[conf].format(x5=f"10.{x}.0.5", x7=f"10.{x}.0.7"))
+    calls = [("getaddrinfo", [n, 80, 0, socket.SOCK_STREAM]) for n in names]
+    theirs = glibc(hosts, resolv, calls, gai_conf=gai)
+    assert theirs != glibc(hosts, resolv, calls)  # the file changes glibc's order: a test that can fail
+    assert _usnet_order(tap_domain6, hosts, resolv, names, gai) == theirs

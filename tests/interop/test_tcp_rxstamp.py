@@ -13,6 +13,7 @@ host has timestamps on, a global key; usnet gives none, tests/proto/test_tcp_rxs
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
@@ -20,6 +21,7 @@ import time
 
 import pytest
 
+from tests.helpers.util import kernel_stamping
 from usnet import socket as us
 from usnet.client import Client
 
@@ -38,13 +40,16 @@ def _when(kind: int, blob: bytes) -> float:
 
 def _read(s, before: float, *args) -> tuple:
     """recvmsg(*args) once `s` is readable: (data, [(level, type, length)], flags); a whole
-    stamp must lie between `before` (the peer's send) and the read."""
+    stamp (SO_TIMESTAMPING's ts[0] too) must lie between `before` (the peer's send) and the read."""
     assert select.select([s], [], [], LIMIT)[0]
     data, anc, flags, _ = s.recvmsg(*args)
     after = time.time()
     for _level, kind, blob in anc:
         if len(blob) == 16:
             assert before - 0.5 <= _when(kind, blob) <= after + 0.5, (kind, _when(kind, blob), before, after)
+        if len(blob) == 48:  # SCM_TIMESTAMPING: the software stamp in ts[0], ts[1] and ts[2] zero
+            assert blob[16:] == bytes(32)
+            assert before - 0.5 <= _when(TSNS, blob[:16]) <= after + 0.5, (kind, _when(TSNS, blob[:16]), before)
     return data, [(level, kind, len(blob)) for level, kind, blob in anc], flags
 
 
@@ -77,10 +82,10 @@ def _walk(s, peer: socket.socket) -> list:
     return got
 
 
-def _accepted(lst, connect_to) -> tuple:
-    """A listener with SO_TIMESTAMP: a kernel client sends before accept(); the accepted
-    connection has the option and the data its stamp."""
-    lst.setsockopt(S, TS, 1)
+def _accepted(lst, connect_to, opt: int = TS, value: int = 1) -> tuple:
+    """A listener with a timestamp option (SO_TIMESTAMP): a kernel client sends before accept();
+    the accepted connection has the option and the data its stamp."""
+    lst.setsockopt(S, opt, value)
     c = socket.create_connection(connect_to, timeout=LIMIT)
     try:
         before = time.time()
@@ -88,36 +93,46 @@ def _accepted(lst, connect_to) -> tuple:
         a, _ = lst.accept()
         with a:
             a.settimeout(LIMIT)
-            return a.getsockopt(S, TS), _read(a, before, 100, 256)
+            return a.getsockopt(S, opt), _read(a, before, 100, 256)
     finally:
         c.close()
 
 
-def test_so_timestamp_on_tcp_gives_the_arrival_of_the_bytes_read_as_linux(tap_domain):
-    d, ifname, usnet_ip, host_ip = tap_domain
-    client = Client.local(d)
+def side_by_side(tap_domain, client, walk, accepted) -> list:
+    """[kernel's, usnet's] (walk, accepted): `walk(s, peer)` on a connection to a kernel listener,
+    then `accepted(listener, its address)`, first with kernel sockets, then with usnet ones; with
+    the kernel's stamping on throughout (it stamps a listener's early data only once it is on)."""
+    _d, ifname, usnet_ip, host_ip = tap_domain
     results = []
-    for make, lst_ip in ((socket.socket, host_ip), (lambda: us.socket(client=client, netif=ifname), usnet_ip)):
-        # the walk: `make`'s socket connects to a kernel listener and reads
-        klst = socket.create_server((host_ip, 0))
-        klst.settimeout(LIMIT)
-        s = make()
-        s.settimeout(LIMIT)
-        try:
-            s.connect(klst.getsockname())
-            peer, _ = klst.accept()
-            walk = _walk(s, peer)
-        finally:
-            s.close()
-            klst.close()
-        lst = make()
-        lst.settimeout(LIMIT)
-        try:
-            lst.bind((lst_ip, 0))
-            lst.listen()
-            results.append((walk, _accepted(lst, lst.getsockname())))
-        finally:
-            lst.close()
+    with kernel_stamping():
+        for make, lst_ip in ((socket.socket, host_ip), (lambda: us.socket(client=client, netif=ifname), usnet_ip)):
+            klst = socket.create_server((host_ip, 0))
+            klst.settimeout(LIMIT)
+            s = make()
+            s.settimeout(LIMIT)
+            try:
+                s.connect(klst.getsockname())
+                peer, _ = klst.accept()
+                with peer:
+                    got = walk(s, peer)
+            finally:
+                s.close()
+                klst.close()
+            lst = make()
+            lst.settimeout(LIMIT)
+            try:
+                lst.bind((lst_ip, 0))
+                lst.listen()
+                results.append((got, accepted(lst, lst.getsockname())))
+            finally:
+                lst.close()
+    return results
+
+
+def test_so_timestamp_on_tcp_gives_the_arrival_of_the_bytes_read_as_linux(tap_domain):
+    client = Client.local(tap_domain[0])
+    with contextlib.closing(client):
+        results = side_by_side(tap_domain, client, _walk, _accepted)
     kernel, usnet = results
     assert usnet == kernel
     walk, accepted = kernel

@@ -45,6 +45,7 @@ from usnet.client.rxinfo import (
     put_cmsgs,
     rx_cmsgs,
     set_option,
+    tx_stamp_key,
     wants_meta,
 )
 from usnet.client.session import Client
@@ -87,10 +88,12 @@ from usnet.proto import cmsg as _cm
 from usnet.proto.errqueue import (
     IP_RECVERR,
     IPV6_RECVERR,
-    SO_EE_ORIGIN_LOCAL,
+    SO_EE_ORIGIN_TIMESTAMPING,
     ErrorReport,
     icmp_report,
+    is_icmp,
     local_report,
+    tx_stamp_report,
 )
 
 __all__ = ["DatagramEngine", "DatagramFace", "FlowHalf"]
@@ -255,9 +258,9 @@ class DatagramEngine:
                 return None
         r = self.errq.popleft()
         self.rx_bytes -= len(r.payload) + _OVERHEAD
-        if self.errq and self.errq[0].origin != SO_EE_ORIGIN_LOCAL:  # an ICMP error next: its errno
+        if self.errq and is_icmp(self.errq[0]):  # an ICMP error next: its errno
             self.pending = OSError(self.errq[0].errno, os.strerror(self.errq[0].errno))
-        elif r.origin != SO_EE_ORIGIN_LOCAL:  # (a local error was never sk_err: it leaves it be)
+        elif is_icmp(r):  # (a local error or a stamp was never sk_err: it leaves it be)
             self.pending = None
         for d in self.flows():
             d.pending_error = None
@@ -647,7 +650,7 @@ class DatagramFace(socket):
             t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("send")
             d.settimeout(t)
             try:
-                return d.sendto(data, addr)
+                sent = d.sendto(data, addr)
             except TimeoutError:
                 if eagain:  # SO_SNDTIMEO ran out: EAGAIN, as the kernel's (see `_limit`)
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
@@ -656,6 +659,10 @@ class DatagramFace(socket):
                 if e.errno in (errno.ENOBUFS, errno.EAGAIN) and not isinstance(e, BlockingIOError):
                     raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable") from None
                 raise
+            if (key := tx_stamp_key(self._opts)) is not None:  # SO_TIMESTAMPING's TX_SOFTWARE
+                eng.queue_report(tx_stamp_report(time.time_ns(), key, self.family == AF_INET6))
+                self._update()
+            return sent
 
     def _flow_from(self, eng: DatagramEngine, src: str) -> DatagramSocket:
         """The socket's flow on address `src` (IP_PKTINFO's choice). None is: IPv4's route lookup
@@ -677,6 +684,8 @@ class DatagramFace(socket):
             raise ValueError("negative buffersize in recvfrom")
         if flags & MSG_ERRQUEUE:
             r = self._error_report()
+            if r.origin == SO_EE_ORIGIN_TIMESTAMPING:  # a transmit stamp names no address
+                return r.payload[:bufsize], None  # type: ignore[return-value]
             return r.payload[:bufsize], _sockaddr(self.family, self._ip_str(r.dst), r.dport)
         dg = self._recv(flags)
         return dg[0][:bufsize], _sockaddr(self.family, *dg[1])
@@ -740,7 +749,7 @@ class DatagramFace(socket):
         """recvmsg(MSG_ERRQUEUE): the quoted payload, the quoted destination, MSG_ERRQUEUE and the
         IP_RECVERR (IPV6_RECVERR) control message (usnet.proto.errqueue), cut as Linux's put_cmsg
         cuts it to `ancbufsize` (MSG_CTRUNC)."""
-        return _error_message(self._error_report(), self.family, bufsize, ancbufsize)
+        return _error_message(self._error_report(), self.family, bufsize, ancbufsize, self._opts)
 
     def _ip_str(self, addr: bytes) -> str:
         return str(ipaddress.ip_address(addr))

@@ -34,13 +34,15 @@ class _Settings:
     timeout: float | None = None
     attempts: int | None = None
     nsswitch: str | None = None
+    gai_conf: str | None = None
 
 
 _settings = _Settings()
 
 
 def configure(nameservers: list[str] | str | None = None, hosts: str | None = None, resolv_conf: str | None = None,
-              timeout: float | None = None, attempts: int | None = None, nsswitch: str | None = None) -> None:
+              timeout: float | None = None, attempts: int | None = None, nsswitch: str | None = None,
+              gai_conf: str | None = None) -> None:
     """Where names are looked up, for every later call (None: the default for each).
 
     `nameservers`: ``"addr"``, ``"addr#port"``, ``"addr:port"`` (IPv4) or ``"[addr]:port"``,
@@ -48,11 +50,12 @@ def configure(nameservers: list[str] | str | None = None, hosts: str | None = No
     resolv.conf). `hosts`: the hosts file (default ``USNET_HOSTS``, then /etc/hosts).
     `resolv_conf`: default /etc/resolv.conf. `timeout` (seconds per try) and `attempts`
     (rounds over the servers) override resolv.conf's options. `nsswitch`: whose ``hosts:``
-    line orders the sources (default ``USNET_NSSWITCH``, then /etc/nsswitch.conf).
+    line orders the sources (default ``USNET_NSSWITCH``, then /etc/nsswitch.conf). `gai_conf`:
+    the policy several addresses are sorted by (default ``USNET_GAI_CONF``, then /etc/gai.conf).
     """
     global _settings
     servers = None if nameservers is None else parse_servers(nameservers)
-    _settings = _Settings(servers, hosts, resolv_conf, timeout, attempts, nsswitch)
+    _settings = _Settings(servers, hosts, resolv_conf, timeout, attempts, nsswitch, gai_conf)
 
 
 def parse_servers(spec: list[str] | str) -> list[tuple[str, int]]:

@@ -37,8 +37,9 @@ by RFC 6724's rules as they apply to usnet and as glibc applies them, with glibc
 policy table (an address family the netif lacks comes last; then an address whose scope, then
 whose label, matches the netif's address it would be reached from; then precedence, where
 glibc's table puts IPv6 before IPv4; then the smaller scope, then the longest prefix shared
-with the netif's address: for IPv4 only inside its subnet). /etc/gai.conf is not read: a host
-that changes the table there sorts otherwise.
+with the netif's address: for IPv4 only inside its subnet). The tables are /etc/gai.conf's when it
+has any (`configure(gai_conf=...)` / ``USNET_GAI_CONF`` for another file), read as glibc reads
+it: once, and again only with ``reload yes`` (usnet.client.gaiconf).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from usnet.client.gaiconf import DEFAULT as DEFAULT_POLICY
+from usnet.client.gaiconf import Policy
+from usnet.client.gaiconf import policy as gai_policy
 from usnet.client.nameconf import (
     NOTFOUND,
     NSS_DEFAULT,
@@ -156,7 +160,7 @@ class Resolver:
     """Name lookups through one usnet client and netif; `where()` gives them, asked only when DNS or
     the netif's addresses are needed (numeric names and the hosts file need no usnet at all).
 
-    `nameservers`, `hosts`, `resolv_conf`, `timeout`, `attempts`, `nsswitch`: as for `configure`, for this
+    `nameservers`, `hosts`, `resolv_conf`, `timeout`, `attempts`, `nsswitch`, `gai_conf`: as for `configure`, for this
     resolver only. `tcp_connect(server, timeout)`: a connected TCP socket to a nameserver, for
     truncated answers (default: a usnet.socket on the same client and netif).
     """
@@ -164,8 +168,9 @@ class Resolver:
     def __init__(self, where: Callable[[], tuple[Client, str]], *, nameservers: list[str] | str | None = None,
                  hosts: str | None = None, resolv_conf: str | None = None, timeout: float | None = None,
                  attempts: int | None = None, tcp_connect: Callable[[tuple[str, int], float], Any] | None = None,
-                 nsswitch: str | None = None) -> None:
+                 nsswitch: str | None = None, gai_conf: str | None = None) -> None:
         self._where = where
+        self._gai_path = gai_conf
         self._nss_path = nsswitch
         self._servers = None if nameservers is None else parse_servers(nameservers)
         self._hosts_path = hosts
@@ -197,6 +202,11 @@ class Resolver:
         return ResolvConf(servers or base.nameservers, base.search, base.ndots,
                           self._timeout or settings().timeout or base.timeout,
                           self._attempts or settings().attempts or base.attempts, base.rotate)
+
+    def policy(self) -> Policy:
+        """gai.conf's tables, read as glibc reads them (`usnet.client.gaiconf.policy`)."""
+        return gai_policy(self._gai_path or settings().gai_conf or os.environ.get("USNET_GAI_CONF")
+                          or "/etc/gai.conf")
 
     def families(self) -> tuple[bool, bool, bool]:
         """(IPv4, IPv6, IPv6 link-local) addresses on the netif, none of them loopback, as
@@ -670,21 +680,6 @@ def _numeric(host: str) -> tuple[int, str, int] | None:
     return AF_INET6, _std.inet_ntop(AF_INET6, packed), scope_id
 
 
-# glibc's default policy table (sysdeps/posix/getaddrinfo.c: RFC 3484's precedences, with labels
-# for site-local, unique-local and Teredo), which it uses unless /etc/gai.conf replaces it:
-# (prefix, precedence); ::/0 is 40, so any IPv6 address comes before IPv4 (10) by rule 6
-_PRECEDENCE = [
-    (ipaddress.ip_network("::1/128"), 50), (ipaddress.ip_network("2002::/16"), 30),
-    (ipaddress.ip_network("::/96"), 20), (ipaddress.ip_network("::ffff:0:0/96"), 10),
-]
-_LABELS = [  # (prefix, label); ::/0 is 1
-    (ipaddress.ip_network("::1/128"), 0), (ipaddress.ip_network("2002::/16"), 2),
-    (ipaddress.ip_network("::/96"), 3), (ipaddress.ip_network("::ffff:0:0/96"), 4),
-    (ipaddress.ip_network("fec0::/10"), 5), (ipaddress.ip_network("fc00::/7"), 6),
-    (ipaddress.ip_network("2001::/32"), 7),
-]
-
-
 def _kind(addr: str) -> int:
     """Which of `Resolver.families` decides whether an address is usable: 0 IPv4 (or v4-mapped),
     1 IPv6, 2 IPv6 link-local; 3 loopback, always usable."""
@@ -732,23 +727,22 @@ def _as_v6(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6A
     return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed) if ip.version == 4 else ip
 
 
-def _scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+def _scope(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, policy: Policy) -> int:
     """RFC 6724's scope as glibc's get_scope gives it: an IPv6 multicast's own field; link-local
-    and loopback 2 (IPv4's 169.254/16 and 127/8 too: glibc's default_scopes); site-local 5;
-    everything else global, 14 (IPv4's private ranges included)."""
+    and loopback 2; site-local 5; every other IPv6 address global, 14. IPv4's is the policy's
+    (gai.conf's ``scopev4``; by default 169.254/16 and 127/8 link-local, every other 14)."""
     if ip.version == 6:
         if ip.is_multicast:
             return ip.packed[1] & 0x0F
         if ip.is_link_local or ip.is_loopback:
             return 2
         return 5 if ip.is_site_local else 14
-    return 2 if ip.is_link_local or ip.is_loopback else 14
+    return policy.scope4(int(ip))
 
 
-def _label(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    """The policy table's label of `ip` (glibc's default_labels)."""
-    v6 = _as_v6(ip)
-    return next((lab for net, lab in _LABELS if v6 in net), 1)
+def _label(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, policy: Policy) -> int:
+    """The policy table's label of `ip` (gai.conf's ``label`` lines, or glibc's default_labels)."""
+    return policy.label(int(_as_v6(ip)))
 
 
 def _source(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -768,22 +762,22 @@ def _source(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
 
 
 def _sort_key(fam: int, addr: str, have: tuple[bool, bool, bool],
-              ifaces: _Ifaces | None = None) -> tuple[int, ...]:
+              ifaces: _Ifaces | None = None, policy: Policy = DEFAULT_POLICY) -> tuple[int, ...]:
     """RFC 6724's destination rules as they apply to usnet (and as glibc's rfc3484_sort applies
     them): 1 (a family the netif has no address of is unusable), 2 (prefer the scope of the
     source address usnet would use, `_source`), 5 (prefer its label), 6 (precedence), 8 (smaller
     scope first), 9 (the longest prefix shared with the source address, `_prefix_match`); the
     sort is stable (10). Rules 3, 4 and 7 (deprecated, home and native-transport sources) have
-    nothing to tell apart in usnet."""
+    nothing to tell apart in usnet. Labels, precedences and IPv4 scopes are `policy`'s (gai.conf)."""
     ip = ipaddress.ip_address(addr)
-    prec = next((p for net, p in _PRECEDENCE if _as_v6(ip) in net), 40)
+    prec = policy.precedence_of(int(_as_v6(ip)))
     kind = _kind(addr)
     usable = kind == 3 or have[kind]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    src, scope = _source(ip, ifaces), _scope(ip)
-    other_scope = src is not None and _scope(src) != scope
-    other_label = src is not None and _label(src) != _label(ip)
+    src, scope = _source(ip, ifaces), _scope(ip, policy)
+    other_scope = src is not None and _scope(src, policy) != scope
+    other_label = src is not None and _label(src, policy) != _label(ip, policy)
     return (0 if usable else 1, int(other_scope), int(other_label), -prec, scope, -_prefix_match(ip, ifaces))
 
 
@@ -848,7 +842,8 @@ def getaddrinfo(host: str | bytes | None, port: int | str | bytes | None, family
                 ask = len(set(kinds)) > 1 or len({a[:2] for a, k in zip(addrs, kinds) if k != 3}) > 1
                 ifaces = resolver.interfaces() if ask else None
                 have = _families(ifaces)
-                addrs.sort(key=lambda a: _sort_key(a[0], a[1], have, ifaces))
+                policy = resolver.policy()
+                addrs.sort(key=lambda a: _sort_key(a[0], a[1], have, ifaces, policy))
     if flags & AI_CANONNAME and flags & AI_CANONIDN and canon:
         with contextlib.suppress(UnicodeError):
             canon = canon.encode("ascii").decode("idna")

@@ -50,10 +50,9 @@ from usnet.client.engine import FlowEngine, Readiness, connector, delivered, exi
 from usnet.client.session import Client, DomainGone, WorkerGone
 from usnet.client.sigdefer import step
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
-from usnet.proto import cmsg as _cm
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
 from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
-from usnet.proto.errqueue import ErrorReport, as_mapped, pack_cmsg
+from usnet.proto.errqueue import SO_EE_ORIGIN_TIMESTAMPING, ErrorReport, as_mapped, pack_cmsg
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -239,16 +238,21 @@ def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     return (host if ":" in host else "::ffff:" + host, port, 0, 0)
 
 
-def _error_message(r: ErrorReport, family: int, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
+def _error_message(r: ErrorReport, family: int, bufsize: int, ancbufsize: int,
+                   opts: dict[tuple[int, int], Any] | None = None) -> tuple[bytes, list, int, Any]:
     """recvmsg(MSG_ERRQUEUE) of report `r` (both faces): the quoted payload, the IP_RECVERR
     (IPV6_RECVERR) control message (usnet.proto.errqueue) cut as Linux's put_cmsg cuts it to
     `ancbufsize` (MSG_CTRUNC), MSG_ERRQUEUE (MSG_TRUNC for a longer payload) and the quoted
-    destination; an AF_INET6 socket reads an IPv4 report with mapped addresses (ipv6_recv_error)."""
+    destination; an AF_INET6 socket reads an IPv4 report with mapped addresses (ipv6_recv_error).
+    A transmit stamp comes after its timestamp messages (ip_recv_error's sock_recv_timestamp, by
+    the socket's `opts`) and names no address (ip_recv_error gives one only with a port)."""
     if family == AF_INET6:
         r = as_mapped(r)
-    anc, cut = _rx.put_cmsgs([pack_cmsg(r)], ancbufsize)
+    stamped = r.origin == SO_EE_ORIGIN_TIMESTAMPING
+    msgs = _rx.timestamp_cmsgs(opts or {}, r.stamp, errqueue=True) if stamped else []
+    anc, cut = _rx.put_cmsgs([*msgs, pack_cmsg(r)], ancbufsize)
     flags = _ERRQUEUE | (_TRUNC if len(r.payload) > bufsize else 0) | (_CTRUNC if cut else 0)
-    return r.payload[:bufsize], anc, flags, _sockaddr(family, r.dst, r.dport)
+    return r.payload[:bufsize], anc, flags, None if stamped else _sockaddr(family, r.dst, r.dport)
 
 
 def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAULT_TIMEOUT,
@@ -1134,14 +1138,13 @@ class socket:
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0) -> tuple[bytes, list, int, Any]:
-        """As recv; with SO_TIMESTAMP(NS) on, the control message of when the last byte read
-        arrived (none if it came before the option), as Linux's tcp_recv_timestamp, cut to
-        `ancbufsize` with MSG_CTRUNC as put_cmsg cuts it."""
+        """As recv; with SO_TIMESTAMP(NS) or SO_TIMESTAMPING's software receive stamps on, the
+        control messages of when the last byte read arrived (none if it came before the option),
+        as Linux's tcp_recv_timestamp, cut to `ancbufsize` with MSG_CTRUNC as put_cmsg cuts it."""
         if flags & _ERRQUEUE:
             return self._tcp_error_queue(bufsize, ancbufsize)
-        mode = _rx.timestamp_mode(self._opts)
         conn = self._conn
-        stamps = conn.rx_stamps if conn is not None and mode is not None else None
+        stamps = conn.rx_stamps if conn is not None and _rx.rx_stamps(self._opts) else None
         if stamps is None:
             return self.recv(bufsize, flags), [], 0, None
         stamps.last = None
@@ -1149,7 +1152,7 @@ class socket:
         if (t := stamps.last) is None:
             return data, [], 0, None
         ns = time.time_ns() - round((time.monotonic() - t) * 1e9)  # TCP's clock is the monotonic one
-        anc, cut = _rx.put_cmsgs([_cm.timestamp_cmsg(mode, ns)], ancbufsize)
+        anc, cut = _rx.put_cmsgs(_rx.timestamp_cmsgs(self._opts, ns), ancbufsize)
         return data, anc, _CTRUNC if cut else 0, None
 
     def recvmsg_into(self, buffers: Any, ancbufsize: int = 0, flags: int = 0) -> tuple[int, list, int, Any]:
@@ -1445,8 +1448,8 @@ class socket:
         elif (level, opt) in _rx.IP_OPTIONS:  # kept as Linux's TCP keeps them: a bit, never acted on
             _rx.set_option(self._opts, level, opt, value)
             return
-        elif (level, opt) in _rx.TIMESTAMP_OPTIONS:
-            _rx.set_option(self._opts, level, opt, value)
+        elif (level, opt) in _rx.TIMESTAMP_OPTIONS:  # SO_TIMESTAMPING's OPT_ID: EINVAL while closed or listening
+            _rx.set_option(self._opts, level, opt, value, tcp_idle=conn is None or self._listening)
             self._set_rx_stamps()
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
@@ -1776,14 +1779,14 @@ class socket:
             out["sndbuf"] = out["sndbuf_max"] = v // 2
         if mark := ip_mark(self.family, self._opts):  # IP_TTL, IP_TOS (`_set_marking`)
             out["ip_mark"] = mark
-        if _rx.timestamp_mode(self._opts) is not None:
+        if _rx.rx_stamps(self._opts):
             out["rx_stamps"] = True
         return out
 
     def _set_rx_stamps(self) -> None:
         """SO_TIMESTAMP(NS) set or cleared: the connection stamps what arrives from now on, and a
         listener's connections from their first segment (TcpConfig.rx_stamps), as Linux's."""
-        on, conn, eng = _rx.timestamp_mode(self._opts) is not None, self._conn, self._engine
+        on, conn, eng = _rx.rx_stamps(self._opts), self._conn, self._engine
         if eng is None:
             return
         with eng.lock:
@@ -1808,7 +1811,7 @@ class socket:
             conn.set_congestion(cc.decode())
         conn.cfg.user_timeout = self._user_timeout
         conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
-        conn.set_rx_stamps(_rx.timestamp_mode(self._opts) is not None)
+        conn.set_rx_stamps(_rx.rx_stamps(self._opts))
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())

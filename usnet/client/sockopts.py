@@ -18,9 +18,9 @@ what usnet does with it:
 Everything else is ENOPROTOOPT on setsockopt, and on getsockopt what Linux gives: ENOPROTOOPT
 for an unknown option of a level the socket has, and for a level it does not have EOPNOTSUPP
 on an AF_INET socket (ip_getsockopt's answer) and ENOPROTOOPT on an AF_INET6 one
-(ipv6_getsockopt's). Options that Linux has but usnet does not (SO_MARK,
-SO_TIMESTAMPING, IP_TRANSPARENT, IP_MTU_DISCOVER on a stream socket, the multicast group
-options, UDP_SEGMENT, ...) are ENOPROTOOPT too, with a message that says usnet does not have it.
+(ipv6_getsockopt's). Options that Linux has but usnet does not (SO_MARK, IP_TRANSPARENT,
+IP_MTU_DISCOVER on a stream socket, the multicast group options, UDP_SEGMENT, ...) are
+ENOPROTOOPT too, with a message that says usnet does not have it.
 A value Linux converts or checks is kept as Linux keeps it (`kept`): TCP_CORK and TCP_QUICKACK
 read 0 or 1, TCP_DEFER_ACCEPT's seconds are rounded up to whole SYN-ACK retransmissions,
 TCP_FASTOPEN's queue is bounded by somaxconn, SO_RCVLOWAT reads INT_MAX for a negative value
@@ -36,7 +36,11 @@ Python timeout (settimeout) takes over, as CPython's poll does on the kernel.
 On a datagram socket SO_TIMESTAMP, SO_TIMESTAMPNS and their _NEW numbers (one state, read as
 Linux reads its flags) make recvmsg give the datagram's arrival time (usnet.client.rxinfo),
 and a stream socket's the arrival of the last byte read, as Linux's tcp_recv_timestamp
-(usnet.proto.tcp.rxstamp).
+(usnet.proto.tcp.rxstamp). SO_TIMESTAMPING(_NEW) takes Linux's flags with Linux's checks and
+reads them back; its software receive stamp (RX_SOFTWARE | SOFTWARE) is that same arrival, in
+SCM_TIMESTAMPING's ts[0]. A UDP socket's TX_SOFTWARE queues a transmit stamp per datagram on its
+error queue (as with OPT_TSONLY: no payload); a TCP socket's and the other TX_* flags are kept
+but never reported.
 
 IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo (in6_pktinfo):
 the address the datagram was sent to and the kernel interface index of the netif's name (the
@@ -132,6 +136,12 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (SOL_SOCKET, 35): Option("SO_TIMESTAMPNS", _H, why="as SO_TIMESTAMP, in nanoseconds"),
     (SOL_SOCKET, 63): Option("SO_TIMESTAMP_NEW", _H, why="as SO_TIMESTAMP"),
     (SOL_SOCKET, 64): Option("SO_TIMESTAMPNS_NEW", _H, why="as SO_TIMESTAMPNS"),
+    (SOL_SOCKET, 37): Option("SO_TIMESTAMPING", _H, bytes(8), why="its flags checked and kept as Linux's; "
+                             "RX_SOFTWARE with SOFTWARE: recvmsg gives SCM_TIMESTAMPING with the arrival "
+                             "SO_TIMESTAMP gives (usnet.client.rxinfo); TX_SOFTWARE: a UDP "
+                             "datagram's send time on the error queue"),
+    (SOL_SOCKET, 65): Option("SO_TIMESTAMPING_NEW", _H, bytes(8), why="as SO_TIMESTAMPING, of type "
+                             "SCM_TIMESTAMPING_NEW"),
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),
     (SOL_SOCKET, 38): Option("SO_PROTOCOL", _G),
     (SOL_SOCKET, 39): Option("SO_DOMAIN", _G),

@@ -10,6 +10,8 @@ with its fields named (docs/abi.md lists them). Linux's 64-bit ABI, host byte or
     struct in6_pktinfo { struct in6_addr ipi6_addr; unsigned int ipi6_ifindex; };   /* 20 bytes */
     struct ip_mreq  { struct in_addr imr_multiaddr, imr_interface; };                /* 8 bytes */
     struct ip_mreqn { struct in_addr imr_multiaddr, imr_address; int imr_ifindex; }; /* 12 bytes */
+    struct so_timestamping { int flags; int bind_phc; };                             /* 8 bytes */
+    struct scm_timestamping { struct timespec ts[3]; };  /* 48 bytes: software, legacy (0), hardware */
 
 A socket timeout is kept as Linux keeps it, in jiffies (sock_set_timeout): set from a timeval
 rounded up to whole ticks of the kernel's HZ, read back from them (sock_get_timeout), so what
@@ -37,12 +39,26 @@ __all__ = [
     "IP_MREQ_SOURCE",
     "IP_PKTINFO",
     "SCM_TIMESTAMP",
+    "SCM_TIMESTAMPING_DATA",
     "SCM_TIMESTAMPNS",
+    "SOF_TIMESTAMPING_BIND_PHC",
+    "SOF_TIMESTAMPING_MASK",
+    "SOF_TIMESTAMPING_OPT_ID",
+    "SOF_TIMESTAMPING_OPT_ID_TCP",
+    "SOF_TIMESTAMPING_OPT_RX_FILTER",
+    "SOF_TIMESTAMPING_OPT_STATS",
+    "SOF_TIMESTAMPING_OPT_TSONLY",
+    "SOF_TIMESTAMPING_RX_SOFTWARE",
+    "SOF_TIMESTAMPING_SOFTWARE",
+    "SOF_TIMESTAMPING_TX_SOFTWARE",
     "SO_RCVTIMEO",
     "SO_RCVTIMEO_NEW",
     "SO_SNDTIMEO",
     "SO_SNDTIMEO_NEW",
     "SO_TIMESTAMP",
+    "SO_TIMESTAMPING",
+    "SO_TIMESTAMPING_ARG",
+    "SO_TIMESTAMPING_NEW",
     "SO_TIMESTAMPNS",
     "SO_TIMESTAMPNS_NEW",
     "SO_TIMESTAMP_NEW",
@@ -59,6 +75,7 @@ __all__ = [
     "parse_mreq",
     "parse_mreq_source",
     "timestamp_cmsg",
+    "timestamping_cmsg",
     "timeval_jiffies",
 ]
 
@@ -67,6 +84,17 @@ __all__ = [
 SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVTIMEO_NEW, SO_SNDTIMEO_NEW = 20, 21, 66, 67
 SO_TIMESTAMP, SO_TIMESTAMPNS, SO_TIMESTAMP_NEW, SO_TIMESTAMPNS_NEW = 29, 35, 63, 64
 SCM_TIMESTAMP, SCM_TIMESTAMPNS = SO_TIMESTAMP, SO_TIMESTAMPNS  # a control message's type is its option's
+SO_TIMESTAMPING, SO_TIMESTAMPING_NEW = 37, 65  # and SCM_TIMESTAMPING(_NEW), the same numbers
+# SO_TIMESTAMPING's flags (include/uapi/linux/net_tstamp.h, Linux 6.18: SOF_TIMESTAMPING_LAST is TX_COMPLETION)
+SOF_TIMESTAMPING_TX_HARDWARE, SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 0, 1 << 1
+SOF_TIMESTAMPING_RX_HARDWARE, SOF_TIMESTAMPING_RX_SOFTWARE = 1 << 2, 1 << 3
+SOF_TIMESTAMPING_SOFTWARE, SOF_TIMESTAMPING_SYS_HARDWARE, SOF_TIMESTAMPING_RAW_HARDWARE = 1 << 4, 1 << 5, 1 << 6
+SOF_TIMESTAMPING_OPT_ID, SOF_TIMESTAMPING_TX_SCHED, SOF_TIMESTAMPING_TX_ACK = 1 << 7, 1 << 8, 1 << 9
+SOF_TIMESTAMPING_OPT_CMSG, SOF_TIMESTAMPING_OPT_TSONLY, SOF_TIMESTAMPING_OPT_STATS = 1 << 10, 1 << 11, 1 << 12
+SOF_TIMESTAMPING_OPT_PKTINFO, SOF_TIMESTAMPING_OPT_TX_SWHW, SOF_TIMESTAMPING_BIND_PHC = 1 << 13, 1 << 14, 1 << 15
+SOF_TIMESTAMPING_OPT_ID_TCP, SOF_TIMESTAMPING_OPT_RX_FILTER = 1 << 16, 1 << 17
+SOF_TIMESTAMPING_TX_COMPLETION = 1 << 18
+SOF_TIMESTAMPING_MASK = (SOF_TIMESTAMPING_TX_COMPLETION << 1) - 1
 # IPPROTO_IP's and IPPROTO_IPV6's
 IP_PKTINFO, IPV6_RECVPKTINFO, IPV6_PKTINFO = 8, 49, 50
 
@@ -83,6 +111,8 @@ GROUP_REQ = struct.Struct("=I4x128s")
 GROUP_SOURCE_REQ = struct.Struct("=I4x128s128s")
 SOCKADDR_FAMILY = struct.Struct("=H")  # ss_family, at the start of every sockaddr
 INT = struct.Struct("=i")  # IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS received (IP_TOS: one byte)
+SO_TIMESTAMPING_ARG = struct.Struct("=ii")  # struct so_timestamping: flags, bind_phc
+SCM_TIMESTAMPING_DATA = struct.Struct("=qqqqqq")  # struct scm_timestamping: ts[0..2], each (tv_sec, tv_nsec)
 
 _USEC = 1_000_000
 _MAX_SCHEDULE_TIMEOUT = (1 << 63) - 1  # LONG_MAX: "no timeout"
@@ -231,3 +261,11 @@ def timestamp_cmsg(mode: int, ns: int) -> tuple[int, int, bytes]:
     if mode in (SO_TIMESTAMPNS, SO_TIMESTAMPNS_NEW):
         return 1, mode, TIMESPEC.pack(sec, rest)
     return 1, mode, TIMEVAL.pack(sec, rest // 1000)
+
+
+def timestamping_cmsg(new: bool, ns: int) -> tuple[int, int, bytes]:
+    """SO_TIMESTAMPING's receive control message (put_cmsg_scm_timestamping, or its 64-bit twin
+    of type SCM_TIMESTAMPING_NEW when the socket's SOCK_TSTAMP_NEW flag is set): the software
+    stamp `ns` (realtime clock) in ts[0], ts[1] and the hardware ts[2] zero."""
+    sec, rest = divmod(ns, 1_000_000_000)
+    return 1, SO_TIMESTAMPING_NEW if new else SO_TIMESTAMPING, SCM_TIMESTAMPING_DATA.pack(sec, rest, 0, 0, 0, 0)

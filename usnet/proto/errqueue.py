@@ -37,12 +37,14 @@ from usnet.proto.wire.ipv6 import ICMPV6, IPV6_HLEN, parse_ipv6
 
 __all__ = [
     "IPV6_RECVERR", "IP_RECVERR", "SOL_IP", "SOL_IPV6", "SO_EE_ORIGIN_ICMP", "SO_EE_ORIGIN_ICMP6",
-    "SO_EE_ORIGIN_LOCAL", "ErrorReport", "as_mapped", "icmp_report", "local_report", "pack_cmsg",
-    "tcp_connect_report",
+    "SO_EE_ORIGIN_LOCAL", "SO_EE_ORIGIN_TIMESTAMPING", "ErrorReport", "as_mapped", "icmp_report", "is_icmp",
+    "local_report", "pack_cmsg", "tcp_connect_report", "tx_stamp_report",
 ]
 
 SOL_IP, SOL_IPV6, IP_RECVERR, IPV6_RECVERR = 0, 41, 11, 25
-SO_EE_ORIGIN_LOCAL, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 1, 2, 3
+SO_EE_ORIGIN_LOCAL, SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_TIMESTAMPING = 1, 2, 3, 4
+SCM_TSTAMP_SND = 0  # include/uapi/linux/errqueue.h: a transmit stamp's ee_info (SCHED 1, ACK 2)
+_ENOMSG = 42
 _AF_INET, _AF_INET6 = 2, 10
 _EE = struct.Struct("=IBBBBII")  # struct sock_extended_err, host order (16 bytes)
 _SIN = struct.Struct("=H2s4s8x")  # struct sockaddr_in: family (host order), port (network), address
@@ -68,6 +70,24 @@ class ErrorReport:
     dst: bytes
     dport: int
     payload: bytes
+    data: int = 0  # ee_data: a transmit stamp's key (SOF_TIMESTAMPING_OPT_ID), else 0
+    stamp: int = 0  # a transmit stamp's time (ns, realtime), given as SCM_TIMESTAMPING's ts[0]
+
+
+def is_icmp(r: ErrorReport) -> bool:
+    """Whether `r` is an ICMP error (is_icmp_err_skb): only those set the socket's error."""
+    return r.origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
+
+
+def tx_stamp_report(ns: int, key: int, v6: bool) -> ErrorReport:
+    """A software transmit stamp (SOF_TIMESTAMPING_TX_SOFTWARE) as __skb_complete_tx_timestamp
+    queues it: ENOMSG, origin SO_EE_ORIGIN_TIMESTAMPING, ee_info SCM_TSTAMP_SND, ee_data the key;
+    no offender (zeros) and no address (ip_recv_error names one only for a port). The payload is
+    empty, as with SOF_TIMESTAMPING_OPT_TSONLY (Linux's without it is the frame as the device had
+    it, link header and all, which the client's stack does not see)."""
+    zero = bytes(16 if v6 else 4)
+    return ErrorReport(_ENOMSG, SO_EE_ORIGIN_TIMESTAMPING, 0, 0, SCM_TSTAMP_SND, zero, zero, 0, zero, 0, b"",
+                       key, ns)
 
 
 def icmp_report(packet: bytes) -> ErrorReport | None:
@@ -141,8 +161,8 @@ def local_report(err: int, dst: bytes, dport: int, info: int) -> ErrorReport:
 
 def pack_cmsg(r: ErrorReport) -> tuple[int, int, bytes]:
     """The control message of `r` as recvmsg gives it: (level, type, sock_extended_err + offender)."""
-    ee = _EE.pack(r.errno, r.origin, r.type, r.code, 0, r.info, 0)
-    family = 0 if r.origin == SO_EE_ORIGIN_LOCAL else None  # a local error names no offender
+    ee = _EE.pack(r.errno, r.origin, r.type, r.code, 0, r.info, r.data)
+    family = None if is_icmp(r) else 0  # a local error or a stamp names no offender
     if len(r.offender) == 4:
         if family == 0:
             return SOL_IP, IP_RECVERR, ee + bytes(_SIN.size)
