@@ -217,9 +217,9 @@ class PacketPool:
 
         Given a numpy array, the accepted indices come back as one (int64).
         """
-        as_array = False
+        as_array = unsigned = False
         if isinstance(items, np.ndarray):
-            as_array = True
+            as_array, unsigned = True, items.dtype.kind == "u"
             if 0 < items.size <= _FEW and self._release_few(items.tolist()):
                 return items.astype(np.int64), []  # a handshake's, a request's, the LL path's: scalars
             idx = items.astype(np.int64)
@@ -234,7 +234,7 @@ class PacketPool:
         # The batch test in as few array calls as it takes (issue 18: at 1,000 flows each flow's batch
         # of 32 pays them): an unsigned batch (a ring's) cannot be negative, HELD is the highest
         # state so "all HELD" is one minimum, and the order the duplicate check writes is a slice
-        if (idx.size > _FEW and (as_array and items.dtype.kind == "u" or idx.min() >= 0)
+        if (idx.size > _FEW and (unsigned or idx.min() >= 0)
                 and idx.max() < self.capacity and self.state[idx].min() == HELD):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = _order(idx.size)
