@@ -135,7 +135,7 @@ def test_a_dead_workers_memberships_end_with_it(tapd2):
         # twice either way, and never the leave after it.
         after = [_records(wire, tapd2.usnet_ip) for _ in range(2)]
         if after[0] == [(3, G)]:
-            after = after[1:] + [_records(wire, tapd2.usnet_ip)]
+            after = [*after[1:], _records(wire, tapd2.usnet_ip)]
         assert after == [[(4, G)], [(4, G)]]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
             k.bind((tapd2.host_ip, 0))
