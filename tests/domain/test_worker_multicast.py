@@ -127,8 +127,16 @@ def test_a_dead_workers_memberships_end_with_it(tapd2):
     try:
         assert [_records(wire, tapd2.usnet_ip) for _ in range(2)] == [[(4, G)]] * 2
         os.kill(_workers(tapd2.path)[1]["pid"], signal.SIGKILL)
-        # the leave's repeat is replaced by the join that follows it (RFC 3376 §5.1, as Linux)
-        assert [_records(wire, tapd2.usnet_ip) for _ in range(3)] == [[(3, G)], [(4, G)], [(4, G)]]
+        assert _records(wire, tapd2.usnet_ip) == [(3, G)]
+        # the leave is said again at a random time within the Unsolicited Report Interval (1 s);
+        # the rejoin comes when the restarted worker is up and the socket bound again, which under
+        # load may be later: either the repeat went first (then it said the leave), or the join
+        # replaced it (RFC 3376 §5.1, as Linux) and the repeat says the join. The join is said
+        # twice either way, and never the leave after it.
+        after = [_records(wire, tapd2.usnet_ip) for _ in range(2)]
+        if after[0] == [(3, G)]:
+            after = [*after[1:], _records(wire, tapd2.usnet_ip)]
+        assert after == [[(4, G)], [(4, G)]]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
             k.bind((tapd2.host_ip, 0))
             k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(tapd2.host_ip))

@@ -382,10 +382,11 @@ def _mld_steps(wire, sock, mac: str, ifindex: int) -> list:
 
 def test_the_mldv2_reports_carry_the_sources_as_the_kernels_do(mc6):
     """The same MCAST_JOIN_SOURCE_GROUP / MCAST_LEAVE_SOURCE_GROUP calls on a kernel AF_INET6 socket
-    and a usnet one: each change's first MLDv2 report has the same records about the group, and
-    its repeat says the change again. (Linux's MLD repeat may also name a source an earlier change
-    allowed whose own repeats are not all out yet, as its per-source count says; usnet's repeat
-    is the change alone once the earlier one was repeated.)"""
+    and a usnet one: usnet reports each change (ALLOW {S1}, ALLOW {S2}, BLOCK {S1}, BLOCK {S2}) in
+    a report and its repeat, each the change alone; the kernel's two reports of each change name
+    it too. (Not equal report for report: Linux's per-source retransmission count lets a report
+    also name a source of an earlier change, and which report it lands in depends on when its
+    delayed work runs: seen to differ from run to run on one kernel.)"""
     wire = _Wire(mc6.ifname)
     from pyroute2 import IPRoute
 
@@ -396,11 +397,12 @@ def test_the_mldv2_reports_carry_the_sources_as_the_kernels_do(mc6):
         usnet = _mld_steps(wire, mc6.usock, mc6.switch.netif.mac.hex(":"), mc6.idx)
     finally:
         wire.close()
-    assert kernel[0][0] == [(5, "ff05::1:3", ("2001:db8::51",))]
-    assert [first for first, _again in usnet] == [first for first, _again in kernel]
-    for first, again in (*usnet, *kernel):
-        assert [(t, g) for t, g, _ in again] == [(t, g) for t, g, _ in first]
-        assert all(set(a[2]) >= set(f[2]) for a, f in zip(again, first))
+    allow, block = 5, 6  # RFC 3810 record types
+    G6, S1, S2 = "ff05::1:3", "2001:db8::51", "2001:db8::52"
+    changes = [(allow, S1), (allow, S2), (block, S1), (block, S2)]
+    assert usnet == [[[(t, G6, (s,))]] * 2 for t, s in changes]
+    for (t, s), reports in zip(changes, kernel, strict=True):
+        assert any(rt == t and g == G6 and s in srcs for r in reports for rt, g, srcs in r), (t, s, reports)
 
 
 def test_an_ipv6_sources_datagrams_reach_the_sockets_whose_filters_let_it_as_on_linux(mc6):

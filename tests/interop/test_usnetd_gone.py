@@ -124,6 +124,40 @@ def test_usnetd_killed_mid_transfer_then_back(tapd):
             assert s3.recv(100) == b"welcome back"
 
 
+def test_the_stack_thread_lives_on_when_a_closed_clients_socket_hangs_up(tapd):
+    """usnetd hangs up on a client whose descriptor number is already closed, its socket still
+    held (a closed client as the stack thread polled it, or a copy kept elsewhere): the thread's
+    unregister of the number is EBADF. It died of that (a test's teardown, once), leaving every
+    other socket of the process unpumped; it must forget the client and live on."""
+    from usnet import socket as us
+    from usnet.client import Client
+    from usnet.client.engine import runner
+
+    c = Client.connect(tapd.path)
+    s = us.socket(us.AF_INET, us.SOCK_DGRAM, client=c, netif="usnet0")
+    s.bind(("0.0.0.0", 0))
+    r, fd = runner(), c.domain_fd
+    assert fd is not None and r._watched.get(fd) is c  # the stack thread watches its hang-up
+    held = os.dup(fd)  # the socket outlives the number the thread watches it under
+    try:
+        s.close()
+        c.close()
+        tapd.stop()  # usnetd goes: the hang-up
+        wait_until(lambda: fd not in r._watched or not r._thread.is_alive(), 10, "the hang-up heard")
+        assert r._thread.is_alive()
+    finally:
+        os.close(held)
+    tapd.start()
+    u = us.socket(us.AF_INET, us.SOCK_DGRAM)  # the process's sockets are served again
+    u.bind(("0.0.0.0", 47900))
+    u.settimeout(10)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as k:
+        k.bind((tapd.host_ip, 0))
+        k.sendto(b"still served", (tapd.usnet_ip, 47900))
+        assert u.recvfrom(100) == (b"still served", k.getsockname())
+    u.close()
+
+
 def test_a_client_without_a_daemon_names_the_path_and_usnet_up(sockdir):
     from usnet.client import Client
 

@@ -1117,7 +1117,10 @@ class Runner:
                 continue
             if fd not in self._watched:  # a liveness fd of an engine failed earlier in this pass (its
                 continue  # client's hang-up came first: closed, and unwatched, with that engine)
-            self._hup.unregister(fd)
+            try:
+                self._hup.unregister(fd)
+            except OSError:  # the client closed its descriptor after the poll: the number is gone
+                pass  # (EBADF) while its socket, still held, hung up; this thread must live on
             client = self._watched.pop(fd, None)
             with self._lock:
                 gone = [e for e in self.engines if e.client is client]

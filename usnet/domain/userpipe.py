@@ -63,6 +63,7 @@ ALLOC_MIN = 64
 # Freed packets (bytes of them) waiting on a FREE ring that `lend` collects before it takes from
 # the free stack. See `lend`.
 WARM_BYTES = 256 << 10
+_CLEAN = np.array([W_GSO, W_DEADLINE, W_DEADLINE + 1, W_FLAGS])  # the UMD words a lent packet starts at 0
 
 
 def pipe_ring_capacity(schema: Schema) -> int:
@@ -286,8 +287,11 @@ class UserPipe:
             self._violation(end, RefusalReason.BAD_COUNTER)
         elif cons != end.taken:
             cap = end.alloc.capacity
-            pos = np.arange(end.taken, cons) & (cap - 1)
-            self.pool.take(end.alloc_mirror[pos])
+            lo, hi = end.taken & (cap - 1), cons & (cap - 1)
+            if lo < hi:  # no wrap (most batches): a slice, not an index array
+                self.pool.take(end.alloc_mirror[lo:hi])
+            else:
+                self.pool.take(end.alloc_mirror[np.arange(end.taken, cons) & (cap - 1)])
             end.taken = cons
 
     def _collect_freed(self, end: PipeEnd) -> None:
@@ -357,12 +361,8 @@ class UserPipe:
         got = self.lend(room, end.role)
         if len(got) == 0:
             return
-        at = got.astype(np.int64) * UMD_WORDS  # a clean record: no stale gso_size, deadline or flag
-        umd = self.umd_words
-        umd[at + W_GSO] = 0
-        umd[at + W_DEADLINE] = 0
-        umd[at + W_DEADLINE + 1] = 0
-        umd[at + W_FLAGS] = 0
+        # a clean record: no stale gso_size, deadline or flag (one scatter, not one per word)
+        self.umd_words.reshape(-1, UMD_WORDS)[got[:, None], _CLEAN] = 0
         start = end.alloc.prod
         pos = np.arange(start, start + len(got)) & (end.alloc.capacity - 1)
         end.alloc_mirror[pos] = got
