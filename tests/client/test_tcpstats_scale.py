@@ -1,0 +1,99 @@
+"""A `usnet ss` publication costs the channel's slots, not its connections (issue 18).
+
+The engine publishes each connection's figures (usnet.client.tcpstats) every quarter
+second while busy; it walked the whole connection table to do it, so a listener
+holding 9,000 connections paid ~9,000 dictionary look-ups per publication on its
+accept path. The test counts the entries a publication looks at (`Publisher.looked`)
+while connections come and go beside 10 and beside 2,000 held ones, with a region of
+8 slots (full at both sizes), and checks that the records are still right: every
+slot holds a live connection, a slot given back is taken by one that waited, and the
+header counts the rest.
+"""
+
+from __future__ import annotations
+
+from usnet.abi.tcpinfo import read_records, region_bytes, write_header
+from usnet.client.tcpstats import INTERVAL, Publisher
+from usnet.proto.tcp.endpoint import TcpEndpoint
+
+A, B = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+SLOTS = 8
+
+
+def _exchange(server: TcpEndpoint, client: TcpEndpoint, now: float) -> None:
+    for _ in range(20):
+        moved = False
+        for src, dst, frm, to in ((B, A, client, server), (A, B, server, client)):
+            for _dst, seg, _cut, _ecn in frm.outgoing(now):
+                to.input(src, dst, seg, now)
+                moved = True
+        if not moved:
+            return
+    raise AssertionError("the endpoints kept talking")
+
+
+def _open(server: TcpEndpoint, client: TcpEndpoint, n: int, now: float) -> list:
+    conns = [client.connect(A, 80, now) for _ in range(n)]
+    _exchange(server, client, now)
+    got = []
+    while (c := server.accept(80)) is not None:
+        got.append(c)
+    assert len(got) == n
+    return got
+
+
+def _rows(region: bytearray) -> list[tuple[int, int]]:
+    """(local port, remote port) of every used slot but the listener's."""
+    slots, torn, bad = read_records(memoryview(region), SLOTS)
+    assert torn == bad == 0
+    return [(s.fields["local_port"], s.fields["remote_port"]) for s in slots if s.fields["remote_port"]]
+
+
+def _unlisted(region: bytearray) -> int:
+    return int.from_bytes(region[12:16], "little")
+
+
+def _churn_work(n: int) -> int:
+    server = TcpEndpoint(A)
+    client = TcpEndpoint(B, ephemeral=(10000, 60000))
+    server.listen(80, backlog=n + 100, syn_backlog=n + 100)
+    region = bytearray(region_bytes(SLOTS))
+    write_header(memoryview(region), SLOTS)
+    pub = Publisher(memoryview(region), 4)
+    now = 1.0
+    held = _open(server, client, n, now)
+    pub.publish(server, now)  # the first publication: every connection is news
+    assert len(_rows(region)) == SLOTS - 1  # and the listener's row
+    assert _unlisted(region) == n + 1 - SLOTS
+
+    # what an accept benchmark does beside the held connections: 20 come, 20 go, twice
+    pub.looked = 0
+    for _ in range(2):
+        now += INTERVAL
+        fresh = _open(server, client, 20, now)
+        for c in fresh:
+            c.abort(now)
+        _exchange(server, client, now)
+        pub.publish(server, now)
+    work = pub.looked
+
+    # slot holders go: the slots are retaken by connections that waited, the count follows
+    live = {(c.local_port, c.remote_port) for c in server.connections.values()}
+    rows = _rows(region)
+    assert set(rows) <= live and len(rows) == SLOTS - 1
+    holders = [c for c in held if (c.local_port, c.remote_port) in set(rows)][:3]
+    for c in holders:
+        c.abort(now)
+    _exchange(server, client, now)
+    now += INTERVAL
+    pub.publish(server, now)
+    live = {(c.local_port, c.remote_port) for c in server.connections.values()}
+    rows = _rows(region)
+    assert len(rows) == min(SLOTS - 1, n - 3) and len(set(rows)) == len(rows) and set(rows) <= live
+    assert _unlisted(region) == max(0, n - 3 + 1 - SLOTS)
+    return work
+
+
+def test_a_publication_costs_the_slots_not_the_connections() -> None:
+    few, many = _churn_work(10), _churn_work(2000)
+    assert few == many, (few, many)
