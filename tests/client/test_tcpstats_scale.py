@@ -12,28 +12,18 @@ header counts the rest.
 
 from __future__ import annotations
 
+from tests.helpers.tcpmem import A, B
+from tests.helpers.tcpmem import exchange as _exchange
 from usnet.abi.tcpinfo import read_records, region_bytes, write_header
 from usnet.client.tcpstats import INTERVAL, Publisher
 from usnet.proto.tcp.endpoint import TcpEndpoint
 
-A, B = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 SLOTS = 8
 
 
-def _exchange(server: TcpEndpoint, client: TcpEndpoint, now: float) -> None:
-    for _ in range(20):
-        moved = False
-        for src, dst, frm, to in ((B, A, client, server), (A, B, server, client)):
-            for _dst, seg, _cut, _ecn in frm.outgoing(now):
-                to.input(src, dst, seg, now)
-                moved = True
-        if not moved:
-            return
-    raise AssertionError("the endpoints kept talking")
-
-
 def _open(server: TcpEndpoint, client: TcpEndpoint, n: int, now: float) -> list:
-    conns = [client.connect(A, 80, now) for _ in range(n)]
+    for _ in range(n):
+        client.connect(A, 80, now)
     _exchange(server, client, now)
     got = []
     while (c := server.accept(80)) is not None:
