@@ -12,23 +12,10 @@ from __future__ import annotations
 import gc
 from dataclasses import fields, replace
 
+from tests.helpers.tcpmem import A, B
+from tests.helpers.tcpmem import exchange as _exchange
 from usnet.proto.tcp.config import TcpConfig, copy_config
 from usnet.proto.tcp.endpoint import TcpEndpoint
-
-A, B = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
-
-
-def _exchange(server: TcpEndpoint, client: TcpEndpoint, now: float, rounds: int = 20) -> None:
-    """Move segments both ways until neither side has anything to send."""
-    for _ in range(rounds):
-        moved = False
-        for src, dst, frm, to in ((B, A, client, server), (A, B, server, client)):
-            for _dst, seg, _cut, _ecn in frm.outgoing(now):
-                to.input(src, dst, seg, now)
-                moved = True
-        if not moved:
-            return
-    raise AssertionError("the endpoints kept talking")
 
 
 def _work_per_event(n: int) -> tuple[int, int, int]:

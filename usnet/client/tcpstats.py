@@ -47,17 +47,26 @@ def _us(seconds: float | None) -> int:
 
 
 class Publisher:
-    """One channel's records: which connection holds which slot, and when to write them next."""
+    """One channel's records: which connection holds which slot, and when to write them next.
+
+    A publication costs the slots, never the connections: it rewrites the records of the
+    slot holders (at most `slots`, a constant of the channel), and learns which connections
+    came and went from the endpoint's `churn` (TcpEndpoint), not by walking its table. A
+    listener holding 10,000 connections publishes as cheaply as one holding 100 (issue 18).
+    """
 
     def __init__(self, mem: memoryview, family: int) -> None:
         self.w = TcpInfoWriter(mem)
         self.family = family
         self.slot_of: dict[Any, int] = {}  # a TcpConnection, or ("L", port) for a listener
         self.free = list(range(self.w.slots - 1, -1, -1))
+        # live connections that found no free slot (a set): they take the slots others give back
+        self.waiting: dict[Any, None] = {}
         self.next_at = 0.0
         self.dirty = False
         self.rates: dict[Any, list] = {}  # connection -> [window start, bytes_acked then, rate]
         self.unlisted = 0
+        self.looked = 0  # entries a publication looked at (slots, churn, listeners): what the scale test counts
 
     def due(self) -> float | None:
         """When the engine must pump again to publish what changed since the last publication."""
@@ -70,29 +79,46 @@ class Publisher:
             return
         self.next_at = now + INTERVAL
         self.dirty = False
-        live: dict[Any, Any] = {("L", p): lst for p, lst in tcp.listeners.items()}
-        for c in tcp.connections.values():
-            live[c] = c
-        slot_of, w = self.slot_of, self.w
-        for key in [k for k in slot_of if k not in live]:
+        conns, listeners = tcp.connections, tcp.listeners
+        churn = tcp.churn
+        if churn is None:  # the first publication: every connection so far is news
+            churn = dict.fromkeys(conns.values())
+        tcp.churn = {}
+        slot_of, w, free, waiting = self.slot_of, self.w, self.free, self.waiting
+        self.looked += len(slot_of) + len(churn) + len(listeners)
+
+        def live(key: Any) -> bool:
+            if type(key) is tuple:
+                return key[1] in listeners
+            return conns.get((key.remote_addr, key.remote_port, key.local_port)) is key
+
+        for key in [k for k in slot_of if not live(k)]:
             gone = slot_of.pop(key)
             w.clear(gone)
-            self.free.append(gone)
+            free.append(gone)
             self.rates.pop(key, None)
-        unlisted = 0
-        ns = time.monotonic_ns()
-        for key, obj in live.items():
-            found = slot_of.get(key)
-            if found is None:
-                if not self.free:
-                    unlisted += 1
-                    continue
-                found = slot_of[key] = self.free.pop()
-            s: int = found
-            if type(key) is tuple:
-                w.publish(s, self._listener(obj, ns))
+        for c in churn:
+            if c in slot_of:
+                continue
+            if live(c):
+                waiting[c] = None
             else:
-                w.publish(s, self._connection(obj, now, ns))
+                waiting.pop(c, None)
+        for p in listeners:
+            if ("L", p) not in slot_of and free:
+                slot_of["L", p] = free.pop()
+        while free and waiting:
+            c = waiting.popitem()[0]  # (not the first: popping a dict's head again and again rescans it)
+            self.looked += 1
+            if live(c):
+                slot_of[c] = free.pop()
+        ns = time.monotonic_ns()
+        for key, s in slot_of.items():
+            if type(key) is tuple:
+                w.publish(s, self._listener(listeners[key[1]], ns))
+            else:
+                w.publish(s, self._connection(key, now, ns))
+        unlisted = len(conns) + len(listeners) - len(slot_of)
         if unlisted != self.unlisted:
             self.unlisted = unlisted
             w.set_unlisted(unlisted)

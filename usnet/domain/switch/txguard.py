@@ -35,6 +35,7 @@ what its flow does not own:
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 
 import numpy as np
 
@@ -136,7 +137,11 @@ class TcpSeen:
         # by_port: a connector's, whose connections each have their own local port: an end is
         # then (address, port, local port)
         self.by_port = by_port
-        self.ends: dict[tuple, list] = {}
+        # least recently seen first. An OrderedDict, not a dict: evicting a dict's head over and
+        # over (`del d[next(iter(d))]`) rescans the deleted entries before it each time, ~4.6 us
+        # at 4,096 ends against ~0.6 us at 100, paid by every new connection of a full table
+        # (a listener with 9,000 open, issue 18); `popitem(last=False)` is O(1).
+        self.ends: OrderedDict[tuple, list] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -211,4 +216,4 @@ class TcpSeen:
                 ack = old[1]
         ends[key] = [nxt, ack]
         if len(ends) > TCP_SEEN_MAX:
-            del ends[next(iter(ends))]
+            ends.popitem(last=False)

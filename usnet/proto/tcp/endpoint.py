@@ -207,6 +207,11 @@ class TcpEndpoint:
         # told of each connection that leaves the table (its 4-tuple is free): a connector's
         # engine gives the port back to the domain (usnet.client.engine)
         self.on_forget: Callable[[TcpConnection], None] | None = None
+        # The connections that joined or left the table since a reader last took this (insertion-
+        # ordered, a set), kept only once a reader asked for it (not None): the engine's `usnet ss`
+        # publisher (usnet.client.tcpstats) learns which connection wants a slot and which gives one
+        # back from it, without walking the table at every publication.
+        self.churn: dict[TcpConnection, None] | None = None
         # told of each connection aborted by its own fault (`fault`), with the exception: the
         # engine logs the reason once and wakes that connection's waiters
         self.on_fault: Callable[[TcpConnection, BaseException], None] | None = None
@@ -446,6 +451,8 @@ class TcpEndpoint:
         """`conn` joins the table and the schedule (it touches `due` from now on)."""
         self.connections[key] = conn
         conn.due = self.due
+        if self.churn is not None:
+            self.churn[conn] = None
 
     def _cookie_synack(self, lst: Listener, src: bytes, seg: TcpSegment, now: float) -> None:
         """Answer a SYN with a cookie SYN-ACK and keep nothing (usnet.proto.tcp.syncookie).
@@ -603,6 +610,8 @@ class TcpEndpoint:
             del self.connections[key]
             if self.on_forget is not None:
                 self.on_forget(conn)
+            if self.churn is not None:
+                self.churn[conn] = None
         lst = self.listeners.get(conn.local_port)
         if lst is not None and lst.syn_queue.get(key) is conn:
             del lst.syn_queue[key]
