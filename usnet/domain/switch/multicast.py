@@ -336,8 +336,13 @@ class MulticastDuties(HostDuties):
     def igmp_timers(self, now: float) -> None:
         """What of IGMP and MLD is due (the switch's timers call this): a query's answer, a change said again."""
         if self._again_due is not None and now >= self._again_due:
-            again, self._again, self._again_due = self._again, {}, None
-            self._report([r for g, old in again.items() for r in change_records(g, old, self.groups.state(g))])
+            if any(g in box for box in self._outbox.values() for g in self._again):
+                # The change itself still waits in the outbox for its turn: its repeat goes after
+                # it, never merged into it (merged, the change would be said once, not twice).
+                self._again_due = max(self._outbox_due.values()) + REPORT_GAP
+            else:
+                again, self._again, self._again_due = self._again, {}, None
+                self._report([r for g, old in again.items() for r in change_records(g, old, self.groups.state(g))])
         self.answer_query(now)
         self._flush(now)
 
