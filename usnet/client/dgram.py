@@ -136,6 +136,11 @@ class DatagramEngine:
         self.closed = False
         self.release_when_idle = False
         self.watchers: set = set()
+        # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio's
+        # `_LoopDriver`, for a datagram endpoint's socket), as FlowEngine.driver. `pinned`: went
+        # back to the stack thread for good (a call blocked on it, `wake(wait=True)`).
+        self.driver: Any = None
+        self.pinned = False
 
     def fileno(self) -> int:
         return self.ch.fileno()
@@ -169,10 +174,16 @@ class DatagramEngine:
         return same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
 
     def wake(self, wait: bool = False) -> None:
-        """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
+        """As FlowEngine.wake: whoever pumps the flow, soon. `wait`: the caller is about to block
+        on `changed`; a loop-pumped flow then goes back to the stack thread for good, which
+        serves a blocked caller whatever the loop does (it may not run again)."""
         if self.closed and self.error is not None:
             return  # failed and closed (a parent's, in a child of fork()): nobody serves it
-        runner().wake(self)
+        d = self.driver
+        if d is None:
+            runner().wake(self)
+        else:
+            d.wake(self, wait)
 
     def idle(self) -> bool:
         return True  # nothing of its own to finish: it goes once its socket closed
@@ -180,9 +191,11 @@ class DatagramEngine:
     def deadline(self, now: float) -> float | None:
         return None
 
-    def pump(self, now: float) -> None:
-        """Take what arrived (up to the receive bound); then tell the sockets. With the lock held."""
-        if self.closed or self.error is not None:
+    def pump(self, now: float, receive: bool = True) -> None:
+        """Take what arrived (up to the receive bound); then tell the sockets. With the lock held.
+        `receive` False (as FlowEngine.pump's): a pump right behind one that ended on an empty
+        ring in the same loop callback; a datagram flow has nothing else to do then."""
+        if self.closed or self.error is not None or not receive:
             return
         self.take()
         self.notify()
@@ -291,6 +304,9 @@ class DatagramEngine:
         self.changed.notify_all()
 
     def close(self) -> None:
+        d = self.driver
+        if d is not None:  # an event loop watches its doorbell: not after the descriptor is gone
+            d.forget(self)
         with self.lock:
             self.closed = True
             self.changed.notify_all()
@@ -771,6 +787,8 @@ class DatagramFace(socket):
                         if t == 0 or eagain:
                             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                         raise TimeoutError("timed out")
+                    if eng.driver is not None:  # an event loop pumps it: the stack thread must now
+                        eng.wake(True)
                     park_at_exit(eng.changed)
                     eng.changed.wait(left)
 
