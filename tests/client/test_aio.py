@@ -736,9 +736,10 @@ def test_a_datagram_endpoint_ping_pong_does_not_wake_the_stack_thread(net):
 def test_a_blocking_recvfrom_from_another_thread_takes_the_datagram_flow_back(net):
     """While the loop pumps an endpoint's flow, another thread blocks in recvfrom on its socket:
     the flow goes back to the stack thread for good (`pinned`), which wakes that thread when a
-    datagram comes; every datagram is taken once, by the thread or the protocol (none lost, none
-    twice); afterwards the protocol still gets them (through the socket's descriptor), and a
-    blocking sendto from another thread is sent."""
+    datagram comes (the protocol may take some first: they are sent until the thread has one);
+    every datagram is taken once, by the thread or the protocol (none lost, none twice);
+    afterwards the protocol still gets them (through the socket's descriptor), and a blocking
+    sendto from another thread is sent."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -748,6 +749,11 @@ def test_a_blocking_recvfrom_from_another_thread_takes_the_datagram_flow_back(ne
         assert ea.driver is loop._usnet_driver
         sa.settimeout(LIMIT)
         blocked = loop.run_in_executor(None, sa.recvfrom, 100)
+        for _ in range(1000):  # bounded: until the thread's wait gave the flow back (nothing to read yet)
+            if getattr(ea, "driver", None) is None:
+                break
+            await asyncio.sleep(0.01)
+        assert ea.pinned
         sent = 0
         while not blocked.done() and sent < 1000:  # until the thread took one
             n = len(pa.got)

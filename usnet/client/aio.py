@@ -1702,9 +1702,12 @@ class _DatagramTransport(asyncio.DatagramTransport):
                 self._protocol.error_received(exc)
                 continue
             if not got:
-                return  # the descriptor says when more came
+                return  # the descriptor (or the loop's pump) says when more came
             for data, addr in got:
                 self._protocol.datagram_received(data, addr)
+            eng = self._eng
+            if len(got) < 64 and eng is not None and eng.pending is None and eng.error is None:
+                return  # the queue was empty (a short batch stops early only for an error)
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
     def _fail(self, exc: BaseException) -> None:

@@ -141,6 +141,10 @@ class DatagramEngine:
         # back to the stack thread for good (a call blocked on it, `wake(wait=True)`).
         self.driver: Any = None
         self.pinned = False
+        # The last `take` left every ring empty, with NEED_WAKEUP armed: what arrives since rings a
+        # doorbell. While a loop pumps the flow, a read right behind its pump need not look at the
+        # rings again (`pop`'s `refill`): the loop hears the doorbell and pumps again.
+        self.drained = False
 
     def fileno(self) -> int:
         return self.ch.fileno()
@@ -206,11 +210,14 @@ class DatagramEngine:
         An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
         it), so the domain rings the doorbell the runner sleeps on for the next one.
         """
+        self.drained = False
+        empty = 0
         for d in self.flows():
             while self.rx_bytes < self.rcvbuf:
                 try:
                     got = d.recv_many(RX_BATCH, 0)
                 except BlockingIOError:
+                    empty += 1
                     break
                 except (ChannelError, PeerGone) as e:
                     self.error = e
@@ -227,6 +234,7 @@ class DatagramEngine:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
+        self.drained = empty == 1 + len(self.more)
 
     def set_meta(self, opts: dict, groups: bool = False) -> None:
         """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
@@ -279,9 +287,12 @@ class DatagramEngine:
             d.pending_error = None
         return r
 
-    def pop(self, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
-        """The next datagram, or None. With the lock held."""
+    def pop(self, peek: bool, refill: bool = True) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram, or None. With the lock held. `refill` False: from the queue alone,
+        not the rings (see `drained`)."""
         if not self.rxq:
+            if not refill:
+                return None
             self.take()
             if not self.rxq:
                 return None
@@ -376,9 +387,15 @@ class DatagramFace(socket):
 
     # -- addresses ------------------------------------------------------------------------
 
+    # The last (host, port) `_resolve` found already in the flows' form (a literal address): an
+    # answer's sendto names the sender recvfrom gave, and needs no getaddrinfo and ipaddress again.
+    _literal: tuple[str, int] | None = None
+
     def _resolve(self, address: Any) -> tuple[str, int]:
         """(host, port) as the flows name it: an IPv4-mapped address (::ffff:a.b.c.d) as IPv4's,
         for a dual-stack socket (ENETUNREACH for an IPV6_V6ONLY one, as Linux's udpv6_sendmsg)."""
+        if type(address) is tuple and address == self._literal and type(address[1]) is int:
+            return address
         if not isinstance(address, tuple) or len(address) < 2:
             raise TypeError(f"{self.family.name} address must be a tuple (host, port)")
         host, port = getaddrinfo(address[0], address[1], self.family, SOCK_DGRAM)[0][4][:2]
@@ -387,7 +404,10 @@ class DatagramFace(socket):
             if not self._dual():
                 raise OSError(errno.ENETUNREACH, "Network is unreachable")
             ip = ip.ipv4_mapped
-        return str(ip), int(port)
+        out = (str(ip), int(port))
+        if out == address:
+            self._literal = out
+        return out
 
     def _open(self, port: int = 0, host: str | None = None) -> DatagramEngine:
         """The flow: on the loopback netif for a loopback `host`, else on the socket's netif."""
@@ -792,7 +812,7 @@ class DatagramFace(socket):
                     park_at_exit(eng.changed)
                     eng.changed.wait(left)
 
-    def _pop(self, eng: DatagramEngine, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
+    def _pop(self, eng: DatagramEngine, peek: bool, refill: bool = True) -> tuple[bytes, tuple[str, int]] | None:
         """The next datagram, or None while none is queued (or its usnetd is away: what it queued
         first, usnet.client.rebind); the connected peer's ICMP error once, or the flow's failure,
         raised as a receive raises them. With the lock held."""
@@ -804,19 +824,24 @@ class DatagramFace(socket):
             raise self._refused or eng.error
         if eng.closed and not orphan:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        return eng.pop(peek) if not orphan or eng.rxq else None
+        return eng.pop(peek, refill) if not orphan or eng.rxq else None
 
     def recv_batch(self, n: int) -> list[tuple[bytes, tuple]]:
         """Up to `n` datagrams and their senders, without waiting, under one lock: [] when none
         is queued. asyncio's datagram transport reads so (usnet.client.aio), one callback for what
-        a turn brought. An error is raised as recvfrom raises it, after the datagrams before it."""
+        a turn brought. An error is raised as recvfrom raises it, after the datagrams before it.
+
+        A flow an event loop pumps, whose last look at its rings found them empty (`drained`), is
+        read from its queue alone: the loop pumps what rang since (an empty look at a ring is a
+        system call and an exception, twice for a wildcard socket's loopback half)."""
         eng = self._eng()
         got: list[tuple[bytes, tuple]] = []
         v4 = self.family == AF_INET  # the flow's (host, port) is the standard tuple then, as it is
         with eng.lock:
+            refill = eng.driver is None or not eng.drained
             try:
                 while len(got) < n and (not got or (eng.pending is None and eng.error is None)):
-                    dg = self._pop(eng, False)
+                    dg = self._pop(eng, False, refill)
                     if dg is None:
                         break
                     got.append((dg[0], dg[1] if v4 else _sockaddr(self.family, *dg[1])))
