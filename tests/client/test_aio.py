@@ -792,7 +792,7 @@ def test_a_blocking_recvfrom_while_the_loop_is_not_running_is_served(net):
 
     loop = aio.EventLoop(client=net, netif="a")
     try:
-        ta, pa = loop.run_until_complete(loop.create_datagram_endpoint(_Collect, local_addr=(A_IP, 0)))
+        ta, _ = loop.run_until_complete(loop.create_datagram_endpoint(_Collect, local_addr=(A_IP, 0)))
         loop.run_until_complete(asyncio.sleep(0))
         sa, ea = ta._sock, ta._sock._engine
         assert ea.driver is loop._usnet_driver

@@ -12,7 +12,8 @@ receive queue, sets the descriptor readable and wakes blocked calls. The applica
 take from that queue first and from the ring themselves when it is empty (no thread hop
 while datagrams keep coming); both run under the engine's lock. The queue is bounded as
 Linux bounds a socket's by SO_RCVBUF: past it, datagrams wait in the channel's ring, and
-what the ring cannot hold the domain drops.
+what the ring cannot hold the domain drops. An asyncio endpoint's flow under usnet's event loop is
+pumped by that loop instead (`DatagramEngine.driver`, usnet.client.aio), until a call blocks on it.
 """
 
 from __future__ import annotations
@@ -394,8 +395,9 @@ class DatagramFace(socket):
     def _resolve(self, address: Any) -> tuple[str, int]:
         """(host, port) as the flows name it: an IPv4-mapped address (::ffff:a.b.c.d) as IPv4's,
         for a dual-stack socket (ENETUNREACH for an IPV6_V6ONLY one, as Linux's udpv6_sendmsg)."""
-        if type(address) is tuple and address == self._literal and type(address[1]) is int:
-            return address
+        lit = self._literal
+        if lit is not None and type(address) is tuple and address == lit and type(address[1]) is int:
+            return lit
         if not isinstance(address, tuple) or len(address) < 2:
             raise TypeError(f"{self.family.name} address must be a tuple (host, port)")
         host, port = getaddrinfo(address[0], address[1], self.family, SOCK_DGRAM)[0][4][:2]
