@@ -318,10 +318,14 @@ def test_an_asyncio_datagram_endpoint_of_a_dead_worker_binds_again(tapd2):
         loop = asyncio.get_running_loop()
         t, _ = await loop.create_datagram_endpoint(Upper, local_addr=("0.0.0.0", 7005))  # worker 1
         assert await loop.run_in_executor(None, answered, b"before")
+        first = t._sock._engine  # type: ignore[attr-defined]
+        assert first.driver is loop._usnet_driver  # the loop pumps the flow (usnet.client.aio)
         pid = _workers(tapd2.path)[1]["pid"]
         os.kill(pid, signal.SIGKILL)
         assert await loop.run_in_executor(None, _wait_new_pid, tapd2.path, pid) not in (0, pid)
         assert await loop.run_in_executor(None, answered, b"after")
+        again = t._sock._engine  # type: ignore[attr-defined]
+        assert again is not first and again.driver is loop._usnet_driver  # the new flow is lent again
         t.close()
 
     loop = aio.new_event_loop()

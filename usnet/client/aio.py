@@ -283,8 +283,9 @@ class _LoopDriver:
                     h.cancel()
                 self._timers[eng] = self.loop.call_at(d, self._timer, eng)
 
-    def _drop(self, eng: FlowEngine) -> None:
-        """Stop pumping `eng` here (in the loop's thread, or with the loop not running)."""
+    def _drop(self, eng: FlowEngine, fd: int | None = None) -> None:
+        """Stop pumping `eng` here (in the loop's thread, or with the loop not running); `fd`: its
+        doorbell's number, taken before it closed (`forget`)."""
         self.engines.discard(eng)
         self._dirty.pop(eng, None)
         h = self._timers.pop(eng, None)
@@ -293,8 +294,23 @@ class _LoopDriver:
         if eng.driver is self:
             eng.driver = None
         try:
-            self.loop.remove_reader(eng.fileno())
+            self.loop.remove_reader(eng.fileno() if fd is None else fd)
         except (ValueError, OSError, RuntimeError):  # closed loop or descriptor
+            pass
+
+    def forget(self, eng: FlowEngine) -> None:
+        """`eng` closes (a datagram socket's flow, from any thread): the loop stops watching its
+        doorbell, at once in the loop's own thread (the usual case: the transport closes it), so
+        that no reader outlives the descriptor."""
+        if eng.driver is not self:
+            return
+        eng.driver = None
+        if getattr(self.loop, "_thread_id", None) == threading.get_ident() or not self.loop.is_running():
+            self._drop(eng)
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._drop, eng, eng.fileno())
+        except RuntimeError:
             pass
 
     def _return(self, eng: FlowEngine) -> None:
@@ -1627,7 +1643,13 @@ class _DatagramTransport(asyncio.DatagramTransport):
     - ``get_extra_info("socket")`` is an asyncio TransportSocket over it, as asyncio's: a program
       sets and reads its options (SO_RCVBUF, IP_TTL, a multicast group) through the socket's own
       option table.
-    - The loop watches the socket's descriptor; a read takes what a turn brought in batches
+    - Under usnet's `EventLoop` the loop pumps the socket's flow itself (`_LoopDriver`, as a TCP
+      transport's engine): its doorbell is a loop reader, and the pump signals the transport's
+      watcher, which reads in the same callback; the stack thread is not woken per datagram. A
+      call that blocks on the socket (another thread's recvfrom) gives the flow back to the
+      stack thread for good (`DatagramEngine.wake(wait=True)`); the loop then watches the
+      socket's descriptor, as it always does (a flow bound again after a usnetd restart is lent
+      to the loop again on its first read). A read takes what a turn brought in batches
       (`DatagramFace.recv_batch`), not one datagram per callback.
     - An ICMP error for the connected peer, a datagram the pool had no buffer for, a send that
       failed: `error_received`, as asyncio's does with the kernel's errors.
@@ -1643,15 +1665,31 @@ class _DatagramTransport(asyncio.DatagramTransport):
         self._loop, self._sock, self._protocol, self._remote = loop, sock, protocol, remote
         self._fd = sock.fileno()
         self._closing = False
+        self._eng: Any = None  # the flow the watcher is on (the socket's, until it is bound again)
+        self._watcher: _Watcher | None = None
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start)  # after connection_made: no datagram before it
 
     def _start(self) -> None:
         if not self._closing:
             self._loop.add_reader(self._fd, self._read_ready)
-            self._read_ready()  # what came before the reader
+            self._read_ready()  # what came before the reader (and the flow, opened by that read)
+            if self._sock._engine is not self._eng:
+                self._attach(self._sock._engine)
+
+    def _attach(self, eng: Any) -> None:
+        """Watch the socket's flow `eng` (its first, or a new one after a rebind), lent to the loop
+        if it is usnet's (`_watch`: `_LoopDriver.adopt`)."""
+        if self._watcher is not None:
+            _unwatch(self._eng, self._watcher)
+        self._eng, self._watcher = eng, None
+        if eng is not None and not self._closing:
+            self._watcher = _Watcher(self._loop, functools.partial(_datagram_news, eng), self._read_ready)
+            _watch(eng, self._watcher)
 
     def _read_ready(self) -> None:
+        if self._sock._engine is not self._eng:
+            self._attach(self._sock._engine)
         for _ in range(_ACCEPT_MAX):  # bounded, as asyncio reads one datagram per callback
             if self._closing:
                 return
@@ -1664,9 +1702,12 @@ class _DatagramTransport(asyncio.DatagramTransport):
                 self._protocol.error_received(exc)
                 continue
             if not got:
-                return  # the descriptor says when more came
+                return  # the descriptor (or the loop's pump) says when more came
             for data, addr in got:
                 self._protocol.datagram_received(data, addr)
+            eng = self._eng
+            if len(got) < 64 and eng is not None and eng.pending is None and eng.error is None:
+                return  # the queue was empty (a short batch stops early only for an error)
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
     def _fail(self, exc: BaseException) -> None:
@@ -1714,7 +1755,16 @@ class _DatagramTransport(asyncio.DatagramTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
+            if self._watcher is not None:
+                _unwatch(self._eng, self._watcher)
             self._sock.close()
+
+
+def _datagram_news(eng: Any) -> bool:
+    """A datagram transport's watcher (`_Watcher.wants`, lock held): the loop that pumps `eng`
+    has something for the protocol. Only while the loop pumps it: the stack thread's pumps set
+    the socket's descriptor, which the transport watches too (once is enough)."""
+    return eng.driver is not None and bool(eng.rxq or eng.pending is not None or eng.error is not None)
 
 
 def _settled(eng: FlowEngine, conn: Any, what: str) -> Callable[[], bool]:

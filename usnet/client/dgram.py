@@ -12,7 +12,8 @@ receive queue, sets the descriptor readable and wakes blocked calls. The applica
 take from that queue first and from the ring themselves when it is empty (no thread hop
 while datagrams keep coming); both run under the engine's lock. The queue is bounded as
 Linux bounds a socket's by SO_RCVBUF: past it, datagrams wait in the channel's ring, and
-what the ring cannot hold the domain drops.
+what the ring cannot hold the domain drops. An asyncio endpoint's flow under usnet's event loop is
+pumped by that loop instead (`DatagramEngine.driver`, usnet.client.aio), until a call blocks on it.
 """
 
 from __future__ import annotations
@@ -136,6 +137,15 @@ class DatagramEngine:
         self.closed = False
         self.release_when_idle = False
         self.watchers: set = set()
+        # Who pumps it: None, the stack thread (Runner); or an event loop's driver (usnet.aio's
+        # `_LoopDriver`, for a datagram endpoint's socket), as FlowEngine.driver. `pinned`: went
+        # back to the stack thread for good (a call blocked on it, `wake(wait=True)`).
+        self.driver: Any = None
+        self.pinned = False
+        # The last `take` left every ring empty, with NEED_WAKEUP armed: what arrives since rings a
+        # doorbell. While a loop pumps the flow, a read right behind its pump need not look at the
+        # rings again (`pop`'s `refill`): the loop hears the doorbell and pumps again.
+        self.drained = False
 
     def fileno(self) -> int:
         return self.ch.fileno()
@@ -169,10 +179,16 @@ class DatagramEngine:
         return same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
 
     def wake(self, wait: bool = False) -> None:
-        """As FlowEngine.wake: the stack thread serves a datagram flow, so wake it."""
+        """As FlowEngine.wake: whoever pumps the flow, soon. `wait`: the caller is about to block
+        on `changed`; a loop-pumped flow then goes back to the stack thread for good, which
+        serves a blocked caller whatever the loop does (it may not run again)."""
         if self.closed and self.error is not None:
             return  # failed and closed (a parent's, in a child of fork()): nobody serves it
-        runner().wake(self)
+        d = self.driver
+        if d is None:
+            runner().wake(self)
+        else:
+            d.wake(self, wait)
 
     def idle(self) -> bool:
         return True  # nothing of its own to finish: it goes once its socket closed
@@ -180,9 +196,11 @@ class DatagramEngine:
     def deadline(self, now: float) -> float | None:
         return None
 
-    def pump(self, now: float) -> None:
-        """Take what arrived (up to the receive bound); then tell the sockets. With the lock held."""
-        if self.closed or self.error is not None:
+    def pump(self, now: float, receive: bool = True) -> None:
+        """Take what arrived (up to the receive bound); then tell the sockets. With the lock held.
+        `receive` False (as FlowEngine.pump's): a pump right behind one that ended on an empty
+        ring in the same loop callback; a datagram flow has nothing else to do then."""
+        if self.closed or self.error is not None or not receive:
             return
         self.take()
         self.notify()
@@ -193,11 +211,14 @@ class DatagramEngine:
         An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
         it), so the domain rings the doorbell the runner sleeps on for the next one.
         """
+        self.drained = False
+        empty = 0
         for d in self.flows():
             while self.rx_bytes < self.rcvbuf:
                 try:
                     got = d.recv_many(RX_BATCH, 0)
                 except BlockingIOError:
+                    empty += 1
                     break
                 except (ChannelError, PeerGone) as e:
                     self.error = e
@@ -214,6 +235,7 @@ class DatagramEngine:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
+        self.drained = empty == 1 + len(self.more)
 
     def set_meta(self, opts: dict, groups: bool = False) -> None:
         """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
@@ -266,9 +288,12 @@ class DatagramEngine:
             d.pending_error = None
         return r
 
-    def pop(self, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
-        """The next datagram, or None. With the lock held."""
+    def pop(self, peek: bool, refill: bool = True) -> tuple[bytes, tuple[str, int]] | None:
+        """The next datagram, or None. With the lock held. `refill` False: from the queue alone,
+        not the rings (see `drained`)."""
         if not self.rxq:
+            if not refill:
+                return None
             self.take()
             if not self.rxq:
                 return None
@@ -291,6 +316,9 @@ class DatagramEngine:
         self.changed.notify_all()
 
     def close(self) -> None:
+        d = self.driver
+        if d is not None:  # an event loop watches its doorbell: not after the descriptor is gone
+            d.forget(self)
         with self.lock:
             self.closed = True
             self.changed.notify_all()
@@ -360,9 +388,16 @@ class DatagramFace(socket):
 
     # -- addresses ------------------------------------------------------------------------
 
+    # The last (host, port) `_resolve` found already in the flows' form (a literal address): an
+    # answer's sendto names the sender recvfrom gave, and needs no getaddrinfo and ipaddress again.
+    _literal: tuple[str, int] | None = None
+
     def _resolve(self, address: Any) -> tuple[str, int]:
         """(host, port) as the flows name it: an IPv4-mapped address (::ffff:a.b.c.d) as IPv4's,
         for a dual-stack socket (ENETUNREACH for an IPV6_V6ONLY one, as Linux's udpv6_sendmsg)."""
+        lit = self._literal
+        if lit is not None and type(address) is tuple and address == lit and type(address[1]) is int:
+            return lit
         if not isinstance(address, tuple) or len(address) < 2:
             raise TypeError(f"{self.family.name} address must be a tuple (host, port)")
         host, port = getaddrinfo(address[0], address[1], self.family, SOCK_DGRAM)[0][4][:2]
@@ -371,7 +406,10 @@ class DatagramFace(socket):
             if not self._dual():
                 raise OSError(errno.ENETUNREACH, "Network is unreachable")
             ip = ip.ipv4_mapped
-        return str(ip), int(port)
+        out = (str(ip), int(port))
+        if out == address:
+            self._literal = out
+        return out
 
     def _open(self, port: int = 0, host: str | None = None) -> DatagramEngine:
         """The flow: on the loopback netif for a loopback `host`, else on the socket's netif."""
@@ -771,10 +809,12 @@ class DatagramFace(socket):
                         if t == 0 or eagain:
                             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                         raise TimeoutError("timed out")
+                    if eng.driver is not None:  # an event loop pumps it: the stack thread must now
+                        eng.wake(True)
                     park_at_exit(eng.changed)
                     eng.changed.wait(left)
 
-    def _pop(self, eng: DatagramEngine, peek: bool) -> tuple[bytes, tuple[str, int]] | None:
+    def _pop(self, eng: DatagramEngine, peek: bool, refill: bool = True) -> tuple[bytes, tuple[str, int]] | None:
         """The next datagram, or None while none is queued (or its usnetd is away: what it queued
         first, usnet.client.rebind); the connected peer's ICMP error once, or the flow's failure,
         raised as a receive raises them. With the lock held."""
@@ -786,19 +826,24 @@ class DatagramFace(socket):
             raise self._refused or eng.error
         if eng.closed and not orphan:
             raise OSError(errno.EBADF, "Bad file descriptor")
-        return eng.pop(peek) if not orphan or eng.rxq else None
+        return eng.pop(peek, refill) if not orphan or eng.rxq else None
 
     def recv_batch(self, n: int) -> list[tuple[bytes, tuple]]:
         """Up to `n` datagrams and their senders, without waiting, under one lock: [] when none
         is queued. asyncio's datagram transport reads so (usnet.client.aio), one callback for what
-        a turn brought. An error is raised as recvfrom raises it, after the datagrams before it."""
+        a turn brought. An error is raised as recvfrom raises it, after the datagrams before it.
+
+        A flow an event loop pumps, whose last look at its rings found them empty (`drained`), is
+        read from its queue alone: the loop pumps what rang since (an empty look at a ring is a
+        system call and an exception, twice for a wildcard socket's loopback half)."""
         eng = self._eng()
         got: list[tuple[bytes, tuple]] = []
         v4 = self.family == AF_INET  # the flow's (host, port) is the standard tuple then, as it is
         with eng.lock:
+            refill = eng.driver is None or not eng.drained
             try:
                 while len(got) < n and (not got or (eng.pending is None and eng.error is None)):
-                    dg = self._pop(eng, False)
+                    dg = self._pop(eng, False, refill)
                     if dg is None:
                         break
                     got.append((dg[0], dg[1] if v4 else _sockaddr(self.family, *dg[1])))
