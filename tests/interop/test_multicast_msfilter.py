@@ -21,7 +21,7 @@ import pytest
 
 from tests.interop.test_multicast import G, _mreq, _Wire, mc
 from tests.interop.test_multicast6 import mc6
-from tests.interop.test_multicast_sources import _records, _src
+from tests.interop.test_multicast_sources import _records, _src, _ss
 from tests.interop.test_sockopts_linux import _outcome
 
 __all__ = ["mc", "mc6"]  # the fixtures, used by name
@@ -41,14 +41,6 @@ def _msf(group: str, iface: str, fmode: int, sources: list[str], numsrc: int | N
     n = len(sources) if numsrc is None else numsrc
     return (socket.inet_aton(group) + socket.inet_aton(iface) + struct.pack("=II", fmode, n)
             + b"".join(socket.inet_aton(s) for s in sources))
-
-
-def _ss(family: int, addr: str) -> bytes:
-    if family == socket.AF_INET:
-        raw = struct.pack("=H2x4s", family, socket.inet_aton(addr))
-    else:
-        raw = struct.pack("=H2x4x16s", family, socket.inet_pton(family, addr))
-    return raw.ljust(128, b"\0")
 
 
 def _gf(index: int, group: str, fmode: int, sources: list[str], numsrc: int | None = None,

@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from usnet.client.mcast import IP_MSFILTER, MCAST_MSFILTER, Multicast
 from usnet.proto.cmsg import (
     GROUP_FILTER,
-    IP_MSFILTER as MSF_HEAD,
     GroupFilter,
     pack_group_filter,
     pack_ip_msfilter,
     parse_group_filter,
     parse_ip_msfilter,
+)
+from usnet.proto.cmsg import (
+    IP_MSFILTER as MSF_HEAD,
 )
 
 _CLEAR = {errno.EINVAL, errno.ENOBUFS, errno.ENODEV, errno.EADDRNOTAVAIL}
