@@ -32,6 +32,7 @@ from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
 from usnet.client.engine import Readiness, park_at_exit, runner
 from usnet.client.mcast import (
+    FILTER_OPTIONS,
     MULTICAST6_OPTIONS,
     MULTICAST_OPTIONS,
     Multicast,
@@ -860,6 +861,23 @@ class DatagramFace(socket):
 
     # -- options, readiness, close ------------------------------------------------------------
 
+    def _kernel_index(self) -> int:
+        """The kernel's index of the socket's netif's interface, which multicast options name."""
+        try:
+            return _std.if_nametoindex(self._netif or self._target()[1])
+        except OSError:
+            return 0  # a netif on no kernel interface of this namespace (a memwire's)
+
+    def getsockopt(self, level: int, opt: int, buflen: Any = 0) -> Any:
+        """As the socket's; IP_MSFILTER and MCAST_MSFILTER read the caller's struct first
+        (usnet.client.mcast `Multicast.get_filter`: `buflen` a length, or usnet's own bytes-like
+        buffer holding the struct)."""
+        mc = self._mc_of(level, opt)
+        if mc is not None and opt in FILTER_OPTIONS:
+            self._need_open()
+            return mc.get_filter(opt, buflen, self._mc_flow(self._engine, mc.family), self._kernel_index())
+        return super().getsockopt(level, opt, buflen)
+
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""
         self._need_open()
@@ -867,11 +885,7 @@ class DatagramFace(socket):
         if mc is not None:
             eng = self._engine
             client = eng.client if eng is not None else self._target()[0]
-            try:
-                index = _std.if_nametoindex(self._netif or self._target()[1])
-            except OSError:
-                index = 0  # a netif on no kernel interface of this namespace (a memwire's)
-            mc.set(opt, value, self._mc_flow(eng, mc.family), index, client)
+            mc.set(opt, value, self._mc_flow(eng, mc.family), self._kernel_index(), client)
             if eng is not None and mc.changes_membership(opt):
                 with eng.lock:
                     eng.set_meta(self._opts, self._member())

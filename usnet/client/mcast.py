@@ -24,10 +24,26 @@ of them is reported, as Linux's).
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 from typing import Any
 
-from usnet.proto.cmsg import IpMreqn, multicast_if, parse_group_req, parse_mreq, parse_mreq_source
+from usnet.proto.cmsg import (
+    MCAST_EXCLUDE,
+    MCAST_INCLUDE,
+    GroupFilter,
+    IpMreqn,
+    multicast_if,
+    pack_group_filter,
+    pack_ip_msfilter,
+    parse_group_filter,
+    parse_group_req,
+    parse_ip_msfilter,
+    parse_mreq,
+    parse_mreq_source,
+    sin6_addr,
+    sockaddr_of,
+)
 from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, Filter
 
 __all__ = [
@@ -35,12 +51,14 @@ __all__ = [
     "IPV6_LEAVE_GROUP",
     "IP_ADD_MEMBERSHIP",
     "IP_DROP_MEMBERSHIP",
+    "IP_MSFILTER",
     "IP_MULTICAST_ALL",
     "IP_MULTICAST_IF",
     "IP_MULTICAST_LOOP",
     "IP_MULTICAST_TTL",
     "MAX_MEMBERSHIPS",
     "MAX_MEMBERSHIPS6",
+    "MCAST_MSFILTER",
     "MULTICAST6_OPTIONS",
     "MULTICAST_OPTIONS",
     "Multicast",
@@ -55,6 +73,9 @@ IP_MULTICAST_ALL = 49
 IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP = 37, 38, 39, 40
 MCAST_JOIN_GROUP, MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_LEAVE_GROUP = 42, 43, 44, 45
 MCAST_JOIN_SOURCE_GROUP, MCAST_LEAVE_SOURCE_GROUP = 46, 47
+# the full-state filter (RFC 3678 §4.1.2, §5.2.2): struct ip_msfilter's and struct group_filter's (usnet.proto.cmsg)
+IP_MSFILTER, MCAST_MSFILTER = 41, 48
+FILTER_OPTIONS = frozenset((IP_MSFILTER, MCAST_MSFILTER))
 _SOURCE_OPTIONS = frozenset((IP_UNBLOCK_SOURCE, IP_BLOCK_SOURCE, IP_ADD_SOURCE_MEMBERSHIP, IP_DROP_SOURCE_MEMBERSHIP))
 _MCAST_SOURCE_OPTIONS = frozenset((MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCAST_JOIN_SOURCE_GROUP,
                                    MCAST_LEAVE_SOURCE_GROUP))
@@ -62,16 +83,16 @@ _MCAST_SOURCE_OPTIONS = frozenset((MCAST_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE, MCA
 _TWIN = {MCAST_BLOCK_SOURCE: IP_BLOCK_SOURCE, MCAST_UNBLOCK_SOURCE: IP_UNBLOCK_SOURCE,
          MCAST_JOIN_SOURCE_GROUP: IP_ADD_SOURCE_MEMBERSHIP, MCAST_LEAVE_SOURCE_GROUP: IP_DROP_SOURCE_MEMBERSHIP}
 _MEMBERSHIP_OPTIONS = frozenset((IP_ADD_MEMBERSHIP, IP_DROP_MEMBERSHIP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
-                                 *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
+                                 *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS, *FILTER_OPTIONS))
 MULTICAST_OPTIONS = frozenset((IP_MULTICAST_IF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP, IP_ADD_MEMBERSHIP,
                                IP_DROP_MEMBERSHIP, IP_MULTICAST_ALL, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
-                               *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS))
+                               *_SOURCE_OPTIONS, *_MCAST_SOURCE_OPTIONS, *FILTER_OPTIONS))
 MAX_MEMBERSHIPS = 20  # Linux's net.ipv4.igmp_max_memberships (the domain holds a flow to it too)
 IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP = 17, 18, 19, 20, 21
 IPV6_MULTICAST_ALL = 29
 MULTICAST6_OPTIONS = frozenset((IPV6_MULTICAST_IF, IPV6_MULTICAST_HOPS, IPV6_MULTICAST_LOOP, IPV6_JOIN_GROUP,
                                 IPV6_LEAVE_GROUP, IPV6_MULTICAST_ALL, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP,
-                                *_MCAST_SOURCE_OPTIONS))
+                                *_MCAST_SOURCE_OPTIONS, MCAST_MSFILTER))
 # IPv6 groups a socket: the domain's bound (usnet.domain.switch.groups.MAX_MEMBERSHIPS6; Linux's is
 # its option memory, optmem_max)
 MAX_MEMBERSHIPS6 = 256
@@ -118,6 +139,9 @@ class Multicast:
         self.family = family
         self.groups: list[bytes] = []
         self.filters: dict[bytes, Filter] = {}  # group -> its source filter, if not any-source (EXCLUDE {})
+        # ... and its sources as Linux lists them (ip_sf_socklist: in the order added, or as
+        # IP_MSFILTER gave them, a source twice kept twice), which getsockopt(IP_MSFILTER) reads back
+        self.slists: dict[bytes, list[bytes]] = {}
         self.ttl = 1  # IP_MULTICAST_TTL, IPV6_MULTICAST_HOPS
         self.loop = True
         self.all = True
@@ -129,7 +153,7 @@ class Multicast:
     def changes_membership(self, opt: int) -> bool:
         """Whether option `opt` (of this family's level) may join or leave a group."""
         if self.family == 6:
-            return opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) \
+            return opt in (IPV6_JOIN_GROUP, IPV6_LEAVE_GROUP, MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP, MCAST_MSFILTER) \
                 or opt in _MCAST_SOURCE_OPTIONS
         return opt in _MEMBERSHIP_OPTIONS
 
@@ -151,6 +175,8 @@ class Multicast:
             self._source(opt, IpMreqn(ms.group, ms.interface, 0), ms.source, flow, ifindex, client)
         elif opt in (MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) or opt in _MCAST_SOURCE_OPTIONS:
             self._mcast(opt, value, flow, ifindex, client)
+        elif opt in FILTER_OPTIONS:
+            self._msfilter(opt, value, flow, ifindex, client)
         elif opt == IP_MULTICAST_TTL:
             v = _int(value)
             if v == -1:
@@ -181,6 +207,9 @@ class Multicast:
             return
         if opt in (MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP) or opt in _MCAST_SOURCE_OPTIONS:
             self._mcast6(opt, value, flow, ifindex, client)
+            return
+        if opt == MCAST_MSFILTER:
+            self._msfilter(opt, value, flow, ifindex, client)
             return
         v = _int6(value)
         if opt == IPV6_MULTICAST_HOPS:
@@ -214,8 +243,7 @@ class Multicast:
             # the domain checks it again, and decides
             client.join_group(flow[0], group, True, f.include, sorted(f.sources))
         self.groups.append(group)
-        if f != ANY_SOURCE:
-            self.filters[group] = f
+        self._keep(group, f.include, sorted(f.sources))
 
     def _drop6(self, group: bytes, index: int, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
         """ipv6_sock_mc_drop: the membership goes, whatever its source filter."""
@@ -226,7 +254,7 @@ class Multicast:
         if flow is not None:
             client.join_group(flow[0], group, False)
         self.groups.remove(group)
-        self.filters.pop(group, None)
+        self._keep(group, False, [])
 
     def _mcast6(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
         """RFC 3678's options at IPPROTO_IPV6, as ipv6_mcast_join_leave and do_ipv6_mcast_group_source:
@@ -296,8 +324,7 @@ class Multicast:
         elif len(self.groups) >= MAX_MEMBERSHIPS:
             raise OSError(errno.ENOBUFS, "No buffer space available")
         self.groups.append(m.group)
-        if f != ANY_SOURCE:
-            self.filters[m.group] = f
+        self._keep(m.group, f.include, sorted(f.sources))
 
     def _drop(self, m: IpMreqn, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
         """ip_mc_leave_group: the membership goes, whatever its source filter."""
@@ -306,7 +333,7 @@ class Multicast:
         if flow is not None:
             client.join_group(flow[0], m.group, False)
         self.groups.remove(m.group)
-        self.filters.pop(m.group, None)
+        self._keep(m.group, False, [])
 
     def _source(self, opt: int, m: IpMreqn, source: bytes, flow: tuple[int, bytes] | None, ifindex: int,
                 client: Any) -> None:
@@ -346,6 +373,7 @@ class Multicast:
                 drop()
                 return
             new = Filter(include, old.sources - {source})
+            slist = [s for s in self.slists.get(group, []) if s != source]
         else:
             most = MAX_SOURCES if self.family == 4 else MAX_SOURCES6
             if len(old.sources) >= most:
@@ -353,12 +381,20 @@ class Multicast:
             if source in old.sources:
                 raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (a source already there)")
             new = Filter(include, old.sources | {source})
+            slist = [*self.slists.get(group, []), source]
         if flow is not None:
             client.source_filter(flow[0], group, new.include, sorted(new.sources))
-        if new == ANY_SOURCE:
-            self.filters.pop(group, None)
+        self._keep(group, include, slist)
+
+    def _keep(self, group: bytes, include: bool, slist: list[bytes]) -> None:
+        """The membership of `group` has the filter INCLUDE or EXCLUDE `slist` now (EXCLUDE []: any
+        source, kept as no entry; also what a leave leaves behind)."""
+        if include or slist:
+            self.filters[group] = Filter(include, frozenset(slist))
+            self.slists[group] = slist
         else:
-            self.filters[group] = new
+            self.filters.pop(group, None)
+            self.slists.pop(group, None)
 
     def _mcast(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
         """RFC 3678's protocol-independent options at IPPROTO_IP, as ip_mcast_join_leave and
@@ -378,6 +414,99 @@ class Multicast:
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
         self._source(_TWIN[opt], m, req.source[1], flow, ifindex, client)
 
+    def _msfilter(self, opt: int, value: Any, flow: tuple[int, bytes] | None, ifindex: int, client: Any) -> None:
+        """setsockopt(IP_MSFILTER) and setsockopt(MCAST_MSFILTER) at IPPROTO_IP (do_ip_setsockopt,
+        ip_mc_msfilter) or IPPROTO_IPV6 (ip6_mc_msfilter): the membership's whole filter. First
+        the struct's checks (usnet.proto.cmsg: its length, the sources' bound ENOBUFS); at
+        IPPROTO_IP a group_filter's group or a source not AF_INET EADDRNOTAVAIL (IPv6 reads
+        sin6_addr whatever the family); then a group that is none EINVAL, a mode neither
+        MCAST_INCLUDE nor MCAST_EXCLUDE EINVAL, another interface ENODEV; INCLUDE {} leaves the
+        group (as IP_DROP_MEMBERSHIP: EADDRNOTAVAIL without a membership); without a membership
+        EINVAL. The domain is sent the new filter whole (P.SourceFilter, a source given twice once)."""
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise OSError(errno.EINVAL, "Invalid argument")  # an int is 4 bytes: shorter than the head
+        b, v4 = bytes(value), self.family == 4
+        most = MAX_SOURCES if v4 else MAX_SOURCES6
+        msf = (parse_ip_msfilter if opt == IP_MSFILTER else parse_group_filter)(b, most, _optmem())
+        if opt == IP_MSFILTER:
+            assert isinstance(msf.interface, bytes)
+            group, sources = msf.group, list(msf.sources)
+            m = IpMreqn(group, msf.interface, 0)
+        elif v4:
+            fam, group = sockaddr_of(msf.group)
+            given = [sockaddr_of(s) for s in msf.sources]
+            if fam != socket.AF_INET or any(f != socket.AF_INET for f, _ in given):
+                raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+            sources = [a for _, a in given]
+            assert isinstance(msf.interface, int)
+            m = IpMreqn(group, bytes(4), msf.interface)
+        else:
+            group, sources = sin6_addr(msf.group), [sin6_addr(s) for s in msf.sources]
+        if not (group[0] >> 4 == 14 if v4 else group[0] == 0xFF):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if msf.fmode not in (MCAST_INCLUDE, MCAST_EXCLUDE):
+            raise OSError(errno.EINVAL, "Invalid argument (a filter mode neither MCAST_INCLUDE nor MCAST_EXCLUDE)")
+        index = msf.interface if isinstance(msf.interface, int) else 0
+        if not (self._our_interface(m, flow, ifindex) if v4 else _our_index(index, ifindex)):
+            raise OSError(errno.ENODEV, "No such device (usnet: the socket's netif is its only interface)")
+        include = msf.fmode == MCAST_INCLUDE
+        if include and not sources:  # INCLUDE {} is a leave, as Linux's
+            if v4:
+                self._drop(m, flow, ifindex, client)
+            else:
+                self._drop6(group, index, flow, ifindex, client)
+            return
+        if group not in self.groups or not (v4 or index == ifindex):  # IPv6 names the membership's index
+            raise OSError(errno.EINVAL, "Invalid argument (no membership of the group)")
+        if flow is not None:
+            client.source_filter(flow[0], group, include, sorted(set(sources)))
+        self._keep(group, include, sources)
+
+    def get_filter(self, opt: int, buf: Any, flow: tuple[int, bytes] | None, ifindex: int) -> bytes:
+        """getsockopt(IP_MSFILTER) or getsockopt(MCAST_MSFILTER) with the caller's buffer `buf`
+        (ip_mc_msfget, ip_mc_gsfget, ip6_mc_msfget): its head names the group (and the
+        interface), its numsrc how many sources it wants. What comes back is Linux's: the head
+        with the membership's mode and numsrc its real count, then as many sources as asked.
+        Python's getsockopt cannot pass a buffer in: with an int `buf` (a length; 0 is an int's
+        4 bytes, as getsockopt without one) usnet reads zeros where the kernel would read
+        CPython's uninitialised bytes; a bytes-like `buf` is the caller's struct (usnet's own).
+        Errors: under the head EINVAL; at IPPROTO_IP a group not multicast (or not AF_INET)
+        EINVAL, an ip_msfilter's interface not the netif's ENODEV; at IPPROTO_IPV6 a group not
+        AF_INET6 EADDRNOTAVAIL, not multicast EINVAL; no membership (a group_filter's index must
+        be the membership's, the netif's) EADDRNOTAVAIL."""
+        if isinstance(buf, (bytes, bytearray, memoryview)):
+            b = bytes(buf)
+        else:
+            b = bytes(int(buf) or 4)
+        v4 = self.family == 4
+        if opt == IP_MSFILTER:
+            asked: GroupFilter = parse_ip_msfilter(b)
+            group = asked.group
+            if group[0] >> 4 != 14:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            assert isinstance(asked.interface, bytes)
+            if not self._our_interface(IpMreqn(group, asked.interface, 0), flow, ifindex):
+                raise OSError(errno.ENODEV, "No such device (usnet: the socket's netif is its only interface)")
+            ours = group in self.groups
+        else:
+            asked = parse_group_filter(b)
+            fam, group = sockaddr_of(asked.group)
+            if v4 and (fam != socket.AF_INET or group[0] >> 4 != 14):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            if not v4:
+                if fam != socket.AF_INET6:
+                    raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+                if group[0] != 0xFF:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+            ours = group in self.groups and asked.interface == ifindex
+        if not ours:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (no membership of the group)")
+        f = self.filters.get(group, ANY_SOURCE)
+        mode, slist = (MCAST_INCLUDE if f.include else MCAST_EXCLUDE), self.slists.get(group, [])
+        if opt == IP_MSFILTER:
+            return pack_ip_msfilter(asked, mode, slist, len(b))
+        return pack_group_filter(asked, mode, socket.AF_INET if v4 else socket.AF_INET6, slist, len(b))
+
     def attach(self, flow: tuple[int, bytes], client: Any) -> None:
         """The socket's flow of the family is open (bind, first send, or again after a usnetd restart): it
         joins the groups kept so far and takes the options the domain acts on. A group the domain
@@ -390,7 +519,17 @@ class Multicast:
                 client.join_group(flow[0], g, True, f.include, sorted(f.sources))
             except OSError:
                 self.groups.remove(g)
-                self.filters.pop(g, None)
+                self._keep(g, False, [])
+
+
+@functools.cache
+def _optmem() -> int:
+    """net.core.optmem_max: an option longer is ENOBUFS (do_ip_setsockopt's check of IP_MSFILTER)."""
+    try:
+        with open("/proc/sys/net/core/optmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 131072  # Linux 6.9's default
 
 
 def _our_index(index: int, ifindex: int) -> bool:

@@ -211,6 +211,10 @@ OPTIONS: dict[tuple[int, int], Option] = {
                              "P.SourceFilter's INCLUDE sources); IGMPv3 says ALLOW"),
     (IPPROTO_IP, 40): Option("IP_DROP_SOURCE_MEMBERSHIP", _H, stream=False,
                              why="as IP_ADD_SOURCE_MEMBERSHIP; the last source leaves the group"),
+    (IPPROTO_IP, 41): Option("IP_MSFILTER", _H, stream=False,
+                             why="ip_msfilter: a membership's whole filter (P.SourceFilter; INCLUDE {} leaves); "
+                             "getsockopt reads the caller's struct for the group (usnet.client.mcast)"),
+    (IPPROTO_IP, 48): Option("MCAST_MSFILTER", _H, stream=False, why="group_filter: as IP_MSFILTER, by index"),
     **{(IPPROTO_IP, o): Option(n, _H, stream=False, why="RFC 3678's group_req / group_source_req at IPPROTO_IP: "
                                "as its ip_mreq(_source) twin (usnet.client.mcast)")
        for o, n in OPTIONS_MCAST.items()},
@@ -230,6 +234,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
     **{(IPPROTO_IPV6, o): Option(OPTIONS_MCAST[o], _H, stream=False, why="RFC 3678's group_req / group_source_req "
                                  "for IPv6 groups (usnet.client.mcast; 64 sources, mld_max_msf)")
        for o in (42, 43, 44, 45, 46, 47)},
+    (IPPROTO_IPV6, 48): Option("MCAST_MSFILTER", _H, stream=False,
+                               why="group_filter: an IPv6 membership's whole filter (64 sources, mld_max_msf)"),
     (IPPROTO_IPV6, 23): Option("IPV6_MTU_DISCOVER", _H, 1, stream=False,
                                why="IP_MTU_DISCOVER of an AF_INET6 socket's IPv6 datagrams"),
     (IPPROTO_IPV6, 25): Option("IPV6_RECVERR", _H, why="IP_RECVERR of an AF_INET6 socket (for TCP: of its "

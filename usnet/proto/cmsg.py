@@ -11,6 +11,10 @@ with its fields named (docs/abi.md lists them). Linux's 64-bit ABI, host byte or
     struct ip_mreq  { struct in_addr imr_multiaddr, imr_interface; };                /* 8 bytes */
     struct ip_mreqn { struct in_addr imr_multiaddr, imr_address; int imr_ifindex; }; /* 12 bytes */
     struct so_timestamping { int flags; int bind_phc; };                             /* 8 bytes */
+    struct ip_msfilter { struct in_addr imsf_multiaddr, imsf_interface;
+                         u32 imsf_fmode, imsf_numsrc; struct in_addr imsf_slist[]; }; /* 16 + 4 n */
+    struct group_filter { u32 gf_interface; /* 4 bytes pad */ sockaddr_storage gf_group;
+                          u32 gf_fmode, gf_numsrc; sockaddr_storage gf_slist[]; };    /* 144 + 128 n */
     struct scm_timestamping { struct timespec ts[3]; };  /* 48 bytes: software, legacy (0), hardware */
 
 A socket timeout is kept as Linux keeps it, in jiffies (sock_set_timeout): set from a timeval
@@ -27,6 +31,7 @@ import struct
 from typing import NamedTuple
 
 __all__ = [
+    "GROUP_FILTER",
     "GROUP_REQ",
     "GROUP_SOURCE_REQ",
     "IN6_PKTINFO",
@@ -37,10 +42,14 @@ __all__ = [
     "IP_MREQ",
     "IP_MREQN",
     "IP_MREQ_SOURCE",
+    "IP_MSFILTER",
     "IP_PKTINFO",
+    "MCAST_EXCLUDE",
+    "MCAST_INCLUDE",
     "SCM_TIMESTAMP",
     "SCM_TIMESTAMPING_DATA",
     "SCM_TIMESTAMPNS",
+    "SOCKADDR_STORAGE",
     "SOF_TIMESTAMPING_BIND_PHC",
     "SOF_TIMESTAMPING_MASK",
     "SOF_TIMESTAMPING_OPT_ID",
@@ -64,6 +73,7 @@ __all__ = [
     "SO_TIMESTAMP_NEW",
     "TIMESPEC",
     "TIMEVAL",
+    "GroupFilter",
     "GroupSourceReq",
     "In6Pktinfo",
     "InPktinfo",
@@ -71,9 +81,15 @@ __all__ = [
     "IpMreqn",
     "jiffies_timeval",
     "multicast_if",
+    "pack_group_filter",
+    "pack_ip_msfilter",
+    "parse_group_filter",
     "parse_group_req",
+    "parse_ip_msfilter",
     "parse_mreq",
     "parse_mreq_source",
+    "sin6_addr",
+    "sockaddr_of",
     "timestamp_cmsg",
     "timestamping_cmsg",
     "timeval_jiffies",
@@ -109,6 +125,13 @@ IP_MREQ_SOURCE = struct.Struct("=4s4s4s")  # imr_multiaddr, imr_interface, imr_s
 # 8-aligned), then one or two struct __kernel_sockaddr_storage of 128 bytes (the group, the source)
 GROUP_REQ = struct.Struct("=I4x128s")
 GROUP_SOURCE_REQ = struct.Struct("=I4x128s128s")
+# struct ip_msfilter's and struct group_filter's heads (IP_MSFILTER, MCAST_MSFILTER; include/uapi/linux/in.h):
+# imsf_multiaddr, imsf_interface, imsf_fmode, imsf_numsrc, then imsf_numsrc in_addr of 4 bytes;
+# gf_interface, padding, gf_group, gf_fmode, gf_numsrc, then gf_numsrc sockaddr_storage of 128 bytes
+IP_MSFILTER = struct.Struct("=4s4sII")
+GROUP_FILTER = struct.Struct("=I4x128sII")
+SOCKADDR_STORAGE = 128
+MCAST_EXCLUDE, MCAST_INCLUDE = 0, 1  # imsf_fmode, gf_fmode
 SOCKADDR_FAMILY = struct.Struct("=H")  # ss_family, at the start of every sockaddr
 INT = struct.Struct("=i")  # IP_TTL, IPV6_HOPLIMIT, IPV6_TCLASS received (IP_TOS: one byte)
 SO_TIMESTAMPING_ARG = struct.Struct("=ii")  # struct so_timestamping: flags, bind_phc
@@ -189,7 +212,7 @@ class GroupSourceReq(NamedTuple):
     source: tuple[int, bytes] | None
 
 
-def _sockaddr(ss: bytes) -> tuple[int, bytes]:
+def sockaddr_of(ss: bytes) -> tuple[int, bytes]:
     """A sockaddr_storage's family and address: sockaddr_in's at byte 4, sockaddr_in6's at byte 8."""
     (family,) = SOCKADDR_FAMILY.unpack_from(ss)
     if family == socket.AF_INET:
@@ -208,11 +231,91 @@ def parse_group_req(value: bytes, with_source: bool, exact: bool = True) -> Grou
         if len(value) != GROUP_SOURCE_REQ.size and (exact or len(value) < GROUP_SOURCE_REQ.size):
             raise OSError(errno.EINVAL, "Invalid argument")
         index, group, source = GROUP_SOURCE_REQ.unpack_from(value)
-        return GroupSourceReq(index, _sockaddr(group), _sockaddr(source))
+        return GroupSourceReq(index, sockaddr_of(group), sockaddr_of(source))
     if len(value) < GROUP_REQ.size:
         raise OSError(errno.EINVAL, "Invalid argument")
     index, group = GROUP_REQ.unpack_from(value)
-    return GroupSourceReq(index, _sockaddr(group), None)
+    return GroupSourceReq(index, sockaddr_of(group), None)
+
+
+class GroupFilter(NamedTuple):
+    """An ip_msfilter or a group_filter as read, its addresses raw: `interface` ip_msfilter's
+    address (4 bytes) or group_filter's index; `group` and each of `sources` an in_addr (4 bytes)
+    or a sockaddr_storage (128 bytes: `sockaddr_of` reads it as IPv4 does, by its family, and
+    `sin6_addr` as IPv6 does, whatever its family); `fmode` as given (the option's code judges
+    it); `numsrc` the caller's count (for a getsockopt, how many sources its buffer asks for)."""
+
+    interface: bytes | int
+    group: bytes
+    fmode: int
+    numsrc: int
+    sources: tuple[bytes, ...]
+
+
+def _msf_read(value: bytes, head: struct.Struct, each: int, most: int, optmem: int) -> GroupFilter:
+    """A full-state filter as do_ip_setsockopt and do_ipv6_setsockopt check and read it, in their
+    order: shorter than its head EINVAL, longer than net.core.optmem_max (`optmem`) ENOBUFS, more
+    sources than `most` (igmp_max_msf, mld_max_msf) ENOBUFS, a list running past the end EINVAL.
+    `most` -1: a getsockopt's head alone (under its size EINVAL; the list is not read)."""
+    if len(value) < head.size:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    if len(value) > optmem:
+        raise OSError(errno.ENOBUFS, f"No buffer space available (an option over optmem_max, {optmem} bytes)")
+    if head is IP_MSFILTER:
+        group, interface, fmode, numsrc = IP_MSFILTER.unpack_from(value)
+    else:
+        interface, group, fmode, numsrc = GROUP_FILTER.unpack_from(value)
+    if most < 0:
+        return GroupFilter(interface, group, fmode, numsrc, ())
+    if numsrc > most:
+        raise OSError(errno.ENOBUFS, f"No buffer space available (at most {most} sources a filter)")
+    if head.size + each * numsrc > len(value):
+        raise OSError(errno.EINVAL, "Invalid argument (the source list runs past the option's end)")
+    at = head.size
+    return GroupFilter(interface, group, fmode, numsrc,
+                       tuple(bytes(value[at + each * i:at + each * (i + 1)]) for i in range(numsrc)))
+
+
+def parse_ip_msfilter(value: bytes, most: int = -1, optmem: int = 1 << 31) -> GroupFilter:
+    """IP_MSFILTER's struct ip_msfilter as do_ip_setsockopt reads it (`most` the list's bound), or
+    its head as do_ip_getsockopt reads the caller's (`most` -1)."""
+    return _msf_read(value, IP_MSFILTER, 4, most, optmem)
+
+
+def parse_group_filter(value: bytes, most: int = -1, optmem: int = 1 << 31) -> GroupFilter:
+    """MCAST_MSFILTER's struct group_filter as do_ip_setsockopt and do_ipv6_setsockopt read it
+    (`most` the list's bound), or its head as their getsockopt reads the caller's (`most` -1)."""
+    return _msf_read(value, GROUP_FILTER, SOCKADDR_STORAGE, most, optmem)
+
+
+def sin6_addr(ss: bytes) -> bytes:
+    """A sockaddr_storage's sin6_addr, as IPv6's options read it: bytes 8..24, whatever the family says."""
+    return bytes(ss[8:24])
+
+
+def pack_ip_msfilter(asked: GroupFilter, fmode: int, sources: list[bytes], room: int) -> bytes:
+    """What getsockopt(IP_MSFILTER) writes (ip_mc_msfget): the caller's group and interface, the
+    membership's mode, numsrc the real count, and as many sources as the caller's numsrc asks for
+    (usnet: and as its buffer of `room` bytes holds; Linux writes on past it)."""
+    n = max(0, min(asked.numsrc, len(sources), (room - IP_MSFILTER.size) // 4))
+    assert isinstance(asked.interface, bytes)
+    return IP_MSFILTER.pack(asked.group, asked.interface, fmode, len(sources)) + b"".join(sources[:n])
+
+
+def _storage(family: int, addr: bytes) -> bytes:
+    """A sockaddr_storage holding a sockaddr_in (port 0) or a sockaddr_in6 (port, flow, scope 0)."""
+    pad = 2 if family == socket.AF_INET else 6
+    return (SOCKADDR_FAMILY.pack(family) + bytes(pad) + addr).ljust(SOCKADDR_STORAGE, b"\0")
+
+
+def pack_group_filter(asked: GroupFilter, fmode: int, family: int, sources: list[bytes], room: int) -> bytes:
+    """What getsockopt(MCAST_MSFILTER) writes (ip_mc_gsfget, ip6_mc_msfget): the caller's interface
+    and gf_group as given, the mode, numsrc the real count, and as many sources as its numsrc asks
+    for (and its `room` holds), each a sockaddr of `family` in a sockaddr_storage."""
+    n = max(0, min(asked.numsrc, len(sources), (room - GROUP_FILTER.size) // SOCKADDR_STORAGE))
+    assert isinstance(asked.interface, int)
+    return GROUP_FILTER.pack(asked.interface, asked.group, fmode, len(sources)) + b"".join(
+        _storage(family, s) for s in sources[:n])
 
 
 class In6Pktinfo(NamedTuple):
