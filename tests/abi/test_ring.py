@@ -19,7 +19,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from usnet.abi import ring as R
 from usnet.abi.events import (
-    NO_PACKET, RECORD_SIZE, Event, EventConsumer, EventProducer, EventType, RefusalReason,
+    NO_PACKET,
+    RECORD_SIZE,
+    Event,
+    EventConsumer,
+    EventProducer,
+    EventType,
+    RefusalReason,
 )
 from usnet.abi.ring import Consumer, Producer, RingCorrupt
 

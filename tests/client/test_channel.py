@@ -22,9 +22,9 @@ import pytest
 import usnet
 from usnet import ChannelDefunct, ChannelError, NoBuffers, PeerGone
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
+from usnet.abi.protocol import ControlError
 from usnet.abi.schema import PRESETS
 from usnet.abi.umd import UMD_WORDS
-from usnet.abi.protocol import ControlError
 
 _names = itertools.count()
 

@@ -18,19 +18,19 @@ import math
 
 import numpy as np
 import pytest
-from tests.helpers.util import FakeClock, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import recv_all
+from tests.helpers.util import FakeClock, wait_until
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.domain import config
+from usnet.domain.netif.aqm import INTERVAL, TARGET, CoDel
+from usnet.domain.netif.netif import Netif
 from usnet.drivers import MemWire
 from usnet.drivers.base import Capabilities, DriverStats, SegmentedFrame, random_mac
 from usnet.drivers.block import FrameBlock
-from usnet.domain.netif.aqm import INTERVAL, TARGET, CoDel
-from usnet.domain.netif.netif import Netif
 from usnet.proto.wire import ecn
 from usnet.proto.wire.checksum import acc, finish, verifies
 

@@ -19,12 +19,11 @@ import time
 
 import pytest
 
-from usnet.client.channel import PeerGone
+from tests.helpers import PEERS
 from usnet.abi.events import DefunctReason
 from usnet.client import Client
+from usnet.client.channel import PeerGone
 from usnet.domain.loop import Domain
-
-from tests.helpers import PEERS
 
 PEER = PEERS / "pipe_peer.py"
 
@@ -247,7 +246,7 @@ def test_survivor_blocked_in_recv_gets_peergone(domain):
 def _catch(fn):
     try:
         return fn()
-    except BaseException as e:  # noqa: BLE001 - the test inspects it
+    except BaseException as e:
         return e
 
 

@@ -24,8 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -92,7 +92,7 @@ def total_drops(sw) -> int:
     return sum(sw.drops.values())
 
 
-def drive(n: "Net", sock, done: Callable[[list], bool], rounds: int = 2000, batch: int = 256,
+def drive(n: Net, sock, done: Callable[[list], bool], rounds: int = 2000, batch: int = 256,
           step: Callable[[], None] | None = None) -> list:
     """Run the domain loop by hand, collecting what `sock` receives, until `done(got)` or `rounds`.
 
@@ -181,7 +181,7 @@ def test_connected_flow_wins_over_listener(net):
 # -- anti-spoofing ----------------------------------------------------------------------------
 
 # (case, which socket sends it: "listener" or "connected" (to B_IP:6000), packet builder, reason)
-_U = lambda **kw: UDP(**{"sport": 5000, "dport": 6000, **kw})  # noqa: E731
+_U = lambda **kw: UDP(**{"sport": 5000, "dport": 6000, **kw})
 
 
 def _ip(**kw):
@@ -685,7 +685,7 @@ def test_rate_limited_memwire_in_real_time_with_the_domain_thread(make_net):
         try:
             for i in range(0, count, 20):
                 sa.send_many(data[i:i + 20], (B_IP, 6000))
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:
             errors.append(e)
 
     t = threading.Thread(target=send, daemon=True)

@@ -18,18 +18,17 @@ import msgspec
 import numpy as np
 import pytest
 
-from usnet.client.channel import BadPacket, ChannelDefunct, ChannelError, PeerGone
+from tests.helpers.util import wait_until
+from usnet.abi import protocol as P
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
 from usnet.abi.ring import CONS, PROD, RingCorrupt
-from usnet.client import Client
-from usnet.abi import protocol as P
 from usnet.abi.transport import recv_msg, send_msg
-from usnet.domain.loop import REAPER_BACKLOG, Domain
-from usnet.domain.userpipe import ABUSE_LIMIT
-from usnet.domain.mem import pool as poolmod
 from usnet.abi.umd import UMD_WORDS
-
-from tests.helpers.util import wait_until
+from usnet.client import Client
+from usnet.client.channel import BadPacket, ChannelDefunct, ChannelError, PeerGone
+from usnet.domain.loop import REAPER_BACKLOG, Domain
+from usnet.domain.mem import pool as poolmod
+from usnet.domain.userpipe import ABUSE_LIMIT
 
 # ---------------------------------------------------------------- helpers
 
@@ -659,7 +658,7 @@ def test_receiver_blocked_in_recv_gets_peergone_when_group_defuncted(domain):
     def wait() -> None:
         try:
             out.append(b.recv(timeout=3))
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             out.append(e)
 
     t = threading.Thread(target=wait)

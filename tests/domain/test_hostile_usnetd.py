@@ -15,7 +15,6 @@ import os
 import resource
 import select
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -24,15 +23,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
-from usnet.abi import ring as ringmod
-from usnet.client.channel import ChannelDefunct
-from usnet.abi.schema import W_SYNC, RingKind
-from usnet.abi import protocol as P
-from usnet.abi.transport import connect_seqpacket, send_msg
-
 from tests.helpers.hostile_harness import HOSTILE, PEERS, VICTIM, Harness, deadline_loop, quick_client, raw_session
 from tests.helpers.usnetd import Daemon
-
+from usnet.abi import protocol as P
+from usnet.abi import ring as ringmod
+from usnet.abi.schema import W_SYNC, RingKind
+from usnet.abi.transport import send_msg
+from usnet.client.channel import ChannelDefunct
 
 ANSWER_S = 3.0  # seconds the attacker's own requests wait
 

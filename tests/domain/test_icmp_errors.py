@@ -18,16 +18,16 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tests.helpers.util import udp_segment, wait_until
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import Net
+from tests.helpers.util import udp_segment, wait_until
 from usnet import socket as us
 from usnet.client import Client
-from usnet.drivers import MemWire
 from usnet.domain.loop import Domain
-from usnet.proto.wire.arp import ARP_REPLY, build_arp
+from usnet.drivers import MemWire
 from usnet.proto.wire import icmp as wicmp
+from usnet.proto.wire.arp import ARP_REPLY, build_arp
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 
 A, B = "10.9.0.1", "10.9.0.2"

@@ -8,7 +8,6 @@ real socket, where its uid is what SO_PEERCRED says.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -18,16 +17,16 @@ import tomllib
 
 import pytest
 
-from usnet.client import Client
-from usnet.domain import config
+from tests.helpers.usnetd import Daemon
+from tests.helpers.util import wait_until
+from usnet.abi import memfd
 from usnet.abi import protocol as P
 from usnet.abi.protocol import ControlError
-from usnet.drivers import MemWire
-from usnet.domain.loop import Domain
+from usnet.client import Client
+from usnet.domain import config
 from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
-from usnet.abi import memfd
-from tests.helpers.util import wait_until
-from tests.helpers.usnetd import Daemon
+from usnet.domain.loop import Domain
+from usnet.drivers import MemWire
 
 NOBODY = 65534
 NETIF_ADDR = "10.9.0.1"
@@ -204,7 +203,7 @@ def test_pool_bytes_limit_counts_the_arena_until_the_pipe_is_gone(make_domain):
     assert d.status()["limits"]["usage_by_uid"]["1000"] == {"channels": 2, "flows": 0, "ephemeral_ports": 0,
                                                             "pool_bytes": one}
     ok(d, s, P.CloseChannel(first.channel))
-    assert "ENOBUFS" == d.handle(s, P.OpenPipe("y"))[0].code  # the pool lives while an end is open
+    assert d.handle(s, P.OpenPipe("y"))[0].code == "ENOBUFS"  # the pool lives while an end is open
     ok(d, s, P.CloseChannel(second.channel))
     ok(d, s, P.OpenPipe("y"))
     assert "pool_bytes_per_uid = " in refused(d, s, flow(0), "ENOBUFS")  # a flow's pool counts too
@@ -259,7 +258,7 @@ def test_shared_names_need_a_share_entry_covering_both_uids(make_domain):
         "pipe '@media1' is a shared name ('@'): no [[share]] entry covers it for uid 1002 with uid 1000, who created it"
     assert ok(d, b, P.OpenPipe("@media1")).role == 1  # zero-copy between uids that trust each other
     # the second uid sees the pipe it holds an end of, the third sees nothing of it
-    names = lambda s: [p["name"] for p in status(d, s)["pipes"]]  # noqa: E731
+    names = lambda s: [p["name"] for p in status(d, s)["pipes"]]
     assert names(b) == ["@media1"] and names(c) == []
 
 

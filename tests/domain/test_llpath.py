@@ -18,16 +18,16 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tests.helpers.util import FakeClock, send_raw, udp_segment, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.domain.test_lowlat import POLICY, Net, recv_all
-from usnet.drivers import MemWire
+from tests.helpers.util import FakeClock, send_raw, udp_segment, wait_until
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
 from usnet.domain.loop import LL_BITE, Domain
 from usnet.domain.switch.llcheck import GENERAL_PATH, check_ll_header
+from usnet.drivers import MemWire
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 
 A, B = "10.9.0.1", "10.9.0.2"

@@ -20,25 +20,25 @@ import time
 
 import numpy as np
 import pytest
-from tests.helpers.util import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.usnetd import Daemon
-from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
-from usnet.client import Client
-from usnet.domain import config
+from tests.helpers.util import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from usnet.abi import protocol as P
+from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.abi.protocol import ControlError, LeaseRefusal
-from usnet.drivers import MemWire
-from usnet.drivers.block import FrameBlock
+from usnet.client import Client
 from usnet.client.lease import LeaseRefusedError
+from usnet.domain import config
+from usnet.domain.loop import Domain
 from usnet.domain.lowlat.agent import Agent, Grant, LLLink, Refusal, burst_of
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import SERVICE_CLASSES, Policy, PolicyEntry, Who
-from usnet.domain.loop import Domain
 from usnet.domain.netif.netif import Netif
 from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler
+from usnet.drivers import MemWire
+from usnet.drivers.block import FrameBlock
 
 ME = os.getuid()
 

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from tests.helpers.util import FakeClock
-
+from usnet.abi.memfd import available_memory
 from usnet.client import Client
 from usnet.domain import config
-from usnet.abi.memfd import available_memory
 from usnet.domain.loop import Domain
 from usnet.domain.mem.pool import FREE
 

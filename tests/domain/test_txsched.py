@@ -17,16 +17,16 @@ from collections import deque
 
 import numpy as np
 import pytest
-from tests.helpers.util import ControlledDevice, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.util import ControlledDevice, FakeClock
 from usnet.domain import config
-from usnet.drivers import MemWire
-from usnet.drivers.block import FrameBlock
 from usnet.domain.loop import Domain
 from usnet.domain.netif.netif import Netif
 from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler, ll_pattern
+from usnet.drivers import MemWire
+from usnet.drivers.block import FrameBlock
 
 START = 1000.0
 

@@ -23,15 +23,12 @@ import mmap
 import os
 
 import pytest
-from hypothesis import HealthCheck, example, given, seed, settings
-from hypothesis import strategies as st
 
+from tests.helpers.hostile_harness import ANSWER, HOSTILE, Harness, TapNetns, deadline_loop, quick_client
+from tests.helpers.util import require_privileges
 from usnet.abi import ring as ringmod
 from usnet.abi.events import DefunctReason
-from usnet.abi.schema import W_REASON, W_STATE, W_SYNC, ChannelState, RingKind
-
-from tests.helpers.util import require_privileges
-from tests.helpers.hostile_harness import ANSWER, HOSTILE, Harness, TapNetns, deadline_loop, quick_client
+from usnet.abi.schema import W_REASON, W_STATE, W_SYNC, ChannelState
 
 pytestmark = pytest.mark.privileged
 

@@ -26,7 +26,6 @@ import pytest
 
 from tests.helpers import PEERS
 from tests.helpers.util import client_context
-
 from usnet import aio
 from usnet import socket as us
 from usnet.abi.transport import listen_seqpacket

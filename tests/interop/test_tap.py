@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers.util import (digest_of, fresh_subnet, kernel_server, recv_n, tap_name, used_networks,
-                                wait_until)
 
+from tests.helpers.util import digest_of, fresh_subnet, kernel_server, recv_n, tap_name, used_networks, wait_until
 from usnet.drivers.hostnet import delete_links, link_exists
 
 pytestmark = pytest.mark.privileged
@@ -296,8 +295,8 @@ def test_in_process_domain_on_tap_answers_ping_and_udp(tap_domain):
 def test_in_process_tap_device_goes_with_the_domain():
     from pyroute2 import IPRoute
 
-    from usnet.drivers.tap import TapDriver
     from usnet.domain.loop import Domain
+    from usnet.drivers.tap import TapDriver
 
     ifname = tap_name()
     d = Domain()

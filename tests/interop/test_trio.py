@@ -31,8 +31,8 @@ from tests.helpers.util import client_context, server_context
 from tests.interop.test_names import world  # noqa: F401  (a fixture)
 from tests.interop.test_patch import LIMIT, child_env, patched, patched_onto, started, stop, usnetd_path  # noqa: F401
 from usnet import socket as us
-from usnet.client import trioface
 from usnet.client import patch as patching
+from usnet.client import trioface
 
 
 def KERNEL(*args: int) -> socket.socket:

@@ -29,9 +29,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
 from usnet.drivers.base import Coalesced
 from usnet.drivers.hostnet import NetNs
-from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
 from usnet.proto.wire.ipv4 import martian_source4
 from usnet.proto.wire.ipv6 import martian_source6
 
@@ -88,8 +88,8 @@ class Link:
                 self.peer_mac = bytes.fromhex(ns.link("get", index=idx)[0].get("IFLA_ADDRESS").replace(":", ""))
             self.tx_peer = self._raw(self.ns_peer, self.if_peer)  # frames to usnet, and the capture
             self.tx_us = self._raw(self.ns_us, self.if_us)  # frames to the peer kernel
-            from usnet.drivers.packet import PacketDriver
             from usnet.domain.loop import Domain
+            from usnet.drivers.packet import PacketDriver
 
             drv = _in_netns(self.ns_us, lambda: PacketDriver(self.if_us, mtu=mtu))
             self.d = Domain()
@@ -551,7 +551,7 @@ def _damaged_udp(src: str, dst: str, v6: bool) -> list:
 def test_damaged_udp_to_a_closed_port_earns_no_icmp_as_with_linux(link, v6):
     """Each damaged datagram is dropped silently and counted; a sound one to the same closed port
     gets its port unreachable, from usnet and from the peer kernel alike."""
-    from scapy.all import ICMP, UDP, ICMPv6DestUnreach, IP, IPv6, UDPerror
+    from scapy.all import ICMP, IP, UDP, ICMPv6DestUnreach, IPv6, UDPerror
 
     lk = link()
     warm_up(lk, v6)
@@ -605,8 +605,8 @@ def test_a_coalesced_super_segment_is_taken_past_the_mtu():
     from scapy.all import IP, UDP, Ether, raw
 
     from usnet.client import Client
-    from usnet.drivers import MemWire
     from usnet.domain.loop import Domain
+    from usnet.drivers import MemWire
 
     d = Domain()
     try:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import heapq
+import os
 import random
 from dataclasses import replace
 
@@ -28,11 +28,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.proto.tcp.quickack import MAX_QUICKACKS
 from usnet.proto.tcp import (
-    EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR, EV_READABLE, TcpConnection, TcpEndpoint,
+    EV_CLOSED,
+    EV_CONNECTED,
+    EV_EOF,
+    EV_ERROR,
+    EV_READABLE,
+    TcpConnection,
+    TcpEndpoint,
     TcpState,
 )
+from usnet.proto.tcp.quickack import MAX_QUICKACKS
 from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp, tcp_options
 
