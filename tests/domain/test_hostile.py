@@ -137,7 +137,7 @@ def test_bad_free_producer_counter_refused_counted_then_defunct(domain):
     # the domain keeps serving: the pipe opened before, and one opened after
     roundtrip(x, y)
     roundtrip(y, x)
-    p, q, after = open_pair(c, domain, "after")
+    p, q, _after = open_pair(c, domain, "after")
     roundtrip(p, q)
     assert domain.status()["control_errors"] == 0
     assert_all_back(pipe)
@@ -201,7 +201,7 @@ def test_bad_alloc_consumer_counter_refused_counted_then_defunct(domain, how):
 
 def test_alloc_on_defunct_channel_with_cold_cache_raises(domain):
     c = Client.local(domain)
-    a, b, pipe = open_pair(c, domain, "abuse")
+    a, _b, pipe = open_pair(c, domain, "abuse")
     a._free.q[PROD] = a._free.q[CONS] + a._free.capacity + 7
     for _ in range(ABUSE_LIMIT):
         domain.kick_channel(a.id)
@@ -213,7 +213,7 @@ def test_alloc_on_defunct_channel_with_cold_cache_raises(domain):
 
 def test_alloc_on_defunct_channel_with_warm_cache_raises(domain):
     c = Client.local(domain)
-    a, b, pipe = open_pair(c, domain, "abuse")
+    a, _b, pipe = open_pair(c, domain, "abuse")
     a.alloc(1)  # the cache now holds the rest of the ALLOC ring
     assert a._cache
     a._free.q[PROD] = a._free.q[CONS] + a._free.capacity + 7
@@ -254,7 +254,7 @@ def _in_alloc_packet(ch) -> int:
 
 @pytest.mark.parametrize("case", ["out_of_range", "purged", "free", "in_alloc", "duplicate", "mixed"])
 def test_free_ring_bad_indices_refused_exactly(domain, case):
-    c, a, b, pipe, (x, y) = _prepared(domain)
+    _c, a, b, pipe, (x, y) = _prepared(domain)
     cap = pipe.pool.capacity
     held = a._cache[0]
     fresh = _free_packet(pipe)
@@ -317,7 +317,7 @@ def test_free_ring_bad_indices_refused_exactly(domain, case):
 
 
 def test_one_refusal_event_per_refused_index(domain):
-    c, a, b, pipe, _ = _prepared(domain)
+    _c, a, _b, pipe, _ = _prepared(domain)
     cap = pipe.pool.capacity
     a._free.push([cap + 3])
     domain.kick_channel(a.id)
@@ -326,7 +326,7 @@ def test_one_refusal_event_per_refused_index(domain):
 
 
 def test_garbage_event_consumer_counter_only_drops_events(domain):
-    c, a, b, pipe, (x, y) = _prepared(domain)
+    _c, a, b, pipe, (x, y) = _prepared(domain)
     cap = pipe.pool.capacity
     a._events.q[CONS] = (1 << 63) + random.Random(5).randrange(1 << 40)
     a._free.push([cap + 9])
@@ -568,7 +568,7 @@ def test_third_opener_gets_eaddrinuse(domain, session):
 
 def test_other_session_cannot_touch_a_channel(domain, session):
     c = Client.local(domain)
-    a, b, pipe = open_pair(c, domain, "mine")
+    a, b, _pipe = open_pair(c, domain, "mine")
     assert isinstance(ask(session, P.encode(P.Hello(P.PROTOCOL_VERSION)))[0], P.Welcome)
     for req in (P.CloseChannel(a.id), P.Resize(a.id, ring_size=64), P.Kick(b.id)):
         reply, _ = ask(session, P.encode(req))

@@ -194,7 +194,7 @@ def test_status_with_300_sessions_of_long_program_names(hostile):
 
 def test_status_with_320_pipes_open(hostile):
     h = hostile
-    c, ctl = quick_client(h.path, "many-pipes")
+    _c, ctl = quick_client(h.path, "many-pipes")
     for i in range(320):
         _, fds = ctl.request(P.OpenPipe(f"pipe{i:03d}", "default", {"ring_size": 8, "packets": 8}))
         for fd in fds:  # the pipe stays open in usnetd while this session lives
@@ -337,7 +337,7 @@ def _full_descriptor_table(h: Harness) -> None:
         before = h.fds()
         send_msg(asker, P.encode(P.OpenPipe(f"half{free}", "default", {"ring_size": 8, "packets": 8})))
         try:
-            raw, fds = asker.recvmsg(1 << 16, socket.CMSG_SPACE(64))[:2]
+            raw, _fds = asker.recvmsg(1 << 16, socket.CMSG_SPACE(64))[:2]
         except TimeoutError:
             h.assert_alive(f"OpenPipe with {free} descriptors free")
             pytest.fail(f"OpenPipe with {free} descriptors free got no answer")

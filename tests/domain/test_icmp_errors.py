@@ -118,7 +118,7 @@ def test_errors_quoting_what_no_flow_sent_reach_nobody(half):
 
 @pytest.mark.privileged
 def test_the_kernels_port_unreachable_reaches_the_connected_socket(tap_domain):
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     c = Client.local(d)
     s = c.udp_socket(ifname, 0, remote=(host_ip, 9))  # the discard port: nothing listens on the host
     try:

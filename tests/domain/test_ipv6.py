@@ -604,7 +604,7 @@ def test_tcp_over_ipv6_between_two_usnet_stacks_1_mb_each_way(dual):
 
 
 def test_ipv4_still_works_beside_ipv6_on_the_same_netifs_and_port(dual):
-    d, c = dual
+    _d, c = dual
     srv6 = us.socket(us.AF_INET6, client=c, netif="b")
     srv6.setsockopt(us.IPPROTO_IPV6, us.IPV6_V6ONLY, 1)  # (dual stack, Linux's default, would take it)
     srv6.bind(("::", 8081))

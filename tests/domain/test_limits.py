@@ -317,7 +317,7 @@ def _as_nobody(path: str, out: int, hold: int) -> None:
                 result[f"{proto}/{port}"] = "bound"
             except ControlError as e:
                 result[f"{proto}/{port}"] = [e.code, e.message]
-        ch, opened = c.open_flow("a", 6, 5555)
+        _ch, opened = c.open_flow("a", 6, 5555)
         result["5555"] = opened.local_port
         c.open_pipe("victim")  # its own pipe of that name, not root's
         st = c.status()

@@ -140,7 +140,7 @@ def test_a_header_not_matching_the_grant_is_dropped_counted_reported_and_general
     try:
         sb, sb2 = net.c.udp_socket("b", 6000), net.c.udp_socket("b", 6001)
         gen = net.c.udp_socket("a", 5001)
-        ll, lease = granted(net, max_packet=600)
+        ll, _lease = granted(net, max_packet=600)
         ll.sendto(b"resolve", (B, 6000))
         assert recv_all(sb, 1) == [b"resolve"]
         if bad == "big":

@@ -42,7 +42,7 @@ def test_an_idle_pool_purges_its_free_segments_and_a_busy_one_does_not():
     try:
         c = Client.local(d)
         a, b, pipe = _grown(d, c, "idle")
-        x, y, busy = _grown(d, c, "busy")
+        x, _y, busy = _grown(d, c, "busy")
         assert pipe.pool.active == 4096 and busy.pool.active == 4096
         before = pipe.arena.allocated_bytes()
         for tick in range(3):

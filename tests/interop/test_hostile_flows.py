@@ -157,7 +157,7 @@ def test_impossible_consumer_counter_on_a_flows_rx_ring(flows, cons):
     while the kernel's echoes keep arriving for it. Each delivery that finds it counts a
     violation (BAD_COUNTER) through the validated reader; enough of them defunct it (ABUSE)."""
     h = flows
-    c, ctl, sock = attacker(h, "rx-attacker", ring_size=64)
+    _c, ctl, sock = attacker(h, "rx-attacker", ring_size=64)
     ch = sock.channel
     echo_round(h, sock, 8)
     ch._rx.q[ringmod.CONS] = cons
@@ -186,7 +186,7 @@ def test_impossible_consumer_counter_on_a_flows_alloc_ring(flows):
     each kick makes the pipe sync: every one reads the impossible counter through the
     validated reader (a violation), none raises; the channel ends defunct (ABUSE)."""
     h = flows
-    c, ctl, sock = attacker(h, "alloc-attacker", ring_size=64, quota=64, packets=128)
+    _c, ctl, sock = attacker(h, "alloc-attacker", ring_size=64, quota=64, packets=128)
     ch = sock.channel
     echo_round(h, sock, 4)
     taken: list[int] = []

@@ -39,7 +39,7 @@ BODY = os.urandom(1500).hex().encode() + b"\n"  # no "|": curl's write-out below
 @pytest.fixture
 def usnetd_path(tap_domain, sockdir):
     """(socket path, usnet_ip, host_ip): the TAP domain, reachable at a socket path as usnetd is."""
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, _ifname, usnet_ip, host_ip = tap_domain
     path = str(sockdir / "usnetd.sock")
     d.listen(listen_seqpacket(path))
     yield path, usnet_ip, host_ip
@@ -261,7 +261,7 @@ def test_python_m_usnet_run_script_fetches_twice_with_urllib(usnetd_path, site):
 
 @pytest.mark.privileged
 def test_patch_urllib_fetches_twice_from_a_kernel_http_server(patched, site):
-    usnet_ip, host_ip = patched
+    _usnet_ip, host_ip = patched
     server, port = kernel_http_server(site, host_ip)
     try:
         for _ in range(2):
@@ -275,7 +275,7 @@ def test_patch_urllib_fetches_twice_from_a_kernel_http_server(patched, site):
 @pytest.mark.privileged
 def test_patch_https_through_urllib_with_a_trustme_ca(patched, site, ca, tmp_path):
     """HTTPS through urllib: http.client calls SSLContext.wrap_socket on a usnet socket (usnet.tls)."""
-    usnet_ip, host_ip = patched
+    _usnet_ip, host_ip = patched
     pem = tmp_path / "server.pem"
     ca.issue_cert(host_ip).private_key_and_cert_chain_pem.write_to_path(str(pem))
     server, port = started([sys.executable, "-u", str(PEERS / "https_server.py"), "--bind", host_ip,
@@ -510,7 +510,7 @@ def test_policy_sock_accept_recv_sendall_on_usnet_sockets(policy):
             accepting = asyncio.ensure_future(loop.sock_accept(ls))
             await asyncio.sleep(0.2)  # not synchronisation: the window in which a busy wait would retry
             t = kernel_client((usnet_ip, ls.getsockname()[1]), data, out)
-            conn, addr = await accepting
+            conn, _addr = await accepting
             with conn:
                 assert conn.gettimeout() == 0.0
                 got = b""
@@ -528,7 +528,7 @@ def test_policy_sock_accept_recv_sendall_on_usnet_sockets(policy):
 @pytest.mark.privileged
 def test_transport_readiness_clears_once_its_data_is_taken(policy):
     """An idle connection under a transport does not look readable (a pool's "dropped?" probe)."""
-    usnet_ip, host_ip = policy
+    _usnet_ip, host_ip = policy
 
     async def main() -> tuple[bool, bool, bool]:
         with socket.create_server((host_ip, 0)) as ls:

@@ -368,7 +368,7 @@ def test_usnet_client_fetches_from_the_host_s_http_server(tap_domain, tmp_path):
     from usnet import socket as us
     from usnet.client import Client
 
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     body = os.urandom(2_000_000)
     (tmp_path / "blob").write_bytes(body)
     srv = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", host_ip,
@@ -440,7 +440,7 @@ def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
     from usnet import socket as us
     from usnet.client import Client
 
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     size = 50_000_000
     up, down = os.urandom(size), os.urandom(size)
 

@@ -91,7 +91,7 @@ def test_a_usnet_asyncio_server_hears_a_host_client_that_speaks_only_after_accep
     only reach the handler if the stack thread's doorbell is armed while it
     sleeps (a lost wake-up here once hung every such server).
     """
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, usnet_ip, _host_ip = tap_domain
 
     async def main() -> tuple[bytes, tuple]:
         accepted = asyncio.Event()

@@ -396,7 +396,7 @@ def test_trio_cancellation_leaves_the_socket_usable_or_closed(stack):
     """move_on_after around a recv that never completes returns in time; the stream then still
     carries data both ways. A connect cancelled before the handshake completes closes the socket
     (trio's rule), and fail_after raises TooSlowError."""
-    on, _, host_ip = stack
+    _on, _, host_ip = stack
     ls = kernel_listener(host_ip)
     x = host_ip.split(".")[1]
 

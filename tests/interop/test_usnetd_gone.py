@@ -375,7 +375,7 @@ def test_an_asyncio_datagram_endpoint_is_bound_again_once_usnetd_is_back(tapd):
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        t, p = await loop.create_datagram_endpoint(Upper, local_addr=("0.0.0.0", 0))
+        t, _p = await loop.create_datagram_endpoint(Upper, local_addr=("0.0.0.0", 0))
         port = t.get_extra_info("socket").getsockname()[1]
         await loop.run_in_executor(None, k.sendto, b"before", (tapd.usnet_ip, port))
         assert (await loop.run_in_executor(None, k.recvfrom, 100))[0] == b"BEFORE"

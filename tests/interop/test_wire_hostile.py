@@ -264,7 +264,7 @@ def test_a_spoofed_sender_nobody_answers_for_holds_back_only_itself(link):
     lk.run(delivered)
     assert got == [(b"spoofed", (SILENT4, 4444))]
     s.sendto(b"answer to the spoofer", (SILENT4, 4444))  # waits for ARP: nobody will answer
-    asked, _ = lk.run(lambda us, k: any(f.haslayer("ARP") and f["ARP"].pdst == SILENT4 for f in us),
+    _asked, _ = lk.run(lambda us, k: any(f.haslayer("ARP") and f["ARP"].pdst == SILENT4 for f in us),
                       "the ARP request")
     s.sendto(b"to the kernel", (PEER4, 7001))  # a later batch of the same flow
     heard: list = []

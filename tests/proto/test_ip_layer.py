@@ -98,7 +98,7 @@ def test_udp_delivered_zero_copy():
     assert (d.proto, d.src, d.dst, d.ttl) == (17, B4, A4, 33)
     assert bytes(d.payload) == pkt[20:-6] and bytes(d.packet) == pkt[:-6]
     assert d.payload.obj is buf  # a view into the caller's buffer, not a copy
-    proto, src, dst, payload = d[:4]
+    _proto, _src, _dst, _payload = d[:4]
     assert ip.counters["ip4_delivered"] == 1
     clean(ip)
 

@@ -517,16 +517,16 @@ def marked_transfer(mark_at: list[int], size: int = 2_000_000, **kw):
 
 
 def test_a_ce_mark_halves_the_window_once_a_window_and_loses_nothing():
-    net, c, s = marked_transfer([200, 201, 202, 203])  # four marks in one window
+    _net, c, s = marked_transfer([200, 201, 202, 203])  # four marks in one window
     assert s.stats.ce_received == 4
     assert c.stats.ecn_reductions == 1  # the same news four times: one cut
     assert c.stats.retransmits == 0 and c.stats.rto_timeouts == 0  # and nothing was lost for it
-    net, c, s = marked_transfer([200, 900])  # windows apart: two cuts
+    _net, c, s = marked_transfer([200, 900])  # windows apart: two cuts
     assert c.stats.ecn_reductions == 2 and c.stats.retransmits == 0
 
 
 def test_ece_is_echoed_until_the_sender_s_cwr_and_only_new_data_is_ecn_capable():
-    net, c, s = marked_transfer([300])
+    net, _c, _s = marked_transfer([300])
     log = net.ecn_log
     # the sender: SYN, pure ACKs and the FIN-only segment go NOT_ECT, every data segment ECT(0)
     assert all(ect == ecn.ECT0 for src, seg, ect in log if src == net.A and len(seg.payload))
@@ -573,7 +573,7 @@ def test_ecn_is_used_only_when_both_ends_agree(a_ecn, b_ecn):
 
 def test_peer_vanishing_times_out_after_rto_backoff():
     net = Net(rto_min=0.2, max_retries=5, rto_max=1.5)
-    c, s = net.pair()
+    c, _s = net.pair()
     c.send(b"x" * 100)
     net.blackhole.add(B)
     t0 = net.now
@@ -593,7 +593,7 @@ def test_peer_vanishing_times_out_after_rto_backoff():
 def test_user_timeout_gives_up_before_max_retries():
     """TCP_USER_TIMEOUT (RFC 5482): the clock, not the retry count, ends the wait."""
     net = Net(rto_min=0.2, max_retries=15, rto_max=60.0, user_timeout=1.0)
-    c, s = net.pair()
+    c, _s = net.pair()
     c.send(b"x" * 100)
     net.blackhole.add(B)
     t0 = net.now
@@ -708,13 +708,13 @@ def _burst_loss_run(sack):
 
 
 def test_sack_recovers_a_burst_exactly_and_faster():
-    net, c, s, t_sack = _burst_loss_run(True)
+    net, c, _s, t_sack = _burst_loss_run(True)
     assert c.sack_ok
     assert c.stats.retransmits == 5 and c.stats.retransmitted_bytes == 5 * c.mss
     assert c.stats.rto_timeouts == 0 and c.stats.fast_retransmits == 1
     sack_acks = [x for _, x in net.sent_by(B) if x.sacks]
     assert sack_acks and max(len(x.sacks) for x in sack_acks) == 3
-    net2, c2, s2, t_plain = _burst_loss_run(False)
+    net2, c2, _s2, t_plain = _burst_loss_run(False)
     assert not c2.sack_ok and not [x for _, x in net2.sent_by(B) if x.sacks]
     assert c2.stats.retransmits >= 5
     assert t_sack < t_plain  # NewReno finds one hole per round trip

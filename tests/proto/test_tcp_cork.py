@@ -44,7 +44,7 @@ def test_corked_header_and_body_leave_as_one_segment():
 
 def test_full_segments_leave_while_corked_and_the_tail_waits():
     net = Net(a_opts=dict(nodelay=True, pacing=False))
-    c, s = net.pair()
+    c, _s = net.pair()
     c.cork = True
     mark = len(net.log)
     _send(net, c, b"x" * (3 * c.mss + 100))
@@ -64,7 +64,7 @@ def test_the_corked_tail_goes_after_200_ms():
     _send(net, c, b"z" * 10)
     assert c.timeout() is not None and c.timeout() <= t0 + CORK_MAX
     net.run(lambda: s.rcv_queued == 10, limit=5)
-    (t, _, seg), = [e for e in net.log[mark:] if e[1] == A and data_seg(e[2])]
+    (t, _, _seg), = [e for e in net.log[mark:] if e[1] == A and data_seg(e[2])]
     assert abs(t - (t0 + CORK_MAX)) < 1e-6
     assert c.cork  # still corked: the next tail waits again
     mark = len(net.log)
@@ -76,7 +76,7 @@ def test_nodelay_while_corked_pushes_what_is_queued_once():
     """Linux's TCP_NAGLE_PUSH: setting TCP_NODELAY sends the corked tail; later writes are
     corked again (the cork overrides TCP_NODELAY)."""
     net = Net(a_opts=dict(nodelay=True, pacing=False))
-    c, s = net.pair()
+    c, _s = net.pair()
     c.cork = True
     mark = len(net.log)
     _send(net, c, b"a" * 50)

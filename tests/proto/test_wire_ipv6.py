@@ -178,7 +178,7 @@ def test_ext_headers_fragment_and_errors():
 @given(data=st.binary(max_size=120), nh=st.sampled_from([0, 43, 44, 60, 17]), first=st.booleans())
 def test_ext_headers_random_bytes_only_wireerror(data, nh, first):
     try:
-        upper, off, frag = V6.skip_ext_headers(data, 0, len(data), nh, first)
+        _upper, off, _frag = V6.skip_ext_headers(data, 0, len(data), nh, first)
     except WireError:
         return
     assert 0 <= off <= len(data)
