@@ -415,13 +415,13 @@ def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
     for bad in ({"rate": float("nan")}, {"rate": float("inf")}, {"rate": -1}, {"rate": 0}, {"rate": 1e13},
                 {"max_packet": 0}, {"max_packet": 10**9}, {"max_packet": 1501}, {"latency_target": 0},
                 {"latency_target": float("nan")}, {"latency_target": 3600}, {"service_class": "gold"}):
-        refused(LeaseRefusal.BAD_PARAMETERS, lambda: c.request_lease(sa2.channel, **{**ok, **bad}))
+        refused(LeaseRefusal.BAD_PARAMETERS, lambda bad=bad: c.request_lease(sa2.channel, **{**ok, **bad}))
     # channels that are not this session's flows
     other = Client.local(d)
     theirs = other.udp_socket("a", 5002)
     pipe = c.open_pipe("not-a-flow")
     for cid in (theirs.channel.id, pipe.id, 99999):
-        refused(LeaseRefusal.UNKNOWN_FLOW, lambda: c.request_lease(cid, **ok))
+        refused(LeaseRefusal.UNKNOWN_FLOW, lambda cid=cid: c.request_lease(cid, **ok))
     # a program the policy does not name, and a uid it does not name
     named = Client.local(d, program="nobody")
     refused(LeaseRefusal.NOT_ENTITLED, lambda: named.request_lease(named.udp_socket("a", 5003).channel,

@@ -355,8 +355,8 @@ def test_a_4_tuple_the_host_holds_in_time_wait_connects_again_without_a_retry(ta
         assert s.recv(1) == b""
         assert (s._conn.stats.retransmits, s._conn.stats.rto_timeouts) == (0, 0), f"connection {i}"
         s.close()
-        wait_until(lambda: _kernel_tcp_state(server, (usnet_ip, port)) == 6, 10, "the host's TIME_WAIT")
-        wait_until(lambda: not any(f["local_port"] == port for n in d.status()["netifs"] for f in n["flows"]),
+        wait_until(lambda port=port: _kernel_tcp_state(server, (usnet_ip, port)) == 6, 10, "the host's TIME_WAIT")
+        wait_until(lambda port=port: not any(f["local_port"] == port for n in d.status()["netifs"] for f in n["flows"]),
                    10, "the flow to let its port go")
     ls.close()
 

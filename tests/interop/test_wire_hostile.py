@@ -645,7 +645,7 @@ def test_one_source_cannot_take_the_reassembly_memory(link):
         flood += pieces[:13]  # never the last: nothing completes
     for i in range(0, len(flood), 32):
         lk.to_usnet(*[eth_to_us(lk) / p for p in flood[i:i + 32]])
-        lk.run(lambda us, k: lk.sw.frags["frag_in"] >= i + len(flood[i:i + 32]),
+        lk.run(lambda us, k, i=i: lk.sw.frags["frag_in"] >= i + len(flood[i:i + 32]),
                f"{lk.sw.frags} {lk.sw.drops}")
     payload = bytes(range(256)) * 16
     good = fragment(IP(src=PEER4, dst=US4, id=99) / UDP(sport=2, dport=5000) / payload, fragsize=1480)

@@ -745,7 +745,7 @@ def test_nagle_holds_small_segments_until_acked_and_nodelay_does_not():
         sent = net.sent_by(A, data_seg)
         assert len(sent) == expected
         if not nodelay:
-            net.run(lambda: s.rcv_queued == 3, limit=5)
+            net.run(lambda s=s: s.rcv_queued == 3, limit=5)
             assert len(net.sent_by(A, data_seg)) == 2  # "bc" together once "a" was acked
         assert c.nodelay is nodelay
 
@@ -761,7 +761,7 @@ def test_delayed_ack_every_second_segment_or_after_40ms():
         c.send(b"q" * c.mss)
         net.flush()
         sent = net.now
-        net.run(lambda: len(net.sent_by(B, pure_ack)) > n, limit=1)
+        net.run(lambda n=n: len(net.sent_by(B, pure_ack)) > n, limit=1)
         if net.now - sent > 0.030:
             break
         quick += 1

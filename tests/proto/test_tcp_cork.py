@@ -38,7 +38,7 @@ def test_corked_header_and_body_leave_as_one_segment():
         c.cork = False
         net.flush()
         assert [bytes(x.payload) for x in _data(net, mark)] == expected
-        net.run(lambda: s.rcv_queued == 1020, limit=5)
+        net.run(lambda s=s: s.rcv_queued == 1020, limit=5)
         assert not c.cork
 
 
@@ -205,6 +205,6 @@ def test_msg_more_holds_the_tail_until_a_write_without_it():
         assert [len(x.payload) for x in _data(net, mark)] == [400]
         mark = len(net.log)
         assert c.send(b"T" * 10, True) == 10  # no write follows: the ceiling sends it
-        net.run(lambda: s.rcv_queued == 410, limit=5)
+        net.run(lambda s=s: s.rcv_queued == 410, limit=5)
         assert [len(x.payload) for x in _data(net, mark)] == [10]
         assert not c.cork
