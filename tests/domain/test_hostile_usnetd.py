@@ -417,7 +417,7 @@ def test_usnetd_sigkilled_under_a_blocked_recv(sockdir):
     a client blocked in recv() must still learn of it (ChannelDefunct or an OSError), not hang."""
     d = Daemon(str(sockdir / "s.sock"), sockdir / "usnetd.log", grace=3)
     r, w = os.pipe()
-    err = open(sockdir / "waiter.err", "wb")
+    err = open(sockdir / "waiter.err", "wb")  # noqa: SIM115 (closed in the finally, with the pipe and the daemon)
     try:
         waiter = subprocess.Popen([sys.executable, str(VICTIM), "wait-recv", "--path", d.path,
                                    "--name", "w", "--ready", str(w)], pass_fds=(w,), stderr=err)

@@ -132,12 +132,12 @@ def test_flow_and_channel_limits_name_the_limit_and_are_released_on_close(make_d
     d = make_domain(limits=Limits(flows_per_uid=3, flows_per_session=2, channels_per_session=3))
     a, b = hello(d, 1000), hello(d, 1000)
     f1, f2 = ok(d, a, flow(5001)), ok(d, a, flow(5002))
-    assert refused(d, a, flow(5003), "EMFILE") == "session %d holds 2 flows (limit flows_per_session = 2)" % a.id
+    assert refused(d, a, flow(5003), "EMFILE") == f"session {a.id} holds 2 flows (limit flows_per_session = 2)"
     ok(d, b, flow(5003))
     assert refused(d, b, flow(5004), "EMFILE") == "uid 1000 holds 3 flows (limit flows_per_uid = 3)"
     ok(d, a, P.OpenPipe("p"))
     assert refused(d, a, P.OpenPipe("p"), "EMFILE") == \
-        "session %d holds 3 channels (limit channels_per_session = 3)" % a.id
+        f"session {a.id} holds 3 channels (limit channels_per_session = 3)"
     ok(d, a, P.CloseChannel(f1.channel))
     assert ok(d, b, flow(5004)).local_port == 5004  # the uid's flow came back with the close
     ok(d, a, P.CloseChannel(f2.channel))

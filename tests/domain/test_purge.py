@@ -45,7 +45,7 @@ def test_an_idle_pool_purges_its_free_segments_and_a_busy_one_does_not():
         x, _y, busy = _grown(d, c, "busy")
         assert pipe.pool.active == 4096 and busy.pool.active == 4096
         before = pipe.arena.allocated_bytes()
-        for tick in range(3):
+        for _ in range(3):
             clock.now += 10.0
             x.free(x.alloc(300))  # the busy pool lends and takes back between every two ticks
             d.kick_channel(x.id)

@@ -555,7 +555,7 @@ def test_set_flow_class_over_a_running_domain_carries_every_datagram():
                 batch += more
             assert [p for p, _ in batch] == data
             got += batch
-        info = [n for n in d.status()["netifs"] if n["netif"]["name"] == "a"][0]["netif"]["txsched"]
+        info = next(n for n in d.status()["netifs"] if n["netif"]["name"] == "a")["netif"]["txsched"]
         assert info["ll_flows"] == [flow["id"]]
         assert info["frames"]["ll"] == 600 and info["frames"]["general"] >= 300
         assert info["link_rate"] == 1e9 and info["ll_share"] == 0.2

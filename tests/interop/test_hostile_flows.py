@@ -230,7 +230,7 @@ def test_attacker_flow_sigkilled_mid_transfer(flows):
     h = flows
     report = h.sockdir / "sender.report"
     atk = h.spawn(HOSTILE, "flow-sender", "--netif", TapNetns.NETIF,
-                  "--to", "%s:%d" % h.net.echo_addr, "--report", str(report))
+                  "--to", "{}:{}".format(*h.net.echo_addr), "--report", str(report))
     cid, ro_fd = map(int, report.read_text().split())
     fd = os.open(f"/proc/{atk.pid}/fd/{ro_fd}", os.O_RDONLY)
     try:

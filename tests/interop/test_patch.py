@@ -145,10 +145,10 @@ def test_http_server_bound_to_ipv6_wildcard_takes_ipv4_as_on_linux(usnetd_path, 
     reaches it over IPv4 and it logs the client as ::ffff:a.b.c.d, on usnet (from the kernel
     side of the TAP) as on kernel sockets (the namespace's own loopback)."""
     path, usnet_ip, host_ip = usnetd_path
-    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    unpatched = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
     for cmd, env, addr, client in (
             ([sys.executable, "-m", "usnet", "run", "--"], child_env(path), usnet_ip, host_ip),
-            ([], env, "127.0.0.1", "127.0.0.1")):
+            ([], unpatched, "127.0.0.1", "127.0.0.1")):
         server, port = started([*cmd, sys.executable, "-u", "-m", "http.server", "--bind", "::", "-d", str(site), "0"],
                                env)
         try:

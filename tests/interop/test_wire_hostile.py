@@ -396,7 +396,7 @@ def test_martian_source4_agrees_with_ipaddress_row_and_column(src, prefix, host)
     bcast = int(net.broadcast_address)
     a = ipaddress.IPv4Address(src)
     want = (a.is_multicast or a.is_loopback or a in ipaddress.IPv4Network("0.0.0.0/8")
-            or src == 0xFFFFFFFF or src == bcast or src == local)
+            or src in (0xFFFFFFFF, bcast, local))
     assert bool(martian_source4(src, local, bcast)) == want
     col = martian_source4(np.array([src, local, 0x0A000001], np.uint32), local, bcast)
     assert col.tolist()[0] == want and col.tolist()[1]
@@ -566,7 +566,7 @@ def test_damaged_udp_to_a_closed_port_earns_no_icmp_as_with_linux(link, v6):
     lk.to_usnet(*[eth_to_us(lk) / L3(p) for p in bad])
     lk.to_usnet(eth_to_us(lk) / L3(src=peer, dst=us) / UDP(sport=2222, dport=9) / b"sound")
     from_us, _ = lk.run(lambda u, k: any(is_unreach(f) for f in u))
-    assert [f for f in from_us if is_unreach(f)][0][UDPerror].sport == 2222  # the first answered is the sound one
+    assert next(f for f in from_us if is_unreach(f))[UDPerror].sport == 2222  # the first answered is the sound one
     assert len([f for f in from_us if is_unreach(f)]) == 1
     assert lk.sw.drops["rx_udp_csum_error"] == 1 + v6 and lk.sw.drops["rx_udp_bad_length"] == 2
     # Linux: the same datagrams to its closed port earn nothing; the sound one its unreachable

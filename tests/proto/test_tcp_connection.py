@@ -423,7 +423,7 @@ def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue(cookies):
         net.a.connect(B, 80, net.now, local_port=port)
         net.flush()
     net.blackhole.clear()
-    for (t, src, seg) in list(net.log):
+    for (_t, src, seg) in list(net.log):
         if src == A and base(seg.flags) == SYN:
             data = build_tcp(A, B, seg.sport, seg.dport, seg.seq, 0, SYN, 1000, b"", 0,
                              tcp_options(mss=1460))
@@ -958,7 +958,7 @@ def test_bad_checksum_and_garbage_are_counted_not_raised():
     net.b.input(A, B, bytes(bad), net.now)
     assert net.b.stats.bad_checksum == 1 and not s.rcv_queued
     rng = random.Random(1)
-    for n in range(200):
+    for _ in range(200):
         net.b.input(A, B, rng.randbytes(rng.randrange(0, 60)), net.now)
     garbage = bytearray(good)
     garbage[12] = 0x30  # data offset 3 words
@@ -1034,7 +1034,7 @@ def test_hostile_segments_never_raise_and_keep_invariants(data):
     s.send(b"r" * 5000)
     net.run_for(0.002)  # data in flight both ways
     near = lambda base: st.one_of(st.integers(0, MASK), st.integers(-70000, 70000).map(lambda d: (base + d) & MASK))
-    for i in range(data.draw(st.integers(1, 15))):
+    for _ in range(data.draw(st.integers(1, 15))):
         flags = data.draw(st.integers(0, 0x3F))
         seq = data.draw(near(wire_seq(s)))
         ack = data.draw(near(wire_ack(s)))
