@@ -623,7 +623,8 @@ def test_close_hands_back_the_cache(domain, client):
 
 
 def test_peer_can_alloc_what_a_closed_end_handed_back(domain, client):
-    """Regression: a closing end's freed cache was lent back onto its own ALLOC ring and stranded there (fixed in 7bd7d77)."""
+    """Regression: a closing end's freed cache was lent back onto its own ALLOC ring and stranded there
+    (fixed in 7bd7d77)."""
     a, b = pipe(client, ring_size=8, packets=8, max_packets=8)
     kept = alloc_all(a, 2)
     a.send(kept)
@@ -787,7 +788,7 @@ def test_stats_counters_move(client):
     assert s2["refused"] == 0 and s2["bad_counter"] == 0 and s2["events_dropped"] == 0
 
 
-# -- regressions of library bugs found while writing these tests -------------------------------------------------------------------------------
+# -- regressions of library bugs found while writing these tests ---------------------------------------------------
 
 
 def test_recv_zero_returns_nothing(client):

@@ -1,4 +1,5 @@
-"""A client killed (SIGKILL) while it holds packets and is mid-transfer (docs/architecture.md, "Memory", "Packet pools").
+"""A client killed (SIGKILL) while it holds packets and is mid-transfer
+(docs/architecture.md, "Memory", "Packet pools").
 
 The parent runs the embedded domain and one end of a pipe; the child
 (tests/peers/pipe_peer.py) reaches the domain over a socketpair session and
@@ -45,7 +46,8 @@ class Peer:
         self.ready_r, w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, str(PEER), role, "--fd", str(sock.fileno()), "--ready", str(w), "--name", name, *extra],
+                [sys.executable, str(PEER), role, "--fd", str(sock.fileno()), "--ready", str(w), "--name", name,
+                 *extra],
                 pass_fds=(sock.fileno(), w),
             )
         finally:

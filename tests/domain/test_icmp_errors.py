@@ -158,7 +158,8 @@ def test_a_tcp_connect_refused_by_icmp_fails_at_once_and_a_forged_one_does_not_c
     wrong[24:28] = ((int.from_bytes(syn[24:28], "big") + 1000) & 0xFFFFFFFF).to_bytes(4, "big")  # off-window seq
     half.wire.b.send_batch([icmp_error_frame(half, bytes(wrong)[:28])])
     wait_until(lambda: s.engine.ip.counters["icmp4_error"] == 1, 5, "the connection's stack to read the forged error")
-    assert s.connect_ex((B, 80)) == errno.EALREADY  # still connecting (as Linux says it): the forged error guessed wrong
+    # still connecting (as Linux says it): the forged error guessed wrong
+    assert s.connect_ex((B, 80)) == errno.EALREADY
     half.wire.b.send_batch([icmp_error_frame(half, syn[:28])])  # port unreachable, quoting the SYN
     s.setblocking(True)
     s.settimeout(5)

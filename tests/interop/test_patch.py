@@ -173,8 +173,9 @@ def test_usnet_run_http_server_serves_curl_100_requests_on_one_connection(usnetd
     try:
         assert port == 8000
         url = f"http://{usnet_ip}:{port}/f.bin"
-        got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), "-w", "|%{http_code} %{num_connects}\n",
-                              *[url] * 100], capture_output=True, timeout=LIMIT + 5)
+        got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT),
+                              "-w", "|%{http_code} %{num_connects}\n", *[url] * 100],
+                             capture_output=True, timeout=LIMIT + 5)
         assert got.returncode == 0, got.stderr.decode()
         parts = got.stdout.split(b"|")
         bodies = [parts[0]] + [p.split(b"\n", 1)[1] for p in parts[1:-1]]

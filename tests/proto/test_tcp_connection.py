@@ -1038,7 +1038,8 @@ def test_hostile_segments_never_raise_and_keep_invariants(data):
         flags = data.draw(st.integers(0, 0x3F))
         seq = data.draw(near(wire_seq(s)))
         ack = data.draw(near(wire_ack(s)))
-        sacks = data.draw(st.one_of(st.none(), st.lists(st.tuples(near(wire_ack(s)), near(wire_ack(s))), min_size=1, max_size=3)))
+        sacks = data.draw(st.one_of(st.none(), st.lists(st.tuples(near(wire_ack(s)), near(wire_ack(s))),
+                                                        min_size=1, max_size=3)))
         tsval = data.draw(st.one_of(st.none(), near(s.ts_recent)))
         seg = TcpSegment(c.local_port, s.local_port, seq, ack, flags, data.draw(st.integers(0, 0xFFFF)),
                          data.draw(st.binary(max_size=3000)), sacks=tuple(sacks) if sacks else None,

@@ -125,9 +125,9 @@ _OPS = st.lists(st.one_of(
 @settings(max_examples=60, deadline=None)
 @given(ops=_OPS, nodelay=st.booleans(), mss=st.sampled_from([536, 1460]))
 def test_no_partial_segment_leaves_while_corked_and_every_byte_leaves(ops, nodelay, mss):
-    """The segmenting rule: while the cork is on (or the last write had MSG_MORE), a first transmission shorter than the MSS
-    leaves only with a FIN, after TCP_NODELAY was set (until what was queued has left), or once its first byte has waited 200 ms;
-    and every byte written arrives, in order, with the cork still on at the end."""
+    """The segmenting rule: while the cork is on (or the last write had MSG_MORE), a first transmission shorter
+    than the MSS leaves only with a FIN, after TCP_NODELAY was set (until what was queued has left), or once its
+    first byte has waited 200 ms; and every byte written arrives, in order, with the cork still on at the end."""
     net = Net(a_opts=dict(nodelay=nodelay, mss=mss), delay=0.01)
     c, s = net.pair()
     c.cork = True
