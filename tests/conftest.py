@@ -122,9 +122,9 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, wrap=None, **netif_kw):
     from pyroute2 import IPRoute
     from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-    from usnet.drivers.tap import TapDriver
-    from usnet.drivers.hostnet import delete_links, link_exists
     from usnet.domain.loop import Domain
+    from usnet.drivers.hostnet import delete_links, link_exists
+    from usnet.drivers.tap import TapDriver
 
     x = fresh_subnet()
     ifname = tap_name()

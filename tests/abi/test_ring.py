@@ -19,7 +19,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from usnet.abi import ring as R
 from usnet.abi.events import (
-    NO_PACKET, RECORD_SIZE, Event, EventConsumer, EventProducer, EventType, RefusalReason,
+    NO_PACKET,
+    RECORD_SIZE,
+    Event,
+    EventConsumer,
+    EventProducer,
+    EventType,
+    RefusalReason,
 )
 from usnet.abi.ring import Consumer, Producer, RingCorrupt
 
@@ -559,7 +565,7 @@ def test_event_partial_drain_resumes():
 @settings(max_examples=150, deadline=None)
 @given(hostile=st.integers(0, U64), before=st.integers(0, 8))
 def test_event_hostile_consumer_counter_never_crashes_producer(hostile, before):
-    m, prod, cons = _event_pair(8)
+    m, prod, _cons = _event_pair(8)
     for i in range(before):
         prod.post(EventType.RESIZED, value=i)
     p0 = m.prod

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usnet.abi.advisory import Trend
 from usnet.bench import adaptive, lowlat
 from usnet.bench.adaptive import RateAdapter
 from usnet.cli.main import main
-from usnet.abi.advisory import Trend
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,7 +86,7 @@ def test_both_phases_give_percentiles_and_the_lease_carried_the_flow(demo_result
     for phase in (r.granted, r.general):
         assert phase.sent == 60
         assert 0 < len(phase.latencies_ms) == len(phase.seqs) <= phase.sent
-        assert phase.seqs == sorted(set(phase.seqs)) and 0 <= phase.seqs[0] and phase.seqs[-1] < phase.sent
+        assert phase.seqs == sorted(set(phase.seqs)) and phase.seqs[0] >= 0 and phase.seqs[-1] < phase.sent
         for q in (50, 99):
             assert math.isfinite(phase.p(q)) and phase.p(q) > 0
         assert phase.p(50) <= phase.p(99)

@@ -192,10 +192,10 @@ def test_an_abort_ends_the_connection_with_a_fin_as_on_the_kernel(net, on_usnet)
 
         if on_usnet:
             server = await aio.start_server(handle, port=8083, client=net, netif="b")
-            reader, writer = await aio.open_connection(B_IP, 8083, client=net, netif="a")
+            _reader, writer = await aio.open_connection(B_IP, 8083, client=net, netif="a")
         else:
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+            _reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
         async with server:
             writer.write(b"x")
             await started.wait()
@@ -403,7 +403,7 @@ def test_a_lingering_close_in_the_loop_is_served_by_the_stack_thread(net):
             writer.close()
 
         server = await aio.start_server(handle, B_IP, 0, client=net, netif="b")
-        reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
+        _reader, writer = await aio.open_connection(B_IP, server.port, client=net, netif="a")
         sock = writer.get_extra_info("socket")
         sock.setsockopt(std.SOL_SOCKET, std.SO_LINGER, struct.pack("ii", 1, 10))
         eng = sock.engine

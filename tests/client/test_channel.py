@@ -22,9 +22,9 @@ import pytest
 import usnet
 from usnet import ChannelDefunct, ChannelError, NoBuffers, PeerGone
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
+from usnet.abi.protocol import ControlError
 from usnet.abi.schema import PRESETS
 from usnet.abi.umd import UMD_WORDS
-from usnet.abi.protocol import ControlError
 
 _names = itertools.count()
 
@@ -211,7 +211,7 @@ def test_second_end_only_once(client):
 
 
 def test_nonblocking_recv_raises(client):
-    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    _a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
     with pytest.raises(BlockingIOError):
         b.recv(timeout=0)
     b.setblocking(False)
@@ -439,7 +439,7 @@ def test_select_sees_packets_that_were_sent_before_fileno_was_asked_for(client):
 
 
 def test_fileno_is_registrable(client):
-    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    _a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
     assert isinstance(b.fileno(), int) and b.fileno() >= 0
     with selectors.DefaultSelector() as sel:
         sel.register(b, selectors.EVENT_READ)  # fileno() is accepted by selectors
@@ -557,7 +557,7 @@ def test_resize_packets_grows_and_shrinks_without_closing(domain, client):
 
 
 def test_resize_shrink_purges_touched_memory(domain, client):
-    a, b = pipe(client, ring_size=64, packets=128, max_packets=512)
+    a, _b = pipe(client, ring_size=64, packets=128, max_packets=512)
     p = domain.pipes[next(iter(domain.pipes))]
     a.resize(packets=512)
     # use packets of every segment, then hand them all back
@@ -614,7 +614,7 @@ def test_close_one_end_peer_drains_then_peer_gone(domain, client):
 
 
 def test_close_hands_back_the_cache(domain, client):
-    a, b = pipe(client, ring_size=8, packets=8, max_packets=8)
+    a, _b = pipe(client, ring_size=8, packets=8, max_packets=8)
     alloc_all(a, 2)  # the rest of the ALLOC batch sits in a's cache
     a.close()
     pool = next(iter(domain.pipes.values())).pool
@@ -623,7 +623,8 @@ def test_close_hands_back_the_cache(domain, client):
 
 
 def test_peer_can_alloc_what_a_closed_end_handed_back(domain, client):
-    """Regression: a closing end's freed cache was lent back onto its own ALLOC ring and stranded there (fixed in 7bd7d77)."""
+    """Regression: a closing end's freed cache was lent back onto its own ALLOC ring and stranded there
+    (fixed in 7bd7d77)."""
     a, b = pipe(client, ring_size=8, packets=8, max_packets=8)
     kept = alloc_all(a, 2)
     a.send(kept)
@@ -639,7 +640,7 @@ def test_peer_can_alloc_what_a_closed_end_handed_back(domain, client):
 @pytest.mark.parametrize("op", ["recv", "send", "alloc", "free"])
 def test_closed_channel_raises_ebadf(client, op):
     """Regression: calls on a closed channel raised ValueError from a released memoryview (fixed in 7bd7d77)."""
-    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    a, _b = pipe(client, ring_size=64, packets=64, max_packets=64)
     (p,) = a.alloc(1)
     a.close()
     call = {"recv": lambda: a.recv(timeout=0), "send": lambda: a.send([p]),
@@ -787,7 +788,7 @@ def test_stats_counters_move(client):
     assert s2["refused"] == 0 and s2["bad_counter"] == 0 and s2["events_dropped"] == 0
 
 
-# -- regressions of library bugs found while writing these tests -------------------------------------------------------------------------------
+# -- regressions of library bugs found while writing these tests ---------------------------------------------------
 
 
 def test_recv_zero_returns_nothing(client):
@@ -805,7 +806,7 @@ def test_recv_zero_returns_nothing(client):
 def test_alloc_ring_accounting_survives_concurrent_client_pop(domain, client):
     """Regression: _refill sized the refill from the client's live ALLOC counter and overwrote
     mirror slots not yet accounted, so an honest client's frees were refused (fixed in 7bd7d77)."""
-    a, b = pipe(client, ring_size=8, packets=64, max_packets=64)
+    a, _b = pipe(client, ring_size=8, packets=64, max_packets=64)
     up = next(iter(domain.pipes.values()))
     real_refill = up._refill
     racing = [False]
@@ -945,7 +946,7 @@ def test_a_pool_refill_is_not_lost_when_another_thread_drains_the_bell(tmp_path,
     d.start()  # its own loop thread, reached over a socket: the nexus answers asynchronously
     d.listen(listen_seqpacket(str(tmp_path / "d.sock")))
     client = usnet.Client.connect(str(tmp_path / "d.sock"))
-    a, b = pipe(client, ring_size=8, packets=64, max_packets=64)
+    a, _b = pipe(client, ring_size=8, packets=64, max_packets=64)
 
     class Deaf:  # the bell rang, but another thread drained it: nothing to report, a full sleep
         def poll(self, ms: float) -> list:

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from usnet.runtime import sched
+
 pytestmark = pytest.mark.skipif(sched.get_slice() is None, reason="the kernel has no custom slices (before 6.12)")
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from usnet import socket as us
 from usnet.client import Client
+from usnet.domain.loop import Domain
 from usnet.drivers.fault import FaultInjector
 from usnet.drivers.memwire import MemWire
-from usnet.domain.loop import Domain
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 

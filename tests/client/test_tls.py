@@ -11,7 +11,7 @@ import hashlib
 import os
 import ssl
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import trustme

@@ -31,12 +31,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.abi.events import EventType
-from usnet.client import Client
+from tests.helpers.usnetd import Daemon
+from tests.helpers.util import FakeClock, tap_name
 from usnet.abi import protocol as P
-from usnet.abi.transport import ControlClient
-from usnet.drivers import MemWire
-from usnet.domain.netif import estimate
 from usnet.abi.advisory import (
     BODY,
     SIZE,
@@ -50,10 +47,12 @@ from usnet.abi.advisory import (
     read_steps,
     write_steps,
 )
+from usnet.abi.events import EventType
+from usnet.abi.transport import ControlClient
+from usnet.client import Client
 from usnet.domain.loop import Domain
-
-from tests.helpers.util import FakeClock, tap_name
-from tests.helpers.usnetd import Daemon
+from usnet.domain.netif import estimate
+from usnet.drivers import MemWire
 
 START = 1000.0
 U64 = st.integers(0, 2**64 - 1)

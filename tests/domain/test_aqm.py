@@ -18,19 +18,19 @@ import math
 
 import numpy as np
 import pytest
-from tests.helpers.util import FakeClock, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import recv_all
+from tests.helpers.util import FakeClock, wait_until
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.domain import config
+from usnet.domain.netif.aqm import INTERVAL, TARGET, CoDel
+from usnet.domain.netif.netif import Netif
 from usnet.drivers import MemWire
 from usnet.drivers.base import Capabilities, DriverStats, SegmentedFrame, random_mac
 from usnet.drivers.block import FrameBlock
-from usnet.domain.netif.aqm import INTERVAL, TARGET, CoDel
-from usnet.domain.netif.netif import Netif
 from usnet.proto.wire import ecn
 from usnet.proto.wire.checksum import acc, finish, verifies
 
@@ -166,7 +166,7 @@ def test_ecn_capable_frames_are_marked_ce_instead_of_dropped_and_still_verify(sh
 
 
 def test_a_sparse_queue_and_the_ll_class_are_never_dropped():
-    netif, clock, dev = paced()
+    netif, clock, _dev = paced()
     netif.set_class(2, True)
     netif.enqueue_many(1, [bytes(1400)] * 300)  # a bulk backlog ahead of everyone
     for _ in range(60):  # every 30 ms: one general frame on queue 3, one LL frame on queue 2
@@ -265,7 +265,7 @@ def test_over_a_paced_tap_codel_marks_usnet_tcp_and_the_kernel_s_echo_slows_it_w
     from usnet import socket as us
     from usnet.client import Client
 
-    d, ifname, usnet_ip, host_ip = tap_domain_paced
+    d, ifname, _usnet_ip, host_ip = tap_domain_paced
     netif = d.switches[ifname].netif
     size = 20_000_000
     data = np.random.default_rng(3).bytes(size)

@@ -16,17 +16,17 @@ import os
 import re
 
 import pytest
-from tests.helpers.util import tap_name
-from tests.helpers.usnetd import Daemon
 
-from usnet.domain import launch as updown
+from tests.helpers.usnetd import Daemon
+from tests.helpers.util import tap_name
+from usnet.abi.transport import listen_seqpacket
 from usnet.cli.main import _bits, main
 from usnet.client import Client
 from usnet.domain import config
-from usnet.abi.transport import listen_seqpacket
-from usnet.drivers import MemWire
-from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.domain import launch as updown
 from usnet.domain.loop import Domain
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
+from usnet.drivers import MemWire
 
 ME = os.getuid()
 

@@ -1,4 +1,5 @@
-"""A client killed (SIGKILL) while it holds packets and is mid-transfer (docs/architecture.md, "Memory", "Packet pools").
+"""A client killed (SIGKILL) while it holds packets and is mid-transfer
+(docs/architecture.md, "Memory", "Packet pools").
 
 The parent runs the embedded domain and one end of a pipe; the child
 (tests/peers/pipe_peer.py) reaches the domain over a socketpair session and
@@ -19,12 +20,11 @@ import time
 
 import pytest
 
-from usnet.client.channel import PeerGone
+from tests.helpers import PEERS
 from usnet.abi.events import DefunctReason
 from usnet.client import Client
+from usnet.client.channel import PeerGone
 from usnet.domain.loop import Domain
-
-from tests.helpers import PEERS
 
 PEER = PEERS / "pipe_peer.py"
 
@@ -46,7 +46,8 @@ class Peer:
         self.ready_r, w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, str(PEER), role, "--fd", str(sock.fileno()), "--ready", str(w), "--name", name, *extra],
+                [sys.executable, str(PEER), role, "--fd", str(sock.fileno()), "--ready", str(w), "--name", name,
+                 *extra],
                 pass_fds=(sock.fileno(), w),
             )
         finally:
@@ -247,7 +248,7 @@ def test_survivor_blocked_in_recv_gets_peergone(domain):
 def _catch(fn):
     try:
         return fn()
-    except BaseException as e:  # noqa: BLE001 - the test inspects it
+    except BaseException as e:
         return e
 
 

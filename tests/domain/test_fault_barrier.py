@@ -19,20 +19,20 @@ import socket
 
 import numpy as np
 import pytest
-from tests.helpers.util import net_factory, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usnet.client.channel import ChannelDefunct
+from tests.helpers.util import net_factory, wait_until
+from usnet.abi import protocol as P
 from usnet.abi.events import DefunctReason
 from usnet.abi.ring import CONS, FLAGS, HEADER, PROD
 from usnet.abi.schema import RingKind
-from usnet.client import Client
-from usnet.abi import protocol as P
 from usnet.abi.transport import recv_msg, send_msg
-from usnet.drivers import MemWire
+from usnet.client import Client
+from usnet.client.channel import ChannelDefunct
 from usnet.domain.loop import Domain
 from usnet.domain.switch.port import FlowPort
+from usnet.drivers import MemWire
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 

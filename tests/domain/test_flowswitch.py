@@ -24,8 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -92,7 +92,7 @@ def total_drops(sw) -> int:
     return sum(sw.drops.values())
 
 
-def drive(n: "Net", sock, done: Callable[[list], bool], rounds: int = 2000, batch: int = 256,
+def drive(n: Net, sock, done: Callable[[list], bool], rounds: int = 2000, batch: int = 256,
           step: Callable[[], None] | None = None) -> list:
     """Run the domain loop by hand, collecting what `sock` receives, until `done(got)` or `rounds`.
 
@@ -181,7 +181,7 @@ def test_connected_flow_wins_over_listener(net):
 # -- anti-spoofing ----------------------------------------------------------------------------
 
 # (case, which socket sends it: "listener" or "connected" (to B_IP:6000), packet builder, reason)
-_U = lambda **kw: UDP(**{"sport": 5000, "dport": 6000, **kw})  # noqa: E731
+_U = lambda **kw: UDP(**{"sport": 5000, "dport": 6000, **kw})
 
 
 def _ip(**kw):
@@ -685,7 +685,7 @@ def test_rate_limited_memwire_in_real_time_with_the_domain_thread(make_net):
         try:
             for i in range(0, count, 20):
                 sa.send_many(data[i:i + 20], (B_IP, 6000))
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:
             errors.append(e)
 
     t = threading.Thread(target=send, daemon=True)
@@ -736,7 +736,8 @@ def test_an_unresolved_neighbour_holds_back_only_its_own_packets(make_net):
 
 
 def test_burst_past_the_arp_queue_is_delivered_or_accounted(make_net):
-    """A waiting batch larger than the neighbour's queue (64 here): 64 go out in order, the rest are counted and told."""
+    """A waiting batch larger than the neighbour's queue (64 here): 64 go out in order, the rest are counted
+    and told."""
     n = make_net(start=False)
     n.swa.arp.queue_bytes = 64 * (14 + 28 + 3 + SKB_OVERHEAD)
     count = 200
@@ -949,7 +950,8 @@ def test_mixed_batch_of_datagrams_arrives_intact_with_checksums_scapy_accepts(ma
     sa = n.c.udp_socket("a", 5000)
     sb = n.c.udp_socket("b", 6000, ring_size=2048, packets=2048)
     rng = random.Random(7)
-    sizes = [0, 1, 2, 3, 4, 5, sa.max_payload, sa.max_payload - 1] + [rng.randrange(0, sa.max_payload) for _ in range(300)]
+    sizes = [0, 1, 2, 3, 4, 5, sa.max_payload, sa.max_payload - 1]
+    sizes += [rng.randrange(0, sa.max_payload) for _ in range(300)]
     data = [bytes(rng.getrandbits(8) for _ in range(s)) for s in sizes]
     sa.sendto(b"arp first", (B_IP, 6000))  # a burst before ARP answers keeps only its neighbour's budget
     assert recv_n(sb, 1)[0][0] == b"arp first"
@@ -1079,7 +1081,8 @@ def test_blocks_meet_every_impairment_of_the_link_frame_by_frame(make_net):
     before = wire.dropped
     data = [i.to_bytes(4, "big") for i in range(1000)]
     assert sa.send_many(data, (B_IP, 6000)) == 1000
-    wait_until(lambda: n.swa.netif.tx_frames >= 1000 and not n.swa.netif.queued(n.swa.flows[next(iter(n.swa.flows))].id)[0],
+    wait_until(lambda: n.swa.netif.tx_frames >= 1000
+               and not n.swa.netif.queued(n.swa.flows[next(iter(n.swa.flows))].id)[0],
                5, "the batch to leave")
     got = [p for p, _ in recv_n(sb, 1000, timeout=1)]
     lost = wire.dropped - before

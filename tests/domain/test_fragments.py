@@ -21,13 +21,13 @@ import socket
 import struct
 
 import pytest
-from tests.helpers.util import udp_segment, wait_until
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import Net
+from tests.helpers.util import udp_segment, wait_until
 from usnet.client import Client
-from usnet.drivers import MemWire
 from usnet.domain.loop import Domain
+from usnet.drivers import MemWire
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 from usnet.proto.wire.ipv6 import build_frag_header, build_ipv6_header, ip6_bytes, upper_checksum_v6
 
@@ -133,7 +133,7 @@ def test_ipv6_fragments_arrive_whole_and_overlapping_ones_do_not():
     try:
         s = Client.local(d).udp_socket("a", 5000, family=6, buf_size=4096)
         mac = d.switches["a"].netif.mac
-        frame = lambda p: mac + b"\x02\x00\x00\x00\x00\x09\x86\xdd" + p  # noqa: E731
+        frame = lambda p: mac + b"\x02\x00\x00\x00\x00\x09\x86\xdd" + p
         payload = bytes(range(256)) * 12
         f1, f2, f3 = fragments6(payload, 0x1234, [1448, 1448])
         w.b.send_batch([frame(p) for p in (f3, f1, f2)])

@@ -18,18 +18,17 @@ import msgspec
 import numpy as np
 import pytest
 
-from usnet.client.channel import BadPacket, ChannelDefunct, ChannelError, PeerGone
+from tests.helpers.util import wait_until
+from usnet.abi import protocol as P
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
 from usnet.abi.ring import CONS, PROD, RingCorrupt
-from usnet.client import Client
-from usnet.abi import protocol as P
 from usnet.abi.transport import recv_msg, send_msg
-from usnet.domain.loop import REAPER_BACKLOG, Domain
-from usnet.domain.userpipe import ABUSE_LIMIT
-from usnet.domain.mem import pool as poolmod
 from usnet.abi.umd import UMD_WORDS
-
-from tests.helpers.util import wait_until
+from usnet.client import Client
+from usnet.client.channel import BadPacket, ChannelDefunct, ChannelError, PeerGone
+from usnet.domain.loop import REAPER_BACKLOG, Domain
+from usnet.domain.mem import pool as poolmod
+from usnet.domain.userpipe import ABUSE_LIMIT
 
 # ---------------------------------------------------------------- helpers
 
@@ -138,7 +137,7 @@ def test_bad_free_producer_counter_refused_counted_then_defunct(domain):
     # the domain keeps serving: the pipe opened before, and one opened after
     roundtrip(x, y)
     roundtrip(y, x)
-    p, q, after = open_pair(c, domain, "after")
+    p, q, _after = open_pair(c, domain, "after")
     roundtrip(p, q)
     assert domain.status()["control_errors"] == 0
     assert_all_back(pipe)
@@ -202,7 +201,7 @@ def test_bad_alloc_consumer_counter_refused_counted_then_defunct(domain, how):
 
 def test_alloc_on_defunct_channel_with_cold_cache_raises(domain):
     c = Client.local(domain)
-    a, b, pipe = open_pair(c, domain, "abuse")
+    a, _b, pipe = open_pair(c, domain, "abuse")
     a._free.q[PROD] = a._free.q[CONS] + a._free.capacity + 7
     for _ in range(ABUSE_LIMIT):
         domain.kick_channel(a.id)
@@ -214,7 +213,7 @@ def test_alloc_on_defunct_channel_with_cold_cache_raises(domain):
 
 def test_alloc_on_defunct_channel_with_warm_cache_raises(domain):
     c = Client.local(domain)
-    a, b, pipe = open_pair(c, domain, "abuse")
+    a, _b, pipe = open_pair(c, domain, "abuse")
     a.alloc(1)  # the cache now holds the rest of the ALLOC ring
     assert a._cache
     a._free.q[PROD] = a._free.q[CONS] + a._free.capacity + 7
@@ -255,7 +254,7 @@ def _in_alloc_packet(ch) -> int:
 
 @pytest.mark.parametrize("case", ["out_of_range", "purged", "free", "in_alloc", "duplicate", "mixed"])
 def test_free_ring_bad_indices_refused_exactly(domain, case):
-    c, a, b, pipe, (x, y) = _prepared(domain)
+    _c, a, b, pipe, (x, y) = _prepared(domain)
     cap = pipe.pool.capacity
     held = a._cache[0]
     fresh = _free_packet(pipe)
@@ -318,7 +317,7 @@ def test_free_ring_bad_indices_refused_exactly(domain, case):
 
 
 def test_one_refusal_event_per_refused_index(domain):
-    c, a, b, pipe, _ = _prepared(domain)
+    _c, a, _b, pipe, _ = _prepared(domain)
     cap = pipe.pool.capacity
     a._free.push([cap + 3])
     domain.kick_channel(a.id)
@@ -327,7 +326,7 @@ def test_one_refusal_event_per_refused_index(domain):
 
 
 def test_garbage_event_consumer_counter_only_drops_events(domain):
-    c, a, b, pipe, (x, y) = _prepared(domain)
+    _c, a, b, pipe, (x, y) = _prepared(domain)
     cap = pipe.pool.capacity
     a._events.q[CONS] = (1 << 63) + random.Random(5).randrange(1 << 40)
     a._free.push([cap + 9])
@@ -569,7 +568,7 @@ def test_third_opener_gets_eaddrinuse(domain, session):
 
 def test_other_session_cannot_touch_a_channel(domain, session):
     c = Client.local(domain)
-    a, b, pipe = open_pair(c, domain, "mine")
+    a, b, _pipe = open_pair(c, domain, "mine")
     assert isinstance(ask(session, P.encode(P.Hello(P.PROTOCOL_VERSION)))[0], P.Welcome)
     for req in (P.CloseChannel(a.id), P.Resize(a.id, ring_size=64), P.Kick(b.id)):
         reply, _ = ask(session, P.encode(req))
@@ -659,7 +658,7 @@ def test_receiver_blocked_in_recv_gets_peergone_when_group_defuncted(domain):
     def wait() -> None:
         try:
             out.append(b.recv(timeout=3))
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:
             out.append(e)
 
     t = threading.Thread(target=wait)

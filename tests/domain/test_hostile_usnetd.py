@@ -15,7 +15,6 @@ import os
 import resource
 import select
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -24,15 +23,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
-from usnet.abi import ring as ringmod
-from usnet.client.channel import ChannelDefunct
-from usnet.abi.schema import W_SYNC, RingKind
-from usnet.abi import protocol as P
-from usnet.abi.transport import connect_seqpacket, send_msg
-
 from tests.helpers.hostile_harness import HOSTILE, PEERS, VICTIM, Harness, deadline_loop, quick_client, raw_session
 from tests.helpers.usnetd import Daemon
-
+from usnet.abi import protocol as P
+from usnet.abi import ring as ringmod
+from usnet.abi.schema import W_SYNC, RingKind
+from usnet.abi.transport import send_msg
+from usnet.client.channel import ChannelDefunct
 
 ANSWER_S = 3.0  # seconds the attacker's own requests wait
 
@@ -197,7 +194,7 @@ def test_status_with_300_sessions_of_long_program_names(hostile):
 
 def test_status_with_320_pipes_open(hostile):
     h = hostile
-    c, ctl = quick_client(h.path, "many-pipes")
+    _c, ctl = quick_client(h.path, "many-pipes")
     for i in range(320):
         _, fds = ctl.request(P.OpenPipe(f"pipe{i:03d}", "default", {"ring_size": 8, "packets": 8}))
         for fd in fds:  # the pipe stays open in usnetd while this session lives
@@ -340,7 +337,7 @@ def _full_descriptor_table(h: Harness) -> None:
         before = h.fds()
         send_msg(asker, P.encode(P.OpenPipe(f"half{free}", "default", {"ring_size": 8, "packets": 8})))
         try:
-            raw, fds = asker.recvmsg(1 << 16, socket.CMSG_SPACE(64))[:2]
+            raw, _fds = asker.recvmsg(1 << 16, socket.CMSG_SPACE(64))[:2]
         except TimeoutError:
             h.assert_alive(f"OpenPipe with {free} descriptors free")
             pytest.fail(f"OpenPipe with {free} descriptors free got no answer")
@@ -420,7 +417,7 @@ def test_usnetd_sigkilled_under_a_blocked_recv(sockdir):
     a client blocked in recv() must still learn of it (ChannelDefunct or an OSError), not hang."""
     d = Daemon(str(sockdir / "s.sock"), sockdir / "usnetd.log", grace=3)
     r, w = os.pipe()
-    err = open(sockdir / "waiter.err", "wb")
+    err = open(sockdir / "waiter.err", "wb")  # noqa: SIM115 (closed in the finally, with the pipe and the daemon)
     try:
         waiter = subprocess.Popen([sys.executable, str(VICTIM), "wait-recv", "--path", d.path,
                                    "--name", "w", "--ready", str(w)], pass_fds=(w,), stderr=err)

@@ -18,16 +18,16 @@ from __future__ import annotations
 import errno
 
 import pytest
-from tests.helpers.util import udp_segment, wait_until
 
 from tests.domain import test_lowlat
 from tests.domain.test_lowlat import Net
+from tests.helpers.util import udp_segment, wait_until
 from usnet import socket as us
 from usnet.client import Client
-from usnet.drivers import MemWire
 from usnet.domain.loop import Domain
-from usnet.proto.wire.arp import ARP_REPLY, build_arp
+from usnet.drivers import MemWire
 from usnet.proto.wire import icmp as wicmp
+from usnet.proto.wire.arp import ARP_REPLY, build_arp
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 
 A, B = "10.9.0.1", "10.9.0.2"
@@ -118,7 +118,7 @@ def test_errors_quoting_what_no_flow_sent_reach_nobody(half):
 
 @pytest.mark.privileged
 def test_the_kernels_port_unreachable_reaches_the_connected_socket(tap_domain):
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     c = Client.local(d)
     s = c.udp_socket(ifname, 0, remote=(host_ip, 9))  # the discard port: nothing listens on the host
     try:
@@ -158,7 +158,8 @@ def test_a_tcp_connect_refused_by_icmp_fails_at_once_and_a_forged_one_does_not_c
     wrong[24:28] = ((int.from_bytes(syn[24:28], "big") + 1000) & 0xFFFFFFFF).to_bytes(4, "big")  # off-window seq
     half.wire.b.send_batch([icmp_error_frame(half, bytes(wrong)[:28])])
     wait_until(lambda: s.engine.ip.counters["icmp4_error"] == 1, 5, "the connection's stack to read the forged error")
-    assert s.connect_ex((B, 80)) == errno.EALREADY  # still connecting (as Linux says it): the forged error guessed wrong
+    # still connecting (as Linux says it): the forged error guessed wrong
+    assert s.connect_ex((B, 80)) == errno.EALREADY
     half.wire.b.send_batch([icmp_error_frame(half, syn[:28])])  # port unreachable, quoting the SYN
     s.setblocking(True)
     s.settimeout(5)

@@ -22,21 +22,30 @@ import socket
 import threading
 
 import pytest
-from tests.helpers.util import send_raw
 from scapy.all import IP, TCP, UDP, Ether, raw
 from scapy.layers.inet6 import (
-    ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS,
-    ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, in6_chksum,
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    in6_chksum,
 )
 from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid
 
+from tests.helpers.util import send_raw
 from usnet import socket as us
+from usnet.abi import protocol as P
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
-from usnet.abi import protocol as P
+from usnet.domain.loop import Domain
 from usnet.drivers import block
 from usnet.drivers.memwire import MemWire
-from usnet.domain.loop import Domain
 
 ME, PEER, OTHER = "fd00:9::2", "fd00:9::1", "fd00:9::77"
 ME4 = "10.9.0.2"
@@ -575,7 +584,7 @@ def test_tcp_over_ipv6_between_two_usnet_stacks_1_mb_each_way(dual):
     up, down = os.urandom(1_000_000), os.urandom(1_000_000)
     got, (addr, srv_name, srv_peer, received), (family, cl_name, cl_peer) = \
         _exchange(c, B6, us.AF_INET6, 8080, up, down)
-    digest = lambda b: hashlib.sha256(b).digest()  # noqa: E731
+    digest = lambda b: hashlib.sha256(b).digest()
     assert digest(received) == digest(up)  # client to server
     assert got[:32] == digest(up) and digest(got[32:]) == digest(down)  # and the server's answer back
     # the addresses, as the standard module gives them for AF_INET6: 4-tuples
@@ -595,7 +604,7 @@ def test_tcp_over_ipv6_between_two_usnet_stacks_1_mb_each_way(dual):
 
 
 def test_ipv4_still_works_beside_ipv6_on_the_same_netifs_and_port(dual):
-    d, c = dual
+    _d, c = dual
     srv6 = us.socket(us.AF_INET6, client=c, netif="b")
     srv6.setsockopt(us.IPPROTO_IPV6, us.IPV6_V6ONLY, 1)  # (dual stack, Linux's default, would take it)
     srv6.bind(("::", 8081))

@@ -8,7 +8,6 @@ real socket, where its uid is what SO_PEERCRED says.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -18,16 +17,16 @@ import tomllib
 
 import pytest
 
-from usnet.client import Client
-from usnet.domain import config
+from tests.helpers.usnetd import Daemon
+from tests.helpers.util import wait_until
+from usnet.abi import memfd
 from usnet.abi import protocol as P
 from usnet.abi.protocol import ControlError
-from usnet.drivers import MemWire
-from usnet.domain.loop import Domain
+from usnet.client import Client
+from usnet.domain import config
 from usnet.domain.limits import Access, AccessRule, Limits, Share, parse_ports
-from usnet.abi import memfd
-from tests.helpers.util import wait_until
-from tests.helpers.usnetd import Daemon
+from usnet.domain.loop import Domain
+from usnet.drivers import MemWire
 
 NOBODY = 65534
 NETIF_ADDR = "10.9.0.1"
@@ -133,12 +132,12 @@ def test_flow_and_channel_limits_name_the_limit_and_are_released_on_close(make_d
     d = make_domain(limits=Limits(flows_per_uid=3, flows_per_session=2, channels_per_session=3))
     a, b = hello(d, 1000), hello(d, 1000)
     f1, f2 = ok(d, a, flow(5001)), ok(d, a, flow(5002))
-    assert refused(d, a, flow(5003), "EMFILE") == "session %d holds 2 flows (limit flows_per_session = 2)" % a.id
+    assert refused(d, a, flow(5003), "EMFILE") == f"session {a.id} holds 2 flows (limit flows_per_session = 2)"
     ok(d, b, flow(5003))
     assert refused(d, b, flow(5004), "EMFILE") == "uid 1000 holds 3 flows (limit flows_per_uid = 3)"
     ok(d, a, P.OpenPipe("p"))
     assert refused(d, a, P.OpenPipe("p"), "EMFILE") == \
-        "session %d holds 3 channels (limit channels_per_session = 3)" % a.id
+        f"session {a.id} holds 3 channels (limit channels_per_session = 3)"
     ok(d, a, P.CloseChannel(f1.channel))
     assert ok(d, b, flow(5004)).local_port == 5004  # the uid's flow came back with the close
     ok(d, a, P.CloseChannel(f2.channel))
@@ -204,7 +203,7 @@ def test_pool_bytes_limit_counts_the_arena_until_the_pipe_is_gone(make_domain):
     assert d.status()["limits"]["usage_by_uid"]["1000"] == {"channels": 2, "flows": 0, "ephemeral_ports": 0,
                                                             "pool_bytes": one}
     ok(d, s, P.CloseChannel(first.channel))
-    assert "ENOBUFS" == d.handle(s, P.OpenPipe("y"))[0].code  # the pool lives while an end is open
+    assert d.handle(s, P.OpenPipe("y"))[0].code == "ENOBUFS"  # the pool lives while an end is open
     ok(d, s, P.CloseChannel(second.channel))
     ok(d, s, P.OpenPipe("y"))
     assert "pool_bytes_per_uid = " in refused(d, s, flow(0), "ENOBUFS")  # a flow's pool counts too
@@ -259,7 +258,7 @@ def test_shared_names_need_a_share_entry_covering_both_uids(make_domain):
         "pipe '@media1' is a shared name ('@'): no [[share]] entry covers it for uid 1002 with uid 1000, who created it"
     assert ok(d, b, P.OpenPipe("@media1")).role == 1  # zero-copy between uids that trust each other
     # the second uid sees the pipe it holds an end of, the third sees nothing of it
-    names = lambda s: [p["name"] for p in status(d, s)["pipes"]]  # noqa: E731
+    names = lambda s: [p["name"] for p in status(d, s)["pipes"]]
     assert names(b) == ["@media1"] and names(c) == []
 
 
@@ -318,7 +317,7 @@ def _as_nobody(path: str, out: int, hold: int) -> None:
                 result[f"{proto}/{port}"] = "bound"
             except ControlError as e:
                 result[f"{proto}/{port}"] = [e.code, e.message]
-        ch, opened = c.open_flow("a", 6, 5555)
+        _ch, opened = c.open_flow("a", 6, 5555)
         result["5555"] = opened.local_port
         c.open_pipe("victim")  # its own pipe of that name, not root's
         st = c.status()

@@ -18,16 +18,16 @@ from __future__ import annotations
 import socket
 
 import pytest
-from tests.helpers.util import FakeClock, send_raw, udp_segment, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.domain.test_lowlat import POLICY, Net, recv_all
-from usnet.drivers import MemWire
+from tests.helpers.util import FakeClock, send_raw, udp_segment, wait_until
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
 from usnet.domain.loop import LL_BITE, Domain
 from usnet.domain.switch.llcheck import GENERAL_PATH, check_ll_header
+from usnet.drivers import MemWire
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 
 A, B = "10.9.0.1", "10.9.0.2"
@@ -140,7 +140,7 @@ def test_a_header_not_matching_the_grant_is_dropped_counted_reported_and_general
     try:
         sb, sb2 = net.c.udp_socket("b", 6000), net.c.udp_socket("b", 6001)
         gen = net.c.udp_socket("a", 5001)
-        ll, lease = granted(net, max_packet=600)
+        ll, _lease = granted(net, max_packet=600)
         ll.sendto(b"resolve", (B, 6000))
         assert recv_all(sb, 1) == [b"resolve"]
         if bad == "big":

@@ -8,8 +8,8 @@ on a clock the test holds; a rule that skipped the work fails the test.
 from __future__ import annotations
 
 import pytest
-from tests.helpers.util import FakeClock
 
+from tests.helpers.util import FakeClock
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers import MemWire

@@ -20,25 +20,25 @@ import time
 
 import numpy as np
 import pytest
-from tests.helpers.util import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.usnetd import Daemon
-from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
-from usnet.client import Client
-from usnet.domain import config
+from tests.helpers.util import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
 from usnet.abi import protocol as P
+from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.abi.protocol import ControlError, LeaseRefusal
-from usnet.drivers import MemWire
-from usnet.drivers.block import FrameBlock
+from usnet.client import Client
 from usnet.client.lease import LeaseRefusedError
+from usnet.domain import config
+from usnet.domain.loop import Domain
 from usnet.domain.lowlat.agent import Agent, Grant, LLLink, Refusal, burst_of
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.lowlat.policy import SERVICE_CLASSES, Policy, PolicyEntry, Who
-from usnet.domain.loop import Domain
 from usnet.domain.netif.netif import Netif
 from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler
+from usnet.drivers import MemWire
+from usnet.drivers.block import FrameBlock
 
 ME = os.getuid()
 
@@ -114,21 +114,21 @@ ops = st.lists(st.one_of(
 
 
 def snapshot(agent: Agent) -> dict:
-    return {l.id: (l.owner, l.netif, l.flow, l.service_class, l.rate, l.max_packet, l.latency_target, l.expires,
-                   l.policer) for l in agent.leases.values()}
+    return {lease.id: (lease.owner, lease.netif, lease.flow, lease.service_class, lease.rate, lease.max_packet,
+                       lease.latency_target, lease.expires, lease.policer) for lease in agent.leases.values()}
 
 
 def assert_sound(agent: Agent) -> None:
     """What holds after anything: grants fit, wait bounds hold, every lease is entitled and indexed."""
     assert len(agent._by_flow) == len(agent.leases)
     for name, link in LINKS.items():
-        mine = [l for l in agent.leases.values() if l.netif == name]
-        assert math.fsum(l.rate for l in mine) <= link.capacity
+        mine = [lease for lease in agent.leases.values() if lease.netif == name]
+        assert math.fsum(lease.rate for lease in mine) <= link.capacity
         if mine:
-            assert agent.wait_bound(name) <= min(l.latency_target for l in mine)
-    for l in agent.leases.values():
-        assert l.netif in LINKS and agent._by_flow[(l.netif, l.flow)] is l
-        assert agent.policy.check(l.who, l.service_class, l.rate, l.max_packet) is None
+            assert agent.wait_bound(name) <= min(lease.latency_target for lease in mine)
+    for lease in agent.leases.values():
+        assert lease.netif in LINKS and agent._by_flow[(lease.netif, lease.flow)] is lease
+        assert agent.policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet) is None
 
 
 @settings(max_examples=300, deadline=None)
@@ -174,13 +174,13 @@ def test_agent_never_oversubscribes_and_a_refusal_changes_nothing(policy, ops):
             now += op[1]
         elif kind == "expire":
             gone = agent.expire(now)
-            assert all(l.expires <= now for l in gone)
-            assert all(l.expires > now for l in agent.leases.values())  # expired leases are gone
-            assert set(snapshot(agent)) == set(before) - {l.id for l in gone}
+            assert all(lease.expires <= now for lease in gone)
+            assert all(lease.expires > now for lease in agent.leases.values())  # expired leases are gone
+            assert set(snapshot(agent)) == set(before) - {lease.id for lease in gone}
         else:
             gone = agent.reload(op[1], now)
-            assert all(op[1].check(l.who, l.service_class, l.rate, l.max_packet) for l in gone)
-            assert snapshot(agent) == {k: v for k, v in before.items() if k not in {l.id for l in gone}}
+            assert all(op[1].check(lease.who, lease.service_class, lease.rate, lease.max_packet) for lease in gone)
+            assert snapshot(agent) == {k: v for k, v in before.items() if k not in {lease.id for lease in gone}}
         assert_sound(agent)
 
 
@@ -306,7 +306,8 @@ class Net:
             sw.arp.learn(bytes([10, 9, 0, 2]), self.wire.b.mac, sw.clock())
 
     def leases(self) -> dict:
-        return {l.id: (l.flow, l.rate, l.expires, l.policer) for l in self.d.leases.agent.leases.values()}
+        return {lease.id: (lease.flow, lease.rate, lease.expires, lease.policer)
+                for lease in self.d.leases.agent.leases.values()}
 
     def wire_frames(self, n: int, timeout: float = 10.0) -> list[bytes]:
         """Up to `n` frames off the wire's b end (not a netif here), waiting on its bell until a deadline."""
@@ -415,13 +416,13 @@ def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
     for bad in ({"rate": float("nan")}, {"rate": float("inf")}, {"rate": -1}, {"rate": 0}, {"rate": 1e13},
                 {"max_packet": 0}, {"max_packet": 10**9}, {"max_packet": 1501}, {"latency_target": 0},
                 {"latency_target": float("nan")}, {"latency_target": 3600}, {"service_class": "gold"}):
-        refused(LeaseRefusal.BAD_PARAMETERS, lambda: c.request_lease(sa2.channel, **{**ok, **bad}))
+        refused(LeaseRefusal.BAD_PARAMETERS, lambda bad=bad: c.request_lease(sa2.channel, **{**ok, **bad}))
     # channels that are not this session's flows
     other = Client.local(d)
     theirs = other.udp_socket("a", 5002)
     pipe = c.open_pipe("not-a-flow")
     for cid in (theirs.channel.id, pipe.id, 99999):
-        refused(LeaseRefusal.UNKNOWN_FLOW, lambda: c.request_lease(cid, **ok))
+        refused(LeaseRefusal.UNKNOWN_FLOW, lambda cid=cid: c.request_lease(cid, **ok))
     # a program the policy does not name, and a uid it does not name
     named = Client.local(d, program="nobody")
     refused(LeaseRefusal.NOT_ENTITLED, lambda: named.request_lease(named.udp_socket("a", 5003).channel,
@@ -519,7 +520,7 @@ def test_policy_reload_revokes_only_what_it_no_longer_entitles(net):
     lost = lose_c.request_lease(lose, service_class="voice", rate=1e7, max_packet=1200, latency_target=0.05)
     kept_state = net.leases()[kept.id]
     gone = d.set_policy(Policy([POLICY.entries[1]]))  # only the vip entry is left
-    assert [l.id for l in gone] == [lost.id]
+    assert [lease.id for lease in gone] == [lost.id]
     ev = wait_event(lose.channel, EventType.LEASE_REVOKED)[-1]
     assert (ev.code, ev.value) == (RevokeReason.POLICY, lost.id)
     assert [e.type for e in keep.channel.events()] == [EventType.LEASE_GRANTED]  # untouched, not told
@@ -655,7 +656,7 @@ def test_usnetd_reloads_its_policy_on_sighup_and_revokes_what_it_no_longer_entit
         assert (ev.code, ev.value) == (RevokeReason.POLICY, lost.id)
         assert [e.type for e in ks.channel.events()] == [EventType.LEASE_GRANTED]
         lowlat = keeper.status()["lowlat"]
-        assert [l["id"] for l in lowlat["leases"]] == [kept.id] and lowlat["policy_entries"] == 1
+        assert [lease["id"] for lease in lowlat["leases"]] == [kept.id] and lowlat["policy_entries"] == 1
         kept.renew()
         with pytest.raises(LeaseRefusedError) as e:
             loser.request_lease(ls, service_class="voice", rate=1e6, max_packet=1200, latency_target=0.05)

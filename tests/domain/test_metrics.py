@@ -36,9 +36,9 @@ def test_config_refuses_a_public_metrics_address(tmp_path):
 
 
 def test_collector_on_an_embedded_domain_and_the_loopback_endpoint(sockdir):
-    import usnet
     from prometheus_client.parser import text_string_to_metric_families
 
+    import usnet
     from usnet.cli.ops import fetch_metrics
 
     with usnet.Domain() as d:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import usnet
-from usnet.client.channel import ChannelDefunct, NoBuffers
 from usnet.abi.protocol import ControlError
+from usnet.client.channel import ChannelDefunct, NoBuffers
 from usnet.domain.mem.pool import FREE, HELD
 
 pytestmark = pytest.mark.slow

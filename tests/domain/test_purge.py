@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from tests.helpers.util import FakeClock
-
+from usnet.abi.memfd import available_memory
 from usnet.client import Client
 from usnet.domain import config
-from usnet.abi.memfd import available_memory
 from usnet.domain.loop import Domain
 from usnet.domain.mem.pool import FREE
 
@@ -43,10 +42,10 @@ def test_an_idle_pool_purges_its_free_segments_and_a_busy_one_does_not():
     try:
         c = Client.local(d)
         a, b, pipe = _grown(d, c, "idle")
-        x, y, busy = _grown(d, c, "busy")
+        x, _y, busy = _grown(d, c, "busy")
         assert pipe.pool.active == 4096 and busy.pool.active == 4096
         before = pipe.arena.allocated_bytes()
-        for tick in range(3):
+        for _ in range(3):
             clock.now += 10.0
             x.free(x.alloc(300))  # the busy pool lends and takes back between every two ticks
             d.kick_channel(x.id)

@@ -17,16 +17,16 @@ import select
 import threading
 
 import pytest
-from tests.helpers.util import FakeClock, net_factory
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.util import FakeClock, net_factory
 from usnet.client import Client
 from usnet.domain import config
-from usnet.drivers import MemWire
-from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.loop import Domain
+from usnet.domain.lowlat.policy import Policy, PolicyEntry
 from usnet.domain.netif.mitigation import HOLD, MIN_FRAMES, TAU, RxMitigation
+from usnet.drivers import MemWire
 
 A_IP, B_IP = "10.9.0.1", "10.9.0.2"
 ME = os.getuid()

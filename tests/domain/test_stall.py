@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.helpers.util import FakeClock
 
-from usnet.client.channel import ChannelDefunct, PeerGone
+from tests.helpers.util import FakeClock
 from usnet.abi.events import DefunctReason, EventType
+from usnet.abi.transport import listen_seqpacket
 from usnet.cli.main import main
 from usnet.client import Client
-from usnet.abi.transport import listen_seqpacket
-from usnet.drivers import MemWire
+from usnet.client.channel import ChannelDefunct, PeerGone
 from usnet.domain.loop import Domain
 from usnet.domain.mem.pool import FREE, HELD
+from usnet.drivers import MemWire
 
 RING = 64
 

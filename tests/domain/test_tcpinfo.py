@@ -42,7 +42,7 @@ def test_a_client_lying_in_its_records_affects_only_its_own_rows():
         assert mem is not None
         def both_ends_published() -> bool:  # the accepted end's row and the connecting end's
             rows = [r for f in _rows(d).values() for r in f["tcp"]["rows"]
-                    if r["local_port"] == 8000 and r["state"] != "LISTEN" or r["remote"].endswith(":8000")]
+                    if (r["local_port"] == 8000 and r["state"] != "LISTEN") or r["remote"].endswith(":8000")]
             return len(rows) == 2 and all(r["state"] == "ESTAB" for r in rows)
         wait_until(both_ends_published, 5, "the honest connection to be published, both ends")
         before = {c: f["tcp"]["rows"] for c, f in _rows(d).items() if c != ch.id}

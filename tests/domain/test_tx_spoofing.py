@@ -20,30 +20,40 @@ import struct
 import time
 
 import pytest
-from tests.helpers.util import recv_n, require_privileges, send_raw, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import (
-    IP, UDP, Ether, IPOption_LSRR, IPOption_Router_Alert, IPOption_RR, IPOption_SSRR, IPv6,
-    IPv6ExtHdrFragment, IPv6ExtHdrRouting, fragment, raw, rdpcap,
+    IP,
+    UDP,
+    Ether,
+    IPOption_LSRR,
+    IPOption_Router_Alert,
+    IPOption_RR,
+    IPOption_SSRR,
+    IPv6,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrRouting,
+    fragment,
+    raw,
+    rdpcap,
 )
+
 from tests.domain.test_flowswitch import A_IP, B_IP, Net, _snapshot, total_drops
 from tests.domain.test_ipv6 import ME, PEER, Wire6
 from tests.domain.test_lowlat import POLICY
 from tests.domain.test_lowlat import Net as LLNet
-
+from tests.helpers.util import recv_n, require_privileges, send_raw, wait_until
 from usnet.abi.events import EventType, TxDropReason
-from usnet.client import Client
 from usnet.abi.protocol import ControlError
-from usnet.drivers import MemWire, PcapTracer, block
+from usnet.client import Client
+from usnet.domain.loop import Domain
 from usnet.domain.lowlat.policy import SERVICE_DSCP
 from usnet.domain.switch import tx, txguard
-from usnet.domain.loop import Domain
 from usnet.domain.switch.txguard import SentFragments
+from usnet.drivers import MemWire, PcapTracer, block
 from usnet.proto.wire.checksum import update16
 from usnet.proto.wire.ecn import ECT0, set_dscp, set_dscp_rows
 from usnet.proto.wire.ipv4 import not_unicast4
-
 
 # -- the forged packets, on memwire -------------------------------------------------------------
 
@@ -496,7 +506,6 @@ print(json.dumps({{"frags": frags, "dgrams": dgrams}}), flush=True)
 @pytest.mark.privileged
 def test_the_namespace_kernel_reassembles_the_flows_datagram_and_never_sees_a_forged_fragment(veth):
     from tests.interop.test_packet_driver import OUR_IP, PEER_IP, wait_ready
-
     from usnet.drivers.packet import PacketDriver
 
     peer = veth.spawn(_PEER_SCRIPT.format(ifname=veth.peer, peer=PEER_IP))

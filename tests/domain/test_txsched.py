@@ -17,16 +17,16 @@ from collections import deque
 
 import numpy as np
 import pytest
-from tests.helpers.util import ControlledDevice, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.util import ControlledDevice, FakeClock
 from usnet.domain import config
-from usnet.drivers import MemWire
-from usnet.drivers.block import FrameBlock
 from usnet.domain.loop import Domain
 from usnet.domain.netif.netif import Netif
 from usnet.domain.netif.txsched import GENERAL, LL, SlotScheduler, ll_pattern
+from usnet.drivers import MemWire
+from usnet.drivers.block import FrameBlock
 
 START = 1000.0
 
@@ -555,7 +555,7 @@ def test_set_flow_class_over_a_running_domain_carries_every_datagram():
                 batch += more
             assert [p for p, _ in batch] == data
             got += batch
-        info = [n for n in d.status()["netifs"] if n["netif"]["name"] == "a"][0]["netif"]["txsched"]
+        info = next(n for n in d.status()["netifs"] if n["netif"]["name"] == "a")["netif"]["txsched"]
         assert info["ll_flows"] == [flow["id"]]
         assert info["frames"]["ll"] == 600 and info["frames"]["general"] >= 300
         assert info["link_rate"] == 1e9 and info["ll_share"] == 0.2

@@ -14,17 +14,17 @@ import time
 
 import numpy as np
 import pytest
-from tests.helpers.util import wait_until
 
-from tests.domain.test_llpath import udp_packet
 from tests.domain import test_lowlat
+from tests.domain.test_llpath import udp_packet
 from tests.domain.test_lowlat import Net, recv_all
+from tests.helpers.util import wait_until
 from usnet.abi.events import EventType, TxDropReason, TxStatus
-from usnet.client import Client
 from usnet.abi.protocol import ControlError
+from usnet.client import Client
+from usnet.domain.netif.netif import Netif
 from usnet.drivers import MemWire
 from usnet.drivers.base import TrackedFrame
-from usnet.domain.netif.netif import Netif
 
 B = "10.9.0.2"
 

@@ -149,7 +149,7 @@ def test_a_gateway_routes_every_udp_destination():
 def test_usnet_fails_as_the_kernel_does_over_a_tap(tap_domain):
     """The same connects, on usnet over the TAP and on kernel sockets in the test's namespace
     (whose only link is the TAP's host end): the same errnos, in about the same time."""
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, usnet_ip, _host_ip = tap_domain
     x = usnet_ip.split(".")[1]
     client = Client.local(d)
     results: dict[str, tuple[int, float]] = {}

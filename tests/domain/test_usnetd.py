@@ -12,11 +12,10 @@ import time
 
 import pytest
 
-from usnet.client.channel import ChannelDefunct, PeerGone
-from usnet.client import Client
-
 from tests.helpers import PEERS
 from tests.helpers.usnetd import DAEMON, Daemon
+from usnet.client import Client
+from usnet.client.channel import ChannelDefunct, PeerGone
 
 PEER = PEERS / "pipe_peer.py"
 sys.path.insert(0, str(PEERS))

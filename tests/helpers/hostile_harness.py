@@ -24,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from usnet.abi import doorbell
-from usnet.client import Client
-from usnet.abi import protocol as P
-from usnet.abi.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
 from tests.helpers import PEERS
 from tests.helpers.usnetd import Daemon
 from tests.helpers.util import fresh_subnet, tap_name
+from usnet.abi import doorbell
+from usnet.abi import protocol as P
+from usnet.abi.transport import ControlClient, connect_seqpacket, recv_msg, send_msg
+from usnet.client import Client
 
 VICTIM = PEERS / "victim_peer.py"
 HOSTILE = PEERS / "hostile_peer.py"

@@ -23,15 +23,12 @@ import mmap
 import os
 
 import pytest
-from hypothesis import HealthCheck, example, given, seed, settings
-from hypothesis import strategies as st
 
+from tests.helpers.hostile_harness import ANSWER, HOSTILE, Harness, TapNetns, deadline_loop, quick_client
+from tests.helpers.util import require_privileges
 from usnet.abi import ring as ringmod
 from usnet.abi.events import DefunctReason
-from usnet.abi.schema import W_REASON, W_STATE, W_SYNC, ChannelState, RingKind
-
-from tests.helpers.util import require_privileges
-from tests.helpers.hostile_harness import ANSWER, HOSTILE, Harness, TapNetns, deadline_loop, quick_client
+from usnet.abi.schema import W_REASON, W_STATE, W_SYNC, ChannelState
 
 pytestmark = pytest.mark.privileged
 
@@ -160,7 +157,7 @@ def test_impossible_consumer_counter_on_a_flows_rx_ring(flows, cons):
     while the kernel's echoes keep arriving for it. Each delivery that finds it counts a
     violation (BAD_COUNTER) through the validated reader; enough of them defunct it (ABUSE)."""
     h = flows
-    c, ctl, sock = attacker(h, "rx-attacker", ring_size=64)
+    _c, ctl, sock = attacker(h, "rx-attacker", ring_size=64)
     ch = sock.channel
     echo_round(h, sock, 8)
     ch._rx.q[ringmod.CONS] = cons
@@ -189,7 +186,7 @@ def test_impossible_consumer_counter_on_a_flows_alloc_ring(flows):
     each kick makes the pipe sync: every one reads the impossible counter through the
     validated reader (a violation), none raises; the channel ends defunct (ABUSE)."""
     h = flows
-    c, ctl, sock = attacker(h, "alloc-attacker", ring_size=64, quota=64, packets=128)
+    _c, ctl, sock = attacker(h, "alloc-attacker", ring_size=64, quota=64, packets=128)
     ch = sock.channel
     echo_round(h, sock, 4)
     taken: list[int] = []
@@ -233,7 +230,7 @@ def test_attacker_flow_sigkilled_mid_transfer(flows):
     h = flows
     report = h.sockdir / "sender.report"
     atk = h.spawn(HOSTILE, "flow-sender", "--netif", TapNetns.NETIF,
-                  "--to", "%s:%d" % h.net.echo_addr, "--report", str(report))
+                  "--to", "{}:{}".format(*h.net.echo_addr), "--report", str(report))
     cid, ro_fd = map(int, report.read_text().split())
     fd = os.open(f"/proc/{atk.pid}/fd/{ro_fd}", os.O_RDONLY)
     try:

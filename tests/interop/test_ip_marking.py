@@ -51,7 +51,7 @@ class Capture:
             except TimeoutError:
                 continue
             pkt = Ether(frame)
-            ip = pkt[IP] if IP in pkt else pkt[IPv6] if IPv6 in pkt else None
+            ip = pkt[IP] if IP in pkt else pkt.getlayer(IPv6)  # None when neither
             if ip is not None and ip.src == self.src:
                 self.seen.append(ip)
         return self.seen

@@ -61,7 +61,7 @@ def _read_to_eof(k: socket.socket, _peer) -> dict:
 @pytest.mark.parametrize("mode", ["close-exit", "exit"])
 def test_every_byte_and_the_fin_arrive_after_the_sender_exits(tap_domain, mode):
     """20 MB sent, then close and exit (or exit alone): the kernel reads all of it, then EOF."""
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     size = 20_000_000
     with kernel_server(host_ip, _read_to_eof, timeout=60) as (addr, result):
         child = _spawn(d, ifname, addr, mode, size)
@@ -78,7 +78,7 @@ def test_every_byte_and_the_fin_arrive_after_the_sender_exits(tap_domain, mode):
 
 def test_a_killed_sender_s_peer_sees_a_reset(tap_domain):
     """SIGKILL: the domain resets the connection; the kernel peer's recv fails within a bound."""
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     size = 300_000
     ls = socket.create_server((host_ip, 0))
     ls.settimeout(30)
@@ -125,7 +125,7 @@ def test_so_linger_zero_resets_on_close_as_the_kernel_does(tap_domain):
     from usnet import socket as us
     from usnet.client import Client
 
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     kernel = _linger_zero_close(socket, host_ip)
     ours = _linger_zero_close(us, host_ip, client=Client.local(d), netif=ifname)
     assert kernel["reset"] is True
@@ -138,7 +138,7 @@ def test_a_lingering_close_returns_once_the_data_is_acknowledged(tap_domain):
     from usnet.client import Client
     from usnet.client.engine import delivered
 
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     size = 8_000_000
     data = os.urandom(size)
     with kernel_server(host_ip, _read_to_eof, timeout=30) as (addr, result):

@@ -15,9 +15,8 @@ import subprocess
 
 import pytest
 
-from usnet.drivers.hostnet import NetNs, link_exists, netns_exists
-
 from tests.helpers.util import tap_name
+from usnet.drivers.hostnet import NetNs, link_exists, netns_exists
 
 pytestmark = pytest.mark.privileged
 

@@ -15,10 +15,10 @@ import socket
 import time
 
 import pytest
-from tests.helpers.util import send_raw
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from tests.helpers.util import send_raw
 from usnet.abi.events import EventType, TxDropReason, TxStatus
 from usnet.client import Client
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes

@@ -7,7 +7,6 @@ usnet.cli.main`, as an operator would run them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket

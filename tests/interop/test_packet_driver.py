@@ -1,4 +1,5 @@
-"""usnet.drivers.packet: AF_PACKET with TPACKET_V3 rings, on a veth into a fresh netns (docs/architecture.md, "Nexuses").
+"""usnet.drivers.packet: AF_PACKET with TPACKET_V3 rings, on a veth into a fresh netns
+(docs/architecture.md, "Nexuses").
 
 Every test builds its own veth pair with pyroute2, moves the peer into a
 network namespace made for it, gives the peer 10.88.0.1/24 and drives the

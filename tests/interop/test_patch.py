@@ -26,7 +26,6 @@ import pytest
 
 from tests.helpers import PEERS
 from tests.helpers.util import client_context
-
 from usnet import aio
 from usnet import socket as us
 from usnet.abi.transport import listen_seqpacket
@@ -40,7 +39,7 @@ BODY = os.urandom(1500).hex().encode() + b"\n"  # no "|": curl's write-out below
 @pytest.fixture
 def usnetd_path(tap_domain, sockdir):
     """(socket path, usnet_ip, host_ip): the TAP domain, reachable at a socket path as usnetd is."""
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, _ifname, usnet_ip, host_ip = tap_domain
     path = str(sockdir / "usnetd.sock")
     d.listen(listen_seqpacket(path))
     yield path, usnet_ip, host_ip
@@ -146,10 +145,10 @@ def test_http_server_bound_to_ipv6_wildcard_takes_ipv4_as_on_linux(usnetd_path, 
     reaches it over IPv4 and it logs the client as ::ffff:a.b.c.d, on usnet (from the kernel
     side of the TAP) as on kernel sockets (the namespace's own loopback)."""
     path, usnet_ip, host_ip = usnetd_path
-    env = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
+    unpatched = {k: v for k, v in os.environ.items() if k != "USNET_PATCH"}
     for cmd, env, addr, client in (
             ([sys.executable, "-m", "usnet", "run", "--"], child_env(path), usnet_ip, host_ip),
-            ([], env, "127.0.0.1", "127.0.0.1")):
+            ([], unpatched, "127.0.0.1", "127.0.0.1")):
         server, port = started([*cmd, sys.executable, "-u", "-m", "http.server", "--bind", "::", "-d", str(site), "0"],
                                env)
         try:
@@ -174,8 +173,9 @@ def test_usnet_run_http_server_serves_curl_100_requests_on_one_connection(usnetd
     try:
         assert port == 8000
         url = f"http://{usnet_ip}:{port}/f.bin"
-        got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), "-w", "|%{http_code} %{num_connects}\n",
-                              *[url] * 100], capture_output=True, timeout=LIMIT + 5)
+        got = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT),
+                              "-w", "|%{http_code} %{num_connects}\n", *[url] * 100],
+                             capture_output=True, timeout=LIMIT + 5)
         assert got.returncode == 0, got.stderr.decode()
         parts = got.stdout.split(b"|")
         bodies = [parts[0]] + [p.split(b"\n", 1)[1] for p in parts[1:-1]]
@@ -262,7 +262,7 @@ def test_python_m_usnet_run_script_fetches_twice_with_urllib(usnetd_path, site):
 
 @pytest.mark.privileged
 def test_patch_urllib_fetches_twice_from_a_kernel_http_server(patched, site):
-    usnet_ip, host_ip = patched
+    _usnet_ip, host_ip = patched
     server, port = kernel_http_server(site, host_ip)
     try:
         for _ in range(2):
@@ -276,7 +276,7 @@ def test_patch_urllib_fetches_twice_from_a_kernel_http_server(patched, site):
 @pytest.mark.privileged
 def test_patch_https_through_urllib_with_a_trustme_ca(patched, site, ca, tmp_path):
     """HTTPS through urllib: http.client calls SSLContext.wrap_socket on a usnet socket (usnet.tls)."""
-    usnet_ip, host_ip = patched
+    _usnet_ip, host_ip = patched
     pem = tmp_path / "server.pem"
     ca.issue_cert(host_ip).private_key_and_cert_chain_pem.write_to_path(str(pem))
     server, port = started([sys.executable, "-u", str(PEERS / "https_server.py"), "--bind", host_ip,
@@ -511,7 +511,7 @@ def test_policy_sock_accept_recv_sendall_on_usnet_sockets(policy):
             accepting = asyncio.ensure_future(loop.sock_accept(ls))
             await asyncio.sleep(0.2)  # not synchronisation: the window in which a busy wait would retry
             t = kernel_client((usnet_ip, ls.getsockname()[1]), data, out)
-            conn, addr = await accepting
+            conn, _addr = await accepting
             with conn:
                 assert conn.gettimeout() == 0.0
                 got = b""
@@ -529,7 +529,7 @@ def test_policy_sock_accept_recv_sendall_on_usnet_sockets(policy):
 @pytest.mark.privileged
 def test_transport_readiness_clears_once_its_data_is_taken(policy):
     """An idle connection under a transport does not look readable (a pool's "dropped?" probe)."""
-    usnet_ip, host_ip = policy
+    _usnet_ip, host_ip = policy
 
     async def main() -> tuple[bool, bool, bool]:
         with socket.create_server((host_ip, 0)) as ls:

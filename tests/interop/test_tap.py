@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers.util import (digest_of, fresh_subnet, kernel_server, recv_n, tap_name, used_networks,
-                                wait_until)
 
+from tests.helpers.util import digest_of, fresh_subnet, kernel_server, recv_n, tap_name, used_networks, wait_until
 from usnet.drivers.hostnet import delete_links, link_exists
 
 pytestmark = pytest.mark.privileged
@@ -296,8 +295,8 @@ def test_in_process_domain_on_tap_answers_ping_and_udp(tap_domain):
 def test_in_process_tap_device_goes_with_the_domain():
     from pyroute2 import IPRoute
 
-    from usnet.drivers.tap import TapDriver
     from usnet.domain.loop import Domain
+    from usnet.drivers.tap import TapDriver
 
     ifname = tap_name()
     d = Domain()
@@ -356,8 +355,8 @@ def test_a_4_tuple_the_host_holds_in_time_wait_connects_again_without_a_retry(ta
         assert s.recv(1) == b""
         assert (s._conn.stats.retransmits, s._conn.stats.rto_timeouts) == (0, 0), f"connection {i}"
         s.close()
-        wait_until(lambda: _kernel_tcp_state(server, (usnet_ip, port)) == 6, 10, "the host's TIME_WAIT")
-        wait_until(lambda: not any(f["local_port"] == port for n in d.status()["netifs"] for f in n["flows"]),
+        wait_until(lambda port=port: _kernel_tcp_state(server, (usnet_ip, port)) == 6, 10, "the host's TIME_WAIT")
+        wait_until(lambda port=port: not any(f["local_port"] == port for n in d.status()["netifs"] for f in n["flows"]),
                    10, "the flow to let its port go")
     ls.close()
 
@@ -369,7 +368,7 @@ def test_usnet_client_fetches_from_the_host_s_http_server(tap_domain, tmp_path):
     from usnet import socket as us
     from usnet.client import Client
 
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     body = os.urandom(2_000_000)
     (tmp_path / "blob").write_bytes(body)
     srv = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", host_ip,
@@ -441,7 +440,7 @@ def test_50_mb_each_way_with_a_kernel_tcp_socket(tap_domain):
     from usnet import socket as us
     from usnet.client import Client
 
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, _usnet_ip, host_ip = tap_domain
     size = 50_000_000
     up, down = os.urandom(size), os.urandom(size)
 

@@ -18,8 +18,8 @@ import socket
 import threading
 
 import pytest
-from tests.helpers.util import client_context, server_context
 
+from tests.helpers.util import client_context, server_context
 from usnet import aio, tls
 from usnet import socket as us
 from usnet.client import Client
@@ -33,7 +33,7 @@ def need_curl() -> None:
         pytest.fail("curl is missing (scripts/test-deps.sh installs it)")
 
 
-def http_handler(body_for: "callable", seen: list):
+def http_handler(body_for: callable, seen: list):
     """An HTTP/1.1 handler on asyncio streams: reads one request (with its body), answers, closes."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -91,7 +91,7 @@ def test_a_usnet_asyncio_server_hears_a_host_client_that_speaks_only_after_accep
     only reach the handler if the stack thread's doorbell is armed while it
     sleeps (a lost wake-up here once hung every such server).
     """
-    d, ifname, usnet_ip, host_ip = tap_domain
+    d, ifname, usnet_ip, _host_ip = tap_domain
 
     async def main() -> tuple[bytes, tuple]:
         accepted = asyncio.Event()

@@ -19,9 +19,8 @@ import subprocess
 import threading
 
 import pytest
-from tests.helpers.util import digest_of, kernel_server
-from tests.helpers.util import fresh_subnet, tap_name
 
+from tests.helpers.util import digest_of, fresh_subnet, kernel_server, tap_name
 from usnet.drivers.hostnet import delete_links
 
 pytestmark = pytest.mark.privileged
@@ -146,8 +145,8 @@ def test_kernel_udp_socket_and_usnet_udp_endpoint_exchange_over_ipv6(tap_domain6
 
 def test_usnet_up_with_address6_answers_ping6_at_once(tmp_path):
     """`usnet up --address6`: the host's address is usable without waiting for DAD, usnetd answers."""
-    from usnet.domain import launch as updown
     from usnet.client import Client
+    from usnet.domain import launch as updown
 
     x = fresh_subnet()
     ifname = tap_name()

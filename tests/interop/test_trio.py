@@ -31,8 +31,8 @@ from tests.helpers.util import client_context, server_context
 from tests.interop.test_names import world  # noqa: F401  (a fixture)
 from tests.interop.test_patch import LIMIT, child_env, patched, patched_onto, started, stop, usnetd_path  # noqa: F401
 from usnet import socket as us
-from usnet.client import trioface
 from usnet.client import patch as patching
+from usnet.client import trioface
 
 
 def KERNEL(*args: int) -> socket.socket:
@@ -126,7 +126,7 @@ def stack(request, tap_domain):
 
 
 @pytest.mark.privileged
-def test_trio_stream_to_a_kernel_server(patched):
+def test_trio_stream_to_a_kernel_server(patched):  # noqa: F811 (a fixture)
     """trio.open_tcp_stream on usnet to a kernel listener: 300 KB each way, SHA-256 on both sides."""
     usnet_ip, host_ip = patched
     up, down = os.urandom(SIZE), os.urandom(SIZE)
@@ -155,7 +155,7 @@ def test_trio_stream_to_a_kernel_server(patched):
 
 
 @pytest.mark.privileged
-def test_trio_serve_tcp_fetched_by_kernel_clients(patched):
+def test_trio_serve_tcp_fetched_by_kernel_clients(patched):  # noqa: F811 (a fixture)
     """trio.serve_tcp on usnet (open_tcp_listeners, accept through trio's epoll wait); three kernel
     clients at once, 300 KB each way each."""
     usnet_ip, _host_ip = patched
@@ -361,7 +361,7 @@ def test_trio_udp_both_ways_with_a_kernel_socket(stack):
 
 
 @pytest.mark.privileged
-def test_trio_names_resolve_through_usnet(patched, world):
+def test_trio_names_resolve_through_usnet(patched, world):  # noqa: F811 (a fixture)
     """trio.socket.getaddrinfo asks usnet's resolver (dnsmasq over usnet's UDP, the hosts file first),
     and gives what usnet.socket.getaddrinfo gives; open_tcp_stream connects to a name."""
     _usnet_ip, host_ip = patched
@@ -396,7 +396,7 @@ def test_trio_cancellation_leaves_the_socket_usable_or_closed(stack):
     """move_on_after around a recv that never completes returns in time; the stream then still
     carries data both ways. A connect cancelled before the handshake completes closes the socket
     (trio's rule), and fail_after raises TooSlowError."""
-    on, _, host_ip = stack
+    _on, _, host_ip = stack
     ls = kernel_listener(host_ip)
     x = host_ip.split(".")[1]
 
@@ -434,7 +434,7 @@ def test_trio_cancellation_leaves_the_socket_usable_or_closed(stack):
 
 
 @pytest.mark.privileged
-def test_trio_tls_both_ways_with_a_trustme_ca(patched, ca):
+def test_trio_tls_both_ways_with_a_trustme_ca(patched, ca):  # noqa: F811 (a fixture)
     """trio.open_ssl_over_tcp_stream to a kernel TLS server, and trio.serve_ssl_over_tcp fetched by a
     kernel TLS client; certificates from a trustme CA, hostnames checked."""
     usnet_ip, host_ip = patched
@@ -512,7 +512,7 @@ async def anyio_serve_once(listener: anyio.abc.SocketListener, data: bytes) -> N
 
 
 @pytest.mark.privileged
-def test_anyio_on_trio_create_tcp_listener_fetched_by_a_kernel_client(patched):
+def test_anyio_on_trio_create_tcp_listener_fetched_by_a_kernel_client(patched):  # noqa: F811 (a fixture)
     """anyio.create_tcp_listener on the trio backend: a standard socket (usnet's, under the patch)
     that anyio hands to trio.socket.from_stdlib_socket; a kernel client, 300 KB each way."""
     usnet_ip, _host_ip = patched
@@ -536,7 +536,7 @@ def test_anyio_on_trio_create_tcp_listener_fetched_by_a_kernel_client(patched):
 
 
 @pytest.mark.privileged
-def test_anyio_on_trio_connect_tcp_to_a_kernel_server(patched):
+def test_anyio_on_trio_connect_tcp_to_a_kernel_server(patched):  # noqa: F811 (a fixture)
     """anyio.connect_tcp on the trio backend to a kernel listener, 300 KB each way."""
     _usnet_ip, host_ip = patched
     up, down = os.urandom(SIZE), os.urandom(SIZE)
@@ -590,7 +590,7 @@ PROGRAM = textwrap.dedent("""
 
 
 @pytest.mark.privileged
-def test_usnet_run_a_trio_server_as_on_the_kernel(usnetd_path, tmp_path):
+def test_usnet_run_a_trio_server_as_on_the_kernel(usnetd_path, tmp_path):  # noqa: F811 (a fixture)
     """The same trio program (trio imported after the patch: `usnet run`'s import hook) serves a
     kernel client under `usnet run` and on the kernel itself, with the same answers."""
     path, usnet_ip, host_ip = usnetd_path

@@ -29,9 +29,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
 from usnet.drivers.base import Coalesced
 from usnet.drivers.hostnet import NetNs
-from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
 from usnet.proto.wire.ipv4 import martian_source4
 from usnet.proto.wire.ipv6 import martian_source6
 
@@ -88,8 +88,8 @@ class Link:
                 self.peer_mac = bytes.fromhex(ns.link("get", index=idx)[0].get("IFLA_ADDRESS").replace(":", ""))
             self.tx_peer = self._raw(self.ns_peer, self.if_peer)  # frames to usnet, and the capture
             self.tx_us = self._raw(self.ns_us, self.if_us)  # frames to the peer kernel
-            from usnet.drivers.packet import PacketDriver
             from usnet.domain.loop import Domain
+            from usnet.drivers.packet import PacketDriver
 
             drv = _in_netns(self.ns_us, lambda: PacketDriver(self.if_us, mtu=mtu))
             self.d = Domain()
@@ -264,7 +264,7 @@ def test_a_spoofed_sender_nobody_answers_for_holds_back_only_itself(link):
     lk.run(delivered)
     assert got == [(b"spoofed", (SILENT4, 4444))]
     s.sendto(b"answer to the spoofer", (SILENT4, 4444))  # waits for ARP: nobody will answer
-    asked, _ = lk.run(lambda us, k: any(f.haslayer("ARP") and f["ARP"].pdst == SILENT4 for f in us),
+    _asked, _ = lk.run(lambda us, k: any(f.haslayer("ARP") and f["ARP"].pdst == SILENT4 for f in us),
                       "the ARP request")
     s.sendto(b"to the kernel", (PEER4, 7001))  # a later batch of the same flow
     heard: list = []
@@ -396,7 +396,7 @@ def test_martian_source4_agrees_with_ipaddress_row_and_column(src, prefix, host)
     bcast = int(net.broadcast_address)
     a = ipaddress.IPv4Address(src)
     want = (a.is_multicast or a.is_loopback or a in ipaddress.IPv4Network("0.0.0.0/8")
-            or src == 0xFFFFFFFF or src == bcast or src == local)
+            or src in (0xFFFFFFFF, bcast, local))
     assert bool(martian_source4(src, local, bcast)) == want
     col = martian_source4(np.array([src, local, 0x0A000001], np.uint32), local, bcast)
     assert col.tolist()[0] == want and col.tolist()[1]
@@ -551,7 +551,7 @@ def _damaged_udp(src: str, dst: str, v6: bool) -> list:
 def test_damaged_udp_to_a_closed_port_earns_no_icmp_as_with_linux(link, v6):
     """Each damaged datagram is dropped silently and counted; a sound one to the same closed port
     gets its port unreachable, from usnet and from the peer kernel alike."""
-    from scapy.all import ICMP, UDP, ICMPv6DestUnreach, IP, IPv6, UDPerror
+    from scapy.all import ICMP, IP, UDP, ICMPv6DestUnreach, IPv6, UDPerror
 
     lk = link()
     warm_up(lk, v6)
@@ -566,7 +566,7 @@ def test_damaged_udp_to_a_closed_port_earns_no_icmp_as_with_linux(link, v6):
     lk.to_usnet(*[eth_to_us(lk) / L3(p) for p in bad])
     lk.to_usnet(eth_to_us(lk) / L3(src=peer, dst=us) / UDP(sport=2222, dport=9) / b"sound")
     from_us, _ = lk.run(lambda u, k: any(is_unreach(f) for f in u))
-    assert [f for f in from_us if is_unreach(f)][0][UDPerror].sport == 2222  # the first answered is the sound one
+    assert next(f for f in from_us if is_unreach(f))[UDPerror].sport == 2222  # the first answered is the sound one
     assert len([f for f in from_us if is_unreach(f)]) == 1
     assert lk.sw.drops["rx_udp_csum_error"] == 1 + v6 and lk.sw.drops["rx_udp_bad_length"] == 2
     # Linux: the same datagrams to its closed port earn nothing; the sound one its unreachable
@@ -605,8 +605,8 @@ def test_a_coalesced_super_segment_is_taken_past_the_mtu():
     from scapy.all import IP, UDP, Ether, raw
 
     from usnet.client import Client
-    from usnet.drivers import MemWire
     from usnet.domain.loop import Domain
+    from usnet.drivers import MemWire
 
     d = Domain()
     try:
@@ -645,7 +645,7 @@ def test_one_source_cannot_take_the_reassembly_memory(link):
         flood += pieces[:13]  # never the last: nothing completes
     for i in range(0, len(flood), 32):
         lk.to_usnet(*[eth_to_us(lk) / p for p in flood[i:i + 32]])
-        lk.run(lambda us, k: lk.sw.frags["frag_in"] >= i + len(flood[i:i + 32]),
+        lk.run(lambda us, k, i=i: lk.sw.frags["frag_in"] >= i + len(flood[i:i + 32]),
                f"{lk.sw.frags} {lk.sw.drops}")
     payload = bytes(range(256)) * 16
     good = fragment(IP(src=PEER4, dst=US4, id=99) / UDP(sport=2, dport=5000) / payload, fragsize=1480)

@@ -451,10 +451,9 @@ def test_the_flow_program_redirects_exactly_the_steered_ports():
 def test_usnetd_with_share_host_serves_udp_beside_the_kernel(tmp_path, sockdir):
     """usnetd with `driver = "xdp"` and `share_host`: a usnet UDP flow and a kernel UDP socket on
     one address, each answering the peer on its own port."""
+    from tests.helpers.usnetd import Daemon
     from usnet.client import Client
     from usnet.domain import config
-
-    from tests.helpers.usnetd import Daemon
 
     x = fresh_subnet()
     with _veth_to_peer(x, our_address=True) as (ifname, peer):

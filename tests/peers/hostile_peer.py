@@ -25,22 +25,22 @@ wait to be killed (the listener, the pipes must outlive the attack).
 from __future__ import annotations
 
 import argparse
-import select
-import sys
 import ctypes
 import fcntl
 import os
 import random
+import select
 import signal
 import socket
 import struct
+import sys
 import time
 
 from usnet.abi import doorbell
-from usnet.abi.schema import W_SYNC
-from usnet.client import Client
 from usnet.abi import protocol as P
+from usnet.abi.schema import W_SYNC
 from usnet.abi.transport import connect_seqpacket, send_msg
+from usnet.client import Client
 
 CLONE_NEWNET = 0x40000000
 

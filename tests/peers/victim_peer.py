@@ -37,10 +37,10 @@ import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipe_peer import message  # noqa: E402
+from pipe_peer import message
 
-from usnet.client.channel import ChannelDefunct, NoBuffers  # noqa: E402
-from usnet.client import Client  # noqa: E402
+from usnet.client import Client
+from usnet.client.channel import ChannelDefunct, NoBuffers
 
 WINDOW = 32  # messages in flight at once (well under the ring and the pool)
 WAIT = 5.0  # seconds a refill or a receive may take before the domain counts as stalled

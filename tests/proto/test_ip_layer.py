@@ -19,18 +19,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("scapy.all")
-from scapy.all import ICMP, IP, UDP, raw  # noqa: E402
-from scapy.layers.inet import defragment, fragment  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
-    ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr,
-    ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop, fragment6,
+from scapy.all import ICMP, IP, UDP, raw
+from scapy.layers.inet import defragment, fragment
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    fragment6,
 )
 
-from tests.helpers.util import udp_segment  # noqa: E402
-from usnet.proto.ip import Datagram, IcmpError, IpLayer  # noqa: E402
-from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes  # noqa: E402
-from usnet.proto.wire.ipv6 import ip6_bytes, solicited_node  # noqa: E402
+from tests.helpers.util import udp_segment
+from usnet.proto.ip import Datagram, IcmpError, IpLayer
+from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
+from usnet.proto.wire.ipv6 import ip6_bytes, solicited_node
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,7 +98,7 @@ def test_udp_delivered_zero_copy():
     assert (d.proto, d.src, d.dst, d.ttl) == (17, B4, A4, 33)
     assert bytes(d.payload) == pkt[20:-6] and bytes(d.packet) == pkt[:-6]
     assert d.payload.obj is buf  # a view into the caller's buffer, not a copy
-    proto, src, dst, payload = d[:4]
+    _proto, _src, _dst, _payload = d[:4]
     assert ip.counters["ip4_delivered"] == 1
     clean(ip)
 

@@ -9,8 +9,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.proto.pcapfilter import (And, FilterError, Host, Kind, Net, Not, Or, Port, Proto, compile_filter,
-                                    frame_fields, parse, unparse)
+from usnet.proto.pcapfilter import (
+    And,
+    FilterError,
+    Host,
+    Kind,
+    Net,
+    Not,
+    Or,
+    Port,
+    Proto,
+    compile_filter,
+    frame_fields,
+    parse,
+    unparse,
+)
 
 dirs = st.sampled_from(["", "src", "dst"])
 v4 = st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import os
 import heapq
+import os
 import random
 from dataclasses import replace
 
@@ -28,11 +28,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from usnet.proto.tcp.quickack import MAX_QUICKACKS
 from usnet.proto.tcp import (
-    EV_CLOSED, EV_CONNECTED, EV_EOF, EV_ERROR, EV_READABLE, TcpConnection, TcpEndpoint,
+    EV_CLOSED,
+    EV_CONNECTED,
+    EV_EOF,
+    EV_ERROR,
+    EV_READABLE,
+    TcpConnection,
+    TcpEndpoint,
     TcpState,
 )
+from usnet.proto.tcp.quickack import MAX_QUICKACKS
 from usnet.proto.wire import ecn
 from usnet.proto.wire.tcp import ACK, CWR, ECE, FIN, PSH, RST, SYN, TcpSegment, build_tcp, parse_tcp, tcp_options
 
@@ -417,7 +423,7 @@ def test_listener_answers_stray_ack_with_rst_and_bounds_the_syn_queue(cookies):
         net.a.connect(B, 80, net.now, local_port=port)
         net.flush()
     net.blackhole.clear()
-    for (t, src, seg) in list(net.log):
+    for (_t, src, seg) in list(net.log):
         if src == A and base(seg.flags) == SYN:
             data = build_tcp(A, B, seg.sport, seg.dport, seg.seq, 0, SYN, 1000, b"", 0,
                              tcp_options(mss=1460))
@@ -511,16 +517,16 @@ def marked_transfer(mark_at: list[int], size: int = 2_000_000, **kw):
 
 
 def test_a_ce_mark_halves_the_window_once_a_window_and_loses_nothing():
-    net, c, s = marked_transfer([200, 201, 202, 203])  # four marks in one window
+    _net, c, s = marked_transfer([200, 201, 202, 203])  # four marks in one window
     assert s.stats.ce_received == 4
     assert c.stats.ecn_reductions == 1  # the same news four times: one cut
     assert c.stats.retransmits == 0 and c.stats.rto_timeouts == 0  # and nothing was lost for it
-    net, c, s = marked_transfer([200, 900])  # windows apart: two cuts
+    _net, c, s = marked_transfer([200, 900])  # windows apart: two cuts
     assert c.stats.ecn_reductions == 2 and c.stats.retransmits == 0
 
 
 def test_ece_is_echoed_until_the_sender_s_cwr_and_only_new_data_is_ecn_capable():
-    net, c, s = marked_transfer([300])
+    net, _c, _s = marked_transfer([300])
     log = net.ecn_log
     # the sender: SYN, pure ACKs and the FIN-only segment go NOT_ECT, every data segment ECT(0)
     assert all(ect == ecn.ECT0 for src, seg, ect in log if src == net.A and len(seg.payload))
@@ -567,7 +573,7 @@ def test_ecn_is_used_only_when_both_ends_agree(a_ecn, b_ecn):
 
 def test_peer_vanishing_times_out_after_rto_backoff():
     net = Net(rto_min=0.2, max_retries=5, rto_max=1.5)
-    c, s = net.pair()
+    c, _s = net.pair()
     c.send(b"x" * 100)
     net.blackhole.add(B)
     t0 = net.now
@@ -587,7 +593,7 @@ def test_peer_vanishing_times_out_after_rto_backoff():
 def test_user_timeout_gives_up_before_max_retries():
     """TCP_USER_TIMEOUT (RFC 5482): the clock, not the retry count, ends the wait."""
     net = Net(rto_min=0.2, max_retries=15, rto_max=60.0, user_timeout=1.0)
-    c, s = net.pair()
+    c, _s = net.pair()
     c.send(b"x" * 100)
     net.blackhole.add(B)
     t0 = net.now
@@ -702,13 +708,13 @@ def _burst_loss_run(sack):
 
 
 def test_sack_recovers_a_burst_exactly_and_faster():
-    net, c, s, t_sack = _burst_loss_run(True)
+    net, c, _s, t_sack = _burst_loss_run(True)
     assert c.sack_ok
     assert c.stats.retransmits == 5 and c.stats.retransmitted_bytes == 5 * c.mss
     assert c.stats.rto_timeouts == 0 and c.stats.fast_retransmits == 1
     sack_acks = [x for _, x in net.sent_by(B) if x.sacks]
     assert sack_acks and max(len(x.sacks) for x in sack_acks) == 3
-    net2, c2, s2, t_plain = _burst_loss_run(False)
+    net2, c2, _s2, t_plain = _burst_loss_run(False)
     assert not c2.sack_ok and not [x for _, x in net2.sent_by(B) if x.sacks]
     assert c2.stats.retransmits >= 5
     assert t_sack < t_plain  # NewReno finds one hole per round trip
@@ -739,7 +745,7 @@ def test_nagle_holds_small_segments_until_acked_and_nodelay_does_not():
         sent = net.sent_by(A, data_seg)
         assert len(sent) == expected
         if not nodelay:
-            net.run(lambda: s.rcv_queued == 3, limit=5)
+            net.run(lambda s=s: s.rcv_queued == 3, limit=5)
             assert len(net.sent_by(A, data_seg)) == 2  # "bc" together once "a" was acked
         assert c.nodelay is nodelay
 
@@ -755,7 +761,7 @@ def test_delayed_ack_every_second_segment_or_after_40ms():
         c.send(b"q" * c.mss)
         net.flush()
         sent = net.now
-        net.run(lambda: len(net.sent_by(B, pure_ack)) > n, limit=1)
+        net.run(lambda n=n: len(net.sent_by(B, pure_ack)) > n, limit=1)
         if net.now - sent > 0.030:
             break
         quick += 1
@@ -952,7 +958,7 @@ def test_bad_checksum_and_garbage_are_counted_not_raised():
     net.b.input(A, B, bytes(bad), net.now)
     assert net.b.stats.bad_checksum == 1 and not s.rcv_queued
     rng = random.Random(1)
-    for n in range(200):
+    for _ in range(200):
         net.b.input(A, B, rng.randbytes(rng.randrange(0, 60)), net.now)
     garbage = bytearray(good)
     garbage[12] = 0x30  # data offset 3 words
@@ -1028,11 +1034,12 @@ def test_hostile_segments_never_raise_and_keep_invariants(data):
     s.send(b"r" * 5000)
     net.run_for(0.002)  # data in flight both ways
     near = lambda base: st.one_of(st.integers(0, MASK), st.integers(-70000, 70000).map(lambda d: (base + d) & MASK))
-    for i in range(data.draw(st.integers(1, 15))):
+    for _ in range(data.draw(st.integers(1, 15))):
         flags = data.draw(st.integers(0, 0x3F))
         seq = data.draw(near(wire_seq(s)))
         ack = data.draw(near(wire_ack(s)))
-        sacks = data.draw(st.one_of(st.none(), st.lists(st.tuples(near(wire_ack(s)), near(wire_ack(s))), min_size=1, max_size=3)))
+        sacks = data.draw(st.one_of(st.none(), st.lists(st.tuples(near(wire_ack(s)), near(wire_ack(s))),
+                                                        min_size=1, max_size=3)))
         tsval = data.draw(st.one_of(st.none(), near(s.ts_recent)))
         seg = TcpSegment(c.local_port, s.local_port, seq, ack, flags, data.draw(st.integers(0, 0xFFFF)),
                          data.draw(st.binary(max_size=3000)), sacks=tuple(sacks) if sacks else None,

@@ -38,13 +38,13 @@ def test_corked_header_and_body_leave_as_one_segment():
         c.cork = False
         net.flush()
         assert [bytes(x.payload) for x in _data(net, mark)] == expected
-        net.run(lambda: s.rcv_queued == 1020, limit=5)
+        net.run(lambda s=s: s.rcv_queued == 1020, limit=5)
         assert not c.cork
 
 
 def test_full_segments_leave_while_corked_and_the_tail_waits():
     net = Net(a_opts=dict(nodelay=True, pacing=False))
-    c, s = net.pair()
+    c, _s = net.pair()
     c.cork = True
     mark = len(net.log)
     _send(net, c, b"x" * (3 * c.mss + 100))
@@ -64,7 +64,7 @@ def test_the_corked_tail_goes_after_200_ms():
     _send(net, c, b"z" * 10)
     assert c.timeout() is not None and c.timeout() <= t0 + CORK_MAX
     net.run(lambda: s.rcv_queued == 10, limit=5)
-    (t, _, seg), = [e for e in net.log[mark:] if e[1] == A and data_seg(e[2])]
+    (t, _, _seg), = [e for e in net.log[mark:] if e[1] == A and data_seg(e[2])]
     assert abs(t - (t0 + CORK_MAX)) < 1e-6
     assert c.cork  # still corked: the next tail waits again
     mark = len(net.log)
@@ -76,7 +76,7 @@ def test_nodelay_while_corked_pushes_what_is_queued_once():
     """Linux's TCP_NAGLE_PUSH: setting TCP_NODELAY sends the corked tail; later writes are
     corked again (the cork overrides TCP_NODELAY)."""
     net = Net(a_opts=dict(nodelay=True, pacing=False))
-    c, s = net.pair()
+    c, _s = net.pair()
     c.cork = True
     mark = len(net.log)
     _send(net, c, b"a" * 50)
@@ -125,9 +125,9 @@ _OPS = st.lists(st.one_of(
 @settings(max_examples=60, deadline=None)
 @given(ops=_OPS, nodelay=st.booleans(), mss=st.sampled_from([536, 1460]))
 def test_no_partial_segment_leaves_while_corked_and_every_byte_leaves(ops, nodelay, mss):
-    """The segmenting rule: while the cork is on (or the last write had MSG_MORE), a first transmission shorter than the MSS
-    leaves only with a FIN, after TCP_NODELAY was set (until what was queued has left), or once its first byte has waited 200 ms;
-    and every byte written arrives, in order, with the cork still on at the end."""
+    """The segmenting rule: while the cork is on (or the last write had MSG_MORE), a first transmission shorter
+    than the MSS leaves only with a FIN, after TCP_NODELAY was set (until what was queued has left), or once its
+    first byte has waited 200 ms; and every byte written arrives, in order, with the cork still on at the end."""
     net = Net(a_opts=dict(nodelay=nodelay, mss=mss), delay=0.01)
     c, s = net.pair()
     c.cork = True
@@ -205,6 +205,6 @@ def test_msg_more_holds_the_tail_until_a_write_without_it():
         assert [len(x.payload) for x in _data(net, mark)] == [400]
         mark = len(net.log)
         assert c.send(b"T" * 10, True) == 10  # no write follows: the ceiling sends it
-        net.run(lambda: s.rcv_queued == 410, limit=5)
+        net.run(lambda s=s: s.rcv_queued == 410, limit=5)
         assert [len(x.payload) for x in _data(net, mark)] == [10]
         assert not c.cork

@@ -219,7 +219,7 @@ def test_arp_parse_scapy(kind, op):
     frame = raw(Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(
         op=op, hwsrc="02:00:00:00:00:01", psrc="10.0.0.1", hwdst="00:00:00:00:00:00",
         pdst="10.0.0.2") / (b"\x00" * 18))  # Ethernet minimum-size padding
-    dst, src, et = E.parse_eth(frame)
+    _dst, _src, et = E.parse_eth(frame)
     assert et == E.ETHERTYPE_ARP
     buf = as_type(kind, frame)
     assert A.parse_arp(buf, E.ETH_HLEN) == (op, MAC_A, IP_A, b"\x00" * 6, IP_B)
@@ -509,7 +509,7 @@ def test_udp_parse_scapy_frame(kind, payload):
     buf = as_type(kind, frame)
     dst, src, et = W.parse_eth(buf)
     assert (dst, src, et) == (MAC_B, MAC_A, W.ETHERTYPE_IPV4)
-    ihl, total, ident, ff, ttl, proto, sip, dip = W.parse_ipv4(buf, 14, len(frame) - 14)
+    ihl, total, ident, _ff, _ttl, proto, sip, dip = W.parse_ipv4(buf, 14, len(frame) - 14)
     assert (ihl, total, ident, proto, sip, dip) == (20, 28 + len(payload), 77, 17, IP_A, IP_B)
     sport, dport, poff, plen = W.parse_udp(buf, 14 + ihl, total - ihl, sip, dip)
     assert (sport, dport, plen) == (40000, 53, len(payload))

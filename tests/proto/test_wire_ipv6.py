@@ -17,18 +17,34 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("scapy.all")
-from scapy.all import UDP, raw  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
-    HBHOptUnknown, ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NA,
-    ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_RS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptMTU,
-    ICMPv6NDOptPrefixInfo, ICMPv6NDOptSrcLLAddr, ICMPv6PacketTooBig, IPv6, IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PadN, in6_chksum,
+from scapy.all import UDP, raw
+from scapy.layers.inet6 import (
+    HBHOptUnknown,
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_RS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptMTU,
+    ICMPv6NDOptPrefixInfo,
+    ICMPv6NDOptSrcLLAddr,
+    ICMPv6PacketTooBig,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    PadN,
+    in6_chksum,
 )
-from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid  # noqa: E402
+from scapy.utils6 import in6_getnsma, in6_getnsmac, in6_mactoifaceid
 
-from usnet.proto.wire import icmpv6 as I6  # noqa: E402
-from usnet.proto.wire import ipv6 as V6  # noqa: E402
-from usnet.proto.wire.errors import WireError  # noqa: E402
+from usnet.proto.wire import icmpv6 as I6
+from usnet.proto.wire import ipv6 as V6
+from usnet.proto.wire.errors import WireError
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -162,7 +178,7 @@ def test_ext_headers_fragment_and_errors():
 @given(data=st.binary(max_size=120), nh=st.sampled_from([0, 43, 44, 60, 17]), first=st.booleans())
 def test_ext_headers_random_bytes_only_wireerror(data, nh, first):
     try:
-        upper, off, frag = V6.skip_ext_headers(data, 0, len(data), nh, first)
+        _upper, off, _frag = V6.skip_ext_headers(data, 0, len(data), nh, first)
     except WireError:
         return
     assert 0 <= off <= len(data)

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("scapy.all")
-from scapy.all import IP, TCP, Raw, raw  # noqa: E402
-from scapy.layers.inet6 import IPv6  # noqa: E402
+from scapy.all import IP, TCP, Raw, raw
+from scapy.layers.inet6 import IPv6
 
-from usnet.proto.wire import tcp as T  # noqa: E402
-from usnet.proto.wire.errors import WireError  # noqa: E402
-from usnet.proto.wire.ipv4 import build_ipv4_header  # noqa: E402
+from usnet.proto.wire import tcp as T
+from usnet.proto.wire.errors import WireError
+from usnet.proto.wire.ipv4 import build_ipv4_header
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
