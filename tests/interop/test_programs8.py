@@ -119,15 +119,43 @@ def test_socket_calls_on_a_connection_as_on_the_kernel(usnetd_path):  # noqa: F8
     assert found["recv-fds"] == ["fd", 1, 0, "through the passed descriptor"]
 
 
-@pytest.mark.parametrize("mode", ["recv", "accept"])
+def _relay() -> Callable[[socket.socket], None]:
+    """A handler pair in one: a connection that says "data" waits; one that says "go" makes the
+    relay send b"late" on the waiting one (then it waits for that one's end)."""
+    waiting: list[socket.socket] = []
+    go = threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        with conn:
+            line = conn.recv(10)
+            if line == b"data\n":
+                waiting.append(conn)
+                if go.wait(LIMIT):
+                    conn.sendall(b"late")
+                    with contextlib.suppress(OSError):
+                        conn.recv(10)  # the end of it (FIN or reset), or the limit
+            elif line == b"go\n":
+                go.set()
+
+    return handler
+
+
+@pytest.mark.parametrize("mode", ["recv", "accept", "recv-late", "recv-late-blocking"])
 def test_close_from_another_thread_while_one_waits_as_on_the_kernel(usnetd_path, mode):  # noqa: F811
-    """close() while another thread waits in recv/accept with a timeout: on Linux the waiting
-    call is not woken (its poll holds the file); it ends at its timeout, and the socket is closed."""
+    """close() while another thread waits in recv/accept: with a Python timeout CPython's call
+    polls, and ends in EBADF (the descriptor is -1 when it retries), data or not; a blocking recv
+    without one is one system call, which holds the file: the peer's data that comes after the
+    close is its answer (usnet: EBADF, and its FIN went at the close). The socket is closed after."""
     path, _usnet_ip, host_ip = usnetd_path
-    with _echo(host_ip) as port:
-        found = _same(_P.run(path, True, "close-thread", host_ip, str(port), mode),
-                      _P.run(path, False, "close-thread", host_ip, str(port), mode))
+    outs = []
+    for on_usnet in (True, False):
+        with (_serve(host_ip, _relay()) if "late" in mode else _echo(host_ip)) as port:
+            outs.append(_P.run(path, on_usnet, "close-thread", host_ip, str(port), mode))
+    found = _same(*outs)
     assert found["fileno"] == -1 and found["again"] == ["OSError", 9]
+    assert found["accept" if mode == "accept" else "recv"] == {
+        "recv": ["OSError", 9], "accept": ["OSError", 9], "recv-late": ["OSError", 9],
+        "recv-late-blocking": "late"}[mode]
 
 
 def test_asyncio_sock_calls_and_reuse_port_servers_as_on_the_kernel(usnetd_path):  # noqa: F811

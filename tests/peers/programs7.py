@@ -163,6 +163,28 @@ elif name == "close-thread":
         closer.join()
         res["fileno"] = s.fileno()
         res["again"] = outcome(lambda: s.recv(10))
+    elif mode in ("recv-late", "recv-late-blocking"):
+        # the peer's data comes after the close, while this thread still waits (port: a relay that
+        # sends on the first connection when the second says "go")
+        s = socket.create_connection((host, port), timeout=LIMIT)
+        s.sendall(b"data\n")
+        ctrl = socket.create_connection((host, port), timeout=LIMIT)
+        if mode == "recv-late":
+            s.settimeout(LIMIT)
+        else:
+            s.setblocking(True)
+
+        def close_then_go():
+            s.close()
+            ctrl.sendall(b"go\n")
+
+        closer = threading.Timer(0.3, close_then_go)
+        closer.start()
+        res["recv"] = outcome(lambda: s.recv(10))
+        closer.join()
+        res["fileno"] = s.fileno()
+        res["again"] = outcome(lambda: s.recv(10))
+        ctrl.close()
     else:
         ls = socket.create_server(("0.0.0.0", 0))
         ls.settimeout(1.5)
