@@ -1,8 +1,8 @@
 """An eighth sweep of unmodified programs on usnet against kernel peers (issue 16).
 
-Each program (tests/peers/programs7.py) runs under `usnet run` and, as the reference, on the
-kernel's sockets, against the same kernel peers in the test's namespace: what it prints must be
-the same, and its own checks hold on both.
+Each program (tests/peers/programs6.py, which holds the sixth and seventh sweeps' too) runs under
+`usnet run` and, as the reference, on the kernel's sockets, against the same kernel peers in the
+test's namespace: what it prints must be the same, and its own checks hold on both.
 """
 
 from __future__ import annotations
@@ -14,51 +14,25 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.interop.test_patch import LIMIT, PeerProgram, child_env, kernel_env, started, stop
-from tests.interop.test_patch import usnetd_path  # noqa: F401  (a fixture)
-from tests.interop.test_programs4 import _echo, _same
+from tests.interop.test_patch import (
+    LIMIT,
+    PeerProgram,
+    child_env,
+    kernel_env,
+    started,
+    stop,
+    usnetd_path,  # noqa: F401  (a fixture)
+)
+from tests.interop.test_programs4 import _echo, _same, _serve
 from tests.interop.test_programs7 import _closed_port
 
 pytestmark = pytest.mark.privileged
-_P = PeerProgram("programs7.py", LIMIT * 2)
-
-
-@contextlib.contextmanager
-def _serve(host: str, handler: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A kernel TCP server in a thread, `handler` in a thread per connection; yields its port."""
-    ls = socket.create_server((host, 0))
-    ls.settimeout(0.1)
-    done = threading.Event()
-    workers: list[threading.Thread] = []
-
-    def run() -> None:
-        for _ in range(int(LIMIT * 4 / 0.1)):
-            if done.is_set():
-                return
-            try:
-                conn, _ = ls.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(LIMIT)
-            w = threading.Thread(target=handler, args=(conn,), daemon=True)
-            workers.append(w)
-            w.start()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    try:
-        yield ls.getsockname()[1]
-    finally:
-        done.set()
-        t.join(LIMIT)
-        for w in workers:
-            w.join(LIMIT)
-        ls.close()
+_P = PeerProgram("programs6.py", LIMIT * 2)
 
 
 def _close_at_once(conn: socket.socket) -> None:
@@ -101,7 +75,7 @@ def test_socket_calls_on_a_connection_as_on_the_kernel(usnetd_path):  # noqa: F8
     for on_usnet in (True, False):
         seen: list = []
         with _echo(host_ip) as echo, _serve(host_ip, _close_at_once) as closer, \
-                _serve(host_ip, _recorder(seen)) as rec:
+                _serve(host_ip, _recorder(seen), join=True) as rec:
             outs.append(_P.run(path, on_usnet, "calls", host_ip, str(echo), str(closer), str(rec)))
         seen_by_peer.append(seen)
     found = _same(*outs)
