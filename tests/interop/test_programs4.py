@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -81,23 +82,13 @@ def _same(ours: str, theirs: str) -> dict:
 
 
 @contextlib.contextmanager
-def _echo(host: str):
-    """A kernel TCP echo server in a thread (a thread per connection); yields its port."""
+def _serve(host: str, handler: Callable[[socket.socket], None], join: bool = False) -> Iterator[int]:
+    """A kernel TCP server in a thread, `handler` in a thread per connection (its timeout LIMIT);
+    yields its port. `join`: at the end, wait (bounded) for the handlers to finish too."""
     ls = socket.create_server((host, 0))
     ls.settimeout(0.1)
     done = threading.Event()
-
-    def serve(conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(LIMIT)
-            for _ in range(100000):
-                try:
-                    b = conn.recv(65536)
-                except OSError:
-                    return
-                if not b:
-                    return
-                conn.sendall(b)
+    workers: list[threading.Thread] = []
 
     def run() -> None:
         for _ in range(int(LIMIT * 2 / 0.1)):
@@ -107,7 +98,10 @@ def _echo(host: str):
                 conn, _ = ls.accept()
             except TimeoutError:
                 continue
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+            conn.settimeout(LIMIT)
+            w = threading.Thread(target=handler, args=(conn,), daemon=True)
+            workers.append(w)
+            w.start()
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
@@ -116,7 +110,26 @@ def _echo(host: str):
     finally:
         done.set()
         t.join(LIMIT)
+        for w in workers if join else ():
+            w.join(LIMIT)
         ls.close()
+
+
+def _echo_back(conn: socket.socket) -> None:
+    with conn:
+        for _ in range(100000):
+            try:
+                b = conn.recv(65536)
+            except OSError:
+                return
+            if not b:
+                return
+            conn.sendall(b)
+
+
+def _echo(host: str) -> contextlib.AbstractContextManager[int]:
+    """A kernel TCP echo server in a thread (a thread per connection); yields its port."""
+    return _serve(host, _echo_back)
 
 
 def test_signals_interrupt_blocked_calls_as_on_the_kernel(usnetd_path):  # noqa: F811

@@ -1,5 +1,5 @@
-"""A sixth and seventh sweep of unmodified programs, for tests/interop/test_programs6.py and
-test_programs7.py (issue 16).
+"""The sixth to eighth sweeps of unmodified programs, for tests/interop/test_programs6.py,
+test_programs7.py and test_programs8.py (issue 16).
 
     python programs6.py NAME ARGS...
 
@@ -12,8 +12,11 @@ import json
 import os
 import select
 import socket
+import ssl
 import struct
 import sys
+import threading
+import time
 
 name, args = sys.argv[1], sys.argv[2:]
 LIMIT = 10.0
@@ -28,8 +31,21 @@ def outcome(f):
     try:
         r = f()
         return r.decode() if isinstance(r, bytes) else r
-    except OSError as e:
-        return [type(e).__name__, e.errno]
+    except (OSError, ValueError) as e:
+        return [type(e).__name__, getattr(e, "errno", None)]
+
+
+def recv_all(s, n: int) -> bytes:
+    """Up to n bytes, to the peer's FIN (bounded by the socket's timeout and a count)."""
+    got = b""
+    for _ in range(10000):
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+        if len(got) >= n:
+            break
+    return got
 
 
 def readable(s, t: float = LIMIT) -> bool:
@@ -173,5 +189,331 @@ elif name == "aio-udp":
 
     asyncio.run(main())
     out(res)
+elif name == "calls":
+    # socket calls a program makes on a TCP connection: timeouts read back, half-close,
+    # SO_LINGER 0, send after the peer closed, os.sendfile, select over many descriptors
+    host, echo, closer, recorder = args[0], int(args[1]), int(args[2]), int(args[3])
+    res = {}
+    s = socket.socket()
+    modes = []
+    for how in ("settimeout(0)", "setblocking(True)", "settimeout(2.5)", "setblocking(False)",
+                "settimeout(None)"):
+        eval("s." + how)
+        modes.append([how, s.gettimeout(), s.getblocking()])
+    res["modes"] = modes
+    s.settimeout(0)
+    res["connect-nb"] = outcome(lambda: s.connect((host, echo)))
+    res["connect-writable"] = bool(select.select([], [s], [], LIMIT)[1])
+    res["connect-error"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    s.settimeout(LIMIT)
+    # half-close: the rest of the echo after SHUT_WR, then b""
+    s.sendall(b"x" * 100000)
+    s.shutdown(socket.SHUT_WR)
+    got = recv_all(s, 1 << 30)
+    res["half-close"] = [len(got), got == b"x" * 100000, outcome(lambda: s.recv(10))]
+    res["send-after-shut-wr"] = outcome(lambda: s.send(b"y"))
+    s.close()
+    # SO_LINGER 0: the kernel peer sees the data, then a reset
+    s = socket.create_connection((host, recorder), timeout=LIMIT)
+    s.sendall(b"bye")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    res["linger"] = list(struct.unpack("ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)))
+    s.close()
+    # send after the peer closed: sends succeed until its reset comes, then EPIPE
+    s = socket.create_connection((host, closer), timeout=LIMIT)
+    res["closer-eof"] = outcome(lambda: s.recv(10))
+    errors = []
+    for _ in range(200):
+        r = outcome(lambda: s.send(b"z" * 10))
+        if r != 10:
+            errors.append(r)
+            if len(errors) == 2:
+                break
+        time.sleep(0.02)
+    res["send-after-close"] = errors
+    res["so-error-after"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    res["recv-after"] = outcome(lambda: s.recv(10))  # the FIN came before the reset: end of data
+    s.close()
+    # os.sendfile on the socket's descriptor
+    path = f"/tmp/programs7-{os.getpid()}"
+    with open(path, "wb") as f:
+        f.write(bytes(range(256)) * 400)
+    s = socket.create_connection((host, echo), timeout=LIMIT)
+    with open(path, "rb") as f:
+        sent = 0
+        for _ in range(1000):
+            try:  # the descriptor is O_NONBLOCK (a timeout): wait for room as socket.sendfile does
+                n = os.sendfile(s.fileno(), f.fileno(), sent, 102400 - sent)
+            except BlockingIOError:
+                select.select([], [s], [], LIMIT)
+                continue
+            sent += n
+            if n == 0 or sent >= 102400:
+                break
+        res["sendfile-sent"] = sent
+        res["sendfile-offset"] = f.tell()
+    os.unlink(path)
+    s.shutdown(socket.SHUT_WR)
+    got = recv_all(s, 1 << 30)
+    res["sendfile-echo"] = [len(got), got == bytes(range(256)) * 400]
+    s.close()
+    # select over 70 connections and 10 socketpairs (kernel descriptors) at once
+    conns = [socket.create_connection((host, echo), timeout=LIMIT) for _ in range(70)]
+    pairs = [socket.socketpair() for _ in range(10)]
+    everything = conns + [a for a, _ in pairs]
+    res["fds-over-64"] = max(c.fileno() for c in everything) > 64
+    for i, c in enumerate(conns):
+        if i % 3 == 0:
+            c.sendall(b"e")
+    for i, (_a, b) in enumerate(pairs):
+        if i % 2 == 0:
+            b.sendall(b"p")
+    want = {i for i in range(70) if i % 3 == 0} | {70 + i for i in range(10) if i % 2 == 0}
+    for i in sorted(want):  # each answer in, one at a time; then one select over them all
+        select.select([everything[i]], [], [], LIMIT)
+    r, w, _x = select.select(everything, everything, [], LIMIT)
+    ready = {everything.index(x) for x in r}
+    res["select-readable"] = sorted(ready)
+    res["select-writable"] = len(w)
+    res["select-reads"] = sorted({c.recv(10).decode() for c in (everything[i] for i in ready)})
+    for c in everything:
+        c.close()
+    for _a, b in pairs:
+        b.close()
+    # send_fds / recv_fds over an AF_UNIX pair (the kernel's)
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    res["unix-family"] = [a.family == socket.AF_UNIX, type(a).__module__]
+    res["send-fds"] = socket.send_fds(a, [b"fd"], [w])
+    msg, fds, flags, _addr = socket.recv_fds(b, 10, 4)
+    os.write(fds[0], b"through the passed descriptor")
+    res["recv-fds"] = [msg.decode(), len(fds), flags, os.read(r, 100).decode()]
+    for fd in (r, w, *fds):
+        os.close(fd)
+    a.close()
+    b.close()
+    out(res)
+elif name == "close-thread":
+    # close() from another thread while this one waits in recv or accept
+    host, port, mode = args[0], int(args[1]), args[2]
+    res = {}
+    if mode == "recv":
+        s = socket.create_connection((host, port), timeout=LIMIT)
+        s.settimeout(1.5)
+        closer = threading.Timer(0.3, s.close)
+        closer.start()
+        res["recv"] = outcome(lambda: s.recv(10))
+        closer.join()
+        res["fileno"] = s.fileno()
+        res["again"] = outcome(lambda: s.recv(10))
+    elif mode in ("recv-late", "recv-late-blocking"):
+        # the peer's data comes after the close, while this thread still waits (port: a relay that
+        # sends on the first connection when the second says "go")
+        s = socket.create_connection((host, port), timeout=LIMIT)
+        s.sendall(b"data\n")
+        ctrl = socket.create_connection((host, port), timeout=LIMIT)
+        if mode == "recv-late":
+            s.settimeout(LIMIT)
+        else:
+            s.setblocking(True)
+
+        def close_then_go():
+            s.close()
+            ctrl.sendall(b"go\n")
+
+        closer = threading.Timer(0.3, close_then_go)
+        closer.start()
+        res["recv"] = outcome(lambda: s.recv(10))
+        closer.join()
+        res["fileno"] = s.fileno()
+        res["again"] = outcome(lambda: s.recv(10))
+        ctrl.close()
+    else:
+        ls = socket.create_server(("0.0.0.0", 0))
+        ls.settimeout(1.5)
+        closer = threading.Timer(0.3, ls.close)
+        closer.start()
+        res["accept"] = outcome(lambda: ls.accept())
+        closer.join()
+        res["fileno"] = ls.fileno()
+        res["again"] = outcome(lambda: ls.accept())
+    out(res)
+elif name == "aio":
+    # asyncio's sock_* calls: a refused connect, a receive after the peer's reset; start_server
+    # with reuse_port and backlog
+    host, closed, rst, me = args[0], int(args[1]), int(args[2]), args[3]
+    res = {}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(s, (host, closed)), LIMIT)
+            res["refused"] = "connected"
+        except OSError as e:
+            res["refused"] = [type(e).__name__, e.errno]
+        res["refused-so-error"] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        s.close()
+        s = socket.socket()
+        s.setblocking(False)
+        await asyncio.wait_for(loop.sock_connect(s, (host, rst)), LIMIT)
+        await loop.sock_sendall(s, b"x\n")
+        try:
+            got = await asyncio.wait_for(loop.sock_recv(s, 100), LIMIT)
+            res["after-rst"] = got.decode()
+        except OSError as e:
+            res["after-rst"] = [type(e).__name__, e.errno]
+        try:
+            await asyncio.wait_for(loop.sock_recv(s, 100), LIMIT)
+            res["after-rst-again"] = "data"
+        except OSError as e:
+            res["after-rst-again"] = [type(e).__name__, e.errno]
+        s.close()
+        # start_server twice on one port with reuse_port, a backlog of 5
+        async def answer(r, w):
+            w.write((await r.readline()).upper())
+            await w.drain()
+            w.close()
+
+        one = await asyncio.start_server(answer, "0.0.0.0", 0, reuse_port=True, backlog=5)
+        port = one.sockets[0].getsockname()[1]
+        two = await asyncio.start_server(answer, "0.0.0.0", port, reuse_port=True, backlog=5)
+        res["reuse-port"] = [x.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for x in (one, two)]
+        res["listening"] = [x.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for x in (one, two)]
+        try:
+            third = await asyncio.start_server(answer, "0.0.0.0", port, backlog=5)
+            res["without-reuse"] = "bound"
+            third.close()
+        except OSError as e:
+            res["without-reuse"] = [type(e).__name__, e.errno]
+        answers = []
+        for i in range(6):
+            r, w = await asyncio.wait_for(asyncio.open_connection(me, port), LIMIT)
+            w.write(b"hi %d\n" % i)
+            answers.append((await asyncio.wait_for(r.readline(), LIMIT)).decode())
+            w.close()
+        res["answers"] = answers
+        for x in (one, two):
+            x.close()
+            await x.wait_closed()
+
+    asyncio.run(main())
+    out(res)
+elif name == "tls-nb":
+    # a TLS client with do_handshake_on_connect=False: the handshake, reads and writes and the
+    # close_notify driven by a selectors loop on SSLWantReadError / SSLWantWriteError
+    import selectors
+
+    host, port, cafile = args[0], int(args[1]), args[2]
+    res = {}
+    ctx = ssl.create_default_context(cafile=cafile)
+    raw = socket.create_connection((host, port), timeout=LIMIT)
+    raw.setblocking(False)
+    t = ctx.wrap_socket(raw, server_hostname=host, do_handshake_on_connect=False)
+    sel = selectors.DefaultSelector()
+    sel.register(t, selectors.EVENT_READ)
+    wants = {"read": 0, "write": 0}
+    deadline = time.monotonic() + LIMIT
+
+    def drive(step):
+        for _ in range(100000):
+            try:
+                return step()
+            except ssl.SSLWantReadError:
+                wants["read"] += 1
+                sel.modify(t, selectors.EVENT_READ)
+            except ssl.SSLWantWriteError:
+                wants["write"] += 1
+                sel.modify(t, selectors.EVENT_WRITE)
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("no progress")
+        raise TimeoutError("too many turns")
+
+    drive(t.do_handshake)
+    res["version"] = t.version()
+    data = os.urandom(300000)
+    sent = 0
+    for _ in range(100000):
+        if sent >= len(data):
+            break
+        sent += drive(lambda sent=sent: t.send(data[sent:sent + 65536]))
+    got = b""
+    for _ in range(100000):
+        if len(got) >= len(data):
+            break
+        got += drive(lambda: t.recv(65536))
+    res["echo"] = [len(got), got == data]
+    drive(lambda: t.sendall(b"QUIT\n"))
+    plain = drive(t.unwrap)
+    res["unwrapped"] = [plain is t, isinstance(plain, ssl.SSLSocket), plain.getblocking(), t.version()]
+    res["unwrap-again"] = outcome(t.unwrap)
+    t.setblocking(True)
+    t.settimeout(LIMIT)
+    t.sendall(b"in clear")  # the object it had, now plain
+    plain.setblocking(True)
+    plain.settimeout(LIMIT)
+    res["plain-after"] = [recv_all(plain, 100).decode(), plain.recv(100).decode()]
+    sel.close()
+    plain.close()
+    out(res)
+elif name == "mail":
+    # imaplib and poplib against the test's tiny line servers
+    import imaplib
+    import poplib
+
+    host, iport, pport = args[0], int(args[1]), int(args[2])
+    res = {}
+    m = imaplib.IMAP4(host, iport, timeout=LIMIT)
+    res["imap-welcome"] = m.welcome.decode()
+    res["imap-login"] = [m.login("me", "secret")[0]]
+    typ, data = m.select("INBOX")
+    res["imap-select"] = [typ, data[0].decode()]
+    typ, data = m.fetch("1", "(RFC822)")
+    res["imap-fetch"] = [typ, data[0][1].decode()]
+    res["imap-logout"] = m.logout()[0]
+    p = poplib.POP3(host, pport, timeout=LIMIT)
+    res["pop-welcome"] = p.getwelcome().decode()
+    p.user("me")
+    res["pop-pass"] = p.pass_("secret").decode()
+    res["pop-stat"] = list(p.stat())
+    resp, lines, octets = p.retr(1)
+    res["pop-retr"] = [resp.decode(), [x.decode() for x in lines], octets]
+    res["pop-quit"] = p.quit().decode()
+    out(res)
+elif name == "http-server":
+    # http.server.ThreadingHTTPServer under many concurrent keep-alive clients; /quit shuts it down
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bind = args[0]
+    served = []
+    lock = threading.Lock()
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            body = (self.path * 50).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            with lock:
+                served.append(self.path)
+            if self.path == "/quit":
+                threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer((bind, 0), H)
+    srv.daemon_threads = True
+    print(f"port {srv.server_address[1]}", flush=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    t.start()
+    t.join(LIMIT * 3)
+    stopped = not t.is_alive()
+    srv.server_close()
+    out({"stopped": stopped, "served": len(served), "distinct": len(set(served))})
 else:
     raise SystemExit(f"no program {name}")

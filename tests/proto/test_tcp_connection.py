@@ -893,6 +893,19 @@ def test_exact_rst_resets():
         s.send(b"x")
 
 
+def test_a_reset_after_the_peers_fin_is_a_broken_pipe():
+    """Linux's tcp_reset: a reset in CLOSE_WAIT (the peer closed first, then answered our data
+    with RST) sets EPIPE, not ECONNRESET: the next send is BrokenPipeError."""
+    net = Net()
+    c, s = net.pair()
+    c.close(net.now)
+    net.run(lambda: s.state is TcpState.CLOSE_WAIT, limit=5)
+    assert not inject(net, c, s, RST, wire_seq(s), 0)
+    assert s.state is CLOSED and isinstance(s.error, BrokenPipeError) and s.error.errno == errno.EPIPE
+    with pytest.raises(BrokenPipeError):
+        s.send(b"x")
+
+
 def test_syn_in_established_state_gets_a_challenge_ack():
     net = Net()
     c, s = net.pair()

@@ -404,6 +404,12 @@ _detached: dict[int, socket] = {}  # fileno -> a detached socket, until socket(f
 # multiprocessing.connection, pyftpdlib) reach the connection: `by_descriptor`, usnet.patch's os.
 _descriptors: dict[int, socket] = {}
 _held: dict[int, socket] = {}  # fileno -> a detached socket taken back for its descriptor's system calls
+# Blocking calls without a Python timeout waiting now, per socket (changed under its engine's
+# lock), and the sockets closed meanwhile: as the kernel's system call holds the file, the call
+# goes on and the socket ends when the last such call returns (`socket._wait`, `_real_close`).
+# Module tables, not attributes: a socket's instance dict stays under CPython's shared-key limit.
+_in_call: dict[socket, int] = {}
+_close_after_call: set[socket] = set()
 
 
 def duplicated(fd: int) -> socket | None:
@@ -1231,7 +1237,17 @@ class socket:
     def _real_close(self) -> None:
         if self._dead:
             return
-        self._dead = True
+        self._dead = True  # fileno() -1, every new call EBADF
+        eng = self._engine
+        if eng is not None and _in_call:  # (a call that begins to wait once this was read: it was not yet waiting)
+            with eng.lock:
+                if self in _in_call:  # a blocking call waits in it: it ends the socket (`_wait`)
+                    _close_after_call.add(self)
+                    return
+        self._release()
+
+    def _release(self) -> None:
+        """The end of a closed socket: its share of the connection, its descriptor."""
         self._share[0] -= 1
         last = self._share[0] == 0
         eng = self._engine
@@ -1893,7 +1909,11 @@ class socket:
         else:
             t = timeout
         deadline = None if t is None else time.monotonic() + t
-        woken = borrowed = False
+        # CPython makes a blocking call without a timeout of its own (SO_RCVTIMEO's is the
+        # kernel's) as one system call, which holds the socket's file: a close() from another
+        # thread meanwhile wakes nothing there, and the call returns what comes
+        held = self._timeout is None and t != 0
+        woken = borrowed = counted = False
         try:
             with eng.lock:
                 while True:
@@ -1903,9 +1923,9 @@ class socket:
                         self._park_at_exit(eng, borrowed)
                         raise
                     if got is not None:
-                        if self._dead:
-                            # closed by another thread while this call waited: CPython's call on
-                            # the kernel goes on waiting (close wakes nothing there) and, woken
+                        if self._dead and not held:
+                            # closed by another thread while this call waited: CPython's poll
+                            # on the kernel goes on waiting (close wakes nothing there) and, woken
                             # (or timed out, below), retries on descriptor -1
                             raise OSError(errno.EBADF, "Bad file descriptor")
                         self._update()
@@ -1916,13 +1936,16 @@ class socket:
                     if deadline is not None:
                         left = deadline - time.monotonic()
                         if left <= 0:
-                            if self._dead:
+                            if self._dead and not held:
                                 raise OSError(errno.EBADF, "Bad file descriptor")
                             if t == 0 or eagain:
                                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
                             raise TimeoutError("timed out")
                     else:
                         left = None
+                    if held and not counted:
+                        _in_call[self] = _in_call.get(self, 0) + 1
+                        counted = True
                     if not woken:
                         # Once, so that what earlier calls queued (data, a window update) goes:
                         # sent from here (kick), or by the stack thread, which serves a blocked
@@ -1944,6 +1967,20 @@ class socket:
         finally:
             if borrowed:
                 runner().give_back(eng)
+            if counted:
+                self._end_call(eng)
+
+    def _end_call(self, eng: Any) -> None:
+        """A blocking call that waited is over: the last one ends a socket closed meanwhile."""
+        with eng.lock:
+            n = _in_call.pop(self) - 1
+            if n:
+                _in_call[self] = n
+                return
+            if self not in _close_after_call:
+                return
+            _close_after_call.discard(self)
+        self._release()
 
     def _rcv_target(self, conn: TcpConnection | None, bufsize: int | None = None) -> int:
         """The bytes a recv of `bufsize` waits for (None: that readiness needs): SO_RCVLOWAT, no

@@ -79,6 +79,7 @@ class TlsSocket(_SSLSocket):
         self._wlock = threading.Lock()
         self._closed = False  # close() was called; open makefile()s may still use it
         self._released = False  # the socket underneath is closed
+        self._plain = False  # unwrapped: I/O is the plain socket's, as SSLSocket's without _sslobj
         self._io_refs = 0
         if self._connected():
             if do_handshake_on_connect and sock.gettimeout() == 0.0:
@@ -242,6 +243,8 @@ class TlsSocket(_SSLSocket):
         return wrapped, addr
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        if self._plain:
+            return self._sock.send(data, flags)
         if flags:
             raise ValueError("non-zero flags not allowed in calls to send() on TlsSocket")
         obj = self._need()
@@ -253,6 +256,8 @@ class TlsSocket(_SSLSocket):
         return self._run(lambda: obj.write(mv))
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0) -> None:
+        if self._plain:
+            return self._sock.sendall(data, flags)
         if flags:
             raise ValueError("non-zero flags not allowed in calls to sendall() on TlsSocket")
         mv = memoryview(data).cast("B")
@@ -263,11 +268,15 @@ class TlsSocket(_SSLSocket):
         return self.send(data)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        if self._plain:
+            return self._sock.recv(buflen, flags)
         if flags:
             raise ValueError("non-zero flags not allowed in calls to recv() on TlsSocket")
         return self._read(buflen, None)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if self._plain:
+            return self._sock.recv_into(buffer, nbytes, flags)
         if flags:
             raise ValueError("non-zero flags not allowed in calls to recv_into() on TlsSocket")
         if not nbytes:
@@ -310,12 +319,17 @@ class TlsSocket(_SSLSocket):
         """Decrypted bytes ready now: a selector on fileno() cannot see these."""
         return len(self._early) + (0 if self._obj is None else self._obj.pending())
 
-    def unwrap(self) -> _us.socket:
-        """close_notify both ways; the plain socket is the caller's again."""
+    def unwrap(self) -> TlsSocket:
+        """close_notify both ways; then this object is the plain connection. CPython's SSLSocket
+        returns itself here (its SSLObject's owner), no longer TLS: a program may go on with the
+        object it had, or with what unwrap returned; both are the same socket."""
+        if self._plain:
+            raise ValueError(f"No SSL wrapper around {self!r}")
         obj = self._need()
         self._run(obj.unwrap)
         self._obj = None
-        return self._sock
+        self._plain = True
+        return self
 
     def shutdown(self, how: int) -> None:
         """Half-close: with SHUT_WR, close_notify first, so the peer sees a clean TLS EOF."""
@@ -473,7 +487,7 @@ class TlsSocket(_SSLSocket):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else (self.version() or "not connected")
+        state = "closed" if self._closed else "plain" if self._plain else (self.version() or "not connected")
         return f"<usnet.tls.TlsSocket {state} {self._sock!r}>"
 
 

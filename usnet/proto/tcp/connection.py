@@ -893,7 +893,9 @@ class TcpConnection:
         st = self.state
         if st is SYN_RECEIVED:
             self._fail(_err(ConnectionRefusedError, errno.ECONNREFUSED, "Connection refused"))
-        elif st in (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
+        elif st is CLOSE_WAIT:  # the peer closed first: Linux's tcp_reset says EPIPE, not a reset
+            self._fail(_err(BrokenPipeError, errno.EPIPE, "Broken pipe"))
+        elif st in (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2):
             self._fail(_err(ConnectionResetError, errno.ECONNRESET, "Connection reset by peer"))
         else:
             self._close()
