@@ -62,9 +62,17 @@ def _sent(d: TapDaemon) -> list[int]:
     return [w["netifs"][0]["netif"]["tx_bytes"] for w in _workers(d.path)]
 
 
-def _measure(d: TapDaemon, ports: tuple[int, ...], want: int) -> tuple[float, list[int]]:
-    """(bits/s of all workers together, bytes per worker) over a window that ends once `want`
-    bytes more were sent, after a start of ~0.3 s worth (bounded: 20 s)."""
+def _unasked(d: TapDaemon) -> list[int]:
+    """Link time, in bytes, each worker's scheduler let pass with nothing waiting (its idle time
+    less what it held back while frames waited)."""
+    scheds = [w["netifs"][0]["netif"]["txsched"] for w in _workers(d.path)]
+    return [s["idle_bytes"] - s["held_bytes"] for s in scheds]
+
+
+def _measure(d: TapDaemon, ports: tuple[int, ...], want: int) -> tuple[float, list[int], list[int]]:
+    """(bits/s of all workers together, bytes per worker, link bytes per worker that passed with
+    nothing waiting) over a window that ends once `want` bytes more were sent, after a start of
+    ~0.3 s worth (bounded: 20 s)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
         sink.bind((d.host_ip, 0))  # read by nobody: its buffer fills and the kernel drops the rest
         stop = threading.Event()
@@ -74,6 +82,7 @@ def _measure(d: TapDaemon, ports: tuple[int, ...], want: int) -> tuple[float, li
             base = _sent(d)
             while sum(_sent(d)) - sum(base) < RATE / 8 * 0.3 and time.monotonic() < deadline:
                 time.sleep(0.05)  # polling the counters, not synchronising
+            unasked0 = _unasked(d)
             t0, first = time.monotonic(), _sent(d)
             while time.monotonic() < deadline:
                 now = _sent(d)
@@ -81,17 +90,18 @@ def _measure(d: TapDaemon, ports: tuple[int, ...], want: int) -> tuple[float, li
                     break
                 time.sleep(0.02)
             t1 = time.monotonic()
+            unasked = [b - a for a, b in zip(unasked0, _unasked(d))]
         finally:
             stop.set()
             for t in threads:
                 t.join(10)
     got = [b - a for a, b in zip(first, now)]
     assert sum(got) >= want, ("the senders stalled", got)
-    return sum(got) * 8 / (t1 - t0), got
+    return sum(got) * 8 / (t1 - t0), got, unasked
 
 
 def test_two_workers_sending_flat_out_share_the_link_rate(paced2):
-    rate, per = _measure(paced2, (7000, 7001), int(RATE / 8 * 1.5))
+    rate, per, _unasked_bytes = _measure(paced2, (7000, 7001), int(RATE / 8 * 1.5))
     assert rate < 1.4 * RATE, (rate, per)  # each pacing at the whole rate made it ~2x
     assert rate > 0.5 * RATE, (rate, per)
     assert min(per) > 0.2 * sum(per), per  # both had a part of it (fair: about half each)
@@ -101,8 +111,16 @@ def test_two_workers_sending_flat_out_share_the_link_rate(paced2):
 
 
 def test_one_worker_alone_uses_most_of_the_link_rate(paced2):
-    rate, per = _measure(paced2, (7001,), int(RATE / 8 * 1.5))
-    assert rate > 0.7 * RATE, (rate, per)  # a static split would give it half
+    """Worker 1 alone is given most of the link, not a static half: its rate over the link time
+    it had frames waiting. A sender slower than the link (a loaded machine's Python thread once
+    sent 5.4 Mbit/s of the 8) leaves the rest with nothing waiting, which no pacer withheld; time
+    held back while frames waited counts as given (a static half's would). A sender that offered
+    less than half the link cannot tell a split from none: that window fails as such."""
+    rate, per, unasked = _measure(paced2, (7001,), int(RATE / 8 * 1.5))
+    assert rate > 0.5 * RATE, ("the sender offered less than a static half would give", rate, per)
+    asked = sum(per) * 8 / rate - unasked[1] * 8 / RATE  # seconds of the window with frames waiting
+    given = sum(per) * 8 / asked if asked > 0 else 0.0
+    assert given > 0.7 * RATE, (rate, given, unasked, per)  # a static split would give it half
     assert rate < 1.4 * RATE, (rate, per)
 
 

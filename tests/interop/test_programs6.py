@@ -20,15 +20,17 @@ def test_so_rcvlowat_on_a_tcp_connection_as_on_the_kernel(usnetd_path):  # noqa:
     """SO_RCVLOWAT was fixed at 1 in usnet (setting it ENOPROTOOPT): the values Linux keeps
     (INT_MAX for a negative one, 1 for 0, half tcp_rmem's maximum or half SO_RCVBUF at most, UDP's
     uncapped); select not readable below the mark and readable at it, or at the peer's FIN; a
-    blocking recv waiting for it, a non-blocking one taking what is queued, a Python timeout
-    running out below it."""
+    blocking MSG_PEEK waiting for it (a peek, as Linux's blocking read that copied part of the mark
+    before it slept is woken by its timeout only), a non-blocking one taking what is queued, a
+    Python timeout running out below it."""
     path, _usnet_ip, host_ip = usnetd_path
     with _echo(host_ip) as port:
         found = _same(_P.run(path, True, "rcvlowat", host_ip, str(port)),
                       _P.run(path, False, "rcvlowat", host_ip, str(port)))
     assert found["kept"][:3] == [[None, 100], [None, 1], [None, found["kept"][3][1]]]
     assert [found[k] for k in ("half", "full", "recv")] == [False, True, "1234567890"]
-    assert found["timeout"] == ["TimeoutError", None] and found["at-one"] is True
+    assert found["timeout"] == found["timeout-peek"] == ["TimeoutError", None] and found["at-one"] is True
     assert found["dontwait"] == "abc" and found["dontwait-empty"] == ["BlockingIOError", 11]
-    assert found["blocking"] == "vwxyzABCDE" and found["eof-readable"] is True and found["eof"] == ["zz", ""]
+    assert found["blocking"] == found["blocking-read"] == "vwxyzABCDE"
+    assert found["eof-readable"] is True and found["eof"] == ["zz", ""]
     assert found["locked"] == 10000 and found["udp"] == [[None, 7], [None, 2**31 - 1], [None, 1]]

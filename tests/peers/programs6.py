@@ -69,6 +69,7 @@ if name == "rcvlowat":
     res["recv"] = outcome(lambda: s.recv(100))
     s.sendall(b"abc")
     s.settimeout(1.0)
+    res["timeout-peek"] = outcome(lambda: s.recv(100, socket.MSG_PEEK))  # a peek needs it too
     res["timeout"] = outcome(lambda: s.recv(100))  # a Python timeout: its poll needs the mark
     s.setsockopt(SOL, LOWAT, 1)
     res["at-one"] = readable(s)
@@ -79,7 +80,12 @@ if name == "rcvlowat":
     s.setsockopt(SOL, socket.SO_RCVTIMEO, struct.pack("ll", int(LIMIT), 0))  # blocking, but bounded
     s.sendall(b"vwxyz")
     s.sendall(b"ABCDE")
-    res["blocking"] = outcome(lambda: s.recv(100))  # waits for both
+    # waits for both. A peek: Linux wakes a sleeping reader when rcv_nxt - copied_seq reaches the
+    # mark (tcp_data_ready), and a read that copied the first echo before it slept moved
+    # copied_seq, so the second did not wake it: it slept out SO_RCVTIMEO (10 s of the test's 30)
+    # whenever the echoes came apart around the call. A peek moves no copied_seq.
+    res["blocking"] = outcome(lambda: s.recv(100, socket.MSG_PEEK))
+    res["blocking-read"] = outcome(lambda: s.recv(100))  # the mark queued: at once
     s.sendall(b"zz")
     s.shutdown(socket.SHUT_WR)
     res["eof-readable"] = readable(s)  # the FIN: readable below the mark

@@ -1039,9 +1039,9 @@ class socket:
             return b""
         if flags & _WAITALL and not flags & _PEEK:
             return self._recv_all(conn, bufsize, flags)
-        if not flags & _PEEK and (want := self._rcv_target(conn, bufsize)) > 1:
-            return self._recv_lowat(conn, bufsize, flags, want)
-        take = (lambda: conn.peek(bufsize)) if flags & _PEEK else (lambda: conn.recv(bufsize))
+        take = partial(conn.peek if flags & _PEEK else conn.recv, bufsize)
+        if (want := self._rcv_target(conn, bufsize)) > 1:
+            return self._recv_lowat(conn, take, flags, want)
         return self._wait(lambda: self._read(conn, take, b""), "recv", self._call_timeout(flags))
 
     def _recv_all(self, conn: TcpConnection, bufsize: int, flags: int) -> bytes:
@@ -1063,12 +1063,13 @@ class socket:
             got += chunk
         return bytes(got)
 
-    def _recv_lowat(self, conn: TcpConnection, bufsize: int, flags: int, want: int) -> bytes:
-        """recv under SO_RCVLOWAT: once `want` bytes are queued (or no more will come), up to
-        `bufsize`. A call that may not wait (non-blocking, MSG_DONTWAIT, SO_RCVTIMEO's end) takes
-        what is queued, as tcp_recvmsg returns what it copied; a Python timeout ends in
-        TimeoutError, as CPython's poll for readiness (which needs the target) runs out first."""
-        take = partial(conn.recv, bufsize)
+    def _recv_lowat(self, conn: TcpConnection, take: Callable[[], bytes], flags: int, want: int) -> bytes:
+        """recv under SO_RCVLOWAT: `take` (a read or, MSG_PEEK, a peek) once `want` bytes are
+        queued (or no more will come). A peek waits for the mark as a read does (tcp_recvmsg's
+        target is sock_rcvlowat's for both). A call that may not wait (non-blocking, MSG_DONTWAIT,
+        SO_RCVTIMEO's end) takes what is queued, as tcp_recvmsg returns what it copied; a Python
+        timeout ends in TimeoutError, as CPython's poll for readiness (which needs the target) runs
+        out first."""
 
         def attempt() -> bytes | None:
             return self._read(conn, take, b"") if self._enough(conn, want) else None

@@ -159,6 +159,10 @@ class SlotScheduler:
         self.slots_passed = {LL: 0, GENERAL: 0}  # slots of each class that have ended, whoever used them
         self.borrowed_bytes = {LL: 0.0, GENERAL: 0.0}  # bytes each class sent in the other's slots
         self.idle_bytes = 0.0  # link capacity that passed unused, in bytes
+        # of it, what passed while frames waited that the last grant held back (our share of a
+        # link other workers use): idle time a faster sender would not have filled
+        self.held_bytes = 0.0
+        self._holding = False
         self.ll_ahead_bytes = 0  # LL bytes sent ahead of the LL slots (paid by those slots)
         # the other schedulers of the same link (usnetd --workers: usnet.domain.netif.linkshare)
         self.peers = peers
@@ -269,7 +273,10 @@ class SlotScheduler:
     def _advance(self, now: float) -> None:
         """Let the time since the link went idle pass through the slots, unused."""
         if now > self.vt:
-            self.idle_bytes += self._move_to(now)
+            passed = self._move_to(now)
+            self.idle_bytes += passed
+            if self._holding:
+                self.held_bytes += passed
 
     def _absorb(self, now: float) -> None:
         """Move `vt` on by what the link's other schedulers sent since we last looked (see
@@ -323,7 +330,7 @@ class SlotScheduler:
         if self.peers is not None:
             self._absorb(now)
         self._advance(now)
-        self._ahead = False
+        self._ahead = self._holding = False
         if not (ll_waiting or general_waiting):
             return None, 0
         limit = self._limit = now + self.horizon
@@ -361,6 +368,7 @@ class SlotScheduler:
             return self._go_ahead()
         if self.peers is not None:
             self.peers.wants(now)  # held back: the link's other workers leave us our share
+        self._holding = True
         return None, 0
 
     def _go_ahead(self) -> tuple[str, int]:
@@ -465,6 +473,7 @@ class SlotScheduler:
             "bytes": dict(self.bytes_sent), "frames": dict(self.frames_sent),
             "slots_used": dict(self.slots_used), "slots_lent": dict(self.slots_lent),
             "slots_idle": self.slots_idle, "slots_passed": dict(self.slots_passed),
+            "idle_bytes": round(self.idle_bytes), "held_bytes": round(self.held_bytes),
             "borrowed_bytes": {k: round(v) for k, v in self.borrowed_bytes.items()},
             "ll_ahead_bytes": self.ll_ahead_bytes,
             **({} if self.peers is None else {"workers": self.peers.n, "peer_bytes": round(self.peer_bytes)}),
