@@ -223,7 +223,7 @@ def test_skipping_an_empty_send_changes_nothing(scenario, opts, others):
     the rate sampler's app-limited mark, the timers) after every step. Scenarios draw bulk
     writes that overdraw the pacer's credit, empty pumps in between, losses (recovery, RACK's
     probe), and time (delayed ACKs, RTOs, idle restarts)."""
-    on, n_on = run(scenario, others, opts, others, True)
+    on, _ = run(scenario, others, opts, others, True)
     off, n_off = run(scenario, others, opts, others, False)
     assert n_off[2] == 0
     assert len(on) == len(off)

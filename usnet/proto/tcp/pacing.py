@@ -32,10 +32,11 @@ loses no rate as long as it is late by less than half a burst.
 No RTT estimate yet (the handshake's first data): no pacing, as Linux.
 
 Sans-I/O: the connection asks `begin` how many bytes may leave now, tells
-`end` how many did (the credit is brought up to date only by a step that sent or held: a
-step that sent nothing and held nothing leaves the bucket as it was, so a connection with
-nothing to send may skip the step altogether, `TcpConnection._send_none`), and turns ``next_time`` into a timer deadline when
-pacing held data back; whoever drives the connection already wakes for its
+`end` how many did, and turns ``next_time`` into a timer deadline when
+pacing held data back (the credit is brought up to date only by a step that
+sent or held: one that did neither leaves the bucket as it was, so a
+connection with nothing to send skips the step, usnet.proto.tcp.txfast's
+`send_none`); whoever drives the connection already wakes for its
 deadlines (`TcpConnection.timeout`), so nothing else changes. Only new
 data is held back; retransmissions are counted against the rate but never
 wait for it, as loss recovery has its own clock (the ACKs).

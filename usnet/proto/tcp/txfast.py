@@ -122,7 +122,7 @@ def send_none(c: TcpConnection, now: float) -> bool:
     step held nothing: `_t_pace` INF, the pacer not holding), so `Pacer.end` would leave its
     credit and stamp as they were (usnet.proto.tcp.pacing); only its rate is recomputed, here
     too (TCP_INFO reads it)."""
-    if c._fin_queued and not c._fin_sent or c._recovery or c._cork is not None:
+    if (c._fin_queued and not c._fin_sent) or c._recovery or c._cork is not None:
         return False
     rack = c.rack
     if rack is not None and (rack.tlp_now or rack.lost_q or rack.lost_bytes):
