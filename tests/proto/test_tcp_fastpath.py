@@ -1,5 +1,6 @@
 """Header prediction (usnet.proto.tcp.fastpath) and the lean output path
-(usnet.proto.tcp.txfast) change nothing but the cost.
+(usnet.proto.tcp.txfast: `tx_one`, and `send_none` for a connection with nothing to send)
+change nothing but the cost.
 
 Two connections talk directly (no endpoint, fixed ISNs and timestamp offsets, a fake clock);
 hypothesis draws the traffic: writes of random sizes either way, reads, segments delivered
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from usnet.proto.tcp import TcpConnection, fastpath, txfast
 from usnet.proto.tcp.bytequeue import ByteQueue
+from usnet.proto.tcp.pacing import Pacer
 from usnet.proto.wire.tcp import TcpParts, parse_tcp
 
 A = bytes([10, 0, 0, 1])
@@ -69,13 +71,15 @@ ops = st.lists(
 )
 
 
-def run(scenario, enabled: bool, opts: dict, tx: bool | None = None):
-    """Play ``scenario`` with header prediction ``enabled`` and the lean output path ``tx``
-    (default: as ``enabled``); returns the trace (segments and state after each step) and
-    the number of segments the fast paths took (received, sent)."""
-    taken = [0, 0]
+def run(scenario, enabled: bool, opts: dict, tx: bool | None = None, none: bool | None = None):
+    """Play ``scenario`` with header prediction ``enabled``, the lean output path ``tx``
+    (default: as ``enabled``) and the skip of an empty send ``none`` (default: as ``tx``);
+    returns the trace (segments and state after each step) and the number of times the fast
+    paths were taken (segments received, segments sent, empty sends skipped)."""
+    taken = [0, 0, 0]
     real = fastpath.rx_established
     real_tx = txfast.tx_one
+    real_none = txfast.send_none
 
     def counting(c, seg, now):
         ok = real(c, seg, now)
@@ -87,10 +91,17 @@ def run(scenario, enabled: bool, opts: dict, tx: bool | None = None):
         taken[1] += ok
         return ok
 
+    def counting_none(c, now):
+        ok = real_none(c, now)
+        taken[2] += ok
+        return ok
+
     fastpath.ENABLED = enabled
     fastpath.rx_established = counting
     txfast.ENABLED = enabled if tx is None else tx
     txfast.tx_one = counting_tx
+    txfast.NONE_ENABLED = txfast.ENABLED if none is None else none
+    txfast.send_none = counting_none
     try:
         now = 1.0
         a = TcpConnection(A, 40000, B, 80, now=now, iss=0xFFFFF000, ts_offset=12345, **opts)
@@ -151,6 +162,8 @@ def run(scenario, enabled: bool, opts: dict, tx: bool | None = None):
         fastpath.rx_established = real
         txfast.ENABLED = True
         txfast.tx_one = real_tx
+        txfast.NONE_ENABLED = True
+        txfast.send_none = real_none
 
 
 @settings(max_examples=150, deadline=None)
@@ -165,7 +178,7 @@ def test_fast_path_equals_general_path(scenario, opts, tx):
     fast, _ = run(scenario, True, opts, tx)  # tx False: header prediction alone; True: both
     slow, n_slow = run(scenario, False, opts, None if tx is None else not tx)  # the lean output alone
     if tx is None:
-        assert n_slow == (0, 0)
+        assert n_slow == (0, 0, 0)
     assert len(fast) == len(slow)
     for i, (x, y) in enumerate(zip(fast, slow)):
         assert x == y, f"step {i} differs"
@@ -192,3 +205,51 @@ def test_lean_output_is_taken_with_segmentation_offload():
     trace, taken = run(_REQUEST_RESPONSE, True, {"gso_max": 9000})
     assert taken[1] >= 19  # the responses, and the requests after the first
     assert run(_REQUEST_RESPONSE, False, {"gso_max": 9000})[0] == trace
+
+
+_OPTIONS = [
+    {}, {"sack": False}, {"congestion": "newreno", "pacing": False}, {"congestion": "newreno"},
+    {"congestion": "bbr"}, {"rack": False}, {"nodelay": True}, {"ecn": True},
+    {"rcvbuf": 4096, "rcvbuf_max": 8192}, {"sndbuf": 3000, "nodelay": True},
+    {"gso_max": 9000}, {"gso_max": 6000, "gather": True, "mss": 600, "nodelay": True},
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops, st.sampled_from(_OPTIONS), st.booleans())
+def test_skipping_an_empty_send_changes_nothing(scenario, opts, others):
+    """`txfast.send_none` on against off (the other fast paths both on or both off): the same
+    segments, and every field of both connections (the pacer's rate, credit, stamp and hold,
+    the rate sampler's app-limited mark, the timers) after every step. Scenarios draw bulk
+    writes that overdraw the pacer's credit, empty pumps in between, losses (recovery, RACK's
+    probe), and time (delayed ACKs, RTOs, idle restarts)."""
+    on, _ = run(scenario, others, opts, others, True)
+    off, n_off = run(scenario, others, opts, others, False)
+    assert n_off[2] == 0
+    assert len(on) == len(off)
+    for i, (x, y) in enumerate(zip(on, off)):
+        assert x == y, f"step {i} differs"
+
+
+def test_only_a_send_is_a_step_of_the_pacer():
+    """A connection is asked for output after every event (here both sides after each of the
+    six steps of a round: write, deliver, read, ...), as an engine's pump asks each connection
+    an event touched: the server's pump that receives a request asks before the answer is
+    written. Only a pump with something to send is a step of the pacer (and of the general
+    sender); the others are `send_none`. Without it: 125 pacer steps for 10 requests and
+    their 10 answers."""
+    steps = [0]
+    real = Pacer.begin
+
+    def counting(self, now, mss):
+        steps[0] += 1
+        return real(self, now, mss)
+
+    Pacer.begin = counting
+    try:
+        trace, taken = run(_REQUEST_RESPONSE, True, {"gso_max": 9000})
+    finally:
+        Pacer.begin = real
+    assert taken[2] >= 100, f"only {taken[2]} empty sends skipped"
+    assert steps[0] <= 22, f"{steps[0]} pacer steps for 10 requests and 10 answers"
+    assert run(_REQUEST_RESPONSE, True, {"gso_max": 9000}, none=False)[0] == trace

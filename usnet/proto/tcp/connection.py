@@ -1588,7 +1588,10 @@ class TcpConnection:
             self.stats.segs_out += len(out)
             return out
         if st is not SYN_SENT and st is not SYN_RECEIVED and st is not TIME_WAIT:
-            if not self.suspended:
+            # (nothing unsent, tested in line first: the pump that takes a request asks once a
+            # request, and `txfast.send_none` spares it the sender and the pacer's step)
+            if not self.suspended and (self._snd_base + self._sndbuf.size > self.snd_nxt
+                                       or not (txfast.NONE_ENABLED and txfast.send_none(self, now))):
                 pacer = self.pacer
                 if pacer is None:
                     self._send(now, out)

@@ -33,7 +33,10 @@ No RTT estimate yet (the handshake's first data): no pacing, as Linux.
 
 Sans-I/O: the connection asks `begin` how many bytes may leave now, tells
 `end` how many did, and turns ``next_time`` into a timer deadline when
-pacing held data back; whoever drives the connection already wakes for its
+pacing held data back (the credit is brought up to date only by a step that
+sent or held: one that did neither leaves the bucket as it was, so a
+connection with nothing to send skips the step, usnet.proto.tcp.txfast's
+`send_none`); whoever drives the connection already wakes for its
 deadlines (`TcpConnection.timeout`), so nothing else changes. Only new
 data is held back; retransmissions are counted against the rate but never
 wait for it, as loss recovery has its own clock (the ACKs).
@@ -50,7 +53,7 @@ _BURST_TIME = 1 / 1024  # Linux: sk_pacing_shift 10, about a millisecond worth
 class Pacer:
     """The pacing rate and the credit of bytes that may leave now."""
 
-    __slots__ = ("ss_ratio", "ca_ratio", "rate", "credit", "stamp", "next_time", "holds", "held")
+    __slots__ = ("ss_ratio", "ca_ratio", "rate", "credit", "stamp", "next_time", "holds", "held", "pending")
 
     def __init__(self, ss_ratio: int = 200, ca_ratio: int = 120) -> None:
         self.ss_ratio = ss_ratio  # percent, as net.ipv4.tcp_pacing_ss_ratio
@@ -61,6 +64,7 @@ class Pacer:
         self.next_time = 0.0  # when held data may go (valid while `held`)
         self.holds = 0  # times new data was held back to keep the rate (for TcpStats)
         self.held = False
+        self.pending = 0.0  # `begin`'s credit, for `end` to commit (0.0 outside a step)
 
     def update(self, cwnd: int, ssthresh: int, flight: int, srtt: float | None) -> float:
         """Recompute the rate from the window (Linux tcp_update_pacing_rate); returns it."""
@@ -78,7 +82,12 @@ class Pacer:
         return b if b > 2 * mss else 2 * mss
 
     def begin(self, now: float, mss: int) -> int:
-        """Bytes that may leave now (a segment may overdraw them), 0 if none, or `UNPACED`."""
+        """Bytes that may leave now (a segment may overdraw them), 0 if none, or `UNPACED`.
+
+        The credit accrued since `stamp` is computed, not yet stored: `end` stores it if the
+        step sent or held something. A step that did neither leaves credit and stamp as they
+        were, so skipping such a step changes nothing (the next step accrues over both
+        intervals at its own rate, the same float expression either way)."""
         rate = self.rate
         if not rate:
             return UNPACED
@@ -86,8 +95,7 @@ class Pacer:
         cap = int(rate * _BURST_TIME)  # burst()
         if cap <= 2 * mss:
             cap = 2 * mss
-        self.credit = c = c if c < cap else cap
-        self.stamp = now
+        self.pending = c = c if c < cap else cap
         return int(c) if c >= 1 else 0
 
     def end(self, now: float, sent: int, mss: int, held: bool) -> None:
@@ -100,7 +108,12 @@ class Pacer:
         if not rate:
             self.held = False
             return
-        self.credit -= sent
+        c, self.pending = self.pending, 0.0
+        if not sent and not held:
+            self.held = False
+            return  # nothing happened: the bucket stays as it was (see `begin`)
+        self.credit = c - sent
+        self.stamp = now
         if held:
             want = self.burst(mss) >> 1
             if want < mss:

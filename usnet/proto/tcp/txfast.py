@@ -26,7 +26,11 @@ Data of one MSS or less on such a connection is taken: it is one plain segment e
 (a TAP with offload gives every connection of `usnet bench http` a `max_segment` above its
 MSS, and the lean path was never taken there).
 
-tests/proto/test_tcp_fastpath.py plays random traffic with both fast paths
+`send_none` is the other half: a connection with nothing unsent, asked for output (the pump
+that receives each request asks before the answer is written), skips the general sender and
+the pacer's step when they would only find nothing to send.
+
+tests/proto/test_tcp_fastpath.py plays random traffic with the fast paths
 on and off and asserts the same segments and the same state after every step.
 """
 
@@ -41,10 +45,12 @@ from usnet.proto.wire.tcp import ACK, PSH, pack_ts
 if TYPE_CHECKING:  # pragma: no cover
     from usnet.proto.tcp.connection import TcpConnection
 
-__all__ = ["ENABLED", "tx_one"]
+__all__ = ["ENABLED", "NONE_ENABLED", "send_none", "tx_one"]
 
-#: Tests switch it off to compare against the general path.
+#: Tests switch them off to compare against the general path (`tx_one`, `send_none`).
 ENABLED = True
+NONE_ENABLED = True
+_INF = float("inf")
 
 _ACK_PSH = ACK | PSH
 
@@ -96,4 +102,46 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
     pipe += n
     if pipe < cwnd:  # out of data with room in the window: the samples measure the application
         c.rate.check_app_limited(0, mss, pipe, cwnd, 0)
+    return True
+
+
+def send_none(c: TcpConnection, now: float) -> bool:
+    """For a connection with no data unsent (the caller tested that): what `_paced_send` (or
+    `_send`) would do, if it is only to find nothing to send; False (nothing changed) if it
+    might do more.
+
+    Why: a request/response server's connection is asked for output by the pump that
+    receives each request, with nothing to send yet (the answer comes in the next pump). The
+    general way there is `_paced_send` (the pacer's update, begin and end) and `_send`
+    (`tx_one`'s decline, `_pipe`, the loss-recovery and idle tests, the app-limited mark).
+
+    Exact: `_send` finds `avail <= 0` at once and, with no FIN due, no loss recovery (no
+    RACK probe, lost queue or lost bytes, no NewReno holes), nothing SACKed (pipe is the
+    flight), no TCP_CORK state and no idle restart due, does nothing but the app-limited
+    mark, done here the same way. The pacer's step sends nothing and holds nothing (the last
+    step held nothing: `_t_pace` INF, the pacer not holding), so `Pacer.end` would leave its
+    credit and stamp as they were (usnet.proto.tcp.pacing); only its rate is recomputed, here
+    too (TCP_INFO reads it)."""
+    if (c._fin_queued and not c._fin_sent) or c._recovery or c._cork is not None:
+        return False
+    rack = c.rack
+    if rack is not None and (rack.tlp_now or rack.lost_q or rack.lost_bytes):
+        return False
+    nxt = c.snd_nxt
+    una = c.snd_una
+    if c.sb.sacked or (nxt == una and now - c._last_send > c.rto.rto):
+        return False  # pipe below the flight, or the congestion window's idle restart
+    cc = c.cc
+    pacer = c.pacer
+    if pacer is not None:
+        if pacer.held or c._t_pace != _INF:
+            return False
+        if cc.pacing_rate:
+            pacer.rate = cc.pacing_rate  # as `_paced_send`
+        else:
+            pacer.update(cc.cwnd, cc.ssthresh, nxt - una, c.rto.srtt)
+    pipe = nxt - una
+    cwnd = cc.cwnd
+    if pipe < cwnd:  # out of data with room in the window (as `_send`)
+        c.rate.check_app_limited(0, c.mss, pipe, cwnd, 0)
     return True
