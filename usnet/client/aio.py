@@ -151,6 +151,9 @@ class _LoopDriver:
         self._timers: dict[FlowEngine, asyncio.TimerHandle] = {}
         # while `_serve` pumps: the watchers the pump signalled, run as soon as it is done
         self.collect: list[_Watcher] | None = None
+        # while `_serve` runs: the datagram sockets whose descriptor's readiness waits for its end
+        # (`defer`)
+        self.later: list[Any] | None = None
         self._serving = False
 
     def adopt(self, eng: FlowEngine) -> None:
@@ -209,6 +212,30 @@ class _LoopDriver:
             return
         self._serve(eng)
 
+    def defer(self, sock: Any) -> bool:
+        """A pump of ours signals datagram socket `sock` (usnet.client.dgram.DatagramFace._signal,
+        lock held): whether its descriptor's readiness may wait for the end of this `_serve`
+        (`_settle`). The transport reads what the pump queued in the same callback, so a
+        readiness set here would be cleared there: a pair of system calls a batch that nobody
+        selecting on the descriptor could see but for a moment. Only in the loop's own thread."""
+        later = self.later
+        if later is None or getattr(self.loop, "_thread_id", None) != threading.get_ident():
+            return False
+        if sock not in later:  # (a socket or two: one per flow this callback pumps)
+            later.append(sock)
+        return True
+
+    def _settle(self, later: list[Any]) -> None:
+        """The readiness `defer` held back, now right (a call that does not change it makes no
+        system call); what a signal's exception cut short, on the next turn."""
+        for i, sock in enumerate(later):
+            try:
+                sock._settle()
+            except BaseException:
+                for rest in later[i:]:
+                    self.loop.call_soon(rest._settle)
+                raise
+
     def _timer(self, eng: FlowEngine) -> None:
         self._timers.pop(eng, None)
         self._serve(eng)
@@ -223,6 +250,7 @@ class _LoopDriver:
             return
         self._serving = True
         self.collect = []
+        self.later = []
         fired: list[_Watcher] = []
         try:
             self._pump(eng)
@@ -240,9 +268,12 @@ class _LoopDriver:
             # never again) run on the next, as a readable descriptor is reported again.
             left = [*reversed(fired), *(self.collect or ())]
             self.collect = None
+            later, self.later = self.later, None
             self._serving = False
             for w in left:
                 self.loop.call_soon(w.fire)
+            if later:
+                self._settle(later)
         if self._dirty and not self._scheduled:
             self._flush(eng)
 

@@ -197,24 +197,30 @@ class DatagramEngine:
     def deadline(self, now: float) -> float | None:
         return None
 
-    def pump(self, now: float, receive: bool = True) -> None:
+    def pump(self, now: float, receive: bool = True, rang: DatagramSocket | None = None) -> None:
         """Take what arrived (up to the receive bound); then tell the sockets. With the lock held.
         `receive` False (as FlowEngine.pump's): a pump right behind one that ended on an empty
-        ring in the same loop callback; a datagram flow has nothing else to do then."""
+        ring in the same loop callback; a datagram flow has nothing else to do then. `rang`: the
+        flow whose doorbell woke the pump (a `FlowHalf`'s), else the socket's own (`take`)."""
         if self.closed or self.error is not None or not receive:
             return
-        self.take()
+        self.take(self.d if rang is None else rang)
         self.notify()
 
-    def take(self) -> None:
-        """Move datagrams from the ring into the queue while there is room. With the lock held.
+    def take(self, rang: DatagramSocket | None = None) -> None:
+        """Move datagrams from the rings into the queue while there is room. With the lock held.
 
         An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
-        it), so the domain rings the doorbell the runner sleeps on for the next one.
+        it), so the domain rings the doorbell the runner sleeps on for the next one. `rang`: a
+        pump for that flow's doorbell; while the last look left every ring so (`drained`) it
+        looks at that ring alone: another flow's doorbell rings for what it gets, and wakes
+        its own pump (the runner's `FlowHalf`). A wildcard socket's loopback half is not looked
+        at on every pump of the loop that pumps its own flow (a doorbell read and an exception).
         """
+        flows = (rang,) if rang is not None and self.drained else self.flows()
         self.drained = False
         empty = 0
-        for d in self.flows():
+        for d in flows:
             while self.rx_bytes < self.rcvbuf:
                 try:
                     got = d.recv_many(RX_BATCH, 0)
@@ -236,7 +242,7 @@ class DatagramEngine:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
-        self.drained = empty == 1 + len(self.more)
+        self.drained = empty == len(flows)
 
     def set_meta(self, opts: dict, groups: bool = False) -> None:
         """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
@@ -341,6 +347,7 @@ class FlowHalf:
         self.ch = d.channel
         self.lock = eng.lock
         self.client = eng.client
+        self.d = d
         self.release_when_idle = False  # the engine's close takes it out of the runner
 
     @property
@@ -355,7 +362,7 @@ class FlowHalf:
         return self.ch.fileno()
 
     def pump(self, now: float) -> None:
-        self.eng.pump(now)
+        self.eng.pump(now, rang=self.d)
 
     def deadline(self, now: float) -> float | None:
         return None
@@ -977,11 +984,29 @@ class DatagramFace(socket):
         return bool(eng.rxq), True
 
     def _signal(self) -> None:
-        """As socket._signal: a UDP socket of the default domain is bound again after a usnetd restart."""
+        """As socket._signal: a UDP socket of the default domain is bound again after a usnetd
+        restart. A pump by the event loop that owns the flow sets the descriptor's readiness at
+        the end of its callback instead (usnet.client.aio `_LoopDriver.defer`), after the
+        transport read what it queued: no system call then for a batch the loop delivered."""
         eng = self._engine
         if not self._orphan and eng is not None and eng.error is not None:
             self._orphan_if_gone()
+        elif eng is not None and (d := eng.driver) is not None and d.defer(self):
+            return
         self._update()
+
+    def _settle(self) -> None:
+        """The readiness a deferred `_signal` held back, set from the loop's thread after its
+        callback. Looked at without the lock first: a change the loop did not make is one
+        another thread made under the lock, and it set the readiness itself; so the lock (two
+        system calls in the main thread, usnet.client.sigdefer) is taken only for a change."""
+        if self._dead or self._ready.readable == self._poll_state()[0]:
+            return
+        eng = self._engine
+        if eng is None:
+            return
+        with eng.lock:
+            self._update()
 
     def _rebind(self) -> None:
         """usnetd is back (usnet.client.rebind): the same port, address and options on a new flow,
