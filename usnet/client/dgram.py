@@ -147,6 +147,8 @@ class DatagramEngine:
         # doorbell. While a loop pumps the flow, a read right behind its pump need not look at the
         # rings again (`pop`'s `refill`): the loop hears the doorbell and pumps again.
         self.drained = False
+        # `via`'s last answer: (host, flow, how many `more` it chose among); `more` only grows
+        self.route: tuple[str, DatagramSocket, int] | None = None
 
     def fileno(self) -> int:
         return self.ch.fileno()
@@ -174,10 +176,16 @@ class DatagramEngine:
         for a loopback address; the socket's own where none is (its route decides)."""
         if not self.more:
             return self.d
+        r = self.route  # an answer to the last sender: the same host again, from any thread
+        if r is not None and r[0] == host and r[2] == len(self.more):
+            return r[1]
+        n = len(self.more)
         v6, lo = ":" in host, _is_loopback(host)
         flows = self.flows()
         same = next((d for d in flows if d.v6 == v6 and d.loopback == lo), None)
-        return same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
+        d = same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
+        self.route = (host, d, n)
+        return d
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: whoever pumps the flow, soon. `wait`: the caller is about to block
@@ -573,7 +581,7 @@ class DatagramFace(socket):
         """Set the default destination and take datagrams only from it, as Linux does."""
         remote = self._resolve(address)
         eng = self._eng(remote[0])
-        self._no_group(eng, remote[0])
+        self._no_group(eng.via(remote[0]), remote[0])
         eng.via(remote[0]).need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
         with eng.lock:
             eng.remote = remote
@@ -669,12 +677,12 @@ class DatagramFace(socket):
             raise OSError(errno.EDESTADDRREQ, "Destination address required")
         return self._send(data, flags, eng.remote, src)
 
-    def _no_group(self, eng: DatagramEngine, dest: str) -> None:
+    def _no_group(self, d: DatagramSocket, dest: str) -> None:
         """usnet sends no broadcast: refused at once, not sent to nobody. Without SO_BROADCAST a
         broadcast is EACCES, as Linux's; with it EOPNOTSUPP that says why. A group is sent to
         (usnet.client.mcast): an IPv6 one from an AF_INET6 socket, an IPv4 one from either (a
         dual-stack socket's IPv4 flow, as a kernel socket's)."""
-        if dest in eng.via(dest).broadcasts:
+        if dest in d.broadcasts:
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
@@ -687,10 +695,12 @@ class DatagramFace(socket):
             back = "its usnetd worker" if _worker_died(eng.error) else "usnetd"
             raise OSError(errno.ENETDOWN, f"Network is down ({eng.error}; this socket binds port {self._port} "
                                           f"again once {back} is back)")
-        self._no_group(eng, addr[0])
         with eng.lock:
+            d = eng.via(addr[0])
+            self._no_group(d, addr[0])
             self._raise_pending(eng)
-            d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
+            if src is not None:
+                d = self._flow_from(eng, src)
             d.mc_ttl = (self._mc6 if d.v6 else self._mc).ttl  # IP(V6)_MULTICAST_TTL (HOPS): a group datagram's
             self._check_df(eng, d, data, addr)
             t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("send")
