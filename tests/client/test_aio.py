@@ -818,18 +818,21 @@ def test_a_blocking_recvfrom_while_the_loop_is_not_running_is_served(net):
 def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_its_loopback_half(monkeypatch):
     """While the loop pumps an endpoint's flow and reads what each pump queued in the same callback,
     its descriptor's readiness is not set and cleared a batch (a pair of system calls nobody could
-    see: `_LoopDriver.defer`), and a pump for the flow's doorbell does not look at the empty ring of
-    the wildcard socket's loopback half (`DatagramEngine.take`'s `rang`). Yet the readiness stays
-    exact when the transport does not read (its watcher and reader taken away): the descriptor is
-    readable once the loop's callback queued a datagram, and not after it was read; and the
-    loopback half still delivers (the stack thread pumps it)."""
+    see: `_LoopDriver.defer`), the read takes no signal hold of its own (`_news`), and a pump for
+    the flow's doorbell does not look at the empty ring of the wildcard socket's loopback half
+    (`DatagramEngine.take`'s `rang`). Yet the readiness stays exact when the transport does not
+    read (its watcher and reader taken away): the descriptor is readable once the loop's callback
+    queued a datagram, and not after it was read; and the loopback half still delivers (the stack
+    thread pumps it)."""
     import select
     import socket as std
 
+    from usnet.client import sigdefer
     from usnet.client.engine import Readiness
 
     rounds = 200
     changes: list[bool] = []
+    masks = [0]
     real_set = Readiness.set
 
     def counting_set(self: Readiness, readable: bool, writable: bool) -> None:
@@ -860,6 +863,13 @@ def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_it
             half.recv_many = counting_recv
             a_addr = (A_IP, ta.get_extra_info("sockname")[1])
             monkeypatch.setattr(Readiness, "set", counting_set)
+            real_mask = sigdefer._sigmask
+
+            def counting_mask(*a):  # type: ignore[no-untyped-def]
+                masks[0] += 1
+                return real_mask(*a)
+
+            monkeypatch.setattr(sigdefer, "_sigmask", counting_mask)
             for i in range(rounds):
                 pa.arrived.clear()
                 pb.arrived.clear()
@@ -868,6 +878,8 @@ def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_it
                 ta.sendto(b"pong %d" % i, pa.got[-1][1])
                 await asyncio.wait_for(pb.arrived.wait(), LIMIT)
             ping_changes, ping_looks = len(changes), looks[0]
+            monkeypatch.setattr(sigdefer, "_sigmask", real_mask)
+            pings = [m for m, _ in pa.got]
             # the loopback half still delivers, pumped by the stack thread
             lo = aio._us.socket(std.AF_INET, std.SOCK_DGRAM, client=client, netif="a")
             pa.arrived.clear()
@@ -893,15 +905,19 @@ def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_it
             ta.close()
             tb.close()
             await asyncio.sleep(0)
-            return ping_changes, ping_looks, local, quiet, readable == [fd], got, after, still_loops, pb.got
+            return ping_changes, ping_looks, local, quiet, readable == [fd], got, after, still_loops, pings, pb.got
 
         loop = aio.EventLoop(client=client, netif="a")
         try:
-            ping_changes, ping_looks, local, quiet, readable, got, after, still_loops, at_b = \
+            ping_changes, ping_looks, local, quiet, readable, got, after, still_loops, at_a, at_b = \
                 loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
         finally:
             loop.close()
+    assert at_a == [b"ping %d" % i for i in range(rounds)]
     assert [m for m, _ in at_b] == [b"pong %d" % i for i in range(rounds)]
+    # the main thread's signal holds (usnet.client.sigdefer: two system calls each): a round trip
+    # is two sends and two pumps; each pump's batch is read under the pump's hold (`_news`). Was 12.
+    assert masks[0] < 10 * rounds
     assert ping_changes < rounds // 10  # was two a datagram (set by the pump, cleared by the read)
     assert ping_looks < rounds // 10  # was one a pump
     assert local[0] == b"local" and local[1][0] == "127.0.0.1"

@@ -1698,6 +1698,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
         self._closing = False
         self._eng: Any = None  # the flow the watcher is on (the socket's, until it is bound again)
         self._watcher: _Watcher | None = None
+        self._early: list[tuple[bytes, tuple]] | None = None  # a batch taken in the loop's pump (`_news`)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start)  # after connection_made: no datagram before it
 
@@ -1715,17 +1716,36 @@ class _DatagramTransport(asyncio.DatagramTransport):
             _unwatch(self._eng, self._watcher)
         self._eng, self._watcher = eng, None
         if eng is not None and not self._closing:
-            self._watcher = _Watcher(self._loop, functools.partial(_datagram_news, eng), self._read_ready)
+            self._watcher = _Watcher(self._loop, functools.partial(self._news, eng), self._read_ready)
             _watch(eng, self._watcher)
+
+    def _news(self, eng: Any) -> bool:
+        """The watcher's `wants` (`_datagram_news`), with the flow's lock held. In the loop's own
+        pump (`_LoopDriver._serve`, which runs the watcher's callback right after it) it also takes
+        the batch, under the pump's signal hold: one hold less a batch (two system calls in the
+        main thread, usnet.client.sigdefer), and the callback delivers it. Not with an error to
+        report (the callback's own read raises it, after these datagrams)."""
+        if not _datagram_news(eng):
+            return False
+        d = eng.driver
+        if (self._early is None and d.collect is not None and eng.pending is None and eng.error is None
+                and getattr(self._loop, "_thread_id", None) == threading.get_ident()):
+            try:
+                self._early = self._sock.recv_batch(64)
+            except OSError:
+                pass  # (none is expected without an error): the callback's read meets it again
+        return True
 
     def _read_ready(self) -> None:
         if self._sock._engine is not self._eng:
             self._attach(self._sock._engine)
+        got, self._early = self._early, None
         for _ in range(_ACCEPT_MAX):  # bounded, as asyncio reads one datagram per callback
             if self._closing:
                 return
             try:
-                got = self._sock.recv_batch(64)
+                if got is None:
+                    got = self._sock.recv_batch(64)
             except OSError as exc:
                 if self._sock._refused is not None or self._sock.fileno() < 0:
                     self._fail(exc)  # the socket is done for: no retrying it on every turn
@@ -1739,6 +1759,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
             eng = self._eng
             if len(got) < 64 and eng is not None and eng.pending is None and eng.error is None:
                 return  # the queue was empty (a short batch stops early only for an error)
+            got = None
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
     def _fail(self, exc: BaseException) -> None:
