@@ -697,6 +697,17 @@ def _loop_on_a(net, coro) -> object:  # type: ignore[no-untyped-def]
         loop.close()
 
 
+async def _ping_pong(ts, ps, tr, pr, to: tuple, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    """`ts` sends "ping i" to `to` (`tr`'s), which answers "pong i" to the sender, one at a time."""
+    for i in range(rounds):
+        ps.arrived.clear()
+        pr.arrived.clear()
+        ts.sendto(b"ping %d" % i, to)
+        await asyncio.wait_for(pr.arrived.wait(), LIMIT)
+        tr.sendto(b"pong %d" % i, pr.got[-1][1])
+        await asyncio.wait_for(ps.arrived.wait(), LIMIT)
+
+
 def test_a_datagram_endpoint_ping_pong_does_not_wake_the_stack_thread(net):
     """Under aio.EventLoop a datagram endpoint's flow is pumped by the loop (its `driver`), as a
     TCP transport's engine: its doorbell is a loop reader and the protocol is called in the same
@@ -712,13 +723,7 @@ def test_a_datagram_endpoint_ping_pong_does_not_wake_the_stack_thread(net):
         driver = asyncio.get_running_loop()._usnet_driver
         b_addr = tb.get_extra_info("sockname")
         before = runner().pumps
-        for i in range(rounds):
-            pa.arrived.clear()
-            pb.arrived.clear()
-            ta.sendto(b"ping %d" % i, b_addr)
-            await asyncio.wait_for(pb.arrived.wait(), LIMIT)
-            tb.sendto(b"pong %d" % i, pb.got[-1][1])
-            await asyncio.wait_for(pa.arrived.wait(), LIMIT)
+        await _ping_pong(ta, pa, tb, pb, b_addr, rounds)
         pumps = runner().pumps - before
         lent = getattr(ea, "driver", None) is driver and getattr(eb, "driver", None) is driver
         ta.close()
@@ -870,13 +875,7 @@ def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_it
                 return real_mask(*a)
 
             monkeypatch.setattr(sigdefer, "_sigmask", counting_mask)
-            for i in range(rounds):
-                pa.arrived.clear()
-                pb.arrived.clear()
-                tb.sendto(b"ping %d" % i, a_addr)
-                await asyncio.wait_for(pa.arrived.wait(), LIMIT)
-                ta.sendto(b"pong %d" % i, pa.got[-1][1])
-                await asyncio.wait_for(pb.arrived.wait(), LIMIT)
+            await _ping_pong(tb, pb, ta, pa, a_addr, rounds)
             ping_changes, ping_looks = len(changes), looks[0]
             monkeypatch.setattr(sigdefer, "_sigmask", real_mask)
             pings = [m for m, _ in pa.got]

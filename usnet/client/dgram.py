@@ -159,6 +159,7 @@ class DatagramEngine:
         d.keep_header = self.d.keep_header
         d.on_error = self.d.on_error
         self.more.append(d)
+        self.drained = False  # its ring not looked at yet: the next `take` looks at every ring
         half = FlowHalf(self, d)
         self._halves.append(half)
         runner().add(half)
