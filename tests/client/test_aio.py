@@ -697,6 +697,17 @@ def _loop_on_a(net, coro) -> object:  # type: ignore[no-untyped-def]
         loop.close()
 
 
+async def _ping_pong(ts, ps, tr, pr, to: tuple, rounds: int) -> None:  # type: ignore[no-untyped-def]
+    """`ts` sends "ping i" to `to` (`tr`'s), which answers "pong i" to the sender, one at a time."""
+    for i in range(rounds):
+        ps.arrived.clear()
+        pr.arrived.clear()
+        ts.sendto(b"ping %d" % i, to)
+        await asyncio.wait_for(pr.arrived.wait(), LIMIT)
+        tr.sendto(b"pong %d" % i, pr.got[-1][1])
+        await asyncio.wait_for(ps.arrived.wait(), LIMIT)
+
+
 def test_a_datagram_endpoint_ping_pong_does_not_wake_the_stack_thread(net):
     """Under aio.EventLoop a datagram endpoint's flow is pumped by the loop (its `driver`), as a
     TCP transport's engine: its doorbell is a loop reader and the protocol is called in the same
@@ -712,13 +723,7 @@ def test_a_datagram_endpoint_ping_pong_does_not_wake_the_stack_thread(net):
         driver = asyncio.get_running_loop()._usnet_driver
         b_addr = tb.get_extra_info("sockname")
         before = runner().pumps
-        for i in range(rounds):
-            pa.arrived.clear()
-            pb.arrived.clear()
-            ta.sendto(b"ping %d" % i, b_addr)
-            await asyncio.wait_for(pb.arrived.wait(), LIMIT)
-            tb.sendto(b"pong %d" % i, pb.got[-1][1])
-            await asyncio.wait_for(pa.arrived.wait(), LIMIT)
+        await _ping_pong(ta, pa, tb, pb, b_addr, rounds)
         pumps = runner().pumps - before
         lent = getattr(ea, "driver", None) is driver and getattr(eb, "driver", None) is driver
         ta.close()
@@ -813,3 +818,107 @@ def test_a_blocking_recvfrom_while_the_loop_is_not_running_is_served(net):
         loop.run_until_complete(asyncio.sleep(0))
     finally:
         loop.close()
+
+
+def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_its_loopback_half(monkeypatch):
+    """While the loop pumps an endpoint's flow and reads what each pump queued in the same callback,
+    its descriptor's readiness is not set and cleared a batch (a pair of system calls nobody could
+    see: `_LoopDriver.defer`), the read takes no signal hold of its own (`_news`), and a pump for
+    the flow's doorbell does not look at the empty ring of the wildcard socket's loopback half
+    (`DatagramEngine.take`'s `rang`). Yet the readiness stays exact when the transport does not
+    read (its watcher and reader taken away): the descriptor is readable once the loop's callback
+    queued a datagram, and not after it was read; and the loopback half still delivers (the stack
+    thread pumps it)."""
+    import select
+    import socket as std
+
+    from usnet.client import sigdefer
+    from usnet.client.engine import Readiness
+
+    rounds = 200
+    changes: list[bool] = []
+    masks = [0]
+    real_set = Readiness.set
+
+    def counting_set(self: Readiness, readable: bool, writable: bool) -> None:
+        if readable != self.readable and self.made >= 0:
+            changes.append(readable)  # what the pair makes a system call for
+        real_set(self, readable, writable)
+
+    with memwire_domain(f"{A6}/64", f"{B6}/64") as (d, client):
+        d.add_loopback()
+
+        async def main() -> tuple:
+            loop = asyncio.get_running_loop()
+            ta, pa = await loop.create_datagram_endpoint(_Collect, local_addr=("0.0.0.0", 0))
+            sb = aio._us.socket(std.AF_INET, std.SOCK_DGRAM, client=client, netif="b")
+            sb.bind((B_IP, 0))
+            tb, pb = await loop.create_datagram_endpoint(_Collect, sock=sb)
+            await asyncio.sleep(0)
+            sa, ea = ta._sock, ta._sock._engine
+            assert ea.driver is loop._usnet_driver and ea.more  # the loop's, with a loopback half
+            half = ea.more[0]
+            looks = [0]
+            real_recv = half.recv_many
+
+            def counting_recv(*a, **kw):  # type: ignore[no-untyped-def]
+                looks[0] += 1
+                return real_recv(*a, **kw)
+
+            half.recv_many = counting_recv
+            a_addr = (A_IP, ta.get_extra_info("sockname")[1])
+            monkeypatch.setattr(Readiness, "set", counting_set)
+            real_mask = sigdefer._sigmask
+
+            def counting_mask(*a):  # type: ignore[no-untyped-def]
+                masks[0] += 1
+                return real_mask(*a)
+
+            monkeypatch.setattr(sigdefer, "_sigmask", counting_mask)
+            await _ping_pong(tb, pb, ta, pa, a_addr, rounds)
+            ping_changes, ping_looks = len(changes), looks[0]
+            monkeypatch.setattr(sigdefer, "_sigmask", real_mask)
+            pings = [m for m, _ in pa.got]
+            # the loopback half still delivers, pumped by the stack thread
+            lo = aio._us.socket(std.AF_INET, std.SOCK_DGRAM, client=client, netif="a")
+            pa.arrived.clear()
+            lo.sendto(b"local", ("127.0.0.1", a_addr[1]))
+            await asyncio.wait_for(pa.arrived.wait(), LIMIT)
+            local = pa.got[-1]
+            lo.close()
+            # nobody reads in the loop's callback: the descriptor must say when a datagram waits
+            ta._loop.remove_reader(ta._fd)
+            aio._unwatch(ea, ta._watcher)
+            fd = sa.fileno()
+            quiet = select.select([fd], [], [], 0)[0]
+            tb.sendto(b"unread", a_addr)
+            for _ in range(1000):  # bounded: until the loop's pump queued it
+                if ea.rxq:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # (the pump's callback ended)
+            readable = select.select([fd], [], [], 0)[0]
+            got = sa.recvfrom(100, std.MSG_DONTWAIT)[0]
+            after = select.select([fd], [], [], 0)[0]
+            still_loops = ea.driver is loop._usnet_driver
+            ta.close()
+            tb.close()
+            await asyncio.sleep(0)
+            return ping_changes, ping_looks, local, quiet, readable == [fd], got, after, still_loops, pings, pb.got
+
+        loop = aio.EventLoop(client=client, netif="a")
+        try:
+            ping_changes, ping_looks, local, quiet, readable, got, after, still_loops, at_a, at_b = \
+                loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+        finally:
+            loop.close()
+    assert at_a == [b"ping %d" % i for i in range(rounds)]
+    assert [m for m, _ in at_b] == [b"pong %d" % i for i in range(rounds)]
+    # the main thread's signal holds (usnet.client.sigdefer: two system calls each): a round trip
+    # is two sends and two pumps; each pump's batch is read under the pump's hold (`_news`). Was 12.
+    assert masks[0] < 10 * rounds
+    assert ping_changes < rounds // 10  # was two a datagram (set by the pump, cleared by the read)
+    assert ping_looks < rounds // 10  # was one a pump
+    assert local[0] == b"local" and local[1][0] == "127.0.0.1"
+    assert (quiet, readable, got, after) == ([], True, b"unread", [])
+    assert still_loops

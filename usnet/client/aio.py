@@ -151,6 +151,9 @@ class _LoopDriver:
         self._timers: dict[FlowEngine, asyncio.TimerHandle] = {}
         # while `_serve` pumps: the watchers the pump signalled, run as soon as it is done
         self.collect: list[_Watcher] | None = None
+        # while `_serve` runs: the datagram sockets whose descriptor's readiness waits for its end
+        # (`defer`)
+        self.later: list[Any] | None = None
         self._serving = False
 
     def adopt(self, eng: FlowEngine) -> None:
@@ -209,6 +212,30 @@ class _LoopDriver:
             return
         self._serve(eng)
 
+    def defer(self, sock: Any) -> bool:
+        """A pump of ours signals datagram socket `sock` (usnet.client.dgram.DatagramFace._signal,
+        lock held): whether its descriptor's readiness may wait for the end of this `_serve`
+        (`_settle`). The transport reads what the pump queued in the same callback, so a
+        readiness set here would be cleared there: a pair of system calls a batch that nobody
+        selecting on the descriptor could see but for a moment. Only in the loop's own thread."""
+        later = self.later
+        if later is None or getattr(self.loop, "_thread_id", None) != threading.get_ident():
+            return False
+        if sock not in later:  # (a socket or two: one per flow this callback pumps)
+            later.append(sock)
+        return True
+
+    def _settle(self, later: list[Any]) -> None:
+        """The readiness `defer` held back, now right (a call that does not change it makes no
+        system call); what a signal's exception cut short, on the next turn."""
+        for i, sock in enumerate(later):
+            try:
+                sock._settle()
+            except BaseException:
+                for rest in later[i:]:
+                    self.loop.call_soon(rest._settle)
+                raise
+
     def _timer(self, eng: FlowEngine) -> None:
         self._timers.pop(eng, None)
         self._serve(eng)
@@ -223,6 +250,7 @@ class _LoopDriver:
             return
         self._serving = True
         self.collect = []
+        self.later = []
         fired: list[_Watcher] = []
         try:
             self._pump(eng)
@@ -240,9 +268,12 @@ class _LoopDriver:
             # never again) run on the next, as a readable descriptor is reported again.
             left = [*reversed(fired), *(self.collect or ())]
             self.collect = None
+            later, self.later = self.later, None
             self._serving = False
             for w in left:
                 self.loop.call_soon(w.fire)
+            if later:
+                self._settle(later)
         if self._dirty and not self._scheduled:
             self._flush(eng)
 
@@ -1667,6 +1698,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
         self._closing = False
         self._eng: Any = None  # the flow the watcher is on (the socket's, until it is bound again)
         self._watcher: _Watcher | None = None
+        self._early: list[tuple[bytes, tuple]] | None = None  # a batch taken in the loop's pump (`_news`)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start)  # after connection_made: no datagram before it
 
@@ -1684,17 +1716,36 @@ class _DatagramTransport(asyncio.DatagramTransport):
             _unwatch(self._eng, self._watcher)
         self._eng, self._watcher = eng, None
         if eng is not None and not self._closing:
-            self._watcher = _Watcher(self._loop, functools.partial(_datagram_news, eng), self._read_ready)
+            self._watcher = _Watcher(self._loop, functools.partial(self._news, eng), self._read_ready)
             _watch(eng, self._watcher)
+
+    def _news(self, eng: Any) -> bool:
+        """The watcher's `wants` (`_datagram_news`), with the flow's lock held. In the loop's own
+        pump (`_LoopDriver._serve`, which runs the watcher's callback right after it) it also takes
+        the batch, under the pump's signal hold: one hold less a batch (two system calls in the
+        main thread, usnet.client.sigdefer), and the callback delivers it. Not with an error to
+        report (the callback's own read raises it, after these datagrams)."""
+        if not _datagram_news(eng):
+            return False
+        d = eng.driver
+        if (self._early is None and d.collect is not None and eng.pending is None and eng.error is None
+                and getattr(self._loop, "_thread_id", None) == threading.get_ident()):
+            try:
+                self._early = self._sock.recv_batch(64)
+            except OSError:
+                pass  # (none is expected without an error): the callback's read meets it again
+        return True
 
     def _read_ready(self) -> None:
         if self._sock._engine is not self._eng:
             self._attach(self._sock._engine)
+        got, self._early = self._early, None
         for _ in range(_ACCEPT_MAX):  # bounded, as asyncio reads one datagram per callback
             if self._closing:
                 return
             try:
-                got = self._sock.recv_batch(64)
+                if got is None:
+                    got = self._sock.recv_batch(64)
             except OSError as exc:
                 if self._sock._refused is not None or self._sock.fileno() < 0:
                     self._fail(exc)  # the socket is done for: no retrying it on every turn
@@ -1708,6 +1759,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
             eng = self._eng
             if len(got) < 64 and eng is not None and eng.pending is None and eng.error is None:
                 return  # the queue was empty (a short batch stops early only for an error)
+            got = None
         self._loop.call_soon(self._read_ready)  # more than a turn's worth: the rest on the next
 
     def _fail(self, exc: BaseException) -> None:

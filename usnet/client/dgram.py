@@ -147,6 +147,8 @@ class DatagramEngine:
         # doorbell. While a loop pumps the flow, a read right behind its pump need not look at the
         # rings again (`pop`'s `refill`): the loop hears the doorbell and pumps again.
         self.drained = False
+        # `via`'s last answer: (host, flow, how many `more` it chose among); `more` only grows
+        self.route: tuple[str, DatagramSocket, int] | None = None
 
     def fileno(self) -> int:
         return self.ch.fileno()
@@ -157,6 +159,7 @@ class DatagramEngine:
         d.keep_header = self.d.keep_header
         d.on_error = self.d.on_error
         self.more.append(d)
+        self.drained = False  # its ring not looked at yet: the next `take` looks at every ring
         half = FlowHalf(self, d)
         self._halves.append(half)
         runner().add(half)
@@ -174,10 +177,16 @@ class DatagramEngine:
         for a loopback address; the socket's own where none is (its route decides)."""
         if not self.more:
             return self.d
+        r = self.route  # an answer to the last sender: the same host again, from any thread
+        if r is not None and r[0] == host and r[2] == len(self.more):
+            return r[1]
+        n = len(self.more)
         v6, lo = ":" in host, _is_loopback(host)
         flows = self.flows()
         same = next((d for d in flows if d.v6 == v6 and d.loopback == lo), None)
-        return same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
+        d = same if same is not None else next((d for d in flows if d.v6 == v6), self.d)
+        self.route = (host, d, n)
+        return d
 
     def wake(self, wait: bool = False) -> None:
         """As FlowEngine.wake: whoever pumps the flow, soon. `wait`: the caller is about to block
@@ -197,24 +206,30 @@ class DatagramEngine:
     def deadline(self, now: float) -> float | None:
         return None
 
-    def pump(self, now: float, receive: bool = True) -> None:
+    def pump(self, now: float, receive: bool = True, rang: DatagramSocket | None = None) -> None:
         """Take what arrived (up to the receive bound); then tell the sockets. With the lock held.
         `receive` False (as FlowEngine.pump's): a pump right behind one that ended on an empty
-        ring in the same loop callback; a datagram flow has nothing else to do then."""
+        ring in the same loop callback; a datagram flow has nothing else to do then. `rang`: the
+        flow whose doorbell woke the pump (a `FlowHalf`'s), else the socket's own (`take`)."""
         if self.closed or self.error is not None or not receive:
             return
-        self.take()
+        self.take(self.d if rang is None else rang)
         self.notify()
 
-    def take(self) -> None:
-        """Move datagrams from the ring into the queue while there is room. With the lock held.
+    def take(self, rang: DatagramSocket | None = None) -> None:
+        """Move datagrams from the rings into the queue while there is room. With the lock held.
 
         An empty ring is left with NEED_WAKEUP armed (the channel's non-blocking recv does
-        it), so the domain rings the doorbell the runner sleeps on for the next one.
+        it), so the domain rings the doorbell the runner sleeps on for the next one. `rang`: a
+        pump for that flow's doorbell; while the last look left every ring so (`drained`) it
+        looks at that ring alone: another flow's doorbell rings for what it gets, and wakes
+        its own pump (the runner's `FlowHalf`). A wildcard socket's loopback half is not looked
+        at on every pump of the loop that pumps its own flow (a doorbell read and an exception).
         """
+        flows = (rang,) if rang is not None and self.drained else self.flows()
         self.drained = False
         empty = 0
-        for d in self.flows():
+        for d in flows:
             while self.rx_bytes < self.rcvbuf:
                 try:
                     got = d.recv_many(RX_BATCH, 0)
@@ -236,7 +251,7 @@ class DatagramEngine:
                     if remote is None or dg[1] == remote:
                         self.rxq.append(dg)
                         self.rx_bytes += len(dg[0]) + _OVERHEAD
-        self.drained = empty == 1 + len(self.more)
+        self.drained = empty == len(flows)
 
     def set_meta(self, opts: dict, groups: bool = False) -> None:
         """The socket's receive options changed (usnet.client.rxinfo): whether datagrams carry
@@ -341,6 +356,7 @@ class FlowHalf:
         self.ch = d.channel
         self.lock = eng.lock
         self.client = eng.client
+        self.d = d
         self.release_when_idle = False  # the engine's close takes it out of the runner
 
     @property
@@ -355,7 +371,7 @@ class FlowHalf:
         return self.ch.fileno()
 
     def pump(self, now: float) -> None:
-        self.eng.pump(now)
+        self.eng.pump(now, rang=self.d)
 
     def deadline(self, now: float) -> float | None:
         return None
@@ -566,7 +582,7 @@ class DatagramFace(socket):
         """Set the default destination and take datagrams only from it, as Linux does."""
         remote = self._resolve(address)
         eng = self._eng(remote[0])
-        self._no_group(eng, remote[0])
+        self._no_group(eng.via(remote[0]), remote[0])
         eng.via(remote[0]).need_route(remote)  # ENETUNREACH at once, as Linux's connect of a UDP socket
         with eng.lock:
             eng.remote = remote
@@ -662,12 +678,12 @@ class DatagramFace(socket):
             raise OSError(errno.EDESTADDRREQ, "Destination address required")
         return self._send(data, flags, eng.remote, src)
 
-    def _no_group(self, eng: DatagramEngine, dest: str) -> None:
+    def _no_group(self, d: DatagramSocket, dest: str) -> None:
         """usnet sends no broadcast: refused at once, not sent to nobody. Without SO_BROADCAST a
         broadcast is EACCES, as Linux's; with it EOPNOTSUPP that says why. A group is sent to
         (usnet.client.mcast): an IPv6 one from an AF_INET6 socket, an IPv4 one from either (a
         dual-stack socket's IPv4 flow, as a kernel socket's)."""
-        if dest in eng.via(dest).broadcasts:
+        if dest in d.broadcasts:
             if not self._opts.get((SOL_SOCKET, _std.SO_BROADCAST)):
                 raise OSError(errno.EACCES, "Permission denied")
             raise OSError(errno.EOPNOTSUPP, f"usnet sends no broadcast ({dest})")
@@ -680,10 +696,12 @@ class DatagramFace(socket):
             back = "its usnetd worker" if _worker_died(eng.error) else "usnetd"
             raise OSError(errno.ENETDOWN, f"Network is down ({eng.error}; this socket binds port {self._port} "
                                           f"again once {back} is back)")
-        self._no_group(eng, addr[0])
         with eng.lock:
+            d = eng.via(addr[0])
+            self._no_group(d, addr[0])
             self._raise_pending(eng)
-            d = eng.via(addr[0]) if src is None else self._flow_from(eng, src)
+            if src is not None:
+                d = self._flow_from(eng, src)
             d.mc_ttl = (self._mc6 if d.v6 else self._mc).ttl  # IP(V6)_MULTICAST_TTL (HOPS): a group datagram's
             self._check_df(eng, d, data, addr)
             t, eagain = (0.0, False) if self._no_wait(flags) else self._limit("send")
@@ -977,11 +995,29 @@ class DatagramFace(socket):
         return bool(eng.rxq), True
 
     def _signal(self) -> None:
-        """As socket._signal: a UDP socket of the default domain is bound again after a usnetd restart."""
+        """As socket._signal: a UDP socket of the default domain is bound again after a usnetd
+        restart. A pump by the event loop that owns the flow sets the descriptor's readiness at
+        the end of its callback instead (usnet.client.aio `_LoopDriver.defer`), after the
+        transport read what it queued: no system call then for a batch the loop delivered."""
         eng = self._engine
         if not self._orphan and eng is not None and eng.error is not None:
             self._orphan_if_gone()
+        elif eng is not None and (d := eng.driver) is not None and d.defer(self):
+            return
         self._update()
+
+    def _settle(self) -> None:
+        """The readiness a deferred `_signal` held back, set from the loop's thread after its
+        callback. Looked at without the lock first: a change the loop did not make is one
+        another thread made under the lock, and it set the readiness itself; so the lock (two
+        system calls in the main thread, usnet.client.sigdefer) is taken only for a change."""
+        if self._dead or self._ready.readable == self._poll_state()[0]:
+            return
+        eng = self._engine
+        if eng is None:
+            return
+        with eng.lock:
+            self._update()
 
     def _rebind(self) -> None:
         """usnetd is back (usnet.client.rebind): the same port, address and options on a new flow,
