@@ -40,9 +40,17 @@ def _sock(half) -> us.socket:
 
 
 def _forge(half, n: int = 1, **kw) -> None:
+    _forge_each(half, *[kw] * n)
+
+
+def _forge_each(half, *kws: dict) -> None:
+    """ICMP errors about a datagram A:5000 sent to B:6000, one a `kws` entry, in one batch: they
+    reach the flow's ring together, so the socket takes them in one pump (sent one by one, the
+    stack thread could take the first before the second came, and a read of SO_ERROR, which looks
+    at the socket and not at its ring, would miss the second)."""
     before = delivered(half.d, 5000)
-    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), **kw)] * n)
-    wait_until(lambda: delivered(half.d, 5000) == before + n, 5, "the errors to reach the flow's ring")
+    half.wire.b.send_batch([icmp_error_frame(half, sent_by(A, 5000, B, 6000), **kw) for kw in kws])
+    wait_until(lambda: delivered(half.d, 5000) == before + len(kws), 5, "the errors to reach the flow's ring")
 
 
 def _ee(s) -> tuple:
@@ -72,8 +80,7 @@ def test_every_error_is_queued_with_its_type_code_and_info(half, typ, code, mtu,
 def test_reading_one_makes_the_next_ones_errno_the_sockets_error(half):
     s = _sock(half)
     with s:
-        _forge(half, typ=3, code=3)
-        _forge(half, typ=11, code=0)
+        _forge_each(half, {"typ": 3, "code": 3}, {"typ": 11, "code": 0})
         assert _ee(s)[0] == errno.ECONNREFUSED
         assert s.getsockopt(std.SOL_SOCKET, std.SO_ERROR) == errno.EHOSTUNREACH  # the next one's
         assert _ee(s)[0] == errno.EHOSTUNREACH
