@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -26,8 +27,19 @@ def _fmt(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def _unwind_on_sigterm() -> None:
+    """A bench stopped by SIGTERM (timeout(1), a CI's kill) unwinds as an exception does, so its
+    `finally` blocks stop its usnetd and peers and remove its namespace and TAP: with SIGTERM's
+    default action the process died at once and left them behind (three usnetd processes and
+    their namespaces were found orphaned after benchmarks run under `timeout`). Exit status
+    128 + SIGTERM, as a process the signal killed reports to a shell."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure (progress on stderr), then print one JSON object or the tables."""
+    _unwind_on_sigterm()
     measure, show = _BENCHES[args.what]
     result = measure(args, Console(stderr=True, quiet=args.json))
     if result is None:
