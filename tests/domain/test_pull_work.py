@@ -40,8 +40,8 @@ def _run(flows: int, monkeypatch) -> dict:
     w = MemWire()
     d.add_netif("a", w.a, f"{A}/24")
     d.add_netif("b", w.b, f"{B}/24")
+    c = Client.local(d)
     try:
-        c = Client.local(d)
         rx = c.udp_socket("b", 6000, ring_size=8192, packets=16384)
         socks = [c.udp_socket("a", 0, ring_size=256, packets=512) for _ in range(flows)]
         work = {"pulls": 0, "umd_gathers": 0, "scratches": set()}
@@ -86,7 +86,8 @@ def _run(flows: int, monkeypatch) -> dict:
             got += drain(flows * BATCH)
         assert got == 3 * flows * BATCH  # every datagram arrived
         return work
-    finally:
+    finally:  # the client too: 100 flows' descriptors, else open till a collection finds them
+        c.close()
         d.stop()
 
 
