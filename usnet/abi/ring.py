@@ -9,10 +9,12 @@ Producer and consumer counters sit on separate cache lines. Each side caches
 the other's counter and reads the shared one only when its cache runs out, so
 work moves in batches. The reader of a counter written by the other side
 checks `0 <= prod - cons <= capacity`; a violation raises RingCorrupt, unless
-the ring was made with `on_corrupt`, as every ring the domain reads is: then
-the callback turns it into a violation of the channel (docs/abi.md, section
+the ring was made with `on_corrupt`. Every ring the domain reads is: the
+callback turns it into a violation of the channel (docs/abi.md, section
 10, "What the nexus validates") and the ring reads as full (producer) or empty (consumer), so a
-client's counters can never raise inside the domain's loop.
+client's counters can never raise inside the domain's loop. A client's rings
+pass one that raises the channel's defunct reason when it has one (a defunct
+channel's rings read as zeros) and RingCorrupt otherwise.
 
 Ordering: a producer stores slot contents before the counter. CPython writes a
 memoryview item with one plain store and x86-64 keeps store order (TSO), so a

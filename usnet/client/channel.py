@@ -182,10 +182,12 @@ class Channel:
         al = lay.ring(RingKind.ALLOC, role)
         fr = lay.ring(RingKind.FREE, role)
         ev = lay.ring(RingKind.EVENT, role)
-        self._tx = Producer(mem, tx.offset, tx.capacity, self._words[W_LIMIT + role])
-        self._rx = Consumer(mem, rx.offset, rx.capacity)
-        self._alloc = Consumer(mem, al.offset, al.capacity)
-        self._free = Producer(mem, fr.offset, fr.capacity)
+        # A defunct channel's rings read as zeros, whichever ring a call touches first: every
+        # impossible counter is checked against the channel's state, so the caller hears why.
+        self._tx = Producer(mem, tx.offset, tx.capacity, self._words[W_LIMIT + role], self._ring_corrupt)
+        self._rx = Consumer(mem, rx.offset, rx.capacity, self._ring_corrupt)
+        self._alloc = Consumer(mem, al.offset, al.capacity, self._ring_corrupt)
+        self._free = Producer(mem, fr.offset, fr.capacity, on_corrupt=self._ring_corrupt)
         self._events = EventConsumer(mem, ev.offset, ev.capacity)
         self._generation = self._words[W_GENERATION]
         self.stride = lay.buf_size * lay.buflets
@@ -296,6 +298,12 @@ class Channel:
 
     # -- state ------------------------------------------------------------------------
 
+    def _ring_corrupt(self, what: str) -> None:
+        """A ring counter the other side wrote is impossible: the channel's defunct reason if it
+        has one (the domain zeroed its rings), RingCorrupt otherwise. Never returns."""
+        self._check_state()
+        raise RingCorrupt(what)
+
     def _check_state(self) -> None:
         if self.closed:
             raise ChannelError(errno.EBADF, "channel is closed")
@@ -352,11 +360,7 @@ class Channel:
 
     def _refill(self, want: int, deadline: float | None) -> None:
         cache = self._cache
-        try:
-            cache += self._alloc.pop(self._alloc.capacity)
-        except RingCorrupt:
-            self._check_state()
-            raise
+        cache += self._alloc.pop(self._alloc.capacity)
         backoff = 0.0005
         slept = False
         try:
@@ -428,11 +432,7 @@ class Channel:
             return
         if self.closed:
             self._check_state()
-        try:
-            done = self._free.push(pkts)
-        except RingCorrupt:
-            self._check_state()
-            raise
+        done = self._free.push(pkts)
         if self._words[W_STATE + self.role] != ChannelState.OPEN:
             self._check_state()  # the state word lives in read-only memory the defunct leaves alone
         if done < len(pkts):
@@ -564,11 +564,7 @@ class Channel:
             if self._server_gone is not None:
                 self._check_state()
         tx = self._tx
-        try:
-            done = tx.push(pkts)
-        except RingCorrupt:
-            self._check_state()  # a defunct channel reads zeros: say so, not "corrupt"
-            raise
+        done = tx.push(pkts)
         if done < len(pkts):
             deadline = self._deadline(timeout)
             while done < len(pkts):
@@ -644,12 +640,10 @@ class Channel:
         if max_n <= 0:
             return []
         rx = self._rx
-        try:
-            got = rx.pop(max_n)
-        except RingCorrupt:
-            self._check_state()
-            raise
+        got = rx.pop(max_n)
         if got:
+            if self._words[W_STATE + self.role] != ChannelState.OPEN:
+                self._check_state()  # what we popped may be the zeros of a defunct ring
             self._last_rx = time.monotonic()
             if self._selecting:
                 if rx.available():
@@ -659,21 +653,12 @@ class Channel:
                     self._arm_select()
             elif rx.w[ringmod.FLAGS]:
                 rx.clear_need_wakeup()  # armed by an earlier empty non-blocking recv
-            if self._words[W_STATE + self.role] != ChannelState.OPEN:
-                self._check_state()  # what we popped may be the zeros of a defunct ring
             if max(got) >= self.max_packets:
                 raise BadPacket(f"peer sent packet index {max(got)} outside the pool")
             return got
         return self._recv_wait(max_n, self._deadline(timeout))
 
     def _recv_wait(self, max_n: int, deadline: float | None) -> list[int]:
-        try:
-            return self._recv_wait_inner(max_n, deadline)
-        except RingCorrupt:
-            self._check_state()
-            raise
-
-    def _recv_wait_inner(self, max_n: int, deadline: float | None) -> list[int]:
         rx = self._rx
         while True:
             now = time.monotonic()
