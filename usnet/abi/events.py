@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from usnet.abi.layout import Fields
@@ -186,18 +186,23 @@ class EventProducer:
 class EventConsumer:
     """Client side: a typed iterator over the records the nexus posted."""
 
-    def __init__(self, mem: memoryview, offset: int, capacity: int) -> None:
+    def __init__(self, mem: memoryview, offset: int, capacity: int,
+                 on_corrupt: Callable[[str], None] | None = None) -> None:
         self.mem = mem
         self.offset = offset
         self.capacity = capacity
         self.q = mem[offset : offset + HEADER].cast("Q")
         self.cons = self.q[CONS]
+        self.on_corrupt = on_corrupt  # may raise a better error first, as the rings' (usnet/abi/ring.py)
 
     def drain(self) -> Iterator[Event]:
         prod = self.q[PROD]
         avail = prod - self.cons
         if avail < 0 or avail > self.capacity:
-            raise RingCorrupt(f"event producer counter {prod} impossible against {self.cons}")
+            what = f"event producer counter {prod} impossible against {self.cons}"
+            if self.on_corrupt is not None:
+                self.on_corrupt(what)
+            raise RingCorrupt(what)
         for _ in range(avail):
             slot = self.offset + HEADER + (self.cons % self.capacity) * RECORD_SIZE
             t, code, pkt, ts, value, aux = RECORD.unpack_from(self.mem, slot)

@@ -188,7 +188,7 @@ class Channel:
         self._rx = Consumer(mem, rx.offset, rx.capacity, self._ring_corrupt)
         self._alloc = Consumer(mem, al.offset, al.capacity, self._ring_corrupt)
         self._free = Producer(mem, fr.offset, fr.capacity, on_corrupt=self._ring_corrupt)
-        self._events = EventConsumer(mem, ev.offset, ev.capacity)
+        self._events = EventConsumer(mem, ev.offset, ev.capacity, self._ring_corrupt)
         self._generation = self._words[W_GENERATION]
         self.stride = lay.buf_size * lay.buflets
         self.max_packets = lay.max_packets
