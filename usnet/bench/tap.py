@@ -60,11 +60,14 @@ def usnet_up() -> Iterator[UsnetUp]:
     us_ip, host_ip = "10.231.0.2", "10.231.0.1"
     with tempfile.TemporaryDirectory(prefix="usnet-bench-") as run_dir, NetNs() as ns:
         ifname = f"usb{os.getpid() % 100000}"
-        with contextlib.redirect_stdout(sys.stderr):  # stdout may be carrying --json
-            rc = updown.up("tap", ifname, f"{us_ip}/24", f"{host_ip}/24", run_dir=run_dir, netns=ns.name)
-        if rc != 0:
-            raise OSError("usnet up failed for the TAP benchmark")
+        # down() is in the finally of a try that up() is inside: a SIGTERM (which `usnet bench`
+        # turns into SystemExit) taken after up() started usnetd and before a try after it was
+        # entered left usnetd running (seen under CI's load).
         try:
+            with contextlib.redirect_stdout(sys.stderr):  # stdout may be carrying --json
+                rc = updown.up("tap", ifname, f"{us_ip}/24", f"{host_ip}/24", run_dir=run_dir, netns=ns.name)
+            if rc != 0:
+                raise OSError("usnet up failed for the TAP benchmark")
             path = os.path.join(run_dir, "usnetd.sock")
             client = Client.connect(path)
             try:
@@ -72,8 +75,9 @@ def usnet_up() -> Iterator[UsnetUp]:
             finally:
                 client.close()
         finally:
-            with contextlib.redirect_stdout(sys.stderr):
-                updown.down(run_dir)
+            if updown.is_up(run_dir):
+                with contextlib.redirect_stdout(sys.stderr):
+                    updown.down(run_dir)
 
 
 def tap_fps(count: int) -> dict[str, float]:

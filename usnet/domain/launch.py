@@ -43,6 +43,11 @@ def _paths(run_dir: str) -> dict[str, str]:
             (("config", "usnetd.toml"), ("state", "state.json"), ("log", "usnetd.log"), ("socket", "usnetd.sock"))}
 
 
+def is_up(run_dir: str = RUN_DIR) -> bool:
+    """Whether `up` left a usnetd for `down` to stop in `run_dir` (its state file is there)."""
+    return os.path.exists(_paths(run_dir)["state"])
+
+
 def _make_device(driver: str, ifname: str, netns: str | None) -> tuple[str, list[str]]:
     """Create the device; returns (the host end's name, the links to delete later).
 
@@ -273,10 +278,15 @@ def up(driver: config.DriverName, ifname: str, address: str, host_address: str, 
     with open(paths["log"], "ab") as log:  # the daemon's stderr is its own copy of this fd
         proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
                                 stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-    state = {"pid": proc.pid, "links": made, "socket": paths["socket"]}
-    if ns is not None:
-        state.update(netns=ns.name, netns_owned=ns.owned, netns_links=[])
-    _write_state(paths["state"], state)
+    try:  # recorded for down(), or stopped: an exception here (SIGTERM's SystemExit) orphaned it
+        state = {"pid": proc.pid, "links": made, "socket": paths["socket"]}
+        if ns is not None:
+            state.update(netns=ns.name, netns_owned=ns.owned, netns_links=[])
+        _write_state(paths["state"], state)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     deadline = time.monotonic() + timeout
     line = proc.stdout.readline() if proc.stdout else b""
     if b"ready" not in line or time.monotonic() > deadline:
