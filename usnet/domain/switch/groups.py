@@ -34,7 +34,6 @@ MAX_MEMBERSHIPS = 20  # IPv4 groups per flow (socket): Linux's net.ipv4.igmp_max
 # IPv6 groups per flow: Linux has no count (its bound is the socket's option memory, optmem_max:
 # 2333 groups with the default of this kernel), usnet a smaller one, ENOMEM past it as Linux's
 MAX_MEMBERSHIPS6 = 256
-_ALL_HOSTS_MAC = group_mac4(ALL_HOSTS)
 
 
 def group_mac(group: bytes) -> bytes:
@@ -59,17 +58,26 @@ def check_filter(group: bytes, f: Filter) -> None:
 
 class GroupTable:
     """(group, UDP port) -> the member flows; per flow its groups; per group how many memberships,
-    the source filters of the memberships that have one and the netif's union of them."""
+    the source filters of the memberships that have one and the netif's union of them.
 
-    def __init__(self) -> None:
+    `held`: the groups the netif is in itself, as a Linux interface is by the device (all-hosts,
+    ip_mc_up's; IPv6's all-nodes and the solicited-node group of each address, ipv6_dev_mc_inc).
+    Each is an any-source membership that never ends: a flow's join of one is no first join and
+    its leave no last (Linux counts a socket's on top of the device's, mca_users), and a query's
+    answer names it. Without it a client's join and leave of the netif's solicited-node group had
+    the link hear the netif leave it."""
+
+    def __init__(self, held: frozenset[bytes] = frozenset({ALL_HOSTS})) -> None:
+        self.held = held
         self.members: dict[tuple[bytes, int], list[Flow]] = {}
         self.of_flow: dict[int, list[bytes]] = {}  # flow id -> its groups
         # group -> memberships on this netif: its own flows' and, in usnetd under workers, those
         # other workers hold (`join_remote`); what reports, query answers and the MACs go by
         self.refs: Counter[bytes] = Counter()
-        # the Ethernet addresses the receive path admits for them; all-hosts' always, as every
-        # Linux host is in 224.0.0.1 (IGMP queries, and datagrams to it) without asking
-        self.macs: set[bytes] = {_ALL_HOSTS_MAC}
+        # the Ethernet addresses the receive path admits for them and the held groups (all-hosts
+        # always: every Linux host is in 224.0.0.1, IGMP queries and datagrams to it, unasked)
+        self.macs: set[bytes] = set()
+        self._macs()
         # group -> flow id -> its filter, for the memberships that are not any-source (EXCLUDE {})
         self.filters: dict[bytes, dict[int, Filter]] = {}
         # group -> usnetd's channel id of another worker's member flow -> its filter (usnetd under
@@ -80,10 +88,15 @@ class GroupTable:
         self.states: dict[bytes, Filter] = {}
 
     def state(self, group: bytes) -> Filter:
-        """The netif's filter of `group` (RFC 3376 §3.2): INCLUDE {} if it is no member."""
+        """The netif's filter of `group` (RFC 3376 §3.2): INCLUDE {} if it is no member (a held
+        group always is one, any-source)."""
         if group not in self.refs:
-            return NOT_MEMBER
+            return ANY_SOURCE if group in self.held else NOT_MEMBER
         return self.states.get(group, ANY_SOURCE)
+
+    def is_member(self, group: bytes) -> bool:
+        """Whether the netif is in `group`: a flow's (or another worker's) membership, or a held one."""
+        return group in self.refs or group in self.held
 
     def filter_of(self, flow: Flow, group: bytes) -> Filter:
         """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
@@ -135,7 +148,7 @@ class GroupTable:
             self.states.pop(group, None)
             return
         every = [*(mine or {}).values(), *(theirs or {}).values()]
-        st = union(every, self.refs[group] - len(every))
+        st = union(every, self.refs[group] - len(every) + (group in self.held))
         if st == ANY_SOURCE or group not in self.refs:
             self.states.pop(group, None)
         else:
@@ -212,9 +225,9 @@ class GroupTable:
         return olds
 
     def groups(self, size: int = 4) -> list[bytes]:
-        """The groups of one family (`size`: 4 or 16 bytes) the netif is in (what a general query is
-        answered with)."""
-        return [g for g in self.refs if len(g) == size]
+        """The groups of one family (`size`: 4 or 16 bytes) the netif is in, the held ones too (what
+        a general query is answered with)."""
+        return [g for g in dict.fromkeys((*self.refs, *sorted(self.held))) if len(g) == size]
 
     def _forget(self, flow: Flow, group: bytes) -> bool:
         key = (group, flow.lport)
@@ -238,7 +251,5 @@ class GroupTable:
         return True
 
     def _macs(self) -> None:
-        """The group MACs to admit: every joined group's, and all-hosts' (IPv6's all-nodes and
-        solicited-node groups are the netif's own: usnet.domain.switch.rx admits them)."""
-        self.macs = {group_mac(g) for g in self.refs}
-        self.macs.add(_ALL_HOSTS_MAC)
+        """The group MACs to admit: every joined group's and every held one's."""
+        self.macs = {group_mac(g) for g in (*self.refs, *self.held)}
