@@ -28,12 +28,26 @@ from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, NOT_MEMB
 if TYPE_CHECKING:
     from usnet.domain.switch.table import Flow
 
-__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "GroupTable", "check_filter", "group_mac"]
+__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "OPTMEM_MAX", "GroupTable", "check_filter", "group_mac"]
 
 MAX_MEMBERSHIPS = 20  # IPv4 groups per flow (socket): Linux's net.ipv4.igmp_max_memberships default
 # IPv6 groups per flow: Linux has no count (its bound is the socket's option memory, optmem_max:
 # 2333 groups with the default of this kernel), usnet a smaller one, ENOMEM past it as Linux's
 MAX_MEMBERSHIPS6 = 256
+# A flow's option memory, as Linux's socket's (sk_omem_alloc, bounded by net.core.optmem_max, this
+# kernel's default): each membership and each source filter is charged what Linux's sock_kmalloc
+# charges for it, and one that would reach the bound is refused, ENOBUFS. Without it an IPv6 flow
+# held 256 filters of 64 sources, twice a Linux socket's 118, and the domain all of them.
+OPTMEM_MAX = 131072
+_SOCKLIST = {4: 48, 16: 56}  # sizeof(struct ip_mc_socklist), sizeof(struct ipv6_mc_socklist)
+_SFLIST = 24  # struct ip_sf_socklist / ip6_sf_socklist without its addresses (sl_max, sl_count, rcu)
+
+
+def _filter_cost(group: bytes, f: Filter) -> int:
+    """What Linux charges a socket for filter `f` of `group`: nothing for any-source (no list), else
+    the list's header and an address (4 or 16 bytes) a source, as ip_mc_msfilter's and
+    ip6_mc_msfilter's allocation (a source added one at a time grows it 10 at a time there)."""
+    return 0 if f == ANY_SOURCE else _SFLIST + len(group) * len(f.sources)
 
 
 def group_mac(group: bytes) -> bytes:
@@ -86,6 +100,7 @@ class GroupTable:
         # group -> the netif's union of its memberships' filters, for the groups where that is not
         # EXCLUDE {} (what a datagram's source must pass, and what the reports say)
         self.states: dict[bytes, Filter] = {}
+        self.optmem: dict[int, int] = {}  # flow id -> its memberships' and filters' charge (`_charge`)
 
     def state(self, group: bytes) -> Filter:
         """The netif's filter of `group` (RFC 3376 §3.2): INCLUDE {} if it is no member (a held
@@ -119,6 +134,7 @@ class GroupTable:
         if group not in self.of_flow.get(flow.id, ()):
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (not a member of the group)")
         mine = self.filters.setdefault(group, {})
+        self._charge(flow, _filter_cost(group, f), _filter_cost(group, mine.get(flow.id, ANY_SOURCE)))
         if f == ANY_SOURCE:
             mine.pop(flow.id, None)
         else:
@@ -171,6 +187,7 @@ class GroupTable:
                                              "socket, as Linux's igmp_max_memberships)")
             raise OSError(errno.ENOMEM, f"Cannot allocate memory (usnet: at most {MAX_MEMBERSHIPS6} IPv6 groups "
                                         "a socket)")
+        self._charge(flow, _SOCKLIST[len(group)] + _filter_cost(group, f))
         mine.append(group)
         self.members.setdefault((group, flow.lport), []).append(flow)
         first = self._count(group)
@@ -224,6 +241,19 @@ class GroupTable:
             self._forget(flow, g)
         return olds
 
+    def _charge(self, flow: Flow, more: int, less: int = 0) -> None:
+        """Charge `flow`'s option memory `more` bytes, then give back `less` (what `more` replaces),
+        as Linux allocates a new list before it frees the old; ENOBUFS, nothing charged, if `more`
+        would reach OPTMEM_MAX (sock_kmalloc's test)."""
+        held = self.optmem.get(flow.id, 0)
+        if more and held + more >= OPTMEM_MAX:
+            raise OSError(errno.ENOBUFS, f"No buffer space available (a flow's memberships and source filters "
+                                         f"take at most {OPTMEM_MAX} bytes, as Linux's net.core.optmem_max)")
+        if held + more - less:
+            self.optmem[flow.id] = held + more - less
+        else:
+            self.optmem.pop(flow.id, None)  # no membership left: nothing kept for the flow
+
     def groups(self, size: int = 4) -> list[bytes]:
         """The groups of one family (`size`: 4 or 16 bytes) the netif is in, the held ones too (what
         a general query is answered with)."""
@@ -236,8 +266,8 @@ class GroupTable:
         if not lst:
             del self.members[key]
         f = self.filters.get(group)
-        if f:
-            f.pop(flow.id, None)
+        own = f.pop(flow.id, ANY_SOURCE) if f else ANY_SOURCE
+        self._charge(flow, 0, _SOCKLIST[len(group)] + _filter_cost(group, own))
         last = self._uncount(group)
         self._restate(group)
         return last
