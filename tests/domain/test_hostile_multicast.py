@@ -261,3 +261,42 @@ def test_malformed_join_requests_are_refused_and_usnetd_serves_on(mcd):
     finally:
         c.close()
         other.close()
+
+
+def _solicited(addr: str) -> bytes:
+    """The solicited-node group of IPv6 address `addr` (RFC 4291 §2.7.1): ff02::1:ff and its low 24 bits."""
+    return socket.inet_pton(socket.AF_INET6, "ff02::1:ff00:0")[:13] + socket.inet_pton(socket.AF_INET6, addr)[13:]
+
+
+def test_a_client_cannot_make_the_netif_leave_its_own_solicited_node_group(mcd):
+    """The netif is in the solicited-node group of its address (neighbours solicit it there) as a
+    Linux interface is, by the device itself (ipv6_dev_mc_inc). A client joins that group and leaves
+    it: Linux counts the socket's membership on top of the device's (mca_users), so the link hears
+    neither a join nor a leave, and a general query's answer names the group. Before, the netif's
+    own groups were nobody's in its table: the client's leave was the group's last, the link heard
+    a TO_IN {} (a Done) for the netif's solicited-node group, and a snooping switch that then prunes
+    it cuts every client of the netif off from neighbour solicitation. A marker group's join and
+    leave after it tell when everything before has been said (reports go out in order)."""
+    from usnet.client import Client
+
+    own = _solicited(mcd.usnet_ip6)
+    own_name = socket.inet_ntop(socket.AF_INET6, own)
+    marker = _groups(6, 1)[0]
+    marker_name = socket.inet_ntop(socket.AF_INET6, marker)
+    wire = _Wire(mcd.ifname)
+    c = Client.connect(mcd.path)
+    try:
+        ch, _ = c.open_flow("usnet0", 17, 47960, family=6)
+        c.join_group(ch.id, own)
+        c.join_group(ch.id, own, False)
+        c.join_group(ch.id, marker)
+        c.join_group(ch.id, marker, False)
+        said: list[tuple[int, str]] = []
+        while (3, marker_name) not in said:  # CHANGE_TO_INCLUDE: the marker's leave
+            said += _records6(wire.next(lambda f: ICMPv6MLReport2 in f, "an MLDv2 report")[ICMPv6MLReport2])
+        assert [r for r in said if r[1] == own_name] == [], said
+        _send(mcd.ifname, _mld_query())
+        _reports(wire, 6, {own_name}, 2)  # MODE_IS_EXCLUDE: the netif's own membership, as Linux's
+    finally:
+        c.close()
+        wire.close()

@@ -205,6 +205,33 @@ def test_the_ipv6_msfilter_calls_give_what_the_kernels_give(mc6):
         assert u == k, (i, u, k)
 
 
+def _fill6(s, idx: int, most: int = 300) -> tuple[int, str]:
+    """Groups joined (MCAST_JOIN_GROUP) and each given a full filter of 64 sources (MCAST_MSFILTER,
+    EXCLUDE) until a call is refused, at most `most`: how many took theirs, and the refusal."""
+    f6 = socket.AF_INET6
+    srcs = [f"2001:db8::{i:x}" for i in range(1, 65)]
+    for n in range(most):
+        g = f"ff05::5:{n + 1:x}"
+        join, msf = struct.pack("=I4x", idx) + _ss(f6, g), _gf(idx, g, EX, srcs, None, f6, f6)
+        for opt, v in ((M_JOIN, join), (M_MSFILTER, msf)):
+            got = _outcome(s, IP6, opt, v)
+            if got != "ok":
+                return n, got
+    return most, "ok"
+
+
+def test_a_sockets_filters_are_bounded_by_its_option_memory_as_on_linux(mc6):
+    """A socket joins group after group, each with a filter of 64 sources (mld_max_msf): Linux
+    charges every membership and source list to the socket's option memory (sock_kmalloc, bounded by
+    net.core.optmem_max) and refuses the filter that would pass it, ENOBUFS, after 118 groups with
+    this kernel's 131,072 bytes. usnet the same, call by call. Before, a flow held 256 such
+    filters (16,384 sources), twice the kernel's, and the domain held whatever its clients' flows
+    asked up to that (usnet.domain.switch.groups: `OPTMEM_MAX`)."""
+    kernel = _fill6(mc6.ksock(), mc6.idx)
+    assert kernel[1] != "ok", kernel
+    assert _fill6(mc6.usock(), mc6.idx) == kernel
+
+
 # -- datagrams and reports after full-state changes ---------------------------------------------------------
 
 

@@ -265,6 +265,8 @@ def test_the_group_tables_filters_follow_a_model(ops):
         for s in _SOURCES if G in t.refs else ():  # (a group not joined is not taken off the wire)
             assert t.admits(fl, G, s) == (admits(want, s) and admits(model.get(i, ANY_SOURCE), s))
     assert set(t.filters.get(G, {})) <= set(model)
+    # each member flow's option memory is its membership and its filter's list, as Linux charges them
+    assert t.optmem == {i: 48 + (0 if f == ANY_SOURCE else 24 + 4 * len(f.sources)) for i, f in model.items()}
 
 
 def test_a_filter_is_checked_whatever_the_client_did():

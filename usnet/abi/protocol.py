@@ -284,7 +284,8 @@ class SourceFilter(_Msg, frozen=True):
     the reply on a datagram to the group reaches the flow only from a source the filter lets
     through. EADDRNOTAVAIL if the flow is no member; EINVAL for a source not as long as the
     group, a source twice, or INCLUDE {} (a leave is JoinGroup's); ENOBUFS past 10 sources
-    (Linux's igmp_max_msf; 64 for an IPv6 group, mld_max_msf); a list longer than 64, or a
+    (Linux's igmp_max_msf; 64 for an IPv6 group, mld_max_msf), or when the flow's memberships and
+    filters would reach Linux's net.core.optmem_max as a socket's are charged; a list longer than 64, or a
     source outside 4..16 bytes, is a protocol error. Answered with Done."""
 
     channel: U32

@@ -28,13 +28,26 @@ from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, NOT_MEMB
 if TYPE_CHECKING:
     from usnet.domain.switch.table import Flow
 
-__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "GroupTable", "check_filter", "group_mac"]
+__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "OPTMEM_MAX", "GroupTable", "check_filter", "group_mac"]
 
 MAX_MEMBERSHIPS = 20  # IPv4 groups per flow (socket): Linux's net.ipv4.igmp_max_memberships default
 # IPv6 groups per flow: Linux has no count (its bound is the socket's option memory, optmem_max:
 # 2333 groups with the default of this kernel), usnet a smaller one, ENOMEM past it as Linux's
 MAX_MEMBERSHIPS6 = 256
-_ALL_HOSTS_MAC = group_mac4(ALL_HOSTS)
+# A flow's option memory, as Linux's socket's (sk_omem_alloc, bounded by net.core.optmem_max, this
+# kernel's default): each membership and each source filter is charged what Linux's sock_kmalloc
+# charges for it, and one that would reach the bound is refused, ENOBUFS. Without it an IPv6 flow
+# held 256 filters of 64 sources, twice a Linux socket's 118, and the domain all of them.
+OPTMEM_MAX = 131072
+_SOCKLIST = {4: 48, 16: 56}  # sizeof(struct ip_mc_socklist), sizeof(struct ipv6_mc_socklist)
+_SFLIST = 24  # struct ip_sf_socklist / ip6_sf_socklist without its addresses (sl_max, sl_count, rcu)
+
+
+def _filter_cost(group: bytes, f: Filter) -> int:
+    """What Linux charges a socket for filter `f` of `group`: nothing for any-source (no list), else
+    the list's header and an address (4 or 16 bytes) a source, as ip_mc_msfilter's and
+    ip6_mc_msfilter's allocation (a source added one at a time grows it 10 at a time there)."""
+    return 0 if f == ANY_SOURCE else _SFLIST + len(group) * len(f.sources)
 
 
 def group_mac(group: bytes) -> bytes:
@@ -59,17 +72,26 @@ def check_filter(group: bytes, f: Filter) -> None:
 
 class GroupTable:
     """(group, UDP port) -> the member flows; per flow its groups; per group how many memberships,
-    the source filters of the memberships that have one and the netif's union of them."""
+    the source filters of the memberships that have one and the netif's union of them.
 
-    def __init__(self) -> None:
+    `held`: the groups the netif is in itself, as a Linux interface is by the device (all-hosts,
+    ip_mc_up's; IPv6's all-nodes and the solicited-node group of each address, ipv6_dev_mc_inc).
+    Each is an any-source membership that never ends: a flow's join of one is no first join and
+    its leave no last (Linux counts a socket's on top of the device's, mca_users), and a query's
+    answer names it. Without it a client's join and leave of the netif's solicited-node group had
+    the link hear the netif leave it."""
+
+    def __init__(self, held: frozenset[bytes] = frozenset({ALL_HOSTS})) -> None:
+        self.held = held
         self.members: dict[tuple[bytes, int], list[Flow]] = {}
         self.of_flow: dict[int, list[bytes]] = {}  # flow id -> its groups
         # group -> memberships on this netif: its own flows' and, in usnetd under workers, those
         # other workers hold (`join_remote`); what reports, query answers and the MACs go by
         self.refs: Counter[bytes] = Counter()
-        # the Ethernet addresses the receive path admits for them; all-hosts' always, as every
-        # Linux host is in 224.0.0.1 (IGMP queries, and datagrams to it) without asking
-        self.macs: set[bytes] = {_ALL_HOSTS_MAC}
+        # the Ethernet addresses the receive path admits for them and the held groups (all-hosts
+        # always: every Linux host is in 224.0.0.1, IGMP queries and datagrams to it, unasked)
+        self.macs: set[bytes] = set()
+        self._macs()
         # group -> flow id -> its filter, for the memberships that are not any-source (EXCLUDE {})
         self.filters: dict[bytes, dict[int, Filter]] = {}
         # group -> usnetd's channel id of another worker's member flow -> its filter (usnetd under
@@ -78,12 +100,18 @@ class GroupTable:
         # group -> the netif's union of its memberships' filters, for the groups where that is not
         # EXCLUDE {} (what a datagram's source must pass, and what the reports say)
         self.states: dict[bytes, Filter] = {}
+        self.optmem: dict[int, int] = {}  # flow id -> its memberships' and filters' charge (`_charge`)
 
     def state(self, group: bytes) -> Filter:
-        """The netif's filter of `group` (RFC 3376 §3.2): INCLUDE {} if it is no member."""
+        """The netif's filter of `group` (RFC 3376 §3.2): INCLUDE {} if it is no member (a held
+        group always is one, any-source)."""
         if group not in self.refs:
-            return NOT_MEMBER
+            return ANY_SOURCE if group in self.held else NOT_MEMBER
         return self.states.get(group, ANY_SOURCE)
+
+    def is_member(self, group: bytes) -> bool:
+        """Whether the netif is in `group`: a flow's (or another worker's) membership, or a held one."""
+        return group in self.refs or group in self.held
 
     def filter_of(self, flow: Flow, group: bytes) -> Filter:
         """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
@@ -106,6 +134,7 @@ class GroupTable:
         if group not in self.of_flow.get(flow.id, ()):
             raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address (not a member of the group)")
         mine = self.filters.setdefault(group, {})
+        self._charge(flow, _filter_cost(group, f), _filter_cost(group, mine.get(flow.id, ANY_SOURCE)))
         if f == ANY_SOURCE:
             mine.pop(flow.id, None)
         else:
@@ -135,7 +164,7 @@ class GroupTable:
             self.states.pop(group, None)
             return
         every = [*(mine or {}).values(), *(theirs or {}).values()]
-        st = union(every, self.refs[group] - len(every))
+        st = union(every, self.refs[group] - len(every) + (group in self.held))
         if st == ANY_SOURCE or group not in self.refs:
             self.states.pop(group, None)
         else:
@@ -158,6 +187,7 @@ class GroupTable:
                                              "socket, as Linux's igmp_max_memberships)")
             raise OSError(errno.ENOMEM, f"Cannot allocate memory (usnet: at most {MAX_MEMBERSHIPS6} IPv6 groups "
                                         "a socket)")
+        self._charge(flow, _SOCKLIST[len(group)] + _filter_cost(group, f))
         mine.append(group)
         self.members.setdefault((group, flow.lport), []).append(flow)
         first = self._count(group)
@@ -211,10 +241,23 @@ class GroupTable:
             self._forget(flow, g)
         return olds
 
+    def _charge(self, flow: Flow, more: int, less: int = 0) -> None:
+        """Charge `flow`'s option memory `more` bytes, then give back `less` (what `more` replaces),
+        as Linux allocates a new list before it frees the old; ENOBUFS, nothing charged, if `more`
+        would reach OPTMEM_MAX (sock_kmalloc's test)."""
+        held = self.optmem.get(flow.id, 0)
+        if more and held + more >= OPTMEM_MAX:
+            raise OSError(errno.ENOBUFS, f"No buffer space available (a flow's memberships and source filters "
+                                         f"take at most {OPTMEM_MAX} bytes, as Linux's net.core.optmem_max)")
+        if held + more - less:
+            self.optmem[flow.id] = held + more - less
+        else:
+            self.optmem.pop(flow.id, None)  # no membership left: nothing kept for the flow
+
     def groups(self, size: int = 4) -> list[bytes]:
-        """The groups of one family (`size`: 4 or 16 bytes) the netif is in (what a general query is
-        answered with)."""
-        return [g for g in self.refs if len(g) == size]
+        """The groups of one family (`size`: 4 or 16 bytes) the netif is in, the held ones too (what
+        a general query is answered with)."""
+        return [g for g in dict.fromkeys((*self.refs, *sorted(self.held))) if len(g) == size]
 
     def _forget(self, flow: Flow, group: bytes) -> bool:
         key = (group, flow.lport)
@@ -223,8 +266,8 @@ class GroupTable:
         if not lst:
             del self.members[key]
         f = self.filters.get(group)
-        if f:
-            f.pop(flow.id, None)
+        own = f.pop(flow.id, ANY_SOURCE) if f else ANY_SOURCE
+        self._charge(flow, 0, _SOCKLIST[len(group)] + _filter_cost(group, own))
         last = self._uncount(group)
         self._restate(group)
         return last
@@ -238,7 +281,5 @@ class GroupTable:
         return True
 
     def _macs(self) -> None:
-        """The group MACs to admit: every joined group's, and all-hosts' (IPv6's all-nodes and
-        solicited-node groups are the netif's own: usnet.domain.switch.rx admits them)."""
-        self.macs = {group_mac(g) for g in self.refs}
-        self.macs.add(_ALL_HOSTS_MAC)
+        """The group MACs to admit: every joined group's and every held one's."""
+        self.macs = {group_mac(g) for g in (*self.refs, *self.held)}

@@ -98,7 +98,9 @@ class MulticastDuties(HostDuties):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.groups = GroupTable()
+        # the netif's own groups are the table's held ones: all-hosts, and IPv6's all-nodes and
+        # solicited-node groups (Netif.groups6), never left whoever joins and leaves them
+        self.groups = GroupTable(frozenset({ALL_HOSTS}) | self.netif.groups6)
         # a query's answer, due at a random time within its maximum response (RFC 3376 §5.2, as
         # Linux's igmp_gq_start_timer), per family (4, 6): when, and the groups asked about
         # (None: all, a general query)
@@ -191,7 +193,7 @@ class MulticastDuties(HostDuties):
         again, and the link hears what changed (`_changed`)."""
         drv = self.netif.driver
         for g, old in olds.items():
-            member = g in self.groups.refs
+            member = self.groups.is_member(g)
             if member == (old != NOT_MEMBER):
                 continue
             if member:
@@ -258,7 +260,7 @@ class MulticastDuties(HostDuties):
         a leave of a group we left to all-routers (v2 only: v1 has none)."""
         assert self.netif.ip is not None
         for g in dict.fromkeys(r.group for r in records):
-            if g not in self.groups.refs:
+            if not self.groups.is_member(g):
                 if version == 1:
                     continue
                 typ = IGMP_LEAVE
@@ -277,7 +279,7 @@ class MulticastDuties(HostDuties):
         if until is not None and self.clock() < until:
             for g in dict.fromkeys(r.group for r in records):
                 self.counts["mld_reports"] += 1
-                self._send_mld(build_mldv1(ll, MLDV1_REPORT if g in self.groups.refs else MLDV1_DONE, g))
+                self._send_mld(build_mldv1(ll, MLDV1_REPORT if self.groups.is_member(g) else MLDV1_DONE, g))
             return
         for part in split_records(records, mld_report_room(self.netif.mtu), 16):
             self.counts["mld_reports"] += 1
@@ -381,7 +383,7 @@ class MulticastDuties(HostDuties):
     def _heard_report(self, fam: int, group: bytes) -> None:
         """Another host of the link reported `group` (IGMPv1/v2, MLDv1) while we speak that
         version: the router knows the group has a member, so our pending answer leaves it out."""
-        if fam in self._query_due and group in self.groups.refs:
+        if fam in self._query_due and self.groups.is_member(group):
             self._heard.setdefault(fam, set()).add(group)
             self.counts["igmp_suppressed" if fam == 4 else "mld_suppressed"] += 1
         else:
@@ -401,7 +403,7 @@ class MulticastDuties(HostDuties):
                 heard.clear()
             else:
                 heard.discard(group)
-        if not general and group not in self.groups.refs:
+        if not general and not self.groups.is_member(group):
             return  # about a group nobody here is in
         due = self.clock() + self._rng.uniform(0.0, max_resp)
         pending = self._query_due.get(fam)
@@ -427,9 +429,9 @@ class MulticastDuties(HostDuties):
 
     def is_joined(self, dst: bytes) -> bool:
         """Whether a packet to `dst` is one this netif takes as a member host: a group with members
-        here, or all-hosts (224.0.0.1), which every host is in (IPv6's all-nodes and solicited-node
-        groups are the netif's own, Netif.groups6)."""
-        return dst == ALL_HOSTS or dst in self.groups.refs
+        here, or one the netif is in itself (all-hosts, 224.0.0.1, which every host is in; IPv6's
+        all-nodes and solicited-node groups: the table's held ones)."""
+        return self.groups.is_member(dst)
 
     def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:
         """The flows a UDP datagram from (`src`, `sport`) to group `dst`, port `dport` goes to, as
