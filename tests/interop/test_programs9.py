@@ -1,0 +1,121 @@
+"""A ninth sweep of unmodified programs on usnet against kernel peers (issue 16).
+
+Each program (tests/peers/programs9.py) runs under `usnet run` and, as the reference, on the
+kernel's sockets, against the same kernel peers in the test's namespace: what it prints must be the
+same, and its own checks hold on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from tests.interop.test_patch import (
+    LIMIT,
+    PeerProgram,
+    usnetd_path,  # noqa: F401  (a fixture)
+)
+from tests.interop.test_programs4 import _echo, _same, _serve
+
+pytestmark = pytest.mark.privileged
+_P = PeerProgram("programs9.py", LIMIT * 2)
+
+
+def _held_reader(seen: list) -> Callable[[socket.socket], None]:
+    """A handler pair in one: a connection that says "data" is not read until one that says "go"
+    comes; then it is read to its end, and what it brought recorded: its byte count, how it
+    ended."""
+    go = threading.Event()
+
+    def handler(conn: socket.socket) -> None:
+        with conn:
+            line = conn.recv(5)
+            if line == b"data\n":
+                if not go.wait(LIMIT):
+                    return
+                n, end = 0, "limit"
+                for _ in range(100000):
+                    try:
+                        b = conn.recv(1 << 20)
+                    except OSError as e:
+                        end = type(e).__name__
+                        break
+                    if not b:
+                        end = "eof"
+                        break
+                    n += len(b)
+                seen.append([n, end])
+            elif line == b"go\n":
+                go.set()
+                with contextlib.suppress(OSError):
+                    conn.recv(10)
+
+    return handler
+
+
+def _run_both(path: str, host_ip: str, *args: str, count: bool = True) -> tuple[dict, list[list]]:
+    """The program on usnet and on the kernel against a `_held_reader`; what it printed (the same
+    on both), and what the peer saw (the same on both; `count` False: how it ended alone, as what
+    was queued at a close depends on the buffers' sizes)."""
+    outs, seen_by_peer = [], []
+    for on_usnet in (True, False):
+        seen: list = []
+        with _serve(host_ip, _held_reader(seen), join=True) as port:
+            outs.append(_P.run(path, on_usnet, args[0], host_ip, str(port), *args[1:]))
+        seen_by_peer.append(seen if count else [end for _n, end in seen])
+    assert seen_by_peer[0] == seen_by_peer[1], f"the peer saw: usnet {seen_by_peer[0]} kernel {seen_by_peer[1]}"
+    return _same(*outs), seen_by_peer[0]
+
+
+def test_a_blocking_send_takes_all_of_its_data_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """One blocking send() of 4 MiB to a peer that reads nothing for a while: Linux's tcp_sendmsg
+    waits for room until it took all of it (a partial count only at SO_SNDTIMEO's end or a
+    signal), so send returns the whole length, under SO_SNDTIMEO too once the peer reads."""
+    path, _usnet_ip, host_ip = usnetd_path
+    found, seen = _run_both(path, host_ip, "send-blocking")
+    assert found == {"send": 4 << 20, "send-sndtimeo": 4 << 20}
+    assert seen == [[8 << 20, "eof"]]
+
+
+@pytest.mark.parametrize("mode", ["blocking", "timeout"])
+def test_close_from_another_thread_while_sendall_waits_for_window_as_on_the_kernel(usnetd_path, mode):  # noqa: F811
+    """close() while sendall waits for the peer's window. Blocking: CPython's one send() holds the
+    file and takes all (sendall returns, the peer gets every byte, then the FIN); with a Python
+    timeout CPython polls, and its next send is on descriptor -1: EBADF, the peer gets what was
+    queued, then the FIN."""
+    path, _usnet_ip, host_ip = usnetd_path
+    found, seen = _run_both(path, host_ip, "sendall-close", mode, count=mode == "blocking")
+    assert found["fileno"] == -1 and found["again"] == ["OSError", 9]
+    if mode == "blocking":
+        assert found["sendall"] is None and seen == [[4 << 20, "eof"]]
+    else:
+        assert found["sendall"] == ["OSError", 9] and seen == ["eof"]
+
+
+def test_close_from_another_thread_in_a_forked_child_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A forked child's inherited listener and connection (on usnet served through the parent:
+    usnet.client.forked), each closed from another thread of the child while a thread waits in
+    accept() or recv() with a Python timeout: CPython's poll sleeps on to its timeout, then the
+    retry on descriptor -1 is EBADF; the parent's own copies work on."""
+    path, _usnet_ip, host_ip = usnetd_path
+    with _echo(host_ip) as port:
+        outs = [_P.run(path, on_usnet, "fork-close", host_ip, str(port)) for on_usnet in (True, False)]
+    found = _same(*outs)
+    assert found["status"] == 0 and found["parent-echo"] == "parent\n"
+    for what in ("accept", "recv"):
+        assert found[what] == ["OSError", 9] and found[what + "-fileno"] == -1
+        assert found[what + "-again"] == ["OSError", 9]
+
+
+def test_getsockopt_ip_msfilter_lengths_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """getsockopt(IP_MSFILTER) as a program can call it: an int buffer (no length), lengths under
+    the struct's head (EINVAL), lengths CPython refuses itself, and a bytes object where CPython
+    wants an int (TypeError)."""
+    path, _usnet_ip, _host_ip = usnetd_path
+    found = _same(*[_P.run(path, on_usnet, "msfilter") for on_usnet in (True, False)])
+    assert found["8"] == ["OSError", 22] and found["bytes"] == found["str"] == ["TypeError", None]
+    assert found["negative"] == found["huge"] == ["OSError", None]
