@@ -901,7 +901,8 @@ class DatagramFace(socket):
         one in, and takes only an int): what Linux leaves in the buffer, or its error."""
         mc = self._mc_of(level, opt)
         if mc is None or opt not in FILTER_OPTIONS:
-            raise OSError(errno.ENOPROTOOPT, "Protocol not available (usnet: a struct is read in for the filter options alone)")
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available (usnet: a struct is read in "
+                                             "for the filter options alone)")
         self._need_open()
         return mc.get_filter(opt, buf, self._mc_flow(self._engine, mc.family), self._kernel_index())
 
