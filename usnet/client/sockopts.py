@@ -71,8 +71,8 @@ from usnet.proto import cmsg as _cm
 from usnet.proto.ipmark import make_mark
 
 __all__ = ["IP_MARKING", "OPTIONS", "TIMEO_OPTIONS", "Kind", "Option", "bind_device", "buflen_arg", "check_fixed",
-           "defer_retrans", "device_value", "ip_mark", "ip_option", "kept", "kernel_hz", "lookup", "not_available", "timeo_get",
-           "timeo_key", "timeo_seconds", "timeo_set"]
+           "defer_retrans", "device_value", "ip_mark", "ip_option", "kept", "kernel_hz", "lookup", "not_available",
+           "timeo_get", "timeo_key", "timeo_seconds", "timeo_set"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
