@@ -8,9 +8,12 @@ same, and its own checks hold on both.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socket
 import threading
+import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 
@@ -119,3 +122,78 @@ def test_getsockopt_ip_msfilter_lengths_as_on_the_kernel(usnetd_path):  # noqa: 
     found = _same(*[_P.run(path, on_usnet, "msfilter") for on_usnet in (True, False)])
     assert found["8"] == ["OSError", 22] and found["bytes"] == found["str"] == ["TypeError", None]
     assert found["negative"] == found["huge"] == ["OSError", None]
+
+
+class _PoolServer(http.server.BaseHTTPRequestHandler):
+    """/LIB/a: "a"; /LIB/drop: "drop", then the connection closed unannounced (keep-alive said);
+    /LIB/slow: "slow" after 1.5 s; /LIB/flaky: 503 twice, then 200. Each request is recorded as
+    (path, the client's port)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[list[tuple[str, int]]] = []
+    flaky: ClassVar[dict[str, int]] = {}
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.client_address[1]))
+        what = self.path.rsplit("/", 1)[-1]
+        status = 200
+        if what == "slow":
+            time.sleep(1.5)  # the peer is slow: longer than the clients' read timeouts of 0.5 s
+        if what == "flaky":
+            self.flaky[self.path] = n = self.flaky.get(self.path, 0) + 1
+            status = 503 if n < 3 else 200
+        body = what.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        if what == "drop":
+            self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _connections(seen: list[tuple[str, int]]) -> dict[str, list]:
+    """Per library, its requests' paths with the connection each came on (numbered in order of
+    first use: the ports themselves differ from run to run)."""
+    by_lib: dict[str, list] = {}
+    ports: dict[int, int] = {}
+    for path, port in seen:
+        lib = path.split("/")[1]
+        n = ports.setdefault(port, len(ports))
+        by_lib.setdefault(lib, []).append([path.rsplit("/", 1)[-1], n])
+    first: dict[str, int] = {lib: min(n for _p, n in reqs) for lib, reqs in by_lib.items()}
+    return {lib: [[p, n - first[lib]] for p, n in reqs] for lib, reqs in by_lib.items()}
+
+
+def test_http_client_pools_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """requests' Session, urllib3's PoolManager (no retries: a dropped idle connection must be
+    found before reuse; Retry on 503), httpx sync and async, aiohttp's ClientSession against a
+    kernel HTTP/1.1 server: keep-alive reuse, an idle connection the server closed replaced by a
+    new one, read timeouts. The same answers, and the server sees the same requests on the same
+    connections, under `usnet run` as on the kernel."""
+    path, _usnet_ip, host_ip = usnetd_path
+    outs, conns = [], []
+    for on_usnet in (True, False):
+        _PoolServer.seen, _PoolServer.flaky = [], {}
+        srv = http.server.ThreadingHTTPServer((host_ip, 0), _PoolServer)
+        srv.daemon_threads = True
+        t = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+        t.start()
+        try:
+            outs.append(_P.run(path, on_usnet, "pools", host_ip, str(srv.server_address[1])))
+        finally:
+            srv.shutdown()
+            srv.server_close()
+            t.join(LIMIT)
+        conns.append(_connections(_PoolServer.seen))
+    found = _same(*outs)
+    assert conns[0] == conns[1], f"usnet {conns[0]} kernel {conns[1]}"
+    assert found["requests"] == ["a", "a", "a", "ReadTimeout", "drop", "a"]
+    assert found["urllib3"] == ["drop", "a", 200, "MaxRetryError"]  # (a read timeout, no retry left)
+    assert found["httpx"] == ["a", "a", "drop", "a", "ReadTimeout"]
+    assert found["httpx-async"] == ["a", "a", "drop", "a"]
+    assert found["aiohttp"][:4] == ["a", "a", "drop", "a"]
+    assert conns[1]["requests"][:3] == [["a", 0]] * 3  # kept alive

@@ -125,5 +125,71 @@ elif name == "msfilter":
     res["huge"] = outcome(lambda: s.getsockopt(socket.IPPROTO_IP, 41, 1 << 20))
     s.close()
     out(res)
+elif name == "pools":
+    # HTTP client libraries' connection pools against a kernel HTTP/1.1 server: keep-alive reuse,
+    # an idle kept-alive connection the server dropped (found closed before reuse: no retry
+    # allowed), a read timeout, retries on 503
+    import asyncio
+
+    import aiohttp
+    import httpx
+    import requests
+    import urllib3
+    base = f"http://{args[0]}:{args[1]}"
+    res = {}
+
+    def named(f):
+        try:
+            return f()
+        except Exception as e:  # the library's own exception, by name
+            return type(e).__name__
+
+    with requests.Session() as sess:
+        res["requests"] = [named(lambda: sess.get(f"{base}/requests/a", timeout=LIMIT).text) for _ in range(3)]
+        res["requests"].append(named(lambda: sess.get(f"{base}/requests/slow", timeout=(LIMIT, 0.5)).text))
+        res["requests"].append(named(lambda: sess.get(f"{base}/requests/drop", timeout=LIMIT).text))
+        time.sleep(0.3)  # idle: the server's FIN comes
+        res["requests"].append(named(lambda: sess.get(f"{base}/requests/a", timeout=LIMIT).text))
+    pm = urllib3.PoolManager(retries=urllib3.Retry(total=0), timeout=LIMIT)
+    res["urllib3"] = [named(lambda: pm.request("GET", f"{base}/urllib3/drop").data.decode())]
+    time.sleep(0.3)
+    res["urllib3"].append(named(lambda: pm.request("GET", f"{base}/urllib3/a").data.decode()))
+    retry = urllib3.Retry(total=3, status_forcelist=[503], backoff_factor=0)
+    res["urllib3"].append(named(lambda: pm.request("GET", f"{base}/urllib3/flaky", retries=retry).status))
+    res["urllib3"].append(named(lambda: pm.request("GET", f"{base}/urllib3/slow",
+                                                   timeout=urllib3.Timeout(connect=LIMIT, read=0.5)).status))
+    pm.clear()
+    with httpx.Client(timeout=LIMIT) as hc:
+        res["httpx"] = [named(lambda: hc.get(f"{base}/httpx/a").text) for _ in range(2)]
+        res["httpx"].append(named(lambda: hc.get(f"{base}/httpx/drop").text))
+        time.sleep(0.3)
+        res["httpx"].append(named(lambda: hc.get(f"{base}/httpx/a").text))
+        res["httpx"].append(named(lambda: hc.get(f"{base}/httpx/slow", timeout=0.5).text))
+
+    async def async_clients():
+        got = []
+        async with httpx.AsyncClient(timeout=LIMIT) as ac:
+            for p in ("a", "a", "drop"):
+                got.append((await ac.get(f"{base}/httpx-async/{p}")).text)
+            await asyncio.sleep(0.3)
+            got.append((await ac.get(f"{base}/httpx-async/a")).text)
+        res["httpx-async"] = got
+        got = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT)) as cs:
+            for p in ("a", "a", "drop"):
+                async with cs.get(f"{base}/aiohttp/{p}") as r:
+                    got.append(await r.text())
+            await asyncio.sleep(0.3)
+            async with cs.get(f"{base}/aiohttp/a") as r:
+                got.append(await r.text())
+            try:
+                async with cs.get(f"{base}/aiohttp/slow", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                    got.append(await r.text())
+            except Exception as e:
+                got.append(type(e).__name__)
+        res["aiohttp"] = got
+
+    asyncio.run(async_clients())
+    out(res)
 else:
     raise SystemExit(f"unknown program {name}")
