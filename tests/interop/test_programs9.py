@@ -1,8 +1,8 @@
 """A ninth sweep of unmodified programs on usnet against kernel peers (issue 16).
 
-Each program (tests/peers/programs9.py) runs under `usnet run` and, as the reference, on the
-kernel's sockets, against the same kernel peers in the test's namespace: what it prints must be the
-same, and its own checks hold on both.
+Each program (tests/peers/programs6.py, which holds the sixth to eighth sweeps' too) runs under
+`usnet run` and, as the reference, on the kernel's sockets, against the same kernel peers in the
+test's namespace: what it prints must be the same, and its own checks hold on both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import http.server
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import pytest
@@ -25,7 +25,7 @@ from tests.interop.test_patch import (
 from tests.interop.test_programs4 import _echo, _same, _serve
 
 pytestmark = pytest.mark.privileged
-_P = PeerProgram("programs9.py", LIMIT * 2)
+_P = PeerProgram("programs6.py", LIMIT * 2)  # (the sixth to ninth sweeps' programs)
 
 
 def _held_reader(seen: list) -> Callable[[socket.socket], None]:
@@ -60,7 +60,8 @@ def _held_reader(seen: list) -> Callable[[socket.socket], None]:
     return handler
 
 
-def _run_both(path: str, host_ip: str, *args: str, count: bool = True) -> tuple[dict, list[list]]:
+def _run_both(path: str, host_ip: str, *args: str, count: bool = True,
+              program: PeerProgram = _P) -> tuple[dict, list[list]]:
     """The program on usnet and on the kernel against a `_held_reader`; what it printed (the same
     on both), and what the peer saw (the same on both; `count` False: how it ended alone, as what
     was queued at a close depends on the buffers' sizes)."""
@@ -68,7 +69,7 @@ def _run_both(path: str, host_ip: str, *args: str, count: bool = True) -> tuple[
     for on_usnet in (True, False):
         seen: list = []
         with _serve(host_ip, _held_reader(seen), join=True) as port:
-            outs.append(_P.run(path, on_usnet, args[0], host_ip, str(port), *args[1:]))
+            outs.append(program.run(path, on_usnet, args[0], host_ip, str(port), *args[1:]))
         seen_by_peer.append(seen if count else [end for _n, end in seen])
     assert seen_by_peer[0] == seen_by_peer[1], f"the peer saw: usnet {seen_by_peer[0]} kernel {seen_by_peer[1]}"
     return _same(*outs), seen_by_peer[0]
@@ -91,7 +92,8 @@ def test_close_from_another_thread_while_sendall_waits_for_window_as_on_the_kern
     timeout CPython polls, and its next send is on descriptor -1: EBADF, the peer gets what was
     queued, then the FIN."""
     path, _usnet_ip, host_ip = usnetd_path
-    found, seen = _run_both(path, host_ip, "sendall-close", mode, count=mode == "blocking")
+    found, seen = _run_both(path, host_ip, "close-thread", "sendall" + ("-blocking" if mode == "blocking" else ""),
+                            count=mode == "blocking")
     assert found["fileno"] == -1 and found["again"] == ["OSError", 9]
     if mode == "blocking":
         assert found["sendall"] is None and seen == [[4 << 20, "eof"]]
@@ -197,3 +199,49 @@ def test_http_client_pools_as_on_the_kernel(usnetd_path):  # noqa: F811
     assert found["httpx-async"] == ["a", "a", "drop", "a"]
     assert found["aiohttp"][:4] == ["a", "a", "drop", "a"]
     assert conns[1]["requests"][:3] == [["a", 0]] * 3  # kept alive
+
+
+@contextlib.contextmanager
+def _ws_server(host: str) -> Iterator[int]:
+    """A kernel websockets server in a thread of its own loop: /echo echoes, /close closes with
+    4001 "bye", /drop drops the TCP connection without a close frame. Yields its port."""
+    import asyncio
+
+    from websockets.asyncio.server import serve
+
+    async def handler(ws) -> None:
+        path = ws.request.path
+        if path == "/close":
+            await ws.close(4001, "bye")
+        elif path == "/drop":
+            ws.transport.abort()
+        else:
+            async for m in ws:
+                await ws.send(m)
+
+    async def start():  # (websockets' server is made in its running loop)
+        return await serve(handler, host, 0)
+
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(LIMIT)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(LIMIT)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(LIMIT)
+        loop.close()
+
+
+def test_websockets_client_ends_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A websockets client: an echo, a ping's pong, the server's close frame (4001 "bye": the
+    client's ConnectionClosedError carries it), and a TCP connection dropped without one (no
+    close frame received)."""
+    path, _usnet_ip, host_ip = usnetd_path
+    with _ws_server(host_ip) as port:
+        found = _same(*[_P.run(path, on_usnet, "ws", host_ip, str(port)) for on_usnet in (True, False)])
+    assert found == {"echo": "hello", "pong": True, "/close": ["ConnectionClosedError", 4001, "bye"],
+                     "/drop": ["ConnectionClosedError", None, None]}
