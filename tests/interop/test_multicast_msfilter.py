@@ -54,7 +54,7 @@ def _gf(index: int, group: str, fmode: int, sources: list[str], numsrc: int | No
 def _get(s, level: int, opt: int, buf: bytes):
     """getsockopt with `buf` as the caller's struct: the bytes written (as long as the optlen the
     call gives back), or the errno's name. A kernel socket's through libc, a usnet one's with the
-    buffer as its argument."""
+    struct given to usnet's getsockopt_in."""
     if isinstance(s, socket.socket):
         cbuf = ctypes.create_string_buffer(buf, len(buf))
         n = ctypes.c_uint(len(buf))
@@ -62,7 +62,7 @@ def _get(s, level: int, opt: int, buf: bytes):
             return errno.errorcode[ctypes.get_errno()]
         return cbuf.raw[:n.value]
     try:
-        return s.getsockopt(level, opt, buf)
+        return s.getsockopt_in(level, opt, buf)
     except OSError as e:
         return errno.errorcode[e.errno]
 

@@ -1,5 +1,5 @@
-"""The sixth to eighth sweeps of unmodified programs, for tests/interop/test_programs6.py,
-test_programs7.py and test_programs8.py (issue 16).
+"""The sixth to ninth sweeps of unmodified programs, for tests/interop/test_programs6.py,
+test_programs7.py, test_programs8.py and test_programs9.py (issue 16).
 
     python programs6.py NAME ARGS...
 
@@ -31,7 +31,7 @@ def outcome(f):
     try:
         r = f()
         return r.decode() if isinstance(r, bytes) else r
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:
         return [type(e).__name__, getattr(e, "errno", None)]
 
 
@@ -312,27 +312,31 @@ elif name == "close-thread":
         closer.join()
         res["fileno"] = s.fileno()
         res["again"] = outcome(lambda: s.recv(10))
-    elif mode in ("recv-late", "recv-late-blocking"):
+    elif mode in ("recv-late", "recv-late-blocking", "sendall", "sendall-blocking"):
         # the peer's data comes after the close, while this thread still waits (port: a relay that
-        # sends on the first connection when the second says "go")
+        # sends on the first connection when the second says "go"); or (the ninth sweep) sendall
+        # waits for the window of a peer that reads nothing until "go"
         s = socket.create_connection((host, port), timeout=LIMIT)
         s.sendall(b"data\n")
         ctrl = socket.create_connection((host, port), timeout=LIMIT)
-        if mode == "recv-late":
-            s.settimeout(LIMIT)
-        else:
+        if mode.endswith("-blocking"):
             s.setblocking(True)
+        else:
+            s.settimeout(LIMIT)
 
         def close_then_go():
             s.close()
             ctrl.sendall(b"go\n")
 
-        closer = threading.Timer(0.3, close_then_go)
+        closer = threading.Timer(0.3 if mode.startswith("recv") else 0.5, close_then_go)
         closer.start()
-        res["recv"] = outcome(lambda: s.recv(10))
+        if mode.startswith("recv"):
+            res["recv"] = outcome(lambda: s.recv(10))
+        else:
+            res["sendall"] = outcome(lambda: s.sendall(b"x" * (4 << 20)))
         closer.join()
         res["fileno"] = s.fileno()
-        res["again"] = outcome(lambda: s.recv(10))
+        res["again"] = outcome(lambda: s.recv(10) if mode.startswith("recv") else s.send(b"y"))
         ctrl.close()
     else:
         ls = socket.create_server(("0.0.0.0", 0))
@@ -521,5 +525,166 @@ elif name == "http-server":
     stopped = not t.is_alive()
     srv.server_close()
     out({"stopped": stopped, "served": len(served), "distinct": len(set(served))})
+elif name == "send-blocking":
+    # one blocking send() of more than the buffers hold: Linux's tcp_sendmsg waits for room until
+    # it has taken all of it (a partial count only at SO_SNDTIMEO's end or a signal)
+    host, port = args[0], int(args[1])
+    s = socket.create_connection((host, port), timeout=LIMIT)
+    s.sendall(b"data\n")
+    ctrl = socket.create_connection((host, port), timeout=LIMIT)
+    s.setblocking(True)
+    go = threading.Timer(0.5, lambda: ctrl.sendall(b"go\n"))
+    go.start()
+    res = {"send": s.send(b"x" * (4 << 20))}
+    go.join()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, b"\x00\x00\x00\x00\x00\x00\x00\x00"
+                 + (300000).to_bytes(8, "little"))
+    # the peer reads everything now: a send under SO_SNDTIMEO takes it all too
+    res["send-sndtimeo"] = s.send(b"z" * (4 << 20))
+    s.close()
+    ctrl.close()
+    out(res)
+elif name == "fork-close":
+    # a forked child's inherited listener and connection: close() from another thread of the child
+    # while a thread waits in accept() or recv() on them (a Python timeout, so CPython polls)
+    host, port = args[0], int(args[1])
+    ls = socket.create_server(("0.0.0.0", 0))
+    c = socket.create_connection((host, port), timeout=LIMIT)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        res = {}
+        for what, sock, call in (("accept", ls, lambda: ls.accept()), ("recv", c, lambda: c.recv(10))):
+            sock.settimeout(3.0)
+            t0 = time.monotonic()
+            closer = threading.Timer(0.3, sock.close)
+            closer.start()
+            res[what] = outcome(call)
+            closer.join()
+            res[what + "-waited-to-timeout"] = time.monotonic() - t0 > 2.5
+            res[what + "-fileno"] = sock.fileno()
+            res[what + "-again"] = outcome(call)
+        os.write(w, json.dumps(res).encode())
+        os._exit(0)
+    os.close(w)
+    got = b""
+    for _ in range(100):
+        b = os.read(r, 65536)
+        if not b:
+            break
+        got += b
+    _, status = os.waitpid(pid, 0)
+    res = json.loads(got)
+    res["status"] = status
+    # the parent's own copies are untouched by the child's close
+    c.sendall(b"parent\n")
+    res["parent-echo"] = c.recv(100).decode()
+    ls.close()
+    c.close()
+    out(res)
+elif name == "msfilter":
+    # getsockopt(IP_MSFILTER) as a program can call it: without a length, with lengths under the
+    # head, and with a bytes object for the length
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    res = {str(n): outcome(lambda n=n: s.getsockopt(socket.IPPROTO_IP, 41, n)) for n in (0, 4, 8, 15)}
+    res["none"] = outcome(lambda: s.getsockopt(socket.IPPROTO_IP, 41))
+    res["bytes"] = outcome(lambda: s.getsockopt(socket.IPPROTO_IP, 41, bytes(16)))
+    res["str"] = outcome(lambda: s.getsockopt(socket.IPPROTO_IP, 41, "16"))
+    res["negative"] = outcome(lambda: s.getsockopt(socket.IPPROTO_IP, 41, -1))
+    res["huge"] = outcome(lambda: s.getsockopt(socket.IPPROTO_IP, 41, 1 << 20))
+    s.close()
+    out(res)
+elif name == "pools":
+    # HTTP client libraries' connection pools against a kernel HTTP/1.1 server: keep-alive reuse,
+    # an idle kept-alive connection the server dropped (found closed before reuse: no retry
+    # allowed), a read timeout, retries on 503
+    import asyncio
+
+    import aiohttp
+    import httpx
+    import requests
+    import urllib3
+    base = f"http://{args[0]}:{args[1]}"
+    res = {}
+
+    def named(f):
+        try:
+            return f()
+        except Exception as e:  # the library's own exception, by name
+            return type(e).__name__
+
+    with requests.Session() as sess:
+        res["requests"] = [named(lambda: sess.get(f"{base}/requests/a", timeout=LIMIT).text) for _ in range(3)]
+        res["requests"].append(named(lambda: sess.get(f"{base}/requests/slow", timeout=(LIMIT, 0.5)).text))
+        res["requests"].append(named(lambda: sess.get(f"{base}/requests/drop", timeout=LIMIT).text))
+        time.sleep(0.3)  # idle: the server's FIN comes
+        res["requests"].append(named(lambda: sess.get(f"{base}/requests/a", timeout=LIMIT).text))
+    pm = urllib3.PoolManager(retries=urllib3.Retry(total=0), timeout=LIMIT)
+    res["urllib3"] = [named(lambda: pm.request("GET", f"{base}/urllib3/drop").data.decode())]
+    time.sleep(0.3)
+    res["urllib3"].append(named(lambda: pm.request("GET", f"{base}/urllib3/a").data.decode()))
+    retry = urllib3.Retry(total=3, status_forcelist=[503], backoff_factor=0)
+    res["urllib3"].append(named(lambda: pm.request("GET", f"{base}/urllib3/flaky", retries=retry).status))
+    res["urllib3"].append(named(lambda: pm.request("GET", f"{base}/urllib3/slow",
+                                                   timeout=urllib3.Timeout(connect=LIMIT, read=0.5)).status))
+    pm.clear()
+    with httpx.Client(timeout=LIMIT) as hc:
+        res["httpx"] = [named(lambda: hc.get(f"{base}/httpx/a").text) for _ in range(2)]
+        res["httpx"].append(named(lambda: hc.get(f"{base}/httpx/drop").text))
+        time.sleep(0.3)
+        res["httpx"].append(named(lambda: hc.get(f"{base}/httpx/a").text))
+        res["httpx"].append(named(lambda: hc.get(f"{base}/httpx/slow", timeout=0.5).text))
+
+    async def async_clients():
+        got = []
+        async with httpx.AsyncClient(timeout=LIMIT) as ac:
+            for p in ("a", "a", "drop"):
+                got.append((await ac.get(f"{base}/httpx-async/{p}")).text)
+            await asyncio.sleep(0.3)
+            got.append((await ac.get(f"{base}/httpx-async/a")).text)
+        res["httpx-async"] = got
+        got = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=LIMIT)) as cs:
+            for p in ("a", "a", "drop"):
+                async with cs.get(f"{base}/aiohttp/{p}") as r:
+                    got.append(await r.text())
+            await asyncio.sleep(0.3)
+            async with cs.get(f"{base}/aiohttp/a") as r:
+                got.append(await r.text())
+            try:
+                async with cs.get(f"{base}/aiohttp/slow", timeout=aiohttp.ClientTimeout(total=0.5)) as r:
+                    got.append(await r.text())
+            except Exception as e:
+                got.append(type(e).__name__)
+        res["aiohttp"] = got
+
+    asyncio.run(async_clients())
+    out(res)
+elif name == "ws":
+    # a websockets client against a kernel websockets server: an echo, a ping answered, the
+    # server's close with a code and reason, and a connection the server drops without a close
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+    url = f"ws://{args[0]}:{args[1]}"
+    res = {}
+
+    async def ws_main():
+        async with connect(url + "/echo", open_timeout=LIMIT) as ws:
+            await ws.send("hello")
+            res["echo"] = await asyncio.wait_for(ws.recv(), LIMIT)
+            pong = await ws.ping(b"p")
+            res["pong"] = (await asyncio.wait_for(pong, LIMIT)) >= 0
+        for path in ("/close", "/drop"):
+            async with connect(url + path, open_timeout=LIMIT) as ws:
+                try:
+                    await asyncio.wait_for(ws.recv(), LIMIT)
+                    res[path] = "message"
+                except ConnectionClosed as e:
+                    rc = e.rcvd
+                    res[path] = [type(e).__name__, rc.code if rc else None, rc.reason if rc else None]
+
+    asyncio.run(ws_main())
+    out(res)
 else:
     raise SystemExit(f"no program {name}")

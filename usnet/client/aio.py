@@ -475,11 +475,12 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
 
     def _start(self, waiter: asyncio.Future | None) -> None:
         if not self._conn_lost:
-            with self._eng.lock:
-                # The transport owns the socket: nobody polls its descriptor per pump, so the
-                # stack stops setting its readiness after every pump (two system calls per
-                # request); `_taken` and the end of the stream set it when it matters.
-                self._eng.unwatch(self._sock, self._conn)
+            if not self._reading_paused:  # (paused already: the stack keeps it, `pause_reading`)
+                with self._eng.lock:
+                    # The transport owns the socket: nobody polls its descriptor per pump, so the
+                    # stack stops setting its readiness after every pump (two system calls per
+                    # request); `_taken` and the end of the stream set it when it matters.
+                    self._eng.unwatch(self._sock, self._conn)
             _watch(self._eng, self._watcher, self._conn)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -678,14 +679,25 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         return not (self._closing or self._reading_paused)
 
     def pause_reading(self) -> None:
+        """While the transport does not read, the socket's descriptor says what the kernel's would
+        (data or the peer's FIN queued): the stack keeps its readiness again, as before `_start`.
+        anyio pauses between receives, and httpcore (httpx's async client) probes a pooled idle
+        connection's descriptor with poll() for a drop before reusing it."""
         if self._closing or self._reading_paused:
             return
         self._reading_paused = True
+        if not self._conn_lost:
+            with self._eng.lock:
+                self._eng.watch(self._sock, self._conn)
+                self._sock._update()
 
     def resume_reading(self) -> None:
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
+        if not self._conn_lost:
+            with self._eng.lock:
+                self._eng.unwatch(self._sock, self._conn)
         self._watcher.kick()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:

@@ -886,15 +886,25 @@ class DatagramFace(socket):
         except OSError:
             return 0  # a netif on no kernel interface of this namespace (a memwire's)
 
-    def getsockopt(self, level: int, opt: int, buflen: Any = 0) -> Any:
-        """As the socket's; IP_MSFILTER and MCAST_MSFILTER read the caller's struct first
-        (usnet.client.mcast `Multicast.get_filter`: `buflen` a length, or usnet's own bytes-like
-        buffer holding the struct)."""
+    def getsockopt(self, level: int, opt: int, buflen: int = 0) -> Any:
+        """As the socket's; IP_MSFILTER and MCAST_MSFILTER read a struct of `buflen` zeros first
+        (usnet.client.mcast `Multicast.get_filter`), where CPython's uninitialised buffer goes in."""
+        buflen = _so.buflen_arg(buflen)
         mc = self._mc_of(level, opt)
         if mc is not None and opt in FILTER_OPTIONS:
-            self._need_open()
-            return mc.get_filter(opt, buflen, self._mc_flow(self._engine, mc.family), self._kernel_index())
+            return self.getsockopt_in(level, opt, bytes(buflen or 4))
         return super().getsockopt(level, opt, buflen)
+
+    def getsockopt_in(self, level: int, opt: int, buf: bytes | bytearray | memoryview) -> Any:
+        """usnet's own: getsockopt(IP_MSFILTER) or getsockopt(MCAST_MSFILTER) with the caller's
+        struct `buf` in the buffer, as a C program calls it (Python's getsockopt cannot pass
+        one in, and takes only an int): what Linux leaves in the buffer, or its error."""
+        mc = self._mc_of(level, opt)
+        if mc is None or opt not in FILTER_OPTIONS:
+            raise OSError(errno.ENOPROTOOPT, "Protocol not available (usnet: a struct is read in "
+                                             "for the filter options alone)")
+        self._need_open()
+        return mc.get_filter(opt, buf, self._mc_flow(self._engine, mc.family), self._kernel_index())
 
     def setsockopt(self, level: int, opt: int, value: Any, optlen: int | None = None) -> None:
         """Set an option of `usnet.client.sockopts.OPTIONS`; any other is ENOPROTOOPT, as Linux's."""

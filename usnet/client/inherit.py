@@ -182,7 +182,12 @@ class Inherited(us.socket):
             raise OSError(errno.EBADF, "Bad file descriptor")
         if not self._listening:
             return self._claimed().accept()  # (raises as the kernel's)
-        ans, fd = forked.ask(self._link, "accept", self._token, self._timeout)
+        try:
+            ans, fd = forked.ask(self._link, "accept", self._token, self._timeout)
+        except TimeoutError:
+            if self._dead:  # closed by another thread meanwhile: CPython's poll on the kernel
+                raise OSError(errno.EBADF, "Bad file descriptor") from None  # retries on descriptor -1
+            raise
         k = forked.SplicedSocket(fileno=fd, names=ans)
         k.settimeout(_std.getdefaulttimeout())  # as accept(2): blocking, whatever the listener's mode
         return k, tuple(ans.peername)

@@ -967,14 +967,40 @@ class socket:
         # conn.send raises once the connection can no longer send; 0 means its buffer is full
         more = bool(flags & _MORE)  # MSG_MORE: the tail waits for the next send (usnet.proto.tcp.cork)
 
+        # A blocking socket's send (no Python timeout, no MSG_DONTWAIT) takes all of `data`, as
+        # Linux's tcp_sendmsg waits for room until it copied everything: a partial count only at
+        # SO_SNDTIMEO's end, an error or a signal after some was taken. Any other send takes
+        # what fits once there is room (CPython's socket is O_NONBLOCK under a timeout).
+        timeout = self._call_timeout(flags)
+        whole = self._timeout is None and timeout is _UNSET
+        mv = memoryview(data).cast("B") if whole else data
+        size = len(mv)
+        taken = 0
+
         def attempt() -> int | None:
+            nonlocal taken
             self._take_pending(conn)  # IP_RECVERR's pending error first, as tcp_sendmsg's sk_err
             if conn.error is not None:  # its error once, then EPIPE (sk_stream_error)
+                if taken:
+                    return taken  # (do_error: what was copied, the error at the next call)
                 raise self._error_once(conn) or BrokenPipeError(errno.EPIPE, "Broken pipe")
-            return conn.send(data, more) or None
+            if not whole:
+                return conn.send(data, more) or None
+            n = conn.send(mv[taken:] if taken else mv, more)
+            taken += n
+            if taken == size:
+                return taken
+            if n:
+                eng.kick()  # what it took goes now (the engine's lock is re-entrant); then wait for room
+            return None
 
         with step:  # what TCP took and the kick that sends it: one step for a signal (usnet.client.sigdefer)
-            n = self._wait(attempt, "send", self._call_timeout(flags))
+            try:
+                n = self._wait(attempt, "send", timeout)
+            except (OSError, InterruptedError):
+                if not taken:
+                    raise
+                n = taken  # SO_SNDTIMEO's end, or an error, after some was taken: the count
             eng.kick()
         return n
 
@@ -1564,6 +1590,7 @@ class socket:
 
     def getsockopt(self, level: int, opt: int, buflen: int = 0) -> Any:
         """What was set, or the real value (SO_TYPE, SO_ERROR, buffer sizes, TCP_MAXSEG, ...)."""
+        buflen = _so.buflen_arg(buflen)
         self._need_open()
         value = self._option(level, opt)
         if level == SOL_SOCKET and opt == SO_BINDTODEVICE:
@@ -1922,6 +1949,8 @@ class socket:
                         got = attempt()
                     except OSError:
                         self._park_at_exit(eng, borrowed)
+                        if self._dead and not held:  # (as below: the socket's end, our close's, is
+                            raise OSError(errno.EBADF, "Bad file descriptor") from None  # no answer)
                         raise
                     if got is not None:
                         if self._dead and not held:

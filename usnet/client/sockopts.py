@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import operator
 import socket as _std
 from dataclasses import dataclass
 from typing import Any
@@ -69,9 +70,9 @@ from typing import Any
 from usnet.proto import cmsg as _cm
 from usnet.proto.ipmark import make_mark
 
-__all__ = ["IP_MARKING", "OPTIONS", "TIMEO_OPTIONS", "Kind", "Option", "bind_device", "check_fixed", "defer_retrans",
-           "device_value", "ip_mark", "ip_option", "kept", "kernel_hz", "lookup", "not_available", "timeo_get",
-           "timeo_key", "timeo_seconds", "timeo_set"]
+__all__ = ["IP_MARKING", "OPTIONS", "TIMEO_OPTIONS", "Kind", "Option", "bind_device", "buflen_arg", "check_fixed",
+           "defer_retrans", "device_value", "ip_mark", "ip_option", "kept", "kernel_hz", "lookup", "not_available",
+           "timeo_get", "timeo_key", "timeo_seconds", "timeo_set"]
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = 1, 0, 41, 6, 17
 
@@ -507,3 +508,14 @@ def timeo_get(jiffies: int | None) -> bytes:
 def timeo_seconds(jiffies: int) -> float:
     """How long a call waits for a kept timeout."""
     return jiffies / kernel_hz()
+
+
+def buflen_arg(buflen: Any) -> int:
+    """getsockopt's third argument as CPython's socket takes it (sock_getsockopt), before any
+    option is looked at: an integer (anything else TypeError, a bytes object too), 0 for the
+    option's int value, else 1 to 1024 (outside: OSError "getsockopt buflen out of range", no
+    errno)."""
+    n = operator.index(buflen)
+    if n and not 0 < n <= 1024:
+        raise OSError("getsockopt buflen out of range")
+    return n
