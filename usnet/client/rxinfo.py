@@ -43,6 +43,7 @@ __all__ = [
     "set_timestamping",
     "timestamp_cmsgs",
     "timestamp_mode",
+    "timestamping_flags",
     "tx_stamp_key",
     "wants_meta",
 ]
@@ -205,6 +206,11 @@ def timestamp_cmsgs(opts: dict[tuple[int, int], Any], ns: int, *,
     if ns and opts.get(_TS_FLAGS, 0) & want == want:
         out.append(_cm.timestamping_cmsg(_TS_NEW in opts, ns))
     return out
+
+
+def timestamping_flags(opts: dict[tuple[int, int], Any]) -> int:
+    """SO_TIMESTAMPING's flags as set (sk_tsflags), 0 when never set."""
+    return int(opts.get(_TS_FLAGS, 0))
 
 
 def tx_stamp_key(opts: dict[tuple[int, int], Any]) -> int | None:

@@ -52,7 +52,8 @@ from usnet.client.sigdefer import step
 from usnet.client.sockopts import IP_MARKING, check_fixed, ip_mark, ip_option, lookup
 from usnet.proto.cmsg import SO_RCVTIMEO as _SO_RCVTIMEO
 from usnet.proto.cmsg import SO_SNDTIMEO as _SO_SNDTIMEO
-from usnet.proto.errqueue import SO_EE_ORIGIN_TIMESTAMPING, ErrorReport, as_mapped, pack_cmsg
+from usnet.proto.cmsg import SOF_TIMESTAMPING_OPT_ID
+from usnet.proto.errqueue import SO_EE_ORIGIN_TIMESTAMPING, ErrorReport, as_mapped, pack_cmsg, tx_stamp_report
 from usnet.proto.tcp.connection import (
     CLOSE_WAIT,
     CLOSED,
@@ -1145,11 +1146,12 @@ class socket:
         return err
 
     def _tcp_error_queue(self, bufsize: int, ancbufsize: int) -> tuple[bytes, list, int, tuple]:
-        """recvmsg(MSG_ERRQUEUE): a TCP socket's error queue holds only the ICMP error that ended
+        """recvmsg(MSG_ERRQUEUE): a TCP socket's error queue holds the ICMP error that ended
         its connect in SYN-SENT (tcp_v4_err's ip_icmp_error, always; tcp_v6_err's with
-        IPV6_RECVERR: `FlowEngine._ip_events` keeps it as the connection's `error_report`);
-        taking it clears the socket's error, as sock_dequeue_err_skb clears sk_err after the last
-        ICMP report. Empty: EAGAIN whether or not the socket blocks, as inet_recv_error's."""
+        IPV6_RECVERR: `FlowEngine._ip_events` keeps it as the connection's `error_report`),
+        whose taking clears the socket's error, as sock_dequeue_err_skb clears sk_err after the
+        last ICMP report; then SO_TIMESTAMPING's transmit stamps (usnet.proto.tcp.txstamp), which
+        leave the error be. Empty: EAGAIN whether or not the socket blocks, as inet_recv_error's."""
         self._need_open()
         conn, eng = self._conn, self._engine
         r = None
@@ -1159,9 +1161,13 @@ class socket:
                 if r is not None and conn.error is not None:
                     self._reported = conn.error  # SO_ERROR reads 0 now, and POLLERR goes
                     self._update()
+                elif r is None and (stamp := conn.take_tx_stamp()) is not None:
+                    info, key, ns = stamp
+                    r = tx_stamp_report(ns, key, self.family == AF_INET6, info)
+                    self._update()  # POLLERR goes with the last one
         if not isinstance(r, ErrorReport):
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-        return _error_message(r, self.family, bufsize, ancbufsize)
+        return _error_message(r, self.family, bufsize, ancbufsize, self._opts)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         """A stream socket names no sender: (data, None), as Linux gives."""
@@ -1492,8 +1498,10 @@ class socket:
             _rx.set_option(self._opts, level, opt, value)
             return
         elif (level, opt) in _rx.TIMESTAMP_OPTIONS:  # SO_TIMESTAMPING's OPT_ID: EINVAL while closed or listening
+            old = _rx.timestamping_flags(self._opts)
             _rx.set_option(self._opts, level, opt, value, tcp_idle=conn is None or self._listening)
             self._set_rx_stamps()
+            self._set_tx_stamps(old)
             return
         # SO_REUSEADDR and the STORED options: nothing to do in usnet beyond reading them back
         self._opts[level, opt] = value
@@ -1839,6 +1847,15 @@ class socket:
             for lst in self._listeners() if self._listening else ():
                 lst.config.rx_stamps = on
 
+    def _set_tx_stamps(self, old: int) -> None:
+        """SO_TIMESTAMPING set: the connection's later writes ask for the transmit stamps it
+        says (usnet.proto.tcp.txstamp); OPT_ID newly set (not in `old`) restarts ee_data's count."""
+        flags, conn, eng = _rx.timestamping_flags(self._opts), self._conn, self._engine
+        if conn is None or eng is None:
+            return  # (a connection made later takes them in `_apply_options`)
+        with eng.lock:
+            conn.set_tx_stamps(flags, bool(flags & ~old & SOF_TIMESTAMPING_OPT_ID))
+
     @staticmethod
     def _apply_buffer(conn: TcpConnection, opt: int, size: int) -> None:
         """A buffer size set on a live connection; auto-tuning stops at it (Linux locks it)."""
@@ -1856,6 +1873,7 @@ class socket:
         conn.cfg.user_timeout = self._user_timeout
         conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
         conn.set_rx_stamps(_rx.rx_stamps(self._opts))
+        conn.set_tx_stamps(_rx.timestamping_flags(self._opts), False)
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
         if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
@@ -2058,8 +2076,9 @@ class socket:
                     return True, False
             return False, False
         st = conn.state
-        if conn.error is not None or st is CLOSED or conn.pending_error is not None:
-            return True, True  # (a pending error: what select shows of Linux's POLLERR)
+        if (conn.error is not None or st is CLOSED or conn.pending_error is not None
+                or (conn.tx_stamps is not None and conn.tx_stamps.reports)):
+            return True, True  # (a pending error or stamp: what select shows of Linux's POLLERR)
         if st is SYN_SENT or st is SYN_RECEIVED:
             return False, False  # the handshake decides
         readable = conn.readable or self._shut_rd

@@ -39,8 +39,9 @@ and a stream socket's the arrival of the last byte read, as Linux's tcp_recv_tim
 (usnet.proto.tcp.rxstamp). SO_TIMESTAMPING(_NEW) takes Linux's flags with Linux's checks and
 reads them back; its software receive stamp (RX_SOFTWARE | SOFTWARE) is that same arrival, in
 SCM_TIMESTAMPING's ts[0]. A UDP socket's TX_SOFTWARE queues a transmit stamp per datagram on its
-error queue (as with OPT_TSONLY: no payload); a TCP socket's and the other TX_* flags are kept
-but never reported.
+error queue (as with OPT_TSONLY: no payload); a TCP socket's TX_SCHED, TX_SOFTWARE and TX_ACK
+stamp the last byte of each send (usnet.proto.tcp.txstamp); the hardware flags and
+TX_COMPLETION are kept but never reported.
 
 IP_PKTINFO (IPV6_RECVPKTINFO) makes a datagram socket's recvmsg give in_pktinfo (in6_pktinfo):
 the address the datagram was sent to and the kernel interface index of the netif's name (the
@@ -140,7 +141,8 @@ OPTIONS: dict[tuple[int, int], Option] = {
     (SOL_SOCKET, 37): Option("SO_TIMESTAMPING", _H, bytes(8), why="its flags checked and kept as Linux's; "
                              "RX_SOFTWARE with SOFTWARE: recvmsg gives SCM_TIMESTAMPING with the arrival "
                              "SO_TIMESTAMP gives (usnet.client.rxinfo); TX_SOFTWARE: a UDP "
-                             "datagram's send time on the error queue"),
+                             "datagram's send time on the error queue; TX_SCHED, TX_SOFTWARE, TX_ACK: "
+                             "a TCP send's last byte's (usnet.proto.tcp.txstamp)"),
     (SOL_SOCKET, 65): Option("SO_TIMESTAMPING_NEW", _H, bytes(8), why="as SO_TIMESTAMPING, of type "
                              "SCM_TIMESTAMPING_NEW"),
     (SOL_SOCKET, 30): Option("SO_ACCEPTCONN", _G),

@@ -79,14 +79,15 @@ def is_icmp(r: ErrorReport) -> bool:
     return r.origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6)
 
 
-def tx_stamp_report(ns: int, key: int, v6: bool) -> ErrorReport:
+def tx_stamp_report(ns: int, key: int, v6: bool, info: int = SCM_TSTAMP_SND) -> ErrorReport:
     """A software transmit stamp (SOF_TIMESTAMPING_TX_SOFTWARE) as __skb_complete_tx_timestamp
-    queues it: ENOMSG, origin SO_EE_ORIGIN_TIMESTAMPING, ee_info SCM_TSTAMP_SND, ee_data the key;
+    queues it: ENOMSG, origin SO_EE_ORIGIN_TIMESTAMPING, ee_info SCM_TSTAMP_SND (a TCP socket's
+    TX_SCHED and TX_ACK: SCM_TSTAMP_SCHED 1, SCM_TSTAMP_ACK 2, `info`), ee_data the key;
     no offender (zeros) and no address (ip_recv_error names one only for a port). The payload is
     empty, as with SOF_TIMESTAMPING_OPT_TSONLY (Linux's without it is the frame as the device had
     it, link header and all, which the client's stack does not see)."""
     zero = bytes(16 if v6 else 4)
-    return ErrorReport(_ENOMSG, SO_EE_ORIGIN_TIMESTAMPING, 0, 0, SCM_TSTAMP_SND, zero, zero, 0, zero, 0, b"",
+    return ErrorReport(_ENOMSG, SO_EE_ORIGIN_TIMESTAMPING, 0, 0, info, zero, zero, 0, zero, 0, b"",
                        key, ns)
 
 

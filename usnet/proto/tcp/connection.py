@@ -107,6 +107,7 @@ from usnet.proto.tcp.rto import RtoEstimator
 from usnet.proto.tcp.rxstamp import RxStamps
 from usnet.proto.tcp.scoreboard import EMPTY_SCOREBOARD, Scoreboard
 from usnet.proto.tcp.seq import HALF, MASK, seq_diff, unwrap
+from usnet.proto.tcp.txstamp import TxStamps
 from usnet.proto.wire.tcp import (
     ACK,
     CWR,
@@ -192,7 +193,7 @@ class TcpConnection:
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
         "_quick", "_cork", "notsent_lowat", "defer",
-        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate", "rx_stamps", "error_report",
+        "pacer", "_t_pace", "_pace_left", "_pace_held", "rate", "rx_stamps", "tx_stamps", "error_report",
     )
 
     def __init__(
@@ -290,6 +291,8 @@ class TcpConnection:
         self._rcvq = ByteQueue()
         # SO_TIMESTAMP(NS): when the bytes queued arrived, for the reads (None: not asked)
         self.rx_stamps: RxStamps | None = RxStamps() if cfg.rx_stamps else None
+        # SO_TIMESTAMPING's transmit stamps: requests and reports (None: never asked)
+        self.tx_stamps: TxStamps | None = None
         self._reasm = EMPTY_REASSEMBLY  # shared until data comes out of order (`_rx_data`)
         self.rcvbuf_cap = cfg.rcvbuf
         self._syn_window = min(cfg.rcvbuf, 0xFFFF)
@@ -398,6 +401,8 @@ class TcpConnection:
         else:
             self._sndbuf.append(data)
         self.stats.bytes_written += n
+        if self.tx_stamps is not None:  # SO_TIMESTAMPING: the last byte of this write (tcp_tx_timestamp)
+            self.tx_stamps.request(self._snd_base + self._sndbuf.size - 1, self.snd_nxt)
         self._touch()
         return n
 
@@ -428,6 +433,24 @@ class TcpConnection:
             self.rx_stamps = None
         elif self.rx_stamps is None:
             self.rx_stamps = RxStamps()
+
+    def set_tx_stamps(self, flags: int, rebase: bool) -> None:
+        """SO_TIMESTAMPING's flags set (or inherited): later writes are stamped as they ask
+        (usnet.proto.tcp.txstamp); `rebase`, OPT_ID newly set: ee_data counts from SND.UNA, or
+        with OPT_ID_TCP from the next byte written (sock_set_timestamping's sk_tskey). Requests
+        and reports made stay when the flags go, as on an skb."""
+        ts = self.tx_stamps
+        if ts is None:
+            if not TxStamps.wanted(flags) and not rebase:
+                return
+            ts = self.tx_stamps = TxStamps()
+        ts.set_flags(flags)
+        if rebase:
+            ts.rebase(self._snd_base + self._sndbuf.size, self.snd_una)
+
+    def take_tx_stamp(self) -> tuple[int, int, int] | None:
+        """The oldest transmit stamp report (ee_info, ee_data, ns), taken off; None: none."""
+        return None if self.tx_stamps is None else self.tx_stamps.pop()
 
     def recv_into(self, buf) -> int:
         """Copy in-order data into ``buf``; returns the byte count."""
@@ -1303,6 +1326,8 @@ class TcpConnection:
             stats.bytes_acked += n
             self.events |= EV_WRITABLE
         self.snd_una = a
+        if self.tx_stamps is not None:
+            self.tx_stamps.acked(a, self.rcvbuf_cap - self._rcvq.size)
         if una == 0:
             acked -= 1  # the SYN
         sb = self.sb
@@ -1886,6 +1911,8 @@ class TcpConnection:
             payload = b""
         out.append(self._segment(flags, start, payload, now))
         payload = None  # release the view before the buffer can be resized
+        if self.tx_stamps is not None and plen:
+            self.tx_stamps.sent(start, pend, self.rcvbuf_cap - self._rcvq.size)
         stats = self.stats
         stats.bytes_out += plen
         if flags & FIN:

@@ -16,7 +16,7 @@ which `_emit` calls too). As the receive side's header prediction
 (usnet.proto.tcp.fastpath) it decides *before changing anything*, and
 returns False otherwise, so `_send` then runs untouched.
 
-What it declines: a FIN to send (or queued), loss recovery or anything
+What it declines: a FIN to send (or queued), a connection asked for transmit stamps, loss recovery or anything
 RACK wants to resend or probe, SACK blocks or a D-SACK to report (options
 other than the timestamp), no timestamps, ECE/CWR to set, an idle restart
 due, data that does not fit one segment, the peer's window, the congestion
@@ -68,8 +68,8 @@ def tx_one(c: TcpConnection, now: float, out: list) -> bool:
         # nothing to send (first: the pump that takes a request asks once a request), or more
         # than one segment (super-segments: `_send` sizes them)
         return False
-    if c._fin_queued or not c.ts_ok or c._recovery or c._ece or c._cwr:
-        return False
+    if c._fin_queued or not c.ts_ok or c._recovery or c._ece or c._cwr or c.tx_stamps is not None:
+        return False  # (transmit stamps: `_emit` reports them)
     cork = c._cork
     if cork is not None and (cork.on or cork.more):
         return False  # TCP_CORK or MSG_MORE: `_send` decides (usnet.proto.tcp.cork)
