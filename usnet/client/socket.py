@@ -535,7 +535,10 @@ class socket:
     def _init_face(self, family: int, kind: int, proto: int, flags: int, ready: Readiness,
                    client: Client | None, netif: str | None) -> None:
         """What every usnet socket object holds, stream or datagram (DatagramFace calls it too)."""
-        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SocketKind(kind), proto
+        # (the enums themselves, as a connect passes them, need no lookup: two Python calls each)
+        self.family = family if type(family) is _std.AddressFamily else _std.AddressFamily(family)
+        self.type = kind if type(kind) is _std.SocketKind else _std.SocketKind(kind)
+        self.proto = proto
         self._timeout: float | None = 0.0 if flags & _std.SOCK_NONBLOCK else getdefaulttimeout()
         self._port = 0
         self._conn: TcpConnection | None = None

@@ -14,7 +14,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from usnet.proto.tcp.connection import TcpConnection
 
 __all__ = [
     "CLOSED", "CLOSE_WAIT", "CLOSING", "ESTABLISHED", "EV_CLOSED", "EV_CONNECTED", "EV_EOF",
@@ -171,6 +171,7 @@ class TcpStats:
         "ce_received", "ecn_reductions", "rack_losses", "tlp_probes", "tlp_recoveries",
         "dsacks", "dsacks_sent", "recovery_undos", "sacks_discarded", "ofo_pruned", "ofo_drops",
     )
+    _c: TcpConnection
     segs_in: int
     segs_out: int
     bytes_in: int
