@@ -18,16 +18,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers.util import listen_on_b, memwire_domain
 from usnet import socket as us
 from usnet.client import Client
 from usnet.client import resolver as names
 from usnet.client.fdwatch import FdWatch
 from usnet.client.socket import _literal_info
-from usnet.domain.loop import Domain
-from usnet.drivers.memwire import MemWire
 from usnet.proto.tcp.config import TcpStats
 
-A_IP, B_IP = "10.9.8.1", "10.9.8.2"
+B_IP = "10.9.0.2"  # netif "b" of tests.helpers.util.memwire_domain
 PORT = 8093
 # The socket layer's calls for connect + recv of the close + close, outside the waits and pumps
 # (which vary with which thread serves an arrival): ~480 before issue 18's work, ~375 after.
@@ -36,15 +35,8 @@ SOCKET_LAYER_CALLS = 430
 
 @pytest.fixture
 def client() -> Iterator[Client]:
-    d = Domain()
-    w = MemWire()
-    d.add_netif("a", w.a, f"{A_IP}/24")
-    d.add_netif("b", w.b, f"{B_IP}/24")
-    d.start()
-    try:
-        yield Client.local(d)
-    finally:
-        d.stop()
+    with memwire_domain() as (_d, c):
+        yield c
 
 
 class _Calls:
@@ -95,10 +87,7 @@ def _connect_loop_once(c: Client, srv: us.socket, count: Callable[[], _Calls]) -
 def test_the_socket_layers_calls_per_connect_stay_few(client):
     """Connect to a literal address, see the peer's close, close: the socket layer's own work (what
     is outside the waits and the engine's pumps) stays under SOCKET_LAYER_CALLS calls."""
-    srv = us.socket(client=client, netif="b")
-    srv.bind(("0.0.0.0", PORT))
-    srv.listen()
-    srv.settimeout(10)
+    srv = listen_on_b(client, PORT, timeout=10)
     counts = []
     for _ in range(8):  # the first ones make the runner, the connector and its port block
         counts.append(_connect_loop_once(client, srv, lambda: _Calls(skip=("_wait", "pump"))))
@@ -107,10 +96,7 @@ def test_the_socket_layers_calls_per_connect_stay_few(client):
 
 
 def test_a_connect_to_a_literal_address_never_enters_the_resolver(client):
-    srv = us.socket(client=client, netif="b")
-    srv.bind(("0.0.0.0", PORT))
-    srv.listen()
-    srv.settimeout(10)
+    srv = listen_on_b(client, PORT, timeout=10)
     calls = _Calls()
     with _counting(calls):
         out = us.create_connection((B_IP, PORT), timeout=10, client=client, netif="a")
