@@ -163,3 +163,32 @@ def test_the_runners_watch_list_reports_data_and_forgets_closed_descriptors():
             s.close()
     with pytest.raises((ValueError, OSError)):
         w.register(select.POLLIN, "closed")
+
+
+def test_a_kick_with_nothing_queued_takes_no_lock(client):
+    """Half a connect's kicks (a blocked call's first wait) find nothing to send: they return
+    before the engine's lock, whose section is ~5 calls (a signal mask pair in the main thread)."""
+    srv = listen_on_b(client, PORT, timeout=10)
+    out = us.create_connection((B_IP, PORT), timeout=10, client=client, netif="a")
+    k, _ = srv.accept()
+    eng = out._engine
+    assert eng is not None
+    with eng.lock:
+        idle = not eng._backlog and not eng.tcp.pending()
+    entered: list[str] = []
+
+    def trace(frame, event: str, arg: object) -> None:
+        if event == "call":
+            entered.append(frame.f_code.co_name)
+
+    sys.setprofile(trace)
+    try:
+        eng.kick()
+    finally:
+        sys.setprofile(None)
+    assert idle
+    assert "acquire" not in entered and "runner" not in entered, entered
+    out.sendall(b"x")  # and one with something queued still sends it
+    assert k.recv(1) == b"x"
+    for s in (out, k, srv):
+        s.close()
