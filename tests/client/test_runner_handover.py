@@ -91,7 +91,7 @@ def test_a_ring_for_an_engine_lent_while_the_runner_woke_for_it_stays_for_the_lo
     def select_(timeout=None):
         back.release()
         got = real_select(timeout)
-        if armed.is_set() and any(k.data is e for k, _ in got):
+        if armed.is_set() and any(what is e for what in got):
             armed.clear()
             woke.set()
             assert go.wait(LIMIT)

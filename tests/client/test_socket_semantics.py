@@ -16,6 +16,7 @@ import selectors
 import socket as std
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -472,8 +473,16 @@ def test_tcp_congestion_bbr_as_the_kernel_names_it_and_a_connection_runs_on_it(c
     assert conn.connection.cc.name == "bbr"
     assert conn.getsockopt(us.IPPROTO_TCP, us.TCP_CONGESTION, 16) == kernel_bbr
     data = bytes(range(256)) * 2000
-    cl.sendall(data)
-    assert digest_of(conn, len(data)) == (len(data), hashlib.sha256(data).digest())
+    # Read while it is sent, as a program must when it sends more than the buffers hold: a
+    # sendall before any read ends only if the receive buffer plus the send buffer (twice the
+    # largest cwnd, Linux's tcp_sndbuf_expand) hold all 512 kB, and BBR on this memwire's
+    # microsecond RTT keeps cwnd at ten segments: under load both windows closed and the
+    # sendall timed out (a flow-control deadlock of the test, on main as well).
+    conn.settimeout(10)
+    with ThreadPoolExecutor(1) as reader:
+        got = reader.submit(digest_of, conn, len(data))
+        cl.sendall(data)
+        assert got.result(10) == (len(data), hashlib.sha256(data).digest())
     info = cl.tcp_info()
     assert info["delivery_rate"] > 0 and info["pacing_rate"] > 0
     assert cl.connection.pacer is not None and cl.connection.cc.pacing_rate > 0

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import select
-import selectors
 import socket
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import Any, Protocol
 from usnet.abi.protocol import Family, ProtocolError
 from usnet.client import Client
 from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, PeerGone, worker_gone_reason
+from usnet.client.fdwatch import FdWatch
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.session import DomainGone, WorkerGone
 from usnet.client.sigdefer import EngineLock, block_in_this_thread
@@ -356,10 +356,18 @@ class FlowEngine:
         request/response is a third slower for it). The runner is woken only if it must be: a
         backlog the channel did not take, or a timer sooner than the one it sleeps towards. An
         engine an event loop pumps is that loop's to serve (`wake`).
+
+        Nothing queued is seen before the lock and costs no lock section (~5 calls; a signal
+        mask pair when the main thread holds nothing else): half the kicks of a connect, those
+        of a blocked call's first wait (`socket._wait`), find nothing (issue 18). The read needs
+        no lock: what this thread queued stays in `due` until a pump takes it, under the lock,
+        and that pump hands it to the channel before it lets the lock go.
         """
         if self.driver is not None:
             self.wake()
             return
+        if not self._backlog and not self.tcp.pending():
+            return  # nothing queued, no deadline moved: the runner's schedule is still right
         r = runner()
         with self.lock:
             if self.closed or self.error is not None:
@@ -795,15 +803,15 @@ class Runner:
 
     def __init__(self) -> None:
         gil.short_switch_interval()  # the stack thread shares the GIL with the application's
-        self._sel = selectors.DefaultSelector()
+        self._sel = FdWatch()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poked = False  # the eventfd was written since the runner's pass began: no need again
-        self._sel.register(self._wake, selectors.EVENT_READ, None)
+        self._sel.register(self._wake, "wake")
         # The control sockets of the clients our engines use, watched for a hang-up only
         # (mask 0: EPOLLHUP/EPOLLERR): a killed usnetd says nothing else, and its doorbells
         # then read as always ready, so its engines must fail and leave at once.
         self._hup = select.epoll()
-        self._sel.register(self._hup.fileno(), selectors.EVENT_READ, "hup")
+        self._sel.register(self._hup.fileno(), "hup")
         self._watched: dict[int, Client] = {}  # domain_fd -> client
         # what else wants to hear of a client's hang-up (`on_hangup`)
         self._hangup: weakref.WeakKeyDictionary[Client, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
@@ -901,13 +909,13 @@ class Runner:
                 self.lent.discard(engine)
             self._borrowed.discard(engine)  # registered again below: a borrower's give_back then has nothing to undo
             fd = engine.fileno()
-            stale = self._sel.get_map().get(fd)
-            if stale is None or stale.data is not engine:  # (added again: a listener's flow taken over)
+            stale = self._sel.get(fd)
+            if stale is not engine:  # (added again: a listener's flow taken over)
                 if stale is not None:  # a closed engine's number, reused by the kernel
-                    self.engines.discard(stale.data)
-                    self._due.pop(stale.data, None)
+                    self.engines.discard(stale)
+                    self._due.pop(stale, None)
                     self._sel.unregister(fd)
-                self._sel.register(fd, selectors.EVENT_READ, engine)
+                self._sel.register(fd, engine)
             self._watch_alive(engine)
         self.wake(engine)
 
@@ -1014,8 +1022,7 @@ class Runner:
                 # out of the sleep, as out of `changed.wait`, never out of the middle of a pump.
                 return False
             fd = engine.fileno()
-            key = self._sel.get_map().get(fd)
-            if key is None or key.data is not engine:
+            if self._sel.get(fd) is not engine:
                 return False
             self._sel.unregister(fd)
             self._borrowed.add(engine)
@@ -1037,8 +1044,8 @@ class Runner:
             if engine not in self.engines:
                 return
             fd = engine.fileno()
-            if self._sel.get_map().get(fd) is None:
-                self._sel.register(fd, selectors.EVENT_READ, engine)
+            if self._sel.get(fd) is None:
+                self._sel.register(fd, engine)
             due = self._due.get(engine)
             urgent = engine.error is not None or (due is not None and due < self.wake_at)
         if urgent:
@@ -1205,16 +1212,16 @@ class Runner:
             self.wake_at = soonest  # from here a kick with a sooner deadline must wake us
             timeout = None if soonest == math.inf else max(0.0, soonest - time.monotonic())
             rung = []
-            for key, _ in self._sel.select(timeout):
-                if key.data == "hup":
+            for what in self._sel.select(timeout):
+                if what == "hup":
                     self._domain_gone()
-                elif key.data is None:
+                elif what == "wake":
                     try:
                         os.eventfd_read(self._wake)
                     except BlockingIOError:
                         pass
                 else:
-                    rung.append(key.data)
+                    rung.append(what)
             if rung:
                 # Drained under the lock `lend` takes, and only while still ours: an engine an event
                 # loop took over since select returned is that loop's to drain. A ring drained here
@@ -1301,7 +1308,12 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def runner() -> Runner:
+    """The process's runner, made at the first call. A socket call asks for it several times a
+    connect: once made, it is returned without the lock (a global's read is atomic)."""
     global _runner
+    made = _runner
+    if made is not None:
+        return made
     with _runner_lock:
         if _runner is None:
             _runner = Runner()

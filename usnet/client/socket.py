@@ -227,6 +227,17 @@ def _literal(family: int, address: tuple) -> tuple[str, int, bytes] | None:
     return _std.inet_ntop(family, packed), port, packed
 
 
+def _literal_info(host: object, port: object) -> list[tuple] | None:
+    """What `getaddrinfo(host, port, 0, SOCK_STREAM)` gives for an address written as inet_ntop
+    writes it, with an int port: that one address. None for anything else (getaddrinfo decides).
+    A connect to a literal skips the resolver's ~30 calls this way (issue 18)."""
+    for family in (AF_INET, AF_INET6):
+        lit = _literal(family, (host, port))
+        if lit is not None and lit[0] == host:
+            return [(family, SOCK_STREAM, IPPROTO_TCP, "", (host, port) if family == AF_INET else (host, port, 0, 0))]
+    return None
+
+
 def _sockaddr(family: int, addr: bytes | str, port: int) -> tuple:
     """The standard module's address tuple: (host, port), or (host, port, 0, 0) for AF_INET6, where
     an IPv4 address (a dual-stack socket's IPv4 connection) is IPv4-mapped, ::ffff:a.b.c.d."""
@@ -265,7 +276,8 @@ def create_connection(address: tuple[str, int], timeout: object = _GLOBAL_DEFAUL
     """
     host, port = address[0], address[1]
     exceptions: list[Exception] = []
-    for af, socktype, proto, _canon, sa in getaddrinfo(host, port, 0, SOCK_STREAM, **where):
+    infos = _literal_info(host, port)
+    for af, socktype, proto, _canon, sa in infos or getaddrinfo(host, port, 0, SOCK_STREAM, **where):
         sock = None
         try:
             sock = socket(af, socktype, proto, **where)
@@ -479,7 +491,7 @@ _KEEPALIVE_LIMITS = {_std.TCP_KEEPIDLE: 32767, _std.TCP_KEEPINTVL: 32767, _std.T
 _TOS_OPTS = ((_std.IPPROTO_IP, 1), (IPPROTO_IPV6, 67))  # IP_TOS, IPV6_TCLASS
 _ECT0 = 2  # the ECN codepoint ECT(0) (RFC 3168)
 _LOWAT_KEY = (_std.SOL_SOCKET, _so.SO_RCVLOWAT)
-_KEEPALIVE_OPTS = [(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o) for o in _KEEPALIVE_LIMITS]
+_KEEPALIVE_OPTS = frozenset([(_std.SOL_SOCKET, _std.SO_KEEPALIVE)] + [(_std.IPPROTO_TCP, o) for o in _KEEPALIVE_LIMITS])
 
 
 class socket:
@@ -524,7 +536,10 @@ class socket:
     def _init_face(self, family: int, kind: int, proto: int, flags: int, ready: Readiness,
                    client: Client | None, netif: str | None) -> None:
         """What every usnet socket object holds, stream or datagram (DatagramFace calls it too)."""
-        self.family, self.type, self.proto = _std.AddressFamily(family), _std.SocketKind(kind), proto
+        # (the enums themselves, as a connect passes them, need no lookup: two Python calls each)
+        self.family = family if type(family) is _std.AddressFamily else _std.AddressFamily(family)
+        self.type = kind if type(kind) is _std.SocketKind else _std.SocketKind(kind)
+        self.proto = proto
         self._timeout: float | None = 0.0 if flags & _std.SOCK_NONBLOCK else getdefaulttimeout()
         self._port = 0
         self._conn: TcpConnection | None = None
@@ -1816,6 +1831,8 @@ class socket:
         """TcpConfig fields for the options that were set before connect or listen: SO_RCVBUF
         and SO_SNDBUF (none: auto-tuned), TCP_MAXSEG, keepalive and its timing."""
         out: dict[str, Any] = {}
+        if not self._opts:
+            return out  # (most sockets: what the lines below make of an empty table)
         if mss := self._opts.get((IPPROTO_TCP, _std.TCP_MAXSEG)):
             out["mss"] = mss
         ka = self._keepalive()
@@ -1865,17 +1882,21 @@ class socket:
             conn.sndbuf_cap = conn.cfg.sndbuf_max = size
 
     def _apply_options(self, conn: Any) -> None:
+        """The options set on this socket (an accepted connection: the listener's), on `conn`."""
         conn.nodelay = self._nodelay
+        conn.cfg.user_timeout = self._user_timeout
+        cfg = conn.cfg
+        if not self._opts and not (conn.cork or conn.notsent_lowat or cfg.recverr or cfg.rx_stamps or cfg.ip_mark):
+            return  # none set, and `conn` is already what the lines below make of an empty table (issue 18)
         for opt in (TCP_CORK, TCP_NOTSENT_LOWAT):
             self._apply_tcp(conn, opt, self._opts.get((IPPROTO_TCP, opt), 0))
         if (cc := self._opts.get((IPPROTO_TCP, _std.TCP_CONGESTION))) is not None:
             conn.set_congestion(cc.decode())
-        conn.cfg.user_timeout = self._user_timeout
         conn.cfg.recverr = self._tcp_recverr(len(conn.remote_addr) == 4)
         conn.set_rx_stamps(_rx.rx_stamps(self._opts))
         conn.set_tx_stamps(_rx.timestamping_flags(self._opts), False)
         conn.cfg.ip_mark = ip_mark(self.family, self._opts)  # accepted: the listener's, as Linux's
-        if any(k in self._opts for k in _KEEPALIVE_OPTS):  # an accepted connection: the listener's, as Linux's
+        if not _KEEPALIVE_OPTS.isdisjoint(self._opts):  # an accepted connection: the listener's, as Linux's
             conn.set_keepalive(time.monotonic(), **self._keepalive())
         for opt in _BUF_LIMITS:
             if (v := self._opts.get((SOL_SOCKET, opt))) is not None:

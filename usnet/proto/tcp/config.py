@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass, fields, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from usnet.proto.tcp.connection import TcpConnection
@@ -148,6 +148,17 @@ def copy_config(cfg: TcpConfig, **options) -> TcpConfig:
     return TcpConfig(*_CONFIG_VALUES(cfg))
 
 
+def _zeroing_init(counters: tuple[str, ...]) -> Any:
+    """`__init__(self, conn)` of a class with slot `_c` and `counters`: `_c` is `conn`, the
+    counters 0, assigned in one statement (made with exec, as dataclasses make theirs)."""
+    if not all(name.isidentifier() for name in counters):
+        raise ValueError(f"not counter names: {counters!r}")
+    chain = " = ".join(f"self.{name}" for name in counters)
+    namespace: dict[str, Any] = {}
+    exec(f"def __init__(self, conn):\n    self._c = conn\n    {chain} = 0\n", namespace)
+    return namespace["__init__"]
+
+
 class TcpStats:
     """Counters, plus live views of the estimator and congestion state."""
 
@@ -160,6 +171,7 @@ class TcpStats:
         "ce_received", "ecn_reductions", "rack_losses", "tlp_probes", "tlp_recoveries",
         "dsacks", "dsacks_sent", "recovery_undos", "sacks_discarded", "ofo_pruned", "ofo_drops",
     )
+    _c: TcpConnection
     segs_in: int
     segs_out: int
     bytes_in: int
@@ -195,10 +207,9 @@ class TcpStats:
     ofo_pruned: int  # out-of-order blocks dropped to keep the queue in its memory budget (OfoPruned)
     ofo_drops: int  # out-of-order segments dropped for want of room (TCPOFODrop)
 
-    def __init__(self, conn: TcpConnection) -> None:
-        self._c = conn
-        for name in self.__slots__[1:]:
-            setattr(self, name, 0)
+    # every counter starts at 0: one chained assignment, made once, not a `setattr` call each
+    # (34 calls a connection, a tenth of a connect's in the application: issue 18)
+    __init__ = _zeroing_init(__slots__[1:])
 
     @property
     def srtt(self) -> float | None:
