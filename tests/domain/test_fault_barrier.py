@@ -140,6 +140,7 @@ def test_pipe_kick_fault_defuncts_only_that_pipe_in_process_and_over_a_socket(ma
     assert alive(n.d) and n.d.faults == 2
     n.victim_roundtrip()
     assert remote.status()["faults"] == 2  # and the session that owned it is still served
+    remote.close()
 
 
 def test_netif_receive_fault_is_contained_and_the_netif_serves_on(make_net):
@@ -201,6 +202,7 @@ def test_session_fault_ends_that_session_with_protocol_and_defuncts_its_channels
     assert defunct_reason(ch) == DefunctReason.PROTOCOL
     assert s.id not in n.d.sessions and alive(n.d)
     n.victim_roundtrip()
+    remote.close()  # its socket and its channel's mappings, hung up on but still open here
 
 
 def test_listener_lease_timer_and_advisory_faults_are_contained(make_net, monkeypatch, tmp_path):
@@ -231,6 +233,7 @@ def test_listener_lease_timer_and_advisory_faults_are_contained(make_net, monkey
     assert c.status()["faults"] >= 4
     assert alive(n.d)
     n.victim_roundtrip()
+    c.close()
     lsock.close()
 
 

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, IPv6, Padding, raw, rdpcap
 
 from tests.helpers import PEERS
-from tests.helpers.util import FakeClock, net_factory, recv_n, send_raw, wait_until
+from tests.helpers.util import FakeClock, close_all, net_factory, recv_n, send_raw, wait_until
 from usnet.abi.events import DefunctReason, EventType, TxDropReason
 from usnet.abi.protocol import ControlError
 from usnet.client import Client
@@ -876,8 +876,10 @@ def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one
     from usnet.proto.wire.udp import udp_ipv4_headers
 
     d = usnet.Domain()  # not started: the packets stay on the TX ring for us to read
-    d.add_netif("a", MemWire().a, "10.9.0.1/24")
-    s = usnet.Client.local(d).udp_socket("a", 5000)
+    w = MemWire()
+    d.add_netif("a", w.a, "10.9.0.1/24")
+    c = usnet.Client.local(d)
+    s = c.udp_socket("a", 5000)
     try:
         if one_by_one:
             for data in payloads:
@@ -896,8 +898,7 @@ def test_datagram_headers_match_the_wire_builders_and_scapy(payloads, one_by_one
             del p[UDP].chksum
             assert raw(p) == ours
     finally:
-        s.close()
-        d.stop()
+        close_all(c, d, w)
 
 
 @pytest.mark.parametrize("per_call", [8, 1], ids=["batch", "one-by-one"])

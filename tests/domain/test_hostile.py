@@ -33,13 +33,28 @@ from usnet.domain.userpipe import ABUSE_LIMIT
 # ---------------------------------------------------------------- helpers
 
 
+_LOCAL: list[Client] = []  # the in-process clients of the test running, closed with its domain
+
+
+def local(domain: Domain) -> Client:
+    """`Client.local`, closed when the `domain` fixture ends: its channels' descriptors, else
+    open till a collection finds them."""
+    c = Client.local(domain)
+    _LOCAL.append(c)
+    return c
+
+
 @pytest.fixture
 def domain():
     d = Domain()
     try:
         yield d
     finally:
-        d.stop()
+        try:
+            while _LOCAL:
+                _LOCAL.pop().close()
+        finally:
+            d.stop()
 
 
 def open_pair(client: Client, domain: Domain, name: str, **attrs: int):
@@ -82,7 +97,7 @@ def assert_all_back(pipe) -> None:
 
 def test_bad_free_producer_counter_refused_counted_then_defunct(domain):
     rnd = random.Random(0xF4EE)
-    c = Client.local(domain)
+    c = local(domain)
     x, y, _ = open_pair(c, domain, "bystander")
     a, b, pipe = open_pair(c, domain, "abuse")
 
@@ -146,7 +161,7 @@ def test_bad_free_producer_counter_refused_counted_then_defunct(domain):
 @pytest.mark.parametrize("how", ["ahead", "max", "behind"])
 def test_bad_alloc_consumer_counter_refused_counted_then_defunct(domain, how):
     rnd = random.Random(hash(how) & 0xFFFF)
-    c = Client.local(domain)
+    c = local(domain)
     x, y, _ = open_pair(c, domain, "bystander")
     a, b, pipe = open_pair(c, domain, "abuse")
     domain.kick_channel(a.id)  # fill a's ALLOC ring
@@ -200,7 +215,7 @@ def test_bad_alloc_consumer_counter_refused_counted_then_defunct(domain, how):
 
 
 def test_alloc_on_defunct_channel_with_cold_cache_raises(domain):
-    c = Client.local(domain)
+    c = local(domain)
     a, _b, pipe = open_pair(c, domain, "abuse")
     a._free.q[PROD] = a._free.q[CONS] + a._free.capacity + 7
     for _ in range(ABUSE_LIMIT):
@@ -212,7 +227,7 @@ def test_alloc_on_defunct_channel_with_cold_cache_raises(domain):
 
 
 def test_alloc_on_defunct_channel_with_warm_cache_raises(domain):
-    c = Client.local(domain)
+    c = local(domain)
     a, _b, pipe = open_pair(c, domain, "abuse")
     a.alloc(1)  # the cache now holds the rest of the ALLOC ring
     assert a._cache
@@ -230,7 +245,7 @@ def test_alloc_on_defunct_channel_with_warm_cache_raises(domain):
 
 def _prepared(domain: Domain):
     """a holds 64 packets (its cache), 64 more sit IN_ALLOC on its ALLOC ring, the rest is free."""
-    c = Client.local(domain)
+    c = local(domain)
     x, y, _ = open_pair(c, domain, "bystander")
     a, b, pipe = open_pair(c, domain, "hostile", ring_size=64, packets=512)
     domain.kick_channel(a.id)
@@ -344,7 +359,7 @@ def test_garbage_event_consumer_counter_only_drops_events(domain):
 
 @pytest.mark.parametrize("bad", ["max_packets", "far", "u32max"])
 def test_garbage_index_on_pipe_ring_is_bad_packet(domain, bad):
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "garbage")
     idx = {"max_packets": b.max_packets, "far": b.max_packets + 4096, "u32max": 0xFFFFFFFF}[bad]
     assert a._tx.push([idx]) == 1
@@ -359,7 +374,7 @@ def test_garbage_index_on_pipe_ring_is_bad_packet(domain, bad):
 
 
 def test_garbage_producer_counter_on_pipe_ring_raises_not_hangs(domain):
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "garbage")
     a._tx.q[PROD] = 1 << 50
     with pytest.raises(OSError):
@@ -369,7 +384,7 @@ def test_garbage_producer_counter_on_pipe_ring_raises_not_hangs(domain):
 
 @pytest.mark.parametrize("length", ["stride+1", "u32max"])
 def test_garbage_umd_length_is_bad_packet(domain, length):
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "garbage")
     bad = {"stride+1": a.stride + 1, "u32max": 0xFFFFFFFF}[length]
     p1, p2 = a.alloc(2)
@@ -447,7 +462,7 @@ def test_malformed_control_message_gets_eproto(domain, session, name):
     # the same session still works, and so does the domain for everybody else
     reply, _ = ask(session, P.encode(P.Status()))
     assert isinstance(reply, P.StatusReply)
-    c = Client.local(domain)
+    c = local(domain)
     a, b, _ = open_pair(c, domain, "after")
     roundtrip(a, b)
 
@@ -463,13 +478,14 @@ def test_wrong_protocol_version_gets_error_then_valid_client_works(domain, sessi
     # a well-behaved client over a socket, talking to a local one through a pipe
     other = domain.socketpair_session()
     remote = Client.from_socket(other)
-    local = Client.local(domain)
-    a = local.open_pipe("mixed")
+    near = local(domain)
+    a = near.open_pipe("mixed")
     b = remote.open_pipe("mixed")
     roundtrip(a, b)
     roundtrip(b, a)
     b.close()
     a.close()
+    remote.close()
     st = domain.status()
     assert st["control_errors"] == 1
     assert st["pipes"] == []
@@ -480,7 +496,7 @@ def test_a_bell_write_end_that_is_not_one_is_refused_and_nothing_leaks(domain, g
     """The write end of its own bell a client is lent (fds[3], docs/abi.md "Doorbells") must be
     one: a read end, another pipe's write end or a file would ring nobody (a wake-up lost) or
     write where it should not. The client refuses the channel (EINVAL) and closes what came."""
-    c = Client.local(domain)
+    c = local(domain)
     asked = c._request
     came: list[int] = []
 
@@ -549,7 +565,7 @@ def test_scm_rights_descriptors_are_refused_and_closed_not_leaked(domain, sessio
 
 
 def test_third_opener_gets_eaddrinuse(domain, session):
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "two")
     with pytest.raises(P.ControlError) as ei:
         c.open_pipe("two")
@@ -567,7 +583,7 @@ def test_third_opener_gets_eaddrinuse(domain, session):
 
 
 def test_other_session_cannot_touch_a_channel(domain, session):
-    c = Client.local(domain)
+    c = local(domain)
     a, b, _pipe = open_pair(c, domain, "mine")
     assert isinstance(ask(session, P.encode(P.Hello(P.PROTOCOL_VERSION)))[0], P.Welcome)
     for req in (P.CloseChannel(a.id), P.Resize(a.id, ring_size=64), P.Kick(b.id)):
@@ -583,7 +599,7 @@ def test_other_session_cannot_touch_a_channel(domain, session):
 
 
 def test_recv_after_defunct_never_returns_zeroed_slots(domain):
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "abuse")
     pkts = a.alloc(3)
     for p in pkts:
@@ -606,7 +622,7 @@ def test_closing_both_ends_of_a_defunct_pipe_leaves_other_fds_alone(domain):
     defunct) and PipeEnd.close_fds() closes the bell/kick numbers again: by then they
     may belong to another pipe (usnet/domain/userpipe.py close_end/destroy)
     """
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "abuse")
     a._free.q[PROD] = a._free.q[CONS] + a._free.capacity + 7
     for _ in range(ABUSE_LIMIT):
@@ -650,7 +666,7 @@ def test_receiver_blocked_in_recv_gets_peergone_when_group_defuncted(domain):
     (shared memory zeroed, producer counter now 0 < its consumer), the receiver gets
     RingCorrupt instead of PeerGone (usnet/client/channel.py _recv_wait)
     """
-    c = Client.local(domain)
+    c = local(domain)
     a, b, pipe = open_pair(c, domain, "abuse")
     roundtrip(a, b)  # b has consumed once: its RX consumer counter is 1
     out: list[BaseException | list[int]] = []

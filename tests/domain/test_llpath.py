@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.domain.test_lowlat import POLICY, Net, recv_all
-from tests.helpers.util import FakeClock, send_raw, udp_segment, wait_until
+from tests.helpers.util import FakeClock, close_all, send_raw, udp_segment, wait_until
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
 from usnet.domain.loop import LL_BITE, Domain
@@ -53,7 +53,7 @@ def switch_and_flows():
         flows = [net.d.channels[s.channel.id].flow for s in (s1, s2)]
         yield net, sw, flows
     finally:
-        net.d.stop()
+        close_all(net.c, net.d, net.wire)
 
 
 def general_verdict(net: Net, sw, flow, p: bytes) -> int | None:
@@ -125,7 +125,7 @@ def test_a_granted_flow_leaves_zero_copy_in_order_and_intact():
         assert sw.counts["tx_ll_zero_copy"] > 0  # and most left from the client's buffer
         assert net.txsched()["frames"]["ll"] >= 201
     finally:
-        net.d.stop()
+        close_all(net.c, net.d, net.wire)
 
 
 @pytest.mark.parametrize("bad, reason", [
@@ -160,7 +160,7 @@ def test_a_header_not_matching_the_grant_is_dropped_counted_reported_and_general
         assert [(e.code, e.value) for e in drops] == [(reason, len(evil))] * 2
         assert recv_all(sb, 1, timeout=0.2) == []  # and nothing else came out
     finally:
-        net.d.stop()
+        close_all(net.c, net.d, net.wire)
 
 
 def test_what_the_ll_class_cannot_send_at_once_is_queued_and_keeps_its_order():
@@ -194,7 +194,7 @@ def test_what_the_ll_class_cannot_send_at_once_is_queued_and_keeps_its_order():
                 break
         assert got == payloads
     finally:
-        net.d.stop()
+        close_all(net.c, net.d, net.wire)
 
 
 # -- a real device --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers.usnetd import Daemon
-from tests.helpers.util import ControlledDevice, FakeClock, recv_n, tap_name, wait_until
+from tests.helpers.util import ControlledDevice, FakeClock, close_all, recv_n, tap_name, wait_until
 from usnet.abi import protocol as P
 from usnet.abi.events import Event, EventType, RevokeReason, TxDropReason
 from usnet.abi.protocol import ControlError, LeaseRefusal
@@ -327,7 +327,7 @@ def net():
     try:
         yield n
     finally:
-        n.d.stop()
+        close_all(n.c, n.d, n.wire)
 
 
 @pytest.fixture
@@ -337,7 +337,7 @@ def half():
     try:
         yield n
     finally:
-        n.d.stop()
+        close_all(n.c, n.d, n.wire)
 
 
 def wait_event(ch, etype: EventType, timeout: float = 10.0) -> list[Event]:
@@ -486,7 +486,7 @@ def test_a_short_ttl_expires_and_the_channel_hears_it():
         sa.sendto(b"after", ("10.9.0.2", 6000))
         assert recv_all(sb, 1) == [b"after"]
     finally:
-        net.d.stop()
+        close_all(net.c, net.d, net.wire)
 
 
 def test_expiry_moves_the_queued_packets_to_the_general_class_and_all_go_out():
@@ -509,7 +509,7 @@ def test_expiry_moves_the_queued_packets_to_the_general_class_and_all_go_out():
         frames = net.wire_frames(n)
         assert [int.from_bytes(f[42:46], "big") for f in frames] == list(range(n))  # all, in order
     finally:
-        net.d.stop()
+        close_all(net.c, net.d, net.wire)
 
 
 def test_policy_reload_revokes_only_what_it_no_longer_entitles(net):

@@ -14,6 +14,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers.util import close_all
 from usnet.abi.umd import UMD_WORDS
 from usnet.client import Client
 from usnet.domain.loop import Domain
@@ -30,8 +31,13 @@ class _Side:
         self.d = Domain()
         self.w = MemWire()
         sw = self.d.add_netif("a", self.w.a, "10.9.0.1/24")
-        self.ch = Client.local(self.d).open_flow("a", 17, 5000)[0]
+        self.c = Client.local(self.d)
+        self.ch = self.c.open_flow("a", 17, 5000)[0]
         self.port: FlowPort = next(iter(sw.flows.values())).port
+
+    def close(self) -> None:
+        """The client, the domain and the wire: their descriptors, else open till a collection finds them."""
+        close_all(self.c, self.d, self.w)
 
     def send(self, items: list[tuple], extra: int) -> None:
         """What the client writes and puts on its TX ring: its own packets (data, a UMD length
@@ -90,8 +96,8 @@ def test_a_few_packets_are_pulled_in_scalars_as_pull_takes_them(items, extra) ->
             assert meta.marks == bmeta.marks
         assert few.books() == batch.books()  # the same refusals, events, defunct reason and pool books
     finally:
-        few.d.stop()
-        batch.d.stop()
+        few.close()
+        batch.close()
 
 
 def test_more_than_a_few_waiting_are_left_to_pull() -> None:
@@ -103,4 +109,4 @@ def test_more_than_a_few_waiting_are_left_to_pull() -> None:
         _, lens, _, _ = s.port.pull(64, ETH)
         assert lens.tolist() == [60] * 5
     finally:
-        s.d.stop()
+        s.close()

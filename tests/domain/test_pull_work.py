@@ -6,7 +6,9 @@ reads, the ALLOC top-up) is paid 1,000 times a round where one flow pays it
 once for hundreds. These tests count, with 10 and with 100 flows sending,
 the reads of the flows' UMD (one gather of the batch's records, not one per
 word) and the pools' duplicate-check scratch (one array for every pool, not
-one per pool). No timing.
+one per pool). The receiver's side too: its batches hold many senders' runs of
+32, and it makes a sender's address once a run, not once a datagram, each
+datagram still naming its own sender. No timing.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from usnet.client.datagram import DatagramSocket
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
 from usnet.domain.mem import pool as poolmod
@@ -44,8 +47,9 @@ def _run(flows: int, monkeypatch) -> dict:
     try:
         rx = c.udp_socket("b", 6000, ring_size=8192, packets=16384)
         socks = [c.udp_socket("a", 0, ring_size=256, packets=512) for _ in range(flows)]
-        work = {"pulls": 0, "umd_gathers": 0, "scratches": set()}
-        orig_pull, orig_marks = FlowPort._pull, poolmod._marks
+        ports = {s.getsockname()[1]: i for i, s in enumerate(socks)}
+        work = {"pulls": 0, "umd_gathers": 0, "scratches": set(), "lookups": 0}
+        orig_pull, orig_marks, orig_name = FlowPort._pull, poolmod._marks, DatagramSocket._name
 
         def pull(self, max_n, headroom, draining):
             for name in ("umd_np", "umd_rec"):
@@ -57,6 +61,10 @@ def _run(flows: int, monkeypatch) -> dict:
             work["umd_gathers"] += _Counted.gathers - before
             return out
 
+        def name(self, ip):
+            work["lookups"] += 1
+            return orig_name(self, ip)
+
         def marks(capacity):
             m = orig_marks(capacity)
             work["scratches"].add(id(m))
@@ -67,7 +75,10 @@ def _run(flows: int, monkeypatch) -> dict:
             for _ in range(200):
                 d.serve_once(0)
                 try:
-                    got += len(rx.recv_many(8192, timeout=0))
+                    for payload, (host, port) in rx.recv_many(8192, timeout=0):
+                        assert host == A
+                        assert payload in (b"w", ports[port].to_bytes(2, "big") * 32)  # its own sender's
+                        got += 1
                 except BlockingIOError:
                     pass
                 if got >= want:
@@ -79,10 +90,11 @@ def _run(flows: int, monkeypatch) -> dict:
         assert drain(flows) == flows
         monkeypatch.setattr(FlowPort, "_pull", pull)
         monkeypatch.setattr(poolmod, "_marks", marks)
+        monkeypatch.setattr(DatagramSocket, "_name", name)
         got = 0
         for _ in range(3):
-            for s in socks:
-                assert s.send_many([b"\x5a" * 64] * BATCH, (B, 6000)) == BATCH
+            for i, s in enumerate(socks):
+                assert s.send_many([i.to_bytes(2, "big") * 32] * BATCH, (B, 6000)) == BATCH
             got += drain(flows * BATCH)
         assert got == 3 * flows * BATCH  # every datagram arrived
         return work
@@ -98,3 +110,10 @@ def test_a_flows_batch_reads_its_umd_records_in_one_gather_and_every_pool_shares
     assert work["umd_gathers"] == work["pulls"]  # one per batch: the lengths, gso sizes and marks are its columns
     # 10 or 100 pools, one duplicate-check scratch (grown once, for the receiver's bigger pool)
     assert len(work["scratches"]) <= 2
+
+
+@pytest.mark.parametrize("flows", [10, 100])
+def test_a_receive_batch_from_many_senders_makes_one_address_a_run_not_one_a_datagram(flows, monkeypatch):
+    work = _run(flows, monkeypatch)
+    # at most one a flow's send (a run of 32): 1/32 a datagram at 10 flows as at 100 (it was 1 a datagram)
+    assert work["lookups"] <= 3 * flows

@@ -21,7 +21,7 @@ from scapy.all import IP, TCP, raw
 from tests.domain.test_connector import received
 from tests.domain.test_flowswitch import A_IP, B_IP, Net
 from tests.domain.test_limits import hello, ok, refused
-from tests.helpers.util import send_raw
+from tests.helpers.util import close_all, send_raw
 from usnet.abi import protocol as P
 from usnet.domain.loop import Domain
 from usnet.domain.switch.reuseport import choose
@@ -39,7 +39,7 @@ def net():
         _, n.ports = n.c.add_ports(n.conn.id, 64)
         yield n
     finally:
-        n.d.stop()
+        close_all(n.c, n.d, n.w)
 
 
 def seg(sport: int, flags: str = "S", data: bytes = b"", seq: int = 1000) -> bytes:
@@ -179,4 +179,4 @@ def test_a_block_of_frames_is_split_among_the_members_as_frames_are():
         for p in g1:  # pinned: the exact table has each SYN's 4-tuple, to the member that got it
             assert n.swb.exact[(6, PORT, socket.inet_aton(A_IP), p)].channel == m1.id
     finally:
-        n.d.stop()
+        close_all(n.c, n.d, n.w)

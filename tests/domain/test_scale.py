@@ -9,6 +9,7 @@ and N = 500 (each flow holds descriptors at both ends: one process is both here)
 
 from __future__ import annotations
 
+from tests.helpers.util import close_all
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
 from usnet.drivers.memwire import MemWire
@@ -54,7 +55,7 @@ def _polls_per_datagram(idle_flows: int, count: int = 50) -> tuple[float, int]:
         assert [p for p, _ in late] == [b"late"] * 3
         return d.polls / count, len(idle)
     finally:
-        d.stop()
+        close_all(c, d, wire)
 
 
 def test_flows_polled_per_datagram_do_not_grow_with_idle_flows():

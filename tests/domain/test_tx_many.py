@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import IP, UDP, Ether, raw
 
-from tests.helpers.util import send_raw
+from tests.helpers.util import close_all, send_raw
 from usnet.abi.events import EventType, TxDropReason
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
@@ -68,7 +68,7 @@ def net():
     try:
         yield n
     finally:
-        n.d.stop()
+        close_all(n.c, n.d, n.w)
 
 
 def _pkt(sport: int, body: bytes, src: str = A, dst: str = B, dport: int = 6000) -> bytes:

@@ -49,9 +49,21 @@ def require_privileges(what: str = "root and /dev/net/tun") -> None:
     pytest.skip(f"needs {what}")
 
 
+def close_all(client, domain, wire=None) -> None:
+    """Close a test's client (its channels' descriptors, else open till a collection finds them:
+    the suite's process once passed 1,024), then stop its domain and close its wire."""
+    try:
+        client.close()
+    finally:
+        domain.stop()
+        if wire is not None:
+            wire.close()
+
+
 def net_factory(cls):
     """A `make_net` fixture for a test module's `Net` class: `make_net(**kw)` builds one, and every
-    one built is stopped (its domain) after the test."""
+    one built is closed after the test: its client `c` (its channels' descriptors, else open till
+    a collection finds them), its domain `d`, its wire `w`."""
     @pytest.fixture
     def make_net():
         nets: list = []
@@ -63,7 +75,7 @@ def net_factory(cls):
 
         yield make
         for n in nets:
-            n.d.stop()
+            close_all(n.c, n.d, n.w)
 
     return make_net
 

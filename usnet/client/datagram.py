@@ -595,10 +595,8 @@ class DatagramSocket:
         starts = np.arange(len(lens), dtype=np.int64) * width
         ends = (starts + IPV4_HLEN + ulen).tolist()
         starts = (starts + HEADERS).tolist()
-        if fast.all() and (src == src[0]).all() and (sport == sport[0]).all():
-            # one sender (the common case of a batch): one address tuple shared by every datagram
-            addr = (self._name(int(src[0])), int(sport[0]))
-            return [(raw[a:b], addr) for a, b in zip(starts, ends)]
+        if fast.all():
+            return self._by_sender(raw, src, sport, starts, ends)
         out = []
         for i, (ok, ip, sp) in enumerate(zip(fast.tolist(), src.tolist(), sport.tolist())):
             if ok:
@@ -610,6 +608,27 @@ class DatagramSocket:
                 self.rx_bad += 1
             elif got is not _ICMP:
                 out.append(got)
+        return out
+
+    def _by_sender(self, raw: bytes, src: np.ndarray, sport: np.ndarray, starts: list[int],
+                   ends: list[int]) -> list[tuple[bytes, Address]]:
+        """The payloads of a checked batch, each run of one sender's datagrams sharing one address tuple.
+
+        A batch from one sender is the common case; from many (issue 18: 1,000
+        flows sending to one), a flow's send comes as a run of consecutive
+        datagrams, so the address is made once a run, not once a datagram.
+        """
+        key = src.astype(np.int64) << 16 | sport  # 48 bits: address and port
+        cut = np.flatnonzero(key[1:] != key[:-1]) + 1
+        if not len(cut):
+            addr = (self._name(int(src[0])), int(sport[0]))
+            return [(raw[a:b], addr) for a, b in zip(starts, ends)]
+        bounds = [0, *cut.tolist(), len(starts)]
+        firsts = bounds[:-1]
+        out: list[tuple[bytes, Address]] = []
+        for lo, hi, ip, sp in zip(firsts, bounds[1:], src[firsts].tolist(), sport[firsts].tolist()):
+            addr = (self._name(ip), sp)
+            out += [(raw[a:b], addr) for a, b in zip(starts[lo:hi], ends[lo:hi])]
         return out
 
     def _recv_copies(self, pkts: list[int]) -> list:
