@@ -976,3 +976,56 @@ def test_a_request_read_by_the_loops_pump_takes_no_signal_hold_of_its_own(monkey
     # 14.3 calls a round trip (~7 outermost holds: each side's write, pumps, the answer's flush);
     # 18.1 with each side's read taking a hold of its own
     assert n <= 16 * rounds, n / rounds
+
+
+def test_data_the_pump_read_for_a_transport_closed_before_it_was_delivered_makes_the_close_a_rst(net):
+    """Two connections to one server; each server protocol, on its first data, closes the other's
+    transport. Both requests come in one pump, which reads each for its transport (`_read_early`):
+    the one closed before its data was delivered has unread data, as a kernel socket would, so its
+    close is a RST (on a FIN the client's side would see a clean EOF)."""
+    served: list[asyncio.Transport] = []
+
+    class CloseOther(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            served.append(transport)  # type: ignore[arg-type]
+
+        def data_received(self, data: bytes) -> None:
+            for t in served:
+                if t is not self.t:
+                    t.close()
+
+        @property
+        def t(self) -> asyncio.BaseTransport:
+            return next(t for t in served if t.get_protocol() is self)
+
+    class Ask(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
+            self.eof = False
+
+        def eof_received(self) -> bool:
+            self.eof = True
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> list:
+        server = await aio.create_server(CloseOther, B_IP, 0, client=net, netif="b")
+        pairs = [await aio.create_connection(Ask, B_IP, server.port, client=net, netif="a") for _ in range(2)]
+        for _ in range(1000):  # bounded: both accepted
+            if len(served) == 2:
+                break
+            await asyncio.sleep(0.001)
+        for t, _p in pairs:
+            t.write(b"hello")  # type: ignore[attr-defined]  # both sent in one flush: one server pump
+        await asyncio.wait([p.lost for _t, p in pairs], timeout=LIMIT,
+                           return_when=asyncio.FIRST_COMPLETED)
+        ended = [(p.lost.result(), p.eof) for _t, p in pairs if p.lost.done()]
+        for t, _p in pairs:
+            t.close()
+        server.close()
+        return ended
+
+    ended = _loop_run(main())
+    assert len(ended) == 1 and isinstance(ended[0][0], ConnectionResetError), ended  # type: ignore[arg-type,index]
