@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import os
 import re
+import select
 import ssl
 import sys
 
@@ -927,13 +928,22 @@ def test_a_loop_pumped_datagram_endpoint_makes_no_readiness_call_nor_looks_at_it
 def test_a_request_read_by_the_loops_pump_takes_no_signal_hold_of_its_own(monkeypatch, net):
     """The loop's own pump reads what came for a transport under its own signal hold (`_read_early`),
     so `_pull` delivers it without one: one outermost hold (two `pthread_sigmask` system calls in
-    the main thread, usnet.client.sigdefer) less a request. Counted over 200 round trips between
-    two transports of one loop (a plain protocol echoing each message back), every answer checked."""
+    the main thread, usnet.client.sigdefer) less a request; and a read does not look at the
+    socket's readiness again once it says "not readable" (`_taken`), yet the descriptor stays so.
+    Counted over 200 round trips between two transports of one loop (a plain protocol echoing each
+    message back), every answer checked."""
     from usnet.client import sigdefer
+    from usnet.client.socket import socket as usocket
 
     rounds = 200
     masks = [0]
+    looks = [0]
     real_mask = sigdefer._sigmask
+    real_update = usocket._update
+
+    def counting_update(self):  # type: ignore[no-untyped-def]
+        looks[0] += 1
+        return real_update(self)
 
     def counting_mask(*a):  # type: ignore[no-untyped-def]
         masks[0] += 1
@@ -960,6 +970,7 @@ def test_a_request_read_by_the_loops_pump_takes_no_signal_hold_of_its_own(monkey
             t.write(b"w%d " % i)  # type: ignore[attr-defined]
             await ask.got.get()
         monkeypatch.setattr(sigdefer, "_sigmask", counting_mask)
+        monkeypatch.setattr(usocket, "_update", counting_update)
         for i in range(rounds):
             msg = b"%d " % i
             t.write(msg)  # type: ignore[attr-defined]
@@ -968,11 +979,18 @@ def test_a_request_read_by_the_loops_pump_takes_no_signal_hold_of_its_own(monkey
                 got += await ask.got.get()
             assert got == msg
         monkeypatch.setattr(sigdefer, "_sigmask", real_mask)
+        monkeypatch.setattr(usocket, "_update", real_update)
+        fd = t.get_extra_info("socket").fileno()  # type: ignore[attr-defined]
+        readable = select.select([fd], [], [], 0)[0]  # its data read: not readable
         t.close()
         server.close()
-        return masks[0]
+        return masks[0], readable
 
-    n = _loop_run(main())
+    n, readable = _loop_run(main())  # type: ignore[misc]
+    assert readable == []
+    # the transports' sockets are not watched: their readiness, once not readable, is not looked
+    # at again on every read (`_taken`); was two a round trip, one for each side's read
+    assert looks[0] < rounds // 10, looks[0]
     # 14.3 calls a round trip (~7 outermost holds: each side's write, pumps, the answer's flush);
     # 18.1 with each side's read taking a hold of its own
     assert n <= 16 * rounds, n / rounds

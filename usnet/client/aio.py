@@ -644,8 +644,11 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
     def _taken(self) -> None:
         """After a read, with the engine lock held: the socket stops looking readable once its data
         is gone. A pool that probes an idle connection with select() for a drop (readable with
-        nothing to read means EOF) would otherwise discard every connection it kept."""
-        if not self._conn.readable:
+        nothing to read means EOF) would otherwise discard every connection it kept. Only when the
+        descriptor says readable: the transport's socket is not watched (`_start`), so once cleared
+        nothing sets it again short of the end of the stream, and the look (`socket._update`: the
+        poll state, the readiness compared) would find nothing to change, on every request."""
+        if not self._conn.readable and self._sock._ready.readable:
             self._sock._update()
 
     def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
