@@ -576,6 +576,37 @@ def test_all_errors_is_refused_where_asyncio_refuses_it(net):
     assert _loop_run(attempt()) == kernel and "all_errors" in kernel
 
 
+class _Echo(asyncio.Protocol):
+    """Writes back what comes, in the callback: the same `_serve` sends it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.t = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.t.write(data)  # type: ignore[attr-defined]
+
+
+class _Ask(asyncio.Protocol):
+    """Queues what comes (`got`)."""
+
+    def __init__(self) -> None:
+        self.got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def data_received(self, data: bytes) -> None:
+        self.got.put_nowait(data)
+
+
+async def _echoes(t: asyncio.Transport, ask: _Ask, rounds: int) -> None:
+    """`rounds` round trips through an `_Echo` server, one at a time, every answer checked."""
+    for i in range(rounds):
+        msg = b"%d " % i
+        t.write(msg)
+        got = b""
+        while len(got) < len(msg):
+            got += await ask.got.get()
+        assert got == msg
+
+
 def test_the_answers_pump_does_not_look_at_an_empty_ring_again(net):
     """A request and its answer are one loop callback (`_LoopDriver._serve`): the pump that
     receives the request ends on an empty RX ring (which arms the doorbell), the protocol writes,
@@ -606,22 +637,8 @@ def test_the_answers_pump_does_not_look_at_an_empty_ring_again(net):
         finally:
             per_serve.append(current.pop())
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.t = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.t.write(data)  # type: ignore[attr-defined]  # in the callback: the same `_serve` sends it
-
-    class Ask(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.got: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def data_received(self, data: bytes) -> None:
-            self.got.put_nowait(data)
-
     async def main() -> None:
-        server = await aio.create_server(Echo, B_IP, 0, client=net, netif="b")
+        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
         ch = server.sockets[0].engine.ch
         real_recv = ch.recv
 
@@ -634,14 +651,8 @@ def test_the_answers_pump_does_not_look_at_an_empty_ring_again(net):
                 raise
 
         ch.recv = recv
-        t, ask = await aio.create_connection(Ask, B_IP, server.port, client=net, netif="a")
-        for i in range(rounds):
-            msg = b"%d " % i
-            t.write(msg)  # type: ignore[attr-defined]
-            got = b""
-            while len(got) < len(msg):
-                got += await ask.got.get()
-            assert got == msg
+        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t, ask, rounds)
         t.close()
         server.close()
 
@@ -949,35 +960,15 @@ def test_a_request_read_by_the_loops_pump_takes_no_signal_hold_of_its_own(monkey
         masks[0] += 1
         return real_mask(*a)
 
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.t = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.t.write(data)  # type: ignore[attr-defined]
-
-    class Ask(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.got: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def data_received(self, data: bytes) -> None:
-            self.got.put_nowait(data)
-
     async def main() -> int:
-        server = await aio.create_server(Echo, B_IP, 0, client=net, netif="b")
-        t, ask = await aio.create_connection(Ask, B_IP, server.port, client=net, netif="a")
+        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
+        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
         for i in range(5):  # warm: the handshake's and the first answers' holds are not counted
             t.write(b"w%d " % i)  # type: ignore[attr-defined]
             await ask.got.get()
         monkeypatch.setattr(sigdefer, "_sigmask", counting_mask)
         monkeypatch.setattr(usocket, "_update", counting_update)
-        for i in range(rounds):
-            msg = b"%d " % i
-            t.write(msg)  # type: ignore[attr-defined]
-            got = b""
-            while len(got) < len(msg):
-                got += await ask.got.get()
-            assert got == msg
+        await _echoes(t, ask, rounds)
         monkeypatch.setattr(sigdefer, "_sigmask", real_mask)
         monkeypatch.setattr(usocket, "_update", real_update)
         fd = t.get_extra_info("socket").fileno()  # type: ignore[attr-defined]
