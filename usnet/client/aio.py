@@ -456,6 +456,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._eof_seen = False  # the peer's EOF was reported to the protocol
         self._conn_lost = 0  # >0: connection_lost is scheduled; nothing more to report
         self._wrote = False  # write() woke the stack since `_pull` began: `_pull` need not
+        # (data, more): what the loop's own pump read for `_pull` under its signal hold (`_wants`)
+        self._early: tuple[bytes, bool] | None = None
         self._watcher = _Watcher(loop, self._wants, self._ready)
         # Nagle off, as asyncio's own socket transports turn it off (base_events._set_nodelay: for
         # a socket whose proto is IPPROTO_TCP, as create_server's and create_connection's are): a
@@ -497,7 +499,31 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             return True
         if self._reading_paused or self._eof_seen or self._closing:
             return False
-        return bool(c.rcv_queued) or c.eof or c.state is CLOSED
+        if self._early is not None:
+            return True
+        if c.rcv_queued:
+            self._read_early(c)
+            return True
+        return c.eof or c.state is CLOSED
+
+    def _read_early(self, c: Any) -> None:
+        """In the loop's own pump (`_LoopDriver._serve`, which runs this watcher's callback right
+        after it), read what came, under the pump's signal hold: `_pull` then delivers it with no
+        hold of its own, one outermost hold (two system calls in the main thread,
+        usnet.client.sigdefer) less a request. Only where `_Watcher._signal` hands the watcher to that
+        same `_serve`, and not for a BufferedProtocol (its `get_buffer` is the protocol's code, not
+        to be run under the engine's lock). Data read so and never delivered makes the close a RST,
+        as unread data does on the kernel (`_call_connection_lost`)."""
+        d = getattr(self._loop, "_usnet_driver", None)
+        if (d is None or d.collect is None or isinstance(self._protocol, asyncio.BufferedProtocol)
+                or getattr(self._loop, "_thread_id", None) != threading.get_ident()):
+            return
+        try:
+            data = c.recv(_READ_MAX)
+        except OSError:  # (none is expected without an error): `_pull`'s own read meets it again
+            return
+        self._early = (data, c.rcv_queued > 0)
+        self._taken()
 
     # -- the loop side ------------------------------------------------------------------------
 
@@ -549,6 +575,10 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
     def _pull(self) -> None:
         proto = self._protocol
         eng, c = self._eng, self._conn
+        if self._early is not None:  # read by the pump (`_read_early`)
+            (data, more), self._early = self._early, None
+            self._deliver(proto, data, more)
+            return
         if isinstance(proto, asyncio.BufferedProtocol):
             # get_buffer is the protocol's code: not under the lock the stack thread needs.
             with eng.lock.plain:  # (a look: no signal hold)
@@ -574,12 +604,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 more = c.rcv_queued > 0
                 self._taken()
             if data:
-                self._wrote = False
-                ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
-                if not self._wrote:  # as above: one wake per request, not one for the read and one for the reply
-                    self._eng.wake()
-                if ok and more:
-                    self._watcher.kick()
+                self._deliver(proto, data, more)
                 return
         with eng.lock:
             end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
@@ -591,11 +616,40 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             if keep_open is not _FAILED and not keep_open:
                 self.close()
 
+    def _deliver(self, proto: Any, data: bytes, more: bool) -> None:
+        """Hand `data`, read from TCP, to the protocol (`more`: TCP has more queued)."""
+        self._wrote = False
+        if isinstance(proto, asyncio.BufferedProtocol):  # (set_protocol since the pump read it)
+            ok = self._feed(proto, data)
+        else:
+            ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
+        if not self._wrote:  # as above: one wake per request, not one for the read and one for the reply
+            self._eng.wake()
+        if ok and more:
+            self._watcher.kick()
+
+    def _feed(self, proto: asyncio.BufferedProtocol, data: bytes) -> bool:
+        """`data` through the protocol's buffers, as many as it takes; False if the protocol failed."""
+        view = memoryview(data)
+        while view:
+            buf = self._protocol_call("get_buffer", _usable_buffer, proto)
+            if buf is _FAILED:
+                return False
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            view = view[n:]
+            if self._protocol_call("buffer_updated", proto.buffer_updated, n) is _FAILED:
+                return False
+        return True
+
     def _taken(self) -> None:
         """After a read, with the engine lock held: the socket stops looking readable once its data
         is gone. A pool that probes an idle connection with select() for a drop (readable with
-        nothing to read means EOF) would otherwise discard every connection it kept."""
-        if not self._conn.readable:
+        nothing to read means EOF) would otherwise discard every connection it kept. Only when the
+        descriptor says readable: the transport's socket is not watched (`_start`), so once cleared
+        nothing sets it again short of the end of the stream, and the look (`socket._update`: the
+        poll state, the readiness compared) would find nothing to change, on every request."""
+        if not self._conn.readable and self._sock._ready.readable:
             self._sock._update()
 
     def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -774,6 +828,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 self._protocol.connection_lost(exc)
         finally:
             _unwatch(self._eng, self._watcher, self._conn)
+            if self._early is not None:  # read by the pump, never delivered: unread, for the kernel
+                self._early = None
+                self._sock._abort_on_close = True
             self._sock.close()  # FIN after what was sent (RST if unread data, as the kernel)
             server, self._server = self._server, None
             if server is not None:
