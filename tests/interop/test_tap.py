@@ -56,11 +56,12 @@ class Up:
         self.socket = os.path.join(self.run_dir, "usnetd.sock")
         self.pcap = os.path.join(self.run_dir, "trace.pcap") if pcap else None
         assert len(self.socket) < 100, "AF_UNIX path too long"
-        self.is_up = False
-        rc = updown.up(driver="tap", ifname=self.ifname, address=f"{self.usnet_ip}/24",
-                       host_address=f"{self.host_ip}/24", run_dir=self.run_dir, pcap=self.pcap)
+
+    def start(self) -> None:
+        """`usnet up`; called once the fixture holds us, so its cleanup stops whatever started."""
+        rc = self.updown.up(driver="tap", ifname=self.ifname, address=f"{self.usnet_ip}/24",
+                            host_address=f"{self.host_ip}/24", run_dir=self.run_dir, pcap=self.pcap)
         assert rc == 0, f"usnet up failed: {self.log()}"
-        self.is_up = True
         with open(os.path.join(self.run_dir, "state.json")) as f:
             self.pid = json.load(f)["pid"]
 
@@ -71,12 +72,10 @@ class Up:
             return "(no log)"
 
     def down(self) -> int:
-        rc = self.updown.down(self.run_dir)
-        self.is_up = False
-        return rc
+        return self.updown.down(self.run_dir)
 
     def cleanup(self) -> None:
-        if self.is_up:
+        if self.updown.is_up(self.run_dir):  # up's state file: there from usnetd's start until down
             self.down()
         delete_links([self.ifname])  # whatever happened, the device goes
 
@@ -88,6 +87,7 @@ def up(tmp_path):
     def make(**kw) -> Up:
         u = Up(tmp_path, **kw)
         made.append(u)
+        u.start()
         return u
 
     yield make
