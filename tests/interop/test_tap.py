@@ -95,6 +95,37 @@ def up(tmp_path):
         u.cleanup()
 
 
+def test_up_interrupted_once_usnetd_runs_leaves_nothing_behind(tmp_path, monkeypatch):
+    """An exception inside `usnet up` after it started usnetd (a SIGTERM's SystemExit, a test's
+    timeout; here raised in its wait for usnetd's ready line) stops usnetd and removes the TAP and
+    the state file before it goes on: up() is all or nothing, as when it returns 1. (Before, the
+    usnetd ran on, recorded in a state file whose owner never got to call down.)"""
+    import types
+
+    from usnet.domain import launch as updown
+
+    x, ifname, run_dir = fresh_subnet(), tap_name(), str(tmp_path)
+    pids = []
+
+    def interrupted(*_args):
+        with open(os.path.join(run_dir, "state.json")) as f:
+            pids.append(json.load(f)["pid"])
+        raise SystemExit(143)
+
+    monkeypatch.setattr(updown, "select", types.SimpleNamespace(select=interrupted))
+    try:
+        with pytest.raises(SystemExit):
+            updown.up("tap", ifname, f"10.{x}.0.2/24", f"10.{x}.0.1/24", run_dir=run_dir)
+        assert len(pids) == 1
+        with pytest.raises(ProcessLookupError):  # stopped and reaped
+            os.kill(pids[0], 0)
+        assert not updown.is_up(run_dir) and not link_exists(ifname)
+    finally:  # (what the old up() left, removed: nothing of the test's outlives it)
+        if updown.is_up(run_dir):
+            updown.down(run_dir)
+        delete_links([ifname])
+
+
 def test_ping_answered_through_usnetd(up):
     u = up()
     r = _ping(u.usnet_ip)
