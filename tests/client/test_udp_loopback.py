@@ -77,3 +77,24 @@ def test_ipv6_wildcard_on_a_netif_without_ipv6_is_on_the_loopback_netif():
         finally:
             srv.close()
             cli.close()
+
+
+def test_an_impossible_ring_counter_fails_the_socket_and_is_not_taken_for_an_icmp_error(dom):
+    """A RX ring whose producer counter cannot be true (the channel still open: not a defunct's
+    zeros, which say why) fails the UDP socket with RingCorrupt. The face's pump kept any other
+    OSError of a flow as the connected peer's ICMP error and looked at the ring again: RingCorrupt
+    is an OSError but no ChannelError, so it looked for ever, holding the engine's lock."""
+    from usnet.abi.ring import PROD, RingCorrupt
+
+    s = us.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("10.9.0.1", 0))  # one flow, no loopback half
+        s.settimeout(5)
+        ch = s._engine.d.channel
+        rx = ch._rx
+        rx.q[PROD] = rx.cons + rx.capacity + 1  # (the domain's own write: nothing else runs on it)
+        ch.ring_own_bell()  # the stack thread pumps the flow
+        with pytest.raises(RingCorrupt):
+            s.recvfrom(100)
+    finally:
+        s.close()

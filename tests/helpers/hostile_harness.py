@@ -162,16 +162,22 @@ class Harness:
         self.daemon = Daemon(self.path, sockdir / "usnetd.log", *daemon_args, preexec_fn=preexec_fn, grace=3)
         self.pid = self.daemon.proc.pid
         self.children: list[subprocess.Popen] = []
+        # Nobody holds the harness until it is made, so a start-up that fails (the victim's traffic
+        # slow to start under load, a timeout) stops what it started: usnetd and the victim.
         try:
             if before_victim is not None:
                 before_victim(self)
             self.victim = Victim(self.path, sockdir, argv=victim_argv)
+            try:
+                self.victim.advances(256, 20, "start-up")
+                self.base_fds = self._settled_fds()
+                self.base_rss = self.rss_kb()
+            except BaseException:
+                self.victim.close()
+                raise
         except BaseException:
             self.daemon.stop()
             raise
-        self.victim.advances(256, 20, "start-up")
-        self.base_fds = self._settled_fds()
-        self.base_rss = self.rss_kb()
 
     # -- what we measure of usnetd ------------------------------------------------------
 

@@ -28,11 +28,14 @@ class Daemon:
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(DAEMON + ["--socket", path, "--log-level", "INFO", *extra],
                                          stdout=subprocess.PIPE, stderr=err, preexec_fn=preexec_fn)
-        r, _, _ = select.select([self.proc.stdout], [], [], 15)
-        line = self.proc.stdout.readline().decode() if r else ""
-        if not line.startswith("usnetd ready"):
+        try:  # stopped on any way out, a timeout's or a signal's too: nobody else holds it yet
+            r, _, _ = select.select([self.proc.stdout], [], [], 15)
+            line = self.proc.stdout.readline().decode() if r else ""
+            if not line.startswith("usnetd ready"):
+                raise AssertionError(f"usnetd did not start: {line!r}\n{self.log_text()}")
+        except BaseException:
             self.stop()
-            raise AssertionError(f"usnetd did not start: {line!r}\n{self.log_text()}")
+            raise
 
     def log_text(self) -> str:
         try:
@@ -74,14 +77,18 @@ class TapDaemon:
 
         self.starts += 1
         self.daemon = Daemon(self.path, self.logs / f"usnetd{self.starts}.log", "--config", str(self.config))
-        with IPRoute() as ipr:
-            (idx,) = ipr.link_lookup(ifname=self.ifname)
-            ipr.link("set", index=idx, state="up")
-            ipr.addr("add", index=idx, address=self.host_ip, prefixlen=24)
-            if self.host_ip6 is not None:
-                from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+        try:  # a start that fails here stops its usnetd: a caller's `finally: stop()` may not be entered yet
+            with IPRoute() as ipr:
+                (idx,) = ipr.link_lookup(ifname=self.ifname)
+                ipr.link("set", index=idx, state="up")
+                ipr.addr("add", index=idx, address=self.host_ip, prefixlen=24)
+                if self.host_ip6 is not None:
+                    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-                ipr.addr("add", index=idx, address=self.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
+                    ipr.addr("add", index=idx, address=self.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
+        except BaseException:
+            self.stop()
+            raise
 
     def kill(self) -> float:
         assert self.daemon is not None

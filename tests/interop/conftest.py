@@ -10,8 +10,8 @@ def tapd(sockdir):
     """usnetd in a process of its own on a TAP of its own (tests/helpers/usnetd.TapDaemon), in the
     test's network namespace; the kernel's sockets there are the peers."""
     d = TapDaemon(sockdir)
-    d.start()
-    try:
+    try:  # start() inside: a usnetd it started is stopped however the start ends (stop() after none is a no-op)
+        d.start()
         yield d
     finally:
         d.stop()

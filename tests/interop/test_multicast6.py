@@ -319,9 +319,9 @@ def test_pythons_own_ipv6_multicast_recipe_runs_unmodified_under_usnet_run(sockd
     from tests.helpers.usnetd import TapDaemon
 
     tapd = TapDaemon(sockdir, ipv6=True)
-    tapd.start()
     k = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     try:
+        tapd.start()
         idx = socket.if_nametoindex(tapd.ifname)
         k.bind(("", 47761))
         k.setsockopt(IP6, JOIN, _mreq(G, idx))

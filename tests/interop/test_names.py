@@ -77,9 +77,16 @@ class World:
              *records],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
-        while ask_udp((self.host_ip, 53), "www.usnet.test", 0.2) is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"dnsmasq did not start: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        try:  # a dnsmasq that did not start in time (or a timeout meanwhile) is stopped, not left running
+            while ask_udp((self.host_ip, 53), "www.usnet.test", 0.2) is None:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise AssertionError(f"dnsmasq did not start: {self.proc.communicate()[1]!r}")
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            self.client.close()
+            raise
         resolver.configure(hosts=str(self.hosts), resolv_conf=str(self.resolv))
 
     def close(self) -> None:

@@ -37,9 +37,8 @@ def test_up_with_netns_puts_the_host_end_there_and_down_removes_it(driver, sockd
 
     name, ifname = f"usnt{os.getpid() % 100000}{driver[0]}", tap_name()
     assert not netns_exists(name)
-    rc = updown.up(driver, ifname, "10.66.0.2/24", "10.66.0.1/24", run_dir=str(sockdir), netns=name)
-    assert rc == 0
-    try:
+    try:  # up() inside: whatever it started is stopped, however the test ends
+        assert updown.up(driver, ifname, "10.66.0.2/24", "10.66.0.1/24", run_dir=str(sockdir), netns=name) == 0
         ns = NetNs(name)
         host_if = ifname if driver == "tap" else f"{ifname}h"
         assert not link_exists(host_if)  # not here: in the namespace
@@ -49,7 +48,7 @@ def test_up_with_netns_puts_the_host_end_there_and_down_removes_it(driver, sockd
                               capture_output=True, text=True, timeout=30)
         assert ping.returncode == 0, ping.stdout + ping.stderr
     finally:
-        assert updown.down(str(sockdir)) == 0
+        assert not updown.is_up(str(sockdir)) or updown.down(str(sockdir)) == 0
     assert not netns_exists(name)  # up made it, down removed it
     assert not link_exists(ifname)
 
@@ -59,8 +58,11 @@ def test_down_leaves_a_namespace_it_did_not_make(sockdir):
 
     with NetNs() as mine:
         ifname = tap_name()
-        assert updown.up("tap", ifname, "10.67.0.2/24", "10.67.0.1/24", run_dir=str(sockdir), netns=mine.name) == 0
-        assert updown.down(str(sockdir)) == 0
+        try:
+            assert updown.up("tap", ifname, "10.67.0.2/24", "10.67.0.1/24", run_dir=str(sockdir),
+                             netns=mine.name) == 0
+        finally:
+            assert not updown.is_up(str(sockdir)) or updown.down(str(sockdir)) == 0
         assert netns_exists(mine.name)
         assert not mine.call(lambda: link_exists(ifname))  # the TAP went all the same
     assert not netns_exists(mine.name)

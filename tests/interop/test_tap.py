@@ -56,11 +56,12 @@ class Up:
         self.socket = os.path.join(self.run_dir, "usnetd.sock")
         self.pcap = os.path.join(self.run_dir, "trace.pcap") if pcap else None
         assert len(self.socket) < 100, "AF_UNIX path too long"
-        self.is_up = False
-        rc = updown.up(driver="tap", ifname=self.ifname, address=f"{self.usnet_ip}/24",
-                       host_address=f"{self.host_ip}/24", run_dir=self.run_dir, pcap=self.pcap)
+
+    def start(self) -> None:
+        """`usnet up`; called once the fixture holds us, so its cleanup stops whatever started."""
+        rc = self.updown.up(driver="tap", ifname=self.ifname, address=f"{self.usnet_ip}/24",
+                            host_address=f"{self.host_ip}/24", run_dir=self.run_dir, pcap=self.pcap)
         assert rc == 0, f"usnet up failed: {self.log()}"
-        self.is_up = True
         with open(os.path.join(self.run_dir, "state.json")) as f:
             self.pid = json.load(f)["pid"]
 
@@ -71,12 +72,10 @@ class Up:
             return "(no log)"
 
     def down(self) -> int:
-        rc = self.updown.down(self.run_dir)
-        self.is_up = False
-        return rc
+        return self.updown.down(self.run_dir)
 
     def cleanup(self) -> None:
-        if self.is_up:
+        if self.updown.is_up(self.run_dir):  # up's state file: there from usnetd's start until down
             self.down()
         delete_links([self.ifname])  # whatever happened, the device goes
 
@@ -88,11 +87,43 @@ def up(tmp_path):
     def make(**kw) -> Up:
         u = Up(tmp_path, **kw)
         made.append(u)
+        u.start()
         return u
 
     yield make
     for u in made:
         u.cleanup()
+
+
+def test_up_interrupted_once_usnetd_runs_leaves_nothing_behind(tmp_path, monkeypatch):
+    """An exception inside `usnet up` after it started usnetd (a SIGTERM's SystemExit, a test's
+    timeout; here raised in its wait for usnetd's ready line) stops usnetd and removes the TAP and
+    the state file before it goes on: up() is all or nothing, as when it returns 1. (Before, the
+    usnetd ran on, recorded in a state file whose owner never got to call down.)"""
+    import types
+
+    from usnet.domain import launch as updown
+
+    x, ifname, run_dir = fresh_subnet(), tap_name(), str(tmp_path)
+    pids = []
+
+    def interrupted(*_args):
+        with open(os.path.join(run_dir, "state.json")) as f:
+            pids.append(json.load(f)["pid"])
+        raise SystemExit(143)
+
+    monkeypatch.setattr(updown, "select", types.SimpleNamespace(select=interrupted))
+    try:
+        with pytest.raises(SystemExit):
+            updown.up("tap", ifname, f"10.{x}.0.2/24", f"10.{x}.0.1/24", run_dir=run_dir)
+        assert len(pids) == 1
+        with pytest.raises(ProcessLookupError):  # stopped and reaped
+            os.kill(pids[0], 0)
+        assert not updown.is_up(run_dir) and not link_exists(ifname)
+    finally:  # (what the old up() left, removed: nothing of the test's outlives it)
+        if updown.is_up(run_dir):
+            updown.down(run_dir)
+        delete_links([ifname])
 
 
 def test_ping_answered_through_usnetd(up):

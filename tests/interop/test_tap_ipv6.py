@@ -151,9 +151,9 @@ def test_usnet_up_with_address6_answers_ping6_at_once(tmp_path):
     x = fresh_subnet()
     ifname = tap_name()
     run_dir = str(tmp_path)
-    rc = updown.up("tap", ifname, f"10.{x}.0.2/24", f"10.{x}.0.1/24", run_dir=run_dir,
-                   address6=f"fd00:{x}::2/64")
-    try:
+    try:  # up() inside: whatever it started is stopped, however the test ends
+        rc = updown.up("tap", ifname, f"10.{x}.0.2/24", f"10.{x}.0.1/24", run_dir=run_dir,
+                       address6=f"fd00:{x}::2/64")
         assert rc == 0, (tmp_path / "usnetd.log").read_text()
         r = _ping6(f"fd00:{x}::2")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -164,6 +164,6 @@ def test_usnet_up_with_address6_answers_ping6_at_once(tmp_path):
         assert n["netif"]["address6"] == f"fd00:{x}::2/64" and n["netif"]["gateway6"] == f"fd00:{x}::1"
         assert n["counts"]["icmp6_echo"] == 3 and f"fd00:{x}::1" in n["nd"]
     finally:
-        if rc == 0:
+        if updown.is_up(run_dir):
             updown.down(run_dir)
         delete_links([ifname])

@@ -36,8 +36,8 @@ def tapd(sockdir, monkeypatch):
     monkeypatch.setenv("USNET_SOCKET", d.path)
     monkeypatch.setenv("USNET_NETIF", "usnet0")
     us.configure(None, None)  # the environment decides, as for an unmodified program
-    d.start()
-    try:
+    try:  # start() inside, as tests/interop/conftest.py's tapd
+        d.start()
         yield d
     finally:
         us.configure(None, None)

@@ -537,9 +537,10 @@ elif name == "send-blocking":
     go.start()
     res = {"send": s.send(b"x" * (4 << 20))}
     go.join()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, b"\x00\x00\x00\x00\x00\x00\x00\x00"
-                 + (300000).to_bytes(8, "little"))
-    # the peer reads everything now: a send under SO_SNDTIMEO takes it all too
+    # the peer reads everything now: a send under SO_SNDTIMEO takes it all too. SO_SNDTIMEO bounds
+    # the call's waits together (tcp_sendmsg's one timeo, which sk_stream_wait_memory spends): 5 s
+    # is reached only if the send stops taking data; 0.3 s was a race with moving 4 MiB under load
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, (5).to_bytes(8, "little") + bytes(8))
     res["send-sndtimeo"] = s.send(b"z" * (4 << 20))
     s.close()
     ctrl.close()

@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any, Literal
 
 from usnet.abi.paths import LOOPBACK_NETIF
+from usnet.abi.ring import RingCorrupt
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
@@ -236,7 +237,7 @@ class DatagramEngine:
                 except BlockingIOError:
                     empty += 1
                     break
-                except (ChannelError, PeerGone) as e:
+                except (ChannelError, PeerGone, RingCorrupt) as e:  # (RingCorrupt: an OSError, no ICMP error)
                     self.error = e
                     return
                 except OSError as e:  # the connected peer's ICMP error: pending, as sk_err

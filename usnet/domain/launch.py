@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -264,38 +265,49 @@ def up(driver: config.DriverName, ifname: str, address: str, host_address: str, 
         print(f"usnet is up already ({paths['state']}); usnet down first", file=sys.stderr)
         return 1
     host_if, made = _make_device(driver, ifname, netns)
-    ns = None
-    if netns is None:
-        _host_side({ifname, host_if}, host_if, host_address, host_address6, driver == "xdp")
-    else:
-        from usnet.drivers.hostnet import NetNs
+    ns: NetNs | None = None
+    proc: subprocess.Popen | None = None
+    recorded = False
+    try:  # all or nothing: an exception (a SIGTERM's SystemExit, a test's timeout) undoes what was made
+        if netns is None:
+            _host_side({ifname, host_if}, host_if, host_address, host_address6, driver == "xdp")
+        else:
+            from usnet.drivers.hostnet import NetNs
 
-        ns = NetNs(netns)
-        if driver != "tap":  # the veth's host end goes now; the TAP once usnetd holds it
-            _to_netns(ns, host_if, host_address, host_address6, driver == "xdp")
-    with open(paths["config"], "w") as f:
-        f.write(config.dump(cfg))
-    with open(paths["log"], "ab") as log:  # the daemon's stderr is its own copy of this fd
-        proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
-                                stdout=subprocess.PIPE, stderr=log, start_new_session=True)
-    try:  # recorded for down(), or stopped: an exception here (SIGTERM's SystemExit) orphaned it
+            ns = NetNs(netns)
+            if driver != "tap":  # the veth's host end goes now; the TAP once usnetd holds it
+                _to_netns(ns, host_if, host_address, host_address6, driver == "xdp")
+        with open(paths["config"], "w") as f:
+            f.write(config.dump(cfg))
+        with open(paths["log"], "ab") as log:  # the daemon's stderr is its own copy of this fd
+            proc = subprocess.Popen([sys.executable, "-m", "usnet.domain.usnetd", "--config", paths["config"]],
+                                    stdout=subprocess.PIPE, stderr=log, start_new_session=True)
         state = {"pid": proc.pid, "links": made, "socket": paths["socket"]}
         if ns is not None:
             state.update(netns=ns.name, netns_owned=ns.owned, netns_links=[])
         _write_state(paths["state"], state)
+        recorded = True
+        # bounded: a usnetd that hangs before its "ready" line is a failed start, not a hung `up`
+        ready = select.select([proc.stdout], [], [], timeout)[0] if proc.stdout else []
+        line = proc.stdout.readline() if ready and proc.stdout else b""
+        if b"ready" not in line:
+            print(f"usnetd did not start; see {paths['log']}", file=sys.stderr)
+            down(run_dir)
+            return 1
+        if ns is not None and driver == "tap":
+            _to_netns(ns, host_if, host_address, host_address6)
+            _write_state(paths["state"], {**state, "links": [], "netns_links": [host_if]})
     except BaseException:
-        proc.kill()
-        proc.wait()
+        if recorded:
+            down(run_dir)
+        else:
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+            delete_links(made)
+            if ns is not None and ns.owned:
+                ns.close()
         raise
-    deadline = time.monotonic() + timeout
-    line = proc.stdout.readline() if proc.stdout else b""
-    if b"ready" not in line or time.monotonic() > deadline:
-        print(f"usnetd did not start; see {paths['log']}", file=sys.stderr)
-        down(run_dir)
-        return 1
-    if ns is not None and driver == "tap":
-        _to_netns(ns, host_if, host_address, host_address6)
-        _write_state(paths["state"], {**state, "links": [], "netns_links": [host_if]})
     v6 = f" and {address6}, host at {host_address6}" if address6 else ""
     nc = cfg.netif[0]
     paced = "" if nc.link_rate is None else (
@@ -305,7 +317,6 @@ def up(driver: config.DriverName, ifname: str, address: str, host_address: str, 
     print(f"usnet up: {ifname} ({driver}), usnet at {address}, host at {host_address}{v6}{where}{paced}, "
           f"usnetd pid {proc.pid}, socket {paths['socket']}")
     return 0
-
 
 def down(run_dir: str = RUN_DIR, timeout: float = 10.0) -> int:
     paths = _paths(run_dir)
