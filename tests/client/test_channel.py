@@ -223,11 +223,18 @@ def test_nonblocking_recv_raises(client):
         b.recv_bytes()
 
 
-def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(client):
+def _recv_ready_bytes(b) -> bytes:
+    (p,) = b.recv_ready(8)
+    return bytes(b.view(p))
+
+
+@pytest.mark.parametrize("take", [lambda b: b.recv_bytes(timeout=0), _recv_ready_bytes],
+                         ids=["recv", "recv_ready"])
+def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(client, take):
     """The race a busy receiver meets: the ring was empty when popped, full when the bell is armed.
 
     The peer's send is made to land exactly in that window (from inside
-    set_need_wakeup); the non-blocking recv must return it, not spin.
+    set_need_wakeup); the non-blocking recv (and the engine's `recv_ready`) must return it, not spin.
     """
     a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
 
@@ -245,7 +252,7 @@ def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(c
             self.rx.set_need_wakeup()
 
     b._rx = PeerSendsWhileArming(b._rx)
-    assert b.recv_bytes(timeout=0) == b"just in time"
+    assert take(b) == b"just in time"
 
 
 def test_recv_ready_is_a_nonblocking_recv_that_answers_empty_with_nothing(client):
@@ -273,27 +280,6 @@ def test_recv_ready_is_a_nonblocking_recv_that_answers_empty_with_nothing(client
     with pytest.raises(ChannelError) as ei:
         b.recv_ready(8)
     assert ei.value.errno == errno.EBADF
-
-
-def test_recv_ready_takes_a_packet_that_lands_while_it_arms_the_doorbell(client):
-    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
-
-    class PeerSendsWhileArming:
-        def __init__(self, rx) -> None:
-            self.rx, self.sent = rx, False
-
-        def __getattr__(self, name: str):
-            return getattr(self.rx, name)
-
-        def set_need_wakeup(self) -> None:
-            if not self.sent:
-                self.sent = True
-                a.send_bytes(b"just in time")
-            self.rx.set_need_wakeup()
-
-    b._rx = PeerSendsWhileArming(b._rx)
-    (p,) = b.recv_ready(8)
-    assert bytes(b.view(p)) == b"just in time"
 
 
 def test_recv_ready_in_select_mode_leaves_the_bell_quiet_until_the_next_packet(client):
