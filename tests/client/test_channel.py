@@ -21,6 +21,7 @@ import pytest
 
 import usnet
 from usnet import ChannelDefunct, ChannelError, NoBuffers, PeerGone
+from usnet.abi import ring as ringmod
 from usnet.abi.events import DefunctReason, EventType, RefusalReason
 from usnet.abi.protocol import ControlError
 from usnet.abi.schema import PRESETS
@@ -222,11 +223,18 @@ def test_nonblocking_recv_raises(client):
         b.recv_bytes()
 
 
-def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(client):
+def _recv_ready_bytes(b) -> bytes:
+    (p,) = b.recv_ready(8)
+    return bytes(b.view(p))
+
+
+@pytest.mark.parametrize("take", [lambda b: b.recv_bytes(timeout=0), _recv_ready_bytes],
+                         ids=["recv", "recv_ready"])
+def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(client, take):
     """The race a busy receiver meets: the ring was empty when popped, full when the bell is armed.
 
     The peer's send is made to land exactly in that window (from inside
-    set_need_wakeup); the non-blocking recv must return it, not spin.
+    set_need_wakeup); the non-blocking recv (and the engine's `recv_ready`) must return it, not spin.
     """
     a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
 
@@ -244,7 +252,50 @@ def test_nonblocking_recv_takes_a_packet_that_lands_while_it_arms_the_doorbell(c
             self.rx.set_need_wakeup()
 
     b._rx = PeerSendsWhileArming(b._rx)
-    assert b.recv_bytes(timeout=0) == b"just in time"
+    assert take(b) == b"just in time"
+
+
+def test_recv_ready_is_a_nonblocking_recv_that_answers_empty_with_nothing(client):
+    """`recv_ready` (the engine's receive) is `recv(n, 0)` but for an empty ring: [] instead of
+    BlockingIOError, with NEED_WAKEUP armed all the same, so the peer rings the next packet."""
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    rx = b._rx
+    rx.clear_need_wakeup()
+    assert b.recv_ready(8) == []
+    assert rx.w[ringmod.FLAGS] & ringmod.NEED_WAKEUP
+    for m in (b"one", b"two", b"three"):
+        a.send_bytes(m)
+    got = b.recv_ready(2)
+    assert [bytes(b.view(p)) for p in got] == [b"one", b"two"]
+    assert not rx.w[ringmod.FLAGS] & ringmod.NEED_WAKEUP  # a recv that took packets disarms it, as recv
+    assert b.recv_ready(0) == []
+    b.free(got)
+    (last,) = b.recv_ready(8)
+    assert bytes(b.view(last)) == b"three"
+    b.free([last])
+    a.close()
+    with pytest.raises(PeerGone):  # drained and the peer gone: as recv(n, 0)
+        b.recv_ready(8)
+    b.close()
+    with pytest.raises(ChannelError) as ei:
+        b.recv_ready(8)
+    assert ei.value.errno == errno.EBADF
+
+
+def test_recv_ready_in_select_mode_leaves_the_bell_quiet_until_the_next_packet(client):
+    """As recv(n, 0) in select mode: an empty answer drains the bell (select must not report the
+    empty ring readable) and the next packet rings it."""
+    a, b = pipe(client, ring_size=64, packets=64, max_packets=64)
+    a.send_bytes(b"first")
+    b.fileno()
+    assert select.select([b], [], [], 2.0)[0] == [b]
+    (p,) = b.recv_ready(8)
+    b.free([p])
+    assert b.recv_ready(8) == []
+    assert select.select([b], [], [], 0)[0] == []
+    a.send_bytes(b"second")
+    assert select.select([b], [], [], 2.0)[0] == [b]
+    assert b.recv_bytes(timeout=0) == b"second"
 
 
 def test_timeout_recv_raises_after_timeout(client):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.helpers.util import listen_on_b, memwire_domain
 from usnet import socket as us
+from usnet.abi import ring as ringmod
 from usnet.client import Client
 from usnet.client import resolver as names
 from usnet.client.fdwatch import FdWatch
@@ -190,5 +191,42 @@ def test_a_kick_with_nothing_queued_takes_no_lock(client):
     assert "acquire" not in entered and "runner" not in entered, entered
     out.sendall(b"x")  # and one with something queued still sends it
     assert k.recv(1) == b"x"
+    for s in (out, k, srv):
+        s.close()
+
+
+def test_an_engines_empty_receive_reads_no_clock_and_raises_nothing(client):
+    """The engine's receive loop ends on an empty ring at every pump (~3.6 times a connect): that
+    last look is a ring read and NEED_WAKEUP armed, not a non-blocking recv that read the clock
+    three times and raised BlockingIOError for the loop to catch."""
+    srv = listen_on_b(client, PORT, timeout=10)
+    out = us.create_connection((B_IP, PORT), timeout=10, client=client, netif="a")
+    k, _ = srv.accept()
+    eng = out._engine
+    assert eng is not None
+    entered: list[str] = []
+
+    def trace(frame, event: str, arg: object) -> None:
+        if event == "call":
+            entered.append(frame.f_code.co_name)
+        elif event == "c_call":
+            entered.append(getattr(arg, "__name__", "?"))
+
+    rx = eng.ch._rx
+    with eng.lock:
+        assert rx.available() == 0
+        rx.clear_need_wakeup()
+        sys.setprofile(trace)
+        try:
+            eng._receive(0.0)
+        finally:
+            sys.setprofile(None)
+        armed = rx.w[ringmod.FLAGS] & ringmod.NEED_WAKEUP
+    assert armed  # the domain rings the doorbell for the next packet
+    assert "monotonic" not in entered and "_recv_wait" not in entered, entered
+    out.sendall(b"x")  # and the engine still receives
+    assert k.recv(1) == b"x"
+    k.sendall(b"y")
+    assert out.recv(1) == b"y"
     for s in (out, k, srv):
         s.close()

@@ -7,6 +7,8 @@ on a clock the test holds; a rule that skipped the work fails the test.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.helpers.util import FakeClock
@@ -142,3 +144,31 @@ def test_a_device_whose_timeout_fails_is_a_netif_fault_not_the_loops(q, monkeypa
     assert not q.sw.quiet()
     q.d.serve_once(0)  # does not raise
     assert q.d.faults > faults
+
+
+def test_a_quiet_switchs_test_makes_no_list_for_igmp(q):
+    """`quiet` is asked up to twice a turn per switch: with no IGMP/MLD timer pending, its IGMP
+    part is three reads, no dict view and no list (usnetd's fixed cost per turn, issue 18)."""
+    q.settle()
+    called: list[str] = []
+
+    def trace(frame, event: str, arg: object) -> None:
+        if event == "c_call":
+            called.append(getattr(arg, "__name__", "?"))
+
+    sys.setprofile(trace)
+    try:
+        quiet = q.sw.quiet()
+    finally:
+        sys.setprofile(None)
+    assert quiet
+    assert "values" not in called and "min" not in called, called
+
+
+@pytest.mark.parametrize("query, outbox, again", [({}, {}, None), ({}, {}, 5.0), ({4: 3.0}, {}, None),
+                                                  ({}, {6: 2.0}, 9.0), ({4: 3.0, 6: 1.0}, {4: 7.0}, 0.5)])
+def test_igmp_next_is_the_soonest_of_its_timers(q, query, outbox, again):
+    q.sw._query_due, q.sw._outbox_due, q.sw._again_due = dict(query), dict(outbox), again
+    every = [*query.values(), *outbox.values(), *([] if again is None else [again])]
+    assert q.sw.igmp_next() == (min(every) if every else None)
+    assert q.sw._waits_for_time() is bool(every)

@@ -617,9 +617,8 @@ class FlowEngine:
     def _receive(self, now: float) -> None:
         ch = self.ch
         while True:
-            try:
-                pkts = ch.recv(RX_BATCH, 0)
-            except BlockingIOError:
+            pkts = ch.recv_ready(RX_BATCH)  # [] once empty, NEED_WAKEUP armed
+            if not pkts:
                 return
             try:
                 copies = [bytes(ch.view(p)) for p in pkts]

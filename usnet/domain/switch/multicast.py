@@ -331,9 +331,15 @@ class MulticastDuties(HostDuties):
 
     def igmp_next(self) -> float | None:
         """When IGMP or MLD is next due here (an answer to a query, a report said again or waiting
-        for its turn); None: nothing."""
-        due = [t for t in (*self._query_due.values(), *self._outbox_due.values(), self._again_due) if t is not None]
-        return min(due) if due else None
+        for its turn); None: nothing.
+
+        Asked up to twice a turn per switch (`FlowSwitch.quiet`), and almost always with nothing
+        pending: that case makes no list (issue 18, usnetd's fixed cost per turn)."""
+        again = self._again_due
+        if not self._query_due and not self._outbox_due:
+            return again
+        due = [t for t in (*self._query_due.values(), *self._outbox_due.values(), again) if t is not None]
+        return min(due)
 
     def igmp_timers(self, now: float) -> None:
         """What of IGMP and MLD is due (the switch's timers call this): a query's answer, a change said again."""
