@@ -12,6 +12,8 @@ import math
 import select
 from typing import Any
 
+__all__ = ["FdWatch"]
+
 _GONE = object()
 
 
