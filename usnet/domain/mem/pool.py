@@ -242,7 +242,7 @@ class PacketPool:
         # The batch test in as few array calls as it takes (issue 18: at 1,000 flows each flow's batch
         # of 32 pays them): an unsigned batch (a ring's) cannot be negative, HELD is the highest
         # state so "all HELD" is one minimum, and the order the duplicate check writes is a slice
-        if idx.size > _FEW and (np.take(self._state_x, items, mode="clip").min() == HELD if unsigned else
+        if idx.size > _FEW and (self._state_x.take(items, mode="clip").min() == HELD if unsigned else
                                 (idx.min() >= 0 and idx.max() < self.capacity and self.state[idx].min() == HELD)):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = _order(idx.size)
@@ -298,7 +298,7 @@ class PacketPool:
         owners = self.owner[idx]
         held = self.held
         if len(held) == 2:  # a flow's pipe (client and nexus): one count, not a bincount and its list
-            ones = int(np.count_nonzero(owners))
+            ones = int(np.add.reduce(owners))  # the ufunc itself: no Python wrapper per batch
             held[0] -= idx.size - ones
             held[1] -= ones
         else:
