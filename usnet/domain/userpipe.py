@@ -363,9 +363,12 @@ class UserPipe:
             return
         # a clean record: no stale gso_size, deadline or flag (one scatter, not one per word)
         self.umd_words.reshape(-1, UMD_WORDS)[got[:, None], _CLEAN] = 0
-        start = end.alloc.prod
-        pos = np.arange(start, start + len(got)) & (end.alloc.capacity - 1)
-        end.alloc_mirror[pos] = got
+        cap = end.alloc.capacity
+        lo = end.alloc.prod & (cap - 1)
+        if lo + len(got) <= cap:  # no wrap (most refills): a slice, not an index array
+            end.alloc_mirror[lo : lo + len(got)] = got
+        else:
+            end.alloc_mirror[np.arange(lo, lo + len(got)) & (cap - 1)] = got
         pushed = end.alloc.push(got)
         if pushed < len(got):  # its consumer counter turned impossible: what did not fit goes back
             self.pool.reclaim(got[pushed:].astype(np.int64))

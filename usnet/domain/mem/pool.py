@@ -75,7 +75,10 @@ class PacketPool:
         self.region = arena.region(RegionKind.BUF)
         self.per_segment = self.region.objs_per_segment
         self.nsegments = self.region.segments
-        self.state = np.full(max_packets, PURGED, dtype=np.uint8)
+        # one slot past the end, always PURGED: a batch's indices are gathered with `mode="clip"`,
+        # so an index past the pool reads that slot and fails "all HELD" (no separate range test)
+        self._state_x = np.full(max_packets + 1, PURGED, dtype=np.uint8)
+        self.state = self._state_x[:max_packets]
         self.owner = np.full(max_packets, NO_OWNER, dtype=np.int16)
         self.seg_active = np.zeros(self.nsegments, dtype=bool)
         self.stack = np.empty(max_packets, dtype=np.uint32)
@@ -84,14 +87,17 @@ class PacketPool:
         self.moves = 0  # batches allocated or taken back so far: the domain's idle purge watches it
         self.quota = quota
         self.refused = [0] * roles
+        self._active = 0  # packets outside PURGED: kept as segments come and go, not counted per ask
         self.grow_to(initial)
 
     # -- size -------------------------------------------------------------------
 
     @property
     def active(self) -> int:
-        """Packets in active (not purged) segments."""
-        return int(np.count_nonzero(self.state != PURGED))
+        """Packets in active (not purged) segments: a count kept by `_activate` and `purge`, because
+        every ALLOC refill publishes it (issue 18: counted over the state array, it was a pass
+        over a cold pool per refill, one refill per batch or two at 1,000 flows)."""
+        return self._active
 
     def _segment_range(self, seg: int) -> range:
         lo = seg * self.per_segment
@@ -110,6 +116,7 @@ class PacketPool:
         n = len(idx)
         self.stack[self.nfree : self.nfree + n] = idx
         self.nfree += n
+        self._active += n
         self.moves += 1
 
     def grow_to(self, packets: int) -> int:
@@ -147,6 +154,7 @@ class PacketPool:
             self.seg_active[seg] = False
             self.arena.purge_segment(RegionKind.BUF, seg)
             active -= len(r)
+            self._active -= len(r)
             purged += 1
         if purged:
             live = self.stack[: self.nfree]
@@ -234,8 +242,8 @@ class PacketPool:
         # The batch test in as few array calls as it takes (issue 18: at 1,000 flows each flow's batch
         # of 32 pays them): an unsigned batch (a ring's) cannot be negative, HELD is the highest
         # state so "all HELD" is one minimum, and the order the duplicate check writes is a slice
-        if (idx.size > _FEW and (unsigned or idx.min() >= 0)
-                and idx.max() < self.capacity and self.state[idx].min() == HELD):
+        if idx.size > _FEW and (self._state_x.take(items, mode="clip").min() == HELD if unsigned else
+                                (idx.min() >= 0 and idx.max() < self.capacity and self.state[idx].min() == HELD)):
             # duplicates, in O(n): the last writer of each index wins the mark
             order = _order(idx.size)
             mark = _marks(self.capacity)
@@ -288,8 +296,14 @@ class PacketPool:
 
     def _accept(self, idx: np.ndarray) -> None:
         owners = self.owner[idx]
-        for role, count in enumerate(np.bincount(owners, minlength=len(self.held)).tolist()):
-            self.held[role] -= count
+        held = self.held
+        if len(held) == 2:  # a flow's pipe (client and nexus): one count, not a bincount and its list
+            ones = int(np.add.reduce(owners))  # the ufunc itself: no Python wrapper per batch
+            held[0] -= idx.size - ones
+            held[1] -= ones
+        else:
+            for role, count in enumerate(np.bincount(owners, minlength=len(held)).tolist()):
+                held[role] -= count
         self.state[idx] = FREE
         self.owner[idx] = NO_OWNER
         n = idx.size
@@ -326,4 +340,5 @@ class PacketPool:
         assert np.all(self.state[stack] == FREE)
         lent = (self.state == IN_ALLOC) | (self.state == HELD)
         assert sum(self.held) == int(np.count_nonzero(lent))
+        assert self._active == c["capacity"] - c["purged"], (self._active, c)
         assert np.all(self.owner[lent] >= 0)

@@ -221,14 +221,16 @@ class TransmitPath(HostDuties):
         start = 0
         for (flow, _, _, _), end in zip(joined, ends):
             try:
-                self.netif.enqueue_many(flow.id, [FrameBlock(big[start:end], flen[start:end])])
+                ip_bytes = sums[end - 1] - (sums[start - 1] if start else 0)
+                self.netif.enqueue_many(flow.id, [FrameBlock(big[start:end], flen[start:end],
+                                                             nbytes=ip_bytes + ETH_HLEN * (end - start))])
                 if flow.proto == TCP:  # as `_tx_pulled`
                     if flow.tcp_seen is None:
                         flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
                     flow.tcp_seen.note_rows(big[start:end], lens[start:end], np.arange(end - start), ETH_HLEN,
                                             flow.family, flow.raddr is not None)
                 flow.stats["tx_packets"] += end - start
-                flow.stats["tx_bytes"] += sums[end - 1] - (sums[start - 1] if start else 0)
+                flow.stats["tx_bytes"] += ip_bytes
                 self._advise(flow)
             except Exception as e:
                 on_fault(flow, e)
