@@ -686,5 +686,50 @@ elif name == "ws":
 
     asyncio.run(ws_main())
     out(res)
+elif name == "fork-accept-closed":
+    # a forked child's accept (a Python timeout) on its inherited listener, closed by another of
+    # its threads; then a connection comes (a kernel peer connects back on the parent's word):
+    # the child's accept is EBADF and the connection stays queued for the parent's accept
+    host, port = args[0], int(args[1])
+    ls = socket.create_server(("0.0.0.0", 0))
+    ctrl = socket.create_connection((host, port), timeout=LIMIT)
+    closed_r, closed_w = os.pipe()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ls.settimeout(5.0)
+
+        def close_then_tell() -> None:
+            ls.close()
+            os.write(closed_w, b"c")
+
+        closer = threading.Timer(0.3, close_then_tell)
+        closer.start()
+        t0 = time.monotonic()
+        res = {"accept": outcome(lambda: ls.accept() and "accepted"), "before-timeout": time.monotonic() - t0 < 4.5}
+        closer.join()
+        os.write(w, json.dumps(res).encode())
+        os._exit(0)
+    os.close(w)
+    os.close(closed_w)
+    if os.read(closed_r, 1) == b"c":
+        ctrl.sendall(b"%d\n" % ls.getsockname()[1])  # the peer connects to the listener
+    got = b""
+    for _ in range(100):
+        b = os.read(r, 65536)
+        if not b:
+            break
+        got += b
+    _, status = os.waitpid(pid, 0)
+    res = json.loads(got)
+    res["status"] = status
+    ls.settimeout(LIMIT)  # the connection the child did not take is the parent's
+    conn, _ = ls.accept()
+    conn.settimeout(LIMIT)
+    res["parent-got"] = conn.recv(100).decode()
+    conn.close()
+    ls.close()
+    ctrl.close()
+    out(res)
 else:
     raise SystemExit(f"no program {name}")
