@@ -8,12 +8,23 @@ and, as the reference, on the kernel's sockets: what it prints must be the same 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import select
 import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.interop.test_patch import (
     LIMIT,
+    child_env,
+    kernel_env,
+    started,
+    stop,
     usnetd_path,  # noqa: F401  (a fixture)
 )
 from tests.interop.test_programs4 import _same, _serve
@@ -45,3 +56,128 @@ def test_forked_child_closes_its_listener_while_a_connection_comes_as_on_the_ker
         outs = [_P.run(path, on_usnet, "fork-accept-closed", host_ip, str(port)) for on_usnet in (True, False)]
     found = _same(*outs)
     assert found == {"accept": ["OSError", 9], "before-timeout": True, "status": 0, "parent-got": "hello"}
+
+
+def _reply(s: socket.socket) -> list:
+    """What came on connection `s` to its end: the status line, the body's last bytes (at most
+    16), and how it ended ("eof", "reset", "timeout")."""
+    got, end = b"", "limit"
+    try:
+        for _ in range(100000):
+            b = s.recv(1 << 16)
+            if not b:
+                end = "eof"
+                break
+            got += b
+    except ConnectionResetError:
+        end = "reset"
+    except TimeoutError:
+        end = "timeout"
+    head, _, body = got.partition(b"\r\n\r\n")
+    return [head.split(b"\r\n")[0].decode(), body[-16:].decode(), end]
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), as a client that crashed or gave up."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+class _Lines:
+    """A server program's output, a line at a time within LIMIT (read unbuffered: select on a
+    buffered file misses lines a readline took in already)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        # (`started` read the port's line through the buffer: nothing comes before a request)
+        self.fd, self.held, self.seen = proc.stdout.fileno(), b"", []
+
+    def until(self, want: Callable[[list], bool]) -> list | None:
+        """Events (JSON lines) read until one that `want`s; None at LIMIT or the end."""
+        deadline = time.monotonic() + LIMIT
+        while True:
+            while b"\n" in self.held:
+                line, self.held = self.held.split(b"\n", 1)
+                ev = json.loads(line)
+                self.seen.append(ev)
+                if want(ev):
+                    return ev
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            more = os.read(self.fd, 1 << 16)
+            if not more:
+                return None
+            self.held += more
+
+
+_GET = b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n"
+
+
+def _abuse_http(ip: str, port: int, lines: _Lines, blocked: bool) -> dict:
+    """A kernel client's ways of vanishing mid-request, and what each saw."""
+    res = {}
+
+    def conn() -> socket.socket:
+        return socket.create_connection((ip, port), timeout=LIMIT)
+
+    with conn() as s:
+        s.sendall(_GET % (b"/small", b"Connection: close\r\n"))
+        res["ok"] = _reply(s)
+    s = conn()
+    s.sendall(b"GET /small HTTP/1.1\r\nHo")
+    _reset(s)
+    with conn() as s:  # half a request, then the FIN
+        s.sendall(b"GET /small HTTP/1.1\r\nHo")
+        s.shutdown(socket.SHUT_WR)
+        res["half-headers"] = _reply(s)
+    with conn() as s:  # a whole request, then the FIN: the answer still comes
+        s.sendall(_GET % (b"/small", b""))
+        s.shutdown(socket.SHUT_WR)
+        res["half-request"] = _reply(s)
+    with conn() as s:  # half a request, then silence: the library's timeout
+        s.sendall(b"GET /small HTTP/1.1\r\nHo")
+        res["slow"] = _reply(s)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(LIMIT)
+    s.connect((ip, port))
+    s.sendall(_GET % (b"/big", b""))
+    got = b""
+    for _ in range(1000):
+        got += s.recv(1000 - len(got))
+        if len(got) >= 1000:
+            break
+    if blocked:  # the server says when its writes block: reset then
+        res["blocked"] = lines.until(lambda ev: ev == ["big", "blocked"])
+    _reset(s)  # the server's writes of 64 MiB end
+    res["big"] = lines.until(lambda ev: ev[0] == "big" and ev[1] != "blocked")
+    with conn() as s:
+        s.sendall(_GET % (b"/small", b"Connection: close\r\n"))
+        res["ok-after"] = _reply(s)
+    return res
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "threading", "forking"])
+def test_http_servers_with_clients_that_vanish_as_on_the_kernel(usnetd_path, kind):  # noqa: F811
+    """aiohttp's web server, http.server's ThreadingHTTPServer and a ForkingMixIn HTTPServer
+    under `usnet run` and on kernel sockets, kernel clients that reset mid-request, half-close
+    after half a request or a whole one, send half a request and wait for the library's timeout
+    (1 s), and stop reading a 64 MiB answer and reset: what the clients saw, and what the server
+    printed, the same on both."""
+    path, usnet_ip, host_ip = usnetd_path
+    found = []
+    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
+        proc, port = started(_P.command(on_usnet, "serve-http", kind), child_env(path) if on_usnet else kernel_env())
+        try:
+            lines = _Lines(proc)
+            res = _abuse_http(ip, port, lines, kind == "aiohttp")
+            proc.terminate()
+            lines.until(lambda ev: ev == ["stopped"])
+            res["events"] = sorted(map(json.dumps, lines.seen))
+        finally:
+            stop(proc)
+        found.append(json.dumps(res))
+    print(found)
+    res = _same(*found)
+    assert res["ok"] == res["ok-after"] == ["HTTP/1.1 200 OK", "small", "eof"]

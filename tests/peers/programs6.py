@@ -731,5 +731,131 @@ elif name == "fork-accept-closed":
     ls.close()
     ctrl.close()
     out(res)
+elif name == "serve-http":
+    # an HTTP server as programs run one, printing what it saw (one JSON line an event) until
+    # SIGTERM: aiohttp's web server, http.server's ThreadingHTTPServer, or a ForkingMixIn
+    # HTTPServer; /small answers "small", /big writes 64 MiB (to a client that stops reading);
+    # the libraries' own timeouts for a client that sends half a request: 1 s
+    import http.server
+    import logging
+    import signal
+    import socketserver
+    kind = args[0]
+    BIG, CHUNK = 64 << 20, 1 << 16
+
+    def event(*what) -> None:
+        out(list(what))
+
+    def gone(e: BaseException) -> str:  # (a reset or a broken pipe: the order is the timing's)
+        return "gone" if isinstance(e, (ConnectionResetError, BrokenPipeError)) else type(e).__name__
+
+    if kind == "aiohttp":
+        from aiohttp import web
+
+        class Logged(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                exc = record.exc_info[1] if record.exc_info else None
+                event("log", record.name, record.levelname, gone(exc) if exc else None)
+
+        logging.getLogger("aiohttp").addHandler(Logged())
+        logging.getLogger("aiohttp").setLevel(logging.INFO)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+        async def small(request):
+            event("small")
+            return web.Response(text="small")
+
+        async def big(request):
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            sent = 0
+
+            async def watch() -> None:  # says when the writes block (the transport paused them)
+                for _ in range(1000):
+                    if request.protocol.writing_paused:
+                        event("big", "blocked")
+                        return
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                while sent < BIG:
+                    await resp.write(b"x" * CHUNK)
+                    sent += CHUNK
+                event("big", "done")
+            except (OSError, asyncio.CancelledError) as e:
+                event("big", gone(e))
+                raise
+            finally:
+                watcher.cancel()
+            return resp
+
+        async def started(app):
+            print(f"port {site._server.sockets[0].getsockname()[1]}", flush=True)
+
+        async def main():
+            global site
+            app = web.Application()
+            app.router.add_get("/small", small)
+            app.router.add_get("/big", big)
+            runner = web.AppRunner(app, keepalive_timeout=1.0, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, "0.0.0.0", 0)
+            await site.start()
+            await started(app)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
+            await runner.cleanup()
+
+        asyncio.run(main())
+    else:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 1.0  # (StreamRequestHandler's: the connection's socket timeout)
+
+            def do_GET(self) -> None:
+                body = b"small" if self.path == "/small" else b""
+                self.send_response(200)
+                self.send_header("Content-Length", str(BIG if self.path == "/big" else len(body)))
+                self.end_headers()
+                if self.path != "/big":
+                    event("small")
+                    self.wfile.write(body)
+                    return
+                try:
+                    for _ in range(BIG // CHUNK):
+                        self.wfile.write(b"x" * CHUNK)
+                    event("big", "done")
+                except OSError as e:
+                    event("big", gone(e))
+                    self.close_connection = True
+
+            def log_message(self, fmt: str, *a) -> None:
+                if "code 4" in fmt % a or "code 5" in fmt % a or "Request timed out" in fmt % a:
+                    event("log", (fmt % a).split(":")[0])
+
+        class Server(socketserver.ForkingMixIn if kind == "forking" else socketserver.ThreadingMixIn,
+                     http.server.HTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                event("handle_error", gone(sys.exc_info()[1]))
+
+        srv = Server(("0.0.0.0", 0), Handler)
+        me = os.getpid()
+
+        def term(*_a) -> None:
+            if os.getpid() == me:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, term)
+        print(f"port {srv.server_address[1]}", flush=True)
+        try:
+            srv.serve_forever(0.05)
+        except KeyboardInterrupt:
+            pass
+        srv.server_close()
+    event("stopped")
 else:
     raise SystemExit(f"no program {name}")
