@@ -181,3 +181,64 @@ def test_http_servers_with_clients_that_vanish_as_on_the_kernel(usnetd_path, kin
     print(found)
     res = _same(*found)
     assert res["ok"] == res["ok-after"] == ["HTTP/1.1 200 OK", "small", "eof"]
+
+
+def _lines_of(socks: list[socket.socket]) -> list[bytes]:
+    """Each connection's answer to its end (bounded by its timeout)."""
+    got = []
+    for s in socks:
+        b = b""
+        for _ in range(100):
+            more = s.recv(100)
+            if not more:
+                break
+            b += more
+        got.append(b)
+    return got
+
+
+def test_asyncio_server_many_short_connections_and_close_with_connections_open_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """asyncio.start_server: 200 short connections, 40 at a time, each a line echoed and closed;
+    then Server.close() and wait_closed() with three connections open: new connections refused,
+    the open ones served on, as on the kernel."""
+    path, usnet_ip, host_ip = usnetd_path
+    found = []
+    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
+        proc, port = started(_P.command(on_usnet, "serve-aio"), child_env(path) if on_usnet else kernel_env())
+        try:
+            lines, res = _Lines(proc), {}
+            answers = []
+            for round_ in range(5):
+                socks = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(40)]
+                for i, s in enumerate(socks):
+                    s.sendall(b"%d\n" % (round_ * 40 + i))
+                answers += _lines_of(socks)
+                for s in socks:
+                    s.close()
+            res["short"] = answers == [b"%d\n" % i for i in range(200)]
+            held = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(3)]
+            for s in held:
+                s.sendall(b"hold\n")
+            res["held"] = [s.recv(100) == b"held\n" for s in held]
+            with socket.create_connection((ip, port), timeout=LIMIT) as s:
+                s.sendall(b"close\n")
+                res["close-conn"] = _lines_of([s])[0].decode()
+            res["waited"] = lines.until(lambda ev: ev[0] == "wait_closed")
+            try:
+                socket.create_connection((ip, port), timeout=LIMIT).close()
+                res["after-close"] = "connected"
+            except OSError as e:
+                res["after-close"] = type(e).__name__
+            for s in held:
+                s.sendall(b"more\n")
+            res["held-after"] = [b.decode() for b in _lines_of(held)]
+            for s in held:
+                s.close()
+            lines.until(lambda ev: ev == ["stopped"])
+            res["events"] = lines.seen
+        finally:
+            stop(proc)
+        found.append(json.dumps(res))
+    res = _same(*found)
+    assert res["short"] and res["after-close"] == "ConnectionRefusedError"
+    assert res["held-after"] == ["more\n"] * 3 and ["held", 3] in res["events"]

@@ -857,5 +857,55 @@ elif name == "serve-http":
             pass
         srv.server_close()
     event("stopped")
+elif name == "serve-aio":
+    # asyncio.start_server as programs use it: a line echoed on each connection, then closed;
+    # "hold" connections stay open across Server.close() and wait_closed() (said by a "close"
+    # connection) and echo one more line after; events printed as they come, as "serve-http"
+    def event(*what) -> None:
+        out(list(what))
+
+    async def aio_main() -> None:
+        done, held_over = asyncio.Event(), asyncio.Event()
+        counts = {"echoed": 0, "held": 0}
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                line = await r.readline()
+                if line == b"close\n":
+                    done.set()
+                elif line == b"hold\n":
+                    w.write(b"held\n")
+                    await w.drain()
+                    line = await r.readline()  # (after the server's close)
+                    w.write(line)
+                    await w.drain()
+                    counts["held"] += 1
+                    if counts["held"] == 3:
+                        held_over.set()
+                else:
+                    w.write(line)
+                    await w.drain()
+                    counts["echoed"] += 1
+            except OSError as e:
+                event("handler", type(e).__name__)
+            finally:
+                w.close()
+
+        server = await asyncio.start_server(handle, "0.0.0.0", 0, backlog=64)
+        print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.wait_for(done.wait(), LIMIT * 2)
+        event("echoed", counts["echoed"])
+        server.close()
+        event("is_serving", server.is_serving(), len(server.sockets))
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+            event("wait_closed", "returned")
+        except TimeoutError:
+            event("wait_closed", "waits")
+        await asyncio.wait_for(held_over.wait(), LIMIT)
+        event("held", counts["held"])
+
+    asyncio.run(aio_main())
+    out(["stopped"])
 else:
     raise SystemExit(f"no program {name}")
