@@ -242,3 +242,100 @@ def test_asyncio_server_many_short_connections_and_close_with_connections_open_a
     res = _same(*found)
     assert res["short"] and res["after-close"] == "ConnectionRefusedError"
     assert res["held-after"] == ["more\n"] * 3 and ["held", 3] in res["events"]
+
+
+_WS_OPEN = (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+_WS_HALF = b"GET /echo HTTP/1.1\r\nHost: x\r\nUpg"
+
+
+def _ws_open(ip: str, port: int, path: bytes, rcvbuf: int = 0) -> socket.socket:
+    """A kernel client's WebSocket, opened by hand (a client that can then misbehave)."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(LIMIT)
+    s.connect((ip, port))
+    s.sendall(_WS_OPEN % path)
+    got = b""
+    for _ in range(1000):
+        got += s.recv(1)  # (byte by byte: not a byte of the frames after the handshake)
+        if got.endswith(b"\r\n\r\n"):
+            break
+    assert got.startswith(b"HTTP/1.1 101"), got
+    return s
+
+
+def _ws_end(s: socket.socket) -> list:
+    """What came on WebSocket `s` to its end: the bytes, how it ended."""
+    got, end = b"", "limit"
+    try:
+        for _ in range(1000):
+            b = s.recv(1 << 16)
+            if not b:
+                end = "eof"
+                break
+            got += b
+    except ConnectionResetError:
+        end = "reset"
+    except TimeoutError:
+        end = "timeout"
+    return [got.hex(), end]
+
+
+def _abuse_ws(ip: str, port: int, lines: _Lines) -> dict:
+    """A kernel client's ways of leaving a websockets server, and what each saw."""
+    res = {}
+    s = _ws_open(ip, port, b"/echo")
+    s.sendall(b"\x81\x82\0\0\0\0hi")  # a masked text frame (a zero mask)
+    res["echo"] = s.recv(4).hex()
+    s.sendall(b"\x88\x82\0\0\0\0\x03\xe8")  # close, 1000
+    res["echo-close"] = _ws_end(s)
+    s.close()
+    res["echo-ended"] = lines.until(lambda ev: ev[0] == "/echo")
+    s = _ws_open(ip, port, b"/echo")
+    s.shutdown(socket.SHUT_WR)  # the FIN, no close frame
+    res["half-close"] = _ws_end(s)
+    s.close()
+    res["half-close-ended"] = lines.until(lambda ev: ev[0] == "/echo")
+    s = _ws_open(ip, port, b"/echo")
+    _reset(s)
+    res["reset-ended"] = lines.until(lambda ev: ev[0] == "/echo")
+    s = socket.create_connection((ip, port), timeout=LIMIT)
+    s.sendall(_WS_HALF)
+    _reset(s)
+    with socket.create_connection((ip, port), timeout=LIMIT) as s:
+        s.sendall(_WS_HALF)
+        s.shutdown(socket.SHUT_WR)
+        res["half-handshake"] = _reply(s)
+    with socket.create_connection((ip, port), timeout=LIMIT) as s:
+        s.sendall(_WS_HALF)
+        res["slow-handshake"] = _reply(s)  # open_timeout
+    s = _ws_open(ip, port, b"/flood", rcvbuf=4096)
+    res["flood-blocked"] = lines.until(lambda ev: ev[0] == "/flood")
+    _reset(s)
+    res["flood-ended"] = lines.until(lambda ev: ev[0] == "/flood")
+    return res
+
+
+def test_websockets_server_with_clients_that_vanish_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A websockets server (open and close timeouts 1 s) under `usnet run` and on kernel sockets:
+    kernel clients that close properly, half-close without a close frame, reset after the
+    handshake or in its middle, half-close or go silent in its middle, and stop reading a flood
+    and reset: what they saw and what the server's handlers and logger printed, the same."""
+    path, usnet_ip, host_ip = usnetd_path
+    found = []
+    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
+        proc, port = started(_P.command(on_usnet, "serve-ws"), child_env(path) if on_usnet else kernel_env())
+        try:
+            lines = _Lines(proc)
+            res = _abuse_ws(ip, port, lines)
+            proc.terminate()
+            lines.until(lambda ev: ev == ["stopped"])
+            res["events"] = sorted(map(json.dumps, lines.seen))
+        finally:
+            stop(proc)
+        found.append(json.dumps(res))
+    print(found)
+    res = _same(*found)
+    assert res["echo"] == "81026869" and res["flood-blocked"] == ["/flood", "blocked"]

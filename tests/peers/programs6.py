@@ -27,6 +27,16 @@ def out(v) -> None:
     print(json.dumps(v), flush=True)
 
 
+def event(*what) -> None:
+    """A server program's event, one JSON line as it comes (the test reads them as they do)."""
+    out(list(what))
+
+
+def gone(e: BaseException) -> str:
+    """An exception's name; a reset and a broken pipe alike ("gone": which comes is the timing's)."""
+    return "gone" if isinstance(e, (ConnectionResetError, BrokenPipeError)) else type(e).__name__
+
+
 def outcome(f):
     try:
         r = f()
@@ -743,12 +753,6 @@ elif name == "serve-http":
     kind = args[0]
     BIG, CHUNK = 64 << 20, 1 << 16
 
-    def event(*what) -> None:
-        out(list(what))
-
-    def gone(e: BaseException) -> str:  # (a reset or a broken pipe: the order is the timing's)
-        return "gone" if isinstance(e, (ConnectionResetError, BrokenPipeError)) else type(e).__name__
-
     if kind == "aiohttp":
         from aiohttp import web
 
@@ -861,9 +865,6 @@ elif name == "serve-aio":
     # asyncio.start_server as programs use it: a line echoed on each connection, then closed;
     # "hold" connections stay open across Server.close() and wait_closed() (said by a "close"
     # connection) and echo one more line after; events printed as they come, as "serve-http"
-    def event(*what) -> None:
-        out(list(what))
-
     async def aio_main() -> None:
         done, held_over = asyncio.Event(), asyncio.Event()
         counts = {"echoed": 0, "held": 0}
@@ -906,6 +907,52 @@ elif name == "serve-aio":
         event("held", counts["held"])
 
     asyncio.run(aio_main())
+    out(["stopped"])
+elif name == "serve-ws":
+    # a websockets server (its asyncio API): /echo echoes, /flood sends 16 KiB messages until the
+    # connection ends (to a client that stops reading); open and close timeouts of 1 s; what the
+    # handlers and the library's logger saw printed as events, as "serve-http"
+    import logging
+    import signal
+
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed
+
+    class Logged(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            exc = record.exc_info[1] if record.exc_info else None
+            event("log", record.levelname, record.getMessage()[:40], gone(exc) if exc else None)
+
+
+    async def ws_handler(ws) -> None:
+        path = ws.request.path
+        try:
+            if path == "/flood":
+                said = False
+                for _ in range(100000):
+                    await ws.send(b"x" * (16 << 10))
+                    if not said and ws.transport.get_write_buffer_size() > 0:
+                        said = True
+                        event(path, "blocked")
+            else:
+                async for m in ws:
+                    await ws.send(m)
+            event(path, "ended")
+        except ConnectionClosed as e:
+            rc, sc = e.rcvd, e.sent
+            event(path, type(e).__name__, rc.code if rc else None, sc.code if sc else None)
+
+    async def ws_main() -> None:
+        async with serve(ws_handler, "0.0.0.0", 0, open_timeout=1.0, close_timeout=1.0,
+                         ping_interval=None) as server:
+            print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+            logging.getLogger("websockets").addHandler(Logged())
+            logging.getLogger("websockets").setLevel(logging.INFO)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
+
+    asyncio.run(ws_main())
     out(["stopped"])
 else:
     raise SystemExit(f"no program {name}")
