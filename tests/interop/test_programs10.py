@@ -135,6 +135,9 @@ def _abuse_http(ip: str, port: int, lines: _Lines, blocked: bool) -> dict:
         s.sendall(_GET % (b"/small", b""))
         s.shutdown(socket.SHUT_WR)
         res["half-request"] = _reply(s)
+    with conn() as s:  # a body the server does not read: at its close, an RST (unread data)
+        s.sendall(_GET % (b"/small", b"Connection: close\r\nContent-Length: 65536\r\n") + b"x" * 65536)
+        res["unread"] = _reply(s)
     with conn() as s:  # half a request, then silence: the library's timeout
         s.sendall(b"GET /small HTTP/1.1\r\nHo")
         res["slow"] = _reply(s)
@@ -339,3 +342,34 @@ def test_websockets_server_with_clients_that_vanish_as_on_the_kernel(usnetd_path
     print(found)
     res = _same(*found)
     assert res["echo"] == "81026869" and res["flood-blocked"] == ["/flood", "blocked"]
+
+
+def test_listener_closed_with_connections_queued_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A server that closes its listener with connections queued and never accepted (some sent
+    a request): Linux resets each (inet_csk_listen_stop), and a new connection is refused."""
+    path, usnet_ip, host_ip = usnetd_path
+    found = []
+    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
+        cmd = _P.command(on_usnet, "listener-close")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=child_env(path) if on_usnet else kernel_env())
+        try:
+            assert proc.stdout is not None and select.select([proc.stdout], [], [], LIMIT)[0]
+            port, ctl = map(int, proc.stdout.readline().split()[1:])
+            queued = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(3)]
+            queued[0].sendall(b"GET / HTTP/1.1\r\n\r\n")
+            with socket.create_connection((ip, ctl), timeout=LIMIT) as c:
+                said = c.recv(100)
+            res = {"said": said.decode(), "queued": [_ws_end(s)[1] for s in queued]}
+            try:
+                socket.create_connection((ip, port), timeout=LIMIT).close()
+                res["new"] = "connected"
+            except OSError as e:
+                res["new"] = type(e).__name__
+            for s in queued:
+                s.close()
+        finally:
+            stop(proc)
+        found.append(json.dumps(res))
+    res = _same(*found)
+    assert res == {"said": "closed\n", "queued": ["reset"] * 3, "new": "ConnectionRefusedError"}

@@ -954,5 +954,18 @@ elif name == "serve-ws":
 
     asyncio.run(ws_main())
     out(["stopped"])
+elif name == "listener-close":
+    # a listener closed with connections in its queue, never accepted (a server that stops): the
+    # kernel resets each; the word to close comes on a second listener
+    ls = socket.create_server(("0.0.0.0", 0), backlog=8)
+    ctl = socket.create_server(("0.0.0.0", 0))
+    print(f"port {ls.getsockname()[1]} {ctl.getsockname()[1]}", flush=True)
+    ctl.settimeout(LIMIT)
+    c, _ = ctl.accept()
+    ls.close()
+    c.sendall(b"closed\n")
+    c.close()
+    ctl.close()
+    out(["stopped"])
 else:
     raise SystemExit(f"no program {name}")
