@@ -58,9 +58,8 @@ def test_forked_child_closes_its_listener_while_a_connection_comes_as_on_the_ker
     assert found == {"accept": ["OSError", 9], "before-timeout": True, "status": 0, "parent-got": "hello"}
 
 
-def _reply(s: socket.socket) -> list:
-    """What came on connection `s` to its end: the status line, the body's last bytes (at most
-    16), and how it ended ("eof", "reset", "timeout")."""
+def _to_end(s: socket.socket) -> tuple[bytes, str]:
+    """What came on connection `s` to its end, and how it ended ("eof", "reset", "timeout")."""
     got, end = b"", "limit"
     try:
         for _ in range(100000):
@@ -73,8 +72,24 @@ def _reply(s: socket.socket) -> list:
         end = "reset"
     except TimeoutError:
         end = "timeout"
+    return got, end
+
+
+def _reply(s: socket.socket) -> list:
+    """An HTTP answer on `s` to its end: the status line, the body's last bytes (at most 16),
+    how it ended."""
+    got, end = _to_end(s)
     head, _, body = got.partition(b"\r\n\r\n")
     return [head.split(b"\r\n")[0].decode(), body[-16:].decode(), end]
+
+
+def _connects(ip: str, port: int) -> str:
+    """Whether a new connection to the server is taken ("connected"), else its error's name."""
+    try:
+        socket.create_connection((ip, port), timeout=LIMIT).close()
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
 
 
 def _reset(s: socket.socket) -> None:
@@ -109,6 +124,27 @@ class _Lines:
             if not more:
                 return None
             self.held += more
+
+
+def _both(usnetd: tuple[str, str, str], program: str, clients: Callable[[str, int, _Lines], dict],
+          *args: str) -> dict:
+    """Server `program` under `usnet run` and on kernel sockets, each met by `clients(ip, port,
+    its events)`; then SIGTERM. What the clients saw and the server printed (its events in
+    order of their text: threads and processes print as they come), the same on both."""
+    path, usnet_ip, host_ip = usnetd
+    found = []
+    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
+        proc, port = started(_P.command(on_usnet, program, *args), child_env(path) if on_usnet else kernel_env())
+        try:
+            lines = _Lines(proc)
+            res = clients(ip, port, lines)
+            proc.terminate()
+            lines.until(lambda ev: ev == ["stopped"])
+            res["events"] = sorted(map(json.dumps, lines.seen))
+        finally:
+            stop(proc)
+        found.append(json.dumps(res))
+    return _same(*found)
 
 
 _GET = b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n"
@@ -168,83 +204,54 @@ def test_http_servers_with_clients_that_vanish_as_on_the_kernel(usnetd_path, kin
     after half a request or a whole one, send half a request and wait for the library's timeout
     (1 s), and stop reading a 64 MiB answer and reset: what the clients saw, and what the server
     printed, the same on both."""
-    path, usnet_ip, host_ip = usnetd_path
-    found = []
-    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
-        proc, port = started(_P.command(on_usnet, "serve-http", kind), child_env(path) if on_usnet else kernel_env())
-        try:
-            lines = _Lines(proc)
-            res = _abuse_http(ip, port, lines, kind == "aiohttp")
-            proc.terminate()
-            lines.until(lambda ev: ev == ["stopped"])
-            res["events"] = sorted(map(json.dumps, lines.seen))
-        finally:
-            stop(proc)
-        found.append(json.dumps(res))
-    print(found)
-    res = _same(*found)
+    res = _both(usnetd_path, "serve-http", lambda ip, port, lines: _abuse_http(ip, port, lines, kind == "aiohttp"),
+                kind)
     assert res["ok"] == res["ok-after"] == ["HTTP/1.1 200 OK", "small", "eof"]
 
 
 def _lines_of(socks: list[socket.socket]) -> list[bytes]:
-    """Each connection's answer to its end (bounded by its timeout)."""
-    got = []
-    for s in socks:
-        b = b""
-        for _ in range(100):
-            more = s.recv(100)
-            if not more:
-                break
-            b += more
-        got.append(b)
-    return got
+    """Each connection's answer to its end."""
+    return [_to_end(s)[0] for s in socks]
+
+
+def _short_then_close(ip: str, port: int, lines: _Lines) -> dict:
+    """200 short connections, 40 at a time; three held; the server told to close; a new
+    connection tried; the held ones used after."""
+    res: dict = {}
+    answers = []
+    for round_ in range(5):
+        socks = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(40)]
+        for i, s in enumerate(socks):
+            s.sendall(b"%d\n" % (round_ * 40 + i))
+        answers += _lines_of(socks)
+        for s in socks:
+            s.close()
+    res["short"] = answers == [b"%d\n" % i for i in range(200)]
+    held = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(3)]
+    for s in held:
+        s.sendall(b"hold\n")
+    res["held"] = [s.recv(100) == b"held\n" for s in held]
+    with socket.create_connection((ip, port), timeout=LIMIT) as s:
+        s.sendall(b"close\n")
+        res["close-conn"] = _lines_of([s])[0].decode()
+    res["waited"] = lines.until(lambda ev: ev[0] == "wait_closed")
+    res["after-close"] = _connects(ip, port)
+    for s in held:
+        s.sendall(b"more\n")
+    res["held-after"] = [b.decode() for b in _lines_of(held)]
+    for s in held:
+        s.close()
+    lines.until(lambda ev: ev == ["stopped"])  # (it stops itself: not SIGTERM'd before it says all)
+    return res
 
 
 def test_asyncio_server_many_short_connections_and_close_with_connections_open_as_on_the_kernel(usnetd_path):  # noqa: F811
     """asyncio.start_server: 200 short connections, 40 at a time, each a line echoed and closed;
     then Server.close() and wait_closed() with three connections open: new connections refused,
     the open ones served on, as on the kernel."""
-    path, usnet_ip, host_ip = usnetd_path
-    found = []
-    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
-        proc, port = started(_P.command(on_usnet, "serve-aio"), child_env(path) if on_usnet else kernel_env())
-        try:
-            lines, res = _Lines(proc), {}
-            answers = []
-            for round_ in range(5):
-                socks = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(40)]
-                for i, s in enumerate(socks):
-                    s.sendall(b"%d\n" % (round_ * 40 + i))
-                answers += _lines_of(socks)
-                for s in socks:
-                    s.close()
-            res["short"] = answers == [b"%d\n" % i for i in range(200)]
-            held = [socket.create_connection((ip, port), timeout=LIMIT) for _ in range(3)]
-            for s in held:
-                s.sendall(b"hold\n")
-            res["held"] = [s.recv(100) == b"held\n" for s in held]
-            with socket.create_connection((ip, port), timeout=LIMIT) as s:
-                s.sendall(b"close\n")
-                res["close-conn"] = _lines_of([s])[0].decode()
-            res["waited"] = lines.until(lambda ev: ev[0] == "wait_closed")
-            try:
-                socket.create_connection((ip, port), timeout=LIMIT).close()
-                res["after-close"] = "connected"
-            except OSError as e:
-                res["after-close"] = type(e).__name__
-            for s in held:
-                s.sendall(b"more\n")
-            res["held-after"] = [b.decode() for b in _lines_of(held)]
-            for s in held:
-                s.close()
-            lines.until(lambda ev: ev == ["stopped"])
-            res["events"] = lines.seen
-        finally:
-            stop(proc)
-        found.append(json.dumps(res))
-    res = _same(*found)
+    res = _both(usnetd_path, "serve-aio", _short_then_close)
     assert res["short"] and res["after-close"] == "ConnectionRefusedError"
-    assert res["held-after"] == ["more\n"] * 3 and ["held", 3] in res["events"]
+    assert res["held-after"] == ["more\n"] * 3 and '["held", 3]' in res["events"]
 
 
 _WS_OPEN = (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -270,19 +277,8 @@ def _ws_open(ip: str, port: int, path: bytes, rcvbuf: int = 0) -> socket.socket:
 
 
 def _ws_end(s: socket.socket) -> list:
-    """What came on WebSocket `s` to its end: the bytes, how it ended."""
-    got, end = b"", "limit"
-    try:
-        for _ in range(1000):
-            b = s.recv(1 << 16)
-            if not b:
-                end = "eof"
-                break
-            got += b
-    except ConnectionResetError:
-        end = "reset"
-    except TimeoutError:
-        end = "timeout"
+    """What came on WebSocket `s` to its end (in hex), how it ended."""
+    got, end = _to_end(s)
     return [got.hex(), end]
 
 
@@ -326,21 +322,7 @@ def test_websockets_server_with_clients_that_vanish_as_on_the_kernel(usnetd_path
     kernel clients that close properly, half-close without a close frame, reset after the
     handshake or in its middle, half-close or go silent in its middle, and stop reading a flood
     and reset: what they saw and what the server's handlers and logger printed, the same."""
-    path, usnet_ip, host_ip = usnetd_path
-    found = []
-    for on_usnet, ip in ((True, usnet_ip), (False, host_ip)):
-        proc, port = started(_P.command(on_usnet, "serve-ws"), child_env(path) if on_usnet else kernel_env())
-        try:
-            lines = _Lines(proc)
-            res = _abuse_ws(ip, port, lines)
-            proc.terminate()
-            lines.until(lambda ev: ev == ["stopped"])
-            res["events"] = sorted(map(json.dumps, lines.seen))
-        finally:
-            stop(proc)
-        found.append(json.dumps(res))
-    print(found)
-    res = _same(*found)
+    res = _both(usnetd_path, "serve-ws", _abuse_ws)
     assert res["echo"] == "81026869" and res["flood-blocked"] == ["/flood", "blocked"]
 
 
@@ -361,11 +343,7 @@ def test_listener_closed_with_connections_queued_as_on_the_kernel(usnetd_path): 
             with socket.create_connection((ip, ctl), timeout=LIMIT) as c:
                 said = c.recv(100)
             res = {"said": said.decode(), "queued": [_ws_end(s)[1] for s in queued]}
-            try:
-                socket.create_connection((ip, port), timeout=LIMIT).close()
-                res["new"] = "connected"
-            except OSError as e:
-                res["new"] = type(e).__name__
+            res["new"] = _connects(ip, port)
             for s in queued:
                 s.close()
         finally:

@@ -28,13 +28,28 @@ def out(v) -> None:
 
 
 def event(*what) -> None:
-    """A server program's event, one JSON line as it comes (the test reads them as they do)."""
-    out(list(what))
+    """A server program's event, one JSON line as it comes (the test reads them as they do): one
+    write, whole (print writes the line's end apart, and threads' and children's lines mixed)."""
+    os.write(1, (json.dumps(list(what)) + "\n").encode())
 
 
 def gone(e: BaseException) -> str:
     """An exception's name; a reset and a broken pipe alike ("gone": which comes is the timing's)."""
     return "gone" if isinstance(e, (ConnectionResetError, BrokenPipeError)) else type(e).__name__
+
+
+def from_child(r: int, pid: int) -> dict:
+    """What forked child `pid` wrote (JSON) on pipe `r` to its end, with its exit status."""
+    got = b""
+    for _ in range(100):
+        b = os.read(r, 65536)
+        if not b:
+            break
+        got += b
+    _, status = os.waitpid(pid, 0)
+    res = json.loads(got)
+    res["status"] = status
+    return res
 
 
 def outcome(f):
@@ -577,15 +592,7 @@ elif name == "fork-close":
         os.write(w, json.dumps(res).encode())
         os._exit(0)
     os.close(w)
-    got = b""
-    for _ in range(100):
-        b = os.read(r, 65536)
-        if not b:
-            break
-        got += b
-    _, status = os.waitpid(pid, 0)
-    res = json.loads(got)
-    res["status"] = status
+    res = from_child(r, pid)
     # the parent's own copies are untouched by the child's close
     c.sendall(b"parent\n")
     res["parent-echo"] = c.recv(100).decode()
@@ -724,15 +731,7 @@ elif name == "fork-accept-closed":
     os.close(closed_w)
     if os.read(closed_r, 1) == b"c":
         ctrl.sendall(b"%d\n" % ls.getsockname()[1])  # the peer connects to the listener
-    got = b""
-    for _ in range(100):
-        b = os.read(r, 65536)
-        if not b:
-            break
-        got += b
-    _, status = os.waitpid(pid, 0)
-    res = json.loads(got)
-    res["status"] = status
+    res = from_child(r, pid)
     ls.settimeout(LIMIT)  # the connection the child did not take is the parent's
     conn, _ = ls.accept()
     conn.settimeout(LIMIT)
@@ -907,7 +906,7 @@ elif name == "serve-aio":
         event("held", counts["held"])
 
     asyncio.run(aio_main())
-    out(["stopped"])
+    event("stopped")
 elif name == "serve-ws":
     # a websockets server (its asyncio API): /echo echoes, /flood sends 16 KiB messages until the
     # connection ends (to a client that stops reading); open and close timeouts of 1 s; what the
@@ -953,7 +952,7 @@ elif name == "serve-ws":
             await stop.wait()
 
     asyncio.run(ws_main())
-    out(["stopped"])
+    event("stopped")
 elif name == "listener-close":
     # a listener closed with connections in its queue, never accepted (a server that stops): the
     # kernel resets each; the word to close comes on a second listener
