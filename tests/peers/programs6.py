@@ -27,6 +27,31 @@ def out(v) -> None:
     print(json.dumps(v), flush=True)
 
 
+def event(*what) -> None:
+    """A server program's event, one JSON line as it comes (the test reads them as they do): one
+    write, whole (print writes the line's end apart, and threads' and children's lines mixed)."""
+    os.write(1, (json.dumps(list(what)) + "\n").encode())
+
+
+def gone(e: BaseException) -> str:
+    """An exception's name; a reset and a broken pipe alike ("gone": which comes is the timing's)."""
+    return "gone" if isinstance(e, (ConnectionResetError, BrokenPipeError)) else type(e).__name__
+
+
+def from_child(r: int, pid: int) -> dict:
+    """What forked child `pid` wrote (JSON) on pipe `r` to its end, with its exit status."""
+    got = b""
+    for _ in range(100):
+        b = os.read(r, 65536)
+        if not b:
+            break
+        got += b
+    _, status = os.waitpid(pid, 0)
+    res = json.loads(got)
+    res["status"] = status
+    return res
+
+
 def outcome(f):
     try:
         r = f()
@@ -568,15 +593,7 @@ elif name == "fork-close":
         os.write(w, json.dumps(res).encode())
         os._exit(0)
     os.close(w)
-    got = b""
-    for _ in range(100):
-        b = os.read(r, 65536)
-        if not b:
-            break
-        got += b
-    _, status = os.waitpid(pid, 0)
-    res = json.loads(got)
-    res["status"] = status
+    res = from_child(r, pid)
     # the parent's own copies are untouched by the child's close
     c.sendall(b"parent\n")
     res["parent-echo"] = c.recv(100).decode()
@@ -687,5 +704,268 @@ elif name == "ws":
 
     asyncio.run(ws_main())
     out(res)
+elif name == "fork-accept-closed":
+    # a forked child's accept (a Python timeout) on its inherited listener, closed by another of
+    # its threads; then a connection comes (a kernel peer connects back on the parent's word):
+    # the child's accept is EBADF and the connection stays queued for the parent's accept
+    host, port = args[0], int(args[1])
+    ls = socket.create_server(("0.0.0.0", 0))
+    ctrl = socket.create_connection((host, port), timeout=LIMIT)
+    closed_r, closed_w = os.pipe()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ls.settimeout(5.0)
+
+        def close_then_tell() -> None:
+            ls.close()
+            os.write(closed_w, b"c")
+
+        closer = threading.Timer(0.3, close_then_tell)
+        closer.start()
+        t0 = time.monotonic()
+        res = {"accept": outcome(lambda: ls.accept() and "accepted"), "before-timeout": time.monotonic() - t0 < 4.5}
+        closer.join()
+        os.write(w, json.dumps(res).encode())
+        os._exit(0)
+    os.close(w)
+    os.close(closed_w)
+    if os.read(closed_r, 1) == b"c":
+        ctrl.sendall(b"%d\n" % ls.getsockname()[1])  # the peer connects to the listener
+    res = from_child(r, pid)
+    ls.settimeout(LIMIT)  # the connection the child did not take is the parent's
+    conn, _ = ls.accept()
+    conn.settimeout(LIMIT)
+    res["parent-got"] = conn.recv(100).decode()
+    conn.close()
+    ls.close()
+    ctrl.close()
+    out(res)
+elif name == "serve-http":
+    # an HTTP server as programs run one, printing what it saw (one JSON line an event) until
+    # SIGTERM: aiohttp's web server, http.server's ThreadingHTTPServer, or a ForkingMixIn
+    # HTTPServer; /small answers "small", /big writes 64 MiB (to a client that stops reading);
+    # the libraries' own timeouts for a client that sends half a request: 1 s
+    import http.server
+    import logging
+    import signal
+    import socketserver
+    kind = args[0]
+    BIG, CHUNK = 64 << 20, 1 << 16
+
+    if kind == "aiohttp":
+        from aiohttp import web
+
+        class Logged(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                exc = record.exc_info[1] if record.exc_info else None
+                event("log", record.name, record.levelname, gone(exc) if exc else None)
+
+        logging.getLogger("aiohttp").addHandler(Logged())
+        logging.getLogger("aiohttp").setLevel(logging.INFO)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+        async def small(request):
+            event("small")
+            return web.Response(text="small")
+
+        async def big(request):
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            sent = 0
+
+            async def watch() -> None:  # says when the writes block (the transport paused them)
+                for _ in range(1000):
+                    if request.protocol.writing_paused:
+                        event("big", "blocked")
+                        return
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            try:
+                while sent < BIG:
+                    await resp.write(b"x" * CHUNK)
+                    sent += CHUNK
+                event("big", "done")
+            except (OSError, asyncio.CancelledError) as e:
+                event("big", gone(e))
+                raise
+            finally:
+                watcher.cancel()
+            return resp
+
+        async def started(app):
+            print(f"port {site._server.sockets[0].getsockname()[1]}", flush=True)
+
+        async def main():
+            global site
+            app = web.Application()
+            app.router.add_get("/small", small)
+            app.router.add_get("/big", big)
+            runner = web.AppRunner(app, keepalive_timeout=1.0, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, "0.0.0.0", 0)
+            await site.start()
+            await started(app)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
+            await runner.cleanup()
+
+        asyncio.run(main())
+    else:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 1.0  # (StreamRequestHandler's: the connection's socket timeout)
+
+            def do_GET(self) -> None:
+                body = b"small" if self.path == "/small" else b""
+                self.send_response(200)
+                self.send_header("Content-Length", str(BIG if self.path == "/big" else len(body)))
+                self.end_headers()
+                if self.path != "/big":
+                    event("small")
+                    self.wfile.write(body)
+                    return
+                try:
+                    for _ in range(BIG // CHUNK):
+                        self.wfile.write(b"x" * CHUNK)
+                    event("big", "done")
+                except OSError as e:
+                    event("big", gone(e))
+                    self.close_connection = True
+
+            def log_message(self, fmt: str, *a) -> None:
+                if "code 4" in fmt % a or "code 5" in fmt % a or "Request timed out" in fmt % a:
+                    event("log", (fmt % a).split(":")[0])
+
+        class Server(socketserver.ForkingMixIn if kind == "forking" else socketserver.ThreadingMixIn,
+                     http.server.HTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address) -> None:
+                event("handle_error", gone(sys.exc_info()[1]))
+
+        srv = Server(("0.0.0.0", 0), Handler)
+        me = os.getpid()
+
+        def term(*_a) -> None:
+            if os.getpid() == me:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, term)
+        print(f"port {srv.server_address[1]}", flush=True)
+        try:
+            srv.serve_forever(0.05)
+        except KeyboardInterrupt:
+            pass
+        srv.server_close()
+    event("stopped")
+elif name == "serve-aio":
+    # asyncio.start_server as programs use it: a line echoed on each connection, then closed;
+    # "hold" connections stay open across Server.close() and wait_closed() (said by a "close"
+    # connection) and echo one more line after; events printed as they come, as "serve-http"
+    async def aio_main() -> None:
+        done, held_over = asyncio.Event(), asyncio.Event()
+        counts = {"echoed": 0, "held": 0}
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                line = await r.readline()
+                if line == b"close\n":
+                    done.set()
+                elif line == b"hold\n":
+                    w.write(b"held\n")
+                    await w.drain()
+                    line = await r.readline()  # (after the server's close)
+                    w.write(line)
+                    await w.drain()
+                    counts["held"] += 1
+                    if counts["held"] == 3:
+                        held_over.set()
+                else:
+                    w.write(line)
+                    await w.drain()
+                    counts["echoed"] += 1
+            except OSError as e:
+                event("handler", type(e).__name__)
+            finally:
+                w.close()
+
+        server = await asyncio.start_server(handle, "0.0.0.0", 0, backlog=64)
+        print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.wait_for(done.wait(), LIMIT * 2)
+        event("echoed", counts["echoed"])
+        server.close()
+        event("is_serving", server.is_serving(), len(server.sockets))
+        try:
+            await asyncio.wait_for(server.wait_closed(), 1.0)
+            event("wait_closed", "returned")
+        except TimeoutError:
+            event("wait_closed", "waits")
+        await asyncio.wait_for(held_over.wait(), LIMIT)
+        event("held", counts["held"])
+
+    asyncio.run(aio_main())
+    event("stopped")
+elif name == "serve-ws":
+    # a websockets server (its asyncio API): /echo echoes, /flood sends 16 KiB messages until the
+    # connection ends (to a client that stops reading); open and close timeouts of 1 s; what the
+    # handlers and the library's logger saw printed as events, as "serve-http"
+    import logging
+    import signal
+
+    from websockets.asyncio.server import serve
+    from websockets.exceptions import ConnectionClosed
+
+    class Logged(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            exc = record.exc_info[1] if record.exc_info else None
+            event("log", record.levelname, record.getMessage()[:40], gone(exc) if exc else None)
+
+
+    async def ws_handler(ws) -> None:
+        path = ws.request.path
+        try:
+            if path == "/flood":
+                said = False
+                for _ in range(100000):
+                    await ws.send(b"x" * (16 << 10))
+                    if not said and ws.transport.get_write_buffer_size() > 0:
+                        said = True
+                        event(path, "blocked")
+            else:
+                async for m in ws:
+                    await ws.send(m)
+            event(path, "ended")
+        except ConnectionClosed as e:
+            rc, sc = e.rcvd, e.sent
+            event(path, type(e).__name__, rc.code if rc else None, sc.code if sc else None)
+
+    async def ws_main() -> None:
+        async with serve(ws_handler, "0.0.0.0", 0, open_timeout=1.0, close_timeout=1.0,
+                         ping_interval=None) as server:
+            print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+            logging.getLogger("websockets").addHandler(Logged())
+            logging.getLogger("websockets").setLevel(logging.INFO)
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
+
+    asyncio.run(ws_main())
+    event("stopped")
+elif name == "listener-close":
+    # a listener closed with connections in its queue, never accepted (a server that stops): the
+    # kernel resets each; the word to close comes on a second listener
+    ls = socket.create_server(("0.0.0.0", 0), backlog=8)
+    ctl = socket.create_server(("0.0.0.0", 0))
+    print(f"port {ls.getsockname()[1]} {ctl.getsockname()[1]}", flush=True)
+    ctl.settimeout(LIMIT)
+    c, _ = ctl.accept()
+    ls.close()
+    c.sendall(b"closed\n")
+    c.close()
+    ctl.close()
+    out(["stopped"])
 else:
     raise SystemExit(f"no program {name}")

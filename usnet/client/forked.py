@@ -50,6 +50,7 @@ import os
 import select
 import socket as _std
 import threading
+import time
 from typing import Any
 
 import msgspec
@@ -317,14 +318,48 @@ class Agent:
         _send(reply, Answer("datagram", peername=list(addr), data=data))
 
     def _accept(self, req: Request, ls: Any, reply: _std.socket) -> None:
-        """A connection accepted on the parent's listener for the child, spliced."""
+        """A connection accepted on the parent's listener for the child, spliced.
+
+        A child that polls (a Python timeout) sleeps in poll(2) on the kernel; closed meanwhile
+        by another of its threads, poll wakes when a connection comes and CPython's accept is
+        on descriptor -1: EBADF, the connection left queued for the listener's other holders.
+        So such a request waits for the listener's readiness and takes a connection only while
+        the child still holds the socket (`_held`). A blocking accept(2) holds the file and
+        takes the connection whatever its descriptor became: accepted as it comes."""
         mine = ls.reference()  # a timeout of its own
         try:
-            mine.settimeout(req.timeout)
-            conn, _addr = mine.accept()
+            if req.timeout:
+                mine.settimeout(0.0)
+                conn = self._accept_held(req, mine)
+            else:
+                mine.settimeout(req.timeout)
+                conn, _addr = mine.accept()
         finally:
             mine.close()
         self._give(conn, _names(conn), reply)
+
+    def _accept_held(self, req: Request, mine: Any) -> Any:
+        """A connection from non-blocking listener reference `mine` within `req.timeout`, while
+        the child holds socket `req.token` (EBADF once it let go and a connection came)."""
+        assert req.timeout is not None
+        deadline = time.monotonic() + req.timeout
+        p = select.poll()
+        p.register(mine.fileno(), select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if not p.poll(max(int(left * 1000), 1)):
+                continue
+            if not self._held(req.token):
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            try:
+                conn, _addr = mine.accept()
+                return conn
+            except BlockingIOError:
+                continue  # another holder took it
+        raise TimeoutError("timed out")
+
+    def _held(self, token: int) -> bool:
+        with self._lock:
+            return token in self.shares
 
 
 # -- the child's side ------------------------------------------------------------------------
