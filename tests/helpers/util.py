@@ -104,6 +104,19 @@ class FakeClock:
         return self.now
 
 
+class CallNames:
+    """A real object (an epoll) with the names of the calls made on it kept: what reached it, as
+    tests that count a loop's system calls read it (tests/domain/test_watch.py, test_loop_quiet.py)."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        self.calls.append(name)
+        return getattr(self.real, name)
+
+
 class ControlledDevice:
     """A device the test controls: it keeps the frames it takes, at most `room` of them
     in each `send_batch` call (`per_call`), or in all until the test sets `room` again."""

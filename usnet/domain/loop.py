@@ -832,7 +832,7 @@ class Domain(Control, Housekeeping):
             # turn that moves one packet (issue 18, usnetd's CPU per turn).
             try:
                 lease = self.leases.tick()  # sleep no later than the next lease expiry
-                t = min(self._purge_idle(), self._housekeeping())  # both always a number
+                t = self._housekeeping()  # always a number (the purge of idle pools too)
                 if lease is not None and lease < t:
                     t = lease
                 if timeout is None or t < timeout:
