@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.helpers.util import CallNames, FakeClock
+from tests.helpers.util import CallNames, FakeClock, calls_made
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers import MemWire
@@ -189,22 +189,10 @@ def test_an_idle_turn_makes_few_calls_and_no_system_call_but_its_wait(q):
     for _ in range(3):
         q.d.serve_once(0.001)  # (a timeout: the turn that may sleep asks its flows to ring, as usnetd's)
     ep = q.d._sel._ep = CallNames(q.d._sel._ep)
-    calls: list[str] = []
-
-    def trace(frame, event: str, arg: object) -> None:
-        if event == "call":
-            calls.append(frame.f_code.co_qualname)
-        elif event == "c_call":
-            calls.append(getattr(arg, "__qualname__", "?"))
-
     turns = 20
-    sys.setprofile(trace)
-    try:
+    with calls_made() as calls:
         for _ in range(turns):
             q.d.serve_once(0.001)
-    finally:
-        sys.setprofile(None)
-    calls.remove("setprofile")
     assert ep.calls == ["poll"] * turns
     assert len(calls) <= 30 * turns, sorted(set(calls))
     theirs.close()
