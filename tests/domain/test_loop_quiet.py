@@ -7,11 +7,12 @@ on a clock the test holds; a rule that skipped the work fails the test.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import pytest
 
-from tests.helpers.util import FakeClock
+from tests.helpers.util import CallNames, FakeClock, calls_made
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers import MemWire
@@ -172,3 +173,27 @@ def test_igmp_next_is_the_soonest_of_its_timers(q, query, outbox, again):
     every = [*query.values(), *outbox.values(), *([] if again is None else [again])]
     assert q.sw.igmp_next() == (min(every) if every else None)
     assert q.sw._waits_for_time() is bool(every)
+
+
+def test_an_idle_turn_makes_few_calls_and_no_system_call_but_its_wait(q):
+    """usnetd's fixed cost per turn (issue 18): with a netif, the loopback, a flow parked and a
+    client session connected, and nothing to do, a turn of the loop is its tests and its one wait.
+    Counted in calls (Python and C, as `sys.setprofile` sees them; 36 a turn with the loop's
+    selector, two advisories' `_moved`, `igmp_next` in the quiet test and a second clock read for
+    the purge) and in what reached the epoll (one `poll`: no interest changed)."""
+    c = Client.local(q.d)
+    c.udp_socket("a", 5000)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    q.d.add_socket_session(ours)
+    q.settle()
+    for _ in range(3):
+        q.d.serve_once(0.001)  # (a timeout: the turn that may sleep asks its flows to ring, as usnetd's)
+    ep = q.d._sel._ep = CallNames(q.d._sel._ep)
+    turns = 20
+    with calls_made() as calls:
+        for _ in range(turns):
+            q.d.serve_once(0.001)
+    assert ep.calls == ["poll"] * turns
+    assert len(calls) <= 30 * turns, sorted(set(calls))
+    theirs.close()
+

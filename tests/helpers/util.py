@@ -15,7 +15,9 @@ import itertools
 import os
 import socket
 import ssl
+import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -102,6 +104,39 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@contextlib.contextmanager
+def calls_made() -> Iterator[list[str]]:
+    """The qualified names of the Python and C functions called inside the block, in order (as
+    `sys.setprofile` sees them: the work a piece of code does, counted without timing it)."""
+    names: list[str] = []
+
+    def trace(frame, event: str, arg: object) -> None:
+        if event == "call":
+            names.append(frame.f_code.co_qualname)
+        elif event == "c_call":
+            names.append(getattr(arg, "__qualname__", "?"))
+
+    sys.setprofile(trace)
+    try:
+        yield names
+    finally:
+        sys.setprofile(None)
+    names.remove("setprofile")
+
+
+class CallNames:
+    """A real object (an epoll) with the names of the calls made on it kept: what reached it, as
+    tests that count a loop's system calls read it (tests/domain/test_watch.py, test_loop_quiet.py)."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        self.calls.append(name)
+        return getattr(self.real, name)
 
 
 class ControlledDevice:

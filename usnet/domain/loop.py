@@ -20,7 +20,6 @@ import errno
 import itertools
 import logging
 import os
-import selectors
 import socket
 import threading
 import time
@@ -51,6 +50,7 @@ from usnet.domain.switch.ports import PortSpace
 from usnet.domain.switch.table import Flow
 from usnet.domain.switch.tx import TX_BATCH
 from usnet.domain.userpipe import UserPipe
+from usnet.domain.watch import READ, WRITE, Watch, WatchKey
 from usnet.drivers.loopback import LoopbackDriver
 from usnet.runtime import gil
 
@@ -82,7 +82,7 @@ def _sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def _ll_first(event: tuple[selectors.SelectorKey, int]) -> bool:
+def _ll_first(event: tuple[WatchKey, int]) -> bool:
     """Sort key of the loop's events: a low-latency flow's doorbell before everything else."""
     kind, obj = event[0].data
     return not (kind == "flowtx" and obj[1].id in obj[0].netif.ll_keys)
@@ -151,9 +151,9 @@ class Domain(Control, Housekeeping):
         self.switches: dict[str, FlowSwitch] = {}
         self.ports = PortSpace()  # one namespace per protocol, shared by every netif
         self._ids = itertools.count(1)
-        self._sel = selectors.DefaultSelector()
+        self._sel = Watch()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._sel.register(self._wake_r, READ, ("wake", None))
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._stopped = False
@@ -220,7 +220,7 @@ class Domain(Control, Housekeeping):
             self.switches[name] = sw
             sw.catch_up = self._catch_up
             self.leases.add_netif(sw)
-            self._sel.register(driver.fileno(), selectors.EVENT_READ, ("netif", sw))
+            self._sel.register(driver.fileno(), READ, ("netif", sw))
         self._wake()
         return sw
 
@@ -421,8 +421,8 @@ class Domain(Control, Housekeeping):
         already did (those stay polled and the loop must not sleep)."""
         busy = False
         for sw in self.switches.values():
-            self.polls += len(sw.polled)
-            if sw.polled:
+            if sw.polled:  # (an empty one counts 0: no len() for it, asked every turn)
+                self.polls += len(sw.polled)
                 busy |= self._park(sw, [f for f in sw.polled if not f.port.suspended])
         return busy
 
@@ -455,7 +455,7 @@ class Domain(Control, Housekeeping):
         sock.setblocking(False)
         s = self.new_session(uid, pid, sock)
         with self.lock:
-            self._sel.register(sock, selectors.EVENT_READ, ("session", s))
+            self._sel.register(sock, READ, ("session", s))
             if s.over_limit is not None:
                 self._turn_away(s)
         self._wake()
@@ -517,7 +517,7 @@ class Domain(Control, Housekeeping):
         sock.setblocking(False)
         with self.lock:
             self._listeners.append(sock)
-            self._sel.register(sock, selectors.EVENT_READ, ("listen", sock))
+            self._sel.register(sock, READ, ("listen", sock))
         self._wake()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
@@ -739,21 +739,11 @@ class Domain(Control, Housekeeping):
     def _watch_session(self, s: Session) -> None:
         """Watch a session's socket for what the loop wants of it: its requests unless it is held
         back (`_hold_back`) or waits for a worker's answer (usnet.domain.workers), room for its
-        replies while some wait."""
+        replies while some wait. Epoll is told only when that changes (`Watch.want`)."""
         if s.sock is None:
             return
-        events = (0 if s.held_until is not None or s.unread else selectors.EVENT_READ) | \
-            (selectors.EVENT_WRITE if s.pending else 0)
-        try:
-            self._sel.get_key(s.sock)
-        except KeyError:
-            if events:
-                self._sel.register(s.sock, events, ("session", s))
-            return
-        if events:
-            self._sel.modify(s.sock, events, ("session", s))
-        else:
-            self._sel.unregister(s.sock)
+        self._sel.want(s.sock, (0 if s.held_until is not None or s.unread else READ) | (WRITE if s.pending else 0),
+                       ("session", s))
 
     def _serve_session_fairly(self, s: Session) -> None:
         """Serve one request of `s` and charge the time it took to its uid (usnet.domain.fairshare);
@@ -824,7 +814,7 @@ class Domain(Control, Housekeeping):
             return left
         self._accept_resume = None
         for ls in self._listeners:
-            self._sel.register(ls, selectors.EVENT_READ, ("listen", ls))
+            self._sel.register(ls, READ, ("listen", ls))
         return None
 
     # -- the service loop -------------------------------------------------------------------
@@ -842,7 +832,7 @@ class Domain(Control, Housekeeping):
             # turn that moves one packet (issue 18, usnetd's CPU per turn).
             try:
                 lease = self.leases.tick()  # sleep no later than the next lease expiry
-                t = min(self._purge_idle(), self._housekeeping())  # both always a number
+                t = self._housekeeping()  # always a number (the purge of idle pools too)
                 if lease is not None and lease < t:
                     t = lease
                 if timeout is None or t < timeout:
@@ -958,9 +948,9 @@ class Domain(Control, Housekeeping):
                     else:
                         sw.flush()  # a parked flow's first packets leave in this turn, as a polled flow's do
         elif kind == "session":
-            if mask & selectors.EVENT_WRITE:
+            if mask & WRITE:
                 self._send_pending(obj)
-            if mask & selectors.EVENT_READ:
+            if mask & READ:
                 self._serve_session_fairly(obj)
         elif kind == "listen":
             self._accept(obj)

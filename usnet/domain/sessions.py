@@ -20,7 +20,6 @@ import ipaddress
 import itertools
 import logging
 import os
-import selectors
 import socket
 import threading
 import time
@@ -43,6 +42,7 @@ from usnet.domain.switch.port import NEXUS, FlowPort
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import Flow
 from usnet.domain.userpipe import UserPipe
+from usnet.domain.watch import READ, Watch
 from usnet.proto.pcapfilter import parse as parse_filter
 from usnet.proto.wire.ipv4 import ip_bytes
 
@@ -185,7 +185,7 @@ class SessionRegistry:
     faults: int
     _pool_charges: dict[UserPipe, Charge]  # a pipe's arena, charged to its creator until destroyed
     _ids: itertools.count
-    _sel: selectors.BaseSelector
+    _sel: Watch
     _wake_w: int
 
     def _wake(self) -> None:
@@ -356,7 +356,7 @@ class SessionRegistry:
         end.attached = True
         self.channels[cid] = ref
         ref.session.channels.add(cid)
-        self._sel.register(end.kick.wait_fd, selectors.EVENT_READ, ("kick", cid))
+        self._sel.register(end.kick.wait_fd, READ, ("kick", cid))
         self._wake()
         # the client sleeps on its bell and rings it too (a write end of its own), rings its peer's,
         # rings our kick (docs/abi.md, "Doorbells")
@@ -421,7 +421,7 @@ class SessionRegistry:
             pipe.destroy()
             raise
         try:
-            self._sel.register(port.bell, selectors.EVENT_READ, ("flowtx", (sw, flow)))
+            self._sel.register(port.bell, READ, ("flowtx", (sw, flow)))
             fds = self._attach(cid, ChannelRef(pipe, 0, session, sw, flow, charge=charge), pipe.ends[NEXUS].bell)
         except BaseException:  # half made: the flow, its port reservation and the pipe all go
             self._detach(cid, session)

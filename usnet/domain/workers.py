@@ -115,7 +115,6 @@ import logging
 import math
 import os
 import select
-import selectors
 import signal
 import socket
 import struct
@@ -142,6 +141,7 @@ from usnet.domain.lowlat.policy import Who
 from usnet.domain.sessions import Session, shares_port
 from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
+from usnet.domain.watch import READ
 from usnet.drivers.base import Received
 from usnet.proto.wire.msf import Filter
 
@@ -511,7 +511,7 @@ class ShardedDomain(Domain):
         """Hear worker `link` die: its command socket, which it writes only to answer a heartbeat,
         reads EOF then. Its first heartbeat goes now: the answer says its loop runs."""
         link.cmd.setblocking(False)
-        self._sel.register(link.cmd, selectors.EVENT_READ, ("worker", link))
+        self._sel.register(link.cmd, READ, ("worker", link))
         self._ask_heartbeat(link, time.monotonic())
 
     def _serve_event(self, kind: str, obj: Any, fd: int, mask: int) -> None:
@@ -604,7 +604,7 @@ class ShardedDomain(Domain):
             sock = link.new_session()
             sock.setblocking(False)
             line = self._lines[sid, k] = Line(sid, k, sock)
-            self._sel.register(sock, selectors.EVENT_READ, ("relay", line))
+            self._sel.register(sock, READ, ("relay", line))
         return line
 
     def _send(self, line: Line, session: Session | None, req: P.Request,
@@ -1496,7 +1496,7 @@ class WorkerDomain(Domain):
     def __init__(self, cmd: socket.socket, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cmd = cmd
-        self._sel.register(cmd, selectors.EVENT_READ, ("command", None))
+        self._sel.register(cmd, READ, ("command", None))
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         """A netif whose queue k is ours: each neighbour we ask for is also told to usnetd, which

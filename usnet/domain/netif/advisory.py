@@ -75,14 +75,12 @@ class NetifAdvisory:
     size = SIZE
 
     def poll(self, now: float) -> float | None:
-        """Publish if due, or at once if the netif moved while idle.
+        """Publish what `turn` found due: at once if the idle netif moved, else if the interval is up.
 
         Returns the seconds until the next publication is due, or None while
         idle (nothing to wake for).
         """
         if self.idle:
-            if not self._moved():
-                return None
             self.idle = False
             self.publish(now, woke=True)
         elif now >= self.next_due:
@@ -90,21 +88,18 @@ class NetifAdvisory:
         return None if self.idle else max(0.0, self.next_due - now)
 
     def turn(self) -> float | None:
-        """`poll` at the netif's time, as the domain loop calls it every turn: the common cases
-        short (issue 18, the loop's fixed cost per turn). An idle netif that did not move reads
-        no clock; an active one not yet due reads the clock and nothing else."""
+        """Publish if due, at the netif's time, as the domain loop calls it every turn: the common
+        cases short (issue 18, the loop's fixed cost per turn). An idle netif that did not move (its
+        frame counters as at the last publication, nothing queued) makes no call and reads no clock;
+        an active one not yet due reads the clock and nothing else."""
+        n = self.netif
         if self.idle:
-            if not self._moved():
+            if n.tx_frames == self._seen_tx and n.rx_frames == self._seen_rx and not (n.active or n.active_ll):
                 return None
-            return self.poll(self.netif.clock())
-        now = self.netif.clock()
+            return self.poll(n.clock())
+        now = n.clock()
         left = self.next_due - now
         return left if left > 0 else self.poll(now)
-
-    def _moved(self) -> bool:
-        n = self.netif
-        return (n.tx_frames != self._seen_tx or n.rx_frames != self._seen_rx
-                or bool(n.active or n.active_ll))
 
     def publish(self, now: float, woke: bool = False) -> int:
         """Measure, write both records, and announce a changed trend; returns the new seq."""
