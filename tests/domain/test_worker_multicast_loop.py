@@ -13,15 +13,18 @@ with IP_MULTICAST_ALL on and one with it off. Who heard what, how many times, mu
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import time
 
 import pytest
 
-from tests.domain.test_worker_multicast import _counts
-from tests.domain.test_workers import serving
+from tests.domain.test_worker_multicast import _counts, _records
+from tests.domain.test_workers import _workers, serving
 from tests.helpers.usnetd import TapDaemon
+from tests.interop.test_multicast import _Wire
 from tests.interop.test_multicast_sources import _ss
 
 pytestmark = pytest.mark.privileged
@@ -33,6 +36,7 @@ MC_ALL = {socket.AF_INET: (IPP, 49), socket.AF_INET6: (IP6, 29)}  # IP(V6)_MULTI
 P0, P1 = 47600, 47601  # worker 0's port, worker 1's
 S0, S1 = 47610, 47611  # the looping senders': worker 0's, worker 1's (those two above, not looping)
 BIG = 3000  # in fragments on a 1500-byte link
+FLOOD = 40  # datagrams of 60,000 bytes: the room of a command socket holds one or two
 # usnet's and the kernel's groups differ: what each stack sends to the link is not the other's
 GROUPS = {socket.AF_INET: ("239.1.6.1", "239.1.6.2"), socket.AF_INET6: ("ff05::16:1", "ff05::16:2")}
 
@@ -151,3 +155,99 @@ def test_a_looped_group_datagram_reaches_the_members_on_every_worker_as_on_linux
     usnetd, worker1 = _counts(d.path)
     assert usnetd.get("rx_handed_over") == 3 and worker1.get("rx_handed_over") == 3, (usnetd, worker1)
     assert "rx_hand_over_failed" not in usnetd and "rx_hand_over_failed" not in worker1
+
+
+def _netif(path: str) -> list[tuple[dict, dict]]:
+    """(counts, drops) of the netif in usnetd and in worker 1."""
+    return [(w["netifs"][0]["counts"], w["netifs"][0]["drops"]) for w in _workers(path)]
+
+
+@pytest.mark.parametrize("tapd2", [socket.AF_INET], ids=["ipv4"], indirect=True)
+def test_a_flood_of_looped_datagrams_is_bounded_and_counted_and_the_worker_goes_on(tapd2):
+    """Worker 1's sender loops FLOOD datagrams of 60,000 bytes to worker 0's port as fast as it
+    can: each is handed to usnetd or, when what it handed and usnetd has not read yet fills the
+    room (`hand_over_room`: the rest of the socket is for the heartbeat's answers), dropped;
+    counted either way, none lost uncounted, and usnetd delivered each one handed over. The
+    worker is not taken for hung (the same pid), and a datagram after the flood is heard."""
+    from usnet import socket as us
+
+    d = tapd2
+    group = GROUPS[socket.AF_INET][1]
+    pid = _workers(d.path)[1]["pid"]
+    (counts0, _), _ = _netif(d.path)
+    before = counts0.get("local_delivered", 0)
+    member = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    sender = us.socket(us.AF_INET, us.SOCK_DGRAM)
+    try:
+        member.bind(("", P0))
+        member.setsockopt(IPP, M_JOIN, _greq(socket.AF_INET, 0, group))
+        sender.bind((d.usnet_ip, S1))
+        sender.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
+        for _ in range(FLOOD):
+            sender.sendto(b"f" * 60000, (group, P0))
+        deadline = time.monotonic() + WAIT  # until worker 1 has judged each and usnetd read each handed
+        while time.monotonic() < deadline:
+            (counts0, _), (counts1, drops1) = _netif(d.path)
+            handed = counts1.get("rx_handed_over", 0)
+            if handed + drops1.get("rx_hand_over_failed", 0) == FLOOD and \
+                    counts0.get("local_delivered", 0) - before == handed:
+                break
+        assert handed + drops1.get("rx_hand_over_failed", 0) == FLOOD, (counts1, drops1)
+        assert counts0.get("local_delivered", 0) - before == handed, counts0
+        sender.sendto(b"after", (group, P0))
+        member.settimeout(WAIT)
+        for _ in range(FLOOD + 1):
+            if member.recv(65536) == b"after":
+                break
+        else:
+            raise AssertionError("no 'after'")
+        assert _workers(d.path)[1]["pid"] == pid
+    finally:
+        sender.close()
+        member.close()
+
+
+@pytest.mark.parametrize("tapd2", [socket.AF_INET], ids=["ipv4"], indirect=True)
+def test_after_worker_1_dies_its_replacement_hears_what_usnetd_loops(tapd2):
+    """Worker 1 killed under a member of its port: usnetd's sender loops on meanwhile (each copy
+    to the dead worker counted as a failed hand-over, never raised); the member's socket, bound
+    again on the replacement (as any UDP socket of a dead worker) and joined again, hears the next
+    looped datagram, and the replacement hands what its own sender loops to usnetd's port."""
+    from usnet import socket as us
+
+    d = tapd2
+    group = GROUPS[socket.AF_INET][1]
+    socks = [us.socket(us.AF_INET, us.SOCK_DGRAM) for _ in range(4)]
+    b, a, s0, s1 = socks
+    wire = _Wire(d.ifname)
+    try:
+        b.bind(("", P1))
+        b.setsockopt(IPP, M_JOIN, _greq(socket.AF_INET, 0, group))
+        b.settimeout(WAIT)
+        assert [_records(wire, d.usnet_ip) for _ in range(2)] == [[(4, group)]] * 2  # b's join, said twice
+        s0.bind((d.usnet_ip, S0))
+        s0.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
+        s0.sendto(b"before", (group, P1))
+        assert b.recv(100) == b"before"
+        os.kill(_workers(d.path)[1]["pid"], signal.SIGKILL)
+        assert _records(wire, d.usnet_ip) == [(3, group)]  # b's membership went with its worker
+        s0.sendto(b"while", (group, P1))  # to nobody: the dead worker, or its replacement before b's join
+        # b binds again on the replacement when it is up, and joins again: a first join, said by usnetd
+        for _ in range(3):
+            if _records(wire, d.usnet_ip) == [(4, group)]:
+                break
+        s0.sendto(b"again", (group, P1))
+        got = b.recv(100)
+        assert got in (b"while", b"again")  # "while" only if it came after the join: a member's then
+        assert got == b"again" or b.recv(100) == b"again"
+        a.bind(("", P0))
+        a.setsockopt(IPP, M_JOIN, _greq(socket.AF_INET, 0, group))
+        a.settimeout(WAIT)
+        s1.bind((d.usnet_ip, S1))
+        s1.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
+        s1.sendto(b"from the new one", (group, P0))
+        assert a.recv(100) == b"from the new one"
+    finally:
+        wire.close()
+        for s in socks:
+            s.close()
