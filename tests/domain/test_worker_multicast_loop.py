@@ -41,19 +41,22 @@ FLOOD = 40  # datagrams of 60,000 bytes: the room of a command socket holds one 
 GROUPS = {socket.AF_INET: ("239.1.6.1", "239.1.6.2"), socket.AF_INET6: ("ff05::16:1", "ff05::16:2")}
 
 
-@pytest.fixture(params=[socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+@pytest.fixture(params=[("tap", socket.AF_INET), ("tap", socket.AF_INET6), ("packet", socket.AF_INET),
+                        ("packet", socket.AF_INET6)], ids=["tap-ipv4", "tap-ipv6", "packet-ipv4", "packet-ipv6"])
 def tapd2(request, sockdir, monkeypatch):
-    """usnetd with two workers on a TAP (IPv6 too), the kernel's end addressed in both families."""
+    """usnetd with two workers on a TAP or a packet netif (a veth pair), IPv6 too; the kernel's end
+    addressed in both families."""
+    kind, family = request.param
     d = TapDaemon(sockdir, ipv6=True)
-    for got in serving(d, "tap", monkeypatch):
-        if request.param == socket.AF_INET6:
+    for got in serving(d, kind, monkeypatch):
+        if family == socket.AF_INET6:
             from pyroute2 import IPRoute
             from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
             with IPRoute() as ipr:
                 ipr.addr("add", index=socket.if_nametoindex(d.ifname), address=d.host_ip6, prefixlen=64,
                          flags=IFA_F_NODAD)
-        got.family = request.param
+        got.family = family
         yield got
 
 
@@ -162,7 +165,7 @@ def _netif(path: str) -> list[tuple[dict, dict]]:
     return [(w["netifs"][0]["counts"], w["netifs"][0]["drops"]) for w in _workers(path)]
 
 
-@pytest.mark.parametrize("tapd2", [socket.AF_INET], ids=["ipv4"], indirect=True)
+@pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
 def test_a_flood_of_looped_datagrams_is_bounded_and_counted_and_the_worker_goes_on(tapd2):
     """Worker 1's sender loops FLOOD datagrams of 60,000 bytes to worker 0's port as fast as it
     can: each is handed to usnetd or, when what it handed and usnetd has not read yet fills the
@@ -207,7 +210,7 @@ def test_a_flood_of_looped_datagrams_is_bounded_and_counted_and_the_worker_goes_
         member.close()
 
 
-@pytest.mark.parametrize("tapd2", [socket.AF_INET], ids=["ipv4"], indirect=True)
+@pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
 def test_after_worker_1_dies_its_replacement_hears_what_usnetd_loops(tapd2):
     """Worker 1 killed under a member of its port: usnetd's sender loops on meanwhile (each copy
     to the dead worker counted as a failed hand-over, never raised); the member's socket, bound
