@@ -103,6 +103,12 @@ takes the room of usnetd's own commands (the heartbeat's question, a client's ne
 a neighbour), which would make worker k's clients' requests fail with EAGAIN and a lost
 heartbeat make worker k look hung.
 
+A group datagram a flow sends with IP_MULTICAST_LOOP is for the members of its port, all of
+them the port's worker's: the sender's switch delivers it (usnet.domain.switch.local) if the
+port is its own, and otherwise hands it over (b"L", looped): worker k to usnetd (`_loop_out`;
+only usnetd knows which groups the others hold), usnetd to its own members or on to the port's
+worker (`_hand_over`), each bounded by the same room and counted the same way.
+
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
 """
