@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         # a dead worker is restarted by the spawner, which keeps the queues (a packet queue's
         # replacement finds its rings' positions again: PacketDriver.resume)
         links, own, spawner = workers.start_workers(args.workers, queues,
-                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares), keep=[])
+                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares, args.workers),
+                                                    keep=[])
     mode, gid = cfg.socket_perms()
     try:
         sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)
@@ -219,13 +220,13 @@ def _open_queues(cfg: config.Config, n: int) -> dict:
     return out
 
 
-def _worker(k: int, cmd, drivers: dict, cfg: config.Config, shares: dict) -> int:
+def _worker(k: int, cmd, drivers: dict, cfg: config.Config, shares: dict, n: int) -> int:
     """The body of worker k (a forked child): a Domain on queue k of every TAP and packet netif, until usnetd
     closes its command socket. SIGTERM stops it as it stops usnetd. A paced netif's queue paces
     with the other workers' through `shares` (usnet.domain.netif.linkshare): together at its link_rate."""
     from usnet.domain.workers import WorkerDomain
 
-    domain = WorkerDomain(cmd, rx_mitigation=cfg.rx_mitigation, **cfg.domain_kwargs())
+    domain = WorkerDomain(cmd, index=k, workers=n, rx_mitigation=cfg.rx_mitigation, **cfg.domain_kwargs())
     signal.signal(signal.SIGTERM, lambda _s, _f: domain.request_stop())
     try:
         for nc in cfg.netif:

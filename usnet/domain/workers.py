@@ -103,6 +103,12 @@ takes the room of usnetd's own commands (the heartbeat's question, a client's ne
 a neighbour), which would make worker k's clients' requests fail with EAGAIN and a lost
 heartbeat make worker k look hung.
 
+A group datagram a flow sends with IP_MULTICAST_LOOP is for the members of its port, all of
+them the port's worker's: the sender's switch delivers it (usnet.domain.switch.local) if the
+port is its own, and otherwise hands it over (b"L", looped): worker k to usnetd (`_loop_out`;
+only usnetd knows which groups the others hold), usnetd to its own members or on to the port's
+worker (`_hand_over`), each bounded by the same room and counted the same way.
+
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
 """
@@ -181,10 +187,40 @@ def worker_of(port: int, n: int) -> int:
 def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes | bytearray) -> bytes:
     """A message about a netif on a command socket: `kind` (b"N" usnetd tells a worker a neighbour,
     `rest` its address and MAC; b"A" a worker tells usnetd it asked for the address `rest`; b"F"
-    usnetd hands a worker a datagram it put back together, `rest` the Ethernet frame), the family
-    (4, 6), the netif's name, then `rest`."""
+    usnetd hands a worker a datagram it put back together, `rest` the Ethernet frame; b"L" a group
+    datagram a flow sent with IP_MULTICAST_LOOP, either way, for the members of its port), the
+    family (4, 6), the netif's name, then `rest`."""
     name = netif.encode()
     return kind + bytes([family, len(name)]) + name + rest
+
+
+def hand_over_room(cmd: socket.socket) -> int:
+    """The bytes of command socket `cmd`'s send buffer that frames handed over may fill."""
+    return int(cmd.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * HAND_OVER_SHARE)
+
+
+def send_handed(cmd: socket.socket, room: int, kind: bytes, netif: str, family: int, frame: Received) -> bool:
+    """A frame handed to the other end of command socket `cmd` (b"F" or b"L": `neighbour_msg`), sent
+    without waiting; False if it could not be: the other end gone, or what was handed over and is
+    not read yet fills `room` (`hand_over_room`: the rest of the socket is the commands'), so a
+    flood of them never takes the room of a heartbeat or a session."""
+    try:
+        unread = struct.unpack("i", fcntl.ioctl(cmd.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+        if unread + len(frame) > room:
+            return False
+        cmd.send(neighbour_msg(kind, netif, family, frame), socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    return True
+
+
+def count_hand_over(sw: Any, sent: bool) -> None:
+    """A hand-over's outcome in switch `sw`'s counters: `rx_handed_over`, or `rx_hand_over_failed`
+    (the other end gone or its room full: dropped)."""
+    if sent:
+        sw.counts["rx_handed_over"] += 1
+    else:
+        sw.drops["rx_hand_over_failed"] += 1
 
 
 def neighbour_of(switches: dict[str, Any], data: bytes) -> tuple[Any, Any, bytes]:
@@ -215,7 +251,7 @@ class WorkerLink:
         self.probe: tuple[float, int] | None = None
         self.starved = False
         # the bytes of its command socket's send buffer that hand-overs may fill (`hand_over`)
-        self.hand_over_room = int(cmd.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * HAND_OVER_SHARE)
+        self.hand_over_room = hand_over_room(cmd)
 
     def new_session(self) -> socket.socket:
         """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
@@ -236,18 +272,11 @@ class WorkerLink:
         except OSError as e:  # a worker gone: its flows are lost; the log says so
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
-    def hand_over(self, netif: str, family: int, frame: Received) -> bool:
+    def hand_over(self, netif: str, family: int, frame: Received, looped: bool = False) -> bool:
         """A datagram usnetd put back together for a port of this worker, or an ICMP error about
-        one, sent without waiting; False if it could not be: the worker gone, or what was handed
-        over and is not read yet fills `hand_over_room` (the rest of the socket is the commands')."""
-        try:
-            unread = struct.unpack("i", fcntl.ioctl(self.cmd.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
-            if unread + len(frame) > self.hand_over_room:
-                return False
-            self.cmd.send(neighbour_msg(b"F", netif, family, frame), socket.MSG_DONTWAIT)
-        except OSError:
-            return False
-        return True
+        one, or a group datagram sent with IP_MULTICAST_LOOP (`looped`), sent without waiting
+        (`send_handed`); False if it could not be."""
+        return send_handed(self.cmd, self.hand_over_room, b"L" if looped else b"F", netif, family, frame)
 
     def stop(self, timeout: float = 5.0, spawner: Spawner | None = None) -> None:
         """Close its command socket (it stops) and reap it; killed if it takes longer than `timeout`.
@@ -529,7 +558,7 @@ class ShardedDomain(Domain):
         (it is alive) or EOF (it died: `_worker_died`). False if it is gone."""
         for _ in range(16):  # one heartbeat is out at a time: more is a worker misbehaving, read later
             try:
-                data = link.cmd.recv(64)
+                data = link.cmd.recv(COMMAND_MAX)  # b"L" is a whole datagram; the rest is short
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
@@ -545,6 +574,10 @@ class ShardedDomain(Domain):
                 log.warning("usnetd worker %d (pid %d) answers again: it was starved, not hung", link.index, link.pid)
             if data[:1] == b"A":
                 self._expect_neighbour(data)
+            elif data[:1] == b"L":  # a group datagram worker k's flow looped: its port's members' (maybe ours)
+                sw, _, frame = neighbour_of(self.switches, data)
+                if sw is not None:
+                    sw.take_looped(frame)
         return True
 
     def _expect_neighbour(self, data: bytes) -> None:
@@ -900,26 +933,23 @@ class ShardedDomain(Domain):
 
             sw._learn = tell_workers  # type: ignore[method-assign]
 
-            def hand_over(port: int, frame: Received) -> bool:
-                return self._hand_over(name, port, frame)
+            def hand_over(port: int, frame: Received, looped: bool) -> bool:
+                return self._hand_over(name, port, frame, looped)
 
             sw.hand_over = hand_over
         return sw
 
-    def _hand_over(self, netif: str, port: int, frame: Received) -> bool:
-        """A datagram put back together on queue 0 (`ReceivePath._handed_over`), or an ICMP error
-        quoting a packet from `port` (`HostDuties._icmp_error`): False if `port` is ours; else
-        handed to its worker (counted), or dropped if it cannot take it now (counted)."""
+    def _hand_over(self, netif: str, port: int, frame: Received, looped: bool) -> bool:
+        """A datagram put back together on queue 0 (`ReceivePath._handed_over`), an ICMP error
+        quoting a packet from `port` (`HostDuties._icmp_error`), or a group datagram sent with
+        IP_MULTICAST_LOOP (`looped`: by a flow here, or by worker j's, which handed it here):
+        False if `port` is ours; else handed to its worker (counted), or dropped if it cannot take
+        it now (counted)."""
         k = worker_of(port, self.n)
         if k == 0:
             return False
-        sw = self.switches[netif]
         link = self.links.get(k)
-        family = 4 if int.from_bytes(frame[12:14], "big") == 0x0800 else 6
-        if link is not None and link.hand_over(netif, family, frame):
-            sw.counts["rx_handed_over"] += 1
-        else:
-            sw.drops["rx_hand_over_failed"] += 1
+        count_hand_over(self.switches[netif], link is not None and link.hand_over(netif, _family(frame), frame, looped))
         return True
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
@@ -1477,6 +1507,11 @@ def _died_again(k: int) -> OSError:
                                  "restarted: try again")
 
 
+def _family(frame: Received) -> int:
+    """4 or 6: the IP version of Ethernet frame `frame`."""
+    return 4 if int.from_bytes(frame[12:14], "big") == 0x0800 else 6
+
+
 def _same(reply: P.Reply, fds: list[int]) -> tuple[P.Reply, list[int]]:
     return reply, fds
 
@@ -1493,9 +1528,11 @@ def _close(fds: list[int]) -> None:
 class WorkerDomain(Domain):
     """Worker k: a Domain whose only peer is usnetd, on its command socket `cmd`."""
 
-    def __init__(self, cmd: socket.socket, **kwargs: Any) -> None:
+    def __init__(self, cmd: socket.socket, index: int = 1, workers: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.cmd = cmd
+        self.index, self.n = index, workers
+        self.hand_over_room = hand_over_room(cmd)  # what our looped group datagrams may fill of it
         self._sel.register(cmd, READ, ("command", None))
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
@@ -1515,7 +1552,23 @@ class WorkerDomain(Domain):
                     pass
 
             setattr(sw, ask_name, ask_and_tell)
+
+        def hand_over(port: int, frame: Received, looped: bool) -> bool:
+            return looped and self._loop_out(sw, name, port, frame)
+
+        sw.hand_over = hand_over
         return sw
+
+    def _loop_out(self, sw: Any, netif: str, port: int, frame: Received) -> bool:
+        """A group datagram a flow here sent with IP_MULTICAST_LOOP, to `port`: False if `port`
+        is ours (its members are here); else handed to usnetd (counted), which delivers it to its
+        own members or hands it on to the port's worker (`ShardedDomain._hand_over`); dropped if
+        our room on the command socket is full (counted). Only usnetd knows which groups the
+        other workers hold, so every such datagram of another worker's port goes to it."""
+        if worker_of(port, self.n) == self.index:
+            return False
+        count_hand_over(sw, send_handed(self.cmd, self.hand_over_room, b"L", netif, _family(frame), frame))
+        return True
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
         """usnetd's leases on our flows, besides what any Domain serves: every session here is one
@@ -1555,11 +1608,14 @@ class WorkerDomain(Domain):
                 pass
         elif data[:1] == b"S" and len(fds) == 1:
             self.add_socket_session(socket.socket(fileno=fds[0]))  # its sessions are usnetd's alone
-        elif data[:1] == b"F":
+        elif data[:1] in (b"F", b"L"):
             sw, _, frame = neighbour_of(self.switches, data)
             if sw is not None:
                 with self.lock:
-                    sw.rx_whole(frame)
+                    if data[:1] == b"F":
+                        sw.rx_whole(frame)
+                    else:
+                        sw.take_looped(frame)
         elif data[:1] == b"N":
             sw, cache, rest = neighbour_of(self.switches, data)
             if sw is not None and len(rest) == (4 if cache is sw.arp else 16) + 6:

@@ -62,10 +62,11 @@ class HostDuties(FlowTable):
         self._ident = 0  # the IPv4 ident of the switch's own packets
         self._defended_at: float | None = None  # when we last announced our address against a conflict
         self.icmp_limit = IcmpLimiter()  # Linux's limits on the ICMP errors we send (port unreachable)
-        # under `usnetd --workers N`, in usnetd: (port, frame) -> whether the port is another worker's,
-        # to which the frame (from queue 0, its port not steered: usnet.domain.switch.rx
-        # `_handed_over`, `_icmp_error`) has been handed
-        self.hand_over: Callable[[int, Received], bool] | None = None
+        # under `usnetd --workers N`: (port, frame, looped) -> whether the port is another worker's,
+        # to which the frame has been handed: in usnetd, one from queue 0, its port not steered
+        # (usnet.domain.switch.rx `_handed_over`, `_icmp_error`); in any, `looped`, a group datagram a
+        # flow sent with IP_MULTICAST_LOOP (usnet.domain.switch.local), the port's members' to hear
+        self.hand_over: Callable[[int, Received, bool], bool] | None = None
 
     # -- neighbours and the link ---------------------------------------------------------------
 
@@ -365,7 +366,7 @@ class HostDuties(FlowTable):
         if quote is None:
             self.drops["rx_icmp_unmatched"] += 1
             return
-        if self.hand_over is not None and self.hand_over(quote[1], f):
+        if self.hand_over is not None and self.hand_over(quote[1], f, False):
             return  # another worker's port: its flow, if any, is there
         flow = self.lookup(*quote)
         if flow is None:

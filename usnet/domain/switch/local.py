@@ -57,11 +57,22 @@ class LocalPath(ReceivePath, LowLatencyPath):
         if self.is_local(dst):
             self._hairpin(packet)
             return True
-        if self.groups.refs and dst in self.groups.refs:  # a group with members here: IP_MULTICAST_LOOP
+        # a group with members here (IP_MULTICAST_LOOP), or on a worker's switch perhaps on another
+        # worker's (`_may_loop_elsewhere`: the receive path hands it to the port's worker)
+        if (self.groups.refs and dst in self.groups.refs) or (not self.speaks and self.hand_over is not None and (
+                dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF)):
             flow = self.flows.get(key)
             if flow is not None and flow.mc_loop:
                 self.local_queue.append(bytes(packet))  # a copy; the packet itself goes to the link too
         return super()._route(key, dst, packet, now)
+
+    def take_looped(self, frame: bytes | memoryview) -> None:
+        """A group datagram another worker's flow sent with IP_MULTICAST_LOOP, handed here for
+        its port (`_handed_over`, looped), as the Ethernet frame its local path made: delivered
+        as our own flows' copies are, from the local queue (the receive path, `wire` False: its
+        source is the netif's own), at once."""
+        self.local_queue.append(bytes(frame[ETH_HLEN:]))
+        self.service_local()
 
     def _tx_rows(self, flow: Flow, rows: np.ndarray, lens: np.ndarray, now: float,
                  cut: np.ndarray | None = None) -> int:

@@ -414,7 +414,7 @@ class ReceivePath(MulticastDuties):
         netif = self.netif
         group = dst[0] >> 4 == 14  # multicast: taken only while the netif is in the group
         if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff" and not (
-                group and self.is_joined(dst)):
+                group and (self.is_joined(dst) or self._may_loop_elsewhere(wire))):
             self.drops["rx_not_our_ip"] += 1
             return
         if wire and martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
@@ -442,7 +442,7 @@ class ReceivePath(MulticastDuties):
             ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
-        if wire and self._handed_over(proto, f, start, end):
+        if (wire or group) and self._handed_over(proto, f, start, end, not wire):
             return
         if group:
             self._rx_group(f, proto, start, end, src, dst, per_flow)
@@ -460,17 +460,25 @@ class ReceivePath(MulticastDuties):
         flow = self.lookup(proto, dport, src, sport)
         self._to_flow(flow, proto, f, start, end, src, dst, dst == netif.ip, now, per_flow)
 
-    def _handed_over(self, proto: int, f: Received, start: int, end: int) -> bool:
-        """A UDP or TCP datagram from the wire whose port another worker serves, handed to that
-        worker (`hand_over`, set by usnet.domain.workers in usnetd). Under `usnetd --workers N`
-        the device steers by port only what shows it: every fragment (only the first names
-        ports; here it has been put back together) and IPv6 with an extension header come to
-        queue 0, usnetd's, whatever their port. Unicast or to a group: a group's members and
-        MC_ALL listeners all hold its port, so they are all that worker's. The slow path only:
-        what the fast path took was a flow's here."""
+    def _handed_over(self, proto: int, f: Received, start: int, end: int, looped: bool = False) -> bool:
+        """A UDP or TCP datagram whose port another worker serves, handed to that worker
+        (`hand_over`, set by usnet.domain.workers). Under `usnetd --workers N` the device steers
+        by port only what shows it: every fragment (only the first names ports; here it has been
+        put back together) and IPv6 with an extension header come to queue 0, usnetd's, whatever
+        their port. Unicast or to a group: a group's members and MC_ALL listeners all hold its
+        port, so they are all that worker's. `looped`: not from the wire but a group datagram a
+        flow here sent with IP_MULTICAST_LOOP (usnet.domain.switch.local), whose members are
+        likewise all the port's worker's. The slow path only: what the fast path took was a flow's here."""
         if self.hand_over is None or (proto != UDP and proto != TCP) or end - start < 4:
             return False
-        return self.hand_over(int.from_bytes(f[start + 2 : start + 4], "big"), f)
+        return self.hand_over(int.from_bytes(f[start + 2 : start + 4], "big"), f, looped)
+
+    def _may_loop_elsewhere(self, wire: bool) -> bool:
+        """Whether a group datagram of our own (not `wire`) to a group with no member here may
+        still have members on another worker: so on a worker's switch, which knows only its own
+        flows' groups (it does not speak for the netif: `speaks` False), while usnetd's (and a
+        single domain's) table is the netif's union, which `is_joined` reads."""
+        return not wire and not self.speaks and self.hand_over is not None
 
     def rx_whole(self, f: bytes) -> None:
         """A datagram another worker of usnetd put back together for a port of ours (`_handed_over`
@@ -514,7 +522,8 @@ class ReceivePath(MulticastDuties):
         """An IPv6 frame: Neighbour Discovery and echo are ours, TCP and UDP go to flows (`wire`: as `_rx_ip`)."""
         _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
         netif = self.netif
-        if dst not in netif.addrs6 and dst not in netif.groups6 and not (dst[0] == 0xFF and self.is_joined(dst)):
+        if dst not in netif.addrs6 and dst not in netif.groups6 and not (
+                dst[0] == 0xFF and (self.is_joined(dst) or self._may_loop_elsewhere(wire))):
             self.drops["rx_not_our_ip"] += 1
             return
         if wire and martian_source6(src, netif.addrs6):
@@ -553,7 +562,7 @@ class ReceivePath(MulticastDuties):
         if src == UNSPECIFIED:
             self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
             return
-        if wire and self._handed_over(proto, f, start, end):
+        if (wire or dst[0] == 0xFF) and self._handed_over(proto, f, start, end, not wire):
             return
         if dst[0] == 0xFF:
             self._rx_group(f, proto, start, end, src, dst, per_flow)  # a group's: UDP to its members
