@@ -1038,3 +1038,61 @@ def test_data_the_pump_read_for_a_transport_closed_before_it_was_delivered_makes
 
     ended = _loop_run(main())
     assert len(ended) == 1 and isinstance(ended[0][0], ConnectionResetError), ended  # type: ignore[arg-type,index]
+
+
+def test_data_the_pump_read_for_a_transport_paused_before_it_was_delivered_keeps_its_descriptor_readable(net):
+    """Two connections to one server; the first server protocol to get data pauses the other's
+    transport. Both requests come in one pump, which reads each for its transport (`_read_early`),
+    so the paused one holds its request undelivered: its socket's descriptor says readable, as a
+    kernel socket with that request in its queue would (a pool probing a paused connection with
+    poll() sees it), and once reading resumes the request is delivered and the descriptor is no
+    longer readable."""
+    served: list[asyncio.Transport] = []
+    got: dict[int, bytes] = {}
+    seen: list = []
+
+    class PauseOther(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            served.append(transport)  # type: ignore[arg-type]
+
+        def data_received(self, data: bytes) -> None:
+            got[served.index(self.t)] = data  # type: ignore[arg-type]
+            if len(got) == 1:
+                other = next(t for t in served if t is not self.t)
+                held = other._early is not None  # type: ignore[attr-defined]  # read by the same pump
+                other.pause_reading()  # type: ignore[attr-defined]
+                fd = other.get_extra_info("socket").fileno()
+                seen.append((held, select.select([fd], [], [], 0)[0] == [fd]))
+
+    async def main() -> tuple:
+        server = await aio.create_server(PauseOther, B_IP, 0, client=net, netif="b")
+        pairs = [await aio.create_connection(asyncio.Protocol, B_IP, server.port, client=net, netif="a")
+                 for _ in range(2)]
+        for _ in range(1000):  # bounded: both accepted
+            if len(served) == 2:
+                break
+            await asyncio.sleep(0.001)
+        for i, (t, _p) in enumerate(pairs):
+            t.write(b"request %d" % i)  # type: ignore[attr-defined]  # both in one flush: one server pump
+        for _ in range(1000):  # bounded: the first delivered
+            if seen:
+                break
+            await asyncio.sleep(0.001)
+        paused = next(t for t in served if t.is_reading() is False)
+        paused.resume_reading()  # type: ignore[attr-defined]
+        for _ in range(1000):  # bounded: the second delivered
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.001)
+        fd = paused.get_extra_info("socket").fileno()
+        after = select.select([fd], [], [], 0)[0]
+        for t, _p in pairs:
+            t.close()
+        server.close()
+        return seen, sorted(got.values()), after
+
+    seen_, got_, after = _loop_run(main())  # type: ignore[misc]
+    assert seen_ == [(True, True)], seen_  # held by the transport, and readable as on the kernel
+    assert got_ == [b"request 0", b"request 1"]
+    assert after == []

@@ -577,6 +577,10 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         eng, c = self._eng, self._conn
         if self._early is not None:  # read by the pump (`_read_early`)
             (data, more), self._early = self._early, None
+            if self._sock._unread_held:  # paused in between (`pause_reading`): it counted for readable
+                with eng.lock:
+                    self._sock._unread_held = 0
+                    self._taken()
             self._deliver(proto, data, more)
             return
         if isinstance(proto, asyncio.BufferedProtocol):
@@ -742,6 +746,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._reading_paused = True
         if not self._conn_lost:
             with self._eng.lock:
+                if self._early is not None:  # read by the pump, not delivered: unread for the kernel
+                    self._sock._unread_held = len(self._early[0])
                 self._eng.watch(self._sock, self._conn)
                 self._sock._update()
 
