@@ -1096,3 +1096,32 @@ def test_data_the_pump_read_for_a_transport_paused_before_it_was_delivered_keeps
     assert seen_ == [(True, True)], seen_  # held by the transport, and readable as on the kernel
     assert got_ == [b"request 0", b"request 1"]
     assert after == []
+
+
+def test_a_pump_that_only_sends_a_transports_answer_does_not_signal_its_watcher(monkeypatch, net):
+    """A pump that only sends what a connection's user calls queued (an answer's) changes nothing
+    a transport's watcher reads (FlowEngine.notify's `calls`; `_Watcher.after_send`): the watchers
+    are signalled for the segments that reach their connections, not again for each send. Counted
+    over 200 round trips between two transports of one loop, every answer checked."""
+    signals = [0]
+    real = aio._Watcher._signal
+    rounds = 200
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        if isinstance(getattr(self.callback, "__self__", None), aio.UsnetTransport):
+            signals[0] += 1
+        return real(self)
+
+    async def main() -> None:
+        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
+        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t, ask, 5)  # warm
+        monkeypatch.setattr(aio._Watcher, "_signal", counting)
+        await _echoes(t, ask, rounds)
+        monkeypatch.setattr(aio._Watcher, "_signal", real)
+        t.close()
+        server.close()
+
+    _loop_run(main())
+    # one a round trip on each side, for the arrival; each side's send was one more
+    assert signals[0] <= 2 * rounds + 20, signals[0] / rounds

@@ -84,6 +84,10 @@ class _Watcher:
     """
 
     __slots__ = ("loop", "wants", "callback", "pending", "dead", "moved")
+    # not signalled after a pump that only sent what its connection's user calls queued
+    # (FlowEngine.notify): a send changes nothing `wants` reads (a transport's; a listener's is
+    # not a connection's watcher)
+    after_send = False
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wants: Callable[[], Any],
                  callback: Callable[[], None]) -> None:

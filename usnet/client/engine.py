@@ -432,7 +432,11 @@ class FlowEngine:
         if now < self._now:
             now = self._now
         self._now = now
-        touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
+        cw = self.conn_watchers
+        # the connections user calls gave output to: sending it changes only what a watcher that
+        # says `after_send` reads (`notify`); the ones segments, timers or faults reach, `touched`
+        calls = tuple(self.tcp.due) if cw else ()
+        touched = self._touched = set() if cw else None
         try:
             if receive:
                 self._receive(now)
@@ -454,7 +458,7 @@ class FlowEngine:
             self._return_idle_blocks(now)
         if self.stats_out is not None and self.error is None:
             self.stats_out.publish(self.tcp, now)
-        self.notify(touched)
+        self.notify(touched, calls)
 
     def pump_wait(self, left: float | None) -> None:
         """A blocked socket call waits by pumping the engine itself (it borrowed the doorbell from
@@ -586,9 +590,14 @@ class FlowEngine:
             self.ports.drop(b)
             self.client.return_ports(self.ch.id, b)
 
-    def notify(self, touched: set | None = None) -> None:
+    def notify(self, touched: set | None = None, calls: tuple = ()) -> None:
         """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held.
-        `touched`: only these connections' own watchers (`conn_watchers`) can have news; None: any."""
+        `touched`: only these connections' own watchers (`conn_watchers`) can have news; None: any.
+        `calls`: connections the pump only sent for (what user calls queued): a send changes no
+        received data, state or error, only the unsent count (TCP_NOTSENT_LOWAT's writability), so
+        only the watchers that read it hear (a socket's readiness: `after_send`; any watcher of a
+        connection under TCP_NOTSENT_LOWAT, whose send space it is). usnet.aio's transport is
+        signalled so once a request (its answer's pump) for nothing: its `_wants` reads no unsent count."""
         for w in self.watchers:
             w._signal()
         cw = self.conn_watchers
@@ -601,6 +610,11 @@ class FlowEngine:
                 for c in touched:
                     for w in cw.get(c, ()):
                         w._signal()
+                for c in calls:
+                    if c not in touched:
+                        for w in cw.get(c, ()):
+                            if c.notsent_lowat or getattr(w, "after_send", True):
+                                w._signal()
         # Nobody waits on `changed` under an asyncio loop or a selector: notify_all would still
         # cost three Python calls a pump (its ownership check, notify), for nothing.
         if self.changed._waiters:  # type: ignore[attr-defined]  # (as pump_wait's _release_save)
