@@ -1125,3 +1125,35 @@ def test_a_pump_that_only_sends_a_transports_answer_does_not_signal_its_watcher(
     _loop_run(main())
     # one a round trip on each side, for the arrival; each side's send was one more
     assert signals[0] <= 2 * rounds + 20, signals[0] / rounds
+
+
+def test_a_listeners_watcher_is_signalled_only_by_the_pumps_that_moved_its_accept_queue(monkeypatch, net):
+    """A server's listener shares its engine with every connection it accepted, so every request's
+    pumps are its engine's; its watcher is signalled only by the pumps that moved the accept queues
+    (FlowEngine.watch's `accepts`), not by each of them. Counted over 200 round trips on one
+    accepted connection; a connection made after them is still accepted and served."""
+    signals = [0]
+    real = aio._Watcher._signal
+    rounds = 200
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        if isinstance(getattr(self.callback, "__self__", None), aio._Listener):
+            signals[0] += 1
+        return real(self)
+
+    async def main() -> bytes:
+        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
+        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t, ask, 5)  # warm
+        monkeypatch.setattr(aio._Watcher, "_signal", counting)
+        await _echoes(t, ask, rounds)
+        monkeypatch.setattr(aio._Watcher, "_signal", real)
+        t2, ask2 = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t2, ask2, 3)  # accepted, served
+        t.close()
+        t2.close()
+        server.close()
+        return b"ok"
+
+    assert _loop_run(main()) == b"ok"
+    assert signals[0] < rounds // 10, signals[0] / rounds  # was one a pump of the server's engine

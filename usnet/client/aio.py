@@ -409,18 +409,25 @@ def _accept_or_moved(sock: _us.socket, eng: FlowEngine, engines: tuple[FlowEngin
     return eng.tcp.listeners.get(port) is None or _accept_waits(engines, port)
 
 
-def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
-    """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that connection."""
+def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None, accepts: bool = False) -> None:
+    """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that
+    connection, or (`accepts`) those that moved the accept queues (FlowEngine.watch)."""
     _drive(w.loop, eng)
     with eng.lock:  # the stack thread iterates `watchers` while pumping
-        eng.watch(w, conn)
+        if accepts:  # (a TCP engine's: a datagram engine has no accept queues)
+            eng.watch(w, accepts=True)
+        else:
+            eng.watch(w, conn)
     w.kick()  # whatever happened before it was registered
 
 
-def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
+def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None, accepts: bool = False) -> None:
     w.dead = True
     with eng.lock:
-        eng.unwatch(w, conn)
+        if accepts:
+            eng.unwatch(w, accepts=True)
+        else:
+            eng.unwatch(w, conn)
 
 
 class UsnetTransport(asyncio.transports._FlowControlMixin):
@@ -1077,7 +1084,8 @@ class _Listener:
         self._empty_at = -1
 
     def _wants(self) -> bool:
-        """After every pump of the listener's engine (every accepted connection's): whether a
+        """After a pump of the listener's engine (every accepted connection's) that moved its accept
+        queues (FlowEngine.watch's `accepts`), or a notice that anything may have: whether a
         connection waits. The queues change only with `accept_moves`, so once found empty they
         are not looked at again until it moved."""
         if not self.server._serving:
@@ -1103,7 +1111,7 @@ class _Listener:
         sock = self.sock
         if sock is None or sock.engine is None or sock.engine is self.eng:
             return
-        _unwatch(self.eng, self.watcher)
+        _unwatch(self.eng, self.watcher, accepts=True)
         self.eng = sock.engine
         self.engines = sock.listening_engines or (self.eng,)
         self._empty_at = -1  # other engines, other counts
@@ -1112,12 +1120,12 @@ class _Listener:
 
     def start(self) -> None:
         self.watcher.dead = False
-        _watch(self.eng, self.watcher)
+        _watch(self.eng, self.watcher, accepts=True)
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:
-            _unwatch(self.eng, self.watcher)
+            _unwatch(self.eng, self.watcher, accepts=True)
             sock.close()
 
     def _accept_ready(self) -> None:

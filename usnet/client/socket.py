@@ -2206,7 +2206,8 @@ class socket:
             was = old.tcp.listeners.get(self._port)
             backlog = 128 if was is None else was.backlog
             group = self._dups(old)
-            movers = [m for m in (getattr(w, "moved", None) for w in old.watchers) if m is not None]
+            movers = [m for m in (getattr(w, "moved", None) for w in (*old.watchers, *old.accept_watchers))
+                      if m is not None]
             with eng.lock:
                 self._listen_on((eng, *halves), backlog)
                 for w in group:
