@@ -1157,3 +1157,55 @@ def test_a_listeners_watcher_is_signalled_only_by_the_pumps_that_moved_its_accep
 
     assert _loop_run(main()) == b"ok"
     assert signals[0] < rounds // 10, signals[0] / rounds  # was one a pump of the server's engine
+
+
+def test_a_transport_that_delivered_data_looks_no_more_yet_hears_the_end_behind_it(monkeypatch, net):
+    """A transport's read takes the look at what came behind its data (`more`: data, the peer's
+    FIN, an error), so after delivering it the watcher's callback does not look at the connection
+    again (`_ready`'s `_wants`, under the engine's plain lock): counted over 200 round trips between
+    two transports of one loop (was one a round trip on each side). A request and the peer's FIN in
+    one pump: the server's protocol still gets the data, then its EOF, and answers after it."""
+    looks = [0]
+    real = aio.UsnetTransport._wants  # (the watchers hold their own bound `_wants`: not counted)
+    rounds = 200
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        looks[0] += 1
+        return real(self)
+
+    seen: list = []
+
+    class Last(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            seen.append(data)
+
+        def eof_received(self) -> bool:
+            seen.append("eof")
+            self.t.write(b"after eof")  # type: ignore[attr-defined]
+            self.t.close()
+            return True
+
+    async def main() -> bytes:
+        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
+        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t, ask, 5)  # warm
+        monkeypatch.setattr(aio.UsnetTransport, "_wants", counting)
+        await _echoes(t, ask, rounds)
+        monkeypatch.setattr(aio.UsnetTransport, "_wants", real)
+        t.close()
+        server.close()
+        last = await aio.create_server(Last, B_IP, 0, client=net, netif="b")
+        reader, writer = await aio.open_connection(B_IP, last.port, client=net, netif="a")
+        writer.write(b"request")
+        writer.write_eof()  # the FIN behind the data: one segment each, one server pump
+        answer = await reader.read()
+        writer.close()
+        last.close()
+        return answer
+
+    assert _loop_run(main()) == b"after eof"
+    assert seen == [b"request", "eof"]
+    assert looks[0] < rounds // 10, looks[0] / rounds

@@ -533,7 +533,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             data = c.recv(_READ_MAX)
         except OSError:  # (none is expected without an error): `_pull`'s own read meets it again
             return
-        self._early = (data, c.rcv_queued > 0)
+        self._early = (data, c.readable)  # (more data, or the end behind it: `_pull`)
         self._taken()
 
     # -- the loop side ------------------------------------------------------------------------
@@ -545,15 +545,18 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         if err is not None:
             self._fatal_error(err, "Fatal error on usnet transport")
             return
-        if self._buffer:
+        pushed = bool(self._buffer)
+        if pushed:
             self._push()
+        settled = False
         if not (self._conn_lost or self._reading_paused or self._eof_seen or self._closing):
-            self._pull()
-        if not self._conn_lost:
+            settled = self._pull()
+        if not (self._conn_lost or (settled and not pushed)):
             # The stack signals a connection's watcher only after a pump that reached it
             # (FlowEngine.conn_watchers): what is still to do now (an EOF behind the data
             # just read, say) will not be signalled again, so look once more (a look: the
-            # plain lock, no signal hold, usnet.client.sigdefer).
+            # plain lock, no signal hold, usnet.client.sigdefer). Not after a plain delivery of
+            # data (`settled`): it looked at what came behind that data when it read it.
             with self._eng.lock.plain:
                 again = self._wants()
             if again:
@@ -583,7 +586,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             elif self._eof_requested:
                 self._shutdown_write()
 
-    def _pull(self) -> None:
+    def _pull(self) -> bool:
+        """Deliver what came (data, else the end); True if it was data, read with a look at what
+        came behind it (`more`: more data, the peer's FIN, an error), which `_deliver` acts on."""
         proto = self._protocol
         eng, c = self._eng, self._conn
         if self._early is not None:  # read by the pump (`_read_early`)
@@ -593,7 +598,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                     self._sock._unread_held = 0
                     self._taken()
             self._deliver(proto, data, more)
-            return
+            return True
         if isinstance(proto, asyncio.BufferedProtocol):
             # get_buffer is the protocol's code: not under the lock the stack thread needs.
             with eng.lock.plain:  # (a look: no signal hold)
@@ -601,7 +606,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             if queued:
                 buf = self._protocol_call("get_buffer", _usable_buffer, proto)
                 if buf is _FAILED:
-                    return
+                    return False
                 with eng.lock:
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
@@ -612,15 +617,15 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                     self._eng.wake()
                 if ok and more:
                     self._watcher.kick()
-                return
+                return False
         else:
             with eng.lock:
                 data = c.recv(_READ_MAX) if c.rcv_queued else b""
-                more = c.rcv_queued > 0
+                more = c.readable  # (more data, or the end behind it)
                 self._taken()
             if data:
                 self._deliver(proto, data, more)
-                return
+                return True
         with eng.lock:
             end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
             if end:
@@ -630,9 +635,11 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             keep_open = self._protocol_call("eof_received", proto.eof_received)
             if keep_open is not _FAILED and not keep_open:
                 self.close()
+        return False
 
     def _deliver(self, proto: Any, data: bytes, more: bool) -> None:
-        """Hand `data`, read from TCP, to the protocol (`more`: TCP has more queued)."""
+        """Hand `data`, read from TCP, to the protocol (`more`: TCP has more queued, or the peer's
+        FIN or an error is behind it: the watcher runs again for it)."""
         self._wrote = False
         if isinstance(proto, asyncio.BufferedProtocol):  # (set_protocol since the pump read it)
             ok = self._feed(proto, data)
