@@ -15,6 +15,8 @@ import re
 import select
 import ssl
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trustme
@@ -1098,33 +1100,49 @@ def test_data_the_pump_read_for_a_transport_paused_before_it_was_delivered_keeps
     assert after == []
 
 
-def test_a_pump_that_only_sends_a_transports_answer_does_not_signal_its_watcher(monkeypatch, net):
-    """A pump that only sends what a connection's user calls queued (an answer's) changes nothing
-    a transport's watcher reads (FlowEngine.notify's `calls`; `_Watcher.after_send`): the watchers
-    are signalled for the segments that reach their connections, not again for each send. Counted
-    over 200 round trips between two transports of one loop, every answer checked."""
-    signals = [0]
-    real = aio._Watcher._signal
-    rounds = 200
+def _counted_echoes(monkeypatch, net, cls: type, name: str, counts: Callable[[Any], bool], rounds: int) -> int:  # type: ignore[no-untyped-def]
+    """`rounds` round trips between two transports of one loop (`_echoes`, after 5 not counted),
+    counting the calls of `cls.name` (one argument, `self`) for which `counts(self)` holds; then a
+    second connection to the same server, accepted and served."""
+    n = [0]
+    real = getattr(cls, name)
 
     def counting(self):  # type: ignore[no-untyped-def]
-        if isinstance(getattr(self.callback, "__self__", None), aio.UsnetTransport):
-            signals[0] += 1
+        if counts(self):
+            n[0] += 1
         return real(self)
 
     async def main() -> None:
         server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
         t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
         await _echoes(t, ask, 5)  # warm
-        monkeypatch.setattr(aio._Watcher, "_signal", counting)
+        monkeypatch.setattr(cls, name, counting)
         await _echoes(t, ask, rounds)
-        monkeypatch.setattr(aio._Watcher, "_signal", real)
+        monkeypatch.setattr(cls, name, real)
+        t2, ask2 = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t2, ask2, 3)  # accepted, served
         t.close()
+        t2.close()
         server.close()
 
     _loop_run(main())
-    # one a round trip on each side, for the arrival; each side's send was one more
-    assert signals[0] <= 2 * rounds + 20, signals[0] / rounds
+    return n[0]
+
+
+def _signals_to(owner: type) -> Callable[[Any], bool]:
+    """For `_counted_echoes` on `_Watcher._signal`: the watchers of an `owner` (a transport, a listener)."""
+    return lambda w: isinstance(getattr(w.callback, "__self__", None), owner)
+
+
+def test_a_pump_that_only_sends_a_transports_answer_does_not_signal_its_watcher(monkeypatch, net):
+    """A pump that only sends what a connection's user calls queued (an answer's) changes nothing
+    a transport's watcher reads (FlowEngine.notify's `calls`; `_Watcher.after_send`): the watchers
+    are signalled for the segments that reach their connections, not again for each send. Counted
+    over 200 round trips between two transports of one loop, every answer checked."""
+    rounds = 200
+    n = _counted_echoes(monkeypatch, net, aio._Watcher, "_signal", _signals_to(aio.UsnetTransport), rounds)
+    # one a round trip on each side, for the arrival; each side's send was one more (800)
+    assert n <= 2 * rounds + 20, n / rounds
 
 
 def test_a_listeners_watcher_is_signalled_only_by_the_pumps_that_moved_its_accept_queue(monkeypatch, net):
@@ -1132,31 +1150,9 @@ def test_a_listeners_watcher_is_signalled_only_by_the_pumps_that_moved_its_accep
     pumps are its engine's; its watcher is signalled only by the pumps that moved the accept queues
     (FlowEngine.watch's `accepts`), not by each of them. Counted over 200 round trips on one
     accepted connection; a connection made after them is still accepted and served."""
-    signals = [0]
-    real = aio._Watcher._signal
     rounds = 200
-
-    def counting(self):  # type: ignore[no-untyped-def]
-        if isinstance(getattr(self.callback, "__self__", None), aio._Listener):
-            signals[0] += 1
-        return real(self)
-
-    async def main() -> bytes:
-        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
-        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
-        await _echoes(t, ask, 5)  # warm
-        monkeypatch.setattr(aio._Watcher, "_signal", counting)
-        await _echoes(t, ask, rounds)
-        monkeypatch.setattr(aio._Watcher, "_signal", real)
-        t2, ask2 = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
-        await _echoes(t2, ask2, 3)  # accepted, served
-        t.close()
-        t2.close()
-        server.close()
-        return b"ok"
-
-    assert _loop_run(main()) == b"ok"
-    assert signals[0] < rounds // 10, signals[0] / rounds  # was one a pump of the server's engine
+    n = _counted_echoes(monkeypatch, net, aio._Watcher, "_signal", _signals_to(aio._Listener), rounds)
+    assert n < rounds // 10, n / rounds  # was one a pump of the server's engine (403)
 
 
 def test_a_transport_that_delivered_data_looks_no_more_yet_hears_the_end_behind_it(monkeypatch, net):
@@ -1165,14 +1161,10 @@ def test_a_transport_that_delivered_data_looks_no_more_yet_hears_the_end_behind_
     again (`_ready`'s `_wants`, under the engine's plain lock): counted over 200 round trips between
     two transports of one loop (was one a round trip on each side). A request and the peer's FIN in
     one pump: the server's protocol still gets the data, then its EOF, and answers after it."""
-    looks = [0]
-    real = aio.UsnetTransport._wants  # (the watchers hold their own bound `_wants`: not counted)
     rounds = 200
-
-    def counting(self):  # type: ignore[no-untyped-def]
-        looks[0] += 1
-        return real(self)
-
+    # (the watchers hold their own bound `_wants`: only `_ready`'s look is counted)
+    n = _counted_echoes(monkeypatch, net, aio.UsnetTransport, "_wants", lambda t: True, rounds)
+    assert n < rounds // 10, n / rounds  # was 400
     seen: list = []
 
     class Last(asyncio.Protocol):
@@ -1189,14 +1181,6 @@ def test_a_transport_that_delivered_data_looks_no_more_yet_hears_the_end_behind_
             return True
 
     async def main() -> bytes:
-        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
-        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
-        await _echoes(t, ask, 5)  # warm
-        monkeypatch.setattr(aio.UsnetTransport, "_wants", counting)
-        await _echoes(t, ask, rounds)
-        monkeypatch.setattr(aio.UsnetTransport, "_wants", real)
-        t.close()
-        server.close()
         last = await aio.create_server(Last, B_IP, 0, client=net, netif="b")
         reader, writer = await aio.open_connection(B_IP, last.port, client=net, netif="a")
         writer.write(b"request")
@@ -1208,4 +1192,3 @@ def test_a_transport_that_delivered_data_looks_no_more_yet_hears_the_end_behind_
 
     assert _loop_run(main()) == b"after eof"
     assert seen == [b"request", "eof"]
-    assert looks[0] < rounds // 10, looks[0] / rounds
