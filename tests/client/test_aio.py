@@ -15,6 +15,8 @@ import re
 import select
 import ssl
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trustme
@@ -1038,3 +1040,155 @@ def test_data_the_pump_read_for_a_transport_closed_before_it_was_delivered_makes
 
     ended = _loop_run(main())
     assert len(ended) == 1 and isinstance(ended[0][0], ConnectionResetError), ended  # type: ignore[arg-type,index]
+
+
+def test_data_the_pump_read_for_a_transport_paused_before_it_was_delivered_keeps_its_descriptor_readable(net):
+    """Two connections to one server; the first server protocol to get data pauses the other's
+    transport. Both requests come in one pump, which reads each for its transport (`_read_early`),
+    so the paused one holds its request undelivered: its socket's descriptor says readable, as a
+    kernel socket with that request in its queue would (a pool probing a paused connection with
+    poll() sees it), and once reading resumes the request is delivered and the descriptor is no
+    longer readable."""
+    served: list[asyncio.Transport] = []
+    got: dict[int, bytes] = {}
+    seen: list = []
+
+    class PauseOther(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            served.append(transport)  # type: ignore[arg-type]
+
+        def data_received(self, data: bytes) -> None:
+            got[served.index(self.t)] = data  # type: ignore[arg-type]
+            if len(got) == 1:
+                other = next(t for t in served if t is not self.t)
+                held = other._early is not None  # type: ignore[attr-defined]  # read by the same pump
+                other.pause_reading()  # type: ignore[attr-defined]
+                fd = other.get_extra_info("socket").fileno()
+                seen.append((held, select.select([fd], [], [], 0)[0] == [fd]))
+
+    async def main() -> tuple:
+        server = await aio.create_server(PauseOther, B_IP, 0, client=net, netif="b")
+        pairs = [await aio.create_connection(asyncio.Protocol, B_IP, server.port, client=net, netif="a")
+                 for _ in range(2)]
+        for _ in range(1000):  # bounded: both accepted
+            if len(served) == 2:
+                break
+            await asyncio.sleep(0.001)
+        for i, (t, _p) in enumerate(pairs):
+            t.write(b"request %d" % i)  # type: ignore[attr-defined]  # both in one flush: one server pump
+        for _ in range(1000):  # bounded: the first delivered
+            if seen:
+                break
+            await asyncio.sleep(0.001)
+        paused = next(t for t in served if t.is_reading() is False)
+        paused.resume_reading()  # type: ignore[attr-defined]
+        for _ in range(1000):  # bounded: the second delivered
+            if len(got) == 2:
+                break
+            await asyncio.sleep(0.001)
+        fd = paused.get_extra_info("socket").fileno()
+        after = select.select([fd], [], [], 0)[0]
+        for t, _p in pairs:
+            t.close()
+        server.close()
+        return seen, sorted(got.values()), after
+
+    seen_, got_, after = _loop_run(main())  # type: ignore[misc]
+    assert seen_ == [(True, True)], seen_  # held by the transport, and readable as on the kernel
+    assert got_ == [b"request 0", b"request 1"]
+    assert after == []
+
+
+def _counted_echoes(monkeypatch, net, cls: type, name: str, counts: Callable[[Any], bool], rounds: int) -> int:  # type: ignore[no-untyped-def]
+    """`rounds` round trips between two transports of one loop (`_echoes`, after 5 not counted),
+    counting the calls of `cls.name` (one argument, `self`) for which `counts(self)` holds; then a
+    second connection to the same server, accepted and served."""
+    n = [0]
+    real = getattr(cls, name)
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        if counts(self):
+            n[0] += 1
+        return real(self)
+
+    async def main() -> None:
+        server = await aio.create_server(_Echo, B_IP, 0, client=net, netif="b")
+        t, ask = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t, ask, 5)  # warm
+        monkeypatch.setattr(cls, name, counting)
+        await _echoes(t, ask, rounds)
+        monkeypatch.setattr(cls, name, real)
+        t2, ask2 = await aio.create_connection(_Ask, B_IP, server.port, client=net, netif="a")
+        await _echoes(t2, ask2, 3)  # accepted, served
+        t.close()
+        t2.close()
+        server.close()
+
+    _loop_run(main())
+    return n[0]
+
+
+def _signals_to(owner: type) -> Callable[[Any], bool]:
+    """For `_counted_echoes` on `_Watcher._signal`: the watchers of an `owner` (a transport, a listener)."""
+    return lambda w: isinstance(getattr(w.callback, "__self__", None), owner)
+
+
+def test_a_pump_that_only_sends_a_transports_answer_does_not_signal_its_watcher(monkeypatch, net):
+    """A pump that only sends what a connection's user calls queued (an answer's) changes nothing
+    a transport's watcher reads (FlowEngine.notify's `calls`; `_Watcher.after_send`): the watchers
+    are signalled for the segments that reach their connections, not again for each send. Counted
+    over 200 round trips between two transports of one loop, every answer checked."""
+    rounds = 200
+    n = _counted_echoes(monkeypatch, net, aio._Watcher, "_signal", _signals_to(aio.UsnetTransport), rounds)
+    # one a round trip on each side, for the arrival; each side's send was one more (800)
+    assert n <= 2 * rounds + 20, n / rounds
+
+
+def test_a_listeners_watcher_is_signalled_only_by_the_pumps_that_moved_its_accept_queue(monkeypatch, net):
+    """A server's listener shares its engine with every connection it accepted, so every request's
+    pumps are its engine's; its watcher is signalled only by the pumps that moved the accept queues
+    (FlowEngine.watch's `accepts`), not by each of them. Counted over 200 round trips on one
+    accepted connection; a connection made after them is still accepted and served."""
+    rounds = 200
+    n = _counted_echoes(monkeypatch, net, aio._Watcher, "_signal", _signals_to(aio._Listener), rounds)
+    assert n < rounds // 10, n / rounds  # was one a pump of the server's engine (403)
+
+
+def test_a_transport_that_delivered_data_looks_no_more_yet_hears_the_end_behind_it(monkeypatch, net):
+    """A transport's read takes the look at what came behind its data (`more`: data, the peer's
+    FIN, an error), so after delivering it the watcher's callback does not look at the connection
+    again (`_ready`'s `_wants`, under the engine's plain lock): counted over 200 round trips between
+    two transports of one loop (was one a round trip on each side). A request and the peer's FIN in
+    one pump: the server's protocol still gets the data, then its EOF, and answers after it."""
+    rounds = 200
+    # (the watchers hold their own bound `_wants`: only `_ready`'s look is counted)
+    n = _counted_echoes(monkeypatch, net, aio.UsnetTransport, "_wants", lambda t: True, rounds)
+    assert n < rounds // 10, n / rounds  # was 400
+    seen: list = []
+
+    class Last(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+
+        def data_received(self, data: bytes) -> None:
+            seen.append(data)
+
+        def eof_received(self) -> bool:
+            seen.append("eof")
+            self.t.write(b"after eof")  # type: ignore[attr-defined]
+            self.t.close()
+            return True
+
+    async def main() -> bytes:
+        last = await aio.create_server(Last, B_IP, 0, client=net, netif="b")
+        reader, writer = await aio.open_connection(B_IP, last.port, client=net, netif="a")
+        writer.write(b"request")
+        writer.write_eof()  # the FIN behind the data: one segment each, one server pump
+        answer = await reader.read()
+        writer.close()
+        last.close()
+        return answer
+
+    assert _loop_run(main()) == b"after eof"
+    assert seen == [b"request", "eof"]

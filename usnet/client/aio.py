@@ -84,6 +84,10 @@ class _Watcher:
     """
 
     __slots__ = ("loop", "wants", "callback", "pending", "dead", "moved")
+    # not signalled after a pump that only sent what its connection's user calls queued
+    # (FlowEngine.notify): a send changes nothing `wants` reads (a transport's; a listener's is
+    # not a connection's watcher)
+    after_send = False
 
     def __init__(self, loop: asyncio.AbstractEventLoop, wants: Callable[[], Any],
                  callback: Callable[[], None]) -> None:
@@ -405,18 +409,25 @@ def _accept_or_moved(sock: _us.socket, eng: FlowEngine, engines: tuple[FlowEngin
     return eng.tcp.listeners.get(port) is None or _accept_waits(engines, port)
 
 
-def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
-    """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that connection."""
+def _watch(eng: FlowEngine, w: _Watcher, conn: Any = None, accepts: bool = False) -> None:
+    """Signal `w` after the engine's pumps: every pump, or (`conn`) those that reached that
+    connection, or (`accepts`) those that moved the accept queues (FlowEngine.watch)."""
     _drive(w.loop, eng)
     with eng.lock:  # the stack thread iterates `watchers` while pumping
-        eng.watch(w, conn)
+        if accepts:  # (a TCP engine's: a datagram engine has no accept queues)
+            eng.watch(w, accepts=True)
+        else:
+            eng.watch(w, conn)
     w.kick()  # whatever happened before it was registered
 
 
-def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None) -> None:
+def _unwatch(eng: FlowEngine, w: _Watcher, conn: Any = None, accepts: bool = False) -> None:
     w.dead = True
     with eng.lock:
-        eng.unwatch(w, conn)
+        if accepts:
+            eng.unwatch(w, accepts=True)
+        else:
+            eng.unwatch(w, conn)
 
 
 class UsnetTransport(asyncio.transports._FlowControlMixin):
@@ -522,7 +533,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             data = c.recv(_READ_MAX)
         except OSError:  # (none is expected without an error): `_pull`'s own read meets it again
             return
-        self._early = (data, c.rcv_queued > 0)
+        self._early = (data, c.readable)  # (more data, or the end behind it: `_pull`)
         self._taken()
 
     # -- the loop side ------------------------------------------------------------------------
@@ -534,15 +545,18 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         if err is not None:
             self._fatal_error(err, "Fatal error on usnet transport")
             return
-        if self._buffer:
+        pushed = bool(self._buffer)
+        if pushed:
             self._push()
+        settled = False
         if not (self._conn_lost or self._reading_paused or self._eof_seen or self._closing):
-            self._pull()
-        if not self._conn_lost:
+            settled = self._pull()
+        if not (self._conn_lost or (settled and not pushed)):
             # The stack signals a connection's watcher only after a pump that reached it
             # (FlowEngine.conn_watchers): what is still to do now (an EOF behind the data
             # just read, say) will not be signalled again, so look once more (a look: the
-            # plain lock, no signal hold, usnet.client.sigdefer).
+            # plain lock, no signal hold, usnet.client.sigdefer). Not after a plain delivery of
+            # data (`settled`): it looked at what came behind that data when it read it.
             with self._eng.lock.plain:
                 again = self._wants()
             if again:
@@ -572,13 +586,19 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             elif self._eof_requested:
                 self._shutdown_write()
 
-    def _pull(self) -> None:
+    def _pull(self) -> bool:
+        """Deliver what came (data, else the end); True if it was data, read with a look at what
+        came behind it (`more`: more data, the peer's FIN, an error), which `_deliver` acts on."""
         proto = self._protocol
         eng, c = self._eng, self._conn
         if self._early is not None:  # read by the pump (`_read_early`)
             (data, more), self._early = self._early, None
+            if self._sock._unread_held:  # paused in between (`pause_reading`): it counted for readable
+                with eng.lock:
+                    self._sock._unread_held = 0
+                    self._taken()
             self._deliver(proto, data, more)
-            return
+            return True
         if isinstance(proto, asyncio.BufferedProtocol):
             # get_buffer is the protocol's code: not under the lock the stack thread needs.
             with eng.lock.plain:  # (a look: no signal hold)
@@ -586,7 +606,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             if queued:
                 buf = self._protocol_call("get_buffer", _usable_buffer, proto)
                 if buf is _FAILED:
-                    return
+                    return False
                 with eng.lock:
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
@@ -597,15 +617,15 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                     self._eng.wake()
                 if ok and more:
                     self._watcher.kick()
-                return
+                return False
         else:
             with eng.lock:
                 data = c.recv(_READ_MAX) if c.rcv_queued else b""
-                more = c.rcv_queued > 0
+                more = c.readable  # (more data, or the end behind it)
                 self._taken()
             if data:
                 self._deliver(proto, data, more)
-                return
+                return True
         with eng.lock:
             end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
             if end:
@@ -615,9 +635,11 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             keep_open = self._protocol_call("eof_received", proto.eof_received)
             if keep_open is not _FAILED and not keep_open:
                 self.close()
+        return False
 
     def _deliver(self, proto: Any, data: bytes, more: bool) -> None:
-        """Hand `data`, read from TCP, to the protocol (`more`: TCP has more queued)."""
+        """Hand `data`, read from TCP, to the protocol (`more`: TCP has more queued, or the peer's
+        FIN or an error is behind it: the watcher runs again for it)."""
         self._wrote = False
         if isinstance(proto, asyncio.BufferedProtocol):  # (set_protocol since the pump read it)
             ok = self._feed(proto, data)
@@ -742,6 +764,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._reading_paused = True
         if not self._conn_lost:
             with self._eng.lock:
+                if self._early is not None:  # read by the pump, not delivered: unread for the kernel
+                    self._sock._unread_held = len(self._early[0])
                 self._eng.watch(self._sock, self._conn)
                 self._sock._update()
 
@@ -1067,7 +1091,8 @@ class _Listener:
         self._empty_at = -1
 
     def _wants(self) -> bool:
-        """After every pump of the listener's engine (every accepted connection's): whether a
+        """After a pump of the listener's engine (every accepted connection's) that moved its accept
+        queues (FlowEngine.watch's `accepts`), or a notice that anything may have: whether a
         connection waits. The queues change only with `accept_moves`, so once found empty they
         are not looked at again until it moved."""
         if not self.server._serving:
@@ -1093,7 +1118,7 @@ class _Listener:
         sock = self.sock
         if sock is None or sock.engine is None or sock.engine is self.eng:
             return
-        _unwatch(self.eng, self.watcher)
+        _unwatch(self.eng, self.watcher, accepts=True)
         self.eng = sock.engine
         self.engines = sock.listening_engines or (self.eng,)
         self._empty_at = -1  # other engines, other counts
@@ -1102,12 +1127,12 @@ class _Listener:
 
     def start(self) -> None:
         self.watcher.dead = False
-        _watch(self.eng, self.watcher)
+        _watch(self.eng, self.watcher, accepts=True)
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:
-            _unwatch(self.eng, self.watcher)
+            _unwatch(self.eng, self.watcher, accepts=True)
             sock.close()
 
     def _accept_ready(self) -> None:

@@ -294,6 +294,10 @@ class FlowEngine:
         self.gone = threading.Event()  # closed, and its channel too: the domain has heard
         self.error: OSError | None = None  # the channel itself failed (defunct, domain gone)
         self.watchers: set = set() if share is None else share.watchers  # usnet sockets to signal after each pump
+        # watchers of a listener's accept queues (usnet.aio's servers): signalled after a pump only if
+        # this engine's queues moved (`TcpEndpoint.accept_moves`) since it last told them, or it failed
+        self.accept_watchers: set = set() if share is None else share.accept_watchers
+        self._accepts_told = 0
         # watchers of one connection each (usnet.aio's transports): signalled after a pump only if
         # a segment reached that connection, or if something may have changed any (a timer, an error)
         self.conn_watchers: dict[Any, set] = {}
@@ -319,17 +323,22 @@ class FlowEngine:
             except ValueError:
                 pass  # a region this library cannot write: no figures for `usnet ss`, nothing else lost
 
-    def watch(self, w: Any, conn: Any = None) -> None:
-        """Signal `w` after every pump, or (`conn`) after the pumps that reached that connection:
-        a pump costs the connections it touched, not every socket. With the lock held."""
-        if conn is None:
+    def watch(self, w: Any, conn: Any = None, accepts: bool = False) -> None:
+        """Signal `w` after every pump, or (`conn`) after the pumps that reached that connection,
+        or (`accepts`) after the pumps that moved the accept queues: a pump costs the connections
+        it touched, not every socket, nor a listener's look at its queues. With the lock held."""
+        if accepts:
+            self.accept_watchers.add(w)
+        elif conn is None:
             self.watchers.add(w)
         else:
             self.conn_watchers.setdefault(conn, set()).add(w)
 
-    def unwatch(self, w: Any, conn: Any = None) -> None:
-        """Undo `watch` (the same `conn`). With the lock held."""
-        if conn is None:
+    def unwatch(self, w: Any, conn: Any = None, accepts: bool = False) -> None:
+        """Undo `watch` (the same `conn`, `accepts`). With the lock held."""
+        if accepts:
+            self.accept_watchers.discard(w)
+        elif conn is None:
             self.watchers.discard(w)
         elif (ws := self.conn_watchers.get(conn)) is not None:
             ws.discard(w)
@@ -432,7 +441,11 @@ class FlowEngine:
         if now < self._now:
             now = self._now
         self._now = now
-        touched = self._touched = set(self.tcp.due) if self.conn_watchers else None  # user calls' too
+        cw = self.conn_watchers
+        # the connections user calls gave output to: sending it changes only what a watcher that
+        # says `after_send` reads (`notify`); the ones segments, timers or faults reach, `touched`
+        calls = tuple(self.tcp.due) if cw else ()
+        touched = self._touched = set() if cw else None
         try:
             if receive:
                 self._receive(now)
@@ -454,7 +467,7 @@ class FlowEngine:
             self._return_idle_blocks(now)
         if self.stats_out is not None and self.error is None:
             self.stats_out.publish(self.tcp, now)
-        self.notify(touched)
+        self.notify(touched, calls, pumped=True)
 
     def pump_wait(self, left: float | None) -> None:
         """A blocked socket call waits by pumping the engine itself (it borrowed the doorbell from
@@ -586,11 +599,25 @@ class FlowEngine:
             self.ports.drop(b)
             self.client.return_ports(self.ch.id, b)
 
-    def notify(self, touched: set | None = None) -> None:
+    def notify(self, touched: set | None = None, calls: tuple = (), pumped: bool = False) -> None:
         """Tell the sockets (selectors, asyncio) and the blocked socket calls. With the lock held.
-        `touched`: only these connections' own watchers (`conn_watchers`) can have news; None: any."""
+        `touched`: only these connections' own watchers (`conn_watchers`) can have news; None: any.
+        `calls`: connections the pump only sent for (what user calls queued): a send changes no
+        received data, state or error, only the unsent count (TCP_NOTSENT_LOWAT's writability), so
+        only the watchers that read it hear (a socket's readiness: `after_send`; any watcher of a
+        connection under TCP_NOTSENT_LOWAT, whose send space it is). usnet.aio's transport is
+        signalled so once a request (its answer's pump) for nothing: its `_wants` reads no unsent count.
+        `pumped`: after this engine's pump, whose accept queues, unless they moved, are as they were
+        when `accept_watchers` were last told (any other notice tells them)."""
         for w in self.watchers:
             w._signal()
+        aw = self.accept_watchers
+        if aw:
+            moves = self.tcp.accept_moves
+            if not pumped or moves != self._accepts_told or self.error is not None:
+                self._accepts_told = moves
+                for w in aw:
+                    w._signal()
         cw = self.conn_watchers
         if cw:
             if touched is None:
@@ -601,6 +628,11 @@ class FlowEngine:
                 for c in touched:
                     for w in cw.get(c, ()):
                         w._signal()
+                for c in calls:
+                    if c not in touched:
+                        for w in cw.get(c, ()):
+                            if c.notsent_lowat or getattr(w, "after_send", True):
+                                w._signal()
         # Nobody waits on `changed` under an asyncio loop or a selector: notify_all would still
         # cost three Python calls a pump (its ownership check, notify), for nothing.
         if self.changed._waiters:  # type: ignore[attr-defined]  # (as pump_wait's _release_save)

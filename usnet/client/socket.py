@@ -2080,6 +2080,11 @@ class socket:
                 runner().give_back(eng)
             park_at_exit(eng.changed)
 
+    # Bytes its owner took out of TCP's queue and holds, undelivered, for the socket's reader
+    # (usnet.aio's transport: what its loop's pump read, `UsnetTransport._read_early`, while the
+    # transport is paused): still unread for the descriptor, as in the kernel's queue.
+    _unread_held = 0
+
     def _poll_state(self) -> tuple[bool, bool]:
         """(readable, writable) as Linux's tcp_poll would say. With the engine's lock held."""
         eng = self._engine
@@ -2102,9 +2107,10 @@ class socket:
             return True, True  # (a pending error or stamp: what select shows of Linux's POLLERR)
         if st is SYN_SENT or st is SYN_RECEIVED:
             return False, False  # the handshake decides
-        readable = conn.readable or self._shut_rd
+        held = self._unread_held
+        readable = conn.readable or self._shut_rd or held > 0
         if readable and (target := self._rcv_target(conn)) > 1:  # SO_RCVLOWAT: tcp_epollin_ready's target
-            readable = self._enough(conn, target)
+            readable = held + conn.rcv_queued >= target or self._enough(conn, target)
         if st is ESTABLISHED or st is CLOSE_WAIT:
             space = conn.send_space  # writable as Linux: a third of the buffer free (space >= queued / 2)
             return readable, space > 0 and 2 * space >= conn.pending and conn.notsent_ok
@@ -2200,7 +2206,8 @@ class socket:
             was = old.tcp.listeners.get(self._port)
             backlog = 128 if was is None else was.backlog
             group = self._dups(old)
-            movers = [m for m in (getattr(w, "moved", None) for w in old.watchers) if m is not None]
+            movers = [m for m in (getattr(w, "moved", None) for w in (*old.watchers, *old.accept_watchers))
+                      if m is not None]
             with eng.lock:
                 self._listen_on((eng, *halves), backlog)
                 for w in group:
