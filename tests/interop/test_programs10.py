@@ -195,13 +195,10 @@ def _abuse_http(ip: str, port: int, lines: _Lines, kind: str) -> dict:
         s.sendall(_GET % (b"/small", b""))
         s.shutdown(socket.SHUT_WR)
         res["half-request"] = _reply(s)
-    if kind != "forking":  # a body the server does not read: socketserver's shutdown(SHUT_WR),
-        # then its close with the body unread, a FIN then an RST: the client reads the FIN first.
-        # (A forked child's shutdown and close reach the parent's splice apart, and the FIN can
-        # be lost: see docs/design-notes.md, the tenth sweep's "What remains".)
-        with conn() as s:
-            s.sendall(_GET % (b"/small", b"Connection: close\r\nContent-Length: 65536\r\n") + b"x" * 65536)
-            res["unread"] = _reply(s)
+    with conn() as s:  # a body the server does not read: socketserver's shutdown(SHUT_WR), then
+        # its close with the body unread, a FIN then an RST: the client reads the FIN first
+        s.sendall(_GET % (b"/small", b"Connection: close\r\nContent-Length: 65536\r\n") + b"x" * 65536)
+        res["unread"] = _reply(s)
     with conn() as s:  # half a request, then silence: the library's timeout
         s.sendall(b"GET /small HTTP/1.1\r\nHo")
         res["slow"] = _reply(s)
