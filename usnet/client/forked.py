@@ -269,7 +269,13 @@ class Agent:
                     if fd is not None:
                         os.close(fd)
                     continue
-                reply = None if fd is None else _KernelSocket(fileno=fd)
+                reply = None
+                if fd is not None:
+                    try:
+                        reply = _KernelSocket(fileno=fd)
+                    except OSError:  # not a socket: dropped, as a request that does not decode
+                        os.close(fd)
+                        continue
                 if req.op == "shutdown":  # no answer: `reply` is the child's end of a splice
                     if reply is not None:
                         self._hold(reply)
