@@ -15,10 +15,12 @@ timers. So the parent keeps serving it, and the child reaches it through the par
   one per direction), and passes the other end to the child, which serves every call of the
   socket from it (`SplicedSocket`: a kernel socket that names itself as the TCP connection).
   Blocking, timeouts, readiness for select/poll/asyncio, makefile, shutdown and close are
-  the kernel's own. A listener's `accept()` asks the agent to accept on the parent's listener
-  (`accept`) and gets such a spliced connection; its `fileno()` is a descriptor of the parent's
-  listener's readiness (usnet.client.engine `Readiness`, which the parent's stack keeps), so a
-  child can poll it too: children that race for one connection get EAGAIN but one, as on Linux.
+  the kernel's own (a shutdown(SHUT_WR) first hands the child's end to the agent, so that a
+  close right after it is not taken for it: `Held`). A listener's `accept()` asks the agent
+  to accept on the parent's listener (`accept`) and gets such a spliced connection; its
+  `fileno()` is a descriptor of the parent's listener's readiness (usnet.client.engine
+  `Readiness`, which the parent's stack keeps), so a child can poll it too: children that
+  race for one connection get EAGAIN but one, as on Linux.
 * What the child never used, or closed unused (`release`), the agent closes when the child says
   so or exits (its end of the link closes): then the parent's own close decides, as with the
   kernel.
