@@ -150,6 +150,30 @@ def _both(usnetd: tuple[str, str, str], program: str, clients: Callable[[str, in
 _GET = b"GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n"
 
 
+def _shutdown_then_close(ip: str, port: int, lines: _Lines) -> dict:
+    """A request with a body the forked child leaves unread; its answer to the end (the child's
+    shutdown, then its close at once); then the word for the parent to close its copy."""
+    with socket.create_connection((ip, port), timeout=LIMIT) as s:
+        s.sendall(_GET % (b"/small", b"Content-Length: 4096\r\n") + b"x" * 4096)
+        s.settimeout(LIMIT / 6)  # EOF comes at once; without it, a "timeout" before the parent's own (10 s)
+        res = {"answer": _reply(s), "child": lines.until(lambda ev: ev[0] == "child")}
+        socket.create_connection((ip, port), timeout=LIMIT).close()  # the parent closes
+        lines.until(lambda ev: ev == ["stopped"])
+    return res
+
+
+def test_forked_child_shutdown_then_close_with_data_unread_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A forked child answers, shuts its side down and closes at once, the request's body
+    unread, while its parent still holds the connection: the shutdown is the connection's FIN
+    (every holder's is, on Linux), so the peer reads the whole answer, then EOF, before the
+    parent closes. usnet's splice saw the child's shutdown only as it hung up, and took it for
+    a close: no FIN till the parent's close."""
+    res = _both(usnetd_path, "fork-shutdown-close", _shutdown_then_close)
+    assert res["answer"] == ["HTTP/1.1 200 OK", "small", "eof"]
+    assert res["child"] == ["child", 0]
+
+
+
 def _abuse_http(ip: str, port: int, lines: _Lines, kind: str) -> dict:
     """A kernel client's ways of vanishing mid-request, and what each saw."""
     res = {}
@@ -171,13 +195,10 @@ def _abuse_http(ip: str, port: int, lines: _Lines, kind: str) -> dict:
         s.sendall(_GET % (b"/small", b""))
         s.shutdown(socket.SHUT_WR)
         res["half-request"] = _reply(s)
-    if kind != "forking":  # a body the server does not read: socketserver's shutdown(SHUT_WR),
-        # then its close with the body unread, a FIN then an RST: the client reads the FIN first.
-        # (A forked child's shutdown and close reach the parent's splice apart, and the FIN can
-        # be lost: see docs/design-notes.md, the tenth sweep's "What remains".)
-        with conn() as s:
-            s.sendall(_GET % (b"/small", b"Connection: close\r\nContent-Length: 65536\r\n") + b"x" * 65536)
-            res["unread"] = _reply(s)
+    with conn() as s:  # a body the server does not read: socketserver's shutdown(SHUT_WR), then
+        # its close with the body unread, a FIN then an RST: the client reads the FIN first
+        s.sendall(_GET % (b"/small", b"Connection: close\r\nContent-Length: 65536\r\n") + b"x" * 65536)
+        res["unread"] = _reply(s)
     with conn() as s:  # half a request, then silence: the library's timeout
         s.sendall(b"GET /small HTTP/1.1\r\nHo")
         res["slow"] = _reply(s)

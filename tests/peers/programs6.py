@@ -741,6 +741,41 @@ elif name == "fork-accept-closed":
     ls.close()
     ctrl.close()
     out(res)
+elif name == "fork-shutdown-close":
+    # a forked child answers a connection its parent holds too, then shutdown(SHUT_WR) and close()
+    # at once with the request's body unread: the shutdown is the socket's FIN for every holder
+    # (the peer reads the answer and EOF while the parent still holds it). The parent is stopped
+    # (SIGSTOP) from before the answer until after the close, so that usnet's splice, a thread of
+    # the parent, sees the child's shutdown only once the child has closed too. The parent closes
+    # on the peer's word: a second connection.
+    import signal
+    ls = socket.create_server(("0.0.0.0", 0))
+    print(f"port {ls.getsockname()[1]}", flush=True)
+    ls.settimeout(LIMIT)
+    conn, _ = ls.accept()
+    pid = os.fork()
+    if pid == 0:
+        conn.settimeout(LIMIT)
+        head = b""
+        for _ in range(100):
+            head += conn.recv(1)
+            if head.endswith(b"\r\n\r\n") or not head:
+                break
+        os.kill(os.getppid(), signal.SIGSTOP)
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
+            conn.shutdown(socket.SHUT_WR)
+            conn.close()
+        finally:
+            os.kill(os.getppid(), signal.SIGCONT)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    event("child", status)
+    word, _ = ls.accept()
+    conn.close()
+    word.close()
+    ls.close()
+    event("stopped")
 elif name == "serve-http":
     # an HTTP server as programs run one, printing what it saw (one JSON line an event) until
     # SIGTERM: aiohttp's web server, http.server's ThreadingHTTPServer, or a ForkingMixIn

@@ -15,10 +15,12 @@ timers. So the parent keeps serving it, and the child reaches it through the par
   one per direction), and passes the other end to the child, which serves every call of the
   socket from it (`SplicedSocket`: a kernel socket that names itself as the TCP connection).
   Blocking, timeouts, readiness for select/poll/asyncio, makefile, shutdown and close are
-  the kernel's own. A listener's `accept()` asks the agent to accept on the parent's listener
-  (`accept`) and gets such a spliced connection; its `fileno()` is a descriptor of the parent's
-  listener's readiness (usnet.client.engine `Readiness`, which the parent's stack keeps), so a
-  child can poll it too: children that race for one connection get EAGAIN but one, as on Linux.
+  the kernel's own (a shutdown(SHUT_WR) first hands the child's end to the agent, so that a
+  close right after it is not taken for it: `Held`). A listener's `accept()` asks the agent
+  to accept on the parent's listener (`accept`) and gets such a spliced connection; its
+  `fileno()` is a descriptor of the parent's listener's readiness (usnet.client.engine
+  `Readiness`, which the parent's stack keeps), so a child can poll it too: children that
+  race for one connection get EAGAIN but one, as on Linux.
 * What the child never used, or closed unused (`release`), the agent closes when the child says
   so or exits (its end of the link closes): then the parent's own close decides, as with the
   kernel.
@@ -51,6 +53,7 @@ import select
 import socket as _std
 import threading
 import time
+import weakref
 from typing import Any
 
 import msgspec
@@ -67,7 +70,9 @@ class Request(msgspec.Struct, tag=True):
     """Child -> agent, with one descriptor: the child's end of a reply pair for the answer.
     `op`: "claim" (the connection, spliced), "accept" (a connection accepted on a listener, within
     `timeout` s; None: wait), "listen" (a socket bound in the parent listens, backlog `size`),
-    "release" (the child is done with an unclaimed socket: no answer);
+    "release" (the child is done with an unclaimed socket: no answer), "shutdown" (the child's
+    shutdown(SHUT_WR) of a spliced connection, sent before it: the descriptor is the child's
+    end of the splice, which the agent keeps open until the splice has read its EOF; no answer);
     for a UDP socket, "sendto" (`data` to `addr`, or to its peer when `addr` is empty) and
     "recvfrom" (one datagram of at most `size` bytes, within `timeout`)."""
 
@@ -121,16 +126,51 @@ def _recv(sock: _std.socket) -> tuple[bytes, int | None]:
 
 # -- the parent's side -----------------------------------------------------------------------
 
-def splice(us: Any, k: _std.socket) -> None:
+class Held:
+    """The child's end of a splice, kept open by the parent from the child's shutdown(SHUT_WR)
+    until the splice's `up` has read the EOF and sent the FIN.
+
+    The splice tells the child's shutdown from its close by the hang-up: EOF alone is a shutdown
+    (the FIN), EOF with the hang-up a close (the reference let go). A child that shuts down and
+    closes at once would hang up before `up` reads the EOF, and its shutdown would be lost (no
+    FIN till the last reference's close, an RST alone when data lies unread). So the child's
+    shutdown first sends its end of the pair to the agent ("shutdown"): while the parent holds
+    it (in flight on the link, then here) the child's close hangs nothing up, and `up` sees the
+    shutdown, in order after the data before it; then `release` lets the end go."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ends: list[_std.socket] = []
+        self._done = False
+
+    def keep(self, end: _std.socket) -> None:
+        """Hold the child's end `end` until `release` (closed at once if that came already)."""
+        with self._lock:
+            if not self._done:
+                self._ends.append(end)
+                return
+        end.close()
+
+    def release(self) -> None:
+        """`up` has read the EOF: what the child's close does from now on is its own."""
+        with self._lock:
+            self._done, ends, self._ends = True, self._ends, []
+        for end in ends:
+            end.close()
+
+
+def splice(us: Any, k: _std.socket) -> Held:
     """Move bytes between usnet socket `us` and kernel stream socket `k` until both directions
     end, then close both: `us` is the child's reference, so its close is the child's.
 
     Each direction is a thread: blocking both ways in one would deadlock a child that sends a
     large request while the peer sends a large answer. The connection's EOF reaches the child
-    as shutdown(SHUT_WR) of `k`; the child's shutdown(SHUT_WR) reaches the peer as a FIN, its
-    close (k hangs up) ends the receiving direction even while the peer is silent and lets go
-    of the reference; a connection that failed shuts `k` so that the child's reads end."""
+    as shutdown(SHUT_WR) of `k`; the child's shutdown(SHUT_WR) reaches the peer as a FIN (its
+    end held meanwhile: the `Held` returned), its close (k hangs up) ends the receiving direction
+    even while the peer is silent and lets go of the reference; a connection that failed shuts
+    `k` so that the child's reads end."""
     done = threading.Semaphore(0)
+    held = Held()
 
     def down() -> None:  # the connection to the child
         p = select.poll()
@@ -162,8 +202,9 @@ def splice(us: Any, k: _std.socket) -> None:
             while data := k.recv(CHUNK):
                 us.sendall(data)
             # EOF: the child's shutdown(SHUT_WR) sends the FIN, as the kernel's does for any
-            # holder; its close only lets go of its reference (`us`, closed below): the FIN goes
-            # with the last reference, and a parent that still holds the socket keeps it open.
+            # holder (its end is held: no hang-up, `Held`); its close only lets go of its
+            # reference (`us`, closed below): the FIN goes with the last reference, and a parent
+            # that still holds the socket keeps it open.
             hup = select.poll()
             hup.register(k.fileno(), 0)
             if not hup.poll(0):
@@ -174,6 +215,7 @@ def splice(us: Any, k: _std.socket) -> None:
             except OSError:
                 pass
         finally:
+            held.release()
             done.release()
 
     def both() -> None:
@@ -188,6 +230,7 @@ def splice(us: Any, k: _std.socket) -> None:
                 pass
 
     threading.Thread(target=both, name="usnet-splice", daemon=True).start()
+    return held
 
 
 def _names(s: Any) -> Answer:
@@ -209,6 +252,8 @@ class Agent:
         self.link = link
         self.shares = shares
         self._lock = threading.Lock()
+        # the splices this agent made, by the inode of the child's end (its "shutdown" names it)
+        self._splices: weakref.WeakValueDictionary[int, Held] = weakref.WeakValueDictionary()
         threading.Thread(target=self._serve, name="usnet-fork-agent", daemon=True).start()
 
     def _serve(self) -> None:
@@ -226,7 +271,17 @@ class Agent:
                     if fd is not None:
                         os.close(fd)
                     continue
-                reply = None if fd is None else _KernelSocket(fileno=fd)
+                reply = None
+                if fd is not None:
+                    try:
+                        reply = _KernelSocket(fileno=fd)
+                    except OSError:  # not a socket: dropped, as a request that does not decode
+                        os.close(fd)
+                        continue
+                if req.op == "shutdown":  # no answer: `reply` is the child's end of a splice
+                    if reply is not None:
+                        self._hold(reply)
+                    continue
                 if req.op == "release":  # no answer
                     if reply is not None:
                         reply.close()
@@ -249,6 +304,18 @@ class Agent:
                 left, self.shares = list(self.shares.values()), {}
             for s in left:  # what the child never claimed: its references end with it
                 s.close()
+
+    def _hold(self, end: _std.socket) -> None:
+        """The child shuts its end `end` of a splice down: held until the splice has read the
+        EOF (`Held`); a splice that read it already, or none of ours, closes it at once."""
+        try:
+            held = self._splices.get(os.fstat(end.fileno()).st_ino)
+        except OSError:
+            held = None
+        if held is None:
+            end.close()
+        else:
+            held.keep(end)
 
     def _take(self, token: int) -> Any:
         with self._lock:
@@ -294,6 +361,7 @@ class Agent:
         """Splice connection `s` to a new stream pair and hand the child its end."""
         mine, theirs = _std.socketpair(_std.AF_UNIX, _std.SOCK_STREAM)
         try:
+            ino = os.fstat(theirs.fileno()).st_ino
             _send(reply, ans, theirs.fileno())
         except OSError:
             mine.close()
@@ -301,7 +369,7 @@ class Agent:
             raise
         finally:
             theirs.close()
-        splice(s, mine)
+        self._splices[ino] = splice(s, mine)
 
     def _datagram(self, req: Request, s: Any, reply: _std.socket) -> None:
         """A UDP socket's send or receive for the child, on its reference (a timeout of its own)."""
@@ -396,13 +464,25 @@ class SplicedSocket(_KernelSocket):
     """A TCP connection of the parent's stack, in a child: a kernel stream socket (the child's
     end of a splice) that names itself as the connection does. Data, blocking, timeouts and
     readiness are the kernel socket's; TCP and IP options are kept and read back (the
-    connection's own are the parent's stack's to apply)."""
+    connection's own are the parent's stack's to apply). `link`: the parent agent's, which
+    hears of a shutdown(SHUT_WR) (`shutdown`)."""
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None,
-                 names: Answer | None = None) -> None:
+                 names: Answer | None = None, link: _std.socket | None = None) -> None:
         super().__init__(_std.AF_UNIX, _std.SOCK_STREAM, 0, fileno)
         self._names = names or Answer("conn")
+        self._link = link
         self._opts: dict[tuple[int, int], Any] = {}
+
+    def shutdown(self, how: int) -> None:
+        """As the kernel's; SHUT_WR first hands this end to the parent's agent ("shutdown"), so
+        that a close right after is not taken for the shutdown (forked.Held): the FIN goes."""
+        if how == _std.SHUT_WR and self._link is not None and self.fileno() >= 0:
+            try:
+                _send(self._link, Request("shutdown", 0), self.fileno())
+            except OSError:
+                pass  # the parent is gone: so is the connection
+        super().shutdown(how)
 
     @property
     def family(self) -> _std.AddressFamily:
@@ -443,7 +523,7 @@ class SplicedSocket(_KernelSocket):
         return b"\0" * buflen if buflen else 0
 
     def dup(self) -> SplicedSocket:
-        s = SplicedSocket(fileno=os.dup(self.fileno()), names=self._names)
+        s = SplicedSocket(fileno=os.dup(self.fileno()), names=self._names, link=self._link)
         s.settimeout(self.gettimeout())
         return s
 

@@ -156,7 +156,7 @@ class Inherited(us.socket):
             if ans.kind == "listener":
                 self._k, self._lfd = False, fd
             else:
-                self._k = forked.SplicedSocket(fileno=fd, names=ans)
+                self._k = forked.SplicedSocket(fileno=fd, names=ans, link=self._link)
                 self._k.settimeout(self._timeout)
 
     def _claimed(self) -> forked.SplicedSocket:
@@ -188,7 +188,7 @@ class Inherited(us.socket):
             if self._dead:  # closed by another thread meanwhile: CPython's poll on the kernel
                 raise OSError(errno.EBADF, "Bad file descriptor") from None  # retries on descriptor -1
             raise
-        k = forked.SplicedSocket(fileno=fd, names=ans)
+        k = forked.SplicedSocket(fileno=fd, names=ans, link=self._link)
         k.settimeout(_std.getdefaulttimeout())  # as accept(2): blocking, whatever the listener's mode
         return k, tuple(ans.peername)
 

@@ -1,0 +1,73 @@
+"""A forked child's shutdown(SHUT_WR) as the parent's agent takes it (usnet.client.forked): the
+child's end of a splice held (`Held`) till the splice has read the EOF, and a "shutdown" that
+names no splice of the agent's closed at once, the agent serving on. Kernel socket pairs only:
+the splice's own path, with a kernel peer, is tests/interop/test_programs10.py's."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from usnet.client import forked
+
+
+def _hung_up(s: socket.socket) -> bool:
+    """Whether the other end of `s`'s pair is closed (POLLHUP), without waiting."""
+    p = select.poll()
+    p.register(s.fileno(), 0)
+    return bool(p.poll(0))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.booleans(), max_size=8))
+def test_held_ends_stay_open_till_the_release_and_none_after(ops):
+    """True: the child hands over an end; False: the splice reads its EOF. An end handed over
+    before the first release stays open till then; one after it is closed at once."""
+    held = forked.Held()
+    pairs: list[tuple[socket.socket, socket.socket, bool]] = []  # (ours, the end handed, before a release)
+    released = False
+    try:
+        for keep in ops:
+            if keep:
+                ours, end = socket.socketpair()
+                pairs.append((ours, end, not released))
+                held.keep(end)
+            else:
+                held.release()
+                released = True
+            for ours, _end, before in pairs:
+                assert _hung_up(ours) == (released or not before)
+        held.release()
+        assert all(_hung_up(ours) for ours, _, _ in pairs)
+    finally:
+        for ours, _, _ in pairs:
+            ours.close()
+
+
+def test_a_shutdown_of_no_splice_is_closed_and_the_agent_serves_on():
+    """A "shutdown" whose descriptor is no splice's, nor a socket (a pipe's end), is closed at
+    once; the agent then answers the next request (EBADF for a token it does not have)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        forked.Agent(parent, {})
+        forked._send(child, forked.Request("shutdown", 0), r)
+        os.close(r)
+        r = -1
+        with pytest.raises(OSError) as e:
+            forked.ask(child, "claim", 1)  # served after the shutdown: one thread, in order
+        assert e.value.errno == errno.EBADF
+        assert "no such inherited socket" in str(e.value)  # the agent's answer: it serves on
+        with pytest.raises(BrokenPipeError):
+            os.write(w, b"x")  # the agent's copy of the read end is closed too
+    finally:
+        if r >= 0:
+            os.close(r)
+        os.close(w)
+        child.close()
