@@ -30,6 +30,8 @@ INITIAL = 16
 PACKET_BYTES = 2048
 PER_SEG = 16  # 4 segments of 32 KiB
 ROLES = 2
+# how a batch comes to the pool: a FREE ring's list, a TX ring's u32 array, other arrays
+FORMS = {"list": None, "u32": np.uint32, "i64": np.int64, "u64": np.uint64}
 
 
 def make_arena(max_packets: int = MAX, per_seg: int = PER_SEG) -> Arena:
@@ -240,6 +242,23 @@ def test_release_alias_of_held_packet_is_out_of_range(pool, alias):
     pool.check()
 
 
+@pytest.mark.parametrize("dtype", [np.uint64, np.uint32, np.int64])
+def test_a_batch_array_cannot_alias_a_held_packet(pool, dtype):
+    """A batch past `_FEW`, all HELD but one index that is out of range however the array's type
+    says it: 2**64 - MAX + p as a u64 (intp reads it p - MAX, which numpy would index as p, and a
+    clipped gather as packet 0), MAX as a u32 (the spare slot past the end), -1 as an int64. That
+    one is refused OUT_OF_RANGE and its alias p stays HELD; the rest are taken back."""
+    pkts = lend(pool, 12)
+    p = pkts[-1]
+    bad = {np.uint64: 2**64 - MAX + p, np.uint32: MAX, np.int64: -1}[dtype]
+    good, refused = pool.release_checked(np.array(pkts[:-1] + [bad], dtype=dtype), 0)
+    seen = bad - 2**64 if bad >= 2**63 else bad
+    assert refused == [(seen, RefusalReason.OUT_OF_RANGE)]
+    assert good.tolist() == pkts[:-1]
+    assert pool.state[p] == HELD and pool.held == [1, 0] and pool.refused == [1, 0]
+    pool.check()
+
+
 def test_release_twice_across_batches(pool):
     pkts = lend(pool, 2)
     assert pool.release(pkts, 0) == []
@@ -432,47 +451,63 @@ class PoolMachine(RuleBasedStateMachine):
         for p in pkts:
             self.held[p] = self.in_alloc.pop(p)
 
-    @rule(data=st.data(), role=st.integers(0, ROLES - 1))
-    def release(self, data, role):
+    @rule(data=st.data(), role=st.integers(0, ROLES - 1), form=st.sampled_from(list(FORMS)))
+    def release(self, data, role, form):
         candidates = st.one_of(
             st.sampled_from(sorted(self.held)) if self.held else st.nothing(),
             st.sampled_from(sorted(self.in_alloc)) if self.in_alloc else st.nothing(),
             st.integers(0, MAX - 1),
             st.integers(-3, -1),
             st.integers(MAX, 2**32 - 1),
+            st.sampled_from([MAX, MAX + 1, 2**31, 2**32 - 1]),  # the pool's end, the spare slot's neighbours
         )
-        self._release(data.draw(st.lists(candidates, max_size=24)), role)
+        self._release(data.draw(st.lists(candidates, max_size=24)), role, form)
 
-    @rule(data=st.data(), role=st.integers(0, ROLES - 1))
-    def release_held(self, data, role):
-        """Only packets the group holds, often with a duplicate: the batch fast path."""
+    @rule(data=st.data(), role=st.integers(0, ROLES - 1), form=st.sampled_from(list(FORMS)))
+    def release_held(self, data, role, form):
+        """Only packets the group holds, often with a duplicate: the batch fast path (past `_FEW`)."""
         if not self.held:
             return
-        batch = data.draw(st.lists(st.sampled_from(sorted(self.held)), min_size=1, max_size=8))
+        batch = data.draw(st.lists(st.sampled_from(sorted(self.held)), min_size=1, max_size=20, unique=True))
         if data.draw(st.booleans()):  # a duplicate
             batch.insert(data.draw(st.integers(0, len(batch))), data.draw(st.sampled_from(batch)))
         if data.draw(st.booleans()):  # a held packet's alias: p - MAX (numpy would index it) or p + 2**32
-            i = data.draw(st.integers(0, len(batch) - 1))
-            batch[i] += data.draw(st.sampled_from([-MAX, 2**32]))
-        self._release(batch, role)
+            i = data.draw(st.integers(0, len(batch) - 1))  # (or p - MAX + 2**64: a u64 that intp reads p - MAX)
+            batch[i] += data.draw(st.sampled_from([-MAX, 2**32] + ([2**64 - MAX] if form == "u64" else [])))
+        self._release(batch, role, form)
 
-    def _release(self, batch, role):
+    def _release(self, batch, role, form="list"):
+        """`batch` handed back as a FREE ring gives it (a list), as a TX ring does (a u32 array:
+        a negative is its two's complement), or as an int64 or u64 array; the verdicts are on the
+        index as the pool reads it (a u64 past 2**63 is a negative int64)."""
+        if form == "u32":
+            batch = [i & 0xFFFFFFFF for i in batch]
+        elif form == "u64":
+            batch = [i & (2**64 - 1) for i in batch]
+        seen = [i - 2**64 if i >= 2**63 else i for i in batch]
         # the expected verdicts, in order
         expected = []
         accepted = set()
-        for i in batch:
+        order = []
+        for i in seen:
             if not 0 <= i < MAX:
                 expected.append((i, RefusalReason.OUT_OF_RANGE))
             elif i in self.held and i not in accepted:
                 accepted.add(i)
+                order.append(i)
             elif i in self.in_alloc:
                 expected.append((i, RefusalReason.IN_ALLOC_RING))
             elif i in accepted:
                 expected.append((i, RefusalReason.DUPLICATE))
             else:
                 expected.append((i, RefusalReason.NOT_OWNED))
-        refused = self.pool.release(batch, role)
+        if form == "list":
+            good, refused = self.pool.release_checked(batch, role)
+        else:
+            good, refused = self.pool.release_checked(np.array(batch, dtype=FORMS[form]), role)
+            good = good.tolist()
         assert refused == expected
+        assert list(good) == order
         for p in accepted:
             del self.held[p]
         self.refused[role] += len(expected)
@@ -613,3 +648,35 @@ def test_a_few_released_in_scalars_as_the_batch_path_decides(kinds, as_array, ro
     finally:
         for a in arenas:
             a.close()
+
+
+# -- property: a ring's batch (an array of any integer type) past `_FEW`, one hostile index ----------
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(pool_mod._FEW + 1, MAX), st.sampled_from(list(FORMS)[1:]), st.data())
+def test_a_held_batch_with_one_hostile_index_is_refused_just_there(n, form, data):
+    """The batch path's one clipped gather (`release_checked`: an index past the pool reads the
+    spare PURGED slot) must refuse, whatever the array's type, an index out of range (the pool's
+    end, the slot past it, a u32's top, a u64 that intp reads negative), one in ALLOC, one free;
+    the rest of the batch is taken back and the books balance."""
+    a = make_arena()
+    try:
+        p = PacketPool(a, MAX, INITIAL, ROLES, quota=MAX)
+        held = lend(p, n - 1, 0)
+        in_alloc = p.alloc(1, 1).tolist()
+        free = [i for i in range(MAX) if p.state[i] == FREE]
+        hostile = data.draw(st.sampled_from(
+            [MAX, MAX + 1, 2**32 - 1] + ([2**64 - 1, 2**64 - MAX + held[0], 2**63] if form == "u64" else [])
+            + ([-1, held[0] - MAX] if form == "i64" else []) + in_alloc + free[:1]))
+        batch = data.draw(st.permutations(held + [hostile]))
+        good, refused = p.release_checked(np.array(batch, dtype=FORMS[form]), 0)
+        seen = hostile - 2**64 if hostile >= 2**63 else hostile
+        reason = (RefusalReason.IN_ALLOC_RING if seen in in_alloc else RefusalReason.NOT_OWNED if seen in free
+                  else RefusalReason.OUT_OF_RANGE)
+        assert refused == [(seen, reason)]
+        assert good.tolist() == [i for i in batch if i != hostile]
+        assert p.held == [0, 1] and p.refused == [1, 0]
+        p.check()
+    finally:
+        a.close()

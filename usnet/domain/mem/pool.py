@@ -227,7 +227,10 @@ class PacketPool:
         """
         as_array = unsigned = False
         if isinstance(items, np.ndarray):
-            as_array, unsigned = True, items.dtype.kind == "u"
+            # a ring's u32 (or narrower) batch cannot be negative, and intp reads it as it is; a u64
+            # past 2**63 intp reads negative, which the clipped gather would read as packet 0 (and
+            # numpy index from the end): such a batch takes the signed test
+            as_array, unsigned = True, items.dtype.kind == "u" and items.dtype.itemsize <= 4
             if 0 < items.size <= _FEW and self._release_few(items.tolist()):
                 return items.astype(np.int64), []  # a handshake's, a request's, the LL path's: scalars
             idx = items.astype(np.int64)
