@@ -21,6 +21,7 @@ from scapy.all import IP, UDP, Ether, raw
 
 from tests.helpers.util import close_all, send_raw
 from usnet.abi.events import EventType, TxDropReason
+from usnet.abi.umd import UMD_WORDS
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
 from usnet.domain.switch.tx import TransmitPath
@@ -249,3 +250,48 @@ def test_a_blocks_super_segments_keep_their_gso_size_through_slicing_joining_and
     joined = _join([FrameBlock(data[:1], np.array([8], np.uint32)), tail])
     assert joined.gso.tolist() == [0, 1448, 0]
     assert [type(f) for f in joined.frames()] == [bytes, SegmentedFrame, bytes]
+
+
+def test_a_joined_blocks_byte_count_is_its_frames_whatever_lengths_the_clients_wrote(net, monkeypatch):
+    """The joined pass gives each flow's block its byte count (`FrameBlock(nbytes=)`, summed once
+    for pacing, AQM and the books): it must be the frames' own, in a round of honest flows (framed
+    joined) and in one where a client wrote a length past its buffer (cut to it, then refused as
+    not the IP total length) and a short one among the good rows of other flows."""
+    n = net
+    socks = [n.c.udp_socket("a", 5100 + i) for i in range(3)]
+    for s in socks:
+        n.warm(s)
+    blocks: list = []
+    given: list = []
+    orig = n.swa.netif.enqueue_many
+
+    def spy(fid, items):
+        for x in items:
+            if type(x) is FrameBlock:
+                blocks.append(x)
+                given.append(x._nbytes >= 0)  # its count made by the joined pass, not summed here
+        return orig(fid, items)
+
+    monkeypatch.setattr(n.swa.netif, "enqueue_many", spy)
+    for liar in (False, True):
+        flows = []
+        for i, s in enumerate(socks):
+            pkts = [_pkt(5100 + i, b"x" * (10 + 7 * k + i)) for k in range(6)]
+            ch = s.channel
+            got: list[int] = []
+            while len(got) < len(pkts):
+                got += ch.alloc(len(pkts) - len(got))
+            for p, data in zip(got, pkts):
+                ch.write(p, data, 0)
+                ch.set_length(p, len(data))
+            if liar and i == 1:  # two lengths a client lies about: past its buffer, short
+                ch.umd[got[2] * UMD_WORDS] = 1 << 30  # (the UMD word itself: set_length refuses it)
+                ch.set_length(got[4], len(pkts[4]) - 3)
+            assert ch.send(got) == len(got)
+            flows.append(n.flow(s))
+        assert n.swa.service_tx_many(flows, lambda f, e: pytest.fail(repr(e))) == 18
+        assert len(n.drain(16 if liar else 18)) == (16 if liar else 18)
+    assert any(given) and not all(given)  # both paths ran
+    for b in blocks:
+        assert b.nbytes() == int(b.lens.sum()) == len(b) * 14 + sum(
+            int.from_bytes(bytes(b.data[j, 16:18]), "big") for j in range(len(b)))
