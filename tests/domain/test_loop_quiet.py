@@ -24,11 +24,13 @@ A_IP = "10.9.0.1"
 
 class Quiet:
     """A domain (not started: the test turns it) with a MemWire netif "a" on the test's clock, whose
-    other end the test holds, and the loopback."""
+    other end the test holds, and the loopback. The domain's housekeeping is on that clock too: on
+    the real one, a turn that a stall under load carried past its next tick (once a second) would
+    do the tick's work among the turns a test counts."""
 
     def __init__(self) -> None:
         self.clock = FakeClock()
-        self.d = Domain()
+        self.d = Domain(clock=self.clock)
         self.w = MemWire()
         self.sw = self.d.add_netif("a", self.w.a, f"{A_IP}/24", clock=self.clock)
         self.lo = self.d.add_loopback()

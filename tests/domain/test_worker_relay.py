@@ -291,6 +291,10 @@ def test_an_open_whose_replacement_dies_too_is_try_again_while_the_worker_is_res
     try:
         send_msg(a, P.encode(P.OpenFlow("usnet0", 17, 7013)))
         wait_until(lambda: _unread(a) == 0, 10, "usnetd to read A's open")
+        # read is not relayed: usnetd pre-empted between the two met a dead worker 1 at its first
+        # try (EAGAIN "died during this open", a death, not two). Its loop answers B's Hello only
+        # once it has sent A's open to worker 1, where it waits (the worker is stopped).
+        raw_session(tapd2.path, "b")[0].close()
         held = max(int(fd) for fd in os.listdir(f"/proc/{spawner}/fd"))
         was = resource.prlimit(spawner, resource.RLIMIT_NOFILE)
         # room for the command socket the spawner receives, none for the new worker's loop
