@@ -39,7 +39,7 @@ import itertools
 import os
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from usnet.proto.tcp.connection import (
@@ -657,19 +657,22 @@ class TcpEndpoint:
 
     def _unhold(self, now: float) -> None:
         """Schedule the held connections nothing touched since (`due` schedules the others)."""
-        held = self._held
+        due = self.due
+        left = [c for c in self._held if c.due is not None and c not in due]
         self._held = []
         self._held_at = None
-        due = self.due
+        self.visits += len(left)
+        self._schedule_all(left, now)
+
+    def _schedule_all(self, conns: Iterable[TcpConnection], now: float) -> None:
+        """`_schedule` each of `conns`; one that raises faults alone (usnet.proto.tcp.fault)."""
         bad = None
-        for conn in held:
-            if conn.due is not None and conn not in due:
-                self.visits += 1
-                try:
-                    self._schedule(conn)
-                except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
-                    bad = [] if bad is None else bad
-                    bad.append((conn, exc))
+        for conn in conns:
+            try:
+                self._schedule(conn)
+            except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
+                bad = [] if bad is None else bad
+                bad.append((conn, exc))
         if bad is not None:
             for conn, why in bad:
                 self.fault(conn, why, now)
@@ -718,16 +721,7 @@ class TcpEndpoint:
 
     def on_timer(self, now: float) -> list[TcpConnection]:
         """Run the timers of the connections whose deadline has come (and only theirs); returns them."""
-        bad = None
-        for conn in self.due:
-            try:
-                self._schedule(conn)
-            except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
-                bad = [] if bad is None else bad
-                bad.append((conn, exc))
-        if bad is not None:
-            for conn, why in bad:
-                self.fault(conn, why, now)
+        self._schedule_all(self.due, now)
         if self._held:
             self._unhold(now)
         h = self._timers
