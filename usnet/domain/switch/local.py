@@ -57,10 +57,10 @@ class LocalPath(ReceivePath, LowLatencyPath):
         if self.is_local(dst):
             self._hairpin(packet)
             return True
-        # a group with members here (IP_MULTICAST_LOOP), or on a worker's switch perhaps on another
-        # worker's (`_may_loop_elsewhere`: the receive path hands it to the port's worker)
-        if (self.groups.refs and dst in self.groups.refs) or (not self.speaks and self.hand_over is not None and (
-                dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF)):
+        # a group with members here (IP_MULTICAST_LOOP), or on a worker's switch one the host is in
+        # (`groups.host`, as usnetd tells: the receive path hands it to the port's worker)
+        groups = self.groups
+        if (groups.refs and dst in groups.refs) or (groups.host and dst in groups.host):
             flow = self.flows.get(key)
             if flow is not None and flow.mc_loop:
                 self.local_queue.append(bytes(packet))  # a copy; the packet itself goes to the link too

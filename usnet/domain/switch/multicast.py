@@ -19,13 +19,16 @@ Under `usnetd --workers N` (usnet.domain.workers) the link hears one host per ne
 A worker k's switch keeps its flows' memberships (its queue gets their datagrams: the device
 steers by port) but says nothing (`speaks` False); usnetd is told of each of them
 (`join_remote`, `leave_remote`) and reports and answers queries (which come to its queue 0) for
-the union, so a group's first join and last leave over all workers are said once.
+the union, so a group's first join and last leave over all workers are said once. usnetd also
+tells every worker those first joins and last leaves (`membership_changed`, `host_group`): the
+host's groups, which a worker's IP_MULTICAST_ALL listeners hear and its flows loop to.
 """
 
 from __future__ import annotations
 
 import errno
 import random
+from collections.abc import Callable
 from typing import Any
 
 from usnet.domain.switch.groups import GroupTable, group_mac
@@ -41,6 +44,7 @@ from usnet.proto.wire.igmp import (
     IGMP_V2_REPORT,
     build_old_report,
     build_report,
+    is_multicast4,
     max_response,
     parse_igmp,
     query_version,
@@ -53,6 +57,7 @@ from usnet.proto.wire.mld import (
     MLDV1_REPORT,
     build_mld_report,
     build_mldv1,
+    is_multicast6,
     mld_max_response,
     mld_query_version,
     mld_report_room,
@@ -127,6 +132,9 @@ class MulticastDuties(HostDuties):
         self._older_until: dict[int, float] = {}
         # False in worker k of `usnetd --workers N`: usnetd speaks IGMP and MLD for the netif
         self.speaks = True
+        # usnetd's (usnet.domain.workers): told (group, member) when the netif gains a group's first
+        # membership or loses its last, to tell the workers the host's groups
+        self.membership_changed: Callable[[bytes, bool], None] | None = None
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -202,6 +210,8 @@ class MulticastDuties(HostDuties):
                 self.counts["multicast_leaves"] += 1
             if isinstance(drv, GroupFilter):
                 (drv.add_group_mac if member else drv.drop_group_mac)(group_mac(g))
+            if self.membership_changed is not None:
+                self.membership_changed(g, member)
         self._changed(olds)
 
     # -- IGMP -----------------------------------------------------------------------------------
@@ -430,6 +440,16 @@ class MulticastDuties(HostDuties):
             heard = self._heard.pop(fam, set())
             self._report([current_record(g, self.groups.state(g)) for g in self.groups.groups(4 if fam == 4 else 16)
                           if (asked is None or g in asked) and g not in heard])
+
+    def host_group(self, group: bytes, member: bool) -> bool:
+        """In a worker: the host joined `group` (`member`) or left it, over all workers (usnetd's
+        word, `membership_changed` there). False, nothing changed, for an address that is no group
+        of a family this netif has, or past the table's bound (counted `host_groups_refused`)."""
+        if not (is_multicast4(group) or (is_multicast6(group) and self.netif.ip6 is not None)) or \
+                not self.groups.set_host(group, member):
+            self.drops["host_groups_refused"] += 1
+            return False
+        return True
 
     # -- delivery ---------------------------------------------------------------------------------
 
