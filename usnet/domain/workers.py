@@ -207,16 +207,15 @@ def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes | bytearray)
     return kind + bytes([family, len(name)]) + name + rest
 
 
-def group_msgs(netif: str, op: int, groups: list[bytes]) -> list[bytes]:
+def group_msgs(netif: str, family: int, op: int, groups: list[bytes]) -> list[bytes]:
     """b"G" messages (`neighbour_msg`) telling a worker the host's groups of one family on `netif`:
     `op` GROUP_LEAVE, GROUP_JOIN, or GROUP_ALL (the list that follows is the whole set: the rest
-    of that family is forgotten), then the groups (4 or 16 bytes each, all of one family), at most
+    of that family is forgotten), then the groups (of `family`: 4 or 16 bytes each), at most
     GROUPS_A_MESSAGE a message (GROUP_ALL's later parts are joins)."""
-    size = len(groups[0]) if groups else 4
     out = []
     for i in range(0, max(len(groups), 1), GROUPS_A_MESSAGE):
         part = b"".join(groups[i:i + GROUPS_A_MESSAGE])
-        out.append(neighbour_msg(b"G", netif, 4 if size == 4 else 6, bytes([op if i == 0 else GROUP_JOIN]) + part))
+        out.append(neighbour_msg(b"G", netif, family, bytes([op if i == 0 else GROUP_JOIN]) + part))
     return out
 
 
@@ -976,8 +975,8 @@ class ShardedDomain(Domain):
         for name in self.sharded:
             sw = self.switches.get(name)
             if sw is not None:
-                for size in (4, 16):
-                    link.tell_groups(group_msgs(name, GROUP_ALL, [g for g in sw.groups.refs if len(g) == size]))
+                for family, size in ((4, 4), (6, 16)):
+                    link.tell_groups(group_msgs(name, family, GROUP_ALL, [g for g in sw.groups.refs if len(g) == size]))
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
@@ -1001,8 +1000,9 @@ class ShardedDomain(Domain):
             sw.hand_over = hand_over
 
             def tell_group(group: bytes, member: bool) -> None:  # a first join or last leave here
+                op, family = GROUP_JOIN if member else GROUP_LEAVE, 4 if len(group) == 4 else 6
                 for link in self.links.values():
-                    link.tell_groups(group_msgs(name, GROUP_JOIN if member else GROUP_LEAVE, [group]))
+                    link.tell_groups(group_msgs(name, family, op, [group]))
 
             sw.membership_changed = tell_group
             for link in self.links.values():
