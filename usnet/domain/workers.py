@@ -188,6 +188,7 @@ HAND_OVER_SHARE = 0.5
 # worker's start goes in parts: 1,024 IPv6 groups are 16 KiB)
 GROUP_LEAVE, GROUP_JOIN, GROUP_ALL = 0, 1, 2
 GROUPS_A_MESSAGE = 1024
+READ_AHEAD = 16  # the messages a worker's `_read_host_groups` reads at most
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.SourceFilter,
             P.MulticastOptions)
 
@@ -1603,7 +1604,45 @@ class WorkerDomain(Domain):
         self.cmd = cmd
         self.index, self.n = index, workers
         self.hand_over_room = hand_over_room(cmd)  # what our looped group datagrams may fill of it
+        cmd.setblocking(False)  # read when ready, or by `_read_host_groups` when it may be
         self._sel.register(cmd, READ, ("command", None))
+        # `_read_host_groups`: whether it read the command socket in this turn, and the other messages it
+        # read then, served (in order, before any later one) at the turn's end
+        self._caught_up = False
+        self._backlog: deque[tuple[bytes, list[int]]] = deque()
+
+    def serve_once(self, timeout: float | None = None) -> None:
+        self._caught_up = False
+        super().serve_once(timeout)
+        while self._backlog:
+            data, fds = self._backlog.popleft()
+            try:
+                self._command(data, fds)
+            except Exception as e:
+                self._fault("command", None, e)
+
+    def _read_host_groups(self) -> None:
+        """A group missed our table (usnet.domain.switch.multicast `read_host_groups`): read the b"G"
+        usnetd sent and we have not read yet, once a turn (a packet this turn took that was sent
+        after a join's answer finds the join: usnetd told us before it answered). Whatever else
+        comes with it is kept for the turn's end (`serve_once`), served in order then; at most
+        READ_AHEAD messages."""
+        if self._caught_up:
+            return
+        self._caught_up = True
+        for _ in range(READ_AHEAD):
+            try:
+                data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # a bad message or usnetd gone: the loop's own read meets it
+            if data[:1] == b"G":  # (before a hand-over read with it: what the host holds is news)
+                self._host_groups(data)
+            else:
+                self._backlog.append((data, fds))
+            if not data:
+                return
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         """A netif whose queue k is ours: each neighbour we ask for is also told to usnetd, which
@@ -1611,6 +1650,7 @@ class WorkerDomain(Domain):
         Its groups are usnetd's to report: we say no IGMP or MLD."""
         sw = super().add_netif(name, driver, *args, **kwargs)
         sw.speaks = False
+        sw.read_host_groups = self._read_host_groups
         for family, ask_name in ((4, "_arp_request"), (6, "_solicit")):
             ask = getattr(sw, ask_name)
 
@@ -1664,10 +1704,16 @@ class WorkerDomain(Domain):
         if kind != "command":
             super()._serve_event(kind, obj, fd, mask)
             return
+        while self._backlog:  # what `_read_host_groups` read first comes first
+            self._command(*self._backlog.popleft())
         try:
             data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)
         except (BlockingIOError, InterruptedError):
             return
+        self._command(data, fds)
+
+    def _command(self, data: bytes, fds: list[int]) -> None:
+        """One message of usnetd's on the command socket (docs/abi.md, "A worker's command socket")."""
         if not data:  # usnetd is gone or stopping: so are we
             self.request_stop()
             return

@@ -135,6 +135,11 @@ class MulticastDuties(HostDuties):
         # usnetd's (usnet.domain.workers): told (group, member) when the netif gains a group's first
         # membership or loses its last, to tell the workers the host's groups
         self.membership_changed: Callable[[bytes, bool], None] | None = None
+        # a worker's (usnet.domain.workers): read what usnetd told of the host's groups and has not
+        # been read yet; asked when a group misses here (`is_joined`, the MAC check, the local
+        # path), so a datagram sent after a join's answer finds the join (the worker's loop may
+        # have taken it before usnetd's b"G" in the same turn)
+        self.read_host_groups: Callable[[], None] | None = None
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -456,8 +461,24 @@ class MulticastDuties(HostDuties):
     def is_joined(self, dst: bytes) -> bool:
         """Whether a packet to `dst` is one this netif takes as a member host: a group with members
         here, or one the netif is in itself (all-hosts, 224.0.0.1, which every host is in; IPv6's
-        all-nodes and solicited-node groups: the table's held ones)."""
+        all-nodes and solicited-node groups: the table's held ones); in a worker, or one the host
+        is in (`read_host_groups` first reads what usnetd said of it)."""
+        if self.groups.is_member(dst):
+            return True
+        if self.read_host_groups is None:
+            return False
+        self.read_host_groups()
         return self.groups.is_member(dst)
+
+    def is_group_mac(self, mac: bytes) -> bool:
+        """Whether the receive path admits group MAC `mac`: a group's the netif is in (`is_joined`'s
+        rule, with a worker's `read_host_groups`)."""
+        if mac in self.groups.macs:
+            return True
+        if self.read_host_groups is None or not mac[0] & 1:
+            return False
+        self.read_host_groups()
+        return mac in self.groups.macs
 
     def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:
         """The flows a UDP datagram from (`src`, `sport`) to group `dst`, port `dport` goes to, as

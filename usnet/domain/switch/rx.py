@@ -389,7 +389,8 @@ class ReceivePath(MulticastDuties):
             self.drops["rx_oversize"] += 1  # longer than the MTU, and the device did not make it so
             return
         dst, src, etype = ETH.unpack_from(f)
-        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6 and dst not in self.groups.macs:
+        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6 and dst not in self.groups.macs \
+                and not self.is_group_mac(dst):
             self.drops["rx_not_our_mac"] += 1
             return
         if src[0] & 1:
