@@ -70,7 +70,7 @@ class LocalPath(ReceivePath, LowLatencyPath):
         members here or, on a worker's switch, one the host is in (`groups.host`, read up to date
         with `read_host_groups`), as Linux's ip_mc_output loops only to a group the host is in."""
         groups = self.groups
-        if dst in groups.refs or dst in groups.host:
+        if dst in groups.refs:
             return True
         if self.read_host_groups is None or not (dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF):
             return False

@@ -136,9 +136,10 @@ class MulticastDuties(HostDuties):
         # membership or loses its last, to tell the workers the host's groups
         self.membership_changed: Callable[[bytes, bool], None] | None = None
         # a worker's (usnet.domain.workers): read what usnetd told of the host's groups and has not
-        # been read yet; asked when a group misses here (`is_joined`, the MAC check, the local
-        # path), so a datagram sent after a join's answer finds the join (the worker's loop may
-        # have taken it before usnetd's b"G" in the same turn)
+        # been read yet; asked before an answer that is the host's (`is_joined`, the local path:
+        # a group not of this table's own memberships; the MAC check: one it misses), so a
+        # datagram sent after a join's or leave's answer finds it (the worker's loop may have
+        # taken the datagram before usnetd's b"G" in the same turn)
         self.read_host_groups: Callable[[], None] | None = None
 
     # -- the control requests -----------------------------------------------------------------
@@ -462,13 +463,14 @@ class MulticastDuties(HostDuties):
         """Whether a packet to `dst` is one this netif takes as a member host: a group with members
         here, or one the netif is in itself (all-hosts, 224.0.0.1, which every host is in; IPv6's
         all-nodes and solicited-node groups: the table's held ones); in a worker, or one the host
-        is in (`read_host_groups` first reads what usnetd said of it)."""
-        if self.groups.is_member(dst):
+        is in: `read_host_groups` first reads what usnetd said of it and we have not read yet (a
+        join or a leave), since that answer is the host's, not this table's."""
+        groups = self.groups
+        if dst in groups.refs or dst in groups.held:
             return True
-        if self.read_host_groups is None:
-            return False
-        self.read_host_groups()
-        return self.groups.is_member(dst)
+        if self.read_host_groups is not None:
+            self.read_host_groups()
+        return dst in groups.host
 
     def is_group_mac(self, mac: bytes) -> bool:
         """Whether the receive path admits group MAC `mac`: a group's the netif is in (`is_joined`'s
