@@ -1758,9 +1758,7 @@ class WorkerDomain(Domain):
             return
         op, groups = got
         if op == GROUP_ALL:
-            size = 4 if data[1] == 4 else 16
-            for g in [g for g in sw.groups.host if len(g) == size]:
-                sw.groups.set_host(g, False)
+            sw.groups.forget_host(4 if data[1] == 4 else 16)
         for g in groups:
             sw.host_group(g, op != GROUP_LEAVE)
 

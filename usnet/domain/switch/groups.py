@@ -132,14 +132,20 @@ class GroupTable:
         if not member:
             if group in self.host:
                 self.host.discard(group)
-                self._macs()
+                self._macs()  # (another group may share its MAC)
             return True
         if group not in self.host:
             if len(self.host) >= HOST_GROUPS_MAX:
                 return False
             self.host.add(group)
-            self._macs()
+            self.macs.add(group_mac(group))
         return True
+
+    def forget_host(self, size: int) -> None:
+        """In a worker: forget the host's groups of one family (`size`: 4 or 16 bytes), before
+        usnetd's whole list of them."""
+        self.host = {g for g in self.host if len(g) != size}
+        self._macs()
 
     def filter_of(self, flow: Flow, group: bytes) -> Filter:
         """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
