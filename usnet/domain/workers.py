@@ -106,7 +106,7 @@ heartbeat make worker k look hung.
 A group datagram a flow sends with IP_MULTICAST_LOOP is for the members of its port, all of
 them the port's worker's: the sender's switch delivers it (usnet.domain.switch.local) if the
 port is its own, and otherwise hands it over (b"L", looped): worker k to usnetd (`_loop_out`;
-only usnetd knows which groups the others hold), usnetd to its own members or on to the port's
+only usnetd knows which worker holds a group), usnetd to its own members or on to the port's
 worker (`_hand_over`), each bounded by the same room and counted the same way.
 
 The host's groups: a worker's table holds only its own flows' memberships, but Linux's host is in
@@ -1673,8 +1673,9 @@ class WorkerDomain(Domain):
         """A group datagram a flow here sent with IP_MULTICAST_LOOP, to `port`: False if `port`
         is ours (its members are here); else handed to usnetd (counted), which delivers it to its
         own members or hands it on to the port's worker (`ShardedDomain._hand_over`); dropped if
-        our room on the command socket is full (counted). Only usnetd knows which groups the
-        other workers hold, so every such datagram of another worker's port goes to it."""
+        our room on the command socket is full (counted). The local path loops only to a group
+        the host is in (usnetd's b"G": `groups.host`); which of the other workers holds it only
+        usnetd knows, so every such datagram of another worker's port goes to it."""
         if worker_of(port, self.n) == self.index:
             return False
         count_hand_over(sw, send_handed(self.cmd, self.hand_over_room, b"L", netif, _family(frame), frame))
