@@ -166,7 +166,7 @@ def test_a_listener_of_worker_1_hears_from_the_wire_a_group_joined_on_worker_0(t
     after its join again it is."""
     d = tapd2
     group = GROUPS[socket.AF_INET][1]
-    m0, c1, d1 = _listener(P0), _listener(P1), _listener(P1, mc_all=False)
+    m0, c1, d1, bar = _listener(P0), _listener(P1), _listener(P1, mc_all=False), _listener(B1)
     k = _kernel_sender(d)
     join = _greq(socket.AF_INET, 0, group)
     try:
@@ -175,12 +175,16 @@ def test_a_listener_of_worker_1_hears_from_the_wire_a_group_joined_on_worker_0(t
         assert c1.recv(100) == b"first"
         m0.setsockopt(IPP, M_LEAVE, join)
         k.sendto(b"left", (group, P1))
+        # a barrier: worker 1 takes its queue in order, so "left" was judged when this is heard
+        # (it waits in the device meanwhile, and is judged by the state when it is taken)
+        k.sendto(b"bar", (d.usnet_ip, B1))
+        assert bar.recv(100) == b"bar"
         m0.setsockopt(IPP, M_JOIN, join)
         k.sendto(b"again", (group, P1))
         assert c1.recv(100) == b"again"  # not "left"
         assert _drain(d1) == []  # worker 1 gave c1 both before this: d1's would be in by now
     finally:
-        for s in (m0, c1, d1, k):
+        for s in (m0, c1, d1, bar, k):
             s.close()
 
 

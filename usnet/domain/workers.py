@@ -1606,13 +1606,11 @@ class WorkerDomain(Domain):
         self.hand_over_room = hand_over_room(cmd)  # what our looped group datagrams may fill of it
         cmd.setblocking(False)  # read when ready, or by `_read_host_groups` when it may be
         self._sel.register(cmd, READ, ("command", None))
-        # `_read_host_groups`: whether it read the command socket in this turn, and the other messages it
-        # read then, served (in order, before any later one) at the turn's end
-        self._caught_up = False
+        # the messages `_read_host_groups` read that are not b"G", served (in order, before any
+        # later one) at the turn's end
         self._backlog: deque[tuple[bytes, list[int]]] = deque()
 
     def serve_once(self, timeout: float | None = None) -> None:
-        self._caught_up = False
         super().serve_once(timeout)
         while self._backlog:
             data, fds = self._backlog.popleft()
@@ -1623,13 +1621,10 @@ class WorkerDomain(Domain):
 
     def _read_host_groups(self) -> None:
         """A group missed our table (usnet.domain.switch.multicast `read_host_groups`): read the b"G"
-        usnetd sent and we have not read yet, once a turn (a packet this turn took that was sent
-        after a join's answer finds the join: usnetd told us before it answered). Whatever else
-        comes with it is kept for the turn's end (`serve_once`), served in order then; at most
-        READ_AHEAD messages."""
-        if self._caught_up:
-            return
-        self._caught_up = True
+        usnetd sent and we have not read yet, once a batch of input (`host_up_to_date`: a packet
+        sent after a join's answer finds the join, since usnetd told us before it answered).
+        Whatever else comes with it is kept for the turn's end (`serve_once`), served in order
+        then; at most READ_AHEAD messages."""
         for _ in range(READ_AHEAD):
             try:
                 data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)

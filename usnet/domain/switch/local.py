@@ -74,7 +74,7 @@ class LocalPath(ReceivePath, LowLatencyPath):
             return True
         if self.read_host_groups is None or not (dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF):
             return False
-        self.read_host_groups()
+        self.host_up_to_date()
         return dst in groups.host
 
     def take_looped(self, frame: bytes | memoryview) -> None:

@@ -141,6 +141,9 @@ class MulticastDuties(HostDuties):
         # datagram sent after a join's or leave's answer finds it (the worker's loop may have
         # taken the datagram before usnetd's b"G" in the same turn)
         self.read_host_groups: Callable[[], None] | None = None
+        # whether it was asked since this batch's input was taken (the receive and transmit
+        # paths clear it as they take a batch: what came before is read once for all of it)
+        self.host_read = False
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -468,9 +471,16 @@ class MulticastDuties(HostDuties):
         groups = self.groups
         if dst in groups.refs or dst in groups.held:
             return True
-        if self.read_host_groups is not None:
-            self.read_host_groups()
+        self.host_up_to_date()
         return dst in groups.host
+
+    def host_up_to_date(self) -> None:
+        """In a worker: read what usnetd said of the host's groups and we have not read
+        (`read_host_groups`), once for each batch of input: whatever was sent after a join's or
+        leave's answer is in a batch taken after usnetd's b"G" was in our socket."""
+        if self.read_host_groups is not None and not self.host_read:
+            self.host_read = True
+            self.read_host_groups()
 
     def is_group_mac(self, mac: bytes) -> bool:
         """Whether the receive path admits group MAC `mac`: a group's the netif is in (`is_joined`'s
@@ -479,7 +489,7 @@ class MulticastDuties(HostDuties):
             return True
         if self.read_host_groups is None or not mac[0] & 1:
             return False
-        self.read_host_groups()
+        self.host_up_to_date()
         return mac in self.groups.macs
 
     def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:

@@ -137,6 +137,7 @@ class ReceivePath(MulticastDuties):
         """Take frames from the device, answer what is ours, deliver the rest to flows."""
         netif = self.netif
         frames = netif.driver.recv_batch(max_frames)
+        self.host_read = False  # a new batch: a worker reads usnetd's news of the host's groups again
         if self.lanes:
             copied = self._service_lanes()
             if copied:
