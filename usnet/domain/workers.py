@@ -112,7 +112,7 @@ worker (`_hand_over`), each bounded by the same room and counted the same way.
 The host's groups: a worker's table holds only its own flows' memberships, but Linux's host is in
 a group any socket joined, and its IP_MULTICAST_ALL listeners (the default) hear it on their
 port, from the wire or looped. usnetd's table is the union, so each first join and last leave
-there (`membership_changed`) is told to every worker (b"G", `_tell_group`), and a new or
+there (`membership_changed`) is told to every worker (b"G", `WorkerLink.tell_groups`), and a new or
 replaced worker gets the whole list at its start (`_tell_groups`); the worker keeps them
 (`host_group`), takes datagrams to them for its listeners, and loops to another worker's port
 only what the host holds. A b"G" that finds the socket full marks the worker `groups_stale`: the
