@@ -106,8 +106,17 @@ heartbeat make worker k look hung.
 A group datagram a flow sends with IP_MULTICAST_LOOP is for the members of its port, all of
 them the port's worker's: the sender's switch delivers it (usnet.domain.switch.local) if the
 port is its own, and otherwise hands it over (b"L", looped): worker k to usnetd (`_loop_out`;
-only usnetd knows which groups the others hold), usnetd to its own members or on to the port's
+only usnetd knows which worker holds a group), usnetd to its own members or on to the port's
 worker (`_hand_over`), each bounded by the same room and counted the same way.
+
+The host's groups: a worker's table holds only its own flows' memberships, but Linux's host is in
+a group any socket joined, and its IP_MULTICAST_ALL listeners (the default) hear it on their
+port, from the wire or looped. usnetd's table is the union, so each first join and last leave
+there (`membership_changed`) is told to every worker (b"G", `WorkerLink.tell_groups`), and a new or
+replaced worker gets the whole list at its start (`_tell_groups`); the worker keeps them
+(`host_group`), takes datagrams to them for its listeners, and loops to another worker's port
+only what the host holds. A b"G" that finds the socket full marks the worker `groups_stale`: the
+whole list goes again with the next heartbeat.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
@@ -175,6 +184,11 @@ COMMAND_MAX = 1 << 17
 # message's whole buffer, as SIOCOUTQ reports the bytes not yet read) that frames handed over from
 # the link (b"F") may fill; the rest is room for usnetd's own commands, a few small messages at a time
 HAND_OVER_SHARE = 0.5
+# b"G"'s op byte (`group_msgs`), and how many groups one message names at most (the whole list of a
+# worker's start goes in parts: 1,024 IPv6 groups are 16 KiB)
+GROUP_LEAVE, GROUP_JOIN, GROUP_ALL = 0, 1, 2
+GROUPS_A_MESSAGE = 1024
+READ_AHEAD = 16  # the messages a worker's `_read_host_groups` reads at most
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.SourceFilter,
             P.MulticastOptions)
 
@@ -192,6 +206,28 @@ def neighbour_msg(kind: bytes, netif: str, family: int, rest: bytes | bytearray)
     family (4, 6), the netif's name, then `rest`."""
     name = netif.encode()
     return kind + bytes([family, len(name)]) + name + rest
+
+
+def group_msgs(netif: str, family: int, op: int, groups: list[bytes]) -> list[bytes]:
+    """b"G" messages (`neighbour_msg`) telling a worker the host's groups of one family on `netif`:
+    `op` GROUP_LEAVE, GROUP_JOIN, or GROUP_ALL (the list that follows is the whole set: the rest
+    of that family is forgotten), then the groups (of `family`: 4 or 16 bytes each), at most
+    GROUPS_A_MESSAGE a message (GROUP_ALL's later parts are joins)."""
+    out = []
+    for i in range(0, max(len(groups), 1), GROUPS_A_MESSAGE):
+        part = b"".join(groups[i:i + GROUPS_A_MESSAGE])
+        out.append(neighbour_msg(b"G", netif, family, bytes([op if i == 0 else GROUP_JOIN]) + part))
+    return out
+
+
+def groups_of(rest: bytes, family: int) -> tuple[int, list[bytes]] | None:
+    """(op, groups) of a b"G" message's rest (`group_msgs`); None if it is not one: an unknown op,
+    a length that is not whole groups of `family`, or more than GROUPS_A_MESSAGE of them (each
+    group's address is the switch's to check: `host_group`)."""
+    size = 4 if family == 4 else 16
+    if not rest or rest[0] > GROUP_ALL or (len(rest) - 1) % size or (len(rest) - 1) // size > GROUPS_A_MESSAGE:
+        return None
+    return rest[0], [bytes(rest[i:i + size]) for i in range(1, len(rest), size)]
 
 
 def hand_over_room(cmd: socket.socket) -> int:
@@ -252,6 +288,8 @@ class WorkerLink:
         self.starved = False
         # the bytes of its command socket's send buffer that hand-overs may fill (`hand_over`)
         self.hand_over_room = hand_over_room(cmd)
+        # a b"G" could not be sent (its socket full): the whole list goes again (`tell_groups`)
+        self.groups_stale = False
 
     def new_session(self) -> socket.socket:
         """A session in the worker, on a new SEQPACKET pair; usnetd's end, with a timeout."""
@@ -271,6 +309,17 @@ class WorkerLink:
             send_msg(self.cmd, neighbour_msg(b"N", netif, family, addr + mac))
         except OSError as e:  # a worker gone: its flows are lost; the log says so
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
+
+    def tell_groups(self, msgs: list[bytes]) -> None:
+        """b"G" messages (`group_msgs`), sent without waiting; one that finds the socket full marks
+        the worker `groups_stale` (the whole list goes again with the next heartbeat)."""
+        try:
+            for m in msgs:
+                self.cmd.send(m, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.groups_stale = True
+        except OSError:  # a worker gone: its EOF is heard in the loop
+            pass
 
     def hand_over(self, netif: str, family: int, frame: Received, looped: bool = False) -> bool:
         """A datagram usnetd put back together for a port of this worker, or an ICMP error about
@@ -614,6 +663,8 @@ class ShardedDomain(Domain):
             return self._beat_at - now
         self._beat_at = now + HEARTBEAT
         for link in list(self.links.values()):
+            if link.groups_stale:
+                self._tell_groups(link)
             if link.asked is None:
                 self._ask_heartbeat(link, now)
                 continue
@@ -903,6 +954,7 @@ class ShardedDomain(Domain):
         self.restarts[k] += 1
         self._watch(new)
         self._tell_neighbours(new)
+        self._tell_groups(new)
         log.warning("%s: %d channel(s) defunct; restarted as pid %d (restart %d)", why, len(lost), new.pid,
                     self.restarts[k])
         return why
@@ -916,6 +968,16 @@ class ShardedDomain(Domain):
             for family, cache in ((4, sw.arp), (6, sw.nd)):
                 for addr, (mac, _expires) in list(cache.entries.items()):
                     link.neighbour(name, family, addr, mac)
+
+    def _tell_groups(self, link: WorkerLink) -> None:
+        """A new worker (or one that missed a b"G") is told every group the host is in on each
+        sharded netif (usnetd's table is the union): the whole list of each family (GROUP_ALL)."""
+        link.groups_stale = False
+        for name in self.sharded:
+            sw = self.switches.get(name)
+            if sw is not None:
+                for family, size in ((4, 4), (6, 16)):
+                    link.tell_groups(group_msgs(name, family, GROUP_ALL, [g for g in sw.groups.refs if len(g) == size]))
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
@@ -937,6 +999,15 @@ class ShardedDomain(Domain):
                 return self._hand_over(name, port, frame, looped)
 
             sw.hand_over = hand_over
+
+            def tell_group(group: bytes, member: bool) -> None:  # a first join or last leave here
+                op, family = GROUP_JOIN if member else GROUP_LEAVE, 4 if len(group) == 4 else 6
+                for link in self.links.values():
+                    link.tell_groups(group_msgs(name, family, op, [group]))
+
+            sw.membership_changed = tell_group
+            for link in self.links.values():
+                self._tell_groups(link)
         return sw
 
     def _hand_over(self, netif: str, port: int, frame: Received, looped: bool) -> bool:
@@ -1533,7 +1604,40 @@ class WorkerDomain(Domain):
         self.cmd = cmd
         self.index, self.n = index, workers
         self.hand_over_room = hand_over_room(cmd)  # what our looped group datagrams may fill of it
+        cmd.setblocking(False)  # read when ready, or by `_read_host_groups` when it may be
         self._sel.register(cmd, READ, ("command", None))
+        # the messages `_read_host_groups` read that are not b"G", served (in order, before any
+        # later one) at the turn's end
+        self._backlog: deque[tuple[bytes, list[int]]] = deque()
+
+    def serve_once(self, timeout: float | None = None) -> None:
+        super().serve_once(timeout)
+        while self._backlog:
+            data, fds = self._backlog.popleft()
+            try:
+                self._command(data, fds)
+            except Exception as e:
+                self._fault("command", None, e)
+
+    def _read_host_groups(self) -> None:
+        """A group missed our table (usnet.domain.switch.multicast `read_host_groups`): read the b"G"
+        usnetd sent and we have not read yet, once a batch of input (`host_up_to_date`: a packet
+        sent after a join's answer finds the join, since usnetd told us before it answered).
+        Whatever else comes with it is kept for the turn's end (`serve_once`), served in order
+        then; at most READ_AHEAD messages."""
+        for _ in range(READ_AHEAD):
+            try:
+                data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # a bad message or usnetd gone: the loop's own read meets it
+            if data[:1] == b"G":  # (before a hand-over read with it: what the host holds is news)
+                self._host_groups(data)
+            else:
+                self._backlog.append((data, fds))
+            if not data:
+                return
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         """A netif whose queue k is ours: each neighbour we ask for is also told to usnetd, which
@@ -1541,6 +1645,7 @@ class WorkerDomain(Domain):
         Its groups are usnetd's to report: we say no IGMP or MLD."""
         sw = super().add_netif(name, driver, *args, **kwargs)
         sw.speaks = False
+        sw.read_host_groups = self._read_host_groups
         for family, ask_name in ((4, "_arp_request"), (6, "_solicit")):
             ask = getattr(sw, ask_name)
 
@@ -1563,8 +1668,9 @@ class WorkerDomain(Domain):
         """A group datagram a flow here sent with IP_MULTICAST_LOOP, to `port`: False if `port`
         is ours (its members are here); else handed to usnetd (counted), which delivers it to its
         own members or hands it on to the port's worker (`ShardedDomain._hand_over`); dropped if
-        our room on the command socket is full (counted). Only usnetd knows which groups the
-        other workers hold, so every such datagram of another worker's port goes to it."""
+        our room on the command socket is full (counted). The local path loops only to a group
+        the host is in (usnetd's b"G": `groups.host`); which of the other workers holds it only
+        usnetd knows, so every such datagram of another worker's port goes to it."""
         if worker_of(port, self.n) == self.index:
             return False
         count_hand_over(sw, send_handed(self.cmd, self.hand_over_room, b"L", netif, _family(frame), frame))
@@ -1594,10 +1700,16 @@ class WorkerDomain(Domain):
         if kind != "command":
             super()._serve_event(kind, obj, fd, mask)
             return
+        while self._backlog:  # what `_read_host_groups` read first comes first
+            self._command(*self._backlog.popleft())
         try:
             data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)
         except (BlockingIOError, InterruptedError):
             return
+        self._command(data, fds)
+
+    def _command(self, data: bytes, fds: list[int]) -> None:
+        """One message of usnetd's on the command socket (docs/abi.md, "A worker's command socket")."""
         if not data:  # usnetd is gone or stopping: so are we
             self.request_stop()
             return
@@ -1616,6 +1728,9 @@ class WorkerDomain(Domain):
                         sw.rx_whole(frame)
                     else:
                         sw.take_looped(frame)
+        elif data[:1] == b"G":
+            with self.lock:
+                self._host_groups(data)
         elif data[:1] == b"N":
             sw, cache, rest = neighbour_of(self.switches, data)
             if sw is not None and len(rest) == (4 if cache is sw.arp else 16) + 6:
@@ -1624,6 +1739,24 @@ class WorkerDomain(Domain):
         else:
             for fd in fds:
                 os.close(fd)
+
+
+    def _host_groups(self, data: bytes) -> None:
+        """usnetd's b"G" (`group_msgs`): the host's first joins, last leaves or whole list of one
+        family on a netif, kept in its switch's table (`host_group`); a message that does not
+        parse is counted (`host_groups_refused`) and changes nothing."""
+        sw, _, rest = neighbour_of(self.switches, data)
+        if sw is None:
+            return
+        got = groups_of(rest, data[1])
+        if got is None:
+            sw.drops["host_groups_refused"] += 1
+            return
+        op, groups = got
+        if op == GROUP_ALL:
+            sw.groups.forget_host(4 if data[1] == 4 else 16)
+        for g in groups:
+            sw.host_group(g, op != GROUP_LEAVE)
 
 
 def start_workers(n: int, queues: dict[str, list], make: Callable[[int, socket.socket, dict[str, Any]], int],

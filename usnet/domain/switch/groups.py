@@ -11,7 +11,11 @@ which). A group is 4 bytes (IPv4) or 16 (IPv6): one table holds both, the length
 Under `usnetd --workers N` a netif's flows are spread over N processes, but the link must hear
 one host: usnetd's table also counts the memberships of flows held by its other workers
 (`join_remote`, `leave_remote`), so that its reports and query answers are for the union, and a
-group's first join and last leave are said once per netif (usnet.domain.workers).
+group's first join and last leave are said once per netif (usnet.domain.workers). A worker's
+table keeps, beside its own flows' memberships, the groups the host is in (`host`: usnetd tells
+each worker the union's first joins and last leaves), so that it takes a datagram to a group held
+on another worker's port for an IP_MULTICAST_ALL listener of its own, as Linux's host-wide
+membership does, and loops to another worker only what the host holds.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from usnet.proto.wire.msf import ANY_SOURCE, MAX_SOURCES, MAX_SOURCES6, NOT_MEMB
 if TYPE_CHECKING:
     from usnet.domain.switch.table import Flow
 
-__all__ = ["MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "OPTMEM_MAX", "GroupTable", "check_filter", "group_mac"]
+__all__ = ["HOST_GROUPS_MAX", "MAX_MEMBERSHIPS", "MAX_MEMBERSHIPS6", "OPTMEM_MAX", "GroupTable", "check_filter",
+           "group_mac"]
 
 MAX_MEMBERSHIPS = 20  # IPv4 groups per flow (socket): Linux's net.ipv4.igmp_max_memberships default
 # IPv6 groups per flow: Linux has no count (its bound is the socket's option memory, optmem_max:
@@ -40,6 +45,9 @@ MAX_MEMBERSHIPS6 = 256
 # held 256 filters of 64 sources, twice a Linux socket's 118, and the domain all of them.
 OPTMEM_MAX = 131072
 _SOCKLIST = {4: 48, 16: 56}  # sizeof(struct ip_mc_socklist), sizeof(struct ipv6_mc_socklist)
+# the host-wide groups a worker's table keeps (`set_host`): usnetd's union is bounded by its flows'
+# memberships, this by itself, so a wrong count from usnetd cannot grow a worker without end
+HOST_GROUPS_MAX = 65536
 _SFLIST = 24  # struct ip_sf_socklist / ip6_sf_socklist without its addresses (sl_max, sl_count, rcu)
 
 
@@ -88,6 +96,9 @@ class GroupTable:
         # group -> memberships on this netif: its own flows' and, in usnetd under workers, those
         # other workers hold (`join_remote`); what reports, query answers and the MACs go by
         self.refs: Counter[bytes] = Counter()
+        # in worker k of `usnetd --workers N`: the groups the host is in over all workers, as usnetd
+        # tells (`set_host`); the netif is in them (`is_member`) without a membership here
+        self.host: set[bytes] = set()
         # the Ethernet addresses the receive path admits for them and the held groups (all-hosts
         # always: every Linux host is in 224.0.0.1, IGMP queries and datagrams to it, unasked)
         self.macs: set[bytes] = set()
@@ -110,8 +121,31 @@ class GroupTable:
         return self.states.get(group, ANY_SOURCE)
 
     def is_member(self, group: bytes) -> bool:
-        """Whether the netif is in `group`: a flow's (or another worker's) membership, or a held one."""
-        return group in self.refs or group in self.held
+        """Whether the netif is in `group`: a flow's (or another worker's) membership, a held one, or
+        (in a worker) one the host is in (`host`)."""
+        return group in self.refs or group in self.held or group in self.host
+
+    def set_host(self, group: bytes, member: bool) -> bool:
+        """In a worker: the host is in `group` (a first join over all workers) or no longer
+        (`member` False: its last leave), as usnetd tells. False, nothing kept, past
+        HOST_GROUPS_MAX groups."""
+        if not member:
+            if group in self.host:
+                self.host.discard(group)
+                self._macs()  # (another group may share its MAC)
+            return True
+        if group not in self.host:
+            if len(self.host) >= HOST_GROUPS_MAX:
+                return False
+            self.host.add(group)
+            self.macs.add(group_mac(group))
+        return True
+
+    def forget_host(self, size: int) -> None:
+        """In a worker: forget the host's groups of one family (`size`: 4 or 16 bytes), before
+        usnetd's whole list of them."""
+        self.host = {g for g in self.host if len(g) != size}
+        self._macs()
 
     def filter_of(self, flow: Flow, group: bytes) -> Filter:
         """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
@@ -281,5 +315,5 @@ class GroupTable:
         return True
 
     def _macs(self) -> None:
-        """The group MACs to admit: every joined group's and every held one's."""
-        self.macs = {group_mac(g) for g in (*self.refs, *self.held)}
+        """The group MACs to admit: every joined group's, every held one's and the host's (a worker's)."""
+        self.macs = {group_mac(g) for g in (*self.refs, *self.held, *self.host)}

@@ -57,14 +57,25 @@ class LocalPath(ReceivePath, LowLatencyPath):
         if self.is_local(dst):
             self._hairpin(packet)
             return True
-        # a group with members here (IP_MULTICAST_LOOP), or on a worker's switch perhaps on another
-        # worker's (`_may_loop_elsewhere`: the receive path hands it to the port's worker)
-        if (self.groups.refs and dst in self.groups.refs) or (not self.speaks and self.hand_over is not None and (
-                dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF)):
+        # a group with members here (IP_MULTICAST_LOOP), or on a worker's switch one the host is in
+        # (`groups.host`, as usnetd tells: the receive path hands it to the port's worker)
+        if (self.groups.refs or self.read_host_groups is not None) and self._loops_to(dst):
             flow = self.flows.get(key)
             if flow is not None and flow.mc_loop:
                 self.local_queue.append(bytes(packet))  # a copy; the packet itself goes to the link too
         return super()._route(key, dst, packet, now)
+
+    def _loops_to(self, dst: bytes) -> bool:
+        """Whether a flow's datagram to `dst` is copied back (IP_MULTICAST_LOOP): a group with
+        members here or, on a worker's switch, one the host is in (`groups.host`, read up to date
+        with `read_host_groups`), as Linux's ip_mc_output loops only to a group the host is in."""
+        groups = self.groups
+        if dst in groups.refs:
+            return True
+        if self.read_host_groups is None or not (dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF):
+            return False
+        self.host_up_to_date()
+        return dst in groups.host
 
     def take_looped(self, frame: bytes | memoryview) -> None:
         """A group datagram another worker's flow sent with IP_MULTICAST_LOOP, handed here for

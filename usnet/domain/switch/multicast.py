@@ -19,13 +19,16 @@ Under `usnetd --workers N` (usnet.domain.workers) the link hears one host per ne
 A worker k's switch keeps its flows' memberships (its queue gets their datagrams: the device
 steers by port) but says nothing (`speaks` False); usnetd is told of each of them
 (`join_remote`, `leave_remote`) and reports and answers queries (which come to its queue 0) for
-the union, so a group's first join and last leave over all workers are said once.
+the union, so a group's first join and last leave over all workers are said once. usnetd also
+tells every worker those first joins and last leaves (`membership_changed`, `host_group`): the
+host's groups, which a worker's IP_MULTICAST_ALL listeners hear and its flows loop to.
 """
 
 from __future__ import annotations
 
 import errno
 import random
+from collections.abc import Callable
 from typing import Any
 
 from usnet.domain.switch.groups import GroupTable, group_mac
@@ -41,6 +44,7 @@ from usnet.proto.wire.igmp import (
     IGMP_V2_REPORT,
     build_old_report,
     build_report,
+    is_multicast4,
     max_response,
     parse_igmp,
     query_version,
@@ -53,6 +57,7 @@ from usnet.proto.wire.mld import (
     MLDV1_REPORT,
     build_mld_report,
     build_mldv1,
+    is_multicast6,
     mld_max_response,
     mld_query_version,
     mld_report_room,
@@ -127,6 +132,18 @@ class MulticastDuties(HostDuties):
         self._older_until: dict[int, float] = {}
         # False in worker k of `usnetd --workers N`: usnetd speaks IGMP and MLD for the netif
         self.speaks = True
+        # usnetd's (usnet.domain.workers): told (group, member) when the netif gains a group's first
+        # membership or loses its last, to tell the workers the host's groups
+        self.membership_changed: Callable[[bytes, bool], None] | None = None
+        # a worker's (usnet.domain.workers): read what usnetd told of the host's groups and has not
+        # been read yet; asked before an answer that is the host's (`is_joined`, the local path:
+        # a group not of this table's own memberships; the MAC check: one it misses), so a
+        # datagram sent after a join's or leave's answer finds it (the worker's loop may have
+        # taken the datagram before usnetd's b"G" in the same turn)
+        self.read_host_groups: Callable[[], None] | None = None
+        # whether it was asked since this batch's input was taken (the receive and transmit
+        # paths clear it as they take a batch: what came before is read once for all of it)
+        self.host_read = False
 
     # -- the control requests -----------------------------------------------------------------
 
@@ -202,6 +219,8 @@ class MulticastDuties(HostDuties):
                 self.counts["multicast_leaves"] += 1
             if isinstance(drv, GroupFilter):
                 (drv.add_group_mac if member else drv.drop_group_mac)(group_mac(g))
+            if self.membership_changed is not None:
+                self.membership_changed(g, member)
         self._changed(olds)
 
     # -- IGMP -----------------------------------------------------------------------------------
@@ -431,13 +450,47 @@ class MulticastDuties(HostDuties):
             self._report([current_record(g, self.groups.state(g)) for g in self.groups.groups(4 if fam == 4 else 16)
                           if (asked is None or g in asked) and g not in heard])
 
+    def host_group(self, group: bytes, member: bool) -> bool:
+        """In a worker: the host joined `group` (`member`) or left it, over all workers (usnetd's
+        word, `membership_changed` there). False, nothing changed, for an address that is no group
+        of a family this netif has, or past the table's bound (counted `host_groups_refused`)."""
+        if not (is_multicast4(group) or (is_multicast6(group) and self.netif.ip6 is not None)) or \
+                not self.groups.set_host(group, member):
+            self.drops["host_groups_refused"] += 1
+            return False
+        return True
+
     # -- delivery ---------------------------------------------------------------------------------
 
     def is_joined(self, dst: bytes) -> bool:
         """Whether a packet to `dst` is one this netif takes as a member host: a group with members
         here, or one the netif is in itself (all-hosts, 224.0.0.1, which every host is in; IPv6's
-        all-nodes and solicited-node groups: the table's held ones)."""
-        return self.groups.is_member(dst)
+        all-nodes and solicited-node groups: the table's held ones); in a worker, or one the host
+        is in: `read_host_groups` first reads what usnetd said of it and we have not read yet (a
+        join or a leave), since that answer is the host's, not this table's."""
+        groups = self.groups
+        if dst in groups.refs or dst in groups.held:
+            return True
+        self.host_up_to_date()
+        return dst in groups.host
+
+    def host_up_to_date(self) -> None:
+        """In a worker: read what usnetd said of the host's groups and we have not read
+        (`read_host_groups`), once for each batch of input: whatever was sent after a join's or
+        leave's answer is in a batch taken after usnetd's b"G" was in our socket."""
+        if self.read_host_groups is not None and not self.host_read:
+            self.host_read = True
+            self.read_host_groups()
+
+    def is_group_mac(self, mac: bytes) -> bool:
+        """Whether the receive path admits group MAC `mac`: a group's the netif is in (`is_joined`'s
+        rule, with a worker's `read_host_groups`)."""
+        if mac in self.groups.macs:
+            return True
+        if self.read_host_groups is None or not mac[0] & 1:
+            return False
+        self.host_up_to_date()
+        return mac in self.groups.macs
 
     def members_for(self, dst: bytes, dport: int, src: bytes, sport: int) -> list[Flow]:
         """The flows a UDP datagram from (`src`, `sport`) to group `dst`, port `dport` goes to, as

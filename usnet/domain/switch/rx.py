@@ -137,6 +137,7 @@ class ReceivePath(MulticastDuties):
         """Take frames from the device, answer what is ours, deliver the rest to flows."""
         netif = self.netif
         frames = netif.driver.recv_batch(max_frames)
+        self.host_read = False  # a new batch: a worker reads usnetd's news of the host's groups again
         if self.lanes:
             copied = self._service_lanes()
             if copied:
@@ -389,7 +390,8 @@ class ReceivePath(MulticastDuties):
             self.drops["rx_oversize"] += 1  # longer than the MTU, and the device did not make it so
             return
         dst, src, etype = ETH.unpack_from(f)
-        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6 and dst not in self.groups.macs:
+        if dst != self.netif.mac and dst != BROADCAST and dst not in self._macs6 and dst not in self.groups.macs \
+                and not self.is_group_mac(dst):
             self.drops["rx_not_our_mac"] += 1
             return
         if src[0] & 1:
@@ -414,7 +416,7 @@ class ReceivePath(MulticastDuties):
         netif = self.netif
         group = dst[0] >> 4 == 14  # multicast: taken only while the netif is in the group
         if dst != netif.ip and dst != netif.broadcast and dst != b"\xff\xff\xff\xff" and not (
-                group and (self.is_joined(dst) or self._may_loop_elsewhere(wire))):
+                group and self.is_joined(dst)):
             self.drops["rx_not_our_ip"] += 1
             return
         if wire and martian_source4(int.from_bytes(src, "big"), self._local4, self._bcast4):
@@ -473,13 +475,6 @@ class ReceivePath(MulticastDuties):
             return False
         return self.hand_over(int.from_bytes(f[start + 2 : start + 4], "big"), f, looped)
 
-    def _may_loop_elsewhere(self, wire: bool) -> bool:
-        """Whether a group datagram of our own (not `wire`) to a group with no member here may
-        still have members on another worker: so on a worker's switch, which knows only its own
-        flows' groups (it does not speak for the netif: `speaks` False), while usnetd's (and a
-        single domain's) table is the netif's union, which `is_joined` reads."""
-        return not wire and not self.speaks and self.hand_over is not None
-
     def rx_whole(self, f: bytes) -> None:
         """A datagram another worker of usnetd put back together for a port of ours (`_handed_over`
         there), as an Ethernet frame: taken as if it came whole off the wire, past the MTU check
@@ -523,7 +518,7 @@ class ReceivePath(MulticastDuties):
         _tc, _fl, plen, nh, hop, src, dst = parse_ipv6(f, ETH_HLEN)
         netif = self.netif
         if dst not in netif.addrs6 and dst not in netif.groups6 and not (
-                dst[0] == 0xFF and (self.is_joined(dst) or self._may_loop_elsewhere(wire))):
+                dst[0] == 0xFF and self.is_joined(dst)):
             self.drops["rx_not_our_ip"] += 1
             return
         if wire and martian_source6(src, netif.addrs6):

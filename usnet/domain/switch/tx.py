@@ -100,6 +100,7 @@ class TransmitPath(HostDuties):
         it, or sends the packet on its own.
         """
         bite = self._bite(flow, max_packets)
+        self.host_read = False  # a new batch (`host_up_to_date`)
         if flow.policer is None:
             taken = self._tx_if_few(flow, bite, _SCALAR_MAX, draining)
             if taken is not None:
@@ -130,6 +131,7 @@ class TransmitPath(HostDuties):
         joined: list[tuple[Flow, np.ndarray, np.ndarray, np.ndarray]] = []
         taken = 0
         for flow in flows:
+            self.host_read = False  # each flow's batch is new input (`host_up_to_date`)
             try:
                 if (flow.family != 4 or flow.binds is not None or flow.policer is not None
                         or self.netif.serves_ll(flow.id)):
