@@ -9,6 +9,9 @@ named, so `from usnet import socket` loads the client side alone.
 
 from typing import TYPE_CHECKING, Any
 
+# First of all (isort keeps a plain import ahead of the `from` ones): numpy imported with the
+# signals blocked, so that the threads it starts block them too (usnet.runtime.nativethreads)
+import usnet.runtime.nativethreads  # noqa: F401
 from usnet.abi.events import Event, EventType, TxStatus
 from usnet.client.channel import Channel, ChannelDefunct, ChannelError, NoBuffers, PeerGone
 from usnet.client.session import Client

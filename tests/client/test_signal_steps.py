@@ -13,8 +13,10 @@ kernel send interrupted before it copied anything), and the engine and connectio
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -398,3 +400,30 @@ def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares
     assert cl.recv(8) == b"%08d" % (last + 1)
     for s in (cl, conn, srv):
         s.close()
+
+
+def test_every_thread_usnet_brings_blocks_the_asynchronous_signals():
+    """A signal sent to the process (setitimer's SIGALRM, a terminal's SIGINT) must wait for the
+    main thread while it holds an engine: no thread that usnet or its imports start may take it,
+    else CPython runs the handler in the main thread inside the step. numpy's BLAS starts a thread
+    as it is imported, with the importer's mask (usnet.runtime.nativethreads): before, it took
+    every signal the main thread blocked, and an alarm's exception failed the stack engine. In a
+    fresh interpreter, after usnet is imported (numpy with it) and a socket made, every thread but
+    the main one blocks SIGALRM, SIGINT and SIGTERM; the main thread blocks none of them."""
+    probe = (
+        "import os, threading, usnet, usnet.socket as s, numpy\n"
+        "s.socket(s.AF_INET, s.SOCK_STREAM).close()\n"
+        "main = threading.main_thread().native_id\n"
+        "for t in os.listdir('/proc/self/task'):\n"
+        "    blk = [l for l in open(f'/proc/self/task/{t}/status') if l.startswith('SigBlk')][0]\n"
+        "    print(int(t) == main, int(blk.split()[1], 16))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "USNET_SOCKET": "/nonexistent/usnetd.sock"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines()]
+    bits = [1 << (int(s) - 1) for s in (signal.SIGALRM, signal.SIGINT, signal.SIGTERM)]
+    others = [int(m) for is_main, m in rows if is_main == "False"]
+    assert others or os.cpu_count() == 1, "numpy starts a BLAS thread per further core; none seen"
+    assert all(m & b for m in others for b in bits), rows
+    assert all(not int(m) & b for is_main, m in rows if is_main == "True" for b in bits), rows

@@ -20,7 +20,8 @@ free. While the holder waits (`Condition.wait`, a pumping call's sleep) the sign
 unblocked, so a wait stays interruptible as `threading.Condition`'s is.
 
 A signal directed at the process goes to a thread that does not block it. usnet's own threads
-block them for good (`block_in_this_thread`), so while the main thread holds an engine the signal
+block them for good (`block_in_this_thread`), and so do the threads numpy's BLAS starts as usnet
+imports it (usnet.runtime.nativethreads), so while the main thread holds an engine the signal
 waits for it; a thread of the program's own that does not block them can still take it, and its
 handler then runs in the main thread at the next bytecode, inside the step (the one window left).
 
@@ -42,6 +43,8 @@ import signal
 import threading
 from typing import Any
 
+from usnet.runtime.nativethreads import ASYNC_SIGNALS
+
 __all__ = ["EngineLock", "block_in_this_thread", "step"]
 
 _SIGSET = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))  # glibc's sigset_t: 1024 bits
@@ -52,11 +55,9 @@ _libc = ctypes.PyDLL(None, use_errno=True)
 _sigmask = _libc.pthread_sigmask
 # The asynchronous signals: all but those the kernel sends for a fault of the running code, which
 # cannot wait (blocked, a SIGSEGV kills the process at once, with no faulthandler report).
-_SYNCHRONOUS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT)
 _ASYNC = _SIGSET()
-_libc.sigfillset(ctypes.byref(_ASYNC))
-for _s in _SYNCHRONOUS:
-    _libc.sigdelset(ctypes.byref(_ASYNC), int(_s))
+for _s in ASYNC_SIGNALS:
+    _libc.sigaddset(ctypes.byref(_ASYNC), int(_s))
 _BLOCK, _SETMASK = signal.SIG_BLOCK, signal.SIG_SETMASK
 _get_ident = threading.get_ident
 
