@@ -27,6 +27,16 @@ no SYN waits for a retransmission timer) and says when all n are connected.
 The accept figure is timed by the listener, from the order to the n-th accept;
 the accepted sockets it times are closed as they come (and the clients reset
 them), so the count open stays at the level.
+
+Python's cyclic collector: filling to a level makes every held connection's
+objects long-lived, and CPython owes a full collection once those exceed a
+quarter of the long-lived heap; it runs it at one of the next young
+collections, which fell in the timed take in most runs (0.1 s at 10,000 held,
+half the take). That debt is the fill's, so the bench settles it
+(`gc.collect()`) before each timed take, as the warm-up settles ARP and cold
+paths. What the collector does inside a take is still in the figure, and
+counted beside it (`gc_full`, `gc_seconds`).
+
 Client sockets close with SO_LINGER 0 (a reset) at the end, so that tearing
 10,000 connections down does not take longer than the bench.
 
@@ -42,6 +52,7 @@ room for, and the document's `levels` and `open` say so.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import resource
@@ -186,6 +197,44 @@ def _client_loop(addr: tuple[str, int], cmd: int, done: int) -> None:
 # -- accept and connect at each level ----------------------------------------------------------------
 
 
+class _Collections:
+    """The cyclic collector's work while it is installed: full (generation 2) collections, seconds of all.
+
+    A `gc.callbacks` entry, so it sees collections whichever thread runs them.
+    """
+
+    def __init__(self) -> None:
+        self.full = 0
+        self.seconds = 0.0
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._t0
+        self.full += info["generation"] == 2
+
+
+def timed_take(take: Callable[[], object]) -> tuple[float, int, float]:
+    """Run `take` timed: (seconds, full collections in it, seconds of collection in it).
+
+    The collector is settled first: what the connections made before the take owe it (a full
+    collection, 0.1 s at 10,000 held) is theirs, not the take's; what the take's own objects
+    make it do stays in the figure, and is counted.
+    """
+    gc.collect()
+    seen = _Collections()
+    gc.callbacks.append(seen)
+    try:
+        t0 = time.perf_counter()
+        take()
+        dt = time.perf_counter() - t0
+    finally:
+        gc.callbacks.remove(seen)
+    return dt, seen.full, seen.seconds
+
+
 def _levels(listen: Callable[[], Any], connect: Callable[[tuple[str, int]], Any], out_host: str,
             levels: tuple[int, ...], k: int, k_out: int, ns: NetNs | None,
             rss_pid: int | None, progress: Callable[[str], None], side: str) -> dict[str, Any]:
@@ -199,8 +248,7 @@ def _levels(listen: Callable[[], Any], connect: Callable[[tuple[str, int]], Any]
     rows = []
     ok = False
 
-    def take(n: int, keep: bool = True) -> float:
-        t0 = time.perf_counter()
+    def take(n: int, keep: bool = True) -> None:
         clients.order(n, reset=not keep)
         for _ in range(n):
             s, _ = ls.accept()
@@ -209,7 +257,6 @@ def _levels(listen: Callable[[], Any], connect: Callable[[tuple[str, int]], Any]
             else:
                 s.close()
         clients.wait()
-        return time.perf_counter() - t0
 
     try:
         take(k, keep=False)  # warm (ARP, the code paths), then gone: the clients reset them
@@ -223,10 +270,12 @@ def _levels(listen: Callable[[], Any], connect: Callable[[tuple[str, int]], Any]
                 take(step)
                 fill -= step
             progress(f"{side}: {k:,} accepts at {level:,} open")
-            dt = take(k, keep=False)  # accepted and closed: the count open stays at the level
+            # accepted and closed: the count open stays at the level
+            dt, full, gc_s = timed_take(lambda: take(k, keep=False))
             progress(f"{side}: {k_out:,} outgoing connections at {level:,} open")
             out = connect_out_rate(connect, out_host, k_out, ns)
-            rows.append({"open": level, "accept_cps": k / dt, "accept_seconds": dt, "connect_cps": out})
+            rows.append({"open": level, "accept_cps": k / dt, "accept_seconds": dt, "gc_full": full,
+                         "gc_seconds": gc_s, "connect_cps": out})
         mem1 = (_rss(), _rss(rss_pid) if rss_pid else 0)
         n = len(held) - n0
         ok = True
@@ -386,6 +435,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
         results.append({"open": u["open"],
                         "usnet_accept_cps": u["accept_cps"], "kernel_accept_cps": kr["accept_cps"],
                         "ratio_accept": u["accept_cps"] / kr["accept_cps"],
+                        "usnet_gc_full": u["gc_full"], "usnet_gc_seconds": u["gc_seconds"],
                         "usnet_connect_cps": u["connect_cps"], "kernel_connect_cps": kr["connect_cps"],
                         "ratio_connect": u["connect_cps"] / kr["connect_cps"]})
     base, top = results[0], results[-1]

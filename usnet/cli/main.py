@@ -281,6 +281,9 @@ def _show_scale(result: dict, out: Console) -> None:
                       f"{r['ratio_accept']:.2f}", _fmt(r["usnet_connect_cps"]), _fmt(r["kernel_connect_cps"]),
                       f"{r['ratio_connect']:.2f}")
     out.print(table)
+    out.print("the collector in usnet's timed accepts (settled before each): "
+              + ", ".join(f"{r['open']:,} open {r['usnet_gc_seconds'] * 1e3:,.0f} ms ({r['usnet_gc_full']} full)"
+                          for r in result["results"]))
     udp = Table(title=f"UDP datagrams/s through the flow switch (embedded domain, memwire), 64 B, "
                       f"N flows of one application taking turns ({result['udp_batch']} a turn) to one flow")
     for col in ("flows", "datagrams/s", "× 1 flow", "delivered"):
