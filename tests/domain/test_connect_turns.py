@@ -44,7 +44,7 @@ class _Turns:
 
 @pytest.mark.privileged
 def test_the_kernels_immediate_answers_are_read_in_the_turn_that_sent_what_they_answer(tap_domain):
-    d, ifname, us_ip, host_ip = tap_domain
+    d, ifname, _us, host_ip = tap_domain
     counter = _Turns()
     armed = threading.Event()
     d.call_soon(lambda: (sys.setprofile(counter), armed.set()))
