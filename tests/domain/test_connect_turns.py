@@ -87,3 +87,69 @@ def test_the_kernels_immediate_answers_are_read_in_the_turn_that_sent_what_they_
     per = counter.device_events / CONNECTS
     assert per < 1.5, (counter.device_events, counter.turns)
     assert counter.turns / CONNECTS < 3.5, (counter.device_events, counter.turns)
+
+
+class _FailingRead:
+    """A TAP whose next read after `arm()` raises, noting whether the domain's answers read
+    (`Domain._answers`) made it; otherwise the device itself."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.armed = False
+        self.in_answers: bool | None = None
+
+    def __getattr__(self, attr: str):
+        return getattr(self.inner, attr)
+
+    def arm(self) -> None:
+        self.in_answers = None
+        self.armed = True
+
+    def recv_batch(self, max_n: int = 64):
+        if self.armed:
+            self.armed = False
+            f, callers = sys._getframe(1), set()
+            while f is not None:
+                callers.add(f.f_code.co_name)
+                f = f.f_back
+            self.in_answers = "_answers" in callers
+            raise RuntimeError("injected read fault")
+        return self.inner.recv_batch(max_n)
+
+
+@pytest.mark.privileged
+def test_a_fault_in_the_answers_read_is_the_netifs_and_the_flow_goes_on(netns):
+    """The read after a woken flow's flush happens in that turn (the injected fault meets it
+    there, not in a later device event), and what it meets is the netif's fault: counted, the
+    flow not defunct, the datagram sent, and the kernel's reply still received."""
+    from tests.conftest import _domain_on_tap
+
+    drivers: list[_FailingRead] = []
+
+    def wrap(drv):
+        drivers.append(_FailingRead(drv))
+        return drivers[0]
+
+    with _domain_on_tap(ipv6=False, wrap=wrap) as (d, ifname, x):
+        (drv,) = drivers
+        host_ip = f"10.{x}.0.1"
+        k = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        k.bind((host_ip, 0))
+        k.settimeout(10)
+        s = us.socket(us.AF_INET, us.SOCK_DGRAM, client=Client.local(d), netif=ifname)
+        s.settimeout(10)
+        try:
+            s.sendto(b"warm", k.getsockname())
+            assert k.recvfrom(64)[0] == b"warm"
+            faults = d.faults
+            drv.arm()
+            s.sendto(b"ping", k.getsockname())
+            got, peer = k.recvfrom(64)
+            assert got == b"ping"
+            k.sendto(b"pong", peer)
+            assert s.recvfrom(64)[0] == b"pong"
+            assert drv.in_answers is True
+            assert d.faults == faults + 1
+        finally:
+            s.close()
+            k.close()
