@@ -921,7 +921,7 @@ class Domain(Control, Housekeeping):
         answer (the SYN-ACK of a connect's SYN, the ACK of its FIN) on the device before the
         write returns; the next turn's wait would report it at once, so a turn's fixed part
         (its tests, its wait, its pass over the switches) would be paid for nothing but the
-        read (issue 18: two of a connect's four turns are such answers). As the netif event's
+        read (issue 18: one of a connect's four turns was only that). As the netif event's
         round: one batch, ended where the device is empty; what comes later is the next
         select's, the fd being level-triggered. A write nothing answers costs one failed read.
         A fault is the netif's, as in its own event, never the woken flow's. Returns how many
