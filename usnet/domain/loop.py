@@ -908,9 +908,31 @@ class Domain(Control, Housekeeping):
                 try:
                     if live:
                         sw.service_tx_many(live, self._tx_fault)
-                    sw.flush()
+                    self._answers(sw, sw.flush())
                 except Exception as e:
                     self._netif_fault(sw, e)
+
+    def _answers(self, sw: FlowSwitch, sent: int) -> int:
+        """What the host's stack answered at once to the `sent` frames a woken flow's turn just
+        wrote to a device whose peer it is (`Capabilities.answers_in_send`: a TAP), received in
+        that same turn.
+
+        The kernel takes a frame written to a TAP inside the write and queues its immediate
+        answer (the SYN-ACK of a connect's SYN, the ACK of its FIN) on the device before the
+        write returns; the next turn's wait would report it at once, so a turn's fixed part
+        (its tests, its wait, its pass over the switches) would be paid for nothing but the
+        read (issue 18: one of a connect's four turns was only that). As the netif event's
+        round: one batch, ended where the device is empty; what comes later is the next
+        select's, the fd being level-triggered. A write nothing answers costs one failed read.
+        A fault is the netif's, as in its own event, never the woken flow's. Returns how many
+        frames came."""
+        if not sent or not sw.netif.caps.answers_in_send or sw.netif.device_gone is not None:
+            return 0
+        try:
+            return sw.service_rx(_RX_ROUND)
+        except Exception as e:
+            self._netif_fault(sw, e)
+            return 0
 
     def _serve_event(self, kind: str, obj, fd: int, mask: int) -> None:
         if kind == "wake":
@@ -945,8 +967,8 @@ class Domain(Control, Housekeeping):
                         if sw.netif.active_ll:
                             sw.netif.flush()  # what the LL path queued: to the device now, not next round
                         self._receive_due()
-                    else:
-                        sw.flush()  # a parked flow's first packets leave in this turn, as a polled flow's do
+                    elif self._answers(sw, sw.flush()):  # its first packets leave in this turn, as a polled flow's do
+                        self._serve_ll()  # as after a netif event's receive round
         elif kind == "session":
             if mask & WRITE:
                 self._send_pending(obj)

@@ -125,6 +125,11 @@ class Capabilities:
     #: frames of ports it was told of (`FlowSteering`: an XDP program's flow map); the
     #: flow table steers each port it reserves there and unsteers it when it frees it.
     steers_flows: bool = False
+    #: Its peer is this host's stack, which takes each written frame inside the write and
+    #: queues what it answers at once (a SYN's SYN-ACK, a FIN's ACK) on the device before
+    #: `send_batch` returns: a TAP. The domain reads such a device again in the turn that
+    #: flushed a woken flow's packets, instead of a turn later (issue 18).
+    answers_in_send: bool = False
 
 
 @runtime_checkable

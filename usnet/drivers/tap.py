@@ -84,7 +84,8 @@ class TapDriver:
         # GatherFrames go out with one writev, the payload from the sender's buffer; with
         # offload the kernel segments TCP super-segments (and hands us coalesced ones)
         # FrameBlocks go out row by row, straight from the flow switch's array (one writev each)
-        self.caps = Capabilities(gso_max=GSO_MAX if offload else 0, takes_gather=True, takes_blocks=True)
+        self.caps = Capabilities(gso_max=GSO_MAX if offload else 0, takes_gather=True, takes_blocks=True,
+                                 answers_in_send=True)
         self.stats = DriverStats()
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
