@@ -776,6 +776,45 @@ elif name == "fork-shutdown-close":
     word.close()
     ls.close()
     event("stopped")
+elif name == "fork-shutdown-how":
+    # a forked child answers a connection its parent holds too, then shutdown(SHUT_RDWR or
+    # SHUT_RD, args[0]): what its recv and send give after it. Linux acts on the socket at once
+    # whoever else holds it: SHUT_RDWR sends the FIN after the answer (the peer reads EOF while
+    # the parent holds the socket), SHUT_RD sends nothing and leaves sending as it was, data the
+    # peer sends after it included (its word "shut": it sends, then a connection the child takes
+    # on the inherited listener). The parent closes its copy on the peer's word, a connection.
+    how = {"RD": socket.SHUT_RD, "RDWR": socket.SHUT_RDWR}[args[0]]
+    ls = socket.create_server(("0.0.0.0", 0))
+    print(f"port {ls.getsockname()[1]}", flush=True)
+    ls.settimeout(LIMIT)
+    conn, _ = ls.accept()
+    pid = os.fork()
+    if pid == 0:
+        conn.settimeout(LIMIT)
+        line = b""
+        for _ in range(100):
+            b = conn.recv(1)
+            line += b
+            if not b or line.endswith(b"\n"):
+                break
+        conn.sendall(b"answer\n")
+        conn.shutdown(how)
+        res = {"line": line.decode(), "recv": outcome(lambda: conn.recv(100))}
+        if how == socket.SHUT_RD:
+            event("shut")
+            word, _ = ls.accept()
+            word.close()
+        res["send"] = outcome(lambda: conn.send(b"after\n"))
+        event("child", res)
+        conn.close()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    event("exit", status)
+    word, _ = ls.accept()
+    conn.close()
+    word.close()
+    ls.close()
+    event("stopped")
 elif name == "serve-http":
     # an HTTP server as programs run one, printing what it saw (one JSON line an event) until
     # SIGTERM: aiohttp's web server, http.server's ThreadingHTTPServer, or a ForkingMixIn
