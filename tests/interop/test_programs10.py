@@ -226,6 +226,34 @@ def test_forked_child_shutdown_rd_leaves_sending_as_on_the_kernel(usnetd_path): 
     assert res["exit"] == ["exit", 0]
 
 
+def _read_then_reset(ip: str, port: int, lines: _Lines) -> dict:
+    """Clients that read 1 MiB of the file (the server's sends drain meanwhile), then reset;
+    what the server's sendfile raised for each."""
+    res = {}
+    for i in range(_SENDFILE_ROUNDS):
+        with socket.create_connection((ip, port), timeout=LIMIT) as s:
+            got = 0
+            for _ in range(10000):
+                got += len(s.recv(1 << 16))
+                if got >= 1 << 20:
+                    break
+            _reset(s)
+        res[f"sendfile-{i}"] = lines.until(lambda ev: ev[0] == "sendfile")
+    return res
+
+
+_SENDFILE_ROUNDS = 4
+
+
+def test_asyncio_sendfile_to_a_client_that_reset_raises_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """loop.sendfile of 32 MiB to clients that reset after 1 MiB: on the kernel os.sendfile
+    fails with ECONNRESET (or EPIPE: "gone"). usnet's transport goes through asyncio's fallback,
+    whose drain raised a bare ConnectionError ("Connection closed by peer") when it found the
+    transport closing (when the reset came while the transport's writes were not paused)."""
+    res = _both(usnetd_path, "sendfile-reset", _read_then_reset, str(_SENDFILE_ROUNDS))
+    assert all(res[f"sendfile-{i}"] == ["sendfile", "gone", True] for i in range(_SENDFILE_ROUNDS))
+
+
 def _abuse_http(ip: str, port: int, lines: _Lines, kind: str) -> dict:
     """A kernel client's ways of vanishing mid-request, and what each saw."""
     res = {}

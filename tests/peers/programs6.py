@@ -815,6 +815,37 @@ elif name == "fork-shutdown-how":
     word.close()
     ls.close()
     event("stopped")
+elif name == "sendfile-reset":
+    # asyncio's loop.sendfile of a large file on connections (args[0] of them, one after
+    # another) whose client reads a part, then resets: on the kernel os.sendfile fails with
+    # ECONNRESET (or EPIPE), raised as such
+    import tempfile
+    BIG, ROUNDS = 32 << 20, int(args[0])
+
+    async def send_file(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        with tempfile.TemporaryFile() as f:
+            f.truncate(BIG)
+            try:
+                n = await loop.sendfile(w.transport, f)
+                event("sendfile", "sent", n == BIG)
+            except Exception as e:
+                event("sendfile", gone(e), f.tell() > 0)
+            w.close()
+        served.append(1)
+        if len(served) == ROUNDS:
+            done.set()
+
+    async def sendfile_main() -> None:
+        global done, served
+        done, served = asyncio.Event(), []
+        server = await asyncio.start_server(send_file, "0.0.0.0", 0)
+        print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.wait_for(done.wait(), LIMIT)
+        server.close()
+
+    asyncio.run(sendfile_main())
+    event("stopped")
 elif name == "serve-http":
     # an HTTP server as programs run one, printing what it saw (one JSON line an event) until
     # SIGTERM: aiohttp's web server, http.server's ThreadingHTTPServer, or a ForkingMixIn
