@@ -16,7 +16,7 @@ timers. So the parent keeps serving it, and the child reaches it through the par
   socket from it (`SplicedSocket`: a kernel socket that names itself as the TCP connection).
   Blocking, timeouts, readiness for select/poll/asyncio, makefile, shutdown and close are
   the kernel's own (a shutdown that stops sending first tells the agent, so that the splice
-  does not take it for a close: `Shutdown`). A listener's `accept()` asks the agent
+  does not take it for a close: `Held`). A listener's `accept()` asks the agent
   to accept on the parent's listener (`accept`) and gets such a spliced connection; its
   `fileno()` is a descriptor of the parent's listener's readiness (usnet.client.engine
   `Readiness`, which the parent's stack keeps), so a child can poll it too: children that
@@ -140,7 +140,7 @@ def _recv(sock: _std.socket) -> tuple[bytes, int | None]:
 
 # -- the parent's side -----------------------------------------------------------------------
 
-class Shutdown:
+class Held:
     """The child's shutdown of a splice's sending (its "shutdown" request, `Agent._shut`): its
     end, kept open by the parent until the splice's `up` has read the EOF, and whether it came.
 
@@ -178,20 +178,20 @@ class Shutdown:
             end.close()
 
 
-def splice(us: Any, k: _std.socket, settle: Callable[[], None] = lambda: None) -> Shutdown:
+def splice(us: Any, k: _std.socket, settle: Callable[[], None] = lambda: None) -> Held:
     """Move bytes between usnet socket `us` and kernel stream socket `k` until both directions
     end, then close both: `us` is the child's reference, so its close is the child's.
 
     Each direction is a thread: blocking both ways in one would deadlock a child that sends a
     large request while the peer sends a large answer. The connection's EOF reaches the child
     as shutdown(SHUT_WR) of `k`; the child's shutdown(SHUT_WR or SHUT_RDWR) reaches the peer as
-    a FIN after the bytes before it (the `Shutdown` returned, told by the agent, which `settle`
+    a FIN after the bytes before it (the `Held` returned, told by the agent, which `settle`
     waits for); its close (k hangs up) ends the receiving direction even while the peer is
     silent and lets go of the reference; its shutdown(SHUT_RD) stops the bytes to it (k's
     EPIPE) and nothing else, as on Linux; a connection that failed shuts `k` so that the
     child's reads end."""
     done = threading.Semaphore(0)
-    shut = Shutdown()
+    shut = Held()
 
     def down() -> None:  # the connection to the child
         p = select.poll()
@@ -229,7 +229,7 @@ def splice(us: Any, k: _std.socket, settle: Callable[[], None] = lambda: None) -
             # does for any holder; its close only lets go of its reference (`us`, closed
             # below): the FIN goes with the last reference, and a parent that still holds the
             # socket keeps it open. EOF without a hang-up is a shutdown; with one, the agent
-            # has heard of a shutdown before it (`Shutdown`).
+            # has heard of a shutdown before it (`Held`).
             hup = select.poll()
             hup.register(k.fileno(), 0)
             hung = bool(hup.poll(0))
@@ -284,7 +284,7 @@ class Agent:
         self._turn = threading.Condition(threading.Lock())
         self._gone = False
         # the splices this agent made, by the inode of the child's end (its "shutdown" names it)
-        self._splices: weakref.WeakValueDictionary[int, Shutdown] = weakref.WeakValueDictionary()
+        self._splices: weakref.WeakValueDictionary[int, Held] = weakref.WeakValueDictionary()
         threading.Thread(target=self._serve, name="usnet-fork-agent", daemon=True).start()
 
     def _serve(self) -> None:
@@ -350,7 +350,7 @@ class Agent:
 
     def _shut(self, end: _std.socket) -> None:
         """The child shuts the sending of its end `end` of a splice down: held until the splice
-        has read the EOF, then its FIN goes (`Shutdown`); none of ours: closed at once."""
+        has read the EOF, then its FIN goes (`Held`); none of ours: closed at once."""
         try:
             shut = self._splices.get(os.fstat(end.fileno()).st_ino)
         except OSError:
@@ -531,7 +531,7 @@ class SplicedSocket(_KernelSocket):
     def shutdown(self, how: int) -> None:
         """As the kernel's; SHUT_WR and SHUT_RDWR first tell the parent's agent ("shutdown"),
         so that the splice does not take the hang-up of a SHUT_RDWR, or of a close right after,
-        for a close (forked.Shutdown): the FIN goes."""
+        for a close (forked.Held): the FIN goes."""
         if how in (_std.SHUT_WR, _std.SHUT_RDWR) and self._link is not None and self.fileno() >= 0:
             try:
                 _send(self._link, Request("shutdown", 0), self.fileno())
