@@ -199,6 +199,8 @@ def _shutdown_how(ip: str, port: int, lines: _Lines, how: str) -> dict:
         res["exit"] = lines.until(lambda ev: ev[0] == "exit")
         socket.create_connection((ip, port), timeout=LIMIT).close()  # the parent closes
         lines.until(lambda ev: ev == ["stopped"])
+        s.settimeout(LIMIT)
+        res["after-close"] = _to_end(s)[1]  # SHUT_RD: an RST, the late data unread (as the parent's close)
     return res
 
 

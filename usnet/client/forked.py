@@ -197,22 +197,30 @@ def splice(us: Any, k: _std.socket, settle: Callable[[], None] = lambda: None) -
         p = select.poll()
         p.register(us.fileno(), select.POLLIN)
         p.register(k.fileno(), 0)  # POLLHUP only: the child closed its end
+        passed = bytearray(CHUNK)  # what went to the child, taken off the connection's queue
         try:
             while True:
                 hup = any(fd == k.fileno() for fd, _ in p.poll())
                 if hup:
                     return
-                try:
-                    data = us.recv(CHUNK, _std.MSG_DONTWAIT)
+                try:  # peeked: what the child cannot take stays queued (below)
+                    data = us.recv(CHUNK, _std.MSG_DONTWAIT | _std.MSG_PEEK)
                 except BlockingIOError:
                     continue
                 if not data:
                     k.shutdown(_std.SHUT_WR)
                     return
-                try:
-                    k.sendall(data)
-                except BrokenPipeError:
-                    return  # the child shut its reading down (or closed): its sending goes on
+                view = memoryview(data)
+                while view:
+                    try:
+                        n = k.send(view)
+                    except BrokenPipeError:
+                        # the child shut its reading down (SHUT_RD) or closed: its sending goes
+                        # on, and the rest stays unread in the connection, as in Linux's socket
+                        # (an RST at the last close)
+                        return
+                    us.recv_into(passed, n, _std.MSG_DONTWAIT)
+                    view = view[n:]
         except OSError:
             try:
                 k.shutdown(_std.SHUT_RDWR)  # the child's reads end; its writes fail
