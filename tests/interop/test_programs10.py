@@ -252,7 +252,7 @@ def test_asyncio_sendfile_to_a_client_that_reset_raises_as_on_the_kernel(usnetd_
     fails with ECONNRESET (or EPIPE: "gone"). usnet's transport goes through asyncio's fallback,
     whose drain raised a bare ConnectionError ("Connection closed by peer") when it found the
     transport closing (when the reset came while the transport's writes were not paused)."""
-    res = _both(usnetd_path, "sendfile-reset", _read_then_reset, str(_SENDFILE_ROUNDS))
+    res = _both(usnetd_path, "sendfile-reset", _read_then_reset)
     assert all(res[f"sendfile-{i}"] == ["sendfile", "gone", True] for i in range(_SENDFILE_ROUNDS))
 
 
