@@ -1,6 +1,7 @@
-"""A forked child's shutdown(SHUT_WR) as the parent's agent takes it (usnet.client.forked): the
-child's end of a splice held (`Held`) till the splice has read the EOF, and a "shutdown" that
-names no splice of the agent's closed at once, the agent serving on. Kernel socket pairs only:
+"""A forked child's shutdown(SHUT_WR or SHUT_RDWR) as the parent's agent takes it
+(usnet.client.forked): the child's end of a splice held (`Held`) till the splice has read the
+EOF, the shutdown known to a splice that waits for the agent (`Agent.settle`), and a
+"shutdown" that names no splice of the agent's closed at once, the agent serving on. Kernel socket pairs only:
 the splice's own path, with a kernel peer, is tests/interop/test_programs10.py's."""
 
 from __future__ import annotations
@@ -71,3 +72,26 @@ def test_a_shutdown_of_no_splice_is_closed_and_the_agent_serves_on():
             os.close(r)
         os.close(w)
         child.close()
+
+
+def test_settle_returns_once_the_agent_has_handled_what_the_child_sent():
+    """Shutdowns the child sent, then the splice's `settle`: each is recorded (`Held.asked`)
+    before it returns, as a splice that sees the child hang up after a SHUT_RDWR needs."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends = [socket.socketpair() for _ in range(20)]
+    try:
+        agent = forked.Agent(parent, {})
+        helds = []
+        for _ours, end in ends:
+            held = forked.Held()
+            agent._splices[os.fstat(end.fileno()).st_ino] = held
+            helds.append(held)
+        for i, (_ours, end) in enumerate(ends):
+            forked._send(child, forked.Request("shutdown", 0), end.fileno())
+            agent.settle()
+            assert [h.asked for h in helds] == [j <= i for j in range(len(ends))]
+    finally:
+        child.close()
+        for ours, end in ends:
+            ours.close()
+            end.close()

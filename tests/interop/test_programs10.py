@@ -174,6 +174,88 @@ def test_forked_child_shutdown_then_close_with_data_unread_as_on_the_kernel(usne
 
 
 
+def _shutdown_how(ip: str, port: int, lines: _Lines, how: str) -> dict:
+    """The forked child's answer and what followed its shutdown(`how`), as the peer saw them
+    while the parent held the connection; then the word for the parent to close its copy."""
+    with socket.create_connection((ip, port), timeout=LIMIT) as s:
+        s.sendall(b"hello\n")
+        s.settimeout(LIMIT / 6)  # the FIN comes at once; without it, a "timeout" before the parent's close
+        if how == "RD":  # data after the child's SHUT_RD, then the child's word; nothing ends
+            lines.until(lambda ev: ev == ["shut"])
+            s.sendall(b"late\n")
+            socket.create_connection((ip, port), timeout=LIMIT).close()
+            got = b""
+            with contextlib.suppress(TimeoutError):  # the child's send after it failed
+                for _ in range(100):
+                    b = s.recv(64)
+                    got += b
+                    if not b or got.endswith(b"after\n"):
+                        break
+            res: dict = {"got": got.decode()}
+        else:
+            got, end = _to_end(s)
+            res = {"got": got.decode(), "end": end}
+        res["child"] = lines.until(lambda ev: ev[0] == "child")
+        res["exit"] = lines.until(lambda ev: ev[0] == "exit")
+        socket.create_connection((ip, port), timeout=LIMIT).close()  # the parent closes
+        lines.until(lambda ev: ev == ["stopped"])
+        s.settimeout(LIMIT)
+        res["after-close"] = _to_end(s)[1]  # SHUT_RD: an RST, the late data unread (as the parent's close)
+    return res
+
+
+def test_forked_child_shutdown_rdwr_sends_the_fin_while_the_parent_holds_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A forked child answers and shuts down both ways (SHUT_RDWR) while its parent still holds
+    the connection: on Linux the FIN follows the answer at once, the child's recv is EOF and its
+    send EPIPE. usnet's splice took the child's SHUT_RDWR (EOF with a hang-up on the stream pair)
+    for a close: no FIN till the parent's close, the peer's read timed out."""
+    res = _both(usnetd_path, "fork-shutdown-how", lambda ip, port, lines: _shutdown_how(ip, port, lines, "RDWR"),
+                "RDWR")
+    assert res["got"] == "answer\n" and res["end"] == "eof"
+    assert res["child"] == ["child", {"line": "hello\n", "recv": "", "send": ["BrokenPipeError", 32]}]
+    assert res["exit"] == ["exit", 0]
+
+
+def test_forked_child_shutdown_rd_leaves_sending_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """A forked child shuts its reading down (SHUT_RD) while its parent holds the connection:
+    Linux sends nothing, the child's recv is EOF at once and its sends go on, after data the peer
+    sent later too. usnet's splice, failing to pass that data to the child (EPIPE), shut the
+    child's stream pair both ways: its next send failed."""
+    res = _both(usnetd_path, "fork-shutdown-how", lambda ip, port, lines: _shutdown_how(ip, port, lines, "RD"),
+                "RD")
+    assert res["got"] == "answer\nafter\n"
+    assert res["child"] == ["child", {"line": "hello\n", "recv": "", "send": 6}]
+    assert res["exit"] == ["exit", 0]
+
+
+def _read_then_reset(ip: str, port: int, lines: _Lines) -> dict:
+    """Clients that read 1 MiB of the file (the server's sends drain meanwhile), then reset;
+    what the server's sendfile raised for each."""
+    res = {}
+    for i in range(_SENDFILE_ROUNDS):
+        with socket.create_connection((ip, port), timeout=LIMIT) as s:
+            got = 0
+            for _ in range(10000):
+                got += len(s.recv(1 << 16))
+                if got >= 1 << 20:
+                    break
+            _reset(s)
+        res[f"sendfile-{i}"] = lines.until(lambda ev: ev[0] == "sendfile")
+    return res
+
+
+_SENDFILE_ROUNDS = 4
+
+
+def test_asyncio_sendfile_to_a_client_that_reset_raises_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """loop.sendfile of 32 MiB to clients that reset after 1 MiB: on the kernel os.sendfile
+    fails with ECONNRESET (or EPIPE: "gone"). usnet's transport goes through asyncio's fallback,
+    whose drain raised a bare ConnectionError ("Connection closed by peer") when it found the
+    transport closing (when the reset came while the transport's writes were not paused)."""
+    res = _both(usnetd_path, "sendfile-reset", _read_then_reset)
+    assert all(res[f"sendfile-{i}"] == ["sendfile", "gone", True] for i in range(_SENDFILE_ROUNDS))
+
+
 def _abuse_http(ip: str, port: int, lines: _Lines, kind: str) -> dict:
     """A kernel client's ways of vanishing mid-request, and what each saw."""
     res = {}

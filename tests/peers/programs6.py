@@ -77,6 +77,38 @@ def readable(s, t: float = LIMIT) -> bool:
     return bool(select.select([s], [], [], t)[0])
 
 
+def fork_on_a_connection():
+    """A listener (its port printed), the first connection on it, then fork(): (ls, conn, pid)."""
+    ls = socket.create_server(("0.0.0.0", 0))
+    print(f"port {ls.getsockname()[1]}", flush=True)
+    ls.settimeout(LIMIT)
+    conn, _ = ls.accept()
+    return ls, conn, os.fork()
+
+
+def read_to(s, end: bytes) -> bytes:
+    """Bytes from `s` a byte at a time up to `end` (or EOF), at most 100."""
+    got = b""
+    for _ in range(100):
+        b = s.recv(1)
+        got += b
+        if not b or got.endswith(end):
+            break
+    return got
+
+
+def parent_closes_on_word(ls, conn, pid: int, said: str) -> None:
+    """The parent's end of a forked program: the child's exit status (event `said`), then its own
+    close of `conn` on the peer's word (a connection on `ls`)."""
+    _, status = os.waitpid(pid, 0)
+    event(said, status)
+    word, _ = ls.accept()
+    conn.close()
+    word.close()
+    ls.close()
+    event("stopped")
+
+
 if name == "rcvlowat":
     # SO_RCVLOWAT on a TCP connection to an echo server, as a program that reads fixed-size
     # records sets it: the values kept, readiness and recv waiting for the mark
@@ -749,18 +781,10 @@ elif name == "fork-shutdown-close":
     # the parent, sees the child's shutdown only once the child has closed too. The parent closes
     # on the peer's word: a second connection.
     import signal
-    ls = socket.create_server(("0.0.0.0", 0))
-    print(f"port {ls.getsockname()[1]}", flush=True)
-    ls.settimeout(LIMIT)
-    conn, _ = ls.accept()
-    pid = os.fork()
+    ls, conn, pid = fork_on_a_connection()
     if pid == 0:
         conn.settimeout(LIMIT)
-        head = b""
-        for _ in range(100):
-            head += conn.recv(1)
-            if head.endswith(b"\r\n\r\n") or not head:
-                break
+        read_to(conn, b"\r\n\r\n")
         os.kill(os.getppid(), signal.SIGSTOP)
         try:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nsmall")
@@ -769,12 +793,59 @@ elif name == "fork-shutdown-close":
         finally:
             os.kill(os.getppid(), signal.SIGCONT)
         os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    event("child", status)
-    word, _ = ls.accept()
-    conn.close()
-    word.close()
-    ls.close()
+    parent_closes_on_word(ls, conn, pid, "child")
+elif name == "fork-shutdown-how":
+    # a forked child answers a connection its parent holds too, then shutdown(SHUT_RDWR or
+    # SHUT_RD, args[0]): what its recv and send give after it. Linux acts on the socket at once
+    # whoever else holds it: SHUT_RDWR sends the FIN after the answer (the peer reads EOF while
+    # the parent holds the socket), SHUT_RD sends nothing and leaves sending as it was, data the
+    # peer sends after it included (its word "shut": it sends, then a connection the child takes
+    # on the inherited listener). The parent closes its copy on the peer's word, a connection.
+    how = {"RD": socket.SHUT_RD, "RDWR": socket.SHUT_RDWR}[args[0]]
+    ls, conn, pid = fork_on_a_connection()
+    if pid == 0:
+        conn.settimeout(LIMIT)
+        line = read_to(conn, b"\n")
+        conn.sendall(b"answer\n")
+        conn.shutdown(how)
+        res = {"line": line.decode(), "recv": outcome(lambda: conn.recv(100))}
+        if how == socket.SHUT_RD:
+            event("shut")
+            word, _ = ls.accept()
+            word.close()
+        res["send"] = outcome(lambda: conn.send(b"after\n"))
+        event("child", res)
+        conn.close()
+        os._exit(0)
+    parent_closes_on_word(ls, conn, pid, "exit")
+elif name == "sendfile-reset":
+    # asyncio's loop.sendfile of a large file on each connection, whose client reads a part, then
+    # resets: on the kernel os.sendfile fails with ECONNRESET (or EPIPE), raised as such. Until
+    # SIGTERM.
+    import signal
+    import tempfile
+    BIG = 32 << 20
+
+    async def send_file(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        with tempfile.TemporaryFile() as f:
+            f.truncate(BIG)
+            try:
+                n = await loop.sendfile(w.transport, f)
+                event("sendfile", "sent", n == BIG)
+            except Exception as e:
+                event("sendfile", gone(e), f.tell() > 0)
+            w.close()
+
+    async def sendfile_main() -> None:
+        server = await asyncio.start_server(send_file, "0.0.0.0", 0)
+        print(f"port {server.sockets[0].getsockname()[1]}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(sendfile_main())
     event("stopped")
 elif name == "serve-http":
     # an HTTP server as programs run one, printing what it saw (one JSON line an event) until

@@ -466,6 +466,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._eof_requested = False  # write_eof() asked; FIN once the buffer drains
         self._eof_seen = False  # the peer's EOF was reported to the protocol
         self._conn_lost = 0  # >0: connection_lost is scheduled; nothing more to report
+        self._lost: BaseException | None = None  # what the connection was lost with (`send_error`)
         self._wrote = False  # write() woke the stack since `_pull` began: `_pull` need not
         # (data, more): what the loop's own pump read for `_pull` under its signal hold (`_wants`)
         self._early: tuple[bytes, bool] | None = None
@@ -840,7 +841,15 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         with self._eng.lock:
             self._buffer.clear()
         self._closing = True
+        self._lost = exc
         self._lose(exc)
+
+    def send_error(self) -> OSError:
+        """What a send on this connection, once lost, fails with on the kernel: the error it was
+        lost with (ECONNRESET from the peer's reset, say), else EPIPE (closed for sending)."""
+        if isinstance(self._lost, OSError) and self._lost.errno:
+            return self._lost
+        return BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
     def _lose(self, exc: BaseException | None) -> None:
         self._conn_lost += 1
@@ -1736,9 +1745,17 @@ class EventLoop(asyncio.SelectorEventLoop):
 
     async def _sendfile_fallback(self, transp: Any, file: Any, offset: int, count: int | None) -> int:
         """loop.sendfile on a usnet transport: asyncio's fallback, as os.sendfile would send
-        (`_as_native`): on the kernel a plain TCP transport takes the native path."""
+        (`_as_native`): on the kernel a plain TCP transport takes the native path. That path
+        fails as os.sendfile does when the connection is lost midway (ECONNRESET, EPIPE); the
+        fallback's drain raises a bare ConnectionError ("Connection closed by peer") when it
+        finds the transport closing: raised as the send's error instead (`send_error`)."""
         if isinstance(transp, UsnetTransport) and _us._file_descriptor(file) is not None:
-            return await _as_native(file, offset, count, super()._sendfile_fallback, transp)  # type: ignore[misc]
+            try:
+                return await _as_native(file, offset, count, super()._sendfile_fallback, transp)  # type: ignore[misc]
+            except ConnectionError as e:
+                if type(e) is not ConnectionError:
+                    raise
+                raise transp.send_error() from e
         return await super()._sendfile_fallback(transp, file, offset, count)  # type: ignore[misc]
 
 

@@ -15,8 +15,8 @@ timers. So the parent keeps serving it, and the child reaches it through the par
   one per direction), and passes the other end to the child, which serves every call of the
   socket from it (`SplicedSocket`: a kernel socket that names itself as the TCP connection).
   Blocking, timeouts, readiness for select/poll/asyncio, makefile, shutdown and close are
-  the kernel's own (a shutdown(SHUT_WR) first hands the child's end to the agent, so that a
-  close right after it is not taken for it: `Held`). A listener's `accept()` asks the agent
+  the kernel's own (a shutdown that stops sending first tells the agent, so that the splice
+  does not take it for a close: `Held`). A listener's `accept()` asks the agent
   to accept on the parent's listener (`accept`) and gets such a spliced connection; its
   `fileno()` is a descriptor of the parent's listener's readiness (usnet.client.engine
   `Readiness`, which the parent's stack keeps), so a child can poll it too: children that
@@ -48,12 +48,15 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import select
 import socket as _std
+import termios
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -64,6 +67,7 @@ _KernelSocket = _std.socket  # the standard class, taken before anyone patches i
 _MAX_MSG = 65536 + 4096  # a request or answer: a datagram of up to 64 KiB and its addresses
 CHUNK = 65536
 SHARE_LIMIT = 1024  # a process with more open sockets than this gives a child none (a fork stays cheap)
+SETTLE = 5.0  # s: at most this long a splice waits for the agent to read what the child sent before a hang-up
 
 
 class Request(msgspec.Struct, tag=True):
@@ -71,8 +75,8 @@ class Request(msgspec.Struct, tag=True):
     `op`: "claim" (the connection, spliced), "accept" (a connection accepted on a listener, within
     `timeout` s; None: wait), "listen" (a socket bound in the parent listens, backlog `size`),
     "release" (the child is done with an unclaimed socket: no answer), "shutdown" (the child's
-    shutdown(SHUT_WR) of a spliced connection, sent before it: the descriptor is the child's
-    end of the splice, which the agent keeps open until the splice has read its EOF; no answer);
+    shutdown(SHUT_WR or SHUT_RDWR) of a spliced connection, sent before it: the descriptor is
+    the child's end of the splice, which names the splice (its inode); no answer);
     for a UDP socket, "sendto" (`data` to `addr`, or to its peer when `addr` is empty) and
     "recvfrom" (one datagram of at most `size` bytes, within `timeout`)."""
 
@@ -109,6 +113,16 @@ def _send(sock: _std.socket, msg: Any, fd: int | None = None) -> None:
     sock.sendmsg([_enc.encode(msg)], anc)
 
 
+def _queued(sock: _std.socket) -> int:
+    """The bytes waiting on `sock` to be read (0 once it is closed)."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
+    except (OSError, ValueError):
+        return 0
+    return buf[0]
+
+
 def _recv(sock: _std.socket) -> tuple[bytes, int | None]:
     """One message and the descriptor it carried (others, which no sender of ours adds, are closed)."""
     # close-on-exec, as Python makes its own descriptors: a child that execs must not keep a splice open
@@ -127,25 +141,30 @@ def _recv(sock: _std.socket) -> tuple[bytes, int | None]:
 # -- the parent's side -----------------------------------------------------------------------
 
 class Held:
-    """The child's end of a splice, kept open by the parent from the child's shutdown(SHUT_WR)
-    until the splice's `up` has read the EOF and sent the FIN.
+    """The child's shutdown of a splice's sending (its "shutdown" request, `Agent._shut`): its
+    end, kept open by the parent until the splice's `up` has read the EOF, and whether it came.
 
-    The splice tells the child's shutdown from its close by the hang-up: EOF alone is a shutdown
-    (the FIN), EOF with the hang-up a close (the reference let go). A child that shuts down and
-    closes at once would hang up before `up` reads the EOF, and its shutdown would be lost (no
-    FIN till the last reference's close, an RST alone when data lies unread). So the child's
-    shutdown first sends its end of the pair to the agent ("shutdown"): while the parent holds
-    it (in flight on the link, then here) the child's close hangs nothing up, and `up` sees the
-    shutdown, in order after the data before it; then `release` lets the end go."""
+    The splice's `up` reads EOF from the child's end both when the child shuts its sending
+    down and when it closes its end; a shutdown sends the connection's FIN (Linux's shutdown
+    acts on the socket whoever else holds it), a close only lets the child's reference go.
+    Two things tell them apart. The hang-up: a shutdown(SHUT_WR) alone leaves the end open (EOF
+    without it), but a SHUT_RDWR hangs it up as a close does, and so does a close right after
+    a SHUT_WR before `up` has read the EOF. So the child tells the agent before it shuts down,
+    and `up`, seeing a hang-up, first lets the agent read what the child sent before it
+    (`Agent.settle`), then asks `asked`. And the end kept: a child that closes with data unread
+    on its end would reset the parent's (AF_UNIX's ECONNRESET) before `up` read the EOF; held
+    (in flight on the link, then here) until `release`, it closes nothing."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ends: list[_std.socket] = []
         self._done = False
+        self.asked = False
 
     def keep(self, end: _std.socket) -> None:
-        """Hold the child's end `end` until `release` (closed at once if that came already)."""
+        """The child shuts down: hold its end `end` until `release` (closed at once if that came)."""
         with self._lock:
+            self.asked = True
             if not self._done:
                 self._ends.append(end)
                 return
@@ -159,36 +178,49 @@ class Held:
             end.close()
 
 
-def splice(us: Any, k: _std.socket) -> Held:
+def splice(us: Any, k: _std.socket, settle: Callable[[], None] = lambda: None) -> Held:
     """Move bytes between usnet socket `us` and kernel stream socket `k` until both directions
     end, then close both: `us` is the child's reference, so its close is the child's.
 
     Each direction is a thread: blocking both ways in one would deadlock a child that sends a
     large request while the peer sends a large answer. The connection's EOF reaches the child
-    as shutdown(SHUT_WR) of `k`; the child's shutdown(SHUT_WR) reaches the peer as a FIN (its
-    end held meanwhile: the `Held` returned), its close (k hangs up) ends the receiving direction
-    even while the peer is silent and lets go of the reference; a connection that failed shuts
-    `k` so that the child's reads end."""
+    as shutdown(SHUT_WR) of `k`; the child's shutdown(SHUT_WR or SHUT_RDWR) reaches the peer as
+    a FIN after the bytes before it (the `Held` returned, told by the agent, which `settle`
+    waits for); its close (k hangs up) ends the receiving direction even while the peer is
+    silent and lets go of the reference; its shutdown(SHUT_RD) stops the bytes to it (k's
+    EPIPE) and nothing else, as on Linux; a connection that failed shuts `k` so that the
+    child's reads end."""
     done = threading.Semaphore(0)
-    held = Held()
+    shut = Held()
 
     def down() -> None:  # the connection to the child
         p = select.poll()
         p.register(us.fileno(), select.POLLIN)
         p.register(k.fileno(), 0)  # POLLHUP only: the child closed its end
+        passed = bytearray(CHUNK)  # what went to the child, taken off the connection's queue
         try:
             while True:
                 hup = any(fd == k.fileno() for fd, _ in p.poll())
                 if hup:
                     return
-                try:
-                    data = us.recv(CHUNK, _std.MSG_DONTWAIT)
+                try:  # peeked: what the child cannot take stays queued (below)
+                    data = us.recv(CHUNK, _std.MSG_DONTWAIT | _std.MSG_PEEK)
                 except BlockingIOError:
                     continue
                 if not data:
                     k.shutdown(_std.SHUT_WR)
                     return
-                k.sendall(data)
+                view = memoryview(data)
+                while view:
+                    try:
+                        n = k.send(view)
+                    except BrokenPipeError:
+                        # the child shut its reading down (SHUT_RD) or closed: its sending goes
+                        # on, and the rest stays unread in the connection, as in Linux's socket
+                        # (an RST at the last close)
+                        return
+                    us.recv_into(passed, n, _std.MSG_DONTWAIT)
+                    view = view[n:]
         except OSError:
             try:
                 k.shutdown(_std.SHUT_RDWR)  # the child's reads end; its writes fail
@@ -201,13 +233,17 @@ def splice(us: Any, k: _std.socket) -> Held:
         try:
             while data := k.recv(CHUNK):
                 us.sendall(data)
-            # EOF: the child's shutdown(SHUT_WR) sends the FIN, as the kernel's does for any
-            # holder (its end is held: no hang-up, `Held`); its close only lets go of its
-            # reference (`us`, closed below): the FIN goes with the last reference, and a parent
-            # that still holds the socket keeps it open.
+            # EOF: the child's shutdown(SHUT_WR or SHUT_RDWR) sends the FIN, as the kernel's
+            # does for any holder; its close only lets go of its reference (`us`, closed
+            # below): the FIN goes with the last reference, and a parent that still holds the
+            # socket keeps it open. EOF without a hang-up is a shutdown; with one, the agent
+            # has heard of a shutdown before it (`Held`).
             hup = select.poll()
             hup.register(k.fileno(), 0)
-            if not hup.poll(0):
+            hung = bool(hup.poll(0))
+            if hung:
+                settle()
+            if not hung or shut.asked:
                 us.shutdown(_std.SHUT_WR)
         except OSError:
             try:
@@ -215,7 +251,7 @@ def splice(us: Any, k: _std.socket) -> Held:
             except OSError:
                 pass
         finally:
-            held.release()
+            shut.release()
             done.release()
 
     def both() -> None:
@@ -230,7 +266,7 @@ def splice(us: Any, k: _std.socket) -> Held:
                 pass
 
     threading.Thread(target=both, name="usnet-splice", daemon=True).start()
-    return held
+    return shut
 
 
 def _names(s: Any) -> Answer:
@@ -252,70 +288,96 @@ class Agent:
         self.link = link
         self.shares = shares
         self._lock = threading.Lock()
+        # held while a message of the link is read and handled; notified after each (`settle`)
+        self._turn = threading.Condition(threading.Lock())
+        self._gone = False
         # the splices this agent made, by the inode of the child's end (its "shutdown" names it)
         self._splices: weakref.WeakValueDictionary[int, Held] = weakref.WeakValueDictionary()
         threading.Thread(target=self._serve, name="usnet-fork-agent", daemon=True).start()
 
     def _serve(self) -> None:
+        ready = select.poll()
+        ready.register(self.link.fileno(), select.POLLIN)
         try:
             while True:
-                try:
-                    data, fd = _recv(self.link)
-                except OSError:
-                    return
-                if not data:
-                    return  # the child exited, or closed its link
-                try:
-                    req = _req.decode(data)
-                except msgspec.DecodeError:
-                    if fd is not None:
-                        os.close(fd)
-                    continue
-                reply = None
-                if fd is not None:
+                ready.poll()  # then read and handle under `_turn`: `settle` sees a message queued or done
+                with self._turn:
                     try:
-                        reply = _KernelSocket(fileno=fd)
-                    except OSError:  # not a socket: dropped, as a request that does not decode
-                        os.close(fd)
-                        continue
-                if req.op == "shutdown":  # no answer: `reply` is the child's end of a splice
-                    if reply is not None:
-                        self._hold(reply)
-                    continue
-                if req.op == "release":  # no answer
-                    if reply is not None:
-                        reply.close()
-                    s = self._take(req.token)
-                    if s is not None:
-                        s.close()
-                    continue
-                work = {"claim": self._claim, "accept": self._accept, "sendto": self._datagram,
-                        "recvfrom": self._datagram, "listen": self._listen}.get(req.op)
-                if work is None:
-                    if reply is not None:
-                        reply.close()
-                elif req.op in ("claim", "listen"):  # at once
-                    self._answer(req, reply, work)
-                else:  # may wait: the link is served meanwhile
-                    threading.Thread(target=self._answer, args=(req, reply, work), daemon=True).start()
+                        data, fd = _recv(self.link)
+                    except OSError:
+                        return
+                    if not data:
+                        return  # the child exited, or closed its link
+                    self._handle(data, fd)
+                    self._turn.notify_all()
         finally:
-            self.link.close()
+            with self._turn:
+                self._gone = True
+                self._turn.notify_all()
+                self.link.close()
             with self._lock:
                 left, self.shares = list(self.shares.values()), {}
             for s in left:  # what the child never claimed: its references end with it
                 s.close()
 
-    def _hold(self, end: _std.socket) -> None:
-        """The child shuts its end `end` of a splice down: held until the splice has read the
-        EOF (`Held`); a splice that read it already, or none of ours, closes it at once."""
+    def _handle(self, data: bytes, fd: int | None) -> None:
+        """One message of the link, `data`, with descriptor `fd`: those that wait, in threads."""
         try:
-            held = self._splices.get(os.fstat(end.fileno()).st_ino)
+            req = _req.decode(data)
+        except msgspec.DecodeError:
+            if fd is not None:
+                os.close(fd)
+            return
+        reply = None
+        if fd is not None:
+            try:
+                reply = _KernelSocket(fileno=fd)
+            except OSError:  # not a socket: dropped, as a request that does not decode
+                os.close(fd)
+                return
+        if req.op == "shutdown":  # no answer: `reply` is the child's end of a splice
+            if reply is not None:
+                self._shut(reply)
+            return
+        if req.op == "release":  # no answer
+            if reply is not None:
+                reply.close()
+            s = self._take(req.token)
+            if s is not None:
+                s.close()
+            return
+        work = {"claim": self._claim, "accept": self._accept, "sendto": self._datagram,
+                "recvfrom": self._datagram, "listen": self._listen}.get(req.op)
+        if work is None:
+            if reply is not None:
+                reply.close()
+        elif req.op in ("claim", "listen"):  # at once
+            self._answer(req, reply, work)
+        else:  # may wait: the link is served meanwhile
+            threading.Thread(target=self._answer, args=(req, reply, work), daemon=True).start()
+
+    def _shut(self, end: _std.socket) -> None:
+        """The child shuts the sending of its end `end` of a splice down: held until the splice
+        has read the EOF, then its FIN goes (`Held`); none of ours: closed at once."""
+        try:
+            shut = self._splices.get(os.fstat(end.fileno()).st_ino)
         except OSError:
-            held = None
-        if held is None:
+            shut = None
+        if shut is None:
             end.close()
         else:
-            held.keep(end)
+            shut.keep(end)
+
+    def settle(self) -> None:
+        """Wait until the agent has handled every message the child sent before now (at most
+        SETTLE s): a splice that sees the child hang up learns so of a shutdown before it."""
+        deadline = time.monotonic() + SETTLE
+        with self._turn:
+            while not self._gone and _queued(self.link):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._turn.wait(left)
 
     def _take(self, token: int) -> Any:
         with self._lock:
@@ -369,7 +431,7 @@ class Agent:
             raise
         finally:
             theirs.close()
-        self._splices[ino] = splice(s, mine)
+        self._splices[ino] = splice(s, mine, self.settle)
 
     def _datagram(self, req: Request, s: Any, reply: _std.socket) -> None:
         """A UDP socket's send or receive for the child, on its reference (a timeout of its own)."""
@@ -475,9 +537,10 @@ class SplicedSocket(_KernelSocket):
         self._opts: dict[tuple[int, int], Any] = {}
 
     def shutdown(self, how: int) -> None:
-        """As the kernel's; SHUT_WR first hands this end to the parent's agent ("shutdown"), so
-        that a close right after is not taken for the shutdown (forked.Held): the FIN goes."""
-        if how == _std.SHUT_WR and self._link is not None and self.fileno() >= 0:
+        """As the kernel's; SHUT_WR and SHUT_RDWR first tell the parent's agent ("shutdown"),
+        so that the splice does not take the hang-up of a SHUT_RDWR, or of a close right after,
+        for a close (forked.Held): the FIN goes."""
+        if how in (_std.SHUT_WR, _std.SHUT_RDWR) and self._link is not None and self.fileno() >= 0:
             try:
                 _send(self._link, Request("shutdown", 0), self.fileno())
             except OSError:
