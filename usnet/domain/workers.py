@@ -107,7 +107,11 @@ A group datagram a flow sends with IP_MULTICAST_LOOP is for the members of its p
 them the port's worker's: the sender's switch delivers it (usnet.domain.switch.local) if the
 port is its own, and otherwise hands it over (b"L", looped): worker k to usnetd (`_loop_out`;
 only usnetd knows which worker holds a group), usnetd to its own members or on to the port's
-worker (`_hand_over`), each bounded by the same room and counted the same way.
+worker (`_hand_over`), each bounded by the same room and counted the same way. A flow's datagram
+or TCP segment to the netif's own address goes the same way when its port is another worker's,
+and so does the host's answer to one (a RST, or a port unreachable: an ICMP error from our own
+address, handed to the quoted port's worker), as two sockets of one Linux host talk through its
+address whatever CPU each runs on.
 
 The host's groups: a worker's table holds only its own flows' memberships, but Linux's host is in
 a group any socket joined, and its IP_MULTICAST_ALL listeners (the default) hear it on their
@@ -1012,8 +1016,9 @@ class ShardedDomain(Domain):
 
     def _hand_over(self, netif: str, port: int, frame: Received, looped: bool) -> bool:
         """A datagram put back together on queue 0 (`ReceivePath._handed_over`), an ICMP error
-        quoting a packet from `port` (`HostDuties._icmp_error`), or a group datagram sent with
-        IP_MULTICAST_LOOP (`looped`: by a flow here, or by worker j's, which handed it here):
+        quoting a packet from `port` (`HostDuties._icmp_error`), or a packet of a local queue
+        (`looped`: a group datagram sent with IP_MULTICAST_LOOP, a packet to the netif's own
+        address or the host's answer to one; by a flow here, or by worker j's, which handed it here):
         False if `port` is ours; else handed to its worker (counted), or dropped if it cannot take
         it now (counted)."""
         k = worker_of(port, self.n)
@@ -1665,10 +1670,11 @@ class WorkerDomain(Domain):
         return sw
 
     def _loop_out(self, sw: Any, netif: str, port: int, frame: Received) -> bool:
-        """A group datagram a flow here sent with IP_MULTICAST_LOOP, to `port`: False if `port`
-        is ours (its members are here); else handed to usnetd (counted), which delivers it to its
-        own members or hands it on to the port's worker (`ShardedDomain._hand_over`); dropped if
-        our room on the command socket is full (counted). The local path loops only to a group
+        """A packet of our local queue to `port` (a group datagram a flow here sent with
+        IP_MULTICAST_LOOP, a flow's packet to the netif's own address, the host's answer to one):
+        False if `port` is ours (its members, its flow are here); else handed to usnetd (counted),
+        which delivers it to its own or hands it on to the port's worker (`ShardedDomain._hand_over`);
+        dropped if our room on the command socket is full (counted). The local path loops only to a group
         the host is in (usnetd's b"G": `groups.host`); which of the other workers holds it only
         usnetd knows, so every such datagram of another worker's port goes to it."""
         if worker_of(port, self.n) == self.index:

@@ -78,10 +78,11 @@ class LocalPath(ReceivePath, LowLatencyPath):
         return dst in groups.host
 
     def take_looped(self, frame: bytes | memoryview) -> None:
-        """A group datagram another worker's flow sent with IP_MULTICAST_LOOP, handed here for
-        its port (`_handed_over`, looped), as the Ethernet frame its local path made: delivered
-        as our own flows' copies are, from the local queue (the receive path, `wire` False: its
-        source is the netif's own), at once."""
+        """A packet of another worker's local queue whose port is ours, handed here (`_handed_over`,
+        looped): a group datagram its flow sent with IP_MULTICAST_LOOP, a flow's datagram or
+        segment to the netif's own address, or the host's answer to one, as the Ethernet frame
+        its local path made: delivered as our own flows' packets to ourselves are, from the local
+        queue (the receive path, `wire` False: its source is the netif's own), at once."""
         self.local_queue.append(bytes(frame[ETH_HLEN:]))
         self.service_local()
 
