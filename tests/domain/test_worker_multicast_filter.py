@@ -1,0 +1,89 @@
+"""Issue 16 under issue 18's `usnetd --workers 2`: a worker judges a group datagram's source by the
+host's union of the sockets' source filters, as Linux's ip_check_mc_rcv asks the device's (RFC 3376
+§3.2), not by its own flows' part of it.
+
+A worker knew the host's groups (b"G") but not their filters: for a group held only on another
+worker's port it let every source in for its IP_MULTICAST_ALL listeners, and for a group its own
+flows held with a filter it let in only what theirs did, however the other workers' members widened
+the host's state. Now usnetd tells every worker the union's filter of each group whenever it changes
+(b"M"), and a worker judges by it. Here a listener of worker 1's port that joined nothing hears a
+datagram to the group on its port exactly when the host's union lets the sender in, through a walk of
+joins, source additions, a leave and blocks on both workers' ports: kernel sockets hear usnet's
+sender, usnet's sockets the kernel's, and what each hears must be equal.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.domain import test_worker_multicast_loop as _loop
+from tests.interop.test_multicast import _mreq
+from tests.interop.test_multicast_sources import ADD, ADD_SRC, BLOCK, DROP, OTHER, _src
+
+tapd2 = _loop.tapd2  # the fixture: usnetd with two workers on a TAP or a veth, either family
+
+pytestmark = pytest.mark.privileged
+WAIT = 5.0  # seconds for a datagram that is due: only reached when something is broken
+IPP = socket.IPPROTO_IP
+G = "239.1.6.7"
+
+
+def _walk(sender, sender_ip: str, recv_sock, me: str, base: int) -> list[bytes]:
+    """What e, a socket of worker 1's port (`base` + 1) that joins nothing (IP_MULTICAST_ALL on), hears
+    of `sender`'s datagram to the group on its port in each phase: its tag, or b"unicast" (the
+    barrier that follows it: the datagram was dropped). m is of worker 0's port, n of worker 1's."""
+    m, e, n = recv_sock(base), recv_sock(base + 1), recv_sock(base + 3)
+    heard = []
+
+    def phase(tag: bytes) -> None:
+        sender.sendto(tag, (G, base + 1))
+        sender.sendto(b"unicast", (me, base + 1))
+        got = e.recv(100)
+        heard.append(got)
+        if got != b"unicast":
+            assert e.recv(100) == b"unicast"
+
+    m.setsockopt(IPP, ADD_SRC, _src(G, me, OTHER))  # the host: INCLUDE {OTHER}
+    phase(b"only other")
+    m.setsockopt(IPP, ADD_SRC, _src(G, me, sender_ip))  # INCLUDE {OTHER, sender}
+    phase(b"let in")
+    n.setsockopt(IPP, ADD_SRC, _src(G, me, OTHER))
+    m.setsockopt(IPP, DROP, _mreq(G, me))  # n's alone: INCLUDE {OTHER}
+    phase(b"m left")
+    m.setsockopt(IPP, ADD, _mreq(G, me))  # any-source beside n's: EXCLUDE {}
+    phase(b"any")
+    m.setsockopt(IPP, BLOCK, _src(G, me, sender_ip))  # EXCLUDE {sender} beside n's: EXCLUDE {sender}
+    phase(b"blocked")
+    return heard
+
+
+@pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET), ("packet", socket.AF_INET)],
+                         ids=["tap-ipv4", "packet-ipv4"], indirect=True)
+def test_a_listener_hears_a_source_as_the_hosts_union_of_filters_says_as_on_linux(tapd2):
+    from usnet import socket as us
+
+    d = tapd2
+    made = []
+
+    def opened(new, port: int | None, addr: str = ""):
+        s = new(socket.AF_INET, socket.SOCK_DGRAM)
+        made.append(s)
+        s.settimeout(WAIT)
+        if port is not None:
+            s.bind((addr, port))
+        return s
+
+    try:
+        k = opened(socket.socket, 0, d.host_ip)
+        k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
+        u = opened(us.socket, 0, d.usnet_ip)
+        u.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
+        on_kernel = _walk(u, d.usnet_ip, lambda p: opened(socket.socket, p), d.host_ip, 47810)
+        assert on_kernel == [b"unicast", b"let in", b"unicast", b"any", b"unicast"], on_kernel
+        on_usnet = _walk(k, d.host_ip, lambda p: opened(us.socket, p), d.usnet_ip, 47800)
+        assert on_usnet == on_kernel
+    finally:
+        for s in made:
+            s.close()
