@@ -14,11 +14,15 @@ sender, usnet's sockets the kernel's, and what each hears must be equal.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 
 import pytest
 
 from tests.domain import test_worker_multicast_loop as _loop
+from tests.domain.test_workers import _workers
 from tests.interop.test_multicast import _mreq
 from tests.interop.test_multicast_sources import ADD, ADD_SRC, BLOCK, DROP, OTHER, _src
 
@@ -84,6 +88,52 @@ def test_a_listener_hears_a_source_as_the_hosts_union_of_filters_says_as_on_linu
         assert on_kernel == [b"unicast", b"let in", b"unicast", b"any", b"unicast"], on_kernel
         on_usnet = _walk(k, d.host_ip, lambda p: opened(us.socket, p), d.usnet_ip, 47800)
         assert on_usnet == on_kernel
+    finally:
+        for s in made:
+            s.close()
+
+
+@pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
+def test_a_replaced_worker_gets_the_hosts_filters_at_its_start(tapd2):
+    """m on worker 0's port is in the group for OTHER only; worker 1 is killed and replaced: a
+    listener bound on the replacement does not hear the kernel's datagram to the group on its port
+    (the barrier after it comes first), which only the filters usnetd gives a new worker at its
+    start (after the whole list of groups) tell it; once m lets the kernel in, it hears it."""
+    from usnet import socket as us
+
+    d = tapd2
+    made = []
+
+    def opened(new, port: int, addr: str = ""):
+        s = new(socket.AF_INET, socket.SOCK_DGRAM)
+        made.append(s)
+        s.settimeout(WAIT)
+        s.bind((addr, port))
+        return s
+
+    try:
+        m = opened(us.socket, 47820)
+        m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, OTHER))
+        k = opened(socket.socket, 0, d.host_ip)
+        k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
+        pid = _workers(d.path)[1]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:  # until usnetd has forked the replacement and it answers
+            w = _workers(d.path)[1]
+            if w.get("pid") not in (None, pid) and w.get("netifs"):
+                break
+        e = opened(us.socket, 47821)
+        heard = []
+        for tag in (b"filtered", b"let in"):
+            if tag == b"let in":
+                m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, d.host_ip))
+            k.sendto(tag, (G, 47821))
+            k.sendto(b"unicast", (d.usnet_ip, 47821))
+            heard.append(e.recv(100))
+            if heard[-1] != b"unicast":
+                assert e.recv(100) == b"unicast"
+        assert heard == [b"unicast", b"let in"]
     finally:
         for s in made:
             s.close()

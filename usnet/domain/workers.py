@@ -120,7 +120,10 @@ there (`membership_changed`) is told to every worker (b"G", `WorkerLink.tell_gro
 replaced worker gets the whole list at its start (`_tell_groups`); the worker keeps them
 (`host_group`), takes datagrams to them for its listeners, and loops to another worker's port
 only what the host holds. A b"G" that finds the socket full marks the worker `groups_stale`: the
-whole list goes again with the next heartbeat.
+whole list goes again with the next heartbeat. The host's union of a group's source filters
+(RFC 3376 §3.2) follows its b"G" whenever it changes (b"M", `filter_msg`: `host_filter_changed`),
+and after the whole list; a worker judges a group datagram's source by it (`host_states`), as
+Linux's device filter, not by its own flows' part of it.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
@@ -344,7 +347,7 @@ class WorkerLink:
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
     def tell_groups(self, msgs: list[bytes]) -> None:
-        """b"G" messages (`group_msgs`), sent without waiting; one that finds the socket full marks
+        """b"G" and b"M" messages (`group_msgs`, `filter_msg`), sent without waiting; one that finds the socket full marks
         the worker `groups_stale` (the whole list goes again with the next heartbeat)."""
         try:
             for m in msgs:
