@@ -347,8 +347,9 @@ class WorkerLink:
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
     def tell_groups(self, msgs: list[bytes]) -> None:
-        """b"G" and b"M" messages (`group_msgs`, `filter_msg`), sent without waiting; one that finds the socket full marks
-        the worker `groups_stale` (the whole list goes again with the next heartbeat)."""
+        """b"G" and b"M" messages (`group_msgs`, `filter_msg`), sent without waiting; one that finds
+        the socket full marks the worker `groups_stale` (the whole list goes again with the next
+        heartbeat)."""
         try:
             for m in msgs:
                 self.cmd.send(m, socket.MSG_DONTWAIT)
