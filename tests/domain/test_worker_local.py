@@ -14,14 +14,12 @@ usnet's bound to usnet's: what each socket heard, or the error it met, must be e
 from __future__ import annotations
 
 import socket
-import time
 
 import pytest
 
 from tests.domain import test_worker_multicast_loop as _loop
 from tests.domain.test_worker_multicast import _counts
-from tests.domain.test_worker_multicast_loop import FLOOD, _netif
-from tests.domain.test_workers import _workers
+from tests.domain.test_worker_multicast_loop import flood_from_worker_1
 from tests.helpers.util import outcome
 
 pytestmark = pytest.mark.privileged
@@ -136,32 +134,11 @@ def test_a_flood_to_the_own_address_of_the_other_workers_port_is_bounded_and_cou
     from usnet import socket as us
 
     d = tapd2
-    pid = _workers(d.path)[1]["pid"]
-    (counts0, _), _ = _netif(d.path)
-    before = counts0.get("local_delivered", 0)
     rx, tx = us.socket(us.AF_INET, us.SOCK_DGRAM), us.socket(us.AF_INET, us.SOCK_DGRAM)
     try:
         rx.bind(("", U0))
         tx.bind((d.usnet_ip, S1))
-        for _ in range(FLOOD):
-            tx.sendto(b"f" * 60000, (d.usnet_ip, U0))
-        deadline = time.monotonic() + WAIT  # until worker 1 has judged each and usnetd read each handed
-        while time.monotonic() < deadline:
-            (counts0, _), (counts1, drops1) = _netif(d.path)
-            handed = counts1.get("rx_handed_over", 0)
-            if handed + drops1.get("rx_hand_over_failed", 0) == FLOOD and \
-                    counts0.get("local_delivered", 0) - before == handed:
-                break
-        assert handed + drops1.get("rx_hand_over_failed", 0) == FLOOD, (counts1, drops1)
-        assert counts0.get("local_delivered", 0) - before == handed, counts0
-        tx.sendto(b"after", (d.usnet_ip, U0))
-        rx.settimeout(WAIT)
-        for _ in range(FLOOD + 1):
-            if rx.recv(65536) == b"after":
-                break
-        else:
-            raise AssertionError("no 'after'")
-        assert _workers(d.path)[1]["pid"] == pid
+        flood_from_worker_1(d, tx, rx, (d.usnet_ip, U0))
     finally:
         tx.close()
         rx.close()

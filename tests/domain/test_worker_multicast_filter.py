@@ -14,15 +14,12 @@ sender, usnet's sockets the kernel's, and what each hears must be equal.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import time
 
 import pytest
 
 from tests.domain import test_worker_multicast_loop as _loop
-from tests.domain.test_workers import _workers
+from tests.domain.test_worker_multicast_all import kill_worker_1
 from tests.interop.test_multicast import _mreq
 from tests.interop.test_multicast_sources import ADD, ADD_SRC, BLOCK, DROP, OTHER, _src
 
@@ -116,13 +113,7 @@ def test_a_replaced_worker_gets_the_hosts_filters_at_its_start(tapd2):
         m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, OTHER))
         k = opened(socket.socket, 0, d.host_ip)
         k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
-        pid = _workers(d.path)[1]["pid"]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:  # until usnetd has forked the replacement and it answers
-            w = _workers(d.path)[1]
-            if w.get("pid") not in (None, pid) and w.get("netifs"):
-                break
+        kill_worker_1(d)
         e = opened(us.socket, 47821)
         heard = []
         for tag in (b"filtered", b"let in"):

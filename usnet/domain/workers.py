@@ -1807,25 +1807,27 @@ class WorkerDomain(Domain):
         """usnetd's b"M" (`filter_msg`): the host's union of one group's source filters on a netif,
         kept in its switch's table (`host_filter`); a message that does not parse is counted
         (`host_groups_refused`) and changes nothing."""
+        sw, got = self._host_msg(data, filter_of)
+        if got is not None:
+            sw.host_filter(*got)
+
+    def _host_msg(self, data: bytes, parse: Callable[[bytes, int], Any]) -> tuple[Any, Any]:
+        """(switch, what `parse` read of the rest) of usnetd's b"G" or b"M" on a netif; (None, None)
+        for a netif we do not have, (switch, None) if it does not parse (counted `host_groups_refused`)."""
         sw, _, rest = neighbour_of(self.switches, data)
         if sw is None:
-            return
-        got = filter_of(rest, data[1])
+            return None, None
+        got = parse(rest, data[1])
         if got is None:
             sw.drops["host_groups_refused"] += 1
-            return
-        sw.host_filter(*got)
+        return sw, got
 
     def _host_groups(self, data: bytes) -> None:
         """usnetd's b"G" (`group_msgs`): the host's first joins, last leaves or whole list of one
         family on a netif, kept in its switch's table (`host_group`); a message that does not
         parse is counted (`host_groups_refused`) and changes nothing."""
-        sw, _, rest = neighbour_of(self.switches, data)
-        if sw is None:
-            return
-        got = groups_of(rest, data[1])
+        sw, got = self._host_msg(data, groups_of)
         if got is None:
-            sw.drops["host_groups_refused"] += 1
             return
         op, groups = got
         if op == GROUP_ALL:
