@@ -19,6 +19,7 @@ import socket
 import pytest
 
 from tests.domain import test_worker_multicast_loop as _loop
+from tests.domain.test_worker_multicast import _counts
 from tests.domain.test_worker_multicast_all import kill_worker_1
 from tests.interop.test_multicast import _mreq
 from tests.interop.test_multicast_sources import ADD, ADD_SRC, BLOCK, DROP, OTHER, _src
@@ -128,3 +129,56 @@ def test_a_replaced_worker_gets_the_hosts_filters_at_its_start(tapd2):
     finally:
         for s in made:
             s.close()
+
+
+@pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
+def test_a_group_whose_host_filter_refuses_our_address_is_not_looped_to_another_worker(tapd2):
+    """m on worker 0's port is in the group for OTHER only: worker 1's sender with loop on sends
+    to the group on m's port; Linux loops nothing (its route is not local: ip_check_mc_rcv refuses
+    our own source), and worker 1 hands it not over (only the unicast barrier after it); once m
+    lets our address in, the next is handed over and heard. The same on kernel sockets."""
+    from usnet import socket as us
+
+    d = tapd2
+    made = []
+
+    def opened(new, port: int, addr: str = ""):
+        s = new(socket.AF_INET, socket.SOCK_DGRAM)
+        made.append(s)
+        s.settimeout(WAIT)
+        s.bind((addr, port))
+        return s
+
+    def walk(new, me: str, base: int) -> list[bytes]:
+        m = opened(new, base)
+        s = opened(new, base + 1, me)  # worker 1's port
+        s.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(me))
+        m.setsockopt(IPP, ADD_SRC, _src(G, me, OTHER))
+        heard = []
+        for tag in (b"refused", b"let in"):
+            if tag == b"let in":
+                m.setsockopt(IPP, ADD_SRC, _src(G, me, me))
+            s.sendto(tag, (G, base))
+            s.sendto(b"unicast", (me, base))  # a barrier on m's port
+            heard.append(m.recv(100))
+            if heard[-1] != b"unicast":
+                assert m.recv(100) == b"unicast"
+            handed.append(_handed(d))
+        return heard
+
+    try:
+        handed: list[int] = []
+        assert walk(socket.socket, d.host_ip, 47830) == [b"unicast", b"let in"]
+        handed.clear()
+        before = _handed(d)
+        assert walk(us.socket, d.usnet_ip, 47840) == [b"unicast", b"let in"]
+        # each phase's barrier is handed over too (unicast to our own address, worker 0's port)
+        assert handed == [before + 1, before + 3], (before, handed)
+    finally:
+        for s in made:
+            s.close()
+
+
+def _handed(d) -> int:
+    """Worker 1's `rx_handed_over`."""
+    return _counts(d.path)[1].get("rx_handed_over", 0)

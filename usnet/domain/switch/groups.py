@@ -172,12 +172,17 @@ class GroupTable:
         """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
         return self.filters.get(group, {}).get(flow.id, ANY_SOURCE)
 
+    def netif_admits(self, group: bytes, source: bytes) -> bool:
+        """Whether the netif's filter of `group` (in a worker the host's, `host_states`) lets
+        `source` in: Linux's ip_check_mc_rcv, for what the device takes and what it loops."""
+        st = (self.states if self.host_states is None else self.host_states).get(group)
+        return st is None or admits(st, source)
+
     def admits(self, flow: Flow, group: bytes, source: bytes) -> bool:
         """Whether a datagram from `source` to `group` passes the netif's filter and, if `flow` is a
         member, its own (Linux's ip_check_mc_rcv, then ip_mc_sf_allow). In a worker the netif's
         filter is the host's (`host_states`)."""
-        st = (self.states if self.host_states is None else self.host_states).get(group)
-        if st is not None and not admits(st, source):
+        if not self.netif_admits(group, source):
             return False
         f = self.filters.get(group)
         own = f.get(flow.id) if f else None
