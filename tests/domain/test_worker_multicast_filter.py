@@ -32,6 +32,33 @@ IPP = socket.IPPROTO_IP
 G = "239.1.6.7"
 
 
+def _tag_or_barrier(s) -> bytes:
+    """What `s` hears first of a phase's group datagram and the unicast barrier sent after it (to
+    the same port, so in order): the datagram's tag, or b"unicast" if it was dropped."""
+    got = s.recv(100)
+    if got != b"unicast":
+        assert s.recv(100) == b"unicast"
+    return got
+
+
+@pytest.fixture
+def opened():
+    """A maker of UDP sockets (`new`: socket.socket or usnet's) with a timeout, bound to (`addr`,
+    `port`); each closed after the test (before the daemon of `tapd2` stops)."""
+    made = []
+
+    def make(new, port: int, addr: str = ""):
+        s = new(socket.AF_INET, socket.SOCK_DGRAM)
+        made.append(s)
+        s.settimeout(WAIT)
+        s.bind((addr, port))
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
 def _walk(sender, sender_ip: str, recv_sock, me: str, base: int) -> list[bytes]:
     """What e, a socket of worker 1's port (`base` + 1) that joins nothing (IP_MULTICAST_ALL on), hears
     of `sender`'s datagram to the group on its port in each phase: its tag, or b"unicast" (the
@@ -42,10 +69,7 @@ def _walk(sender, sender_ip: str, recv_sock, me: str, base: int) -> list[bytes]:
     def phase(tag: bytes) -> None:
         sender.sendto(tag, (G, base + 1))
         sender.sendto(b"unicast", (me, base + 1))
-        got = e.recv(100)
-        heard.append(got)
-        if got != b"unicast":
-            assert e.recv(100) == b"unicast"
+        heard.append(_tag_or_barrier(e))
 
     m.setsockopt(IPP, ADD_SRC, _src(G, me, OTHER))  # the host: INCLUDE {OTHER}
     phase(b"only other")
@@ -63,36 +87,22 @@ def _walk(sender, sender_ip: str, recv_sock, me: str, base: int) -> list[bytes]:
 
 @pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET), ("packet", socket.AF_INET)],
                          ids=["tap-ipv4", "packet-ipv4"], indirect=True)
-def test_a_listener_hears_a_source_as_the_hosts_union_of_filters_says_as_on_linux(tapd2):
+def test_a_listener_hears_a_source_as_the_hosts_union_of_filters_says_as_on_linux(tapd2, opened):
     from usnet import socket as us
 
     d = tapd2
-    made = []
-
-    def opened(new, port: int | None, addr: str = ""):
-        s = new(socket.AF_INET, socket.SOCK_DGRAM)
-        made.append(s)
-        s.settimeout(WAIT)
-        if port is not None:
-            s.bind((addr, port))
-        return s
-
-    try:
-        k = opened(socket.socket, 0, d.host_ip)
-        k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
-        u = opened(us.socket, 0, d.usnet_ip)
-        u.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
-        on_kernel = _walk(u, d.usnet_ip, lambda p: opened(socket.socket, p), d.host_ip, 47810)
-        assert on_kernel == [b"unicast", b"let in", b"unicast", b"any", b"unicast"], on_kernel
-        on_usnet = _walk(k, d.host_ip, lambda p: opened(us.socket, p), d.usnet_ip, 47800)
-        assert on_usnet == on_kernel
-    finally:
-        for s in made:
-            s.close()
+    k = opened(socket.socket, 0, d.host_ip)
+    k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
+    u = opened(us.socket, 0, d.usnet_ip)
+    u.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
+    on_kernel = _walk(u, d.usnet_ip, lambda p: opened(socket.socket, p), d.host_ip, 47810)
+    assert on_kernel == [b"unicast", b"let in", b"unicast", b"any", b"unicast"], on_kernel
+    on_usnet = _walk(k, d.host_ip, lambda p: opened(us.socket, p), d.usnet_ip, 47800)
+    assert on_usnet == on_kernel
 
 
 @pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
-def test_a_replaced_worker_gets_the_hosts_filters_at_its_start(tapd2):
+def test_a_replaced_worker_gets_the_hosts_filters_at_its_start(tapd2, opened):
     """m on worker 0's port is in the group for OTHER only; worker 1 is killed and replaced: a
     listener bound on the replacement does not hear the kernel's datagram to the group on its port
     (the barrier after it comes first), which only the filters usnetd gives a new worker at its
@@ -100,39 +110,24 @@ def test_a_replaced_worker_gets_the_hosts_filters_at_its_start(tapd2):
     from usnet import socket as us
 
     d = tapd2
-    made = []
-
-    def opened(new, port: int, addr: str = ""):
-        s = new(socket.AF_INET, socket.SOCK_DGRAM)
-        made.append(s)
-        s.settimeout(WAIT)
-        s.bind((addr, port))
-        return s
-
-    try:
-        m = opened(us.socket, 47820)
-        m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, OTHER))
-        k = opened(socket.socket, 0, d.host_ip)
-        k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
-        kill_worker_1(d)
-        e = opened(us.socket, 47821)
-        heard = []
-        for tag in (b"filtered", b"let in"):
-            if tag == b"let in":
-                m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, d.host_ip))
-            k.sendto(tag, (G, 47821))
-            k.sendto(b"unicast", (d.usnet_ip, 47821))
-            heard.append(e.recv(100))
-            if heard[-1] != b"unicast":
-                assert e.recv(100) == b"unicast"
-        assert heard == [b"unicast", b"let in"]
-    finally:
-        for s in made:
-            s.close()
+    m = opened(us.socket, 47820)
+    m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, OTHER))
+    k = opened(socket.socket, 0, d.host_ip)
+    k.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.host_ip))
+    kill_worker_1(d)
+    e = opened(us.socket, 47821)
+    heard = []
+    for tag in (b"filtered", b"let in"):
+        if tag == b"let in":
+            m.setsockopt(IPP, ADD_SRC, _src(G, d.usnet_ip, d.host_ip))
+        k.sendto(tag, (G, 47821))
+        k.sendto(b"unicast", (d.usnet_ip, 47821))
+        heard.append(_tag_or_barrier(e))
+    assert heard == [b"unicast", b"let in"]
 
 
 @pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
-def test_a_group_whose_host_filter_refuses_our_address_is_not_looped_to_another_worker(tapd2):
+def test_a_group_whose_host_filter_refuses_our_address_is_not_looped_to_another_worker(tapd2, opened):
     """m on worker 0's port is in the group for OTHER only: worker 1's sender with loop on sends
     to the group on m's port; Linux loops nothing (its route is not local: ip_check_mc_rcv refuses
     our own source), and worker 1 hands it not over (only the unicast barrier after it); once m
@@ -140,14 +135,7 @@ def test_a_group_whose_host_filter_refuses_our_address_is_not_looped_to_another_
     from usnet import socket as us
 
     d = tapd2
-    made = []
-
-    def opened(new, port: int, addr: str = ""):
-        s = new(socket.AF_INET, socket.SOCK_DGRAM)
-        made.append(s)
-        s.settimeout(WAIT)
-        s.bind((addr, port))
-        return s
+    handed: list[int] = []
 
     def walk(new, me: str, base: int) -> list[bytes]:
         m = opened(new, base)
@@ -160,23 +148,16 @@ def test_a_group_whose_host_filter_refuses_our_address_is_not_looped_to_another_
                 m.setsockopt(IPP, ADD_SRC, _src(G, me, me))
             s.sendto(tag, (G, base))
             s.sendto(b"unicast", (me, base))  # a barrier on m's port
-            heard.append(m.recv(100))
-            if heard[-1] != b"unicast":
-                assert m.recv(100) == b"unicast"
+            heard.append(_tag_or_barrier(m))
             handed.append(_handed(d))
         return heard
 
-    try:
-        handed: list[int] = []
-        assert walk(socket.socket, d.host_ip, 47830) == [b"unicast", b"let in"]
-        handed.clear()
-        before = _handed(d)
-        assert walk(us.socket, d.usnet_ip, 47840) == [b"unicast", b"let in"]
-        # each phase's barrier is handed over too (unicast to our own address, worker 0's port)
-        assert handed == [before + 1, before + 3], (before, handed)
-    finally:
-        for s in made:
-            s.close()
+    assert walk(socket.socket, d.host_ip, 47830) == [b"unicast", b"let in"]
+    handed.clear()
+    before = _handed(d)
+    assert walk(us.socket, d.usnet_ip, 47840) == [b"unicast", b"let in"]
+    # each phase's barrier is handed over too (unicast to our own address, worker 0's port)
+    assert handed == [before + 1, before + 3], (before, handed)
 
 
 def _handed(d) -> int:
