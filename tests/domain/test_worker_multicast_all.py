@@ -188,6 +188,17 @@ def test_a_listener_of_worker_1_hears_from_the_wire_a_group_joined_on_worker_0(t
             s.close()
 
 
+def kill_worker_1(d) -> None:
+    """Kill worker 1 and wait (bounded) until usnetd has forked its replacement and it answers."""
+    pid = _workers(d.path)[1]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        w = _workers(d.path)[1]
+        if w.get("pid") not in (None, pid) and w.get("netifs"):
+            break
+
+
 @pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
 def test_a_replaced_worker_gets_the_hosts_groups_at_its_start(tapd2):
     """m0 on worker 0's port is in the group; worker 1 is killed and replaced: a listener bound on
@@ -200,13 +211,7 @@ def test_a_replaced_worker_gets_the_hosts_groups_at_its_start(tapd2):
     c1 = None
     try:
         m0.setsockopt(IPP, M_JOIN, _greq(socket.AF_INET, 0, group))
-        pid = _workers(d.path)[1]["pid"]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:  # until usnetd has forked the replacement and it answers
-            w = _workers(d.path)[1]
-            if w.get("pid") not in (None, pid) and w.get("netifs"):
-                break
+        kill_worker_1(d)
         c1 = _listener(P1)
         k.sendto(b"to the new one", (group, P1))
         assert c1.recv(100) == b"to the new one"

@@ -165,6 +165,35 @@ def _netif(path: str) -> list[tuple[dict, dict]]:
     return [(w["netifs"][0]["counts"], w["netifs"][0]["drops"]) for w in _workers(path)]
 
 
+def flood_from_worker_1(d, sender, receiver, to: tuple[str, int]) -> None:
+    """FLOOD datagrams of 60,000 bytes from `sender`, a socket of worker 1's port, to `to` (worker
+    0's port, where `receiver` is), as fast as it can: each handed to usnetd or dropped, counted
+    either way in worker 1, usnetd delivered each one handed over, worker 1 kept its pid (not taken
+    for hung), and `receiver` hears a datagram sent after the flood."""
+    pid = _workers(d.path)[1]["pid"]
+    (counts0, _), _ = _netif(d.path)
+    before = counts0.get("local_delivered", 0)
+    for _ in range(FLOOD):
+        sender.sendto(b"f" * 60000, to)
+    deadline = time.monotonic() + WAIT  # until worker 1 has judged each and usnetd read each handed
+    while time.monotonic() < deadline:
+        (counts0, _), (counts1, drops1) = _netif(d.path)
+        handed = counts1.get("rx_handed_over", 0)
+        if handed + drops1.get("rx_hand_over_failed", 0) == FLOOD and \
+                counts0.get("local_delivered", 0) - before == handed:
+            break
+    assert handed + drops1.get("rx_hand_over_failed", 0) == FLOOD, (counts1, drops1)
+    assert counts0.get("local_delivered", 0) - before == handed, counts0
+    sender.sendto(b"after", to)
+    receiver.settimeout(WAIT)
+    for _ in range(FLOOD + 1):
+        if receiver.recv(65536) == b"after":
+            break
+    else:
+        raise AssertionError("no 'after'")
+    assert _workers(d.path)[1]["pid"] == pid
+
+
 @pytest.mark.parametrize("tapd2", [("tap", socket.AF_INET)], ids=["tap-ipv4"], indirect=True)
 def test_a_flood_of_looped_datagrams_is_bounded_and_counted_and_the_worker_goes_on(tapd2):
     """Worker 1's sender loops FLOOD datagrams of 60,000 bytes to worker 0's port as fast as it
@@ -176,9 +205,6 @@ def test_a_flood_of_looped_datagrams_is_bounded_and_counted_and_the_worker_goes_
 
     d = tapd2
     group = GROUPS[socket.AF_INET][1]
-    pid = _workers(d.path)[1]["pid"]
-    (counts0, _), _ = _netif(d.path)
-    before = counts0.get("local_delivered", 0)
     member = us.socket(us.AF_INET, us.SOCK_DGRAM)
     sender = us.socket(us.AF_INET, us.SOCK_DGRAM)
     try:
@@ -186,25 +212,7 @@ def test_a_flood_of_looped_datagrams_is_bounded_and_counted_and_the_worker_goes_
         member.setsockopt(IPP, M_JOIN, _greq(socket.AF_INET, 0, group))
         sender.bind((d.usnet_ip, S1))
         sender.setsockopt(IPP, socket.IP_MULTICAST_IF, socket.inet_aton(d.usnet_ip))
-        for _ in range(FLOOD):
-            sender.sendto(b"f" * 60000, (group, P0))
-        deadline = time.monotonic() + WAIT  # until worker 1 has judged each and usnetd read each handed
-        while time.monotonic() < deadline:
-            (counts0, _), (counts1, drops1) = _netif(d.path)
-            handed = counts1.get("rx_handed_over", 0)
-            if handed + drops1.get("rx_hand_over_failed", 0) == FLOOD and \
-                    counts0.get("local_delivered", 0) - before == handed:
-                break
-        assert handed + drops1.get("rx_hand_over_failed", 0) == FLOOD, (counts1, drops1)
-        assert counts0.get("local_delivered", 0) - before == handed, counts0
-        sender.sendto(b"after", (group, P0))
-        member.settimeout(WAIT)
-        for _ in range(FLOOD + 1):
-            if member.recv(65536) == b"after":
-                break
-        else:
-            raise AssertionError("no 'after'")
-        assert _workers(d.path)[1]["pid"] == pid
+        flood_from_worker_1(d, sender, member, (group, P0))
     finally:
         sender.close()
         member.close()

@@ -107,7 +107,11 @@ A group datagram a flow sends with IP_MULTICAST_LOOP is for the members of its p
 them the port's worker's: the sender's switch delivers it (usnet.domain.switch.local) if the
 port is its own, and otherwise hands it over (b"L", looped): worker k to usnetd (`_loop_out`;
 only usnetd knows which worker holds a group), usnetd to its own members or on to the port's
-worker (`_hand_over`), each bounded by the same room and counted the same way.
+worker (`_hand_over`), each bounded by the same room and counted the same way. A flow's datagram
+or TCP segment to the netif's own address goes the same way when its port is another worker's,
+and so does the host's answer to one (a RST, or a port unreachable: an ICMP error from our own
+address, handed to the quoted port's worker), as two sockets of one Linux host talk through its
+address whatever CPU each runs on.
 
 The host's groups: a worker's table holds only its own flows' memberships, but Linux's host is in
 a group any socket joined, and its IP_MULTICAST_ALL listeners (the default) hear it on their
@@ -116,7 +120,10 @@ there (`membership_changed`) is told to every worker (b"G", `WorkerLink.tell_gro
 replaced worker gets the whole list at its start (`_tell_groups`); the worker keeps them
 (`host_group`), takes datagrams to them for its listeners, and loops to another worker's port
 only what the host holds. A b"G" that finds the socket full marks the worker `groups_stale`: the
-whole list goes again with the next heartbeat.
+whole list goes again with the next heartbeat. The host's union of a group's source filters
+(RFC 3376 §3.2) follows its b"G" whenever it changes (b"M", `filter_msg`: `host_filter_changed`),
+and after the whole list; a worker judges a group datagram's source by it (`host_states`), as
+Linux's device filter, not by its own flows' part of it.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
@@ -158,7 +165,7 @@ from usnet.domain.switch.ports import PROTO_NAMES
 from usnet.domain.switch.table import TCP
 from usnet.domain.watch import READ
 from usnet.drivers.base import Received
-from usnet.proto.wire.msf import Filter
+from usnet.proto.wire.msf import ANY_SOURCE, Filter
 
 __all__ = ["DRAIN_LIMIT", "HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT",
            "WORKER_TIMEOUT", "ShardedDomain", "Spawner", "WorkerDomain", "WorkerLink", "WorkerLost", "start_workers",
@@ -188,6 +195,10 @@ HAND_OVER_SHARE = 0.5
 # worker's start goes in parts: 1,024 IPv6 groups are 16 KiB)
 GROUP_LEAVE, GROUP_JOIN, GROUP_ALL = 0, 1, 2
 GROUPS_A_MESSAGE = 1024
+# b"M" (`filter_msg`): the most sources one group's host-wide filter names; a union of more (an
+# INCLUDE union grows with its sockets) is told as any-source, what a worker assumed before it was
+# told, and counted `host_filter_too_big` in usnetd
+HOST_SOURCES_MAX = 1024
 READ_AHEAD = 16  # the messages a worker's `_read_host_groups` reads at most
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.SourceFilter,
             P.MulticastOptions)
@@ -228,6 +239,31 @@ def groups_of(rest: bytes, family: int) -> tuple[int, list[bytes]] | None:
     if not rest or rest[0] > GROUP_ALL or (len(rest) - 1) % size or (len(rest) - 1) // size > GROUPS_A_MESSAGE:
         return None
     return rest[0], [bytes(rest[i:i + size]) for i in range(1, len(rest), size)]
+
+
+def filter_msg(netif: str, family: int, group: bytes, f: Filter) -> bytes:
+    """The b"M" message (`neighbour_msg`) telling a worker the host's union of `group`'s source
+    filters on `netif` (RFC 3376 §3.2): the group, the mode (one byte: 1 INCLUDE, 0 EXCLUDE), then
+    the sources (each the group's size, network order, sorted), at most HOST_SOURCES_MAX (the
+    caller tells a larger union as any-source)."""
+    if len(f.sources) > HOST_SOURCES_MAX:
+        raise ValueError(f"a host filter names at most {HOST_SOURCES_MAX} sources, not {len(f.sources)}")
+    return neighbour_msg(b"M", netif, family, group + bytes([f.include]) + b"".join(sorted(f.sources)))
+
+
+def filter_of(rest: bytes, family: int) -> tuple[bytes, Filter] | None:
+    """(group, filter) of a b"M" message's rest (`filter_msg`); None if it is not one: shorter than
+    a group and the mode, a mode above 1, a length that is not whole sources of `family`, more than
+    HOST_SOURCES_MAX of them, or one twice (the group's address is the switch's to check:
+    `host_filter`)."""
+    size = 4 if family == 4 else 16
+    n, odd = divmod(len(rest) - size - 1, size)
+    if n < 0 or odd or rest[size] > 1 or n > HOST_SOURCES_MAX:
+        return None
+    sources = frozenset(bytes(rest[i:i + size]) for i in range(size + 1, len(rest), size))
+    if len(sources) != n:
+        return None
+    return bytes(rest[:size]), Filter(bool(rest[size]), sources)
 
 
 def hand_over_room(cmd: socket.socket) -> int:
@@ -311,8 +347,9 @@ class WorkerLink:
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
     def tell_groups(self, msgs: list[bytes]) -> None:
-        """b"G" messages (`group_msgs`), sent without waiting; one that finds the socket full marks
-        the worker `groups_stale` (the whole list goes again with the next heartbeat)."""
+        """b"G" and b"M" messages (`group_msgs`, `filter_msg`), sent without waiting; one that finds
+        the socket full marks the worker `groups_stale` (the whole list goes again with the next
+        heartbeat)."""
         try:
             for m in msgs:
                 self.cmd.send(m, socket.MSG_DONTWAIT)
@@ -970,14 +1007,16 @@ class ShardedDomain(Domain):
                     link.neighbour(name, family, addr, mac)
 
     def _tell_groups(self, link: WorkerLink) -> None:
-        """A new worker (or one that missed a b"G") is told every group the host is in on each
-        sharded netif (usnetd's table is the union): the whole list of each family (GROUP_ALL)."""
+        """A new worker (or one that missed a b"G" or b"M") is told every group the host is in on
+        each sharded netif (usnetd's table is the union): the whole list of each family
+        (GROUP_ALL), then the union's filter of each group whose filter is not any-source (b"M")."""
         link.groups_stale = False
         for name in self.sharded:
             sw = self.switches.get(name)
             if sw is not None:
                 for family, size in ((4, 4), (6, 16)):
                     link.tell_groups(group_msgs(name, family, GROUP_ALL, [g for g in sw.groups.refs if len(g) == size]))
+                link.tell_groups([_host_filter_msg(sw, name, g, f) for g, f in sw.groups.states.items()])
 
     def add_netif(self, name: str, driver: Any, *args: Any, **kwargs: Any):
         sw = super().add_netif(name, driver, *args, **kwargs)
@@ -1005,15 +1044,22 @@ class ShardedDomain(Domain):
                 for link in self.links.values():
                     link.tell_groups(group_msgs(name, family, op, [group]))
 
+            def tell_filter(group: bytes, f: Filter) -> None:  # the union's filter changed (after its b"G")
+                msg = _host_filter_msg(sw, name, group, f)
+                for link in self.links.values():
+                    link.tell_groups([msg])
+
             sw.membership_changed = tell_group
+            sw.host_filter_changed = tell_filter
             for link in self.links.values():
                 self._tell_groups(link)
         return sw
 
     def _hand_over(self, netif: str, port: int, frame: Received, looped: bool) -> bool:
         """A datagram put back together on queue 0 (`ReceivePath._handed_over`), an ICMP error
-        quoting a packet from `port` (`HostDuties._icmp_error`), or a group datagram sent with
-        IP_MULTICAST_LOOP (`looped`: by a flow here, or by worker j's, which handed it here):
+        quoting a packet from `port` (`HostDuties._icmp_error`), or a packet of a local queue
+        (`looped`: a group datagram sent with IP_MULTICAST_LOOP, a packet to the netif's own
+        address or the host's answer to one; by a flow here, or by worker j's, which handed it here):
         False if `port` is ours; else handed to its worker (counted), or dropped if it cannot take
         it now (counted)."""
         k = worker_of(port, self.n)
@@ -1578,6 +1624,15 @@ def _died_again(k: int) -> OSError:
                                  "restarted: try again")
 
 
+def _host_filter_msg(sw: Any, netif: str, group: bytes, f: Filter) -> bytes:
+    """The b"M" of `group`'s union filter `f` in usnetd's switch `sw`: any-source (counted
+    `host_filter_too_big`) if it names more than HOST_SOURCES_MAX sources."""
+    if len(f.sources) > HOST_SOURCES_MAX:
+        sw.drops["host_filter_too_big"] += 1
+        f = ANY_SOURCE
+    return filter_msg(netif, 4 if len(group) == 4 else 6, group, f)
+
+
 def _family(frame: Received) -> int:
     """4 or 6: the IP version of Ethernet frame `frame`."""
     return 4 if int.from_bytes(frame[12:14], "big") == 0x0800 else 6
@@ -1634,6 +1689,8 @@ class WorkerDomain(Domain):
                 return  # a bad message or usnetd gone: the loop's own read meets it
             if data[:1] == b"G":  # (before a hand-over read with it: what the host holds is news)
                 self._host_groups(data)
+            elif data[:1] == b"M":
+                self._host_filter(data)
             else:
                 self._backlog.append((data, fds))
             if not data:
@@ -1646,6 +1703,7 @@ class WorkerDomain(Domain):
         sw = super().add_netif(name, driver, *args, **kwargs)
         sw.speaks = False
         sw.read_host_groups = self._read_host_groups
+        sw.groups.host_states = {}  # the netif's filter of a group is the host's (usnetd's b"M")
         for family, ask_name in ((4, "_arp_request"), (6, "_solicit")):
             ask = getattr(sw, ask_name)
 
@@ -1665,10 +1723,11 @@ class WorkerDomain(Domain):
         return sw
 
     def _loop_out(self, sw: Any, netif: str, port: int, frame: Received) -> bool:
-        """A group datagram a flow here sent with IP_MULTICAST_LOOP, to `port`: False if `port`
-        is ours (its members are here); else handed to usnetd (counted), which delivers it to its
-        own members or hands it on to the port's worker (`ShardedDomain._hand_over`); dropped if
-        our room on the command socket is full (counted). The local path loops only to a group
+        """A packet of our local queue to `port` (a group datagram a flow here sent with
+        IP_MULTICAST_LOOP, a flow's packet to the netif's own address, the host's answer to one):
+        False if `port` is ours (its members, its flow are here); else handed to usnetd (counted),
+        which delivers it to its own or hands it on to the port's worker (`ShardedDomain._hand_over`);
+        dropped if our room on the command socket is full (counted). The local path loops only to a group
         the host is in (usnetd's b"G": `groups.host`); which of the other workers holds it only
         usnetd knows, so every such datagram of another worker's port goes to it."""
         if worker_of(port, self.n) == self.index:
@@ -1731,6 +1790,9 @@ class WorkerDomain(Domain):
         elif data[:1] == b"G":
             with self.lock:
                 self._host_groups(data)
+        elif data[:1] == b"M":
+            with self.lock:
+                self._host_filter(data)
         elif data[:1] == b"N":
             sw, cache, rest = neighbour_of(self.switches, data)
             if sw is not None and len(rest) == (4 if cache is sw.arp else 16) + 6:
@@ -1741,16 +1803,31 @@ class WorkerDomain(Domain):
                 os.close(fd)
 
 
+    def _host_filter(self, data: bytes) -> None:
+        """usnetd's b"M" (`filter_msg`): the host's union of one group's source filters on a netif,
+        kept in its switch's table (`host_filter`); a message that does not parse is counted
+        (`host_groups_refused`) and changes nothing."""
+        sw, got = self._host_msg(data, filter_of)
+        if got is not None:
+            sw.host_filter(*got)
+
+    def _host_msg(self, data: bytes, parse: Callable[[bytes, int], Any]) -> tuple[Any, Any]:
+        """(switch, what `parse` read of the rest) of usnetd's b"G" or b"M" on a netif; (None, None)
+        for a netif we do not have, (switch, None) if it does not parse (counted `host_groups_refused`)."""
+        sw, _, rest = neighbour_of(self.switches, data)
+        if sw is None:
+            return None, None
+        got = parse(rest, data[1])
+        if got is None:
+            sw.drops["host_groups_refused"] += 1
+        return sw, got
+
     def _host_groups(self, data: bytes) -> None:
         """usnetd's b"G" (`group_msgs`): the host's first joins, last leaves or whole list of one
         family on a netif, kept in its switch's table (`host_group`); a message that does not
         parse is counted (`host_groups_refused`) and changes nothing."""
-        sw, _, rest = neighbour_of(self.switches, data)
-        if sw is None:
-            return
-        got = groups_of(rest, data[1])
+        sw, got = self._host_msg(data, groups_of)
         if got is None:
-            sw.drops["host_groups_refused"] += 1
             return
         op, groups = got
         if op == GROUP_ALL:

@@ -99,6 +99,11 @@ class GroupTable:
         # in worker k of `usnetd --workers N`: the groups the host is in over all workers, as usnetd
         # tells (`set_host`); the netif is in them (`is_member`) without a membership here
         self.host: set[bytes] = set()
+        # in a worker ({} there, None elsewhere): the host's union of the source filters of the
+        # groups in `host` (usnetd tells, b"M": `set_host_state`), where it is not EXCLUDE {}; what a
+        # datagram's source must pass there (`admits`), as Linux's ip_check_mc_rcv asks the device's
+        # filter, not one CPU's sockets'. A worker's own `states` are only its flows' part of it
+        self.host_states: dict[bytes, Filter] | None = None
         # the Ethernet addresses the receive path admits for them and the held groups (all-hosts
         # always: every Linux host is in 224.0.0.1, IGMP queries and datagrams to it, unasked)
         self.macs: set[bytes] = set()
@@ -132,6 +137,8 @@ class GroupTable:
         if not member:
             if group in self.host:
                 self.host.discard(group)
+                if self.host_states is not None:
+                    self.host_states.pop(group, None)
                 self._macs()  # (another group may share its MAC)
             return True
         if group not in self.host:
@@ -145,17 +152,37 @@ class GroupTable:
         """In a worker: forget the host's groups of one family (`size`: 4 or 16 bytes), before
         usnetd's whole list of them."""
         self.host = {g for g in self.host if len(g) != size}
+        if self.host_states is not None:
+            self.host_states = {g: f for g, f in self.host_states.items() if len(g) != size}
         self._macs()
+
+    def set_host_state(self, group: bytes, f: Filter) -> bool:
+        """In a worker: the host's union of `group`'s source filters is `f` now (usnetd's b"M"). False,
+        nothing kept, if the host is not in `group` (its b"G" comes first) or this is no worker's
+        table: so what is kept is bounded by the host set, each by the message's bound."""
+        if self.host_states is None or group not in self.host or any(len(s) != len(group) for s in f.sources):
+            return False
+        if f == ANY_SOURCE:
+            self.host_states.pop(group, None)
+        else:
+            self.host_states[group] = f
+        return True
 
     def filter_of(self, flow: Flow, group: bytes) -> Filter:
         """`flow`'s own filter of `group` (EXCLUDE {} for an any-source membership)."""
         return self.filters.get(group, {}).get(flow.id, ANY_SOURCE)
 
+    def netif_admits(self, group: bytes, source: bytes) -> bool:
+        """Whether the netif's filter of `group` (in a worker the host's, `host_states`) lets
+        `source` in: Linux's ip_check_mc_rcv, for what the device takes and what it loops."""
+        st = (self.states if self.host_states is None else self.host_states).get(group)
+        return st is None or admits(st, source)
+
     def admits(self, flow: Flow, group: bytes, source: bytes) -> bool:
         """Whether a datagram from `source` to `group` passes the netif's filter and, if `flow` is a
-        member, its own (Linux's ip_check_mc_rcv, then ip_mc_sf_allow)."""
-        st = self.states.get(group)
-        if st is not None and not admits(st, source):
+        member, its own (Linux's ip_check_mc_rcv, then ip_mc_sf_allow). In a worker the netif's
+        filter is the host's (`host_states`)."""
+        if not self.netif_admits(group, source):
             return False
         f = self.filters.get(group)
         own = f.get(flow.id) if f else None

@@ -64,8 +64,10 @@ class HostDuties(FlowTable):
         self.icmp_limit = IcmpLimiter()  # Linux's limits on the ICMP errors we send (port unreachable)
         # under `usnetd --workers N`: (port, frame, looped) -> whether the port is another worker's,
         # to which the frame has been handed: in usnetd, one from queue 0, its port not steered
-        # (usnet.domain.switch.rx `_handed_over`, `_icmp_error`); in any, `looped`, a group datagram a
-        # flow sent with IP_MULTICAST_LOOP (usnet.domain.switch.local), the port's members' to hear
+        # (usnet.domain.switch.rx `_handed_over`, `_icmp_error`); in any, `looped`, a packet of the
+        # local queue (usnet.domain.switch.local): a group datagram a flow sent with IP_MULTICAST_LOOP,
+        # the port's members' to hear, or a flow's packet to the netif's own address, or the host's
+        # answer to one (an ICMP error from our own address), the port's flow's
         self.hand_over: Callable[[int, Received, bool], bool] | None = None
 
     # -- neighbours and the link ---------------------------------------------------------------
@@ -361,12 +363,14 @@ class HostDuties(FlowTable):
         quoted local port (`hand_over`, as a datagram put back together is: an error has no port of
         its own, so the device steers every one to queue 0, usnetd's). That worker takes it as if it
         came off the wire (`rx_whole`) and runs this again: the same lookup, the flow's stack the
-        same judge (a TCP sequence in flight, a connected peer) as on a single loop."""
+        same judge (a TCP sequence in flight, a connected peer) as on a single loop. An error from
+        our own address is the local path's (the answer to a flow's datagram to a port of ours
+        nobody holds: from the wire it is a martian): looped, as the datagram was."""
         quote = self._quoted(f, q, end, family)
         if quote is None:
             self.drops["rx_icmp_unmatched"] += 1
             return
-        if self.hand_over is not None and self.hand_over(quote[1], f, False):
+        if self.hand_over is not None and self.hand_over(quote[1], f, self._from_us(f, family)):
             return  # another worker's port: its flow, if any, is there
         flow = self.lookup(*quote)
         if flow is None:
@@ -374,6 +378,12 @@ class HostDuties(FlowTable):
             return
         self.counts["rx_icmp_error"] += 1
         per_flow.setdefault(flow, []).append(f[ETH_HLEN:end])
+
+    def _from_us(self, f: Received, family: int) -> bool:
+        """Whether IP packet `f`'s source is one of the netif's own addresses."""
+        if family == 4:
+            return f[ETH_HLEN + 12 : ETH_HLEN + 16] == self.netif.ip
+        return bytes(f[ETH_HLEN + 8 : ETH_HLEN + 24]) in self.netif.addrs6
 
     def _no_socket(self, proto: int, f: Received, start: int, end: int, src: bytes, dst: bytes,
                    now: float) -> None:

@@ -59,29 +59,32 @@ class LocalPath(ReceivePath, LowLatencyPath):
             return True
         # a group with members here (IP_MULTICAST_LOOP), or on a worker's switch one the host is in
         # (`groups.host`, as usnetd tells: the receive path hands it to the port's worker)
-        if (self.groups.refs or self.read_host_groups is not None) and self._loops_to(dst):
+        if (self.groups.refs or self.read_host_groups is not None) and self._loops_to(dst, packet):
             flow = self.flows.get(key)
             if flow is not None and flow.mc_loop:
                 self.local_queue.append(bytes(packet))  # a copy; the packet itself goes to the link too
         return super()._route(key, dst, packet, now)
 
-    def _loops_to(self, dst: bytes) -> bool:
-        """Whether a flow's datagram to `dst` is copied back (IP_MULTICAST_LOOP): a group with
-        members here or, on a worker's switch, one the host is in (`groups.host`, read up to date
-        with `read_host_groups`), as Linux's ip_mc_output loops only to a group the host is in."""
+    def _loops_to(self, dst: bytes, packet: bytes) -> bool:
+        """Whether a flow's datagram `packet` to `dst` is copied back (IP_MULTICAST_LOOP): a group
+        with members here or, on a worker's switch, one the host is in (`groups.host`, read up to
+        date with `read_host_groups`), whose filter lets our own source in, as Linux's
+        ip_mc_output loops only what its route marks local (ip_check_mc_rcv of the source)."""
         groups = self.groups
-        if dst in groups.refs:
-            return True
-        if self.read_host_groups is None or not (dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF):
-            return False
-        self.host_up_to_date()
-        return dst in groups.host
+        if dst not in groups.refs:
+            if self.read_host_groups is None or not (dst[0] >> 4 == 14 if len(dst) == 4 else dst[0] == 0xFF):
+                return False
+            self.host_up_to_date()
+            if dst not in groups.host:
+                return False
+        return groups.netif_admits(dst, bytes(packet[12:16] if len(dst) == 4 else packet[8:24]))
 
     def take_looped(self, frame: bytes | memoryview) -> None:
-        """A group datagram another worker's flow sent with IP_MULTICAST_LOOP, handed here for
-        its port (`_handed_over`, looped), as the Ethernet frame its local path made: delivered
-        as our own flows' copies are, from the local queue (the receive path, `wire` False: its
-        source is the netif's own), at once."""
+        """A packet of another worker's local queue whose port is ours, handed here (`_handed_over`,
+        looped): a group datagram its flow sent with IP_MULTICAST_LOOP, a flow's datagram or
+        segment to the netif's own address, or the host's answer to one, as the Ethernet frame
+        its local path made: delivered as our own flows' packets to ourselves are, from the local
+        queue (the receive path, `wire` False: its source is the netif's own), at once."""
         self.local_queue.append(bytes(frame[ETH_HLEN:]))
         self.service_local()
 

@@ -135,6 +135,9 @@ class MulticastDuties(HostDuties):
         # usnetd's (usnet.domain.workers): told (group, member) when the netif gains a group's first
         # membership or loses its last, to tell the workers the host's groups
         self.membership_changed: Callable[[bytes, bool], None] | None = None
+        # usnetd's too: told (group, filter) when the netif's union of a group it is in changes
+        # (a source filter's join, change or end: RFC 3376 §3.2), to tell the workers (b"M")
+        self.host_filter_changed: Callable[[bytes, Filter], None] | None = None
         # a worker's (usnet.domain.workers): read what usnetd told of the host's groups and has not
         # been read yet; asked before an answer that is the host's (`is_joined`, the local path:
         # a group not of this table's own memberships; the MAC check: one it misses), so a
@@ -212,6 +215,7 @@ class MulticastDuties(HostDuties):
         for g, old in olds.items():
             member = self.groups.is_member(g)
             if member == (old != NOT_MEMBER):
+                self._tell_filter(g, old, member)
                 continue
             if member:
                 self.counts["igmp_joins" if len(g) == 4 else "mld_joins"] += 1
@@ -221,7 +225,19 @@ class MulticastDuties(HostDuties):
                 (drv.add_group_mac if member else drv.drop_group_mac)(group_mac(g))
             if self.membership_changed is not None:
                 self.membership_changed(g, member)
+            self._tell_filter(g, old, member)  # after the b"G" of a first join
         self._changed(olds)
+
+    def _tell_filter(self, group: bytes, old: Filter, member: bool) -> None:
+        """usnetd's: the workers are told the union's filter of `group` (`host_filter_changed`) if the
+        host is in it and the filter is not `old` (a first join's b"G" says any-source: this is
+        called after it)."""
+        told = self.host_filter_changed
+        if told is None or not member:
+            return
+        new = self.groups.state(group)
+        if new != (ANY_SOURCE if old == NOT_MEMBER else old):
+            told(group, new)
 
     # -- IGMP -----------------------------------------------------------------------------------
 
@@ -460,6 +476,15 @@ class MulticastDuties(HostDuties):
             return False
         return True
 
+    def host_filter(self, group: bytes, f: Filter) -> bool:
+        """In a worker: the host's union of `group`'s source filters is `f` now (usnetd's word,
+        `host_filter_changed` there). False, nothing changed, for a group the host is not in or a
+        source of the other family (counted `host_groups_refused`)."""
+        if not self.groups.set_host_state(group, f):
+            self.drops["host_groups_refused"] += 1
+            return False
+        return True
+
     # -- delivery ---------------------------------------------------------------------------------
 
     def is_joined(self, dst: bytes) -> bool:
@@ -503,6 +528,8 @@ class MulticastDuties(HostDuties):
         (ip_mc_sf_allow: a member that excludes the source does not hear it through MC_ALL either).
         A port is one uid's (usnet.domain.switch.ports), so no other user hears it."""
         groups = self.groups
+        if groups.host_states is not None:
+            self.host_up_to_date()  # a worker: the host's filter as usnetd told it before its answer
         members = groups.members.get((dst, dport), ())
         out = [m for m in members if (m.raddr is None or (m.raddr == src and m.rport == sport))
                and groups.admits(m, dst, src)]

@@ -444,7 +444,7 @@ class ReceivePath(MulticastDuties):
             ihl, total = IPV4_HLEN, IPV4_HLEN + part.total
         start = ETH_HLEN + ihl
         end = ETH_HLEN + total
-        if (wire or group) and self._handed_over(proto, f, start, end, not wire):
+        if self._handed_over(proto, f, start, end, not wire):  # from the wire, or our own (any worker's port)
             return
         if group:
             self._rx_group(f, proto, start, end, src, dst, per_flow)
@@ -468,9 +468,12 @@ class ReceivePath(MulticastDuties):
         by port only what shows it: every fragment (only the first names ports; here it has been
         put back together) and IPv6 with an extension header come to queue 0, usnetd's, whatever
         their port. Unicast or to a group: a group's members and MC_ALL listeners all hold its
-        port, so they are all that worker's. `looped`: not from the wire but a group datagram a
-        flow here sent with IP_MULTICAST_LOOP (usnet.domain.switch.local), whose members are
-        likewise all the port's worker's. The slow path only: what the fast path took was a flow's here."""
+        port, so they are all that worker's. `looped`: not from the wire but from the local queue
+        (usnet.domain.switch.local): a group datagram a flow here sent with IP_MULTICAST_LOOP, whose
+        members are likewise all the port's worker's, or a datagram or segment a flow sent to the
+        netif's own address, whose port may be another worker's (as two sockets of one Linux host
+        talk through its address whatever their CPUs). The slow path only: what the fast path took
+        was a flow's here."""
         if self.hand_over is None or (proto != UDP and proto != TCP) or end - start < 4:
             return False
         return self.hand_over(int.from_bytes(f[start + 2 : start + 4], "big"), f, looped)
@@ -557,7 +560,7 @@ class ReceivePath(MulticastDuties):
         if src == UNSPECIFIED:
             self.drops["rx_martian_source"] += 1  # only Neighbour Discovery (DAD) may come from ::
             return
-        if (wire or dst[0] == 0xFF) and self._handed_over(proto, f, start, end, not wire):
+        if self._handed_over(proto, f, start, end, not wire):
             return
         if dst[0] == 0xFF:
             self._rx_group(f, proto, start, end, src, dst, per_flow)  # a group's: UDP to its members
