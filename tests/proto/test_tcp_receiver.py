@@ -181,3 +181,64 @@ def test_reassembly_names_the_first_range_it_already_held(adds):
                 hi += 1
             assert r.dup == (lo, hi)
         held.update(range(start, start + n))
+
+
+def _live_entry(ep, conn):
+    """Whether `conn`'s deadline is on its endpoint's timer heap (an entry not gone stale)."""
+    return any(e[2] is conn and e[0] == conn.timer_at for e in ep._timers)
+
+
+def _request(net, c, s, i):
+    """Past the quick ACKs, in ping-pong: request `i` comes and arms the delayed ACK, no ACK goes."""
+    assert inject(net, c, s, ACK | PSH, wire_seq(s), wire_ack(s), b"GET /%d\r\n" % i) == []
+    assert s.recv() == b"GET /%d\r\n" % i
+
+
+def test_a_delayed_ack_left_off_the_heap_goes_at_its_time_and_an_answer_takes_it():
+    """The `outgoing` that finds only a delayed ACK armed by the request leaves that deadline off
+    the timer heap (TcpEndpoint's `_hold`): the answer, in the next `outgoing`, carries the ACK and
+    moves the deadline. The endpoint's deadline is the ACK's all along; with no answer, the next
+    `outgoing` puts it on the heap and the ACK goes alone `delack` after the request, not sooner,
+    as Linux's delayed ACK timer; with an answer, no ACK of its own ever follows."""
+    net = Net()
+    c, s = net.pair()
+    ep = net.eps[s.local_addr]
+    for i in range(3):  # past the first request's quick ACK: ping-pong
+        if i:
+            _request(net, c, s, i)
+        else:  # (quick-ACKed)
+            inject(net, c, s, ACK | PSH, wire_seq(s), wire_ack(s), b"GET /0\r\n")
+            s.recv()
+        s.send(b"200 OK\r\n")
+        (answer,) = _acks(net, s)
+        assert answer.ack == wire_seq(s)
+    # an answer: it takes the ACK, and no ACK follows at the delayed ACK's time
+    t0 = net.now
+    _request(net, c, s, 3)
+    due_at = t0 + s.cfg.delack
+    assert ep.timeout(t0) == s.timeout() == due_at
+    assert not _live_entry(ep, s)  # held: nothing pushed for a deadline the answer moves at once
+    net.now = t0 + 0.001
+    s.send(b"200 OK\r\n")
+    (answer,) = _acks(net, s)
+    assert answer.payload == b"200 OK\r\n" and answer.ack == wire_seq(s)
+    assert s.timeout() is not None and s.timeout() > due_at and _live_entry(ep, s)  # its RTO, once
+    net.now = due_at
+    t = ep.timeout(net.now)
+    assert t is not None and t > net.now
+    assert _acks(net, s) == []
+    # no answer: the next `outgoing` schedules it, and the ACK goes alone at its time
+    t0 = net.now = due_at + 0.01
+    _request(net, c, s, 4)
+    due_at = t0 + s.cfg.delack
+    assert not _live_entry(ep, s) and ep.timeout(t0) == due_at
+    net.now = t0 + 0.001
+    assert _acks(net, s) == []  # a pump for something else
+    assert _live_entry(ep, s) and s.timer_at == due_at and ep.timeout(net.now) == due_at
+    net.now = due_at - 1e-6
+    assert ep.timeout(net.now) > net.now and ep.on_timer(net.now) == [] and _acks(net, s) == []
+    net.now = due_at
+    assert ep.on_timer(net.now) == [s]
+    (ack,) = _acks(net, s)
+    assert ack.payload == b"" and ack.ack == wire_seq(s)
+    assert s.timeout() is None or s.timeout() > due_at
