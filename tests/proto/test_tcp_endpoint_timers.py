@@ -63,7 +63,7 @@ def _play(ops, pushes):
                 continue
             ep.input(src, dst, seg, now)
         wire[not side].clear()
-        due = len(ep.due) + len(ep._held)  # (held: the deadlines the last `outgoing` left off the heap)
+        due = len(ep.due)
         before = pushes[0]
         t = ep.timeout(now)
         assert t == _truth(ep)

@@ -72,19 +72,6 @@ def _usable_buffer(proto: asyncio.BufferedProtocol) -> Any:
     return buf
 
 
-class _InPump(threading.local):
-    """The `_LoopDriver` whose `_serve` pumps an engine in this thread right now (its `collect` is
-    open), else None. Why a thread's own slot: a watcher signalled there, and a transport's
-    `_read_early`, must know whether the signal comes from their loop's own pump in the loop's
-    thread; asking the loop for its thread and driver and the thread for its id cost four builtin
-    calls a signal and three a read, where this is one attribute read."""
-
-    driver: _LoopDriver | None = None
-
-
-_in_pump = _InPump()
-
-
 class _Watcher:
     """Carries "this flow changed" from the stack thread to the event loop.
 
@@ -118,12 +105,12 @@ class _Watcher:
             if not self.wants():
                 return
             self.pending = True
-            d = _in_pump.driver
-            if d is not None and d.loop is self.loop:
-                # the loop's own pump (its `collect` is open while `_in_pump` names it): run right after it
-                d.collect.append(self)  # type: ignore[union-attr]
-            elif getattr(self.loop, "_thread_id", None) == threading.get_ident():
-                self.loop.call_soon(self.fire)  # no self-pipe: we are in the loop's thread
+            if getattr(self.loop, "_thread_id", None) == threading.get_ident():
+                d = getattr(self.loop, "_usnet_driver", None)
+                if d is not None and d.collect is not None:
+                    d.collect.append(self)  # the loop's own pump: run right after it (`_LoopDriver._serve`)
+                else:
+                    self.loop.call_soon(self.fire)  # no self-pipe: we are in the loop's thread
             else:
                 self.loop.call_soon_threadsafe(self.fire)
         except RuntimeError:  # the loop is closed: nobody is left to tell
@@ -270,9 +257,7 @@ class _LoopDriver:
         self.later = []
         fired: list[_Watcher] = []
         try:
-            _in_pump.driver = self
             self._pump(eng)
-            _in_pump.driver = None
             fired, self.collect = self.collect, None
             fired.reverse()  # (taken from the end: what is left is what did not run)
             while fired:
@@ -285,7 +270,6 @@ class _LoopDriver:
             # A signal's exception (KeyboardInterrupt; usnet.client.sigdefer lets it out after the
             # pump) cut this turn short: the watchers it had signalled (each `pending`, so signalled
             # never again) run on the next, as a readable descriptor is reported again.
-            _in_pump.driver = None
             left = [*reversed(fired), *(self.collect or ())]
             self.collect = None
             later, self.later = self.later, None
@@ -541,8 +525,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         same `_serve`, and not for a BufferedProtocol (its `get_buffer` is the protocol's code, not
         to be run under the engine's lock). Data read so and never delivered makes the close a RST,
         as unread data does on the kernel (`_call_connection_lost`)."""
-        d = _in_pump.driver
-        if d is None or d.loop is not self._loop or isinstance(self._protocol, asyncio.BufferedProtocol):
+        d = getattr(self._loop, "_usnet_driver", None)
+        if (d is None or d.collect is None or isinstance(self._protocol, asyncio.BufferedProtocol)
+                or getattr(self._loop, "_thread_id", None) != threading.get_ident()):
             return
         try:
             data = c.recv(_READ_MAX)
@@ -628,12 +613,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                     self._taken()
                 self._wrote = False
                 ok = self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED
-                # the window opened: let the stack say so (a reply's write did). Only if the read
-                # queued that update (TcpConnection._consumed puts it in TCP's `due`): else the pump
-                # would send nothing, and would schedule the deadline a held delayed ACK left off
-                # the heap (TcpEndpoint._hold) just before the next request moves it
-                if not self._wrote and eng.tcp.pending():
-                    eng.wake()
+                if not self._wrote:  # the window opened: let the stack say so (a reply's write did)
+                    self._eng.wake()
                 if ok and more:
                     self._watcher.kick()
                 return False
@@ -664,7 +645,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             ok = self._feed(proto, data)
         else:
             ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
-        if not self._wrote and self._eng.tcp.pending():  # as above: one wake per request at most
+        if not self._wrote:  # as above: one wake per request, not one for the read and one for the reply
             self._eng.wake()
         if ok and more:
             self._watcher.kick()
@@ -1840,9 +1821,9 @@ class _DatagramTransport(asyncio.DatagramTransport):
         report (the callback's own read raises it, after these datagrams)."""
         if not _datagram_news(eng):
             return False
-        d = _in_pump.driver
-        if (self._early is None and d is not None and d is eng.driver and eng.pending is None
-                and eng.error is None):
+        d = eng.driver
+        if (self._early is None and d.collect is not None and eng.pending is None and eng.error is None
+                and getattr(self._loop, "_thread_id", None) == threading.get_ident()):
             try:
                 self._early = self._sock.recv_batch(64)
             except OSError:

@@ -192,7 +192,7 @@ class TcpConnection:
         "_dupacks", "_dupack_est", "_force_rtx", "_last_rx", "_last_send", "_ch_t", "_ch_n",
         "_out", "_rs_bytes", "_rs_last", "_rs_time", "_rcv_rtt", "_syn_window", "context",
         "ecn_ok", "_ece", "_cwr", "_ecn_high", "_new_from", "rack", "_dsack", "_rx_tsecr", "due", "timer_at",
-        "delack_new", "_quick", "_cork", "notsent_lowat", "defer",
+        "_quick", "_cork", "notsent_lowat", "defer",
         "pacer", "_t_pace", "_pace_left", "_pace_held", "rate", "rx_stamps", "tx_stamps", "error_report",
     )
 
@@ -217,11 +217,6 @@ class TcpConnection:
         # is the deadline the owner's timer heap holds for it. None/None: nobody schedules it.
         self.due: dict | None = None
         self.timer_at: float | None = None
-        # The input since the owner's last `outgoing` armed the delayed ACK (`_rx_data`), and no
-        # ACK has gone since (`_window_field`): an answer most often follows at once and carries
-        # that ACK, so the owner may leave this deadline off its heap until then (TcpEndpoint's
-        # `_held`). A hint for the owner's schedule only: the ACK's timing does not read it.
-        self.delack_new = False
         self.state = CLOSED
         self.error: OSError | None = None
         self.soft_error: int | None = None  # the last ICMP error that did not end the connection (errno)
@@ -1519,7 +1514,6 @@ class TcpConnection:
                 self._ack_now = True
             elif self._t_delack == INF:
                 self._t_delack = now + cfg.delack
-                self.delack_new = True
         if cfg.autotune:
             self._autotune_rcv(got, now)  # all of it: on a lossy path most comes from the queue
 
@@ -1691,7 +1685,6 @@ class TcpConnection:
         self._last_ack_sent = rcv_nxt
         self._ack_now = False
         self._t_delack = INF
-        self.delack_new = False
         self._rcv_unacked = 0
         return field
 

@@ -39,7 +39,7 @@ import itertools
 import os
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 
 from usnet.proto.tcp.connection import (
@@ -228,13 +228,6 @@ class TcpEndpoint:
         self.due: dict[TcpConnection, None] = {}
         self._timers: list[tuple[float, int, TcpConnection]] = []
         self._tie = itertools.count()
-        # Connections an `outgoing` visited with nothing to send but a delayed ACK just armed
-        # (`TcpConnection.delack_new`), their deadline not yet on the heap, and the earliest of
-        # those deadlines (`_hold`): the answer that carries the ACK most often comes in the next
-        # `outgoing`, which pushes the deadline it then has; pushed at once, the first entry
-        # would go stale at once (two heap pushes a request/response, one of them for nothing).
-        self._held: list[TcpConnection] = []
-        self._held_at: float | None = None
         self.visits = 0  # connections visited by outgoing/timeout/on_timer: what the scale test counts
 
     # ------------------------------------------------------------------ user calls
@@ -578,8 +571,6 @@ class TcpEndpoint:
         IP mark (``TcpConfig.ip_mark``: its IP_TTL and IP_TOS, usnet.proto.ipmark), which
         the IP layer takes as its ``tos``.
         """
-        if self._held:
-            self._unhold(now)  # (first: the RST of one that faults goes in this batch)
         out = self._out
         self._out = []
         due = self.due
@@ -602,8 +593,6 @@ class TcpEndpoint:
                         out.append((dst, s, cut(s) if cut else 0, ect0 if ect and ect(s) else mark))
                 if conn.state is CLOSED:
                     self._forget(conn)
-                elif conn.delack_new and not segs:
-                    self._hold(conn)
                 else:
                     self._schedule(conn)
             except Exception as exc:
@@ -640,43 +629,6 @@ class TcpEndpoint:
                 if len(self._timers) > 2 * len(self.connections) + 64:
                     self._compact()
 
-    def _hold(self, conn: TcpConnection) -> None:
-        """Keep `conn`'s deadline (its delayed ACK, or sooner) off the heap until the next
-        `outgoing`, which schedules it whether or not anything touched it since (`_unhold`).
-        Once per arming: the flag goes, so a connection with no answer is pushed then. Its old
-        entry goes stale (``timer_at`` None); `timeout` reads the deadline from `_held_at`: no
-        event reaches the connection without putting it in `due`, so it cannot move meanwhile."""
-        conn.delack_new = False
-        conn.timer_at = None
-        t = conn.timeout()
-        if t is not None:
-            held_at = self._held_at
-            if held_at is None or t < held_at:
-                self._held_at = t
-        self._held.append(conn)
-
-    def _unhold(self, now: float) -> None:
-        """Schedule the held connections nothing touched since (`due` schedules the others)."""
-        due = self.due
-        left = [c for c in self._held if c.due is not None and c not in due]
-        self._held = []
-        self._held_at = None
-        self.visits += len(left)
-        self._schedule_all(left, now)
-
-    def _schedule_all(self, conns: Iterable[TcpConnection], now: float) -> None:
-        """`_schedule` each of `conns`; one that raises faults alone (usnet.proto.tcp.fault)."""
-        bad = None
-        for conn in conns:
-            try:
-                self._schedule(conn)
-            except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
-                bad = [] if bad is None else bad
-                bad.append((conn, exc))
-        if bad is not None:
-            for conn, why in bad:
-                self.fault(conn, why, now)
-
     def _compact(self) -> None:
         """Drop the stale heap entries (each connection keeps one live entry at most)."""
         self._timers = [e for e in self._timers if e[2].timer_at == e[0] and e[2].due is not None]
@@ -693,7 +645,7 @@ class TcpEndpoint:
         if it comes to the top, is taken off (``timer_at`` None: `_schedule` pushes anew).
         """
         due = self.due
-        best = self._held_at  # held connections' deadlines (`_hold`), not yet on the heap
+        best = None
         bad = None
         for conn in due:  # what happened since may have moved a deadline
             try:
@@ -721,9 +673,16 @@ class TcpEndpoint:
 
     def on_timer(self, now: float) -> list[TcpConnection]:
         """Run the timers of the connections whose deadline has come (and only theirs); returns them."""
-        self._schedule_all(self.due, now)
-        if self._held:
-            self._unhold(now)
+        bad = None
+        for conn in self.due:
+            try:
+                self._schedule(conn)
+            except Exception as exc:  # the barrier: after the loop (`fault` changes `due`)
+                bad = [] if bad is None else bad
+                bad.append((conn, exc))
+        if bad is not None:
+            for conn, why in bad:
+                self.fault(conn, why, now)
         h = self._timers
         fired = []
         while h and h[0][0] <= now:
