@@ -349,3 +349,19 @@ def test_another_threads_shutdown_or_close_wakes_a_blocked_call_as_on_the_kernel
     assert found["accept-SHUT_RDWR"] == found["accept-SHUT_RD"] == ["OSError", 22, True]
     assert found["recv-close"] == found["accept-close"] == ["OSError", 9, False]
     assert found["accept-after-SHUT_RD"] == ["OSError", 22] and found["listen-again-SHUT_RDWR"] == "again"
+
+
+def test_an_alarm_a_programs_own_thread_takes_still_ends_the_call_whole(usnetd_path):  # noqa: F811
+    """A program with an idle thread of its own (not blocking signals) in an interrupted-recv loop
+    (issue 16): the kernel gives the alarm to that thread whenever the main thread holds a usnet
+    engine, and CPython runs the handler in the main thread at its next bytecode. Before the
+    handler was deferred to the hold's end (usnet.client.sigdefer), its exception landed inside the
+    step, within a few hundred rounds: "stack engine failed: Alarm(14)", a recv raising OSError.
+    Under `usnet run` as on the kernel: every alarm's exception ends a recv, the connection carries
+    on, each message comes back once and in order."""
+    path, usnet_ip, host_ip = usnetd_path
+    with _echo(host_ip) as echo:
+        ours, theirs = _at_once(path, [(True, ["alarms-own-thread", host_ip, str(echo), "1500"]),
+                                       (False, ["alarms-own-thread", host_ip, str(echo), "1500"])])
+    found = _same(ours, theirs)
+    assert found == {"in-order-once": True, "lost-at-most-one-per-alarm": True, "alarms": True, "last": True}

@@ -189,6 +189,49 @@ if name == "signals":  # signals while blocked: BIND_IP HOST SILENT_PORT DEAD_IP
     ls.close()
     out(found)
 
+elif name == "alarms-own-thread":  # alarms while a thread of the program's own idles: HOST ECHO_PORT ROUNDS
+    # The program's own thread blocks no signal: one sent to the process while the main thread
+    # holds a usnet engine (signals blocked, usnet.client.sigdefer) is the kernel's to give to
+    # that thread, and CPython then runs the handler in the main thread at its next bytecode. The
+    # alarm's exception must still come out of the recv whole, as a kernel call's, never inside
+    # the step: the connection carries on, each message echoed once and in order.
+    import re
+
+    host, echo, rounds = args[0], int(args[1]), int(args[2])
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, args=(120,), daemon=True).start()
+    c = socket.create_connection((host, echo), timeout=10)
+    c.settimeout(None)
+    buf, alarms, ends = b"", 0, time.monotonic() + 60
+    for i in range(rounds):
+        if time.monotonic() > ends:  # bounded in time as in count
+            break
+        c.sendall(b"<%06d>" % i)
+        signal.signal(signal.SIGALRM, _raise_once())
+        signal.setitimer(signal.ITIMER_REAL, 0.0001 * (1 + i % 9), 0.002)  # lands anywhere in the wait
+        try:
+            while b"<%06d>" % i not in buf:
+                chunk = c.recv(65536)
+                assert chunk, "EOF"
+                buf += chunk
+        except Alarm:
+            alarms += 1
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    idle.set()
+    c.sendall(b"<end>")
+    for _ in range(100000):  # bounded: a chunk at a time
+        if b"<end>" in buf:
+            break
+        chunk = c.recv(65536)
+        assert chunk, "EOF before the end"
+        buf += chunk
+    nums = [int(m) for m in re.findall(rb"<(\d{6})>", buf)]
+    # a recv the alarm's exception ended may have taken a message with it, as a kernel recv does
+    # whose return the handler's exception overtook: at most one each
+    out({"in-order-once": nums == sorted(set(nums)), "lost-at-most-one-per-alarm": i + 1 - len(nums) <= alarms,
+         "alarms": alarms > 0, "last": nums[-1] == i})
+
 elif name == "tls-server":  # a plain connection upgraded to TLS by the server: KIND BIND_IP CERT KEY; serves
     import ssl
 
