@@ -13,8 +13,10 @@ kernel send interrupted before it copied anything), and the engine and connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -53,10 +55,15 @@ def _raise(signum, frame) -> None:
     raise Alarm()
 
 
+def _to_this_thread() -> None:
+    signal.raise_signal(signal.SIGUSR1)
+
+
 @contextmanager
-def _signal_at(point: int, lock) -> Iterator[list[int]]:
-    """Raise SIGUSR1 in this thread at the `point`-th line of usnet's code run here with the engine's
-    `lock` held, a step (0: never); yields [lines counted, signals raised (0 or 1)].
+def _signal_at(point: int, lock, send: Callable[[], None] = _to_this_thread) -> Iterator[list[int]]:
+    """Raise SIGUSR1 in this thread (or `send` it otherwise) at the `point`-th line of usnet's code
+    run here with the engine's `lock` held, a step (0: never); yields [lines counted, signals
+    raised (0 or 1)].
 
     (Only in a step, where this thread holds the signals off (`_main.held`): under sys.settrace
     the interpreter looks for due handlers at every line, so anywhere else a handler's exception
@@ -71,7 +78,7 @@ def _signal_at(point: int, lock) -> Iterator[list[int]]:
             seen[0] += 1
             if seen[0] == point:
                 seen[1] += 1
-                signal.raise_signal(signal.SIGUSR1)
+                send()
         return local
 
     def tracer(frame, event, arg):
@@ -110,7 +117,52 @@ def _engine_sound(s: us.socket) -> None:
     assert eng.error is None and not eng._faulted and not eng.lock._is_owned()
 
 
-def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spares_the_connection(client):
+@contextmanager
+def _taken_by_a_thread_of_the_programs() -> Iterator[Callable[[], None]]:
+    """usnet patched (`sigdefer.defer_handlers`), and a thread of the program's own that does not
+    block signals; yields a `send` for `_signal_at` that sends SIGUSR1 to the process while this
+    thread blocks it (a hold), so the kernel gives it to that thread, and returns once the C
+    handler has run there (it writes the wakeup fd): CPython's handler is then due in this
+    thread, inside the step, at its next bytecode."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    stop = threading.Event()
+    idle = threading.Thread(target=stop.wait, args=(120,), daemon=True)  # (our mask now: none blocked)
+    idle.start()
+    old_fd = signal.set_wakeup_fd(w)
+    sigdefer.defer_handlers()
+
+    def send() -> None:
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= {signal.SIGUSR1}  # this thread holds it off
+        os.kill(os.getpid(), signal.SIGUSR1)
+        ready, _, _ = select.select([r], [], [], 10)  # bounded
+        assert ready, "no thread took the signal"
+        assert os.read(r, 16) == bytes([signal.SIGUSR1])
+
+    try:
+        assert signal.getsignal(signal.SIGUSR1) is _raise  # the program sees its own handler
+        yield send
+    finally:
+        sigdefer.undefer_handlers()
+        signal.set_wakeup_fd(old_fd)
+        stop.set()
+        idle.join(10)
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("taker", ["main", "own-thread"])
+def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spares_the_connection(client, taker):
+    """Sent to the main thread (held off by the mask), or to the process while a thread of the
+    program's own does not block it (issue 16: the kernel gives it to that thread, CPython's handler
+    comes due in the main thread inside the step, and usnet.patch's deferral runs it at the last
+    release); either way the exception comes after the step."""
+    with contextlib.ExitStack() as stack:
+        send = stack.enter_context(_taken_by_a_thread_of_the_programs()) if taker == "own-thread" else _to_this_thread
+        _sweep_sends(client, send)
+
+
+def _sweep_sends(client: Client, send: Callable[[], None]) -> None:
     srv, cl, conn = _pair(client, 8201)
     msg = iter(range(1_000_000))
     sent: list[int] = []  # the messages whose send returned
@@ -128,7 +180,7 @@ def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spar
         i = next(msg)
         seen = [0, 0]
         try:
-            with _signal_at(k, lock) as seen:
+            with _signal_at(k, lock, send) as seen:
                 cl.sendall(b"%08d" % i)
             sent.append(i)
         except Alarm:
@@ -320,13 +372,21 @@ def _echo(conn: us.socket) -> None:
         pass
 
 
-def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares_the_connection(client):
+@pytest.mark.parametrize("taker", ["main", "own-thread"])
+def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares_the_connection(client, taker):
     """A blocked recv of the main thread pumps its engine itself on the borrowed doorbell (issue 18:
     no hand-off through the stack thread per arrival), so TCP's input runs in the main thread. The
     pump runs under the engine's lock, which holds the signal off; the sleep lets it through. At
     every line of the wait, the peer's message arriving meanwhile: the exception reaches the
     program, the engine is never failed, and every message arrives once and in order (only one
-    that a raising recv had taken may be lost, as on the kernel)."""
+    that a raising recv had taken may be lost, as on the kernel). The signal sent to the main
+    thread, or taken by a thread of the program's own (as in the send's sweep)."""
+    with contextlib.ExitStack() as stack:
+        send = stack.enter_context(_taken_by_a_thread_of_the_programs()) if taker == "own-thread" else _to_this_thread
+        _sweep_pumping_recvs(client, send)
+
+
+def _sweep_pumping_recvs(client: Client, send: Callable[[], None]) -> None:
     from usnet.client.engine import runner
 
     srv, cl, conn = _pair(client, 8500)
@@ -368,7 +428,7 @@ def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares
         t, done = send_when_pumping(i)
         seen = [0, 0]
         try:
-            with _signal_at(k, eng.lock) as seen:
+            with _signal_at(k, eng.lock, send) as seen:
                 data = cl.recv(8)
             got.append(int(data))
         except Alarm:
