@@ -117,8 +117,22 @@ def _engine_sound(s: us.socket) -> None:
     assert eng.error is None and not eng._faulted and not eng.lock._is_owned()
 
 
+class _OwnThread:
+    """`_taken_by_a_thread_of_the_programs`'s send (SIGUSR1 unless told), and the wakeup fd's read end."""
+
+    def __init__(self, wakeup: int) -> None:
+        self.wakeup = wakeup
+
+    def __call__(self, signum: int = signal.SIGUSR1) -> None:
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= {signum}  # this thread holds it off
+        os.kill(os.getpid(), signum)
+        ready, _, _ = select.select([self.wakeup], [], [], 10)  # bounded
+        assert ready, "no thread took the signal"
+        assert os.read(self.wakeup, 16) == bytes([signum])  # (the C handler ran, in the other thread)
+
+
 @contextmanager
-def _taken_by_a_thread_of_the_programs() -> Iterator[Callable[[], None]]:
+def _taken_by_a_thread_of_the_programs() -> Iterator[_OwnThread]:
     """usnet patched (`sigdefer.defer_handlers`), and a thread of the program's own that does not
     block signals; yields a `send` for `_signal_at` that sends SIGUSR1 to the process while this
     thread blocks it (a hold), so the kernel gives it to that thread, and returns once the C
@@ -130,17 +144,12 @@ def _taken_by_a_thread_of_the_programs() -> Iterator[Callable[[], None]]:
     idle = threading.Thread(target=stop.wait, args=(120,), daemon=True)  # (our mask now: none blocked)
     idle.start()
     old_fd = signal.set_wakeup_fd(w)
+    handler = signal.getsignal(signal.SIGUSR1)
     sigdefer.defer_handlers()
 
-    def send() -> None:
-        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= {signal.SIGUSR1}  # this thread holds it off
-        os.kill(os.getpid(), signal.SIGUSR1)
-        ready, _, _ = select.select([r], [], [], 10)  # bounded
-        assert ready, "no thread took the signal"
-        assert os.read(r, 16) == bytes([signal.SIGUSR1])
-
+    send = _OwnThread(r)
     try:
-        assert signal.getsignal(signal.SIGUSR1) is _raise  # the program sees its own handler
+        assert signal.getsignal(signal.SIGUSR1) is handler  # the program sees its own handler
         yield send
     finally:
         sigdefer.undefer_handlers()
@@ -487,3 +496,105 @@ def test_every_thread_usnet_brings_blocks_the_asynchronous_signals():
     assert others or os.cpu_count() == 1, "numpy starts a BLAS thread per further core; none seen"
     assert all(m & b for m in others for b in bits), rows
     assert all(not int(m) & b for is_main, m in rows if is_main == "True" for b in bits), rows
+
+
+# -- the deferral itself (usnet.patch's `defer_handlers`), with no engine: a hold is a `step` ---------
+
+
+@pytest.fixture
+def own_thread():
+    """SIGUSR1's handler `_raise`, then `_taken_by_a_thread_of_the_programs`'s send (and the pipe's
+    read end, to see what the C handler wrote)."""
+    old = signal.signal(signal.SIGUSR1, _raise)
+    try:
+        with _taken_by_a_thread_of_the_programs() as send:
+            yield send
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def _bytecodes() -> int:
+    """Calls and loops: the points where CPython runs the handlers due."""
+    return sum(len(str(i)) for i in range(200))
+
+
+def test_a_handler_another_thread_made_due_inside_a_hold_runs_at_its_end(own_thread):
+    """The handler's exception comes out of the hold's end, not out of the code inside it: on the
+    kernel the signal would have waited for the main thread's mask (a system call completed)."""
+    body_done = False
+    with pytest.raises(Alarm):
+        with sigdefer.step:
+            own_thread()
+            _bytecodes()  # (due here; CPython would run it at the first of these)
+            body_done = True
+    assert body_done and sigdefer._main.held == 0 and not sigdefer._main.deferred
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGUSR1}
+
+
+def test_a_deferred_handler_is_the_one_in_force_at_the_end_and_runs_once(own_thread):
+    """Pending twice is pending once (the kernel's standard signals); changed to SIG_IGN meanwhile,
+    the pending signal is dropped, as the kernel drops it; a handler that returns runs once."""
+    ran: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda s, f: ran.append(s))
+    with sigdefer.step:
+        own_thread()
+        _bytecodes()
+        own_thread()
+        _bytecodes()
+        assert ran == []
+    assert ran == [signal.SIGUSR1]
+    with sigdefer.step:
+        own_thread()
+        _bytecodes()
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    assert ran == [signal.SIGUSR1]
+
+
+def test_the_wakeup_fd_hears_a_deferred_signal_once(own_thread):
+    """asyncio's add_signal_handler: the C handler writes the signal to the wakeup fd as the other
+    thread takes it, and the loop runs the callback from there; the Python handler (a no-op) runs
+    at the hold's end. Running it must not send the signal again: the callback would run twice."""
+    ran: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda s, f: ran.append(s))
+    with sigdefer.step:
+        own_thread()  # (reads the byte the taking thread wrote)
+        _bytecodes()
+    assert ran == [signal.SIGUSR1]
+    assert select.select([own_thread.wakeup], [], [], 0)[0] == []  # nothing more written
+
+
+def test_ctrl_c_with_pythons_own_handler_is_deferred_too(own_thread):
+    """Python's SIGINT handler, installed before the patch, is deferred as well (wrapped at patch
+    time): KeyboardInterrupt comes at the hold's end; `signal.getsignal` still says
+    `default_int_handler`, and `signal.signal` returns it."""
+    sigdefer.undefer_handlers()
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sigdefer.defer_handlers()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        body_done = False
+        with pytest.raises(KeyboardInterrupt):
+            with sigdefer.step:
+                own_thread(signal.SIGINT)
+                _bytecodes()
+                body_done = True
+        assert body_done
+        assert signal.signal(signal.SIGINT, signal.SIG_IGN) is signal.default_int_handler
+        assert signal.signal(signal.SIGINT, signal.default_int_handler) is signal.SIG_IGN
+    finally:
+        sigdefer.undefer_handlers()
+        signal.signal(signal.SIGINT, old)
+        sigdefer.defer_handlers()  # (as the fixture left it)
+
+
+def test_unpatched_the_handlers_are_the_programs_again(own_thread):
+    """`undefer_handlers` (usnet.unpatch) leaves CPython holding the program's own handlers and the
+    signal module's own functions."""
+    sigdefer.undefer_handlers()
+    import _signal
+
+    assert _signal.getsignal(signal.SIGUSR1) is _raise
+    assert signal.signal is not sigdefer._signal and signal.getsignal is not sigdefer._getsignal
+    sigdefer.defer_handlers()
+    assert isinstance(_signal.getsignal(signal.SIGUSR1), sigdefer._Deferring)
+    assert signal.getsignal(signal.SIGUSR1) is _raise
