@@ -522,11 +522,10 @@ def test_a_handler_another_thread_made_due_inside_a_hold_runs_at_its_end(own_thr
     """The handler's exception comes out of the hold's end, not out of the code inside it: on the
     kernel the signal would have waited for the main thread's mask (a system call completed)."""
     body_done = False
-    with pytest.raises(Alarm):
-        with sigdefer.step:
-            own_thread()
-            _bytecodes()  # (due here; CPython would run it at the first of these)
-            body_done = True
+    with pytest.raises(Alarm), sigdefer.step:
+        own_thread()
+        _bytecodes()  # (due here; CPython would run it at the first of these)
+        body_done = True
     assert body_done and sigdefer._main.held == 0 and not sigdefer._main.deferred
     assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGUSR1}
 
@@ -573,11 +572,10 @@ def test_ctrl_c_with_pythons_own_handler_is_deferred_too(own_thread):
         sigdefer.defer_handlers()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         body_done = False
-        with pytest.raises(KeyboardInterrupt):
-            with sigdefer.step:
-                own_thread(signal.SIGINT)
-                _bytecodes()
-                body_done = True
+        with pytest.raises(KeyboardInterrupt), sigdefer.step:
+            own_thread(signal.SIGINT)
+            _bytecodes()
+            body_done = True
         assert body_done
         assert signal.signal(signal.SIGINT, signal.SIG_IGN) is signal.default_int_handler
         assert signal.signal(signal.SIGINT, signal.default_int_handler) is signal.SIG_IGN
