@@ -310,7 +310,12 @@ class _Deferring:
 
     def __call__(self, signum: int, frame: FrameType | None) -> Any:
         m = _main
-        if m.held:
+        if m.held or (frame is not None and frame.f_code is _RESTORE):
+            # (`_acquire_restore` just entered: CPython runs due handlers on entry to a function,
+            # and an exception there would leave the lock a wait let go of untaken, the caller's
+            # `with` then releasing a lock it does not hold. A signal another thread took during
+            # the wait trips no EINTR, so its handler first comes due there. It runs at the
+            # holds' end instead: the next wait's start, or the call's end.)
             if signum not in m.deferred:  # (pending twice is pending once, as in the kernel)
                 m.deferred.append(signum)
             return None
@@ -320,6 +325,7 @@ class _Deferring:
         return f"<deferred to the end of a usnet step: {self.handler!r}>"
 
 
+_RESTORE = EngineLock._acquire_restore.__code__
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # usnet/
 
 
