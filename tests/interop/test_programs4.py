@@ -363,8 +363,12 @@ def test_an_alarm_a_programs_own_thread_takes_still_ends_the_call_whole(usnetd_p
     with _echo(host_ip) as echo:
         ours, theirs = _at_once(path, [(True, ["alarms-own-thread", host_ip, str(echo), "1500"]),
                                        (False, ["alarms-own-thread", host_ip, str(echo), "1500"])])
-    found = _same(ours, theirs)
-    assert found == {"in-order-once": True, "lost-at-most-one-per-alarm": True, "alarms": True, "last": True}
+    o, t = json.loads(ours), json.loads(theirs)
+    # (whether an alarm came before an echo was back at all is the path's speed: the kernel's
+    # round trips may all beat the first; under usnet some must not, or nothing was tested)
+    assert o.pop("alarms")
+    t.pop("alarms")
+    assert o == t == {"in-order-once": True, "lost-at-most-one-per-alarm": True, "last": True}
 
 
 def test_the_program_sees_its_own_signal_handlers_as_on_the_kernel(usnetd_path):  # noqa: F811
