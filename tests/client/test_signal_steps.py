@@ -13,8 +13,10 @@ kernel send interrupted before it copied anything), and the engine and connectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -53,10 +55,15 @@ def _raise(signum, frame) -> None:
     raise Alarm()
 
 
+def _to_this_thread() -> None:
+    signal.raise_signal(signal.SIGUSR1)
+
+
 @contextmanager
-def _signal_at(point: int, lock) -> Iterator[list[int]]:
-    """Raise SIGUSR1 in this thread at the `point`-th line of usnet's code run here with the engine's
-    `lock` held, a step (0: never); yields [lines counted, signals raised (0 or 1)].
+def _signal_at(point: int, lock, send: Callable[[], None] = _to_this_thread) -> Iterator[list[int]]:
+    """Raise SIGUSR1 in this thread (or `send` it otherwise) at the `point`-th line of usnet's code
+    run here with the engine's `lock` held, a step (0: never); yields [lines counted, signals
+    raised (0 or 1)].
 
     (Only in a step, where this thread holds the signals off (`_main.held`): under sys.settrace
     the interpreter looks for due handlers at every line, so anywhere else a handler's exception
@@ -71,7 +78,7 @@ def _signal_at(point: int, lock) -> Iterator[list[int]]:
             seen[0] += 1
             if seen[0] == point:
                 seen[1] += 1
-                signal.raise_signal(signal.SIGUSR1)
+                send()
         return local
 
     def tracer(frame, event, arg):
@@ -110,7 +117,61 @@ def _engine_sound(s: us.socket) -> None:
     assert eng.error is None and not eng._faulted and not eng.lock._is_owned()
 
 
-def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spares_the_connection(client):
+class _OwnThread:
+    """`_taken_by_a_thread_of_the_programs`'s send (SIGUSR1 unless told), and the wakeup fd's read end."""
+
+    def __init__(self, wakeup: int) -> None:
+        self.wakeup = wakeup
+
+    def __call__(self, signum: int = signal.SIGUSR1) -> None:
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, []) >= {signum}  # this thread holds it off
+        os.kill(os.getpid(), signum)
+        ready, _, _ = select.select([self.wakeup], [], [], 10)  # bounded
+        assert ready, "no thread took the signal"
+        assert os.read(self.wakeup, 16) == bytes([signum])  # (the C handler ran, in the other thread)
+
+
+@contextmanager
+def _taken_by_a_thread_of_the_programs() -> Iterator[_OwnThread]:
+    """usnet patched (`sigdefer.defer_handlers`), and a thread of the program's own that does not
+    block signals; yields a `send` for `_signal_at` that sends SIGUSR1 to the process while this
+    thread blocks it (a hold), so the kernel gives it to that thread, and returns once the C
+    handler has run there (it writes the wakeup fd): CPython's handler is then due in this
+    thread, inside the step, at its next bytecode."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    stop = threading.Event()
+    idle = threading.Thread(target=stop.wait, args=(120,), daemon=True)  # (our mask now: none blocked)
+    idle.start()
+    old_fd = signal.set_wakeup_fd(w)
+    handler = signal.getsignal(signal.SIGUSR1)
+    sigdefer.defer_handlers()
+
+    send = _OwnThread(r)
+    try:
+        assert signal.getsignal(signal.SIGUSR1) is handler  # the program sees its own handler
+        yield send
+    finally:
+        sigdefer.undefer_handlers()
+        signal.set_wakeup_fd(old_fd)
+        stop.set()
+        idle.join(10)
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("taker", ["main", "own-thread"])
+def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spares_the_connection(client, taker):
+    """Sent to the main thread (held off by the mask), or to the process while a thread of the
+    program's own does not block it (issue 16: the kernel gives it to that thread, CPython's handler
+    comes due in the main thread inside the step, and usnet.patch's deferral runs it at the last
+    release); either way the exception comes after the step."""
+    with contextlib.ExitStack() as stack:
+        send = stack.enter_context(_taken_by_a_thread_of_the_programs()) if taker == "own-thread" else _to_this_thread
+        _sweep_sends(client, send)
+
+
+def _sweep_sends(client: Client, send: Callable[[], None]) -> None:
     srv, cl, conn = _pair(client, 8201)
     msg = iter(range(1_000_000))
     sent: list[int] = []  # the messages whose send returned
@@ -128,7 +189,7 @@ def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spar
         i = next(msg)
         seen = [0, 0]
         try:
-            with _signal_at(k, lock) as seen:
+            with _signal_at(k, lock, send) as seen:
                 cl.sendall(b"%08d" % i)
             sent.append(i)
         except Alarm:
@@ -320,13 +381,21 @@ def _echo(conn: us.socket) -> None:
         pass
 
 
-def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares_the_connection(client):
+@pytest.mark.parametrize("taker", ["main", "own-thread"])
+def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares_the_connection(client, taker):
     """A blocked recv of the main thread pumps its engine itself on the borrowed doorbell (issue 18:
     no hand-off through the stack thread per arrival), so TCP's input runs in the main thread. The
     pump runs under the engine's lock, which holds the signal off; the sleep lets it through. At
     every line of the wait, the peer's message arriving meanwhile: the exception reaches the
     program, the engine is never failed, and every message arrives once and in order (only one
-    that a raising recv had taken may be lost, as on the kernel)."""
+    that a raising recv had taken may be lost, as on the kernel). The signal sent to the main
+    thread, or taken by a thread of the program's own (as in the send's sweep)."""
+    with contextlib.ExitStack() as stack:
+        send = stack.enter_context(_taken_by_a_thread_of_the_programs()) if taker == "own-thread" else _to_this_thread
+        _sweep_pumping_recvs(client, send)
+
+
+def _sweep_pumping_recvs(client: Client, send: Callable[[], None]) -> None:
     from usnet.client.engine import runner
 
     srv, cl, conn = _pair(client, 8500)
@@ -368,7 +437,7 @@ def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares
         t, done = send_when_pumping(i)
         seen = [0, 0]
         try:
-            with _signal_at(k, eng.lock) as seen:
+            with _signal_at(k, eng.lock, send) as seen:
                 data = cl.recv(8)
             got.append(int(data))
         except Alarm:
@@ -427,3 +496,103 @@ def test_every_thread_usnet_brings_blocks_the_asynchronous_signals():
     assert others or os.cpu_count() == 1, "numpy starts a BLAS thread per further core; none seen"
     assert all(m & b for m in others for b in bits), rows
     assert all(not int(m) & b for is_main, m in rows if is_main == "True" for b in bits), rows
+
+
+# -- the deferral itself (usnet.patch's `defer_handlers`), with no engine: a hold is a `step` ---------
+
+
+@pytest.fixture
+def own_thread():
+    """SIGUSR1's handler `_raise`, then `_taken_by_a_thread_of_the_programs`'s send (and the pipe's
+    read end, to see what the C handler wrote)."""
+    old = signal.signal(signal.SIGUSR1, _raise)
+    try:
+        with _taken_by_a_thread_of_the_programs() as send:
+            yield send
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def _bytecodes() -> int:
+    """Calls and loops: the points where CPython runs the handlers due."""
+    return sum(len(str(i)) for i in range(200))
+
+
+def test_a_handler_another_thread_made_due_inside_a_hold_runs_at_its_end(own_thread):
+    """The handler's exception comes out of the hold's end, not out of the code inside it: on the
+    kernel the signal would have waited for the main thread's mask (a system call completed)."""
+    body_done = False
+    with pytest.raises(Alarm), sigdefer.step:
+        own_thread()
+        _bytecodes()  # (due here; CPython would run it at the first of these)
+        body_done = True
+    assert body_done and sigdefer._main.held == 0 and not sigdefer._main.deferred
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGUSR1}
+
+
+def test_a_deferred_handler_is_the_one_in_force_at_the_end_and_runs_once(own_thread):
+    """Pending twice is pending once (the kernel's standard signals); changed to SIG_IGN meanwhile,
+    the pending signal is dropped, as the kernel drops it; a handler that returns runs once."""
+    ran: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda s, f: ran.append(s))
+    with sigdefer.step:
+        own_thread()
+        _bytecodes()
+        own_thread()
+        _bytecodes()
+        assert ran == []
+    assert ran == [signal.SIGUSR1]
+    with sigdefer.step:
+        own_thread()
+        _bytecodes()
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    assert ran == [signal.SIGUSR1]
+
+
+def test_the_wakeup_fd_hears_a_deferred_signal_once(own_thread):
+    """asyncio's add_signal_handler: the C handler writes the signal to the wakeup fd as the other
+    thread takes it, and the loop runs the callback from there; the Python handler (a no-op) runs
+    at the hold's end. Running it must not send the signal again: the callback would run twice."""
+    ran: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda s, f: ran.append(s))
+    with sigdefer.step:
+        own_thread()  # (reads the byte the taking thread wrote)
+        _bytecodes()
+    assert ran == [signal.SIGUSR1]
+    assert select.select([own_thread.wakeup], [], [], 0)[0] == []  # nothing more written
+
+
+def test_ctrl_c_with_pythons_own_handler_is_deferred_too(own_thread):
+    """Python's SIGINT handler, installed before the patch, is deferred as well (wrapped at patch
+    time): KeyboardInterrupt comes at the hold's end; `signal.getsignal` still says
+    `default_int_handler`, and `signal.signal` returns it."""
+    sigdefer.undefer_handlers()
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        sigdefer.defer_handlers()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        body_done = False
+        with pytest.raises(KeyboardInterrupt), sigdefer.step:
+            own_thread(signal.SIGINT)
+            _bytecodes()
+            body_done = True
+        assert body_done
+        assert signal.signal(signal.SIGINT, signal.SIG_IGN) is signal.default_int_handler
+        assert signal.signal(signal.SIGINT, signal.default_int_handler) is signal.SIG_IGN
+    finally:
+        sigdefer.undefer_handlers()
+        signal.signal(signal.SIGINT, old)
+        sigdefer.defer_handlers()  # (as the fixture left it)
+
+
+def test_unpatched_the_handlers_are_the_programs_again(own_thread):
+    """`undefer_handlers` (usnet.unpatch) leaves CPython holding the program's own handlers and the
+    signal module's own functions."""
+    sigdefer.undefer_handlers()
+    import _signal
+
+    assert _signal.getsignal(signal.SIGUSR1) is _raise
+    assert signal.signal is not sigdefer._signal and signal.getsignal is not sigdefer._getsignal
+    sigdefer.defer_handlers()
+    assert isinstance(_signal.getsignal(signal.SIGUSR1), sigdefer._Deferring)
+    assert signal.getsignal(signal.SIGUSR1) is _raise

@@ -189,6 +189,118 @@ if name == "signals":  # signals while blocked: BIND_IP HOST SILENT_PORT DEAD_IP
     ls.close()
     out(found)
 
+elif name == "alarms-own-thread":  # alarms while a thread of the program's own idles: HOST ECHO_PORT ROUNDS
+    # The program's own thread blocks no signal: one sent to the process while the main thread
+    # holds a usnet engine (signals blocked, usnet.client.sigdefer) is the kernel's to give to
+    # that thread, and CPython then runs the handler in the main thread at its next bytecode. The
+    # alarm's exception must still come out of the recv whole, as a kernel call's, never inside
+    # the step: the connection carries on, each message echoed once and in order.
+    import re
+
+    host, echo, rounds = args[0], int(args[1]), int(args[2])
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, args=(120,), daemon=True).start()
+    c = socket.create_connection((host, echo), timeout=10)
+    c.settimeout(None)
+    raising = [False]  # the handler raises once a round, and only in its wait (later alarms return)
+
+    def alarm(signum, frame):
+        if raising[0]:
+            raising[0] = False
+            raise Alarm(signum)
+
+    signal.signal(signal.SIGALRM, alarm)
+    buf, alarms, ends = b"", 0, time.monotonic() + 60
+    for i in range(rounds):
+        if time.monotonic() > ends:  # bounded in time as in count
+            break
+        c.sendall(b"<%06d>" % i)
+        try:
+            raising[0] = True
+            signal.setitimer(signal.ITIMER_REAL, 0.0001 * (1 + i % 9), 0.002)  # lands anywhere in the wait
+            while b"<%06d>" % i not in buf:
+                chunk = c.recv(65536)
+                assert chunk, "EOF"
+                buf += chunk
+            raising[0] = False
+        except Alarm:
+            alarms += 1
+        finally:
+            raising[0] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    idle.set()
+    c.sendall(b"<end>")
+    for _ in range(100000):  # bounded: a chunk at a time
+        if b"<end>" in buf:
+            break
+        chunk = c.recv(65536)
+        assert chunk, "EOF before the end"
+        buf += chunk
+    nums = [int(m) for m in re.findall(rb"<(\d{6})>", buf)]
+    # a recv the alarm's exception ended may have taken a message with it, as a kernel recv does
+    # whose return the handler's exception overtook: at most one each
+    out({"in-order-once": nums == sorted(set(nums)), "lost-at-most-one-per-alarm": i + 1 - len(nums) <= alarms,
+         "alarms": alarms > 0, "last": nums[-1] == i})
+
+elif name == "handlers":  # what the program sees of its signal handlers: HOST ECHO_PORT
+    # usnet.patch defers the program's handlers to the end of a usnet step (usnet.client.sigdefer):
+    # signal.signal and signal.getsignal must still show the program's own, Python's SIGINT
+    # handler its KeyboardInterrupt, asyncio its handlers, as on the kernel.
+    host, echo = args[0], int(args[1])
+    found = {"sigint-default": signal.getsignal(signal.SIGINT) is signal.default_int_handler}
+
+    def h(signum, frame):
+        pass
+
+    found["signal-returns"] = [repr(signal.signal(signal.SIGALRM, h)), signal.getsignal(signal.SIGALRM) is h,
+                               signal.signal(signal.SIGALRM, signal.SIG_IGN) is h,
+                               repr(signal.signal(signal.SIGALRM, signal.SIG_DFL))]
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, args=(120,), daemon=True).start()  # a thread of our own
+    c = socket.create_connection((host, echo), timeout=10)
+    kill = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    kill.start()
+    try:
+        for i in range(100000):  # round trips until Ctrl-C (bounded)
+            c.sendall(b"<%06d>" % i)
+            got = b""
+            while b"<%06d>" % i not in got:
+                got += c.recv(65536)
+        found["ctrl-c"] = "never came"
+    except KeyboardInterrupt:
+        found["ctrl-c"] = "KeyboardInterrupt"
+    kill.join()
+    c.sendall(b"<after>")  # and the connection carries on (what the interrupted recv took is gone)
+    got = b""
+    while b"<after>" not in got:
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    found["after-ctrl-c"] = got.endswith(b"<after>")
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        heard = loop.create_future()
+        loop.add_signal_handler(signal.SIGUSR1, heard.set_result, "heard")
+        seen = [getattr(signal.getsignal(signal.SIGUSR1), "__name__", "?"),
+                type(signal.getsignal(signal.SIGINT)).__name__]  # asyncio.run's own SIGINT handler
+        r, w = await asyncio.open_connection(host, echo)
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+        for _ in range(20):  # round trips on usnet while the signal comes
+            w.write(b"x")
+            await r.readexactly(1)
+        seen.append(await asyncio.wait_for(heard, 10))
+        seen.append(loop.remove_signal_handler(signal.SIGUSR1))
+        seen.append(repr(signal.getsignal(signal.SIGUSR1)))
+        w.close()
+        return seen
+
+    found["asyncio"] = asyncio.run(main())
+    found["sigint-after-asyncio"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    idle.set()
+    out(found)
+
 elif name == "tls-server":  # a plain connection upgraded to TLS by the server: KIND BIND_IP CERT KEY; serves
     import ssl
 

@@ -39,7 +39,7 @@ from usnet.client.channel import WAIT_SLICE, Channel, ChannelError, NoBuffers, P
 from usnet.client.fdwatch import FdWatch
 from usnet.client.portblocks import BLOCK, PortBlocks
 from usnet.client.session import DomainGone, WorkerGone
-from usnet.client.sigdefer import EngineLock, block_in_this_thread
+from usnet.client.sigdefer import EngineLock, block_in_this_thread, step
 from usnet.client.tcpstats import Publisher
 from usnet.proto.errqueue import tcp_connect_report
 from usnet.proto.icmp_errors import icmp4_tcp_ignores
@@ -933,7 +933,7 @@ class Runner:
         os.close(self._wake)
 
     def add(self, engine: Served) -> None:
-        with self._lock:
+        with step, self._lock:  # (the watch list whole whatever a handler raises: usnet.client.sigdefer)
             self._watch_client(engine.client)
             self.engines.add(engine)
             if engine in self.lent:
@@ -1025,7 +1025,7 @@ class Runner:
             self._watch_alive(engine)
 
     def remove(self, engine: Served) -> None:
-        with self._lock:
+        with step, self._lock:
             self._unwatch_alive(engine)
             self.lent.discard(engine)
             self._borrowed.discard(engine)
@@ -1065,7 +1065,7 @@ class Runner:
         """Undo `borrow`: the runner sleeps on the doorbell again (a ring that came meanwhile and
         was not drained reads as ready at once: epoll is level-triggered), and is woken if the
         engine failed or its deadline is now sooner than the one it sleeps towards."""
-        with self._lock:
+        with step, self._lock:
             if engine.pumper != threading.get_ident():
                 return  # not this thread's (any more): never undo another borrower's
             engine.pumper = None

@@ -60,6 +60,7 @@ from typing import Any
 
 from usnet.client import aio as _aio
 from usnet.client import descriptors as _descriptors
+from usnet.client import sigdefer as _sigdefer
 from usnet.client import socket as _us
 from usnet.client import tls as _tls
 from usnet.client import trioface as _trio
@@ -199,6 +200,7 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
         early = {id(_saved["socket"]): (_saved["socket"], Socket)}
         early.update((id(_saved[n]), (_saved[n], getattr(_socket, n))) for n in _NAMES if n in _saved)
         _saved["rebound"] = _rebind_early(early)
+        _sigdefer.defer_handlers()  # a handler runs after a step, whichever thread took its signal
         _trio.install(_KERNEL)  # trio wraps a usnet socket as its own (now, or when the program imports trio)
 
 
@@ -220,6 +222,7 @@ def unpatch() -> None:
             if getattr(mod, name, None) is ours:  # unless the module rebound it since
                 setattr(mod, name, original)
         _trio.uninstall()
+        _sigdefer.undefer_handlers()
 
 
 def is_patched() -> bool:

@@ -22,8 +22,15 @@ unblocked, so a wait stays interruptible as `threading.Condition`'s is.
 A signal directed at the process goes to a thread that does not block it. usnet's own threads
 block them for good (`block_in_this_thread`), and so do the threads numpy's BLAS starts as usnet
 imports it (usnet.runtime.nativethreads), so while the main thread holds an engine the signal
-waits for it; a thread of the program's own that does not block them can still take it, and its
-handler then runs in the main thread at the next bytecode, inside the step (the one window left).
+waits for it. A thread of the program's own (or of a C library's) that does not block them can
+still take it, and CPython then runs the handler in the main thread at its next bytecode, inside
+the step. So the patch (`defer_handlers`, from usnet.patch() and `usnet run`) has CPython hold,
+for each Python handler, a `_Deferring` one in its place: run inside a hold, it only notes the
+signal, and the last release runs the program's handler, after the step, as if the signal had
+waited in the kernel (`_run_deferred`). `signal.signal` and `signal.getsignal` are replaced so
+that the program sees its own handlers. (Python's handlers run in the main thread whichever
+thread took the signal, so deferring them changes nothing else: the C handler still runs at
+once in the taking thread, and writes the wakeup fd, asyncio's add_signal_handler, at once.)
 
 Only the main thread pays, and it pays on its hot path (an asyncio server takes a few holds per
 request): an outermost hold costs two `pthread_sigmask` calls through ctypes, the GIL kept
@@ -38,14 +45,17 @@ the hot path, and making it cheap".)
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
+import sys
 import threading
+from types import FrameType
 from typing import Any
 
 from usnet.runtime.nativethreads import ASYNC_SIGNALS
 
-__all__ = ["EngineLock", "block_in_this_thread", "step"]
+__all__ = ["EngineLock", "block_in_this_thread", "defer_handlers", "step", "undefer_handlers"]
 
 _SIGSET = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))  # glibc's sigset_t: 1024 bits
 # PyDLL: the GIL is kept across the call (a release and retake would let another thread in)
@@ -64,17 +74,19 @@ _get_ident = threading.get_ident
 
 class _MainState:
     """The main thread's state: which thread it is, how many holds it has (engine locks and
-    `step`s, outermost first), and the signal mask it had before the first.
+    `step`s, outermost first), the signal mask it had before the first, and the signals whose
+    handler came due meanwhile (another thread took them) for the last release to run.
 
     (An instance with slots, not class attributes: storing a class attribute invalidates the
     interpreter's attribute caches for the class, a cost on every hold.)"""
 
-    __slots__ = ("ident", "held", "saved")
+    __slots__ = ("ident", "held", "saved", "deferred")
 
     def __init__(self) -> None:
         self.ident = threading.main_thread().ident
         self.held = 0
         self.saved = _SIGSET()
+        self.deferred: list[int] = []  # (a list: the last release's look is a truth test)
 
 
 _main = _MainState()
@@ -88,6 +100,7 @@ def _after_fork() -> None:
         _sigmask(_SETMASK, _main.saved, None)
     _main.ident = _get_ident()
     _main.held = 0
+    _main.deferred = []  # (a child has no pending signals: the kernel clears them at fork)
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -135,6 +148,8 @@ def _unhold(n: int = 1) -> None:
     if m.held <= 0:
         m.held = 0
         _sigmask(_SETMASK, m.saved, None)
+        if m.deferred:
+            _run_deferred()
 
 
 class EngineLock:
@@ -193,6 +208,8 @@ class EngineLock:
                 if m.held <= 0:
                     m.held = 0
                     _sigmask(_SETMASK, m.saved, None)
+                    if m.deferred:  # (the only cost on the hot path: an attribute read)
+                        _run_deferred()
             return
         self.plain.release()
 
@@ -265,6 +282,8 @@ class _Step:
             if m.held <= 0:
                 m.held = 0
                 _sigmask(_SETMASK, m.saved, None)
+                if m.deferred:
+                    _run_deferred()
 
 
 step = _Step()
@@ -274,3 +293,110 @@ def block_in_this_thread() -> None:
     """For usnet's own threads, at their start: block the asynchronous signals for good, so that
     one sent to the process waits for the main thread rather than trip its handler meanwhile."""
     _sigmask(_BLOCK, _ASYNC, None)
+
+
+# -- the program's handlers, deferred to the last release (usnet.patch) ------------------------------
+
+
+class _Deferring:
+    """What CPython holds in place of a program's Python handler once patched: run while the main
+    thread holds (a signal another thread took), it notes the signal for the last release to run
+    the handler (`_run_deferred`); anywhere else it is the handler."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        m = _main
+        if m.held or (frame is not None and frame.f_code is _RESTORE):
+            # (`_acquire_restore` just entered: CPython runs due handlers on entry to a function,
+            # and an exception there would leave the lock a wait let go of untaken, the caller's
+            # `with` then releasing a lock it does not hold. A signal another thread took during
+            # the wait trips no EINTR, so its handler first comes due there. It runs at the
+            # holds' end instead: the next wait's start, or the call's end.)
+            if signum not in m.deferred:  # (pending twice is pending once, as in the kernel)
+                m.deferred.append(signum)
+            return None
+        return self.handler(signum, frame)
+
+    def __repr__(self) -> str:
+        return f"<deferred to the end of a usnet step: {self.handler!r}>"
+
+
+_RESTORE = EngineLock._acquire_restore.__code__
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # usnet/
+
+
+def _run_deferred() -> None:
+    """The last release, the signals unblocked: run the handlers of the signals another thread took
+    meanwhile, as CPython runs due handlers (in signal order; whatever one raises comes out of the
+    release, the step done, and the rest wait for the next). The disposition is the one now in
+    force, as for a signal pending in the kernel: ignored, it is dropped; default, it is raised
+    (SIGINT's kills, as it would have)."""
+    m = _main
+    m.deferred.sort()
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_HERE):
+        frame = frame.f_back  # the program's frame, as if its call had been interrupted there
+    while m.deferred:
+        signum = m.deferred.pop(0)
+        h = _kernel["getsignal"](signum)
+        if isinstance(h, _Deferring):
+            h.handler(signum, frame)
+        elif callable(h):  # (set through _signal.signal, under the patch)
+            h(signum, frame)
+        elif h == signal.SIG_DFL:
+            signal.raise_signal(signum)
+
+
+_kernel: dict[str, Any] = {"getsignal": signal.getsignal}  # the signal module's own, while patched
+
+
+def _signal(signalnum: Any, handler: Any) -> Any:
+    """signal.signal, the handler deferred (`_Deferring`); returns the program's previous one."""
+    if callable(handler) and isinstance(signalnum, int) and signalnum in ASYNC_SIGNALS:
+        handler = _Deferring(handler)
+    old = _kernel["signal"](signalnum, handler)
+    return old.handler if isinstance(old, _Deferring) else old
+
+
+def _getsignal(signalnum: Any) -> Any:
+    """signal.getsignal: the program's own handler, not its `_Deferring`."""
+    h = _kernel["getsignal"](signalnum)
+    return h.handler if isinstance(h, _Deferring) else h
+
+
+def _rewrap(wrap: bool) -> None:
+    """Put every Python handler installed in (or out of) its `_Deferring` (from the main thread
+    only, where signal.signal works; the handlers of a patch from another thread are deferred as
+    the program sets them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in ASYNC_SIGNALS:
+        h = _kernel["getsignal"](s)
+        if wrap and callable(h) and not isinstance(h, _Deferring):
+            _kernel["signal"](s, _Deferring(h))
+        elif not wrap and isinstance(h, _Deferring):
+            _kernel["signal"](s, h.handler)
+
+
+def defer_handlers() -> None:
+    """usnet.patch(): defer the program's Python handlers (those installed, Python's SIGINT handler
+    among them, and those it installs) to the end of a hold; the signal module's functions show
+    the program's own."""
+    if "signal" in _kernel:
+        return
+    _kernel["signal"], _kernel["getsignal"] = signal.signal, signal.getsignal
+    _rewrap(True)
+    signal.signal = functools.wraps(_kernel["signal"])(_signal)
+    signal.getsignal = functools.wraps(_kernel["getsignal"])(_getsignal)
+
+
+def undefer_handlers() -> None:
+    """usnet.unpatch(): the handlers as the program set them, the signal module's functions back."""
+    if "signal" not in _kernel:
+        return
+    _rewrap(False)
+    signal.signal, signal.getsignal = _kernel.pop("signal"), _kernel["getsignal"]

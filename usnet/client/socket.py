@@ -2034,10 +2034,15 @@ class socket:
                     else:
                         eng.changed.wait(left)
         finally:
-            if borrowed:
-                runner().give_back(eng)
-            if counted:
-                self._end_call(eng)
+            # One step for a signal (usnet.client.sigdefer): a handler's exception (Ctrl-C during
+            # a round-trip loop) that landed inside give_back left the runner's watch list half
+            # updated (its epoll holding the doorbell, its dict not: EEXIST at the next add), and
+            # one before `_end_call` left the call counted, a close waiting for it for good.
+            with step:
+                if borrowed:
+                    runner().give_back(eng)
+                if counted:
+                    self._end_call(eng)
 
     def _end_call(self, eng: Any) -> None:
         """A blocking call that waited is over: the last one ends a socket closed meanwhile."""
