@@ -470,13 +470,15 @@ class Agent:
         deadline = None if req.timeout is None else time.monotonic() + req.timeout
         try:
             mine.settimeout(0.0)
-            while True:  # till a datagram, the deadline or the child's end (`_wait`)
-                if not self._wait(mine, deadline):
+            while True:  # till a datagram, the deadline or the child's end (`_wait`); at once: EAGAIN
+                if req.timeout != 0.0 and not self._wait(mine, deadline):
                     raise TimeoutError("timed out")
                 try:
                     data, addr = mine.recvfrom(min(req.size, 65535))
                     break
                 except BlockingIOError:
+                    if req.timeout == 0.0:
+                        raise
                     continue  # another holder took it
         finally:
             mine.close()
