@@ -494,3 +494,31 @@ def test_every_request_type_with_hostile_fields_gets_an_answer(hostile):
     h.assert_served("every request type with hostile fields")
     h.assert_recovered("every request type with hostile fields")
     h.finish("every request type with hostile fields")
+
+
+# ---------------------------------------------------------------- what the tools show of a client
+
+
+def test_a_client_s_label_and_pipe_name_cannot_break_or_drive_usnet_status(hostile):
+    """A client names itself (Hello) and its pipe with rich markup that does not close and with
+    terminal control sequences: `usnet status`, which shows both to whoever runs it (root sees
+    every session), prints them as text, the sequences made visible (as ps(1) does), and exits 0."""
+    h = hostile
+    evil = "[/x]\x1b]0;pwned\x07\x1b[2J[link=file:///]"
+    sock, _sid = raw_session(h.path, evil)
+    try:
+        send_msg(sock, P.encode(P.OpenPipe("[/y]\x1b[31m", "default", {"packets": 64})))
+        raw, fds = recv_msg(sock)
+        for fd in fds:
+            os.close(fd)
+        assert isinstance(P.decode_reply(raw), P.ChannelOpened), P.decode_reply(raw)
+        env = {**os.environ, "COLUMNS": "400", "TERM": "xterm"}
+        r = subprocess.run([sys.executable, "-m", "usnet", "status", "--socket", h.path],
+                           capture_output=True, text=True, timeout=30, env=env)
+    finally:
+        sock.close()
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "[/x]?]0;pwned??[2J[link=file:///]" in r.stdout and "[/y]?[31m" in r.stdout, r.stdout
+    h.assert_recovered("markup and control sequences in names")
+    h.finish("markup and control sequences in names")
