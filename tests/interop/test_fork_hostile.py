@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import errno
+import gc
 import os
 import select
 import socket
@@ -48,6 +49,21 @@ def us_env(tapd, monkeypatch):
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def _open_files() -> set[str]:
+    """What this process's descriptors name ("socket:[inode]", "pipe:[inode]", paths)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor, closed meanwhile
+    return out
+
+
+def _name(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
 
 
 def _raw(link: socket.socket, payload: bytes, fds: list[int]) -> None:
@@ -90,7 +106,7 @@ def two_children(us_env, tapd):
     """Two agents of one parent: the hostile child's (its link, a connection, a listener and a
     UDP socket shared) and a bystander's (a connection of its own). Yields
     (hostile link, bystander link, kernel end of the hostile's connection, kernel end of the
-    bystander's, escaped thread exceptions)."""
+    bystander's, escaped thread exceptions, what the hostile's agent's own descriptors name)."""
     us, escaped = us_env
     ks = socket.create_server((tapd.host_ip, 0))
     ks.settimeout(LIMIT)
@@ -109,9 +125,11 @@ def two_children(us_env, tapd):
         hp, hc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         bp, bc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         made += [hc, bc]
-        forked.Agent(hp, {1: c1.reference(), 2: ls.reference(), 3: u.reference()})
+        agent = forked.Agent(hp, {1: c1.reference(), 2: ls.reference(), 3: u.reference()})
+        own = {_name(fd) for fd in (hp.fileno(), agent._ended_r, agent._ended_w)}
+        del agent  # held by its own threads alone, as a fork's is
         forked.Agent(bp, {7: c2.reference()})
-        yield hc, bc, k1, k2, escaped
+        yield hc, bc, k1, k2, escaped, own
     finally:
         for s in reversed(made):
             s.close()
@@ -129,7 +147,7 @@ def test_malformed_and_oversized_requests_are_dropped_and_the_agent_serves_on(tw
     unknown op, each with or without descriptors (pipes, many at once): dropped, their
     descriptors closed; the agent then claims the hostile child's own connection, and the
     bystander's agent is undisturbed."""
-    hc, bc, _k1, k2, escaped = two_children
+    hc, bc, _k1, k2, escaped, _own = two_children
     before = _fds()
     r, w = os.pipe()
     try:
@@ -156,7 +174,7 @@ def test_malformed_and_oversized_requests_are_dropped_and_the_agent_serves_on(tw
 def test_an_empty_message_ends_the_agent_and_closes_its_descriptor(two_children):
     """An empty message is the link's EOF to a SEQPACKET reader (they cannot be told apart): the
     hostile child's agent ends, closing the descriptor that came with it; the bystander's serves on."""
-    hc, bc, _k1, k2, escaped = two_children
+    hc, bc, _k1, k2, escaped, own = two_children
     r, w = os.pipe()
     try:
         _raw(hc, b"", [r])
@@ -169,6 +187,8 @@ def test_an_empty_message_ends_the_agent_and_closes_its_descriptor(two_children)
     finally:
         os.close(w)
     _bystander_served(bc, k2)
+    gc.collect()
+    wait_until(lambda: not (own & _open_files()), LIMIT, "the agent to let go of its link and pipe")
     assert not escaped
 
 
@@ -182,7 +202,7 @@ def test_requests_with_hostile_fields_get_an_error_answer(two_children):
     """Fields the child controls that the parent's socket calls would refuse with something other
     than OSError (a negative size or timeout, a NaN, a backlog past C's int, an address of the
     wrong shape), on each kind of shared socket: each gets an error answer, no thread raises."""
-    hc, bc, _k1, k2, escaped = two_children
+    hc, bc, _k1, k2, escaped, _own = two_children
     hostile = [
         _req("listen", 2, size=2**62), _req("listen", 1, size=5),
         _req("recvfrom", 3, size=-1, timeout=0.01), _req("recvfrom", 3, size=2**62, timeout=0.01),
@@ -205,7 +225,7 @@ def test_a_reply_socket_that_never_reads_does_not_hang_the_agent(two_children):
     """The reply descriptor is the child's to choose: a datagram socket whose peer never reads
     (its queue fills), an AF_INET socket, a listening one. The agent never blocks on it: it
     drops the answer and serves the next request, whose answer comes."""
-    hc, bc, _k1, k2, escaped = two_children
+    hc, bc, _k1, k2, escaped, _own = two_children
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # b never reads
     inet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -229,7 +249,7 @@ def test_repeated_shutdowns_hold_one_descriptor_not_one_each(two_children):
     """A child that sends "shutdown" with its spliced end over and over (as the real one does
     once): the parent holds that end once till the splice reads the EOF, not a descriptor per
     message, and the connection still carries data both ways."""
-    hc, bc, k1, k2, escaped = two_children
+    hc, bc, k1, k2, escaped, _own = two_children
     _ans, fd = forked.ask(hc, "claim", 1)
     assert fd is not None
     end = socket.socket(fileno=fd)
@@ -252,7 +272,7 @@ def test_waiting_requests_are_bounded_per_child(two_children):
     """A child that asks for many datagrams it never waits for (each request may block in the
     parent till one comes): the parent serves a bounded number at once and refuses the rest
     with ENOBUFS; the bystander is served meanwhile; the waits end when the child leaves."""
-    hc, bc, _k1, k2, escaped = two_children
+    hc, bc, _k1, k2, escaped, own = two_children
     threads = threading.active_count()
     pairs = []
     try:
@@ -277,4 +297,6 @@ def test_waiting_requests_are_bounded_per_child(two_children):
             mine.close()
     wait_until(lambda: threading.active_count() <= threads, LIMIT,
                "the waiting requests of a child that left to end")
+    gc.collect()  # the agent object, which its threads no longer hold
+    wait_until(lambda: not (own & _open_files()), LIMIT, "the agent to let go of its link and pipe")
     assert not escaped

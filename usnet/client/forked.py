@@ -308,6 +308,7 @@ class Agent:
         self._waiting = 0  # requests in threads of their own (at most WAITING)
         # closed when the agent ends: its POLLHUP ends the waits of its requests (`_wait`)
         self._ended_r, self._ended_w = os.pipe2(os.O_CLOEXEC)
+        weakref.finalize(self, os.close, self._ended_r)  # once no request of it waits any more
         threading.Thread(target=self._serve, name="usnet-fork-agent", daemon=True).start()
 
     def _serve(self) -> None:
