@@ -28,27 +28,34 @@ def _hung_up(s: socket.socket) -> bool:
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.booleans(), max_size=8))
 def test_held_ends_stay_open_till_the_release_and_none_after(ops):
-    """True: the child hands over an end; False: the splice reads its EOF. An end handed over
-    before the first release stays open till then; one after it is closed at once."""
+    """True: the child hands over its end of a splice (a new descriptor of it each time, as each
+    "shutdown" message brings); False: the splice reads its EOF. The end stays open from the
+    first hand-over before a release till then, held by one descriptor however often it came;
+    after a release each is closed at once."""
     held = forked.Held()
-    pairs: list[tuple[socket.socket, socket.socket, bool]] = []  # (ours, the end handed, before a release)
-    released = False
+    ours, end = socket.socketpair()
+    handed = []  # the descriptors handed over, still open (the one held)
+    released = kept = False
     try:
         for keep in ops:
             if keep:
-                ours, end = socket.socketpair()
-                pairs.append((ours, end, not released))
-                held.keep(end)
+                d = end.dup()
+                held.keep(d)
+                kept = kept or not released
+                if d.fileno() >= 0:
+                    handed.append(d)
             else:
                 held.release()
                 released = True
-            for ours, _end, before in pairs:
-                assert _hung_up(ours) == (released or not before)
+            handed = [d for d in handed if d.fileno() >= 0]
+            assert len(handed) == (1 if kept and not released else 0)
+        end.close()  # ours gone: the hold alone keeps the end open, till the release
+        assert _hung_up(ours) == (not handed)
         held.release()
-        assert all(_hung_up(ours) for ours, _, _ in pairs)
+        assert _hung_up(ours)
     finally:
-        for ours, _, _ in pairs:
-            ours.close()
+        ours.close()
+        end.close()
 
 
 def test_a_shutdown_of_no_splice_is_closed_and_the_agent_serves_on():

@@ -298,3 +298,23 @@ def test_a_syn_met_while_a_release_drains_the_ring_keeps_its_new_binding():
         assert total_drops(n.swa) == 0 and list(ch.events()) == []
     finally:
         n.d.stop()
+
+
+def test_a_connector_closed_mid_handshake_has_the_late_syn_ack_reset_and_counted(cnet):
+    """A connector sends a SYN and closes its channel before the answer: the port goes back, and
+    the peer's SYN-ACK that comes after is answered as Linux answers one to a closed port (a RST
+    whose seq is the SYN-ACK's ack, RFC 9293 3.10.7.1), counted, and delivered to no flow."""
+    n = cnet
+    p = n.ports[3]
+    send_raw(n.ch, [seg(p, 6000, seq=500, flags="S")])
+    assert ports_of(received(n.peer0, 1)) == [(p, 6000, b"")]
+    ref = n.d.channels[n.ch.id]
+    drops, counts = dict(n.swa.drops), dict(n.swa.counts)
+    n.d.close_channel(ref.session, n.ch.id)
+    assert n.swa.ports.owner(TCP_PROTO, p) is None
+    send_raw(n.peer0, [raw(IP(src=B_IP, dst=A_IP) / TCP(sport=6000, dport=p, seq=77, ack=501, flags="SA"))])
+    (rst,) = [IP(x)[TCP] for x in received(n.peer0, 1)]
+    assert (rst.sport, rst.dport, rst.seq, rst.flags.R, rst.flags.A) == (p, 6000, 501, True, False)
+    assert n.swa.drops["rx_no_flow"] == drops.get("rx_no_flow", 0) + 1
+    assert n.swa.counts["tcp_rst_sent"] == counts.get("tcp_rst_sent", 0) + 1
+    assert total_drops(n.swa) == sum(drops.values()) + 1  # that one, and nothing else

@@ -28,7 +28,7 @@ from tests.helpers.usnetd import Daemon
 from usnet.abi import protocol as P
 from usnet.abi import ring as ringmod
 from usnet.abi.schema import W_SYNC, RingKind
-from usnet.abi.transport import send_msg
+from usnet.abi.transport import recv_msg, send_msg
 from usnet.client.channel import ChannelDefunct
 
 ANSWER_S = 3.0  # seconds the attacker's own requests wait
@@ -444,3 +444,81 @@ def test_usnetd_sigkilled_under_a_blocked_recv(sockdir):
         os.close(r)
         err.close()
         d.stop()
+
+
+# ---------------------------------------------------------------- every request, hostile fields
+
+
+def _sentinel_answered(sock, mark: str) -> list[P.Reply]:
+    """The replies on `sock` up to and including the one that names `mark` (an OpenAdvisory of
+    a netif no domain has, sent after each attack), their descriptors closed."""
+    got: list[P.Reply] = []
+    for _ in deadline_loop(ANSWER_S):
+        raw, fds = recv_msg(sock)
+        for fd in fds:
+            os.close(fd)
+        assert raw, "usnetd hung up on the attacker instead of answering"
+        reply = P.decode_reply(raw)
+        got.append(reply)
+        if isinstance(reply, P.Error) and mark in reply.message:
+            return got
+    pytest.fail(f"usnetd did not answer {mark}")
+
+
+def test_every_request_type_with_hostile_fields_gets_an_answer(hostile):
+    """Each control request type, its fields drawn by Hypothesis from the types alone (so past
+    every range the protocol declares: negative channels, huge counts, odd names, bytes of any
+    length), to a real usnetd on one session: each is served or refused, never ends the session
+    nor usnetd; the victim's traffic moves on; once the attacker leaves, usnetd is back to its
+    baseline."""
+    h = hostile
+    sock, _sid = raw_session(h.path, "every-request")
+    counter = iter(range(10**6))
+
+    @seed(1616)
+    @settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(req=st.one_of(*(st.builds(t) for t in P.REQUEST_TYPES)))
+    def attack(req):
+        try:
+            data = P.encode(req)
+        except (OverflowError, P.ProtocolError):
+            return  # no msgpack of it: nothing to send
+        mark = f"sentinel-{next(counter)}"
+        send_msg(sock, data)
+        send_msg(sock, P.encode(P.OpenAdvisory(mark)))
+        replies = _sentinel_answered(sock, mark)
+        assert len(replies) <= 2, replies
+
+    attack()
+    sock.close()
+    h.assert_served("every request type with hostile fields")
+    h.assert_recovered("every request type with hostile fields")
+    h.finish("every request type with hostile fields")
+
+
+# ---------------------------------------------------------------- what the tools show of a client
+
+
+def test_a_client_s_label_and_pipe_name_cannot_break_or_drive_usnet_status(hostile):
+    """A client names itself (Hello) and its pipe with rich markup that does not close and with
+    terminal control sequences: `usnet status`, which shows both to whoever runs it (root sees
+    every session), prints them as text, the sequences made visible (as ps(1) does), and exits 0."""
+    h = hostile
+    evil = "[/x]\x1b]0;pwned\x07\x1b[2J[link=file:///]"
+    sock, _sid = raw_session(h.path, evil)
+    try:
+        send_msg(sock, P.encode(P.OpenPipe("[/y]\x1b[31m", "default", {"packets": 64})))
+        raw, fds = recv_msg(sock)
+        for fd in fds:
+            os.close(fd)
+        assert isinstance(P.decode_reply(raw), P.ChannelOpened), P.decode_reply(raw)
+        env = {**os.environ, "COLUMNS": "400", "TERM": "xterm"}
+        r = subprocess.run([sys.executable, "-m", "usnet", "status", "--socket", h.path],
+                           capture_output=True, text=True, timeout=30, env=env)
+    finally:
+        sock.close()
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "[/x]?]0;pwned??[2J[link=file:///]" in r.stdout and "[/y]?[31m" in r.stdout, r.stdout
+    h.assert_recovered("markup and control sequences in names")
+    h.finish("markup and control sequences in names")

@@ -7,11 +7,14 @@ usnet.cli.main`, as an operator would run them.
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -190,3 +193,28 @@ def test_metrics_scraped_during_traffic_agree_with_stats(tapd):
     assert 0 < max(byts) <= m[("usnet_netif_tx_bytes_total", nif)]
     assert m[("usnet_control_requests_total", frozenset({("type", "OpenFlow")}))] >= 1
     assert m[("usnet_sessions_opened_total", frozenset())] >= 1
+
+
+def test_a_program_named_as_markup_cannot_break_usnet_flows(tapd):
+    """A client process names itself (its comm, which /proc shows) as rich markup that does not
+    close: `usnet flows`, which shows every flow's program to whoever runs it, prints the name as
+    text and exits 0 (usnet.cli.shown)."""
+    prog = textwrap.dedent(f"""
+        import ctypes, sys
+        ctypes.CDLL(None).prctl(15, b"[/x][bold]", 0, 0, 0)  # PR_SET_NAME, before usnetd reads it
+        from usnet.client import Client
+        c = Client.connect({tapd.path!r})
+        ch, info = c.open_flow("usnet0", 17, 0)
+        print("ready", info.local_port, flush=True)
+        sys.stdin.read()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", prog], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline() if select.select([p.stdout], [], [], 20)[0] else ""
+        assert line.startswith("ready"), line
+        r = tapd.cli("flows", env={**os.environ, "COLUMNS": "300"})
+    finally:
+        p.stdin.close()
+        p.wait(10)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[/x][bold]" in r.stdout, r.stdout

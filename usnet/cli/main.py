@@ -17,6 +17,7 @@ from rich.table import Table
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.bench.tables import fmt_rate as _rate
 from usnet.cli import errors
+from usnet.cli.shown import shown
 
 __all__ = ["main"]
 
@@ -389,7 +390,7 @@ def cmd_flows(args: argparse.Namespace) -> int:
             st = f["stats"]
             addr = ip6 if f.get("family") == 6 else ip
             o = f.get("owner")
-            proc = f"{o['pid']}/{o['program']}" if o else ""
+            proc = shown(f"{o['pid']}/{o['program']}" if o else "")
             tcp = (f.get("tcp") or {}).get("rows", [])
             conns = [r for r in tcp if not r["listener"]]
             if f.get("stalled"):
@@ -532,7 +533,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for c in ("id", "uid", "pid", "program", "channels", "refused"):
         t.add_column(c)
     for s in info["sessions"]:
-        t.add_row(str(s["id"]), str(s["uid"]), str(s["pid"]), s["program"], str(s["channels"]), str(s["refused"]))
+        t.add_row(str(s["id"]), str(s["uid"]), str(s["pid"]), shown(s["program"]), str(s["channels"]),
+                  str(s["refused"]))
     con.print(t)
     t = Table(title="user pipes")
     for c in ("name", "schema", "uid", "free", "in alloc", "held", "purged", "memory", "stalled", "defunct"):
@@ -540,7 +542,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for p in info["pipes"]:
         pool = p["pool"]
         stalled = ", ".join(f"end {e['role']}" for e in p["ends"] if e.get("stalled"))
-        t.add_row(p["name"], p["schema"], str(p["uid"]), str(pool["free"]), str(pool["in_alloc"]),
+        t.add_row(shown(p["name"]), shown(p["schema"]), str(p["uid"]), str(pool["free"]), str(pool["in_alloc"]),
                   str(pool["held"]), str(pool["purged"]), f"{p['memory_bytes']:,}", stalled,
                   str(p["defunct"] or ""))
     con.print(t)

@@ -52,6 +52,7 @@ import fcntl
 import os
 import select
 import socket as _std
+import stat
 import termios
 import threading
 import time
@@ -68,6 +69,9 @@ _MAX_MSG = 65536 + 4096  # a request or answer: a datagram of up to 64 KiB and i
 CHUNK = 65536
 SHARE_LIMIT = 1024  # a process with more open sockets than this gives a child none (a fork stays cheap)
 SETTLE = 5.0  # s: at most this long a splice waits for the agent to read what the child sent before a hang-up
+WAITING = 64  # requests of one child that may wait at once (accept, recvfrom): a thread each
+_OPS = frozenset({"claim", "accept", "listen", "release", "shutdown", "sendto", "recvfrom"})
+_INT_MAX = 2**31 - 1
 
 
 class Request(msgspec.Struct, tag=True):
@@ -108,9 +112,54 @@ _req = msgspec.msgpack.Decoder(Request)
 _ans = msgspec.msgpack.Decoder(Answer)
 
 
-def _send(sock: _std.socket, msg: Any, fd: int | None = None) -> None:
+def _send(sock: _std.socket, msg: Any, fd: int | None = None, flags: int = 0) -> None:
     anc = [] if fd is None else [(_std.SOL_SOCKET, _std.SCM_RIGHTS, array.array("i", [fd]))]
-    sock.sendmsg([_enc.encode(msg)], anc)
+    sock.sendmsg([_enc.encode(msg)], anc, flags)
+
+
+def _reply(sock: _std.socket, msg: Any, fd: int | None = None) -> None:
+    """The agent's answer on a reply pair: never waits (MSG_DONTWAIT). The pair is the child's
+    choice, so a reply socket whose peer never reads fails the answer instead of holding the
+    agent; a fresh pair of ours, the only kind a child of ours sends, always has room."""
+    _send(sock, msg, fd, _std.MSG_DONTWAIT)
+
+
+def _reply_socket(fd: int) -> _std.socket | None:
+    """The reply descriptor `fd` a request carried, if it is what `ask` sends (an AF_UNIX
+    SOCK_SEQPACKET socket); anything else (no socket, another family or type) is closed."""
+    try:
+        s = _KernelSocket(fileno=fd)
+    except OSError:  # not a socket
+        os.close(fd)
+        return None
+    try:
+        ok = (s.getsockopt(_std.SOL_SOCKET, _std.SO_DOMAIN) == _std.AF_UNIX
+              and s.getsockopt(_std.SOL_SOCKET, _std.SO_TYPE) == _std.SOCK_SEQPACKET)
+    except OSError:
+        ok = False
+    if not ok:
+        s.close()
+        return None
+    return s
+
+
+def _invalid(req: Request) -> str:
+    """Why request `req`'s fields cannot be served ("" if they can): every field a child writes
+    is checked here, once, before any socket call sees it (a call would raise other than OSError,
+    or take a size or timeout no kernel call would)."""
+    if req.op not in _OPS:
+        return "unknown request"
+    t = req.timeout
+    if t is not None and not (0.0 <= t < 1e9):  # NaN fails too
+        return "timeout out of range"
+    if not 0 <= req.size <= _INT_MAX and req.op in ("recvfrom", "listen"):
+        return "size out of range"
+    if req.op == "sendto" and req.addr and not (
+            len(req.addr) in (2, 4) and isinstance(req.addr[0], str)
+            and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 0xFFFFFFFF
+                    for x in req.addr[1:])):
+        return "address of the wrong shape"
+    return ""
 
 
 def _queued(sock: _std.socket) -> int:
@@ -162,10 +211,12 @@ class Held:
         self.asked = False
 
     def keep(self, end: _std.socket) -> None:
-        """The child shuts down: hold its end `end` until `release` (closed at once if that came)."""
+        """The child shuts down: hold its end `end` until `release` (closed at once if that came
+        already). One is held: every end named for a splice is the same file (`Agent._shut` matches
+        it by inode), so a repeated "shutdown" (a hostile child's flood) holds no more descriptors."""
         with self._lock:
             self.asked = True
-            if not self._done:
+            if not self._done and not self._ends:
                 self._ends.append(end)
                 return
         end.close()
@@ -293,6 +344,10 @@ class Agent:
         self._gone = False
         # the splices this agent made, by the inode of the child's end (its "shutdown" names it)
         self._splices: weakref.WeakValueDictionary[int, Held] = weakref.WeakValueDictionary()
+        self._waiting = 0  # requests in threads of their own (at most WAITING)
+        # closed when the agent ends: its POLLHUP ends the waits of its requests (`_wait`)
+        self._ended_r, self._ended_w = os.pipe2(os.O_CLOEXEC)
+        weakref.finalize(self, os.close, self._ended_r)  # once no request of it waits any more
         threading.Thread(target=self._serve, name="usnet-fork-agent", daemon=True).start()
 
     def _serve(self) -> None:
@@ -306,11 +361,14 @@ class Agent:
                         data, fd = _recv(self.link)
                     except OSError:
                         return
-                    if not data:
-                        return  # the child exited, or closed its link
+                    if not data:  # the child exited, or closed its link (or sent an empty message:
+                        if fd is not None:  # SEQPACKET cannot tell them apart)
+                            os.close(fd)
+                        return
                     self._handle(data, fd)
                     self._turn.notify_all()
         finally:
+            os.close(self._ended_w)  # the waits end (`_wait`)
             with self._turn:
                 self._gone = True
                 self._turn.notify_all()
@@ -321,52 +379,56 @@ class Agent:
                 s.close()
 
     def _handle(self, data: bytes, fd: int | None) -> None:
-        """One message of the link, `data`, with descriptor `fd`: those that wait, in threads."""
+        """One message of the link, `data`, with descriptor `fd`, its fields checked before any
+        socket call (`_invalid`); those that wait, in threads (at most WAITING at once)."""
         try:
             req = _req.decode(data)
         except msgspec.DecodeError:
             if fd is not None:
                 os.close(fd)
             return
-        reply = None
-        if fd is not None:
-            try:
-                reply = _KernelSocket(fileno=fd)
-            except OSError:  # not a socket: dropped, as a request that does not decode
-                os.close(fd)
-                return
-        if req.op == "shutdown":  # no answer: `reply` is the child's end of a splice
-            if reply is not None:
-                self._shut(reply)
+        if req.op == "shutdown":  # no answer: the child's end of a splice, any socket, matched by inode
+            if fd is not None:
+                self._shut(fd)
             return
         if req.op == "release":  # no answer
-            if reply is not None:
-                reply.close()
+            if fd is not None:
+                os.close(fd)
             s = self._take(req.token)
             if s is not None:
                 s.close()
             return
+        reply = None if fd is None else _reply_socket(fd)
+        if reply is None:
+            return  # nowhere to answer (none, or not a pair of `ask`'s): dropped
+        if why := _invalid(req):
+            self._refuse(reply, errno.EINVAL, why)
+            return
         work = {"claim": self._claim, "accept": self._accept, "sendto": self._datagram,
-                "recvfrom": self._datagram, "listen": self._listen}.get(req.op)
-        if work is None:
-            if reply is not None:
-                reply.close()
-        elif req.op in ("claim", "listen"):  # at once
+                "recvfrom": self._datagram, "listen": self._listen}[req.op]
+        if req.op in ("claim", "listen"):  # at once
             self._answer(req, reply, work)
-        else:  # may wait: the link is served meanwhile
-            threading.Thread(target=self._answer, args=(req, reply, work), daemon=True).start()
-
-    def _shut(self, end: _std.socket) -> None:
-        """The child shuts the sending of its end `end` of a splice down: held until the splice
-        has read the EOF, then its FIN goes (`Held`); none of ours: closed at once."""
-        try:
-            shut = self._splices.get(os.fstat(end.fileno()).st_ino)
-        except OSError:
-            shut = None
-        if shut is None:
-            end.close()
+            return
+        with self._lock:  # may wait: the link is served meanwhile, in a thread per request
+            busy = self._waiting >= WAITING
+            self._waiting += not busy
+        if busy:
+            self._refuse(reply, errno.ENOBUFS, "too many waiting requests from this process")
         else:
-            shut.keep(end)
+            threading.Thread(target=self._answer, args=(req, reply, work, True), daemon=True).start()
+
+    def _shut(self, fd: int) -> None:
+        """The child shuts the sending of its end `fd` of a splice down: held until the splice has
+        read the EOF, then its FIN goes (`Held`); none of ours (or no socket): closed at once."""
+        try:
+            st = os.fstat(fd)
+            held = self._splices.get(st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+        except OSError:
+            held = None
+        if held is None:
+            os.close(fd)
+        else:
+            held.keep(_KernelSocket(fileno=fd))
 
     def settle(self) -> None:
         """Wait until the agent has handled every message the child sent before now (at most
@@ -379,37 +441,66 @@ class Agent:
                     return
                 self._turn.wait(left)
 
+    @staticmethod
+    def _refuse(reply: _std.socket, err: int, why: str) -> None:
+        """Answer error `err` (the child raises it) and close the reply pair."""
+        try:
+            _reply(reply, Answer("error", errno=err, message=f"usnet: {why}"))
+        except OSError:
+            pass
+        finally:
+            reply.close()
+
+    def _wait(self, s: Any, deadline: float | None) -> bool:
+        """Wait until usnet socket `s` is readable (True), `deadline` (monotonic; None: none)
+        passes or the agent ends (False): a request's wait never outlives its child."""
+        p = select.poll()
+        p.register(s.fileno(), select.POLLIN)
+        p.register(self._ended_r, 0)
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            got = p.poll(None if left is None else max(int(left * 1000), 1))
+            if any(fd == self._ended_r for fd, _ in got):
+                return False
+            if got:
+                return True
+
     def _take(self, token: int) -> Any:
         with self._lock:
             return self.shares.pop(token, None)
 
-    def _answer(self, req: Request, reply: _std.socket | None, work: Any) -> None:
+    def _answer(self, req: Request, reply: _std.socket, work: Any, waited: bool = False) -> None:
         """Serve request `req` with `work(req, share, reply)`, which sends the answer; an error is
-        the child's to raise (sent as one); the reply pair closes either way."""
+        the child's to raise (sent as one); the reply pair closes either way. `waited`: one of
+        the requests counted in `_waiting`.
+
+        A fault barrier: what a socket call raises for the child's request (an OSError, or a
+        TypeError/ValueError for arguments `_invalid` let through) is the child's error."""
         try:
-            if reply is None:
-                return
             with self._lock:
                 s = self.shares.get(req.token)
             if s is None:
-                _send(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
+                _reply(reply, Answer("error", errno=errno.EBADF, message="usnet: no such inherited socket"))
                 return
             work(req, s, reply)
-        except OSError as e:
-            if reply is not None:
-                try:
-                    _send(reply, Answer("error", errno=e.errno or errno.EIO,
-                                        message=str(e) or os.strerror(e.errno or errno.EIO)))
-                except OSError:
-                    pass
+        except (OSError, TypeError, ValueError, OverflowError) as e:
+            code = e.errno if isinstance(e, OSError) and e.errno else errno.EINVAL
+            try:
+                _reply(reply, Answer("error", errno=code, message=str(e) or os.strerror(code)))
+            except OSError:
+                pass
         finally:
-            if reply is not None:
-                reply.close()
+            reply.close()
+            if waited:
+                with self._lock:
+                    self._waiting -= 1
 
     def _claim(self, req: Request, s: Any, reply: _std.socket) -> None:
         ans = _names(s)
         if ans.kind in ("listener", "datagram"):  # it stays: each request uses it; the child
-            _send(reply, ans, s.fileno())  # polls its readiness (a connection, a datagram waiting)
+            _reply(reply, ans, s.fileno())  # polls its readiness (a connection, a datagram waiting)
             return
         self._take(req.token)
         self._give(s, ans, reply)
@@ -417,14 +508,14 @@ class Agent:
     def _listen(self, req: Request, s: Any, reply: _std.socket) -> None:
         """A socket bound in the parent listens (backlog `size`): the child accepts on it."""
         s.listen(req.size)
-        _send(reply, _names(s), s.fileno())
+        _reply(reply, _names(s), s.fileno())
 
     def _give(self, s: Any, ans: Answer, reply: _std.socket) -> None:
         """Splice connection `s` to a new stream pair and hand the child its end."""
         mine, theirs = _std.socketpair(_std.AF_UNIX, _std.SOCK_STREAM)
         try:
             ino = os.fstat(theirs.fileno()).st_ino
-            _send(reply, ans, theirs.fileno())
+            _reply(reply, ans, theirs.fileno())
         except OSError:
             mine.close()
             s.close()
@@ -437,15 +528,25 @@ class Agent:
         """A UDP socket's send or receive for the child, on its reference (a timeout of its own)."""
         if req.op == "sendto":
             n = s.sendto(req.data, tuple(req.addr)) if req.addr else s.send(req.data)
-            _send(reply, Answer("sent", count=n))
+            _reply(reply, Answer("sent", count=n))
             return
         mine = s.reference()
+        deadline = None if req.timeout is None else time.monotonic() + req.timeout
         try:
-            mine.settimeout(req.timeout)
-            data, addr = mine.recvfrom(req.size)
+            mine.settimeout(0.0)
+            while True:  # till a datagram, the deadline or the child's end (`_wait`); at once: EAGAIN
+                if req.timeout != 0.0 and not self._wait(mine, deadline):
+                    raise TimeoutError("timed out")
+                try:
+                    data, addr = mine.recvfrom(min(req.size, 65535))
+                    break
+                except BlockingIOError:
+                    if req.timeout == 0.0:
+                        raise
+                    continue  # another holder took it
         finally:
             mine.close()
-        _send(reply, Answer("datagram", peername=list(addr), data=data))
+        _reply(reply, Answer("datagram", peername=list(addr), data=data))
 
     def _accept(self, req: Request, ls: Any, reply: _std.socket) -> None:
         """A connection accepted on the parent's listener for the child, spliced.
@@ -455,30 +556,26 @@ class Agent:
         on descriptor -1: EBADF, the connection left queued for the listener's other holders.
         So such a request waits for the listener's readiness and takes a connection only while
         the child still holds the socket (`_held`). A blocking accept(2) holds the file and
-        takes the connection whatever its descriptor became: accepted as it comes."""
+        takes the connection whatever its descriptor became: accepted as it comes. Either waits
+        no longer than the child lives (`_wait`)."""
         mine = ls.reference()  # a timeout of its own
         try:
-            if req.timeout:
-                mine.settimeout(0.0)
-                conn = self._accept_held(req, mine)
-            else:
-                mine.settimeout(req.timeout)
+            mine.settimeout(0.0)
+            if req.timeout == 0.0:
                 conn, _addr = mine.accept()
+            else:
+                conn = self._accept_held(req, mine)
         finally:
             mine.close()
         self._give(conn, _names(conn), reply)
 
     def _accept_held(self, req: Request, mine: Any) -> Any:
-        """A connection from non-blocking listener reference `mine` within `req.timeout`, while
-        the child holds socket `req.token` (EBADF once it let go and a connection came)."""
-        assert req.timeout is not None
-        deadline = time.monotonic() + req.timeout
-        p = select.poll()
-        p.register(mine.fileno(), select.POLLIN)
-        while (left := deadline - time.monotonic()) > 0:
-            if not p.poll(max(int(left * 1000), 1)):
-                continue
-            if not self._held(req.token):
+        """A connection from non-blocking listener reference `mine` within `req.timeout` (None:
+        no deadline), while the child holds socket `req.token` (EBADF once it let go and a
+        connection came; a blocking accept takes it whatever its descriptor became)."""
+        deadline = None if req.timeout is None else time.monotonic() + req.timeout
+        while self._wait(mine, deadline):
+            if req.timeout is not None and not self._held(req.token):
                 raise OSError(errno.EBADF, "Bad file descriptor")
             try:
                 conn, _addr = mine.accept()
