@@ -14,6 +14,7 @@ import select
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -39,11 +40,20 @@ def need(program: str) -> str:
     return path
 
 
+def _drain(fd: int) -> None:
+    """Read a server's log to its end (its kill), and drop it."""
+    with contextlib.suppress(OSError):
+        for _ in range(1 << 20):  # (64 GiB of log: never; the kill ends it)
+            if not os.read(fd, 1 << 16):
+                return
+
+
 @contextlib.contextmanager
 def _server(cmd: list[str], ready: bytes) -> Iterator[None]:
     """A server program on the kernel's side (this namespace), up once its log (stdout and
     stderr) says `ready`; killed at the end."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    drain = None
     try:
         assert proc.stdout is not None
         fd, log = proc.stdout.fileno(), b""
@@ -55,10 +65,14 @@ def _server(cmd: list[str], ready: bytes) -> Iterator[None]:
                 break
             log += more
         assert ready in log, log.decode()[-2000:]
+        drain = threading.Thread(target=_drain, args=(fd,), daemon=True)  # (memcached -vv logs each
+        drain.start()  # command: a full pipe would stop it)
         yield
     finally:
         proc.kill()
         proc.wait(10)
+        if drain is not None:
+            drain.join(LIMIT)  # (the kill ended its log)
         if proc.stdout is not None:
             proc.stdout.close()
 
