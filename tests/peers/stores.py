@@ -70,6 +70,14 @@ async def ablocked(admin, n: int) -> bool:
     return False
 
 
+def tcp_opts(sock) -> list:
+    """What a library set on its socket: SO_KEEPALIVE, TCP_NODELAY (as a bool: Linux says 1, or
+    any non-zero), TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, read back."""
+    tcp = socket.IPPROTO_TCP
+    return [sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), bool(sock.getsockopt(tcp, socket.TCP_NODELAY)),
+            *(sock.getsockopt(tcp, o) for o in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT))]
+
+
 def big_summary(vals: list[bytes], got: list, many: list, res: list, got_k: list) -> dict:
     """What `big` found: each 1 MB value back whole (GET, MGET); the pipeline's 1,000 answers (its
     last INCR, its SETs' True); the MULTI/EXEC's 1,000 GETs, each its key's value."""
@@ -85,8 +93,10 @@ def big_summary(vals: list[bytes], got: list, many: list, res: list, got_k: list
 
 def big_sync() -> dict:
     """SET/GET of 1 MB values (sent whole, read whole), then a pipeline of 1,000 commands."""
-    r = redis.Redis(host, port, socket_timeout=LIMIT)
+    r = redis.Redis(host, port, socket_timeout=LIMIT, socket_keepalive=True, socket_keepalive_options={
+        socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 4})
     r.flushall()  # (the same server for both runs)
+    opts = tcp_opts(r.connection_pool._available_connections[0]._sock)
     vals = values()
     for i, v in enumerate(vals):
         r.set(f"big{i}", v)
@@ -102,7 +112,7 @@ def big_sync() -> dict:
             p.get(f"k{i % 500}")
         got_k = p.execute()
     r.close()
-    return big_summary(vals, got, many, res, got_k)
+    return {**big_summary(vals, got, many, res, got_k), "opts": opts}
 
 
 def pubsub_sync() -> dict:
@@ -241,6 +251,45 @@ def short_sync() -> dict:
     return res
 
 
+def numsub(admin, n: int) -> bool:
+    """Wait (bounded) until channel "ch" has `n` subscribers (a SUBSCRIBE arrived)."""
+    for _ in range(int(LIMIT / 0.005)):
+        if admin.pubsub_numsub("ch")[0][1] == n:
+            return True
+        time.sleep(0.005)  # (a poll for the server's state, as `blocked`)
+    return False
+
+
+def pubsub_kill_sync() -> dict:
+    """A subscriber killed by the server (CLIENT KILL TYPE pubsub): its get_message reconnects and
+    subscribes again (redis-py's PubSub.on_connect), then gets what is published after."""
+    admin = redis.Redis(host, port, socket_timeout=LIMIT)
+    r = redis.Redis(host, port, socket_timeout=LIMIT)
+    p = r.pubsub()
+    p.subscribe("ch")
+    res: dict = {"subscribed": p.get_message(timeout=LIMIT)["type"]}
+    res["killed"] = admin.client_kill_filter(_type="pubsub")
+    got: list = []
+
+    def take() -> None:
+        for _ in range(5):
+            m = p.get_message(timeout=LIMIT)
+            got.append(m if m is None else [m["type"], m["data"] if isinstance(m["data"], int) else m["data"].decode()])
+            if m is not None and m["type"] == "message":
+                return
+
+    t = threading.Thread(target=take)
+    t.start()
+    res["resubscribed"] = numsub(admin, 1)
+    admin.publish("ch", "after")
+    t.join(LIMIT)
+    res["got"] = got
+    p.close()
+    r.close()
+    admin.close()
+    return res
+
+
 # -- redis.asyncio --------------------------------------------------------------------------------------
 
 
@@ -298,6 +347,37 @@ async def pubsub_async() -> dict:
     res["unsubscribed"] = (await p.get_message(timeout=LIMIT))["type"]
     await p.aclose()
     await r.aclose()
+    return res
+
+
+async def pubsub_kill_async() -> dict:
+    admin = aredis.Redis(host=host, port=port, socket_timeout=LIMIT)
+    r = aredis.Redis(host=host, port=port, socket_timeout=LIMIT)
+    p = r.pubsub()
+    await p.subscribe("ch")
+    res: dict = {"subscribed": (await p.get_message(timeout=LIMIT))["type"]}
+    res["killed"] = await admin.client_kill_filter(_type="pubsub")
+    got: list = []
+
+    async def take() -> None:
+        for _ in range(5):
+            m = await p.get_message(timeout=LIMIT)
+            got.append(m if m is None else [m["type"], m["data"] if isinstance(m["data"], int) else m["data"].decode()])
+            if m is not None and m["type"] == "message":
+                return
+
+    t = asyncio.create_task(take())
+    for _ in range(int(LIMIT / 0.005)):
+        if (await admin.pubsub_numsub("ch"))[0][1] == 1:
+            res["resubscribed"] = True
+            break
+        await asyncio.sleep(0.005)
+    await admin.publish("ch", "after")
+    await asyncio.wait_for(t, LIMIT)
+    res["got"] = got
+    await p.aclose()
+    await r.aclose()
+    await admin.aclose()
     return res
 
 
@@ -420,14 +500,11 @@ def mc_big() -> dict:
     v, token = c.gets("n")
     cas = [c.cas("n", b"5", token), c.cas("n", b"6", token)]
     incr = c.incr("n", 10)
-    sock = c.sock
-    opts = [sock.getsockopt(socket.IPPROTO_TCP, o) for o in (socket.TCP_NODELAY, socket.TCP_KEEPIDLE,
-                                                            socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)]
-    opts.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+    opts = tcp_opts(c.sock)
     c.close()
     return {"get": [sha(g) == sha(v) for g, v in zip(got, vals)], "set_many-failed": failed,
             "get_many": [len(many), all(many[f"k{i}"] == str(i).encode() * 10 for i in range(1000))],
-            "gets": v.decode(), "cas": cas, "incr": incr, "opts": [bool(o) for o in opts[:1]] + opts[1:]}
+            "gets": v.decode(), "cas": cas, "incr": incr, "opts": opts}
 
 
 def mc_pool() -> dict:
@@ -487,6 +564,7 @@ def mc_timeouts() -> dict:
 
 
 PROGRAMS = {"big": (big_sync, big_async), "pubsub": (pubsub_sync, pubsub_async),
+            "pubsub-kill": (pubsub_kill_sync, pubsub_kill_async),
             "killed-idle": (killed_idle_sync, killed_idle_async), "blpop-kill": (blpop_kill_sync, blpop_kill_async),
             "timeouts": (timeouts_sync, timeouts_async), "short": (short_sync, short_async),
             "mc-big": (mc_big, None), "mc-pool": (mc_pool, None), "mc-timeouts": (mc_timeouts, None)}
