@@ -129,7 +129,8 @@ class HostDuties(FlowTable):
 
     def _send_frame(self, key: int, dst_mac: bytes, etype: int, payload: bytes) -> None:
         frame = ETH.pack(dst_mac, self.netif.mac, etype) + payload
-        if type(payload) is not bytes and isinstance(payload, SegmentedFrame):  # a super-segment, a tracked frame: keep what it carries
+        # a super-segment, a tracked frame: keep what it carries (a plain packet: no isinstance)
+        if type(payload) is not bytes and isinstance(payload, SegmentedFrame):
             frame = payload.rewrap(frame)
         self.netif.enqueue(key, frame)
 
