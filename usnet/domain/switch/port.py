@@ -479,7 +479,9 @@ class FlowPort:
             self.rx_dropped_stalled += offered
             return got
         if pipe.defunct_reason is None and want:
-            want = min(want, self.rx.space(want))
+            room = self.rx.space(want)
+            if room < want:
+                want = room
             if want > 0:
                 got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
                 taken = len(got)
