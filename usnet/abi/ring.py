@@ -128,7 +128,7 @@ class Producer(_Ring):
                 return 0
             self.cons_cache = cons
             free = self.limit - used
-        return max(free, 0)
+        return free if free > 0 else 0  # (no `max` call: asked at every delivery)
 
     def push(self, items: list[int] | array[int] | np.ndarray) -> int:
         """Publish as many of `items` as fit; returns how many.

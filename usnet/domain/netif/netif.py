@@ -169,11 +169,17 @@ class Netif:
         return None if self.ip6 is None else ip6_str(self.ip6)
 
     def enqueue(self, key: int, frame: bytes) -> int:
-        """Queue a frame for flow `key` (0: the switch's own); returns that queue's length."""
-        return self.enqueue_many(key, [frame])
+        """Queue a frame for flow `key` (0: the switch's own); returns that queue's length.
+        One frame, one count: no `totals` pass over a list made for it (a small packet's path)."""
+        return self._enqueue(key, (frame,), 1, len(frame))
 
     def enqueue_many(self, key: int, items: list) -> int:
         """Queue frames and FrameBlocks for flow `key`; returns that queue's length in frames."""
+        nframes, nbytes = block.totals(items)
+        return self._enqueue(key, items, nframes, nbytes)
+
+    def _enqueue(self, key: int, items: list | tuple, nframes: int, nbytes: int) -> int:
+        """`items` (`nframes` frames of `nbytes` bytes) at the tail of flow `key`'s queue."""
         q = self.queues.get(key)
         if q is None:
             q = self.queues[key] = deque()
@@ -188,7 +194,6 @@ class Netif:
         for item in items:
             if type(item) is TrackedFrame:
                 self.tracked += 1
-        nframes, nbytes = block.totals(items)
         self.queued_bytes[key] += nbytes
         self.queued_frames[key] += nframes
         if self.aqm is not None:

@@ -76,14 +76,16 @@ class HostDuties(FlowTable):
         """(next hop or None if no route, its MAC or None while unresolved) for `dst` (4 or 16 bytes).
         A group is on the link, at its group MAC (no ARP, no ND), as Linux's ip_mc_map and
         ipv6_eth_mc_map."""
-        if len(dst) == 4 and dst[0] >> 4 == 14 and self.netif.ip is not None:
-            return dst, group_mac4(dst)
-        if len(dst) == 16 and dst[0] == 0xFF:
+        v4 = len(dst) == 4  # a next hop is of its destination's family
+        if v4:
+            if dst[0] >> 4 == 14 and self.netif.ip is not None:
+                return dst, group_mac4(dst)
+        elif dst[0] == 0xFF:
             return dst, multicast_mac(dst)
         hop = self.netif.next_hop(dst)
         if hop is None:
             return None, None
-        if len(hop) == 16:
+        if not v4:
             return hop, multicast_mac(hop) if hop[0] == 0xFF else self.nd.lookup(hop, now)
         if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
             return hop, BROADCAST
@@ -129,7 +131,8 @@ class HostDuties(FlowTable):
 
     def _send_frame(self, key: int, dst_mac: bytes, etype: int, payload: bytes) -> None:
         frame = ETH.pack(dst_mac, self.netif.mac, etype) + payload
-        if isinstance(payload, SegmentedFrame):  # a super-segment, a tracked frame: keep what it carries
+        # a super-segment, a tracked frame: keep what it carries (a plain packet: no isinstance)
+        if type(payload) is not bytes and isinstance(payload, SegmentedFrame):
             frame = payload.rewrap(frame)
         self.netif.enqueue(key, frame)
 

@@ -195,7 +195,7 @@ class FlowPort:
             w = int(lens[0])
             rows = np.empty((1, headroom + w), np.uint8)
             rows[0, headroom:] = self.buf[int(good[0]), :w]
-            self.top_up()
+            self.top_up(collected=True)
             return rows, lens, gso, meta
         w = top
         rows = np.empty((len(good), headroom + w), np.uint8)
@@ -205,7 +205,7 @@ class FlowPort:
             buf = self.buf
             for i, g in enumerate(good.tolist()):
                 rows[i, headroom:] = buf[g, :w]
-        self.top_up()
+        self.top_up(collected=True)
         return rows, lens, gso, meta
 
     def take(self, max_n: int, draining: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray,
@@ -316,7 +316,7 @@ class FlowPort:
                 at = g * stride
                 pkts.append(bytearray(mv[at : at + ln]))
                 gsos.append(umd[w + W_GSO] >> GSO_SHIFT)
-            self.top_up()
+            self.top_up(collected=True)
             return pkts, gsos, meta
 
     def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
@@ -328,14 +328,15 @@ class FlowPort:
             pos.tolist(), u64[(at + W_TAG) // 2].tolist(), u64[(at + W_DEADLINE) // 2].tolist(),
             self.umd_np[at + W_FLAGS].tolist(), good[pos].tolist())}, time.monotonic_ns())
 
-    def top_up(self) -> None:
+    def top_up(self, collected: bool = False) -> None:
         """Refill the client's ALLOC ring as we take its packets, as a NIC refills its ring.
 
-        A client that keeps sending then never has to kick us for buffers.
+        A client that keeps sending then never has to kick us for buffers. `collected`: what it
+        took was just collected (`_release_sent`, under the same lock): not looked at again.
         """
         pipe = self.pipe
         end = pipe.ends[CLIENT]
-        if end.alloc.prod - end.taken > end.fill // 2:
+        if not collected and end.alloc.prod - end.taken > end.fill // 2:
             # what it took since we last looked: else a ring lent to the client's cache would look full
             pipe._collect_taken(end)
         if end.alloc.prod - end.taken <= end.fill // 2:
@@ -355,7 +356,7 @@ class FlowPort:
             return 0
         n = len(payloads)
         if n <= _FEW and max(map(len, payloads)) <= self.stride:
-            return self._deliver_few(payloads)
+            return self._deliver_few(payloads, n)
         lens = np.fromiter(map(len, payloads), np.uint32, n)
         if int(lens.max()) > self.stride:
             return self._deliver_chains(payloads, lens)
@@ -371,13 +372,13 @@ class FlowPort:
             except Exception as e:  # the channel's barrier: its fault never reaches the switch
                 return self._fault("receive", e, n)
 
-    def _deliver_few(self, payloads: list) -> int:
-        """`deliver` of a few packets that each fit one buffer (a handshake's, a request's): the
-        same reservation, copies and publication, in scalars rather than the dozen array calls
+    def _deliver_few(self, payloads: list, n: int) -> int:
+        """`deliver` of a few (`n`) packets that each fit one buffer (a handshake's, a request's):
+        the same reservation, copies and publication, in scalars rather than the dozen array calls
         a batch pays whatever its size (issue 18: usnetd's cost per small batch)."""
         with self.pipe.lock:  # as in `pull`
             try:
-                got = self._reserve(len(payloads), len(payloads))
+                got = self._reserve(n, n)
                 k = len(got)
                 if not k:
                     return 0
@@ -399,7 +400,7 @@ class FlowPort:
                 self._wake_client(k)
                 return k
             except Exception as e:  # as in `deliver`
-                return self._fault("receive", e, len(payloads))
+                return self._fault("receive", e, n)
 
     def _deliver_chains(self, payloads: list, lens: np.ndarray) -> int:
         """`deliver` for a batch with packets bigger than one: each copied, once, into as many
@@ -472,17 +473,20 @@ class FlowPort:
         """
         pipe = self.pipe
         got = _NO_LENS
+        taken = 0
         if self.stalled:  # it does not read: nothing more piles up for it
             self.rx_dropped += offered
             self.rx_dropped_stalled += offered
             return got
         if pipe.defunct_reason is None and want:
-            want = min(want, self.rx.space(want))
+            room = self.rx.space(want)
+            if room < want:
+                want = room
             if want > 0:
                 got = pipe.lend(want, NEXUS)  # what the client freed comes back before the pool grows
-                if len(got):
+                taken = len(got)
+                if taken:
                     pipe.pool.take(got)
-        taken = len(got)
         if ends is not None:
             taken = int(np.searchsorted(ends, taken, "right"))  # the arrivals that fit whole
             used = int(ends[taken - 1]) if taken else 0

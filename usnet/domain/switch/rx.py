@@ -207,11 +207,13 @@ class ReceivePath(MulticastDuties):
                 self._deliver_group(flow.group, pkts)
                 continue
             n = flow.port.deliver(pkts)
-            flow.stats["rx_packets"] += n
-            flow.stats["rx_bytes"] += sum(map(len, pkts[:n]))  # IP bytes (metrics; once a batch)
-            if n < len(pkts):
-                flow.stats["rx_dropped"] += len(pkts) - n
-                self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += len(pkts) - n
+            stats = flow.stats
+            stats["rx_packets"] += n
+            offered = len(pkts)
+            stats["rx_bytes"] += sum(map(len, pkts[:n]))  # IP bytes (metrics; once a batch)
+            if n < offered:
+                stats["rx_dropped"] += offered - n
+                self.drops["rx_stalled" if flow.port.stalled else "rx_client_full"] += offered - n
         per_flow.clear()
 
     def _deliver_group(self, g: ReuseGroup, pkts: list[Received | memoryview]) -> None:

@@ -67,6 +67,7 @@ _SCALAR_WIDTH = ETH_HLEN + 9216
 # `service_tx_many` joins the batches of more than this many packets into its one pass: there
 # a row costs a fraction of a packet's check however few rows each flow brings
 _JOIN_ABOVE = 2
+_FEW_JOINED = min(_JOIN_ABOVE, _SCALAR_MAX)  # what `service_tx_many` sends one by one
 
 
 def _is_syn(p: bytes, l4: int) -> bool:
@@ -130,15 +131,16 @@ class TransmitPath(HostDuties):
         """
         joined: list[tuple[Flow, np.ndarray, np.ndarray, np.ndarray]] = []
         taken = 0
+        netif = self.netif
         for flow in flows:
             self.host_read = False  # each flow's batch is new input (`host_up_to_date`)
             try:
                 if (flow.family != 4 or flow.binds is not None or flow.policer is not None
-                        or self.netif.serves_ll(flow.id)):
+                        or (netif.ll_keys and netif.serves_ll(flow.id))):  # no LL queue: no call
                     taken += self.service_tx(flow)
                     continue
                 bite = self._bite(flow, TX_BATCH)
-                few = self._tx_if_few(flow, bite, min(_JOIN_ABOVE, _SCALAR_MAX))
+                few = self._tx_if_few(flow, bite, _FEW_JOINED)
                 if few is not None:
                     taken += few
                     continue
@@ -150,13 +152,15 @@ class TransmitPath(HostDuties):
                 taken += len(lens)
             except Exception as e:  # the channel's barrier: the others go on
                 on_fault(flow, e)
+        if not joined:
+            return taken
         if len(joined) == 1:
             flow, rows, lens, gso = joined[0]
             try:
                 self._tx_pulled(flow, rows, lens, gso, None)
             except Exception as e:
                 on_fault(flow, e)
-        elif joined:
+        else:
             self._tx_joined(joined, on_fault)
         return taken
 
@@ -309,43 +313,52 @@ class TransmitPath(HostDuties):
         pkts, gsos, meta = got
         if not pkts:
             return 0
-        w = ETH_HLEN + max(map(len, pkts))
+        widest = max(map(len, pkts))
+        w = ETH_HLEN + widest
         if w <= _SCALAR_WIDTH or meta is not None:
-            return self._tx_few(flow, pkts, gsos, meta)
+            return self._tx_few(flow, pkts, gsos, meta, widest)
         rows = np.empty((len(pkts), w), np.uint8)
         for i, p in enumerate(pkts):
             rows[i, ETH_HLEN : ETH_HLEN + len(p)] = np.frombuffer(p, np.uint8)
         return self._tx_pulled(flow, rows, np.array([len(p) for p in pkts], np.uint32),
                                np.array(gsos, np.uint32), meta)
 
-    def _tx_few(self, flow: Flow, pkts: list[bytearray], gsos: list[int], meta: TxMeta | None) -> int:
+    def _tx_few(self, flow: Flow, pkts: list[bytearray], gsos: list[int], meta: TxMeta | None,
+                widest: int | None = None) -> int:
         """`service_tx` for a batch of a few packets (each its own copy): the same DSCP rewrite and
         the same checks, one packet at a time by `_tx_one`/`_tx_one6` (which decide every packet
         the column-wise pass does not accept, so they accept exactly what the batch path sends),
-        and the same TCP state: the last packet that passed, per remote end."""
+        and the same TCP state: the last packet that passed, per remote end. `widest`: the
+        longest packet's length, when the caller knows it."""
         now = self.clock()
         family, dscp = flow.family, flow.dscp
         tx_one = self._tx_one6 if family == 6 else self._tx_one
-        wide = max(map(len, pkts)) >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
-        sent = 0
+        if widest is None:
+            widest = max(map(len, pkts))
+        wide = widest >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
+        sent = nbytes = 0
         passed: list[bytes] = []
         for i, p in enumerate(pkts):
             if wide and p and p[0] >> 4 == family:
                 ecn.set_dscp(p, 0, dscp)
             pb = bytes(p)
-            took = self._tx_marked(flow, pb, now, gsos[i], tx_one, meta, i)
+            if meta is None:  # nothing marked: `_tx_marked` would only call `tx_one`
+                took = tx_one(flow, pb, now, gsos[i])
+            else:
+                took = self._tx_marked(flow, pb, now, gsos[i], tx_one, meta, i)
             sent += took
             if took:
                 passed.append(pb)
+                nbytes += len(pb)
         if flow.proto == TCP and passed:  # as TcpSeen.note_rows: the last of each remote end
             if flow.tcp_seen is None:
                 flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
-            if len(passed) > 1 and len({self._remote_end(q, family) for q in passed}) == 1 and flow.binds is None:
+            if sent > 1 and len({self._remote_end(q, family) for q in passed}) == 1 and flow.binds is None:
                 passed = passed[-1:]
             for q in passed:
                 flow.tcp_seen.note(q, family)
         flow.stats["tx_packets"] += sent
-        flow.stats["tx_bytes"] += sum(map(len, passed))
+        flow.stats["tx_bytes"] += nbytes
         self._advise(flow)
         return len(pkts)
 

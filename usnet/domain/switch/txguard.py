@@ -190,7 +190,8 @@ class TcpSeen:
         """One validated IP packet `p` of the flow (IPv6: no extension header, else ignored);
         `length`: the packet's, when `p` holds only its first bytes (at least its IP header and
         TCP's fixed 20, or it is ignored)."""
-        n = len(p) if length is None else length
+        have = len(p)
+        n = have if length is None else length
         if family == 4:
             l4 = (p[0] & 0xF) << 2
             dst = p[16:20]
@@ -198,7 +199,7 @@ class TcpSeen:
             if p[6] != 6:  # a fragment header: the stack never sends TCP that way
                 return
             l4, dst = 40, p[24:40]
-        if len(p) < l4 + 20 or n < l4 + 20:
+        if have < l4 + 20 or n < l4 + 20:
             return
         sport, dport, seq, ack, off, flags = _TCPFIX.unpack_from(p, l4)
         key: tuple = (dst, dport, sport) if self.by_port else (dst, dport)
