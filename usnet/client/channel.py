@@ -550,7 +550,7 @@ class Channel:
 
         Returns how many were sent; those not sent stay the caller's.
         """
-        if self.closed or self._peer_closed():
+        if self.closed or self._words[W_STATE + 1 - self.role] != ChannelState.OPEN:  # `_peer_closed()`
             self._check_state()
             raise PeerGone(DefunctReason.CLOSED)
         if self._hup is not None:
@@ -630,7 +630,7 @@ class Channel:
 
     def _ring_peer(self) -> None:
         ringmod.fence()
-        if self._tx.need_wakeup():
+        if self._tx.w[ringmod.FLAGS] & ringmod.NEED_WAKEUP:  # `need_wakeup()`: once a segment sent
             doorbell.ring(self._peer_bell)
 
     def recv(self, max_n: int = 1 << 30, timeout: object = _UNSET) -> list[int]:

@@ -748,7 +748,8 @@ class FlowEngine:
                 if faulted is not None and _seg_key(dst, seg) in faulted:
                     continue
                 if type(seg) is TcpParts:
-                    h = head(TCP, local, dst, len(seg), now, tos=ect, segmented=bool(cut))
+                    # (its two parts' lengths, not `len(seg)`: TcpParts.__len__ is a Python call)
+                    h = head(TCP, local, dst, len(seg.head) + len(seg.payload), now, tos=ect, segmented=bool(cut))
                     if h is not None:
                         out.append((h + seg.head, seg.payload, cut))
                         continue
