@@ -348,6 +348,8 @@ class Channel:
         if self.closed or self._words[W_STATE + self.role] != ChannelState.OPEN:
             self._check_state()  # the cache's packets went back to the pool with the channel
         cache = self._cache
+        if n == 1 and cache:  # one segment's packet, the usual case for small segments (issue 16)
+            return [cache.pop()]
         if len(cache) < n:
             self._refill(n - len(cache), self._deadline(timeout))
         if len(cache) <= n:
@@ -428,14 +430,15 @@ class Channel:
         domain has zero-filled its memory and what was copied may be zeros, so
         this raises ChannelDefunct instead of letting them pass as data.
         """
-        if not pkts:
+        n = len(pkts)
+        if not n:
             return
         if self.closed:
             self._check_state()
-        done = self._free.push(pkts)
+        done = self._free.push_one(pkts[0]) if n == 1 else self._free.push(pkts)  # no array for one
         if self._words[W_STATE + self.role] != ChannelState.OPEN:
             self._check_state()  # the state word lives in read-only memory the defunct leaves alone
-        if done < len(pkts):
+        if done < n:
             # Cannot happen with honest use (the ring holds every packet of the pool).
             self._kick()
             raise ChannelError(errno.EOVERFLOW, "FREE ring full: packets handed back twice?")
@@ -547,7 +550,7 @@ class Channel:
 
         Returns how many were sent; those not sent stay the caller's.
         """
-        if self.closed or self._peer_closed():
+        if self.closed or self._words[W_STATE + 1 - self.role] != ChannelState.OPEN:  # `_peer_closed()`
             self._check_state()
             raise PeerGone(DefunctReason.CLOSED)
         if self._hup is not None:
@@ -564,10 +567,11 @@ class Channel:
             if self._server_gone is not None:
                 self._check_state()
         tx = self._tx
-        done = tx.push(pkts)
-        if done < len(pkts):
+        n = len(pkts)
+        done = tx.push_one(pkts[0]) if n == 1 else tx.push(pkts)  # one packet: no array, no space()
+        if done < n:
             deadline = self._deadline(timeout)
-            while done < len(pkts):
+            while done < n:
                 self._ring_peer()
                 self._check_state()
                 if self._peer_closed():
@@ -626,7 +630,7 @@ class Channel:
 
     def _ring_peer(self) -> None:
         ringmod.fence()
-        if self._tx.need_wakeup():
+        if self._tx.w[ringmod.FLAGS] & ringmod.NEED_WAKEUP:  # `need_wakeup()`: once a segment sent
             doorbell.ring(self._peer_bell)
 
     def recv(self, max_n: int = 1 << 30, timeout: object = _UNSET) -> list[int]:
@@ -695,7 +699,8 @@ class Channel:
         known once the ring is seen empty and NEED_WAKEUP armed. Everything else is recv's: the
         same state checks and errors (closed, defunct, PeerGone once the peer is gone and its
         packets read), NEED_WAKEUP left set, the select bell drained and re-armed."""
-        if self.closed or self._rx.available():
+        rx = self._rx
+        if self.closed or rx.prod_cache - rx.cons or rx.refresh():  # `rx.available()`, one call fewer
             return self.recv(max_n, 0)
         if max_n <= 0:
             return []
@@ -706,13 +711,13 @@ class Channel:
         doorbell for the next packet, and take what came meanwhile ([] when nothing did)."""
         rx = self._rx
         self._check_state()
-        if self._peer_closed():
+        if self._words[W_STATE + 1 - self.role] != ChannelState.OPEN:  # `_peer_closed()`
             if rx.available():
                 return self.recv(max_n, 0)
             raise PeerGone(DefunctReason.CLOSED)
         rx.set_need_wakeup()
         ringmod.fence()
-        if rx.available():  # it arrived while we armed the bell: take it now (a
+        if rx.refresh():  # it arrived while we armed the bell: take it now (a
             rx.clear_need_wakeup()  # `continue` would never pop past an expired deadline)
             return self.recv(max_n, 0)
         return []

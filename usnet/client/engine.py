@@ -652,8 +652,10 @@ class FlowEngine:
             pkts = ch.recv_ready(RX_BATCH)  # [] once empty, NEED_WAKEUP armed
             if not pkts:
                 return
+            copies = []
             try:
-                copies = [bytes(ch.view(p)) for p in pkts]
+                for p in pkts:  # (a loop, not a comprehension: no frame of its own per batch)
+                    copies.append(bytes(ch.view(p)))
             finally:
                 ch.free(pkts)  # raises if the channel went defunct while we copied (zeros, not data)
             for c in copies:
@@ -710,12 +712,13 @@ class FlowEngine:
             return
         ch = self.ch
         sent = 0
-        while sent < len(out):
+        total = len(out)
+        while sent < total:
             try:
-                pkts = ch.alloc(len(out) - sent, 0)
+                pkts = ch.alloc(total - sent, 0)
             except (BlockingIOError, NoBuffers):
                 break  # no buffers now: the rest waits for the next pump
-            for p, (data, payload, cut) in zip(pkts, out[sent:]):
+            for p, (data, payload, cut) in zip(pkts, out[sent:] if sent else out):
                 if payload is None:
                     ch.write(p, data, cut)
                 else:
@@ -724,14 +727,13 @@ class FlowEngine:
                 done = ch.send(pkts, 0)
             except BlockingIOError:
                 done = 0
-            if done < len(pkts):
-                ch.give_back(pkts[done:])
             sent += done
             if done < len(pkts):
+                ch.give_back(pkts[done:])
                 break
         # What waits outlives this call: its payload views could be overwritten once the
         # send buffer's bytes are acknowledged and reused, so it waits as bytes.
-        self._backlog = [(d if pl is None else d + pl, None, cut) for d, pl, cut in out[sent:]]
+        self._backlog = [(d if pl is None else d + pl, None, cut) for d, pl, cut in out[sent:]] if sent < total else []
 
     def _wrap(self, segs: list, out: list, now: float) -> bool:
         """Put TCP's segments (`TcpEndpoint.outgoing`) into IP packets on `out`; True if one of them
@@ -746,7 +748,8 @@ class FlowEngine:
                 if faulted is not None and _seg_key(dst, seg) in faulted:
                     continue
                 if type(seg) is TcpParts:
-                    h = head(TCP, local, dst, len(seg), now, tos=ect, segmented=bool(cut))
+                    # (its two parts' lengths, not `len(seg)`: TcpParts.__len__ is a Python call)
+                    h = head(TCP, local, dst, len(seg.head) + len(seg.payload), now, tos=ect, segmented=bool(cut))
                     if h is not None:
                         out.append((h + seg.head, seg.payload, cut))
                         continue

@@ -211,7 +211,7 @@ def parse_tcp(
         raise WireError(f"TCP: header length {hlen} exceeds the {avail} bytes present")
     mv = memoryview(buf)
     if verify:
-        if src is None or dst is None or len(src) != len(dst) or len(src) not in (4, 16):
+        if src is None or dst is None or (ln := len(src)) != len(dst) or ln not in (4, 16):
             raise WireError("TCP: verifying needs 4- or 16-byte source and destination addresses")
         n = acc_at(buf, off, off + avail) + _from_bytes(src, "big") + _from_bytes(dst, "big") + TCP_PROTO + avail
         if not verifies(n):
