@@ -205,6 +205,8 @@ def test_corked_header_and_body_leave_as_one_segment_from_the_kernel_and_from_us
 
 
 SIOCOUTQNSD = 0x894B  # the kernel socket's bytes not yet sent
+TIOCOUTQ = 0x5411  # (SIOCOUTQ) its bytes not yet acknowledged
+FIONREAD = 0x541B  # (SIOCINQ) its bytes not yet read
 
 
 def _fill(s) -> int:
@@ -231,6 +233,43 @@ def _fill_until_closed(s, closed) -> None:
             return
         select.select([], [s], [], 0.05)
     raise AssertionError("the peer's window never closed")
+
+
+def _lowat_state(kc, u_peer, uc, k_peer) -> str:
+    """Both connections as each end sees them: what a stalled read loop reports (issue 16)."""
+    import fcntl
+    import struct
+
+    def ioctl(s, req: int) -> int:
+        return struct.unpack("i", fcntl.ioctl(s.fileno(), req, b"\0" * 4))[0]
+
+    def kernel(s) -> str:  # tcp_info: probes (u8 at 3), backoff (u8 at 4); unsent, queued, readable
+        info = s.getsockopt(T, socket.TCP_INFO, 8)
+        return (f"unsent {ioctl(s, SIOCOUTQNSD)} outq {ioctl(s, TIOCOUTQ)} inq {ioctl(s, FIONREAD)} "
+                f"probes {info[3]} backoff {info[4]}")
+
+    def usnet(c) -> str:
+        return (f"snd_una {c.snd_una} snd_nxt {c.snd_nxt} snd_wnd {c.snd_wnd} unsent {c.unsent} "
+                f"rcv_nxt {c.rcv_nxt} rcv_window {c.rcv_window} window_probes {c.stats.window_probes}")
+
+    return (f"kernel sender [{kernel(kc)}], usnet receiver [{usnet(u_peer.connection)}]; "
+            f"usnet sender [{usnet(uc.connection)}], kernel receiver [{kernel(k_peer)}]")
+
+
+def _read_until_writable(half: str, s, peer, state) -> None:
+    """`peer` reads (bounded) until `s`, which sends to it, is writable again; a read that times
+    out, or a sender still unwritable, fails naming the half and with both ends' `state()`."""
+    import select
+
+    peer.settimeout(LIMIT)
+    for i in range(1000):
+        if select.select([], [s], [], 0)[1]:
+            break
+        try:
+            peer.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"{half}: read {i} timed out; {state()}") from None
+    assert select.select([], [s], [], LIMIT)[1] == [s], f"{half}: never writable; {state()}"
 
 
 def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_domain):
@@ -269,13 +308,9 @@ def test_notsent_lowat_bounds_the_unsent_bytes_on_the_kernel_and_on_usnet(tap_do
         for s in (kc, uc):
             assert select.select([], [s], [], 0)[1] == []
         # the peers read: the senders are writable again
-        for s, peer in ((kc, u_peer), (uc, k_peer)):
-            peer.settimeout(LIMIT)
-            for _ in range(1000):
-                if select.select([], [s], [], 0)[1]:
-                    break
-                peer.recv(65536)
-            assert select.select([], [s], [], LIMIT)[1] == [s]
+        for half, s, peer in (("the kernel sends, usnet reads", kc, u_peer),
+                              ("usnet sends, the kernel reads", uc, k_peer)):
+            _read_until_writable(half, s, peer, lambda: _lowat_state(kc, u_peer, uc, k_peer))
     finally:
         for s in opened:
             s.close()
