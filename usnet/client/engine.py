@@ -454,7 +454,7 @@ class FlowEngine:
                 fired = self.tcp.on_timer(now)
                 if touched is not None:
                     touched.update(fired)
-            self._transmit(now)
+            self._take_output(now)
         except (ChannelError, PeerGone) as e:
             self.error = e
             self._touched = None
@@ -467,7 +467,18 @@ class FlowEngine:
             self._return_idle_blocks(now)
         if self.stats_out is not None and self.error is None:
             self.stats_out.publish(self.tcp, now)
+        # The sockets are told before the segments leave, not after: what TCP has sent is in its
+        # books now (its unsent count, TCP_NOTSENT_LOWAT's writability), and once the segments
+        # are on the channel the peer can have them, and answer, before this thread is scheduled
+        # again; a readiness told after that is stale meanwhile. Linux's tcp_poll reads the
+        # books when asked (docs/design-notes.md, "the TCP_NOTSENT_LOWAT test's stall").
         self.notify(touched, calls, pumped=True)
+        if self._backlog and self.error is None:
+            try:
+                self._hand_over()
+            except (ChannelError, PeerGone) as e:
+                self.error = e
+                self.notify()
 
     def pump_wait(self, left: float | None) -> None:
         """A blocked socket call waits by pumping the engine itself (it borrowed the doorbell from
@@ -695,6 +706,14 @@ class FlowEngine:
                         self._touched.add(conn)
 
     def _transmit(self, now: float) -> None:
+        """TCP's output wrapped (`_take_output`) and handed to the channel (`_hand_over`)."""
+        self._take_output(now)
+        if self._backlog:
+            self._hand_over()
+
+    def _take_output(self, now: float) -> None:
+        """TCP's output, wrapped into IP packets, onto the backlog: only once the channel took the
+        last burst (below). TCP counts it sent from here."""
         out = self._backlog
         if not out:
             # Ask TCP for more only once the channel took the last burst: what waits
@@ -708,8 +727,11 @@ class FlowEngine:
             faulted = self._wrap(self.tcp.outgoing(now), out, now)
             if faulted:
                 self._wrap(self.tcp.outgoing(now), out, now)  # the faulted connections' RSTs
-        if not out:
-            return
+
+    def _hand_over(self) -> None:
+        """The backlog's packets into the channel's buffers and onto its TX ring, as many as it
+        takes; the rest waits, as bytes, for the next pump."""
+        out = self._backlog
         ch = self.ch
         sent = 0
         total = len(out)
