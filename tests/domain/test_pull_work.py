@@ -17,6 +17,8 @@ most once (the joined pass knows them: none). No timing.
 
 from __future__ import annotations
 
+import select
+
 import numpy as np
 import pytest
 
@@ -66,15 +68,20 @@ class _Summed(np.ndarray):
         return np.ndarray.sum(self, *a, **kw)
 
 
-def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
-    """`flows` flows each send `per` batches of 32 a round, three rounds, all delivered; what the
-    domain did, counted. `changes`: the sending netif's trend changes once before the count and
-    once a round (as a loaded link's moves while 1,000 flows send)."""
+def _local() -> tuple[Domain, MemWire, Client]:
+    """A domain with netifs a and b on a MemWire, and an in-process client of it."""
     d = Domain()
     w = MemWire()
     d.add_netif("a", w.a, f"{A}/24")
     d.add_netif("b", w.b, f"{B}/24")
-    c = Client.local(d)
+    return d, w, Client.local(d)
+
+
+def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
+    """`flows` flows each send `per` batches of 32 a round, three rounds, all delivered; what the
+    domain did, counted. `changes`: the sending netif's trend changes once before the count and
+    once a round (as a loaded link's moves while 1,000 flows send)."""
+    d, _wire, c = _local()
     try:
         rx = c.udp_socket("b", 6000, ring_size=8192, packets=16384)
         socks = [c.udp_socket("a", 0, ring_size=256, packets=512) for _ in range(flows)]
@@ -208,3 +215,38 @@ def test_the_switchs_looks_and_bells_do_not_grow_with_the_flows(monkeypatch):
     many = _run(100, monkeypatch, 1, changes=True)
     assert many["looks"] == many["pulls"] == 300  # one a flow's batch
     assert many["bells"] / many["datagrams"] <= 1.2 * one["bells"] / one["datagrams"]
+
+
+def test_a_trend_change_rings_a_channel_that_read_the_last_one_and_not_one_that_did_not():
+    """The announcement's bell (usnet.domain.netif.advisory `_announce`): rung when the channel has read
+    the last announcement rung, not again while it has not; every change is still its own event."""
+    d, _wire, c = _local()
+    try:
+        s = c.udp_socket("a", 0)
+        bell = s.channel.doorbell_fd
+        adv = d.advisories["a"]
+
+        def change(trend: Trend) -> bool:
+            """Announce `trend`; whether it rang the channel's bell (which is then drained)."""
+            with d.lock:
+                adv.trend = trend
+                adv._announce(trend)
+            rung = bool(select.select([bell], [], [], 0)[0])
+            s.channel.drain_doorbell()
+            return rung
+
+        def read() -> list[int]:
+            return [e.value for e in s.events() if e.type == EventType.ADVISORY_UPDATED]
+
+        s.channel.drain_doorbell()
+        read()
+        assert change(Trend.DOWN)  # nothing unread: rung
+        assert not change(Trend.UP)  # the last one rung is unread: its bell woke the client already
+        assert not change(Trend.DOWN)
+        assert read() == [Trend.DOWN, Trend.UP, Trend.DOWN]  # each change its own event, in order
+        assert change(Trend.UP)  # read: the next change rings again
+        assert read() == [Trend.UP]
+        assert change(Trend.DOWN)
+    finally:
+        c.close()
+        d.stop()
