@@ -176,9 +176,9 @@ class NetifAdvisory:
                 ev = end.events
                 at = ev.prod
                 last = self._rung.get(end)
-                if not ev.post(EventType.ADVISORY_UPDATED, Direction.TX, value=int(trend), aux=self.seq):
-                    at = -1  # not posted (its ring is full): nothing new to ring for
-                elif last is None or ev.consumed() > last:
+                # not posted (its ring is full): nothing new to ring for
+                if ev.post(EventType.ADVISORY_UPDATED, Direction.TX, value=int(trend), aux=self.seq) and (
+                        last is None or ev.consumed() > last):
                     end.ring_bell()
                     last = at
                 if last is not None:
