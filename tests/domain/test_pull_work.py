@@ -12,19 +12,27 @@ datagram still naming its own sender. And what a flow's batch costs besides
 the pull itself, per datagram, with 1 flow sending 256 at a time against 10
 and 100 sending 32 each: no pass over a whole pool's state (its active count
 is kept, not counted at every ALLOC refill), and a block's bytes summed at
-most once (the joined pass knows them: none). No timing.
+most once (the joined pass knows them: none). With the sending netif's trend changing
+every round: one look at a flow's TX ring a batch (not `pull_few`, then `pull`), and no
+more doorbells per datagram at 100 flows than at 1 (a change rings a channel only if it
+read the last one rung). No timing.
 """
 
 from __future__ import annotations
 
+import select
+
 import numpy as np
 import pytest
 
+from usnet.abi.advisory import Trend
+from usnet.abi.events import EventType
 from usnet.client.datagram import DatagramSocket
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
 from usnet.domain.mem import pool as poolmod
 from usnet.domain.switch.port import FlowPort
+from usnet.domain.userpipe import PipeEnd
 from usnet.drivers.block import FrameBlock
 from usnet.drivers.memwire import MemWire
 
@@ -63,17 +71,26 @@ class _Summed(np.ndarray):
         return np.ndarray.sum(self, *a, **kw)
 
 
-def _run(flows: int, monkeypatch, per: int = 1) -> dict:
+def _local() -> tuple[Domain, MemWire, Client]:
+    """A domain with netifs a and b on a MemWire, and an in-process client of it."""
     d = Domain()
     w = MemWire()
     d.add_netif("a", w.a, f"{A}/24")
     d.add_netif("b", w.b, f"{B}/24")
-    c = Client.local(d)
+    return d, w, Client.local(d)
+
+
+def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
+    """`flows` flows each send `per` batches of 32 a round, three rounds, all delivered; what the
+    domain did, counted. `changes`: the sending netif's trend changes once before the count and
+    once a round (as a loaded link's moves while 1,000 flows send)."""
+    d, _wire, c = _local()
     try:
         rx = c.udp_socket("b", 6000, ring_size=8192, packets=16384)
         socks = [c.udp_socket("a", 0, ring_size=256, packets=512) for _ in range(flows)]
         ports = {s.getsockname()[1]: i for i, s in enumerate(socks)}
-        work = {"pulls": 0, "umd_gathers": 0, "scratches": set(), "lookups": 0, "blocks": 0}
+        work = {"pulls": 0, "umd_gathers": 0, "scratches": set(), "lookups": 0, "blocks": 0, "looks": 0, "bells": 0}
+        adv = d.advisories["a"]
         orig_pull, orig_marks, orig_name = FlowPort._pull, poolmod._marks, DatagramSocket._name
         orig_block = FrameBlock.__init__
 
@@ -115,9 +132,28 @@ def _run(flows: int, monkeypatch, per: int = 1) -> dict:
                     break
             return got
 
-        for s in socks:  # each flow warmed (ARP, its first lending): not counted
+        def change(k: int) -> None:  # the trend moves, as `NetifAdvisory.publish` finds it (under the loop's lock)
+            if changes:
+                with d.lock:
+                    adv.trend = Trend.DOWN if k % 2 else Trend.UP
+                    adv._announce(adv.trend)
+
+        def counted(cls, name: str, key: str, busy: bool = False) -> None:
+            orig = getattr(cls, name)
+
+            def f(self, *a, **kw):  # `busy`: only a look that finds packets (a woken flow may find none)
+                work[key] += not busy or self.tx_pending() > 0
+                return orig(self, *a, **kw)
+            monkeypatch.setattr(cls, name, f)
+
+        for s in socks:  # each flow warmed (ARP, its first lending) and told of a first change: not counted
             s.sendto(b"w", (B, 6000))
         assert drain(flows) == flows
+        change(0)
+        for look in ("pull", "pull_few", "pull_any"):  # a look at a flow's TX ring, under its pipe's lock
+            if hasattr(FlowPort, look):
+                counted(FlowPort, look, "looks", busy=True)
+        counted(PipeEnd, "ring_bell", "bells")
         monkeypatch.setattr(FlowPort, "_pull", pull)
         monkeypatch.setattr(poolmod, "_marks", marks)
         monkeypatch.setattr(DatagramSocket, "_name", name)
@@ -126,14 +162,18 @@ def _run(flows: int, monkeypatch, per: int = 1) -> dict:
             port.pipe.pool.state = port.pipe.pool.state.view(_Scanned)
         _Scanned.scans = _Summed.sums = 0
         got = 0
-        for _ in range(3):
+        for k in range(1, 4):
             for i, s in enumerate(socks):
                 for _ in range(per):
                     assert s.send_many([i.to_bytes(2, "big") * 32] * BATCH, (B, 6000)) == BATCH
+            change(k)
             got += drain(flows * BATCH * per)
         assert got == 3 * flows * BATCH * per  # every datagram arrived
+        for s in socks if changes else ():  # every change reached every sender, one event each (not
+            # coalesced; the advisory's own publications may have found more changes meanwhile)
+            assert [e.type for e in s.events()].count(EventType.ADVISORY_UPDATED) >= 4
         work.update(datagrams=got, pool_scans=_Scanned.scans, block_sums=_Summed.sums)
-        return work
+        return dict(work)  # as it stood: the closes below ring bells too
     finally:  # the client too: 100 flows' descriptors, else open till a collection finds them
         c.close()
         d.stop()
@@ -166,3 +206,50 @@ def test_a_batchs_bookkeeping_scans_no_pool_and_sums_a_block_once_whatever_the_f
     # so 4/32 a datagram at 100 flows against 4/256 at 1
     assert work["block_sums"] <= work["blocks"]
     assert work["block_sums"] * 256 <= work["datagrams"]  # at most one a 256, as 1 flow's one block a pull
+
+
+def test_the_switchs_looks_and_bells_do_not_grow_with_the_flows(monkeypatch):
+    """Per flow batch, one look at its TX ring under one lock (it asked `pull_few`, then `pull`: two);
+    per datagram, no more doorbells at 100 flows than at 1 while the trend changes every round
+    (each change rang all 100 senders, though none reads its events: 0.05 a datagram against
+    0.009 at 1 flow, whose one batch of 256 a round carries 8 times the datagrams)."""
+    one = _run(1, monkeypatch, 8, changes=True)
+    monkeypatch.undo()
+    many = _run(100, monkeypatch, 1, changes=True)
+    assert many["looks"] == many["pulls"] == 300  # one a flow's batch
+    assert many["bells"] / many["datagrams"] <= 1.2 * one["bells"] / one["datagrams"]
+
+
+def test_a_trend_change_rings_a_channel_that_read_the_last_one_and_not_one_that_did_not():
+    """The announcement's bell (usnet.domain.netif.advisory `_announce`): rung when the channel has read
+    the last announcement rung, not again while it has not; every change is still its own event."""
+    d, _wire, c = _local()
+    try:
+        s = c.udp_socket("a", 0)
+        bell = s.channel.doorbell_fd
+        adv = d.advisories["a"]
+
+        def change(trend: Trend) -> bool:
+            """Announce `trend`; whether it rang the channel's bell (which is then drained)."""
+            with d.lock:
+                adv.trend = trend
+                adv._announce(trend)
+            rung = bool(select.select([bell], [], [], 0)[0])
+            s.channel.drain_doorbell()
+            return rung
+
+        def read() -> list[int]:
+            return [e.value for e in s.events() if e.type == EventType.ADVISORY_UPDATED]
+
+        s.channel.drain_doorbell()
+        read()
+        assert change(Trend.DOWN)  # nothing unread: rung
+        assert not change(Trend.UP)  # the last one rung is unread: its bell woke the client already
+        assert not change(Trend.DOWN)
+        assert read() == [Trend.DOWN, Trend.UP, Trend.DOWN]  # each change its own event, in order
+        assert change(Trend.UP)  # read: the next change rings again
+        assert read() == [Trend.UP]
+        assert change(Trend.DOWN)
+    finally:
+        c.close()
+        d.stop()

@@ -177,6 +177,10 @@ class EventProducer:
         self.q[PROD] = self.prod
         return True
 
+    def consumed(self) -> int:
+        """The client's consumer counter: how many records it has read (its word, so maybe nonsense)."""
+        return int(self.q[CONS])
+
     def release(self) -> None:
         """Let go of the ring's memory (its owner unmaps it next); posting after this raises."""
         self.q.release()

@@ -103,10 +103,12 @@ class TransmitPath(HostDuties):
         bite = self._bite(flow, max_packets)
         self.host_read = False  # a new batch (`host_up_to_date`)
         if flow.policer is None:
-            taken = self._tx_if_few(flow, bite, _SCALAR_MAX, draining)
-            if taken is not None:
+            taken, pulled = self._tx_if_few(flow, bite, _SCALAR_MAX, draining)
+            if pulled is None:
                 return taken
-        rows, lens, gso, meta = flow.port.pull(bite, ETH_HLEN, draining)
+            rows, lens, gso, meta = pulled
+        else:
+            rows, lens, gso, meta = flow.port.pull(bite, ETH_HLEN, draining)
         if flow.policer is not None and len(lens):  # an LL lease: past its rate is dropped
             rows, lens, gso = self._police(flow, rows, lens, gso, meta)
         return self._tx_pulled(flow, rows, lens, gso, meta)
@@ -140,11 +142,11 @@ class TransmitPath(HostDuties):
                     taken += self.service_tx(flow)
                     continue
                 bite = self._bite(flow, TX_BATCH)
-                few = self._tx_if_few(flow, bite, _FEW_JOINED)
-                if few is not None:
+                few, pulled = self._tx_if_few(flow, bite, _FEW_JOINED)
+                if pulled is None:
                     taken += few
                     continue
-                rows, lens, gso, meta = flow.port.pull(bite, ETH_HLEN)
+                rows, lens, gso, meta = pulled
                 if len(lens) <= _JOIN_ABOVE or meta is not None or rows.shape[1] < ETH_HLEN + 24:
                     taken += self._tx_pulled(flow, rows, lens, gso, meta)
                     continue
@@ -303,25 +305,28 @@ class TransmitPath(HostDuties):
         self._advise(flow)
         return n
 
-    def _tx_if_few(self, flow: Flow, bite: int, few: int, draining: bool = False) -> int | None:
-        """`service_tx` of at most `few` packets without arrays (`FlowPort.pull_few`, `_tx_few`);
-        None, having taken nothing, when more wait. A packet too wide for the scalar path
-        (a super-segment, which only the batch path cuts) sends the batch there, as rows."""
-        got = flow.port.pull_few(bite, few, draining)
+    def _tx_if_few(self, flow: Flow, bite: int, few: int, draining: bool = False) -> tuple[
+            int, tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None] | None]:
+        """`service_tx` of at most `few` packets without arrays (`FlowPort.pull_few`, `_tx_few`):
+        (packets taken, None); when more wait, (0, the batch `FlowPort.pull` took, with room for
+        the link header) for the caller's array path: one look at the ring (`FlowPort.pull_any`).
+        A packet too wide for the scalar path (a super-segment, which only the batch path cuts)
+        sends the batch there, as rows."""
+        got, pulled = flow.port.pull_any(bite, few, ETH_HLEN, draining)
         if got is None:
-            return None
+            return 0, pulled
         pkts, gsos, meta = got
         if not pkts:
-            return 0
+            return 0, None
         widest = max(map(len, pkts))
         w = ETH_HLEN + widest
         if w <= _SCALAR_WIDTH or meta is not None:
-            return self._tx_few(flow, pkts, gsos, meta, widest)
+            return self._tx_few(flow, pkts, gsos, meta, widest), None
         rows = np.empty((len(pkts), w), np.uint8)
         for i, p in enumerate(pkts):
             rows[i, ETH_HLEN : ETH_HLEN + len(p)] = np.frombuffer(p, np.uint8)
         return self._tx_pulled(flow, rows, np.array([len(p) for p in pkts], np.uint32),
-                               np.array(gsos, np.uint32), meta)
+                               np.array(gsos, np.uint32), meta), None
 
     def _tx_few(self, flow: Flow, pkts: list[bytearray], gsos: list[int], meta: TxMeta | None,
                 widest: int | None = None) -> int:
