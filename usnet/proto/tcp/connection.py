@@ -67,6 +67,7 @@ import errno
 import os
 import random
 import struct
+from typing import Any
 
 from usnet.proto.tcp import fastpath, txfast
 from usnet.proto.tcp.bytequeue import ByteQueue
@@ -132,7 +133,7 @@ __all__ = [
 ]
 
 INF = float("inf")
-_NO_OUT: tuple = ()  # `_out` with nothing waiting: shared, immutable (see `_queue`)
+_NO_OUT: Any = ()  # `_out` with nothing waiting: shared, immutable (see `_queue`)
 
 _DATA_IN = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states that accept new data
 _CAN_SEND = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)
@@ -331,7 +332,7 @@ class TcpConnection:
         self._ch_n = 0
         # segments made outside `outgoing` (RSTs, an immediate ACK of out-of-order data): rare,
         # so the shared empty tuple until the first (`_queue`), not a list every connection owns
-        self._out: list[bytes | TcpParts] = _NO_OUT  # type: ignore[assignment]
+        self._out: list[bytes | TcpParts] = _NO_OUT
         self._rs_bytes = 0
         self._rs_last = 10 * mss  # the most `_rs_bytes` came to in a round trip (Linux: an initial window)
         self._rs_time = now
@@ -1611,7 +1612,7 @@ class TcpConnection:
         self._new_from = self.snd_nxt
         out = self._out
         if out:
-            self._out = _NO_OUT  # type: ignore[assignment]
+            self._out = _NO_OUT
         else:
             out = []
         st = self.state

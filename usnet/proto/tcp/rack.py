@@ -43,7 +43,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from usnet.proto.tcp.prr import Prr
 from usnet.proto.tcp.seq import seq_diff
@@ -74,7 +74,7 @@ class _NoTsorted(OrderedDict):
 
 # Shared by every Rack with nothing outstanding: immutable (a tuple refuses append, insert, del and
 # heapq.heappush), so a write that forgot `Rack._own` fails instead of corrupting every connection.
-_NO_SEGS: tuple = ()
+_NO_SEGS: Any = ()  # (Any: it stands in for the lists it is typed as)
 _NO_TSORTED: OrderedDict = _NoTsorted()
 
 
@@ -131,10 +131,10 @@ class Rack:
 
     def __init__(self, tlp: bool = True) -> None:
         # shared empties until the first send (`_own`), and again once everything is delivered
-        self.segs: list[Sent] = _NO_SEGS  # type: ignore[assignment]
-        self.starts: list[int] = _NO_SEGS  # type: ignore[assignment]
+        self.segs: list[Sent] = _NO_SEGS
+        self.starts: list[int] = _NO_SEGS
         self.tsorted: OrderedDict[Sent, None] = _NO_TSORTED
-        self.lost_q: list[tuple[int, int, Sent]] = _NO_SEGS  # type: ignore[assignment]
+        self.lost_q: list[tuple[int, int, Sent]] = _NO_SEGS
         self.lost_bytes = 0
         self._n = 0  # tie-breaker for lost_q
         self.xmit_ts = -INF  # RACK.xmit_ts: send time of the most recently sent delivered segment
