@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -73,3 +75,33 @@ def test_append_takes_any_contiguous_buffer() -> None:
     q.append(memoryview(b"xyz"))
     assert len(q) == 11
     assert q.take(11) == array.array("I", [1, 2]).tobytes() + b"xyz"
+
+
+def _views(q: ByteQueue) -> list[memoryview]:
+    """The non-empty memoryviews a queue holds (the shared empty block is no one's)."""
+    return [o for o in gc.get_referents(q) if type(o) is memoryview and len(o)]
+
+
+def test_a_drained_queue_holds_no_view_and_keeps_its_block() -> None:
+    """An idle connection's queues hold nothing the cyclic GC walks (a block's view is two
+    objects: issue 18): a drained queue keeps its block unviewed for the next append, so a bulk
+    queue that empties now and then does not fault its pages in again."""
+    q = ByteQueue()
+    q.append(b"GET / HTTP/1.1\r\n\r\n")
+    assert _views(q) and q.capacity == 4096
+    q.drop(len(q))
+    assert not _views(q) and q.capacity == 4096
+    q.append(b"x" * 100_000)
+    cap = q.capacity
+    q.drop(60_000)
+    assert _views(q)
+    q.drop(40_000)
+    assert not _views(q) and q.capacity == cap
+    data = bytes(range(256)) * 300
+    q.append(data)
+    assert q.capacity == cap and q.take(len(data)) == data  # the same block, taken back
+    q.drop(len(q))
+    q.append(b"y" * (cap + 1))  # more than the kept block: a bigger one, doubling as before
+    assert q.capacity == 2 * cap and q.take(cap + 1) == b"y" * (cap + 1)
+    q.clear()
+    assert not _views(q) and q.capacity == 0

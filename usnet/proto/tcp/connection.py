@@ -67,6 +67,7 @@ import errno
 import os
 import random
 import struct
+from typing import Any
 
 from usnet.proto.tcp import fastpath, txfast
 from usnet.proto.tcp.bytequeue import ByteQueue
@@ -132,6 +133,7 @@ __all__ = [
 ]
 
 INF = float("inf")
+_NO_OUT: Any = ()  # `_out` with nothing waiting: shared, immutable (see `_queue`)
 
 _DATA_IN = (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2)  # states that accept new data
 _CAN_SEND = (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT)
@@ -328,7 +330,9 @@ class TcpConnection:
         self._last_send = now
         self._ch_t = -INF
         self._ch_n = 0
-        self._out: list[bytes | TcpParts] = []
+        # segments made outside `outgoing` (RSTs, an immediate ACK of out-of-order data): rare,
+        # so the shared empty tuple until the first (`_queue`), not a list every connection owns
+        self._out: list[bytes | TcpParts] = _NO_OUT
         self._rs_bytes = 0
         self._rs_last = 10 * mss  # the most `_rs_bytes` came to in a round trip (Linux: an initial window)
         self._rs_time = now
@@ -503,7 +507,7 @@ class TcpConnection:
         """Drop the connection; the peer gets a RST if it knew about us."""
         st = self.state
         if st in (SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT):
-            self._out.append(pack_segment(
+            self._queue(pack_segment(
                 self._psum, self.local_port, self.remote_port, (self.iss + self.snd_nxt) & MASK,
                 0, RST, 0))
         if st is not CLOSED:
@@ -949,7 +953,7 @@ class TcpConnection:
         elif st is CLOSED or st is LISTEN:
             r = rst_reply(self._psum, seg)
             if r is not None:
-                self._out.append(r)
+                self._queue(r)
         else:
             self._rx(seg, now)
 
@@ -995,7 +999,7 @@ class TcpConnection:
         if fl & ACK:
             if (seg.ack - self.iss) & MASK != 1:  # must acknowledge exactly our SYN
                 if not fl & RST:
-                    self._out.append(pack_segment(
+                    self._queue(pack_segment(
                         self._psum, self.local_port, self.remote_port, seg.ack, 0, RST, 0))
                 self.stats.bad_segments += 1
                 self.stats.bad_acks += 1
@@ -1124,7 +1128,7 @@ class TcpConnection:
         a = unwrap(seg.ack, self.iss, una)
         if st is SYN_RECEIVED:
             if not 0 < a <= self.snd_nxt:
-                self._out.append(pack_segment(
+                self._queue(pack_segment(
                     self._psum, self.local_port, self.remote_port, seg.ack, 0, RST, 0))
                 stats.bad_acks += 1
                 stats.bad_segments += 1
@@ -1546,7 +1550,7 @@ class TcpConnection:
         of the others late or never, and recovers by timeouts. Linux acknowledges each
         out-of-order segment (its SACK compression merely delays, and keeps its 4 blocks).
         An ACK that only grows the most recent block loses nothing and is not split."""
-        self._out.append(self._segment(ACK, self.snd_nxt, b"", now))
+        self._queue(self._segment(ACK, self.snd_nxt, b"", now))
 
     def _rx_fin(self, now: float) -> None:
         """The peer's FIN, in order. In ESTABLISHED its ACK waits, as Linux's tcp_fin makes it
@@ -1599,13 +1603,20 @@ class TcpConnection:
 
     # ------------------------------------------------------------------ output
 
+    def _queue(self, seg: bytes | TcpParts) -> None:
+        """Hold a segment made outside `outgoing` for its next call."""
+        out = self._out
+        if out is _NO_OUT:
+            out = self._out = []
+        out.append(seg)
+
     def outgoing(self, now: float) -> list[bytes | TcpParts]:
         """Every segment due now: whole TCP segments (header + payload, checksummed); with
         ``cfg.gather``, data segments as `TcpParts`, valid until the next input or `send`."""
         self._new_from = self.snd_nxt
         out = self._out
         if out:
-            self._out = []
+            self._out = _NO_OUT
         else:
             out = []
         st = self.state

@@ -25,6 +25,13 @@ What is kept, and why so:
 * the records marked lost and not yet resent in a heap by sequence number,
   with their unSACKed byte count in ``lost_bytes`` for "pipe".
 
+The four containers exist only while something is outstanding: a connection
+with nothing in flight (an idle one, every one between a request and the next)
+holds the shared empties below (`_NO_SEGS`, `_NO_TSORTED`), made private by
+`sent`, the only place a record is born, and given back when the cumulative
+ACK delivers the last record (`cum_ack`). Each container an idle connection
+owns is another object every full collection of the cyclic GC walks (issue 18).
+
 The reordering window is min_RTT/4, times a multiplier that a D-SACK (a
 retransmission that was not needed) raises once a round trip and that
 decays after 16 recoveries without one; zero in recovery or with three
@@ -36,7 +43,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from usnet.proto.tcp.prr import Prr
 from usnet.proto.tcp.seq import seq_diff
@@ -51,6 +58,24 @@ __all__ = ["Rack", "Sent", "sent_after"]
 INF = float("inf")
 _FAST = 1  # the connection's fast-recovery phase (connection._FAST)
 _PERSIST = 16  # recoveries a raised reordering window outlives a D-SACK (RFC 8985 §6.2)
+
+
+class _NoTsorted(OrderedDict):
+    """The shared, always empty ``tsorted`` of a Rack with nothing outstanding: reading, ``pop``
+    and ``clear`` are what they are on any empty one; a write fails loudly (a record must be
+    born in `Rack.sent`, which makes the containers private first)."""
+
+    def __setitem__(self, key, value) -> None:
+        raise TypeError("Rack's shared empty tsorted: make the containers private first (Rack.sent)")
+
+    def move_to_end(self, key, last: bool = True) -> None:
+        raise KeyError(key)
+
+
+# Shared by every Rack with nothing outstanding: immutable (a tuple refuses append, insert, del and
+# heapq.heappush), so a write that forgot `Rack._own` fails instead of corrupting every connection.
+_NO_SEGS: Any = ()  # (Any: it stands in for the lists it is typed as)
+_NO_TSORTED: OrderedDict = _NoTsorted()
 
 
 def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
@@ -105,10 +130,11 @@ class Rack:
     )
 
     def __init__(self, tlp: bool = True) -> None:
-        self.segs: list[Sent] = []
-        self.starts: list[int] = []
-        self.tsorted: OrderedDict[Sent, None] = OrderedDict()
-        self.lost_q: list[tuple[int, int, Sent]] = []
+        # shared empties until the first send (`_own`), and again once everything is delivered
+        self.segs: list[Sent] = _NO_SEGS
+        self.starts: list[int] = _NO_SEGS
+        self.tsorted: OrderedDict[Sent, None] = _NO_TSORTED
+        self.lost_q: list[tuple[int, int, Sent]] = _NO_SEGS
         self.lost_bytes = 0
         self._n = 0  # tie-breaker for lost_q
         self.xmit_ts = -INF  # RACK.xmit_ts: send time of the most recently sent delivered segment
@@ -150,12 +176,21 @@ class Rack:
     def sent(self, start: int, end: int, now: float, flight_empty: bool = False) -> None:
         """New data ``[start, end)`` went out for the first time (``flight_empty``: nothing before)."""
         rec = Sent(start, end, now)
+        if self.segs is _NO_SEGS:
+            self._own()
         self.segs.append(rec)
         self.starts.append(start)
         self.tsorted[rec] = None
         self.rearm = True
         if self.rate is not None:
             self.rate.sent(rec, now, flight_empty)
+
+    def _own(self) -> None:
+        """Containers of its own, for the first record after none was outstanding."""
+        self.segs = []
+        self.starts = []
+        self.tsorted = OrderedDict()
+        self.lost_q = []
 
     def _resent(self, rec: Sent, now: float) -> None:
         if rec.lost:
@@ -354,6 +389,10 @@ class Rack:
                 self._delivered(r, now)
             i += 1
         if i:
+            if i == n:  # everything delivered: the shared empties again (a stale lost_q entry too)
+                self.segs = self.starts = self.lost_q = _NO_SEGS
+                self.tsorted = _NO_TSORTED
+                return
             del segs[:i]
             del self.starts[:i]
         if segs and segs[0].start < una:
