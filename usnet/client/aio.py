@@ -519,7 +519,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         if self._conn_lost:
             return False
         c = self._conn
-        if self._eng.error is not None or self._meets_error(c):
+        if self._eng.error is not None or (c.error is not None and self._meets_error(c)):
             return True
         if self._buffer and c.send_space:
             return True
@@ -556,7 +556,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
     def _ready(self) -> None:
         if self._conn_lost:
             return
-        err = self._eng.error or (self._conn.error if self._meets_error(self._conn) else None)
+        c = self._conn
+        err = self._eng.error or (c.error if c.error is not None and self._meets_error(c) else None)
         if err is not None:
             self._fatal_error(err, "Fatal error on usnet transport")
             return
