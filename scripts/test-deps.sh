@@ -1,6 +1,6 @@
 #!/bin/sh
 # What the tests need from the system: the real peers (ping, nc, iperf3, tshark, curl, wrk, dnsmasq,
-# redis-server, memcached).
+# redis-server, memcached, sshd).
 # Installed when we are root with apt; otherwise said, and the privileged tests skip (or fail under CI).
 set -e
 need=""
@@ -16,6 +16,7 @@ command -v dnsmasq >/dev/null 2>&1 || need="$need dnsmasq-base"  # the binary on
 # packages' own host daemons are not wanted: policy-rc.d says no to starting them, where none does already
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v memcached >/dev/null 2>&1 || need="$need memcached"
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"  # tests/interop/test_programs12.py (not on PATH for non-root users)
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

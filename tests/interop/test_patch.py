@@ -557,6 +557,66 @@ def test_transport_readiness_clears_once_its_data_is_taken(policy):
     assert at_eof  # EOF is readable, as on the kernel: recv would return b"" at once
 
 
+async def _paused_through_an_error(host_ip: str, fin: bool) -> list:
+    """A transport paused from its start while its kernel peer sends "abc" and ends: with a FIN
+    (`fin`: our "x", written after, meets its closed socket, which resets us in CLOSE_WAIT) or
+    with a reset (SO_LINGER 0). Once the socket says POLLERR, reading resumes: what the protocol
+    saw, in order."""
+    loop = asyncio.get_running_loop()
+    seen: list = []
+    lost: asyncio.Future = loop.create_future()
+
+    class Paused(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            transport.pause_reading()
+
+        def data_received(self, data: bytes) -> None:
+            seen.append(data)
+
+        def eof_received(self) -> None:
+            seen.append("eof")
+
+        def connection_lost(self, exc) -> None:
+            seen.append(["lost", type(exc).__name__ if exc else None])
+            lost.set_result(None)
+
+    with socket.create_server((host_ip, 0)) as ls:
+        t, _p = await loop.create_connection(Paused, host_ip, ls.getsockname()[1])
+        peer, _ = ls.accept()
+        peer.sendall(b"abc")
+        if not fin:
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        peer.close()
+        if fin:
+            t.write(b"x")  # (after the close: its answer is a RST, behind the FIN)
+        p = select.poll()
+        p.register(t.get_extra_info("socket").fileno(), select.POLLERR)
+        for _ in range(int(LIMIT / 0.01)):  # (the loop runs between looks: usnet's pump may need it)
+            if any(ev & select.POLLERR for _fd, ev in p.poll(0)):
+                break
+            await asyncio.sleep(0.01)
+        seen.append(bool(any(ev & select.POLLERR for _fd, ev in p.poll(0))))
+        t.resume_reading()
+        await asyncio.wait_for(lost, LIMIT)
+    return seen
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("fin", [True, False], ids=["fin-then-reset", "reset"])
+def test_a_paused_transport_meets_its_connections_error_as_on_the_kernel(policy, fin):
+    """The kernel's selector transport meets a connection's error only by a read or a write:
+    paused, it sees nothing; resumed, it reads the data queued before the error, then, after the
+    peer's FIN, EOF (tcp_fin's SOCK_DONE comes before sk_err), else the error. usnet's transport
+    ended at the error at once: connection_lost(EPIPE) while paused, the data and the EOF lost."""
+    _usnet_ip, host_ip = policy
+    on_usnet = asyncio.run(_paused_through_an_error(host_ip, fin))
+    asyncio.set_event_loop_policy(None)  # (the fixture puts usnet's back at its end)
+    on_kernel = asyncio.run(_paused_through_an_error(host_ip, fin))
+    assert on_usnet == on_kernel
+    assert on_kernel == ([True, b"abc", "eof", ["lost", None]] if fin
+                         else [True, b"abc", ["lost", "ConnectionResetError"]])
+
+
 @pytest.mark.privileged
 def test_policy_datagram_endpoint_with_a_kernel_udp_peer(policy):
     """create_datagram_endpoint on usnet: an echo of a kernel UDP socket's datagrams, both ways."""

@@ -238,6 +238,49 @@ def test_a_connections_error_is_reported_once_as_on_the_kernel(net):
     assert on_kernel == ["ECONNRESET", b"", 0, "EPIPE", "EPIPE", b"", errno.ECONNRESET, "EPIPE", b"", True]
 
 
+def _reset_after_fin(make, lst: socket.socket) -> list:
+    """A socket from `make` connected to the kernel listener `lst`, whose accepted end sends
+    "abc" and closes (FIN); our "x" then meets its closed socket, which resets us in CLOSE_WAIT
+    (once POLLERR says so). Each call in turn: the error or what it gave."""
+
+    def call(f):
+        try:
+            return f()
+        except OSError as e:
+            return errno.errorcode[e.errno]
+
+    s = make()
+    s.settimeout(LIMIT)
+    s.connect(lst.getsockname())
+    peer, _ = lst.accept()
+    peer.sendall(b"abc")
+    peer.close()
+    select.select([s], [], [], LIMIT)  # the data and the FIN
+    s.send(b"x")
+    p = select.poll()
+    p.register(s, select.POLLERR)
+    got = p.poll(LIMIT * 1000)  # the reset
+    out = [bool(got and got[0][1] & select.POLLERR), call(lambda: s.recv(10)), call(lambda: s.recv(10)),
+           call(lambda: s.recv(10)), s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), call(lambda: s.send(b"x")),
+           call(lambda: s.recv(10))]
+    s.close()
+    return out
+
+
+def test_a_reset_after_the_peers_fin_leaves_recv_at_eof_as_on_the_kernel(net):
+    """Linux's tcp_fin marks the socket done (SOCK_DONE) and tcp_recvmsg looks at that before
+    sk_err: once the peer's FIN came, recv is the data, then EOF, even after a reset (EPIPE in
+    CLOSE_WAIT), whose error is left to send or SO_ERROR. usnet's recv raised EPIPE after the
+    data (paramiko's transport thread, reading an sshd killed mid-stream: a BrokenPipeError
+    where the kernel's ends in EOF; tests/interop/test_programs12.py)."""
+    _client, _ifname, _usnet_ip, host_ip = net
+    with socket.create_server((host_ip, 0)) as lst:
+        on_kernel = _reset_after_fin(socket.socket, lst)
+        on_usnet = _reset_after_fin(us.socket, lst)
+    assert on_usnet == on_kernel
+    assert on_kernel == [True, b"abc", b"", b"", errno.EPIPE, "EPIPE", b""]
+
+
 def _peek_dontwait(receiver, sender) -> list:
     """recv flags on a connected pair, as a transcript of what each call gave."""
     out = []

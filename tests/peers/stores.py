@@ -9,8 +9,6 @@ what it prints (one JSON line) the test compares between the two.
 """
 
 import asyncio
-import hashlib
-import json
 import os
 import select
 import socket
@@ -20,21 +18,12 @@ import time
 
 import redis
 import redis.asyncio as aredis
+from peerout import LIMIT, MB, out, sha
 from redis.asyncio.retry import Retry as ARetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 name, mode, host, port, args = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
-LIMIT = 10.0
-MB = 1 << 20
-
-
-def out(v) -> None:
-    print(json.dumps(v), flush=True)
-
-
-def sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
 
 
 def err(e: BaseException) -> list:

@@ -501,11 +501,25 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
 
     # -- what the stack thread asks (engine lock held) ----------------------------------------
 
+    def _meets_error(self, c: Any) -> bool:
+        """Whether the kernel's transport would meet the connection's error now: with a write to
+        do (its send fails), or a read to do that finds nothing before the error (tcp_recvmsg
+        gives the queued data first, and after the peer's FIN, EOF: tcp_fin's SOCK_DONE comes
+        before sk_err). Paused, past its EOF, or with the data or FIN still to deliver, the
+        kernel's selector transport makes no call that would see it."""
+        if c.error is None:
+            return False
+        if self._buffer:
+            return True
+        if self._reading_paused or self._eof_seen or self._closing:
+            return False
+        return not c.rcv_queued and self._early is None and not c.fin_received
+
     def _wants(self) -> bool:
         if self._conn_lost:
             return False
         c = self._conn
-        if c.error is not None or self._eng.error is not None:
+        if self._eng.error is not None or (c.error is not None and self._meets_error(c)):
             return True
         if self._buffer and c.send_space:
             return True
@@ -542,7 +556,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
     def _ready(self) -> None:
         if self._conn_lost:
             return
-        err = self._conn.error or self._eng.error
+        c = self._conn
+        err = self._eng.error or (c.error if c.error is not None and self._meets_error(c) else None)
         if err is not None:
             self._fatal_error(err, "Fatal error on usnet transport")
             return
@@ -628,7 +643,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 self._deliver(proto, data, more)
                 return True
         with eng.lock:
-            end = c.error is None and not c.rcv_queued and (c.eof or c.state is CLOSED)
+            end = not c.rcv_queued and (c.eof or (c.error is None and c.state is CLOSED))  # (`_meets_error`)
             if end:
                 self._sock._update()  # readable at EOF, as the kernel's (recv returns b"" at once)
         if end:

@@ -1950,8 +1950,10 @@ class socket:
         """What `take` reads if data is queued; `at_eof` once no more will come; None: wait."""
         if conn.rcv_queued:
             return take()
+        if conn.fin_received:  # tcp_fin's SOCK_DONE: EOF, before any sk_err (a reset in CLOSE_WAIT,
+            return at_eof  # an ICMP error), which stays for send and SO_ERROR (tcp_recvmsg)
         if conn.pending_error is not None:
-            self._take_pending(conn)  # raises it: sk_err, after the data, before the EOF (tcp_recvmsg)
+            self._take_pending(conn)  # raises it: sk_err, after the data, before our SHUT_RD's EOF
         if conn.error is not None and (err := self._error_once(conn)) is not None:
             raise err
         if conn.eof or conn.state is CLOSED or self._shut_rd:
