@@ -1,6 +1,6 @@
 """A few packets sent are pulled without arrays (issue 18: usnetd's CPU per turn).
 
-`FlowPort.pull_few` takes at most a few packets off a flow's TX ring in scalars: the ring's
+`FlowPort.pull_any` takes at most a few packets off a flow's TX ring in scalars: the ring's
 entries as ints, the pool's scalar release, the UMD read through a memoryview, each packet
 copied into a bytearray of its own. It must take exactly what `FlowPort.pull` takes, from
 any client, hostile ones included: the same packets and bytes (a UMD length past the
@@ -85,8 +85,8 @@ def test_a_few_packets_are_pulled_in_scalars_as_pull_takes_them(items, extra) ->
     try:
         few.send(items, extra)
         batch.send(items, extra)
-        got = few.port.pull_few(64, 4)
-        assert got is not None  # at most four wait
+        got, rest = few.port.pull_any(64, 4, ETH)
+        assert got is not None and rest is None  # at most four wait: the scalar path took them
         pkts, gsos, meta = got
         rows, lens, gso, bmeta = batch.port.pull(64, ETH)
         assert [bytes(p) for p in pkts] == [bytes(rows[i, ETH : ETH + n]) for i, n in enumerate(lens.tolist())]
@@ -101,12 +101,13 @@ def test_a_few_packets_are_pulled_in_scalars_as_pull_takes_them(items, extra) ->
 
 
 def test_more_than_a_few_waiting_are_left_to_pull() -> None:
-    """Five waiting: `pull_few` takes nothing (None), and `pull` then takes all five."""
+    """Five waiting: the scalar path takes nothing (None), and `pull_any` takes all five as `pull` does."""
     s = _Side()
     try:
         s.send([("own", 60, 0, 0, None)] * 5, 1)
-        assert s.port.pull_few(64, 4) is None
-        _, lens, _, _ = s.port.pull(64, ETH)
+        got, pulled = s.port.pull_any(64, 4, ETH)
+        assert got is None and pulled is not None
+        _, lens, _, _ = pulled
         assert lens.tolist() == [60] * 5
     finally:
         s.close()

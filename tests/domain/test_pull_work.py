@@ -150,9 +150,8 @@ def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
             s.sendto(b"w", (B, 6000))
         assert drain(flows) == flows
         change(0)
-        for look in ("pull", "pull_few", "pull_any"):  # a look at a flow's TX ring, under its pipe's lock
-            if hasattr(FlowPort, look):
-                counted(FlowPort, look, "looks", busy=True)
+        for look in ("pull", "pull_any"):  # a look at a flow's TX ring, under its pipe's lock
+            counted(FlowPort, look, "looks", busy=True)
         counted(PipeEnd, "ring_bell", "bells")
         monkeypatch.setattr(FlowPort, "_pull", pull)
         monkeypatch.setattr(poolmod, "_marks", marks)

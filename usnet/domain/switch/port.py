@@ -280,25 +280,12 @@ class FlowPort:
             pipe._violation(end, refused[0][1], refused[0][0], posted=True)
         return good
 
-    def pull_few(self, max_n: int, few: int,
-                 draining: bool = False) -> tuple[list[bytearray], list[int], TxMeta | None] | None:
-        """`pull` when at most `few` packets wait on the TX ring (a handshake's, a request's): each
-        copied out of the pool into a bytearray of its own, with its gso size, in scalars; None,
-        taking nothing, when more wait (`pull`'s arrays then cost less than packet by packet).
-
-        The same checks and the same order as `pull`: the ring's counter, ownership
-        (`_release_sent`), the UMD's length cut to the buffer, the marks (`TxMeta`), then
-        `top_up` once the copies are made (issue 18: usnetd's cost for tiny batches).
-        """
-        with self.pipe.lock:  # as in `pull`
-            return self._pull_few(max_n, few, draining)
-
     def pull_any(self, max_n: int, few: int, headroom: int = 0, draining: bool = False) -> tuple[
             tuple[list[bytearray], list[int], TxMeta | None] | None,
             tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None] | None]:
-        """`pull_few` when at most `few` packets wait, else `pull`: (what `pull_few` gave, None) or
+        """`_pull_few` when at most `few` packets wait, else `pull`: (what `_pull_few` gave, None) or
         (None, what `pull` gave). One look at the ring under one lock: the switch asked twice
-        (`pull_few`, then `pull`), a lock and a dozen calls a flow's batch, paid once per 32
+        (the few path, then `pull`), a lock and a dozen calls a flow's batch, paid once per 32
         datagrams at 1,000 flows (issue 18). The same checks, in the same order."""
         with self.pipe.lock:  # as in `pull`
             got = self._pull_few(max_n, few, draining)
@@ -308,7 +295,15 @@ class FlowPort:
 
     def _pull_few(self, max_n: int, few: int,
                   draining: bool) -> tuple[list[bytearray], list[int], TxMeta | None] | None:
-        """`pull_few`, with `pipe.lock` held."""
+        """`pull` when at most `few` packets wait on the TX ring (a handshake's, a request's): each
+        copied out of the pool into a bytearray of its own, with its gso size, in scalars; None,
+        taking nothing, when more wait (`pull`'s arrays then cost less than packet by packet).
+        With `pipe.lock` held (`pull_any`).
+
+        The same checks and the same order as `pull`: the ring's counter, ownership
+        (`_release_sent`), the UMD's length cut to the buffer, the marks (`TxMeta`), then
+        `top_up` once the copies are made (issue 18: usnetd's cost for tiny batches).
+        """
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
             return [], [], None

@@ -307,7 +307,7 @@ class TransmitPath(HostDuties):
 
     def _tx_if_few(self, flow: Flow, bite: int, few: int, draining: bool = False) -> tuple[
             int, tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None] | None]:
-        """`service_tx` of at most `few` packets without arrays (`FlowPort.pull_few`, `_tx_few`):
+        """`service_tx` of at most `few` packets without arrays (`FlowPort.pull_any`, `_tx_few`):
         (packets taken, None); when more wait, (0, the batch `FlowPort.pull` took, with room for
         the link header) for the caller's array path: one look at the ring (`FlowPort.pull_any`).
         A packet too wide for the scalar path (a super-segment, which only the batch path cuts)
