@@ -1667,6 +1667,11 @@ class WorkerDomain(Domain):
 
     def serve_once(self, timeout: float | None = None) -> None:
         super().serve_once(timeout)
+        self._serve_backlog()
+
+    def _serve_backlog(self) -> None:
+        """The messages `_read_host_groups` read ahead and kept, in order, each behind the
+        command's fault barrier (as the loop's own read of one)."""
         while self._backlog:
             data, fds = self._backlog.popleft()
             try:
@@ -1759,8 +1764,7 @@ class WorkerDomain(Domain):
         if kind != "command":
             super()._serve_event(kind, obj, fd, mask)
             return
-        while self._backlog:  # what `_read_host_groups` read first comes first
-            self._command(*self._backlog.popleft())
+        self._serve_backlog()  # what `_read_host_groups` read first comes first
         try:
             data, fds = recv_msg(self.cmd, 4, max_bytes=COMMAND_MAX)
         except (BlockingIOError, InterruptedError):
