@@ -38,11 +38,11 @@ def client(**kw) -> paramiko.SSHClient:
     return c
 
 
-def read_all(f, n: int = 4 * MB) -> bytes:
-    """A channel file read to its EOF, bounded."""
+def read_all(read, n: int = 4 * MB) -> bytes:
+    """What `read` (a channel file's `read`, a channel's `recv`) gives to its EOF, in at most `n` reads."""
     got = bytearray()
     for _ in range(n):
-        b = f.read(1 << 16)
+        b = read(1 << 16)
         if not b:
             break
         got += b
@@ -63,15 +63,15 @@ def exec_() -> dict:
 
     t = threading.Thread(target=feed)
     t.start()
-    echoed = read_all(stdout)
+    echoed = read_all(stdout.read)
     t.join(LIMIT)
     res: dict = {"cat": [sha(echoed) == sha(data), stdout.channel.recv_exit_status()]}
     _stdin, stdout, _stderr = c.exec_command("seq 1 200000", timeout=LIMIT)
     want = "".join(f"{i}\n" for i in range(1, 200001)).encode()
-    got = read_all(stdout)
+    got = read_all(stdout.read)
     res["seq"] = [len(got), sha(got) == sha(want), stdout.channel.recv_exit_status()]
     _stdin, stdout, stderr = c.exec_command("echo out; echo err >&2; exit 7", timeout=LIMIT)
-    res["status"] = [read_all(stdout).decode(), read_all(stderr).decode(), stdout.channel.recv_exit_status()]
+    res["status"] = [read_all(stdout.read).decode(), read_all(stderr.read).decode(), stdout.channel.recv_exit_status()]
     c.close()
     return res
 
@@ -119,14 +119,9 @@ def forward() -> dict:
 
     t = threading.Thread(target=feed)
     t.start()
-    got = bytearray()
-    for _ in range(MB):
-        b = ch.recv(1 << 16)
-        if not b:
-            break
-        got += b
+    got = read_all(ch.recv, MB)
     t.join(LIMIT)
-    res = {"echoed": [len(got), sha(bytes(got)) == sha(data)], "eof": ch.eof_received}
+    res = {"echoed": [len(got), sha(got) == sha(data)], "eof": ch.eof_received}
     ch.close()
     c.close()
     return res
@@ -180,7 +175,7 @@ def killed() -> dict:
     res: dict = {"first": stdout.readline()}  # the session up, then its end on our word
     stdin.write(b"go\n")
     stdin.flush()
-    res["rest"] = read_all(stdout).decode()
+    res["rest"] = read_all(stdout.read).decode()
     res["status"] = stdout.channel.recv_exit_status()  # -1: no exit status came
     return after_kill(c, res)
 
@@ -195,7 +190,7 @@ def killed_streaming() -> dict:
     res: dict = {"first": stdout.readline()}
     stdin.write(b"go\n")
     stdin.flush()
-    got = read_all(stdout, 1 << 20)  # (64 GB at most: the kill ends it long before)
+    got = read_all(stdout.read, 1 << 20)  # (64 GB at most: the kill ends it long before)
     res["zeros"] = len(got) > 0 and got.count(0) == len(got)
     res["status"] = stdout.channel.recv_exit_status()
     return after_kill(c, res)
