@@ -12,8 +12,8 @@ before anything else of usnet), with the signals blocked around the import: the 
 with them blocked, and a signal to the process waits for the main thread, as sigdefer expects.
 
 BLAS threads work the same (they never ran a Python handler anyway: CPython runs handlers only
-in the main thread). A program that imported numpy before usnet keeps threads that take signals;
-the one window sigdefer's docstring describes for a program's own threads.
+in the main thread). A program that imported numpy before usnet keeps threads that take signals,
+as a program's own threads do: under the patch, sigdefer defers their handlers (`defer_handlers`).
 """
 
 from __future__ import annotations
