@@ -120,10 +120,9 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, wrap=None, **netif_kw):
     ifname, x); the device goes with the domain.
     """
     from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     from usnet.domain.loop import Domain
-    from usnet.drivers.hostnet import delete_links, link_exists
+    from usnet.drivers.hostnet import add_address6, delete_links, link_exists
     from usnet.drivers.tap import TapDriver
 
     x = fresh_subnet()
@@ -137,7 +136,7 @@ def _domain_on_tap(ipv6: bool, offload: bool = True, wrap=None, **netif_kw):
             ipr.link("set", index=idx, state="up")
             ipr.addr("add", index=idx, address=f"10.{x}.0.1", prefixlen=24)
             if ipv6:
-                ipr.addr("add", index=idx, address=f"fd00:{x}::1", prefixlen=64, flags=IFA_F_NODAD)
+                add_address6(ipr, idx, f"fd00:{x}::1", 64)
         d.add_netif(ifname, wrap(drv) if wrap else drv, f"10.{x}.0.2/24", gateway=f"10.{x}.0.1", **v6, **netif_kw)
         d.start()
         yield d, ifname, x

@@ -134,12 +134,13 @@ def test_icmpv6_port_unreachable_and_packet_too_big_reach_worker_1(tapd2v6):
     1400-byte datagram to a network the kernel routes with a locked MTU of 1280 (forwarding on):
     its packet too big is in the socket's IPV6_RECVERR queue as EMSGSIZE with the MTU, as on Linux."""
     from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    from usnet.drivers.hostnet import add_address6
 
     d = tapd2v6
     idx = socket.if_nametoindex(d.ifname)
     with IPRoute() as ipr:
-        ipr.addr("add", index=idx, address=d.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
+        add_address6(ipr, idx, d.host_ip6, 64)
     with IPRoute() as ipr:  # somewhere for the kernel to forward to (removed with the namespace)
         ipr.link("add", ifname="pmtu0", kind="veth", peer="pmtu1")
         for name in ("pmtu0", "pmtu1"):

@@ -166,14 +166,14 @@ def test_ipv6_groups_under_two_workers_mld_once_and_fragments_handed_over(tapd2v
     1's port handed over; so do datagrams behind a Destination Options header, to the group and
     unicast (queue 0 too); both close: the last leave said once (twice, robustness 2)."""
     from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     from usnet import socket as us
+    from usnet.drivers.hostnet import add_address6
 
     d = tapd2v6
     idx = socket.if_nametoindex(d.ifname)
     with IPRoute() as ipr:
-        ipr.addr("add", index=idx, address=d.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
+        add_address6(ipr, idx, d.host_ip6, 64)
         kernel_mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
     wire = _Wire(d.ifname)
     socks = []

@@ -51,11 +51,11 @@ def tapd2(request, sockdir, monkeypatch):
     for got in serving(d, kind, monkeypatch):
         if family == socket.AF_INET6:
             from pyroute2 import IPRoute
-            from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+            from usnet.drivers.hostnet import add_address6
 
             with IPRoute() as ipr:
-                ipr.addr("add", index=socket.if_nametoindex(d.ifname), address=d.host_ip6, prefixlen=64,
-                         flags=IFA_F_NODAD)
+                add_address6(ipr, socket.if_nametoindex(d.ifname), d.host_ip6, 64)
         got.family = family
         yield got
 

@@ -83,9 +83,9 @@ class TapDaemon:
                 ipr.link("set", index=idx, state="up")
                 ipr.addr("add", index=idx, address=self.host_ip, prefixlen=24)
                 if self.host_ip6 is not None:
-                    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+                    from usnet.drivers.hostnet import add_address6
 
-                    ipr.addr("add", index=idx, address=self.host_ip6, prefixlen=64, flags=IFA_F_NODAD)
+                    add_address6(ipr, idx, self.host_ip6, 64)
         except BaseException:
             self.stop()
             raise

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.interop.test_packet_driver import OUR_IP, PEER_IP, mac_str, veth  # noqa: F401 (a fixture)
+from usnet.drivers.hostnet import add_address6
 
 OUR_IP6, PEER_IP6 = "fd00:88::2", "fd00:88::1"
 PORTS = range(7000, 7016)
@@ -89,7 +90,7 @@ def _peer_setup(v, mac: bytes) -> None:
     sends to us without asking (the ARP request comes from a datagram to an unknown address)."""
     with v._NetNS(v.ns) as ns:
         idx = ns.link_lookup(ifname=v.peer)[0]
-        ns.addr("add", index=idx, address=PEER_IP6, prefixlen=64, flags=0x02)  # IFA_F_NODAD
+        add_address6(ns, idx, PEER_IP6, 64)
         for dst in (OUR_IP, OUR_IP6):
             ns.neigh("replace", dst=dst, lladdr=mac_str(mac), ifindex=idx, state=0x80)  # NUD_PERMANENT
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from usnet.domain.switch.neighbours import SKB_OVERHEAD, NeighbourCache
 from usnet.drivers.base import Coalesced
-from usnet.drivers.hostnet import NetNs
+from usnet.drivers.hostnet import NetNs, add_address6
 from usnet.proto.wire.ipv4 import martian_source4
 from usnet.proto.wire.ipv6 import martian_source6
 
@@ -82,8 +82,8 @@ class Link:
                 idx = ns.link_lookup(ifname=self.if_peer)[0]
                 ns.link("set", index=idx, mtu=dev_mtu)
                 ns.addr("add", index=idx, address=PEER4, prefixlen=24)
-                ns.addr("add", index=idx, address=PEER6, prefixlen=64, flags=0x02)  # IFA_F_NODAD
                 ns.link("set", index=idx, state="up")
+                add_address6(ns, idx, PEER6, 64)
                 self.peer_idx = idx
                 self.peer_mac = bytes.fromhex(ns.link("get", index=idx)[0].get("IFLA_ADDRESS").replace(":", ""))
             self.tx_peer = self._raw(self.ns_peer, self.if_peer)  # frames to usnet, and the capture

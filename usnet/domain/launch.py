@@ -5,7 +5,8 @@ it made in the run directory so that `down` undoes exactly that.
 
 IPv6 is optional (`--address6`): the host's IPv6 address is added with
 IFA_F_NODAD, so it is usable at once instead of after duplicate address
-detection (a second or so during which the kernel would not use it).
+detection (a second or so during which the kernel would not use it), and `up`
+returns once the kernel routes it as its own (usnet.drivers.hostnet.add_address6).
 
 Pacing is optional too: `--link-rate`, `--ll-share` and `--strict` become
 the netif's `link_rate`, `ll_share` and `work_conserving = false` in the
@@ -29,7 +30,7 @@ import msgspec
 from usnet.abi.paths import DEFAULT_SOCKET
 from usnet.domain import config
 from usnet.domain.lowlat.agent import DEFAULT_TTL
-from usnet.drivers.hostnet import delete_links
+from usnet.drivers.hostnet import add_address6, delete_links
 
 if TYPE_CHECKING:
     from usnet.drivers.hostnet import NetNs
@@ -79,7 +80,6 @@ def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6
     driver, which cannot tell a frame whose checksum was left to the device: usnet.drivers.xdp).
     """
     from pyroute2 import IPRoute
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     addr, _, plen = host_address.partition("/")
     with IPRoute() as ipr:
@@ -90,7 +90,7 @@ def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6
         ipr.addr("add", index=idx, address=addr, prefixlen=int(plen or 24))
         if host_address6:
             h6 = ipaddress.IPv6Interface(host_address6)
-            ipr.addr("add", index=idx, address=str(h6.ip), prefixlen=h6.network.prefixlen, flags=IFA_F_NODAD)
+            add_address6(ipr, idx, str(h6.ip), h6.network.prefixlen)
     if checksum_in_software:
         from usnet.drivers.xdp import tx_checksum_off
 

@@ -13,10 +13,11 @@ import ctypes
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["NETNS_DIR", "NetNs", "delete_links", "link_exists", "netns_exists", "setns"]
+__all__ = ["NETNS_DIR", "NetNs", "add_address6", "delete_links", "link_exists", "netns_exists", "setns"]
 
 T = TypeVar("T")
 
@@ -36,6 +37,37 @@ def delete_links(names: list[str]) -> None:
         for name in names:
             for idx in ipr.link_lookup(ifname=name):
                 ipr.link("del", index=idx)
+
+
+RTN_LOCAL = 2  # a route's type: the address is the host's own (include/uapi/linux/rtnetlink.h)
+IFA_F_NODAD = 0x02  # an address flag: no duplicate address detection (include/uapi/linux/if_addr.h)
+
+
+def add_address6(ipr: Any, index: int, address: str, prefixlen: int, timeout: float = 5.0) -> None:
+    """Give link `index` (up) the IPv6 `address` without duplicate address detection, and return
+    once the kernel routes it as its own.
+
+    Why wait: the netlink ack comes before the address is the host's. Even with IFA_F_NODAD the
+    kernel inserts its local route from a work queue (addrconf's DAD work, which completes at once
+    for such an address), so for a while after the add a datagram to the address is routed out the
+    link, to a neighbour that never answers, and one from the link to it is not delivered: lost, as
+    the intermittent IPv6 failures under load showed (a datagram to the host's own address gone).
+    `ipr` is an IPRoute or a NetNS of pyroute2's; OSError if the route is not there in `timeout`.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    def local() -> bool:
+        try:
+            return bool(ipr.route("get", dst=address)[0]["type"] == RTN_LOCAL)
+        except NetlinkError:  # no route at all yet (ENETUNREACH)
+            return False
+
+    ipr.addr("add", index=index, address=address, prefixlen=prefixlen, flags=IFA_F_NODAD)
+    deadline = time.monotonic() + timeout
+    while not local():
+        if time.monotonic() > deadline:
+            raise OSError(f"the kernel did not take {address} as its own within {timeout:g} s")
+        time.sleep(0.001)  # the work queue runs within microseconds on a quiet machine
 
 
 # -- network namespaces: where a device's host end and its kernel peer live ---------------------------
