@@ -191,6 +191,12 @@ COMMAND_MAX = 1 << 17
 # message's whole buffer, as SIOCOUTQ reports the bytes not yet read) that frames handed over from
 # the link (b"F") may fill; the rest is room for usnetd's own commands, a few small messages at a time
 HAND_OVER_SHARE = 0.5
+# the share that frames handed over and what usnetd tells of the clients' groups (b"G", b"M": each
+# join, leave or filter change a client asks may make one, as fast as usnetd answers) may fill
+# together: each kind of message fills the socket only up to its mark, the more a client or the link
+# controls it the lower, so at least a quarter is always usnetd's own (the heartbeat, a session, a
+# neighbour); a b"G" or b"M" past it leaves the worker `groups_stale` (told whole again later)
+TOLD_SHARE = 0.75
 # b"G"'s op byte (`group_msgs`), and how many groups one message names at most (the whole list of a
 # worker's start goes in parts: 1,024 IPv6 groups are 16 KiB)
 GROUP_LEAVE, GROUP_JOIN, GROUP_ALL = 0, 1, 2
@@ -266,24 +272,32 @@ def filter_of(rest: bytes, family: int) -> tuple[bytes, Filter] | None:
     return bytes(rest[:size]), Filter(bool(rest[size]), sources)
 
 
-def hand_over_room(cmd: socket.socket) -> int:
-    """The bytes of command socket `cmd`'s send buffer that frames handed over may fill."""
-    return int(cmd.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * HAND_OVER_SHARE)
+def hand_over_room(cmd: socket.socket, share: float = HAND_OVER_SHARE) -> int:
+    """The bytes of command socket `cmd`'s send buffer that frames handed over may fill (or, with
+    `share` TOLD_SHARE, they and what usnetd tells of the clients' groups)."""
+    return int(cmd.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) * share)
 
 
-def send_handed(cmd: socket.socket, room: int, kind: bytes, netif: str, family: int, frame: Received) -> bool:
-    """A frame handed to the other end of command socket `cmd` (b"F" or b"L": `neighbour_msg`), sent
-    without waiting; False if it could not be: the other end gone, or what was handed over and is
-    not read yet fills `room` (`hand_over_room`: the rest of the socket is the commands'), so a
-    flood of them never takes the room of a heartbeat or a session."""
+def send_within(cmd: socket.socket, room: int, msg: bytes) -> bool:
+    """`msg` sent on command socket `cmd` without waiting; False if it could not be: the other end
+    gone, or what is sent and not read yet (SIOCOUTQ, as the kernel counts it) would pass `room`
+    with it. The one gate of every message on a command socket that a client or the link makes
+    (hand-overs, the host's groups), so a flood of them never takes the room of a heartbeat or a
+    session."""
     try:
         unread = struct.unpack("i", fcntl.ioctl(cmd.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
-        if unread + len(frame) > room:
+        if unread + len(msg) > room:
             return False
-        cmd.send(neighbour_msg(kind, netif, family, frame), socket.MSG_DONTWAIT)
+        cmd.send(msg, socket.MSG_DONTWAIT)
     except OSError:
         return False
     return True
+
+
+def send_handed(cmd: socket.socket, room: int, kind: bytes, netif: str, family: int, frame: Received) -> bool:
+    """A frame handed to the other end of command socket `cmd` (b"F" or b"L": `neighbour_msg`),
+    within `room` (`hand_over_room`: `send_within`); False if it could not be."""
+    return send_within(cmd, room, neighbour_msg(kind, netif, family, frame))
 
 
 def count_hand_over(sw: Any, sent: bool) -> None:
@@ -324,7 +338,8 @@ class WorkerLink:
         self.starved = False
         # the bytes of its command socket's send buffer that hand-overs may fill (`hand_over`)
         self.hand_over_room = hand_over_room(cmd)
-        # a b"G" could not be sent (its socket full): the whole list goes again (`tell_groups`)
+        self.told_room = hand_over_room(cmd, TOLD_SHARE)  # what b"G" and b"M" may fill with them
+        # a b"G" or b"M" could not be sent (past `told_room`): the whole list goes again (`tell_groups`)
         self.groups_stale = False
 
     def new_session(self) -> socket.socket:
@@ -347,16 +362,17 @@ class WorkerLink:
             log.warning("worker %d: cannot pass a neighbour: %s", self.index, e)
 
     def tell_groups(self, msgs: list[bytes]) -> None:
-        """b"G" and b"M" messages (`group_msgs`, `filter_msg`), sent without waiting; one that finds
-        the socket full marks the worker `groups_stale` (the whole list goes again with the next
-        heartbeat)."""
-        try:
-            for m in msgs:
-                self.cmd.send(m, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            self.groups_stale = True
-        except OSError:  # a worker gone: its EOF is heard in the loop
-            pass
+        """b"G" and b"M" messages (`group_msgs`, `filter_msg`), sent without waiting within
+        `told_room` (`send_within`: a client's joins and leaves never take the room of usnetd's
+        own commands); one that cannot be sent marks the worker `groups_stale`, and the rest wait
+        with it: the whole list goes again with the next heartbeat (a worker gone: its EOF is
+        heard in the loop)."""
+        if self.groups_stale:
+            return  # (its whole list is due: what changes meanwhile is in it)
+        for m in msgs:
+            if not send_within(self.cmd, self.told_room, m):
+                self.groups_stale = True
+                return
 
     def hand_over(self, netif: str, family: int, frame: Received, looped: bool = False) -> bool:
         """A datagram usnetd put back together for a port of this worker, or an ICMP error about
