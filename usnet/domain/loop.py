@@ -171,6 +171,8 @@ class Domain(Control, Housekeeping):
         self.leases = LeaseDesk(self, Agent(policy, lease_ttl), lease_clock)
         self._soon: deque[Callable[[], None]] = deque()  # call_soon: run by the loop, before it waits
         self._rang: dict[FlowSwitch, list[Flow]] = {}  # serve_once's parked flows that rang, one dict kept
+        # the switches whose device `_answers` read in this turn: once a turn each, whatever rang
+        self._answered: set[FlowSwitch] = set()
         self.control_share = ControlShare(exempt=self.ledger.exempt)  # each uid's share of the loop's time
         self._held: dict[int, Session] = {}  # sessions whose uid is over its share, by id (`_hold_back`)
         self._refusing: deque[tuple[float, Session]] = deque()  # sessions past their uid's limit, told, by deadline
@@ -858,6 +860,8 @@ class Domain(Control, Housekeeping):
                 timeout = _sooner(timeout, self._resume_held())
         woken = self._rang  # parked flows that rang, served together below
         events = self._sel.select(timeout)
+        if self._answered:
+            self._answered.clear()
         if ll:  # an LL flow's bell first; with no LL flow every key would be equal (no sort)
             events.sort(key=_ll_first)
         for key, mask in events:
@@ -925,9 +929,18 @@ class Domain(Control, Housekeeping):
         round: one batch, ended where the device is empty; what comes later is the next
         select's, the fd being level-triggered. A write nothing answers costs one failed read.
         A fault is the netif's, as in its own event, never the woken flow's. Returns how many
-        frames came."""
+        frames came.
+
+        Once a turn a switch (`_answered`): with an LL flow on the netif each bell is served
+        alone, and under a flood from the link every read is a full batch, so a read per flow
+        that rang would let one client's many flows and the link's flood make a turn as long as
+        they like, every other netif and session waiting (issue 36's audit). What answers the
+        later flows of the turn is the next select's, the device's fd being level-triggered."""
         if not sent or not sw.netif.caps.answers_in_send or sw.netif.device_gone is not None:
             return 0
+        if sw in self._answered:
+            return 0
+        self._answered.add(sw)
         try:
             return sw.service_rx(_RX_ROUND)
         except Exception as e:
