@@ -596,3 +596,23 @@ def test_unpatched_the_handlers_are_the_programs_again(own_thread):
     sigdefer.defer_handlers()
     assert isinstance(_signal.getsignal(signal.SIGUSR1), sigdefer._Deferring)
     assert signal.getsignal(signal.SIGUSR1) is _raise
+
+
+def test_a_handler_that_raises_leaves_the_other_deferred_signals_due_not_parked(own_thread):
+    """Issue 36's audit: two signals another thread took inside a hold; at its end the first's
+    handler raises. The second's handler still runs with no hold to come, as CPython runs a
+    second due handler after a first raised (it trips it again): never parked till the program's
+    next usnet call (a program that waits for its SIGTERM's flag without usnet would never end)."""
+    ran: list[int] = []
+    old = signal.signal(signal.SIGUSR2, lambda s, f: ran.append(s))
+    try:
+        with pytest.raises(Alarm), sigdefer.step:
+            own_thread(signal.SIGUSR1)
+            own_thread(signal.SIGUSR2)
+            _bytecodes()
+            assert ran == []
+        _bytecodes()  # no hold: CPython runs what is due here at the latest
+        assert ran == [signal.SIGUSR2]
+        assert not sigdefer._main.deferred and sigdefer._main.held == 0
+    finally:
+        signal.signal(signal.SIGUSR2, old)

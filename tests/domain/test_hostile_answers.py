@@ -91,7 +91,8 @@ def test_a_flood_and_many_rung_flows_read_the_device_once_a_turn_for_answers(tap
         counter.on = True
         for r in range(ROUNDS):
             held, release = threading.Event(), threading.Event()
-            dom.call_soon(lambda: (held.set(), release.wait(LIMIT)))  # the loop waits: every bell rings before its turn
+            # the loop waits: every bell rings before its turn
+            dom.call_soon(lambda held=held, release=release: (held.set(), release.wait(LIMIT)))
             assert held.wait(LIMIT)
             try:
                 for s in flows:

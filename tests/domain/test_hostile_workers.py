@@ -19,8 +19,10 @@ import time
 
 import pytest
 
-from tests.domain.test_workers import _workers, tapd2  # noqa: F401  (the fixture)
+from tests.domain import test_workers as _w
+from tests.domain.test_workers import _workers
 
+tapd2 = _w.tapd2  # the fixture: usnetd with two workers on a TAP or a veth
 pytestmark = pytest.mark.privileged
 LIMIT = 10.0
 FLIPS = 600  # join and leave pairs of a flow of worker 0: 1,200 b"G" to worker 1 (0.2-0.5 s, under HUNG_AFTER)

@@ -332,9 +332,13 @@ _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # 
 def _run_deferred() -> None:
     """The last release, the signals unblocked: run the handlers of the signals another thread took
     meanwhile, as CPython runs due handlers (in signal order; whatever one raises comes out of the
-    release, the step done, and the rest wait for the next). The disposition is the one now in
-    force, as for a signal pending in the kernel: ignored, it is dropped; default, it is raised
-    (SIGINT's kills, as it would have)."""
+    release, the step done). The disposition is the one now in force, as for a signal pending in
+    the kernel: ignored, it is dropped; default, it is raised (SIGINT's kills, as it would have).
+
+    After a handler that raised, the rest are raised again (`_pend`), as CPython trips the rest
+    again: their handlers run at the main thread's next bytecode (or, if a hold or the
+    program's mask blocks them, at its end), never kept for a next hold that may not come (issue
+    36's audit: a program waiting for its SIGTERM's flag outside usnet never ended)."""
     m = _main
     m.deferred.sort()
     frame = sys._getframe(1)
@@ -343,12 +347,25 @@ def _run_deferred() -> None:
     while m.deferred:
         signum = m.deferred.pop(0)
         h = _kernel["getsignal"](signum)
-        if isinstance(h, _Deferring):
-            h.handler(signum, frame)
-        elif callable(h):  # (set through _signal.signal, under the patch)
-            h(signum, frame)
-        elif h == signal.SIG_DFL:
-            signal.raise_signal(signum)
+        try:
+            if isinstance(h, _Deferring):
+                h.handler(signum, frame)
+            elif callable(h):  # (set through _signal.signal, under the patch)
+                h(signum, frame)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(signum)
+        except BaseException:
+            _pend(m)
+            raise
+
+
+def _pend(m: _MainState) -> None:
+    """The deferred signals whose handlers have not run, pending again in the kernel for this
+    thread (a signal raised to itself), each once: due at its next bytecode if nothing blocks
+    them, else at the unblocking."""
+    rest, m.deferred = m.deferred, []
+    for signum in rest:
+        signal.pthread_kill(_get_ident(), signum)
 
 
 _kernel: dict[str, Any] = {"getsignal": signal.getsignal}  # the signal module's own, while patched
