@@ -94,3 +94,57 @@ def test_a_client_flood_of_group_changes_leaves_worker_1s_command_line_free(tapd
     log = (d.logs / "usnetd.log").read_text()
     assert "hung" not in log and "heartbeat" not in log, log[-2000:]
     flooder.close()
+
+
+@pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
+def test_a_client_flood_to_its_own_address_across_workers_leaves_both_command_lines_free(tapd2):
+    """A client of worker 1 floods datagrams to the netif's own address on a port of worker 0 (each
+    handed to usnetd, b"L"), and one of worker 0 floods a port of worker 1 (usnetd to worker 1):
+    meanwhile new clients each open a flow on a port of worker 1 (a session there): all served;
+    neither worker judged hung; what was handed over or dropped is counted."""
+    from usnet import socket as us
+    from usnet.client import Client
+
+    d = tapd2
+    pid1 = _workers(d.path)[1]["pid"]
+    sinks = [us.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for s, port in zip(sinks, (47700, 47701), strict=True):
+        s.bind(("", port))  # never read: its ring fills, the rest is dropped there
+    stop = threading.Event()
+
+    def flood(sport: int, dport: int) -> None:
+        with us.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("", sport))
+            s.setblocking(False)
+            end = time.monotonic() + 4.0
+            for _ in range(200_000):
+                if stop.is_set() or time.monotonic() > end:
+                    return
+                try:
+                    s.sendto(bytes(1200), (d.usnet_ip, dport))
+                except BlockingIOError:
+                    pass
+
+    floods = [threading.Thread(target=flood, args=a, daemon=True) for a in ((47703, 47700), (47702, 47701))]
+    for t in floods:
+        t.start()
+    refused = []
+    try:
+        for i in range(30):
+            with Client.connect(d.path) as c:
+                try:
+                    c.open_flow("usnet0", 17, 47801 + 2 * i)
+                except OSError as e:
+                    refused.append(e)
+    finally:
+        stop.set()
+        for t in floods:
+            t.join(LIMIT)
+        for s in sinks:
+            s.close()
+    assert not refused, refused[:3]
+    counts = [w["netifs"][0]["counts"] for w in _workers(d.path)]
+    assert all(c.get("rx_handed_over", 0) > 0 for c in counts), counts
+    assert [w["pid"] for w in _workers(d.path)][1] == pid1
+    log = (d.logs / "usnetd.log").read_text()
+    assert "hung" not in log and "heartbeat" not in log, log[-2000:]
