@@ -119,8 +119,9 @@ port, from the wire or looped. usnetd's table is the union, so each first join a
 there (`membership_changed`) is told to every worker (b"G", `WorkerLink.tell_groups`), and a new or
 replaced worker gets the whole list at its start (`_tell_groups`); the worker keeps them
 (`host_group`), takes datagrams to them for its listeners, and loops to another worker's port
-only what the host holds. A b"G" that finds the socket full marks the worker `groups_stale`: the
-whole list goes again with the next heartbeat. The host's union of a group's source filters
+only what the host holds. A b"G" or b"M" may fill the command socket only up to TOLD_SHARE (the
+clients make them: `send_within`); one past it marks the worker `groups_stale`: nothing more is
+told it until the whole list goes again with the next heartbeat. The host's union of a group's source filters
 (RFC 3376 §3.2) follows its b"G" whenever it changes (b"M", `filter_msg`: `host_filter_changed`),
 and after the whole list; a worker judges a group datagram's source by it (`host_states`), as
 Linux's device filter, not by its own flows' part of it.
