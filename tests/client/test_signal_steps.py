@@ -131,11 +131,14 @@ class _OwnThread:
         assert os.read(self.wakeup, 16) == bytes([signum])  # (the C handler ran, in the other thread)
 
 
+_SENT = [signal.SIGUSR1, signal.SIGINT]  # what `_OwnThread` sends
+
+
 @contextmanager
 def _taken_by_a_thread_of_the_programs() -> Iterator[_OwnThread]:
     """usnet patched (`sigdefer.defer_handlers`), and a thread of the program's own that does not
     block signals; yields a `send` for `_signal_at` that sends SIGUSR1 to the process while this
-    thread blocks it (a hold), so the kernel gives it to that thread, and returns once the C
+    thread blocks it, so the kernel gives it to that thread, and returns once the C
     handler has run there (it writes the wakeup fd): CPython's handler is then due in this
     thread, inside the step, at its next bytecode."""
     r, w = os.pipe()
@@ -146,12 +149,17 @@ def _taken_by_a_thread_of_the_programs() -> Iterator[_OwnThread]:
     old_fd = signal.set_wakeup_fd(w)
     handler = signal.getsignal(signal.SIGUSR1)
     sigdefer.defer_handlers()
+    # Patched, the holds block nothing (the deferral holds the handler off): this thread blocks
+    # the signals the tests send itself, so that the kernel gives them to the other thread,
+    # whichever line they are sent at.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SENT)
 
     send = _OwnThread(r)
     try:
         assert signal.getsignal(signal.SIGUSR1) is handler  # the program sees its own handler
         yield send
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SENT)
         sigdefer.undefer_handlers()
         signal.set_wakeup_fd(old_fd)
         stop.set()
@@ -160,15 +168,36 @@ def _taken_by_a_thread_of_the_programs() -> Iterator[_OwnThread]:
         os.close(w)
 
 
-@pytest.mark.parametrize("taker", ["main", "own-thread"])
+@pytest.mark.parametrize("taker", ["main", "own-thread", "main-patched"])
 def test_a_signal_at_any_line_of_a_main_thread_send_reaches_the_program_and_spares_the_connection(client, taker):
     """Sent to the main thread (held off by the mask), or to the process while a thread of the
     program's own does not block it (issue 16: the kernel gives it to that thread, CPython's handler
     comes due in the main thread inside the step, and usnet.patch's deferral runs it at the last
-    release); either way the exception comes after the step."""
+    release), or to the main thread under the patch, whose holds do not block (the deferral holds
+    the handler off); each way the exception comes after the step."""
     with contextlib.ExitStack() as stack:
-        send = stack.enter_context(_taken_by_a_thread_of_the_programs()) if taker == "own-thread" else _to_this_thread
+        send = _taker(stack, taker)
         _sweep_sends(client, send)
+
+
+def _taker(stack: contextlib.ExitStack, taker: str) -> Callable[[], None]:
+    """The `send` of a sweep for `taker`: "main" (unpatched, this thread), "own-thread"
+    (`_taken_by_a_thread_of_the_programs`) or "main-patched" (`_patched`, this thread)."""
+    if taker == "own-thread":
+        return stack.enter_context(_taken_by_a_thread_of_the_programs())
+    if taker == "main-patched":
+        stack.enter_context(_patched())
+    return _to_this_thread
+
+
+@contextmanager
+def _patched() -> Iterator[None]:
+    """usnet.patch's deferral of the handlers (`sigdefer.defer_handlers`) and nothing else."""
+    sigdefer.defer_handlers()
+    try:
+        yield
+    finally:
+        sigdefer.undefer_handlers()
 
 
 def _sweep_sends(client: Client, send: Callable[[], None]) -> None:
@@ -292,8 +321,9 @@ class _Collect(asyncio.Protocol):
                 f.set_result(None)
 
 
+@pytest.mark.parametrize("patched", [False, True])
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, Alarm])
-def test_a_signal_at_any_line_of_an_asyncio_loops_step_reaches_the_program_and_spares_the_engine(client, exc):
+def test_a_signal_at_any_line_of_an_asyncio_loops_step_reaches_the_program_and_spares_the_engine(client, exc, patched):
     """usnet.aio's loop pumps its engines in the loop's thread, here the main one, and the handler
     raises at every line of a step in turn of an echo round trip. asyncio lets only
     KeyboardInterrupt and SystemExit out of a callback, and reports any other exception to its
@@ -302,7 +332,15 @@ def test_a_signal_at_any_line_of_an_asyncio_loops_step_reaches_the_program_and_s
     engine lock's release inside the loop's pump barrier, and failed the engine and every
     connection on it), and the connection carries on. What an interrupted callback had taken may
     be lost, as data asyncio's own transport has read when the interrupt lands; every other
-    message comes back once and in order."""
+    message comes back once and in order. Patched (`_patched`: the holds do not block, the
+    deferral holds the handler off), the same."""
+    with contextlib.ExitStack() as stack:
+        if patched:
+            stack.enter_context(_patched())
+        _sweep_loop_steps(client, exc)
+
+
+def _sweep_loop_steps(client: Client, exc: type[BaseException]) -> None:
     from usnet import aio
 
     def interrupt(signum, frame):
@@ -381,7 +419,7 @@ def _echo(conn: us.socket) -> None:
         pass
 
 
-@pytest.mark.parametrize("taker", ["main", "own-thread"])
+@pytest.mark.parametrize("taker", ["main", "own-thread", "main-patched"])
 def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares_the_connection(client, taker):
     """A blocked recv of the main thread pumps its engine itself on the borrowed doorbell (issue 18:
     no hand-off through the stack thread per arrival), so TCP's input runs in the main thread. The
@@ -391,7 +429,7 @@ def test_a_signal_at_any_line_of_a_main_thread_recv_that_pumps_its_engine_spares
     that a raising recv had taken may be lost, as on the kernel). The signal sent to the main
     thread, or taken by a thread of the program's own (as in the send's sweep)."""
     with contextlib.ExitStack() as stack:
-        send = stack.enter_context(_taken_by_a_thread_of_the_programs()) if taker == "own-thread" else _to_this_thread
+        send = _taker(stack, taker)
         _sweep_pumping_recvs(client, send)
 
 
@@ -522,12 +560,13 @@ def test_a_handler_another_thread_made_due_inside_a_hold_runs_at_its_end(own_thr
     """The handler's exception comes out of the hold's end, not out of the code inside it: on the
     kernel the signal would have waited for the main thread's mask (a system call completed)."""
     body_done = False
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     with pytest.raises(Alarm), sigdefer.step:
         own_thread()
         _bytecodes()  # (due here; CPython would run it at the first of these)
         body_done = True
     assert body_done and sigdefer._main.held == 0 and not sigdefer._main.deferred
-    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGUSR1}
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask  # (as the hold found it)
 
 
 def test_a_deferred_handler_is_the_one_in_force_at_the_end_and_runs_once(own_thread):
@@ -583,6 +622,47 @@ def test_ctrl_c_with_pythons_own_handler_is_deferred_too(own_thread):
         sigdefer.undefer_handlers()
         signal.signal(signal.SIGINT, old)
         sigdefer.defer_handlers()  # (as the fixture left it)
+
+
+def test_under_the_patch_a_hold_blocks_nothing_and_a_signal_this_thread_takes_waits_for_its_end():
+    """Patched, every Python handler is deferred, so an outermost hold needs no `pthread_sigmask`
+    (two system calls, a good part of an asyncio request's cost in the main thread): the signal is
+    taken by this very thread inside the hold, and its handler still runs at the hold's end. A
+    hold blocked before the patch is unblocked at its end; unpatched, the holds block again."""
+    calls: list[int] = []
+    real = sigdefer._sigmask
+
+    def counting(how, *a):  # type: ignore[no-untyped-def]
+        calls.append(how)
+        return real(how, *a)
+
+    old = signal.signal(signal.SIGUSR1, _raise)
+    sigdefer._sigmask = counting
+    try:
+        with _patched():
+            body_done = False
+            with pytest.raises(Alarm), sigdefer.step:
+                assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # not blocked
+                signal.raise_signal(signal.SIGUSR1)  # (taken here: the C handler runs at once)
+                _bytecodes()  # (the Python handler comes due here, and is deferred)
+                body_done = True
+            assert body_done and calls == [] and not sigdefer._main.deferred
+        with pytest.raises(Alarm), sigdefer.step:  # unpatched again: the hold blocks
+            assert signal.SIGUSR1 in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            signal.raise_signal(signal.SIGUSR1)  # (pending in the kernel until the hold's end)
+            _bytecodes()
+        assert calls == [signal.SIG_BLOCK, signal.SIG_SETMASK]
+        with pytest.raises(Alarm), sigdefer.step:  # patched inside a blocking hold: unblocked at its end
+            sigdefer.defer_handlers()
+            signal.raise_signal(signal.SIGUSR1)
+            _bytecodes()
+        sigdefer.undefer_handlers()
+        assert calls == [signal.SIG_BLOCK, signal.SIG_SETMASK] * 2
+    finally:
+        sigdefer._sigmask = real
+        sigdefer.undefer_handlers()
+        signal.signal(signal.SIGUSR1, old)
+    assert signal.SIGUSR1 not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def test_unpatched_the_handlers_are_the_programs_again(own_thread):

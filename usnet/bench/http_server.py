@@ -116,18 +116,16 @@ def kernel_start_server(factory: Callable[[], asyncio.Protocol], host: str, port
 
 
 def usnet_start_server(usnetd: str, netif: str) -> StartServer:
-    """The usnet variant: the same `loop.create_server`, under usnet's event-loop policy
-    (`usnet.aio.install()`), with new sockets on the usnetd at socket path `usnetd`, netif `netif`.
+    """The usnet variant: the same `loop.create_server`, under `usnet.patch()` (which installs
+    usnet's event-loop policy), with new sockets on the usnetd at socket path `usnetd`, netif `netif`.
 
-    This is how an unmodified asyncio program runs on usnet (`usnet run`), so the bench
-    measures what such a program gets.
+    This is how an unmodified asyncio program runs on usnet (`usnet run` is this patch), so the
+    bench measures what such a program gets.
     """
-    from usnet import aio
-    from usnet import socket as usocket
     from usnet.client import Client
+    from usnet.client.patch import patch
 
-    usocket.configure(Client.connect(usnetd, program="usnet-bench-http"), netif)
-    aio.install()
+    patch(Client.connect(usnetd, program="usnet-bench-http"), netif)
     return kernel_start_server
 
 

@@ -32,6 +32,13 @@ that the program sees its own handlers. (Python's handlers run in the main threa
 thread took the signal, so deferring them changes nothing else: the C handler still runs at
 once in the taking thread, and writes the wakeup fd, asyncio's add_signal_handler, at once.)
 
+Under the patch the holds therefore block nothing (`_MainState.masks`): the deferral holds a Python
+handler off whichever thread takes its signal, this one included, and the two system calls of an
+outermost hold go. What still differs from a blocked hold is only what has no Python handler: a
+signal whose default action ends or stops the process does so inside the step rather than at its
+end (the process is gone or frozen either way), and a handler set behind the patch's back
+(through `_signal` itself, not `signal.signal`) is not deferred.
+
 Only the main thread pays, and it pays on its hot path (an asyncio server takes a few holds per
 request): an outermost hold costs two `pthread_sigmask` calls through ctypes, the GIL kept
 (~0.85 µs the pair, most of it the two system calls), and ~0.6 µs of Python; a nested hold is a
@@ -80,13 +87,17 @@ class _MainState:
     (An instance with slots, not class attributes: storing a class attribute invalidates the
     interpreter's attribute caches for the class, a cost on every hold.)"""
 
-    __slots__ = ("ident", "held", "saved", "deferred")
+    __slots__ = ("ident", "held", "saved", "deferred", "masks", "blocked")
 
     def __init__(self) -> None:
         self.ident = threading.main_thread().ident
         self.held = 0
         self.saved = _SIGSET()
         self.deferred: list[int] = []  # (a list: the last release's look is a truth test)
+        # Whether an outermost hold blocks the signals: not while the program's handlers are
+        # deferred (`defer_handlers`), which holds them off by itself (see `_block`).
+        self.masks = True
+        self.blocked = False  # this hold blocked them (`saved` is the mask to restore at its end)
 
 
 _main = _MainState()
@@ -96,10 +107,11 @@ def _after_fork() -> None:
     # The child's main thread is the one that forked, holding no engine lock (the parent's are
     # replaced: Runner.disown). Its mask is that thread's at the fork: the parent's main thread,
     # holding one, had the signals blocked, which the child must not keep.
-    if _main.held and _main.ident == _get_ident():
+    if _main.blocked and _main.ident == _get_ident():
         _sigmask(_SETMASK, _main.saved, None)
     _main.ident = _get_ident()
     _main.held = 0
+    _main.blocked = False
     _main.deferred = []  # (a child has no pending signals: the kernel clears them at fork)
 
 
@@ -123,13 +135,30 @@ def _checkpoint() -> None:
 
 def _block(m: _MainState) -> None:
     """The outermost hold blocks the asynchronous signals, after running the handlers already due
-    (their exception leaves nothing blocked or held)."""
+    (their exception leaves nothing blocked or held).
+
+    Not while the program's handlers are deferred (`defer_handlers`, under usnet.patch): every
+    Python handler is then a `_Deferring`, which a signal taken inside the hold (by this thread,
+    or by another as the module docstring says) only notes for the last release to run, so the
+    block would hold off nothing more, and its two system calls are a good part of an asyncio
+    request's cost (docs/design-notes.md, "Issue 16: the HTTP benchmark's signal holds")."""
     _checkpoint()
+    if not m.masks:
+        return
     try:
         _sigmask(_BLOCK, _ASYNC, m.saved)
+        m.blocked = True
     except BaseException:  # a handler due between the checkpoint and the block: undone, then it propagates
         _sigmask(_SETMASK, m.saved, None)
+        m.blocked = False
         raise
+
+
+def _unblock(m: _MainState) -> None:
+    """The last release: the mask as it was before the outermost hold, if that hold blocked."""
+    if m.blocked:
+        m.blocked = False
+        _sigmask(_SETMASK, m.saved, None)
 
 
 def _hold(n: int = 1) -> None:
@@ -147,7 +176,8 @@ def _unhold(n: int = 1) -> None:
     m.held -= n
     if m.held <= 0:
         m.held = 0
-        _sigmask(_SETMASK, m.saved, None)
+        if m.blocked:
+            _unblock(m)
         if m.deferred:
             _run_deferred()
 
@@ -207,8 +237,9 @@ class EngineLock:
             finally:
                 if m.held <= 0:
                     m.held = 0
-                    _sigmask(_SETMASK, m.saved, None)
-                    if m.deferred:  # (the only cost on the hot path: an attribute read)
+                    if m.blocked:
+                        _unblock(m)
+                    if m.deferred:  # (the only cost on the hot path: two attribute reads)
                         _run_deferred()
             return
         self.plain.release()
@@ -236,7 +267,9 @@ class EngineLock:
                 self.plain._acquire_restore(state)  # type: ignore[attr-defined]
                 self._depth = depth
                 _main.held = total
-                _sigmask(_BLOCK, _ASYNC, _main.saved)
+                if _main.masks:
+                    _sigmask(_BLOCK, _ASYNC, _main.saved)
+                    _main.blocked = True
                 raise
         return state, depth, total
 
@@ -281,7 +314,8 @@ class _Step:
             m.held -= 1  # (as `_unhold`)
             if m.held <= 0:
                 m.held = 0
-                _sigmask(_SETMASK, m.saved, None)
+                if m.blocked:
+                    _unblock(m)
                 if m.deferred:
                     _run_deferred()
 
@@ -409,11 +443,16 @@ def defer_handlers() -> None:
     _rewrap(True)
     signal.signal = functools.wraps(_kernel["signal"])(_signal)
     signal.getsignal = functools.wraps(_kernel["getsignal"])(_getsignal)
+    # The holds stop blocking once every Python handler is deferred: not when patched from another
+    # thread, where `_rewrap` could not wrap those already installed (Python's SIGINT handler).
+    # (A hold blocked now is unblocked at its end all the same: `blocked`.)
+    _main.masks = threading.current_thread() is not threading.main_thread()
 
 
 def undefer_handlers() -> None:
     """usnet.unpatch(): the handlers as the program set them, the signal module's functions back."""
     if "signal" not in _kernel:
         return
+    _main.masks = True
     _rewrap(False)
     signal.signal, signal.getsignal = _kernel.pop("signal"), _kernel["getsignal"]
