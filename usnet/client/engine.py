@@ -1300,9 +1300,13 @@ class Runner:
                 # loop took over since select returned is that loop's to drain. A ring drained here
                 # after the loop's pump armed NEED_WAKEUP would be lost: the loop's reader would
                 # never fire for the packet that rang it, and nothing else would read it.
+                # Nor one a blocked call borrowed since (`borrow`): the ring is its borrower's, who
+                # sleeps on that doorbell and pumps; drained and pumped here instead, it cost the
+                # borrower the engine's lock, a ring of its own bell and a wake-up (issue 18: the
+                # server's FIN that came as a connect's recv began to wait).
                 with self._lock:
                     for e in rung:
-                        if e in self.engines:
+                        if e in self.engines and e not in self._borrowed:
                             e.ch.drain_doorbell()
                             self._ready.add(e)
 
