@@ -220,3 +220,20 @@ def test_an_engines_empty_receive_reads_no_clock_and_raises_nothing(client):
     assert out.recv(1) == b"y"
     for s in (out, k, srv):
         s.close()
+
+
+def test_a_blocking_recv_in_the_main_thread_holds_the_signals_off_once(client):
+    """A blocking recv in the main thread whose data is there already: its lock section and its
+    end (the doorbell given back, the call's count) are one hold of the signals
+    (usnet.client.sigdefer), one mask pair, not one for each (issue 18: two of a connect's nine)."""
+    srv = listen_on_b(client, PORT, timeout=10)
+    out = us.create_connection((B_IP, PORT), timeout=None, client=client, netif="a")
+    k, _ = srv.accept()
+    k.sendall(b"xy")
+    assert out.recv(1) == b"x"  # (the rest is in the connection's buffer now)
+    with calls_made() as calls:
+        got = out.recv(1)
+    assert got == b"y"
+    assert calls.count("_block") == 1, calls
+    for s in (out, k, srv):
+        s.close()

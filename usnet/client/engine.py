@@ -891,8 +891,11 @@ class Runner:
         self.borrows = 0  # doorbells lent to blocked calls so far: what tests count to see they pump
         self._lock = threading.Lock()
         self._stopping = False
-        # When the runner's sleep ends by itself (monotonic); infinity while it is not asleep on a
-        # known deadline (during a pass, or with none), so that `FlowEngine.kick` wakes it then.
+        # When the runner's sleep ends by itself (monotonic), read and written under `_lock`:
+        # infinity while it sleeps with no deadline, so that a deadline set then wakes it;
+        # minus infinity during a pass until the pass reads the deadlines (`_next_deadline`),
+        # which sees any set before, so that a deadline set then wakes nobody (issue 18: a
+        # connect's kicks woke the runner for another pass of every engine, ~0.3 a connect).
         self.wake_at = math.inf
         # A daemon thread, so that a connection that cannot finish never keeps the process
         # alive; a normal exit drains first instead (`drain`, run by atexit).
@@ -1103,9 +1106,12 @@ class Runner:
             if self._sel.get(fd) is None:
                 self._sel.register(fd, engine)
             due = self._due.get(engine)
-            urgent = engine.error is not None or (due is not None and due < self.wake_at)
-        if urgent:
+            failed = engine.error is not None
+            sooner = due is not None and due < self.wake_at
+        if failed:
             self.wake(engine)
+        elif sooner:  # (a connect's recv of the server's FIN: its delayed ACK's 40 ms)
+            self._retime()
 
     def wake(self, engine: Served | None = None) -> None:
         """Make the runner pump `engine` soon (None: every engine). One eventfd write per runner
@@ -1124,12 +1130,21 @@ class Runner:
         """`engine`'s next deadline is `deadline`. Called with the engine's lock held, after
         whatever computed it, so that a later computation always overwrites an earlier one. From
         outside a pass (`FlowEngine.kick`) the runner is woken if that is sooner than what it
-        sleeps towards."""
+        sleeps towards (`_retime`); a pass that has not yet read the deadlines will see it."""
         with self._lock:
             if engine in self.engines:
                 self._set_due(engine, deadline)
-        if wake and deadline is not None and deadline < self.wake_at:
-            self.wake()
+            sooner = wake and deadline is not None and deadline < self.wake_at
+        if sooner:
+            self._retime()
+
+    def _retime(self) -> None:
+        """Wake the runner to sleep towards a sooner deadline, and for nothing else: it pumps
+        only what is due or rang then. (`wake` would pump the engine too, under the lock the
+        waking socket call is about to take again: issue 18's connects waited for it.)"""
+        if not self._poked:
+            self._poked = True
+            os.eventfd_write(self._wake, 1)
 
     def _set_due(self, engine: Served, deadline: float | None) -> None:
         """With `_lock` held: the one live timer of `engine` (None: none); the old entry dies."""
@@ -1152,12 +1167,14 @@ class Runner:
             return [e for e in work if e in self.engines]
 
     def _next_deadline(self) -> float:
-        """The soonest live timer (infinity if none); dead entries at the top are dropped."""
+        """The soonest live timer (infinity if none), which the runner sleeps towards from now
+        (`wake_at`, set in the same lock section as the read); dead entries at the top are dropped."""
         with self._lock:
             timers, due = self._timers, self._due
             while timers and due.get(timers[0][2]) != timers[0][0]:
                 heapq.heappop(timers)
-            return timers[0][0] if timers else math.inf
+            self.wake_at = soonest = timers[0][0] if timers else math.inf
+            return soonest
 
     def _domain_gone(self) -> None:
         """usnetd hung up on a client: each engine of it fails (its socket calls raise at once)
@@ -1238,7 +1255,8 @@ class Runner:
         block_in_this_thread()  # a signal for the process waits for the main thread (usnet.client.sigdefer)
         while not self._stopping:
             self._poked = False
-            self.wake_at = math.inf
+            with self._lock:
+                self.wake_at = -math.inf  # until `_next_deadline` reads the deadlines
             now = time.monotonic()
             for e in self._take_work(now):
                 self.pumps += 1
@@ -1264,8 +1282,7 @@ class Runner:
                     self.remove(e)
                     broke(e, exc)
                     continue
-            soonest = self._next_deadline()
-            self.wake_at = soonest  # from here a kick with a sooner deadline must wake us
+            soonest = self._next_deadline()  # (sets `wake_at`: from then a sooner deadline wakes us)
             timeout = None if soonest == math.inf else max(0.0, soonest - time.monotonic())
             rung = []
             for what in self._sel.select(timeout):
@@ -1283,9 +1300,13 @@ class Runner:
                 # loop took over since select returned is that loop's to drain. A ring drained here
                 # after the loop's pump armed NEED_WAKEUP would be lost: the loop's reader would
                 # never fire for the packet that rang it, and nothing else would read it.
+                # Nor one a blocked call borrowed since (`borrow`): the ring is its borrower's, who
+                # sleeps on that doorbell and pumps; drained and pumped here instead, it cost the
+                # borrower the engine's lock, a ring of its own bell and a wake-up (issue 18: the
+                # server's FIN that came as a connect's recv began to wait).
                 with self._lock:
                     for e in rung:
-                        if e in self.engines:
+                        if e in self.engines and e not in self._borrowed:
                             e.ch.drain_doorbell()
                             self._ready.add(e)
 

@@ -1989,68 +1989,72 @@ class socket:
         # thread meanwhile wakes nothing there, and the call returns what comes
         held = self._timeout is None and t != 0
         woken = borrowed = counted = False
-        try:
-            with eng.lock:
-                while True:
-                    try:
-                        got = attempt()
-                    except OSError:
-                        self._park_at_exit(eng, borrowed)
-                        if self._dead and not held:  # (as below: the socket's end, our close's, is
-                            raise OSError(errno.EBADF, "Bad file descriptor") from None  # no answer)
-                        raise
-                    if got is not None:
-                        if self._dead and not held:
-                            # closed by another thread while this call waited: CPython's poll
-                            # on the kernel goes on waiting (close wakes nothing there) and, woken
-                            # (or timed out, below), retries on descriptor -1
-                            raise OSError(errno.EBADF, "Bad file descriptor")
-                        self._update()
-                        return got
-                    self._park_at_exit(eng, borrowed)
-                    if eng.error is not None and not self._orphan:
-                        raise self._refused or eng.error
-                    if deadline is not None:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
+        # One step for the whole call (usnet.client.sigdefer): the lock's sections and the end's
+        # below are one hold of the signals, not two (a mask pair fewer a blocked call: issue 18);
+        # its waits let the signals through as before (`_release_save` lets go of every hold).
+        with step:
+            try:
+                with eng.lock:
+                    while True:
+                        try:
+                            got = attempt()
+                        except OSError:
+                            self._park_at_exit(eng, borrowed)
+                            if self._dead and not held:  # (as below: the socket's end, our close's, is
+                                raise OSError(errno.EBADF, "Bad file descriptor") from None  # no answer)
+                            raise
+                        if got is not None:
                             if self._dead and not held:
+                                # closed by another thread while this call waited: CPython's poll
+                                # on the kernel goes on waiting (close wakes nothing there) and, woken
+                                # (or timed out, below), retries on descriptor -1
                                 raise OSError(errno.EBADF, "Bad file descriptor")
-                            if t == 0 or eagain:
-                                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-                            raise TimeoutError("timed out")
-                    else:
-                        left = None
-                    if held and not counted:
-                        _in_call[self] = _in_call.get(self, 0) + 1
-                        counted = True
-                    if not woken:
-                        # Once, so that what earlier calls queued (data, a window update) goes:
-                        # sent from here (kick), or by the stack thread, which serves a blocked
-                        # call from now on (wake). After that only the network makes progress;
-                        # waking the runner on every pump would spin both threads while we wait.
-                        # An engine the stack thread serves is then pumped by this call itself
-                        # while it waits, on the doorbell the runner lends it (`pump_wait`): no
-                        # hand-off between threads per arrival (docs/design-notes.md, issue 18).
-                        if eng.driver is None:
-                            eng.kick()
-                            borrowed = runner().borrow(eng)
+                            self._update()
+                            return got
+                        self._park_at_exit(eng, borrowed)
+                        if eng.error is not None and not self._orphan:
+                            raise self._refused or eng.error
+                        if deadline is not None:
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                if self._dead and not held:
+                                    raise OSError(errno.EBADF, "Bad file descriptor")
+                                if t == 0 or eagain:
+                                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                                raise TimeoutError("timed out")
                         else:
-                            eng.wake(wait=True)
-                        woken = True
+                            left = None
+                        if held and not counted:
+                            _in_call[self] = _in_call.get(self, 0) + 1
+                            counted = True
+                        if not woken:
+                            # Once, so that what earlier calls queued (data, a window update) goes:
+                            # sent from here (kick), or by the stack thread, which serves a blocked
+                            # call from now on (wake). After that only the network makes progress;
+                            # waking the runner on every pump would spin both threads while we wait.
+                            # An engine the stack thread serves is then pumped by this call itself
+                            # while it waits, on the doorbell the runner lends it (`pump_wait`): no
+                            # hand-off between threads per arrival (docs/design-notes.md, issue 18).
+                            if eng.driver is None:
+                                eng.kick()
+                                borrowed = runner().borrow(eng)
+                            else:
+                                eng.wake(wait=True)
+                            woken = True
+                        if borrowed:
+                            eng.pump_wait(left)
+                        else:
+                            eng.changed.wait(left)
+            finally:
+                # One step for a signal (usnet.client.sigdefer): a handler's exception (Ctrl-C during
+                # a round-trip loop) that landed inside give_back left the runner's watch list half
+                # updated (its epoll holding the doorbell, its dict not: EEXIST at the next add), and
+                # one before `_end_call` left the call counted, a close waiting for it for good.
+                with step:
                     if borrowed:
-                        eng.pump_wait(left)
-                    else:
-                        eng.changed.wait(left)
-        finally:
-            # One step for a signal (usnet.client.sigdefer): a handler's exception (Ctrl-C during
-            # a round-trip loop) that landed inside give_back left the runner's watch list half
-            # updated (its epoll holding the doorbell, its dict not: EEXIST at the next add), and
-            # one before `_end_call` left the call counted, a close waiting for it for good.
-            with step:
-                if borrowed:
-                    runner().give_back(eng)
-                if counted:
-                    self._end_call(eng)
+                        runner().give_back(eng)
+                    if counted:
+                        self._end_call(eng)
 
     def _end_call(self, eng: Any) -> None:
         """A blocking call that waited is over: the last one ends a socket closed meanwhile."""
