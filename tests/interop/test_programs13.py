@@ -1,0 +1,184 @@
+"""A thirteenth sweep of unmodified programs on usnet against kernel peers (issue 16): Twisted on
+its own reactor (epoll: a socket's readiness descriptor is all it looks at), as a TCP client
+(half-close, a peer's reset, abortConnection, a refused port, a connect timeout), a UDP client
+(connectionRefused from an ICMP port unreachable) and a TCP server; pg8000 (a pure-Python
+PostgreSQL driver) against a real postgres.
+
+Each program (tests/peers/twisted_peer.py, tests/peers/pg_client.py) runs under `usnet run` and,
+as the reference, on the kernel's sockets, against the same kernel peer: what it prints must be
+the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.interop.test_patch import (
+    LIMIT,
+    PeerProgram,
+    child_env,
+    kernel_env,
+    started,
+    stop,
+    usnetd_path,  # noqa: F401  (a fixture)
+)
+from tests.interop.test_programs4 import _same, _serve
+
+pytest.importorskip("twisted")
+pytestmark = pytest.mark.privileged
+_T = PeerProgram("twisted_peer.py", LIMIT * 2)
+
+
+def _read_all(conn: socket.socket, first: bytes = b"") -> tuple[bytes, str]:
+    got = first
+    try:
+        for _ in range(100000):
+            b = conn.recv(1 << 16)
+            if not b:
+                return got, "eof"
+            got += b
+    except ConnectionResetError:
+        return got, "reset"
+    return got, "limit"
+
+
+class _TcpPeer:
+    """The kernel's side of client-tcp: by its first bytes, a half-closing sender (answered with
+    the SHA-256 of all it sent), "go" (100 KB, then a reset), "abort" (read to the end: the end
+    is noted), "what" (closed at once)."""
+
+    def __init__(self) -> None:
+        self.aborts: list[str] = []
+
+    def __call__(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                first = conn.recv(1 << 16)
+            except ConnectionResetError:
+                self.aborts.append("reset before a byte")
+                return
+            if first.startswith(b"go\n"):
+                conn.sendall(b"r" * 100_000)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif first.startswith(b"abort\n"):
+                conn.sendall(b"ok\n")
+                self.aborts.append(_read_all(conn)[1])
+            elif first.startswith(b"what\n"):
+                _read_all(conn)
+            else:
+                got, _end = _read_all(conn, first)
+                conn.sendall(hashlib.sha256(got).hexdigest().encode() + b"\n")
+
+
+def test_twisted_tcp_client_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """Twisted's TCP client: 2 MB then loseWriteConnection (the peer's answer read to its EOF,
+    readConnectionLost, ConnectionDone); a peer that resets after 100 KB (ConnectionLost);
+    abortConnection (the peer reads a reset); a refused port (ConnectionRefusedError); an address
+    of the link nobody has with a 1 s timeout (TimeoutError)."""
+    path, _usnet_ip, host_ip = usnetd_path
+    dead = host_ip.rsplit(".", 1)[0] + ".99"
+    peer = _TcpPeer()
+    with _serve(host_ip, peer, join=True) as port:
+        outs = [_T.run(path, on_usnet, "client-tcp", host_ip, str(port), dead) for on_usnet in (True, False)]
+    found = _same(*outs)
+    assert found == {"n": 65, "read-end": "eof", "end": "ConnectionDone", "reset-end": "ConnectionLost",
+                     "reset-read-end": None, "abort-end": "ConnectionAborted", "refused": "ConnectionRefusedError",
+                     "timeout": "TimeoutError"}
+    assert peer.aborts == ["reset", "reset"]
+
+
+@contextlib.contextmanager
+def _udp_echo(host: str) -> Iterator[int]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.settimeout(0.1)
+    done = threading.Event()
+
+    def run() -> None:
+        for _ in range(int(LIMIT * 4 / 0.1)):
+            if done.is_set():
+                return
+            try:
+                data, addr = s.recvfrom(65536)
+            except TimeoutError:
+                continue
+            s.sendto(data, addr)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        yield s.getsockname()[1]
+    finally:
+        done.set()
+        t.join(LIMIT)
+        s.close()
+
+
+def test_twisted_udp_client_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """Twisted's UDP: listenUDP and datagrams of 1, 1400 and 8,000 bytes to a kernel echo (the
+    last in fragments), then connect() and one more; a connected transport to a closed port hears
+    the kernel's ICMP port unreachable: the error pending shows as EPOLLERR without EPOLLIN, and
+    Twisted's epoll reactor stops the port for it (stopProtocol), without connectionRefused."""
+    path, _usnet_ip, host_ip = usnetd_path
+    with _udp_echo(host_ip) as port:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.bind((host_ip, 0))
+            closed = c.getsockname()[1]  # (bound, never read from: then closed below)
+        outs = [_T.run(path, on_usnet, "client-udp", host_ip, str(port), str(closed)) for on_usnet in (True, False)]
+    found = _same(*outs)
+    assert [n for n, _ in found["echo"]] == [1, 1400, 8000, 100] and found["refused"] == 0 and found["stopped"]
+
+
+def _sum_client(host: str, port: int, size: int, how: str) -> str:
+    """A kernel client of serve-sum: `size` bytes, then shutdown(SHUT_WR) ("half") or a reset
+    after the bytes ("reset"); the answer line ("" when the connection was reset)."""
+    with socket.create_connection((host, port), timeout=LIMIT) as c:
+        data = bytes(range(256)) * (size // 256)
+        c.sendall(data)
+        if how == "reset":
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return ""
+        c.shutdown(socket.SHUT_WR)
+        got, end = _read_all(c)
+        assert end == "eof"
+        assert got == hashlib.sha256(data).hexdigest().encode() + b"\n"
+        return "ok"
+
+
+def test_twisted_tcp_server_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """Twisted's listenTCP: 20 kernel clients at once, each 256 KB then a half-close (the server's
+    readConnectionLost answers the SHA-256 and closes: ConnectionDone), then one that resets
+    (ConnectionLost). What the server saw, the same on both."""
+    path, usnet_ip, host_ip = usnetd_path
+    outs = []
+    for on_usnet in (True, False):
+        where = usnet_ip if on_usnet else host_ip
+        proc, port = started(_T.command(on_usnet, "serve-sum", where, "0", "21"),
+                             child_env(path) if on_usnet else kernel_env())
+        try:
+            results: list[str] = []
+
+            def client(results: list[str] = results, where: str = where, port: int = port) -> None:
+                results.append(_sum_client(where, port, 256 << 10, "half"))
+
+            threads = [threading.Thread(target=client) for _ in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(LIMIT)
+            assert results == ["ok"] * 20
+            _sum_client(where, port, 4096, "reset")
+            got, err = proc.communicate(timeout=LIMIT)
+            assert proc.returncode == 0, err.decode()[-3000:]
+            outs.append(got.decode().strip().split("\n")[-1])
+        finally:
+            stop(proc)
+    found = _same(*outs)
+    assert found["ends"] == ["ConnectionDone"] * 20 + ["ConnectionLost"]
