@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +34,7 @@ from tests.interop.test_patch import (
     usnetd_path,  # noqa: F401  (a fixture)
 )
 from tests.interop.test_programs4 import _same, _serve
+from tests.interop.test_programs11 import _server, need
 
 pytest.importorskip("twisted")
 pytestmark = pytest.mark.privileged
@@ -182,3 +187,60 @@ def test_twisted_tcp_server_as_on_the_kernel(usnetd_path):  # noqa: F811
             stop(proc)
     found = _same(*outs)
     assert found["ends"] == ["ConnectionDone"] * 20 + ["ConnectionLost"]
+
+
+_PG = PeerProgram("pg_client.py", LIMIT * 3)
+PG_PORT = 5432  # (the test's own namespace: nothing else there)
+
+
+@pytest.fixture
+def postgres(usnetd_path) -> Iterator[tuple[str, str]]:  # noqa: F811
+    """A postgres on the kernel's side of the TAP, listening on its address alone, trust
+    authentication, no fsync; its cluster made by initdb in a directory of /tmp the postgres
+    user owns (postgres refuses root; pytest's tmp_path is root's alone), removed after.
+    Yields (the socket path of usnetd, its address)."""
+    pytest.importorskip("pg8000")
+    path, _usnet_ip, host_ip = usnetd_path
+    bindir = Path("/usr/lib/postgresql")
+    found = sorted(bindir.glob("*/bin/postgres"))
+    if not found:
+        pytest.fail("postgres is missing (scripts/test-deps.sh installs postgresql)")
+    bins = found[-1].parent
+    as_pg = [need("setpriv"), "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+    top = Path(tempfile.mkdtemp(prefix="usnet-pg-"))
+    try:
+        shutil.chown(top, "postgres")
+        data = top / "data"
+        subprocess.run([*as_pg, str(bins / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True, timeout=LIMIT * 3, cwd=top)
+        with (data / "pg_hba.conf").open("a") as hba:  # (initdb's trusts the loopback's addresses alone)
+            hba.write(f"host all all {host_ip}/24 trust\n")
+        with _server([*as_pg, str(bins / "postgres"), "-D", str(data), "-c", f"listen_addresses={host_ip}", "-p",
+                      str(PG_PORT), "-k", str(top), "-c", "fsync=off", "-c", "max_connections=50"],
+                     b"database system is ready to accept connections"):
+            yield path, host_ip
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.parametrize("program", ["big", "notify", "terminated", "timeouts", "short", "refused"])
+def test_pg8000_against_postgres_as_on_the_kernel(postgres, program):
+    """pg8000 against a real postgres: 1 MB bytea values and COPY of 20,000 rows both ways;
+    LISTEN/NOTIFY across connections; a backend terminated by another (its next query's error);
+    a socket timeout under a long query, and a statement_timeout the server cancels; 200 short
+    connections (the server left with one backend); a refused port. The same on both."""
+    path, host_ip = postgres
+    found = _same(*(_PG.run(path, on_usnet, program, host_ip, str(PG_PORT)) for on_usnet in (True, False)))
+    expected = {
+        "big": {"back": [True] * 4, "copy": [True, [20000, 199990000]]},
+        "notify": {"notes": [["ch", "n0"], ["ch", "n1"], ["ch", "n2"]]},
+        "short": {"rows": [200, 19900], "backends": 1},
+    }
+    if program in expected:
+        assert found == expected[program]
+    elif program == "terminated":
+        assert found["terminate"] is True and found["admin"] == 2 and found["next"] != "answered"
+    elif program == "timeouts":
+        assert found["statement"] == ["pg8000.exceptions.DatabaseError", "57014"] and found["after"] == 3
+    else:
+        assert found["refused"][0][0] == "pg8000.exceptions.InterfaceError"
