@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -244,3 +246,41 @@ def test_pg8000_against_postgres_as_on_the_kernel(postgres, program):
         assert found["statement"] == ["pg8000.exceptions.DatabaseError", "57014"] and found["after"] == 3
     else:
         assert found["refused"][0][0] == "pg8000.exceptions.InterfaceError"
+
+
+def test_http_server_under_usnet_run_serves_curl_parallel_as_on_the_kernel(usnetd_path, tmp_path):  # noqa: F811
+    """`python -m http.server` (its ThreadingHTTPServer, HTTP/1.1) under `usnet run`, and on kernel
+    sockets: curl --parallel (20 at once, each its own connection at first) fetches a 2 MB file 60
+    times and a missing one once. Every answer, its size and its SHA-256, the same; the server
+    still up and logging each request."""
+    path, usnet_ip, host_ip = usnetd_path
+    body = os.urandom(2 << 20)
+    (tmp_path / "big.bin").write_bytes(body)
+    outs = []
+    for on_usnet in (True, False):
+        where = usnet_ip if on_usnet else host_ip
+        cmd = [sys.executable, "-u", "-m", "http.server", "-b", where, "-p", "HTTP/1.1", "-d", str(tmp_path), "0"]
+        if on_usnet:
+            cmd = [sys.executable, "-m", "usnet", "run", "--", *cmd]
+        server, port = started(cmd, child_env(path) if on_usnet else kernel_env())
+        try:
+            urls = [f"http://{where}:{port}/big.bin"] * 60 + [f"http://{where}:{port}/missing"]
+            got = subprocess.run(["curl", "-sS", "--parallel", "--parallel-immediate", "--parallel-max", "20",
+                                  "--max-time", str(LIMIT), "-w", "%{http_code} %{size_download}\n",
+                                  *[a for u in urls for a in (u, "-o", "/dev/null")]],
+                                 capture_output=True, timeout=LIMIT + 5)
+            assert got.returncode == 0, got.stderr.decode()
+            one = subprocess.run(["curl", "-sS", "--fail", "--max-time", str(LIMIT), urls[0]], capture_output=True,
+                                 timeout=LIMIT + 5)
+            assert server.poll() is None
+            server.terminate()
+            _out, err = server.communicate(timeout=LIMIT)
+        finally:
+            stop(server)
+        logged = sum(1 for line in err.decode().splitlines() if '"GET /' in line)
+        outs.append({"answers": sorted(got.stdout.decode().splitlines()), "one": hashlib.sha256(one.stdout).hexdigest(),
+                     "logged": logged})
+    assert outs[0] == outs[1]
+    answers = outs[0]["answers"]
+    assert len(answers) == 61 and answers[:60] == [f"200 {2 << 20}"] * 60 and answers[60].startswith("404 ")
+    assert outs[0]["one"] == hashlib.sha256(body).hexdigest() and outs[0]["logged"] == 62
