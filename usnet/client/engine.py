@@ -123,6 +123,7 @@ class Readiness:
     queue entry) cannot be shown so, as it must go again: the socket is then
     readable and writable, which is what select shows of Linux's POLLERR and
     what selectors and asyncio make of it (design note "IP_RECVERR on TCP, local errors, POLLERR, ...").
+    A datagram socket's error can be shown as Linux does (`DatagramReadiness`).
 
     The pair is made when `fileno` is first asked for, and shows the state kept
     until then: a program that only makes blocking calls never selects on its
