@@ -1,10 +1,11 @@
 """A thirteenth sweep of unmodified programs on usnet against kernel peers (issue 16): Twisted on
 its own reactor (epoll: a socket's readiness descriptor is all it looks at), as a TCP client
 (half-close, a peer's reset, abortConnection, a refused port, a connect timeout), a UDP client
-(connectionRefused from an ICMP port unreachable) and a TCP server; pg8000 (a pure-Python
-PostgreSQL driver) against a real postgres.
+(an ICMP port unreachable ends the port) and a TCP server; pg8000 (a pure-Python PostgreSQL
+driver) against a real postgres; `python -m http.server` against curl --parallel; asyncio's
+subprocesses beside its sockets in one loop.
 
-Each program (tests/peers/twisted_peer.py, tests/peers/pg_client.py) runs under `usnet run` and,
+Each program (tests/peers/twisted_peer.py, pg_client.py, aio_subproc.py) runs under `usnet run` and,
 as the reference, on the kernel's sockets, against the same kernel peer: what it prints must be
 the same.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -284,3 +286,26 @@ def test_http_server_under_usnet_run_serves_curl_parallel_as_on_the_kernel(usnet
     answers = outs[0]["answers"]
     assert len(answers) == 61 and answers[:60] == [f"200 {2 << 20}"] * 60 and answers[60].startswith("404 ")
     assert outs[0]["one"] == hashlib.sha256(body).hexdigest() and outs[0]["logged"] == 62
+
+
+def _sum_peer(conn: socket.socket) -> None:
+    """Reads to the client's half-close and answers the SHA-256 of what came."""
+    with conn:
+        got, end = _read_all(conn)
+        if end == "eof":
+            conn.sendall(hashlib.sha256(got).hexdigest().encode() + b"\n")
+
+
+def test_asyncio_subprocesses_and_sockets_in_one_loop_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """asyncio.create_subprocess_exec (pipes, the loop's child watcher) beside the loop's own
+    connection streaming 1 MB each way: three children at once, each a Python that connects to the
+    kernel peer itself (on usnet too: `usnet run` hands its environment to children), a child
+    killed while it waits (-9), and 3 MB written to a child's stdin. The same on both."""
+    path, _usnet_ip, host_ip = usnetd_path
+    prog = PeerProgram("aio_subproc.py", LIMIT * 2)
+    with _serve(host_ip, _sum_peer, join=True) as port:
+        outs = [json.loads(prog.run(path, on_usnet, host_ip, str(port))) for on_usnet in (True, False)]
+    assert [o.pop("on") for o in outs] == [["usnet"], ["socket"]]  # (the children's sockets: usnet's, the kernel's)
+    found = _same(*(json.dumps(o) for o in outs))
+    child = [0, hashlib.sha256(b"c" * 100000).hexdigest(), ""]
+    assert found == {"stream": [True], "children": [child] * 3, "killed": -9, "stdin": True}
