@@ -1,6 +1,6 @@
 #!/bin/sh
 # What the tests need from the system: the real peers (ping, nc, iperf3, tshark, curl, wrk, dnsmasq,
-# redis-server, memcached, sshd).
+# redis-server, memcached, sshd, postgres).
 # Installed when we are root with apt; otherwise said, and the privileged tests skip (or fail under CI).
 set -e
 need=""
@@ -17,6 +17,7 @@ command -v dnsmasq >/dev/null 2>&1 || need="$need dnsmasq-base"  # the binary on
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v memcached >/dev/null 2>&1 || need="$need memcached"
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"  # tests/interop/test_programs12.py (not on PATH for non-root users)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$need postgresql"  # tests/interop/test_programs13.py
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

@@ -629,3 +629,46 @@ def test_asyncio_servers_with_no_host_on_every_address_as_on_the_kernel(net):
     finally:
         loop.close()
     assert on_usnet == kernel
+
+
+def _udp_error_polls(make, host_ip: str) -> list:
+    """A connected UDP socket from `make` sends to a closed kernel port: its poll masks while the
+    ICMP port unreachable's error is pending, after recv reported it, and the same again read by
+    SO_ERROR; a select beside the first."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.bind((host_ip, 0))
+        closed = c.getsockname()[1]
+    everything = select.POLLIN | select.POLLOUT | select.POLLERR | select.POLLHUP
+    out: list = []
+    s = make(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host_ip, closed))
+    for read_by in ("recv", "SO_ERROR"):
+        s.send(b"anyone?")
+        p = select.poll()
+        p.register(s, select.POLLIN)  # (POLLERR is always reported)
+        got = p.poll(LIMIT * 1000)
+        p.modify(s, everything)
+        out += [got[0][1] if got else None, p.poll(0)[0][1], select.select([s], [s], [], 0) == ([s], [s], [])]
+        if read_by == "recv":
+            try:
+                out.append(s.recv(10))
+            except OSError as e:
+                out.append(errno.errorcode[e.errno])
+        else:
+            out.append(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        out.append(p.poll(0)[0][1])
+    s.close()
+    return out
+
+
+def test_a_udp_sockets_pending_error_polls_pollerr_alone_as_on_the_kernel(net):
+    """Linux's datagram_poll: an ICMP error pending on a connected UDP socket is EPOLLERR with
+    EPOLLOUT, never EPOLLIN (select counts it readable all the same); reading it (recv or
+    SO_ERROR) leaves EPOLLOUT. usnet showed POLLIN|POLLOUT: Twisted's epoll reactor, which takes
+    EPOLLERR without EPOLLIN for the end of the port, called connectionRefused on usnet and
+    stopped the port on Linux (tests/interop/test_programs13.py)."""
+    _client, _ifname, _usnet_ip, host_ip = net
+    on_kernel = _udp_error_polls(socket.socket, host_ip)
+    assert _udp_error_polls(us.socket, host_ip) == on_kernel
+    err, out = select.POLLERR, select.POLLOUT
+    assert on_kernel == [err, err | out, True, "ECONNREFUSED", out, err, err | out, True, errno.ECONNREFUSED, out]

@@ -31,7 +31,7 @@ from usnet.abi.ring import RingCorrupt
 from usnet.client import sockopts as _so
 from usnet.client.channel import ChannelError, PeerGone
 from usnet.client.datagram import DatagramSocket
-from usnet.client.engine import Readiness, park_at_exit, runner
+from usnet.client.engine import DatagramReadiness, park_at_exit, runner
 from usnet.client.mcast import (
     FILTER_OPTIONS,
     MULTICAST6_OPTIONS,
@@ -390,6 +390,8 @@ class FlowHalf:
 class DatagramFace(socket):
     """A UDP socket over usnet (AF_INET or AF_INET6, SOCK_DGRAM): what ``socket(..., SOCK_DGRAM)`` makes."""
 
+    _ready: DatagramReadiness  # (POLLERR that comes and goes: a stream's `Readiness` cannot)
+
     def __init__(self, family: int = AF_INET, type: int = SOCK_DGRAM, proto: int = 0,
                  fileno: int | None = None, *, client: Any = None, netif: str | None = None) -> None:
         if fileno is not None:
@@ -398,7 +400,7 @@ class DatagramFace(socket):
         if family not in (AF_INET, AF_INET6) or type & 0xF != SOCK_DGRAM or proto not in (0, 17):
             raise OSError(errno.EAFNOSUPPORT, "usnet.socket carries AF_INET and AF_INET6, SOCK_STREAM and SOCK_DGRAM")
         # as Linux: an idle UDP socket is writable
-        self._init_face(family, SOCK_DGRAM, proto, type, Readiness(False, True), client, netif)
+        self._init_face(family, SOCK_DGRAM, proto, type, DatagramReadiness(False), client, netif)
         self._engine: DatagramEngine | None = None  # type: ignore[assignment]
         self._owns_engine = True
         self._mc = Multicast(4)  # IPv4 memberships and multicast options (usnet.client.mcast)
@@ -998,12 +1000,25 @@ class DatagramFace(socket):
             raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
 
     def _poll_state(self) -> tuple[bool, bool]:
+        """What select shows: readable with a datagram or an error (POLLERR counts as both)."""
+        readable, error = self._poll_bits()
+        return readable or error, True
+
+    def _poll_bits(self) -> tuple[bool, bool]:
+        """(POLLIN, POLLERR) as Linux's datagram_poll: a datagram waits; an error is pending (an
+        ICMP error on a connected socket, the error queue) or the flow failed. Never POLLIN for
+        the error alone: epoll and poll tell them apart (`DatagramReadiness`)."""
         eng: DatagramEngine | None = self._engine
         if eng is None:
-            return False, True
-        if (eng.error is not None and not self._orphan) or eng.pending is not None or eng.errq:
-            return True, True  # POLLERR, which select counts as both (an error queue: Linux's datagram_poll)
-        return bool(eng.rxq), True
+            return False, False
+        error = (eng.error is not None and not self._orphan) or eng.pending is not None or bool(eng.errq)
+        return bool(eng.rxq), error
+
+    def _update(self) -> None:
+        """Set the descriptor's readiness to the socket's. With the engine's lock held."""
+        if not self._dead:
+            readable, error = self._poll_bits()
+            self._ready.set_error(readable, error)
 
     def _signal(self) -> None:
         """As socket._signal: a UDP socket of the default domain is bound again after a usnetd
@@ -1022,7 +1037,8 @@ class DatagramFace(socket):
         callback. Looked at without the lock first: a change the loop did not make is one
         another thread made under the lock, and it set the readiness itself; so the lock (two
         system calls in the main thread, usnet.client.sigdefer) is taken only for a change."""
-        if self._dead or self._ready.readable == self._poll_state()[0]:
+        ready = self._ready
+        if self._dead or (ready.readable, ready.error) == self._poll_bits():
             return
         eng = self._engine
         if eng is None:

@@ -18,6 +18,7 @@ local address is then 4 or 16 bytes, and the IP layer and TCP follow it.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import errno
 import heapq
 import ipaddress
@@ -122,6 +123,7 @@ class Readiness:
     queue entry) cannot be shown so, as it must go again: the socket is then
     readable and writable, which is what select shows of Linux's POLLERR and
     what selectors and asyncio make of it (design note "IP_RECVERR on TCP, local errors, POLLERR, ...").
+    A datagram socket's error can be shown as Linux does (`DatagramReadiness`).
 
     The pair is made when `fileno` is first asked for, and shows the state kept
     until then: a program that only makes blocking calls never selects on its
@@ -225,6 +227,89 @@ class Readiness:
         for s in (self._a, self._b):
             if s is not None:
                 s.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_UNSPEC = ctypes.c_ushort(socket.AF_UNSPEC)  # a sockaddr of sa_family alone (Python's connect takes no AF_UNSPEC)
+
+
+def _disconnect(s: socket.socket) -> None:
+    """connect(AF_UNSPEC): an AF_UNIX datagram socket leaves its peer (unix_dgram_connect)."""
+    if _libc.connect(s.fileno(), ctypes.byref(_UNSPEC), ctypes.sizeof(_UNSPEC)) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+class DatagramReadiness(Readiness):
+    """A datagram socket's readiness: as `Readiness`, plus POLLERR that comes and goes.
+
+    Linux's datagram_poll shows a pending error (an ICMP error on a connected UDP socket, an
+    IP_RECVERR error queue entry) as EPOLLERR with EPOLLOUT and without EPOLLIN, until it is
+    read; a program tells them apart: Twisted's epoll reactor takes EPOLLERR without EPOLLIN
+    for a disconnection and stops the port (connectionRefused is not called). A stream pair
+    can show POLLERR only once, at its end, so this is an AF_UNIX *datagram* pair: one
+    datagram from the other end (`_b`) makes `fileno` (`_a`) readable; for the error `_a` sends
+    a datagram to `_b` and `_b` connects to a third socket (the process's sink) and back, which
+    leaves `_a` with ECONNRESET pending (unix_dgram_disconnected: the peer that left had our
+    datagram unread) until SO_ERROR reads it. `_a` is autobound (an abstract name) the first
+    time, so `_b` can connect back. Always writable: a usnet datagram socket never blocks a
+    send on its buffer (`DatagramFace._poll_state`).
+    """
+
+    __slots__ = ("_name", "error")
+
+    def __init__(self, readable: bool = False) -> None:
+        super().__init__(readable, True)
+        self.error = False  # what the pair shows, once made
+        self._name = b""  # `_a`'s name, once an error was shown
+
+    def fileno(self) -> int:
+        if self._a is None:
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            a.setblocking(False)
+            b.setblocking(False)
+            self._a, self._b = a, b
+            self._made = a.fileno()
+            readable, error = self.readable, self.error
+            self.readable = self.error = False  # what a new pair shows
+            self.set_error(readable, error)
+        return self._a.fileno()
+
+    def hang_up(self, error: bool) -> None:
+        raise NotImplementedError("a datagram socket does not hang up")  # (a stream's only)
+
+    def set(self, readable: bool, writable: bool) -> None:
+        self.set_error(readable, self.error)
+
+    def set_error(self, readable: bool, error: bool) -> None:
+        """Readable when a datagram waits; POLLERR while an error is pending."""
+        a, b = self._a, self._b
+        if a is None or b is None:
+            self.readable, self.error = readable, error
+            return
+        if readable != self.readable:
+            if readable:
+                b.send(b"r")
+            else:
+                if self.error:  # (a recv would read the error first, and clear it)
+                    a.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    self.error = False
+                self._drain(a)
+            self.readable = readable
+        if error != self.error:
+            if error:
+                self._raise_error(a, b)
+            else:
+                a.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # clears it
+            self.error = error
+
+    def _raise_error(self, a: socket.socket, b: socket.socket) -> None:
+        if not self._name:
+            a.bind("")
+            self._name = a.getsockname()
+        a.send(b"e")  # unread by b when it leaves: a gets ECONNRESET
+        _disconnect(b)
+        b.connect(self._name)
 
 
 class FlowEngine:
