@@ -108,7 +108,9 @@ def _stop_requested(fd: int) -> bool:
 
 def _llsend(client: Client, count: int, lease: bool, ready_fd: int, go_fd: int) -> None:
     """Open the flow (leased if asked), say b"R" on `ready_fd`, and send once a byte comes on `go_fd`:
-    the parent grants the flow in between, and the receiver's wait starts when this process is up."""
+    the parent grants the flow in between, and the receiver's wait starts when this process is up.
+    Then say b"S", and keep the flow open until `go_fd`'s EOF: its frames still queued at the netif
+    are sent or dropped meanwhile, and a drop is counted on the flow only while it is open."""
     sched.set_slice()  # a latency-sensitive thread, in every phase: only the grant differs
     s = client.udp_socket("a", LL_PORT)
     if lease:
@@ -123,6 +125,8 @@ def _llsend(client: Client, count: int, lease: bool, ready_fd: int, go_fd: int) 
         while (left := t - time.monotonic()) > 0:
             time.sleep(left)  # the sender's own period, not synchronisation
         s.sendto(_STAMP.pack(i, time.monotonic_ns()) + pad, (B_ADDR, LL_SINK))
+    os.write(ready_fd, b"S")
+    os.read(go_fd, 1)  # EOF once the parent has counted what reached the receiver and what was dropped
     s.close()  # a lease ends with its channel
 
 
@@ -211,6 +215,7 @@ class Phase:
     seqs: list[int]  # the sequence numbers of those received, in order (the missing ones were lost)
     latencies_ms: list[float]  # their one-way latencies, in the same order
     bulk_bps: float  # frame bytes/s netif "b" received while the LL flow ran, less the LL flow's
+    tx_dropped: int  # LL datagrams the switch dropped on the way out, each told to the sender (CoDel's)
     lowlat: dict[str, Any] | None = None  # the domain's `lowlat` status, last seen while the LL lease held
 
     @property
@@ -328,9 +333,9 @@ class LowLatRun:
         try:
             r, w = _pipe(ours)  # the receiver's result
             ready_r, ready_w = _pipe(ours)  # the receiver says b"R" once its flow is open
-            done_r, done_w = _pipe(ours)  # closed once the sender has exited: the receiver's drain starts
-            sready_r, sready_w = _pipe(ours)  # the sender says b"R" once its flow is open
-            go_r, go_w = _pipe(ours)  # the sender's first datagram waits for a byte here
+            done_r, done_w = _pipe(ours)  # closed once the sender has sent all: the receiver's drain starts
+            sready_r, sready_w = _pipe(ours)  # the sender says b"R" once its flow is open, b"S" once it sent all
+            go_r, go_w = _pipe(ours)  # the sender sends on a byte here, and closes its flow on EOF
             if bulk:
                 stop_w = self._background(seconds + warmup + 60, bulk=True)
                 self._wait_for_bulk()
@@ -347,32 +352,44 @@ class LowLatRun:
             if os.read(sready_r, 1) != b"R":
                 sender.wait(30)
                 raise RuntimeError(f"the LL sender did not start ({sender.failure()})")
+            flow = self._ll_flow()
             if grant == "class":  # granted before its first datagram
-                fid = self.ll_flow_id()
-                if fid is None:
-                    raise RuntimeError("the LL sender's flow is not in the domain's table")
-                self.dom.set_flow_class("a", fid, "ll")
+                self.dom.set_flow_class("a", flow.id, "ll")
             os.write(go_w, b"G")
             rx0, t0 = self.rx_bytes_b(), time.monotonic()
             lowlat = None
             deadline = time.monotonic() + seconds + 30
-            while not wait_exit(sender, 0.05 if grant == "lease" else max(0.0, deadline - time.monotonic())):
+            while not select.select([sready_r], [], [], 0.05 if grant == "lease" else deadline - time.monotonic())[0]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the LL sender did not finish")
                 if (ll := self.dom.status()["lowlat"])["leases"]:
                     lowlat = ll  # the last look while the lease held (it ends with the sender's channel)
+            if os.read(sready_r, 1) != b"S":
+                sender.wait(30)
+                raise RuntimeError(f"the LL sender failed ({sender.failure()})")
             rx1, t1 = self.rx_bytes_b(), time.monotonic()
             _close(ours, done_w)
-            if sender.returncode:
+            pairs = json.loads(read_all(r))  # the receiver's end: all came, or the drain passed
+            with self.dom.lock:  # the flow is still open: every drop of its frames is counted on it
+                tx_dropped = int(flow.stats["tx_dropped"])
+            _close(ours, go_w)
+            if not wait_exit(sender, 30) or sender.returncode:
                 raise RuntimeError(f"the LL sender failed ({sender.failure()})")
-            pairs = json.loads(read_all(r))
             ok = True
         finally:
             _close(ours, *ours)
             self._reap(stop_w, check=ok)
         ll_bytes = len(pairs) * LL_FRAME
         return Phase(count, [s for s, _ in pairs], [ms for _, ms in pairs],
-                     max(0.0, (rx1 - rx0 - ll_bytes) / (t1 - t0)), lowlat)
+                     max(0.0, (rx1 - rx0 - ll_bytes) / (t1 - t0)), tx_dropped, lowlat)
+
+    def _ll_flow(self) -> Any:
+        """The LL sender's flow on netif "a" (open: the sender said so), as the switch holds it."""
+        with self.dom.lock:
+            for flow in self.dom.switches["a"].flows.values():
+                if flow.lport == LL_PORT:
+                    return flow
+        raise RuntimeError("the LL sender's flow is not in the domain's table")
 
     def adaptive(self, seconds: float, max_seconds: float = 10.0) -> adaptive.AdaptiveResult:
         """The adaptive sender alone on the link, from `ADAPT_START`, for `seconds`.
@@ -428,6 +445,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
         "bulk_share": granted.bulk_bps * 8 / (LINK_RATE * (1 - LL_SHARE)),
         "ll_lost": granted.lost,
         "general_lost": general.lost,
+        "general_tx_dropped": general.tx_dropped,
         "link_rate_bps": LINK_RATE,
         "ll_share": LL_SHARE,
         "bulk_flows": BULK_FLOWS,
