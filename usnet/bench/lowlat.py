@@ -65,6 +65,9 @@ BULK_FLOWS = 8
 BULK_SIZE = 1400
 _STAMP = struct.Struct("!QQ")  # sequence number, send time (ns)
 LL_FRAME = LL_SIZE + 8 + 20 + 14  # one LL datagram on the link
+#: Seconds the LL receiver waits, after the sender ended, for what is still on its way; later is lost.
+DRAIN = 5.0
+DONE_POLL = 0.05  # seconds: how often the LL receiver, waiting for datagrams, looks whether the sender ended
 #: What the LL sender asks the agent for: voice, for its 387 kbit/s (200 B every 5 ms, framed). The
 #: headroom is for catching up: a sender held up for a few periods sends the datagrams it owes back to
 #: back, and the policer's burst (docs/abi.md §15: 5 ms at the rate, here 1,250 B) must let them through.
@@ -103,11 +106,18 @@ def _stop_requested(fd: int) -> bool:
     return bool(select.select([fd], [], [], 0)[0])
 
 
-def _llsend(client: Client, count: int, lease: bool) -> None:
+def _llsend(client: Client, count: int, lease: bool, ready_fd: int, go_fd: int) -> None:
+    """Open the flow (leased if asked), say b"R" on `ready_fd`, and send once a byte comes on `go_fd`:
+    the parent grants the flow in between, and the receiver's wait starts when this process is up.
+    Then say b"S", and keep the flow open until `go_fd`'s EOF: its frames still queued at the netif
+    are sent or dropped meanwhile, and a drop is counted on the flow only while it is open."""
     sched.set_slice()  # a latency-sensitive thread, in every phase: only the grant differs
     s = client.udp_socket("a", LL_PORT)
     if lease:
         client.request_lease(s, **LEASE)  # before the first datagram: every one goes in the LL class
+    os.write(ready_fd, b"R")
+    if os.read(go_fd, 1) != b"G":
+        raise SystemExit("the LL sender was not told to go")
     pad = bytes(LL_SIZE - _STAMP.size)
     t = time.monotonic()
     for i in range(count):
@@ -115,20 +125,33 @@ def _llsend(client: Client, count: int, lease: bool) -> None:
         while (left := t - time.monotonic()) > 0:
             time.sleep(left)  # the sender's own period, not synchronisation
         s.sendto(_STAMP.pack(i, time.monotonic_ns()) + pad, (B_ADDR, LL_SINK))
+    os.write(ready_fd, b"S")
+    os.read(go_fd, 1)  # EOF once the parent has counted what reached the receiver and what was dropped
     s.close()  # a lease ends with its channel
 
 
-def _llrecv(client: Client, count: int, out_fd: int, ready_fd: int) -> None:
+def _llrecv(client: Client, count: int, out_fd: int, ready_fd: int, done_fd: int, drain: float) -> None:
+    """Receive until all `count` datagrams came, or `drain` seconds after the sender ended.
+
+    The end is the parent's word (it closes `done_fd` once the sender exited), not a clock started
+    here: on a loaded machine the sender's process can take seconds to start, and a deadline from
+    the receiver's start counted the datagrams it had not sent yet as lost.
+    """
     sched.set_slice()
     s = client.udp_socket("b", LL_SINK)
     os.write(ready_fd, b"R")
     lat: dict[int, float] = {}
-    deadline = time.monotonic() + count * LL_PERIOD + 5.0
-    while len(lat) < count and time.monotonic() < deadline:
-        try:
-            got = s.recv_many(64, timeout=max(0.0, deadline - time.monotonic()))
-        except (BlockingIOError, TimeoutError):
+    deadline = None  # set when the sender has ended: what has not come by then is lost
+    while len(lat) < count:
+        if deadline is None and _stop_requested(done_fd):
+            deadline = time.monotonic() + drain
+        wait = DONE_POLL if deadline is None else min(DONE_POLL, deadline - time.monotonic())
+        if wait <= 0:
             break
+        try:
+            got = s.recv_many(64, timeout=wait)
+        except (BlockingIOError, TimeoutError):
+            continue
         now = time.monotonic_ns()
         for data, _ in got:
             seq, sent = _STAMP.unpack_from(data)
@@ -167,6 +190,20 @@ def _sink(client: Client, seconds: float, stop_fd: int) -> None:
         s.close()
 
 
+def _pipe(ours: list[int]) -> tuple[int, int]:
+    """A pipe whose two ends are listed in `ours` (closed by `_close`)."""
+    r, w = os.pipe()
+    ours += (r, w)
+    return r, w
+
+
+def _close(ours: list[int], *fds: int) -> None:
+    """Close `fds` (the ends handed to a child, or all at the end) and strike them from `ours`."""
+    for fd in list(fds):
+        ours.remove(fd)
+        os.close(fd)
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -178,6 +215,7 @@ class Phase:
     seqs: list[int]  # the sequence numbers of those received, in order (the missing ones were lost)
     latencies_ms: list[float]  # their one-way latencies, in the same order
     bulk_bps: float  # frame bytes/s netif "b" received while the LL flow ran, less the LL flow's
+    tx_dropped: int  # LL datagrams the switch dropped on the way out, each told to the sender (CoDel's)
     lowlat: dict[str, Any] | None = None  # the domain's `lowlat` status, last seen while the LL lease held
 
     @property
@@ -195,7 +233,8 @@ class LowLatRun:
     one that entitles this uid: `LEASE_POLICY`).
     """
 
-    def __init__(self, policy: Policy | None = None) -> None:
+    def __init__(self, policy: Policy | None = None, drain: float = DRAIN) -> None:
+        self.drain = drain  # seconds the LL receiver waits after the sender ended (`_llrecv`)
         self.dom = Domain(policy=policy)
         self.wire = MemWire(queue_limit=100_000)
         self.dom.add_netif("a", self.wire.a, f"{A_ADDR}/24", link_rate=LINK_RATE, ll_share=LL_SHARE)
@@ -248,15 +287,21 @@ class LowLatRun:
             os.close(stop_r)
         return stop_w
 
-    def _reap(self, stop_w: int | None) -> None:
+    def _reap(self, stop_w: int | None, check: bool = True) -> None:
+        """End the phase's processes. `check`: the phase went well, so they must have too, and their
+        flows must be gone before the next phase; otherwise they are killed, and the phase's own
+        error is the one raised (a receiver whose result nobody reads would only fail on its pipe)."""
         if stop_w is not None:
             os.close(stop_w)
-        for p in self.procs:
-            p.wait(30)
+        if check:
+            for p in self.procs:
+                p.wait(30)
         failed = [f"{role} ({p.failure()})" for role, p in zip(self.roles, self.procs) if p.returncode]
         kill_all(self.procs)
         self.procs.clear()
         self.roles.clear()
+        if not check:
+            return
         if failed:
             raise RuntimeError(f"benchmark applications failed: {', '.join(failed)}")
         self._until_flows_gone()
@@ -283,47 +328,68 @@ class LowLatRun:
             raise ValueError(f"grant must be None, 'class' or 'lease', not {grant!r}")
         seconds = count * LL_PERIOD
         stop_w = None
-        r, w = os.pipe()
-        ready_r, ready_w = os.pipe()
+        ours: list[int] = []  # this side's ends of the pipes below, closed at the end
+        ok = False
         try:
+            r, w = _pipe(ours)  # the receiver's result
+            ready_r, ready_w = _pipe(ours)  # the receiver says b"R" once its flow is open
+            done_r, done_w = _pipe(ours)  # closed once the sender has sent all: the receiver's drain starts
+            sready_r, sready_w = _pipe(ours)  # the sender says b"R" once its flow is open, b"S" once it sent all
+            go_r, go_w = _pipe(ours)  # the sender sends on a byte here, and closes its flow on EOF
             if bulk:
                 stop_w = self._background(seconds + warmup + 60, bulk=True)
                 self._wait_for_bulk()
                 time.sleep(warmup)  # let the bulk flows fill their queues at the netif
-            self.spawn("llrecv", str(count), str(w), str(ready_w), keep=(w, ready_w))
-            os.close(w)
-            os.close(ready_w)
-            w = ready_w = -1
+            self.spawn("llrecv", str(count), str(w), str(ready_w), str(done_r), repr(self.drain),
+                       keep=(w, ready_w, done_r))
+            _close(ours, w, ready_w, done_r)
             if os.read(ready_r, 1) != b"R":
                 raise RuntimeError("the LL receiver did not start")
-            sender = self.spawn("llsend", str(count), "lease" if grant == "lease" else "")
-            if grant == "class":
-                deadline = time.monotonic() + 5
-                while (fid := self.ll_flow_id()) is None and time.monotonic() < deadline:
-                    time.sleep(0.001)  # until the sender's flow exists, to grant it
-                if fid is None:
-                    raise RuntimeError("the LL flow never appeared")
-                self.dom.set_flow_class("a", fid, "ll")
+            sender = self.spawn("llsend", str(count), "lease" if grant == "lease" else "", str(sready_w), str(go_r),
+                                keep=(sready_w, go_r))
+            _close(ours, sready_w, go_r)
+            # however long its process takes to start: its flow is open (and leased) when it says so
+            if os.read(sready_r, 1) != b"R":
+                sender.wait(30)
+                raise RuntimeError(f"the LL sender did not start ({sender.failure()})")
+            flow = self._ll_flow()
+            if grant == "class":  # granted before its first datagram
+                self.dom.set_flow_class("a", flow.id, "ll")
+            os.write(go_w, b"G")
             rx0, t0 = self.rx_bytes_b(), time.monotonic()
             lowlat = None
             deadline = time.monotonic() + seconds + 30
-            while not wait_exit(sender, 0.05 if grant == "lease" else max(0.0, deadline - time.monotonic())):
+            while not select.select([sready_r], [], [], 0.05 if grant == "lease" else deadline - time.monotonic())[0]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the LL sender did not finish")
                 if (ll := self.dom.status()["lowlat"])["leases"]:
                     lowlat = ll  # the last look while the lease held (it ends with the sender's channel)
-            rx1, t1 = self.rx_bytes_b(), time.monotonic()
-            if sender.returncode:
+            if os.read(sready_r, 1) != b"S":
+                sender.wait(30)
                 raise RuntimeError(f"the LL sender failed ({sender.failure()})")
-            pairs = json.loads(read_all(r))
+            rx1, t1 = self.rx_bytes_b(), time.monotonic()
+            _close(ours, done_w)
+            pairs = json.loads(read_all(r))  # the receiver's end: all came, or the drain passed
+            with self.dom.lock:  # the flow is still open: every drop of its frames is counted on it
+                tx_dropped = int(flow.stats["tx_dropped"])
+            _close(ours, go_w)
+            if not wait_exit(sender, 30) or sender.returncode:
+                raise RuntimeError(f"the LL sender failed ({sender.failure()})")
+            ok = True
         finally:
-            for fd in (r, ready_r, w, ready_w):
-                if fd >= 0:
-                    os.close(fd)
-            self._reap(stop_w)
+            _close(ours, *ours)
+            self._reap(stop_w, check=ok)
         ll_bytes = len(pairs) * LL_FRAME
         return Phase(count, [s for s, _ in pairs], [ms for _, ms in pairs],
-                     max(0.0, (rx1 - rx0 - ll_bytes) / (t1 - t0)), lowlat)
+                     max(0.0, (rx1 - rx0 - ll_bytes) / (t1 - t0)), tx_dropped, lowlat)
+
+    def _ll_flow(self) -> Any:
+        """The LL sender's flow on netif "a" (open: the sender said so), as the switch holds it."""
+        with self.dom.lock:
+            for flow in self.dom.switches["a"].flows.values():
+                if flow.lport == LL_PORT:
+                    return flow
+        raise RuntimeError("the LL sender's flow is not in the domain's table")
 
     def adaptive(self, seconds: float, max_seconds: float = 10.0) -> adaptive.AdaptiveResult:
         """The adaptive sender alone on the link, from `ADAPT_START`, for `seconds`.
@@ -379,6 +445,7 @@ def run(quick: bool, progress: Callable[[str], None] = lambda what: None) -> dic
         "bulk_share": granted.bulk_bps * 8 / (LINK_RATE * (1 - LL_SHARE)),
         "ll_lost": granted.lost,
         "general_lost": general.lost,
+        "general_tx_dropped": general.tx_dropped,
         "link_rate_bps": LINK_RATE,
         "ll_share": LL_SHARE,
         "bulk_flows": BULK_FLOWS,
@@ -416,9 +483,9 @@ def main(argv: list[str]) -> None:
     role, fd = argv[0], int(argv[1])
     client = Client.from_socket(socket.socket(fileno=fd))
     if role == "llsend":
-        _llsend(client, int(argv[2]), argv[3:4] == ["lease"])
+        _llsend(client, int(argv[2]), argv[3] == "lease", int(argv[4]), int(argv[5]))
     elif role == "llrecv":
-        _llrecv(client, int(argv[2]), int(argv[3]), int(argv[4]))
+        _llrecv(client, int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5]), float(argv[6]))
     elif role == "bulk":
         _bulk(client, float(argv[2]), int(argv[3]))
     elif role == "sink":
