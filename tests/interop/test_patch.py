@@ -468,12 +468,21 @@ def test_policy_asyncio_streams_against_kernel_peers(policy):
             with k:
                 r, w = await connecting
                 assert isinstance(w.get_extra_info("socket"), us.socket)
+
+                async def read_all() -> bytes:
+                    got = b""
+                    while len(got) < len(data):
+                        got += await loop.sock_recv(k, 65536)
+                    return got
+
+                # the kernel end reads while the writer drains, as a program's peer does: a drain
+                # that waited for a reader started only after it would wait on how much the
+                # send and receive buffers happen to hold (on kernel sockets too)
+                reading = asyncio.ensure_future(read_all())
                 w.write(data)
                 await w.drain()
                 w.write_eof()
-                got = b""
-                while len(got) < len(data):
-                    got += await loop.sock_recv(k, 65536)
+                got = await reading
                 await loop.sock_sendall(k, b"bye")
                 k.shutdown(socket.SHUT_WR)
                 assert await r.read() == b"bye"
