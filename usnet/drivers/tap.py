@@ -85,7 +85,7 @@ class TapDriver:
         # offload the kernel segments TCP super-segments (and hands us coalesced ones)
         # FrameBlocks go out row by row, straight from the flow switch's array (one writev each)
         self.caps = Capabilities(gso_max=GSO_MAX if offload else 0, takes_gather=True, takes_blocks=True,
-                                 answers_in_send=True)
+                                 answers_in_send=True, never_due=True)
         self.stats = DriverStats()
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -131,8 +131,8 @@ class TapDriver:
         read = os.read
         fd = self.fd
         vnet = self.vnet_hdr
-        nbytes = 0
-        while len(out) < max_n:
+        nbytes = got = 0
+        while got < max_n:  # counted, not len(out) each read (issue 18: a connect's few frames)
             try:
                 raw = read(fd, self._bufsize)
             except BlockingIOError:
@@ -146,7 +146,8 @@ class TapDriver:
                 continue
             nbytes += len(f)
             out.append(f)
-        self.stats.rx_frames += len(out)
+            got += 1
+        self.stats.rx_frames += got
         self.stats.rx_bytes += nbytes
         return out
 
