@@ -45,7 +45,7 @@ from usnet.drivers.base import (
     random_mac,
 )
 from usnet.drivers.block import FrameBlock
-from usnet.proto.wire.checksum import acc, finish
+from usnet.proto.wire.checksum import acc_at, finish
 
 __all__ = ["TapDriver"]
 
@@ -167,12 +167,14 @@ class TapDriver:
         if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             return frame
         at = start + offset
-        if at + 2 > len(frame):
+        end = len(frame)
+        if at + 2 > end:
             self.stats.rx_errors += 1
             return None
         # The field holds the pseudo-header sum; the sum over [start:] with it in place,
-        # inverted, is the checksum (as a NIC computes it).
-        frame[at : at + 2] = finish(acc(memoryview(frame)[start:])).to_bytes(2, "big")
+        # inverted, is the checksum (as a NIC computes it). Summed in place (`acc_at`): the
+        # kernel's every SYN-ACK, ACK and FIN comes this way (issue 18, usnetd per connect).
+        frame[at : at + 2] = finish(acc_at(frame, start, end)).to_bytes(2, "big")
         self.stats.rx_csum_completed += 1
         return frame
 
