@@ -16,9 +16,9 @@ from tests.helpers.util import CallNames, FakeClock, calls_made
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers import MemWire
+from usnet.drivers.base import random_mac
 from usnet.drivers.fault import FaultInjector
 from usnet.drivers.loopback import LoopbackDriver
-from usnet.drivers.base import random_mac
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 
 A_IP = "10.9.0.1"
@@ -236,7 +236,8 @@ def test_a_quiet_switch_whose_device_is_never_due_asks_it_nothing(q):
     sw = q.d.add_netif("f", f, "10.8.0.1/24", clock=q.clock)
     q.settle()
     assert sw.quiet() and "timeout" in _python_calls(sw.quiet)
-    udp = build_ipv4_header(ip_bytes("10.8.0.9"), ip_bytes("10.8.0.1"), 17, 8 + 4) + b"\x30\x39\x13\x88\x00\x0c\x00\x00ping"
+    udp = (build_ipv4_header(ip_bytes("10.8.0.9"), ip_bytes("10.8.0.1"), 17, 8 + 4)
+           + b"\x30\x39\x13\x88\x00\x0c\x00\x00ping")  # 12345 -> 5000, no UDP checksum
     f.inject([b"\x00" * 6 + random_mac() + b"\x08\x00" + udp])
     assert not sw.quiet()  # the injected frame is due without the loopback's eventfd
     q.d.serve_once(0)
