@@ -37,6 +37,7 @@ from usnet.abi import protocol as P
 from usnet.abi.advisory import (
     BODY,
     SIZE,
+    U64_MAX,
     AdvisoryBusy,
     AdvisoryFormatError,
     AdvisoryReader,
@@ -52,6 +53,7 @@ from usnet.abi.transport import ControlClient
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.domain.netif import estimate
+from usnet.domain.netif.advisory import _u64
 from usnet.drivers import MemWire
 
 START = 1000.0
@@ -470,3 +472,10 @@ def test_cli_prints_one_json_snapshot_and_a_table_from_a_real_usnetd(tmp_path):
         assert bad.returncode == 1 and "no netif 'nope'" in bad.stderr
     finally:
         assert daemon.stop() == 0, daemon.log_text()
+
+
+@given(st.floats(allow_infinity=False) | st.integers(-(2**70), 2**70))
+def test_a_u64_field_is_the_value_rounded_and_clamped(x):
+    """`_u64` as the clamp it stands for (`min(U64_MAX, max(0, round(x)))`); NaN is 0."""
+    want = 0 if x != x else min(U64_MAX, max(0, round(x)))
+    assert _u64(x) == want

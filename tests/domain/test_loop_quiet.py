@@ -17,6 +17,8 @@ from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.drivers import MemWire
 from usnet.drivers.base import random_mac
+from usnet.drivers.fault import FaultInjector
+from usnet.drivers.loopback import LoopbackDriver
 from usnet.proto.wire.ipv4 import build_ipv4_header, ip_bytes
 
 A_IP = "10.9.0.1"
@@ -199,3 +201,44 @@ def test_an_idle_turn_makes_few_calls_and_no_system_call_but_its_wait(q):
     assert len(calls) <= 30 * turns, sorted(set(calls))
     theirs.close()
 
+
+
+def _python_calls(fn) -> list[str]:
+    """The names of the Python functions `fn()` calls (and they call)."""
+    called: list[str] = []
+
+    def trace(frame, event: str, arg: object) -> None:
+        if event == "call":
+            called.append(frame.f_code.co_name)
+
+    sys.setprofile(trace)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return called
+
+
+def test_a_quiet_switch_whose_device_is_never_due_asks_it_nothing(q):
+    """A device whose `timeout()` is always None (`Capabilities.never_due`: the loopback, a TAP) is
+    not asked in `quiet` nor in `next_timeout`, twice a switch a turn (issue 18); a wrapper whose own
+    timeout can say "due" (the fault injector's injected frame) is asked, and its frame is served."""
+    q.settle()
+    assert q.lo.netif.caps.never_due
+    assert q.lo.quiet()
+    assert "timeout" not in _python_calls(q.lo.quiet)
+    assert "timeout" not in _python_calls(q.lo.next_timeout)
+    assert q.lo.next_timeout() is None
+
+    lo = LoopbackDriver("lo2")
+    f = FaultInjector(lo)
+    assert not f.caps.never_due  # the wrapper's `timeout` is its own
+    sw = q.d.add_netif("f", f, "10.8.0.1/24", clock=q.clock)
+    q.settle()
+    assert sw.quiet() and "timeout" in _python_calls(sw.quiet)
+    udp = (build_ipv4_header(ip_bytes("10.8.0.9"), ip_bytes("10.8.0.1"), 17, 8 + 4)
+           + b"\x30\x39\x13\x88\x00\x0c\x00\x00ping")  # 12345 -> 5000, no UDP checksum
+    f.inject([b"\x00" * 6 + random_mac() + b"\x08\x00" + udp])
+    assert not sw.quiet()  # the injected frame is due without the loopback's eventfd
+    q.d.serve_once(0)
+    assert not f.injected and sw.netif.rx_frames >= 1  # (and what the switch answered, looped back)

@@ -311,7 +311,7 @@ class Domain(Control, Housekeeping):
         """Receive now what a device already holds for us without its fd having been seen (a memwire's
         frames in flight): after an LL send, the frame it may have made due waits for no round."""
         for sw in self.switches.values():
-            if sw.netif.driver.timeout() == 0:
+            if not sw.netif.caps.never_due and sw.netif.driver.timeout() == 0:
                 sw.service_rx()
 
     def _service_switches(self, ll: bool | None = None) -> float | None:
@@ -336,7 +336,8 @@ class Domain(Control, Housekeeping):
             busy = True
             try:
                 sw.service_timers()
-                if sw.netif.device_gone is None and sw.netif.driver.timeout() is not None:
+                nif = sw.netif
+                if nif.device_gone is None and not nif.caps.never_due and nif.driver.timeout() is not None:
                     # the device has something due without ringing its fd: frames in flight
                     # on a memwire, a packet-ring kick to retry
                     sw.service_rx()

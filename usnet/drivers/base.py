@@ -130,6 +130,11 @@ class Capabilities:
     #: `send_batch` returns: a TAP. The domain reads such a device again in the turn that
     #: flushed a woken flow's packets, instead of a turn later (issue 18).
     answers_in_send: bool = False
+    #: Its `timeout()` is always None: nothing of it ever falls due without its fd ringing (a
+    #: TAP, the loopback device). The domain's per-turn tests (`FlowSwitch.quiet`, the round,
+    #: `next_timeout`) then do not ask it: two calls a switch a turn (issue 18). A wrapper whose
+    #: own `timeout()` may say otherwise (the fault injector's injected frames) clears it.
+    never_due: bool = False
 
 
 @runtime_checkable

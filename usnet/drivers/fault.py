@@ -37,8 +37,9 @@ class FaultInjector:
         self.mtu = inner.mtu
         self.mac = inner.mac
         self.stats = inner.stats
-        # the device's, but frames one by one: the netif opens FrameBlocks for us
-        self.caps: Capabilities = replace(inner.caps, takes_blocks=False)
+        # the device's, but frames one by one: the netif opens FrameBlocks for us; and its
+        # injected frames fall due without the fd (`timeout`), whatever the device's own say
+        self.caps: Capabilities = replace(inner.caps, takes_blocks=False, never_due=False)
         self.drop, self.corrupt, self.truncate, self.duplicate = drop, corrupt, truncate, duplicate
         self.direction = direction
         self.rng = random.Random(seed)

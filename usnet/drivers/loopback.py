@@ -15,7 +15,7 @@ import os
 from collections import deque
 from collections.abc import Sequence
 
-from usnet.drivers.base import PLAIN, DriverStats, Frame, Received
+from usnet.drivers.base import Capabilities, DriverStats, Frame, Received
 from usnet.drivers.block import FrameBlock
 
 __all__ = ["LoopbackDriver"]
@@ -26,7 +26,7 @@ MAX_QUEUED = 1024  # frames held for the receive side; past this a send takes no
 class LoopbackDriver:
     """A device whose transmit is its own receive."""
 
-    caps = PLAIN
+    caps = Capabilities(never_due=True)  # `timeout()` is None: a send rings the eventfd
 
     def __init__(self, name: str = "lo", mtu: int = 1500) -> None:
         self.name = name

@@ -45,7 +45,7 @@ from usnet.drivers.base import (
     random_mac,
 )
 from usnet.drivers.block import FrameBlock
-from usnet.proto.wire.checksum import acc, finish
+from usnet.proto.wire.checksum import acc_at, finish
 
 __all__ = ["TapDriver"]
 
@@ -85,7 +85,7 @@ class TapDriver:
         # offload the kernel segments TCP super-segments (and hands us coalesced ones)
         # FrameBlocks go out row by row, straight from the flow switch's array (one writev each)
         self.caps = Capabilities(gso_max=GSO_MAX if offload else 0, takes_gather=True, takes_blocks=True,
-                                 answers_in_send=True)
+                                 answers_in_send=True, never_due=True)
         self.stats = DriverStats()
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -131,8 +131,8 @@ class TapDriver:
         read = os.read
         fd = self.fd
         vnet = self.vnet_hdr
-        nbytes = 0
-        while len(out) < max_n:
+        nbytes = got = 0
+        while got < max_n:  # counted, not len(out) each read (issue 18: a connect's few frames)
             try:
                 raw = read(fd, self._bufsize)
             except BlockingIOError:
@@ -146,7 +146,8 @@ class TapDriver:
                 continue
             nbytes += len(f)
             out.append(f)
-        self.stats.rx_frames += len(out)
+            got += 1
+        self.stats.rx_frames += got
         self.stats.rx_bytes += nbytes
         return out
 
@@ -166,12 +167,14 @@ class TapDriver:
         if not flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             return frame
         at = start + offset
-        if at + 2 > len(frame):
+        end = len(frame)
+        if at + 2 > end:
             self.stats.rx_errors += 1
             return None
         # The field holds the pseudo-header sum; the sum over [start:] with it in place,
-        # inverted, is the checksum (as a NIC computes it).
-        frame[at : at + 2] = finish(acc(memoryview(frame)[start:])).to_bytes(2, "big")
+        # inverted, is the checksum (as a NIC computes it). Summed in place (`acc_at`): the
+        # kernel's every SYN-ACK, ACK and FIN comes this way (issue 18, usnetd per connect).
+        frame[at : at + 2] = finish(acc_at(frame, start, end)).to_bytes(2, "big")
         self.stats.rx_csum_completed += 1
         return frame
 

@@ -39,7 +39,12 @@ IDLE_AFTER = 5 * TAU  # seconds without movement before an advisory stops being 
 
 
 def _u64(x: float) -> int:
-    return min(U64_MAX, max(0, round(x)))
+    """`x` rounded into a u64 field: 0 for what is not above 0 (NaN too), U64_MAX past it. Seven
+    of these a publication: two comparisons, not `min` and `max` (issue 18, usnetd's calls)."""
+    if not x > 0:
+        return 0
+    r = round(x)
+    return r if r < U64_MAX else U64_MAX
 
 
 def _ns(seconds: float) -> int:

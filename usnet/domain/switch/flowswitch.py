@@ -33,7 +33,8 @@ class FlowSwitch(LocalPath):
         """Whether a round of the domain loop would find nothing to do here (`Domain._service_switches`
         skips the switch): no polled flow, nothing queued at the netif or leaving a gone flow's queue,
         no AQM drop to report, no local delivery, no held receive bell, no neighbour being asked,
-        no fragment waiting, and the device has nothing due.
+        no fragment waiting, and the device has nothing due (not asked of one that never has:
+        `Capabilities.never_due`).
 
         Read from the state the round itself reads, not kept as a flag: whatever gives the switch
         work (a frame queued, a bell held, an ARP request sent) makes it busy by being there, and
@@ -43,6 +44,8 @@ class FlowSwitch(LocalPath):
         if (self.polled or self.local_queue or self._held_bells or n.active or n.active_ll
                 or n._retiring or n.aqm_drops or self._waits_for_time()):
             return False
+        if n.caps.never_due:
+            return True
         try:
             return n.driver.timeout() is None
         except Exception:  # busy: the round meets the device's error within its barrier, as it always did
@@ -71,7 +74,7 @@ class FlowSwitch(LocalPath):
         queued frames and pacing, fragments; None if nothing is."""
         if self.local_queue:
             return 0.0  # local deliveries left over from the last flush
-        soonest = self.netif.driver.timeout()
+        soonest = None if self.netif.caps.never_due else self.netif.driver.timeout()
         t = self.netif.next_timeout()
         if t is not None and (soonest is None or t < soonest):
             soonest = t
