@@ -64,6 +64,6 @@ def count_hand_over(sw: Any, sent: bool) -> None:
         sw.drops["rx_hand_over_failed"] += 1
 
 
-def _family(frame: Received) -> int:
+def frame_family(frame: Received) -> int:
     """4 or 6: the IP version of Ethernet frame `frame`."""
     return 4 if int.from_bytes(frame[12:14], "big") == 0x0800 else 6

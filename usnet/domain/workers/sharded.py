@@ -41,7 +41,7 @@ from usnet.domain.workers.bounds import (
     START_TIMEOUT,
     WORKER_TIMEOUT,
 )
-from usnet.domain.workers.gate import _family, count_hand_over
+from usnet.domain.workers.gate import count_hand_over, frame_family
 from usnet.domain.workers.link import WorkerLink
 from usnet.domain.workers.messages import (
     COMMAND_MAX,
@@ -542,7 +542,8 @@ class ShardedDomain(Domain):
         if k == 0:
             return False
         link = self.links.get(k)
-        count_hand_over(self.switches[netif], link is not None and link.hand_over(netif, _family(frame), frame, looped))
+        count_hand_over(self.switches[netif],
+                        link is not None and link.hand_over(netif, frame_family(frame), frame, looped))
         return True
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:

@@ -20,7 +20,7 @@ from usnet.domain.loop import Domain
 from usnet.domain.lowlat.policer import Policer
 from usnet.domain.sessions import Session
 from usnet.domain.watch import READ
-from usnet.domain.workers.gate import _family, count_hand_over, hand_over_room, send_handed
+from usnet.domain.workers.gate import count_hand_over, frame_family, hand_over_room, send_handed
 from usnet.domain.workers.messages import (
     COMMAND_MAX,
     GROUP_ALL,
@@ -122,7 +122,7 @@ class WorkerDomain(Domain):
         usnetd knows, so every such datagram of another worker's port goes to it."""
         if worker_of(port, self.n) == self.index:
             return False
-        count_hand_over(sw, send_handed(self.cmd, self.hand_over_room, b"L", netif, _family(frame), frame))
+        count_hand_over(sw, send_handed(self.cmd, self.hand_over_room, b"L", netif, frame_family(frame), frame))
         return True
 
     def _dispatch(self, session: Session, req: P.Request) -> tuple[P.Reply, list[int]]:
