@@ -128,4 +128,11 @@ Linux's device filter, not by its own flows' part of it.
 
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
+
+The modules, one job each: `sharded` (worker 0 and the control plane: `ShardedDomain`), `worker`
+(worker k: `WorkerDomain`), `link` (usnetd's end of one worker: `WorkerLink`), `spawner` (forking
+the workers at start and their replacements: `start_workers`, `Spawner`), `messages` (the command
+socket's byte layouts, docs/abi.md), `gate` (the room on a command socket for what clients and the
+link make: `send_within`), `relayed` (the records of relayed requests), `bounds` (the time bounds),
+`steering` (which worker serves a port: `worker_of`). This module holds only the design.
 """
