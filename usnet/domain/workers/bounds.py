@@ -5,6 +5,9 @@ heartbeat and the drains (`ShardedDomain._check_workers`, `_check_drains`), and 
 (`ShardedDomain._replace`); the tests wait on them too. What a silent worker is, hung or only
 starved, is usnet.domain.liveness's to judge."""
 
+__all__ = ["DRAIN_LIMIT", "HEARTBEAT", "HUNG_AFTER", "RESTART_LIMIT", "RESTART_WITHIN", "START_TIMEOUT",
+           "WORKER_TIMEOUT"]
+
 # the longest usnetd waits for a worker's reply to a relayed request: a worker's loop answers in
 # milliseconds, so one silent this long is suspect: hung (stopped, stuck) unless starved of CPU
 # (`ShardedDomain._suspect`)

@@ -15,6 +15,9 @@ from typing import Any
 from usnet.domain.workers.messages import neighbour_msg
 from usnet.drivers.base import Received
 
+__all__ = ["HAND_OVER_SHARE", "TOLD_SHARE", "count_hand_over", "frame_family", "hand_over_room", "send_handed",
+           "send_within"]
+
 # the share of a command socket's send buffer (SO_SNDBUF, counted as the kernel counts it: each
 # message's whole buffer, as SIOCOUTQ reports the bytes not yet read) that frames handed over from
 # the link (b"F") may fill; the rest is room for usnetd's own commands, a few small messages at a time

@@ -22,6 +22,8 @@ from usnet.drivers.base import Received
 if TYPE_CHECKING:
     from usnet.domain.workers.spawner import Spawner
 
+__all__ = ["WorkerLink"]
+
 log = logging.getLogger("usnet.domain.workers")
 
 

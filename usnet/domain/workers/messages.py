@@ -13,6 +13,9 @@ from typing import Any
 
 from usnet.proto.wire.msf import Filter
 
+__all__ = ["COMMAND_MAX", "GROUPS_A_MESSAGE", "GROUP_ALL", "GROUP_JOIN", "GROUP_LEAVE", "HOST_SOURCES_MAX",
+           "filter_msg", "filter_of", "group_msgs", "groups_of", "neighbour_msg", "neighbour_of"]
+
 # the longest message on a worker's command socket: a whole datagram handed over (b"F": up to 65,535
 # bytes of IP payload, its headers, the netif's name)
 COMMAND_MAX = 1 << 17

@@ -15,6 +15,8 @@ from usnet.abi import protocol as P
 from usnet.domain.limits import Charge
 from usnet.domain.sessions import Session
 
+__all__ = ["LATER", "Gather", "Line", "Proxied", "Waiting", "WorkerLost"]
+
 
 class WorkerLost(OSError):
     """A relayed request's worker died or hung under it (ENETDOWN); usnetd has dealt with it."""

@@ -59,6 +59,8 @@ from usnet.domain.workers.steering import worker_of
 from usnet.drivers.base import Received
 from usnet.proto.wire.msf import ANY_SOURCE, Filter
 
+__all__ = ["ShardedDomain"]
+
 log = logging.getLogger("usnet.domain.workers")
 
 _RELAYED = (P.Kick, P.Resize, P.CloseChannel, P.FlushQueue, P.Unlisten, P.JoinGroup, P.SourceFilter,

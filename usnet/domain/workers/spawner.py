@@ -18,6 +18,8 @@ from usnet.abi.transport import recv_msg, send_msg
 from usnet.domain.workers.bounds import WORKER_TIMEOUT
 from usnet.domain.workers.link import WorkerLink
 
+__all__ = ["Spawner", "start_workers"]
+
 log = logging.getLogger("usnet.domain.workers")
 
 

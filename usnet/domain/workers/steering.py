@@ -4,6 +4,8 @@ that usnetd (choosing a port, a connector's block, where to hand a frame over) a
 
 from __future__ import annotations
 
+__all__ = ["worker_of"]
+
 
 def worker_of(port: int, n: int) -> int:
     """The worker that serves local port `port` of `n`: the queue the steering program picks."""

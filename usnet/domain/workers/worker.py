@@ -33,6 +33,8 @@ from usnet.domain.workers.messages import (
 from usnet.domain.workers.steering import worker_of
 from usnet.drivers.base import Received
 
+__all__ = ["WorkerDomain"]
+
 READ_AHEAD = 16  # the messages a worker's `_read_host_groups` reads at most
 
 
