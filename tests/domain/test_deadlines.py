@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from usnet.abi import protocol as P
 from usnet.domain.deadlines import Deadlines
-from usnet.domain.workers import HEARTBEAT, Line, ShardedDomain, Waiting
+from usnet.domain.workers.bounds import HEARTBEAT
+from usnet.domain.workers.relayed import Line, Waiting
+from usnet.domain.workers.sharded import ShardedDomain
 
 
 @given(st.lists(st.tuples(st.floats(0, 100), st.booleans()), max_size=60), st.floats(0, 100))

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.domain.switch.groups import GroupTable
-from usnet.domain.workers import HOST_SOURCES_MAX, filter_msg, filter_of
+from usnet.domain.workers.messages import HOST_SOURCES_MAX, filter_msg, filter_of
 from usnet.proto.wire.msf import ANY_SOURCE, Filter, admits, union
 
 _g4 = st.binary(min_size=3, max_size=3).map(lambda b: bytes([0xE0 | b[0] & 0x0F]) + b)

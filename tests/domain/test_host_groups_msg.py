@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usnet.domain.switch.groups import HOST_GROUPS_MAX, GroupTable, group_mac
-from usnet.domain.workers import GROUP_ALL, GROUP_JOIN, GROUP_LEAVE, GROUPS_A_MESSAGE, group_msgs, groups_of
+from usnet.domain.workers.messages import GROUP_ALL, GROUP_JOIN, GROUP_LEAVE, GROUPS_A_MESSAGE, group_msgs, groups_of
 
 _g4 = st.binary(min_size=3, max_size=3).map(lambda b: bytes([0xE0 | b[0] & 0x0F]) + b)
 _g6 = st.binary(min_size=15, max_size=15).map(lambda b: b"\xff" + b)

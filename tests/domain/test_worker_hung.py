@@ -44,7 +44,7 @@ def _transfer_across(c0, k0) -> tuple:
 @pytest.mark.parametrize("tapd2", ["tap", "packet"], indirect=True)
 def test_an_open_on_a_hung_worker_is_served_by_its_replacement(tapd2):
     from usnet import socket as us
-    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+    from usnet.domain.workers.bounds import START_TIMEOUT, WORKER_TIMEOUT
 
     ls1, k1, c1 = _connection(tapd2.usnet_ip, 7101)  # worker 1 (odd ports)
     ls0, k0, c0 = _connection(tapd2.usnet_ip, 7100)  # worker 0 (even ports)
@@ -99,7 +99,7 @@ def test_an_open_on_a_hung_worker_is_served_by_its_replacement(tapd2):
 def test_a_hung_worker_is_noticed_without_any_request(tapd2):
     """No client asks anything of usnetd: the heartbeat finds worker 1 hung, and its clients'
     blocked calls fail with why instead of hanging for ever."""
-    from usnet.domain.workers import HEARTBEAT, HUNG_AFTER
+    from usnet.domain.workers.bounds import HEARTBEAT, HUNG_AFTER
 
     ls1, k1, c1 = _connection(tapd2.usnet_ip, 7101)
     t1, out1 = _blocked(lambda: c1.recv(2048))

@@ -217,7 +217,7 @@ def test_a_live_worker_that_never_lets_a_departed_session_go_is_found_hung(tapd2
     that forgot to end the session. DRAIN_LIMIT s after A left, worker 1 is suspect, found asleep
     with the session's end unread (hung), killed and replaced; B gets 7011. Without the bound B
     waited for ever (its answer's timeout)."""
-    from usnet.domain.workers import DRAIN_LIMIT
+    from usnet.domain.workers.bounds import DRAIN_LIMIT
 
     pid = _workers(tapd2.path)[1]["pid"]
     before = _sockets_of(pid)

@@ -49,7 +49,7 @@ def _answer(sock: socket.socket) -> P.Reply:
 
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
 def test_a_stopped_worker_holds_only_its_own_clients_request(tapd2):
-    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+    from usnet.domain.workers.bounds import START_TIMEOUT, WORKER_TIMEOUT
 
     a, _ = raw_session(tapd2.path, "a")
     b, _ = raw_session(tapd2.path, "b")
@@ -86,7 +86,7 @@ def test_a_stopped_worker_holds_only_its_own_clients_request(tapd2):
 def test_a_client_gone_while_its_open_waits_leaves_no_port_held(tapd2):
     """A's open waits on the stopped worker when A goes: usnetd releases the port it reserved for
     that open (nobody is left to answer), so B binds it, served by worker 1's replacement."""
-    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+    from usnet.domain.workers.bounds import START_TIMEOUT, WORKER_TIMEOUT
 
     a, a_id = raw_session(tapd2.path, "a")
     b, _ = raw_session(tapd2.path, "b")
@@ -127,7 +127,7 @@ def test_status_waits_on_a_stopped_worker_for_its_client_alone(tapd2):
     B meanwhile (its Hello, an open on worker 0); A then gets the status, worker 1 reported "not
     answering" with its old pid. Before, usnetd's loop waited for worker 1's answer (1 s) and B
     was answered after A."""
-    from usnet.domain.workers import START_TIMEOUT, WORKER_TIMEOUT
+    from usnet.domain.workers.bounds import START_TIMEOUT, WORKER_TIMEOUT
 
     a, _ = raw_session(tapd2.path, "a")
     b, _ = raw_session(tapd2.path, "b")

@@ -154,7 +154,7 @@ def _wait_new_pid(path: str, old: int) -> int:
 @pytest.mark.parametrize("tapd2", ["tap"], indirect=True)
 def test_a_worker_that_keeps_dying_at_start_is_not_restarted_for_ever(tapd2):
     from usnet import socket as us
-    from usnet.domain.workers import RESTART_LIMIT
+    from usnet.domain.workers.bounds import RESTART_LIMIT
 
     u1 = us.socket(us.AF_INET, us.SOCK_DGRAM)  # bound again after each restart; fails once left down
     u1.bind(("0.0.0.0", 7001))

@@ -77,7 +77,7 @@ def test_the_program_picks_the_queue_the_rule_says(programs, kind, proto, dport,
 
 def test_the_rule_is_the_workers_rule():
     """A UDP frame to port p is for worker p mod n, as usnet.domain.workers assigns ports."""
-    from usnet.domain.workers import worker_of
+    from usnet.domain.workers.steering import worker_of
     from usnet.drivers import steer
 
     for n in (2, 3, 5):

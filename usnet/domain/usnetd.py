@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     spawner = None
     shares: dict = {}  # netif name -> LinkShare: its paced queues' schedulers share its link_rate
     if args.workers > 1:  # before anything else is open: the workers are forked now
-        from usnet.domain import workers
+        from usnet.domain.workers.spawner import start_workers
 
         try:
             queues = _open_queues(cfg, args.workers)
@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                   if nc.name in queues and nc.link_rate is not None}
         # a dead worker is restarted by the spawner, which keeps the queues (a packet queue's
         # replacement finds its rings' positions again: PacketDriver.resume)
-        links, own, spawner = workers.start_workers(args.workers, queues,
-                                                    lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares, args.workers),
-                                                    keep=[])
+        links, own, spawner = start_workers(args.workers, queues,
+                                            lambda k, cmd, drv: _worker(k, cmd, drv, cfg, shares, args.workers),
+                                            keep=[])
     mode, gid = cfg.socket_perms()
     try:
         sock = listen_seqpacket(args.socket, mode=mode if args.mode is None else args.mode)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     make: type[Domain] = Domain
     extra: dict = {}
     if links:
-        from usnet.domain.workers import ShardedDomain
+        from usnet.domain.workers.sharded import ShardedDomain
 
         make, extra = ShardedDomain, {"links": links, "sharded": set(own), "spawner": spawner}
     domain = make(**extra, policy=cfg.agent_policy(), lease_ttl=cfg.lease_ttl, rx_mitigation=cfg.rx_mitigation,
@@ -224,7 +224,7 @@ def _worker(k: int, cmd, drivers: dict, cfg: config.Config, shares: dict, n: int
     """The body of worker k (a forked child): a Domain on queue k of every TAP and packet netif, until usnetd
     closes its command socket. SIGTERM stops it as it stops usnetd. A paced netif's queue paces
     with the other workers' through `shares` (usnet.domain.netif.linkshare): together at its link_rate."""
-    from usnet.domain.workers import WorkerDomain
+    from usnet.domain.workers.worker import WorkerDomain
 
     domain = WorkerDomain(cmd, index=k, workers=n, rx_mitigation=cfg.rx_mitigation, **cfg.domain_kwargs())
     signal.signal(signal.SIGTERM, lambda _s, _f: domain.request_stop())

@@ -1,7 +1,7 @@
 """RSS by local port: the one steering program behind every multi-queue device of usnet.
 
 `usnetd --workers N` gives each worker the flows whose local port p has p mod N == its index
-(usnet.domain.workers.worker_of), so the device must hand a received frame to queue
+(usnet.domain.workers.steering.worker_of), so the device must hand a received frame to queue
 (destination port mod N), and everything without a port (ARP, ICMP, neighbour discovery, IPv4
 fragments, IPv6 with an extension header first) to queue 0, where usnetd's own worker answers it.
 Two devices take such a choice from a socket-filter eBPF program:
@@ -83,7 +83,7 @@ def load_steering(n: int) -> int:
 
 def queue_of(frame: bytes, n: int) -> int:
     """The queue the program picks for an Ethernet frame, in Python: the rule the tests hold the
-    kernel to, and the one usnet.domain.workers.worker_of follows. A frame too short for what the
+    kernel to, and the one usnet.domain.workers.steering.worker_of follows. A frame too short for what the
     program reads counts as queue 0 (the kernel's load fails and the program returns 0)."""
     if len(frame) < 14:
         return 0
