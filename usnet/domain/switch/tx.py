@@ -376,7 +376,8 @@ class TransmitPath(HostDuties):
             if flow.raddr is not None:  # one remote end
                 passed = passed[-1:]
             elif len(passed) > 1:  # a listener's or a connector's: in the order of their last
-                by_port, last = flow.binds is not None, {}
+                by_port = flow.binds is not None
+                last: dict[bytes, bytes] = {}
                 for q in passed:
                     end = self._remote_end(q, family, by_port)
                     last.pop(end, None)
