@@ -293,6 +293,8 @@ class TransmitPath(HostDuties):
                 self.counts["tx_segmented"] += int(np.count_nonzero(cut))
             else:
                 cut = None
+        if self._unrouted:  # left by a batch a fault cut short
+            self._unrouted.clear()
         if sent == n:
             sent -= self._tx_rows(flow, rows, lens, now, cut)
         else:  # in order: runs of checked rows as blocks, the others one by one between them
