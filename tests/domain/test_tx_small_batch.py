@@ -149,13 +149,13 @@ def test_a_small_batch_is_checked_one_by_one_as_the_column_pass_would():
 
 
 def test_a_few_received_packets_are_delivered_in_scalars_as_a_batch_would_be():
-    """`FlowPort._deliver_few` (up to `_FEW` packets, scalars) and the batch path deliver the same
+    """`FlowPort._deliver_few` (up to `_DELIVER_FEW` packets, scalars) and the batch path deliver the same
     datagrams, in order, with the same lengths, whatever their sizes (empty to a full MTU)."""
     from usnet.domain.switch import port
 
     def run(few: int, batches: list[list[bytes]]) -> list:
-        saved = port._FEW
-        port._FEW = few
+        saved = port._DELIVER_FEW
+        port._DELIVER_FEW = few
         d = Domain()
         w = MemWire()
         try:
@@ -176,14 +176,14 @@ def test_a_few_received_packets_are_delivered_in_scalars_as_a_batch_would_be():
                     got.append([])
             return got
         finally:
-            port._FEW = saved
+            port._DELIVER_FEW = saved
             d.stop()
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.lists(st.one_of(st.binary(max_size=40), st.integers(0, 1472).map(bytes)),
-                             min_size=1, max_size=4), min_size=1, max_size=4))
+                             min_size=1, max_size=16), min_size=1, max_size=4))
     def check(batches):
-        few = run(4, batches)
+        few = run(port._DELIVER_FEW, batches)
         assert few == run(0, batches)
         assert [[p for p, _ in g] for g in few] == batches  # and each is what was sent
 
