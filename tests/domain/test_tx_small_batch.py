@@ -37,7 +37,8 @@ def _fold_not(b: bytes) -> int:
 
 class _Side:
     """A domain with netif "a" on a MemWire (read at its b end), every neighbour known, and three
-    flows: an unconnected UDP one, a connected UDP one and a connected TCP one."""
+    flows: an unconnected UDP one, a connected UDP one, a connected TCP one and an unconnected TCP
+    one (a listener's: what a server's answers to many connections go out on)."""
 
     def __init__(self) -> None:
         self.d = Domain()
@@ -50,6 +51,7 @@ class _Side:
             "udp": c.open_flow("a", 17, 5000)[0],
             "udp_conn": c.open_flow("a", 17, 5002, (B_IP, 6000))[0],
             "tcp_conn": c.open_flow("a", 6, 5004, (B_IP, 7000))[0],
+            "tcp": c.open_flow("a", 6, 5006)[0],
         }
 
     def flow(self, lport: int):
@@ -67,8 +69,8 @@ class _Side:
         out = [bytes(f[14:]) for f in block.expand(self.w.b.recv_batch(64))]
         events = [(e.type, e.code, e.value) for e in self.ch[which].events()
                   if e.type in (EventType.TX_DROPPED, EventType.TX_STATUS)]
-        seen = self.flow(5004).tcp_seen
-        return out, events, dict(seen.ends) if seen is not None else None, dict(self.sw.drops)
+        seen = [self.flow(p).tcp_seen for p in (5004, 5006)]
+        return out, events, [dict(t.ends) if t is not None else None for t in seen], dict(self.sw.drops)
 
 
 _BASE = {
@@ -76,6 +78,8 @@ _BASE = {
     "udp_conn": lambda: raw(IP(src=A_IP, dst=B_IP, id=7) / UDP(sport=5002, dport=6000) / bytes(16)),
     "tcp_conn": lambda: raw(IP(src=A_IP, dst=B_IP, id=7) / TCP(sport=5004, dport=7000, seq=1000, ack=5,
                                                                   flags="A") / bytes(8)),
+    "tcp": lambda: raw(IP(src=A_IP, dst=B_IP, id=7) / TCP(sport=5006, dport=7000, seq=1000, ack=5,
+                                                             flags="PA") / bytes(8)),
 }
 
 def _by_destination(packets: list[bytes]) -> dict[bytes, list[bytes]]:
@@ -99,7 +103,7 @@ _packet = st.tuples(
 
 
 def test_a_small_batch_is_checked_one_by_one_as_the_column_pass_would():
-    """Random batches of 1-4 packets, good ones and hostile ones (random header bytes, the checksum
+    """Random batches of 1 to `_SCALAR_MAX` (12) packets, good ones and hostile ones (random header bytes, the checksum
     fixed up or not, cut short), of each kind of flow: the per-packet path (`_tx_few`) and the
     column-wise one (`_SCALAR_MAX` 0) send the same IP packets in the same order to each destination, report the same
     drops with the same reasons, count the same, and leave the same TCP reset state."""
@@ -108,13 +112,15 @@ def test_a_small_batch_is_checked_one_by_one_as_the_column_pass_would():
         seen = {"sent": 0, "dropped": 0}
 
         @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-        @given(which=st.sampled_from(sorted(_BASE)), pkts=st.lists(_packet, min_size=1, max_size=4))
+        @given(which=st.sampled_from(sorted(_BASE)), pkts=st.lists(_packet, min_size=1, max_size=tx._SCALAR_MAX))
         def check(which, pkts):
             data = []
             for edits, fix_sum, cut, seq in pkts:
                 b = bytearray(_BASE[which]())
-                if which == "tcp_conn":
+                if which.startswith("tcp"):
                     b[24:28] = seq.to_bytes(4, "big")
+                if which == "tcp":  # a listener answers many remote ends: a few of them
+                    b[22:24] = (7000 + seq % 3).to_bytes(2, "big")
                 for at, v in edits:
                     if at < len(b):
                         b[at] = v
@@ -143,13 +149,13 @@ def test_a_small_batch_is_checked_one_by_one_as_the_column_pass_would():
 
 
 def test_a_few_received_packets_are_delivered_in_scalars_as_a_batch_would_be():
-    """`FlowPort._deliver_few` (up to `_FEW` packets, scalars) and the batch path deliver the same
+    """`FlowPort._deliver_few` (up to `_DELIVER_FEW` packets, scalars) and the batch path deliver the same
     datagrams, in order, with the same lengths, whatever their sizes (empty to a full MTU)."""
     from usnet.domain.switch import port
 
     def run(few: int, batches: list[list[bytes]]) -> list:
-        saved = port._FEW
-        port._FEW = few
+        saved = port._DELIVER_FEW
+        port._DELIVER_FEW = few
         d = Domain()
         w = MemWire()
         try:
@@ -170,14 +176,14 @@ def test_a_few_received_packets_are_delivered_in_scalars_as_a_batch_would_be():
                     got.append([])
             return got
         finally:
-            port._FEW = saved
+            port._DELIVER_FEW = saved
             d.stop()
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.lists(st.one_of(st.binary(max_size=40), st.integers(0, 1472).map(bytes)),
-                             min_size=1, max_size=4), min_size=1, max_size=4))
+                             min_size=1, max_size=16), min_size=1, max_size=4))
     def check(batches):
-        few = run(4, batches)
+        few = run(port._DELIVER_FEW, batches)
         assert few == run(0, batches)
         assert [[p for p, _ in g] for g in few] == batches  # and each is what was sent
 

@@ -72,6 +72,20 @@ def _usable_buffer(proto: asyncio.BufferedProtocol) -> Any:
     return buf
 
 
+class _Pumping(threading.local):
+    """Per thread: the `_LoopDriver` whose `_serve` this thread is in, else None.
+
+    What the stack's callbacks ask (`_Watcher._signal`, `_read_early`, `_news`, `defer`): "is this
+    the loop's own pump?", which was the loop's `_thread_id` against `threading.get_ident()` and
+    the loop's driver's `collect`: three C calls a signal, two pumps a request (issue 16). A
+    `_serve` runs only in its loop's thread, and `collect`/`later` are set only inside one."""
+
+    driver: _LoopDriver | None = None
+
+
+_pumping = _Pumping()
+
+
 class _Watcher:
     """Carries "this flow changed" from the stack thread to the event loop.
 
@@ -105,12 +119,11 @@ class _Watcher:
             if not self.wants():
                 return
             self.pending = True
-            if getattr(self.loop, "_thread_id", None) == threading.get_ident():
-                d = getattr(self.loop, "_usnet_driver", None)
-                if d is not None and d.collect is not None:
-                    d.collect.append(self)  # the loop's own pump: run right after it (`_LoopDriver._serve`)
-                else:
-                    self.loop.call_soon(self.fire)  # no self-pipe: we are in the loop's thread
+            d = _pumping.driver
+            if d is not None and d.collect is not None and d.loop is self.loop:
+                d.collect.append(self)  # the loop's own pump: run right after it (`_LoopDriver._serve`)
+            elif getattr(self.loop, "_thread_id", None) == threading.get_ident():
+                self.loop.call_soon(self.fire)  # no self-pipe: we are in the loop's thread
             else:
                 self.loop.call_soon_threadsafe(self.fire)
         except RuntimeError:  # the loop is closed: nobody is left to tell
@@ -172,7 +185,8 @@ class _LoopDriver:
 
     def wake(self, eng: FlowEngine, wait: bool = False) -> None:
         loop = self.loop
-        here = getattr(loop, "_thread_id", None) == threading.get_ident()
+        # (inside our own `_serve`, as a protocol's write from its callback is, the thread is known)
+        here = _pumping.driver is self or getattr(loop, "_thread_id", None) == threading.get_ident()
         if here and not wait:
             self._mark(eng)
         elif here:
@@ -223,7 +237,7 @@ class _LoopDriver:
         readiness set here would be cleared there: a pair of system calls a batch that nobody
         selecting on the descriptor could see but for a moment. Only in the loop's own thread."""
         later = self.later
-        if later is None or getattr(self.loop, "_thread_id", None) != threading.get_ident():
+        if later is None or _pumping.driver is not self:
             return False
         if sock not in later:  # (a socket or two: one per flow this callback pumps)
             later.append(sock)
@@ -253,6 +267,7 @@ class _LoopDriver:
             self._pump(eng)
             return
         self._serving = True
+        outer, _pumping.driver = _pumping.driver, self
         self.collect = []
         self.later = []
         fired: list[_Watcher] = []
@@ -274,6 +289,7 @@ class _LoopDriver:
             self.collect = None
             later, self.later = self.later, None
             self._serving = False
+            _pumping.driver = outer
             for w in left:
                 self.loop.call_soon(w.fire)
             if later:
@@ -540,9 +556,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         same `_serve`, and not for a BufferedProtocol (its `get_buffer` is the protocol's code, not
         to be run under the engine's lock). Data read so and never delivered makes the close a RST,
         as unread data does on the kernel (`_call_connection_lost`)."""
-        d = getattr(self._loop, "_usnet_driver", None)
-        if (d is None or d.collect is None or isinstance(self._protocol, asyncio.BufferedProtocol)
-                or getattr(self._loop, "_thread_id", None) != threading.get_ident()):
+        d = _pumping.driver
+        if (d is None or d.collect is None or d.loop is not self._loop
+                or isinstance(self._protocol, asyncio.BufferedProtocol)):
             return
         try:
             data = c.recv(_READ_MAX)
@@ -1855,7 +1871,7 @@ class _DatagramTransport(asyncio.DatagramTransport):
             return False
         d = eng.driver
         if (self._early is None and d.collect is not None and eng.pending is None and eng.error is None
-                and getattr(self._loop, "_thread_id", None) == threading.get_ident()):
+                and _pumping.driver is d):
             try:
                 self._early = self._sock.recv_batch(64)
             except OSError:

@@ -58,8 +58,10 @@ _RST, _RST_ACK = 0x04, 0x14
 # pass costs a dozen numpy calls of a few microseconds each whatever the batch's size, most of
 # what one request's answer costs the domain, and request/response traffic sends one or two.
 # Measured (issue 18, a MemWire, batches of UDP datagrams): one by one is cheaper up to some 8-12
-# packets; 4 takes a connector's usual batch (the ACK of a FIN, our FIN, the next connect's SYN).
-_SCALAR_MAX = 4
+# packets; issue 16 (a listener's TCP answers, 140 bytes, each to its own remote end): up to ~20,
+# UDP datagrams up to ~14. 12 takes a server's answers to 10 connections in one batch (the HTTP
+# benchmark's) and a connector's usual batch (the ACK of a FIN, our FIN, the next connect's SYN).
+_SCALAR_MAX = 12
 # ... unless a row is wider than this (a super-segment): one by one, a 64 KB packet is copied
 # four times more (bytes, SegmentedFrame, framed, rewrapped) than the column pass's block, which
 # the device writes from the rows themselves
@@ -82,6 +84,9 @@ class TransmitPath(HostDuties):
         super().__init__(*args, **kw)
         self.netif.on_status = self._frame_status
         self._last_drop = 0  # the reason of the last _tx_drop, for a tracked packet's status
+        # the destinations `_tx_rows` found no route to in this batch: `_tx_pulled` unmarks their
+        # rows, which were not sent (as `_tx_one`, which returns 0 for them)
+        self._unrouted: set[int] = set()
         self._src_and_type = np.frombuffer(self.netif.mac + ETHERTYPE_IPV4.to_bytes(2, "big"), np.uint8)
 
     @staticmethod
@@ -127,10 +132,17 @@ class TransmitPath(HostDuties):
         takes its own rows on from there (`_tx_pulled`), so a row that fails
         is judged, reported and counted for its flow exactly as before.
         A flow the joined pass does not cover (IPv6, a connector, an LL
-        lease or class, a batch of a few, tracked packets) takes its own path.
+        lease or class, a batch of a few, tracked packets) takes its own path,
+        and so does a lone busy flow (`service_tx`: up to `_SCALAR_MAX` one by one).
         A fault in one flow's channel goes to `on_fault(flow, exc)`, and only
         that flow's batch is lost. Returns how many packets were taken.
         """
+        if len(flows) == 1:  # nothing to join with: `service_tx`'s few path takes up to `_SCALAR_MAX`
+            try:
+                return self.service_tx(flows[0])
+            except Exception as e:
+                on_fault(flows[0], e)
+                return 0
         joined: list[tuple[Flow, np.ndarray, np.ndarray, np.ndarray]] = []
         taken = 0
         netif = self.netif
@@ -281,6 +293,8 @@ class TransmitPath(HostDuties):
                 self.counts["tx_segmented"] += int(np.count_nonzero(cut))
             else:
                 cut = None
+        if self._unrouted:  # left by a batch a fault cut short
+            self._unrouted.clear()
         if sent == n:
             sent -= self._tx_rows(flow, rows, lens, now, cut)
         else:  # in order: runs of checked rows as blocks, the others one by one between them
@@ -296,6 +310,9 @@ class TransmitPath(HostDuties):
                 took = self._tx_marked(flow, p, now, int(gso[i]), tx_one, meta, i)
                 sent += took
                 ok[i] = took  # for the TCP state below: what passed the checks, either way
+        if self._unrouted:  # checked, but dropped for want of a route: not sent, not noted, not counted
+            ok &= ~np.isin(be_u32(rows[:, ETH_HLEN + 16 : ETH_HLEN + 20]), list(self._unrouted))
+            self._unrouted.clear()
         if flow.proto == TCP:  # the sequence state a reset would start from (txguard.TcpSeen)
             if flow.tcp_seen is None:
                 flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
@@ -358,8 +375,16 @@ class TransmitPath(HostDuties):
         if flow.proto == TCP and passed:  # as TcpSeen.note_rows: the last of each remote end
             if flow.tcp_seen is None:
                 flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
-            if sent > 1 and len({self._remote_end(q, family) for q in passed}) == 1 and flow.binds is None:
+            if flow.raddr is not None:  # one remote end
                 passed = passed[-1:]
+            elif len(passed) > 1:  # a listener's or a connector's: in the order of their last
+                by_port = flow.binds is not None
+                last: dict[bytes, bytes] = {}
+                for q in passed:
+                    end = self._remote_end(q, family, by_port)
+                    last.pop(end, None)
+                    last[end] = q
+                passed = list(last.values())
             for q in passed:
                 flow.tcp_seen.note(q, family)
         flow.stats["tx_packets"] += sent
@@ -368,12 +393,13 @@ class TransmitPath(HostDuties):
         return len(pkts)
 
     @staticmethod
-    def _remote_end(p: bytes, family: int) -> bytes:
-        """The remote address and port of a checked packet, as TcpSeen tells remote ends apart."""
+    def _remote_end(p: bytes, family: int, by_port: bool) -> bytes:
+        """The remote address and port of a checked packet (and its local port, `by_port`: a
+        connector's), as TcpSeen tells remote ends apart (`TcpSeen._last_per_end`)."""
         if family == 4:
             l4 = (p[0] & 0xF) << 2
-            return p[16:20] + p[l4 + 2 : l4 + 4]
-        return p[24:40] + p[42:44]
+            return p[16:20] + p[l4 + (0 if by_port else 2) : l4 + 4]
+        return p[24:40] + p[(40 if by_port else 42) : 44]
 
     def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray,
                     gso: np.ndarray | None = None) -> np.ndarray:
@@ -461,6 +487,7 @@ class TransmitPath(HostDuties):
                 for n in ln.tolist():
                     self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
                 dropped += len(ln)
+                self._unrouted.add(d)
         return dropped
 
     def _tx_one(self, flow: Flow, p: bytes, now: float, gso: int = 0) -> int:
