@@ -56,6 +56,7 @@ from usnet.domain.lowlat.policy import (
     MIN_PACKET,
     SERVICE_CLASSES,
     Policy,
+    PolicyEntry,
     Who,
     packet_ok,
     rate_ok,
@@ -162,6 +163,11 @@ class Agent:
     def granted_rate(self, netif: str) -> float:
         return math.fsum(lease.rate for lease in self.leases.values() if lease.netif == netif)
 
+    def held_under(self, entry: PolicyEntry, uid: int, netif: str) -> float:
+        """Bit/s of leases `uid` holds on `netif` that `entry` matches (what its total_rate bounds)."""
+        return math.fsum(lease.rate for lease in self.leases.values()
+                         if lease.netif == netif and lease.who.uid == uid and entry.matches(lease.who))
+
     def wait_bound(self, netif: str, extra_burst: int = 0) -> float:
         """The LL wait bound of a netif with its leases (and `extra_burst` more bytes of burst)."""
         link = self.links[netif]
@@ -186,7 +192,8 @@ class Agent:
         held = self._by_flow.get((netif, flow))
         if held is not None:
             return self.refuse(LeaseRefusal.ALREADY_LEASED, f"the flow holds lease {held.id}: renew or release it")
-        denied = self.policy.check(who, service_class, rate_bps, max_packet)
+        denied = self.policy.check(who, service_class, rate_bps, max_packet,
+                                   held=lambda e: self.held_under(e, who.uid, netif))
         if denied:
             return self.refuse(*denied)
         rates = [lease.rate for lease in self.leases.values() if lease.netif == netif]
