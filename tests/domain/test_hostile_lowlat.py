@@ -18,6 +18,7 @@ from tests.helpers import PEERS
 from tests.helpers.hostile_harness import Harness, deadline_loop
 from tests.helpers.util import tap_name
 from usnet.abi.events import EventType
+from usnet.abi.ring import CONS, PROD
 from usnet.abi.protocol import LeaseRefusal
 from usnet.client import Client
 from usnet.client.lease import LeaseRefusedError
@@ -177,3 +178,34 @@ def test_a_lease_of_one_bit_per_second_with_the_tightest_target_shuts_nobody_out
     h.kill(p)
     h.assert_recovered("a tight lease")
     h.finish("a tight lease")
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("where", ["u64max", "past_prod", "a_ring_behind"])
+def test_nonsense_in_an_event_ring_s_consumer_counter_loses_only_its_own_events(ll_usnetd, where):
+    """The EVENT ring's consumer counter is the client's word: usnetd reads it only to see
+    whether there is room, and a counter that cannot be true drops (and counts) that channel's
+    events: it never makes usnetd write over records the client has not read, or stop."""
+    h = ll_usnetd(entry("voip", 1e7))
+    c = Client.connect(h.path, program="voip")
+    try:
+        s = c.udp_socket("ll0", 0)
+        ev = s.channel._events
+        prod = int(ev.q[PROD])  # what usnetd posted so far
+        ev.q[CONS] = {"u64max": (1 << 64) - 1, "past_prod": prod + 5, "a_ring_behind": prod - ev.capacity - 1
+                   if prod > ev.capacity else (1 << 63)}[where]
+        lost = s.channel.events_lost
+        for _ in range(3):  # each grant and release posts one event, each dropped
+            c.request_lease(s, rate=1e6, **TERMS).release()
+        assert s.channel.events_lost == lost + 6
+        assert int(ev.q[PROD]) == prod  # nothing written
+        ll = lowlat(h, "after nonsense in a consumer counter")
+        assert ll["granted"] == 3 and ll["ended"] == {"RELEASED": 3} and not ll["leases"]
+        ev.q[CONS] = ev.cons  # the counter told the truth again: events flow again
+        lease = c.request_lease(s, rate=1e6, **TERMS)
+        assert [e.type for e in s.channel.events()][-1:] == [EventType.LEASE_GRANTED]
+        lease.release()
+    finally:
+        c.close()
+    h.assert_recovered("nonsense in an event ring's consumer counter")
+    h.finish("nonsense in an event ring's consumer counter")
