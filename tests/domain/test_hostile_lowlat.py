@@ -18,8 +18,8 @@ from tests.helpers import PEERS
 from tests.helpers.hostile_harness import Harness, deadline_loop
 from tests.helpers.util import tap_name
 from usnet.abi.events import EventType
-from usnet.abi.ring import CONS, PROD
 from usnet.abi.protocol import LeaseRefusal
+from usnet.abi.ring import CONS, PROD
 from usnet.client import Client
 from usnet.client.lease import LeaseRefusedError
 
