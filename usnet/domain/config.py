@@ -58,6 +58,9 @@
                              # a credential: pair it with uid where that matters)
     classes = ["voice", "interactive"]  # of voice, video, interactive, control
     max_rate = 2e6           # the most bit/s one lease may have (at the link)
+    total_rate = 4e6         # optional: the most all of one uid's leases under this entry may
+                             # add up to on one netif (without it, a uid with many flows may
+                             # lease the netif's whole LL share)
     max_packet = 1200        # the largest IP packet one lease may send (20 to 65535)
 
     [[access]]               # who may bind local ports below unprivileged_port_start
@@ -198,12 +201,14 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_packet: int
     uid: int | None = None
     program: str | None = None
+    total_rate: float | None = None
 
     def __post_init__(self) -> None:
         self.entry()
 
     def entry(self) -> PolicyEntry:
-        return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program)
+        return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program,
+                           self.total_rate)
 
 
 def group_id(group: str | int) -> int:

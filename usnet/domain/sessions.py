@@ -299,6 +299,7 @@ class SessionRegistry:
                 charge = self.ledger.admit(Charge(session.uid, session.id))
                 try:
                     pipe = self._new_pipe(name, sch, session)
+                    pipe.two_clients = True
                 except BaseException:
                     self.ledger.release(charge)
                     raise

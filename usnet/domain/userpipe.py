@@ -125,6 +125,7 @@ class PipeEnd:
         self.attached = False
         self.closed = False
         self.violations = 0
+        self.peer_causable = False  # a refusal its peer (a user pipe's other client) could have caused
         # This end's RX ring is the other role's PIPE ring (the peer's TX ring, or the flow
         # switch's). The domain reads its header only to see whether the end still reads
         # (Domain._check_stalls); a flow's producer count is the domain's own (`rx_producer`).
@@ -154,6 +155,10 @@ class PipeEnd:
         self.kick.close()
 
 
+#: Refusals of a free that the other client of a user pipe can cause by passing an index.
+_PEER_CAUSABLE = frozenset({RefusalReason.NOT_OWNED, RefusalReason.DUPLICATE, RefusalReason.IN_ALLOC_RING})
+
+
 class UserPipe:
     """One user pipe: arena, pool, two ends. Callers hold `lock` around every method."""
 
@@ -165,6 +170,10 @@ class UserPipe:
         self._lend_limit = max(ALLOC_MIN, ALLOC_BYTES // schema.packet_bytes)  # packets an ALLOC ring is filled to
         self._warm_packets = max(1, WARM_BYTES // schema.packet_bytes)  # freed packets `lend` takes back first
         self.uid = uid
+        # both ends are clients' (a named user pipe), not a client's and the switch's (a flow
+        # channel): then either end can pass the other indices, and a refused free can be the
+        # peer's doing (`_violation`)
+        self.two_clients = False
         self.lock = threading.RLock()
         rings = _layout_rings(schema)
         ring_bytes = sum(ringmod.ring_bytes(cap, slot) for _, _, cap, slot in rings)
@@ -262,13 +271,22 @@ class UserPipe:
         if self.defunct_reason is not None:
             return  # its memory is zeroed: nothing it reads there is the client's any more
         end.violations += 1
+        if reason in _PEER_CAUSABLE:
+            end.peer_causable = True
         if reason is RefusalReason.BAD_COUNTER:
             self.stats[end.role * STATS_PER_ROLE + Stat.BAD_COUNTER] += 1
         if not posted:
             end.events.post(EventType.REFUSED, reason, packet)
         end.ring_bell()
         if end.violations >= ABUSE_LIMIT:
-            self.defunct(DefunctReason.ABUSE, culprit=end.role)
+            # Between two clients the end that frees a packet it may not free need not be the one
+            # that lied: its peer may have passed it the index (one in its ALLOC ring, one free in
+            # the pool, one freed already), and its client frees what it received. The nexus
+            # cannot tell which of the two it was, so the group is ABUSE on both ends, and a liar
+            # cannot pass for its victim's PEER_GONE. A counter, or an index out of range (a
+            # receiving client refuses it: BadPacket), is an end's own doing alone.
+            shared = self.two_clients and end.peer_causable
+            self.defunct(DefunctReason.ABUSE, culprit=None if shared else end.role)
 
     def fault(self, role: int, where: str, exc: BaseException) -> None:
         """The fault barrier of one end: an exception serving it defuncts its group (ABUSE), nothing else.

@@ -9,10 +9,15 @@ rate, a largest packet and a latency target. The agent
 2. checks the netif has LL capacity (NO_LL_CAPACITY): a link rate and LL slots;
 3. checks entitlement against the policy (NOT_ENTITLED, ABOVE_ENTITLEMENT);
 4. admits: the rates granted on the netif, this one included, must fit its
-   LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); and the LL wait
-   bound with this lease's burst added must stay within this lease's latency
-   target (LATENCY_UNACHIEVABLE) and every other lease's on the netif
-   (OVER_SUBSCRIBED: granting it would break theirs);
+   LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); the latency target
+   must be at least the netif's full bound, the wait with its burst budget
+   used up (LATENCY_UNACHIEVABLE); and the LL wait bound with this lease's
+   burst added must stay within this lease's target and every other lease's
+   on the netif (OVER_SUBSCRIBED: granting it would break theirs). Because
+   no target is under the full bound, that last refusal never comes while
+   the bursts fit the burst budget: a tight target cannot shut the netif to
+   later leases (a lease of 1 bit/s with a target just above the present
+   bound once did);
 5. grants: a `Grant` (the agent's record of a lease) with an id, an expiry `ttl` seconds ahead, and a
    `Policer` that holds the flow to its rate.
 
@@ -56,6 +61,7 @@ from usnet.domain.lowlat.policy import (
     MIN_PACKET,
     SERVICE_CLASSES,
     Policy,
+    PolicyEntry,
     Who,
     packet_ok,
     rate_ok,
@@ -92,6 +98,24 @@ class LLLink:
         if peers is not None:  # other workers' queues of the same link: what each granted before it saw ours
             access += (peers.n - 1) * sched.horizon
         return cls(capacity=sched.link_rate * k / n, access=access, mtu=mtu)
+
+    @property
+    def window(self) -> float:
+        """Seconds the LL class takes to drain the most burst the netif's leases may hold together:
+        BURST_TIME, or two of the netif's largest frames if they take longer (a slow link)."""
+        return max(BURST_TIME, 8 * BURST_FRAMES * (self.mtu + ETH_OVERHEAD) / self.capacity)
+
+    @property
+    def burst_budget(self) -> int:
+        """Bytes of bursts the netif's leases may always sum to, whatever targets were granted (what
+        its capacity carries in `window`): looser targets let more fit."""
+        return int(self.capacity * self.window / 8)
+
+    @property
+    def full_bound(self) -> float:
+        """The LL wait bound of the netif with its burst budget used up: no lease granted later can
+        raise the wait past it, so a latency target at least this is kept whatever comes."""
+        return self.access + self.window
 
 
 def burst_of(rate: float, max_packet: int) -> int:
@@ -162,6 +186,11 @@ class Agent:
     def granted_rate(self, netif: str) -> float:
         return math.fsum(lease.rate for lease in self.leases.values() if lease.netif == netif)
 
+    def held_under(self, entry: PolicyEntry, uid: int, netif: str) -> float:
+        """Bit/s of leases `uid` holds on `netif` that `entry` matches (what its total_rate bounds)."""
+        return math.fsum(lease.rate for lease in self.leases.values()
+                         if lease.netif == netif and lease.who.uid == uid and entry.matches(lease.who))
+
     def wait_bound(self, netif: str, extra_burst: int = 0) -> float:
         """The LL wait bound of a netif with its leases (and `extra_burst` more bytes of burst)."""
         link = self.links[netif]
@@ -186,7 +215,8 @@ class Agent:
         held = self._by_flow.get((netif, flow))
         if held is not None:
             return self.refuse(LeaseRefusal.ALREADY_LEASED, f"the flow holds lease {held.id}: renew or release it")
-        denied = self.policy.check(who, service_class, rate_bps, max_packet)
+        denied = self.policy.check(who, service_class, rate_bps, max_packet,
+                                   held=lambda e: self.held_under(e, who.uid, netif))
         if denied:
             return self.refuse(*denied)
         rates = [lease.rate for lease in self.leases.values() if lease.netif == netif]
@@ -196,11 +226,17 @@ class Agent:
                                 f"{rate_bps:g} bit/s does not fit the LL share of {netif!r}: "
                                 f"{used:g} of {link.capacity:g} bit/s are granted")
         burst = burst_of(rate_bps, max_packet)
+        if latency_target < link.full_bound:
+            return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
+                                f"the LL wait on {netif!r} is bounded at {link.full_bound * 1e3:.3g} ms with its "
+                                f"burst budget used, above the target of {latency_target * 1e3:.3g} ms")
         bound = self.wait_bound(netif, burst)
         if bound > latency_target:
             return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
                                 f"the LL wait on {netif!r} can reach {bound * 1e3:.3g} ms with this lease, "
                                 f"above the target of {latency_target * 1e3:.3g} ms")
+        # a new lease must not break an older one's target; since every target is at least the
+        # full bound, this refuses nobody while the bursts fit the burst budget
         hurt = [lease for lease in self.leases.values() if lease.netif == netif and lease.latency_target < bound]
         if hurt:
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,

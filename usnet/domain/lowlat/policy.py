@@ -3,9 +3,14 @@
 A policy is a list of entries. An entry names whom it is for, by uid, by
 program, or both (then both must match), the service classes it allows,
 and the most each lease under it may have: a rate (bit/s, at the link, so
-Ethernet headers count) and a largest packet (bytes, the IP packet). A
+Ethernet headers count) and a largest packet (bytes, the IP packet). An
+entry may also bound the sum: `total_rate`, the most all the leases one uid
+holds under it on one netif may add up to. Without it a uid that opens many
+flows may lease each at the entry's rate, and take a netif's whole LL share
+from the other entitled clients (docs/design-notes.md, "The agent"). A
 request is entitled if any entry that matches its sender covers its class,
-rate and packet size. Nothing matches: no LL access (default deny).
+rate and packet size, and has room for its rate. Nothing matches: no LL
+access (default deny).
 
 The uid is the kernel's (SO_PEERCRED). The program is what the client said
 in `Hello`: a label, not a credential, since any process can say any name.
@@ -19,7 +24,7 @@ and not video; the scheduler itself has one LL class.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from usnet.abi.protocol import LeaseRefusal
@@ -62,13 +67,14 @@ def packet_ok(size: object) -> bool:
 
 @dataclass(frozen=True)
 class PolicyEntry:
-    """One grant of LL access: for whom, which classes, the most per lease."""
+    """One grant of LL access: for whom, which classes, the most per lease (and per uid, `total_rate`)."""
 
     classes: frozenset[str]
     max_rate: float
     max_packet: int
     uid: int | None = None
     program: str | None = None
+    total_rate: float | None = None  # bit/s: the most one uid's leases under this entry sum to, per netif
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", frozenset(self.classes))
@@ -84,6 +90,8 @@ class PolicyEntry:
                              f"not {sorted(self.classes)!r}")
         if not rate_ok(self.max_rate):
             raise ValueError(f"policy max_rate must be bit/s from 0 to {MAX_RATE:g}, not {self.max_rate!r}")
+        if self.total_rate is not None and not rate_ok(self.total_rate):
+            raise ValueError(f"policy total_rate must be bit/s from 0 to {MAX_RATE:g}, not {self.total_rate!r}")
         if not packet_ok(self.max_packet):
             raise ValueError(f"policy max_packet must be from {MIN_PACKET} to {MAX_PACKET}, "
                              f"not {self.max_packet!r}")
@@ -102,13 +110,23 @@ class Policy:
     def __init__(self, entries: Iterable[PolicyEntry] = ()) -> None:
         self.entries = tuple(entries)
 
-    def check(self, who: Who, service_class: str, rate: float,
-              max_packet: int) -> tuple[LeaseRefusal, str] | None:
-        """None if entitled; else (NOT_ENTITLED or ABOVE_ENTITLEMENT, a message that says why)."""
+    def check(self, who: Who, service_class: str, rate: float, max_packet: int,
+              held: Callable[[PolicyEntry], float] | None = None) -> tuple[LeaseRefusal, str] | None:
+        """None if entitled; else (NOT_ENTITLED or ABOVE_ENTITLEMENT, a message that says why).
+
+        `held(entry)`: the bit/s `who`'s uid holds already under `entry` on the netif asked for
+        (the agent's count); None checks the lease alone (a reload: what was granted stays).
+        """
         mine = [e for e in self.entries if e.matches(who)]
-        if any(e.covers(service_class, rate, max_packet) for e in mine):
+        covering = [e for e in mine if e.covers(service_class, rate, max_packet)]
+        if any(held is None or e.total_rate is None or held(e) + rate <= e.total_rate for e in covering):
             return None
         named = f"uid {who.uid}" + (f" (program {who.program!r})" if who.program else "")
+        if covering:  # each has a total_rate, and this rate does not fit what the uid holds
+            assert held is not None
+            e = max(covering, key=lambda e: (e.total_rate or 0.0) - held(e))
+            return (LeaseRefusal.ABOVE_ENTITLEMENT, f"{named} holds {held(e):g} bit/s of leases on this netif "
+                    f"under an entry whose total_rate is {e.total_rate:g} bit/s: {rate:g} bit/s more does not fit")
         if not mine:
             return LeaseRefusal.NOT_ENTITLED, f"{named} has no low-latency entitlement"
         fits = [e for e in mine if service_class in e.classes]
