@@ -74,19 +74,15 @@ def _stop(r, e) -> None:
     e.ch.close()
 
 
-def test_a_ring_for_an_engine_lent_while_the_runner_woke_for_it_stays_for_the_loop():
-    """The runner's select returns engine E's doorbell; before the runner gets to it, an event loop
-    takes E over (Runner.lend, as usnet.aio's driver adopts an accepted connection's engine), pumps
-    it (which arms NEED_WAKEUP), and the domain rings E's doorbell for the next packet. The runner
-    drained that ring (its select had E's key): the loop's reader never fired, and the packet sat
-    unread until usnetd judged the channel stalled (a websockets server's connection on the
-    loopback half of a wildcard listener, under load). The ring must stay for the loop."""
-    r = Runner()
-    e = _Engine()
+def held_at_select(r: Runner, e: object) -> tuple[threading.Event, threading.Event, threading.Event,
+                                                 threading.Semaphore]:
+    """Runner `r`'s select, hooked: `back` is released each time the runner comes back to select;
+    once `armed` is set, the first select that returns `e`'s doorbell sets `woke` and holds the
+    runner there until `go`. Returns (woke, go, armed, back)."""
     real_select = r._sel.select
     woke, go = threading.Event(), threading.Event()
     armed = threading.Event()
-    back = threading.Semaphore(0)  # the runner came back to select
+    back = threading.Semaphore(0)
 
     def select_(timeout=None):
         back.release()
@@ -97,7 +93,20 @@ def test_a_ring_for_an_engine_lent_while_the_runner_woke_for_it_stays_for_the_lo
             assert go.wait(LIMIT)
         return got
 
-    r._sel.select = select_
+    r._sel.select = select_  # type: ignore[method-assign]
+    return woke, go, armed, back
+
+
+def test_a_ring_for_an_engine_lent_while_the_runner_woke_for_it_stays_for_the_loop():
+    """The runner's select returns engine E's doorbell; before the runner gets to it, an event loop
+    takes E over (Runner.lend, as usnet.aio's driver adopts an accepted connection's engine), pumps
+    it (which arms NEED_WAKEUP), and the domain rings E's doorbell for the next packet. The runner
+    drained that ring (its select had E's key): the loop's reader never fired, and the packet sat
+    unread until usnetd judged the channel stalled (a websockets server's connection on the
+    loopback half of a wildcard listener, under load). The ring must stay for the loop."""
+    r = Runner()
+    e = _Engine()
+    woke, go, armed, back = held_at_select(r, e)
     try:
         r.add(e)
         assert e.pumped.acquire(timeout=LIMIT)  # the first pass: E is the runner's

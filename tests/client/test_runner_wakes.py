@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from tests.client.test_runner_handover import LIMIT, _Engine, _stop
+from tests.client.test_runner_handover import LIMIT, _Engine, _stop, held_at_select
 from usnet.abi import doorbell
 from usnet.client.engine import Runner
 
@@ -70,21 +70,7 @@ def test_a_ring_for_an_engine_a_blocked_call_borrowed_meanwhile_stays_for_that_c
     drained the ring the call sleeps on (then rang it again: another wake-up)."""
     r = Runner()
     e = _Borrowable()
-    real_select = r._sel.select
-    woke, go = threading.Event(), threading.Event()
-    armed = threading.Event()
-    back = threading.Semaphore(0)
-
-    def select_(timeout=None):
-        back.release()
-        got = real_select(timeout)
-        if armed.is_set() and any(what is e for what in got):
-            armed.clear()
-            woke.set()
-            assert go.wait(LIMIT)
-        return got
-
-    r._sel.select = select_
+    woke, go, armed, back = held_at_select(r, e)
     try:
         r.add(e)
         assert e.pumped.acquire(timeout=LIMIT)  # the first pass

@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from tests.helpers.hostile_harness import Harness, deadline_loop
+from tests.domain import test_hostile_usnetd as _hu
+from tests.helpers.hostile_harness import deadline_loop
 from usnet.abi.events import DefunctReason
 from usnet.abi.ring import RingCorrupt
 from usnet.client import Client
@@ -64,13 +65,7 @@ except ChannelDefunct as e:
 """
 
 
-@pytest.fixture
-def hostile(sockdir):
-    h = Harness(sockdir)
-    try:
-        yield h
-    finally:
-        h.close()
+hostile = _hu.hostile  # the fixture: usnetd, and an attacker session beside it
 
 
 @pytest.mark.parametrize("how", ["u64max", "past", "behind"])
