@@ -1639,7 +1639,13 @@ class TcpConnection:
                     self._paced_send(pacer, now, out)
             rack = self.rack
             if rack is not None and rack.rearm:
-                rack.arm_pto(self, now)
+                if self.snd_nxt <= self.snd_una:
+                    # nothing in flight, so no probe: `arm_pto`'s first case, in line (the pump
+                    # that takes a request takes the ACK of the last answer with it)
+                    rack.rearm = False
+                    rack.t_pto = INF
+                else:
+                    rack.arm_pto(self, now)
             if self.snd_wnd == 0 and self.snd_nxt == self.snd_una and self._has_unsent():
                 if self._t_persist == INF:
                     self._t_persist = now + self._persist_interval()
