@@ -565,8 +565,9 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             data = c.recv(_READ_MAX)
         except OSError:  # (none is expected without an error): `_pull`'s own read meets it again
             return
-        self._early = (data, c.readable)  # (more data, or the end behind it: `_pull`)
-        self._taken()
+        more = c.readable  # (more data, or the end behind it: `_pull`)
+        self._early = (data, more)
+        self._taken(more)
 
     # -- the loop side ------------------------------------------------------------------------
 
@@ -629,7 +630,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             if self._sock._unread_held:  # paused in between (`pause_reading`): it counted for readable
                 with eng.lock:
                     self._sock._unread_held = 0
-                    self._taken()
+                    self._taken(c.readable)
             self._deliver(proto, data, more)
             return True
         if self._buffered:
@@ -643,7 +644,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 with eng.lock:
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
-                    self._taken()
+                    self._taken(c.readable)
                 self._wrote = False
                 ok = self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED
                 if not self._wrote:  # the window opened: let the stack say so (a reply's write did)
@@ -655,7 +656,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             with eng.lock:
                 data = c.recv(_READ_MAX) if c.rcv_queued else b""
                 more = c.readable  # (more data, or the end behind it)
-                self._taken()
+                self._taken(more)
             if data:
                 self._deliver(proto, data, more)
                 return True
@@ -697,14 +698,15 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 return False
         return True
 
-    def _taken(self) -> None:
+    def _taken(self, readable: bool) -> None:
         """After a read, with the engine lock held: the socket stops looking readable once its data
         is gone. A pool that probes an idle connection with select() for a drop (readable with
         nothing to read means EOF) would otherwise discard every connection it kept. Only when the
         descriptor says readable: the transport's socket is not watched (`_start`), so once cleared
         nothing sets it again short of the end of the stream, and the look (`socket._update`: the
-        poll state, the readiness compared) would find nothing to change, on every request."""
-        if not self._conn.readable and self._sock._ready.readable:
+        poll state, the readiness compared) would find nothing to change, on every request.
+        `readable`: the connection's `readable` now, which the caller has just read."""
+        if not readable and self._sock._ready.readable:
             self._sock._update()
 
     def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
