@@ -473,6 +473,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         self._eng: FlowEngine = eng
         self._conn = conn
         self._protocol: Any = protocol
+        # whether it is a BufferedProtocol, as `set_protocol` keeps it: read twice a request
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._server = server
         self._buffer = bytearray()  # what the TCP send buffer had no room for yet
         self._high, self._low = _HIGH_WATER, _HIGH_WATER // 4
@@ -557,15 +559,15 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         to be run under the engine's lock). Data read so and never delivered makes the close a RST,
         as unread data does on the kernel (`_call_connection_lost`)."""
         d = _pumping.driver
-        if (d is None or d.collect is None or d.loop is not self._loop
-                or isinstance(self._protocol, asyncio.BufferedProtocol)):
+        if d is None or d.collect is None or d.loop is not self._loop or self._buffered:
             return
         try:
             data = c.recv(_READ_MAX)
         except OSError:  # (none is expected without an error): `_pull`'s own read meets it again
             return
-        self._early = (data, c.readable)  # (more data, or the end behind it: `_pull`)
-        self._taken()
+        more = c.readable  # (more data, or the end behind it: `_pull`)
+        self._early = (data, more)
+        self._taken(more)
 
     # -- the loop side ------------------------------------------------------------------------
 
@@ -628,10 +630,10 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             if self._sock._unread_held:  # paused in between (`pause_reading`): it counted for readable
                 with eng.lock:
                     self._sock._unread_held = 0
-                    self._taken()
+                    self._taken(c.readable)
             self._deliver(proto, data, more)
             return True
-        if isinstance(proto, asyncio.BufferedProtocol):
+        if self._buffered:
             # get_buffer is the protocol's code: not under the lock the stack thread needs.
             with eng.lock.plain:  # (a look: no signal hold)
                 queued = c.rcv_queued
@@ -642,7 +644,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 with eng.lock:
                     n = c.recv_into(buf)
                     more = c.rcv_queued > 0
-                    self._taken()
+                    self._taken(c.readable)
                 self._wrote = False
                 ok = self._protocol_call("buffer_updated", proto.buffer_updated, n) is not _FAILED
                 if not self._wrote:  # the window opened: let the stack say so (a reply's write did)
@@ -654,7 +656,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             with eng.lock:
                 data = c.recv(_READ_MAX) if c.rcv_queued else b""
                 more = c.readable  # (more data, or the end behind it)
-                self._taken()
+                self._taken(more)
             if data:
                 self._deliver(proto, data, more)
                 return True
@@ -673,7 +675,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         """Hand `data`, read from TCP, to the protocol (`more`: TCP has more queued, or the peer's
         FIN or an error is behind it: the watcher runs again for it)."""
         self._wrote = False
-        if isinstance(proto, asyncio.BufferedProtocol):  # (set_protocol since the pump read it)
+        if self._buffered:  # (set_protocol since the pump read it)
             ok = self._feed(proto, data)
         else:
             ok = self._protocol_call("data_received", proto.data_received, data) is not _FAILED
@@ -696,14 +698,15 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 return False
         return True
 
-    def _taken(self) -> None:
+    def _taken(self, readable: bool) -> None:
         """After a read, with the engine lock held: the socket stops looking readable once its data
         is gone. A pool that probes an idle connection with select() for a drop (readable with
         nothing to read means EOF) would otherwise discard every connection it kept. Only when the
         descriptor says readable: the transport's socket is not watched (`_start`), so once cleared
         nothing sets it again short of the end of the stream, and the look (`socket._update`: the
-        poll state, the readiness compared) would find nothing to change, on every request."""
-        if not self._conn.readable and self._sock._ready.readable:
+        poll state, the readiness compared) would find nothing to change, on every request.
+        `readable`: the connection's `readable` now, which the caller has just read."""
+        if not readable and self._sock._ready.readable:
             self._sock._update()
 
     def _protocol_call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -725,7 +728,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
     # -- asyncio.Transport ----------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        plain = type(data) is bytes  # (the common case: no isinstance, no cast)
+        if not plain and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof_requested:
             raise RuntimeError("Cannot call write() after write_eof()")
@@ -736,7 +740,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
                 log.warning("usnet transport: write to a lost connection")
             self._conn_lost += 1
             return
-        mv = memoryview(data).cast("B")
+        mv = data if plain else memoryview(data).cast("B")
         sent = 0
         exc: OSError | None = None
         with step:  # what TCP took and the wake that sends it: one step for a signal (usnet.client.sigdefer)
@@ -754,7 +758,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         if exc is not None:
             self._fatal_error(exc, "Fatal write error on usnet transport")
             return
-        self._maybe_pause_protocol()
+        if self._buffer:  # (an empty buffer is never above the high-water mark, which is >= 0)
+            self._maybe_pause_protocol()
 
     def write_eof(self) -> None:
         if self._closing or self._eof_requested:
@@ -812,6 +817,7 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol

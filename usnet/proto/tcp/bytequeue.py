@@ -56,11 +56,12 @@ class ByteQueue:
     lengths some fifteen times a request, and ``len(q)`` is a Python call through `__len__`
     each time where ``q.size`` is an attribute read."""
 
-    __slots__ = ("_mv", "_buf", "_cap", "_head", "size")
+    __slots__ = ("_mv", "_buf", "_spare", "_cap", "_head", "size")
 
     def __init__(self) -> None:
         self._mv = _NO_BLOCK
         self._buf: bytearray | None = None  # a drained queue's block, kept without a view
+        self._spare = 0  # its size (0 without one)
         self._cap = 0
         self._head = 0
         self.size = 0
@@ -74,18 +75,15 @@ class ByteQueue:
     @property
     def capacity(self) -> int:
         """The block's size: the most bytes the queue holds before it needs a bigger one."""
-        return self._cap if self._buf is None else len(self._buf)
+        return self._cap if self._buf is None else self._spare
 
     def _grow(self, need: int) -> None:
-        buf = self._buf
-        if buf is not None:  # drained earlier: its block, viewed again (empty, so nothing to copy)
+        """A bigger block (the kept one of a drained queue, when `append` could not reuse it, is
+        the base of the doubling)."""
+        if self._buf is not None:
             self._buf = None
-            if len(buf) >= need:
-                self._mv = memoryview(buf)
-                self._cap = len(buf)
-                self._head = 0
-                return
-            self._cap = len(buf)
+            self._cap = self._spare
+            self._spare = 0
         cap = self._cap * 2
         if cap < need:
             cap = need
@@ -113,7 +111,17 @@ class ByteQueue:
             return
         size = self.size
         if size + n > self._cap:
-            self._grow(size + n)
+            buf = self._buf
+            if buf is not None and n <= self._spare:
+                # drained earlier (so empty): its block, viewed again, in line (a request's
+                # first bytes and an answer's come here, every request: `drop` drained them)
+                self._buf = None
+                self._mv = memoryview(buf)
+                self._cap = self._spare
+                self._spare = 0
+                self._head = 0
+            else:
+                self._grow(size + n)
         cap = self._cap
         tail = self._head + size
         if tail >= cap:
@@ -163,8 +171,15 @@ class ByteQueue:
     def drop(self, n: int) -> None:
         """Forget the first ``n`` live bytes (at most ``len(self)``)."""
         left = self.size - n
-        if left <= 0:
-            self._drained()
+        if left <= 0:  # drained: the view goes; the block stays, unviewed, for the next append
+            cap = self._cap
+            if cap:
+                self._buf = self._mv.obj  # type: ignore[assignment]  # the bytearray `_grow` made
+                self._spare = cap
+            self._mv = _NO_BLOCK
+            self._cap = 0
+            self._head = 0
+            self.size = 0
             return
         h = self._head + n
         if h >= self._cap:
@@ -172,19 +187,11 @@ class ByteQueue:
         self._head = h
         self.size = left
 
-    def _drained(self) -> None:
-        """Empty now: the view goes; the block stays, unviewed, for the next append."""
-        if self._cap:
-            self._buf = self._mv.obj  # type: ignore[assignment]  # the bytearray `_grow` made
-        self._mv = _NO_BLOCK
-        self._cap = 0
-        self._head = 0
-        self.size = 0
-
     def clear(self) -> None:
         """Forget every byte; the block goes too (a failed or closed connection's memory)."""
         self._mv = _NO_BLOCK
         self._buf = None
+        self._spare = 0
         self._cap = 0
         self._head = 0
         self.size = 0

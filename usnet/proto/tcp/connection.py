@@ -1239,8 +1239,10 @@ class TcpConnection:
                 r = 1  # a millisecond clock's 0 is under a tick, as Linux's min_delta
             rr = self._rcv_rtt
             self._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
-            if self.snd_nxt <= self.snd_una:
-                self._rx_rtt_sample(tsecr, r / 1000.0, plen, now - prev_rx)
+            # (a segment under the receiver's MSS times nothing: tested here, not in a call, since
+            # a request/response server's requests are such segments, one a request)
+            if self.snd_nxt <= self.snd_una and plen >= self._rcv_mss:
+                self._rx_rtt_sample(tsecr, r / 1000.0, now - prev_rx)
 
     def _disordered_ack(self, seg: TcpSegment, s: int, seglen: int, tsval: int) -> bool:
         """A pure ACK overtaken by a later one: exempt from PAWS (as Linux).
@@ -1256,7 +1258,7 @@ class TcpConnection:
         a = unwrap(seg.ack, self.iss, una)
         return a <= una and (self.ts_recent - tsval) & MASK <= self.rto.rto * 1000
 
-    def _rx_rtt_sample(self, tsecr: int, r: float, plen: int, gap: float) -> None:
+    def _rx_rtt_sample(self, tsecr: int, r: float, gap: float) -> None:
         """A pure receiver times the data it gets (Linux's tcp_rcv_rtt_measure_ts).
 
         With nothing of its own in flight no ACK ever times anything, so the
@@ -1264,8 +1266,9 @@ class TcpConnection:
         The TSecr of a full-sized segment echoes the ACK that let it go; one
         sample per echoed value, and none when the sender was idle (the echo
         then answers the segment before the pause, and the pause is not RTT).
+        Only for a full-sized segment (`_rcv_rtt_sample` tests ``plen``).
         """
-        if tsecr == self._rx_tsecr or plen < self._rcv_mss or gap > r / 2:
+        if tsecr == self._rx_tsecr or gap > r / 2:
             return
         self._rx_tsecr = tsecr
         self.rto.sample(r)
@@ -1639,7 +1642,13 @@ class TcpConnection:
                     self._paced_send(pacer, now, out)
             rack = self.rack
             if rack is not None and rack.rearm:
-                rack.arm_pto(self, now)
+                if self.snd_nxt <= self.snd_una:
+                    # nothing in flight, so no probe: `arm_pto`'s first case, in line (the pump
+                    # that takes a request takes the ACK of the last answer with it)
+                    rack.rearm = False
+                    rack.t_pto = INF
+                else:
+                    rack.arm_pto(self, now)
             if self.snd_wnd == 0 and self.snd_nxt == self.snd_una and self._has_unsent():
                 if self._t_persist == INF:
                     self._t_persist = now + self._persist_interval()

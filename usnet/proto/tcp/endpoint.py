@@ -228,6 +228,9 @@ class TcpEndpoint:
         self.due: dict[TcpConnection, None] = {}
         self._timers: list[tuple[float, int, TcpConnection]] = []
         self._tie = itertools.count()
+        # the heap's size that calls for a `_compact`: 2 * len(connections) + 64, kept as the
+        # table changes (`_adopt`, `_forget`) rather than computed at every push (twice a request)
+        self._timers_max = 64
         self.visits = 0  # connections visited by outgoing/timeout/on_timer: what the scale test counts
 
     # ------------------------------------------------------------------ user calls
@@ -450,6 +453,7 @@ class TcpEndpoint:
     def _adopt(self, key: Key, conn: TcpConnection) -> None:
         """`conn` joins the table and the schedule (it touches `due` from now on)."""
         self.connections[key] = conn
+        self._timers_max = 2 * len(self.connections) + 64
         conn.due = self.due
         if self.churn is not None:
             self.churn[conn] = None
@@ -608,6 +612,7 @@ class TcpEndpoint:
         key = (conn.remote_addr, conn.remote_port, conn.local_port)
         if self.connections.get(key) is conn:
             del self.connections[key]
+            self._timers_max = 2 * len(self.connections) + 64
             if self.on_forget is not None:
                 self.on_forget(conn)
             if self.churn is not None:
@@ -625,8 +630,9 @@ class TcpEndpoint:
         if t != conn.timer_at:
             conn.timer_at = t
             if t is not None:
-                heapq.heappush(self._timers, (t, next(self._tie), conn))
-                if len(self._timers) > 2 * len(self.connections) + 64:
+                h = self._timers
+                heapq.heappush(h, (t, next(self._tie), conn))
+                if len(h) > self._timers_max:
                     self._compact()
 
     def _compact(self) -> None:
