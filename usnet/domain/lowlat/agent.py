@@ -11,13 +11,11 @@ rate, a largest packet and a latency target. The agent
 4. admits: the rates granted on the netif, this one included, must fit its
    LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); the latency target
    must be at least the netif's full bound, the wait with its burst budget
-   used up (LATENCY_UNACHIEVABLE); and the LL wait bound with this lease's
-   burst added must stay within this lease's target and every other lease's
-   on the netif (OVER_SUBSCRIBED: granting it would break theirs). Because
-   no target is under the full bound, that last refusal never comes while
-   the bursts fit the burst budget: a tight target cannot shut the netif to
-   later leases (a lease of 1 bit/s with a target just above the present
-   bound once did);
+   used up (LATENCY_UNACHIEVABLE); and the bursts granted, this one included,
+   must fit the burst budget (OVER_SUBSCRIBED). So no grant can ever raise
+   the wait past a target granted before it: a tight target does not shut
+   the netif to every later lease (a lease of 1 bit/s with a target just
+   above the present bound once did);
 5. grants: a `Grant` (the agent's record of a lease) with an id, an expiry `ttl` seconds ahead, and a
    `Policer` that holds the flow to its rate.
 
@@ -107,8 +105,7 @@ class LLLink:
 
     @property
     def burst_budget(self) -> int:
-        """Bytes of bursts the netif's leases may always sum to, whatever targets were granted (what
-        its capacity carries in `window`): looser targets let more fit."""
+        """Bytes: the most the bursts of the netif's leases may sum to (its capacity over `window`)."""
         return int(self.capacity * self.window / 8)
 
     @property
@@ -230,13 +227,17 @@ class Agent:
             return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
                                 f"the LL wait on {netif!r} is bounded at {link.full_bound * 1e3:.3g} ms with its "
                                 f"burst budget used, above the target of {latency_target * 1e3:.3g} ms")
+        bursts = sum(lease.burst for lease in self.leases.values() if lease.netif == netif)
+        if bursts + burst > link.burst_budget:
+            return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
+                                f"a burst of {burst} bytes does not fit the burst budget of {netif!r}: "
+                                f"{bursts} of {link.burst_budget} bytes are granted")
+        # guards: the floor and the budget keep the bound under every target (but for rounding)
         bound = self.wait_bound(netif, burst)
         if bound > latency_target:
             return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
                                 f"the LL wait on {netif!r} can reach {bound * 1e3:.3g} ms with this lease, "
                                 f"above the target of {latency_target * 1e3:.3g} ms")
-        # a new lease must not break an older one's target; since every target is at least the
-        # full bound, this refuses nobody while the bursts fit the burst budget
         hurt = [lease for lease in self.leases.values() if lease.netif == netif and lease.latency_target < bound]
         if hurt:
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
