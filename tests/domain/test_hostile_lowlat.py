@@ -157,30 +157,6 @@ def test_a_flood_of_lease_requests_is_answered_counted_and_leaves_nothing(ll_usn
 
 
 @pytest.mark.privileged
-def test_a_lease_of_one_bit_per_second_with_the_tightest_target_shuts_nobody_out(ll_usnetd):
-    """The attacker finds the tightest target it is granted and holds that lease (1 bit/s,
-    20-byte packets). It used to be the netif's bound with that lease alone, and every later
-    request's burst would have raised the bound past it: OVER_SUBSCRIBED for everyone."""
-    h = ll_usnetd(entry("veto", 1e7) + entry("voip", 1e7))
-    p = subprocess.Popen([sys.executable, str(ATTACKER), h.path, "veto", "veto"], stdout=subprocess.PIPE, text=True)
-    h.children.append(p)
-    held = json.loads(p.stdout.readline())
-    honest = Client.connect(h.path, program="voip")
-    try:
-        for port in range(2):
-            s = honest.udp_socket("ll0", 0)
-            lease = honest.request_lease(s, rate=1e7 if port == 0 else 5e6, **TERMS)
-            assert lease.id > held["lease"]
-        ll = lowlat(h, "beside a tight lease")
-        assert sorted(x["program"] for x in ll["leases"]) == ["veto", "voip", "voip"]
-    finally:
-        honest.close()
-    h.kill(p)
-    h.assert_recovered("a tight lease")
-    h.finish("a tight lease")
-
-
-@pytest.mark.privileged
 @pytest.mark.parametrize("where", ["u64max", "past_prod", "a_ring_behind"])
 def test_nonsense_in_an_event_ring_s_consumer_counter_loses_only_its_own_events(ll_usnetd, where):
     """The EVENT ring's consumer counter is the client's word: usnetd reads it only to see

@@ -9,13 +9,10 @@ rate, a largest packet and a latency target. The agent
 2. checks the netif has LL capacity (NO_LL_CAPACITY): a link rate and LL slots;
 3. checks entitlement against the policy (NOT_ENTITLED, ABOVE_ENTITLEMENT);
 4. admits: the rates granted on the netif, this one included, must fit its
-   LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); the latency target
-   must be at least the netif's full bound, the wait with its burst budget
-   used up (LATENCY_UNACHIEVABLE); and the bursts granted, this one included,
-   must fit the burst budget (OVER_SUBSCRIBED). So no grant can ever raise
-   the wait past a target granted before it: a tight target does not shut
-   the netif to every later lease (a lease of 1 bit/s with a target just
-   above the present bound once did);
+   LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); and the LL wait
+   bound with this lease's burst added must stay within this lease's latency
+   target (LATENCY_UNACHIEVABLE) and every other lease's on the netif
+   (OVER_SUBSCRIBED: granting it would break theirs);
 5. grants: a `Grant` (the agent's record of a lease) with an id, an expiry `ttl` seconds ahead, and a
    `Policer` that holds the flow to its rate.
 
@@ -96,23 +93,6 @@ class LLLink:
         if peers is not None:  # other workers' queues of the same link: what each granted before it saw ours
             access += (peers.n - 1) * sched.horizon
         return cls(capacity=sched.link_rate * k / n, access=access, mtu=mtu)
-
-    @property
-    def window(self) -> float:
-        """Seconds the LL class takes to drain the most burst the netif's leases may hold together:
-        BURST_TIME, or two of the netif's largest frames if they take longer (a slow link)."""
-        return max(BURST_TIME, 8 * BURST_FRAMES * (self.mtu + ETH_OVERHEAD) / self.capacity)
-
-    @property
-    def burst_budget(self) -> int:
-        """Bytes: the most the bursts of the netif's leases may sum to (its capacity over `window`)."""
-        return int(self.capacity * self.window / 8)
-
-    @property
-    def full_bound(self) -> float:
-        """The LL wait bound of the netif with its burst budget used up: no lease granted later can
-        raise the wait past it, so a latency target at least this is kept whatever comes."""
-        return self.access + self.window
 
 
 def burst_of(rate: float, max_packet: int) -> int:
@@ -223,16 +203,6 @@ class Agent:
                                 f"{rate_bps:g} bit/s does not fit the LL share of {netif!r}: "
                                 f"{used:g} of {link.capacity:g} bit/s are granted")
         burst = burst_of(rate_bps, max_packet)
-        if latency_target < link.full_bound:
-            return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
-                                f"the LL wait on {netif!r} is bounded at {link.full_bound * 1e3:.3g} ms with its "
-                                f"burst budget used, above the target of {latency_target * 1e3:.3g} ms")
-        bursts = sum(lease.burst for lease in self.leases.values() if lease.netif == netif)
-        if bursts + burst > link.burst_budget:
-            return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
-                                f"a burst of {burst} bytes does not fit the burst budget of {netif!r}: "
-                                f"{bursts} of {link.burst_budget} bytes are granted")
-        # guards: the floor and the budget keep the bound under every target (but for rounding)
         bound = self.wait_bound(netif, burst)
         if bound > latency_target:
             return self.refuse(LeaseRefusal.LATENCY_UNACHIEVABLE,
