@@ -5,6 +5,7 @@ Each case runs in a fresh interpreter: an import of gevent, or a patch, would ou
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,13 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def need_gevent() -> None:
+    """Skip without gevent, never importing it here: in the test process, an imported gevent
+    would make every later `patch()` of the session refuse (usnet.client.greenrefuse)."""
+    if importlib.util.find_spec("gevent") is None:
+        pytest.skip("gevent is not installed")
 
 
 def _python(code: str) -> list[str]:
@@ -22,7 +30,7 @@ def _python(code: str) -> list[str]:
 
 
 def test_patch_refuses_gevent_imported_before_and_patches_nothing():
-    pytest.importorskip("gevent")
+    need_gevent()
     out = _python("import gevent, socket, ssl, usnet\nfrom usnet.client.patch import is_patched\n"
                   "s, w = socket.socket, ssl.SSLContext.wrap_socket\n"
                   "try:\n    usnet.patch()\nexcept RuntimeError as e:\n    print(e)\n"

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from tests.client.test_greenrefuse import need_gevent
 from tests.interop.test_names import ask_udp, need_dnsmasq
 from tests.interop.test_patch import (
     LIMIT,
@@ -31,6 +32,7 @@ from tests.interop.test_programs4 import _same, _serve
 pytestmark = pytest.mark.privileged
 _G = PeerProgram("gevent_peer.py")
 _X = PeerProgram("axfr_peer.py")
+
 ZONE = 400  # A records in the zone dnsmasq transfers
 
 
@@ -47,7 +49,7 @@ def test_gevent_is_refused_in_one_line_not_run_on_the_kernel(usnetd_path):  # no
     """On the kernel the gevent program works (StreamServer, 50 greenlets at once, gevent.Timeout);
     under `usnet run` it stops at its import of gevent with one line that says why, and nothing it
     would have sent reached the kernel echo server (before: it ran, on kernel sockets)."""
-    pytest.importorskip("gevent")
+    need_gevent()
     path, _, host_ip = usnetd_path
     seen: list[str] = []
 
@@ -73,7 +75,7 @@ def test_a_gevent_probe_falls_back_to_usnet_sockets(usnetd_path):  # noqa: F811
     """A library that uses gevent only when it is there (``try: import gevent``) takes its plain
     path under usnet: its connection comes from usnet's address, as it does from the kernel's on
     the kernel."""
-    pytest.importorskip("gevent")
+    need_gevent()
     path, usnet_ip, host_ip = usnetd_path
     prog = ("import socket, sys\n"
             "try:\n    import gevent.socket as gs\nexcept ImportError:\n    gs = socket\n"
