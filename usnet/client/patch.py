@@ -29,6 +29,9 @@ After `patch()`:
   (`usnet.client.descriptors`): multiprocessing.connection and pyftpdlib use the number itself.
   A copy of those functions taken before the patch (a class attribute bound at import) is the
   kernel's; `usnet run` patches before the program imports anything.
+- gevent and eventlet are refused (`usnet.client.greenrefuse`): their sockets are the kernel's,
+  so `patch()` raises if one is imported already, and importing one afterwards raises ImportError,
+  each with one line that says why.
 
 Which usnet: `usnet.socket.configure(client, netif)` (patch's own arguments), else usnetd at
 ``USNET_SOCKET`` (default /run/usnet/usnetd.sock) and ``USNET_NETIF`` (default: its first netif),
@@ -60,6 +63,7 @@ from typing import Any
 
 from usnet.client import aio as _aio
 from usnet.client import descriptors as _descriptors
+from usnet.client import greenrefuse as _green
 from usnet.client import sigdefer as _sigdefer
 from usnet.client import socket as _us
 from usnet.client import tls as _tls
@@ -180,6 +184,7 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
             _us.configure(client, netif)
         if _saved:
             return
+        _green.check()  # before anything is patched: gevent's or eventlet's sockets would be the kernel's
         _saved["socket"] = _socket.socket
         _saved["wrap_socket"] = _ssl.SSLContext.wrap_socket
         _saved["policy"] = asyncio.get_event_loop_policy()
@@ -202,6 +207,7 @@ def patch(client: Client | None = None, netif: str | None = None) -> None:
         _saved["rebound"] = _rebind_early(early)
         _sigdefer.defer_handlers()  # a handler runs after a step, whichever thread took its signal
         _trio.install(_KERNEL)  # trio wraps a usnet socket as its own (now, or when the program imports trio)
+        _green.install()  # an import of gevent or eventlet raises, in one line
 
 
 def unpatch() -> None:
@@ -222,6 +228,7 @@ def unpatch() -> None:
             if getattr(mod, name, None) is ours:  # unless the module rebound it since
                 setattr(mod, name, original)
         _trio.uninstall()
+        _green.uninstall()
         _sigdefer.undefer_handlers()
 
 
