@@ -23,7 +23,7 @@ _TX = frozenset(("service_tx_many", "service_tx"))
 _RX = frozenset(("service_rx",))
 _CHECKS = ("_tx_one", "_tx_addressed", "peer_of")
 # Calls per packet: transmit ~85 and receive ~72 before this work (issue 18), ~74 and ~65 after;
-# transmit 78.8 before the known neighbour's framing was remembered (`HostDuties._link4`), 65.8 after
+# transmit 78.8 before the known neighbour's framing was remembered (`HostDuties._link`), 65.8 after
 TX_CALLS = 70
 BOTH_CALLS = 135
 

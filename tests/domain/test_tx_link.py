@@ -1,6 +1,6 @@
 """A flow's packet to a known neighbour is framed from what the switch remembers (issues 16, 18).
 
-`HostDuties._link4` keeps, per IPv4 unicast destination, the Ethernet header its packets went out
+`HostDuties._link` keeps, per unicast destination (IPv4 or IPv6), the Ethernet header its packets went out
 with, so the transmit path skips the route, the neighbour's lookup and the framing's calls. It
 must stand only while what it was made from does: the neighbour's ARP entry, the very one. Here a
 neighbour changes its MAC, a neighbour's entry expires, a gateway changes its MAC, and the
@@ -10,10 +10,11 @@ decoded by scapy.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
 import pytest
-from scapy.all import ARP, IP, UDP, Ether, raw
+from scapy.all import ARP, IP, UDP, Ether, IPv6, raw
 
 from tests.helpers.util import FakeClock, send_raw
 from usnet.client import Client
@@ -22,6 +23,7 @@ from usnet.domain.switch import host
 from usnet.drivers import MemWire, block
 
 A_IP, B_IP, GW_IP, FAR_IP = "10.9.0.1", "10.9.0.2", "10.9.0.254", "192.0.2.7"
+A6, B6 = "fd00:9::1", "fd00:9::2"
 MAC1, MAC2 = b"\x02\x00\x00\x00\x00\x01", b"\x02\x00\x00\x00\x00\x02"
 
 
@@ -37,13 +39,23 @@ class _Side:
         self.d = Domain()
         self.w = MemWire()
         self.clock = FakeClock(time.monotonic())  # the netif's: its neighbours age by it
-        self.sw = self.d.add_netif("a", self.w.a, f"{A_IP}/24", gateway=GW_IP, clock=self.clock)
-        self.ch = Client.local(self.d).open_flow("a", 17, 5000)[0]
+        self.sw = self.d.add_netif("a", self.w.a, f"{A_IP}/24", gateway=GW_IP, clock=self.clock,
+                                   address6=f"{A6}/64")
+        c = Client.local(self.d)
+        self.ch = c.open_flow("a", 17, 5000)[0]
+        self.ch6 = c.open_flow("a", 17, 5000, family=6)[0]
 
     def send(self, dst: str, n: int = 1) -> list[Ether]:
         """`n` datagrams to `dst`, one batch; the frames that left, decoded."""
         send_raw(self.ch, [raw(IP(src=A_IP, dst=dst, id=i) / UDP(sport=5000, dport=6000) / b"x")
                            for i in range(n)])
+        for _ in range(3):
+            self.d.serve_once(0)
+        return [Ether(bytes(f)) for f in block.expand(self.w.b.recv_batch(64))]
+
+    def send6(self, dst: str) -> list[Ether]:
+        """A datagram to `dst` on the IPv6 flow; the frames that left, decoded."""
+        send_raw(self.ch6, [raw(IPv6(src=A6, dst=dst) / UDP(sport=5000, dport=6000) / b"x")])
         for _ in range(3):
             self.d.serve_once(0)
         return [Ether(bytes(f)) for f in block.expand(self.w.b.recv_batch(64))]
@@ -117,3 +129,16 @@ def test_a_group_is_not_framed_from_the_arp_table(side):
     for _ in range(2):  # the second time too: nothing remembered for them
         assert [f.dst for f in side.send("239.1.2.3")] == ["01:00:5e:01:02:03"]
     assert side.sw._links == {}
+
+
+def test_an_ipv6_neighbour_that_changes_its_mac_gets_the_next_packet_at_the_new_one(side):
+    b6 = ipaddress.IPv6Address(B6).packed
+    side.sw.nd.learn(b6, MAC1, side.clock())
+    first = side.send6(B6)
+    assert [(f.dst, f.type) for f in first] == [(MAC1.hex(":"), 0x86DD)] and UDP in first[0]
+    side.sw.nd.learn(b6, MAC2, side.clock())
+    again = side.send6(B6)
+    assert [f.dst for f in again] == [MAC2.hex(":")] and UDP in again[0]
+    side.clock.now += side.sw.nd.ttl + 1  # past its time: asked for (a solicitation), not framed
+    asked = side.send6(B6)
+    assert asked and all(UDP not in f for f in asked), asked

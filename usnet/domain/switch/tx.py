@@ -634,7 +634,7 @@ class TransmitPath(HostDuties):
                 p = SegmentedFrame(p, gso)
             self.counts["tx_segmented"] += 1
         # a plain packet to a known neighbour: framed and queued here, not by `_route`'s chain
-        if type(p) is bytes and flow.family == 4 and (eth := self._link4(dst, now)) is not None:
+        if type(p) is bytes and (eth := self._link(dst, now)) is not None:
             self.netif.enqueue(flow.id, eth + p)
         elif not self._route(flow.id, dst, p, now):
             self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
