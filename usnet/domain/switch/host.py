@@ -50,6 +50,7 @@ ETH = struct.Struct("!6s6sH")  # Ethernet destination, source, type
 # the ICMP errors passed on to the flow whose packet they quote (its stack judges them further)
 _ICMP_ERRORS = frozenset((wicmp.DEST_UNREACH, wicmp.SOURCE_QUENCH, wicmp.TIME_EXCEEDED, wicmp.PARAM_PROBLEM))
 DEFEND_INTERVAL = 10.0  # RFC 5227: at most one announcement defending our address per this many seconds
+_LINKS_MAX = 4096  # destinations whose framing `_link` remembers (a neighbour table's own bound); then it starts over
 
 
 class HostDuties(FlowTable):
@@ -69,6 +70,9 @@ class HostDuties(FlowTable):
         # the port's members' to hear, or a flow's packet to the netif's own address, or the host's
         # answer to one (an ICMP error from our own address), the port's flow's
         self.hand_over: Callable[[int, Received, bool], bool] | None = None
+        # `_link`: unicast destination -> (its family's neighbour table, the next hop, that
+        # neighbour's entry in it, the Ethernet header)
+        self._links: dict[bytes, tuple[dict[bytes, tuple[bytes, float]], bytes, tuple[bytes, float], bytes]] = {}
 
     # -- neighbours and the link ---------------------------------------------------------------
 
@@ -90,6 +94,46 @@ class HostDuties(FlowTable):
         if hop == self.netif.broadcast or hop == b"\xff\xff\xff\xff":
             return hop, BROADCAST
         return hop, self.arp.lookup(hop, now)
+
+    def _link(self, dst: bytes, now: float) -> bytes | None:
+        """The Ethernet header a flow's packet to unicast `dst` (4 or 16 bytes) goes out with, if
+        its neighbour is known; None for anything else (a group, a broadcast, our own address, no
+        route, the neighbour not resolved), which takes `_route`.
+
+        What `_route` would do for such a packet (the route, the neighbour's lookup, the framing:
+        some ten calls a packet, issues 16 and 18), remembered per destination: the routes and
+        our MAC never change, and the remembered header stands exactly while the neighbour's ARP
+        or ND entry is the very one it was made from (`NeighbourCache.learn` makes a new one,
+        `lookup` and `expire` drop it) and has not expired (as `lookup` judges it).
+        """
+        link = self._links.get(dst)
+        if link is not None:
+            known = link[2]
+            if link[0].get(link[1]) is known and known[1] >= now:
+                return link[3]
+        netif = self.netif
+        # a group or a broadcast is not framed from the neighbour table, our own address is not
+        # framed at all (usnet.domain.switch.local), and a group may loop back to members here
+        if len(dst) == 4:
+            if dst[0] >> 4 >= 14 or dst == netif.ip or dst == netif.broadcast:
+                return None
+            entries, etype = self.arp.entries, ETHERTYPE_IPV4
+        else:
+            if dst[0] == 0xFF or dst in netif.addrs6:
+                return None
+            entries, etype = self.nd.entries, ETHERTYPE_IPV6
+        hop = netif.next_hop(dst)
+        if hop is None or hop == netif.broadcast or hop[0] == 0xFF:
+            return None
+        entry = entries.get(hop)
+        if entry is None or entry[1] < now:
+            return None  # `_route` looks it up (dropping it if expired) and asks for it
+        links = self._links
+        if len(links) >= _LINKS_MAX:
+            links.clear()
+        header = ETH.pack(entry[0], netif.mac, etype)
+        links[dst] = (entries, hop, entry, header)
+        return header
 
     def _route(self, key: int, dst: bytes, packet: bytes, now: float) -> bool:
         """Frame and queue `packet`, or park it until its neighbour answers; False if no route."""

@@ -30,7 +30,7 @@ class LowLatencyPath(TransmitPath):
     def service_tx(self, flow: Flow, max_packets: int = TX_BATCH, draining: bool = False) -> int:
         """Take what a client sent: a flow the netif serves in its LL class by the LL path
         (`_service_ll`), any other, or one closing (`draining`), by the general path."""
-        if not draining and self.netif.serves_ll(flow.id):
+        if not draining and self.netif.ll_keys and self.netif.serves_ll(flow.id):  # no LL queue: no call
             self.host_read = False  # a new batch (`host_up_to_date`)
             return self._service_ll(flow, self._bite(flow, max_packets))
         return super().service_tx(flow, max_packets, draining)

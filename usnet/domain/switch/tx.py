@@ -361,7 +361,8 @@ class TransmitPath(HostDuties):
         sent = nbytes = 0
         passed: list[bytes] = []
         for i, p in enumerate(pkts):
-            if wide and p and p[0] >> 4 == family:
+            # the flow's class: a call only for an IPv4 packet that carries another (IPv6: always)
+            if wide and p and p[0] >> 4 == family and (family == 6 or p[1] >> 2 != dscp):
                 ecn.set_dscp(p, 0, dscp)
             pb = bytes(p)
             if meta is None:  # nothing marked: `_tx_marked` would only call `tx_one`
@@ -632,7 +633,10 @@ class TransmitPath(HostDuties):
             else:
                 p = SegmentedFrame(p, gso)
             self.counts["tx_segmented"] += 1
-        if not self._route(flow.id, dst, p, now):
+        # a plain packet to a known neighbour: framed and queued here, not by `_route`'s chain
+        if type(p) is bytes and (eth := self._link(dst, now)) is not None:
+            self.netif.enqueue(flow.id, eth + p)
+        elif not self._route(flow.id, dst, p, now):
             self._tx_drop(flow, TxDropReason.NO_ROUTE, n)
             return 0
         return 1
