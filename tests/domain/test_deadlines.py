@@ -1,10 +1,10 @@
 """Issue 18: usnetd's deadlines kept in order (usnet.domain.deadlines), so a loop turn looks at one.
 
-`ShardedDomain._check_relays` used to take, each turn, the soonest deadline of every relayed
-request still waiting (a min over each busy line's requests: O(waiting)); it now peeks at a heap
-(`_due`), and a drain's bound (`_check_drains`) is kept the same way. The heap is property-tested
-against a sorted list; the turn's work is counted (`Deadlines.looked`), not timed, in a real
-ShardedDomain (no workers: the deadlines are those of lines whose requests are not due).
+The relay's check (usnet.domain.workers.relay: `Relay.check`) used to take, each turn, the soonest
+deadline of every relayed request still waiting (a min over each busy line's requests: O(waiting));
+it now peeks at a heap (`Relay.due`), and a drain's bound (`Drains.check`) is kept the same way.
+The heap is property-tested against a sorted list; the turn's work is counted (`Deadlines.looked`),
+not timed, in a real ShardedDomain (no workers: the deadlines are those of lines whose requests are not due).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_a_deadline_moved_later_is_handed_over_at_its_new_time_only():
 
 
 def _lines(dom: ShardedDomain, n: int, due: float) -> tuple[list[socket.socket], list[Waiting]]:
-    """n lines, each with one judged request waiting, due at `due` (added as `_send` adds them).
+    """n lines, each with one judged request waiting, due at `due` (added as `Relay.send` adds them).
     Their sockets are one pair: nothing here reads a line that has nothing due."""
     socks, waits = list(socket.socketpair()), []
     for i in range(n):
@@ -60,24 +60,24 @@ def _lines(dom: ShardedDomain, n: int, due: float) -> tuple[list[socket.socket],
         w = Waiting(None, P.Done(), lambda r, f: (r, f), lambda: None, None, due, 1.0, due - 1.0)
         line.waiting.append(w)
         waits.append(w)
-        dom._due.add(w.deadline, (line, w))
+        dom.relay.due.add(w.deadline, (line, w))
     return socks, waits
 
 
 @pytest.mark.parametrize("n", [10, 10_000])
 def test_a_turns_check_of_relayed_requests_looks_at_one_deadline_however_many_wait(n):
-    """With 10 or 10,000 requests waiting and none due, a turn of `_check_relays` examines the
+    """With 10 or 10,000 requests waiting and none due, a turn of `Relay.check` examines the
     soonest deadline only (two looks: is it due, how far is it) and returns the time to it;
-    `_check_drains` with nothing draining looks at nothing."""
+    `Drains.check` with nothing draining looks at nothing."""
     dom = ShardedDomain([], set())
     socks, _ = _lines(dom, n, time.monotonic() + 3600)
     try:
-        before = dom._due.looked
-        assert dom._check_relays() == HEARTBEAT  # (the soonest is an hour away)
-        assert dom._due.looked - before == 2
-        before = dom._drain_due.looked
-        assert dom._check_drains() == HEARTBEAT
-        assert dom._drain_due.looked == before  # nothing draining: nothing looked at
+        before = dom.relay.due.looked
+        assert dom.relay.check() == HEARTBEAT  # (the soonest is an hour away)
+        assert dom.relay.due.looked - before == 2
+        before = dom.drains.due.looked
+        assert dom.drains.check() == HEARTBEAT
+        assert dom.drains.due.looked == before  # nothing draining: nothing looked at
     finally:
         for s in socks:
             s.close()
@@ -90,11 +90,11 @@ def test_answered_requests_cost_one_pop_each_when_their_time_comes():
     socks, waits = _lines(dom, 1000, time.monotonic() - 3600)  # due an hour ago
     try:
         for w in waits:
-            w.live = False  # answered (`_hear_line`)
-        before = dom._due.looked
-        assert dom._check_relays() == HEARTBEAT
-        assert len(dom._due) == 0
-        assert dom._due.looked - before == 1000  # each popped once (the last look finds it empty: no count)
+            w.live = False  # answered (`Relay.hear`)
+        before = dom.relay.due.looked
+        assert dom.relay.check() == HEARTBEAT
+        assert len(dom.relay.due) == 0
+        assert dom.relay.due.looked - before == 1000  # each popped once (the last look finds it empty: no count)
     finally:
         for s in socks:
             s.close()

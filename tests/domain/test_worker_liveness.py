@@ -1,4 +1,4 @@
-"""Issue 18: a starved worker is not a hung one (usnet.domain.liveness, `ShardedDomain._suspect`).
+"""Issue 18: a starved worker is not a hung one (usnet.domain.liveness, `Supervisor.suspect`).
 
 usnetd used to declare a worker hung by wall-clock alone and kill it, aborting its clients'
 connections, even when the worker was runnable and only waiting for a CPU on a loaded machine.

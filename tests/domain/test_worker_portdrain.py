@@ -134,7 +134,7 @@ def test_a_killed_clients_connections_on_worker_1_are_reset_and_its_port_comes_b
         srv.close()
 
 
-# A drain's bound (usnet.domain.workers DRAIN_LIMIT, `_check_drains`): a worker that has not ended a
+# A drain's bound (usnet.domain.workers DRAIN_LIMIT, `Drains.check`): a worker that has not ended a
 # departed client's session that long after usnetd half-closed it is judged as one that leaves a
 # request unanswered (usnet.domain.liveness), found hung, killed and replaced, which ends the drain.
 

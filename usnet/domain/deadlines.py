@@ -1,7 +1,7 @@
 """Things due at a time, soonest first: a heap the loop peeks at each turn (sans-I/O).
 
 usnetd's loop asks each turn when the next relayed request's deadline is (usnet.domain.workers
-`_check_relays`) and whether a departed client's drain has overstayed (`_check_drains`). A scan
+`Relay.check`) and whether a departed client's drain has overstayed (`Drains.check`). A scan
 of everything waiting costs O(waiting) per turn; this heap costs one look at its top, and a pop
 (O(log n)) per entry once, when it falls due. Removal is lazy: the caller keeps its own record of
 what is still live (an answered request, an ended drain) and skips the stale entries it is handed;

@@ -22,18 +22,18 @@ then on the data path (rings, doorbells, the TAP queue) is the worker's alone: r
 producer, single consumer, and nothing of the flow crosses a process. Kick, Resize, CloseChannel
 and FlushQueue on that channel are relayed.
 
-A relayed request does not hold usnetd's loop: it is sent without waiting (`ShardedDomain._send`),
+A relayed request does not hold usnetd's loop: it is sent without waiting (`Relay.send`),
 its client's session parked (its later requests stay unread in its socket, so none overtakes
 the answer; only its end is heard), and the worker's reply, read in the loop like any event
-(`_hear_line`), is checked and made the client's answer (`_answer`). Meanwhile the loop serves
+(`Relay.hear`), is checked and made the client's answer (`Relay.answer`). Meanwhile the loop serves
 everyone else. When the client's session ends, usnetd half-closes its
 sessions in the workers, which end theirs as OWNER_GONE: the flows are defuncted and their TCP
 peers reset, as on one core. Their ports (flows' and connector blocks') stay reserved in usnetd's
 namespace, "draining", till the worker closes its end, which it does once it has let them go
-(`_drained`); a request for one meanwhile waits, its session parked, and is served then
-(`_defer`), so no client is given a port a worker still holds. A worker that dies or hangs frees
+(`Drains.drained`); a request for one meanwhile waits, its session parked, and is served then
+(`Drains.defer`), so no client is given a port a worker still holds. A worker that dies or hangs frees
 them with its death; one that has not closed its end DRAIN_LIMIT s on is judged as one that
-leaves a request unanswered (`_check_drains`). `usnet status` shows each worker's drains.
+leaves a request unanswered (`Drains.check`). `usnet status` shows each worker's drains.
 
 Neighbours: ARP and neighbour discovery arrive on queue 0, so usnetd tells every worker each
 neighbour it learns; a worker that asks itself (its own ARP request) is answered through that.
@@ -59,13 +59,13 @@ On a packet netif too: the replacement finds its queue's ring positions again
 A hung worker (alive but silent: SIGSTOP, stuck in a loop, blocked): usnetd asks each worker
 every HEARTBEAT s whether its loop turns (b"H" on the command socket, answered b"h", sent and read
 without waiting); one that leaves it unanswered HUNG_AFTER s, or a relayed request unanswered
-WORKER_TIMEOUT s (START_TIMEOUT for a worker not yet heard from; `_check_relays`), is suspect, and
-judged from /proc (usnet.domain.liveness, `_suspect`): stopped, asleep with the request unread, or
+WORKER_TIMEOUT s (START_TIMEOUT for a worker not yet heard from; `Relay.check`), is suspect, and
+judged from /proc (usnet.domain.liveness, `Supervisor.suspect`): stopped, asleep with the request unread, or
 spinning on its CPU, it is hung; runnable but starved of CPU (a loaded machine), it is given more
 time, up to HARD_LIMIT s. A hung worker is killed and replaced as a dead one, its clients told
 "usnetd worker k (pid N) hung (...)". An open that found it hung is asked once more of the
 replacement; its other waiting requests fail with ENETDOWN and the reason. usnetd's loop never
-waits on a worker: `usnet status` too asks each worker without waiting (`_gather_status`), the
+waits on a worker: `usnet status` too asks each worker without waiting (`StatusGather`), the
 answer sent when the last part is read, or at WORKER_TIMEOUT with a silent worker "not answering".
 
 A paced netif (`link_rate`) is one link for all workers: their queues' schedulers share it through
@@ -79,8 +79,8 @@ per worker. A client opens worker 0's (here) and learns N from its FlowOpened, t
 k's from its share (p mod N == k, so the server's answers reach queue k), and relays each block
 to worker k as an explicit list (`AddPorts.ports`, which only usnetd's sessions in a worker may
 send; a client's is EPERM); the worker holds them in its port space and binds each by its SYN.
-ReturnPorts and ReleasePorts are relayed (`_worker_ports`); a dead worker's blocks are released
-here with its channels (`_drop_proxied`).
+ReturnPorts and ReleasePorts are relayed (`WorkerChannels`); a dead worker's blocks are released
+here with its channels (`WorkerChannels.drop_worker`).
 
 Multicast (usnet.domain.switch.multicast): a group datagram to port p comes to queue p mod N, as
 any, so worker k's flows join their groups there (JoinGroup is relayed) and it delivers to them;
@@ -129,10 +129,16 @@ Linux's device filter, not by its own flows' part of it.
 Not yet (see the design notes): a wildcard listener's loopback half is not made for a port of
 another worker.
 
-The modules, one job each: `sharded` (worker 0 and the control plane: `ShardedDomain`), `worker`
-(worker k: `WorkerDomain`), `link` (usnetd's end of one worker: `WorkerLink`), `spawner` (forking
-the workers at start and their replacements: `start_workers`, `Spawner`), `messages` (the command
-socket's byte layouts, docs/abi.md), `gate` (the room on a command socket for what clients and the
-link make: `send_within`), `relayed` (the records of relayed requests), `bounds` (the time bounds),
-`steering` (which worker serves a port: `worker_of`). This module holds only the design.
+The modules, one job each: `sharded` (worker 0 and the control plane: `ShardedDomain`, which
+composes the next five), `relay` (usnetd's sessions in the workers, the requests sent on them and
+their deadlines, the answers: `Relay`), `supervisor` (heartbeats, a hung or dead worker judged and
+replaced: `Supervisor`), `drains` (a departed client's ports held till its worker lets them go, and
+the requests that wait for them: `Drains`), `channels` (the client channels a worker serves: opens,
+connectors' ports, leases, groups, their release: `WorkerChannels`), `status` (`usnet status`
+gathered from every worker: `StatusGather`), `worker` (worker k: `WorkerDomain`), `link` (usnetd's
+end of one worker: `WorkerLink`), `spawner` (forking the workers at start and their replacements:
+`start_workers`, `Spawner`), `messages` (the command socket's byte layouts, docs/abi.md), `gate`
+(the room on a command socket for what clients and the link make: `send_within`), `relayed` (the
+records of relayed requests), `bounds` (the time bounds), `steering` (which worker serves a port:
+`worker_of`). This module holds only the design.
 """

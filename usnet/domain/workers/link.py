@@ -38,7 +38,7 @@ class WorkerLink:
         self.started = time.monotonic()
         self.asked: float | None = None  # when the heartbeat it has not answered yet was sent
         self.ready = False  # it answered a heartbeat: its loop runs (until then START_TIMEOUT applies)
-        # when a passed deadline last made usnetd look at it (/proc: `ShardedDomain._suspect`), and
+        # when a passed deadline last made usnetd look at it (/proc: `Supervisor.suspect`), and
         # its CPU ticks then; whether it was found starved since it last answered (logged once)
         self.probe: tuple[float, int] | None = None
         self.starved = False

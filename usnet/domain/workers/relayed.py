@@ -1,4 +1,4 @@
-"""The records usnetd keeps of what it relayed to its workers (usnet.domain.workers.sharded): a
+"""The records usnetd keeps of what it relayed to its workers (usnet.domain.workers.relay and the duties beside it): a
 request waiting for its answer (`Waiting`), usnetd's session in a worker for one client (`Line`),
 a status being gathered (`Gather`), a client's flow served by a worker (`Proxied`), and the
 marks of an answer still to come (`LATER`) or lost with its worker (`WorkerLost`). Plain data,
@@ -23,7 +23,7 @@ class WorkerLost(OSError):
 
 
 # What `_dispatch` returns for a request sent to a worker: its answer goes to the client when the
-# worker's reply is read in the loop (`ShardedDomain._hear_line`), not now. Told by identity.
+# worker's reply is read in the loop (`Relay.hear`, usnet.domain.workers.relay), not now. Told by identity.
 LATER: P.Reply = P.Done()
 
 
@@ -36,13 +36,13 @@ class Waiting:
     done: Callable[[P.Reply, list[int]], tuple[P.Reply, list[int]]]  # the worker's reply -> the client's
     undo: Callable[[], None]  # releases what usnetd took for it, when it is not answered
     again: Callable[[], tuple[P.Reply, list[int]]] | None  # asks the worker's replacement (an open)
-    deadline: float  # monotonic: unanswered then, the worker is suspect (`ShardedDomain._suspect`)
+    deadline: float  # monotonic: unanswered then, the worker is suspect (`Supervisor.suspect`)
     bound: float  # the seconds that deadline allowed
     asked: float  # monotonic: when it was sent (a starved worker's HARD_LIMIT counts from then)
-    live: bool = True  # False once answered or given up: its entry in `ShardedDomain._due` is stale
+    live: bool = True  # False once answered or given up: its entry in `Relay.due` is stale
 
 
-@dataclass(eq=False)  # hashed by identity: one per session and worker (`ShardedDomain._draining`)
+@dataclass(eq=False)  # hashed by identity: one per session and worker (`Drains.draining`)
 class Line:
     """usnetd's session in worker `index` for one client session: a SEQPACKET socket, watched by
     usnetd's loop ("relay"), and the requests sent on it that wait for an answer, oldest first
@@ -52,12 +52,12 @@ class Line:
     index: int
     sock: socket.socket
     waiting: deque[Waiting] = field(default_factory=deque)
-    ended: float = 0.0  # monotonic: when usnetd half-closed it (draining: `ShardedDomain._check_drains`)
+    ended: float = 0.0  # monotonic: when usnetd half-closed it (draining: `Drains.check`)
 
 
 @dataclass(eq=False)  # one status request: compared by identity
 class Gather:
-    """A Status snapshot being assembled for a client (`ShardedDomain._gather_status`): usnetd's
+    """A Status snapshot being assembled for a client (`StatusGather.gather`): usnetd's
     own part, taken when asked, and each worker's netifs as its (paged) reply is read."""
 
     session: Session  # parked till `answered`
