@@ -95,11 +95,15 @@ def _scenario(family: int, new, me: str, group: str, ifindex: int) -> dict[str, 
 
         def send(tag: bytes) -> None:
             """Each sender's datagrams of the phase `tag`, then a barrier: a datagram of each to a
-            socket of its own worker's port, heard after the stack took the phase's (a usnet
-            socket's send returns before its worker has: the next join must not overtake them)."""
+            socket of the other worker's port, heard after the stack took the phase's (a usnet
+            socket's send returns before its worker has: the next join must not overtake them).
+            The other worker's: a group datagram looped to a port of the other worker goes by
+            usnetd (b"L"), and so does this barrier, behind it on the same command sockets; a
+            barrier to the sender's own worker was heard while the looped one could still be on
+            its way, and a leave relayed meanwhile overtook it (c1 missed worker 0's "on")."""
             for s, port, to in ((s0, S0, P1), (s1, S1, P1), (s1, S1, P0)):
                 s.sendto(b"%d" % (port % 2) + tag.ljust(7), (group, to))
-            for s, bar in zip(senders, bars):
+            for s, bar in zip(senders, reversed(bars)):
                 s.sendto(tag, (me, bar.getsockname()[1]))
                 bar.settimeout(WAIT)
                 assert bar.recv(100) == tag
@@ -122,7 +126,8 @@ def test_a_listener_hears_a_group_the_host_holds_on_the_other_worker_and_loops_g
     to the group while m0 on worker 0's port is in it, and nothing before the join or after the
     leave; d1 (MC_ALL off) nothing; m0 what worker 1's sender loops to its port while it is in;
     as the kernel's sockets. Worker 1 handed usnetd only its two datagrams for a group the host
-    held (none of "pre" and "off"), and usnetd worker 1 only its sender's two."""
+    held (none of "pre" and "off"), and usnetd worker 1 only its sender's two; besides those, each
+    hand-over way carried the four barriers (one a phase)."""
     from usnet import socket as us
 
     d, family = tapd2, tapd2.family
@@ -133,7 +138,8 @@ def test_a_listener_hears_a_group_the_host_holds_on_the_other_worker_and_loops_g
                       "d1": []}, kernel
     assert _scenario(family, us.socket, mine, g_usnet, 0) == kernel
     (counts0, _), (counts1, drops1) = _netif(d.path)
-    assert counts1.get("rx_handed_over") == 2 and counts0.get("rx_handed_over") == 2, (counts0, counts1)
+    barriers = 4  # one a phase each way: `send`'s, to the other worker's port
+    assert counts1.get("rx_handed_over") == counts0.get("rx_handed_over") == 2 + barriers, (counts0, counts1)
     assert "host_groups_refused" not in drops1, drops1
 
 
