@@ -976,10 +976,15 @@ class DatagramFace(socket):
         if level == SOL_SOCKET:
             if opt == SO_ERROR:
                 eng = self._engine
-                err = None if eng is None else eng.pending or eng.error
-                if eng is not None and eng.pending is not None:
-                    eng.pending = None
-                    self._update()
+                if eng is None:
+                    return 0
+                # under the lock, as the pump that set the error: its `_update` half done (the
+                # pair showing POLLERR, its `error` not yet True) would leave POLLERR after the read
+                with eng.lock:
+                    err = eng.pending or eng.error
+                    if eng.pending is not None:
+                        eng.pending = None
+                        self._update()
                 return 0 if err is None else err.errno or errno.EIO
             if opt == _std.SO_TYPE:
                 return SOCK_DGRAM
