@@ -15,6 +15,7 @@ next server answers; the hosts file comes before DNS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -52,6 +54,30 @@ def ask_udp(server: tuple[str, int], name: str, timeout: float) -> dns.Message |
             return None
 
 
+@contextlib.contextmanager
+def dnsmasq_at(host_ip: str, probe: str, *options: str) -> Iterator[subprocess.Popen]:
+    """dnsmasq in the foreground on `host_ip` port 53 with `options` (its records, say) beside the
+    ones every test's needs (no config, resolv.conf or hosts file of the machine's); ready once a
+    query for `probe` is answered (within 10 s, else AssertionError with its stderr); stopped after."""
+    proc = subprocess.Popen(
+        [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
+         "--user=root", "--bind-interfaces", f"--listen-address={host_ip}", "--port=53", *options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while ask_udp((host_ip, 53), probe, 0.2) is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"dnsmasq did not start: {proc.communicate()[1]!r}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 class World:
     """dnsmasq on the kernel side of the TAP, a hosts file and a resolv.conf, for usnet and glibc alike."""
 
@@ -68,31 +94,21 @@ class World:
         self.resolv = tmp_path / "resolv.conf"
         self.resolv.write_text(f"nameserver {self.host_ip}\nsearch usnet.test\noptions timeout:2 attempts:2\n")
         records = [f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)]
-        self.proc = subprocess.Popen(
-            [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
-             "--bogus-priv", "--user=root", "--bind-interfaces", f"--listen-address={self.host_ip}", "--port=53",
-             f"--address=/example.test/10.{x}.0.1", "--address=/nx.test/",
-             f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7", f"--host-record=v6only.usnet.test,fd00:{x}::8",
-             "--cname=alias.usnet.test,www.usnet.test", f"--host-record=hosted.test,10.{x}.0.99",
-             *records],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
+        self._dnsmasq = contextlib.ExitStack()
         try:  # a dnsmasq that did not start in time (or a timeout meanwhile) is stopped, not left running
-            while ask_udp((self.host_ip, 53), "www.usnet.test", 0.2) is None:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.proc.kill()
-                    raise AssertionError(f"dnsmasq did not start: {self.proc.communicate()[1]!r}")
+            self.proc = self._dnsmasq.enter_context(dnsmasq_at(
+                self.host_ip, "www.usnet.test", "--bogus-priv", f"--address=/example.test/10.{x}.0.1",
+                "--address=/nx.test/", f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7",
+                f"--host-record=v6only.usnet.test,fd00:{x}::8", "--cname=alias.usnet.test,www.usnet.test",
+                f"--host-record=hosted.test,10.{x}.0.99", *records))
         except BaseException:
-            self.proc.kill()
-            self.proc.wait()
             self.client.close()
             raise
         resolver.configure(hosts=str(self.hosts), resolv_conf=str(self.resolv))
 
     def close(self) -> None:
         resolver.configure()
-        self.proc.terminate()
-        self.proc.wait(10)
+        self._dnsmasq.close()
         self.client.close()
 
     def usnet(self, fn: str, *args, **kw):

@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from tests.client.test_greenrefuse import need_gevent
-from tests.interop.test_names import ask_udp, need_dnsmasq
+from tests.interop.test_names import dnsmasq_at
 from tests.interop.test_patch import (
     LIMIT,
     PeerProgram,
@@ -100,23 +100,10 @@ def dnsmasq_auth(usnetd_path):  # noqa: F811  (the fixture imported above)
     """dnsmasq authoritative for usnet.test (AXFR allowed to usnet's address and the kernel's), with
     ZONE A records: a transfer of some 10 kB, over several segments. Yields its address."""
     _, usnet_ip, host_ip = usnetd_path
-    proc = subprocess.Popen(
-        [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
-         "--user=root", "--bind-interfaces", f"--listen-address={host_ip}", "--port=53",
-         f"--auth-server=ns.usnet.test,{host_ip}", "--auth-zone=usnet.test", f"--auth-peer={usnet_ip},{host_ip}",
-         *[f"--host-record=h{i}.usnet.test,10.9.{i // 250}.{i % 250 + 1}" for i in range(ZONE)]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(50):
-            if ask_udp((host_ip, 53), "h1.usnet.test", 0.2) is not None or proc.poll() is not None:
-                break
-        assert ask_udp((host_ip, 53), "h1.usnet.test", 1.0) is not None, "dnsmasq did not start"
+    with dnsmasq_at(host_ip, "h1.usnet.test", f"--auth-server=ns.usnet.test,{host_ip}", "--auth-zone=usnet.test",
+                    f"--auth-peer={usnet_ip},{host_ip}",
+                    *[f"--host-record=h{i}.usnet.test,10.9.{i // 250}.{i % 250 + 1}" for i in range(ZONE)]):
         yield host_ip
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_dnspython_transfers_a_zone_as_on_the_kernel(usnetd_path, dnsmasq_auth):  # noqa: F811

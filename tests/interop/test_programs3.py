@@ -31,7 +31,7 @@ import zipfile
 import pytest
 
 from tests.helpers.util import server_context
-from tests.interop.test_names import BIG, ask_udp, need_dnsmasq
+from tests.interop.test_names import BIG, dnsmasq_at
 from tests.interop.test_patch import (  # noqa: F401  (a fixture)
     LIMIT,
     PeerProgram,
@@ -77,24 +77,12 @@ def dnsmasq(usnetd_path):  # noqa: F811  (the fixture imported above)
     ~3.3 KB, in IP fragments, past a flow's 2 KiB packet). Yields its address."""
     _, _, host_ip = usnetd_path
     x = host_ip.split(".")[1]
-    proc = subprocess.Popen(
-        [need_dnsmasq(), "--no-daemon", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
-         "--user=root", "--bind-interfaces", f"--listen-address={host_ip}", "--port=53", "--address=/nx.test/",
-         f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7", "--cname=alias.usnet.test,www.usnet.test",
-         *[f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)],
-         "--edns-packet-max=4096", *[f"--host-record=huge.usnet.test,10.{x}.2.{i}" for i in range(1, HUGE + 1)]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(50):
-            if ask_udp((host_ip, 53), "www.usnet.test", 0.2) is not None or proc.poll() is not None:
-                break
-        assert ask_udp((host_ip, 53), "www.usnet.test", 1.0) is not None, "dnsmasq did not start"
+    with dnsmasq_at(host_ip, "www.usnet.test", "--address=/nx.test/",
+                    f"--host-record=www.usnet.test,10.{x}.0.7,fd00:{x}::7", "--cname=alias.usnet.test,www.usnet.test",
+                    *[f"--host-record=big.usnet.test,10.{x}.1.{i}" for i in range(1, BIG + 1)],
+                    "--edns-packet-max=4096",
+                    *[f"--host-record=huge.usnet.test,10.{x}.2.{i}" for i in range(1, HUGE + 1)]):
         yield host_ip
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.mark.parametrize("tap_domain", [True, False], ids=["offload", "plain"], indirect=True)
