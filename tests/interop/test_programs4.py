@@ -368,7 +368,7 @@ def test_an_alarm_a_programs_own_thread_takes_still_ends_the_call_whole(usnetd_p
     # round trips may all beat the first; under usnet some must not, or nothing was tested)
     assert o.pop("alarms")
     t.pop("alarms")
-    assert o == t == {"in-order-once": True, "lost-at-most-one-per-alarm": True, "last": True}
+    assert o == t == {"in-order-once": True, "lost-only-where-an-alarm-ended-a-recv": True, "end": True}
 
 
 def test_the_program_sees_its_own_signal_handlers_as_on_the_kernel(usnetd_path):  # noqa: F811
