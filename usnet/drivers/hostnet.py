@@ -40,7 +40,6 @@ def delete_links(names: list[str]) -> None:
 
 
 RTN_LOCAL = 2  # a route's type: the address is the host's own (include/uapi/linux/rtnetlink.h)
-IFA_F_NODAD = 0x02  # an address flag: no duplicate address detection (include/uapi/linux/if_addr.h)
 
 
 def add_address6(ipr: Any, index: int, address: str, prefixlen: int, timeout: float = 5.0) -> None:
@@ -55,6 +54,7 @@ def add_address6(ipr: Any, index: int, address: str, prefixlen: int, timeout: fl
     `ipr` is an IPRoute or a NetNS of pyroute2's; OSError if the route is not there in `timeout`.
     """
     from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
     def local() -> bool:
         try:
