@@ -87,8 +87,8 @@ def _host_side(ifnames: set[str], host_if: str, host_address: str, host_address6
         # queueing discipline only when the carrier comes, later, from the kernel's link-watch work
         # queue; until then what the kernel sends by it is dropped (17 of 200 datagrams sent right
         # after the peer came up, measured on a bare veth). The end brought up second has its carrier
-        # at once. usnet's end sends past the
-        # queueing discipline (PACKET_QDISC_BYPASS, usnet.drivers.packet), so its order does not matter.
+        # at once. usnet's end sends past the queueing discipline (PACKET_QDISC_BYPASS,
+        # usnet.drivers.packet), so its order does not matter.
         for name in sorted(ifnames, key=lambda n: n == host_if):
             # a deep host-side queue: usnet reads in batches, the kernel should not drop meanwhile
             ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up", txqlen=10000)
