@@ -249,9 +249,9 @@ class DatagramReadiness(Readiness):
     for a disconnection and stops the port (connectionRefused is not called). A stream pair
     can show POLLERR only once, at its end, so this is an AF_UNIX *datagram* pair: one
     datagram from the other end (`_b`) makes `fileno` (`_a`) readable; for the error `_a` sends
-    a datagram to `_b` and `_b` connects to a third socket (the process's sink) and back, which
-    leaves `_a` with ECONNRESET pending (unix_dgram_disconnected: the peer that left had our
-    datagram unread) until SO_ERROR reads it. `_a` is autobound (an abstract name) the first
+    a datagram to `_b` and `_b` disconnects (connect AF_UNSPEC, `_disconnect`) and connects back
+    to `_a`'s name, which leaves `_a` with ECONNRESET pending (unix_dgram_disconnected: the peer
+    that left had our datagram unread) until SO_ERROR reads it. `_a` is autobound (an abstract name) the first
     time, so `_b` can connect back. Always writable: a usnet datagram socket never blocks a
     send on its buffer (`DatagramFace._poll_state`).
     """
