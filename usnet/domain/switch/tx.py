@@ -382,7 +382,7 @@ class TransmitPath(HostDuties):
                 by_port = flow.binds is not None
                 last: dict[bytes, bytes] = {}
                 for q in passed:
-                    end = self._remote_end(q, family, by_port)
+                    end = TcpSeen.remote_end(q, family, by_port)
                     last.pop(end, None)
                     last[end] = q
                 passed = list(last.values())
@@ -392,15 +392,6 @@ class TransmitPath(HostDuties):
         flow.stats["tx_bytes"] += nbytes
         self._advise(flow)
         return len(pkts)
-
-    @staticmethod
-    def _remote_end(p: bytes, family: int, by_port: bool) -> bytes:
-        """The remote address and port of a checked packet (and its local port, `by_port`: a
-        connector's), as TcpSeen tells remote ends apart (`TcpSeen._last_per_end`)."""
-        if family == 4:
-            l4 = (p[0] & 0xF) << 2
-            return p[16:20] + p[l4 + (0 if by_port else 2) : l4 + 4]
-        return p[24:40] + p[(40 if by_port else 42) : 44]
 
     def _tx_fast_ok(self, flow: Flow, rows: np.ndarray, lens: np.ndarray,
                     gso: np.ndarray | None = None) -> np.ndarray:

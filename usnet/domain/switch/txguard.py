@@ -171,17 +171,21 @@ class TcpSeen:
             self.note(rows[i, base : base + min(n, _HEADS)].tobytes(), family, n)
 
     @staticmethod
+    def remote_end(p: bytes, family: int, by_port: bool = False) -> bytes:
+        """What tells a checked TCP packet's remote ends apart here: the remote address and port
+        (and the local port, `by_port`: a connector's flow holds many), from its IP header on."""
+        if family == 4:
+            l4 = (p[0] & 0xF) << 2
+            return p[16:20] + p[l4 + (0 if by_port else 2) : l4 + 4]
+        return p[24:40] + p[(40 if by_port else 42) : 44]
+
+    @staticmethod
     def _last_per_end(rows: np.ndarray, idx: np.ndarray, base: int, family: int, by_port: bool = False) -> list[int]:
         """The last row of each remote end (and local port, `by_port`), parsed one by one (IPv6,
         IPv4 with options, or a connector's)."""
         by_end: dict[bytes, int] = {}
         for i in idx.tolist():
-            r = rows[i]
-            if family == 4:
-                l4 = base + ((int(r[base]) & 0xF) << 2)
-                end = r[base + 16 : base + 20].tobytes() + r[l4 + (0 if by_port else 2) : l4 + 4].tobytes()
-            else:
-                end = r[base + 24 : base + 40].tobytes() + r[base + (40 if by_port else 42) : base + 44].tobytes()
+            end = TcpSeen.remote_end(rows[i, base : base + _HEADS].tobytes(), family, by_port)
             by_end.pop(end, None)
             by_end[end] = i
         return sorted(by_end.values())
