@@ -23,9 +23,10 @@ from usnet.client import Client
 from usnet.client.channel import Channel
 from usnet.domain.loop import Domain
 
-__all__ = ["SIZES", "memory_per_channel", "self_pps", "usnet_mps"]
+__all__ = ["SIZES", "ZERO_COPY_SIZE", "memory_per_channel", "self_pps", "usnet_mps"]
 
 SIZES = (64, 1500, 9000, 65536)
+ZERO_COPY_SIZE = 65536  # the row where the copy is the cost: issue 18's zero-copy row
 BATCH = 256
 
 
@@ -38,17 +39,33 @@ def schema_for(size: int) -> tuple[str, dict[str, int]]:
     return "bulk", {"buf_size": 16384, "buflets": 4, "packets": 1024, "ring_size": 512}
 
 
-def send_loop(ch: Channel, size: int, count: int, progress: Callable[[int], None] | None = None) -> None:
-    """Send `count` packets of `size` bytes; `progress(n)` is told every 64 batches."""
+def send_loop(ch: Channel, size: int, count: int, progress: Callable[[int], None] | None = None,
+              zero_copy: bool = False) -> None:
+    """Send `count` packets of `size` bytes; `progress(n)` is told every 64 batches.
+
+    By default the sender copies a prepared payload into each packet, as a
+    socket's `send` copies it into the kernel. With `zero_copy` it builds each
+    message where it will be read, in the packet: it writes the message's first
+    and last byte (a sequence number's low byte, the bytes the receiver reads)
+    and copies nothing, as an application that formats its data straight into
+    the buffer does. The socketpair it is set beside has no such path.
+    """
     payload = b"\xa5" * size
     views, umd = ch.packet_views(), ch.umd
     sent = 0
     batches = 0
+    last = size - 1
     while sent < count:
         pkts = ch.alloc(min(BATCH, count - sent))
-        for p in pkts:
-            views[p][:size] = payload
-            umd[p * UMD_WORDS] = size
+        if zero_copy:
+            for p in pkts:
+                v = views[p]
+                v[0] = v[last] = p & 0xFF
+                umd[p * UMD_WORDS] = size
+        else:
+            for p in pkts:
+                views[p][:size] = payload
+                umd[p * UMD_WORDS] = size
         ch.send(pkts)
         sent += len(pkts)
         batches += 1
@@ -88,8 +105,8 @@ def _peer_main(fd: int, result_fd: int, name: str, count: int) -> None:
 
 
 def usnet_mps(size: int, count: int, domain: Domain | None = None,
-              progress: Callable[[int], None] | None = None) -> float:
-    """Messages/s through a user pipe from this process to a receiving child process."""
+              progress: Callable[[int], None] | None = None, zero_copy: bool = False) -> float:
+    """Messages/s through a user pipe from this process to a receiving child process (`send_loop`'s `zero_copy`)."""
     own = domain is None
     dom = domain or Domain()
     name = f"bench-{os.getpid()}-{size}-{time.monotonic_ns()}"
@@ -100,7 +117,7 @@ def usnet_mps(size: int, count: int, domain: Domain | None = None,
     child = spawn_app(dom, "usnet.bench.pipe", "--peer", str(w), name, str(count), keep=(w,))
     os.close(w)
     try:
-        send_loop(tx, size, count, progress)
+        send_loop(tx, size, count, progress, zero_copy)
         data = read_all(r)
         if child.wait(60) != 0 or not data:
             raise RuntimeError(f"pipe bench receiver failed ({child.failure()})")

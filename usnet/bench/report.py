@@ -18,7 +18,7 @@ def run_pipe_bench(quick: bool, console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     results = []
     with Progress(console=console, transient=True) as prog:
-        task = prog.add_task("bench pipe", total=len(pipe.SIZES) * 4 + 2)
+        task = prog.add_task("bench pipe", total=len(pipe.SIZES) * 4 + 3)
         for size in pipe.SIZES:
             base = baselines.count_for(size, quick)
             row: dict = {"size": size}
@@ -33,6 +33,13 @@ def run_pipe_bench(quick: bool, console: Console | None = None) -> dict:
                 prog.advance(task)
             row["ratio_socketpair"] = row["usnet_mps"] / row["socketpair_mps"]
             results.append(row)
+            if size == pipe.ZERO_COPY_SIZE:  # the same socketpair, against a sender that copies nothing
+                prog.update(task, description=f"{size} B: usnet, zero-copy")
+                zc = {"size": size, "zero_copy": True, "usnet_mps": pipe.usnet_mps(size, base * 2, zero_copy=True)}
+                zc.update({k: row[k] for k in ("socketpair_mps", "udp_mps", "mpqueue_mps")})
+                zc["ratio_socketpair"] = zc["usnet_mps"] / zc["socketpair_mps"]
+                results.append(zc)
+                prog.advance(task)
         prog.update(task, description="one process to itself")
         self_pps = pipe.self_pps(64, 200_000 if quick else 1_000_000)
         prog.advance(task)

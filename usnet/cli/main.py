@@ -196,7 +196,8 @@ def _show_pipe(result: dict, out: Console) -> None:
     for col in ("size", "usnet", "socketpair", "udp", "mp.Queue", "× socketpair"):
         table.add_column(col, justify="right")
     for r in result["results"]:
-        table.add_row(str(r["size"]), _fmt(r["usnet_mps"]), _fmt(r["socketpair_mps"]),
+        size = f"{r['size']} zero-copy" if r.get("zero_copy") else str(r["size"])
+        table.add_row(size, _fmt(r["usnet_mps"]), _fmt(r["socketpair_mps"]),
                       _fmt(r["udp_mps"]), _fmt(r["mpqueue_mps"]), f"{r['ratio_socketpair']:.2f}")
     out.print(table)
     extra = result["extra"]
