@@ -28,10 +28,11 @@ TERMS = {"service_class": "voice", "max_packet": 1200, "latency_target": 0.05}
 CAPACITY = 2e7  # link_rate 1e8 * ll_share 0.2
 
 
-def entry(program: str, max_rate: float, total_rate: float | None = None) -> str:
+def entry(program: str, max_rate: float, total_rate: float | None = None, min_target: float | None = None) -> str:
     total = "" if total_rate is None else f"total_rate = {total_rate:g}\n"
+    least = "" if min_target is None else f"min_target = {min_target:g}\n"
     return (f'\n[[policy]]\nuid = 0\nprogram = "{program}"\nclasses = ["voice"]\nmax_rate = {max_rate:g}\n'
-            f"max_packet = 1200\n{total}")
+            f"max_packet = 1200\n{total}{least}")
 
 
 @pytest.fixture
@@ -185,3 +186,46 @@ def test_nonsense_in_an_event_ring_s_consumer_counter_loses_only_its_own_events(
         c.close()
     h.assert_recovered("nonsense in an event ring's consumer counter")
     h.finish("nonsense in an event ring's consumer counter")
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("min_target", [None, 0.004], ids=["no-min-target", "min-target-4ms"])
+def test_a_lease_with_the_tightest_target_it_can_get_vetoes_only_what_its_entry_allows(ll_usnetd, min_target):
+    """Issue 37. The attacker bisects for the tightest target a lease of 1 bit/s and 20-byte packets
+    is granted, and holds it. Without the defence that is the netif's bound with that lease alone
+    (2.75 ms), and every later burst raises the bound past it: OVER_SUBSCRIBED for everyone. Its
+    entry without min_target gives it the full bound, and honest leases with 1,200-byte packets
+    fill three quarters of the netif's bursts beside it. An entry with min_target = 4 ms gives it
+    4 ms, and then the veto is the one its entry grants: a 1,200-byte burst is refused, naming
+    the lease and min_target, while voice-sized leases still get in."""
+    h = ll_usnetd(entry("veto", 1e7, min_target=min_target) + entry("voip", 1e7))
+    p = subprocess.Popen([sys.executable, str(ATTACKER), h.path, "veto", "veto"], stdout=subprocess.PIPE, text=True)
+    h.children.append(p)
+    held = json.loads(p.stdout.readline())
+    full_bound = lowlat(h, "the full bound")["full_bound"]["ll0"]  # access 2.73 ms + the 5 ms window
+    assert 0.0077 < full_bound < 0.0078
+    honest = Client.connect(h.path, program="voip")
+    try:
+        if min_target is None:
+            for rate in (1e7, 5e6):  # bursts of 6,250 and 3,125 bytes, of the 12,500 the window drains
+                lease = honest.request_lease(honest.udp_socket("ll0", 0), rate=rate, **TERMS)
+                assert lease.id > held["lease"]
+            want = ["veto", "voip", "voip"]
+        else:
+            with pytest.raises(LeaseRefusedError) as e:
+                honest.request_lease(honest.udp_socket("ll0", 0), rate=1e7, **TERMS)
+            assert e.value.reason is LeaseRefusal.OVER_SUBSCRIBED
+            assert f"lease {held['lease']}'s target" in e.value.message and "min_target" in e.value.message
+            for _ in range(4):  # 428-byte bursts: room for 7 under 4 ms
+                honest.request_lease(honest.udp_socket("ll0", 0), rate=64e3, service_class="voice", max_packet=200,
+                                     latency_target=0.05)
+            want = ["veto", "voip", "voip", "voip", "voip"]
+        ll = lowlat(h, "beside a tight lease")
+        assert sorted(x["program"] for x in ll["leases"]) == want, ll
+        least = full_bound if min_target is None else min_target  # what the attacker got
+        assert least <= held["target"] < least * 1.001, held
+    finally:
+        honest.close()
+    h.kill(p)
+    h.assert_recovered("a tight lease")
+    h.finish("a tight lease")

@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,7 +95,10 @@ ENTRIES = [
     PolicyEntry(frozenset({"video"}), 5e8, 1500, program="a"),
     PolicyEntry(frozenset(SERVICE_CLASSES), 1e12, 65535, uid=0),
     PolicyEntry(frozenset({"control"}), 1e6, 200, uid=1000, program="c"),
+    PolicyEntry(frozenset({"voice"}), 1e8, 1500, uid=2000, min_target=0.003),  # may ask for tight targets
 ]
+#: An entry whose leases may ask for tight targets (under a netif's full bound).
+TIGHT = PolicyEntry(frozenset({"voice"}), 1e8, 1500, uid=1000, program="t", min_target=0.002)
 policies = st.lists(st.sampled_from(ENTRIES), max_size=4).map(Policy)
 NAN, INF = float("nan"), float("inf")
 requests = st.tuples(
@@ -102,9 +106,14 @@ requests = st.tuples(
     st.sampled_from([*SERVICE_CLASSES, "gold", ""]),
     st.sampled_from([1e3, 1e6, 3e6, 5e7, 1e8, 1.5e8, 2e8, 5e8, 0, -5, NAN, INF, 2e12, True]),
     st.sampled_from([20, 200, 1500, 0, 19, 1501, 9000, 65536, 1.5]),
-    st.sampled_from([1e-4, 0.003, 0.01, 0.05, 1.0, 60.0, 0.0, -1, NAN, INF, 61.0]))
+    st.sampled_from([1e-4, 0.003, 0.004, 0.008, 0.01, 0.012, 0.05, 1.0, 60.0, 0.0, -1, NAN, INF, 61.0]))
+#: Requests with sound parameters, so that entitlement and admission are what decides (tight targets too).
+sound_requests = st.tuples(
+    st.just("request"), st.sampled_from(WHO), st.sampled_from(["fast", "slow"]), st.integers(0, 5),
+    st.sampled_from(SERVICE_CLASSES), st.sampled_from([1e3, 1e6, 3e6, 5e7, 1e8]), st.sampled_from([20, 200, 1500]),
+    st.sampled_from([0.003, 0.004, 0.008, 0.012, 0.05]))
 ops = st.lists(st.one_of(
-    requests, requests,
+    requests, requests, sound_requests,
     st.tuples(st.just("renew"), st.integers(1, 12), st.sampled_from(WHO)),
     st.tuples(st.just("release"), st.integers(1, 12), st.sampled_from(WHO)),
     st.tuples(st.just("wait"), st.floats(0, 40)),
@@ -119,7 +128,8 @@ def snapshot(agent: Agent) -> dict:
 
 
 def assert_sound(agent: Agent) -> None:
-    """What holds after anything: grants fit, wait bounds hold, every lease is entitled and indexed."""
+    """What holds after anything: grants fit, wait bounds hold, every lease is entitled (its target
+    too: at least its entry's min_target, or the netif's full bound) and indexed."""
     assert len(agent._by_flow) == len(agent.leases)
     for name, link in LINKS.items():
         mine = [lease for lease in agent.leases.values() if lease.netif == name]
@@ -128,7 +138,20 @@ def assert_sound(agent: Agent) -> None:
             assert agent.wait_bound(name) <= min(lease.latency_target for lease in mine)
     for lease in agent.leases.values():
         assert lease.netif in LINKS and agent._by_flow[(lease.netif, lease.flow)] is lease
-        assert agent.policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet) is None
+        assert agent.policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet,
+                                  lease.latency_target, LINKS[lease.netif].full_bound) is None
+
+
+def vetoed(agent: Agent, netif: str, rate: float, pkt: int) -> bool:
+    """Whether a request of `rate` and `pkt` that is refused OVER_SUBSCRIBED had that coming: its
+    rate or its burst does not fit the netif (its full bound's window), or an older lease holds a
+    target under the full bound, which only a policy entry's min_target gives (assert_sound checks
+    that). Anything else is a veto no entitlement allowed (issue 37)."""
+    link = LINKS[netif]
+    mine = [lease for lease in agent.leases.values() if lease.netif == netif]
+    return (math.fsum([*(lease.rate for lease in mine), rate]) > link.capacity
+            or agent.wait_bound(netif, burst_of(rate, pkt)) > link.full_bound
+            or any(lease.latency_target < link.full_bound for lease in mine))  # assert_sound: by min_target
 
 
 @settings(max_examples=300, deadline=None)
@@ -144,6 +167,8 @@ def test_agent_never_oversubscribes_and_a_refusal_changes_nothing(policy, ops):
         if kind == "request":
             _, who, netif, flow, cls, rate, pkt, lat = op
             got = agent.request(who, netif, flow, cls, rate, pkt, lat, now, owner=who)
+            if isinstance(got, Refusal) and got.reason is LeaseRefusal.OVER_SUBSCRIBED:
+                assert vetoed(agent, netif, rate, pkt), got.message
             if isinstance(got, Refusal):
                 assert snapshot(agent) == before and got.message
                 nonsense = (cls not in SERVICE_CLASSES or isinstance(rate, bool) or not 0 < rate <= 1e12
@@ -185,10 +210,10 @@ def test_agent_never_oversubscribes_and_a_refusal_changes_nothing(policy, ops):
 
 
 def test_agent_refusals_each_name_their_reason():
-    agent = Agent(Policy([ENTRIES[0], ENTRIES[3]]), ttl=10.0)
+    agent = Agent(Policy([ENTRIES[0], ENTRIES[3], TIGHT]), ttl=10.0)
     agent.set_link("fast", LINKS["fast"])
     agent.set_link("slow", LINKS["slow"])
-    b = Who(1000, "b")
+    b, t = Who(1000, "b"), Who(1000, "t")
 
     def refused(*args, who=b, now=0.0) -> tuple[LeaseRefusal, str]:
         got = agent.request(who, *args, now, owner=who)
@@ -206,21 +231,60 @@ def test_agent_refusals_each_name_their_reason():
     assert refused("fast", 1, "voice", 2e8, 200, 0.05)[0] is LeaseRefusal.ABOVE_ENTITLEMENT
     # slow: 5 Mbit/s of LL, 2.4 ms horizon, LL every other slot of 1.2 ms: access 6.1 ms
     assert LINKS["slow"].capacity == 5e6 and 0.006 < LINKS["slow"].access < 0.0062
-    assert refused("slow", 1, "voice", 1e6, 200, 0.005)[0] is LeaseRefusal.LATENCY_UNACHIEVABLE
+    # a target under the netif's full bound (11.1 ms on slow) needs an entry's min_target ...
+    assert refused("slow", 1, "voice", 1e6, 200, 0.005) == (
+        LeaseRefusal.ABOVE_ENTITLEMENT, "uid 1000 (program 'b') may ask for latency targets of at least 11.1 ms "
+        "for 'voice' on this netif, not 5 ms (a tighter one needs a policy entry's min_target)")
+    # ... and with one, a target the wait bound with the lease alone passes is still unachievable
+    assert refused("slow", 1, "voice", 1e6, 200, 0.005, who=t)[0] is LeaseRefusal.LATENCY_UNACHIEVABLE
     first = agent.request(b, "slow", 1, "voice", 4e6, 1500, 0.05, 0.0, owner=b)
     assert isinstance(first, Grant) and first.burst == burst_of(4e6, 1500) == 3028
     assert refused("slow", 2, "voice", 2e6, 200, 0.05)[0] is LeaseRefusal.OVER_SUBSCRIBED
     assert refused("slow", 1, "voice", 1e3, 200, 0.05)[0] is LeaseRefusal.ALREADY_LEASED
-    # a lease whose burst would push the wait past the first lease's target is refused too
-    tight = agent.request(b, "fast", 1, "voice", 1e6, 200, 0.003, 0.0, owner=b)
+    # a lease whose burst would push the wait past a tight target its entry gave is refused too
+    tight = agent.request(t, "fast", 1, "voice", 1e6, 200, 0.003, 0.0, owner=t)
     assert isinstance(tight, Grant)
     reason, msg = refused("fast", 2, "voice", 1e8, 1500, 0.05)
-    assert reason is LeaseRefusal.OVER_SUBSCRIBED and f"lease {tight.id}'s target" in msg
+    assert reason is LeaseRefusal.OVER_SUBSCRIBED and f"lease {tight.id}'s target" in msg and "min_target" in msg
     assert agent.renew(first.id, Who(1000, "c"), 1.0).reason is LeaseRefusal.UNKNOWN_LEASE  # not its owner
     assert agent.renew(first.id, b, 10.0).reason is LeaseRefusal.UNKNOWN_LEASE  # expired at 10
     assert agent.refused == {"BAD_PARAMETERS": 2, "NO_LL_CAPACITY": 1, "NOT_ENTITLED": 2,
-                             "ABOVE_ENTITLEMENT": 1, "LATENCY_UNACHIEVABLE": 1, "OVER_SUBSCRIBED": 2,
+                             "ABOVE_ENTITLEMENT": 2, "LATENCY_UNACHIEVABLE": 1, "OVER_SUBSCRIBED": 2,
                              "ALREADY_LEASED": 1, "UNKNOWN_LEASE": 2}
+
+
+def test_a_tight_target_needs_an_entitlement_and_without_one_shuts_nobody_out():
+    """Issue 37: a lease of 1 bit/s whose target was the netif's bound with it alone refused every
+    later request there (each burst raised the bound past its target). Without a min_target the
+    tightest target is the full bound, and beside it honest leases fill the netif's bursts."""
+    agent = Agent(Policy([ENTRIES[2]]), ttl=10.0)
+    link = LINKS["fast"]
+    agent.set_link("fast", link)
+    root = Who(0, "a")
+    alone = agent.wait_bound("fast", burst_of(1, 20))
+    got = agent.request(root, "fast", 1, "voice", 1, 20, alone, 0.0, owner="hostile")
+    assert isinstance(got, Refusal) and got.reason is LeaseRefusal.ABOVE_ENTITLEMENT and "min_target" in got.message
+    assert isinstance(agent.request(root, "fast", 1, "voice", 1, 20, link.full_bound, 0.0, owner="hostile"), Grant)
+    for flow in range(2, 5):  # 3 x 31,250 bytes of burst: three quarters of what the window drains
+        got = agent.request(root, "fast", flow, "voice", link.capacity / 4, 1500, 0.05, 0.0, owner="honest")
+        assert isinstance(got, Grant), got
+    # with an entry's min_target the same lease is granted, and holds back only what that allows
+    agent = Agent(Policy([ENTRIES[2], replace(ENTRIES[2], program="t", min_target=alone)]), ttl=10.0)
+    agent.set_link("fast", link)
+    assert isinstance(agent.request(Who(0, "t"), "fast", 1, "voice", 1, 20, alone, 0.0, owner="tight"), Grant)
+    got = agent.request(root, "fast", 2, "voice", 1e6, 200, 0.05, 0.0, owner="honest")
+    assert isinstance(got, Refusal) and got.reason is LeaseRefusal.OVER_SUBSCRIBED
+
+
+def test_a_reload_that_takes_a_tight_target_away_revokes_its_lease():
+    agent = Agent(Policy([TIGHT]), ttl=10.0)
+    agent.set_link("fast", LINKS["fast"])
+    t = Who(1000, "t")
+    tight = agent.request(t, "fast", 1, "voice", 1e6, 200, 0.003, 0.0, owner=t)
+    loose = agent.request(t, "fast", 2, "voice", 1e6, 200, 0.05, 0.0, owner=t)
+    assert isinstance(tight, Grant) and isinstance(loose, Grant)
+    assert agent.reload(Policy([replace(TIGHT, min_target=None)]), 1.0) == [tight]
+    assert list(agent.leases.values()) == [loose]
 
 
 @pytest.mark.parametrize("kw, msg", [
@@ -228,6 +292,9 @@ def test_agent_refusals_each_name_their_reason():
     ({"uid": 1, "classes": frozenset()}, "classes"), ({"uid": 1, "classes": frozenset({"gold"})}, "classes"),
     ({"uid": 1, "max_rate": 0}, "max_rate"), ({"uid": 1, "max_rate": NAN}, "max_rate"),
     ({"uid": 1, "max_packet": 10}, "max_packet"),
+    ({"uid": 1, "min_target": 0.0}, "min_target"), ({"uid": 1, "min_target": -1.0}, "min_target"),
+    ({"uid": 1, "min_target": NAN}, "min_target"), ({"uid": 1, "min_target": INF}, "min_target"),
+    ({"uid": 1, "min_target": 61.0}, "min_target"), ({"uid": 1, "min_target": True}, "min_target"),
 ])
 def test_policy_entries_refuse_nonsense(kw, msg):
     args = {"classes": frozenset({"voice"}), "max_rate": 1e6, "max_packet": 200, **kw}
@@ -275,6 +342,7 @@ def test_a_class_change_moves_queued_frames_in_order_and_loses_none(to_ll):
 POLICY = Policy([
     PolicyEntry(frozenset({"voice", "interactive"}), 2e8, 1200, uid=ME),
     PolicyEntry(frozenset({"video"}), 1e8, 1200, uid=ME, program="vip"),
+    PolicyEntry(frozenset({"voice", "interactive"}), 1e6, 1200, uid=ME, program="tight", min_target=1e-5),
 ])
 PEER_B = ("10.9.0.2", 6000)  # the wire's b end, as a neighbour the switch knows (`know_b`)
 
@@ -409,7 +477,11 @@ def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
     refused(LeaseRefusal.OVER_SUBSCRIBED, lambda: c.request_lease(sa2.channel, **{**ok, "rate": 1e8}))
     refused(LeaseRefusal.ALREADY_LEASED, lambda: c.request_lease(sa.channel, **ok))
     refused(LeaseRefusal.NO_LL_CAPACITY, lambda: c.request_lease(sb.channel, **ok))
-    refused(LeaseRefusal.LATENCY_UNACHIEVABLE, lambda: c.request_lease(sa2.channel, **{**ok, "latency_target": 1e-4}))
+    # a target under the netif's full bound: beyond the entitlement, or (with min_target) unachievable
+    refused(LeaseRefusal.ABOVE_ENTITLEMENT, lambda: c.request_lease(sa2.channel, **{**ok, "latency_target": 1e-4}))
+    tight = Client.local(d, program="tight")
+    refused(LeaseRefusal.LATENCY_UNACHIEVABLE, lambda: tight.request_lease(tight.udp_socket("a", 5015).channel,
+                                                                            **{**ok, "latency_target": 1e-4}))
     refused(LeaseRefusal.ABOVE_ENTITLEMENT, lambda: c.request_lease(sa2.channel, **{**ok, "max_packet": 1400}))
     refused(LeaseRefusal.NOT_ENTITLED, lambda: c.request_lease(sa2.channel, service_class="video", **ok))
     # nonsense, in process (no decoder between): the agent's own checks
@@ -598,10 +670,11 @@ def test_config_policy_loads_checks_and_survives_dump(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('lease_ttl = 5.0\n[[policy]]\nuid = 1000\nclasses = ["voice"]\nmax_rate = 2e6\n'
                  'max_packet = 1200\n[[policy]]\nprogram = "vip"\nuid = 0\nclasses = ["video", "control"]\n'
-                 'max_rate = 1e8\nmax_packet = 1500\n')
+                 'max_rate = 1e8\nmax_packet = 1500\nmin_target = 0.004\n')
     cfg = config.load(str(p))
     assert cfg.lease_ttl == 5.0 and len(cfg.agent_policy()) == 2
     assert cfg.agent_policy().check(Who(1000, "x"), "voice", 2e6, 1200) is None
+    assert [e.min_target for e in cfg.agent_policy().entries] == [None, 0.004]
     p.write_text(config.dump(cfg))
     assert config.load(str(p)) == cfg
 
@@ -614,13 +687,18 @@ def test_config_policy_loads_checks_and_survives_dump(tmp_path):
     ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 99999', "max_packet"),
     ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6', "max_packet"),
     ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200\ncolour = "red"', "colour"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200\nmin_target = 0.0', "min_target"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200\nmin_target = -inf', "min_target"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200\nmin_target = 120', "min_target"),
+    ('[[policy]]\nuid = 1\nclasses = ["voice"]\nmax_rate = 1e6\nmax_packet = 200\nmin_target = "5ms"', "min_target"),
     ("lease_ttl = 0", "lease_ttl"), ("lease_ttl = inf", "lease_ttl"),
 ])
 def test_config_refuses_nonsense_policy(tmp_path, text, msg):
     p = tmp_path / "c.toml"
     p.write_text(text + "\n")
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(ValueError, match=msg) as e:
         config.load(str(p))
+    assert "\n" not in str(e.value)  # one line, naming the file and the key
 
 
 def policy_toml(ifname: str, entries: str) -> str:

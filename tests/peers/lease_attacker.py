@@ -8,6 +8,8 @@ runs ATTACK, prints one JSON line of what it got, and then (for `hold`) waits to
 - `steal CHANNEL LEASE`: asks for a lease on another session's channel, then renews and releases
   lease ids 1..64 (another's among them); prints the outcomes.
 - `hold RATE`: one flow, a lease of RATE, then sends on it and waits to be killed.
+- `veto`: one flow, the tightest latency target a lease of 1 bit/s and 20-byte packets is
+  granted (found by bisection, each probe released), held; prints it, waits to be killed.
 - `churn N`: N grant/release cycles, N refused requests and N renewals of nothing; prints counts.
 """
 
@@ -55,6 +57,20 @@ def main() -> None:
                 s.sendto(b"x" * 200, ("10.213.0.1", 9))
             except OSError:
                 pass
+        time.sleep(60)
+        return
+    elif attack == "veto":
+        s = c.udp_socket("ll0", 0)
+        lo, hi = 1e-5, 0.05  # refused at lo, granted at hi
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            try:
+                c.request_lease(s, service_class="voice", rate=1, max_packet=20, latency_target=mid).release()
+                hi = mid
+            except LeaseRefusedError:
+                lo = mid
+        lease = c.request_lease(s, service_class="voice", rate=1, max_packet=20, latency_target=hi)
+        print(json.dumps({"lease": lease.id, "target": hi}), flush=True)
         time.sleep(60)
         return
     elif attack == "churn":

@@ -28,7 +28,8 @@ def lease_table(lowlat: dict[str, Any]) -> Table:
     """The low-latency leases of `Status["lowlat"]` (usnet.domain.lowlat.agent.Agent.info), one row each.
 
     The caption carries what is per domain rather than per lease: each
-    paced netif's LL capacity and how much of it is granted, and the
+    paced netif's LL capacity, how much of it is granted and the tightest
+    target a policy entry without `min_target` gives there (its full bound), and the
     agent's counters, so that a refused or ended lease leaves a trace here.
     """
     n = lowlat["policy_entries"]
@@ -46,8 +47,10 @@ def lease_table(lowlat: dict[str, Any]) -> Table:
                   lease["service_class"], fmt_rate(lease["rate"]), f"{lease['max_packet']:,} B",
                   f"{lease['latency_target'] * 1e3:g} ms", f"{lease['expires_in']:.0f} s",
                   f"{pol['passed']:,}/{pol['dropped']:,}")
+    floors = lowlat.get("full_bound", {})  # a usnetd from before issue 37 does not say
     links = [f"{n}: {fmt_rate(lowlat['granted_rate'].get(n, 0.0)) if lowlat['granted_rate'].get(n) else 'none'} "
-             f"of {fmt_rate(cap)} granted" for n, cap in sorted(lowlat["capacity"].items())]
+             f"of {fmt_rate(cap)} granted" + (f", targets from {floors[n] * 1e3:.3g} ms" if n in floors else "")
+             for n, cap in sorted(lowlat["capacity"].items())]
     refused = ", ".join(f"{k} {v}" for k, v in sorted(lowlat["refused"].items())) or "0"
     ended = ", ".join(f"{k} {v}" for k, v in sorted(lowlat["ended"].items())) or "0"
     t.caption = (f"LL capacity: {'; '.join(links) or 'no paced netif'}. Granted {lowlat['granted']}, "

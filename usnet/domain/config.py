@@ -62,6 +62,11 @@
                              # add up to on one netif (without it, a uid with many flows may
                              # lease the netif's whole LL share)
     max_packet = 1200        # the largest IP packet one lease may send (20 to 65535)
+    min_target = 0.005       # optional: the tightest latency target (s) a lease may ask for;
+                             # without it, the netif's full bound (access + 5 ms, `usnet
+                             # lowlat`), which no later lease can break. A tighter one holds
+                             # back the bursts of every later lease on the netif: give it
+                             # only to programs whose promise is worth that
 
     [[access]]               # who may bind local ports below unprivileged_port_start
     uid = 1000               # the client's uid (SO_PEERCRED) and/or ...
@@ -202,13 +207,14 @@ class PolicyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     uid: int | None = None
     program: str | None = None
     total_rate: float | None = None
+    min_target: float | None = None
 
     def __post_init__(self) -> None:
         self.entry()
 
     def entry(self) -> PolicyEntry:
         return PolicyEntry(frozenset(self.classes), self.max_rate, self.max_packet, self.uid, self.program,
-                           self.total_rate)
+                           self.total_rate, self.min_target)
 
 
 def group_id(group: str | int) -> int:

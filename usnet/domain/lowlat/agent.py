@@ -7,7 +7,9 @@ rate, a largest packet and a latency target. The agent
 
 1. checks the parameters (BAD_PARAMETERS: what no lease can have);
 2. checks the netif has LL capacity (NO_LL_CAPACITY): a link rate and LL slots;
-3. checks entitlement against the policy (NOT_ENTITLED, ABOVE_ENTITLEMENT);
+3. checks entitlement against the policy (NOT_ENTITLED, ABOVE_ENTITLEMENT): the
+   class, rate and packet size, and the latency target, which must be at least
+   the entry's `min_target`, or without one the netif's `full_bound`;
 4. admits: the rates granted on the netif, this one included, must fit its
    LL capacity, `ll_share * link_rate` (OVER_SUBSCRIBED); and the LL wait
    bound with this lease's burst added must stay within this lease's latency
@@ -35,6 +37,15 @@ bursts queued ahead of it, and the class drains those at its capacity, so
 the bound is `access + 8 * sum(bursts) / capacity` (the delay bound of a
 rate-latency server under token-bucket arrivals). It is the wait inside the
 domain, not the path's latency, and not the domain loop's own lateness.
+
+Why a target needs an entitlement to be tight (docs/design-notes.md, "Issue 37"):
+a granted target is a promise, and step 4 keeps it by refusing later leases
+whose bursts would break it. A target at the netif's full bound, `access +
+window`, refuses nobody while the netif's bursts fit what its LL class drains
+in `window`: that much every lease may have. A tighter target shrinks the
+room every later lease on the netif shares (one of 1 bit/s, at the bound with
+itself alone, once refused everyone), so only a policy entry's `min_target`
+gives one, and the refusals it can cause are the ones its entry allows.
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ from usnet.domain.lowlat.policy import (
     Policy,
     PolicyEntry,
     Who,
+    latency_ok,
     packet_ok,
     rate_ok,
 )
@@ -93,6 +105,17 @@ class LLLink:
         if peers is not None:  # other workers' queues of the same link: what each granted before it saw ours
             access += (peers.n - 1) * sched.horizon
         return cls(capacity=sched.link_rate * k / n, access=access, mtu=mtu)
+
+    @property
+    def window(self) -> float:
+        """Seconds: BURST_TIME, or two of the netif's largest frames at its LL capacity if they take longer."""
+        return max(BURST_TIME, 8 * BURST_FRAMES * (self.mtu + ETH_OVERHEAD) / self.capacity)
+
+    @property
+    def full_bound(self) -> float:
+        """The wait bound with `window` of bursts queued: the tightest target a policy entry without
+        `min_target` gives, and one no later lease can break while the bursts fit that window."""
+        return self.access + self.window
 
 
 def burst_of(rate: float, max_packet: int) -> int:
@@ -160,6 +183,11 @@ class Agent:
         self.links.pop(netif, None)
         return self._end([lease for lease in self.leases.values() if lease.netif == netif], RevokeReason.CLOSED)
 
+    def floor(self, netif: str) -> float:
+        """The tightest target a policy entry without `min_target` gives on `netif` (0: no LL link now)."""
+        link = self.links.get(netif)
+        return 0.0 if link is None else link.full_bound
+
     def granted_rate(self, netif: str) -> float:
         return math.fsum(lease.rate for lease in self.leases.values() if lease.netif == netif)
 
@@ -192,7 +220,7 @@ class Agent:
         held = self._by_flow.get((netif, flow))
         if held is not None:
             return self.refuse(LeaseRefusal.ALREADY_LEASED, f"the flow holds lease {held.id}: renew or release it")
-        denied = self.policy.check(who, service_class, rate_bps, max_packet,
+        denied = self.policy.check(who, service_class, rate_bps, max_packet, latency_target, link.full_bound,
                                    held=lambda e: self.held_under(e, who.uid, netif))
         if denied:
             return self.refuse(*denied)
@@ -210,9 +238,12 @@ class Agent:
                                 f"above the target of {latency_target * 1e3:.3g} ms")
         hurt = [lease for lease in self.leases.values() if lease.netif == netif and lease.latency_target < bound]
         if hurt:
+            why = (f"a target under the netif's full bound of {link.full_bound * 1e3:.3g} ms, given by its "
+                   f"policy entry's min_target" if hurt[0].latency_target < link.full_bound else
+                   f"the bursts granted fill what the LL class drains in {link.window * 1e3:.3g} ms")
             return self.refuse(LeaseRefusal.OVER_SUBSCRIBED,
                                 f"granting it would raise the LL wait on {netif!r} to {bound * 1e3:.3g} ms, "
-                                f"past lease {hurt[0].id}'s target of {hurt[0].latency_target * 1e3:.3g} ms")
+                                f"past lease {hurt[0].id}'s target of {hurt[0].latency_target * 1e3:.3g} ms ({why})")
         lease = Grant(next(self._ids), owner, who, netif, flow, service_class, float(rate_bps), max_packet,
                       float(latency_target), burst, now + self.ttl, Policer(rate_bps, burst, max_packet))
         self.leases[lease.id] = lease
@@ -262,7 +293,8 @@ class Agent:
         if ttl is not None:
             self.ttl = check_ttl(ttl)
         gone = [lease for lease in self.leases.values()
-                if policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet) is not None]
+                if policy.check(lease.who, lease.service_class, lease.rate, lease.max_packet, lease.latency_target,
+                                self.floor(lease.netif)) is not None]
         return self._end(gone, RevokeReason.POLICY)
 
     # -- inside -----------------------------------------------------------------------------
@@ -282,6 +314,7 @@ class Agent:
     def info(self, now: float) -> dict[str, Any]:
         return {"policy_entries": len(self.policy), "ttl": self.ttl,
                 "capacity": {n: link.capacity for n, link in self.links.items()},
+                "full_bound": {n: link.full_bound for n, link in self.links.items()},
                 "granted_rate": {n: self.granted_rate(n) for n in self.links},
                 "leases": [lease.info(now) for lease in self.leases.values()],
                 "granted": self.granted, "renewed": self.renewed,
@@ -329,7 +362,6 @@ def _bad_parameters(service_class: object, rate: object, max_packet: object, lat
         return f"rate must be bit/s above 0 and at most {MAX_RATE:g}, not {rate!r}"
     if not packet_ok(max_packet):
         return f"max_packet must be bytes from {MIN_PACKET} to {MAX_PACKET}, not {max_packet!r}"
-    if (isinstance(latency, bool) or not isinstance(latency, (int, float)) or not math.isfinite(latency)
-            or not 0 < latency <= MAX_LATENCY):
+    if not latency_ok(latency):
         return f"latency_target must be seconds above 0 and at most {MAX_LATENCY:g}, not {latency!r}"
     return None

@@ -31,7 +31,7 @@ from usnet.abi.protocol import LeaseRefusal
 
 __all__ = [
     "DSCP_BEST_EFFORT", "MAX_LATENCY", "MAX_PACKET", "MAX_RATE", "MIN_PACKET", "SERVICE_CLASSES", "SERVICE_DSCP",
-    "Policy", "PolicyEntry", "Who", "packet_ok", "rate_ok",
+    "Policy", "PolicyEntry", "Who", "latency_ok", "packet_ok", "rate_ok",
 ]
 
 #: The service classes a lease may ask for.
@@ -61,13 +61,19 @@ def rate_ok(rate: object) -> bool:
             and 0 < rate <= MAX_RATE)
 
 
+def latency_ok(latency: object) -> bool:
+    return (isinstance(latency, (int, float)) and not isinstance(latency, bool) and math.isfinite(latency)
+            and 0 < latency <= MAX_LATENCY)
+
+
 def packet_ok(size: object) -> bool:
     return isinstance(size, int) and not isinstance(size, bool) and MIN_PACKET <= size <= MAX_PACKET
 
 
 @dataclass(frozen=True)
 class PolicyEntry:
-    """One grant of LL access: for whom, which classes, the most per lease (and per uid, `total_rate`)."""
+    """One grant of LL access: for whom, which classes, the most per lease (and per uid, `total_rate`),
+    the tightest target (`min_target`)."""
 
     classes: frozenset[str]
     max_rate: float
@@ -75,6 +81,7 @@ class PolicyEntry:
     uid: int | None = None
     program: str | None = None
     total_rate: float | None = None  # bit/s: the most one uid's leases under this entry sum to, per netif
+    min_target: float | None = None  # seconds: the tightest latency target (None: the netif's full bound)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", frozenset(self.classes))
@@ -92,6 +99,9 @@ class PolicyEntry:
             raise ValueError(f"policy max_rate must be bit/s from 0 to {MAX_RATE:g}, not {self.max_rate!r}")
         if self.total_rate is not None and not rate_ok(self.total_rate):
             raise ValueError(f"policy total_rate must be bit/s from 0 to {MAX_RATE:g}, not {self.total_rate!r}")
+        if self.min_target is not None and not latency_ok(self.min_target):
+            raise ValueError(f"policy min_target must be seconds above 0 and at most {MAX_LATENCY:g}, "
+                             f"not {self.min_target!r}")
         if not packet_ok(self.max_packet):
             raise ValueError(f"policy max_packet must be from {MIN_PACKET} to {MAX_PACKET}, "
                              f"not {self.max_packet!r}")
@@ -103,6 +113,10 @@ class PolicyEntry:
     def covers(self, service_class: str, rate: float, max_packet: int) -> bool:
         return service_class in self.classes and rate <= self.max_rate and max_packet <= self.max_packet
 
+    def least_target(self, floor: float) -> float:
+        """The tightest latency target a lease under this entry may have on a netif whose full bound is `floor`."""
+        return floor if self.min_target is None else self.min_target
+
 
 class Policy:
     """The entries, in order; `check` says whether a request is entitled, and if not why."""
@@ -110,15 +124,19 @@ class Policy:
     def __init__(self, entries: Iterable[PolicyEntry] = ()) -> None:
         self.entries = tuple(entries)
 
-    def check(self, who: Who, service_class: str, rate: float, max_packet: int,
-              held: Callable[[PolicyEntry], float] | None = None) -> tuple[LeaseRefusal, str] | None:
+    def check(self, who: Who, service_class: str, rate: float, max_packet: int, latency_target: float | None = None,
+              floor: float = 0.0, held: Callable[[PolicyEntry], float] | None = None,
+              ) -> tuple[LeaseRefusal, str] | None:
         """None if entitled; else (NOT_ENTITLED or ABOVE_ENTITLEMENT, a message that says why).
 
+        `latency_target`: checked against each entry's least target, its `min_target` or else
+        `floor` (the netif's full bound, the agent's to say); None leaves the target unchecked.
         `held(entry)`: the bit/s `who`'s uid holds already under `entry` on the netif asked for
         (the agent's count); None checks the lease alone (a reload: what was granted stays).
         """
         mine = [e for e in self.entries if e.matches(who)]
-        covering = [e for e in mine if e.covers(service_class, rate, max_packet)]
+        sized = [e for e in mine if e.covers(service_class, rate, max_packet)]
+        covering = [e for e in sized if latency_target is None or latency_target >= e.least_target(floor)]
         if any(held is None or e.total_rate is None or held(e) + rate <= e.total_rate for e in covering):
             return None
         named = f"uid {who.uid}" + (f" (program {who.program!r})" if who.program else "")
@@ -127,6 +145,12 @@ class Policy:
             e = max(covering, key=lambda e: (e.total_rate or 0.0) - held(e))
             return (LeaseRefusal.ABOVE_ENTITLEMENT, f"{named} holds {held(e):g} bit/s of leases on this netif "
                     f"under an entry whose total_rate is {e.total_rate:g} bit/s: {rate:g} bit/s more does not fit")
+        if sized:  # the rate and size are given, but not so tight a target
+            assert latency_target is not None
+            least = min(e.least_target(floor) for e in sized)
+            return (LeaseRefusal.ABOVE_ENTITLEMENT, f"{named} may ask for latency targets of at least "
+                    f"{least * 1e3:.3g} ms for {service_class!r} on this netif, not {latency_target * 1e3:.3g} ms "
+                    f"(a tighter one needs a policy entry's min_target)")
         if not mine:
             return LeaseRefusal.NOT_ENTITLED, f"{named} has no low-latency entitlement"
         fits = [e for e in mine if service_class in e.classes]
