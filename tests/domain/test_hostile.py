@@ -397,6 +397,8 @@ def test_garbage_umd_length_is_bad_packet(domain, length):
     with pytest.raises(BadPacket) as ei:
         b.view(g1)
     assert ei.value.errno == errno.EPROTO
+    with pytest.raises(BadPacket):
+        b.copies([g1])  # the engine's batch read checks each packet as `view` does
     b.free([g1])
     with pytest.raises(BadPacket):
         b.recv_bytes(timeout=1)  # and recv_bytes still gives the packet back

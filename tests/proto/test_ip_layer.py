@@ -212,6 +212,24 @@ def test_mutated_packets_never_raise(which, flips, cut, tail, fix):
     clean(ip)
 
 
+@FAST
+@given(picks=st.lists(st.integers(-2, len(CORPUS) - 1), max_size=12), junk=st.binary(max_size=40))
+def test_a_batch_is_its_packets_in_turn(picks, junk):
+    """`input_all` (the engine's ring pull) gives the events and counters that `input` gives for
+    each packet in turn: one in the middle that is empty (-1) or junk (-2) is counted and
+    dropped alone, and the packets behind it are still taken."""
+    pkts = [b"" if i == -1 else junk if i == -2 else CORPUS[i] for i in picks]
+    one, batch = layer(), layer()
+    expected = feed(one, pkts)
+    got = batch.input_all(pkts, 0.0)
+    assert [tuple(map(_plain, e)) for e in got] == [tuple(map(_plain, e)) for e in expected]
+    assert batch.counters == one.counters
+
+
+def _plain(v):
+    return bytes(v) if isinstance(v, memoryview) else v
+
+
 # --------------------------------------------------------------------------- IPv4 output
 
 

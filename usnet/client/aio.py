@@ -599,15 +599,14 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
     def _push(self) -> None:
         """TCP freed send space: refill it, and finish the close or write_eof that waited for the buffer."""
         n = 0
-        with step:  # (as `write`)
-            with self._eng.lock:
-                try:
-                    n = self._conn.send(self._buffer) if self._conn.send_space else 0
-                except OSError as e:
-                    exc: OSError | None = e
-                else:
-                    exc = None
-                    del self._buffer[:n]
+        with self._eng.lock:  # (as `write`: the wake inside)
+            try:
+                n = self._conn.send(self._buffer) if self._conn.send_space else 0
+            except OSError as e:
+                exc: OSError | None = e
+            else:
+                exc = None
+                del self._buffer[:n]
             if n:
                 self._eng.wake()
         if exc is not None:
@@ -720,9 +719,8 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
             return _FAILED
 
     def _shutdown_write(self) -> None:
-        with step:  # (as `write`: the FIN and the wake that sends it)
-            with self._eng.lock:
-                self._conn.shutdown_write(time.monotonic())
+        with self._eng.lock:  # (as `write`: the FIN and the wake that sends it)
+            self._conn.shutdown_write(time.monotonic())
             self._eng.wake()
 
     # -- asyncio.Transport ----------------------------------------------------------------------
@@ -743,15 +741,17 @@ class UsnetTransport(asyncio.transports._FlowControlMixin):
         mv = data if plain else memoryview(data).cast("B")
         sent = 0
         exc: OSError | None = None
-        with step:  # what TCP took and the wake that sends it: one step for a signal (usnet.client.sigdefer)
-            with self._eng.lock:  # the buffer, too: `_wants` reads it under this lock
-                if not self._buffer:
-                    try:
-                        sent = self._conn.send(mv)
-                    except OSError as e:
-                        exc = e
-                if exc is None and sent < len(mv):
-                    self._buffer += mv[sent:]
+        # What TCP took and the wake that sends it: one section for a signal (usnet.client.sigdefer),
+        # the wake inside the lock (engine lock, then the runner's or the loop's: the order of the
+        # stack thread's `_run`), so no `step` around it. The buffer, too: `_wants` reads it under it.
+        with self._eng.lock:
+            if not self._buffer:
+                try:
+                    sent = self._conn.send(mv)
+                except OSError as e:
+                    exc = e
+            if exc is None and sent < len(mv):
+                self._buffer += mv[sent:]
             if sent:
                 self._eng.wake()
                 self._wrote = True

@@ -545,6 +545,20 @@ class Channel:
         o = pkt * self.stride
         return self.buf[o : o + n]
 
+    def copies(self, pkts: list[int]) -> list[bytes]:
+        """A copy of each received packet's data, in order (what `view` checks, per packet): what a
+        reader takes before it frees them, one call for a ring pull's batch rather than one per
+        packet (docs/design-notes.md, "Issue 16: the server's receive and write per request")."""
+        umd, stride, buf = self.umd, self.stride, self.buf
+        out = []
+        for pkt in pkts:  # (a loop, not a comprehension: no frame of its own per batch)
+            n = umd[pkt * UMD_WORDS]
+            if n > stride:
+                raise BadPacket(f"packet {pkt} claims {n} bytes in a {stride}-byte buffer")
+            o = pkt * stride
+            out.append(bytes(buf[o : o + n]))
+        return out
+
     def send(self, pkts: list[int], timeout: object = _UNSET) -> int:
         """Publish packets on the TX ring; blocks for room unless non-blocking.
 

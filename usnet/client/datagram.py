@@ -636,7 +636,7 @@ class DatagramSocket:
         client alone holds): IPv6's path, and that of a socket keeping header fields."""
         ch = self.channel
         try:
-            copies = [bytes(ch.view(p)) for p in pkts]
+            copies = ch.copies(pkts)
         finally:
             ch.free(pkts)
         out: list = []

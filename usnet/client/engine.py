@@ -748,14 +748,11 @@ class FlowEngine:
             pkts = ch.recv_ready(RX_BATCH)  # [] once empty, NEED_WAKEUP armed
             if not pkts:
                 return
-            copies = []
             try:
-                for p in pkts:  # (a loop, not a comprehension: no frame of its own per batch)
-                    copies.append(bytes(ch.view(p)))
+                copies = ch.copies(pkts)
             finally:
                 ch.free(pkts)  # raises if the channel went defunct while we copied (zeros, not data)
-            for c in copies:
-                self._ip_events(self.ip.input(c, now), now)
+            self._ip_events(self.ip.input_all(copies, now), now)  # the batch's packets, then their events
             # No early return on a short batch: only the empty recv that ends this loop
             # arms NEED_WAKEUP, and without it the domain would not ring the doorbell the
             # runner is about to sleep on (a lost wake-up whenever no timer is pending).

@@ -15,7 +15,7 @@ section: `EngineLock`, an RLock whose outermost acquire by the main thread block
 asynchronous signals (`pthread_sigmask`) and whose last release unblocks them. A signal that
 comes meanwhile stays pending in the kernel; at the release it is delivered, and its handler runs
 at the next bytecode, after the step, as after a completed system call. A handler already due
-when the lock is taken runs before the step (`_checkpoint`), and its exception leaves the lock
+when the lock is taken runs before the step (`_block`'s call), and its exception leaves the lock
 free. While the holder waits (`Condition.wait`, a pumping call's sleep) the signals are
 unblocked, so a wait stays interruptible as `threading.Condition`'s is.
 
@@ -118,11 +118,6 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _checkpoint() -> None:
-    """An empty Python call: entering it, the interpreter runs the signal handlers already due
-    (CPython checks for them on entry to a function), so they run here, before the step."""
-
-
 # Why the order of each method below: a handler's exception can come out of any line where the
 # main thread is not blocking signals (after any call, and at every line under sys.settrace), so
 # the signals are blocked before the lock is taken and unblocked after it is let go, and what the
@@ -141,8 +136,11 @@ def _block(m: _MainState) -> None:
     Python handler is then a `_Deferring`, which a signal taken inside the hold (by this thread,
     or by another as the module docstring says) only notes for the last release to run, so the
     block would hold off nothing more, and its two system calls are a good part of an asyncio
-    request's cost (docs/design-notes.md, "Issue 16: the HTTP benchmark's signal holds")."""
-    _checkpoint()
+    request's cost (docs/design-notes.md, "Issue 16: the HTTP benchmark's signal holds").
+
+    The call itself is the checkpoint: entering a Python function, the interpreter runs the
+    signal handlers already due (CPython checks for them on entry to a function), so they run
+    here, before the step (an empty function called first did the same, one call more a hold)."""
     if not m.masks:
         return
     try:
