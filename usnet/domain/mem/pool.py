@@ -87,8 +87,7 @@ class PacketPool:
         # The same three arrays as memoryviews, for the scalar paths (a few packets released, one
         # allocated or taken): a memoryview's item is a Python int read or stored in one step,
         # where a numpy array's goes through a numpy scalar (issue 16: the bench's batches of 10)
-        self._state_v, self._owner_v, self._stack_v = memoryview(self.state), memoryview(self.owner), \
-            memoryview(self.stack)
+        self._state_v, self._owner_v, self._stack_v = self.state.data, self.owner.data, self.stack.data
         self.nfree = 0
         self.held = [0] * roles  # packets charged to each role (IN_ALLOC or HELD)
         self.moves = 0  # batches allocated or taken back so far: the domain's idle purge watches it
