@@ -2,7 +2,7 @@
 
 `FlowPort.pull_any` takes at most a few packets off a flow's TX ring in scalars: the ring's
 entries as ints, the pool's scalar release, the UMD read through a memoryview, each packet
-copied into a bytearray of its own. It must take exactly what `FlowPort.pull` takes, from
+copied into a bytes of its own. It must take exactly what `FlowPort.pull` takes, from
 any client, hostile ones included: the same packets and bytes (a UMD length past the
 buffer cut to it), the same gso sizes and marks, the same refusals (duplicates, packets
 not the client's, out of range) with the same events, and the same pool books. The

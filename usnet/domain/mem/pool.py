@@ -31,8 +31,10 @@ __all__ = ["FREE", "HELD", "IN_ALLOC", "NO_OWNER", "PURGED", "PacketPool", "Pool
 
 FREE, PURGED, IN_ALLOC, HELD = 0, 1, 2, 3  # HELD the highest: a batch is all HELD when its minimum is
 # A release of up to this many packets is checked in scalars (`release_checked`): below it the
-# batch test's dozen array calls cost more than the loop (issue 18: usnetd's cost per small batch)
-_FEW = 8
+# batch test's dozen array calls cost more than the loop (issue 18: usnetd's cost per small batch).
+# Through memoryviews the loop costs ~0.17 us a packet and the array path ~6 us a batch whatever
+# its size: the two cross near 30 (issue 16: a server's answers to 10 connections come in tens)
+_FEW = 24
 NO_OWNER = -1
 
 
@@ -82,6 +84,10 @@ class PacketPool:
         self.owner = np.full(max_packets, NO_OWNER, dtype=np.int16)
         self.seg_active = np.zeros(self.nsegments, dtype=bool)
         self.stack = np.empty(max_packets, dtype=np.uint32)
+        # The same three arrays as memoryviews, for the scalar paths (a few packets released, one
+        # allocated or taken): a memoryview's item is a Python int read or stored in one step,
+        # where a numpy array's goes through a numpy scalar (issue 16: the bench's batches of 10)
+        self._state_v, self._owner_v, self._stack_v = self.state.data, self.owner.data, self.stack.data
         self.nfree = 0
         self.held = [0] * roles  # packets charged to each role (IN_ALLOC or HELD)
         self.moves = 0  # batches allocated or taken back so far: the domain's idle purge watches it
@@ -186,10 +192,11 @@ class PacketPool:
         out = self.stack[self.nfree - n : self.nfree][::-1].copy()
         self.nfree -= n
         self.moves += 1
-        if n == 1:  # one packet (a handshake's, a request's): scalar stores, not two fancy-indexed ones
-            i = int(out[0])
-            self.state[i] = IN_ALLOC
-            self.owner[i] = role
+        if n <= _FEW:  # a handshake's, a request's, a batch of answers: scalar stores, not fancy-indexed
+            state, owner = self._state_v, self._owner_v
+            for i in self._stack_v[self.nfree : self.nfree + n].tolist():
+                state[i] = IN_ALLOC
+                owner[i] = role
         else:
             self.state[out] = IN_ALLOC
             self.owner[out] = role
@@ -206,10 +213,12 @@ class PacketPool:
         return out
 
     def take(self, idx: np.ndarray) -> None:
-        """The client took these from its ALLOC ring: IN_ALLOC -> HELD (one packet, a received
-        packet's reservation: a scalar store, not a fancy-indexed one)."""
-        if type(idx) is np.ndarray and idx.size == 1:
-            self.state[int(idx[0])] = HELD
+        """The client took these from its ALLOC ring: IN_ALLOC -> HELD (a few packets, a received
+        batch's reservation: scalar stores, not a fancy-indexed one)."""
+        if type(idx) is np.ndarray and idx.size <= _FEW:
+            state = self._state_v
+            for i in idx.tolist():
+                state[i] = HELD
         else:
             self.state[idx] = HELD
 
@@ -283,15 +292,15 @@ class PacketPool:
     def _release_few(self, lst: list[int]) -> bool:
         """Take back a few packets in scalars, if every one is in range, HELD and given once (the
         array path's test, without its dozen array calls); False, changing nothing, if not."""
-        cap, state = self.capacity, self.state
+        cap, state = self.capacity, self._state_v
         if len(lst) > 1 and len(set(lst)) != len(lst):
             return False
         for i in lst:
             if not 0 <= i < cap or state[i] != HELD:
                 return False
-        owner, held, stack, nfree = self.owner, self.held, self.stack, self.nfree
+        owner, held, stack, nfree = self._owner_v, self.held, self._stack_v, self.nfree
         for i in lst:
-            held[int(owner[i])] -= 1
+            held[owner[i]] -= 1
             state[i] = FREE
             owner[i] = NO_OWNER
             stack[nfree] = i

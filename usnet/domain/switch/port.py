@@ -286,7 +286,7 @@ class FlowPort:
         return good
 
     def pull_any(self, max_n: int, few: int, headroom: int = 0, draining: bool = False) -> tuple[
-            tuple[list[bytearray], list[int], TxMeta | None] | None,
+            tuple[list[bytes], list[int], TxMeta | None] | None,
             tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None] | None]:
         """`_pull_few` when at most `few` packets wait, else `pull`: (what `_pull_few` gave, None) or
         (None, what `pull` gave). One look at the ring under one lock: the switch asked twice
@@ -299,9 +299,9 @@ class FlowPort:
             return None, self._pull(max_n, headroom, draining)
 
     def _pull_few(self, max_n: int, few: int,
-                  draining: bool) -> tuple[list[bytearray], list[int], TxMeta | None] | None:
+                  draining: bool) -> tuple[list[bytes], list[int], TxMeta | None] | None:
         """`pull` when at most `few` packets wait on the TX ring (a handshake's, a request's): each
-        copied out of the pool into a bytearray of its own, with its gso size, in scalars; None,
+        copied out of the pool into a bytes of its own, with its gso size, in scalars; None,
         taking nothing, when more wait (`pull`'s arrays then cost less than packet by packet).
         With `pipe.lock` held (`pull_any`).
 
@@ -322,7 +322,7 @@ class FlowPort:
         if not len(good):
             return [], [], None
         umd, mv, stride = self.umd_mv, self.buf_mv, self.stride
-        pkts: list[bytearray] = []
+        pkts: list[bytes] = []
         gsos: list[int] = []
         meta = None
         for g in good:
@@ -332,7 +332,7 @@ class FlowPort:
                 meta = self._meta(arr, arr * UMD_WORDS, self._marked(arr * UMD_WORDS))
             ln = min(umd[w], stride)
             at = g * stride
-            pkts.append(bytearray(mv[at : at + ln]))
+            pkts.append(mv[at : at + ln].tobytes())  # the one copy: checked and sent as it is
             gsos.append(umd[w + W_GSO] >> GSO_SHIFT)
         self.top_up(collected=True)
         return pkts, gsos, meta
@@ -400,7 +400,7 @@ class FlowPort:
                 k = len(got)
                 if not k:
                     return 0
-                buf_mv, umd, stride = self.buf_mv, self.umd_np, self.stride
+                buf_mv, umd, stride = self.buf_mv, self.umd_mv, self.stride  # Python ints stored, no numpy scalars
                 for i, p in zip(got.tolist(), payloads):
                     ln = len(p)
                     at = i * stride

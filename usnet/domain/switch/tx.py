@@ -268,7 +268,7 @@ class TransmitPath(HostDuties):
         if not n:
             return 0
         if n <= _SCALAR_MAX and ok is None and (rows.shape[1] <= _SCALAR_WIDTH or meta is not None):
-            pkts = [bytearray(rows[i, ETH_HLEN : ETH_HLEN + ln]) for i, ln in enumerate(lens.tolist())]
+            pkts = [rows[i, ETH_HLEN : ETH_HLEN + ln].tobytes() for i, ln in enumerate(lens.tolist())]
             return self._tx_few(flow, pkts, gso.tolist(), meta)
         if now is None:
             now = self.clock()
@@ -345,9 +345,11 @@ class TransmitPath(HostDuties):
         return self._tx_pulled(flow, rows, np.array([len(p) for p in pkts], np.uint32),
                                np.array(gsos, np.uint32), meta), None
 
-    def _tx_few(self, flow: Flow, pkts: list[bytearray], gsos: list[int], meta: TxMeta | None,
+    def _tx_few(self, flow: Flow, pkts: list[bytes], gsos: list[int], meta: TxMeta | None,
                 widest: int | None = None) -> int:
-        """`service_tx` for a batch of a few packets (each its own copy): the same DSCP rewrite and
+        """`service_tx` for a batch of a few packets (each its own copy, made by `FlowPort._pull_few`
+        and checked and sent as it is: a packet whose class is rewritten is copied once more, the
+        rare case, where every packet paid a second copy): the same DSCP rewrite and
         the same checks, one packet at a time by `_tx_one`/`_tx_one6` (which decide every packet
         the column-wise pass does not accept, so they accept exactly what the batch path sends),
         and the same TCP state: the last packet that passed, per remote end. `widest`: the
@@ -360,11 +362,12 @@ class TransmitPath(HostDuties):
         wide = widest >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
         sent = nbytes = 0
         passed: list[bytes] = []
-        for i, p in enumerate(pkts):
+        for i, pb in enumerate(pkts):
             # the flow's class: a call only for an IPv4 packet that carries another (IPv6: always)
-            if wide and p and p[0] >> 4 == family and (family == 6 or p[1] >> 2 != dscp):
-                ecn.set_dscp(p, 0, dscp)
-            pb = bytes(p)
+            if wide and pb and pb[0] >> 4 == family and (family == 6 or pb[1] >> 2 != dscp):
+                w = bytearray(pb)
+                if ecn.set_dscp(w, 0, dscp):
+                    pb = bytes(w)
             if meta is None:  # nothing marked: `_tx_marked` would only call `tx_one`
                 took = tx_one(flow, pb, now, gsos[i])
             else:
