@@ -1,0 +1,98 @@
+"""A fifteenth sweep of unmodified programs on usnet against kernel peers (issue 16): asyncpg
+(a Cython protocol on the asyncio loop's transports) against a real postgres, and paho-mqtt (its
+own socket, select loop and wake-up socketpair, in a thread of its own) against a real mosquitto.
+
+Each program (tests/peers/asyncpg_client.py, mqtt_client.py) runs under `usnet run` and, as the
+reference, on the kernel's sockets, against the same kernel peer: what it prints must be the
+same, and the test says what it must be.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.interop.test_patch import LIMIT, PeerProgram, usnetd_path  # noqa: F401  (a fixture)
+from tests.interop.test_programs4 import _same
+from tests.interop.test_programs11 import _server, need
+from tests.interop.test_programs13 import PG_PORT, postgres  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.privileged
+_APG = PeerProgram("asyncpg_client.py", LIMIT * 3)
+_MQ = PeerProgram("mqtt_client.py", LIMIT * 2)
+MQTT_PORT = 1883  # (the test's own namespace: nothing else there)
+
+
+def _both(program: PeerProgram, path: str, usnet_ip: str, host_ip: str, *args: str) -> dict:
+    """The program under `usnet run`, then on the kernel: what each printed, the same but for
+    "from" (the address the connection came from, where the program says), which must be usnet's
+    on usnet (a program that quietly stayed on the kernel would pass otherwise)."""
+    ours, theirs = (json.loads(program.run(path, on_usnet, *args)) for on_usnet in (True, False))
+    if "from" in ours or "from" in theirs:
+        assert [ours.pop("from", None), theirs.pop("from", None)] == [usnet_ip, host_ip]
+    return _same(json.dumps(ours), json.dumps(theirs))
+
+
+@pytest.mark.parametrize("program", ["big", "notify", "cancelled", "terminated", "pool", "refused"])
+def test_asyncpg_against_postgres_as_on_the_kernel(usnetd_path, postgres, program):  # noqa: F811
+    """asyncpg on usnet's loop: 1 MB bytea values, COPY of 20,000 rows both ways and a cursor;
+    notifications that arrive on an idle connection (the loop must see it readable); a query's
+    timeout and a cancelled task (asyncpg cancels on a second connection) and a statement_timeout,
+    each leaving the connection usable; a backend terminated while idle (its EOF seen with no query
+    pending); a pool under 40 concurrent queries; a refused port."""
+    pytest.importorskip("asyncpg")
+    usnet_ip = usnetd_path[1]
+    path, host_ip = postgres
+    found = _both(_APG, path, usnet_ip, host_ip, program, host_ip, str(PG_PORT))
+    cancelled = ["asyncpg.exceptions.QueryCanceledError", "57014"]
+    expected = {
+        "big": {"back": [True] * 4, "copy": [True, [20000, 199990000]], "walked": 199990000},
+        "notify": {"notes": [["ch", "n0"], ["ch", "n1"], ["ch", "n2"]], "after": 7},
+        "cancelled": {"timeout": ["builtins.TimeoutError", None], "after_timeout": 1, "task": "cancelled",
+                      "after_task": 2, "statement": cancelled, "after_statement": 3, "backends": 1},
+        "terminated": {"terminate": True, "closed_idle": True,
+                       "next": ["asyncpg.exceptions._base.InterfaceError", None], "admin": 2},
+        "pool": {"ok": 200, "size": 10, "backends": 1},
+        "refused": {"refused": [["builtins.ConnectionRefusedError", None], 111]},
+    }
+    assert found == expected[program]
+
+
+@pytest.fixture
+def mosquitto(tap_domain, usnetd_path) -> Iterator[tuple[str, str]]:  # noqa: F811
+    """mosquitto on the kernel's side of the TAP, listening on its address alone, anonymous
+    clients allowed, nothing persisted; yields (the socket path of usnetd, its address). The
+    domain has its loopback netif, as usnetd's own config has it: paho's loop_start makes its
+    wake-up pair by a TCP listener on 127.0.0.1 (`_socketpair_compat`), on usnet then."""
+    tap_domain[0].add_loopback()
+    path, _usnet_ip, host_ip = usnetd_path
+    with tempfile.TemporaryDirectory(prefix="usnet-mqtt-") as top:
+        conf = Path(top) / "mosquitto.conf"
+        conf.write_text(f"listener {MQTT_PORT} {host_ip}\nallow_anonymous true\npersistence false\n"
+                        "log_dest stderr\nlog_type all\nuser root\n")
+        with _server([need("mosquitto"), "-c", str(conf)], b" running"):
+            yield path, host_ip
+
+
+@pytest.mark.parametrize("program", ["messages", "will", "aio", "refused"])
+def test_paho_mqtt_against_mosquitto_as_on_the_kernel(usnetd_path, mosquitto, program):  # noqa: F811
+    """paho-mqtt: QoS 0, 1 and 2 messages up to 256 KB whole and in order, a retained message; a
+    client process killed with SIGKILL has its will published by the broker (its connection must
+    end as the kernel ends a dead process's), a clean one's is not; a refused port."""
+    pytest.importorskip("paho.mqtt")
+    usnet_ip = usnetd_path[1]
+    path, host_ip = mosquitto
+    found = _both(_MQ, path, usnet_ip, host_ip, program, host_ip, str(MQTT_PORT))
+    expected = {
+        "messages": {"granted": [2], "same": True, "n": 12, "retained": ["r/kept", 1, True, "retained"]},
+        "will": {"clean_ready": "connected", "clean_exit": 0, "killed_ready": "connected", "killed_exit": -9,
+                 "will": ["will/killed", 1, "killed is gone"]},
+        "aio": {"whole": True, "ended": ["MqttError", "Disconnected during message iteration"],
+                "after": "MqttCodeError"},
+        "refused": {"refused": ["ConnectionRefusedError", 111]},
+    }
+    assert found == expected[program]
