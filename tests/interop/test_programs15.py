@@ -1,8 +1,10 @@
 """A fifteenth sweep of unmodified programs on usnet against kernel peers (issue 16): asyncpg
-(a Cython protocol on the asyncio loop's transports) against a real postgres, and paho-mqtt (its
-own socket, select loop and wake-up socketpair, in a thread of its own) against a real mosquitto.
+(a Cython protocol on the asyncio loop's transports) against a real postgres; paho-mqtt (its own
+socket, select loop and wake-up socketpair, in a thread of its own) and aiomqtt (paho on asyncio's
+add_reader/add_writer) against a real mosquitto; asyncssh (pure Python on asyncio: exec, SFTP, a
+local port forward whose listener is a bound socket handed to loop.create_server) against sshd.
 
-Each program (tests/peers/asyncpg_client.py, mqtt_client.py) runs under `usnet run` and, as the
+Each program (tests/peers/asyncpg_client.py, mqtt_client.py, asyncssh_client.py) runs under `usnet run` and, as the
 reference, on the kernel's sockets, against the same kernel peer: what it prints must be the
 same, and the test says what it must be.
 """
@@ -10,6 +12,7 @@ same, and the test says what it must be.
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.interop.test_patch import LIMIT, PeerProgram, usnetd_path  # noqa: F401  (a fixture)
-from tests.interop.test_programs4 import _same
+from tests.interop.test_programs4 import _same, _serve
 from tests.interop.test_programs11 import _server, need
+from tests.interop.test_programs12 import SSH_PORT, sshd  # noqa: F401  (a fixture)
 from tests.interop.test_programs13 import PG_PORT, postgres  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.privileged
@@ -93,6 +97,42 @@ def test_paho_mqtt_against_mosquitto_as_on_the_kernel(usnetd_path, mosquitto, pr
                  "will": ["will/killed", 1, "killed is gone"]},
         "aio": {"whole": True, "ended": ["MqttError", "Disconnected during message iteration"],
                 "after": "MqttCodeError"},
+        "refused": {"refused": ["ConnectionRefusedError", 111]},
+    }
+    assert found == expected[program]
+
+
+_SSH = PeerProgram("asyncssh_client.py", LIMIT * 2)
+
+
+def _echo(conn: socket.socket) -> None:
+    """A kernel echo: what comes back until the EOF, then its own EOF."""
+    for _ in range(1 << 16):
+        b = conn.recv(1 << 16)
+        if not b:
+            break
+        conn.sendall(b)
+    conn.shutdown(socket.SHUT_WR)
+    conn.close()
+
+
+@pytest.mark.parametrize("program", ["exec", "sftp", "forward", "refused"])
+def test_asyncssh_against_sshd_as_on_the_kernel(tap_domain, sshd, program):  # noqa: F811
+    """asyncssh on usnet's loop against OpenSSH: exec with 1 MB on stdin and four sessions at
+    once, SFTP of 4 MB both ways, a local port forward that listens on 127.0.0.1 (usnet's
+    loopback netif, as usnetd's own config has it) to a kernel echo, 1 MB each way on three
+    connections with half-closes, the listener's close refusing the next, a direct-tcpip channel;
+    a refused port."""
+    pytest.importorskip("asyncssh")
+    tap_domain[0].add_loopback()
+    path, host_ip, keys = sshd
+    with _serve(host_ip, _echo) as echo:
+        found = _same(*(_SSH.run(path, on_usnet, program, host_ip, str(SSH_PORT), *keys, str(echo))
+                        for on_usnet in (True, False)))
+    expected = {
+        "exec": {"cat": True, "seq": True, "bad": [7, "oops\n"], "many": ["100000", "200000", "300000", "400000"]},
+        "sftp": {"same": True, "listing": [".", "..", "back", "remote", "src"], "missing": "SFTPNoSuchFile"},
+        "forward": {"forwarded": [True] * 3, "after_close": "ConnectionRefusedError", "direct": True},
         "refused": {"refused": ["ConnectionRefusedError", 111]},
     }
     assert found == expected[program]

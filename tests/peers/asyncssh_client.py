@@ -1,0 +1,115 @@
+"""The fifteenth sweep's asyncio SSH programs: asyncssh (pure Python on the asyncio loop: under
+`usnet run`, usnet's loop, transports and listeners) against a real OpenSSH sshd on the kernel's
+side, for tests/interop/test_programs15.py (issue 16).
+
+    python asyncssh_client.py NAME HOST PORT KEY KNOWN_HOSTS [ECHO_PORT]
+
+KEY is the client's private key (authorised by the sshd), KNOWN_HOSTS holds the sshd's host key;
+ECHO_PORT a kernel echo server's on HOST. Each runs the same on kernel sockets and under `usnet
+run`; what it checks must hold on both, and what it prints (one JSON line) the test compares.
+"""
+
+import asyncio
+import os
+import sys
+import tempfile
+
+import asyncssh
+from peerout import LIMIT, MB, out, sha
+
+name, host, port, key, known, args = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5],
+                                      sys.argv[6:])
+
+
+def connect(**kw):
+    return asyncssh.connect(host, port, username="root", client_keys=[key], known_hosts=known, agent_path=None,
+                            connect_timeout=LIMIT, **kw)
+
+
+async def exec_() -> dict:
+    """`cat` fed 1 MB of random, its stdout back whole; `seq` writing 1.3 MB; a command that
+    writes to stderr and exits 7; four sessions at once on one connection."""
+    async with connect() as c:
+        data = os.urandom(MB)
+        cat = await c.run("cat", input=data, encoding=None, timeout=LIMIT)
+        seq = await c.run("seq 200000", encoding=None, timeout=LIMIT)
+        bad = await c.run("echo oops >&2; exit 7", timeout=LIMIT)
+        many = await asyncio.gather(*(c.run(f"head -c {n * 100000} /dev/zero | wc -c", timeout=LIMIT)
+                                      for n in range(1, 5)))
+    want = "".join(f"{i}\n" for i in range(1, 200001)).encode()
+    return {"cat": sha(cat.stdout) == sha(data), "seq": sha(seq.stdout) == sha(want),
+            "bad": [bad.exit_status, bad.stderr], "many": [r.stdout.strip() for r in many]}
+
+
+async def sftp() -> dict:
+    """SFTP put and get of a 4 MB file (its SHA-256 both ways), a listing, a missing file's error."""
+    with tempfile.TemporaryDirectory() as d:
+        src, back = os.path.join(d, "src"), os.path.join(d, "back")
+        data = os.urandom(4 * MB)
+        with open(src, "wb") as f:
+            f.write(data)
+        remote = os.path.join(d, "remote")  # (the sshd runs on this machine: a path of ours serves)
+        async with connect() as c, c.start_sftp_client() as s:
+            await s.put(src, remote)
+            await s.get(remote, back)
+            listing = sorted(await s.listdir(d))
+            try:
+                await s.stat(os.path.join(d, "missing"))
+                missing = "found"
+            except asyncssh.SFTPNoSuchFile as e:
+                missing = type(e).__name__
+        with open(back, "rb") as f:
+            return {"same": sha(f.read()) == sha(data), "listing": listing, "missing": missing}
+
+
+async def forward() -> dict:
+    """A local port forward: asyncssh listens on 127.0.0.1 (usnet's loopback under `usnet run`),
+    each connection to it goes through the sshd to the kernel's echo; three connections at once,
+    1 MB each way and a half-close each. Then a direct-tcpip channel (open_connection) the same way."""
+    echo = int(args[0])
+
+    async def through(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        data = os.urandom(MB)
+        writer.write(data)
+        await writer.drain()
+        writer.write_eof()
+        got = await asyncio.wait_for(reader.read(), LIMIT)  # (to the echo's EOF after ours)
+        writer.close()
+        return sha(got) == sha(data)
+
+    async with connect() as c:
+        listener = await c.forward_local_port("127.0.0.1", 0, host, echo)
+        lport = listener.get_port()
+        ends = [await asyncio.open_connection("127.0.0.1", lport) for _ in range(3)]
+        forwarded = await asyncio.gather(*(through(r, w) for r, w in ends))
+        listener.close()
+        await listener.wait_closed()
+        try:
+            await asyncio.wait_for(asyncio.open_connection("127.0.0.1", lport), LIMIT)
+            after = "connected"
+        except OSError as e:
+            after = type(e).__name__
+        r, w = await c.open_connection(host, echo)
+        data = os.urandom(MB)
+        w.write(data)
+        w.write_eof()
+        got = b""
+        for _ in range(4 * MB):
+            b = await asyncio.wait_for(r.read(1 << 16), LIMIT)
+            if not b:
+                break
+            got += b
+        w.close()
+    return {"forwarded": forwarded, "after_close": after, "direct": sha(got) == sha(data)}
+
+
+async def refused() -> dict:
+    """A port nobody listens on."""
+    try:
+        await asyncssh.connect(host, 1, username="root", known_hosts=None, connect_timeout=LIMIT)
+        return {"refused": "connected"}
+    except OSError as e:
+        return {"refused": [type(e).__name__, e.errno]}
+
+
+out(asyncio.run({"exec": exec_, "sftp": sftp, "forward": forward, "refused": refused}[name]()))
