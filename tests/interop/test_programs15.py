@@ -121,8 +121,9 @@ def test_asyncssh_against_sshd_as_on_the_kernel(tap_domain, sshd, program):  # n
     """asyncssh on usnet's loop against OpenSSH: exec with 1 MB on stdin and four sessions at
     once, SFTP of 4 MB both ways, a local port forward that listens on 127.0.0.1 (usnet's
     loopback netif, as usnetd's own config has it) to a kernel echo, 1 MB each way on three
-    connections with half-closes, the listener's close refusing the next, a direct-tcpip channel;
-    a refused port."""
+    connections with half-closes, the listener's close refusing the next; a remote port forward
+    (the sshd listens, each connection comes back to an echo of the program's on 127.0.0.1); a
+    direct-tcpip channel; a refused port."""
     pytest.importorskip("asyncssh")
     tap_domain[0].add_loopback()
     path, host_ip, keys = sshd
@@ -132,7 +133,8 @@ def test_asyncssh_against_sshd_as_on_the_kernel(tap_domain, sshd, program):  # n
     expected = {
         "exec": {"cat": True, "seq": True, "bad": [7, "oops\n"], "many": ["100000", "200000", "300000", "400000"]},
         "sftp": {"same": True, "listing": [".", "..", "back", "remote", "src"], "missing": "SFTPNoSuchFile"},
-        "forward": {"forwarded": [True] * 3, "after_close": "ConnectionRefusedError", "direct": True},
+        "forward": {"forwarded": [True] * 3, "after_close": "ConnectionRefusedError", "remote": [True] * 2,
+                    "direct": True},
         "refused": {"refused": ["ConnectionRefusedError", 111]},
     }
     assert found == expected[program]

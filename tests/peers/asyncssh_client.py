@@ -89,6 +89,7 @@ async def forward() -> dict:
             after = "connected"
         except OSError as e:
             after = type(e).__name__
+        remote = await remote_forward(c, through)
         r, w = await c.open_connection(host, echo)
         data = os.urandom(MB)
         w.write(data)
@@ -100,7 +101,35 @@ async def forward() -> dict:
                 break
             got += b
         w.close()
-    return {"forwarded": forwarded, "after_close": after, "direct": sha(got) == sha(data)}
+    return {"forwarded": forwarded, "after_close": after, "remote": remote, "direct": sha(got) == sha(data)}
+
+
+async def remote_forward(c: asyncssh.SSHClientConnection, through) -> list[bool]:
+    """A remote port forward: the sshd listens on HOST (the kernel's side), each connection to it
+    comes back over SSH to this program, which connects it to an echo of its own on 127.0.0.1
+    (asyncio's start_server: usnet's loopback under `usnet run`); two connections made to the sshd's
+    port from here, 1 MB each way through the whole loop."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(4 * MB):
+            b = await reader.read(1 << 16)
+            if not b:
+                break
+            writer.write(b)
+            await writer.drain()
+        writer.write_eof()
+        await writer.drain()
+        writer.close()
+
+    local = await asyncio.start_server(echo, "127.0.0.1", 0)
+    async with local:
+        lport = local.sockets[0].getsockname()[1]
+        listener = await c.forward_remote_port(host, 0, "127.0.0.1", lport)
+        ends = [await asyncio.open_connection(host, listener.get_port()) for _ in range(2)]
+        ok = await asyncio.gather(*(through(r, w) for r, w in ends))
+        listener.close()
+        await listener.wait_closed()
+    return ok
 
 
 async def refused() -> dict:
