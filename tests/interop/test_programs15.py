@@ -138,3 +138,15 @@ def test_asyncssh_against_sshd_as_on_the_kernel(tap_domain, sshd, program):  # n
         "refused": {"refused": ["ConnectionRefusedError", 111]},
     }
     assert found == expected[program]
+
+
+def test_asyncssh_server_serves_openssh_clients_as_on_the_kernel(usnetd_path):  # noqa: F811
+    """asyncssh's server listening on usnet's address (under `usnet run`; on the kernel, the
+    TAP's kernel address), OpenSSH's `ssh` on the kernel's sockets its clients, four at once: 1 MB
+    up each, its SHA-256 and 512 KB back, the exit status 5."""
+    pytest.importorskip("asyncssh")
+    path, usnet_ip, host_ip = usnetd_path
+    need("ssh")
+    found = _same(*(_SSH.run(path, on_usnet, "server", usnet_ip if on_usnet else host_ip, "0", "-", "-")
+                    for on_usnet in (True, False)))
+    assert found == {"clients": [[5, True, True]] * 4}

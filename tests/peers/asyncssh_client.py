@@ -141,4 +141,52 @@ async def refused() -> dict:
         return {"refused": [type(e).__name__, e.errno]}
 
 
-out(asyncio.run({"exec": exec_, "sftp": sftp, "forward": forward, "refused": refused}[name]()))
+async def server() -> dict:
+    """asyncssh's server (`asyncssh.listen` on HOST: usnet's listener under `usnet run`) and
+    OpenSSH's `ssh` (the kernel's sockets) as its clients, four at once: each sends 1 MB on stdin,
+    the server answers its SHA-256 and 512 KB, and exits 5. KEY and KNOWN_HOSTS are not used:
+    the keys are made here."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as d:
+        host_key, client_key = (asyncssh.generate_private_key("ssh-ed25519") for _ in range(2))
+        client_path, known_path = os.path.join(d, "client"), os.path.join(d, "known")
+        client_key.write_private_key(client_path)
+        os.chmod(client_path, 0o600)
+
+        async def handle(process: asyncssh.SSHServerProcess) -> None:
+            got = b""
+            for _ in range(4 * MB):
+                b = await process.stdin.read(1 << 16)
+                if not b:
+                    break
+                got += b
+            process.stdout.write(sha(got).encode() + b"\n" + bytes(range(256)) * 2048)
+            process.exit(5)
+
+        srv = await asyncssh.listen(host, 0, server_host_keys=[host_key], encoding=None,
+                                    authorized_client_keys=asyncssh.import_authorized_keys(
+                                        client_key.export_public_key().decode()), process_factory=handle)
+        sport = srv.get_port()
+        with open(known_path, "w") as f:
+            f.write(f"[{host}]:{sport} {host_key.export_public_key().decode()}")
+        cmd = ["ssh", "-F", "/dev/null", "-p", str(sport), "-i", client_path, "-o", "IdentitiesOnly=yes",
+               "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={known_path}", "-o", "StrictHostKeyChecking=yes",
+               f"root@{host}", "anything"]
+        datas = [os.urandom(MB) for _ in range(4)]
+
+        async def one(data: bytes) -> list:
+            p = await asyncio.create_subprocess_exec(*cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE)
+            outp, _err = await asyncio.wait_for(p.communicate(data), LIMIT)
+            first, _, rest = outp.partition(b"\n")
+            return [p.returncode, first.decode() == sha(data), rest == bytes(range(256)) * 2048]
+
+        got = await asyncio.gather(*(one(x) for x in datas))
+        srv.close()
+        await srv.wait_closed()
+    return {"clients": got}
+
+
+out(asyncio.run({"exec": exec_, "sftp": sftp, "forward": forward, "server": server,
+                 "refused": refused}[name]()))
