@@ -66,6 +66,17 @@ def test_asyncpg_against_postgres_as_on_the_kernel(usnetd_path, postgres, progra
     assert found == expected[program]
 
 
+def test_asyncpg_over_tls_as_on_the_kernel(usnetd_path, postgres, ca, tmp_path):  # noqa: F811
+    """asyncpg asks for TLS (SSLRequest, then `loop.start_tls` on usnet's transport): verified
+    against the test's CA and the server's address, 1 MB both ways, the server's pg_stat_ssl says
+    encrypted; a context that does not trust the CA fails its verification."""
+    pytest.importorskip("asyncpg")
+    path, host_ip = postgres
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    found = _both(_APG, path, usnetd_path[1], host_ip, "tls", host_ip, str(PG_PORT), str(tmp_path / "ca.pem"))
+    assert found == {"back": True, "ssl": True, "untrusted": ["SSLCertVerificationError", 20]}
+
+
 @pytest.fixture
 def mosquitto(tap_domain, usnetd_path) -> Iterator[tuple[str, str]]:  # noqa: F811
     """mosquitto on the kernel's side of the TAP, listening on its address alone, anonymous

@@ -165,6 +165,26 @@ async def pool() -> dict:
     return {"ok": sum(ok), "size": size, "backends": left}
 
 
+async def tls() -> dict:
+    """TLS asked for (asyncpg's SSLRequest, then `loop.start_tls` on the connection's transport):
+    verified against the CA (the fourth argument) and the server's address; 1 MB bytea both ways
+    over it; the server says the session is encrypted; a context that trusts nothing fails."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=sys.argv[4])
+    c = await asyncpg.connect(host=host, port=port, user="postgres", database="postgres", timeout=LIMIT, ssl=ctx)
+    v = bytes(range(256)) * 4096
+    back = await c.fetchval("SELECT $1::bytea", v)
+    on = await c.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    await c.close()
+    try:
+        await asyncpg.connect(host=host, port=port, user="postgres", timeout=LIMIT, ssl=ssl.create_default_context())
+        untrusted = "connected"
+    except ssl.SSLCertVerificationError as e:
+        untrusted = [type(e).__name__, e.verify_code]
+    return {"back": sha(back) == sha(v), "ssl": on, "untrusted": untrusted}
+
+
 async def refused() -> dict:
     """A port nobody listens on."""
     try:
@@ -175,4 +195,4 @@ async def refused() -> dict:
 
 
 out(asyncio.run({"big": big, "notify": notify, "cancelled": cancelled, "terminated": terminated, "pool": pool,
-                 "refused": refused}[name]()))
+                 "tls": tls, "refused": refused}[name]()))
