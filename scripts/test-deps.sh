@@ -1,6 +1,6 @@
 #!/bin/sh
 # What the tests need from the system: the real peers (ping, nc, iperf3, tshark, curl, wrk, dnsmasq,
-# redis-server, memcached, sshd, postgres).
+# redis-server, memcached, sshd, postgres, mosquitto).
 # Installed when we are root with apt; otherwise said, and the privileged tests skip (or fail under CI).
 set -e
 need=""
@@ -18,6 +18,7 @@ command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 command -v memcached >/dev/null 2>&1 || need="$need memcached"
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"  # tests/interop/test_programs12.py (not on PATH for non-root users)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$need postgresql"  # tests/interop/test_programs13.py
+[ -x /usr/sbin/mosquitto ] || need="$need mosquitto"  # tests/interop/test_programs15.py (not on PATH for non-root users)
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive

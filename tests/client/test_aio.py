@@ -527,6 +527,33 @@ def test_the_event_loop_listens_on_every_address_with_no_host(net):
     assert got == ([("0.0.0.0", 8093), ("::", 8093, 0, 0)], B6.encode() + b" hi", B_IP.encode() + b" hi")
 
 
+def test_create_server_listens_on_a_bound_socket_it_is_given(net):
+    """`loop.create_server(factory, sock=s)` with `s` bound and not yet listening (asyncssh's local
+    port forwards make their listeners so): asyncio listens on it (`Server._start_serving` calls
+    `sock.listen(backlog)` for every socket), and a connection is served. Before, usnet's loop
+    listened only on a socket with no flow yet, so a bound one never listened: its accept raised
+    EINVAL in the loop's callback and every connection was refused."""
+    import socket as std
+
+    async def main() -> tuple:
+        loop = asyncio.get_running_loop()
+        s = aio._us.socket(client=net, netif="b")
+        s.bind((B_IP, 0))
+        port = s.getsockname()[1]
+        srv = await loop.create_server(lambda: asyncio.StreamReaderProtocol(
+            asyncio.StreamReader(), _echo_name), sock=s)
+        async with srv:
+            return srv.sockets[0] is s, s.getsockopt(std.SOL_SOCKET, std.SO_ACCEPTCONN), \
+                await _ask(net, B_IP, port)
+
+    loop = aio.EventLoop(client=net, netif="b")
+    try:
+        got = loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+    finally:
+        loop.close()
+    assert got == (True, 1, B_IP.encode() + b" hi")
+
+
 def test_wait_closed_with_a_client_still_connected_as_asyncios_on_this_python(net):
     """A closed server with a client still connected: asyncio's wait_closed returns at once
     before Python 3.12.1 and waits for the connection from then on (gh-79033); usnet's does as

@@ -56,6 +56,7 @@ def sshd(usnetd_path, tmp_path) -> Iterator[tuple[str, str, list[str]]]:  # noqa
         f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}", "StrictModes no", "UsePAM no",
         "PidFile none", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         "PermitRootLogin prohibit-password", "AllowTcpForwarding yes", "Subsystem sftp internal-sftp",
+        "GatewayPorts clientspecified",  # (a remote forward on the address the client names: test_programs15.py)
         "LogLevel INFO", ""]))
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # (its privilege separation's chroot, as Debian's unit makes)
     with _server([SSHD, "-D", "-e", "-f", str(cfg)], b"Server listening"):

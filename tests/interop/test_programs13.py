@@ -198,11 +198,12 @@ PG_PORT = 5432  # (the test's own namespace: nothing else there)
 
 
 @pytest.fixture
-def postgres(usnetd_path) -> Iterator[tuple[str, str]]:  # noqa: F811
+def postgres(usnetd_path, ca) -> Iterator[tuple[str, str]]:  # noqa: F811
     """A postgres on the kernel's side of the TAP, listening on its address alone, trust
     authentication, no fsync; its cluster made by initdb in a directory of /tmp the postgres
     user owns (postgres refuses root; pytest's tmp_path is root's alone), removed after.
-    Yields (the socket path of usnetd, its address)."""
+    Yields (the socket path of usnetd, its address); TLS is offered with a certificate of the
+    module's `ca`."""
     pytest.importorskip("pg8000")
     path, _usnet_ip, host_ip = usnetd_path
     bindir = Path("/usr/lib/postgresql")
@@ -219,8 +220,17 @@ def postgres(usnetd_path) -> Iterator[tuple[str, str]]:  # noqa: F811
                         "--no-sync"], check=True, capture_output=True, timeout=LIMIT * 3, cwd=top)
         with (data / "pg_hba.conf").open("a") as hba:  # (initdb's trusts the loopback's addresses alone)
             hba.write(f"host all all {host_ip}/24 trust\n")
+        # TLS offered too (a client asks for it or not: pg8000 does not, the fifteenth sweep's
+        # asyncpg does), with a certificate for the address from the module's trustme CA
+        cert = ca.issue_cert(host_ip)
+        cert.cert_chain_pems[0].write_to_path(str(top / "server.crt"))
+        cert.private_key_pem.write_to_path(str(top / "server.key"))
+        for f in ("server.crt", "server.key"):
+            shutil.chown(top / f, "postgres")
+        (top / "server.key").chmod(0o600)  # (postgres refuses a key others may read)
         with _server([*as_pg, str(bins / "postgres"), "-D", str(data), "-c", f"listen_addresses={host_ip}", "-p",
-                      str(PG_PORT), "-k", str(top), "-c", "fsync=off", "-c", "max_connections=50"],
+                      str(PG_PORT), "-k", str(top), "-c", "fsync=off", "-c", "max_connections=50", "-c", "ssl=on",
+                      "-c", f"ssl_cert_file={top / 'server.crt'}", "-c", f"ssl_key_file={top / 'server.key'}"],
                      b"database system is ready to accept connections"):
             yield path, host_ip
     finally:

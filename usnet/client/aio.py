@@ -1624,8 +1624,9 @@ class EventLoop(asyncio.SelectorEventLoop):
         if sock is not None:
             if host is not None or port is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            if sock.engine is None:  # bound, not yet listening: asyncio listens for it
-                sock.listen(backlog)
+            # asyncio listens on it whatever its state (`Server._start_serving`): a socket that is
+            # only bound (it has a flow already) listens now, a listening one takes the backlog
+            sock.listen(backlog)
             sock.setblocking(False)
             socks = [sock]
         else:
