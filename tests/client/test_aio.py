@@ -475,6 +475,7 @@ def test_a_server_with_no_host_listens_on_every_address(net):
         srv = await aio.start_server(_echo_name, port=8090, client=net, netif="b", start_serving=False)
         names = [s.getsockname() for s in srv.sockets]
         task = asyncio.create_task(srv.serve_forever())
+        await asyncio.sleep(0)  # one turn of the loop: the task runs, and listens (start_serving=False)
         got = [await _ask(net, B_IP, 8090), await _ask(net, B6, 8090)]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -552,6 +553,26 @@ def test_create_server_listens_on_a_bound_socket_it_is_given(net):
     finally:
         loop.close()
     assert got == (True, 1, B_IP.encode() + b" hi")
+
+
+def test_a_server_not_yet_serving_refuses_as_asyncios_does(net):
+    """`create_server(..., start_serving=False)`: asyncio binds now and listens in `start_serving`
+    (its `Server._start_serving` calls `sock.listen`), so on the kernel a connection before then
+    is refused; usnet's is too, and served after. Before, usnet's listened at once, so the
+    connection waited in its queue and was served late."""
+
+    async def main() -> tuple:
+        srv = await aio.start_server(_echo_name, B_IP, 8094, client=net, netif="b", start_serving=False)
+        try:
+            with pytest.raises(ConnectionRefusedError):
+                await _ask(net, B_IP, 8094)
+            await srv.start_serving()
+            return srv.is_serving(), await _ask(net, B_IP, 8094)
+        finally:
+            srv.close()
+            await srv.wait_closed()
+
+    assert run(main()) == (True, B_IP.encode() + b" hi")
 
 
 def test_wait_closed_with_a_client_still_connected_as_asyncios_on_this_python(net):

@@ -1214,8 +1214,10 @@ class Server(asyncio.AbstractServer):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, socks: _us.socket | Sequence[_us.socket],
                  protocol_factory: Callable[[], asyncio.BaseProtocol], ssl: _ssl.SSLContext | None,
-                 ssl_handshake_timeout: float | None, ssl_shutdown_timeout: float | None) -> None:
+                 ssl_handshake_timeout: float | None, ssl_shutdown_timeout: float | None,
+                 backlog: int = 100) -> None:
         self._loop = loop
+        self._backlog = backlog
         self._factory = protocol_factory
         self._ssl = ssl
         self._timeouts = (ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -1254,8 +1256,13 @@ class Server(asyncio.AbstractServer):
         return self._serving
 
     def _start_serving(self) -> None:
+        """Listen and serve, as asyncio's `Server._start_serving`: a socket listens only from here,
+        so until then (`start_serving=False`) a connection is refused, as on the kernel."""
         if self._serving or self._listeners is None:
             return
+        for lst in self._listeners:
+            if lst.sock is not None:
+                lst.sock.listen(self._backlog)  # a listening socket takes the backlog, as on Linux
         self._serving = True
         for lst in self._listeners:
             lst.start()
@@ -1376,12 +1383,13 @@ def _hosts(host: Any) -> list[Any]:
     return list(host)
 
 
-def _listen_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket], backlog: int,
-               reuse_port: bool | None = None, reuse_address: bool | None = None) -> list[_us.socket]:
-    """A listening socket on each distinct address of `infos` (getaddrinfo's answers), as asyncio's
-    create_server makes them on the kernel: for no host, 0.0.0.0 and ::, each on its own port if
-    the port is 0, the AF_INET6 one with IPV6_V6ONLY set (Linux's default is dual stack, which
-    would take 0.0.0.0's port in IPv4 too), with SO_REUSEADDR unless `reuse_address` is False.
+def _bound_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket],
+              reuse_port: bool | None = None, reuse_address: bool | None = None) -> list[_us.socket]:
+    """A bound socket on each distinct address of `infos` (getaddrinfo's answers), to listen when
+    its server starts serving, as asyncio's create_server makes them on the kernel: for no host,
+    0.0.0.0 and ::, each on its own port if the port is 0, the AF_INET6 one with IPV6_V6ONLY set
+    (Linux's default is dual stack, which would take 0.0.0.0's port in IPv4 too), with
+    SO_REUSEADDR unless `reuse_address` is False.
 
     A wildcard the domain cannot listen on (EADDRNOTAVAIL: :: where the netif has no IPv6 and the
     domain no loopback netif to put it on, usnet.client.socket's `_open_bound`) is left out,
@@ -1404,7 +1412,6 @@ def _listen_on(infos: Iterable[tuple], make: Callable[[int, int], _us.socket], b
                 if af == _stdsocket.AF_INET6:
                     sock.setsockopt(_stdsocket.IPPROTO_IPV6, _stdsocket.IPV6_V6ONLY, 1)
                 sock.bind(addr)
-                sock.listen(backlog)
                 sock.setblocking(False)
             except OSError as err:
                 sock.close()
@@ -1444,8 +1451,8 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
     def make(family: int, proto: int) -> _us.socket:
         return _us.socket(family, _stdsocket.SOCK_STREAM, proto, client=client, netif=netif)
 
-    socks = _listen_on(infos, make, backlog)
-    server = Server(loop, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+    socks = _bound_on(infos, make)
+    server = Server(loop, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout, backlog)
     if start_serving:
         await server.start_serving()
     return server
@@ -1624,17 +1631,16 @@ class EventLoop(asyncio.SelectorEventLoop):
         if sock is not None:
             if host is not None or port is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            # asyncio listens on it whatever its state (`Server._start_serving`): a socket that is
-            # only bound (it has a flow already) listens now, a listening one takes the backlog
-            sock.listen(backlog)
+            # asyncio listens on it whatever its state, when it starts serving (`Server._start_serving`):
+            # a socket that is only bound (it has a flow already) listens then, a listening one takes the backlog
             sock.setblocking(False)
             socks = [sock]
         else:
             found = await asyncio.gather(*(self._usnet_resolve(h, port or 0, family, _stdsocket.SOCK_STREAM, 0,
                                                                flags) for h in _hosts(host)))
-            socks = _listen_on((info for infos in found for info in infos), self._usnet_socket, backlog,
-                               reuse_port, reuse_address)
-        server = Server(self, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+            socks = _bound_on((info for infos in found for info in infos), self._usnet_socket,
+                              reuse_port, reuse_address)
+        server = Server(self, socks, protocol_factory, ssl, ssl_handshake_timeout, ssl_shutdown_timeout, backlog)
         if start_serving:
             await server.start_serving()
         return server
