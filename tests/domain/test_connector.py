@@ -77,6 +77,25 @@ def ports_of(pkts: list[bytes]) -> list[tuple[int, int, bytes]]:
     return [(IP(p)[TCP].sport, IP(p)[TCP].dport, bytes(IP(p)[TCP].payload)) for p in pkts]
 
 
+def test_a_connector_opens_with_packets_lent_so_its_first_syn_asks_the_domain_for_none():
+    """A connector is opened by a connect, whose SYN needs a packet at once: its ALLOC ring is
+    filled at open (issue 18: the first connect waited for a refill round trip), so that first
+    alloc neither kicks the domain nor waits for its answer."""
+    n = Net()
+    try:
+        ch, _ = n.c.open_connector("a")
+        assert ch._alloc.refresh() > 0
+        kicks = []
+        real = ch._kick
+        ch._kick = lambda: (kicks.append(1), real())[1]
+        assert len(ch.alloc(1)) == 1
+        assert kicks == []
+        plain, _ = n.c.open_flow("b", 6, 6002)  # other flows lend what they use, from their first ask
+        assert plain._alloc.refresh() == 0
+    finally:
+        n.d.stop()
+
+
 def test_connections_share_one_channel_and_each_port_is_bound_by_its_first_syn(cnet):
     n = cnet
     assert len(set(n.ports)) == 8 and all(49152 <= p <= 65535 for p in n.ports) and n.info.local_port == 0

@@ -294,6 +294,63 @@ def test_grow_to(pool):
     pool.check()
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(20, 70), st.lists(st.tuples(st.sampled_from(["grow", "purge"]), st.integers(0, 80)),
+                                     max_size=8))
+def test_grow_to_takes_the_lowest_inactive_segments_that_reach_the_count(capacity, steps):
+    """grow_to counts segments with array operations (issue 18): it activates, lowest first, the
+    inactive segments up to the first that brings the active count to the target, a short last
+    segment counted short, holes left by a purge filled first; as a loop over them did."""
+    arena = make_arena(max_packets=80)
+    try:
+        pool = PacketPool(arena, capacity, 0, ROLES, quota=capacity)
+        for op, n in steps:
+            if op == "purge":
+                pool.purge(keep=n)
+                continue
+            before = pool.seg_active.copy()
+            want, active = min(n, capacity), pool.active
+            expect = before.copy()  # the model: the old per-segment loop
+            for seg in np.flatnonzero(~before):
+                if active >= want:
+                    break
+                expect[seg] = True
+                active += min(PER_SEG, max(0, capacity - seg * PER_SEG))
+            got = pool.grow_to(n)
+            assert got == active == pool.active
+            assert (pool.seg_active == expect).all()
+            pool.check()
+    finally:
+        arena.close()
+
+
+def test_growing_a_pool_of_a_thousand_segments_makes_no_python_call_per_segment():
+    """A channel's pool opens with ~1,000 segments (issue 18: a first connect's connector): grow_to
+    counts them with array operations, a handful of calls whatever their number."""
+    import sys
+
+    arena = make_arena(max_packets=1024 * 4, per_seg=4)
+    try:
+        pool = PacketPool(arena, 1024 * 4, 0, ROLES, quota=1024 * 4)
+        calls = 0
+
+        def count(frame, event, arg):
+            nonlocal calls
+            if event == "call":
+                calls += 1
+
+        sys.setprofile(count)
+        try:
+            got = pool.grow_to(1024 * 4 - 1)
+        finally:
+            sys.setprofile(None)
+        assert got == 1024 * 4 and pool.seg_active.all()
+        assert calls < 100, calls  # numpy wrappers, ~25; the loop over segments made three a segment: 3,000
+        pool.check()
+    finally:
+        arena.close()
+
+
 def test_purge_only_all_free_segments(pool):
     pool.grow_to(MAX)
     seg0 = lend(pool, MAX)

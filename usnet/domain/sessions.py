@@ -434,6 +434,8 @@ class SessionRegistry:
             self.ledger.release(charge)
             pipe.destroy()
             raise
+        if req.connector:  # its first connect's SYN needs a packet at once (UserPipe.lend_first)
+            pipe.lend_first(0)
         local = sw.netif.ip6_str if family == 6 else sw.netif.ip_str
         assert local is not None, "add_flow refuses an IPv6 flow on a netif without an IPv6 address"
         remote = None if raddr is None else str(ipaddress.ip_address(raddr))  # the canonical text

@@ -265,6 +265,15 @@ class UserPipe:
             end.ring_bell()
         self._publish_stats()
 
+    def lend_first(self, role: int) -> None:
+        """Fill one end's ALLOC ring now, as its first refill would (`fill`: ALLOC_MIN packets), for
+        an end that sends at once: a connector is opened by a connect whose SYN needs a packet, and
+        an empty ring cost that first connect a refill round trip to the domain (a kick, the naps
+        of `Channel._refill`: issue 18). No bell: nothing waits on the ring yet."""
+        end = self.ends[role]
+        if end.attached and not end.closed:
+            self._refill(end)
+
     def _violation(self, end: PipeEnd, reason: RefusalReason, packet: int = 0xFFFFFFFF,
                    posted: bool = False) -> None:
         """Count one bad batch against an end (posting its event unless already posted)."""
