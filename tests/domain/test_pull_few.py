@@ -79,21 +79,31 @@ _item = st.tuples(st.sampled_from(["own", "own", "own", "dup", "unsent", "range"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(items=st.lists(_item, min_size=1, max_size=4), extra=st.integers(1, 3))
-def test_a_few_packets_are_pulled_in_scalars_as_pull_takes_them(items, extra) -> None:
+@given(items=st.lists(_item, min_size=1, max_size=4), extra=st.integers(1, 3),
+       widest=st.sampled_from([None, ETH + 1000, ETH + 2048]))
+def test_a_few_packets_are_pulled_in_scalars_as_pull_takes_them(items, extra, widest) -> None:
+    """... and a few with one longer than the caller's `widest` and no marks (super-segments)
+    come as `pull`'s rows, each copied once (issue 18, bulk transmit); the same bytes either way."""
     few, batch = _Side(), _Side()
     try:
         few.send(items, extra)
         batch.send(items, extra)
-        got, rest = few.port.pull_any(64, 4, ETH)
-        assert got is not None and rest is None  # at most four wait: the scalar path took them
-        pkts, gsos, meta = got
+        got, rest = few.port.pull_any(64, 4, ETH, widest=widest)
         rows, lens, gso, bmeta = batch.port.pull(64, ETH)
-        assert [bytes(p) for p in pkts] == [bytes(rows[i, ETH : ETH + n]) for i, n in enumerate(lens.tolist())]
-        assert gsos == gso.tolist()
-        assert (meta is None) == (bmeta is None)
-        if meta is not None:
-            assert meta.marks == bmeta.marks
+        wanted = [bytes(rows[i, ETH : ETH + n]) for i, n in enumerate(lens.tolist())]
+        if widest is not None and len(lens) and ETH + int(lens.max()) > widest and bmeta is None:
+            assert got is None and rest is not None  # a wide one: rows, as `pull` gives them
+            frows, flens, fgso, fmeta = rest
+            assert flens.tolist() == lens.tolist() and fgso.tolist() == gso.tolist() and fmeta is None
+            assert [bytes(frows[i, ETH : ETH + n]) for i, n in enumerate(flens.tolist())] == wanted
+        else:
+            assert got is not None and rest is None  # at most four wait: the scalar path took them
+            pkts, gsos, meta = got
+            assert [bytes(p) for p in pkts] == wanted
+            assert gsos == gso.tolist()
+            assert (meta is None) == (bmeta is None)
+            if meta is not None:
+                assert meta.marks == bmeta.marks
         assert few.books() == batch.books()  # the same refusals, events, defunct reason and pool books
     finally:
         few.close()

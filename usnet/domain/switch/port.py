@@ -285,25 +285,35 @@ class FlowPort:
             pipe._violation(end, refused[0][1], refused[0][0], posted=True)
         return good
 
-    def pull_any(self, max_n: int, few: int, headroom: int = 0, draining: bool = False) -> tuple[
+    def pull_any(self, max_n: int, few: int, headroom: int = 0, draining: bool = False,
+                 widest: int | None = None) -> tuple[
             tuple[list[bytes], list[int], TxMeta | None] | None,
             tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None] | None]:
         """`_pull_few` when at most `few` packets wait, else `pull`: (what `_pull_few` gave, None) or
         (None, what `pull` gave). One look at the ring under one lock: the switch asked twice
         (the few path, then `pull`), a lock and a dozen calls a flow's batch, paid once per 32
-        datagrams at 1,000 flows (issue 18). The same checks, in the same order."""
+        datagrams at 1,000 flows (issue 18). The same checks, in the same order.
+
+        `widest`: the longest row (headroom included) the caller's scalar path takes. A few
+        packets with a longer one among them and no marks (a bulk sender's TCP super-segments,
+        a handful a turn) come as `pull`'s rows, each packet copied once into its row: copied
+        into a bytearray first, a 64 KB packet was copied a second time into the rows the
+        device writes from (issue 18, bulk transmit)."""
         with self.pipe.lock:  # as in `pull`
-            got = self._pull_few(max_n, few, draining)
+            got = self._pull_few(max_n, few, headroom, draining, widest)
             if got is not None:
-                return got, None
+                return got
             return None, self._pull(max_n, headroom, draining)
 
-    def _pull_few(self, max_n: int, few: int,
-                  draining: bool) -> tuple[list[bytes], list[int], TxMeta | None] | None:
+    def _pull_few(self, max_n: int, few: int, headroom: int, draining: bool, widest: int | None) -> tuple[
+            tuple[list[bytes], list[int], TxMeta | None] | None,
+            tuple[np.ndarray, np.ndarray, np.ndarray, TxMeta | None] | None] | None:
         """`pull` when at most `few` packets wait on the TX ring (a handshake's, a request's): each
-        copied out of the pool into a bytes of its own, with its gso size, in scalars; None,
-        taking nothing, when more wait (`pull`'s arrays then cost less than packet by packet).
-        With `pipe.lock` held (`pull_any`).
+        copied out of the pool into a bytes of its own (the one copy: checked and sent as it is),
+        with its gso size, in scalars, as (that, None); None, taking nothing, when more wait
+        (`pull`'s arrays then cost less than packet by packet). A batch with a row longer than
+        `widest` and no marks comes as (None, rows), as `pull` gives them. With `pipe.lock` held
+        (`pull_any`).
 
         The same checks and the same order as `pull`: the ring's counter, ownership
         (`_release_sent`), the UMD's length cut to the buffer, the marks (`TxMeta`), then
@@ -311,31 +321,44 @@ class FlowPort:
         """
         pipe = self.pipe
         if pipe.defunct_reason is not None or (self.suspended and not draining):
-            return [], [], None
+            return ([], [], None), None
         avail = self.tx.available()
         if avail > few:
             return None
         idx = self.tx.pop(min(max_n, avail))
         if not idx or pipe.defunct_reason is not None:
-            return [], [], None
+            return ([], [], None), None
         good = self._release_sent(idx)
         if not len(good):
-            return [], [], None
-        umd, mv, stride = self.umd_mv, self.buf_mv, self.stride
-        pkts: list[bytes] = []
+            return ([], [], None), None
+        umd, stride = self.umd_mv, self.stride
+        lens: list[int] = []
         gsos: list[int] = []
         meta = None
+        top = 0  # the longest packet
         for g in good:
             w = g * UMD_WORDS
             if meta is None and (umd[w + W_FLAGS] & TX_REPORT or umd[w + W_DEADLINE] or umd[w + W_DEADLINE + 1]):
                 arr = np.array(good, np.int64)  # a marked packet: its batch's marks read as `take` reads them
                 meta = self._meta(arr, arr * UMD_WORDS, self._marked(arr * UMD_WORDS))
-            ln = min(umd[w], stride)
-            at = g * stride
-            pkts.append(mv[at : at + ln].tobytes())  # the one copy: checked and sent as it is
+            ln = umd[w]
+            if ln > stride:  # a length past its buffer is cut to it (the rest is not ours to read)
+                ln = stride
+            if ln > top:
+                top = ln
+            lens.append(ln)
             gsos.append(umd[w + W_GSO] >> GSO_SHIFT)
+        if widest is not None and headroom + top > widest and meta is None:
+            rows = np.empty((len(lens), headroom + top), np.uint8)
+            buf = self.buf
+            for i, g in enumerate(good):
+                rows[i, headroom : headroom + lens[i]] = buf[g, : lens[i]]
+            self.top_up(collected=True)
+            return None, (rows, np.array(lens, np.uint32), np.array(gsos, np.uint32), None)
+        mv = self.buf_mv
+        pkts = [mv[g * stride : g * stride + ln].tobytes() for g, ln in zip(good, lens)]  # the one copy
         self.top_up(collected=True)
-        return pkts, gsos, meta
+        return (pkts, gsos, meta), None
 
     def _meta(self, good: np.ndarray, at: np.ndarray, marked: np.ndarray) -> TxMeta:
         """What the marked packets of a batch asked for: read once, like the lengths."""

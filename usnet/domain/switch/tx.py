@@ -327,39 +327,27 @@ class TransmitPath(HostDuties):
         """`service_tx` of at most `few` packets without arrays (`FlowPort.pull_any`, `_tx_few`):
         (packets taken, None); when more wait, (0, the batch `FlowPort.pull` took, with room for
         the link header) for the caller's array path: one look at the ring (`FlowPort.pull_any`).
-        A packet too wide for the scalar path (a super-segment, which only the batch path cuts)
-        sends the batch there, as rows."""
-        got, pulled = flow.port.pull_any(bite, few, ETH_HLEN, draining)
+        A batch with a packet too wide for the scalar path (a super-segment, which only the batch
+        path cuts) comes from the port as rows already, for the array path."""
+        got, pulled = flow.port.pull_any(bite, few, ETH_HLEN, draining, _SCALAR_WIDTH)
         if got is None:
             return 0, pulled
         pkts, gsos, meta = got
         if not pkts:
             return 0, None
-        widest = max(map(len, pkts))
-        w = ETH_HLEN + widest
-        if w <= _SCALAR_WIDTH or meta is not None:
-            return self._tx_few(flow, pkts, gsos, meta, widest), None
-        rows = np.empty((len(pkts), w), np.uint8)
-        for i, p in enumerate(pkts):
-            rows[i, ETH_HLEN : ETH_HLEN + len(p)] = np.frombuffer(p, np.uint8)
-        return self._tx_pulled(flow, rows, np.array([len(p) for p in pkts], np.uint32),
-                               np.array(gsos, np.uint32), meta), None
+        return self._tx_few(flow, pkts, gsos, meta), None
 
-    def _tx_few(self, flow: Flow, pkts: list[bytes], gsos: list[int], meta: TxMeta | None,
-                widest: int | None = None) -> int:
+    def _tx_few(self, flow: Flow, pkts: list[bytes], gsos: list[int], meta: TxMeta | None) -> int:
         """`service_tx` for a batch of a few packets (each its own copy, made by `FlowPort._pull_few`
         and checked and sent as it is: a packet whose class is rewritten is copied once more, the
         rare case, where every packet paid a second copy): the same DSCP rewrite and
         the same checks, one packet at a time by `_tx_one`/`_tx_one6` (which decide every packet
         the column-wise pass does not accept, so they accept exactly what the batch path sends),
-        and the same TCP state: the last packet that passed, per remote end. `widest`: the
-        longest packet's length, when the caller knows it."""
+        and the same TCP state: the last packet that passed, per remote end."""
         now = self.clock()
         family, dscp = flow.family, flow.dscp
         tx_one = self._tx_one6 if family == 6 else self._tx_one
-        if widest is None:
-            widest = max(map(len, pkts))
-        wide = widest >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
+        wide = max(map(len, pkts)) >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
         sent = nbytes = 0
         passed: list[bytes] = []
         for i, pb in enumerate(pkts):
