@@ -21,8 +21,8 @@ channel of the netif that read the last announcement posted to it (or never
 got one) gets an ADVISORY_UPDATED event (code: direction TX, value: the new
 Trend, aux: the publication's seq) and its bell, so a client asleep on its
 channel hears of it. One that has not read the last is skipped (`_announce`)
-and looked at again within `RECHECK` seconds (`_recheck`): once it has read,
-it gets the newest trend if it missed one. Not on every publication.
+and looked at again within `RECHECK_MAX` seconds of a later change (`_recheck`):
+once it has read, it gets the newest trend and is rung. Not on every publication.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from usnet.domain.userpipe import PipeEnd, UserPipe
 __all__ = ["NetifAdvisory"]
 
 IDLE_AFTER = 5 * TAU  # seconds without movement before an advisory stops being republished
-RECHECK = 0.25  # seconds: how often channels skipped by an announcement are looked at again
+RECHECK = 0.25  # seconds: how soon after a change the channels it skipped are looked at again
+RECHECK_MAX = 2.0  # ... doubled after each look that found none reading, up to this
 _NEVER = float("inf")
 
 
@@ -81,7 +82,8 @@ class NetifAdvisory:
         self._behind: dict[PipeEnd, tuple[UserPipe, int, int]] = {}  # ... and `_made` when it was
         self._made = 0  # announcements made
         self._seen_fid = -1  # the highest flow id `_join_new` looked at
-        self._recheck_at = _NEVER
+        self._recheck_at = _NEVER  # armed by a change that skipped a channel (`_announce`)
+        self._every = RECHECK  # how long after it (`_recheck`)
         self._seen_tx = self._seen_rx = -1  # the netif's frame counters at the last publication
         self.publish(now)
 
@@ -193,8 +195,8 @@ class NetifAdvisory:
         it would not have used (it has not read the last). A plain UDP sender never reads
         its events: 1,000 of them in `usnet bench scale` each got a post (a cold ring, a lock,
         some 5 µs) at every change, the only work of the switch that grew with the channels
-        per event. A channel that reads again is found by `_recheck` within `RECHECK` seconds,
-        told the newest trend if it missed one, and rung: no wake-up is lost for long.
+        per event. A channel that reads again is found by `_recheck` within `RECHECK_MAX`
+        seconds of a change, told the newest trend if it missed one, and rung.
         New channels are found by their flow ids, which only grow (`_join_new`)."""
         self._made += 1
         self._join_new()
@@ -214,7 +216,7 @@ class NetifAdvisory:
                     end.ring_bell()
                     watch[end] = (pipe, at)
         if behind and self._recheck_at == _NEVER:
-            self._recheck_at = self.netif.clock() + RECHECK
+            self._recheck_at = self.netif.clock() + self._every
 
     def _join_new(self) -> None:
         """Channels of flows opened since the last look join the watched ones: a switch's flows
@@ -232,18 +234,23 @@ class NetifAdvisory:
             self._seen_fid = max(seen, next(reversed(flows)))
 
     def _recheck(self, now: float) -> None:
-        """The skipped channels again (O(channels), at most every `RECHECK` seconds while some
-        missed a change): one that has read its last announcement since is told the newest
-        trend if it missed one (its event, its bell) and watched again; one that closed is
-        forgotten."""
+        """The skipped channels again, after a change skipped some: one that has read its last
+        announcement since is told the newest trend if it missed one (its event, its bell) and
+        watched again; one that closed is forgotten. O(channels), at most once a change and at
+        most once every `RECHECK` seconds, doubled (to `RECHECK_MAX`) while none reads: 1,000
+        senders that never read cost a look each every 2 s, not a post at every change.
+
+        No later look is needed without a later change: a channel that reads after this one has
+        read, in the advisory, the newest trend there is (it was published before any event)."""
         self._recheck_at = _NEVER
         behind, watch = self._behind, self._watch
         live = {f.port.pipe.ends[CLIENT] for f in self.sw.flows.values()}
         for gone in [e for e in (*watch, *behind) if e not in live]:  # their flows left this netif
             watch.pop(gone, None)
             behind.pop(gone, None)
+        woke = 0
         for end, (pipe, last, told) in list(behind.items()):
-            with pipe.lock:
+            with pipe.lock:  # as in `_announce`
                 if pipe.defunct_reason is not None or pipe.destroyed or end.closed:
                     del behind[end]
                     continue
@@ -251,14 +258,14 @@ class NetifAdvisory:
                 if ev.consumed() <= last:
                     continue  # still not read: stays skipped
                 del behind[end]
+                woke += 1
                 if told < self._made and not self.flags & FLAG_GONE:
                     at = ev.prod
                     if ev.post(EventType.ADVISORY_UPDATED, Direction.TX, value=int(self.trend), aux=self.seq):
                         end.ring_bell()
                         last = at
                 watch[end] = (pipe, last)
-        if behind:
-            self._recheck_at = now + RECHECK
+        self._every = RECHECK if woke else min(2 * self._every, RECHECK_MAX)
 
     def close(self) -> None:
         """The netif is going: a last publication marked GONE, then the memfd closes.
