@@ -118,10 +118,13 @@ class NetifAdvisory:
             if n.tx_frames == self._seen_tx and n.rx_frames == self._seen_rx and not (n.active or n.active_ll):
                 return None if self._recheck_at == _NEVER else self._rechecked(n.clock(), None)
             now = n.clock()
-            return self._rechecked(now, self.poll(now))
-        now = n.clock()
-        left = self.next_due - now
-        return self._rechecked(now, left if left > 0 else self.poll(now))
+            left = self.poll(now)
+        else:
+            now = n.clock()
+            left = self.next_due - now
+            if left <= 0:
+                left = self.poll(now)
+        return left if self._recheck_at == _NEVER else self._rechecked(now, left)
 
     def _rechecked(self, now: float, left: float | None) -> float | None:
         """`_recheck` if due; `left` (seconds to the next publication, None: none) shortened to
