@@ -9,7 +9,7 @@
   totals match what was sent exactly, the queues are non-zero during a
   backlog and zero after, the trend is DOWN exactly while the delay is over
   the target, and each trend change is one ADVISORY_UPDATED event on the
-  netif's flow channels.
+  netif's flow channels that read their events.
 - The control request, the memfd's seals, and `usnet advisory` against a
   real usnetd.
 
@@ -304,10 +304,12 @@ def test_totals_queues_trend_and_events_follow_a_backlog(link):
         list(sock.events())  # what the warm-up caused
     history = [(s0.seq, s0.tx.trend)]  # every publication of a from now on
     received: list = []
+    events: list = []  # a's ADVISORY_UPDATED, read as they come (a channel that reads its events)
 
     def step():
         tick(d, clock)
         received.extend(take(sb))
+        events.extend(e for e in sa.events() if e.type == EventType.ADVISORY_UPDATED)
         s = adv_a.snapshot()
         if s.seq != history[-1][0]:
             history.append((s.seq, s.tx.trend))
@@ -358,7 +360,6 @@ def test_totals_queues_trend_and_events_follow_a_backlog(link):
     assert adv_a.snapshot().seq == s.seq  # idle: nothing is republished while nothing moves
 
     changes = [(seq, t) for (seq, t), (_, before) in zip(history[1:], history) if t != before]
-    events = [e for e in sa.events() if e.type == EventType.ADVISORY_UPDATED]
     assert [(e.aux, e.value, e.code) for e in events] == [(seq, t, Direction.TX) for seq, t in changes]
     assert [t for _, t in changes][:1] == [Trend.DOWN] and len(changes) >= 2
     assert not [e for e in sb.events() if e.type == EventType.ADVISORY_UPDATED]  # b's trend never moved

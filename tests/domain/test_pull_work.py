@@ -26,11 +26,12 @@ import numpy as np
 import pytest
 
 from usnet.abi.advisory import Trend
-from usnet.abi.events import EventType
+from usnet.abi.events import EventProducer, EventType
 from usnet.client.datagram import DatagramSocket
 from usnet.client.session import Client
 from usnet.domain.loop import Domain
 from usnet.domain.mem import pool as poolmod
+from usnet.domain.netif.advisory import RECHECK
 from usnet.domain.switch.port import FlowPort
 from usnet.domain.userpipe import PipeEnd
 from usnet.drivers.block import FrameBlock
@@ -89,7 +90,8 @@ def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
         rx = c.udp_socket("b", 6000, ring_size=8192, packets=16384)
         socks = [c.udp_socket("a", 0, ring_size=256, packets=512) for _ in range(flows)]
         ports = {s.getsockname()[1]: i for i, s in enumerate(socks)}
-        work = {"pulls": 0, "umd_gathers": 0, "scratches": set(), "lookups": 0, "blocks": 0, "looks": 0, "bells": 0}
+        work = {"pulls": 0, "umd_gathers": 0, "scratches": set(), "lookups": 0, "blocks": 0, "looks": 0, "bells": 0,
+                "adv_posts": 0}
         adv = d.advisories["a"]
         orig_pull, orig_marks, orig_name = FlowPort._pull, poolmod._marks, DatagramSocket._name
         orig_block = FrameBlock.__init__
@@ -153,6 +155,12 @@ def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
         for look in ("pull", "pull_any"):  # a look at a flow's TX ring, under its pipe's lock
             counted(FlowPort, look, "looks", busy=True)
         counted(PipeEnd, "ring_bell", "bells")
+        orig_post = EventProducer.post
+
+        def post(self, type_, *a, **kw):
+            work["adv_posts"] += type_ == EventType.ADVISORY_UPDATED
+            return orig_post(self, type_, *a, **kw)
+        monkeypatch.setattr(EventProducer, "post", post)
         monkeypatch.setattr(FlowPort, "_pull", pull)
         monkeypatch.setattr(poolmod, "_marks", marks)
         monkeypatch.setattr(DatagramSocket, "_name", name)
@@ -168,9 +176,9 @@ def _run(flows: int, monkeypatch, per: int = 1, changes: bool = False) -> dict:
             change(k)
             got += drain(flows * BATCH * per)
         assert got == 3 * flows * BATCH * per  # every datagram arrived
-        for s in socks if changes else ():  # every change reached every sender, one event each (not
-            # coalesced; the advisory's own publications may have found more changes meanwhile)
-            assert [e.type for e in s.events()].count(EventType.ADVISORY_UPDATED) >= 4
+        for s in socks if changes else ():  # each sender holds the first announcement it never read:
+            # the later changes skipped it (the advisory holds the newest trend)
+            assert [e.type for e in s.events()].count(EventType.ADVISORY_UPDATED) == 1
         work.update(datagrams=got, pool_scans=_Scanned.scans, block_sums=_Summed.sums)
         return dict(work)  # as it stood: the closes below ring bells too
     finally:  # the client too: 100 flows' descriptors, else open till a collection finds them
@@ -217,14 +225,31 @@ def test_the_switchs_looks_and_bells_do_not_grow_with_the_flows(monkeypatch):
     many = _run(100, monkeypatch, 1, changes=True)
     assert many["looks"] == many["pulls"] == 300  # one a flow's batch
     assert many["bells"] / many["datagrams"] <= 1.2 * one["bells"] / one["datagrams"]
+    # no sender read the announcement before the count: the three changes in it post none (each
+    # posted to all 100, a cold ring and a lock each: 300)
+    assert many["adv_posts"] == one["adv_posts"] == 0
 
 
-def test_a_trend_change_rings_a_channel_that_read_the_last_one_and_not_one_that_did_not():
-    """The announcement's bell (usnet.domain.netif.advisory `_announce`): rung when the channel has read
-    the last announcement rung, not again while it has not; every change is still its own event."""
-    d, _wire, c = _local()
+class _Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_trend_change_tells_a_channel_that_read_the_last_one_and_skips_one_that_did_not():
+    """The announcement (usnet.domain.netif.advisory `_announce`, `_recheck`): posted and rung when the
+    channel has read the last one posted to it; skipped (no event, no bell) while it has not; once it
+    has read, the recheck within RECHECK tells it the newest trend it missed, and every change after
+    is its own event again. A channel that never reads costs nothing at a change after its first."""
+    clock = _Clock()
+    d = Domain()
+    w = MemWire()
+    d.add_netif("a", w.a, f"{A}/24", clock=clock)
+    c = Client.local(d)
     try:
         s = c.udp_socket("a", 0)
+        mute = [c.udp_socket("a", 0) for _ in range(20)]  # never read their events
         bell = s.channel.doorbell_fd
         adv = d.advisories["a"]
 
@@ -233,22 +258,39 @@ def test_a_trend_change_rings_a_channel_that_read_the_last_one_and_not_one_that_
             with d.lock:
                 adv.trend = trend
                 adv._announce(trend)
-            rung = bool(select.select([bell], [], [], 0)[0])
+            return rung()
+
+        def rung() -> bool:
+            got = bool(select.select([bell], [], [], 0)[0])
             s.channel.drain_doorbell()
-            return rung
+            return got
 
         def read() -> list[int]:
             return [e.value for e in s.events() if e.type == EventType.ADVISORY_UPDATED]
 
         s.channel.drain_doorbell()
         read()
-        assert change(Trend.DOWN)  # nothing unread: rung
-        assert not change(Trend.UP)  # the last one rung is unread: its bell woke the client already
+        assert change(Trend.DOWN)  # never told: posted, rung
+        assert not change(Trend.UP)  # the last one is unread: skipped, no bell
         assert not change(Trend.DOWN)
-        assert read() == [Trend.DOWN, Trend.UP, Trend.DOWN]  # each change its own event, in order
-        assert change(Trend.UP)  # read: the next change rings again
+        assert read() == [Trend.DOWN]  # only what was posted; the advisory holds the newest
+        assert not change(Trend.UP)  # read, but not yet rechecked
+        with d.lock:
+            assert adv.turn() is not None  # a recheck is owed: the loop wakes for it
+            clock.now += 0.1
+            adv.turn()
+        assert not rung()  # not yet due
+        clock.now += RECHECK
+        with d.lock:
+            adv.turn()
+        assert rung()  # the recheck: it read, and missed a change, so it is told the newest
         assert read() == [Trend.UP]
-        assert change(Trend.DOWN)
+        assert change(Trend.DOWN)  # watched again: every change it reads in between is its own event
+        assert read() == [Trend.DOWN]
+        assert change(Trend.UP)
+        assert read() == [Trend.UP]
+        for m in mute:  # the first change posted to each, nothing since
+            assert [e.value for e in m.events() if e.type == EventType.ADVISORY_UPDATED] == [Trend.DOWN]
     finally:
         c.close()
         d.stop()

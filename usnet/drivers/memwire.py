@@ -146,17 +146,22 @@ class MemWire:
                 if room <= 0:
                     src.stats.tx_dropped += 1
                     break
-                if room < len(f):
+                n = len(f.lens)
+                if room < n:
                     f = f.rows(slice(0, room))  # the link's queue takes the head; the rest stay the caller's
                     src.stats.tx_dropped += 1
                     full = True
-                sent += len(f)
-                if int(f.lens.max()) > self.mtu + 18:
+                    n = room
+                sent += n
+                # no frame is longer than its row: a block no wider than the link's largest frame needs
+                # no look at its lengths (a reduction per block: per 32 datagrams at 1,000 flows)
+                if f.data.shape[1] > self.mtu + 18 and int(f.lens.max()) > self.mtu + 18:
                     f = self._fit(f, src)
-                src.stats.tx_frames += len(f)
+                    n = len(f.lens)
+                src.stats.tx_frames += n
                 src.stats.tx_bytes += f.nbytes()
                 d.seq += 1
-                d.frames += len(f)
+                d.frames += n
                 d.heap.append((0.0, d.seq, f))
                 ready = True
                 if full:
@@ -244,8 +249,9 @@ class MemWire:
             out = []
             while heap and len(out) < max_n and heap[0][0] <= now:
                 out.append(heapq.heappop(heap)[2])
-        d.frames -= block.count(out)
-        port.stats.rx_frames += block.count(out)
+        n = block.count(out)
+        d.frames -= n
+        port.stats.rx_frames += n
         port.stats.rx_bytes += sum(map(block.size, out))
         if heap and heap[0][0] <= self.clock():
             port._ring()

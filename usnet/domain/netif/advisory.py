@@ -17,10 +17,12 @@ When to publish:
   `interval` again.
 
 Whom to tell: when the transmit trend suggestion changes, every flow
-channel of the netif gets an ADVISORY_UPDATED event (code: direction TX,
-value: the new Trend, aux: the publication's seq) and its bell, so a client
-asleep on its channel hears of it; no second bell while the channel has not
-read the last announcement rung (`_announce`). Not on every publication.
+channel of the netif that read the last announcement posted to it (or never
+got one) gets an ADVISORY_UPDATED event (code: direction TX, value: the new
+Trend, aux: the publication's seq) and its bell, so a client asleep on its
+channel hears of it. One that has not read the last is skipped (`_announce`)
+and looked at again within `RECHECK_MAX` seconds of a later change (`_recheck`):
+once it has read, it gets the newest trend and is rung. Not on every publication.
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ from usnet.domain.netif.estimate import TAU, RateMeter, ShareMeter, queue_delay,
 from usnet.domain.netif.txsched import LL
 from usnet.domain.switch.flowswitch import FlowSwitch
 from usnet.domain.switch.port import CLIENT
-from usnet.domain.userpipe import PipeEnd
+from usnet.domain.userpipe import PipeEnd, UserPipe
 
 __all__ = ["NetifAdvisory"]
 
 IDLE_AFTER = 5 * TAU  # seconds without movement before an advisory stops being republished
+RECHECK = 0.25  # seconds: how soon after a change the channels it skipped are looked at again
+RECHECK_MAX = 2.0  # ... doubled after each look that found none reading, up to this
+_NEVER = float("inf")
 
 
 def _u64(x: float) -> int:
@@ -71,7 +76,14 @@ class NetifAdvisory:
         self.quiet_since = now - IDLE_AFTER  # a new netif is idle until something moves
         self.next_due = now
         self.seq = 0
-        self._rung: dict[PipeEnd, int] = {}  # per channel end: the last announcement rung (`_announce`)
+        # per channel end: its pipe and the event ring position of the last announcement posted
+        # (-1: none yet); watched ones are told at every change, the skipped at `_recheck`
+        self._watch: dict[PipeEnd, tuple[UserPipe, int]] = {}
+        self._behind: dict[PipeEnd, tuple[UserPipe, int, int]] = {}  # ... and `_made` when it was
+        self._made = 0  # announcements made
+        self._seen_fid = -1  # the highest flow id `_join_new` looked at
+        self._recheck_at = _NEVER  # armed by a change that skipped a channel (`_announce`)
+        self._every = RECHECK  # how long after it (`_recheck`)
         self._seen_tx = self._seen_rx = -1  # the netif's frame counters at the last publication
         self.publish(now)
 
@@ -98,16 +110,35 @@ class NetifAdvisory:
     def turn(self) -> float | None:
         """Publish if due, at the netif's time, as the domain loop calls it every turn: the common
         cases short (issue 18, the loop's fixed cost per turn). An idle netif that did not move (its
-        frame counters as at the last publication, nothing queued) makes no call and reads no clock;
-        an active one not yet due reads the clock and nothing else."""
+        frame counters as at the last publication, nothing queued) and owes no channel a look
+        (`_recheck`) makes no call and reads no clock; an active one not yet due reads the clock
+        and nothing else."""
         n = self.netif
         if self.idle:
             if n.tx_frames == self._seen_tx and n.rx_frames == self._seen_rx and not (n.active or n.active_ll):
-                return None
-            return self.poll(n.clock())
-        now = n.clock()
-        left = self.next_due - now
-        return left if left > 0 else self.poll(now)
+                return None if self._recheck_at == _NEVER else self._rechecked(n.clock(), None)
+            now = n.clock()
+            left = self.poll(now)
+        else:
+            now = n.clock()
+            left = self.next_due - now
+            if left <= 0:
+                left = self.poll(now)
+        return left if self._recheck_at == _NEVER else self._rechecked(now, left)
+
+    def _rechecked(self, now: float, left: float | None) -> float | None:
+        """`_recheck` if due; `left` (seconds to the next publication, None: none) shortened to
+        the next recheck."""
+        at = self._recheck_at
+        if at == _NEVER:
+            return left
+        if now >= at:
+            self._recheck(now)
+            at = self._recheck_at
+            if at == _NEVER:
+                return left
+        wait = at - now
+        return wait if left is None or wait < left else left
 
     def publish(self, now: float, woke: bool = False) -> int:
         """Measure, write both records, and announce a changed trend; returns the new seq."""
@@ -158,37 +189,86 @@ class NetifAdvisory:
         return tx, rx
 
     def _announce(self, trend: Trend) -> None:
-        """ADVISORY_UPDATED on every flow channel of the netif (once per channel), and its bell
-        unless the channel has not read the last announcement whose bell rang.
+        """ADVISORY_UPDATED, with its bell, on every flow channel of the netif that read the last
+        one posted to it (or never got one); the others are skipped, and looked at again by
+        `_recheck`. O(channels that read their events) a change, not O(channels) (issue 18).
 
-        That bell already woke it (or is still rung), and a client that reads its events on
-        waking reads that announcement, then the advisory, which was published before this
-        event and holds this trend: a second bell would wake it for nothing. A client reading
-        its events as this one is posted has read that announcement too (its consumer counter
-        lags what it read). So a channel that never reads its events (a plain UDP sender, 1,000
-        of them in `usnet bench scale`) is rung once, not once a change (issue 18: a doorbell's
-        `write` per flow per change, 0.07 a datagram at 600 flows). `_rung` holds, per channel
-        end, the event ring position of the last announcement rung; it is rebuilt each time
-        from the netif's current channels, so a closed one is forgotten."""
-        ports = {id(f.port): f.port for f in self.sw.flows.values()}
-        rung: dict[PipeEnd, int] = {}
-        for port in ports.values():
-            pipe = port.pipe
+        A channel skipped still holds an unread announcement, and the advisory, published
+        before every event, holds the newest trend: it loses no information, only a wake-up
+        it would not have used (it has not read the last). A plain UDP sender never reads
+        its events: 1,000 of them in `usnet bench scale` each got a post (a cold ring, a lock,
+        some 5 µs) at every change, the only work of the switch that grew with the channels
+        per event. A channel that reads again is found by `_recheck` within `RECHECK_MAX`
+        seconds of a change, told the newest trend if it missed one, and rung.
+        New channels are found by their flow ids, which only grow (`_join_new`)."""
+        self._made += 1
+        self._join_new()
+        watch, behind = self._watch, self._behind
+        for end, (pipe, last) in list(watch.items()):
             with pipe.lock:  # an in-process client's kick may post on this ring from its own thread
-                if pipe.defunct_reason is not None:
+                if pipe.defunct_reason is not None or pipe.destroyed or end.closed:
+                    del watch[end]
                     continue
-                end = pipe.ends[CLIENT]
                 ev = end.events
+                if last >= 0 and ev.consumed() <= last:  # it has not read the last one: skipped
+                    del watch[end]
+                    behind[end] = (pipe, last, self._made - 1)
+                    continue
                 at = ev.prod
-                last = self._rung.get(end)
-                # not posted (its ring is full): nothing new to ring for
-                if ev.post(EventType.ADVISORY_UPDATED, Direction.TX, value=int(trend), aux=self.seq) and (
-                        last is None or ev.consumed() > last):
+                if ev.post(EventType.ADVISORY_UPDATED, Direction.TX, value=int(trend), aux=self.seq):
                     end.ring_bell()
-                    last = at
-                if last is not None:
-                    rung[end] = last
-        self._rung = rung
+                    watch[end] = (pipe, at)
+        if behind and self._recheck_at == _NEVER:
+            self._recheck_at = self.netif.clock() + self._every
+
+    def _join_new(self) -> None:
+        """Channels of flows opened since the last look join the watched ones: a switch's flows
+        dict is in the order of their ids, which only grow, so the new are at its end."""
+        seen = self._seen_fid
+        flows = self.sw.flows
+        for fid in reversed(flows):
+            if fid <= seen:
+                break
+            pipe = flows[fid].port.pipe
+            end = pipe.ends[CLIENT]
+            if end not in self._watch and end not in self._behind:
+                self._watch[end] = (pipe, -1)
+        if flows:
+            self._seen_fid = max(seen, next(reversed(flows)))
+
+    def _recheck(self, now: float) -> None:
+        """The skipped channels again, after a change skipped some: one that has read its last
+        announcement since is told the newest trend if it missed one (its event, its bell) and
+        watched again; one that closed is forgotten. O(channels), at most once a change and at
+        most once every `RECHECK` seconds, doubled (to `RECHECK_MAX`) while none reads: 1,000
+        senders that never read cost a look each every 2 s, not a post at every change.
+
+        No later look is needed without a later change: a channel that reads after this one has
+        read, in the advisory, the newest trend there is (it was published before any event)."""
+        self._recheck_at = _NEVER
+        behind, watch = self._behind, self._watch
+        live = {f.port.pipe.ends[CLIENT] for f in self.sw.flows.values()}
+        for gone in [e for e in (*watch, *behind) if e not in live]:  # their flows left this netif
+            watch.pop(gone, None)
+            behind.pop(gone, None)
+        woke = 0
+        for end, (pipe, last, told) in list(behind.items()):
+            with pipe.lock:  # as in `_announce`
+                if pipe.defunct_reason is not None or pipe.destroyed or end.closed:
+                    del behind[end]
+                    continue
+                ev = end.events
+                if ev.consumed() <= last:
+                    continue  # still not read: stays skipped
+                del behind[end]
+                woke += 1
+                if told < self._made and not self.flags & FLAG_GONE:
+                    at = ev.prod
+                    if ev.post(EventType.ADVISORY_UPDATED, Direction.TX, value=int(self.trend), aux=self.seq):
+                        end.ring_bell()
+                        last = at
+                watch[end] = (pipe, last)
+        self._every = RECHECK if woke else min(2 * self._every, RECHECK_MAX)
 
     def close(self) -> None:
         """The netif is going: a last publication marked GONE, then the memfd closes.
