@@ -183,9 +183,12 @@ class TcpSeen:
         extension header, which the stack never sends for TCP) still stands as its end's last:
         the earlier ones of that end in the batch are passed over, as `note_rows` does."""
         by_port = self.by_port
-        done: set[tuple] = set()
+        i = len(pkts)
+        # the ends met (none to keep for one packet: a connected flow's batch, noted as its last)
+        done: set[tuple] | None = set() if i > 1 else None
         picked: list[tuple[tuple, tuple, int]] = []  # (end, fixed TCP header, length from TCP on)
-        for i in range(len(pkts) - 1, -1, -1):  # from the last: each end's last comes first
+        while i:  # from the last: each end's last comes first
+            i -= 1
             p = pkts[i]
             have = len(p)
             if family == 4:
@@ -202,14 +205,15 @@ class TcpSeen:
             else:
                 continue  # no ports: it names no end
             key = (dst, dport, sport) if by_port else (dst, dport)
-            if key in done:
-                continue
-            done.add(key)
+            if done is not None:
+                if key in done:
+                    continue
+                done.add(key)
             n = have if lens is None else lens[i]
             if fix is not None and n >= l4 + 20 and (family == 4 or p[6] == 6):
                 picked.append((key, fix, n - l4))
         ends = self.ends
-        for key, (_sp, _dp, seq, ack, off, flags), n in reversed(picked):
+        for key, (_sp, _dp, seq, ack, off, flags), n in picked[::-1]:
             if flags & _RST:
                 ends.pop(key, None)  # the client reset it itself: nothing left to tell
                 continue
