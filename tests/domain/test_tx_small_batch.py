@@ -13,6 +13,7 @@ through two domains alike but for the path.
 from __future__ import annotations
 
 import struct
+import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -188,3 +189,36 @@ def test_a_few_received_packets_are_delivered_in_scalars_as_a_batch_would_be():
         assert [[p for p, _ in g] for g in few] == batches  # and each is what was sent
 
     check()
+
+
+def test_a_listener_s_answers_to_ten_ends_are_noted_in_one_call():
+    """A listener's batch of answers (a server under wrk: ten, each to its own remote end) leaves
+    the reset state of every end, taken by one `TcpSeen.note_last` (issue 16, usnetd's calls per
+    HTTP request): before, each answer paid a `remote_end` to find each end's last and then a
+    `note`, two Python calls a packet of the transmit path."""
+    from usnet.domain.switch import txguard
+
+    side = _Side()
+    try:
+        pkts = [raw(IP(src=A_IP, dst=B_IP, id=7) / TCP(sport=5006, dport=7000 + i, seq=1000 * i, ack=5, flags="PA")
+                    / bytes(8)) for i in range(10)]
+        guard_calls: list[str] = []
+
+        def trace(frame, event: str, arg: object) -> None:
+            if event == "call" and frame.f_code.co_filename == txguard.__file__:
+                guard_calls.append(frame.f_code.co_name)
+
+        send_raw(side.ch["tcp"], pkts)
+        sys.setprofile(trace)
+        try:
+            for _ in range(3):
+                side.d.serve_once(0)
+        finally:
+            sys.setprofile(None)
+        assert len(block.expand(side.w.b.recv_batch(64))) == 10
+        seen = side.flow(5006).tcp_seen
+        assert seen is not None and dict(seen.ends) == {
+            (bytes([10, 9, 0, 2]), 7000 + i): [1000 * i + 8, 5] for i in range(10)}
+        assert guard_calls == ["__init__", "note_last"]  # the flow's first TCP: its TcpSeen made
+    finally:
+        side.d.stop()

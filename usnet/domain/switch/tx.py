@@ -367,18 +367,8 @@ class TransmitPath(HostDuties):
         if flow.proto == TCP and passed:  # as TcpSeen.note_rows: the last of each remote end
             if flow.tcp_seen is None:
                 flow.tcp_seen = TcpSeen(by_port=flow.binds is not None)
-            if flow.raddr is not None:  # one remote end
-                passed = passed[-1:]
-            elif len(passed) > 1:  # a listener's or a connector's: in the order of their last
-                by_port = flow.binds is not None
-                last: dict[bytes, bytes] = {}
-                for q in passed:
-                    end = TcpSeen.remote_end(q, family, by_port)
-                    last.pop(end, None)
-                    last[end] = q
-                passed = list(last.values())
-            for q in passed:
-                flow.tcp_seen.note(q, family)
+            # one remote end: its last; a listener's or a connector's: each end's last, in one call
+            flow.tcp_seen.note_last(passed[-1:] if flow.raddr is not None else passed, family)
         flow.stats["tx_packets"] += sent
         flow.stats["tx_bytes"] += nbytes
         self._advise(flow)

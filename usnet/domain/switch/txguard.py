@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,6 +50,7 @@ FRAG_IDS = 64  # datagrams per flow whose later fragments may follow; the oldest
 FRAG_TTL = 30.0  # seconds: Linux's ipfrag_time and ip6frag_time
 TCP_SEEN_MAX = 4096  # remote ends per flow whose sequence state is kept; the least recently seen goes first
 _TCPFIX = struct.Struct("!HHIIBB")  # ports, seq, ack, data offset, flags
+_PORTS = struct.Struct("!HH")
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _MASK = 0xFFFFFFFF
 _HEADS = 60 + 20  # the longest IPv4 header and the fixed TCP header: what `note` reads of a packet
@@ -152,9 +154,7 @@ class TcpSeen:
             return
         if connected:  # one remote end: the batch's last valid segment
             last = [int(idx[-1])]
-        elif self.by_port:
-            last = self._last_per_end(rows, idx, base, family, True)
-        elif family == 4:
+        elif family == 4 and not self.by_port:
             sel = rows[idx]
             ihl = (sel[:, base] & 0xF).astype(np.int64) << 2
             if (ihl == 20).all():  # the usual case: the remote's address and port at fixed columns
@@ -162,63 +162,70 @@ class TcpSeen:
                     sel[:, base + 22 : base + 24])
                 _, first_rev = np.unique(key[::-1], return_index=True)
                 last = sorted(int(idx[len(idx) - 1 - i]) for i in first_rev.tolist())
-            else:
-                last = self._last_per_end(rows, idx, base, 4)
-        else:
-            last = self._last_per_end(rows, idx, base, 6)
-        for i in last:  # the headers only (a super-segment's row is 64 KB): IP's at most 60, TCP's fixed 20
-            n = int(lens[i])
-            self.note(rows[i, base : base + min(n, _HEADS)].tobytes(), family, n)
-
-    @staticmethod
-    def remote_end(p: bytes, family: int, by_port: bool = False) -> bytes:
-        """What tells a checked TCP packet's remote ends apart here: the remote address and port
-        (and the local port, `by_port`: a connector's flow holds many), from its IP header on."""
-        if family == 4:
-            l4 = (p[0] & 0xF) << 2
-            return p[16:20] + p[l4 + (0 if by_port else 2) : l4 + 4]
-        return p[24:40] + p[(40 if by_port else 42) : 44]
-
-    @staticmethod
-    def _last_per_end(rows: np.ndarray, idx: np.ndarray, base: int, family: int, by_port: bool = False) -> list[int]:
-        """The last row of each remote end (and local port, `by_port`), parsed one by one (IPv6,
-        IPv4 with options, or a connector's)."""
-        by_end: dict[bytes, int] = {}
-        for i in idx.tolist():
-            end = TcpSeen.remote_end(rows[i, base : base + _HEADS].tobytes(), family, by_port)
-            by_end.pop(end, None)
-            by_end[end] = i
-        return sorted(by_end.values())
+            else:  # IPv4 with options: `note_last` finds each end's last
+                last = idx.tolist()
+        else:  # IPv6, or a connector's (each connection its own local port): as above
+            last = idx.tolist()
+        # the headers only (a super-segment's row is 64 KB): IP's at most 60, TCP's fixed 20
+        self.note_last([rows[i, base : base + min(int(lens[i]), _HEADS)].tobytes() for i in last], family,
+                       [int(lens[i]) for i in last])
 
     def note(self, p: bytes, family: int, length: int | None = None) -> None:
-        """One validated IP packet `p` of the flow (IPv6: no extension header, else ignored);
-        `length`: the packet's, when `p` holds only its first bytes (at least its IP header and
-        TCP's fixed 20, or it is ignored)."""
-        have = len(p)
-        n = have if length is None else length
-        if family == 4:
-            l4 = (p[0] & 0xF) << 2
-            dst = p[16:20]
-        else:
-            if p[6] != 6:  # a fragment header: the stack never sends TCP that way
-                return
-            l4, dst = 40, p[24:40]
-        if have < l4 + 20 or n < l4 + 20:
-            return
-        sport, dport, seq, ack, off, flags = _TCPFIX.unpack_from(p, l4)
-        key: tuple = (dst, dport, sport) if self.by_port else (dst, dport)
+        """One validated IP packet `p` of the flow: `note_last` of one."""
+        self.note_last((p,), family, None if length is None else (length,))
+
+    def note_last(self, pkts: Sequence[bytes], family: int, lens: Sequence[int] | None = None) -> None:
+        """Validated IP packets of the flow, in the order sent: the state after the last of each
+        remote end, noted in the order of their last (a listener's batch of answers, each to its
+        own end, in one call: issue 16, usnetd's calls per HTTP request). `lens[i]`: the length of
+        packet i, when `pkts[i]` holds only its first bytes (at least its IP header and TCP's
+        fixed 20, or it is not noted). A packet that is not noted (too short, or IPv6 with an
+        extension header, which the stack never sends for TCP) still stands as its end's last:
+        the earlier ones of that end in the batch are passed over, as `note_rows` does."""
+        by_port = self.by_port
+        i = len(pkts)
+        # the ends met (none to keep for one packet: a connected flow's batch, noted as its last)
+        done: set[tuple] | None = set() if i > 1 else None
+        picked: list[tuple[tuple, tuple, int]] = []  # (end, fixed TCP header, length from TCP on)
+        while i:  # from the last: each end's last comes first
+            i -= 1
+            p = pkts[i]
+            have = len(p)
+            if family == 4:
+                l4 = (p[0] & 0xF) << 2
+                dst = p[16:20]
+            else:
+                l4, dst = 40, p[24:40]
+            fix: tuple | None = None
+            if have >= l4 + 20:
+                fix = _TCPFIX.unpack_from(p, l4)
+                sport, dport = fix[0], fix[1]
+            elif have >= l4 + 4:
+                sport, dport = _PORTS.unpack_from(p, l4)
+            else:
+                continue  # no ports: it names no end
+            key = (dst, dport, sport) if by_port else (dst, dport)
+            if done is not None:
+                if key in done:
+                    continue
+                done.add(key)
+            n = have if lens is None else lens[i]
+            if fix is not None and n >= l4 + 20 and (family == 4 or p[6] == 6):
+                picked.append((key, fix, n - l4))
         ends = self.ends
-        if flags & _RST:
-            ends.pop(key, None)  # the client reset it itself: nothing left to tell
-            return
-        nxt = (seq + n - l4 - ((off >> 4) << 2) + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _MASK
-        ack = ack if flags & _ACK else None
-        old = ends.pop(key, None)
-        if old is not None and not (flags & _SYN and not flags & _ACK):
-            if ((old[0] - nxt) & _MASK) < 0x80000000:  # a retransmission: what went before reaches further
-                nxt = old[0]
-            if ack is None or (old[1] is not None and ((old[1] - ack) & _MASK) < 0x80000000):
-                ack = old[1]
-        ends[key] = [nxt, ack]
-        if len(ends) > TCP_SEEN_MAX:
-            ends.popitem(last=False)
+        for key, (_sp, _dp, seq, ack, off, flags), n in picked[::-1]:
+            if flags & _RST:
+                ends.pop(key, None)  # the client reset it itself: nothing left to tell
+                continue
+            nxt = (seq + n - ((off >> 4) << 2) + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)) & _MASK
+            if not flags & _ACK:
+                ack = None
+            old = ends.pop(key, None)
+            if old is not None and not (flags & _SYN and not flags & _ACK):
+                if ((old[0] - nxt) & _MASK) < 0x80000000:  # a retransmission: what went before reaches further
+                    nxt = old[0]
+                if ack is None or (old[1] is not None and ((old[1] - ack) & _MASK) < 0x80000000):
+                    ack = old[1]
+            ends[key] = [nxt, ack]
+            if len(ends) > TCP_SEEN_MAX:
+                ends.popitem(last=False)
