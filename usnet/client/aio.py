@@ -1172,6 +1172,12 @@ class _Listener:
             self.start()
 
     def start(self) -> None:
+        """Serve the socket's engines as they are now: it listens from the server's start
+        (`Server._start_serving`), and a wildcard's listen makes its loopback half."""
+        sock = self.sock
+        if sock is not None and sock.engine is not None:
+            self.eng = sock.engine
+            self.engines = sock.listening_engines or (self.eng,)
         self.watcher.dead = False
         _watch(self.eng, self.watcher, accepts=True)
 
