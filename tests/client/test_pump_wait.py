@@ -185,3 +185,44 @@ def test_a_connect_see_the_close_close_exchange_takes_three_segments_each_way(cl
     assert conn.tcp_info()["segs_in"] == 2  # the handshake's ACK, FIN|ACK (the SYN was the listener's)
     for s in (conn, srv):
         s.close()
+
+
+def test_a_wait_reads_the_engines_deadline_once_the_one_its_pump_schedules(client):
+    """Each sleep of a pumping wait is bounded by the engine's deadline as last scheduled (the
+    runner's table), not computed again: the engine works it out once a wait, after its pump,
+    for the runner (issue 18: twice before, a tenth of a connect's Python calls in TCP's timers).
+    A recv that times out waits several slices here, each one pump."""
+    from usnet.client.engine import FlowEngine
+
+    srv, outs, ins = _pairs(client, 1)
+    eng = outs[0].engine
+    me = threading.get_ident()
+    waits = deadlines = 0
+    pump_wait, deadline = FlowEngine.pump_wait, FlowEngine.deadline
+
+    def counting_pump_wait(self, left):
+        nonlocal waits
+        if threading.get_ident() == me:
+            waits += 1
+        return pump_wait(self, left)
+
+    def counting_deadline(self, now):
+        nonlocal deadlines
+        if threading.get_ident() == me:  # (the runner's passes compute it too, for their own schedule)
+            deadlines += 1
+        return deadline(self, now)
+
+    FlowEngine.pump_wait = counting_pump_wait  # type: ignore[method-assign]
+    FlowEngine.deadline = counting_deadline  # type: ignore[method-assign]
+    try:
+        outs[0].settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            outs[0].recv(10)
+    finally:
+        FlowEngine.pump_wait = pump_wait  # type: ignore[method-assign]
+        FlowEngine.deadline = deadline  # type: ignore[method-assign]
+    assert outs[0].engine is eng
+    assert waits >= 2  # it waited, pumping (not on the condition)
+    assert deadlines == waits, (deadlines, waits)
+    for s in (*outs, *ins, srv):
+        s.close()

@@ -509,6 +509,114 @@ def _sweep_pumping_recvs(client: Client, send: Callable[[], None]) -> None:
         s.close()
 
 
+@pytest.mark.parametrize("taker", ["main", "own-thread"])
+def test_a_signal_at_any_line_of_a_main_thread_connect_reaches_the_program_and_spares_the_connector(client, taker):
+    """A blocking connect through the process's connector is one hold from its port to the end of
+    its wait for the handshake (issue 18): the port taken, the connection made and attached, its
+    SYN sent, the wait pumping the connector. At every line of it: the exception reaches the
+    program (out of the wait's sleep or the call's end, never out of the middle of a section),
+    the connector is never failed and no hold or mask is left, and a connect after it works; a
+    socket whose connect raised closes cleanly, its port back with the connector's."""
+    with contextlib.ExitStack() as stack:
+        send = _taker(stack, taker)
+        _sweep_connects(client, send)
+
+
+def _sweep_connects(client: Client, send: Callable[[], None]) -> None:
+    srv = listen_on_b(client, 8600, backlog=64, timeout=10)
+    stop = threading.Event()
+
+    def accept_all() -> None:  # bounded: each accept by the listener's timeout, the loop by `stop`
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                srv.accept()[0].close()
+            except (TimeoutError, OSError):
+                pass
+
+    acceptor = threading.Thread(target=accept_all, daemon=True)
+    acceptor.start()
+
+    def connect() -> us.socket:
+        return us.create_connection((B_IP, 8600), timeout=10, client=client, netif="a")
+
+    first = connect()  # the connector opened, its first block of ports taken: what follows is the common case
+    eng: FlowEngine = first.engine
+    first.close()
+    try:
+        points = _points(lambda: connect().close(), eng.lock)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        raised = fired = 0
+        for k in points:
+            s = us.socket(client=client, netif="a")
+            s.settimeout(10)
+            seen = [0, 0]
+            try:
+                with _signal_at(k, eng.lock, send) as seen:
+                    s.connect((B_IP, 8600))
+            except Alarm:
+                raised += 1
+            finally:
+                s.close()
+            fired += seen[1]
+            assert eng.error is None and not eng._faulted and not eng.lock._is_owned()
+            assert eng.pumper is None and sigdefer._main.held == 0
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask  # no hold left its mask
+        assert raised == fired > len(points) // 2
+        last = connect()  # and it carries on
+        assert last.engine is eng
+        last.close()
+    finally:
+        stop.set()
+        acceptor.join(10)
+        srv.close()
+
+
+def test_a_blocking_connect_takes_one_hold_and_one_more_a_wait(client):
+    """The holds of the main thread's blocking connect (issue 18): one for the call (its port, its
+    SYN, its wait), and one taken back after each sleep of the wait, whose pump runs under it; no
+    hold of its own for the port or for the SYN. Counted as the outermost holds (`_block`)."""
+    srv = listen_on_b(client, 8601, backlog=16, timeout=10)
+    s0 = us.create_connection((B_IP, 8601), timeout=10, client=client, netif="a")  # the connector and its ports
+    eng: FlowEngine = s0.engine
+    s0.close()
+    srv.accept()[0].close()
+    blocks = waits = 0
+    block, pump_wait, cond_wait = sigdefer._block, FlowEngine.pump_wait, eng.changed.wait
+
+    def counting_block(m):
+        nonlocal blocks
+        blocks += 1
+        return block(m)
+
+    def counting_pump_wait(self, left):
+        nonlocal waits
+        waits += 1
+        return pump_wait(self, left)
+
+    def counting_cond_wait(timeout=None):
+        nonlocal waits
+        waits += 1
+        return cond_wait(timeout)
+
+    sigdefer._block = counting_block
+    FlowEngine.pump_wait = counting_pump_wait  # type: ignore[method-assign]
+    eng.changed.wait = counting_cond_wait  # type: ignore[method-assign]
+    try:
+        s = us.socket(client=client, netif="a")
+        s.settimeout(10)
+        s.connect((B_IP, 8601))
+    finally:
+        sigdefer._block = block
+        FlowEngine.pump_wait = pump_wait  # type: ignore[method-assign]
+        del eng.changed.wait
+    assert s.engine is eng
+    assert blocks == 1 + waits, (blocks, waits)
+    s.close()
+    srv.accept()[0].close()
+    srv.close()
+
+
 def test_every_thread_usnet_brings_blocks_the_asynchronous_signals():
     """A signal sent to the process (setitimer's SIGALRM, a terminal's SIGINT) must wait for the
     main thread while it holds an engine: no thread that usnet or its imports start may take it,

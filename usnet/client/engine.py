@@ -582,7 +582,13 @@ class FlowEngine:
             return
         now = time.monotonic()
         t = WAIT_SLICE if left is None else max(0.0, min(left, WAIT_SLICE))
-        d = self.deadline(now)
+        # The engine's deadline as last scheduled, not computed again (issue 18: it was computed
+        # twice a wait, here and after the pump below): every change of it is scheduled with the
+        # lock held, after whatever made it (this call's pumps, `kick`, the runner's passes), and the
+        # runner sleeps towards the same figure, so a wait bounded by it wakes no later than the
+        # runner would have for this engine's timers.
+        r = runner()
+        d = r._due.get(self)  # (a dict read: no lock; the runner's own table, in line)
         if d is not None:
             t = max(0.0, min(t, d - now))
         p = self._bell_poll
@@ -606,7 +612,7 @@ class FlowEngine:
         except Exception as exc:  # as the runner: a broken engine fails its calls, not this thread's caller alone
             broke(self, exc)
             return
-        runner().schedule(self, self.deadline(now), wake=False)  # the runner hears of it when given back
+        r.schedule(self, self.deadline(now), wake=False)  # the runner hears of it when given back
 
     def take_port(self, raddr: bytes, rport: int) -> int:
         """A connector's: a free port of its blocks for a connection to (`raddr`, `rport`), with no
@@ -648,6 +654,14 @@ class FlowEngine:
         if p is None:  # the domain granted an empty block: cannot happen, never loop on it
             raise OSError(errno.EADDRNOTAVAIL, "no local port left for a connection")
         return p
+
+    def port_at_hand(self) -> bool:
+        """`take_port` would find a port without waiting for the domain (a free one, or freed ones
+        it can release with a notice): a connect may take it inside its one signal hold
+        (socket._connect). Read without the lock: a guess, which another thread's connect can
+        make stale (its `take_port` then waits for a block inside the hold: rare, and still right)."""
+        ports = self.ports
+        return ports is not None and (ports.has_free() or (bool(ports.bound) and not self.relayed))
 
     def _check_remote(self, raddr: bytes, rport: int) -> None:
         """What the switch would refuse anyway (it checks every packet), said at once as Linux's

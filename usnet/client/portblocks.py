@@ -61,6 +61,10 @@ class PortBlocks:
         self.idle_since[block] = now
         self._free.extend(ports)
 
+    def has_free(self) -> bool:
+        """A `take` would give a port."""
+        return bool(self._free)
+
     def take(self) -> int | None:
         """A free port, now in use; None if every port of the blocks is."""
         if not self._free:
