@@ -105,7 +105,7 @@ def run(scenario, enabled: bool, opts: dict, tx: bool | None = None, none: bool 
         real_whole(c, rack, una, a, tsecr, now)
 
     fastpath.ENABLED = enabled
-    fastpath.WHOLE_ENABLED = enabled if whole is None else whole
+    fastpath.INLINE_ENABLED = enabled if whole is None else whole
     fastpath._ack_whole = counting_whole
     fastpath.rx_established = counting
     txfast.ENABLED = enabled if tx is None else tx
@@ -170,7 +170,7 @@ def run(scenario, enabled: bool, opts: dict, tx: bool | None = None, none: bool 
     finally:
         fastpath.ENABLED = True
         fastpath.rx_established = real
-        fastpath.WHOLE_ENABLED = True
+        fastpath.INLINE_ENABLED = True
         fastpath._ack_whole = real_whole
         txfast.ENABLED = True
         txfast.tx_one = real_tx
@@ -311,8 +311,9 @@ def test_the_whole_ack_is_taken_by_request_response_and_bulk():
 # states; these reach the corners it rarely does: records resent or marked lost, deliveries
 # progressing between sends (the rate sample's choice of record), a raised FACK (reordering), an
 # RTO backed off, retries counted, a reordering timer armed, no RTT estimate yet, HyStart++ in any
-# phase, an app-limited mark, ssthresh set, an echo from the future, data in the ACK's segment.
-_sends = st.lists(st.tuples(st.integers(0, 30), st.integers(1, 3000), st.booleans()),
+# phase, an app-limited mark, ssthresh set, an echo from the future; data in the ACK's segment
+# (after data before it, or not), an ACK due or not, the quick-ACK mode's count and ping-pong.
+_sends = st.lists(st.tuples(st.integers(0, 30), st.integers(1, 3000), st.booleans(), st.integers(0, 1448)),
                   min_size=1, max_size=8)
 _state = st.fixed_dictionaries({
     "rtx": st.lists(st.integers(0, 20), max_size=3),
@@ -327,7 +328,10 @@ _state = st.fixed_dictionaries({
     "ssthresh": st.none() | st.integers(1000, 200000),
     "cwnd": st.none() | st.integers(1000, 200000),
     "echo": st.integers(-50, 5),
-    "reply": st.integers(0, 300),
+    "reply": st.integers(0, 300) | st.integers(0, 1448),
+    "ack_now": st.booleans(),
+    "quick": st.tuples(st.integers(0, 3), st.booleans()),
+    "unacked": st.integers(0, 3000),
     "gap": st.integers(0, 50),
 })
 
@@ -345,7 +349,7 @@ def _sender_after(opts: dict, sends, state: dict, whole: bool):
         taken[0] += 1
         real_whole(c, rack, una, a, tsecr, now)
 
-    fastpath.WHOLE_ENABLED = whole
+    fastpath.INLINE_ENABLED = whole
     fastpath._ack_whole = counting
     random.seed(7)  # BBR draws PROBE_BW's first phase: the same draws in both builds
     try:
@@ -367,9 +371,12 @@ def _sender_after(opts: dict, sends, state: dict, whole: bool):
         to_b(a.outgoing(now))
         to_a(b.outgoing(now))
         payload = bytes(range(256)) * 12
-        for ms, n, ack_first in sends:
+        for ms, n, ack_first, back in sends:
             now += ms / 1000.0
-            if ack_first:  # a partial delivery: what is out arrives, b's ACK comes back
+            if back:  # b sends data (it carries the ACK of what b has)
+                b.send(payload[:back])
+                to_a(b.outgoing(now))
+            elif ack_first:  # a partial delivery: what is out arrives, b's ACK comes back
                 b.quickack = True
                 to_a(b.outgoing(now))
             a.send(payload[:n])
@@ -403,6 +410,9 @@ def _sender_after(opts: dict, sends, state: dict, whole: bool):
             a.cc.ssthresh = state["ssthresh"]
         if state["cwnd"] is not None:
             a.cc.cwnd = state["cwnd"]
+        a._ack_now = state["ack_now"]
+        a._quick.left, a._quick.pingpong = state["quick"]
+        a._rcv_unacked = state["unacked"]
         now += state["gap"] / 1000.0
         reply = payload[: state["reply"]]
         seg = pack_ts(b._psum, 80, 40000, (b.iss + b.snd_nxt) & 0xFFFFFFFF, (a.iss + a.snd_nxt) & 0xFFFFFFFF,
@@ -413,7 +423,7 @@ def _sender_after(opts: dict, sends, state: dict, whole: bool):
         out = [bytes(s) for s in a.outgoing(now)]
         return snap(a), out, a.take_events(), taken[0]
     finally:
-        fastpath.WHOLE_ENABLED = True
+        fastpath.INLINE_ENABLED = True
         fastpath._ack_whole = real_whole
 
 
@@ -431,8 +441,8 @@ def test_the_whole_ack_is_taken_from_a_perturbed_state():
     """The drawing above reaches `_ack_whole` (a check of the check)."""
     state = {"rtx": [1], "lost": [0], "backoffs": 2, "retries": 1, "t_reo": True, "no_srtt": False,
              "fack_up": True, "app_limited": 5, "hs": (0, -3, 0), "ssthresh": None, "cwnd": None, "echo": -3,
-             "reply": 100, "gap": 5}
-    sends = [(0, 1400, False), (3, 2000, True), (2, 500, False)]
+             "reply": 100, "gap": 5, "ack_now": False, "quick": (0, True), "unacked": 0}
+    sends = [(0, 1400, False, 0), (3, 2000, True, 0), (2, 500, False, 300)]
     on = _sender_after({}, sends, state, True)
     assert on[3] == 1
     assert on[:3] == _sender_after({}, sends, state, False)[:3]

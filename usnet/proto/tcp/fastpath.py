@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from usnet.proto.tcp.config import EV_WRITABLE
+from usnet.proto.tcp.config import EV_READABLE, EV_WRITABLE
 from usnet.proto.tcp.congestion import INFINITE_SSTHRESH
 from usnet.proto.tcp.hystart import DONE, SS
 from usnet.proto.tcp.rack import NO_SEGS, NO_TSORTED
@@ -43,9 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ENABLED", "rx_established"]
 
-#: Tests switch them off to compare against the general path (`rx_established`, `_ack_whole`).
+#: Tests switch them off to compare against the general path: `rx_established` itself, and its
+#: steps written out (`_ack_whole`, the in-order data) against the connection's methods.
 ENABLED = True
-WHOLE_ENABLED = True
+INLINE_ENABLED = True
 _INF = float("inf")
 
 
@@ -82,7 +83,7 @@ def rx_established(c: TcpConnection, seg: TcpSegment, now: float) -> bool:
     rack = c.rack
     tsecr = seg.tsecr
     sb = c.sb
-    whole = (d and una and a == nxt and rack is not None and ts_ok and tsecr and WHOLE_ENABLED
+    whole = (d and una and a == nxt and rack is not None and ts_ok and tsecr and INLINE_ENABLED
              and not c._recovery and not sb.sacked and not sb.starts and c.tx_stamps is None
              and rack.tlp_end is None and not rack._in_rec)
     # Taken: from here on, what `_rx` does for this segment, in its order.
@@ -106,10 +107,51 @@ def rx_established(c: TcpConnection, seg: TcpSegment, now: float) -> bool:
         c.snd_wl2 = a
         if w > c.max_snd_wnd:
             c.max_snd_wnd = w
-    if plen:
-        c._deliver(payload, plen, now)
-        if ts_ok and seg.tsecr:
-            c._rcv_rtt_sample(seg.tsecr, plen, now, prev_rx)
+    if not plen:
+        return True
+    quick = c._quick
+    if not INLINE_ENABLED or quick.last_in is None or c.rx_stamps is not None:
+        c._deliver(payload, plen, now)  # the connection's first data, receive stamps: in full
+        if ts_ok and tsecr:
+            c._rcv_rtt_sample(tsecr, plen, now, prev_rx)
+        return True
+    # `_deliver` in line: the data joins nothing (no reassembly queue: tested above); the
+    # quick-ACK mode's `data_in` after the first data; the delayed ACK decision; autotuning's
+    # byte count (its round, when due, in `_autotune_rcv`)
+    rcv_nxt += plen
+    c._rcvq.append(payload)
+    c.stats.bytes_in += plen
+    c.rcv_nxt = rcv_nxt
+    c.events |= EV_READABLE
+    rcv_mss = c._rcv_mss
+    quick.last_in = now
+    cfg = c.cfg
+    if not c._ack_now:
+        if plen > rcv_mss:
+            ml = c.mss_local
+            c._rcv_mss = rcv_mss = plen if plen < ml else ml
+        unacked = c._rcv_unacked = c._rcv_unacked + plen
+        if ((quick.left > 0 and not quick.pingpong) or unacked >= cfg.delack_segments * rcv_mss
+                or not cfg.delack):
+            c._ack_now = True
+        elif c._t_delack == _INF:
+            c._t_delack = now + cfg.delack
+    if cfg.autotune:
+        rtt = c._rcv_rtt or c.rto.srtt or 0.1
+        if now - c._rs_time >= rtt:
+            c._autotune_rcv(plen, now)
+        else:
+            c._rs_bytes += plen
+    # `_rcv_rtt_sample` in line: the receiver's RTT estimate; a pure receiver's RTO sample is a call
+    if ts_ok and tsecr:
+        r = ((((int(now * 1000) + c._ts_off) & MASK) - tsecr + HALF) & MASK) - HALF  # `_ts_age`
+        if r >= 0:
+            if not r:
+                r = 1
+            rr = c._rcv_rtt
+            c._rcv_rtt = r / 1000.0 if rr is None else rr + (r / 1000.0 - rr) / 8
+            if c.snd_nxt <= c.snd_una and plen >= c._rcv_mss:
+                c._rx_rtt_sample(tsecr, r / 1000.0, now - prev_rx)
     return True
 
 
