@@ -35,9 +35,9 @@ from usnet.proto.tcp.hystart import CSS, HyStart
 if TYPE_CHECKING:  # pragma: no cover
     from usnet.proto.tcp.rate import Rate
 
-__all__ = ["CongestionControl", "Cubic", "NewReno", "make_congestion", "switch_congestion"]
+__all__ = ["INFINITE_SSTHRESH", "CongestionControl", "Cubic", "NewReno", "make_congestion", "switch_congestion"]
 
-_INFINITE = 1 << 31
+INFINITE_SSTHRESH = 1 << 31  # ssthresh before any loss or mark: the initial slow start
 
 
 class CongestionControl:
@@ -57,7 +57,7 @@ class CongestionControl:
             initial_segments * mss)
         self.initial_window = iw
         self.cwnd = iw
-        self.ssthresh = _INFINITE
+        self.ssthresh = INFINITE_SSTHRESH
 
     def set_mss(self, mss: int, initial_segments: int = 10) -> None:
         """Re-derive the initial window when the MSS is learnt (before any data flows)."""
@@ -75,7 +75,7 @@ class CongestionControl:
         hs = self.hystart
         if hs is None:
             return
-        if self.ssthresh < _INFINITE:
+        if self.ssthresh < INFINITE_SSTHRESH:
             hs.stop()
         elif hs.on_ack(ack, snd_nxt, rtt):
             self.ssthresh = self.cwnd  # RFC 9406 section 4.2: on to congestion avoidance
@@ -111,7 +111,7 @@ class CongestionControl:
 
     def on_recovery_end(self, now: float) -> None:
         """Full ACK of the recovery point: deflate to ``ssthresh`` (RFC 6582 §3.2 step 3)."""
-        self.cwnd = max(self.ssthresh, 2 * self.mss) if self.ssthresh < _INFINITE else self.cwnd
+        self.cwnd = max(self.ssthresh, 2 * self.mss) if self.ssthresh < INFINITE_SSTHRESH else self.cwnd
 
     def on_rto(self, now: float, flight: int, first: bool) -> None:
         """Retransmission timeout: loss window of one segment (RFC 5681 §3.1).

@@ -27,7 +27,7 @@ What is kept, and why so:
 
 The four containers exist only while something is outstanding: a connection
 with nothing in flight (an idle one, every one between a request and the next)
-holds the shared empties below (`_NO_SEGS`, `_NO_TSORTED`), made private by
+holds the shared empties below (`NO_SEGS`, `NO_TSORTED`), made private by
 `sent`, the only place a record is born, and given back when the cumulative
 ACK delivers the last record (`cum_ack`). Each container an idle connection
 owns is another object every full collection of the cyclic GC walks (issue 18).
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from usnet.proto.tcp.rate import Rate
     from usnet.proto.tcp.scoreboard import Scoreboard
 
-__all__ = ["Rack", "Sent", "sent_after"]
+__all__ = ["NO_SEGS", "NO_TSORTED", "Rack", "Sent", "sent_after"]
 
 INF = float("inf")
 _FAST = 1  # the connection's fast-recovery phase (connection._FAST)
@@ -74,8 +74,8 @@ class _NoTsorted(OrderedDict):
 
 # Shared by every Rack with nothing outstanding: immutable (a tuple refuses append, insert, del and
 # heapq.heappush), so a write that forgot `Rack._own` fails instead of corrupting every connection.
-_NO_SEGS: Any = ()  # (Any: it stands in for the lists it is typed as)
-_NO_TSORTED: OrderedDict = _NoTsorted()
+NO_SEGS: Any = ()  # (Any: it stands in for the lists it is typed as)
+NO_TSORTED: OrderedDict = _NoTsorted()
 
 
 def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
@@ -131,10 +131,10 @@ class Rack:
 
     def __init__(self, tlp: bool = True) -> None:
         # shared empties until the first send (`_own`), and again once everything is delivered
-        self.segs: list[Sent] = _NO_SEGS
-        self.starts: list[int] = _NO_SEGS
-        self.tsorted: OrderedDict[Sent, None] = _NO_TSORTED
-        self.lost_q: list[tuple[int, int, Sent]] = _NO_SEGS
+        self.segs: list[Sent] = NO_SEGS
+        self.starts: list[int] = NO_SEGS
+        self.tsorted: OrderedDict[Sent, None] = NO_TSORTED
+        self.lost_q: list[tuple[int, int, Sent]] = NO_SEGS
         self.lost_bytes = 0
         self._n = 0  # tie-breaker for lost_q
         self.xmit_ts = -INF  # RACK.xmit_ts: send time of the most recently sent delivered segment
@@ -176,7 +176,7 @@ class Rack:
     def sent(self, start: int, end: int, now: float, flight_empty: bool = False) -> None:
         """New data ``[start, end)`` went out for the first time (``flight_empty``: nothing before)."""
         rec = Sent(start, end, now)
-        if self.segs is _NO_SEGS:
+        if self.segs is NO_SEGS:
             self._own()
         self.segs.append(rec)
         self.starts.append(start)
@@ -390,8 +390,8 @@ class Rack:
             i += 1
         if i:
             if i == n:  # everything delivered: the shared empties again (a stale lost_q entry too)
-                self.segs = self.starts = self.lost_q = _NO_SEGS
-                self.tsorted = _NO_TSORTED
+                self.segs = self.starts = self.lost_q = NO_SEGS
+                self.tsorted = NO_TSORTED
                 return
             del segs[:i]
             del self.starts[:i]
