@@ -25,16 +25,36 @@ owner drops its bytes.
 A queue that drains gives up its view of the block (a memoryview and the
 buffer object behind it, two objects the cyclic GC walks at every full
 collection, for every idle connection: issue 18). The block itself (a
-bytearray, which the GC does not track) is kept for the next append to view
+bytearray or a numpy array, neither of which the GC tracks) is kept for the next append to view
 again (~0.1 us); freeing a drained 4 KiB block too would save 4 KiB an idle
 queue but cost a new block (~0.5 us) each time a request or answer drains.
+
+A block of `_LAZY_MIN` bytes or more is not zeroed (issue 18): ``bytearray(n)``
+writes n zero bytes, so each doubling of a bulk queue (4 KiB to 8 MiB: 16 MiB in
+all) faulted in and wrote every page of the new block up front, the half the
+queue may never reach too. An uninitialised block (``numpy.empty``: malloc, no
+memset) is faulted in page by page as the ring first writes there, and a block
+glibc hands back from a freed one costs no fault at all. The queue never reads
+a byte it did not write, so what the block held before is never seen.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 __all__ = ["ByteQueue"]
 
 _MIN_BLOCK = 1 << 12
+_LAZY_MIN = 1 << 16  # from here a block is left unzeroed (module docstring); below, a bytearray is cheaper
+_U8 = np.uint8
+_empty = np.empty
+
+
+def _block(cap: int) -> memoryview:
+    """A block of `cap` bytes for the ring: zeroed only when small (module docstring)."""
+    if cap < _LAZY_MIN:
+        return memoryview(bytearray(cap))
+    return _empty(cap, _U8).data  # a 1-D memoryview of bytes, as bytearray's
 
 
 def _bytes_view(data) -> memoryview:
@@ -89,7 +109,7 @@ class ByteQueue:
             cap = need
         if cap < _MIN_BLOCK:
             cap = _MIN_BLOCK
-        new = memoryview(bytearray(cap))
+        new = _block(cap)
         n = self.size
         if n:
             self._copy_out(new, 0, n)
@@ -174,7 +194,7 @@ class ByteQueue:
         if left <= 0:  # drained: the view goes; the block stays, unviewed, for the next append
             cap = self._cap
             if cap:
-                self._buf = self._mv.obj  # type: ignore[assignment]  # the bytearray `_grow` made
+                self._buf = self._mv.obj  # type: ignore[assignment]  # the block `_grow` made (a bytearray or array)
                 self._spare = cap
             self._mv = _NO_BLOCK
             self._cap = 0
