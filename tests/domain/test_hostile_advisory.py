@@ -65,7 +65,7 @@ def test_readers_that_read_when_looked_at_or_lie_cost_one_post_a_change_and_one_
 
         changes = 0
         start = clock.now
-        for rnd in range(12):
+        for _round in range(12):
             for _ in range(3):  # three changes at the same instant
                 changes += 1
                 with d.lock:
