@@ -243,3 +243,33 @@ def test_a_packet_too_short_for_its_class_beside_a_good_one_is_refused_not_a_fau
             assert side.flow(5000).port.pipe.defunct_reason is None
         finally:
             side.d.stop()
+
+
+def test_an_ipv6_packet_too_short_for_its_class_beside_a_good_one_is_refused_not_a_fault():
+    """As above, on an IPv6 flow: the rewrite of its class writes bytes 0 and 1 (`ecn.set_dscp`),
+    which a 1-byte packet does not have."""
+    from scapy.all import IPv6
+
+    for scalar_max in (tx._SCALAR_MAX, 0):
+        d, w = Domain(), MemWire()
+        try:
+            sw = d.add_netif("a", w.a, f"{A_IP}/24", address6="fd00:9::1/64")
+            peer = bytes.fromhex("fd000009" + "0" * 22 + "02")
+            sw.nd.learn(peer, w.b.mac, sw.clock())
+            ch = Client.local(d).open_flow("a", 17, 5000, family=6)[0]
+            good = raw(IPv6(src="fd00:9::1", dst="fd00:9::2", tc=0) / UDP(sport=5000, dport=6000) / bytes(16))
+            saved = tx._SCALAR_MAX
+            tx._SCALAR_MAX = scalar_max
+            try:
+                send_raw(ch, [b"\x6f", good])
+                for _ in range(3):
+                    d.serve_once(0)
+            finally:
+                tx._SCALAR_MAX = saved
+            out = [bytes(f[14:]) for f in block.expand(w.b.recv_batch(64))]
+            assert out == [good]
+            assert [(e.type, e.code, e.value) for e in ch.events() if e.type == EventType.TX_DROPPED] == [
+                (EventType.TX_DROPPED, TxDropReason.MALFORMED, 1)]
+            assert next(iter(sw.flows.values())).port.pipe.defunct_reason is None
+        finally:
+            d.stop()
