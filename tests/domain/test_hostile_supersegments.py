@@ -12,6 +12,7 @@ each TAP wrote is read with an AF_PACKET socket on the host side of each.
 
 from __future__ import annotations
 
+import select
 import socket
 
 import pytest
@@ -82,15 +83,16 @@ class _TapSide:
                 self.d.serve_once(0)
         finally:
             tx._SCALAR_MAX = saved
-        seen = []
-        for _ in range(64):  # bounded: at most a few frames a batch
-            try:
-                frame = self.sniff.recv(1 << 17)
-            except BlockingIOError:
+        seen: list[tuple[int, int, int]] = []
+        last = IP(items[-1][0])[TCP].seq  # the batch's last packet, a good one: the kernel's view ends there
+        for _ in range(64):  # bounded: at most a few frames a batch, 2 s for each
+            if not select.select([self.sniff], [], [], 2.0)[0]:
                 break
-            ip = IP(frame[14:])
+            ip = IP(self.sniff.recv(1 << 17)[14:])
             if TCP in ip and ip[TCP].sport == PORT:
-                seen.append((len(frame), ip[TCP].seq, ip.len))
+                seen.append((ip.len, ip[TCP].seq, ip[TCP].dataofs))
+                if ip[TCP].seq == last:
+                    break
         drops = {k: v - before.get(k, 0) for k, v in self.sw.drops.items()
                  if k.startswith("tx_") and v != before.get(k, 0)}  # (the kernel's own frames: not ours)
         events = [(e.type, e.code, e.value) for e in self.ch.events() if e.type == EventType.TX_DROPPED]
