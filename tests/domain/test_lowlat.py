@@ -295,6 +295,8 @@ def test_a_reload_that_takes_a_tight_target_away_revokes_its_lease():
     ({"uid": 1, "min_target": 0.0}, "min_target"), ({"uid": 1, "min_target": -1.0}, "min_target"),
     ({"uid": 1, "min_target": NAN}, "min_target"), ({"uid": 1, "min_target": INF}, "min_target"),
     ({"uid": 1, "min_target": 61.0}, "min_target"), ({"uid": 1, "min_target": True}, "min_target"),
+    ({"uid": 1, "min_target": 10**400}, "min_target"), ({"uid": 1, "max_rate": 10**400}, "max_rate"),
+    ({"uid": 1, "total_rate": 10**400}, "total_rate"),
 ])
 def test_policy_entries_refuse_nonsense(kw, msg):
     args = {"classes": frozenset({"voice"}), "max_rate": 1e6, "max_packet": 200, **kw}
@@ -487,7 +489,9 @@ def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
     # nonsense, in process (no decoder between): the agent's own checks
     for bad in ({"rate": float("nan")}, {"rate": float("inf")}, {"rate": -1}, {"rate": 0}, {"rate": 1e13},
                 {"max_packet": 0}, {"max_packet": 10**9}, {"max_packet": 1501}, {"latency_target": 0},
-                {"latency_target": float("nan")}, {"latency_target": 3600}, {"service_class": "gold"}):
+                {"latency_target": float("nan")}, {"latency_target": 3600}, {"service_class": "gold"},
+                # ints no float holds: refused, not an OverflowError out of the agent (the red team, session 37)
+                {"rate": 10**400}, {"latency_target": 10**400}):
         refused(LeaseRefusal.BAD_PARAMETERS, lambda bad=bad: c.request_lease(sa2.channel, **{**ok, **bad}))
     # channels that are not this session's flows
     other = Client.local(d)
@@ -516,7 +520,7 @@ def test_every_refusal_names_its_reason_and_leaves_existing_grants_alone(net):
                             latency_target=0.05)
     assert got.service_class == "video"
     refused_counts = d.status()["lowlat"]["refused"]
-    assert refused_counts["BAD_PARAMETERS"] == 12 and refused_counts["UNKNOWN_FLOW"] == 3
+    assert refused_counts["BAD_PARAMETERS"] == 14 and refused_counts["UNKNOWN_FLOW"] == 3
 
 
 def test_nonsense_over_a_socket_is_a_malformed_request_and_changes_nothing(net):

@@ -654,13 +654,14 @@ TestPoolModel = PoolMachine.TestCase
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(st.sampled_from(["held0", "held1", "alloc", "free", "dup", "low", "high", "alias"]),
                 min_size=1, max_size=pool_mod._FEW),
-       st.booleans(), st.integers(0, 1))
+       st.sampled_from([False, np.int64, np.uint32]), st.integers(0, 1))
 def test_a_few_released_in_scalars_as_the_batch_path_decides(kinds, as_array, role):
     """`release_checked` takes up to `_FEW` packets in scalars (issue 18: usnetd's cost per small
     batch; issue 16: up to 24, a server's answers to 10 connections); on any batch, hostile ones
     included (duplicates, packets still on ALLOC, free ones, out of range, aliases that numpy
     would wrap), it must refuse and accept exactly what the array path does, and leave the same
-    books."""
+    books. As a list (a FREE ring's), an int64 array, or a uint32 one (a TX ring's `pop_array`: its
+    hostile indices are those a u32 holds, the top of its range among them)."""
     pools, arenas = [], []
     try:
         for _ in range(2):
@@ -684,17 +685,17 @@ def test_a_few_released_in_scalars_as_the_batch_path_decides(kinds, as_array, ro
             elif k == "dup":
                 batch.append(batch[-1] if batch else h1[0])
             elif k == "low":
-                batch.append(-1)
+                batch.append(2**32 - 1 if as_array is np.uint32 else -1)
             elif k == "high":
                 batch.append(MAX)
             else:
-                batch.append(h0[0] + 2**32)
+                batch.append(MAX + 1 if as_array is np.uint32 else h0[0] + 2**32)
         results = []
         for p, few in zip((pools[0][0], pools[1][0]), (pool_mod._FEW, 0)):
             saved = pool_mod._FEW
             pool_mod._FEW = few
             try:
-                arg = np.array(batch, np.int64) if as_array else list(batch)
+                arg = np.array(batch, as_array) if as_array else list(batch)
                 good, refused = p.release_checked(arg, role)
             finally:
                 pool_mod._FEW = saved

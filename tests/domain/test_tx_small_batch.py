@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from scapy.all import IP, TCP, UDP, raw
 
 from tests.helpers.util import send_raw
-from usnet.abi.events import EventType
+from usnet.abi.events import EventType, TxDropReason
 from usnet.client import Client
 from usnet.domain.loop import Domain
 from usnet.domain.switch import tx
@@ -98,7 +98,9 @@ _packet = st.tuples(
                        st.one_of(st.sampled_from([0, 1, 0x40, 0xB8, 0xFF]), st.integers(0, 255))),
              max_size=3),
     st.sampled_from([True, True, False]),  # fix the header checksum up after editing (mostly)
-    st.sampled_from([0, 0, 0, 1, 6]),  # cut short by this many bytes (seldom)
+    # cut short by this many bytes (seldom); negative: cut to that many (no IP packet, a hostile
+    # client's, whose first bytes still say IPv4 and maybe another class: the DSCP rewrite's reach)
+    st.sampled_from([0, 0, 0, 1, 6, -1, -3, -11]),
     st.integers(0, 2**31),  # a TCP sequence number (a good packet's is kept apart)
 )
 
@@ -130,7 +132,7 @@ def test_a_small_batch_is_checked_one_by_one_as_the_column_pass_would():
                     if 20 <= ihl <= len(b):
                         b[10:12] = b"\x00\x00"
                         b[10:12] = struct.pack("!H", _fold_not(b[:ihl]))
-                data.append(bytes(b[: len(b) - cut]))
+                data.append(bytes(b[: len(b) - cut] if cut >= 0 else b[:-cut]))
             got_few = few.run(which, data, tx._SCALAR_MAX)
             got_batch = batch.run(which, data, 0)
             # the same packets left, in the same order to each destination (the column pass
@@ -222,3 +224,52 @@ def test_a_listener_s_answers_to_ten_ends_are_noted_in_one_call():
         assert guard_calls == ["__init__", "note_last"]  # the flow's first TCP: its TcpSeen made
     finally:
         side.d.stop()
+
+
+def test_a_packet_too_short_for_its_class_beside_a_good_one_is_refused_not_a_fault():
+    """A hostile client's packet of a byte or three whose first bytes say IPv4 of another class,
+    sent with a good one: the per-packet path (`_tx_few`) read and rewrote its class past its
+    end (an IndexError: the channel faulted, defunct ABUSE, and usnetd logged a bug); it must be
+    refused as the column pass refuses it, the good one sent, the channel kept."""
+    for scalar_max in (tx._SCALAR_MAX, 0):
+        side = _Side()
+        try:
+            good = _BASE["udp"]()
+            for n, short in enumerate((b"\x45", b"\x45\xb8\x00", b"\x46\xfc" + bytes(9)), 1):
+                out, events, _, drops = side.run("udp", [short, good], scalar_max)
+                assert out == [good]
+                assert events == [(EventType.TX_DROPPED, TxDropReason.MALFORMED, len(short))]
+                assert drops == {"tx_malformed": n}
+            assert side.flow(5000).port.pipe.defunct_reason is None
+        finally:
+            side.d.stop()
+
+
+def test_an_ipv6_packet_too_short_for_its_class_beside_a_good_one_is_refused_not_a_fault():
+    """As above, on an IPv6 flow: the rewrite of its class writes bytes 0 and 1 (`ecn.set_dscp`),
+    which a 1-byte packet does not have."""
+    from scapy.all import IPv6
+
+    for scalar_max in (tx._SCALAR_MAX, 0):
+        d, w = Domain(), MemWire()
+        try:
+            sw = d.add_netif("a", w.a, f"{A_IP}/24", address6="fd00:9::1/64")
+            peer = bytes.fromhex("fd000009" + "0" * 22 + "02")
+            sw.nd.learn(peer, w.b.mac, sw.clock())
+            ch = Client.local(d).open_flow("a", 17, 5000, family=6)[0]
+            good = raw(IPv6(src="fd00:9::1", dst="fd00:9::2", tc=0) / UDP(sport=5000, dport=6000) / bytes(16))
+            saved = tx._SCALAR_MAX
+            tx._SCALAR_MAX = scalar_max
+            try:
+                send_raw(ch, [b"\x6f", good])
+                for _ in range(3):
+                    d.serve_once(0)
+            finally:
+                tx._SCALAR_MAX = saved
+            out = [bytes(f[14:]) for f in block.expand(w.b.recv_batch(64))]
+            assert out == [good]
+            assert [(e.type, e.code, e.value) for e in ch.events() if e.type == EventType.TX_DROPPED] == [
+                (EventType.TX_DROPPED, TxDropReason.MALFORMED, 1)]
+            assert next(iter(sw.flows.values())).port.pipe.defunct_reason is None
+        finally:
+            d.stop()

@@ -435,7 +435,10 @@ def test_random_header_mutations_never_leave_with_a_spoofed_field(path, monkeypa
             assert len(ips) == 1 and events == []
             ip = ips[0][IP]
             assert ip.src == A_IP and ip.proto == 17 and ip.ttl > 0 and ip.tos >> 2 == 0
-            assert not not_unicast4(int.from_bytes(bytes(map(int, ip.dst.split("."))), "big"))
+            dst = int.from_bytes(bytes(map(int, ip.dst.split("."))), "big")
+            # a peer's address, or a group's from an unconnected flow (as Linux's, since the domain's
+            # multicast: 90046715); the hypothesis draw that made 224.9.0.2 failed both paths alike
+            assert not not_unicast4(dst) or (remote is None and dst >> 28 == 0xE), ip.dst
             assert ip.dst not in (A_IP, "10.9.0.255")
             if remote is not None:
                 assert ip.dst == remote[0]

@@ -54,6 +54,7 @@ TX_BATCH = 512
 _PULL_BYTES = 4 << 20  # the most packet-buffer bytes one service_tx copies out of a pool
 _MIN_GSO = 88  # Linux's TCP_MIN_MSS: no super-segment is cut finer than this
 _RST, _RST_ACK = 0x04, 0x14
+_DSCP_SPAN = 12  # the bytes `ecn.set_dscp` reads and writes of an IPv4 packet (its checksum's the last)
 # A batch of at most this many packets is checked packet by packet (`_tx_few`): the column-wise
 # pass costs a dozen numpy calls of a few microseconds each whatever the batch's size, most of
 # what one request's answer costs the domain, and request/response traffic sends one or two.
@@ -347,12 +348,14 @@ class TransmitPath(HostDuties):
         now = self.clock()
         family, dscp = flow.family, flow.dscp
         tx_one = self._tx_one6 if family == 6 else self._tx_one
-        wide = max(map(len, pkts)) >= 12  # as the batch path's condition for the DSCP pass (its rows' width)
         sent = nbytes = 0
         passed: list[bytes] = []
         for i, pb in enumerate(pkts):
-            # the flow's class: a call only for an IPv4 packet that carries another (IPv6: always)
-            if wide and pb and pb[0] >> 4 == family and (family == 6 or pb[1] >> 2 != dscp):
+            # the flow's class: a call only for an IPv4 packet that carries another (IPv6: always).
+            # Not for one shorter than the bytes `set_dscp` writes (IPv4's checksum ends at 12): no
+            # IP packet, refused below as the column pass refuses it (which rewrites its row, never
+            # sent); a hostile client's 1-byte packet beside a good one faulted its channel here
+            if len(pb) >= _DSCP_SPAN and pb[0] >> 4 == family and (family == 6 or pb[1] >> 2 != dscp):
                 w = bytearray(pb)
                 if ecn.set_dscp(w, 0, dscp):
                     pb = bytes(w)
