@@ -21,6 +21,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 OUR_IP = "10.88.0.2"
 PEER_IP = "10.88.0.1"
@@ -495,7 +497,9 @@ def test_resume_takes_over_a_used_queue(veth, driver_factory):
     driver, whose ring positions are those of the start, while the kernel's have moved on.
     `resume` finds RX again (the oldest block still handed to user space, read again whole, else
     the block the kernel has open) and transmits on a socket of its own (the kernel's TX head is
-    not readable): frames received and sent after it arrive, none skipped, none stuck.
+    not readable): frames received and sent after it arrive, none skipped, none stuck. Received
+    "after" starts at the half-read block's first frame: frames of blocks the dead worker gave
+    back whole were its own, however a burst fell into blocks (a block ages out after 1 ms: CI).
     IPv6 is off on the pair: a late MLD report in the half-read block left it read whole (CI)."""
     veth.without_ipv6()
     d = driver_factory(veth.host, block_size=4096, block_count=4)  # a small ring, to wrap
@@ -534,9 +538,20 @@ for i in range({first}, {first + n}):
     assert seqs == list(range(sent)) and d._rx_blk != 0
     frames = [veth.peer_mac + d.mac + head[12:14] + i.to_bytes(4, "big") + bytes(42) for i in range(10)]
     assert d.send_batch(frames) == 10  # the kernel's TX head moves past slot 0
-    blast(sent, 5)  # a block handed over and left half read by the "dead worker"
-    half = pump(d, lambda got: len(got) >= 2, time.monotonic() + 5.0, max_n=2)
-    assert len(half) >= 2 and d._rx_left > 0
+    # The "dead worker" reads one frame at a time until it stops inside a block: the one it
+    # leaves half read, whose first frame it has just read. Frames before it were in blocks it
+    # gave back whole; they are not the replacement's. (The 1 ms retire timer ages a block, not
+    # a gap: a burst is split between blocks when its sender is descheduled mid-way, as on a
+    # loaded CI machine; and five frames in single-frame blocks leave none half read: send more.)
+    for _ in range(20):
+        blast(sent, 5)
+        sent += 5
+        pump(d, lambda got, n=sent: d._rx_left > 0 or len(seqs) >= n, time.monotonic() + 5.0, on_frame,
+             max_n=1)
+        if d._rx_left:
+            break
+    assert d._rx_left > 0 and seqs == list(range(len(seqs)))
+    first_again = seqs[-1]
     left_at = d._rx_blk
 
     for a, v in start.items():  # the replacement's copy: the start's positions
@@ -544,9 +559,9 @@ for i in range({first}, {first + n}):
     d.resume()
     assert d._rx_blk == left_at
     seqs.clear()
-    blast(sent + 5, 40)
-    pump(d, lambda got: len(seqs) >= 45, time.monotonic() + 5.0, on_frame)
-    assert seqs == list(range(sent, sent + 45))  # the half-read block again whole, then the rest
+    blast(sent, 40)
+    pump(d, lambda got: len(seqs) >= sent + 40 - first_again, time.monotonic() + 5.0, on_frame)
+    assert seqs == list(range(first_again, sent + 40))  # the half-read block again whole, then the rest
     before = veth.peer_rx_packets()
     frames = [veth.peer_mac + d.mac + head[12:14] + i.to_bytes(4, "big") + bytes(42) for i in range(20)]
     assert d.send_batch(frames) == 20
@@ -554,3 +569,69 @@ for i in range({first}, {first + n}):
     while veth.peer_rx_packets() - before < 20:
         assert time.monotonic() < deadline, "frames sent after resume did not reach the peer"
         select.select([], [], [], 0.005)
+
+
+class _RxRing:
+    """The kernel's side of a TPACKET_V3 RX ring, as net/packet/af_packet.c keeps it: blocks
+    opened in ring order, each stamped with the next seq_num (prb_open_block, from 1), handed over
+    by TP_STATUS_USER (prb_close_block), the queue frozen when the next block is not given back
+    (prb_dispatch_next_block). A reader gives blocks back in order; `rd` is the block it would read
+    next: the oldest not given back."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seq = [1] + [0] * (n - 1)
+        self.user = [False] * n
+        self.cur = 0  # the kernel's block: open, or (frozen) the one it waits for
+        self.frozen = False
+        self.next_seq = 2
+        self.rd = 0
+
+    def _open(self, b: int) -> None:
+        self.seq[b] = self.next_seq
+        self.next_seq += 1
+        self.frozen = False
+
+    def close(self) -> None:
+        """The open block fills or ages out (tp_retire_blk_tov) and is handed over."""
+        if self.frozen:
+            return
+        self.user[self.cur] = True
+        self.cur = (self.cur + 1) % self.n
+        if self.user[self.cur]:
+            self.frozen = True
+        else:
+            self._open(self.cur)
+
+    def release(self) -> None:
+        if not self.user[self.rd]:
+            return
+        self.user[self.rd] = False
+        if self.frozen and self.rd == self.cur:
+            self._open(self.cur)  # the next frame or the retire timer reopens it (see below)
+        self.rd = (self.rd + 1) % self.n
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 6), history=st.lists(st.booleans(), max_size=40),
+       during=st.lists(st.integers(0, 3), max_size=20))
+def test_resume_finds_the_oldest_block_while_the_kernel_moves_on(n, history, during):
+    """`oldest_unreleased` (PacketDriver.resume) reads the ring while the kernel goes on handing
+    blocks over (the dead worker's traffic does not stop): whatever it closes between two reads,
+    the answer is the block the dead reader would have read next. `during[i]`: blocks the kernel
+    closes just before the i-th read. (Not modelled: a frozen queue the reader had drained
+    whole, in the <= 1 tov before the kernel reopens its block; see docs/design-notes.md.)"""
+    from usnet.drivers.packet import TP_STATUS_USER, oldest_unreleased
+
+    ring = _RxRing(n)
+    for closes in history:  # True: the kernel hands a block over; False: the reader gives one back
+        ring.close() if closes else ring.release()
+    want = ring.rd
+    reads = iter(during)
+
+    def block(b: int) -> tuple[int, int]:
+        for _ in range(next(reads, 0)):
+            ring.close()
+        return ring.seq[b], TP_STATUS_USER if ring.user[b] else 0
+
+    assert oldest_unreleased(block, n) == want

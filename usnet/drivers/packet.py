@@ -92,13 +92,13 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from usnet.drivers.base import Capabilities, Coalesced, DriverStats, Frame, GatherFrame, Received, random_mac
 from usnet.proto.wire.checksum import acc, finish
 
-__all__ = ["FanoutGroup", "PacketDriver"]
+__all__ = ["FanoutGroup", "PacketDriver", "oldest_unreleased"]
 
 # linux/if_ether.h
 ETH_P_ALL = 0x0003
@@ -168,6 +168,8 @@ _STATS3 = struct.Struct("=III")
 #   aligned_u64 seq_num @24; tpacket_bd_ts ts_first_pkt @32, ts_last_pkt @40}}  (48 bytes)
 _BD = struct.Struct("=8xIII")          # block_status, num_pkts, offset_to_first_pkt
 _BD_STATUS_OFF = 8
+_BD_SEQ = struct.Struct("=Q")          # seq_num
+_BD_SEQ_OFF = 24
 _U32 = struct.Struct("=I")
 # struct tpacket3_hdr {u32 tp_next_offset @0, tp_sec @4, tp_nsec @8, tp_snaplen @12, tp_len @16,
 #   tp_status @20; u16 tp_mac @24, tp_net @26; hv1 {u32 rxhash, u32 vlan_tci, u16 vlan_tpid,
@@ -187,6 +189,31 @@ TPACKET3_HDRLEN = tpacket_align(TPACKET3_HDR_SIZE) + _SOCKADDR_LL_SIZE
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def oldest_unreleased(block: Callable[[int], tuple[int, int]], n: int) -> int:
+    """The RX block to read next in a ring whose reader's positions are lost (`PacketDriver.resume`):
+    the oldest block not given back (block_status & TP_STATUS_USER, perhaps half read), else the
+    one the kernel has open. `block(b)` reads block b's (seq_num, block_status) now.
+
+    The kernel opens blocks in ring order, stamping each with the next `seq_num` (prb_open_block),
+    and hands one over by setting TP_STATUS_USER (prb_close_block) when it is full or has been
+    open `tp_retire_blk_tov` ms; nobody gives a block back meanwhile (the reader is dead). So the
+    block with the highest `seq_num` is open or handed over, never given back, and the blocks not
+    given back are it and the run of TP_STATUS_USER blocks before it in ring order with
+    `seq_num`s one apart; walk back along that run. A single pass picking the lowest `seq_num`
+    among TP_STATUS_USER blocks, else the highest, is wrong while the kernel moves on: it can read
+    the open block as the kernel's, then the next block freshly opened, and pick that one, leaving
+    the older one to be read a whole ring late (and the kernel frozen on it meanwhile). A block
+    behind the newest has been closed, so the walk reads nothing the kernel is changing."""
+    newest, c = max((block(b)[0], b) for b in range(n))
+    for _ in range(n - 1):
+        p = c - 1 if c else n - 1
+        s, status = block(p)
+        if not status & TP_STATUS_USER or s != newest - 1:
+            break
+        newest, c = s, p
+    return c
 
 
 class PacketDriver:
@@ -367,29 +394,24 @@ class PacketDriver:
         replacement of a dead worker, forked from the spawner's untouched copy of the driver).
 
         The rings' memory is shared and live, but the positions this copy holds are those of
-        the start. RX: the kernel hands blocks over in order and stamps each with a rising
-        `seq_num` when it opens it; the next to read is the oldest still handed to user space
-        (TP_STATUS_USER, the lowest `seq_num`: one the dead process had not given back, perhaps
-        half read, read again whole), else the block the kernel has open (the highest
-        `seq_num`). TX: the kernel's head in the TX ring (one past the last slot it sent) is
-        not readable, and a slot written elsewhere would never be sent; so this queue
+        the start. RX: the next to read is the oldest block the dead process had not given back
+        (perhaps half read: read again whole), else the block the kernel has open: see
+        `oldest_unreleased`, which reads the ring while the kernel moves on. TX: the kernel's
+        head in the TX ring (one past the last slot it sent) is not readable, and a slot
+        written elsewhere would never be sent; so this queue
         transmits from now on on a socket of its own, bound to the interface with protocol 0
         (it receives nothing; the group's members still receive as before), one send() per
         frame (`tx_ring=False`'s path, as fast in Python; see the module's docstring)."""
         mm = self._mm
         if mm is None:
             return
-        seq = struct.Struct("=Q").unpack_from
-        bd = _BD.unpack_from
-        user: list[tuple[int, int]] = []
-        newest = (-1, 0)
-        for b in range(self.block_count):
-            base = b * self.block_size
-            n = seq(mm, base + 24)[0]
-            if bd(mm, base)[0] & TP_STATUS_USER:
-                user.append((n, b))
-            newest = max(newest, (n, b))
-        self._rx_blk = min(user)[1] if user else newest[1]
+        size = self.block_size
+
+        def block(b: int) -> tuple[int, int]:
+            base = b * size
+            return _BD_SEQ.unpack_from(mm, base + _BD_SEQ_OFF)[0], _U32.unpack_from(mm, base + _BD_STATUS_OFF)[0]
+
+        self._rx_blk = oldest_unreleased(block, self.block_count)
         self._rx_left = 0
         self._rx_off = 0
         if self._use_tx_ring:
