@@ -13,6 +13,7 @@ embedded domain over `Domain.socketpair_session()` (tests/peers/tcp_peer.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import select
@@ -74,6 +75,39 @@ def test_every_byte_and_the_fin_arrive_after_the_sender_exits(tap_domain, mode):
     assert result.get("reset") is False, result
     assert result["n"] == size
     assert result["digest"] == hashlib.sha256(payload(size)).digest()
+
+
+def _send_then_read_to_end(k: socket.socket, peer) -> dict:
+    """Bytes the usnet program will leave unread; then how the connection ended."""
+    k.sendall(b"left unread\n")
+    try:
+        return {"end": "reset" if _read_to_eof(k, peer)["reset"] else "eof"}
+    except TimeoutError:
+        return {"end": "silence"}
+
+
+_EXITS = 5
+
+
+def test_an_exit_with_received_data_unread_resets_as_the_kernel_does(tap_domain):
+    """A program that exits with bytes it received unread (no close): its exit resets the
+    connection, as the kernel's close of a dying process's socket does (RFC 2525 section 2.17).
+    The exit's drain aborted it, but the RST stayed queued: the drain found the connection over
+    (CLOSED) and stopped the stack thread, which could end before its next pass sent it; the
+    peer heard nothing. Several programs at once, each exit its own race."""
+    d, ifname, _usnet_ip, host_ip = tap_domain
+    with contextlib.ExitStack() as stack:
+        served = [stack.enter_context(kernel_server(host_ip, _send_then_read_to_end, timeout=10))
+                  for _ in range(_EXITS)]
+        children = [_spawn(d, ifname, addr, "exit-unread", 0) for addr, _ in served]
+        try:
+            assert [c.wait(30) for c in children] == [0] * _EXITS
+        finally:
+            for c in children:
+                if c.poll() is None:
+                    c.kill()
+                    c.wait()
+    assert [result.get("end") for _, result in served] == ["reset"] * _EXITS
 
 
 def test_a_killed_sender_s_peer_sees_a_reset(tap_domain):

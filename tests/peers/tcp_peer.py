@@ -10,6 +10,8 @@ sends `--bytes` bytes of `payload(n)` and then, by `--mode`:
 
   close-exit  closes the socket and returns from main at once (a normal exit)
   exit        returns from main without closing anything: the exit closes it
+  exit-unread waits until the peer's bytes have come, then returns from main without reading
+              or closing them: the exit resets the connection (data unread)
   hold        writes "R" on --ready and blocks until killed (SIGKILL)
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import select
 import signal
 import socket
 import sys
@@ -37,7 +40,7 @@ def main() -> int:
     ap.add_argument("--netif", required=True)
     ap.add_argument("--to", required=True)
     ap.add_argument("--bytes", type=int, default=0)
-    ap.add_argument("--mode", choices=["close-exit", "exit", "hold"], required=True)
+    ap.add_argument("--mode", choices=["close-exit", "exit", "exit-unread", "hold"], required=True)
     ap.add_argument("--ready", type=int)
     args = ap.parse_args()
     us.configure(Client.from_socket(socket.socket(fileno=args.fd)), args.netif)
@@ -46,6 +49,8 @@ def main() -> int:
     s.sendall(payload(args.bytes))
     if args.mode == "close-exit":
         s.close()
+    elif args.mode == "exit-unread":
+        select.select([s], [], [], 30)  # the peer's bytes came: left unread
     elif args.mode == "hold":
         os.write(args.ready, b"R")
         while True:

@@ -1032,10 +1032,16 @@ class Runner:
                     for c in list(e.tcp.connections.values()):
                         if not delivered(c):
                             c.abort(now)
-                    e.pump(now)  # the RSTs go now: the runner may not get another turn
         self._stopping = True
         self.wake()
         self._thread.join(1.0)
+        # What is queued and no pass sent goes now, from this thread: the runner may have stopped
+        # before its next pass. An aborted connection (data left unread, SO_LINGER 0, or above)
+        # is over at once, so nothing waited for its RST to leave, and a close another thread
+        # made just before (a fork's splice letting its reference go) only woke the runner.
+        for e in engines:
+            with e.lock:
+                e.pump(time.monotonic())
         return ok
 
     def disown(self, why: OSError) -> None:
