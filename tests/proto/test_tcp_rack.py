@@ -17,7 +17,7 @@ import itertools
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.proto.memwire_net import WireNet
@@ -369,6 +369,9 @@ ops = st.lists(st.one_of(
 
 @given(ops)
 @settings(max_examples=300, deadline=None)
+# a renege puts a record sent at 0 back behind the retransmission sent at 0.03125
+@example([("send", 1), ("send", 1), ("send", 1), ("sack", 0, 3), ("sack", 4, 2), ("tick", 0.03125),
+          ("rtx", 0), ("ack", 1)])
 def test_rack_bookkeeping_invariants(program):
     r = Rack()
     conn = _Conn()
@@ -421,6 +424,44 @@ def test_rack_bookkeeping_invariants(program):
         for x in r.tsorted:
             if ran and sent_after(r.xmit_ts, r.end_seq, x.xmit, x.end):
                 assert x.xmit + r.rtt + reo - now > 0
+
+
+def test_reneged_record_is_still_found_lost_behind_a_later_retransmission():
+    """After a renege the records once SACKed are outstanding again, at their place in time.
+
+    C (sent at 0) was SACKed, B retransmitted at 0.03, then the receiver reneged. When D (sent
+    at 0.01) is SACKed at 0.2, C has had RACK.rtt (0.19) and is overdue: lost (RFC 8985 §6.2
+    step 5), although B, sent after D, is not.
+    """
+    r = Rack()
+    conn = _Conn()
+    sb = conn.sb
+    for i in range(3):  # A, B, C at 0
+        r.sent(1 + 100 * i, 101 + 100 * i, 0.0)
+    conn.snd_nxt = 301
+    r.begin_ack(conn, None)
+    r.sack(1, 151, sb, 0.0)  # A whole, half of B
+    r.sack(201, 301, sb, 0.0)  # C
+    r.end_ack(conn, 0.0)
+    b, c = r.segs[1], r.segs[2]
+    assert b.lost and c.sacked and conn._recovery
+    r.sent(301, 401, 0.01)  # D
+    conn.snd_nxt = 401
+    r.retransmit(conn, 0.03, conn.out, 0, 1 << 30)
+    assert b.xmit == 0.03 and not b.lost
+    r.begin_ack(conn, None)
+    conn.snd_una = 101
+    r.cum_ack(101, 0.03)
+    assert sb.advance(101)  # the ACK ends inside [1, 151): the receiver dropped what it SACKed
+    sb.clear()
+    r.renege()
+    r.end_ack(conn, 0.03)
+    assert not c.sacked and [x.xmit for x in r.tsorted] == sorted(x.xmit for x in r.tsorted)
+    r.begin_ack(conn, None)
+    r.sack(301, 401, sb, 0.2)  # D
+    r.end_ack(conn, 0.2)
+    assert r.xmit_ts == 0.01
+    assert c.lost and not b.lost
 
 
 @given(st.integers(1, 200), st.lists(st.integers(0, 5000), max_size=50), st.integers(100, 2000))

@@ -83,6 +83,11 @@ def sent_after(t1: float, end1: int, t2: float, end2: int) -> bool:
     return t1 > t2 or (t1 == t2 and end1 > end2)
 
 
+def _sent_order(r: Sent) -> tuple[float, int]:
+    """A record's place in transmit-time order (`sent_after`'s order: time, then sequence)."""
+    return r.xmit, r.start
+
+
 def _past_window(conn: TcpConnection, start: int) -> bool:
     """Whether a segment from ``start`` lies past the peer's window, which it shrank since the
     segment was first sent: Linux's __tcp_retransmit_skb does not resend it then, unless it is at
@@ -577,11 +582,24 @@ class Rack:
         conn.stats.recovery_undos += 1
 
     def renege(self) -> None:
-        """The receiver dropped data it had SACKed: nothing counts as SACKed any more."""
-        for r in self.segs:
-            if r.sacked:
-                r.sacked = False
-                self.tsorted[r] = None
+        """The receiver dropped data it had SACKed: nothing counts as SACKed any more.
+
+        The records come back into ``tsorted`` at their place in time, not at its end: `detect`
+        stops at the first record sent after RACK.xmit_ts, so an old record appended behind a
+        newer retransmission would never be checked (RFC 8985 §6.2 step 5 checks every segment
+        not yet acknowledged). A renege is rare: rebuilding the order costs what a sort does."""
+        back = [r for r in self.segs if r.sacked]
+        if not back:
+            return
+        for r in back:
+            r.sacked = False
+        ts = self.tsorted
+        recs = list(ts)
+        recs.extend(back)
+        recs.sort(key=_sent_order)
+        ts.clear()
+        for r in recs:
+            ts[r] = None
 
     # ------------------------------------------------------------------ timers
 
