@@ -943,16 +943,15 @@ class socket:
                 if e.errno == errno.ENODEV and netif == LOOPBACK_NETIF:
                     raise _no_loopback(family) from None
                 raise
-            if not owns and not eng.port_at_hand():  # a block to ask for: a round trip, outside any hold
+            # a free port of the connector's blocks: no message to the domain, so taken in the hold
+            port_in_hold = not owns and eng.port_at_hand()
+            if not owns and not port_in_hold:  # a block to ask for: a round trip, outside any hold
                 self._port = eng.take_port(raddr, port)
-                taken = True
-            else:
-                taken = owns
             # One step for the whole call (usnet.client.sigdefer): the port, the connection made and
             # attached, its SYN sent, and the wait for the handshake (which lets the signals through
             # while it sleeps, `_wait`) are one hold, not three: two mask pairs fewer a connect (issue 18).
             with step:
-                if not taken:  # a free port of the connector's blocks: no message to the domain
+                if port_in_hold:
                     self._port = eng.take_port(raddr, port)
                 try:
                     with eng.lock:
@@ -969,15 +968,11 @@ class socket:
                 if self._timeout == 0.0:
                     return errno.EINPROGRESS  # always, as Linux: even if the handshake already finished
                 left: Any = _UNSET if self._timeout is None else max(self._timeout - (time.monotonic() - began), 1e-9)
-                try:
-                    self._wait(lambda: conn.state is not SYN_SENT or conn.error is not None or None, "connect", left)
-                except BlockingIOError:
+                if not self._handshake_ended(conn, left):
                     return errno.EINPROGRESS
         else:
             conn = self._conn
-            try:
-                self._wait(lambda: conn.state is not SYN_SENT or conn.error is not None or None, "connect")
-            except BlockingIOError:
+            if not self._handshake_ended(conn):
                 return errno.EALREADY
         err = conn.error or (self._engine.error if self._engine is not None else None)
         if err is not None:
@@ -990,6 +985,15 @@ class socket:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
         self._connected = True
         return 0
+
+    def _handshake_ended(self, conn: TcpConnection, left: Any = _UNSET) -> bool:
+        """Wait (`_wait`, within `left`) until `conn`'s handshake has ended, either way; False if a
+        non-blocking socket would have to wait for it (BlockingIOError)."""
+        try:
+            self._wait(lambda: conn.state is not SYN_SENT or conn.error is not None or None, "connect", left)
+        except BlockingIOError:
+            return False
+        return True
 
     def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
         conn = self._need_conn(errno.EPIPE)
