@@ -9,10 +9,10 @@ channel, IP and TCP. asyncio's and the protocol's own calls are not counted (the
 on usnet, and the loop's idle iterations vary with the scheduler).
 
 The bound sits a few calls above what a request costs after the cuts of docs/design-notes.md's
-"Issue 16: the server's receive and write per request" (before 306, 306, 311; after 299-302 in
+"The server's receive and write per request" (before 306, 306, 311; after 299-302 in
 eight runs): a layer that grows back fails here, and a timer's extra work in a loaded CI run
-does not. (The cuts of "Issue 16: the server's TCP
-calls per request" before them: 334, 327, 332 to 312, 306, 306.) After "Issue 16: a merged TCP
+does not. (The cuts of "The server's TCP
+calls per request" before them: 334, 327, 332 to 312, 306, 306.) After "A merged TCP
 input path for the ACK of everything in flight" (header prediction's ACK and data steps written
 out): 277.4-282.6 in eight runs alone, 288.25 once inside a whole tests/client run at load
 average 20, before 299.7 and 301.4; the bound 294, six above that.

@@ -191,7 +191,8 @@ def test_nonsense_in_an_event_ring_s_consumer_counter_loses_only_its_own_events(
 @pytest.mark.privileged
 @pytest.mark.parametrize("min_target", [None, 0.004], ids=["no-min-target", "min-target-4ms"])
 def test_a_lease_with_the_tightest_target_it_can_get_vetoes_only_what_its_entry_allows(ll_usnetd, min_target):
-    """Issue 37. The attacker bisects for the tightest target a lease of 1 bit/s and 20-byte packets
+    """The LL veto (docs/design-notes.md, "Tight latency targets are an entitlement").
+    The attacker bisects for the tightest target a lease of 1 bit/s and 20-byte packets
     is granted, and holds it. Without the defence that is the netif's bound with that lease alone
     (2.75 ms), and every later burst raises the bound past it: OVER_SUBSCRIBED for everyone. Its
     entry without min_target gives it the full bound, and honest leases with 1,200-byte packets

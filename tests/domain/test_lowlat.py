@@ -254,7 +254,8 @@ def test_agent_refusals_each_name_their_reason():
 
 
 def test_a_tight_target_needs_an_entitlement_and_without_one_shuts_nobody_out():
-    """Issue 37: a lease of 1 bit/s whose target was the netif's bound with it alone refused every
+    """The LL veto (docs/design-notes.md, "Tight latency targets are an entitlement"):
+    a lease of 1 bit/s whose target was the netif's bound with it alone refused every
     later request there (each burst raised the bound past its target). Without a min_target the
     tightest target is the full bound, and beside it honest leases fill the netif's bursts."""
     agent = Agent(Policy([ENTRIES[2]]), ttl=10.0)

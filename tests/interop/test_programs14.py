@@ -4,8 +4,8 @@ gevent's sockets are its own class over the kernel's (`gevent.socket.socket` hol
 ``_socket.socket``), and its monkey patching puts that class in place of usnet's ``socket.socket``:
 a gevent program under `usnet run` ran, but every socket it made was the kernel's, behind usnet's
 back. usnet now refuses gevent (and eventlet, the same design) with one line, when it is imported
-under the patch or is already there at `patch()` (docs/design-notes.md, "Issue 16: gevent and
-eventlet on usnet"). A library that only probes for gevent (``try: import gevent``) falls back to
+under the patch or is already there at `patch()` (docs/design-notes.md, "A fourteenth sweep:
+gevent and eventlet refused"). A library that only probes for gevent (``try: import gevent``) falls back to
 the standard sockets, on usnet.
 """
 

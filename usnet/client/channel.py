@@ -548,7 +548,7 @@ class Channel:
     def copies(self, pkts: list[int]) -> list[bytes]:
         """A copy of each received packet's data, in order (what `view` checks, per packet): what a
         reader takes before it frees them, one call for a ring pull's batch rather than one per
-        packet (docs/design-notes.md, "Issue 16: the server's receive and write per request")."""
+        packet (docs/design-notes.md, "The server's receive and write per request")."""
         umd, stride, buf = self.umd, self.stride, self.buf
         out = []
         for pkt in pkts:  # (a loop, not a comprehension: no frame of its own per batch)

@@ -33,7 +33,7 @@ def reason(name: str) -> str:
     """The one line that says why `name` does not run under the patch."""
     return (f"usnet: {name}'s sockets are the kernel's ({name} makes its own over the C socket and its "
             f"monkey patching replaces usnet's socket.socket), so {name} cannot run on usnet; run the "
-            f"program without usnet (docs/design-notes.md, \"Issue 16: gevent and eventlet on usnet\")")
+            f"program without usnet (docs/design-notes.md, \"A fourteenth sweep: gevent and eventlet refused\")")
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -136,7 +136,7 @@ def _block(m: _MainState) -> None:
     Python handler is then a `_Deferring`, which a signal taken inside the hold (by this thread,
     or by another as the module docstring says) only notes for the last release to run, so the
     block would hold off nothing more, and its two system calls are a good part of an asyncio
-    request's cost (docs/design-notes.md, "Issue 16: the HTTP benchmark's signal holds").
+    request's cost (docs/design-notes.md, "The HTTP benchmark's signal holds").
 
     The call itself is the checkpoint: entering a Python function, the interpreter runs the
     signal handlers already due (CPython checks for them on entry to a function), so they run

@@ -172,7 +172,7 @@ class IpLayer:
 
         Why a batch: the client's engine hands over what one pull of its RX ring took (packets of
         many connections), so the per-packet work is the header's alone, not a call and a list
-        per packet on top (docs/design-notes.md, "Issue 16: the server's receive and write per
+        per packet on top (docs/design-notes.md, "The server's receive and write per
         request")."""
         ev: list = []
         c = self.counters

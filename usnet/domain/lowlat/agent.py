@@ -38,7 +38,8 @@ the bound is `access + 8 * sum(bursts) / capacity` (the delay bound of a
 rate-latency server under token-bucket arrivals). It is the wait inside the
 domain, not the path's latency, and not the domain loop's own lateness.
 
-Why a target needs an entitlement to be tight (docs/design-notes.md, "Issue 37"):
+Why a target needs an entitlement to be tight (docs/design-notes.md, "Tight latency
+targets are an entitlement"):
 a granted target is a promise, and step 4 keeps it by refusing later leases
 whose bursts would break it. A target at the netif's full bound, `access +
 window`, refuses nobody while the netif's bursts fit what its LL class drains
